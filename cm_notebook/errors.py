@@ -1,0 +1,211 @@
+"""The exception tree of cm_notebook.
+
+Every error the package raises on purpose derives from :class:`CMError`, so
+``except CMError`` catches exactly what cm_notebook means to tell you about and
+nothing else. Errors carry a message that says what was wrong and what to do.
+
+::
+
+    CMError
+    ├── InvalidInputError (also ValueError)      bad argument from the caller
+    │   └── InvalidIdError                       hostile or malformed id / branch name
+    ├── StoreError                               the on-disk store
+    │   ├── ContextNotFoundError (also KeyError)
+    │   ├── MessageNotFoundError (also KeyError)
+    │   ├── BranchNotFoundError (also KeyError)
+    │   ├── BranchExistsError
+    │   ├── ContextExistsError
+    │   ├── CorruptDataError                     a file could not be parsed; has .path
+    │   ├── SchemaVersionError                   written by a newer cm_notebook
+    │   └── StoreLockTimeoutError                another process holds the lock too long
+    ├── MigrationError                           a v1 source could not be read at all
+    ├── ProviderError                            a model provider failed
+    │   ├── TransientProviderError               worth retrying; has .retry_after
+    │   └── PermanentProviderError               retrying will not help; needs the user
+    │       ├── ProviderNotInstalledError        an optional extra is missing
+    │       └── UnknownProviderError             no provider registered under that name
+    ├── StateError                               an operation that the current state forbids
+    │   ├── IllegalTransitionError               the FSM got an event it cannot take
+    │   └── BusyError                            a turn is already running on that branch
+    └── ToolError
+        ├── ToolDefinitionError                  a function cannot be turned into a tool
+        ├── ToolArgumentsError                   arguments failed validation
+        ├── ToolCallNotFoundError (also KeyError)
+        └── ToolCallAlreadyResolvedError         approve/deny twice
+
+Provider SDK and HTTP errors are translated into ``TransientProviderError`` or
+``PermanentProviderError`` at the provider boundary (``raise ... from exc``), so the
+state machine never needs to know which SDK produced them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "BranchExistsError",
+    "BranchNotFoundError",
+    "BusyError",
+    "CMError",
+    "ContextExistsError",
+    "ContextNotFoundError",
+    "CorruptDataError",
+    "IllegalTransitionError",
+    "InvalidIdError",
+    "InvalidInputError",
+    "MessageNotFoundError",
+    "MigrationError",
+    "PermanentProviderError",
+    "ProviderError",
+    "ProviderNotInstalledError",
+    "SchemaVersionError",
+    "StateError",
+    "StoreError",
+    "StoreLockTimeoutError",
+    "ToolArgumentsError",
+    "ToolCallAlreadyResolvedError",
+    "ToolCallNotFoundError",
+    "ToolDefinitionError",
+    "ToolError",
+    "TransientProviderError",
+    "UnknownProviderError",
+]
+
+
+class CMError(Exception):
+    """Base class of every error cm_notebook raises on purpose."""
+
+
+class InvalidInputError(CMError, ValueError):
+    """An argument from the caller is not acceptable; the message says why."""
+
+
+class InvalidIdError(InvalidInputError):
+    """A context id, message id or branch name is malformed or unsafe (e.g. ``../..``)."""
+
+
+class StoreError(CMError):
+    """Something about the on-disk store."""
+
+
+class _LookupStoreError(StoreError, KeyError):
+    # KeyError's str() wraps the message in quotes; keep the plain sentence.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ContextNotFoundError(_LookupStoreError):
+    """No context with that id exists in the data directory."""
+
+
+class MessageNotFoundError(_LookupStoreError):
+    """No message with that id exists in the context."""
+
+
+class BranchNotFoundError(_LookupStoreError):
+    """No branch with that name exists in the context."""
+
+
+class BranchExistsError(StoreError):
+    """A branch with that name already exists."""
+
+
+class ContextExistsError(StoreError):
+    """A context with that id already exists."""
+
+
+class CorruptDataError(StoreError):
+    """A file in the store could not be parsed or validated."""
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class SchemaVersionError(StoreError):
+    """The data was written by a newer cm_notebook than this one."""
+
+
+class StoreLockTimeoutError(StoreError):
+    """Another process held the context's write lock for too long."""
+
+
+class MigrationError(CMError):
+    """A v1 source could not be read at all (individual bad records are reported instead)."""
+
+
+class ProviderError(CMError):
+    """A model provider failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.provider = provider
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying: rate limits, 5xx, timeouts, resets, a cut stream."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        provider: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, provider=provider)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """A failure that retrying will not fix (bad key, bad request, unknown model)."""
+
+
+class ProviderNotInstalledError(PermanentProviderError):
+    """The provider needs an optional dependency that is not installed."""
+
+
+class UnknownProviderError(PermanentProviderError, InvalidInputError):
+    """No provider is registered under the requested name."""
+
+
+class StateError(CMError):
+    """The operation is not possible in the current state."""
+
+
+class IllegalTransitionError(StateError):
+    """The state machine received an event that its current state cannot take."""
+
+
+class BusyError(StateError):
+    """A turn is already running; wait for it, or cancel it."""
+
+
+class ToolError(CMError):
+    """Something about tools and tool calls."""
+
+
+class ToolDefinitionError(ToolError, TypeError):
+    """A Python function cannot be turned into a tool (e.g. an untyped parameter)."""
+
+
+class ToolArgumentsError(ToolError, InvalidInputError):
+    """Tool-call arguments failed validation against the tool's schema."""
+
+
+class ToolCallNotFoundError(ToolError, KeyError):
+    """No pending tool call with that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ToolCallAlreadyResolvedError(ToolError, StateError):
+    """The tool call was already approved or denied."""

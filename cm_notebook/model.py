@@ -1,0 +1,218 @@
+"""The data model: messages in a tree, named branches, and a context's metadata.
+
+A conversation is a tree of :class:`Message` objects linked by ``parent_id``. A
+:class:`Branch` is a named pointer to a head message; the branch's conversation is
+the walk from the head up to the root. Forking, editing an earlier user message
+(a new sibling) and regenerating a reply therefore add one message at most and
+copy none.
+
+All timestamps are timezone-aware UTC. Everything here round-trips through JSON
+with ``model_dump(mode="json")`` / ``model_validate``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from .ids import new_id, validate_branch_name, validate_context_id, validate_message_id
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Branch",
+    "ContextMetadata",
+    "Message",
+    "MessageMetadata",
+    "MessageStatus",
+    "ProviderSettings",
+    "Role",
+    "TokenUsage",
+    "ToolCall",
+    "ToolCallStatus",
+    "utcnow",
+]
+
+#: The on-disk schema version this cm_notebook writes. Older versions are upgraded by
+#: numbered steps in ``cm_notebook.store.schema``; newer ones are refused.
+SCHEMA_VERSION = 1
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+ContextId = Annotated[str, AfterValidator(validate_context_id)]
+MessageId = Annotated[str, AfterValidator(validate_message_id)]
+BranchName = Annotated[str, AfterValidator(validate_branch_name)]
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime) -> datetime:
+    # Naive datetimes (e.g. from old files) are taken to be UTC rather than local time,
+    # so the same file means the same instant on every machine.
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class MessageStatus(str, Enum):
+    """Where a message is in its life."""
+
+    COMPLETE = "complete"
+    STREAMING = "streaming"  # being generated right now (checkpointed about once a second)
+    INTERRUPTED = "interrupted"  # generation stopped early: cancel or crash; text kept
+    ERROR = "error"  # generation failed; metadata.error says why
+
+
+class ToolCallStatus(str, Enum):
+    """Where a tool call is in the approval workflow."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class TokenUsage(_Model):
+    """Token counts reported by the provider for one reply."""
+
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class ToolCall(_Model):
+    """A model's request to run a tool, and what became of it."""
+
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    status: ToolCallStatus = ToolCallStatus.PENDING
+    reason: str | None = None  # why it was denied, or the error if it failed
+    result: str | None = None  # the text sent back to the model
+
+
+class MessageMetadata(BaseModel):
+    """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str | None = None
+    model: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    usage: TokenUsage | None = None
+    duration_ms: float | None = Field(None, ge=0)
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Message(_Model):
+    """One message in a context's tree."""
+
+    id: MessageId = Field(default_factory=lambda: new_id("m"))
+    parent_id: MessageId | None = None
+    role: Role
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None  # for role "tool": which call this answers
+    status: MessageStatus = MessageStatus.COMPLETE
+    created_at: UTCDateTime = Field(default_factory=utcnow)
+    metadata: MessageMetadata = Field(default_factory=MessageMetadata)
+
+
+class Branch(_Model):
+    """A named head pointer into the message tree."""
+
+    name: BranchName
+    head: MessageId | None = None  # None: the branch has no messages yet
+    forked_from: MessageId | None = None
+    created_at: UTCDateTime = Field(default_factory=utcnow)
+    description: str = ""
+
+
+# Keys that look like credentials. Provider settings are written to disk, so these are
+# refused outright rather than silently stored. ``max_tokens`` and friends do not match.
+_SECRET_KEY = re.compile(
+    r"(?i)(api[_-]?key|secret|password|passwd|authorization|bearer|access[_-]?key|(^|_)token$)"
+)
+
+
+def _refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
+    for key, value in params.items():
+        if _SECRET_KEY.search(key):
+            raise ValueError(
+                f"{where} has a key {key!r} that looks like a secret; cm_notebook never "
+                "writes secrets to disk. Put keys in environment variables (e.g. "
+                "OPENAI_API_KEY, ANTHROPIC_API_KEY) instead."
+            )
+        if isinstance(value, dict):
+            _refuse_secrets(value, where)
+    return params
+
+
+class ProviderSettings(_Model):
+    """The default provider of a context: a spec string and parameters, never secrets."""
+
+    spec: str = "local"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _refuse_secrets(value, "provider settings")
+
+
+class ContextMetadata(_Model):
+    """Everything about a context except its messages: ``metadata.json``."""
+
+    id: ContextId = Field(default_factory=lambda: new_id("c"))
+    title: str = "Untitled"
+    created_at: UTCDateTime = Field(default_factory=utcnow)
+    updated_at: UTCDateTime = Field(default_factory=utcnow)
+    branches: dict[str, Branch] = Field(default_factory=lambda: {"main": Branch(name="main")})
+    active_branch: BranchName = "main"
+    provider: ProviderSettings = Field(default_factory=ProviderSettings)
+    system_prompt: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    # Fields from imported or migrated data that cm_notebook does not interpret.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("branches")
+    @classmethod
+    def _keys_match_names(cls, value: dict[str, Branch]) -> dict[str, Branch]:
+        for key, branch in value.items():
+            if key != branch.name:
+                raise ValueError(f"branch key {key!r} does not match its name {branch.name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _active_branch_exists(self) -> ContextMetadata:
+        if self.active_branch not in self.branches:
+            raise ValueError(
+                f"active branch {self.active_branch!r} is not one of {sorted(self.branches)}"
+            )
+        return self

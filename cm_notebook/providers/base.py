@@ -1,0 +1,103 @@
+"""The provider protocol: one async generator of events per request.
+
+A provider turns a :class:`ChatRequest` (the conversation so far, the tools on offer
+and generation parameters) into a stream of :data:`ProviderEvent` values. Providers
+raise only :class:`~cm_notebook.errors.TransientProviderError` (worth retrying) or
+:class:`~cm_notebook.errors.PermanentProviderError` (needs the user); SDK and HTTP
+errors are translated at this boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..model import Message
+
+__all__ = [
+    "ChatRequest",
+    "Finish",
+    "Provider",
+    "ProviderEvent",
+    "TextDelta",
+    "ToolCallRequest",
+    "ToolSpec",
+    "Usage",
+]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """The model asks to call a tool. ``arguments_json`` is the raw JSON text it produced;
+    the tools layer parses and validates it (and reports errors back to the model)."""
+
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts for the request, reported once (usually at the end)."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The reply ended normally. ``reason`` is e.g. ``stop``, ``length`` or ``tool_calls``."""
+
+    reason: str
+
+
+ProviderEvent = TextDelta | ToolCallRequest | Usage | Finish
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as offered to the model: name, description and JSON schema of arguments."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Everything a provider needs for one reply.
+
+    ``messages`` is the active path, root first; a system prompt, if any, is its first
+    message with role ``system``. ``params`` holds generation parameters such as
+    ``temperature``, ``max_tokens``, ``seed`` or ``model`` (overriding the spec's model).
+    """
+
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A model backend. Registered under a name in the ``cm_notebook.providers`` group."""
+
+    #: Registry name, e.g. ``"local"``, ``"openai"``.
+    name: str
+    #: The model this provider talks to by default.
+    model: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        """Yield events for one reply; ends after a :class:`Finish`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, servers or model memory."""
+        ...
