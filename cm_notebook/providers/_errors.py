@@ -1,0 +1,237 @@
+"""Shared helpers that translate provider failures into cm_notebook's two error classes.
+
+Every provider ends in one of two outcomes when something goes wrong:
+
+* :class:`~cm_notebook.errors.TransientProviderError`: worth retrying (rate limits,
+  5xx, timeouts, connection resets, a stream cut mid-reply, a garbled chunk), with
+  ``retry_after`` in seconds when the server said how long to wait;
+* :class:`~cm_notebook.errors.PermanentProviderError`: retrying will not help (bad or
+  missing key, unknown model, invalid request); the message says what to do.
+
+The helpers here *build* the error; the caller raises it with ``raise ... from exc`` so
+the SDK's exception stays attached as ``__cause__``. They never look at, store or print
+API keys.
+
+The HTTP status classification and ``Retry-After`` parsing come from
+:mod:`cm_notebook.retry` when that module provides them, so the state machine and the
+providers agree on what is transient; a small local fallback with the same rules is
+used otherwise.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from ..errors import PermanentProviderError, ProviderError, TransientProviderError
+
+__all__ = [
+    "classify_http_status",
+    "connection_error",
+    "error_message_from_body",
+    "from_http_status",
+    "malformed_response_error",
+    "parse_retry_after",
+    "retry_after_from_headers",
+    "stream_cut_error",
+    "timeout_error",
+]
+
+Classification = Literal["transient", "permanent"]
+
+# Statuses worth retrying: request timeout, conflict (often a lock), too early, rate
+# limit, and the 5xx family (including Anthropic's 529 "overloaded").
+_TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+
+def _local_classify_http_status(status: int) -> Classification:
+    if status in _TRANSIENT_STATUSES or status >= 500:
+        return "transient"
+    return "permanent"
+
+
+def _local_parse_retry_after(value: str | None) -> float | None:
+    # Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:  # pragma: no cover - older Pythons returned None
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or inf
+        return None
+    return max(0.0, seconds)
+
+
+def _resolve_shared() -> tuple[
+    Callable[[int], Classification], Callable[[str | None], float | None]
+]:
+    # Prefer cm_notebook.retry's rules so providers and the retry loop agree; fall back
+    # to the local copy if that module is absent or lacks the functions.
+    try:
+        shared = importlib.import_module("cm_notebook.retry")
+    except ImportError:
+        return _local_classify_http_status, _local_parse_retry_after
+    classify: Any = getattr(shared, "classify_http_status", None)
+    parse: Any = getattr(shared, "parse_retry_after", None)
+    return (
+        classify if callable(classify) else _local_classify_http_status,
+        parse if callable(parse) else _local_parse_retry_after,
+    )
+
+
+_classify, _parse = _resolve_shared()
+
+
+def classify_http_status(status: int) -> Classification:
+    """``"transient"`` for 408, 409, 425, 429 and 5xx; ``"permanent"`` for other errors."""
+    result = _classify(status)
+    return "transient" if result == "transient" else "permanent"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (seconds or HTTP date), else None."""
+    return _parse(value)
+
+
+def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait according to response headers, or None if they do not say.
+
+    Honours ``retry-after-ms`` (sent by OpenAI, more precise) before ``retry-after``.
+    ``headers`` should look keys up case-insensitively (httpx headers do); a plain dict
+    is tried with lower-case keys.
+    """
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+        except ValueError:
+            value = -1.0
+        if value >= 0.0 and value != float("inf"):
+            return value
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def error_message_from_body(body: object, fallback: str) -> str:
+    """The human-readable message in an error body, or ``fallback``.
+
+    Understands the shapes OpenAI-compatible servers and Anthropic use:
+    ``{"error": {"message": ...}}``, ``{"message": ...}`` and ``{"error": "..."}``.
+    """
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping):
+            message = error.get("message")
+            if isinstance(message, str) and message.strip():
+                return message.strip()
+        elif isinstance(error, str) and error.strip():
+            return error.strip()
+        message = body.get("message")
+        if isinstance(message, str) and message.strip():
+            return message.strip()
+    elif isinstance(body, str) and body.strip():
+        return body.strip()[:500]
+    return fallback
+
+
+def from_http_status(
+    status: int,
+    message: str,
+    *,
+    provider: str,
+    retry_after_header: str | None = None,
+    retry_after: float | None = None,
+    model: str | None = None,
+    api_key_env: str | None = None,
+    list_models_hint: str | None = None,
+) -> ProviderError:
+    """The error to raise for an HTTP error ``status`` with the server's ``message``.
+
+    - 401: permanent, "set ``api_key_env``" (or "check the key");
+    - 403: permanent, "check the key has access to ``model``";
+    - 404: permanent, naming ``model`` and how to list models (``list_models_hint``);
+    - 400 / 422 and other 4xx: permanent, with the provider's own message;
+    - 408, 409, 425, 429, 5xx: transient, with ``retry_after`` taken from the
+      ``retry_after`` argument or parsed from ``retry_after_header``.
+    """
+    detail = message.strip() or f"HTTP {status}"
+    prefix = f"{provider}: "
+    if classify_http_status(status) == "transient":
+        wait = retry_after if retry_after is not None else parse_retry_after(retry_after_header)
+        what = "rate limited" if status == 429 else "server error"
+        if status in (408, 409, 425):
+            what = "request not accepted yet"
+        text = f"{prefix}{what} (HTTP {status}): {detail}"
+        if wait is not None:
+            text += f"; the server asks to retry after {wait:g} s"
+        return TransientProviderError(text, status_code=status, provider=provider, retry_after=wait)
+    if status == 401:
+        todo = (
+            f"set {api_key_env} to a valid API key (or pass api_key=...)"
+            if api_key_env
+            else "check the API key"
+        )
+        text = f"{prefix}authentication failed (HTTP 401): {detail}. To fix: {todo}."
+    elif status == 403:
+        target = f" to model {model!r}" if model else ""
+        text = (
+            f"{prefix}permission denied (HTTP 403): {detail}. To fix: check the key and "
+            f"that its account or project has access{target}."
+        )
+    elif status == 404:
+        if model:
+            text = f"{prefix}model {model!r} was not found (HTTP 404): {detail}."
+            text += f" {list_models_hint}" if list_models_hint else " Check the model name."
+        else:
+            text = f"{prefix}not found (HTTP 404): {detail}. Check the base URL."
+    elif status in (400, 422):
+        text = f"{prefix}the request was rejected (HTTP {status}): {detail}"
+    else:
+        text = f"{prefix}request failed (HTTP {status}): {detail}"
+    return PermanentProviderError(text, status_code=status, provider=provider)
+
+
+def timeout_error(
+    *, provider: str, timeout: float | None = None, detail: str | None = None
+) -> TransientProviderError:
+    """A request or read that took longer than the client's timeout."""
+    after = f" after {timeout:g} s" if timeout is not None else ""
+    extra = f": {detail}" if detail else ""
+    return TransientProviderError(
+        f"{provider}: the request timed out{after}{extra}", provider=provider
+    )
+
+
+def connection_error(*, provider: str, detail: str) -> TransientProviderError:
+    """The connection could not be made, or was reset."""
+    return TransientProviderError(f"{provider}: connection failed: {detail}", provider=provider)
+
+
+def stream_cut_error(*, provider: str, detail: str | None = None) -> TransientProviderError:
+    """The stream ended before the reply was finished (no finish reason)."""
+    extra = f" ({detail})" if detail else ""
+    return TransientProviderError(
+        f"{provider}: stream cut mid-reply{extra}; the text received so far is incomplete",
+        provider=provider,
+    )
+
+
+def malformed_response_error(*, provider: str, detail: str) -> TransientProviderError:
+    """The server sent a chunk or body that could not be understood."""
+    return TransientProviderError(
+        f"{provider}: malformed response from the server: {detail}", provider=provider
+    )
