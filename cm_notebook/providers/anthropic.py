@@ -1,0 +1,568 @@
+"""The Anthropic provider: Claude models through the official ``anthropic`` SDK.
+
+Install with ``pip install 'cm_notebook[anthropic]'`` and set ``ANTHROPIC_API_KEY``::
+
+    >>> from cm_notebook.providers import get_provider
+    >>> claude = get_provider("anthropic:claude-haiku-4-5", max_tokens=2048)  # doctest: +SKIP
+
+The module has three layers, each testable on its own:
+
+* :func:`build_request` turns a :class:`~cm_notebook.providers.ChatRequest` into the
+  keyword arguments of ``messages.create`` (system prompt apart, strict user/assistant
+  alternation, tool calls as ``tool_use`` blocks, tool results as ``tool_result`` blocks);
+* :class:`AnthropicEventTranslator` turns the SDK's *raw* stream events into
+  :data:`~cm_notebook.providers.ProviderEvent` values. It is pure, so recorded event
+  sequences test it without a network;
+* :class:`AnthropicProvider` does the I/O and translates SDK exceptions into
+  :class:`~cm_notebook.errors.TransientProviderError` /
+  :class:`~cm_notebook.errors.PermanentProviderError` with ``raise ... from exc``.
+
+We call ``messages.create(..., stream=True)`` rather than the SDK's higher-level
+``messages.stream()`` helper: the raw events are a documented wire format that we can
+record and replay, while the helper's accumulated snapshots are an SDK detail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import anthropic
+from anthropic.types import (
+    InputJSONDelta,
+    RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawContentBlockStopEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStopEvent,
+    RawMessageStreamEvent,
+    TextBlock,
+    ToolUseBlock,
+)
+from anthropic.types import TextDelta as SDKTextDelta
+from pydantic import TypeAdapter, ValidationError
+
+from ..errors import (
+    InvalidInputError,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+)
+from ..model import Message, ToolCallStatus
+from ._errors import (
+    connection_error,
+    error_message_from_body,
+    from_http_status,
+    malformed_response_error,
+    retry_after_from_headers,
+    stream_cut_error,
+    timeout_error,
+)
+from .base import ChatRequest, Finish, ProviderEvent, TextDelta, ToolCallRequest, ToolSpec, Usage
+
+__all__ = [
+    "AnthropicEventTranslator",
+    "AnthropicProvider",
+    "build_request",
+    "error_from_event",
+    "map_stop_reason",
+    "to_anthropic_messages",
+    "to_anthropic_tools",
+    "translate_sdk_error",
+]
+
+_PROVIDER = "anthropic"
+_KEY_ENV = "ANTHROPIC_API_KEY"
+_MODELS_HINT = (
+    "List the models your key can use with `anthropic.Anthropic().models.list()` or see "
+    "https://docs.anthropic.com/en/docs/about-claude/models."
+)
+
+# Anthropic's stop reasons in the vocabulary of Finish.reason (OpenAI's words, which the
+# rest of cm_notebook uses). Unknown future reasons pass through unchanged.
+_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Error types (``error.type`` in an error body) that are worth retrying. Anything else,
+# e.g. ``invalid_request_error`` or ``authentication_error``, needs the user.
+_TRANSIENT_ERROR_TYPES = frozenset(
+    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+)
+
+
+def map_stop_reason(reason: str | None) -> str:
+    """Anthropic's ``stop_reason`` as a :class:`Finish` reason (``end_turn`` -> ``stop``,
+    ``max_tokens`` -> ``length``, ``tool_use`` -> ``tool_calls``, ...)."""
+    if reason is None:
+        return "stop"
+    return _STOP_REASONS.get(reason, reason)
+
+
+def error_from_event(body: object) -> ProviderError:
+    """The error to raise for an in-stream ``error`` event such as
+    ``{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}``.
+
+    Overload, rate-limit, timeout and internal API errors are transient; all other
+    types (``invalid_request_error``, ...) are permanent.
+    """
+    error = body.get("error") if isinstance(body, Mapping) else None
+    kind = error.get("type") if isinstance(error, Mapping) else None
+    message = error_message_from_body(body, "no message")
+    if kind in _TRANSIENT_ERROR_TYPES:
+        return TransientProviderError(
+            f"{_PROVIDER}: {kind} during the stream: {message}", provider=_PROVIDER
+        )
+    return PermanentProviderError(
+        f"{_PROVIDER}: the API reported {kind or 'an error'} during the stream: {message}",
+        provider=_PROVIDER,
+    )
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _tool_use_block(call_id: str, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": dict(arguments)}
+
+
+def to_anthropic_messages(
+    messages: Sequence[Message],
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Convert a conversation to ``(system, messages)`` in Anthropic's format.
+
+    - ``system`` messages are joined (blank line between) into the separate ``system``
+      parameter, since the Messages API has no system role;
+    - assistant tool calls become ``tool_use`` blocks after the assistant's text;
+    - ``tool`` messages become ``tool_result`` blocks in a *user* message; consecutive
+      results (parallel calls) share one user message, as the API requires, and a
+      failed or denied call is flagged ``is_error`` so the model knows it did not run;
+    - consecutive messages of the same role are merged, so the result alternates;
+    - empty text is dropped (the API rejects empty text blocks).
+    """
+    system_parts: list[str] = []
+    converted: list[dict[str, Any]] = []
+    # Failed/denied status lives on the assistant's ToolCall; the tool message only has
+    # the text, so remember each call's status as we pass it.
+    call_status: dict[str, ToolCallStatus] = {}
+
+    def append(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if converted and converted[-1]["role"] == role:
+            converted[-1]["content"].extend(blocks)
+        else:
+            converted.append({"role": role, "content": blocks})
+
+    for message in messages:
+        if message.role == "system":
+            if message.content.strip():
+                system_parts.append(message.content)
+        elif message.role == "user":
+            append("user", [_text_block(message.content)] if message.content else [])
+        elif message.role == "assistant":
+            blocks = [_text_block(message.content)] if message.content else []
+            for call in message.tool_calls:
+                call_status[call.id] = call.status
+                blocks.append(_tool_use_block(call.id, call.name, call.arguments))
+            append("assistant", blocks)
+        else:  # "tool"
+            if not message.tool_call_id:
+                raise PermanentProviderError(
+                    f"tool message {message.id} has no tool_call_id, so Anthropic cannot "
+                    "match it to a tool_use block",
+                    provider=_PROVIDER,
+                )
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id,
+                "content": message.content,
+            }
+            if call_status.get(message.tool_call_id) in (
+                ToolCallStatus.FAILED,
+                ToolCallStatus.DENIED,
+            ):
+                result["is_error"] = True
+            append("user", [result])
+    system = "\n\n".join(system_parts) if system_parts else None
+    return system, converted
+
+
+def to_anthropic_tools(tools: Iterable[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs as Anthropic tool definitions (``name``, ``description``,
+    ``input_schema``); an empty schema becomes an object with no properties."""
+    result = []
+    for tool in tools:
+        schema = dict(tool.parameters) or {"type": "object", "properties": {}}
+        entry: dict[str, Any] = {"name": tool.name, "input_schema": schema}
+        if tool.description:
+            entry["description"] = tool.description
+        result.append(entry)
+    return result
+
+
+# Sampling parameters go in ``extra_body``: they are plain JSON fields of the Messages
+# API, and recent SDK releases no longer list all of them as keyword arguments.
+_SAMPLING_PARAMS = ("temperature", "top_p", "top_k")
+
+
+def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[str, Any]:
+    """The keyword arguments for ``AsyncAnthropic().messages.create`` (without ``stream``).
+
+    ``request.params`` may set ``model``, ``max_tokens``, ``temperature``, ``top_p``,
+    ``top_k`` and ``stop`` (a string or list, sent as ``stop_sequences``). Other keys
+    are ignored: they belong to other providers (e.g. ``seed``, which Anthropic lacks),
+    and one conversation can be replayed against several providers.
+    """
+    params = request.params
+    system, messages = to_anthropic_messages(request.messages)
+    kwargs: dict[str, Any] = {
+        "model": str(params.get("model") or model),
+        "max_tokens": int(params.get("max_tokens") or max_tokens),
+        "messages": messages,
+    }
+    if system is not None:
+        kwargs["system"] = system
+    if request.tools:
+        kwargs["tools"] = to_anthropic_tools(request.tools)
+    stop = params.get("stop")
+    if stop:
+        kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    extra = {key: params[key] for key in _SAMPLING_PARAMS if params.get(key) is not None}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+# -- stream events -----------------------------------------------------------------------
+
+
+@cache
+def _event_adapter() -> TypeAdapter[RawMessageStreamEvent]:
+    return TypeAdapter(RawMessageStreamEvent)
+
+
+@dataclass
+class _ToolBlock:
+    id: str
+    name: str
+    initial: Mapping[str, object]
+    parts: list[str] = field(default_factory=list)
+
+    def arguments_json(self) -> str:
+        if self.parts:
+            return "".join(self.parts)
+        # No input_json_delta at all: a tool without arguments, or a block whose input
+        # arrived whole in content_block_start.
+        return json.dumps(dict(self.initial)) if self.initial else "{}"
+
+
+class AnthropicEventTranslator:
+    """Turns the raw events of one Anthropic reply into provider events. Pure: no I/O.
+
+    Feed events in order with :meth:`feed`, which returns the provider events each one
+    produces, then call :meth:`finish` when the stream ends::
+
+        translator = AnthropicEventTranslator()
+        for raw in sdk_events:
+            yield from translator.feed(raw)
+        yield from translator.finish()   # raises if message_stop never came
+
+    Events may be SDK objects (``anthropic.types.RawMessageStreamEvent``) or their wire
+    JSON as mappings. Text deltas pass straight through; a tool call's input arrives as
+    ``input_json_delta`` fragments and is emitted as one :class:`ToolCallRequest` at its
+    ``content_block_stop``; :class:`Usage` (input tokens from ``message_start``, output
+    from ``message_delta``) and :class:`Finish` are emitted at ``message_stop``. ``ping``
+    and block types we do not use (e.g. thinking) are skipped; an ``error`` event raises
+    :func:`error_from_event`'s error.
+    """
+
+    def __init__(self) -> None:
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._stop_reason: str | None = None
+        self._tools: dict[int, _ToolBlock] = {}
+        self.finished = False
+
+    def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[ProviderEvent]:
+        """The provider events that ``event`` produces (often none)."""
+        if isinstance(event, Mapping):
+            kind = event.get("type")
+            if kind == "ping":
+                return []
+            if kind == "error":
+                raise error_from_event(event)
+            try:
+                event = _event_adapter().validate_python(event)
+            except ValidationError as exc:
+                if kind in _KNOWN_EVENT_TYPES:
+                    raise malformed_response_error(
+                        provider=_PROVIDER, detail=f"bad {kind} event: {exc.errors()[0]['msg']}"
+                    ) from exc
+                return []  # an event type newer than this code: skip, as the docs advise
+        if self.finished:
+            return []
+        if isinstance(event, RawMessageStartEvent):
+            usage = event.message.usage
+            self._input_tokens = _total_input(
+                usage.input_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens
+            )
+            self._output_tokens = usage.output_tokens
+        elif isinstance(event, RawContentBlockStartEvent):
+            return self._block_start(event)
+        elif isinstance(event, RawContentBlockDeltaEvent):
+            return self._block_delta(event)
+        elif isinstance(event, RawContentBlockStopEvent):
+            tool = self._tools.pop(event.index, None)
+            if tool is not None:
+                return [ToolCallRequest(tool.id, tool.name, tool.arguments_json())]
+        elif isinstance(event, RawMessageDeltaEvent):
+            self._stop_reason = event.delta.stop_reason
+            # Both counts in message_delta are cumulative, so they replace, not add.
+            self._output_tokens = event.usage.output_tokens
+            if event.usage.input_tokens is not None:
+                self._input_tokens = _total_input(
+                    event.usage.input_tokens,
+                    event.usage.cache_creation_input_tokens,
+                    event.usage.cache_read_input_tokens,
+                )
+        elif isinstance(event, RawMessageStopEvent):
+            self.finished = True
+            if self._tools:
+                # A tool block without content_block_stop: its JSON may be truncated.
+                raise malformed_response_error(
+                    provider=_PROVIDER, detail="message_stop before a tool_use block ended"
+                )
+            return [
+                Usage(input_tokens=self._input_tokens, output_tokens=self._output_tokens),
+                Finish(map_stop_reason(self._stop_reason)),
+            ]
+        return []
+
+    def _block_start(self, event: RawContentBlockStartEvent) -> list[ProviderEvent]:
+        block = event.content_block
+        if isinstance(block, ToolUseBlock):
+            self._tools[event.index] = _ToolBlock(block.id, block.name, block.input)
+        elif isinstance(block, TextBlock) and block.text:
+            return [TextDelta(block.text)]
+        return []
+
+    def _block_delta(self, event: RawContentBlockDeltaEvent) -> list[ProviderEvent]:
+        delta = event.delta
+        if isinstance(delta, SDKTextDelta):
+            return [TextDelta(delta.text)] if delta.text else []
+        if isinstance(delta, InputJSONDelta):
+            tool = self._tools.get(event.index)
+            if tool is None:
+                raise malformed_response_error(
+                    provider=_PROVIDER,
+                    detail=f"input_json_delta for block {event.index}, which is not a tool_use",
+                )
+            tool.parts.append(delta.partial_json)
+        return []
+
+    def finish(self) -> list[ProviderEvent]:
+        """Call when the stream has ended; raises if it ended before ``message_stop``."""
+        if not self.finished:
+            raise stream_cut_error(provider=_PROVIDER, detail="no message_stop event")
+        return []
+
+
+_KNOWN_EVENT_TYPES = frozenset(
+    {
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    }
+)
+
+
+def _total_input(base: int, cache_creation: int | None, cache_read: int | None) -> int:
+    # Anthropic counts cached prompt tokens separately; the prompt is all three together.
+    return base + (cache_creation or 0) + (cache_read or 0)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+@cache
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    # The SDK wraps errors raised while *sending*, but a connection that breaks while we
+    # iterate the body surfaces as the HTTP library's own error. Which library that is
+    # depends on the SDK release (httpx, later httpx2), so accept whichever is installed.
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        found.append(module.TransportError)
+    return tuple(found)
+
+
+def translate_sdk_error(
+    exc: BaseException, *, model: str | None = None, timeout: float | None = None
+) -> ProviderError | None:
+    """The cm_notebook error for an SDK or transport exception, or None if it is not one.
+
+    The caller raises the result ``from exc``. Messages never include the API key.
+    """
+    if isinstance(exc, anthropic.APIStatusError):
+        if exc.status_code < 400:
+            # An ``error`` event inside a 200 stream: the SDK raises it as a status error.
+            return error_from_event(exc.body)
+        return from_http_status(
+            exc.status_code,
+            exc.api_message or error_message_from_body(exc.body, exc.message),
+            provider=_PROVIDER,
+            retry_after=retry_after_from_headers(exc.response.headers),
+            model=model,
+            api_key_env=_KEY_ENV,
+            list_models_hint=_MODELS_HINT,
+        )
+    if isinstance(exc, anthropic.APITimeoutError):
+        return timeout_error(provider=_PROVIDER, timeout=timeout)
+    if isinstance(exc, anthropic.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return connection_error(provider=_PROVIDER, detail=f"{type(cause).__name__}: {cause}")
+    if isinstance(exc, anthropic.APIResponseValidationError):
+        return malformed_response_error(provider=_PROVIDER, detail=exc.message)
+    if isinstance(exc, _transport_errors()):
+        return connection_error(
+            provider=_PROVIDER, detail=f"the stream broke: {type(exc).__name__}: {exc}"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return malformed_response_error(provider=_PROVIDER, detail=f"bad JSON in an event: {exc}")
+    if isinstance(exc, anthropic.AnthropicError):
+        # E.g. the SDK could not load credentials from its config files.
+        return PermanentProviderError(f"{_PROVIDER}: {exc}", provider=_PROVIDER)
+    return None
+
+
+# -- the provider ------------------------------------------------------------------------
+
+
+class AnthropicProvider:
+    """Claude through Anthropic's Messages API with streaming.
+
+    ``api_key`` defaults to the ``ANTHROPIC_API_KEY`` environment variable; the key goes
+    to the SDK client and nowhere else (not into ``repr``, logs or saved settings).
+    ``max_tokens`` (required by the API) defaults to 1024 and may be overridden per
+    request in ``ChatRequest.params``, as may ``model``.
+
+    The SDK's own retries are switched off: cm_notebook's state machine retries
+    transient failures with its policy, and two retry loops would multiply the waits.
+    """
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int = 1024,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidInputError("AnthropicProvider needs a model name, e.g. 'claude-haiku-4-5'")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InvalidInputError(f"max_tokens must be a positive int, not {max_tokens!r}")
+        if not timeout > 0:
+            raise InvalidInputError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.model = model.strip()
+        self.base_url = base_url
+        self.timeout = float(timeout)
+        self.max_tokens = max_tokens
+        key = api_key if api_key is not None else os.environ.get(_KEY_ENV)
+        # Only the SDK client holds the key; this object keeps no copy of it.
+        self._client = anthropic.AsyncAnthropic(
+            api_key=key or None,
+            base_url=base_url,
+            timeout=self.timeout,
+            max_retries=0,
+        )
+
+    @classmethod
+    def from_spec(cls, model: str | None, /, **options: Any) -> AnthropicProvider:
+        """Registry hook for ``"anthropic:<model>"``; ``options`` go to the constructor."""
+        if not model:
+            raise InvalidInputError(
+                "the anthropic provider needs a model: use 'anthropic:<model>', e.g. "
+                f"'anthropic:claude-haiku-4-5'. {_MODELS_HINT}"
+            )
+        return cls(model, **options)
+
+    def __repr__(self) -> str:
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        return f"AnthropicProvider(model={self.model!r}{where})"
+
+    def _has_credentials(self) -> bool:
+        client = self._client
+        # getattr: older SDK releases have no auth_token/credentials attributes.
+        return any(
+            getattr(client, attr, None) is not None
+            for attr in ("api_key", "auth_token", "credentials")
+        )
+
+    def _error(self, exc: BaseException) -> ProviderError | None:
+        return translate_sdk_error(exc, model=self.model, timeout=self.timeout)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
+        if not self._has_credentials():
+            raise PermanentProviderError(
+                f"{_PROVIDER}: no API key; set {_KEY_ENV} (or pass api_key=...)",
+                provider=_PROVIDER,
+            )
+        kwargs = build_request(request, model=self.model, max_tokens=self.max_tokens)
+        translator = AnthropicEventTranslator()
+        try:
+            sdk_stream = await self._client.messages.create(**kwargs, stream=True)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is None:
+                raise
+            raise error from exc
+        # ``async with`` closes the HTTP response even when our consumer stops early
+        # (cancellation, or a tool-call reply it does not need to finish reading).
+        async with sdk_stream:
+            while True:
+                try:
+                    event = await sdk_stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    error = self._error(exc)
+                    if error is None:
+                        raise
+                    raise error from exc
+                # Yield outside the try: errors thrown into us by the consumer are not
+                # the SDK's and must not be translated.
+                for out in translator.feed(event):
+                    yield out
+        for out in translator.finish():
+            yield out
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool."""
+        await self._client.close()

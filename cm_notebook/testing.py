@@ -1,0 +1,466 @@
+"""Public testing helpers: :class:`ScriptedProvider`, the project's one fake model.
+
+The fake sits at the narrowest seam there is, the :class:`~cm_notebook.providers.Provider`
+protocol, so everything above it (session, state machine, store, tools, widgets, REST)
+runs for real in tests and notebooks. It is deterministic: no randomness, no clock, and
+delays use :func:`anyio.sleep`, so cancellation behaves as it does with a real model.
+
+A script is a queue of *turns*; each call to :meth:`ScriptedProvider.stream` consumes one
+turn and records the request it was given::
+
+    >>> from cm_notebook.testing import ScriptedProvider
+    >>> fake = (
+    ...     ScriptedProvider()
+    ...     .tool_call("add", {"a": 1, "b": 2})          # 1st request: ask for a tool
+    ...     .reply("The sum is 3.", chunks="words")      # 2nd request: answer
+    ... )
+    >>> session = ContextSession.create(store, provider=fake)   # doctest: +SKIP
+    >>> fake.requests[1].messages[-1].content                   # doctest: +SKIP
+    '3'
+
+When the script runs out, the fake echoes the last user message (``"echo: <text>"``),
+which keeps exploratory notebooks going; pass ``strict=True`` to get a
+:class:`ScriptExhaustedError` instead, which is what most tests want.
+
+The fake is registered as the ``scripted`` provider, so ``get_provider("scripted")``
+builds a fresh one (with an empty script: it echoes). To script it, build it yourself and
+pass the instance wherever a provider spec is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from .errors import (
+    InvalidInputError,
+    PermanentProviderError,
+    TransientProviderError,
+)
+from .providers.base import (
+    ChatRequest,
+    Finish,
+    ProviderEvent,
+    TextDelta,
+    ToolCallRequest,
+    Usage,
+)
+
+__all__ = ["Chunks", "ErrorKind", "ScriptExhaustedError", "ScriptedProvider", "ToolCallLike"]
+
+#: How a reply's text is cut into :class:`TextDelta` events: ``None`` one delta,
+#: an ``int`` that many characters per delta, ``"words"`` one word (with its trailing
+#: whitespace) per delta, or an explicit sequence of pieces.
+Chunks = int | Literal["words"] | Sequence[str] | None
+
+#: The kinds of scripted failure :meth:`ScriptedProvider.error` understands by name.
+ErrorKind = Literal["transient", "permanent"]
+
+#: A tool call in :meth:`ScriptedProvider.tool_calls`: ``(name, arguments)``,
+#: ``(name, arguments, id)`` or a ready-made :class:`ToolCallRequest`.
+ToolCallLike = (
+    tuple[str, Mapping[str, Any] | str] | tuple[str, Mapping[str, Any] | str, str] | ToolCallRequest
+)
+
+
+class ScriptExhaustedError(PermanentProviderError):
+    """A ``strict=True`` :class:`ScriptedProvider` got more requests than it was scripted for.
+
+    It is a :class:`~cm_notebook.errors.PermanentProviderError` so that code under test
+    sees an ordinary provider failure (the contract says providers raise nothing else);
+    the message says which request overran the script.
+    """
+
+
+# One step of a turn. Kept private: the builder methods are the public vocabulary.
+@dataclass(frozen=True)
+class _Emit:
+    event: ProviderEvent
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Raise:
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Hang:
+    pass
+
+
+@dataclass(frozen=True)
+class _EstimatedUsage:
+    # Usage computed from the request at stream time (word counts), because the
+    # request is not known when the turn is scripted.
+    output_tokens: int
+
+
+# The events a per-event delay applies to: what a real model produces one by one.
+_STREAMED = (TextDelta, ToolCallRequest)
+
+_Step = _Emit | _Sleep | _Raise | _Hang | _EstimatedUsage
+
+
+@dataclass
+class _Turn:
+    steps: list[_Step] = field(default_factory=list)
+
+
+def _split_chunks(text: str, chunks: Chunks) -> list[str]:
+    """Cut ``text`` into stream pieces as :data:`Chunks` describes (empty text: none)."""
+    if chunks is None:
+        return [text] if text else []
+    if chunks == "words":
+        # Split before every word that follows whitespace: "a b" -> ["a ", "b"].
+        return [piece for piece in re.split(r"(?<=\s)(?=\S)", text) if piece]
+    if isinstance(chunks, int):
+        if isinstance(chunks, bool) or chunks < 1:
+            raise InvalidInputError(f"chunk size must be a positive int, not {chunks!r}")
+        return [text[i : i + chunks] for i in range(0, len(text), chunks)]
+    if isinstance(chunks, str):
+        raise InvalidInputError(f"chunks must be None, an int, 'words' or a list, not {chunks!r}")
+    pieces = list(chunks)
+    if "".join(pieces) != text:
+        raise InvalidInputError("explicit chunks must join up to exactly the reply text")
+    return [piece for piece in pieces if piece]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _check_delay(delay: float) -> float:
+    if delay < 0:
+        raise InvalidInputError(f"delay must be >= 0 seconds, not {delay!r}")
+    return float(delay)
+
+
+class ScriptedProvider:
+    """A deterministic fake :class:`~cm_notebook.providers.Provider` driven by a script.
+
+    ``replies`` seeds the script: each item is a reply text (``str``), an exception to
+    raise, or a sequence of :data:`~cm_notebook.providers.ProviderEvent` values streamed
+    verbatim. The builder methods below append more turns and return ``self``, so they
+    chain. ``delay`` is the default pause before each streamed event (seconds).
+
+    Every request is appended to :attr:`requests` when :meth:`stream` is called, so a test
+    can assert exactly what the model saw (tool results, edited arguments, parameters).
+
+    ``usage`` defaults to a deterministic estimate: input tokens are the words in the
+    request's messages, output tokens the words in the reply (not a real tokenizer).
+    """
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        replies: Iterable[str | BaseException | Sequence[ProviderEvent]] = (),
+        *,
+        strict: bool = False,
+        delay: float = 0.0,
+        model: str = "scripted",
+    ) -> None:
+        self.model = model
+        self.strict = strict
+        self.default_delay = _check_delay(delay)
+        #: Every request received, in order.
+        self.requests: list[ChatRequest] = []
+        #: True once :meth:`aclose` has been called.
+        self.closed = False
+        self._script: deque[_Turn] = deque()
+        self._next_call_id = 0
+        for item in replies:
+            if isinstance(item, str):
+                self.reply(item)
+            elif isinstance(item, BaseException):
+                self.error(item)
+            else:
+                self.events(*item)
+
+    @classmethod
+    def from_spec(cls, model: str | None, /, **options: Any) -> ScriptedProvider:
+        """Registry hook: ``get_provider("scripted")`` or ``"scripted:<label>"``.
+
+        Each call returns a fresh, empty (echoing) fake; ``options`` go to the
+        constructor (``strict``, ``delay``, ``replies``). The model is only a label.
+        """
+        return cls(model=model or "scripted", **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"ScriptedProvider(model={self.model!r}, remaining={self.remaining}, "
+            f"requests={len(self.requests)}, strict={self.strict})"
+        )
+
+    # -- building the script ------------------------------------------------------------
+
+    @property
+    def remaining(self) -> int:
+        """How many scripted turns have not been consumed yet."""
+        return len(self._script)
+
+    @property
+    def last_request(self) -> ChatRequest:
+        """The most recent request (``IndexError`` if there was none)."""
+        return self.requests[-1]
+
+    def _add(self, steps: list[_Step]) -> ScriptedProvider:
+        self._script.append(_Turn(steps))
+        return self
+
+    def _paced(self, events: Iterable[_Emit | _EstimatedUsage], delay: float | None) -> list[_Step]:
+        pause = self.default_delay if delay is None else _check_delay(delay)
+        steps: list[_Step] = []
+        for event in events:
+            if pause and isinstance(event, _Emit) and isinstance(event.event, _STREAMED):
+                steps.append(_Sleep(pause))
+            steps.append(event)
+        return steps
+
+    @staticmethod
+    def _usage_step(usage: Usage | tuple[int, int] | None, text: str) -> _Emit | _EstimatedUsage:
+        if usage is None:
+            return _EstimatedUsage(_words(text))
+        if isinstance(usage, tuple):
+            return _Emit(Usage(input_tokens=usage[0], output_tokens=usage[1]))
+        return _Emit(usage)
+
+    def reply(
+        self,
+        text: str,
+        *,
+        chunks: Chunks = None,
+        usage: Usage | tuple[int, int] | None = None,
+        finish: str | None = "stop",
+        delay: float | None = None,
+    ) -> ScriptedProvider:
+        """Script a text reply.
+
+        ``chunks`` cuts the text into deltas (see :data:`Chunks`); ``usage`` is a
+        :class:`Usage` or ``(input, output)`` (default: the word-count estimate);
+        ``finish`` is the :class:`Finish` reason, or ``None`` to end the stream without
+        one (a misbehaving backend); ``delay`` pauses before each delta.
+
+        >>> ScriptedProvider().reply("Hello there", chunks="words", delay=0.05)
+        ScriptedProvider(model='scripted', remaining=1, requests=0, strict=False)
+        """
+        events: list[_Emit | _EstimatedUsage] = [
+            _Emit(TextDelta(piece)) for piece in _split_chunks(text, chunks)
+        ]
+        events.append(self._usage_step(usage, text))
+        if finish is not None:
+            events.append(_Emit(Finish(finish)))
+        return self._add(self._paced(events, delay))
+
+    def tool_call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | str | None = None,
+        *,
+        id: str | None = None,
+        text: str = "",
+        usage: Usage | tuple[int, int] | None = None,
+        delay: float | None = None,
+    ) -> ScriptedProvider:
+        """Script a reply that asks for one tool call (optionally after some ``text``).
+
+        ``arguments`` is a dict (sent as JSON) or a raw string, which may be invalid JSON
+        on purpose to test validation. ``id`` defaults to ``call_1``, ``call_2``, ...
+        counted per fake, so ids are the same on every run.
+        """
+        return self.tool_calls(
+            (name, arguments or {}, id) if id is not None else (name, arguments or {}),
+            text=text,
+            usage=usage,
+            delay=delay,
+        )
+
+    def tool_calls(
+        self,
+        *calls: ToolCallLike,
+        text: str = "",
+        usage: Usage | tuple[int, int] | None = None,
+        delay: float | None = None,
+    ) -> ScriptedProvider:
+        """Script a reply that asks for several tool calls at once (parallel calls).
+
+        >>> ScriptedProvider().tool_calls(("add", {"a": 1}), ("mul", {"a": 2}, "my-id"))
+        ScriptedProvider(model='scripted', remaining=1, requests=0, strict=False)
+        """
+        if not calls:
+            raise InvalidInputError("tool_calls() needs at least one call")
+        events: list[_Emit | _EstimatedUsage] = [_Emit(TextDelta(text))] if text else []
+        for call in calls:
+            events.append(_Emit(self._make_call(call)))
+        events.append(self._usage_step(usage, text))
+        events.append(_Emit(Finish("tool_calls")))
+        return self._add(self._paced(events, delay))
+
+    def _make_call(self, call: ToolCallLike) -> ToolCallRequest:
+        if isinstance(call, ToolCallRequest):
+            return call
+        name, arguments = call[0], call[1]
+        if len(call) == 3:
+            call_id = call[2]
+        else:
+            self._next_call_id += 1
+            call_id = f"call_{self._next_call_id}"
+        if not name:
+            raise InvalidInputError("a tool call needs a tool name")
+        raw = arguments if isinstance(arguments, str) else json.dumps(dict(arguments))
+        return ToolCallRequest(id=call_id, name=name, arguments_json=raw)
+
+    def error(
+        self,
+        error: BaseException
+        | type[BaseException]
+        | Literal["transient", "permanent"] = "transient",
+        *,
+        after_chunks: int = 0,
+        text: str = "",
+        retry_after: float | None = None,
+        message: str | None = None,
+        delay: float | None = None,
+    ) -> ScriptedProvider:
+        """Script a failure, at the start of the stream or after ``after_chunks`` deltas.
+
+        ``error`` is ``"transient"`` (a :class:`~cm_notebook.errors.TransientProviderError`,
+        with ``retry_after`` if given), ``"permanent"`` (a
+        :class:`~cm_notebook.errors.PermanentProviderError`), or an exception instance or
+        class raised as-is. The partial text is ``text`` cut into ``after_chunks`` pieces,
+        or ``"part1 part2 ..."`` when ``text`` is empty.
+
+        >>> ScriptedProvider().error("transient", retry_after=2.0).reply("ok")
+        ScriptedProvider(model='scripted', remaining=2, requests=0, strict=False)
+        """
+        if after_chunks < 0:
+            raise InvalidInputError(f"after_chunks must be >= 0, not {after_chunks}")
+        exc = self._make_error(error, retry_after=retry_after, message=message)
+        events: list[_Emit | _EstimatedUsage] = [
+            _Emit(TextDelta(piece)) for piece in _partial(text, after_chunks)
+        ]
+        steps = self._paced(events, delay)
+        steps.append(_Raise(exc))
+        return self._add(steps)
+
+    @staticmethod
+    def _make_error(
+        error: BaseException | type[BaseException] | str,
+        *,
+        retry_after: float | None,
+        message: str | None,
+    ) -> BaseException:
+        if error == "transient":
+            return TransientProviderError(
+                message or "scripted transient failure",
+                provider="scripted",
+                retry_after=retry_after,
+            )
+        if retry_after is not None:
+            raise InvalidInputError("retry_after only applies to error='transient'")
+        if error == "permanent":
+            return PermanentProviderError(
+                message or "scripted permanent failure", provider="scripted"
+            )
+        if isinstance(error, BaseException):
+            return error
+        if isinstance(error, type) and issubclass(error, BaseException):
+            return error(message or f"scripted {error.__name__}")
+        raise InvalidInputError(
+            f"error must be 'transient', 'permanent' or an exception, not {error!r}"
+        )
+
+    def hang(self, *, after_chunks: int = 0, text: str = "") -> ScriptedProvider:
+        """Script a turn that streams ``after_chunks`` deltas, then waits until cancelled.
+
+        Use it to test cancellation and interrupts; the wait is :func:`anyio.sleep_forever`.
+        """
+        steps: list[_Step] = [_Emit(TextDelta(piece)) for piece in _partial(text, after_chunks)]
+        steps.append(_Hang())
+        return self._add(steps)
+
+    def events(self, *events: ProviderEvent, delay: float | None = None) -> ScriptedProvider:
+        """Script a turn that streams exactly these events (no Usage or Finish added)."""
+        return self._add(self._paced([_Emit(event) for event in events], delay))
+
+    # -- the Provider protocol ----------------------------------------------------------
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        """Record ``request``, take the next turn, and return its event stream.
+
+        The turn is taken now, not at the first ``__anext__``, so the order of calls
+        decides which request gets which turn even if streams are consumed concurrently.
+        """
+        self.requests.append(request)
+        if self._script:
+            turn = self._script.popleft()
+        elif self.strict:
+            turn = _Turn(
+                [
+                    _Raise(
+                        ScriptExhaustedError(
+                            f"ScriptedProvider(strict=True) got request #{len(self.requests)} "
+                            f"but its script is empty; script more turns (e.g. .reply(...))",
+                            provider="scripted",
+                        )
+                    )
+                ]
+            )
+        else:
+            turn = self._echo_turn(request)
+        return self._run(turn, request)
+
+    def _echo_turn(self, request: ChatRequest) -> _Turn:
+        last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        text = f"echo: {last_user}"
+        events: list[_Emit | _EstimatedUsage] = [
+            _Emit(TextDelta(piece)) for piece in _split_chunks(text, "words")
+        ]
+        events += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
+        return _Turn(self._paced(events, None))
+
+    async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        for step in turn.steps:
+            if isinstance(step, _Emit):
+                yield step.event
+            elif isinstance(step, _EstimatedUsage):
+                words = sum(_words(m.content) for m in request.messages)
+                yield Usage(input_tokens=words, output_tokens=step.output_tokens)
+            elif isinstance(step, _Sleep):
+                await anyio.sleep(step.seconds)
+            elif isinstance(step, _Raise):
+                # A fresh traceback each time, so a reused exception object does not
+                # accumulate frames from earlier raises.
+                raise step.error.with_traceback(None)
+            else:
+                await anyio.sleep_forever()
+
+    async def aclose(self) -> None:
+        """Mark the fake closed (see :attr:`closed`); it holds no resources."""
+        self.closed = True
+
+
+def _partial(text: str, count: int) -> list[str]:
+    if count == 0:
+        return []
+    if not text:
+        return [f"part{i} " for i in range(1, count + 1)]
+    # Near-equal pieces, the first ones one character longer when it does not divide.
+    size, extra = divmod(len(text), count)
+    pieces, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return [piece for piece in pieces if piece]
