@@ -59,6 +59,7 @@ __all__ = [
     "available_providers",
     "get_provider",
     "parse_spec",
+    "refresh_providers",
     "register_provider",
     "unregister_provider",
 ]
@@ -137,12 +138,20 @@ _lock = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _entry_points() -> dict[str, EntryPoint]:
-    # Reading installed distributions' metadata costs milliseconds; do it once. Call
-    # ``_entry_points.cache_clear()`` after installing a plugin into a running kernel.
+    # Reading installed distributions' metadata costs milliseconds; do it once
+    # (refresh_providers() forgets it after a plugin is installed into a running kernel).
     found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name.lower(), ep)
     return found
+
+
+def refresh_providers() -> None:
+    """Forget the cached entry points, e.g. after ``pip install``-ing a provider plugin
+    into a running kernel. Runtime registrations are kept."""
+    _entry_points.cache_clear()
+    with _lock:
+        _loaded.clear()
 
 
 def available_providers() -> dict[str, EntryPoint | ProviderFactory]:
