@@ -1,0 +1,520 @@
+"""Signals: small, numbered events that tell views what changed, so they can pull the data.
+
+A context's :class:`EventBus` stamps every event with a per-context sequence number
+(``seq``, 1, 2, 3, ...), the context id and the time, keeps the most recent ones in a
+bounded history, and hands them to subscribers. Signals carry ids and deltas, never
+whole message contents: a view that wants a message pulls it from the session.
+
+Self-healing: a view that misses signals sees a gap in ``seq`` (or, for text, a gap in
+:attr:`ContentDelta.offset`) and re-pulls. When the bus itself has to drop events for
+a subscriber (its buffer overflowed, or it asked for history older than the bus keeps)
+it sends a :class:`Resync` instead: "your picture is stale; re-pull the state, then
+carry on with the events after ``Resync.seq``".
+
+Publishing::
+
+    bus = EventBus(context_id)
+    stamped = bus.publish(ContentDelta(message_id=mid, text="Hel", offset=0, branch="main"))
+    stamped.seq  # assigned by the bus
+
+The caller builds the event with its own fields (checked by pydantic and mypy);
+``seq``, ``context_id`` and ``at`` are left at their defaults and set by the bus on a
+copy. Clients reading JSON (SSE, REST) turn it back into a model with
+:func:`parse_event`.
+
+Thread safety: none, on purpose. :meth:`EventBus.publish`, :meth:`EventBus.subscribe`
+and the streams must be used from the thread running the event loop (in a notebook,
+the kernel's). Code on worker threads hands events over with
+``loop.call_soon_threadsafe(bus.publish, event)``; the bus does not do it for them,
+so that the common path pays no locking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
+
+import anyio
+import anyio.lowlevel
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .errors import InvalidInputError, StateError
+from .fsm import State
+from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+
+__all__ = [
+    "BaseEvent",
+    "BranchCreated",
+    "BranchSwitched",
+    "ContentDelta",
+    "Error",
+    "Event",
+    "EventBus",
+    "EventCallback",
+    "EventStream",
+    "MessageAdded",
+    "MessageCompleted",
+    "Resync",
+    "StateChanged",
+    "ToolApprovalRequested",
+    "ToolCallResolved",
+    "parse_event",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class BaseEvent(BaseModel):
+    """Fields every signal has. ``seq``, ``context_id`` and ``at`` are set by the bus.
+
+    Attributes:
+        seq: per-context sequence number, increasing by one per published event.
+        context_id: the context the event belongs to.
+        branch: the branch it concerns, if any.
+        at: when it was published (UTC).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(0, ge=0)
+    context_id: str = ""
+    branch: str | None = None
+    at: UTCDateTime = Field(default_factory=utcnow)
+
+
+class StateChanged(BaseEvent):
+    """The context's state machine moved from ``old`` to ``new``."""
+
+    type: Literal["StateChanged"] = "StateChanged"
+    old: State
+    new: State
+    turn_id: str | None = None
+
+
+class MessageAdded(BaseEvent):
+    """A message was added to the tree; pull it by ``message_id`` if you show it."""
+
+    type: Literal["MessageAdded"] = "MessageAdded"
+    message_id: str
+    parent_id: str | None = None
+    role: Role
+
+
+class ContentDelta(BaseEvent):
+    """More text for a message being generated.
+
+    ``offset`` is the length of the message's text before this delta, so a view that
+    holds ``offset`` characters appends ``text``; any other length means it missed a
+    delta (or got one twice) and should re-pull the message.
+    """
+
+    type: Literal["ContentDelta"] = "ContentDelta"
+    message_id: str
+    text: str
+    offset: int = Field(ge=0)
+
+
+class MessageCompleted(BaseEvent):
+    """A message reached its final status (complete, interrupted or error)."""
+
+    type: Literal["MessageCompleted"] = "MessageCompleted"
+    message_id: str
+    status: MessageStatus
+
+
+class ToolApprovalRequested(BaseEvent):
+    """The model's reply ``message_id`` asks to run tools that need a decision."""
+
+    type: Literal["ToolApprovalRequested"] = "ToolApprovalRequested"
+    message_id: str
+    tool_call_ids: tuple[str, ...]
+
+
+class ToolCallResolved(BaseEvent):
+    """A tool call changed status (approved, denied, done, failed); ``reason`` if denied."""
+
+    type: Literal["ToolCallResolved"] = "ToolCallResolved"
+    tool_call_id: str
+    status: ToolCallStatus
+    reason: str | None = None
+
+
+class BranchCreated(BaseEvent):
+    """A branch named ``name`` was created with head ``head``."""
+
+    type: Literal["BranchCreated"] = "BranchCreated"
+    name: str
+    head: str | None = None
+
+
+class BranchSwitched(BaseEvent):
+    """The active branch is now ``name``."""
+
+    type: Literal["BranchSwitched"] = "BranchSwitched"
+    name: str
+
+
+class Error(BaseEvent):
+    """Something went wrong that a view should show; ``kind`` says what sort."""
+
+    type: Literal["Error"] = "Error"
+    message: str
+    kind: Literal["transient", "permanent", "tool", "internal"]
+
+
+class Resync(BaseEvent):
+    """Events were dropped for this subscriber: re-pull the state.
+
+    ``seq`` is the bus's last sequence number when the resync was issued; the events
+    that follow it have larger numbers. A ``Resync`` made for one subscriber is not in
+    the history and other subscribers never see it.
+    """
+
+    type: Literal["Resync"] = "Resync"
+    reason: str
+
+
+Event: TypeAlias = Annotated[
+    StateChanged
+    | MessageAdded
+    | ContentDelta
+    | MessageCompleted
+    | ToolApprovalRequested
+    | ToolCallResolved
+    | BranchCreated
+    | BranchSwitched
+    | Error
+    | Resync,
+    Field(discriminator="type"),
+]
+"""Any signal, discriminated by its ``type`` field."""
+
+_EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
+    {
+        StateChanged,
+        MessageAdded,
+        ContentDelta,
+        MessageCompleted,
+        ToolApprovalRequested,
+        ToolCallResolved,
+        BranchCreated,
+        BranchSwitched,
+        Error,
+        Resync,
+    }
+)
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+EventCallback: TypeAlias = Callable[[Event], None]
+"""A synchronous subscriber: called inline by :meth:`EventBus.publish`."""
+
+EventT = TypeVar("EventT", bound=BaseEvent)
+
+
+def parse_event(data: Mapping[str, Any] | str | bytes) -> Event:
+    """Turn a dict (e.g. ``event.model_dump(mode="json")``) or JSON text into an event.
+
+    Raises:
+        pydantic.ValidationError: the data is not a known event.
+    """
+    if isinstance(data, (str, bytes)):
+        return _EVENT_ADAPTER.validate_json(data)
+    return _EVENT_ADAPTER.validate_python(data)
+
+
+class _Buffer:
+    # One async subscriber's queue. The bus holds these, not the EventStream objects, so a
+    # stream nobody references any more can be garbage-collected (and then unregistered).
+    __slots__ = ("backlog", "closed", "events", "waiter")
+
+    def __init__(self, backlog: list[Event]) -> None:
+        self.backlog: deque[Event] = deque(backlog)  # history asked for with ``since``
+        self.events: deque[Event] = deque()  # live events, bounded by the bus
+        self.waiter: anyio.Event | None = None
+        self.closed = False
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
+
+
+class EventStream:
+    """An async iterator over a bus's events, made by :meth:`EventBus.stream`.
+
+    It is registered with the bus as soon as it is created, so no event published after
+    :meth:`EventBus.stream` returns is missed. Use it with ``async for``, optionally
+    inside ``async with`` (or call :meth:`aclose`) to unregister promptly; a stream that
+    is simply dropped is unregistered when it is garbage-collected.
+    """
+
+    def __init__(self, bus: EventBus, buffer: _Buffer) -> None:
+        self._buffer = buffer
+        self._finalizer = weakref.finalize(self, bus._discard, buffer)
+        self._finalizer.atexit = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        buffer = self._buffer
+        while True:
+            if buffer.backlog or buffer.events:
+                # Allow cancellation without a full scheduling round trip per event.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                queue = buffer.backlog if buffer.backlog else buffer.events
+                return queue.popleft()
+            if buffer.closed:
+                raise StopAsyncIteration
+            waiter = buffer.waiter = anyio.Event()
+            await waiter.wait()
+
+    @property
+    def pending(self) -> int:
+        """How many events are buffered and not yet read."""
+        return len(self._buffer.backlog) + len(self._buffer.events)
+
+    def close(self) -> None:
+        """Unregister from the bus and end the iteration; buffered events are dropped."""
+        buffer = self._buffer
+        buffer.backlog.clear()
+        buffer.events.clear()
+        buffer.closed = True
+        buffer.wake()
+        self._finalizer()
+
+    async def aclose(self) -> None:
+        """Async spelling of :meth:`close`, for ``contextlib.aclosing`` and friends."""
+        self.close()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EventBus:
+    """Numbers, stores and distributes one context's signals.
+
+    Args:
+        context_id: stamped on every event.
+        history: how many recent events :meth:`events` and :meth:`stream` can replay.
+        subscriber_buffer: how many unread events one async stream may hold before it
+            is reset to a single :class:`Resync`. Publishing never waits for a reader.
+        clock: returns the current UTC time; replace it for deterministic tests.
+
+    Not thread-safe: use it from the event loop's thread (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        context_id: str,
+        *,
+        history: int = 10_000,
+        subscriber_buffer: int = 1_000,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if history < 0:
+            raise InvalidInputError(f"history must be >= 0, got {history!r}")
+        if subscriber_buffer < 1:
+            raise InvalidInputError(f"subscriber_buffer must be >= 1, got {subscriber_buffer!r}")
+        self.context_id = context_id
+        self._clock = clock
+        self._seq = 0
+        self._history: deque[Event] = deque(maxlen=history)
+        self._buffer_limit = subscriber_buffer
+        self._tokens = itertools.count()
+        self._callbacks: dict[int, EventCallback] = {}
+        self._buffers: dict[int, _Buffer] = {}
+        # Snapshots iterated by publish: subscribing, unsubscribing or a stream being
+        # garbage-collected during delivery then cannot disturb the loop in progress.
+        self._callback_list: tuple[EventCallback, ...] = ()
+        self._buffer_list: tuple[_Buffer, ...] = ()
+        self._queue: deque[Event] = deque()
+        self._dispatching = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<EventBus {self.context_id!r} last_seq={self._seq} "
+            f"callbacks={len(self._callbacks)} streams={len(self._buffers)}>"
+        )
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last published event (0 before the first)."""
+        return self._seq
+
+    @property
+    def subscriber_count(self) -> int:
+        """Callbacks plus open streams currently registered."""
+        return len(self._callbacks) + len(self._buffers)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def publish(self, event: EventT) -> EventT:
+        """Stamp ``event`` with the next ``seq``, ``context_id`` and time, and deliver it.
+
+        Returns the stamped copy (``event`` itself is not changed). Callbacks run before
+        this returns; async streams get it in their buffers. A callback that publishes
+        does not reorder delivery: its event is delivered after the current one.
+
+        Raises:
+            InvalidInputError: ``event`` is not one of the event types of :data:`Event`.
+            StateError: the bus is closed.
+        """
+        if type(event) not in _EVENT_TYPES:
+            raise InvalidInputError(f"{type(event).__name__} is not a publishable event type")
+        if self._closed:
+            raise StateError(f"the event bus of context {self.context_id!r} is closed")
+        self._seq += 1
+        stamped = event.model_copy(
+            update={"seq": self._seq, "context_id": self.context_id, "at": self._clock()}
+        )
+        as_event = cast(Event, stamped)  # checked against _EVENT_TYPES above
+        self._history.append(as_event)
+        self._queue.append(as_event)
+        if not self._dispatching:
+            self._drain()
+        return stamped
+
+    def _drain(self) -> None:
+        self._dispatching = True
+        try:
+            while self._queue:
+                event = self._queue.popleft()
+                for buffer in self._buffer_list:
+                    self._deliver(buffer, event)
+                for callback in self._callback_list:
+                    try:
+                        callback(event)
+                    except Exception:
+                        # A broken view must not break the session or the other views.
+                        logger.exception(
+                            "event callback %r failed on %s #%d", callback, event.type, event.seq
+                        )
+        finally:
+            self._dispatching = False
+
+    def _deliver(self, buffer: _Buffer, event: Event) -> None:
+        if buffer.closed:
+            return
+        if len(buffer.events) >= self._buffer_limit:
+            # The reader fell behind: drop what it has not read rather than block or grow.
+            buffer.backlog.clear()
+            buffer.events.clear()
+            buffer.events.append(
+                self._resync(f"subscriber fell more than {self._buffer_limit} events behind")
+            )
+        else:
+            buffer.events.append(event)
+        buffer.wake()
+
+    def _resync(self, reason: str) -> Resync:
+        return Resync(seq=self._seq, context_id=self.context_id, at=self._clock(), reason=reason)
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` inline for every event published from now on.
+
+        Exceptions from the callback are logged and otherwise ignored. Returns a function
+        that unsubscribes (calling it twice is harmless).
+        """
+        token = next(self._tokens)
+        self._callbacks[token] = callback
+        self._callback_list = tuple(self._callbacks.values())
+
+        def unsubscribe() -> None:
+            if self._callbacks.pop(token, None) is not None:
+                self._callback_list = tuple(self._callbacks.values())
+
+        return unsubscribe
+
+    def stream(self, since: int | None = None) -> EventStream:
+        """An async iterator of events published from now on.
+
+        With ``since`` (e.g. an SSE ``Last-Event-ID``), the events after ``since`` from
+        the history come first, exactly as :meth:`events` would return them, with no gap
+        or overlap with the live events that follow.
+
+        If the reader falls more than ``subscriber_buffer`` events behind, its unread
+        events are replaced by one :class:`Resync`. After :meth:`close` the stream ends
+        once its buffered events are read.
+        """
+        backlog = self.events(since) if since is not None else []
+        buffer = _Buffer(backlog)
+        if self._closed:
+            buffer.closed = True
+        else:
+            token = next(self._tokens)
+            self._buffers[token] = buffer
+            self._buffer_list = tuple(self._buffers.values())
+        return EventStream(self, buffer)
+
+    def _discard(self, buffer: _Buffer) -> None:
+        for token, candidate in list(self._buffers.items()):
+            if candidate is buffer:
+                del self._buffers[token]
+                self._buffer_list = tuple(self._buffers.values())
+
+    def events(self, since: int = 0) -> list[Event]:
+        """The events published after sequence number ``since``, oldest first.
+
+        If some of them are no longer in the history (it keeps the last ``history``
+        events), or ``since`` is ahead of this bus (the kernel restarted and numbering
+        began again), the answer is a single :class:`Resync` carrying the current
+        ``last_seq``: re-pull the state, then continue from that number.
+
+        Raises:
+            InvalidInputError: ``since`` is negative.
+        """
+        if since < 0:
+            raise InvalidInputError(f"since must be >= 0, got {since!r}")
+        last = self._seq
+        if since > last:
+            return [
+                self._resync(
+                    f"asked for events after #{since} but this bus is at #{last} "
+                    "(numbering restarted, e.g. after a kernel restart)"
+                )
+            ]
+        first = self._history[0].seq if self._history else last + 1
+        if since < first - 1:
+            return [
+                self._resync(
+                    f"events after #{since} are no longer kept "
+                    f"(the history holds the last {self._history.maxlen})"
+                )
+            ]
+        # Sequence numbers in the history are consecutive, so the answer is its tail.
+        tail = list(itertools.islice(reversed(self._history), last - since))
+        tail.reverse()
+        return tail
+
+    def close(self) -> None:
+        """Stop the bus: callbacks are dropped, streams end after their buffered events,
+        and :meth:`publish` raises :class:`~cm_notebook.errors.StateError`."""
+        self._closed = True
+        self._callbacks.clear()
+        self._callback_list = ()
+        for buffer in self._buffer_list:
+            buffer.closed = True
+            buffer.wake()
+        self._buffers.clear()
+        self._buffer_list = ()
