@@ -18,3 +18,20 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+# -- the misbehaving OpenAI-compatible server (tests/fault_server.py) -----------------
+from collections.abc import Iterator  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from fault_server import FaultServer
+
+
+@pytest.fixture
+def fault_server() -> Iterator[FaultServer]:
+    """A running :class:`fault_server.FaultServer` (OpenAI protocol, faults on cue)."""
+    from fault_server import FaultServer
+
+    with FaultServer() as server:
+        yield server

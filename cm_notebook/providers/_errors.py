@@ -97,6 +97,8 @@ _classify, _parse = _resolve_shared()
 
 def classify_http_status(status: int) -> Classification:
     """``"transient"`` for 408, 409, 425, 429 and 5xx; ``"permanent"`` for other errors."""
+    if not 100 <= status <= 599:  # a broken server; the shared rules refuse these
+        return _local_classify_http_status(status)
     result = _classify(status)
     return "transient" if result == "transient" else "permanent"
 

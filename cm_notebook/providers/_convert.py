@@ -1,0 +1,88 @@
+"""Turning cm_notebook messages and tools into OpenAI chat-completions JSON.
+
+Used by the OpenAI provider and by the local provider (llama.cpp speaks the same
+format). Plain dicts come out, so the result can be sent through the SDK or as JSON.
+
+Tool results may be stored in either of two ways and both are understood:
+
+* a ``tool`` message whose ``tool_call_id`` names the call (the usual way), or
+* the ``result`` (or denial ``reason``) recorded on the assistant message's
+  :class:`~cm_notebook.model.ToolCall`; a ``tool`` message is then synthesised right
+  after the assistant message, unless a real one for that call exists in the list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..model import Message, ToolCall, ToolCallStatus
+from .base import ToolSpec
+
+__all__ = ["to_openai_messages", "to_openai_tools"]
+
+
+def _tool_call_json(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+    }
+
+
+def _recorded_result(call: ToolCall) -> str | None:
+    if call.result is not None:
+        return call.result
+    if call.status is ToolCallStatus.DENIED:
+        reason = f": {call.reason}" if call.reason else ""
+        return f"The user denied this tool call{reason}"
+    if call.status is ToolCallStatus.FAILED and call.reason:
+        return f"The tool failed: {call.reason}"
+    return None
+
+
+def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The ``messages`` array for a chat-completions request, root first."""
+    answered = {m.tool_call_id for m in messages if m.role == "tool" and m.tool_call_id}
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "tool":
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": message.tool_call_id or "",
+                    "content": message.content,
+                }
+            )
+        elif message.role == "assistant" and message.tool_calls:
+            out.append(
+                {
+                    "role": "assistant",
+                    # OpenAI wants null rather than "" when the reply is only tool calls.
+                    "content": message.content or None,
+                    "tool_calls": [_tool_call_json(call) for call in message.tool_calls],
+                }
+            )
+            for call in message.tool_calls:
+                result = _recorded_result(call)
+                if call.id not in answered and result is not None:
+                    out.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        else:
+            out.append({"role": message.role, "content": message.content})
+    return out
+
+
+def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """The ``tools`` array: each :class:`ToolSpec` as a function tool."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": dict(tool.parameters),
+            },
+        }
+        for tool in tools
+    ]

@@ -1,0 +1,425 @@
+"""OpenAI and OpenAI-compatible servers (llama.cpp, vLLM, Ollama, LM Studio, ...).
+
+Uses the official ``openai`` SDK (``pip install 'cm_notebook[openai]'``) with
+``AsyncOpenAI(..., max_retries=0)``: retries belong to cm_notebook's state machine,
+which sees every failure as a :class:`~cm_notebook.errors.TransientProviderError` or
+:class:`~cm_notebook.errors.PermanentProviderError` (translated here with
+``raise ... from exc``).
+
+Streaming
+---------
+``chat.completions.create(stream=True, stream_options={"include_usage": True})``.
+Text deltas are yielded as they arrive. Tool calls arrive in pieces keyed by
+``index`` (the id and name first, then the JSON arguments in fragments); they are
+assembled and emitted as :class:`ToolCallRequest` when the finish reason arrives, in
+index order. :class:`Usage` (when the server reports it) and :class:`Finish` come last.
+
+A stream that ends without a finish reason is a transient "stream cut mid-reply"
+error, as is a connection reset or read timeout mid-reply; a chunk that is not valid
+JSON, or not shaped like a ``chat.completion.chunk``, is a transient "malformed
+response" error. The deltas yielded before the failure stay with the consumer. A
+connection that drops *after* the finish reason (while waiting for the usage chunk or
+``[DONE]``) loses nothing of the reply, so the reply is finished without usage.
+
+Keys
+----
+``api_key`` defaults to ``OPENAI_API_KEY``. With a ``base_url`` (or ``OPENAI_BASE_URL``)
+and no key, the placeholder ``"not-needed"`` is sent, which local servers accept. The
+key is handed to the SDK client and never stored, logged or shown by this class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import InvalidInputError, PermanentProviderError, ProviderError
+from . import _errors
+from ._convert import to_openai_messages, to_openai_tools
+from .base import ChatRequest, Finish, ProviderEvent, TextDelta, ToolCallRequest, Usage
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+__all__ = ["OpenAIProvider"]
+
+logger = logging.getLogger(__name__)
+
+_PROVIDER = "openai"
+_KEY_ENV = "OPENAI_API_KEY"
+_BASE_URL_ENV = "OPENAI_BASE_URL"
+_PLACEHOLDER_KEY = "not-needed"
+
+# Parameters the chat-completions API takes by name; anything else in
+# ``ChatRequest.params`` goes in the request body as is (``extra_body``), so
+# server-specific knobs such as llama.cpp's ``top_k`` reach the server, and a server
+# that does not know a parameter says so (a permanent 400 with its message).
+_NAMED_PARAMS = frozenset(
+    {
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "parallel_tool_calls",
+        "presence_penalty",
+        "reasoning_effort",
+        "response_format",
+        "seed",
+        "service_tier",
+        "stop",
+        "temperature",
+        "tool_choice",
+        "top_logprobs",
+        "top_p",
+        "user",
+    }
+)
+# Keys the provider sets itself.
+_RESERVED = frozenset({"model", "messages", "stream", "stream_options", "tools", "n"})
+
+
+def _import_openai() -> Any:
+    try:
+        return importlib.import_module("openai")
+    except ImportError as exc:
+        from ..errors import ProviderNotInstalledError
+
+        raise ProviderNotInstalledError(
+            f"the openai provider needs the openai SDK, which is not installed ({exc}); "
+            "install it with: pip install 'cm_notebook[openai]'",
+            provider=_PROVIDER,
+        ) from exc
+
+
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    # Errors that escape the SDK while a stream is being read come from its HTTP library
+    # unwrapped: httpx2 for openai >= 3, httpx before. (timeouts, other transport errors)
+    timeouts: list[type[BaseException]] = [TimeoutError]
+    transport: list[type[BaseException]] = [ConnectionError]
+    for name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        timeouts.append(module.TimeoutException)
+        transport.append(module.TransportError)
+        transport.append(module.StreamError)
+    return tuple(timeouts), tuple(transport)
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+def _get(obj: Any, name: str) -> Any:
+    # SDK chunks are built without validation, so a field that did not match its type
+    # is left as a raw dict or value: read both shapes.
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _malformed(detail: str) -> ProviderError:
+    return _errors.malformed_response_error(provider=_PROVIDER, detail=detail)
+
+
+class _Assembler:
+    """Turns ``chat.completion.chunk`` objects into events; keeps partial tool calls."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, _PartialCall] = {}
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.received = 0
+
+    def feed(self, chunk: Any) -> list[ProviderEvent]:
+        self.received += 1
+        events: list[ProviderEvent] = []
+        raw_usage = _get(chunk, "usage")
+        if raw_usage is not None:
+            prompt, completion = (
+                _get(raw_usage, "prompt_tokens"),
+                _get(raw_usage, "completion_tokens"),
+            )
+            if not isinstance(prompt, int) or not isinstance(completion, int):
+                raise _malformed(f"usage without token counts: {raw_usage!r:.200}")
+            self.usage = Usage(input_tokens=prompt, output_tokens=completion)
+        choices = _get(chunk, "choices")
+        if choices is None:
+            choices = []
+        if not isinstance(choices, list):
+            raise _malformed(f"'choices' is not a list: {choices!r:.200}")
+        for choice in choices:
+            if (_get(choice, "index") or 0) != 0:
+                continue  # only one reply is requested
+            delta = _get(choice, "delta")
+            if delta is not None:
+                events.extend(self._delta(delta))
+            reason = _get(choice, "finish_reason")
+            if reason is not None:
+                if not isinstance(reason, str):
+                    raise _malformed(f"finish_reason is not a string: {reason!r:.200}")
+                self.finish = reason
+                events.extend(self._complete_calls())
+        return events
+
+    def _delta(self, delta: Any) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        text = _get(delta, "content")
+        if text is not None and not isinstance(text, str):
+            raise _malformed(f"delta content is not text: {text!r:.200}")
+        if text:
+            events.append(TextDelta(text))
+        pieces = _get(delta, "tool_calls")
+        if pieces is None:
+            return events
+        if not isinstance(pieces, list):
+            raise _malformed(f"delta tool_calls is not a list: {pieces!r:.200}")
+        for piece in pieces:
+            index = _get(piece, "index")
+            piece_id = _get(piece, "id")
+            if not isinstance(index, int):
+                # Some servers leave out the index: a new id starts a new call.
+                last = max(self.calls, default=-1)
+                new = piece_id and (last < 0 or self.calls[last].id not in ("", piece_id))
+                index = last + 1 if new or last < 0 else last
+            call = self.calls.setdefault(index, _PartialCall())
+            if isinstance(piece_id, str) and piece_id:
+                call.id = piece_id
+            function = _get(piece, "function")
+            if function is not None:
+                name, arguments = _get(function, "name"), _get(function, "arguments")
+                if isinstance(name, str) and name:
+                    call.name = name if not call.name else call.name
+                if isinstance(arguments, str):
+                    call.arguments.append(arguments)
+        return events
+
+    def _complete_calls(self) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        for index in sorted(self.calls):
+            call = self.calls[index]
+            if not call.name:
+                raise _malformed(f"tool call #{index} ended without a function name")
+            events.append(
+                ToolCallRequest(
+                    id=call.id or f"call_{index}",
+                    name=call.name,
+                    arguments_json="".join(call.arguments) or "{}",
+                )
+            )
+        self.calls.clear()
+        return events
+
+
+class OpenAIProvider:
+    """Chat through the OpenAI API, or any OpenAI-compatible server via ``base_url``.
+
+    ``model`` is the default model (a request's ``params["model"]`` overrides it).
+    ``base_url`` defaults to ``OPENAI_BASE_URL``, then to OpenAI. ``api_key`` defaults
+    to ``OPENAI_API_KEY`` (``"not-needed"`` for a base_url without a key). ``timeout``
+    (seconds) bounds connecting and each read, so a server that stops sending fails
+    fast. ``include_usage=False`` leaves out ``stream_options`` for servers that reject
+    it. ``organization``, ``project`` and ``default_headers`` go to the SDK client.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        organization: str | None = None,
+        project: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        include_usage: bool = True,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidInputError("OpenAIProvider needs a model name, e.g. 'gpt-4o-mini'")
+        if timeout <= 0:
+            raise InvalidInputError(f"timeout must be positive, not {timeout!r}")
+        self._sdk = _import_openai()
+        self.model: str = model.strip()
+        self.base_url: str | None = base_url or os.environ.get(_BASE_URL_ENV) or None
+        self.timeout = float(timeout)
+        self.include_usage = include_usage
+        self._timeouts, self._transport = _transport_errors()
+        key = api_key or os.environ.get(_KEY_ENV) or (_PLACEHOLDER_KEY if self.base_url else None)
+        self._client: AsyncOpenAI | None = None
+        self._client_options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "max_retries": 0,
+            "organization": organization,
+            "project": project,
+            "default_headers": dict(default_headers) if default_headers else None,
+        }
+        if key is not None:
+            # The key goes straight into the SDK client; this object keeps no copy.
+            self._client = self._sdk.AsyncOpenAI(api_key=key, **self._client_options)
+
+    @classmethod
+    def from_spec(cls, model: str | None = None, /, **options: Any) -> OpenAIProvider:
+        """Build from a spec such as ``openai:gpt-4o-mini``; ``options`` are keyword
+        arguments of the constructor (``model=`` may stand in for the spec's model)."""
+        model = model or options.pop("model", None)
+        if not model:
+            raise InvalidInputError(
+                "the openai provider needs a model: use a spec like 'openai:gpt-4o-mini' "
+                "(or pass model=...)"
+            )
+        return cls(model, **options)
+
+    def __repr__(self) -> str:
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        return f"OpenAIProvider(model={self.model!r}{where})"
+
+    def _ensure_client(self) -> AsyncOpenAI:
+        if self._client is None:
+            key = os.environ.get(_KEY_ENV)  # set after construction, e.g. in a notebook
+            if not key:
+                raise PermanentProviderError(
+                    f"openai: no API key. To fix: set {_KEY_ENV} (or pass api_key=...), or "
+                    "give base_url=... for a local OpenAI-compatible server.",
+                    provider=_PROVIDER,
+                )
+            self._client = self._sdk.AsyncOpenAI(api_key=key, **self._client_options)
+        return self._client
+
+    def _request(self, request: ChatRequest, model: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": to_openai_messages(request.messages),
+            "stream": True,
+        }
+        if self.include_usage:
+            kwargs["stream_options"] = {"include_usage": True}
+        if request.tools:
+            kwargs["tools"] = to_openai_tools(request.tools)
+        extra: dict[str, Any] = {}
+        for key, value in request.params.items():
+            if key in _RESERVED or value is None:
+                continue
+            (kwargs if key in _NAMED_PARAMS else extra)[key] = value
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
+
+    def _models_hint(self) -> str:
+        if self.base_url:
+            return f"List the models this server offers at {self.base_url.rstrip('/')}/models."
+        return (
+            "List the models your key can use with `openai.OpenAI().models.list()` or see "
+            "https://platform.openai.com/docs/models."
+        )
+
+    def _translate(self, exc: BaseException, model: str, received: int) -> ProviderError:
+        sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError):
+            message = _errors.error_message_from_body(exc.body, exc.message)
+            return _errors.from_http_status(
+                exc.status_code,
+                message,
+                provider=_PROVIDER,
+                retry_after=_errors.retry_after_from_headers(exc.response.headers),
+                model=model,
+                api_key_env=_KEY_ENV,
+                list_models_hint=self._models_hint(),
+            )
+        if isinstance(exc, (sdk.APITimeoutError, *self._timeouts)):
+            if received:
+                return _errors.stream_cut_error(
+                    provider=_PROVIDER, detail=f"no data for {self.timeout:g} s"
+                )
+            return _errors.timeout_error(provider=_PROVIDER, timeout=self.timeout)
+        if isinstance(exc, (sdk.APIConnectionError, *self._transport)):
+            cause = exc.__cause__ or exc
+            detail = f"{type(cause).__name__}: {cause}".rstrip(": ")
+            if received:
+                return _errors.stream_cut_error(provider=_PROVIDER, detail=detail)
+            target = self.base_url or "api.openai.com"
+            return _errors.connection_error(provider=_PROVIDER, detail=f"{target}: {detail}")
+        if isinstance(exc, sdk.APIResponseValidationError):
+            return _malformed(str(exc))
+        if isinstance(exc, json.JSONDecodeError):
+            return _malformed(f"a chunk is not valid JSON ({exc})")
+        if isinstance(exc, sdk.APIError):
+            # An error event inside the stream: {"error": {...}} with no HTTP status.
+            body = exc.body if isinstance(exc.body, Mapping) else {}
+            message = _errors.error_message_from_body(body, exc.message)
+            code = body.get("code")
+            if isinstance(code, str) and code.isdigit():
+                code = int(code)
+            if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+                return _errors.from_http_status(code, message, provider=_PROVIDER, model=model)
+            if "invalid_request" in str(body.get("type", "")):
+                return PermanentProviderError(
+                    f"openai: the request was rejected: {message}", provider=_PROVIDER
+                )
+            return _errors.connection_error(
+                provider=_PROVIDER, detail=f"the server reported an error mid-reply: {message}"
+            )
+        # OpenAIError without a response (configuration); nothing to retry.
+        return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
+
+    def _catchable(self) -> tuple[type[BaseException], ...]:
+        return (self._sdk.OpenAIError, json.JSONDecodeError, *self._timeouts, *self._transport)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        """Yield text deltas, then tool calls, :class:`Usage` and :class:`Finish`."""
+        client = self._ensure_client()
+        model = str(request.params.get("model") or self.model)
+        catchable = self._catchable()
+        try:
+            response = await client.chat.completions.create(**self._request(request, model))
+        except catchable as exc:
+            raise self._translate(exc, model, 0) from exc
+        assembler = _Assembler()
+        iterator = response.__aiter__()
+        try:
+            while True:
+                try:
+                    chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except catchable as exc:
+                    if assembler.finish is not None:
+                        # The reply itself is complete; only usage/[DONE] was lost.
+                        logger.debug("openai stream dropped after the finish reason: %r", exc)
+                        break
+                    raise self._translate(exc, model, assembler.received) from exc
+                for event in assembler.feed(chunk):
+                    yield event
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.close()
+        if assembler.finish is None:
+            raise _errors.stream_cut_error(
+                provider=_PROVIDER,
+                detail="the stream ended without a finish reason"
+                if assembler.received
+                else "the stream ended before any data",
+            )
+        if assembler.usage is not None:
+            yield assembler.usage
+        yield Finish(assembler.finish)
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connections. The provider can't be used afterwards."""
+        if self._client is not None:
+            await self._client.close()
