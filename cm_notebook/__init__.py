@@ -1,5 +1,40 @@
-"""cm_notebook: a conversation workbench for LLM research inside Jupyter."""
+"""cm_notebook: a conversation workbench for LLM research inside Jupyter.
+
+>>> from cm_notebook import ContextSession
+>>> session = ContextSession.create("Capitals")          # the offline model by default
+>>> reply = await session.send("What is the capital of France?")   # in a notebook
+>>> reply = session.send("And of Italy?").result(60)               # in a script
+
+Everything is importable lazily: ``import cm_notebook`` loads no model SDK.
+"""
 
 from __future__ import annotations
 
+from .compare import Comparison
+from .errors import CMError
+from .fsm import State
+from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
+from .retry import RetryPolicy
+from .session import ContextSession
+from .tools import ToolPolicy, tool
+from .turn import Turn
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Branch",
+    "CMError",
+    "Comparison",
+    "ContextMetadata",
+    "ContextSession",
+    "Message",
+    "MessageStatus",
+    "RetryPolicy",
+    "State",
+    "ToolCall",
+    "ToolCallStatus",
+    "ToolPolicy",
+    "Turn",
+    "__version__",
+    "tool",
+]

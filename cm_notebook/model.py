@@ -40,6 +40,7 @@ __all__ = [
     "TokenUsage",
     "ToolCall",
     "ToolCallStatus",
+    "refuse_secrets",
     "utcnow",
 ]
 
@@ -160,7 +161,8 @@ _SECRET_KEY = re.compile(
 )
 
 
-def _refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
+def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """Return ``params`` unchanged, or raise ValueError if a key looks like a credential."""
     for key, value in params.items():
         if _SECRET_KEY.search(key):
             raise ValueError(
@@ -169,7 +171,7 @@ def _refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
                 "OPENAI_API_KEY, ANTHROPIC_API_KEY) instead."
             )
         if isinstance(value, dict):
-            _refuse_secrets(value, where)
+            refuse_secrets(value, where)
     return params
 
 
@@ -182,7 +184,7 @@ class ProviderSettings(_Model):
     @field_validator("params")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _refuse_secrets(value, "provider settings")
+        return refuse_secrets(value, "provider settings")
 
 
 class ContextMetadata(_Model):

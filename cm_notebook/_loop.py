@@ -1,0 +1,98 @@
+"""Where background work runs: the kernel's event loop, or a private one for scripts.
+
+In a notebook the kernel's asyncio loop is running while a cell executes, so work is
+scheduled on it with ``create_task`` and the cell returns at once (a cell must never
+block waiting for the user: the click it waits for would be queued behind it). In a
+plain script there is no running loop; work then goes to one private loop running in
+a daemon thread, shared by every session in the process, and callers block on
+``concurrent.futures.Future.result``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["background_loop", "running_loop", "schedule", "schedule_on"]
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_background: asyncio.AbstractEventLoop | None = None
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """The process-wide private loop (started on first use, in a daemon thread)."""
+    global _background
+    with _lock:
+        if _background is None or _background.is_closed():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            thread = threading.Thread(target=run, name="cm_notebook-loop", daemon=True)
+            thread.start()
+            ready.wait()
+            _background = loop
+            atexit.register(_stop_background)
+        return _background
+
+
+def _stop_background() -> None:
+    loop = _background
+    if loop is not None and loop.is_running():
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def schedule(
+    coro: Coroutine[Any, Any, T],
+) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[T] | concurrent.futures.Future[T]]:
+    """Start ``coro`` without waiting for it.
+
+    On the running loop when there is one (returns an ``asyncio.Task``), else on the
+    background loop (returns a ``concurrent.futures.Future``). Also returns the loop
+    the work runs on, so callers can hand results to it thread-safely.
+    """
+    loop = running_loop()
+    if loop is not None:
+        return loop, loop.create_task(coro)
+    loop = background_loop()
+    return loop, asyncio.run_coroutine_threadsafe(coro, loop)
+
+
+def run_blocking(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run ``coro`` to completion from synchronous code that has no running loop."""
+    if running_loop() is not None:
+        coro.close()
+        from .errors import StateError
+
+        raise StateError(
+            "this call would block the running event loop; in a notebook or async code "
+            "use the awaitable form (e.g. `await turn`) instead"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, background_loop()).result(timeout)
+
+
+def schedule_on(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+) -> asyncio.Task[T] | concurrent.futures.Future[T]:
+    """Start ``coro`` on ``loop``: a task if we are on that loop, else thread-safely."""
+    if running_loop() is loop:
+        return loop.create_task(coro)
+    return asyncio.run_coroutine_threadsafe(coro, loop)

@@ -1,0 +1,187 @@
+"""Side-by-side comparison of branches: final answers, usage, latency and a diff.
+
+:meth:`ContextSession.compare` and :meth:`ContextSession.fan_out` return a
+:class:`Comparison`. It is plain data (pydantic) with a text ``__str__`` and a static
+``_repr_html_``, so a saved notebook still shows the comparison without a kernel.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import Message, MessageStatus, TokenUsage
+
+__all__ = ["BranchResult", "Comparison", "word_diff"]
+
+_TOKEN = re.compile(r"\s+|[^\s]+")
+
+
+class BranchResult(BaseModel):
+    """One branch's final answer and what it cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    branch: str
+    message_id: str | None = None
+    text: str = ""
+    status: MessageStatus | None = None
+    provider: str | None = None
+    model: str | None = None
+    parameters: dict[str, object] = Field(default_factory=dict)
+    usage: TokenUsage | None = None
+    duration_ms: float | None = None
+
+    @classmethod
+    def of(cls, branch: str, answer: Message | None) -> BranchResult:
+        """Summarise ``answer`` (the last assistant message of ``branch``, if any)."""
+        if answer is None:
+            return cls(branch=branch)
+        meta = answer.metadata
+        return cls(
+            branch=branch,
+            message_id=answer.id,
+            text=answer.content,
+            status=answer.status,
+            provider=meta.provider,
+            model=meta.model,
+            parameters=dict(meta.parameters),
+            usage=meta.usage,
+            duration_ms=meta.duration_ms,
+        )
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """Diff two texts word by word: a list of (op, text), op in ``= - +``.
+
+    Words keep their surrounding white space so joining the ``=`` and ``-`` parts gives
+    ``a`` back, and the ``=`` and ``+`` parts give ``b``.
+    """
+    words_a = _TOKEN.findall(a)
+    words_b = _TOKEN.findall(b)
+    matcher = difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False)
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            out.append(("=", "".join(words_a[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(("-", "".join(words_a[i1:i2])))
+        if j2 > j1:
+            out.append(("+", "".join(words_b[j1:j2])))
+    return out
+
+
+class Comparison(BaseModel):
+    """Branches side by side. The first branch is the baseline for diffs and ratios."""
+
+    model_config = ConfigDict(frozen=True)
+
+    results: list[BranchResult]
+
+    @property
+    def branches(self) -> list[str]:
+        """The compared branch names, in order."""
+        return [r.branch for r in self.results]
+
+    def __getitem__(self, branch: str) -> BranchResult:
+        for result in self.results:
+            if result.branch == branch:
+                return result
+        raise KeyError(branch)
+
+    def diff(self, other: str | None = None) -> list[tuple[str, str]]:
+        """Word diff of the baseline's answer against ``other`` (default: the second)."""
+        if len(self.results) < 2:
+            return []
+        target = self[other] if other is not None else self.results[1]
+        return word_diff(self.results[0].text, target.text)
+
+    def unified_diff(self, other: str | None = None) -> str:
+        """A line-based unified diff of the baseline's answer against ``other``."""
+        if len(self.results) < 2:
+            return ""
+        base = self.results[0]
+        target = self[other] if other is not None else self.results[1]
+        lines = difflib.unified_diff(
+            base.text.splitlines(keepends=True),
+            target.text.splitlines(keepends=True),
+            fromfile=base.branch,
+            tofile=target.branch,
+        )
+        return "".join(lines)
+
+    def similarity(self, other: str | None = None) -> float:
+        """Word-level similarity in [0, 1] of the baseline's answer and ``other``'s."""
+        if len(self.results) < 2:
+            return 1.0
+        target = self[other] if other is not None else self.results[1]
+        matcher = difflib.SequenceMatcher(
+            a=_TOKEN.findall(self.results[0].text),
+            b=_TOKEN.findall(target.text),
+            autojunk=False,
+        )
+        return matcher.ratio()
+
+    def __str__(self) -> str:
+        lines: list[str] = []
+        for result in self.results:
+            usage = result.usage
+            tokens = f"{usage.input_tokens}+{usage.output_tokens} tokens" if usage else "? tokens"
+            latency = f"{result.duration_ms:.0f} ms" if result.duration_ms is not None else "? ms"
+            model = result.model or result.provider or "?"
+            lines.append(f"== {result.branch} ({model}, {tokens}, {latency})")
+            lines.append(result.text or "(no answer)")
+            lines.append("")
+        if len(self.results) >= 2:
+            lines.append(f"similarity: {self.similarity():.2f}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        cells = []
+        diff_b = self.diff() if len(self.results) >= 2 else []
+        for index, result in enumerate(self.results):
+            usage = result.usage
+            facts = [
+                html.escape(result.model or result.provider or "?"),
+                f"{usage.input_tokens}+{usage.output_tokens} tokens" if usage else "",
+                f"{result.duration_ms:.0f} ms" if result.duration_ms is not None else "",
+            ]
+            if index == 1 and diff_b:
+                body = _diff_html(diff_b, keep="+")
+            elif index == 0 and diff_b:
+                body = _diff_html(diff_b, keep="-")
+            else:
+                body = html.escape(result.text or "(no answer)")
+            cells.append(
+                '<div style="flex:1;min-width:0;border:1px solid #ccc;border-radius:6px;'
+                'padding:8px">'
+                f"<div><b>{html.escape(result.branch)}</b> "
+                f'<span style="color:#666">{" · ".join(f for f in facts if f)}</span></div>'
+                f'<div style="white-space:pre-wrap;margin-top:6px">{body}</div></div>'
+            )
+        footer = ""
+        if len(self.results) >= 2:
+            footer = f'<div style="color:#666">similarity {self.similarity():.2f}</div>'
+        return (
+            '<div class="cm-comparison"><div style="display:flex;gap:8px">'
+            + "".join(cells)
+            + "</div>"
+            + footer
+            + "</div>"
+        )
+
+
+def _diff_html(ops: list[tuple[str, str]], keep: str) -> str:
+    # Render one side of a word diff: shared words plain, this side's changes marked.
+    style = {"-": "background:#fdd;text-decoration:line-through", "+": "background:#dfd"}[keep]
+    parts = []
+    for op, text in ops:
+        if op == "=":
+            parts.append(html.escape(text))
+        elif op == keep:
+            parts.append(f'<span style="{style}">{html.escape(text)}</span>')
+    return "".join(parts)

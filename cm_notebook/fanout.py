@@ -1,0 +1,108 @@
+"""Fan-out: one message sent on several new branches at once, then compared."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._loop import schedule_on
+from .compare import Comparison
+from .errors import CMError, InvalidInputError
+from .ids import validate_branch_name
+from .providers import Provider
+from .turn import Handle, Turn
+
+if TYPE_CHECKING:
+    from .session import ContextSession
+
+__all__ = ["FanOut", "Variant", "plan_variants"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a fan-out: the branch it writes, its provider and parameters."""
+
+    branch: str
+    provider: str | Provider | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _label(variant: str | Provider | Mapping[str, Any]) -> str:
+    # A short, readable branch-name stem describing what differs in this variant.
+    if isinstance(variant, str):
+        return variant.replace(":", "-").replace("/", "-")
+    if not isinstance(variant, Mapping):
+        return f"{variant.name}-{variant.model}".replace(":", "-").replace("/", "-")
+    parts = []
+    provider = variant.get("provider")
+    if isinstance(provider, str):
+        parts.append(provider.replace(":", "-").replace("/", "-"))
+    parts += [f"{k}-{v}" for k, v in variant.items() if k not in ("provider", "branch")]
+    return "-".join(parts) or "variant"
+
+
+def plan_variants(
+    variants: Sequence[str | Provider | Mapping[str, Any]],
+    base: str,
+    free_name: Callable[[str], str],
+) -> list[Variant]:
+    """Turn the user's variant list into branches to create, refusing duplicates."""
+    if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence):
+        raise InvalidInputError("variants must be a list, e.g. [{'temperature': 0}, ...]")
+    if not variants:
+        raise InvalidInputError("fan_out needs at least one variant")
+    plans: list[Variant] = []
+    taken: set[str] = set()
+    for variant in variants:
+        if isinstance(variant, Mapping):
+            options = dict(variant)
+            name = options.pop("branch", None)
+            provider = options.pop("provider", None)
+        else:
+            options, name, provider = {}, None, variant
+        if name is None:
+            stem = f"{base}-{_label(variant)}"[:90].strip(" .-") or base
+            name = free_name(stem)
+            while name in taken:
+                name = free_name(f"{name}-x")
+        validate_branch_name(name)
+        if name in taken:
+            raise InvalidInputError(f"two variants would write the same branch {name!r}")
+        taken.add(name)
+        plans.append(Variant(branch=name, provider=provider, params=options))
+    return plans
+
+
+class FanOut(Handle[Comparison]):
+    """The turns of a fan-out; ``await`` it (or ``.result()``) for the comparison."""
+
+    def __init__(
+        self, session: ContextSession, turns: list[Turn], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(loop)
+        self.session = session
+        self.turns = turns
+        self._attach(schedule_on(loop, self._gather()), self._cancel_all)
+
+    @property
+    def branches(self) -> list[str]:
+        """The branches written, in variant order."""
+        return [turn.branch for turn in self.turns]
+
+    async def _gather(self) -> Comparison:
+        for turn in self.turns:
+            try:
+                await turn
+            except CMError:  # a failed arm still appears in the comparison, as an error
+                pass
+        return self.session.compare(*self.branches)
+
+    def _cancel_all(self) -> None:
+        for turn in self.turns:
+            turn.cancel()
+
+    def __repr__(self) -> str:
+        status = "done" if self.done() else "running"
+        return f"<FanOut {status} branches={self.branches}>"

@@ -1,0 +1,502 @@
+"""The turn driver: feeds the pure state machine and carries out its effects.
+
+One :class:`TurnRunner` drives one :class:`~cm_notebook.turn.Turn` on one branch, as a
+task on the session's event loop. It is the only place where the FSM meets I/O:
+provider streams, store writes, tool execution, timers and signals. Each effect that
+:func:`cm_notebook.fsm.step` returns is handled by one method below, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import events as ev
+from . import fsm
+from .errors import CMError, PermanentProviderError, ProviderError, TransientProviderError
+from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
+from .providers.base import ChatRequest, Finish, Provider, TextDelta, ToolCallRequest, Usage
+from .tools import denied_result, run_tool, tool_call_from_request
+
+if TYPE_CHECKING:
+    from .session import ContextSession
+    from .turn import Turn
+
+__all__ = ["CHECKPOINT_SECONDS", "Decision", "TurnRunner"]
+
+#: How often an in-progress reply is written to disk (status ``streaming``).
+CHECKPOINT_SECONDS = 1.0
+
+
+@dataclass
+class Decision:
+    """A person's answer to one pending tool call."""
+
+    approved: bool
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+
+
+@dataclass
+class _Reply:
+    # The assistant message being generated, and what has arrived for it.
+    message: Message
+    started: float
+    text: str = ""
+    tool_requests: list[ToolCallRequest] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TurnRunner:
+    """Runs one turn: request, stream, tools, retries, until the FSM says it is over."""
+
+    def __init__(
+        self,
+        session: ContextSession,
+        turn: Turn,
+        *,
+        start: fsm.Send | fsm.Retry,
+        provider: Provider,
+        params: Mapping[str, Any],
+    ) -> None:
+        self.session = session
+        self.turn = turn
+        self.branch = turn.branch
+        self.provider = provider
+        self.params = dict(params)
+        self._start = start
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False
+        self._reply: _Reply | None = None
+        self._last_reply: Message | None = None
+        self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
+        self._answered: set[str] = set()  # ids of calls whose tool message is stored
+        self._failure: CMError | None = None
+        self._effects: deque[fsm.Effect] = deque()
+
+    # -- entry points ------------------------------------------------------------------
+
+    def request_cancel(self) -> None:
+        """Stop the turn (called on the runner's loop via call_soon_threadsafe)."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self) -> Message:
+        """Drive the turn to its end; returns the last assistant message."""
+        outcome = "completed"
+        try:
+            self._feed(self._start)
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._cancelled:
+                    scope.cancel()
+                outcome = await self._drain()
+            if scope.cancelled_caught or self._cancelled:
+                outcome = await self._cancel()
+        finally:
+            self.turn._finish_listeners()
+            self.session._turn_finished(self)
+        if outcome == "failed":
+            assert self._failure is not None
+            raise self._failure
+        if self._last_reply is None:  # pragma: no cover - every turn makes a reply
+            raise PermanentProviderError("the turn ended without a reply")
+        return self._last_reply
+
+    # -- the effect loop ---------------------------------------------------------------
+
+    def _feed(self, event: fsm.FSMEvent) -> None:
+        machine = self.session._machine(self.branch)
+        nxt, effects = fsm.step(
+            machine,
+            event,
+            self.session.retry_policy,
+            max_tool_rounds=self.session.max_tool_rounds,
+        )
+        self.session._set_machine(self.branch, nxt)
+        self._effects.extend(effects)
+
+    async def _drain(self) -> str:
+        while self._effects:
+            effect = self._effects.popleft()
+            match effect:
+                case fsm.StateChanged(old=old, new=new):
+                    self.session._publish(
+                        ev.StateChanged(branch=self.branch, old=old, new=new, turn_id=self.turn.id)
+                    )
+                case fsm.StartRequest():
+                    await self._request()
+                case fsm.ScheduleRetry(delay=delay):
+                    await anyio.sleep(delay)
+                    self._feed(fsm.RetryTimerFired())
+                case fsm.RequestApproval(tool_call_ids=ids):
+                    await self._approval(ids)
+                case fsm.ExecuteTools(approved=approved, denied=denied):
+                    await self._execute(approved, denied)
+                case fsm.ResolveCancelled(tool_call_ids=ids, reason=reason):
+                    await self._resolve_cancelled(ids, reason)
+                case fsm.Failed(message=message):
+                    await self._fail(message)
+                case fsm.AbortRequest():
+                    pass  # leaving the cancel scope already stopped the work
+                case fsm.TurnFinished(outcome=outcome):
+                    return outcome
+        return "completed"  # pragma: no cover - step always ends a turn with TurnFinished
+
+    async def _cancel(self) -> str:
+        # Outside the cancelled scope: record what was generated, then let the FSM
+        # resolve pending tool calls and finish the turn.
+        if self._reply is not None:
+            await self._finish_reply(MessageStatus.INTERRUPTED, "cancelled by the user")
+        self._effects.clear()
+        machine = self.session._machine(self.branch)
+        if machine.state in fsm.ACTIVE_STATES:
+            self._feed(fsm.Cancel())
+        outcome = "cancelled"
+        while self._effects:
+            effect = self._effects.popleft()
+            match effect:
+                case fsm.StateChanged(old=old, new=new):
+                    self.session._publish(
+                        ev.StateChanged(branch=self.branch, old=old, new=new, turn_id=self.turn.id)
+                    )
+                case fsm.ResolveCancelled(tool_call_ids=ids, reason=reason):
+                    await self._resolve_cancelled(ids, reason)
+                case _:
+                    pass
+        # Calls of an interrupted round still need an answer in the tree: providers
+        # refuse a conversation where a tool call has no result.
+        unanswered = tuple(c for c in self._calls if c not in self._answered)
+        if unanswered:
+            await self._resolve_cancelled(unanswered, "cancelled by the user")
+        return outcome
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def _request(self) -> None:
+        session = self.session
+        store, cid = session._store, session.id
+        if self._reply is None:
+            history = await session._request_messages(self.branch)
+            head = history[-1].id if history else None
+            message = Message(
+                role="assistant",
+                parent_id=head,
+                status=MessageStatus.STREAMING,
+                metadata=MessageMetadata(
+                    provider=self.provider.name,
+                    model=str(self.params.get("model") or self.provider.model),
+                    parameters={k: v for k, v in self.params.items() if k != "model"},
+                ),
+            )
+            await store.append_message(cid, message, branch=self.branch)
+            self._reply = _Reply(message=message, started=time.perf_counter())
+            session._publish(
+                ev.MessageAdded(
+                    branch=self.branch, message_id=message.id, parent_id=head, role="assistant"
+                )
+            )
+        else:
+            history = await session._request_messages(self.branch, exclude=self._reply.message.id)
+        reply = self._reply
+        reply.text = ""
+        reply.tool_requests.clear()
+        reply.usage = None
+        reply.finish_reason = None
+        self.turn._set_message(reply.message.id)
+        request = ChatRequest(
+            messages=session._with_system(history),
+            tools=session.tools.specs(),
+            params=self.params,
+        )
+        try:
+            await self._stream(request, reply)
+        except TransientProviderError as exc:
+            await self._transient(exc, reply)
+            return
+        except ProviderError as exc:
+            self._failure = exc
+            self._feed(fsm.PermanentError(str(exc)))
+            return
+        await self._complete(reply)
+
+    async def _stream(self, request: ChatRequest, reply: _Reply) -> None:
+        last_checkpoint = time.monotonic()
+        started = False
+        stream = self.provider.stream(request)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    if not event.text:
+                        continue
+                    if not started:
+                        started = True
+                        self._feed(fsm.ResponseStarted())
+                        await self._publish_pending_state()
+                    offset = len(reply.text)
+                    reply.text += event.text
+                    self.turn._append_text(event.text)
+                    self.session._publish(
+                        ev.ContentDelta(
+                            branch=self.branch,
+                            message_id=reply.message.id,
+                            text=event.text,
+                            offset=offset,
+                        )
+                    )
+                    if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
+                        last_checkpoint = time.monotonic()
+                        await self._checkpoint(reply)
+                elif isinstance(event, ToolCallRequest):
+                    reply.tool_requests.append(event)
+                elif isinstance(event, Usage):
+                    reply.usage = event
+                elif isinstance(event, Finish):
+                    reply.finish_reason = event.reason
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def _publish_pending_state(self) -> None:
+        # ResponseStarted's StateChanged must go out before the first delta.
+        while self._effects and isinstance(self._effects[0], fsm.StateChanged):
+            effect = self._effects.popleft()
+            assert isinstance(effect, fsm.StateChanged)
+            self.session._publish(
+                ev.StateChanged(
+                    branch=self.branch, old=effect.old, new=effect.new, turn_id=self.turn.id
+                )
+            )
+
+    async def _checkpoint(self, reply: _Reply) -> None:
+        message = reply.message.model_copy(update={"content": reply.text})
+        await self.session._store.update_message(self.session.id, message)
+
+    async def _transient(self, exc: TransientProviderError, reply: _Reply) -> None:
+        # Keep the partial text of the failed attempt: nothing generated is ever lost.
+        reply.failed_attempts.append(
+            {"error": str(exc), "text": reply.text, "status_code": exc.status_code}
+        )
+        metadata = reply.message.metadata.model_copy(
+            update={"failed_attempts": list(reply.failed_attempts)}
+        )
+        reply.message = reply.message.model_copy(update={"metadata": metadata})
+        await self._checkpoint(reply)
+        self._failure = exc
+        self._feed(
+            fsm.TransientError(str(exc), retry_after=exc.retry_after, jitter=random.random())
+        )
+        nxt = self._effects[-1] if self._effects else None
+        if isinstance(nxt, fsm.ScheduleRetry):
+            self.session._publish(
+                ev.Error(
+                    branch=self.branch,
+                    kind="transient",
+                    message=f"{exc} (retrying in {nxt.delay:.1f} s, attempt {nxt.attempt})",
+                )
+            )
+
+    async def _complete(self, reply: _Reply) -> None:
+        calls: list[ToolCall] = []
+        for request in reply.tool_requests:
+            call, _error = tool_call_from_request(request, self.session.tools)
+            calls.append(call)
+        self._calls = {call.id: call for call in calls}
+        self._answered = set()
+        await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)
+        self._feed(fsm.ResponseCompleted(tuple(self._calls)))
+
+    async def _finish_reply(
+        self,
+        status: MessageStatus,
+        error: str | None,
+        *,
+        tool_calls: list[ToolCall] | None = None,
+    ) -> None:
+        reply = self._reply
+        assert reply is not None
+        usage = reply.usage
+        metadata = reply.message.metadata.model_copy(
+            update={
+                "usage": TokenUsage(
+                    input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+                )
+                if usage
+                else None,
+                "duration_ms": (time.perf_counter() - reply.started) * 1000,
+                "finish_reason": reply.finish_reason,
+                "error": error,
+            }
+        )
+        final = reply.message.model_copy(
+            update={
+                "content": reply.text,
+                "status": status,
+                "metadata": metadata,
+                "tool_calls": tool_calls if tool_calls is not None else [],
+            }
+        )
+        with anyio.CancelScope(shield=True):
+            await self.session._store.update_message(self.session.id, final)
+        self._reply = None
+        self._last_reply = final
+        self.session._publish(
+            ev.MessageCompleted(branch=self.branch, message_id=final.id, status=status)
+        )
+
+    async def _fail(self, message: str) -> None:
+        if self._reply is not None:
+            await self._finish_reply(MessageStatus.ERROR, message)
+        if not isinstance(self._failure, PermanentProviderError):
+            self._failure = PermanentProviderError(message)
+        self.session._publish(ev.Error(branch=self.branch, kind="permanent", message=message))
+
+    # -- tools -------------------------------------------------------------------------
+
+    async def _approval(self, ids: tuple[str, ...]) -> None:
+        session = self.session
+        assert self._last_reply is not None
+        message_id = self._last_reply.id
+        asked: dict[str, asyncio.Future[Decision]] = {}
+        immediate: list[tuple[str, Decision]] = []
+        for call_id in ids:
+            call = self._calls[call_id]
+            if call.status is ToolCallStatus.FAILED:  # unknown tool / invalid arguments
+                immediate.append((call_id, Decision(False, call.reason)))
+                continue
+            policy = session.tool_policy.decide(session.tools.get(call.name))
+            if policy == "auto":
+                immediate.append((call_id, Decision(True)))
+            elif policy == "deny":
+                immediate.append((call_id, Decision(False, "denied by the approval policy")))
+            else:
+                asked[call_id] = session._register_pending(self, message_id, call)
+        if asked:
+            session._publish(
+                ev.ToolApprovalRequested(
+                    branch=self.branch, message_id=message_id, tool_call_ids=tuple(asked)
+                )
+            )
+        for call_id, decision in immediate:
+            self._decide(call_id, decision)
+        try:
+            while asked:
+                done, _ = await asyncio.wait(
+                    set(asked.values()), return_when=asyncio.FIRST_COMPLETED
+                )
+                for call_id, pending in list(asked.items()):
+                    if pending in done:
+                        del asked[call_id]
+                        self._decide(call_id, pending.result())
+        finally:
+            for call_id in asked:
+                session._drop_pending(call_id)
+
+    def _decide(self, call_id: str, decision: Decision) -> None:
+        call = self._calls[call_id]
+        if call.status is not ToolCallStatus.FAILED:
+            update: dict[str, Any] = {
+                "status": ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
+                "reason": decision.reason,
+            }
+            if decision.arguments is not None:
+                update["arguments"] = decision.arguments
+            call = call.model_copy(update=update)
+            self._calls[call_id] = call
+            self.session._publish(
+                ev.ToolCallResolved(
+                    branch=self.branch,
+                    tool_call_id=call_id,
+                    status=call.status,
+                    reason=call.reason,
+                )
+            )
+        self._feed(fsm.ToolDecided(call_id, decision.approved))
+
+    async def _execute(self, approved: tuple[str, ...], denied: tuple[str, ...]) -> None:
+        session = self.session
+        order = [call_id for call_id in self._calls if call_id in approved or call_id in denied]
+        for call_id in order:
+            call = self._calls[call_id]
+            if call_id in approved:
+                call = call.model_copy(update={"status": ToolCallStatus.RUNNING})
+                self._calls[call_id] = call
+                await self._save_calls()
+                outcome = await run_tool(
+                    session.tools.get(call.name), call.arguments, timeout=session.tool_timeout
+                )
+                call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
+                text = outcome.result
+                if not outcome.ok:
+                    session._publish(
+                        ev.Error(branch=self.branch, kind="tool", message=outcome.result)
+                    )
+            elif call.status is ToolCallStatus.FAILED:
+                text = call.result or f"error: {call.reason}"
+            else:
+                text = denied_result(call.name, call.reason)
+                call = call.model_copy(update={"result": text})
+            self._calls[call_id] = call
+            await self._answer_call(call, text)
+        await self._save_calls()
+        self._feed(fsm.ToolsFinished())
+
+    async def _answer_call(self, call: ToolCall, text: str) -> None:
+        session = self.session
+        self._answered.add(call.id)
+        head = (await session._store.get_metadata(session.id)).branches[self.branch].head
+        message = Message(role="tool", parent_id=head, content=text, tool_call_id=call.id)
+        await session._store.append_message(session.id, message, branch=self.branch)
+        session._publish(
+            ev.MessageAdded(branch=self.branch, message_id=message.id, parent_id=head, role="tool")
+        )
+        if call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
+            session._publish(
+                ev.ToolCallResolved(
+                    branch=self.branch, tool_call_id=call.id, status=call.status, reason=call.reason
+                )
+            )
+
+    async def _resolve_cancelled(self, ids: tuple[str, ...], reason: str) -> None:
+        for call_id in ids:
+            self.session._drop_pending(call_id)
+            call = self._calls.get(call_id)
+            if call is None or call_id in self._answered:
+                continue
+            text = denied_result(call.name, reason)
+            call = call.model_copy(
+                update={"status": ToolCallStatus.DENIED, "reason": reason, "result": text}
+            )
+            self._calls[call_id] = call
+            with anyio.CancelScope(shield=True):
+                await self._answer_call(call, text)
+            self.session._publish(
+                ev.ToolCallResolved(
+                    branch=self.branch,
+                    tool_call_id=call_id,
+                    status=ToolCallStatus.DENIED,
+                    reason=reason,
+                )
+            )
+        with anyio.CancelScope(shield=True):
+            await self._save_calls()
+
+    async def _save_calls(self) -> None:
+        # The assistant message that asked for the calls records what became of them.
+        if self._last_reply is None or not self._calls:
+            return
+        updated = self._last_reply.model_copy(update={"tool_calls": list(self._calls.values())})
+        await self.session._store.update_message(self.session.id, updated)
+        self._last_reply = updated

@@ -1,0 +1,739 @@
+"""``ContextSession``: the one source of truth for a conversation.
+
+A session owns one context: its message tree and branches (through a
+:class:`~cm_notebook.store.Store`), one state machine per branch, the tools on offer
+and the signal bus that every view listens to. Views (widgets, magics, the REST API)
+are thin clients: they subscribe to signals and pull what they show.
+
+Work never blocks a notebook cell: :meth:`ContextSession.send` stores the user's
+message, schedules the reply on the session's event loop and returns a
+:class:`~cm_notebook.turn.Turn` at once (see :mod:`cm_notebook._loop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import events as ev
+from . import fsm
+from ._loop import running_loop, schedule_on
+from ._sessionio import StoreAccess
+from .compare import BranchResult, Comparison
+from .errors import (
+    BusyError,
+    InvalidInputError,
+    StateError,
+    ToolCallAlreadyResolvedError,
+    ToolCallNotFoundError,
+)
+from .fanout import FanOut, Variant, plan_variants
+from .ids import validate_branch_name, validate_message_id
+from .model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, ToolCall
+from .params import GenerationParams, validate_text
+from .providers import Provider, get_provider
+from .render import conversation_html
+from .retry import DEFAULT_POLICY, RetryPolicy
+from .runner import Decision, TurnRunner
+from .store import FileStore, Store
+from .tools import Policy, ToolPolicy, ToolRegistry, validate_edited_arguments
+from .turn import Turn
+
+__all__ = ["ContextSession"]
+
+ProviderLike = str | Provider
+_T = TypeVar("_T")
+
+
+class _Pending:
+    # A tool call waiting for a person: resolved thread-safely on the runner's loop.
+    def __init__(self, runner: TurnRunner, message_id: str, call: ToolCall) -> None:
+        self.runner = runner
+        self.message_id = message_id
+        self.call = call
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Decision] = self.loop.create_future()
+
+    def resolve(self, decision: Decision) -> None:
+        def set_result() -> None:
+            if not self.future.done():
+                self.future.set_result(decision)
+
+        self.loop.call_soon_threadsafe(set_result)
+
+
+class ContextSession:
+    """One conversation: a tree of messages with named branches, and the engine around it.
+
+    Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        metadata: ContextMetadata,
+        *,
+        provider: ProviderLike | None = None,
+        tools: Iterable[Any] = (),
+        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
+        retry: RetryPolicy | None = None,
+        max_tool_rounds: int = 10,
+        tool_timeout: float | None = None,
+    ) -> None:
+        self._store = store
+        self._io = StoreAccess(store)
+        self._metadata = metadata
+        self.id = metadata.id
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self.tool_policy = ToolPolicy.coerce(approval)
+        self.retry_policy = retry or DEFAULT_POLICY
+        if max_tool_rounds < 0:
+            raise InvalidInputError(f"max_tool_rounds must be >= 0, got {max_tool_rounds}")
+        self.max_tool_rounds = max_tool_rounds
+        self.tool_timeout = tool_timeout
+        # The loop that runs this session's turns and owns its event bus: the running
+        # loop (a notebook's kernel) if there is one, else the private background loop.
+        loop = running_loop()
+        self._loop = loop if loop is not None else _background()
+        self._loop_thread: int | None = threading.get_ident() if loop is not None else None
+        self._bus = ev.EventBus(self.id)
+        self._lock = threading.RLock()
+        self._machines: dict[str, fsm.Machine] = {}
+        self._runners: dict[str, TurnRunner] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._providers: dict[str, Provider] = {}
+        self._default_provider: Provider | None = None
+        if provider is not None and not isinstance(provider, str):
+            self._default_provider = provider
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        title: str | None = None,
+        *,
+        provider: ProviderLike = "local",
+        data_dir: str | Path | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] = (),
+        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
+        store: Store | None = None,
+        retry: RetryPolicy | None = None,
+        max_tool_rounds: int = 10,
+        tool_timeout: float | None = None,
+        tags: Sequence[str] = (),
+        provider_options: Mapping[str, Any] | None = None,
+    ) -> ContextSession:
+        """Create a new context and return its session.
+
+        ``provider`` is a spec (``"local"``, ``"openai:gpt-4o-mini"``,
+        ``"anthropic:claude-..."``) or a Provider instance (e.g. a ScriptedProvider).
+        ``provider_options`` (e.g. ``{"base_url": ...}``) are stored with the context;
+        they must not contain secrets (keys come from the environment).
+        """
+        if title is not None and not isinstance(title, str):
+            raise InvalidInputError(f"title must be a string, got {type(title).__name__}")
+        if system is not None and not isinstance(system, str):
+            raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
+        spec = provider if isinstance(provider, str) else _spec_of(provider)
+        if isinstance(provider, str):
+            get_provider_name_check(provider)
+        try:
+            settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        metadata = ContextMetadata(
+            title=title or "Untitled", system_prompt=system, provider=settings, tags=list(tags)
+        )
+        store = store if store is not None else FileStore(data_dir)
+        created = StoreAccess(store).call(store.create_context(metadata))
+        return cls(
+            store,
+            created,
+            provider=provider,
+            tools=tools,
+            approval=approval,
+            retry=retry,
+            max_tool_rounds=max_tool_rounds,
+            tool_timeout=tool_timeout,
+        )
+
+    @classmethod
+    def open(
+        cls,
+        context_id: str,
+        *,
+        data_dir: str | Path | None = None,
+        provider: ProviderLike | None = None,
+        tools: Iterable[Any] = (),
+        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
+        store: Store | None = None,
+        retry: RetryPolicy | None = None,
+        max_tool_rounds: int = 10,
+        tool_timeout: float | None = None,
+    ) -> ContextSession:
+        """Open a stored context. ``provider`` overrides the stored default for this session."""
+        store = store if store is not None else FileStore(data_dir)
+        metadata = StoreAccess(store).call(store.get_metadata(context_id))
+        return cls(
+            store,
+            metadata,
+            provider=provider,
+            tools=tools,
+            approval=approval,
+            retry=retry,
+            max_tool_rounds=max_tool_rounds,
+            tool_timeout=tool_timeout,
+        )
+
+    @classmethod
+    def list(
+        cls, data_dir: str | Path | None = None, *, store: Store | None = None
+    ) -> builtins.list[ContextMetadata]:
+        """Metadata of every stored context, most recently updated first."""
+        store = store if store is not None else FileStore(data_dir)
+        return StoreAccess(store).call(store.list_contexts())
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> ContextMetadata:
+        """The context's metadata, re-read if another process changed it."""
+        self._metadata = self._io.call(self._store.get_metadata(self.id))
+        return self._metadata
+
+    @property
+    def title(self) -> str:
+        """The context's title."""
+        return self.metadata.title
+
+    @property
+    def branches(self) -> dict[str, Branch]:
+        """Branches by name."""
+        return dict(self.metadata.branches)
+
+    @property
+    def active_branch(self) -> str:
+        """The name of the active branch."""
+        return self.metadata.active_branch
+
+    def history(
+        self, branch: str | None = None, *, limit: int | None = None
+    ) -> builtins.list[Message]:
+        """The messages of a branch (default: active), root first; ``limit``: the last N."""
+        name = self._branch_name(branch)
+        if limit is not None:
+            if not isinstance(limit, int) or limit < 1:
+                raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
+            return self._io.call(self._store.page(self.id, name, limit=limit))
+        ids = self._io.call(self._store.path(self.id, name))
+        return self._io.call(self._store.get_messages(self.id, ids))
+
+    def get(self, message_id: str) -> Message:
+        """One message by id."""
+        validate_message_id(message_id)
+        return self._io.call(self._store.get_message(self.id, message_id))
+
+    def siblings(self, message_id: str) -> builtins.list[Message]:
+        """The alternatives of a message (same parent), oldest first, itself included."""
+        message = self.get(message_id)
+        ids = self._io.call(self._store.children(self.id, message.parent_id))
+        return self._io.call(self._store.get_messages(self.id, ids))
+
+    @property
+    def state(self) -> fsm.State:
+        """The state machine's state on the active branch."""
+        return self.state_of(self.active_branch)
+
+    def state_of(self, branch: str) -> fsm.State:
+        """The state machine's state on ``branch``."""
+        return self._machine(branch).state
+
+    @property
+    def pending_tool_calls(self) -> builtins.list[ToolCall]:
+        """Tool calls waiting for :meth:`approve` or :meth:`deny`, oldest first."""
+        with self._lock:
+            return [pending.call for pending in self._pending.values()]
+
+    def turn(self, branch: str | None = None) -> Turn | None:
+        """The turn running on ``branch`` (default: active), if any."""
+        with self._lock:
+            runner = self._runners.get(self._branch_name(branch))
+        return runner.turn if runner is not None else None
+
+    # -- branches ----------------------------------------------------------------------
+
+    def branch(
+        self,
+        name: str,
+        from_message: str | None = None,
+        *,
+        switch: bool = True,
+        description: str = "",
+    ) -> Branch:
+        """Fork a new branch at ``from_message`` (default: the active branch's head).
+
+        Copies no messages. With ``switch`` (the default) the new branch becomes active.
+        """
+        validate_branch_name(name)
+        if from_message is None:
+            head = self.metadata.branches[self.active_branch].head
+        else:
+            head = self.get(from_message).id
+        created = self._io.call(
+            self._store.create_branch(
+                self.id, name, head=head, forked_from=head, description=description
+            )
+        )
+        self._publish(ev.BranchCreated(branch=name, name=name, head=head))
+        if switch:
+            self.switch(name)
+        return created
+
+    def switch(self, name: str) -> Branch:
+        """Make ``name`` the active branch."""
+        validate_branch_name(name)
+        metadata = self._io.call(self._store.set_active_branch(self.id, name))
+        self._metadata = metadata
+        self._publish(ev.BranchSwitched(branch=name, name=name))
+        return metadata.branches[name]
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch pointer (its messages stay in the tree)."""
+        validate_branch_name(name)
+        with self._lock:
+            if name in self._runners:
+                raise BusyError(f"branch {name!r} has a reply in progress; cancel it first")
+        self._io.call(self._store.delete_branch(self.id, name))
+        with self._lock:
+            self._machines.pop(name, None)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(
+        self,
+        text: str,
+        *,
+        branch: str | None = None,
+        provider: ProviderLike | None = None,
+        **params: Any,
+    ) -> Turn:
+        """Add a user message and start the reply; returns at once with a :class:`Turn`.
+
+        ``params`` are generation parameters (``temperature``, ``max_tokens``, ``top_p``,
+        ``seed``, ``stop``, ``model``). ``await turn`` (notebooks) or
+        ``turn.result(timeout)`` (scripts) gives the final assistant message.
+        """
+        text = validate_text(text)
+        name = self._branch_name(branch)
+        generation = GenerationParams.check(params)
+        chosen = self._provider(provider)
+        self._check_idle(name)
+        head = self.metadata.branches[name].head
+        user = Message(role="user", parent_id=head, content=text)
+        self._io.call(self._store.append_message(self.id, user, branch=name))
+        self._publish(ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user"))
+        return self._start(name, fsm.Send(), chosen, generation)
+
+    async def stream(
+        self,
+        text: str,
+        *,
+        branch: str | None = None,
+        provider: ProviderLike | None = None,
+        **params: Any,
+    ) -> AsyncIterator[str]:
+        """Send ``text`` and yield the reply's text deltas as they arrive.
+
+        If a retry restarts the reply, the deltas of the failed attempt were already
+        yielded; read the final message with :meth:`history` for the clean text.
+        """
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        turn = self.send(text, branch=branch, provider=provider, **params)
+
+        def listener(delta: str | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        remove = turn._listen(listener)
+        try:
+            if turn.text:
+                yield turn.text
+            while True:
+                delta = await queue.get()
+                if delta is None:
+                    break
+                yield delta
+            await turn  # re-raise a failure
+        finally:
+            remove()
+
+    def edit(
+        self,
+        message_id: str,
+        text: str,
+        *,
+        branch: str | None = None,
+        provider: ProviderLike | None = None,
+        **params: Any,
+    ) -> Turn:
+        """Replace an earlier user message: a new sibling on a new branch, then a reply.
+
+        The new branch (``branch``, default ``"<active>-edit-N"``) becomes active; the
+        original conversation stays on its branch.
+        """
+        text = validate_text(text)
+        original = self.get(message_id)
+        if original.role != "user":
+            raise InvalidInputError(
+                f"message {message_id!r} is a {original.role} message; only user messages "
+                "can be edited (use regenerate() for a new reply)"
+            )
+        generation = GenerationParams.check(params)
+        chosen = self._provider(provider)
+        name = branch or self._free_branch_name(f"{self.active_branch}-edit")
+        validate_branch_name(name)
+        edited = Message(role="user", parent_id=original.parent_id, content=text)
+        self._io.call(
+            self._store.create_branch(
+                self.id, name, head=original.parent_id, forked_from=original.id
+            )
+        )
+        self._publish(ev.BranchCreated(branch=name, name=name, head=original.parent_id))
+        self._io.call(self._store.append_message(self.id, edited, branch=name))
+        self._publish(
+            ev.MessageAdded(
+                branch=name, message_id=edited.id, parent_id=edited.parent_id, role="user"
+            )
+        )
+        self.switch(name)
+        return self._start(name, fsm.Send(), chosen, generation)
+
+    def regenerate(
+        self, *, branch: str | None = None, provider: ProviderLike | None = None, **params: Any
+    ) -> Turn:
+        """A new reply to the last user (or tool) message: a sibling of the current reply.
+
+        The branch's head moves to the new reply; the old one stays in the tree
+        (see :meth:`siblings`).
+        """
+        name = self._branch_name(branch)
+        generation = GenerationParams.check(params)
+        chosen = self._provider(provider)
+        self._check_idle(name)
+        self._rewind_to_prompt(name)
+        return self._start(name, fsm.Send(), chosen, generation)
+
+    def retry(self, *, branch: str | None = None) -> Turn:
+        """Try the failed reply again (after a permanent failure, e.g. once a key is set)."""
+        name = self._branch_name(branch)
+        if self._machine(name).state is not fsm.State.PERMANENT_FAILURE:
+            raise StateError(
+                f"nothing to retry on branch {name!r}: its state is "
+                f"{self._machine(name).state.value}; use regenerate() for a new reply"
+            )
+        self._rewind_to_prompt(name)
+        return self._start(name, fsm.Retry(), self._provider(None), {})
+
+    def fan_out(
+        self,
+        text: str,
+        variants: Sequence[str | Provider | Mapping[str, Any]],
+        *,
+        branch: str | None = None,
+    ) -> FanOut:
+        """Send ``text`` on one new branch per variant, concurrently; compare the replies.
+
+        A variant is a provider spec, a Provider, or a mapping with optional
+        ``provider``, ``branch`` (name) and generation parameters, e.g.
+        ``[{"temperature": 0}, {"temperature": 1.0}]``. Returns a :class:`FanOut`
+        handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
+        """
+        text = validate_text(text)
+        base = self._branch_name(branch)
+        plans: builtins.list[Variant] = plan_variants(variants, base, self._free_branch_name)
+        head = self.metadata.branches[base].head
+        turns: builtins.list[Turn] = []
+        for plan in plans:
+            chosen = self._provider(plan.provider)
+            self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
+            self._publish(ev.BranchCreated(branch=plan.branch, name=plan.branch, head=head))
+            turns.append(self.send(text, branch=plan.branch, provider=chosen, **plan.params))
+        return FanOut(self, turns, self._loop)
+
+    # -- tools -------------------------------------------------------------------------
+
+    def approve(
+        self, tool_call_id: str | None = None, *, arguments: Mapping[str, Any] | str | None = None
+    ) -> builtins.list[ToolCall]:
+        """Approve one pending tool call (or all of them with ``tool_call_id=None``).
+
+        ``arguments`` replaces the model's arguments for that call after validation
+        against the tool's schema (only with a single ``tool_call_id``).
+        """
+        if arguments is not None and tool_call_id is None:
+            raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
+        decided = []
+        for pending in self._take_pending(tool_call_id):
+            edited = None
+            if arguments is not None:
+                try:
+                    edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
+                except Exception:
+                    self._restore_pending(pending)
+                    raise
+            reason = "arguments edited before approval" if edited is not None else None
+            pending.resolve(Decision(True, reason, edited))
+            decided.append(pending.call)
+        return decided
+
+    def deny(
+        self, tool_call_id: str | None = None, *, reason: str = "denied by the user"
+    ) -> builtins.list[ToolCall]:
+        """Deny one pending tool call (or all); the model is told ``reason``."""
+        if not isinstance(reason, str):
+            raise InvalidInputError("reason must be a string")
+        decided = []
+        for pending in self._take_pending(tool_call_id):
+            pending.resolve(Decision(False, reason or "denied by the user"))
+            decided.append(pending.call)
+        return decided
+
+    # -- comparing ---------------------------------------------------------------------
+
+    def compare(self, *branches: str) -> Comparison:
+        """Compare the last answers of ``branches`` (default: every branch)."""
+        names = list(branches) or list(self.branches)
+        results = []
+        for name in names:
+            validate_branch_name(name)
+            answer = None
+            for message in reversed(self.history(name)):
+                if message.role == "assistant":
+                    answer = message
+                    break
+            results.append(BranchResult.of(name, answer))
+        return Comparison(results=results)
+
+    # -- signals -----------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[ev.Event], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every signal; returns an unsubscribe function.
+
+        Callbacks run on the session's event loop thread; keep them quick.
+        """
+        return self._bus.subscribe(callback)
+
+    def events(self, since: int = 0) -> builtins.list[ev.Event]:
+        """Signals after sequence number ``since`` (a single Resync if they are gone)."""
+        return self._on_loop(lambda: self._bus.events(since))
+
+    def event_stream(self, since: int | None = None) -> ev.EventStream:
+        """An async iterator of signals (for servers and async views)."""
+        return self._bus.stream(since)
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last signal."""
+        return self._bus.last_seq
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel running turns and release the store's locks."""
+        with self._lock:
+            turns = [runner.turn for runner in self._runners.values()]
+        for turn in turns:
+            turn.cancel()
+
+    def __repr__(self) -> str:
+        return f"<ContextSession {self.id!r} title={self._metadata.title!r}>"
+
+    def _repr_html_(self) -> str:
+        # Static HTML: a saved notebook shows the conversation without a kernel.
+        metadata = self.metadata
+        return conversation_html(metadata, self.history())
+
+    # -- internals used by TurnRunner and FanOut ---------------------------------------
+
+    def _machine(self, branch: str) -> fsm.Machine:
+        with self._lock:
+            return self._machines.get(branch) or fsm.Machine.initial()
+
+    def _set_machine(self, branch: str, machine: fsm.Machine) -> None:
+        with self._lock:
+            self._machines[branch] = machine
+
+    def _publish(self, event: ev.BaseEvent) -> None:
+        # The bus is single-threaded: publish on the session loop's thread.
+        if self._on_loop_thread():
+            self._bus.publish(event)
+        else:
+            self._loop.call_soon_threadsafe(self._bus.publish, event)
+
+    def _on_loop_thread(self) -> bool:
+        if self._loop_thread is None:
+            return running_loop() is self._loop
+        return threading.get_ident() == self._loop_thread
+
+    def _on_loop(self, fn: Callable[[], _T]) -> _T:
+        if self._on_loop_thread() or not self._loop.is_running():
+            return fn()
+
+        async def call() -> _T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def _register_pending(
+        self, runner: TurnRunner, message_id: str, call: ToolCall
+    ) -> asyncio.Future[Decision]:
+        pending = _Pending(runner, message_id, call)
+        with self._lock:
+            self._pending[call.id] = pending
+        return pending.future
+
+    def _drop_pending(self, call_id: str) -> None:
+        with self._lock:
+            self._pending.pop(call_id, None)
+
+    def _take_pending(self, tool_call_id: str | None) -> builtins.list[_Pending]:
+        # Taking under the lock makes a double click resolve the call exactly once.
+        with self._lock:
+            if tool_call_id is None:
+                taken = list(self._pending.values())
+                self._pending.clear()
+                if not taken:
+                    raise ToolCallNotFoundError("there are no tool calls waiting for approval")
+                return taken
+            pending = self._pending.pop(tool_call_id, None)
+            if pending is not None:
+                return [pending]
+        if self._was_resolved(tool_call_id):
+            raise ToolCallAlreadyResolvedError(
+                f"tool call {tool_call_id!r} was already approved or denied"
+            )
+        raise ToolCallNotFoundError(
+            f"no pending tool call {tool_call_id!r}; pending: "
+            f"{[c.id for c in self.pending_tool_calls] or 'none'}"
+        )
+
+    def _restore_pending(self, pending: _Pending) -> None:
+        with self._lock:
+            self._pending[pending.call.id] = pending
+
+    def _was_resolved(self, tool_call_id: str) -> bool:
+        for message in reversed(self.history()):
+            if any(call.id == tool_call_id for call in message.tool_calls):
+                return True
+        return False
+
+    def _turn_finished(self, runner: TurnRunner) -> None:
+        with self._lock:
+            if self._runners.get(runner.branch) is runner:
+                del self._runners[runner.branch]
+
+    async def _request_messages(
+        self, branch: str, exclude: str | None = None
+    ) -> builtins.list[Message]:
+        ids = await self._store.path(self.id, branch)
+        messages = await self._store.get_messages(self.id, ids)
+        # Failed replies are not part of the conversation the model sees.
+        return [m for m in messages if m.id != exclude and m.status is not MessageStatus.ERROR]
+
+    def _with_system(self, history: builtins.list[Message]) -> builtins.list[Message]:
+        prompt = self._metadata.system_prompt
+        if not prompt:
+            return history
+        return [Message(id="system", role="system", content=prompt), *history]
+
+    # -- private helpers ---------------------------------------------------------------
+
+    def _branch_name(self, branch: str | None) -> str:
+        if branch is None:
+            return self.active_branch
+        return validate_branch_name(branch)
+
+    def _check_idle(self, branch: str) -> None:
+        with self._lock:
+            if branch in self._runners:
+                raise BusyError(
+                    f"a reply is still being generated on branch {branch!r}; "
+                    "await it, or call turn.cancel()"
+                )
+
+    def _free_branch_name(self, stem: str) -> str:
+        existing = self.branches
+        for n in range(1, 10_000):
+            candidate = f"{stem}-{n}"
+            if candidate not in existing:
+                return candidate
+        raise InvalidInputError(f"no free branch name starting with {stem!r}")
+
+    def _rewind_to_prompt(self, branch: str) -> None:
+        # Move the head back past the last assistant reply (and anything after the
+        # prompt it answered), so the next reply becomes its sibling.
+        history = self.history(branch)
+        while history and history[-1].role == "assistant":
+            history.pop()
+        if not history:
+            raise StateError(f"branch {branch!r} has no message to reply to")
+        self._io.call(self._store.set_branch_head(self.id, branch, history[-1].id))
+
+    def _provider(self, provider: ProviderLike | None) -> Provider:
+        if provider is not None and not isinstance(provider, str):
+            return provider
+        if provider is None:
+            if self._default_provider is not None:
+                return self._default_provider
+            settings = self._metadata.provider
+            key, options = settings.spec, settings.params
+        else:
+            key, options = provider, {}
+        with self._lock:
+            cached = self._providers.get(key)
+            if cached is None:
+                cached = get_provider(key, **options)
+                self._providers[key] = cached
+            return cached
+
+    def _start(
+        self,
+        branch: str,
+        start: fsm.Send | fsm.Retry,
+        provider: Provider,
+        params: Mapping[str, Any],
+    ) -> Turn:
+        turn = Turn(branch, self._loop)
+        runner = TurnRunner(self, turn, start=start, provider=provider, params=params)
+        with self._lock:
+            if branch in self._runners:
+                raise BusyError(f"a reply is already being generated on branch {branch!r}")
+            self._runners[branch] = runner
+        future = schedule_on(self._loop, runner.run())
+        turn._attach(future, runner.request_cancel)
+        return turn
+
+
+def _spec_of(provider: Provider) -> str:
+    return provider.name if not provider.model else f"{provider.name}:{provider.model}"
+
+
+def _background() -> asyncio.AbstractEventLoop:
+    from ._loop import background_loop
+
+    return background_loop()
+
+
+def get_provider_name_check(spec: str) -> None:
+    """Fail early (at create time) on a malformed or unknown provider spec."""
+    from .providers import available_providers, parse_spec
+
+    name, _model = parse_spec(spec)
+    if name not in available_providers():
+        get_provider(spec)  # raises UnknownProviderError with the list of known names

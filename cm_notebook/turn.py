@@ -1,0 +1,193 @@
+"""The handle of one reply in progress: awaitable, cancellable, inspectable.
+
+:meth:`ContextSession.send` returns a :class:`Turn` at once and does the work on an
+event loop (see :mod:`cm_notebook._loop`). In a notebook, ``await turn`` waits for the
+final assistant message; in a script, ``turn.result(timeout)`` blocks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar
+
+from .errors import StateError
+from .ids import new_id
+from .model import Message
+
+__all__ = ["Handle", "Turn"]
+
+T = TypeVar("T")
+
+# How often an awaiting cell wakes up. A bare `await future` in a cell ignores the
+# Interrupt button until another message arrives; polling keeps it responsive.
+_POLL_SECONDS = 0.1
+
+
+class Handle(Generic[T]):
+    """Work running on an event loop: awaitable, cancellable, and blocking for scripts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._future: asyncio.Future[T] | concurrent.futures.Future[T] | None = None
+        self._cancel: Callable[[], None] | None = None
+        self._cancel_requested = False
+
+    def _attach(
+        self,
+        future: asyncio.Future[T] | concurrent.futures.Future[T],
+        cancel: Callable[[], None],
+    ) -> None:
+        self._future = future
+        with self._lock:
+            self._cancel = cancel
+            pending_cancel = self._cancel_requested
+        if pending_cancel:
+            self._loop.call_soon_threadsafe(cancel)
+
+    def done(self) -> bool:
+        """True once the work has finished (completed, failed or cancelled)."""
+        return self._future is not None and self._future.done()
+
+    def cancel(self) -> None:
+        """Stop the work. Safe from any thread, more than once, and after it finished."""
+        with self._lock:
+            self._cancel_requested = True
+            cancel = self._cancel
+        if cancel is not None and not self.done():
+            self._loop.call_soon_threadsafe(cancel)
+
+    def result(self, timeout: float | None = None) -> T:
+        """Block until the work finishes and return its result (or raise its error).
+
+        For scripts only: in a notebook cell (a running event loop) this would freeze
+        the kernel, so it raises StateError; use ``await handle`` there.
+        """
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            raise StateError("result() would block the running event loop; use `await` instead")
+        future = self._require_future()
+        if isinstance(future, asyncio.Future):
+            done = threading.Event()
+            self._loop.call_soon_threadsafe(future.add_done_callback, lambda _f: done.set())
+            if not done.wait(timeout):
+                raise TimeoutError(f"not finished within {timeout} s")
+            return future.result()
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"not finished within {timeout} s") from None
+
+    def exception(self) -> BaseException | None:
+        """The error the work ended with, if it has finished with one."""
+        future = self._require_future()
+        if not future.done():
+            return None
+        if future.cancelled():
+            return asyncio.CancelledError()
+        return future.exception()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> T:
+        future = self._require_future()
+        if isinstance(future, concurrent.futures.Future):
+            wrapped: asyncio.Future[T] = asyncio.wrap_future(future)
+        elif future.get_loop() is not asyncio.get_running_loop():
+            wrapped = asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(_echo(future), self._loop)
+            )
+        else:
+            wrapped = future
+        # Poll instead of a bare await so the kernel's Interrupt button works.
+        while not wrapped.done():
+            await asyncio.wait({wrapped}, timeout=_POLL_SECONDS)
+        return wrapped.result()
+
+    def _require_future(self) -> asyncio.Future[T] | concurrent.futures.Future[T]:
+        if self._future is None:  # pragma: no cover - the session always attaches one
+            raise StateError("this work has not been started")
+        return self._future
+
+
+async def _echo(future: asyncio.Future[T]) -> T:
+    return await future
+
+
+class Turn(Handle[Message]):
+    """One reply being generated on a branch.
+
+    ``await turn`` (notebooks, async code) or ``turn.result(timeout)`` (scripts) gives
+    the final assistant message. ``text`` and ``message_id`` are safe to read from any
+    thread while it runs.
+    """
+
+    def __init__(self, branch: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.id = new_id("t")
+        self.branch = branch
+        self._text = ""
+        self._message_id: str | None = None
+        self._listeners: list[Callable[[str | None], None]] = []
+
+    def _set_message(self, message_id: str) -> None:
+        with self._lock:
+            self._message_id = message_id
+            self._text = ""
+
+    def _append_text(self, delta: str) -> None:
+        with self._lock:
+            self._text += delta
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(delta)
+
+    def _finish_listeners(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(None)
+
+    def _listen(self, listener: Callable[[str | None], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    @property
+    def text(self) -> str:
+        """The reply's text so far."""
+        with self._lock:
+            return self._text
+
+    @property
+    def message_id(self) -> str | None:
+        """Id of the assistant message being written (None before the first request)."""
+        with self._lock:
+            return self._message_id
+
+    def cancel(self) -> None:
+        """Stop generating. The partial text is kept (status ``interrupted``).
+
+        Safe to call from any thread, more than once, and after the turn finished
+        (then it does nothing).
+        """
+        super().cancel()
+
+    def __repr__(self) -> str:
+        status = "done" if self.done() else "running"
+        text = self.text
+        preview = text if len(text) <= 40 else text[:37] + "..."
+        return f"<Turn branch={self.branch!r} {status} text={preview!r}>"
