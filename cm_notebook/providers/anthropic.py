@@ -495,12 +495,21 @@ class AnthropicProvider:
         self.max_tokens = max_tokens
         key = api_key if api_key is not None else os.environ.get(_KEY_ENV)
         # Only the SDK client holds the key; this object keeps no copy of it.
-        self._client = anthropic.AsyncAnthropic(
-            api_key=key or None,
-            base_url=base_url,
-            timeout=self.timeout,
-            max_retries=0,
-        )
+        try:
+            self._client = anthropic.AsyncAnthropic(
+                api_key=key or None,
+                base_url=base_url,
+                timeout=self.timeout,
+                max_retries=0,
+            )
+        except anthropic.AnthropicError as exc:
+            # Without a key the SDK looks for credential profiles on disk, and a profile
+            # the user configured but which cannot be read fails right here.
+            raise PermanentProviderError(
+                f"{_PROVIDER}: could not load credentials: {exc}. Set {_KEY_ENV} "
+                "(or pass api_key=...) to use a key instead",
+                provider=_PROVIDER,
+            ) from exc
 
     @classmethod
     def from_spec(cls, model: str | None, /, **options: Any) -> AnthropicProvider:
