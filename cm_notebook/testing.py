@@ -6,7 +6,7 @@ runs for real in tests and notebooks. It is deterministic: no randomness, no clo
 delays use :func:`anyio.sleep`, so cancellation behaves as it does with a real model.
 
 A script is a queue of *turns*; each call to :meth:`ScriptedProvider.stream` consumes one
-turn and records the request it was given::
+turn and records the request it was given (examples illustrate, they are not run)::
 
     >>> from cm_notebook.testing import ScriptedProvider
     >>> fake = (
@@ -14,8 +14,9 @@ turn and records the request it was given::
     ...     .tool_call("add", {"a": 1, "b": 2})          # 1st request: ask for a tool
     ...     .reply("The sum is 3.", chunks="words")      # 2nd request: answer
     ... )
-    >>> session = ContextSession.create(store, provider=fake)   # doctest: +SKIP
-    >>> fake.requests[1].messages[-1].content                   # doctest: +SKIP
+    >>> session = ContextSession.create(provider=fake, tools=[add], approval="auto")
+    >>> await session.send("What is 1 + 2?")                    # doctest: +SKIP
+    >>> fake.requests[1].messages[-1].content    # what the model saw: the tool's result
     '3'
 
 When the script runs out, the fake echoes the last user message (``"echo: <text>"``),

@@ -418,6 +418,13 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+@cache
+def _translatable_errors() -> tuple[type[BaseException], ...]:
+    # Exactly what translate_sdk_error() understands; anything else is a bug and must
+    # surface as itself rather than be disguised as a provider failure.
+    return (anthropic.AnthropicError, json.JSONDecodeError, *_transport_errors())
+
+
 def translate_sdk_error(
     exc: BaseException, *, model: str | None = None, timeout: float | None = None
 ) -> ProviderError | None:
@@ -533,8 +540,11 @@ class AnthropicProvider:
             for attr in ("api_key", "auth_token", "credentials")
         )
 
-    def _error(self, exc: BaseException) -> ProviderError | None:
-        return translate_sdk_error(exc, model=self.model, timeout=self.timeout)
+    def _error(self, exc: BaseException) -> ProviderError:
+        error = translate_sdk_error(exc, model=self.model, timeout=self.timeout)
+        # _translatable_errors() and translate_sdk_error() cover the same classes.
+        assert error is not None, f"untranslated {type(exc).__name__}"
+        return error
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
@@ -547,11 +557,8 @@ class AnthropicProvider:
         translator = AnthropicEventTranslator()
         try:
             sdk_stream = await self._client.messages.create(**kwargs, stream=True)
-        except Exception as exc:
-            error = self._error(exc)
-            if error is None:
-                raise
-            raise error from exc
+        except _translatable_errors() as exc:
+            raise self._error(exc) from exc
         # ``async with`` closes the HTTP response even when our consumer stops early
         # (cancellation, or a tool-call reply it does not need to finish reading).
         async with sdk_stream:
@@ -560,11 +567,8 @@ class AnthropicProvider:
                     event = await sdk_stream.__anext__()
                 except StopAsyncIteration:
                     break
-                except Exception as exc:
-                    error = self._error(exc)
-                    if error is None:
-                        raise
-                    raise error from exc
+                except _translatable_errors() as exc:
+                    raise self._error(exc) from exc
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.
                 for out in translator.feed(event):
