@@ -23,7 +23,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/01-quickstart.ipynb
 
 demo: setup
-	$(BIN)/cm-notebook demo
+	$(PY) -m cm_notebook.demo
 
 lint: setup
 	$(BIN)/ruff check .

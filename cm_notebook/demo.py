@@ -1,0 +1,75 @@
+"""The quick-start conversation, headless: ``python -m cm_notebook.demo`` (``make demo``).
+
+Talks to the built-in offline model (SmolLM2-135M-Instruct through xllamacpp), streams
+the replies to the terminal, forks a branch with a different question, and prints a
+side-by-side comparison. Everything is stored like any other context, so
+``cm-notebook ls`` / ``cm-notebook show ID`` show it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from .errors import CMError
+from .session import ContextSession
+
+__all__ = ["main", "run_demo"]
+
+QUESTIONS = (
+    "What is the capital of France? Answer in one sentence.",
+    "Name one famous landmark there.",
+)
+FORK_QUESTION = "What is the capital of Italy? Answer in one sentence."
+
+
+async def run_demo(
+    *, provider: str = "local", data_dir: Path | None = None, max_tokens: int = 64
+) -> ContextSession:
+    """Run the demo conversation, printing as it streams; returns the session."""
+    session = ContextSession.create(
+        "Quick start demo",
+        provider=provider,
+        data_dir=data_dir,
+        system="You are a concise, helpful assistant.",
+    )
+    out = sys.stdout
+    out.write(f"context {session.id} (provider {provider})\n\n")
+    for question in QUESTIONS:
+        out.write(f"you> {question}\nmodel> ")
+        async for delta in session.stream(question, max_tokens=max_tokens):
+            out.write(delta)
+            out.flush()
+        out.write("\n\n")
+    first_user = next(m for m in session.history() if m.role == "user")
+    out.write(f"-- editing the first question on a new branch: {FORK_QUESTION}\nmodel> ")
+    turn = session.edit(first_user.id, FORK_QUESTION, branch="italy", max_tokens=max_tokens)
+    reply = await turn
+    out.write(reply.content + "\n\n")
+    out.write("-- comparison of the two branches\n")
+    out.write(str(session.compare("main", "italy")) + "\n")
+    out.write(f"\nbranches: {', '.join(session.branches)}; active: {session.active_branch}\n")
+    return session
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: run the demo and print the conversation."""
+    parser = argparse.ArgumentParser(prog="cm-notebook demo", description=__doc__)
+    parser.add_argument("--provider", default="local", help="provider spec (default: local)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where contexts are stored")
+    parser.add_argument("--max-tokens", type=int, default=64, help="reply length limit")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(
+            run_demo(provider=args.provider, data_dir=args.data_dir, max_tokens=args.max_tokens)
+        )
+    except CMError as exc:
+        print(f"cm-notebook demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
