@@ -97,7 +97,7 @@ def translate(events: list[Any]) -> list[ProviderEvent]:
     out: list[ProviderEvent] = []
     for event in events:
         out.extend(translator.feed(event))
-    out.extend(translator.finish())
+    translator.finish()
     return out
 
 
@@ -107,7 +107,7 @@ def feed_all(
     """Feed every event, then end the stream, keeping the output before an error."""
     for event in events:
         seen.extend(translator.feed(event))
-    seen.extend(translator.finish())
+    translator.finish()
 
 
 # -- the translator on recorded sequences -----------------------------------------------
@@ -187,6 +187,9 @@ def test_unknown_and_unused_events_are_skipped() -> None:
         },
         {"type": "content_block_stop", "index": 5},
         {"type": "a_future_event", "payload": 1},
+        {"type": "content_block_start", "index": 6, "content_block": {"type": "hologram"}},
+        {"type": "content_block_delta", "index": 6, "delta": {"type": "hologram_delta"}},
+        {"type": "content_block_stop", "index": 6},
     ]
     assert translate(events[:1] + thinking + events[1:]) == recording("text_only").expected
     # Events after message_stop are ignored.

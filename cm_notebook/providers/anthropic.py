@@ -5,17 +5,11 @@ Install with ``pip install 'cm_notebook[anthropic]'`` and set ``ANTHROPIC_API_KE
     >>> from cm_notebook.providers import get_provider
     >>> claude = get_provider("anthropic:claude-haiku-4-5", max_tokens=2048)  # doctest: +SKIP
 
-The module has three layers, each testable on its own:
-
-* :func:`build_request` turns a :class:`~cm_notebook.providers.ChatRequest` into the
-  keyword arguments of ``messages.create`` (system prompt apart, strict user/assistant
-  alternation, tool calls as ``tool_use`` blocks, tool results as ``tool_result`` blocks);
-* :class:`AnthropicEventTranslator` turns the SDK's *raw* stream events into
-  :data:`~cm_notebook.providers.ProviderEvent` values. It is pure, so recorded event
-  sequences test it without a network;
-* :class:`AnthropicProvider` does the I/O and translates SDK exceptions into
-  :class:`~cm_notebook.errors.TransientProviderError` /
-  :class:`~cm_notebook.errors.PermanentProviderError` with ``raise ... from exc``.
+Three layers, each testable on its own: :func:`build_request` (a ``ChatRequest`` as the
+arguments of ``messages.create``), :class:`AnthropicEventTranslator` (the SDK's raw
+stream events as :data:`~cm_notebook.providers.ProviderEvent` values; pure, so recorded
+streams test it without a network) and :class:`AnthropicProvider` (the I/O, with SDK
+exceptions translated by :func:`translate_sdk_error` and raised ``from`` the original).
 
 We call ``messages.create(..., stream=True)`` rather than the SDK's higher-level
 ``messages.stream()`` helper: the raw events are a documented wire format that we can
@@ -30,11 +24,13 @@ import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import anthropic
 from anthropic.types import (
+    ContentBlock,
     InputJSONDelta,
+    RawContentBlockDelta,
     RawContentBlockDeltaEvent,
     RawContentBlockStartEvent,
     RawContentBlockStopEvent,
@@ -72,6 +68,7 @@ __all__ = [
     "build_request",
     "error_from_event",
     "map_stop_reason",
+    "parse_wire_event",
     "to_anthropic_messages",
     "to_anthropic_tools",
     "translate_sdk_error",
@@ -281,7 +278,7 @@ class AnthropicEventTranslator:
         translator = AnthropicEventTranslator()
         for raw in sdk_events:
             yield from translator.feed(raw)
-        yield from translator.finish()   # raises if message_stop never came
+        translator.finish()   # raises if message_stop never came
 
     Events may be SDK objects (``anthropic.types.RawMessageStreamEvent``) or their wire
     JSON as mappings. Text deltas pass straight through; a tool call's input arrives as
@@ -302,19 +299,10 @@ class AnthropicEventTranslator:
     def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[ProviderEvent]:
         """The provider events that ``event`` produces (often none)."""
         if isinstance(event, Mapping):
-            kind = event.get("type")
-            if kind == "ping":
+            parsed = parse_wire_event(event)
+            if parsed is None:
                 return []
-            if kind == "error":
-                raise error_from_event(event)
-            try:
-                event = _event_adapter().validate_python(event)
-            except ValidationError as exc:
-                if kind in _KNOWN_EVENT_TYPES:
-                    raise malformed_response_error(
-                        provider=_PROVIDER, detail=f"bad {kind} event: {exc.errors()[0]['msg']}"
-                    ) from exc
-                return []  # an event type newer than this code: skip, as the docs advise
+            event = parsed
         if self.finished:
             return []
         if isinstance(event, RawMessageStartEvent):
@@ -376,23 +364,53 @@ class AnthropicEventTranslator:
             tool.parts.append(delta.partial_json)
         return []
 
-    def finish(self) -> list[ProviderEvent]:
+    def finish(self) -> None:
         """Call when the stream has ended; raises if it ended before ``message_stop``."""
         if not self.finished:
             raise stream_cut_error(provider=_PROVIDER, detail="no message_stop event")
-        return []
 
 
-_KNOWN_EVENT_TYPES = frozenset(
-    {
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    }
-)
+def _type_names(alias: Any) -> frozenset[str]:
+    # The ``type`` literals of the SDK models in a union alias, e.g. {"text", "tool_use"}.
+    union = get_args(alias)[0] if get_origin(alias) is Annotated else alias
+    return frozenset(
+        name
+        for model in get_args(union)
+        for name in get_args(model.model_fields["type"].annotation)
+    )
+
+
+# What the installed SDK can parse. Newer event, block and delta types appear over time;
+# the API docs ask clients to skip what they do not know, while a known event that does
+# not parse is a server error.
+_KNOWN_EVENT_TYPES = _type_names(RawMessageStreamEvent)
+_KNOWN_INNER_TYPES = _type_names(ContentBlock) | _type_names(RawContentBlockDelta)
+
+
+def parse_wire_event(data: Mapping[str, Any]) -> RawMessageStreamEvent | None:
+    """Parse one event's wire JSON (the ``data:`` of an SSE event) into the SDK's model.
+
+    Returns None for ``ping`` and for event, block or delta types newer than this code;
+    raises :func:`error_from_event`'s error for an ``error`` event, and a transient
+    "malformed response" error for a known event that does not parse.
+    """
+    kind = data.get("type")
+    if kind == "ping":
+        return None
+    if kind == "error":
+        raise error_from_event(data)
+    try:
+        return _event_adapter().validate_python(data)
+    except ValidationError as exc:
+        inner = data.get("content_block") or data.get("delta")
+        inner_kind = inner.get("type") if isinstance(inner, Mapping) else None
+        if kind not in _KNOWN_EVENT_TYPES or (
+            isinstance(inner_kind, str) and inner_kind not in _KNOWN_INNER_TYPES
+        ):
+            return None
+        raise malformed_response_error(
+            provider=_PROVIDER, detail=f"bad {kind} event: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 def _total_input(base: int, cache_creation: int | None, cache_read: int | None) -> int:
@@ -573,8 +591,7 @@ class AnthropicProvider:
                 # the SDK's and must not be translated.
                 for out in translator.feed(event):
                     yield out
-        for out in translator.finish():
-            yield out
+        translator.finish()
 
     async def aclose(self) -> None:
         """Close the SDK client's connection pool."""
