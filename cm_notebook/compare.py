@@ -126,6 +126,9 @@ class Comparison(BaseModel):
         )
         return matcher.ratio()
 
+    def __repr__(self) -> str:
+        return f"<Comparison of {', '.join(self.branches) or 'no branches'}>"
+
     def __str__(self) -> str:
         lines: list[str] = []
         for result in self.results:
