@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# Jupyter refuses to start as root unless told to (containers, CI machines).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(BIN)/jupyter lab notebooks/01-quickstart.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/01-quickstart.ipynb
 
 demo: setup
 	$(PY) -m cm_notebook.demo
