@@ -1,0 +1,426 @@
+"""Converting a v1 context into cm_notebook's models: ids, the message tree, tool calls.
+
+Building the tree
+-----------------
+v1 kept messages in one flat list, and optionally named ``branches`` as ordered lists
+of message ids. The tree is built in two passes:
+
+1. **Branches first**, the v1 active branch before the others (so the branch the user
+   was looking at keeps the original messages). Walking a branch's list, each message
+   gets the previous listed message as its parent. A message that already has that
+   parent is *shared* (a common prefix costs nothing); a message that already has a
+   different parent cannot be in two places, so it is *copied*: a new message with the
+   same content, ``metadata.v1_copied_from`` naming the original and ``v1_branch`` the
+   branch, and the rest of the list continues from the copy. A list's first message is
+   left where the flat order puts it, so a list that starts mid-conversation still hangs
+   off its real predecessor.
+2. **The flat order** then gives every message without a parent the previous readable
+   message in the v1 list (or none, for the first).
+
+Every branch keeps its v1 head. Leaves that no branch reaches (the flat tail when v1's
+branches omit it) get a branch too (``main`` if free, else ``v1-unbranched``), so no
+message becomes invisible.
+
+Ids
+---
+Safe v1 ids are kept. Missing, hostile (``../../etc``) or duplicate ids get a new id
+derived from a sha256 of the context id and the record's position (and the original
+id), so converting the same data again gives the same ids and re-running a migration
+is idempotent. Replaced ids are kept as ``v1_id`` in the message metadata (or in
+``ContextMetadata.extra`` for contexts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..errors import InvalidIdError, InvalidInputError
+from ..ids import validate_branch_name, validate_context_id, validate_message_id
+from ..model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus
+from ._toolcalls import convert_tool_calls
+from ._util import derived_id
+from ._v1 import V1Context, V1Message
+
+__all__ = ["ConvertedContext", "context_id_for", "convert"]
+
+
+def _safe(validate: Callable[[object], str], value: str | None) -> bool:
+    if value is None:
+        return False
+    try:
+        validate(value)
+    except InvalidIdError:
+        return False
+    return True
+
+
+def context_id_for(ctx: V1Context) -> str:
+    """The cm_notebook id for a v1 context: its own id if safe, else a derived one."""
+    if ctx.id is not None and _safe(validate_context_id, ctx.id):
+        return ctx.id
+    if ctx.id is not None:
+        return derived_id("c", "v1-id", ctx.id)
+    # No id: derive it from the content, so the same record always gets the same id.
+    return derived_id("c", "v1-content", ctx.source_sha256)
+
+
+@dataclass
+class ConvertedContext:
+    """A v1 context as validated cm_notebook models, ready to write through a Store."""
+
+    source: V1Context
+    metadata: ContextMetadata  # branch heads are final: write the messages first
+    messages: list[Message]  # parents before children
+    originals: list[tuple[V1Message, str]]  # each readable v1 message and its new id
+    branch_sources: dict[str, list[V1Message]]  # the v1 messages each path must end with
+    copies: int = 0
+    problems: list[str] = field(default_factory=list)  # losses and guesses
+    notes: list[str] = field(default_factory=list)  # harmless changes
+
+    def path(self, branch: str) -> list[str]:
+        """Message ids from the root to the head of ``branch`` in the converted tree."""
+        parents = {m.id: m.parent_id for m in self.messages}
+        node = self.metadata.branches[branch].head
+        out: list[str] = []
+        while node is not None:
+            out.append(node)
+            node = parents[node]
+        return out[::-1]
+
+
+@dataclass
+class _Node:
+    id: str
+    msg: V1Message
+    copied_from: str | None = None
+    branch: str | None = None
+
+
+@dataclass
+class _Tree:
+    """Parent links under construction, refusing cycles; plus the branches found."""
+
+    nodes: dict[str, _Node] = field(default_factory=dict)  # originals first, in v1 order
+    parent: dict[str, str | None] = field(default_factory=dict)  # presence means "placed"
+    has_children: set[str] = field(default_factory=set)
+    heads: dict[str, str | None] = field(default_factory=dict)
+    sources: dict[str, list[V1Message]] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)  # new name -> v1 name
+    name_of: dict[str, str] = field(default_factory=dict)  # v1 name -> new name
+    taken: set[str] = field(default_factory=set)
+    copies: int = 0
+
+    def would_cycle(self, node: str, parent: str | None) -> bool:
+        # Only a node that already has children can become its own ancestor, which keeps
+        # the common case (a long linear chat) linear in time.
+        if parent is None:
+            return False
+        if parent == node:
+            return True  # a branch listing the same message twice in a row
+        if node not in self.has_children:
+            return False
+        current: str | None = parent
+        while current is not None:
+            if current == node:
+                return True
+            current = self.parent.get(current)
+        return False
+
+    def place(self, node: str, parent: str | None) -> None:
+        self.parent[node] = parent
+        if parent is not None:
+            self.has_children.add(parent)
+
+    def branch_name(self, wanted: str) -> str:
+        """A valid, unused branch name as close to ``wanted`` as possible."""
+        name = wanted
+        if not _safe(validate_branch_name, name):
+            name = re.sub(r"[^\w .+-]", "-", wanted)
+            name = re.sub(r"\.{2,}", ".", name)[:100].strip(" .-")
+            if not _safe(validate_branch_name, name):
+                name = "branch"
+        base, n = name, 2
+        while name in self.taken:
+            name = f"{base[:90]}-{n}"
+            n += 1
+        self.taken.add(name)
+        return name
+
+
+def _assign_ids(ctx: V1Context, cid: str, notes: list[str]) -> dict[int, str]:
+    """v1 position -> message id. Safe unique v1 ids are kept; others are derived."""
+    used: set[str] = set()
+    ids: dict[int, str] = {}
+    # Keep safe v1 ids first, so that a derived id can never take one of them.
+    for msg in ctx.messages:
+        if msg.id is not None and _safe(validate_message_id, msg.id) and msg.id not in used:
+            ids[msg.position] = msg.id
+            used.add(msg.id)
+    for msg in ctx.messages:
+        if msg.position in ids:
+            continue
+        nid = derived_id("m", cid, msg.position, msg.id)
+        while nid in used:
+            nid = derived_id("m", nid)
+        ids[msg.position] = nid
+        used.add(nid)
+        if msg.id is not None:
+            notes.append(f"message #{msg.position}: id {msg.id!r} replaced by {nid!r}")
+    return ids
+
+
+def _branch_lists(raw: Any, problems: list[str]) -> list[tuple[str, list[Any]]]:
+    """(name, list of v1 message ids) for each usable branch in v1's ``branches``."""
+    if raw is None or raw == {} or raw == []:
+        return []
+    items: list[tuple[Any, Any]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list) and all(isinstance(b, dict) for b in raw):
+        items = [(b.get("name"), b) for b in raw]
+    else:
+        problems.append(f"'branches' is a {type(raw).__name__} of unknown shape; ignored")
+        return []
+    out = []
+    for name, value in items:
+        ids = value
+        if isinstance(value, dict):
+            keys = ("messages", "message_ids", "messageIds", "path")
+            ids = next((value[k] for k in keys if k in value), None)
+        if not isinstance(name, str) or not isinstance(ids, list):
+            problems.append(f"branch {name!r} is not a list of message ids; ignored")
+            continue
+        out.append((name, ids))
+    return out
+
+
+def _follow_branch(
+    tree: _Tree,
+    cid: str,
+    v1_name: str,
+    refs: list[Any],
+    by_v1_id: dict[str, V1Message],
+    ids: dict[int, str],
+    problems: list[str],
+    notes: list[str],
+) -> None:
+    """Place one v1 branch's messages in the tree (pass 1 of the module docstring)."""
+    name = tree.branch_name(v1_name)
+    tree.name_of.setdefault(v1_name, name)
+    if name != v1_name:
+        tree.renamed[name] = v1_name
+        notes.append(f"branch {v1_name!r} renamed to {name!r}")
+    listed: list[V1Message] = []
+    prev: str | None = None
+    copied = 0
+    for index, ref in enumerate(refs):
+        found = by_v1_id.get(str(ref)) if ref is not None else None
+        if found is None:
+            problems.append(f"branch {v1_name!r} lists unknown message {ref!r}; skipped")
+            continue
+        node = ids[found.position]
+        if not listed:
+            pass  # the first listed message stays where the flat order puts it
+        elif node in tree.parent and tree.parent[node] == prev:
+            pass  # shared with an earlier branch: a common prefix costs nothing
+        elif node not in tree.parent and not tree.would_cycle(node, prev):
+            tree.place(node, prev)
+        else:
+            # Already placed under another parent: it cannot be in two places at once.
+            copy = derived_id("m", cid, "copy", name, index, node)
+            while copy in tree.nodes:
+                copy = derived_id("m", copy)
+            tree.nodes[copy] = _Node(copy, found, copied_from=node, branch=name)
+            tree.place(copy, prev)
+            node = copy
+            copied += 1
+        listed.append(found)
+        prev = node
+    tree.heads[name] = prev
+    tree.sources[name] = listed
+    if copied:
+        tree.copies += copied
+        notes.append(
+            f"branch {v1_name!r} does not follow the message tree; {copied} message(s) "
+            "copied for it (metadata.v1_copied_from names the original)"
+        )
+
+
+def _build_tree(
+    ctx: V1Context, cid: str, ids: dict[int, str], problems: list[str], notes: list[str]
+) -> _Tree:
+    tree = _Tree()
+    by_v1_id: dict[str, V1Message] = {}
+    for msg in ctx.messages:
+        tree.nodes[ids[msg.position]] = _Node(ids[msg.position], msg)
+        if msg.id is not None:
+            by_v1_id.setdefault(msg.id, msg)
+    # Pass 1: the branches, the v1 active branch first so that it keeps the originals.
+    lists = _branch_lists(ctx.branches, problems)
+    lists.sort(key=lambda item: item[0] != ctx.active_branch)
+    for v1_name, refs in lists:
+        _follow_branch(tree, cid, v1_name, refs, by_v1_id, ids, problems, notes)
+    # Pass 2: the flat order places everything the branches did not.
+    prev: str | None = None
+    for msg in ctx.messages:
+        node = ids[msg.position]
+        if node not in tree.parent:
+            if tree.would_cycle(node, prev):
+                notes.append(f"message #{msg.position} would close a loop; made a root")
+                tree.place(node, None)
+            else:
+                tree.place(node, prev)
+        prev = node
+    if not lists:
+        name = tree.branch_name("main")
+        tree.heads[name] = prev
+        tree.sources[name] = list(ctx.messages)
+    # Leaves no branch reaches would be invisible: give each a branch of its own.
+    covered = {h for h in tree.heads.values() if h is not None}
+    for node in tree.nodes:
+        if node not in tree.has_children and node not in covered:
+            name = tree.branch_name("main" if "main" not in tree.taken else "v1-unbranched")
+            tree.heads[name] = node
+            tree.sources[name] = []
+            notes.append(f"messages on no v1 branch are reachable as branch {name!r}")
+    return tree
+
+
+def _message(
+    node: _Node,
+    parent: str | None,
+    created: datetime,
+    cid: str,
+    results: dict[str, str],
+    problems: list[str],
+) -> Message:
+    msg = node.msg
+    # A copy's tool-call problems were already reported for its original.
+    calls, meta = convert_tool_calls(msg, cid, results, problems if not node.copied_from else [])
+    if msg.id is not None and msg.id != node.id and node.copied_from is None:
+        meta["v1_id"] = msg.id
+    if msg.v1_role is not None:
+        meta["v1_role"] = msg.v1_role
+    if msg.content_parts is not None:
+        meta["v1_content_parts"] = msg.content_parts
+    if msg.raw_timestamp is not None:
+        meta["v1_timestamp"] = msg.raw_timestamp
+    if msg.extra:
+        meta["v1_extra"] = msg.extra
+    if node.copied_from is not None:
+        meta.update(v1_copied_from=node.copied_from, v1_branch=node.branch)
+    if msg.model is not None:
+        meta["model"] = msg.model
+    if msg.is_error:
+        meta["error"] = msg.content or "error (from v1)"
+    return Message(
+        id=node.id,
+        parent_id=parent,
+        role=msg.role,
+        content=msg.content,
+        tool_calls=calls,
+        tool_call_id=msg.tool_call_id,
+        status=MessageStatus.ERROR if msg.is_error else MessageStatus.COMPLETE,
+        created_at=created,
+        metadata=MessageMetadata.model_validate(meta),
+    )
+
+
+def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContext:
+    """Turn one v1 context into validated models (pure: no I/O, deterministic).
+
+    ``context_id`` overrides the id (used for duplicate ids within one source). Raises
+    a ValueError (InvalidInputError, or pydantic's ValidationError) only when the record
+    cannot be converted at all; anything smaller goes to ``problems`` or ``notes``.
+    """
+    if ctx.fatal is not None:
+        raise InvalidInputError(ctx.fatal)
+    cid = validate_context_id(context_id or context_id_for(ctx))
+    problems = list(ctx.problems)
+    notes = list(ctx.notes)
+    ids = _assign_ids(ctx, cid, notes)
+    tree = _build_tree(ctx, cid, ids, problems, notes)
+
+    # Timestamps: a message without one inherits its predecessor's, so order is kept.
+    known = [m.created_at for m in ctx.messages if m.created_at is not None]
+    created = ctx.created_at or (min(known) if known else ctx.fallback_time)
+    updated = max([created, ctx.updated_at or created, *known])
+    times: dict[int, datetime] = {}
+    last = created
+    for msg in ctx.messages:
+        last = msg.created_at or last
+        times[msg.position] = last
+    missing = len(ctx.messages) - len(known)
+    if missing:
+        notes.append(f"{missing} message(s) without a readable timestamp got the previous one")
+
+    results = {
+        m.tool_call_id: m.content for m in ctx.messages if m.role == "tool" and m.tool_call_id
+    }
+    built = {
+        node.id: _message(
+            node, tree.parent[node.id], times[node.msg.position], cid, results, problems
+        )
+        for node in tree.nodes.values()
+    }
+    # Write order: v1 order (copies after originals), each message after its parent.
+    order: list[Message] = []
+    done: set[str] = set()
+    for node_id in tree.nodes:
+        chain = []
+        current: str | None = node_id
+        while current is not None and current not in done:
+            chain.append(current)
+            current = tree.parent[current]
+        for item in reversed(chain):
+            done.add(item)
+            order.append(built[item])
+
+    branches = {
+        name: Branch(
+            name=name,
+            head=head,
+            created_at=created,
+            description=f"v1 branch {tree.renamed[name]!r}" if name in tree.renamed else "",
+        )
+        for name, head in tree.heads.items()
+    }
+    active = tree.name_of.get(ctx.active_branch) if ctx.active_branch is not None else None
+    if active is None and ctx.active_branch is not None and tree.name_of:
+        notes.append(f"v1 active branch {ctx.active_branch!r} not found")
+    active = active or ("main" if "main" in branches else next(iter(branches)))
+    extra: dict[str, Any] = {
+        "v1_source_sha256": ctx.source_sha256,
+        "v1_source_kind": ctx.kind,
+        **ctx.flags,
+    }
+    if ctx.id is not None and ctx.id != cid:
+        extra["v1_id"] = ctx.id
+        notes.append(f"context id {ctx.id!r} replaced by {cid!r}")
+    if ctx.extra:
+        extra["v1_extra"] = ctx.extra
+    metadata = ContextMetadata(
+        id=cid,
+        title=ctx.title,
+        created_at=created,
+        updated_at=updated,
+        branches=branches,
+        active_branch=active,
+        system_prompt=ctx.system_prompt,
+        tags=ctx.tags,
+        extra=extra,
+    )
+    return ConvertedContext(
+        source=ctx,
+        metadata=metadata,
+        messages=order,
+        originals=[(m, ids[m.position]) for m in ctx.messages],
+        branch_sources=tree.sources,
+        copies=tree.copies,
+        problems=problems,
+        notes=notes,
+    )

@@ -1,0 +1,107 @@
+"""What a migration did, context by context, and a summary for people."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ContextResult", "ContextStatus", "MigrationReport"]
+
+
+class ContextStatus(str, Enum):
+    """The outcome for one v1 context."""
+
+    MIGRATED = "migrated"  # written (or, in a dry run, would be) and validated
+    PARTIAL = "partial"  # written, but some of it could not be converted: see problems
+    SKIPPED = "skipped"  # already migrated earlier (or a duplicate in the source)
+    FAILED = "failed"  # nothing written: see problems
+
+
+@dataclass
+class ContextResult:
+    """One v1 context's outcome."""
+
+    position: int  # index of the record in the source
+    id: str | None  # the cm_notebook context id (None if none could be made)
+    v1_id: str | None
+    title: str
+    status: ContextStatus
+    source_messages: int = 0  # message records in v1, readable or not
+    messages_migrated: int = 0  # v1 messages written (or that would be)
+    messages_copied: int = 0  # extra copies made for branches that contradict the tree
+    branches: int = 0
+    problems: list[str] = field(default_factory=list)  # losses and guesses
+    notes: list[str] = field(default_factory=list)  # harmless changes (new ids, copies)
+    source_sha256: str | None = None  # of the v1 record
+    content_sha256: str | None = None  # of role+content in v1 order, checked after writing
+
+    def label(self) -> str:
+        """``'title' (id)`` for messages."""
+        return f"{self.title!r} ({self.id or f'#{self.position}'})"
+
+
+@dataclass
+class MigrationReport:
+    """The result of :func:`~cm_notebook.migrate.migrate`; ``str()`` is a summary."""
+
+    source: Path
+    source_kind: str
+    dry_run: bool = False
+    backup: Path | None = None
+    contexts: list[ContextResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # about the source as a whole
+
+    def with_status(self, status: ContextStatus) -> list[ContextResult]:
+        """The results with that status, in source order."""
+        return [c for c in self.contexts if c.status is status]
+
+    @property
+    def ok(self) -> bool:
+        """True when no context failed (partial contexts count as ok: they were written)."""
+        return not self.with_status(ContextStatus.FAILED)
+
+    @property
+    def messages_migrated(self) -> int:
+        """v1 messages written (or that would be) in this run."""
+        done = (ContextStatus.MIGRATED, ContextStatus.PARTIAL)
+        return sum(c.messages_migrated for c in self.contexts if c.status in done)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as text, statuses as their values)."""
+        data = asdict(self)
+        data["source"] = str(self.source)
+        data["backup"] = None if self.backup is None else str(self.backup)
+        for item in data["contexts"]:
+            item["status"] = item["status"].value
+        return data
+
+    def __str__(self) -> str:
+        written = "would be migrated" if self.dry_run else "migrated"
+        counts = {s: len(self.with_status(s)) for s in ContextStatus}
+        lines = [
+            f"{'Dry run: ' if self.dry_run else ''}{self.source} ({self.source_kind}): "
+            f"{len(self.contexts)} context(s); "
+            f"{counts[ContextStatus.MIGRATED]} {written}, "
+            f"{counts[ContextStatus.PARTIAL]} partial, "
+            f"{counts[ContextStatus.SKIPPED]} skipped, "
+            f"{counts[ContextStatus.FAILED]} failed; "
+            f"{self.messages_migrated} message(s) {written}."
+        ]
+        if self.backup is not None:
+            lines.append(f"Backup of the source: {self.backup}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        for c in self.contexts:
+            copied = f", {c.messages_copied} copied" if c.messages_copied else ""
+            if c.status in (ContextStatus.MIGRATED, ContextStatus.PARTIAL):
+                what = (
+                    f"{c.messages_migrated}/{c.source_messages} message(s){copied}, "
+                    f"{c.branches} branch(es)"
+                )
+            else:
+                what = f"{c.source_messages} message(s) in v1"
+            lines.append(f"- {c.status.value:8} {c.label()}: {what}")
+            lines.extend(f"    problem: {p}" for p in c.problems)
+            lines.extend(f"    note: {n}" for n in c.notes)
+        return "\n".join(lines)

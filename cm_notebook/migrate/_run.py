@@ -1,0 +1,335 @@
+"""Running a migration against a Store: plan, back up, write, validate, report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, TextIO
+
+import anyio
+from tqdm import tqdm
+
+from ..errors import CMError, MigrationError
+from ..model import ContextMetadata, Message
+from ..store.base import Store
+from ._convert import ConvertedContext, context_id_for, convert
+from ._report import ContextResult, ContextStatus, MigrationReport
+from ._util import content_digest, derived_id
+from ._v1 import V1Source, read_v1
+
+__all__ = ["check_converted", "migrate", "migrate_source"]
+
+_WRITE_ERRORS = (CMError, OSError, ValueError)  # ValueError covers pydantic validation
+
+
+@dataclass
+class _Plan:
+    result: ContextResult
+    conv: ConvertedContext | None = None
+    action: Literal["none", "write", "check"] = "none"
+    existing_id: str | None = None  # for "check": the context that came from this record
+
+
+def _compare(
+    conv: ConvertedContext, lookup: Mapping[str, Message], paths: Mapping[str, list[str]]
+) -> list[str]:
+    """Differences between the v1 source and a written (or in-memory) tree."""
+    problems = []
+    missing = [m.id for m in conv.messages if m.id not in lookup]
+    if missing:
+        return [f"{len(missing)} message(s) missing after writing, e.g. {missing[0]!r}"]
+    if len(conv.originals) != len(conv.source.messages):
+        problems.append(
+            f"{len(conv.source.messages)} readable v1 messages but {len(conv.originals)} converted"
+        )
+    source = content_digest((m.role, m.content) for m, _ in conv.originals)
+    written = content_digest((lookup[i].role, lookup[i].content) for _, i in conv.originals)
+    if source != written:
+        problems.append("message contents differ from the source (sha256 of role+content)")
+    for expected in conv.messages:
+        if lookup[expected.id].parent_id != expected.parent_id:
+            problems.append(f"message {expected.id!r} has the wrong parent")
+            break
+    for name, listed in conv.branch_sources.items():
+        path = paths.get(name, [])
+        if path != conv.path(name):
+            problems.append(f"branch {name!r} does not lead to the expected messages")
+            continue
+        tail = path[len(path) - len(listed) :] if listed else []
+        got = content_digest((lookup[i].role, lookup[i].content) for i in tail)
+        if len(tail) != len(listed) or got != content_digest((m.role, m.content) for m in listed):
+            problems.append(f"branch {name!r} does not read like the v1 branch")
+    return problems
+
+
+def check_converted(conv: ConvertedContext) -> list[str]:
+    """Validate a conversion in memory (what a dry run checks); [] means all is well."""
+    lookup = {m.id: m for m in conv.messages}
+    return _compare(conv, lookup, {name: conv.path(name) for name in conv.metadata.branches})
+
+
+async def _check_written(conv: ConvertedContext, store: Store) -> tuple[list[str], str]:
+    """Read the written context back; (problems, content sha256 of what was read)."""
+    cid = conv.metadata.id
+    index = await store.index(cid)
+    present = [m.id for m in conv.messages if m.id in index]
+    lookup = {m.id: m for m in await store.get_messages(cid, present)}
+    paths = {name: await store.path(cid, name) for name in conv.metadata.branches}
+    problems = _compare(conv, lookup, paths)
+    if not problems and len(index) != len(conv.messages):
+        problems.append(f"the store holds {len(index)} messages, expected {len(conv.messages)}")
+    readable = [i for _, i in conv.originals if i in lookup]
+    digest = content_digest((lookup[i].role, lookup[i].content) for i in readable)
+    return problems, digest
+
+
+async def _write(conv: ConvertedContext, store: Store) -> None:
+    cid = conv.metadata.id
+    # Branches start empty and get their heads once their messages exist, so that a
+    # store that checks heads never sees one pointing at a message not yet written.
+    empty = {n: b.model_copy(update={"head": None}) for n, b in conv.metadata.branches.items()}
+    await store.create_context(conv.metadata.model_copy(update={"branches": empty}))
+    try:
+        for message in conv.messages:
+            await store.append_message(cid, message, branch=None)
+        for name, branch in conv.metadata.branches.items():
+            if branch.head is not None:
+                await store.set_branch_head(cid, name, branch.head)
+    except BaseException:
+        # Remove the half-written context, even on cancellation, so that running the
+        # migration again starts this context afresh instead of finding it "incomplete".
+        with anyio.CancelScope(shield=True):
+            await _discard(store, cid)
+        raise
+
+
+async def _discard(store: Store, cid: str) -> None:
+    # Best effort: the error that made us discard the context is the one worth reporting.
+    with contextlib.suppress(*_WRITE_ERRORS):
+        await store.delete_context(cid)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
+def _backup(source: Path, data_dir: Path | None) -> Path:
+    """Copy ``source`` next to itself (or into ``<data dir>/backups``); never modify it."""
+    data = source.read_bytes()
+    for old in sorted(source.parent.glob(f"{source.name}.v1-backup-*")):
+        if old.is_file() and old.read_bytes() == data:
+            return old  # an identical backup exists: re-running does not pile up copies
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    targets = [source.parent]
+    if data_dir is not None:
+        targets.append(data_dir / "backups")
+    errors = []
+    for folder in targets:
+        target = folder / f"{source.name}.v1-backup-{stamp}"
+        n = 2
+        while target.exists():
+            target = folder / f"{source.name}.v1-backup-{stamp}-{n}"
+            n += 1
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(target.name + ".tmp")
+            temp.write_bytes(data)
+            os.replace(temp, target)  # a backup is either complete or absent
+        except OSError as exc:
+            errors.append(f"{folder}: {exc.strerror or exc}")
+            continue
+        return target
+    raise MigrationError(
+        f"cannot back up {source} ({'; '.join(errors)}); nothing was migrated. "
+        "Make the folder writable, or migrate without a backup (--no-backup)."
+    )
+
+
+def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]:
+    by_hash: dict[str, str] = {}
+    for meta in existing.values():
+        digest = meta.extra.get("v1_source_sha256")
+        if isinstance(digest, str):
+            by_hash.setdefault(digest, meta.id)
+    plans: list[_Plan] = []
+    in_source: dict[str, int] = {}  # source sha256 -> position of its first occurrence
+    ids_in_source: set[str] = set()
+    for ctx in source.contexts:
+        result = ContextResult(
+            position=ctx.position,
+            id=None,
+            v1_id=ctx.id,
+            title=ctx.title,
+            status=ContextStatus.FAILED,
+            source_messages=ctx.message_count,
+            source_sha256=ctx.source_sha256,
+        )
+        plan = _Plan(result)
+        plans.append(plan)
+        if ctx.fatal is not None:
+            result.problems.append(f"cannot convert: {ctx.fatal}")
+            continue
+        if ctx.source_sha256 in in_source:
+            result.status = ContextStatus.SKIPPED
+            result.notes.append(
+                f"identical to context #{in_source[ctx.source_sha256]} of the source"
+            )
+            continue
+        in_source[ctx.source_sha256] = ctx.position
+        cid = context_id_for(ctx)
+        if cid in ids_in_source:
+            # Two different records share an id: keep both, the later under a new id.
+            cid = derived_id("c", "v1-duplicate-id", ctx.id, ctx.source_sha256)
+            result.notes.append(f"id {ctx.id!r} is used twice in the source; this one is {cid!r}")
+        ids_in_source.add(cid)
+        result.id = cid
+        try:
+            conv = convert(ctx, context_id=cid)
+        except ValueError as exc:
+            result.problems.append(f"cannot convert: {exc}")
+            continue
+        plan.conv = conv
+        result.messages_migrated = len(conv.originals)
+        result.messages_copied = conv.copies
+        result.branches = len(conv.metadata.branches)
+        result.problems.extend(conv.problems)
+        result.notes.extend(conv.notes)
+        invalid = check_converted(conv)
+        if invalid:
+            result.problems.extend(f"conversion check failed: {p}" for p in invalid)
+            continue
+        if ctx.source_sha256 in by_hash:
+            plan.action, plan.existing_id = "check", by_hash[ctx.source_sha256]
+        elif cid in existing:
+            came_from_v1 = "v1_source_sha256" in existing[cid].extra
+            why = (
+                "was migrated earlier from a different version of this record (the v1 data "
+                "changed since)"
+                if came_from_v1
+                else "already exists and did not come from this source"
+            )
+            result.problems.append(
+                f"context {cid!r} {why}; it was left alone. Remove it "
+                f"(`cm-notebook rm {cid}`) to migrate this record again."
+            )
+        else:
+            plan.action = "write"
+    return plans
+
+
+async def _execute(plan: _Plan, store: Store, dry_run: bool) -> None:
+    result, conv = plan.result, plan.conv
+    assert conv is not None
+    if plan.action == "check":
+        assert plan.existing_id is not None
+        # What the conversion would have said matters no more: nothing is written.
+        result.problems.clear()
+        result.notes.clear()
+        result.messages_migrated = result.messages_copied = 0
+        # Already migrated: make sure it is complete before calling it done. Messages
+        # added since are fine; messages missing mean an interrupted earlier run.
+        if plan.existing_id != conv.metadata.id:
+            result.status = ContextStatus.SKIPPED
+            result.notes.append(f"already migrated as {plan.existing_id!r}")
+            return
+        index = await store.index(plan.existing_id)
+        missing = [m.id for m in conv.messages if m.id not in index]
+        if missing:
+            result.problems.append(
+                f"context {plan.existing_id!r} exists but lacks {len(missing)} of its "
+                "messages (an interrupted migration?); remove it "
+                f"(`cm-notebook rm {plan.existing_id}`) and migrate again"
+            )
+            return
+        result.status = ContextStatus.SKIPPED
+        result.notes.append("already migrated")
+        return
+    partial = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
+    if dry_run:
+        result.content_sha256 = content_digest((m.role, m.content) for m, _ in conv.originals)
+        result.status = partial
+        return
+    try:
+        await _write(conv, store)
+    except _WRITE_ERRORS as exc:
+        result.problems.append(f"could not write: {exc}")
+        return
+    try:
+        problems, result.content_sha256 = await _check_written(conv, store)
+    except _WRITE_ERRORS as exc:
+        problems = [f"could not read it back: {exc}"]
+    if problems:
+        await _discard(store, conv.metadata.id)
+        result.problems.extend(f"validation failed (nothing kept): {p}" for p in problems)
+        return
+    result.status = partial
+
+
+async def migrate_source(
+    source: V1Source,
+    store: Store,
+    *,
+    path: Path | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    backup: bool = True,
+) -> MigrationReport:
+    """Migrate an already-read v1 source (see :func:`migrate`); ``path`` is backed up."""
+    report = MigrationReport(
+        source=path or Path(source.name),
+        source_kind=source.kind,
+        dry_run=dry_run,
+        notes=list(source.notes),
+    )
+    existing = {meta.id: meta for meta in await store.list_contexts()}
+    plans = _plan(source, existing)
+    report.contexts = [p.result for p in plans]
+    if backup and not dry_run and path is not None and any(p.action == "write" for p in plans):
+        data_dir = getattr(store, "data_dir", None)
+        report.backup = _backup(path, data_dir if isinstance(data_dir, Path) else None)
+    active = [p for p in plans if p.action != "none"]
+    show = progress and _isatty(sys.stderr)
+    with tqdm(
+        total=len(active), desc="migrating", unit="context", file=sys.stderr, disable=not show
+    ) as bar:
+        for plan in active:
+            await _execute(plan, store, dry_run)
+            bar.update()
+    return report
+
+
+async def migrate(
+    source: Path | str,
+    store: Store,
+    *,
+    dry_run: bool = False,
+    progress: bool = True,
+    backup: bool = True,
+) -> MigrationReport:
+    """Migrate a v1 ``contexts.json`` or LocalStorage export into ``store``.
+
+    The source is never modified; with ``backup`` it is first copied next to itself as
+    ``<name>.v1-backup-<UTC time>`` (or into ``<data dir>/backups`` when that folder is
+    read-only), unless an identical backup exists or nothing needs writing. Each context
+    is converted, written through the store, read back and validated (message counts,
+    sha256 of role+content in order, every branch path); a context that fails is removed
+    again and reported, and the others carry on. Contexts migrated before (same id and
+    same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing.
+    ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
+    a tqdm bar on stderr when stderr is a terminal.
+
+    Raises MigrationError only if the source as a whole cannot be read.
+    """
+    path = Path(source)
+    v1 = read_v1(path)
+    return await migrate_source(
+        v1, store, path=path, dry_run=dry_run, progress=progress, backup=backup
+    )

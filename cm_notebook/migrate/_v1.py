@@ -1,0 +1,466 @@
+"""Reading v1 sources: shape detection and liberal parsing of records.
+
+This layer only reads. It turns whatever JSON the v1 system (or a user's hand) left
+behind into :class:`V1Context` / :class:`V1Message` values with normalised roles,
+text content and aware timestamps, and it records what it could not read as
+problems instead of raising. Only a source that is unreadable as a whole (not
+JSON, or no known shape) raises :class:`~cm_notebook.errors.MigrationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..errors import MigrationError
+from ..model import Role
+from ._util import canonical_json, sha256_text
+
+__all__ = [
+    "EXPECTED_SHAPES",
+    "SourceKind",
+    "V1Context",
+    "V1Message",
+    "V1Source",
+    "load_v1",
+    "parse_timestamp",
+    "parse_v1",
+    "read_v1",
+]
+
+SourceKind = Literal["contexts.json", "localstorage"]
+
+EXPECTED_SHAPES = (
+    "a v1 contexts.json (a JSON list of contexts, or an object with a 'contexts' list) "
+    "or a v1 LocalStorage export ({'state': {'chats': [...], 'currentChatId': ...}, "
+    "'version': N})"
+)
+
+# Used when no timestamp at all can be found and no file gives a better guess: an
+# obviously "unknown" instant rather than the time of the migration, so that converting
+# the same data twice gives the same result.
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# v1 and its front end were not consistent about field names; the first one present wins.
+_CTX_CREATED = ("created_at", "createdAt", "created", "timestamp")
+_CTX_UPDATED = ("updated_at", "updatedAt", "updated", "last_modified", "lastModified")
+_CTX_TITLE = ("title", "name")
+_CTX_SYSTEM = ("systemPrompt", "system_prompt")
+_CTX_ACTIVE = ("active_branch", "activeBranch", "current_branch", "currentBranch")
+_CTX_KNOWN = {
+    "id",
+    "messages",
+    "branches",
+    "tags",
+    *_CTX_CREATED,
+    *_CTX_UPDATED,
+    *_CTX_TITLE,
+    *_CTX_SYSTEM,
+    *_CTX_ACTIVE,
+}
+_MSG_TIME = ("timestamp", "created_at", "createdAt", "time", "date")
+_MSG_CONTENT = ("content", "text")
+_MSG_ROLE = ("role", "sender", "author")
+_MSG_TOOL_CALLS = ("tool_calls", "toolCalls")
+_MSG_TOOL_CALL_ID = ("tool_call_id", "toolCallId")
+_MSG_KNOWN = {
+    "id",
+    "model",
+    *_MSG_TIME,
+    *_MSG_CONTENT,
+    *_MSG_ROLE,
+    *_MSG_TOOL_CALLS,
+    *_MSG_TOOL_CALL_ID,
+}
+
+# Role spellings seen in chat front ends. Anything else is kept as "user" and reported:
+# dropping the message would lose data, and "user" is what a human-facing UI most often
+# meant by an unlabelled speaker.
+_ROLE_ALIASES: dict[str, Role] = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "gpt": "assistant",
+    "system": "system",
+    "developer": "system",
+    "tool": "tool",
+    "function": "tool",
+    "tool_result": "tool",
+    "error": "assistant",  # v1's UI showed failures as chat bubbles; see V1Message.is_error
+}
+
+
+@dataclass
+class V1Message:
+    """One v1 message, normalised but not yet placed in a tree."""
+
+    position: int  # index in the v1 context's messages list (bad records included)
+    raw: dict[str, Any]
+    id: str | None  # the v1 id as a string, None if it had none
+    role: Role
+    content: str
+    created_at: datetime | None
+    tool_calls: list[Any] = field(default_factory=list)  # raw; converted later
+    tool_call_id: str | None = None
+    model: str | None = None
+    v1_role: str | None = None  # the original role when it was not already canonical
+    is_error: bool = False  # v1 role "error": an assistant failure shown in the chat
+    role_guessed: bool = False  # the v1 role was unknown; kept as "user"
+    content_parts: list[Any] | None = None  # the original list when content was parts
+    raw_timestamp: Any = None  # the original timestamp when it could not be parsed
+    extra: dict[str, Any] = field(default_factory=dict)  # fields cm_notebook has no use for
+
+
+@dataclass
+class V1Context:
+    """One v1 context (or LocalStorage chat) with its readable messages."""
+
+    position: int  # index in the source
+    kind: SourceKind
+    raw: Any
+    source_sha256: str  # of the record's canonical JSON: detects re-migration
+    fallback_time: datetime  # when nothing in the record says when it happened
+    id: str | None = None
+    title: str = "Untitled"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    system_prompt: str | None = None
+    tags: list[str] = field(default_factory=list)
+    messages: list[V1Message] = field(default_factory=list)
+    message_count: int = 0  # records in the v1 list, readable or not
+    branches: Any = None  # raw; interpreted by the converter
+    active_branch: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # fields cm_notebook has no use for
+    flags: dict[str, Any] = field(default_factory=dict)  # facts from around the record
+    problems: list[str] = field(default_factory=list)  # messages that could not be read
+    notes: list[str] = field(default_factory=list)
+    fatal: str | None = None  # why the whole record cannot be converted
+
+
+@dataclass
+class V1Source:
+    """A whole v1 source: its shape, contexts and source-level notes."""
+
+    name: str
+    kind: SourceKind
+    contexts: list[V1Context]
+    notes: list[str] = field(default_factory=list)
+
+
+_DATETIME = TypeAdapter(datetime)
+_JS_DATE = re.compile(r"^\w{3} (\w{3} \d{1,2} \d{4} \d{2}:\d{2}:\d{2}) GMT([+-]\d{4})(?: \(.*\))?$")
+
+
+def _from_epoch(value: float) -> datetime:
+    # Epoch numbers come in seconds (Python), milliseconds (JavaScript's Date.now()) or
+    # finer. Seconds below 1e11 reach the year 5138 and milliseconds above 1e11 start in
+    # 1973, so magnitude tells them apart for any date a chat can have.
+    size = abs(value)
+    if size >= 1e17:
+        value /= 1e9
+    elif size >= 1e14:
+        value /= 1e6
+    elif size >= 1e11:
+        value /= 1e3
+    return datetime.fromtimestamp(value, timezone.utc)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An aware UTC datetime from a v1 timestamp, or None if it cannot be read.
+
+    Accepts epoch numbers in seconds, milliseconds, microseconds or nanoseconds (also
+    as strings), ISO 8601 / RFC 3339 text with or without a zone (naive means UTC),
+    and JavaScript's ``Date.toString()`` form.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            return _from_epoch(float(value))
+        if not isinstance(value, str) or not value.strip():
+            return None
+        text = value.strip()
+        try:
+            return _from_epoch(float(text))
+        except ValueError:
+            pass
+        js = _JS_DATE.match(text)
+        if js:
+            return datetime.strptime(f"{js[1]} {js[2]}", "%b %d %Y %H:%M:%S %z").astimezone(
+                timezone.utc
+            )
+        parsed = _DATETIME.validate_python(text)
+    except (ValidationError, ValueError, OverflowError, OSError):
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _first(record: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+    for name in names:
+        if name in record:
+            return name, record[name]
+    return None, None
+
+
+def _id_text(value: Any) -> str | None:
+    # JavaScript front ends often used Date.now() numbers as ids; they are fine as text.
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, str)):
+        text = str(value)
+        return text or None
+    return None
+
+
+def _content(value: Any) -> tuple[str, list[Any] | None] | None:
+    """(text, original parts or None) for a v1 content value; None if unusable."""
+    if value is None:
+        return "", None
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    texts: list[str] = []
+    for part in value:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+    # Text parts are joined as paragraphs; the original list is kept in metadata whenever
+    # the joined text alone would not reproduce it (several parts or non-text parts).
+    keep = value if len(value) != 1 or len(texts) != 1 else None
+    return "\n\n".join(texts), keep
+
+
+def _message(record: Any, position: int) -> V1Message | str:
+    """A V1Message, or a sentence saying why the record cannot be used."""
+    where = f"message #{position}"
+    if not isinstance(record, dict):
+        return f"{where} is a {type(record).__name__}, not an object; skipped"
+    raw_id = record.get("id")
+    if raw_id is not None:
+        where += f" (id {raw_id!r})"
+    _, role_value = _first(record, _MSG_ROLE)
+    if role_value is None:
+        return f"{where} has no role; skipped"
+    if not isinstance(role_value, str) or not role_value.strip():
+        return f"{where} has role {role_value!r}, which is not a role name; skipped"
+    content_name, content_value = _first(record, _MSG_CONTENT)
+    content = _content(content_value)
+    if content is None:
+        shown = type(content_value).__name__
+        return f"{where} has {content_name} of type {shown}, not text or parts; skipped"
+    role_key = role_value.strip().lower()
+    role: Role = _ROLE_ALIASES.get(role_key, "user")
+    _, time_value = _first(record, _MSG_TIME)
+    created = parse_timestamp(time_value)
+    _, calls = _first(record, _MSG_TOOL_CALLS)
+    _, call_id = _first(record, _MSG_TOOL_CALL_ID)
+    model = record.get("model")
+    message = V1Message(
+        position=position,
+        raw=record,
+        id=_id_text(raw_id),
+        role=role,
+        content=content[0],
+        content_parts=content[1],
+        created_at=created,
+        raw_timestamp=time_value if created is None and time_value is not None else None,
+        tool_calls=calls if isinstance(calls, list) else [] if calls is None else [calls],
+        tool_call_id=_id_text(call_id),
+        model=model if isinstance(model, str) else None,
+        v1_role=role_value if role_value != role else None,
+        is_error=role_key == "error",
+        role_guessed=role_key not in _ROLE_ALIASES,
+        extra={k: v for k, v in record.items() if k not in _MSG_KNOWN},
+    )
+    if not isinstance(model, str) and model is not None:
+        message.extra["model"] = model
+    return message
+
+
+def _context(
+    record: Any, position: int, kind: SourceKind, fallback: datetime, key: str | None = None
+) -> V1Context:
+    ctx = V1Context(
+        position=position,
+        kind=kind,
+        raw=record,
+        source_sha256=sha256_text(canonical_json(record)),
+        fallback_time=fallback,
+    )
+    if not isinstance(record, dict):
+        ctx.fatal = f"context #{position} is a {type(record).__name__}, not an object"
+        return ctx
+    ctx.id = _id_text(record.get("id")) or key
+    if record.get("id") is not None and _id_text(record.get("id")) is None:
+        ctx.notes.append(f"id {record['id']!r} is not text or a number; a new id was made")
+    _, title = _first(record, _CTX_TITLE)
+    if isinstance(title, str) and title.strip():
+        ctx.title = title
+    elif title is not None and not isinstance(title, str):
+        ctx.title = str(title)
+    ctx.created_at = parse_timestamp(_first(record, _CTX_CREATED)[1])
+    ctx.updated_at = parse_timestamp(_first(record, _CTX_UPDATED)[1])
+    _, system = _first(record, _CTX_SYSTEM)
+    if isinstance(system, str) and system:
+        ctx.system_prompt = system
+    _, active = _first(record, _CTX_ACTIVE)
+    ctx.active_branch = active if isinstance(active, str) else None
+    tags = record.get("tags")
+    if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
+        ctx.tags = list(tags)
+    elif tags is not None:
+        ctx.extra["tags"] = tags
+    ctx.branches = record.get("branches")
+    ctx.extra.update({k: v for k, v in record.items() if k not in _CTX_KNOWN})
+    messages = record.get("messages")
+    if messages is None:
+        ctx.notes.append("the context has no 'messages' field; migrated as empty")
+        messages = []
+    if isinstance(messages, dict):
+        # An id -> message mapping: keep its order and let the keys stand in for ids.
+        messages = [
+            {"id": k, **v} if isinstance(v, dict) and "id" not in v else v
+            for k, v in messages.items()
+        ]
+    if not isinstance(messages, list):
+        ctx.fatal = f"'messages' is a {type(messages).__name__}, not a list"
+        return ctx
+    ctx.message_count = len(messages)
+    for index, item in enumerate(messages):
+        parsed = _message(item, index)
+        if isinstance(parsed, str):
+            ctx.problems.append(parsed)
+            continue
+        if parsed.role_guessed:
+            ctx.problems.append(
+                f"message #{index} has unknown role {parsed.v1_role!r}; kept as 'user' "
+                "(the original is in metadata.v1_role)"
+            )
+        ctx.messages.append(parsed)
+    return ctx
+
+
+def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
+    """(state, version) if ``data`` looks like a (possibly raw) LocalStorage export."""
+    if not isinstance(data, dict):
+        return None
+    state = data.get("state")
+    if isinstance(state, str):
+        # Raw LocalStorage values are strings; a copy-paste may keep one level of that.
+        try:
+            state = json.loads(state)
+        except ValueError:
+            return None
+    if isinstance(state, dict) and isinstance(state.get("chats"), list):
+        return state, data.get("version")
+    if isinstance(data.get("chats"), list):
+        return data, data.get("version")
+    return None
+
+
+def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None = None) -> V1Source:
+    """Detect the shape of already-decoded v1 JSON and read its contexts.
+
+    ``fallback_time`` is used for records without any timestamp (default: the epoch,
+    which keeps conversion deterministic). Raises MigrationError for unknown shapes.
+    """
+    fallback = fallback_time or _EPOCH
+    if isinstance(data, list):
+        contexts = [_context(r, i, "contexts.json", fallback) for i, r in enumerate(data)]
+        return V1Source(name, "contexts.json", contexts)
+    if isinstance(data, dict) and isinstance(data.get("contexts"), list):
+        items = data["contexts"]
+        source = V1Source(
+            name,
+            "contexts.json",
+            [_context(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
+        )
+        ignored = sorted(k for k in data if k != "contexts")
+        if ignored:
+            source.notes.append(f"top-level fields not migrated: {', '.join(ignored)}")
+        return source
+    found = _localstorage_state(data)
+    if found is None and isinstance(data, dict):
+        # A raw LocalStorage dump: {"<store key>": "<JSON text of the store>"}.
+        for key, value in data.items():
+            if isinstance(value, str) and value.lstrip().startswith("{"):
+                try:
+                    found = _localstorage_state(json.loads(value))
+                except ValueError:
+                    continue
+                if found is not None:
+                    name = f"{name} [{key}]"
+                    break
+    if found is not None:
+        state, version = found
+        current = _id_text(state.get("currentChatId"))
+        contexts = []
+        for i, chat in enumerate(state["chats"]):
+            ctx = _context(chat, i, "localstorage", fallback)
+            if version is not None:
+                ctx.flags["v1_store_version"] = version
+            if current is not None and ctx.id == current:
+                ctx.flags["v1_current_chat"] = True
+            contexts.append(ctx)
+        return V1Source(name, "localstorage", contexts)
+    if (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(v, dict) and "messages" in v for v in data.values())
+    ):
+        # An id -> context mapping.
+        contexts = [
+            _context(v, i, "contexts.json", fallback, key=str(k))
+            for i, (k, v) in enumerate(data.items())
+        ]
+        return V1Source(name, "contexts.json", contexts)
+    if isinstance(data, dict) and isinstance(data.get("messages"), list):
+        return V1Source(name, "contexts.json", [_context(data, 0, "contexts.json", fallback)])
+    if isinstance(data, dict):
+        keys = ", ".join(sorted(map(str, data))[:8]) or "no keys"
+        got = f"a JSON object with {keys}"
+    else:
+        got = f"a JSON {type(data).__name__}"
+    raise MigrationError(f"{name} is {got}; expected {EXPECTED_SHAPES}")
+
+
+def read_v1(source: Path | str) -> V1Source:
+    """Read and parse a v1 file; raise MigrationError if it cannot be read as a whole."""
+    path = Path(source)
+    try:
+        raw = path.read_bytes()
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError as exc:
+        raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
+    # The file's modification time is the best "no later than" guess for records that
+    # carry no timestamps at all.
+    return parse_v1(data, name=str(path), fallback_time=mtime)
+
+
+def load_v1(source: Path | str) -> list[V1Context]:
+    """The contexts of a v1 file (see :func:`read_v1` for the source-level details)."""
+    return read_v1(source).contexts
