@@ -1,0 +1,419 @@
+"""The ``cm-notebook`` command: list, show, export, import, migrate and remove contexts.
+
+Subcommands live in :data:`COMMANDS`, a registry of name -> :class:`Command`
+(help text, a function that adds its arguments, and an async handler that gets the
+parsed arguments and an open :class:`~cm_notebook.store.base.Store`). Adding a
+subcommand is one decorated function::
+
+    def _configure_demo(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", default="local")
+
+    @command("demo", "Run a short scripted conversation.", _configure_demo)
+    async def _demo(args: argparse.Namespace, store: Store) -> int:
+        ...
+        return 0
+
+Expected errors (any ``CMError``, missing files, bad JSON) are printed to stderr as
+one line, ``cm-notebook: error: ...``, without a traceback. Exit codes: 0 success,
+1 failure, 2 usage (bad arguments, invalid ids, a confirmation that a script must
+give with ``--yes``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import anyio.to_thread
+
+from . import __version__
+from .errors import CMError, InvalidInputError, MigrationError
+from .export import export_context, import_document, is_export, parse_export, to_json, to_markdown
+from .ids import new_id
+from .migrate import EXPECTED_SHAPES, migrate, parse_v1
+from .model import Message
+from .store import FileStore
+from .store.base import Store
+
+__all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
+
+PROG = "cm-notebook"
+
+Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, its arguments and its handler."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+
+
+#: Subcommands in the order ``--help`` lists them.
+COMMANDS: dict[str, Command] = {}
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+def command(
+    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = _no_arguments
+) -> Callable[[Handler], Handler]:
+    """Register the decorated async handler as subcommand ``name``."""
+
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = Command(help, configure, handler)
+        return handler
+
+    return register
+
+
+class CommandError(Exception):
+    """A failure to report as one line with an exit code (1 failure, 2 usage)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path} is not UTF-8 text") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(
+            f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+
+
+def _when(value: datetime) -> str:
+    return f"{value:%Y-%m-%d %H:%M}"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())  # titles with newlines must not break the table
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- ls -------------------------------------------------------------------------------
+
+
+@command("ls", "List contexts: id, title, messages, branches, last update.")
+async def _ls(args: argparse.Namespace, store: Store) -> int:
+    contexts = await store.list_contexts()
+    if not contexts:
+        where = getattr(store, "data_dir", "the data directory")
+        _out(f"No contexts in {where}.")
+        return 0
+    rows = [("ID", "TITLE", "MESSAGES", "BRANCHES", "UPDATED")]
+    for meta in contexts:
+        count = len(await store.index(meta.id))
+        rows.append(
+            (
+                meta.id,
+                _clip(meta.title, 40),
+                str(count),
+                str(len(meta.branches)),
+                _when(meta.updated_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].rjust(widths[2]),
+            row[3].rjust(widths[3]),
+            row[4],
+        ]
+        _out("  ".join(cells).rstrip())
+    return 0
+
+
+# -- show -----------------------------------------------------------------------------
+
+
+def _configure_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context_id", metavar="ID", help="the context to show")
+    parser.add_argument("--branch", "-b", help="branch to show (default: the active branch)")
+    parser.add_argument("--limit", "-n", type=_positive_int, help="show only the last N messages")
+
+
+def _print_message(message: Message) -> None:
+    status = "" if message.status.value == "complete" else f" ({message.status.value})"
+    answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
+    _out(f"[{_when(message.created_at)}] {message.role}{status}{answers}")
+    for line in message.content.splitlines() or ([""] if not message.tool_calls else []):
+        _out(f"    {line}".rstrip())
+    for call in message.tool_calls:
+        args = json.dumps(call.arguments, ensure_ascii=False)
+        _out(f"    tool call {call.name}({args}) [{call.status.value}]")
+        if call.reason:
+            _out(f"      reason: {call.reason}")
+        if call.result is not None:
+            _out(f"      result: {_clip(call.result, 200)}")
+    if message.metadata.error:
+        _out(f"    error: {message.metadata.error}")
+    _out()
+
+
+@command("show", "Print a context's conversation.", _configure_show)
+async def _show(args: argparse.Namespace, store: Store) -> int:
+    meta = await store.get_metadata(args.context_id)
+    branch = args.branch or meta.active_branch
+    ids = await store.path(meta.id, branch)
+    if args.limit is not None and args.limit < len(ids):
+        messages = await store.page(meta.id, branch, limit=args.limit)
+    else:
+        messages = await store.get_messages(meta.id, ids)
+    _out(meta.title)
+    _out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
+    if meta.system_prompt:
+        _out(f"system prompt: {meta.system_prompt}")
+    _out()
+    if len(messages) < len(ids):
+        _out(f"... {len(ids) - len(messages)} earlier message(s) not shown")
+        _out()
+    for message in messages:
+        _print_message(message)
+    return 0
+
+
+# -- export / import ------------------------------------------------------------------
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context_id", metavar="ID", help="the context to export")
+    parser.add_argument(
+        "--format",
+        "-f",
+        choices=("json", "markdown"),
+        default="json",
+        help="json: lossless, for `import` (default); markdown: for reading",
+    )
+    parser.add_argument(
+        "--branch",
+        "-b",
+        help="export only this branch's path (default: json the whole tree, "
+        "markdown the active branch)",
+    )
+    parser.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+
+
+@command("export", "Export a context as JSON (lossless) or Markdown.", _configure_export)
+async def _export(args: argparse.Namespace, store: Store) -> int:
+    document = await export_context(store, args.context_id, branch=args.branch)
+    text = to_json(document) if args.format == "json" else to_markdown(document)
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.write(text)
+        return 0
+    # Write next to the target and rename, so an interrupted export leaves no half file.
+    temp = args.output.with_name(f".{args.output.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _configure_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", type=Path, metavar="FILE", help="an `export` JSON file or a v1 file"
+    )
+    parser.add_argument(
+        "--new-id", action="store_true", help="import an export under a fresh context id"
+    )
+
+
+@command("import", "Import an exported JSON file (or a v1 file, via migrate).", _configure_import)
+async def _import(args: argparse.Namespace, store: Store) -> int:
+    data = _read_json(args.file)
+    if is_export(data):
+        document = parse_export(data)
+        target = new_id("c") if args.new_id else None
+        meta = await import_document(store, document, context_id=target)
+        counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
+        _out(f"imported {meta.id} ({meta.title!r}): {counts}")
+        return 0
+    try:
+        parse_v1(data, name=str(args.file))  # only to recognise the shape
+    except MigrationError:
+        raise CommandError(
+            f"{args.file} is neither a cm_notebook export (an object with format "
+            f"'cm_notebook.export', made by `cm-notebook export`) nor {EXPECTED_SHAPES}"
+        ) from None
+    report = await migrate(args.file, store)
+    _out(str(report))
+    return 0 if report.ok else 1
+
+
+# -- migrate --------------------------------------------------------------------------
+
+
+def _configure_migrate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", type=Path, metavar="SRC", help="v1 contexts.json or LocalStorage export"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="convert and validate only; write nothing"
+    )
+    parser.add_argument(
+        "--no-backup", action="store_true", help="do not copy the source to <SRC>.v1-backup-<time>"
+    )
+
+
+@command("migrate", "Migrate v1 data (contexts.json or LocalStorage export).", _configure_migrate)
+async def _migrate(args: argparse.Namespace, store: Store) -> int:
+    report = await migrate(args.source, store, dry_run=args.dry_run, backup=not args.no_backup)
+    _out(str(report))
+    # Exit 1 only for failed contexts: partial ones were written and their problems listed.
+    return 0 if report.ok else 1
+
+
+# -- rm -------------------------------------------------------------------------------
+
+
+def _configure_rm(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context_id", metavar="ID", help="the context to delete")
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+
+@command("rm", "Delete a context and all its messages.", _configure_rm)
+async def _rm(args: argparse.Namespace, store: Store) -> int:
+    meta = await store.get_metadata(args.context_id)  # unknown ids fail before any prompt
+    if not args.yes:
+        if not _isatty(sys.stdin):
+            raise CommandError(
+                f"refusing to delete {meta.id!r} without confirmation: stdin is not a "
+                "terminal. Pass --yes to delete from a script.",
+                code=2,
+            )
+        count = len(await store.index(meta.id))
+        prompt = f"Delete context {meta.id} ({meta.title!r}, {count} message(s))? [y/N] "
+        answer = await anyio.to_thread.run_sync(input, prompt)
+        if answer.strip().lower() not in ("y", "yes"):
+            _out("Not deleted.")
+            return 1
+    await store.delete_context(meta.id)
+    _out(f"deleted {meta.id}")
+    return 0
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in the same ``cm-notebook: error:`` form as the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = _Parser(
+        prog=PROG,
+        description="Manage cm_notebook contexts on disk.",
+        epilog="The data directory is --data-dir, else $CM_NOTEBOOK_DATA_DIR, else the "
+        "platform default (e.g. ~/.local/share/cm_notebook).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where contexts are stored")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(sub)
+    return parser
+
+
+async def _run(cmd: Command, args: argparse.Namespace) -> int:
+    store = FileStore(args.data_dir)
+    try:
+        return await cmd.run(args, store)
+    finally:
+        await store.close()
+
+
+def _error(message: object) -> None:
+    # One line, so that scripts can show or grep it.
+    text = " ".join(str(message).split())
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (never raises for expected errors)."""
+    for stream in (sys.stdout, sys.stderr):
+        # Titles and messages may hold any character; never crash on a narrow console.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse reported
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return anyio.run(_run, COMMANDS[args.command], args)
+    except CommandError as exc:
+        _error(exc)
+        return exc.code
+    except InvalidInputError as exc:
+        _error(exc)
+        return 2
+    except CMError as exc:
+        _error(exc)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`cm-notebook export X | head`): nothing to report. Point
+        # stdout at devnull so the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        _error(_describe_os_error(exc))
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130

@@ -1,0 +1,263 @@
+"""Exporting a context to JSON or Markdown, and importing the JSON back.
+
+The JSON document (:class:`ExportDocument`) is self-contained and lossless: the
+context's metadata (all branches, system prompt, provider settings, extra fields)
+and its messages as a tree (``parent_id`` links, tool calls, statuses, metadata).
+Exported without a branch it holds the whole tree, so :func:`import_document`
+recreates the context exactly; exported with a branch it holds that branch's path
+only, with just that branch in its metadata, and still imports as a valid context.
+The one field an import cannot keep is ``updated_at``: the store stamps every write.
+
+Markdown is for reading: one branch's conversation with headings per message.
+Both are plain functions of an :class:`ExportDocument`, so the CLI and notebooks
+share them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import BranchNotFoundError, CMError, InvalidInputError
+from .ids import validate_context_id
+from .model import Branch, ContextMetadata, Message, utcnow
+from .store.base import Store
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_FORMAT_VERSION",
+    "ExportDocument",
+    "export_context",
+    "import_document",
+    "is_export",
+    "parse_export",
+    "to_json",
+    "to_markdown",
+]
+
+#: The ``format`` marker of an export document; how ``import`` recognises one.
+EXPORT_FORMAT = "cm_notebook.export"
+#: Bumped when the document changes incompatibly; newer documents are refused.
+EXPORT_FORMAT_VERSION = 1
+
+
+class ExportDocument(BaseModel):
+    """A context and its messages, as one JSON document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["cm_notebook.export"] = "cm_notebook.export"
+    format_version: int = EXPORT_FORMAT_VERSION
+    exported_at: datetime = Field(default_factory=utcnow)
+    branch: str | None = None  # None: the whole tree; else only this branch's path
+    metadata: ContextMetadata
+    messages: list[Message]  # parents before children
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExportDocument:
+        if self.format_version > EXPORT_FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} was written by a newer cm_notebook "
+                f"(this one reads up to {EXPORT_FORMAT_VERSION}); upgrade cm_notebook"
+            )
+        seen: set[str] = set()
+        for message in self.messages:
+            # Parents first: this also rules out cycles and dangling parent links.
+            if message.parent_id is not None and message.parent_id not in seen:
+                raise ValueError(
+                    f"message {message.id!r} comes before its parent {message.parent_id!r} "
+                    "or its parent is missing"
+                )
+            if message.id in seen:
+                raise ValueError(f"message id {message.id!r} appears twice")
+            seen.add(message.id)
+        for branch in self.metadata.branches.values():
+            for ref in (branch.head, branch.forked_from):
+                if ref is not None and ref not in seen:
+                    raise ValueError(f"branch {branch.name!r} refers to missing message {ref!r}")
+        return self
+
+    def path(self, branch: str | None = None) -> list[Message]:
+        """The messages from the root to the head of ``branch`` (default: the document's
+        branch, else the active branch)."""
+        name = branch or self.branch or self.metadata.active_branch
+        if name not in self.metadata.branches:
+            raise BranchNotFoundError(
+                f"context {self.metadata.id!r} has no branch {name!r}; "
+                f"it has {', '.join(sorted(self.metadata.branches))}"
+            )
+        by_id = {m.id: m for m in self.messages}
+        out: list[Message] = []
+        node = self.metadata.branches[name].head
+        while node is not None:
+            out.append(by_id[node])
+            node = by_id[node].parent_id
+        return out[::-1]
+
+
+async def export_context(
+    store: Store, context_id: str, *, branch: str | None = None
+) -> ExportDocument:
+    """Read a context from ``store`` into a document: the whole tree, or one branch."""
+    metadata = await store.get_metadata(context_id)
+    if branch is None:
+        index = await store.index(context_id)
+        ids = sorted(index, key=lambda i: index[i].seq)  # arrival order: parents first
+    else:
+        ids = await store.path(context_id, branch)
+        # A branch export stands alone: only its own branch, and that one active.
+        own = metadata.branches[branch].model_copy(update={"forked_from": None})
+        metadata = metadata.model_copy(update={"branches": {branch: own}, "active_branch": branch})
+    messages = await store.get_messages(context_id, ids)
+    try:
+        return ExportDocument(branch=branch, metadata=metadata, messages=messages)
+    except ValidationError as exc:
+        # get_messages skips unreadable files (with a warning); a hole breaks the tree.
+        raise InvalidInputError(
+            f"context {context_id!r} cannot be exported: {_first_error(exc)}"
+        ) from exc
+
+
+def to_json(document: ExportDocument) -> str:
+    """The document as indented JSON text (UTF-8 characters kept, not escaped)."""
+    return document.model_dump_json(indent=2) + "\n"
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "document"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def is_export(data: object) -> bool:
+    """True if decoded JSON ``data`` claims to be an export document."""
+    return isinstance(data, dict) and data.get("format") == EXPORT_FORMAT
+
+
+def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
+    """Validate an export document (JSON text or decoded); InvalidInputError if it is not."""
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise InvalidInputError(f"the export is not valid JSON: {exc}") from exc
+    if not is_export(data):
+        raise InvalidInputError(
+            f"not a cm_notebook export (expected a JSON object with format {EXPORT_FORMAT!r})"
+        )
+    try:
+        return ExportDocument.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid cm_notebook export: {_first_error(exc)}") from exc
+
+
+async def import_document(
+    store: Store, document: ExportDocument, *, context_id: str | None = None
+) -> ContextMetadata:
+    """Create the document's context in ``store`` (under ``context_id`` if given).
+
+    Raises ContextExistsError if the id is taken (nothing is written then). If writing
+    fails half-way, the half-written context is removed again. Branches with a
+    ``forked_from`` can only be made by ``create_branch``, so their ``created_at``
+    becomes the time of the import.
+    """
+    metadata = document.metadata
+    if context_id is not None:
+        # model_copy does not validate, so check the id here (InvalidIdError).
+        metadata = metadata.model_copy(update={"id": validate_context_id(context_id)})
+    cid = metadata.id
+    # A new context must start with empty branches, and forked_from can only be set by
+    # create_branch once the messages exist; a placeholder stands in for an active
+    # branch that is forked, because the active branch must exist from the start.
+    plain = {
+        n: b.model_copy(update={"head": None})
+        for n, b in metadata.branches.items()
+        if b.forked_from is None
+    }
+    placeholder = None
+    if metadata.active_branch not in plain:
+        placeholder = next(
+            f"import-{i}" for i in range(len(plain) + 2) if f"import-{i}" not in metadata.branches
+        )
+        plain[placeholder] = Branch(name=placeholder)
+    start = metadata.model_copy(
+        update={"branches": plain, "active_branch": placeholder or metadata.active_branch}
+    )
+    await store.create_context(start)
+    try:
+        for message in document.messages:
+            await store.append_message(cid, message, branch=None)
+        for name, branch in metadata.branches.items():
+            if branch.forked_from is not None:
+                await store.create_branch(
+                    cid,
+                    name,
+                    head=branch.head,
+                    forked_from=branch.forked_from,
+                    description=branch.description,
+                )
+            elif branch.head is not None:
+                await store.set_branch_head(cid, name, branch.head)
+        if placeholder is not None:
+            await store.set_active_branch(cid, metadata.active_branch)
+            await store.delete_branch(cid, placeholder)
+    except BaseException:
+        with anyio.CancelScope(shield=True), contextlib.suppress(CMError, OSError):
+            await store.delete_context(cid)  # best effort; the original error is reported
+        raise
+    return await store.get_metadata(cid)
+
+
+_ROLE_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def _fence(text: str, info: str = "") -> str:
+    # A fence longer than any backtick run inside, so that the content cannot close it.
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
+    """One branch of the document (default: its branch, else the active one) as Markdown."""
+    meta = document.metadata
+    name = branch or document.branch or meta.active_branch
+    messages = document.path(name)
+    lines = [f"# {meta.title}", ""]
+    lines.append(f"- Context: `{meta.id}`")
+    others = sorted(n for n in meta.branches if n != name)
+    also = f" (other branches: {', '.join(f'`{n}`' for n in others)})" if others else ""
+    lines.append(f"- Branch: `{name}`{also}")
+    lines.append(f"- Created: {meta.created_at:%Y-%m-%d %H:%M} UTC")
+    lines.append(f"- Messages: {len(messages)}")
+    if meta.tags:
+        lines.append(f"- Tags: {', '.join(meta.tags)}")
+    if meta.system_prompt:
+        lines += ["", "## System prompt", "", meta.system_prompt]
+    for message in messages:
+        status = "" if message.status.value == "complete" else f" ({message.status.value})"
+        heading = f"## {_ROLE_TITLES[message.role]}{status} · {message.created_at:%Y-%m-%d %H:%M}"
+        lines += ["", heading, ""]
+        if message.tool_call_id:
+            lines += [f"*Result of tool call `{message.tool_call_id}`*", ""]
+        if message.content:
+            lines.append(message.content)
+        for call in message.tool_calls:
+            args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
+            lines += ["", f"**Tool call** `{call.name}` ({call.status.value})", ""]
+            lines.append(_fence(args, "json"))
+            if call.reason:
+                lines += ["", f"Reason: {call.reason}"]
+            if call.result is not None:
+                lines += ["", "Result:", "", _fence(call.result)]
+        if message.metadata.error:
+            lines += ["", f"> Error: {message.metadata.error}"]
+    return "\n".join(lines).rstrip() + "\n"

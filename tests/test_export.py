@@ -1,0 +1,276 @@
+"""Export to JSON and Markdown, and JSON import back into a store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cm_notebook.errors import (
+    BranchNotFoundError,
+    ContextExistsError,
+    ContextNotFoundError,
+    InvalidInputError,
+)
+from cm_notebook.export import (
+    EXPORT_FORMAT,
+    ExportDocument,
+    export_context,
+    import_document,
+    is_export,
+    parse_export,
+    to_json,
+    to_markdown,
+)
+from cm_notebook.model import (
+    ContextMetadata,
+    Message,
+    MessageMetadata,
+    MessageStatus,
+    ProviderSettings,
+    TokenUsage,
+    ToolCall,
+    ToolCallStatus,
+)
+from cm_notebook.store import FileStore
+
+pytestmark = pytest.mark.anyio
+
+CID = "ctx-rich"
+
+
+async def build_rich_context(store: FileStore) -> None:
+    """A context with tool calls, a forked branch, an empty branch and odd content."""
+    await store.create_context(
+        ContextMetadata(
+            id=CID,
+            title="Rich 🎯 context",
+            system_prompt="Be brief.",
+            tags=["demo", "export"],
+            provider=ProviderSettings(spec="openai:gpt-4o-mini", params={"temperature": 0.2}),
+            extra={"source": "test", "nested": {"n": 1}},
+        )
+    )
+    call = ToolCall(
+        id="call-1",
+        name="weather",
+        arguments={"city": "Oslo"},
+        status=ToolCallStatus.DONE,
+        result="```\n-3 °C\n```",
+    )
+    messages = [
+        Message(id="u1", role="user", content="Weather in Oslo?"),
+        Message(
+            id="a1",
+            parent_id="u1",
+            role="assistant",
+            tool_calls=[call],
+            metadata=MessageMetadata(
+                provider="openai",
+                model="gpt-4o-mini",
+                usage=TokenUsage(input_tokens=12, output_tokens=7),
+                custom_key="kept",  # extra keys are kept
+            ),
+        ),
+        Message(id="t1", parent_id="a1", role="tool", content="-3 °C", tool_call_id="call-1"),
+        Message(id="a2", parent_id="t1", role="assistant", content="Cold: **-3 °C**. ❄️"),
+    ]
+    for message in messages:
+        await store.append_message(CID, message, branch="main")
+    await store.create_branch(
+        CID, "retry", head="t1", forked_from="a2", description="regenerated reply"
+    )
+    await store.append_message(
+        CID,
+        Message(
+            id="a2b",
+            parent_id="t1",
+            role="assistant",
+            content="Freez",
+            status=MessageStatus.INTERRUPTED,
+        ),
+        branch="retry",
+    )
+    await store.create_branch(CID, "empty branch", head=None)
+    await store.set_active_branch(CID, "retry")
+
+
+@pytest.fixture
+async def store(data_dir: Path) -> AsyncIterator[FileStore]:
+    async with FileStore(data_dir) as opened:
+        await build_rich_context(opened)
+        yield opened
+
+
+@pytest.fixture
+async def other_store(tmp_path: Path) -> AsyncIterator[FileStore]:
+    async with FileStore(tmp_path / "other") as opened:
+        yield opened
+
+
+def comparable(metadata: ContextMetadata) -> dict[str, Any]:
+    """Metadata without what an import cannot keep: updated_at (the store stamps every
+    write) and the creation time of forked branches (only create_branch sets forked_from)."""
+    data = metadata.model_dump(mode="json")
+    del data["updated_at"]
+    for branch in data["branches"].values():
+        if branch["forked_from"] is not None:
+            del branch["created_at"]
+    data["branches"] = dict(sorted(data["branches"].items()))
+    return data
+
+
+async def test_json_round_trip_keeps_the_whole_tree(
+    store: FileStore, other_store: FileStore
+) -> None:
+    document = await export_context(store, CID)
+    assert document.branch is None
+    assert [m.id for m in document.messages] == ["u1", "a1", "t1", "a2", "a2b"]
+    text = to_json(document)
+    assert "Rich 🎯 context" in text  # UTF-8 kept, not \u-escaped
+    assert json.loads(text)["format"] == EXPORT_FORMAT
+    imported = await import_document(other_store, parse_export(text))
+    assert imported.id == CID
+    again = await export_context(other_store, CID)
+    assert again.messages == document.messages
+    assert comparable(again.metadata) == comparable(document.metadata)
+    assert again.metadata.active_branch == "retry"
+    assert again.metadata.branches["retry"].forked_from == "a2"
+    assert await other_store.path(CID, "retry") == ["u1", "a1", "t1", "a2b"]
+    assert await other_store.path(CID, "empty branch") == []
+    a1 = await other_store.get_message(CID, "a1")
+    assert a1.metadata.model_extra == {"custom_key": "kept"}
+    assert a1.tool_calls[0].result == "```\n-3 °C\n```"
+
+
+async def test_import_refuses_a_taken_id_but_takes_a_new_one(store: FileStore) -> None:
+    document = await export_context(store, CID)
+    with pytest.raises(ContextExistsError):
+        await import_document(store, document)
+    copy = await import_document(store, document, context_id="ctx-copy")
+    assert copy.id == "ctx-copy"
+    assert (await export_context(store, "ctx-copy")).messages == document.messages
+    with pytest.raises(InvalidInputError):
+        await import_document(store, document, context_id="../../etc")
+
+
+async def test_branch_export_stands_alone(store: FileStore, other_store: FileStore) -> None:
+    document = await export_context(store, CID, branch="main")
+    assert document.branch == "main"
+    assert [m.id for m in document.messages] == ["u1", "a1", "t1", "a2"]
+    assert list(document.metadata.branches) == ["main"]
+    assert document.metadata.active_branch == "main"
+    await import_document(other_store, parse_export(to_json(document)))
+    assert await other_store.path(CID) == ["u1", "a1", "t1", "a2"]
+
+
+async def test_export_errors(store: FileStore) -> None:
+    with pytest.raises(BranchNotFoundError):
+        await export_context(store, CID, branch="nope")
+    with pytest.raises(ContextNotFoundError):
+        await export_context(store, "ctx-missing")
+
+
+async def test_markdown(store: FileStore) -> None:
+    document = await export_context(store, CID)
+    text = to_markdown(document)
+    assert text.startswith("# Rich 🎯 context\n")
+    assert "- Context: `ctx-rich`" in text
+    assert "- Branch: `retry` (other branches: `empty branch`, `main`)" in text
+    assert "- Messages: 4" in text
+    assert "- Tags: demo, export" in text
+    assert "## System prompt\n\nBe brief." in text
+    assert "## User · " in text
+    assert "## Assistant (interrupted) · " in text
+    assert "Freez" in text
+    assert "Cold:" not in text  # that reply is on main, not on the active branch
+    assert "**Tool call** `weather` (done)" in text
+    assert '```json\n{\n  "city": "Oslo"\n}\n```' in text
+    # The result holds a ``` fence, so it is wrapped in a longer one.
+    assert "````\n```\n-3 °C\n```\n````" in text
+    assert "*Result of tool call `call-1`*" in text
+    main = to_markdown(document, branch="main")
+    assert "Cold: **-3 °C**. ❄️" in main
+    assert "- Branch: `main`" in main
+    with pytest.raises(BranchNotFoundError, match="has no branch 'x'"):
+        to_markdown(document, branch="x")
+
+
+def _document() -> dict[str, Any]:
+    return ExportDocument(
+        metadata=ContextMetadata(id="ctx-a"),
+        messages=[Message(id="m1", role="user", content="hi")],
+    ).model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: {**d, "format": "something else"}, "not a cm_notebook export"),
+        (lambda d: [d], "not a cm_notebook export"),
+        (lambda d: {**d, "format_version": 99}, "newer cm_notebook"),
+        (lambda d: {**d, "surprise": 1}, "surprise: Extra inputs are not permitted"),
+        (
+            lambda d: {**d, "messages": [{**d["messages"][0], "parent_id": "gone"}]},
+            "comes before its parent 'gone'",
+        ),
+        (lambda d: {**d, "messages": d["messages"] * 2}, "appears twice"),
+        (
+            lambda d: {**d, "messages": [{**d["messages"][0], "id": "../x"}]},
+            "message id '../x' is not valid",
+        ),
+        (
+            lambda d: {
+                **d,
+                "metadata": {
+                    **d["metadata"],
+                    "branches": {"main": {"name": "main", "head": "zz"}},
+                },
+            },
+            "refers to missing message 'zz'",
+        ),
+    ],
+)
+def test_parse_export_rejects_bad_documents(change: Any, error: str) -> None:
+    with pytest.raises(InvalidInputError, match=error):
+        parse_export(change(_document()))
+
+
+def test_parse_export_accepts_text_bytes_and_dicts() -> None:
+    data = _document()
+    assert is_export(data)
+    assert not is_export([data])
+    text = json.dumps(data)
+    assert parse_export(text) == parse_export(text.encode()) == parse_export(data)
+
+
+class FailingStore:
+    """The real FileStore, except that appending one chosen message fails like a full disk."""
+
+    def __init__(self, inner: FileStore, fail_on: str) -> None:
+        self.inner = inner
+        self.fail_on = fail_on
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append_message(
+        self, context_id: str, message: Message, *, branch: str | None
+    ) -> Message:
+        if message.id == self.fail_on:
+            raise OSError(28, "No space left on device")
+        return await self.inner.append_message(context_id, message, branch=branch)
+
+
+async def test_failed_import_leaves_nothing_behind(
+    store: FileStore, other_store: FileStore
+) -> None:
+    document = await export_context(store, CID)
+    failing = FailingStore(other_store, fail_on="t1")
+    with pytest.raises(OSError, match="No space left"):
+        await import_document(failing, document)
+    assert await other_store.list_contexts() == []
