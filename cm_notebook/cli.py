@@ -27,14 +27,14 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import anyio
-import anyio.to_thread
 
 from . import __version__
 from .errors import CMError, InvalidInputError, MigrationError
@@ -319,7 +319,9 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
             )
         count = len(await store.index(meta.id))
         prompt = f"Delete context {meta.id} ({meta.title!r}, {count} message(s))? [y/N] "
-        answer = await anyio.to_thread.run_sync(input, prompt)
+        # input() blocks the loop, which is harmless here (the CLI runs one task) and,
+        # unlike a worker thread, lets Ctrl-C end the prompt at once.
+        answer = input(prompt)  # noqa: ASYNC250
         if answer.strip().lower() not in ("y", "yes"):
             _out("Not deleted.")
             return 1
@@ -394,6 +396,26 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse reported
         return exc.code if isinstance(exc.code, int) else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _dispatch(args)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # Store warnings (a damaged file skipped or repaired) matter to the user, but as one
+    # line like the errors, not with a source location.
+    del category, filename, lineno, file, line
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return anyio.run(_run, COMMANDS[args.command], args)
     except CommandError as exc:

@@ -328,3 +328,16 @@ def test_console_script_errors(data_dir: Path, argv: list[str], code: int, fragm
     assert done.returncode == code
     assert done.stdout == ""
     assert_one_error_line(done.stderr, fragment)
+
+
+def test_console_script_shows_store_warnings_as_one_line(data_dir: Path) -> None:
+    broken = data_dir / "contexts" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "metadata.json").write_text("{not json", encoding="utf-8")
+    done = cli(data_dir, "ls")
+    assert done.returncode == 0
+    assert done.stdout == f"No contexts in {data_dir}.\n"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("cm-notebook: warning: skipped ")
+    assert "broken" in lines[0]
