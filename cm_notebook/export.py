@@ -226,6 +226,13 @@ def _fence(text: str, info: str = "") -> str:
     return f"{ticks}{info}\n{text}\n{ticks}"
 
 
+def _paragraph(lines: list[str], text: str) -> None:
+    # One blank line between blocks, even after a message with no text of its own.
+    if lines and lines[-1] != "":
+        lines.append("")
+    lines.append(text)
+
+
 def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
     """One branch of the document (default: its branch, else the active one) as Markdown."""
     meta = document.metadata
@@ -252,12 +259,13 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
             lines.append(message.content)
         for call in message.tool_calls:
             args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
-            lines += ["", f"**Tool call** `{call.name}` ({call.status.value})", ""]
-            lines.append(_fence(args, "json"))
+            _paragraph(lines, f"**Tool call** `{call.name}` ({call.status.value})")
+            _paragraph(lines, _fence(args, "json"))
             if call.reason:
-                lines += ["", f"Reason: {call.reason}"]
+                _paragraph(lines, f"Reason: {call.reason}")
             if call.result is not None:
-                lines += ["", "Result:", "", _fence(call.result)]
+                _paragraph(lines, "Result:")
+                _paragraph(lines, _fence(call.result))
         if message.metadata.error:
-            lines += ["", f"> Error: {message.metadata.error}"]
+            _paragraph(lines, f"> Error: {message.metadata.error}")
     return "\n".join(lines).rstrip() + "\n"
