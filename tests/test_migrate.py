@@ -193,6 +193,20 @@ async def test_backup_falls_back_to_the_data_dir(
 
 
 @pytest.mark.anyio
+async def test_no_migration_without_a_backup(store: FileStore, tmp_path: Path) -> None:
+    # A name so long that "<name>.v1-backup-<time>" exceeds the file system's name limit:
+    # no backup can be made anywhere, so nothing may be written.
+    name = "c" * 220 + ".json"
+    source = tmp_path / name
+    shutil.copy2(FIXTURES / "contexts_list.json", source)
+    with pytest.raises(MigrationError, match=r"cannot back up .*nothing was migrated"):
+        await migrate(source, store, progress=False)
+    assert await store.list_contexts() == []
+    report = await migrate(source, store, progress=False, backup=False)
+    assert report.ok
+
+
+@pytest.mark.anyio
 async def test_bad_records_do_not_stop_the_rest(store: FileStore) -> None:
     report = await migrate(FIXTURES / "malformed.json", store, progress=False, backup=False)
     assert [c.status for c in report.contexts] == [

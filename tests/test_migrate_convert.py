@@ -80,6 +80,7 @@ def test_contexts_list_keeps_ids_content_and_unknown_fields() -> None:
     assert m3.metadata.model_extra == {"v1_extra": {"tokens": 42}}
     assert plan.metadata.extra["v1_extra"] == {"model": "gpt-4o-mini"}
     assert plan.metadata.extra["v1_source_kind"] == "contexts.json"
+    assert plan.metadata.extra["v1_updated_at"] == "2024-03-01T09:05:00+00:00"
     assert len(plan.metadata.extra["v1_source_sha256"]) == 64
     poem = convs["ctx-poem"]
     # +01:00 is converted to UTC, not dropped.

@@ -403,6 +403,8 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
         notes.append(f"context id {ctx.id!r} replaced by {cid!r}")
     if ctx.extra:
         extra["v1_extra"] = ctx.extra
+    # The store stamps updated_at on every write, so v1's last activity is kept here.
+    extra["v1_updated_at"] = updated.isoformat()
     metadata = ContextMetadata(
         id=cid,
         title=ctx.title,
