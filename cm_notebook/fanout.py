@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -93,10 +94,9 @@ class FanOut(Handle[Comparison]):
 
     async def _gather(self) -> Comparison:
         for turn in self.turns:
-            try:
+            # A failed arm still appears in the comparison, as an error.
+            with contextlib.suppress(CMError):
                 await turn
-            except CMError:  # a failed arm still appears in the comparison, as an error
-                pass
         return self.session.compare(*self.branches)
 
     def _cancel_all(self) -> None:

@@ -156,6 +156,16 @@ class TurnRunner:
     async def _cancel(self) -> str:
         # Outside the cancelled scope: record what was generated, then let the FSM
         # resolve pending tool calls and finish the turn.
+        if self._reply is None and self._last_reply is None:
+            # Cancelled before the request was made: the turn still ends with a reply
+            # (empty, interrupted), so `await turn` has a message to return.
+            with anyio.CancelScope(shield=True):
+                head = (
+                    (await self.session._store.get_metadata(self.session.id))
+                    .branches[self.branch]
+                    .head
+                )
+                await self._new_reply(head)
         if self._reply is not None:
             await self._finish_reply(MessageStatus.INTERRUPTED, "cancelled by the user")
         self._effects.clear()
@@ -185,30 +195,12 @@ class TurnRunner:
 
     async def _request(self) -> None:
         session = self.session
-        store, cid = session._store, session.id
         if self._reply is None:
             history = await session._request_messages(self.branch)
-            head = history[-1].id if history else None
-            message = Message(
-                role="assistant",
-                parent_id=head,
-                status=MessageStatus.STREAMING,
-                metadata=MessageMetadata(
-                    provider=self.provider.name,
-                    model=str(self.params.get("model") or self.provider.model),
-                    parameters={k: v for k, v in self.params.items() if k != "model"},
-                ),
-            )
-            await store.append_message(cid, message, branch=self.branch)
-            self._reply = _Reply(message=message, started=time.perf_counter())
-            session._publish(
-                ev.MessageAdded(
-                    branch=self.branch, message_id=message.id, parent_id=head, role="assistant"
-                )
-            )
+            reply = await self._new_reply(history[-1].id if history else None)
         else:
-            history = await session._request_messages(self.branch, exclude=self._reply.message.id)
-        reply = self._reply
+            reply = self._reply
+            history = await session._request_messages(self.branch, exclude=reply.message.id)
         reply.text = ""
         reply.tool_requests.clear()
         reply.usage = None
@@ -229,6 +221,27 @@ class TurnRunner:
             self._feed(fsm.PermanentError(str(exc)))
             return
         await self._complete(reply)
+
+    async def _new_reply(self, head: str | None) -> _Reply:
+        # The assistant message this turn writes, stored as ``streaming`` at once.
+        message = Message(
+            role="assistant",
+            parent_id=head,
+            status=MessageStatus.STREAMING,
+            metadata=MessageMetadata(
+                provider=self.provider.name,
+                model=str(self.params.get("model") or self.provider.model),
+                parameters={k: v for k, v in self.params.items() if k != "model"},
+            ),
+        )
+        await self.session._store.append_message(self.session.id, message, branch=self.branch)
+        self._reply = _Reply(message=message, started=time.perf_counter())
+        self.session._publish(
+            ev.MessageAdded(
+                branch=self.branch, message_id=message.id, parent_id=head, role="assistant"
+            )
+        )
+        return self._reply
 
     async def _stream(self, request: ChatRequest, reply: _Reply) -> None:
         last_checkpoint = time.monotonic()

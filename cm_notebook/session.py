@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from ._loop import running_loop, schedule_on
 from ._sessionio import StoreAccess
 from .compare import BranchResult, Comparison
 from .errors import (
+    BranchExistsError,
+    BranchNotFoundError,
     BusyError,
     InvalidInputError,
     StateError,
@@ -105,8 +108,12 @@ class ContextSession:
         self._machines: dict[str, fsm.Machine] = {}
         self._runners: dict[str, TurnRunner] = {}
         self._pending: dict[str, _Pending] = {}
+        # What each branch's last turn asked for, so retry() repeats it exactly.
+        self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers: dict[str, Provider] = {}
         self._default_provider: Provider | None = None
+        self._owns_store = False  # set by create()/open() when they opened the store
+        self._closing: set[asyncio.Task[None]] = set()
         if provider is not None and not isinstance(provider, str):
             self._default_provider = provider
 
@@ -150,9 +157,10 @@ class ContextSession:
         metadata = ContextMetadata(
             title=title or "Untitled", system_prompt=system, provider=settings, tags=list(tags)
         )
+        owned = store is None
         store = store if store is not None else FileStore(data_dir)
         created = StoreAccess(store).call(store.create_context(metadata))
-        return cls(
+        session = cls(
             store,
             created,
             provider=provider,
@@ -162,6 +170,8 @@ class ContextSession:
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
         )
+        session._owns_store = owned
+        return session
 
     @classmethod
     def open(
@@ -178,9 +188,10 @@ class ContextSession:
         tool_timeout: float | None = None,
     ) -> ContextSession:
         """Open a stored context. ``provider`` overrides the stored default for this session."""
+        owned = store is None
         store = store if store is not None else FileStore(data_dir)
         metadata = StoreAccess(store).call(store.get_metadata(context_id))
-        return cls(
+        session = cls(
             store,
             metadata,
             provider=provider,
@@ -190,6 +201,8 @@ class ContextSession:
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
         )
+        session._owns_store = owned
+        return session
 
     @classmethod
     def list(
@@ -281,10 +294,7 @@ class ContextSession:
         Copies no messages. With ``switch`` (the default) the new branch becomes active.
         """
         validate_branch_name(name)
-        if from_message is None:
-            head = self.metadata.branches[self.active_branch].head
-        else:
-            head = self.get(from_message).id
+        head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
         created = self._io.call(
             self._store.create_branch(
                 self.id, name, head=head, forked_from=head, description=description
@@ -312,6 +322,7 @@ class ContextSession:
         self._io.call(self._store.delete_branch(self.id, name))
         with self._lock:
             self._machines.pop(name, None)
+            self._last_request.pop(name, None)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -334,7 +345,7 @@ class ContextSession:
         generation = GenerationParams.check(params)
         chosen = self._provider(provider)
         self._check_idle(name)
-        head = self.metadata.branches[name].head
+        head = self._head(name)
         user = Message(role="user", parent_id=head, content=text)
         self._io.call(self._store.append_message(self.id, user, branch=name))
         self._publish(ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user"))
@@ -360,10 +371,10 @@ class ContextSession:
         def listener(delta: str | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        remove = turn._listen(listener)
+        so_far, remove = turn._listen(listener)
         try:
-            if turn.text:
-                yield turn.text
+            if so_far:
+                yield so_far
             while True:
                 delta = await queue.get()
                 if delta is None:
@@ -396,8 +407,10 @@ class ContextSession:
             )
         generation = GenerationParams.check(params)
         chosen = self._provider(provider)
-        name = branch or self._free_branch_name(f"{self.active_branch}-edit")
-        validate_branch_name(name)
+        if branch is None:
+            name = self._free_branch_name(f"{self.active_branch}-edit")
+        else:
+            name = validate_branch_name(branch)
         edited = Message(role="user", parent_id=original.parent_id, content=text)
         self._io.call(
             self._store.create_branch(
@@ -430,15 +443,21 @@ class ContextSession:
         return self._start(name, fsm.Send(), chosen, generation)
 
     def retry(self, *, branch: str | None = None) -> Turn:
-        """Try the failed reply again (after a permanent failure, e.g. once a key is set)."""
+        """Try the failed reply again (after a permanent failure, e.g. once a key is set).
+
+        The request is repeated as it was: same provider, same generation parameters.
+        """
         name = self._branch_name(branch)
         if self._machine(name).state is not fsm.State.PERMANENT_FAILURE:
             raise StateError(
                 f"nothing to retry on branch {name!r}: its state is "
                 f"{self._machine(name).state.value}; use regenerate() for a new reply"
             )
+        with self._lock:
+            last = self._last_request.get(name)
+        provider, params = last if last is not None else (self._provider(None), {})
         self._rewind_to_prompt(name)
-        return self._start(name, fsm.Retry(), self._provider(None), {})
+        return self._start(name, fsm.Retry(), provider, params)
 
     def fan_out(
         self,
@@ -457,13 +476,24 @@ class ContextSession:
         text = validate_text(text)
         base = self._branch_name(branch)
         plans: builtins.list[Variant] = plan_variants(variants, base, self._free_branch_name)
-        head = self.metadata.branches[base].head
-        turns: builtins.list[Turn] = []
+        head = self._head(base)
+        # Check every variant before writing anything: one bad variant must not leave
+        # the branches of the good ones behind.
+        existing = self.branches
         for plan in plans:
-            chosen = self._provider(plan.provider)
+            if plan.branch in existing:
+                raise BranchExistsError(
+                    f"branch {plan.branch!r} already exists; fan_out writes new branches"
+                )
+        checked = [
+            (plan, self._provider(plan.provider), GenerationParams.check(plan.params))
+            for plan in plans
+        ]
+        turns: builtins.list[Turn] = []
+        for plan, chosen, params in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
             self._publish(ev.BranchCreated(branch=plan.branch, name=plan.branch, head=head))
-            turns.append(self.send(text, branch=plan.branch, provider=chosen, **plan.params))
+            turns.append(self.send(text, branch=plan.branch, provider=chosen, **params))
         return FanOut(self, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
@@ -539,17 +569,56 @@ class ContextSession:
 
     @property
     def last_seq(self) -> int:
-        """The sequence number of the last signal."""
-        return self._bus.last_seq
+        """The sequence number of the last signal (consistent with :meth:`events`)."""
+        return self._on_loop(lambda: self._bus.last_seq)
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Cancel running turns and release the store's locks."""
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Cancel running turns, then release what this session opened.
+
+        Once the cancelled turns have finished, the providers the session built from
+        specs are closed (their connections) and the store it opened releases its locks.
+        A provider or store that was passed in stays open: its owner closes it. From a
+        script this waits (up to ``timeout`` seconds); on the session's own loop (a
+        notebook cell) it cannot wait, so it schedules the clean-up and returns; use
+        ``await session.aclose()`` there to know when it is done.
+        """
+        release = self._release()
+        if self._on_loop_thread():
+            task = self._loop.create_task(release)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return
+        if not self._loop.is_running():  # its loop is gone (e.g. an ended asyncio.run)
+            release.close()
+            return
+        asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout)
+
+    async def aclose(self) -> None:
+        """Like :meth:`close`, for async code: returns once everything is released."""
+        release = self._release()
+        if self._on_loop_thread():
+            await release
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(release, self._loop))
+
+    async def _release(self) -> None:
+        # Runs on the session's loop.
         with self._lock:
             turns = [runner.turn for runner in self._runners.values()]
+            providers = list(self._providers.values())
+            self._providers.clear()
         for turn in turns:
             turn.cancel()
+        for turn in turns:
+            with contextlib.suppress(Exception):  # the turn's owner sees its outcome
+                await turn
+        for provider in providers:
+            with contextlib.suppress(Exception):  # closing is best effort
+                await provider.aclose()
+        if self._owns_store:
+            await self._store.close()
 
     def __repr__(self) -> str:
         return f"<ContextSession {self.id!r} title={self._metadata.title!r}>"
@@ -628,9 +697,13 @@ class ContextSession:
             self._pending[pending.call.id] = pending
 
     def _was_resolved(self, tool_call_id: str) -> bool:
-        for message in reversed(self.history()):
-            if any(call.id == tool_call_id for call in message.tool_calls):
-                return True
+        # Not pending, but asked for by a stored reply: it was decided already. Any
+        # branch may hold it (a turn can run on a branch that is not the active one).
+        names = [self.active_branch, *self.branches]
+        for name in dict.fromkeys(names):
+            for message in reversed(self.history(name)):
+                if any(call.id == tool_call_id for call in message.tool_calls):
+                    return True
         return False
 
     def _turn_finished(self, runner: TurnRunner) -> None:
@@ -658,6 +731,15 @@ class ContextSession:
         if branch is None:
             return self.active_branch
         return validate_branch_name(branch)
+
+    def _head(self, branch: str) -> str | None:
+        metadata = self.metadata
+        found = metadata.branches.get(branch)
+        if found is None:
+            raise BranchNotFoundError(
+                f"there is no branch {branch!r}; the branches are {sorted(metadata.branches)}"
+            )
+        return found.head
 
     def _check_idle(self, branch: str) -> None:
         with self._lock:
@@ -715,6 +797,7 @@ class ContextSession:
             if branch in self._runners:
                 raise BusyError(f"a reply is already being generated on branch {branch!r}")
             self._runners[branch] = runner
+            self._last_request[branch] = (provider, dict(params))
         future = schedule_on(self._loop, runner.run())
         turn._attach(future, runner.request_cancel)
         return turn

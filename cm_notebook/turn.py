@@ -136,6 +136,7 @@ class Turn(Handle[Message]):
         self._text = ""
         self._message_id: str | None = None
         self._listeners: list[Callable[[str | None], None]] = []
+        self._finished = False
 
     def _set_message(self, message_id: str) -> None:
         with self._lock:
@@ -151,20 +152,27 @@ class Turn(Handle[Message]):
 
     def _finish_listeners(self) -> None:
         with self._lock:
+            self._finished = True
             listeners = list(self._listeners)
         for listener in listeners:
             listener(None)
 
-    def _listen(self, listener: Callable[[str | None], None]) -> Callable[[], None]:
+    def _listen(self, listener: Callable[[str | None], None]) -> tuple[str, Callable[[], None]]:
+        # Returns the text so far and an unsubscribe function. Taken under the lock, so
+        # every later delta reaches the listener exactly once, and a turn that already
+        # finished (e.g. on another thread's loop) still tells the listener it is over.
         with self._lock:
             self._listeners.append(listener)
+            text, finished = self._text, self._finished
+        if finished:
+            listener(None)
 
         def remove() -> None:
             with self._lock:
                 if listener in self._listeners:
                     self._listeners.remove(listener)
 
-        return remove
+        return text, remove
 
     @property
     def text(self) -> str:

@@ -1,0 +1,219 @@
+"""Branches as a tree of messages: fork, switch, edit (a sibling user message),
+regenerate (a sibling reply), siblings, delete; all O(1) writes, checked on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_session_support import (
+    DEADLINE,
+    Recorder,
+    close_all,
+    message_files,
+    seen,
+)
+
+from cm_notebook.errors import (
+    BranchExistsError,
+    BranchNotFoundError,
+    BusyError,
+    InvalidInputError,
+    StateError,
+)
+from cm_notebook.events import BranchCreated, BranchSwitched, ContentDelta
+from cm_notebook.fsm import State
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+@pytest.fixture
+def closing() -> Iterator[list[ContextSession]]:
+    sessions: list[ContextSession] = []
+    yield sessions
+    close_all(sessions)
+
+
+@pytest.fixture
+def fake() -> ScriptedProvider:
+    return ScriptedProvider(strict=True)
+
+
+@pytest.fixture
+def session(
+    data_dir: Path, fake: ScriptedProvider, closing: list[ContextSession]
+) -> ContextSession:
+    """A context with two exchanges on main: Q1 A1 Q2 A2."""
+    fake.reply("A1").reply("A2")
+    made = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(made)
+    made.send("Q1").result(DEADLINE)
+    made.send("Q2").result(DEADLINE)
+    return made
+
+
+def contents(session: ContextSession, branch: str | None = None) -> list[str]:
+    return [m.content for m in session.history(branch)]
+
+
+def test_branch_forks_at_the_head_without_copying(
+    session: ContextSession, fake: ScriptedProvider, data_dir: Path
+) -> None:
+    recorder = Recorder(session)
+    files = len(message_files(data_dir, session))
+    head = session.history()[-1].id
+    created = session.branch("side", description="try another angle")
+    assert (created.name, created.head, created.forked_from) == ("side", head, head)
+    assert session.active_branch == "side"
+    assert session.branches["side"].description == "try another angle"
+    assert contents(session, "side") == contents(session, "main")
+    assert len(message_files(data_dir, session)) == files  # nothing copied
+    recorder.wait(seen(BranchSwitched, name="side"))
+    assert seen(BranchCreated, name="side", head=head)(recorder.snapshot())
+
+    fake.reply("side answer")
+    session.send("Q3 on side").result(DEADLINE)
+    assert contents(session) == ["Q1", "A1", "Q2", "A2", "Q3 on side", "side answer"]
+    assert contents(session, "main") == ["Q1", "A1", "Q2", "A2"]
+
+
+def test_branch_from_an_earlier_message_and_switch(
+    session: ContextSession, fake: ScriptedProvider
+) -> None:
+    first_reply = session.history()[1]
+    session.branch("early", from_message=first_reply.id, switch=False)
+    assert session.active_branch == "main"
+    assert contents(session, "early") == ["Q1", "A1"]
+    session.switch("early")
+    assert session.active_branch == "early"
+    fake.reply("other A2")
+    session.send("other Q2").result(DEADLINE)
+    assert contents(session) == ["Q1", "A1", "other Q2", "other A2"]
+    session.switch("main")
+    assert contents(session) == ["Q1", "A1", "Q2", "A2"]
+    # The two second questions are siblings in the tree.
+    q2 = session.history()[2]
+    assert [m.content for m in session.siblings(q2.id)] == ["Q2", "other Q2"]
+
+
+def test_branch_errors(session: ContextSession) -> None:
+    with pytest.raises(BranchExistsError):
+        session.branch("main")
+    with pytest.raises(BranchNotFoundError):
+        session.switch("missing")
+    with pytest.raises(KeyError):
+        session.branch("x", from_message="m01doesnotexist000000000")
+    with pytest.raises(BranchNotFoundError):
+        session.history("missing")
+    assert list(session.branches) == ["main"]
+
+
+def test_edit_makes_a_sibling_on_a_new_branch_and_replies(
+    session: ContextSession, fake: ScriptedProvider, data_dir: Path
+) -> None:
+    files = len(message_files(data_dir, session))
+    q1, a1, q2, _a2 = session.history()
+    fake.reply("A2 for the edit")
+    turn = session.edit(q2.id, "Q2, edited")
+    reply = turn.result(DEADLINE)
+    # Exactly two new messages: the edited question and its reply; nothing copied.
+    assert len(message_files(data_dir, session)) == files + 2
+    assert session.active_branch == "main-edit-1"
+    assert turn.branch == "main-edit-1"
+    assert contents(session) == ["Q1", "A1", "Q2, edited", "A2 for the edit"]
+    edited = session.history()[2]
+    assert edited.parent_id == a1.id
+    assert [m.id for m in session.siblings(q2.id)] == [q2.id, edited.id]
+    assert reply.parent_id == edited.id
+    assert session.branches["main-edit-1"].forked_from == q2.id
+    # The original conversation is untouched, and the model only saw the edited path.
+    assert contents(session, "main") == ["Q1", "A1", "Q2", "A2"]
+    assert [m.content for m in fake.last_request.messages] == ["Q1", "A1", "Q2, edited"]
+
+    fake.reply("A1 for the edit")
+    session.edit(q1.id, "Q1, edited", branch="root-edit").result(DEADLINE)
+    assert contents(session) == ["Q1, edited", "A1 for the edit"]
+    assert session.history()[0].parent_id is None
+    assert [m.content for m in session.siblings(q1.id)] == ["Q1", "Q1, edited"]
+    assert len(message_files(data_dir, session)) == files + 4
+    assert set(session.branches) == {"main", "main-edit-1", "root-edit"}
+
+
+def test_edit_refuses_an_existing_branch_name(session: ContextSession, data_dir: Path) -> None:
+    q1 = session.history()[0]
+    files = message_files(data_dir, session)
+    with pytest.raises(BranchExistsError):
+        session.edit(q1.id, "again", branch="main")
+    assert message_files(data_dir, session) == files
+
+
+def test_regenerate_adds_a_sibling_reply(
+    session: ContextSession, fake: ScriptedProvider, data_dir: Path
+) -> None:
+    files = len(message_files(data_dir, session))
+    old = session.history()[-1]
+    fake.reply("A2, take two")
+    new = session.regenerate().result(DEADLINE)
+    assert len(message_files(data_dir, session)) == files + 1
+    assert new.parent_id == old.parent_id
+    assert contents(session) == ["Q1", "A1", "Q2", "A2, take two"]
+    assert [m.content for m in session.siblings(new.id)] == ["A2", "A2, take two"]
+    assert session.active_branch == "main"
+    # The model was asked the same question again, without the old answer.
+    assert [m.content for m in fake.last_request.messages] == ["Q1", "A1", "Q2"]
+    fake.reply("with params")
+    again = session.regenerate(temperature=1.5).result(DEADLINE)
+    assert again.metadata.parameters == {"temperature": 1.5}
+    assert len(session.siblings(new.id)) == 3
+
+
+def test_regenerate_on_an_empty_branch_is_refused(data_dir: Path) -> None:
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
+    with pytest.raises(StateError, match="no message"):
+        session.regenerate()
+    with pytest.raises(StateError, match="nothing to retry"):
+        session.retry()
+    with pytest.raises(InvalidInputError):
+        session.regenerate(temperature=-1)
+
+
+def test_delete_branch_keeps_the_messages(
+    session: ContextSession, fake: ScriptedProvider, data_dir: Path
+) -> None:
+    session.branch("doomed")
+    fake.reply("on doomed")
+    reply = session.send("extra").result(DEADLINE)
+    files = message_files(data_dir, session)
+    with pytest.raises(StateError):
+        session.delete_branch("doomed")  # the active branch
+    session.switch("main")
+    session.delete_branch("doomed")
+    assert list(session.branches) == ["main"]
+    assert message_files(data_dir, session) == files
+    assert session.get(reply.id).content == "on doomed"  # still in the tree
+    with pytest.raises(BranchNotFoundError):
+        session.delete_branch("doomed")
+    reopened = ContextSession.open(session.id, data_dir=data_dir)
+    assert list(reopened.branches) == ["main"]
+
+
+def test_each_branch_has_its_own_turn(data_dir: Path, closing: list[ContextSession]) -> None:
+    fake = ScriptedProvider().hang(after_chunks=1, text="slow").reply("quick")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    slow = session.send("first")
+    recorder.wait(seen(ContentDelta, branch="main"))
+    session.branch("other", from_message=session.history()[0].id)
+    assert session.active_branch == "other"
+    # "main" is busy, "other" is not.
+    with pytest.raises(BusyError):
+        session.send("blocked", branch="main")
+    assert session.send("parallel").result(DEADLINE).content == "quick"
+    assert session.state_of("other") is State.IDLE
+    assert session.state_of("main") is State.STREAMING
+    assert session.turn("main") is slow
+    slow.cancel()
+    assert slow.result(DEADLINE).content == "slow"
+    assert contents(session, "other") == ["first", "parallel", "quick"]

@@ -1,0 +1,212 @@
+"""Cancelling a turn: partial text kept as ``interrupted``, the machine back to Idle,
+and cancel() harmless twice, after completion, from another thread, or before the
+reply has even started."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from test_session_support import (
+    DEADLINE,
+    Recorder,
+    close_all,
+    entered,
+    message_files,
+    roles,
+    seen,
+)
+
+from cm_notebook.errors import BusyError
+from cm_notebook.events import (
+    ContentDelta,
+    Event,
+    MessageAdded,
+    MessageCompleted,
+    StateChanged,
+)
+from cm_notebook.fsm import State
+from cm_notebook.model import MessageStatus
+from cm_notebook.retry import RetryPolicy
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+@pytest.fixture
+def closing() -> Iterator[list[ContextSession]]:
+    sessions: list[ContextSession] = []
+    yield sessions
+    close_all(sessions)
+
+
+def deltas(count: int) -> Callable[[list[Event]], bool]:
+    """A predicate: at least ``count`` text deltas were published."""
+    return lambda events: sum(isinstance(e, ContentDelta) for e in events) >= count
+
+
+def test_cancel_mid_stream_keeps_the_partial_text(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider().hang(after_chunks=2, text="partial reply").reply("next")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    turn = session.send("Tell me a story")
+    recorder.wait(deltas(2))
+    assert session.state is State.STREAMING
+    assert turn.text == "partial reply"
+
+    turn.cancel()
+    message = turn.result(DEADLINE)
+    assert message.status is MessageStatus.INTERRUPTED
+    assert message.content == "partial reply"
+    assert session.get(message.id) == message
+    assert session.state is State.IDLE
+    recorder.wait(entered(State.IDLE))
+    assert recorder.states() == [
+        State.IDLE,
+        State.AWAITING_RESPONSE,
+        State.STREAMING,
+        State.IDLE,
+    ]
+    assert seen(MessageCompleted, message_id=message.id, status=MessageStatus.INTERRUPTED)(
+        recorder.snapshot()
+    )
+
+    # Harmless: again, and after the turn has finished.
+    turn.cancel()
+    turn.cancel()
+    assert turn.result(DEADLINE) == message
+
+    # The branch is free again; the next reply follows the interrupted one.
+    follow = session.send("go on").result(DEADLINE)
+    assert follow.content == "next"
+    assert roles(session.history()) == ["user", "assistant", "user", "assistant"]
+    assert len(message_files(data_dir, session)) == 4
+
+
+def test_cancel_after_completion_changes_nothing(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    session = ContextSession.create(provider=ScriptedProvider(["done"]), data_dir=data_dir)
+    closing.append(session)
+    turn = session.send("Hi")
+    message = turn.result(DEADLINE)
+    seq = session.last_seq
+    turn.cancel()
+    turn.cancel()
+    assert turn.result(DEADLINE) == message
+    assert session.get(message.id).status is MessageStatus.COMPLETE
+    assert session.state is State.IDLE
+    assert session.events(since=seq) == []
+
+
+def test_cancel_before_the_reply_started_gives_an_interrupted_reply(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # cancel() right after send(): the request has not been made yet. The turn still
+    # ends with an assistant message (empty, interrupted), not with an error.
+    for _ in range(5):
+        session = ContextSession.create(provider=ScriptedProvider().hang(), data_dir=data_dir)
+        closing.append(session)
+        turn = session.send("Hi")
+        turn.cancel()
+        message = turn.result(DEADLINE)
+        assert message.role == "assistant"
+        assert message.status is MessageStatus.INTERRUPTED
+        assert session.state is State.IDLE
+        history = session.history()
+        assert history[-1].id == message.id
+        assert roles(history) == ["user", "assistant"]
+
+
+@pytest.mark.anyio
+async def test_cancel_mid_stream_in_async_code(data_dir: Path) -> None:
+    text = "one two three four five six seven eight"
+    fake = ScriptedProvider().reply(text, chunks="words", delay=0.02)
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    recorder = Recorder(session)
+    turn = session.send("count")
+    await recorder.await_(deltas(2))
+    turn.cancel()
+    message = await turn
+    assert message.status is MessageStatus.INTERRUPTED
+    assert message.content
+    assert text.startswith(message.content)
+    assert message.content != text
+    assert session.state is State.IDLE
+    assert session.history()[-1] == message
+
+
+@pytest.mark.anyio
+async def test_cancel_from_another_thread(data_dir: Path) -> None:
+    session = ContextSession.create(
+        provider=ScriptedProvider().hang(after_chunks=1, text="Hel"), data_dir=data_dir
+    )
+    recorder = Recorder(session)
+    turn = session.send("Hi")
+    await recorder.await_(deltas(1))
+    await anyio.to_thread.run_sync(turn.cancel)
+    await anyio.to_thread.run_sync(turn.cancel)
+    message = await turn
+    assert (message.status, message.content) == (MessageStatus.INTERRUPTED, "Hel")
+
+
+@pytest.mark.anyio
+async def test_cancel_while_waiting_to_retry(data_dir: Path) -> None:
+    fake = ScriptedProvider().error("transient", after_chunks=1, text="Hal").reply("never")
+    session = ContextSession.create(
+        provider=fake, data_dir=data_dir, retry=RetryPolicy(initial_delay=60, jitter=0)
+    )
+    recorder = Recorder(session)
+    turn = session.send("Hi")
+    await recorder.await_(entered(State.TRANSIENT_FAILURE))
+    turn.cancel()
+    message = await turn
+    assert message.status is MessageStatus.INTERRUPTED
+    assert message.metadata.model_extra is not None
+    (attempt,) = message.metadata.model_extra["failed_attempts"]
+    assert attempt["text"] == "Hal"
+    assert session.state is State.IDLE
+    assert len(fake.requests) == 1  # the retry never happened
+
+
+def test_busy_branch_refuses_a_second_send_until_cancelled(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider().hang().reply("after")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    turn = session.send("first")
+    recorder.wait(seen(MessageAdded, role="assistant"))
+    before = message_files(data_dir, session)
+    with pytest.raises(BusyError, match="cancel"):
+        session.send("second")
+    with pytest.raises(BusyError):
+        session.regenerate()
+    with pytest.raises(BusyError):
+        session.delete_branch("main")
+    assert message_files(data_dir, session) == before
+    turn.cancel()
+    turn.result(DEADLINE)
+    assert session.send("second").result(DEADLINE).content == "after"
+
+
+def test_close_cancels_every_running_turn(data_dir: Path) -> None:
+    fake = ScriptedProvider().hang(after_chunks=1, text="a").hang(after_chunks=1, text="b")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    recorder = Recorder(session)
+    first = session.send("1")
+    session.branch("other", from_message=session.history()[0].id, switch=False)
+    second = session.send("2", branch="other")
+    recorder.wait(deltas(2))
+    session.close()
+    assert first.result(DEADLINE).status is MessageStatus.INTERRUPTED
+    assert second.result(DEADLINE).status is MessageStatus.INTERRUPTED
+    assert session.state_of("main") is State.IDLE
+    assert session.state_of("other") is State.IDLE
+    recorder.wait(lambda events: sum(isinstance(e, StateChanged) for e in events) >= 6)

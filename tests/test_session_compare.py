@@ -1,0 +1,236 @@
+"""Fan-out (one message on N new branches at once) and comparing branches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_session_support import (
+    DEADLINE,
+    Recorder,
+    close_all,
+    message_files,
+    roles,
+)
+
+from cm_notebook.compare import BranchResult, Comparison, word_diff
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.events import BranchCreated, ContentDelta, MessageCompleted
+from cm_notebook.fsm import State
+from cm_notebook.model import MessageStatus, TokenUsage
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+@pytest.fixture
+def closing() -> Iterator[list[ContextSession]]:
+    sessions: list[ContextSession] = []
+    yield sessions
+    close_all(sessions)
+
+
+def test_fan_out_runs_the_variants_concurrently_and_compares_them(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    base = ScriptedProvider(["Setup done."])
+    fast = ScriptedProvider(model="fast").reply(
+        "Paris is the capital.", chunks="words", delay=0.02, usage=(10, 4)
+    )
+    slow = ScriptedProvider(model="slow").reply(
+        "The capital is Paris.", chunks="words", delay=0.02, usage=(10, 5)
+    )
+    session = ContextSession.create(provider=base, data_dir=data_dir)
+    closing.append(session)
+    session.send("Setup").result(DEADLINE)
+    recorder = Recorder(session)
+    files_before = len(message_files(data_dir, session))
+
+    fan = session.fan_out("Capital of France?", [fast, slow])
+    assert len(fan.turns) == 2
+    comparison = fan.result(DEADLINE)
+    assert fan.done()
+    assert isinstance(comparison, Comparison)
+    assert comparison.branches == fan.branches
+    first, second = fan.branches
+    assert comparison[first].text == "Paris is the capital."
+    assert comparison[second].text == "The capital is Paris."
+    assert comparison[first].usage == TokenUsage(input_tokens=10, output_tokens=4)
+    assert comparison[second].model == "slow"
+    assert all(r.duration_ms is not None and r.duration_ms > 0 for r in comparison.results)
+    assert all(r.status is MessageStatus.COMPLETE for r in comparison.results)
+
+    # Concurrent: deltas of the two branches interleave.
+    streams = [e.branch for e in recorder.of(ContentDelta)]
+    assert streams.index(second) < len(streams) - 1 - streams[::-1].index(first)
+
+    # Each variant is a new branch from the same head; nothing is copied.
+    assert {e.name for e in recorder.of(BranchCreated)} == {first, second}
+    assert session.active_branch == "main"
+    assert [m.content for m in session.history()] == ["Setup", "Setup done."]
+    for name in fan.branches:
+        history = session.history(name)
+        assert roles(history) == ["user", "assistant", "user", "assistant"]
+        assert history[:2] == session.history()
+        assert session.state_of(name) is State.IDLE
+    assert len(message_files(data_dir, session)) == files_before + 4
+    # Both models saw the same conversation (each branch has its own user message).
+    seen_by = [[(m.role, m.content) for m in f.last_request.messages] for f in (fast, slow)]
+    assert (
+        seen_by[0]
+        == seen_by[1]
+        == [
+            ("user", "Setup"),
+            ("assistant", "Setup done."),
+            ("user", "Capital of France?"),
+        ]
+    )
+
+    # Word diff and similarity against the first branch.
+    diff = comparison.diff()
+    assert "".join(t for op, t in diff if op in "=-") == "Paris is the capital."
+    assert "".join(t for op, t in diff if op in "=+") == "The capital is Paris."
+    assert 0 < comparison.similarity() < 1
+    assert first in str(comparison)
+    assert "similarity" in str(comparison)
+    assert "Paris" in comparison.unified_diff()
+
+
+@pytest.mark.anyio
+async def test_fan_out_over_parameters_is_awaitable(data_dir: Path) -> None:
+    fake = ScriptedProvider(["cold answer", "warm answer"])
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    fan = session.fan_out(
+        "Hi", [{"temperature": 0, "branch": "cold"}, {"temperature": 1.0, "branch": "warm"}]
+    )
+    comparison = await fan
+    assert comparison.branches == ["cold", "warm"]
+    assert comparison["cold"].parameters == {"temperature": 0}
+    assert comparison["warm"].parameters == {"temperature": 1.0}
+    assert {r.text for r in comparison.results} == {"cold answer", "warm answer"}
+    assert sorted(r.params["temperature"] for r in fake.requests) == [0, 1.0]
+    with pytest.raises(KeyError):
+        comparison["nope"]
+
+
+def test_fan_out_names_branches_after_what_differs(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    twins = [ScriptedProvider(model="same"), ScriptedProvider(model="same")]
+    fan = session.fan_out("Hi", [*twins, {"temperature": 0.5}])
+    fan.result(DEADLINE)
+    names = fan.branches
+    assert len(set(names)) == 3
+    assert names[0].startswith("main-scripted-same")
+    assert names[2] == "main-temperature-0.5-1"
+    again = session.fan_out("Hi", [{"temperature": 0.5}])
+    again.result(DEADLINE)
+    assert again.branches == ["main-temperature-0.5-2"]
+
+
+def test_a_failed_arm_is_reported_in_the_comparison(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    good = ScriptedProvider(["fine"])
+    bad = ScriptedProvider().error("permanent", message="quota exceeded")
+    session = ContextSession.create(provider=good, data_dir=data_dir)
+    closing.append(session)
+    comparison = session.fan_out("Hi", [good, {"provider": bad, "branch": "broken"}]).result(
+        DEADLINE
+    )
+    assert comparison.results[0].text == "fine"
+    broken = comparison["broken"]
+    assert broken.status is MessageStatus.ERROR
+    assert session.state_of("broken") is State.PERMANENT_FAILURE
+    # Retrying the failed arm asks the arm's own provider again, not the session's.
+    bad.reply("recovered")
+    assert session.retry(branch="broken").result(DEADLINE).content == "recovered"
+    assert session.compare("broken")["broken"].status is MessageStatus.COMPLETE
+
+
+def test_cancelling_a_fan_out_interrupts_every_arm(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    arms = [ScriptedProvider().hang(after_chunks=1, text=t) for t in ("a", "b")]
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    fan = session.fan_out("Hi", arms)
+    recorder.wait(lambda events: sum(isinstance(e, ContentDelta) for e in events) == 2)
+    assert not fan.done()
+    fan.cancel()
+    comparison = fan.result(DEADLINE)
+    assert [(r.text, r.status) for r in comparison.results] == [
+        ("a", MessageStatus.INTERRUPTED),
+        ("b", MessageStatus.INTERRUPTED),
+    ]
+    recorder.wait(lambda events: sum(isinstance(e, MessageCompleted) for e in events) == 2)
+    fan.cancel()  # harmless once done
+
+
+@pytest.mark.parametrize("variants", [[], "temperature", [{"branch": "x"}, {"branch": "x"}]])
+def test_fan_out_refuses_bad_variant_lists(
+    data_dir: Path, closing: list[ContextSession], variants: object
+) -> None:
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    with pytest.raises(InvalidInputError):
+        session.fan_out("Hi", variants)  # type: ignore[arg-type]
+    assert list(session.branches) == ["main"]
+    assert message_files(data_dir, session) == []
+
+
+def test_compare_defaults_to_every_branch(data_dir: Path, closing: list[ContextSession]) -> None:
+    session = ContextSession.create(provider=ScriptedProvider(["one", "two"]), data_dir=data_dir)
+    closing.append(session)
+    session.send("Hi").result(DEADLINE)
+    session.regenerate().result(DEADLINE)
+    session.branch("empty", from_message=None)
+    session.switch("main")
+    session.branch("fresh", switch=False)
+    comparison = session.compare()
+    assert comparison.branches == ["main", "empty", "fresh"]
+    assert comparison["main"].text == "two"
+    assert comparison["empty"].text == "two"  # the fork shares main's last answer
+    only = session.compare("main")
+    assert only.diff() == []
+    assert only.similarity() == 1.0
+    assert only.unified_diff() == ""
+
+
+def test_comparison_html_escapes_everything(data_dir: Path, closing: list[ContextSession]) -> None:
+    hostile = "<script>alert('x')</script> & <b>bold</b>"
+    fakes = [
+        ScriptedProvider(model="<img src=x onerror=alert(1)>").reply(hostile),
+        ScriptedProvider(model="plain").reply(hostile + " <i>more</i>"),
+    ]
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    comparison = session.fan_out("Hi", [{"provider": fakes[0], "branch": "a+b"}, fakes[1]]).result(
+        DEADLINE
+    )
+    page = comparison._repr_html_()
+    for raw in ("<script>", "<img", "<b>bold", "<i>more"):
+        assert raw not in page
+    assert "&lt;script&gt;" in page
+    assert "&amp;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "similarity" in page
+
+
+def test_comparison_of_plain_results() -> None:
+    results = [
+        BranchResult(branch="<a>", text="x < y"),
+        BranchResult(branch="b", text="x > y", usage=TokenUsage(input_tokens=1, output_tokens=2)),
+    ]
+    comparison = Comparison(results=results)
+    page = comparison._repr_html_()
+    assert "<a>" not in page
+    assert "&lt;a&gt;" in page
+    assert "&lt;" in page
+    assert "&gt;" in page
+    assert "1+2 tokens" in page
+    assert "(no answer)" in str(Comparison(results=[BranchResult(branch="z")]))
+    assert word_diff("a b", "a c") == [("=", "a "), ("-", "b"), ("+", "c")]
