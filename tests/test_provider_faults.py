@@ -441,3 +441,12 @@ async def test_spec_env_base_url_and_registry(
     assert OpenAIProvider.from_spec(None, model="gpt-x").model == "gpt-x"
     with pytest.raises(InvalidInputError, match="needs a model"):
         OpenAIProvider.from_spec(None)
+
+
+async def test_closed_provider_refuses_new_requests(fault_server: FaultServer) -> None:
+    provider = provider_for(fault_server)
+    await provider.aclose()
+    with pytest.raises(PermanentProviderError, match="closed"):
+        async for _ in provider.stream(request()):
+            pass
+    assert fault_server.requests == []

@@ -371,9 +371,14 @@ class LocalProvider:
                     input_tokens=int(raw_usage.get("prompt_tokens") or 0),
                     output_tokens=int(raw_usage.get("completion_tokens") or 0),
                 )
-            for choice in item.get("choices") or ():
+            choices = item.get("choices") or []
+            if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                raise _errors.malformed_response_error(
+                    provider="local", detail=f"unexpected choices {choices!r:.200}"
+                )
+            for choice in choices:
                 delta = choice.get("delta") or {}
-                text = delta.get("content")
+                text = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(text, str) and text:
                     yield TextDelta(text)
                 if choice.get("finish_reason"):

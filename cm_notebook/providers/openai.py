@@ -261,6 +261,7 @@ class OpenAIProvider:
         self._timeouts, self._transport = _transport_errors()
         key = api_key or os.environ.get(_KEY_ENV) or (_PLACEHOLDER_KEY if self.base_url else None)
         self._client: AsyncOpenAI | None = None
+        self._closed = False
         self._client_options: dict[str, Any] = {
             "base_url": self.base_url,
             "timeout": self.timeout,
@@ -290,6 +291,8 @@ class OpenAIProvider:
         return f"OpenAIProvider(model={self.model!r}{where})"
 
     def _ensure_client(self) -> AsyncOpenAI:
+        if self._closed:
+            raise PermanentProviderError("openai: this provider was closed", provider=_PROVIDER)
         if self._client is None:
             key = os.environ.get(_KEY_ENV)  # set after construction, e.g. in a notebook
             if not key:
@@ -421,5 +424,6 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         """Close the SDK client's connections. The provider can't be used afterwards."""
+        self._closed = True
         if self._client is not None:
             await self._client.close()
