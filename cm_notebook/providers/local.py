@@ -24,8 +24,9 @@ free again when the cancellation returns. This bridge uses asyncio directly: it 
 the asyncio event loop (anyio's default backend, and Jupyter's).
 
 Loading happens lazily on first use, in a worker thread. Measured caveat: the
-``xllamacpp.Server`` constructor holds the GIL while it loads (0.25-0.5 s for SmolLM2,
-once per process and model), so the event loop does stall for that long once; call
+``xllamacpp.Server`` constructor holds the GIL while it loads (0.25-1 s for SmolLM2 on
+2 cores, more on a busy machine; once per process and model), so the event loop does
+stall for that long once; call
 :meth:`LocalProvider.load` at a moment when that does not matter (e.g. right after
 creating the provider) to take the hit up front. Generation itself releases the GIL.
 
@@ -36,7 +37,9 @@ loaded it first. Requests to a shared model are served one at a time, in order.
 
 ``xllamacpp.Server`` always listens on HTTP too (127.0.0.1, ephemeral port). For the
 in-process model that listener is locked with a random API key known only to this
-process, so other local users cannot use it.
+process, so other local users cannot use it. A ``Server`` is handed out only once that
+listener answers ``GET /health``: freeing one before its listener is up was seen to hang
+forever in xllamacpp's destructor.
 
 Defaults and limits
 -------------------
