@@ -20,28 +20,20 @@ import anyio
 
 from . import events as ev
 from . import fsm
+from .approvals import Decision
 from .errors import CMError, PermanentProviderError, ProviderError, TransientProviderError
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .providers.base import ChatRequest, Finish, Provider, TextDelta, ToolCallRequest, Usage
 from .tools import denied_result, run_tool, tool_call_from_request
 
 if TYPE_CHECKING:
-    from .session import ContextSession
+    from ._session_core import SessionCore as ContextSession
     from .turn import Turn
 
-__all__ = ["CHECKPOINT_SECONDS", "Decision", "TurnRunner"]
+__all__ = ["CHECKPOINT_SECONDS", "TurnRunner"]
 
 #: How often an in-progress reply is written to disk (status ``streaming``).
 CHECKPOINT_SECONDS = 1.0
-
-
-@dataclass
-class Decision:
-    """A person's answer to one pending tool call."""
-
-    approved: bool
-    reason: str | None = None
-    arguments: dict[str, Any] | None = None
 
 
 @dataclass
@@ -395,7 +387,7 @@ class TurnRunner:
             elif policy == "deny":
                 immediate.append((call_id, Decision(False, "denied by the approval policy")))
             else:
-                asked[call_id] = session._register_pending(self, message_id, call)
+                asked[call_id] = session._approvals.register(self.branch, message_id, call)
         if asked:
             session._publish(
                 ev.ToolApprovalRequested(
@@ -415,7 +407,7 @@ class TurnRunner:
                         self._decide(call_id, pending.result())
         finally:
             for call_id in asked:
-                session._drop_pending(call_id)
+                session._approvals.drop(call_id)
 
     def _decide(self, call_id: str, decision: Decision) -> None:
         call = self._calls[call_id]
@@ -484,7 +476,7 @@ class TurnRunner:
 
     async def _resolve_cancelled(self, ids: tuple[str, ...], reason: str) -> None:
         for call_id in ids:
-            self.session._drop_pending(call_id)
+            self.session._approvals.drop(call_id)
             call = self._calls.get(call_id)
             if call is None or call_id in self._answered:
                 continue

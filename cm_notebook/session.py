@@ -14,108 +14,46 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import events as ev
 from . import fsm
-from ._loop import running_loop, schedule_on
+from ._session_core import SessionCore
 from ._sessionio import StoreAccess
+from .approvals import Decision
 from .compare import BranchResult, Comparison
 from .errors import (
     BranchExistsError,
     BranchNotFoundError,
     BusyError,
+    CMError,
     InvalidInputError,
     StateError,
-    ToolCallAlreadyResolvedError,
-    ToolCallNotFoundError,
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name, validate_message_id
-from .model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, ToolCall
+from .model import Branch, ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import GenerationParams, validate_text
-from .providers import Provider, get_provider
+from .providers import Provider
+from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
-from .retry import DEFAULT_POLICY, RetryPolicy
-from .runner import Decision, TurnRunner
+from .retry import RetryPolicy
 from .store import FileStore, Store
-from .tools import Policy, ToolPolicy, ToolRegistry, validate_edited_arguments
+from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
 
 __all__ = ["ContextSession"]
 
-ProviderLike = str | Provider
 _T = TypeVar("_T")
 
 
-class _Pending:
-    # A tool call waiting for a person: resolved thread-safely on the runner's loop.
-    def __init__(self, runner: TurnRunner, message_id: str, call: ToolCall) -> None:
-        self.runner = runner
-        self.message_id = message_id
-        self.call = call
-        self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[Decision] = self.loop.create_future()
-
-    def resolve(self, decision: Decision) -> None:
-        def set_result() -> None:
-            if not self.future.done():
-                self.future.set_result(decision)
-
-        self.loop.call_soon_threadsafe(set_result)
-
-
-class ContextSession:
+class ContextSession(SessionCore):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
     """
-
-    def __init__(
-        self,
-        store: Store,
-        metadata: ContextMetadata,
-        *,
-        provider: ProviderLike | None = None,
-        tools: Iterable[Any] = (),
-        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
-        retry: RetryPolicy | None = None,
-        max_tool_rounds: int = 10,
-        tool_timeout: float | None = None,
-    ) -> None:
-        self._store = store
-        self._io = StoreAccess(store)
-        self._metadata = metadata
-        self.id = metadata.id
-        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
-        self.tool_policy = ToolPolicy.coerce(approval)
-        self.retry_policy = retry or DEFAULT_POLICY
-        if max_tool_rounds < 0:
-            raise InvalidInputError(f"max_tool_rounds must be >= 0, got {max_tool_rounds}")
-        self.max_tool_rounds = max_tool_rounds
-        self.tool_timeout = tool_timeout
-        # The loop that runs this session's turns and owns its event bus: the running
-        # loop (a notebook's kernel) if there is one, else the private background loop.
-        loop = running_loop()
-        self._loop = loop if loop is not None else _background()
-        self._loop_thread: int | None = threading.get_ident() if loop is not None else None
-        self._bus = ev.EventBus(self.id)
-        self._lock = threading.RLock()
-        self._machines: dict[str, fsm.Machine] = {}
-        self._runners: dict[str, TurnRunner] = {}
-        self._pending: dict[str, _Pending] = {}
-        # What each branch's last turn asked for, so retry() repeats it exactly.
-        self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
-        self._providers: dict[str, Provider] = {}
-        self._default_provider: Provider | None = None
-        self._owns_store = False  # set by create()/open() when they opened the store
-        self._closing: set[asyncio.Task[None]] = set()
-        if provider is not None and not isinstance(provider, str):
-            self._default_provider = provider
 
     # -- construction ------------------------------------------------------------------
 
@@ -147,9 +85,9 @@ class ContextSession:
             raise InvalidInputError(f"title must be a string, got {type(title).__name__}")
         if system is not None and not isinstance(system, str):
             raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
-        spec = provider if isinstance(provider, str) else _spec_of(provider)
+        spec = provider if isinstance(provider, str) else spec_of(provider)
         if isinstance(provider, str):
-            get_provider_name_check(provider)
+            check_spec(provider)
         try:
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
@@ -270,8 +208,7 @@ class ContextSession:
     @property
     def pending_tool_calls(self) -> builtins.list[ToolCall]:
         """Tool calls waiting for :meth:`approve` or :meth:`deny`, oldest first."""
-        with self._lock:
-            return [pending.call for pending in self._pending.values()]
+        return self._approvals.calls()
 
     def turn(self, branch: str | None = None) -> Turn | None:
         """The turn running on ``branch`` (default: active), if any."""
@@ -509,13 +446,13 @@ class ContextSession:
         if arguments is not None and tool_call_id is None:
             raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
         decided = []
-        for pending in self._take_pending(tool_call_id):
+        for pending in self._approvals.take(tool_call_id, self._was_resolved):
             edited = None
             if arguments is not None:
                 try:
                     edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
-                except Exception:
-                    self._restore_pending(pending)
+                except CMError:
+                    self._approvals.put_back(pending)
                     raise
             reason = "arguments edited before approval" if edited is not None else None
             pending.resolve(Decision(True, reason, edited))
@@ -529,7 +466,7 @@ class ContextSession:
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         decided = []
-        for pending in self._take_pending(tool_call_id):
+        for pending in self._approvals.take(tool_call_id, self._was_resolved):
             pending.resolve(Decision(False, reason or "denied by the user"))
             decided.append(pending.call)
         return decided
@@ -572,54 +509,6 @@ class ContextSession:
         """The sequence number of the last signal (consistent with :meth:`events`)."""
         return self._on_loop(lambda: self._bus.last_seq)
 
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Cancel running turns, then release what this session opened.
-
-        Once the cancelled turns have finished, the providers the session built from
-        specs are closed (their connections) and the store it opened releases its locks.
-        A provider or store that was passed in stays open: its owner closes it. From a
-        script this waits (up to ``timeout`` seconds); on the session's own loop (a
-        notebook cell) it cannot wait, so it schedules the clean-up and returns; use
-        ``await session.aclose()`` there to know when it is done.
-        """
-        release = self._release()
-        if self._on_loop_thread():
-            task = self._loop.create_task(release)
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            return
-        if not self._loop.is_running():  # its loop is gone (e.g. an ended asyncio.run)
-            release.close()
-            return
-        asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout)
-
-    async def aclose(self) -> None:
-        """Like :meth:`close`, for async code: returns once everything is released."""
-        release = self._release()
-        if self._on_loop_thread():
-            await release
-        else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(release, self._loop))
-
-    async def _release(self) -> None:
-        # Runs on the session's loop.
-        with self._lock:
-            turns = [runner.turn for runner in self._runners.values()]
-            providers = list(self._providers.values())
-            self._providers.clear()
-        for turn in turns:
-            turn.cancel()
-        for turn in turns:
-            with contextlib.suppress(Exception):  # the turn's owner sees its outcome
-                await turn
-        for provider in providers:
-            with contextlib.suppress(Exception):  # closing is best effort
-                await provider.aclose()
-        if self._owns_store:
-            await self._store.close()
-
     def __repr__(self) -> str:
         return f"<ContextSession {self.id!r} title={self._metadata.title!r}>"
 
@@ -628,73 +517,7 @@ class ContextSession:
         metadata = self.metadata
         return conversation_html(metadata, self.history())
 
-    # -- internals used by TurnRunner and FanOut ---------------------------------------
-
-    def _machine(self, branch: str) -> fsm.Machine:
-        with self._lock:
-            return self._machines.get(branch) or fsm.Machine.initial()
-
-    def _set_machine(self, branch: str, machine: fsm.Machine) -> None:
-        with self._lock:
-            self._machines[branch] = machine
-
-    def _publish(self, event: ev.BaseEvent) -> None:
-        # The bus is single-threaded: publish on the session loop's thread.
-        if self._on_loop_thread():
-            self._bus.publish(event)
-        else:
-            self._loop.call_soon_threadsafe(self._bus.publish, event)
-
-    def _on_loop_thread(self) -> bool:
-        if self._loop_thread is None:
-            return running_loop() is self._loop
-        return threading.get_ident() == self._loop_thread
-
-    def _on_loop(self, fn: Callable[[], _T]) -> _T:
-        if self._on_loop_thread() or not self._loop.is_running():
-            return fn()
-
-        async def call() -> _T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
-
-    def _register_pending(
-        self, runner: TurnRunner, message_id: str, call: ToolCall
-    ) -> asyncio.Future[Decision]:
-        pending = _Pending(runner, message_id, call)
-        with self._lock:
-            self._pending[call.id] = pending
-        return pending.future
-
-    def _drop_pending(self, call_id: str) -> None:
-        with self._lock:
-            self._pending.pop(call_id, None)
-
-    def _take_pending(self, tool_call_id: str | None) -> builtins.list[_Pending]:
-        # Taking under the lock makes a double click resolve the call exactly once.
-        with self._lock:
-            if tool_call_id is None:
-                taken = list(self._pending.values())
-                self._pending.clear()
-                if not taken:
-                    raise ToolCallNotFoundError("there are no tool calls waiting for approval")
-                return taken
-            pending = self._pending.pop(tool_call_id, None)
-            if pending is not None:
-                return [pending]
-        if self._was_resolved(tool_call_id):
-            raise ToolCallAlreadyResolvedError(
-                f"tool call {tool_call_id!r} was already approved or denied"
-            )
-        raise ToolCallNotFoundError(
-            f"no pending tool call {tool_call_id!r}; pending: "
-            f"{[c.id for c in self.pending_tool_calls] or 'none'}"
-        )
-
-    def _restore_pending(self, pending: _Pending) -> None:
-        with self._lock:
-            self._pending[pending.call.id] = pending
+    # -- private helpers of the public API --------------------------------------------
 
     def _was_resolved(self, tool_call_id: str) -> bool:
         # Not pending, but asked for by a stored reply: it was decided already. Any
@@ -705,27 +528,6 @@ class ContextSession:
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _turn_finished(self, runner: TurnRunner) -> None:
-        with self._lock:
-            if self._runners.get(runner.branch) is runner:
-                del self._runners[runner.branch]
-
-    async def _request_messages(
-        self, branch: str, exclude: str | None = None
-    ) -> builtins.list[Message]:
-        ids = await self._store.path(self.id, branch)
-        messages = await self._store.get_messages(self.id, ids)
-        # Failed replies are not part of the conversation the model sees.
-        return [m for m in messages if m.id != exclude and m.status is not MessageStatus.ERROR]
-
-    def _with_system(self, history: builtins.list[Message]) -> builtins.list[Message]:
-        prompt = self._metadata.system_prompt
-        if not prompt:
-            return history
-        return [Message(id="system", role="system", content=prompt), *history]
-
-    # -- private helpers ---------------------------------------------------------------
 
     def _branch_name(self, branch: str | None) -> str:
         if branch is None:
@@ -740,14 +542,6 @@ class ContextSession:
                 f"there is no branch {branch!r}; the branches are {sorted(metadata.branches)}"
             )
         return found.head
-
-    def _check_idle(self, branch: str) -> None:
-        with self._lock:
-            if branch in self._runners:
-                raise BusyError(
-                    f"a reply is still being generated on branch {branch!r}; "
-                    "await it, or call turn.cancel()"
-                )
 
     def _free_branch_name(self, stem: str) -> str:
         existing = self.branches
@@ -766,57 +560,3 @@ class ContextSession:
         if not history:
             raise StateError(f"branch {branch!r} has no message to reply to")
         self._io.call(self._store.set_branch_head(self.id, branch, history[-1].id))
-
-    def _provider(self, provider: ProviderLike | None) -> Provider:
-        if provider is not None and not isinstance(provider, str):
-            return provider
-        if provider is None:
-            if self._default_provider is not None:
-                return self._default_provider
-            settings = self._metadata.provider
-            key, options = settings.spec, settings.params
-        else:
-            key, options = provider, {}
-        with self._lock:
-            cached = self._providers.get(key)
-            if cached is None:
-                cached = get_provider(key, **options)
-                self._providers[key] = cached
-            return cached
-
-    def _start(
-        self,
-        branch: str,
-        start: fsm.Send | fsm.Retry,
-        provider: Provider,
-        params: Mapping[str, Any],
-    ) -> Turn:
-        turn = Turn(branch, self._loop)
-        runner = TurnRunner(self, turn, start=start, provider=provider, params=params)
-        with self._lock:
-            if branch in self._runners:
-                raise BusyError(f"a reply is already being generated on branch {branch!r}")
-            self._runners[branch] = runner
-            self._last_request[branch] = (provider, dict(params))
-        future = schedule_on(self._loop, runner.run())
-        turn._attach(future, runner.request_cancel)
-        return turn
-
-
-def _spec_of(provider: Provider) -> str:
-    return provider.name if not provider.model else f"{provider.name}:{provider.model}"
-
-
-def _background() -> asyncio.AbstractEventLoop:
-    from ._loop import background_loop
-
-    return background_loop()
-
-
-def get_provider_name_check(spec: str) -> None:
-    """Fail early (at create time) on a malformed or unknown provider spec."""
-    from .providers import available_providers, parse_spec
-
-    name, _model = parse_spec(spec)
-    if name not in available_providers():
-        get_provider(spec)  # raises UnknownProviderError with the list of known names

@@ -1,0 +1,107 @@
+"""The approval desk: tool calls waiting for a person, resolved exactly once.
+
+A turn that needs a decision registers each call here and awaits its future. The
+person's ``approve()`` / ``deny()`` may come from any thread (a button's comm handler
+can run on a subshell thread), so futures are resolved with ``call_soon_threadsafe``
+on the loop that awaits them, and a call is taken out of the desk under a lock: a
+double click finds it gone and gets a clear error instead of deciding twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from .model import ToolCall
+
+__all__ = ["ApprovalDesk", "Decision", "PendingCall"]
+
+
+@dataclass
+class Decision:
+    """A person's answer to one pending tool call."""
+
+    approved: bool
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+
+
+class PendingCall:
+    """One tool call waiting for a decision, and the future its turn awaits."""
+
+    def __init__(self, branch: str, message_id: str, call: ToolCall) -> None:
+        self.branch = branch
+        self.message_id = message_id
+        self.call = call
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Decision] = self.loop.create_future()
+
+    def resolve(self, decision: Decision) -> None:
+        """Hand ``decision`` to the waiting turn (safe from any thread)."""
+
+        def set_result() -> None:
+            if not self.future.done():
+                self.future.set_result(decision)
+
+        self.loop.call_soon_threadsafe(set_result)
+
+
+class ApprovalDesk:
+    """The pending tool calls of one session, by id, oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, PendingCall] = {}
+
+    def register(self, branch: str, message_id: str, call: ToolCall) -> asyncio.Future[Decision]:
+        """Put ``call`` on the desk (from the turn's loop); returns the future to await."""
+        pending = PendingCall(branch, message_id, call)
+        with self._lock:
+            self._pending[call.id] = pending
+        return pending.future
+
+    def drop(self, call_id: str) -> None:
+        """Remove a call that no longer needs a decision (e.g. its turn was cancelled)."""
+        with self._lock:
+            self._pending.pop(call_id, None)
+
+    def calls(self) -> list[ToolCall]:
+        """The pending calls, oldest first."""
+        with self._lock:
+            return [pending.call for pending in self._pending.values()]
+
+    def take(self, call_id: str | None, was_resolved: Callable[[str], bool]) -> list[PendingCall]:
+        """Take one call (or all with ``None``) off the desk, to decide it.
+
+        Raises:
+            ToolCallAlreadyResolvedError: ``call_id`` was decided before (per
+                ``was_resolved``), e.g. a second click on the same button.
+            ToolCallNotFoundError: nothing is pending under that id (or at all).
+        """
+        with self._lock:
+            if call_id is None:
+                taken = list(self._pending.values())
+                self._pending.clear()
+                if not taken:
+                    raise ToolCallNotFoundError("there are no tool calls waiting for approval")
+                return taken
+            pending = self._pending.pop(call_id, None)
+            if pending is not None:
+                return [pending]
+            waiting = list(self._pending)
+        if was_resolved(call_id):
+            raise ToolCallAlreadyResolvedError(
+                f"tool call {call_id!r} was already approved or denied"
+            )
+        raise ToolCallNotFoundError(
+            f"no pending tool call {call_id!r}; pending: {waiting or 'none'}"
+        )
+
+    def put_back(self, pending: PendingCall) -> None:
+        """Return a taken call to the desk (its decision could not be made)."""
+        with self._lock:
+            self._pending[pending.call.id] = pending

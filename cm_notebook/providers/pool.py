@@ -1,0 +1,71 @@
+"""The providers one session uses: its default, and the ones built from specs on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ..model import ProviderSettings
+from . import available_providers, get_provider, parse_spec
+from .base import Provider
+
+__all__ = ["ProviderLike", "ProviderPool", "check_spec", "spec_of"]
+
+#: What the public API accepts wherever a provider is chosen.
+ProviderLike = str | Provider
+
+
+def spec_of(provider: Provider) -> str:
+    """The spec string describing a provider instance (stored in metadata)."""
+    return provider.name if not provider.model else f"{provider.name}:{provider.model}"
+
+
+def check_spec(spec: str) -> None:
+    """Fail early (e.g. at create time) on a malformed or unknown provider spec."""
+    name, _model = parse_spec(spec)
+    if name not in available_providers():
+        get_provider(spec)  # raises UnknownProviderError with the list of known names
+
+
+class ProviderPool:
+    """Resolves ``ProviderLike`` values to providers, building each spec only once.
+
+    Providers built here (from specs) are owned by the pool and closed by
+    :meth:`aclose`; instances passed in belong to their owner and stay open.
+    """
+
+    def __init__(self, settings: ProviderSettings, default: ProviderLike | None) -> None:
+        self._settings = settings
+        self._default = default if default is not None and not isinstance(default, str) else None
+        self._default_spec = default if isinstance(default, str) else None
+        self._built: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, provider: ProviderLike | None) -> Provider:
+        """The provider to use for ``provider`` (None: the session's default)."""
+        if provider is not None and not isinstance(provider, str):
+            return provider
+        if provider is None:
+            if self._default is not None:
+                return self._default
+            key = self._default_spec or self._settings.spec
+            options: Mapping[str, Any] = self._settings.params
+        else:
+            key, options = provider, {}
+        with self._lock:
+            built = self._built.get(key)
+            if built is None:
+                built = get_provider(key, **options)
+                self._built[key] = built
+            return built
+
+    async def aclose(self) -> None:
+        """Close the providers the pool built (best effort: closing never raises)."""
+        with self._lock:
+            built = list(self._built.values())
+            self._built.clear()
+        for provider in built:
+            with contextlib.suppress(Exception):
+                await provider.aclose()
