@@ -1,0 +1,134 @@
+"""Encoding and decoding of ``metadata.json`` and message files.
+
+Decoding never lets a raw ``json`` or pydantic error escape: damage becomes
+:class:`~cm_notebook.errors.CorruptDataError` carrying the file's path and a sentence
+on what to do, and data from a newer cm_notebook becomes
+:class:`~cm_notebook.errors.SchemaVersionError`. Files are indented JSON so that a
+context folder stays readable and diffs well under version control.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import CorruptDataError
+from ..model import SCHEMA_VERSION, ContextMetadata, Message
+from .schema import upgrade
+
+__all__ = [
+    "decode_message",
+    "decode_metadata",
+    "encode_message",
+    "encode_metadata",
+    "read_message_file",
+]
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _load_object(data: bytes, path: Path, what: str, advice: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptDataError(f"{what} {path} is not valid JSON ({exc}). {advice}", path) from exc
+    if not isinstance(raw, dict):
+        raise CorruptDataError(
+            f"{what} {path} holds a JSON {type(raw).__name__}, not an object. {advice}", path
+        )
+    return raw
+
+
+def _metadata_advice(path: Path) -> str:
+    return (
+        f"Restore it from a backup or repair it by hand; the messages in "
+        f"{path.parent / 'messages'} are untouched. Deleting the context folder "
+        f"{path.parent} removes the whole context."
+    )
+
+
+def encode_metadata(metadata: ContextMetadata) -> bytes:
+    """The bytes of ``metadata.json`` (always the current schema version)."""
+    raw = metadata.model_dump(mode="json")
+    raw["schema_version"] = SCHEMA_VERSION
+    return _dumps(raw)
+
+
+def decode_metadata(data: bytes, path: Path, context_id: str) -> ContextMetadata:
+    """Parse ``metadata.json``; the folder name ``context_id`` wins over the stored id.
+
+    The folder name is what every lookup uses, and copying a context folder under a new
+    name is a supported way to duplicate a context, so a stale ``id`` inside the copy is
+    replaced rather than treated as damage.
+    """
+    advice = _metadata_advice(path)
+    raw = upgrade(_load_object(data, path, "context metadata", advice), "metadata", path)
+    raw["id"] = context_id
+    try:
+        return ContextMetadata.model_validate(raw)
+    except ValidationError as exc:
+        raise CorruptDataError(
+            f"context metadata {path} does not match the expected format: "
+            f"{_first_error(exc)}. {advice}",
+            path,
+        ) from exc
+
+
+def encode_message(message: Message) -> bytes:
+    """The bytes of a message file: the message plus its schema version."""
+    raw: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    raw.update(message.model_dump(mode="json"))
+    return _dumps(raw)
+
+
+def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:
+    """Parse a message file and check that it holds ``expected_id`` (if given)."""
+    advice = (
+        "Restore the file from a backup or delete it; the rest of the context still works "
+        "without it."
+    )
+    raw = upgrade(_load_object(data, path, "message file", advice), "message", path)
+    raw.pop("schema_version", None)
+    try:
+        message = Message.model_validate(raw)
+    except ValidationError as exc:
+        raise CorruptDataError(
+            f"message file {path} does not match the expected format: "
+            f"{_first_error(exc)}. {advice}",
+            path,
+        ) from exc
+    if expected_id is not None and message.id != expected_id:
+        raise CorruptDataError(
+            f"message file {path} holds message {message.id!r}, not {expected_id!r}. {advice}",
+            path,
+        )
+    return message
+
+
+def read_message_file(path: Path, expected_id: str | None) -> Message:
+    """Read and decode one message file; a missing file is damage too (CorruptDataError)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise CorruptDataError(
+            f"message file {path} is missing although the message index lists it. Restore "
+            "it from a backup; the rest of the context still works without it.",
+            path,
+        ) from exc
+    return decode_message(data, path, expected_id)
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"

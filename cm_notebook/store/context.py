@@ -1,0 +1,296 @@
+"""What one :class:`~cm_notebook.store.filestore.FileStore` knows about one context.
+
+A :class:`ContextState` caches the context's metadata and message index, keeps them
+in step with the disk, and owns the context's locks:
+
+* ``state_lock`` (a thread lock) guards the cached fields; held briefly by readers.
+* ``write_lock`` (a thread lock) lets one thread of this FileStore write at a time.
+  The file lock below counts re-entries per object, so without this lock two threads
+  of one process would both "hold" it.
+* ``file_lock`` (``filelock.FileLock`` on ``<context>/.lock``) serialises writers
+  across processes and across FileStore objects in one process (each has its own
+  open file, and ``flock`` locks are per open file).
+* one ``filelock.FileLock`` per message this FileStore is streaming, on
+  ``.streaming-<message id>.lock``. The OS drops it when the process dies, which is how
+  a later reader tells a crashed stream (lock free: mark it ``interrupted``) from a live
+  one (lock held: leave it alone).
+
+Lock order is always write_lock -> file_lock -> state_lock; readers take only
+state_lock, so they never wait for another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import filelock
+
+from ..errors import ContextNotFoundError, CorruptDataError, StoreError, StoreLockTimeoutError
+from ..model import ContextMetadata, MessageStatus
+from .atomic import atomic_write, read_from
+from .codec import decode_metadata, encode_message, encode_metadata, read_message_file
+from .diagnostics import warn
+from .index import MessageIndex, RebuildNeeded
+from .paths import LOCK_NAME, METADATA_NAME, message_path, streaming_lock_path
+
+__all__ = ["ContextState", "remove_lock_shell", "remove_tree"]
+
+T = TypeVar("T")
+
+_KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
+# filelock polls; a short interval keeps two busy writers from idling 50 ms per turn.
+_POLL_INTERVAL = 0.002
+
+
+def _new_lock(path: Path) -> filelock.FileLock:
+    # thread_local=False: the lock is taken and released from anyio worker threads,
+    # which need not be the same thread.
+    return filelock.FileLock(path, thread_local=False, poll_interval=_POLL_INTERVAL)
+
+
+class ContextState:
+    """Cached metadata and index of one context, plus its locks (see module docstring)."""
+
+    def __init__(self, context_id: str, ctx_dir: Path, lock_timeout: float) -> None:
+        self.context_id = context_id
+        self.dir = ctx_dir
+        self.lock_timeout = lock_timeout
+        self.metadata_path = ctx_dir / METADATA_NAME
+        self.state_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
+        self.index = MessageIndex(ctx_dir)
+        self.metadata: ContextMetadata | None = None
+        self.streaming: dict[str, filelock.FileLock] = {}
+        self.checked_streaming = False
+        self._meta_fd = -1
+        self._meta_id: tuple[int, int, int, int] | None = None
+
+    # -- reading (state_lock held) ---------------------------------------------------
+
+    def refresh(self) -> ContextMetadata:
+        """Bring metadata, then the index, up to date; return the metadata.
+
+        Metadata first: a head in metadata.json was committed to the journal before the
+        metadata was written, so an index read afterwards always contains it.
+        """
+        metadata = self._refresh_metadata()
+        self.index.refresh()
+        return metadata
+
+    def _refresh_metadata(self) -> ContextMetadata:
+        try:
+            st = os.stat(self.metadata_path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self.not_found() from None
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self.metadata is not None and ident == self._meta_id:
+            return self.metadata
+        try:
+            fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise self.not_found() from None
+        try:
+            fst = os.fstat(fd)
+            metadata = decode_metadata(read_from(fd, 0), self.metadata_path, self.context_id)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._pin_metadata(fd, (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns))
+        self.metadata = metadata
+        return metadata
+
+    def _pin_metadata(self, fd: int, ident: tuple[int, int, int, int]) -> None:
+        if self._meta_fd >= 0:
+            os.close(self._meta_fd)
+        self._meta_fd = fd if _KEEP_OPEN else -1
+        if not _KEEP_OPEN:  # pragma: no cover - Windows
+            os.close(fd)
+        self._meta_id = ident
+
+    def not_found(self) -> ContextNotFoundError:
+        """The error for a context whose folder or metadata.json is gone."""
+        return ContextNotFoundError(
+            f"no context {self.context_id!r} in {self.dir.parent}. List existing contexts "
+            "with FileStore.list_contexts() (or `cm-notebook ls`)."
+        )
+
+    def view(self, func: Callable[[ContextState, ContextMetadata], T]) -> T:
+        """Run ``func`` on fresh state with the state lock held; repair damage first.
+
+        The common case costs three ``stat`` calls. Rebuilding a damaged index and
+        interrupting crashed streams need the write locks, so they happen in
+        :meth:`locked`, and the view is then retried.
+        """
+        for _ in range(3):
+            with self.state_lock:
+                try:
+                    metadata = self.refresh()
+                except RebuildNeeded:
+                    pass
+                else:
+                    if self.checked_streaming or not self.foreign_streaming():
+                        self.checked_streaming = True
+                        return func(self, metadata)
+            with self.locked():
+                pass
+        raise StoreError(
+            f"the index of context {self.context_id!r} keeps getting damaged while it is "
+            "being repaired; is another program writing to its folder?"
+        )
+
+    def foreign_streaming(self) -> bool:
+        """Whether the index lists a streaming message that this FileStore is not writing."""
+        return any(
+            entry.status is MessageStatus.STREAMING and entry.id not in self.streaming
+            for entry in self.index.entries.values()
+        )
+
+    # -- writing ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[ContextMetadata]:
+        """Hold all write locks with fresh, repaired state; yields the current metadata."""
+        deadline = time.monotonic() + self.lock_timeout
+        if not self.write_lock.acquire(timeout=self.lock_timeout):
+            raise self._timeout()
+        try:
+            if not self.dir.is_dir():
+                # Checked first because filelock would create the missing folder.
+                raise self.not_found()
+            try:
+                self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+            except filelock.Timeout:
+                raise self._timeout() from None
+            try:
+                if not self.metadata_path.exists():
+                    self._remove_stray_folder()
+                    raise self.not_found()
+                with self.state_lock:
+                    yield self._refresh_repaired()
+            finally:
+                self.file_lock.release()
+        finally:
+            self.write_lock.release()
+
+    def _timeout(self) -> StoreLockTimeoutError:
+        return StoreLockTimeoutError(
+            f"could not lock the context folder {self.dir} within {self.lock_timeout:g} s: "
+            "another process (or another FileStore) is writing to it. Try again, or raise "
+            "FileStore(lock_timeout=...)."
+        )
+
+    def _remove_stray_folder(self) -> None:
+        # The context was deleted while we waited, and filelock re-created the folder to
+        # hold its lock file. Remove that empty shell so the id can be reused.
+        remove_lock_shell(self.dir)
+
+    def _refresh_repaired(self) -> ContextMetadata:
+        metadata = self._refresh_metadata()
+        try:
+            self.index.refresh()
+        except RebuildNeeded as need:
+            self.index.rebuild(need.reason, need.path)
+        if not self.checked_streaming:
+            self._interrupt_dead_streams()
+            self.checked_streaming = True
+        return metadata
+
+    def _interrupt_dead_streams(self) -> None:
+        """Mark ``interrupted`` every streaming message whose writer is gone."""
+        for entry in list(self.index.entries.values()):
+            if entry.status is not MessageStatus.STREAMING or entry.id in self.streaming:
+                continue
+            lock_path = streaming_lock_path(self.dir, entry.id)
+            lock = _new_lock(lock_path)
+            try:
+                lock.acquire(blocking=False)
+            except filelock.Timeout:
+                continue  # its writer is alive (in this process or another)
+            try:
+                path = message_path(self.dir, entry.id)
+                try:
+                    message = read_message_file(path, entry.id)
+                except CorruptDataError as exc:
+                    warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
+                else:
+                    update = {"status": MessageStatus.INTERRUPTED}
+                    atomic_write(path, encode_message(message.model_copy(update=update)))
+                self.index.append(entry.model_copy(update={"status": MessageStatus.INTERRUPTED}))
+            finally:
+                lock.release()
+                lock_path.unlink(missing_ok=True)
+
+    def take_streaming_lock(self, message_id: str) -> None:
+        """Hold the OS lock that says "message_id is being streamed by a live process"."""
+        if message_id in self.streaming:
+            return
+        lock = _new_lock(streaming_lock_path(self.dir, message_id))
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            raise StoreError(
+                f"message {message_id!r} of context {self.context_id!r} is being streamed by "
+                "another process or FileStore; only that writer may update it."
+            ) from None
+        self.streaming[message_id] = lock
+
+    def drop_streaming_lock(self, message_id: str, *, remove_file: bool) -> None:
+        """Release a streaming lock (after the message left ``streaming`` status)."""
+        lock = self.streaming.pop(message_id, None)
+        if lock is None:
+            return
+        lock.release()
+        if remove_file:
+            # Safe under the context lock: a reader only tries streaming locks while
+            # holding it, so nobody is between opening and locking this file.
+            streaming_lock_path(self.dir, message_id).unlink(missing_ok=True)
+
+    def write_metadata(self, metadata: ContextMetadata) -> None:
+        """Atomically replace metadata.json (locked) and remember what was written."""
+        atomic_write(self.metadata_path, encode_metadata(metadata))
+        fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        st = os.fstat(fd)
+        self._pin_metadata(fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        self.metadata = metadata
+
+    def remove_folder(self, trash: Path) -> None:
+        """Move the context folder to ``trash`` (locked), so it vanishes atomically."""
+        os.rename(self.dir, trash)
+
+    def close(self) -> None:
+        """Release streaming locks and close held files; the state can be reloaded later."""
+        for message_id in list(self.streaming):
+            self.drop_streaming_lock(message_id, remove_file=False)
+        self.index.close()
+        if self._meta_fd >= 0:
+            os.close(self._meta_fd)
+        self._meta_fd = -1
+        self._meta_id = None
+        self.metadata = None
+        self.checked_streaming = False
+
+
+def remove_lock_shell(folder: Path) -> bool:
+    """Remove ``folder`` if it holds nothing but a lock file; return whether it is gone."""
+    try:
+        if os.listdir(folder) in ([], [LOCK_NAME]):
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return not folder.exists()
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder that has already been renamed out of the way (best effort)."""
+    shutil.rmtree(path, ignore_errors=True)

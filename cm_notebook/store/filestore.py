@@ -1,0 +1,480 @@
+"""The crash-safe, multi-process file store that ships with cm_notebook.
+
+Layout of one context (a self-contained folder: copy, zip, version or delete it whole)::
+
+    <data dir>/contexts/<context_id>/
+        metadata.json           title, branches (name -> head), active branch, provider
+                                settings (never secrets), schema version, timestamps
+        message_index.json      compacted snapshot of the message index
+        message_index.journal   index changes since the snapshot, one JSON line each
+        messages/<message_id>.json
+        .lock                   cross-process write lock
+        .streaming-<id>.lock    held by the process streaming that message
+
+Appending a message writes, in this order, each step durable before the next: the
+message file (atomic replace), one journal line (the commit point), and metadata.json
+(new head, ``updated_at``; its size depends on the number of branches, not messages).
+So the N-th append writes O(1) bytes; see :mod:`cm_notebook.store.index` for the
+journal and its geometric compaction. A crash at any point leaves either no trace, an
+unreferenced message file, or a committed message that no branch points at yet (its
+append never returned) - never a half-written file or a dangling head.
+
+Reads never take the cross-process lock. Before each read the store ``stat``s the
+metadata, snapshot and journal and loads only what changed, so a FileStore notices
+other processes' writes on its next call at the cost of three ``stat`` calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from pydantic import ValidationError
+
+from ..errors import (
+    ContextExistsError,
+    ContextNotFoundError,
+    CorruptDataError,
+    InvalidInputError,
+    StoreError,
+)
+from ..ids import validate_branch_name, validate_context_id, validate_message_id
+from ..model import Branch, ContextMetadata, Message
+from . import ops
+from .atomic import atomic_write, fsync_dir
+from .base import IndexEntry
+from .codec import decode_metadata, encode_message, encode_metadata, read_message_file
+from .context import ContextState, remove_lock_shell, remove_tree
+from .diagnostics import warn
+from .index import empty_index_bytes
+from .paths import (
+    INDEX_NAME,
+    JOURNAL_NAME,
+    MESSAGES_DIR,
+    METADATA_NAME,
+    context_dir,
+    contexts_root,
+    default_data_dir,
+    message_path,
+)
+
+__all__ = ["FileStore"]
+
+T = TypeVar("T")
+
+
+def _close_states(states: dict[str, ContextState]) -> None:
+    for state in list(states.values()):
+        state.close()
+    states.clear()
+
+
+def _check_ids(*message_ids: str | None) -> None:
+    for message_id in message_ids:
+        if message_id is not None:
+            validate_message_id(message_id)
+
+
+class FileStore:
+    """A :class:`~cm_notebook.store.base.Store` on the local file system.
+
+    ``data_dir`` defaults to :func:`~cm_notebook.store.paths.default_data_dir`
+    (``$CM_NOTEBOOK_DATA_DIR`` or the per-user data folder). Writers wait up to
+    ``lock_timeout`` seconds for another writer of the same context before raising
+    :class:`~cm_notebook.errors.StoreLockTimeoutError`.
+
+    All blocking file work runs in anyio worker threads. One FileStore may be shared
+    by many tasks; several FileStores (in one or many processes) may share a data
+    directory. Call :meth:`close` (or use ``async with``) to release locks; a message
+    still ``streaming`` when its FileStore closes will be marked ``interrupted`` by
+    the next reader.
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, *, lock_timeout: float = 10.0) -> None:
+        if lock_timeout < 0:
+            raise InvalidInputError(f"lock_timeout must be >= 0 seconds, got {lock_timeout!r}")
+        chosen = Path(data_dir) if data_dir is not None else default_data_dir()
+        #: The data directory (absolute); contexts live in ``<data_dir>/contexts``.
+        self.data_dir = chosen.expanduser().absolute()
+        self.lock_timeout = float(lock_timeout)
+        self._states: dict[str, ContextState] = {}
+        self._registry_lock = threading.Lock()
+        # Held files are plain descriptors; close them even if close() is never called.
+        self._finalizer = weakref.finalize(self, _close_states, self._states)
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.data_dir)!r})"
+
+    async def __aenter__(self) -> FileStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        # Not abandoned on cancellation: a write that started always finishes, so a
+        # cancelled append either never began or is durable.
+        return await anyio.to_thread.run_sync(functools.partial(func, *args))
+
+    def _state(self, context_id: str) -> ContextState:
+        validate_context_id(context_id)
+        with self._registry_lock:
+            state = self._states.get(context_id)
+            if state is None:
+                folder = context_dir(self.data_dir, context_id)
+                state = ContextState(context_id, folder, self.lock_timeout)
+                self._states[context_id] = state
+            return state
+
+    def _forget(self, state: ContextState) -> None:
+        # Do not keep state for ids that turned out not to exist (or no longer do), so
+        # probing many unknown ids cannot grow the registry.
+        with self._registry_lock:
+            if self._states.get(state.context_id) is not state or state.streaming:
+                return
+            del self._states[state.context_id]
+        with state.state_lock:
+            state.close()  # held files of a deleted context
+
+    def _view(self, context_id: str, func: Callable[[ContextState, ContextMetadata], T]) -> T:
+        state = self._state(context_id)
+        try:
+            return state.view(func)
+        except ContextNotFoundError:
+            self._forget(state)
+            raise
+
+    def _write(self, context_id: str, func: Callable[..., T], *args: Any) -> T:
+        state = self._state(context_id)
+        try:
+            with state.locked() as metadata:
+                return func(state, metadata, *args)
+        except ContextNotFoundError:
+            self._forget(state)
+            raise
+
+    # -- contexts ----------------------------------------------------------------------
+
+    async def create_context(self, metadata: ContextMetadata) -> ContextMetadata:
+        """Create an empty context described by ``metadata``; its id must be new."""
+        return await self._run(self._create_context, metadata)
+
+    def _create_context(self, metadata: ContextMetadata) -> ContextMetadata:
+        folder = context_dir(self.data_dir, metadata.id)
+        for branch in metadata.branches.values():
+            if branch.head is not None or branch.forked_from is not None:
+                raise InvalidInputError(
+                    f"branch {branch.name!r} points at a message, but a new context has no "
+                    "messages yet; create it with empty branches."
+                )
+        if folder.exists() and not remove_lock_shell(folder):
+            # (An empty shell holding only a lock file is what a writer racing with
+            # delete_context can leave behind; it is not a context.)
+            raise self._exists(metadata.id)
+        root = contexts_root(self.data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        # Build the folder under a temporary name, then rename it into place: other
+        # processes see either no context or a complete one.
+        tmp = root / f".tmp-{metadata.id}-{secrets.token_hex(6)}"
+        tmp.mkdir()
+        try:
+            (tmp / MESSAGES_DIR).mkdir()
+            atomic_write(tmp / INDEX_NAME, empty_index_bytes())
+            atomic_write(tmp / JOURNAL_NAME, b"")
+            atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+            try:
+                os.rename(tmp, folder)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
+                    raise self._exists(metadata.id) from exc
+                raise
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        fsync_dir(root)
+        return metadata.model_copy(deep=True)
+
+    def _exists(self, context_id: str) -> ContextExistsError:
+        return ContextExistsError(
+            f"a context {context_id!r} already exists in {self.data_dir}; choose another id "
+            "or open the existing one."
+        )
+
+    async def list_contexts(self) -> list[ContextMetadata]:
+        """Metadata of every readable context, most recently updated first.
+
+        Folders that are not valid contexts are skipped, each with a StoreWarning.
+        """
+        return await self._run(self._list_contexts)
+
+    def _list_contexts(self) -> list[ContextMetadata]:
+        root = contexts_root(self.data_dir)
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return []
+        found: list[ContextMetadata] = []
+        for name in names:
+            if name.startswith("."):
+                continue  # our own temporary and trash folders
+            folder = root / name
+            try:
+                context_dir(self.data_dir, name)  # valid id, and no symlink out of data_dir
+                if not folder.is_dir():
+                    raise CorruptDataError(f"{folder} is a file, not a context folder", folder)
+                path = folder / METADATA_NAME
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
+                found.append(decode_metadata(data, path, name))
+            except (InvalidInputError, StoreError) as exc:
+                warn(f"skipped {folder}, which is not a readable context: {exc}", folder)
+        found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
+        return found
+
+    async def get_metadata(self, context_id: str) -> ContextMetadata:
+        """The context's current metadata (re-read if another process changed it)."""
+        return await self._run(self._view, context_id, lambda _s, m: m.model_copy(deep=True))
+
+    async def update_metadata(
+        self,
+        context_id: str,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        tags: list[str] | None = None,
+        provider_spec: str | None = None,
+        provider_params: dict[str, object] | None = None,
+    ) -> ContextMetadata:
+        """Change the given fields (None leaves a field alone); returns the new metadata.
+
+        Provider parameters that look like secrets are refused (InvalidInputError).
+        """
+        changes = {
+            key: value
+            for key, value in (("title", title), ("system_prompt", system_prompt), ("tags", tags))
+            if value is not None
+        }
+        updated: ContextMetadata = await self._run(
+            self._write,
+            context_id,
+            ops.do_update_metadata,
+            changes,
+            provider_spec,
+            provider_params,
+        )
+        return updated.model_copy(deep=True)
+
+    async def delete_context(self, context_id: str) -> None:
+        """Remove the context's folder and everything in it."""
+        await self._run(self._delete_context, context_id)
+
+    def _delete_context(self, context_id: str) -> None:
+        state = self._state(context_id)
+        trash = contexts_root(self.data_dir) / f".trash-{context_id}-{secrets.token_hex(6)}"
+        with state.locked():
+            for message_id in list(state.streaming):
+                state.drop_streaming_lock(message_id, remove_file=False)
+            # One atomic rename makes the context vanish for every process; the slow
+            # recursive delete then happens out of sight.
+            os.rename(state.dir, trash)
+        with self._registry_lock:
+            self._states.pop(context_id, None)
+        with state.state_lock:
+            state.close()
+        remove_tree(trash)
+
+    # -- messages ----------------------------------------------------------------------
+
+    async def append_message(
+        self, context_id: str, message: Message, *, branch: str | None
+    ) -> Message:
+        """Add ``message`` to the tree; with ``branch``, also move that branch's head to it.
+
+        The parent (if any) must exist and the id must be new. Returns once the message
+        and the head move are durable. A message appended with status ``streaming``
+        is locked as "being written by this process" until it leaves that status.
+        """
+        _check_ids(message.id, message.parent_id)
+        if branch is not None:
+            validate_branch_name(branch)
+        data = encode_message(message)
+        await self._run(self._write, context_id, ops.do_append, message, data, branch)
+        return message
+
+    async def update_message(self, context_id: str, message: Message) -> None:
+        """Replace a message's content/status/metadata (streaming checkpoints, final state).
+
+        The id, parent and role must not change. While the status stays ``streaming``
+        only the message file is rewritten; a status change also writes a journal line.
+        """
+        _check_ids(message.id, message.parent_id)
+        data = encode_message(message)
+        await self._run(self._write, context_id, ops.do_update_message, message, data)
+
+    async def get_message(self, context_id: str, message_id: str) -> Message:
+        """One message, read from its own file (CorruptDataError if it is damaged)."""
+        validate_message_id(message_id)
+        return await self._run(self._get_message, context_id, message_id)
+
+    def _get_message(self, context_id: str, message_id: str) -> Message:
+        def check(state: ContextState, _metadata: ContextMetadata) -> ContextState:
+            ops.require_message(state, message_id)
+            return state
+
+        state = self._view(context_id, check)
+        return read_message_file(message_path(state.dir, message_id), message_id)
+
+    async def get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
+        """Several messages in the given order (skipping corrupt files with a warning)."""
+        ids = list(message_ids)
+        _check_ids(*ids)
+        return await self._run(self._get_messages, context_id, ids)
+
+    def _get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
+        def check(state: ContextState, _metadata: ContextMetadata) -> ContextState:
+            for message_id in message_ids:
+                ops.require_message(state, message_id)
+            return state
+
+        return ops.read_messages(self._view(context_id, check), message_ids)
+
+    async def index(self, context_id: str) -> dict[str, IndexEntry]:
+        """A snapshot of the message index: id -> entry."""
+        return await self._run(self._view, context_id, lambda s, _m: dict(s.index.entries))
+
+    async def children(self, context_id: str, message_id: str | None) -> list[str]:
+        """Ids of the direct children of ``message_id`` (None: the roots), oldest first.
+
+        Served from an in-memory parent -> children map.
+        """
+        _check_ids(message_id)
+
+        def get(state: ContextState, _metadata: ContextMetadata) -> list[str]:
+            ops.require_message(state, message_id)
+            return list(state.index.children.get(message_id, ()))
+
+        return await self._run(self._view, context_id, get)
+
+    async def path(self, context_id: str, branch: str | None = None) -> list[str]:
+        """Message ids from the root to the head of ``branch`` (default: active branch).
+
+        Served from the in-memory index; reads no message files.
+        """
+        if branch is not None:
+            validate_branch_name(branch)
+
+        def get(state: ContextState, metadata: ContextMetadata) -> list[str]:
+            target = ops.find_branch(metadata, branch)
+            return ops.walk(state, target.head, target.name)[::-1]
+
+        return await self._run(self._view, context_id, get)
+
+    async def page(
+        self,
+        context_id: str,
+        branch: str | None = None,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Message]:
+        """The last ``limit`` messages of a branch's path (oldest first), reading only those.
+
+        With ``before``, the page ends just before that message id (for scrolling back).
+        The walk follows parent links in the in-memory index, so a page of a 10,000
+        message context opens ``limit`` files. Unreadable files are skipped with a
+        StoreWarning, so a page can be shorter than ``limit``.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInputError(f"limit must be an integer >= 0, got {limit!r}")
+        if branch is not None:
+            validate_branch_name(branch)
+        _check_ids(before)
+        return await self._run(self._page, context_id, branch, limit, before)
+
+    def _page(
+        self, context_id: str, branch: str | None, limit: int, before: str | None
+    ) -> list[Message]:
+        def select(
+            state: ContextState, metadata: ContextMetadata
+        ) -> tuple[ContextState, list[str]]:
+            return state, ops.select_page(state, metadata, branch, limit, before)
+
+        state, ids = self._view(context_id, select)
+        # Outside the state lock: message files are replaced atomically, never edited.
+        return ops.read_messages(state, ids)
+
+    # -- branches ----------------------------------------------------------------------
+
+    async def create_branch(
+        self,
+        context_id: str,
+        name: str,
+        *,
+        head: str | None,
+        forked_from: str | None = None,
+        description: str = "",
+    ) -> Branch:
+        """Create a branch pointing at ``head``; raises BranchExistsError if taken."""
+        validate_branch_name(name)
+        _check_ids(head, forked_from)
+        try:
+            branch = Branch(name=name, head=head, forked_from=forked_from, description=description)
+        except ValidationError as exc:
+            raise InvalidInputError(f"cannot create branch {name!r}: {exc}") from exc
+        await self._run(self._write, context_id, ops.do_create_branch, branch)
+        return branch
+
+    async def set_branch_head(self, context_id: str, name: str, head: str | None) -> Branch:
+        """Point an existing branch at another message (or at nothing, with None)."""
+        validate_branch_name(name)
+        _check_ids(head)
+        branch: Branch = await self._run(
+            self._write, context_id, ops.do_set_branch_head, name, head
+        )
+        return branch.model_copy()
+
+    async def set_active_branch(self, context_id: str, name: str) -> ContextMetadata:
+        """Make ``name`` the active branch."""
+        validate_branch_name(name)
+        updated: ContextMetadata = await self._run(
+            self._write, context_id, ops.do_set_active_branch, name
+        )
+        return updated.model_copy(deep=True)
+
+    async def delete_branch(self, context_id: str, name: str) -> None:
+        """Delete a branch pointer (never its messages). The active branch cannot be deleted.
+
+        Deleting the active branch raises :class:`~cm_notebook.errors.StateError`.
+        """
+        validate_branch_name(name)
+        await self._run(self._write, context_id, ops.do_delete_branch, name)
+
+    async def close(self) -> None:
+        """Release locks and file handles. The store can still be used afterwards."""
+        await self._run(self._close)
+
+    def _close(self) -> None:
+        with self._registry_lock:
+            states = list(self._states.values())
+            self._states.clear()
+        for state in states:
+            with state.write_lock, state.state_lock:
+                state.close()

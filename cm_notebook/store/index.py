@@ -1,0 +1,393 @@
+"""The message index of one context: a compacted snapshot plus an append-only journal.
+
+On disk:
+
+* ``message_index.json``: ``{"schema_version": 1, "entries": [...]}``, one
+  :class:`~cm_notebook.store.base.IndexEntry` per line, in ``seq`` order. Written only by
+  compaction and rebuilds, always atomically.
+* ``message_index.journal``: one IndexEntry per line (JSON lines), appended and fsync'd
+  per change. A line *is* the commit point of a new message (its file is written
+  first) and of a status change (streaming -> complete). Replaying lines into a dict
+  keyed by id is idempotent, so replaying a line twice is harmless.
+
+Appending a message therefore writes one short line, not the whole index. When the
+journal holds at least as many lines as the snapshot holds entries (and at least
+:data:`COMPACT_MIN_LINES`), the writer folds it into a new snapshot and then replaces
+the journal with an empty file (a new inode). The snapshot size at least doubles
+between compactions, so rewriting it costs O(1) amortised bytes per append. A crash
+between the two replaces leaves a snapshot that already contains the old journal's
+lines, which replay idempotently.
+
+Readers in other processes keep up cheaply: :meth:`MessageIndex.refresh` ``stat``s
+both files and, if the snapshot is unchanged and the journal is the same inode, reads
+only the bytes appended since the last read. A journal line without its trailing
+newline (a writer died mid-line, or is still writing) is ignored; the next writer,
+holding the lock, truncates it. On POSIX the last-read snapshot stays open, so its
+inode number cannot be reused by a later snapshot and "same inode" really means
+"same file".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from ..errors import CorruptDataError, InvalidIdError
+from ..ids import MAX_ID_LENGTH, validate_message_id
+from ..model import SCHEMA_VERSION
+from .atomic import atomic_write, is_temp_name, read_from
+from .base import IndexEntry
+from .codec import read_message_file
+from .diagnostics import warn
+from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
+from .schema import check_not_newer
+
+__all__ = ["COMPACT_MIN_LINES", "MessageIndex", "RebuildNeeded", "empty_index_bytes"]
+
+#: Compaction waits for at least this many journal lines, so small contexts never
+#: rewrite the snapshot at all.
+COMPACT_MIN_LINES = 128
+
+# Holding the last-read files open pins their inode numbers (see the module docstring).
+# Windows refuses to replace a file that is open, so there the files are closed at once.
+_KEEP_OPEN = os.name != "nt"
+
+_ENTRY_LIST = TypeAdapter(list[IndexEntry])
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
+
+class _IndexDoc(BaseModel):
+    schema_version: int
+    entries: list[IndexEntry]
+
+
+class RebuildNeeded(Exception):
+    """The snapshot or journal is missing or damaged; rebuild from ``messages/``."""
+
+    def __init__(self, reason: str, path: Path) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def empty_index_bytes() -> bytes:
+    """The snapshot of a context without messages."""
+    return _snapshot_bytes([])
+
+
+def _snapshot_bytes(entries: list[IndexEntry]) -> bytes:
+    body = ",\n".join(entry.model_dump_json() for entry in entries)
+    return (
+        f'{{"schema_version": {SCHEMA_VERSION}, "entries": [\n{body}\n]}}\n'.encode()
+        if entries
+        else f'{{"schema_version": {SCHEMA_VERSION}, "entries": []}}\n'.encode()
+    )
+
+
+class MessageIndex:
+    """The in-memory index of one context, kept in step with the files on disk.
+
+    Not thread-safe: the owner serialises calls. Methods that write
+    (:meth:`append`, :meth:`compact`, :meth:`rebuild`) must be called with the
+    context's cross-process lock held and right after :meth:`refresh`.
+    """
+
+    def __init__(self, ctx_dir: Path) -> None:
+        self.ctx_dir = ctx_dir
+        self.index_path = ctx_dir / INDEX_NAME
+        self.journal_path = ctx_dir / JOURNAL_NAME
+        self.entries: dict[str, IndexEntry] = {}
+        self.children: dict[str | None, list[str]] = {}
+        self.next_seq = 0
+        self.snapshot_count = 0  # entries in message_index.json
+        self.journal_lines = 0  # complete lines in the journal
+        self.loaded = False
+        self._index_fd = -1
+        self._index_id: tuple[int, int, int, int] | None = None
+        self._journal_fd = -1
+        self._journal_inode: tuple[int, int] | None = None
+        self._offset = 0  # just after the last complete journal line read
+        self._journal_size = 0  # journal size at the last read
+
+    # -- reading -------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Catch up with changes made by anyone (this or another process).
+
+        Raises :class:`RebuildNeeded` if a file is missing or damaged and
+        :class:`~cm_notebook.errors.SchemaVersionError` if it is from a newer version.
+        """
+        try:
+            # The journal first: see _full_reload for why the order matters.
+            st_journal = os.stat(self.journal_path)
+            st_index = os.stat(self.index_path)
+        except FileNotFoundError as exc:
+            path = Path(str(exc.filename))
+            raise RebuildNeeded(f"{path.name} is missing", path) from None
+        if (
+            self.loaded
+            and _identity(st_index) == self._index_id
+            and (st_journal.st_dev, st_journal.st_ino) == self._journal_inode
+            and st_journal.st_size >= self._offset
+        ):
+            if st_journal.st_size != self._journal_size:
+                self._read_journal_tail()
+            return
+        self._full_reload()
+
+    def _full_reload(self) -> None:
+        # Open the journal before reading the snapshot. Compaction replaces the snapshot
+        # first and the journal second, so a journal opened earlier is either the one
+        # that belongs to the snapshot we then read or an older one whose lines that
+        # snapshot already contains: either way nothing is missed.
+        try:
+            journal_fd = os.open(self.journal_path, _READ_FLAGS)
+        except FileNotFoundError:
+            raise RebuildNeeded("message_index.journal is missing", self.journal_path) from None
+        index_fd = -1
+        try:
+            try:
+                index_fd = os.open(self.index_path, _READ_FLAGS)
+            except FileNotFoundError:
+                raise RebuildNeeded("message_index.json is missing", self.index_path) from None
+            index_id = _identity(os.fstat(index_fd))
+            snapshot = self._parse_snapshot(read_from(index_fd, 0))
+            st_journal = os.fstat(journal_fd)
+            journal = read_from(journal_fd, 0)
+            lines, end = self._parse_lines(journal, 0)
+        except BaseException:
+            # Leave the previous state untouched: a failed reload changes nothing.
+            for fd in (index_fd, journal_fd):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        self._close_files()
+        self.entries = {}
+        self.children = {}
+        self.next_seq = 0
+        for entry in snapshot:
+            self._apply(entry)
+        for entry in lines:
+            self._apply(entry)
+        # A rebuilt or hand-edited snapshot may list entries out of order; the children
+        # lists promise oldest first.
+        for siblings in self.children.values():
+            siblings.sort(key=lambda mid: self.entries[mid].seq)
+        self.snapshot_count = len(snapshot)
+        self.journal_lines = len(lines)
+        self._offset = end
+        self._journal_size = len(journal)
+        self._index_id = index_id
+        self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
+        self._index_fd, self._journal_fd = index_fd, journal_fd
+        self.loaded = True
+        if not _KEEP_OPEN:  # pragma: no cover - Windows
+            self._close_files()
+
+    def _parse_snapshot(self, data: bytes) -> list[IndexEntry]:
+        try:
+            doc = _IndexDoc.model_validate_json(data)
+        except ValidationError:
+            version = _sniff_version(data)
+            if isinstance(version, int):
+                check_not_newer(version, self.index_path)
+            raise RebuildNeeded("message_index.json is damaged", self.index_path) from None
+        check_not_newer(doc.schema_version, self.index_path)
+        if doc.schema_version < SCHEMA_VERSION:
+            # Derived data from an older version: rebuilding it is the upgrade.
+            raise RebuildNeeded("message_index.json is from an older version", self.index_path)
+        try:
+            _check_ids(doc.entries)
+        except InvalidIdError:
+            raise RebuildNeeded("message_index.json has an invalid id", self.index_path) from None
+        return doc.entries
+
+    def _read_journal_tail(self) -> None:
+        if self._journal_fd >= 0:
+            data = read_from(self._journal_fd, self._offset)
+        else:  # pragma: no cover - Windows: the journal is not kept open
+            with open(self.journal_path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        entries, end = self._parse_lines(data, self._offset)
+        for entry in entries:
+            self._apply(entry)
+        self.journal_lines += len(entries)
+        self._offset += end
+        self._journal_size = self._offset + len(data) - end
+
+    def _parse_lines(self, data: bytes, start: int) -> tuple[list[IndexEntry], int]:
+        """The entries on the complete lines of ``data``, and how many bytes they span.
+
+        A last line without its newline is left out: a writer is still writing it, or
+        died doing so (then the next writer truncates it).
+        """
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return [], 0
+        lines = data[: end - 1].split(b"\n")
+        try:
+            entries = _ENTRY_LIST.validate_json(b"[" + b",".join(lines) + b"]")
+            _check_ids(entries)
+        except (ValidationError, InvalidIdError):
+            raise RebuildNeeded(
+                f"message_index.journal has a damaged line after byte {start}",
+                self.journal_path,
+            ) from None
+        return entries, end
+
+    def _apply(self, entry: IndexEntry) -> None:
+        known = entry.id in self.entries
+        self.entries[entry.id] = entry
+        if not known:
+            self.children.setdefault(entry.parent_id, []).append(entry.id)
+            if entry.seq >= self.next_seq:
+                self.next_seq = entry.seq + 1
+
+    # -- writing (cross-process lock held, right after refresh) ----------------------
+
+    def append(self, entry: IndexEntry) -> None:
+        """Commit ``entry`` with one durable journal line; compact when it is due."""
+        line = entry.model_dump_json().encode() + b"\n"
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._journal_inode:
+                raise RuntimeError("journal changed under the lock; refresh() was not called")
+            if st.st_size > self._offset:
+                # A writer died mid-line. Cut the fragment so our line starts cleanly.
+                os.ftruncate(fd, self._offset)
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._offset += len(line)
+        self._journal_size = self._offset
+        self.journal_lines += 1
+        self._apply(entry)
+        if self.journal_lines >= max(COMPACT_MIN_LINES, self.snapshot_count):
+            try:
+                self.compact()
+            except OSError as exc:
+                # The entry is committed; compaction only saves reading time later and
+                # is retried on the next append. Do not turn a success into a failure.
+                warn(f"could not compact the message index ({exc}); will retry", self.index_path)
+
+    def compact(self) -> None:
+        """Fold the journal into a new snapshot, then start an empty journal."""
+        ordered = sorted(self.entries.values(), key=lambda entry: entry.seq)
+        self._write_snapshot(ordered)
+
+    def rebuild(self, reason: str, path: Path) -> None:
+        """Recreate the snapshot from the message files, warning about what was lost.
+
+        Message files that cannot be read are skipped, each with a StoreWarning. Messages
+        are numbered by creation time, then id.
+        """
+        messages_dir = self.ctx_dir / MESSAGES_DIR
+        messages_dir.mkdir(exist_ok=True)
+        found = []
+        skipped: list[tuple[str, Path]] = []
+        for name in sorted(os.listdir(messages_dir)):
+            file = messages_dir / name
+            if is_temp_name(name):
+                # Left by a writer that was killed before its rename: never committed.
+                file.unlink(missing_ok=True)
+                continue
+            if not name.endswith(".json"):
+                continue  # not ours (e.g. .DS_Store)
+            try:
+                message_id = validate_message_id(name[: -len(".json")])
+                found.append(read_message_file(file, message_id))
+            except (CorruptDataError, ValueError) as exc:
+                skipped.append((str(exc), file))
+        found.sort(key=lambda message: (message.created_at, message.id))
+        entries = [IndexEntry.of(message, seq) for seq, message in enumerate(found)]
+        self._write_snapshot(entries)
+        self.entries = {}
+        self.children = {}
+        self.next_seq = 0
+        for entry in entries:
+            self._apply(entry)
+        warn(
+            f"the message index of context {self.ctx_dir.name!r} was rebuilt from "
+            f"{len(entries)} message files because {reason}",
+            path,
+        )
+        for problem, file in skipped:
+            warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
+
+    def _write_snapshot(self, ordered: list[IndexEntry]) -> None:
+        atomic_write(self.index_path, _snapshot_bytes(ordered))
+        # Only now start a new journal: until this replace, the old journal's lines are
+        # in both files, which is harmless because replay is idempotent.
+        atomic_write(self.journal_path, b"")
+        self._close_files()
+        index_fd = os.open(self.index_path, _READ_FLAGS)
+        journal_fd = os.open(self.journal_path, _READ_FLAGS)
+        self._index_id = _identity(os.fstat(index_fd))
+        st_journal = os.fstat(journal_fd)
+        self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
+        self._index_fd, self._journal_fd = index_fd, journal_fd
+        if not _KEEP_OPEN:  # pragma: no cover - Windows
+            self._close_files()
+        self.snapshot_count = len(ordered)
+        self.journal_lines = 0
+        self._offset = 0
+        self._journal_size = 0
+        self.loaded = True
+
+    def _close_files(self) -> None:
+        for fd in (self._index_fd, self._journal_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._index_fd = self._journal_fd = -1
+
+    def close(self) -> None:
+        """Close the files held open and forget everything (the next refresh reloads)."""
+        self._close_files()
+        self.loaded = False
+        self._index_id = None
+        self._journal_inode = None
+
+
+# A fast, batch pre-check of ids read from disk (one regex over all of them). It
+# mirrors cm_notebook.ids; anything it flags is re-checked by the authoritative
+# validate_message_id, so it can only ever be a shortcut, never a second rule book.
+_PLAUSIBLE_IDS = re.compile(rf"(?:[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}\n)*")
+_RESERVED_IDS = re.compile(r"(?im)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])$")
+
+
+def _check_ids(entries: list[IndexEntry]) -> None:
+    # Ids from disk become file names, so they are held to the same rules as ids from
+    # callers: a hand-edited index must not be able to steer reads outside the folder.
+    ids = [entry.id for entry in entries]
+    ids += [entry.parent_id for entry in entries if entry.parent_id is not None]
+    joined = "".join(f"{value}\n" for value in ids)
+    if (
+        joined.count("\n") == len(ids)  # no id smuggles in a separator
+        and _PLAUSIBLE_IDS.fullmatch(joined)
+        and ".." not in joined
+        and not _RESERVED_IDS.search(joined)
+    ):
+        return
+    for value in ids:
+        validate_message_id(value)
+
+
+def _sniff_version(data: bytes) -> object:
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return raw.get("schema_version") if isinstance(raw, dict) else None

@@ -1,0 +1,278 @@
+"""The store's operations on one context, as plain synchronous functions.
+
+:class:`~cm_notebook.store.filestore.FileStore` validates arguments, picks the
+:class:`~cm_notebook.store.context.ContextState` and runs these in a worker thread.
+Functions named ``do_*`` run inside ``state.locked()`` (all write locks held, state
+fresh); the others run inside ``state.view()`` (state lock held) and never write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import (
+    BranchExistsError,
+    BranchNotFoundError,
+    CorruptDataError,
+    InvalidInputError,
+    MessageNotFoundError,
+    StateError,
+)
+from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, utcnow
+from .atomic import atomic_write
+from .base import IndexEntry
+from .codec import read_message_file
+from .context import ContextState
+from .diagnostics import warn
+from .paths import message_path
+
+__all__ = [
+    "do_append",
+    "do_create_branch",
+    "do_delete_branch",
+    "do_set_active_branch",
+    "do_set_branch_head",
+    "do_update_message",
+    "do_update_metadata",
+    "find_branch",
+    "read_messages",
+    "require_message",
+    "select_page",
+    "walk",
+]
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def find_branch(metadata: ContextMetadata, name: str | None) -> Branch:
+    """The branch called ``name`` (None: the active one), or BranchNotFoundError."""
+    name = metadata.active_branch if name is None else name
+    branch = metadata.branches.get(name)
+    if branch is None:
+        raise BranchNotFoundError(
+            f"context {metadata.id!r} has no branch {name!r}; it has {sorted(metadata.branches)}."
+        )
+    return branch
+
+
+def require_message(state: ContextState, message_id: str | None) -> None:
+    """Raise MessageNotFoundError unless ``message_id`` is None or in the index."""
+    if message_id is not None and message_id not in state.index.entries:
+        raise MessageNotFoundError(f"context {state.context_id!r} has no message {message_id!r}.")
+
+
+def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
+    """Ids from ``head`` up to the root, head first. Reads no message files."""
+    entries = state.index.entries
+    ids: list[str] = []
+    current = head
+    while current is not None:
+        entry = entries.get(current)
+        if entry is None:
+            path = message_path(state.dir, current)
+            raise CorruptDataError(
+                f"branch {branch!r} of context {state.context_id!r} leads to message "
+                f"{current!r}, which is missing from the index (its file {path} is missing "
+                "or unreadable). Restore the file, or point the branch at another message "
+                "with set_branch_head().",
+                path,
+            )
+        ids.append(current)
+        if len(ids) > len(entries):
+            raise CorruptDataError(
+                f"the parent links of context {state.context_id!r} form a loop, so the index "
+                "is damaged. Delete message_index.json to have it rebuilt from the messages.",
+                state.index.index_path,
+            )
+        current = entry.parent_id
+    return ids
+
+
+def select_page(
+    state: ContextState,
+    metadata: ContextMetadata,
+    branch: str | None,
+    limit: int,
+    before: str | None,
+) -> list[str]:
+    """Ids of the page :meth:`FileStore.page` returns, oldest first.
+
+    Walks only as far up the branch as needed: from the head (or from ``before``) for
+    ``limit`` steps, so its cost does not depend on the length of the conversation.
+    """
+    target = find_branch(metadata, branch)
+    entries = state.index.entries
+    current = target.head
+    if before is not None:
+        require_message(state, before)
+        while current is not None and current != before:
+            entry = entries.get(current)
+            if entry is None:
+                walk(state, current, target.name)  # raises the precise error
+            current = entry.parent_id if entry is not None else None
+        if current is None:
+            raise InvalidInputError(
+                f"message {before!r} is not on branch {target.name!r} of context "
+                f"{state.context_id!r}; page(before=...) takes an id from that branch."
+            )
+        current = entries[before].parent_id
+    chosen: list[str] = []
+    while current is not None and len(chosen) < limit:
+        entry = entries.get(current)
+        if entry is None:
+            walk(state, current, target.name)  # raises the precise error
+            break  # pragma: no cover - walk always raises here
+        chosen.append(current)
+        current = entry.parent_id
+    return chosen[::-1]
+
+
+def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
+    """Read message files in order, skipping unreadable ones with a StoreWarning."""
+    messages = []
+    for message_id in ids:
+        path = message_path(state.dir, message_id)
+        try:
+            messages.append(read_message_file(path, message_id))
+        except CorruptDataError as exc:
+            warn(f"skipped an unreadable message: {exc}", path)
+    return messages
+
+
+# -- writing (inside state.locked()) ---------------------------------------------------
+
+
+def _save(state: ContextState, metadata: ContextMetadata, **changes: Any) -> ContextMetadata:
+    updated = metadata.model_copy(update={**changes, "updated_at": utcnow()})
+    state.write_metadata(updated)
+    return updated
+
+
+def do_append(
+    state: ContextState,
+    metadata: ContextMetadata,
+    message: Message,
+    data: bytes,
+    branch: str | None,
+) -> None:
+    """Message file, then journal line (the commit), then metadata (head, updated_at)."""
+    if message.id in state.index.entries:
+        raise InvalidInputError(
+            f"context {state.context_id!r} already has a message {message.id!r}; a new message "
+            "needs a new id (update_message changes an existing one)."
+        )
+    require_message(state, message.parent_id)
+    target = find_branch(metadata, branch) if branch is not None else None
+    streaming = message.status is MessageStatus.STREAMING
+    if streaming:
+        state.take_streaming_lock(message.id)
+    try:
+        atomic_write(message_path(state.dir, message.id), data)
+        state.index.append(IndexEntry.of(message, state.index.next_seq))
+    except BaseException:
+        if streaming:
+            state.drop_streaming_lock(message.id, remove_file=True)
+        raise
+    branches = dict(metadata.branches)
+    if target is not None:
+        branches[target.name] = target.model_copy(update={"head": message.id})
+    _save(state, metadata, branches=branches)
+
+
+def do_update_message(
+    state: ContextState, metadata: ContextMetadata, message: Message, data: bytes
+) -> None:
+    """Rewrite the message file; a changed index entry (status) adds a journal line."""
+    require_message(state, message.id)
+    old = state.index.entries[message.id]
+    if old.parent_id != message.parent_id or old.role != message.role:
+        raise InvalidInputError(
+            f"message {message.id!r} has parent {old.parent_id!r} and role {old.role!r}; "
+            "update_message cannot change them (append a new message instead)."
+        )
+    streaming = message.status is MessageStatus.STREAMING
+    if streaming or old.status is MessageStatus.STREAMING:
+        # Refuses (StoreError) if a live writer elsewhere is still streaming it.
+        state.take_streaming_lock(message.id)
+    atomic_write(message_path(state.dir, message.id), data)
+    entry = IndexEntry.of(message, old.seq)
+    if entry != old:
+        state.index.append(entry)
+    if not streaming:
+        # Only after the final state is durable: until then a crash must still read as
+        # "writer died while streaming".
+        state.drop_streaming_lock(message.id, remove_file=True)
+    if entry.status != old.status:
+        _save(state, metadata)
+
+
+def do_update_metadata(
+    state: ContextState,
+    metadata: ContextMetadata,
+    changes: dict[str, Any],
+    provider_spec: str | None,
+    provider_params: dict[str, object] | None,
+) -> ContextMetadata:
+    """Apply caller-supplied field changes, validated like any other metadata."""
+    raw = metadata.model_dump()
+    raw.update(changes)
+    if provider_spec is not None:
+        raw["provider"]["spec"] = provider_spec
+    if provider_params is not None:
+        raw["provider"]["params"] = provider_params
+    raw["updated_at"] = utcnow()
+    try:
+        ProviderSettings.model_validate(raw["provider"])
+        updated = ContextMetadata.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInputError(f"cannot update context {state.context_id!r}: {exc}") from exc
+    state.write_metadata(updated)
+    return updated
+
+
+def do_create_branch(state: ContextState, metadata: ContextMetadata, branch: Branch) -> None:
+    """Add a new branch pointer."""
+    if branch.name in metadata.branches:
+        raise BranchExistsError(
+            f"context {state.context_id!r} already has a branch {branch.name!r}; pick another "
+            "name or move it with set_branch_head()."
+        )
+    require_message(state, branch.head)
+    require_message(state, branch.forked_from)
+    _save(state, metadata, branches={**metadata.branches, branch.name: branch})
+
+
+def do_set_branch_head(
+    state: ContextState, metadata: ContextMetadata, name: str, head: str | None
+) -> Branch:
+    """Move an existing branch's head."""
+    branch = find_branch(metadata, name).model_copy(update={"head": head})
+    require_message(state, head)
+    _save(state, metadata, branches={**metadata.branches, name: branch})
+    return branch
+
+
+def do_set_active_branch(
+    state: ContextState, metadata: ContextMetadata, name: str
+) -> ContextMetadata:
+    """Switch the active branch."""
+    find_branch(metadata, name)
+    return _save(state, metadata, active_branch=name)
+
+
+def do_delete_branch(state: ContextState, metadata: ContextMetadata, name: str) -> None:
+    """Remove a branch pointer; its messages stay."""
+    find_branch(metadata, name)
+    if name == metadata.active_branch:
+        raise StateError(
+            f"branch {name!r} is the active branch of context {state.context_id!r}; switch to "
+            "another branch (set_active_branch) before deleting it."
+        )
+    _save(
+        state,
+        metadata,
+        branches={key: value for key, value in metadata.branches.items() if key != name},
+    )

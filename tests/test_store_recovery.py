@@ -1,0 +1,430 @@
+"""Damaged, old, newer and concurrently changed data: the store repairs, warns or refuses.
+
+Every corrupt file here is written by the test onto real disk; nothing is patched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import filelock
+import pytest
+
+from cm_notebook.errors import (
+    CorruptDataError,
+    SchemaVersionError,
+    StoreError,
+    StoreLockTimeoutError,
+)
+from cm_notebook.model import SCHEMA_VERSION, ContextMetadata, Message, MessageStatus
+from cm_notebook.store import FileStore, StoreWarning
+from cm_notebook.store.index import COMPACT_MIN_LINES
+from cm_notebook.store.schema import UPGRADES, Upgrade, upgrade
+
+pytestmark = pytest.mark.anyio
+
+
+def msg(role: str = "user", parent: str | None = None, content: str = "", **kw: object) -> Message:
+    return Message.model_validate({"role": role, "parent_id": parent, "content": content, **kw})
+
+
+async def chain(store: FileStore, cid: str, n: int, branch: str = "main") -> list[str]:
+    head = (await store.get_metadata(cid)).branches[branch].head
+    ids = []
+    for i in range(n):
+        message = msg("user" if i % 2 == 0 else "assistant", head, f"{branch} {i}")
+        await store.append_message(cid, message, branch=branch)
+        head = message.id
+        ids.append(message.id)
+    return ids
+
+
+@pytest.fixture
+async def store(data_dir: Path) -> AsyncIterator[FileStore]:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1", title="first"))
+        yield store
+
+
+def folder(data_dir: Path, cid: str = "c1") -> Path:
+    return data_dir / "contexts" / cid
+
+
+async def fresh_view(data_dir: Path) -> tuple[list[str], dict[str | None, list[str]]]:
+    """Path and children as seen by a brand-new FileStore."""
+    async with FileStore(data_dir) as other:
+        path = await other.path("c1")
+        index = await other.index("c1")
+        children = {key: await other.children("c1", key) for key in [None, *index]}
+    return path, children
+
+
+# -- metadata.json ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'{"title": 5}', "does not match the expected format"),
+        (b'{"active_branch": "ghost"}', "does not match the expected format"),
+        (b'{"schema_version": "one"}', "not a version number"),
+    ],
+)
+async def test_corrupt_metadata_is_reported_with_advice(
+    store: FileStore, data_dir: Path, content: bytes, detail: str
+) -> None:
+    path = folder(data_dir) / "metadata.json"
+    path.write_bytes(content)
+    async with FileStore(data_dir) as other:
+        with pytest.raises(CorruptDataError, match=detail) as info:
+            await other.get_metadata("c1")
+        assert info.value.path == path
+        assert str(path) in str(info.value)
+        assert "backup" in str(info.value)  # says what to do
+        with pytest.raises(CorruptDataError):
+            await other.append_message("c1", msg(), branch="main")
+    # The store that had good metadata cached notices the change too.
+    with pytest.raises(CorruptDataError):
+        await store.path("c1")
+    with pytest.warns(StoreWarning, match=detail):
+        assert await store.list_contexts() == []
+
+
+async def test_newer_schema_is_refused(store: FileStore, data_dir: Path) -> None:
+    path = folder(data_dir) / "metadata.json"
+    raw = json.loads(path.read_text())
+    raw["schema_version"] = SCHEMA_VERSION + 1
+    path.write_text(json.dumps(raw))
+    async with FileStore(data_dir) as other:
+        with pytest.raises(SchemaVersionError) as info:
+            await other.get_metadata("c1")
+    text = str(info.value)
+    assert f"written by a newer cm_notebook (schema {SCHEMA_VERSION + 1})" in text
+    assert "Upgrade cm_notebook to open it" in text
+    with pytest.warns(StoreWarning, match="newer cm_notebook"):
+        assert await store.list_contexts() == []
+
+
+async def test_newer_message_file_is_refused(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 1)
+    path = folder(data_dir) / "messages" / f"{ids[0]}.json"
+    raw = json.loads(path.read_text())
+    raw["schema_version"] = 99
+    path.write_text(json.dumps(raw))
+    with pytest.raises(SchemaVersionError, match="schema 99"):
+        await store.get_message("c1", ids[0])
+
+
+async def test_copied_context_folder_takes_the_folder_name(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 2)
+    import shutil
+
+    shutil.copytree(folder(data_dir), folder(data_dir, "c1-copy"))
+    meta = await store.get_metadata("c1-copy")
+    assert meta.id == "c1-copy"
+    assert await store.path("c1-copy") == ids
+    await chain(store, "c1-copy", 1)
+    assert await store.path("c1") == ids  # the original is independent
+    assert sorted(m.id for m in await store.list_contexts()) == ["c1", "c1-copy"]
+
+
+# -- the index and its journal ------------------------------------------------------------
+
+
+async def test_corrupt_index_is_rebuilt_with_a_warning(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 5)
+    await store.create_branch("c1", "alt", head=ids[1])
+    alt = msg("user", ids[1], "alt")
+    await store.append_message("c1", alt, branch="alt")
+    expected = await fresh_view(data_dir)
+    index_path = folder(data_dir) / "message_index.json"
+    index_path.write_text("{garbage")
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning, match="rebuilt") as record:
+            assert await other.path("c1") == ids
+        assert await other.path("c1", "alt") == [*ids[:2], alt.id]
+    assert any(str(index_path) in str(w.message) for w in record)
+    assert await fresh_view(data_dir) == expected
+    # The store that had the old index open also follows the rebuilt one.
+    assert await store.path("c1") == ids
+    assert json.loads(index_path.read_text())["schema_version"] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("name", ["message_index.json", "message_index.journal"])
+async def test_missing_index_files_are_rebuilt(store: FileStore, data_dir: Path, name: str) -> None:
+    ids = await chain(store, "c1", 3)
+    (folder(data_dir) / name).unlink()
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning, match=f"{name} is missing"):
+            assert await other.path("c1") == ids
+        await chain(other, "c1", 1)
+    assert len(await store.path("c1")) == 4
+
+
+async def test_damaged_journal_line_triggers_a_rebuild(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 3)
+    journal = folder(data_dir) / "message_index.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b'{"id": "half\n' + b"".join(lines[1:]))
+    with pytest.warns(StoreWarning, match="damaged line"):
+        async with FileStore(data_dir) as other:
+            assert await other.path("c1") == ids
+
+
+async def test_hostile_id_in_index_is_not_followed(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 1)
+    journal = folder(data_dir) / "message_index.journal"
+    line = json.loads(journal.read_text().splitlines()[0])
+    line["id"] = "../../../etc/passwd"
+    with journal.open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    with pytest.warns(StoreWarning, match="damaged line"):
+        async with FileStore(data_dir) as other:
+            assert list(await other.index("c1")) == ids
+
+
+async def test_torn_last_journal_line_is_ignored_then_truncated(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 2)
+    journal = folder(data_dir) / "message_index.journal"
+    with journal.open("ab") as handle:
+        handle.write(b'{"id": "m-torn", "parent_id": null, "ro')  # a writer died here
+    # No warning: a torn last line is the normal trace of a crash mid-append.
+    async with FileStore(data_dir) as other:
+        assert await other.path("c1") == ids
+        more = await chain(other, "c1", 1)
+    lines = journal.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # ends with a newline: the fragment was cut
+    assert all(json.loads(line) for line in lines[:-1])
+    assert await store.path("c1") == [*ids, *more]
+
+
+async def test_old_index_version_is_rebuilt(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 2)
+    index_path = folder(data_dir) / "message_index.json"
+    raw = json.loads(index_path.read_text())
+    raw["schema_version"] = 0
+    index_path.write_text(json.dumps(raw))
+    with pytest.warns(StoreWarning, match="older version"):
+        async with FileStore(data_dir) as other:
+            assert await other.path("c1") == ids
+
+
+async def test_newer_index_version_is_refused(store: FileStore, data_dir: Path) -> None:
+    await chain(store, "c1", 1)
+    index_path = folder(data_dir) / "message_index.json"
+    index_path.write_text(json.dumps({"schema_version": 7, "entries": "new shape"}))
+    async with FileStore(data_dir) as other:
+        with pytest.raises(SchemaVersionError, match="schema 7"):
+            await other.path("c1")
+
+
+async def test_rebuild_orders_by_creation_time_and_sweeps_temp_files(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 4)
+    messages = folder(data_dir) / "messages"
+    stray = messages / f".{ids[0]}.json.abc123.tmp"
+    stray.write_text("half a file")
+    (folder(data_dir) / "message_index.json").unlink()
+    with pytest.warns(StoreWarning, match="rebuilt from 4 message files"):
+        index = await FileStore(data_dir).index("c1")
+    assert sorted(index, key=lambda i: index[i].seq) == ids
+    assert not stray.exists()
+
+
+# -- message files ------------------------------------------------------------------------
+
+
+async def test_corrupt_message_file(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 3)
+    bad = folder(data_dir) / "messages" / f"{ids[1]}.json"
+    bad.write_text('{"role": "user", "content": ')
+    with pytest.raises(CorruptDataError) as info:
+        await store.get_message("c1", ids[1])
+    assert info.value.path == bad
+    with pytest.warns(StoreWarning, match=str(bad)):
+        page = await store.page("c1")
+    assert [m.id for m in page] == [ids[0], ids[2]]
+    with pytest.warns(StoreWarning, match=str(bad)):
+        got = await store.get_messages("c1", ids)
+    assert [m.id for m in got] == [ids[0], ids[2]]
+    assert await store.path("c1") == ids  # path reads no message files
+
+
+async def test_message_file_with_the_wrong_id_or_missing(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 2)
+    messages = folder(data_dir) / "messages"
+    (messages / f"{ids[0]}.json").write_bytes((messages / f"{ids[1]}.json").read_bytes())
+    with pytest.raises(CorruptDataError, match="holds message"):
+        await store.get_message("c1", ids[0])
+    (messages / f"{ids[1]}.json").unlink()
+    with pytest.raises(CorruptDataError, match="missing") as info:
+        await store.get_message("c1", ids[1])
+    assert info.value.path == messages / f"{ids[1]}.json"
+
+
+async def test_rebuild_reports_unreadable_message_files(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 3)
+    messages = folder(data_dir) / "messages"
+    (messages / f"{ids[2]}.json").write_text("nonsense")
+    (messages / "not-an-id!.json").write_text("{}")
+    (folder(data_dir) / "message_index.json").unlink()
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning) as record:
+            index = await other.index("c1")
+        assert list(index) == ids[:2]
+        # The branch head's file was lost: path says so precisely.
+        with pytest.raises(CorruptDataError, match="set_branch_head") as info:
+            await other.path("c1")
+        assert info.value.path == messages / f"{ids[2]}.json"
+        await other.set_branch_head("c1", "main", ids[1])
+        assert await other.path("c1") == ids[:2]
+    texts = [str(w.message) for w in record]
+    assert any("rebuilt" in t for t in texts)
+    assert any(f"{ids[2]}.json" in t for t in texts)
+    assert any("not-an-id!.json" in t for t in texts)
+
+
+# -- schema upgrade mechanism ---------------------------------------------------------------
+
+
+def test_upgrade_steps_are_numbered_and_unique() -> None:
+    versions = [step.from_version for step in UPGRADES]
+    assert versions == sorted(set(versions))
+    assert all(v < SCHEMA_VERSION for v in versions)
+
+
+def test_upgrade_applies_steps_in_order(tmp_path: Path) -> None:
+    # The real list is empty (version 1 is the first format); exercise the mechanism with
+    # steps made up for this test, towards a made-up target version.
+    steps = [
+        Upgrade(1, metadata=lambda raw: {**raw, "log": [*raw.get("log", []), "1->2"]}),
+        Upgrade(2, metadata=lambda raw: {**raw, "log": [*raw["log"], "2->3"]}),
+    ]
+    path = tmp_path / "metadata.json"
+    raw = {"schema_version": 1, "title": "x"}
+    out = upgrade(raw, "metadata", path, steps=steps, target=3)
+    assert out == {"schema_version": 3, "title": "x", "log": ["1->2", "2->3"]}
+    assert raw == {"schema_version": 1, "title": "x"}  # input untouched
+    assert upgrade({"schema_version": 2, "log": []}, "metadata", path, steps=steps, target=3)[
+        "log"
+    ] == ["2->3"]
+    # message steps default to "unchanged"
+    assert upgrade({"content": "c"}, "message", path, steps=steps, target=3) == {
+        "content": "c",
+        "schema_version": 3,
+    }
+    with pytest.raises(CorruptDataError, match="no upgrade from it"):
+        upgrade({"schema_version": 0}, "metadata", path, steps=steps, target=3)
+    with pytest.raises(SchemaVersionError, match="schema 4"):
+        upgrade({"schema_version": 4}, "metadata", path, steps=steps, target=3)
+    # With the real steps, the current version passes through unchanged.
+    assert upgrade({"schema_version": SCHEMA_VERSION}, "message", path) == {
+        "schema_version": SCHEMA_VERSION
+    }
+
+
+# -- locks, streaming and other writers -----------------------------------------------------
+
+
+async def test_lock_timeout_names_the_folder(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 1)
+    holder = filelock.FileLock(folder(data_dir) / ".lock")
+    async with FileStore(data_dir, lock_timeout=0.2) as other:
+        with holder, pytest.raises(StoreLockTimeoutError) as info:
+            await other.append_message("c1", msg(parent=ids[0]), branch="main")
+        assert str(folder(data_dir)) in str(info.value)
+        with holder:
+            # Readers never wait for the write lock.
+            assert await other.path("c1") == ids
+        await chain(other, "c1", 1)  # free again
+
+
+async def test_streaming_message_of_a_live_writer_is_left_alone(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 1)
+    reply = msg("assistant", ids[0], "Once upon", status=MessageStatus.STREAMING)
+    await store.append_message("c1", reply, branch="main")
+    lock_file = folder(data_dir) / f".streaming-{reply.id}.lock"
+    assert lock_file.exists()
+    async with FileStore(data_dir) as reader:  # same process, another FileStore
+        got = await reader.get_message("c1", reply.id)
+        assert got.status is MessageStatus.STREAMING
+        await chain(reader, "c1", 0)
+        # Only the live writer may update it.
+        with pytest.raises(StoreError, match="being streamed"):
+            await reader.update_message("c1", got.model_copy(update={"content": "x"}))
+    reply.content = "Once upon a time"
+    await store.update_message("c1", reply)
+    reply.status = MessageStatus.COMPLETE
+    await store.update_message("c1", reply)
+    assert not lock_file.exists()
+    async with FileStore(data_dir) as reader:
+        got = await reader.get_message("c1", reply.id)
+        assert (got.status, got.content) == (MessageStatus.COMPLETE, "Once upon a time")
+
+
+async def test_stream_left_by_a_closed_writer_becomes_interrupted(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 1)
+    reply = msg("assistant", ids[0], "partial", status=MessageStatus.STREAMING)
+    await store.append_message("c1", reply, branch="main")
+    await store.close()  # the writer goes away without finishing
+    async with FileStore(data_dir) as reader:
+        index = await reader.index("c1")
+        assert index[reply.id].status is MessageStatus.INTERRUPTED
+        got = await reader.get_message("c1", reply.id)
+        assert (got.status, got.content) == (MessageStatus.INTERRUPTED, "partial")
+    assert not (folder(data_dir) / f".streaming-{reply.id}.lock").exists()
+
+
+async def test_another_filestore_notices_changes_on_its_next_read(
+    store: FileStore, data_dir: Path
+) -> None:
+    async with FileStore(data_dir) as reader:
+        assert await reader.path("c1") == []
+        ids = await chain(store, "c1", 3)
+        assert await reader.path("c1") == ids  # journal tail read
+        await store.update_metadata("c1", title="changed")
+        assert (await reader.get_metadata("c1")).title == "changed"
+        # Enough appends to force compactions (new snapshot and journal files).
+        more = await chain(store, "c1", COMPACT_MIN_LINES + 10)
+        assert await reader.path("c1") == [*ids, *more]
+        journal = folder(data_dir) / "message_index.journal"
+        assert len(journal.read_bytes().splitlines()) < COMPACT_MIN_LINES
+        # and the other direction
+        back = await chain(reader, "c1", 2)
+        assert (await store.path("c1"))[-2:] == back
+        assert await store.children("c1", back[0]) == [back[1]]
+
+
+async def test_crash_between_snapshot_and_new_journal_is_harmless(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", COMPACT_MIN_LINES - 1)
+    journal = folder(data_dir) / "message_index.journal"
+    old_lines = journal.read_bytes()
+    last = await chain(store, "c1", 1)  # this append triggers a compaction
+    assert journal.read_bytes() == b""
+    # Recreate the moment between the two replaces: the new snapshot already holds
+    # every entry, and the old journal (with the last line) is still in place.
+    entry = (await store.index("c1"))[last[0]]
+    journal.write_bytes(old_lines + entry.model_dump_json().encode() + b"\n")
+    async with FileStore(data_dir) as other:  # and no warning: nothing is damaged
+        assert await other.path("c1") == [*ids, *last]
+        index = await other.index("c1")
+        assert sorted(e.seq for e in index.values()) == list(range(COMPACT_MIN_LINES))
+        more = await chain(other, "c1", 1)
+        assert (await other.index("c1"))[more[0]].seq == COMPACT_MIN_LINES
+    assert await store.path("c1") == [*ids, *last, *more]
