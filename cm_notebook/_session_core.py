@@ -56,10 +56,24 @@ class SessionCore:
         self.id = metadata.id
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         self.tool_policy = ToolPolicy.coerce(approval)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInputError(
+                f"retry must be a RetryPolicy, e.g. RetryPolicy(max_attempts=5); got {retry!r}"
+            )
         self.retry_policy = retry or DEFAULT_POLICY
+        if isinstance(max_tool_rounds, bool) or not isinstance(max_tool_rounds, int):
+            raise InvalidInputError(f"max_tool_rounds must be an integer, got {max_tool_rounds!r}")
         if max_tool_rounds < 0:
             raise InvalidInputError(f"max_tool_rounds must be >= 0, got {max_tool_rounds}")
         self.max_tool_rounds = max_tool_rounds
+        if tool_timeout is not None and (
+            isinstance(tool_timeout, bool)
+            or not isinstance(tool_timeout, (int, float))
+            or not tool_timeout > 0
+        ):
+            raise InvalidInputError(
+                f"tool_timeout must be a number of seconds > 0 (or None), got {tool_timeout!r}"
+            )
         self.tool_timeout = tool_timeout
         # The loop that runs this session's turns and owns its event bus: the running
         # loop (a notebook's kernel) if there is one, else the private background loop.

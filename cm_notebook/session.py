@@ -97,10 +97,10 @@ class ContextSession(SessionCore):
         )
         owned = store is None
         store = store if store is not None else FileStore(data_dir)
-        created = StoreAccess(store).call(store.create_context(metadata))
+        # Build (and so validate) the session before anything is written.
         session = cls(
             store,
-            created,
+            metadata,
             provider=provider,
             tools=tools,
             approval=approval,
@@ -108,6 +108,7 @@ class ContextSession(SessionCore):
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
         )
+        session._metadata = session._io.call(store.create_context(metadata))
         session._owns_store = owned
         return session
 
