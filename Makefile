@@ -26,7 +26,7 @@ lab: setup
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/01-quickstart.ipynb
 
 demo: setup
-	$(PY) -m cm_notebook.demo
+	$(BIN)/cm-notebook demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -330,6 +330,22 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+# -- demo -----------------------------------------------------------------------------
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--provider", default="local", help="provider spec (default: local)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="reply length limit")
+
+
+@command("demo", "Run the quick-start conversation on the offline model.", _configure_demo)
+async def _demo(args: argparse.Namespace, store: Store) -> int:
+    from .demo import run_demo  # loads the session machinery only for this command
+
+    await run_demo(provider=args.provider, store=store, max_tokens=args.max_tokens)
+    return 0
+
+
 # -- main -----------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import CMError
 from .session import ContextSession
+from .store import Store
 
 __all__ = ["main", "run_demo"]
 
@@ -26,13 +27,18 @@ FORK_QUESTION = "What is the capital of Italy? Answer in one sentence."
 
 
 async def run_demo(
-    *, provider: str = "local", data_dir: Path | None = None, max_tokens: int = 64
+    *,
+    provider: str = "local",
+    data_dir: Path | None = None,
+    store: Store | None = None,
+    max_tokens: int = 64,
 ) -> ContextSession:
     """Run the demo conversation, printing as it streams; returns the session."""
     session = ContextSession.create(
         "Quick start demo",
         provider=provider,
         data_dir=data_dir,
+        store=store,
         system="You are a concise, helpful assistant.",
     )
     out = sys.stdout
@@ -51,6 +57,8 @@ async def run_demo(
     out.write("-- comparison of the two branches\n")
     out.write(str(session.compare("main", "italy")) + "\n")
     out.write(f"\nbranches: {', '.join(session.branches)}; active: {session.active_branch}\n")
+    out.write(f"stored as {session.id}: see `cm-notebook show {session.id}`\n")
+    await session.aclose()
     return session
 
 
