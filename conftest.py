@@ -9,6 +9,4 @@ import tempfile
 def pytest_configure() -> None:
     # Never let a test run (or a notebook's kernel, which inherits the environment)
     # write into the user's real data directory.
-    os.environ.setdefault(
-        "CM_NOTEBOOK_DATA_DIR", tempfile.mkdtemp(prefix="cm-notebook-test-data-")
-    )
+    os.environ.setdefault("CM_NOTEBOOK_DATA_DIR", tempfile.mkdtemp(prefix="cm-notebook-test-data-"))
