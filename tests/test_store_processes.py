@@ -111,17 +111,17 @@ def test_sigkill_during_streaming_checkpoints_keeps_partial_text(data_dir: Path)
         assert first.startswith("stream ")
         reply_id = first.split()[1]
         seen = read_lines(proc, rng.randint(1, 30))
+        reader = FileStore(data_dir)  # open before the kill, read again after it
         if trial == 0:
             # While the writer lives, another process's FileStore leaves the stream be.
-            async def live(reply_id: str = reply_id) -> None:
-                async with FileStore(data_dir) as store:
-                    reply = await store.get_message(CID, reply_id)
-                    assert reply.status is MessageStatus.STREAMING
-
-            anyio.run(live)
+            reply = anyio.run(reader.get_message, CID, reply_id)
+            assert reply.status is MessageStatus.STREAMING
             seen += read_lines(proc, 2)  # and the writer carries on checkpointing
         time.sleep(rng.uniform(0, 0.003))
         lines = kill_and_collect(proc, [first, *seen])
+        reply = anyio.run(reader.get_message, CID, reply_id)
+        assert reply.status is MessageStatus.INTERRUPTED
+        anyio.run(reader.close)
         tokens = max(int(line.split()[1]) for line in lines if line.startswith("ckpt "))
 
         async def check(reply_id: str = reply_id, tokens: int = tokens) -> None:

@@ -380,7 +380,11 @@ async def test_stream_left_by_a_closed_writer_becomes_interrupted(
     ids = await chain(store, "c1", 1)
     reply = msg("assistant", ids[0], "partial", status=MessageStatus.STREAMING)
     await store.append_message("c1", reply, branch="main")
-    await store.close()  # the writer goes away without finishing
+    async with FileStore(data_dir) as long_lived:
+        assert (await long_lived.index("c1"))[reply.id].status is MessageStatus.STREAMING
+        await store.close()  # the writer goes away without finishing
+        # A reader that was already open notices on its next read, not just new ones.
+        assert (await long_lived.index("c1"))[reply.id].status is MessageStatus.INTERRUPTED
     async with FileStore(data_dir) as reader:
         index = await reader.index("c1")
         assert index[reply.id].status is MessageStatus.INTERRUPTED

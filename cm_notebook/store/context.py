@@ -12,8 +12,10 @@ in step with the disk, and owns the context's locks:
   open file, and ``flock`` locks are per open file).
 * one ``filelock.FileLock`` per message this FileStore is streaming, on
   ``.streaming-<message id>.lock``. The OS drops it when the process dies, which is how
-  a later reader tells a crashed stream (lock free: mark it ``interrupted``) from a live
-  one (lock held: leave it alone).
+  a reader tells a crashed stream (lock free: mark it ``interrupted``, keeping its
+  partial text) from a live one (lock held: leave it alone). Readers check whenever
+  the index lists a stream they are not writing themselves, so a long-lived reader
+  notices a writer's death too, not only a newly opened one.
 
 Lock order is always write_lock -> file_lock -> state_lock; readers take only
 state_lock, so they never wait for another process.
@@ -69,7 +71,6 @@ class ContextState:
         self.index = MessageIndex(ctx_dir)
         self.metadata: ContextMetadata | None = None
         self.streaming: dict[str, filelock.FileLock] = {}
-        self.checked_streaming = False
         self._meta_fd = -1
         self._meta_id: tuple[int, int, int, int] | None = None
 
@@ -126,7 +127,7 @@ class ContextState:
         """Run ``func`` on fresh state with the state lock held; repair damage first.
 
         The common case costs three ``stat`` calls. Rebuilding a damaged index and
-        interrupting crashed streams need the write locks, so they happen in
+        interrupting streams whose writer died need the write locks, so they happen in
         :meth:`locked`, and the view is then retried.
         """
         for _ in range(3):
@@ -136,8 +137,7 @@ class ContextState:
                 except RebuildNeeded:
                     pass
                 else:
-                    if self.checked_streaming or not self.foreign_streaming():
-                        self.checked_streaming = True
+                    if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
                         return func(self, metadata)
             with self.locked():
                 pass
@@ -146,12 +146,27 @@ class ContextState:
             "being repaired; is another program writing to its folder?"
         )
 
-    def foreign_streaming(self) -> bool:
-        """Whether the index lists a streaming message that this FileStore is not writing."""
-        return any(
-            entry.status is MessageStatus.STREAMING and entry.id not in self.streaming
-            for entry in self.index.entries.values()
-        )
+    def foreign_streams(self) -> list[str]:
+        """Streaming messages in the index that this FileStore is not writing."""
+        return [mid for mid in self.index.streaming_ids if mid not in self.streaming]
+
+    def _writer_is_dead(self, message_id: str) -> bool:
+        # Checked on every read, not only the first: a long-lived reader (say, a server
+        # process) must notice when the process streaming a reply dies. Usually there
+        # is no foreign stream and this is never called; otherwise one flock attempt.
+        path = streaming_lock_path(self.dir, message_id)
+        if not path.exists():
+            # A writer creates its lock file before the entry is committed and removes
+            # it only after the stream ended, so no file means no live writer. (Also
+            # keeps filelock from re-creating the folder of a just-deleted context.)
+            return True
+        probe = _new_lock(path)
+        try:
+            probe.acquire(blocking=False)
+        except filelock.Timeout:
+            return False  # held: the writer is alive (in this process or another)
+        probe.release()
+        return True
 
     # -- writing ---------------------------------------------------------------------
 
@@ -198,16 +213,14 @@ class ContextState:
             self.index.refresh()
         except RebuildNeeded as need:
             self.index.rebuild(need.reason, need.path)
-        if not self.checked_streaming:
+        if self.foreign_streams():
             self._interrupt_dead_streams()
-            self.checked_streaming = True
         return metadata
 
     def _interrupt_dead_streams(self) -> None:
         """Mark ``interrupted`` every streaming message whose writer is gone."""
-        for entry in list(self.index.entries.values()):
-            if entry.status is not MessageStatus.STREAMING or entry.id in self.streaming:
-                continue
+        for message_id in self.foreign_streams():
+            entry = self.index.entries[message_id]
             lock_path = streaming_lock_path(self.dir, entry.id)
             lock = _new_lock(lock_path)
             try:
@@ -275,7 +288,6 @@ class ContextState:
         self._meta_fd = -1
         self._meta_id = None
         self.metadata = None
-        self.checked_streaming = False
 
 
 def remove_lock_shell(folder: Path) -> bool:

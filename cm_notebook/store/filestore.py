@@ -26,10 +26,8 @@ other processes' writes on its next call at the cost of three ``stat`` calls.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
-import secrets
 import threading
 import weakref
 from collections.abc import Callable
@@ -40,32 +38,15 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from pydantic import ValidationError
 
-from ..errors import (
-    ContextExistsError,
-    ContextNotFoundError,
-    CorruptDataError,
-    InvalidInputError,
-    StoreError,
-)
+from ..errors import ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import Branch, ContextMetadata, Message
 from . import ops
-from .atomic import atomic_write, fsync_dir
 from .base import IndexEntry
-from .codec import decode_metadata, encode_message, encode_metadata, read_message_file
-from .context import ContextState, remove_lock_shell, remove_tree
-from .diagnostics import warn
-from .index import empty_index_bytes
-from .paths import (
-    INDEX_NAME,
-    JOURNAL_NAME,
-    MESSAGES_DIR,
-    METADATA_NAME,
-    context_dir,
-    contexts_root,
-    default_data_dir,
-    message_path,
-)
+from .codec import encode_message, read_message_file
+from .context import ContextState, remove_tree
+from .folders import create_context_folder, list_context_folders, trash_path
+from .paths import context_dir, default_data_dir, message_path
 
 __all__ = ["FileStore"]
 
@@ -176,78 +157,15 @@ class FileStore:
         return await self._run(self._create_context, metadata)
 
     def _create_context(self, metadata: ContextMetadata) -> ContextMetadata:
-        folder = context_dir(self.data_dir, metadata.id)
-        for branch in metadata.branches.values():
-            if branch.head is not None or branch.forked_from is not None:
-                raise InvalidInputError(
-                    f"branch {branch.name!r} points at a message, but a new context has no "
-                    "messages yet; create it with empty branches."
-                )
-        if folder.exists() and not remove_lock_shell(folder):
-            # (An empty shell holding only a lock file is what a writer racing with
-            # delete_context can leave behind; it is not a context.)
-            raise self._exists(metadata.id)
-        root = contexts_root(self.data_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        # Build the folder under a temporary name, then rename it into place: other
-        # processes see either no context or a complete one.
-        tmp = root / f".tmp-{metadata.id}-{secrets.token_hex(6)}"
-        tmp.mkdir()
-        try:
-            (tmp / MESSAGES_DIR).mkdir()
-            atomic_write(tmp / INDEX_NAME, empty_index_bytes())
-            atomic_write(tmp / JOURNAL_NAME, b"")
-            atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
-            try:
-                os.rename(tmp, folder)
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
-                    raise self._exists(metadata.id) from exc
-                raise
-        except BaseException:
-            remove_tree(tmp)
-            raise
-        fsync_dir(root)
+        create_context_folder(self.data_dir, metadata)
         return metadata.model_copy(deep=True)
-
-    def _exists(self, context_id: str) -> ContextExistsError:
-        return ContextExistsError(
-            f"a context {context_id!r} already exists in {self.data_dir}; choose another id "
-            "or open the existing one."
-        )
 
     async def list_contexts(self) -> list[ContextMetadata]:
         """Metadata of every readable context, most recently updated first.
 
         Folders that are not valid contexts are skipped, each with a StoreWarning.
         """
-        return await self._run(self._list_contexts)
-
-    def _list_contexts(self) -> list[ContextMetadata]:
-        root = contexts_root(self.data_dir)
-        try:
-            names = sorted(os.listdir(root))
-        except FileNotFoundError:
-            return []
-        found: list[ContextMetadata] = []
-        for name in names:
-            if name.startswith("."):
-                continue  # our own temporary and trash folders
-            folder = root / name
-            try:
-                context_dir(self.data_dir, name)  # valid id, and no symlink out of data_dir
-                if not folder.is_dir():
-                    raise CorruptDataError(f"{folder} is a file, not a context folder", folder)
-                path = folder / METADATA_NAME
-                try:
-                    data = path.read_bytes()
-                except FileNotFoundError:
-                    raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
-                found.append(decode_metadata(data, path, name))
-            except (InvalidInputError, StoreError) as exc:
-                warn(f"skipped {folder}, which is not a readable context: {exc}", folder)
-        found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
-        return found
+        return await self._run(list_context_folders, self.data_dir)
 
     async def get_metadata(self, context_id: str) -> ContextMetadata:
         """The context's current metadata (re-read if another process changed it)."""
@@ -288,7 +206,7 @@ class FileStore:
 
     def _delete_context(self, context_id: str) -> None:
         state = self._state(context_id)
-        trash = contexts_root(self.data_dir) / f".trash-{context_id}-{secrets.token_hex(6)}"
+        trash = trash_path(self.data_dir, context_id)
         with state.locked():
             for message_id in list(state.streaming):
                 state.drop_streaming_lock(message_id, remove_file=False)

@@ -38,7 +38,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import CorruptDataError, InvalidIdError
 from ..ids import MAX_ID_LENGTH, validate_message_id
-from ..model import SCHEMA_VERSION
+from ..model import SCHEMA_VERSION, MessageStatus
 from .atomic import atomic_write, is_temp_name, read_from
 from .base import IndexEntry
 from .codec import read_message_file
@@ -106,6 +106,7 @@ class MessageIndex:
         self.journal_path = ctx_dir / JOURNAL_NAME
         self.entries: dict[str, IndexEntry] = {}
         self.children: dict[str | None, list[str]] = {}
+        self.streaming_ids: set[str] = set()  # status "streaming", kept for O(1) checks
         self.next_seq = 0
         self.snapshot_count = 0  # entries in message_index.json
         self.journal_lines = 0  # complete lines in the journal
@@ -115,7 +116,6 @@ class MessageIndex:
         self._journal_fd = -1
         self._journal_inode: tuple[int, int] | None = None
         self._offset = 0  # just after the last complete journal line read
-        self._journal_size = 0  # journal size at the last read
 
     # -- reading -------------------------------------------------------------------
 
@@ -138,7 +138,11 @@ class MessageIndex:
             and (st_journal.st_dev, st_journal.st_ino) == self._journal_inode
             and st_journal.st_size >= self._offset
         ):
-            if st_journal.st_size != self._journal_size:
+            # Bytes past the last complete line are new lines, or a line being written
+            # (or torn). Re-reading a fragment is cheap and such fragments are rare;
+            # comparing sizes with the last read instead could miss a torn line that a
+            # writer replaced by a complete line of exactly the same length.
+            if st_journal.st_size != self._offset:
                 self._read_journal_tail()
             return
         self._full_reload()
@@ -172,6 +176,7 @@ class MessageIndex:
         self._close_files()
         self.entries = {}
         self.children = {}
+        self.streaming_ids = set()
         self.next_seq = 0
         for entry in snapshot:
             self._apply(entry)
@@ -184,7 +189,6 @@ class MessageIndex:
         self.snapshot_count = len(snapshot)
         self.journal_lines = len(lines)
         self._offset = end
-        self._journal_size = len(journal)
         self._index_id = index_id
         self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
         self._index_fd, self._journal_fd = index_fd, journal_fd
@@ -222,7 +226,6 @@ class MessageIndex:
             self._apply(entry)
         self.journal_lines += len(entries)
         self._offset += end
-        self._journal_size = self._offset + len(data) - end
 
     def _parse_lines(self, data: bytes, start: int) -> tuple[list[IndexEntry], int]:
         """The entries on the complete lines of ``data``, and how many bytes they span.
@@ -247,6 +250,10 @@ class MessageIndex:
     def _apply(self, entry: IndexEntry) -> None:
         known = entry.id in self.entries
         self.entries[entry.id] = entry
+        if entry.status is MessageStatus.STREAMING:
+            self.streaming_ids.add(entry.id)
+        else:
+            self.streaming_ids.discard(entry.id)
         if not known:
             self.children.setdefault(entry.parent_id, []).append(entry.id)
             if entry.seq >= self.next_seq:
@@ -272,7 +279,6 @@ class MessageIndex:
         finally:
             os.close(fd)
         self._offset += len(line)
-        self._journal_size = self._offset
         self.journal_lines += 1
         self._apply(entry)
         if self.journal_lines >= max(COMPACT_MIN_LINES, self.snapshot_count):
@@ -316,6 +322,7 @@ class MessageIndex:
         self._write_snapshot(entries)
         self.entries = {}
         self.children = {}
+        self.streaming_ids = set()
         self.next_seq = 0
         for entry in entries:
             self._apply(entry)
@@ -344,7 +351,6 @@ class MessageIndex:
         self.snapshot_count = len(ordered)
         self.journal_lines = 0
         self._offset = 0
-        self._journal_size = 0
         self.loaded = True
 
     def _close_files(self) -> None:

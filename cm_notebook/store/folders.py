@@ -1,0 +1,111 @@
+"""Whole context folders: create one atomically, list them, and find a trash name.
+
+Kept apart from :mod:`~cm_notebook.store.filestore` because these operations work on
+the ``contexts/`` folder rather than on one context's cached state.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
+from ..model import ContextMetadata
+from .atomic import atomic_write, fsync_dir
+from .codec import decode_metadata, encode_metadata
+from .context import remove_lock_shell, remove_tree
+from .diagnostics import warn
+from .index import empty_index_bytes
+from .paths import (
+    INDEX_NAME,
+    JOURNAL_NAME,
+    MESSAGES_DIR,
+    METADATA_NAME,
+    context_dir,
+    contexts_root,
+)
+
+__all__ = ["create_context_folder", "list_context_folders", "trash_path"]
+
+
+def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
+    return ContextExistsError(
+        f"a context {context_id!r} already exists in {data_dir}; choose another id or open "
+        "the existing one."
+    )
+
+
+def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
+    """Create the folder of a new, empty context in one atomic step."""
+    folder = context_dir(data_dir, metadata.id)
+    for branch in metadata.branches.values():
+        if branch.head is not None or branch.forked_from is not None:
+            raise InvalidInputError(
+                f"branch {branch.name!r} points at a message, but a new context has no "
+                "messages yet; create it with empty branches."
+            )
+    if folder.exists() and not remove_lock_shell(folder):
+        # (A shell holding only a lock file is what a writer racing with delete_context
+        # can leave behind; it is not a context and is removed above.)
+        raise _exists(data_dir, metadata.id)
+    root = contexts_root(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    # Build the folder under a temporary name, then rename it into place: other
+    # processes see either no context or a complete one. rename() refuses to replace a
+    # non-empty folder, so two processes creating the same id cannot both succeed.
+    tmp = root / f".tmp-{metadata.id}-{secrets.token_hex(6)}"
+    tmp.mkdir()
+    try:
+        (tmp / MESSAGES_DIR).mkdir()
+        atomic_write(tmp / INDEX_NAME, empty_index_bytes())
+        atomic_write(tmp / JOURNAL_NAME, b"")
+        atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+        try:
+            os.rename(tmp, folder)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
+                raise _exists(data_dir, metadata.id) from exc
+            raise
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    fsync_dir(root)
+
+
+def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
+    """Metadata of every readable context, most recently updated first.
+
+    Anything in ``contexts/`` that is not a readable context is skipped with a
+    StoreWarning, except the store's own dot-named temporary and trash folders.
+    """
+    root = contexts_root(data_dir)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    found: list[ContextMetadata] = []
+    for name in names:
+        if name.startswith("."):
+            continue
+        folder = root / name
+        try:
+            context_dir(data_dir, name)  # a valid id, and no symlink out of data_dir
+            if not folder.is_dir():
+                raise CorruptDataError(f"{folder} is a file, not a context folder", folder)
+            path = folder / METADATA_NAME
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
+            found.append(decode_metadata(data, path, name))
+        except (InvalidInputError, StoreError) as exc:
+            warn(f"skipped {folder}, which is not a readable context: {exc}", folder)
+    found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
+    return found
+
+
+def trash_path(data_dir: Path, context_id: str) -> Path:
+    """Where delete_context moves a folder before removing it (hidden from listings)."""
+    return contexts_root(data_dir) / f".trash-{context_id}-{secrets.token_hex(6)}"
