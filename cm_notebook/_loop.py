@@ -17,7 +17,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["background_loop", "running_loop", "schedule", "schedule_on"]
+__all__ = ["background_loop", "running_loop", "schedule", "schedule_on", "start_loop_thread"]
 
 T = TypeVar("T")
 
@@ -33,23 +33,28 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def start_loop_thread(name: str) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """A new event loop running forever in a daemon thread called ``name``."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    ready.wait()
+    return loop, thread
+
+
 def background_loop() -> asyncio.AbstractEventLoop:
     """The process-wide private loop (started on first use, in a daemon thread)."""
     global _background
     with _lock:
         if _background is None or _background.is_closed():
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            thread = threading.Thread(target=run, name="cm_notebook-loop", daemon=True)
-            thread.start()
-            ready.wait()
-            _background = loop
+            _background, _thread = start_loop_thread("cm_notebook-loop")
             atexit.register(_stop_background)
         return _background
 

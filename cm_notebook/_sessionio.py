@@ -14,6 +14,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ._loop import start_loop_thread
 from .store import Store
 
 __all__ = ["StoreAccess"]
@@ -29,18 +30,7 @@ def _loop() -> asyncio.AbstractEventLoop:
     global _io_loop, _io_thread
     with _lock:
         if _io_loop is None:
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            _io_thread = threading.Thread(target=run, name="cm_notebook-store", daemon=True)
-            _io_thread.start()
-            ready.wait()
-            _io_loop = loop
+            _io_loop, _io_thread = start_loop_thread("cm_notebook-store")
         return _io_loop
 
 

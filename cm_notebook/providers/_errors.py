@@ -13,19 +13,16 @@ the SDK's exception stays attached as ``__cause__``. They never look at, store o
 API keys.
 
 The HTTP status classification and ``Retry-After`` parsing come from
-:mod:`cm_notebook.retry` when that module provides them, so the state machine and the
-providers agree on what is transient; a small local fallback with the same rules is
-used otherwise.
+:mod:`cm_notebook.retry`, so the state machine and the providers agree on what is
+transient.
 """
 
 from __future__ import annotations
 
-import email.utils
-import importlib
-import time
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
+from .. import retry as _retry
 from ..errors import PermanentProviderError, ProviderError, TransientProviderError
 
 __all__ = [
@@ -42,70 +39,21 @@ __all__ = [
 
 Classification = Literal["transient", "permanent"]
 
-# Statuses worth retrying: request timeout, conflict (often a lock), too early, rate
-# limit, and the 5xx family (including Anthropic's 529 "overloaded").
-_TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
-
-
-def _local_classify_http_status(status: int) -> Classification:
-    if status in _TRANSIENT_STATUSES or status >= 500:
-        return "transient"
-    return "permanent"
-
-
-def _local_parse_retry_after(value: str | None) -> float | None:
-    # Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3).
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:  # pragma: no cover - older Pythons returned None
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or inf
-        return None
-    return max(0.0, seconds)
-
-
-def _resolve_shared() -> tuple[
-    Callable[[int], Classification], Callable[[str | None], float | None]
-]:
-    # Prefer cm_notebook.retry's rules so providers and the retry loop agree; fall back
-    # to the local copy if that module is absent or lacks the functions.
-    try:
-        shared = importlib.import_module("cm_notebook.retry")
-    except ImportError:
-        return _local_classify_http_status, _local_parse_retry_after
-    classify: Any = getattr(shared, "classify_http_status", None)
-    parse: Any = getattr(shared, "parse_retry_after", None)
-    return (
-        classify if callable(classify) else _local_classify_http_status,
-        parse if callable(parse) else _local_parse_retry_after,
-    )
-
-
-_classify, _parse = _resolve_shared()
-
 
 def classify_http_status(status: int) -> Classification:
-    """``"transient"`` for 408, 409, 425, 429 and 5xx; ``"permanent"`` for other errors."""
-    if not 100 <= status <= 599:  # a broken server; the shared rules refuse these
-        return _local_classify_http_status(status)
-    result = _classify(status)
-    return "transient" if result == "transient" else "permanent"
+    """``"transient"`` for 408, 409, 425, 429 and 5xx; ``"permanent"`` for other errors.
+
+    The rules are :func:`cm_notebook.retry.classify_http_status`'s, so providers and the
+    retry loop agree; a status outside 100-599 (a broken server) counts as transient.
+    """
+    if not 100 <= status <= 599:
+        return "transient"
+    return _retry.classify_http_status(status)
 
 
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (seconds or HTTP date), else None."""
-    return _parse(value)
+    return _retry.parse_retry_after(value)
 
 
 def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
