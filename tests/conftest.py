@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from fault_server import FaultServer
+from test_session_support import close_all
+
+from cm_notebook.model import ContextMetadata
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 
 
 @pytest.fixture
@@ -20,18 +27,24 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-# -- the misbehaving OpenAI-compatible server (tests/fault_server.py) -----------------
-from collections.abc import Iterator  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+@pytest.fixture
+async def store(data_dir: Path) -> AsyncIterator[FileStore]:
+    """A FileStore on ``data_dir`` holding one empty context, ``c1``."""
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1", title="first"))
+        yield store
 
-if TYPE_CHECKING:
-    from fault_server import FaultServer
+
+@pytest.fixture
+def closing() -> Iterator[list[ContextSession]]:
+    """Sessions appended to this list are closed (turns cancelled, files released) after."""
+    sessions: list[ContextSession] = []
+    yield sessions
+    close_all(sessions)
 
 
 @pytest.fixture
 def fault_server() -> Iterator[FaultServer]:
     """A running :class:`fault_server.FaultServer` (OpenAI protocol, faults on cue)."""
-    from fault_server import FaultServer
-
     with FaultServer() as server:
         yield server

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 from test_session_support import (
     DEADLINE,
     Recorder,
-    close_all,
     message_files,
     roles,
     seen,
@@ -44,13 +42,6 @@ from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
-
-
-@pytest.fixture
-def closing() -> Iterator[list[ContextSession]]:
-    sessions: list[ContextSession] = []
-    yield sessions
-    close_all(sessions)
 
 
 def new(data_dir: Path, fake: ScriptedProvider, **options: Any) -> ContextSession:

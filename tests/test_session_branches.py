@@ -3,14 +3,12 @@ regenerate (a sibling reply), siblings, delete; all O(1) writes, checked on disk
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_session_support import (
     DEADLINE,
     Recorder,
-    close_all,
     message_files,
     seen,
 )
@@ -26,13 +24,6 @@ from cm_notebook.events import BranchCreated, BranchSwitched, ContentDelta
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
-
-
-@pytest.fixture
-def closing() -> Iterator[list[ContextSession]]:
-    sessions: list[ContextSession] = []
-    yield sessions
-    close_all(sessions)
 
 
 @pytest.fixture

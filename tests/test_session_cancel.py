@@ -4,7 +4,7 @@ reply has even started."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -13,7 +13,6 @@ import pytest
 from test_session_support import (
     DEADLINE,
     Recorder,
-    close_all,
     entered,
     message_files,
     roles,
@@ -33,13 +32,6 @@ from cm_notebook.model import MessageStatus
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
-
-
-@pytest.fixture
-def closing() -> Iterator[list[ContextSession]]:
-    sessions: list[ContextSession] = []
-    yield sessions
-    close_all(sessions)
 
 
 def deltas(count: int) -> Callable[[list[Event]], bool]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_session_support import (
     DEADLINE,
     Recorder,
-    close_all,
     message_files,
     roles,
 )
@@ -21,13 +19,6 @@ from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus, TokenUsage
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
-
-
-@pytest.fixture
-def closing() -> Iterator[list[ContextSession]]:
-    sessions: list[ContextSession] = []
-    yield sessions
-    close_all(sessions)
 
 
 def test_fan_out_runs_the_variants_concurrently_and_compares_them(

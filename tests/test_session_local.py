@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_session_support import close_all
 
 from cm_notebook.model import MessageStatus
 from cm_notebook.session import ContextSession
-
-
-@pytest.fixture
-def closing() -> Iterator[list[ContextSession]]:
-    sessions: list[ContextSession] = []
-    yield sessions
-    close_all(sessions)
-
 
 pytestmark = pytest.mark.local_model
 

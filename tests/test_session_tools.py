@@ -5,7 +5,7 @@ The model is a ScriptedProvider; what it *saw* is read from ``fake.requests``.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import pytest
 from test_session_support import (
     DEADLINE,
     Recorder,
-    close_all,
     entered,
     roles,
     seen,
@@ -33,13 +32,6 @@ from cm_notebook.model import Message, ToolCallStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.tools import Tool, tool
-
-
-@pytest.fixture
-def closing() -> Iterator[list[ContextSession]]:
-    sessions: list[ContextSession] = []
-    yield sessions
-    close_all(sessions)
 
 
 class Calculator:

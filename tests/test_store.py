@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+from store_helpers import chain, msg
 
 from cm_notebook.errors import (
     BranchExistsError,
@@ -25,29 +25,6 @@ from cm_notebook.model import Branch, ContextMetadata, Message, MessageStatus
 from cm_notebook.store import FileStore, IndexEntry, Store, default_data_dir
 
 pytestmark = pytest.mark.anyio
-
-
-def msg(role: str = "user", parent: str | None = None, content: str = "", **kw: object) -> Message:
-    return Message.model_validate({"role": role, "parent_id": parent, "content": content, **kw})
-
-
-async def chain(store: FileStore, cid: str, n: int, branch: str = "main") -> list[str]:
-    """Append ``n`` alternating user/assistant messages after the branch head."""
-    head = (await store.get_metadata(cid)).branches[branch].head
-    ids = []
-    for i in range(n):
-        message = msg("user" if i % 2 == 0 else "assistant", head, f"{branch} {i}")
-        await store.append_message(cid, message, branch=branch)
-        head = message.id
-        ids.append(message.id)
-    return ids
-
-
-@pytest.fixture
-async def store(data_dir: Path) -> AsyncIterator[FileStore]:
-    async with FileStore(data_dir) as store:
-        await store.create_context(ContextMetadata(id="c1", title="first"))
-        yield store
 
 
 def ctx(data_dir: Path, cid: str = "c1") -> Path:

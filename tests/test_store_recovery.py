@@ -6,11 +6,11 @@ Every corrupt file here is written by the test onto real disk; nothing is patche
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import filelock
 import pytest
+from store_helpers import chain, msg
 
 from cm_notebook.errors import (
     CorruptDataError,
@@ -18,34 +18,12 @@ from cm_notebook.errors import (
     StoreError,
     StoreLockTimeoutError,
 )
-from cm_notebook.model import SCHEMA_VERSION, ContextMetadata, Message, MessageStatus
+from cm_notebook.model import SCHEMA_VERSION, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.index import COMPACT_MIN_LINES
 from cm_notebook.store.schema import UPGRADES, Upgrade, upgrade
 
 pytestmark = pytest.mark.anyio
-
-
-def msg(role: str = "user", parent: str | None = None, content: str = "", **kw: object) -> Message:
-    return Message.model_validate({"role": role, "parent_id": parent, "content": content, **kw})
-
-
-async def chain(store: FileStore, cid: str, n: int, branch: str = "main") -> list[str]:
-    head = (await store.get_metadata(cid)).branches[branch].head
-    ids = []
-    for i in range(n):
-        message = msg("user" if i % 2 == 0 else "assistant", head, f"{branch} {i}")
-        await store.append_message(cid, message, branch=branch)
-        head = message.id
-        ids.append(message.id)
-    return ids
-
-
-@pytest.fixture
-async def store(data_dir: Path) -> AsyncIterator[FileStore]:
-    async with FileStore(data_dir) as store:
-        await store.create_context(ContextMetadata(id="c1", title="first"))
-        yield store
 
 
 def folder(data_dir: Path, cid: str = "c1") -> Path:
