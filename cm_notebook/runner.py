@@ -122,10 +122,8 @@ class TurnRunner:
         while self._effects:
             effect = self._effects.popleft()
             match effect:
-                case fsm.StateChanged(old=old, new=new):
-                    self.session._publish(
-                        ev.StateChanged(branch=self.branch, old=old, new=new, turn_id=self.turn.id)
-                    )
+                case fsm.StateChanged():
+                    self._publish_state(effect)
                 case fsm.StartRequest():
                     await self._request()
                 case fsm.ScheduleRetry(delay=delay):
@@ -168,10 +166,8 @@ class TurnRunner:
         while self._effects:
             effect = self._effects.popleft()
             match effect:
-                case fsm.StateChanged(old=old, new=new):
-                    self.session._publish(
-                        ev.StateChanged(branch=self.branch, old=old, new=new, turn_id=self.turn.id)
-                    )
+                case fsm.StateChanged():
+                    self._publish_state(effect)
                 case fsm.ResolveCancelled(tool_call_ids=ids, reason=reason):
                     await self._resolve_cancelled(ids, reason)
                 case _:
@@ -274,16 +270,19 @@ class TurnRunner:
                 with anyio.CancelScope(shield=True):
                     await aclose()
 
+    def _publish_state(self, effect: fsm.StateChanged) -> None:
+        self.session._publish(
+            ev.StateChanged(
+                branch=self.branch, old=effect.old, new=effect.new, turn_id=self.turn.id
+            )
+        )
+
     async def _publish_pending_state(self) -> None:
         # ResponseStarted's StateChanged must go out before the first delta.
         while self._effects and isinstance(self._effects[0], fsm.StateChanged):
             effect = self._effects.popleft()
             assert isinstance(effect, fsm.StateChanged)
-            self.session._publish(
-                ev.StateChanged(
-                    branch=self.branch, old=effect.old, new=effect.new, turn_id=self.turn.id
-                )
-            )
+            self._publish_state(effect)
 
     async def _checkpoint(self, reply: _Reply) -> None:
         message = reply.message.model_copy(update={"content": reply.text})
