@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from . import events as ev
@@ -85,6 +85,7 @@ class SessionCore:
         self._machines: dict[str, fsm.Machine] = {}
         self._runners: dict[str, TurnRunner] = {}
         self._approvals = ApprovalDesk()
+        self._claimed: set[str] = set()  # branches whose new turn is being set up
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, provider)
@@ -103,14 +104,17 @@ class SessionCore:
         notebook cell) it cannot wait, so it schedules the clean-up and returns; use
         ``await session.aclose()`` there to know when it is done.
         """
+        if not self._loop.is_running():
+            # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
+            # providers' connections died with it; only the store's locks remain.
+            if self._owns_store:
+                self._io.call(self._store.close())
+            return
         release = self._release()
         if self._on_loop_thread():
             task = self._loop.create_task(release)
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-            return
-        if not self._loop.is_running():  # its loop is gone (e.g. an ended asyncio.run)
-            release.close()
             return
         asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout)
 
@@ -186,13 +190,22 @@ class SessionCore:
 
     # -- private helpers ---------------------------------------------------------------
 
-    def _check_idle(self, branch: str) -> None:
+    @contextlib.contextmanager
+    def _claim(self, branch: str) -> Iterator[None]:
+        # Hold the branch from the first write of a new turn until its runner is
+        # registered, so two threads sending on one branch cannot both write a prompt.
         with self._lock:
-            if branch in self._runners:
+            if branch in self._runners or branch in self._claimed:
                 raise BusyError(
                     f"a reply is still being generated on branch {branch!r}; "
                     "await it, or call turn.cancel()"
                 )
+            self._claimed.add(branch)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._claimed.discard(branch)
 
     def _provider(self, provider: ProviderLike | None) -> Provider:
         return self._providers.resolve(provider)

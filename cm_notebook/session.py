@@ -282,12 +282,14 @@ class ContextSession(SessionCore):
         name = self._branch_name(branch)
         generation = GenerationParams.check(params)
         chosen = self._provider(provider)
-        self._check_idle(name)
-        head = self._head(name)
-        user = Message(role="user", parent_id=head, content=text)
-        self._io.call(self._store.append_message(self.id, user, branch=name))
-        self._publish(ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user"))
-        return self._start(name, fsm.Send(), chosen, generation)
+        with self._claim(name):
+            head = self._head(name)
+            user = Message(role="user", parent_id=head, content=text)
+            self._io.call(self._store.append_message(self.id, user, branch=name))
+            self._publish(
+                ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user")
+            )
+            return self._start(name, fsm.Send(), chosen, generation)
 
     async def stream(
         self,
@@ -321,6 +323,10 @@ class ContextSession(SessionCore):
             await turn  # re-raise a failure
         finally:
             remove()
+            # A consumer that stops reading (break, an exception, cancellation) does
+            # not want the rest of the reply: stop generating it (the text is kept).
+            if not turn.done():
+                turn.cancel()
 
     def edit(
         self,
@@ -376,9 +382,9 @@ class ContextSession(SessionCore):
         name = self._branch_name(branch)
         generation = GenerationParams.check(params)
         chosen = self._provider(provider)
-        self._check_idle(name)
-        self._rewind_to_prompt(name)
-        return self._start(name, fsm.Send(), chosen, generation)
+        with self._claim(name):
+            self._rewind_to_prompt(name)
+            return self._start(name, fsm.Send(), chosen, generation)
 
     def retry(self, *, branch: str | None = None) -> Turn:
         """Try the failed reply again (after a permanent failure, e.g. once a key is set).
@@ -394,8 +400,9 @@ class ContextSession(SessionCore):
         with self._lock:
             last = self._last_request.get(name)
         provider, params = last if last is not None else (self._provider(None), {})
-        self._rewind_to_prompt(name)
-        return self._start(name, fsm.Retry(), provider, params)
+        with self._claim(name):
+            self._rewind_to_prompt(name)
+            return self._start(name, fsm.Retry(), provider, params)
 
     def fan_out(
         self,

@@ -201,3 +201,46 @@ def test_result_in_a_cell_is_refused_instead_of_freezing_the_kernel(kernel: Kern
         """
     )
     assert out.stdout.splitlines() == ["refused: True", "fine"]
+
+
+def test_the_interrupt_button_stops_a_cell_awaiting_a_turn(kernel: Kernel) -> None:
+    # DESIGN fact 3: a bare `await future` ignores Interrupt until another message
+    # arrives; `await turn` polls, so the interrupt lands at once and the next cell is
+    # not aborted. The turn itself carries on in the background until cancelled.
+    kernel.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        stuck = ContextSession.create("interrupt test", provider=ScriptedProvider().hang())
+        stuck_turn = stuck.send("wait forever")
+        """
+    )
+    msg_id = kernel.client.execute('print("awaiting", flush=True)\nawait stuck_turn')
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # wait until the cell is in its await (an earlier interrupt hits compile)
+        msg = kernel.client.get_iopub_msg(timeout=_left(deadline))
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and "awaiting" in msg["content"]["text"]
+        ):
+            break
+    kernel.manager.interrupt_kernel()
+    reply: dict[str, Any] = {}
+    while not reply:
+        msg = kernel.client.get_shell_msg(timeout=_left(deadline))
+        if msg["parent_header"].get("msg_id") == msg_id:
+            reply = msg["content"]
+    assert reply["status"] == "error"
+    # ipykernel 7 cancels an interrupted async cell; older kernels raise KeyboardInterrupt.
+    assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
+    after = kernel.run(
+        """
+        print("still running:", not stuck_turn.done())
+        stuck_turn.cancel()
+        m = await stuck_turn
+        print("then:", m.status.value)
+        """
+    )
+    assert after.stdout.splitlines() == ["still running: True", "then: interrupted"]
