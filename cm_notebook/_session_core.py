@@ -190,6 +190,10 @@ class SessionCore:
 
     # -- private helpers ---------------------------------------------------------------
 
+    def _all_idle(self) -> bool:
+        with self._lock:
+            return not self._runners and not self._claimed
+
     @contextlib.contextmanager
     def _claim(self, branch: str) -> Iterator[None]:
         # Hold the branch from the first write of a new turn until its runner is

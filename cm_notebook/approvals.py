@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,23 @@ class ApprovalDesk:
         """The pending calls, oldest first."""
         with self._lock:
             return [pending.call for pending in self._pending.values()]
+
+    async def wait(self, idle: Callable[[], bool], timeout: float | None) -> list[ToolCall]:
+        """Wait until calls are pending (returns them) or ``idle()`` says no turn runs (``[]``).
+
+        Polls every 50 ms rather than awaiting a future, so the kernel's Interrupt button
+        stops a cell waiting here.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            calls = self.calls()
+            if calls:
+                return calls
+            if idle():
+                return []
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no tool call needed a decision within {timeout} s")
+            await asyncio.sleep(0.05)
 
     def take(self, call_id: str | None, was_resolved: Callable[[str], bool]) -> list[PendingCall]:
         """Take one call (or all with ``None``) off the desk, to decide it.

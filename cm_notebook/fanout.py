@@ -30,30 +30,52 @@ class Variant:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _label(variant: str | Provider | Mapping[str, Any]) -> str:
-    # A short, readable branch-name stem describing what differs in this variant.
+def _clean(text: str) -> str:
+    return text.replace(":", "-").replace("/", "-")
+
+
+def _label(variant: str | Provider | Mapping[str, Any], differing: set[str]) -> str:
+    # A short, readable branch-name stem naming only what differs between variants.
     if isinstance(variant, str):
-        return variant.replace(":", "-").replace("/", "-")
+        return _clean(variant)
     if not isinstance(variant, Mapping):
-        return f"{variant.name}-{variant.model}".replace(":", "-").replace("/", "-")
+        return _clean(f"{variant.name}-{variant.model}")
     parts = []
     provider = variant.get("provider")
-    if isinstance(provider, str):
-        parts.append(provider.replace(":", "-").replace("/", "-"))
-    parts += [f"{k}-{v}" for k, v in variant.items() if k not in ("provider", "branch")]
+    if "provider" in differing and provider is not None:
+        parts.append(_clean(provider if isinstance(provider, str) else provider.name))
+    parts += [
+        f"{key}-{value}"
+        for key, value in variant.items()
+        if key in differing and key not in ("provider", "branch")
+    ]
     return "-".join(parts) or "variant"
+
+
+def _differing_keys(variants: Sequence[object]) -> set[str]:
+    # A lone mapping variant is named after all its keys; several after what differs.
+    mappings = [v for v in variants if isinstance(v, Mapping)]
+    keys = {key for m in mappings for key in m}
+    if len(mappings) < 2:
+        return keys
+    return {key for key in keys if len({repr(m.get(key)) for m in mappings}) > 1}
 
 
 def plan_variants(
     variants: Sequence[str | Provider | Mapping[str, Any]],
     base: str,
-    free_name: Callable[[str], str],
+    exists: Callable[[str], bool],
 ) -> list[Variant]:
-    """Turn the user's variant list into branches to create, refusing duplicates."""
+    """Turn the user's variant list into branches to create, refusing duplicates.
+
+    Unnamed variants get ``<base>-<what differs>`` (e.g. ``main-temperature-0.7``),
+    with ``-2``, ``-3``... appended when that name is taken.
+    """
     if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence):
         raise InvalidInputError("variants must be a list, e.g. [{'temperature': 0}, ...]")
     if not variants:
         raise InvalidInputError("fan_out needs at least one variant")
+    differing = _differing_keys(variants)
     plans: list[Variant] = []
     taken: set[str] = set()
     for variant in variants:
@@ -64,10 +86,11 @@ def plan_variants(
         else:
             options, name, provider = {}, None, variant
         if name is None:
-            stem = f"{base}-{_label(variant)}"[:90].strip(" .-") or base
-            name = free_name(stem)
-            while name in taken:
-                name = free_name(f"{name}-x")
+            stem = f"{base}-{_label(variant, differing)}"[:90].strip(" .-") or base
+            name, n = stem, 1
+            while name in taken or exists(name):
+                n += 1
+                name = f"{stem}-{n}"
         validate_branch_name(name)
         if name in taken:
             raise InvalidInputError(f"two variants would write the same branch {name!r}")

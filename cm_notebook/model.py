@@ -143,6 +143,12 @@ class Message(_Model):
     created_at: UTCDateTime = Field(default_factory=utcnow)
     metadata: MessageMetadata = Field(default_factory=MessageMetadata)
 
+    def _repr_html_(self) -> str:
+        # Static HTML, so a saved notebook still shows the message without a kernel.
+        from .render import message_html
+
+        return message_html(self)
+
 
 class Branch(_Model):
     """A named head pointer into the message tree."""

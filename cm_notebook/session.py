@@ -211,6 +211,15 @@ class ContextSession(SessionCore):
         """Tool calls waiting for :meth:`approve` or :meth:`deny`, oldest first."""
         return self._approvals.calls()
 
+    async def wait_for_approval(self, timeout: float | None = 60.0) -> builtins.list[ToolCall]:
+        """Wait until tool calls need :meth:`approve` / :meth:`deny`, and return them.
+
+        Returns ``[]`` if no turn is running (or they all finished without asking).
+        Raises TimeoutError after ``timeout`` seconds. Handy in notebooks and tests:
+        ``calls = await session.wait_for_approval()``.
+        """
+        return await self._approvals.wait(self._all_idle, timeout)
+
     def turn(self, branch: str | None = None) -> Turn | None:
         """The turn running on ``branch`` (default: active), if any."""
         with self._lock:
@@ -420,7 +429,8 @@ class ContextSession(SessionCore):
         """
         text = validate_text(text)
         base = self._branch_name(branch)
-        plans: builtins.list[Variant] = plan_variants(variants, base, self._free_branch_name)
+        existing_names = set(self.branches)
+        plans: builtins.list[Variant] = plan_variants(variants, base, existing_names.__contains__)
         head = self._head(base)
         # Check every variant before writing anything: one bad variant must not leave
         # the branches of the good ones behind.
