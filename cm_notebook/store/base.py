@@ -8,6 +8,7 @@ that ships; anything with these methods can replace it.
 from __future__ import annotations
 
 from datetime import datetime
+from types import EllipsisType
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -81,12 +82,18 @@ class Store(Protocol):
         ...
 
     async def append_message(
-        self, context_id: str, message: Message, *, branch: str | None
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
     ) -> Message:
         """Add ``message`` to the tree; with ``branch``, also move that branch's head to it.
 
         The parent (if any) must already exist. Returns once the message (and the head
-        move) are durable.
+        move) are durable. With ``expected_head``, the head move is a compare-and-set:
+        ``StateError`` (and nothing written) if the head is no longer that id.
         """
         ...
 

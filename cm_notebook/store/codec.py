@@ -9,7 +9,9 @@ context folder stays readable and diffs well under version control.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,12 @@ __all__ = [
     "decode_metadata",
     "encode_message",
     "encode_metadata",
+    "linked",
+    "open_no_follow",
     "read_message_file",
 ]
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -111,17 +117,46 @@ def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:
 
 
 def read_message_file(path: Path, expected_id: str | None) -> Message:
-    """Read and decode one message file; a missing file is damage too (CorruptDataError)."""
+    """Read and decode one message file; a missing file is damage too (CorruptDataError).
+
+    A symbolic link (the file, or the ``messages`` folder) is refused, not followed: a
+    link planted in a context folder must not make the store read outside it.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = open_no_follow(path)
     except FileNotFoundError as exc:
         raise CorruptDataError(
             f"message file {path} is missing although the message index lists it. Restore "
             "it from a backup; the rest of the context still works without it.",
             path,
         ) from exc
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
     return decode_message(data, path, expected_id)
+
+
+def open_no_follow(path: Path, *, check_folder: bool = True) -> int:
+    """Open ``path`` for reading without following a symbolic link at it (or its folder).
+
+    A link raises CorruptDataError (and a missing file FileNotFoundError).
+    """
+    if check_folder and os.path.islink(path.parent):
+        raise linked(path.parent)
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise linked(path) from exc
+        raise
+
+
+def linked(path: Path) -> CorruptDataError:
+    """The error for a symbolic link found where the store keeps its own files."""
+    return CorruptDataError(
+        f"{path} is a symbolic link; the store does not follow links out of a context "
+        "folder. Replace it with the file or folder it points to.",
+        path,
+    )
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -37,10 +37,17 @@ import filelock
 from ..errors import ContextNotFoundError, CorruptDataError, StoreError, StoreLockTimeoutError
 from ..model import ContextMetadata, MessageStatus
 from .atomic import atomic_write, read_from
-from .codec import decode_metadata, encode_message, encode_metadata, read_message_file
+from .codec import (
+    decode_metadata,
+    encode_message,
+    encode_metadata,
+    linked,
+    open_no_follow,
+    read_message_file,
+)
 from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
-from .paths import LOCK_NAME, METADATA_NAME, message_path, streaming_lock_path
+from .paths import LOCK_NAME, MESSAGES_DIR, METADATA_NAME, message_path, streaming_lock_path
 
 __all__ = ["ContextState", "remove_lock_shell", "remove_tree"]
 
@@ -95,7 +102,7 @@ class ContextState:
         if self.metadata is not None and ident == self._meta_id:
             return self.metadata
         try:
-            fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd = open_no_follow(self.metadata_path, check_folder=False)
         except FileNotFoundError:
             raise self.not_found() from None
         try:
@@ -184,6 +191,12 @@ class ContextState:
                 self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
             except filelock.Timeout:
                 raise self._timeout() from None
+            except FileNotFoundError:
+                # filelock re-opens the lock file on every poll: the folder was renamed
+                # away (delete_context) while we waited.
+                if self.dir.is_dir():
+                    raise
+                raise self.not_found() from None
             try:
                 if not self.metadata_path.exists():
                     self._remove_stray_folder()
@@ -209,6 +222,9 @@ class ContextState:
 
     def _refresh_repaired(self) -> ContextMetadata:
         metadata = self._refresh_metadata()
+        messages_dir = self.dir / MESSAGES_DIR
+        if os.path.islink(messages_dir):
+            raise linked(messages_dir)  # writing through it would write outside
         try:
             self.index.refresh()
         except RebuildNeeded as need:
@@ -218,7 +234,12 @@ class ContextState:
         return metadata
 
     def _interrupt_dead_streams(self) -> None:
-        """Mark ``interrupted`` every streaming message whose writer is gone."""
+        """Mark ``interrupted`` every streaming message whose writer is gone.
+
+        A writer that died after replacing the message file with its final version but
+        before journaling the new status did finish the message: the file wins, and its
+        status (complete, error, ...) is journaled instead of ``interrupted``.
+        """
         for message_id in self.foreign_streams():
             entry = self.index.entries[message_id]
             lock_path = streaming_lock_path(self.dir, entry.id)
@@ -229,14 +250,18 @@ class ContextState:
                 continue  # its writer is alive (in this process or another)
             try:
                 path = message_path(self.dir, entry.id)
+                status = MessageStatus.INTERRUPTED
                 try:
                     message = read_message_file(path, entry.id)
                 except CorruptDataError as exc:
                     warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
                 else:
-                    update = {"status": MessageStatus.INTERRUPTED}
-                    atomic_write(path, encode_message(message.model_copy(update=update)))
-                self.index.append(entry.model_copy(update={"status": MessageStatus.INTERRUPTED}))
+                    if message.status is MessageStatus.STREAMING:
+                        update = {"status": status}
+                        atomic_write(path, encode_message(message.model_copy(update=update)))
+                    else:
+                        status = message.status  # the final update reached the file
+                self.index.append(entry.model_copy(update={"status": status}))
             finally:
                 lock.release()
                 lock_path.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -222,19 +222,37 @@ class FileStore:
     # -- messages ----------------------------------------------------------------------
 
     async def append_message(
-        self, context_id: str, message: Message, *, branch: str | None
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
     ) -> Message:
         """Add ``message`` to the tree; with ``branch``, also move that branch's head to it.
 
         The parent (if any) must exist and the id must be new. Returns once the message
         and the head move are durable. A message appended with status ``streaming``
         is locked as "being written by this process" until it leaves that status.
+
+        The head moves unconditionally: if another writer moved the branch after the
+        caller read it, the last append wins and the other message is left off the
+        branch (still in the tree). Pass ``expected_head`` (the head the caller read;
+        None for an empty branch) to make the move a compare-and-set: if the head is no
+        longer ``expected_head``, nothing is written and
+        :class:`~cm_notebook.errors.StateError` is raised.
         """
         _check_ids(message.id, message.parent_id)
         if branch is not None:
             validate_branch_name(branch)
+        if expected_head is not ...:
+            if branch is None:
+                raise InvalidInputError("expected_head needs a branch whose head it guards")
+            _check_ids(expected_head)
         data = encode_message(message)
-        await self._run(self._write, context_id, ops.do_append, message, data, branch)
+        await self._run(
+            self._write, context_id, ops.do_append, message, data, branch, expected_head
+        )
         return message
 
     async def update_message(self, context_id: str, message: Message) -> None:
@@ -242,6 +260,9 @@ class FileStore:
 
         The id, parent and role must not change. While the status stays ``streaming``
         only the message file is rewritten; a status change also writes a journal line.
+        A finished message stays finished: a ``streaming`` update of it (say, a late
+        checkpoint that lost the race with the final update) raises
+        :class:`~cm_notebook.errors.StateError` and changes nothing.
         """
         _check_ids(message.id, message.parent_id)
         data = encode_message(message)

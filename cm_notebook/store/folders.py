@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..model import ContextMetadata
 from .atomic import atomic_write, fsync_dir
-from .codec import decode_metadata, encode_metadata
+from .codec import decode_metadata, encode_metadata, open_no_follow
 from .context import remove_lock_shell, remove_tree
 from .diagnostics import warn
 from .index import empty_index_bytes
@@ -28,6 +28,8 @@ from .paths import (
 )
 
 __all__ = ["create_context_folder", "list_context_folders", "trash_path"]
+
+_TRASH_PREFIX = ".trash-"
 
 
 def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
@@ -78,7 +80,9 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
     """Metadata of every readable context, most recently updated first.
 
     Anything in ``contexts/`` that is not a readable context is skipped with a
-    StoreWarning, except the store's own dot-named temporary and trash folders.
+    StoreWarning, except the store's own dot-named temporary and trash folders. Trash
+    left by a delete_context that was killed between its rename and the removal is
+    removed here (it is already invisible, so removing it late changes nothing else).
     """
     root = contexts_root(data_dir)
     try:
@@ -87,6 +91,9 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
         return []
     found: list[ContextMetadata] = []
     for name in names:
+        if name.startswith(_TRASH_PREFIX):
+            remove_tree(root / name)  # two removers at once are harmless
+            continue
         if name.startswith("."):
             continue
         folder = root / name
@@ -96,9 +103,11 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
                 raise CorruptDataError(f"{folder} is a file, not a context folder", folder)
             path = folder / METADATA_NAME
             try:
-                data = path.read_bytes()
+                fd = open_no_follow(path, check_folder=False)
             except FileNotFoundError:
                 raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read()
             found.append(decode_metadata(data, path, name))
         except (InvalidInputError, StoreError) as exc:
             warn(f"skipped {folder}, which is not a readable context: {exc}", folder)
@@ -108,4 +117,4 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
 
 def trash_path(data_dir: Path, context_id: str) -> Path:
     """Where delete_context moves a folder before removing it (hidden from listings)."""
-    return contexts_root(data_dir) / f".trash-{context_id}-{secrets.token_hex(6)}"
+    return contexts_root(data_dir) / f"{_TRASH_PREFIX}{context_id}-{secrets.token_hex(6)}"

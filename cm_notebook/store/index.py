@@ -29,6 +29,7 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -57,7 +58,10 @@ COMPACT_MIN_LINES = 128
 _KEEP_OPEN = os.name != "nt"
 
 _ENTRY_LIST = TypeAdapter(list[IndexEntry])
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+# Never follow a link planted in place of an index file: a link makes the file
+# "damaged", and the rebuild replaces the link with a real file.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
 
 
 class _IndexDoc(BaseModel):
@@ -72,6 +76,17 @@ class RebuildNeeded(Exception):
         super().__init__(reason)
         self.reason = reason
         self.path = path
+
+
+def _open_index_file(path: Path) -> int:
+    try:
+        return os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise RebuildNeeded(f"{path.name} is missing", path) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise RebuildNeeded(f"{path.name} is a symbolic link", path) from None
+        raise
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -152,16 +167,10 @@ class MessageIndex:
         # first and the journal second, so a journal opened earlier is either the one
         # that belongs to the snapshot we then read or an older one whose lines that
         # snapshot already contains: either way nothing is missed.
-        try:
-            journal_fd = os.open(self.journal_path, _READ_FLAGS)
-        except FileNotFoundError:
-            raise RebuildNeeded("message_index.journal is missing", self.journal_path) from None
+        journal_fd = _open_index_file(self.journal_path)
         index_fd = -1
         try:
-            try:
-                index_fd = os.open(self.index_path, _READ_FLAGS)
-            except FileNotFoundError:
-                raise RebuildNeeded("message_index.json is missing", self.index_path) from None
+            index_fd = _open_index_file(self.index_path)
             index_id = _identity(os.fstat(index_fd))
             snapshot = self._parse_snapshot(read_from(index_fd, 0))
             st_journal = os.fstat(journal_fd)
@@ -264,7 +273,8 @@ class MessageIndex:
     def append(self, entry: IndexEntry) -> None:
         """Commit ``entry`` with one durable journal line; compact when it is due."""
         line = entry.model_dump_json().encode() + b"\n"
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0))
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
+        fd = os.open(self.journal_path, flags)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != self._journal_inode:

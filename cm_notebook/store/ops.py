@@ -8,6 +8,7 @@ fresh); the others run inside ``state.view()`` (state lock held) and never write
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any
 
 from pydantic import ValidationError
@@ -157,6 +158,7 @@ def do_append(
     message: Message,
     data: bytes,
     branch: str | None,
+    expected_head: str | EllipsisType | None = ...,
 ) -> None:
     """Message file, then journal line (the commit), then metadata (head, updated_at)."""
     if message.id in state.index.entries:
@@ -166,6 +168,12 @@ def do_append(
         )
     require_message(state, message.parent_id)
     target = find_branch(metadata, branch) if branch is not None else None
+    if target is not None and expected_head is not ... and target.head != expected_head:
+        raise StateError(
+            f"branch {target.name!r} of context {state.context_id!r} moved: its head is "
+            f"{target.head!r}, not {expected_head!r} (another writer appended to it). Nothing "
+            "was written; read the branch again and retry."
+        )
     streaming = message.status is MessageStatus.STREAMING
     if streaming:
         state.take_streaming_lock(message.id)
@@ -194,6 +202,13 @@ def do_update_message(
             "update_message cannot change them (append a new message instead)."
         )
     streaming = message.status is MessageStatus.STREAMING
+    if streaming and old.status is not MessageStatus.STREAMING:
+        # A checkpoint that lost the race for the lock to the final update (or one sent
+        # after it) must not turn the finished message back into a stream.
+        raise StateError(
+            f"message {message.id!r} of context {state.context_id!r} already finished with "
+            f"status {old.status.value!r}; a streaming update cannot reopen it."
+        )
     if streaming or old.status is MessageStatus.STREAMING:
         # Refuses (StoreError) if a live writer elsewhere is still streaming it.
         state.take_streaming_lock(message.id)

@@ -1,0 +1,204 @@
+"""kill -9 at every file event of every write: the context always reopens cleanly.
+
+For each write operation the test first runs it to the end in a forked child
+(``tests/store_crash_child.py``) to count the file events it makes below the data
+directory (opens, renames, removals, truncations). Then, for every K, it copies the
+prepared data directory, runs the operation again and SIGKILLs the child just before
+its K-th event, and reopens the copy with a fresh FileStore. Each reopened state must:
+
+* load without a StoreWarning (a crash is not damage) and without a stream left
+  "streaming", with every indexed message readable and every branch head resolvable;
+* be the state before the operation or the state after it (appends may also be
+  committed without having moved the head: that append never returned);
+* accept the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from store_helpers import chain, msg
+
+from cm_notebook.model import ContextMetadata, MessageStatus
+from cm_notebook.store import FileStore
+from cm_notebook.store.index import COMPACT_MIN_LINES
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix" or not hasattr(os, "fork"), reason="needs fork"),
+    pytest.mark.slow,
+]
+
+SERVER = Path(__file__).with_name("store_crash_child.py")
+NEW_ID = "m-crash-new"
+State = dict[str, Any]
+
+
+class ForkServer:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, op: str, data_dir: Path, kill_at: int, **args: Any) -> str:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        request = {"op": op, "data_dir": str(data_dir), "kill_at": kill_at, "args": args}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.communicate(timeout=30)  # closes stdin (the server ends) and the pipes
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ForkServer]:
+    fork_server = ForkServer()
+    yield fork_server
+    fork_server.close()
+
+
+async def observe(data_dir: Path) -> State:
+    """What a fresh FileStore sees, checking the invariants every state must meet."""
+    async with FileStore(data_dir) as store:
+        contexts = sorted(meta.id for meta in await store.list_contexts())
+        # A delete that was killed after its rename must not leave the folder behind
+        # for good: listing contexts sweeps the trash.
+        trash = [n for n in os.listdir(data_dir / "contexts") if n.startswith(".trash-")]
+        assert not trash, f"left in the trash: {trash}"
+        if "c1" not in contexts:
+            return {"contexts": contexts}
+        meta = await store.get_metadata("c1")
+        index = await store.index("c1")
+        assert not [e.id for e in index.values() if e.status is MessageStatus.STREAMING]
+        got = await store.get_messages("c1", sorted(index))
+        assert [m.id for m in got] == sorted(index), "an indexed message is unreadable"
+        for message in got:
+            assert index[message.id].status == message.status, "index and file disagree"
+        for name in meta.branches:
+            await store.path("c1", name)
+        await store.page("c1")
+        return {
+            "contexts": contexts,
+            "title": meta.title,
+            "active": meta.active_branch,
+            "heads": {name: branch.head for name, branch in meta.branches.items()},
+            "messages": {m.id: (m.parent_id, m.content, m.status.value) for m in got},
+        }
+
+
+async def write_next(data_dir: Path) -> None:
+    """The next write after the crash works, and another FileStore sees it."""
+    async with FileStore(data_dir) as store:
+        if "c1" not in [meta.id for meta in await store.list_contexts()]:
+            await store.create_context(ContextMetadata(id="c1"))
+        active = (await store.get_metadata("c1")).active_branch
+        added = await chain(store, "c1", 1, branch=active)
+    async with FileStore(data_dir) as store:
+        assert (await store.path("c1"))[-1] == added[0]
+
+
+async def prepare(data_dir: Path, messages: int) -> list[str]:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1", title="before"))
+        await store.create_context(ContextMetadata(id="c2"))
+        ids = await chain(store, "c1", messages)
+        await store.create_branch("c1", "alt", head=ids[0])
+        await store.append_message("c1", msg("user", ids[0], "on alt"), branch="alt")
+    return ids
+
+
+Accept = Callable[[State, State, State], bool]
+
+
+def before_or_after(before: State, after: State, seen: State) -> bool:
+    return seen in (before, after)
+
+
+def append_accept(before: State, after: State, seen: State) -> bool:
+    if seen in (before, after):
+        return True
+    # Committed, but the head move never happened: the append had not returned.
+    return seen["messages"] == after["messages"] and seen["heads"] == before["heads"]
+
+
+def stream_accept(before: State, after: State, seen: State) -> bool:
+    reply = seen["messages"].get(NEW_ID)
+    if reply is None:
+        return seen == before
+    _parent, content, status = reply
+    # The final status is there exactly when the final text is.
+    return (status == "complete") == (content == "full") and status in ("complete", "interrupted")
+
+
+SCENARIOS: dict[str, tuple[int, str, Callable[[list[str]], dict[str, Any]], Accept]] = {
+    "append": (3, "append", lambda ids: {"parent": ids[-1], "branch": "main"}, append_accept),
+    "append-no-branch": (
+        3,
+        "append",
+        lambda ids: {"parent": ids[0], "branch": None},
+        append_accept,
+    ),
+    "append-streaming": (
+        3,
+        "append",
+        lambda ids: {"parent": ids[-1], "branch": "main", "status": "streaming"},
+        append_accept,
+    ),
+    "append-compacts": (
+        COMPACT_MIN_LINES - 2,  # prepare() adds one more message on "alt"
+        "append",
+        lambda ids: {"parent": ids[-1], "branch": "main"},
+        append_accept,
+    ),
+    "checkpoint": (3, "checkpoint", lambda ids: {"parent": ids[-1]}, stream_accept),
+    "finish": (3, "finish", lambda ids: {"parent": ids[-1]}, stream_accept),
+    "create_branch": (3, "create_branch", lambda ids: {"name": "new", "head": ids[1]}, None),
+    "set_branch_head": (3, "set_branch_head", lambda ids: {"name": "alt", "head": ids[2]}, None),
+    "set_active_branch": (3, "set_active_branch", lambda ids: {"name": "alt"}, None),
+    "delete_branch": (3, "delete_branch", lambda ids: {"name": "alt"}, None),
+    "update_metadata": (3, "update_metadata", lambda ids: {"title": "after"}, None),
+    "delete_context": (3, "delete_context", lambda ids: {}, None),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_kill_at_every_file_event(server: ForkServer, tmp_path: Path, scenario: str) -> None:
+    messages, op, make_args, accept = SCENARIOS[scenario]
+    template = tmp_path / "template"
+    template.mkdir()
+    ids = anyio.run(prepare, template, messages)
+    args = {"id": NEW_ID, "content": "new", **make_args(ids)}
+    before = anyio.run(observe, template)
+
+    full = tmp_path / "full"
+    shutil.copytree(template, full)
+    assert server.run(op, full, 10**9, **args) == "exit 0"
+    events = int(Path(f"{full}.events").read_text())
+    after = anyio.run(observe, full)
+    assert events >= 2
+    assert after != before
+    if op in ("checkpoint", "finish"):
+        before = {}  # the reply exists before the measured update: see stream_accept
+
+    for kill_at in range(1, events + 1):
+        work = tmp_path / f"k{kill_at}"
+        shutil.copytree(template, work)
+        assert server.run(op, work, kill_at, **args) == "killed 9", kill_at
+        seen = anyio.run(observe, work)
+        ok = (accept or before_or_after)(before, after, seen)
+        assert ok, f"{scenario}: killed before file event {kill_at} of {events}: {seen}"
+        anyio.run(write_next, work)
+        shutil.rmtree(work)
