@@ -294,7 +294,11 @@ class ContextSession(SessionCore):
         with self._claim(name):
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
-            self._io.call(self._store.append_message(self.id, user, branch=name))
+            # expected_head: if another process moved the branch since we read it, fail
+            # loudly rather than fork the conversation behind its back.
+            self._io.call(
+                self._store.append_message(self.id, user, branch=name, expected_head=head)
+            )
             self._publish(
                 ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user")
             )
