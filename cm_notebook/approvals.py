@@ -10,6 +10,7 @@ double click finds it gone and gets a clear error instead of deciding twice.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from .errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .model import ToolCall
 
 __all__ = ["ApprovalDesk", "Decision", "PendingCall"]
+
+_order = itertools.count()
 
 
 @dataclass
@@ -38,6 +41,7 @@ class PendingCall:
         self.branch = branch
         self.message_id = message_id
         self.call = call
+        self.order = next(_order)  # the desk lists calls oldest first
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Decision] = self.loop.create_future()
 
@@ -120,6 +124,7 @@ class ApprovalDesk:
         )
 
     def put_back(self, pending: PendingCall) -> None:
-        """Return a taken call to the desk (its decision could not be made)."""
+        """Return a taken call to the desk (its decision could not be made), in its place."""
         with self._lock:
             self._pending[pending.call.id] = pending
+            self._pending = dict(sorted(self._pending.items(), key=lambda item: item[1].order))

@@ -9,22 +9,36 @@ provider streams, store writes, tool execution, timers and signals. Each effect 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
 from . import events as ev
 from . import fsm
 from .approvals import Decision
-from .errors import CMError, PermanentProviderError, ProviderError, TransientProviderError
+from .errors import PermanentProviderError, ProviderError, TransientProviderError
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
-from .providers.base import ChatRequest, Finish, Provider, TextDelta, ToolCallRequest, Usage
-from .tools import denied_result, run_tool, tool_call_from_request
+from .providers.base import (
+    ChatRequest,
+    Finish,
+    Provider,
+    TextDelta,
+    ToolCallRequest,
+    Usage,
+)
+from .tools import (
+    ToolOutcome,
+    UnknownToolError,
+    denied_result,
+    run_tool,
+    tool_call_from_request,
+)
 
 if TYPE_CHECKING:
     from ._session_core import SessionCore as ContextSession
@@ -72,8 +86,12 @@ class TurnRunner:
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
         self._answered: set[str] = set()  # ids of calls whose tool message is stored
-        self._failure: CMError | None = None
+        self._failure: Exception | None = None
+        self._internal = False  # the failure is a bug (provider or engine), not the model's
         self._effects: deque[fsm.Effect] = deque()
+        # The move to Idle or PermanentFailure, signalled only once the turn is wound up
+        # and its branch is free: a view (or a callback) may send the next message then.
+        self._final: list[fsm.StateChanged] = []
 
     # -- entry points ------------------------------------------------------------------
 
@@ -86,18 +104,29 @@ class TurnRunner:
     async def run(self) -> Message:
         """Drive the turn to its end; returns the last assistant message."""
         outcome = "completed"
+        crash: Exception | None = None
         try:
             self._feed(self._start)
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 if self._cancelled:
                     scope.cancel()
-                outcome = await self._drain()
-            if scope.cancelled_caught or self._cancelled:
+                try:
+                    outcome = await self._drain()
+                except Exception as exc:  # a bug, or the store failed: never leave it stuck
+                    crash = exc
+            if crash is not None:
+                outcome = await self._crashed(crash)
+            elif scope.cancelled_caught:
+                # Only a cancel that stopped the work counts: one that came while a
+                # shielded final write ran finds the turn already finished (a failed
+                # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
         finally:
             self.turn._finish_listeners()
             self.session._turn_finished(self)
+            for change in self._final:
+                self._publish_state(change)
         if outcome == "failed":
             assert self._failure is not None
             raise self._failure
@@ -122,6 +151,8 @@ class TurnRunner:
         while self._effects:
             effect = self._effects.popleft()
             match effect:
+                case fsm.StateChanged() if effect.new not in fsm.ACTIVE_STATES:
+                    self._final.append(effect)
                 case fsm.StateChanged():
                     self._publish_state(effect)
                 case fsm.StartRequest():
@@ -156,28 +187,41 @@ class TurnRunner:
                     .head
                 )
                 await self._new_reply(head)
-        if self._reply is not None:
-            await self._finish_reply(MessageStatus.INTERRUPTED, "cancelled by the user")
-        self._effects.clear()
-        machine = self.session._machine(self.branch)
-        if machine.state in fsm.ACTIVE_STATES:
-            self._feed(fsm.Cancel())
-        outcome = "cancelled"
-        while self._effects:
-            effect = self._effects.popleft()
-            match effect:
-                case fsm.StateChanged():
-                    self._publish_state(effect)
-                case fsm.ResolveCancelled(tool_call_ids=ids, reason=reason):
-                    await self._resolve_cancelled(ids, reason)
-                case _:
-                    pass
-        # Calls of an interrupted round still need an answer in the tree: providers
-        # refuse a conversation where a tool call has no result.
+        reason = "cancelled by the user"
+        await self._wind_down(MessageStatus.INTERRUPTED, reason, reason)
+        return "cancelled"
+
+    async def _crashed(self, exc: Exception) -> str:
+        # Something that is not a provider failure broke the turn (a bug, a store that
+        # cannot write). End it like a cancel, so the branch is free and the tree valid,
+        # mark the reply as an error, tell the views, and let `await turn` raise ``exc``.
+        self._failure = exc
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        # The store may be what failed: the first error is the one to report.
+        with contextlib.suppress(Exception):
+            await self._wind_down(
+                MessageStatus.ERROR, message, "not run: the turn stopped on an internal error"
+            )
+        self.session._publish(ev.Error(branch=self.branch, kind="internal", message=message))
+        return "failed"
+
+    async def _wind_down(self, status: MessageStatus, reason: str, tools_reason: str) -> None:
+        # Finish the reply in progress and answer every unanswered tool call of the round
+        # (the FSM's ResolveCancelled ids are among them). The machine is reset even if
+        # a write fails; run() signals the move to Idle once all this is done.
+        try:
+            if self._reply is not None:
+                await self._finish_reply(status, reason)
+        finally:
+            self._effects.clear()
+            if self.session._machine(self.branch).state in fsm.ACTIVE_STATES:
+                self._feed(fsm.Cancel())
+            self._final += [e for e in self._effects if isinstance(e, fsm.StateChanged)]
+            self._effects.clear()
+        # Providers refuse a conversation where a tool call has no result.
         unanswered = tuple(c for c in self._calls if c not in self._answered)
         if unanswered:
-            await self._resolve_cancelled(unanswered, "cancelled by the user")
-        return outcome
+            await self._resolve_cancelled(unanswered, tools_reason)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -189,10 +233,16 @@ class TurnRunner:
         else:
             reply = self._reply
             history = await session._request_messages(self.branch, exclude=reply.message.id)
+        restarted = bool(reply.text)
         reply.text = ""
         reply.tool_requests.clear()
         reply.usage = None
         reply.finish_reason = None
+        if restarted:
+            # A retry restarts the text (its deltas start again at offset 0): the stored
+            # text must restart too, or a view that re-pulls gets the failed attempt's
+            # text (kept in ``failed_attempts``).
+            await self._checkpoint(reply)
         self.turn._set_message(reply.message.id)
         request = ChatRequest(
             messages=session._with_system(history),
@@ -231,12 +281,33 @@ class TurnRunner:
         )
         return self._reply
 
+    @contextlib.contextmanager
+    def _provider_errors(self) -> Iterator[None]:
+        # A provider must raise only ProviderError; anything else is a bug in it. The
+        # turn fails (permanently: retrying the same bug rarely helps) with a clear error.
+        try:
+            yield
+        except ProviderError:
+            raise
+        except Exception as exc:
+            self._internal = True
+            name = self.provider.name
+            raise PermanentProviderError(
+                f"internal error in provider {name!r}: {type(exc).__name__}: {exc}",
+                provider=name,
+            ) from exc
+
     async def _stream(self, request: ChatRequest, reply: _Reply) -> None:
         last_checkpoint = time.monotonic()
         started = False
-        stream = self.provider.stream(request)
+        with self._provider_errors():
+            stream = self.provider.stream(request)
         try:
-            async for event in stream:
+            while True:
+                with self._provider_errors():
+                    event = await anext(stream, None)
+                if event is None:
+                    break
                 if isinstance(event, TextDelta):
                     if not event.text:
                         continue
@@ -267,7 +338,7 @@ class TurnRunner:
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), self._provider_errors():
                     await aclose()
 
     def _publish_state(self, effect: fsm.StateChanged) -> None:
@@ -365,7 +436,8 @@ class TurnRunner:
             await self._finish_reply(MessageStatus.ERROR, message)
         if not isinstance(self._failure, PermanentProviderError):
             self._failure = PermanentProviderError(message)
-        self.session._publish(ev.Error(branch=self.branch, kind="permanent", message=message))
+        kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
+        self.session._publish(ev.Error(branch=self.branch, kind=kind, message=message))
 
     # -- tools -------------------------------------------------------------------------
 
@@ -380,7 +452,13 @@ class TurnRunner:
             if call.status is ToolCallStatus.FAILED:  # unknown tool / invalid arguments
                 immediate.append((call_id, Decision(False, call.reason)))
                 continue
-            policy = session.tool_policy.decide(session.tools.get(call.name))
+            try:
+                tool = session.tools.get(call.name)
+            except UnknownToolError as exc:  # removed since the model asked for it
+                self._calls[call_id] = _failed(call, exc)
+                immediate.append((call_id, Decision(False, str(exc))))
+                continue
+            policy = session.tool_policy.decide(tool)
             if policy == "auto":
                 immediate.append((call_id, Decision(True)))
             elif policy == "deny":
@@ -438,9 +516,12 @@ class TurnRunner:
                 call = call.model_copy(update={"status": ToolCallStatus.RUNNING})
                 self._calls[call_id] = call
                 await self._save_calls()
-                outcome = await run_tool(
-                    session.tools.get(call.name), call.arguments, timeout=session.tool_timeout
-                )
+                try:
+                    tool = session.tools.get(call.name)
+                except UnknownToolError as exc:  # removed while the call awaited approval
+                    outcome = ToolOutcome(ToolCallStatus.FAILED, f"error: {exc}", 0.0)
+                else:
+                    outcome = await run_tool(tool, call.arguments, timeout=session.tool_timeout)
                 call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
                 text = outcome.result
                 if not outcome.ok:
@@ -459,10 +540,12 @@ class TurnRunner:
 
     async def _answer_call(self, call: ToolCall, text: str) -> None:
         session = self.session
-        self._answered.add(call.id)
         head = (await session._store.get_metadata(session.id)).branches[self.branch].head
         message = Message(role="tool", parent_id=head, content=text, tool_call_id=call.id)
         await session._store.append_message(session.id, message, branch=self.branch)
+        # Only once it is stored (a store write, once started, is not cancelled): a
+        # failed write leaves the call to be answered by the wind-down.
+        self._answered.add(call.id)
         session._publish(
             ev.MessageAdded(branch=self.branch, message_id=message.id, parent_id=head, role="tool")
         )
@@ -504,3 +587,11 @@ class TurnRunner:
         updated = self._last_reply.model_copy(update={"tool_calls": list(self._calls.values())})
         await self.session._store.update_message(self.session.id, updated)
         self._last_reply = updated
+
+
+def _failed(call: ToolCall, exc: Exception) -> ToolCall:
+    # A call that cannot run, as tool_call_from_request marks one (fail closed).
+    error = f"error: {exc}"
+    return call.model_copy(
+        update={"status": ToolCallStatus.FAILED, "reason": str(exc), "result": error}
+    )

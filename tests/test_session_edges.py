@@ -1,0 +1,439 @@
+"""Edges of the turn engine: a provider (or store) that fails in a way it should not,
+a tool taken away while its call waits, retries after a tool round, cancelling in every
+state, and what a view sees (events, stored text) along the way.
+
+Every check of the tree on disk reopens the context with a fresh
+:meth:`ContextSession.open`, so it reads what was written, not what the session holds."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from test_session_support import DEADLINE, Recorder, entered, roles, seen
+
+from cm_notebook.errors import PermanentProviderError, StoreError, ToolError
+from cm_notebook.events import (
+    ContentDelta,
+    Error,
+    Event,
+    MessageAdded,
+    MessageCompleted,
+    StateChanged,
+    ToolApprovalRequested,
+    ToolCallResolved,
+)
+from cm_notebook.fsm import State
+from cm_notebook.model import Message, MessageStatus, ToolCallStatus
+from cm_notebook.retry import RetryPolicy
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import ToolRegistry, tool
+
+FAST = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=3, jitter=0.0)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def stored(data_dir: Path, session: ContextSession, branch: str | None = None) -> list[Message]:
+    """The branch's messages as a fresh session reads them from disk."""
+    fresh = ContextSession.open(session.id, data_dir=data_dir)
+    try:
+        return fresh.history(branch)
+    finally:
+        fresh.close()
+
+
+def assert_tree_valid(tree: list[Message]) -> None:
+    """No message is left half-written; every tool call is settled and answered once."""
+    assert all(m.status is not MessageStatus.STREAMING for m in tree), tree
+    answers = [m.tool_call_id or "" for m in tree if m.role == "tool"]
+    asked = [c.id for m in tree for c in m.tool_calls]
+    assert sorted(answers) == sorted(asked)
+    for message in tree:
+        for call in message.tool_calls:
+            assert call.status in (
+                ToolCallStatus.DONE,
+                ToolCallStatus.FAILED,
+                ToolCallStatus.DENIED,
+            ), call
+
+
+def assert_consistent(events: list[Event], tree: list[Message]) -> None:
+    """The invariants every view relies on, over a session's signals and its tree."""
+    assert_tree_valid(tree)
+    # The state chain of each branch is continuous and ends Idle or PermanentFailure.
+    branches = {e.branch for e in events if isinstance(e, StateChanged)}
+    for branch in branches:
+        changes = [e for e in events if isinstance(e, StateChanged) and e.branch == branch]
+        for before, after in itertools.pairwise(changes):
+            assert before.new == after.old, (before, after)
+        assert changes[-1].new in (State.IDLE, State.PERMANENT_FAILURE)
+    # Every assistant message completes exactly once.
+    added = [e.message_id for e in events if isinstance(e, MessageAdded) and e.role == "assistant"]
+    completed = [e.message_id for e in events if isinstance(e, MessageCompleted)]
+    assert sorted(completed) == sorted(added)
+    # Every call put up for approval is resolved.
+    requested = {i for e in events if isinstance(e, ToolApprovalRequested) for i in e.tool_call_ids}
+    resolved = {e.tool_call_id for e in events if isinstance(e, ToolCallResolved)}
+    assert requested <= resolved
+
+
+def idle_and_settled(events: list[Event]) -> bool:
+    """A predicate: the last state change went to Idle and the tree writes are done."""
+    changes = [e for e in events if isinstance(e, StateChanged)]
+    return bool(changes) and changes[-1].new in (State.IDLE, State.PERMANENT_FAILURE)
+
+
+# -- a provider that raises what it should not --------------------------------------------
+
+
+@pytest.mark.parametrize("after_chunks", [0, 2])
+def test_a_provider_bug_fails_the_turn_with_a_clear_error(
+    data_dir: Path, closing: list[ContextSession], after_chunks: int
+) -> None:
+    fake = ScriptedProvider().error(ValueError("bad chunk"), after_chunks=after_chunks)
+    fake.reply("Fine now.")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    turn = session.send("Hi")
+    with pytest.raises(
+        PermanentProviderError, match="internal error in provider 'scripted'"
+    ) as caught:
+        turn.result(DEADLINE)
+    assert "ValueError: bad chunk" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert session.state is State.PERMANENT_FAILURE
+    recorder.wait(seen(Error))
+    assert [e.kind for e in recorder.of(Error)] == ["internal"]
+    failed = stored(data_dir, session)[-1]
+    assert failed.status is MessageStatus.ERROR
+    assert failed.metadata.error is not None
+    assert "bad chunk" in failed.metadata.error
+    assert_consistent(recorder.snapshot(), stored(data_dir, session))
+
+    # Not stuck: the user can retry.
+    assert session.retry().result(DEADLINE).content == "Fine now."
+    assert session.state is State.IDLE
+    assert roles(stored(data_dir, session)) == ["user", "assistant"]
+
+
+# -- a store that fails mid-turn ----------------------------------------------------------
+
+
+class FlakyStore(FileStore):
+    """A real FileStore whose next append of a tool message fails (a full disk, once)."""
+
+    fail_next_tool_message = True
+
+    async def append_message(
+        self, context_id: str, message: Message, *, branch: str | None, **options: Any
+    ) -> Message:
+        if self.fail_next_tool_message and message.role == "tool":
+            self.fail_next_tool_message = False
+            raise StoreError("disk full (simulated)")
+        return await super().append_message(context_id, message, branch=branch, **options)
+
+
+def test_a_store_failure_mid_turn_ends_the_turn_and_frees_the_branch(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    store = FlakyStore(data_dir)
+    try:
+        _store_failure(store, closing)
+    finally:
+        for session in closing:
+            session.close()
+        anyio.run(store.close)
+
+
+def _store_failure(store: FlakyStore, closing: list[ContextSession]) -> None:
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+    session = ContextSession.create(provider=fake, store=store, tools=[add], approval="auto")
+    closing.append(session)
+    recorder = Recorder(session)
+    with pytest.raises(StoreError, match="disk full"):
+        session.send("1 + 2?").result(DEADLINE)
+    recorder.wait(idle_and_settled)
+    assert session.state is State.IDLE
+    assert [e.kind for e in recorder.of(Error)] == ["internal"]
+    assert "disk full" in recorder.of(Error)[0].message
+    # Nothing is left streaming, and the branch takes the next message.
+    assert all(m.status is not MessageStatus.STREAMING for m in session.history())
+    # The call that could not be answered was answered by the wind-down.
+    tree = session.history()
+    assert_tree_valid(tree)
+    assert "internal error" in tree[-1].content
+    assert session.send("again").result(DEADLINE).content == "three"
+    assert_tree_valid(session.history())
+
+
+# -- a tool taken away while its call waits -------------------------------------------
+
+
+def test_a_tool_removed_before_it_runs_fails_the_call_not_the_turn(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider().tool_calls(("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4}))
+    fake.reply("Sorry, no tool.")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, tools=[add])
+    closing.append(session)
+    recorder = Recorder(session)
+    turn = session.send("sums?")
+    recorder.wait(seen(ToolApprovalRequested))
+    session.tools = ToolRegistry()  # the notebook re-ran its tools cell with none
+
+    # Editing the arguments needs the tool's schema: a clear error, the call stays.
+    with pytest.raises(ToolError, match="no tool named 'add'"):
+        session.approve("call_1", arguments={"a": 5, "b": 5})
+    assert [c.id for c in session.pending_tool_calls] == ["call_1", "call_2"]
+
+    session.approve("call_1")
+    session.deny("call_2", reason="")
+    message = turn.result(DEADLINE)
+    assert message.content == "Sorry, no tool."
+    assert session.state is State.IDLE
+    tree = stored(data_dir, session)
+    asking = tree[1]
+    assert [c.status for c in asking.tool_calls] == [ToolCallStatus.FAILED, ToolCallStatus.DENIED]
+    told = {m.tool_call_id: m.content for m in fake.requests[1].messages if m.role == "tool"}
+    assert "no tool named 'add'" in told["call_1"]
+    assert "denied by the user" in told["call_2"]
+    recorder.wait(idle_and_settled)
+    assert_consistent(recorder.snapshot(), tree)
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def test_a_transient_error_after_a_tool_round_retries_the_same_reply(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = (
+        ScriptedProvider(strict=True)
+        .tool_call("add", {"a": 1, "b": 2}, text="Let me add.")
+        .error("transient", after_chunks=2, text="The sum")
+        .reply("The sum is 3.", chunks=4)
+    )
+    session = ContextSession.create(
+        provider=fake, data_dir=data_dir, tools=[add], approval="auto", retry=FAST
+    )
+    closing.append(session)
+    recorder = Recorder(session)
+    final = session.send("1 + 2?").result(DEADLINE)
+    recorder.wait(idle_and_settled)
+    tree = stored(data_dir, session)
+    assert roles(tree) == ["user", "assistant", "tool", "assistant"]
+    assert tree[-1] == final
+    assert (final.content, tree[2].content, tree[1].content) == (
+        "The sum is 3.",
+        "3",
+        "Let me add.",
+    )
+    assert tree[1].metadata.model_extra in (None, {})  # the asking reply did not fail
+    extra = final.metadata.model_extra or {}
+    assert [a["text"] for a in extra["failed_attempts"]] == ["The sum"]
+    # The retry sent the same conversation, tool result included, without the failure.
+    assert fake.requests[1].messages == fake.requests[2].messages
+    assert roles(fake.requests[2].messages) == ["user", "assistant", "tool"]
+    assert [e.kind for e in recorder.of(Error)] == ["transient"]
+    assert_consistent(recorder.snapshot(), tree)
+
+
+def test_a_retry_restarts_the_stored_text_with_the_offsets(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # A view that sees offset 0 again re-pulls the message: what it pulls must be a
+    # prefix of the text the new deltas build, not the failed attempt's text.
+    fake = ScriptedProvider().error("transient", after_chunks=2, text="Hello wor")
+    fake.hang(after_chunks=1, text="Bye")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, retry=FAST)
+    closing.append(session)
+    recorder = Recorder(session)
+    turn = session.send("Hi")
+    recorder.wait(seen(ContentDelta, text="Bye"))
+    delta = recorder.of(ContentDelta)[-1]
+    assert delta.offset == 0
+    pulled = session.get(delta.message_id)
+    assert pulled.status is MessageStatus.STREAMING
+    assert "Bye".startswith(pulled.content)
+    turn.cancel()
+    message = turn.result(DEADLINE)
+    assert (message.content, message.status) == ("Bye", MessageStatus.INTERRUPTED)
+    assert [a["text"] for a in (message.metadata.model_extra or {})["failed_attempts"]] == [
+        "Hello wor"
+    ]
+
+
+# -- cancelling in every state ------------------------------------------------------------
+
+_gate = threading.Event()
+
+
+@tool(policy="auto")
+def slow(x: int) -> int:
+    """Wait for the test's gate, then echo x."""
+    _gate.wait(DEADLINE)
+    return x
+
+
+@tool
+def asked(x: int) -> int:
+    """Echo x, after a person approved."""
+    return x
+
+
+def _requested(fake: ScriptedProvider, count: int) -> Callable[[list[Event]], bool]:
+    # The provider has the request (its stream is open), not just the state change.
+    return lambda _events: len(fake.requests) >= count
+
+
+CANCEL_POINTS: dict[str, tuple[Callable[[], ScriptedProvider], Callable[..., Any]]] = {
+    "AwaitingResponse": (lambda: ScriptedProvider().hang(), lambda fake: _requested(fake, 1)),
+    "Streaming": (
+        lambda: ScriptedProvider().hang(after_chunks=1, text="Hal"),
+        lambda fake: seen(ContentDelta),
+    ),
+    "TransientFailure": (
+        lambda: ScriptedProvider().error("transient", after_chunks=1, text="Hal"),
+        lambda fake: entered(State.TRANSIENT_FAILURE),
+    ),
+    "AwaitingToolApproval": (
+        lambda: ScriptedProvider().tool_calls(("asked", {"x": 1}), ("asked", {"x": 2})),
+        lambda fake: entered(State.AWAITING_TOOL_APPROVAL),
+    ),
+    "ExecutingTools": (
+        lambda: ScriptedProvider().tool_calls(("slow", {"x": 1}), ("slow", {"x": 2})),
+        lambda fake: entered(State.EXECUTING_TOOLS),
+    ),
+}
+
+
+@pytest.mark.parametrize("point", list(CANCEL_POINTS))
+def test_cancel_in_every_state_leaves_a_valid_tree(
+    data_dir: Path, closing: list[ContextSession], point: str
+) -> None:
+    make_fake, ready = CANCEL_POINTS[point]
+    fake = make_fake()
+    session = ContextSession.create(
+        provider=fake,
+        data_dir=data_dir,
+        tools=[slow, asked],
+        retry=RetryPolicy(initial_delay=60, jitter=0),
+    )
+    closing.append(session)
+    recorder = Recorder(session)
+    _gate.clear()
+    turn = session.send("Hi")
+    recorder.wait(ready(fake))
+    if point == "AwaitingResponse":
+        # No signal says "the request is out"; the fake's own record is the signal.
+        with recorder._cond:
+            recorder._cond.wait_for(lambda: bool(fake.requests), DEADLINE)
+    # A view that re-pulls when Idle is signalled must find the tree settled.
+    at_idle: list[list[Message]] = []
+
+    def on_idle(event: Event) -> None:
+        if isinstance(event, StateChanged) and event.new is State.IDLE:
+            at_idle.append(session.history())
+
+    remove = session.subscribe(on_idle)
+    turn.cancel()
+    message = turn.result(DEADLINE)
+    _gate.set()
+    remove()
+    assert message.role == "assistant"
+    assert session.state is State.IDLE
+    (tree_at_idle,) = at_idle
+    assert_tree_valid(tree_at_idle)
+    tree = stored(data_dir, session)
+    assert tree[-1].status in (MessageStatus.INTERRUPTED, MessageStatus.COMPLETE)
+    assert_consistent(recorder.snapshot(), tree)
+    assert session.send("more").result(DEADLINE).content == "echo: more"
+    assert_consistent(recorder.snapshot(), stored(data_dir, session))
+
+
+# -- the end of a turn, as views see it ---------------------------------------------------
+
+
+def test_a_callback_may_send_the_next_message_when_idle_is_signalled(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # "Idle" is the signal that the turn is over: a view (or an SSE client) that sends
+    # the next queued message on it must not be told the branch is busy.
+    fake = ScriptedProvider().reply("first").reply("second")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    follow_ups: list[Any] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, StateChanged) and event.new is State.IDLE and not follow_ups:
+            try:
+                follow_ups.append(session.send("next"))
+            except Exception as exc:  # shown by the assertion below
+                follow_ups.append(exc)
+
+    session.subscribe(on_event)
+    assert session.send("one").result(DEADLINE).content == "first"
+    (follow_up,) = follow_ups
+    assert not isinstance(follow_up, Exception), follow_up
+    assert follow_up.result(DEADLINE).content == "second"
+    assert roles(session.history()) == ["user", "assistant", "user", "assistant"]
+
+
+def test_the_final_state_change_is_the_last_signal_of_a_failed_turn(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider().error("permanent", after_chunks=1, text="Hal")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    with pytest.raises(PermanentProviderError):
+        session.send("Hi").result(DEADLINE)
+    recorder.wait(entered(State.PERMANENT_FAILURE))
+    events = recorder.snapshot()
+    assert [e.type for e in events[-3:]] == ["MessageCompleted", "Error", "StateChanged"]
+    assert_consistent(events, stored(data_dir, session))
+
+
+class GatedStore(FileStore):
+    """A real FileStore that calls ``on_final_error`` while it writes a failed reply."""
+
+    on_final_error: Callable[[], None] | None = None
+
+    async def update_message(self, context_id: str, message: Message) -> None:
+        if message.status is MessageStatus.ERROR and self.on_final_error is not None:
+            self.on_final_error()
+            await anyio.lowlevel.checkpoint()  # the cancel arrives during this write
+        await super().update_message(context_id, message)
+
+
+def test_a_cancel_during_the_final_write_of_a_failed_turn_changes_nothing(
+    data_dir: Path,
+) -> None:
+    store = GatedStore(data_dir)
+    fake = ScriptedProvider().error("permanent", after_chunks=1, text="Hal")
+    session = ContextSession.create(provider=fake, store=store)
+    try:
+        turn = session.send("Hi")
+        store.on_final_error = turn.cancel
+        with pytest.raises(PermanentProviderError):
+            turn.result(DEADLINE)
+        assert session.state is State.PERMANENT_FAILURE
+        assert session.history()[-1].status is MessageStatus.ERROR
+        assert session.retry().result(DEADLINE).content == "echo: Hi"
+    finally:
+        session.close()
+        anyio.run(store.close)
