@@ -266,6 +266,11 @@ class ContextSession(SessionCore):
         with self._lock:
             if name in self._runners:
                 raise BusyError(f"branch {name!r} has a reply in progress; cancel it first")
+        if name == self.active_branch:
+            raise StateError(
+                f"branch {name!r} is the active branch; switch to another one first "
+                "(session.switch(name)), then delete it"
+            )
         self._io.call(self._store.delete_branch(self.id, name))
         with self._lock:
             self._machines.pop(name, None)

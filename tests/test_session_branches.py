@@ -176,7 +176,7 @@ def test_delete_branch_keeps_the_messages(
     fake.reply("on doomed")
     reply = session.send("extra").result(DEADLINE)
     files = message_files(data_dir, session)
-    with pytest.raises(StateError):
+    with pytest.raises(StateError, match=r"session\.switch"):
         session.delete_branch("doomed")  # the active branch
     session.switch("main")
     session.delete_branch("doomed")
