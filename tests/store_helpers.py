@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import EllipsisType
+from typing import Any
+
 from cm_notebook.model import Message
 from cm_notebook.store import FileStore
 
@@ -21,3 +24,28 @@ async def chain(store: FileStore, cid: str, n: int, branch: str = "main") -> lis
         head = message.id
         ids.append(message.id)
     return ids
+
+
+class FailingStore:
+    """The real FileStore, except that appending one chosen message fails like a full disk."""
+
+    def __init__(self, inner: FileStore, fail_on: str) -> None:
+        self.inner = inner
+        self.fail_on = fail_on
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append_message(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> Message:
+        if message.id == self.fail_on:
+            raise OSError(28, "No space left on device")
+        return await self.inner.append_message(
+            context_id, message, branch=branch, expected_head=expected_head
+        )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_helpers import FailingStore
 
 from cm_notebook.errors import (
     BranchNotFoundError,
@@ -246,24 +247,6 @@ def test_parse_export_accepts_text_bytes_and_dicts() -> None:
     assert not is_export([data])
     text = json.dumps(data)
     assert parse_export(text) == parse_export(text.encode()) == parse_export(data)
-
-
-class FailingStore:
-    """The real FileStore, except that appending one chosen message fails like a full disk."""
-
-    def __init__(self, inner: FileStore, fail_on: str) -> None:
-        self.inner = inner
-        self.fail_on = fail_on
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def append_message(
-        self, context_id: str, message: Message, *, branch: str | None
-    ) -> Message:
-        if message.id == self.fail_on:
-            raise OSError(28, "No space left on device")
-        return await self.inner.append_message(context_id, message, branch=branch)
 
 
 async def test_failed_import_leaves_nothing_behind(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_helpers import FailingStore
 
 from cm_notebook.errors import MigrationError
 from cm_notebook.migrate import (
@@ -22,7 +23,6 @@ from cm_notebook.migrate import (
     load_v1,
     migrate,
 )
-from cm_notebook.model import Message
 from cm_notebook.store import FileStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"
@@ -250,24 +250,6 @@ async def test_incomplete_earlier_migration_is_reported(store: FileStore) -> Non
     result = report.contexts[0]
     assert result.status is ContextStatus.FAILED
     assert "lacks 1 of its messages" in result.problems[0]
-
-
-class FailingStore:
-    """The real FileStore, except that appending one chosen message fails like a full disk."""
-
-    def __init__(self, inner: FileStore, fail_on: str) -> None:
-        self.inner = inner
-        self.fail_on = fail_on
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def append_message(
-        self, context_id: str, message: Message, *, branch: str | None
-    ) -> Message:
-        if message.id == self.fail_on:
-            raise OSError(28, "No space left on device")
-        return await self.inner.append_message(context_id, message, branch=branch)
 
 
 @pytest.mark.anyio
