@@ -161,7 +161,15 @@ class BranchSwitched(BaseEvent):
 
 
 class Error(BaseEvent):
-    """Something went wrong that a view should show; ``kind`` says what sort."""
+    """Something went wrong that a view should show; ``kind`` says what sort.
+
+    ``transient``: a request failed and will be retried (the message says when);
+    ``permanent``: the turn stopped and needs the user (retry, edit, fix a key);
+    ``tool``: a tool call failed (the model was told and the turn goes on);
+    ``internal``: a bug or an I/O failure ended the turn.
+    An Error comes just before the :class:`StateChanged` it explains (e.g. into
+    ``TransientFailure`` or ``PermanentFailure``).
+    """
 
     type: Literal["Error"] = "Error"
     message: str
