@@ -20,8 +20,9 @@ from . import fsm
 from ._loop import background_loop, running_loop, schedule_on
 from ._sessionio import StoreAccess
 from .approvals import ApprovalDesk
-from .errors import BusyError, InvalidInputError
-from .model import ContextMetadata, Message, MessageStatus
+from .errors import BranchNotFoundError, BusyError, InvalidInputError
+from .ids import validate_branch_name
+from .model import Branch, ContextMetadata, Message, MessageStatus
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
@@ -91,6 +92,51 @@ class SessionCore:
         self._providers = ProviderPool(metadata.provider, provider)
         self._owns_store = False  # set by create()/open() when they opened the store
         self._closing: set[asyncio.Task[None]] = set()
+
+    # -- the context's metadata (public, shared with the API) ----------------------
+
+    @property
+    def metadata(self) -> ContextMetadata:
+        """The context's metadata, re-read if another process changed it."""
+        self._metadata = self._io.call(self._store.get_metadata(self.id))
+        return self._metadata
+
+    @property
+    def title(self) -> str:
+        """The context's title."""
+        return self.metadata.title
+
+    @property
+    def branches(self) -> dict[str, Branch]:
+        """Branches by name."""
+        return dict(self.metadata.branches)
+
+    @property
+    def active_branch(self) -> str:
+        """The name of the active branch."""
+        return self.metadata.active_branch
+
+    def _branch_name(self, branch: str | None) -> str:
+        if branch is None:
+            return self.active_branch
+        return validate_branch_name(branch)
+
+    def _head(self, branch: str) -> str | None:
+        metadata = self.metadata
+        found = metadata.branches.get(branch)
+        if found is None:
+            raise BranchNotFoundError(
+                f"there is no branch {branch!r}; the branches are {sorted(metadata.branches)}"
+            )
+        return found.head
+
+    def _free_branch_name(self, stem: str) -> str:
+        existing = self.branches
+        for n in range(1, 10_000):
+            candidate = f"{stem}-{n}"
+            if candidate not in existing:
+                return candidate
+        raise InvalidInputError(f"no free branch name starting with {stem!r}")
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from .ids import new_id
 from .model import ToolCall
 
-__all__ = ["ApprovalDesk", "Decision", "PendingCall"]
+__all__ = ["ApprovalDesk", "Decision", "PendingCall", "unique_call_ids"]
 
 _order = itertools.count()
 
@@ -32,6 +33,24 @@ class Decision:
     approved: bool
     reason: str | None = None
     arguments: dict[str, Any] | None = None
+
+
+def unique_call_ids(calls: list[ToolCall], taken: set[str]) -> list[ToolCall]:
+    """``calls`` with any id that is in ``taken`` (or repeated) given a fresh suffix.
+
+    The new id keeps the provider's as a prefix and stays within ``[A-Za-z0-9_-]``,
+    which every provider accepts; the model only needs each call and its result to
+    carry the same id, which they do because both are stored under the new one.
+    """
+    used = set(taken)
+    out = []
+    for call in calls:
+        call_id = call.id
+        while call_id in used:
+            call_id = f"{call.id[:150]}_{new_id('')[-8:]}"
+        used.add(call_id)
+        out.append(call if call_id == call.id else call.model_copy(update={"id": call_id}))
+    return out
 
 
 class PendingCall:
@@ -74,6 +93,11 @@ class ApprovalDesk:
         with self._lock:
             self._pending.pop(call_id, None)
 
+    def ids(self) -> set[str]:
+        """Ids of the pending calls."""
+        with self._lock:
+            return set(self._pending)
+
     def calls(self) -> list[ToolCall]:
         """The pending calls, oldest first."""
         with self._lock:
@@ -96,8 +120,13 @@ class ApprovalDesk:
                 raise TimeoutError(f"no tool call needed a decision within {timeout} s")
             await asyncio.sleep(0.05)
 
-    def take(self, call_id: str | None, was_resolved: Callable[[str], bool]) -> list[PendingCall]:
-        """Take one call (or all with ``None``) off the desk, to decide it.
+    def take(
+        self,
+        call_id: str | None,
+        was_resolved: Callable[[str], bool],
+        branch: str | None = None,
+    ) -> list[PendingCall]:
+        """Take one call (or all with ``None``, optionally only ``branch``'s) to decide it.
 
         Raises:
             ToolCallAlreadyResolvedError: ``call_id`` was decided before (per
@@ -106,10 +135,14 @@ class ApprovalDesk:
         """
         with self._lock:
             if call_id is None:
-                taken = list(self._pending.values())
-                self._pending.clear()
+                taken = [p for p in self._pending.values() if branch in (None, p.branch)]
+                for each in taken:
+                    del self._pending[each.call.id]
                 if not taken:
-                    raise ToolCallNotFoundError("there are no tool calls waiting for approval")
+                    where = f" on branch {branch!r}" if branch is not None else ""
+                    raise ToolCallNotFoundError(
+                        f"there are no tool calls waiting for approval{where}"
+                    )
                 return taken
             pending = self._pending.pop(call_id, None)
             if pending is not None:

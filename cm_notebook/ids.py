@@ -97,6 +97,13 @@ def validate_branch_name(value: object) -> str:
         )
     if ".." in value:
         raise InvalidIdError(f"branch name {shown!r} is not valid: it contains '..'. {hint}")
+    if unicodedata.normalize("NFC", value) != value:
+        # Two spellings of one visible name (decomposed accents, the Angstrom sign) would
+        # make two branches that look identical in every view.
+        raise InvalidIdError(
+            f"branch name {shown!r} is not valid: it is not in Unicode normal form C; "
+            f"use {unicodedata.normalize('NFC', value)!r}. {hint}"
+        )
     for char in value:
         category = unicodedata.category(char)
         if char in "_-.+ ":

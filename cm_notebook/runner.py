@@ -21,7 +21,7 @@ import anyio
 
 from . import events as ev
 from . import fsm
-from .approvals import Decision
+from .approvals import Decision, unique_call_ids
 from .errors import PermanentProviderError, ProviderError, TransientProviderError
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .providers.base import (
@@ -85,7 +85,10 @@ class TurnRunner:
         self._reply: _Reply | None = None
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
-        self._answered: set[str] = set()  # ids of calls whose tool message is stored
+        self._answered: set[str] = set()
+        self._seen_call_ids: set[str] = (
+            set()
+        )  # tool call ids on the path the model saw  # ids of calls whose tool message is stored
         self._failure: Exception | None = None
         self._internal = False  # the failure is a bug (provider or engine), not the model's
         self._effects: deque[fsm.Effect] = deque()
@@ -233,6 +236,7 @@ class TurnRunner:
         else:
             reply = self._reply
             history = await session._request_messages(self.branch, exclude=reply.message.id)
+        self._seen_call_ids = {call.id for message in history for call in message.tool_calls}
         restarted = bool(reply.text)
         reply.text = ""
         reply.tool_requests.clear()
@@ -384,10 +388,10 @@ class TurnRunner:
             )
 
     async def _complete(self, reply: _Reply) -> None:
-        calls: list[ToolCall] = []
-        for request in reply.tool_requests:
-            call, _error = tool_call_from_request(request, self.session.tools)
-            calls.append(call)
+        calls = [tool_call_from_request(r, self.session.tools)[0] for r in reply.tool_requests]
+        # Providers only promise ids unique within one reply; the desk and the path need
+        # them unique across branches and turns (e.g. two fan-out arms both say "call_1").
+        calls = unique_call_ids(calls, self.session._approvals.ids() | self._seen_call_ids)
         self._calls = {call.id: call for call in calls}
         self._answered = set()
         await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)

@@ -26,7 +26,6 @@ from .approvals import Decision
 from .compare import BranchResult, Comparison
 from .errors import (
     BranchExistsError,
-    BranchNotFoundError,
     BusyError,
     CMError,
     InvalidInputError,
@@ -152,27 +151,6 @@ class ContextSession(SessionCore):
         return StoreAccess(store).call(store.list_contexts())
 
     # -- reading -----------------------------------------------------------------------
-
-    @property
-    def metadata(self) -> ContextMetadata:
-        """The context's metadata, re-read if another process changed it."""
-        self._metadata = self._io.call(self._store.get_metadata(self.id))
-        return self._metadata
-
-    @property
-    def title(self) -> str:
-        """The context's title."""
-        return self.metadata.title
-
-    @property
-    def branches(self) -> dict[str, Branch]:
-        """Branches by name."""
-        return dict(self.metadata.branches)
-
-    @property
-    def active_branch(self) -> str:
-        """The name of the active branch."""
-        return self.metadata.active_branch
 
     def history(
         self, branch: str | None = None, *, limit: int | None = None
@@ -463,17 +441,23 @@ class ContextSession(SessionCore):
     # -- tools -------------------------------------------------------------------------
 
     def approve(
-        self, tool_call_id: str | None = None, *, arguments: Mapping[str, Any] | str | None = None
+        self,
+        tool_call_id: str | None = None,
+        *,
+        arguments: Mapping[str, Any] | str | None = None,
+        branch: str | None = None,
     ) -> builtins.list[ToolCall]:
-        """Approve one pending tool call (or all of them with ``tool_call_id=None``).
+        """Approve one pending tool call, or all of them with ``tool_call_id=None``
+        (only those of ``branch`` if given, e.g. one arm of a fan-out).
 
         ``arguments`` replaces the model's arguments for that call after validation
         against the tool's schema (only with a single ``tool_call_id``).
         """
         if arguments is not None and tool_call_id is None:
             raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
+        only = None if branch is None else validate_branch_name(branch)
         decided = []
-        for pending in self._approvals.take(tool_call_id, self._was_resolved):
+        for pending in self._approvals.take(tool_call_id, self._was_resolved, only):
             edited = None
             if arguments is not None:
                 try:
@@ -487,13 +471,19 @@ class ContextSession(SessionCore):
         return decided
 
     def deny(
-        self, tool_call_id: str | None = None, *, reason: str = "denied by the user"
+        self,
+        tool_call_id: str | None = None,
+        *,
+        reason: str = "denied by the user",
+        branch: str | None = None,
     ) -> builtins.list[ToolCall]:
-        """Deny one pending tool call (or all); the model is told ``reason``."""
+        """Deny one pending tool call, or all (of ``branch`` if given); the model is told
+        ``reason``."""
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
+        only = None if branch is None else validate_branch_name(branch)
         decided = []
-        for pending in self._approvals.take(tool_call_id, self._was_resolved):
+        for pending in self._approvals.take(tool_call_id, self._was_resolved, only):
             pending.resolve(Decision(False, reason or "denied by the user"))
             decided.append(pending.call)
         return decided
@@ -555,28 +545,6 @@ class ContextSession(SessionCore):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _branch_name(self, branch: str | None) -> str:
-        if branch is None:
-            return self.active_branch
-        return validate_branch_name(branch)
-
-    def _head(self, branch: str) -> str | None:
-        metadata = self.metadata
-        found = metadata.branches.get(branch)
-        if found is None:
-            raise BranchNotFoundError(
-                f"there is no branch {branch!r}; the branches are {sorted(metadata.branches)}"
-            )
-        return found.head
-
-    def _free_branch_name(self, stem: str) -> str:
-        existing = self.branches
-        for n in range(1, 10_000):
-            candidate = f"{stem}-{n}"
-            if candidate not in existing:
-                return candidate
-        raise InvalidInputError(f"no free branch name starting with {stem!r}")
 
     def _rewind_to_prompt(self, branch: str) -> None:
         # Move the head back past the last assistant reply (and anything after the

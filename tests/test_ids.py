@@ -122,3 +122,16 @@ def test_hostile_branch_names_are_refused(name: str) -> None:
 def test_branch_name_must_be_a_string() -> None:
     with pytest.raises(InvalidIdError, match="must be a string"):
         validate_branch_name(42)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cafe\u0301", "\u212b-units", "\u1112\u1161\u11ab"],  # decomposed é, Angstrom sign, NFD Hangul
+)
+def test_branch_names_must_be_nfc_so_lookalikes_cannot_coexist(name: str) -> None:
+    import unicodedata
+
+    with pytest.raises(InvalidIdError, match="normal form C") as info:
+        validate_branch_name(name)
+    assert repr(unicodedata.normalize("NFC", name)) in str(info.value)
+    assert validate_branch_name(unicodedata.normalize("NFC", name))

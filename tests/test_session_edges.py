@@ -18,7 +18,12 @@ import anyio.lowlevel
 import pytest
 from test_session_support import DEADLINE, Recorder, entered, roles, seen
 
-from cm_notebook.errors import PermanentProviderError, StoreError, ToolError
+from cm_notebook.errors import (
+    PermanentProviderError,
+    StoreError,
+    ToolCallNotFoundError,
+    ToolError,
+)
 from cm_notebook.events import (
     ContentDelta,
     Error,
@@ -437,3 +442,32 @@ def test_a_cancel_during_the_final_write_of_a_failed_turn_changes_nothing(
     finally:
         session.close()
         anyio.run(store.close)
+
+
+def test_approve_and_deny_can_be_limited_to_one_branch(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    @tool
+    def ping(host: str) -> str:
+        """Ping a host."""
+        return f"pong from {host}"
+
+    def arm(host: str) -> ScriptedProvider:
+        return ScriptedProvider(strict=True).tool_call("ping", {"host": host}).reply("done")
+
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir, tools=[ping])
+    closing.append(session)
+    recorder = Recorder(session)
+    fan = session.fan_out(
+        "go", [{"provider": arm("a"), "branch": "a"}, {"provider": arm("b"), "branch": "b"}]
+    )
+    recorder.wait(lambda events: sum(e.type == "ToolApprovalRequested" for e in events) == 2)
+    with pytest.raises(ToolCallNotFoundError, match="on branch 'main'"):
+        session.approve(branch="main")
+    [approved] = session.approve(branch="a")
+    assert approved.arguments == {"host": "a"}
+    [denied] = session.deny(branch="b", reason="not b")
+    assert denied.arguments == {"host": "b"}
+    fan.result(DEADLINE)
+    assert session.history("a")[-2].content == "pong from a"
+    assert "not b" in session.history("b")[-2].content
