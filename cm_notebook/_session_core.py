@@ -226,7 +226,7 @@ class SessionCore:
     ) -> builtins.list[Message]:
         ids = await self._store.path(self.id, branch)
         messages = await self._store.get_messages(self.id, ids)
-        return [m for m in messages if m.id != exclude and _shown_to_model(m)]
+        return _answer_every_call([m for m in messages if m.id != exclude and _shown_to_model(m)])
 
     def _with_system(self, history: builtins.list[Message]) -> builtins.list[Message]:
         prompt = self._metadata.system_prompt
@@ -290,3 +290,31 @@ def _shown_to_model(message: Message) -> bool:
         and not message.content
         and not message.tool_calls
     )
+
+
+def _answer_every_call(path: list[Message]) -> list[Message]:
+    # Providers refuse a conversation in which a tool call has no result. The engine
+    # always stores one, but a write can fail (full disk) or a file be skipped as
+    # corrupt: fill such gaps in the request only (nothing is written).
+    out: list[Message] = []
+    open_calls: dict[str, str] = {}  # id -> result text to use if never answered
+
+    def close_open() -> None:
+        for call_id, text in open_calls.items():
+            out.append(
+                Message(
+                    id=f"missing-{call_id}"[:128], role="tool", content=text, tool_call_id=call_id
+                )
+            )
+        open_calls.clear()
+
+    for message in path:
+        if message.role == "tool" and message.tool_call_id in open_calls:
+            del open_calls[message.tool_call_id]
+        elif message.role != "tool":
+            close_open()
+        out.append(message)
+        for call in message.tool_calls:
+            open_calls[call.id] = call.result or "error: no result was recorded for this call"
+    close_open()
+    return out

@@ -35,7 +35,7 @@ from cm_notebook.events import (
     ToolCallResolved,
 )
 from cm_notebook.fsm import State
-from cm_notebook.model import Message, MessageStatus, ToolCallStatus
+from cm_notebook.model import Message, MessageStatus, ToolCall, ToolCallStatus
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
@@ -471,3 +471,31 @@ def test_approve_and_deny_can_be_limited_to_one_branch(
     fan.result(DEADLINE)
     assert session.history("a")[-2].content == "pong from a"
     assert "not b" in session.history("b")[-2].content
+
+
+def test_a_tool_call_left_without_a_stored_result_is_answered_in_the_request(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # E.g. the disk filled up while the engine stored the tool message: the stored tree
+    # lacks an answer, but the request sent to the model must still pair every call.
+    store = FileStore(data_dir)
+    fake = ScriptedProvider(strict=True).reply("carrying on")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, store=store)
+    closing.append(session)
+    asked = Message(role="user", content="use a tool")
+    calls = [ToolCall(id="c1", name="lookup", arguments={}, status=ToolCallStatus.RUNNING)]
+    half = Message(role="assistant", parent_id=asked.id, tool_calls=calls)
+
+    async def write() -> None:
+        await store.append_message(session.id, asked, branch="main")
+        await store.append_message(session.id, half, branch="main")
+
+    anyio.run(write)
+    session.send("and now?").result(DEADLINE)
+    sent = fake.last_request.messages
+    assert [m.role for m in sent] == ["user", "assistant", "tool", "user"]
+    assert sent[2].tool_call_id == "c1"
+    assert "no result was recorded" in sent[2].content
+    assert [m.role for m in session.history()] == ["user", "assistant", "user", "assistant"]
+    session.close()
+    anyio.run(store.close)
