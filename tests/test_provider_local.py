@@ -139,15 +139,17 @@ async def test_cancellation_mid_stream_stops_generation(provider: LocalProvider)
     assert scope.cancelled_caught
     assert len(seen) == 3
     # By the time cancellation returns, llama.cpp has stopped: no worker is left and the
-    # model is free for the next request at once (1500 tokens would take many seconds).
-    assert stopped_in < 2.0
+    # model is free for the next request. The bounds are far from both outcomes: a
+    # stopped generation returns in well under a second, while 1500 tokens take 15 s or
+    # more (about 100 tokens/s here, less on a loaded machine).
+    assert stopped_in < 10.0
     for thread in generating_threads():  # the worker has returned; let it exit
         thread.join(timeout=1.0)
     assert generating_threads() == []
     started = time.monotonic()
     events = await collect(provider, request(max_tokens=5))
     assert events[-1] == Finish("length")
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 10.0
 
 
 async def test_breaking_out_of_the_stream_stops_generation(provider: LocalProvider) -> None:
@@ -158,7 +160,7 @@ async def test_breaking_out_of_the_stream_stops_generation(provider: LocalProvid
             break
     started = time.monotonic()
     await stream.aclose()  # type: ignore[attr-defined]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10.0  # vs 15 s or more for the full 1500 tokens
     for thread in generating_threads():
         thread.join(timeout=1.0)
     assert generating_threads() == []
@@ -181,13 +183,16 @@ async def test_generation_does_not_block_the_event_loop(provider: LocalProvider)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(heartbeat)
-        events = await collect(provider, request(max_tokens=64))
+        started = time.monotonic()
+        events = await collect(provider, request(max_tokens=256))
+        generation = time.monotonic() - started
         done.set()
     assert isinstance(events[-1], Finish)
     assert len(gaps) > 100
-    # Generating 64 tokens takes ~0.5 s; a stall would show as one gap that long. The
-    # margin is for a busy 2-core CI machine, where llama.cpp competes for the CPU.
-    assert max(gaps) < 0.2
+    # A generation that blocked the loop would show as one gap as long as the whole
+    # generation (about 2.5 s for 256 tokens, longer on a loaded machine). Compared with
+    # the generation time measured in this run, so CPU contention cannot flip it.
+    assert max(gaps) < generation / 3
 
 
 async def test_concurrent_streams_share_one_model(provider: LocalProvider) -> None:

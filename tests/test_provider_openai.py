@@ -152,7 +152,7 @@ async def test_breaking_off_frees_the_server(llama_server: LocalServer) -> None:
     started = time.monotonic()
     events = await collect(provider_for(llama_server), request("Hi", max_tokens=4))
     assert events[-1] == Finish("length")
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < 10.0  # vs 15 s or more for the full 1500 tokens
 
 
 async def test_closed_server_is_a_transient_connection_error() -> None:
