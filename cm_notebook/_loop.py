@@ -17,7 +17,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["background_loop", "running_loop", "schedule", "schedule_on", "start_loop_thread"]
+__all__ = ["background_loop", "running_loop", "schedule_on", "start_loop_thread"]
 
 T = TypeVar("T")
 
@@ -63,35 +63,6 @@ def _stop_background() -> None:
     loop = _background
     if loop is not None and loop.is_running():
         loop.call_soon_threadsafe(loop.stop)
-
-
-def schedule(
-    coro: Coroutine[Any, Any, T],
-) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[T] | concurrent.futures.Future[T]]:
-    """Start ``coro`` without waiting for it.
-
-    On the running loop when there is one (returns an ``asyncio.Task``), else on the
-    background loop (returns a ``concurrent.futures.Future``). Also returns the loop
-    the work runs on, so callers can hand results to it thread-safely.
-    """
-    loop = running_loop()
-    if loop is not None:
-        return loop, loop.create_task(coro)
-    loop = background_loop()
-    return loop, asyncio.run_coroutine_threadsafe(coro, loop)
-
-
-def run_blocking(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run ``coro`` to completion from synchronous code that has no running loop."""
-    if running_loop() is not None:
-        coro.close()
-        from .errors import StateError
-
-        raise StateError(
-            "this call would block the running event loop; in a notebook or async code "
-            "use the awaitable form (e.g. `await turn`) instead"
-        )
-    return asyncio.run_coroutine_threadsafe(coro, background_loop()).result(timeout)
 
 
 def schedule_on(

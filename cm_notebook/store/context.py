@@ -299,10 +299,6 @@ class ContextState:
         self._pin_metadata(fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         self.metadata = metadata
 
-    def remove_folder(self, trash: Path) -> None:
-        """Move the context folder to ``trash`` (locked), so it vanishes atomically."""
-        os.rename(self.dir, trash)
-
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
         for message_id in list(self.streaming):
