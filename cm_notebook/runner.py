@@ -288,7 +288,9 @@ class TurnRunner:
     @contextlib.contextmanager
     def _provider_errors(self) -> Iterator[None]:
         # A provider must raise only ProviderError; anything else is a bug in it. The
-        # turn fails (permanently: retrying the same bug rarely helps) with a clear error.
+        # turn fails (permanently: retrying the same bug rarely helps) with a clear error
+        # that keeps the bug as __cause__, so its traceback still points at the provider.
+        # Letting it escape would leave the branch stuck mid-turn; hiding it would not do.
         try:
             yield
         except ProviderError:
