@@ -287,10 +287,8 @@ class TurnRunner:
 
     @contextlib.contextmanager
     def _provider_errors(self) -> Iterator[None]:
-        # A provider must raise only ProviderError; anything else is a bug in it. The
-        # turn fails (permanently: retrying the same bug rarely helps) with a clear error
-        # that keeps the bug as __cause__, so its traceback still points at the provider.
-        # Letting it escape would leave the branch stuck mid-turn; hiding it would not do.
+        # Anything but ProviderError is a bug in the provider: fail the turn for good
+        # (escaping would leave the branch stuck), keeping the bug as __cause__.
         try:
             yield
         except ProviderError:
