@@ -50,6 +50,7 @@ class SessionCore:
         retry: RetryPolicy | None = None,
         max_tool_rounds: int = 10,
         tool_timeout: float | None = None,
+        owns_store: bool = False,
     ) -> None:
         self._store = store
         self._io = StoreAccess(store)
@@ -90,7 +91,7 @@ class SessionCore:
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, provider)
-        self._owns_store = False  # set by create()/open() when they opened the store
+        self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- the context's metadata (public, shared with the API) ----------------------

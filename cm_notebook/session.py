@@ -94,11 +94,9 @@ class ContextSession(SessionCore):
         metadata = ContextMetadata(
             title=title or "Untitled", system_prompt=system, provider=settings, tags=list(tags)
         )
-        owned = store is None
-        store = store if store is not None else FileStore(data_dir)
         # Build (and so validate) the session before anything is written.
         session = cls(
-            store,
+            store if store is not None else FileStore(data_dir),
             metadata,
             provider=provider,
             tools=tools,
@@ -106,9 +104,9 @@ class ContextSession(SessionCore):
             retry=retry,
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
+            owns_store=store is None,
         )
-        session._metadata = session._io.call(store.create_context(metadata))
-        session._owns_store = owned
+        session._metadata = session._io.call(session._store.create_context(metadata))
         return session
 
     @classmethod
@@ -126,21 +124,18 @@ class ContextSession(SessionCore):
         tool_timeout: float | None = None,
     ) -> ContextSession:
         """Open a stored context. ``provider`` overrides the stored default for this session."""
-        owned = store is None
-        store = store if store is not None else FileStore(data_dir)
-        metadata = StoreAccess(store).call(store.get_metadata(context_id))
-        session = cls(
-            store,
-            metadata,
+        opened = store if store is not None else FileStore(data_dir)
+        return cls(
+            opened,
+            StoreAccess(opened).call(opened.get_metadata(context_id)),
             provider=provider,
             tools=tools,
             approval=approval,
             retry=retry,
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
+            owns_store=store is None,
         )
-        session._owns_store = owned
-        return session
 
     @classmethod
     def list(
