@@ -39,14 +39,14 @@ from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._sessionio import StoreAccess
 from .approvals import ApprovalDesk
-from .errors import BranchNotFoundError, BusyError, InvalidInputError
+from .errors import BranchNotFoundError, BusyError, CMError, InvalidInputError
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, Message
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
-from .store import Store
+from .store import IndexEntry, Store
 from .tools import Policy, ToolPolicy, ToolRegistry
 from .turn import Turn
 
@@ -117,14 +117,53 @@ class SessionCore:
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
         self._holds = 0  # opens not yet closed (see cm_notebook._registry)
+        # Caches refreshed when the store's change token moves (see ``metadata``).
+        self._metadata_token: object | None = None
+        self._index_cache: dict[str, IndexEntry] = {}
+        self._index_token: object | None = None
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
     @property
     def metadata(self) -> ContextMetadata:
-        """The context's metadata, re-read if another process changed it."""
-        self._metadata = self._io.call(self._store.get_metadata(self.id))
-        return self._metadata
+        """The context's metadata, re-read if it changed (here or in another process).
+
+        Cached: reading it costs a few ``stat`` calls unless the store's files changed,
+        so properties such as ``branches`` never wait behind other store work.
+        """
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._metadata_token:
+                return self._metadata
+        fresh = self._io.call(self._store.get_metadata(self.id))
+        with self._lock:
+            self._metadata, self._metadata_token = fresh, token
+        return fresh
+
+    def _index(self) -> dict[str, IndexEntry]:
+        # The message index (id -> parent, role, status...), cached like the metadata:
+        # a tree view asks for it often and it only changes when a message is written.
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._index_token:
+                return dict(self._index_cache)
+        fresh = self._io.call(self._store.index(self.id))
+        with self._lock:
+            self._index_cache, self._index_token = fresh, token
+        return dict(fresh)
+
+    def _change_token(self) -> object | None:
+        # The store's fingerprint of its files (FileStore.change_token), taken before a
+        # read so a write racing with the read only causes one more re-read; None for
+        # stores without one (then every read goes to the store).
+        token_of = getattr(self._store, "change_token", None)
+        if token_of is None:
+            return None
+        try:
+            token: object = token_of(self.id)
+        except (OSError, CMError):  # a store that cannot tell: read it
+            return None
+        return token
 
     @property
     def title(self) -> str:
