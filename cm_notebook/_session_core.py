@@ -38,8 +38,16 @@ from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._sessionio import StoreAccess
+from ._turn_writes import settle_append
 from .approvals import ApprovalDesk
-from .errors import BranchNotFoundError, BusyError, CMError, InvalidInputError
+from .errors import (
+    BranchNotFoundError,
+    BusyError,
+    CMError,
+    InvalidInputError,
+    StateError,
+    StoreError,
+)
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, Message
 from .providers import Provider
@@ -406,6 +414,44 @@ class SessionCore:
         future = schedule_on(self._loop, runner.run())
         turn._attach(future, runner.request_cancel)
         return turn
+
+    def _append_prompt(self, branch: str, message: Message) -> None:
+        # The user's message, after the head it was written against (expected_head): if
+        # another writer moved the branch since, fail loudly rather than fork the
+        # conversation behind its back.
+        try:
+            self._io.call(
+                self._store.append_message(
+                    self.id, message, branch=branch, expected_head=message.parent_id
+                )
+            )
+        except OSError as exc:
+            if not self._io.call(settle_append(self._store, self.id, branch, message)):
+                raise StoreError(
+                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
+                    "space (or fix the data folder) and send it again."
+                ) from exc
+        self._publish(
+            ev.MessageAdded(
+                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
+            )
+        )
+
+    def _rewind_to_prompt(self, branch: str) -> str:
+        # Move the head back past the last assistant reply (and anything after the
+        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
+        ids = self._io.call(self._store.path(self.id, branch))
+        history = self._io.call(self._store.get_messages(self.id, ids))
+        head = ids[-1] if ids else None
+        while history and history[-1].role == "assistant":
+            history.pop()
+        if not history:
+            raise StateError(f"branch {branch!r} has no message to reply to")
+        prompt = history[-1].id
+        if prompt != head:
+            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
+            self._publish_branch_update(branch, ["head"], head=prompt)
+        return prompt
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)

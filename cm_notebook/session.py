@@ -28,7 +28,6 @@ from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
-from ._turn_writes import settle_append
 from .approvals import Decision
 from .compare import BranchResult, Comparison
 from .errors import (
@@ -37,7 +36,6 @@ from .errors import (
     CMError,
     InvalidInputError,
     StateError,
-    StoreError,
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name, validate_message_id
@@ -453,7 +451,7 @@ class ContextSession(SessionCore):
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
             turns.append(self.send(text, branch=plan.branch, provider=chosen, **params))
-        return FanOut(self, turns, self._loop)
+        return FanOut(self.compare, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
 
@@ -571,41 +569,3 @@ class ContextSession(SessionCore):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _append_prompt(self, branch: str, message: Message) -> None:
-        # The user's message, after the head it was written against (expected_head): if
-        # another writer moved the branch since, fail loudly rather than fork the
-        # conversation behind its back.
-        try:
-            self._io.call(
-                self._store.append_message(
-                    self.id, message, branch=branch, expected_head=message.parent_id
-                )
-            )
-        except OSError as exc:
-            if not self._io.call(settle_append(self._store, self.id, branch, message)):
-                raise StoreError(
-                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
-                    "space (or fix the data folder) and send it again."
-                ) from exc
-        self._publish(
-            ev.MessageAdded(
-                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
-            )
-        )
-
-    def _rewind_to_prompt(self, branch: str) -> str:
-        # Move the head back past the last assistant reply (and anything after the
-        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
-        ids = self._io.call(self._store.path(self.id, branch))
-        history = self._io.call(self._store.get_messages(self.id, ids))
-        head = ids[-1] if ids else None
-        while history and history[-1].role == "assistant":
-            history.pop()
-        if not history:
-            raise StateError(f"branch {branch!r} has no message to reply to")
-        prompt = history[-1].id
-        if prompt != head:
-            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
-            self._publish_branch_update(branch, ["head"], head=prompt)
-        return prompt
