@@ -59,7 +59,7 @@ class BaseEvent(BaseModel):
 
 
 class StateChanged(BaseEvent):
-    """The context's state machine moved from ``old`` to ``new``."""
+    """The state machine of ``branch`` moved from ``old`` to ``new`` (one machine per branch)."""
 
     type: Literal["StateChanged"] = "StateChanged"
     old: State
