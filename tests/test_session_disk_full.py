@@ -13,7 +13,7 @@ from store_helpers import FailingStore
 from test_session_support import DEADLINE, Recorder, entered
 
 from cm_notebook.errors import StoreError
-from cm_notebook.events import Error
+from cm_notebook.events import ErrorReported
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, MessageStatus
 from cm_notebook.session import ContextSession
@@ -43,7 +43,7 @@ def test_the_final_write_failing_keeps_the_text_as_interrupted(
         session.send("hello").result(DEADLINE)
     assert isinstance(info.value.__cause__, OSError)
     recorder.wait(entered(State.IDLE))
-    errors = recorder.of(Error)
+    errors = recorder.of(ErrorReported)
     assert [e.kind for e in errors] == ["internal"]
     assert "could not be stored" in errors[0].message
     user, reply = session.history()

@@ -26,7 +26,7 @@ from cm_notebook.errors import (
 )
 from cm_notebook.events import (
     ContentDelta,
-    Error,
+    ErrorReported,
     Event,
     MessageAdded,
     MessageCompleted,
@@ -120,8 +120,8 @@ def test_a_provider_bug_fails_the_turn_with_a_clear_error(
     assert "ValueError: bad chunk" in str(caught.value)
     assert isinstance(caught.value.__cause__, ValueError)
     assert session.state is State.PERMANENT_FAILURE
-    recorder.wait(seen(Error))
-    assert [e.kind for e in recorder.of(Error)] == ["internal"]
+    recorder.wait(seen(ErrorReported))
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["internal"]
     failed = stored(data_dir, session)[-1]
     assert failed.status is MessageStatus.ERROR
     assert failed.metadata.error is not None
@@ -171,8 +171,8 @@ def _store_failure(store: FlakyStore, new_session: Callable[..., ContextSession]
         session.send("1 + 2?").result(DEADLINE)
     recorder.wait(idle_and_settled)
     assert session.state is State.IDLE
-    assert [e.kind for e in recorder.of(Error)] == ["internal"]
-    assert "disk full" in recorder.of(Error)[0].message
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["internal"]
+    assert "disk full" in recorder.of(ErrorReported)[0].message
     # Nothing is left streaming, and the branch takes the next message.
     assert all(m.status is not MessageStatus.STREAMING for m in session.history())
     # The call that could not be answered was answered by the wind-down.
@@ -247,7 +247,7 @@ def test_a_transient_error_after_a_tool_round_retries_the_same_reply(
     # The retry sent the same conversation, tool result included, without the failure.
     assert fake.requests[1].messages == fake.requests[2].messages
     assert roles(fake.requests[2].messages) == ["user", "assistant", "tool"]
-    assert [e.kind for e in recorder.of(Error)] == ["transient"]
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["transient"]
     assert_consistent(recorder.snapshot(), tree)
 
 

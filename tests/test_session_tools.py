@@ -26,7 +26,7 @@ from cm_notebook.errors import (
     ToolCallAlreadyResolvedError,
     ToolCallNotFoundError,
 )
-from cm_notebook.events import Error, ToolApprovalRequested, ToolCallResolved
+from cm_notebook.events import ErrorReported, ToolApprovalRequested, ToolCallResolved
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, ToolCallStatus
 from cm_notebook.session import ContextSession
@@ -333,7 +333,7 @@ def test_a_tool_that_raises_fails_and_the_conversation_goes_on(
     assert told.startswith("error: ZeroDivisionError")
     call = session.history()[1].tool_calls[0]
     assert call.status is ToolCallStatus.FAILED
-    assert [e.kind for e in recorder.of(Error)] == ["tool"]
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["tool"]
     assert session.state is State.IDLE
     assert_tree_valid(session.history())
 
@@ -396,7 +396,7 @@ def test_too_many_tool_rounds_is_a_permanent_failure(
         turn.result(DEADLINE)
     assert session.state is State.PERMANENT_FAILURE
     assert calc.calls == [("add", 0, 0), ("add", 1, 1)]  # the third round never ran
-    recorder.wait(seen(Error, kind="permanent"))
+    recorder.wait(seen(ErrorReported, kind="permanent"))
     history = session.history()
     assert_tree_valid(history)
     assert "tool round limit" in history[-1].content
