@@ -92,3 +92,20 @@ def test_a_prompt_committed_before_the_disk_filled_is_put_on_its_branch(
     reply = session.send("hi").result(DEADLINE)
     assert [m.content for m in session.history()] == ["hi", "echo: hi"]
     assert session.history()[-1].id == reply.id
+
+
+def test_a_reply_the_disk_refused_twice_is_stored_before_the_next_write(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    # The final write and the wind-down's retry both fail: the reply is still on disk
+    # as streaming. The session stores its final state before its next write.
+    store = FailingStore(inner, full_updates=2, update_fails=final_write)
+    fake = ScriptedProvider().reply("streamed text", chunks="words")
+    session = new_session(provider=fake, store=store)
+    with pytest.raises(StoreError, match="No space left on device"):
+        session.send("hello").result(DEADLINE)
+    assert session.history()[-1].status is MessageStatus.STREAMING  # the disk said no
+    assert session.state is State.IDLE
+    session.send("again").result(DEADLINE)
+    _, cut, _, _ = session.history()
+    assert (cut.status, cut.content) == (MessageStatus.INTERRUPTED, "streamed text")
