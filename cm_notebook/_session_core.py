@@ -61,6 +61,7 @@ from .turn import Turn
 __all__ = ["SessionCore"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="SessionCore")
 
 
 class SessionCore:
@@ -213,7 +214,7 @@ class SessionCore:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def __enter__(self) -> SessionCore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -224,7 +225,7 @@ class SessionCore:
     ) -> None:
         self.close()
 
-    async def __aenter__(self) -> SessionCore:
+    async def __aenter__(self: _S) -> _S:
         return self
 
     async def __aexit__(

@@ -239,11 +239,14 @@ class TurnRunner:
 
     async def _request(self) -> None:
         host = self.host
+        # The conversation is read before the reply is stored: once a view hears of
+        # the reply (MessageAdded), the request goes out with no store read between.
         if self._reply is None:
+            history = await host.conversation(self._writes.target, None)
             reply = await self._new_reply()
         else:
             reply = self._reply
-        history = await host.conversation(self._writes.target, reply.message.id)
+            history = await host.conversation(self._writes.target, reply.message.id)
         self._seen_call_ids = {call.id for message in history for call in message.tool_calls}
         restarted = bool(reply.text)
         reply.text = ""
