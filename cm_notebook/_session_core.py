@@ -126,7 +126,7 @@ class SessionCore:
         self._providers = ProviderPool(metadata.provider, provider)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
-        self._holds = 0  # opens not yet closed (see cm_notebook._registry)
+        self._holds = 1  # opens not yet closed (see cm_notebook._registry)
         # Caches refreshed when the store's change token moves (see ``metadata``).
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
