@@ -126,7 +126,6 @@ class SessionCore:
         self._providers = ProviderPool(metadata.provider, provider)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
-        self._holds = 1  # opens not yet closed (see cm_notebook._registry)
         # Caches refreshed when the store's change token moves (see ``metadata``).
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
@@ -239,7 +238,7 @@ class SessionCore:
     @property
     def closed(self) -> bool:
         """Whether the session was closed (by the last of its holders)."""
-        return self._bus.closed or self._holds <= 0
+        return self._bus.closed or not REGISTRY.held(self)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Give back this holder's use of the session; the last close releases it.
@@ -436,7 +435,7 @@ class SessionCore:
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
         future = schedule_on(self._loop, runner.run())
-        turn._attach(future, runner.request_cancel)
+        turn.attach(future, runner.request_cancel)
         return turn
 
     def _append_prompt(self, branch: str, message: Message) -> None:

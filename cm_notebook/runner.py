@@ -133,7 +133,7 @@ class TurnRunner:
                 # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
         finally:
-            self.turn._finish_listeners()
+            self.turn.progress.finish()
             self.host.finished(self.turn)
             for change in self._final:
                 self._publish_state(change)
@@ -258,7 +258,7 @@ class TurnRunner:
             # text must restart too, or a view that re-pulls gets the failed attempt's
             # text (kept in ``failed_attempts``).
             await self._writes.checkpoint(reply)
-        self.turn._set_message(reply.message.id)
+        self.turn.progress.start_message(reply.message.id)
         request = ChatRequest(messages=history, tools=host.tools().specs(), params=self.params)
         try:
             await self._stream(request, reply)
@@ -322,7 +322,7 @@ class TurnRunner:
                         await self._publish_pending_state()
                     offset = len(reply.text)
                     reply.text += chunk.text
-                    self.turn._append_text(chunk.text)
+                    self.turn.progress.add_text(chunk.text)
                     self.host.publish(
                         ev.ContentDelta(
                             branch=self._writes.target,
