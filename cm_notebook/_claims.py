@@ -122,8 +122,10 @@ def _lock(path: Path, branch: str) -> object:
         return lock
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except FileNotFoundError:
-        return None  # the context is gone: the store says so on the first write
+    except OSError:
+        # The context is gone (the store says so on the first write), or its folder
+        # cannot take the file (read-only, full): the store's own write reports it.
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -132,6 +134,11 @@ def _lock(path: Path, branch: str) -> object:
         finally:
             os.close(fd)
         raise _busy(branch, owner) from None
+    except OSError:
+        # A file system without flock (some network mounts): claims stay in this
+        # session; the compare-and-set on every head move still keeps writers apart.
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise
