@@ -198,8 +198,9 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         messages = await store.get_messages(meta.id, ids)
     _out(meta.title)
     _out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
-    if meta.system_prompt:
-        _out(f"system prompt: {meta.system_prompt}")
+    prompt = meta.branches[branch].system_prompt or meta.system_prompt
+    if prompt:
+        _out(f"system prompt: {prompt}")
     _out()
     if len(messages) < len(ids):
         _out(f"... {len(ids) - len(messages)} earlier message(s) not shown")
@@ -281,17 +282,28 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
 
 def _configure_migrate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", type=Path, metavar="SRC", help="v1 contexts.json or LocalStorage export"
+        "source",
+        type=Path,
+        metavar="SRC",
+        help="v1 contexts.json, LocalStorage export, per-context <uuid>.json file, or a "
+        "folder of per-context files (a damaged file there is reported, the others migrated)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="convert and validate only; write nothing"
     )
     parser.add_argument(
-        "--no-backup", action="store_true", help="do not copy the source to <SRC>.v1-backup-<time>"
+        "--no-backup",
+        action="store_true",
+        help="do not copy the source (a folder's JSON files) to <SRC>.v1-backup-<time> next "
+        "to it (or to <data dir>/backups when that folder is read-only)",
     )
 
 
-@command("migrate", "Migrate v1 data (contexts.json or LocalStorage export).", _configure_migrate)
+@command(
+    "migrate",
+    "Migrate v1 data (contexts.json, LocalStorage export, or per-context files).",
+    _configure_migrate,
+)
 async def _migrate(args: argparse.Namespace, store: Store) -> int:
     report = await migrate(args.source, store, dry_run=args.dry_run, backup=not args.no_backup)
     _out(str(report))

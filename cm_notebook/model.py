@@ -158,6 +158,7 @@ class Branch(_Model):
     forked_from: MessageId | None = None
     created_at: UTCDateTime = Field(default_factory=utcnow)
     description: str = ""
+    system_prompt: str | None = None
 
 
 # Keys that look like credentials. Provider settings are written to disk, so these are

@@ -1,8 +1,10 @@
 """v1 tool calls -> :class:`~cm_notebook.model.ToolCall`.
 
-v1 stored tool calls in two shapes: OpenAI's (``{"id", "type": "function",
-"function": {"name", "arguments": "<json>"}}``, results in later ``tool`` messages)
-and a flat one (``{"id", "name", "arguments", "result", "status", "error"}``).
+v1 stored tool calls in three shapes: OpenAI's (``{"id", "type": "function",
+"function": {"name", "arguments": "<json>"}}``, results in later ``tool`` messages),
+a flat one (``{"id", "name", "arguments", "result", "status", "error"}``), and the
+per-context files' (``{"id", "tool_name", "arguments", "approval_status"}``, results in
+later ``tool`` messages' ``tool_result``).
 
 Status, first rule that applies:
 
@@ -38,7 +40,9 @@ _DENIED = {"denied", "rejected", "declined", "cancelled", "canceled"}
 _FAILED = {"failed", "error", "errored"}
 _ARGUMENTS = ("arguments", "args", "input", "parameters")
 _RESULTS = ("result", "output", "response")
-_KNOWN = {"id", "type", "function", "name", "error", "status", "reason", *_ARGUMENTS, *_RESULTS}
+_NAMES = ("name", "tool_name")
+_STATUSES = ("status", "approval_status")
+_KNOWN = {"id", "type", "function", "error", "reason", *_NAMES, *_STATUSES, *_ARGUMENTS, *_RESULTS}
 
 
 def _json_text(value: Any) -> str:
@@ -61,7 +65,7 @@ def _status(
 ) -> tuple[ToolCallStatus, str | None, Any]:
     """(status, reason, result) following the rules in the module docstring."""
     result = next((raw[k] for k in _RESULTS if k in raw), None)
-    v1_status = str(raw.get("status", "")).lower()
+    v1_status = str(next((raw[k] for k in _STATUSES if k in raw), "")).lower()
     if raw.get("error"):
         return ToolCallStatus.FAILED, _json_text(raw["error"]), result
     if v1_status in _DENIED:
@@ -90,7 +94,11 @@ def convert_tool_calls(
     for i, raw in enumerate(msg.tool_calls):
         fn = raw.get("function") if isinstance(raw, dict) else None
         fn = fn if isinstance(fn, dict) else {}
-        name = raw.get("name", fn.get("name")) if isinstance(raw, dict) else None
+        name = (
+            next((raw[k] for k in _NAMES if k in raw), fn.get("name"))
+            if isinstance(raw, dict)
+            else None
+        )
         if not isinstance(raw, dict) or not isinstance(name, str) or not name.strip():
             unconverted.append(raw)
             problems.append(
@@ -114,8 +122,7 @@ def convert_tool_calls(
             )
         )
         extra = {k: v for k, v in raw.items() if k not in _KNOWN}
-        if "status" in raw:
-            extra["status"] = raw["status"]
+        extra.update((k, raw[k]) for k in _STATUSES if k in raw)
         if extra:
             leftovers[call_id] = extra
     meta: dict[str, Any] = {}
