@@ -24,7 +24,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import BranchNotFoundError, CMError, InvalidInputError
-from .ids import validate_context_id
+from .ids import check_branch_name_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, utcnow
 from .store.base import Store
 
@@ -76,6 +76,9 @@ class ExportDocument(BaseModel):
             if message.id in seen:
                 raise ValueError(f"message id {message.id!r} appears twice")
             seen.add(message.id)
+        names = list(self.metadata.branches)
+        for i, name in enumerate(names):
+            check_branch_name_free(name, names[:i])  # no two look-alike branches
         for branch in self.metadata.branches.values():
             for ref in (branch.head, branch.forked_from):
                 if ref is not None and ref not in seen:

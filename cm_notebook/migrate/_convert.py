@@ -45,7 +45,12 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidIdError, InvalidInputError
-from ..ids import validate_branch_name, validate_context_id, validate_message_id
+from ..ids import (
+    branch_name_key,
+    validate_branch_name,
+    validate_context_id,
+    validate_message_id,
+)
 from ..model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus
 from ._toolcalls import convert_tool_calls
 from ._util import derived_id
@@ -98,6 +103,11 @@ class ConvertedContext:
         return out[::-1]
 
 
+def _sanitise(name: str) -> str:
+    name = re.sub(r"[^\w .+-]", "-", name)
+    return re.sub(r"\.{2,}", ".", name)[:100].strip(" .-")
+
+
 @dataclass
 class _Node:
     id: str
@@ -120,7 +130,7 @@ class _Tree:
     branch_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)  # new name -> v1 name
     name_of: dict[str, str] = field(default_factory=dict)  # v1 name -> new name
-    taken: set[str] = field(default_factory=set)
+    taken: set[str] = field(default_factory=set)  # branch_name_key of the names given
     copies: int = 0
 
     def would_cycle(self, node: str, parent: str | None) -> bool:
@@ -146,17 +156,20 @@ class _Tree:
 
     def branch_name(self, wanted: str) -> str:
         """A valid, unused branch name as close to ``wanted`` as possible."""
-        name = wanted
-        if not _safe(validate_branch_name, name):
-            name = re.sub(r"[^\w .+-]", "-", wanted)
-            name = re.sub(r"\.{2,}", ".", name)[:100].strip(" .-")
-            if not _safe(validate_branch_name, name):
-                name = "branch"
+        # Tried in turn: as it is; with unsafe characters replaced; and that again with
+        # look-alike letters made Latin ('mаin' with a Cyrillic а becomes 'main').
+        name = "branch"
+        for candidate in (wanted, _sanitise(wanted), _sanitise(branch_name_key(wanted))):
+            if _safe(validate_branch_name, candidate):
+                name = candidate
+                break
+        # Compared by look-alike key: v1 may hold 'main' and 'Main' side by side, and
+        # the look-alike 'mаin' becomes 'main' above.
         base, n = name, 2
-        while name in self.taken:
+        while branch_name_key(name) in self.taken:
             name = f"{base[:90]}-{n}"
             n += 1
-        self.taken.add(name)
+        self.taken.add(branch_name_key(name))
         return name
 
 

@@ -16,6 +16,7 @@ import anyio
 from tqdm import tqdm
 
 from ..errors import CMError, MigrationError
+from ..ids import id_key
 from ..model import ContextMetadata, Message
 from ..store.base import Store
 from ._convert import ConvertedContext, context_id_for, convert
@@ -205,7 +206,9 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
             by_hash.setdefault(digest, meta.id)
     plans: list[_Plan] = []
     in_source: dict[str, int] = {}  # source sha256 -> position of its first occurrence
+    # By id_key: ids that differ only in case are one folder on Windows and macOS.
     ids_in_source: set[str] = set()
+    existing_keys = {id_key(i): i for i in existing}
     for ctx in source.contexts:
         result = ContextResult(
             position=ctx.position,
@@ -230,11 +233,18 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
             continue
         in_source[ctx.source_sha256] = ctx.position
         cid = context_id_for(ctx)
-        if cid in ids_in_source:
+        twin = existing_keys.get(id_key(cid), cid)
+        if id_key(cid) in ids_in_source or twin != cid:
             # Two different records share an id: keep both, the later under a new id.
-            cid = derived_id("c", "v1-duplicate-id", ctx.id, ctx.source_sha256)
-            result.notes.append(f"id {ctx.id!r} is used twice in the source; this one is {cid!r}")
-        ids_in_source.add(cid)
+            new = derived_id("c", "v1-duplicate-id", ctx.id, ctx.source_sha256)
+            why = (
+                f"differs only in case from the existing context {twin!r}"
+                if twin != cid
+                else "is used twice in the source"
+            )
+            result.notes.append(f"id {cid!r} {why}; this one is {new!r}")
+            cid = new
+        ids_in_source.add(id_key(cid))
         result.id = cid
         try:
             conv = convert(ctx, context_id=cid)
