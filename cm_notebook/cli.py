@@ -248,15 +248,35 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
 
 def _configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "file", type=Path, metavar="FILE", help="an `export` JSON file or a v1 file"
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="an `export` JSON file, or v1 data as `migrate` takes it (a file or a folder)",
     )
     parser.add_argument(
         "--new-id", action="store_true", help="import an export under a fresh context id"
     )
+    parser.add_argument(
+        "--no-backup",
+        action="store_true",
+        help="for v1 data: do not keep a copy of it in <data dir>/backups",
+    )
 
 
-@command("import", "Import an exported JSON file (or a v1 file, via migrate).", _configure_import)
+def _backups_dir(store: Store) -> Path | None:
+    data_dir = getattr(store, "data_dir", None)
+    return data_dir / "backups" if isinstance(data_dir, Path) else None
+
+
+@command(
+    "import",
+    "Import an exported JSON file, or v1 data (via migrate). Nothing is written next to "
+    "FILE: a copy of v1 data is kept in <data dir>/backups instead.",
+    _configure_import,
+)
 async def _import(args: argparse.Namespace, store: Store) -> int:
+    if args.file.is_dir():
+        return await _import_v1(args, store)
     data = _read_json(args.file)
     if is_export(data):
         document = parse_export(data)
@@ -272,7 +292,20 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
             f"{args.file} is neither a cm_notebook export (an object with format "
             f"'cm_notebook.export', made by `cm-notebook export`) nor {EXPECTED_SHAPES}"
         ) from None
-    report = await migrate(args.file, store)
+    return await _import_v1(args, store)
+
+
+async def _import_v1(args: argparse.Namespace, store: Store) -> int:
+    # Unlike `migrate`, whose backup beside the source is documented and can be turned
+    # off, an import leaves the user's folder as it found it: the copy of the v1 data
+    # goes into the data directory.
+    backups = _backups_dir(store)
+    report = await migrate(
+        args.file,
+        store,
+        backup=not args.no_backup and backups is not None,
+        backup_dir=backups,
+    )
     _out(str(report))
     return 0 if report.ok else 1
 
