@@ -42,6 +42,7 @@ from .export import export_context, import_document, is_export, parse_export, to
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
 from .model import Message
+from .render import status_label
 from .store import FileStore
 from .store.base import Store
 
@@ -170,7 +171,8 @@ def _configure_show(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_message(message: Message) -> None:
-    status = "" if message.status.value == "complete" else f" ({message.status.value})"
+    label = status_label(message)
+    status = f" ({label})" if label else ""
     answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
     _out(f"[{_when(message.created_at)}] {message.role}{status}{answers}")
     for line in message.content.splitlines() or ([""] if not message.tool_calls else []):
