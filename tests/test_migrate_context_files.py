@@ -140,6 +140,12 @@ def test_each_branch_keeps_its_path_and_its_own_system_prompt() -> None:
         "It was chosen in 1908 as a compromise between Sydney and Melbourne."
     )
     assert messages[user].created_at.isoformat() == "2025-03-04T10:00:00+00:00"
+    # v1's token counts and duration become the message's usage and duration.
+    stats = messages["0b1e6f3c-5d2a-4c8e-9f71-3a6d2c1b0e03"].metadata
+    assert stats.usage is not None
+    assert (stats.usage.input_tokens, stats.usage.output_tokens) == (31, 3)
+    assert stats.duration_ms == 412
+    assert messages[user].metadata.usage is None
     assert meta.created_at == messages[user].created_at
 
 

@@ -403,6 +403,10 @@ def _message(
         meta.update(v1_copied_from=node.copied_from, v1_branch=node.branch)
     elif node.missing_parent is not None:
         meta["v1_parent_id"] = node.missing_parent
+    if msg.usage is not None:
+        meta["usage"] = {"input_tokens": msg.usage[0], "output_tokens": msg.usage[1]}
+    if msg.duration_ms is not None:
+        meta["duration_ms"] = msg.duration_ms
     if msg.model is not None:
         meta["model"] = msg.model
     if msg.is_error:

@@ -38,6 +38,7 @@ from ._v1 import (
     _MSG_TOOL_CALL_ID,
     EXPECTED_SHAPES,
     V1Context,
+    V1Message,
     V1Source,
     _context,
     _first,
@@ -158,7 +159,28 @@ def pool_context(
             msg.parent_declared = True
             msg.parent_ref = _id_text(parent)
             msg.extra.pop(name, None)
+        _read_stats(msg)
     return ctx
+
+
+def _count(value: Any) -> int | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return int(value) if ok else None
+
+
+def _read_stats(msg: V1Message) -> None:
+    """Token counts and duration from a node's metadata (which stays in v1_extra too)."""
+    meta = msg.raw.get("metadata")
+    if not isinstance(meta, dict):
+        return
+    tokens = meta.get("tokens")
+    if isinstance(tokens, dict):
+        given = (_count(tokens.get("prompt_tokens")), _count(tokens.get("completion_tokens")))
+        if given != (None, None):
+            msg.usage = (given[0] or 0, given[1] or 0)
+    duration = meta.get("duration_ms")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
+        msg.duration_ms = float(duration)
 
 
 def _broken(position: int, path: Path, why: str) -> V1Context:

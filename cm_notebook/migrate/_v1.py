@@ -118,6 +118,8 @@ class V1Message:
     v1_role: str | None = None  # the original role when it was not already canonical
     parent_declared: bool = False  # the record said who its parent is (per-context files)
     parent_ref: str | None = None  # that parent's v1 id (None: a root)
+    usage: tuple[int, int] | None = None  # (input, output) tokens, where v1 recorded them
+    duration_ms: float | None = None
     is_error: bool = False  # v1 role "error": an assistant failure shown in the chat
     role_guessed: bool = False  # the v1 role was unknown; kept as "user"
     content_parts: list[Any] | None = None  # the original list when content was parts
