@@ -19,6 +19,7 @@ from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 __all__ = [
     "CUT_OFF",
     "branch_repr",
+    "branch_system_prompt",
     "context_repr",
     "conversation_html",
     "message_html",
@@ -43,6 +44,14 @@ _ROLE_STYLE = {
     "system": "background:#fff8e6;border-left:3px solid #f59e0b",
     "tool": "background:#f3efff;border-left:3px solid #8b5cf6",
 }
+
+
+def branch_system_prompt(metadata: ContextMetadata, branch: str) -> str | None:
+    """The system prompt in force on ``branch``: its own (``""``: none), else the
+    context's."""
+    found = metadata.branches.get(branch)
+    own = None if found is None else found.system_prompt
+    return (own if own is not None else metadata.system_prompt) or None
 
 
 def was_cut_off(message: Message) -> bool:
@@ -167,8 +176,7 @@ def conversation_html(
         f'<span style="font-weight:normal;color:#888">branch '
         f"{html.escape(shown)} · {len(messages)} messages</span></div>"
     )
-    own = metadata.branches[shown].system_prompt if shown in metadata.branches else None
-    prompt = own or metadata.system_prompt
+    prompt = branch_system_prompt(metadata, shown)
     system = ""
     if prompt:
         system = message_html(Message(id="system", role="system", content=prompt))

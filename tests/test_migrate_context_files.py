@@ -116,9 +116,10 @@ def test_each_branch_keeps_its_path_and_its_own_system_prompt() -> None:
         "You are a patient geography tutor. Explain your answers."
     )
     assert meta.branches["terse"].system_prompt == "Answer in five words or fewer."
-    # The context's own prompt is the one of the branch the user was looking at.
+    # v1 had prompts per branch only: none moves up to the context, so no branch can
+    # inherit another's.
     assert meta.active_branch == "terse"
-    assert meta.system_prompt == "Answer in five words or fewer."
+    assert meta.system_prompt is None
     assert meta.title == "Capital cities, two prompts"
     assert meta.extra["v1_branch_extra"] == {
         "main": {"system_prompt_id": "tutor"},
@@ -236,9 +237,9 @@ def test_a_branch_that_disagrees_with_parent_id_wins_with_a_note() -> None:
     assert conv.path("main") == ["q", "y", "z"]
     assert by_id(conv)["x"].parent_id == "q"
     assert "message 'z': its parent_id disagrees with a branch" in " ".join(conv.notes)
-    # A plain-text prompt is taken as it is; the context takes the active branch's.
+    # A plain-text prompt is taken as it is.
     assert conv.metadata.branches["main"].system_prompt == "Be kind."
-    assert conv.metadata.system_prompt == "Be kind."
+    assert conv.metadata.system_prompt is None
 
 
 def test_a_single_file_is_recognised_on_its_own() -> None:
@@ -400,6 +401,10 @@ def test_the_command_migrates_a_folder(
     assert main(["--data-dir", str(data_dir), "show", AB, "--branch", "main"]) == 0
     out, _ = capsys.readouterr()
     assert "Wellington" in out
+    assert "system prompt: You are a patient geography tutor." in out
+    assert main(["--data-dir", str(data_dir), "export", AB, "-f", "markdown"]) == 0
+    out, _ = capsys.readouterr()
+    assert "## System prompt\n\nAnswer in five words or fewer." in out  # the active branch
     assert main(["migrate", "--help"]) == 0
     out, _ = capsys.readouterr()
     assert "folder" in out

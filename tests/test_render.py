@@ -177,3 +177,11 @@ def test_many_branches_are_counted_not_all_listed() -> None:
     shown = conversation_html(own, [], branch="b1")
     assert "<b>b1</b>" in shown
     assert "Mine" in shown
+    # An empty prompt of its own means none on that branch, not the context's.
+    with_context = own.model_copy(update={"system_prompt": "Context-wide"})
+    assert "Context-wide" in conversation_html(with_context, [], branch="b2")
+    assert "Context-wide" not in conversation_html(with_context, [], branch="b1")
+    silent = with_context.model_copy(
+        update={"branches": {**own.branches, "b3": Branch(name="b3", system_prompt="")}}
+    )
+    assert "Context-wide" not in conversation_html(silent, [], branch="b3")

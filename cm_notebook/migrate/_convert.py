@@ -22,8 +22,9 @@ of message ids. The tree is built in two passes:
 3. **The flat order** then gives every message still without a parent the previous
    readable message in the v1 list (or none, for the first).
 
-Every branch keeps its v1 head and its own system prompt (``Branch.system_prompt``);
-the context's prompt is v1's, else the active branch's. Leaves that no branch reaches
+Every branch keeps its v1 head and its own system prompt (``Branch.system_prompt``,
+None where v1 had none: the branch then uses the context's, which is v1's context-level
+prompt if the source has one). Leaves that no branch reaches
 (the flat tail when v1's branches omit it, a thread on no branch) get a branch too
 (``main`` if free, else ``v1-unbranched``), so no message becomes invisible.
 
@@ -509,8 +510,9 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
         updated_at=updated,
         branches=branches,
         active_branch=active,
-        # v1's context prompt, else the prompt of the branch the user was looking at.
-        system_prompt=ctx.system_prompt or tree.prompts.get(active),
+        # Only v1's context-level prompt: a branch prompt stays on its branch, so that
+        # a branch that had none in v1 does not inherit another branch's.
+        system_prompt=ctx.system_prompt,
         tags=ctx.tags,
         extra=extra,
     )
