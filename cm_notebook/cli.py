@@ -42,7 +42,7 @@ from .export import export_context, import_document, is_export, parse_export, to
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
 from .model import Message
-from .render import branch_system_prompt, status_label
+from .render import effective_system, status_label
 from .store import FileStore
 from .store.base import Store
 
@@ -200,7 +200,7 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         messages = await store.get_messages(meta.id, ids)
     _out(meta.title)
     _out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
-    prompt = branch_system_prompt(meta, branch)
+    prompt = effective_system(meta, branch)
     if prompt:
         _out(f"system prompt: {prompt}")
     _out()

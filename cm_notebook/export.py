@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import check_branch_name_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, utcnow
-from .render import CUT_OFF, branch_system_prompt, status_label, was_cut_off
+from .render import CUT_OFF, effective_system, status_label, was_cut_off
 from .store.base import Store
 
 __all__ = [
@@ -251,7 +251,7 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
     lines.append(f"- Messages: {len(messages)}")
     if meta.tags:
         lines.append(f"- Tags: {', '.join(meta.tags)}")
-    prompt = branch_system_prompt(meta, name)
+    prompt = effective_system(meta, name)
     if prompt:
         lines += ["", "## System prompt", "", prompt]
     for message in messages:

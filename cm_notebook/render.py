@@ -19,9 +19,9 @@ from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 __all__ = [
     "CUT_OFF",
     "branch_repr",
-    "branch_system_prompt",
     "context_repr",
     "conversation_html",
+    "effective_system",
     "message_html",
     "message_repr",
     "status_label",
@@ -46,7 +46,7 @@ _ROLE_STYLE = {
 }
 
 
-def branch_system_prompt(metadata: ContextMetadata, branch: str) -> str | None:
+def effective_system(metadata: ContextMetadata, branch: str) -> str | None:
     """The system prompt in force on ``branch``: its own (``""``: none), else the
     context's."""
     found = metadata.branches.get(branch)
@@ -176,7 +176,7 @@ def conversation_html(
         f'<span style="font-weight:normal;color:#888">branch '
         f"{html.escape(shown)} · {len(messages)} messages</span></div>"
     )
-    prompt = branch_system_prompt(metadata, shown)
+    prompt = effective_system(metadata, shown)
     system = ""
     if prompt:
         system = message_html(Message(id="system", role="system", content=prompt))
