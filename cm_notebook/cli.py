@@ -200,6 +200,9 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         messages = await store.get_messages(meta.id, ids)
     _out(meta.title)
     _out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
+    others = [name for name in meta.branches if name != branch]
+    if others:
+        _out(f"other branches: {', '.join(others)} (see one with --branch NAME)")
     prompt = effective_system(meta, branch)
     if prompt:
         _out(f"system prompt: {prompt}")

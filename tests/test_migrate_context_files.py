@@ -402,6 +402,7 @@ def test_the_command_migrates_a_folder(
     out, _ = capsys.readouterr()
     assert "Wellington" in out
     assert "system prompt: You are a patient geography tutor." in out
+    assert "other branches: terse (see one with --branch NAME)" in out
     assert main(["--data-dir", str(data_dir), "export", AB, "-f", "markdown"]) == 0
     out, _ = capsys.readouterr()
     assert "## System prompt\n\nAnswer in five words or fewer." in out  # the active branch
