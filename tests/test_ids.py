@@ -20,7 +20,7 @@ from cm_notebook.ids import (
     validate_context_id,
     validate_message_id,
 )
-from cm_notebook.migrate import ContextStatus, migrate_source, parse_v1
+from cm_notebook.migrate import ContextStatus, convert, migrate_source, parse_v1
 from cm_notebook.model import ContextMetadata
 from cm_notebook.store import FileStore
 
@@ -308,3 +308,16 @@ async def test_migration_renames_look_alikes_instead_of_losing_them(store: FileS
     assert len({branch_name_key(name) for name in meta.branches}) == 3
     assert meta.branches["main-2"].description == "v1 branch 'm\u0430in'"
     assert await store.path(meta.id, "main-2") == ["1", "3"]
+
+
+def test_migration_gives_unportable_v1_ids_portable_ones() -> None:
+    v1 = [
+        {"id": name, "title": name, "messages": [{"role": "user", "content": name}]}
+        for name in ("con.txt", "NUL.json", "abc.", "abc")
+    ]
+    ids = [convert(ctx).metadata.id for ctx in parse_v1(v1).contexts]
+    assert ids[3] == "abc"
+    assert len({id_key(i) for i in ids}) == 4
+    for value, original in zip(ids[:3], ("con.txt", "NUL.json", "abc."), strict=True):
+        assert validate_context_id(value) == value
+        assert value != original
