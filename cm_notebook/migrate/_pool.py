@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MigrationError
-from ._util import canonical_json, sha256_text
+from ._util import canonical_json, json_text, sha256_text
 from ._v1 import (
     _MSG_CONTENT,
     _MSG_TIME,
@@ -55,10 +55,6 @@ _LATEST = datetime.max.replace(tzinfo=timezone.utc)
 def is_pool_record(data: Any) -> bool:
     """True if decoded JSON ``data`` is one v1 per-context file."""
     return isinstance(data, dict) and "message_pool" in data
-
-
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _flatten(key: str, node: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +81,7 @@ def _flatten(key: str, node: dict[str, Any]) -> dict[str, Any]:
             record["tool_call_id"] = answered
         # The result is the tool message's text when the message has none of its own.
         if _first(record, _MSG_CONTENT)[1] in (None, "", []) and "result" in result:
-            record["content"] = _json_text(result["result"])
+            record["content"] = json_text(result["result"])
     return record
 
 

@@ -27,7 +27,7 @@ import json
 from typing import Any
 
 from ..model import ToolCall, ToolCallStatus
-from ._util import derived_id
+from ._util import derived_id, json_text
 from ._v1 import V1Message
 
 __all__ = ["NO_RESULT_REASON", "convert_tool_calls"]
@@ -43,10 +43,6 @@ _RESULTS = ("result", "output", "response")
 _NAMES = ("name", "tool_name")
 _STATUSES = ("status", "approval_status")
 _KNOWN = {"id", "type", "function", "error", "reason", *_NAMES, *_STATUSES, *_ARGUMENTS, *_RESULTS}
-
-
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _arguments(raw: dict[str, Any], fn: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +63,7 @@ def _status(
     result = next((raw[k] for k in _RESULTS if k in raw), None)
     v1_status = str(next((raw[k] for k in _STATUSES if k in raw), "")).lower()
     if raw.get("error"):
-        return ToolCallStatus.FAILED, _json_text(raw["error"]), result
+        return ToolCallStatus.FAILED, json_text(raw["error"]), result
     if v1_status in _DENIED:
         return ToolCallStatus.DENIED, str(raw.get("reason") or "denied in v1"), result
     if result is not None:
@@ -118,7 +114,7 @@ def convert_tool_calls(
                 arguments=_arguments(raw, fn),
                 status=status,
                 reason=reason,
-                result=None if result is None else _json_text(result),
+                result=None if result is None else json_text(result),
             )
         )
         extra = {k: v for k, v in raw.items() if k not in _KNOWN}

@@ -7,12 +7,18 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["canonical_json", "content_digest", "derived_id", "sha256_text"]
+__all__ = ["canonical_json", "content_digest", "derived_id", "json_text", "sha256_text"]
 
 
 def canonical_json(value: Any) -> str:
     """A stable JSON text of ``value`` (sorted keys, no spaces) for hashing."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_text(value: Any) -> str:
+    """``value`` itself if it is text, else its JSON (for results and arguments that v1
+    kept either way)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def sha256_text(text: str) -> str:
