@@ -264,6 +264,17 @@ def test_what_a_folder_must_hold(tmp_path: Path) -> None:
     assert "is not a regular file" in (results["not-a-pool.json"].fatal or "")
 
 
+def test_a_pool_that_is_not_an_object_and_a_file_nested_too_deep(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"id": "a", "message_pool": "gone"}))
+    (tmp_path / "b.json").write_text('{"message_pool": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    shutil.copy2(FOLDER / f"{TOOLS}.json", tmp_path / "c.json")
+    a, b, c = read_v1(tmp_path).contexts
+    assert a.fatal == "'message_pool' is a str, not an object of id -> message"
+    assert b.fatal is not None
+    assert str(tmp_path / "b.json") in b.fatal
+    assert c.fatal is None
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
 def test_links_in_a_folder_are_not_followed(tmp_path: Path) -> None:
     (tmp_path / "link.json").symlink_to(FOLDER / f"{TOOLS}.json")

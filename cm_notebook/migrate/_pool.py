@@ -136,10 +136,8 @@ def pool_context(
         ]
         entries = [(str(k), _flatten(str(k), v)) for k, v in pool.items() if isinstance(v, dict)]
         shaped["messages"] = [flat for _, flat in _parents_first(entries)]
-    elif pool is None:
-        shaped["messages"] = []
     else:
-        shaped["messages"] = pool  # _context reports it as not a list of messages
+        shaped["messages"] = []
     ctx = _context(shaped, position, "context-files", fallback, key=key)
     # The record as written is what identifies it on a second run, not the flattening.
     ctx.raw = record
@@ -147,8 +145,8 @@ def pool_context(
     ctx.source_file = source_file
     ctx.problems[:0] = unusable
     ctx.message_count += len(unusable)
-    if isinstance(pool, list):
-        ctx.fatal = "'message_pool' is a list, not an object of id -> message"
+    if pool is not None and not isinstance(pool, dict):
+        ctx.fatal = f"'message_pool' is a {type(pool).__name__}, not an object of id -> message"
     for msg in ctx.messages:
         name, parent = _first(msg.raw, _PARENT)
         if name is not None:
@@ -159,9 +157,9 @@ def pool_context(
     return ctx
 
 
-def _count(value: Any) -> int | None:
+def _amount(value: Any) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    return int(value) if ok else None
+    return float(value) if ok else None
 
 
 def _read_stats(msg: V1Message) -> None:
@@ -171,12 +169,10 @@ def _read_stats(msg: V1Message) -> None:
         return
     tokens = meta.get("tokens")
     if isinstance(tokens, dict):
-        given = (_count(tokens.get("prompt_tokens")), _count(tokens.get("completion_tokens")))
+        given = (_amount(tokens.get("prompt_tokens")), _amount(tokens.get("completion_tokens")))
         if given != (None, None):
-            msg.usage = (given[0] or 0, given[1] or 0)
-    duration = meta.get("duration_ms")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
-        msg.duration_ms = float(duration)
+            msg.usage = (int(given[0] or 0), int(given[1] or 0))
+    msg.duration_ms = _amount(meta.get("duration_ms"))
 
 
 def _broken(position: int, path: Path, why: str) -> V1Context:
@@ -209,6 +205,8 @@ def _read_file(path: Path, position: int) -> V1Context:
         return _broken(position, path, f"{path} is not UTF-8 text")
     except ValueError as exc:
         return _broken(position, path, f"{path} is not JSON ({exc}); is the file damaged?")
+    except RecursionError:
+        return _broken(position, path, f"{path} is nested too deeply to be a v1 file")
     if not is_pool_record(data):
         return _broken(
             position,
