@@ -128,6 +128,8 @@ def read_v1(source: Path | str) -> V1Source:
         data = json.loads(text)
     except ValueError as exc:
         raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
+    except RecursionError as exc:
+        raise MigrationError(f"{path} is nested too deeply to be a v1 file") from exc
     # The file's modification time is the best "no later than" guess for records that
     # carry no timestamps at all.
     if is_pool_record(data):
