@@ -24,14 +24,13 @@ the file, so the migration reports it and carries on with the others.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import MigrationError
-from ._util import canonical_json, json_text, sha256_text
+from ._util import canonical_json, json_text, load_json, sha256_text
 from ._v1 import (
     _MSG_CONTENT,
     _MSG_TIME,
@@ -200,13 +199,11 @@ def _read_file(path: Path, position: int) -> V1Context:
     except OSError as exc:
         return _broken(position, path, f"cannot read {path}: {exc.strerror or exc}")
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = load_json(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         return _broken(position, path, f"{path} is not UTF-8 text")
     except ValueError as exc:
         return _broken(position, path, f"{path} is not JSON ({exc}); is the file damaged?")
-    except RecursionError:
-        return _broken(position, path, f"{path} is nested too deeply to be a v1 file")
     if not is_pool_record(data):
         return _broken(
             position,

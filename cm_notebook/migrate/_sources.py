@@ -9,13 +9,13 @@ raises :class:`~cm_notebook.errors.MigrationError`.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import MigrationError
 from ._pool import is_pool_record, pool_context, read_v1_folder
+from ._util import load_json
 from ._v1 import _EPOCH, EXPECTED_SHAPES, V1Context, V1Source, _context, _id_text
 
 __all__ = ["load_v1", "parse_v1", "read_v1"]
@@ -29,7 +29,7 @@ def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
     if isinstance(state, str):
         # Raw LocalStorage values are strings; a copy-paste may keep one level of that.
         try:
-            state = json.loads(state)
+            state = load_json(state)
         except ValueError:
             return None
     if isinstance(state, dict) and isinstance(state.get("chats"), list):
@@ -68,7 +68,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
         for key, value in data.items():
             if isinstance(value, str) and value.lstrip().startswith("{"):
                 try:
-                    found = _localstorage_state(json.loads(value))
+                    found = _localstorage_state(load_json(value))
                 except ValueError:
                     continue
                 if found is not None:
@@ -125,11 +125,9 @@ def read_v1(source: Path | str) -> V1Source:
     except UnicodeDecodeError as exc:
         raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except ValueError as exc:
         raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
-    except RecursionError as exc:
-        raise MigrationError(f"{path} is nested too deeply to be a v1 file") from exc
     # The file's modification time is the best "no later than" guess for records that
     # carry no timestamps at all.
     if is_pool_record(data):

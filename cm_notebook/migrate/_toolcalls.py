@@ -23,11 +23,10 @@ Status, first rule that applies:
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 from ..model import ToolCall, ToolCallStatus
-from ._util import derived_id, json_text
+from ._util import derived_id, json_text, load_json
 from ._v1 import V1Message
 
 __all__ = ["NO_RESULT_REASON", "convert_tool_calls"]
@@ -50,7 +49,7 @@ def _arguments(raw: dict[str, Any], fn: dict[str, Any]) -> dict[str, Any]:
     if isinstance(args, str):
         # OpenAI sends arguments as JSON text; text that is not JSON is kept as it is.
         with contextlib.suppress(ValueError):
-            args = json.loads(args) if args.strip() else {}
+            args = load_json(args) if args.strip() else {}
     if args is None:
         return {}
     return args if isinstance(args, dict) else {"v1_arguments": args}
