@@ -42,6 +42,7 @@ from .export import export_context, import_document, is_export, parse_export, to
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
 from .model import Message
+from .render import effective_system, status_label
 from .store import FileStore
 from .store.base import Store
 
@@ -170,7 +171,8 @@ def _configure_show(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_message(message: Message) -> None:
-    status = "" if message.status.value == "complete" else f" ({message.status.value})"
+    label = status_label(message)
+    status = f" ({label})" if label else ""
     answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
     _out(f"[{_when(message.created_at)}] {message.role}{status}{answers}")
     for line in message.content.splitlines() or ([""] if not message.tool_calls else []):
@@ -198,8 +200,12 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         messages = await store.get_messages(meta.id, ids)
     _out(meta.title)
     _out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
-    if meta.system_prompt:
-        _out(f"system prompt: {meta.system_prompt}")
+    others = [name for name in meta.branches if name != branch]
+    if others:
+        _out(f"other branches: {', '.join(others)} (see one with --branch NAME)")
+    prompt = effective_system(meta, branch)
+    if prompt:
+        _out(f"system prompt: {prompt}")
     _out()
     if len(messages) < len(ids):
         _out(f"... {len(ids) - len(messages)} earlier message(s) not shown")
@@ -247,15 +253,35 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
 
 def _configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "file", type=Path, metavar="FILE", help="an `export` JSON file or a v1 file"
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="an `export` JSON file, or v1 data as `migrate` takes it (a file or a folder)",
     )
     parser.add_argument(
         "--new-id", action="store_true", help="import an export under a fresh context id"
     )
+    parser.add_argument(
+        "--no-backup",
+        action="store_true",
+        help="for v1 data: do not keep a copy of it in <data dir>/backups",
+    )
 
 
-@command("import", "Import an exported JSON file (or a v1 file, via migrate).", _configure_import)
+def _backups_dir(store: Store) -> Path | None:
+    data_dir = getattr(store, "data_dir", None)
+    return data_dir / "backups" if isinstance(data_dir, Path) else None
+
+
+@command(
+    "import",
+    "Import an exported JSON file, or v1 data (via migrate). Nothing is written next to "
+    "FILE: a copy of v1 data is kept in <data dir>/backups instead.",
+    _configure_import,
+)
 async def _import(args: argparse.Namespace, store: Store) -> int:
+    if args.file.is_dir():
+        return await _import_v1(args, store)
     data = _read_json(args.file)
     if is_export(data):
         document = parse_export(data)
@@ -271,7 +297,20 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
             f"{args.file} is neither a cm_notebook export (an object with format "
             f"'cm_notebook.export', made by `cm-notebook export`) nor {EXPECTED_SHAPES}"
         ) from None
-    report = await migrate(args.file, store)
+    return await _import_v1(args, store)
+
+
+async def _import_v1(args: argparse.Namespace, store: Store) -> int:
+    # Unlike `migrate`, whose backup beside the source is documented and can be turned
+    # off, an import leaves the user's folder as it found it: the copy of the v1 data
+    # goes into the data directory.
+    backups = _backups_dir(store)
+    report = await migrate(
+        args.file,
+        store,
+        backup=not args.no_backup and backups is not None,
+        backup_dir=backups,
+    )
     _out(str(report))
     return 0 if report.ok else 1
 
@@ -281,17 +320,28 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
 
 def _configure_migrate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", type=Path, metavar="SRC", help="v1 contexts.json or LocalStorage export"
+        "source",
+        type=Path,
+        metavar="SRC",
+        help="v1 contexts.json, LocalStorage export, per-context <uuid>.json file, or a "
+        "folder of per-context files (a damaged file there is reported, the others migrated)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="convert and validate only; write nothing"
     )
     parser.add_argument(
-        "--no-backup", action="store_true", help="do not copy the source to <SRC>.v1-backup-<time>"
+        "--no-backup",
+        action="store_true",
+        help="do not copy the source (a folder's JSON files) to <SRC>.v1-backup-<time> next "
+        "to it (or to <data dir>/backups when that folder is read-only)",
     )
 
 
-@command("migrate", "Migrate v1 data (contexts.json or LocalStorage export).", _configure_migrate)
+@command(
+    "migrate",
+    "Migrate v1 data (contexts.json, LocalStorage export, or per-context files).",
+    _configure_migrate,
+)
 async def _migrate(args: argparse.Namespace, store: Store) -> int:
     report = await migrate(args.source, store, dry_run=args.dry_run, backup=not args.no_backup)
     _out(str(report))

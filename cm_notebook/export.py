@@ -24,8 +24,9 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import BranchNotFoundError, CMError, InvalidInputError
-from .ids import validate_context_id
+from .ids import check_branch_name_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, utcnow
+from .render import CUT_OFF, effective_system, status_label, was_cut_off
 from .store.base import Store
 
 __all__ = [
@@ -76,6 +77,9 @@ class ExportDocument(BaseModel):
             if message.id in seen:
                 raise ValueError(f"message id {message.id!r} appears twice")
             seen.add(message.id)
+        names = list(self.metadata.branches)
+        for i, name in enumerate(names):
+            check_branch_name_free(name, names[:i])  # no two look-alike branches
         for branch in self.metadata.branches.values():
             for ref in (branch.head, branch.forked_from):
                 if ref is not None and ref not in seen:
@@ -247,10 +251,12 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
     lines.append(f"- Messages: {len(messages)}")
     if meta.tags:
         lines.append(f"- Tags: {', '.join(meta.tags)}")
-    if meta.system_prompt:
-        lines += ["", "## System prompt", "", meta.system_prompt]
+    prompt = effective_system(meta, name)
+    if prompt:
+        lines += ["", "## System prompt", "", prompt]
     for message in messages:
-        status = "" if message.status.value == "complete" else f" ({message.status.value})"
+        label = status_label(message)
+        status = f" ({label})" if label else ""
         heading = f"## {_ROLE_TITLES[message.role]}{status} · {message.created_at:%Y-%m-%d %H:%M}"
         lines += ["", heading, ""]
         if message.tool_call_id:
@@ -268,4 +274,6 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
                 _paragraph(lines, _fence(call.result))
         if message.metadata.error:
             _paragraph(lines, f"> Error: {message.metadata.error}")
+        if was_cut_off(message):
+            _paragraph(lines, f"> *{CUT_OFF.capitalize()}: the reply is incomplete.*")
     return "\n".join(lines).rstrip() + "\n"

@@ -1,10 +1,22 @@
-"""Identifiers: generating them, and refusing hostile ones.
+"""Identifiers: generating them, and refusing hostile, unportable and look-alike ones.
 
 Context ids and message ids become file and folder names, so they are held to a
-strict alphabet. Branch names only live inside ``metadata.json`` and URLs, so they
-may contain spaces and non-ASCII letters, but never path separators, ``..`` or
-control characters. Every check raises :class:`~cm_notebook.errors.InvalidIdError`
-with a sentence saying what was wrong and what is allowed.
+strict alphabet, and to what every file system accepts: no name Windows reserves for a
+device (``con``, ``NUL.json``, ``com1.txt``: the extension does not matter there) and
+no trailing dot (Windows drops it, so ``abc.`` would be ``abc``). Two ids that differ
+only in case are one folder on Windows and macOS: :func:`id_key` gives what to compare.
+
+Branch names only live inside ``metadata.json`` and URLs, so they may contain spaces
+and non-ASCII letters, but never path separators, ``..`` or control characters. They
+must not be open to look-alikes: a name must be in Unicode normal form NFKC (no
+fullwidth letters, ligatures or decomposed accents) and may not mix scripts (``mаin``
+with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and Korean
+write, is fine). :func:`branch_name_key` folds case and maps the Cyrillic and Greek
+letters that look Latin, and :func:`check_branch_name_free` refuses a new name whose
+key equals an existing branch's, naming that branch.
+
+Every check raises :class:`~cm_notebook.errors.InvalidIdError` with a sentence saying
+what was wrong and what is allowed.
 """
 
 from __future__ import annotations
@@ -13,12 +25,16 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Iterable
 
 from .errors import InvalidIdError
 
 __all__ = [
     "MAX_BRANCH_NAME_LENGTH",
     "MAX_ID_LENGTH",
+    "branch_name_key",
+    "check_branch_name_free",
+    "id_key",
     "new_id",
     "validate_branch_name",
     "validate_context_id",
@@ -62,11 +78,22 @@ def _check_id(value: object, kind: str, hint: str) -> str:
         raise InvalidIdError(
             f"{kind} {shown!r} is not valid: it must be 1 to {MAX_ID_LENGTH} characters. {hint}"
         )
-    if ".." in value or not _ID_PATTERN.fullmatch(value) or value.lower() in _RESERVED:
+    if ".." in value or not _ID_PATTERN.fullmatch(value):
         raise InvalidIdError(
             f"{kind} {shown!r} is not valid: ids may contain only ASCII letters, digits, "
             f"'_', '.' and '-', must start with a letter or digit and may not contain '..'. "
             f"{hint}"
+        )
+    if value.split(".", 1)[0].lower() in _RESERVED:
+        raise InvalidIdError(
+            f"{kind} {shown!r} is not valid: Windows reserves {value.split('.', 1)[0]!r} "
+            f"for a device, with any extension, so the folder could not be copied there. "
+            f"{hint}"
+        )
+    if value.endswith("."):
+        raise InvalidIdError(
+            f"{kind} {shown!r} is not valid: it ends with '.', which Windows drops "
+            f"(it would be {value.rstrip('.')!r} there). {hint}"
         )
     return value
 
@@ -81,6 +108,77 @@ def validate_context_id(value: object) -> str:
 def validate_message_id(value: object) -> str:
     """Return ``value`` if it is a safe message id, else raise InvalidIdError."""
     return _check_id(value, "message id", "Use an id from session.history().")
+
+
+def id_key(value: str) -> str:
+    """What a context or message id is compared by where files are named after it: two
+    ids with the same key are one file on a case-insensitive file system."""
+    return value.lower()
+
+
+# Scripts that one name may combine: Japanese writes Han with kana, Korean Han with
+# Hangul, and both use Latin letters beside them. Any other mix is how look-alikes
+# are made (``mаin`` with a Cyrillic ``а``).
+_SCRIPT_MIXES = ({"LATIN", "HAN", "KANA"}, {"LATIN", "HAN", "HANGUL"}, {"LATIN", "HAN", "BOPOMOFO"})
+_SCRIPT_ALIASES = {"CJK": "HAN", "HIRAGANA": "KANA", "KATAKANA": "KANA"}
+
+
+def _script(char: str) -> str:
+    # The first word of a letter's Unicode name is its script for every script a
+    # look-alike is made from (LATIN, CYRILLIC, GREEK, ARMENIAN, CHEROKEE, ...).
+    first = unicodedata.name(char, "UNKNOWN").split(" ", 1)[0]
+    return _SCRIPT_ALIASES.get(first, first)
+
+
+def _mixed_scripts(value: str) -> tuple[str, str] | None:
+    """(main script, first letter of the rarest other script) if ``value`` mixes them."""
+    first: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for char in value:
+        if unicodedata.category(char)[0] == "L":
+            script = _script(char)
+            first.setdefault(script, char)
+            counts[script] = counts.get(script, 0) + 1
+    if len(counts) < 2 or any(set(counts) <= allowed for allowed in _SCRIPT_MIXES):
+        return None
+    # The odd letter out is the one a reader would not expect: the rarest script's.
+    main = max(counts, key=lambda s: counts[s])
+    odd = min((s for s in counts if s != main), key=lambda s: counts[s])
+    return main, first[odd]
+
+
+# Cyrillic and Greek letters (after case folding) that look like a Latin letter in
+# common fonts, from Unicode's confusables data. Whole-script look-alikes (``раре``
+# all Cyrillic) pass the mixed-script rule; this map lets them be caught as look-alikes.
+_LOOK_ALIKES = str.maketrans(
+    "авсԁеһіјкӏмноԛрѕтуԝхαβεηικνορτυχ",
+    "abcdehijklmhoqpstywxabenikvoptux",
+)
+
+
+def branch_name_key(name: str) -> str:
+    """What a branch name is compared by: NFKC, case-folded, look-alike letters mapped
+    to the Latin ones they resemble. Two names with one key look the same."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return unicodedata.normalize("NFKC", folded).translate(_LOOK_ALIKES)
+
+
+def check_branch_name_free(name: str, existing: Iterable[str]) -> str:
+    """Return ``name`` unless it looks like one of ``existing`` (but is not it).
+
+    Raises InvalidIdError naming the existing branch, so a reader of a list of
+    branches can never see two that look the same. The exact name is left to the
+    caller's own "already exists" check.
+    """
+    key = branch_name_key(name)
+    for other in existing:
+        if other != name and branch_name_key(other) == key:
+            raise InvalidIdError(
+                f"branch name {name!r} looks like the existing branch {other!r} (they differ "
+                f"only in case or in letters that look alike); use {other!r}, or a name that "
+                "reads differently."
+            )
+    return name
 
 
 def validate_branch_name(value: object) -> str:
@@ -104,6 +202,12 @@ def validate_branch_name(value: object) -> str:
             f"branch name {shown!r} is not valid: it is not in Unicode normal form C; "
             f"use {unicodedata.normalize('NFC', value)!r}. {hint}"
         )
+    if unicodedata.normalize("NFKC", value) != value:
+        raise InvalidIdError(
+            f"branch name {shown!r} is not valid: it has compatibility characters "
+            f"(fullwidth letters, ligatures, superscripts) that stand for others; use "
+            f"{unicodedata.normalize('NFKC', value)!r}. {hint}"
+        )
     for char in value:
         category = unicodedata.category(char)
         if char in "_-.+ ":
@@ -112,5 +216,13 @@ def validate_branch_name(value: object) -> str:
             continue
         raise InvalidIdError(
             f"branch name {shown!r} is not valid: character {char!r} is not allowed. {hint}"
+        )
+    mixed = _mixed_scripts(value)
+    if mixed is not None:
+        script, char = mixed
+        raise InvalidIdError(
+            f"branch name {shown!r} is not valid: it mixes {script.title()} letters with "
+            f"{char!r} ({unicodedata.name(char, '?').title()}), which makes look-alikes of "
+            f"other names; write it in one script. {hint}"
         )
     return value

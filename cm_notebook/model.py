@@ -115,6 +115,11 @@ class ToolCall(_Model):
     reason: str | None = None  # why it was denied, or the error if it failed
     result: str | None = None  # the text sent back to the model
 
+    def __repr__(self) -> str:
+        from .render import tool_call_repr  # render imports this module
+
+        return tool_call_repr(self)
+
 
 class MessageMetadata(BaseModel):
     """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped."""
@@ -143,6 +148,11 @@ class Message(_Model):
     created_at: UTCDateTime = Field(default_factory=utcnow)
     metadata: MessageMetadata = Field(default_factory=MessageMetadata)
 
+    def __repr__(self) -> str:
+        from .render import message_repr  # render imports this module
+
+        return message_repr(self)
+
     def _repr_html_(self) -> str:
         # Static HTML, so a saved notebook still shows the message without a kernel.
         from .render import message_html
@@ -158,6 +168,12 @@ class Branch(_Model):
     forked_from: MessageId | None = None
     created_at: UTCDateTime = Field(default_factory=utcnow)
     description: str = ""
+    system_prompt: str | None = None
+
+    def __repr__(self) -> str:
+        from .render import branch_repr  # render imports this module
+
+        return branch_repr(self)
 
 
 # Keys that look like credentials. Provider settings are written to disk, so these are
@@ -208,6 +224,11 @@ class ContextMetadata(_Model):
     schema_version: int = SCHEMA_VERSION
     # Fields from imported or migrated data that cm_notebook does not interpret.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        from .render import context_repr  # render imports this module
+
+        return context_repr(self)
 
     @field_validator("branches")
     @classmethod

@@ -1,13 +1,42 @@
-"""Static HTML for conversations: what a saved notebook shows without a kernel."""
+"""How messages and contexts look to people: short reprs, static HTML, status words.
+
+Static HTML is what a saved notebook shows without a kernel: inline styles only, and
+every piece of user or model text escaped. The reprs are one line, stable across runs
+(no timestamps, no addresses), so nbval can compare them and a list of messages reads
+at a glance. :func:`status_label` is the one place that says how a message ended, used
+by the HTML, the Markdown export, ``cm-notebook show`` and the reprs alike: a reply
+cut by the token limit (``finish_reason == "length"``) says so everywhere.
+"""
 
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 
-from .model import ContextMetadata, Message, MessageStatus
+from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 
-__all__ = ["conversation_html", "message_html"]
+__all__ = [
+    "CUT_OFF",
+    "branch_repr",
+    "context_repr",
+    "conversation_html",
+    "effective_system",
+    "message_html",
+    "message_repr",
+    "status_label",
+    "tool_call_repr",
+    "was_cut_off",
+]
+
+#: How a reply cut by the token limit is described wherever it is shown.
+CUT_OFF = "cut off at the token limit"
+
+# Finish reasons meaning "the token limit stopped it": OpenAI's word, which the
+# providers translate to, and Anthropic's own, which imported data may carry.
+_LENGTH_REASONS = {"length", "max_tokens"}
+# How many branch names the HTML lists before saying how many more there are.
+_MAX_BRANCHES_SHOWN = 12
 
 _ROLE_STYLE = {
     "user": "background:#eef4ff;border-left:3px solid #3b82f6",
@@ -17,12 +46,78 @@ _ROLE_STYLE = {
 }
 
 
+def effective_system(metadata: ContextMetadata, branch: str) -> str | None:
+    """The system prompt in force on ``branch``: its own (``""``: none), else the
+    context's."""
+    found = metadata.branches.get(branch)
+    own = None if found is None else found.system_prompt
+    return (own if own is not None else metadata.system_prompt) or None
+
+
+def was_cut_off(message: Message) -> bool:
+    """True if the model stopped because it reached its token limit."""
+    return message.metadata.finish_reason in _LENGTH_REASONS
+
+
+def status_label(message: Message) -> str | None:
+    """How the message ended, in words, or None for a reply that simply completed."""
+    parts = [] if message.status is MessageStatus.COMPLETE else [message.status.value]
+    if was_cut_off(message):
+        parts.append(CUT_OFF)
+    return ", ".join(parts) or None
+
+
+def _preview(text: str, width: int = 40) -> str:
+    # One line whatever the text holds, so a repr never spans several.
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def message_repr(message: Message) -> str:
+    """``<Message m… assistant complete 'The capital…' (42 chars)>``."""
+    status = status_label(message) or message.status.value
+    answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
+    calls = len(message.tool_calls)
+    tools = f", {calls} tool call{'s' if calls != 1 else ''}" if calls else ""
+    return (
+        f"<Message {message.id} {message.role}{answers} {status} "
+        f"{_preview(message.content)!r} ({len(message.content)} chars{tools})>"
+    )
+
+
+def tool_call_repr(call: ToolCall) -> str:
+    """``<ToolCall call_1 lookup pending {"q": "x"}>``."""
+    args = _preview(json.dumps(call.arguments, ensure_ascii=False, default=str))
+    return f"<ToolCall {call.id} {call.name} {call.status.value} {args}>"
+
+
+def branch_repr(branch: Branch) -> str:
+    """``<Branch 'main' head=m…>`` (and where it forked, and its own system prompt)."""
+    parts = [f"<Branch {branch.name!r} head={branch.head}"]
+    if branch.forked_from is not None:
+        parts.append(f"forked_from={branch.forked_from}")
+    if branch.system_prompt is not None:
+        parts.append(f"system={_preview(branch.system_prompt)!r}")
+    return " ".join(parts) + ">"
+
+
+def context_repr(metadata: ContextMetadata) -> str:
+    """``<ContextMetadata c… 'Title' 3 branches, active 'main'>``."""
+    count = len(metadata.branches)
+    return (
+        f"<ContextMetadata {metadata.id} {_preview(metadata.title)!r} {count} "
+        f"branch{'es' if count != 1 else ''}, active {metadata.active_branch!r}>"
+    )
+
+
 def message_html(message: Message) -> str:
     """One message as a static HTML block (content escaped)."""
+    role = html.escape(message.role)
     style = _ROLE_STYLE.get(message.role, "")
     notes = []
-    if message.status is not MessageStatus.COMPLETE:
-        notes.append(message.status.value)
+    label = status_label(message)
+    if label:
+        notes.append(f'<b style="color:#b45309">{html.escape(label)}</b>')
     if message.metadata.model:
         notes.append(html.escape(message.metadata.model))
     if message.metadata.error:
@@ -33,23 +128,58 @@ def message_html(message: Message) -> str:
         for c in message.tool_calls
     )
     note = f' <span style="color:#888">({", ".join(notes)})</span>' if notes else ""
+    cut = (
+        f'<div style="font-size:80%;color:#b45309">&#9986; {CUT_OFF}: the reply is incomplete</div>'
+        if was_cut_off(message)
+        else ""
+    )
     return (
-        f'<div class="cm-message cm-{message.role}" style="{style};padding:6px 10px;'
+        f'<div class="cm-message cm-{role}" style="{style};padding:6px 10px;'
         f'margin:4px 0;border-radius:4px"><div style="font-size:80%;color:#555">'
-        f"<b>{message.role}</b>{note}</div>"
-        f'<div style="white-space:pre-wrap">{html.escape(message.content)}</div>{calls}</div>'
+        f"<b>{role}</b>{note}</div>"
+        f'<div style="white-space:pre-wrap">{html.escape(message.content)}</div>{calls}{cut}'
+        "</div>"
     )
 
 
-def conversation_html(metadata: ContextMetadata, messages: Sequence[Message]) -> str:
-    """A context's branch as static HTML: title, branch, system prompt, messages."""
+def _branches_html(metadata: ContextMetadata, shown: str) -> str:
+    names = list(metadata.branches)
+    listed = names[:_MAX_BRANCHES_SHOWN]
+    # However many there are, the branch shown and the active one are always named.
+    listed += [n for n in dict.fromkeys((shown, metadata.active_branch)) if n not in listed]
+    items = []
+    for name in listed:
+        text = html.escape(name)
+        if name == shown:
+            text = f"<b>{text}</b>"
+        if name == metadata.active_branch:
+            text += " (active)"
+        items.append(text)
+    more = len(names) - len(listed)
+    if more > 0:
+        items.append(f"and {more} more")
+    count = len(names)
+    return (
+        f'<div class="cm-branches" style="font-size:85%;color:#555">{count} '
+        f"branch{'es' if count != 1 else ''}: {', '.join(items)}</div>"
+    )
+
+
+def conversation_html(
+    metadata: ContextMetadata, messages: Sequence[Message], branch: str | None = None
+) -> str:
+    """A context's branch as static HTML: title, every branch (which one is shown and
+    which is active), the branch's system prompt, its messages."""
+    shown = branch or metadata.active_branch
     header = (
         f'<div style="font-weight:bold">{html.escape(metadata.title)} '
         f'<span style="font-weight:normal;color:#888">branch '
-        f"{html.escape(metadata.active_branch)} · {len(messages)} messages</span></div>"
+        f"{html.escape(shown)} · {len(messages)} messages</span></div>"
     )
+    prompt = effective_system(metadata, shown)
     system = ""
-    if metadata.system_prompt:
-        system = message_html(Message(id="system", role="system", content=metadata.system_prompt))
+    if prompt:
+        system = message_html(Message(id="system", role="system", content=prompt))
     body = "".join(message_html(m) for m in messages)
-    return f'<div class="cm-conversation">{header}{system}{body}</div>'
+    branches = _branches_html(metadata, shown)
+    return f'<div class="cm-conversation">{header}{branches}{system}{body}</div>'

@@ -127,6 +127,33 @@ def test_import_delegates_v1_files_to_migrate(
     assert "system prompt: You are a pirate." in out
 
 
+def test_import_writes_nothing_next_to_the_users_file(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    v1 = Path(shutil.copy2(FIXTURES / "localstorage.json", folder / "ls.json"))
+    code, out, _ = run(capsys, data_dir, "import", str(v1))
+    assert code == 0
+    assert os.listdir(folder) == ["ls.json"]
+    # The copy of the v1 data is kept in the data directory, and the report says where.
+    (backup,) = (data_dir / "backups").iterdir()
+    assert backup.name.startswith("ls.json.v1-backup-")
+    assert backup.read_bytes() == v1.read_bytes()
+    assert f"Backup of the source: {backup}" in out
+    # v1 data given as a folder of per-context files: the same.
+    files = Path(shutil.copytree(FIXTURES / "context_files", folder / "contexts"))
+    code, out, _ = run(capsys, data_dir, "import", str(files), "--no-backup")
+    assert code == 1  # one of the files is damaged, and reported
+    assert "(context-files): 4 context(s); 2 migrated, 1 partial" in out
+    assert sorted(os.listdir(folder)) == ["contexts", "ls.json"]
+    assert len(os.listdir(data_dir / "backups")) == 1
+    code, out, _ = run(capsys, data_dir, "import", "--help")
+    assert code == 0
+    assert "Nothing is written next to FILE" in " ".join(out.split())
+    assert "<data dir>/backups" in out
+
+
 def test_migrate_dry_run_and_failures(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
-from cm_notebook.errors import InvalidIdError, InvalidInputError
+from cm_notebook.errors import ContextExistsError, InvalidIdError, InvalidInputError
+from cm_notebook.export import parse_export
 from cm_notebook.ids import (
     MAX_BRANCH_NAME_LENGTH,
     MAX_ID_LENGTH,
+    branch_name_key,
+    check_branch_name_free,
+    id_key,
     new_id,
     validate_branch_name,
     validate_context_id,
     validate_message_id,
 )
+from cm_notebook.migrate import ContextStatus, convert, migrate_source, parse_v1
+from cm_notebook.model import ContextMetadata
+from cm_notebook.store import FileStore
 
 HOSTILE_IDS = [
     "",
@@ -135,3 +145,179 @@ def test_branch_names_must_be_nfc_so_lookalikes_cannot_coexist(name: str) -> Non
         validate_branch_name(name)
     assert repr(unicodedata.normalize("NFC", name)) in str(info.value)
     assert validate_branch_name(unicodedata.normalize("NFC", name))
+
+
+# -- portable names -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["con.txt", "NUL.json", "Com1.tar.gz", "lpt9.", "aux.x", "prn.md", "CON.json"]
+)
+@pytest.mark.parametrize("validate", [validate_context_id, validate_message_id])
+def test_windows_device_names_are_refused_with_any_extension(validate: object, value: str) -> None:
+    assert callable(validate)
+    with pytest.raises(InvalidIdError, match="Windows reserves"):
+        validate(value)
+
+
+@pytest.mark.parametrize("value", ["abc.", "a.b.", "c1..", "x.json."])
+def test_a_trailing_dot_is_refused_because_windows_drops_it(value: str) -> None:
+    with pytest.raises(InvalidIdError, match=r"ends with '\.'|'\.\.'"):
+        validate_context_id(value)
+
+
+@pytest.mark.parametrize("value", ["abc", "a.b", "console.txt", "con-1", "nul_x", "auxiliary.json"])
+def test_names_that_only_start_like_a_device_pass(value: str) -> None:
+    assert validate_context_id(value) == value
+
+
+def test_ids_that_differ_only_in_case_share_a_key() -> None:
+    assert id_key("ABC-1") == id_key("abc-1")
+    assert id_key("abc") != id_key("abd")
+
+
+@pytest.mark.parametrize(
+    ("name", "foreign"),
+    [
+        ("m\u0430in", "\u0430"),  # Cyrillic а in Latin
+        ("p\u0430yp\u0430l", "\u0430"),
+        ("\u03bfpen", "\u03bf"),  # the Greek omicron is the odd letter out, even first
+        ("test\u0410", "\u0410"),
+        ("\u0430\u0430\u03b1", "\u03b1"),  # Cyrillic with Greek
+    ],
+)
+def test_mixed_script_branch_names_are_refused(name: str, foreign: str) -> None:
+    with pytest.raises(InvalidIdError, match="mixes") as info:
+        validate_branch_name(name)
+    assert repr(foreign) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["日本語のbranch", "テスト v2", "한국어 branch", "中文 notes", "Ελληνικά", "русский"]
+)
+def test_scripts_written_together_and_single_scripts_pass(name: str) -> None:
+    assert validate_branch_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("\uff4d\uff41\uff49\uff4e", "main"), ("\ufb01x", "fix"), ("v\u00b2", "v2")],
+)
+def test_compatibility_characters_are_refused_with_the_plain_spelling(
+    name: str, expected: str
+) -> None:
+    with pytest.raises(InvalidIdError, match="compatibility characters") as info:
+        validate_branch_name(name)
+    assert repr(expected) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "existing"),
+    [
+        ("Main", "main"),
+        ("MAIN", "main"),
+        ("\u0440\u0430\u0440\u0435", "pape"),  # all Cyrillic: passes the script rule
+        ("\u0455\u0435\u0441\u0445", "secx"),
+        ("\u03bf\u03c1\u03b1", "opa"),  # all Greek
+    ],
+)
+def test_a_look_alike_of_an_existing_branch_is_refused_naming_it(name: str, existing: str) -> None:
+    assert validate_branch_name(name) == name
+    assert branch_name_key(name) == branch_name_key(existing)
+    with pytest.raises(InvalidIdError, match="looks like the existing branch") as info:
+        check_branch_name_free(name, ["other", existing])
+    assert repr(existing) in str(info.value)
+
+
+def test_distinct_names_and_the_same_name_are_free() -> None:
+    assert check_branch_name_free("main", ["main", "alt"]) == "main"
+    assert check_branch_name_free("mainline", ["main"]) == "mainline"
+    assert check_branch_name_free("日本語", ["日本"]) == "日本語"
+
+
+# -- where the rules are applied: the store, imports and migrations -------------------
+
+
+@pytest.mark.anyio
+async def test_the_store_refuses_look_alike_branches_and_case_twin_contexts(
+    store: FileStore,
+) -> None:
+    # ``store`` holds an empty context c1 with its branch "main".
+    with pytest.raises(InvalidIdError, match="mixes Latin letters"):
+        await store.create_branch("c1", "m\u0430in", head=None)
+    with pytest.raises(InvalidIdError, match="looks like the existing branch 'main'"):
+        await store.create_branch("c1", "MAIN", head=None)
+    assert list((await store.get_metadata("c1")).branches) == ["main"]
+    await store.create_context(ContextMetadata(id="abc"))
+    with pytest.raises(ContextExistsError, match=r"differs only in case .* 'abc'"):
+        await store.create_context(ContextMetadata(id="ABC"))
+    assert sorted(m.id for m in await store.list_contexts()) == ["abc", "c1"]
+
+
+def export_with(context_id: str, branches: list[str]) -> dict[str, Any]:
+    metadata = {
+        "id": context_id,
+        "branches": {name: {"name": name} for name in branches},
+        "active_branch": branches[0],
+    }
+    return {"format": "cm_notebook.export", "metadata": metadata, "messages": []}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (export_with("con.txt", ["main"]), "Windows reserves 'con'"),
+        (export_with("NUL.json", ["main"]), "Windows reserves 'NUL'"),
+        (export_with("abc.", ["main"]), "ends with '.'"),
+        (export_with("ok", ["main", "m\u0430in"]), "mixes Latin letters"),
+        (export_with("ok", ["main", "Main"]), "looks like the existing branch 'main'"),
+    ],
+)
+def test_imports_refuse_unportable_and_look_alike_names(
+    document: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_export(document)
+
+
+@pytest.mark.anyio
+async def test_migration_renames_look_alikes_instead_of_losing_them(store: FileStore) -> None:
+    await store.create_context(ContextMetadata(id="abc"))
+    v1 = [
+        {
+            "id": "ABC",
+            "title": "case twin of an existing context",
+            "branches": {"main": ["1", "2"], "m\u0430in": ["1", "3"], "Main": ["1"]},
+            "messages": [
+                {"id": "1", "role": "user", "content": "hi"},
+                {"id": "2", "role": "assistant", "content": "hello"},
+                {"id": "3", "role": "assistant", "content": "hey"},
+            ],
+        }
+    ]
+    report = await migrate_source(parse_v1(v1), store, progress=False, backup=False)
+    (result,) = report.contexts
+    assert result.status is ContextStatus.MIGRATED, result.problems
+    assert result.id not in (None, "ABC", "abc")
+    assert "'ABC' differs only in case from the existing context 'abc'" in result.notes[0]
+    assert result.id is not None
+    meta = await store.get_metadata(result.id)
+    # The Cyrillic look-alike became 'main-2'; 'Main' became 'Main-3', as 'Main-2'
+    # would look like 'main-2'. The v1 names are kept in the descriptions.
+    assert sorted(meta.branches) == ["Main-3", "main", "main-2"]
+    assert len({branch_name_key(name) for name in meta.branches}) == 3
+    assert meta.branches["main-2"].description == "v1 branch 'm\u0430in'"
+    assert await store.path(meta.id, "main-2") == ["1", "3"]
+
+
+def test_migration_gives_unportable_v1_ids_portable_ones() -> None:
+    v1 = [
+        {"id": name, "title": name, "messages": [{"role": "user", "content": name}]}
+        for name in ("con.txt", "NUL.json", "abc.", "abc")
+    ]
+    ids = [convert(ctx).metadata.id for ctx in parse_v1(v1).contexts]
+    assert ids[3] == "abc"
+    assert len({id_key(i) for i in ids}) == 4
+    for value, original in zip(ids[:3], ("con.txt", "NUL.json", "abc."), strict=True):
+        assert validate_context_id(value) == value
+        assert value != original

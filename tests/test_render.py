@@ -5,8 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cm_notebook.model import Message, MessageStatus, ToolCall
+import anyio
+import pytest
+
+from cm_notebook.cli import main
+from cm_notebook.export import export_context, to_markdown
+from cm_notebook.model import (
+    Branch,
+    ContextMetadata,
+    Message,
+    MessageMetadata,
+    MessageStatus,
+    ToolCall,
+    utcnow,
+)
+from cm_notebook.render import conversation_html
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -39,3 +54,133 @@ def test_a_session_renders_its_active_branch_and_system_prompt(
     assert "Be &lt;brief&gt;." in html
     assert html.index("Hello") < html.index("Hi &lt;there&gt;")
     assert "2 messages" in html
+
+
+# -- short, stable reprs --------------------------------------------------------------
+
+
+def test_a_message_repr_is_one_short_line() -> None:
+    message = Message(
+        id="m1",
+        role="assistant",
+        content="The capital of Australia is Canberra,\nnot Sydney. " * 20,
+        tool_calls=[ToolCall(id="c1", name="lookup"), ToolCall(id="c2", name="lookup")],
+    )
+    text = repr(message)
+    assert text == (
+        "<Message m1 assistant complete 'The capital of Australia is Canberra, n…' "
+        f"({len(message.content)} chars, 2 tool calls)>"
+    )
+    assert repr(Message(id="t1", role="tool", tool_call_id="c1", content="42")) == (
+        "<Message t1 tool -> c1 complete '42' (2 chars)>"
+    )
+    # Stable: the same message gives the same text at any time (no timestamps).
+    assert repr(message.model_copy(update={"created_at": utcnow()})) == text
+
+
+def test_tool_call_branch_and_context_reprs_are_short() -> None:
+    call = ToolCall(id="c1", name="lookup", arguments={"q": "x" * 200})
+    assert repr(call).startswith('<ToolCall c1 lookup pending {"q": "xxx')
+    assert len(repr(call)) < 100
+    branch = Branch(name="terse", head="m2", forked_from="m1", system_prompt="Be brief.")
+    assert repr(branch) == "<Branch 'terse' head=m2 forked_from=m1 system='Be brief.'>"
+    assert repr(Branch(name="main")) == "<Branch 'main' head=None>"
+    meta = ContextMetadata(
+        id="c1",
+        title="A\nlong title",
+        branches={"main": Branch(name="main"), "alt": Branch(name="alt")},
+        active_branch="alt",
+    )
+    assert repr(meta) == "<ContextMetadata c1 'A long title' 2 branches, active 'alt'>"
+
+
+# -- replies cut by the token limit ---------------------------------------------------
+
+
+def test_a_cut_reply_says_so_in_its_repr_and_html() -> None:
+    cut = Message(
+        id="m9",
+        role="assistant",
+        content="Once upon a",
+        metadata=MessageMetadata(finish_reason="length"),
+    )
+    assert repr(cut) == "<Message m9 assistant cut off at the token limit 'Once upon a' (11 chars)>"
+    assert "cut off at the token limit" in cut._repr_html_()
+    whole = cut.model_copy(update={"metadata": MessageMetadata(finish_reason="stop")})
+    assert "cut off" not in repr(whole)
+    assert "cut off" not in whole._repr_html_()
+    stopped = cut.model_copy(update={"status": MessageStatus.INTERRUPTED})
+    assert "interrupted, cut off at the token limit" in repr(stopped)
+
+
+def test_a_cut_reply_says_so_in_every_rendering(
+    data_dir: Path, closing: list[ContextSession], capsys: pytest.CaptureFixture[str]
+) -> None:
+    provider = ScriptedProvider().reply("A long story that never", finish="length")
+    session = ContextSession.create("Cut", provider=provider, data_dir=data_dir)
+    closing.append(session)
+    session.send("Tell me a long story").result(10)
+    reply = session.history()[-1]
+    assert reply.metadata.finish_reason == "length"
+    assert "cut off at the token limit" in repr(reply)
+    assert "cut off at the token limit" in session._repr_html_()
+    session.close()
+
+    async def markdown() -> str:
+        async with FileStore(data_dir) as store:
+            return to_markdown(await export_context(store, session.id))
+
+    text = anyio.run(markdown)
+    assert "## Assistant (cut off at the token limit) · " in text
+    assert "> *Cut off at the token limit: the reply is incomplete.*" in text
+    assert main(["--data-dir", str(data_dir), "show", session.id]) == 0
+    out, _ = capsys.readouterr()
+    assert "assistant (cut off at the token limit)" in out
+
+
+# -- the session's HTML shows that other branches exist -------------------------------
+
+
+def test_the_session_html_lists_every_branch_and_which_is_active(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    session = ContextSession.create(
+        "<b>Branches</b>",
+        provider=ScriptedProvider(["one", "two"]),
+        data_dir=data_dir,
+        system="Be <brief>.",
+    )
+    closing.append(session)
+    session.send("Hello").result(10)
+    session.branch("alt")
+    session.branch("other", switch=False)
+    html = session._repr_html_()
+    assert "3 branches: main, <b>alt</b> (active), other" in html
+    assert "&lt;b&gt;Branches&lt;/b&gt;" in html
+    assert "<b>Branches</b>" not in html
+
+
+def test_many_branches_are_counted_not_all_listed() -> None:
+    names = [f"b{i}" for i in range(30)]
+    meta = ContextMetadata(
+        branches={n: Branch(name=n) for n in names}, active_branch="b29", title="t"
+    )
+    html = conversation_html(meta, [])
+    assert "30 branches: <b>b0</b>" not in html
+    assert "30 branches: b0, b1" in html
+    assert "b11, <b>b29</b> (active), and 17 more" in html
+    # The branch shown is the active one unless another is named; its own prompt wins.
+    own = meta.model_copy(
+        update={"branches": {**meta.branches, "b1": Branch(name="b1", system_prompt="Mine")}}
+    )
+    shown = conversation_html(own, [], branch="b1")
+    assert "<b>b1</b>" in shown
+    assert "Mine" in shown
+    # An empty prompt of its own means none on that branch, not the context's.
+    with_context = own.model_copy(update={"system_prompt": "Context-wide"})
+    assert "Context-wide" in conversation_html(with_context, [], branch="b2")
+    assert "Context-wide" not in conversation_html(with_context, [], branch="b1")
+    silent = with_context.model_copy(
+        update={"branches": {**own.branches, "b3": Branch(name="b3", system_prompt="")}}
+    )
+    assert "Context-wide" not in conversation_html(silent, [], branch="b3")

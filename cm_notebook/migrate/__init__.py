@@ -1,12 +1,15 @@
-"""Migration from v1: the single ``contexts.json`` and the web front end's LocalStorage.
+"""Migration from v1: the single ``contexts.json``, the web front end's LocalStorage,
+and the per-context ``<uuid>.json`` files (one file, or a folder of them).
 
 Two layers:
 
 * a pure one, testable without a store: :func:`load_v1` / :func:`parse_v1` read a
   source liberally into :class:`V1Context` records (problems are collected, not
-  raised), and :func:`convert` turns one into validated cm_notebook models
-  (:class:`ConvertedContext`): safe ids, a message tree built from the flat list and
-  v1's ``branches``, tool calls, timestamps, and every unknown field kept in metadata;
+  raised; a damaged file in a folder becomes one failed record naming it), and
+  :func:`convert` turns one into validated cm_notebook models (:class:`ConvertedContext`):
+  safe ids, a message tree built from the flat list (or the pool's parent links) and
+  v1's ``branches`` with their system prompts, tool calls, timestamps, and every
+  unknown field kept in metadata;
 * :func:`migrate`, which writes conversions through a :class:`~cm_notebook.store.base.Store`,
   backs the source up, validates what was written and returns a
   :class:`MigrationReport`. It is idempotent and has a dry run.
@@ -24,17 +27,9 @@ from __future__ import annotations
 from ._convert import ConvertedContext, context_id_for, convert
 from ._report import ContextResult, ContextStatus, MigrationReport
 from ._run import check_converted, migrate, migrate_source
+from ._sources import load_v1, parse_v1, read_v1
 from ._util import content_digest
-from ._v1 import (
-    EXPECTED_SHAPES,
-    V1Context,
-    V1Message,
-    V1Source,
-    load_v1,
-    parse_timestamp,
-    parse_v1,
-    read_v1,
-)
+from ._v1 import EXPECTED_SHAPES, V1Context, V1Message, V1Source, parse_timestamp
 
 __all__ = [
     "EXPECTED_SHAPES",

@@ -14,12 +14,19 @@ of message ids. The tree is built in two passes:
    branch, and the rest of the list continues from the copy. A list's first message is
    left where the flat order puts it, so a list that starts mid-conversation still hangs
    off its real predecessor.
-2. **The flat order** then gives every message without a parent the previous readable
-   message in the v1 list (or none, for the first).
+2. **Parent links** (the per-context files' ``parent_id``) place every message the
+   branches did not: under its parent, or as a root when the parent is ``null``. A
+   parent that is not in the pool is reported and the message starts a new thread
+   (``metadata.v1_parent_id`` keeps the name). Where a branch disagrees with a
+   message's ``parent_id``, the branch was followed, and a note says so.
+3. **The flat order** then gives every message still without a parent the previous
+   readable message in the v1 list (or none, for the first).
 
-Every branch keeps its v1 head. Leaves that no branch reaches (the flat tail when v1's
-branches omit it) get a branch too (``main`` if free, else ``v1-unbranched``), so no
-message becomes invisible.
+Every branch keeps its v1 head and its own system prompt (``Branch.system_prompt``,
+None where v1 had none: the branch then uses the context's, which is v1's context-level
+prompt if the source has one). Leaves that no branch reaches
+(the flat tail when v1's branches omit it, a thread on no branch) get a branch too
+(``main`` if free, else ``v1-unbranched``), so no message becomes invisible.
 
 Ids
 ---
@@ -39,7 +46,12 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidIdError, InvalidInputError
-from ..ids import validate_branch_name, validate_context_id, validate_message_id
+from ..ids import (
+    branch_name_key,
+    validate_branch_name,
+    validate_context_id,
+    validate_message_id,
+)
 from ..model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus
 from ._toolcalls import convert_tool_calls
 from ._util import derived_id
@@ -92,12 +104,18 @@ class ConvertedContext:
         return out[::-1]
 
 
+def _sanitise(name: str) -> str:
+    name = re.sub(r"[^\w .+-]", "-", name)
+    return re.sub(r"\.{2,}", ".", name)[:100].strip(" .-")
+
+
 @dataclass
 class _Node:
     id: str
     msg: V1Message
     copied_from: str | None = None
     branch: str | None = None
+    missing_parent: str | None = None  # a declared parent that is not in the source
 
 
 @dataclass
@@ -109,9 +127,11 @@ class _Tree:
     has_children: set[str] = field(default_factory=set)
     heads: dict[str, str | None] = field(default_factory=dict)
     sources: dict[str, list[V1Message]] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)  # branch -> its system prompt
+    branch_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)  # new name -> v1 name
     name_of: dict[str, str] = field(default_factory=dict)  # v1 name -> new name
-    taken: set[str] = field(default_factory=set)
+    taken: set[str] = field(default_factory=set)  # branch_name_key of the names given
     copies: int = 0
 
     def would_cycle(self, node: str, parent: str | None) -> bool:
@@ -137,17 +157,20 @@ class _Tree:
 
     def branch_name(self, wanted: str) -> str:
         """A valid, unused branch name as close to ``wanted`` as possible."""
-        name = wanted
-        if not _safe(validate_branch_name, name):
-            name = re.sub(r"[^\w .+-]", "-", wanted)
-            name = re.sub(r"\.{2,}", ".", name)[:100].strip(" .-")
-            if not _safe(validate_branch_name, name):
-                name = "branch"
+        # Tried in turn: as it is; with unsafe characters replaced; and that again with
+        # look-alike letters made Latin ('mаin' with a Cyrillic а becomes 'main').
+        name = "branch"
+        for candidate in (wanted, _sanitise(wanted), _sanitise(branch_name_key(wanted))):
+            if _safe(validate_branch_name, candidate):
+                name = candidate
+                break
+        # Compared by look-alike key: v1 may hold 'main' and 'Main' side by side, and
+        # the look-alike 'mаin' becomes 'main' above.
         base, n = name, 2
-        while name in self.taken:
+        while branch_name_key(name) in self.taken:
             name = f"{base[:90]}-{n}"
             n += 1
-        self.taken.add(name)
+        self.taken.add(branch_name_key(name))
         return name
 
 
@@ -173,8 +196,31 @@ def _assign_ids(ctx: V1Context, cid: str, notes: list[str]) -> dict[int, str]:
     return ids
 
 
-def _branch_lists(raw: Any, problems: list[str]) -> list[tuple[str, list[Any]]]:
-    """(name, list of v1 message ids) for each usable branch in v1's ``branches``."""
+_BRANCH_IDS = ("messages", "message_ids", "messageIds", "path")
+_BRANCH_PROMPT = ("system_prompt", "systemPrompt", "system")
+
+
+def _branch_prompt(value: Any) -> tuple[str | None, dict[str, Any]]:
+    """(system prompt, fields kept in metadata) of one v1 branch value."""
+    if not isinstance(value, dict):
+        return None, {}
+    known = {"name", *_BRANCH_IDS, *_BRANCH_PROMPT}
+    extra = {k: v for k, v in value.items() if k not in known and v is not None}
+    prompt: Any = next((value[k] for k in _BRANCH_PROMPT if k in value), None)
+    if isinstance(prompt, dict):
+        # {"id": ..., "content": ...}: a prompt picked from a library; keep which one.
+        if prompt.get("id") is not None:
+            extra["system_prompt_id"] = prompt["id"]
+        prompt = prompt.get("content", prompt.get("text"))
+    if prompt is not None and not isinstance(prompt, str):
+        extra["system_prompt"] = prompt
+        prompt = None
+    return prompt or None, extra
+
+
+def _branch_lists(raw: Any, problems: list[str]) -> list[tuple[str, list[Any], Any]]:
+    """(name, list of v1 message ids, the raw value) for each usable branch in v1's
+    ``branches``."""
     if raw is None or raw == {} or raw == []:
         return []
     items: list[tuple[Any, Any]]
@@ -189,12 +235,11 @@ def _branch_lists(raw: Any, problems: list[str]) -> list[tuple[str, list[Any]]]:
     for name, value in items:
         ids = value
         if isinstance(value, dict):
-            keys = ("messages", "message_ids", "messageIds", "path")
-            ids = next((value[k] for k in keys if k in value), None)
+            ids = next((value[k] for k in _BRANCH_IDS if k in value), None)
         if not isinstance(name, str) or not isinstance(ids, list):
             problems.append(f"branch {name!r} is not a list of message ids; ignored")
             continue
-        out.append((name, ids))
+        out.append((name, ids, value))
     return out
 
 
@@ -250,6 +295,40 @@ def _follow_branch(
         )
 
 
+def _follow_parents(
+    tree: _Tree,
+    ctx: V1Context,
+    by_v1_id: dict[str, V1Message],
+    ids: dict[int, str],
+    problems: list[str],
+    notes: list[str],
+) -> None:
+    """Place messages by their declared ``parent_id`` (pass 2 of the module docstring)."""
+    for msg in ctx.messages:
+        if not msg.parent_declared:
+            continue
+        node = ids[msg.position]
+        parent = by_v1_id.get(msg.parent_ref) if msg.parent_ref is not None else None
+        if msg.parent_ref is not None and parent is None:
+            tree.nodes[node].missing_parent = msg.parent_ref
+            problems.append(
+                f"message {msg.id!r} names parent {msg.parent_ref!r}, which is not in the "
+                "source; it starts a new thread (metadata.v1_parent_id keeps the name)"
+            )
+        wanted = None if parent is None else ids[parent.position]
+        if node in tree.parent:
+            if tree.parent[node] != wanted and tree.nodes[node].missing_parent is None:
+                notes.append(
+                    f"message {msg.id!r}: its parent_id disagrees with a branch; the branch "
+                    "was followed"
+                )
+        elif tree.would_cycle(node, wanted):
+            notes.append(f"message {msg.id!r}: parent links form a loop; made a root")
+            tree.place(node, None)
+        else:
+            tree.place(node, wanted)
+
+
 def _build_tree(
     ctx: V1Context, cid: str, ids: dict[int, str], problems: list[str], notes: list[str]
 ) -> _Tree:
@@ -262,9 +341,17 @@ def _build_tree(
     # Pass 1: the branches, the v1 active branch first so that it keeps the originals.
     lists = _branch_lists(ctx.branches, problems)
     lists.sort(key=lambda item: item[0] != ctx.active_branch)
-    for v1_name, refs in lists:
+    for v1_name, refs, value in lists:
         _follow_branch(tree, cid, v1_name, refs, by_v1_id, ids, problems, notes)
-    # Pass 2: the flat order places everything the branches did not.
+        name = tree.name_of[v1_name]
+        prompt, extra = _branch_prompt(value)
+        if prompt is not None:
+            tree.prompts[name] = prompt
+        if extra:
+            tree.branch_extra[name] = extra
+    # Pass 2: parent links, where the source has them.
+    _follow_parents(tree, ctx, by_v1_id, ids, problems, notes)
+    # Pass 3: the flat order places everything else.
     prev: str | None = None
     for msg in ctx.messages:
         node = ids[msg.position]
@@ -275,7 +362,9 @@ def _build_tree(
             else:
                 tree.place(node, prev)
         prev = node
-    if not lists:
+    if not lists and not any(msg.parent_declared for msg in ctx.messages):
+        # A flat list and no branches: the list is the conversation. (With parent
+        # links, each leaf gets a branch below instead.)
         name = tree.branch_name("main")
         tree.heads[name] = prev
         tree.sources[name] = list(ctx.messages)
@@ -313,6 +402,12 @@ def _message(
         meta["v1_extra"] = msg.extra
     if node.copied_from is not None:
         meta.update(v1_copied_from=node.copied_from, v1_branch=node.branch)
+    elif node.missing_parent is not None:
+        meta["v1_parent_id"] = node.missing_parent
+    if msg.usage is not None:
+        meta["usage"] = {"input_tokens": msg.usage[0], "output_tokens": msg.usage[1]}
+    if msg.duration_ms is not None:
+        meta["duration_ms"] = msg.duration_ms
     if msg.model is not None:
         meta["model"] = msg.model
     if msg.is_error:
@@ -386,6 +481,7 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
             head=head,
             created_at=created,
             description=f"v1 branch {tree.renamed[name]!r}" if name in tree.renamed else "",
+            system_prompt=tree.prompts.get(name),
         )
         for name, head in tree.heads.items()
     }
@@ -403,6 +499,8 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
         notes.append(f"context id {ctx.id!r} replaced by {cid!r}")
     if ctx.extra:
         extra["v1_extra"] = ctx.extra
+    if tree.branch_extra:
+        extra["v1_branch_extra"] = tree.branch_extra
     # The store stamps updated_at on every write, so v1's last activity is kept here.
     extra["v1_updated_at"] = updated.isoformat()
     metadata = ContextMetadata(
@@ -412,6 +510,8 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
         updated_at=updated,
         branches=branches,
         active_branch=active,
+        # Only v1's context-level prompt: a branch prompt stays on its branch, so that
+        # a branch that had none in v1 does not inherit another branch's.
         system_prompt=ctx.system_prompt,
         tags=ctx.tags,
         extra=extra,

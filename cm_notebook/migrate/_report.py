@@ -36,10 +36,12 @@ class ContextResult:
     notes: list[str] = field(default_factory=list)  # harmless changes (new ids, copies)
     source_sha256: str | None = None  # of the v1 record
     content_sha256: str | None = None  # of role+content in v1 order, checked after writing
+    source_file: str | None = None  # the file it came from, when the source is a folder
 
     def label(self) -> str:
-        """``'title' (id)`` for messages."""
-        return f"{self.title!r} ({self.id or f'#{self.position}'})"
+        """``'title' (id)`` for messages, with ``from <file>`` for a folder's files."""
+        where = f" from {self.source_file}" if self.source_file else ""
+        return f"{self.title!r} ({self.id or f'#{self.position}'}){where}"
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ import anyio
 from tqdm import tqdm
 
 from ..errors import CMError, MigrationError
+from ..ids import id_key
 from ..model import ContextMetadata, Message
 from ..store.base import Store
 from ._convert import ConvertedContext, context_id_for, convert
+from ._pool import folder_files
 from ._report import ContextResult, ContextStatus, MigrationReport
+from ._sources import read_v1
 from ._util import content_digest, derived_id
-from ._v1 import V1Source, read_v1
+from ._v1 import V1Source
 
 __all__ = ["check_converted", "migrate", "migrate_source"]
 
@@ -83,6 +87,13 @@ async def _check_written(conv: ConvertedContext, store: Store) -> tuple[list[str
     problems = _compare(conv, lookup, paths)
     if not problems and len(index) != len(conv.messages):
         problems.append(f"the store holds {len(index)} messages, expected {len(conv.messages)}")
+    written = await store.get_metadata(cid)
+    if written.system_prompt != conv.metadata.system_prompt:
+        problems.append("the context's system prompt differs from the source")
+    for name, branch in conv.metadata.branches.items():
+        got = written.branches.get(name)
+        if got is None or got.system_prompt != branch.system_prompt:
+            problems.append(f"branch {name!r} does not carry its v1 system prompt")
     readable = [i for _, i in conv.originals if i in lookup]
     digest = content_digest((lookup[i].role, lookup[i].content) for i in readable)
     return problems, digest
@@ -121,16 +132,47 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _backup(source: Path, data_dir: Path | None) -> Path:
-    """Copy ``source`` next to itself (or into ``<data dir>/backups``); never modify it."""
-    data = source.read_bytes()
-    for old in sorted(source.parent.glob(f"{source.name}.v1-backup-*")):
-        if old.is_file() and old.read_bytes() == data:
-            return old  # an identical backup exists: re-running does not pile up copies
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Name -> contents of the files a folder source consists of (unreadable ones left
+    out: they were reported as failed and nothing of them is migrated)."""
+    out = {}
+    for path in folder_files(folder):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                out[path.name] = path.read_bytes()
+    return out
+
+
+def _write_backup(temp: Path, content: bytes | dict[str, bytes]) -> None:
+    if isinstance(content, bytes):
+        temp.write_bytes(content)
+        return
+    temp.mkdir()
+    for name, data in content.items():
+        (temp / name).write_bytes(data)
+
+
+def _same_backup(old: Path, content: bytes | dict[str, bytes]) -> bool:
+    if old.name.endswith(".tmp"):
+        return False  # a copy that was cut short
+    if isinstance(content, bytes):
+        return old.is_file() and old.read_bytes() == content
+    return old.is_dir() and _folder_bytes(old) == content
+
+
+def _backup(source: Path, data_dir: Path | None, into: Path | None = None) -> Path:
+    """Copy ``source`` (a file, or a folder's JSON files) next to itself, else into
+    ``<data dir>/backups``; or only into ``into`` when given. Never modifies it."""
+    content = _folder_bytes(source) if source.is_dir() else source.read_bytes()
+    if into is not None:
+        targets = [into]
+    else:
+        targets = [source.parent] + ([data_dir / "backups"] if data_dir is not None else [])
+    for folder in targets:
+        for old in sorted(folder.glob(f"{source.name}.v1-backup-*")):
+            if _same_backup(old, content):
+                return old  # an identical backup exists: re-running does not pile up copies
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    targets = [source.parent]
-    if data_dir is not None:
-        targets.append(data_dir / "backups")
     errors = []
     for folder in targets:
         target = folder / f"{source.name}.v1-backup-{stamp}"
@@ -138,13 +180,16 @@ def _backup(source: Path, data_dir: Path | None) -> Path:
         while target.exists():
             target = folder / f"{source.name}.v1-backup-{stamp}-{n}"
             n += 1
+        temp = target.with_name(target.name + ".tmp")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(target.name + ".tmp")
-            temp.write_bytes(data)
+            _write_backup(temp, content)
             os.replace(temp, target)  # a backup is either complete or absent
         except OSError as exc:
             errors.append(f"{folder}: {exc.strerror or exc}")
+            shutil.rmtree(temp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                temp.unlink()
             continue
         return target
     raise MigrationError(
@@ -161,7 +206,9 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
             by_hash.setdefault(digest, meta.id)
     plans: list[_Plan] = []
     in_source: dict[str, int] = {}  # source sha256 -> position of its first occurrence
+    # By id_key: ids that differ only in case are one folder on Windows and macOS.
     ids_in_source: set[str] = set()
+    existing_keys = {id_key(i): i for i in existing}
     for ctx in source.contexts:
         result = ContextResult(
             position=ctx.position,
@@ -171,6 +218,7 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
             status=ContextStatus.FAILED,
             source_messages=ctx.message_count,
             source_sha256=ctx.source_sha256,
+            source_file=None if ctx.source_file is None else str(ctx.source_file),
         )
         plan = _Plan(result)
         plans.append(plan)
@@ -185,11 +233,18 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
             continue
         in_source[ctx.source_sha256] = ctx.position
         cid = context_id_for(ctx)
-        if cid in ids_in_source:
+        twin = existing_keys.get(id_key(cid), cid)
+        if id_key(cid) in ids_in_source or twin != cid:
             # Two different records share an id: keep both, the later under a new id.
-            cid = derived_id("c", "v1-duplicate-id", ctx.id, ctx.source_sha256)
-            result.notes.append(f"id {ctx.id!r} is used twice in the source; this one is {cid!r}")
-        ids_in_source.add(cid)
+            new = derived_id("c", "v1-duplicate-id", ctx.id, ctx.source_sha256)
+            why = (
+                f"differs only in case from the existing context {twin!r}"
+                if twin != cid
+                else "is used twice in the source"
+            )
+            result.notes.append(f"id {cid!r} {why}; this one is {new!r}")
+            cid = new
+        ids_in_source.add(id_key(cid))
         result.id = cid
         try:
             conv = convert(ctx, context_id=cid)
@@ -281,6 +336,7 @@ async def migrate_source(
     dry_run: bool = False,
     progress: bool = True,
     backup: bool = True,
+    backup_dir: Path | None = None,
 ) -> MigrationReport:
     """Migrate an already-read v1 source (see :func:`migrate`); ``path`` is backed up."""
     report = MigrationReport(
@@ -294,7 +350,8 @@ async def migrate_source(
     report.contexts = [p.result for p in plans]
     if backup and not dry_run and path is not None and any(p.action == "write" for p in plans):
         data_dir = getattr(store, "data_dir", None)
-        report.backup = _backup(path, data_dir if isinstance(data_dir, Path) else None)
+        folder = data_dir if isinstance(data_dir, Path) else None
+        report.backup = _backup(path, folder, backup_dir)
     active = [p for p in plans if p.action != "none"]
     show = progress and _isatty(sys.stderr)
     with tqdm(
@@ -313,15 +370,20 @@ async def migrate(
     dry_run: bool = False,
     progress: bool = True,
     backup: bool = True,
+    backup_dir: Path | None = None,
 ) -> MigrationReport:
-    """Migrate a v1 ``contexts.json`` or LocalStorage export into ``store``.
+    """Migrate a v1 ``contexts.json``, LocalStorage export, per-context ``<uuid>.json``
+    file, or a folder of those per-context files into ``store``.
 
     The source is never modified; with ``backup`` it is first copied next to itself as
-    ``<name>.v1-backup-<UTC time>`` (or into ``<data dir>/backups`` when that folder is
-    read-only), unless an identical backup exists or nothing needs writing. Each context
-    is converted, written through the store, read back and validated (message counts,
-    sha256 of role+content in order, every branch path); a context that fails is removed
-    again and reported, and the others carry on. Contexts migrated before (same id and
+    ``<name>.v1-backup-<UTC time>`` (a folder's JSON files into a folder of that name),
+    or into ``<data dir>/backups`` when that folder is read-only, or only into
+    ``backup_dir`` when given, unless an identical backup exists there or nothing needs
+    writing. Each context is converted, written through the store, read back and
+    validated (message counts, sha256 of role+content in order, every branch path and
+    system prompt); a context that fails is removed again and reported, and the others
+    carry on. In a folder, a file that cannot be read is reported as a failed context
+    naming the file, and the other files are migrated. Contexts migrated before (same id and
     same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing.
     ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
     a tqdm bar on stderr when stderr is a terminal.
@@ -331,5 +393,11 @@ async def migrate(
     path = Path(source)
     v1 = read_v1(path)
     return await migrate_source(
-        v1, store, path=path, dry_run=dry_run, progress=progress, backup=backup
+        v1,
+        store,
+        path=path,
+        dry_run=dry_run,
+        progress=progress,
+        backup=backup,
+        backup_dir=backup_dir,
     )

@@ -1,8 +1,10 @@
 """v1 tool calls -> :class:`~cm_notebook.model.ToolCall`.
 
-v1 stored tool calls in two shapes: OpenAI's (``{"id", "type": "function",
-"function": {"name", "arguments": "<json>"}}``, results in later ``tool`` messages)
-and a flat one (``{"id", "name", "arguments", "result", "status", "error"}``).
+v1 stored tool calls in three shapes: OpenAI's (``{"id", "type": "function",
+"function": {"name", "arguments": "<json>"}}``, results in later ``tool`` messages),
+a flat one (``{"id", "name", "arguments", "result", "status", "error"}``), and the
+per-context files' (``{"id", "tool_name", "arguments", "approval_status"}``, results in
+later ``tool`` messages' ``tool_result``).
 
 Status, first rule that applies:
 
@@ -21,11 +23,10 @@ Status, first rule that applies:
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 from ..model import ToolCall, ToolCallStatus
-from ._util import derived_id
+from ._util import derived_id, json_text, load_json
 from ._v1 import V1Message
 
 __all__ = ["NO_RESULT_REASON", "convert_tool_calls"]
@@ -38,11 +39,9 @@ _DENIED = {"denied", "rejected", "declined", "cancelled", "canceled"}
 _FAILED = {"failed", "error", "errored"}
 _ARGUMENTS = ("arguments", "args", "input", "parameters")
 _RESULTS = ("result", "output", "response")
-_KNOWN = {"id", "type", "function", "name", "error", "status", "reason", *_ARGUMENTS, *_RESULTS}
-
-
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+_NAMES = ("name", "tool_name")
+_STATUSES = ("status", "approval_status")
+_KNOWN = {"id", "type", "function", "error", "reason", *_NAMES, *_STATUSES, *_ARGUMENTS, *_RESULTS}
 
 
 def _arguments(raw: dict[str, Any], fn: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def _arguments(raw: dict[str, Any], fn: dict[str, Any]) -> dict[str, Any]:
     if isinstance(args, str):
         # OpenAI sends arguments as JSON text; text that is not JSON is kept as it is.
         with contextlib.suppress(ValueError):
-            args = json.loads(args) if args.strip() else {}
+            args = load_json(args) if args.strip() else {}
     if args is None:
         return {}
     return args if isinstance(args, dict) else {"v1_arguments": args}
@@ -61,9 +60,9 @@ def _status(
 ) -> tuple[ToolCallStatus, str | None, Any]:
     """(status, reason, result) following the rules in the module docstring."""
     result = next((raw[k] for k in _RESULTS if k in raw), None)
-    v1_status = str(raw.get("status", "")).lower()
+    v1_status = str(next((raw[k] for k in _STATUSES if k in raw), "")).lower()
     if raw.get("error"):
-        return ToolCallStatus.FAILED, _json_text(raw["error"]), result
+        return ToolCallStatus.FAILED, json_text(raw["error"]), result
     if v1_status in _DENIED:
         return ToolCallStatus.DENIED, str(raw.get("reason") or "denied in v1"), result
     if result is not None:
@@ -90,7 +89,11 @@ def convert_tool_calls(
     for i, raw in enumerate(msg.tool_calls):
         fn = raw.get("function") if isinstance(raw, dict) else None
         fn = fn if isinstance(fn, dict) else {}
-        name = raw.get("name", fn.get("name")) if isinstance(raw, dict) else None
+        name = (
+            next((raw[k] for k in _NAMES if k in raw), fn.get("name"))
+            if isinstance(raw, dict)
+            else None
+        )
         if not isinstance(raw, dict) or not isinstance(name, str) or not name.strip():
             unconverted.append(raw)
             problems.append(
@@ -110,12 +113,11 @@ def convert_tool_calls(
                 arguments=_arguments(raw, fn),
                 status=status,
                 reason=reason,
-                result=None if result is None else _json_text(result),
+                result=None if result is None else json_text(result),
             )
         )
         extra = {k: v for k, v in raw.items() if k not in _KNOWN}
-        if "status" in raw:
-            extra["status"] = raw["status"]
+        extra.update((k, raw[k]) for k in _STATUSES if k in raw)
         if extra:
             leftovers[call_id] = extra
     meta: dict[str, Any] = {}

@@ -7,12 +7,35 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["canonical_json", "content_digest", "derived_id", "sha256_text"]
+__all__ = [
+    "canonical_json",
+    "content_digest",
+    "derived_id",
+    "json_text",
+    "load_json",
+    "sha256_text",
+]
 
 
 def canonical_json(value: Any) -> str:
     """A stable JSON text of ``value`` (sorted keys, no spaces) for hashing."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def load_json(text: str) -> Any:
+    """Decode JSON text read from a v1 source: the one place the migration does, so
+    what it accepts is decided here. Raises ValueError for anything it cannot decode,
+    nesting too deep for the parser included."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("it is nested too deeply to read") from exc
+
+
+def json_text(value: Any) -> str:
+    """``value`` itself if it is text, else its JSON (for results and arguments that v1
+    kept either way)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def sha256_text(text: str) -> str:

@@ -1,15 +1,14 @@
-"""Reading v1 sources: shape detection and liberal parsing of records.
+"""Reading v1 records: liberal parsing of one context and its messages.
 
 This layer only reads. It turns whatever JSON the v1 system (or a user's hand) left
 behind into :class:`V1Context` / :class:`V1Message` values with normalised roles,
 text content and aware timestamps, and it records what it could not read as
-problems instead of raising. Only a source that is unreadable as a whole (not
-JSON, or no known shape) raises :class:`~cm_notebook.errors.MigrationError`.
+problems instead of raising. Which records a source holds (its shape) is decided in
+``_sources``; the per-context files of the original are flattened in ``_pool``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..errors import MigrationError
 from ..model import Role
 from ._util import canonical_json, sha256_text
 
@@ -29,18 +27,16 @@ __all__ = [
     "V1Context",
     "V1Message",
     "V1Source",
-    "load_v1",
     "parse_timestamp",
-    "parse_v1",
-    "read_v1",
 ]
 
-SourceKind = Literal["contexts.json", "localstorage"]
+SourceKind = Literal["contexts.json", "localstorage", "context-files"]
 
 EXPECTED_SHAPES = (
-    "a v1 contexts.json (a JSON list of contexts, or an object with a 'contexts' list) "
-    "or a v1 LocalStorage export ({'state': {'chats': [...], 'currentChatId': ...}, "
-    "'version': N})"
+    "a v1 contexts.json (a JSON list of contexts, or an object with a 'contexts' list), "
+    "a v1 LocalStorage export ({'state': {'chats': [...], 'currentChatId': ...}, "
+    "'version': N}), a v1 per-context file (an object with a 'message_pool' and "
+    "'branches') or a folder of such files"
 )
 
 # Used when no timestamp at all can be found and no file gives a better guess: an
@@ -53,7 +49,13 @@ _CTX_CREATED = ("created_at", "createdAt", "created", "timestamp")
 _CTX_UPDATED = ("updated_at", "updatedAt", "updated", "last_modified", "lastModified")
 _CTX_TITLE = ("title", "name")
 _CTX_SYSTEM = ("systemPrompt", "system_prompt")
-_CTX_ACTIVE = ("active_branch", "activeBranch", "current_branch", "currentBranch")
+_CTX_ACTIVE = (
+    "active_branch",
+    "activeBranch",
+    "active_branch_name",
+    "current_branch",
+    "currentBranch",
+)
 _CTX_KNOWN = {
     "id",
     "messages",
@@ -114,6 +116,10 @@ class V1Message:
     tool_call_id: str | None = None
     model: str | None = None
     v1_role: str | None = None  # the original role when it was not already canonical
+    parent_declared: bool = False  # the record said who its parent is (per-context files)
+    parent_ref: str | None = None  # that parent's v1 id (None: a root)
+    usage: tuple[int, int] | None = None  # (input, output) tokens, where v1 recorded them
+    duration_ms: float | None = None
     is_error: bool = False  # v1 role "error": an assistant failure shown in the chat
     role_guessed: bool = False  # the v1 role was unknown; kept as "user"
     content_parts: list[Any] | None = None  # the original list when content was parts
@@ -140,6 +146,7 @@ class V1Context:
     message_count: int = 0  # records in the v1 list, readable or not
     branches: Any = None  # raw; interpreted by the converter
     active_branch: str | None = None
+    source_file: Path | None = None  # the file it came from, when a source is a folder
     extra: dict[str, Any] = field(default_factory=dict)  # fields cm_notebook has no use for
     flags: dict[str, Any] = field(default_factory=dict)  # facts from around the record
     problems: list[str] = field(default_factory=list)  # messages that could not be read
@@ -354,113 +361,3 @@ def _context(
             )
         ctx.messages.append(parsed)
     return ctx
-
-
-def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
-    """(state, version) if ``data`` looks like a (possibly raw) LocalStorage export."""
-    if not isinstance(data, dict):
-        return None
-    state = data.get("state")
-    if isinstance(state, str):
-        # Raw LocalStorage values are strings; a copy-paste may keep one level of that.
-        try:
-            state = json.loads(state)
-        except ValueError:
-            return None
-    if isinstance(state, dict) and isinstance(state.get("chats"), list):
-        return state, data.get("version")
-    if isinstance(data.get("chats"), list):
-        return data, data.get("version")
-    return None
-
-
-def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None = None) -> V1Source:
-    """Detect the shape of already-decoded v1 JSON and read its contexts.
-
-    ``fallback_time`` is used for records without any timestamp (default: the epoch,
-    which keeps conversion deterministic). Raises MigrationError for unknown shapes.
-    """
-    fallback = fallback_time or _EPOCH
-    if isinstance(data, list):
-        contexts = [_context(r, i, "contexts.json", fallback) for i, r in enumerate(data)]
-        return V1Source(name, "contexts.json", contexts)
-    if isinstance(data, dict) and isinstance(data.get("contexts"), list):
-        items = data["contexts"]
-        source = V1Source(
-            name,
-            "contexts.json",
-            [_context(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
-        )
-        ignored = sorted(k for k in data if k != "contexts")
-        if ignored:
-            source.notes.append(f"top-level fields not migrated: {', '.join(ignored)}")
-        return source
-    found = _localstorage_state(data)
-    if found is None and isinstance(data, dict):
-        # A raw LocalStorage dump: {"<store key>": "<JSON text of the store>"}.
-        for key, value in data.items():
-            if isinstance(value, str) and value.lstrip().startswith("{"):
-                try:
-                    found = _localstorage_state(json.loads(value))
-                except ValueError:
-                    continue
-                if found is not None:
-                    name = f"{name} [{key}]"
-                    break
-    if found is not None:
-        state, version = found
-        current = _id_text(state.get("currentChatId"))
-        contexts = []
-        for i, chat in enumerate(state["chats"]):
-            ctx = _context(chat, i, "localstorage", fallback)
-            if version is not None:
-                ctx.flags["v1_store_version"] = version
-            if current is not None and ctx.id == current:
-                ctx.flags["v1_current_chat"] = True
-            contexts.append(ctx)
-        return V1Source(name, "localstorage", contexts)
-    if (
-        isinstance(data, dict)
-        and data
-        and all(isinstance(v, dict) and "messages" in v for v in data.values())
-    ):
-        # An id -> context mapping.
-        contexts = [
-            _context(v, i, "contexts.json", fallback, key=str(k))
-            for i, (k, v) in enumerate(data.items())
-        ]
-        return V1Source(name, "contexts.json", contexts)
-    if isinstance(data, dict) and isinstance(data.get("messages"), list):
-        return V1Source(name, "contexts.json", [_context(data, 0, "contexts.json", fallback)])
-    if isinstance(data, dict):
-        keys = ", ".join(sorted(map(str, data))[:8]) or "no keys"
-        got = f"a JSON object with {keys}"
-    else:
-        got = f"a JSON {type(data).__name__}"
-    raise MigrationError(f"{name} is {got}; expected {EXPECTED_SHAPES}")
-
-
-def read_v1(source: Path | str) -> V1Source:
-    """Read and parse a v1 file; raise MigrationError if it cannot be read as a whole."""
-    path = Path(source)
-    try:
-        raw = path.read_bytes()
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-    except OSError as exc:
-        raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
-    # The file's modification time is the best "no later than" guess for records that
-    # carry no timestamps at all.
-    return parse_v1(data, name=str(path), fallback_time=mtime)
-
-
-def load_v1(source: Path | str) -> list[V1Context]:
-    """The contexts of a v1 file (see :func:`read_v1` for the source-level details)."""
-    return read_v1(source).contexts

@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
+from ..ids import id_key
 from ..model import ContextMetadata
 from .atomic import atomic_write, fsync_dir
 from .codec import decode_metadata, encode_metadata, open_no_follow
@@ -39,6 +40,19 @@ def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
     )
 
 
+def _refuse_case_twin(root: Path, context_id: str) -> None:
+    # Folders that differ only in case are one folder on Windows and macOS, so a data
+    # directory holding both could not be copied there.
+    key = id_key(context_id)
+    for name in os.listdir(root):
+        if name != context_id and not name.startswith(".") and id_key(name) == key:
+            raise ContextExistsError(
+                f"context id {context_id!r} differs only in case from the existing context "
+                f"{name!r}, and the two would be one folder on Windows and macOS; choose "
+                "another id or open the existing one."
+            )
+
+
 def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
     """Create the folder of a new, empty context in one atomic step."""
     folder = context_dir(data_dir, metadata.id)
@@ -54,6 +68,7 @@ def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
         raise _exists(data_dir, metadata.id)
     root = contexts_root(data_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _refuse_case_twin(root, metadata.id)
     # Build the folder under a temporary name, then rename it into place: other
     # processes see either no context or a complete one. rename() refuses to replace a
     # non-empty folder, so two processes creating the same id cannot both succeed.

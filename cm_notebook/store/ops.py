@@ -22,6 +22,7 @@ from ..errors import (
     MessageNotFoundError,
     StateError,
 )
+from ..ids import check_branch_name_free
 from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, utcnow
 from .atomic import atomic_write
 from .base import IndexEntry
@@ -248,6 +249,7 @@ def do_update_metadata(
 
 def do_create_branch(state: ContextState, metadata: ContextMetadata, branch: Branch) -> None:
     """Add a new branch pointer."""
+    check_branch_name_free(branch.name, metadata.branches)
     if branch.name in metadata.branches:
         raise BranchExistsError(
             f"context {state.context_id!r} already has a branch {branch.name!r}; pick another "

@@ -1,0 +1,142 @@
+"""Which v1 source is this? Shape detection for files, decoded JSON and folders.
+
+:func:`read_v1` takes a file or a folder of per-context files; :func:`parse_v1`
+takes already-decoded JSON. Both return a :class:`~cm_notebook.migrate._v1.V1Source`
+whose records were read liberally (problems collected, not raised). Only a source
+that is unreadable as a whole (not JSON, or no known shape, or an empty folder)
+raises :class:`~cm_notebook.errors.MigrationError`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import MigrationError
+from ._pool import is_pool_record, pool_context, read_v1_folder
+from ._util import load_json
+from ._v1 import _EPOCH, EXPECTED_SHAPES, V1Context, V1Source, _context, _id_text
+
+__all__ = ["load_v1", "parse_v1", "read_v1"]
+
+
+def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
+    """(state, version) if ``data`` looks like a (possibly raw) LocalStorage export."""
+    if not isinstance(data, dict):
+        return None
+    state = data.get("state")
+    if isinstance(state, str):
+        # Raw LocalStorage values are strings; a copy-paste may keep one level of that.
+        try:
+            state = load_json(state)
+        except ValueError:
+            return None
+    if isinstance(state, dict) and isinstance(state.get("chats"), list):
+        return state, data.get("version")
+    if isinstance(data.get("chats"), list):
+        return data, data.get("version")
+    return None
+
+
+def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None = None) -> V1Source:
+    """Detect the shape of already-decoded v1 JSON and read its contexts.
+
+    ``fallback_time`` is used for records without any timestamp (default: the epoch,
+    which keeps conversion deterministic). Raises MigrationError for unknown shapes.
+    """
+    fallback = fallback_time or _EPOCH
+    if is_pool_record(data):
+        return V1Source(name, "context-files", [pool_context(data, 0, fallback)])
+    if isinstance(data, list):
+        contexts = [_context(r, i, "contexts.json", fallback) for i, r in enumerate(data)]
+        return V1Source(name, "contexts.json", contexts)
+    if isinstance(data, dict) and isinstance(data.get("contexts"), list):
+        items = data["contexts"]
+        source = V1Source(
+            name,
+            "contexts.json",
+            [_context(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
+        )
+        ignored = sorted(k for k in data if k != "contexts")
+        if ignored:
+            source.notes.append(f"top-level fields not migrated: {', '.join(ignored)}")
+        return source
+    found = _localstorage_state(data)
+    if found is None and isinstance(data, dict):
+        # A raw LocalStorage dump: {"<store key>": "<JSON text of the store>"}.
+        for key, value in data.items():
+            if isinstance(value, str) and value.lstrip().startswith("{"):
+                try:
+                    found = _localstorage_state(load_json(value))
+                except ValueError:
+                    continue
+                if found is not None:
+                    name = f"{name} [{key}]"
+                    break
+    if found is not None:
+        state, version = found
+        current = _id_text(state.get("currentChatId"))
+        contexts = []
+        for i, chat in enumerate(state["chats"]):
+            ctx = _context(chat, i, "localstorage", fallback)
+            if version is not None:
+                ctx.flags["v1_store_version"] = version
+            if current is not None and ctx.id == current:
+                ctx.flags["v1_current_chat"] = True
+            contexts.append(ctx)
+        return V1Source(name, "localstorage", contexts)
+    if (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(v, dict) and "messages" in v for v in data.values())
+    ):
+        # An id -> context mapping.
+        contexts = [
+            _context(v, i, "contexts.json", fallback, key=str(k))
+            for i, (k, v) in enumerate(data.items())
+        ]
+        return V1Source(name, "contexts.json", contexts)
+    if isinstance(data, dict) and isinstance(data.get("messages"), list):
+        return V1Source(name, "contexts.json", [_context(data, 0, "contexts.json", fallback)])
+    if isinstance(data, dict):
+        keys = ", ".join(sorted(map(str, data))[:8]) or "no keys"
+        got = f"a JSON object with {keys}"
+    else:
+        got = f"a JSON {type(data).__name__}"
+    raise MigrationError(f"{name} is {got}; expected {EXPECTED_SHAPES}")
+
+
+def read_v1(source: Path | str) -> V1Source:
+    """Read and parse a v1 file, or a folder of per-context files (see ``_pool``).
+
+    Raises MigrationError if the source cannot be read as a whole.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return read_v1_folder(path)
+    try:
+        raw = path.read_bytes()
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError as exc:
+        raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
+    try:
+        data = load_json(text)
+    except ValueError as exc:
+        raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
+    # The file's modification time is the best "no later than" guess for records that
+    # carry no timestamps at all.
+    if is_pool_record(data):
+        # A per-context file is named after its context: the id if the file has none.
+        ctx = pool_context(data, 0, mtime, key=path.stem)
+        return V1Source(str(path), "context-files", [ctx])
+    return parse_v1(data, name=str(path), fallback_time=mtime)
+
+
+def load_v1(source: Path | str) -> list[V1Context]:
+    """The contexts of a v1 file or folder (see :func:`read_v1`)."""
+    return read_v1(source).contexts
