@@ -32,7 +32,6 @@ so that the common path pays no locking.
 from __future__ import annotations
 
 import itertools
-import logging
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -47,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from .errors import InvalidInputError, StateError
 from .fsm import State
 from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+from .redact import get_logger
 
 __all__ = [
     "BaseEvent",
@@ -67,7 +67,7 @@ __all__ = [
     "parse_event",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class BaseEvent(BaseModel):

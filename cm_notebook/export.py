@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import validate_context_id
-from .model import Branch, ContextMetadata, Message, utcnow
+from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
+from .redact import redact
 from .store.base import Store
 
 __all__ = [
@@ -113,7 +114,11 @@ async def export_context(
         # A branch export stands alone: only its own branch, and that one active.
         own = metadata.branches[branch].model_copy(update={"forked_from": None})
         metadata = metadata.model_copy(update={"branches": {branch: own}, "active_branch": branch})
-    messages = await store.get_messages(context_id, ids)
+    messages = [_redacted(message) for message in await store.get_messages(context_id, ids)]
+    # Provider settings refuse secrets, but files written before that (or imported
+    # fields) may still hold one: an export is shared, so it never carries them.
+    provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})
+    metadata = metadata.model_copy(update={"provider": provider, "extra": redact(metadata.extra)})
     try:
         return ExportDocument(branch=branch, metadata=metadata, messages=messages)
     except ValidationError as exc:
@@ -121,6 +126,12 @@ async def export_context(
         raise InvalidInputError(
             f"context {context_id!r} cannot be exported: {_first_error(exc)}"
         ) from exc
+
+
+def _redacted(message: Message) -> Message:
+    # A message's metadata (an echoed error body, parameters) without secrets.
+    metadata = MessageMetadata.model_validate(redact(message.metadata.model_dump(mode="json")))
+    return message.model_copy(update={"metadata": metadata})
 
 
 def to_json(document: ExportDocument) -> str:

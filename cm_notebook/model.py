@@ -12,7 +12,6 @@ with ``model_dump(mode="json")`` / ``model_validate``.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -27,6 +26,7 @@ from pydantic import (
 )
 
 from .ids import new_id, validate_branch_name, validate_context_id, validate_message_id
+from .redact import refuse_secrets
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -119,7 +119,7 @@ class ToolCall(_Model):
 class MessageMetadata(BaseModel):
     """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
 
     provider: str | None = None
     model: str | None = None
@@ -160,29 +160,15 @@ class Branch(_Model):
     description: str = ""
 
 
-# Keys that look like credentials. Provider settings are written to disk, so these are
-# refused outright rather than silently stored. ``max_tokens`` and friends do not match.
-_SECRET_KEY = re.compile(
-    r"(?i)(api[_-]?key|secret|password|passwd|authorization|bearer|access[_-]?key|(^|_)token$)"
-)
-
-
-def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """Return ``params`` unchanged, or raise ValueError if a key looks like a credential."""
-    for key, value in params.items():
-        if _SECRET_KEY.search(key):
-            raise ValueError(
-                f"{where} has a key {key!r} that looks like a secret; cm_notebook never "
-                "writes secrets to disk. Put keys in environment variables (e.g. "
-                "OPENAI_API_KEY, ANTHROPIC_API_KEY) instead."
-            )
-        if isinstance(value, dict):
-            refuse_secrets(value, where)
-    return params
-
-
 class ProviderSettings(_Model):
-    """The default provider of a context: a spec string and parameters, never secrets."""
+    """The default provider of a context: a spec string and parameters, never secrets.
+
+    Parameters holding a secret (by name, shape or value: see :mod:`cm_notebook.redact`)
+    are refused with an error that says where the secret is, never what it is.
+    """
+
+    # pydantic would otherwise print the refused parameters (the key) in its error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     spec: str = "local"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -195,6 +181,9 @@ class ProviderSettings(_Model):
 
 class ContextMetadata(_Model):
     """Everything about a context except its messages: ``metadata.json``."""
+
+    # A refused provider setting must not be printed back (it may be a key).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     id: ContextId = Field(default_factory=lambda: new_id("c"))
     title: str = "Untitled"

@@ -51,6 +51,7 @@ from ..errors import (
     TransientProviderError,
 )
 from ..model import Message, ToolCallStatus
+from ..redact import scrub_exception
 from ._errors import (
     connection_error,
     error_message_from_body,
@@ -450,6 +451,7 @@ def translate_sdk_error(
 
     The caller raises the result ``from exc``. Messages never include the API key.
     """
+    scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
     if isinstance(exc, anthropic.APIStatusError):
         if exc.status_code < 400:
             # An ``error`` event inside a 200 stream: the SDK raises it as a status error.

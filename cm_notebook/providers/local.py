@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import os
 import secrets
 import threading
@@ -76,6 +75,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import PermanentProviderError, ProviderError, ProviderNotInstalledError
+from ..redact import get_logger, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages
 from ._model_file import BUNDLED_MODEL_NAME, INSTALL_HINT, ModelFile, resolve_model_file
@@ -89,7 +89,7 @@ __all__ = [
     "unload_local_models",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: ``max_tokens`` when the request does not say.
 DEFAULT_MAX_TOKENS = 256
@@ -411,6 +411,7 @@ def _chunk_error(error: Any) -> ProviderError:
 
 
 def _translate(exc: BaseException) -> ProviderError:
+    scrub_exception(exc)  # kept as __cause__, printed with the traceback
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, ValueError):  # xllamacpp validates the request body this way

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
+from ..redact import get_logger, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from .base import ChatRequest, Finish, ProviderEvent, TextDelta, ToolCallRequest, Usage
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenAIProvider"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _PROVIDER = "openai"
 _KEY_ENV = "OPENAI_API_KEY"
@@ -332,6 +332,7 @@ class OpenAIProvider:
         )
 
     def _translate(self, exc: BaseException, model: str, received: int) -> ProviderError:
+        scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
         sdk = self._sdk
         if isinstance(exc, sdk.APIStatusError):
             message = _errors.error_message_from_body(exc.body, exc.message)
