@@ -262,13 +262,14 @@ class ContextSession(SessionCore):
         """Add a user message and start the reply; returns at once with a :class:`Turn`.
 
         ``params`` are generation parameters (``temperature``, ``max_tokens``, ``top_p``,
-        ``seed``, ``stop``, ``model``). ``await turn`` (notebooks) or
+        ``seed``, ``stop``, ``model``...); a name the provider does not accept is refused
+        (its ``parameters`` attribute lists the ones it does). ``await turn`` (notebooks) or
         ``turn.result(timeout)`` (scripts) gives the final assistant message.
         """
         text = validate_text(text)
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
         chosen = self._provider(provider)
+        generation = GenerationParams.check(params, chosen)
         with self._claim(name):
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
@@ -340,8 +341,8 @@ class ContextSession(SessionCore):
                 f"message {message_id!r} is a {original.role} message; only user messages "
                 "can be edited (use regenerate() for a new reply)"
             )
-        generation = GenerationParams.check(params)
         chosen = self._provider(provider)
+        generation = GenerationParams.check(params, chosen)
         if branch is None:
             name = self._free_branch_name(f"{self.active_branch}-edit")
         else:
@@ -371,8 +372,8 @@ class ContextSession(SessionCore):
         (see :meth:`siblings`).
         """
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
         chosen = self._provider(provider)
+        generation = GenerationParams.check(params, chosen)
         with self._claim(name):
             self._rewind_to_prompt(name)
             return self._start(name, fsm.Send(), chosen, generation)
@@ -423,8 +424,9 @@ class ContextSession(SessionCore):
                     f"branch {plan.branch!r} already exists; fan_out writes new branches"
                 )
         checked = [
-            (plan, self._provider(plan.provider), GenerationParams.check(plan.params))
+            (plan, chosen, GenerationParams.check(plan.params, chosen))
             for plan in plans
+            for chosen in [self._provider(plan.provider)]
         ]
         turns: builtins.list[Turn] = []
         for plan, chosen, params in checked:

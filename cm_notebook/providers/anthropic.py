@@ -224,8 +224,8 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
 
     ``request.params`` may set ``model``, ``max_tokens``, ``temperature``, ``top_p``,
     ``top_k`` and ``stop`` (a string or list, sent as ``stop_sequences``). Other keys
-    are ignored: they belong to other providers (e.g. ``seed``, which Anthropic lacks),
-    and one conversation can be replayed against several providers.
+    are left out here; a session refuses them before a request is made
+    (:attr:`AnthropicProvider.parameters`).
     """
     params = request.params
     system, messages = to_anthropic_messages(request.messages)
@@ -500,6 +500,9 @@ class AnthropicProvider:
     """
 
     name = "anthropic"
+    #: The generation parameters a request may set (what :func:`build_request` sends);
+    #: others, e.g. ``seed``, which the API lacks, are refused before sending.
+    parameters = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "stop"})
 
     def __init__(
         self,

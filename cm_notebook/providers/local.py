@@ -235,6 +235,39 @@ class LocalProvider:
     """
 
     name = "local"
+    #: The generation parameters a request may set: llama.cpp's sampling settings. The
+    #: model is the bundled file, so ``model`` is not one of them.
+    parameters = frozenset(
+        {
+            "dry_allowed_length",
+            "dry_base",
+            "dry_multiplier",
+            "dynatemp_exponent",
+            "dynatemp_range",
+            "frequency_penalty",
+            "grammar",
+            "json_schema",
+            "logit_bias",
+            "max_tokens",
+            "min_p",
+            "mirostat",
+            "mirostat_eta",
+            "mirostat_tau",
+            "n_probs",
+            "presence_penalty",
+            "repeat_last_n",
+            "repeat_penalty",
+            "response_format",
+            "seed",
+            "stop",
+            "temperature",
+            "top_k",
+            "top_p",
+            "typical_p",
+            "xtc_probability",
+            "xtc_threshold",
+        }
+    )
 
     def __init__(
         self,

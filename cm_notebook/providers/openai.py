@@ -83,6 +83,22 @@ _NAMED_PARAMS = frozenset(
         "user",
     }
 )
+# Sampling knobs that OpenAI-compatible servers (llama.cpp, vLLM, Ollama) take beyond
+# OpenAI's own; like every name outside _NAMED_PARAMS they go in the body as is.
+_SERVER_PARAMS = frozenset(
+    {
+        "grammar",
+        "json_schema",
+        "min_p",
+        "mirostat",
+        "mirostat_eta",
+        "mirostat_tau",
+        "repeat_penalty",
+        "repetition_penalty",
+        "top_k",
+        "typical_p",
+    }
+)
 # Keys the provider sets itself.
 _RESERVED = frozenset({"model", "messages", "stream", "stream_options", "tools", "n"})
 
@@ -236,6 +252,10 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    #: The generation parameters a request may set; others are refused before sending.
+    #: ``extra_body`` (a mapping) is merged into the request body unchecked, for any
+    #: other knob a particular server understands.
+    parameters = _NAMED_PARAMS | _SERVER_PARAMS | {"model", "extra_body"}
 
     def __init__(
         self,
@@ -317,6 +337,9 @@ class OpenAIProvider:
         extra: dict[str, Any] = {}
         for key, value in request.params.items():
             if key in _RESERVED or value is None:
+                continue
+            if key == "extra_body" and isinstance(value, Mapping):
+                extra.update(value)
                 continue
             (kwargs if key in _NAMED_PARAMS else extra)[key] = value
         if extra:
