@@ -23,6 +23,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import _json
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
@@ -154,11 +155,18 @@ def is_export(data: object) -> bool:
 
 def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
     """Validate an export document (JSON text or decoded); InvalidInputError if it is not."""
-    if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise InvalidInputError(f"the export is not valid JSON: {exc}") from exc
+    try:
+        if isinstance(data, (str, bytes)):
+            data = _json.loads(data)
+        else:
+            _json.check_depth(data)
+    except _json.JSONLimitError as exc:
+        raise InvalidInputError(
+            f"the export cannot be imported: it is {exc}. Export it again with cm_notebook, "
+            "or trim the nested data"
+        ) from None
+    except ValueError as exc:
+        raise InvalidInputError(f"the export is not valid JSON: {exc}") from exc
     if not is_export(data):
         raise InvalidInputError(
             f"not a cm_notebook export (expected a JSON object with format {EXPORT_FORMAT!r})"

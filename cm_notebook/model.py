@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._json import check_depth
 from .ids import new_id, validate_branch_name, validate_context_id, validate_message_id
 from .redact import refuse_secrets
 
@@ -93,6 +94,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
 
+def _bounded(value: Any) -> Any:
+    # Free-form JSON (tool arguments, metadata) is checked before pydantic walks it:
+    # nested past the limit, validating or dumping it would overflow Python's stack.
+    check_depth(value)
+    return value
+
+
 class TokenUsage(_Model):
     """Token counts reported by the provider for one reply."""
 
@@ -115,6 +123,8 @@ class ToolCall(_Model):
     reason: str | None = None  # why it was denied, or the error if it failed
     result: str | None = None  # the text sent back to the model
 
+    _arguments_bounded = field_validator("arguments", mode="before")(_bounded)
+
 
 class MessageMetadata(BaseModel):
     """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped."""
@@ -128,6 +138,8 @@ class MessageMetadata(BaseModel):
     duration_ms: float | None = Field(None, ge=0)
     finish_reason: str | None = None
     error: str | None = None
+
+    _metadata_bounded = model_validator(mode="before")(_bounded)
 
 
 class Message(_Model):
@@ -197,6 +209,8 @@ class ContextMetadata(_Model):
     schema_version: int = SCHEMA_VERSION
     # Fields from imported or migrated data that cm_notebook does not interpret.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    _extra_bounded = field_validator("extra", mode="before")(_bounded)
 
     @field_validator("branches")
     @classmethod

@@ -22,12 +22,11 @@ from . import events as ev
 from . import fsm
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
-from .approvals import Decision
+from .approvals import Decision, PendingCall
 from .compare import BranchResult, Comparison
 from .errors import (
     BranchExistsError,
     BusyError,
-    CMError,
     InvalidInputError,
     StateError,
 )
@@ -453,19 +452,14 @@ class ContextSession(SessionCore):
         if arguments is not None and tool_call_id is None:
             raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
         only = None if branch is None else validate_branch_name(branch)
-        decided = []
-        for pending in self._approvals.take(tool_call_id, self._was_resolved, only):
-            edited = None
-            if arguments is not None:
-                try:
-                    edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
-                except CMError:
-                    self._approvals.put_back(pending)
-                    raise
-            reason = "arguments edited before approval" if edited is not None else None
-            pending.resolve(Decision(True, reason, edited))
-            decided.append(pending.call)
-        return decided
+
+        def approved(pending: PendingCall) -> Decision:
+            if arguments is None:
+                return Decision(True)
+            edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
+            return Decision(True, "arguments edited before approval", edited)
+
+        return self._approvals.decide(tool_call_id, self._was_resolved, only, approved)
 
     def deny(
         self,
@@ -479,11 +473,10 @@ class ContextSession(SessionCore):
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         only = None if branch is None else validate_branch_name(branch)
-        decided = []
-        for pending in self._approvals.take(tool_call_id, self._was_resolved, only):
-            pending.resolve(Decision(False, reason or "denied by the user"))
-            decided.append(pending.call)
-        return decided
+        decision = Decision(False, reason or "denied by the user")
+        return self._approvals.decide(
+            tool_call_id, self._was_resolved, only, lambda pending: decision
+        )
 
     # -- comparing ---------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 from typing import Any
 
+from .. import _json
 from ..model import ToolCall, ToolCallStatus
 from ._util import derived_id
 from ._v1 import V1Message
@@ -50,7 +51,7 @@ def _arguments(raw: dict[str, Any], fn: dict[str, Any]) -> dict[str, Any]:
     if isinstance(args, str):
         # OpenAI sends arguments as JSON text; text that is not JSON is kept as it is.
         with contextlib.suppress(ValueError):
-            args = json.loads(args) if args.strip() else {}
+            args = _json.loads(args) if args.strip() else {}
     if args is None:
         return {}
     return args if isinstance(args, dict) else {"v1_arguments": args}

@@ -9,7 +9,6 @@ JSON, or no known shape) raises :class:`~cm_notebook.errors.MigrationError`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+from .. import _json
 from ..errors import MigrationError
 from ..model import Role
 from ._util import canonical_json, sha256_text
@@ -364,7 +364,7 @@ def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
     if isinstance(state, str):
         # Raw LocalStorage values are strings; a copy-paste may keep one level of that.
         try:
-            state = json.loads(state)
+            state = _json.loads(state)
         except ValueError:
             return None
     if isinstance(state, dict) and isinstance(state.get("chats"), list):
@@ -401,7 +401,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
         for key, value in data.items():
             if isinstance(value, str) and value.lstrip().startswith("{"):
                 try:
-                    found = _localstorage_state(json.loads(value))
+                    found = _localstorage_state(_json.loads(value))
                 except ValueError:
                     continue
                 if found is not None:
@@ -453,7 +453,9 @@ def read_v1(source: Path | str) -> V1Source:
     except UnicodeDecodeError as exc:
         raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
     try:
-        data = json.loads(text)
+        data = _json.loads(text)
+    except _json.JSONLimitError as exc:
+        raise MigrationError(f"{path} cannot be read: it is {exc}") from None
     except ValueError as exc:
         raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
     # The file's modification time is the best "no later than" guess for records that

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import _json
 from ..errors import CorruptDataError
 from ..model import SCHEMA_VERSION, ContextMetadata, Message
 from ..redact import redact
@@ -41,7 +42,11 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 def _load_object(data: bytes, path: Path, what: str, advice: str) -> dict[str, Any]:
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = _json.loads(data.decode("utf-8"))
+    except _json.JSONLimitError as exc:
+        raise CorruptDataError(
+            f"{what} {path} is beyond what cm_notebook reads: {exc}. {advice}", path
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptDataError(f"{what} {path} is not valid JSON ({exc}). {advice}", path) from exc
     if not isinstance(raw, dict):
