@@ -282,7 +282,10 @@ def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(
             f"{where}: {found} looks like a secret; cm_notebook never writes secrets to "
             "disk. Put keys in environment variables (e.g. OPENAI_API_KEY, "
-            "ANTHROPIC_API_KEY), which providers read themselves."
+            "ANTHROPIC_API_KEY), which providers read themselves; for other credentials "
+            "(headers, URLs) pass a provider object built with them, e.g. "
+            "provider=OpenAIProvider(model, base_url=..., default_headers=...), which a "
+            "session uses but never stores."
         )
     return params
 

@@ -36,6 +36,7 @@ from .model import Branch, ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import GenerationParams, validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
+from .redact import refuse_secrets
 from .render import conversation_html
 from .retry import RetryPolicy
 from .store import FileStore, Store
@@ -87,6 +88,8 @@ class ContextSession(SessionCore):
         if isinstance(provider, str):
             check_spec(provider)
         try:
+            # Checked here first for an error that names the argument the caller wrote.
+            refuse_secrets(dict(provider_options or {}), "provider_options")
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None

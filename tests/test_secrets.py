@@ -23,6 +23,7 @@ from cm_notebook.errors import InvalidInputError, PermanentProviderError, Transi
 from cm_notebook.events import Error
 from cm_notebook.export import export_context, import_document, parse_export, to_json, to_markdown
 from cm_notebook.model import ContextMetadata, ProviderSettings
+from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.redact import REDACTED, find_secret, is_secret_name, redact, redact_text
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
@@ -328,3 +329,29 @@ def test_redact_keeps_ordinary_data_and_replaces_secrets(
         == f'{{"api_key": "{REDACTED}", "model": "m"}}'
     )
     assert find_secret({"max_tokens": 5, "stop": ["\n"]}) is None
+
+
+@pytest.mark.anyio
+async def test_credentials_in_a_provider_object_are_used_but_never_stored_or_shown(
+    data_dir: Path, fault_server: FaultServer
+) -> None:
+    # The way the refusal points to: build the provider with the credentials. Its owner
+    # (this test) closes it, on this loop.
+    provider = OpenAIProvider(
+        "fault-model",
+        base_url=fault_server.url.replace("http://", f"http://me:{PLAIN}@"),
+        default_headers={"X-Auth-Token": PLAIN},
+        timeout=2.0,
+    )
+    assert PLAIN not in repr(provider)
+    session = ContextSession.create(provider=provider, data_dir=data_dir)
+    try:
+        await session.send("Hi")
+        shown = repr(session) + session._repr_html_()
+    finally:
+        await session.aclose()
+        await provider.aclose()
+    sent = {k.lower(): v for k, v in fault_server.headers[-1].items()}
+    assert sent["x-auth-token"] == PLAIN
+    assert PLAIN not in shown
+    assert files_holding(data_dir, PLAIN) == []

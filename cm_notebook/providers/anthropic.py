@@ -51,7 +51,7 @@ from ..errors import (
     TransientProviderError,
 )
 from ..model import Message, ToolCallStatus
-from ..redact import scrub_exception
+from ..redact import redact_text, scrub_exception
 from ._errors import (
     connection_error,
     error_message_from_body,
@@ -552,7 +552,8 @@ class AnthropicProvider:
         return cls(model, **options)
 
     def __repr__(self) -> str:
-        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        # A base_url may carry credentials (user:key@, ?api_key=): never shown.
+        where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
         return f"AnthropicProvider(model={self.model!r}{where})"
 
     def _has_credentials(self) -> bool:

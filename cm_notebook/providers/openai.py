@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
-from ..redact import get_logger, scrub_exception
+from ..redact import get_logger, redact_text, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from .base import ChatRequest, Finish, ProviderEvent, TextDelta, ToolCallRequest, Usage
@@ -307,7 +307,8 @@ class OpenAIProvider:
         return cls(model, **options)
 
     def __repr__(self) -> str:
-        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        # A base_url may carry credentials (user:key@, ?api_key=): never shown.
+        where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
         return f"OpenAIProvider(model={self.model!r}{where})"
 
     def _ensure_client(self) -> AsyncOpenAI:
