@@ -203,3 +203,21 @@ async def test_an_export_within_the_limits_round_trips(data_dir: Path) -> None:
         await store.create_context(ContextMetadata(id="c1", extra={"nested": deep_value(90)}))
         text = to_json(await export_context(store, "c1"))
     assert parse_export(text).metadata.extra == {"nested": deep_value(90)}
+
+
+def test_a_tool_returning_an_over_deep_value_fails_readably(data_dir: Path) -> None:
+    @tool
+    def nest() -> list[Any]:
+        """Return something absurd."""
+        return deep_value()["a"]
+
+    fake = ScriptedProvider(strict=True).tool_call("nest").reply("Odd.")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, tools=[nest], approval="auto")
+    try:
+        assert session.send("Go").result(DEADLINE).content == "Odd."
+        call = session.history()[1].tool_calls[0]
+    finally:
+        session.close()
+    assert call.status is ToolCallStatus.FAILED
+    told = next(m.content for m in fake.requests[1].messages if m.role == "tool")
+    assert "nested deeper than 100 levels" in told
