@@ -190,6 +190,13 @@ class ProviderSettings(_Model):
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
         return refuse_secrets(value, "provider settings")
 
+    @field_validator("spec")
+    @classmethod
+    def _no_secret_in_spec(cls, value: str) -> str:
+        # "openai:<key>" by mistake would be stored, and shown with every reply.
+        refuse_secrets({"spec": value}, "provider settings")
+        return value
+
 
 class ContextMetadata(_Model):
     """Everything about a context except its messages: ``metadata.json``."""

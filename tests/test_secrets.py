@@ -355,3 +355,10 @@ async def test_credentials_in_a_provider_object_are_used_but_never_stored_or_sho
     assert sent["x-auth-token"] == PLAIN
     assert PLAIN not in shown
     assert files_holding(data_dir, PLAIN) == []
+
+
+def test_a_key_given_as_the_model_name_is_refused(data_dir: Path) -> None:
+    with pytest.raises(InvalidInputError, match="looks like a secret") as caught:
+        ContextSession.create(provider=f"openai:{SHAPED}", data_dir=data_dir)
+    assert SHAPED not in full_text(caught.value)
+    assert files_holding(data_dir, SHAPED) == []
