@@ -42,6 +42,9 @@ class JSONLimitError(json.JSONDecodeError):
         return self.msg
 
 
+_CONTAINERS = (Mapping, list, tuple)
+
+
 def check_depth(value: object, max_depth: int = MAX_DEPTH) -> None:
     """Raise :class:`JSONLimitError` if ``value`` nests lists/dicts deeper than ``max_depth``.
 
@@ -59,7 +62,7 @@ def check_depth(value: object, max_depth: int = MAX_DEPTH) -> None:
             continue
         if depth > max_depth:
             raise JSONLimitError(f"nested deeper than {max_depth} levels")
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
 
 
 def loads(
@@ -83,5 +86,9 @@ def loads(
     except RecursionError:
         # The C parser counts its own recursion and stops cleanly.
         raise JSONLimitError(f"nested deeper than {max_depth} levels") from None
-    check_depth(value, max_depth)
+    # Fewer brackets than the limit cannot nest past it: skip the walk (the common case
+    # for a message file), which costs more than the parse itself on large documents.
+    brackets = (b"[", b"{") if isinstance(text, (bytes, bytearray)) else ("[", "{")
+    if text.count(brackets[0]) + text.count(brackets[1]) > max_depth:  # type: ignore[arg-type]
+        check_depth(value, max_depth)
     return value

@@ -147,13 +147,27 @@ _ENV_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDEN
 _MIN_SECRET_CHARS = 8
 
 
+_env_cache: tuple[tuple[object, ...], list[str]] = ((), [])
+
+
 def _env_secrets() -> list[str]:
+    global _env_cache
+    # Matching every variable's name costs ~100 us; redaction runs on every store write.
+    # So the result is kept until the environment changes, seen through one cheap
+    # snapshot (CPython's raw mapping behind os.environ, which putenv keeps in sync).
+    raw = getattr(os.environ, "_data", None)
+    snapshot = tuple(raw.items()) if isinstance(raw, dict) else tuple(os.environ.items())
+    cached_snapshot, cached = _env_cache
+    if snapshot == cached_snapshot:
+        return cached
     values = {
         value
         for name, value in os.environ.items()
         if _ENV_NAME.search(name) and len(value.strip()) >= _MIN_SECRET_CHARS
     }
-    return sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
+    result = sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
+    _env_cache = (snapshot, result)
+    return result
 
 
 # -- by shape -----------------------------------------------------------------------------
