@@ -136,7 +136,8 @@ def is_secret_name(name: str) -> bool:
     if last == "auth":
         return True
     if last in _CREDENTIAL_NOUNS:
-        return len(words) == 1 or words[-2] in _QUALIFIERS
+        # Alone, "key" and "token" are credentials; "tokens" alone is usually a count.
+        return words[-2] in _QUALIFIERS if len(words) > 1 else last in ("key", "token")
     return False
 
 
@@ -245,8 +246,20 @@ def _is_pair(value: object) -> bool:
     )
 
 
-def _empty(value: object) -> bool:
-    return value is None or value == "" or value == {} or value == []
+def _holds_text(value: object) -> bool:
+    # Whether a value under a credential's name could be one: a number, a flag or an
+    # empty value cannot ({"tokens": 512} is a count, {"api_key": None} is unset).
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
@@ -266,12 +279,12 @@ def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
         elif isinstance(item, Mapping):
             for key, child in item.items():
                 inner = f"{where}[{key!r}]" if where else str(key)
-                if isinstance(key, str) and is_secret_name(key) and not _empty(child):
+                if isinstance(key, str) and is_secret_name(key) and _holds_text(child):
                     yield inner, f"{key!r} names a credential"
                 else:
                     stack.append((child, inner))
         elif isinstance(item, (list, tuple)):
-            if _is_pair(item) and is_secret_name(item[0]) and not _empty(item[1]):
+            if _is_pair(item) and is_secret_name(item[0]) and _holds_text(item[1]):
                 yield f"{where}[{item[0]!r}]", f"{item[0]!r} names a credential"
                 continue
             stack.extend((child, f"{where}[{index}]") for index, child in enumerate(item))
@@ -317,12 +330,12 @@ def redact(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         return {
             key: REDACTED
-            if isinstance(key, str) and is_secret_name(key) and not _empty(child)
+            if isinstance(key, str) and is_secret_name(key) and _holds_text(child)
             else redact(child, _depth + 1)
             for key, child in value.items()
         }
     if isinstance(value, (list, tuple)):
-        if _is_pair(value) and is_secret_name(value[0]) and not _empty(value[1]):
+        if _is_pair(value) and is_secret_name(value[0]) and _holds_text(value[1]):
             return type(value)([value[0], REDACTED])
         return type(value)(redact(child, _depth + 1) for child in value)
     return value

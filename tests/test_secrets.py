@@ -315,12 +315,16 @@ def test_redact_keeps_ordinary_data_and_replaces_secrets(
     data = {
         "max_tokens": 10,
         "top_k": 5,
+        "tokens": 512,  # a count, not a credential
+        "usage": {"token": 3},  # a number cannot be a key
         "headers": [["Accept", "text/plain"], ["X-Auth-Token", "abc"]],
         "note": f"url https://u:pw123@host/x?token=zzz&top_k=3 and {PLAIN}",
     }
     assert redact(data) == {
         "max_tokens": 10,
         "top_k": 5,
+        "tokens": 512,
+        "usage": {"token": 3},
         "headers": [["Accept", "text/plain"], ["X-Auth-Token", REDACTED]],
         "note": f"url https://{REDACTED}@host/x?token={REDACTED}&top_k=3 and {REDACTED}",
     }
