@@ -185,6 +185,8 @@ class ProviderSettings(_Model):
     spec: str = "local"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    _params_bounded = field_validator("params", mode="before")(_bounded)
+
     @field_validator("params")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._json import JSONLimitError, check_depth
 from .errors import InvalidInputError
 from .redact import refuse_secrets
 
@@ -76,6 +77,7 @@ class GenerationParams(BaseModel):
                 quoted.
         """
         try:
+            check_depth(dict(params))  # stored with the reply: bounded like all JSON
             refuse_secrets(dict(params), "generation parameters")
             validated = cls.model_validate(dict(params))
         except ValidationError as exc:
@@ -83,6 +85,10 @@ class GenerationParams(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             )
             raise InvalidInputError(f"invalid generation parameters: {problems}") from None
+        except JSONLimitError as exc:
+            raise InvalidInputError(
+                f"generation parameters are {exc}; pass flat values (numbers, strings, lists)"
+            ) from None
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         checked = validated.model_dump(exclude_none=True)

@@ -32,6 +32,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ._json import JSONLimitError, check_depth
+
 __all__ = [
     "REDACTED",
     "RedactingFilter",
@@ -262,32 +264,45 @@ def _holds_text(value: object) -> bool:
     return False
 
 
+# A place in the data: its label and its parent's place, so that the path string is
+# only built for a secret found (building it at every level costs O(depth^2)).
+_Place = tuple[str, "_Place | None"]
+
+
+def _path(place: _Place | None) -> str:
+    labels: list[str] = []
+    while place is not None:
+        labels.append(place[0])
+        place = place[1]
+    return "".join(reversed(labels))
+
+
 def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
     # (path, why) for every secret in ``value``. An explicit stack, not recursion: the
     # data may come from anyone and be nested deeper than Python's recursion limit.
     env = _env_secrets()
-    stack: list[tuple[object, str]] = [(value, path)]
+    stack: list[tuple[object, _Place | None]] = [(value, (path, None) if path else None)]
     while stack:
-        item, where = stack.pop()
+        item, place = stack.pop()
         if isinstance(item, str):
             if any(secret in item for secret in env):
-                yield where, "the value of a key in the environment"
+                yield _path(place), "the value of a key in the environment"
             else:
                 shape = _shape_of(item)
                 if shape is not None:
-                    yield where, shape
+                    yield _path(place), shape
         elif isinstance(item, Mapping):
             for key, child in item.items():
-                inner = f"{where}[{key!r}]" if where else str(key)
+                inner = (f"[{key!r}]" if place is not None else str(key), place)
                 if isinstance(key, str) and is_secret_name(key) and _holds_text(child):
-                    yield inner, f"{key!r} names a credential"
+                    yield _path(inner), f"{key!r} names a credential"
                 else:
                     stack.append((child, inner))
         elif isinstance(item, (list, tuple)):
             if _is_pair(item) and is_secret_name(item[0]) and _holds_text(item[1]):
-                yield f"{where}[{item[0]!r}]", f"{item[0]!r} names a credential"
+                yield _path((f"[{item[0]!r}]", place)), f"{item[0]!r} names a credential"
                 continue
-            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(item))
+            stack.extend((child, (f"[{index}]", place)) for index, child in enumerate(item))
 
 
 def find_secret(value: object, where: str = "") -> str | None:
@@ -304,6 +319,10 @@ def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
     The error names where the secret is (e.g. ``default_headers['X-Auth-Token']``),
     never its value, so it is safe to show in a saved notebook.
     """
+    try:
+        check_depth(params)  # before the walk: refused at the limit, not at the bottom
+    except JSONLimitError as exc:
+        raise ValueError(f"{where}: the values are {exc}") from None
     found = find_secret(params)
     if found is not None:
         raise ValueError(

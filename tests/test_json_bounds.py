@@ -221,3 +221,22 @@ def test_a_tool_returning_an_over_deep_value_fails_readably(data_dir: Path) -> N
     assert call.status is ToolCallStatus.FAILED
     told = next(m.content for m in fake.requests[1].messages if m.role == "tool")
     assert "nested deeper than 100 levels" in told
+
+
+def test_over_deep_settings_and_parameters_are_refused_before_anything_is_written(
+    data_dir: Path,
+) -> None:
+    with pytest.raises(InvalidInputError, match="nested deeper than 100 levels"):
+        ContextSession.create(
+            provider=ScriptedProvider(), provider_options=deep_value(), data_dir=data_dir
+        )
+    assert ContextSession.list(data_dir) == []
+    fake = ScriptedProvider(parameters={"stop", "extra_body"})
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    try:
+        with pytest.raises(InvalidInputError, match="nested deeper than 100 levels"):
+            session.send("Hi", extra_body=deep_value())
+        assert session.history() == []
+        assert session.send("Hi", stop=["\n"]).result(DEADLINE).status.value == "complete"
+    finally:
+        session.close()
