@@ -186,12 +186,15 @@ _KEY_SHAPES = re.compile(
     r"|\bAIza[0-9A-Za-z_\-]{35}"
 )
 # scheme://userinfo@ : the userinfo (user:password, or a bare token) goes.
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#@]+)@")
+_URL_USERINFO = re.compile(r"(?i)(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]*://)([^\s/?#@]+)@")
 # name=value (query strings, forms), name: value (headers), "name": "value" (JSON,
 # Python reprs); replaced only when the name is a credential's.
-_ASSIGNMENT = re.compile(r"(?<![\w\-])([A-Za-z][\w.\-]*)(=|:[ \t]+)([^\s&#\"',;}\]]+)")
+# Each pattern can match a character in one way only, and starts only where a name
+# can start, so a long or hostile text (an echoed body, a reply) is scanned in linear
+# time: no backtracking blow-up.
+_ASSIGNMENT = re.compile(r"(?<![\w.\-])([A-Za-z][\w.\-]*)(=|:[ \t]+)([^\s&#\"',;}\]]+)")
 _QUOTED_PAIR = re.compile(
-    r"([\"'])([A-Za-z][\w.\- ]*)\1(\s*:\s*|\s*,\s*)([\"'])((?:\\.|(?!\4).)*)\4"
+    r"([\"'])([A-Za-z][\w.\- ]*)\1(\s*:\s*|\s*,\s*)([\"'])((?:\\.|(?!\4)[^\\])*)\4"
 )
 
 

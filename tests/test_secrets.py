@@ -366,3 +366,12 @@ def test_a_key_given_as_the_model_name_is_refused(data_dir: Path) -> None:
         ContextSession.create(provider=f"openai:{SHAPED}", data_dir=data_dir)
     assert SHAPED not in full_text(caught.value)
     assert files_holding(data_dir, SHAPED) == []
+
+
+def test_redaction_reads_escaped_quotes_and_scans_hostile_text_once() -> None:
+    assert redact_text('{"api_key": "a\\"b", "n": 1}') == f'{{"api_key": "{REDACTED}", "n": 1}}'
+    # Shapes that make a backtracking pattern take exponential or quadratic time; here
+    # each is one pass (a hang, not an assertion, would show the regression).
+    for hostile in ('"key": "' + "\\" * 5000, "a." * 50_000 + "=x", "a-" * 50_000 + "://x"):
+        assert redact_text(hostile) == hostile
+        assert find_secret(hostile) is None
