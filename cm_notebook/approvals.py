@@ -156,6 +156,30 @@ class ApprovalDesk:
             f"no pending tool call {call_id!r}; pending: {waiting or 'none'}"
         )
 
+    def decide(
+        self,
+        call_id: str | None,
+        was_resolved: Callable[[str], bool],
+        branch: str | None,
+        decision_for: Callable[[PendingCall], Decision],
+    ) -> list[ToolCall]:
+        """Decide one call (or all, as in :meth:`take`) with ``decision_for``; returns them.
+
+        All or nothing: if ``decision_for`` raises for any call (refused edited
+        arguments, or anything unexpected), no call is decided and every taken call goes
+        back on the desk, still pending and answerable, before the error propagates.
+        """
+        taken = self.take(call_id, was_resolved, branch)
+        try:
+            decisions = [decision_for(pending) for pending in taken]
+        except BaseException:  # even an interrupt must not lose a call from the desk
+            for pending in taken:
+                self.put_back(pending)
+            raise
+        for pending, decision in zip(taken, decisions, strict=True):
+            pending.resolve(decision)
+        return [pending.call for pending in taken]
+
     def put_back(self, pending: PendingCall) -> None:
         """Return a taken call to the desk (its decision could not be made), in its place."""
         with self._lock:

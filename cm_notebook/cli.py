@@ -36,7 +36,7 @@ from typing import Any, NoReturn, TextIO
 
 import anyio
 
-from . import __version__
+from . import __version__, _json
 from .errors import CMError, InvalidInputError, MigrationError
 from .export import export_context, import_document, is_export, parse_export, to_json, to_markdown
 from .ids import new_id
@@ -110,7 +110,9 @@ def _read_json(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise CommandError(f"{path} is not UTF-8 text") from exc
     try:
-        return json.loads(text)
+        return _json.loads(text)
+    except _json.JSONLimitError as exc:
+        raise CommandError(f"{path} cannot be read: it is {exc}") from None
     except json.JSONDecodeError as exc:
         raise CommandError(
             f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"

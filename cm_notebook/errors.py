@@ -43,6 +43,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .redact import redact_text
+
 __all__ = [
     "BranchExistsError",
     "BranchMovedError",
@@ -75,7 +77,14 @@ __all__ = [
 
 
 class CMError(Exception):
-    """Base class of every error cm_notebook raises on purpose."""
+    """Base class of every error cm_notebook raises on purpose.
+
+    Its message is redacted (:func:`cm_notebook.redact.redact_text`): it may quote what
+    a server or a caller sent, and an error's text ends up in saved notebook outputs.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class InvalidInputError(CMError, ValueError):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import logging
 import threading
 import weakref
 from collections import deque
@@ -57,6 +56,7 @@ import anyio.lowlevel
 
 from .errors import InvalidInputError, StateError
 from .model import utcnow
+from .redact import get_logger
 from .signals import (
     EVENT_TYPES,
     SIGNAL_KINDS,
@@ -101,7 +101,7 @@ __all__ = [
     "parse_event",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 EventCallback: TypeAlias = Callable[[Event], None]

@@ -23,9 +23,11 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import _json
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import check_branch_name_free, validate_context_id
-from .model import Branch, ContextMetadata, Message, utcnow
+from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
+from .redact import redact
 from .render import CUT_OFF, effective_system, status_label, was_cut_off
 from .store.base import Store
 
@@ -117,7 +119,11 @@ async def export_context(
         # A branch export stands alone: only its own branch, and that one active.
         own = metadata.branches[branch].model_copy(update={"forked_from": None})
         metadata = metadata.model_copy(update={"branches": {branch: own}, "active_branch": branch})
-    messages = await store.get_messages(context_id, ids)
+    messages = [_redacted(message) for message in await store.get_messages(context_id, ids)]
+    # Provider settings refuse secrets, but files written before that (or imported
+    # fields) may still hold one: an export is shared, so it never carries them.
+    provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})
+    metadata = metadata.model_copy(update={"provider": provider, "extra": redact(metadata.extra)})
     try:
         return ExportDocument(branch=branch, metadata=metadata, messages=messages)
     except ValidationError as exc:
@@ -125,6 +131,12 @@ async def export_context(
         raise InvalidInputError(
             f"context {context_id!r} cannot be exported: {_first_error(exc)}"
         ) from exc
+
+
+def _redacted(message: Message) -> Message:
+    # A message's metadata (an echoed error body, parameters) without secrets.
+    metadata = MessageMetadata.model_validate(redact(message.metadata.model_dump(mode="json")))
+    return message.model_copy(update={"metadata": metadata})
 
 
 def to_json(document: ExportDocument) -> str:
@@ -147,11 +159,18 @@ def is_export(data: object) -> bool:
 
 def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
     """Validate an export document (JSON text or decoded); InvalidInputError if it is not."""
-    if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise InvalidInputError(f"the export is not valid JSON: {exc}") from exc
+    try:
+        if isinstance(data, (str, bytes)):
+            data = _json.loads(data)
+        else:
+            _json.check_depth(data)
+    except _json.JSONLimitError as exc:
+        raise InvalidInputError(
+            f"the export cannot be imported: it is {exc}. Export it again with cm_notebook, "
+            "or trim the nested data"
+        ) from None
+    except ValueError as exc:
+        raise InvalidInputError(f"the export is not valid JSON: {exc}") from exc
     if not is_export(data):
         raise InvalidInputError(
             f"not a cm_notebook export (expected a JSON object with format {EXPORT_FORMAT!r})"

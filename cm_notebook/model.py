@@ -12,7 +12,6 @@ with ``model_dump(mode="json")`` / ``model_validate``.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -26,7 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from ._json import check_depth
 from .ids import new_id, validate_branch_name, validate_context_id, validate_message_id
+from .redact import refuse_secrets
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -93,6 +94,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
 
+def _bounded(value: Any) -> Any:
+    # Free-form JSON (tool arguments, metadata) is checked before pydantic walks it:
+    # nested past the limit, validating or dumping it would overflow Python's stack.
+    check_depth(value)
+    return value
+
+
 class TokenUsage(_Model):
     """Token counts reported by the provider for one reply."""
 
@@ -115,6 +123,8 @@ class ToolCall(_Model):
     reason: str | None = None  # why it was denied, or the error if it failed
     result: str | None = None  # the text sent back to the model
 
+    _arguments_bounded = field_validator("arguments", mode="before")(_bounded)
+
     def __repr__(self) -> str:
         from .render import tool_call_repr  # render imports this module
 
@@ -124,7 +134,7 @@ class ToolCall(_Model):
 class MessageMetadata(BaseModel):
     """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
 
     provider: str | None = None
     model: str | None = None
@@ -133,6 +143,8 @@ class MessageMetadata(BaseModel):
     duration_ms: float | None = Field(None, ge=0)
     finish_reason: str | None = None
     error: str | None = None
+
+    _metadata_bounded = model_validator(mode="before")(_bounded)
 
 
 class Message(_Model):
@@ -176,41 +188,39 @@ class Branch(_Model):
         return branch_repr(self)
 
 
-# Keys that look like credentials. Provider settings are written to disk, so these are
-# refused outright rather than silently stored. ``max_tokens`` and friends do not match.
-_SECRET_KEY = re.compile(
-    r"(?i)(api[_-]?key|secret|password|passwd|authorization|bearer|access[_-]?key|(^|_)token$)"
-)
-
-
-def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """Return ``params`` unchanged, or raise ValueError if a key looks like a credential."""
-    for key, value in params.items():
-        if _SECRET_KEY.search(key):
-            raise ValueError(
-                f"{where} has a key {key!r} that looks like a secret; cm_notebook never "
-                "writes secrets to disk. Put keys in environment variables (e.g. "
-                "OPENAI_API_KEY, ANTHROPIC_API_KEY) instead."
-            )
-        if isinstance(value, dict):
-            refuse_secrets(value, where)
-    return params
-
-
 class ProviderSettings(_Model):
-    """The default provider of a context: a spec string and parameters, never secrets."""
+    """The default provider of a context: a spec string and parameters, never secrets.
+
+    Parameters holding a secret (by name, shape or value: see :mod:`cm_notebook.redact`)
+    are refused with an error that says where the secret is, never what it is.
+    """
+
+    # pydantic would otherwise print the refused parameters (the key) in its error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     spec: str = "local"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _params_bounded = field_validator("params", mode="before")(_bounded)
 
     @field_validator("params")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
         return refuse_secrets(value, "provider settings")
 
+    @field_validator("spec")
+    @classmethod
+    def _no_secret_in_spec(cls, value: str) -> str:
+        # "openai:<key>" by mistake would be stored, and shown with every reply.
+        refuse_secrets({"spec": value}, "provider settings")
+        return value
+
 
 class ContextMetadata(_Model):
     """Everything about a context except its messages: ``metadata.json``."""
+
+    # A refused provider setting must not be printed back (it may be a key).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     id: ContextId = Field(default_factory=lambda: new_id("c"))
     title: str = "Untitled"
@@ -224,6 +234,8 @@ class ContextMetadata(_Model):
     schema_version: int = SCHEMA_VERSION
     # Fields from imported or migrated data that cm_notebook does not interpret.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    _extra_bounded = field_validator("extra", mode="before")(_bounded)
 
     def __repr__(self) -> str:
         from .render import context_repr  # render imports this module

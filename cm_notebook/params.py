@@ -1,20 +1,40 @@
-"""Validation of the public arguments of sending: message text and generation parameters."""
+"""Validation of the public arguments of sending: message text and generation parameters.
+
+Generation parameters are checked in two steps. :meth:`GenerationParams.check` checks
+the values every provider shares (``temperature`` in [0, 2], ``max_tokens`` > 0...)
+and refuses secrets (see :mod:`cm_notebook.redact`). Given the provider that will
+answer, it also refuses names that provider does not accept, naming
+the close match: ``temprature`` would otherwise be stored with the reply and silently
+ignored. A provider declares what it accepts in its ``parameters`` attribute (a set of
+names); one that declares nothing gets every name passed through.
+"""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._json import JSONLimitError, check_depth
 from .errors import InvalidInputError
-from .model import refuse_secrets
+from .redact import refuse_secrets
 
-__all__ = ["MAX_MESSAGE_CHARS", "GenerationParams", "validate_text"]
+__all__ = [
+    "COMMON_PARAMETERS",
+    "MAX_MESSAGE_CHARS",
+    "GenerationParams",
+    "accepted_parameters",
+    "validate_text",
+]
 
 #: The longest user message accepted (characters); larger inputs are almost always a
 #: mistake (a whole file pasted by accident) and would be refused by providers anyway.
 MAX_MESSAGE_CHARS = 2_000_000
+
+#: The parameters whose values :class:`GenerationParams` checks; most providers take them.
+COMMON_PARAMETERS = frozenset({"temperature", "max_tokens", "top_p", "seed", "stop", "model"})
 
 
 def validate_text(text: object) -> str:
@@ -31,10 +51,11 @@ def validate_text(text: object) -> str:
 
 
 class GenerationParams(BaseModel):
-    """Generation parameters passed to providers. Unknown keys pass through unchanged
-    (providers take what they understand), but never keys that look like secrets."""
+    """Generation parameters passed to providers. The common ones are type-checked here;
+    :meth:`check` also refuses names the provider does not accept, and values that
+    look like secrets."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
 
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
@@ -44,9 +65,19 @@ class GenerationParams(BaseModel):
     model: str | None = Field(None, min_length=1)
 
     @classmethod
-    def check(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate ``params``; return them without the ``None`` values."""
+    def check(cls, params: Mapping[str, Any], provider: object = None) -> dict[str, Any]:
+        """Validate ``params``; return them without the ``None`` values.
+
+        With ``provider``, names it does not accept (see :func:`accepted_parameters`) are
+        refused too, with the close match: "unknown generation parameter 'temprature'
+        for provider 'openai'; did you mean 'temperature'? It accepts: ...".
+
+        Raises:
+            InvalidInputError: what was wrong; a secret is named by where it is, never
+                quoted.
+        """
         try:
+            check_depth(dict(params))  # stored with the reply: bounded like all JSON
             refuse_secrets(dict(params), "generation parameters")
             validated = cls.model_validate(dict(params))
         except ValidationError as exc:
@@ -54,6 +85,41 @@ class GenerationParams(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             )
             raise InvalidInputError(f"invalid generation parameters: {problems}") from None
+        except JSONLimitError as exc:
+            raise InvalidInputError(
+                f"generation parameters are {exc}; pass flat values (numbers, strings, lists)"
+            ) from None
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
-        return validated.model_dump(exclude_none=True)
+        checked = validated.model_dump(exclude_none=True)
+        if provider is not None:
+            _refuse_unknown(params, provider)
+        return checked
+
+
+def accepted_parameters(provider: object) -> frozenset[str] | None:
+    """The generation parameters ``provider`` accepts (its ``parameters`` attribute), or
+    ``None`` if it does not say (then every name is passed to it)."""
+    declared = getattr(provider, "parameters", None)
+    if declared is None:
+        return None
+    return frozenset(str(name) for name in declared)
+
+
+def _refuse_unknown(params: Mapping[str, Any], provider: object) -> None:
+    accepted = accepted_parameters(provider)
+    if accepted is None:
+        return
+    unknown = [name for name in params if name not in accepted]
+    if not unknown:
+        return
+    name = unknown[0]
+    label = getattr(provider, "name", type(provider).__name__)
+    close = difflib.get_close_matches(str(name), sorted(accepted), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    raise InvalidInputError(
+        f"unknown generation parameter {name!r} for provider {label!r}{hint} It accepts: "
+        f"{', '.join(sorted(accepted))}. The list is the provider's `parameters` attribute "
+        f"({type(provider).__name__}.parameters, or "
+        "cm_notebook.params.accepted_parameters(provider))."
+    )

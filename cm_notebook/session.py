@@ -28,12 +28,11 @@ from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
-from .approvals import Decision
+from .approvals import Decision, PendingCall
 from .compare import BranchResult, Comparison
 from .errors import (
     BranchExistsError,
     BusyError,
-    CMError,
     InvalidInputError,
     StateError,
 )
@@ -43,6 +42,7 @@ from .model import Branch, ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import GenerationParams, validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
+from .redact import refuse_secrets
 from .render import conversation_html
 from .retry import RetryPolicy
 from .store import FileStore, Store
@@ -92,6 +92,8 @@ class ContextSession(SessionCore):
         if isinstance(provider, str):
             check_spec(provider)
         try:
+            # Checked here first for an error that names the argument the caller wrote.
+            refuse_secrets(dict(provider_options or {}), "provider_options")
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
@@ -297,13 +299,14 @@ class ContextSession(SessionCore):
         """Add a user message and start the reply; returns at once with a :class:`Turn`.
 
         ``params`` are generation parameters (``temperature``, ``max_tokens``, ``top_p``,
-        ``seed``, ``stop``, ``model``). ``await turn`` (notebooks) or
+        ``seed``, ``stop``, ``model``...); a name the provider does not accept is refused
+        (its ``parameters`` attribute lists the ones it does). ``await turn`` (notebooks) or
         ``turn.result(timeout)`` (scripts) gives the final assistant message.
         """
         text = validate_text(text)
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
         chosen = self._provider(provider)
+        generation = GenerationParams.check(params, chosen)
         with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
@@ -368,8 +371,8 @@ class ContextSession(SessionCore):
                 f"message {message_id!r} is a {original.role} message; only user messages "
                 "can be edited (use regenerate() for a new reply)"
             )
-        generation = GenerationParams.check(params)
         chosen = self._provider(provider)
+        generation = GenerationParams.check(params, chosen)
         if branch is None:
             name = self._free_branch_name(f"{self.active_branch}-edit")
         else:
@@ -395,8 +398,8 @@ class ContextSession(SessionCore):
         (see :meth:`siblings`).
         """
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
         chosen = self._provider(provider)
+        generation = GenerationParams.check(params, chosen)
         with self._claim(name) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)
@@ -448,8 +451,9 @@ class ContextSession(SessionCore):
                     f"branch {plan.branch!r} already exists; fan_out writes new branches"
                 )
         checked = [
-            (plan, self._provider(plan.provider), GenerationParams.check(plan.params))
+            (plan, chosen, GenerationParams.check(plan.params, chosen))
             for plan in plans
+            for chosen in [self._provider(plan.provider)]
         ]
         turns: builtins.list[Turn] = []
         for plan, chosen, params in checked:
@@ -476,19 +480,14 @@ class ContextSession(SessionCore):
         if arguments is not None and tool_call_id is None:
             raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
         only = None if branch is None else validate_branch_name(branch)
-        decided = []
-        for pending in self._approvals.take(tool_call_id, self._was_resolved, only):
-            edited = None
-            if arguments is not None:
-                try:
-                    edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
-                except CMError:
-                    self._approvals.put_back(pending)
-                    raise
-            reason = "arguments edited before approval" if edited is not None else None
-            pending.resolve(Decision(True, reason, edited))
-            decided.append(pending.call)
-        return decided
+
+        def approved(pending: PendingCall) -> Decision:
+            if arguments is None:
+                return Decision(True)
+            edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
+            return Decision(True, "arguments edited before approval", edited)
+
+        return self._approvals.decide(tool_call_id, self._was_resolved, only, approved)
 
     def deny(
         self,
@@ -502,11 +501,10 @@ class ContextSession(SessionCore):
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         only = None if branch is None else validate_branch_name(branch)
-        decided = []
-        for pending in self._approvals.take(tool_call_id, self._was_resolved, only):
-            pending.resolve(Decision(False, reason or "denied by the user"))
-            decided.append(pending.call)
-        return decided
+        decision = Decision(False, reason or "denied by the user")
+        return self._approvals.decide(
+            tool_call_id, self._was_resolved, only, lambda pending: decision
+        )
 
     # -- comparing ---------------------------------------------------------------------
 

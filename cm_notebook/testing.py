@@ -163,6 +163,10 @@ class ScriptedProvider:
     """
 
     name = "scripted"
+    #: The generation parameters accepted unless ``parameters=`` says otherwise.
+    DEFAULT_PARAMETERS = frozenset(
+        {"model", "max_tokens", "seed", "stop", "temperature", "top_k", "top_p"}
+    )
 
     def __init__(
         self,
@@ -171,8 +175,12 @@ class ScriptedProvider:
         strict: bool = False,
         delay: float = 0.0,
         model: str = "scripted",
+        parameters: Iterable[str] = DEFAULT_PARAMETERS,
     ) -> None:
         self.model = model
+        #: The generation parameters a request may set; a session refuses others, as it
+        #: does for a real provider.
+        self.parameters = frozenset(parameters)
         self.strict = strict
         self.default_delay = _check_delay(delay)
         #: Every request received, in order.
@@ -194,7 +202,8 @@ class ScriptedProvider:
         """Registry hook: ``get_provider("scripted")`` or ``"scripted:<label>"``.
 
         Each call returns a fresh, empty (echoing) fake; ``options`` go to the
-        constructor (``strict``, ``delay``, ``replies``). The model is only a label.
+        constructor (``strict``, ``delay``, ``replies``, ``parameters``). The model is
+        only a label.
         """
         return cls(model=model or "scripted", **options)
 

@@ -7,6 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from .. import _json
+
 __all__ = [
     "canonical_json",
     "content_digest",
@@ -27,7 +29,7 @@ def load_json(text: str) -> Any:
     what it accepts is decided here. Raises ValueError for anything it cannot decode,
     nesting too deep for the parser included."""
     try:
-        return json.loads(text)
+        return _json.loads(text)
     except RecursionError as exc:
         raise ValueError("it is nested too deeply to read") from exc
 

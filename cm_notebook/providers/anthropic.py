@@ -51,6 +51,7 @@ from ..errors import (
     TransientProviderError,
 )
 from ..model import Message, ToolCallStatus
+from ..redact import redact_text, scrub_exception
 from ._errors import (
     connection_error,
     error_message_from_body,
@@ -223,8 +224,8 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
 
     ``request.params`` may set ``model``, ``max_tokens``, ``temperature``, ``top_p``,
     ``top_k`` and ``stop`` (a string or list, sent as ``stop_sequences``). Other keys
-    are ignored: they belong to other providers (e.g. ``seed``, which Anthropic lacks),
-    and one conversation can be replayed against several providers.
+    are left out here; a session refuses them before a request is made
+    (:attr:`AnthropicProvider.parameters`).
     """
     params = request.params
     system, messages = to_anthropic_messages(request.messages)
@@ -450,6 +451,7 @@ def translate_sdk_error(
 
     The caller raises the result ``from exc``. Messages never include the API key.
     """
+    scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
     if isinstance(exc, anthropic.APIStatusError):
         if exc.status_code < 400:
             # An ``error`` event inside a 200 stream: the SDK raises it as a status error.
@@ -498,6 +500,9 @@ class AnthropicProvider:
     """
 
     name = "anthropic"
+    #: The generation parameters a request may set (what :func:`build_request` sends);
+    #: others, e.g. ``seed``, which the API lacks, are refused before sending.
+    parameters = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "stop"})
 
     def __init__(
         self,
@@ -547,7 +552,8 @@ class AnthropicProvider:
         return cls(model, **options)
 
     def __repr__(self) -> str:
-        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        # A base_url may carry credentials (user:key@, ?api_key=): never shown.
+        where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
         return f"AnthropicProvider(model={self.model!r}{where})"
 
     def _has_credentials(self) -> bool:

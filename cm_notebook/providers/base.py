@@ -91,7 +91,14 @@ class ChatRequest:
 
 @runtime_checkable
 class Provider(Protocol):
-    """A model backend. Registered under a name in the ``cm_notebook.providers`` group."""
+    """A model backend. Registered under a name in the ``cm_notebook.providers`` group.
+
+    A provider should also declare ``parameters``, the set of generation parameter
+    names its requests may carry (``temperature``, ``max_tokens``...): a session then
+    refuses any other name before sending, with the close match, instead of storing a
+    typo and ignoring it. Without it, every name is passed through. (Optional, so it
+    is not part of the protocol that ``isinstance`` checks.)
+    """
 
     #: Registry name, e.g. ``"local"``, ``"openai"``.
     name: str

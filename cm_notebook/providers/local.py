@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import os
 import secrets
 import threading
@@ -76,6 +75,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import PermanentProviderError, ProviderError, ProviderNotInstalledError
+from ..redact import get_logger, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages
 from ._model_file import BUNDLED_MODEL_NAME, INSTALL_HINT, ModelFile, resolve_model_file
@@ -89,7 +89,7 @@ __all__ = [
     "unload_local_models",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: ``max_tokens`` when the request does not say.
 DEFAULT_MAX_TOKENS = 256
@@ -235,6 +235,39 @@ class LocalProvider:
     """
 
     name = "local"
+    #: The generation parameters a request may set: llama.cpp's sampling settings. The
+    #: model is the bundled file, so ``model`` is not one of them.
+    parameters = frozenset(
+        {
+            "dry_allowed_length",
+            "dry_base",
+            "dry_multiplier",
+            "dynatemp_exponent",
+            "dynatemp_range",
+            "frequency_penalty",
+            "grammar",
+            "json_schema",
+            "logit_bias",
+            "max_tokens",
+            "min_p",
+            "mirostat",
+            "mirostat_eta",
+            "mirostat_tau",
+            "n_probs",
+            "presence_penalty",
+            "repeat_last_n",
+            "repeat_penalty",
+            "response_format",
+            "seed",
+            "stop",
+            "temperature",
+            "top_k",
+            "top_p",
+            "typical_p",
+            "xtc_probability",
+            "xtc_threshold",
+        }
+    )
 
     def __init__(
         self,
@@ -411,6 +444,7 @@ def _chunk_error(error: Any) -> ProviderError:
 
 
 def _translate(exc: BaseException) -> ProviderError:
+    scrub_exception(exc)  # kept as __cause__, printed with the traceback
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, ValueError):  # xllamacpp validates the request body this way

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
+from ..redact import get_logger, redact_text, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenAIProvider"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _PROVIDER = "openai"
 _KEY_ENV = "OPENAI_API_KEY"
@@ -81,6 +81,22 @@ _NAMED_PARAMS = frozenset(
         "top_logprobs",
         "top_p",
         "user",
+    }
+)
+# Sampling knobs that OpenAI-compatible servers (llama.cpp, vLLM, Ollama) take beyond
+# OpenAI's own; like every name outside _NAMED_PARAMS they go in the body as is.
+_SERVER_PARAMS = frozenset(
+    {
+        "grammar",
+        "json_schema",
+        "min_p",
+        "mirostat",
+        "mirostat_eta",
+        "mirostat_tau",
+        "repeat_penalty",
+        "repetition_penalty",
+        "top_k",
+        "typical_p",
     }
 )
 # Keys the provider sets itself.
@@ -236,6 +252,10 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    #: The generation parameters a request may set; others are refused before sending.
+    #: ``extra_body`` (a mapping) is merged into the request body unchecked, for any
+    #: other knob a particular server understands.
+    parameters = _NAMED_PARAMS | _SERVER_PARAMS | {"model", "extra_body"}
 
     def __init__(
         self,
@@ -287,7 +307,8 @@ class OpenAIProvider:
         return cls(model, **options)
 
     def __repr__(self) -> str:
-        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        # A base_url may carry credentials (user:key@, ?api_key=): never shown.
+        where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
         return f"OpenAIProvider(model={self.model!r}{where})"
 
     def _ensure_client(self) -> AsyncOpenAI:
@@ -318,6 +339,9 @@ class OpenAIProvider:
         for key, value in request.params.items():
             if key in _RESERVED or value is None:
                 continue
+            if key == "extra_body" and isinstance(value, Mapping):
+                extra.update(value)
+                continue
             (kwargs if key in _NAMED_PARAMS else extra)[key] = value
         if extra:
             kwargs["extra_body"] = extra
@@ -332,6 +356,7 @@ class OpenAIProvider:
         )
 
     def _translate(self, exc: BaseException, model: str, received: int) -> ProviderError:
+        scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
         sdk = self._sdk
         if isinstance(exc, sdk.APIStatusError):
             message = _errors.error_message_from_body(exc.body, exc.message)

@@ -17,8 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import _json
 from ..errors import CorruptDataError
 from ..model import SCHEMA_VERSION, ContextMetadata, Message
+from ..redact import redact
 from .schema import upgrade
 
 __all__ = [
@@ -40,7 +42,11 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 def _load_object(data: bytes, path: Path, what: str, advice: str) -> dict[str, Any]:
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = _json.loads(data.decode("utf-8"))
+    except _json.JSONLimitError as exc:
+        raise CorruptDataError(
+            f"{what} {path} is beyond what cm_notebook reads: {exc}. {advice}", path
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptDataError(f"{what} {path} is not valid JSON ({exc}). {advice}", path) from exc
     if not isinstance(raw, dict):
@@ -62,6 +68,9 @@ def encode_metadata(metadata: ContextMetadata) -> bytes:
     """The bytes of ``metadata.json`` (always the current schema version)."""
     raw = metadata.model_dump(mode="json")
     raw["schema_version"] = SCHEMA_VERSION
+    # Secrets are refused in provider settings; imported extra fields are only redacted.
+    raw["provider"] = redact(raw["provider"])
+    raw["extra"] = redact(raw["extra"])
     return _dumps(raw)
 
 
@@ -89,6 +98,9 @@ def encode_message(message: Message) -> bytes:
     """The bytes of a message file: the message plus its schema version."""
     raw: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     raw.update(message.model_dump(mode="json"))
+    # How a message came to be (an error body, failed attempts, parameters) may quote a
+    # key a server echoed; the message's own text and tool calls are the user's data.
+    raw["metadata"] = redact(raw["metadata"])
     return _dumps(raw)
 
 

@@ -30,13 +30,13 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from .. import _json
 from ..errors import CorruptDataError, InvalidIdError
 from ..ids import MAX_ID_LENGTH, validate_message_id
 from ..model import SCHEMA_VERSION, MessageStatus
@@ -403,7 +403,7 @@ def _check_ids(entries: list[IndexEntry]) -> None:
 
 def _sniff_version(data: bytes) -> object:
     try:
-        raw = json.loads(data)
+        raw = _json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return None
     return raw.get("schema_version") if isinstance(raw, dict) else None

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from .. import _json
 from ..errors import ToolArgumentsError, ToolDefinitionError, ToolError
 from ..ids import new_id
 from ..model import ToolCall, ToolCallStatus
 from ..providers.base import ToolCallRequest, ToolSpec
-from ._tool import Tool
+from ._tool import MAX_ARGUMENTS_CHARS, Tool
 
 __all__ = [
     "ToolRegistry",
@@ -152,9 +152,11 @@ def _as_sent(arguments_json: object) -> dict[str, Any]:
     # Keep what the model sent when it is a JSON object, so the person sees the mistake;
     # anything else cannot live in ToolCall.arguments and is described in the reason.
     value = arguments_json
-    if isinstance(value, (str, bytes)):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except ValueError:
-            return {}
+    try:
+        if isinstance(value, (str, bytes)):
+            value = _json.loads(value, max_chars=MAX_ARGUMENTS_CHARS) if value.strip() else {}
+        else:
+            _json.check_depth(value)
+    except ValueError:  # not JSON, or beyond the limits: the reason says which
+        return {}
     return dict(value) if isinstance(value, Mapping) else {}

@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 from pydantic_core import to_json
 
+from .. import _json
 from ..errors import ToolArgumentsError
 from ..model import ToolCallStatus
 from ._tool import Tool
@@ -108,6 +109,14 @@ async def run_tool(
     if scope.cancelled_caught:
         shown = "inf" if math.isinf(limit) else f"{limit:g}"
         return finish(ToolCallStatus.FAILED, f"error: tool {tool.name!r} timed out after {shown} s")
+    try:
+        _json.check_depth(value)  # encoding it, or the model reading it, would fail
+    except _json.JSONLimitError as exc:
+        return finish(
+            ToolCallStatus.FAILED,
+            f"error: tool {tool.name!r} returned a {type(value).__name__} {exc}, which cannot "
+            "be sent to the model",
+        )
     return finish(ToolCallStatus.DONE, encode_result(value))
 
 
@@ -150,7 +159,10 @@ def encode_result(value: object) -> str:
     try:
         return to_json(value, fallback=repr).decode()
     except Exception:  # e.g. bytes that are not UTF-8: still say something useful
-        return repr(value)
+        try:
+            return repr(value)
+        except Exception:  # a repr that fails too (or recurses through an object)
+            return f"<{type(value).__name__} that cannot be shown>"
 
 
 def truncate_result(text: str, limit: int = MAX_RESULT_CHARS) -> str:

@@ -19,16 +19,20 @@ from typing import Annotated, Any, Generic, ParamSpec, TypeVar, get_args, get_or
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from .. import _json
 from ..errors import InvalidInputError, ToolArgumentsError, ToolDefinitionError
 from ..providers.base import ToolSpec
 from ._docstrings import parse_docstring
 from ._policy import Policy, check_policy
 from ._schema import describe_schema, provider_schema
 
-__all__ = ["NAME_PATTERN", "Tool", "tool"]
+__all__ = ["MAX_ARGUMENTS_CHARS", "NAME_PATTERN", "Tool", "tool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: The longest JSON text accepted as one call's arguments (characters).
+MAX_ARGUMENTS_CHARS = 1_000_000
 
 #: Tool names that OpenAI, Anthropic and llama.cpp all accept.
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -367,7 +371,9 @@ def _parse(arguments: object, headline: str, accepted: str) -> Mapping[str, Any]
         if not arguments.strip():
             return {}  # some providers send "" for a call without arguments
         try:
-            arguments = json.loads(arguments)
+            arguments = _json.loads(arguments, max_chars=MAX_ARGUMENTS_CHARS)
+        except _json.JSONLimitError as exc:
+            raise _too_big(headline, exc, accepted) from None
         except ValueError as exc:
             detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             position = (
@@ -384,7 +390,19 @@ def _parse(arguments: object, headline: str, accepted: str) -> Mapping[str, Any]
             f"{headline}: expected a JSON object of named arguments ({accepted}), got "
             f"{_json_kind(arguments)}"
         )
+    try:
+        _json.check_depth(arguments)  # parsed by the caller: validation would recurse
+    except _json.JSONLimitError as exc:
+        raise _too_big(headline, exc, accepted) from None
     return arguments
+
+
+def _too_big(headline: str, exc: _json.JSONLimitError, accepted: str) -> ToolArgumentsError:
+    return ToolArgumentsError(
+        f"{headline}: the arguments are {exc}, beyond what a tool call may carry (at most "
+        f"{MAX_ARGUMENTS_CHARS:,} characters, nested at most {_json.MAX_DEPTH} levels). "
+        f"Send one flat JSON object whose keys are the argument names: {accepted}"
+    )
 
 
 def _json_kind(value: object) -> str:

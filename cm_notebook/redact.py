@@ -1,0 +1,412 @@
+"""Keeping secrets out of settings, errors, stored metadata, exports and logs.
+
+A value counts as a secret in three ways:
+
+* **by name**: it is stored under a credential-like key (``api_key``, ``X-Auth-Token``,
+  ``Ocp-Apim-Subscription-Key``, ``Cookie``, ``private_key``, ``credentials``,
+  ``auth``...), in a mapping or as a ``(name, value)`` pair in a list. Ordinary
+  parameter names (``max_tokens``, ``max_token``, ``top_k``, ``token_limit``,
+  ``prompt_cache_key``) are not credentials: see :func:`is_secret_name`;
+* **by shape**: bearer and basic credentials, well-known key formats (``sk-...``,
+  ``sk-ant-...``, ``ghp_...``, ``hf_...``, ``AKIA...``), the ``user:password@`` part of a
+  URL, credential query parameters (``?api_key=...``) and ``name: value`` pairs whose
+  name is credential-like;
+* **by value**: it contains the value of an environment variable whose name says it
+  holds a key (a ``_``-separated part ending in KEY, TOKEN, SECRET, PASSWORD...), e.g.
+  ``OPENAI_API_KEY``. The environment is read at each call, so a key set in a notebook
+  after import is known too.
+
+Settings that are written to disk are *refused* when they hold a secret
+(:func:`refuse_secrets`, whose error names where the secret is and never the secret).
+Everything else that leaves the process is *redacted*: :func:`redact` for data,
+:func:`redact_text` for text, :func:`scrub_exception` for an exception chain, and
+:func:`get_logger` for log records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ._json import JSONLimitError, check_depth
+
+__all__ = [
+    "REDACTED",
+    "RedactingFilter",
+    "find_secret",
+    "get_logger",
+    "is_secret_name",
+    "redact",
+    "redact_text",
+    "refuse_secrets",
+    "scrub_exception",
+]
+
+#: What a secret is replaced with.
+REDACTED = "[REDACTED]"
+
+# -- by name ------------------------------------------------------------------------------
+
+# Words that make any name a credential wherever they appear in it.
+_ALWAYS = frozenset(
+    {
+        "secret",
+        "secrets",
+        "password",
+        "passwords",
+        "passwd",
+        "passphrase",
+        "pwd",
+        "authorization",
+        "bearer",
+        "credential",
+        "credentials",
+        "cookie",
+        "cookies",
+        "apikey",
+        "apikeys",
+        "accesskey",
+        "secretkey",
+        "privatekey",
+        "authtoken",
+        "accesstoken",
+        "refreshtoken",
+    }
+)
+# "key" and "token" alone are credentials; after one of these words too ("api_key",
+# "x-auth-token"). After any other word they are ordinary parameters: "max_token",
+# "stop_token", "prompt_cache_key".
+_QUALIFIERS = frozenset(
+    {
+        "access",
+        "account",
+        "anthropic",
+        "api",
+        "auth",
+        "bearer",
+        "client",
+        "csrf",
+        "encryption",
+        "gh",
+        "github",
+        "hf",
+        "id",
+        "license",
+        "master",
+        "oauth",
+        "openai",
+        "personal",
+        "private",
+        "refresh",
+        "secret",
+        "security",
+        "service",
+        "session",
+        "signing",
+        "ssh",
+        "subscription",
+        "xsrf",
+    }
+)
+_CREDENTIAL_NOUNS = frozenset({"key", "keys", "token", "tokens"})
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def _words(name: str) -> list[str]:
+    # "X-Auth-Token", "x_auth_token", "xAuthToken" and "XAuthToken" all give the same words.
+    return [word.lower() for word in _WORDS.findall(name)]
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key, header or parameter named ``name`` holds a credential.
+
+    >>> [is_secret_name(n) for n in ("api_key", "X-Auth-Token", "Cookie", "auth", "key")]
+    [True, True, True, True, True]
+    >>> [is_secret_name(n) for n in ("max_tokens", "max_token", "top_k", "token_limit")]
+    [False, False, False, False]
+    """
+    words = _words(name)
+    if not words:
+        return False
+    if any(word in _ALWAYS for word in words):
+        return True
+    last = words[-1]
+    if last == "auth":
+        return True
+    if last in _CREDENTIAL_NOUNS:
+        # Alone, "key" and "token" are credentials; "tokens" alone is usually a count.
+        return words[-2] in _QUALIFIERS if len(words) > 1 else last in ("key", "token")
+    return False
+
+
+# -- by value -----------------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?)S?(_|$)")
+# Shorter values ("1", "true", a port) would redact ordinary text everywhere.
+_MIN_SECRET_CHARS = 8
+
+
+_env_cache: tuple[tuple[object, ...], list[str]] = ((), [])
+
+
+def _env_secrets() -> list[str]:
+    global _env_cache
+    # Matching every variable's name costs ~100 us; redaction runs on every store write.
+    # So the result is kept until the environment changes, seen through one cheap
+    # snapshot (CPython's raw mapping behind os.environ, which putenv keeps in sync).
+    raw = getattr(os.environ, "_data", None)
+    snapshot = tuple(raw.items()) if isinstance(raw, dict) else tuple(os.environ.items())
+    cached_snapshot, cached = _env_cache
+    if snapshot == cached_snapshot:
+        return cached
+    values = {
+        value
+        for name, value in os.environ.items()
+        if _ENV_NAME.search(name) and len(value.strip()) >= _MIN_SECRET_CHARS
+    }
+    result = sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
+    _env_cache = (snapshot, result)
+    return result
+
+
+# -- by shape -----------------------------------------------------------------------------
+
+_KEY_SHAPES = re.compile(
+    r"(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9\-._~+/]{8,}=*"
+    r"|\bsk-[A-Za-z0-9][A-Za-z0-9_\-]{15,}"
+    r"|\bgh[opusr]_[A-Za-z0-9]{20,}"
+    r"|\bgithub_pat_[A-Za-z0-9_]{20,}"
+    r"|\bxox[abposr]-[A-Za-z0-9\-]{10,}"
+    r"|\bhf_[A-Za-z0-9]{20,}"
+    r"|\bAKIA[0-9A-Z]{16}\b"
+    r"|\bAIza[0-9A-Za-z_\-]{35}"
+)
+# scheme://userinfo@ : the userinfo (user:password, or a bare token) goes.
+_URL_USERINFO = re.compile(r"(?i)(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]*://)([^\s/?#@]+)@")
+# name=value (query strings, forms), name: value (headers), "name": "value" (JSON,
+# Python reprs); replaced only when the name is a credential's.
+# Each pattern can match a character in one way only, and starts only where a name
+# can start, so a long or hostile text (an echoed body, a reply) is scanned in linear
+# time: no backtracking blow-up.
+_ASSIGNMENT = re.compile(r"(?<![\w.\-])([A-Za-z][\w.\-]*)(=|:[ \t]+)([^\s&#\"',;}\]]+)")
+_QUOTED_PAIR = re.compile(
+    r"([\"'])([A-Za-z][\w.\- ]*)\1(\s*:\s*|\s*,\s*)([\"'])((?:\\.|(?!\4)[^\\])*)\4"
+)
+
+
+def _shape_of(text: str) -> str | None:
+    # Which kind of secret ``text`` contains (for an error message), or None.
+    if _KEY_SHAPES.search(text):
+        return "a key or bearer token"
+    if _URL_USERINFO.search(text):
+        return "credentials in a URL (user:password@)"
+    for match in _ASSIGNMENT.finditer(text):
+        if is_secret_name(match.group(1)):
+            return f"a {match.group(1)!r} value (e.g. a URL query parameter)"
+    for match in _QUOTED_PAIR.finditer(text):
+        if is_secret_name(match.group(2)):
+            return f"a {match.group(2)!r} value"
+    return None
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every secret it contains (by shape or by value) replaced."""
+    if not text:
+        return text
+    for value in _env_secrets():
+        text = text.replace(value, REDACTED)
+    text = _KEY_SHAPES.sub(REDACTED, text)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _QUOTED_PAIR.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{m.group(4)}{REDACTED}{m.group(4)}"
+            if is_secret_name(m.group(2))
+            else m.group(0)
+        ),
+        text,
+    )
+    return _ASSIGNMENT.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{REDACTED}"
+            if is_secret_name(m.group(1)) and not m.group(3).startswith(REDACTED[:-1])
+            else m.group(0)
+        ),
+        text,
+    )
+
+
+# -- finding, refusing and redacting in data ---------------------------------------------
+
+
+def _is_pair(value: object) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and not isinstance(value[1], (list, tuple, Mapping))
+    )
+
+
+def _holds_text(value: object) -> bool:
+    # Whether a value under a credential's name could be one: a number, a flag or an
+    # empty value cannot ({"tokens": 512} is a count, {"api_key": None} is unset).
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+# A place in the data: its label and its parent's place, so that the path string is
+# only built for a secret found (building it at every level costs O(depth^2)).
+_Place = tuple[str, "_Place | None"]
+
+
+def _path(place: _Place | None) -> str:
+    labels: list[str] = []
+    while place is not None:
+        labels.append(place[0])
+        place = place[1]
+    return "".join(reversed(labels))
+
+
+def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
+    # (path, why) for every secret in ``value``. An explicit stack, not recursion: the
+    # data may come from anyone and be nested deeper than Python's recursion limit.
+    env = _env_secrets()
+    stack: list[tuple[object, _Place | None]] = [(value, (path, None) if path else None)]
+    while stack:
+        item, place = stack.pop()
+        if isinstance(item, str):
+            if any(secret in item for secret in env):
+                yield _path(place), "the value of a key in the environment"
+            else:
+                shape = _shape_of(item)
+                if shape is not None:
+                    yield _path(place), shape
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                inner = (f"[{key!r}]" if place is not None else str(key), place)
+                if isinstance(key, str) and is_secret_name(key) and _holds_text(child):
+                    yield _path(inner), f"{key!r} names a credential"
+                else:
+                    stack.append((child, inner))
+        elif isinstance(item, (list, tuple)):
+            if _is_pair(item) and is_secret_name(item[0]) and _holds_text(item[1]):
+                yield _path((f"[{item[0]!r}]", place)), f"{item[0]!r} names a credential"
+                continue
+            stack.extend((child, (f"[{index}]", place)) for index, child in enumerate(item))
+
+
+def find_secret(value: object, where: str = "") -> str | None:
+    """Where in ``value`` a secret is (a path such as ``default_headers['Cookie']`` and
+    why it counts as one), or None. Never returns the secret itself."""
+    for path, why in _walk(value, where):
+        return f"{path or 'the value'} ({why})"
+    return None
+
+
+def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """Return ``params`` unchanged, or raise ValueError if they hold a secret.
+
+    The error names where the secret is (e.g. ``default_headers['X-Auth-Token']``),
+    never its value, so it is safe to show in a saved notebook.
+    """
+    try:
+        check_depth(params)  # before the walk: refused at the limit, not at the bottom
+    except JSONLimitError as exc:
+        raise ValueError(f"{where}: the values are {exc}") from None
+    found = find_secret(params)
+    if found is not None:
+        raise ValueError(
+            f"{where}: {found} looks like a secret; cm_notebook never writes secrets to "
+            "disk. Put keys in environment variables (e.g. OPENAI_API_KEY, "
+            "ANTHROPIC_API_KEY), which providers read themselves; for other credentials "
+            "(headers, URLs) pass a provider object built with them, e.g. "
+            "provider=OpenAIProvider(model, base_url=..., default_headers=...), which a "
+            "session uses but never stores."
+        )
+    return params
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` (JSON-like data) with every secret replaced by ``[REDACTED]``.
+
+    Values under credential-like names (in mappings, or as ``(name, value)`` pairs) go
+    whole; strings keep everything but the secret parts.
+    """
+    if _depth > 200:  # deeper data is refused on reading; never recurse without bound
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED
+            if isinstance(key, str) and is_secret_name(key) and _holds_text(child)
+            else redact(child, _depth + 1)
+            for key, child in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        if _is_pair(value) and is_secret_name(value[0]) and _holds_text(value[1]):
+            return type(value)([value[0], REDACTED])
+        return type(value)(redact(child, _depth + 1) for child in value)
+    return value
+
+
+def scrub_exception(exc: BaseException) -> BaseException:
+    """Redact the messages of ``exc`` and of the exceptions chained to it, in place.
+
+    An SDK error kept as ``__cause__`` is printed with the traceback a notebook saves;
+    a server that echoes the key in its error body must not put it there.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        args = tuple(redact_text(a) if isinstance(a, str) else a for a in current.args)
+        if args != current.args:
+            # Some exception types forbid it; their text is left as it is.
+            with contextlib.suppress(AttributeError, TypeError):
+                current.args = args
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts a record's message, arguments and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; always keeps it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports that itself
+            return True
+        record.msg, record.args = redact_text(message), None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with a :class:`RedactingFilter` attached (once).
+
+    A filter on a parent logger does not see its children's records, so every module
+    that logs takes its logger from here.
+    """
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger
