@@ -19,7 +19,7 @@ from cm_notebook.errors import (
     MigrationError,
     ToolArgumentsError,
 )
-from cm_notebook.events import Error, ToolApprovalRequested
+from cm_notebook.events import ErrorReported, ToolApprovalRequested
 from cm_notebook.export import export_context, parse_export, to_json
 from cm_notebook.fsm import State
 from cm_notebook.migrate import read_v1
@@ -139,7 +139,7 @@ def test_a_models_oversized_arguments_are_a_failed_call_it_can_read(
     told = next(m.content for m in fake.requests[1].messages if m.role == "tool")
     assert told.startswith("error:")
     assert expected in told
-    assert [e for e in recorder.of(Error) if e.kind == "internal"] == []
+    assert [e for e in recorder.of(ErrorReported) if e.kind == "internal"] == []
 
 
 def test_models_refuse_over_deep_free_form_json() -> None:

@@ -20,7 +20,7 @@ import pytest
 from fault_server import FaultServer, Status
 
 from cm_notebook.errors import InvalidInputError, PermanentProviderError, TransientProviderError
-from cm_notebook.events import Error
+from cm_notebook.events import ErrorReported
 from cm_notebook.export import export_context, import_document, parse_export, to_json, to_markdown
 from cm_notebook.model import ContextMetadata, ProviderSettings
 from cm_notebook.providers.openai import OpenAIProvider
@@ -234,7 +234,7 @@ def test_a_server_echoing_the_key_leaves_it_nowhere(
         with pytest.raises(PermanentProviderError) as caught:
             turn.result(DEADLINE)
         reply = session.history()[-1]
-        shown = [e.message for e in session.events() if isinstance(e, Error)]
+        shown = [e.message for e in session.events() if isinstance(e, ErrorReported)]
         document = anyio.run(export_context, FileStore(data_dir), session.id)
     finally:
         session.close()
