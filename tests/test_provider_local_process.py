@@ -129,6 +129,7 @@ if sys.argv[1] == "wait":
 """
 
 
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
 @pytest.mark.parametrize("end", ["sigkill", "exit"])
 def test_server_process_ends_with_its_parent(end: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CM_LOCAL_MODEL", raising=False)
@@ -187,6 +188,21 @@ async def test_killed_server_gives_a_clear_error_and_the_next_request_restarts_i
     after = text_of(await collect(provider, request(max_tokens=10)))
     assert after == before  # greedy: the new server answers exactly like the old one
     assert provider.server_pid not in (None, first_pid)
+
+
+async def test_an_interrupt_meant_for_the_kernel_does_not_stop_the_server(
+    provider: LocalProvider,
+) -> None:
+    # Jupyter interrupts a kernel by signalling its whole process group; the server
+    # runs in a session of its own, and ignores SIGINT should one reach it anyway.
+    await provider.load()
+    server = provider.server_pid
+    assert server is not None
+    assert os.getpgid(server) != os.getpgid(0)
+    os.kill(server, signal.SIGINT)
+    events = await collect(provider, request(max_tokens=3))
+    assert events[-1] == Finish("length")
+    assert provider.server_pid == server
 
 
 async def test_server_that_does_not_start_in_time_is_a_clear_error(
