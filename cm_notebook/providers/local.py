@@ -202,6 +202,9 @@ class LocalProvider:
     async def _ensure_server(self) -> ServerProcess:
         if self._closed:
             raise PermanentProviderError("local: this provider was closed", provider="local")
+        server = self._server
+        if server is not None and server.returncode is None:
+            return server  # still running: no need to ask in a worker thread
         server = await anyio.to_thread.run_sync(self._shared_server)
         self._server = server
         return server
