@@ -1,16 +1,17 @@
-"""The built-in local model: load time and generation speed, in-process vs over HTTP.
+"""The built-in local model: in this process vs in its own server process.
 
-Measures, for the bundled SmolLM2-135M-Instruct (or ``CM_LOCAL_MODEL``):
+Measures, for the bundled SmolLM2-135M-Instruct (or ``CM_LOCAL_MODEL``), in one run:
 
-- load time of the in-process model (``LocalProvider.load()``) and how long the event
-  loop stalled meanwhile (``xllamacpp.Server()`` holds the GIL while it loads);
-- load-and-ready time of llama.cpp's OpenAI-compatible HTTP server;
-- tokens/s of a 128-token greedy generation through ``LocalProvider`` (in-process,
-  callback -> worker thread -> event loop) and through ``OpenAIProvider`` talking to
-  the HTTP server on 127.0.0.1 (same model file, same greedy settings), median of
-  ``runs``, with time to first token;
+- load time and the longest event-loop stall meanwhile, for the model loaded in this
+  process (``serve_openai_compatible()`` in a worker thread: ``xllamacpp.Server()``
+  holds the GIL while it loads) and for ``LocalProvider.load()``, which starts the
+  child server process and waits until it answers;
+- tokens/s and time to first token of a 128-token greedy generation, in-process
+  (``Server.handle_chat_completions`` with a callback, in a worker thread, no HTTP)
+  and through ``LocalProvider`` (HTTP to the child on 127.0.0.1), median of ``runs``,
+  interleaved so that drift in machine load affects both alike;
 
-and prints the figures and the in-process / HTTP ratio. Asserts nothing about timing.
+and prints the figures and the child / in-process ratios. Asserts nothing about timing.
 
 Run: ``.venv/bin/python benchmarks/bench_local_model.py [runs]`` (default 3).
 """
@@ -19,17 +20,24 @@ from __future__ import annotations
 
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from cm_notebook.model import Message
-from cm_notebook.providers.base import ChatRequest, Finish, Provider, TextDelta, Usage
-from cm_notebook.providers.local import LocalProvider, serve_openai_compatible, unload_local_models
-from cm_notebook.providers.openai import OpenAIProvider
+from cm_notebook.providers.base import ChatRequest, Finish, TextDelta, Usage
+from cm_notebook.providers.local import (
+    LocalProvider,
+    LocalServer,
+    serve_openai_compatible,
+    unload_local_models,
+)
 
 TOKENS = 128
 PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
@@ -49,7 +57,7 @@ class Run:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-async def generate(provider: Provider, request: ChatRequest) -> Run:
+async def generate_child(provider: LocalProvider, request: ChatRequest) -> Run:
     started = time.perf_counter()
     first: float | None = None
     pieces: list[str] = []
@@ -67,33 +75,57 @@ async def generate(provider: Provider, request: ChatRequest) -> Run:
     return Run(seconds, first or seconds, tokens or len(pieces), "".join(pieces))
 
 
-async def stall_while(work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
-    """Run the awaitable factory ``work`` and return (its seconds, longest loop stall)."""
-    longest = 0.0
-    done = anyio.Event()
+def generate_in_process(server: LocalServer, body: dict[str, Any]) -> Run:
+    """One streamed reply from the in-process ``xllamacpp.Server`` (blocking)."""
+    started = time.perf_counter()
+    first: list[float] = []
+    pieces: list[str] = []
+    usage: dict[str, Any] = {}
 
-    async def heartbeat() -> None:
+    def on_chunk(chunk: Any) -> bool:
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if not first:
+                    first.append(time.perf_counter() - started)
+                pieces.append(text)
+        usage.update(chunk.get("usage") or {})
+        return False  # go on
+
+    server.llama.handle_chat_completions(body, on_chunk)
+    seconds = time.perf_counter() - started
+    tokens = int(usage.get("completion_tokens") or len(pieces))
+    return Run(seconds, first[0] if first else seconds, tokens, "".join(pieces))
+
+
+async def stall_while(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float]:
+    """Await ``work()``; return (its result, its seconds, longest event-loop stall)."""
+    longest = 0.0
+    done = threading.Event()
+
+    async def ticker() -> None:
         nonlocal longest
         last = time.perf_counter()
         while not done.is_set():
-            await anyio.lowlevel.checkpoint()
+            await anyio.sleep(0.005)
             now = time.perf_counter()
             longest = max(longest, now - last)
             last = now
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(heartbeat)
-        await work()
+        tg.start_soon(ticker)
+        result = await work()
+        seconds = time.perf_counter() - started
         done.set()
-    return time.perf_counter() - started, longest
+    return result, seconds, longest
 
 
 def summary(label: str, runs: list[Run]) -> float:
     rate = statistics.median(r.tokens_per_second for r in runs)
     ttft = statistics.median(r.first_token for r in runs) * 1000
     tokens = runs[0].tokens
-    print(f"   {label:<28} {rate:7.1f} tokens/s  (first token {ttft:5.0f} ms, {tokens} tokens)")
+    print(f"   {label:<30} {rate:7.1f} tokens/s  (first token {ttft:5.0f} ms, {tokens} tokens)")
     return rate
 
 
@@ -102,45 +134,53 @@ async def bench(runs: int) -> None:
         messages=[Message(role="user", content=PROMPT)],
         params={"max_tokens": TOKENS, **GREEDY},
     )
+    child = LocalProvider(n_ctx=N_CTX)
+    body = {
+        **GREEDY,
+        "max_tokens": TOKENS,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    print(f"   model: {child.model} ({child.model_path.name})")
 
-    import_started = time.perf_counter()
-    local = LocalProvider(n_ctx=N_CTX)  # imports xllamacpp, checks the model file
-    imported = time.perf_counter() - import_started
+    def load_in_process() -> LocalServer:
+        return serve_openai_compatible(n_ctx=N_CTX, model_path=child.model_path)[1]
+
     unload_local_models()
-    load_seconds, stall = await stall_while(local.load)
-    print(f"   model: {local.model} ({local.model_path.name})")
-    print(f"   import + file check           {imported * 1000:7.0f} ms")
-    print(f"   in-process load               {load_seconds * 1000:7.0f} ms")
-    print(f"   longest event-loop stall      {stall * 1000:7.0f} ms  (during the load)")
-
-    served_started = time.perf_counter()
-    base_url, server = await anyio.to_thread.run_sync(
-        lambda: serve_openai_compatible(n_ctx=N_CTX, model_path=local.model_path)
+    server, in_load, in_stall = await stall_while(lambda: anyio.to_thread.run_sync(load_in_process))
+    _, child_load, child_stall = await stall_while(child.load)
+    print(
+        f"   load, in-process               {in_load * 1000:7.0f} ms  "
+        f"(longest event-loop stall {in_stall * 1000:5.0f} ms)"
     )
-    served = time.perf_counter() - served_started
-    print(f"   HTTP server load + ready      {served * 1000:7.0f} ms  ({base_url})")
+    print(
+        f"   load, child process            {child_load * 1000:7.0f} ms  "
+        f"(longest event-loop stall {child_stall * 1000:5.0f} ms)"
+    )
 
     with server:
-        http = OpenAIProvider(server.model, base_url=base_url, timeout=120)
-        try:
-            await generate(local, request)  # warm both paths once
-            await generate(http, request)
-            local_runs: list[Run] = []
-            http_runs: list[Run] = []
-            for _ in range(runs):  # interleaved, so drift affects both alike
-                local_runs.append(await generate(local, request))
-                http_runs.append(await generate(http, request))
-        finally:
-            await http.aclose()
-    in_process = summary("in-process (LocalProvider)", local_runs)
-    over_http = summary("HTTP (OpenAIProvider)", http_runs)
-    same = local_runs[0].text == http_runs[0].text
-    print(f"   ratio in-process / HTTP       {in_process / over_http:7.2f}x")
-    print(f"   same greedy text both ways    {'yes' if same else 'NO'}")
+        await anyio.to_thread.run_sync(generate_in_process, server, body)  # warm both
+        await generate_child(child, request)
+        in_runs: list[Run] = []
+        child_runs: list[Run] = []
+        for _ in range(runs):  # interleaved, so drift affects both alike
+            in_runs.append(await anyio.to_thread.run_sync(generate_in_process, server, body))
+            child_runs.append(await generate_child(child, request))
+    in_rate = summary("in-process (handle_chat)", in_runs)
+    child_rate = summary("child process (LocalProvider)", child_runs)
+    same = in_runs[0].text == child_runs[0].text
+    print(
+        f"   ratio child / in-process: throughput {child_rate / in_rate:5.2f}x, "
+        f"load time {child_load / in_load:5.2f}x, "
+        f"longest stall {child_stall / in_stall if in_stall else float('nan'):5.2f}x"
+    )
+    print(f"   same greedy text both ways     {'yes' if same else 'NO'}")
+    unload_local_models()
 
 
 def main() -> None:
-    """Print load time, tokens/s in-process and over HTTP, and their ratio."""
+    """Print load time, loop stall and tokens/s in-process and in the child, and ratios."""
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     anyio.run(bench, runs)
 

@@ -1,0 +1,218 @@
+"""The local model's server process: shared, out of the way of the event loop, never orphaned.
+
+Real processes throughout: the provider starts llama.cpp's server as a child of this
+test process, and the parent-death test starts a real parent process of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from cm_notebook.errors import PermanentProviderError, TransientProviderError
+from cm_notebook.model import Message
+from cm_notebook.providers.base import ChatRequest, Finish, StreamChunk, TextDelta
+from cm_notebook.providers.local import LocalProvider, unload_local_models
+
+pytestmark = [pytest.mark.anyio, pytest.mark.local_model]
+
+pytest.importorskip("xllamacpp")
+
+
+def request(text: str = "Name three colours of the rainbow.", **params: object) -> ChatRequest:
+    return ChatRequest(messages=[Message(role="user", content=text)], params=params)
+
+
+async def collect(provider: LocalProvider, req: ChatRequest) -> list[StreamChunk]:
+    return [event async for event in provider.stream(req)]
+
+
+def text_of(events: list[StreamChunk]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def parent_of(pid: int) -> int:
+    # Field 4 of /proc/<pid>/stat, after the parenthesised command name.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def wait_for_exit(pidfd: int, timeout: float) -> bool:
+    """Whether the process behind ``pidfd`` exited within ``timeout`` (an event, no polling)."""
+    readable, _, _ = select.select([pidfd], [], [], timeout)
+    return bool(readable)
+
+
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> LocalProvider:
+    monkeypatch.delenv("CM_LOCAL_MODEL", raising=False)
+    return LocalProvider(n_ctx=2048)
+
+
+@pytest.fixture
+def fresh() -> Iterator[None]:
+    """No model server runs when the test starts (and none is left behind)."""
+    unload_local_models()
+    yield
+    unload_local_models()
+
+
+async def test_event_loop_never_stalls_while_the_model_loads_and_generates(
+    provider: LocalProvider, fresh: None
+) -> None:
+    # A behaviour check, not a benchmark: loading in this process held the GIL for the
+    # whole load (0.3 s idle, 6.5 s on a busy machine), and generating here would show
+    # as one gap as long as the generation. With the model in a child process, the
+    # loop only waits for the OS between ticks; the bound is generous for that.
+    gaps: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await anyio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await provider.load()
+        loaded_after = len(gaps)
+        events = await collect(provider, request("Write a story about the sea.", max_tokens=64))
+        done.set()
+    assert events[-1] == Finish("length")
+    assert loaded_after > 10  # it ticked all along
+    assert len(gaps) > loaded_after + 10
+    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.3f} s"
+
+
+async def test_two_providers_share_one_server_process(provider: LocalProvider) -> None:
+    other = LocalProvider(n_ctx=2048)
+    async with anyio.create_task_group() as tg:  # two first uses at once start one server
+        tg.start_soon(provider.load)
+        tg.start_soon(other.load)
+    assert provider.server_pid is not None
+    assert provider.server_pid == other.server_pid
+    assert provider.server_pid != os.getpid()
+    assert parent_of(provider.server_pid) == os.getpid()
+    texts: dict[str, str] = {}
+
+    async def ask(name: str, which: LocalProvider) -> None:
+        texts[name] = text_of(await collect(which, request(max_tokens=12)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "a", provider)
+        tg.start_soon(ask, "b", other)
+    assert texts["a"] == texts["b"] != ""  # greedy, served in turn by the one model
+    assert provider.server_pid == other.server_pid
+
+
+PARENT = """
+import sys, anyio
+from cm_notebook.providers.local import LocalProvider
+
+provider = LocalProvider(n_ctx=512)
+anyio.run(provider.load)
+print(provider.server_pid, flush=True)
+if sys.argv[1] == "wait":
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
+@pytest.mark.parametrize("end", ["sigkill", "exit"])
+def test_server_process_ends_with_its_parent(end: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CM_LOCAL_MODEL", raising=False)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, "wait" if end == "sigkill" else "exit"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), f"the parent printed {line!r}"
+        server = int(line)
+        pidfd = os.pidfd_open(server)  # opened while the server surely still runs
+        try:
+            if end == "sigkill":
+                assert parent_of(server) == parent.pid
+                parent.send_signal(signal.SIGKILL)  # no atexit, no cleanup of any kind
+            assert parent.wait(60) == (-signal.SIGKILL if end == "sigkill" else 0)
+            assert wait_for_exit(pidfd, 30), f"the server process {server} outlived its parent"
+        finally:
+            os.close(pidfd)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.wait()
+        for pipe in (parent.stdin, parent.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+async def test_killed_server_gives_a_clear_error_and_the_next_request_restarts_it(
+    provider: LocalProvider,
+) -> None:
+    before = text_of(await collect(provider, request(max_tokens=10)))
+    first_pid = provider.server_pid
+    assert first_pid is not None
+    seen: list[str] = []
+
+    async def kill_mid_reply() -> None:
+        async for event in provider.stream(request("Write a long story.", max_tokens=1000)):
+            if isinstance(event, TextDelta):
+                seen.append(event.text)
+                if len(seen) == 2:
+                    os.kill(first_pid, signal.SIGKILL)
+
+    with pytest.raises(TransientProviderError) as info:
+        await kill_mid_reply()
+    assert len(seen) >= 2
+    message = str(info.value)
+    assert f"model server process (pid {first_pid}) was killed by SIGKILL" in message
+    assert "while answering" in message
+    assert "next request starts it again" in message
+    assert provider.server_pid is None  # nothing runs until the next request
+    after = text_of(await collect(provider, request(max_tokens=10)))
+    assert after == before  # greedy: the new server answers exactly like the old one
+    assert provider.server_pid not in (None, first_pid)
+
+
+async def test_an_interrupt_meant_for_the_kernel_does_not_stop_the_server(
+    provider: LocalProvider,
+) -> None:
+    # Jupyter interrupts a kernel by signalling its whole process group; the server
+    # runs in a session of its own, and ignores SIGINT should one reach it anyway.
+    await provider.load()
+    server = provider.server_pid
+    assert server is not None
+    assert os.getpgid(server) != os.getpgid(0)
+    os.kill(server, signal.SIGINT)
+    events = await collect(provider, request(max_tokens=3))
+    assert events[-1] == Finish("length")
+    assert provider.server_pid == server
+
+
+async def test_server_that_does_not_start_in_time_is_a_clear_error(
+    provider: LocalProvider,
+) -> None:
+    # A context size of its own, so that no running server is reused.
+    slow = LocalProvider(n_ctx=320, start_timeout=0.001)
+    with pytest.raises(PermanentProviderError) as info:
+        await slow.load()
+    message = str(info.value)
+    assert "did not become ready within 0.001 s" in message
+    assert "start_timeout" in message
+    assert slow.server_pid is None
