@@ -220,7 +220,7 @@ class ContextSession(SessionCore):
                 self.id, name, head=head, forked_from=head, description=description
             )
         )
-        self._publish(ev.BranchCreated(branch=name, name=name, head=head))
+        self._publish(ev.BranchCreated(branch=name, head=head))
         if switch:
             self.switch(name)
         return created
@@ -230,7 +230,7 @@ class ContextSession(SessionCore):
         validate_branch_name(name)
         metadata = self._io.call(self._store.set_active_branch(self.id, name))
         self._metadata = metadata
-        self._publish(ev.BranchSwitched(branch=name, name=name))
+        self._publish(ev.BranchSwitched(branch=name))
         return metadata.branches[name]
 
     def delete_branch(self, name: str) -> None:
@@ -248,6 +248,7 @@ class ContextSession(SessionCore):
         with self._lock:
             self._machines.pop(name, None)
             self._last_request.pop(name, None)
+        self._publish(ev.BranchDeleted(branch=name))
 
     # -- sending -----------------------------------------------------------------------
 
@@ -352,7 +353,7 @@ class ContextSession(SessionCore):
                 self.id, name, head=original.parent_id, forked_from=original.id
             )
         )
-        self._publish(ev.BranchCreated(branch=name, name=name, head=original.parent_id))
+        self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
         self._io.call(self._store.append_message(self.id, edited, branch=name))
         self._publish(
             ev.MessageAdded(
@@ -429,7 +430,7 @@ class ContextSession(SessionCore):
         turns: builtins.list[Turn] = []
         for plan, chosen, params in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
-            self._publish(ev.BranchCreated(branch=plan.branch, name=plan.branch, head=head))
+            self._publish(ev.BranchCreated(branch=plan.branch, head=head))
             turns.append(self.send(text, branch=plan.branch, provider=chosen, **params))
         return FanOut(self, turns, self._loop)
 
@@ -501,12 +502,21 @@ class ContextSession(SessionCore):
 
     # -- signals -----------------------------------------------------------------------
 
-    def subscribe(self, callback: Callable[[ev.Event], None]) -> Callable[[], None]:
+    def subscribe(
+        self,
+        callback: Callable[[ev.Event], None],
+        *,
+        branch: str | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> Callable[[], None]:
         """Call ``callback(event)`` for every signal; returns an unsubscribe function.
 
-        Callbacks run on the session's event loop thread; keep them quick.
+        ``branch`` keeps the signals of one branch, ``kinds`` those of some kinds (e.g.
+        ``{"ContentDelta", "MessageCompleted"}``; see :data:`~cm_notebook.events.SIGNAL_KINDS`).
+        Safe to call from any thread; callbacks run on the session's event loop thread,
+        so keep them quick.
         """
-        return self._bus.subscribe(callback)
+        return self._bus.subscribe(callback, branch=branch, kinds=kinds)
 
     def events(self, since: int = 0) -> builtins.list[ev.Event]:
         """Signals after sequence number ``since`` (a single Resync if they are gone)."""
