@@ -20,6 +20,7 @@ from . import fsm
 from ._loop import background_loop, running_loop, schedule_on
 from ._sessionio import StoreAccess
 from .approvals import ApprovalDesk
+from .branch_defaults import BranchDefaults
 from .errors import BranchNotFoundError, BusyError, InvalidInputError
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, Message, MessageStatus
@@ -91,6 +92,7 @@ class SessionCore:
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, provider)
+        self._defaults = BranchDefaults(self._providers.resolve)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -228,12 +230,6 @@ class SessionCore:
         ids = await self._store.path(self.id, branch)
         messages = await self._store.get_messages(self.id, ids)
         return _answer_every_call([m for m in messages if m.id != exclude and _shown_to_model(m)])
-
-    def _with_system(self, history: builtins.list[Message]) -> builtins.list[Message]:
-        prompt = self._metadata.system_prompt
-        if not prompt:
-            return history
-        return [Message(id="system", role="system", content=prompt), *history]
 
     # -- private helpers ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from . import fsm
 from .approvals import Decision, unique_call_ids
 from .errors import PermanentProviderError, ProviderError, TransientProviderError
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
+from .prompts import effective_system, with_system
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -249,7 +250,7 @@ class TurnRunner:
             await self._checkpoint(reply)
         self.turn._set_message(reply.message.id)
         request = ChatRequest(
-            messages=session._with_system(history),
+            messages=with_system(reply.message.metadata.system_prompt, history),
             tools=session.tools.specs(),
             params=self.params,
         )
@@ -265,7 +266,9 @@ class TurnRunner:
         await self._complete(reply)
 
     async def _new_reply(self, head: str | None) -> _Reply:
-        # The assistant message this turn writes, stored as ``streaming`` at once.
+        # The assistant message this turn writes, stored as ``streaming`` at once. It
+        # records the system prompt it is generated under; _request sends exactly that.
+        metadata = await self.session._store.get_metadata(self.session.id)
         message = Message(
             role="assistant",
             parent_id=head,
@@ -274,6 +277,7 @@ class TurnRunner:
                 provider=self.provider.name,
                 model=str(self.params.get("model") or self.provider.model),
                 parameters={k: v for k, v in self.params.items() if k != "model"},
+                system_prompt=effective_system(metadata, self.branch),
             ),
         )
         await self.session._store.append_message(self.session.id, message, branch=self.branch)

@@ -23,6 +23,7 @@ from . import fsm
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
 from .approvals import Decision
+from .branch_defaults import branch_settings
 from .compare import BranchResult, Comparison
 from .errors import (
     BranchExistsError,
@@ -34,7 +35,8 @@ from .errors import (
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name, validate_message_id
 from .model import Branch, ContextMetadata, Message, ProviderSettings, ToolCall
-from .params import GenerationParams, validate_text
+from .params import validate_text
+from .prompts import effective_system, has_replies
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
@@ -208,21 +210,74 @@ class ContextSession(SessionCore):
         *,
         switch: bool = True,
         description: str = "",
+        system: str | None = None,
+        provider: ProviderLike | None = None,
+        **params: Any,
     ) -> Branch:
         """Fork a new branch at ``from_message`` (default: the active branch's head).
 
         Copies no messages. With ``switch`` (the default) the new branch becomes active.
+        ``system`` is the branch's own system prompt (None: the context's; ``""``: none),
+        ``provider`` and ``params`` (generation parameters) its defaults for every send
+        on it: ``session.branch("terse", system="Answer in five words.")``.
         """
         validate_branch_name(name)
+        settings = branch_settings(system, provider, params)
         head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
         created = self._io.call(
             self._store.create_branch(
-                self.id, name, head=head, forked_from=head, description=description
+                self.id, name, head=head, forked_from=head, description=description, **settings
             )
         )
+        self._defaults.remember(name, provider)
         self._publish(ev.BranchCreated(branch=name, head=head))
         if switch:
             self.switch(name)
+        return created
+
+    def system_prompt_of(self, branch: str | None = None) -> str | None:
+        """The system prompt replies on ``branch`` (default: active) are generated under."""
+        name = self._branch_name(branch)
+        self._head(name)  # BranchNotFoundError for an unknown branch
+        return effective_system(self._metadata, name)
+
+    def edit_system(self, text: str | None, *, branch: str | None = None) -> Branch:
+        """Change the system prompt of ``branch`` (default: active); returns the branch.
+
+        If the branch already has replies made under its old prompt, they keep it: a new
+        branch ``<branch>-system-N`` is forked at the same head with the new prompt (and
+        the old branch's provider and parameters), and becomes active if ``branch`` was.
+        Otherwise the prompt is changed in place. ``None`` inherits the context's prompt,
+        ``""`` means none.
+        """
+        if text is not None and not isinstance(text, str):
+            raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
+        name = self._branch_name(branch)
+        self._head(name)  # BranchNotFoundError for an unknown branch
+        current = self._metadata.branches[name]
+        if current.system_prompt == text:
+            return current
+        with self._lock:
+            busy = name in self._runners or name in self._claimed
+        index = self._io.call(self._store.index(self.id))
+        path = self._io.call(self._store.path(self.id, name))
+        if not busy and not has_replies([index[mid].role for mid in path if mid in index]):
+            updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
+            self._metadata = self.metadata
+            self._publish(
+                ev.BranchUpdated(branch=name, head=updated.head, changed=["system_prompt"])
+            )
+            return updated
+        fork = self._free_branch_name(f"{name}-system")
+        settings = {**self._defaults.inherit(self._metadata, name, fork), "system_prompt": text}
+        created = self._io.call(
+            self._store.create_branch(
+                self.id, fork, head=current.head, forked_from=current.head, **settings
+            )
+        )
+        self._publish(ev.BranchCreated(branch=fork, head=current.head))
+        if name == self.active_branch:
+            self.switch(fork)
         return created
 
     def switch(self, name: str) -> Branch:
@@ -248,6 +303,7 @@ class ContextSession(SessionCore):
         with self._lock:
             self._machines.pop(name, None)
             self._last_request.pop(name, None)
+        self._defaults.forget(name)
         self._publish(ev.BranchDeleted(branch=name))
 
     # -- sending -----------------------------------------------------------------------
@@ -268,8 +324,7 @@ class ContextSession(SessionCore):
         """
         text = validate_text(text)
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
-        chosen = self._provider(provider)
+        chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
         with self._claim(name):
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
@@ -341,16 +396,20 @@ class ContextSession(SessionCore):
                 f"message {message_id!r} is a {original.role} message; only user messages "
                 "can be edited (use regenerate() for a new reply)"
             )
-        generation = GenerationParams.check(params)
-        chosen = self._provider(provider)
+        source = self.active_branch
+        chosen, generation = self._defaults.for_request(self._metadata, source, provider, params)
         if branch is None:
-            name = self._free_branch_name(f"{self.active_branch}-edit")
+            name = self._free_branch_name(f"{source}-edit")
         else:
             name = validate_branch_name(branch)
         edited = Message(role="user", parent_id=original.parent_id, content=text)
         self._io.call(
             self._store.create_branch(
-                self.id, name, head=original.parent_id, forked_from=original.id
+                self.id,
+                name,
+                head=original.parent_id,
+                forked_from=original.id,
+                **self._defaults.inherit(self._metadata, source, name),
             )
         )
         self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
@@ -372,8 +431,7 @@ class ContextSession(SessionCore):
         (see :meth:`siblings`).
         """
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
-        chosen = self._provider(provider)
+        chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
         with self._claim(name):
             self._rewind_to_prompt(name)
             return self._start(name, fsm.Send(), chosen, generation)
@@ -406,9 +464,12 @@ class ContextSession(SessionCore):
         """Send ``text`` on one new branch per variant, concurrently; compare the replies.
 
         A variant is a provider spec, a Provider, or a mapping with optional
-        ``provider``, ``branch`` (name) and generation parameters, e.g.
-        ``[{"temperature": 0}, {"temperature": 1.0}]``. Returns a :class:`FanOut`
-        handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
+        ``provider``, ``branch`` (name), ``system`` (the arm's system prompt) and
+        generation parameters, e.g. ``[{"temperature": 0}, {"temperature": 1.0}]`` or
+        ``[{"system": "Answer in five words."}, {"system": "Answer like a pirate."}]``.
+        Each arm keeps its variant's settings as its branch defaults (on top of those of
+        ``branch``), so follow-up sends on an arm continue the experiment. Returns a
+        :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
         """
         text = validate_text(text)
         base = self._branch_name(branch)
@@ -423,15 +484,26 @@ class ContextSession(SessionCore):
                 raise BranchExistsError(
                     f"branch {plan.branch!r} already exists; fan_out writes new branches"
                 )
-        checked = [
-            (plan, self._provider(plan.provider), GenerationParams.check(plan.params))
-            for plan in plans
-        ]
+        checked = []
+        for plan in plans:
+            settings = self._defaults.inherit(self._metadata, base)
+            own = branch_settings(plan.system, plan.provider, plan.params)
+            if plan.system is not None:
+                settings["system_prompt"] = plan.system
+            if own["provider"] is not None:
+                settings["provider"] = own["provider"]
+            settings["params"] = {**settings["params"], **own["params"]}
+            self._provider(plan.provider)  # an unknown spec fails before anything is written
+            checked.append((plan, settings))
         turns: builtins.list[Turn] = []
-        for plan, chosen, params in checked:
-            self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
+        for plan, settings in checked:
+            self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
+            if plan.provider is not None:
+                self._defaults.remember(plan.branch, plan.provider)
+            else:
+                self._defaults.inherit(self._metadata, base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
-            turns.append(self.send(text, branch=plan.branch, provider=chosen, **params))
+            turns.append(self.send(text, branch=plan.branch))
         return FanOut(self, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
@@ -488,16 +560,15 @@ class ContextSession(SessionCore):
 
     def compare(self, *branches: str) -> Comparison:
         """Compare the last answers of ``branches`` (default: every branch)."""
-        names = list(branches) or list(self.branches)
+        names = [validate_branch_name(name) for name in branches] or list(self.branches)
+        paths = [self._io.call(self._store.path(self.id, name)) for name in names]
+        # Read after the paths, so it holds every id on them; only answers' files are read.
+        index = self._io.call(self._store.index(self.id))
         results = []
-        for name in names:
-            validate_branch_name(name)
-            answer = None
-            for message in reversed(self.history(name)):
-                if message.role == "assistant":
-                    answer = message
-                    break
-            results.append(BranchResult.of(name, answer))
+        for name, path in zip(names, paths, strict=True):
+            last = next((mid for mid in reversed(path) if index[mid].role == "assistant"), None)
+            answer = self.get(last) if last is not None else None
+            results.append(BranchResult.of(name, answer, self.system_prompt_of(name)))
         return Comparison(results=results)
 
     # -- signals -----------------------------------------------------------------------
