@@ -33,6 +33,7 @@ from .providers.base import (
     ToolCallRequest,
     Usage,
 )
+from .stats import StreamMeter
 from .tools import (
     ToolOutcome,
     UnknownToolError,
@@ -55,12 +56,12 @@ CHECKPOINT_SECONDS = 1.0
 class _Reply:
     # The assistant message being generated, and what has arrived for it.
     message: Message
-    started: float
     text: str = ""
     tool_requests: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+    meter: StreamMeter = field(default_factory=StreamMeter)
 
 
 class TurnRunner:
@@ -249,6 +250,7 @@ class TurnRunner:
             # text (kept in ``failed_attempts``).
             await self._checkpoint(reply)
         self.turn._set_message(reply.message.id)
+        reply.meter.attempt()
         request = ChatRequest(
             messages=with_system(reply.message.metadata.system_prompt, history),
             tools=session.tools.specs(),
@@ -281,7 +283,7 @@ class TurnRunner:
             ),
         )
         await self.session._store.append_message(self.session.id, message, branch=self.branch)
-        self._reply = _Reply(message=message, started=time.perf_counter())
+        self._reply = _Reply(message=message)
         self.session._publish(
             ev.MessageAdded(
                 branch=self.branch, message_id=message.id, parent_id=head, role="assistant"
@@ -319,6 +321,7 @@ class TurnRunner:
                 if isinstance(event, TextDelta):
                     if not event.text:
                         continue
+                    reply.meter.chunk()
                     if not started:
                         started = True
                         self._feed(fsm.ResponseStarted())
@@ -341,6 +344,7 @@ class TurnRunner:
                     reply.tool_requests.append(event)
                 elif isinstance(event, Usage):
                     reply.usage = event
+                    reply.meter.usage(event.output_tokens)
                 elif isinstance(event, Finish):
                     reply.finish_reason = event.reason
         finally:
@@ -411,6 +415,7 @@ class TurnRunner:
         reply = self._reply
         assert reply is not None
         usage = reply.usage
+        stats = reply.meter.stats()
         metadata = reply.message.metadata.model_copy(
             update={
                 "usage": TokenUsage(
@@ -418,9 +423,10 @@ class TurnRunner:
                 )
                 if usage
                 else None,
-                "duration_ms": (time.perf_counter() - reply.started) * 1000,
+                "duration_ms": stats.duration_ms,
                 "finish_reason": reply.finish_reason,
                 "error": error,
+                "stats": stats,
             }
         )
         final = reply.message.model_copy(
