@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -52,6 +53,7 @@ class SessionCore:
         max_tool_rounds: int = 10,
         tool_timeout: float | None = None,
         owns_store: bool = False,
+        auto_title: bool = False,
     ) -> None:
         self._store = store
         self._io = StoreAccess(store)
@@ -95,6 +97,9 @@ class SessionCore:
         self._defaults = BranchDefaults(self._providers.resolve)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
+        self._auto_title = bool(auto_title)  # ask the model for a title (titles.py)
+        # Background work that is not a turn (a model-made title): cancelled by close().
+        self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
@@ -103,11 +108,6 @@ class SessionCore:
         """The context's metadata, re-read if another process changed it."""
         self._metadata = self._io.call(self._store.get_metadata(self.id))
         return self._metadata
-
-    @property
-    def title(self) -> str:
-        """The context's title."""
-        return self.metadata.title
 
     @property
     def branches(self) -> dict[str, Branch]:
@@ -179,11 +179,19 @@ class SessionCore:
         # Runs on the session's loop.
         with self._lock:
             turns = [runner.turn for runner in self._runners.values()]
+        jobs: list[asyncio.Future[None]] = [
+            asyncio.wrap_future(job) if isinstance(job, concurrent.futures.Future) else job
+            for job in self._background
+        ]
+        for job in jobs:
+            job.cancel()
         for turn in turns:
             turn.cancel()
         for turn in turns:
             with contextlib.suppress(Exception):  # the turn's owner sees its outcome
                 await turn
+        if jobs:
+            await asyncio.wait(jobs)
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()

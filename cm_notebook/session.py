@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import events as ev
-from . import fsm
+from . import fsm, titles
+from ._loop import schedule_on
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
 from .approvals import Decision
@@ -42,6 +44,7 @@ from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
 from .retry import RetryPolicy
 from .store import FileStore, Store
+from .titles import UNTITLED, title_from_text, validate_title
 from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
 
@@ -74,6 +77,7 @@ class ContextSession(SessionCore):
         tool_timeout: float | None = None,
         tags: Sequence[str] = (),
         provider_options: Mapping[str, Any] | None = None,
+        auto_title: bool = False,
     ) -> ContextSession:
         """Create a new context and return its session.
 
@@ -81,9 +85,10 @@ class ContextSession(SessionCore):
         ``"anthropic:claude-..."``) or a Provider instance (e.g. a ScriptedProvider).
         ``provider_options`` (e.g. ``{"base_url": ...}``) are stored with the context;
         they must not contain secrets (keys come from the environment).
+        Without a ``title`` the context is named after its first message; with
+        ``auto_title`` the model is then asked for a better title in the background.
         """
-        if title is not None and not isinstance(title, str):
-            raise InvalidInputError(f"title must be a string, got {type(title).__name__}")
+        title = validate_title(title) if title else UNTITLED
         if system is not None and not isinstance(system, str):
             raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
         spec = provider if isinstance(provider, str) else spec_of(provider)
@@ -94,7 +99,7 @@ class ContextSession(SessionCore):
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         metadata = ContextMetadata(
-            title=title or "Untitled", system_prompt=system, provider=settings, tags=list(tags)
+            title=title, system_prompt=system, provider=settings, tags=list(tags)
         )
         # Build (and so validate) the session before anything is written.
         session = cls(
@@ -107,6 +112,7 @@ class ContextSession(SessionCore):
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
             owns_store=store is None,
+            auto_title=auto_title,
         )
         session._metadata = session._io.call(session._store.create_context(metadata))
         return session
@@ -124,8 +130,12 @@ class ContextSession(SessionCore):
         retry: RetryPolicy | None = None,
         max_tool_rounds: int = 10,
         tool_timeout: float | None = None,
+        auto_title: bool = False,
     ) -> ContextSession:
-        """Open a stored context. ``provider`` overrides the stored default for this session."""
+        """Open a stored context. ``provider`` overrides the stored default for this session.
+
+        ``auto_title``: as in :meth:`create`, for a context that is still untitled.
+        """
         opened = store if store is not None else FileStore(data_dir)
         return cls(
             opened,
@@ -137,6 +147,7 @@ class ContextSession(SessionCore):
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
             owns_store=store is None,
+            auto_title=auto_title,
         )
 
     @classmethod
@@ -146,6 +157,24 @@ class ContextSession(SessionCore):
         """Metadata of every stored context, most recently updated first."""
         store = store if store is not None else FileStore(data_dir)
         return StoreAccess(store).call(store.list_contexts())
+
+    # -- the title ---------------------------------------------------------------------
+
+    @property
+    def title(self) -> str:
+        """The context's title; assign to rename it (``session.title = "..."``)."""
+        return self.metadata.title
+
+    @title.setter
+    def title(self, value: str) -> None:
+        self.rename(value)
+
+    def rename(self, title: str) -> str:
+        """Give the context a new title (white space collapsed); returns it."""
+        title = validate_title(title)
+        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._publish(ev.ContextUpdated(changed=["title"]))
+        return title
 
     # -- reading -----------------------------------------------------------------------
 
@@ -336,7 +365,13 @@ class ContextSession(SessionCore):
             self._publish(
                 ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user")
             )
-            return self._start(name, fsm.Send(), chosen, generation)
+            turn = self._start(name, fsm.Send(), chosen, generation)
+        if self._metadata.title == UNTITLED:
+            # A title is a convenience: failing to write one must not fail the send
+            # (the context stays untitled and the next send tries again).
+            with contextlib.suppress(CMError, OSError):
+                self._name_after(user, turn, chosen)
+        return turn
 
     async def stream(
         self,
@@ -621,6 +656,35 @@ class ContextSession(SessionCore):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
+
+    def _name_after(self, sent: Message, turn: Turn, provider: Provider) -> None:
+        # An untitled context is named after its first user message (usually the one
+        # just sent); with auto_title the model is asked for a better title once the
+        # turn is over, in the background.
+        index = self._io.call(self._store.index(self.id))
+        users = [entry for entry in index.values() if entry.role == "user"]
+        first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
+        first = sent if first_id == sent.id else self.get(first_id)
+        title = title_from_text(first.content)
+        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._publish(ev.ContextUpdated(changed=["title"]))
+        if self._auto_title:
+            job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _ask_title(self, turn: Turn, provider: Provider, text: str, made: str) -> None:
+        # After the turn, so the title request never competes with the reply.
+        with contextlib.suppress(CMError):
+            await turn
+        suggested = await titles.ask_model(provider, text)
+        if suggested is None:
+            return
+        # Keep a title the user chose meanwhile.
+        if (await self._store.get_metadata(self.id)).title != made:
+            return
+        self._metadata = await self._store.update_metadata(self.id, title=suggested)
+        self._publish(ev.ContextUpdated(changed=["title"]))
 
     def _rewind_to_prompt(self, branch: str) -> None:
         # Move the head back past the last assistant reply (and anything after the
