@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from .model import Branch, ContextMetadata, Message
 
-__all__ = ["effective_system", "has_replies", "prompt_label", "with_system"]
+__all__ = ["effective_system", "has_replies", "prompt_label", "system_of"]
 
 
 def effective_system(metadata: ContextMetadata, branch: str) -> str | None:
@@ -30,11 +30,12 @@ def effective_system(metadata: ContextMetadata, branch: str) -> str | None:
     return metadata.system_prompt or None
 
 
-def with_system(prompt: str | None, history: Sequence[Message]) -> list[Message]:
-    """``history`` as sent to a provider: the system prompt (if any) first."""
-    if not prompt:
-        return list(history)
-    return [Message(id="system", role="system", content=prompt), *history]
+def system_of(request: Sequence[Message]) -> dict[str, str | None]:
+    """``{"system_prompt": ...}``: the system prompt a request's messages begin with."""
+    first = request[0] if request else None
+    return {
+        "system_prompt": first.content if first is not None and first.role == "system" else None
+    }
 
 
 def has_replies(roles: Sequence[str]) -> bool:

@@ -3,11 +3,16 @@
 A session owns one context: its message tree and branches (through a
 :class:`~cm_notebook.store.Store`), one state machine per branch, the tools on offer
 and the signal bus that every view listens to. Views (widgets, magics, the REST API)
-are thin clients: they subscribe to signals and pull what they show.
+are thin clients: they subscribe to signals and pull what they show. A process has one
+live session per context (:mod:`cm_notebook._registry`): opening it again returns it.
 
-Work never blocks a notebook cell: :meth:`ContextSession.send` stores the user's
-message, schedules the reply on the session's event loop and returns a
-:class:`~cm_notebook.turn.Turn` at once (see :mod:`cm_notebook._loop`).
+The send path starts here (session -> turn runner -> state machine -> provider ->
+store -> signals): :meth:`ContextSession.send` claims the branch, stores the user's
+message with a compare-and-set on the branch head, and starts a turn on the session's
+event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a notebook cell
+never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner` goes on from
+there. Every change publishes a signal; every write that moves a head is a
+compare-and-set on it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import events as ev
 from . import fsm, titles
 from ._loop import schedule_on
+from ._registry import REGISTRY, key_for
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
 from .approvals import Decision
@@ -49,8 +55,6 @@ from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
 
 __all__ = ["ContextSession"]
-
-_T = TypeVar("_T")
 
 
 class ContextSession(SessionCore):
@@ -102,8 +106,9 @@ class ContextSession(SessionCore):
             title=title, system_prompt=system, provider=settings, tags=list(tags)
         )
         # Build (and so validate) the session before anything is written.
+        opened = store if store is not None else FileStore(data_dir)
         session = cls(
-            store if store is not None else FileStore(data_dir),
+            opened,
             metadata,
             provider=provider,
             tools=tools,
@@ -114,7 +119,8 @@ class ContextSession(SessionCore):
             owns_store=store is None,
             auto_title=auto_title,
         )
-        session._metadata = session._io.call(session._store.create_context(metadata))
+        session._metadata = session._io.call(opened.create_context(metadata))
+        REGISTRY.add(key_for(store, data_dir, metadata.id), session)
         return session
 
     @classmethod
@@ -134,21 +140,43 @@ class ContextSession(SessionCore):
     ) -> ContextSession:
         """Open a stored context. ``provider`` overrides the stored default for this session.
 
-        ``auto_title``: as in :meth:`create`, for a context that is still untitled.
+        A context has one live session per process: if it is open already (in this
+        thread or another), that same session is returned, and ``close()`` must then be
+        called once per open (the last one closes it). Options (``provider``, ``tools``...)
+        only apply to a session being opened; giving them for one already open raises
+        :class:`~cm_notebook.errors.StateError`. ``auto_title``: as in :meth:`create`,
+        for a context that is still untitled.
         """
-        opened = store if store is not None else FileStore(data_dir)
-        return cls(
-            opened,
-            StoreAccess(opened).call(opened.get_metadata(context_id)),
-            provider=provider,
-            tools=tools,
-            approval=approval,
-            retry=retry,
-            max_tool_rounds=max_tool_rounds,
-            tool_timeout=tool_timeout,
-            owns_store=store is None,
-            auto_title=auto_title,
-        )
+        key = key_for(store, data_dir, context_id)
+        options = (provider, approval, retry, tool_timeout)
+        customised = any(option is not None for option in options) or auto_title
+        with REGISTRY.lock:
+            live = REGISTRY.find(key)
+            if live is not None:
+                assert isinstance(live, ContextSession)
+                if customised or tools or max_tool_rounds != 10:
+                    REGISTRY.release(live)
+                    raise StateError(
+                        f"context {context_id!r} is already open in this process, and a context "
+                        "has one session per process: open it without options to share it "
+                        "(change tools with session.tools), or close it first"
+                    )
+                return live
+            opened = store if store is not None else FileStore(data_dir)
+            session = cls(
+                opened,
+                StoreAccess(opened).call(opened.get_metadata(context_id)),
+                provider=provider,
+                tools=tools,
+                approval=approval,
+                retry=retry,
+                max_tool_rounds=max_tool_rounds,
+                tool_timeout=tool_timeout,
+                owns_store=store is None,
+                auto_title=auto_title,
+            )
+            REGISTRY.add(key, session)
+            return session
 
     @classmethod
     def list(
@@ -173,7 +201,7 @@ class ContextSession(SessionCore):
         """Give the context a new title (white space collapsed); returns it."""
         title = validate_title(title)
         self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
-        self._publish(ev.ContextUpdated(changed=["title"]))
+        self._publish_context_update(["title"])
         return title
 
     # -- reading -----------------------------------------------------------------------
@@ -207,8 +235,8 @@ class ContextSession(SessionCore):
         return self.state_of(self.active_branch)
 
     def state_of(self, branch: str) -> fsm.State:
-        """The state machine's state on ``branch``."""
-        return self._machine(branch).state
+        """The state machine's state on ``branch`` (each branch has its own machine)."""
+        return self._machines.get(branch).state
 
     @property
     def pending_tool_calls(self) -> builtins.list[ToolCall]:
@@ -253,6 +281,8 @@ class ContextSession(SessionCore):
         validate_branch_name(name)
         settings = branch_settings(system, provider, params)
         head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
+        # Creating a branch is exclusive by name (BranchExistsError if it is taken), so
+        # it cannot overwrite another writer's head.
         created = self._io.call(
             self._store.create_branch(
                 self.id, name, head=head, forked_from=head, description=description, **settings
@@ -286,16 +316,17 @@ class ContextSession(SessionCore):
         current = self._metadata.branches[name]
         if current.system_prompt == text:
             return current
-        with self._lock:
-            busy = name in self._runners or name in self._claimed
-        index = self._io.call(self._store.index(self.id))
-        path = self._io.call(self._store.path(self.id, name))
-        if not busy and not has_replies([index[mid].role for mid in path if mid in index]):
-            updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
-            self._metadata = self.metadata
-            self._publish(
-                ev.BranchUpdated(branch=name, head=updated.head, changed=["system_prompt"])
-            )
+        # In place only while no reply exists and none is being made: the claim keeps
+        # sends (in any process) off the branch while we look and write.
+        try:
+            with self._claim(name) as claim:
+                try:
+                    updated = self._system_in_place(name, text)
+                finally:
+                    claim.release()
+        except BusyError:
+            updated = None  # a reply is being made under the old prompt: fork
+        if updated is not None:
             return updated
         fork = self._free_branch_name(f"{name}-system")
         settings = {**self._defaults.inherit(self._metadata, name, fork), "system_prompt": text}
@@ -329,9 +360,7 @@ class ContextSession(SessionCore):
                 "(session.switch(name)), then delete it"
             )
         self._io.call(self._store.delete_branch(self.id, name))
-        with self._lock:
-            self._machines.pop(name, None)
-            self._last_request.pop(name, None)
+        self._forget_branch(name)
         self._defaults.forget(name)
         self._publish(ev.BranchDeleted(branch=name))
 
@@ -354,18 +383,11 @@ class ContextSession(SessionCore):
         text = validate_text(text)
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
-        with self._claim(name):
+        with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
-            # expected_head: if another process moved the branch since we read it, fail
-            # loudly rather than fork the conversation behind its back.
-            self._io.call(
-                self._store.append_message(self.id, user, branch=name, expected_head=head)
-            )
-            self._publish(
-                ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user")
-            )
-            turn = self._start(name, fsm.Send(), chosen, generation)
+            self._append_prompt(name, user)
+            turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
         if self._metadata.title == UNTITLED:
             # A title is a convenience: failing to write one must not fail the send
             # (the context stays untitled and the next send tries again).
@@ -438,24 +460,20 @@ class ContextSession(SessionCore):
         else:
             name = validate_branch_name(branch)
         edited = Message(role="user", parent_id=original.parent_id, content=text)
-        self._io.call(
-            self._store.create_branch(
-                self.id,
-                name,
-                head=original.parent_id,
-                forked_from=original.id,
-                **self._defaults.inherit(self._metadata, source, name),
+        with self._claim(name) as claim:
+            self._io.call(
+                self._store.create_branch(
+                    self.id,
+                    name,
+                    head=original.parent_id,
+                    forked_from=original.id,
+                    **self._defaults.inherit(self._metadata, source, name),
+                )
             )
-        )
-        self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
-        self._io.call(self._store.append_message(self.id, edited, branch=name))
-        self._publish(
-            ev.MessageAdded(
-                branch=name, message_id=edited.id, parent_id=edited.parent_id, role="user"
-            )
-        )
-        self.switch(name)
-        return self._start(name, fsm.Send(), chosen, generation)
+            self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
+            self._append_prompt(name, edited)
+            self.switch(name)
+            return self._start(claim, fsm.Send(), edited.id, chosen, generation)
 
     def regenerate(
         self, *, branch: str | None = None, provider: ProviderLike | None = None, **params: Any
@@ -467,9 +485,9 @@ class ContextSession(SessionCore):
         """
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
-        with self._claim(name):
-            self._rewind_to_prompt(name)
-            return self._start(name, fsm.Send(), chosen, generation)
+        with self._claim(name) as claim:
+            prompt = self._rewind_to_prompt(name)
+            return self._start(claim, fsm.Send(), prompt, chosen, generation)
 
     def retry(self, *, branch: str | None = None) -> Turn:
         """Try the failed reply again (after a permanent failure, e.g. once a key is set).
@@ -477,17 +495,18 @@ class ContextSession(SessionCore):
         The request is repeated as it was: same provider, same generation parameters.
         """
         name = self._branch_name(branch)
-        if self._machine(name).state is not fsm.State.PERMANENT_FAILURE:
+        state = self._machines.get(name).state
+        if state is not fsm.State.PERMANENT_FAILURE:
             raise StateError(
                 f"nothing to retry on branch {name!r}: its state is "
-                f"{self._machine(name).state.value}; use regenerate() for a new reply"
+                f"{state.value}; use regenerate() for a new reply"
             )
         with self._lock:
             last = self._last_request.get(name)
         provider, params = last if last is not None else (self._provider(None), {})
-        with self._claim(name):
-            self._rewind_to_prompt(name)
-            return self._start(name, fsm.Retry(), provider, params)
+        with self._claim(name) as claim:
+            prompt = self._rewind_to_prompt(name)
+            return self._start(claim, fsm.Retry(), prompt, provider, params)
 
     def fan_out(
         self,
@@ -667,7 +686,7 @@ class ContextSession(SessionCore):
         first = sent if first_id == sent.id else self.get(first_id)
         title = title_from_text(first.content)
         self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
-        self._publish(ev.ContextUpdated(changed=["title"]))
+        self._publish_context_update(["title"])
         if self._auto_title:
             job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))
             self._background.add(job)
@@ -684,14 +703,46 @@ class ContextSession(SessionCore):
         if (await self._store.get_metadata(self.id)).title != made:
             return
         self._metadata = await self._store.update_metadata(self.id, title=suggested)
-        self._publish(ev.ContextUpdated(changed=["title"]))
+        self._publish_context_update(["title"])
 
-    def _rewind_to_prompt(self, branch: str) -> None:
+    def _system_in_place(self, name: str, text: str | None) -> Branch | None:
+        # Change the prompt of the claimed branch ``name`` if it has no replies yet.
+        index = self._io.call(self._store.index(self.id))
+        path = self._io.call(self._store.path(self.id, name))
+        if has_replies([index[mid].role for mid in path if mid in index]):
+            return None
+        updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
+        self._metadata = self.metadata
+        self._publish_branch_update(name, ["system_prompt"], head=updated.head)
+        return updated
+
+    def _append_prompt(self, branch: str, message: Message) -> None:
+        # The user's message, after the head it was written against (expected_head): if
+        # another writer moved the branch since, fail loudly rather than fork the
+        # conversation behind its back.
+        self._io.call(
+            self._store.append_message(
+                self.id, message, branch=branch, expected_head=message.parent_id
+            )
+        )
+        self._publish(
+            ev.MessageAdded(
+                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
+            )
+        )
+
+    def _rewind_to_prompt(self, branch: str) -> str:
         # Move the head back past the last assistant reply (and anything after the
-        # prompt it answered), so the next reply becomes its sibling.
-        history = self.history(branch)
+        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
+        ids = self._io.call(self._store.path(self.id, branch))
+        history = self._io.call(self._store.get_messages(self.id, ids))
+        head = ids[-1] if ids else None
         while history and history[-1].role == "assistant":
             history.pop()
         if not history:
             raise StateError(f"branch {branch!r} has no message to reply to")
-        self._io.call(self._store.set_branch_head(self.id, branch, history[-1].id))
+        prompt = history[-1].id
+        if prompt != head:
+            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
+            self._publish_branch_update(branch, ["head"], head=prompt)
+        return prompt

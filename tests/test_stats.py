@@ -72,7 +72,7 @@ def test_every_reply_stores_its_stats(data_dir: Path, closing: list[ContextSessi
     fake = ScriptedProvider()
     fake.reply("one two three four", chunks="words", usage=(5, 6))
     # A backend that reports no usage: tokens are the chunks counted.
-    fake.events(TextDelta("a"), TextDelta("b"), TextDelta("c"), Finish("stop"))
+    fake.chunks(TextDelta("a"), TextDelta("b"), TextDelta("c"), Finish("stop"))
     session = ContextSession.create(provider=fake, data_dir=data_dir)
     closing.append(session)
     first = session.send("count").result(DEADLINE)
@@ -109,7 +109,7 @@ def test_retries_count_as_attempts(data_dir: Path, closing: list[ContextSession]
 def test_comparison_shows_stats_side_by_side(data_dir: Path, closing: list[ContextSession]) -> None:
     fast = ScriptedProvider(model="fast").reply("a b c", chunks="words", usage=(1, 3))
     # No usage report from this one: its rate comes from counted chunks.
-    slow = ScriptedProvider(model="slow").events(TextDelta("x "), TextDelta("y"), Finish("stop"))
+    slow = ScriptedProvider(model="slow").chunks(TextDelta("x "), TextDelta("y"), Finish("stop"))
     session = ContextSession.create(provider=fast, data_dir=data_dir)
     closing.append(session)
     comparison = session.fan_out("go", [fast, slow]).result(DEADLINE)
