@@ -13,6 +13,11 @@ event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a notebook c
 never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner` goes on from
 there. Every change publishes a signal; every write that moves a head is a
 compare-and-set on it.
+
+The public API is split by responsibility: :mod:`cm_notebook._session_reading`
+(title, history, tree, system prompts, comparisons), :mod:`cm_notebook._session_branches`
+(fork, switch, delete, a branch's prompt) and this module (construction, sending,
+tools, signals).
 """
 
 from __future__ import annotations
@@ -25,39 +30,35 @@ from pathlib import Path
 from typing import Any
 
 from . import events as ev
-from . import fsm, titles
-from ._loop import schedule_on
+from . import fsm
 from ._registry import REGISTRY, key_for
-from ._session_core import SessionCore
+from ._session_branches import SessionBranches
 from ._sessionio import StoreAccess
 from .approvals import Decision
 from .branch_defaults import branch_settings
-from .compare import BranchResult, Comparison
 from .errors import (
     BranchExistsError,
-    BusyError,
     CMError,
     InvalidInputError,
     StateError,
 )
 from .fanout import FanOut, Variant, plan_variants
-from .ids import validate_branch_name, validate_message_id
-from .model import Branch, ContextMetadata, Message, ProviderSettings, ToolCall
+from .ids import validate_branch_name
+from .model import ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import validate_text
-from .prompts import effective_system, has_replies
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
 from .retry import RetryPolicy
 from .store import FileStore, Store
-from .titles import UNTITLED, title_from_text, validate_title
+from .titles import UNTITLED, validate_title
 from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
 
 __all__ = ["ContextSession"]
 
 
-class ContextSession(SessionCore):
+class ContextSession(SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
@@ -186,58 +187,6 @@ class ContextSession(SessionCore):
         store = store if store is not None else FileStore(data_dir)
         return StoreAccess(store).call(store.list_contexts())
 
-    # -- the title ---------------------------------------------------------------------
-
-    @property
-    def title(self) -> str:
-        """The context's title; assign to rename it (``session.title = "..."``)."""
-        return self.metadata.title
-
-    @title.setter
-    def title(self, value: str) -> None:
-        self.rename(value)
-
-    def rename(self, title: str) -> str:
-        """Give the context a new title (white space collapsed); returns it."""
-        title = validate_title(title)
-        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
-        self._publish_context_update(["title"])
-        return title
-
-    # -- reading -----------------------------------------------------------------------
-
-    def history(
-        self, branch: str | None = None, *, limit: int | None = None
-    ) -> builtins.list[Message]:
-        """The messages of a branch (default: active), root first; ``limit``: the last N."""
-        name = self._branch_name(branch)
-        if limit is not None:
-            if not isinstance(limit, int) or limit < 1:
-                raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
-            return self._io.call(self._store.page(self.id, name, limit=limit))
-        ids = self._io.call(self._store.path(self.id, name))
-        return self._io.call(self._store.get_messages(self.id, ids))
-
-    def get(self, message_id: str) -> Message:
-        """One message by id."""
-        validate_message_id(message_id)
-        return self._io.call(self._store.get_message(self.id, message_id))
-
-    def siblings(self, message_id: str) -> builtins.list[Message]:
-        """The alternatives of a message (same parent), oldest first, itself included."""
-        message = self.get(message_id)
-        ids = self._io.call(self._store.children(self.id, message.parent_id))
-        return self._io.call(self._store.get_messages(self.id, ids))
-
-    @property
-    def state(self) -> fsm.State:
-        """The state machine's state on the active branch."""
-        return self.state_of(self.active_branch)
-
-    def state_of(self, branch: str) -> fsm.State:
-        """The state machine's state on ``branch`` (each branch has its own machine)."""
-        return self._machines.get(branch).state
-
     @property
     def pending_tool_calls(self) -> builtins.list[ToolCall]:
         """Tool calls waiting for :meth:`approve` or :meth:`deny`, oldest first."""
@@ -257,112 +206,6 @@ class ContextSession(SessionCore):
         with self._lock:
             runner = self._runners.get(self._branch_name(branch))
         return runner.turn if runner is not None else None
-
-    # -- branches ----------------------------------------------------------------------
-
-    def branch(
-        self,
-        name: str,
-        from_message: str | None = None,
-        *,
-        switch: bool = True,
-        description: str = "",
-        system: str | None = None,
-        provider: ProviderLike | None = None,
-        **params: Any,
-    ) -> Branch:
-        """Fork a new branch at ``from_message`` (default: the active branch's head).
-
-        Copies no messages. With ``switch`` (the default) the new branch becomes active.
-        ``system`` is the branch's own system prompt (None: the context's; ``""``: none),
-        ``provider`` and ``params`` (generation parameters) its defaults for every send
-        on it: ``session.branch("terse", system="Answer in five words.")``.
-        """
-        validate_branch_name(name)
-        settings = branch_settings(system, provider, params)
-        head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
-        # Creating a branch is exclusive by name (BranchExistsError if it is taken), so
-        # it cannot overwrite another writer's head.
-        created = self._io.call(
-            self._store.create_branch(
-                self.id, name, head=head, forked_from=head, description=description, **settings
-            )
-        )
-        self._defaults.remember(name, provider)
-        self._publish(ev.BranchCreated(branch=name, head=head))
-        if switch:
-            self.switch(name)
-        return created
-
-    def system_prompt_of(self, branch: str | None = None) -> str | None:
-        """The system prompt replies on ``branch`` (default: active) are generated under."""
-        name = self._branch_name(branch)
-        self._head(name)  # BranchNotFoundError for an unknown branch
-        return effective_system(self._metadata, name)
-
-    def edit_system(self, text: str | None, *, branch: str | None = None) -> Branch:
-        """Change the system prompt of ``branch`` (default: active); returns the branch.
-
-        If the branch already has replies made under its old prompt, they keep it: a new
-        branch ``<branch>-system-N`` is forked at the same head with the new prompt (and
-        the old branch's provider and parameters), and becomes active if ``branch`` was.
-        Otherwise the prompt is changed in place. ``None`` inherits the context's prompt,
-        ``""`` means none.
-        """
-        if text is not None and not isinstance(text, str):
-            raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
-        name = self._branch_name(branch)
-        self._head(name)  # BranchNotFoundError for an unknown branch
-        current = self._metadata.branches[name]
-        if current.system_prompt == text:
-            return current
-        # In place only while no reply exists and none is being made: the claim keeps
-        # sends (in any process) off the branch while we look and write.
-        try:
-            with self._claim(name) as claim:
-                try:
-                    updated = self._system_in_place(name, text)
-                finally:
-                    claim.release()
-        except BusyError:
-            updated = None  # a reply is being made under the old prompt: fork
-        if updated is not None:
-            return updated
-        fork = self._free_branch_name(f"{name}-system")
-        settings = {**self._defaults.inherit(self._metadata, name, fork), "system_prompt": text}
-        created = self._io.call(
-            self._store.create_branch(
-                self.id, fork, head=current.head, forked_from=current.head, **settings
-            )
-        )
-        self._publish(ev.BranchCreated(branch=fork, head=current.head))
-        if name == self.active_branch:
-            self.switch(fork)
-        return created
-
-    def switch(self, name: str) -> Branch:
-        """Make ``name`` the active branch."""
-        validate_branch_name(name)
-        metadata = self._io.call(self._store.set_active_branch(self.id, name))
-        self._metadata = metadata
-        self._publish(ev.BranchSwitched(branch=name))
-        return metadata.branches[name]
-
-    def delete_branch(self, name: str) -> None:
-        """Delete a branch pointer (its messages stay in the tree)."""
-        validate_branch_name(name)
-        with self._lock:
-            if name in self._runners:
-                raise BusyError(f"branch {name!r} has a reply in progress; cancel it first")
-        if name == self.active_branch:
-            raise StateError(
-                f"branch {name!r} is the active branch; switch to another one first "
-                "(session.switch(name)), then delete it"
-            )
-        self._io.call(self._store.delete_branch(self.id, name))
-        self._forget_branch(name)
-        self._defaults.forget(name)
-        self._publish(ev.BranchDeleted(branch=name))
 
     # -- sending -----------------------------------------------------------------------
 
@@ -610,21 +453,6 @@ class ContextSession(SessionCore):
             decided.append(pending.call)
         return decided
 
-    # -- comparing ---------------------------------------------------------------------
-
-    def compare(self, *branches: str) -> Comparison:
-        """Compare the last answers of ``branches`` (default: every branch)."""
-        names = [validate_branch_name(name) for name in branches] or list(self.branches)
-        paths = [self._io.call(self._store.path(self.id, name)) for name in names]
-        # Read after the paths, so it holds every id on them; only answers' files are read.
-        index = self._io.call(self._store.index(self.id))
-        results = []
-        for name, path in zip(names, paths, strict=True):
-            last = next((mid for mid in reversed(path) if index[mid].role == "assistant"), None)
-            answer = self.get(last) if last is not None else None
-            results.append(BranchResult.of(name, answer, self.system_prompt_of(name)))
-        return Comparison(results=results)
-
     # -- signals -----------------------------------------------------------------------
 
     def subscribe(
@@ -675,46 +503,6 @@ class ContextSession(SessionCore):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _name_after(self, sent: Message, turn: Turn, provider: Provider) -> None:
-        # An untitled context is named after its first user message (usually the one
-        # just sent); with auto_title the model is asked for a better title once the
-        # turn is over, in the background.
-        index = self._io.call(self._store.index(self.id))
-        users = [entry for entry in index.values() if entry.role == "user"]
-        first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
-        first = sent if first_id == sent.id else self.get(first_id)
-        title = title_from_text(first.content)
-        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
-        self._publish_context_update(["title"])
-        if self._auto_title:
-            job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))
-            self._background.add(job)
-            job.add_done_callback(self._background.discard)
-
-    async def _ask_title(self, turn: Turn, provider: Provider, text: str, made: str) -> None:
-        # After the turn, so the title request never competes with the reply.
-        with contextlib.suppress(CMError):
-            await turn
-        suggested = await titles.ask_model(provider, text)
-        if suggested is None:
-            return
-        # Keep a title the user chose meanwhile.
-        if (await self._store.get_metadata(self.id)).title != made:
-            return
-        self._metadata = await self._store.update_metadata(self.id, title=suggested)
-        self._publish_context_update(["title"])
-
-    def _system_in_place(self, name: str, text: str | None) -> Branch | None:
-        # Change the prompt of the claimed branch ``name`` if it has no replies yet.
-        index = self._io.call(self._store.index(self.id))
-        path = self._io.call(self._store.path(self.id, name))
-        if has_replies([index[mid].role for mid in path if mid in index]):
-            return None
-        updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
-        self._metadata = self.metadata
-        self._publish_branch_update(name, ["system_prompt"], head=updated.head)
-        return updated
 
     def _append_prompt(self, branch: str, message: Message) -> None:
         # The user's message, after the head it was written against (expected_head): if
