@@ -34,6 +34,7 @@ from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
 from ._sessionio import StoreAccess
+from ._turn_writes import settle_append
 from .approvals import Decision
 from .branch_defaults import branch_settings
 from .errors import (
@@ -41,6 +42,7 @@ from .errors import (
     CMError,
     InvalidInputError,
     StateError,
+    StoreError,
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name
@@ -508,11 +510,18 @@ class ContextSession(SessionBranches):
         # The user's message, after the head it was written against (expected_head): if
         # another writer moved the branch since, fail loudly rather than fork the
         # conversation behind its back.
-        self._io.call(
-            self._store.append_message(
-                self.id, message, branch=branch, expected_head=message.parent_id
+        try:
+            self._io.call(
+                self._store.append_message(
+                    self.id, message, branch=branch, expected_head=message.parent_id
+                )
             )
-        )
+        except OSError as exc:
+            if not self._io.call(settle_append(self._store, self.id, branch, message)):
+                raise StoreError(
+                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
+                    "space (or fix the data folder) and send it again."
+                ) from exc
         self._publish(
             ev.MessageAdded(
                 branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
