@@ -52,6 +52,7 @@ from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
 from .retry import RetryPolicy
+from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
 from .tools import Policy, ToolPolicy, validate_edited_arguments
@@ -326,10 +327,14 @@ class ContextSession(SessionBranches):
         """A new reply to the last user (or tool) message: a sibling of the current reply.
 
         The branch's head moves to the new reply; the old one stays in the tree
-        (see :meth:`siblings`).
+        (see :meth:`siblings`). The new reply is sampled (a fresh ``seed``, and a
+        ``temperature`` of 0.8 unless one is given here or as the branch's default), so
+        a greedy model does not repeat itself; the reply's ``metadata.parameters`` say
+        which (see :mod:`cm_notebook.sampling`).
         """
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
+        generation = for_regenerate(generation)
         with self._claim(name) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)
