@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -141,3 +142,11 @@ class FanOut(Handle[Comparison]):
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
         return f"<FanOut {status} branches={self.branches}>"
+
+    def _repr_html_(self) -> str:
+        # Shown as the comparison once finished (a cell that displays the handle after
+        # the replies came), else as a line saying it is still running.
+        if self.done() and self.exception() is None:
+            # The finished future, not result(): that refuses to run on a kernel's loop.
+            return self._require_future().result()._repr_html_()
+        return f"<code>{html.escape(repr(self))}</code>"

@@ -176,3 +176,37 @@ def test_fan_out_over_system_prompts(data_dir: Path, closing: list[ContextSessio
     assert [r.system_prompt for r in result.results] == ["Shout.", "Be kind."]
     with pytest.raises(InvalidInputError, match="system prompt must be a string"):
         session.fan_out("Hi", [{"system": 1}])
+
+
+@pytest.mark.anyio
+async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
+    # As in a notebook cell: create, await the fan-out, display the comparison.
+    fake = ScriptedProvider(delay=0.001)
+    fake.reply("Sunlight scatters off air.", chunks="words", usage=(9, 5))
+    fake.reply("Arr, sunlight scatters off air, matey!", chunks="words", usage=(9, 7))
+    s = ContextSession.create("AB", system=None, provider=fake, data_dir=data_dir)
+    try:
+        fan = s.fan_out(
+            "Why is the sky blue?",
+            [{"system": "Answer in five words."}, {"system": "Answer like a pirate."}],
+        )
+        ab = await fan
+        html = ab._repr_html_()
+        assert fan._repr_html_() == html  # the handle shows the comparison once done
+        for shown in ["Answer in five words.", "Answer like a pirate.", "TTFT", "tok/s"]:
+            assert shown in html, shown
+        # Both answers, as a word diff: the pirate's additions marked as inserted.
+        assert "Sunlight scatters off air." in ab.results[0].text
+        assert ab.diff() == [
+            ("-", "Sunlight"),
+            ("+", "Arr, sunlight"),
+            ("=", " scatters off "),
+            ("-", "air."),
+            ("+", "air, matey!"),
+        ]
+        assert '<span style="background:#dfd">Arr, sunlight</span>' in html
+        assert all(r.stats is not None and r.stats.ttft_ms is not None for r in ab.results)
+        assert all(r.stats is not None and r.stats.tokens_per_second for r in ab.results)
+        assert s.title == "AB"
+    finally:
+        await s.aclose()
