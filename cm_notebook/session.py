@@ -34,7 +34,6 @@ from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
 from ._sessionio import StoreAccess
-from ._turn_writes import settle_append
 from .approvals import Decision
 from .branch_defaults import branch_settings
 from .errors import (
@@ -42,7 +41,6 @@ from .errors import (
     CMError,
     InvalidInputError,
     StateError,
-    StoreError,
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name
@@ -399,7 +397,6 @@ class ContextSession(SessionBranches):
             settings["params"] = {**settings["params"], **own["params"]}
             self._provider(plan.provider)  # an unknown spec fails before anything is written
             checked.append((plan, settings))
-        turns: builtins.list[Turn] = []
         for plan, settings in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
             if plan.provider is not None:
@@ -407,8 +404,9 @@ class ContextSession(SessionBranches):
             else:
                 self._defaults.inherit(self._metadata, base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
-            turns.append(self.send(text, branch=plan.branch))
-        return FanOut(self, turns, self._loop)
+        # Every branch first, then the sends back to back: the arms start together.
+        turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
+        return FanOut(self.compare, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
 
@@ -510,41 +508,3 @@ class ContextSession(SessionBranches):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _append_prompt(self, branch: str, message: Message) -> None:
-        # The user's message, after the head it was written against (expected_head): if
-        # another writer moved the branch since, fail loudly rather than fork the
-        # conversation behind its back.
-        try:
-            self._io.call(
-                self._store.append_message(
-                    self.id, message, branch=branch, expected_head=message.parent_id
-                )
-            )
-        except OSError as exc:
-            if not self._io.call(settle_append(self._store, self.id, branch, message)):
-                raise StoreError(
-                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
-                    "space (or fix the data folder) and send it again."
-                ) from exc
-        self._publish(
-            ev.MessageAdded(
-                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
-            )
-        )
-
-    def _rewind_to_prompt(self, branch: str) -> str:
-        # Move the head back past the last assistant reply (and anything after the
-        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
-        ids = self._io.call(self._store.path(self.id, branch))
-        history = self._io.call(self._store.get_messages(self.id, ids))
-        head = ids[-1] if ids else None
-        while history and history[-1].role == "assistant":
-            history.pop()
-        if not history:
-            raise StateError(f"branch {branch!r} has no message to reply to")
-        prompt = history[-1].id
-        if prompt != head:
-            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
-            self._publish_branch_update(branch, ["head"], head=prompt)
-        return prompt
