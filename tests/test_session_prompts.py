@@ -247,3 +247,27 @@ def test_a_turn_diverted_to_a_conflict_branch_keeps_its_prompt(
     assert conflict.system_prompt == "Be terse."
     assert conflict.params == {"temperature": 0.3}
     assert system_of(fake.last_request) == "Be terse."
+
+
+def test_branches_made_from_a_branch_inherit_its_defaults(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider()
+    session = ContextSession.create(provider=fake, data_dir=data_dir, system="Context prompt.")
+    closing.append(session)
+    session.branch("terse", system="Be terse.", top_p=0.5)
+    question = session.send("Why?").result(DEADLINE).parent_id
+    assert question is not None
+    # An edit's new branch answers under the prompt and parameters of the branch edited.
+    edited = session.edit(question, "Why, really?").result(DEADLINE)
+    assert session.active_branch == "terse-edit-1"
+    assert session.system_prompt_of() == "Be terse."
+    assert edited.metadata.system_prompt == "Be terse."
+    assert fake.last_request.params == {"top_p": 0.5}
+    # So does a fan-out from it, unless a variant says otherwise.
+    arms = session.fan_out("Go on", [{"temperature": 0.1}, {"system": ""}]).result(DEADLINE)
+    assert [r.system_prompt for r in arms.results] == ["Be terse.", None]
+    assert [r.parameters for r in arms.results] == [
+        {"top_p": 0.5, "temperature": 0.1},
+        {"top_p": 0.5},
+    ]
