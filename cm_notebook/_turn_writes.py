@@ -15,7 +15,6 @@ there.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ from ._host import TurnHost
 from .errors import BranchExistsError, BranchMovedError, CMError, StoreError
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
+from .stats import StreamMeter
 from .store import Store
 
 __all__ = ["Reply", "TurnWrites", "settle_append"]
@@ -54,12 +54,12 @@ class Reply:
     """The assistant message being generated, and what has arrived for it so far."""
 
     message: Message
-    started: float
     text: str = ""
     tool_requests: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+    meter: StreamMeter = field(default_factory=StreamMeter)  # its streaming statistics
 
 
 class TurnWrites:
@@ -102,13 +102,25 @@ class TurnWrites:
         host = self.host
         stem = f"{self.target}-conflict"[:90]
         existing = (await host.store.get_metadata(host.context_id)).branches
+        # The new branch keeps the old one's prompt, provider and parameters: the rest
+        # of the turn is generated as it began.
+        source = existing.get(self.target)
+        settings: dict[str, Any] = (
+            {}
+            if source is None
+            else {
+                "system_prompt": source.system_prompt,
+                "provider": source.provider,
+                "params": dict(source.params),
+            }
+        )
         n = 1
         while True:
             name = f"{stem}-{n}"
             if name not in existing:
                 try:
                     await host.store.create_branch(
-                        host.context_id, name, head=self.head, forked_from=self.head
+                        host.context_id, name, head=self.head, forked_from=self.head, **settings
                     )
                 except BranchExistsError:  # taken meanwhile by another process
                     pass
@@ -125,7 +137,7 @@ class TurnWrites:
     async def start_reply(self, message: Message) -> Reply:
         """Store the assistant message at once, as ``streaming``, after the head."""
         await self.append(message)
-        return Reply(message=message, started=time.perf_counter())
+        return Reply(message=message)
 
     async def checkpoint(self, reply: Reply) -> None:
         """Store the reply's text so far (still ``streaming``)."""

@@ -42,7 +42,8 @@ from .export import export_context, import_document, is_export, parse_export, to
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
 from .model import Message
-from .render import effective_system, status_label
+from .prompts import effective_system
+from .render import status_label
 from .store import FileStore
 from .store.base import Store
 

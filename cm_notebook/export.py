@@ -27,8 +27,9 @@ from . import _json
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import check_branch_name_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
+from .prompts import effective_system
 from .redact import redact
-from .render import CUT_OFF, effective_system, status_label, was_cut_off
+from .render import CUT_OFF, status_label, was_cut_off
 from .store.base import Store
 
 __all__ = [
@@ -225,6 +226,9 @@ async def import_document(
                     head=branch.head,
                     forked_from=branch.forked_from,
                     description=branch.description,
+                    system_prompt=branch.system_prompt,
+                    provider=branch.provider,
+                    params=dict(branch.params),
                 )
             elif branch.head is not None:
                 await store.set_branch_head(cid, name, branch.head)
@@ -270,9 +274,9 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
     lines.append(f"- Messages: {len(messages)}")
     if meta.tags:
         lines.append(f"- Tags: {', '.join(meta.tags)}")
-    prompt = effective_system(meta, name)
-    if prompt:
-        lines += ["", "## System prompt", "", prompt]
+    system_prompt = effective_system(meta, name)  # the branch's own, else the context's
+    if system_prompt:
+        lines += ["", "## System prompt", "", system_prompt]
     for message in messages:
         label = status_label(message)
         status = f" ({label})" if label else ""

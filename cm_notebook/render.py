@@ -15,13 +15,13 @@ import json
 from collections.abc import Sequence
 
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
+from .prompts import effective_system
 
 __all__ = [
     "CUT_OFF",
     "branch_repr",
     "context_repr",
     "conversation_html",
-    "effective_system",
     "message_html",
     "message_repr",
     "status_label",
@@ -44,14 +44,6 @@ _ROLE_STYLE = {
     "system": "background:#fff8e6;border-left:3px solid #f59e0b",
     "tool": "background:#f3efff;border-left:3px solid #8b5cf6",
 }
-
-
-def effective_system(metadata: ContextMetadata, branch: str) -> str | None:
-    """The system prompt in force on ``branch``: its own (``""``: none), else the
-    context's."""
-    found = metadata.branches.get(branch)
-    own = None if found is None else found.system_prompt
-    return (own if own is not None else metadata.system_prompt) or None
 
 
 def was_cut_off(message: Message) -> bool:
