@@ -45,7 +45,7 @@ from .errors import (
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name
 from .model import ContextMetadata, Message, ProviderSettings, ToolCall
-from .params import validate_text
+from .params import GenerationParams, validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .redact import refuse_secrets
@@ -399,7 +399,13 @@ class ContextSession(SessionBranches):
             if own["provider"] is not None:
                 settings["provider"] = own["provider"]
             settings["params"] = {**settings["params"], **own["params"]}
-            self._provider(plan.provider)  # an unknown spec fails before anything is written
+            # An unknown spec or a parameter the arm's provider does not take fails
+            # before anything is written.
+            inherited = settings["provider"]
+            answering = plan.provider if plan.provider is not None else inherited
+            if isinstance(answering, ProviderSettings):
+                answering = answering.spec
+            GenerationParams.check(settings["params"], self._provider(answering))
             checked.append((plan, settings))
         for plan, settings in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
