@@ -185,14 +185,20 @@ def test_fan_out_over_system_prompts(data_dir: Path, closing: list[ContextSessio
 @pytest.mark.anyio
 async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
     # As in a notebook cell: create, await the fan-out, display the comparison.
-    fake = ScriptedProvider(delay=0.001)
-    fake.reply("Sunlight scatters off air.", chunks="words", usage=(9, 5))
-    fake.reply("Arr, sunlight scatters off air, matey!", chunks="words", usage=(9, 7))
-    s = ContextSession.create("AB", system=None, provider=fake, data_dir=data_dir)
+    # One scripted model per arm: the arms run concurrently, so which of them asks a
+    # shared script first is up to the scheduler.
+    terse = ScriptedProvider(delay=0.001)
+    terse.reply("Sunlight scatters off air.", chunks="words", usage=(9, 5))
+    pirate = ScriptedProvider(delay=0.001)
+    pirate.reply("Arr, sunlight scatters off air, matey!", chunks="words", usage=(9, 7))
+    s = ContextSession.create("AB", system=None, provider=terse, data_dir=data_dir)
     try:
         fan = s.fan_out(
             "Why is the sky blue?",
-            [{"system": "Answer in five words."}, {"system": "Answer like a pirate."}],
+            [
+                {"system": "Answer in five words."},
+                {"system": "Answer like a pirate.", "provider": pirate},
+            ],
         )
         ab = await fan
         html = ab._repr_html_()
