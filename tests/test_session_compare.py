@@ -26,8 +26,10 @@ def test_fan_out_runs_the_variants_concurrently_and_compares_them(
     data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     base = ScriptedProvider(["Setup done."])
+    # The first arm streams slowly enough (4 x 150 ms) that the second, started right
+    # after it, begins while it is still streaming even on a loaded machine.
     fast = ScriptedProvider(model="fast").reply(
-        "Paris is the capital.", chunks="words", delay=0.02, usage=(10, 4)
+        "Paris is the capital.", chunks="words", delay=0.15, usage=(10, 4)
     )
     slow = ScriptedProvider(model="slow").reply(
         "The capital is Paris.", chunks="words", delay=0.02, usage=(10, 5)
