@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from pydantic import ValidationError
 
-from ..errors import ContextNotFoundError, InvalidInputError
+from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import Branch, ContextMetadata, Message
 from . import ops
@@ -46,6 +46,7 @@ from .base import IndexEntry
 from .codec import encode_message, read_message_file
 from .context import ContextState, remove_tree
 from .folders import create_context_folder, list_context_folders, trash_path
+from .oserrors import translate
 from .paths import context_dir, default_data_dir, message_path
 
 __all__ = ["FileStore"]
@@ -111,7 +112,19 @@ class FileStore:
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         # Not abandoned on cancellation: a write that started always finishes, so a
         # cancelled append either never began or is durable.
-        return await anyio.to_thread.run_sync(functools.partial(func, *args))
+        return await anyio.to_thread.run_sync(functools.partial(self._translated, func, *args))
+
+    def _translated(self, func: Callable[..., T], *args: Any) -> T:
+        # The boundary: the primitives already raise the package's errors with precise
+        # messages; anything the OS raised elsewhere (creating a folder, listing one)
+        # is translated here, so callers never see a bare OSError.
+        try:
+            return func(*args)
+        except CMError:
+            raise
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else self.data_dir
+            raise translate(exc, where, "use") from exc
 
     def _state(self, context_id: str) -> ContextState:
         validate_context_id(context_id)

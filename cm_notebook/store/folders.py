@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..model import ContextMetadata
 from .atomic import atomic_write, fsync_dir
-from .codec import decode_metadata, encode_metadata, open_no_follow
+from .codec import decode_metadata, encode_metadata, read_regular
 from .context import remove_lock_shell, remove_tree
 from .diagnostics import warn
 from .index import empty_index_bytes
@@ -103,14 +103,15 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
                 raise CorruptDataError(f"{folder} is a file, not a context folder", folder)
             path = folder / METADATA_NAME
             try:
-                fd = open_no_follow(path, check_folder=False)
+                data = read_regular(path, check_folder=False)
             except FileNotFoundError:
                 raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
-            with os.fdopen(fd, "rb") as handle:
-                data = handle.read()
             found.append(decode_metadata(data, path, name))
         except (InvalidInputError, StoreError) as exc:
-            warn(f"skipped {folder}, which is not a readable context: {exc}", folder)
+            # One damaged context must not hide the others: report it by path (the
+            # error says what to do) and go on.
+            where = getattr(exc, "path", None) or folder
+            warn(f"skipped {folder}, which is not a readable context: {exc}", where)
     found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
     return found
 

@@ -23,6 +23,8 @@ __all__ = [
     "LOCK_NAME",
     "MESSAGES_DIR",
     "METADATA_NAME",
+    "STREAMING_PREFIX",
+    "STREAMING_SUFFIX",
     "context_dir",
     "contexts_root",
     "default_data_dir",
@@ -39,6 +41,8 @@ METADATA_NAME = "metadata.json"
 INDEX_NAME = "message_index.json"
 JOURNAL_NAME = "message_index.journal"
 LOCK_NAME = ".lock"
+STREAMING_PREFIX = ".streaming-"
+STREAMING_SUFFIX = ".lock"
 MESSAGES_DIR = "messages"
 _CONTEXTS_DIR = "contexts"
 
@@ -118,4 +122,4 @@ def message_path(ctx_dir: Path, message_id: str) -> Path:
 def streaming_lock_path(ctx_dir: Path, message_id: str) -> Path:
     """The lock file a live writer holds while ``message_id`` is streaming."""
     validate_message_id(message_id)
-    return safe_join(ctx_dir, f".streaming-{message_id}.lock")
+    return safe_join(ctx_dir, f"{STREAMING_PREFIX}{message_id}{STREAMING_SUFFIX}")
