@@ -16,6 +16,7 @@ when the tests run as root; skipped otherwise), SIGKILLed child processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,21 +25,24 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
-from store_helpers import chain
+from store_helpers import chain, msg
 
 from cm_notebook.cli import main
 from cm_notebook.errors import (
     CMError,
     SchemaVersionError,
+    StorageFullError,
     StoreError,
 )
-from cm_notebook.model import SCHEMA_VERSION, ContextMetadata, Message
+from cm_notebook.model import SCHEMA_VERSION, ContextMetadata, Message, MessageStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.context import lock_is_held
@@ -311,3 +315,194 @@ def test_an_unreadable_file_is_named_by_path(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"permission denied to read {message}" in done.stderr
     assert "1 unreadable message(s) skipped" in done.stdout
+
+
+# -- a full disk -------------------------------------------------------------------------
+
+PAGE = 4096
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (needs root: skipped where it cannot be mounted)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+class Filler:
+    """Takes every free page of a file system, then gives back exactly ``k`` of them."""
+
+    def __init__(self, disk: Path) -> None:
+        self.path = disk / "filler"
+        self.full = 0
+
+    def fill(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * PAGE)
+        finally:
+            os.close(fd)
+        self.full = self.path.stat().st_size // PAGE * PAGE
+        os.truncate(self.path, self.full)
+
+    def leave_free(self, pages: int) -> None:
+        os.truncate(self.path, max(0, self.full - pages * PAGE))
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every data file of a context folder (lock files hold no data)."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.name.endswith(".lock")
+    }
+
+
+def until_it_fits(
+    disk: Path, data_dir: Path, attempt: Callable[[], None], unchanged: bool = True
+) -> list[str]:
+    """Run ``attempt`` with 0, 1, 2, ... free pages until it succeeds.
+
+    After each failure: the package's StorageFullError naming a file of the data
+    directory and saying what to do, no temporary file anywhere, and (``unchanged``)
+    the damaged context byte for byte as before. Returns the names of the files whose
+    writes failed, in order.
+    """
+    filler = Filler(disk)
+    filler.fill()
+    bad = data_dir / "contexts" / "bad"
+    failed: list[str] = []
+    for pages in range(12):
+        filler.leave_free(pages)
+        before = files_of(bad)
+        error: StorageFullError | None = None
+        try:
+            attempt()
+        except StorageFullError as exc:
+            error = exc
+        assert not leftovers(data_dir), leftovers(data_dir)
+        if error is None:
+            filler.leave_free(10**6)
+            return failed
+        assert error.path is not None
+        assert data_dir in error.path.parents, error.path
+        assert str(error.path) in str(error)
+        assert "free some space" in str(error)
+        if unchanged:
+            assert files_of(bad) == before, error
+        failed.append(error.path.name)
+    raise AssertionError(f"still failing with 12 free pages: {failed}")
+
+
+def fill_journal_page(data_dir: Path, acked: dict[str, list[str]]) -> None:
+    """Append until the next journal line of ``bad`` must start a new page."""
+    journal = data_dir / "contexts" / "bad" / "message_index.journal"
+
+    async def go() -> None:
+        async with FileStore(data_dir) as store:
+            while PAGE - journal.stat().st_size % PAGE > 120:
+                acked["bad"] += await chain(store, "bad", 1)
+
+    anyio.run(go)
+
+
+def test_disk_full_append_changes_nothing(small_disk: Path, capsys: Any) -> None:
+    data_dir = small_disk / "data"
+    acked = prepare(data_dir)
+    fill_journal_page(data_dir, acked)
+    message = msg("user", acked["bad"][-1], "x" * 3000)
+
+    async def append() -> None:
+        async with FileStore(data_dir) as store:
+            await store.append_message("bad", message, branch="main")
+
+    failed = until_it_fits(small_disk, data_dir, lambda: anyio.run(append))
+    # The failure hit the message file, then its journal line, then metadata.json.
+    assert failed[0] == f"{message.id}.json"
+    assert "message_index.journal" in failed
+    assert failed[-1] == "metadata.json"
+    seen = Seen(data_dir)
+    assert_good_unaffected(seen, acked, data_dir)
+    assert [m.id for m in seen.messages["bad"]] == [*acked["bad"], message.id]
+    assert not seen.warnings
+
+
+def test_disk_full_while_streaming(small_disk: Path) -> None:
+    data_dir = small_disk / "data"
+    acked = prepare(data_dir)
+    reply = Message(role="assistant", parent_id=acked["bad"][-1], status=MessageStatus.STREAMING)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        writer = FileStore(data_dir)  # alive throughout: it holds the stream's lock
+        portal.call(partial(writer.append_message, "bad", reply, branch="main"))
+        reply.content = "streamed text " * 300
+        checkpoint = partial(portal.call, writer.update_message, "bad", reply)
+        assert set(until_it_fits(small_disk, data_dir, checkpoint)) == {f"{reply.id}.json"}
+        final = reply.model_copy(update={"status": MessageStatus.COMPLETE})
+        # The final update may fail after its message file was replaced: that file is
+        # then the complete new version, and the index catches up on the next write.
+        finish = partial(portal.call, writer.update_message, "bad", final)
+        until_it_fits(small_disk, data_dir, finish, unchanged=False)
+        portal.call(writer.close)
+    seen = Seen(data_dir)
+    assert_good_unaffected(seen, acked, data_dir)
+    got = seen.messages["bad"][-1]
+    assert (got.id, got.status, got.content) == (reply.id, MessageStatus.COMPLETE, reply.content)
+    assert not seen.warnings
+    assert not leftovers(data_dir)
+
+
+@pytest.mark.parametrize("operation", ["update_metadata", "create_branch", "create_context"])
+def test_disk_full_metadata_writes_change_nothing(small_disk: Path, operation: str) -> None:
+    data_dir = small_disk / "data"
+    acked = prepare(data_dir)
+
+    async def attempt() -> None:
+        async with FileStore(data_dir) as store:
+            if operation == "update_metadata":
+                await store.update_metadata("bad", title="t" * 5000)
+            elif operation == "create_branch":
+                await store.create_branch("bad", "alt", head=acked["bad"][1])
+            else:
+                await store.create_context(ContextMetadata(id="new", title="n" * 5000))
+
+    failed = until_it_fits(small_disk, data_dir, lambda: anyio.run(attempt))
+    assert failed
+    seen = Seen(data_dir)
+    assert_good_unaffected(seen, acked, data_dir)
+    assert [m.id for m in seen.messages["bad"]] == acked["bad"]
+    assert not seen.warnings
+
+
+def test_disk_full_export_leaves_no_temporary_file(
+    small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"  # on the ordinary disk: only the export target is full
+    prepare(data_dir)
+    target = small_disk / "export.json"
+    filler = Filler(small_disk)
+    filler.fill()
+    code, _out, err = cli(capsys, data_dir, "export", "bad", "-o", str(target))
+    assert code == 1
+    assert f"{target}" in err
+    assert "free some space" in err
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    filler.leave_free(10**6)
+    code, _out, err = cli(capsys, data_dir, "export", "bad", "-o", str(target))
+    assert code == 0, err
+    assert json.loads(target.read_text())["metadata"]["id"] == "bad"
