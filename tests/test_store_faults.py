@@ -32,8 +32,10 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.to_thread
 import pytest
 from store_helpers import chain, msg
+from test_store_crash_points import ForkServer
 
 from cm_notebook.cli import main
 from cm_notebook.errors import (
@@ -48,6 +50,7 @@ from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.context import lock_is_held
 
 CHAIN = 6  # acknowledged messages per context
+CHILD = Path(__file__).with_name("store_child.py")
 
 
 # -- a data directory with a good and a bad context ------------------------------------
@@ -506,3 +509,174 @@ def test_disk_full_export_leaves_no_temporary_file(
     code, _out, err = cli(capsys, data_dir, "export", "bad", "-o", str(target))
     assert code == 0, err
     assert json.loads(target.read_text())["metadata"]["id"] == "bad"
+
+
+# -- kill points and what a dead writer leaves ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fork_server() -> Iterator[ForkServer]:
+    server = ForkServer()
+    yield server
+    server.close()
+
+
+KILLED_OPS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
+    "update_metadata": lambda ids: {"title": "after"},
+    "append": lambda ids: {"parent": ids[-1], "branch": "main"},
+    "finish": lambda ids: {"parent": ids[-1]},  # a streamed reply's final update
+}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("op", list(KILLED_OPS))
+def test_kill_at_every_file_event_then_open_sweeps(
+    fork_server: ForkServer, tmp_path: Path, op: str
+) -> None:
+    template = tmp_path / "template"
+    acked = prepare(template)
+    args = {"cid": "bad", "id": "m-killed", "content": "new", **KILLED_OPS[op](acked["bad"])}
+    full = tmp_path / "full"
+    shutil.copytree(template, full)
+    assert fork_server.run(op, full, 10**9, **args) == "exit 0"
+    events = int(Path(f"{full}.events").read_text())
+    swept = 0
+    for kill_at in range(1, events + 1):
+        work = tmp_path / f"k{kill_at}"
+        shutil.copytree(template, work)
+        assert fork_server.run(op, work, kill_at, **args) == "killed 9", kill_at
+        swept += bool(leftovers(work))
+
+        async def open_context(data_dir: Path = work) -> None:
+            async with FileStore(data_dir) as store:
+                await store.get_metadata("bad")
+
+        anyio.run(open_context)
+        assert not leftovers(work), (kill_at, leftovers(work))  # opening swept them
+        seen = Seen(work)
+        assert not seen.warnings  # a crash is not damage
+        assert_good_unaffected(seen, acked, work)
+        assert [m.id for m in seen.messages["bad"]][: len(acked["bad"])] == acked["bad"]
+        shutil.rmtree(work)
+    assert swept, "no kill point left anything behind: the test lost its point"
+
+
+def test_opening_sweeps_stale_locks_but_never_a_held_one(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    acked = prepare(data_dir)
+    folder = data_dir / "contexts" / "bad"
+    # Left by a probe that raced with a finishing writer, or a writer killed between
+    # its final journal line and removing its lock: nobody holds them.
+    stale = [folder / f".streaming-{acked['bad'][-1]}.lock", folder / ".streaming-m-gone.lock"]
+    for path in stale:
+        path.touch()
+    temporary = [folder / ".metadata.json.0a1b2c.tmp", folder / "messages" / ".m-x.json.00.tmp"]
+    for path in temporary:
+        path.write_bytes(b"half")
+    held = folder / ".streaming-m-live.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(held)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert lock_is_held(held)
+        assert not lock_is_held(folder / ".streaming-m-missing.lock")
+        assert not (folder / ".streaming-m-missing.lock").exists()  # probing creates nothing
+
+        async def open_context() -> None:
+            async with FileStore(data_dir) as store:
+                await store.get_metadata("bad")
+
+        anyio.run(open_context)
+        assert [p for p in [*stale, *temporary] if p.exists()] == []
+        assert held.exists()  # a live process holds it
+    finally:
+        holder.communicate("", timeout=30)
+    seen = Seen(data_dir)
+    assert not seen.warnings
+    assert_good_unaffected(seen, acked, data_dir)
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+# -- two writers -----------------------------------------------------------------------
+
+
+def test_two_writers_and_a_reader_lose_nothing_and_leave_nothing(tmp_path: Path) -> None:
+    """A child process appends on one branch while this process streams replies on
+    another and a third FileStore keeps reading both: every acknowledged message is
+    there afterwards, and no temporary file or stale streaming lock is left."""
+    data_dir = tmp_path / "data"
+    acked = prepare(data_dir)
+
+    async def setup() -> None:
+        async with FileStore(data_dir) as store:
+            await store.create_branch("bad", "other", head=acked["bad"][-1])
+
+    anyio.run(setup)
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), "append", str(data_dir), "bad", "other", "40"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    streamed: list[str] = []
+    output: list[str] = []
+
+    async def stream_and_read() -> None:
+        done = anyio.Event()
+
+        async def read() -> None:
+            async with FileStore(data_dir) as reader:
+                while not done.is_set():
+                    for branch in ("main", "other"):
+                        await reader.page("bad", branch, limit=5)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read)
+            async with FileStore(data_dir) as writer:
+                head = acked["bad"][-1]
+                for _ in range(15):
+                    reply = Message(
+                        role="assistant", parent_id=head, status=MessageStatus.STREAMING
+                    )
+                    await writer.append_message("bad", reply, branch="main")
+                    for _ in range(3):
+                        reply.content += "tok "
+                        await writer.update_message("bad", reply)
+                    final = reply.model_copy(update={"status": MessageStatus.COMPLETE})
+                    await writer.update_message("bad", final)
+                    streamed.append(reply.id)
+                    head = reply.id
+            output.append((await anyio.to_thread.run_sync(child.communicate))[0])
+            done.set()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        anyio.run(stream_and_read)
+    child_acked = [line.split()[1] for line in output[0].splitlines()]
+    assert child.returncode == 0
+    assert len(child_acked) == 40
+    assert not leftovers(data_dir), leftovers(data_dir)
+
+    async def check() -> None:
+        async with FileStore(data_dir) as store:
+            assert await store.path("bad", "main") == acked["bad"] + streamed
+            assert await store.path("bad", "other") == acked["bad"] + child_acked
+            index = await store.index("bad")
+            assert all(index[i].status is MessageStatus.COMPLETE for i in streamed)
+
+    anyio.run(check)
+    seen = Seen(data_dir)
+    assert not seen.warnings
+    assert_good_unaffected(seen, acked, data_dir)
