@@ -15,7 +15,8 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     │   ├── BranchNotFoundError (also KeyError)
     │   ├── BranchExistsError
     │   ├── ContextExistsError
-    │   ├── CorruptDataError                     a file could not be parsed; has .path
+    │   ├── CorruptDataError                     a damaged file (unparsable, or a folder or
+    │   │                                        link in its place); has .path
     │   ├── SchemaVersionError                   written by a newer cm_notebook; has .path
     │   ├── StoreLockTimeoutError                another process holds the lock too long
     │   └── StoreIOError (also OSError)          the file system refused a read or write;

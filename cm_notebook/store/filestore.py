@@ -17,7 +17,14 @@ message file (atomic replace), one journal line (the commit point), and metadata
 So the N-th append writes O(1) bytes; see :mod:`cm_notebook.store.index` for the
 journal and its geometric compaction. A crash at any point leaves either no trace, an
 unreferenced message file, or a committed message that no branch points at yet (its
-append never returned) - never a half-written file or a dangling head.
+append never returned) - never a half-written file or a dangling head. An append
+that fails with an error instead (a full disk: :class:`~cm_notebook.errors.StorageFullError`)
+takes its journal line and message file back, so it leaves no trace at all; opening a
+context removes what killed writers left (temporary files, unused streaming locks).
+
+Errors are the package's own: damaged files are ``CorruptDataError`` (or
+``SchemaVersionError``) naming the file, and any ``OSError`` is translated at this
+class's boundary into ``StoreIOError``/``StorageFullError`` naming the path.
 
 Reads never take the cross-process lock. Before each read the store ``stat``s the
 metadata, snapshot and journal and loads only what changed, so a FileStore notices
@@ -254,6 +261,9 @@ class FileStore:
         None for an empty branch) to make the move a compare-and-set: if the head is no
         longer ``expected_head``, nothing is written and
         :class:`~cm_notebook.errors.StateError` is raised.
+
+        If it raises (:class:`~cm_notebook.errors.StorageFullError` when the disk is
+        full), nothing was written.
         """
         _check_ids(message.id, message.parent_id)
         if branch is not None:
@@ -275,7 +285,10 @@ class FileStore:
         only the message file is rewritten; a status change also writes a journal line.
         A finished message stays finished: a ``streaming`` update of it (say, a late
         checkpoint that lost the race with the final update) raises
-        :class:`~cm_notebook.errors.StateError` and changes nothing.
+        :class:`~cm_notebook.errors.StateError` and changes nothing. If it fails
+        otherwise (:class:`~cm_notebook.errors.StorageFullError`), the message file holds
+        the old or the new version, complete either way, and the index catches up on
+        the next update.
         """
         _check_ids(message.id, message.parent_id)
         data = encode_message(message)

@@ -32,6 +32,7 @@ from .base import IndexEntry
 from .codec import read_message_file
 from .context import ContextState
 from .diagnostics import warn
+from .index import RebuildNeeded
 from .paths import message_path
 
 __all__ = [
@@ -206,7 +207,8 @@ def _undo_append(
     # head (its replace happened and only what followed failed): then the append is
     # complete on disk and undoing it would leave a head pointing at nothing.
     if state.metadata_unchanged_on_disk():
-        with contextlib.suppress(OSError, StoreError):  # best effort: the cause matters
+        # Best effort: the error that made the append fail is the one to report.
+        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
             state.index.retract(mark)
             path.unlink(missing_ok=True)
     if streaming:
