@@ -56,18 +56,30 @@ CHILD = Path(__file__).with_name("store_child.py")
 # -- a data directory with a good and a bad context ------------------------------------
 
 
-def prepare(data_dir: Path) -> dict[str, list[str]]:
-    """Two contexts with CHAIN acknowledged messages each; returns their ids."""
+Prepare = Callable[[Path], dict[str, list[str]]]
 
-    async def go() -> dict[str, list[str]]:
-        async with FileStore(data_dir) as store:
+
+@pytest.fixture(scope="module")
+def prepare(tmp_path_factory: pytest.TempPathFactory) -> Prepare:
+    """``prepare(data_dir)``: two contexts with CHAIN acknowledged messages each, copied
+    from one template built once (appends fsync; copies need not); returns their ids."""
+    template = tmp_path_factory.mktemp("template") / "data"
+
+    async def build() -> dict[str, list[str]]:
+        async with FileStore(template) as store:
             acked = {}
             for cid in ("bad", "good"):
                 await store.create_context(ContextMetadata(id=cid, title=cid))
                 acked[cid] = await chain(store, cid, CHAIN)
             return acked
 
-    return anyio.run(go)
+    ids = anyio.run(build)
+
+    def copy(data_dir: Path) -> dict[str, list[str]]:
+        shutil.copytree(template, data_dir)
+        return {cid: list(values) for cid, values in ids.items()}
+
+    return copy
 
 
 def leftovers(data_dir: Path) -> list[str]:
@@ -214,7 +226,7 @@ CASES = [
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and UNIX sockets")
 @pytest.mark.parametrize(("target", "damage"), CASES, ids=[f"{t}-{d}" for t, d in CASES])
 def test_damaged_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, damage: str
+    prepare: Prepare, tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, damage: str
 ) -> None:
     data_dir = tmp_path / "data"
     acked = prepare(data_dir)
@@ -270,7 +282,7 @@ def test_damaged_file(
         assert "1 unreadable message(s) skipped" in out
 
 
-def test_cut_journal_is_rebuilt_without_losing_messages(tmp_path: Path) -> None:
+def test_cut_journal_is_rebuilt_without_losing_messages(prepare: Prepare, tmp_path: Path) -> None:
     """A journal cut at every possible length: the context always comes back whole."""
     data_dir = tmp_path / "data"
     acked = prepare(data_dir)
@@ -287,7 +299,7 @@ def test_cut_journal_is_rebuilt_without_losing_messages(tmp_path: Path) -> None:
         )
 
 
-def test_an_unreadable_file_is_named_by_path(tmp_path: Path) -> None:
+def test_an_unreadable_file_is_named_by_path(prepare: Prepare, tmp_path: Path) -> None:
     """Permission denied, for real: as root the CLI runs without its capabilities."""
     prefix: list[str] = []
     if os.name == "posix" and os.geteuid() == 0:
@@ -425,7 +437,7 @@ def fill_journal_page(data_dir: Path, acked: dict[str, list[str]]) -> None:
     anyio.run(go)
 
 
-def test_disk_full_append_changes_nothing(small_disk: Path, capsys: Any) -> None:
+def test_disk_full_append_changes_nothing(prepare: Prepare, small_disk: Path, capsys: Any) -> None:
     data_dir = small_disk / "data"
     acked = prepare(data_dir)
     fill_journal_page(data_dir, acked)
@@ -446,7 +458,7 @@ def test_disk_full_append_changes_nothing(small_disk: Path, capsys: Any) -> None
     assert not seen.warnings
 
 
-def test_disk_full_while_streaming(small_disk: Path) -> None:
+def test_disk_full_while_streaming(prepare: Prepare, small_disk: Path) -> None:
     data_dir = small_disk / "data"
     acked = prepare(data_dir)
     reply = Message(role="assistant", parent_id=acked["bad"][-1], status=MessageStatus.STREAMING)
@@ -471,7 +483,9 @@ def test_disk_full_while_streaming(small_disk: Path) -> None:
 
 
 @pytest.mark.parametrize("operation", ["update_metadata", "create_branch", "create_context"])
-def test_disk_full_metadata_writes_change_nothing(small_disk: Path, operation: str) -> None:
+def test_disk_full_metadata_writes_change_nothing(
+    prepare: Prepare, small_disk: Path, operation: str
+) -> None:
     data_dir = small_disk / "data"
     acked = prepare(data_dir)
 
@@ -493,7 +507,7 @@ def test_disk_full_metadata_writes_change_nothing(small_disk: Path, operation: s
 
 
 def test_disk_full_export_leaves_no_temporary_file(
-    small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    prepare: Prepare, small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir = tmp_path / "data"  # on the ordinary disk: only the export target is full
     prepare(data_dir)
@@ -531,7 +545,7 @@ KILLED_OPS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("op", list(KILLED_OPS))
 def test_kill_at_every_file_event_then_open_sweeps(
-    fork_server: ForkServer, tmp_path: Path, op: str
+    prepare: Prepare, fork_server: ForkServer, tmp_path: Path, op: str
 ) -> None:
     template = tmp_path / "template"
     acked = prepare(template)
@@ -561,7 +575,7 @@ def test_kill_at_every_file_event_then_open_sweeps(
     assert swept, "no kill point left anything behind: the test lost its point"
 
 
-def test_opening_sweeps_stale_locks_but_never_a_held_one(tmp_path: Path) -> None:
+def test_opening_sweeps_stale_locks_but_never_a_held_one(prepare: Prepare, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     acked = prepare(data_dir)
     folder = data_dir / "contexts" / "bad"
@@ -613,7 +627,9 @@ sys.stdin.read()
 # -- two writers -----------------------------------------------------------------------
 
 
-def test_two_writers_and_a_reader_lose_nothing_and_leave_nothing(tmp_path: Path) -> None:
+def test_two_writers_and_a_reader_lose_nothing_and_leave_nothing(
+    prepare: Prepare, tmp_path: Path
+) -> None:
     """A child process appends on one branch while this process streams replies on
     another and a third FileStore keeps reading both: every acknowledged message is
     there afterwards, and no temporary file or stale streaming lock is left."""

@@ -30,11 +30,9 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
-import stat
 from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -46,7 +44,7 @@ from .atomic import atomic_write, is_temp_name, read_from, write_all
 from .base import IndexEntry
 from .codec import read_message_file
 from .diagnostics import warn
-from .oserrors import describe_kind, translate
+from .oserrors import describe_kind, open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .schema import check_not_newer
 
@@ -64,8 +62,7 @@ _ENTRY_LIST = TypeAdapter(list[IndexEntry])
 # Never follow a link planted in place of an index file: a link makes the file
 # "damaged", and the rebuild replaces the link with a real file.
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# O_NONBLOCK: a FIFO planted at an index file's place must not block the open.
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
 
 
 class _IndexDoc(BaseModel):
@@ -83,28 +80,19 @@ class RebuildNeeded(Exception):
 
 
 def _open_index_file(path: Path) -> int:
-    # The index is derived data: anything but a readable regular file at its place
-    # (missing, a link, a folder, a FIFO) is rebuilt from the message files. Other
-    # failures (permissions, I/O errors) are reported: a rebuild would not fix them.
+    # The index is derived data: anything but a regular file at its place (missing, a
+    # link, a folder, a FIFO, a socket) is rebuilt from the message files. Other
+    # failures (permissions, I/O errors) are raised: a rebuild would not fix them.
     try:
-        fd = os.open(path, _READ_FLAGS)
+        return open_regular(path, check_folder=False)
     except FileNotFoundError:
         raise RebuildNeeded(f"{path.name} is missing", path) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(path):
-            raise RebuildNeeded(f"{path.name} is a symbolic link", path) from None
+    except CorruptDataError:
         try:
-            mode = os.lstat(path).st_mode
+            kind = describe_kind(os.lstat(path).st_mode)
         except OSError:
-            mode = stat.S_IFREG
-        if not stat.S_ISREG(mode):  # a socket cannot even be opened
-            raise RebuildNeeded(f"{path.name} is {describe_kind(mode)}", path) from None
-        raise translate(exc, path, "read") from exc
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise RebuildNeeded(f"{path.name} is {describe_kind(mode)}", path)
-    return fd
+            kind = "not a regular file"
+        raise RebuildNeeded(f"{path.name} is {kind}", path) from None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
