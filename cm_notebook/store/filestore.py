@@ -183,7 +183,9 @@ class FileStore:
     async def list_contexts(self) -> list[ContextMetadata]:
         """Metadata of every readable context, most recently updated first.
 
-        Folders that are not valid contexts are skipped, each with a StoreWarning.
+        Folders that are not valid contexts are skipped, each with a StoreWarning whose
+        ``.path`` names the damaged file (and whose message says what to do), so one
+        damaged context never hides the others.
         """
         return await self._run(list_context_folders, self.data_dir)
 
