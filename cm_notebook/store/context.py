@@ -244,7 +244,12 @@ class ContextState:
         if path.parent != self.dir or not name.startswith(STREAMING_PREFIX):
             return False
         message_id = name[len(STREAMING_PREFIX) : -len(STREAMING_SUFFIX)]
-        return message_id not in self.index.streaming_ids and not lock_is_held(path)
+        if message_id in self.index.streaming_ids:
+            return False
+        try:
+            return not lock_is_held(path)
+        except OSError:
+            return False  # not a lock file this store made (a link, say): leave it
 
     # -- writing ---------------------------------------------------------------------
 
@@ -423,7 +428,7 @@ def lock_is_held(path: Path) -> bool:
         probe.release()
         return False
     try:
-        fd = os.open(path, os.O_RDWR | _NO_FOLLOW)
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
     except FileNotFoundError:
         return False
     try:
