@@ -48,12 +48,11 @@ from pydantic import ValidationError
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import Branch, ContextMetadata, Message
-from . import ops
+from . import ops, oserrors
 from .base import IndexEntry
 from .codec import encode_message, read_message_file
 from .context import ContextState, remove_tree
 from .folders import create_context_folder, list_context_folders, trash_path
-from .oserrors import translate
 from .paths import context_dir, default_data_dir, message_path
 
 __all__ = ["FileStore"]
@@ -131,7 +130,7 @@ class FileStore:
             raise
         except OSError as exc:
             where = exc.filename if exc.filename is not None else self.data_dir
-            raise translate(exc, where, "use") from exc
+            raise oserrors.translate(exc, where, "use") from exc
 
     def _state(self, context_id: str) -> ContextState:
         validate_context_id(context_id)
