@@ -112,8 +112,8 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
             code,
         )
     return StoreIOError(
-        f"could not {doing} {where}: {reason}. Check the disk and the data directory; the "
-        "store itself was left as it was before this operation.",
+        f"could not {doing} {where}: {reason}. Check that its folder exists and can be "
+        "reached, and that the disk works.",
         where,
         code,
     )
