@@ -539,6 +539,7 @@ KILLED_OPS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "update_metadata": lambda ids: {"title": "after"},
     "append": lambda ids: {"parent": ids[-1], "branch": "main"},
     "finish": lambda ids: {"parent": ids[-1]},  # a streamed reply's final update
+    "create_context": lambda ids: {"new_cid": "fresh"},
 }
 
 
@@ -563,7 +564,8 @@ def test_kill_at_every_file_event_then_open_sweeps(
 
         async def open_context(data_dir: Path = work) -> None:
             async with FileStore(data_dir) as store:
-                await store.get_metadata("bad")
+                await store.list_contexts()  # sweeps what a killed create_context left
+                await store.get_metadata("bad")  # sweeps what a killed write to it left
 
         anyio.run(open_context)
         assert not leftovers(work), (kill_at, leftovers(work))  # opening swept them
@@ -587,38 +589,47 @@ def test_opening_sweeps_stale_locks_but_never_a_held_one(prepare: Prepare, tmp_p
     temporary = [folder / ".metadata.json.0a1b2c.tmp", folder / "messages" / ".m-x.json.00.tmp"]
     for path in temporary:
         path.write_bytes(b"half")
-    held = folder / ".streaming-m-live.lock"
+    # The folder of a context being created by a killed creator: removed only when no
+    # creator at all is at work (the creation lock is free), since it bears no owner.
+    creation = data_dir / "contexts" / ".tmp-x-0123"
+    creation.mkdir()
+    (creation / "metadata.json").write_text("{}")
+    held = [folder / ".streaming-m-live.lock", data_dir / ".creating.lock"]
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(held)],
+        [sys.executable, "-c", HOLD_LOCKS, *map(str, held)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+    async def open_context() -> None:
+        async with FileStore(data_dir) as store:
+            await store.list_contexts()
+            await store.get_metadata("bad")
+
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
-        assert lock_is_held(held)
+        assert all(lock_is_held(path) for path in held)
         assert not lock_is_held(folder / ".streaming-m-missing.lock")
         assert not (folder / ".streaming-m-missing.lock").exists()  # probing creates nothing
-
-        async def open_context() -> None:
-            async with FileStore(data_dir) as store:
-                await store.get_metadata("bad")
-
         anyio.run(open_context)
         assert [p for p in [*stale, *temporary] if p.exists()] == []
-        assert held.exists()  # a live process holds it
+        assert all(path.exists() for path in [*held, creation])  # held: alive
     finally:
         holder.communicate("", timeout=30)
+    anyio.run(open_context)
+    assert not creation.exists()
     seen = Seen(data_dir)
     assert not seen.warnings
     assert_good_unaffected(seen, acked, data_dir)
 
 
-HOLD_LOCK = """
+HOLD_LOCKS = """
 import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
+fds = [os.open(path, os.O_RDWR | os.O_CREAT) for path in sys.argv[1:]]
+for fd in fds:
+    fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
 sys.stdin.read()
 """

@@ -20,7 +20,8 @@ unreferenced message file, or a committed message that no branch points at yet (
 append never returned) - never a half-written file or a dangling head. An append
 that fails with an error instead (a full disk: :class:`~cm_notebook.errors.StorageFullError`)
 takes its journal line and message file back, so it leaves no trace at all; opening a
-context removes what killed writers left (temporary files, unused streaming locks).
+context removes what killed writers left (temporary files, unused streaming locks),
+and listing contexts the half-built folders of killed ``create_context`` calls.
 
 Errors are the package's own: damaged files are ``CorruptDataError`` (or
 ``SchemaVersionError``) naming the file, and any ``OSError`` is translated at this
@@ -176,7 +177,7 @@ class FileStore:
         return await self._run(self._create_context, metadata)
 
     def _create_context(self, metadata: ContextMetadata) -> ContextMetadata:
-        create_context_folder(self.data_dir, metadata)
+        create_context_folder(self.data_dir, metadata, self.lock_timeout)
         return metadata.model_copy(deep=True)
 
     async def list_contexts(self) -> list[ContextMetadata]:

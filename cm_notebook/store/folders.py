@@ -11,7 +11,15 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
+import filelock
+
+from ..errors import (
+    ContextExistsError,
+    CorruptDataError,
+    InvalidInputError,
+    StoreError,
+    StoreLockTimeoutError,
+)
 from ..model import ContextMetadata
 from .atomic import atomic_write, fsync_dir
 from .codec import decode_metadata, encode_metadata, read_regular
@@ -30,6 +38,8 @@ from .paths import (
 __all__ = ["create_context_folder", "list_context_folders", "trash_path"]
 
 _TRASH_PREFIX = ".trash-"
+_TMP_PREFIX = ".tmp-"
+_CREATING_LOCK = ".creating.lock"
 
 
 def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
@@ -39,8 +49,15 @@ def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
     )
 
 
-def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
-    """Create the folder of a new, empty context in one atomic step."""
+def create_context_folder(
+    data_dir: Path, metadata: ContextMetadata, lock_timeout: float = 10.0
+) -> None:
+    """Create the folder of a new, empty context in one atomic step.
+
+    Creations are serialised across processes by a lock file in the data directory
+    (held for a few file writes), which lets a listing remove what a killed creator
+    left.
+    """
     folder = context_dir(data_dir, metadata.id)
     for branch in metadata.branches.values():
         if branch.head is not None or branch.forked_from is not None:
@@ -57,23 +74,59 @@ def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
     # Build the folder under a temporary name, then rename it into place: other
     # processes see either no context or a complete one. rename() refuses to replace a
     # non-empty folder, so two processes creating the same id cannot both succeed.
-    tmp = root / f".tmp-{metadata.id}-{secrets.token_hex(6)}"
-    tmp.mkdir()
+    tmp = root / f"{_TMP_PREFIX}{metadata.id}-{secrets.token_hex(6)}"
+    lock = _creating(data_dir, lock_timeout)
     try:
-        (tmp / MESSAGES_DIR).mkdir()
-        atomic_write(tmp / INDEX_NAME, empty_index_bytes())
-        atomic_write(tmp / JOURNAL_NAME, b"")
-        atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+        lock.acquire()
+    except filelock.Timeout:
+        raise StoreLockTimeoutError(
+            f"could not lock {data_dir / _CREATING_LOCK} within {lock_timeout:g} s: another "
+            "process is creating a context. Try again."
+        ) from None
+    try:
+        tmp.mkdir()
         try:
-            os.rename(tmp, folder)
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
-                raise _exists(data_dir, metadata.id) from exc
+            (tmp / MESSAGES_DIR).mkdir()
+            atomic_write(tmp / INDEX_NAME, empty_index_bytes())
+            atomic_write(tmp / JOURNAL_NAME, b"")
+            atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+            try:
+                os.rename(tmp, folder)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
+                    raise _exists(data_dir, metadata.id) from exc
+                raise
+        except BaseException:
+            remove_tree(tmp)
             raise
-    except BaseException:
-        remove_tree(tmp)
-        raise
+    finally:
+        lock.release()
     fsync_dir(root)
+
+
+def _creating(data_dir: Path, timeout: float) -> filelock.FileLock:
+    # Creators hold this lock from making their temporary folder until it is renamed
+    # into place, so whoever holds it sees only temporary folders of dead creators.
+    # (Beside contexts/, not in it: an empty data directory lists no context folder.)
+    return filelock.FileLock(data_dir / _CREATING_LOCK, thread_local=False, timeout=timeout)
+
+
+def _sweep_abandoned_creations(data_dir: Path, names: list[str]) -> None:
+    """Remove the temporary folders of create_context calls that were killed midway."""
+    if not any(name.startswith(_TMP_PREFIX) for name in names):
+        return
+    root = contexts_root(data_dir)
+    lock = _creating(data_dir, 0.0)
+    try:
+        lock.acquire()
+    except (filelock.Timeout, OSError):
+        return  # a creator is at work (or the folder is read-only): next time
+    try:
+        for name in names:
+            if name.startswith(_TMP_PREFIX):
+                remove_tree(root / name)
+    finally:
+        lock.release()
 
 
 def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
@@ -82,13 +135,16 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
     Anything in ``contexts/`` that is not a readable context is skipped with a
     StoreWarning, except the store's own dot-named temporary and trash folders. Trash
     left by a delete_context that was killed between its rename and the removal is
-    removed here (it is already invisible, so removing it late changes nothing else).
+    removed here (it is already invisible, so removing it late changes nothing else),
+    and so are the temporary folders of create_context calls that were killed (when no
+    creator holds the creation lock, none is alive).
     """
     root = contexts_root(data_dir)
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
+    _sweep_abandoned_creations(data_dir, names)
     found: list[ContextMetadata] = []
     for name in names:
         if name.startswith(_TRASH_PREFIX):
