@@ -37,14 +37,15 @@ from typing import Any, NoReturn, TextIO
 import anyio
 
 from . import __version__
-from .errors import CMError, InvalidInputError, MigrationError, StoreError
+from .errors import CMError, InvalidInputError, MigrationError
 from .export import export_context, import_document, is_export, parse_export, to_json, to_markdown
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
 from .model import Message
-from .store import FileStore, StoreWarning
+from .store import FileStore
 from .store.atomic import atomic_write
 from .store.base import Store
+from .store.diagnostics import StoreWarning
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -140,7 +141,7 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
     for meta in contexts:
         try:
             count = str(len(await store.index(meta.id)))
-        except StoreError as exc:
+        except CMError as exc:
             # One damaged context must not hide the others: list it, say what is wrong.
             count = "?"
             problem = StoreWarning(f"context {meta.id!r}: {exc}", getattr(exc, "path", None))

@@ -51,6 +51,7 @@ from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
 from .oserrors import linked, open_regular, translate
 from .paths import (
+    CREATING_LOCK_NAME,
     LOCK_NAME,
     MESSAGES_DIR,
     METADATA_NAME,
@@ -60,7 +61,7 @@ from .paths import (
     streaming_lock_path,
 )
 
-__all__ = ["ContextState", "lock_is_held", "remove_lock_shell", "remove_tree"]
+__all__ = ["ContextState", "creation_lock", "lock_is_held", "remove_lock_shell", "remove_tree"]
 
 T = TypeVar("T")
 
@@ -409,6 +410,30 @@ class ContextState:
         self._meta_id = None
         self.metadata = None
         self._swept = False
+
+
+@contextlib.contextmanager
+def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
+    """Hold the data directory's lock on creating contexts (raises StoreLockTimeoutError).
+
+    A creator holds it from making its temporary folder until that folder is renamed
+    into place, so whoever holds it knows every temporary folder in ``contexts/`` to be
+    a dead creator's. It lives beside ``contexts/``, not in it, so that an empty data
+    directory shows no context folder.
+    """
+    path = data_dir / CREATING_LOCK_NAME
+    lock = _new_lock(path)
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise StoreLockTimeoutError(
+            f"could not lock {path} within {timeout:g} s: another process is creating a "
+            "context. Try again."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def lock_is_held(path: Path) -> bool:

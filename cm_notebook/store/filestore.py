@@ -177,7 +177,7 @@ class FileStore:
         return await self._run(self._create_context, metadata)
 
     def _create_context(self, metadata: ContextMetadata) -> ContextMetadata:
-        create_context_folder(self.data_dir, metadata, self.lock_timeout)
+        create_context_folder(self.data_dir, metadata)
         return metadata.model_copy(deep=True)
 
     async def list_contexts(self) -> list[ContextMetadata]:

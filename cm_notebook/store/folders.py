@@ -6,24 +6,17 @@ the ``contexts/`` folder rather than on one context's cached state.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 from pathlib import Path
 
-import filelock
-
-from ..errors import (
-    ContextExistsError,
-    CorruptDataError,
-    InvalidInputError,
-    StoreError,
-    StoreLockTimeoutError,
-)
+from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..model import ContextMetadata
 from .atomic import atomic_write, fsync_dir
 from .codec import decode_metadata, encode_metadata, read_regular
-from .context import remove_lock_shell, remove_tree
+from .context import creation_lock, remove_lock_shell, remove_tree
 from .diagnostics import warn
 from .index import empty_index_bytes
 from .paths import (
@@ -39,7 +32,8 @@ __all__ = ["create_context_folder", "list_context_folders", "trash_path"]
 
 _TRASH_PREFIX = ".trash-"
 _TMP_PREFIX = ".tmp-"
-_CREATING_LOCK = ".creating.lock"
+# Creating a context takes a few small writes; this only guards against a hung creator.
+_CREATING_TIMEOUT = 30.0
 
 
 def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
@@ -49,15 +43,8 @@ def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
     )
 
 
-def create_context_folder(
-    data_dir: Path, metadata: ContextMetadata, lock_timeout: float = 10.0
-) -> None:
-    """Create the folder of a new, empty context in one atomic step.
-
-    Creations are serialised across processes by a lock file in the data directory
-    (held for a few file writes), which lets a listing remove what a killed creator
-    left.
-    """
+def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
+    """Create the folder of a new, empty context in one atomic step."""
     folder = context_dir(data_dir, metadata.id)
     for branch in metadata.branches.values():
         if branch.head is not None or branch.forked_from is not None:
@@ -75,15 +62,9 @@ def create_context_folder(
     # processes see either no context or a complete one. rename() refuses to replace a
     # non-empty folder, so two processes creating the same id cannot both succeed.
     tmp = root / f"{_TMP_PREFIX}{metadata.id}-{secrets.token_hex(6)}"
-    lock = _creating(data_dir, lock_timeout)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise StoreLockTimeoutError(
-            f"could not lock {data_dir / _CREATING_LOCK} within {lock_timeout:g} s: another "
-            "process is creating a context. Try again."
-        ) from None
-    try:
+    # Creations are serialised (each holds the lock for a few small writes), so that a
+    # listing can tell what a killed creator left: see _sweep_abandoned_creations.
+    with creation_lock(data_dir, _CREATING_TIMEOUT):
         tmp.mkdir()
         try:
             (tmp / MESSAGES_DIR).mkdir()
@@ -99,16 +80,7 @@ def create_context_folder(
         except BaseException:
             remove_tree(tmp)
             raise
-    finally:
-        lock.release()
     fsync_dir(root)
-
-
-def _creating(data_dir: Path, timeout: float) -> filelock.FileLock:
-    # Creators hold this lock from making their temporary folder until it is renamed
-    # into place, so whoever holds it sees only temporary folders of dead creators.
-    # (Beside contexts/, not in it: an empty data directory lists no context folder.)
-    return filelock.FileLock(data_dir / _CREATING_LOCK, thread_local=False, timeout=timeout)
 
 
 def _sweep_abandoned_creations(data_dir: Path, names: list[str]) -> None:
@@ -116,17 +88,11 @@ def _sweep_abandoned_creations(data_dir: Path, names: list[str]) -> None:
     if not any(name.startswith(_TMP_PREFIX) for name in names):
         return
     root = contexts_root(data_dir)
-    lock = _creating(data_dir, 0.0)
-    try:
-        lock.acquire()
-    except (filelock.Timeout, OSError):
-        return  # a creator is at work (or the folder is read-only): next time
-    try:
+    # A creator at work (or a read-only folder) makes this wait for the next listing.
+    with contextlib.suppress(StoreError, OSError), creation_lock(data_dir, 0.0):
         for name in names:
             if name.startswith(_TMP_PREFIX):
                 remove_tree(root / name)
-    finally:
-        lock.release()
 
 
 def list_context_folders(data_dir: Path) -> list[ContextMetadata]:

@@ -17,6 +17,7 @@ from ..errors import InvalidIdError
 from ..ids import validate_context_id, validate_message_id
 
 __all__ = [
+    "CREATING_LOCK_NAME",
     "DATA_DIR_ENV",
     "INDEX_NAME",
     "JOURNAL_NAME",
@@ -41,6 +42,7 @@ METADATA_NAME = "metadata.json"
 INDEX_NAME = "message_index.json"
 JOURNAL_NAME = "message_index.journal"
 LOCK_NAME = ".lock"
+CREATING_LOCK_NAME = ".creating.lock"  # in the data directory; see context.creation_lock
 STREAMING_PREFIX = ".streaming-"
 STREAMING_SUFFIX = ".lock"
 MESSAGES_DIR = "messages"
