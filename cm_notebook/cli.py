@@ -45,7 +45,9 @@ from .model import Message
 from .prompts import effective_system
 from .render import status_label
 from .store import FileStore
+from .store.atomic import atomic_write
 from .store.base import Store
+from .store.diagnostics import StoreWarning
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -141,12 +143,18 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
         return 0
     rows = [("ID", "TITLE", "MESSAGES", "BRANCHES", "UPDATED")]
     for meta in contexts:
-        count = len(await store.index(meta.id))
+        try:
+            count = str(len(await store.index(meta.id)))
+        except CMError as exc:
+            # One damaged context must not hide the others: list it, say what is wrong.
+            count = "?"
+            problem = StoreWarning(f"context {meta.id!r}: {exc}", getattr(exc, "path", None))
+            warnings.warn(problem, stacklevel=1)
         rows.append(
             (
                 meta.id,
                 _clip(meta.title, 40),
-                str(count),
+                count,
                 str(len(meta.branches)),
                 _when(meta.updated_at),
             )
@@ -197,7 +205,9 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
     meta = await store.get_metadata(args.context_id)
     branch = args.branch or meta.active_branch
     ids = await store.path(meta.id, branch)
+    wanted = len(ids)
     if args.limit is not None and args.limit < len(ids):
+        wanted = args.limit
         messages = await store.page(meta.id, branch, limit=args.limit)
     else:
         messages = await store.get_messages(meta.id, ids)
@@ -210,8 +220,12 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
     if prompt:
         _out(f"system prompt: {prompt}")
     _out()
-    if len(messages) < len(ids):
-        _out(f"... {len(ids) - len(messages)} earlier message(s) not shown")
+    if wanted < len(ids):
+        _out(f"... {len(ids) - wanted} earlier message(s) not shown")
+        _out()
+    if len(messages) < wanted:
+        # The store skipped damaged files, each with a warning that names it.
+        _out(f"... {wanted - len(messages)} unreadable message(s) skipped (see the warnings)")
         _out()
     for message in messages:
         _print_message(message)
@@ -246,10 +260,9 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
     if args.output is None or str(args.output) == "-":
         sys.stdout.write(text)
         return 0
-    # Write next to the target and rename, so an interrupted export leaves no half file.
-    temp = args.output.with_name(f".{args.output.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, args.output)
+    # Written next to the target and renamed, so an interrupted export leaves no half
+    # file, and a failed one (a full disk) no temporary file either.
+    atomic_write(args.output, text.encode("utf-8"))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -15,9 +15,14 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     │   ├── BranchNotFoundError (also KeyError)
     │   ├── BranchExistsError
     │   ├── ContextExistsError
-    │   ├── CorruptDataError                     a file could not be parsed; has .path
-    │   ├── SchemaVersionError                   written by a newer cm_notebook
-    │   └── StoreLockTimeoutError                another process holds the lock too long
+    │   ├── CorruptDataError                     a damaged file (unparsable, or a folder or
+    │   │                                        link in its place); has .path
+    │   ├── SchemaVersionError                   written by a newer cm_notebook; has .path
+    │   ├── StoreLockTimeoutError                another process holds the lock too long
+    │   └── StoreIOError (also OSError)          the file system refused a read or write;
+    │       │                                    has .path and .errno
+    │       └── StorageFullError                 no space left (ENOSPC, EDQUOT): nothing
+    │                                            half-written is visible; free space, retry
     ├── MigrationError                           a v1 source could not be read at all
     ├── ProviderError                            a model provider failed
     │   ├── TransientProviderError               worth retrying; has .retry_after
@@ -64,7 +69,9 @@ __all__ = [
     "ProviderNotInstalledError",
     "SchemaVersionError",
     "StateError",
+    "StorageFullError",
     "StoreError",
+    "StoreIOError",
     "StoreLockTimeoutError",
     "ToolArgumentsError",
     "ToolCallAlreadyResolvedError",
@@ -134,11 +141,46 @@ class CorruptDataError(StoreError):
 
 
 class SchemaVersionError(StoreError):
-    """The data was written by a newer cm_notebook than this one."""
+    """The data was written by a newer cm_notebook than this one; ``.path`` names the file."""
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
 
 
 class StoreLockTimeoutError(StoreError):
     """Another process held the context's write lock for too long."""
+
+
+class StoreIOError(StoreError, OSError):
+    """The file system refused a read or write of the store (permissions, I/O error, ...).
+
+    ``.path`` is the file or folder concerned and ``.errno`` the operating system's error
+    number (also an ``OSError``, so code that already catches ``OSError`` keeps working).
+    A write that raised this left the previous state in place: the store never shows a
+    half-written file.
+    """
+
+    def __init__(
+        self, message: str, path: Path | str | None = None, errno: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+        self.errno = errno
+        self.filename = str(path) if path is not None else None
+
+    def __str__(self) -> str:
+        # OSError's str() would prefix "[Errno N]"; the message already says everything.
+        return str(self.args[0]) if self.args else ""
+
+
+class StorageFullError(StoreIOError):
+    """The disk (or quota) holding the store is full: ``ENOSPC`` or ``EDQUOT``.
+
+    Raised by any store write, naming the path it could not write. Nothing acknowledged
+    is lost and no temporary file is left behind; free some space and retry. A turn
+    that hits it ends as a failure rather than losing the reply silently.
+    """
 
 
 class MigrationError(CMError):

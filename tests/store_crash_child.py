@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from cm_notebook.model import Branch, Message, MessageStatus
+from cm_notebook.model import Branch, ContextMetadata, Message, MessageStatus
 from cm_notebook.store import FileStore
 
 _WATCHED = {"open", "os.rename", "os.remove", "os.rmdir", "os.truncate", "os.mkdir"}
@@ -100,6 +100,9 @@ async def run(request: dict[str, Any], killer: Killer) -> None:
         elif op == "update_metadata":
             killer.armed = True
             await store.update_metadata(cid, title=a["title"])
+        elif op == "create_context":
+            killer.armed = True
+            await store.create_context(ContextMetadata(id=a["new_cid"]))
         elif op == "delete_context":
             killer.armed = True
             await store.delete_context(cid)

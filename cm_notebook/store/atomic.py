@@ -1,4 +1,4 @@
-"""Crash-safe file primitives: atomic replace, directory fsync, durable line appends.
+"""Crash-safe file primitives: atomic replace and directory fsync.
 
 The guarantees the rest of the store builds on:
 
@@ -7,9 +7,8 @@ The guarantees the rest of the store builds on:
   temporary file in the same folder, is fsync'd, renamed over the target with
   ``os.replace`` (atomic on POSIX and Windows), and then the folder itself is fsync'd so
   the rename is on disk too.
-* :func:`append_line` adds one ``\\n``-terminated line with ``O_APPEND`` and fsyncs it
-  before returning. A crash can leave at most one incomplete last line, which readers
-  recognise by its missing newline.
+* :func:`atomic_write` raises the package's errors (see :mod:`.oserrors`), never a
+  bare ``OSError``, and never leaves its temporary file behind unless the process dies.
 
 Temporary files are named ``.<target>.<random>.tmp`` so that they can never be mistaken
 for a message file (those end in ``.json`` and never start with a dot).
@@ -21,14 +20,15 @@ import os
 import secrets
 from pathlib import Path
 
+from .oserrors import translate
+
 __all__ = [
     "TEMP_SUFFIX",
-    "append_line",
     "atomic_write",
     "fsync_dir",
     "is_temp_name",
-    "read_bytes",
     "read_from",
+    "write_all",
 ]
 
 TEMP_SUFFIX = ".tmp"
@@ -55,7 +55,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -63,43 +64,30 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no temporary file behind on an ordinary failure (a crash still can;
-        # index rebuilds sweep those up).
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Replace ``path`` with ``data`` atomically and durably (see the module docstring).
 
-
-def append_line(path: Path, line: bytes) -> None:
-    """Append one line (which must end in ``\\n``) to an existing file, durably.
-
-    The file is not created: a missing journal means damage that the caller must see.
+    Any failure (a full disk included) removes the temporary file, leaves the old
+    ``path`` untouched and raises the package's error naming ``path``
+    (:class:`~cm_notebook.errors.StorageFullError` for a full disk).
     """
-    if not line.endswith(b"\n") or b"\n" in line[:-1]:
-        raise ValueError("append_line takes exactly one newline-terminated line")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | _BINARY)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
     try:
-        _write_all(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_bytes(path: Path) -> bytes:
-    """The whole content of ``path``."""
-    with open(path, "rb") as handle:
-        return handle.read()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
+        try:
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            # Leave no temporary file behind on an ordinary failure (a crash still can;
+            # the next writer to open the context sweeps those up).
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise translate(exc, path, "write") from exc
 
 
 def read_from(fd: int, offset: int) -> bytes:

@@ -9,7 +9,6 @@ context folder stays readable and diffs well under version control.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,8 @@ from .. import _json
 from ..errors import CorruptDataError
 from ..model import SCHEMA_VERSION, ContextMetadata, Message
 from ..redact import redact
+from .atomic import read_from
+from .oserrors import open_regular, translate
 from .schema import upgrade
 
 __all__ = [
@@ -28,12 +29,9 @@ __all__ = [
     "decode_metadata",
     "encode_message",
     "encode_metadata",
-    "linked",
-    "open_no_follow",
     "read_message_file",
+    "read_regular",
 ]
-
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -128,47 +126,36 @@ def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:
     return message
 
 
+def read_regular(path: Path, *, check_folder: bool = True) -> bytes:
+    """The whole content of the regular file ``path`` (see :func:`.oserrors.open_regular`).
+
+    A missing file raises ``FileNotFoundError``; anything else that goes wrong is one of
+    the package's errors naming ``path``.
+    """
+    fd = open_regular(path, check_folder=check_folder)
+    try:
+        return read_from(fd, 0)
+    except OSError as exc:
+        raise translate(exc, path, "read") from exc
+    finally:
+        os.close(fd)
+
+
 def read_message_file(path: Path, expected_id: str | None) -> Message:
     """Read and decode one message file; a missing file is damage too (CorruptDataError).
 
-    A symbolic link (the file, or the ``messages`` folder) is refused, not followed: a
-    link planted in a context folder must not make the store read outside it.
+    A symbolic link (the file, or the ``messages`` folder), a folder or any other
+    non-file at the path is refused (CorruptDataError), never followed or read.
     """
     try:
-        fd = open_no_follow(path)
+        data = read_regular(path)
     except FileNotFoundError as exc:
         raise CorruptDataError(
             f"message file {path} is missing although the message index lists it. Restore "
             "it from a backup; the rest of the context still works without it.",
             path,
         ) from exc
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read()
     return decode_message(data, path, expected_id)
-
-
-def open_no_follow(path: Path, *, check_folder: bool = True) -> int:
-    """Open ``path`` for reading without following a symbolic link at it (or its folder).
-
-    A link raises CorruptDataError (and a missing file FileNotFoundError).
-    """
-    if check_folder and os.path.islink(path.parent):
-        raise linked(path.parent)
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(path):
-            raise linked(path) from exc
-        raise
-
-
-def linked(path: Path) -> CorruptDataError:
-    """The error for a symbolic link found where the store keeps its own files."""
-    return CorruptDataError(
-        f"{path} is a symbolic link; the store does not follow links out of a context "
-        "folder. Replace it with the file or folder it points to.",
-        path,
-    )
 
 
 def _first_error(exc: ValidationError) -> str:

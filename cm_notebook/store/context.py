@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,26 +35,38 @@ from typing import TypeVar
 
 import filelock
 
-from ..errors import ContextNotFoundError, CorruptDataError, StoreError, StoreLockTimeoutError
-from ..model import ContextMetadata, MessageStatus
-from .atomic import atomic_write, read_from
-from .codec import (
-    decode_metadata,
-    encode_message,
-    encode_metadata,
-    linked,
-    open_no_follow,
-    read_message_file,
+if sys.platform != "win32":
+    import fcntl
+
+from ..errors import (
+    ContextNotFoundError,
+    CorruptDataError,
+    StoreError,
+    StoreLockTimeoutError,
 )
+from ..model import ContextMetadata, MessageStatus
+from .atomic import atomic_write, is_temp_name, read_from
+from .codec import decode_metadata, encode_message, encode_metadata, read_message_file
 from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
-from .paths import LOCK_NAME, MESSAGES_DIR, METADATA_NAME, message_path, streaming_lock_path
+from .oserrors import linked, open_regular, translate
+from .paths import (
+    CREATING_LOCK_NAME,
+    LOCK_NAME,
+    MESSAGES_DIR,
+    METADATA_NAME,
+    STREAMING_PREFIX,
+    STREAMING_SUFFIX,
+    message_path,
+    streaming_lock_path,
+)
 
-__all__ = ["ContextState", "remove_lock_shell", "remove_tree"]
+__all__ = ["ContextState", "creation_lock", "lock_is_held", "remove_lock_shell", "remove_tree"]
 
 T = TypeVar("T")
 
 _KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # filelock polls; a short interval keeps two busy writers from idling 50 ms per turn.
 _POLL_INTERVAL = 0.002
 
@@ -77,6 +90,7 @@ class ContextState:
         self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
         self.index = MessageIndex(ctx_dir)
         self.metadata: ContextMetadata | None = None
+        self._swept = False  # see _sweep: once per load of the context
         self.streaming: dict[str, filelock.FileLock] = {}
         self._meta_fd = -1
         self._meta_id: tuple[int, int, int, int] | None = None
@@ -91,23 +105,32 @@ class ContextState:
         """
         metadata = self._refresh_metadata()
         self.index.refresh()
+        self._check_heads(metadata)
         return metadata
 
     def _refresh_metadata(self) -> ContextMetadata:
         try:
-            st = os.stat(self.metadata_path)
+            # lstat: a link planted as metadata.json is damage to report, not "no context".
+            st = os.lstat(self.metadata_path)
         except (FileNotFoundError, NotADirectoryError):
             raise self.not_found() from None
+        except OSError as exc:
+            raise translate(exc, self.metadata_path, "read") from exc
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if self.metadata is not None and ident == self._meta_id:
             return self.metadata
         try:
-            fd = open_no_follow(self.metadata_path, check_folder=False)
+            fd = open_regular(self.metadata_path, check_folder=False)
         except FileNotFoundError:
             raise self.not_found() from None
         try:
             fst = os.fstat(fd)
-            metadata = decode_metadata(read_from(fd, 0), self.metadata_path, self.context_id)
+            data = read_from(fd, 0)
+        except OSError as exc:
+            os.close(fd)
+            raise translate(exc, self.metadata_path, "read") from exc
+        try:
+            metadata = decode_metadata(data, self.metadata_path, self.context_id)
         except BaseException:
             os.close(fd)
             raise
@@ -123,6 +146,30 @@ class ContextState:
             os.close(fd)
         self._meta_id = ident
 
+    def _check_heads(self, metadata: ContextMetadata) -> None:
+        """Raise RebuildNeeded if a branch head is intact on disk but absent from the index.
+
+        A head reaches metadata.json only after its journal line is durable, so an index
+        without it lost lines (a journal cut short, an old snapshot copied back): rebuild
+        it from the message files. A head whose file is gone or unreadable is left to the
+        readers, which report that file by path; rebuilding could not bring it back.
+        """
+        entries = self.index.entries
+        for branch in metadata.branches.values():
+            head = branch.head
+            if head is None or head in entries:
+                continue
+            try:
+                read_message_file(message_path(self.dir, head), head)
+            except CorruptDataError:
+                continue
+            raise RebuildNeeded(
+                f"it does not list message {head!r}, the head of branch {branch.name!r}, "
+                "although its file is intact (the journal was cut short or an old index "
+                "was restored)",
+                self.index.journal_path,
+            )
+
     def not_found(self) -> ContextNotFoundError:
         """The error for a context whose folder or metadata.json is gone."""
         return ContextNotFoundError(
@@ -137,6 +184,11 @@ class ContextState:
         interrupting streams whose writer died need the write locks, so they happen in
         :meth:`locked`, and the view is then retried.
         """
+        if not self._swept:
+            # Opening a context sweeps what a dead writer left. Only if no writer is busy
+            # right now (never wait for one to read) and the folder is writable.
+            with contextlib.suppress(StoreLockTimeoutError, OSError), self.locked(wait=False):
+                pass
         for _ in range(3):
             with self.state_lock:
                 try:
@@ -161,27 +213,57 @@ class ContextState:
         # Checked on every read, not only the first: a long-lived reader (say, a server
         # process) must notice when the process streaming a reply dies. Usually there
         # is no foreign stream and this is never called; otherwise one flock attempt.
-        path = streaming_lock_path(self.dir, message_id)
-        if not path.exists():
-            # A writer creates its lock file before the entry is committed and removes
-            # it only after the stream ended, so no file means no live writer. (Also
-            # keeps filelock from re-creating the folder of a just-deleted context.)
+        # A writer creates its lock file before the entry is committed and removes it
+        # only after the stream ended, so no file means no live writer.
+        return not lock_is_held(streaming_lock_path(self.dir, message_id))
+
+    def _sweep(self) -> None:
+        """Remove what dead writers left: temporary files and unused streaming locks.
+
+        Runs with every lock held. Every write happens under the context lock, so a
+        temporary file seen now belongs to a writer that died before its rename. A
+        streaming lock file of a message that is not streaming is left over (a writer
+        that died between its journal line and the removal, or a probe that raced with
+        the removal); one that an OS lock still holds belongs to a live process and
+        stays. Streams whose writer died are finished by _interrupt_dead_streams.
+        """
+        self._swept = True
+        for folder in (self.dir, self.dir / MESSAGES_DIR):
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue  # reported by the reads that need the folder
+            for name in names:
+                if self._is_leftover(folder / name):
+                    with contextlib.suppress(OSError):
+                        (folder / name).unlink()
+
+    def _is_leftover(self, path: Path) -> bool:
+        name = path.name
+        if is_temp_name(name):
             return True
-        probe = _new_lock(path)
+        if path.parent != self.dir or not name.startswith(STREAMING_PREFIX):
+            return False
+        message_id = name[len(STREAMING_PREFIX) : -len(STREAMING_SUFFIX)]
+        if message_id in self.index.streaming_ids:
+            return False
         try:
-            probe.acquire(blocking=False)
-        except filelock.Timeout:
-            return False  # held: the writer is alive (in this process or another)
-        probe.release()
-        return True
+            return not lock_is_held(path)
+        except OSError:
+            return False  # not a lock file this store made (a link, say): leave it
 
     # -- writing ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[ContextMetadata]:
-        """Hold all write locks with fresh, repaired state; yields the current metadata."""
-        deadline = time.monotonic() + self.lock_timeout
-        if not self.write_lock.acquire(timeout=self.lock_timeout):
+    def locked(self, *, wait: bool = True) -> Iterator[ContextMetadata]:
+        """Hold all write locks with fresh, repaired state; yields the current metadata.
+
+        The first time, also sweeps what dead writers left (:meth:`_sweep`). With
+        ``wait=False``, raises StoreLockTimeoutError at once if a writer holds a lock.
+        """
+        timeout = self.lock_timeout if wait else 0.0
+        deadline = time.monotonic() + timeout
+        if not self.write_lock.acquire(timeout=timeout):
             raise self._timeout()
         try:
             if not self.dir.is_dir():
@@ -198,11 +280,14 @@ class ContextState:
                     raise
                 raise self.not_found() from None
             try:
-                if not self.metadata_path.exists():
+                if not os.path.lexists(self.metadata_path):
                     self._remove_stray_folder()
                     raise self.not_found()
                 with self.state_lock:
-                    yield self._refresh_repaired()
+                    metadata = self._refresh_repaired()
+                    if not self._swept:
+                        self._sweep()
+                    yield metadata
             finally:
                 self.file_lock.release()
         finally:
@@ -227,6 +312,7 @@ class ContextState:
             raise linked(messages_dir)  # writing through it would write outside
         try:
             self.index.refresh()
+            self._check_heads(metadata)
         except RebuildNeeded as need:
             self.index.rebuild(need.reason, need.path)
         if self.foreign_streams():
@@ -265,6 +351,7 @@ class ContextState:
             finally:
                 lock.release()
                 lock_path.unlink(missing_ok=True)
+        self.index.compact_if_due()
 
     def take_streaming_lock(self, message_id: str) -> None:
         """Hold the OS lock that says "message_id is being streamed by a live process"."""
@@ -294,10 +381,23 @@ class ContextState:
     def write_metadata(self, metadata: ContextMetadata) -> None:
         """Atomically replace metadata.json (locked) and remember what was written."""
         atomic_write(self.metadata_path, encode_metadata(metadata))
-        fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self.metadata = metadata
+        try:
+            fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError:
+            # The write succeeded; without the pin the next read simply re-reads the file.
+            self._meta_id = None
+            return
         st = os.fstat(fd)
         self._pin_metadata(fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-        self.metadata = metadata
+
+    def metadata_unchanged_on_disk(self) -> bool:
+        """Whether metadata.json is still the file last read or written (locked)."""
+        try:
+            st = os.lstat(self.metadata_path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._meta_id
 
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
@@ -309,6 +409,61 @@ class ContextState:
         self._meta_fd = -1
         self._meta_id = None
         self.metadata = None
+        self._swept = False
+
+
+@contextlib.contextmanager
+def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
+    """Hold the data directory's lock on creating contexts (raises StoreLockTimeoutError).
+
+    A creator holds it from making its temporary folder until that folder is renamed
+    into place, so whoever holds it knows every temporary folder in ``contexts/`` to be
+    a dead creator's. It lives beside ``contexts/``, not in it, so that an empty data
+    directory shows no context folder.
+    """
+    path = data_dir / CREATING_LOCK_NAME
+    lock = _new_lock(path)
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise StoreLockTimeoutError(
+            f"could not lock {path} within {timeout:g} s: another process is creating a "
+            "context. Try again."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the OS lock on ``path`` (False if there is no file).
+
+    Never creates the file: probing with filelock would re-create a lock file that its
+    writer just removed, leaving a stale one behind.
+    """
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        if not path.exists():
+            return False
+        probe = _new_lock(path)
+        try:
+            probe.acquire(blocking=False)
+        except filelock.Timeout:
+            return True
+        probe.release()
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
+    except FileNotFoundError:
+        return False
+    try:
+        # filelock's Unix locks are flock locks, so this sees theirs.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
 
 
 def remove_lock_shell(folder: Path) -> bool:

@@ -15,10 +15,17 @@ __all__ = ["StoreWarning", "warn"]
 
 
 class StoreWarning(UserWarning):
-    """The store repaired (rebuilt an index) or skipped (a corrupt message file) damaged data."""
+    """The store repaired (rebuilt an index) or skipped (a corrupt message file) damaged data.
+
+    ``.path`` is the affected file or folder (also named in the message).
+    """
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def warn(message: str, path: Path) -> None:
-    """Emit a :class:`StoreWarning` that ends with the affected path."""
+    """Emit a :class:`StoreWarning` that names the affected path."""
     text = message if str(path) in message else f"{message} ({path})"
-    warnings.warn(text, StoreWarning, stacklevel=3)
+    warnings.warn(StoreWarning(text, path), stacklevel=3)

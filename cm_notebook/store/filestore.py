@@ -18,7 +18,15 @@ message file (atomic replace), one journal line (the commit point), and metadata
 So the N-th append writes O(1) bytes; see :mod:`cm_notebook.store.index` for the
 journal and its geometric compaction. A crash at any point leaves either no trace, an
 unreferenced message file, or a committed message that no branch points at yet (its
-append never returned) - never a half-written file or a dangling head.
+append never returned) - never a half-written file or a dangling head. An append
+that fails with an error instead (a full disk: :class:`~cm_notebook.errors.StorageFullError`)
+takes its journal line and message file back, so it leaves no trace at all; opening a
+context removes what killed writers left (temporary files, unused streaming locks),
+and listing contexts the half-built folders of killed ``create_context`` calls.
+
+Errors are the package's own: damaged files are ``CorruptDataError`` (or
+``SchemaVersionError``) naming the file, and any ``OSError`` is translated at this
+class's boundary into ``StoreIOError``/``StorageFullError`` naming the path.
 
 Reads never take the cross-process lock. Before each read the store ``stat``s the
 metadata, snapshot and journal and loads only what changed, so a FileStore notices
@@ -40,10 +48,10 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from pydantic import ValidationError
 
-from ..errors import ContextNotFoundError, InvalidInputError
+from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import Branch, ContextMetadata, Message, ProviderSettings
-from . import ops
+from . import ops, oserrors
 from .base import IndexEntry
 from .codec import encode_message, read_message_file
 from .context import ContextState, remove_tree
@@ -120,7 +128,19 @@ class FileStore:
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         # Not abandoned on cancellation: a write that started always finishes, so a
         # cancelled append either never began or is durable.
-        return await anyio.to_thread.run_sync(functools.partial(func, *args))
+        return await anyio.to_thread.run_sync(functools.partial(self._translated, func, *args))
+
+    def _translated(self, func: Callable[..., T], *args: Any) -> T:
+        # The boundary: the primitives already raise the package's errors with precise
+        # messages; anything the OS raised elsewhere (creating a folder, listing one)
+        # is translated here, so callers never see a bare OSError.
+        try:
+            return func(*args)
+        except CMError:
+            raise
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else self.data_dir
+            raise oserrors.translate(exc, where, "use") from exc
 
     def _state(self, context_id: str) -> ContextState:
         validate_context_id(context_id)
@@ -172,7 +192,9 @@ class FileStore:
     async def list_contexts(self) -> list[ContextMetadata]:
         """Metadata of every readable context, most recently updated first.
 
-        Folders that are not valid contexts are skipped, each with a StoreWarning.
+        Folders that are not valid contexts are skipped, each with a StoreWarning whose
+        ``.path`` names the damaged file (and whose message says what to do), so one
+        damaged context never hides the others.
         """
         return await self._run(list_context_folders, self.data_dir)
 
@@ -250,6 +272,9 @@ class FileStore:
         None for an empty branch) to make the move a compare-and-set: if the head is no
         longer ``expected_head``, nothing is written and
         :class:`~cm_notebook.errors.StateError` is raised.
+
+        If it raises (:class:`~cm_notebook.errors.StorageFullError` when the disk is
+        full), nothing was written.
         """
         _check_ids(message.id, message.parent_id)
         if branch is not None:
@@ -271,7 +296,10 @@ class FileStore:
         only the message file is rewritten; a status change also writes a journal line.
         A finished message stays finished: a ``streaming`` update of it (say, a late
         checkpoint that lost the race with the final update) raises
-        :class:`~cm_notebook.errors.StateError` and changes nothing.
+        :class:`~cm_notebook.errors.StateError` and changes nothing. If it fails
+        otherwise (:class:`~cm_notebook.errors.StorageFullError`), the message file holds
+        the old or the new version, complete either way, and the index catches up on
+        the next update.
         """
         _check_ids(message.id, message.parent_id)
         data = encode_message(message)

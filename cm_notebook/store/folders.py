@@ -6,6 +6,7 @@ the ``contexts/`` folder rather than on one context's cached state.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -15,8 +16,8 @@ from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, St
 from ..ids import id_key
 from ..model import ContextMetadata
 from .atomic import atomic_write, fsync_dir
-from .codec import decode_metadata, encode_metadata, open_no_follow
-from .context import remove_lock_shell, remove_tree
+from .codec import decode_metadata, encode_metadata, read_regular
+from .context import creation_lock, remove_lock_shell, remove_tree
 from .diagnostics import warn
 from .index import empty_index_bytes
 from .paths import (
@@ -31,6 +32,9 @@ from .paths import (
 __all__ = ["create_context_folder", "list_context_folders", "trash_path"]
 
 _TRASH_PREFIX = ".trash-"
+_TMP_PREFIX = ".tmp-"
+# Creating a context takes a few small writes; this only guards against a hung creator.
+_CREATING_TIMEOUT = 30.0
 
 
 def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
@@ -72,23 +76,38 @@ def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
     # Build the folder under a temporary name, then rename it into place: other
     # processes see either no context or a complete one. rename() refuses to replace a
     # non-empty folder, so two processes creating the same id cannot both succeed.
-    tmp = root / f".tmp-{metadata.id}-{secrets.token_hex(6)}"
-    tmp.mkdir()
-    try:
-        (tmp / MESSAGES_DIR).mkdir()
-        atomic_write(tmp / INDEX_NAME, empty_index_bytes())
-        atomic_write(tmp / JOURNAL_NAME, b"")
-        atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+    tmp = root / f"{_TMP_PREFIX}{metadata.id}-{secrets.token_hex(6)}"
+    # Creations are serialised (each holds the lock for a few small writes), so that a
+    # listing can tell what a killed creator left: see _sweep_abandoned_creations.
+    with creation_lock(data_dir, _CREATING_TIMEOUT):
+        tmp.mkdir()
         try:
-            os.rename(tmp, folder)
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
-                raise _exists(data_dir, metadata.id) from exc
+            (tmp / MESSAGES_DIR).mkdir()
+            atomic_write(tmp / INDEX_NAME, empty_index_bytes())
+            atomic_write(tmp / JOURNAL_NAME, b"")
+            atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+            try:
+                os.rename(tmp, folder)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES):
+                    raise _exists(data_dir, metadata.id) from exc
+                raise
+        except BaseException:
+            remove_tree(tmp)
             raise
-    except BaseException:
-        remove_tree(tmp)
-        raise
     fsync_dir(root)
+
+
+def _sweep_abandoned_creations(data_dir: Path, names: list[str]) -> None:
+    """Remove the temporary folders of create_context calls that were killed midway."""
+    if not any(name.startswith(_TMP_PREFIX) for name in names):
+        return
+    root = contexts_root(data_dir)
+    # A creator at work (or a read-only folder) makes this wait for the next listing.
+    with contextlib.suppress(StoreError, OSError), creation_lock(data_dir, 0.0):
+        for name in names:
+            if name.startswith(_TMP_PREFIX):
+                remove_tree(root / name)
 
 
 def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
@@ -97,13 +116,16 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
     Anything in ``contexts/`` that is not a readable context is skipped with a
     StoreWarning, except the store's own dot-named temporary and trash folders. Trash
     left by a delete_context that was killed between its rename and the removal is
-    removed here (it is already invisible, so removing it late changes nothing else).
+    removed here (it is already invisible, so removing it late changes nothing else),
+    and so are the temporary folders of create_context calls that were killed (when no
+    creator holds the creation lock, none is alive).
     """
     root = contexts_root(data_dir)
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
+    _sweep_abandoned_creations(data_dir, names)
     found: list[ContextMetadata] = []
     for name in names:
         if name.startswith(_TRASH_PREFIX):
@@ -118,14 +140,15 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
                 raise CorruptDataError(f"{folder} is a file, not a context folder", folder)
             path = folder / METADATA_NAME
             try:
-                fd = open_no_follow(path, check_folder=False)
+                data = read_regular(path, check_folder=False)
             except FileNotFoundError:
                 raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
-            with os.fdopen(fd, "rb") as handle:
-                data = handle.read()
             found.append(decode_metadata(data, path, name))
         except (InvalidInputError, StoreError) as exc:
-            warn(f"skipped {folder}, which is not a readable context: {exc}", folder)
+            # One damaged context must not hide the others: report it by path (the
+            # error says what to do) and go on.
+            where = getattr(exc, "path", None) or folder
+            warn(f"skipped {folder}, which is not a readable context: {exc}", where)
     found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
     return found
 

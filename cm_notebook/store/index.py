@@ -29,7 +29,7 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -40,10 +40,11 @@ from .. import _json
 from ..errors import CorruptDataError, InvalidIdError
 from ..ids import MAX_ID_LENGTH, validate_message_id
 from ..model import SCHEMA_VERSION, MessageStatus
-from .atomic import atomic_write, is_temp_name, read_from
+from .atomic import atomic_write, is_temp_name, read_from, write_all
 from .base import IndexEntry
 from .codec import read_message_file
 from .diagnostics import warn
+from .oserrors import describe_kind, open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .schema import INDEX_FORMAT_SINCE, check_not_newer
 
@@ -79,14 +80,19 @@ class RebuildNeeded(Exception):
 
 
 def _open_index_file(path: Path) -> int:
+    # The index is derived data: anything but a regular file at its place (missing, a
+    # link, a folder, a FIFO, a socket) is rebuilt from the message files. Other
+    # failures (permissions, I/O errors) are raised: a rebuild would not fix them.
     try:
-        return os.open(path, _READ_FLAGS)
+        return open_regular(path, check_folder=False)
     except FileNotFoundError:
         raise RebuildNeeded(f"{path.name} is missing", path) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(path):
-            raise RebuildNeeded(f"{path.name} is a symbolic link", path) from None
-        raise
+    except CorruptDataError:
+        try:
+            kind = describe_kind(os.lstat(path).st_mode)
+        except OSError:
+            kind = "not a regular file"
+        raise RebuildNeeded(f"{path.name} is {kind}", path) from None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -141,12 +147,15 @@ class MessageIndex:
         :class:`~cm_notebook.errors.SchemaVersionError` if it is from a newer version.
         """
         try:
-            # The journal first: see _full_reload for why the order matters.
-            st_journal = os.stat(self.journal_path)
-            st_index = os.stat(self.index_path)
+            # The journal first: see _full_reload for why the order matters. lstat: a
+            # link in place of an index file is damage that _full_reload reports.
+            st_journal = os.lstat(self.journal_path)
+            st_index = os.lstat(self.index_path)
         except FileNotFoundError as exc:
             path = Path(str(exc.filename))
             raise RebuildNeeded(f"{path.name} is missing", path) from None
+        except OSError as exc:
+            raise translate(exc, exc.filename, "read") from exc
         if (
             self.loaded
             and _identity(st_index) == self._index_id
@@ -176,25 +185,16 @@ class MessageIndex:
             st_journal = os.fstat(journal_fd)
             journal = read_from(journal_fd, 0)
             lines, end = self._parse_lines(journal, 0)
-        except BaseException:
+        except BaseException as exc:
             # Leave the previous state untouched: a failed reload changes nothing.
             for fd in (index_fd, journal_fd):
                 if fd >= 0:
                     os.close(fd)
+            if isinstance(exc, OSError):
+                raise translate(exc, self.ctx_dir, "read the message index in") from exc
             raise
         self._close_files()
-        self.entries = {}
-        self.children = {}
-        self.streaming_ids = set()
-        self.next_seq = 0
-        for entry in snapshot:
-            self._apply(entry)
-        for entry in lines:
-            self._apply(entry)
-        # A rebuilt or hand-edited snapshot may list entries out of order; the children
-        # lists promise oldest first.
-        for siblings in self.children.values():
-            siblings.sort(key=lambda mid: self.entries[mid].seq)
+        self._load([*snapshot, *lines])
         self.snapshot_count = len(snapshot)
         self.journal_lines = len(lines)
         self._offset = end
@@ -256,6 +256,19 @@ class MessageIndex:
             ) from None
         return entries, end
 
+    def _load(self, entries: list[IndexEntry]) -> None:
+        """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""
+        self.entries = {}
+        self.children = {}
+        self.streaming_ids = set()
+        self.next_seq = 0
+        for entry in entries:
+            self._apply(entry)
+        # A rebuilt or hand-edited snapshot may list entries out of order; the children
+        # lists promise oldest first.
+        for siblings in self.children.values():
+            siblings.sort(key=lambda mid: self.entries[mid].seq)
+
     def _apply(self, entry: IndexEntry) -> None:
         known = entry.id in self.entries
         self.entries[entry.id] = entry
@@ -271,33 +284,79 @@ class MessageIndex:
     # -- writing (cross-process lock held, right after refresh) ----------------------
 
     def append(self, entry: IndexEntry) -> None:
-        """Commit ``entry`` with one durable journal line; compact when it is due."""
+        """Commit ``entry`` with one durable journal line.
+
+        On failure (a full disk) whatever part of the line reached the file is cut off
+        again, so the entry is not committed, and the package's error is raised.
+        """
         line = entry.model_dump_json().encode() + b"\n"
-        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
-        fd = os.open(self.journal_path, flags)
         try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != self._journal_inode:
-                raise RuntimeError("journal changed under the lock; refresh() was not called")
-            if st.st_size > self._offset:
-                # A writer died mid-line. Cut the fragment so our line starts cleanly.
-                os.ftruncate(fd, self._offset)
-            written = 0
-            while written < len(line):
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = self._open_journal_for_writing()
+            try:
+                if os.fstat(fd).st_size > self._offset:
+                    # A writer died mid-line. Cut the fragment so our line starts cleanly.
+                    os.ftruncate(fd, self._offset)
+                try:
+                    write_all(fd, line)
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, self._offset)
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise translate(exc, self.journal_path, "append to") from exc
         self._offset += len(line)
         self.journal_lines += 1
         self._apply(entry)
-        if self.journal_lines >= max(COMPACT_MIN_LINES, self.snapshot_count):
+
+    def mark(self) -> int:
+        """Where the journal ends now: :meth:`retract` takes the index back to this point."""
+        return self._offset
+
+    def retract(self, mark: int) -> None:
+        """Take back the journal lines appended since :meth:`mark` (a write that failed).
+
+        Only valid while the lock that was held for the append is still held and no
+        compaction ran in between; readers that saw the lines reload when they notice the
+        journal shrank.
+        """
+        if self._offset == mark:
+            return
+        try:
+            fd = self._open_journal_for_writing()
             try:
-                self.compact()
-            except OSError as exc:
-                # The entry is committed; compaction only saves reading time later and
-                # is retried on the next append. Do not turn a success into a failure.
-                warn(f"could not compact the message index ({exc}); will retry", self.index_path)
+                os.ftruncate(fd, mark)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise translate(exc, self.journal_path, "truncate") from exc
+        self._full_reload()
+
+    def _open_journal_for_writing(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
+        fd = os.open(self.journal_path, flags)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._journal_inode:
+            os.close(fd)
+            raise RuntimeError("journal changed under the lock; refresh() was not called")
+        return fd
+
+    def compact_if_due(self) -> None:
+        """Compact when the journal holds as many lines as the snapshot (see module doc).
+
+        Called after a write is complete. The write is committed either way: compaction
+        only saves reading time later and is retried after the next write, so a failure
+        (say, a full disk) is a warning, never an error of the write.
+        """
+        if self.journal_lines < max(COMPACT_MIN_LINES, self.snapshot_count):
+            return
+        try:
+            self.compact()
+        except OSError as exc:  # StoreIOError included
+            warn(f"could not compact the message index ({exc}); will retry", self.index_path)
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot, then start an empty journal."""
@@ -330,12 +389,7 @@ class MessageIndex:
         found.sort(key=lambda message: (message.created_at, message.id))
         entries = [IndexEntry.of(message, seq) for seq, message in enumerate(found)]
         self._write_snapshot(entries)
-        self.entries = {}
-        self.children = {}
-        self.streaming_ids = set()
-        self.next_seq = 0
-        for entry in entries:
-            self._apply(entry)
+        self._load(entries)
         warn(
             f"the message index of context {self.ctx_dir.name!r} was rebuilt from "
             f"{len(entries)} message files because {reason}",

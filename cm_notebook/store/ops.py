@@ -8,6 +8,8 @@ fresh); the others run inside ``state.view()`` (state lock held) and never write
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
@@ -20,7 +22,10 @@ from ..errors import (
     CorruptDataError,
     InvalidInputError,
     MessageNotFoundError,
+    SchemaVersionError,
     StateError,
+    StoreError,
+    StoreIOError,
 )
 from ..ids import check_branch_name_free
 from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, utcnow
@@ -29,6 +34,7 @@ from .base import IndexEntry
 from .codec import read_message_file
 from .context import ContextState
 from .diagnostics import warn
+from .index import RebuildNeeded
 from .paths import message_path
 
 __all__ = [
@@ -142,7 +148,8 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
         path = message_path(state.dir, message_id)
         try:
             messages.append(read_message_file(path, message_id))
-        except CorruptDataError as exc:
+        except (CorruptDataError, SchemaVersionError, StoreIOError) as exc:
+            # One bad file must not hide a whole conversation: skip it, by path.
             warn(f"skipped an unreadable message: {exc}", path)
     return messages
 
@@ -177,17 +184,36 @@ def do_append(
     streaming = message.status is MessageStatus.STREAMING
     if streaming:
         state.take_streaming_lock(message.id)
+    path = message_path(state.dir, message.id)
+    mark = state.index.mark()
     try:
-        atomic_write(message_path(state.dir, message.id), data)
+        atomic_write(path, data)
         state.index.append(IndexEntry.of(message, state.index.next_seq))
+        branches = dict(metadata.branches)
+        if target is not None:
+            branches[target.name] = target.model_copy(update={"head": message.id})
+        _save(state, metadata, branches=branches)
     except BaseException:
-        if streaming:
-            state.drop_streaming_lock(message.id, remove_file=True)
+        _undo_append(state, mark, path, message.id, streaming)
         raise
-    branches = dict(metadata.branches)
-    if target is not None:
-        branches[target.name] = target.model_copy(update={"head": message.id})
-    _save(state, metadata, branches=branches)
+    state.index.compact_if_due()
+
+
+def _undo_append(
+    state: ContextState, mark: int, path: Path, message_id: str, streaming: bool
+) -> None:
+    # A failed append (a full disk, most likely) must leave nothing visible: take back
+    # the journal line and the message file, unless metadata.json already names the new
+    # head (its replace happened and only what followed failed): then the append is
+    # complete on disk and undoing it would leave a head pointing at nothing.
+    if state.metadata_unchanged_on_disk():
+        # Best effort: the error that made the append fail is the one to report.
+        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
+            state.index.retract(mark)
+            path.unlink(missing_ok=True)
+    if streaming:
+        with contextlib.suppress(OSError):
+            state.drop_streaming_lock(message_id, remove_file=True)
 
 
 def do_update_message(
@@ -222,6 +248,7 @@ def do_update_message(
         state.drop_streaming_lock(message.id, remove_file=True)
     if entry.status != old.status:
         _save(state, metadata)
+    state.index.compact_if_due()
 
 
 def do_update_metadata(

@@ -17,12 +17,15 @@ from ..errors import InvalidIdError
 from ..ids import validate_context_id, validate_message_id
 
 __all__ = [
+    "CREATING_LOCK_NAME",
     "DATA_DIR_ENV",
     "INDEX_NAME",
     "JOURNAL_NAME",
     "LOCK_NAME",
     "MESSAGES_DIR",
     "METADATA_NAME",
+    "STREAMING_PREFIX",
+    "STREAMING_SUFFIX",
     "context_dir",
     "contexts_root",
     "default_data_dir",
@@ -39,6 +42,9 @@ METADATA_NAME = "metadata.json"
 INDEX_NAME = "message_index.json"
 JOURNAL_NAME = "message_index.journal"
 LOCK_NAME = ".lock"
+CREATING_LOCK_NAME = ".creating.lock"  # in the data directory; see context.creation_lock
+STREAMING_PREFIX = ".streaming-"
+STREAMING_SUFFIX = ".lock"
 MESSAGES_DIR = "messages"
 _CONTEXTS_DIR = "contexts"
 
@@ -118,4 +124,4 @@ def message_path(ctx_dir: Path, message_id: str) -> Path:
 def streaming_lock_path(ctx_dir: Path, message_id: str) -> Path:
     """The lock file a live writer holds while ``message_id`` is streaming."""
     validate_message_id(message_id)
-    return safe_join(ctx_dir, f".streaming-{message_id}.lock")
+    return safe_join(ctx_dir, f"{STREAMING_PREFIX}{message_id}{STREAMING_SUFFIX}")

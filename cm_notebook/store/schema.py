@@ -91,7 +91,8 @@ def check_not_newer(version: int, path: Path, current: int = SCHEMA_VERSION) -> 
     if version > current:
         raise SchemaVersionError(
             f"{path} was written by a newer cm_notebook (schema {version}); this one "
-            f"reads schema {current} and older. Upgrade cm_notebook to open it."
+            f"reads schema {current} and older. Upgrade cm_notebook to open it.",
+            path,
         )
 
 

@@ -1,0 +1,149 @@
+"""Operating-system errors of the store, translated into the package's own errors.
+
+Every file the store touches is read or written through a few primitives
+(:mod:`~cm_notebook.store.atomic`, :func:`open_regular`); they turn an ``OSError`` into
+one of these, naming the path and saying what to do:
+
+* :class:`~cm_notebook.errors.StorageFullError` for ``ENOSPC``/``EDQUOT`` (free space);
+* :class:`~cm_notebook.errors.CorruptDataError` when something that is not a regular
+  file (a folder, a FIFO, a socket, a symbolic link) sits where the store keeps a file:
+  that is damage, reported like a file that does not parse;
+* :class:`~cm_notebook.errors.StoreIOError` for everything else (permissions, a
+  read-only file system, I/O errors).
+
+``FileStore`` also translates any ``OSError`` that escapes an operation at its
+boundary, so callers never see a bare ``IsADirectoryError`` or ``PermissionError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from ..errors import CorruptDataError, StorageFullError, StoreError, StoreIOError
+
+__all__ = ["describe_kind", "linked", "not_a_file", "open_regular", "translate"]
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# O_NONBLOCK: opening a FIFO planted where a file should be must not wait for a writer.
+# It changes nothing for regular files.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DENIED = {errno.EACCES, errno.EPERM}
+_NOT_A_FILE = {errno.EISDIR, errno.ENOTDIR, errno.ENXIO, getattr(errno, "EOPNOTSUPP", -1)}
+
+
+def linked(path: Path) -> CorruptDataError:
+    """The error for a symbolic link found where the store keeps its own files."""
+    return CorruptDataError(
+        f"{path} is a symbolic link; the store does not follow links out of a context "
+        "folder. Replace it with the file or folder it points to.",
+        path,
+    )
+
+
+def describe_kind(mode: int) -> str:
+    """``a folder``, ``a FIFO``, ... for a ``st_mode`` that is not a regular file."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def not_a_file(path: Path, mode: int) -> CorruptDataError:
+    """The error for a folder, FIFO, socket or device where the store keeps a file."""
+    return CorruptDataError(
+        f"{path} is {describe_kind(mode)}, where the store keeps a file. Move it out of the "
+        "way (and restore the file from a backup if you have one); the rest of the data "
+        "directory is unaffected.",
+        path,
+    )
+
+
+def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
+    """The package's error for ``exc``, raised while ``doing`` (a verb) ``path``.
+
+    Already-translated errors are returned unchanged.
+    """
+    if isinstance(exc, StoreError):
+        return exc
+    where = Path(path) if path is not None else Path(str(exc.filename or "?"))
+    reason = exc.strerror or str(exc)
+    code = exc.errno
+    if code in _FULL:
+        return StorageFullError(
+            f"no space left on the device holding {where} (could not {doing} it: {reason}). "
+            "Nothing half-written was kept; free some space (or raise the disk quota) and "
+            "try again.",
+            where,
+            code,
+        )
+    if code == errno.ELOOP:
+        return linked(where)
+    if code in _NOT_A_FILE:
+        try:
+            mode = os.lstat(where).st_mode
+        except OSError:
+            mode = 0
+        if mode and not stat.S_ISREG(mode):
+            return not_a_file(where, mode)
+    if code in _DENIED:
+        return StoreIOError(
+            f"permission denied to {doing} {where} ({reason}). Give the user running "
+            "cm_notebook read and write access to it, or choose another data directory "
+            "(CM_NOTEBOOK_DATA_DIR or data_dir=).",
+            where,
+            code,
+        )
+    if code == errno.EROFS:
+        return StoreIOError(
+            f"could not {doing} {where}: the file system is read-only. Choose a writable "
+            "data directory (CM_NOTEBOOK_DATA_DIR or data_dir=).",
+            where,
+            code,
+        )
+    return StoreIOError(
+        f"could not {doing} {where}: {reason}. Check that its folder exists and can be "
+        "reached, and that the disk works.",
+        where,
+        code,
+    )
+
+
+def open_regular(path: Path, *, check_folder: bool = True) -> int:
+    """Open ``path`` for reading, refusing anything but a regular file; return the fd.
+
+    A symbolic link (at ``path`` or, with ``check_folder``, its folder) raises the
+    :func:`linked` error and a folder, FIFO, socket or device :func:`not_a_file`: a link
+    planted in a context folder must not make the store read outside it, and a folder
+    is damage, not an I/O error. A missing file raises ``FileNotFoundError`` (the
+    callers know what a missing file means for them); other failures are translated.
+    """
+    if check_folder and os.path.islink(path.parent):
+        raise linked(path.parent)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise linked(path) from exc
+        raise translate(exc, path, "read") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise translate(exc, path, "read") from exc
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise not_a_file(path, mode)
+    return fd
