@@ -30,7 +30,12 @@ def session(data_dir: Path) -> Iterator[ContextSession]:
 
 
 def files(data_dir: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file()}
+    # Lock files are how readers and writers take turns, not data: they hold nothing.
+    return {
+        p: p.read_bytes()
+        for p in sorted(data_dir.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def refused(data_dir: Path, action: Any) -> str:
