@@ -22,20 +22,28 @@ The caller builds the event with its own fields (checked by pydantic and mypy);
 copy. Clients reading JSON (SSE, REST) turn it back into a model with
 :func:`parse_event`.
 
-Thread safety: none, on purpose. :meth:`EventBus.publish`, :meth:`EventBus.subscribe`
-and the streams must be used from the thread running the event loop (in a notebook,
-the kernel's). Code on worker threads hands events over with
-``loop.call_soon_threadsafe(bus.publish, event)``; the bus does not do it for them,
-so that the common path pays no locking.
+Threads: :meth:`EventBus.publish` and reading a stream belong to the thread running
+the event loop (in a notebook, the kernel's); code on other threads hands signals over
+with ``loop.call_soon_threadsafe(bus.publish, event)``, so the hot path pays no
+locking. Registering and unregistering (:meth:`EventBus.subscribe`,
+:meth:`EventBus.stream`, the returned unsubscribe function) are safe from any thread
+(a comm handler may run on a subshell thread); callbacks always run on the thread
+that publishes.
+
+Filtering: ``bus.subscribe(callback, branch="main", kinds={"ContentDelta"})`` calls
+``callback`` only for the signals of that branch and of those kinds (the names in
+:data:`SIGNAL_KINDS`).
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
+import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
@@ -49,10 +57,14 @@ from .fsm import State
 from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
 
 __all__ = [
+    "SIGNAL_KINDS",
     "BaseEvent",
     "BranchCreated",
+    "BranchDeleted",
     "BranchSwitched",
+    "BranchUpdated",
     "ContentDelta",
+    "ContextUpdated",
     "Error",
     "Event",
     "EventBus",
@@ -146,18 +158,50 @@ class ToolCallResolved(BaseEvent):
 
 
 class BranchCreated(BaseEvent):
-    """A branch named ``name`` was created with head ``head``."""
+    """A branch named ``branch`` was created with head ``head``."""
 
     type: Literal["BranchCreated"] = "BranchCreated"
-    name: str
+    branch: str
     head: str | None = None
 
 
 class BranchSwitched(BaseEvent):
-    """The active branch is now ``name``."""
+    """The active branch is now ``branch``."""
 
     type: Literal["BranchSwitched"] = "BranchSwitched"
-    name: str
+    branch: str
+
+
+class BranchDeleted(BaseEvent):
+    """The branch pointer ``branch`` was deleted (its messages stay in the tree)."""
+
+    type: Literal["BranchDeleted"] = "BranchDeleted"
+    branch: str
+
+
+class BranchUpdated(BaseEvent):
+    """Something about ``branch`` changed other than by a new message.
+
+    ``changed`` names what: ``"head"`` (moved back by a rewind of regenerate or retry,
+    now ``head``), ``"system_prompt"``, ``"params"``, ``"provider"``... Re-pull the
+    branch (and its messages if the head moved).
+    """
+
+    type: Literal["BranchUpdated"] = "BranchUpdated"
+    branch: str
+    head: str | None = None
+    changed: list[str] = Field(default_factory=list)
+
+
+class ContextUpdated(BaseEvent):
+    """The context's own metadata changed; ``changed`` names the fields.
+
+    E.g. ``["title"]``, ``["system_prompt"]``, ``["tags"]``, or ``["metadata"]`` when
+    another process changed it and the fields are not known. Re-pull the metadata.
+    """
+
+    type: Literal["ContextUpdated"] = "ContextUpdated"
+    changed: list[str] = Field(default_factory=list)
 
 
 class Error(BaseEvent):
@@ -197,6 +241,9 @@ Event: TypeAlias = Annotated[
     | ToolCallResolved
     | BranchCreated
     | BranchSwitched
+    | BranchDeleted
+    | BranchUpdated
+    | ContextUpdated
     | Error
     | Resync,
     Field(discriminator="type"),
@@ -213,12 +260,18 @@ _EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
         ToolCallResolved,
         BranchCreated,
         BranchSwitched,
+        BranchDeleted,
+        BranchUpdated,
+        ContextUpdated,
         Error,
         Resync,
     }
 )
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+#: The names of every signal kind (the ``type`` field), e.g. ``"ContentDelta"``.
+SIGNAL_KINDS: frozenset[str] = frozenset(cls.__name__ for cls in _EVENT_TYPES)
 
 EventCallback: TypeAlias = Callable[[Event], None]
 """A synchronous subscriber: called inline by :meth:`EventBus.publish`."""
@@ -346,6 +399,8 @@ class EventBus:
         self._history: deque[Event] = deque(maxlen=history)
         self._buffer_limit = subscriber_buffer
         self._tokens = itertools.count()
+        # Guards registration only; publish iterates immutable snapshots without it.
+        self._registry_lock = threading.Lock()
         self._callbacks: dict[int, EventCallback] = {}
         self._buffers: dict[int, _Buffer] = {}
         # Snapshots iterated by publish: subscribing, unsubscribing or a stream being
@@ -438,19 +493,41 @@ class EventBus:
     def _resync(self, reason: str) -> Resync:
         return Resync(seq=self._seq, context_id=self.context_id, at=self._clock(), reason=reason)
 
-    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+    def subscribe(
+        self,
+        callback: EventCallback,
+        *,
+        branch: str | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> Callable[[], None]:
         """Call ``callback(event)`` inline for every event published from now on.
 
+        ``branch`` keeps only the signals of that branch (``event.branch == branch``);
+        ``kinds`` only the signals of those kinds (names from :data:`SIGNAL_KINDS`).
+        Safe to call from any thread; the callback runs on the publishing thread.
         Exceptions from the callback are logged and otherwise ignored. Returns a function
-        that unsubscribes (calling it twice is harmless).
+        that unsubscribes (calling it twice, or from another thread, is harmless).
+
+        Raises:
+            InvalidInputError: ``kinds`` names an unknown signal, or ``branch`` is not
+                a string.
         """
-        token = next(self._tokens)
-        self._callbacks[token] = callback
-        self._callback_list = tuple(self._callbacks.values())
+        if not callable(callback):
+            raise InvalidInputError(f"callback must be callable, got {callback!r}")
+        if branch is not None and not isinstance(branch, str):
+            raise InvalidInputError(f"branch must be a branch name, got {branch!r}")
+        wanted = _check_kinds(kinds)
+        if branch is not None or wanted is not None:
+            callback = _filtered(callback, branch, wanted)
+        with self._registry_lock:
+            token = next(self._tokens)
+            self._callbacks[token] = callback
+            self._callback_list = tuple(self._callbacks.values())
 
         def unsubscribe() -> None:
-            if self._callbacks.pop(token, None) is not None:
-                self._callback_list = tuple(self._callbacks.values())
+            with self._registry_lock:
+                if self._callbacks.pop(token, None) is not None:
+                    self._callback_list = tuple(self._callbacks.values())
 
         return unsubscribe
 
@@ -467,19 +544,21 @@ class EventBus:
         """
         backlog = self.events(since) if since is not None else []
         buffer = _Buffer(backlog)
-        if self._closed:
-            buffer.closed = True
-        else:
-            token = next(self._tokens)
-            self._buffers[token] = buffer
-            self._buffer_list = tuple(self._buffers.values())
+        with self._registry_lock:
+            if self._closed:
+                buffer.closed = True
+            else:
+                token = next(self._tokens)
+                self._buffers[token] = buffer
+                self._buffer_list = tuple(self._buffers.values())
         return EventStream(self, buffer)
 
     def _discard(self, buffer: _Buffer) -> None:
-        for token, candidate in list(self._buffers.items()):
-            if candidate is buffer:
-                del self._buffers[token]
-                self._buffer_list = tuple(self._buffers.values())
+        with self._registry_lock:
+            for token, candidate in list(self._buffers.items()):
+                if candidate is buffer:
+                    del self._buffers[token]
+                    self._buffer_list = tuple(self._buffers.values())
 
     def events(self, since: int = 0) -> list[Event]:
         """The events published after sequence number ``since``, oldest first.
@@ -518,11 +597,42 @@ class EventBus:
     def close(self) -> None:
         """Stop the bus: callbacks are dropped, streams end after their buffered events,
         and :meth:`publish` raises :class:`~cm_notebook.errors.StateError`."""
-        self._closed = True
-        self._callbacks.clear()
-        self._callback_list = ()
-        for buffer in self._buffer_list:
+        with self._registry_lock:
+            self._closed = True
+            self._callbacks.clear()
+            self._callback_list = ()
+            buffers = self._buffer_list
+            self._buffers.clear()
+            self._buffer_list = ()
+        for buffer in buffers:
             buffer.closed = True
             buffer.wake()
-        self._buffers.clear()
-        self._buffer_list = ()
+
+
+def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    wanted = frozenset(kinds)
+    for kind in wanted:
+        if kind not in SIGNAL_KINDS:
+            close = difflib.get_close_matches(str(kind), SIGNAL_KINDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InvalidInputError(
+                f"unknown signal kind {kind!r}{hint}; the kinds are {sorted(SIGNAL_KINDS)}"
+            )
+    return wanted
+
+
+def _filtered(
+    callback: EventCallback, branch: str | None, kinds: frozenset[str] | None
+) -> EventCallback:
+    def deliver(event: Event) -> None:
+        if branch is not None and event.branch != branch:
+            return
+        if kinds is not None and event.type not in kinds:
+            return
+        callback(event)
+
+    return deliver
