@@ -21,7 +21,7 @@ import asyncio
 import builtins
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
@@ -48,6 +48,9 @@ from .retry import RetryPolicy
 from .store import FileStore, Store
 from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
+
+if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
+    from .widgets import CompareView, SessionView
 
 __all__ = ["ContextSession"]
 
@@ -557,6 +560,25 @@ class ContextSession(SessionCore):
         # Static HTML: a saved notebook shows the conversation without a kernel.
         metadata = self.metadata
         return conversation_html(metadata, self.history())
+
+    def _ipython_display_(self) -> None:
+        # In a notebook: the live views, then a static snapshot kept current for saving.
+        from .widgets import display_session
+
+        display_session(self)
+
+    def view(self) -> SessionView:
+        """The live view of this session (status, branch tree, chat, approvals); its
+        parts are ``.status``, ``.tree``, ``.chat``, ``.approvals``."""
+        from .widgets import SessionView
+
+        return SessionView(self)
+
+    def compare_view(self, *branches: str) -> CompareView:
+        """``branches`` (default: all) side by side from where they diverge, kept current."""
+        from .widgets import CompareView
+
+        return CompareView(self, *branches)
 
     # -- private helpers of the public API --------------------------------------------
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..model import Message, MessageStatus, ToolCall
 from .markdown import render_markdown
 
-__all__ = ["message_dict", "stats_of", "transcript_html"]
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["message_dict", "stats_of", "system_prompt_of", "transcript_html"]
 
 # What to do about a message that did not end well, shown under it.
 _HINTS = {
@@ -133,3 +136,15 @@ def _block(label: str, color: str, body: str, extra: str) -> str:
         f'<div style="font-size:80%;color:#555;font-weight:bold">{html.escape(label)}</div>'
         f"{body}{extra}</div>"
     )
+
+
+def system_prompt_of(session: ContextSession, branch: str) -> str | None:
+    """The system prompt in effect on ``branch``.
+
+    Per-branch prompts are newer than some sessions: without them it is the context's.
+    """
+    effective = getattr(session, "system_prompt_of", None)
+    if callable(effective):
+        prompt = effective(branch)
+        return prompt if isinstance(prompt, str) else None
+    return session.metadata.system_prompt

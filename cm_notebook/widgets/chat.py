@@ -140,9 +140,9 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._refresh.now()
             return
         if isinstance(event, ev.BranchSwitched):
-            if self._follow_active and event.name != self._branch:
-                self._branch = event.name
-                self.transcript.branch = event.name
+            if self._follow_active and event.branch != self._branch:
+                self._branch = event.branch
+                self.transcript.branch = event.branch
                 self._catch_up()
                 self._refresh.now()
             return
@@ -160,7 +160,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
                 self._deltas.now()
                 self._live_id = None
             self._refresh.now()  # freeze it: final HTML and `live` cleared together
-        elif isinstance(event, ev.StateChanged):
+        elif isinstance(event, (ev.StateChanged, ev.BranchUpdated)):
             self._refresh.now()  # Send / Stop follow the state at once
         else:
             self._refresh.poke()
