@@ -118,7 +118,7 @@ def transcript_html(
         for call in item["calls"]:
             result = f" → {html.escape(call['result'])}" if call["result"] else ""
             extra += (
-                f'<div style="font-family:monospace;font-size:85%">🔧 {html.escape(call["name"])}'
+                f'<div style="font-family:monospace;font-size:85%">⚙ {html.escape(call["name"])}'
                 f"({html.escape(call['args'])}) [{call['status']}]{result}</div>"
             )
         if item["error"]:

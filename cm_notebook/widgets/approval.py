@@ -46,7 +46,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self._original = json.dumps(call.arguments, indent=2, ensure_ascii=False)
         where = f" on branch <b>{html.escape(branch)}</b>" if branch else ""
         self.title = w.HTML(
-            f"🔧 <code>{html.escape(call.name)}</code>{where} "
+            f"⚙ <code>{html.escape(call.name)}</code>{where} "
             f'<span style="color:#888">({html.escape(call.id)})</span>'
         )
         self.arguments = w.Textarea(
@@ -200,6 +200,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                 if event.status.value in ("done", "failed"):
                     result = self._result_of(event.tool_call_id, event.branch)
                 row.resolved(event.status.value, result, event.reason)
+            self._update_header()
         elif isinstance(event, ev.Resync):
             self._sync()
 
@@ -221,10 +222,13 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                 self.rows[call.id] = CallRow(
                     self.session, self._follower, call, self._branches.get(call.id, "")
                 )
-        waiting = len(pending_ids)
+        self._update_header()
+        self.children = [self.header, *self.rows.values()]
+
+    def _update_header(self) -> None:
+        waiting = len(self.session.pending_tool_calls)
         self.header.value = (
             f"<b>{waiting} tool call{'s' if waiting != 1 else ''} waiting for approval</b>"
             if waiting
             else ""
         )
-        self.children = [self.header, *self.rows.values()]

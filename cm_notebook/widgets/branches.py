@@ -3,7 +3,7 @@
 A branch hangs under the branch it was forked from (the oldest other branch whose
 conversation contains its fork point). Each node shows the branch's name, its system
 prompt, its length in messages and its last activity; a click on the name switches
-to it, ⑂ starts a new branch from its last message (the chat's ⑂ forks from any
+to it, fork starts a new branch from its last message (the chat's fork forks from any
 message).
 """
 

@@ -78,7 +78,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
 
     Send a message with the text box; Stop ends the reply in progress; each message
     offers edit-and-resend (user), ↻ regenerate (last reply), ``< 2/3 >`` between
-    siblings and ⑂ (a new branch from that message).
+    siblings and fork (a new branch from that message).
     """
 
     def __init__(self, session: ContextSession, branch: str | None = None) -> None:

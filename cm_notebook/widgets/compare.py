@@ -147,6 +147,7 @@ def comparison_html(columns: list[dict[str, Any]]) -> str:
     shared = _shared(paths)
     answers = [next((m for m in reversed(p) if m.role == "assistant"), None) for p in paths]
     base = answers[0].content if answers[0] is not None else ""
+    second = answers[1].content if answers[1] is not None else ""
     head = (
         f'<div style="color:#555;margin-bottom:4px">{len(columns)} branches share the first '
         f"{shared} message{'s' if shared != 1 else ''}; below, what each says after that.</div>"
@@ -164,7 +165,8 @@ def comparison_html(columns: list[dict[str, Any]]) -> str:
                 f"{render_markdown(message.content)}"
             )
         if answer is not None:
-            ops = word_diff(base, answer.content)
+            # The first column marks what the second dropped; the others what they added.
+            ops = word_diff(base, second if index == 0 else answer.content)
             text = _diff_side(ops, "-" if index == 0 else "+")
             body.append(
                 '<div style="font-size:85%;color:#555"><b>answer</b>'

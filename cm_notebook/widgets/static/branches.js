@@ -1,5 +1,5 @@
 // BranchTree: nodes arrive in tree order with a depth. A click on a name switches
-// ({event: "switch"}), ⑂ forks from that branch's last message ({event: "fork"}).
+// ({event: "switch"}), fork forks from that branch's last message ({event: "fork"}).
 function ago(iso) {
   const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
   if (s < 60) return `${Math.round(s)} s ago`;
@@ -36,7 +36,7 @@ function render({ model, el }) {
       meta.textContent = `${n.length} msgs · ${ago(n.last)}${busy}`;
       const fork = document.createElement("button");
       fork.className = "cm-act cm-fork";
-      fork.textContent = "⑂";
+      fork.textContent = "fork";
       fork.title = "new branch from here";
       fork.addEventListener("click", () => model.send({ event: "fork", branch: n.name }));
       row.append(mark, name, meta, fork);

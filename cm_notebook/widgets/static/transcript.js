@@ -35,7 +35,7 @@ function statsLine(s) {
 function renderCall(c) {
   const box = h("div", `cm-call cm-call-${c.status}`);
   const head = h("div", "cm-call-head");
-  head.append(h("span", "cm-call-name", `🔧 ${c.name}`), h("span", "cm-badge", c.status));
+  head.append(h("span", "cm-call-name", `⚙ ${c.name}`), h("span", "cm-badge", c.status));
   box.append(head, h("pre", "cm-call-args", c.args));
   if (c.reason) box.append(h("div", "cm-call-reason", c.reason));
   if (c.result) box.append(h("div", "cm-call-result", `→ ${c.result}`));
@@ -96,7 +96,7 @@ function render({ model, el }) {
         actions.append(button("↻", "regenerate this reply", () => model.send({ event: "regenerate", id: m.id }), "cm-regenerate"));
       }
       if (m.role === "user" || m.role === "assistant") {
-        actions.append(button("⑂", "new branch from here", () => model.send({ event: "fork", id: m.id }), "cm-fork"));
+        actions.append(button("fork", "new branch from here", () => model.send({ event: "fork", id: m.id }), "cm-fork"));
       }
       head.append(actions);
       box.append(head, body);
