@@ -15,7 +15,6 @@ there.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +22,31 @@ import anyio
 
 from . import events as ev
 from ._host import TurnHost
-from .errors import BranchExistsError, BranchMovedError
+from .errors import BranchExistsError, BranchMovedError, CMError
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
+from .stats import StreamMeter
+from .store import Store
 
-__all__ = ["Reply", "TurnWrites"]
+__all__ = ["Reply", "TurnWrites", "settle_append"]
+
+
+async def settle_append(store: Store, context_id: str, branch: str, message: Message) -> bool:
+    """After an append to ``branch`` failed (e.g. a full disk): True if ``message`` is
+    on the branch now.
+
+    An append can fail after its commit point, leaving the message in the tree but on
+    no branch. This finishes the head move (a compare-and-set from the message's
+    parent), so a message is either on its branch or not stored at all, never an
+    orphan nobody acknowledged. False if it was not stored or the move fails too.
+    """
+    try:
+        if message.id not in await store.index(context_id):
+            return False
+        await store.set_branch_head(context_id, branch, message.id, expected_head=message.parent_id)
+    except (OSError, CMError):
+        return False
+    return True
 
 
 @dataclass
@@ -35,12 +54,12 @@ class Reply:
     """The assistant message being generated, and what has arrived for it so far."""
 
     message: Message
-    started: float
     text: str = ""
     tool_requests: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+    meter: StreamMeter = field(default_factory=StreamMeter)  # its streaming statistics
 
 
 class TurnWrites:
@@ -65,6 +84,9 @@ class TurnWrites:
             await host.store.append_message(
                 host.context_id, message, branch=self.target, expected_head=self.head
             )
+        except OSError:
+            if not await settle_append(host.store, host.context_id, self.target, message):
+                raise
         self.head = message.id
         host.publish(
             ev.MessageAdded(
@@ -103,7 +125,7 @@ class TurnWrites:
     async def start_reply(self, message: Message) -> Reply:
         """Store the assistant message at once, as ``streaming``, after the head."""
         await self.append(message)
-        return Reply(message=message, started=time.perf_counter())
+        return Reply(message=message)
 
     async def checkpoint(self, reply: Reply) -> None:
         """Store the reply's text so far (still ``streaming``)."""

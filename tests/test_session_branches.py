@@ -21,7 +21,7 @@ from cm_notebook.errors import (
     InvalidInputError,
     StateError,
 )
-from cm_notebook.events import BranchCreated, BranchSwitched, ContentDelta, Event
+from cm_notebook.events import BranchCreated, BranchSwitched, BranchUpdated, ContentDelta, Event
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -146,7 +146,12 @@ def test_regenerate_adds_a_sibling_reply(
     files = len(message_files(data_dir, session))
     old = session.history()[-1]
     fake.reply("A2, take two")
+    recorder = Recorder(session)
     new = session.regenerate().result(DEADLINE)
+    # The rewind to the prompt is a change of its own, signalled before the new reply.
+    rewound = recorder.of(BranchUpdated)
+    assert [(e.branch, e.head, e.changed) for e in rewound] == [("main", old.parent_id, ["head"])]
+    assert recorder.events.index(rewound[0]) < recorder.types().index("MessageAdded")
     assert len(message_files(data_dir, session)) == files + 1
     assert new.parent_id == old.parent_id
     assert contents(session) == ["Q1", "A1", "Q2", "A2, take two"]
