@@ -9,15 +9,12 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..model import Message, MessageStatus, ToolCall
 from .markdown import render_markdown
 
-if TYPE_CHECKING:
-    from ..session import ContextSession
-
-__all__ = ["message_dict", "stats_of", "system_prompt_of", "transcript_html"]
+__all__ = ["message_dict", "stats_of", "transcript_html"]
 
 # What to do about a message that did not end well, shown under it.
 _HINTS = {
@@ -39,16 +36,13 @@ def stats_of(message: Message) -> dict[str, Any]:
         out["output_tokens"] = meta.usage.output_tokens
     if meta.duration_ms is not None:
         out["latency_ms"] = round(meta.duration_ms)
-    # Streaming statistics are newer than the stored messages some contexts hold.
-    stats = getattr(meta, "stats", None)
+    stats = meta.stats  # None on replies stored before streaming statistics existed
     if stats is not None:
-        ttft = getattr(stats, "ttft_ms", None)
-        tps = getattr(stats, "tokens_per_second", None)
-        if ttft is not None:
-            out["ttft_ms"] = round(ttft)
-        if tps is not None:
-            out["tokens_per_second"] = round(tps, 1)
-        if "output_tokens" not in out and getattr(stats, "output_tokens", None):
+        if stats.ttft_ms is not None:
+            out["ttft_ms"] = round(stats.ttft_ms)
+        if stats.tokens_per_second is not None:
+            out["tokens_per_second"] = round(stats.tokens_per_second, 1)
+        if "output_tokens" not in out and stats.output_tokens:
             out["output_tokens"] = stats.output_tokens
     return out
 
@@ -136,15 +130,3 @@ def _block(label: str, color: str, body: str, extra: str) -> str:
         f'<div style="font-size:80%;color:#555;font-weight:bold">{html.escape(label)}</div>'
         f"{body}{extra}</div>"
     )
-
-
-def system_prompt_of(session: ContextSession, branch: str) -> str | None:
-    """The system prompt in effect on ``branch``.
-
-    Per-branch prompts are newer than some sessions: without them it is the context's.
-    """
-    effective = getattr(session, "system_prompt_of", None)
-    if callable(effective):
-        prompt = effective(branch)
-        return prompt if isinstance(prompt, str) else None
-    return session.metadata.system_prompt

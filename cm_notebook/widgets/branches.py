@@ -18,7 +18,6 @@ import traitlets as t
 from .. import events as ev
 from ..model import Branch
 from ._base import SessionFollower, Throttle
-from ._messages import system_prompt_of
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -91,8 +90,9 @@ class BranchTree(anywidget.AnyWidget):
     def _render(self) -> None:
         session = self.session
         metadata = session.metadata
+        tree = session.tree()  # from the index: no message file is read
         branches = sorted(metadata.branches.values(), key=lambda b: b.created_at)
-        paths = {b.name: session.history(b.name) for b in branches}
+        paths = {b.name: [node.id for node in tree.path(b.name)] for b in branches}
         parent: dict[str, str | None] = {}
         for index, branch in enumerate(branches):
             parent[branch.name] = _parent_of(branch, branches[:index], paths)
@@ -102,17 +102,17 @@ class BranchTree(anywidget.AnyWidget):
         nodes: list[dict[str, Any]] = []
 
         def walk(name: str, depth: int) -> None:
-            path = paths[name]
             branch = metadata.branches[name]
+            head = tree.nodes.get(branch.head) if branch.head else None
             nodes.append(
                 {
                     "name": name,
                     "depth": depth,
                     "active": name == metadata.active_branch,
                     "state": session.state_of(name).value,
-                    "prompt": system_prompt_of(session, name) or "",
-                    "length": len(path),
-                    "last": (path[-1].created_at if path else branch.created_at).isoformat(),
+                    "prompt": session.system_prompt_of(name) or "",
+                    "length": len(paths[name]),
+                    "last": (head.created_at if head else branch.created_at).isoformat(),
                     "description": branch.description,
                 }
             )
@@ -124,12 +124,12 @@ class BranchTree(anywidget.AnyWidget):
         self.nodes = nodes
 
 
-def _parent_of(branch: Branch, older: list[Branch], paths: dict[str, list[Any]]) -> str | None:
+def _parent_of(branch: Branch, older: list[Branch], paths: dict[str, list[str]]) -> str | None:
     # The oldest earlier branch whose conversation holds the fork point.
     point = branch.forked_from or branch.head
     if point is None:
         return older[0].name if older else None
     for candidate in older:
-        if any(m.id == point for m in paths[candidate.name]):
+        if point in paths[candidate.name]:
             return candidate.name
     return None

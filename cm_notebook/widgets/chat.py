@@ -33,6 +33,7 @@ import traitlets as t
 
 from .. import events as ev
 from ..model import Message, MessageStatus
+from ..tree import MessageTree
 from ._base import SessionFollower, Throttle
 from ._messages import message_dict
 
@@ -104,7 +105,6 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._pending: list[str] = []
         self._sent_len = 0
         self._need_snapshot = False
-        self._siblings: dict[str | None, list[str]] = {}  # parent id -> children ids
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         loop = self._follower.loop
         self._deltas = Throttle(loop, self._delta_interval, self._flush_text)
@@ -151,7 +151,6 @@ class ChatView(w.VBox):  # type: ignore[misc]
         if isinstance(event, ev.ContentDelta):
             self._on_delta(event)
         elif isinstance(event, ev.MessageAdded):
-            self._siblings.pop(event.parent_id, None)  # a new child: siblings changed
             if event.role == "assistant":
                 self._start_live(event.message_id, "")
             self._refresh.now()
@@ -229,6 +228,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
 
     def _render(self) -> None:
         history = self.session.history(self._branch)
+        tree = self.session.tree()  # from the index: siblings without reading messages
         tool_names = {c.id: c.name for m in history for c in m.tool_calls}
         last_reply = next((m.id for m in reversed(history) if m.role == "assistant"), None)
         items = []
@@ -238,7 +238,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
             items.append(
                 message_dict(
                     message,
-                    siblings=self._siblings_of(message),
+                    siblings=_siblings(tree, message),
                     tool_names=tool_names,
                     last_reply=message.id == last_reply,
                 )
@@ -253,15 +253,6 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self.transcript.busy = busy
         self.send_button.disabled = busy
         self.stop_button.disabled = not busy
-
-    def _siblings_of(self, message: Message) -> list[str]:
-        if message.role not in ("user", "assistant"):
-            return []
-        known = self._siblings.get(message.parent_id)
-        if known is None or message.id not in known:
-            known = [m.id for m in self.session.siblings(message.id)]
-            self._siblings[message.parent_id] = known
-        return known
 
     # -- actions (any thread in, session loop thread out) --------------------------
 
@@ -309,14 +300,25 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._act(lambda: self.session.regenerate(branch=self._branch))
 
     def _show_sibling(self, message_id: str) -> None:
-        # Show the branch that holds this alternative; if none does, give it one.
+        # Show the branch that holds this alternative (the active one first, then the
+        # most recent); if none does, give it one.
         self.transcript.notice = ""
-        for name in self.session.branches:
-            if any(m.id == message_id for m in self.session.history(name)):
-                self.session.switch(name)
+        tree = self.session.tree()
+        names = sorted(tree.heads, key=lambda n: (n != self._branch, n))
+        for name in names:
+            if any(node.id == message_id for node in tree.path(name)):
+                if name != self._branch:
+                    self.session.switch(name)
                 return
         self.session.branch(self.session._free_branch_name(f"{self._branch}-alt"), message_id)
 
     def _fork(self, message_id: str) -> None:
         self.transcript.notice = ""
         self.session.branch(self.session._free_branch_name(f"{self._branch}-fork"), message_id)
+
+
+def _siblings(tree: MessageTree, message: Message) -> list[str]:
+    # The alternatives of a user message or a reply, itself included, oldest first.
+    if message.role not in ("user", "assistant"):
+        return []
+    return [node.id for node in tree.children(message.parent_id) if node.role == message.role]

@@ -21,7 +21,7 @@ from ..compare import word_diff
 from ..errors import InvalidInputError
 from ..model import Message
 from ._base import SessionFollower, Throttle
-from ._messages import stats_of, system_prompt_of
+from ._messages import stats_of
 from .markdown import render_markdown
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class CompareView(w.HTML):  # type: ignore[misc]
             columns.append(
                 {
                     "branch": name,
-                    "system": system_prompt_of(session, name),
+                    "system": session.system_prompt_of(name),
                     "messages": paths[name],
                     "state": session.state_of(name).value,
                 }

@@ -16,7 +16,7 @@ from IPython.display import DisplayHandle, display
 
 from .. import events as ev
 from ._base import SessionFollower, Throttle
-from ._messages import message_dict, system_prompt_of, transcript_html
+from ._messages import message_dict, transcript_html
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -36,7 +36,7 @@ def snapshot_html(session: ContextSession, branch: str | None = None) -> str:
     history = session.history(name)
     names = {c.id: c.name for m in history for c in m.tool_calls}
     items = [message_dict(m, tool_names=names) for m in history]
-    return transcript_html(session.title, name, system_prompt_of(session, name), items)
+    return transcript_html(session.title, name, session.system_prompt_of(name), items)
 
 
 class Snapshot:
