@@ -243,9 +243,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
                     last_reply=message.id == last_reply,
                 )
             )
-        busy = self.session.state_of(self._branch).value != "Idle" or (
-            self.session.turn(self._branch) is not None
-        )
+        # Busy while a turn runs; after a failure the person can retry, edit or send.
+        busy = self.session.turn(self._branch) is not None
         live = {"id": self._live_id, "role": "assistant"} if self._live_id else {}
         with self.transcript.hold_sync():
             self.transcript.messages = items
