@@ -225,6 +225,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
                     return t && t.textContent.length > n; }""",
         first,
     )
+    _snap(page, "views-streaming")
     page.wait_for_selector(".cm-transcript .cm-assistant .cm-body strong:has-text('The end.')")
     assert page.locator(".cm-live-text").count() == 0 or not _text(page, ".cm-live-text")
 
@@ -291,3 +292,13 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
         if "text/html" in out.get("data", {})
     ]
     assert any("The sum is" in h and "cm-snapshot" in h for h in htmls)
+    # ... and so does its nbconvert HTML.
+    converted = subprocess.run(
+        [sys.executable, "-m", "nbconvert", "--to", "html", "--stdout", str(notebook)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "The sum is <strong>5</strong>" in converted
+    assert "word119. <strong>The end.</strong>" in converted

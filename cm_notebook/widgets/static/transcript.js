@@ -48,7 +48,9 @@ function render({ model, el }) {
   const list = h("div", "cm-messages");
   const liveBox = h("div", "cm-msg cm-assistant cm-live");
   const liveText = h("div", "cm-live-text");
-  liveBox.append(h("div", "cm-label", "Assistant ▍"), liveText);
+  const liveHead = h("div", "cm-head");
+  liveHead.append(h("span", "cm-label", "Assistant ▍"));
+  liveBox.append(liveHead, liveText);
   const notice = h("div", "cm-notice");
   scroller.append(list);
   el.append(scroller, notice);
