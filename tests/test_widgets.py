@@ -128,7 +128,9 @@ async def test_a_failed_reply_shows_the_error_and_what_to_do(new_session: NewSes
     assert "does not exist" in row["error"]
     assert "retry" in row["hint"]
     reply = await until(
-        lambda: next((m for m in chat.transcript.messages if m["role"] == "assistant"), None)
+        lambda: next(
+            (m for m in [f.data for f in chat.transcript.frozen] if m["role"] == "assistant"), None
+        )
     )
     assert reply["status"] == "error"
     assert "does not exist" in reply["error"]

@@ -80,7 +80,7 @@ def _start(fe: FrontEnd, name: str, script: str) -> tuple[str, str]:
 
 def _final_html(fe: FrontEnd, transcript: str) -> str:
     def done() -> str | None:
-        messages = fe.models[transcript].get("messages", [])
+        messages = fe.messages(transcript)
         last = messages[-1] if messages else None
         if last and last["role"] == "assistant" and last["status"] == "complete" and last["html"]:
             return str(last["html"])
@@ -103,7 +103,7 @@ def test_approve_click_resumes_the_turn_and_a_second_click_is_harmless(fe: Front
     assert "5" in _value(fe, row["status"])
     assert fe.models[row["approve"]]["disabled"] is True
     assert fe.models[row["deny"]]["disabled"] is True
-    tool_result = next(m for m in fe.models[transcript]["messages"] if m["role"] == "tool")
+    tool_result = next(m for m in fe.messages(transcript) if m["role"] == "tool")
     assert tool_result["html"] == "<p>5</p>\n"
     assert fe.run("print(ran, turn_s1.done(), s1.state.value)").strip() == "[(2, 3)] True Idle"
 
@@ -160,10 +160,7 @@ def test_switching_branch_by_click_and_a_live_comparison(fe: FrontEnd) -> None:
     assert fe.models[tree]["nodes"][1]["depth"] == 1
     fe.custom(tree, {"event": "switch", "branch": "other"})
     fe.wait_for(
-        lambda: (
-            fe.models[transcript]["branch"] == "other"
-            and len(fe.models[transcript]["messages"]) == 2
-        ),
+        lambda: fe.models[transcript]["branch"] == "other" and len(fe.messages(transcript)) == 2,
         what="the chat showing the other branch",
     )
     fe.wait_for(lambda: [n["active"] for n in fe.models[tree]["nodes"]] == [False, True])

@@ -52,8 +52,7 @@ def _live_text(fe: FrontEnd, comm_id: str, message_id: str) -> str:
 
 
 def _last_reply(fe: FrontEnd, comm_id: str) -> dict[str, Any] | None:
-    state = fe.models.get(comm_id, {})
-    replies = [m for m in state.get("messages", []) if m["role"] == "assistant"]
+    replies = [m for m in fe.messages(comm_id) if m["role"] == "assistant"]
     return replies[-1] if replies else None
 
 
@@ -89,17 +88,17 @@ def test_a_reply_streams_live_and_within_the_message_budget(fe: FrontEnd) -> Non
     assert fe.models[transcript]["live"] == {}
     # The browser's live text, built from the deltas only, is the whole reply.
     assert _live_text(fe, transcript, reply["id"]) == expected
-    records = [r for r in fe.comms[start:] if r.comm_id == transcript]
-    deltas = [i for i, r in enumerate(records) if r.method == "custom"]
+    records = fe.comms[start:]
+    deltas = [i for i, r in enumerate(records) if r.comm_id == transcript and r.method == "custom"]
+    # The finished reply arrives as its own model (a FrozenMessage opened once).
     final = next(
         i
         for i, r in enumerate(records)
-        if r.method == "update"
-        and any(m["role"] == "assistant" for m in r.content["state"].get("messages", []))
+        if r.method == "open" and r.content["state"].get("data", {}).get("id") == reply["id"]
     )
     # Live: several deltas reached the browser before the reply was final.
     assert len([i for i in deltas if i < final]) >= 3
-    assert _most_per_second(records) <= 20
+    assert _most_per_second([r for r in records if r.comm_id == transcript]) <= 20
 
 
 def test_a_long_reply_costs_o_of_its_length(fe: FrontEnd) -> None:
@@ -128,6 +127,22 @@ def test_a_long_reply_costs_o_of_its_length(fe: FrontEnd) -> None:
     assert _most_per_second([r for r in records if r.comm_id == transcript]) <= 20
 
 
+def test_a_new_turn_does_not_resend_the_finished_messages(fe: FrontEnd) -> None:
+    # s2 (the previous test) holds a 138 KB reply; a short turn after it costs little,
+    # because finished messages are frozen in their own models.
+    (transcript,) = _ids(fe, "print(v2.transcript.model_id)")
+    before = len(fe.messages(transcript))
+    start = fe.mark()
+    fe.run("t2b = s2.send('and now briefly?')")  # the script is used up: the fake echoes
+    fe.wait_for(
+        lambda: len(fe.messages(transcript)) == before + 2
+        and fe.messages(transcript)[-1]["status"] == "complete",
+        what="the short reply",
+    )
+    sent = sum(r.size for r in fe.comms[start:])
+    assert sent < 20_000, f"{sent} bytes for a short turn after a long one"
+
+
 def test_send_from_the_text_box_and_stop(fe: FrontEnd) -> None:
     transcript, text_box, send, stop = _ids(
         fe,
@@ -146,8 +161,10 @@ def test_send_from_the_text_box_and_stop(fe: FrontEnd) -> None:
         lambda: (r := _last_reply(fe, transcript)) and r["status"] == "complete",
         what="the reply to the typed message",
     )
-    state = fe.models[transcript]
-    assert next((m["role"], m["text"]) for m in state["messages"]) == ("user", "first question")
+    assert next((m["role"], m["text"]) for m in fe.messages(transcript)) == (
+        "user",
+        "first question",
+    )
     assert _last_reply(fe, transcript)["html"] == "<p>Short answer.</p>\n"
     assert fe.models[text_box]["value"] == ""  # cleared once sent
 
@@ -226,10 +243,10 @@ def test_regenerate_siblings_and_edit_from_the_transcript(fe: FrontEnd) -> None:
     fe.custom(transcript, {"event": "sibling", "id": first["id"]})
     back = fe.wait_for(lambda: (r := _last_reply(fe, transcript)) and r["id"] == first["id"] and r)
     assert back["sibling"] == [1, 2]
-    user = fe.models[transcript]["messages"][0]
+    user = fe.messages(transcript)[0]
     fe.custom(transcript, {"event": "edit", "id": user["id"], "text": "better question"})
     fe.wait_for(lambda: (r := _last_reply(fe, transcript)) and r["html"] == "<p>edited reply</p>\n")
-    messages = fe.models[transcript]["messages"]
+    messages = fe.messages(transcript)
     assert messages[0]["text"] == "better question"
     assert messages[0]["sibling"] == [2, 2]
     assert fe.models[transcript]["branch"] != "main"

@@ -144,6 +144,12 @@ class FrontEnd:
         """A view's own message to the kernel (what its front-end code sends)."""
         self._comm_msg(comm_id, {"method": "custom", "content": content})
 
+    def messages(self, transcript: str) -> list[dict[str, Any]]:
+        """A ChatView transcript's finished messages, as its front end resolves them."""
+        refs = self.models.get(transcript, {}).get("frozen", [])
+        found = [self.models.get(ref.removeprefix("IPY_MODEL_"), {}) for ref in refs]
+        return [model["data"] for model in found if "data" in model]
+
     def mark(self) -> int:
         """The number of comm messages seen so far (to measure what came after)."""
         return len(self.comms)

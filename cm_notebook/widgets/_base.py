@@ -113,7 +113,10 @@ class SessionFollower:
                 logger.exception("view action %r failed", action)
                 self._on_error(f"{type(exc).__name__}: {exc}")
 
-        self.loop.call_soon_threadsafe(run)
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the session's loop has been closed: nothing left to act on
+            self._on_error("this session is closed; open it again to continue")
 
     def close(self) -> None:
         """Stop following the session (idempotent)."""

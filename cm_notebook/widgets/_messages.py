@@ -63,13 +63,11 @@ def message_dict(
     *,
     siblings: Sequence[str] = (),
     tool_names: dict[str, str] | None = None,
-    last_reply: bool = False,
 ) -> dict[str, Any]:
     """``message`` as the transcript shows it (Markdown already rendered to HTML).
 
     ``siblings``: ids of its alternatives, itself included, oldest first;
-    ``tool_names``: tool call id -> tool name, to label tool results;
-    ``last_reply``: it is the branch's last assistant reply (it gets ↻).
+    ``tool_names``: tool call id -> tool name, to label tool results.
     """
     position = siblings.index(message.id) if message.id in siblings else 0
     out: dict[str, Any] = {
@@ -83,7 +81,6 @@ def message_dict(
         "sibling": [position + 1, len(siblings)] if len(siblings) > 1 else None,
         "prev": siblings[position - 1] if len(siblings) > 1 and position > 0 else None,
         "next": siblings[position + 1] if position + 1 < len(siblings) else None,
-        "last_reply": last_reply,
         "error": message.metadata.error,
         "hint": _HINTS.get(message.status),
     }

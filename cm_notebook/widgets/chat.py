@@ -3,9 +3,12 @@
 The transcript is an anywidget (:class:`Transcript`) with two paths to the front end
 (DESIGN facts 4, 5, 10-12):
 
-- **authoritative state in synced traits**, changed at a low rate: ``messages`` (the
-  finished messages, Markdown already rendered, frozen once complete) and ``live``
-  (which message is streaming). A front end that renders late gets these.
+- **authoritative state in synced traits**, changed at a low rate: ``frozen``, the
+  finished messages, each its own small model (:class:`FrozenMessage`, Markdown already
+  rendered) sent once and again only if that message changes (a tool call's status, a
+  new sibling), so a turn costs the bytes of its own messages, not of the whole
+  conversation; and ``live`` (which message is streaming). A front end that renders
+  late gets these.
 - **the fast path**: the text appended since the last update, as a custom message
   ``{"kind": "delta", "id", "offset", "text"}``, at most every :data:`DELTA_INTERVAL`
   seconds, and always flushed when the reply completes. A front end whose text length
@@ -40,7 +43,7 @@ from ._messages import message_dict
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["DELTA_INTERVAL", "ChatView", "Transcript"]
+__all__ = ["DELTA_INTERVAL", "ChatView", "FrozenMessage", "Transcript"]
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -56,15 +59,25 @@ MAX_DELTA_INTERVAL = 2.0
 REFRESH_INTERVAL = 0.25
 
 
+class FrozenMessage(w.Widget):  # type: ignore[misc]
+    """One finished message of a transcript: a state-only model (no view of its own)."""
+
+    data = t.Dict(help="the message as the transcript shows it (see _messages.py)").tag(sync=True)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook message>"
+
+
 class Transcript(anywidget.AnyWidget):
     """The message list of a :class:`ChatView` (front end in ``static/transcript.js``)."""
 
     _esm = _STATIC / "transcript.js"
     _css = _STATIC / "views.css"
 
-    messages = t.List(t.Dict(), help="finished messages, rendered; frozen once complete").tag(
-        sync=True
-    )
+    frozen = t.List(
+        t.Instance(FrozenMessage), help="the finished messages of the branch, in order"
+    ).tag(sync=True, **w.widget_serialization)
+    last_reply = t.Unicode("", help="id of the branch's last reply (it offers ↻)").tag(sync=True)
     live = t.Dict(help="the streaming message: {id, role}, or {} when none").tag(sync=True)
     branch = t.Unicode("", help="the branch shown").tag(sync=True)
     busy = t.Bool(False, help="a reply is being generated on the branch").tag(sync=True)
@@ -105,6 +118,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._pending: list[str] = []
         self._sent_len = 0
         self._need_snapshot = False
+        self._frozen: dict[str, FrozenMessage] = {}  # message id -> its model, reused
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         loop = self._follower.loop
         self._deltas = Throttle(loop, self._delta_interval, self._flush_text)
@@ -130,6 +144,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._follower.close()
             self._deltas.cancel()
             self._refresh.cancel()
+            for frozen in self._frozen.values():
+                frozen.close()
         super().close()
 
     # -- signals (session loop thread) ---------------------------------------------
@@ -235,19 +251,19 @@ class ChatView(w.VBox):  # type: ignore[misc]
         for message in history:
             if message.id == self._live_id and message.status is MessageStatus.STREAMING:
                 continue
-            items.append(
-                message_dict(
-                    message,
-                    siblings=_siblings(tree, message),
-                    tool_names=tool_names,
-                    last_reply=message.id == last_reply,
-                )
-            )
+            data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
+            frozen = self._frozen.get(message.id)
+            if frozen is None:
+                frozen = self._frozen[message.id] = FrozenMessage(data=data)
+            else:
+                frozen.data = data  # sent only if this message changed
+            items.append(frozen)
         # Busy while a turn runs; after a failure the person can retry, edit or send.
         busy = self.session.turn(self._branch) is not None
         live = {"id": self._live_id, "role": "assistant"} if self._live_id else {}
         with self.transcript.hold_sync():
-            self.transcript.messages = items
+            self.transcript.frozen = items
+            self.transcript.last_reply = last_reply or ""
             self.transcript.live = live
             self.transcript.busy = busy
         self.send_button.disabled = busy
