@@ -131,7 +131,7 @@ class SessionBranches(SessionReading):
 
     def _system_in_place(self, name: str, text: str | None) -> Branch | None:
         # Change the prompt of the claimed branch ``name`` if it has no replies yet.
-        index = self._io.call(self._store.index(self.id))
+        index = self._index()
         path = self._io.call(self._store.path(self.id, name))
         if has_replies([index[mid].role for mid in path if mid in index]):
             return None

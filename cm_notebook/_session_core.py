@@ -39,9 +39,17 @@ from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._sessionio import StoreAccess
+from ._turn_writes import settle_append
 from .approvals import ApprovalDesk
 from .branch_defaults import BranchDefaults
-from .errors import BranchNotFoundError, BusyError, InvalidInputError
+from .errors import (
+    BranchNotFoundError,
+    BusyError,
+    CMError,
+    InvalidInputError,
+    StateError,
+    StoreError,
+)
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, Message
 from .prompts import effective_system
@@ -49,7 +57,7 @@ from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
-from .store import Store
+from .store import IndexEntry, Store
 from .tools import Policy, ToolPolicy, ToolRegistry
 from .turn import Turn
 
@@ -125,14 +133,53 @@ class SessionCore:
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
         self._holds = 0  # opens not yet closed (see cm_notebook._registry)
+        # Caches refreshed when the store's change token moves (see ``metadata``).
+        self._metadata_token: object | None = None
+        self._index_cache: dict[str, IndexEntry] = {}
+        self._index_token: object | None = None
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
     @property
     def metadata(self) -> ContextMetadata:
-        """The context's metadata, re-read if another process changed it."""
-        self._metadata = self._io.call(self._store.get_metadata(self.id))
-        return self._metadata
+        """The context's metadata, re-read if it changed (here or in another process).
+
+        Cached: reading it costs a few ``stat`` calls unless the store's files changed,
+        so properties such as ``branches`` never wait behind other store work.
+        """
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._metadata_token:
+                return self._metadata
+        fresh = self._io.call(self._store.get_metadata(self.id))
+        with self._lock:
+            self._metadata, self._metadata_token = fresh, token
+        return fresh
+
+    def _index(self) -> dict[str, IndexEntry]:
+        # The message index (id -> parent, role, status...), cached like the metadata:
+        # a tree view asks for it often and it only changes when a message is written.
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._index_token:
+                return dict(self._index_cache)
+        fresh = self._io.call(self._store.index(self.id))
+        with self._lock:
+            self._index_cache, self._index_token = fresh, token
+        return dict(fresh)
+
+    def _change_token(self) -> object | None:
+        # The store's fingerprint of its files (FileStore.change_token), taken before a
+        # read so a write racing with the read only causes one more re-read; None for
+        # stores without one (then every read goes to the store).
+        token_of = getattr(self._store, "change_token", None)
+        if token_of is None:
+            return None
+        try:
+            token: object = token_of(self.id)
+        except (OSError, CMError):  # a store that cannot tell: read it
+            return None
+        return token
 
     @property
     def branches(self) -> dict[str, Branch]:
@@ -378,6 +425,44 @@ class SessionCore:
         future = schedule_on(self._loop, runner.run())
         turn._attach(future, runner.request_cancel)
         return turn
+
+    def _append_prompt(self, branch: str, message: Message) -> None:
+        # The user's message, after the head it was written against (expected_head): if
+        # another writer moved the branch since, fail loudly rather than fork the
+        # conversation behind its back.
+        try:
+            self._io.call(
+                self._store.append_message(
+                    self.id, message, branch=branch, expected_head=message.parent_id
+                )
+            )
+        except OSError as exc:
+            if not self._io.call(settle_append(self._store, self.id, branch, message)):
+                raise StoreError(
+                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
+                    "space (or fix the data folder) and send it again."
+                ) from exc
+        self._publish(
+            ev.MessageAdded(
+                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
+            )
+        )
+
+    def _rewind_to_prompt(self, branch: str) -> str:
+        # Move the head back past the last assistant reply (and anything after the
+        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
+        ids = self._io.call(self._store.path(self.id, branch))
+        history = self._io.call(self._store.get_messages(self.id, ids))
+        head = ids[-1] if ids else None
+        while history and history[-1].role == "assistant":
+            history.pop()
+        if not history:
+            raise StateError(f"branch {branch!r} has no message to reply to")
+        prompt = history[-1].id
+        if prompt != head:
+            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
+            self._publish_branch_update(branch, ["head"], head=prompt)
+        return prompt
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)

@@ -97,7 +97,7 @@ class SessionReading(SessionCore):
         """
         # The metadata first: the index read after it holds every head it names.
         metadata = self.metadata
-        entries = self._io.call(self._store.index(self.id))
+        entries = self._index()
         return MessageTree.build(entries, metadata.branches, metadata.active_branch)
 
     def get(self, message_id: str) -> Message:
@@ -135,7 +135,7 @@ class SessionReading(SessionCore):
         names = [validate_branch_name(name) for name in branches] or list(self.branches)
         paths = [self._io.call(self._store.path(self.id, name)) for name in names]
         # Read after the paths, so it holds every id on them; only answers' files are read.
-        index = self._io.call(self._store.index(self.id))
+        index = self._index()
         results = []
         for name, path in zip(names, paths, strict=True):
             last = next((mid for mid in reversed(path) if index[mid].role == "assistant"), None)
@@ -149,7 +149,7 @@ class SessionReading(SessionCore):
         # An untitled context is named after its first user message (usually the one
         # just sent); with auto_title the model is asked for a better title once the
         # turn is over, in the background.
-        index = self._io.call(self._store.index(self.id))
+        index = self._index()
         users = [entry for entry in index.values() if entry.role == "user"]
         first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
         first = sent if first_id == sent.id else self.get(first_id)

@@ -102,13 +102,25 @@ class TurnWrites:
         host = self.host
         stem = f"{self.target}-conflict"[:90]
         existing = (await host.store.get_metadata(host.context_id)).branches
+        # The new branch keeps the old one's prompt, provider and parameters: the rest
+        # of the turn is generated as it began.
+        source = existing.get(self.target)
+        settings: dict[str, Any] = (
+            {}
+            if source is None
+            else {
+                "system_prompt": source.system_prompt,
+                "provider": source.provider,
+                "params": dict(source.params),
+            }
+        )
         n = 1
         while True:
             name = f"{stem}-{n}"
             if name not in existing:
                 try:
                     await host.store.create_branch(
-                        host.context_id, name, head=self.head, forked_from=self.head
+                        host.context_id, name, head=self.head, forked_from=self.head, **settings
                     )
                 except BranchExistsError:  # taken meanwhile by another process
                     pass

@@ -1,6 +1,10 @@
-"""Signals: small, numbered events that tell views what changed, so they can pull the data.
+"""The signal bus: numbered signals that tell views what changed, so they pull the data.
 
-A context's :class:`EventBus` stamps every event with a per-context sequence number
+The last step of the send path (session -> turn runner -> state machine -> provider
+-> store -> **signals**). The signal classes live in :mod:`cm_notebook.signals` and
+are re-exported here, so ``from cm_notebook.events import ContentDelta`` works.
+
+A context's :class:`EventBus` stamps every signal with a per-context sequence number
 (``seq``, 1, 2, 3, ...), the context id and the time, keeps the most recent ones in a
 bounded history, and hands them to subscribers. Signals carry ids and deltas, never
 whole message contents: a view that wants a message pulls it from the session.
@@ -43,18 +47,36 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
+from typing import TypeAlias, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .errors import InvalidInputError, StateError
-from .fsm import State
-from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+from .model import utcnow
+from .signals import (
+    EVENT_TYPES,
+    SIGNAL_KINDS,
+    BaseEvent,
+    BranchCreated,
+    BranchDeleted,
+    BranchSwitched,
+    BranchUpdated,
+    ContentDelta,
+    ContextUpdated,
+    Error,
+    Event,
+    MessageAdded,
+    MessageCompleted,
+    Resync,
+    StateChanged,
+    ToolApprovalRequested,
+    ToolCallResolved,
+    parse_event,
+)
 
 __all__ = [
     "SIGNAL_KINDS",
@@ -82,212 +104,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class BaseEvent(BaseModel):
-    """Fields every signal has. ``seq``, ``context_id`` and ``at`` are set by the bus.
-
-    Attributes:
-        seq: per-context sequence number, increasing by one per published event.
-        context_id: the context the event belongs to.
-        branch: the branch it concerns, if any.
-        at: when it was published (UTC).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    seq: int = Field(0, ge=0)
-    context_id: str = ""
-    branch: str | None = None
-    at: UTCDateTime = Field(default_factory=utcnow)
-
-
-class StateChanged(BaseEvent):
-    """The context's state machine moved from ``old`` to ``new``."""
-
-    type: Literal["StateChanged"] = "StateChanged"
-    old: State
-    new: State
-    turn_id: str | None = None
-
-
-class MessageAdded(BaseEvent):
-    """A message was added to the tree; pull it by ``message_id`` if you show it."""
-
-    type: Literal["MessageAdded"] = "MessageAdded"
-    message_id: str
-    parent_id: str | None = None
-    role: Role
-
-
-class ContentDelta(BaseEvent):
-    """More text for a message being generated.
-
-    ``offset`` is the length of the message's text before this delta, so a view that
-    holds ``offset`` characters appends ``text``; any other length means it missed a
-    delta (or got one twice) and should re-pull the message.
-    """
-
-    type: Literal["ContentDelta"] = "ContentDelta"
-    message_id: str
-    text: str
-    offset: int = Field(ge=0)
-
-
-class MessageCompleted(BaseEvent):
-    """A message reached its final status (complete, interrupted or error)."""
-
-    type: Literal["MessageCompleted"] = "MessageCompleted"
-    message_id: str
-    status: MessageStatus
-
-
-class ToolApprovalRequested(BaseEvent):
-    """The model's reply ``message_id`` asks to run tools that need a decision."""
-
-    type: Literal["ToolApprovalRequested"] = "ToolApprovalRequested"
-    message_id: str
-    tool_call_ids: tuple[str, ...]
-
-
-class ToolCallResolved(BaseEvent):
-    """A tool call changed status (approved, denied, done, failed); ``reason`` if denied."""
-
-    type: Literal["ToolCallResolved"] = "ToolCallResolved"
-    tool_call_id: str
-    status: ToolCallStatus
-    reason: str | None = None
-
-
-class BranchCreated(BaseEvent):
-    """A branch named ``branch`` was created with head ``head``."""
-
-    type: Literal["BranchCreated"] = "BranchCreated"
-    branch: str
-    head: str | None = None
-
-
-class BranchSwitched(BaseEvent):
-    """The active branch is now ``branch``."""
-
-    type: Literal["BranchSwitched"] = "BranchSwitched"
-    branch: str
-
-
-class BranchDeleted(BaseEvent):
-    """The branch pointer ``branch`` was deleted (its messages stay in the tree)."""
-
-    type: Literal["BranchDeleted"] = "BranchDeleted"
-    branch: str
-
-
-class BranchUpdated(BaseEvent):
-    """Something about ``branch`` changed other than by a new message.
-
-    ``changed`` names what: ``"head"`` (moved back by a rewind of regenerate or retry,
-    now ``head``), ``"system_prompt"``, ``"params"``, ``"provider"``... Re-pull the
-    branch (and its messages if the head moved).
-    """
-
-    type: Literal["BranchUpdated"] = "BranchUpdated"
-    branch: str
-    head: str | None = None
-    changed: list[str] = Field(default_factory=list)
-
-
-class ContextUpdated(BaseEvent):
-    """The context's own metadata changed; ``changed`` names the fields.
-
-    E.g. ``["title"]``, ``["system_prompt"]``, ``["tags"]``, or ``["metadata"]`` when
-    another process changed it and the fields are not known. Re-pull the metadata.
-    """
-
-    type: Literal["ContextUpdated"] = "ContextUpdated"
-    changed: list[str] = Field(default_factory=list)
-
-
-class Error(BaseEvent):
-    """Something went wrong that a view should show; ``kind`` says what sort.
-
-    ``transient``: a request failed and will be retried (the message says when);
-    ``permanent``: the turn stopped and needs the user (retry, edit, fix a key);
-    ``tool``: a tool call failed (the model was told and the turn goes on);
-    ``internal``: a bug or an I/O failure ended the turn.
-    An Error comes just before the :class:`StateChanged` it explains (e.g. into
-    ``TransientFailure`` or ``PermanentFailure``).
-    """
-
-    type: Literal["Error"] = "Error"
-    message: str
-    kind: Literal["transient", "permanent", "tool", "internal"]
-
-
-class Resync(BaseEvent):
-    """Events were dropped for this subscriber: re-pull the state.
-
-    ``seq`` is the bus's last sequence number when the resync was issued; the events
-    that follow it have larger numbers. A ``Resync`` made for one subscriber is not in
-    the history and other subscribers never see it.
-    """
-
-    type: Literal["Resync"] = "Resync"
-    reason: str
-
-
-Event: TypeAlias = Annotated[
-    StateChanged
-    | MessageAdded
-    | ContentDelta
-    | MessageCompleted
-    | ToolApprovalRequested
-    | ToolCallResolved
-    | BranchCreated
-    | BranchSwitched
-    | BranchDeleted
-    | BranchUpdated
-    | ContextUpdated
-    | Error
-    | Resync,
-    Field(discriminator="type"),
-]
-"""Any signal, discriminated by its ``type`` field."""
-
-_EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
-    {
-        StateChanged,
-        MessageAdded,
-        ContentDelta,
-        MessageCompleted,
-        ToolApprovalRequested,
-        ToolCallResolved,
-        BranchCreated,
-        BranchSwitched,
-        BranchDeleted,
-        BranchUpdated,
-        ContextUpdated,
-        Error,
-        Resync,
-    }
-)
-
-_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-
-#: The names of every signal kind (the ``type`` field), e.g. ``"ContentDelta"``.
-SIGNAL_KINDS: frozenset[str] = frozenset(cls.__name__ for cls in _EVENT_TYPES)
-
 EventCallback: TypeAlias = Callable[[Event], None]
 """A synchronous subscriber: called inline by :meth:`EventBus.publish`."""
 
 EventT = TypeVar("EventT", bound=BaseEvent)
-
-
-def parse_event(data: Mapping[str, Any] | str | bytes) -> Event:
-    """Turn a dict (e.g. ``event.model_dump(mode="json")``) or JSON text into an event.
-
-    Raises:
-        pydantic.ValidationError: the data is not a known event.
-    """
-    if isinstance(data, (str, bytes)):
-        return _EVENT_ADAPTER.validate_json(data)
-    return _EVENT_ADAPTER.validate_python(data)
 
 
 class _Buffer:
@@ -443,7 +263,7 @@ class EventBus:
             InvalidInputError: ``event`` is not one of the event types of :data:`Event`.
             StateError: the bus is closed.
         """
-        if type(event) not in _EVENT_TYPES:
+        if type(event) not in EVENT_TYPES:
             raise InvalidInputError(f"{type(event).__name__} is not a publishable event type")
         if self._closed:
             raise StateError(f"the event bus of context {self.context_id!r} is closed")
@@ -451,7 +271,7 @@ class EventBus:
         stamped = event.model_copy(
             update={"seq": self._seq, "context_id": self.context_id, "at": self._clock()}
         )
-        as_event = cast(Event, stamped)  # checked against _EVENT_TYPES above
+        as_event = cast(Event, stamped)  # checked against EVENT_TYPES above
         self._history.append(as_event)
         self._queue.append(as_event)
         if not self._dispatching:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._loop import schedule_on
 from .compare import Comparison
@@ -15,9 +16,6 @@ from .ids import validate_branch_name
 from .prompts import prompt_label
 from .providers import Provider
 from .turn import Handle, Turn
-
-if TYPE_CHECKING:
-    from .session import ContextSession
 
 __all__ = ["FanOut", "Variant", "plan_variants"]
 
@@ -115,10 +113,14 @@ class FanOut(Handle[Comparison]):
     """The turns of a fan-out; ``await`` it (or ``.result()``) for the comparison."""
 
     def __init__(
-        self, session: ContextSession, turns: list[Turn], loop: asyncio.AbstractEventLoop
+        self,
+        compare: Callable[..., Comparison],
+        turns: list[Turn],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
+        # ``compare(*branches)``: the session's comparison of those branches' answers.
         super().__init__(loop)
-        self.session = session
+        self._compare = compare
         self.turns = turns
         self._attach(schedule_on(loop, self._gather()), self._cancel_all)
 
@@ -132,7 +134,7 @@ class FanOut(Handle[Comparison]):
             # A failed arm still appears in the comparison, as an error.
             with contextlib.suppress(CMError):
                 await turn
-        return self.session.compare(*self.branches)
+        return self._compare(*self.branches)
 
     def _cancel_all(self) -> None:
         for turn in self.turns:
@@ -141,3 +143,11 @@ class FanOut(Handle[Comparison]):
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
         return f"<FanOut {status} branches={self.branches}>"
+
+    def _repr_html_(self) -> str:
+        # Shown as the comparison once finished (a cell that displays the handle after
+        # the replies came), else as a line saying it is still running.
+        if self.done() and self.exception() is None:
+            # The finished future, not result(): that refuses to run on a kernel's loop.
+            return self._require_future().result()._repr_html_()
+        return f"<code>{html.escape(repr(self))}</code>"

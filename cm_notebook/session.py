@@ -34,7 +34,6 @@ from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
 from ._sessionio import StoreAccess
-from ._turn_writes import settle_append
 from .approvals import Decision
 from .branch_defaults import branch_settings
 from .errors import (
@@ -42,7 +41,6 @@ from .errors import (
     CMError,
     InvalidInputError,
     StateError,
-    StoreError,
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name
@@ -52,6 +50,7 @@ from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
 from .retry import RetryPolicy
+from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
 from .tools import Policy, ToolPolicy, validate_edited_arguments
@@ -329,10 +328,14 @@ class ContextSession(SessionBranches):
         """A new reply to the last user (or tool) message: a sibling of the current reply.
 
         The branch's head moves to the new reply; the old one stays in the tree
-        (see :meth:`siblings`).
+        (see :meth:`siblings`). The new reply is sampled (a fresh ``seed``, and a
+        ``temperature`` of 0.8 unless one is given here or as the branch's default), so
+        a greedy model does not repeat itself; the reply's ``metadata.parameters`` say
+        which (see :mod:`cm_notebook.sampling`).
         """
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
+        generation = for_regenerate(generation)
         with self._claim(name) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)
@@ -397,7 +400,6 @@ class ContextSession(SessionBranches):
             settings["params"] = {**settings["params"], **own["params"]}
             self._provider(plan.provider)  # an unknown spec fails before anything is written
             checked.append((plan, settings))
-        turns: builtins.list[Turn] = []
         for plan, settings in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
             if plan.provider is not None:
@@ -405,8 +407,9 @@ class ContextSession(SessionBranches):
             else:
                 self._defaults.inherit(self._metadata, base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
-            turns.append(self.send(text, branch=plan.branch))
-        return FanOut(self, turns, self._loop)
+        # Every branch first, then the sends back to back: the arms start together.
+        turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
+        return FanOut(self.compare, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
 
@@ -527,41 +530,3 @@ class ContextSession(SessionBranches):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _append_prompt(self, branch: str, message: Message) -> None:
-        # The user's message, after the head it was written against (expected_head): if
-        # another writer moved the branch since, fail loudly rather than fork the
-        # conversation behind its back.
-        try:
-            self._io.call(
-                self._store.append_message(
-                    self.id, message, branch=branch, expected_head=message.parent_id
-                )
-            )
-        except OSError as exc:
-            if not self._io.call(settle_append(self._store, self.id, branch, message)):
-                raise StoreError(
-                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
-                    "space (or fix the data folder) and send it again."
-                ) from exc
-        self._publish(
-            ev.MessageAdded(
-                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
-            )
-        )
-
-    def _rewind_to_prompt(self, branch: str) -> str:
-        # Move the head back past the last assistant reply (and anything after the
-        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
-        ids = self._io.call(self._store.path(self.id, branch))
-        history = self._io.call(self._store.get_messages(self.id, ids))
-        head = ids[-1] if ids else None
-        while history and history[-1].role == "assistant":
-            history.pop()
-        if not history:
-            raise StateError(f"branch {branch!r} has no message to reply to")
-        prompt = history[-1].id
-        if prompt != head:
-            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
-            self._publish_branch_update(branch, ["head"], head=prompt)
-        return prompt

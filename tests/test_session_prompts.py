@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from test_session_support import DEADLINE, Recorder
 
 from cm_notebook.errors import BranchNotFoundError, InvalidInputError
 from cm_notebook.events import BranchCreated, BranchUpdated
+from cm_notebook.model import Message
 from cm_notebook.providers.base import ChatRequest
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
 
 
 def system_of(request: ChatRequest) -> str | None:
@@ -176,3 +180,70 @@ def test_fan_out_over_system_prompts(data_dir: Path, closing: list[ContextSessio
     assert [r.system_prompt for r in result.results] == ["Shout.", "Be kind."]
     with pytest.raises(InvalidInputError, match="system prompt must be a string"):
         session.fan_out("Hi", [{"system": 1}])
+
+
+@pytest.mark.anyio
+async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
+    # As in a notebook cell: create, await the fan-out, display the comparison.
+    fake = ScriptedProvider(delay=0.001)
+    fake.reply("Sunlight scatters off air.", chunks="words", usage=(9, 5))
+    fake.reply("Arr, sunlight scatters off air, matey!", chunks="words", usage=(9, 7))
+    s = ContextSession.create("AB", system=None, provider=fake, data_dir=data_dir)
+    try:
+        fan = s.fan_out(
+            "Why is the sky blue?",
+            [{"system": "Answer in five words."}, {"system": "Answer like a pirate."}],
+        )
+        ab = await fan
+        html = ab._repr_html_()
+        assert fan._repr_html_() == html  # the handle shows the comparison once done
+        for shown in ["Answer in five words.", "Answer like a pirate.", "TTFT", "tok/s"]:
+            assert shown in html, shown
+        # Both answers, as a word diff: the pirate's additions marked as inserted.
+        assert "Sunlight scatters off air." in ab.results[0].text
+        assert ab.diff() == [
+            ("-", "Sunlight"),
+            ("+", "Arr, sunlight"),
+            ("=", " scatters off "),
+            ("-", "air."),
+            ("+", "air, matey!"),
+        ]
+        assert '<span style="background:#dfd">Arr, sunlight</span>' in html
+        assert all(r.stats is not None and r.stats.ttft_ms is not None for r in ab.results)
+        assert all(r.stats is not None and r.stats.tokens_per_second for r in ab.results)
+        assert s.title == "AB"
+    finally:
+        await s.aclose()
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_a_turn_diverted_to_a_conflict_branch_keeps_its_prompt(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+    session = ContextSession.create(provider=fake, tools=[add], data_dir=data_dir)
+    closing.append(session)
+    session.branch("terse", system="Be terse.", temperature=0.3)
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    recorder.wait(lambda events: any(e.type == "ToolApprovalRequested" for e in events))
+    asking = session.history()[-1]
+
+    async def intrude() -> None:
+        # A writer that does not claim the branch moves its head mid-turn.
+        async with FileStore(data_dir) as store:
+            stray = Message(role="user", parent_id=asking.id, content="from elsewhere")
+            await store.append_message(session.id, stray, branch="terse", expected_head=asking.id)
+
+    anyio.run(intrude)
+    session.approve()
+    assert turn.result(DEADLINE).content == "three"
+    conflict = session.branches["terse-conflict-1"]
+    assert conflict.system_prompt == "Be terse."
+    assert conflict.params == {"temperature": 0.3}
+    assert system_of(fake.last_request) == "Be terse."

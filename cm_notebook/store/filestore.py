@@ -48,7 +48,14 @@ from .base import IndexEntry
 from .codec import encode_message, read_message_file
 from .context import ContextState, remove_tree
 from .folders import create_context_folder, list_context_folders, trash_path
-from .paths import context_dir, default_data_dir, message_path
+from .paths import (
+    INDEX_NAME,
+    JOURNAL_NAME,
+    METADATA_NAME,
+    context_dir,
+    default_data_dir,
+    message_path,
+)
 
 __all__ = ["FileStore"]
 
@@ -462,6 +469,23 @@ class FileStore:
         """
         validate_branch_name(name)
         await self._run(self._write, context_id, ops.do_delete_branch, name)
+
+    def change_token(self, context_id: str) -> tuple[int, ...]:
+        """A cheap fingerprint of the context's metadata and index files (a few ``stat``
+        calls, no lock, no thread hop): it differs after any write that changed them,
+        from this process or another. Callers cache what they read and re-read when it
+        changes; a missing file gives zeros (the next read raises the precise error).
+        """
+        folder = context_dir(self.data_dir, context_id)
+        token: list[int] = []
+        for name in (METADATA_NAME, INDEX_NAME, JOURNAL_NAME):
+            try:
+                info = os.stat(folder / name)
+            except OSError:
+                token += [0, 0, 0, 0]
+            else:
+                token += [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+        return tuple(token)
 
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
         """The lock file in the context folder by which a writer claims ``branch``.
