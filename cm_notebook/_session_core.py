@@ -118,6 +118,7 @@ class SessionCore:
         self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
         self._turn_claims: dict[str, Claim] = {}
+        self._unsettled: dict[str, Message] = {}  # final states a full disk refused
         claim_path = getattr(store, "branch_claim_path", None)
         self._claims = BranchClaims(
             None if claim_path is None else lambda branch: claim_path(self.id, branch)
@@ -299,6 +300,7 @@ class SessionCore:
                 await turn
         if jobs:
             await asyncio.wait(jobs)
+        await self._settle_replies()
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()
@@ -362,6 +364,8 @@ class SessionCore:
                 )
         claim = self._claims.take(branch)
         try:
+            if self._unsettled:
+                self._io.call(self._settle_replies())
             yield claim
         except BaseException:
             claim.release()
@@ -376,6 +380,24 @@ class SessionCore:
         messages = await self._store.get_messages(self.id, ids)
         prompt = effective_system(await self._store.get_metadata(self.id), branch)
         return for_request([m for m in messages if m.id != exclude], prompt)
+
+    def _unsettled_reply(self, final: Message) -> None:
+        with self._lock:
+            self._unsettled[final.id] = final
+
+    async def _settle_replies(self) -> None:
+        # Store the final states that a full disk refused (see TurnHost.unsettled), so
+        # no reply stays ``streaming``; what still fails waits for the next try.
+        with self._lock:
+            pending = list(self._unsettled.values())
+        for final in pending:
+            try:
+                await self._store.update_message(self.id, final)
+            except (OSError, CMError):
+                continue
+            with self._lock:
+                if self._unsettled.get(final.id) is final:
+                    del self._unsettled[final.id]
 
     def _turn_finished(self, turn: Turn) -> None:
         with self._lock:
@@ -400,6 +422,7 @@ class SessionCore:
             tool_timeout=self.tool_timeout,
             conversation=self._conversation,
             finished=self._turn_finished,
+            unsettled=self._unsettled_reply,
         )
 
     def _start(

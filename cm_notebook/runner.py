@@ -215,7 +215,7 @@ class TurnRunner:
         # The store may be what failed: the first error is the one to report.
         with contextlib.suppress(Exception):
             await self._wind_down(status, message, tools_reason)
-        self.host.publish(ev.Error(branch=self.branch, kind="internal", message=message))
+        self.host.publish(ev.ErrorReported(branch=self.branch, kind="internal", message=message))
         return "failed"
 
     async def _wind_down(self, status: MessageStatus, reason: str, tools_reason: str) -> None:
@@ -382,7 +382,7 @@ class TurnRunner:
         nxt = self._effects[-1] if self._effects else None
         if isinstance(nxt, fsm.ScheduleRetry):
             self.host.publish(
-                ev.Error(
+                ev.ErrorReported(
                     branch=self.branch,
                     kind="transient",
                     message=f"{exc} (retrying in {nxt.delay:.1f} s, attempt {nxt.attempt})",
@@ -443,7 +443,7 @@ class TurnRunner:
         if not isinstance(self._failure, PermanentProviderError):
             self._failure = PermanentProviderError(message)
         kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
-        self.host.publish(ev.Error(branch=self.branch, kind=kind, message=message))
+        self.host.publish(ev.ErrorReported(branch=self.branch, kind=kind, message=message))
 
     # -- tools -------------------------------------------------------------------------
 
@@ -531,7 +531,9 @@ class TurnRunner:
                 call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
                 text = outcome.result
                 if not outcome.ok:
-                    host.publish(ev.Error(branch=self.branch, kind="tool", message=outcome.result))
+                    host.publish(
+                        ev.ErrorReported(branch=self.branch, kind="tool", message=outcome.result)
+                    )
             elif call.status is ToolCallStatus.FAILED:
                 text = call.result or f"error: {call.reason}"
             else:
