@@ -44,7 +44,7 @@ from .errors import (
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name
-from .model import ContextMetadata, Message, ProviderSettings, ToolCall
+from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
 from .params import validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
@@ -219,20 +219,27 @@ class ContextSession(SessionBranches):
         *,
         branch: str | None = None,
         provider: ProviderLike | None = None,
+        metadata: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Turn:
         """Add a user message and start the reply; returns at once with a :class:`Turn`.
 
         ``params`` are generation parameters (``temperature``, ``max_tokens``, ``top_p``,
-        ``seed``, ``stop``, ``model``). ``await turn`` (notebooks) or
-        ``turn.result(timeout)`` (scripts) gives the final assistant message.
+        ``seed``, ``stop``, ``model``). ``metadata`` is recorded in the user message's
+        metadata (e.g. ``%%cm`` notes which kernel variables filled the text).
+        ``await turn`` (notebooks) or ``turn.result(timeout)`` (scripts) gives the final
+        assistant message.
         """
         text = validate_text(text)
+        try:
+            noted = MessageMetadata.model_validate(dict(metadata or {}))
+        except ValueError as exc:
+            raise InvalidInputError(f"metadata: {exc}") from exc
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
         with self._claim(name) as claim:
             head = self._head(name)
-            user = Message(role="user", parent_id=head, content=text)
+            user = Message(role="user", parent_id=head, content=text, metadata=noted)
             self._append_prompt(name, user)
             turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
         if self._metadata.title == UNTITLED:

@@ -125,6 +125,19 @@ class FrontEnd:
         assert reply["content"]["status"] == "ok", out
         return out
 
+    def execute(self, code: str, timeout: float = TIMEOUT) -> tuple[dict[str, Any], str]:
+        """Execute a cell that may fail: its execute_reply content and its output."""
+        msg_id = self.client.execute(textwrap.dedent(code))
+        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {code[:60]!r}")
+        reply = self.client.get_shell_msg(timeout=timeout)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.client.get_shell_msg(timeout=timeout)
+        return reply["content"], "".join(self._outputs.get(msg_id, []))
+
+    def with_class(self, css_class: str) -> list[dict[str, Any]]:
+        """The states of the widget models that carry ``css_class``, oldest first."""
+        return [m for m in self.models.values() if css_class in m.get("_dom_classes", [])]
+
     # -- acting like a browser --------------------------------------------------------
 
     def _comm_msg(self, comm_id: str, data: dict[str, Any]) -> None:
