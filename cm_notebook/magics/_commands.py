@@ -225,10 +225,10 @@ class Commands:
         if not messages:
             print("no messages yet")
         for message in messages:
-            calls = "".join(
-                f" [tool call {c.name}({c.arguments}) {c.id}]" for c in message.tool_calls
+            calls = [f"[tool call {c.name}({c.arguments}) {c.id}]" for c in message.tool_calls]
+            print(
+                f"{message.role}: " + " ".join(part for part in (message.content, *calls) if part)
             )
-            print(f"{message.role}: {message.content}{calls}")
 
     def compare(self, args: a.CompareArgs) -> CompareView:
         """Branches side by side (default: all), kept current."""
