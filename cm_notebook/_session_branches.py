@@ -136,6 +136,5 @@ class SessionBranches(SessionReading):
         if has_replies([index[mid].role for mid in path if mid in index]):
             return None
         updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
-        self._metadata = self.metadata
         self._publish_branch_update(name, ["system_prompt"], head=updated.head)
         return updated
