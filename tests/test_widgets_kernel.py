@@ -135,8 +135,10 @@ def test_a_new_turn_does_not_resend_the_finished_messages(fe: FrontEnd) -> None:
     start = fe.mark()
     fe.run("t2b = s2.send('and now briefly?')")  # the script is used up: the fake echoes
     fe.wait_for(
-        lambda: len(fe.messages(transcript)) == before + 2
-        and fe.messages(transcript)[-1]["status"] == "complete",
+        lambda: (
+            len(fe.messages(transcript)) == before + 2
+            and fe.messages(transcript)[-1]["status"] == "complete"
+        ),
         what="the short reply",
     )
     sent = sum(r.size for r in fe.comms[start:])
