@@ -96,6 +96,10 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "root"
     root.mkdir()
     _write_notebook(root / "demo.ipynb")
+    # No "news?" toast: it would sit over the bottom-right corner of the page.
+    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     token = secrets.token_hex(16)
     port = _free_port()
     env = {
@@ -105,6 +109,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
     }
     command = [
         sys.executable,
