@@ -206,6 +206,9 @@ def test_without_a_current_context_a_magic_says_how_to_make_one(tmp_path: Path) 
         assert out.strip() == "context 'Greetings' is current (provider: scripted)"
         fresh.run("%cm send hi")
         assert _printed(fresh, "(await _).content") == "echo: hi"
+        fresh.run("%cm")  # the current context's live view
+        assert _printed(fresh, "repr(_)") == "<cm_notebook SessionView>"
+        fresh.run("%cm use Greetings")  # by title
         assert "* " in fresh.run("%cm ls")
 
 
