@@ -38,6 +38,7 @@ def _use_scripted(fe: FrontEnd, script: str, **create: Any) -> str:
     options = "".join(f", {k}={v}" for k, v in create.items())
     out = fe.run(
         f"""
+        import json
         from cm_notebook import ContextSession, tool
         from cm_notebook.testing import ScriptedProvider
         fake = ScriptedProvider(){script}
@@ -227,3 +228,29 @@ def test_a_cell_streams_a_reply_from_the_bundled_model(tmp_path: Path) -> None:
         assert _printed(fresh, "answer") == text
         first = html.escape(text.split()[0], quote=False)
         fresh.wait_for(lambda: first in body.get("value", ""), what="the reply in the view")
+
+
+def test_stop_retry_and_export(fe: FrontEnd) -> None:
+    _use_scripted(
+        fe,
+        '.hang(after_chunks=2, text="half an answer")'
+        '.error("permanent", message="the key is wrong")'
+        '.reply("Fixed.")',
+    )
+    fe.run("%%cm\nTake your time")
+    reply = fe.with_class("cm-reply")[-1]
+    fe.wait_for(lambda: "half" in reply.get("value", ""), what="the start of the reply")
+    assert fe.run("%cm stop").strip() == "stopping the reply on branch 'main'"
+    assert _printed(fe, "(await _).status.value") == "interrupted"
+    assert fe.run("%cm stop").strip() == "nothing to stop: no reply is being written"
+
+    fe.run("%%cm\nAgain")
+    failure = fe.execute("await _")[0]
+    assert failure["status"] == "error"
+    assert "the key is wrong" in failure["evalue"]
+    fe.run("%cm retry")
+    assert _printed(fe, "(await _).content") == "Fixed."
+
+    assert "Fixed." in fe.run("doc = %cm export\nprint(doc.data)")
+    fe.run("doc = %cm export --format json")
+    assert _printed(fe, "json.loads(doc)['format']") == "cm_notebook.export"
