@@ -254,3 +254,16 @@ def test_stop_retry_and_export(fe: FrontEnd) -> None:
     assert "Fixed." in fe.run("doc = %cm export\nprint(doc.data)")
     fe.run("doc = %cm export --format json")
     assert _printed(fe, "json.loads(doc)['format']") == "cm_notebook.export"
+
+
+def test_system_sets_the_branch_prompt_and_forks_a_branch_with_replies(fe: FrontEnd) -> None:
+    _use_scripted(fe, "")
+    fe.run('%%cm --system "Be brief."\nFirst')
+    fe.run("await _")
+    assert _printed(fe, "(s.active_branch, s.system_prompt_of())") == ("main", "Be brief.")
+    # main has a reply made under "Be brief.": a new prompt forks, and the message goes there.
+    fe.run('%%cm --branch main --system "Be loud."\nSecond')
+    assert _printed(fe, "(await _).content") == "echo: Second"
+    assert _printed(fe, "_.turn.branch") == "main-system-1"
+    assert _printed(fe, "s.system_prompt_of('main-system-1')") == "Be loud."
+    assert _printed(fe, "[m.content for m in s.history('main')]") == ["First", "echo: First"]

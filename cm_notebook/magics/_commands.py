@@ -129,13 +129,16 @@ class Commands:
             params["max_tokens"] = args.max_tokens
         if args.ab is not None or args.fanout is not None:
             return self._fan_out(session, args, text, params)
+        branch = args.branch
         if args.system is not None:
-            # The branch keeps the prompt for its later messages too (as edit_system).
-            session.edit_system(args.system, branch=args.branch)
+            # The branch keeps the prompt for its later messages too. A branch with replies
+            # made under another prompt is forked (see edit_system): send on the fork.
+            # Running the cell again changes nothing more: the prompt is the same.
+            branch = session.edit_system(args.system, branch=branch).name
         metadata = {"interpolated": used} if used else None
         turn = session.send(
             text,
-            branch=args.branch,
+            branch=branch,
             provider=args.chosen_provider,
             metadata=metadata,
             **params,
