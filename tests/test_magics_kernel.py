@@ -50,6 +50,19 @@ def _use_scripted(fe: FrontEnd, script: str, **create: Any) -> str:
     return out.split()[-1]
 
 
+def _reply_output(fe: FrontEnd, code: str) -> str:
+    """Run a cell that shows a reply; the display id of the reply's output."""
+    before = set(fe.displays)
+    fe.run(code)
+    [display_id] = [key for key in fe.displays if key not in before]
+    assert fe.displays[display_id]["text/plain"] == "<cm_notebook reply (HTML)>"
+    return display_id
+
+
+def _html(fe: FrontEnd, display_id: str) -> str:
+    return str(fe.displays[display_id]["text/html"])
+
+
 def _usage_error(fe: FrontEnd, code: str) -> str:
     reply, output = fe.execute(code)
     assert reply["status"] == "error", output
@@ -66,26 +79,25 @@ def _printed(fe: FrontEnd, expression: str) -> Any:
 def test_a_cell_streams_the_reply_into_its_view_after_the_cell_ends(fe: FrontEnd) -> None:
     context_id = _use_scripted(fe, f'.reply("{REPLY}", chunks="words", delay=0.1)')
     fe.run("country = 'France'")
-    fe.run(
+    # The cell ends while the reply is still being written: its output shows at once,
+    # then the text streams into it through the output's display id.
+    reply = _reply_output(
+        fe,
         """
         %%cm --var answer
         What is the capital of {country}? {{not a field}}
-        """
+        """,
     )
-    cell_ended = fe.mark()
-    [body] = fe.with_class("cm-reply")
-    body_id = next(cid for cid, state in fe.models.items() if state is body)
-    fe.wait_for(lambda: "Seine" in body.get("value", ""), what="the whole reply in the view")
-    values = [
-        (i, c.content["state"]["value"])
-        for i, c in enumerate(fe.comms)
-        if c.comm_id == body_id and c.method == "update" and "value" in c.content["state"]
-    ]
-    # The cell ended first (the magic returned its view at once), then the text streamed
-    # in: some updates show part of the reply, the last one all of it.
-    assert all("Seine" not in value for i, value in values if i < cell_ended)
-    assert any("Paris" in value and "Seine" not in value for _i, value in values)
-    assert "Seine" in values[-1][1]
+    seen = [_html(fe, reply)]
+
+    def complete() -> bool:
+        if _html(fe, reply) != seen[-1]:
+            seen.append(_html(fe, reply))
+        return "Seine" in seen[-1]
+
+    fe.wait_for(complete, what="the whole reply in the cell's output")
+    assert "Paris" not in seen[0]  # shown before any text arrived
+    assert any("Paris" in html and "Seine" not in html for html in seen)  # streamed
     assert _printed(fe, "answer") == REPLY
 
     stored = ContextSession.open(context_id, data_dir=fe.data_dir)
@@ -219,15 +231,15 @@ def test_a_cell_streams_a_reply_from_the_bundled_model(tmp_path: Path) -> None:
     pytest.importorskip("xllamacpp")
     with front_end(tmp_path) as fresh:
         fresh.run("%load_ext cm_notebook\n%cm new Capitals")
-        fresh.run(
-            "%%cm --temperature 0 --max-tokens 24 --var answer\nWhat is the capital of France?"
+        reply = _reply_output(
+            fresh,
+            "%%cm --temperature 0 --max-tokens 24 --var answer\nWhat is the capital of France?",
         )
-        [body] = fresh.with_class("cm-reply")
         text = ast.literal_eval(fresh.run("print(repr((await _).content))", timeout=180).strip())
         assert text.strip()  # a 135M model's facts are not the point: that it streams is
         assert _printed(fresh, "answer") == text
         first = html.escape(text.split()[0], quote=False)
-        fresh.wait_for(lambda: first in body.get("value", ""), what="the reply in the view")
+        fresh.wait_for(lambda: first in _html(fresh, reply), what="the reply in the output")
 
 
 def test_stop_retry_and_export(fe: FrontEnd) -> None:
@@ -237,9 +249,8 @@ def test_stop_retry_and_export(fe: FrontEnd) -> None:
         '.error("permanent", message="the key is wrong")'
         '.reply("Fixed.")',
     )
-    fe.run("%%cm\nTake your time")
-    reply = fe.with_class("cm-reply")[-1]
-    fe.wait_for(lambda: "half" in reply.get("value", ""), what="the start of the reply")
+    reply = _reply_output(fe, "%%cm\nTake your time")
+    fe.wait_for(lambda: "half" in _html(fe, reply), what="the start of the reply")
     assert fe.run("%cm stop").strip() == "stopping the reply on branch 'main'"
     assert _printed(fe, "(await _).status.value") == "interrupted"
     assert fe.run("%cm stop").strip() == "nothing to stop: no reply is being written"

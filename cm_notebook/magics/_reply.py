@@ -1,16 +1,19 @@
-"""``ReplyView``: what a ``%%cm`` cell shows, the reply streaming in as it is written.
+"""What a ``%%cm`` cell shows: the reply streaming in, kept in the saved notebook.
 
-The cell returns this view at once (DESIGN fact 7) and the turn carries on in the
-background. The view follows the turn's branch: the reply's text (as Markdown, plain
-text or a code block, ``-f``), then the turn's outcome (an error and what to do, a
-stop). Tool calls waiting for a person appear below it as Approve / Deny buttons
-(:class:`~cm_notebook.widgets.ToolApproval`); ``%cm approve`` works as well.
+The cell returns a :class:`ReplyView` at once (DESIGN fact 7) and the turn carries on in
+the background. The reply is an ordinary ``display_data`` output (``text/html``, with a
+short, stable ``text/plain`` for nbval) that the view replaces in place through its
+display id as the text arrives: every front end shows it, the saved notebook keeps the
+final reply (widget state is not saved by default, DESIGN fact 10), and nothing is shown
+twice. Its form is Markdown, plain text or a code block (``-f``); the turn's outcome (an
+error and what to do, a stop) is appended. When the session has tools, Approve / Deny
+buttons (:class:`~cm_notebook.widgets.ToolApproval`) follow the reply; ``%cm approve``
+works as well.
 
-Updates are throttled (DESIGN fact 4); the gap between two updates grows with the text
-already shown, so a long reply costs a bounded number of messages rather than one per
-token, and the final text is always sent. The view is awaitable: ``await view`` waits
-for the reply, so a later cell (or a test) can use it; ``--var`` stores its text in a
-kernel variable when it completes.
+Updates are throttled (DESIGN fact 4) and each re-sends the text shown, so the gap
+between two updates grows with the text (a long reply costs a bounded number of
+messages, not one per token); the final text is always sent. The view is awaitable:
+``await view`` gives the final message; ``--var`` stores its text in a kernel variable.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import ipywidgets as w
+from IPython.display import DisplayHandle, display
 
-from .. import events as ev
 from ..errors import CMError
 from ..model import Message
 from ..widgets import CompareView, ToolApproval
@@ -32,12 +35,16 @@ from ..widgets.markdown import render_markdown
 if TYPE_CHECKING:
     from collections.abc import Generator
 
+    from .. import events as ev
     from ..compare import Comparison
     from ..fanout import FanOut
     from ..session import ContextSession
     from ..turn import Turn
 
-__all__ = ["ComparisonView", "ReplyView", "render_reply"]
+__all__ = ["PLAIN", "ComparisonView", "ReplyView", "render_reply"]
+
+#: The ``text/plain`` of a reply's output: short and stable, so nbval does not churn.
+PLAIN = "<cm_notebook reply (HTML)>"
 
 #: Seconds between two updates of a short reply; longer replies wait longer (see
 #: :data:`CHARS_PER_SECOND_OF_GAP`), since every update re-sends the text shown.
@@ -57,7 +64,7 @@ def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
     return f'<pre style="white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
 
 
-class ReplyView(w.VBox):  # type: ignore[misc]
+class ReplyView:
     """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message."""
 
     def __init__(
@@ -72,11 +79,10 @@ class ReplyView(w.VBox):  # type: ignore[misc]
         self.turn = turn
         self.form = form
         self._on_done = on_done
-        self.body = w.HTML("")
-        self.body.add_class("cm-reply")
-        self.outcome = w.HTML("")
-        self.approvals = ToolApproval(session)
-        super().__init__([self.body, self.outcome, self.approvals])
+        self._outcome = ""
+        self._handle: DisplayHandle | None = None
+        #: The Approve / Deny buttons, when the session has tools to ask about.
+        self.approvals: ToolApproval | None = ToolApproval(session) if len(session.tools) else None
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._throttle = Throttle(self._follower.loop, self._interval, self._render)
         self._follower.on_loop(self._start)
@@ -92,42 +98,58 @@ class ReplyView(w.VBox):  # type: ignore[misc]
         """The reply's text so far."""
         return self.turn.text
 
+    @property
+    def display_id(self) -> str | None:
+        """The id of the reply's output (None until the view is displayed)."""
+        return None if self._handle is None else str(self._handle.display_id)
+
+    def html(self) -> str:
+        """The reply as it is shown now (HTML)."""
+        text = self.turn.text
+        body = render_reply(text, self.form) if text else _note("…")
+        outcome = f"<div>{_note(self._outcome)}</div>" if self._outcome else ""
+        return f'<div class="cm-reply">{body}{outcome}</div>'
+
+    def _ipython_display_(self) -> None:
+        # The reply as a plain output, replaced in place as it grows; then the buttons.
+        bundle = {"text/html": self.html(), "text/plain": PLAIN}
+        self._handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        if self.approvals is not None:
+            display(self.approvals)  # type: ignore[no-untyped-call]
+
     def close(self) -> None:
-        """Stop following the session."""
-        if hasattr(self, "_follower"):
-            self._follower.close()
-            self._throttle.cancel()
+        """Stop following the session (the output keeps its last content)."""
+        self._follower.close()
+        self._throttle.cancel()
+        if self.approvals is not None:
             self.approvals.close()
-        super().close()
 
     # -- on the session's loop ---------------------------------------------------------
 
     def _start(self) -> None:
-        self._render()
+        self._throttle.poke()
         asyncio.get_running_loop().create_task(self._finish())
 
     async def _finish(self) -> None:
         try:
             final = await self.turn
         except asyncio.CancelledError:
-            self.outcome.value = _note("stopped; the text so far is kept")
+            self._outcome = "stopped; the text so far is kept"
         except CMError as exc:
-            self.outcome.value = _note(f"{exc} (after fixing it: %cm retry)")
+            self._outcome = f"{exc} (after fixing it: %cm retry)"
         except Exception as exc:  # a view must never take the kernel down
-            self.outcome.value = _note(f"{type(exc).__name__}: {exc}")
+            self._outcome = f"{type(exc).__name__}: {exc}"
         else:
             if self._on_done is not None:
                 self._on_done(final)
             if final.status.value != "complete":
-                self.outcome.value = _note(f"reply {final.status.value}")
+                self._outcome = f"reply {final.status.value}"
         finally:
             self._throttle.now()
             self._follower.close()
 
     def _on_event(self, event: ev.Event) -> None:
-        if getattr(event, "branch", None) != self.turn.branch:
-            return
-        if event.type in _KINDS:
+        if event.branch == self.turn.branch and event.type in _KINDS:
             self._throttle.poke()
 
     def _interval(self) -> float:
@@ -136,11 +158,13 @@ class ReplyView(w.VBox):  # type: ignore[misc]
         )
 
     def _render(self) -> None:
-        text = self.turn.text
-        self.body.value = render_reply(text, self.form) if text else _note("…")
+        if self._handle is not None:
+            bundle = {"text/html": self.html(), "text/plain": PLAIN}
+            self._handle.update(bundle, raw=True)  # type: ignore[no-untyped-call]
 
     def _show_error(self, text: str) -> None:
-        self.outcome.value = _note(text)
+        self._outcome = text
+        self._throttle.poke()
 
 
 def _note(text: str) -> str:
