@@ -47,7 +47,7 @@ class SessionReading(SessionCore):
     def rename(self, title: str) -> str:
         """Give the context a new title (white space collapsed); returns it."""
         title = validate_title(title)
-        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._io.call(self._store.update_metadata(self.id, title=title))
         self._publish_context_update(["title"])
         return title
 
@@ -154,7 +154,7 @@ class SessionReading(SessionCore):
         first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
         first = sent if first_id == sent.id else self.get(first_id)
         title = title_from_text(first.content)
-        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._io.call(self._store.update_metadata(self.id, title=title))
         self._publish_context_update(["title"])
         if self._auto_title:
             job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))
@@ -171,5 +171,5 @@ class SessionReading(SessionCore):
         # Keep a title the user chose meanwhile.
         if (await self._store.get_metadata(self.id)).title != made:
             return
-        self._metadata = await self._store.update_metadata(self.id, title=suggested)
+        await self._store.update_metadata(self.id, title=suggested)
         self._publish_context_update(["title"])

@@ -22,7 +22,7 @@ import anyio
 
 from . import events as ev
 from ._host import TurnHost
-from .errors import BranchExistsError, BranchMovedError, CMError
+from .errors import BranchExistsError, BranchMovedError, CMError, StoreError
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
@@ -144,9 +144,17 @@ class TurnWrites:
         await self.update(reply.message.model_copy(update={"content": reply.text}))
 
     async def finish_reply(self, final: Message) -> None:
-        """Store the reply's final state (shielded from cancellation) and announce it."""
-        with anyio.CancelScope(shield=True):
-            await self.update(final)
+        """Store the reply's final state (shielded from cancellation) and announce it.
+
+        If the store cannot take it, the session is handed the message to store later
+        (before its next write, and on close), and the error propagates.
+        """
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.update(final)
+        except (OSError, StoreError):
+            self.host.unsettled(final)  # the session stores it once the disk allows
+            raise
         self.host.publish(
             ev.MessageCompleted(branch=self.target, message_id=final.id, status=final.status)
         )
