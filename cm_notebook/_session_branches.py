@@ -122,7 +122,12 @@ class SessionBranches(SessionReading):
                 f"branch {name!r} is the active branch; switch to another one first "
                 "(session.switch(name)), then delete it"
             )
-        self._io.call(self._store.delete_branch(self.id, name))
+        # Under the branch's claim: a writer elsewhere (another process) may be using it.
+        claim = self._claims.take(name)
+        try:
+            self._io.call(self._store.delete_branch(self.id, name))
+        finally:
+            claim.release()
         self._forget_branch(name)
         self._defaults.forget(name)
         self._publish(ev.BranchDeleted(branch=name))

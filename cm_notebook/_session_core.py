@@ -64,6 +64,7 @@ from .turn import Turn
 __all__ = ["SessionCore"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="SessionCore")
 
 
 class SessionCore:
@@ -133,7 +134,6 @@ class SessionCore:
         self._auto_title = bool(auto_title)  # ask the model for a title (titles.py)
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
-        self._holds = 0  # opens not yet closed (see cm_notebook._registry)
         # Caches refreshed when the store's change token moves (see ``metadata``).
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
@@ -216,7 +216,7 @@ class SessionCore:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def __enter__(self) -> SessionCore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -227,7 +227,7 @@ class SessionCore:
     ) -> None:
         self.close()
 
-    async def __aenter__(self) -> SessionCore:
+    async def __aenter__(self: _S) -> _S:
         return self
 
     async def __aexit__(
@@ -241,7 +241,7 @@ class SessionCore:
     @property
     def closed(self) -> bool:
         """Whether the session was closed (by the last of its holders)."""
-        return self._bus.closed or self._holds <= 0
+        return self._bus.closed or not REGISTRY.held(self)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Give back this holder's use of the session; the last close releases it.
@@ -446,7 +446,7 @@ class SessionCore:
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
         future = schedule_on(self._loop, runner.run())
-        turn._attach(future, runner.request_cancel)
+        turn.attach(future, runner.request_cancel)
         return turn
 
     def _append_prompt(self, branch: str, message: Message) -> None:

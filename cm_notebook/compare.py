@@ -177,6 +177,10 @@ class Comparison(BaseModel):
             lines.append(result.text or "(no answer)")
             lines.append("")
         if len(self.results) >= 2:
+            # wdiff's notation: [-removed-] {+added+}, the second answer against the first.
+            marked = {"=": "{}", "-": "[-{}-]", "+": "{{+{}+}}"}
+            diff = "".join(marked[op].format(text) for op, text in self.diff())
+            lines.append(f"diff {self.results[0].branch} -> {self.results[1].branch}: {diff}")
             lines.append(f"similarity: {self.similarity():.2f}")
         return "\n".join(lines)
 

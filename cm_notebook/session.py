@@ -269,7 +269,7 @@ class ContextSession(SessionBranches):
         def listener(delta: str | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        so_far, remove = turn._listen(listener)
+        so_far, remove = turn.progress.listen(listener)
         try:
             if so_far:
                 yield so_far

@@ -209,6 +209,7 @@ async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
             ("+", "air, matey!"),
         ]
         assert '<span style="background:#dfd">Arr, sunlight</span>' in html
+        assert "[-Sunlight-]{+Arr, sunlight+} scatters off [-air.-]{+air, matey!+}" in str(ab)
         assert all(r.stats is not None and r.stats.ttft_ms is not None for r in ab.results)
         assert all(r.stats is not None and r.stats.tokens_per_second for r in ab.results)
         assert s.title == "AB"
@@ -247,3 +248,27 @@ def test_a_turn_diverted_to_a_conflict_branch_keeps_its_prompt(
     assert conflict.system_prompt == "Be terse."
     assert conflict.params == {"temperature": 0.3}
     assert system_of(fake.last_request) == "Be terse."
+
+
+def test_branches_made_from_a_branch_inherit_its_defaults(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider()
+    session = ContextSession.create(provider=fake, data_dir=data_dir, system="Context prompt.")
+    closing.append(session)
+    session.branch("terse", system="Be terse.", top_p=0.5)
+    question = session.send("Why?").result(DEADLINE).parent_id
+    assert question is not None
+    # An edit's new branch answers under the prompt and parameters of the branch edited.
+    edited = session.edit(question, "Why, really?").result(DEADLINE)
+    assert session.active_branch == "terse-edit-1"
+    assert session.system_prompt_of() == "Be terse."
+    assert edited.metadata.system_prompt == "Be terse."
+    assert fake.last_request.params == {"top_p": 0.5}
+    # So does a fan-out from it, unless a variant says otherwise.
+    arms = session.fan_out("Go on", [{"temperature": 0.1}, {"system": ""}]).result(DEADLINE)
+    assert [r.system_prompt for r in arms.results] == ["Be terse.", None]
+    assert [r.parameters for r in arms.results] == [
+        {"top_p": 0.5, "temperature": 0.1},
+        {"top_p": 0.5},
+    ]

@@ -86,6 +86,11 @@ def test_a_second_store_on_a_busy_branch_is_refused_up_front(
         turn = first.send("long question")
         with pytest.raises(BusyError, match="in use by another writer"):
             second.send("cutting in")
+        second.branch("elsewhere", switch=False)
+        second.switch("elsewhere")
+        with pytest.raises(BusyError, match="in use by another writer"):
+            second.delete_branch("main")  # the first writer is replying there
+        second.switch("main")
         assert "cutting in" not in [m.content for m in second.history()]
         turn.cancel()
         assert turn.result(DEADLINE).status is MessageStatus.INTERRUPTED
