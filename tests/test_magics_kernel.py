@@ -221,7 +221,13 @@ def test_without_a_current_context_a_magic_says_how_to_make_one(tmp_path: Path) 
         assert _printed(fresh, "(await _).content") == "echo: hi"
         fresh.run("%cm")  # the current context's live view
         assert _printed(fresh, "repr(_)") == "<cm_notebook SessionView>"
+        fresh.run("greetings = _.session")
+        fresh.run("%cm new Other --provider scripted")
+        # A context that stops being current stays open for whoever holds it.
+        assert _printed(fresh, "(await greetings.send('still open')).content") == "echo: still open"
         fresh.run("%cm use Greetings")  # by title
+        fresh.run("%cm")
+        assert _printed(fresh, "_.session is greetings")
         assert "* " in fresh.run("%cm ls")
 
 

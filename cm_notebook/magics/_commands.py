@@ -51,19 +51,12 @@ class Commands:
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
         self.current: ContextSession | None = None
-        self._opened: ContextSession | None = None  # opened here: ours to close
 
     def session(self) -> ContextSession:
         """The current session, or a usage error that says how to get one."""
         if self.current is None:
             raise UsageError(NO_CONTEXT)
         return self.current
-
-    def _make_current(self, session: ContextSession, *, opened: bool) -> None:
-        if self._opened is not None and self._opened is not session:
-            self._opened.close()
-        self._opened = session if opened else None
-        self.current = session
 
     # -- contexts --------------------------------------------------------------------
 
@@ -72,19 +65,20 @@ class Commands:
         session = ContextSession.create(
             args.title, provider=args.provider or "local", system=args.system
         )
-        self._make_current(session, opened=True)
+        self.current = session
         print(f"context {session.title!r} is current (provider: {session.metadata.provider.spec})")
 
     def use(self, args: a.UseArgs) -> None:
         """Make a context current: a session in a kernel variable, an id or a title."""
         held = self.namespace.get(args.target)
         if isinstance(held, ContextSession):
-            self._make_current(held, opened=False)
+            self.current = held
         else:
             found = self._find(args.target)
-            if self.current is not None and self.current.id == found:
-                return
-            self._make_current(ContextSession.open(found), opened=True)
+            if self.current is None or self.current.id != found:
+                # Left open when another context becomes current: a variable (a view's
+                # ``.session``) may still hold it, and the kernel's exit closes it.
+                self.current = ContextSession.open(found)
         print(f"context {self.session().title!r} is current")
 
     def _find(self, target: str) -> str:
@@ -257,6 +251,7 @@ class Commands:
     def export(self, args: a.ExportArgs) -> Markdown | str:
         """The conversation as Markdown (shown) or as lossless JSON text (returned)."""
         session = self.session()
+        # The same document as `cm-notebook export`, read through the session's store.
         document = session._io.call(export_context(session._store, session.id, branch=args.branch))
         if args.format == "json":
             return to_json(document)
