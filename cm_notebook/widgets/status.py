@@ -67,7 +67,7 @@ class StatusBar(anywidget.AnyWidget):
         self._throttle.poke()
 
     def _on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Error) and event.branch:
+        if isinstance(event, ev.ErrorReported) and event.branch:
             retry = _RETRY_IN.search(event.message)
             retry_at = event.at.timestamp() + float(retry.group(1)) if retry else None
             self._errors[event.branch] = {
