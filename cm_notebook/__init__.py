@@ -10,6 +10,8 @@ Everything is importable lazily: ``import cm_notebook`` loads no model SDK.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .compare import Comparison
 from .errors import CMError
 from .fsm import State
@@ -20,6 +22,15 @@ from .tools import ToolPolicy, tool
 from .turn import Turn
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext cm_notebook``: register the ``%cm`` / ``%%cm`` magics."""
+    # Imported here: IPython and the views load only when the magics are wanted.
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
 
 __all__ = [
     "Branch",
@@ -36,5 +47,6 @@ __all__ = [
     "ToolPolicy",
     "Turn",
     "__version__",
+    "load_ipython_extension",
     "tool",
 ]

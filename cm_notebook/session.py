@@ -27,7 +27,7 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
@@ -44,7 +44,7 @@ from .errors import (
 )
 from .fanout import FanOut, Variant, plan_variants
 from .ids import validate_branch_name
-from .model import ContextMetadata, Message, ProviderSettings, ToolCall
+from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
 from .params import GenerationParams, validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
@@ -56,6 +56,9 @@ from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
 from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
+
+if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
+    from .widgets import CompareView, SessionView
 
 __all__ = ["ContextSession"]
 
@@ -219,21 +222,28 @@ class ContextSession(SessionBranches):
         *,
         branch: str | None = None,
         provider: ProviderLike | None = None,
+        metadata: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Turn:
         """Add a user message and start the reply; returns at once with a :class:`Turn`.
 
         ``params`` are generation parameters (``temperature``, ``max_tokens``, ``top_p``,
         ``seed``, ``stop``, ``model``...); a name the provider does not accept is refused
-        (its ``parameters`` attribute lists the ones it does). ``await turn`` (notebooks) or
-        ``turn.result(timeout)`` (scripts) gives the final assistant message.
+        (its ``parameters`` attribute lists the ones it does). ``metadata`` is recorded in
+        the user message's metadata (e.g. ``%%cm`` notes which kernel variables filled the
+        text). ``await turn`` (notebooks) or ``turn.result(timeout)`` (scripts) gives the
+        final assistant message.
         """
         text = validate_text(text)
+        try:
+            noted = MessageMetadata.model_validate(dict(metadata or {}))
+        except ValueError as exc:
+            raise InvalidInputError(f"metadata: {exc}") from exc
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
         with self._claim(name) as claim:
             head = self._head(name)
-            user = Message(role="user", parent_id=head, content=text)
+            user = Message(role="user", parent_id=head, content=text, metadata=noted)
             self._append_prompt(name, user)
             turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
         if self._metadata.title == UNTITLED:
@@ -500,6 +510,25 @@ class ContextSession(SessionBranches):
         # Static HTML: a saved notebook shows the conversation without a kernel.
         metadata = self.metadata
         return conversation_html(metadata, self.history())
+
+    def _ipython_display_(self) -> None:
+        # In a notebook: the live views, then a static snapshot kept current for saving.
+        from .widgets import display_session
+
+        display_session(self)
+
+    def view(self) -> SessionView:
+        """The live view of this session (status, branch tree, chat, approvals); its
+        parts are ``.status``, ``.tree``, ``.chat``, ``.approvals``."""
+        from .widgets import SessionView
+
+        return SessionView(self)
+
+    def compare_view(self, *branches: str) -> CompareView:
+        """``branches`` (default: all) side by side from where they diverge, kept current."""
+        from .widgets import CompareView
+
+        return CompareView(self, *branches)
 
     # -- private helpers of the public API --------------------------------------------
 

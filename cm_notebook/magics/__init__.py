@@ -1,0 +1,41 @@
+"""IPython magics: ``%cm`` and ``%%cm`` for quick conversations from cells.
+
+Load them with ``%load_ext cm_notebook``, then::
+
+    %cm new "Capitals"                 # a context, current from now on (offline model)
+    %%cm --temperature 0
+    What is the capital of {country}?  # {country}: the kernel variable
+
+    %%cm --ab "Answer in five words." "Answer like a pirate."
+    Why is the sky blue?               # one message on two branches, compared
+
+``%cm help`` lists every subcommand. A magic never blocks the kernel: it returns a
+live view at once and the reply streams into it (``await`` the view to wait for it).
+Bad input is a one-line usage error, never a traceback.
+
+Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models),
+:mod:`._interpolate` (``{name}``), :mod:`._commands` (what each subcommand does),
+:mod:`._reply` (the views a cell returns), :mod:`._magics` (the IPython glue).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._commands import NO_CONTEXT, Commands
+from ._magics import CMMagics
+from ._reply import ComparisonView, ReplyView
+
+__all__ = [
+    "NO_CONTEXT",
+    "CMMagics",
+    "Commands",
+    "ComparisonView",
+    "ReplyView",
+    "load_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register ``%cm`` / ``%%cm`` (what ``%load_ext cm_notebook`` calls)."""
+    ipython.register_magics(CMMagics)

@@ -1,0 +1,239 @@
+"""The arguments of every ``%cm`` subcommand and of ``%%cm``, as validated models.
+
+Each model's ``USAGE`` is the line shown with its errors and in ``%cm help``; see
+:mod:`._parse` for how a line becomes one of these.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ._parse import MagicArgs
+
+__all__ = [
+    "COMMANDS",
+    "ApproveArgs",
+    "BranchArgs",
+    "CellArgs",
+    "CompareArgs",
+    "DenyArgs",
+    "ExportArgs",
+    "HelpArgs",
+    "HistoryArgs",
+    "NewArgs",
+    "NoArgs",
+    "SendArgs",
+    "SwitchArgs",
+    "TurnArgs",
+    "UseArgs",
+]
+
+Format = Literal["markdown", "text", "code"]
+
+
+class NewArgs(MagicArgs):
+    """``%cm new``: create a context and make it current."""
+
+    USAGE = "%cm new [TITLE] [--provider SPEC] [--system TEXT]"
+    REST = "title"
+    title: str | None = None
+    provider: str | None = None
+    system: str | None = None
+
+
+class UseArgs(MagicArgs):
+    """``%cm use``: make a stored context (or a session in a variable) current."""
+
+    USAGE = "%cm use ID|TITLE|VARIABLE"
+    REST = "target"
+    target: str = Field(min_length=1)
+
+
+class NoArgs(MagicArgs):
+    """Subcommands without arguments (``ls``, ``branches``)."""
+
+    USAGE = "%cm ls | %cm branches"
+
+
+class SendArgs(MagicArgs):
+    """``%cm send``: one message from a line."""
+
+    USAGE = "%cm send TEXT [--branch B]"
+    REST = "text"
+    text: str = Field(min_length=1)
+    branch: str | None = None
+
+
+class BranchArgs(MagicArgs):
+    """``%cm branch``: fork a branch (from the head, or from a message) and switch to it."""
+
+    USAGE = "%cm branch NAME [--from MESSAGE_ID] [--system TEXT]"
+    POSITIONAL = ("name",)
+    SHORT: ClassVar[dict[str, str]] = {"--from": "from_message"}
+    name: str = Field(min_length=1)
+    from_message: str | None = None
+    system: str | None = None
+
+
+class SwitchArgs(MagicArgs):
+    """``%cm switch``: make a branch the active one."""
+
+    USAGE = "%cm switch NAME"
+    POSITIONAL = ("name",)
+    name: str = Field(min_length=1)
+
+
+class HistoryArgs(MagicArgs):
+    """``%cm history``: the messages of a branch."""
+
+    USAGE = "%cm history [--last N] [--branch B]"
+    last: int | None = Field(None, ge=1)
+    branch: str | None = None
+
+
+class CompareArgs(MagicArgs):
+    """``%cm compare``: branches side by side (all of them without names)."""
+
+    USAGE = "%cm compare [BRANCH ...]"
+    REST = "branches"
+    branches: list[str] = Field(default_factory=list)
+
+
+class ApproveArgs(MagicArgs):
+    """``%cm approve``: approve one pending tool call (or all), maybe with edited arguments."""
+
+    USAGE = "%cm approve [TOOL_CALL_ID] [--args JSON] [--branch B]"
+    POSITIONAL = ("id",)
+    id: str | None = None
+    args: dict[str, Any] | None = None
+    branch: str | None = None
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc.msg}); e.g. --args '{{\"x\": 1}}'") from exc
+
+    @model_validator(mode="after")
+    def _args_need_id(self) -> ApproveArgs:
+        if self.args is not None and self.id is None:
+            raise ValueError("--args edits one call: give its TOOL_CALL_ID too")
+        return self
+
+
+class DenyArgs(MagicArgs):
+    """``%cm deny``: deny one pending tool call (or all) and tell the model why."""
+
+    USAGE = "%cm deny [TOOL_CALL_ID] --reason TEXT [--branch B]"
+    POSITIONAL = ("id",)
+    id: str | None = None
+    reason: str = Field(min_length=1)
+    branch: str | None = None
+
+
+class TurnArgs(MagicArgs):
+    """``%cm retry`` / ``%cm stop``: act on a branch's turn (default: the active branch)."""
+
+    USAGE = "%cm retry|stop [--branch B]"
+    branch: str | None = None
+
+
+class ExportArgs(MagicArgs):
+    """``%cm export``: the conversation as Markdown (shown) or JSON (returned)."""
+
+    USAGE = "%cm export [--format markdown|json] [--branch B]"
+    SHORT: ClassVar[dict[str, str]] = {"-f": "format"}
+    format: Literal["markdown", "json"] = "markdown"
+    branch: str | None = None
+
+
+class HelpArgs(MagicArgs):
+    """``%cm help``: every subcommand's usage."""
+
+    USAGE = "%cm help"
+
+
+class CellArgs(MagicArgs):
+    """``%%cm``: the cell body is the message; options choose where and how it goes."""
+
+    USAGE = (
+        "%%cm [SPEC] [--branch B] [--provider SPEC] [--temperature T] [--max-tokens N] "
+        "[--system TEXT] "
+        '[--var NAME] [-f markdown|text|code] [--ab "SYSTEM A" "SYSTEM B" ...] '
+        "[--fanout SPEC,SPEC,...]"
+    )
+    POSITIONAL = ("spec",)
+    SHORT: ClassVar[dict[str, str]] = {"-f": "format"}
+    spec: str | None = None
+    branch: str | None = None
+    provider: str | None = None
+    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    system: str | None = None
+    var: str | None = None
+    format: Format = "markdown"
+    ab: list[str] | None = None
+    fanout: list[str] | None = None
+
+    @field_validator("var")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not value.isidentifier():
+            raise ValueError(f"{value!r} is not a Python variable name")
+        return value
+
+    @field_validator("fanout")
+    @classmethod
+    def _specs(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        specs = [spec.strip() for word in value for spec in word.split(",") if spec.strip()]
+        if len(specs) < 2:
+            raise ValueError("needs two or more provider specs, e.g. --fanout local,scripted")
+        return specs
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CellArgs:
+        if self.spec is not None and self.provider is not None:
+            raise ValueError("give the provider once: a leading SPEC or --provider, not both")
+        if self.ab is not None and self.fanout is not None:
+            raise ValueError("--ab and --fanout are two experiments: pick one per cell")
+        if self.ab is not None and len(self.ab) < 2:
+            raise ValueError('--ab needs two or more system prompts: --ab "A" "B"')
+        if self.ab is not None and self.system is not None:
+            raise ValueError("--ab gives each arm its system prompt: drop --system")
+        if self.fanout is not None and (self.spec or self.provider):
+            raise ValueError("--fanout names the providers: drop the SPEC / --provider")
+        return self
+
+    @property
+    def chosen_provider(self) -> str | None:
+        """The provider for this message (a leading SPEC or ``--provider``)."""
+        return self.spec if self.spec is not None else self.provider
+
+
+#: Each subcommand's argument model (``help`` lists them in this order).
+COMMANDS: dict[str, type[MagicArgs]] = {
+    "new": NewArgs,
+    "use": UseArgs,
+    "ls": NoArgs,
+    "send": SendArgs,
+    "branch": BranchArgs,
+    "switch": SwitchArgs,
+    "branches": NoArgs,
+    "history": HistoryArgs,
+    "compare": CompareArgs,
+    "approve": ApproveArgs,
+    "deny": DenyArgs,
+    "retry": TurnArgs,
+    "stop": TurnArgs,
+    "export": ExportArgs,
+    "help": HelpArgs,
+}

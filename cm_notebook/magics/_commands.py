@@ -1,0 +1,291 @@
+"""What each ``%cm`` subcommand and ``%%cm`` do, on the current context.
+
+:class:`Commands` holds the kernel's current session and runs validated arguments
+(:mod:`._args`) against it. Nothing here waits for a model: sending returns a view at
+once and the reply streams into it (DESIGN fact 7). Errors of the session
+(:class:`~cm_notebook.errors.CMError`: an unknown branch or tool call, a busy branch)
+become one-line :class:`~IPython.core.error.UsageError` messages.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.display import Markdown
+
+from ..compare import Comparison
+from ..errors import CMError
+from ..export import export_context, to_json, to_markdown
+from ..model import Message
+from ..session import ContextSession
+from ..widgets import CompareView
+from . import _args as a
+from ._interpolate import interpolate
+from ._reply import ComparisonView, ReplyView
+
+__all__ = ["NO_CONTEXT", "Commands", "translated"]
+
+#: What a magic says when there is no current context.
+NO_CONTEXT = (
+    "no current context: `%cm new [TITLE] [--provider SPEC]` makes one, "
+    "`%cm use ID|TITLE` opens a stored one (`%cm ls` lists them)"
+)
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Turn the session's errors into one-line usage errors (no traceback)."""
+    try:
+        yield
+    except CMError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+class Commands:
+    """The ``%cm`` subcommands, on the kernel's current session."""
+
+    def __init__(self, namespace: MutableMapping[str, Any]) -> None:
+        self.namespace = namespace
+        self.current: ContextSession | None = None
+
+    def session(self) -> ContextSession:
+        """The current session, or a usage error that says how to get one."""
+        if self.current is None:
+            raise UsageError(NO_CONTEXT)
+        return self.current
+
+    # -- contexts --------------------------------------------------------------------
+
+    def new(self, args: a.NewArgs) -> None:
+        """Create a context and make it current."""
+        session = ContextSession.create(
+            args.title, provider=args.provider or "local", system=args.system
+        )
+        self.current = session
+        print(f"context {session.title!r} is current (provider: {session.metadata.provider.spec})")
+
+    def use(self, args: a.UseArgs) -> None:
+        """Make a context current: a session in a kernel variable, an id or a title."""
+        held = self.namespace.get(args.target)
+        if isinstance(held, ContextSession):
+            self.current = held
+        else:
+            found = self._find(args.target)
+            if self.current is None or self.current.id != found:
+                # Left open when another context becomes current: a variable (a view's
+                # ``.session``) may still hold it, and the kernel's exit closes it.
+                self.current = ContextSession.open(found)
+        print(f"context {self.session().title!r} is current")
+
+    def _find(self, target: str) -> str:
+        stored = ContextSession.list()
+        if any(meta.id == target for meta in stored):
+            return target
+        titled = [meta.id for meta in stored if meta.title == target]
+        if len(titled) == 1:
+            return titled[0]
+        if titled:
+            raise UsageError(f"{len(titled)} contexts are titled {target!r}: use an id {titled}")
+        raise UsageError(f"no context {target!r}: `%cm ls` lists the stored ones")
+
+    def ls(self, _args: a.NoArgs) -> None:
+        """List stored contexts, most recent first; ``*`` marks the current one."""
+        current = self.current.id if self.current is not None else None
+        stored = ContextSession.list()
+        if not stored:
+            print("no contexts yet: `%cm new [TITLE]` makes one")
+        for meta in stored:
+            mark = "*" if meta.id == current else " "
+            print(f"{mark} {meta.id}  {meta.title}  ({len(meta.branches)} branches)")
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, args: a.SendArgs) -> ReplyView:
+        """Send one line as a message; the reply streams into the returned view."""
+        session = self.session()
+        return ReplyView(session, session.send(args.text, branch=args.branch))
+
+    def cell(self, args: a.CellArgs, body: str) -> ReplyView | ComparisonView:
+        """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
+        session = self.session()
+        text, used = interpolate(body, self.namespace)
+        text = text.strip()  # the newline that ends a cell is not part of the message
+        if not text:
+            raise UsageError(f"the cell is empty: write the message below the magic. {args.USAGE}")
+        params: dict[str, Any] = {}
+        if args.temperature is not None:
+            params["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            params["max_tokens"] = args.max_tokens
+        if args.ab is not None or args.fanout is not None:
+            return self._fan_out(session, args, text, params)
+        branch = args.branch
+        if args.system is not None:
+            # The branch keeps the prompt for its later messages too. A branch with replies
+            # made under another prompt is forked (see edit_system): send on the fork.
+            # Running the cell again changes nothing more: the prompt is the same.
+            branch = session.edit_system(args.system, branch=branch).name
+        metadata = {"interpolated": used} if used else None
+        turn = session.send(
+            text,
+            branch=branch,
+            provider=args.chosen_provider,
+            metadata=metadata,
+            **params,
+        )
+        return ReplyView(session, turn, form=args.format, on_done=self._store_reply(args.var))
+
+    def _fan_out(
+        self, session: ContextSession, args: a.CellArgs, text: str, params: dict[str, Any]
+    ) -> ComparisonView:
+        variants: list[dict[str, Any]]
+        if args.ab is not None:
+            variants = [{"system": system, **params} for system in args.ab]
+            if args.chosen_provider is not None:
+                variants = [{**v, "provider": args.chosen_provider} for v in variants]
+        else:
+            variants = [{"provider": spec, **params} for spec in args.fanout or []]
+        fan = session.fan_out(text, variants, branch=args.branch)
+        return ComparisonView(
+            CompareView(session, *fan.branches), fan, self._store_comparison(args.var)
+        )
+
+    def _store_reply(self, name: str | None) -> Callable[[Message], None] | None:
+        if name is None:
+            return None
+
+        def store(final: Message) -> None:
+            self.namespace[name] = final.content
+
+        return store
+
+    def _store_comparison(self, name: str | None) -> Callable[[Comparison], None] | None:
+        if name is None:
+            return None
+
+        def store(comparison: Comparison) -> None:
+            self.namespace[name] = comparison
+
+        return store
+
+    def retry(self, args: a.TurnArgs) -> ReplyView:
+        """Try the failed reply again; it streams into the returned view."""
+        session = self.session()
+        return ReplyView(session, session.retry(branch=args.branch))
+
+    def stop(self, args: a.TurnArgs) -> None:
+        """Stop the reply being written on a branch (its text so far is kept)."""
+        session = self.session()
+        turn = session.turn(args.branch)
+        if turn is None or turn.done():
+            print("nothing to stop: no reply is being written")
+            return
+        turn.cancel()
+        print(f"stopping the reply on branch {turn.branch!r}")
+
+    # -- branches --------------------------------------------------------------------
+
+    def branch(self, args: a.BranchArgs) -> None:
+        """Fork a branch and switch to it."""
+        session = self.session()
+        session.branch(args.name, args.from_message, system=args.system)
+        print(f"on new branch {args.name!r}")
+
+    def switch(self, args: a.SwitchArgs) -> None:
+        """Make a branch the active one."""
+        session = self.session()
+        if args.name not in session.branches:
+            raise UsageError(
+                f"no branch {args.name!r}; the branches are {sorted(session.branches)}"
+            )
+        session.switch(args.name)
+        print(f"on branch {args.name!r}")
+
+    def branches(self, _args: a.NoArgs) -> None:
+        """The branches; ``*`` marks the active one, with each one's own system prompt."""
+        session = self.session()
+        for name in session.branches:
+            mark = "*" if name == session.active_branch else " "
+            count = len(session.history(name))
+            prompt = session.system_prompt_of(name)
+            about = f"  system: {_short(prompt)}" if prompt else ""
+            print(f"{mark} {name}  ({count} messages){about}")
+
+    def history(self, args: a.HistoryArgs) -> None:
+        """The messages of a branch (the last N with ``--last``)."""
+        session = self.session()
+        messages = session.history(args.branch, limit=args.last)
+        if not messages:
+            print("no messages yet")
+        for message in messages:
+            calls = [f"[tool call {c.name}({c.arguments}) {c.id}]" for c in message.tool_calls]
+            print(
+                f"{message.role}: " + " ".join(part for part in (message.content, *calls) if part)
+            )
+
+    def compare(self, args: a.CompareArgs) -> CompareView:
+        """Branches side by side (default: all), kept current."""
+        session = self.session()
+        return CompareView(session, *args.branches)
+
+    # -- tools -----------------------------------------------------------------------
+
+    def approve(self, args: a.ApproveArgs) -> None:
+        """Approve one pending tool call (or all); the waiting reply resumes."""
+        session = self.session()
+        decided = session.approve(args.id, arguments=args.args, branch=args.branch)
+        _report(decided, "approved")
+
+    def deny(self, args: a.DenyArgs) -> None:
+        """Deny one pending tool call (or all) with a reason told to the model."""
+        session = self.session()
+        decided = session.deny(args.id, reason=args.reason, branch=args.branch)
+        _report(decided, "denied")
+
+    # -- export and help -------------------------------------------------------------
+
+    def export(self, args: a.ExportArgs) -> Markdown | str:
+        """The conversation as Markdown (shown) or as lossless JSON text (returned)."""
+        session = self.session()
+        # The same document as `cm-notebook export`, read through the session's store.
+        document = session._io.call(export_context(session._store, session.id, branch=args.branch))
+        if args.format == "json":
+            return to_json(document)
+        return Markdown(to_markdown(document, branch=args.branch))  # type: ignore[no-untyped-call]
+
+    def help(self, _args: a.HelpArgs) -> None:
+        """Every subcommand's usage."""
+        print(HELP)
+
+
+def _report(decided: builtins.list[Any], verb: str) -> None:
+    if not decided:
+        print(f"nothing {verb}: no tool call is waiting")
+    for call in decided:
+        print(f"{verb} {call.name} ({call.id})")
+
+
+def _short(text: str, width: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+HELP = "\n".join(
+    [
+        "%cm                      the current context's live view",
+        *(
+            f"{model.USAGE}"
+            for name, model in a.COMMANDS.items()
+            if name not in ("ls", "branches", "stop")
+        ),
+        "%cm ls | %cm branches    list contexts / branches of the current one",
+        a.CellArgs.USAGE,
+        "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",
+        "  --var NAME stores the reply's text in NAME when it completes;",
+        "  a cell's view is awaitable: `reply = await _` waits for the reply.",
+    ]
+)

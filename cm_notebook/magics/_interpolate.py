@@ -1,0 +1,54 @@
+"""``{name}`` in a ``%%cm`` cell: kernel variables into the message.
+
+The rules are Python's ``str.format`` with the kernel's namespace: ``{name}``,
+``{name.attr}``, ``{name[0]}``, ``{name!r}``, ``{name:.2f}``; ``{{`` and ``}}`` are
+literal braces. A name the kernel does not have is an error that says so, never a
+silent blank. The names used are returned too, so the message can record which kernel
+variables fed it (its provenance), without their values (they may be large or secret).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from IPython.core.error import UsageError
+
+__all__ = ["interpolate"]
+
+
+class _Formatter(string.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: list[str] = []
+
+    def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        if isinstance(key, int) or not key:
+            raise UsageError(
+                "{} in a %%cm cell needs a variable name, e.g. {text}; "
+                "write {{ and }} for literal braces"
+            )
+        if key not in kwargs:
+            raise UsageError(
+                f"{{{key}}} in the cell: no variable {key!r} in the kernel. Define it first, "
+                f"or write {{{{{key}}}}} for literal braces"
+            )
+        if key not in self.used:
+            self.used.append(key)
+        return kwargs[key]
+
+
+def interpolate(text: str, namespace: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """``text`` with ``{name}`` fields filled from ``namespace``; and the names used."""
+    formatter = _Formatter()
+    try:
+        return formatter.vformat(text, (), namespace), formatter.used
+    except UsageError:
+        raise
+    except (ValueError, AttributeError, LookupError, TypeError) as exc:
+        # A lone brace, a missing attribute or index, a bad format spec.
+        raise UsageError(
+            f"cannot fill in the cell's {{...}} fields: {exc}. Write {{{{ and }}}} for "
+            "literal braces"
+        ) from exc

@@ -1,0 +1,50 @@
+"""The IPython magics ``%cm`` and ``%%cm``: parse, validate, dispatch.
+
+A line is split into a subcommand and its words, the words are validated into the
+subcommand's model (:mod:`._args`) and :class:`~._commands.Commands` runs it. Anything
+wrong with the input is a one-line :class:`~IPython.core.error.UsageError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from . import _args as a
+from ._commands import Commands, translated
+from ._parse import parse_args, split_words
+
+__all__ = ["CMMagics"]
+
+
+@magics_class
+class CMMagics(Magics):
+    """``%cm SUBCOMMAND ...`` (see ``%cm help``) and ``%%cm [options]`` with a message."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.commands = Commands(shell.user_ns)
+
+    @line_cell_magic
+    def cm(self, line: str, cell: str | None = None) -> Any:
+        """Talk to the current context: ``%cm help`` lists the subcommands."""
+        if cell is not None:
+            cell_args = parse_args(a.CellArgs, split_words(line, a.CellArgs.USAGE))
+            with translated():
+                return self.commands.cell(cell_args, cell)
+        words = split_words(line, "%cm help")
+        if not words:
+            with translated():
+                return self.commands.session().view()
+        name, rest = words[0], words[1:]
+        model = a.COMMANDS.get(name)
+        if model is None:
+            raise UsageError(
+                f"unknown subcommand {name!r}; the subcommands are "
+                f"{', '.join(a.COMMANDS)} (`%cm help` shows their usage)"
+            )
+        args = parse_args(model, rest)
+        with translated():
+            return getattr(self.commands, name)(args)

@@ -1,0 +1,152 @@
+"""Magic lines into validated pydantic models, or one-line usage errors.
+
+A magic's arguments are described by a pydantic model (see :mod:`._args`); this module
+splits the line like a shell (``shlex``), sorts the words into positionals and options
+from the model's fields, and validates. Every failure (an unknown option, a missing
+value, a value of the wrong type, an unbalanced quote) becomes a
+:class:`~IPython.core.error.UsageError`: IPython prints its message as one line, not a
+traceback.
+
+Options are the model's fields spelled ``--name`` (underscores as dashes), plus the
+short aliases a model lists in ``SHORT``. A ``bool`` field is a flag; a ``list`` field
+takes every word up to the next option (``--ab "A" "B"``); other fields take one word.
+The fields named in ``POSITIONAL`` take the leading non-option words in order, and the
+field named in ``REST`` (if any) takes all remaining ones (as a list, or joined by
+spaces for a ``str`` field).
+"""
+
+from __future__ import annotations
+
+import shlex
+import types
+import typing
+from typing import Any, ClassVar, TypeVar
+
+from IPython.core.error import UsageError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = ["MagicArgs", "parse_args", "split_words"]
+
+
+class MagicArgs(BaseModel):
+    """Base of every magic's argument model: forbids unknown fields, names its usage."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    #: The usage line shown with every error, e.g. ``"%cm send TEXT"``.
+    USAGE: ClassVar[str] = ""
+    #: Fields filled by the leading non-option words, in order.
+    POSITIONAL: ClassVar[tuple[str, ...]] = ()
+    #: The field that takes the remaining non-option words (None: extra words are an error).
+    REST: ClassVar[str | None] = None
+    #: Short option aliases, e.g. ``{"-f": "format"}``.
+    SHORT: ClassVar[dict[str, str]] = {}
+
+
+M = TypeVar("M", bound=MagicArgs)
+
+
+def split_words(line: str, usage: str) -> list[str]:
+    """Split ``line`` like a shell; an unbalanced quote is a usage error."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{exc} in {line!r}. Usage: {usage}") from exc
+
+
+def _is_list(model: type[MagicArgs], name: str) -> bool:
+    return _kind(model, name) is list
+
+
+def _kind(model: type[MagicArgs], name: str) -> type | None:
+    # The outer type of a field (``list``, ``bool``...), looking through ``X | None``.
+    annotation = typing.get_type_hints(model)[name]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else annotation
+        origin = typing.get_origin(annotation)
+    if origin is not None:
+        return origin if isinstance(origin, type) else None
+    return annotation if isinstance(annotation, type) else None
+
+
+def _option_names(model: type[MagicArgs]) -> dict[str, str]:
+    names = {f"--{field.replace('_', '-')}": field for field in model.model_fields}
+    for positional in (*model.POSITIONAL, model.REST):
+        if positional is not None:
+            names.pop(f"--{positional.replace('_', '-')}", None)
+    return {**names, **model.SHORT}
+
+
+def parse_args(model: type[M], words: list[str]) -> M:
+    """Sort ``words`` into ``model``'s positionals and options, and validate them."""
+    usage = model.USAGE
+    options = _option_names(model)
+    values: dict[str, Any] = {}
+    loose: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("-") and len(word) > 1 and not _is_number(word):
+            option, eq, inline = word.partition("=")
+            field = options.get(option)
+            if field is None:
+                raise UsageError(f"unknown option {option!r}. Usage: {usage}")
+            if field in values:
+                raise UsageError(f"{option} is given twice. Usage: {usage}")
+            kind = _kind(model, field)
+            if kind is bool:
+                values[field] = True
+                i += 1
+                continue
+            if kind is list:
+                taken = [inline] if eq else []
+                i += 1
+                while i < len(words) and words[i] not in options:
+                    taken.append(words[i])
+                    i += 1
+                if not taken:
+                    raise UsageError(f"{option} needs at least one value. Usage: {usage}")
+                values[field] = taken
+                continue
+            if eq:
+                values[field] = inline
+                i += 1
+                continue
+            if i + 1 >= len(words):
+                raise UsageError(f"{option} needs a value. Usage: {usage}")
+            values[field] = words[i + 1]
+            i += 2
+            continue
+        loose.append(word)
+        i += 1
+    for field in model.POSITIONAL:
+        if loose:
+            values[field] = loose.pop(0)
+    if loose:
+        if model.REST is None:
+            raise UsageError(f"unexpected {' '.join(map(repr, loose))}. Usage: {usage}")
+        values[model.REST] = loose if _is_list(model, model.REST) else " ".join(loose)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise UsageError(f"{_first_problem(exc)}. Usage: {usage}") from exc
+
+
+def _is_number(word: str) -> bool:
+    # "-1" or "-0.5" is a value (e.g. after --temperature), not an option.
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not where:
+        return message
+    return f"--{where.replace('_', '-')}: {message}"

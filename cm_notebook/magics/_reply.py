@@ -1,0 +1,225 @@
+"""What a ``%%cm`` cell shows: the reply streaming in, kept in the saved notebook.
+
+The cell returns a :class:`ReplyView` at once (DESIGN fact 7) and the turn carries on in
+the background. The reply is an ordinary ``display_data`` output (``text/html``, with a
+short, stable ``text/plain`` for nbval) that the view replaces in place through its
+display id as the text arrives: every front end shows it, the saved notebook keeps the
+final reply (widget state is not saved by default, DESIGN fact 10), and nothing is shown
+twice. Its form is Markdown, plain text or a code block (``-f``); the turn's outcome (an
+error and what to do, a stop) is appended. When the session has tools, Approve / Deny
+buttons (:class:`~cm_notebook.widgets.ToolApproval`) follow the reply; ``%cm approve``
+works as well.
+
+Updates are throttled (DESIGN fact 4) and each re-sends the text shown, so the gap
+between two updates grows with the text (a long reply costs a bounded number of
+messages, not one per token); the final text is always sent. The view is awaitable:
+``await view`` gives the final message; ``--var`` stores its text in a kernel variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import ipywidgets as w
+from IPython.display import DisplayHandle, display
+
+from ..errors import CMError
+from ..model import Message
+from ..widgets import CompareView, ToolApproval
+from ..widgets._base import SessionFollower, Throttle
+from ..widgets.markdown import render_markdown
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from .. import events as ev
+    from ..compare import Comparison
+    from ..fanout import FanOut
+    from ..session import ContextSession
+    from ..turn import Turn
+
+__all__ = ["PLAIN", "ComparisonView", "ReplyView", "render_reply"]
+
+#: The ``text/plain`` of a reply's output: short and stable, so nbval does not churn.
+PLAIN = "<cm_notebook reply (HTML)>"
+
+#: Seconds between two updates of a short reply; longer replies wait longer (see
+#: :data:`CHARS_PER_SECOND_OF_GAP`), since every update re-sends the text shown.
+UPDATE_INTERVAL = 0.2
+CHARS_PER_SECOND_OF_GAP = 4_000
+MAX_UPDATE_INTERVAL = 2.0
+
+_KINDS = {"ContentDelta", "MessageAdded", "MessageCompleted", "StateChanged", "Error"}
+
+
+def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
+    """``text`` as HTML in the chosen form (Markdown rendered kernel-side)."""
+    if form == "markdown":
+        return render_markdown(text)
+    if form == "code":
+        return render_markdown(f"```\n{text}\n```" if "```" not in text else text)
+    return f'<pre style="white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
+
+
+class ReplyView:
+    """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message."""
+
+    def __init__(
+        self,
+        session: ContextSession,
+        turn: Turn,
+        *,
+        form: Literal["markdown", "text", "code"] = "markdown",
+        on_done: Callable[[Message], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.turn = turn
+        self.form = form
+        self._on_done = on_done
+        self._outcome = ""
+        self._handle: DisplayHandle | None = None
+        #: The Approve / Deny buttons, when the session has tools to ask about.
+        self.approvals: ToolApproval | None = ToolApproval(session) if len(session.tools) else None
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        self._throttle = Throttle(self._follower.loop, self._interval, self._render)
+        self._follower.on_loop(self._start)
+
+    def __repr__(self) -> str:
+        return f"<cm_notebook reply on branch {self.turn.branch!r}>"
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        return self.turn.__await__()
+
+    @property
+    def text(self) -> str:
+        """The reply's text so far."""
+        return self.turn.text
+
+    @property
+    def display_id(self) -> str | None:
+        """The id of the reply's output (None until the view is displayed)."""
+        return None if self._handle is None else str(self._handle.display_id)
+
+    def html(self) -> str:
+        """The reply as it is shown now (HTML)."""
+        text = self.turn.text
+        body = render_reply(text, self.form) if text else _note("…")
+        outcome = f"<div>{_note(self._outcome)}</div>" if self._outcome else ""
+        return f'<div class="cm-reply">{body}{outcome}</div>'
+
+    def _ipython_display_(self) -> None:
+        # The reply as a plain output, replaced in place as it grows; then the buttons.
+        bundle = {"text/html": self.html(), "text/plain": PLAIN}
+        self._handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        if self.approvals is not None:
+            display(self.approvals)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Stop following the session (the output keeps its last content)."""
+        self._follower.close()
+        self._throttle.cancel()
+        if self.approvals is not None:
+            self.approvals.close()
+
+    # -- on the session's loop ---------------------------------------------------------
+
+    def _start(self) -> None:
+        self._throttle.poke()
+        asyncio.get_running_loop().create_task(self._finish())
+
+    async def _finish(self) -> None:
+        try:
+            final = await self.turn
+        except asyncio.CancelledError:
+            self._outcome = "stopped; the text so far is kept"
+        except CMError as exc:
+            self._outcome = f"{exc} (after fixing it: %cm retry)"
+        except Exception as exc:  # a view must never take the kernel down
+            self._outcome = f"{type(exc).__name__}: {exc}"
+        else:
+            if self._on_done is not None:
+                self._on_done(final)
+            if final.status.value != "complete":
+                self._outcome = f"reply {final.status.value}"
+        finally:
+            self._throttle.now()
+            self._follower.close()
+
+    def _on_event(self, event: ev.Event) -> None:
+        if event.branch == self.turn.branch and event.type in _KINDS:
+            self._throttle.poke()
+
+    def _interval(self) -> float:
+        return min(
+            MAX_UPDATE_INTERVAL, UPDATE_INTERVAL + len(self.turn.text) / CHARS_PER_SECOND_OF_GAP
+        )
+
+    def _render(self) -> None:
+        if self._handle is not None:
+            bundle = {"text/html": self.html(), "text/plain": PLAIN}
+            self._handle.update(bundle, raw=True)  # type: ignore[no-untyped-call]
+
+    def _show_error(self, text: str) -> None:
+        self._outcome = text
+        self._throttle.poke()
+
+
+def _note(text: str) -> str:
+    return f'<span style="color:#888">{html.escape(text)}</span>'
+
+
+class ComparisonView(w.VBox):  # type: ignore[misc]
+    """What ``%%cm --ab`` / ``--fanout`` show: the arms side by side, live.
+
+    ``await view`` gives the :class:`~cm_notebook.compare.Comparison` once every arm
+    has replied; ``on_done`` gets it too (``--var``).
+    """
+
+    def __init__(
+        self,
+        compare: CompareView,
+        fan: FanOut,
+        on_done: Callable[[Comparison], None] | None = None,
+    ) -> None:
+        self.compare = compare
+        self.fan = fan
+        self._on_done = on_done
+        self.outcome = w.HTML("")
+        super().__init__([compare, self.outcome])
+        compare.session._loop.call_soon_threadsafe(self._start)
+
+    def __repr__(self) -> str:
+        return f"<cm_notebook comparison of {len(self.fan.branches)} branches>"
+
+    def __await__(self) -> Generator[Any, None, Comparison]:
+        return self.fan.__await__()
+
+    @property
+    def branches(self) -> list[str]:
+        """The branches of the experiment, one per arm."""
+        return self.fan.branches
+
+    def close(self) -> None:
+        """Stop following the session."""
+        if hasattr(self, "compare"):
+            self.compare.close()
+        super().close()
+
+    def _start(self) -> None:
+        asyncio.get_running_loop().create_task(self._finish())
+
+    async def _finish(self) -> None:
+        try:
+            comparison = await self.fan
+        except asyncio.CancelledError:
+            self.outcome.value = _note("stopped; the text so far is kept")
+        except CMError as exc:
+            self.outcome.value = _note(str(exc))
+        except Exception as exc:  # a view must never take the kernel down
+            self.outcome.value = _note(f"{type(exc).__name__}: {exc}")
+        else:
+            if self._on_done is not None:
+                self._on_done(comparison)

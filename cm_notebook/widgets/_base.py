@@ -1,0 +1,127 @@
+"""What every view shares: following a session's signals, the loop hand-off, throttling.
+
+Views only render a session and react to its signals; they do no I/O of their own.
+Two threads matter (DESIGN facts 2 and 14):
+
+- signals arrive on the session's loop thread (in a notebook, the kernel's);
+- widget callbacks (a click, an edit) may arrive on another thread (a subshell), so
+  they never touch the session directly: :meth:`SessionFollower.on_loop` hands the
+  work to the session's loop with ``call_soon_threadsafe``.
+
+Updates to the front end are coalesced by :class:`Throttle` (DESIGN fact 4: the kernel
+does not coalesce, and jupyter_server drops iopub messages above 1,000 a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import events as ev
+from ..errors import CMError
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["SessionFollower", "Throttle"]
+
+logger = logging.getLogger(__name__)
+
+
+class Throttle:
+    """Call ``flush`` at most once per ``interval`` seconds on ``loop``, never losing the last.
+
+    :meth:`poke` asks for a flush (the first one in a quiet period runs at once, later
+    ones are coalesced into one at the end of the interval); :meth:`now` flushes at
+    once and cancels the pending one. ``interval`` may be a function, asked afresh each
+    time (e.g. longer gaps as a reply grows). Use it on the loop's thread only.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        interval: float | Callable[[], float],
+        flush: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._interval = interval if callable(interval) else (lambda: interval)
+        self._flush = flush
+        self._last = -1e9
+        self._handle: asyncio.TimerHandle | None = None
+
+    def poke(self) -> None:
+        """Ask for a flush within the interval."""
+        if self._handle is not None:
+            return
+        wait = self._last + self._interval() - time.monotonic()
+        if wait <= 0:
+            self.now()
+        else:
+            self._handle = self._loop.call_later(wait, self.now)
+
+    def now(self) -> None:
+        """Flush at once (e.g. the final value of a reply)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._last = time.monotonic()
+        self._flush()
+
+    def cancel(self) -> None:
+        """Drop a pending flush."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class SessionFollower:
+    """Subscribes a view to a session's signals and runs its actions on the session's loop.
+
+    ``on_event`` is called on the loop thread for every signal; ``on_error`` gets the
+    message of a :class:`~cm_notebook.errors.CMError` raised by an action (a busy
+    branch, bad input), which the view shows instead of a traceback.
+    """
+
+    def __init__(
+        self,
+        session: ContextSession,
+        on_event: Callable[[ev.Event], None],
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.session = session
+        self.loop: asyncio.AbstractEventLoop = session._loop
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._closed = False
+        self._unsubscribe = session.subscribe(on_event)
+
+    def on_loop(self, action: Callable[[], Any]) -> None:
+        """Run ``action`` on the session's loop soon; safe from any thread."""
+
+        def run() -> None:
+            if self._closed:
+                return
+            try:
+                action()
+            except CMError as exc:
+                self._on_error(str(exc))
+            except Exception as exc:  # a view must never take the kernel down
+                logger.exception("view action %r failed", action)
+                self._on_error(f"{type(exc).__name__}: {exc}")
+
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the session's loop has been closed: nothing left to act on
+            self._on_error("this session is closed; open it again to continue")
+
+    def close(self) -> None:
+        """Stop following the session (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._unsubscribe()

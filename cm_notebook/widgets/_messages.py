@@ -1,0 +1,129 @@
+"""Messages as the views show them: plain dicts for the front end, and static HTML.
+
+The same rendering feeds the live transcript (:mod:`.chat`) and the saved-notebook
+snapshot (:mod:`.snapshot`), so both show a conversation the same way.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..model import Message, MessageStatus, ToolCall
+from .markdown import render_markdown
+
+__all__ = ["message_dict", "stats_of", "transcript_html"]
+
+# What to do about a message that did not end well, shown under it.
+_HINTS = {
+    MessageStatus.ERROR: (
+        "Retry with ↻ (session.retry()) once the cause is fixed, or edit the prompt."
+    ),
+    MessageStatus.INTERRUPTED: "Stopped before the end: ↻ asks for a new reply.",
+}
+
+_ROLE_LABEL = {"user": "You", "assistant": "Assistant", "system": "System", "tool": "Tool"}
+
+
+def stats_of(message: Message) -> dict[str, Any]:
+    """Model, tokens, time to first token, tokens/s and latency of a reply, where known."""
+    meta = message.metadata
+    out: dict[str, Any] = {"model": meta.model or meta.provider}
+    if meta.usage is not None:
+        out["input_tokens"] = meta.usage.input_tokens
+        out["output_tokens"] = meta.usage.output_tokens
+    if meta.duration_ms is not None:
+        out["latency_ms"] = round(meta.duration_ms)
+    stats = meta.stats  # None on replies stored before streaming statistics existed
+    if stats is not None:
+        if stats.ttft_ms is not None:
+            out["ttft_ms"] = round(stats.ttft_ms)
+        if stats.tokens_per_second is not None:
+            out["tokens_per_second"] = round(stats.tokens_per_second, 1)
+        if "output_tokens" not in out and stats.output_tokens:
+            out["output_tokens"] = stats.output_tokens
+    return out
+
+
+def _call_dict(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "name": call.name,
+        "args": json.dumps(call.arguments, indent=2, ensure_ascii=False),
+        "status": call.status.value,
+        "result": call.result,
+        "reason": call.reason,
+    }
+
+
+def message_dict(
+    message: Message,
+    *,
+    siblings: Sequence[str] = (),
+    tool_names: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``message`` as the transcript shows it (Markdown already rendered to HTML).
+
+    ``siblings``: ids of its alternatives, itself included, oldest first;
+    ``tool_names``: tool call id -> tool name, to label tool results.
+    """
+    position = siblings.index(message.id) if message.id in siblings else 0
+    out: dict[str, Any] = {
+        "id": message.id,
+        "role": message.role,
+        "label": _ROLE_LABEL.get(message.role, message.role),
+        "html": render_markdown(message.content) if message.content else "",
+        "text": message.content if message.role == "user" else "",
+        "status": message.status.value,
+        "calls": [_call_dict(call) for call in message.tool_calls],
+        "sibling": [position + 1, len(siblings)] if len(siblings) > 1 else None,
+        "prev": siblings[position - 1] if len(siblings) > 1 and position > 0 else None,
+        "next": siblings[position + 1] if position + 1 < len(siblings) else None,
+        "error": message.metadata.error,
+        "hint": _HINTS.get(message.status),
+    }
+    if message.role == "tool" and message.tool_call_id:
+        out["label"] = f"Tool result: {(tool_names or {}).get(message.tool_call_id, '?')}"
+    if message.role == "assistant":
+        out["stats"] = stats_of(message)
+    return out
+
+
+def transcript_html(
+    title: str, branch: str, system: str | None, items: Sequence[dict[str, Any]]
+) -> str:
+    """Static HTML of a transcript (what a saved notebook shows without a kernel)."""
+    colors = {"user": "#3b82f6", "assistant": "#10b981", "tool": "#8b5cf6", "system": "#f59e0b"}
+    parts = [
+        f'<div class="cm-snapshot" style="font-family:sans-serif;max-width:900px">'
+        f"<div><b>{html.escape(title)}</b> "
+        f'<span style="color:#888">branch {html.escape(branch)} · '
+        f"{len(items)} messages</span></div>"
+    ]
+    if system:
+        parts.append(_block("System", "#f59e0b", html.escape(system), ""))
+    for item in items:
+        extra = ""
+        for call in item["calls"]:
+            result = f" → {html.escape(call['result'])}" if call["result"] else ""
+            extra += (
+                f'<div style="font-family:monospace;font-size:85%">⚙ {html.escape(call["name"])}'
+                f"({html.escape(call['args'])}) [{call['status']}]{result}</div>"
+            )
+        if item["error"]:
+            extra += f'<div style="color:#b91c1c">{html.escape(item["error"])}</div>'
+        if item["hint"]:
+            extra += f'<div style="color:#888">{html.escape(item["hint"])}</div>'
+        parts.append(_block(item["label"], colors.get(item["role"], "#999"), item["html"], extra))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _block(label: str, color: str, body: str, extra: str) -> str:
+    return (
+        f'<div style="border-left:3px solid {color};padding:2px 10px;margin:6px 0">'
+        f'<div style="font-size:80%;color:#555;font-weight:bold">{html.escape(label)}</div>'
+        f"{body}{extra}</div>"
+    )

@@ -1,0 +1,234 @@
+"""``ToolApproval``: the tool calls waiting for a person, as buttons.
+
+Each pending call shows its tool and the exact arguments that will run, as JSON in an
+editable text box. Edits are validated against the tool's schema as they are typed
+(Approve stays disabled while they are invalid) and again when approving. Approve, or
+Deny with a reason: the waiting turn resumes at once, without running a cell (DESIGN
+fact 1). The buttons disable after use; a second click, from any thread, does nothing.
+
+Built from stock ipywidgets, so a click is the standard widget message and the view
+works in every front end that renders ipywidgets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from .. import events as ev
+from ..errors import CMError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from ..model import ToolCall
+from ..tools import validate_edited_arguments
+from ._base import SessionFollower
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["CallRow", "ToolApproval"]
+
+
+class CallRow(w.VBox):  # type: ignore[misc]
+    """One pending tool call: its arguments, Approve, Deny with a reason."""
+
+    def __init__(
+        self, session: ContextSession, follower: SessionFollower, call: ToolCall, branch: str
+    ) -> None:
+        self.session = session
+        self.call = call
+        self._follower = follower
+        self._lock = threading.Lock()
+        self._used = False
+        self._original = json.dumps(call.arguments, indent=2, ensure_ascii=False)
+        where = f" on branch <b>{html.escape(branch)}</b>" if branch else ""
+        self.title = w.HTML(
+            f"⚙ <code>{html.escape(call.name)}</code>{where} "
+            f'<span style="color:#888">({html.escape(call.id)})</span>'
+        )
+        self.arguments = w.Textarea(
+            value=self._original,
+            layout=w.Layout(width="100%", height=f"{min(12, 2 + self._original.count(chr(10)))}em"),
+        )
+        self.check = w.HTML("")
+        self.approve_button = w.Button(description="Approve", button_style="success", icon="check")
+        self.reason = w.Text(placeholder="reason (optional), told to the model")
+        self.deny_button = w.Button(description="Deny", button_style="danger", icon="times")
+        self.status = w.HTML("")
+        super().__init__(
+            [
+                self.title,
+                self.arguments,
+                self.check,
+                w.HBox([self.approve_button, self.reason, self.deny_button]),
+                self.status,
+            ],
+            layout=w.Layout(border="1px solid #f59e0b", padding="4px 8px", margin="4px 0"),
+        )
+        self.approve_button.on_click(lambda _b: self._decide(True))
+        self.deny_button.on_click(lambda _b: self._decide(False))
+        self.arguments.observe(lambda _c: follower.on_loop(self._check), names="value")
+
+    def __repr__(self) -> str:
+        return "<cm_notebook tool call row>"
+
+    @property
+    def decided(self) -> bool:
+        """Whether Approve or Deny has been used."""
+        with self._lock:
+            return self._used
+
+    def _check(self) -> None:
+        # As the person types: the verdict is shown next to the box, nothing is raised.
+        with contextlib.suppress(CMError):
+            self._validate()
+
+    def _validate(self) -> dict[str, Any] | None:
+        # Returns the edited arguments when they differ from the model's, else None.
+        text = self.arguments.value
+        if text == self._original:
+            self.check.value = ""
+            self.approve_button.disabled = self.decided
+            return None
+        try:
+            edited = validate_edited_arguments(self.session.tools.get(self.call.name), text)
+        except CMError as exc:
+            self.check.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+            self.approve_button.disabled = True
+            raise
+        self.check.value = '<span style="color:#059669">✓ edited arguments are valid</span>'
+        self.approve_button.disabled = self.decided
+        return edited
+
+    def _decide(self, approve: bool) -> None:
+        # Runs on the comm thread: claim the row at once, so a second click is a no-op.
+        with self._lock:
+            if self._used:
+                return
+            self._used = True
+        self._follower.on_loop(lambda: self._carry_out(approve))
+
+    def _carry_out(self, approve: bool) -> None:
+        self._set_disabled(True)
+        try:
+            if approve:
+                try:
+                    edited = self._validate()
+                except CMError:
+                    self._release()
+                    return
+                if edited is None:
+                    self.session.approve(self.call.id)
+                else:
+                    self.session.approve(self.call.id, arguments=edited)
+                self.status.value = "<b>approved</b>" + (" (edited arguments)" if edited else "")
+            else:
+                reason = self.reason.value.strip() or "denied by the user"
+                self.session.deny(self.call.id, reason=reason)
+                self.status.value = f"<b>denied</b>: {html.escape(reason)}"
+        except (ToolCallAlreadyResolvedError, ToolCallNotFoundError) as exc:
+            self.status.value = f'<span style="color:#888">{html.escape(str(exc))}</span>'
+        except CMError as exc:
+            self.status.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._used = False
+        self._set_disabled(False)
+
+    def _set_disabled(self, disabled: bool) -> None:
+        self.approve_button.disabled = disabled
+        self.deny_button.disabled = disabled
+        self.arguments.disabled = disabled
+        self.reason.disabled = disabled
+
+    def resolved(self, status: str, result: str | None, reason: str | None) -> None:
+        """Show what became of the call (on the session's loop)."""
+        with self._lock:
+            self._used = True
+        self._set_disabled(True)
+        text = f"<b>{html.escape(status)}</b>"
+        if reason:
+            text += f": {html.escape(reason)}"
+        if result is not None:
+            text += f' → <code style="white-space:pre-wrap">{html.escape(result)}</code>'
+        self.status.value = text
+
+
+class ToolApproval(w.VBox):  # type: ignore[misc]
+    """The session's pending tool calls, one :class:`CallRow` each."""
+
+    def __init__(self, session: ContextSession) -> None:
+        self.session = session
+        self.header = w.HTML("")
+        super().__init__([self.header])
+        self.add_class("cm-approval")
+        self.rows: dict[str, CallRow] = {}
+        self._branches: dict[str, str] = {}  # call id -> branch, from the signals
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        self._sync()
+
+    def __repr__(self) -> str:
+        return "<cm_notebook ToolApproval>"
+
+    def close(self) -> None:
+        """Stop following the session and close the widgets."""
+        if hasattr(self, "_follower"):
+            self._follower.close()
+        super().close()
+
+    def row(self, tool_call_id: str) -> CallRow:
+        """The row of one call (KeyError if it is not shown)."""
+        return self.rows[tool_call_id]
+
+    def _show_error(self, text: str) -> None:
+        self.header.value = f'<span style="color:#b91c1c">{html.escape(text)}</span>'
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ToolApprovalRequested):
+            for call_id in event.tool_call_ids:
+                self._branches[call_id] = event.branch or ""
+            self._sync()
+        elif isinstance(event, ev.ToolCallResolved):
+            row = self.rows.get(event.tool_call_id)
+            if row is not None:
+                result = None
+                if event.status.value in ("done", "failed"):
+                    result = self._result_of(event.tool_call_id, event.branch)
+                row.resolved(event.status.value, result, event.reason)
+            self._update_header()
+        elif isinstance(event, ev.Resync):
+            self._sync()
+
+    def _result_of(self, call_id: str, branch: str | None) -> str | None:
+        for message in reversed(self.session.history(branch)):
+            if message.role == "tool" and message.tool_call_id == call_id:
+                return message.content
+        return None
+
+    def _sync(self) -> None:
+        # Keep the rows of undecided calls and the newly pending ones; drop the rest.
+        pending = self.session.pending_tool_calls
+        pending_ids = {call.id for call in pending}
+        for call_id in list(self.rows):
+            if call_id not in pending_ids and self.rows[call_id].decided:
+                self.rows.pop(call_id).close()
+        for call in pending:
+            if call.id not in self.rows:
+                self.rows[call.id] = CallRow(
+                    self.session, self._follower, call, self._branches.get(call.id, "")
+                )
+        self._update_header()
+        self.children = [self.header, *self.rows.values()]
+
+    def _update_header(self) -> None:
+        waiting = len(self.session.pending_tool_calls)
+        self.header.value = (
+            f"<b>{waiting} tool call{'s' if waiting != 1 else ''} waiting for approval</b>"
+            if waiting
+            else ""
+        )

@@ -1,0 +1,135 @@
+"""``BranchTree``: the branches of a context as a tree, switch by click, fork anywhere.
+
+A branch hangs under the branch it was forked from (the oldest other branch whose
+conversation contains its fork point). Each node shows the branch's name, its system
+prompt, its length in messages and its last activity; a click on the name switches
+to it, fork starts a new branch from its last message (the chat's fork forks from any
+message).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import traitlets as t
+
+from .. import events as ev
+from ..model import Branch
+from ._base import SessionFollower, Throttle
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["BranchTree"]
+
+_STATIC = Path(__file__).parent / "static"
+
+
+class BranchTree(anywidget.AnyWidget):
+    """The branches as a tree (front end in ``static/branches.js``)."""
+
+    _esm = _STATIC / "branches.js"
+    _css = _STATIC / "views.css"
+
+    nodes = t.List(
+        t.Dict(), help="branches in tree order: name, depth, active, prompt, length, last"
+    ).tag(sync=True)
+    notice = t.Unicode("", help="the last action's error, with what to do").tag(sync=True)
+
+    def __init__(self, session: ContextSession) -> None:
+        super().__init__()
+        self.session = session
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        self._throttle = Throttle(self._follower.loop, 0.25, self._render)
+        self.on_msg(self._on_front_end)
+        self._render()
+
+    def __repr__(self) -> str:
+        return "<cm_notebook BranchTree>"
+
+    def close(self) -> None:
+        """Stop following the session and close the widget."""
+        if hasattr(self, "_follower"):
+            self._follower.close()
+            self._throttle.cancel()
+        super().close()
+
+    def _show_error(self, text: str) -> None:
+        self.notice = text
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, (ev.BranchSwitched, ev.BranchCreated, ev.BranchDeleted)):
+            self._throttle.now()
+        elif isinstance(
+            event, (ev.MessageAdded, ev.BranchUpdated, ev.ContextUpdated, ev.StateChanged)
+        ):
+            self._throttle.poke()
+        elif isinstance(event, ev.Resync):
+            self._throttle.now()
+
+    def _on_front_end(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict) or not isinstance(content.get("branch"), str):
+            return
+        name = content["branch"]
+        if content.get("event") == "switch":
+            self._follower.on_loop(lambda: self._act(lambda: self.session.switch(name)))
+        elif content.get("event") == "fork":
+            self._follower.on_loop(lambda: self._act(lambda: self._fork(name)))
+
+    def _act(self, action: Any) -> None:
+        self.notice = ""
+        action()
+
+    def _fork(self, name: str) -> None:
+        head = self.session.branches[name].head
+        new = self.session._free_branch_name(f"{name}-fork")
+        self.session.branch(new, head)
+
+    def _render(self) -> None:
+        session = self.session
+        metadata = session.metadata
+        tree = session.tree()  # from the index: no message file is read
+        branches = sorted(metadata.branches.values(), key=lambda b: b.created_at)
+        paths = {b.name: [node.id for node in tree.path(b.name)] for b in branches}
+        parent: dict[str, str | None] = {}
+        for index, branch in enumerate(branches):
+            parent[branch.name] = _parent_of(branch, branches[:index], paths)
+        children: dict[str | None, list[str]] = {}
+        for branch in branches:
+            children.setdefault(parent[branch.name], []).append(branch.name)
+        nodes: list[dict[str, Any]] = []
+
+        def walk(name: str, depth: int) -> None:
+            branch = metadata.branches[name]
+            head = tree.nodes.get(branch.head) if branch.head else None
+            nodes.append(
+                {
+                    "name": name,
+                    "depth": depth,
+                    "active": name == metadata.active_branch,
+                    "state": session.state_of(name).value,
+                    "prompt": session.system_prompt_of(name) or "",
+                    "length": len(paths[name]),
+                    "last": (head.created_at if head else branch.created_at).isoformat(),
+                    "description": branch.description,
+                }
+            )
+            for child in children.get(name, []):
+                walk(child, depth + 1)
+
+        for root in children.get(None, []):
+            walk(root, 0)
+        self.nodes = nodes
+
+
+def _parent_of(branch: Branch, older: list[Branch], paths: dict[str, list[str]]) -> str | None:
+    # The oldest earlier branch whose conversation holds the fork point.
+    point = branch.forked_from or branch.head
+    if point is None:
+        return older[0].name if older else None
+    for candidate in older:
+        if point in paths[candidate.name]:
+            return candidate.name
+    return None

@@ -1,0 +1,339 @@
+"""``ChatView``: one branch of a conversation, with the reply streaming in live.
+
+The transcript is an anywidget (:class:`Transcript`) with two paths to the front end
+(DESIGN facts 4, 5, 10-12):
+
+- **authoritative state in synced traits**, changed at a low rate: ``frozen``, the
+  finished messages, each its own small model (:class:`FrozenMessage`, Markdown already
+  rendered) sent once and again only if that message changes (a tool call's status, a
+  new sibling), so a turn costs the bytes of its own messages, not of the whole
+  conversation; and ``live`` (which message is streaming). A front end that renders
+  late gets these.
+- **the fast path**: the text appended since the last update, as a custom message
+  ``{"kind": "delta", "id", "offset", "text"}``, at most every :data:`DELTA_INTERVAL`
+  seconds, and always flushed when the reply completes. A front end whose text length
+  does not match ``offset`` (it rendered late, or missed a delta) asks for the whole
+  live text (``{"event": "pull"}``) and gets ``{"kind": "snapshot"}``: it re-pulls
+  rather than show a torn text.
+
+The live text itself is not a synced trait: re-sending it as it grows would cost
+O(n^2) bytes per reply. It is pulled on demand instead, so one reply costs the deltas
+(its length once) plus its frozen HTML once.
+
+Actions arrive as custom messages from the front end (``edit``, ``regenerate``,
+``sibling``, ``fork``) or as clicks on the stock Send / Stop buttons; all of them run
+on the session's loop (see :class:`~cm_notebook.widgets._base.SessionFollower`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import ipywidgets as w
+import traitlets as t
+
+from .. import events as ev
+from ..model import Message, MessageStatus
+from ..tree import MessageTree
+from ._base import SessionFollower, Throttle
+from ._messages import message_dict
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["DELTA_INTERVAL", "ChatView", "FrozenMessage", "Transcript"]
+
+_STATIC = Path(__file__).parent / "static"
+
+#: Seconds between two text updates of a short streaming reply (at most 10 a second, so
+#: a view stays well under ~20 comm messages a second with its other updates).
+DELTA_INTERVAL = 0.1
+#: The gap grows with the text already sent (one more second per this many characters,
+#: up to :data:`MAX_DELTA_INTERVAL`): each message carries ~600 bytes of headers, so a
+#: long reply sent at a fixed rate would cost far more in headers than in text.
+CHARS_PER_SECOND_OF_GAP = 20_000
+MAX_DELTA_INTERVAL = 2.0
+#: Seconds between two re-renders of the finished messages for minor signals.
+REFRESH_INTERVAL = 0.25
+
+
+class FrozenMessage(w.Widget):  # type: ignore[misc]
+    """One finished message of a transcript: a state-only model (no view of its own)."""
+
+    data = t.Dict(help="the message as the transcript shows it (see _messages.py)").tag(sync=True)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook message>"
+
+
+class Transcript(anywidget.AnyWidget):
+    """The message list of a :class:`ChatView` (front end in ``static/transcript.js``)."""
+
+    _esm = _STATIC / "transcript.js"
+    _css = _STATIC / "views.css"
+
+    frozen = t.List(
+        t.Instance(FrozenMessage), help="the finished messages of the branch, in order"
+    ).tag(sync=True, **w.widget_serialization)
+    last_reply = t.Unicode("", help="id of the branch's last reply (it offers ↻)").tag(sync=True)
+    live = t.Dict(help="the streaming message: {id, role}, or {} when none").tag(sync=True)
+    branch = t.Unicode("", help="the branch shown").tag(sync=True)
+    busy = t.Bool(False, help="a reply is being generated on the branch").tag(sync=True)
+    notice = t.Unicode("", help="the last action's error, with what to do").tag(sync=True)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook Transcript>"
+
+
+class ChatView(w.VBox):  # type: ignore[misc]
+    """A branch of ``session`` (default: follows the active branch), live.
+
+    Send a message with the text box; Stop ends the reply in progress; each message
+    offers edit-and-resend (user), ↻ regenerate (last reply), ``< 2/3 >`` between
+    siblings and fork (a new branch from that message).
+    """
+
+    def __init__(self, session: ContextSession, branch: str | None = None) -> None:
+        self.session = session
+        self.transcript = Transcript()
+        self.input = w.Textarea(
+            placeholder="Message…", layout=w.Layout(width="auto", flex="1 1 auto", height="60px")
+        )
+        self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
+        controls = w.HBox(
+            [self.input, w.VBox([self.send_button, self.stop_button])],
+            layout=w.Layout(width="100%"),
+        )
+        super().__init__([self.transcript, controls], layout=w.Layout(width="100%"))
+        self.add_class("cm-chat")
+        self._follow_active = branch is None
+        self._branch = branch or session.active_branch
+        # The streaming reply, as known on the kernel side (loop thread only).
+        self._live_id: str | None = None
+        self._live_chunks: list[str] = []
+        self._live_len = 0
+        self._pending: list[str] = []
+        self._sent_len = 0
+        self._need_snapshot = False
+        self._frozen: dict[str, FrozenMessage] = {}  # message id -> its model, reused
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        loop = self._follower.loop
+        self._deltas = Throttle(loop, self._delta_interval, self._flush_text)
+        self._refresh = Throttle(loop, REFRESH_INTERVAL, self._render)
+        self.transcript.on_msg(self._on_front_end)
+        self.send_button.on_click(lambda _b: self._follower.on_loop(self._send_input))
+        self.stop_button.on_click(lambda _b: self._follower.on_loop(self._stop_turn))
+        self.transcript.branch = self._branch
+        self._catch_up()
+        self._render()
+
+    def __repr__(self) -> str:
+        return "<cm_notebook ChatView>"
+
+    @property
+    def branch(self) -> str:
+        """The branch shown."""
+        return self._branch
+
+    def close(self) -> None:
+        """Stop following the session and close the widgets."""
+        if hasattr(self, "_follower"):  # not when construction failed half-way
+            self._follower.close()
+            self._deltas.cancel()
+            self._refresh.cancel()
+            for frozen in self._frozen.values():
+                frozen.close()
+        super().close()
+
+    # -- signals (session loop thread) ---------------------------------------------
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Resync):
+            self._catch_up()
+            self._refresh.now()
+            return
+        if isinstance(event, ev.BranchSwitched):
+            if self._follow_active and event.branch != self._branch:
+                self._branch = event.branch
+                self.transcript.branch = event.branch
+                self._catch_up()
+                self._refresh.now()
+            return
+        if event.branch != self._branch:
+            return
+        if isinstance(event, ev.ContentDelta):
+            self._on_delta(event)
+        elif isinstance(event, ev.MessageAdded):
+            if event.role == "assistant":
+                self._start_live(event.message_id, "")
+            self._refresh.now()
+        elif isinstance(event, ev.MessageCompleted):
+            if event.message_id == self._live_id:
+                self._deltas.now()
+                self._live_id = None
+            self._refresh.now()  # freeze it: final HTML and `live` cleared together
+        elif isinstance(event, (ev.StateChanged, ev.BranchUpdated)):
+            self._refresh.now()  # Send / Stop follow the state at once
+        else:
+            self._refresh.poke()
+
+    def _catch_up(self) -> None:
+        # A view attached (or switched) while a reply streams picks it up from the turn.
+        self._live_id = None
+        turn = self.session.turn(self._branch)
+        if turn is not None and not turn.done() and turn.message_id is not None:
+            self._start_live(turn.message_id, turn.text)
+
+    def _start_live(self, message_id: str, text: str) -> None:
+        self._live_id = message_id
+        self._live_chunks = [text] if text else []
+        self._live_len = len(text)
+        self._pending = []
+        self._sent_len = 0
+        self._need_snapshot = bool(text)
+        if text:
+            self._deltas.poke()
+
+    def _on_delta(self, event: ev.ContentDelta) -> None:
+        if event.message_id != self._live_id or event.offset != self._live_len:
+            # Attached mid-reply, or a retry restarted the text: re-pull it whole.
+            self._start_live(event.message_id, self._text_of(event.message_id))
+            return
+        self._live_chunks.append(event.text)
+        self._live_len += len(event.text)
+        self._pending.append(event.text)
+        self._deltas.poke()
+
+    def _text_of(self, message_id: str) -> str:
+        turn = self.session.turn(self._branch)
+        if turn is not None and turn.message_id == message_id:
+            return turn.text
+        return self.session.get(message_id).content
+
+    def _delta_interval(self) -> float:
+        grown = self._sent_len / CHARS_PER_SECOND_OF_GAP
+        return min(MAX_DELTA_INTERVAL, max(DELTA_INTERVAL, grown))
+
+    def _flush_text(self) -> None:
+        if self._live_id is None:
+            return
+        if self._need_snapshot:
+            self._send_snapshot()
+            return
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending = []
+        self.transcript.send(
+            {"kind": "delta", "id": self._live_id, "offset": self._sent_len, "text": text}
+        )
+        self._sent_len += len(text)
+
+    def _send_snapshot(self) -> None:
+        if self._live_id is None:
+            return
+        text = "".join(self._live_chunks)
+        self._live_chunks = [text]
+        self._pending = []
+        self._sent_len = len(text)
+        self._need_snapshot = False
+        self.transcript.send({"kind": "snapshot", "id": self._live_id, "text": text})
+
+    def _render(self) -> None:
+        history = self.session.history(self._branch)
+        tree = self.session.tree()  # from the index: siblings without reading messages
+        tool_names = {c.id: c.name for m in history for c in m.tool_calls}
+        last_reply = next((m.id for m in reversed(history) if m.role == "assistant"), None)
+        items = []
+        for message in history:
+            if message.id == self._live_id and message.status is MessageStatus.STREAMING:
+                continue
+            data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
+            frozen = self._frozen.get(message.id)
+            if frozen is None:
+                frozen = self._frozen[message.id] = FrozenMessage(data=data)
+            else:
+                frozen.data = data  # sent only if this message changed
+            items.append(frozen)
+        # Busy while a turn runs; after a failure the person can retry, edit or send.
+        busy = self.session.turn(self._branch) is not None
+        live = {"id": self._live_id, "role": "assistant"} if self._live_id else {}
+        with self.transcript.hold_sync():
+            self.transcript.frozen = items
+            self.transcript.last_reply = last_reply or ""
+            self.transcript.live = live
+            self.transcript.busy = busy
+        self.send_button.disabled = busy
+        self.stop_button.disabled = not busy
+
+    # -- actions (any thread in, session loop thread out) --------------------------
+
+    def _show_error(self, text: str) -> None:
+        self.transcript.notice = text
+
+    def _on_front_end(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        event = content.get("event")
+        target = content.get("id")
+        if event == "pull":
+            self._follower.on_loop(self._send_snapshot)
+        elif event == "edit" and isinstance(target, str):
+            text = str(content.get("text", ""))
+            self._follower.on_loop(lambda: self._act(self.session.edit, target, text))
+        elif event == "regenerate":
+            self._follower.on_loop(self._regenerate)
+        elif event == "sibling" and isinstance(target, str):
+            self._follower.on_loop(lambda: self._show_sibling(target))
+        elif event == "fork" and isinstance(target, str):
+            self._follower.on_loop(lambda: self._fork(target))
+
+    def _act(self, action: Any, *args: Any) -> None:
+        self.transcript.notice = ""
+        action(*args)
+
+    def _send_input(self) -> None:
+        text = self.input.value
+        if not text.strip():
+            self.transcript.notice = "Type a message first, then Send."
+            return
+        self._act(lambda: self.session.send(text, branch=self._branch))
+        self.input.value = ""
+
+    def _stop_turn(self) -> None:
+        turn = self.session.turn(self._branch)
+        if turn is not None:
+            turn.cancel()
+
+    def _regenerate(self) -> None:
+        if self.session.state_of(self._branch).value == "PermanentFailure":
+            self._act(lambda: self.session.retry(branch=self._branch))
+        else:
+            self._act(lambda: self.session.regenerate(branch=self._branch))
+
+    def _show_sibling(self, message_id: str) -> None:
+        # Show the branch that holds this alternative (the active one first, then the
+        # most recent); if none does, give it one.
+        self.transcript.notice = ""
+        tree = self.session.tree()
+        names = sorted(tree.heads, key=lambda n: (n != self._branch, n))
+        for name in names:
+            if any(node.id == message_id for node in tree.path(name)):
+                if name != self._branch:
+                    self.session.switch(name)
+                return
+        self.session.branch(self.session._free_branch_name(f"{self._branch}-alt"), message_id)
+
+    def _fork(self, message_id: str) -> None:
+        self.transcript.notice = ""
+        self.session.branch(self.session._free_branch_name(f"{self._branch}-fork"), message_id)
+
+
+def _siblings(tree: MessageTree, message: Message) -> list[str]:
+    # The alternatives of a user message or a reply, itself included, oldest first.
+    if message.role not in ("user", "assistant"):
+        return []
+    return [node.id for node in tree.children(message.parent_id) if node.role == message.role]

@@ -1,0 +1,188 @@
+"""``CompareView``: two or more branches side by side, from where they diverge.
+
+Above the columns: how much of the conversation the branches share. In each column:
+the branch's system prompt, model, parameters, tokens, time to first token, tokens per
+second and latency of its last reply, the messages after the point of divergence, and
+its last answer as a word-level diff against the first branch's (the first column
+marks what the others dropped, the others what they added). It re-renders when a
+compared branch's reply completes or its head moves.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from .. import events as ev
+from ..compare import word_diff
+from ..errors import InvalidInputError
+from ..model import Message
+from ._base import SessionFollower, Throttle
+from ._messages import stats_of
+from .markdown import render_markdown
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["CompareView", "comparison_html"]
+
+_INS = "background:#d1fae5"
+_DEL = "background:#fee2e2;text-decoration:line-through"
+
+
+class CompareView(w.HTML):  # type: ignore[misc]
+    """``branches`` (default: every branch) side by side, kept current."""
+
+    def __init__(self, session: ContextSession, *branches: str) -> None:
+        names = list(branches) or list(session.branches)
+        if len(names) < 2:
+            raise InvalidInputError(
+                f"compare needs two or more branches, got {names}; create one with "
+                "session.branch(name) or session.fan_out(...)"
+            )
+        for name in names:
+            if name not in session.branches:
+                raise InvalidInputError(
+                    f"there is no branch {name!r}; the branches are {sorted(session.branches)}"
+                )
+        super().__init__()
+        self.add_class("cm-compare")
+        self.session = session
+        self.branch_names = names
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        self._throttle = Throttle(self._follower.loop, 0.5, self._render)
+        self._render()
+
+    def __repr__(self) -> str:
+        return f"<cm_notebook CompareView of {len(self.branch_names)} branches>"
+
+    def close(self) -> None:
+        """Stop following the session and close the widget."""
+        if hasattr(self, "_follower"):
+            self._follower.close()
+            self._throttle.cancel()
+        super().close()
+
+    def _show_error(self, text: str) -> None:
+        self.value = f'<div style="color:#b91c1c">{html.escape(text)}</div>'
+
+    def _on_event(self, event: ev.Event) -> None:
+        if event.branch not in self.branch_names:
+            return
+        if isinstance(event, (ev.MessageCompleted, ev.BranchUpdated, ev.StateChanged)):
+            self._throttle.poke()
+        elif isinstance(event, ev.BranchDeleted):
+            self.branch_names = [n for n in self.branch_names if n != event.branch]
+            self._throttle.poke()
+
+    def _render(self) -> None:
+        session = self.session
+        paths = {name: session.history(name) for name in self.branch_names}
+        columns = []
+        for name in self.branch_names:
+            columns.append(
+                {
+                    "branch": name,
+                    "system": session.system_prompt_of(name),
+                    "messages": paths[name],
+                    "state": session.state_of(name).value,
+                }
+            )
+        self.value = comparison_html(columns)
+
+
+def _shared(paths: list[list[Message]]) -> int:
+    count = 0
+    for group in zip(*paths, strict=False):
+        if len({m.id for m in group}) != 1:
+            break
+        count += 1
+    return count
+
+
+def _facts(column: dict[str, Any], answer: Message | None) -> str:
+    rows = [("system prompt", column["system"] or "(none)")]
+    if answer is not None:
+        stats = stats_of(answer)
+        params = answer.metadata.parameters
+        rows.append(("model", str(stats.get("model") or "?")))
+        rows.append(("parameters", json.dumps(params, sort_keys=True) if params else "(defaults)"))
+        tokens = stats.get("output_tokens")
+        if tokens is not None:
+            rows.append(("tokens", f"{stats.get('input_tokens', '?')} in, {tokens} out"))
+        for key, label, unit in (
+            ("ttft_ms", "TTFT", " ms"),
+            ("tokens_per_second", "tokens/s", ""),
+            ("latency_ms", "latency", " ms"),
+        ):
+            if key in stats:
+                rows.append((label, f"{stats[key]}{unit}"))
+    if column["state"] != "Idle":
+        rows.append(("state", column["state"]))
+    cells = "".join(
+        f'<tr><td style="color:#666;padding-right:8px;vertical-align:top">{html.escape(k)}</td>'
+        f'<td style="white-space:pre-wrap">{html.escape(v)}</td></tr>'
+        for k, v in rows
+    )
+    return f'<table style="font-size:85%;margin:4px 0">{cells}</table>'
+
+
+def _diff_side(ops: list[tuple[str, str]], keep: str) -> str:
+    style = _INS if keep == "+" else _DEL
+    out = []
+    for op, text in ops:
+        if op == "=":
+            out.append(html.escape(text))
+        elif op == keep:
+            out.append(f'<span style="{style}">{html.escape(text)}</span>')
+    return "".join(out)
+
+
+def comparison_html(columns: list[dict[str, Any]]) -> str:
+    """Static HTML of the comparison (columns: branch, system, messages, state)."""
+    paths = [c["messages"] for c in columns]
+    shared = _shared(paths)
+    answers = [next((m for m in reversed(p) if m.role == "assistant"), None) for p in paths]
+    base = answers[0].content if answers[0] is not None else ""
+    second = answers[1].content if answers[1] is not None else ""
+    head = (
+        f'<div style="color:#555;margin-bottom:4px">{len(columns)} branches share the first '
+        f"{shared} message{'s' if shared != 1 else ''}; below, what each says after that.</div>"
+    )
+    cells = []
+    for index, (column, answer) in enumerate(zip(columns, answers, strict=False)):
+        after = column["messages"][shared:]
+        body = []
+        for message in after:
+            if message is answer:
+                continue
+            label = html.escape(message.role)
+            body.append(
+                f'<div style="font-size:85%;color:#555"><b>{label}</b></div>'
+                f"{render_markdown(message.content)}"
+            )
+        if answer is not None:
+            # The first column marks what the second dropped; the others what they added.
+            ops = word_diff(base, second if index == 0 else answer.content)
+            text = _diff_side(ops, "-" if index == 0 else "+")
+            body.append(
+                '<div style="font-size:85%;color:#555"><b>answer</b>'
+                + (" (diff against the first)" if index else "")
+                + f'</div><div class="cm-answer" style="white-space:pre-wrap">{text}</div>'
+            )
+        else:
+            body.append('<div style="color:#888">(no answer yet)</div>')
+        cells.append(
+            '<div class="cm-compare-column" style="flex:1;min-width:0;border:1px solid #ddd;'
+            'border-radius:6px;padding:6px 10px">'
+            f'<div style="font-weight:600">{html.escape(column["branch"])}</div>'
+            f"{_facts(column, answer)}{''.join(body)}</div>"
+        )
+    return (
+        f'<div class="cm-compare-body">{head}<div style="display:flex;gap:8px">'
+        + "".join(cells)
+        + "</div></div>"
+    )

@@ -1,0 +1,55 @@
+"""Markdown to HTML for the views: markdown-it-py (CommonMark + tables + strikethrough),
+code blocks highlighted by pygments with inline styles (so the HTML also looks right in a
+saved notebook or nbconvert output, where no stylesheet of ours is loaded).
+
+Raw HTML in a message is shown as text, never interpreted: a model's reply must not be
+able to inject markup or script into the notebook.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+
+from markdown_it import MarkdownIt
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
+
+__all__ = ["render_markdown"]
+
+_FORMATTER = HtmlFormatter(noclasses=True, nowrap=True, style="default")
+_PRE_STYLE = (
+    "background:#f6f8fa;padding:8px;border-radius:4px;overflow-x:auto;"
+    "font-size:90%;line-height:125%"
+)
+
+
+def _highlight(code: str, lang: str, _attrs: str) -> str:
+    # markdown-it uses a result starting with "<pre" as is; "" means "escape it yourself".
+    if not lang:
+        return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
+    try:
+        lexer = get_lexer_by_name(lang.strip().split()[0])
+    except ClassNotFound:
+        return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
+    body = highlight(code, lexer, _FORMATTER)
+    return (
+        f'<pre style="{_PRE_STYLE}"><code class="language-{html.escape(lang)}">{body}</code></pre>'
+    )
+
+
+_MD = (
+    MarkdownIt("commonmark", {"html": False, "linkify": False, "highlight": _highlight})
+    .enable("table")
+    .enable("strikethrough")
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def render_markdown(text: str) -> str:
+    """``text`` (Markdown) as HTML; raw HTML in it is escaped. Cached: messages are
+    re-rendered on every view refresh, and highlighting is the slow part."""
+    html_text: str = _MD.render(text)
+    return html_text

@@ -1,0 +1,69 @@
+"""``SessionView``: what displaying a session shows, all views of it in one.
+
+The status bar on top; the branch tree beside the chat; the tool approvals under
+them. Its parts are attributes (``.status``, ``.tree``, ``.chat``, ``.approvals``)
+and can be shown on their own. :func:`display_session` shows it followed by the
+saved-notebook snapshot (:mod:`.snapshot`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ipywidgets as w
+from IPython.display import display
+
+from .approval import ToolApproval
+from .branches import BranchTree
+from .chat import ChatView
+from .snapshot import Snapshot
+from .status import StatusBar
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["SessionView", "display_session"]
+
+
+class SessionView(w.VBox):  # type: ignore[misc]
+    """Status, branch tree, chat and approvals of ``session``, live."""
+
+    def __init__(self, session: ContextSession) -> None:
+        self.session = session
+        self.status = StatusBar(session)
+        self.tree = BranchTree(session)
+        self.chat = ChatView(session)
+        self.approvals = ToolApproval(session)
+        self.tree.layout = w.Layout(width="28%", min_width="180px", overflow="auto")
+        self.chat.layout = w.Layout(flex="1 1 auto", width="auto")
+        super().__init__(
+            [
+                self.status,
+                w.HBox([self.tree, self.chat], layout=w.Layout(width="100%")),
+                self.approvals,
+            ],
+            layout=w.Layout(width="100%"),
+        )
+        self.add_class("cm-session")
+        self.snapshot: Snapshot | None = None
+
+    def __repr__(self) -> str:
+        return "<cm_notebook SessionView>"
+
+    def close(self) -> None:
+        """Stop following the session and close every part."""
+        if hasattr(self, "chat"):
+            for part in (self.status, self.tree, self.chat, self.approvals):
+                part.close()
+            if self.snapshot is not None:
+                self.snapshot.close()
+        super().close()
+
+
+def display_session(session: ContextSession) -> SessionView:
+    """Display the live view of ``session`` and, below it, its saved-notebook snapshot."""
+    view = SessionView(session)
+    display(view)  # type: ignore[no-untyped-call]
+    view.snapshot = Snapshot(session)
+    view.snapshot.display()
+    return view

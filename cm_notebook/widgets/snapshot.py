@@ -1,0 +1,79 @@
+"""The saved-notebook copy of a conversation: static HTML updated through a display id.
+
+Widget state is not saved by default (JupyterLab, VS Code, Colab), and HTML placed in
+the widget's own output bundle is not shown where the widget cannot render (DESIGN
+fact 10). So the composite view is followed by a separate ``display_data`` output with
+``text/html`` (and a short, stable ``text/plain`` for nbval), which this class
+replaces in place whenever a turn ends or the active branch changes. A notebook saved
+afterwards, and its nbconvert HTML, show the conversation without a kernel.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from IPython.display import DisplayHandle, display
+
+from .. import events as ev
+from ._base import SessionFollower, Throttle
+from ._messages import message_dict, transcript_html
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["PLAIN", "Snapshot", "snapshot_html"]
+
+#: The ``text/plain`` of the snapshot output: short and stable, so nbval does not churn.
+PLAIN = "<cm_notebook conversation (HTML)>"
+
+#: Seconds between two updates of the snapshot (each re-sends the whole transcript).
+SNAPSHOT_INTERVAL = 0.5
+
+
+def snapshot_html(session: ContextSession, branch: str | None = None) -> str:
+    """The active branch (or ``branch``) of ``session`` as static HTML."""
+    name = branch or session.active_branch
+    history = session.history(name)
+    names = {c.id: c.name for m in history for c in m.tool_calls}
+    items = [message_dict(m, tool_names=names) for m in history]
+    return transcript_html(session.title, name, session.system_prompt_of(name), items)
+
+
+class Snapshot:
+    """Shows :func:`snapshot_html` as an output and keeps it current."""
+
+    def __init__(self, session: ContextSession) -> None:
+        self.session = session
+        self._handle: DisplayHandle | None = None
+        self._follower = SessionFollower(session, self._on_event, lambda _text: None)
+        self._throttle = Throttle(self._follower.loop, SNAPSHOT_INTERVAL, self._update)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook Snapshot>"
+
+    def _bundle(self) -> dict[str, Any]:
+        return {"text/html": snapshot_html(self.session), "text/plain": PLAIN}
+
+    def display(self) -> None:
+        """Emit the output (in the current cell); later updates replace it in place."""
+        self._handle = display(self._bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Stop updating the output (it keeps its last content)."""
+        self._follower.close()
+        self._throttle.cancel()
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.StateChanged):
+            if event.branch == self.session.active_branch and event.new.value in (
+                "Idle",
+                "PermanentFailure",
+                "AwaitingToolApproval",
+            ):
+                self._throttle.poke()
+        elif isinstance(event, (ev.BranchSwitched, ev.BranchUpdated, ev.Resync)):
+            self._throttle.poke()
+
+    def _update(self) -> None:
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)  # type: ignore[no-untyped-call]

@@ -1,0 +1,58 @@
+// StatusBar: one chip per branch. The retry countdown runs here, from `retry_at`
+// (epoch ms), so it costs no messages from the kernel.
+function fmt(s) {
+  if (!s) return "";
+  const parts = [];
+  if (s.model) parts.push(s.model);
+  if (s.output_tokens !== undefined) parts.push(`${s.output_tokens} tokens`);
+  if (s.ttft_ms !== undefined) parts.push(`TTFT ${s.ttft_ms} ms`);
+  if (s.tokens_per_second !== undefined) parts.push(`${s.tokens_per_second} tok/s`);
+  if (s.latency_ms !== undefined) parts.push(`${s.latency_ms} ms`);
+  return parts.join(" · ");
+}
+
+function render({ model, el }) {
+  el.classList.add("cm-status");
+  let timer = null;
+
+  function draw() {
+    el.replaceChildren();
+    let counting = false;
+    for (const r of model.get("rows") || []) {
+      const chip = document.createElement("span");
+      chip.className = "cm-chip" + (r.active ? " cm-active" : "");
+      const name = document.createElement("b");
+      name.textContent = r.branch + " ";
+      const state = document.createElement("span");
+      state.className = `cm-state cm-state-${r.state}`;
+      state.textContent = r.state;
+      chip.append(name, state);
+      if (r.retry_at) {
+        const left = Math.max(0, Math.ceil((r.retry_at - Date.now()) / 1000));
+        chip.append(` · retry in ${left} s`);
+        counting = true;
+      }
+      const stats = fmt(r.stats);
+      if (stats) {
+        const meta = document.createElement("span");
+        meta.style.color = "#777";
+        meta.textContent = " · " + stats;
+        chip.append(meta);
+      }
+      el.append(chip);
+      if (r.error && r.state !== "Idle") {
+        const err = document.createElement("div");
+        err.className = "cm-status-error-text";
+        err.textContent = `${r.branch}: ${r.error}` + (r.hint ? ` — ${r.hint}` : "");
+        el.append(err);
+      }
+    }
+    clearTimeout(timer);
+    if (counting) timer = setTimeout(draw, 500);
+  }
+  model.on("change:rows", draw);
+  draw();
+  return () => clearTimeout(timer);
+}
+
+export default { render };

@@ -1,0 +1,219 @@
+// The transcript of a ChatView. State: the synced traits `frozen` (references to one
+// model per finished message, its `data` rendered by the kernel; a model is sent once
+// and again only when that message changes), `last_reply` and `live` ({id} of the
+// streaming reply). Fast path: custom
+// messages {kind: "delta", id, offset, text} appended when `offset` matches the text
+// held here; on any mismatch (rendered late, missed a delta) ask for the whole live
+// text ({event: "pull"}) and wait for {kind: "snapshot"}.
+
+function h(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function button(label, title, onClick, cls) {
+  const b = h("button", "cm-act" + (cls ? " " + cls : ""), label);
+  b.title = title;
+  b.addEventListener("click", (e) => {
+    e.preventDefault();
+    onClick();
+  });
+  return b;
+}
+
+function statsLine(s) {
+  if (!s) return "";
+  const parts = [];
+  if (s.model) parts.push(s.model);
+  if (s.output_tokens !== undefined) parts.push(`${s.input_tokens ?? "?"}→${s.output_tokens} tokens`);
+  if (s.ttft_ms !== undefined) parts.push(`TTFT ${s.ttft_ms} ms`);
+  if (s.tokens_per_second !== undefined) parts.push(`${s.tokens_per_second} tok/s`);
+  if (s.latency_ms !== undefined) parts.push(`${s.latency_ms} ms`);
+  return parts.join(" · ");
+}
+
+function renderCall(c) {
+  const box = h("div", `cm-call cm-call-${c.status}`);
+  const head = h("div", "cm-call-head");
+  head.append(h("span", "cm-call-name", `⚙ ${c.name}`), h("span", "cm-badge", c.status));
+  box.append(head, h("pre", "cm-call-args", c.args));
+  if (c.reason) box.append(h("div", "cm-call-reason", c.reason));
+  if (c.result) box.append(h("div", "cm-call-result", `→ ${c.result}`));
+  return box;
+}
+
+function render({ model, el }) {
+  el.classList.add("cm-transcript");
+  const scroller = h("div", "cm-scroll");
+  const list = h("div", "cm-messages");
+  const liveBox = h("div", "cm-msg cm-assistant cm-live");
+  const liveText = h("div", "cm-live-text");
+  const liveHead = h("div", "cm-head");
+  liveHead.append(h("span", "cm-label", "Assistant ▍"));
+  liveBox.append(liveHead, liveText);
+  const notice = h("div", "cm-notice");
+  scroller.append(list);
+  el.append(scroller, notice);
+
+  let liveId = null;
+  let text = "";
+  let pulling = false;
+
+  const atBottom = () => scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+  const keepBottom = (was) => {
+    if (was) scroller.scrollTop = scroller.scrollHeight;
+  };
+
+  function pull() {
+    if (!pulling) {
+      pulling = true;
+      model.send({ event: "pull" });
+    }
+  }
+
+  // Finished messages: one model each, resolved once, one element each.
+  const models = new Map(); // model id -> Promise of the message's model
+  const boxes = new Map(); // model id -> {model, box}
+  let drawing = 0;
+
+  function resolve(ref) {
+    const id = ref.replace(/^IPY_MODEL_/, "");
+    if (!models.has(id)) models.set(id, model.widget_manager.get_model(id));
+    return models.get(id).then((m) => [id, m]);
+  }
+
+  function boxOf(id, m) {
+    let entry = boxes.get(id);
+    if (!entry) {
+      entry = { model: m, box: renderMessage(m.get("data")) };
+      boxes.set(id, entry);
+      // Only this message is redrawn when it changes (a tool call's status, siblings).
+      m.on("change:data", () => {
+        const fresh = renderMessage(m.get("data"));
+        entry.box.replaceWith(fresh);
+        entry.box = fresh;
+      });
+    }
+    return entry.box;
+  }
+
+  async function drawMessages() {
+    const token = ++drawing;
+    const resolved = await Promise.all((model.get("frozen") || []).map(resolve));
+    if (token !== drawing) return; // a newer list arrived meanwhile
+    const was = atBottom();
+    list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m)));
+    if (liveId) list.append(liveBox);
+    keepBottom(was);
+  }
+
+  function redrawAll() {
+    for (const entry of boxes.values()) {
+      const fresh = renderMessage(entry.model.get("data"));
+      entry.box.replaceWith(fresh);
+      entry.box = fresh;
+    }
+  }
+
+  function renderMessage(m) {
+    const box = h("div", `cm-msg cm-${m.role} cm-status-${m.status}`);
+    box.dataset.id = m.id;
+    const head = h("div", "cm-head");
+    head.append(h("span", "cm-label", m.label));
+    if (m.sibling) {
+      const nav = h("span", "cm-siblings");
+      const prev = button("<", "previous alternative", () => model.send({ event: "sibling", id: m.prev }));
+      const next = button(">", "next alternative", () => model.send({ event: "sibling", id: m.next }));
+      prev.disabled = !m.prev;
+      next.disabled = !m.next;
+      nav.append(prev, h("span", "cm-sibling-pos", `${m.sibling[0]}/${m.sibling[1]}`), next);
+      head.append(nav);
+    }
+    const actions = h("span", "cm-actions");
+    const body = h("div", "cm-body");
+    body.innerHTML = m.html; // rendered by the kernel; raw HTML in messages is escaped there
+    if (m.role === "user") {
+      actions.append(button("✎", "edit and resend (on a new branch)", () => startEdit(m, body), "cm-edit"));
+    }
+    if (m.id === model.get("last_reply")) {
+      actions.append(button("↻", "regenerate this reply", () => model.send({ event: "regenerate", id: m.id }), "cm-regenerate"));
+    }
+    if (m.role === "user" || m.role === "assistant") {
+      actions.append(button("fork", "new branch from here", () => model.send({ event: "fork", id: m.id }), "cm-fork"));
+    }
+    head.append(actions);
+    box.append(head, body);
+    for (const c of m.calls || []) box.append(renderCall(c));
+    if (m.error) box.append(h("div", "cm-error", m.error));
+    if (m.hint) box.append(h("div", "cm-hint", m.hint));
+    const stats = statsLine(m.stats);
+    if (stats) box.append(h("div", "cm-stats", stats));
+    return box;
+  }
+
+  function startEdit(m, body) {
+    const area = h("textarea", "cm-edit-box");
+    area.value = m.text;
+    const row = h("div", "cm-edit-row");
+    row.append(
+      button("Send edit", "resend on a new branch", () => model.send({ event: "edit", id: m.id, text: area.value }), "cm-edit-send"),
+      button("Cancel", "keep the message", redrawAll),
+    );
+    body.replaceChildren(area, row);
+    area.focus();
+  }
+
+  function drawLive(initial) {
+    const live = model.get("live") || {};
+    if (!live.id) {
+      liveId = null;
+      text = "";
+      liveBox.remove();
+      return;
+    }
+    if (live.id !== liveId) {
+      liveId = live.id;
+      text = "";
+      liveText.textContent = "";
+      list.append(liveBox);
+      // A view that renders late missed the deltas so far: pull them.
+      if (initial) pull();
+    }
+  }
+
+  model.on("msg:custom", (msg) => {
+    if (msg.kind === "snapshot") {
+      pulling = false;
+      const was = atBottom();
+      if (msg.id !== liveId) return;
+      text = msg.text;
+      liveText.textContent = text;
+      keepBottom(was);
+    } else if (msg.kind === "delta") {
+      if (msg.id !== liveId || msg.offset !== text.length) {
+        pull();
+        return;
+      }
+      const was = atBottom();
+      text += msg.text;
+      liveText.append(msg.text);
+      keepBottom(was);
+    }
+  });
+
+  const drawNotice = () => {
+    notice.textContent = model.get("notice") || "";
+    notice.style.display = notice.textContent ? "block" : "none";
+  };
+  model.on("change:frozen", drawMessages);
+  model.on("change:last_reply", redrawAll);
+  model.on("change:live", () => drawLive(false));
+  model.on("change:notice", drawNotice);
+  drawLive(true);
+  drawMessages();
+  drawNotice();
+}
+
+export default { render };

@@ -1,0 +1,115 @@
+"""``StatusBar``: where each branch is, and what its last reply cost.
+
+One chip per branch that is busy or failed, and always one for the active branch:
+the state machine's state, the retry countdown in ``TransientFailure`` (counted down by
+the front end, so it costs no messages), the error and what to do in
+``PermanentFailure``, and for the last reply its model, tokens, time to first token
+and tokens per second.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import traitlets as t
+
+from .. import events as ev
+from ._base import SessionFollower, Throttle
+from ._messages import stats_of
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["StatusBar"]
+
+_STATIC = Path(__file__).parent / "static"
+_RETRY_IN = re.compile(r"retrying in ([0-9.]+) s")
+
+_WHAT_TO_DO = {
+    "PermanentFailure": "Fix the cause (key, model name, network), then ↻ in the chat or "
+    "session.retry(); or edit the prompt.",
+}
+
+
+class StatusBar(anywidget.AnyWidget):
+    """State per branch, retry countdown, error and what to do, model and speed."""
+
+    _esm = _STATIC / "status.js"
+    _css = _STATIC / "views.css"
+
+    rows = t.List(t.Dict(), help="one entry per shown branch (see the module docstring)").tag(
+        sync=True
+    )
+
+    def __init__(self, session: ContextSession) -> None:
+        super().__init__()
+        self.session = session
+        self._errors: dict[str, dict[str, Any]] = {}  # branch -> last error, while it applies
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        self._throttle = Throttle(self._follower.loop, 0.25, self._render)
+        self._render()
+
+    def __repr__(self) -> str:
+        return "<cm_notebook StatusBar>"
+
+    def close(self) -> None:
+        """Stop following the session and close the widget."""
+        if hasattr(self, "_follower"):
+            self._follower.close()
+            self._throttle.cancel()
+        super().close()
+
+    def _show_error(self, text: str) -> None:
+        self._errors[self.session.active_branch] = {"error": text, "retry_at": None}
+        self._throttle.poke()
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ErrorReported) and event.branch:
+            retry = _RETRY_IN.search(event.message)
+            retry_at = event.at.timestamp() + float(retry.group(1)) if retry else None
+            self._errors[event.branch] = {
+                "error": event.message,
+                "kind": event.kind,
+                "retry_at": retry_at * 1000 if retry_at else None,
+            }
+            self._throttle.now()
+        elif isinstance(event, ev.StateChanged):
+            new, old = event.new.value, event.old.value
+            # A new turn, a new attempt streaming, or a good end: the old error is history.
+            if event.branch and (
+                new in ("Streaming", "Idle") or (old, new) == ("Idle", "AwaitingResponse")
+            ):
+                self._errors.pop(event.branch, None)
+            self._throttle.now()
+        elif isinstance(
+            event,
+            (ev.MessageCompleted, ev.BranchSwitched, ev.BranchCreated, ev.BranchDeleted, ev.Resync),
+        ):
+            self._throttle.poke()
+
+    def _render(self) -> None:
+        session = self.session
+        active = session.active_branch
+        rows = []
+        for name in session.branches:
+            state = session.state_of(name).value
+            if name != active and state == "Idle" and name not in self._errors:
+                continue
+            row: dict[str, Any] = {"branch": name, "active": name == active, "state": state}
+            error = self._errors.get(name)
+            if error is not None:
+                row["error"] = error["error"]
+                if state == "TransientFailure" and error.get("retry_at"):
+                    row["retry_at"] = error["retry_at"]
+            if state in _WHAT_TO_DO:
+                row["hint"] = _WHAT_TO_DO[state]
+            history = session.history(name, limit=8)
+            reply = next((m for m in reversed(history) if m.role == "assistant"), None)
+            if reply is not None:
+                row["stats"] = stats_of(reply)
+            rows.append(row)
+        rows.sort(key=lambda r: not r["active"])
+        self.rows = rows

@@ -1,0 +1,94 @@
+"""The magics' argument parsing and ``{name}`` interpolation, without a kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("IPython")
+
+from IPython.core.error import UsageError
+
+from cm_notebook.magics._args import ApproveArgs, BranchArgs, CellArgs, HistoryArgs, SendArgs
+from cm_notebook.magics._interpolate import interpolate
+from cm_notebook.magics._parse import parse_args, split_words
+
+
+def cell(line: str) -> CellArgs:
+    return parse_args(CellArgs, split_words(line, CellArgs.USAGE))
+
+
+def test_a_leading_spec_and_options_like_jupyter_ai() -> None:
+    args = cell("openai:gpt-4o-mini --temperature 0.2 -f code --var out --max-tokens 5")
+    assert args.chosen_provider == "openai:gpt-4o-mini"
+    assert (args.temperature, args.format, args.var, args.max_tokens) == (0.2, "code", "out", 5)
+
+
+def test_ab_takes_every_prompt_up_to_the_next_option() -> None:
+    args = cell('--ab "Answer in five words." "Answer like a pirate." --branch main')
+    assert args.ab == ["Answer in five words.", "Answer like a pirate."]
+    assert args.branch == "main"
+
+
+def test_fanout_splits_specs_on_commas() -> None:
+    assert cell("--fanout local, openai:gpt-4o-mini").fanout == ["local", "openai:gpt-4o-mini"]
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("--temperature hot", "--temperature"),
+        ("--temperature -1", "--temperature"),
+        ("-f html", "--format"),
+        ("--var 1x", "not a Python variable name"),
+        ("--ab only-one", "two or more system prompts"),
+        ("--fanout local", "two or more provider specs"),
+        ("local --provider openai", "give the provider once"),
+        ('--ab "A" "B" --fanout local,scripted', "pick one"),
+        ("--nope", "unknown option '--nope'"),
+        ("--branch", "--branch needs a value"),
+        ("a b", "unexpected 'b'"),
+        ("--var x --var y", "given twice"),
+        ('--system "unclosed', "No closing quotation"),
+    ],
+)
+def test_bad_cell_options_are_one_line_usage_errors(line: str, says: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        cell(line)
+    message = str(caught.value)
+    assert says in message
+    assert "\n" not in message
+    assert message.endswith(CellArgs.USAGE)
+
+
+def test_subcommand_models() -> None:
+    assert parse_args(SendArgs, ["hello", "there"]).text == "hello there"
+    branch = parse_args(BranchArgs, ["terse", "--from", "m-1", "--system", "Be brief."])
+    assert (branch.name, branch.from_message, branch.system) == ("terse", "m-1", "Be brief.")
+    assert parse_args(HistoryArgs, ["--last=3"]).last == 3
+    approve = parse_args(ApproveArgs, ["call-1", "--args", '{"city": "Rome"}'])
+    assert approve.args == {"city": "Rome"}
+    with pytest.raises(UsageError, match="not JSON"):
+        parse_args(ApproveArgs, ["call-1", "--args", "{city"])
+    with pytest.raises(UsageError, match="TOOL_CALL_ID"):
+        parse_args(ApproveArgs, ["--args", "{}"])
+
+
+def test_interpolation_fills_fields_and_keeps_escaped_braces() -> None:
+    namespace = {"country": "France", "numbers": [1, 2], "x": 0.5}
+    text, used = interpolate("{country} {numbers[1]} {x:.2f} {{literal}} {country!r}", namespace)
+    assert text == "France 2 0.50 {literal} 'France'"
+    assert used == ["country", "numbers", "x"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("Tell me about {missing}", "no variable 'missing'"),
+        ("a lone { brace", "literal braces"),
+        ("{}", "needs a variable name"),
+        ("{country.nope}", "cannot fill in"),
+    ],
+)
+def test_interpolation_errors_say_what_to_do(text: str, says: str) -> None:
+    with pytest.raises(UsageError, match=says.replace("(", r"\(")):
+        interpolate(text, {"country": "France"})

@@ -1,0 +1,309 @@
+"""The views in a real browser: JupyterLab on 127.0.0.1 (with a token), driven by
+Playwright through Debian's Chromium.
+
+It opens a notebook, runs all cells, watches the reply stream in, sends a message from
+the chat's text box, approves the tool call it asks for with the button, sees the
+tool's result and the final answer, forks a branch, switches back by clicking the
+branch tree, and opens the compare view. On failure it saves a screenshot (the path is
+in the failure message; ``CM_TEST_ARTIFACTS=dir`` keeps them, and one of the finished
+page, in ``dir``).
+
+Without Chromium the test is skipped with the command that installs it; under CI
+(``CI=true``) it fails instead, so a CI machine cannot pass without running it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("CM_CHROMIUM", "/usr/bin/chromium")
+INSTALL = "apt-get update && apt-get install -y chromium"
+TIMEOUT_MS = 60_000
+
+NOTEBOOK_CELLS = [
+    # Everything the page shows comes from these two cells; the rest is clicks.
+    '''from cm_notebook import ContextSession, tool
+from cm_notebook.testing import ScriptedProvider
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+story = " ".join(f"word{i}" for i in range(120)) + ". **The end.**"
+fake = (
+    ScriptedProvider()
+    .reply(story, chunks="words", delay=0.04)
+    .tool_call("add", {"a": 2, "b": 3})
+    .reply("The sum is **5**.", chunks="words", delay=0.02)
+    .reply("A *different* story: a fox, a river, and a bridge.", chunks="words", delay=0.02)
+)
+s = ContextSession.create("Browser demo", provider=fake, tools=[add])
+s''',
+    'turn = s.send("Tell me a story")',
+]
+
+
+def _need_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    message = f"Chromium is not installed at {CHROMIUM}; install it with: {INSTALL}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_notebook(path: Path) -> None:
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
+        for src in NOTEBOOK_CELLS
+    ]
+    notebook = {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook))
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server of this virtualenv on 127.0.0.1: (url with token, root dir)."""
+    _need_chromium()
+    root = tmp_path / "root"
+    root.mkdir()
+    _write_notebook(root / "demo.ipynb")
+    # No "news?" toast: it would sit over the bottom-right corner of the page.
+    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    token = secrets.token_hex(16)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CM_NOTEBOOK_DATA_DIR": str(tmp_path / "data"),
+        # A config and runtime of its own: no user settings or workspaces leak in.
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    log = (tmp_path / "lab.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-3000:]}"
+                    ) from None
+                time.sleep(0.2)  # polling a server that is starting: no event to wait on
+        yield f"{base}/lab/tree/demo.ipynb?token={token}", root
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    where = Path(os.environ.get("CM_TEST_ARTIFACTS", tmp_path / "artifacts"))
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def test_the_views_in_jupyterlab(lab: tuple[str, Path], tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, root = lab
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            _drive(page, url, root / "demo.ipynb")
+            if "CM_TEST_ARTIFACTS" in os.environ:
+                page.screenshot(path=str(_artifacts(tmp_path) / "views-done.png"), full_page=True)
+        except BaseException as exc:
+            shot = _artifacts(tmp_path) / "views-failure.png"
+            page.screenshot(path=str(shot), full_page=True)
+            raise AssertionError(f"{exc}\n(screenshot: {shot})") from exc
+        finally:
+            browser.close()
+
+
+def _snap(page: Any, name: str) -> None:
+    # Pictures of the views along the way, for a person to look at (CM_TEST_ARTIFACTS).
+    where = os.environ.get("CM_TEST_ARTIFACTS")
+    if where:
+        page.screenshot(path=str(Path(where) / f"{name}.png"))
+
+
+def _text(page: Any, selector: str) -> str:
+    return str(page.locator(selector).first.text_content() or "")
+
+
+def _wait_js(page: Any, script: str, arg: Any = None) -> Any:
+    return page.wait_for_function(script, arg=arg).json_value()
+
+
+def _drive(page: Any, url: str, notebook: Path) -> None:
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook")
+    _wait_js(
+        page,
+        """() => {
+            const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+            const k = w && w.sessionContext && w.sessionContext.session
+                && w.sessionContext.session.kernel;
+            return k && k.status === "idle";
+        }""",
+    )
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+    # 1. The reply streams in: the live text grows while the reply is not final yet.
+    first = _wait_js(
+        page,
+        """() => { const t = document.querySelector(".cm-live-text");
+                   return t && t.textContent.length > 0 && t.textContent.length; }""",
+    )
+    _wait_js(
+        page,
+        """(n) => { const t = document.querySelector(".cm-live-text");
+                    return t && t.textContent.length > n; }""",
+        first,
+    )
+    _snap(page, "views-streaming")
+    page.wait_for_selector(".cm-transcript .cm-assistant .cm-body strong:has-text('The end.')")
+    assert page.locator(".cm-live-text").count() == 0 or not _text(page, ".cm-live-text")
+
+    # 2. A message from the text box asks for a tool; Approve runs it.
+    page.locator(".cm-chat .widget-textarea textarea").fill("add 2 and 3")
+    page.locator(".cm-chat button:has-text('Send')").click()
+    approve = page.locator(".cm-approval button:has-text('Approve')")
+    approve.wait_for()
+    arguments = page.locator(".cm-approval textarea").first.input_value()
+    assert json.loads(arguments) == {"a": 2, "b": 3}
+    approve.click()
+    page.wait_for_selector(".cm-transcript .cm-call-result:has-text('5')")
+    page.wait_for_selector(".cm-transcript .cm-assistant .cm-body:has-text('The sum is 5.')")
+    assert page.locator(".cm-approval button:has-text('Approve')").is_disabled()
+    _snap(page, "views-approved")
+
+    # 3. A new branch from the first reply, with its own answer.
+    page.locator(".cm-transcript .cm-assistant .cm-fork").first.click()
+    page.wait_for_selector(".cm-tree .cm-node[data-branch='main-fork-1'].cm-active")
+    page.locator(".cm-chat .widget-textarea textarea").fill("Another story?")
+    page.locator(".cm-chat button:has-text('Send')").click()
+    page.wait_for_selector(".cm-transcript .cm-body:has-text('a fox, a river')")
+    assert page.locator(".cm-transcript .cm-body:has-text('The sum is 5.')").count() == 0
+
+    # 4. Back to main by a click in the tree.
+    page.locator(".cm-tree .cm-node[data-branch='main'] .cm-node-name").click()
+    page.wait_for_selector(".cm-transcript .cm-body:has-text('The sum is 5.')")
+    page.wait_for_selector(".cm-tree .cm-node[data-branch='main'].cm-active")
+    _snap(page, "views-switched")
+
+    # 5. The saved-notebook snapshot was updated in place when the turns ended.
+    page.wait_for_selector(".cm-snapshot:has-text('The sum is 5.')")
+
+    # 6. The compare view, opened from a new cell.
+    page.evaluate(
+        """async () => {
+            const app = window.jupyterapp;
+            const panel = app.shell.currentWidget;
+            panel.content.activeCellIndex = panel.content.widgets.length - 1;
+            await app.commands.execute("notebook:insert-cell-below");
+            panel.content.activeCell.model.sharedModel.setSource(
+                's.compare_view("main", "main-fork-1")');
+            await app.commands.execute("notebook:run-cell");
+        }"""
+    )
+    page.wait_for_selector(".cm-compare .cm-compare-column >> nth=1")
+    columns = page.locator(".cm-compare .cm-compare-column")
+    assert columns.count() == 2
+    assert "fox" in (columns.nth(1).text_content() or "")
+    assert "share the first 2 messages" in _text(page, ".cm-compare")
+    page.locator(".cm-compare").first.scroll_into_view_if_needed()
+
+    # 7. Saved, the notebook file holds the conversation as HTML (no kernel needed).
+    page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+    deadline = time.monotonic() + 30
+    while "The sum is <strong>5</strong>" not in notebook.read_text():
+        assert time.monotonic() < deadline, "the saved notebook lacks the conversation"
+        page.wait_for_timeout(200)  # the save is asynchronous; poll the file
+    saved = json.loads(notebook.read_text())
+    htmls = [
+        "".join(out["data"]["text/html"])
+        for cell in saved["cells"]
+        for out in cell.get("outputs", [])
+        if "text/html" in out.get("data", {})
+    ]
+    assert any("The sum is" in h and "cm-snapshot" in h for h in htmls)
+    # ... and so does its nbconvert HTML.
+    converted = subprocess.run(
+        [sys.executable, "-m", "nbconvert", "--to", "html", "--stdout", str(notebook)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "The sum is <strong>5</strong>" in converted
+    assert "word119. <strong>The end.</strong>" in converted

@@ -1,0 +1,208 @@
+"""The views without a front end: what they render and how they react, on a real
+session (ScriptedProvider the only fake). The front-end protocol itself is tested in a
+real kernel (test_widgets_kernel.py, test_widgets_actions_kernel.py) and a real
+browser (test_views_browser.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("anywidget")
+
+from cm_notebook import ContextSession, tool
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.widgets import (
+    BranchTree,
+    ChatView,
+    CompareView,
+    SessionView,
+    StatusBar,
+    ToolApproval,
+    snapshot_html,
+)
+from cm_notebook.widgets._base import Throttle
+from cm_notebook.widgets.markdown import render_markdown
+
+pytestmark = pytest.mark.anyio
+
+NewSession = Callable[..., ContextSession]
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``condition`` on the running loop until it is truthy (with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(0.01)
+    return value
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_markdown_escapes_raw_html_and_highlights_code() -> None:
+    out = render_markdown(
+        "<script>alert(1)</script> [x](javascript:alert(1))\n\n```python\ndef f(): pass\n```"
+    )
+    assert "<script>" not in out
+    assert "&lt;script&gt;" in out
+    assert 'href="javascript' not in out
+    assert '<code class="language-python"><span style=' in out
+
+
+async def test_throttle_coalesces_and_always_flushes_the_last() -> None:
+    flushed: list[int] = []
+    state = {"value": 0}
+    done = asyncio.Event()
+
+    def flush() -> None:
+        flushed.append(state["value"])
+        if state["value"] == 50:
+            done.set()
+
+    throttle = Throttle(asyncio.get_running_loop(), 0.05, flush)
+    for value in range(1, 51):
+        state["value"] = value
+        throttle.poke()
+    await asyncio.wait_for(done.wait(), 10)
+    # The first poke flushed at once; the other 49 became one flush, with the last value.
+    assert flushed == [1, 50]
+
+
+async def test_views_have_short_stable_reprs(new_session: NewSession) -> None:
+    session = new_session(provider=ScriptedProvider(["a", "b"]))
+    await session.send("hi")
+    session.branch("other")
+    await session.send("again")
+    views = [
+        ChatView(session),
+        BranchTree(session),
+        ToolApproval(session),
+        StatusBar(session),
+        CompareView(session, "main", "other"),
+        SessionView(session),
+    ]
+    assert [repr(v) for v in views] == [
+        "<cm_notebook ChatView>",
+        "<cm_notebook BranchTree>",
+        "<cm_notebook ToolApproval>",
+        "<cm_notebook StatusBar>",
+        "<cm_notebook CompareView of 2 branches>",
+        "<cm_notebook SessionView>",
+    ]
+    for view in views:
+        view.close()
+
+
+async def test_compare_view_needs_two_known_branches(new_session: NewSession) -> None:
+    session = new_session(provider=ScriptedProvider(["a"]))
+    with pytest.raises(InvalidInputError, match="two or more branches"):
+        CompareView(session)
+    session.branch("b")
+    with pytest.raises(InvalidInputError, match="no branch 'nope'"):
+        CompareView(session, "main", "nope")
+
+
+async def test_a_failed_reply_shows_the_error_and_what_to_do(new_session: NewSession) -> None:
+    session = new_session(
+        provider=ScriptedProvider().error("permanent", message="the model does not exist")
+    )
+    chat = ChatView(session)
+    status = StatusBar(session)
+    turn = session.send("hi")
+    with pytest.raises(Exception, match="does not exist"):
+        await turn
+    row = await until(
+        lambda: status.rows and status.rows[0]["state"] == "PermanentFailure" and status.rows[0]
+    )
+    assert "does not exist" in row["error"]
+    assert "retry" in row["hint"]
+    reply = await until(
+        lambda: next(
+            (m for m in [f.data for f in chat.transcript.frozen] if m["role"] == "assistant"), None
+        )
+    )
+    assert reply["status"] == "error"
+    assert "does not exist" in reply["error"]
+    assert "Retry" in reply["hint"]
+    assert chat.send_button.disabled is False  # the user can act: retry, edit or send
+
+
+async def test_the_status_bar_counts_down_a_retry(new_session: NewSession) -> None:
+    session = new_session(
+        provider=ScriptedProvider().error("transient", retry_after=30).reply("late")
+    )
+    status = StatusBar(session)
+    turn = session.send("hi")
+    row = await until(
+        lambda: status.rows and status.rows[0]["state"] == "TransientFailure" and status.rows[0]
+    )
+    # The front end counts down to this instant (epoch ms): 30 s from the failure, plus
+    # the retry policy's upward jitter (up to 10 %).
+    assert 20_000 < row["retry_at"] - time.time() * 1000 <= 34_000
+    turn.cancel()
+    await until(lambda: status.rows[0]["state"] == "Idle")
+    assert "retry_at" not in status.rows[0]
+
+
+async def test_clicks_from_other_threads_decide_a_call_once(new_session: NewSession) -> None:
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3 it is.")
+    session = new_session(provider=fake, tools=[add])
+    approvals = ToolApproval(session)
+    turn = session.send("add")
+    row = await until(lambda: approvals.rows.get("call_1"))
+    clicks = [threading.Thread(target=row.approve_button.click) for _ in range(4)]
+    clicks.append(threading.Thread(target=row.deny_button.click))
+    for click in clicks:
+        click.start()
+    for click in clicks:
+        click.join()
+    message = await turn
+    assert message.content == "3 it is."
+    assert len(fake.requests) == 2  # one decision: the tool ran once and the turn ended
+    await until(lambda: "done" in row.status.value or "denied" in row.status.value)
+    assert row.approve_button.disabled
+    assert row.deny_button.disabled
+
+
+async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: NewSession) -> None:
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("**3** <b>x</b>")
+    session = new_session(
+        title="Snap <shot>", provider=fake, tools=[add], approval="auto", system="Be brief."
+    )
+    await session.send("add 1 and 2")
+    html = snapshot_html(session)
+    assert "Snap &lt;shot&gt;" in html
+    assert "Be brief." in html
+    assert "<strong>3</strong> &lt;b&gt;x&lt;/b&gt;" in html
+    assert "add" in html
+    assert "→ 3" in html
+
+
+async def test_the_branch_tree_nests_forks_under_their_branch(new_session: NewSession) -> None:
+    session = new_session(provider=ScriptedProvider(["one", "two", "three"]))
+    await session.send("first")
+    first_reply = session.history()[-1].id
+    session.branch("a", first_reply)
+    await session.send("on a")
+    session.branch("a-sub")
+    session.branch("b", first_reply, switch=False)
+    tree = BranchTree(session)
+    nodes = [(n["name"], n["depth"], n["active"], n["length"]) for n in tree.nodes]
+    assert nodes == [
+        ("main", 0, False, 2),
+        ("a", 1, False, 4),
+        ("a-sub", 2, True, 4),
+        ("b", 1, False, 2),
+    ]
+    tree.close()

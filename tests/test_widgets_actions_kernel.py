@@ -1,0 +1,212 @@
+"""Approving, denying, editing arguments, switching branches, comparing and the saved
+snapshot, in a real kernel driven as a browser drives it, with no further cell run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("anywidget")
+
+from widget_frontend import FrontEnd, front_end
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    with front_end(tmp_path_factory.mktemp("widgets-actions")) as running:
+        running.run(
+            """
+            from cm_notebook import ContextSession, tool
+            from cm_notebook.testing import ScriptedProvider
+            from cm_notebook.widgets import BranchTree, ChatView, ToolApproval
+
+            ran = []
+
+            @tool
+            def add(a: int, b: int) -> int:
+                '''Add two integers.'''
+                ran.append((a, b))
+                return a + b
+            """
+        )
+        yield running
+
+
+def _child(fe: FrontEnd, comm_id: str, *path: int) -> str:
+    # Follow a container's children (as "IPY_MODEL_<id>" references) down ``path``.
+    for index in path:
+        comm_id = fe.models[comm_id]["children"][index].removeprefix("IPY_MODEL_")
+    return comm_id
+
+
+def _row(fe: FrontEnd, approvals: str) -> dict[str, str]:
+    # The first call row of a ToolApproval: its text box, buttons and status.
+    fe.wait_for(lambda: len(fe.models[approvals].get("children", [])) > 1, what="a call row")
+    row = _child(fe, approvals, 1)
+    return {
+        "title": _child(fe, row, 0),
+        "arguments": _child(fe, row, 1),
+        "check": _child(fe, row, 2),
+        "approve": _child(fe, row, 3, 0),
+        "reason": _child(fe, row, 3, 1),
+        "deny": _child(fe, row, 3, 2),
+        "status": _child(fe, row, 4),
+    }
+
+
+def _value(fe: FrontEnd, comm_id: str) -> Any:
+    return fe.models[comm_id].get("value")
+
+
+def _start(fe: FrontEnd, name: str, script: str) -> tuple[str, str]:
+    out = fe.run(
+        f"""
+        fake_{name} = ScriptedProvider(strict=True){script}
+        {name} = ContextSession.create("{name}", provider=fake_{name}, tools=[add])
+        approvals_{name} = ToolApproval({name})
+        chat_{name} = ChatView({name})
+        turn_{name} = {name}.send("please add")
+        print(approvals_{name}.model_id, chat_{name}.transcript.model_id)
+        """
+    )
+    approvals, transcript = out.split()
+    return approvals, transcript
+
+
+def _final_html(fe: FrontEnd, transcript: str) -> str:
+    def done() -> str | None:
+        messages = fe.messages(transcript)
+        last = messages[-1] if messages else None
+        if last and last["role"] == "assistant" and last["status"] == "complete" and last["html"]:
+            return str(last["html"])
+        return None
+
+    return str(fe.wait_for(done, what="the final answer"))
+
+
+def test_approve_click_resumes_the_turn_and_a_second_click_is_harmless(fe: FrontEnd) -> None:
+    approvals, transcript = _start(
+        fe, "s1", '.tool_call("add", {"a": 2, "b": 3}).reply("The sum is 5.")'
+    )
+    row = _row(fe, approvals)
+    assert '"a": 2' in _value(fe, row["arguments"])
+    assert "add" in _value(fe, row["title"])
+    fe.click(row["approve"])
+    fe.click(row["approve"])  # a double click
+    assert _final_html(fe, transcript) == "<p>The sum is 5.</p>\n"
+    fe.wait_for(lambda: "done" in _value(fe, row["status"]), what="the row says done")
+    assert "5" in _value(fe, row["status"])
+    assert fe.models[row["approve"]]["disabled"] is True
+    assert fe.models[row["deny"]]["disabled"] is True
+    tool_result = next(m for m in fe.messages(transcript) if m["role"] == "tool")
+    assert tool_result["html"] == "<p>5</p>\n"
+    assert fe.run("print(ran, turn_s1.done(), s1.state.value)").strip() == "[(2, 3)] True Idle"
+
+
+def test_deny_with_a_reason_tells_the_model(fe: FrontEnd) -> None:
+    approvals, transcript = _start(
+        fe, "s2", '.tool_call("add", {"a": 1, "b": 1}).reply("Understood, no tools.")'
+    )
+    row = _row(fe, approvals)
+    fe.edit(row["reason"], value="not on a Sunday")
+    fe.click(row["deny"])
+    assert _final_html(fe, transcript) == "<p>Understood, no tools.</p>\n"
+    fe.wait_for(lambda: "not on a Sunday" in _value(fe, row["status"]))
+    told = fe.run("print(fake_s2.requests[-1].messages[-1].content)")
+    assert "not on a Sunday" in told
+    assert fe.run("print(len(ran))").strip() == "1"  # only the first test's call ran
+
+
+def test_edited_arguments_are_validated_then_run(fe: FrontEnd) -> None:
+    approvals, transcript = _start(fe, "s3", '.tool_call("add", {"a": 2, "b": 2}).reply("Done.")')
+    row = _row(fe, approvals)
+    fe.edit(row["arguments"], value='{"a": 2, "b": "many"}')
+    fe.wait_for(lambda: "invalid" in _value(fe, row["check"]), what="the schema error")
+    fe.wait_for(lambda: fe.models[row["approve"]]["disabled"] is True)
+    fe.edit(row["arguments"], value='{"a": 2, "b": ')
+    fe.wait_for(
+        lambda: "invalid" in _value(fe, row["check"]) and "JSON" in _value(fe, row["check"])
+    )
+    fe.edit(row["arguments"], value='{"a": 40, "b": 2}')
+    fe.wait_for(lambda: "valid" in _value(fe, row["check"]) and "✓" in _value(fe, row["check"]))
+    fe.wait_for(lambda: fe.models[row["approve"]]["disabled"] is False)
+    fe.click(row["approve"])
+    assert _final_html(fe, transcript) == "<p>Done.</p>\n"
+    fe.wait_for(lambda: "42" in _value(fe, row["status"]), what="the edited call's result")
+    assert fe.run("print(ran[-1])").strip() == "(40, 2)"
+
+
+def test_switching_branch_by_click_and_a_live_comparison(fe: FrontEnd) -> None:
+    out = fe.run(
+        """
+        s4 = ContextSession.create("branches", provider=ScriptedProvider(
+            ["Paris.", "Lyon is second.", "Marseille, then Lyon."]))
+        await s4.send("Largest French city?")
+        await s4.send("And the second?")
+        s4.branch("other", s4.history()[1].id, switch=False)
+        tree = BranchTree(s4)
+        chat4 = ChatView(s4)
+        cv = s4.compare_view("main", "other")
+        print(tree.model_id, chat4.transcript.model_id, cv.model_id)
+        """
+    )
+    tree, transcript, compare = out.split()
+    assert [n["name"] for n in fe.models[tree]["nodes"]] == ["main", "other"]
+    assert fe.models[tree]["nodes"][1]["depth"] == 1
+    fe.custom(tree, {"event": "switch", "branch": "other"})
+    fe.wait_for(
+        lambda: fe.models[transcript]["branch"] == "other" and len(fe.messages(transcript)) == 2,
+        what="the chat showing the other branch",
+    )
+    fe.wait_for(lambda: [n["active"] for n in fe.models[tree]["nodes"]] == [False, True])
+    assert "(no answer yet)" not in _value(fe, compare)
+    # A reply on the other branch (sent from the chat's text box) reaches the comparison.
+    chat_ids = fe.run("print(chat4.input.model_id, chat4.send_button.model_id)").split()
+    fe.edit(chat_ids[0], value="Name two more.")
+    fe.click(chat_ids[1])
+    fe.wait_for(lambda: "Marseille" in _value(fe, compare), what="the new answer in the comparison")
+    html = _value(fe, compare)
+    assert "share the first 2 messages" in html
+    assert "background:#d1fae5" in html  # words added relative to main's answer
+
+
+def test_displaying_a_session_shows_the_views_and_a_snapshot_kept_current(
+    fe: FrontEnd,
+) -> None:
+    start = fe.mark()
+    fe.run(
+        """
+        s5 = ContextSession.create("shown", provider=ScriptedProvider(["Hello there."]))
+        s5
+        """
+    )
+    assert len(fe.displays) >= 1
+    display_id, data = next(
+        (key, value)
+        for key, value in fe.displays.items()
+        if value.get("text/plain") == "<cm_notebook conversation (HTML)>"
+    )
+    assert "shown" in data["text/html"]
+    opened = [r for r in fe.comms[start:] if r.method == "open"]
+    names = {fe.models[r.comm_id].get("_model_name") for r in opened}
+    assert {"AnyModel", "VBoxModel", "ButtonModel"} <= names
+    chat_ids = fe.run(
+        """
+        from cm_notebook.widgets import SessionView
+        from ipywidgets import Widget
+        view = next(w for w in list(Widget.widgets.values()) if isinstance(w, SessionView)
+                    and w.session is s5)
+        print(view.chat.input.model_id, view.chat.send_button.model_id)
+        """
+    ).split()
+    fe.edit(chat_ids[0], value="Hi!")
+    fe.click(chat_ids[1])
+    fe.wait_for(
+        lambda: "Hello there." in fe.displays[display_id]["text/html"],
+        what="the snapshot updated after the turn",
+    )
