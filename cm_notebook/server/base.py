@@ -171,7 +171,9 @@ class CMHandler(APIHandler):
     def query(self, model: type[B]) -> B:
         """The query string validated as ``model`` (the last value of each name wins)."""
         names = self.request.query_arguments
-        return model.model_validate({name: self.get_query_argument(name) for name in names})
+        return model.model_validate(
+            {name: self.get_query_argument(name, strip=False) for name in names}
+        )
 
     def reply(self, model: BaseModel, status: int = 200) -> None:
         """Answer with ``model`` as JSON."""

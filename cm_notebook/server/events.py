@@ -48,10 +48,8 @@ class EventsHandler(CMHandler):
     )
     async def get(self, context_id: str) -> None:
         session = self.session(context_id)
-        self.query(EventsQuery)
-        since = parse_since(
-            self.request.headers.get("Last-Event-ID"), self.get_query_argument("since", None)
-        )
+        query = self.query(EventsQuery)
+        since = parse_since(self.request.headers.get("Last-Event-ID"), query.since)
         self._gone = asyncio.Event()
         stream = self.signal_source(session).open(since)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")

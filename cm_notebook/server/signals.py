@@ -82,23 +82,21 @@ class BusSignals:
         return self._session.event_stream(since)
 
 
-def parse_since(last_event_id: str | None, since: str | None) -> int | None:
+def parse_since(last_event_id: str | None, since: int | None) -> int | None:
     """The sequence number to replay after: ``Last-Event-ID`` wins over ``?since=``.
 
     A reconnecting ``EventSource`` sends the header but repeats the original URL, so
     the header is the newer of the two.
     """
-    for name, text in (("Last-Event-ID", last_event_id), ("since", since)):
-        if text is None or text == "":
-            continue
-        value = text.strip()
-        if not value.isdigit() or len(value) > 18:
-            raise InvalidInputError(
-                f"{name} must be a signal's sequence number (a whole number >= 0), "
-                f"got {text[:40]!r}"
-            )
-        return int(value)
-    return None
+    if last_event_id is None or last_event_id.strip() == "":
+        return since
+    value = last_event_id.strip()
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidInputError(
+            "Last-Event-ID must be a signal's sequence number (a whole number >= 0), "
+            f"got {last_event_id[:40]!r}"
+        )
+    return int(value)
 
 
 def sse_message(event: Event) -> str:
