@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, Phase, given, settings
 from jupyter_server_proc import JupyterServer
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
 
 pytestmark = pytest.mark.slow
 
