@@ -14,6 +14,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from jupyter_server_proc import JupyterServer
+from server_client import create_context
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
@@ -32,19 +33,38 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
 EXAMPLES = 6
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize(
+    ("mode", "existing"),
+    [
+        (GenerationMode.POSITIVE, False),
+        (GenerationMode.NEGATIVE, False),
+        # Against a context that exists (with messages), so that requests get past the
+        # id lookup and reach the handlers' own logic.
+        (GenerationMode.POSITIVE, True),
+    ],
+    ids=["positive", "negative", "existing-context"],
+)
 def test_every_response_conforms_to_the_openapi_document(
-    server: JupyterServer, mode: GenerationMode
+    server: JupyterServer, mode: GenerationMode, existing: bool
 ) -> None:
     document = httpx.get(server.api("/openapi.json"), headers=server.auth, timeout=30).json()
     # The events stream never ends by itself: it has its own tests.
     api = schemathesis.openapi.from_dict(document).exclude(path_regex=r".*/events$")
+    fixed: dict[str, str] = {}
+    if existing:
+        with httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client:
+            fixed["context_id"] = create_context(client, [])
+            client.post(f"contexts/{fixed['context_id']}/messages", json={"text": "hello"})
+        api = api.exclude(method="DELETE", path="/contexts/{context_id}")
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) >= 20
+    assert len(operations) >= 19
 
     for operation in operations:
+        path_parameters = {
+            name: value for name, value in fixed.items() if f"{{{name}}}" in operation.path
+        }
 
-        @given(case=operation.as_strategy(generation_mode=mode))
+        @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
         @settings(
             max_examples=EXAMPLES,
             deadline=None,
