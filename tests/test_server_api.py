@@ -360,6 +360,8 @@ def test_edit_regenerate_and_compare(client: httpx.Client) -> None:
         (b'{"text": 5}', "text"),
         (b'{"text": "hi", "colour": "red"}', "colour"),
         (b'{"text": "hi", "params": {"temperature": "hot"}}', None),
+        (b'{"text": "hi", "params": {"branch": "main"}}', "params"),
+        (b'{"text": "hi", "params": {"api_key": "sk-123"}}', None),
     ],
 )
 def test_malformed_bodies_get_400_with_the_field_errors(
@@ -436,3 +438,17 @@ def _tree(root: Path) -> dict[str, float]:
         for path in root.rglob("*")
         if path.relative_to(root).parts[0] not in skip
     }
+
+
+def test_deleting_a_context_ends_its_event_streams(client: httpx.Client) -> None:
+    context_id = create_context(client, [{"hang": True}])
+    client.post(f"contexts/{context_id}/messages", json={"text": "go"})
+
+    def delete() -> None:
+        assert client.delete(f"contexts/{context_id}").status_code == 204
+
+    with pytest.raises(AssertionError, match="the stream ended"):
+        read_events(
+            client, f"contexts/{context_id}/events?since=0", lambda e: False, started=delete
+        )
+    _assert_error(client.get(f"contexts/{context_id}/events"), 404)

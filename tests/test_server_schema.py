@@ -14,9 +14,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from jupyter_server_proc import JupyterServer
-from server_client import create_context
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
+from server_client import create_context
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ so a REST client sees exactly what a notebook sees.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..fsm import State
 from ..model import Branch, ContextMetadata, Message, ToolCall
@@ -54,7 +54,21 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-GenerationParameters = dict[str, Any]
+# Keys that name the API's own arguments rather than generation parameters.
+_RESERVED_PARAMS = frozenset({"text", "branch", "provider", "message_id"})
+
+
+def _no_reserved_keys(params: dict[str, Any]) -> dict[str, Any]:
+    clash = sorted(_RESERVED_PARAMS & set(params))
+    if clash:
+        raise ValueError(
+            f"{clash} are not generation parameters; give 'branch' beside 'params', and "
+            "the provider when the context is created"
+        )
+    return params
+
+
+GenerationParameters = Annotated[dict[str, Any], AfterValidator(_no_reserved_keys)]
 
 
 # -- requests ----------------------------------------------------------------------------

@@ -59,7 +59,8 @@ class EventsHandler(CMHandler):
             # Headers and a first line at once: clients wait for them before reading.
             self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
             await self.flush()
-            await self._pump(stream, float(self.settings[HEARTBEAT_KEY]))
+            ended = self.sessions.ended(session.id)
+            await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
         except StreamClosedError:
             return  # the client left while we wrote
         finally:
@@ -67,9 +68,10 @@ class EventsHandler(CMHandler):
         if not self._gone.is_set():
             self.finish()
 
-    async def _pump(self, stream: SignalStream, heartbeat: float) -> None:
+    async def _pump(self, stream: SignalStream, ended: asyncio.Event, heartbeat: float) -> None:
+        # Ends when the client leaves (gone) or the session is closed (ended).
         assert self._gone is not None
-        gone = asyncio.ensure_future(self._gone.wait())
+        gone = asyncio.ensure_future(_first(self._gone, ended))
         upcoming: asyncio.Future[Event] | None = None
         try:
             while True:
@@ -80,7 +82,7 @@ class EventsHandler(CMHandler):
                     waiting, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
                 )
                 if gone in done:
-                    return
+                    return  # the client left, or the context was deleted
                 if upcoming in done:
                     try:
                         event = upcoming.result()
@@ -97,3 +99,13 @@ class EventsHandler(CMHandler):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await task
+
+
+async def _first(*events: asyncio.Event) -> None:
+    # Returns as soon as any of ``events`` is set.
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

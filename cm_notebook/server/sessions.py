@@ -61,6 +61,7 @@ class SessionRegistry:
         self._store = FileStore(data_dir)
         self._sessions: dict[str, ContextSession] = {}
         self._reapers: set[asyncio.Task[None]] = set()
+        self._ended: dict[str, asyncio.Event] = {}
 
     def get(self, context_id: str) -> ContextSession:
         """The live session of ``context_id``, opened on first use.
@@ -75,6 +76,18 @@ class SessionRegistry:
             )
             self._sessions[context_id] = session
         return session
+
+    def ended(self, context_id: str) -> asyncio.Event:
+        """Set when this server closes the context's session (deleted, or shutting down).
+
+        Streams of the context's signals end then, whatever the session's bus does.
+        """
+        return self._ended.setdefault(context_id, asyncio.Event())
+
+    def _end(self, context_id: str) -> None:
+        ended = self._ended.pop(context_id, None)
+        if ended is not None:
+            ended.set()
 
     def create(
         self,
@@ -108,6 +121,7 @@ class SessionRegistry:
         validate_context_id(context_id)
         await self._store.get_metadata(context_id)  # unknown: ContextNotFoundError
         session = self._sessions.pop(context_id, None)
+        self._end(context_id)
         if session is not None:
             await session.aclose()
         await self._store.delete_context(context_id)
@@ -133,6 +147,8 @@ class SessionRegistry:
         """Close every session (running turns are cancelled) and the store."""
         sessions = list(self._sessions.values())
         self._sessions.clear()
+        for context_id in list(self._ended):
+            self._end(context_id)
         for session in sessions:
             try:
                 await session.aclose()
