@@ -1,33 +1,60 @@
-"""The machinery under :class:`~cm_notebook.session.ContextSession`.
+"""The runtime half of :class:`~cm_notebook.session.ContextSession`.
 
-``_SessionCore`` holds a session's runtime state (the home event loop, the signal bus,
-one state machine per branch, running turns, pending approvals, providers) and the
-helpers that :class:`~cm_notebook.runner.TurnRunner` and the public API share. The
-public methods live in :mod:`cm_notebook.session`; nothing here is public API.
+:class:`SessionCore` is the base class of ``ContextSession``: it holds what a live
+session owns at run time and the properties every caller reads (``metadata``,
+``title``, ``branches``, ``active_branch``, which are public API of
+``ContextSession``); the operations (send, branch, approve...) are in
+:mod:`cm_notebook.session`.
+
+What a session owns:
+
+* its home event loop (the kernel's, else a private one; :mod:`cm_notebook._loop`)
+  and its signal bus (:mod:`cm_notebook.events`);
+* one state machine per branch (:class:`~cm_notebook._host.BranchMachines`);
+* one claim per branch while a turn is set up or runs (:mod:`cm_notebook._claims`,
+  shared with other processes through lock files);
+* the running turns, the approval desk and the providers;
+* a cache of the context's metadata, refreshed when the store says it changed.
+
+A turn gets none of this directly: :meth:`SessionCore._start` builds a
+:class:`~cm_notebook._host.TurnHost` (the explicit list of what a turn may use) and
+hands it to a :class:`~cm_notebook.runner.TurnRunner`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 from . import events as ev
 from . import fsm
+from ._claims import BranchClaims, Claim
+from ._conversation import for_request
+from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
+from ._registry import REGISTRY
 from ._sessionio import StoreAccess
+from ._turn_writes import settle_append
 from .approvals import ApprovalDesk
-from .errors import BranchNotFoundError, BusyError, InvalidInputError
+from .errors import (
+    BranchNotFoundError,
+    BusyError,
+    CMError,
+    InvalidInputError,
+    StateError,
+    StoreError,
+)
 from .ids import validate_branch_name
-from .model import Branch, ContextMetadata, Message, MessageStatus
+from .model import Branch, ContextMetadata, Message
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
-from .store import Store
+from .store import IndexEntry, Store
 from .tools import Policy, ToolPolicy, ToolRegistry
 from .turn import Turn
 
@@ -37,7 +64,7 @@ _T = TypeVar("_T")
 
 
 class SessionCore:
-    """Runtime state and shared helpers of a session (see the module docstring)."""
+    """Runtime state of a session and the properties callers read (see the module docstring)."""
 
     def __init__(
         self,
@@ -84,23 +111,67 @@ class SessionCore:
         self._loop_thread: int | None = threading.get_ident() if loop is not None else None
         self._bus = ev.EventBus(self.id)
         self._lock = threading.RLock()
-        self._machines: dict[str, fsm.Machine] = {}
+        self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
+        self._turn_claims: dict[str, Claim] = {}
+        claim_path = getattr(store, "branch_claim_path", None)
+        self._claims = BranchClaims(
+            None if claim_path is None else lambda branch: claim_path(self.id, branch)
+        )
         self._approvals = ApprovalDesk()
-        self._claimed: set[str] = set()  # branches whose new turn is being set up
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, provider)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
+        self._holds = 0  # opens not yet closed (see cm_notebook._registry)
+        # Caches refreshed when the store's change token moves (see ``metadata``).
+        self._metadata_token: object | None = None
+        self._index_cache: dict[str, IndexEntry] = {}
+        self._index_token: object | None = None
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
     @property
     def metadata(self) -> ContextMetadata:
-        """The context's metadata, re-read if another process changed it."""
-        self._metadata = self._io.call(self._store.get_metadata(self.id))
-        return self._metadata
+        """The context's metadata, re-read if it changed (here or in another process).
+
+        Cached: reading it costs a few ``stat`` calls unless the store's files changed,
+        so properties such as ``branches`` never wait behind other store work.
+        """
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._metadata_token:
+                return self._metadata
+        fresh = self._io.call(self._store.get_metadata(self.id))
+        with self._lock:
+            self._metadata, self._metadata_token = fresh, token
+        return fresh
+
+    def _index(self) -> dict[str, IndexEntry]:
+        # The message index (id -> parent, role, status...), cached like the metadata:
+        # a tree view asks for it often and it only changes when a message is written.
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._index_token:
+                return dict(self._index_cache)
+        fresh = self._io.call(self._store.index(self.id))
+        with self._lock:
+            self._index_cache, self._index_token = fresh, token
+        return dict(fresh)
+
+    def _change_token(self) -> object | None:
+        # The store's fingerprint of its files (FileStore.change_token), taken before a
+        # read so a write racing with the read only causes one more re-read; None for
+        # stores without one (then every read goes to the store).
+        token_of = getattr(self._store, "change_token", None)
+        if token_of is None:
+            return None
+        try:
+            token: object = token_of(self.id)
+        except (OSError, CMError):  # a store that cannot tell: read it
+            return None
+        return token
 
     @property
     def title(self) -> str:
@@ -141,19 +212,52 @@ class SessionCore:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Cancel running turns, then release what this session opened.
+    def __enter__(self) -> SessionCore:
+        return self
 
-        Once the cancelled turns have finished, the providers the session built from
-        specs are closed (their connections) and the store it opened releases its locks.
-        A provider or store that was passed in stays open: its owner closes it. From a
-        script this waits (up to ``timeout`` seconds); on the session's own loop (a
-        notebook cell) it cannot wait, so it schedules the clean-up and returns; use
-        ``await session.aclose()`` there to know when it is done.
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SessionCore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session was closed (by the last of its holders)."""
+        return self._bus.closed or self._holds <= 0
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Give back this holder's use of the session; the last close releases it.
+
+        Every :meth:`open`/:meth:`create` of a context is one holder of its one
+        session; closing an already closed session does nothing. The last close
+        cancels running turns, then closes what the session opened: the providers it
+        built from specs (their connections), the store it opened (its locks), and the
+        signal bus, which ends every :meth:`event_stream`. A provider or store that
+        was passed in stays open: its owner closes it. From a script this waits (up to
+        ``timeout`` seconds); on the session's own loop (a notebook cell) it cannot
+        wait, so it schedules the clean-up and returns; use ``await session.aclose()``
+        there to know when it is done.
         """
+        if not REGISTRY.release(self):
+            return
         if not self._loop.is_running():
             # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
             # providers' connections died with it; only the store's locks remain.
+            self._bus.close()
             if self._owns_store:
                 self._io.call(self._store.close())
             return
@@ -167,6 +271,8 @@ class SessionCore:
 
     async def aclose(self) -> None:
         """Like :meth:`close`, for async code: returns once everything is released."""
+        if not REGISTRY.release(self):
+            return
         release = self._release()
         if self._on_loop_thread():
             await release
@@ -185,23 +291,32 @@ class SessionCore:
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()
+        self._bus.close()  # after the turns' last signals: streams read those, then end
 
-    # -- internals used by TurnRunner and FanOut ---------------------------------------
-
-    def _machine(self, branch: str) -> fsm.Machine:
-        with self._lock:
-            return self._machines.get(branch) or fsm.Machine.initial()
-
-    def _set_machine(self, branch: str, machine: fsm.Machine) -> None:
-        with self._lock:
-            self._machines[branch] = machine
+    # -- signals -----------------------------------------------------------------------
 
     def _publish(self, event: ev.BaseEvent) -> None:
         # The bus is single-threaded: publish on the session loop's thread.
         if self._on_loop_thread():
-            self._bus.publish(event)
+            self._publish_here(event)
         else:
-            self._loop.call_soon_threadsafe(self._bus.publish, event)
+            self._loop.call_soon_threadsafe(self._publish_here, event)
+
+    def _publish_here(self, event: ev.BaseEvent) -> None:
+        if not self._bus.closed:  # a closed session has no one left to tell
+            self._bus.publish(event)
+
+    def _publish_context_update(self, changed: Iterable[str]) -> None:
+        """Announce a change of the context's own metadata (title, prompt, tags...)."""
+        self._publish(ev.ContextUpdated(changed=list(changed)))
+
+    def _publish_branch_update(
+        self, branch: str, changed: Iterable[str], *, head: str | EllipsisType | None = ...
+    ) -> None:
+        """Announce a change of ``branch`` that is not a new message (a rewound head,
+        its system prompt, its parameters); ``head`` defaults to its current head."""
+        current = self._head(branch) if head is ... else head
+        self._publish(ev.BranchUpdated(branch=branch, head=current, changed=list(changed)))
 
     def _on_loop_thread(self) -> bool:
         if self._loop_thread is None:
@@ -217,105 +332,128 @@ class SessionCore:
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
 
-    def _turn_finished(self, runner: TurnRunner) -> None:
-        with self._lock:
-            if self._runners.get(runner.branch) is runner:
-                del self._runners[runner.branch]
-
-    async def _request_messages(
-        self, branch: str, exclude: str | None = None
-    ) -> builtins.list[Message]:
-        ids = await self._store.path(self.id, branch)
-        messages = await self._store.get_messages(self.id, ids)
-        return _answer_every_call([m for m in messages if m.id != exclude and _shown_to_model(m)])
-
-    def _with_system(self, history: builtins.list[Message]) -> builtins.list[Message]:
-        prompt = self._metadata.system_prompt
-        if not prompt:
-            return history
-        return [Message(id="system", role="system", content=prompt), *history]
-
-    # -- private helpers ---------------------------------------------------------------
+    # -- turns -------------------------------------------------------------------------
 
     def _all_idle(self) -> bool:
         with self._lock:
-            return not self._runners and not self._claimed
+            return not self._runners and not self._claims.held()
 
     @contextlib.contextmanager
-    def _claim(self, branch: str) -> Iterator[None]:
-        # Hold the branch from the first write of a new turn until its runner is
-        # registered, so two threads sending on one branch cannot both write a prompt.
+    def _claim(self, branch: str) -> Iterator[Claim]:
+        # Hold the branch from the first write of a new turn: two threads, two sessions
+        # or two processes sending on one branch cannot both write a prompt. On success
+        # _start hands the claim to the turn, which gives it back when it is over.
         with self._lock:
-            if branch in self._runners or branch in self._claimed:
+            if branch in self._runners:
                 raise BusyError(
                     f"a reply is still being generated on branch {branch!r}; "
                     "await it, or call turn.cancel()"
                 )
-            self._claimed.add(branch)
+        claim = self._claims.take(branch)
         try:
-            yield
-        finally:
-            with self._lock:
-                self._claimed.discard(branch)
+            yield claim
+        except BaseException:
+            claim.release()
+            raise
 
     def _provider(self, provider: ProviderLike | None) -> Provider:
         return self._providers.resolve(provider)
 
+    async def _conversation(self, branch: str, exclude: str | None) -> list[Message]:
+        # What a request on ``branch`` shows the model (see cm_notebook._conversation).
+        ids = await self._store.path(self.id, branch)
+        messages = await self._store.get_messages(self.id, ids)
+        prompt = (await self._store.get_metadata(self.id)).system_prompt
+        return for_request([m for m in messages if m.id != exclude], prompt)
+
+    def _turn_finished(self, turn: Turn) -> None:
+        with self._lock:
+            runner = self._runners.get(turn.branch)
+            if runner is not None and runner.turn is turn:
+                del self._runners[turn.branch]
+            claim = self._turn_claims.pop(turn.branch, None)
+        if claim is not None:
+            claim.release()
+
+    def _host(self) -> TurnHost:
+        return TurnHost(
+            context_id=self.id,
+            store=self._store,
+            publish=self._publish,
+            machines=self._machines,
+            approvals=self._approvals,
+            tools=lambda: self.tools,
+            tool_policy=lambda: self.tool_policy,
+            retry_policy=self.retry_policy,
+            max_tool_rounds=self.max_tool_rounds,
+            tool_timeout=self.tool_timeout,
+            conversation=self._conversation,
+            finished=self._turn_finished,
+        )
+
     def _start(
         self,
-        branch: str,
+        claim: Claim,
         start: fsm.Send | fsm.Retry,
+        head: str | None,
         provider: Provider,
         params: Mapping[str, Any],
     ) -> Turn:
+        # Start a turn on the claimed branch, after ``head`` (its prompt).
+        branch = claim.branch
         turn = Turn(branch, self._loop)
-        runner = TurnRunner(self, turn, start=start, provider=provider, params=params)
+        runner = TurnRunner(
+            self._host(), turn, start=start, head=head, provider=provider, params=params
+        )
         with self._lock:
             if branch in self._runners:
                 raise BusyError(f"a reply is already being generated on branch {branch!r}")
             self._runners[branch] = runner
+            self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
         future = schedule_on(self._loop, runner.run())
         turn._attach(future, runner.request_cancel)
         return turn
 
-
-def _shown_to_model(message: Message) -> bool:
-    # Failed replies, and replies cancelled before they said anything, are not part of
-    # the conversation the model sees (some providers refuse empty assistant turns).
-    if message.status is MessageStatus.ERROR:
-        return False
-    return not (
-        message.role == "assistant"
-        and message.status is MessageStatus.INTERRUPTED
-        and not message.content
-        and not message.tool_calls
-    )
-
-
-def _answer_every_call(path: list[Message]) -> list[Message]:
-    # Providers refuse a conversation in which a tool call has no result. The engine
-    # always stores one, but a write can fail (full disk) or a file be skipped as
-    # corrupt: fill such gaps in the request only (nothing is written).
-    out: list[Message] = []
-    open_calls: dict[str, str] = {}  # id -> result text to use if never answered
-
-    def close_open() -> None:
-        for call_id, text in open_calls.items():
-            out.append(
-                Message(
-                    id=f"missing-{call_id}"[:128], role="tool", content=text, tool_call_id=call_id
+    def _append_prompt(self, branch: str, message: Message) -> None:
+        # The user's message, after the head it was written against (expected_head): if
+        # another writer moved the branch since, fail loudly rather than fork the
+        # conversation behind its back.
+        try:
+            self._io.call(
+                self._store.append_message(
+                    self.id, message, branch=branch, expected_head=message.parent_id
                 )
             )
-        open_calls.clear()
+        except OSError as exc:
+            if not self._io.call(settle_append(self._store, self.id, branch, message)):
+                raise StoreError(
+                    f"your message could not be stored: {exc}. Nothing was sent; free disk "
+                    "space (or fix the data folder) and send it again."
+                ) from exc
+        self._publish(
+            ev.MessageAdded(
+                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
+            )
+        )
 
-    for message in path:
-        if message.role == "tool" and message.tool_call_id in open_calls:
-            del open_calls[message.tool_call_id]
-        elif message.role != "tool":
-            close_open()
-        out.append(message)
-        for call in message.tool_calls:
-            open_calls[call.id] = call.result or "error: no result was recorded for this call"
-    close_open()
-    return out
+    def _rewind_to_prompt(self, branch: str) -> str:
+        # Move the head back past the last assistant reply (and anything after the
+        # prompt it answered), so the next reply becomes its sibling; returns the prompt.
+        ids = self._io.call(self._store.path(self.id, branch))
+        history = self._io.call(self._store.get_messages(self.id, ids))
+        head = ids[-1] if ids else None
+        while history and history[-1].role == "assistant":
+            history.pop()
+        if not history:
+            raise StateError(f"branch {branch!r} has no message to reply to")
+        prompt = history[-1].id
+        if prompt != head:
+            self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
+            self._publish_branch_update(branch, ["head"], head=prompt)
+        return prompt
+
+    def _forget_branch(self, branch: str) -> None:
+        self._machines.forget(branch)
+        with self._lock:
+            self._last_request.pop(branch, None)

@@ -25,8 +25,9 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     │       ├── ProviderNotInstalledError        an optional extra is missing
     │       └── UnknownProviderError             no provider registered under that name
     ├── StateError                               an operation that the current state forbids
-    │   ├── IllegalTransitionError               the FSM got an event it cannot take
-    │   └── BusyError                            a turn is already running on that branch
+    │   ├── IllegalTransitionError               the FSM got an input it cannot take
+    │   ├── BusyError                            a turn is already running on that branch
+    │   └── BranchMovedError                     a branch head moved under a compare-and-set
     └── ToolError
         ├── ToolDefinitionError                  a function cannot be turned into a tool
         ├── ToolArgumentsError                   arguments failed validation
@@ -44,6 +45,7 @@ from pathlib import Path
 
 __all__ = [
     "BranchExistsError",
+    "BranchMovedError",
     "BranchNotFoundError",
     "BusyError",
     "CMError",
@@ -186,6 +188,11 @@ class IllegalTransitionError(StateError):
 
 class BusyError(StateError):
     """A turn is already running; wait for it, or cancel it."""
+
+
+class BranchMovedError(StateError):
+    """A write that moves a branch head found the head no longer where the writer read it
+    (another writer moved it); nothing was written."""
 
 
 class ToolError(CMError):

@@ -1,6 +1,10 @@
-"""Signals: small, numbered events that tell views what changed, so they can pull the data.
+"""The signal bus: numbered signals that tell views what changed, so they pull the data.
 
-A context's :class:`EventBus` stamps every event with a per-context sequence number
+The last step of the send path (session -> turn runner -> state machine -> provider
+-> store -> **signals**). The signal classes live in :mod:`cm_notebook.signals` and
+are re-exported here, so ``from cm_notebook.events import ContentDelta`` works.
+
+A context's :class:`EventBus` stamps every signal with a per-context sequence number
 (``seq``, 1, 2, 3, ...), the context id and the time, keeps the most recent ones in a
 bounded history, and hands them to subscribers. Signals carry ids and deltas, never
 whole message contents: a view that wants a message pulls it from the session.
@@ -22,37 +26,67 @@ The caller builds the event with its own fields (checked by pydantic and mypy);
 copy. Clients reading JSON (SSE, REST) turn it back into a model with
 :func:`parse_event`.
 
-Thread safety: none, on purpose. :meth:`EventBus.publish`, :meth:`EventBus.subscribe`
-and the streams must be used from the thread running the event loop (in a notebook,
-the kernel's). Code on worker threads hands events over with
-``loop.call_soon_threadsafe(bus.publish, event)``; the bus does not do it for them,
-so that the common path pays no locking.
+Threads: :meth:`EventBus.publish` and reading a stream belong to the thread running
+the event loop (in a notebook, the kernel's); code on other threads hands signals over
+with ``loop.call_soon_threadsafe(bus.publish, event)``, so the hot path pays no
+locking. Registering and unregistering (:meth:`EventBus.subscribe`,
+:meth:`EventBus.stream`, the returned unsubscribe function) are safe from any thread
+(a comm handler may run on a subshell thread); callbacks always run on the thread
+that publishes.
+
+Filtering: ``bus.subscribe(callback, branch="main", kinds={"ContentDelta"})`` calls
+``callback`` only for the signals of that branch and of those kinds (the names in
+:data:`SIGNAL_KINDS`).
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
+import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
+from typing import TypeAlias, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .errors import InvalidInputError, StateError
-from .fsm import State
-from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+from .model import utcnow
+from .signals import (
+    EVENT_TYPES,
+    SIGNAL_KINDS,
+    BaseEvent,
+    BranchCreated,
+    BranchDeleted,
+    BranchSwitched,
+    BranchUpdated,
+    ContentDelta,
+    ContextUpdated,
+    Error,
+    Event,
+    MessageAdded,
+    MessageCompleted,
+    Resync,
+    StateChanged,
+    ToolApprovalRequested,
+    ToolCallResolved,
+    parse_event,
+)
 
 __all__ = [
+    "SIGNAL_KINDS",
     "BaseEvent",
     "BranchCreated",
+    "BranchDeleted",
     "BranchSwitched",
+    "BranchUpdated",
     "ContentDelta",
+    "ContextUpdated",
     "Error",
     "Event",
     "EventBus",
@@ -70,171 +104,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class BaseEvent(BaseModel):
-    """Fields every signal has. ``seq``, ``context_id`` and ``at`` are set by the bus.
-
-    Attributes:
-        seq: per-context sequence number, increasing by one per published event.
-        context_id: the context the event belongs to.
-        branch: the branch it concerns, if any.
-        at: when it was published (UTC).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    seq: int = Field(0, ge=0)
-    context_id: str = ""
-    branch: str | None = None
-    at: UTCDateTime = Field(default_factory=utcnow)
-
-
-class StateChanged(BaseEvent):
-    """The context's state machine moved from ``old`` to ``new``."""
-
-    type: Literal["StateChanged"] = "StateChanged"
-    old: State
-    new: State
-    turn_id: str | None = None
-
-
-class MessageAdded(BaseEvent):
-    """A message was added to the tree; pull it by ``message_id`` if you show it."""
-
-    type: Literal["MessageAdded"] = "MessageAdded"
-    message_id: str
-    parent_id: str | None = None
-    role: Role
-
-
-class ContentDelta(BaseEvent):
-    """More text for a message being generated.
-
-    ``offset`` is the length of the message's text before this delta, so a view that
-    holds ``offset`` characters appends ``text``; any other length means it missed a
-    delta (or got one twice) and should re-pull the message.
-    """
-
-    type: Literal["ContentDelta"] = "ContentDelta"
-    message_id: str
-    text: str
-    offset: int = Field(ge=0)
-
-
-class MessageCompleted(BaseEvent):
-    """A message reached its final status (complete, interrupted or error)."""
-
-    type: Literal["MessageCompleted"] = "MessageCompleted"
-    message_id: str
-    status: MessageStatus
-
-
-class ToolApprovalRequested(BaseEvent):
-    """The model's reply ``message_id`` asks to run tools that need a decision."""
-
-    type: Literal["ToolApprovalRequested"] = "ToolApprovalRequested"
-    message_id: str
-    tool_call_ids: tuple[str, ...]
-
-
-class ToolCallResolved(BaseEvent):
-    """A tool call changed status (approved, denied, done, failed); ``reason`` if denied."""
-
-    type: Literal["ToolCallResolved"] = "ToolCallResolved"
-    tool_call_id: str
-    status: ToolCallStatus
-    reason: str | None = None
-
-
-class BranchCreated(BaseEvent):
-    """A branch named ``name`` was created with head ``head``."""
-
-    type: Literal["BranchCreated"] = "BranchCreated"
-    name: str
-    head: str | None = None
-
-
-class BranchSwitched(BaseEvent):
-    """The active branch is now ``name``."""
-
-    type: Literal["BranchSwitched"] = "BranchSwitched"
-    name: str
-
-
-class Error(BaseEvent):
-    """Something went wrong that a view should show; ``kind`` says what sort.
-
-    ``transient``: a request failed and will be retried (the message says when);
-    ``permanent``: the turn stopped and needs the user (retry, edit, fix a key);
-    ``tool``: a tool call failed (the model was told and the turn goes on);
-    ``internal``: a bug or an I/O failure ended the turn.
-    An Error comes just before the :class:`StateChanged` it explains (e.g. into
-    ``TransientFailure`` or ``PermanentFailure``).
-    """
-
-    type: Literal["Error"] = "Error"
-    message: str
-    kind: Literal["transient", "permanent", "tool", "internal"]
-
-
-class Resync(BaseEvent):
-    """Events were dropped for this subscriber: re-pull the state.
-
-    ``seq`` is the bus's last sequence number when the resync was issued; the events
-    that follow it have larger numbers. A ``Resync`` made for one subscriber is not in
-    the history and other subscribers never see it.
-    """
-
-    type: Literal["Resync"] = "Resync"
-    reason: str
-
-
-Event: TypeAlias = Annotated[
-    StateChanged
-    | MessageAdded
-    | ContentDelta
-    | MessageCompleted
-    | ToolApprovalRequested
-    | ToolCallResolved
-    | BranchCreated
-    | BranchSwitched
-    | Error
-    | Resync,
-    Field(discriminator="type"),
-]
-"""Any signal, discriminated by its ``type`` field."""
-
-_EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
-    {
-        StateChanged,
-        MessageAdded,
-        ContentDelta,
-        MessageCompleted,
-        ToolApprovalRequested,
-        ToolCallResolved,
-        BranchCreated,
-        BranchSwitched,
-        Error,
-        Resync,
-    }
-)
-
-_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-
 EventCallback: TypeAlias = Callable[[Event], None]
 """A synchronous subscriber: called inline by :meth:`EventBus.publish`."""
 
 EventT = TypeVar("EventT", bound=BaseEvent)
-
-
-def parse_event(data: Mapping[str, Any] | str | bytes) -> Event:
-    """Turn a dict (e.g. ``event.model_dump(mode="json")``) or JSON text into an event.
-
-    Raises:
-        pydantic.ValidationError: the data is not a known event.
-    """
-    if isinstance(data, (str, bytes)):
-        return _EVENT_ADAPTER.validate_json(data)
-    return _EVENT_ADAPTER.validate_python(data)
 
 
 class _Buffer:
@@ -346,6 +219,8 @@ class EventBus:
         self._history: deque[Event] = deque(maxlen=history)
         self._buffer_limit = subscriber_buffer
         self._tokens = itertools.count()
+        # Guards registration only; publish iterates immutable snapshots without it.
+        self._registry_lock = threading.Lock()
         self._callbacks: dict[int, EventCallback] = {}
         self._buffers: dict[int, _Buffer] = {}
         # Snapshots iterated by publish: subscribing, unsubscribing or a stream being
@@ -388,7 +263,7 @@ class EventBus:
             InvalidInputError: ``event`` is not one of the event types of :data:`Event`.
             StateError: the bus is closed.
         """
-        if type(event) not in _EVENT_TYPES:
+        if type(event) not in EVENT_TYPES:
             raise InvalidInputError(f"{type(event).__name__} is not a publishable event type")
         if self._closed:
             raise StateError(f"the event bus of context {self.context_id!r} is closed")
@@ -396,7 +271,7 @@ class EventBus:
         stamped = event.model_copy(
             update={"seq": self._seq, "context_id": self.context_id, "at": self._clock()}
         )
-        as_event = cast(Event, stamped)  # checked against _EVENT_TYPES above
+        as_event = cast(Event, stamped)  # checked against EVENT_TYPES above
         self._history.append(as_event)
         self._queue.append(as_event)
         if not self._dispatching:
@@ -438,19 +313,41 @@ class EventBus:
     def _resync(self, reason: str) -> Resync:
         return Resync(seq=self._seq, context_id=self.context_id, at=self._clock(), reason=reason)
 
-    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+    def subscribe(
+        self,
+        callback: EventCallback,
+        *,
+        branch: str | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> Callable[[], None]:
         """Call ``callback(event)`` inline for every event published from now on.
 
+        ``branch`` keeps only the signals of that branch (``event.branch == branch``);
+        ``kinds`` only the signals of those kinds (names from :data:`SIGNAL_KINDS`).
+        Safe to call from any thread; the callback runs on the publishing thread.
         Exceptions from the callback are logged and otherwise ignored. Returns a function
-        that unsubscribes (calling it twice is harmless).
+        that unsubscribes (calling it twice, or from another thread, is harmless).
+
+        Raises:
+            InvalidInputError: ``kinds`` names an unknown signal, or ``branch`` is not
+                a string.
         """
-        token = next(self._tokens)
-        self._callbacks[token] = callback
-        self._callback_list = tuple(self._callbacks.values())
+        if not callable(callback):
+            raise InvalidInputError(f"callback must be callable, got {callback!r}")
+        if branch is not None and not isinstance(branch, str):
+            raise InvalidInputError(f"branch must be a branch name, got {branch!r}")
+        wanted = _check_kinds(kinds)
+        if branch is not None or wanted is not None:
+            callback = _filtered(callback, branch, wanted)
+        with self._registry_lock:
+            token = next(self._tokens)
+            self._callbacks[token] = callback
+            self._callback_list = tuple(self._callbacks.values())
 
         def unsubscribe() -> None:
-            if self._callbacks.pop(token, None) is not None:
-                self._callback_list = tuple(self._callbacks.values())
+            with self._registry_lock:
+                if self._callbacks.pop(token, None) is not None:
+                    self._callback_list = tuple(self._callbacks.values())
 
         return unsubscribe
 
@@ -467,19 +364,21 @@ class EventBus:
         """
         backlog = self.events(since) if since is not None else []
         buffer = _Buffer(backlog)
-        if self._closed:
-            buffer.closed = True
-        else:
-            token = next(self._tokens)
-            self._buffers[token] = buffer
-            self._buffer_list = tuple(self._buffers.values())
+        with self._registry_lock:
+            if self._closed:
+                buffer.closed = True
+            else:
+                token = next(self._tokens)
+                self._buffers[token] = buffer
+                self._buffer_list = tuple(self._buffers.values())
         return EventStream(self, buffer)
 
     def _discard(self, buffer: _Buffer) -> None:
-        for token, candidate in list(self._buffers.items()):
-            if candidate is buffer:
-                del self._buffers[token]
-                self._buffer_list = tuple(self._buffers.values())
+        with self._registry_lock:
+            for token, candidate in list(self._buffers.items()):
+                if candidate is buffer:
+                    del self._buffers[token]
+                    self._buffer_list = tuple(self._buffers.values())
 
     def events(self, since: int = 0) -> list[Event]:
         """The events published after sequence number ``since``, oldest first.
@@ -518,11 +417,42 @@ class EventBus:
     def close(self) -> None:
         """Stop the bus: callbacks are dropped, streams end after their buffered events,
         and :meth:`publish` raises :class:`~cm_notebook.errors.StateError`."""
-        self._closed = True
-        self._callbacks.clear()
-        self._callback_list = ()
-        for buffer in self._buffer_list:
+        with self._registry_lock:
+            self._closed = True
+            self._callbacks.clear()
+            self._callback_list = ()
+            buffers = self._buffer_list
+            self._buffers.clear()
+            self._buffer_list = ()
+        for buffer in buffers:
             buffer.closed = True
             buffer.wake()
-        self._buffers.clear()
-        self._buffer_list = ()
+
+
+def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    wanted = frozenset(kinds)
+    for kind in wanted:
+        if kind not in SIGNAL_KINDS:
+            close = difflib.get_close_matches(str(kind), SIGNAL_KINDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InvalidInputError(
+                f"unknown signal kind {kind!r}{hint}; the kinds are {sorted(SIGNAL_KINDS)}"
+            )
+    return wanted
+
+
+def _filtered(
+    callback: EventCallback, branch: str | None, kinds: frozenset[str] | None
+) -> EventCallback:
+    def deliver(event: Event) -> None:
+        if branch is not None and event.branch != branch:
+            return
+        if kinds is not None and event.type not in kinds:
+            return
+        callback(event)
+
+    return deliver

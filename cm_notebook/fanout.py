@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._loop import schedule_on
 from .compare import Comparison
@@ -14,9 +14,6 @@ from .errors import CMError, InvalidInputError
 from .ids import validate_branch_name
 from .providers import Provider
 from .turn import Handle, Turn
-
-if TYPE_CHECKING:
-    from .session import ContextSession
 
 __all__ = ["FanOut", "Variant", "plan_variants"]
 
@@ -103,10 +100,14 @@ class FanOut(Handle[Comparison]):
     """The turns of a fan-out; ``await`` it (or ``.result()``) for the comparison."""
 
     def __init__(
-        self, session: ContextSession, turns: list[Turn], loop: asyncio.AbstractEventLoop
+        self,
+        compare: Callable[..., Comparison],
+        turns: list[Turn],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
+        # ``compare(*branches)``: the session's comparison of those branches' answers.
         super().__init__(loop)
-        self.session = session
+        self._compare = compare
         self.turns = turns
         self._attach(schedule_on(loop, self._gather()), self._cancel_all)
 
@@ -120,7 +121,7 @@ class FanOut(Handle[Comparison]):
             # A failed arm still appears in the comparison, as an error.
             with contextlib.suppress(CMError):
                 await turn
-        return self.session.compare(*self.branches)
+        return self._compare(*self.branches)
 
     def _cancel_all(self) -> None:
         for turn in self.turns:

@@ -1,17 +1,23 @@
-"""The per-context state machine, as pure data: ``step(machine, event) -> (machine, effects)``.
+"""The state machine of one branch, as pure data: ``step(machine, input) -> (machine, effects)``.
 
-Nothing here does I/O, reads a clock or draws random numbers. The session feeds
-:data:`FSMEvent` values in and carries out the :data:`Effect` values that come out
-(start a request, arm a timer, ask for approval, run tools, publish signals). Because
-:func:`step` is a pure function of frozen values, it is tested exhaustively and with
-hypothesis in ``tests/test_fsm.py``.
+Step three of the send path (session -> turn runner -> **state machine** -> provider
+-> store -> signals). Each branch of a context has its own :class:`Machine`; the turn
+runner (:mod:`cm_notebook.runner`) feeds it :data:`Input` values (what happened: the
+user sent, the provider started or failed, a tool was decided...) and carries out the
+:data:`Effect` values that come out (start a request, arm a timer, ask for approval,
+run tools, announce a :class:`Transition`). Nothing here does I/O, reads a clock or
+draws random numbers, so :func:`step` is tested exhaustively and with hypothesis in
+``tests/test_fsm.py``.
 
-Transitions (any event not listed for a state raises
+Words: an *input* goes into the machine, an *effect* comes out; the bus's *signals*
+(:mod:`cm_notebook.events`) and a provider's stream *chunks* are other things.
+
+Transitions (any input not listed for a state raises
 :class:`~cm_notebook.errors.IllegalTransitionError`, e.g. "cannot ToolDecided while
-Streaming"; :class:`StateChanged` is emitted first on every change of state and is
+Streaming"; a :class:`Transition` effect comes first on every change of state and is
 left out of the table)::
 
-    from                 event                  to                    effects
+    from                 input                  to                    effects
     -------------------  ---------------------  --------------------  ------------------------
     Idle                 Send                   AwaitingResponse      StartRequest
     PermanentFailure     Send | Retry           AwaitingResponse      StartRequest
@@ -23,10 +29,10 @@ left out of the table)::
     AwaitingToolApproval ToolDecided (not last) AwaitingToolApproval  -
     AwaitingToolApproval ToolDecided (last)     ExecutingTools        ExecuteTools(yes, no)
     ExecutingTools       ToolsFinished          AwaitingResponse      StartRequest
-    Awaiting.. | Stream  TransientError         TransientFailure      ScheduleRetry
+    Awaiting.. | Stream  TransientFault         TransientFailure      ScheduleRetry
       ... no tries left, or a long Retry-After  PermanentFailure      Failed, TurnFinished
     TransientFailure     RetryTimerFired        AwaitingResponse      StartRequest
-    Awaiting.. | Stream  PermanentError         PermanentFailure      Failed, TurnFinished
+    Awaiting.. | Stream  PermanentFault         PermanentFailure      Failed, TurnFinished
       | TransientFailure
     any active state     Cancel                 Idle                  AbortRequest,
                                                                       [ResolveCancelled],
@@ -82,10 +88,10 @@ __all__ = [
     "Cancel",
     "Effect",
     "ExecuteTools",
-    "FSMEvent",
     "Failed",
+    "Input",
     "Machine",
-    "PermanentError",
+    "PermanentFault",
     "RequestApproval",
     "ResolveCancelled",
     "ResponseCompleted",
@@ -96,10 +102,10 @@ __all__ = [
     "Send",
     "StartRequest",
     "State",
-    "StateChanged",
     "ToolDecided",
     "ToolsFinished",
-    "TransientError",
+    "TransientFault",
+    "Transition",
     "TurnFinished",
     "step",
 ]
@@ -177,7 +183,7 @@ class Machine:
         return self.state in ACTIVE_STATES
 
 
-# --- events: what happened (fed into step) ---------------------------------------------
+# --- inputs: what happened (fed into step) ---------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,7 @@ class ToolsFinished:
 
 
 @dataclass(frozen=True)
-class TransientError:
+class TransientFault:
     """The request failed in a way worth retrying.
 
     Attributes:
@@ -253,7 +259,7 @@ class RetryTimerFired:
 
 
 @dataclass(frozen=True)
-class PermanentError:
+class PermanentFault:
     """The request failed in a way retrying will not fix."""
 
     message: str
@@ -264,16 +270,16 @@ class Cancel:
     """The user cancelled the turn."""
 
 
-FSMEvent = (
+Input = (
     Send
     | Retry
     | ResponseStarted
     | ResponseCompleted
     | ToolDecided
     | ToolsFinished
-    | TransientError
+    | TransientFault
     | RetryTimerFired
-    | PermanentError
+    | PermanentFault
     | Cancel
 )
 """Everything :func:`step` accepts."""
@@ -327,7 +333,7 @@ class AbortRequest:
 
 
 @dataclass(frozen=True)
-class StateChanged:
+class Transition:
     """The machine's state changed from ``old`` to ``new``; always the first effect."""
 
     old: State
@@ -355,7 +361,7 @@ Effect = (
     | ExecuteTools
     | ResolveCancelled
     | AbortRequest
-    | StateChanged
+    | Transition
     | TurnFinished
     | Failed
 )
@@ -374,25 +380,25 @@ class _Step:
 
 def step(
     machine: Machine,
-    event: FSMEvent,
+    given: Input,
     policy: RetryPolicy = DEFAULT_POLICY,
     *,
     max_tool_rounds: int = 10,
 ) -> Result:
-    """Apply ``event`` to ``machine``; return the next machine and the effects to carry out.
+    """Apply ``given`` to ``machine``; return the next machine and the effects to carry out.
 
     Args:
         machine: the current machine (never modified).
-        event: what happened.
-        policy: the retry policy for :class:`TransientError`.
+        given: what happened.
+        policy: the retry policy for :class:`TransientFault`.
         max_tool_rounds: consecutive tool rounds allowed before the turn stops.
 
     Returns:
-        ``(next_machine, effects)``. A :class:`StateChanged` effect, if any, comes first
+        ``(next_machine, effects)``. A :class:`Transition` effect, if any, comes first
         and a :class:`TurnFinished`, if any, comes last.
 
     Raises:
-        IllegalTransitionError: the current state cannot take ``event``, or a
+        IllegalTransitionError: the current state cannot take ``given``, or a
             :class:`ToolDecided` names a tool call that is unknown or already decided.
             The machine is unchanged (it is immutable).
         InvalidInputError: ``max_tool_rounds`` is negative.
@@ -402,12 +408,12 @@ def step(
     ctx = _Step(policy, max_tool_rounds)
     state = machine.state
     nxt: Machine | None = None
-    match event:
+    match given:
         case Send() | Retry():
             if state is State.PERMANENT_FAILURE or (
-                state is State.IDLE and isinstance(event, Send)
+                state is State.IDLE and isinstance(given, Send)
             ):
-                nxt = _start_turn(machine, ctx, user_message=isinstance(event, Send))
+                nxt = _start_turn(machine, ctx, user_message=isinstance(given, Send))
         case ResponseStarted():
             if state is State.AWAITING_RESPONSE:
                 nxt = replace(machine, state=State.STREAMING)
@@ -416,27 +422,27 @@ def step(
                 nxt = _completed(machine, ctx, ids)
         case ToolDecided():
             if state is State.AWAITING_TOOL_APPROVAL:
-                nxt = _decided(machine, ctx, event)
+                nxt = _decided(machine, ctx, given)
         case ToolsFinished():
             if state is State.EXECUTING_TOOLS:
                 done = replace(machine, attempt=1, tool_calls=(), decisions=())
                 nxt = _start_request(done, ctx)
-        case TransientError():
+        case TransientFault():
             if state in _REQUESTING:
-                nxt = _transient(machine, ctx, event)
+                nxt = _transient(machine, ctx, given)
         case RetryTimerFired():
             if state is State.TRANSIENT_FAILURE:
                 nxt = _start_request(replace(machine, attempt=machine.attempt + 1), ctx)
-        case PermanentError(message=message):
+        case PermanentFault(message=message):
             if state in (*_REQUESTING, State.TRANSIENT_FAILURE):
                 nxt = _fail(machine, ctx, message, last_error=message)
         case Cancel():
             nxt = _cancel(machine, ctx)
     if nxt is None:
-        raise IllegalTransitionError(f"cannot {type(event).__name__} while {state.value}")
+        raise IllegalTransitionError(f"cannot {type(given).__name__} while {state.value}")
     effects = ctx.effects
     if nxt.state is not state:
-        effects.insert(0, StateChanged(state, nxt.state))
+        effects.insert(0, Transition(state, nxt.state))
     return nxt, tuple(effects)
 
 
@@ -483,8 +489,8 @@ def _completed(machine: Machine, ctx: _Step, ids: tuple[str, ...]) -> Machine:
     )
 
 
-def _decided(machine: Machine, ctx: _Step, event: ToolDecided) -> Machine:
-    call_id = event.tool_call_id
+def _decided(machine: Machine, ctx: _Step, given: ToolDecided) -> Machine:
+    call_id = given.tool_call_id
     where = f"while {machine.state.value}"
     if call_id not in machine.tool_calls:
         raise IllegalTransitionError(
@@ -494,7 +500,7 @@ def _decided(machine: Machine, ctx: _Step, event: ToolDecided) -> Machine:
         raise IllegalTransitionError(
             f"cannot ToolDecided for tool call {call_id!r} {where}: it is already decided"
         )
-    decisions = (*machine.decisions, (call_id, bool(event.approved)))
+    decisions = (*machine.decisions, (call_id, bool(given.approved)))
     if len(decisions) < len(machine.tool_calls):
         return replace(machine, decisions=decisions)
     verdict = dict(decisions)
@@ -507,22 +513,22 @@ def _decided(machine: Machine, ctx: _Step, event: ToolDecided) -> Machine:
     return replace(machine, state=State.EXECUTING_TOOLS, decisions=decisions)
 
 
-def _transient(machine: Machine, ctx: _Step, event: TransientError) -> Machine:
+def _transient(machine: Machine, ctx: _Step, given: TransientFault) -> Machine:
     cut_off = machine.state is State.STREAMING
-    marked = replace(machine, partial_text_kept=cut_off, last_error=event.message)
+    marked = replace(machine, partial_text_kept=cut_off, last_error=given.message)
     tries = machine.attempt
     if not ctx.policy.should_retry(tries):
         plural = "s" if tries != 1 else ""
-        message = f"gave up after {tries} attempt{plural}; last error: {event.message}"
-        return _fail(marked, ctx, message, last_error=event.message)
-    delay = ctx.policy.delay(tries, retry_after=event.retry_after, jitter=event.jitter)
+        message = f"gave up after {tries} attempt{plural}; last error: {given.message}"
+        return _fail(marked, ctx, message, last_error=given.message)
+    delay = ctx.policy.delay(tries, retry_after=given.retry_after, jitter=given.jitter)
     if delay is None:
         message = (
-            f"the server asked to wait {event.retry_after:.0f} s, longer than the "
+            f"the server asked to wait {given.retry_after:.0f} s, longer than the "
             f"{ctx.policy.max_retry_after:.0f} s this session waits; try again later "
-            f"(last error: {event.message})"
+            f"(last error: {given.message})"
         )
-        return _fail(marked, ctx, message, last_error=event.message)
+        return _fail(marked, ctx, message, last_error=given.message)
     ctx.effects.append(ScheduleRetry(delay=delay, attempt=tries + 1))
     return replace(marked, state=State.TRANSIENT_FAILURE)
 

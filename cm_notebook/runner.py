@@ -1,9 +1,24 @@
-"""The turn driver: feeds the pure state machine and carries out its effects.
+"""The turn runner: feeds the pure state machine and carries out its effects.
 
-One :class:`TurnRunner` drives one :class:`~cm_notebook.turn.Turn` on one branch, as a
-task on the session's event loop. It is the only place where the FSM meets I/O:
-provider streams, store writes, tool execution, timers and signals. Each effect that
-:func:`cm_notebook.fsm.step` returns is handled by one method below, in order.
+The send path, top to bottom:
+
+1. :meth:`ContextSession.send <cm_notebook.session.ContextSession.send>` claims the
+   branch (:mod:`cm_notebook._claims`), stores the user's message with a
+   compare-and-set on the branch head, and starts a :class:`TurnRunner` on the
+   session's event loop with a :class:`~cm_notebook._host.TurnHost` (all the runner
+   may use of the session). It returns a :class:`~cm_notebook.turn.Turn` at once.
+2. The runner feeds the branch's state machine (:mod:`cm_notebook.fsm`, pure: inputs
+   in, effects out) and carries out each effect with one method below, in order.
+3. ``StartRequest``: the runner builds a :class:`~cm_notebook.providers.base.ChatRequest`
+   and reads the provider's stream of chunks (text, tool calls, usage, finish).
+4. Every write goes through :class:`~cm_notebook._turn_writes.TurnWrites`: the reply
+   stored at once as ``streaming``, checkpoints, the final state, tool messages; each
+   head move a compare-and-set on the head the turn started from.
+5. Each step is announced on the session's bus as a signal (:mod:`cm_notebook.events`).
+6. When the turn is over the runner frees the branch (``host.finished``), then
+   signals the final state, so a view hearing ``Idle`` may send at once.
+
+This module is the only place where the state machine meets I/O.
 """
 
 from __future__ import annotations
@@ -14,15 +29,22 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 
 from . import events as ev
 from . import fsm
+from ._host import TurnHost
+from ._turn_writes import Reply, TurnWrites
 from .approvals import Decision, unique_call_ids
-from .errors import PermanentProviderError, ProviderError, TransientProviderError
+from .errors import (
+    CMError,
+    PermanentProviderError,
+    ProviderError,
+    StoreError,
+    TransientProviderError,
+)
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .providers.base import (
     ChatRequest,
@@ -39,10 +61,7 @@ from .tools import (
     run_tool,
     tool_call_from_request,
 )
-
-if TYPE_CHECKING:
-    from ._session_core import SessionCore as ContextSession
-    from .turn import Turn
+from .turn import Turn
 
 __all__ = ["CHECKPOINT_SECONDS", "TurnRunner"]
 
@@ -50,51 +69,39 @@ __all__ = ["CHECKPOINT_SECONDS", "TurnRunner"]
 CHECKPOINT_SECONDS = 1.0
 
 
-@dataclass
-class _Reply:
-    # The assistant message being generated, and what has arrived for it.
-    message: Message
-    started: float
-    text: str = ""
-    tool_requests: list[ToolCallRequest] = field(default_factory=list)
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
-
-
 class TurnRunner:
     """Runs one turn: request, stream, tools, retries, until the FSM says it is over."""
 
     def __init__(
         self,
-        session: ContextSession,
+        host: TurnHost,
         turn: Turn,
         *,
         start: fsm.Send | fsm.Retry,
+        head: str | None,
         provider: Provider,
         params: Mapping[str, Any],
     ) -> None:
-        self.session = session
+        self.host = host
         self.turn = turn
         self.branch = turn.branch
         self.provider = provider
         self.params = dict(params)
         self._start = start
+        self._writes = TurnWrites(host, turn.branch, head)
         self._scope: anyio.CancelScope | None = None
         self._cancelled = False
-        self._reply: _Reply | None = None
+        self._reply: Reply | None = None
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
-        self._answered: set[str] = set()
-        self._seen_call_ids: set[str] = (
-            set()
-        )  # tool call ids on the path the model saw  # ids of calls whose tool message is stored
+        self._answered: set[str] = set()  # ids of calls whose tool message is stored
+        self._seen_call_ids: set[str] = set()  # tool call ids on the path the model saw
         self._failure: Exception | None = None
         self._internal = False  # the failure is a bug (provider or engine), not the model's
         self._effects: deque[fsm.Effect] = deque()
         # The move to Idle or PermanentFailure, signalled only once the turn is wound up
         # and its branch is free: a view (or a callback) may send the next message then.
-        self._final: list[fsm.StateChanged] = []
+        self._final: list[fsm.Transition] = []
 
     # -- entry points ------------------------------------------------------------------
 
@@ -127,7 +134,7 @@ class TurnRunner:
                 outcome = await self._cancel()
         finally:
             self.turn._finish_listeners()
-            self.session._turn_finished(self)
+            self.host.finished(self.turn)
             for change in self._final:
                 self._publish_state(change)
         if outcome == "failed":
@@ -139,24 +146,19 @@ class TurnRunner:
 
     # -- the effect loop ---------------------------------------------------------------
 
-    def _feed(self, event: fsm.FSMEvent) -> None:
-        machine = self.session._machine(self.branch)
-        nxt, effects = fsm.step(
-            machine,
-            event,
-            self.session.retry_policy,
-            max_tool_rounds=self.session.max_tool_rounds,
+    def _feed(self, given: fsm.Input) -> None:
+        host = self.host
+        self._effects.extend(
+            host.machines.step(self.branch, given, host.retry_policy, host.max_tool_rounds)
         )
-        self.session._set_machine(self.branch, nxt)
-        self._effects.extend(effects)
 
     async def _drain(self) -> str:
         while self._effects:
             effect = self._effects.popleft()
             match effect:
-                case fsm.StateChanged() if effect.new not in fsm.ACTIVE_STATES:
+                case fsm.Transition() if effect.new not in fsm.ACTIVE_STATES:
                     self._final.append(effect)
-                case fsm.StateChanged():
+                case fsm.Transition():
                     self._publish_state(effect)
                 case fsm.StartRequest():
                     await self._request()
@@ -184,28 +186,35 @@ class TurnRunner:
             # Cancelled before the request was made: the turn still ends with a reply
             # (empty, interrupted), so `await turn` has a message to return.
             with anyio.CancelScope(shield=True):
-                head = (
-                    (await self.session._store.get_metadata(self.session.id))
-                    .branches[self.branch]
-                    .head
-                )
-                await self._new_reply(head)
+                await self._new_reply()
         reason = "cancelled by the user"
         await self._wind_down(MessageStatus.INTERRUPTED, reason, reason)
         return "cancelled"
 
     async def _crashed(self, exc: Exception) -> str:
-        # Something that is not a provider failure broke the turn (a bug, a store that
-        # cannot write). End it like a cancel, so the branch is free and the tree valid,
-        # mark the reply as an error, tell the views, and let `await turn` raise ``exc``.
-        self._failure = exc
+        # Something that is not a provider failure broke the turn: the store could not
+        # write (a full disk), or a bug. End it like a cancel, so the branch is free and
+        # the tree valid, keep what was streamed, tell the views, and let `await turn`
+        # raise a clear error.
+        status = MessageStatus.ERROR
+        tools_reason = "not run: the turn stopped on an internal error"
         message = f"internal error: {type(exc).__name__}: {exc}"
+        self._failure = exc
+        if isinstance(exc, (OSError, StoreError)):
+            status = MessageStatus.INTERRUPTED
+            tools_reason = "not run: the reply could not be stored"
+            message = (
+                f"the reply could not be stored: {exc}. Free disk space (or fix the data "
+                "folder), then regenerate() the reply; the text streamed so far is kept "
+                "where the disk allowed it."
+            )
+            if not isinstance(exc, CMError):
+                self._failure = StoreError(message)
+                self._failure.__cause__ = exc
         # The store may be what failed: the first error is the one to report.
         with contextlib.suppress(Exception):
-            await self._wind_down(
-                MessageStatus.ERROR, message, "not run: the turn stopped on an internal error"
-            )
-        self.session._publish(ev.Error(branch=self.branch, kind="internal", message=message))
+            await self._wind_down(status, message, tools_reason)
+        self.host.publish(ev.Error(branch=self.branch, kind="internal", message=message))
         return "failed"
 
     async def _wind_down(self, status: MessageStatus, reason: str, tools_reason: str) -> None:
@@ -217,9 +226,9 @@ class TurnRunner:
                 await self._finish_reply(status, reason)
         finally:
             self._effects.clear()
-            if self.session._machine(self.branch).state in fsm.ACTIVE_STATES:
+            if self.host.machines.get(self.branch).state in fsm.ACTIVE_STATES:
                 self._feed(fsm.Cancel())
-            self._final += [e for e in self._effects if isinstance(e, fsm.StateChanged)]
+            self._final += [e for e in self._effects if isinstance(e, fsm.Transition)]
             self._effects.clear()
         # Providers refuse a conversation where a tool call has no result.
         unanswered = tuple(c for c in self._calls if c not in self._answered)
@@ -229,13 +238,12 @@ class TurnRunner:
     # -- requests ----------------------------------------------------------------------
 
     async def _request(self) -> None:
-        session = self.session
+        host = self.host
         if self._reply is None:
-            history = await session._request_messages(self.branch)
-            reply = await self._new_reply(history[-1].id if history else None)
+            reply = await self._new_reply()
         else:
             reply = self._reply
-            history = await session._request_messages(self.branch, exclude=reply.message.id)
+        history = await host.conversation(self._writes.target, reply.message.id)
         self._seen_call_ids = {call.id for message in history for call in message.tool_calls}
         restarted = bool(reply.text)
         reply.text = ""
@@ -246,13 +254,9 @@ class TurnRunner:
             # A retry restarts the text (its deltas start again at offset 0): the stored
             # text must restart too, or a view that re-pulls gets the failed attempt's
             # text (kept in ``failed_attempts``).
-            await self._checkpoint(reply)
+            await self._writes.checkpoint(reply)
         self.turn._set_message(reply.message.id)
-        request = ChatRequest(
-            messages=session._with_system(history),
-            tools=session.tools.specs(),
-            params=self.params,
-        )
+        request = ChatRequest(messages=history, tools=host.tools().specs(), params=self.params)
         try:
             await self._stream(request, reply)
         except TransientProviderError as exc:
@@ -260,15 +264,15 @@ class TurnRunner:
             return
         except ProviderError as exc:
             self._failure = exc
-            self._feed(fsm.PermanentError(str(exc)))
+            self._feed(fsm.PermanentFault(str(exc)))
             return
         await self._complete(reply)
 
-    async def _new_reply(self, head: str | None) -> _Reply:
+    async def _new_reply(self) -> Reply:
         # The assistant message this turn writes, stored as ``streaming`` at once.
         message = Message(
             role="assistant",
-            parent_id=head,
+            parent_id=self._writes.head,
             status=MessageStatus.STREAMING,
             metadata=MessageMetadata(
                 provider=self.provider.name,
@@ -276,13 +280,7 @@ class TurnRunner:
                 parameters={k: v for k, v in self.params.items() if k != "model"},
             ),
         )
-        await self.session._store.append_message(self.session.id, message, branch=self.branch)
-        self._reply = _Reply(message=message, started=time.perf_counter())
-        self.session._publish(
-            ev.MessageAdded(
-                branch=self.branch, message_id=message.id, parent_id=head, role="assistant"
-            )
-        )
+        self._reply = await self._writes.start_reply(message)
         return self._reply
 
     @contextlib.contextmanager
@@ -301,7 +299,7 @@ class TurnRunner:
                 provider=name,
             ) from exc
 
-    async def _stream(self, request: ChatRequest, reply: _Reply) -> None:
+    async def _stream(self, request: ChatRequest, reply: Reply) -> None:
         last_checkpoint = time.monotonic()
         started = False
         with self._provider_errors():
@@ -309,44 +307,44 @@ class TurnRunner:
         try:
             while True:
                 with self._provider_errors():
-                    event = await anext(stream, None)
-                if event is None:
+                    chunk = await anext(stream, None)
+                if chunk is None:
                     break
-                if isinstance(event, TextDelta):
-                    if not event.text:
+                if isinstance(chunk, TextDelta):
+                    if not chunk.text:
                         continue
                     if not started:
                         started = True
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
                     offset = len(reply.text)
-                    reply.text += event.text
-                    self.turn._append_text(event.text)
-                    self.session._publish(
+                    reply.text += chunk.text
+                    self.turn._append_text(chunk.text)
+                    self.host.publish(
                         ev.ContentDelta(
-                            branch=self.branch,
+                            branch=self._writes.target,
                             message_id=reply.message.id,
-                            text=event.text,
+                            text=chunk.text,
                             offset=offset,
                         )
                     )
                     if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                         last_checkpoint = time.monotonic()
-                        await self._checkpoint(reply)
-                elif isinstance(event, ToolCallRequest):
-                    reply.tool_requests.append(event)
-                elif isinstance(event, Usage):
-                    reply.usage = event
-                elif isinstance(event, Finish):
-                    reply.finish_reason = event.reason
+                        await self._writes.checkpoint(reply)
+                elif isinstance(chunk, ToolCallRequest):
+                    reply.tool_requests.append(chunk)
+                elif isinstance(chunk, Usage):
+                    reply.usage = chunk
+                elif isinstance(chunk, Finish):
+                    reply.finish_reason = chunk.reason
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with anyio.CancelScope(shield=True), self._provider_errors():
                     await aclose()
 
-    def _publish_state(self, effect: fsm.StateChanged) -> None:
-        self.session._publish(
+    def _publish_state(self, effect: fsm.Transition) -> None:
+        self.host.publish(
             ev.StateChanged(
                 branch=self.branch, old=effect.old, new=effect.new, turn_id=self.turn.id
             )
@@ -354,16 +352,12 @@ class TurnRunner:
 
     async def _publish_pending_state(self) -> None:
         # ResponseStarted's StateChanged must go out before the first delta.
-        while self._effects and isinstance(self._effects[0], fsm.StateChanged):
+        while self._effects and isinstance(self._effects[0], fsm.Transition):
             effect = self._effects.popleft()
-            assert isinstance(effect, fsm.StateChanged)
+            assert isinstance(effect, fsm.Transition)
             self._publish_state(effect)
 
-    async def _checkpoint(self, reply: _Reply) -> None:
-        message = reply.message.model_copy(update={"content": reply.text})
-        await self.session._store.update_message(self.session.id, message)
-
-    async def _transient(self, exc: TransientProviderError, reply: _Reply) -> None:
+    async def _transient(self, exc: TransientProviderError, reply: Reply) -> None:
         # Keep the partial text of the failed attempt: nothing generated is ever lost.
         reply.failed_attempts.append(
             {"error": str(exc), "text": reply.text, "status_code": exc.status_code}
@@ -372,14 +366,14 @@ class TurnRunner:
             update={"failed_attempts": list(reply.failed_attempts)}
         )
         reply.message = reply.message.model_copy(update={"metadata": metadata})
-        await self._checkpoint(reply)
+        await self._writes.checkpoint(reply)
         self._failure = exc
         self._feed(
-            fsm.TransientError(str(exc), retry_after=exc.retry_after, jitter=random.random())
+            fsm.TransientFault(str(exc), retry_after=exc.retry_after, jitter=random.random())
         )
         nxt = self._effects[-1] if self._effects else None
         if isinstance(nxt, fsm.ScheduleRetry):
-            self.session._publish(
+            self.host.publish(
                 ev.Error(
                     branch=self.branch,
                     kind="transient",
@@ -387,11 +381,11 @@ class TurnRunner:
                 )
             )
 
-    async def _complete(self, reply: _Reply) -> None:
-        calls = [tool_call_from_request(r, self.session.tools)[0] for r in reply.tool_requests]
+    async def _complete(self, reply: Reply) -> None:
+        calls = [tool_call_from_request(r, self.host.tools())[0] for r in reply.tool_requests]
         # Providers only promise ids unique within one reply; the desk and the path need
         # them unique across branches and turns (e.g. two fan-out arms both say "call_1").
-        calls = unique_call_ids(calls, self.session._approvals.ids() | self._seen_call_ids)
+        calls = unique_call_ids(calls, self.host.approvals.ids() | self._seen_call_ids)
         self._calls = {call.id: call for call in calls}
         self._answered = set()
         await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)
@@ -427,13 +421,11 @@ class TurnRunner:
                 "tool_calls": tool_calls if tool_calls is not None else [],
             }
         )
-        with anyio.CancelScope(shield=True):
-            await self.session._store.update_message(self.session.id, final)
+        # If this write fails (a full disk), the reply stays in hand and the wind-down
+        # tries once more to store it, as interrupted.
+        await self._writes.finish_reply(final)
         self._reply = None
         self._last_reply = final
-        self.session._publish(
-            ev.MessageCompleted(branch=self.branch, message_id=final.id, status=status)
-        )
 
     async def _fail(self, message: str) -> None:
         if self._reply is not None:
@@ -441,12 +433,12 @@ class TurnRunner:
         if not isinstance(self._failure, PermanentProviderError):
             self._failure = PermanentProviderError(message)
         kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
-        self.session._publish(ev.Error(branch=self.branch, kind=kind, message=message))
+        self.host.publish(ev.Error(branch=self.branch, kind=kind, message=message))
 
     # -- tools -------------------------------------------------------------------------
 
     async def _approval(self, ids: tuple[str, ...]) -> None:
-        session = self.session
+        host = self.host
         assert self._last_reply is not None
         message_id = self._last_reply.id
         asked: dict[str, asyncio.Future[Decision]] = {}
@@ -457,22 +449,22 @@ class TurnRunner:
                 immediate.append((call_id, Decision(False, call.reason)))
                 continue
             try:
-                tool = session.tools.get(call.name)
+                tool = host.tools().get(call.name)
             except UnknownToolError as exc:  # removed since the model asked for it
                 self._calls[call_id] = _failed(call, exc)
                 immediate.append((call_id, Decision(False, str(exc))))
                 continue
-            policy = session.tool_policy.decide(tool)
+            policy = host.tool_policy().decide(tool)
             if policy == "auto":
                 immediate.append((call_id, Decision(True)))
             elif policy == "deny":
                 immediate.append((call_id, Decision(False, "denied by the approval policy")))
             else:
-                asked[call_id] = session._approvals.register(self.branch, message_id, call)
+                asked[call_id] = host.approvals.register(self.branch, message_id, call)
         if asked:
-            session._publish(
+            host.publish(
                 ev.ToolApprovalRequested(
-                    branch=self.branch, message_id=message_id, tool_call_ids=tuple(asked)
+                    branch=self._writes.target, message_id=message_id, tool_call_ids=tuple(asked)
                 )
             )
         for call_id, decision in immediate:
@@ -488,7 +480,7 @@ class TurnRunner:
                         self._decide(call_id, pending.result())
         finally:
             for call_id in asked:
-                session._approvals.drop(call_id)
+                host.approvals.drop(call_id)
 
     def _decide(self, call_id: str, decision: Decision) -> None:
         call = self._calls[call_id]
@@ -501,9 +493,9 @@ class TurnRunner:
                 update["arguments"] = decision.arguments
             call = call.model_copy(update=update)
             self._calls[call_id] = call
-            self.session._publish(
+            self.host.publish(
                 ev.ToolCallResolved(
-                    branch=self.branch,
+                    branch=self._writes.target,
                     tool_call_id=call_id,
                     status=call.status,
                     reason=call.reason,
@@ -512,7 +504,7 @@ class TurnRunner:
         self._feed(fsm.ToolDecided(call_id, decision.approved))
 
     async def _execute(self, approved: tuple[str, ...], denied: tuple[str, ...]) -> None:
-        session = self.session
+        host = self.host
         order = [call_id for call_id in self._calls if call_id in approved or call_id in denied]
         for call_id in order:
             call = self._calls[call_id]
@@ -521,17 +513,15 @@ class TurnRunner:
                 self._calls[call_id] = call
                 await self._save_calls()
                 try:
-                    tool = session.tools.get(call.name)
+                    tool = host.tools().get(call.name)
                 except UnknownToolError as exc:  # removed while the call awaited approval
                     outcome = ToolOutcome(ToolCallStatus.FAILED, f"error: {exc}", 0.0)
                 else:
-                    outcome = await run_tool(tool, call.arguments, timeout=session.tool_timeout)
+                    outcome = await run_tool(tool, call.arguments, timeout=host.tool_timeout)
                 call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
                 text = outcome.result
                 if not outcome.ok:
-                    session._publish(
-                        ev.Error(branch=self.branch, kind="tool", message=outcome.result)
-                    )
+                    host.publish(ev.Error(branch=self.branch, kind="tool", message=outcome.result))
             elif call.status is ToolCallStatus.FAILED:
                 text = call.result or f"error: {call.reason}"
             else:
@@ -543,26 +533,23 @@ class TurnRunner:
         self._feed(fsm.ToolsFinished())
 
     async def _answer_call(self, call: ToolCall, text: str) -> None:
-        session = self.session
-        head = (await session._store.get_metadata(session.id)).branches[self.branch].head
-        message = Message(role="tool", parent_id=head, content=text, tool_call_id=call.id)
-        await session._store.append_message(session.id, message, branch=self.branch)
+        await self._writes.answer_call(call, text)
         # Only once it is stored (a store write, once started, is not cancelled): a
         # failed write leaves the call to be answered by the wind-down.
         self._answered.add(call.id)
-        session._publish(
-            ev.MessageAdded(branch=self.branch, message_id=message.id, parent_id=head, role="tool")
-        )
         if call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
-            session._publish(
+            self.host.publish(
                 ev.ToolCallResolved(
-                    branch=self.branch, tool_call_id=call.id, status=call.status, reason=call.reason
+                    branch=self._writes.target,
+                    tool_call_id=call.id,
+                    status=call.status,
+                    reason=call.reason,
                 )
             )
 
     async def _resolve_cancelled(self, ids: tuple[str, ...], reason: str) -> None:
         for call_id in ids:
-            self.session._approvals.drop(call_id)
+            self.host.approvals.drop(call_id)
             call = self._calls.get(call_id)
             if call is None or call_id in self._answered:
                 continue
@@ -573,9 +560,9 @@ class TurnRunner:
             self._calls[call_id] = call
             with anyio.CancelScope(shield=True):
                 await self._answer_call(call, text)
-            self.session._publish(
+            self.host.publish(
                 ev.ToolCallResolved(
-                    branch=self.branch,
+                    branch=self._writes.target,
                     tool_call_id=call_id,
                     status=ToolCallStatus.DENIED,
                     reason=reason,
@@ -589,7 +576,7 @@ class TurnRunner:
         if self._last_reply is None or not self._calls:
             return
         updated = self._last_reply.model_copy(update={"tool_calls": list(self._calls.values())})
-        await self.session._store.update_message(self.session.id, updated)
+        await self._writes.update(updated)
         self._last_reply = updated
 
 

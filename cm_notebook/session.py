@@ -3,11 +3,16 @@
 A session owns one context: its message tree and branches (through a
 :class:`~cm_notebook.store.Store`), one state machine per branch, the tools on offer
 and the signal bus that every view listens to. Views (widgets, magics, the REST API)
-are thin clients: they subscribe to signals and pull what they show.
+are thin clients: they subscribe to signals and pull what they show. A process has one
+live session per context (:mod:`cm_notebook._registry`): opening it again returns it.
 
-Work never blocks a notebook cell: :meth:`ContextSession.send` stores the user's
-message, schedules the reply on the session's event loop and returns a
-:class:`~cm_notebook.turn.Turn` at once (see :mod:`cm_notebook._loop`).
+The send path starts here (session -> turn runner -> state machine -> provider ->
+store -> signals): :meth:`ContextSession.send` claims the branch, stores the user's
+message with a compare-and-set on the branch head, and starts a turn on the session's
+event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a notebook cell
+never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner` goes on from
+there. Every change publishes a signal; every write that moves a head is a
+compare-and-set on it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import asyncio
 import builtins
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import events as ev
 from . import fsm
+from ._registry import REGISTRY, key_for
 from ._session_core import SessionCore
 from ._sessionio import StoreAccess
 from .approvals import Decision
@@ -44,8 +50,6 @@ from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
 
 __all__ = ["ContextSession"]
-
-_T = TypeVar("_T")
 
 
 class ContextSession(SessionCore):
@@ -95,8 +99,9 @@ class ContextSession(SessionCore):
             title=title or "Untitled", system_prompt=system, provider=settings, tags=list(tags)
         )
         # Build (and so validate) the session before anything is written.
+        opened = store if store is not None else FileStore(data_dir)
         session = cls(
-            store if store is not None else FileStore(data_dir),
+            opened,
             metadata,
             provider=provider,
             tools=tools,
@@ -106,7 +111,8 @@ class ContextSession(SessionCore):
             tool_timeout=tool_timeout,
             owns_store=store is None,
         )
-        session._metadata = session._io.call(session._store.create_context(metadata))
+        session._metadata = session._io.call(opened.create_context(metadata))
+        REGISTRY.add(key_for(store, data_dir, metadata.id), session)
         return session
 
     @classmethod
@@ -123,19 +129,42 @@ class ContextSession(SessionCore):
         max_tool_rounds: int = 10,
         tool_timeout: float | None = None,
     ) -> ContextSession:
-        """Open a stored context. ``provider`` overrides the stored default for this session."""
-        opened = store if store is not None else FileStore(data_dir)
-        return cls(
-            opened,
-            StoreAccess(opened).call(opened.get_metadata(context_id)),
-            provider=provider,
-            tools=tools,
-            approval=approval,
-            retry=retry,
-            max_tool_rounds=max_tool_rounds,
-            tool_timeout=tool_timeout,
-            owns_store=store is None,
-        )
+        """Open a stored context. ``provider`` overrides the stored default for this session.
+
+        A context has one live session per process: if it is open already (in this
+        thread or another), that same session is returned, and ``close()`` must then be
+        called once per open (the last one closes it). Options (``provider``, ``tools``...)
+        only apply to a session being opened; giving them for one already open raises
+        :class:`~cm_notebook.errors.StateError`.
+        """
+        key = key_for(store, data_dir, context_id)
+        options = (provider, approval, retry, tool_timeout)
+        with REGISTRY.lock:
+            live = REGISTRY.find(key)
+            if live is not None:
+                assert isinstance(live, ContextSession)
+                if any(option is not None for option in options) or tools or max_tool_rounds != 10:
+                    REGISTRY.release(live)
+                    raise StateError(
+                        f"context {context_id!r} is already open in this process, and a context "
+                        "has one session per process: open it without options to share it "
+                        "(change tools with session.tools), or close it first"
+                    )
+                return live
+            opened = store if store is not None else FileStore(data_dir)
+            session = cls(
+                opened,
+                StoreAccess(opened).call(opened.get_metadata(context_id)),
+                provider=provider,
+                tools=tools,
+                approval=approval,
+                retry=retry,
+                max_tool_rounds=max_tool_rounds,
+                tool_timeout=tool_timeout,
+                owns_store=store is None,
+            )
+            REGISTRY.add(key, session)
+            return session
 
     @classmethod
     def list(
@@ -176,8 +205,8 @@ class ContextSession(SessionCore):
         return self.state_of(self.active_branch)
 
     def state_of(self, branch: str) -> fsm.State:
-        """The state machine's state on ``branch``."""
-        return self._machine(branch).state
+        """The state machine's state on ``branch`` (each branch has its own machine)."""
+        return self._machines.get(branch).state
 
     @property
     def pending_tool_calls(self) -> builtins.list[ToolCall]:
@@ -215,12 +244,14 @@ class ContextSession(SessionCore):
         """
         validate_branch_name(name)
         head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
+        # Creating a branch is exclusive by name (BranchExistsError if it is taken), so
+        # it cannot overwrite another writer's head.
         created = self._io.call(
             self._store.create_branch(
                 self.id, name, head=head, forked_from=head, description=description
             )
         )
-        self._publish(ev.BranchCreated(branch=name, name=name, head=head))
+        self._publish(ev.BranchCreated(branch=name, head=head))
         if switch:
             self.switch(name)
         return created
@@ -230,7 +261,7 @@ class ContextSession(SessionCore):
         validate_branch_name(name)
         metadata = self._io.call(self._store.set_active_branch(self.id, name))
         self._metadata = metadata
-        self._publish(ev.BranchSwitched(branch=name, name=name))
+        self._publish(ev.BranchSwitched(branch=name))
         return metadata.branches[name]
 
     def delete_branch(self, name: str) -> None:
@@ -245,9 +276,8 @@ class ContextSession(SessionCore):
                 "(session.switch(name)), then delete it"
             )
         self._io.call(self._store.delete_branch(self.id, name))
-        with self._lock:
-            self._machines.pop(name, None)
-            self._last_request.pop(name, None)
+        self._forget_branch(name)
+        self._publish(ev.BranchDeleted(branch=name))
 
     # -- sending -----------------------------------------------------------------------
 
@@ -269,18 +299,11 @@ class ContextSession(SessionCore):
         name = self._branch_name(branch)
         generation = GenerationParams.check(params)
         chosen = self._provider(provider)
-        with self._claim(name):
+        with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
-            # expected_head: if another process moved the branch since we read it, fail
-            # loudly rather than fork the conversation behind its back.
-            self._io.call(
-                self._store.append_message(self.id, user, branch=name, expected_head=head)
-            )
-            self._publish(
-                ev.MessageAdded(branch=name, message_id=user.id, parent_id=head, role="user")
-            )
-            return self._start(name, fsm.Send(), chosen, generation)
+            self._append_prompt(name, user)
+            return self._start(claim, fsm.Send(), user.id, chosen, generation)
 
     async def stream(
         self,
@@ -347,20 +370,16 @@ class ContextSession(SessionCore):
         else:
             name = validate_branch_name(branch)
         edited = Message(role="user", parent_id=original.parent_id, content=text)
-        self._io.call(
-            self._store.create_branch(
-                self.id, name, head=original.parent_id, forked_from=original.id
+        with self._claim(name) as claim:
+            self._io.call(
+                self._store.create_branch(
+                    self.id, name, head=original.parent_id, forked_from=original.id
+                )
             )
-        )
-        self._publish(ev.BranchCreated(branch=name, name=name, head=original.parent_id))
-        self._io.call(self._store.append_message(self.id, edited, branch=name))
-        self._publish(
-            ev.MessageAdded(
-                branch=name, message_id=edited.id, parent_id=edited.parent_id, role="user"
-            )
-        )
-        self.switch(name)
-        return self._start(name, fsm.Send(), chosen, generation)
+            self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
+            self._append_prompt(name, edited)
+            self.switch(name)
+            return self._start(claim, fsm.Send(), edited.id, chosen, generation)
 
     def regenerate(
         self, *, branch: str | None = None, provider: ProviderLike | None = None, **params: Any
@@ -373,9 +392,9 @@ class ContextSession(SessionCore):
         name = self._branch_name(branch)
         generation = GenerationParams.check(params)
         chosen = self._provider(provider)
-        with self._claim(name):
-            self._rewind_to_prompt(name)
-            return self._start(name, fsm.Send(), chosen, generation)
+        with self._claim(name) as claim:
+            prompt = self._rewind_to_prompt(name)
+            return self._start(claim, fsm.Send(), prompt, chosen, generation)
 
     def retry(self, *, branch: str | None = None) -> Turn:
         """Try the failed reply again (after a permanent failure, e.g. once a key is set).
@@ -383,17 +402,18 @@ class ContextSession(SessionCore):
         The request is repeated as it was: same provider, same generation parameters.
         """
         name = self._branch_name(branch)
-        if self._machine(name).state is not fsm.State.PERMANENT_FAILURE:
+        state = self._machines.get(name).state
+        if state is not fsm.State.PERMANENT_FAILURE:
             raise StateError(
                 f"nothing to retry on branch {name!r}: its state is "
-                f"{self._machine(name).state.value}; use regenerate() for a new reply"
+                f"{state.value}; use regenerate() for a new reply"
             )
         with self._lock:
             last = self._last_request.get(name)
         provider, params = last if last is not None else (self._provider(None), {})
-        with self._claim(name):
-            self._rewind_to_prompt(name)
-            return self._start(name, fsm.Retry(), provider, params)
+        with self._claim(name) as claim:
+            prompt = self._rewind_to_prompt(name)
+            return self._start(claim, fsm.Retry(), prompt, provider, params)
 
     def fan_out(
         self,
@@ -429,9 +449,9 @@ class ContextSession(SessionCore):
         turns: builtins.list[Turn] = []
         for plan, chosen, params in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
-            self._publish(ev.BranchCreated(branch=plan.branch, name=plan.branch, head=head))
+            self._publish(ev.BranchCreated(branch=plan.branch, head=head))
             turns.append(self.send(text, branch=plan.branch, provider=chosen, **params))
-        return FanOut(self, turns, self._loop)
+        return FanOut(self.compare, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
 
@@ -501,12 +521,21 @@ class ContextSession(SessionCore):
 
     # -- signals -----------------------------------------------------------------------
 
-    def subscribe(self, callback: Callable[[ev.Event], None]) -> Callable[[], None]:
+    def subscribe(
+        self,
+        callback: Callable[[ev.Event], None],
+        *,
+        branch: str | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> Callable[[], None]:
         """Call ``callback(event)`` for every signal; returns an unsubscribe function.
 
-        Callbacks run on the session's event loop thread; keep them quick.
+        ``branch`` keeps the signals of one branch, ``kinds`` those of some kinds (e.g.
+        ``{"ContentDelta", "MessageCompleted"}``; see :data:`~cm_notebook.events.SIGNAL_KINDS`).
+        Safe to call from any thread; callbacks run on the session's event loop thread,
+        so keep them quick.
         """
-        return self._bus.subscribe(callback)
+        return self._bus.subscribe(callback, branch=branch, kinds=kinds)
 
     def events(self, since: int = 0) -> builtins.list[ev.Event]:
         """Signals after sequence number ``since`` (a single Resync if they are gone)."""
@@ -540,13 +569,3 @@ class ContextSession(SessionCore):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
-
-    def _rewind_to_prompt(self, branch: str) -> None:
-        # Move the head back past the last assistant reply (and anything after the
-        # prompt it answered), so the next reply becomes its sibling.
-        history = self.history(branch)
-        while history and history[-1].role == "assistant":
-            history.pop()
-        if not history:
-            raise StateError(f"branch {branch!r} has no message to reply to")
-        self._io.call(self._store.set_branch_head(self.id, branch, history[-1].id))

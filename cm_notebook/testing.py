@@ -49,7 +49,7 @@ from .errors import (
 from .providers.base import (
     ChatRequest,
     Finish,
-    ProviderEvent,
+    StreamChunk,
     TextDelta,
     ToolCallRequest,
     Usage,
@@ -84,7 +84,7 @@ class ScriptExhaustedError(PermanentProviderError):
 # One step of a turn. Kept private: the builder methods are the public vocabulary.
 @dataclass(frozen=True)
 class _Emit:
-    event: ProviderEvent
+    event: StreamChunk
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class ScriptedProvider:
     """A deterministic fake :class:`~cm_notebook.providers.Provider` driven by a script.
 
     ``replies`` seeds the script: each item is a reply text (``str``), an exception to
-    raise, or a sequence of :data:`~cm_notebook.providers.ProviderEvent` values streamed
+    raise, or a sequence of :data:`~cm_notebook.providers.StreamChunk` values streamed
     verbatim. The builder methods below append more turns and return ``self``, so they
     chain. ``delay`` is the default pause before each streamed event (seconds).
 
@@ -168,7 +168,7 @@ class ScriptedProvider:
 
     def __init__(
         self,
-        replies: Iterable[str | BaseException | Sequence[ProviderEvent]] = (),
+        replies: Iterable[str | BaseException | Sequence[StreamChunk]] = (),
         *,
         strict: bool = False,
         delay: float = 0.0,
@@ -190,7 +190,7 @@ class ScriptedProvider:
             elif isinstance(item, BaseException):
                 self.error(item)
             else:
-                self.events(*item)
+                self.chunks(*item)
         self.load(script)
 
     @classmethod
@@ -456,13 +456,13 @@ class ScriptedProvider:
         steps.append(_Hang())
         return self._add(steps)
 
-    def events(self, *events: ProviderEvent, delay: float | None = None) -> ScriptedProvider:
-        """Script a turn that streams exactly these events (no Usage or Finish added)."""
-        return self._add(self._paced([_Emit(event) for event in events], delay))
+    def chunks(self, *chunks: StreamChunk, delay: float | None = None) -> ScriptedProvider:
+        """Script a turn that streams exactly these chunks (no Usage or Finish added)."""
+        return self._add(self._paced([_Emit(chunk) for chunk in chunks], delay))
 
     # -- the Provider protocol ----------------------------------------------------------
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Record ``request``, take the next turn, and return its event stream.
 
         The turn is taken now, not at the first ``__anext__``, so the order of calls
@@ -496,7 +496,7 @@ class ScriptedProvider:
         events += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
         return _Turn(self._paced(events, None))
 
-    async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+    async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         for step in turn.steps:
             if isinstance(step, _Emit):
                 yield step.event

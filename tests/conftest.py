@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_server import FaultServer
@@ -41,6 +42,22 @@ def closing() -> Iterator[list[ContextSession]]:
     sessions: list[ContextSession] = []
     yield sessions
     close_all(sessions)
+
+
+@pytest.fixture
+def new_session(data_dir: Path, closing: list[ContextSession]) -> Callable[..., ContextSession]:
+    """``new_session(**options)``: ``ContextSession.create`` on ``data_dir`` (unless a
+    ``store`` is given), closed after the test so a turn left hanging by a failed
+    assertion does not run into the next test."""
+
+    def make(**options: Any) -> ContextSession:
+        if "store" not in options:
+            options.setdefault("data_dir", data_dir)
+        session = ContextSession.create(**options)
+        closing.append(session)
+        return session
+
+    return make
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
 from types import EllipsisType
 from typing import Any
 
@@ -27,11 +29,31 @@ async def chain(store: FileStore, cid: str, n: int, branch: str = "main") -> lis
 
 
 class FailingStore:
-    """The real FileStore, except that appending one chosen message fails like a full disk."""
+    """The real FileStore behind the Store protocol, with a disk that is full on cue.
 
-    def __init__(self, inner: FileStore, fail_on: str) -> None:
+    Appending the message with id ``fail_on``, or one for which ``append_fails``
+    holds, fails like a full disk; with ``fail_after_commit`` it fails only after the
+    message is committed to the tree, before its branch head moved. So do the next
+    ``full_updates`` calls of ``update_message`` for which ``update_fails(message)``
+    holds (every update with the default), e.g. a reply's final write.
+    """
+
+    def __init__(
+        self,
+        inner: FileStore,
+        fail_on: str | None = None,
+        *,
+        append_fails: Callable[[Message], bool] | None = None,
+        fail_after_commit: bool = False,
+        full_updates: int = 0,
+        update_fails: Callable[[Message], bool] | None = None,
+    ) -> None:
         self.inner = inner
         self.fail_on = fail_on
+        self.append_fails = append_fails or (lambda _message: False)
+        self.fail_after_commit = fail_after_commit
+        self.full_updates = full_updates
+        self.update_fails = update_fails or (lambda _message: True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -44,8 +66,16 @@ class FailingStore:
         branch: str | None,
         expected_head: str | EllipsisType | None = ...,
     ) -> Message:
-        if message.id == self.fail_on:
-            raise OSError(28, "No space left on device")
+        if message.id == self.fail_on or self.append_fails(message):
+            if self.fail_after_commit:
+                await self.inner.append_message(context_id, message, branch=None)
+            raise OSError(errno.ENOSPC, "No space left on device")
         return await self.inner.append_message(
             context_id, message, branch=branch, expected_head=expected_head
         )
+
+    async def update_message(self, context_id: str, message: Message) -> None:
+        if self.full_updates > 0 and self.update_fails(message):
+            self.full_updates -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await self.inner.update_message(context_id, message)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import anyio
@@ -12,10 +14,14 @@ from pydantic import ValidationError
 
 from cm_notebook.errors import InvalidInputError, StateError
 from cm_notebook.events import (
+    SIGNAL_KINDS,
     BaseEvent,
     BranchCreated,
+    BranchDeleted,
     BranchSwitched,
+    BranchUpdated,
     ContentDelta,
+    ContextUpdated,
     Error,
     Event,
     EventBus,
@@ -64,7 +70,7 @@ def test_publish_stamps_a_copy_with_seq_context_and_time() -> None:
     bus = EventBus("c1", clock=FakeClock())
     draft = delta(0)
     first = bus.publish(draft)
-    second = bus.publish(BranchSwitched(name="alt"))
+    second = bus.publish(BranchSwitched(branch="alt"))
     assert (first.seq, second.seq, bus.last_seq) == (1, 2, 2)
     assert first.context_id == second.context_id == "c1"
     assert first.at == T0 + timedelta(seconds=1)
@@ -179,7 +185,7 @@ def test_publishing_from_a_callback_keeps_the_order_for_everyone() -> None:
     def echo(event: Event) -> None:
         first.append(event.seq)
         if isinstance(event, MessageAdded):
-            bus.publish(BranchSwitched(name="echo"))
+            bus.publish(BranchSwitched(branch="echo"))
 
     bus.subscribe(echo)
     bus.subscribe(lambda e: second.append(e.seq))
@@ -273,7 +279,7 @@ async def test_slow_reader_gets_a_resync_and_never_blocks_the_publisher() -> Non
     assert "fell more than 100 events behind" in resync.reason
     rest = [(await slow.__anext__()).seq for _ in range(slow.pending)]
     assert rest == list(range(resync.seq + 1, 10_001))
-    bus.publish(BranchSwitched(name="after"))
+    bus.publish(BranchSwitched(branch="after"))
     assert (await slow.__anext__()).seq == 10_001
     slow.close()
     unsubscribe()
@@ -376,8 +382,8 @@ def every_kind_of_event() -> list[BaseEvent]:
         MessageCompleted(message_id="m2", status=MessageStatus.INTERRUPTED),
         ToolApprovalRequested(message_id="m2", tool_call_ids=("a", "b")),
         ToolCallResolved(tool_call_id="a", status=ToolCallStatus.DENIED, reason="cancelled"),
-        BranchCreated(name="try 2", head="m1"),
-        BranchSwitched(name="try 2"),
+        BranchCreated(branch="try 2", head="m1"),
+        BranchSwitched(branch="try 2"),
         Error(message="rate limited", kind="transient"),
         Resync(reason="test"),
     ]
@@ -413,5 +419,71 @@ def test_events_are_frozen_and_checked() -> None:
 
 
 def test_naive_times_are_taken_as_utc() -> None:
-    event = parse_event({"type": "BranchSwitched", "name": "x", "at": "2026-01-01T00:00:00"})
+    event = parse_event({"type": "BranchSwitched", "branch": "x", "at": "2026-01-01T00:00:00"})
     assert event.at == T0
+
+
+# --- filtered and cross-thread subscriptions --------------------------------------------------
+
+
+def test_a_subscription_can_keep_one_branch_and_some_kinds() -> None:
+    bus = EventBus("c1")
+    main_deltas: list[int] = []
+    side_any: list[str] = []
+    bus.subscribe(lambda e: main_deltas.append(e.seq), branch="main", kinds={"ContentDelta"})
+    bus.subscribe(lambda e: side_any.append(e.type), branch="side")
+    bus.publish(delta(0))  # main
+    bus.publish(MessageAdded(message_id="m2", role="user", branch="main"))
+    bus.publish(BranchDeleted(branch="side"))
+    bus.publish(ContextUpdated(changed=["title"]))
+    bus.publish(BranchUpdated(branch="side", head="m1", changed=["head"]))
+    assert main_deltas == [1]
+    assert side_any == ["BranchDeleted", "BranchUpdated"]
+
+
+def test_an_unknown_kind_is_refused_with_the_close_match() -> None:
+    bus = EventBus("c1")
+    with pytest.raises(InvalidInputError, match="ContentDelta"):
+        bus.subscribe(lambda e: None, kinds=["ContentDelt"])
+    assert bus.subscriber_count == 0
+    assert "BranchDeleted" in SIGNAL_KINDS
+    assert "Resync" in SIGNAL_KINDS
+
+
+def test_subscribing_from_many_threads_while_publishing_loses_no_registration() -> None:
+    bus = EventBus("c1")
+    got: dict[int, list[int]] = {}
+    removers: list[Callable[[], None]] = []
+    lock = threading.Lock()
+
+    def register(n: int) -> None:
+        seen_by_n: list[int] = []
+        remove = bus.subscribe(lambda e: seen_by_n.append(e.seq))
+        with lock:
+            got[n] = seen_by_n
+            removers.append(remove)
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    publish_many(bus, 50)  # concurrently with the registrations, on this thread
+    for thread in threads:
+        thread.join()
+    assert bus.subscriber_count == 20
+    bus.publish(delta(99))
+    assert all(seqs_seen[-1] == 51 for seqs_seen in got.values())
+    unsubscribers = [threading.Thread(target=remove) for remove in removers]
+    for thread in unsubscribers:
+        thread.start()
+    for thread in unsubscribers:
+        thread.join()
+    assert bus.subscriber_count == 0
+
+
+def test_the_new_signals_round_trip_through_json() -> None:
+    for event in (
+        BranchDeleted(branch="b"),
+        BranchUpdated(branch="b", head=None, changed=["head"]),
+        ContextUpdated(changed=["title", "tags"]),
+    ):
+        assert parse_event(event.model_dump_json()) == event

@@ -20,9 +20,9 @@ from cm_notebook.fsm import (
     Effect,
     ExecuteTools,
     Failed,
-    FSMEvent,
+    Input,
     Machine,
-    PermanentError,
+    PermanentFault,
     RequestApproval,
     ResolveCancelled,
     ResponseCompleted,
@@ -33,10 +33,10 @@ from cm_notebook.fsm import (
     Send,
     StartRequest,
     State,
-    StateChanged,
     ToolDecided,
     ToolsFinished,
-    TransientError,
+    TransientFault,
+    Transition,
     TurnFinished,
     step,
 )
@@ -46,7 +46,7 @@ S = State
 
 
 def run(
-    events: Iterable[FSMEvent],
+    events: Iterable[Input],
     machine: Machine | None = None,
     policy: RetryPolicy = DEFAULT_POLICY,
     max_tool_rounds: int = 10,
@@ -61,7 +61,7 @@ def run(
 
 
 # How to reach each state from the initial machine.
-PATHS: dict[State, tuple[FSMEvent, ...]] = {
+PATHS: dict[State, tuple[Input, ...]] = {
     S.IDLE: (),
     S.AWAITING_RESPONSE: (Send(),),
     S.STREAMING: (Send(), ResponseStarted()),
@@ -72,8 +72,8 @@ PATHS: dict[State, tuple[FSMEvent, ...]] = {
         ToolDecided("b", approved=False),
         ToolDecided("a", approved=True),
     ),
-    S.TRANSIENT_FAILURE: (Send(), TransientError("flaky")),
-    S.PERMANENT_FAILURE: (Send(), PermanentError("bad key")),
+    S.TRANSIENT_FAILURE: (Send(), TransientFault("flaky")),
+    S.PERMANENT_FAILURE: (Send(), PermanentFault("bad key")),
 }
 
 
@@ -89,24 +89,24 @@ def test_paths_reach_every_state() -> None:
 
 # --- the legal transitions, as a table -----------------------------------------------------
 
-LEGAL: list[tuple[State, FSMEvent, State, tuple[Effect, ...]]] = [
+LEGAL: list[tuple[State, Input, State, tuple[Effect, ...]]] = [
     (S.IDLE, Send(), S.AWAITING_RESPONSE, (StartRequest(),)),
     (S.IDLE, Cancel(), S.IDLE, ()),
     (S.AWAITING_RESPONSE, ResponseStarted(), S.STREAMING, ()),
     (S.AWAITING_RESPONSE, ResponseCompleted(), S.IDLE, (TurnFinished("completed"),)),
     (S.AWAITING_RESPONSE, ResponseCompleted(("x",)), S.AWAITING_TOOL_APPROVAL,
      (RequestApproval(("x",)),)),
-    (S.AWAITING_RESPONSE, TransientError("t"), S.TRANSIENT_FAILURE,
+    (S.AWAITING_RESPONSE, TransientFault("t"), S.TRANSIENT_FAILURE,
      (ScheduleRetry(delay=0.5, attempt=2),)),
-    (S.AWAITING_RESPONSE, PermanentError("p"), S.PERMANENT_FAILURE,
+    (S.AWAITING_RESPONSE, PermanentFault("p"), S.PERMANENT_FAILURE,
      (Failed("p"), TurnFinished("failed"))),
     (S.AWAITING_RESPONSE, Cancel(), S.IDLE, (AbortRequest(), TurnFinished("cancelled"))),
     (S.STREAMING, ResponseCompleted(), S.IDLE, (TurnFinished("completed"),)),
     (S.STREAMING, ResponseCompleted(("x", "y")), S.AWAITING_TOOL_APPROVAL,
      (RequestApproval(("x", "y")),)),
-    (S.STREAMING, TransientError("t", retry_after=3.0), S.TRANSIENT_FAILURE,
+    (S.STREAMING, TransientFault("t", retry_after=3.0), S.TRANSIENT_FAILURE,
      (ScheduleRetry(delay=3.0, attempt=2),)),
-    (S.STREAMING, PermanentError("p"), S.PERMANENT_FAILURE,
+    (S.STREAMING, PermanentFault("p"), S.PERMANENT_FAILURE,
      (Failed("p"), TurnFinished("failed"))),
     (S.STREAMING, Cancel(), S.IDLE, (AbortRequest(), TurnFinished("cancelled"))),
     (S.AWAITING_TOOL_APPROVAL, ToolDecided("a", approved=True), S.AWAITING_TOOL_APPROVAL, ()),
@@ -115,7 +115,7 @@ LEGAL: list[tuple[State, FSMEvent, State, tuple[Effect, ...]]] = [
     (S.EXECUTING_TOOLS, ToolsFinished(), S.AWAITING_RESPONSE, (StartRequest(),)),
     (S.EXECUTING_TOOLS, Cancel(), S.IDLE, (AbortRequest(), TurnFinished("cancelled"))),
     (S.TRANSIENT_FAILURE, RetryTimerFired(), S.AWAITING_RESPONSE, (StartRequest(),)),
-    (S.TRANSIENT_FAILURE, PermanentError("p"), S.PERMANENT_FAILURE,
+    (S.TRANSIENT_FAILURE, PermanentFault("p"), S.PERMANENT_FAILURE,
      (Failed("p"), TurnFinished("failed"))),
     (S.TRANSIENT_FAILURE, Cancel(), S.IDLE, (AbortRequest(), TurnFinished("cancelled"))),
     (S.PERMANENT_FAILURE, Send(), S.AWAITING_RESPONSE, (StartRequest(),)),
@@ -130,24 +130,24 @@ LEGAL: list[tuple[State, FSMEvent, State, tuple[Effect, ...]]] = [
     ids=[f"{s.value}-{type(e).__name__}" for s, e, _, _ in LEGAL],
 )
 def test_legal_transition(
-    start: State, event: FSMEvent, end: State, effects: tuple[Effect, ...]
+    start: State, event: Input, end: State, effects: tuple[Effect, ...]
 ) -> None:
     machine, out = step(at(start), event)
     assert machine.state is end
-    expected = (StateChanged(start, end), *effects) if start is not end else effects
+    expected = (Transition(start, end), *effects) if start is not end else effects
     assert out == expected
 
 
-SAMPLE_EVENTS: list[FSMEvent] = [
+SAMPLE_EVENTS: list[Input] = [
     Send(),
     Retry(),
     ResponseStarted(),
     ResponseCompleted(),
     ToolDecided("a", approved=True),
     ToolsFinished(),
-    TransientError("t"),
+    TransientFault("t"),
     RetryTimerFired(),
-    PermanentError("p"),
+    PermanentFault("p"),
     Cancel(),
 ]
 LEGAL_KINDS = {(s, type(e)) for s, e, _, _ in LEGAL}
@@ -157,7 +157,7 @@ ILLEGAL = [(s, e) for s in State for e in SAMPLE_EVENTS if (s, type(e)) not in L
 @pytest.mark.parametrize(
     ("start", "event"), ILLEGAL, ids=[f"{s.value}-{type(e).__name__}" for s, e in ILLEGAL]
 )
-def test_illegal_transition(start: State, event: FSMEvent) -> None:
+def test_illegal_transition(start: State, event: Input) -> None:
     machine = at(start)
     with pytest.raises(IllegalTransitionError) as info:
         step(machine, event)
@@ -185,11 +185,11 @@ def test_tools_execute_in_the_models_order_once_all_are_decided() -> None:
     assert machine.decision_map == {"c": True, "a": False}
     machine, out = step(machine, ToolDecided("b", approved=True))
     assert out == (
-        StateChanged(S.AWAITING_TOOL_APPROVAL, S.EXECUTING_TOOLS),
+        Transition(S.AWAITING_TOOL_APPROVAL, S.EXECUTING_TOOLS),
         ExecuteTools(approved=("b", "c"), denied=("a",)),
     )
     machine, out = step(machine, ToolsFinished())
-    assert out == (StateChanged(S.EXECUTING_TOOLS, S.AWAITING_RESPONSE), StartRequest())
+    assert out == (Transition(S.EXECUTING_TOOLS, S.AWAITING_RESPONSE), StartRequest())
     assert machine.tool_calls == ()
     assert machine.decisions == ()
     assert machine.attempt == 1
@@ -215,8 +215,8 @@ def test_cancel_resolves_every_call_of_the_round_even_decided_ones() -> None:
 
 
 def test_tool_round_limit_fails_and_resolves_the_calls() -> None:
-    round_trip: list[FSMEvent] = [ToolDecided("t", approved=True), ToolsFinished()]
-    events: list[FSMEvent] = [Send(), ResponseCompleted(("t",)), *round_trip]
+    round_trip: list[Input] = [ToolDecided("t", approved=True), ToolsFinished()]
+    events: list[Input] = [Send(), ResponseCompleted(("t",)), *round_trip]
     events += [ResponseCompleted(("t",)), *round_trip]
     machine, _ = run(events, max_tool_rounds=2)
     assert machine.tool_round == 2
@@ -252,15 +252,15 @@ def test_negative_max_tool_rounds_is_refused() -> None:
 
 
 def test_transient_errors_back_off_then_give_up() -> None:
-    events: list[FSMEvent] = [Send(), TransientError("e1"), RetryTimerFired()]
-    events += [ResponseStarted(), TransientError("e2"), RetryTimerFired()]
+    events: list[Input] = [Send(), TransientFault("e1"), RetryTimerFired()]
+    events += [ResponseStarted(), TransientFault("e2"), RetryTimerFired()]
     machine, effects = run(events)
     assert [e for e in effects if isinstance(e, ScheduleRetry)] == [
         ScheduleRetry(0.5, 2),
         ScheduleRetry(1.0, 3),
     ]
     assert machine.attempt == 3
-    machine, out = step(machine, TransientError("e3"))
+    machine, out = step(machine, TransientFault("e3"))
     assert machine.state is S.PERMANENT_FAILURE
     assert out[1:] == (Failed("gave up after 3 attempts; last error: e3"), TurnFinished("failed"))
     assert machine.last_error == "e3"
@@ -269,23 +269,23 @@ def test_transient_errors_back_off_then_give_up() -> None:
 
 def test_single_attempt_policy_fails_at_once() -> None:
     policy = RetryPolicy(max_attempts=1)
-    machine, effects = run([Send(), TransientError("x")], policy=policy)
+    machine, effects = run([Send(), TransientFault("x")], policy=policy)
     assert machine.state is S.PERMANENT_FAILURE
     assert Failed("gave up after 1 attempt; last error: x") in effects
 
 
 def test_jitter_from_the_event_is_used() -> None:
-    _, effects = run([Send(), TransientError("x", jitter=0.5)])
+    _, effects = run([Send(), TransientFault("x", jitter=0.5)])
     assert effects[-1] == ScheduleRetry(delay=0.5 * (1 - 0.1 * 0.5), attempt=2)
 
 
 def test_retry_after_is_honoured() -> None:
-    _, effects = run([Send(), TransientError("429", retry_after=12.0)])
+    _, effects = run([Send(), TransientFault("429", retry_after=12.0)])
     assert effects[-1] == ScheduleRetry(delay=12.0, attempt=2)
 
 
 def test_retry_after_too_long_fails_with_the_wait() -> None:
-    machine, effects = run([Send(), TransientError("429", retry_after=600.0)])
+    machine, effects = run([Send(), TransientFault("429", retry_after=600.0)])
     assert machine.state is S.PERMANENT_FAILURE
     failed = [e for e in effects if isinstance(e, Failed)]
     assert len(failed) == 1
@@ -302,11 +302,11 @@ def test_send_after_failure_starts_afresh() -> None:
 def test_partial_text_is_recorded_when_a_stream_is_cut_off() -> None:
     assert step(at(S.STREAMING), Cancel())[0].partial_text_kept
     assert not step(at(S.AWAITING_RESPONSE), Cancel())[0].partial_text_kept
-    cut, _ = run([TransientError("reset")], at(S.STREAMING))
+    cut, _ = run([TransientFault("reset")], at(S.STREAMING))
     assert cut.partial_text_kept
     assert step(cut, Cancel())[0].partial_text_kept
     assert not step(cut, RetryTimerFired())[0].partial_text_kept
-    assert step(at(S.STREAMING), PermanentError("x"))[0].partial_text_kept
+    assert step(at(S.STREAMING), PermanentFault("x"))[0].partial_text_kept
 
 
 # --- the event and machine values -------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_response_completed_refuses_duplicate_or_empty_ids() -> None:
 )
 def test_transient_error_validates_its_numbers(kwargs: dict[str, float]) -> None:
     with pytest.raises(InvalidInputError):
-        TransientError("x", **kwargs)
+        TransientFault("x", **kwargs)
 
 
 def test_machine_is_immutable_and_reports_busy() -> None:
@@ -346,7 +346,7 @@ KINDS = [
 
 
 @st.composite
-def next_event(draw: st.DrawFn, machine: Machine, fresh: Iterable[int]) -> FSMEvent:
+def next_event(draw: st.DrawFn, machine: Machine, fresh: Iterable[int]) -> Input:
     """An event, valid or not, biased towards ones that make sense for ``machine``."""
     kind = draw(st.sampled_from(KINDS))
     ids = iter(fresh)
@@ -359,15 +359,15 @@ def next_event(draw: st.DrawFn, machine: Machine, fresh: Iterable[int]) -> FSMEv
     if kind == "transient":
         retry_after = draw(st.none() | st.floats(0, 300, allow_nan=False))
         jitter = draw(st.floats(0, 1, exclude_max=True))
-        return TransientError("flaky", retry_after=retry_after, jitter=jitter)
-    simple: dict[str, FSMEvent] = {
+        return TransientFault("flaky", retry_after=retry_after, jitter=jitter)
+    simple: dict[str, Input] = {
         "send": Send(),
         "retry": Retry(),
         "started": ResponseStarted(),
         "completed": ResponseCompleted(),
         "finished": ToolsFinished(),
         "timer": RetryTimerFired(),
-        "permanent": PermanentError("broken"),
+        "permanent": PermanentFault("broken"),
         "cancel": Cancel(),
     }
     return simple[kind]
@@ -384,14 +384,14 @@ class Ledger:
     resolved: Counter[str] = field(default_factory=Counter)
 
     def check(
-        self, before: Machine, event: FSMEvent, after: Machine, effects: tuple[Effect, ...]
+        self, before: Machine, event: Input, after: Machine, effects: tuple[Effect, ...]
     ) -> None:
         assert isinstance(after.state, State)
-        changes = [e for e in effects if isinstance(e, StateChanged)]
+        changes = [e for e in effects if isinstance(e, Transition)]
         if after.state is before.state:
             assert changes == []
         else:
-            assert effects[0] == StateChanged(before.state, after.state)
+            assert effects[0] == Transition(before.state, after.state)
             assert len(changes) == 1
         finished = [e for e in effects if isinstance(e, TurnFinished)]
         assert len(finished) <= 1
@@ -438,7 +438,7 @@ class Ledger:
             if isinstance(effect, ScheduleRetry):
                 assert effect.attempt == after.attempt + 1 <= self.policy.max_attempts
                 assert effect.delay >= 0
-                if isinstance(event, TransientError) and event.retry_after is not None:
+                if isinstance(event, TransientFault) and event.retry_after is not None:
                     assert effect.delay >= event.retry_after
         assert {i for i, _ in after.decisions} <= set(after.tool_calls)
         if after.state not in (S.AWAITING_TOOL_APPROVAL, S.EXECUTING_TOOLS):
@@ -481,7 +481,7 @@ def test_invariants_hold_for_random_event_sequences(
 
 # --- exhaustive exploration over a small alphabet ----------------------------------------------
 
-ALPHABET: list[FSMEvent] = [
+ALPHABET: list[Input] = [
     Send(),
     Retry(),
     ResponseStarted(),
@@ -493,10 +493,10 @@ ALPHABET: list[FSMEvent] = [
     ToolDecided("b", approved=True),
     ToolDecided("b", approved=False),
     ToolsFinished(),
-    TransientError("e"),
-    TransientError("e", retry_after=500.0),
+    TransientFault("e"),
+    TransientFault("e", retry_after=500.0),
     RetryTimerFired(),
-    PermanentError("p"),
+    PermanentFault("p"),
     Cancel(),
 ]
 
@@ -517,7 +517,7 @@ def test_exhaustive_reachability_and_table() -> None:
                 continue
             accepted.add((machine.state, type(event)))
             if after.state is not machine.state:
-                assert effects[0] == StateChanged(machine.state, after.state)
+                assert effects[0] == Transition(machine.state, after.state)
             # From anywhere, Cancel gets back to Idle without leaving a turn open.
             cancelled, _ = step(after, Cancel())
             assert cancelled.state is S.IDLE

@@ -27,7 +27,7 @@ from cm_notebook.model import Message, ToolCall, ToolCallStatus
 from cm_notebook.providers import (
     ChatRequest,
     Finish,
-    ProviderEvent,
+    StreamChunk,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
@@ -63,7 +63,7 @@ class Recording:
     error (class, message pattern) they must end with, if any."""
 
     events: list[dict[str, Any]]
-    expected: list[ProviderEvent]
+    expected: list[StreamChunk]
     error: type[ProviderError] | None
     match: str | None
 
@@ -92,9 +92,9 @@ def wire_events(name: str) -> list[dict[str, Any]]:
     return recording(name).events
 
 
-def translate(events: list[Any]) -> list[ProviderEvent]:
+def translate(events: list[Any]) -> list[StreamChunk]:
     translator = AnthropicEventTranslator()
-    out: list[ProviderEvent] = []
+    out: list[StreamChunk] = []
     for event in events:
         out.extend(translator.feed(event))
     translator.finish()
@@ -102,7 +102,7 @@ def translate(events: list[Any]) -> list[ProviderEvent]:
 
 
 def feed_all(
-    translator: AnthropicEventTranslator, events: list[Any], seen: list[ProviderEvent]
+    translator: AnthropicEventTranslator, events: list[Any], seen: list[StreamChunk]
 ) -> None:
     """Feed every event, then end the stream, keeping the output before an error."""
     for event in events:
@@ -130,7 +130,7 @@ def test_every_kind_of_recording_is_there() -> None:
 def test_recorded_streams_translate(name: str, parsed: bool) -> None:
     rec = recording(name)
     events = rec.sdk_events() if parsed else rec.events
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     if rec.error is None:
         feed_all(AnthropicEventTranslator(), events, seen)
     else:

@@ -25,7 +25,7 @@ from cm_notebook.model import Message
 from cm_notebook.providers import (
     ChatRequest,
     Finish,
-    ProviderEvent,
+    StreamChunk,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
@@ -47,7 +47,7 @@ def wire_events(name: str) -> list[dict[str, Any]]:
     return events
 
 
-def expected(name: str) -> list[ProviderEvent]:
+def expected(name: str) -> list[StreamChunk]:
     """The provider events the recording must produce (before its error, if any)."""
     data = json.loads((FIXTURES / f"{name}.json").read_text())
     return [_KINDS[e.pop("type")](**e) for e in data["expected"]]
@@ -171,7 +171,7 @@ HELLO = ChatRequest(
 )
 
 
-async def drain(provider: AnthropicProvider, seen: list[ProviderEvent]) -> None:
+async def drain(provider: AnthropicProvider, seen: list[StreamChunk]) -> None:
     async for event in provider.stream(HELLO):
         seen.append(event)
 
@@ -181,7 +181,7 @@ async def test_e2e_replays_a_recorded_stream(server: FakeAnthropic) -> None:
     events = wire_events("text_and_tool_use")
     events.insert(2, {"type": "ping"})
     server.replies.append(Reply(events))
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     async with claude(server.url) as provider:
         await drain(provider, seen)
     assert seen == expected("text_and_tool_use")
@@ -201,7 +201,7 @@ async def test_e2e_replays_a_recorded_stream(server: FakeAnthropic) -> None:
 @pytest.mark.anyio
 async def test_e2e_error_event_mid_stream(server: FakeAnthropic) -> None:
     server.replies.append(Reply(wire_events("overloaded_error")))
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     async with claude(server.url) as provider:
         with pytest.raises(TransientProviderError, match="overloaded_error") as info:
             await drain(provider, seen)
@@ -245,7 +245,7 @@ async def test_e2e_stream_cut(
     server: FakeAnthropic, end: Literal["complete", "reset"], message: str
 ) -> None:
     server.replies.append(Reply(wire_events("cut_stream"), end=end))
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     async with claude(server.url) as provider:
         with pytest.raises(TransientProviderError, match=message):
             await drain(provider, seen)
@@ -255,7 +255,7 @@ async def test_e2e_stream_cut(
 @pytest.mark.anyio
 async def test_e2e_cancellation_closes_the_stream(server: FakeAnthropic) -> None:
     server.replies.append(Reply(wire_events("cut_stream"), end="hang"))
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     async with claude(server.url) as provider:
         with anyio.move_on_after(0.3) as scope:
             await drain(provider, seen)

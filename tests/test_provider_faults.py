@@ -38,7 +38,7 @@ from cm_notebook.providers import get_provider
 from cm_notebook.providers.base import (
     ChatRequest,
     Finish,
-    ProviderEvent,
+    StreamChunk,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
@@ -62,9 +62,9 @@ def provider_for(server: FaultServer, **options: Any) -> OpenAIProvider:
 
 async def run(
     provider: OpenAIProvider, req: ChatRequest | None = None
-) -> tuple[list[ProviderEvent], ProviderError | None]:
+) -> tuple[list[StreamChunk], ProviderError | None]:
     """All events until the end or the first error (which is returned, not raised)."""
-    events: list[ProviderEvent] = []
+    events: list[StreamChunk] = []
     try:
         async for event in provider.stream(req or request()):
             events.append(event)
@@ -75,7 +75,7 @@ async def run(
     return events, None
 
 
-def text_of(events: list[ProviderEvent]) -> str:
+def text_of(events: list[StreamChunk]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 

@@ -21,7 +21,7 @@ from cm_notebook.providers import get_provider
 from cm_notebook.providers.base import (
     ChatRequest,
     Finish,
-    ProviderEvent,
+    StreamChunk,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
@@ -40,11 +40,11 @@ def request(text: str = QUESTION, *, system: str | None = None, **params: object
     return ChatRequest(messages=messages, params=params)
 
 
-async def collect(provider: LocalProvider, req: ChatRequest) -> list[ProviderEvent]:
+async def collect(provider: LocalProvider, req: ChatRequest) -> list[StreamChunk]:
     return [event async for event in provider.stream(req)]
 
 
-def text_of(events: list[ProviderEvent]) -> str:
+def text_of(events: list[StreamChunk]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from cm_notebook.errors import PermanentProviderError, ProviderError, TransientProviderError
 from cm_notebook.model import Message
-from cm_notebook.providers.base import ChatRequest, Finish, ProviderEvent, TextDelta, Usage
+from cm_notebook.providers.base import ChatRequest, Finish, StreamChunk, TextDelta, Usage
 from cm_notebook.providers.local import LocalProvider, LocalServer, serve_openai_compatible
 from cm_notebook.providers.openai import OpenAIProvider
 
@@ -48,14 +48,14 @@ def request(text: str, *, system: str | None = None, **params: Any) -> ChatReque
     return ChatRequest(messages=messages, params=params)
 
 
-async def collect(provider: OpenAIProvider, req: ChatRequest) -> list[ProviderEvent]:
+async def collect(provider: OpenAIProvider, req: ChatRequest) -> list[StreamChunk]:
     try:
         return [event async for event in provider.stream(req)]
     finally:
         await provider.aclose()
 
 
-def text_of(events: list[ProviderEvent]) -> str:
+def text_of(events: list[StreamChunk]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 

@@ -18,7 +18,7 @@ from cm_notebook.providers import (
     ChatRequest,
     Finish,
     Provider,
-    ProviderEvent,
+    StreamChunk,
     TextDelta,
     ToolCallRequest,
     Usage,
@@ -31,19 +31,17 @@ def request(*texts: str) -> ChatRequest:
     return ChatRequest(messages=[Message(role="user", content=text) for text in texts])
 
 
-async def collect(
-    provider: ScriptedProvider, req: ChatRequest | None = None
-) -> list[ProviderEvent]:
+async def collect(provider: ScriptedProvider, req: ChatRequest | None = None) -> list[StreamChunk]:
     return [event async for event in provider.stream(req or request("hi"))]
 
 
-async def drain(fake: ScriptedProvider, seen: list[ProviderEvent]) -> None:
+async def drain(fake: ScriptedProvider, seen: list[StreamChunk]) -> None:
     """Like collect, but keeps the events seen before an error or cancellation."""
     async for event in fake.stream(request("q")):
         seen.append(event)
 
 
-def texts(events: Sequence[ProviderEvent]) -> list[str]:
+def texts(events: Sequence[StreamChunk]) -> list[str]:
     return [event.text for event in events if isinstance(event, TextDelta)]
 
 
@@ -146,7 +144,7 @@ async def test_error_mid_stream_after_chunks() -> None:
         .error("transient", after_chunks=2)
         .error("permanent", after_chunks=3, text="abcdefgh", message="boom")
     )
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     with pytest.raises(TransientProviderError):
         await drain(fake, seen)
     assert seen == [TextDelta("part1 "), TextDelta("part2 ")]
@@ -192,7 +190,7 @@ async def test_seeding_the_script_in_the_constructor() -> None:
 
 @pytest.mark.anyio
 async def test_events_streams_exactly_what_it_is_given() -> None:
-    fake = ScriptedProvider().events(TextDelta("x"), TextDelta("y"))
+    fake = ScriptedProvider().chunks(TextDelta("x"), TextDelta("y"))
     assert await collect(fake) == [TextDelta("x"), TextDelta("y")]
 
 
@@ -241,7 +239,7 @@ async def test_delays_use_anyio_sleep_and_can_be_cancelled() -> None:
     start = anyio.current_time()
     assert texts(await collect(fake)) == ["a ", "b ", "c"]
     assert anyio.current_time() - start >= 0.03
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     with anyio.move_on_after(0.05) as scope:
         await drain(fake, seen)
     assert scope.cancelled_caught
@@ -267,7 +265,7 @@ def test_negative_delay_is_refused(delay: float) -> None:
 @pytest.mark.anyio
 async def test_hang_waits_until_cancelled() -> None:
     fake = ScriptedProvider().hang(after_chunks=2, text="abcd")
-    seen: list[ProviderEvent] = []
+    seen: list[StreamChunk] = []
     with anyio.move_on_after(0.05) as scope:
         await drain(fake, seen)
     assert scope.cancelled_caught

@@ -3,6 +3,7 @@ regenerate (a sibling reply), siblings, delete; all O(1) writes, checked on disk
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from cm_notebook.errors import (
     InvalidInputError,
     StateError,
 )
-from cm_notebook.events import BranchCreated, BranchSwitched, ContentDelta
+from cm_notebook.events import BranchCreated, BranchSwitched, BranchUpdated, ContentDelta, Event
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -60,8 +61,8 @@ def test_branch_forks_at_the_head_without_copying(
     assert session.branches["side"].description == "try another angle"
     assert contents(session, "side") == contents(session, "main")
     assert len(message_files(data_dir, session)) == files  # nothing copied
-    recorder.wait(seen(BranchSwitched, name="side"))
-    assert seen(BranchCreated, name="side", head=head)(recorder.snapshot())
+    recorder.wait(seen(BranchSwitched, branch="side"))
+    assert seen(BranchCreated, branch="side", head=head)(recorder.snapshot())
 
     fake.reply("side answer")
     session.send("Q3 on side").result(DEADLINE)
@@ -145,7 +146,12 @@ def test_regenerate_adds_a_sibling_reply(
     files = len(message_files(data_dir, session))
     old = session.history()[-1]
     fake.reply("A2, take two")
+    recorder = Recorder(session)
     new = session.regenerate().result(DEADLINE)
+    # The rewind to the prompt is a change of its own, signalled before the new reply.
+    rewound = recorder.of(BranchUpdated)
+    assert [(e.branch, e.head, e.changed) for e in rewound] == [("main", old.parent_id, ["head"])]
+    assert recorder.events.index(rewound[0]) < recorder.types().index("MessageAdded")
     assert len(message_files(data_dir, session)) == files + 1
     assert new.parent_id == old.parent_id
     assert contents(session) == ["Q1", "A1", "Q2", "A2, take two"]
@@ -179,7 +185,20 @@ def test_delete_branch_keeps_the_messages(
     with pytest.raises(StateError, match=r"session\.switch"):
         session.delete_branch("doomed")  # the active branch
     session.switch("main")
+    deleted: list[str] = []
+    done = threading.Event()
+
+    def on_deleted(event: Event) -> None:
+        deleted.append(event.branch or "")
+        done.set()
+
+    # Subscribed from another thread (a comm handler may run on one), filtered by kind.
+    worker = threading.Thread(target=lambda: session.subscribe(on_deleted, kinds={"BranchDeleted"}))
+    worker.start()
+    worker.join()
     session.delete_branch("doomed")
+    assert done.wait(DEADLINE)
+    assert deleted == ["doomed"]
     assert list(session.branches) == ["main"]
     assert message_files(data_dir, session) == files
     assert session.get(reply.id).content == "on doomed"  # still in the tree

@@ -56,7 +56,7 @@ def test_fan_out_runs_the_variants_concurrently_and_compares_them(
     assert streams.index(second) < len(streams) - 1 - streams[::-1].index(first)
 
     # Each variant is a new branch from the same head; nothing is copied.
-    assert {e.name for e in recorder.of(BranchCreated)} == {first, second}
+    assert {e.branch for e in recorder.of(BranchCreated)} == {first, second}
     assert session.active_branch == "main"
     assert [m.content for m in session.history()] == ["Setup", "Setup done."]
     for name in fan.branches:

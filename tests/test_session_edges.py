@@ -180,7 +180,7 @@ def _store_failure(store: FlakyStore, closing: list[ContextSession]) -> None:
     # The call that could not be answered was answered by the wind-down.
     tree = session.history()
     assert_tree_valid(tree)
-    assert "internal error" in tree[-1].content
+    assert "could not be stored" in tree[-1].content
     assert session.send("again").result(DEADLINE).content == "three"
     assert_tree_valid(session.history())
 

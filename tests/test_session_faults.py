@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fault_server import FaultServer, Hang, Reply, ResetAfter, Status
 from test_session_support import DEADLINE, Recorder, entered, roles, seen
@@ -19,6 +20,7 @@ from cm_notebook.model import Message, MessageStatus
 from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 
 FAST = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=3, jitter=0.0)
 TIMEOUT = 0.5  # the provider's read timeout: a hang costs this much
@@ -226,8 +228,10 @@ def test_the_provider_spec_and_options_are_stored_and_used(
     assert message.metadata.model == "fault-model"
     body = fault_server.requests[-1]
     assert (body["model"], body["temperature"], body["max_tokens"]) == ("fault-model", 0.2, 8)
-    # A reopened session rebuilds the provider from the stored (secret-free) settings.
-    reopened = ContextSession.open(session.id, data_dir=data_dir, retry=FAST)
+    # A session opened elsewhere (its own store, as another process would) rebuilds the
+    # provider from the stored (secret-free) settings.
+    other_store = FileStore(data_dir)
+    reopened = ContextSession.open(session.id, store=other_store, retry=FAST)
     try:
         settings = reopened.metadata.provider
         assert settings.spec == "openai:fault-model"
@@ -235,6 +239,7 @@ def test_the_provider_spec_and_options_are_stored_and_used(
         assert reopened.send("More").result(DEADLINE).content == "Hello from the fault server."
     finally:
         reopened.close()
+        anyio.run(other_store.close)
     assert [m["content"] for m in fault_server.requests[-1]["messages"]] == [
         "Hi",
         "Via the spec.",

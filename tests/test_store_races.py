@@ -15,7 +15,7 @@ import filelock
 import pytest
 from store_helpers import chain, msg
 
-from cm_notebook.errors import ContextNotFoundError, CorruptDataError, StateError
+from cm_notebook.errors import BranchMovedError, ContextNotFoundError, CorruptDataError, StateError
 from cm_notebook.model import MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
 
@@ -100,6 +100,18 @@ async def test_append_with_expected_head_refuses_a_moved_branch(store: FileStore
     await store.append_message("c1", root, branch="empty", expected_head=None)
     with pytest.raises(StateError, match="moved"):
         await store.append_message("c1", msg(), branch="empty", expected_head=None)
+
+
+async def test_set_branch_head_with_expected_head_is_a_compare_and_set(store: FileStore) -> None:
+    ids = await chain(store, "c1", 4)
+    # A rewind read the head ids[3]; another writer appended meanwhile.
+    moved = msg("user", ids[3], "meanwhile")
+    await store.append_message("c1", moved, branch="main")
+    with pytest.raises(BranchMovedError, match="moved"):
+        await store.set_branch_head("c1", "main", ids[2], expected_head=ids[3])
+    assert (await store.get_metadata("c1")).branches["main"].head == moved.id
+    await store.set_branch_head("c1", "main", ids[2], expected_head=moved.id)
+    assert await store.path("c1") == ids[:3]
 
 
 async def test_two_threads_answering_one_head_do_not_fork_it_silently(

@@ -7,7 +7,7 @@ Install with ``pip install 'cm_notebook[anthropic]'`` and set ``ANTHROPIC_API_KE
 
 Three layers, each testable on its own: :func:`build_request` (a ``ChatRequest`` as the
 arguments of ``messages.create``), :class:`AnthropicEventTranslator` (the SDK's raw
-stream events as :data:`~cm_notebook.providers.ProviderEvent` values; pure, so recorded
+stream events as :data:`~cm_notebook.providers.StreamChunk` values; pure, so recorded
 streams test it without a network) and :class:`AnthropicProvider` (the I/O, with SDK
 exceptions translated by :func:`translate_sdk_error` and raised ``from`` the original).
 
@@ -60,7 +60,7 @@ from ._errors import (
     stream_cut_error,
     timeout_error,
 )
-from .base import ChatRequest, Finish, ProviderEvent, TextDelta, ToolCallRequest, ToolSpec, Usage
+from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, ToolSpec, Usage
 
 __all__ = [
     "AnthropicEventTranslator",
@@ -296,7 +296,7 @@ class AnthropicEventTranslator:
         self._tools: dict[int, _ToolBlock] = {}
         self.finished = False
 
-    def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[ProviderEvent]:
+    def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[StreamChunk]:
         """The provider events that ``event`` produces (often none)."""
         if isinstance(event, Mapping):
             parsed = parse_wire_event(event)
@@ -342,7 +342,7 @@ class AnthropicEventTranslator:
             ]
         return []
 
-    def _block_start(self, event: RawContentBlockStartEvent) -> list[ProviderEvent]:
+    def _block_start(self, event: RawContentBlockStartEvent) -> list[StreamChunk]:
         block = event.content_block
         if isinstance(block, ToolUseBlock):
             self._tools[event.index] = _ToolBlock(block.id, block.name, block.input)
@@ -350,7 +350,7 @@ class AnthropicEventTranslator:
             return [TextDelta(block.text)]
         return []
 
-    def _block_delta(self, event: RawContentBlockDeltaEvent) -> list[ProviderEvent]:
+    def _block_delta(self, event: RawContentBlockDeltaEvent) -> list[StreamChunk]:
         delta = event.delta
         if isinstance(delta, SDKTextDelta):
             return [TextDelta(delta.text)] if delta.text else []
@@ -564,7 +564,7 @@ class AnthropicProvider:
         assert error is not None, f"untranslated {type(exc).__name__}"
         return error
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
         if not self._has_credentials():
             raise PermanentProviderError(

@@ -1,7 +1,7 @@
-"""The provider protocol: one async generator of events per request.
+"""The provider protocol: one async generator of chunks per request.
 
 A provider turns a :class:`ChatRequest` (the conversation so far, the tools on offer
-and generation parameters) into a stream of :data:`ProviderEvent` values. Providers
+and generation parameters) into a stream of :data:`StreamChunk` values. Providers
 raise only :class:`~cm_notebook.errors.TransientProviderError` (worth retrying) or
 :class:`~cm_notebook.errors.PermanentProviderError` (needs the user); SDK and HTTP
 errors are translated at this boundary with ``raise ... from exc``.
@@ -19,7 +19,7 @@ __all__ = [
     "ChatRequest",
     "Finish",
     "Provider",
-    "ProviderEvent",
+    "StreamChunk",
     "TextDelta",
     "ToolCallRequest",
     "ToolSpec",
@@ -59,7 +59,8 @@ class Finish:
     reason: str
 
 
-ProviderEvent = TextDelta | ToolCallRequest | Usage | Finish
+StreamChunk = TextDelta | ToolCallRequest | Usage | Finish
+"""One item of a provider's reply stream (a *chunk*; the bus's items are *signals*)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,14 @@ class Provider(Protocol):
     #: The model this provider talks to by default.
     model: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        """Yield events for one reply; ends after a :class:`Finish`."""
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        """Yield the chunks of one reply; ends after a :class:`Finish`."""
         ...
 
     async def aclose(self) -> None:
         """Release connections, servers or model memory."""
         ...
+
+
+# The former name of StreamChunk, so code written against it still imports.
+ProviderEvent = StreamChunk

@@ -79,7 +79,7 @@ from ..errors import PermanentProviderError, ProviderError, ProviderNotInstalled
 from . import _errors
 from ._convert import to_openai_messages
 from ._model_file import BUNDLED_MODEL_NAME, INSTALL_HINT, ModelFile, resolve_model_file
-from .base import ChatRequest, Finish, ProviderEvent, TextDelta, Usage
+from .base import ChatRequest, Finish, StreamChunk, TextDelta, Usage
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -309,7 +309,7 @@ class LocalProvider:
         )
         return body
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Yield the reply's text as it is generated, then :class:`Usage` and :class:`Finish`."""
         server = await self._server()
         body = self._body(request)
@@ -352,7 +352,7 @@ class LocalProvider:
 
     async def _events(
         self, queue: asyncio.Queue[dict[str, Any] | _Failed | _End]
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncIterator[StreamChunk]:
         finish: str | None = None
         usage: Usage | None = None
         while True:

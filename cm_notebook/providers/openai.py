@@ -43,7 +43,7 @@ import anyio
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
-from .base import ChatRequest, Finish, ProviderEvent, TextDelta, ToolCallRequest, Usage
+from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -144,9 +144,9 @@ class _Assembler:
         self.usage: Usage | None = None
         self.received = 0
 
-    def feed(self, chunk: Any) -> list[ProviderEvent]:
+    def feed(self, chunk: Any) -> list[StreamChunk]:
         self.received += 1
-        events: list[ProviderEvent] = []
+        events: list[StreamChunk] = []
         raw_usage = _get(chunk, "usage")
         if raw_usage is not None:
             prompt, completion = (
@@ -175,8 +175,8 @@ class _Assembler:
                 events.extend(self._complete_calls())
         return events
 
-    def _delta(self, delta: Any) -> list[ProviderEvent]:
-        events: list[ProviderEvent] = []
+    def _delta(self, delta: Any) -> list[StreamChunk]:
+        events: list[StreamChunk] = []
         text = _get(delta, "content")
         if text is not None and not isinstance(text, str):
             raise _malformed(f"delta content is not text: {text!r:.200}")
@@ -207,8 +207,8 @@ class _Assembler:
                     call.arguments.append(arguments)
         return events
 
-    def _complete_calls(self) -> list[ProviderEvent]:
-        events: list[ProviderEvent] = []
+    def _complete_calls(self) -> list[StreamChunk]:
+        events: list[StreamChunk] = []
         for index in sorted(self.calls):
             call = self.calls[index]
             if not call.name:
@@ -383,7 +383,7 @@ class OpenAIProvider:
     def _catchable(self) -> tuple[type[BaseException], ...]:
         return (self._sdk.OpenAIError, json.JSONDecodeError, *self._timeouts, *self._transport)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Yield text deltas, then tool calls, :class:`Usage` and :class:`Finish`."""
         client = self._ensure_client()
         model = str(request.params.get("model") or self.model)

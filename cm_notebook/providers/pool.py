@@ -51,9 +51,12 @@ class ProviderPool:
             if self._default is not None:
                 return self._default
             key = self._default_spec or self._settings.spec
-            options: Mapping[str, Any] = self._settings.params
         else:
-            key, options = provider, {}
+            key = provider
+        # The stored options (e.g. a base_url) belong to the stored provider: another
+        # model of it gets them, a different provider does not.
+        same = parse_spec(key)[0] == parse_spec(self._settings.spec)[0]
+        options: Mapping[str, Any] = self._settings.params if same else {}
         with self._lock:
             built = self._built.get(key)
             if built is None:

@@ -93,7 +93,7 @@ class Store(Protocol):
 
         The parent (if any) must already exist. Returns once the message (and the head
         move) are durable. With ``expected_head``, the head move is a compare-and-set:
-        ``StateError`` (and nothing written) if the head is no longer that id.
+        ``BranchMovedError`` (and nothing written) if the head is no longer that id.
         """
         ...
 
@@ -150,8 +150,19 @@ class Store(Protocol):
         """Create a branch pointing at ``head``; raises BranchExistsError if taken."""
         ...
 
-    async def set_branch_head(self, context_id: str, name: str, head: str | None) -> Branch:
-        """Point an existing branch at another message."""
+    async def set_branch_head(
+        self,
+        context_id: str,
+        name: str,
+        head: str | None,
+        *,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> Branch:
+        """Point an existing branch at another message.
+
+        With ``expected_head``, a compare-and-set: ``BranchMovedError`` (nothing written)
+        if the head is no longer that id.
+        """
         ...
 
     async def set_active_branch(self, context_id: str, name: str) -> ContextMetadata:

@@ -10,6 +10,7 @@ Layout of one context (a self-contained folder: copy, zip, version or delete it 
         messages/<message_id>.json
         .lock                   cross-process write lock
         .streaming-<id>.lock    held by the process streaming that message
+        .claim-<digest>.lock    held by the writer running a turn on a branch
 
 Appending a message writes, in this order, each step durable before the next: the
 message file (atomic replace), one journal line (the commit point), and metadata.json
@@ -27,6 +28,7 @@ other processes' writes on its next call at the cost of three ``stat`` calls.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import weakref
@@ -46,7 +48,14 @@ from .base import IndexEntry
 from .codec import encode_message, read_message_file
 from .context import ContextState, remove_tree
 from .folders import create_context_folder, list_context_folders, trash_path
-from .paths import context_dir, default_data_dir, message_path
+from .paths import (
+    INDEX_NAME,
+    JOURNAL_NAME,
+    METADATA_NAME,
+    context_dir,
+    default_data_dir,
+    message_path,
+)
 
 __all__ = ["FileStore"]
 
@@ -381,12 +390,25 @@ class FileStore:
         await self._run(self._write, context_id, ops.do_create_branch, branch)
         return branch
 
-    async def set_branch_head(self, context_id: str, name: str, head: str | None) -> Branch:
-        """Point an existing branch at another message (or at nothing, with None)."""
+    async def set_branch_head(
+        self,
+        context_id: str,
+        name: str,
+        head: str | None,
+        *,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> Branch:
+        """Point an existing branch at another message (or at nothing, with None).
+
+        With ``expected_head`` it is a compare-and-set: ``BranchMovedError`` (and nothing
+        written) if the head is no longer that id.
+        """
         validate_branch_name(name)
         _check_ids(head)
+        if expected_head is not ...:
+            _check_ids(expected_head)
         branch: Branch = await self._run(
-            self._write, context_id, ops.do_set_branch_head, name, head
+            self._write, context_id, ops.do_set_branch_head, name, head, expected_head
         )
         return branch.model_copy()
 
@@ -405,6 +427,35 @@ class FileStore:
         """
         validate_branch_name(name)
         await self._run(self._write, context_id, ops.do_delete_branch, name)
+
+    def change_token(self, context_id: str) -> tuple[int, ...]:
+        """A cheap fingerprint of the context's metadata and index files (a few ``stat``
+        calls, no lock, no thread hop): it differs after any write that changed them,
+        from this process or another. Callers cache what they read and re-read when it
+        changes; a missing file gives zeros (the next read raises the precise error).
+        """
+        folder = context_dir(self.data_dir, context_id)
+        token: list[int] = []
+        for name in (METADATA_NAME, INDEX_NAME, JOURNAL_NAME):
+            try:
+                info = os.stat(folder / name)
+            except OSError:
+                token += [0, 0, 0, 0]
+            else:
+                token += [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+        return tuple(token)
+
+    def branch_claim_path(self, context_id: str, branch: str) -> Path:
+        """The lock file in the context folder by which a writer claims ``branch``.
+
+        Sessions lock it (with the OS) for the whole of a turn, so two processes never
+        write turns on one branch at once (see :mod:`cm_notebook._claims`). The file
+        name is a digest of the branch name, portable whatever the name.
+        """
+        validate_context_id(context_id)
+        validate_branch_name(branch)
+        digest = hashlib.sha256(branch.encode("utf-8")).hexdigest()[:24]
+        return context_dir(self.data_dir, context_id) / f".claim-{digest}.lock"
 
     async def close(self) -> None:
         """Release locks and file handles. The store can still be used afterwards."""

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from ..errors import (
     BranchExistsError,
+    BranchMovedError,
     BranchNotFoundError,
     CorruptDataError,
     InvalidInputError,
@@ -30,6 +31,7 @@ from .diagnostics import warn
 from .paths import message_path
 
 __all__ = [
+    "check_head",
     "do_append",
     "do_create_branch",
     "do_delete_branch",
@@ -168,12 +170,8 @@ def do_append(
         )
     require_message(state, message.parent_id)
     target = find_branch(metadata, branch) if branch is not None else None
-    if target is not None and expected_head is not ... and target.head != expected_head:
-        raise StateError(
-            f"branch {target.name!r} of context {state.context_id!r} moved: its head is "
-            f"{target.head!r}, not {expected_head!r} (another writer appended to it). Nothing "
-            "was written; read the branch again and retry."
-        )
+    if target is not None:
+        check_head(state, target, expected_head)
     streaming = message.status is MessageStatus.STREAMING
     if streaming:
         state.take_streaming_lock(message.id)
@@ -260,11 +258,29 @@ def do_create_branch(state: ContextState, metadata: ContextMetadata, branch: Bra
     _save(state, metadata, branches={**metadata.branches, branch.name: branch})
 
 
+def check_head(
+    state: ContextState, branch: Branch, expected_head: str | EllipsisType | None
+) -> None:
+    """The compare of a compare-and-set on a head (``...``: no compare)."""
+    if expected_head is not ... and branch.head != expected_head:
+        raise BranchMovedError(
+            f"branch {branch.name!r} of context {state.context_id!r} moved: its head is "
+            f"{branch.head!r}, not {expected_head!r} (another writer moved it). Nothing "
+            "was written; read the branch again and retry."
+        )
+
+
 def do_set_branch_head(
-    state: ContextState, metadata: ContextMetadata, name: str, head: str | None
+    state: ContextState,
+    metadata: ContextMetadata,
+    name: str,
+    head: str | None,
+    expected_head: str | EllipsisType | None = ...,
 ) -> Branch:
-    """Move an existing branch's head."""
-    branch = find_branch(metadata, name).model_copy(update={"head": head})
+    """Move an existing branch's head (a compare-and-set with ``expected_head``)."""
+    current = find_branch(metadata, name)
+    check_head(state, current, expected_head)
+    branch = current.model_copy(update={"head": head})
     require_message(state, head)
     _save(state, metadata, branches={**metadata.branches, name: branch})
     return branch

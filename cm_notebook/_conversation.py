@@ -1,0 +1,60 @@
+"""What a request shows the model: a branch's path, cleaned up for providers.
+
+Failed replies and replies cancelled before they said anything are left out, and
+every tool call is paired with a result (the engine always stores one, but a write can
+fail or a file be skipped as corrupt). Nothing here writes; the gaps are filled in the
+request only.
+"""
+
+from __future__ import annotations
+
+from .model import Message, MessageStatus
+
+__all__ = ["for_request"]
+
+
+def for_request(path: list[Message], system_prompt: str | None) -> list[Message]:
+    """The messages to send for ``path`` (root first), the system prompt first if any."""
+    shown = _answer_every_call([m for m in path if _shown_to_model(m)])
+    if not system_prompt:
+        return shown
+    return [Message(id="system", role="system", content=system_prompt), *shown]
+
+
+def _shown_to_model(message: Message) -> bool:
+    # Failed replies, and replies cancelled before they said anything, are not part of
+    # the conversation the model sees (some providers refuse empty assistant turns).
+    if message.status is MessageStatus.ERROR:
+        return False
+    return not (
+        message.role == "assistant"
+        and message.status is MessageStatus.INTERRUPTED
+        and not message.content
+        and not message.tool_calls
+    )
+
+
+def _answer_every_call(path: list[Message]) -> list[Message]:
+    # Providers refuse a conversation in which a tool call has no result.
+    out: list[Message] = []
+    open_calls: dict[str, str] = {}  # id -> result text to use if never answered
+
+    def close_open() -> None:
+        for call_id, text in open_calls.items():
+            out.append(
+                Message(
+                    id=f"missing-{call_id}"[:128], role="tool", content=text, tool_call_id=call_id
+                )
+            )
+        open_calls.clear()
+
+    for message in path:
+        if message.role == "tool" and message.tool_call_id in open_calls:
+            del open_calls[message.tool_call_id]
+        elif message.role != "tool":
+            close_open()
+        out.append(message)
+        for call in message.tool_calls:
+            open_calls[call.id] = call.result or "error: no result was recorded for this call"
+    close_open()
+    return out

@@ -1,0 +1,91 @@
+"""What a turn runner is given by its session: an explicit, small interface.
+
+The send path is session -> turn runner -> state machine -> provider -> store ->
+signals. The session (:mod:`cm_notebook.session`) builds one :class:`TurnHost` per turn
+and hands it to the :class:`~cm_notebook.runner.TurnRunner`; the runner uses nothing
+else of the session, so each side owns its state: the session its branches, claims
+and registry of running turns, the runner the turn in progress.
+
+:class:`BranchMachines` holds the state machine of every branch (per branch: two
+branches run two turns at once); the runner steps its branch's machine through it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from . import events as ev
+from . import fsm
+from .approvals import ApprovalDesk
+from .model import Message
+from .retry import RetryPolicy
+from .store import Store
+from .tools import ToolPolicy, ToolRegistry
+from .turn import Turn
+
+__all__ = ["BranchMachines", "TurnHost"]
+
+
+class BranchMachines:
+    """The state machine of each branch of one context (``Idle`` until a turn starts)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._machines: dict[str, fsm.Machine] = {}
+
+    def get(self, branch: str) -> fsm.Machine:
+        """The machine of ``branch``."""
+        with self._lock:
+            return self._machines.get(branch) or fsm.Machine.initial()
+
+    def step(
+        self, branch: str, given: fsm.Input, policy: RetryPolicy, max_tool_rounds: int
+    ) -> tuple[fsm.Effect, ...]:
+        """Feed ``given`` to the machine of ``branch``; returns the effects to carry out."""
+        with self._lock:
+            machine = self._machines.get(branch) or fsm.Machine.initial()
+            nxt, effects = fsm.step(machine, given, policy, max_tool_rounds=max_tool_rounds)
+            self._machines[branch] = nxt
+        return effects
+
+    def forget(self, branch: str) -> None:
+        """Drop the machine of a deleted branch."""
+        with self._lock:
+            self._machines.pop(branch, None)
+
+
+@dataclass(frozen=True)
+class TurnHost:
+    """Everything one turn needs from its session.
+
+    Attributes:
+        context_id: the context the turn writes to.
+        store: where messages and heads are written.
+        publish: puts a signal on the session's bus (from any thread).
+        machines: the per-branch state machines.
+        approvals: where tool calls wait for a person.
+        tools: the tools on offer now (a notebook may replace them mid-turn).
+        tool_policy: which tools run without asking, now.
+        retry_policy: how transient provider failures are retried.
+        max_tool_rounds: consecutive tool rounds before the turn stops.
+        tool_timeout: seconds a tool may run (None: no limit).
+        conversation: ``conversation(branch, exclude)``, the messages a request sends
+            for ``branch`` (system prompt first), leaving out message ``exclude``.
+        finished: called once the turn is over, before its final state is signalled,
+            so the branch is free for the next send when views hear of it.
+    """
+
+    context_id: str
+    store: Store
+    publish: Callable[[ev.BaseEvent], None]
+    machines: BranchMachines
+    approvals: ApprovalDesk
+    tools: Callable[[], ToolRegistry]
+    tool_policy: Callable[[], ToolPolicy]
+    retry_policy: RetryPolicy
+    max_tool_rounds: int
+    tool_timeout: float | None
+    conversation: Callable[[str, str | None], Awaitable[list[Message]]]
+    finished: Callable[[Turn], None]

@@ -1,0 +1,85 @@
+"""One live session per context in a process.
+
+``ContextSession.open(id)`` (and ``create``) register the session under a key: the
+resolved data directory and the context id, or, for a session built on a store object
+passed in, that object and the context id. While the session is open, opening the same
+context again (from any thread) returns the same object, so a widget, a magic and user
+code share one bus, one set of state machines and one claim per branch.
+
+Each ``open``/``create`` is a hold on the session; ``close()`` gives one back and the
+last one really closes it (turns cancelled, streams ended, files released) and takes
+it out of the registry, so the next ``open`` makes a fresh session. The registry holds
+sessions weakly: one dropped without ``close()`` leaves it when collected.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Protocol
+
+from .store import Store, default_data_dir
+
+__all__ = ["REGISTRY", "Registrable", "SessionRegistry", "key_for"]
+
+
+class Registrable(Protocol):
+    """What the registry keeps: anything with a hold count."""
+
+    _holds: int
+
+
+def key_for(store: Store | None, data_dir: str | Path | None, context_id: str) -> Hashable:
+    """The registry key of a context opened on ``store`` (or on ``data_dir``)."""
+    if store is None:
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        return ("dir", str(root.expanduser().resolve()), context_id)
+    # A store passed in is its own world (two FileStores are two writers), so the key
+    # is the object; the session holds it, so its id is not reused while registered.
+    return ("store", id(store), context_id)
+
+
+class SessionRegistry:
+    """The live sessions of this process by key (see the module docstring)."""
+
+    def __init__(self) -> None:
+        #: Held while looking up or building a session, so two threads get one.
+        self.lock = threading.RLock()
+        self._live: weakref.WeakValueDictionary[Hashable, Registrable] = (
+            weakref.WeakValueDictionary()
+        )
+        self._keys: weakref.WeakKeyDictionary[Registrable, Hashable] = weakref.WeakKeyDictionary()
+
+    def find(self, key: Hashable) -> Registrable | None:
+        """The live session under ``key``, with one more hold on it; else None."""
+        with self.lock:
+            live = self._live.get(key)
+            if live is not None:
+                live._holds += 1
+            return live
+
+    def add(self, key: Hashable, session: Registrable) -> None:
+        """Register a new session (its first hold)."""
+        with self.lock:
+            session._holds = 1
+            self._live[key] = session
+            self._keys[session] = key
+
+    def release(self, session: Registrable) -> bool:
+        """Give back one hold; True when that was the last (the caller closes it)."""
+        with self.lock:
+            if session._holds <= 0:
+                return False
+            session._holds -= 1
+            if session._holds > 0:
+                return False
+            key = self._keys.pop(session, None)
+            if key is not None and self._live.get(key) is session:
+                del self._live[key]
+            return True
+
+
+#: The process's registry.
+REGISTRY = SessionRegistry()

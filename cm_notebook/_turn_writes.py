@@ -1,0 +1,145 @@
+"""Every write one turn makes, each extending the head the turn started from.
+
+The store step of the send path (session -> turn runner -> state machine -> provider
+-> **store** -> signals). A :class:`TurnWrites` belongs to one
+:class:`~cm_notebook.runner.TurnRunner`. It knows the head the turn started from (the
+user's message, or the prompt a regenerate rewound to) and moves it only by a
+compare-and-set, so a turn never appends after another writer's messages.
+
+If the head moved anyway (a writer that did not claim the branch, e.g. an older
+version of this package), the turn's messages are not lost and do not interleave with
+the other writer's: they go on a new branch ``<branch>-conflict-<n>`` forked at the
+turn's own head, announced with ``BranchCreated``, and the rest of the turn writes
+there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from . import events as ev
+from ._host import TurnHost
+from .errors import BranchExistsError, BranchMovedError, CMError
+from .model import Message, ToolCall
+from .providers.base import ToolCallRequest, Usage
+from .store import Store
+
+__all__ = ["Reply", "TurnWrites", "settle_append"]
+
+
+async def settle_append(store: Store, context_id: str, branch: str, message: Message) -> bool:
+    """After an append to ``branch`` failed (e.g. a full disk): True if ``message`` is
+    on the branch now.
+
+    An append can fail after its commit point, leaving the message in the tree but on
+    no branch. This finishes the head move (a compare-and-set from the message's
+    parent), so a message is either on its branch or not stored at all, never an
+    orphan nobody acknowledged. False if it was not stored or the move fails too.
+    """
+    try:
+        if message.id not in await store.index(context_id):
+            return False
+        await store.set_branch_head(context_id, branch, message.id, expected_head=message.parent_id)
+    except (OSError, CMError):
+        return False
+    return True
+
+
+@dataclass
+class Reply:
+    """The assistant message being generated, and what has arrived for it so far."""
+
+    message: Message
+    started: float
+    text: str = ""
+    tool_requests: list[ToolCallRequest] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TurnWrites:
+    """The store writes of one turn on one branch (see the module docstring)."""
+
+    def __init__(self, host: TurnHost, branch: str, head: str | None) -> None:
+        self.host = host
+        #: The branch the turn's messages go to (a conflict branch once diverted).
+        self.target = branch
+        #: The last message this turn put at the head of ``target``.
+        self.head = head
+
+    async def append(self, message: Message) -> None:
+        """Append ``message`` after :attr:`head` and move the head to it (CAS)."""
+        host = self.host
+        try:
+            await host.store.append_message(
+                host.context_id, message, branch=self.target, expected_head=self.head
+            )
+        except BranchMovedError:
+            await self._divert()
+            await host.store.append_message(
+                host.context_id, message, branch=self.target, expected_head=self.head
+            )
+        except OSError:
+            if not await settle_append(host.store, host.context_id, self.target, message):
+                raise
+        self.head = message.id
+        host.publish(
+            ev.MessageAdded(
+                branch=self.target,
+                message_id=message.id,
+                parent_id=message.parent_id,
+                role=message.role,
+            )
+        )
+
+    async def _divert(self) -> None:
+        # Another writer moved our branch: carry on, from our own head, on a new branch.
+        host = self.host
+        stem = f"{self.target}-conflict"[:90]
+        existing = (await host.store.get_metadata(host.context_id)).branches
+        n = 1
+        while True:
+            name = f"{stem}-{n}"
+            if name not in existing:
+                try:
+                    await host.store.create_branch(
+                        host.context_id, name, head=self.head, forked_from=self.head
+                    )
+                except BranchExistsError:  # taken meanwhile by another process
+                    pass
+                else:
+                    break
+            n += 1
+        self.target = name
+        host.publish(ev.BranchCreated(branch=name, head=self.head))
+
+    async def update(self, message: Message) -> None:
+        """Rewrite a message this turn wrote (a checkpoint or its final state)."""
+        await self.host.store.update_message(self.host.context_id, message)
+
+    async def start_reply(self, message: Message) -> Reply:
+        """Store the assistant message at once, as ``streaming``, after the head."""
+        await self.append(message)
+        return Reply(message=message, started=time.perf_counter())
+
+    async def checkpoint(self, reply: Reply) -> None:
+        """Store the reply's text so far (still ``streaming``)."""
+        await self.update(reply.message.model_copy(update={"content": reply.text}))
+
+    async def finish_reply(self, final: Message) -> None:
+        """Store the reply's final state (shielded from cancellation) and announce it."""
+        with anyio.CancelScope(shield=True):
+            await self.update(final)
+        self.host.publish(
+            ev.MessageCompleted(branch=self.target, message_id=final.id, status=final.status)
+        )
+
+    async def answer_call(self, call: ToolCall, text: str) -> None:
+        """Store the tool message answering ``call``."""
+        message = Message(role="tool", parent_id=self.head, content=text, tool_call_id=call.id)
+        await self.append(message)

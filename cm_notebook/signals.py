@@ -1,0 +1,244 @@
+"""The signals: small, numbered notices that tell views what changed.
+
+Signals carry ids and deltas, never whole message contents: a view that wants a
+message pulls it from the session. Each has a ``type`` (its kind, e.g.
+``"ContentDelta"``; the names of :data:`SIGNAL_KINDS` are the wire names), a per-context
+sequence number ``seq`` and the ``branch`` it concerns, if any. They are published and
+numbered by the :class:`~cm_notebook.events.EventBus`; import them from
+:mod:`cm_notebook.events`, which re-exports everything here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .fsm import State
+from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+
+__all__ = [
+    "EVENT_TYPES",
+    "SIGNAL_KINDS",
+    "BaseEvent",
+    "BranchCreated",
+    "BranchDeleted",
+    "BranchSwitched",
+    "BranchUpdated",
+    "ContentDelta",
+    "ContextUpdated",
+    "Error",
+    "Event",
+    "MessageAdded",
+    "MessageCompleted",
+    "Resync",
+    "StateChanged",
+    "ToolApprovalRequested",
+    "ToolCallResolved",
+    "parse_event",
+]
+
+
+class BaseEvent(BaseModel):
+    """Fields every signal has. ``seq``, ``context_id`` and ``at`` are set by the bus.
+
+    Attributes:
+        seq: per-context sequence number, increasing by one per published event.
+        context_id: the context the event belongs to.
+        branch: the branch it concerns, if any.
+        at: when it was published (UTC).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(0, ge=0)
+    context_id: str = ""
+    branch: str | None = None
+    at: UTCDateTime = Field(default_factory=utcnow)
+
+
+class StateChanged(BaseEvent):
+    """The context's state machine moved from ``old`` to ``new``."""
+
+    type: Literal["StateChanged"] = "StateChanged"
+    old: State
+    new: State
+    turn_id: str | None = None
+
+
+class MessageAdded(BaseEvent):
+    """A message was added to the tree; pull it by ``message_id`` if you show it."""
+
+    type: Literal["MessageAdded"] = "MessageAdded"
+    message_id: str
+    parent_id: str | None = None
+    role: Role
+
+
+class ContentDelta(BaseEvent):
+    """More text for a message being generated.
+
+    ``offset`` is the length of the message's text before this delta, so a view that
+    holds ``offset`` characters appends ``text``; any other length means it missed a
+    delta (or got one twice) and should re-pull the message.
+    """
+
+    type: Literal["ContentDelta"] = "ContentDelta"
+    message_id: str
+    text: str
+    offset: int = Field(ge=0)
+
+
+class MessageCompleted(BaseEvent):
+    """A message reached its final status (complete, interrupted or error)."""
+
+    type: Literal["MessageCompleted"] = "MessageCompleted"
+    message_id: str
+    status: MessageStatus
+
+
+class ToolApprovalRequested(BaseEvent):
+    """The model's reply ``message_id`` asks to run tools that need a decision."""
+
+    type: Literal["ToolApprovalRequested"] = "ToolApprovalRequested"
+    message_id: str
+    tool_call_ids: tuple[str, ...]
+
+
+class ToolCallResolved(BaseEvent):
+    """A tool call changed status (approved, denied, done, failed); ``reason`` if denied."""
+
+    type: Literal["ToolCallResolved"] = "ToolCallResolved"
+    tool_call_id: str
+    status: ToolCallStatus
+    reason: str | None = None
+
+
+class BranchCreated(BaseEvent):
+    """A branch named ``branch`` was created with head ``head``."""
+
+    type: Literal["BranchCreated"] = "BranchCreated"
+    branch: str
+    head: str | None = None
+
+
+class BranchSwitched(BaseEvent):
+    """The active branch is now ``branch``."""
+
+    type: Literal["BranchSwitched"] = "BranchSwitched"
+    branch: str
+
+
+class BranchDeleted(BaseEvent):
+    """The branch pointer ``branch`` was deleted (its messages stay in the tree)."""
+
+    type: Literal["BranchDeleted"] = "BranchDeleted"
+    branch: str
+
+
+class BranchUpdated(BaseEvent):
+    """Something about ``branch`` changed other than by a new message.
+
+    ``changed`` names what: ``"head"`` (moved back by a rewind of regenerate or retry,
+    now ``head``), ``"system_prompt"``, ``"params"``, ``"provider"``... Re-pull the
+    branch (and its messages if the head moved).
+    """
+
+    type: Literal["BranchUpdated"] = "BranchUpdated"
+    branch: str
+    head: str | None = None
+    changed: list[str] = Field(default_factory=list)
+
+
+class ContextUpdated(BaseEvent):
+    """The context's own metadata changed; ``changed`` names the fields.
+
+    E.g. ``["title"]``, ``["system_prompt"]``, ``["tags"]``, or ``["metadata"]`` when
+    another process changed it and the fields are not known. Re-pull the metadata.
+    """
+
+    type: Literal["ContextUpdated"] = "ContextUpdated"
+    changed: list[str] = Field(default_factory=list)
+
+
+class Error(BaseEvent):
+    """Something went wrong that a view should show; ``kind`` says what sort.
+
+    ``transient``: a request failed and will be retried (the message says when);
+    ``permanent``: the turn stopped and needs the user (retry, edit, fix a key);
+    ``tool``: a tool call failed (the model was told and the turn goes on);
+    ``internal``: a bug or an I/O failure ended the turn.
+    An Error comes just before the :class:`StateChanged` it explains (e.g. into
+    ``TransientFailure`` or ``PermanentFailure``).
+    """
+
+    type: Literal["Error"] = "Error"
+    message: str
+    kind: Literal["transient", "permanent", "tool", "internal"]
+
+
+class Resync(BaseEvent):
+    """Events were dropped for this subscriber: re-pull the state.
+
+    ``seq`` is the bus's last sequence number when the resync was issued; the events
+    that follow it have larger numbers. A ``Resync`` made for one subscriber is not in
+    the history and other subscribers never see it.
+    """
+
+    type: Literal["Resync"] = "Resync"
+    reason: str
+
+
+Event: TypeAlias = Annotated[
+    StateChanged
+    | MessageAdded
+    | ContentDelta
+    | MessageCompleted
+    | ToolApprovalRequested
+    | ToolCallResolved
+    | BranchCreated
+    | BranchSwitched
+    | BranchDeleted
+    | BranchUpdated
+    | ContextUpdated
+    | Error
+    | Resync,
+    Field(discriminator="type"),
+]
+"""Any signal, discriminated by its ``type`` field."""
+
+#: The publishable signal classes.
+EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
+    {
+        StateChanged,
+        MessageAdded,
+        ContentDelta,
+        MessageCompleted,
+        ToolApprovalRequested,
+        ToolCallResolved,
+        BranchCreated,
+        BranchSwitched,
+        BranchDeleted,
+        BranchUpdated,
+        ContextUpdated,
+        Error,
+        Resync,
+    }
+)
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+#: The names of every signal kind (the ``type`` field), e.g. ``"ContentDelta"``.
+SIGNAL_KINDS: frozenset[str] = frozenset(cls.__name__ for cls in EVENT_TYPES)
+
+
+def parse_event(data: Mapping[str, Any] | str | bytes) -> Event:
+    """Turn a dict (e.g. ``event.model_dump(mode="json")``) or JSON text into an event.
+
+    Raises:
+        pydantic.ValidationError: the data is not a known event.
+    """
+    if isinstance(data, (str, bytes)):
+        return _ADAPTER.validate_json(data)
+    return _ADAPTER.validate_python(data)

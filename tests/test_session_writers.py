@@ -1,0 +1,131 @@
+"""Two writers on one branch: no acknowledged message is lost, no reply answers the
+other writer's question, and a second send on a busy branch is refused up front."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from test_session_support import DEADLINE, Recorder, seen
+
+from cm_notebook.errors import BusyError
+from cm_notebook.events import BranchCreated, ToolApprovalRequested
+from cm_notebook.model import Message, MessageStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
+
+CHILD = Path(__file__).with_name("branch_writer_child.py")
+
+
+def on_some_branch(data_dir: Path, context_id: str) -> dict[str, Message]:
+    """Every message reachable from some branch head, read by a fresh store."""
+
+    async def read() -> dict[str, Message]:
+        async with FileStore(data_dir) as store:
+            metadata = await store.get_metadata(context_id)
+            found: dict[str, Message] = {}
+            for name in metadata.branches:
+                ids = await store.path(context_id, name)
+                for message in await store.get_messages(context_id, ids):
+                    found[message.id] = message
+            return found
+
+    return anyio.run(read)
+
+
+def test_two_processes_sending_on_one_branch_lose_nothing(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    context_id = new_session(provider=ScriptedProvider()).id
+    count = 30
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(CHILD), str(data_dir), context_id, "main", name, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = []
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        outputs.append([json.loads(line) for line in out.splitlines()])
+    assert [len(lines) for lines in outputs] == [count, count]
+    reachable = on_some_branch(data_dir, context_id)
+    for line in (line for lines in outputs for line in lines):
+        # Every acknowledged message is on a branch, and each reply answers its question.
+        assert line["user"] in reachable, line
+        assert line["reply"] in reachable, line
+        assert reachable[line["user"]].content == line["q"]
+        assert reachable[line["reply"]].parent_id == line["user"]
+        assert line["text"] == f"echo: {line['q']}"
+
+
+def test_a_second_store_on_a_busy_branch_is_refused_up_front(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    first = new_session(provider=ScriptedProvider().hang(after_chunks=1, text="slow"))
+    other_store = FileStore(data_dir)
+    try:
+        second = ContextSession.open(first.id, store=other_store, provider=ScriptedProvider())
+        turn = first.send("long question")
+        with pytest.raises(BusyError, match="in use by another writer"):
+            second.send("cutting in")
+        assert "cutting in" not in [m.content for m in second.history()]
+        turn.cancel()
+        assert turn.result(DEADLINE).status is MessageStatus.INTERRUPTED
+        # Once the first writer's turn is over, the branch is free for the other.
+        assert second.send("now").result(DEADLINE).content == "echo: now"
+        second.close()
+    finally:
+        anyio.run(other_store.close)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_a_turn_whose_head_moved_goes_on_a_conflict_branch(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # A writer that does not claim the branch (here: a store used directly) moves the
+    # head while the turn waits for a tool approval. The turn's messages are kept on a
+    # new branch forked at its own head, never appended after the stranger's.
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+    session = new_session(provider=fake, tools=[add])
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    recorder.wait(seen(ToolApprovalRequested))
+    asking = session.history()[-1]
+
+    async def intrude() -> str:
+        async with FileStore(data_dir) as store:
+            stray = Message(role="user", parent_id=asking.id, content="from elsewhere")
+            await store.append_message(session.id, stray, branch="main", expected_head=asking.id)
+            return stray.id
+
+    stray = anyio.run(intrude)
+    session.approve()
+    final = turn.result(DEADLINE)
+    assert final.content == "three"
+    assert session.branches["main"].head == stray  # the stranger's message stays put
+    conflict = session.history("main-conflict-1")
+    assert [m.content for m in conflict] == ["1 + 2?", "", "3", "three"]
+    assert conflict[1].id == asking.id
+    recorder.wait(seen(BranchCreated, branch="main-conflict-1", head=asking.id))
+    assert session.state_of("main").value == "Idle"
