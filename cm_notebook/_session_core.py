@@ -2,7 +2,7 @@
 
 :class:`SessionCore` is the base class of ``ContextSession``: it holds what a live
 session owns at run time and the properties every caller reads (``metadata``,
-``title``, ``branches``, ``active_branch``, which are public API of
+``branches``, ``active_branch``, which are public API of
 ``ContextSession``); the operations (send, branch, approve...) are in
 :mod:`cm_notebook.session`.
 
@@ -24,6 +24,7 @@ hands it to a :class:`~cm_notebook.runner.TurnRunner`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,6 +41,7 @@ from ._registry import REGISTRY
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
 from .approvals import ApprovalDesk
+from .branch_defaults import BranchDefaults
 from .errors import (
     BranchNotFoundError,
     BusyError,
@@ -50,6 +52,7 @@ from .errors import (
 )
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, Message
+from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
@@ -78,6 +81,7 @@ class SessionCore:
         max_tool_rounds: int = 10,
         tool_timeout: float | None = None,
         owns_store: bool = False,
+        auto_title: bool = False,
     ) -> None:
         self._store = store
         self._io = StoreAccess(store)
@@ -122,8 +126,12 @@ class SessionCore:
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, provider)
+        self._defaults = BranchDefaults(self._providers.resolve)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
+        self._auto_title = bool(auto_title)  # ask the model for a title (titles.py)
+        # Background work that is not a turn (a model-made title): cancelled by close().
+        self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
         self._holds = 0  # opens not yet closed (see cm_notebook._registry)
         # Caches refreshed when the store's change token moves (see ``metadata``).
         self._metadata_token: object | None = None
@@ -172,11 +180,6 @@ class SessionCore:
         except (OSError, CMError):  # a store that cannot tell: read it
             return None
         return token
-
-    @property
-    def title(self) -> str:
-        """The context's title."""
-        return self.metadata.title
 
     @property
     def branches(self) -> dict[str, Branch]:
@@ -283,11 +286,19 @@ class SessionCore:
         # Runs on the session's loop.
         with self._lock:
             turns = [runner.turn for runner in self._runners.values()]
+        jobs: list[asyncio.Future[None]] = [
+            asyncio.wrap_future(job) if isinstance(job, concurrent.futures.Future) else job
+            for job in self._background
+        ]
+        for job in jobs:
+            job.cancel()
         for turn in turns:
             turn.cancel()
         for turn in turns:
             with contextlib.suppress(Exception):  # the turn's owner sees its outcome
                 await turn
+        if jobs:
+            await asyncio.wait(jobs)
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()
@@ -363,7 +374,7 @@ class SessionCore:
         # What a request on ``branch`` shows the model (see cm_notebook._conversation).
         ids = await self._store.path(self.id, branch)
         messages = await self._store.get_messages(self.id, ids)
-        prompt = (await self._store.get_metadata(self.id)).system_prompt
+        prompt = effective_system(await self._store.get_metadata(self.id), branch)
         return for_request([m for m in messages if m.id != exclude], prompt)
 
     def _turn_finished(self, turn: Turn) -> None:

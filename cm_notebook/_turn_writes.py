@@ -15,7 +15,6 @@ there.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ from ._host import TurnHost
 from .errors import BranchExistsError, BranchMovedError, CMError
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
+from .stats import StreamMeter
 from .store import Store
 
 __all__ = ["Reply", "TurnWrites", "settle_append"]
@@ -54,12 +54,12 @@ class Reply:
     """The assistant message being generated, and what has arrived for it so far."""
 
     message: Message
-    started: float
     text: str = ""
     tool_requests: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+    meter: StreamMeter = field(default_factory=StreamMeter)  # its streaming statistics
 
 
 class TurnWrites:
@@ -125,7 +125,7 @@ class TurnWrites:
     async def start_reply(self, message: Message) -> Reply:
         """Store the assistant message at once, as ``streaming``, after the head."""
         await self.append(message)
-        return Reply(message=message, started=time.perf_counter())
+        return Reply(message=message)
 
     async def checkpoint(self, reply: Reply) -> None:
         """Store the reply's text so far (still ``streaming``)."""

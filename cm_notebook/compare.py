@@ -1,4 +1,4 @@
-"""Side-by-side comparison of branches: final answers, usage, latency and a diff.
+"""Side-by-side comparison of branches: prompts, final answers, usage, speed and a diff.
 
 :meth:`ContextSession.compare` and :meth:`ContextSession.fan_out` return a
 :class:`Comparison`. It is plain data (pydantic) with a text ``__str__`` and a static
@@ -13,7 +13,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .model import Message, MessageStatus, TokenUsage
+from .model import Message, MessageStatus, StreamStats, TokenUsage
 
 __all__ = ["BranchResult", "Comparison", "word_diff"]
 
@@ -21,7 +21,11 @@ _TOKEN = re.compile(r"\s+|[^\s]+")
 
 
 class BranchResult(BaseModel):
-    """One branch's final answer and what it cost."""
+    """One branch's final answer, what produced it and what it cost.
+
+    ``system_prompt`` is the prompt the answer was generated under (None: none);
+    ``stats`` how its streaming went (time to first token, tokens per second...).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -34,13 +38,23 @@ class BranchResult(BaseModel):
     parameters: dict[str, object] = Field(default_factory=dict)
     usage: TokenUsage | None = None
     duration_ms: float | None = None
+    system_prompt: str | None = None
+    stats: StreamStats | None = None
 
     @classmethod
-    def of(cls, branch: str, answer: Message | None) -> BranchResult:
-        """Summarise ``answer`` (the last assistant message of ``branch``, if any)."""
+    def of(
+        cls, branch: str, answer: Message | None, system_prompt: str | None = None
+    ) -> BranchResult:
+        """Summarise ``answer`` (the last assistant message of ``branch``, if any).
+
+        ``system_prompt`` is the branch's current prompt, used when the answer does not
+        record its own (it was stored by an older cm_notebook) or there is no answer.
+        """
         if answer is None:
-            return cls(branch=branch)
+            return cls(branch=branch, system_prompt=system_prompt)
         meta = answer.metadata
+        if "system_prompt" in meta.model_fields_set:
+            system_prompt = meta.system_prompt
         return cls(
             branch=branch,
             message_id=answer.id,
@@ -51,7 +65,33 @@ class BranchResult(BaseModel):
             parameters=dict(meta.parameters),
             usage=meta.usage,
             duration_ms=meta.duration_ms,
+            system_prompt=system_prompt,
+            stats=meta.stats,
         )
+
+    def facts(self) -> list[str]:
+        """Short labels of what produced the answer and how fast: model, parameters,
+        tokens, time to first token, tokens per second, duration, attempts."""
+        usage, stats = self.usage, self.stats
+        facts = [self.model or self.provider or "?"]
+        facts += [f"{key}={value}" for key, value in sorted(self.parameters.items())]
+        if usage is not None:
+            facts.append(f"{usage.input_tokens}+{usage.output_tokens} tokens")
+        if stats is not None and stats.ttft_ms is not None:
+            facts.append(f"TTFT {stats.ttft_ms:.0f} ms")
+        if stats is not None and stats.tokens_per_second is not None:
+            estimate = "" if stats.tokens_from_usage else "~"
+            facts.append(f"{estimate}{stats.tokens_per_second:.1f} tok/s")
+        if self.duration_ms is not None:
+            facts.append(f"{self.duration_ms:.0f} ms")
+        if stats is not None and stats.attempts > 1:
+            facts.append(f"{stats.attempts} attempts")
+        return facts
+
+    @property
+    def prompt_label(self) -> str:
+        """The system prompt as shown: the text, or ``(no system prompt)``."""
+        return self.system_prompt if self.system_prompt else "(no system prompt)"
 
 
 def word_diff(a: str, b: str) -> list[tuple[str, str]]:
@@ -132,11 +172,8 @@ class Comparison(BaseModel):
     def __str__(self) -> str:
         lines: list[str] = []
         for result in self.results:
-            usage = result.usage
-            tokens = f"{usage.input_tokens}+{usage.output_tokens} tokens" if usage else "? tokens"
-            latency = f"{result.duration_ms:.0f} ms" if result.duration_ms is not None else "? ms"
-            model = result.model or result.provider or "?"
-            lines.append(f"== {result.branch} ({model}, {tokens}, {latency})")
+            lines.append(f"== {result.branch} ({', '.join(result.facts())})")
+            lines.append(f"system: {result.prompt_label}")
             lines.append(result.text or "(no answer)")
             lines.append("")
         if len(self.results) >= 2:
@@ -147,12 +184,7 @@ class Comparison(BaseModel):
         cells = []
         diff_b = self.diff() if len(self.results) >= 2 else []
         for index, result in enumerate(self.results):
-            usage = result.usage
-            facts = [
-                html.escape(result.model or result.provider or "?"),
-                f"{usage.input_tokens}+{usage.output_tokens} tokens" if usage else "",
-                f"{result.duration_ms:.0f} ms" if result.duration_ms is not None else "",
-            ]
+            facts = [html.escape(fact) for fact in result.facts()]
             if index == 1 and diff_b:
                 body = _diff_html(diff_b, keep="+")
             elif index == 0 and diff_b:
@@ -163,7 +195,9 @@ class Comparison(BaseModel):
                 '<div style="flex:1;min-width:0;border:1px solid #ccc;border-radius:6px;'
                 'padding:8px">'
                 f"<div><b>{html.escape(result.branch)}</b> "
-                f'<span style="color:#666">{" · ".join(f for f in facts if f)}</span></div>'
+                f'<span style="color:#666">{" · ".join(facts)}</span></div>'
+                '<div style="color:#555;font-style:italic;white-space:pre-wrap;margin-top:4px">'
+                f"system: {html.escape(result.prompt_label)}</div>"
                 f'<div style="white-space:pre-wrap;margin-top:6px">{body}</div></div>'
             )
         footer = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from ._loop import schedule_on
 from .compare import Comparison
 from .errors import CMError, InvalidInputError
 from .ids import validate_branch_name
+from .prompts import prompt_label
 from .providers import Provider
 from .turn import Handle, Turn
 
@@ -20,11 +22,13 @@ __all__ = ["FanOut", "Variant", "plan_variants"]
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of a fan-out: the branch it writes, its provider and parameters."""
+    """One arm of a fan-out: the branch it writes, its provider, parameters and system
+    prompt (None: the context's; ``""``: none)."""
 
     branch: str
     provider: str | Provider | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
 
 
 def _clean(text: str) -> str:
@@ -41,10 +45,13 @@ def _label(variant: str | Provider | Mapping[str, Any], differing: set[str]) -> 
     provider = variant.get("provider")
     if "provider" in differing and provider is not None:
         parts.append(_clean(provider if isinstance(provider, str) else provider.name))
+    if "system" in differing:
+        system = variant.get("system")
+        parts.append(prompt_label(system) if system is not None else "context-system")
     parts += [
         f"{key}-{value}"
         for key, value in variant.items()
-        if key in differing and key not in ("provider", "branch")
+        if key in differing and key not in ("provider", "branch", "system")
     ]
     return "-".join(parts) or "variant"
 
@@ -65,8 +72,9 @@ def plan_variants(
 ) -> list[Variant]:
     """Turn the user's variant list into branches to create, refusing duplicates.
 
-    Unnamed variants get ``<base>-<what differs>`` (e.g. ``main-temperature-0.7``),
-    with ``-2``, ``-3``... appended when that name is taken.
+    Unnamed variants get ``<base>-<what differs>`` (e.g. ``main-temperature-0.7``, or
+    ``main-answer-in-five-words`` for a ``system`` prompt), with ``-2``, ``-3``...
+    appended when that name is taken.
     """
     if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence):
         raise InvalidInputError("variants must be a list, e.g. [{'temperature': 0}, ...]")
@@ -80,8 +88,13 @@ def plan_variants(
             options = dict(variant)
             name = options.pop("branch", None)
             provider = options.pop("provider", None)
+            system = options.pop("system", None)
+            if system is not None and not isinstance(system, str):
+                raise InvalidInputError(
+                    f"a variant's system prompt must be a string, got {type(system).__name__}"
+                )
         else:
-            options, name, provider = {}, None, variant
+            options, name, provider, system = {}, None, variant, None
         if name is None:
             stem = f"{base}-{_label(variant, differing)}"[:90].strip(" .-") or base
             name, n = stem, 1
@@ -92,7 +105,7 @@ def plan_variants(
         if name in taken:
             raise InvalidInputError(f"two variants would write the same branch {name!r}")
         taken.add(name)
-        plans.append(Variant(branch=name, provider=provider, params=options))
+        plans.append(Variant(branch=name, provider=provider, params=options, system=system))
     return plans
 
 
@@ -130,3 +143,11 @@ class FanOut(Handle[Comparison]):
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
         return f"<FanOut {status} branches={self.branches}>"
+
+    def _repr_html_(self) -> str:
+        # Shown as the comparison once finished (a cell that displays the handle after
+        # the replies came), else as a line saying it is still running.
+        if self.done() and self.exception() is None:
+            # The finished future, not result(): that refuses to run on a kernel's loop.
+            return self._require_future().result()._repr_html_()
+        return f"<code>{html.escape(repr(self))}</code>"

@@ -37,6 +37,7 @@ __all__ = [
     "MessageStatus",
     "ProviderSettings",
     "Role",
+    "StreamStats",
     "TokenUsage",
     "ToolCall",
     "ToolCallStatus",
@@ -46,7 +47,7 @@ __all__ = [
 
 #: The on-disk schema version this cm_notebook writes. Older versions are upgraded by
 #: numbered steps in ``cm_notebook.store.schema``; newer ones are refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -116,8 +117,33 @@ class ToolCall(_Model):
     result: str | None = None  # the text sent back to the model
 
 
+class StreamStats(_Model):
+    """How the streaming of one reply went, measured by the session that received it.
+
+    ``ttft_ms`` is the time from the request of the last attempt to its first text
+    (None if no text came); ``duration_ms`` spans the whole reply, retries included.
+    ``output_tokens`` comes from the provider's usage report when it gave one
+    (``tokens_from_usage``), else it is the number of text chunks received, which is
+    one token per chunk for most streaming APIs. ``tokens_per_second`` is output
+    tokens over the time from the first text to the end (None without text).
+    ``attempts`` counts requests made for the reply (1 without retries).
+    """
+
+    ttft_ms: float | None = Field(None, ge=0)
+    chunks: int = Field(0, ge=0)
+    duration_ms: float = Field(0.0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    tokens_per_second: float | None = Field(None, ge=0)
+    attempts: int = Field(1, ge=0)
+    tokens_from_usage: bool = False
+
+
 class MessageMetadata(BaseModel):
-    """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped."""
+    """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped.
+
+    ``system_prompt`` is the system prompt the reply was generated under (None: none),
+    so a reply stays attributable after its branch's prompt changes.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -128,6 +154,8 @@ class MessageMetadata(BaseModel):
     duration_ms: float | None = Field(None, ge=0)
     finish_reason: str | None = None
     error: str | None = None
+    system_prompt: str | None = None
+    stats: StreamStats | None = None
 
 
 class Message(_Model):
@@ -151,13 +179,27 @@ class Message(_Model):
 
 
 class Branch(_Model):
-    """A named head pointer into the message tree."""
+    """A named head pointer into the message tree, with optional defaults of its own.
+
+    ``system_prompt`` overrides the context's system prompt on this branch (None:
+    inherit it; ``""``: no system prompt here). ``provider`` and ``params`` are the
+    provider and generation parameters a send on this branch uses unless the call
+    names its own (``params`` are validated like ``send()``'s keyword arguments).
+    """
 
     name: BranchName
     head: MessageId | None = None  # None: the branch has no messages yet
     forked_from: MessageId | None = None
     created_at: UTCDateTime = Field(default_factory=utcnow)
     description: str = ""
+    system_prompt: str | None = None
+    provider: ProviderSettings | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return refuse_secrets(value, "branch parameters")
 
 
 # Keys that look like credentials. Provider settings are written to disk, so these are

@@ -46,6 +46,7 @@ from .errors import (
     TransientProviderError,
 )
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
+from .prompts import system_of
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -244,6 +245,10 @@ class TurnRunner:
         else:
             reply = self._reply
         history = await host.conversation(self._writes.target, reply.message.id)
+        # The reply records the system prompt it is generated under (the branch's).
+        reply.message = reply.message.model_copy(
+            update={"metadata": reply.message.metadata.model_copy(update=system_of(history))}
+        )
         self._seen_call_ids = {call.id for message in history for call in message.tool_calls}
         restarted = bool(reply.text)
         reply.text = ""
@@ -256,6 +261,7 @@ class TurnRunner:
             # text (kept in ``failed_attempts``).
             await self._writes.checkpoint(reply)
         self.turn._set_message(reply.message.id)
+        reply.meter.attempt()
         request = ChatRequest(messages=history, tools=host.tools().specs(), params=self.params)
         try:
             await self._stream(request, reply)
@@ -313,6 +319,7 @@ class TurnRunner:
                 if isinstance(chunk, TextDelta):
                     if not chunk.text:
                         continue
+                    reply.meter.chunk()
                     if not started:
                         started = True
                         self._feed(fsm.ResponseStarted())
@@ -335,6 +342,7 @@ class TurnRunner:
                     reply.tool_requests.append(chunk)
                 elif isinstance(chunk, Usage):
                     reply.usage = chunk
+                    reply.meter.usage(chunk.output_tokens)
                 elif isinstance(chunk, Finish):
                     reply.finish_reason = chunk.reason
         finally:
@@ -401,6 +409,7 @@ class TurnRunner:
         reply = self._reply
         assert reply is not None
         usage = reply.usage
+        stats = reply.meter.stats()
         metadata = reply.message.metadata.model_copy(
             update={
                 "usage": TokenUsage(
@@ -408,9 +417,10 @@ class TurnRunner:
                 )
                 if usage
                 else None,
-                "duration_ms": (time.perf_counter() - reply.started) * 1000,
+                "duration_ms": stats.duration_ms,
                 "finish_reason": reply.finish_reason,
                 "error": error,
+                "stats": stats,
             }
         )
         final = reply.message.model_copy(

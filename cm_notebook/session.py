@@ -13,12 +13,18 @@ event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a notebook c
 never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner` goes on from
 there. Every change publishes a signal; every write that moves a head is a
 compare-and-set on it.
+
+The public API is split by responsibility: :mod:`cm_notebook._session_reading`
+(title, history, tree, system prompts, comparisons), :mod:`cm_notebook._session_branches`
+(fork, switch, delete, a branch's prompt) and this module (construction, sending,
+tools, signals).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,33 +32,34 @@ from typing import Any
 from . import events as ev
 from . import fsm
 from ._registry import REGISTRY, key_for
-from ._session_core import SessionCore
+from ._session_branches import SessionBranches
 from ._sessionio import StoreAccess
 from .approvals import Decision
-from .compare import BranchResult, Comparison
+from .branch_defaults import branch_settings
 from .errors import (
     BranchExistsError,
-    BusyError,
     CMError,
     InvalidInputError,
     StateError,
 )
 from .fanout import FanOut, Variant, plan_variants
-from .ids import validate_branch_name, validate_message_id
-from .model import Branch, ContextMetadata, Message, ProviderSettings, ToolCall
-from .params import GenerationParams, validate_text
+from .ids import validate_branch_name
+from .model import ContextMetadata, Message, ProviderSettings, ToolCall
+from .params import validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .render import conversation_html
 from .retry import RetryPolicy
+from .sampling import for_regenerate
 from .store import FileStore, Store
+from .titles import UNTITLED, validate_title
 from .tools import Policy, ToolPolicy, validate_edited_arguments
 from .turn import Turn
 
 __all__ = ["ContextSession"]
 
 
-class ContextSession(SessionCore):
+class ContextSession(SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
@@ -76,6 +83,7 @@ class ContextSession(SessionCore):
         tool_timeout: float | None = None,
         tags: Sequence[str] = (),
         provider_options: Mapping[str, Any] | None = None,
+        auto_title: bool = False,
     ) -> ContextSession:
         """Create a new context and return its session.
 
@@ -83,9 +91,10 @@ class ContextSession(SessionCore):
         ``"anthropic:claude-..."``) or a Provider instance (e.g. a ScriptedProvider).
         ``provider_options`` (e.g. ``{"base_url": ...}``) are stored with the context;
         they must not contain secrets (keys come from the environment).
+        Without a ``title`` the context is named after its first message; with
+        ``auto_title`` the model is then asked for a better title in the background.
         """
-        if title is not None and not isinstance(title, str):
-            raise InvalidInputError(f"title must be a string, got {type(title).__name__}")
+        title = validate_title(title) if title else UNTITLED
         if system is not None and not isinstance(system, str):
             raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
         spec = provider if isinstance(provider, str) else spec_of(provider)
@@ -96,7 +105,7 @@ class ContextSession(SessionCore):
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         metadata = ContextMetadata(
-            title=title or "Untitled", system_prompt=system, provider=settings, tags=list(tags)
+            title=title, system_prompt=system, provider=settings, tags=list(tags)
         )
         # Build (and so validate) the session before anything is written.
         opened = store if store is not None else FileStore(data_dir)
@@ -110,6 +119,7 @@ class ContextSession(SessionCore):
             max_tool_rounds=max_tool_rounds,
             tool_timeout=tool_timeout,
             owns_store=store is None,
+            auto_title=auto_title,
         )
         session._metadata = session._io.call(opened.create_context(metadata))
         REGISTRY.add(key_for(store, data_dir, metadata.id), session)
@@ -128,6 +138,7 @@ class ContextSession(SessionCore):
         retry: RetryPolicy | None = None,
         max_tool_rounds: int = 10,
         tool_timeout: float | None = None,
+        auto_title: bool = False,
     ) -> ContextSession:
         """Open a stored context. ``provider`` overrides the stored default for this session.
 
@@ -135,15 +146,17 @@ class ContextSession(SessionCore):
         thread or another), that same session is returned, and ``close()`` must then be
         called once per open (the last one closes it). Options (``provider``, ``tools``...)
         only apply to a session being opened; giving them for one already open raises
-        :class:`~cm_notebook.errors.StateError`.
+        :class:`~cm_notebook.errors.StateError`. ``auto_title``: as in :meth:`create`,
+        for a context that is still untitled.
         """
         key = key_for(store, data_dir, context_id)
         options = (provider, approval, retry, tool_timeout)
+        customised = any(option is not None for option in options) or auto_title
         with REGISTRY.lock:
             live = REGISTRY.find(key)
             if live is not None:
                 assert isinstance(live, ContextSession)
-                if any(option is not None for option in options) or tools or max_tool_rounds != 10:
+                if customised or tools or max_tool_rounds != 10:
                     REGISTRY.release(live)
                     raise StateError(
                         f"context {context_id!r} is already open in this process, and a context "
@@ -162,6 +175,7 @@ class ContextSession(SessionCore):
                 max_tool_rounds=max_tool_rounds,
                 tool_timeout=tool_timeout,
                 owns_store=store is None,
+                auto_title=auto_title,
             )
             REGISTRY.add(key, session)
             return session
@@ -173,40 +187,6 @@ class ContextSession(SessionCore):
         """Metadata of every stored context, most recently updated first."""
         store = store if store is not None else FileStore(data_dir)
         return StoreAccess(store).call(store.list_contexts())
-
-    # -- reading -----------------------------------------------------------------------
-
-    def history(
-        self, branch: str | None = None, *, limit: int | None = None
-    ) -> builtins.list[Message]:
-        """The messages of a branch (default: active), root first; ``limit``: the last N."""
-        name = self._branch_name(branch)
-        if limit is not None:
-            if not isinstance(limit, int) or limit < 1:
-                raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
-            return self._io.call(self._store.page(self.id, name, limit=limit))
-        ids = self._io.call(self._store.path(self.id, name))
-        return self._io.call(self._store.get_messages(self.id, ids))
-
-    def get(self, message_id: str) -> Message:
-        """One message by id."""
-        validate_message_id(message_id)
-        return self._io.call(self._store.get_message(self.id, message_id))
-
-    def siblings(self, message_id: str) -> builtins.list[Message]:
-        """The alternatives of a message (same parent), oldest first, itself included."""
-        message = self.get(message_id)
-        ids = self._io.call(self._store.children(self.id, message.parent_id))
-        return self._io.call(self._store.get_messages(self.id, ids))
-
-    @property
-    def state(self) -> fsm.State:
-        """The state machine's state on the active branch."""
-        return self.state_of(self.active_branch)
-
-    def state_of(self, branch: str) -> fsm.State:
-        """The state machine's state on ``branch`` (each branch has its own machine)."""
-        return self._machines.get(branch).state
 
     @property
     def pending_tool_calls(self) -> builtins.list[ToolCall]:
@@ -228,57 +208,6 @@ class ContextSession(SessionCore):
             runner = self._runners.get(self._branch_name(branch))
         return runner.turn if runner is not None else None
 
-    # -- branches ----------------------------------------------------------------------
-
-    def branch(
-        self,
-        name: str,
-        from_message: str | None = None,
-        *,
-        switch: bool = True,
-        description: str = "",
-    ) -> Branch:
-        """Fork a new branch at ``from_message`` (default: the active branch's head).
-
-        Copies no messages. With ``switch`` (the default) the new branch becomes active.
-        """
-        validate_branch_name(name)
-        head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
-        # Creating a branch is exclusive by name (BranchExistsError if it is taken), so
-        # it cannot overwrite another writer's head.
-        created = self._io.call(
-            self._store.create_branch(
-                self.id, name, head=head, forked_from=head, description=description
-            )
-        )
-        self._publish(ev.BranchCreated(branch=name, head=head))
-        if switch:
-            self.switch(name)
-        return created
-
-    def switch(self, name: str) -> Branch:
-        """Make ``name`` the active branch."""
-        validate_branch_name(name)
-        metadata = self._io.call(self._store.set_active_branch(self.id, name))
-        self._metadata = metadata
-        self._publish(ev.BranchSwitched(branch=name))
-        return metadata.branches[name]
-
-    def delete_branch(self, name: str) -> None:
-        """Delete a branch pointer (its messages stay in the tree)."""
-        validate_branch_name(name)
-        with self._lock:
-            if name in self._runners:
-                raise BusyError(f"branch {name!r} has a reply in progress; cancel it first")
-        if name == self.active_branch:
-            raise StateError(
-                f"branch {name!r} is the active branch; switch to another one first "
-                "(session.switch(name)), then delete it"
-            )
-        self._io.call(self._store.delete_branch(self.id, name))
-        self._forget_branch(name)
-        self._publish(ev.BranchDeleted(branch=name))
-
     # -- sending -----------------------------------------------------------------------
 
     def send(
@@ -297,13 +226,18 @@ class ContextSession(SessionCore):
         """
         text = validate_text(text)
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
-        chosen = self._provider(provider)
+        chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
         with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text)
             self._append_prompt(name, user)
-            return self._start(claim, fsm.Send(), user.id, chosen, generation)
+            turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
+        if self._metadata.title == UNTITLED:
+            # A title is a convenience: failing to write one must not fail the send
+            # (the context stays untitled and the next send tries again).
+            with contextlib.suppress(CMError, OSError):
+                self._name_after(user, turn, chosen)
+        return turn
 
     async def stream(
         self,
@@ -363,17 +297,21 @@ class ContextSession(SessionCore):
                 f"message {message_id!r} is a {original.role} message; only user messages "
                 "can be edited (use regenerate() for a new reply)"
             )
-        generation = GenerationParams.check(params)
-        chosen = self._provider(provider)
+        source = self.active_branch
+        chosen, generation = self._defaults.for_request(self._metadata, source, provider, params)
         if branch is None:
-            name = self._free_branch_name(f"{self.active_branch}-edit")
+            name = self._free_branch_name(f"{source}-edit")
         else:
             name = validate_branch_name(branch)
         edited = Message(role="user", parent_id=original.parent_id, content=text)
         with self._claim(name) as claim:
             self._io.call(
                 self._store.create_branch(
-                    self.id, name, head=original.parent_id, forked_from=original.id
+                    self.id,
+                    name,
+                    head=original.parent_id,
+                    forked_from=original.id,
+                    **self._defaults.inherit(self._metadata, source, name),
                 )
             )
             self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
@@ -387,11 +325,14 @@ class ContextSession(SessionCore):
         """A new reply to the last user (or tool) message: a sibling of the current reply.
 
         The branch's head moves to the new reply; the old one stays in the tree
-        (see :meth:`siblings`).
+        (see :meth:`siblings`). The new reply is sampled (a fresh ``seed``, and a
+        ``temperature`` of 0.8 unless one is given here or as the branch's default), so
+        a greedy model does not repeat itself; the reply's ``metadata.parameters`` say
+        which (see :mod:`cm_notebook.sampling`).
         """
         name = self._branch_name(branch)
-        generation = GenerationParams.check(params)
-        chosen = self._provider(provider)
+        chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
+        generation = for_regenerate(generation)
         with self._claim(name) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)
@@ -425,9 +366,12 @@ class ContextSession(SessionCore):
         """Send ``text`` on one new branch per variant, concurrently; compare the replies.
 
         A variant is a provider spec, a Provider, or a mapping with optional
-        ``provider``, ``branch`` (name) and generation parameters, e.g.
-        ``[{"temperature": 0}, {"temperature": 1.0}]``. Returns a :class:`FanOut`
-        handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
+        ``provider``, ``branch`` (name), ``system`` (the arm's system prompt) and
+        generation parameters, e.g. ``[{"temperature": 0}, {"temperature": 1.0}]`` or
+        ``[{"system": "Answer in five words."}, {"system": "Answer like a pirate."}]``.
+        Each arm keeps its variant's settings as its branch defaults (on top of those of
+        ``branch``), so follow-up sends on an arm continue the experiment. Returns a
+        :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
         """
         text = validate_text(text)
         base = self._branch_name(branch)
@@ -442,15 +386,26 @@ class ContextSession(SessionCore):
                 raise BranchExistsError(
                     f"branch {plan.branch!r} already exists; fan_out writes new branches"
                 )
-        checked = [
-            (plan, self._provider(plan.provider), GenerationParams.check(plan.params))
-            for plan in plans
-        ]
+        checked = []
+        for plan in plans:
+            settings = self._defaults.inherit(self._metadata, base)
+            own = branch_settings(plan.system, plan.provider, plan.params)
+            if plan.system is not None:
+                settings["system_prompt"] = plan.system
+            if own["provider"] is not None:
+                settings["provider"] = own["provider"]
+            settings["params"] = {**settings["params"], **own["params"]}
+            self._provider(plan.provider)  # an unknown spec fails before anything is written
+            checked.append((plan, settings))
         turns: builtins.list[Turn] = []
-        for plan, chosen, params in checked:
-            self._io.call(self._store.create_branch(self.id, plan.branch, head=head))
+        for plan, settings in checked:
+            self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
+            if plan.provider is not None:
+                self._defaults.remember(plan.branch, plan.provider)
+            else:
+                self._defaults.inherit(self._metadata, base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
-            turns.append(self.send(text, branch=plan.branch, provider=chosen, **params))
+            turns.append(self.send(text, branch=plan.branch))
         return FanOut(self.compare, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------
@@ -502,22 +457,6 @@ class ContextSession(SessionCore):
             pending.resolve(Decision(False, reason or "denied by the user"))
             decided.append(pending.call)
         return decided
-
-    # -- comparing ---------------------------------------------------------------------
-
-    def compare(self, *branches: str) -> Comparison:
-        """Compare the last answers of ``branches`` (default: every branch)."""
-        names = list(branches) or list(self.branches)
-        results = []
-        for name in names:
-            validate_branch_name(name)
-            answer = None
-            for message in reversed(self.history(name)):
-                if message.role == "assistant":
-                    answer = message
-                    break
-            results.append(BranchResult.of(name, answer))
-        return Comparison(results=results)
 
     # -- signals -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from cm_notebook.model import (
     MessageMetadata,
     MessageStatus,
     ProviderSettings,
+    StreamStats,
     TokenUsage,
     ToolCall,
     ToolCallStatus,
@@ -39,6 +40,16 @@ def _full_message() -> Message:
             usage=TokenUsage(input_tokens=3, output_tokens=4),
             duration_ms=12.5,
             finish_reason="stop",
+            system_prompt="Be brief.",
+            stats=StreamStats(
+                ttft_ms=40.0,
+                chunks=4,
+                duration_ms=90.0,
+                output_tokens=4,
+                tokens_per_second=80.0,
+                attempts=2,
+                tokens_from_usage=True,
+            ),
             imported_from="v1",  # unknown keys are kept
         ),
     )
@@ -57,7 +68,16 @@ def test_metadata_round_trips_through_json() -> None:
     metadata = ContextMetadata(
         id="c1",
         title="t",
-        branches={"main": Branch(name="main"), "alt x": Branch(name="alt x", head="m1")},
+        branches={
+            "main": Branch(name="main"),
+            "alt x": Branch(
+                name="alt x",
+                head="m1",
+                system_prompt="Answer in five words.",
+                provider=ProviderSettings(spec="scripted:fast"),
+                params={"temperature": 0.7},
+            ),
+        },
         active_branch="alt x",
         provider=ProviderSettings(spec="openai:gpt-4o", params={"max_tokens": 10}),
         tags=["a"],
@@ -149,3 +169,10 @@ def test_unknown_fields_and_bad_values_are_refused() -> None:
         TokenUsage(input_tokens=-1)
     with pytest.raises(ValidationError):
         ToolCall(id="", name="x")
+
+
+def test_branch_settings_default_to_inheriting_and_refuse_secrets() -> None:
+    branch = Branch(name="b")
+    assert (branch.system_prompt, branch.provider, branch.params) == (None, None, {})
+    with pytest.raises(ValidationError, match="looks like a secret"):
+        Branch(name="b", params={"api_key": "sk-123"})

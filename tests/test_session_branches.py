@@ -23,6 +23,7 @@ from cm_notebook.errors import (
 )
 from cm_notebook.events import BranchCreated, BranchSwitched, BranchUpdated, ContentDelta, Event
 from cm_notebook.fsm import State
+from cm_notebook.sampling import REGENERATE_TEMPERATURE
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
@@ -161,8 +162,32 @@ def test_regenerate_adds_a_sibling_reply(
     assert [m.content for m in fake.last_request.messages] == ["Q1", "A1", "Q2"]
     fake.reply("with params")
     again = session.regenerate(temperature=1.5).result(DEADLINE)
-    assert again.metadata.parameters == {"temperature": 1.5}
+    assert again.metadata.parameters["temperature"] == 1.5
     assert len(session.siblings(new.id)) == 3
+
+
+def test_regenerate_samples_so_a_greedy_model_does_not_repeat_itself(
+    session: ContextSession, fake: ScriptedProvider
+) -> None:
+    for n in range(5):
+        fake.reply(f"take {n}")
+    first = session.regenerate().result(DEADLINE)
+    params = fake.last_request.params
+    # A fresh seed and a temperature above zero, sent and stored alike.
+    assert params["temperature"] == REGENERATE_TEMPERATURE > 0
+    assert isinstance(params["seed"], int)
+    assert first.metadata.parameters == dict(params)
+    second = session.regenerate().result(DEADLINE)
+    assert second.metadata.parameters["seed"] != first.metadata.parameters["seed"]
+    # What the user chose is kept: in the call, or as the branch's default.
+    session.regenerate(temperature=0, seed=7).result(DEADLINE)
+    assert fake.last_request.params == {"temperature": 0, "seed": 7}
+    session.branch("cool", temperature=0.1)
+    session.regenerate().result(DEADLINE)
+    assert fake.last_request.params["temperature"] == 0.1
+    # A plain send is not sampled: it stays greedy on a greedy model.
+    session.send("Q3").result(DEADLINE)
+    assert fake.last_request.params == {"temperature": 0.1}
 
 
 def test_regenerate_on_an_empty_branch_is_refused(data_dir: Path) -> None:

@@ -21,7 +21,14 @@ from cm_notebook.errors import (
     MessageNotFoundError,
     StateError,
 )
-from cm_notebook.model import Branch, ContextMetadata, Message, MessageStatus
+from cm_notebook.model import (
+    SCHEMA_VERSION,
+    Branch,
+    ContextMetadata,
+    Message,
+    MessageStatus,
+    ProviderSettings,
+)
 from cm_notebook.store import FileStore, IndexEntry, Store, default_data_dir
 
 pytestmark = pytest.mark.anyio
@@ -47,11 +54,11 @@ async def test_layout_on_disk(store: FileStore, data_dir: Path) -> None:
         f"{i}.json" for i in ids
     )
     meta = json.loads((folder / "metadata.json").read_text())
-    assert meta["schema_version"] == 1
+    assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["branches"]["main"]["head"] == ids[-1]
     one = json.loads((folder / "messages" / f"{ids[0]}.json").read_text())
     assert one["content"] == "main 0"
-    assert one["schema_version"] == 1
+    assert one["schema_version"] == SCHEMA_VERSION
     # No temporary files are left behind by successful writes.
     assert not list(folder.rglob("*.tmp"))
 
@@ -378,3 +385,27 @@ async def test_symlink_out_of_the_data_dir_is_refused(
 async def test_store_rejects_negative_lock_timeout(data_dir: Path) -> None:
     with pytest.raises(InvalidInputError):
         FileStore(data_dir, lock_timeout=-1)
+
+
+async def test_branch_settings_are_stored_and_updated(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 2)
+    created = await store.create_branch(
+        "c1", "terse", head=ids[1], system_prompt="Answer in five words.", params={"seed": 1}
+    )
+    assert created.system_prompt == "Answer in five words."
+    updated = await store.update_branch(
+        "c1", "terse", provider=ProviderSettings(spec="scripted:x"), params={"temperature": 0.5}
+    )
+    # Only what was named changed; the head stays.
+    assert updated.system_prompt == "Answer in five words."
+    assert updated.head == ids[1]
+    assert updated.params == {"temperature": 0.5}
+    cleared = await store.update_branch("c1", "terse", system_prompt=None)
+    assert cleared.system_prompt is None
+    async with FileStore(data_dir) as other:
+        again = (await other.get_metadata("c1")).branches["terse"]
+    assert again == cleared
+    with pytest.raises(InvalidInputError, match="looks like a secret"):
+        await store.update_branch("c1", "terse", params={"password": "x"})
+    with pytest.raises(BranchNotFoundError):
+        await store.update_branch("c1", "nope", system_prompt="x")

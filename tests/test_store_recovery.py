@@ -282,7 +282,7 @@ def test_upgrade_steps_are_numbered_and_unique() -> None:
 
 
 def test_upgrade_applies_steps_in_order(tmp_path: Path) -> None:
-    # The real list is empty (version 1 is the first format); exercise the mechanism with
+    # Exercise the mechanism with
     # steps made up for this test, towards a made-up target version.
     steps = [
         Upgrade(1, metadata=lambda raw: {**raw, "log": [*raw.get("log", []), "1->2"]}),
@@ -410,3 +410,38 @@ async def test_crash_between_snapshot_and_new_journal_is_harmless(
         more = await chain(other, "c1", 1)
         assert (await other.index("c1"))[more[0]].seq == COMPACT_MIN_LINES
     assert await store.path("c1") == [*ids, *last, *more]
+
+
+async def test_a_version_1_context_opens_unchanged_and_is_written_as_version_2(
+    store: FileStore, data_dir: Path
+) -> None:
+    # A context exactly as version 1 wrote it: no per-branch settings, no stats.
+    ids = await chain(store, "c1", 2)
+    ctx = folder(data_dir)
+    for path in [ctx / "metadata.json", *(ctx / "messages").glob("*.json")]:
+        raw = json.loads(path.read_text())
+        raw["schema_version"] = 1
+        if "branches" in raw:
+            for branch in raw["branches"].values():
+                for key in ("system_prompt", "provider", "params"):
+                    del branch[key]
+        else:
+            for key in ("system_prompt", "stats"):
+                del raw["metadata"][key]
+        path.write_text(json.dumps(raw))
+    index = json.loads((ctx / "message_index.json").read_text())
+    index["schema_version"] = 1
+    (ctx / "message_index.json").write_text(json.dumps(index))
+    async with FileStore(data_dir) as other:
+        # The index format did not change: it is read as it is, not rebuilt (a rebuild
+        # would warn, and pytest turns warnings into errors here).
+        assert await other.path("c1") == ids
+        meta = await other.get_metadata("c1")
+        assert meta.branches["main"].system_prompt is None
+        assert meta.branches["main"].params == {}
+        first = await other.get_message("c1", ids[0])
+        assert first.metadata.stats is None
+        await other.create_branch("c1", "b", head=ids[0], system_prompt="Be brief.")
+    raw = json.loads((ctx / "metadata.json").read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION == 2
+    assert raw["branches"]["b"]["system_prompt"] == "Be brief."

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from types import EllipsisType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from ..model import Branch, ContextMetadata, Message, MessageStatus, Role
+from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, Role
 
 __all__ = ["IndexEntry", "Store"]
 
@@ -146,8 +146,27 @@ class Store(Protocol):
         head: str | None,
         forked_from: str | None = None,
         description: str = "",
+        system_prompt: str | None = None,
+        provider: ProviderSettings | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Branch:
-        """Create a branch pointing at ``head``; raises BranchExistsError if taken."""
+        """Create a branch pointing at ``head``; raises BranchExistsError if taken.
+
+        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults
+        (see :class:`~cm_notebook.model.Branch`).
+        """
+        ...
+
+    async def update_branch(
+        self,
+        context_id: str,
+        name: str,
+        *,
+        system_prompt: str | EllipsisType | None = ...,
+        provider: ProviderSettings | EllipsisType | None = ...,
+        params: dict[str, Any] | EllipsisType = ...,
+    ) -> Branch:
+        """Change a branch's own defaults (``...`` leaves one alone); never its head."""
         ...
 
     async def set_branch_head(

@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from ..errors import ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
-from ..model import Branch, ContextMetadata, Message
+from ..model import Branch, ContextMetadata, Message, ProviderSettings
 from . import ops
 from .base import IndexEntry
 from .codec import encode_message, read_message_file
@@ -379,16 +379,58 @@ class FileStore:
         head: str | None,
         forked_from: str | None = None,
         description: str = "",
+        system_prompt: str | None = None,
+        provider: ProviderSettings | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Branch:
-        """Create a branch pointing at ``head``; raises BranchExistsError if taken."""
+        """Create a branch pointing at ``head``; raises BranchExistsError if taken.
+
+        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults.
+        """
         validate_branch_name(name)
         _check_ids(head, forked_from)
         try:
-            branch = Branch(name=name, head=head, forked_from=forked_from, description=description)
+            branch = Branch(
+                name=name,
+                head=head,
+                forked_from=forked_from,
+                description=description,
+                system_prompt=system_prompt,
+                provider=provider,
+                params=dict(params or {}),
+            )
         except ValidationError as exc:
             raise InvalidInputError(f"cannot create branch {name!r}: {exc}") from exc
         await self._run(self._write, context_id, ops.do_create_branch, branch)
         return branch
+
+    async def update_branch(
+        self,
+        context_id: str,
+        name: str,
+        *,
+        system_prompt: str | EllipsisType | None = ...,
+        provider: ProviderSettings | EllipsisType | None = ...,
+        params: dict[str, Any] | EllipsisType = ...,
+    ) -> Branch:
+        """Change a branch's own defaults (``...`` leaves one alone); never its head.
+
+        Parameters that look like secrets are refused (InvalidInputError).
+        """
+        validate_branch_name(name)
+        changes: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("system_prompt", system_prompt),
+                ("provider", provider),
+                ("params", params),
+            )
+            if value is not ...
+        }
+        branch: Branch = await self._run(
+            self._write, context_id, ops.do_update_branch, name, changes
+        )
+        return branch.model_copy(deep=True)
 
     async def set_branch_head(
         self,

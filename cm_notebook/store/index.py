@@ -2,7 +2,7 @@
 
 On disk:
 
-* ``message_index.json``: ``{"schema_version": 1, "entries": [...]}``, one
+* ``message_index.json``: ``{"schema_version": 2, "entries": [...]}``, one
   :class:`~cm_notebook.store.base.IndexEntry` per line, in ``seq`` order. Written only by
   compaction and rebuilds, always atomically.
 * ``message_index.journal``: one IndexEntry per line (JSON lines), appended and fsync'd
@@ -45,7 +45,7 @@ from .base import IndexEntry
 from .codec import read_message_file
 from .diagnostics import warn
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
-from .schema import check_not_newer
+from .schema import INDEX_FORMAT_SINCE, check_not_newer
 
 __all__ = ["COMPACT_MIN_LINES", "MessageIndex", "RebuildNeeded", "empty_index_bytes"]
 
@@ -214,7 +214,7 @@ class MessageIndex:
                 check_not_newer(version, self.index_path)
             raise RebuildNeeded("message_index.json is damaged", self.index_path) from None
         check_not_newer(doc.schema_version, self.index_path)
-        if doc.schema_version < SCHEMA_VERSION:
+        if doc.schema_version < INDEX_FORMAT_SINCE:
             # Derived data from an older version: rebuilding it is the upgrade.
             raise RebuildNeeded("message_index.json is from an older version", self.index_path)
         try:

@@ -37,6 +37,7 @@ __all__ = [
     "do_delete_branch",
     "do_set_active_branch",
     "do_set_branch_head",
+    "do_update_branch",
     "do_update_message",
     "do_update_metadata",
     "find_branch",
@@ -307,3 +308,17 @@ def do_delete_branch(state: ContextState, metadata: ContextMetadata, name: str) 
         metadata,
         branches={key: value for key, value in metadata.branches.items() if key != name},
     )
+
+
+def do_update_branch(
+    state: ContextState, metadata: ContextMetadata, name: str, changes: dict[str, Any]
+) -> Branch:
+    """Change a branch's own defaults (system prompt, provider, parameters), validated."""
+    raw = find_branch(metadata, name).model_dump()
+    raw.update(changes)
+    try:
+        branch = Branch.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInputError(f"cannot update branch {name!r}: {exc}") from exc
+    _save(state, metadata, branches={**metadata.branches, name: branch})
+    return branch

@@ -10,11 +10,20 @@ file and ``message_index.json``). On read, a raw dict goes through :func:`upgrad
   order, in memory. The file itself is rewritten in the current format the next time
   the store writes it, so old files upgrade lazily and a context may mix versions.
 
-Rules for adding a step when the format changes (there are none yet: version 1 is the
-first format): bump ``SCHEMA_VERSION`` in ``model.py``, append an :class:`Upgrade`
-whose ``from_version`` is the old version, and never edit a released step again.
-``message_index.json`` needs no step: it is derived data, rebuilt from the message
-files when its version is older.
+Rules for adding a step when the format changes: bump ``SCHEMA_VERSION`` in
+``model.py``, append an :class:`Upgrade` whose ``from_version`` is the old version, and
+never edit a released step again. ``message_index.json`` needs no step: it is derived
+data, rebuilt from the message files when its format is older than
+:data:`INDEX_FORMAT_SINCE`.
+
+The versions:
+
+1. The first format.
+2. Branches may carry their own ``system_prompt``, ``provider`` and ``params``;
+   message metadata may carry ``system_prompt`` and ``stats``. All are optional, so
+   version 1 files read unchanged. The bump exists so that an older cm_notebook,
+   which refuses unknown fields, says "written by a newer cm_notebook" instead of
+   calling the file damaged.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from typing import Any, Literal
 from ..errors import CorruptDataError, SchemaVersionError
 from ..model import SCHEMA_VERSION
 
-__all__ = ["UPGRADES", "Kind", "Upgrade", "check_not_newer", "upgrade"]
+__all__ = ["INDEX_FORMAT_SINCE", "UPGRADES", "Kind", "Upgrade", "check_not_newer", "upgrade"]
 
 RawDict = dict[str, Any]
 Kind = Literal["metadata", "message"]
@@ -54,8 +63,16 @@ class Upgrade:
         return self.metadata(raw) if kind == "metadata" else self.message(raw)
 
 
-#: The upgrade steps, oldest first. Empty: version 1 is the first on-disk format.
-UPGRADES: tuple[Upgrade, ...] = ()
+#: The upgrade steps, oldest first.
+UPGRADES: tuple[Upgrade, ...] = (
+    # 1 -> 2: only new optional fields (see the module docstring); nothing to convert.
+    Upgrade(1),
+)
+
+#: The oldest schema version whose ``message_index.json`` has today's format. Older
+#: snapshots are rebuilt from the message files; these are read as they are (the index
+#: did not change in version 2, so opening a version 1 context reads no message file).
+INDEX_FORMAT_SINCE = 1
 
 
 def _version_of(raw: RawDict, path: Path) -> int:

@@ -1,0 +1,141 @@
+"""Branches of a session: fork, switch, delete, and each branch's own system prompt.
+
+:class:`SessionBranches` adds the branch operations to the read side
+(:class:`~cm_notebook._session_reading.SessionReading`); its methods are public API
+of :class:`~cm_notebook.session.ContextSession`. A branch may carry defaults of its
+own (system prompt, provider, generation parameters; :mod:`cm_notebook.branch_defaults`),
+and changing the prompt of a branch that already has replies forks a new branch, so
+every reply stays attributed to the prompt it was made under.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import events as ev
+from ._session_reading import SessionReading
+from .branch_defaults import branch_settings
+from .errors import BusyError, InvalidInputError, StateError
+from .ids import validate_branch_name
+from .model import Branch
+from .prompts import has_replies
+from .providers.pool import ProviderLike
+
+__all__ = ["SessionBranches"]
+
+
+class SessionBranches(SessionReading):
+    """Fork, switch and delete branches; set a branch's system prompt."""
+
+    # -- branches ----------------------------------------------------------------------
+
+    def branch(
+        self,
+        name: str,
+        from_message: str | None = None,
+        *,
+        switch: bool = True,
+        description: str = "",
+        system: str | None = None,
+        provider: ProviderLike | None = None,
+        **params: Any,
+    ) -> Branch:
+        """Fork a new branch at ``from_message`` (default: the active branch's head).
+
+        Copies no messages. With ``switch`` (the default) the new branch becomes active.
+        ``system`` is the branch's own system prompt (None: the context's; ``""``: none),
+        ``provider`` and ``params`` (generation parameters) its defaults for every send
+        on it: ``session.branch("terse", system="Answer in five words.")``.
+        """
+        validate_branch_name(name)
+        settings = branch_settings(system, provider, params)
+        head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
+        # Creating a branch is exclusive by name (BranchExistsError if it is taken), so
+        # it cannot overwrite another writer's head.
+        created = self._io.call(
+            self._store.create_branch(
+                self.id, name, head=head, forked_from=head, description=description, **settings
+            )
+        )
+        self._defaults.remember(name, provider)
+        self._publish(ev.BranchCreated(branch=name, head=head))
+        if switch:
+            self.switch(name)
+        return created
+
+    def edit_system(self, text: str | None, *, branch: str | None = None) -> Branch:
+        """Change the system prompt of ``branch`` (default: active); returns the branch.
+
+        If the branch already has replies made under its old prompt, they keep it: a new
+        branch ``<branch>-system-N`` is forked at the same head with the new prompt (and
+        the old branch's provider and parameters), and becomes active if ``branch`` was.
+        Otherwise the prompt is changed in place. ``None`` inherits the context's prompt,
+        ``""`` means none.
+        """
+        if text is not None and not isinstance(text, str):
+            raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
+        name = self._branch_name(branch)
+        self._head(name)  # BranchNotFoundError for an unknown branch
+        current = self._metadata.branches[name]
+        if current.system_prompt == text:
+            return current
+        # In place only while no reply exists and none is being made: the claim keeps
+        # sends (in any process) off the branch while we look and write.
+        try:
+            with self._claim(name) as claim:
+                try:
+                    updated = self._system_in_place(name, text)
+                finally:
+                    claim.release()
+        except BusyError:
+            updated = None  # a reply is being made under the old prompt: fork
+        if updated is not None:
+            return updated
+        fork = self._free_branch_name(f"{name}-system")
+        settings = {**self._defaults.inherit(self._metadata, name, fork), "system_prompt": text}
+        created = self._io.call(
+            self._store.create_branch(
+                self.id, fork, head=current.head, forked_from=current.head, **settings
+            )
+        )
+        self._publish(ev.BranchCreated(branch=fork, head=current.head))
+        if name == self.active_branch:
+            self.switch(fork)
+        return created
+
+    def switch(self, name: str) -> Branch:
+        """Make ``name`` the active branch."""
+        validate_branch_name(name)
+        metadata = self._io.call(self._store.set_active_branch(self.id, name))
+        self._metadata = metadata
+        self._publish(ev.BranchSwitched(branch=name))
+        return metadata.branches[name]
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch pointer (its messages stay in the tree)."""
+        validate_branch_name(name)
+        with self._lock:
+            if name in self._runners:
+                raise BusyError(f"branch {name!r} has a reply in progress; cancel it first")
+        if name == self.active_branch:
+            raise StateError(
+                f"branch {name!r} is the active branch; switch to another one first "
+                "(session.switch(name)), then delete it"
+            )
+        self._io.call(self._store.delete_branch(self.id, name))
+        self._forget_branch(name)
+        self._defaults.forget(name)
+        self._publish(ev.BranchDeleted(branch=name))
+
+    # -- private helpers ---------------------------------------------------------------
+
+    def _system_in_place(self, name: str, text: str | None) -> Branch | None:
+        # Change the prompt of the claimed branch ``name`` if it has no replies yet.
+        index = self._io.call(self._store.index(self.id))
+        path = self._io.call(self._store.path(self.id, name))
+        if has_replies([index[mid].role for mid in path if mid in index]):
+            return None
+        updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
+        self._metadata = self.metadata
+        self._publish_branch_update(name, ["system_prompt"], head=updated.head)
+        return updated

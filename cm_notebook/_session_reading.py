@@ -1,0 +1,175 @@
+"""The read side of a session: title, messages, the tree, prompts and comparisons.
+
+:class:`SessionReading` sits between :class:`~cm_notebook._session_core.SessionCore`
+(the runtime) and :class:`~cm_notebook.session.ContextSession` (the operations); its
+methods are public API of ``ContextSession``. Reads that a view repeats (the tree,
+a page of history, a comparison) are served from the message index and read only the
+message files they return. The title's upkeep lives here too: an untitled context is
+named after its first message, and with ``auto_title`` the model is asked for a
+better title in the background (:mod:`cm_notebook.titles`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+
+from . import fsm, titles
+from ._loop import schedule_on
+from ._session_core import SessionCore
+from .compare import BranchResult, Comparison
+from .errors import CMError, InvalidInputError
+from .ids import validate_branch_name, validate_message_id
+from .model import Message
+from .prompts import effective_system
+from .providers import Provider
+from .titles import title_from_text, validate_title
+from .tree import MessageTree
+from .turn import Turn
+
+__all__ = ["SessionReading"]
+
+
+class SessionReading(SessionCore):
+    """Title, history, tree, system prompts and comparisons of a session's context."""
+
+    # -- the title ---------------------------------------------------------------------
+
+    @property
+    def title(self) -> str:
+        """The context's title; assign to rename it (``session.title = "..."``)."""
+        return self.metadata.title
+
+    @title.setter
+    def title(self, value: str) -> None:
+        self.rename(value)
+
+    def rename(self, title: str) -> str:
+        """Give the context a new title (white space collapsed); returns it."""
+        title = validate_title(title)
+        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._publish_context_update(["title"])
+        return title
+
+    # -- reading -----------------------------------------------------------------------
+
+    def history(
+        self,
+        branch: str | None = None,
+        *,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Message]:
+        """The messages of a branch (default: active), root first.
+
+        ``limit``: only the last N. ``before``: only those before that message of the
+        branch, to scroll back through a long conversation page by page::
+
+            page = session.history(limit=50)
+            older = session.history(before=page[0].id, limit=50)
+
+        With ``limit``, only the page's message files are read, however long the branch.
+        """
+        name = self._branch_name(branch)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
+        if before is not None:
+            validate_message_id(before)
+        if limit is not None:
+            return self._io.call(self._store.page(self.id, name, limit=limit, before=before))
+        ids = self._io.call(self._store.path(self.id, name))
+        if before is not None:
+            if before not in ids:
+                raise InvalidInputError(
+                    f"message {before!r} is not on branch {name!r}; history(before=...) "
+                    "takes an id from that branch"
+                )
+            ids = ids[: ids.index(before)]
+        return self._io.call(self._store.get_messages(self.id, ids))
+
+    def tree(self) -> MessageTree:
+        """The whole message tree (ids, parents, roles, branch heads), for a tree view.
+
+        Built from the index: no message file is read. Pull a message's content with
+        :meth:`get`.
+        """
+        # The metadata first: the index read after it holds every head it names.
+        metadata = self.metadata
+        entries = self._io.call(self._store.index(self.id))
+        return MessageTree.build(entries, metadata.branches, metadata.active_branch)
+
+    def get(self, message_id: str) -> Message:
+        """One message by id."""
+        validate_message_id(message_id)
+        return self._io.call(self._store.get_message(self.id, message_id))
+
+    def siblings(self, message_id: str) -> builtins.list[Message]:
+        """The alternatives of a message (same parent), oldest first, itself included."""
+        message = self.get(message_id)
+        ids = self._io.call(self._store.children(self.id, message.parent_id))
+        return self._io.call(self._store.get_messages(self.id, ids))
+
+    @property
+    def state(self) -> fsm.State:
+        """The state machine's state on the active branch."""
+        return self.state_of(self.active_branch)
+
+    def state_of(self, branch: str) -> fsm.State:
+        """The state machine's state on ``branch`` (each branch has its own machine)."""
+        return self._machines.get(branch).state
+
+    # -- prompts -----------------------------------------------------------------------
+
+    def system_prompt_of(self, branch: str | None = None) -> str | None:
+        """The system prompt replies on ``branch`` (default: active) are generated under."""
+        name = self._branch_name(branch)
+        self._head(name)  # BranchNotFoundError for an unknown branch
+        return effective_system(self._metadata, name)
+
+    # -- comparing ---------------------------------------------------------------------
+
+    def compare(self, *branches: str) -> Comparison:
+        """Compare the last answers of ``branches`` (default: every branch)."""
+        names = [validate_branch_name(name) for name in branches] or list(self.branches)
+        paths = [self._io.call(self._store.path(self.id, name)) for name in names]
+        # Read after the paths, so it holds every id on them; only answers' files are read.
+        index = self._io.call(self._store.index(self.id))
+        results = []
+        for name, path in zip(names, paths, strict=True):
+            last = next((mid for mid in reversed(path) if index[mid].role == "assistant"), None)
+            answer = self.get(last) if last is not None else None
+            results.append(BranchResult.of(name, answer, self.system_prompt_of(name)))
+        return Comparison(results=results)
+
+    # -- private helpers ---------------------------------------------------------------
+
+    def _name_after(self, sent: Message, turn: Turn, provider: Provider) -> None:
+        # An untitled context is named after its first user message (usually the one
+        # just sent); with auto_title the model is asked for a better title once the
+        # turn is over, in the background.
+        index = self._io.call(self._store.index(self.id))
+        users = [entry for entry in index.values() if entry.role == "user"]
+        first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
+        first = sent if first_id == sent.id else self.get(first_id)
+        title = title_from_text(first.content)
+        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._publish_context_update(["title"])
+        if self._auto_title:
+            job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _ask_title(self, turn: Turn, provider: Provider, text: str, made: str) -> None:
+        # After the turn, so the title request never competes with the reply.
+        with contextlib.suppress(CMError):
+            await turn
+        suggested = await titles.ask_model(provider, text)
+        if suggested is None:
+            return
+        # Keep a title the user chose meanwhile.
+        if (await self._store.get_metadata(self.id)).title != made:
+            return
+        self._metadata = await self._store.update_metadata(self.id, title=suggested)
+        self._publish_context_update(["title"])

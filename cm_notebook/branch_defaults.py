@@ -1,0 +1,108 @@
+"""A branch's own defaults: system prompt, provider and generation parameters.
+
+``session.branch("terse", system="Answer in five words.", temperature=0.2)`` stores
+them on the :class:`~cm_notebook.model.Branch`; every send on that branch then uses
+them unless the call names its own. Branches made from a branch (edits, fan-out arms,
+``edit_system`` forks) start with its defaults.
+
+Only a provider *spec* can be stored. A :class:`~cm_notebook.providers.Provider`
+instance given as a branch's default (e.g. a ScriptedProvider in a test, or a fan-out
+arm's provider) is kept by :class:`BranchDefaults` for as long as its session lives;
+a reopened session builds the provider from the stored spec.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import InvalidInputError
+from .model import ContextMetadata, ProviderSettings
+from .params import GenerationParams
+from .providers import Provider
+from .providers.pool import ProviderLike, check_spec, spec_of
+
+__all__ = ["BranchDefaults", "branch_settings"]
+
+
+def branch_settings(
+    system: object, provider: ProviderLike | None, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A branch's own defaults as ``create_branch`` keywords, validated like ``send()``'s.
+
+    Raises InvalidInputError for a system prompt that is not text, an unknown provider
+    spec or bad generation parameters.
+    """
+    if system is not None and not isinstance(system, str):
+        raise InvalidInputError(f"system prompt must be a string, got {type(system).__name__}")
+    settings = None
+    if provider is not None:
+        if isinstance(provider, str):
+            check_spec(provider)
+        spec = provider if isinstance(provider, str) else spec_of(provider)
+        settings = ProviderSettings(spec=spec)
+    return {"system_prompt": system, "provider": settings, "params": GenerationParams.check(params)}
+
+
+class BranchDefaults:
+    """The branch defaults of one session; thread-safe.
+
+    ``resolve`` turns a provider spec (or None: the session's default) into a provider.
+    """
+
+    def __init__(self, resolve: Callable[[ProviderLike | None], Provider]) -> None:
+        self._resolve = resolve
+        self._live: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, branch: str, provider: ProviderLike | None) -> None:
+        """Keep ``provider`` as ``branch``'s default if it is an instance (specs are stored)."""
+        if provider is not None and not isinstance(provider, str):
+            with self._lock:
+                self._live[branch] = provider
+
+    def forget(self, branch: str) -> None:
+        """Drop what is kept for a deleted branch."""
+        with self._lock:
+            self._live.pop(branch, None)
+
+    def inherit(
+        self, metadata: ContextMetadata, source: str, target: str | None = None
+    ) -> dict[str, Any]:
+        """The defaults of ``source`` as ``create_branch`` keywords for a branch made from
+        it; with ``target``, that branch also gets ``source``'s provider instance."""
+        if target is not None:
+            with self._lock:
+                if source in self._live:
+                    self._live[target] = self._live[source]
+        found = metadata.branches.get(source)
+        if found is None:
+            return {"system_prompt": None, "provider": None, "params": {}}
+        return {
+            "system_prompt": found.system_prompt,
+            "provider": found.provider,
+            "params": dict(found.params),
+        }
+
+    def for_request(
+        self,
+        metadata: ContextMetadata,
+        branch: str,
+        provider: ProviderLike | None,
+        params: Mapping[str, Any],
+    ) -> tuple[Provider, dict[str, Any]]:
+        """The provider and generation parameters of a send on ``branch``.
+
+        The call's own win; then the branch's; then the session's. A parameter given as
+        None drops the branch's value (the provider's default applies).
+        """
+        found = metadata.branches.get(branch)
+        merged = {**(found.params if found is not None else {}), **params}
+        generation = GenerationParams.check(merged)
+        if provider is None:
+            with self._lock:
+                provider = self._live.get(branch)
+            if provider is None and found is not None and found.provider is not None:
+                provider = found.provider.spec
+        return self._resolve(provider), generation

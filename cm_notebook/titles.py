@@ -1,0 +1,109 @@
+"""Context titles: validation, the automatic title, and the title asked of the model.
+
+A context created without a title is ``"Untitled"`` (:data:`UNTITLED`). Its first user
+message then gives it a short, deterministic title (:func:`title_from_text`: the first
+words of the message), so a list of contexts is readable without any model call.
+With ``auto_title=True`` the session also asks the model for a better title once the
+first reply is done (:func:`ask_model`); that runs in the background, never delays a
+send, and on any provider failure the deterministic title simply stays.
+"""
+
+from __future__ import annotations
+
+import re
+
+import anyio
+
+from .errors import CMError, InvalidInputError
+from .model import Message
+from .providers.base import ChatRequest, Provider, TextDelta
+
+__all__ = [
+    "MAX_TITLE_CHARS",
+    "UNTITLED",
+    "ask_model",
+    "clean_model_title",
+    "title_from_text",
+    "validate_title",
+]
+
+#: The title of a context that has none yet; it is replaced by an automatic one.
+UNTITLED = "Untitled"
+
+#: The longest title accepted (characters).
+MAX_TITLE_CHARS = 200
+
+#: How long a model may take to suggest a title before the attempt is given up.
+MODEL_TITLE_TIMEOUT = 60.0
+
+_SPACE = re.compile(r"\s+")
+
+
+def validate_title(value: object) -> str:
+    """Return ``value`` stripped if it is an acceptable title, else raise InvalidInputError."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"title must be a string, got {type(value).__name__}")
+    title = _SPACE.sub(" ", value).strip()
+    if not title:
+        raise InvalidInputError("title is empty; give the context a name")
+    if len(title) > MAX_TITLE_CHARS:
+        raise InvalidInputError(
+            f"title is {len(title)} characters; the limit is {MAX_TITLE_CHARS}. Shorten it."
+        )
+    return title
+
+
+def title_from_text(text: str, *, max_words: int = 8, max_chars: int = 60) -> str:
+    """A short title made from a message: its first words, ``…`` if cut.
+
+    >>> title_from_text("Why is the sky blue?")
+    'Why is the sky blue?'
+    >>> title_from_text("Please explain in detail how a transformer model computes attention")
+    'Please explain in detail how a transformer model…'
+    """
+    words = _SPACE.sub(" ", text).strip().split(" ")
+    title = " ".join(words[:max_words])
+    cut = len(words) > max_words
+    if len(title) > max_chars:
+        title = title[:max_chars].rsplit(" ", 1)[0] if " " in title[:max_chars] else title
+        title = title[:max_chars]
+        cut = True
+    title = title.rstrip(" ,;:-")
+    return (title + "…" if cut else title) or UNTITLED
+
+
+def clean_model_title(text: str) -> str | None:
+    """The title in a model's answer: first line, no quotes or ``Title:`` prefix."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = re.sub(r"(?i)^(title\s*:\s*)", "", line)
+    line = line.strip().rstrip(".").strip().strip("\"'`*#").strip()
+    if not line:
+        return None
+    return line if len(line) <= 80 else title_from_text(line)
+
+
+def _request(first_message: str) -> ChatRequest:
+    prompt = (
+        "Write a title of at most six words for a conversation that begins with the "
+        "message below. Answer with the title only.\n\n" + first_message[:2000]
+    )
+    return ChatRequest(
+        messages=[Message(id="title", role="user", content=prompt)],
+        params={"max_tokens": 24},
+    )
+
+
+async def ask_model(provider: Provider, first_message: str) -> str | None:
+    """Ask ``provider`` for a title; None if it fails, times out or says nothing usable.
+
+    A provider failure is not the user's problem here: the deterministic title stays.
+    """
+    text = ""
+    try:
+        with anyio.fail_after(MODEL_TITLE_TIMEOUT):
+            async for event in provider.stream(_request(first_message)):
+                if isinstance(event, TextDelta):
+                    text += event.text
+    except (CMError, TimeoutError):
+        return None
+    return clean_model_title(text)

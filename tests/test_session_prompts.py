@@ -1,0 +1,212 @@
+"""Per-branch system prompts and defaults (A/B prompts): what the provider is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_session_support import DEADLINE, Recorder
+
+from cm_notebook.errors import BranchNotFoundError, InvalidInputError
+from cm_notebook.events import BranchCreated, BranchUpdated
+from cm_notebook.providers.base import ChatRequest
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+def system_of(request: ChatRequest) -> str | None:
+    first = request.messages[0]
+    return first.content if first.role == "system" else None
+
+
+def test_a_branch_prompt_replaces_the_context_prompt_in_the_request(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider()
+    session = ContextSession.create(provider=fake, data_dir=data_dir, system="Be helpful.")
+    closing.append(session)
+    session.send("hi").result(DEADLINE)
+    assert system_of(fake.last_request) == "Be helpful."
+
+    session.branch("terse", system="Answer in five words.")
+    assert session.system_prompt_of() == "Answer in five words."
+    assert session.system_prompt_of("main") == "Be helpful."
+    reply = session.send("Why is the sky blue?").result(DEADLINE)
+    assert system_of(fake.last_request) == "Answer in five words."
+    # The reply records the prompt it was made under.
+    assert reply.metadata.system_prompt == "Answer in five words."
+    # Only one system message, then the shared history.
+    assert [m.role for m in fake.last_request.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+
+    # "" means no system prompt on this branch, even though the context has one.
+    session.branch("bare", system="")
+    assert session.system_prompt_of("bare") is None
+    session.send("hello", branch="bare").result(DEADLINE)
+    assert system_of(fake.last_request) is None
+
+    # Stored: a reopened session sends the same prompts.
+    session.close()
+    again = ContextSession.open(session.id, data_dir=data_dir, provider=fake)
+    closing.append(again)
+    assert again.system_prompt_of("terse") == "Answer in five words."
+    assert again.branches["terse"].system_prompt == "Answer in five words."
+    with pytest.raises(BranchNotFoundError):
+        again.system_prompt_of("nope")
+
+
+def test_branch_provider_and_parameters_are_defaults_of_every_send(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    default = ScriptedProvider(model="default")
+    special = ScriptedProvider(model="special")
+    session = ContextSession.create(provider=default, data_dir=data_dir)
+    closing.append(session)
+    session.branch("hot", provider=special, temperature=0.9, seed=7)
+    assert session.branches["hot"].params == {"temperature": 0.9, "seed": 7}
+    assert session.branches["hot"].provider is not None
+    assert session.branches["hot"].provider.spec == "scripted:special"
+
+    reply = session.send("one").result(DEADLINE)
+    assert special.last_request.params == {"temperature": 0.9, "seed": 7}
+    assert reply.metadata.model == "special"
+    assert not default.requests
+    # The call's own parameters win; None drops the branch's value.
+    session.send("two", temperature=0.1, seed=None).result(DEADLINE)
+    assert special.last_request.params == {"temperature": 0.1}
+    # And a provider named in the call wins over the branch's.
+    session.send("three", provider=default).result(DEADLINE)
+    assert default.last_request.params == {"temperature": 0.9, "seed": 7}
+    # The main branch has no defaults.
+    session.send("four", branch="main").result(DEADLINE)
+    assert default.last_request.params == {}
+
+    with pytest.raises(InvalidInputError, match="temperature"):
+        session.branch("bad", temperature=5)
+    with pytest.raises(InvalidInputError, match="system prompt must be a string"):
+        session.branch("bad", system=3)  # type: ignore[arg-type]
+    assert "bad" not in session.branches
+
+
+def test_edit_system_changes_in_place_until_there_are_replies_then_forks(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider()
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+
+    # No replies yet: the prompt changes in place, with a signal.
+    updated = session.edit_system("Answer in five words.")
+    assert updated.name == "main"
+    assert session.system_prompt_of() == "Answer in five words."
+    recorder.wait(
+        lambda events: any(
+            isinstance(e, BranchUpdated) and e.changed == ["system_prompt"] for e in events
+        )
+    )
+    first = session.send("Why is the sky blue?").result(DEADLINE)
+    assert system_of(fake.last_request) == "Answer in five words."
+
+    # Now the branch has a reply made under that prompt: a new branch takes the new one.
+    fork = session.edit_system("Answer like a pirate.")
+    assert fork.name == "main-system-1"
+    assert fork.head == first.id
+    assert session.active_branch == "main-system-1"
+    assert session.system_prompt_of("main") == "Answer in five words."
+    assert session.system_prompt_of() == "Answer like a pirate."
+    recorder.wait(lambda events: any(isinstance(e, BranchCreated) for e in events))
+
+    # Regenerating on the fork asks the same question under the new prompt.
+    again = session.regenerate().result(DEADLINE)
+    assert system_of(fake.last_request) == "Answer like a pirate."
+    assert again.parent_id == first.parent_id
+    comparison = session.compare("main", "main-system-1")
+    assert comparison["main"].system_prompt == "Answer in five words."
+    assert comparison["main-system-1"].system_prompt == "Answer like a pirate."
+
+    # The same prompt again changes nothing; a non-active branch is forked, not switched to.
+    assert session.edit_system("Answer like a pirate.").name == "main-system-1"
+    other = session.edit_system(None, branch="main")
+    assert other.name == "main-system-2"
+    assert other.system_prompt is None
+    assert session.active_branch == "main-system-1"
+    with pytest.raises(InvalidInputError, match="must be a string"):
+        session.edit_system(42)  # type: ignore[arg-type]
+
+
+def test_fan_out_over_system_prompts(data_dir: Path, closing: list[ContextSession]) -> None:
+    fake = ScriptedProvider()
+    fake.reply("Light scatters, blue most.", chunks="words")
+    fake.reply("Arr, the sea reflects it, matey!", chunks="words")
+    session = ContextSession.create("AB", provider=fake, data_dir=data_dir, system="Be kind.")
+    closing.append(session)
+    fan = session.fan_out(
+        "Why is the sky blue?",
+        [{"system": "Answer in five words."}, {"system": "Answer like a pirate."}],
+    )
+    comparison = fan.result(DEADLINE)
+    assert fan.branches == ["main-answer-in-five-words", "main-answer-like-a-pirate"]
+    assert sorted(system_of(r) or "" for r in fake.requests) == [
+        "Answer in five words.",
+        "Answer like a pirate.",
+    ]
+    terse, pirate = comparison.results
+    assert terse.system_prompt == "Answer in five words."
+    assert pirate.system_prompt == "Answer like a pirate."
+    assert {terse.text, pirate.text} == {
+        "Light scatters, blue most.",
+        "Arr, the sea reflects it, matey!",
+    }
+    text = str(comparison)
+    assert "system: Answer in five words." in text
+    assert "system: Answer like a pirate." in text
+    html = comparison._repr_html_()
+    assert "Answer like a pirate." in html
+    # The arms keep their prompts: a follow-up on one arm is still under its prompt.
+    session.send("And at sunset?", branch=fan.branches[1]).result(DEADLINE)
+    assert system_of(fake.last_request) == "Answer like a pirate."
+    # A variant without a prompt inherits the base branch's.
+    second = session.fan_out("Hi", [{"system": "Shout."}, {"temperature": 0.5}])
+    result = second.result(DEADLINE)
+    assert [r.system_prompt for r in result.results] == ["Shout.", "Be kind."]
+    with pytest.raises(InvalidInputError, match="system prompt must be a string"):
+        session.fan_out("Hi", [{"system": 1}])
+
+
+@pytest.mark.anyio
+async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
+    # As in a notebook cell: create, await the fan-out, display the comparison.
+    fake = ScriptedProvider(delay=0.001)
+    fake.reply("Sunlight scatters off air.", chunks="words", usage=(9, 5))
+    fake.reply("Arr, sunlight scatters off air, matey!", chunks="words", usage=(9, 7))
+    s = ContextSession.create("AB", system=None, provider=fake, data_dir=data_dir)
+    try:
+        fan = s.fan_out(
+            "Why is the sky blue?",
+            [{"system": "Answer in five words."}, {"system": "Answer like a pirate."}],
+        )
+        ab = await fan
+        html = ab._repr_html_()
+        assert fan._repr_html_() == html  # the handle shows the comparison once done
+        for shown in ["Answer in five words.", "Answer like a pirate.", "TTFT", "tok/s"]:
+            assert shown in html, shown
+        # Both answers, as a word diff: the pirate's additions marked as inserted.
+        assert "Sunlight scatters off air." in ab.results[0].text
+        assert ab.diff() == [
+            ("-", "Sunlight"),
+            ("+", "Arr, sunlight"),
+            ("=", " scatters off "),
+            ("-", "air."),
+            ("+", "air, matey!"),
+        ]
+        assert '<span style="background:#dfd">Arr, sunlight</span>' in html
+        assert all(r.stats is not None and r.stats.ttft_ms is not None for r in ab.results)
+        assert all(r.stats is not None and r.stats.tokens_per_second for r in ab.results)
+        assert s.title == "AB"
+    finally:
+        await s.aclose()

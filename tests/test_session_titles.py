@@ -1,0 +1,108 @@
+"""Context titles: renaming, the automatic title, and the title asked of the model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from test_session_support import DEADLINE, Recorder
+
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.events import ContextUpdated
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.titles import UNTITLED, clean_model_title, title_from_text
+
+
+def title_changes(recorder: Recorder) -> int:
+    return sum("title" in e.changed for e in recorder.of(ContextUpdated))
+
+
+def test_rename_and_the_title_property(data_dir: Path, closing: list[ContextSession]) -> None:
+    session = ContextSession.create("First", provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    recorder = Recorder(session)
+    assert session.title == "First"
+    session.title = "  Sky   experiments "
+    assert session.title == "Sky experiments"
+    assert session.rename("Second") == "Second"
+    recorder.wait(lambda _events: title_changes(recorder) == 2)
+    # Stored: another session over the same data sees it.
+    assert [m.title for m in ContextSession.list(data_dir)] == ["Second"]
+    for bad in ["", "   ", "x" * 201, 3]:
+        with pytest.raises(InvalidInputError, match="title"):
+            session.rename(bad)  # type: ignore[arg-type]
+    # A titled context keeps its title when messages come.
+    session.send("Why is the sky blue?").result(DEADLINE)
+    assert session.title == "Second"
+
+
+def test_an_untitled_context_is_named_after_its_first_message(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    assert session.title == UNTITLED
+    session.send("Why   is the sky blue?").result(DEADLINE)
+    assert session.title == "Why is the sky blue?"
+    session.send("And the sunset red?").result(DEADLINE)
+    assert session.title == "Why is the sky blue?"
+    # Renaming it back to the placeholder: named again after the *first* message.
+    session.rename(UNTITLED)
+    session.send("Third question").result(DEADLINE)
+    assert session.title == "Why is the sky blue?"
+
+
+def test_title_from_text_is_short_and_deterministic() -> None:
+    assert title_from_text("hello") == "hello"
+    long = "Please explain in great detail how a transformer model computes attention"
+    assert title_from_text(long) == "Please explain in great detail how a transformer…"
+    assert title_from_text("a" * 100) == "a" * 60 + "…"
+    assert title_from_text("one,\ntwo   three") == "one, two three"
+    assert clean_model_title('Title: "Why the Sky Is Blue".\nMore text') == "Why the Sky Is Blue"
+    assert clean_model_title("  \n ") is None
+
+
+def test_auto_title_asks_the_model_after_the_reply(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider(strict=True)
+    fake.reply("Rayleigh scattering.", chunks="words").reply("Blue Sky Physics")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, auto_title=True)
+    closing.append(session)
+    recorder = Recorder(session)
+    reply = session.send("Why is the sky blue?").result(DEADLINE)
+    assert reply.content == "Rayleigh scattering."
+    recorder.wait(lambda _events: title_changes(recorder) == 2)
+    assert session.title == "Blue Sky Physics"
+    # The title request is not part of the conversation.
+    assert [m.content for m in session.history()] == ["Why is the sky blue?", reply.content]
+    assert "Why is the sky blue?" in fake.last_request.messages[-1].content
+
+
+def test_auto_title_never_blocks_or_fails_a_send(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider(strict=True)
+    fake.reply("first answer").hang().reply("second answer")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, auto_title=True)
+    closing.append(session)
+    session.send("one").result(DEADLINE)
+    # The title request hangs; the conversation goes on regardless.
+    assert session.send("two").result(DEADLINE).content == "second answer"
+    assert session.title == "one"
+    session.close()  # cancels the hanging title request
+
+    failing = ScriptedProvider(strict=True).reply("answer").error("permanent")
+    other = ContextSession.create(provider=failing, data_dir=data_dir, auto_title=True)
+    closing.append(other)
+    recorder = Recorder(other)
+    assert other.send("hello there").result(DEADLINE).content == "answer"
+    deadline = time.monotonic() + DEADLINE
+    while len(failing.requests) < 2:  # poll: the title request sends no signal
+        assert time.monotonic() < deadline, "the title was never asked for"
+        time.sleep(0.01)
+    other.close()  # waits for the title job to end
+    assert other.title == "hello there"
+    assert not [e for e in recorder.snapshot() if e.type == "Error"]
