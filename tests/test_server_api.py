@@ -62,15 +62,19 @@ def test_without_the_token_nothing_is_served(
     )
 
 
-def test_a_cookie_session_without_xsrf_cannot_post(server: JupyterServer) -> None:
-    # Log in like a browser (token in the URL sets the login cookie), then POST without
-    # the _xsrf cookie/header pair: Jupyter's XSRF rule refuses it.
+def test_a_logged_in_browser_needs_the_xsrf_token_to_change_anything(
+    server: JupyterServer,
+) -> None:
+    # Log in like a browser: the token in a page URL sets the login and _xsrf cookies.
     with httpx.Client(timeout=30) as browser:
-        browser.get(f"{server.url}tree", params={"token": server.auth["Authorization"][6:]})
-        assert browser.cookies, "logging in with the token should set a cookie"
-        browser.cookies.delete("_xsrf")
-        response = browser.post(server.api("/contexts"), json={})
-        _assert_error(response, 403)
+        browser.get(f"{server.url}api/status", params={"token": server.auth["Authorization"][6:]})
+        assert browser.get(server.api("/contexts")).status_code == 200  # the cookie logs in
+        browser.get(f"{server.url}no-such-page")  # an HTML page: it sets the _xsrf cookie
+        xsrf = browser.cookies.get("_xsrf")
+        assert xsrf, "Jupyter sets an _xsrf cookie"
+        _assert_error(browser.post(server.api("/contexts"), json={}), 403)
+        allowed = browser.post(server.api("/contexts"), json={}, headers={"X-XSRFToken": xsrf})
+        assert allowed.status_code == 201, allowed.text
 
 
 # -- contexts --------------------------------------------------------------------------
@@ -317,6 +321,37 @@ def test_branches_are_forked_switched_and_deleted(client: httpx.Client) -> None:
     assert client.delete(f"{url}/other%20way").status_code == 204
     _assert_error(client.get(f"{url}/other%20way"), 404)
     _assert_error(client.delete(f"{url}/other%20way"), 404)
+
+
+def test_branches_carry_their_own_system_prompt(client: httpx.Client) -> None:
+    context_id = create_context(client, [], system="Be brief.")
+    url = f"contexts/{context_id}/branches"
+    made = client.post(
+        url,
+        json={"name": "pirate", "system": "Talk like a pirate.", "params": {"temperature": 0.2}},
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["system_prompt"] == "Talk like a pirate."
+    changed = client.put(f"{url}/pirate", json={"system": "Talk like a parrot."})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["system_prompt"] == "Talk like a parrot."
+    inherit = client.put(f"{url}/pirate", json={"system": None, "active": True})
+    assert inherit.json()["system_prompt"] is None
+    assert client.get(f"contexts/{context_id}").json()["context"]["active_branch"] == "pirate"
+    _assert_error(client.post(url, json={"name": "x", "provider": "no-such-provider"}), 400)
+    _assert_error(client.post(url, json={"name": "y", "params": {"switch": True}}), 400)
+
+
+def test_renaming_is_signalled(client: httpx.Client) -> None:
+    context_id = create_context(client, [])
+    events = read_events(
+        client,
+        f"contexts/{context_id}/events",
+        lambda e: e.event == "ContextUpdated",
+        started=lambda: client.patch(f"contexts/{context_id}", json={"title": "New name"}),
+    )
+    assert json.loads(events[-1].data)["changed"] == ["title"]
+    _assert_error(client.patch(f"contexts/{context_id}", json={"title": ""}), 400)
 
 
 def test_edit_regenerate_and_compare(client: httpx.Client) -> None:

@@ -55,15 +55,27 @@ class _Query(BaseModel):
 
 
 # Keys that name the API's own arguments rather than generation parameters.
-_RESERVED_PARAMS = frozenset({"text", "branch", "provider", "message_id"})
+_RESERVED_PARAMS = frozenset(
+    {
+        "text",
+        "branch",
+        "provider",
+        "message_id",
+        "name",
+        "from_message",
+        "switch",
+        "description",
+        "system",
+    }
+)
 
 
 def _no_reserved_keys(params: dict[str, Any]) -> dict[str, Any]:
     clash = sorted(_RESERVED_PARAMS & set(params))
     if clash:
         raise ValueError(
-            f"{clash} are not generation parameters; give 'branch' beside 'params', and "
-            "the provider when the context is created"
+            f"{clash} are not generation parameters; give them beside 'params' where the "
+            "request has them"
         )
     return params
 
@@ -133,15 +145,21 @@ class CreateBranch(_Body):
     name: str
     from_message: str | None = Field(None, description="Default: the active branch's head.")
     switch: bool = Field(False, description="Make the new branch the active one.")
-    system: str | None = Field(None, description="The branch's own system prompt.")
     description: str = ""
+    system: str | None = Field(None, description="Its own system prompt (default: inherit).")
+    provider: str | None = Field(None, description="Its own provider spec (default: inherit).")
+    params: GenerationParameters = Field(
+        default_factory=dict, description="Its own generation parameters."
+    )
 
 
 class UpdateBranch(_Body):
     """``PUT /contexts/{context_id}/branches/{branch}``: switch to it, or change it."""
 
     active: bool | None = Field(None, description="true: make it the active branch.")
-    system: str | None = Field(None, description="The branch's own system prompt.")
+    system: str | None = Field(
+        None, description="Its own system prompt; null: inherit the context's; '': none."
+    )
 
 
 class Approve(_Body):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
-from ..errors import BranchNotFoundError, InvalidInputError
+from ..errors import BranchNotFoundError
 from ..ids import validate_branch_name
 from ..model import Branch
 from ..session import ContextSession
@@ -13,16 +10,6 @@ from .base import CMHandler, operation
 from .bodies import BranchList, CreateBranch, UpdateBranch
 
 __all__ = ["BranchHandler", "BranchesHandler"]
-
-
-_NO_BRANCH_SYSTEM = (
-    "this server's cm_notebook cannot give a branch its own system prompt; leave 'system' out"
-)
-
-
-def _supports(method: Any, parameter: str) -> bool:
-    # Branch system prompts arrive with a newer session API; until then say so plainly.
-    return parameter in inspect.signature(method).parameters
 
 
 def _branch(session: ContextSession, name: str) -> Branch:
@@ -33,13 +20,6 @@ def _branch(session: ContextSession, name: str) -> Branch:
             f"there is no branch {name!r}; the branches are {sorted(branches)}"
         )
     return branches[name]
-
-
-def _set_system(session: ContextSession, branch: str, system: str) -> None:
-    edit_system = getattr(session, "edit_system", None)
-    if edit_system is None:
-        raise InvalidInputError(_NO_BRANCH_SYSTEM)
-    edit_system(system, branch=branch)
 
 
 class BranchesHandler(CMHandler):
@@ -53,7 +33,8 @@ class BranchesHandler(CMHandler):
         )
 
     @operation(
-        "Fork a branch (from a message, default the active head)",
+        "Fork a branch (from a message, default the active head), with its own system "
+        "prompt, provider and parameters if given",
         status=201,
         response=Branch,
         body=CreateBranch,
@@ -62,12 +43,15 @@ class BranchesHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = self.session(context_id)
         request = self.body(CreateBranch)
-        options: dict[str, Any] = {"switch": request.switch, "description": request.description}
-        if request.system is not None:
-            if not _supports(session.branch, "system"):
-                raise InvalidInputError(_NO_BRANCH_SYSTEM)
-            options["system"] = request.system
-        created = session.branch(request.name, request.from_message, **options)
+        created = session.branch(
+            request.name,
+            request.from_message,
+            switch=request.switch,
+            description=request.description,
+            system=request.system,
+            provider=request.provider,
+            **request.params,
+        )
         self.reply(created, status=201)
 
 
@@ -79,7 +63,8 @@ class BranchHandler(CMHandler):
         self.reply(_branch(self.session(context_id), branch))
 
     @operation(
-        "Switch to a branch, or change its system prompt",
+        "Switch to a branch, and/or change its system prompt (a branch with replies "
+        "under the old prompt is forked: the answer is the branch that has the new one)",
         response=Branch,
         body=UpdateBranch,
         errors=(400, 404, 409),
@@ -87,12 +72,12 @@ class BranchHandler(CMHandler):
     async def put(self, context_id: str, branch: str) -> None:
         session = self.session(context_id)
         request = self.body(UpdateBranch)
-        _branch(session, branch)
-        if request.system is not None:
-            _set_system(session, branch, request.system)
+        changed = _branch(session, branch)
         if request.active:
             session.switch(branch)
-        self.reply(_branch(session, branch))
+        if "system" in request.model_fields_set:
+            changed = session.edit_system(request.system, branch=branch)
+        self.reply(_branch(session, changed.name))
 
     @operation(
         "Delete a branch pointer (its messages stay in the tree)",

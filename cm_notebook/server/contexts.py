@@ -60,7 +60,7 @@ class ContextHandler(CMHandler):
     async def patch(self, context_id: str) -> None:
         session = self.session(context_id)
         request = self.body(UpdateContext)
-        await self.sessions.rename(session, request.title)
+        session.rename(request.title)
         self.reply(detail(session))
 
     @operation("Delete a context (its running replies are stopped)", status=204)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, get_args
 
 from tornado.iostream import StreamClosedError
 
@@ -21,12 +21,12 @@ from .signals import SignalStream, parse_since, sse_comment, sse_message
 
 __all__ = ["EventsHandler"]
 
+_SIGNALS = ", ".join(kind.model_fields["type"].default for kind in get_args(get_args(Event)[0]))
 _DESCRIBE = (
     "Server-Sent Events, one per signal: 'id:' is the signal's sequence number, 'event:' "
-    "its name (StateChanged, MessageAdded, ContentDelta, MessageCompleted, "
-    "ToolApprovalRequested, ToolCallResolved, BranchCreated, BranchSwitched, Error, "
-    "Resync, ...), 'data:' its JSON (a ContentDelta also carries the text as 'delta'). "
-    "Reconnect with Last-Event-ID (or ?since=) to miss nothing; a Resync means: re-pull."
+    f"its name ({_SIGNALS}), 'data:' its JSON (a ContentDelta also carries its text as "
+    "'delta'). Reconnect with Last-Event-ID (or ?since=) to miss nothing; a Resync "
+    "means: re-pull what you show, then carry on."
 )
 
 

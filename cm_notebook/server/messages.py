@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import BranchNotFoundError, MessageNotFoundError, StateError
-from ..ids import validate_message_id
+from ..errors import BranchNotFoundError, StateError
 from ..model import Message
 from ..session import ContextSession
 from ..turn import Turn
@@ -33,20 +32,10 @@ _TURN_ERRORS = (400, 404, 409)
 def page(session: ContextSession, query: MessagesQuery) -> MessagePage:
     """The last ``limit`` messages of a branch, ending just before ``before`` if given."""
     branch = query.branch if query.branch is not None else session.active_branch
-    if query.before is not None:
-        validate_message_id(query.before)
-    path = session.history(branch)
-    end = len(path)
-    if query.before is not None:
-        ids = [message.id for message in path]
-        if query.before not in ids:
-            raise MessageNotFoundError(
-                f"message {query.before!r} is not on branch {branch!r}; use an id from a "
-                "page of that branch"
-            )
-        end = ids.index(query.before)
-    start = max(0, end - query.limit)
-    return MessagePage(branch=branch, messages=path[start:end], has_more=start > 0)
+    # One more than asked: whether it exists says if there are older messages.
+    messages = session.history(branch, before=query.before, limit=query.limit + 1)
+    has_more = len(messages) > query.limit
+    return MessagePage(branch=branch, messages=messages[-query.limit :], has_more=has_more)
 
 
 class MessagesHandler(CMHandler):

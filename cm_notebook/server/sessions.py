@@ -126,14 +126,6 @@ class SessionRegistry:
             await session.aclose()
         await self._store.delete_context(context_id)
 
-    async def rename(self, session: ContextSession, title: str) -> None:
-        """Change a context's title."""
-        rename = getattr(session, "rename", None)
-        if rename is not None:  # sessions that can rename themselves also signal it
-            rename(title)
-        else:
-            await self._store.update_metadata(session.id, title=title)
-
     def watch(self, turn: Turn) -> None:
         """Collect ``turn``'s outcome, so that a failed turn is not reported as unretrieved.
 
