@@ -11,6 +11,7 @@ tracebacks. Use it as a context manager::
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -27,6 +28,12 @@ __all__ = ["TOKEN", "JupyterServer"]
 TOKEN = "test-token-4f9c2a"
 BASE_URL = "/jp/"
 HERE = Path(__file__).parent
+
+
+def _die_with_parent() -> None:
+    # A test run killed outright (Ctrl-C twice, a CI timeout) must not leave its server.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class JupyterServer:
@@ -76,7 +83,11 @@ class JupyterServer:
         )
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         try:
             self.url = self._wait_for_runtime_file(timeout=60.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -486,4 +487,25 @@ def test_deleting_a_context_ends_its_event_streams(client: httpx.Client) -> None
         read_events(
             client, f"contexts/{context_id}/events?since=0", lambda e: False, started=delete
         )
-    _assert_error(client.get(f"contexts/{context_id}/events"), 404)
+    _assert_error(_opened(client, f"contexts/{context_id}/events"), 404)
+
+
+def test_asking_for_signals_the_server_never_numbered_gives_a_resync(client: httpx.Client) -> None:
+    # E.g. a browser reconnecting after the server restarted: its Last-Event-ID is ahead.
+    context_id = create_context(client, [])
+    url = f"contexts/{context_id}/events"
+    (resync,) = read_events(client, url, lambda e: True, headers={"Last-Event-ID": "999"})
+    assert resync.event == "Resync"
+    assert json.loads(resync.data)["seq"] == int(resync.id) == 0
+    for bad in ["-1", "abc", "1e3", "9" * 30]:
+        _assert_error(_opened(client, url, headers={"Last-Event-ID": bad}), 400)
+        _assert_error(_opened(client, url, params={"since": bad}), 400)
+
+
+def _opened(client: httpx.Client, url: str, **options: Any) -> httpx.Response:
+    # A request to the events stream that does not hang if, wrongly, it streams: the
+    # body is read only when the answer is not a stream.
+    with client.stream("GET", url, **options) as response:
+        if not response.headers["content-type"].startswith("text/event-stream"):
+            response.read()
+        return response

@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+#: The largest signal sequence number a client may name (18 digits).
+MAX_SEQ = 10**18 - 1
 
 
 class _Body(BaseModel):
@@ -197,7 +199,7 @@ class CompareQuery(_Query):
 class EventsQuery(_Query):
     """The query of ``GET /contexts/{context_id}/events``."""
 
-    since: int | None = Field(None, ge=0)
+    since: int | None = Field(None, ge=0, le=MAX_SEQ)
 
 
 # -- responses ---------------------------------------------------------------------------
