@@ -105,6 +105,25 @@ def test_contexts_are_created_read_renamed_listed_and_deleted(client: httpx.Clie
     _assert_error(client.delete(f"contexts/{context_id}"), 404)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"provider": "no-such-provider"},
+        {"provider": "scripted", "provider_options": {"colour": "red"}},
+        {"provider": "scripted", "provider_options": {"script": [{"sing": "la"}]}},
+        {"provider": "scripted", "provider_options": {"api_key": "sk-123"}},
+        {"title": 5},
+        {"tags": "geo"},
+    ],
+)
+def test_a_context_that_could_not_work_is_not_created(
+    client: httpx.Client, body: dict[str, object]
+) -> None:
+    before = len(client.get("contexts").json()["contexts"])
+    _assert_error(client.post("contexts", json=body), 400)
+    assert len(client.get("contexts").json()["contexts"]) == before
+
+
 # -- sending and streaming -------------------------------------------------------------
 
 

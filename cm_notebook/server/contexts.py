@@ -39,7 +39,7 @@ class ContextsHandler(CMHandler):
     )
     async def post(self) -> None:
         request = self.body(CreateContext)
-        session = self.sessions.create(
+        session = await self.sessions.create(
             title=request.title,
             provider=request.provider,
             provider_options=request.provider_options,

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CMError
+from ..errors import CMError, InvalidInputError
 from ..ids import validate_context_id
 from ..model import ContextMetadata
+from ..providers import get_provider
 from ..session import ContextSession
 from ..store import FileStore
 from ..tools import ToolPolicy
@@ -89,7 +90,7 @@ class SessionRegistry:
         if ended is not None:
             ended.set()
 
-    def create(
+    async def create(
         self,
         *,
         title: str | None,
@@ -99,9 +100,12 @@ class SessionRegistry:
         tags: list[str],
     ) -> ContextSession:
         """Create a context and keep its session."""
+        spec = provider or self.default_provider
+        if provider_options:
+            await _check_options(spec, provider_options)
         session = ContextSession.create(
             title,
-            provider=provider or self.default_provider,
+            provider=spec,
             provider_options=provider_options,
             system=system,
             tags=tags,
@@ -147,6 +151,22 @@ class SessionRegistry:
             except Exception:  # one broken session must not keep the others open
                 logger.exception("closing session %s failed", session.id)
         await self._store.close()
+
+
+async def _check_options(spec: str, options: Mapping[str, Any]) -> None:
+    # Options the provider does not take would otherwise fail the first send with a
+    # TypeError; build it once now so the creator hears about them.
+    try:
+        probe = get_provider(spec, **options)
+    except TypeError as exc:
+        raise InvalidInputError(
+            f"provider {spec!r} does not take the options {sorted(options)}: {exc}"
+        ) from exc
+    except InvalidInputError:
+        raise
+    except CMError:
+        return  # e.g. a missing extra: the first send says so, as it would in a notebook
+    await probe.aclose()
 
 
 async def _reap(turn: Turn) -> None:
