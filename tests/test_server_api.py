@@ -78,6 +78,21 @@ def test_a_logged_in_browser_needs_the_xsrf_token_to_change_anything(
         assert allowed.status_code == 201, allowed.text
 
 
+def test_an_event_source_can_give_the_token_in_the_url(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    # EventSource cannot set headers: the token goes in the query, as Jupyter allows.
+    context_id = create_context(client, [])
+    token = server.auth["Authorization"].removeprefix("token ")
+    with httpx.Client(timeout=30) as browser:
+        url = server.api(f"/contexts/{context_id}/events")
+        (resync,) = read_events(
+            browser, f"{url}?token={token}&since=5", lambda e: True
+        )  # ahead of the bus: a Resync, which proves the stream opened
+        assert resync.event == "Resync"
+        _assert_error(_opened(browser, url), 403)
+
+
 # -- contexts --------------------------------------------------------------------------
 
 

@@ -56,7 +56,9 @@ class ContextHandler(CMHandler):
     async def get(self, context_id: str) -> None:
         self.reply(detail(self.session(context_id)))
 
-    @operation("Rename a context", response=ContextDetail, body=UpdateContext)
+    @operation(
+        "Rename a context", response=ContextDetail, body=UpdateContext, errors=(400, 404, 409)
+    )
     async def patch(self, context_id: str) -> None:
         session = self.session(context_id)
         request = self.body(UpdateContext)
