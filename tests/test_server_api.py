@@ -90,7 +90,8 @@ def test_an_event_source_can_give_the_token_in_the_url(
             browser, f"{url}?token={token}&since=5", lambda e: True
         )  # ahead of the bus: a Resync, which proves the stream opened
         assert resync.event == "Resync"
-        _assert_error(_opened(browser, url), 403)
+    with httpx.Client(timeout=30) as stranger:
+        _assert_error(_opened(stranger, url), 403)
 
 
 # -- contexts --------------------------------------------------------------------------
