@@ -33,22 +33,21 @@ except ImportError:  # pragma: no cover - Windows: filelock, without the owner's
 
 
 class Claim:
-    """One held claim on a branch; :meth:`release` gives it back (idempotent)."""
+    """One held claim on a branch; :meth:`release` gives it back (once)."""
 
-    def __init__(self, claims: BranchClaims, branch: str, release_file: object) -> None:
-        self._claims = claims
+    def __init__(self, branch: str, give_back: Callable[[], None]) -> None:
         self.branch = branch
-        self._file = release_file
+        self._give_back = give_back
+        self._lock = threading.Lock()
         self._released = False
 
     def release(self) -> None:
         """Give the branch back; safe from any thread, more than once."""
-        with self._claims._lock:
+        with self._lock:
             if self._released:
                 return
             self._released = True
-            self._claims._held.discard(self.branch)
-        _unlock(self._file)
+        self._give_back()
 
 
 class BranchClaims:
@@ -77,10 +76,20 @@ class BranchClaims:
         try:
             handle = self._lock_file(branch)
         except BaseException:
-            with self._lock:
-                self._held.discard(branch)
+            self._forget(branch)
             raise
-        return Claim(self, branch, handle)
+
+        def give_back() -> None:
+            # The file first: a send in this session waiting on the set must find the
+            # OS lock free too.
+            _unlock(handle)
+            self._forget(branch)
+
+        return Claim(branch, give_back)
+
+    def _forget(self, branch: str) -> None:
+        with self._lock:
+            self._held.discard(branch)
 
     def _lock_file(self, branch: str) -> object:
         if self._path_of is None:
@@ -113,8 +122,10 @@ def _lock(path: Path, branch: str) -> object:
         return lock
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except FileNotFoundError:
-        return None  # the context is gone: the store says so on the first write
+    except OSError:
+        # The context is gone (the store says so on the first write), or its folder
+        # cannot take the file (read-only, full): the store's own write reports it.
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -123,6 +134,11 @@ def _lock(path: Path, branch: str) -> object:
         finally:
             os.close(fd)
         raise _busy(branch, owner) from None
+    except OSError:
+        # A file system without flock (some network mounts): claims stay in this
+        # session; the compare-and-set on every head move still keeps writers apart.
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise

@@ -75,6 +75,9 @@ class TurnHost:
             for ``branch`` (system prompt first), leaving out message ``exclude``.
         finished: called once the turn is over, before its final state is signalled,
             so the branch is free for the next send when views hear of it.
+        unsettled: given a message whose final state could not be stored (a full
+            disk); the session stores it as soon as it can, so it is not left
+            ``streaming``.
     """
 
     context_id: str
@@ -89,3 +92,4 @@ class TurnHost:
     tool_timeout: float | None
     conversation: Callable[[str, str | None], Awaitable[list[Message]]]
     finished: Callable[[Turn], None]
+    unsettled: Callable[[Message], None]

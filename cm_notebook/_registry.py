@@ -18,17 +18,10 @@ import threading
 import weakref
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Protocol
 
 from .store import Store, default_data_dir
 
-__all__ = ["REGISTRY", "Registrable", "SessionRegistry", "key_for"]
-
-
-class Registrable(Protocol):
-    """What the registry keeps: anything with a hold count."""
-
-    _holds: int
+__all__ = ["REGISTRY", "SessionRegistry", "key_for"]
 
 
 def key_for(store: Store | None, data_dir: str | Path | None, context_id: str) -> Hashable:
@@ -42,38 +35,46 @@ def key_for(store: Store | None, data_dir: str | Path | None, context_id: str) -
 
 
 class SessionRegistry:
-    """The live sessions of this process by key (see the module docstring)."""
+    """The live sessions of this process by key, and their holds (see the module docstring).
+
+    A session the registry never saw (built directly) counts as held once.
+    """
 
     def __init__(self) -> None:
         #: Held while looking up or building a session, so two threads get one.
         self.lock = threading.RLock()
-        self._live: weakref.WeakValueDictionary[Hashable, Registrable] = (
-            weakref.WeakValueDictionary()
-        )
-        self._keys: weakref.WeakKeyDictionary[Registrable, Hashable] = weakref.WeakKeyDictionary()
+        self._live: weakref.WeakValueDictionary[Hashable, object] = weakref.WeakValueDictionary()
+        self._keys: weakref.WeakKeyDictionary[object, Hashable] = weakref.WeakKeyDictionary()
+        self._holds: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
-    def find(self, key: Hashable) -> Registrable | None:
+    def find(self, key: Hashable) -> object | None:
         """The live session under ``key``, with one more hold on it; else None."""
         with self.lock:
             live = self._live.get(key)
             if live is not None:
-                live._holds += 1
+                self._holds[live] = self._holds.get(live, 1) + 1
             return live
 
-    def add(self, key: Hashable, session: Registrable) -> None:
+    def add(self, key: Hashable, session: object) -> None:
         """Register a new session (its first hold)."""
         with self.lock:
-            session._holds = 1
+            self._holds[session] = 1
             self._live[key] = session
             self._keys[session] = key
 
-    def release(self, session: Registrable) -> bool:
+    def held(self, session: object) -> bool:
+        """Whether ``session`` still has holders (it is not closed)."""
+        with self.lock:
+            return self._holds.get(session, 1) > 0
+
+    def release(self, session: object) -> bool:
         """Give back one hold; True when that was the last (the caller closes it)."""
         with self.lock:
-            if session._holds <= 0:
+            holds = self._holds.get(session, 1)
+            if holds <= 0:
                 return False
-            session._holds -= 1
-            if session._holds > 0:
+            self._holds[session] = holds - 1
+            if holds > 1:
                 return False
             key = self._keys.pop(session, None)
             if key is not None and self._live.get(key) is session:

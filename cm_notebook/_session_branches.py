@@ -122,7 +122,12 @@ class SessionBranches(SessionReading):
                 f"branch {name!r} is the active branch; switch to another one first "
                 "(session.switch(name)), then delete it"
             )
-        self._io.call(self._store.delete_branch(self.id, name))
+        # Under the branch's claim: a writer elsewhere (another process) may be using it.
+        claim = self._claims.take(name)
+        try:
+            self._io.call(self._store.delete_branch(self.id, name))
+        finally:
+            claim.release()
         self._forget_branch(name)
         self._defaults.forget(name)
         self._publish(ev.BranchDeleted(branch=name))
@@ -131,11 +136,10 @@ class SessionBranches(SessionReading):
 
     def _system_in_place(self, name: str, text: str | None) -> Branch | None:
         # Change the prompt of the claimed branch ``name`` if it has no replies yet.
-        index = self._io.call(self._store.index(self.id))
+        index = self._index()
         path = self._io.call(self._store.path(self.id, name))
         if has_replies([index[mid].role for mid in path if mid in index]):
             return None
         updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
-        self._metadata = self.metadata
         self._publish_branch_update(name, ["system_prompt"], head=updated.head)
         return updated

@@ -64,6 +64,7 @@ from .turn import Turn
 __all__ = ["SessionCore"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="SessionCore")
 
 
 class SessionCore:
@@ -118,6 +119,7 @@ class SessionCore:
         self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
         self._turn_claims: dict[str, Claim] = {}
+        self._unsettled: dict[str, Message] = {}  # final states a full disk refused
         claim_path = getattr(store, "branch_claim_path", None)
         self._claims = BranchClaims(
             None if claim_path is None else lambda branch: claim_path(self.id, branch)
@@ -132,7 +134,6 @@ class SessionCore:
         self._auto_title = bool(auto_title)  # ask the model for a title (titles.py)
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
-        self._holds = 0  # opens not yet closed (see cm_notebook._registry)
         # Caches refreshed when the store's change token moves (see ``metadata``).
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
@@ -215,7 +216,7 @@ class SessionCore:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def __enter__(self) -> SessionCore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -226,7 +227,7 @@ class SessionCore:
     ) -> None:
         self.close()
 
-    async def __aenter__(self) -> SessionCore:
+    async def __aenter__(self: _S) -> _S:
         return self
 
     async def __aexit__(
@@ -240,7 +241,7 @@ class SessionCore:
     @property
     def closed(self) -> bool:
         """Whether the session was closed (by the last of its holders)."""
-        return self._bus.closed or self._holds <= 0
+        return self._bus.closed or not REGISTRY.held(self)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Give back this holder's use of the session; the last close releases it.
@@ -299,6 +300,7 @@ class SessionCore:
                 await turn
         if jobs:
             await asyncio.wait(jobs)
+        await self._settle_replies()
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()
@@ -362,6 +364,8 @@ class SessionCore:
                 )
         claim = self._claims.take(branch)
         try:
+            if self._unsettled:
+                self._io.call(self._settle_replies())
             yield claim
         except BaseException:
             claim.release()
@@ -376,6 +380,24 @@ class SessionCore:
         messages = await self._store.get_messages(self.id, ids)
         prompt = effective_system(await self._store.get_metadata(self.id), branch)
         return for_request([m for m in messages if m.id != exclude], prompt)
+
+    def _unsettled_reply(self, final: Message) -> None:
+        with self._lock:
+            self._unsettled[final.id] = final
+
+    async def _settle_replies(self) -> None:
+        # Store the final states that a full disk refused (see TurnHost.unsettled), so
+        # no reply stays ``streaming``; what still fails waits for the next try.
+        with self._lock:
+            pending = list(self._unsettled.values())
+        for final in pending:
+            try:
+                await self._store.update_message(self.id, final)
+            except (OSError, CMError):
+                continue
+            with self._lock:
+                if self._unsettled.get(final.id) is final:
+                    del self._unsettled[final.id]
 
     def _turn_finished(self, turn: Turn) -> None:
         with self._lock:
@@ -400,6 +422,7 @@ class SessionCore:
             tool_timeout=self.tool_timeout,
             conversation=self._conversation,
             finished=self._turn_finished,
+            unsettled=self._unsettled_reply,
         )
 
     def _start(
@@ -423,7 +446,7 @@ class SessionCore:
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
         future = schedule_on(self._loop, runner.run())
-        turn._attach(future, runner.request_cancel)
+        turn.attach(future, runner.request_cancel)
         return turn
 
     def _append_prompt(self, branch: str, message: Message) -> None:

@@ -47,7 +47,7 @@ class SessionReading(SessionCore):
     def rename(self, title: str) -> str:
         """Give the context a new title (white space collapsed); returns it."""
         title = validate_title(title)
-        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._io.call(self._store.update_metadata(self.id, title=title))
         self._publish_context_update(["title"])
         return title
 
@@ -97,7 +97,7 @@ class SessionReading(SessionCore):
         """
         # The metadata first: the index read after it holds every head it names.
         metadata = self.metadata
-        entries = self._io.call(self._store.index(self.id))
+        entries = self._index()
         return MessageTree.build(entries, metadata.branches, metadata.active_branch)
 
     def get(self, message_id: str) -> Message:
@@ -135,7 +135,7 @@ class SessionReading(SessionCore):
         names = [validate_branch_name(name) for name in branches] or list(self.branches)
         paths = [self._io.call(self._store.path(self.id, name)) for name in names]
         # Read after the paths, so it holds every id on them; only answers' files are read.
-        index = self._io.call(self._store.index(self.id))
+        index = self._index()
         results = []
         for name, path in zip(names, paths, strict=True):
             last = next((mid for mid in reversed(path) if index[mid].role == "assistant"), None)
@@ -149,12 +149,12 @@ class SessionReading(SessionCore):
         # An untitled context is named after its first user message (usually the one
         # just sent); with auto_title the model is asked for a better title once the
         # turn is over, in the background.
-        index = self._io.call(self._store.index(self.id))
+        index = self._index()
         users = [entry for entry in index.values() if entry.role == "user"]
         first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
         first = sent if first_id == sent.id else self.get(first_id)
         title = title_from_text(first.content)
-        self._metadata = self._io.call(self._store.update_metadata(self.id, title=title))
+        self._io.call(self._store.update_metadata(self.id, title=title))
         self._publish_context_update(["title"])
         if self._auto_title:
             job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))
@@ -171,5 +171,5 @@ class SessionReading(SessionCore):
         # Keep a title the user chose meanwhile.
         if (await self._store.get_metadata(self.id)).title != made:
             return
-        self._metadata = await self._store.update_metadata(self.id, title=suggested)
+        await self._store.update_metadata(self.id, title=suggested)
         self._publish_context_update(["title"])

@@ -22,7 +22,7 @@ import anyio
 
 from . import events as ev
 from ._host import TurnHost
-from .errors import BranchExistsError, BranchMovedError, CMError
+from .errors import BranchExistsError, BranchMovedError, CMError, StoreError
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
@@ -102,13 +102,25 @@ class TurnWrites:
         host = self.host
         stem = f"{self.target}-conflict"[:90]
         existing = (await host.store.get_metadata(host.context_id)).branches
+        # The new branch keeps the old one's prompt, provider and parameters: the rest
+        # of the turn is generated as it began.
+        source = existing.get(self.target)
+        settings: dict[str, Any] = (
+            {}
+            if source is None
+            else {
+                "system_prompt": source.system_prompt,
+                "provider": source.provider,
+                "params": dict(source.params),
+            }
+        )
         n = 1
         while True:
             name = f"{stem}-{n}"
             if name not in existing:
                 try:
                     await host.store.create_branch(
-                        host.context_id, name, head=self.head, forked_from=self.head
+                        host.context_id, name, head=self.head, forked_from=self.head, **settings
                     )
                 except BranchExistsError:  # taken meanwhile by another process
                     pass
@@ -132,9 +144,17 @@ class TurnWrites:
         await self.update(reply.message.model_copy(update={"content": reply.text}))
 
     async def finish_reply(self, final: Message) -> None:
-        """Store the reply's final state (shielded from cancellation) and announce it."""
-        with anyio.CancelScope(shield=True):
-            await self.update(final)
+        """Store the reply's final state (shielded from cancellation) and announce it.
+
+        If the store cannot take it, the session is handed the message to store later
+        (before its next write, and on close), and the error propagates.
+        """
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.update(final)
+        except (OSError, StoreError):
+            self.host.unsettled(final)  # the session stores it once the disk allows
+            raise
         self.host.publish(
             ev.MessageCompleted(branch=self.target, message_id=final.id, status=final.status)
         )

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import validate_context_id
 from .model import Branch, ContextMetadata, Message, utcnow
+from .prompts import effective_system
 from .store.base import Store
 
 __all__ = [
@@ -202,6 +203,9 @@ async def import_document(
                     head=branch.head,
                     forked_from=branch.forked_from,
                     description=branch.description,
+                    system_prompt=branch.system_prompt,
+                    provider=branch.provider,
+                    params=dict(branch.params),
                 )
             elif branch.head is not None:
                 await store.set_branch_head(cid, name, branch.head)
@@ -247,8 +251,9 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
     lines.append(f"- Messages: {len(messages)}")
     if meta.tags:
         lines.append(f"- Tags: {', '.join(meta.tags)}")
-    if meta.system_prompt:
-        lines += ["", "## System prompt", "", meta.system_prompt]
+    system_prompt = effective_system(meta, name)  # the branch's own, else the context's
+    if system_prompt:
+        lines += ["", "## System prompt", "", system_prompt]
     for message in messages:
         status = "" if message.status.value == "complete" else f" ({message.status.value})"
         heading = f"## {_ROLE_TITLES[message.role]}{status} · {message.created_at:%Y-%m-%d %H:%M}"

@@ -122,7 +122,7 @@ class FanOut(Handle[Comparison]):
         super().__init__(loop)
         self._compare = compare
         self.turns = turns
-        self._attach(schedule_on(loop, self._gather()), self._cancel_all)
+        self.attach(schedule_on(loop, self._gather()), self._cancel_all)
 
     @property
     def branches(self) -> list[str]:

@@ -112,7 +112,7 @@ __all__ = [
 
 
 class State(str, Enum):
-    """The state of a context's conversation."""
+    """The state of one branch's conversation (each branch has its own machine)."""
 
     IDLE = "Idle"
     AWAITING_RESPONSE = "AwaitingResponse"
@@ -139,7 +139,7 @@ _REQUESTING = (State.AWAITING_RESPONSE, State.STREAMING)
 
 @dataclass(frozen=True)
 class Machine:
-    """A context's state plus the data its transitions need. Immutable; see :func:`step`.
+    """A branch's state plus the data its transitions need. Immutable; see :func:`step`.
 
     Attributes:
         state: the current :class:`State`.

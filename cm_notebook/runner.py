@@ -134,7 +134,7 @@ class TurnRunner:
                 # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
         finally:
-            self.turn._finish_listeners()
+            self.turn.progress.finish()
             self.host.finished(self.turn)
             for change in self._final:
                 self._publish_state(change)
@@ -215,7 +215,7 @@ class TurnRunner:
         # The store may be what failed: the first error is the one to report.
         with contextlib.suppress(Exception):
             await self._wind_down(status, message, tools_reason)
-        self.host.publish(ev.Error(branch=self.branch, kind="internal", message=message))
+        self.host.publish(ev.ErrorReported(branch=self.branch, kind="internal", message=message))
         return "failed"
 
     async def _wind_down(self, status: MessageStatus, reason: str, tools_reason: str) -> None:
@@ -240,11 +240,14 @@ class TurnRunner:
 
     async def _request(self) -> None:
         host = self.host
+        # The conversation is read before the reply is stored: once a view hears of
+        # the reply (MessageAdded), the request goes out with no store read between.
         if self._reply is None:
+            history = await host.conversation(self._writes.target, None)
             reply = await self._new_reply()
         else:
             reply = self._reply
-        history = await host.conversation(self._writes.target, reply.message.id)
+            history = await host.conversation(self._writes.target, reply.message.id)
         # The reply records the system prompt it is generated under (the branch's).
         reply.message = reply.message.model_copy(
             update={"metadata": reply.message.metadata.model_copy(update=system_of(history))}
@@ -260,7 +263,7 @@ class TurnRunner:
             # text must restart too, or a view that re-pulls gets the failed attempt's
             # text (kept in ``failed_attempts``).
             await self._writes.checkpoint(reply)
-        self.turn._set_message(reply.message.id)
+        self.turn.progress.start_message(reply.message.id)
         reply.meter.attempt()
         request = ChatRequest(messages=history, tools=host.tools().specs(), params=self.params)
         try:
@@ -326,7 +329,7 @@ class TurnRunner:
                         await self._publish_pending_state()
                     offset = len(reply.text)
                     reply.text += chunk.text
-                    self.turn._append_text(chunk.text)
+                    self.turn.progress.add_text(chunk.text)
                     self.host.publish(
                         ev.ContentDelta(
                             branch=self._writes.target,
@@ -382,7 +385,7 @@ class TurnRunner:
         nxt = self._effects[-1] if self._effects else None
         if isinstance(nxt, fsm.ScheduleRetry):
             self.host.publish(
-                ev.Error(
+                ev.ErrorReported(
                     branch=self.branch,
                     kind="transient",
                     message=f"{exc} (retrying in {nxt.delay:.1f} s, attempt {nxt.attempt})",
@@ -443,7 +446,7 @@ class TurnRunner:
         if not isinstance(self._failure, PermanentProviderError):
             self._failure = PermanentProviderError(message)
         kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
-        self.host.publish(ev.Error(branch=self.branch, kind=kind, message=message))
+        self.host.publish(ev.ErrorReported(branch=self.branch, kind=kind, message=message))
 
     # -- tools -------------------------------------------------------------------------
 
@@ -531,7 +534,9 @@ class TurnRunner:
                 call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
                 text = outcome.result
                 if not outcome.ok:
-                    host.publish(ev.Error(branch=self.branch, kind="tool", message=outcome.result))
+                    host.publish(
+                        ev.ErrorReported(branch=self.branch, kind="tool", message=outcome.result)
+                    )
             elif call.status is ToolCallStatus.FAILED:
                 text = call.result or f"error: {call.reason}"
             else:

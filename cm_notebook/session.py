@@ -259,7 +259,7 @@ class ContextSession(SessionBranches):
         def listener(delta: str | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        so_far, remove = turn._listen(listener)
+        so_far, remove = turn.progress.listen(listener)
         try:
             if so_far:
                 yield so_far
@@ -397,7 +397,6 @@ class ContextSession(SessionBranches):
             settings["params"] = {**settings["params"], **own["params"]}
             self._provider(plan.provider)  # an unknown spec fails before anything is written
             checked.append((plan, settings))
-        turns: builtins.list[Turn] = []
         for plan, settings in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
             if plan.provider is not None:
@@ -405,7 +404,8 @@ class ContextSession(SessionBranches):
             else:
                 self._defaults.inherit(self._metadata, base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
-            turns.append(self.send(text, branch=plan.branch))
+        # Every branch first, then the sends back to back: the arms start together.
+        turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
         return FanOut(self.compare, turns, self._loop)
 
     # -- tools -------------------------------------------------------------------------

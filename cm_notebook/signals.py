@@ -28,7 +28,7 @@ __all__ = [
     "BranchUpdated",
     "ContentDelta",
     "ContextUpdated",
-    "Error",
+    "ErrorReported",
     "Event",
     "MessageAdded",
     "MessageCompleted",
@@ -59,7 +59,7 @@ class BaseEvent(BaseModel):
 
 
 class StateChanged(BaseEvent):
-    """The context's state machine moved from ``old`` to ``new``."""
+    """The state machine of ``branch`` moved from ``old`` to ``new`` (one machine per branch)."""
 
     type: Literal["StateChanged"] = "StateChanged"
     old: State
@@ -162,7 +162,7 @@ class ContextUpdated(BaseEvent):
     changed: list[str] = Field(default_factory=list)
 
 
-class Error(BaseEvent):
+class ErrorReported(BaseEvent):
     """Something went wrong that a view should show; ``kind`` says what sort.
 
     ``transient``: a request failed and will be retried (the message says when);
@@ -202,7 +202,7 @@ Event: TypeAlias = Annotated[
     | BranchDeleted
     | BranchUpdated
     | ContextUpdated
-    | Error
+    | ErrorReported
     | Resync,
     Field(discriminator="type"),
 ]
@@ -222,7 +222,7 @@ EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
         BranchDeleted,
         BranchUpdated,
         ContextUpdated,
-        Error,
+        ErrorReported,
         Resync,
     }
 )
@@ -230,7 +230,9 @@ EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 #: The names of every signal kind (the ``type`` field), e.g. ``"ContentDelta"``.
-SIGNAL_KINDS: frozenset[str] = frozenset(cls.__name__ for cls in EVENT_TYPES)
+SIGNAL_KINDS: frozenset[str] = frozenset(
+    str(cls.model_fields["type"].default) for cls in EVENT_TYPES
+)
 
 
 def parse_event(data: Mapping[str, Any] | str | bytes) -> Event:
@@ -242,3 +244,8 @@ def parse_event(data: Mapping[str, Any] | str | bytes) -> Event:
     if isinstance(data, (str, bytes)):
         return _ADAPTER.validate_json(data)
     return _ADAPTER.validate_python(data)
+
+
+# The signal's wire name, the class's name before it was renamed (a class named
+# ``...Error`` reads as an exception); kept so existing imports work.
+Error = ErrorReported

@@ -57,7 +57,7 @@ from .providers.base import (
 
 __all__ = ["Chunks", "ErrorKind", "ScriptExhaustedError", "ScriptedProvider", "ToolCallLike"]
 
-#: How a reply's text is cut into :class:`TextDelta` events: ``None`` one delta,
+#: How a reply's text is cut into :class:`TextDelta` chunks: ``None`` one delta,
 #: an ``int`` that many characters per delta, ``"words"`` one word (with its trailing
 #: whitespace) per delta, or an explicit sequence of pieces.
 Chunks = int | Literal["words"] | Sequence[str] | None
@@ -84,7 +84,7 @@ class ScriptExhaustedError(PermanentProviderError):
 # One step of a turn. Kept private: the builder methods are the public vocabulary.
 @dataclass(frozen=True)
 class _Emit:
-    event: StreamChunk
+    chunk: StreamChunk
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class _EstimatedUsage:
     output_tokens: int
 
 
-# The events a per-event delay applies to: what a real model produces one by one.
+# The chunks a per-chunk delay applies to: what a real model produces one by one.
 _STREAMED = (TextDelta, ToolCallRequest)
 
 _Step = _Emit | _Sleep | _Raise | _Hang | _EstimatedUsage
@@ -155,7 +155,7 @@ class ScriptedProvider:
     ``replies`` seeds the script: each item is a reply text (``str``), an exception to
     raise, or a sequence of :data:`~cm_notebook.providers.StreamChunk` values streamed
     verbatim. The builder methods below append more turns and return ``self``, so they
-    chain. ``delay`` is the default pause before each streamed event (seconds).
+    chain. ``delay`` is the default pause before each streamed chunk (seconds).
 
     Every request is appended to :attr:`requests` when :meth:`stream` is called, so a test
     can assert exactly what the model saw (tool results, edited arguments, parameters).
@@ -226,13 +226,13 @@ class ScriptedProvider:
         self._script.append(_Turn(steps))
         return self
 
-    def _paced(self, events: Iterable[_Emit | _EstimatedUsage], delay: float | None) -> list[_Step]:
+    def _paced(self, items: Iterable[_Emit | _EstimatedUsage], delay: float | None) -> list[_Step]:
         pause = self.default_delay if delay is None else _check_delay(delay)
         steps: list[_Step] = []
-        for event in events:
-            if pause and isinstance(event, _Emit) and isinstance(event.event, _STREAMED):
+        for item in items:
+            if pause and isinstance(item, _Emit) and isinstance(item.chunk, _STREAMED):
                 steps.append(_Sleep(pause))
-            steps.append(event)
+            steps.append(item)
         return steps
 
     @staticmethod
@@ -262,13 +262,13 @@ class ScriptedProvider:
         >>> ScriptedProvider().reply("Hello there", chunks="words", delay=0.05)
         ScriptedProvider(model='scripted', remaining=1, requests=0, strict=False)
         """
-        events: list[_Emit | _EstimatedUsage] = [
+        items: list[_Emit | _EstimatedUsage] = [
             _Emit(TextDelta(piece)) for piece in _split_chunks(text, chunks)
         ]
-        events.append(self._usage_step(usage, text))
+        items.append(self._usage_step(usage, text))
         if finish is not None:
-            events.append(_Emit(Finish(finish)))
-        return self._add(self._paced(events, delay))
+            items.append(_Emit(Finish(finish)))
+        return self._add(self._paced(items, delay))
 
     def tool_call(
         self,
@@ -307,12 +307,12 @@ class ScriptedProvider:
         """
         if not calls:
             raise InvalidInputError("tool_calls() needs at least one call")
-        events: list[_Emit | _EstimatedUsage] = [_Emit(TextDelta(text))] if text else []
+        items: list[_Emit | _EstimatedUsage] = [_Emit(TextDelta(text))] if text else []
         for call in calls:
-            events.append(_Emit(self._make_call(call)))
-        events.append(self._usage_step(usage, text))
-        events.append(_Emit(Finish("tool_calls")))
-        return self._add(self._paced(events, delay))
+            items.append(_Emit(self._make_call(call)))
+        items.append(self._usage_step(usage, text))
+        items.append(_Emit(Finish("tool_calls")))
+        return self._add(self._paced(items, delay))
 
     def _make_call(self, call: ToolCallLike) -> ToolCallRequest:
         if isinstance(call, ToolCallRequest):
@@ -354,10 +354,10 @@ class ScriptedProvider:
         if after_chunks < 0:
             raise InvalidInputError(f"after_chunks must be >= 0, not {after_chunks}")
         exc = self._make_error(error, retry_after=retry_after, message=message)
-        events: list[_Emit | _EstimatedUsage] = [
+        items: list[_Emit | _EstimatedUsage] = [
             _Emit(TextDelta(piece)) for piece in _partial(text, after_chunks)
         ]
-        steps = self._paced(events, delay)
+        steps = self._paced(items, delay)
         steps.append(_Raise(exc))
         return self._add(steps)
 
@@ -463,7 +463,7 @@ class ScriptedProvider:
     # -- the Provider protocol ----------------------------------------------------------
 
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
-        """Record ``request``, take the next turn, and return its event stream.
+        """Record ``request``, take the next turn, and return its stream of chunks.
 
         The turn is taken now, not at the first ``__anext__``, so the order of calls
         decides which request gets which turn even if streams are consumed concurrently.
@@ -490,16 +490,16 @@ class ScriptedProvider:
     def _echo_turn(self, request: ChatRequest) -> _Turn:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         text = f"echo: {last_user}"
-        events: list[_Emit | _EstimatedUsage] = [
+        items: list[_Emit | _EstimatedUsage] = [
             _Emit(TextDelta(piece)) for piece in _split_chunks(text, "words")
         ]
-        events += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
-        return _Turn(self._paced(events, None))
+        items += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
+        return _Turn(self._paced(items, None))
 
     async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         for step in turn.steps:
             if isinstance(step, _Emit):
-                yield step.event
+                yield step.chunk
             elif isinstance(step, _EstimatedUsage):
                 words = sum(_words(m.content) for m in request.messages)
                 yield Usage(input_tokens=words, output_tokens=step.output_tokens)

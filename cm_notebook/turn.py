@@ -17,7 +17,7 @@ from .errors import StateError
 from .ids import new_id
 from .model import Message
 
-__all__ = ["Handle", "Turn"]
+__all__ = ["Handle", "Turn", "TurnProgress"]
 
 T = TypeVar("T")
 
@@ -36,11 +36,15 @@ class Handle(Generic[T]):
         self._cancel: Callable[[], None] | None = None
         self._cancel_requested = False
 
-    def _attach(
+    def attach(
         self,
         future: asyncio.Future[T] | concurrent.futures.Future[T],
         cancel: Callable[[], None],
     ) -> None:
+        """Bind the running work: its future, and how to cancel it (called on its loop).
+
+        Called once, by whoever started the work; a cancel asked for earlier is passed on.
+        """
         self._future = future
         with self._lock:
             self._cancel = cancel
@@ -121,46 +125,62 @@ async def _echo(future: asyncio.Future[T]) -> T:
     return await future
 
 
-class Turn(Handle[Message]):
-    """One reply being generated on a branch.
+class TurnProgress:
+    """What a running turn has produced so far, safe to read from any thread.
 
-    ``await turn`` (notebooks, async code) or ``turn.result(timeout)`` (scripts) gives
-    the final assistant message. ``text`` and ``message_id`` are safe to read from any
-    thread while it runs.
+    The turn runner writes it (:meth:`start_message`, :meth:`add_text`, :meth:`finish`);
+    the :class:`Turn` reads it, and listeners (such as ``session.stream()``) get every
+    delta, then ``None`` when the turn is over.
     """
 
-    def __init__(self, branch: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.id = new_id("t")
-        self.branch = branch
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._text = ""
         self._message_id: str | None = None
         self._listeners: list[Callable[[str | None], None]] = []
         self._finished = False
 
-    def _set_message(self, message_id: str) -> None:
+    @property
+    def text(self) -> str:
+        """The reply's text so far (of the current attempt)."""
+        with self._lock:
+            return self._text
+
+    @property
+    def message_id(self) -> str | None:
+        """Id of the assistant message being written (None before the first request)."""
+        with self._lock:
+            return self._message_id
+
+    def start_message(self, message_id: str) -> None:
+        """A request (a first try or a retry) starts writing ``message_id`` afresh."""
         with self._lock:
             self._message_id = message_id
             self._text = ""
 
-    def _append_text(self, delta: str) -> None:
+    def add_text(self, delta: str) -> None:
+        """More text arrived; listeners get ``delta``."""
         with self._lock:
             self._text += delta
             listeners = list(self._listeners)
         for listener in listeners:
             listener(delta)
 
-    def _finish_listeners(self) -> None:
+    def finish(self) -> None:
+        """The turn is over; listeners get ``None``."""
         with self._lock:
             self._finished = True
             listeners = list(self._listeners)
         for listener in listeners:
             listener(None)
 
-    def _listen(self, listener: Callable[[str | None], None]) -> tuple[str, Callable[[], None]]:
-        # Returns the text so far and an unsubscribe function. Taken under the lock, so
-        # every later delta reaches the listener exactly once, and a turn that already
-        # finished (e.g. on another thread's loop) still tells the listener it is over.
+    def listen(self, listener: Callable[[str | None], None]) -> tuple[str, Callable[[], None]]:
+        """Call ``listener`` with each later delta, then ``None`` at the end.
+
+        Returns the text so far and an unsubscribe function. Taken under the lock, so
+        every later delta reaches the listener exactly once, and a turn that already
+        finished (e.g. on another thread's loop) still tells the listener it is over.
+        """
         with self._lock:
             self._listeners.append(listener)
             text, finished = self._text, self._finished
@@ -174,17 +194,31 @@ class Turn(Handle[Message]):
 
         return text, remove
 
+
+class Turn(Handle[Message]):
+    """One reply being generated on a branch.
+
+    ``await turn`` (notebooks, async code) or ``turn.result(timeout)`` (scripts) gives
+    the final assistant message. ``text`` and ``message_id`` are safe to read from any
+    thread while it runs.
+    """
+
+    def __init__(self, branch: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.id = new_id("t")
+        self.branch = branch
+        #: What the turn has produced so far (written by its runner).
+        self.progress = TurnProgress()
+
     @property
     def text(self) -> str:
         """The reply's text so far."""
-        with self._lock:
-            return self._text
+        return self.progress.text
 
     @property
     def message_id(self) -> str | None:
         """Id of the assistant message being written (None before the first request)."""
-        with self._lock:
-            return self._message_id
+        return self.progress.message_id
 
     def cancel(self) -> None:
         """Stop generating. The partial text is kept (status ``interrupted``).

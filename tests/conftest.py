@@ -46,14 +46,14 @@ def closing() -> Iterator[list[ContextSession]]:
 
 @pytest.fixture
 def new_session(data_dir: Path, closing: list[ContextSession]) -> Callable[..., ContextSession]:
-    """``new_session(**options)``: ``ContextSession.create`` on ``data_dir`` (unless a
-    ``store`` is given), closed after the test so a turn left hanging by a failed
-    assertion does not run into the next test."""
+    """``new_session(title, **options)``: ``ContextSession.create`` on ``data_dir``
+    (unless a ``store`` is given), closed after the test so a turn left hanging by a
+    failed assertion does not run into the next test."""
 
-    def make(**options: Any) -> ContextSession:
+    def make(title: str | None = None, /, **options: Any) -> ContextSession:
         if "store" not in options:
             options.setdefault("data_dir", data_dir)
-        session = ContextSession.create(**options)
+        session = ContextSession.create(options.pop("title", title), **options)
         closing.append(session)
         return session
 

@@ -22,7 +22,7 @@ from cm_notebook.events import (
     BranchUpdated,
     ContentDelta,
     ContextUpdated,
-    Error,
+    ErrorReported,
     Event,
     EventBus,
     MessageAdded,
@@ -384,7 +384,7 @@ def every_kind_of_event() -> list[BaseEvent]:
         ToolCallResolved(tool_call_id="a", status=ToolCallStatus.DENIED, reason="cancelled"),
         BranchCreated(branch="try 2", head="m1"),
         BranchSwitched(branch="try 2"),
-        Error(message="rate limited", kind="transient"),
+        ErrorReported(message="rate limited", kind="transient"),
         Resync(reason="test"),
     ]
 
@@ -394,7 +394,11 @@ def test_json_round_trip_through_parse_event(draft: BaseEvent) -> None:
     bus = EventBus("c1")
     event = bus.publish(draft)
     as_dict = event.model_dump(mode="json")
-    assert as_dict["type"] == type(draft).__name__
+    # The wire name is the class name, except for the Error signal (a class named
+    # ...Error would read as an exception).
+    wire = {"ErrorReported": "Error"}.get(type(draft).__name__, type(draft).__name__)
+    assert as_dict["type"] == wire
+    assert wire in SIGNAL_KINDS
     assert as_dict["seq"] == 1
     assert parse_event(as_dict) == event
     assert parse_event(event.model_dump_json()) == event

@@ -82,7 +82,14 @@ async def build_rich_context(store: FileStore) -> None:
     for message in messages:
         await store.append_message(CID, message, branch="main")
     await store.create_branch(
-        CID, "retry", head="t1", forked_from="a2", description="regenerated reply"
+        CID,
+        "retry",
+        head="t1",
+        forked_from="a2",
+        description="regenerated reply",
+        system_prompt="Be briefer.",
+        provider=ProviderSettings(spec="scripted:other"),
+        params={"temperature": 0.9},
     )
     await store.append_message(
         CID,
@@ -140,6 +147,8 @@ async def test_json_round_trip_keeps_the_whole_tree(
     assert comparable(again.metadata) == comparable(document.metadata)
     assert again.metadata.active_branch == "retry"
     assert again.metadata.branches["retry"].forked_from == "a2"
+    assert again.metadata.branches["retry"].system_prompt == "Be briefer."
+    assert again.metadata.branches["retry"].params == {"temperature": 0.9}
     assert await other_store.path(CID, "retry") == ["u1", "a1", "t1", "a2b"]
     assert await other_store.path(CID, "empty branch") == []
     a1 = await other_store.get_message(CID, "a1")
@@ -183,7 +192,8 @@ async def test_markdown(store: FileStore) -> None:
     assert "- Branch: `retry` (other branches: `empty branch`, `main`)" in text
     assert "- Messages: 4" in text
     assert "- Tags: demo, export" in text
-    assert "## System prompt\n\nBe brief." in text
+    # The branch's own prompt, not the context's.
+    assert "## System prompt\n\nBe briefer." in text
     assert "## User · " in text
     assert "## Assistant (interrupted) · " in text
     assert "Freez" in text
@@ -196,6 +206,7 @@ async def test_markdown(store: FileStore) -> None:
     main = to_markdown(document, branch="main")
     assert "Cold: **-3 °C**. ❄️" in main
     assert "- Branch: `main`" in main
+    assert "## System prompt\n\nBe brief.\n" in main
     with pytest.raises(BranchNotFoundError, match="has no branch 'x'"):
         to_markdown(document, branch="x")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from cm_notebook.model import Message, MessageStatus, ToolCall
@@ -25,15 +26,13 @@ def test_a_message_renders_escaped_with_its_status_and_tool_calls() -> None:
 
 
 def test_a_session_renders_its_active_branch_and_system_prompt(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = ContextSession.create(
+    session = new_session(
         "<Title>",
         provider=ScriptedProvider(["Hi <there>"]),
-        data_dir=data_dir,
         system="Be <brief>.",
     )
-    closing.append(session)
     session.send("Hello").result(10)
     html = session._repr_html_()
     assert "&lt;Title&gt;" in html

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,13 @@ from cm_notebook.model import MessageStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
-
-def new(data_dir: Path, fake: ScriptedProvider, **options: Any) -> ContextSession:
-    return ContextSession.create(provider=fake, data_dir=data_dir, **options)
-
-
 # -- create / open / list ------------------------------------------------------------------
 
 
-def test_create_list_and_open_round_trip(data_dir: Path) -> None:
-    session = new(data_dir, ScriptedProvider(), title="Capitals", system="Be brief.")
+def test_create_list_and_open_round_trip(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider(), title="Capitals", system="Be brief.")
     assert session.title == "Capitals"
     assert session.metadata.system_prompt == "Be brief."
     assert session.active_branch == "main"
@@ -60,7 +58,7 @@ def test_create_list_and_open_round_trip(data_dir: Path) -> None:
     assert session.state is State.IDLE
     assert (data_dir / "contexts" / session.id / "metadata.json").is_file()
 
-    other = new(data_dir, ScriptedProvider())
+    other = new_session(provider=ScriptedProvider())
     listed = ContextSession.list(data_dir)
     assert {m.id for m in listed} == {session.id, other.id}
 
@@ -70,8 +68,10 @@ def test_create_list_and_open_round_trip(data_dir: Path) -> None:
     assert reopened.history() == []
 
 
-def test_create_without_title_is_untitled(data_dir: Path) -> None:
-    assert new(data_dir, ScriptedProvider()).title == "Untitled"
+def test_create_without_title_is_untitled(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    assert new_session(provider=ScriptedProvider()).title == "Untitled"
 
 
 @pytest.mark.parametrize(
@@ -103,11 +103,10 @@ def test_open_unknown_context_is_not_found(data_dir: Path) -> None:
 
 
 def test_send_returns_at_once_and_result_blocks_for_the_reply(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider(delay=0.05).reply("Hello there, friend.", chunks="words")
-    session = new(data_dir, fake)
-    closing.append(session)
+    session = new_session(provider=fake)
     turn = session.send("Hi")
     assert not turn.done()
     assert session.turn() is turn
@@ -131,10 +130,9 @@ def test_send_returns_at_once_and_result_blocks_for_the_reply(
 
 
 def test_result_times_out_while_the_reply_is_running(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = new(data_dir, ScriptedProvider().hang())
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider().hang())
     turn = session.send("Hi")
     with pytest.raises(TimeoutError):
         turn.result(0.05)
@@ -143,11 +141,10 @@ def test_result_times_out_while_the_reply_is_running(
 
 
 def test_params_and_system_prompt_reach_the_model_and_the_metadata(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider(["ok"])
-    session = new(data_dir, fake, system="You are terse.")
-    closing.append(session)
+    session = new_session(provider=fake, system="You are terse.")
     message = session.send("Hi", temperature=0.5, max_tokens=10, seed=7).result(DEADLINE)
     request = fake.last_request
     assert [(m.role, m.content) for m in request.messages] == [
@@ -161,11 +158,10 @@ def test_params_and_system_prompt_reach_the_model_and_the_metadata(
 
 
 def test_retry_repeats_the_failed_request_with_its_parameters(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider().error("permanent", message="key revoked").reply("ok")
-    session = new(data_dir, fake)
-    closing.append(session)
+    session = new_session(provider=fake)
     with pytest.raises(PermanentProviderError, match="key revoked"):
         session.send("Hi", temperature=0.3, max_tokens=5).result(DEADLINE)
     message = session.retry().result(DEADLINE)
@@ -175,11 +171,10 @@ def test_retry_repeats_the_failed_request_with_its_parameters(
 
 
 def test_the_model_sees_the_whole_conversation(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider(["first answer", "second answer"])
-    session = new(data_dir, fake)
-    closing.append(session)
+    session = new_session(provider=fake)
     session.send("one").result(DEADLINE)
     session.send("two").result(DEADLINE)
     assert [(m.role, m.content) for m in fake.last_request.messages] == [
@@ -190,10 +185,9 @@ def test_the_model_sees_the_whole_conversation(
 
 
 def test_get_reads_one_message_and_refuses_bad_ids(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = new(data_dir, ScriptedProvider(["ok"]))
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider(["ok"]))
     reply = session.send("Hi").result(DEADLINE)
     assert session.get(reply.id) == reply
     assert session.history(limit=1) == [reply]
@@ -209,8 +203,10 @@ def test_get_reads_one_message_and_refuses_bad_ids(
 
 
 @pytest.mark.anyio
-async def test_await_turn_in_async_code(data_dir: Path) -> None:
-    session = new(data_dir, ScriptedProvider().reply("Hello!", chunks=2))
+async def test_await_turn_in_async_code(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider().reply("Hello!", chunks=2))
     turn = session.send("Hi")
     # The reply runs as a task on this loop: nothing has happened before we yield.
     assert not turn.done()
@@ -223,8 +219,10 @@ async def test_await_turn_in_async_code(data_dir: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_result_inside_a_running_loop_is_refused(data_dir: Path) -> None:
-    session = new(data_dir, ScriptedProvider(["ok"]))
+async def test_result_inside_a_running_loop_is_refused(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider(["ok"]))
     turn = session.send("Hi")
     with pytest.raises(StateError, match="await"):
         turn.result(1)
@@ -232,9 +230,11 @@ async def test_result_inside_a_running_loop_is_refused(data_dir: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_stream_yields_the_deltas_of_the_reply(data_dir: Path) -> None:
+async def test_stream_yields_the_deltas_of_the_reply(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     fake = ScriptedProvider().reply("one two three four", chunks="words", delay=0.01)
-    session = new(data_dir, fake)
+    session = new_session(provider=fake)
     deltas = [delta async for delta in session.stream("count")]
     assert deltas == ["one ", "two ", "three ", "four"]
     assert session.history()[-1].content == "one two three four"
@@ -242,14 +242,12 @@ async def test_stream_yields_the_deltas_of_the_reply(data_dir: Path) -> None:
 
 
 @pytest.fixture
-def script_session(data_dir: Path, closing: list[ContextSession]) -> ContextSession:
+def script_session(data_dir: Path, new_session: Callable[..., ContextSession]) -> ContextSession:
     # Made outside any loop (a sync fixture): its turns run on the background loop.
     fake = ScriptedProvider()
     for _ in range(21):
         fake.reply("alpha beta gamma", chunks="words")
-    session = new(data_dir, fake)
-    closing.append(session)
-    return session
+    return new_session(provider=fake)
 
 
 @pytest.mark.anyio
@@ -267,12 +265,11 @@ async def test_stream_and_await_across_threads(script_session: ContextSession) -
 
 
 def test_signals_of_a_turn_are_numbered_small_and_consistent(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     long_text = "word " * 2000
     fake = ScriptedProvider().reply(long_text, chunks=500)
-    session = new(data_dir, fake)
-    closing.append(session)
+    session = new_session(provider=fake)
     recorder = Recorder(session)
     message = session.send(long_text).result(DEADLINE)
     recorder.wait(seen(MessageCompleted, message_id=message.id))
@@ -307,10 +304,9 @@ def test_signals_of_a_turn_are_numbered_small_and_consistent(
 
 
 def test_events_since_returns_the_tail_and_resyncs_when_ahead(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = new(data_dir, ScriptedProvider(["ok"]))
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider(["ok"]))
     session.send("Hi").result(DEADLINE)
     everything = session.events()
     assert session.events(since=3) == everything[3:]
@@ -322,22 +318,20 @@ def test_events_since_returns_the_tail_and_resyncs_when_ahead(
 
 
 def test_last_seq_agrees_with_events_in_a_script(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     # From a script, signals are published on the session's loop thread; reading
     # last_seq right after an action must already count them.
-    session = new(data_dir, ScriptedProvider())
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider())
     for n in range(30):
         session.branch(f"b{n}", switch=n % 2 == 0)
         assert session.last_seq == session.events()[-1].seq
 
 
 def test_unsubscribed_callbacks_get_nothing_more(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = new(data_dir, ScriptedProvider(["one", "two"]))
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider(["one", "two"]))
     early, late = Recorder(session), Recorder(session)
     session.send("1").result(DEADLINE)
     late.wait(seen(StateChanged, new=State.IDLE))
@@ -351,8 +345,10 @@ def test_unsubscribed_callbacks_get_nothing_more(
 
 
 @pytest.mark.anyio
-async def test_event_stream_catches_up_from_a_sequence_number(data_dir: Path) -> None:
-    session = new(data_dir, ScriptedProvider(["first", "second"]))
+async def test_event_stream_catches_up_from_a_sequence_number(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider(["first", "second"]))
     await session.send("1")
     mark = session.last_seq
     stream = session.event_stream(since=2)
@@ -372,10 +368,9 @@ async def test_event_stream_catches_up_from_a_sequence_number(data_dir: Path) ->
 
 
 def test_a_reopened_session_sees_the_same_tree(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = new(data_dir, ScriptedProvider(["one", "two", "three"]), title="Kept")
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider(["one", "two", "three"]), title="Kept")
     session.send("first").result(DEADLINE)
     session.branch("side")
     session.send("second").result(DEADLINE)
@@ -446,9 +441,8 @@ def test_a_reply_cut_by_a_crash_is_marked_interrupted_on_open(data_dir: Path) ->
 
 
 @pytest.fixture
-def one_turn(data_dir: Path, closing: list[ContextSession]) -> ContextSession:
-    session = new(data_dir, ScriptedProvider(["ok"]))
-    closing.append(session)
+def one_turn(data_dir: Path, new_session: Callable[..., ContextSession]) -> ContextSession:
+    session = new_session(provider=ScriptedProvider(["ok"]))
     session.send("Hi").result(DEADLINE)
     return session
 
@@ -547,10 +541,11 @@ def test_edit_refuses_bad_text_and_non_user_messages(
 
 
 def test_repr_html_shows_the_conversation_escaped(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = new(data_dir, ScriptedProvider(["<script>alert(1)</script>"]), title="<b>t</b>")
-    closing.append(session)
+    session = new_session(
+        provider=ScriptedProvider(["<script>alert(1)</script>"]), title="<b>t</b>"
+    )
     session.send("<img src=x onerror=alert(1)>").result(DEADLINE)
     page = session._repr_html_()
     assert "<script>" not in page

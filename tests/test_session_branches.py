@@ -4,6 +4,7 @@ regenerate (a sibling reply), siblings, delete; all O(1) writes, checked on disk
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,11 @@ def fake() -> ScriptedProvider:
 
 @pytest.fixture
 def session(
-    data_dir: Path, fake: ScriptedProvider, closing: list[ContextSession]
+    data_dir: Path, fake: ScriptedProvider, new_session: Callable[..., ContextSession]
 ) -> ContextSession:
     """A context with two exchanges on main: Q1 A1 Q2 A2."""
     fake.reply("A1").reply("A2")
-    made = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(made)
+    made = new_session(provider=fake)
     made.send("Q1").result(DEADLINE)
     made.send("Q2").result(DEADLINE)
     return made
@@ -233,10 +233,11 @@ def test_delete_branch_keeps_the_messages(
     assert list(reopened.branches) == ["main"]
 
 
-def test_each_branch_has_its_own_turn(data_dir: Path, closing: list[ContextSession]) -> None:
+def test_each_branch_has_its_own_turn(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     fake = ScriptedProvider().hang(after_chunks=1, text="slow").reply("quick")
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     recorder = Recorder(session)
     slow = session.send("first")
     recorder.wait(seen(ContentDelta, branch="main"))

@@ -40,11 +40,10 @@ def deltas(count: int) -> Callable[[list[Event]], bool]:
 
 
 def test_cancel_mid_stream_keeps_the_partial_text(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider().hang(after_chunks=2, text="partial reply").reply("next")
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     recorder = Recorder(session)
     turn = session.send("Tell me a story")
     recorder.wait(deltas(2))
@@ -81,10 +80,9 @@ def test_cancel_mid_stream_keeps_the_partial_text(
 
 
 def test_cancel_after_completion_changes_nothing(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = ContextSession.create(provider=ScriptedProvider(["done"]), data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider(["done"]))
     turn = session.send("Hi")
     message = turn.result(DEADLINE)
     seq = session.last_seq
@@ -97,13 +95,12 @@ def test_cancel_after_completion_changes_nothing(
 
 
 def test_cancel_before_the_reply_started_gives_an_interrupted_reply(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     # cancel() right after send(): the request has not been made yet. The turn still
     # ends with an assistant message (empty, interrupted), not with an error.
     for _ in range(5):
-        session = ContextSession.create(provider=ScriptedProvider().hang(), data_dir=data_dir)
-        closing.append(session)
+        session = new_session(provider=ScriptedProvider().hang())
         turn = session.send("Hi")
         turn.cancel()
         message = turn.result(DEADLINE)
@@ -167,11 +164,10 @@ async def test_cancel_while_waiting_to_retry(data_dir: Path) -> None:
 
 
 def test_busy_branch_refuses_a_second_send_until_cancelled(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider().hang().reply("after")
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     recorder = Recorder(session)
     turn = session.send("first")
     recorder.wait(seen(MessageAdded, role="assistant"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from cm_notebook.testing import ScriptedProvider
 
 
 def test_fan_out_runs_the_variants_concurrently_and_compares_them(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     base = ScriptedProvider(["Setup done."])
     fast = ScriptedProvider(model="fast").reply(
@@ -31,8 +32,7 @@ def test_fan_out_runs_the_variants_concurrently_and_compares_them(
     slow = ScriptedProvider(model="slow").reply(
         "The capital is Paris.", chunks="words", delay=0.02, usage=(10, 5)
     )
-    session = ContextSession.create(provider=base, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=base)
     session.send("Setup").result(DEADLINE)
     recorder = Recorder(session)
     files_before = len(message_files(data_dir, session))
@@ -105,10 +105,9 @@ async def test_fan_out_over_parameters_is_awaitable(data_dir: Path) -> None:
 
 
 def test_fan_out_names_branches_after_what_differs(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider())
     twins = [ScriptedProvider(model="same"), ScriptedProvider(model="same")]
     fan = session.fan_out("Hi", [*twins, {"temperature": 0.5}])
     fan.result(DEADLINE)
@@ -126,12 +125,11 @@ def test_fan_out_names_branches_after_what_differs(
 
 
 def test_a_failed_arm_is_reported_in_the_comparison(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     good = ScriptedProvider(["fine"])
     bad = ScriptedProvider().error("permanent", message="quota exceeded")
-    session = ContextSession.create(provider=good, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=good)
     comparison = session.fan_out("Hi", [good, {"provider": bad, "branch": "broken"}]).result(
         DEADLINE
     )
@@ -146,11 +144,10 @@ def test_a_failed_arm_is_reported_in_the_comparison(
 
 
 def test_cancelling_a_fan_out_interrupts_every_arm(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     arms = [ScriptedProvider().hang(after_chunks=1, text=t) for t in ("a", "b")]
-    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider())
     recorder = Recorder(session)
     fan = session.fan_out("Hi", arms)
     recorder.wait(lambda events: sum(isinstance(e, ContentDelta) for e in events) == 2)
@@ -167,19 +164,19 @@ def test_cancelling_a_fan_out_interrupts_every_arm(
 
 @pytest.mark.parametrize("variants", [[], "temperature", [{"branch": "x"}, {"branch": "x"}]])
 def test_fan_out_refuses_bad_variant_lists(
-    data_dir: Path, closing: list[ContextSession], variants: object
+    data_dir: Path, new_session: Callable[..., ContextSession], variants: object
 ) -> None:
-    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider())
     with pytest.raises(InvalidInputError):
         session.fan_out("Hi", variants)  # type: ignore[arg-type]
     assert list(session.branches) == ["main"]
     assert message_files(data_dir, session) == []
 
 
-def test_compare_defaults_to_every_branch(data_dir: Path, closing: list[ContextSession]) -> None:
-    session = ContextSession.create(provider=ScriptedProvider(["one", "two"]), data_dir=data_dir)
-    closing.append(session)
+def test_compare_defaults_to_every_branch(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider(["one", "two"]))
     session.send("Hi").result(DEADLINE)
     session.regenerate().result(DEADLINE)
     session.branch("empty", from_message=None)
@@ -195,14 +192,15 @@ def test_compare_defaults_to_every_branch(data_dir: Path, closing: list[ContextS
     assert only.unified_diff() == ""
 
 
-def test_comparison_html_escapes_everything(data_dir: Path, closing: list[ContextSession]) -> None:
+def test_comparison_html_escapes_everything(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     hostile = "<script>alert('x')</script> & <b>bold</b>"
     fakes = [
         ScriptedProvider(model="<img src=x onerror=alert(1)>").reply(hostile),
         ScriptedProvider(model="plain").reply(hostile + " <i>more</i>"),
     ]
-    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider())
     comparison = session.fan_out("Hi", [{"provider": fakes[0], "branch": "a+b"}, fakes[1]]).result(
         DEADLINE
     )

@@ -13,7 +13,7 @@ from store_helpers import FailingStore
 from test_session_support import DEADLINE, Recorder, entered
 
 from cm_notebook.errors import StoreError
-from cm_notebook.events import Error
+from cm_notebook.events import ErrorReported
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, MessageStatus
 from cm_notebook.session import ContextSession
@@ -43,7 +43,7 @@ def test_the_final_write_failing_keeps_the_text_as_interrupted(
         session.send("hello").result(DEADLINE)
     assert isinstance(info.value.__cause__, OSError)
     recorder.wait(entered(State.IDLE))
-    errors = recorder.of(Error)
+    errors = recorder.of(ErrorReported)
     assert [e.kind for e in errors] == ["internal"]
     assert "could not be stored" in errors[0].message
     user, reply = session.history()
@@ -92,3 +92,20 @@ def test_a_prompt_committed_before_the_disk_filled_is_put_on_its_branch(
     reply = session.send("hi").result(DEADLINE)
     assert [m.content for m in session.history()] == ["hi", "echo: hi"]
     assert session.history()[-1].id == reply.id
+
+
+def test_a_reply_the_disk_refused_twice_is_stored_before_the_next_write(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    # The final write and the wind-down's retry both fail: the reply is still on disk
+    # as streaming. The session stores its final state before its next write.
+    store = FailingStore(inner, full_updates=2, update_fails=final_write)
+    fake = ScriptedProvider().reply("streamed text", chunks="words")
+    session = new_session(provider=fake, store=store)
+    with pytest.raises(StoreError, match="No space left on device"):
+        session.send("hello").result(DEADLINE)
+    assert session.history()[-1].status is MessageStatus.STREAMING  # the disk said no
+    assert session.state is State.IDLE
+    session.send("again").result(DEADLINE)
+    _, cut, _, _ = session.history()
+    assert (cut.status, cut.content) == (MessageStatus.INTERRUPTED, "streamed text")

@@ -26,7 +26,7 @@ from cm_notebook.errors import (
 )
 from cm_notebook.events import (
     ContentDelta,
-    Error,
+    ErrorReported,
     Event,
     MessageAdded,
     MessageCompleted,
@@ -106,12 +106,11 @@ def idle_and_settled(events: list[Event]) -> bool:
 
 @pytest.mark.parametrize("after_chunks", [0, 2])
 def test_a_provider_bug_fails_the_turn_with_a_clear_error(
-    data_dir: Path, closing: list[ContextSession], after_chunks: int
+    data_dir: Path, new_session: Callable[..., ContextSession], after_chunks: int
 ) -> None:
     fake = ScriptedProvider().error(ValueError("bad chunk"), after_chunks=after_chunks)
     fake.reply("Fine now.")
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     recorder = Recorder(session)
     turn = session.send("Hi")
     with pytest.raises(
@@ -121,8 +120,8 @@ def test_a_provider_bug_fails_the_turn_with_a_clear_error(
     assert "ValueError: bad chunk" in str(caught.value)
     assert isinstance(caught.value.__cause__, ValueError)
     assert session.state is State.PERMANENT_FAILURE
-    recorder.wait(seen(Error))
-    assert [e.kind for e in recorder.of(Error)] == ["internal"]
+    recorder.wait(seen(ErrorReported))
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["internal"]
     failed = stored(data_dir, session)[-1]
     assert failed.status is MessageStatus.ERROR
     assert failed.metadata.error is not None
@@ -153,28 +152,27 @@ class FlakyStore(FileStore):
 
 
 def test_a_store_failure_mid_turn_ends_the_turn_and_frees_the_branch(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, closing: list[ContextSession], new_session: Callable[..., ContextSession]
 ) -> None:
     store = FlakyStore(data_dir)
     try:
-        _store_failure(store, closing)
-    finally:
+        _store_failure(store, new_session)
+    finally:  # the sessions first (they write until closed), then their store
         for session in closing:
             session.close()
         anyio.run(store.close)
 
 
-def _store_failure(store: FlakyStore, closing: list[ContextSession]) -> None:
+def _store_failure(store: FlakyStore, new_session: Callable[..., ContextSession]) -> None:
     fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
-    session = ContextSession.create(provider=fake, store=store, tools=[add], approval="auto")
-    closing.append(session)
+    session = new_session(provider=fake, store=store, tools=[add], approval="auto")
     recorder = Recorder(session)
     with pytest.raises(StoreError, match="disk full"):
         session.send("1 + 2?").result(DEADLINE)
     recorder.wait(idle_and_settled)
     assert session.state is State.IDLE
-    assert [e.kind for e in recorder.of(Error)] == ["internal"]
-    assert "disk full" in recorder.of(Error)[0].message
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["internal"]
+    assert "disk full" in recorder.of(ErrorReported)[0].message
     # Nothing is left streaming, and the branch takes the next message.
     assert all(m.status is not MessageStatus.STREAMING for m in session.history())
     # The call that could not be answered was answered by the wind-down.
@@ -189,12 +187,11 @@ def _store_failure(store: FlakyStore, closing: list[ContextSession]) -> None:
 
 
 def test_a_tool_removed_before_it_runs_fails_the_call_not_the_turn(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider().tool_calls(("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4}))
     fake.reply("Sorry, no tool.")
-    session = ContextSession.create(provider=fake, data_dir=data_dir, tools=[add])
-    closing.append(session)
+    session = new_session(provider=fake, tools=[add])
     recorder = Recorder(session)
     turn = session.send("sums?")
     recorder.wait(seen(ToolApprovalRequested))
@@ -224,7 +221,7 @@ def test_a_tool_removed_before_it_runs_fails_the_call_not_the_turn(
 
 
 def test_a_transient_error_after_a_tool_round_retries_the_same_reply(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = (
         ScriptedProvider(strict=True)
@@ -232,10 +229,7 @@ def test_a_transient_error_after_a_tool_round_retries_the_same_reply(
         .error("transient", after_chunks=2, text="The sum")
         .reply("The sum is 3.", chunks=4)
     )
-    session = ContextSession.create(
-        provider=fake, data_dir=data_dir, tools=[add], approval="auto", retry=FAST
-    )
-    closing.append(session)
+    session = new_session(provider=fake, tools=[add], approval="auto", retry=FAST)
     recorder = Recorder(session)
     final = session.send("1 + 2?").result(DEADLINE)
     recorder.wait(idle_and_settled)
@@ -253,19 +247,18 @@ def test_a_transient_error_after_a_tool_round_retries_the_same_reply(
     # The retry sent the same conversation, tool result included, without the failure.
     assert fake.requests[1].messages == fake.requests[2].messages
     assert roles(fake.requests[2].messages) == ["user", "assistant", "tool"]
-    assert [e.kind for e in recorder.of(Error)] == ["transient"]
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["transient"]
     assert_consistent(recorder.snapshot(), tree)
 
 
 def test_a_retry_restarts_the_stored_text_with_the_offsets(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     # A view that sees offset 0 again re-pulls the message: what it pulls must be a
     # prefix of the text the new deltas build, not the failed attempt's text.
     fake = ScriptedProvider().error("transient", after_chunks=2, text="Hello wor")
     fake.hang(after_chunks=1, text="Bye")
-    session = ContextSession.create(provider=fake, data_dir=data_dir, retry=FAST)
-    closing.append(session)
+    session = new_session(provider=fake, retry=FAST)
     recorder = Recorder(session)
     turn = session.send("Hi")
     recorder.wait(seen(ContentDelta, text="Bye"))
@@ -328,17 +321,15 @@ CANCEL_POINTS: dict[str, tuple[Callable[[], ScriptedProvider], Callable[..., Any
 
 @pytest.mark.parametrize("point", list(CANCEL_POINTS))
 def test_cancel_in_every_state_leaves_a_valid_tree(
-    data_dir: Path, closing: list[ContextSession], point: str
+    data_dir: Path, new_session: Callable[..., ContextSession], point: str
 ) -> None:
     make_fake, ready = CANCEL_POINTS[point]
     fake = make_fake()
-    session = ContextSession.create(
+    session = new_session(
         provider=fake,
-        data_dir=data_dir,
         tools=[slow, asked],
         retry=RetryPolicy(initial_delay=60, jitter=0),
     )
-    closing.append(session)
     recorder = Recorder(session)
     _gate.clear()
     turn = session.send("Hi")
@@ -374,13 +365,12 @@ def test_cancel_in_every_state_leaves_a_valid_tree(
 
 
 def test_a_callback_may_send_the_next_message_when_idle_is_signalled(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     # "Idle" is the signal that the turn is over: a view (or an SSE client) that sends
     # the next queued message on it must not be told the branch is busy.
     fake = ScriptedProvider().reply("first").reply("second")
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     follow_ups: list[Any] = []
 
     def on_event(event: Event) -> None:
@@ -399,11 +389,10 @@ def test_a_callback_may_send_the_next_message_when_idle_is_signalled(
 
 
 def test_the_final_state_change_is_the_last_signal_of_a_failed_turn(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider().error("permanent", after_chunks=1, text="Hal")
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     recorder = Recorder(session)
     with pytest.raises(PermanentProviderError):
         session.send("Hi").result(DEADLINE)
@@ -445,7 +434,7 @@ def test_a_cancel_during_the_final_write_of_a_failed_turn_changes_nothing(
 
 
 def test_approve_and_deny_can_be_limited_to_one_branch(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     @tool
     def ping(host: str) -> str:
@@ -455,8 +444,7 @@ def test_approve_and_deny_can_be_limited_to_one_branch(
     def arm(host: str) -> ScriptedProvider:
         return ScriptedProvider(strict=True).tool_call("ping", {"host": host}).reply("done")
 
-    session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir, tools=[ping])
-    closing.append(session)
+    session = new_session(provider=ScriptedProvider(), tools=[ping])
     recorder = Recorder(session)
     fan = session.fan_out(
         "go", [{"provider": arm("a"), "branch": "a"}, {"provider": arm("b"), "branch": "b"}]
@@ -474,14 +462,13 @@ def test_approve_and_deny_can_be_limited_to_one_branch(
 
 
 def test_a_tool_call_left_without_a_stored_result_is_answered_in_the_request(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     # E.g. the disk filled up while the engine stored the tool message: the stored tree
     # lacks an answer, but the request sent to the model must still pair every call.
     store = FileStore(data_dir)
     fake = ScriptedProvider(strict=True).reply("carrying on")
-    session = ContextSession.create(provider=fake, data_dir=data_dir, store=store)
-    closing.append(session)
+    session = new_session(provider=fake, store=store)
     asked = Message(role="user", content="use a tool")
     calls = [ToolCall(id="c1", name="lookup", arguments={}, status=ToolCallStatus.RUNNING)]
     half = Message(role="assistant", parent_id=asked.id, tool_calls=calls)

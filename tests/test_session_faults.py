@@ -14,7 +14,7 @@ from fault_server import FaultServer, Hang, Reply, ResetAfter, Status
 from test_session_support import DEADLINE, Recorder, entered, roles, seen
 
 from cm_notebook.errors import PermanentProviderError, StateError
-from cm_notebook.events import ContentDelta, Error, MessageAdded, StateChanged
+from cm_notebook.events import ContentDelta, ErrorReported, MessageAdded, StateChanged
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, MessageStatus
 from cm_notebook.providers.openai import OpenAIProvider
@@ -80,7 +80,7 @@ def test_rate_limit_with_retry_after_is_retried(
         State.STREAMING,
         State.IDLE,
     ]
-    (error,) = recorder.of(Error)
+    (error,) = recorder.of(ErrorReported)
     assert error.kind == "transient"
     assert "retrying in 0.3 s" in error.message
     # The server's Retry-After (0.3 s) wins over the policy's 0.01 s backoff.
@@ -104,7 +104,7 @@ def test_server_errors_twice_then_success(
     assert len(fault_server.requests) == 3
     recorder.wait(entered(State.IDLE))
     assert recorder.states().count(State.TRANSIENT_FAILURE) == 2
-    assert [e.kind for e in recorder.of(Error)] == ["transient", "transient"]
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["transient", "transient"]
     assert roles(session.history()) == ["user", "assistant"]
 
 
@@ -144,8 +144,8 @@ def test_unauthorized_fails_at_once_and_retry_succeeds_later(
     assert len(fault_server.requests) == 1  # never retried
     assert session.state is State.PERMANENT_FAILURE
     assert isinstance(turn.exception(), PermanentProviderError)
-    recorder.wait(seen(Error, kind="permanent"))
-    assert [e.kind for e in recorder.of(Error)] == ["permanent"]
+    recorder.wait(seen(ErrorReported, kind="permanent"))
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["permanent"]
     failed = session.history()[-1]
     assert failed.status is MessageStatus.ERROR
     assert failed.metadata.error is not None
@@ -176,8 +176,8 @@ def test_retries_exhausted_is_a_permanent_failure_with_the_last_error(
     assert "still broken" in str(caught.value)
     assert len(fault_server.requests) == 3
     assert session.state is State.PERMANENT_FAILURE
-    recorder.wait(seen(Error, kind="permanent"))
-    assert [e.kind for e in recorder.of(Error)] == ["transient", "transient", "permanent"]
+    recorder.wait(seen(ErrorReported, kind="permanent"))
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["transient", "transient", "permanent"]
     failed = session.history()[-1]
     assert failed.status is MessageStatus.ERROR
     assert [a["status_code"] for a in failed_attempts(failed)] == [503, 503, 500]
@@ -215,7 +215,7 @@ def test_a_hang_past_the_timeout_is_transient_and_retried(
     assert attempt["text"] == partial
     recorder.wait(entered(State.IDLE))
     assert State.TRANSIENT_FAILURE in recorder.states()
-    assert [e.kind for e in recorder.of(Error)] == ["transient"]
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["transient"]
 
 
 def test_the_provider_spec_and_options_are_stored_and_used(

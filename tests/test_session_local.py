@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ def _bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CM_LOCAL_MODEL", raising=False)
 
 
-def test_local_model_replies_in_a_script(data_dir: Path, closing: list[ContextSession]) -> None:
-    session = ContextSession.create(provider="local", data_dir=data_dir)
-    closing.append(session)
+def test_local_model_replies_in_a_script(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider="local")
     message = session.send("Say hello", max_tokens=24).result(120)
     assert message.status is MessageStatus.COMPLETE
     assert message.content.strip()

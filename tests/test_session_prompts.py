@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from test_session_support import DEADLINE, Recorder
 
 from cm_notebook.errors import BranchNotFoundError, InvalidInputError
 from cm_notebook.events import BranchCreated, BranchUpdated
+from cm_notebook.model import Message
 from cm_notebook.providers.base import ChatRequest
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
 
 
 def system_of(request: ChatRequest) -> str | None:
@@ -210,3 +214,60 @@ async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
         assert s.title == "AB"
     finally:
         await s.aclose()
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_a_turn_diverted_to_a_conflict_branch_keeps_its_prompt(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+    session = ContextSession.create(provider=fake, tools=[add], data_dir=data_dir)
+    closing.append(session)
+    session.branch("terse", system="Be terse.", temperature=0.3)
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    recorder.wait(lambda events: any(e.type == "ToolApprovalRequested" for e in events))
+    asking = session.history()[-1]
+
+    async def intrude() -> None:
+        # A writer that does not claim the branch moves its head mid-turn.
+        async with FileStore(data_dir) as store:
+            stray = Message(role="user", parent_id=asking.id, content="from elsewhere")
+            await store.append_message(session.id, stray, branch="terse", expected_head=asking.id)
+
+    anyio.run(intrude)
+    session.approve()
+    assert turn.result(DEADLINE).content == "three"
+    conflict = session.branches["terse-conflict-1"]
+    assert conflict.system_prompt == "Be terse."
+    assert conflict.params == {"temperature": 0.3}
+    assert system_of(fake.last_request) == "Be terse."
+
+
+def test_branches_made_from_a_branch_inherit_its_defaults(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    fake = ScriptedProvider()
+    session = ContextSession.create(provider=fake, data_dir=data_dir, system="Context prompt.")
+    closing.append(session)
+    session.branch("terse", system="Be terse.", top_p=0.5)
+    question = session.send("Why?").result(DEADLINE).parent_id
+    assert question is not None
+    # An edit's new branch answers under the prompt and parameters of the branch edited.
+    edited = session.edit(question, "Why, really?").result(DEADLINE)
+    assert session.active_branch == "terse-edit-1"
+    assert session.system_prompt_of() == "Be terse."
+    assert edited.metadata.system_prompt == "Be terse."
+    assert fake.last_request.params == {"top_p": 0.5}
+    # So does a fan-out from it, unless a variant says otherwise.
+    arms = session.fan_out("Go on", [{"temperature": 0.1}, {"system": ""}]).result(DEADLINE)
+    assert [r.system_prompt for r in arms.results] == ["Be terse.", None]
+    assert [r.parameters for r in arms.results] == [
+        {"top_p": 0.5, "temperature": 0.1},
+        {"top_p": 0.5},
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,10 @@ from cm_notebook.testing import ScriptedProvider
 
 
 def test_two_threads_sending_on_one_branch_write_one_prompt(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     fake = ScriptedProvider().reply("slow reply", chunks="words", delay=0.05)
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     barrier = threading.Barrier(8)
     outcomes: list[object] = []
     lock = threading.Lock()
@@ -48,12 +48,11 @@ def test_two_threads_sending_on_one_branch_write_one_prompt(
 
 @pytest.mark.anyio
 async def test_breaking_out_of_stream_stops_the_reply(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     words = " ".join(f"w{i}" for i in range(200))
     fake = ScriptedProvider().reply(words, chunks="words", delay=0.01)
-    session = ContextSession.create(provider=fake, data_dir=data_dir)
-    closing.append(session)
+    session = new_session(provider=fake)
     received = []
     async for delta in session.stream("talk"):
         received.append(delta)

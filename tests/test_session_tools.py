@@ -5,7 +5,7 @@ The model is a ScriptedProvider; what it *saw* is read from ``fake.requests``.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from cm_notebook.errors import (
     ToolCallAlreadyResolvedError,
     ToolCallNotFoundError,
 )
-from cm_notebook.events import Error, ToolApprovalRequested, ToolCallResolved
+from cm_notebook.events import ErrorReported, ToolApprovalRequested, ToolCallResolved
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, ToolCallStatus
 from cm_notebook.session import ContextSession
@@ -60,12 +60,6 @@ class Calculator:
         return [self.add, self.divide]
 
 
-def make(
-    data_dir: Path, fake: ScriptedProvider, calc: Calculator, **options: Any
-) -> ContextSession:
-    return ContextSession.create(provider=fake, data_dir=data_dir, tools=calc.tools, **options)
-
-
 def tool_messages(request_messages: Sequence[Message]) -> dict[str, str]:
     """What the model was told about each tool call: ``{tool_call_id: content}``."""
     return {m.tool_call_id or "": m.content for m in request_messages if m.role == "tool"}
@@ -95,12 +89,11 @@ def waiting(recorder: Recorder) -> None:
 
 
 def test_approve_runs_the_tool_and_the_model_sees_its_result(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("It is 3.")
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("What is 1 + 2?")
     waiting(recorder)
@@ -141,12 +134,11 @@ def test_approve_runs_the_tool_and_the_model_sees_its_result(
 
 @pytest.mark.parametrize("edited", [{"a": 10, "b": 5}, '{"a": "10", "b": 5}'])
 def test_approve_with_edited_arguments_runs_them_and_the_model_sees_them(
-    data_dir: Path, closing: list[ContextSession], edited: Any
+    data_dir: Path, new_session: Callable[..., ContextSession], edited: Any
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("15.")
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Add")
     waiting(recorder)
@@ -163,12 +155,11 @@ def test_approve_with_edited_arguments_runs_them_and_the_model_sees_them(
 
 
 def test_invalid_edited_arguments_are_refused_and_the_call_stays_pending(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Add")
     waiting(recorder)
@@ -188,11 +179,12 @@ def test_invalid_edited_arguments_are_refused_and_the_call_stays_pending(
     assert calc.calls == [("add", 1, 2)]
 
 
-def test_approving_twice_is_a_clear_error(data_dir: Path, closing: list[ContextSession]) -> None:
+def test_approving_twice_is_a_clear_error(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Add")
     waiting(recorder)
@@ -212,12 +204,11 @@ def test_approving_twice_is_a_clear_error(data_dir: Path, closing: list[ContextS
 
 
 def test_approving_twice_on_a_branch_that_is_not_active(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     session.branch("side", switch=False)
     recorder = Recorder(session)
     turn = session.send("Add", branch="side")
@@ -231,11 +222,12 @@ def test_approving_twice_on_a_branch_that_is_not_active(
         session.deny("call_1")
 
 
-def test_deny_with_a_reason_tells_the_model(data_dir: Path, closing: list[ContextSession]) -> None:
+def test_deny_with_a_reason_tells_the_model(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("divide", {"a": 1, "b": 0}).reply("OK.")
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Divide")
     waiting(recorder)
@@ -254,7 +246,7 @@ def test_deny_with_a_reason_tells_the_model(data_dir: Path, closing: list[Contex
 
 
 def test_parallel_calls_can_be_decided_one_by_one(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = (
@@ -262,8 +254,7 @@ def test_parallel_calls_can_be_decided_one_by_one(
         .tool_calls(("add", {"a": 1, "b": 1}), ("divide", {"a": 4, "b": 2}))
         .reply("Done.")
     )
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Both")
     waiting(recorder)
@@ -287,12 +278,11 @@ def test_parallel_calls_can_be_decided_one_by_one(
 
 @pytest.mark.parametrize("approval", ["auto", {"add": "auto"}, {"a*": "auto"}])
 def test_auto_policy_needs_no_approval(
-    data_dir: Path, closing: list[ContextSession], approval: Any
+    data_dir: Path, new_session: Callable[..., ContextSession], approval: Any
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 2, "b": 2}).reply("4.")
-    session = make(data_dir, fake, calc, approval=approval)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools, approval=approval)
     recorder = Recorder(session)
     assert session.send("Add").result(DEADLINE).content == "4."
     assert calc.calls == [("add", 2, 2)]
@@ -300,24 +290,26 @@ def test_auto_policy_needs_no_approval(
     assert State.AWAITING_TOOL_APPROVAL in recorder.states()  # passed through, not held
 
 
-def test_a_tools_own_auto_policy_is_honoured(data_dir: Path, closing: list[ContextSession]) -> None:
+def test_a_tools_own_auto_policy_is_honoured(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     @tool(policy="auto")
     def now() -> str:
         """The time."""
         return "12:00"
 
     fake = ScriptedProvider(strict=True).tool_call("now").reply("Noon.")
-    session = ContextSession.create(provider=fake, data_dir=data_dir, tools=[now])
-    closing.append(session)
+    session = new_session(provider=fake, tools=[now])
     assert session.send("Time?").result(DEADLINE).content == "Noon."
     assert tool_messages(fake.requests[1].messages) == {"call_1": "12:00"}
 
 
-def test_deny_policy_refuses_without_asking(data_dir: Path, closing: list[ContextSession]) -> None:
+def test_deny_policy_refuses_without_asking(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 2, "b": 2}).reply("Sorry.")
-    session = make(data_dir, fake, calc, approval="deny")
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools, approval="deny")
     recorder = Recorder(session)
     assert session.send("Add").result(DEADLINE).content == "Sorry."
     assert calc.calls == []
@@ -330,25 +322,24 @@ def test_deny_policy_refuses_without_asking(data_dir: Path, closing: list[Contex
 
 
 def test_a_tool_that_raises_fails_and_the_conversation_goes_on(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("divide", {"a": 1, "b": 0}).reply("Oops.")
-    session = make(data_dir, fake, calc, approval="auto")
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools, approval="auto")
     recorder = Recorder(session)
     assert session.send("Divide").result(DEADLINE).content == "Oops."
     told = tool_messages(fake.requests[1].messages)["call_1"]
     assert told.startswith("error: ZeroDivisionError")
     call = session.history()[1].tool_calls[0]
     assert call.status is ToolCallStatus.FAILED
-    assert [e.kind for e in recorder.of(Error)] == ["tool"]
+    assert [e.kind for e in recorder.of(ErrorReported)] == ["tool"]
     assert session.state is State.IDLE
     assert_tree_valid(session.history())
 
 
 def test_a_tool_that_never_finishes_times_out(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     @tool
     async def wait_forever() -> str:
@@ -357,10 +348,7 @@ def test_a_tool_that_never_finishes_times_out(
         return "unreachable"
 
     fake = ScriptedProvider(strict=True).tool_call("wait_forever").reply("Gave up.")
-    session = ContextSession.create(
-        provider=fake, data_dir=data_dir, tools=[wait_forever], approval="auto", tool_timeout=0.1
-    )
-    closing.append(session)
+    session = new_session(provider=fake, tools=[wait_forever], approval="auto", tool_timeout=0.1)
     assert session.send("Wait").result(DEADLINE).content == "Gave up."
     told = tool_messages(fake.requests[1].messages)["call_1"]
     assert "timed out after 0.1 s" in told
@@ -377,12 +365,11 @@ def test_a_tool_that_never_finishes_times_out(
     ],
 )
 def test_bad_calls_from_the_model_fail_closed(
-    data_dir: Path, closing: list[ContextSession], name: str, arguments: Any, expected: str
+    new_session: Callable[..., ContextSession], name: str, arguments: Any, expected: str
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call(name, arguments).reply("Let me fix that.")
-    session = make(data_dir, fake, calc)  # default policy "ask": nobody is asked
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)  # policy "ask": nobody is asked
     recorder = Recorder(session)
     assert session.send("Go").result(DEADLINE).content == "Let me fix that."
     assert calc.calls == []
@@ -395,22 +382,21 @@ def test_bad_calls_from_the_model_fail_closed(
 
 
 def test_too_many_tool_rounds_is_a_permanent_failure(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True)
     for n in range(3):
         fake.tool_call("add", {"a": n, "b": n})
     fake.reply("Finally.")
-    session = make(data_dir, fake, calc, approval="auto", max_tool_rounds=2)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools, approval="auto", max_tool_rounds=2)
     recorder = Recorder(session)
     turn = session.send("Loop")
     with pytest.raises(PermanentProviderError, match="2 consecutive tool rounds"):
         turn.result(DEADLINE)
     assert session.state is State.PERMANENT_FAILURE
     assert calc.calls == [("add", 0, 0), ("add", 1, 1)]  # the third round never ran
-    recorder.wait(seen(Error, kind="permanent"))
+    recorder.wait(seen(ErrorReported, kind="permanent"))
     history = session.history()
     assert_tree_valid(history)
     assert "tool round limit" in history[-1].content
@@ -428,7 +414,7 @@ def test_invalid_max_tool_rounds_is_refused(data_dir: Path) -> None:
 
 
 def test_cancel_during_approval_resolves_every_call(
-    data_dir: Path, closing: list[ContextSession]
+    data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     calc = Calculator()
     fake = (
@@ -436,8 +422,7 @@ def test_cancel_during_approval_resolves_every_call(
         .tool_calls(("add", {"a": 1, "b": 1}), ("divide", {"a": 1, "b": 1}))
         .reply("Fresh start.")
     )
-    session = make(data_dir, fake, calc)
-    closing.append(session)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Both")
     waiting(recorder)
@@ -462,10 +447,12 @@ def test_cancel_during_approval_resolves_every_call(
 
 
 @pytest.mark.anyio
-async def test_approval_in_async_code_from_another_task(data_dir: Path) -> None:
+async def test_approval_in_async_code_from_another_task(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 20, "b": 22}).reply("42.")
-    session = make(data_dir, fake, calc)
+    session = new_session(provider=fake, tools=calc.tools)
     recorder = Recorder(session)
     turn = session.send("Add")
     await recorder.await_(seen(ToolApprovalRequested))

@@ -4,8 +4,10 @@ other writer's question, and a second send on a busy branch is refused up front.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +86,11 @@ def test_a_second_store_on_a_busy_branch_is_refused_up_front(
         turn = first.send("long question")
         with pytest.raises(BusyError, match="in use by another writer"):
             second.send("cutting in")
+        second.branch("elsewhere", switch=False)
+        second.switch("elsewhere")
+        with pytest.raises(BusyError, match="in use by another writer"):
+            second.delete_branch("main")  # the first writer is replying there
+        second.switch("main")
         assert "cutting in" not in [m.content for m in second.history()]
         turn.cancel()
         assert turn.result(DEADLINE).status is MessageStatus.INTERRUPTED
@@ -129,3 +136,49 @@ def test_a_turn_whose_head_moved_goes_on_a_conflict_branch(
     assert conflict[1].id == asking.id
     recorder.wait(seen(BranchCreated, branch="main-conflict-1", head=asking.id))
     assert session.state_of("main").value == "Idle"
+
+
+_CLAIMING_CHILD = textwrap.dedent(
+    """
+    import sys, threading
+    from cm_notebook.session import ContextSession
+    from cm_notebook.testing import ScriptedProvider
+
+    fake = ScriptedProvider().hang(after_chunks=1, text="busy")
+    session = ContextSession.open(sys.argv[2], data_dir=sys.argv[1], provider=fake)
+    started = threading.Event()
+    session.subscribe(lambda e: started.set(), kinds={"ContentDelta"})
+    session.send("mine")
+    if not started.wait(30):
+        sys.exit("the reply never started")
+    print("claimed", flush=True)
+    threading.Event().wait()  # holds the branch until killed
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_killed_writers_claim_is_recovered(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMING_CHILD, str(data_dir), session.id],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "claimed"
+        with pytest.raises(BusyError, match=f"pid {child.pid} on "):
+            session.send("mine too")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(DEADLINE)
+        if child.stdout is not None:
+            child.stdout.close()
+    # The OS dropped the dead writer's lock: the branch is free, no clean-up needed.
+    assert session.send("after").result(DEADLINE).content == "echo: after"
+    # (The reply had not been checkpointed yet: it was cut with no text on disk.)
+    assert [m.content for m in session.history()] == ["mine", "", "after", "echo: after"]
+    assert session.history()[1].status is MessageStatus.INTERRUPTED

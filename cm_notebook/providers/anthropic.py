@@ -270,9 +270,9 @@ class _ToolBlock:
 
 
 class AnthropicEventTranslator:
-    """Turns the raw events of one Anthropic reply into provider events. Pure: no I/O.
+    """Turns the raw events of one Anthropic reply into stream chunks. Pure: no I/O.
 
-    Feed events in order with :meth:`feed`, which returns the provider events each one
+    Feed events in order with :meth:`feed`, which returns the stream chunks each one
     produces, then call :meth:`finish` when the stream ends::
 
         translator = AnthropicEventTranslator()
@@ -297,7 +297,7 @@ class AnthropicEventTranslator:
         self.finished = False
 
     def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[StreamChunk]:
-        """The provider events that ``event`` produces (often none)."""
+        """The stream chunks that ``event`` produces (often none)."""
         if isinstance(event, Mapping):
             parsed = parse_wire_event(event)
             if parsed is None:

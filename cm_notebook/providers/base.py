@@ -1,7 +1,10 @@
 """The provider protocol: one async generator of chunks per request.
 
-A provider turns a :class:`ChatRequest` (the conversation so far, the tools on offer
-and generation parameters) into a stream of :data:`StreamChunk` values. Providers
+The provider step of the send path (session -> turn runner -> state machine ->
+**provider** -> store -> signals): the turn runner builds a :class:`ChatRequest` and
+reads the chunks; it never sees an SDK. A provider turns a :class:`ChatRequest` (the
+conversation so far, the tools on offer and generation parameters) into a stream of
+:data:`StreamChunk` values. Providers
 raise only :class:`~cm_notebook.errors.TransientProviderError` (worth retrying) or
 :class:`~cm_notebook.errors.PermanentProviderError` (needs the user); SDK and HTTP
 errors are translated at this boundary with ``raise ... from exc``.

@@ -136,7 +136,7 @@ def _malformed(detail: str) -> ProviderError:
 
 
 class _Assembler:
-    """Turns ``chat.completion.chunk`` objects into events; keeps partial tool calls."""
+    """Turns ``chat.completion.chunk`` objects into stream chunks; keeps partial tool calls."""
 
     def __init__(self) -> None:
         self.calls: dict[int, _PartialCall] = {}
