@@ -202,16 +202,27 @@ def test_a_client_that_reconnects_with_last_event_id_misses_nothing(client: http
     assert [(e.id, e.event, e.data) for e in replay] == [(e.id, e.event, e.data) for e in events]
 
 
-def test_idle_streams_get_heartbeat_comments(server: JupyterServer, client: httpx.Client) -> None:
+def test_idle_streams_get_heartbeats_and_end_when_the_client_leaves(
+    server: JupyterServer, client: httpx.Client
+) -> None:
     context_id = create_context(client, [])
-    with client.stream("GET", f"contexts/{context_id}/events") as response:
+
+    def streams() -> int:
+        count: int = client.get(f"contexts/{context_id}").json()["streams"]
+        return count
+
+    viewer = httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30)
+    with viewer, viewer.stream("GET", f"contexts/{context_id}/events") as response:
         assert response.status_code == 200
+        # Keep the line iterator: dropping it mid-stream closes the connection.
         lines = response.iter_lines()
         for line in lines:
             if line == ": heartbeat":
-                break  # the server's heartbeat is 0.5 s here; read with httpx's timeout
-    # Leaving did not disturb the session: it still answers.
-    assert client.get(f"contexts/{context_id}").status_code == 200
+                break  # the server's heartbeat is 0.5 s here; httpx's timeout bounds it
+        assert streams() == 1
+        lines.close()  # the viewer leaves
+    # The viewer left: the server notices and ends its side of the stream.
+    wait_for(lambda: streams() == 0)
 
 
 def test_a_tool_call_approved_over_http_finishes_the_turn(client: httpx.Client) -> None:

@@ -220,6 +220,7 @@ class ContextDetail(BaseModel):
     running: dict[str, str] = Field(description="Branch name -> id of the turn running on it.")
     pending_tool_calls: list[ToolCall]
     last_seq: int = Field(description="The sequence number of the last signal.")
+    streams: int = Field(0, description="Events streams of this context open on the server.")
 
 
 class MessagePage(BaseModel):

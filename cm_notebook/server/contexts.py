@@ -9,7 +9,7 @@ from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
 __all__ = ["ContextHandler", "ContextsHandler", "detail"]
 
 
-def detail(session: ContextSession) -> ContextDetail:
+def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
     """A context's metadata and what its session is doing."""
     metadata = session.metadata
     running = {}
@@ -24,6 +24,7 @@ def detail(session: ContextSession) -> ContextDetail:
         running=running,
         pending_tool_calls=session.pending_tool_calls,
         last_seq=session.last_seq,
+        streams=streams,
     )
 
 
@@ -54,7 +55,8 @@ class ContextHandler(CMHandler):
 
     @operation("A context's metadata and state", response=ContextDetail)
     async def get(self, context_id: str) -> None:
-        self.reply(detail(self.session(context_id)))
+        session = self.session(context_id)
+        self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation(
         "Rename a context", response=ContextDetail, body=UpdateContext, errors=(400, 404, 409)
@@ -63,7 +65,7 @@ class ContextHandler(CMHandler):
         session = self.session(context_id)
         request = self.body(UpdateContext)
         session.rename(request.title)
-        self.reply(detail(session))
+        self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation("Delete a context (its running replies are stopped)", status=204)
     async def delete(self, context_id: str) -> None:

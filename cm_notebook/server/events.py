@@ -56,11 +56,11 @@ class EventsHandler(CMHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer
         try:
-            # Headers and a first line at once: clients wait for them before reading.
-            self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
-            await self.flush()
-            ended = self.sessions.ended(session.id)
-            await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
+            with self.sessions.streaming(session.id) as ended:
+                # Headers and a first line at once: clients wait for them before reading.
+                self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
+                await self.flush()
+                await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
         except StreamClosedError:
             return  # the client left while we wrote
         finally:

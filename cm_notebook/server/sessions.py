@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class SessionRegistry:
         self._sessions: dict[str, ContextSession] = {}
         self._reapers: set[asyncio.Task[None]] = set()
         self._ended: dict[str, asyncio.Event] = {}
+        self._streams: dict[str, int] = {}
 
     def get(self, context_id: str) -> ContextSession:
         """The live session of ``context_id``, opened on first use.
@@ -84,6 +85,21 @@ class SessionRegistry:
         Streams of the context's signals end then, whatever the session's bus does.
         """
         return self._ended.setdefault(context_id, asyncio.Event())
+
+    @contextlib.contextmanager
+    def streaming(self, context_id: str) -> Iterator[asyncio.Event]:
+        """Count an open events stream of the context while inside; yields :meth:`ended`."""
+        self._streams[context_id] = self._streams.get(context_id, 0) + 1
+        try:
+            yield self.ended(context_id)
+        finally:
+            left = self._streams.pop(context_id) - 1
+            if left:
+                self._streams[context_id] = left
+
+    def streams(self, context_id: str) -> int:
+        """How many events streams of the context are open."""
+        return self._streams.get(context_id, 0)
 
     def _end(self, context_id: str) -> None:
         ended = self._ended.pop(context_id, None)
