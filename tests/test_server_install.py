@@ -87,3 +87,31 @@ def _runtime_info(runtime: Path, process: subprocess.Popen[bytes]) -> dict[str, 
                 return info
         time.sleep(0.05)  # polling a condition with a deadline
     raise AssertionError("cm-notebook serve did not start a server")
+
+
+@pytest.mark.slow
+def test_a_plain_jupyter_server_serves_the_api(tmp_path: Path) -> None:
+    # `jupyter server` loads every enabled extension, this one through its config file.
+    runtime = tmp_path / "runtime"
+    env = dict(
+        os.environ,
+        JUPYTER_RUNTIME_DIR=str(runtime),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        CM_NOTEBOOK_DATA_DIR=str(tmp_path / "data"),
+    )
+    command = [sys.executable, "-m", "jupyter_server", "--port=0", "--ip=127.0.0.1"]
+    command += ["--IdentityProvider.token=plain-token", "--ServerApp.open_browser=False"]
+    if os.getuid() == 0:
+        command.append("--allow-root")
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        info = _runtime_info(runtime, process)
+        url = f"http://127.0.0.1:{info['port']}{info['base_url']}cm/api/contexts"
+        answer = httpx.get(url, headers={"Authorization": "token plain-token"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"contexts": []}
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

@@ -61,6 +61,8 @@ class CMNotebookApp(ExtensionApp):
     # `cm-notebook serve` runs this extension alone.
     load_other_extensions = False
     open_browser = False
+    # Where the server's root URL leads when it runs this extension alone.
+    extension_url = f"{API_PREFIX}/openapi.json"
 
     data_dir = Unicode(
         "", help="Where contexts are stored (default: $CM_NOTEBOOK_DATA_DIR or the platform's)."
