@@ -248,6 +248,16 @@ def test_a_tool_call_approved_over_http_finishes_the_turn(client: httpx.Client) 
         call_id
     ]
 
+    # Edited arguments are checked against the tool's schema; a bad edit decides nothing.
+    bad_edit = client.post(
+        f"contexts/{context_id}/tools/approve",
+        json={"tool_call_id": call_id, "arguments": {"city": "Lyon", "days": "many"}},
+    )
+    _assert_error(bad_edit, 400)
+    assert client.get(f"contexts/{context_id}/tools/{call_id}").json()["tool_call"]["status"] == (
+        "pending"
+    )
+
     def approve() -> None:
         decided = client.post(
             f"contexts/{context_id}/tools/approve",
