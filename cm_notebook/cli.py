@@ -412,6 +412,24 @@ async def _demo(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+# -- serve ----------------------------------------------------------------------------
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8888, help="port (default: 8888; 0: any)")
+    parser.add_argument("--ip", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS, help="as above"
+    )
+
+
+@command("serve", "Run a Jupyter server with only the REST + SSE API.", _configure_serve)
+async def _serve(args: argparse.Namespace, store: Store) -> int:
+    from .server.launch import serve  # needs jupyter_server, only for this command
+
+    return serve(port=args.port, ip=args.ip, data_dir=args.data_dir)
+
+
 # -- main -----------------------------------------------------------------------------
 
 

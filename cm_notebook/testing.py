@@ -25,7 +25,9 @@ which keeps exploratory notebooks going; pass ``strict=True`` to get a
 
 The fake is registered as the ``scripted`` provider, so ``get_provider("scripted")``
 builds a fresh one (with an empty script: it echoes). To script it, build it yourself and
-pass the instance wherever a provider spec is accepted.
+pass the instance wherever a provider spec is accepted, or give the script as JSON in the
+provider options (``provider="scripted", provider_options={"script": [...]}``, see
+:meth:`ScriptedProvider.load`), which also works where only JSON travels (the REST API).
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ class ScriptedProvider:
         delay: float = 0.0,
         model: str = "scripted",
         parameters: Iterable[str] = DEFAULT_PARAMETERS,
+        script: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         self.model = model
         #: The generation parameters a request may set; a session refuses others, as it
@@ -196,14 +199,17 @@ class ScriptedProvider:
                 self.error(item)
             else:
                 self.chunks(*item)
+        self.load(script)
 
     @classmethod
     def from_spec(cls, model: str | None, /, **options: Any) -> ScriptedProvider:
         """Registry hook: ``get_provider("scripted")`` or ``"scripted:<label>"``.
 
-        Each call returns a fresh, empty (echoing) fake; ``options`` go to the
-        constructor (``strict``, ``delay``, ``replies``, ``parameters``). The model is
-        only a label.
+        Each call returns a fresh fake; ``options`` go to the constructor (``strict``,
+        ``delay``, ``replies``, ``parameters``, ``script``). Without a script it echoes.
+        The model is only a label. ``script`` (see :meth:`load`) is plain JSON, so a
+        context whose provider options carry it can be scripted from anywhere JSON goes,
+        e.g. a REST request.
         """
         return cls(model=model or "scripted", **options)
 
@@ -391,6 +397,65 @@ class ScriptedProvider:
             f"error must be 'transient', 'permanent' or an exception, not {error!r}"
         )
 
+    def load(self, script: Iterable[Mapping[str, Any]]) -> ScriptedProvider:
+        """Append turns described as JSON values, one mapping per turn.
+
+        Each mapping has exactly one of the keys ``reply``, ``tool_call``, ``error`` or
+        ``hang``; its other keys are the keyword arguments of the builder method of that
+        name (``usage`` as ``[input, output]``)::
+
+            {"reply": "Hi there", "chunks": "words", "delay": 0.01}
+            {"tool_call": "get_weather", "arguments": {"city": "Paris"}, "id": "w1"}
+            {"error": "transient", "after_chunks": 2, "retry_after": 0.1}
+            {"hang": true, "after_chunks": 1, "text": "partial"}
+
+        >>> ScriptedProvider().load([{"reply": "Hi", "chunks": "words"}, {"hang": True}])
+        ScriptedProvider(model='scripted', remaining=2, requests=0, strict=False)
+        """
+        if isinstance(script, (str, bytes, Mapping)):
+            raise InvalidInputError(
+                "script must be a list of turns, e.g. [{'reply': 'Hi'}, {'tool_call': 'add'}]"
+            )
+        for number, turn in enumerate(script, 1):
+            self._load_turn(number, turn)
+        return self
+
+    def _load_turn(self, number: int, turn: Any) -> None:
+        if not isinstance(turn, Mapping):
+            raise InvalidInputError(f"script turn {number} must be a mapping, not {turn!r}")
+        kinds = [key for key in _SCRIPT_KEYS if key in turn]
+        if len(kinds) != 1:
+            raise InvalidInputError(
+                f"script turn {number} must have exactly one of {list(_SCRIPT_KEYS)}; "
+                f"it has {sorted(turn)}"
+            )
+        kind = kinds[0]
+        options = {key: value for key, value in turn.items() if key != kind}
+        unknown = set(options) - _SCRIPT_KEYS[kind]
+        if unknown:
+            raise InvalidInputError(
+                f"script turn {number} ({kind}) has unknown keys {sorted(unknown)}; "
+                f"allowed: {sorted(_SCRIPT_KEYS[kind])}"
+            )
+        if isinstance(options.get("usage"), list):
+            options["usage"] = tuple(options["usage"])
+        value = turn[kind]
+        if kind in ("reply", "tool_call") and not isinstance(value, str):
+            raise InvalidInputError(f"script turn {number}: {kind!r} must be a string")
+        try:
+            if kind == "reply":
+                self.reply(value, **options)
+            elif kind == "tool_call":
+                self.tool_call(value, **options)
+            elif kind == "error":
+                self.error(value, **options)
+            elif value is True:
+                self.hang(**options)
+            else:
+                raise InvalidInputError(f"script turn {number}: 'hang' must be true")
+        except TypeError as exc:
+            raise InvalidInputError(f"script turn {number} ({kind}) is malformed: {exc}") from exc
+
     def hang(self, *, after_chunks: int = 0, text: str = "") -> ScriptedProvider:
         """Script a turn that streams ``after_chunks`` deltas, then waits until cancelled.
 
@@ -459,6 +524,15 @@ class ScriptedProvider:
     async def aclose(self) -> None:
         """Mark the fake closed (see :attr:`closed`); it holds no resources."""
         self.closed = True
+
+
+# The keys each kind of JSON script turn accepts besides its own (see ScriptedProvider.load).
+_SCRIPT_KEYS: dict[str, frozenset[str]] = {
+    "reply": frozenset({"chunks", "usage", "finish", "delay"}),
+    "tool_call": frozenset({"arguments", "id", "text", "usage", "delay"}),
+    "error": frozenset({"after_chunks", "text", "retry_after", "message", "delay"}),
+    "hang": frozenset({"after_chunks", "text"}),
+}
 
 
 def _partial(text: str, count: int) -> list[str]:

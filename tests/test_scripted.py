@@ -297,3 +297,38 @@ async def test_registry_builds_fresh_fakes_and_passes_instances_through() -> Non
     scripted = ScriptedProvider(["shared"])
     assert get_provider(scripted) is scripted
     assert texts(await collect(scripted)) == ["shared"]
+
+
+# -- scripts given as JSON (provider options, REST) -------------------------------------
+
+
+def test_load_builds_turns_from_json_values() -> None:
+    fake = ScriptedProvider.from_spec(
+        None,
+        script=[
+            {"reply": "Hi there", "chunks": "words", "usage": [3, 2]},
+            {"tool_call": "add", "arguments": {"a": 1}, "id": "c1"},
+            {"error": "transient", "after_chunks": 1},
+            {"hang": True},
+        ],
+    )
+    assert fake.remaining == 4
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "reply",
+        {"reply": "x"},
+        [{"reply": "x", "tool_call": "y"}],
+        [{}],
+        [{"reply": "x", "colour": "red"}],
+        [{"reply": 5}],
+        [{"hang": False}],
+        [{"error": "sometimes"}],
+        [{"reply": "x", "chunks": "letters"}],
+    ],
+)
+def test_load_refuses_malformed_scripts(script: object) -> None:
+    with pytest.raises(InvalidInputError):
+        ScriptedProvider().load(script)  # type: ignore[arg-type]

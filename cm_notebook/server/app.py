@@ -1,0 +1,135 @@
+"""The Jupyter server extension: :class:`CMNotebookApp`.
+
+Installed with the package and enabled by the shipped
+``jupyter_server_config.d/cm_notebook.json``, so any Jupyter server (``jupyter lab``,
+``jupyter server``) serves the API at ``<base_url>/cm/api``. ``cm-notebook serve``
+(or ``python -m cm_notebook.server``) runs a Jupyter server with only this extension.
+
+Configuration (``--CMNotebookApp.<name>=...`` or ``c.CMNotebookApp.<name>`` in a
+Jupyter config file): ``data_dir``, ``default_provider``, ``tools``, ``tool_policy``,
+``heartbeat``. Authentication is the server's own: token or login, XSRF for cookies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
+from traitlets import Float, List, Unicode, validate
+
+from ..errors import InvalidInputError
+from ..store.paths import default_data_dir
+from ..tools import Tool, ToolPolicy
+from ..tools._policy import check_policy
+from .base import HEARTBEAT_KEY, OPENAPI_KEY, SESSIONS_KEY, SIGNALS_KEY
+from .openapi import build_openapi
+from .routes import API_PREFIX, ROUTES, url_patterns
+from .sessions import SessionRegistry
+from .signals import BusSignals
+
+__all__ = ["CMNotebookApp", "load_tools", "main"]
+
+
+def load_tools(specs: Iterable[str]) -> list[Any]:
+    """Import tools named ``"package.module:attribute"``; an attribute may hold a list."""
+    found: list[Any] = []
+    for spec in specs:
+        module_name, _, attribute = spec.partition(":")
+        if not module_name or not attribute:
+            raise InvalidInputError(f"tool {spec!r} must be written 'package.module:attribute'")
+        try:
+            value = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise InvalidInputError(f"cannot import tool {spec!r}: {exc}") from exc
+        found.extend(value if isinstance(value, (list, tuple)) else [value])
+    for value in found:
+        if not (isinstance(value, Tool) or callable(value)):
+            raise InvalidInputError(f"{value!r} is not a tool or a function")
+    return found
+
+
+class CMNotebookApp(ExtensionApp):
+    """Serves the cm_notebook REST + SSE API from a Jupyter server."""
+
+    name = "cm_notebook"
+    description = "cm_notebook's REST and Server-Sent Events API"
+    # `cm-notebook serve` runs this extension alone.
+    load_other_extensions = False
+    open_browser = False
+    # Where the server's root URL leads when it runs this extension alone.
+    extension_url = f"{API_PREFIX}/openapi.json"
+
+    data_dir = Unicode(
+        "", help="Where contexts are stored (default: $CM_NOTEBOOK_DATA_DIR or the platform's)."
+    ).tag(config=True)
+    default_provider = Unicode(
+        "local", help="The provider spec of contexts created without one."
+    ).tag(config=True)
+    tools = List(
+        Unicode(),
+        help="Tools offered to the models, as 'package.module:attribute' (a tool, a typed "
+        "function or a list of them).",
+    ).tag(config=True)
+    tool_policy = Unicode(
+        "ask", help="What tool calls do: 'ask' waits for approval, 'auto' runs, 'deny' refuses."
+    ).tag(config=True)
+    heartbeat = Float(
+        15.0, help="Seconds between heartbeat comments on an idle events stream."
+    ).tag(config=True)
+
+    @classmethod
+    def get_extension_package(cls) -> str:
+        """The package Jupyter enables: this one, not the top-level ``cm_notebook``."""
+        return "cm_notebook.server"
+
+    @validate("tool_policy")
+    def _check_policy(self, proposal: Any) -> str:
+        return check_policy(proposal["value"], "CMNotebookApp.tool_policy")
+
+    @validate("heartbeat")
+    def _check_heartbeat(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value > 0:
+            raise InvalidInputError(f"CMNotebookApp.heartbeat must be > 0 seconds, got {value}")
+        return value
+
+    def initialize_settings(self) -> None:
+        """Open the session registry and describe the API."""
+        data_dir = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+        self.sessions = SessionRegistry(
+            data_dir.absolute(),
+            tools=load_tools(self.tools),
+            approval=ToolPolicy(default=check_policy(self.tool_policy)),
+            default_provider=self.default_provider,
+        )
+        base_url = self.serverapp.base_url if self.serverapp is not None else "/"
+        document = build_openapi(ROUTES, url_path_join(base_url, API_PREFIX))
+        self.settings.update(
+            {
+                SESSIONS_KEY: self.sessions,
+                SIGNALS_KEY: BusSignals,
+                HEARTBEAT_KEY: self.heartbeat,
+                OPENAPI_KEY: json.dumps(document),
+            }
+        )
+        self.log.info("cm_notebook: API at %s, contexts in %s", API_PREFIX, data_dir)
+
+    def initialize_handlers(self) -> None:
+        """Add the API's routes."""
+        self.handlers.extend(url_patterns())
+
+    async def stop_extension(self) -> None:
+        """Close every session (stopping running replies; their text is kept)."""
+        sessions: SessionRegistry | None = getattr(self, "sessions", None)
+        if sessions is not None:
+            await sessions.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a Jupyter server with only this extension (``python -m cm_notebook.server``)."""
+    CMNotebookApp.launch_instance(argv)  # type: ignore[no-untyped-call]

@@ -1,0 +1,204 @@
+"""What every REST handler shares: authentication, bodies, errors, and its OpenAPI entry.
+
+A handler method is declared with :func:`operation`, which (1) puts Jupyter's
+authentication and authorization in front of it (no token, no access; XSRF rules as
+for every Jupyter API), (2) translates the package's errors into HTTP statuses with a
+JSON :class:`~cm_notebook.server.bodies.ErrorBody` (never a traceback), and (3) records
+what the method takes and returns, from which :mod:`cm_notebook.server.openapi`
+writes the OpenAPI document. So the documentation cannot drift from the code.
+
+Errors and their statuses: a malformed body or query, a hostile id or a bad value is
+400 (with the field errors); an unknown context, message, branch or tool call is 404;
+a conflict with the current state (a reply already streaming, nothing to approve, a
+branch that exists) is 409; a store lock held too long is 503.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http.client import responses
+from typing import Any, TypeVar, cast
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from pydantic import BaseModel, ValidationError
+from tornado import web
+
+from ..errors import (
+    BranchExistsError,
+    CMError,
+    ContextExistsError,
+    InvalidInputError,
+    ProviderError,
+    StateError,
+    StoreLockTimeoutError,
+    TransientProviderError,
+)
+from ..session import ContextSession
+from .bodies import ErrorBody, FieldError
+from .sessions import SessionRegistry
+from .signals import SignalSourceFactory
+
+__all__ = ["ApiError", "CMHandler", "Operation", "operation", "status_of"]
+
+B = TypeVar("B", bound=BaseModel)
+Method = Callable[..., Awaitable[None]]
+
+#: Settings keys under which the extension hands its objects to the handlers.
+SESSIONS_KEY = "cm_notebook_sessions"
+SIGNALS_KEY = "cm_notebook_signal_source"
+HEARTBEAT_KEY = "cm_notebook_heartbeat"
+OPENAPI_KEY = "cm_notebook_openapi"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one handler method does, takes and answers (for the OpenAPI document)."""
+
+    summary: str
+    status: int = 200
+    response: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = (400, 404)
+    media_type: str = "application/json"
+    description: str = ""
+
+
+class ApiError(web.HTTPError):
+    """An error answer with a JSON body; raised by handlers, written by ``write_error``."""
+
+    def __init__(self, status: int, body: ErrorBody) -> None:
+        # Tornado logs ``log_message`` with %-formatting: escape the client's text.
+        super().__init__(status, body.message.replace("%", "%%"), reason=responses.get(status))
+        self.body = body
+
+    @classmethod
+    def of(cls, exc: CMError) -> ApiError:
+        """The answer for one of the package's errors."""
+        return cls(status_of(exc), ErrorBody(message=str(exc), reason=type(exc).__name__))
+
+    @classmethod
+    def invalid(cls, exc: ValidationError) -> ApiError:
+        """400 with the field errors of a body or query that failed validation."""
+        errors = [
+            FieldError(loc=list(error["loc"]), msg=error["msg"], type=error["type"])
+            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        where = "; ".join(
+            f"{'.'.join(str(part) for part in e.loc) or 'body'}: {e.msg}" for e in errors[:5]
+        )
+        return cls(
+            400,
+            ErrorBody(message=f"invalid request: {where}", reason="ValidationError", errors=errors),
+        )
+
+
+def status_of(exc: CMError) -> int:
+    """The HTTP status for one of the package's errors."""
+    if isinstance(exc, KeyError):  # every "not found" error is also a KeyError
+        return 404
+    if isinstance(exc, TransientProviderError):
+        return 503
+    if isinstance(exc, (InvalidInputError, ProviderError)):
+        # A bad value, or a provider this server cannot use: the request must change.
+        return 400
+    if isinstance(exc, (StateError, BranchExistsError, ContextExistsError)):
+        return 409
+    if isinstance(exc, StoreLockTimeoutError):
+        return 503
+    return 500
+
+
+def operation(
+    summary: str,
+    *,
+    status: int = 200,
+    response: type[BaseModel] | None = None,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    errors: tuple[int, ...] = (400, 404),
+    media_type: str = "application/json",
+    description: str = "",
+) -> Callable[[Method], Method]:
+    """Declare a handler method: authenticated, authorized, errors translated, documented."""
+    described = Operation(summary, status, response, body, query, errors, media_type, description)
+
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        async def translated(self: CMHandler, *args: Any, **kwargs: Any) -> None:
+            try:
+                await method(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise ApiError.invalid(exc) from exc
+            except CMError as exc:
+                raise ApiError.of(exc) from exc
+
+        guarded = cast(Method, web.authenticated(authorized(translated)))
+        guarded.__cm_operation__ = described  # type: ignore[attr-defined]
+        return guarded
+
+    return decorate
+
+
+class CMHandler(APIHandler):
+    """Base of the REST handlers: JSON in, JSON out, errors as :class:`ErrorBody`."""
+
+    auth_resource = "cm_notebook"
+
+    @property
+    def sessions(self) -> SessionRegistry:
+        """The server's live sessions."""
+        registry: SessionRegistry = self.settings[SESSIONS_KEY]
+        return registry
+
+    @property
+    def signal_source(self) -> SignalSourceFactory:
+        """Makes the events stream's source for a session."""
+        factory: SignalSourceFactory = self.settings[SIGNALS_KEY]
+        return factory
+
+    def session(self, context_id: str) -> ContextSession:
+        """The live session of ``context_id`` (400 for a hostile id, 404 if unknown)."""
+        return self.sessions.get(context_id)
+
+    def body(self, model: type[B]) -> B:
+        """The request body validated as ``model`` (an empty body is ``{}``)."""
+        return model.model_validate_json(self.request.body or b"{}")
+
+    def query(self, model: type[B]) -> B:
+        """The query string validated as ``model`` (the last value of each name wins)."""
+        names = self.request.query_arguments
+        return model.model_validate(
+            {name: self.get_query_argument(name, strip=False) for name in names}
+        )
+
+    def reply(self, model: BaseModel, status: int = 200) -> None:
+        """Answer with ``model`` as JSON."""
+        self.set_status(status)
+        self.finish(model.model_dump_json())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error as an :class:`ErrorBody`; unexpected ones without any detail."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            body = exc.body
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message or responses.get(status_code, "error")
+            if exc.args and exc.log_message:
+                message = exc.log_message % exc.args
+            if status_code in (401, 403):
+                message += (
+                    " (send the server's token: an 'Authorization: token <token>' header, "
+                    "or log in)"
+                )
+            body = ErrorBody(message=message, reason=exc.reason or responses.get(status_code, ""))
+        else:
+            body = ErrorBody(
+                message="internal error in the server; its log has the details",
+                reason="InternalError",
+            )
+        self.set_header("Content-Type", "application/json")
+        self.finish(body.model_dump_json())

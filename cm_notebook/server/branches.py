@@ -1,0 +1,92 @@
+"""``/contexts/{context_id}/branches``: list, fork, switch, change and delete branches."""
+
+from __future__ import annotations
+
+from ..errors import BranchNotFoundError
+from ..ids import validate_branch_name
+from ..model import Branch
+from ..session import ContextSession
+from .base import CMHandler, operation
+from .bodies import BranchList, CreateBranch, UpdateBranch
+
+__all__ = ["BranchHandler", "BranchesHandler"]
+
+
+def _branch(session: ContextSession, name: str) -> Branch:
+    validate_branch_name(name)
+    branches = session.branches
+    if name not in branches:
+        raise BranchNotFoundError(
+            f"there is no branch {name!r}; the branches are {sorted(branches)}"
+        )
+    return branches[name]
+
+
+class BranchesHandler(CMHandler):
+    """A context's branches; a new one."""
+
+    @operation("A context's branches", response=BranchList)
+    async def get(self, context_id: str) -> None:
+        metadata = self.session(context_id).metadata
+        self.reply(
+            BranchList(active=metadata.active_branch, branches=list(metadata.branches.values()))
+        )
+
+    @operation(
+        "Fork a branch (from a message, default the active head), with its own system "
+        "prompt, provider and parameters if given",
+        status=201,
+        response=Branch,
+        body=CreateBranch,
+        errors=(400, 404, 409),
+    )
+    async def post(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(CreateBranch)
+        created = session.branch(
+            request.name,
+            request.from_message,
+            switch=request.switch,
+            description=request.description,
+            system=request.system,
+            provider=request.provider,
+            **request.params,
+        )
+        self.reply(created, status=201)
+
+
+class BranchHandler(CMHandler):
+    """One branch."""
+
+    @operation("One branch", response=Branch)
+    async def get(self, context_id: str, branch: str) -> None:
+        self.reply(_branch(self.session(context_id), branch))
+
+    @operation(
+        "Switch to a branch, and/or change its system prompt (a branch with replies "
+        "under the old prompt is forked: the answer is the branch that has the new one)",
+        response=Branch,
+        body=UpdateBranch,
+        errors=(400, 404, 409),
+    )
+    async def put(self, context_id: str, branch: str) -> None:
+        session = self.session(context_id)
+        request = self.body(UpdateBranch)
+        changed = _branch(session, branch)
+        if request.active:
+            session.switch(branch)
+        if "system" in request.model_fields_set:
+            changed = session.edit_system(request.system, branch=branch)
+        self.reply(_branch(session, changed.name))
+
+    @operation(
+        "Delete a branch pointer (its messages stay in the tree)",
+        status=204,
+        errors=(400, 404, 409),
+    )
+    async def delete(self, context_id: str, branch: str) -> None:
+        session = self.session(context_id)
+        _branch(session, branch)
+        session.delete_branch(branch)
+        self.set_status(204)
+        self.finish()

@@ -1,0 +1,74 @@
+"""``/contexts`` and ``/contexts/{context_id}``: list, create, read, rename, delete."""
+
+from __future__ import annotations
+
+from ..session import ContextSession
+from .base import CMHandler, operation
+from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
+
+__all__ = ["ContextHandler", "ContextsHandler", "detail"]
+
+
+def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
+    """A context's metadata and what its session is doing."""
+    metadata = session.metadata
+    running = {}
+    for name in metadata.branches:
+        turn = session.turn(name)
+        if turn is not None:
+            running[name] = turn.id
+    return ContextDetail(
+        context=metadata,
+        state=session.state_of(metadata.active_branch),
+        states={name: session.state_of(name) for name in metadata.branches},
+        running=running,
+        pending_tool_calls=session.pending_tool_calls,
+        last_seq=session.last_seq,
+        streams=streams,
+    )
+
+
+class ContextsHandler(CMHandler):
+    """Every context; a new one."""
+
+    @operation("List contexts, most recently updated first", response=ContextList, errors=())
+    async def get(self) -> None:
+        self.reply(ContextList(contexts=await self.sessions.list()))
+
+    @operation(
+        "Create a context", status=201, response=ContextDetail, body=CreateContext, errors=(400,)
+    )
+    async def post(self) -> None:
+        request = self.body(CreateContext)
+        session = await self.sessions.create(
+            title=request.title,
+            provider=request.provider,
+            provider_options=request.provider_options,
+            system=request.system,
+            tags=request.tags,
+        )
+        self.reply(detail(session), status=201)
+
+
+class ContextHandler(CMHandler):
+    """One context."""
+
+    @operation("A context's metadata and state", response=ContextDetail)
+    async def get(self, context_id: str) -> None:
+        session = self.session(context_id)
+        self.reply(detail(session, self.sessions.streams(session.id)))
+
+    @operation(
+        "Rename a context", response=ContextDetail, body=UpdateContext, errors=(400, 404, 409)
+    )
+    async def patch(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(UpdateContext)
+        session.rename(request.title)
+        self.reply(detail(session, self.sessions.streams(session.id)))
+
+    @operation("Delete a context (its running replies are stopped)", status=204)
+    async def delete(self, context_id: str) -> None:
+        await self.sessions.delete(context_id)
+        self.set_status(204)
+        self.finish()

@@ -1,0 +1,111 @@
+"""``/contexts/{context_id}/events``: a context's signals as Server-Sent Events.
+
+The stream replays the signals after ``Last-Event-ID`` (or ``?since=``), then follows
+live ones; a comment line every ``heartbeat`` seconds keeps idle connections (and the
+proxies between) open and notices a client that left. Closing the session (the
+context was deleted, the server stops) ends the stream cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, get_args
+
+from tornado.iostream import StreamClosedError
+
+from ..events import Event
+from .base import HEARTBEAT_KEY, CMHandler, operation
+from .bodies import EventsQuery
+from .signals import SignalStream, parse_since, sse_comment, sse_message
+
+__all__ = ["EventsHandler"]
+
+_SIGNALS = ", ".join(kind.model_fields["type"].default for kind in get_args(get_args(Event)[0]))
+_DESCRIBE = (
+    "Server-Sent Events, one per signal: 'id:' is the signal's sequence number, 'event:' "
+    f"its name ({_SIGNALS}), 'data:' its JSON (a ContentDelta also carries its text as "
+    "'delta'). Reconnect with Last-Event-ID (or ?since=) to miss nothing; a Resync "
+    "means: re-pull what you show, then carry on."
+)
+
+
+class EventsHandler(CMHandler):
+    """The SSE stream of one context."""
+
+    _gone: asyncio.Event | None = None
+
+    def on_connection_close(self) -> None:
+        """The client left: end the stream now rather than at the next write."""
+        if self._gone is not None:
+            self._gone.set()
+
+    @operation(
+        "Signals as Server-Sent Events (replay with Last-Event-ID or ?since=)",
+        query=EventsQuery,
+        media_type="text/event-stream",
+        description=_DESCRIBE,
+    )
+    async def get(self, context_id: str) -> None:
+        session = self.session(context_id)
+        query = self.query(EventsQuery)
+        since = parse_since(self.request.headers.get("Last-Event-ID"), query.since)
+        self._gone = asyncio.Event()
+        stream = self.signal_source(session).open(since)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer
+        try:
+            with self.sessions.streaming(session.id) as ended:
+                # Headers and a first line at once: clients wait for them before reading.
+                self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
+                await self.flush()
+                await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
+        except StreamClosedError:
+            return  # the client left while we wrote
+        finally:
+            stream.close()
+        if not self._gone.is_set():
+            self.finish()
+
+    async def _pump(self, stream: SignalStream, ended: asyncio.Event, heartbeat: float) -> None:
+        # Ends when the client leaves (gone) or the session is closed (ended).
+        assert self._gone is not None
+        gone = asyncio.ensure_future(_first(self._gone, ended))
+        upcoming: asyncio.Future[Event] | None = None
+        try:
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(stream))
+                waiting: set[asyncio.Future[Any]] = {upcoming, gone}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                if gone in done:
+                    return  # the client left, or the context was deleted
+                if upcoming in done:
+                    try:
+                        event = upcoming.result()
+                    except StopAsyncIteration:
+                        return  # the session closed: end the response cleanly
+                    upcoming = None
+                    self.write(sse_message(event))
+                else:
+                    self.write(sse_comment("heartbeat"))
+                await self.flush()
+        finally:
+            for task in (upcoming, gone):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await task
+
+
+async def _first(*events: asyncio.Event) -> None:
+    # Returns as soon as any of ``events`` is set.
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

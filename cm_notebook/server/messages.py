@@ -1,0 +1,132 @@
+"""Messages and turns: pages of a branch, one message, send, edit, regenerate, stop."""
+
+from __future__ import annotations
+
+from ..errors import BranchNotFoundError, StateError
+from ..model import Message
+from ..session import ContextSession
+from ..turn import Turn
+from .base import CMHandler, operation
+from .bodies import (
+    EditMessage,
+    MessagePage,
+    MessagesQuery,
+    Regenerate,
+    SendMessage,
+    Stop,
+    TurnStarted,
+)
+
+__all__ = [
+    "EditHandler",
+    "MessageHandler",
+    "MessagesHandler",
+    "RegenerateHandler",
+    "StopHandler",
+    "page",
+]
+
+_TURN_ERRORS = (400, 404, 409)
+
+
+def page(session: ContextSession, query: MessagesQuery) -> MessagePage:
+    """The last ``limit`` messages of a branch, ending just before ``before`` if given."""
+    branch = query.branch if query.branch is not None else session.active_branch
+    # One more than asked: whether it exists says if there are older messages.
+    messages = session.history(branch, before=query.before, limit=query.limit + 1)
+    has_more = len(messages) > query.limit
+    return MessagePage(branch=branch, messages=messages[-query.limit :], has_more=has_more)
+
+
+class MessagesHandler(CMHandler):
+    """A branch's messages; a new user message."""
+
+    @operation(
+        "A page of a branch's messages, oldest first", response=MessagePage, query=MessagesQuery
+    )
+    async def get(self, context_id: str) -> None:
+        session = self.session(context_id)
+        self.reply(page(session, self.query(MessagesQuery)))
+
+    @operation(
+        "Send a user message and start the reply",
+        status=202,
+        response=TurnStarted,
+        body=SendMessage,
+        errors=_TURN_ERRORS,
+    )
+    async def post(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(SendMessage)
+        turn = session.send(request.text, branch=request.branch, **request.params)
+        _started(self, turn)
+
+
+def _started(handler: CMHandler, turn: Turn) -> None:
+    # 202 at once: the reply's progress comes as signals on the events stream.
+    handler.sessions.watch(turn)
+    handler.reply(TurnStarted(turn_id=turn.id, branch=turn.branch), status=202)
+
+
+class MessageHandler(CMHandler):
+    """One message."""
+
+    @operation("One message", response=Message)
+    async def get(self, context_id: str, message_id: str) -> None:
+        self.reply(self.session(context_id).get(message_id))
+
+
+class EditHandler(CMHandler):
+    """Edit an earlier user message."""
+
+    @operation(
+        "Replace a user message on a new branch and start the reply",
+        status=202,
+        response=TurnStarted,
+        body=EditMessage,
+        errors=_TURN_ERRORS,
+    )
+    async def post(self, context_id: str, message_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(EditMessage)
+        turn = session.edit(message_id, request.text, branch=request.branch, **request.params)
+        _started(self, turn)
+
+
+class RegenerateHandler(CMHandler):
+    """A new reply to the last prompt."""
+
+    @operation(
+        "A new reply to the branch's last prompt (a sibling of the old one)",
+        status=202,
+        response=TurnStarted,
+        body=Regenerate,
+        errors=_TURN_ERRORS,
+    )
+    async def post(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(Regenerate)
+        _started(self, session.regenerate(branch=request.branch, **request.params))
+
+
+class StopHandler(CMHandler):
+    """Stop a reply."""
+
+    @operation(
+        "Stop the reply being generated on a branch (its text is kept)",
+        status=202,
+        response=TurnStarted,
+        body=Stop,
+        errors=_TURN_ERRORS,
+    )
+    async def post(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(Stop)
+        branch = request.branch if request.branch is not None else session.active_branch
+        if branch not in session.branches:
+            raise BranchNotFoundError(f"there is no branch {branch!r} in context {context_id!r}")
+        turn = session.turn(branch)
+        if turn is None:
+            raise StateError(f"no reply is being generated on branch {branch!r}; nothing to stop")
+        turn.cancel()
+        self.reply(TurnStarted(turn_id=turn.id, branch=turn.branch), status=202)

@@ -1,0 +1,115 @@
+"""Where the events stream gets its signals, and how one signal looks on the wire.
+
+The SSE handler reads signals through one small interface, :class:`SignalSource`:
+``open(since)`` returns an async iterator of numbered signals that first replays
+those after ``since`` and then follows live ones, with no gap and no repeat, and a
+single :class:`~cm_notebook.events.Resync` when it cannot (the numbers asked for are
+gone). Today the source is the session's in-process bus (:class:`BusSignals`), whose
+numbering restarts with the process. A per-context signal log on disk, numbered once
+for every process, can replace it by implementing the same two methods; the handler
+and the wire format stay as they are.
+
+The wire format is Server-Sent Events, one signal per message::
+
+    id: 42
+    event: ContentDelta
+    data: {"type":"ContentDelta","seq":42,"text":"Hel","delta":"Hel","offset":0,...}
+
+``event:`` is the signal's name, so a browser listens per kind with
+``addEventListener('ContentDelta', e => JSON.parse(e.data).delta)``; ``id:`` is the
+sequence number, which a reconnecting ``EventSource`` sends back as ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Protocol
+
+from ..errors import InvalidInputError
+from ..events import ContentDelta, Event
+from ..session import ContextSession
+
+__all__ = [
+    "BusSignals",
+    "SignalSource",
+    "SignalSourceFactory",
+    "SignalStream",
+    "parse_since",
+    "sse_comment",
+    "sse_message",
+]
+
+
+class SignalStream(Protocol):
+    """An async iterator of signals in sequence order, which can be closed early."""
+
+    def __aiter__(self) -> SignalStream: ...
+
+    async def __anext__(self) -> Event: ...
+
+    def close(self) -> None:
+        """Stop following (the iteration ends); safe to call more than once."""
+
+
+class SignalSource(Protocol):
+    """The signals of one context, replayable from a sequence number."""
+
+    def open(self, since: int | None) -> SignalStream:
+        """Signals after ``since`` (None: only those published from now on), then live ones.
+
+        Signals that cannot be replayed any more come as one ``Resync``.
+        """
+        ...
+
+
+#: Makes the source for a session's context; the server's ``signal_source`` setting.
+SignalSourceFactory = Callable[[ContextSession], SignalSource]
+
+
+class BusSignals:
+    """The in-process source: the session's own signal bus.
+
+    Its numbers are the bus's: they restart when the server restarts, and a client
+    asking for a number ahead of the bus gets a ``Resync``.
+    """
+
+    def __init__(self, session: ContextSession) -> None:
+        self._session = session
+
+    def open(self, since: int | None) -> SignalStream:
+        """A stream registered at once, so nothing published after this call is missed."""
+        return self._session.event_stream(since)
+
+
+def parse_since(last_event_id: str | None, since: int | None) -> int | None:
+    """The sequence number to replay after: ``Last-Event-ID`` wins over ``?since=``.
+
+    A reconnecting ``EventSource`` sends the header but repeats the original URL, so
+    the header is the newer of the two.
+    """
+    if last_event_id is None or last_event_id.strip() == "":
+        return since
+    value = last_event_id.strip()
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidInputError(
+            "Last-Event-ID must be a signal's sequence number (a whole number >= 0), "
+            f"got {last_event_id[:40]!r}"
+        )
+    return int(value)
+
+
+def sse_message(event: Event) -> str:
+    """One signal as an SSE message (``id``, ``event``, one ``data`` line)."""
+    data = event.model_dump(mode="json")
+    if isinstance(event, ContentDelta):
+        # The browser snippet reads ``.delta``; the model calls the same text ``text``.
+        data["delta"] = event.text
+    # json.dumps escapes line breaks inside strings, so ``data:`` stays one line.
+    payload = json.dumps(data, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n"
+
+
+def sse_comment(text: str) -> str:
+    """An SSE comment line: ignored by clients, keeps proxies and idle timers awake."""
+    return f": {' '.join(text.split())}\n\n"

@@ -1,0 +1,94 @@
+"""``/contexts/{context_id}/tools``: pending calls, approve, deny, and one call's status."""
+
+from __future__ import annotations
+
+from ..errors import StateError, ToolCallNotFoundError
+from ..model import ToolCall
+from ..session import ContextSession
+from .base import CMHandler, operation
+from .bodies import Approve, Decided, Deny, ToolCallView
+
+__all__ = ["ApproveHandler", "DenyHandler", "ToolCallHandler", "ToolCallsHandler", "find_call"]
+
+
+def find_call(session: ContextSession, tool_call_id: str) -> ToolCallView:
+    """Where ``tool_call_id`` is: pending, or stored in a reply on some branch."""
+    waiting = [call for call in session.pending_tool_calls if call.id == tool_call_id]
+    pending = {call.id for call in waiting}
+    for name in dict.fromkeys([session.active_branch, *session.branches]):
+        for message in session.history(name):
+            for call in message.tool_calls:
+                if call.id == tool_call_id:
+                    # The stored copy may lag while the call waits: the desk is current.
+                    if call.id in pending:
+                        call = call.model_copy(update={"status": "pending"})
+                    return ToolCallView(tool_call=call, message_id=message.id, branch=name)
+    if waiting:  # asked for by a reply that is not stored yet
+        return ToolCallView(tool_call=waiting[0])
+    raise ToolCallNotFoundError(f"there is no tool call {tool_call_id!r} in this context")
+
+
+def _nothing_pending(exc: ToolCallNotFoundError) -> StateError:
+    return StateError(f"{exc}; approve or deny once a ToolApprovalRequested signal says so")
+
+
+class ToolCallsHandler(CMHandler):
+    """The calls waiting for a decision."""
+
+    @operation("Tool calls waiting for approval, oldest first", response=Decided)
+    async def get(self, context_id: str) -> None:
+        self.reply(Decided(tool_calls=self.session(context_id).pending_tool_calls))
+
+
+class ApproveHandler(CMHandler):
+    """Approve pending calls."""
+
+    @operation(
+        "Approve one pending tool call (optionally with edited arguments) or all",
+        response=Decided,
+        body=Approve,
+        errors=(400, 404, 409),
+    )
+    async def post(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(Approve)
+        try:
+            decided: list[ToolCall] = session.approve(
+                request.tool_call_id, arguments=request.arguments, branch=request.branch
+            )
+        except ToolCallNotFoundError as exc:
+            if request.tool_call_id is None:
+                raise _nothing_pending(exc) from exc
+            raise
+        self.reply(Decided(tool_calls=decided))
+
+
+class DenyHandler(CMHandler):
+    """Deny pending calls."""
+
+    @operation(
+        "Deny one pending tool call or all; the model is told the reason",
+        response=Decided,
+        body=Deny,
+        errors=(400, 404, 409),
+    )
+    async def post(self, context_id: str) -> None:
+        session = self.session(context_id)
+        request = self.body(Deny)
+        try:
+            decided = session.deny(
+                request.tool_call_id, reason=request.reason, branch=request.branch
+            )
+        except ToolCallNotFoundError as exc:
+            if request.tool_call_id is None:
+                raise _nothing_pending(exc) from exc
+            raise
+        self.reply(Decided(tool_calls=decided))
+
+
+class ToolCallHandler(CMHandler):
+    """One tool call."""
+
+    @operation("One tool call's status and result", response=ToolCallView)
+    async def get(self, context_id: str, tool_call_id: str) -> None:
+        self.reply(find_call(self.session(context_id), tool_call_id))

@@ -1,0 +1,117 @@
+"""The server extension is enabled on install, and ``cm-notebook serve`` runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_shipped_jupyter_config_enables_the_extension() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data_files = pyproject["tool"]["setuptools"]["data-files"]
+    (shipped,) = data_files["etc/jupyter/jupyter_server_config.d"]
+    config = json.loads((ROOT / shipped).read_text())
+    assert config == {"ServerApp": {"jpserver_extensions": {"cm_notebook.server": True}}}
+
+
+def test_jupyter_lists_the_extension_as_enabled() -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "jupyter", "server", "extension", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    output = listed.stdout + listed.stderr
+    assert "cm_notebook.server" in output
+    line = next(line for line in output.splitlines() if line.strip().startswith("cm_notebook"))
+    assert "enabled" in line
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals a POSIX process group")
+def test_cm_notebook_serve_runs_the_api_until_interrupted(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), JUPYTER_CONFIG_DIR=str(tmp_path))
+    command = [sys.executable, "-m", "cm_notebook", "serve", "--port", "0"]
+    command += ["--data-dir", str(tmp_path / "data")]
+    if os.getuid() == 0:
+        # Jupyter refuses root without --allow-root; serve takes it from the config.
+        (tmp_path / "jupyter_server_config.json").write_text(
+            json.dumps({"ServerApp": {"allow_root": True}})
+        )
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as in a terminal
+    )
+    try:
+        info = _runtime_info(runtime, process)
+        url = f"http://127.0.0.1:{info['port']}{info['base_url']}cm/api/contexts"
+        headers = {"Authorization": f"token {info['token']}"}
+        created = httpx.post(url, json={"provider": "scripted", "title": "t"}, headers=headers)
+        assert created.status_code == 201, created.text
+        assert (tmp_path / "data" / "contexts" / created.json()["context"]["id"]).is_dir()
+        assert httpx.get(url).status_code in (401, 403)
+    finally:
+        # Ctrl-C in a terminal reaches the whole foreground group: the command and server.
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+
+
+def _runtime_info(runtime: Path, process: subprocess.Popen[bytes]) -> dict[str, object]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1].decode(errors="replace")
+        for path in runtime.glob("jpserver-*.json"):
+            try:
+                info: dict[str, object] = json.loads(path.read_text())
+            except ValueError:
+                continue  # being written
+            if info.get("port"):
+                return info
+        time.sleep(0.05)  # polling a condition with a deadline
+    raise AssertionError("cm-notebook serve did not start a server")
+
+
+@pytest.mark.slow
+def test_a_plain_jupyter_server_serves_the_api(tmp_path: Path) -> None:
+    # `jupyter server` loads every enabled extension, this one through its config file.
+    runtime = tmp_path / "runtime"
+    env = dict(
+        os.environ,
+        JUPYTER_RUNTIME_DIR=str(runtime),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        CM_NOTEBOOK_DATA_DIR=str(tmp_path / "data"),
+    )
+    command = [sys.executable, "-m", "jupyter_server", "--port=0", "--ip=127.0.0.1"]
+    command += ["--IdentityProvider.token=plain-token", "--ServerApp.open_browser=False"]
+    if os.getuid() == 0:
+        command.append("--allow-root")
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        info = _runtime_info(runtime, process)
+        url = f"http://127.0.0.1:{info['port']}{info['base_url']}cm/api/contexts"
+        answer = httpx.get(url, headers={"Authorization": "token plain-token"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"contexts": []}
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
