@@ -20,7 +20,7 @@ from .. import events as ev
 from ..compare import word_diff
 from ..errors import InvalidInputError
 from ..model import Message
-from ._base import SessionFollower, Throttle
+from ._base import FollowingView
 from ._messages import stats_of
 from .markdown import render_markdown
 
@@ -33,7 +33,7 @@ _INS = "background:#d1fae5"
 _DEL = "background:#fee2e2;text-decoration:line-through"
 
 
-class CompareView(w.HTML):  # type: ignore[misc]
+class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
     """``branches`` (default: every branch) side by side, kept current."""
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
@@ -50,21 +50,12 @@ class CompareView(w.HTML):  # type: ignore[misc]
                 )
         super().__init__()
         self.add_class("cm-compare")
-        self.session = session
         self.branch_names = names
-        self._follower = SessionFollower(session, self._on_event, self._show_error)
-        self._throttle = Throttle(self._follower.loop, 0.5, self._render)
+        self._follow(session, 0.5)
         self._render()
 
     def __repr__(self) -> str:
         return f"<cm_notebook CompareView of {len(self.branch_names)} branches>"
-
-    def close(self) -> None:
-        """Stop following the session and close the widget."""
-        if hasattr(self, "_follower"):
-            self._follower.close()
-            self._throttle.cancel()
-        super().close()
 
     def _show_error(self, text: str) -> None:
         self.value = f'<div style="color:#b91c1c">{html.escape(text)}</div>'
