@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
-from ..compare import word_diff
+from ..compare import diff_side_html, word_diff
 from ..errors import InvalidInputError
 from ..model import Message
 from ._base import FollowingView
@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CompareView", "comparison_html"]
 
-_INS = "background:#d1fae5"
-_DEL = "background:#fee2e2;text-decoration:line-through"
+_MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
 
 
 class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
@@ -121,17 +120,6 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     return f'<table style="font-size:85%;margin:4px 0">{cells}</table>'
 
 
-def _diff_side(ops: list[tuple[str, str]], keep: str) -> str:
-    style = _INS if keep == "+" else _DEL
-    out = []
-    for op, text in ops:
-        if op == "=":
-            out.append(html.escape(text))
-        elif op == keep:
-            out.append(f'<span style="{style}">{html.escape(text)}</span>')
-    return "".join(out)
-
-
 def comparison_html(columns: list[dict[str, Any]]) -> str:
     """Static HTML of the comparison (columns: branch, system, messages, state)."""
     paths = [c["messages"] for c in columns]
@@ -158,7 +146,7 @@ def comparison_html(columns: list[dict[str, Any]]) -> str:
         if answer is not None:
             # The first column marks what the second dropped; the others what they added.
             ops = word_diff(base, second if index == 0 else answer.content)
-            text = _diff_side(ops, "-" if index == 0 else "+")
+            text = diff_side_html(ops, "-" if index == 0 else "+", _MARKS)
             body.append(
                 '<div style="font-size:85%;color:#555"><b>answer</b>'
                 + (" (diff against the first)" if index else "")
