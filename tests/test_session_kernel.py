@@ -21,6 +21,7 @@ pytest.importorskip("ipykernel")
 
 from jupyter_client.blocking.client import BlockingKernelClient  # noqa: E402
 from jupyter_client.manager import KernelManager  # noqa: E402
+from widget_frontend import running_kernel  # noqa: E402
 
 from cm_notebook.model import MessageStatus  # noqa: E402
 from cm_notebook.session import ContextSession  # noqa: E402
@@ -77,18 +78,8 @@ def _left(deadline: float) -> float:
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
     data_dir = tmp_path_factory.mktemp("kernel-data")
-    env = {**os.environ, "CM_NOTEBOOK_DATA_DIR": str(data_dir)}
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env)
-    client = manager.blocking_client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
+    with running_kernel(data_dir) as (manager, client):
         yield Kernel(manager, client, data_dir)
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
-        manager.cleanup_resources()
 
 
 def test_the_kernel_runs_this_virtualenv(kernel: Kernel) -> None:

@@ -169,8 +169,8 @@ class FrontEnd:
 
 
 @contextmanager
-def front_end(data_dir: Path) -> Iterator[FrontEnd]:
-    """A fresh kernel of this virtualenv with ``CM_NOTEBOOK_DATA_DIR=data_dir``."""
+def running_kernel(data_dir: Path) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """A fresh, ready kernel of this virtualenv with ``CM_NOTEBOOK_DATA_DIR=data_dir``."""
     env = {**os.environ, "CM_NOTEBOOK_DATA_DIR": str(data_dir)}
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(env=env)
@@ -178,8 +178,15 @@ def front_end(data_dir: Path) -> Iterator[FrontEnd]:
     client.start_channels()
     try:
         client.wait_for_ready(timeout=60)
-        yield FrontEnd(manager, client, data_dir)
+        yield manager, client
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
         manager.cleanup_resources()
+
+
+@contextmanager
+def front_end(data_dir: Path) -> Iterator[FrontEnd]:
+    """A :class:`FrontEnd` on a fresh kernel (see :func:`running_kernel`)."""
+    with running_kernel(data_dir) as (manager, client):
+        yield FrontEnd(manager, client, data_dir)
