@@ -114,25 +114,29 @@ class FrontEnd:
                 raise TimeoutError(f"timed out waiting for {what or condition}")
             self.pump(min(left, 0.5))
 
-    def run(self, code: str, timeout: float = TIMEOUT) -> str:
-        """Execute a cell, handling iopub meanwhile; return its printed output."""
-        msg_id = self.client.execute(textwrap.dedent(code))
-        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {code[:60]!r}")
+    def output(self, msg_id: str) -> str:
+        """What the cell ``msg_id`` printed so far (streams and tracebacks)."""
+        return "".join(self._outputs.get(msg_id, []))
+
+    def reply(self, msg_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The execute_reply content of the cell ``msg_id``, once the kernel is idle after it."""
+        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {msg_id}")
         reply = self.client.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.client.get_shell_msg(timeout=timeout)
-        out = "".join(self._outputs.get(msg_id, []))
-        assert reply["content"]["status"] == "ok", out
-        return out
+        content: dict[str, Any] = reply["content"]
+        return content
 
     def execute(self, code: str, timeout: float = TIMEOUT) -> tuple[dict[str, Any], str]:
         """Execute a cell that may fail: its execute_reply content and its output."""
         msg_id = self.client.execute(textwrap.dedent(code))
-        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {code[:60]!r}")
-        reply = self.client.get_shell_msg(timeout=timeout)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = self.client.get_shell_msg(timeout=timeout)
-        return reply["content"], "".join(self._outputs.get(msg_id, []))
+        return self.reply(msg_id, timeout), self.output(msg_id)
+
+    def run(self, code: str, timeout: float = TIMEOUT) -> str:
+        """Execute a cell, handling iopub meanwhile; return its printed output."""
+        reply, out = self.execute(code, timeout)
+        assert reply["status"] == "ok", out
+        return out
 
     def with_class(self, css_class: str) -> list[dict[str, Any]]:
         """The states of the widget models that carry ``css_class``, oldest first."""
@@ -169,8 +173,8 @@ class FrontEnd:
 
 
 @contextmanager
-def running_kernel(data_dir: Path) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """A fresh, ready kernel of this virtualenv with ``CM_NOTEBOOK_DATA_DIR=data_dir``."""
+def front_end(data_dir: Path) -> Iterator[FrontEnd]:
+    """A fresh kernel of this virtualenv with ``CM_NOTEBOOK_DATA_DIR=data_dir``."""
     env = {**os.environ, "CM_NOTEBOOK_DATA_DIR": str(data_dir)}
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(env=env)
@@ -178,15 +182,8 @@ def running_kernel(data_dir: Path) -> Iterator[tuple[KernelManager, BlockingKern
     client.start_channels()
     try:
         client.wait_for_ready(timeout=60)
-        yield manager, client
+        yield FrontEnd(manager, client, data_dir)
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
         manager.cleanup_resources()
-
-
-@contextmanager
-def front_end(data_dir: Path) -> Iterator[FrontEnd]:
-    """A :class:`FrontEnd` on a fresh kernel (see :func:`running_kernel`)."""
-    with running_kernel(data_dir) as (manager, client):
-        yield FrontEnd(manager, client, data_dir)
