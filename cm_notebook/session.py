@@ -60,7 +60,7 @@ from .turn import Turn
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
     from .widgets import CompareView, SessionView
 
-__all__ = ["ContextSession"]
+__all__ = ["ContextSession", "SessionOptions"]
 
 
 class ContextSession(SessionBranches):
@@ -85,7 +85,7 @@ class ContextSession(SessionBranches):
     ) -> ContextSession:
         """Create a new context and return its session.
 
-        ``options`` are those of :class:`~cm_notebook._session_options.SessionOptions`:
+        ``options`` are those of :class:`~cm_notebook.session.SessionOptions`:
         ``provider`` (default ``"local"``), ``tools``, ``approval``, ``retry``,
         ``max_tool_rounds``, ``tool_timeout``, ``auto_title``. ``provider`` is a spec
         (``"local"``, ``"openai:gpt-4o-mini"``, ``"anthropic:claude-..."``) or a Provider
