@@ -38,6 +38,7 @@ from ._conversation import for_request
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
+from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
 from .approvals import ApprovalDesk
@@ -58,7 +59,7 @@ from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
 from .store import IndexEntry, Store
-from .tools import Policy, ToolPolicy, ToolRegistry
+from .tools import ToolPolicy, ToolRegistry
 from .turn import Turn
 
 __all__ = ["SessionCore"]
@@ -74,22 +75,20 @@ class SessionCore:
         self,
         store: Store,
         metadata: ContextMetadata,
+        options: SessionOptions,
         *,
-        provider: ProviderLike | None = None,
-        tools: Iterable[Any] = (),
-        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
-        retry: RetryPolicy | None = None,
-        max_tool_rounds: int = 10,
-        tool_timeout: float | None = None,
         owns_store: bool = False,
-        auto_title: bool = False,
     ) -> None:
+        # The one place the options are validated (create() and open() pass them on).
+        chosen: SessionOptions = {**DEFAULTS, **options}
+        tools, retry = chosen["tools"], chosen["retry"]
+        max_tool_rounds, tool_timeout = chosen["max_tool_rounds"], chosen["tool_timeout"]
         self._store = store
         self._io = StoreAccess(store)
         self._metadata = metadata
         self.id = metadata.id
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
-        self.tool_policy = ToolPolicy.coerce(approval)
+        self.tool_policy = ToolPolicy.coerce(chosen["approval"])
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInputError(
                 f"retry must be a RetryPolicy, e.g. RetryPolicy(max_attempts=5); got {retry!r}"
@@ -127,11 +126,11 @@ class SessionCore:
         self._approvals = ApprovalDesk()
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
-        self._providers = ProviderPool(metadata.provider, provider)
+        self._providers = ProviderPool(metadata.provider, chosen["provider"])
         self._defaults = BranchDefaults(self._providers.resolve)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
-        self._auto_title = bool(auto_title)  # ask the model for a title (titles.py)
+        self._auto_title = bool(chosen["auto_title"])  # ask the model for a title (titles.py)
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
         # Caches refreshed when the store's change token moves (see ``metadata``).

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .model import Message, MessageStatus, StreamStats, TokenUsage
 
-__all__ = ["BranchResult", "Comparison", "word_diff"]
+__all__ = ["BranchResult", "Comparison", "diff_side_html", "word_diff"]
 
 _TOKEN = re.compile(r"\s+|[^\s]+")
 
@@ -190,9 +190,9 @@ class Comparison(BaseModel):
         for index, result in enumerate(self.results):
             facts = [html.escape(fact) for fact in result.facts()]
             if index == 1 and diff_b:
-                body = _diff_html(diff_b, keep="+")
+                body = diff_side_html(diff_b, keep="+")
             elif index == 0 and diff_b:
-                body = _diff_html(diff_b, keep="-")
+                body = diff_side_html(diff_b, keep="-")
             else:
                 body = html.escape(result.text or "(no answer)")
             cells.append(
@@ -216,9 +216,18 @@ class Comparison(BaseModel):
         )
 
 
-def _diff_html(ops: list[tuple[str, str]], keep: str) -> str:
-    # Render one side of a word diff: shared words plain, this side's changes marked.
-    style = {"-": "background:#fdd;text-decoration:line-through", "+": "background:#dfd"}[keep]
+_MARKS = {"-": "background:#fdd;text-decoration:line-through", "+": "background:#dfd"}
+
+
+def diff_side_html(
+    ops: list[tuple[str, str]], keep: str, styles: dict[str, str] | None = None
+) -> str:
+    """One side of a :func:`word_diff` as HTML: shared words plain, this side's marked.
+
+    ``keep`` is ``"-"`` (the first text's side) or ``"+"`` (the second's); ``styles``
+    maps each to the CSS of its marked words (default: red struck out, green).
+    """
+    style = (styles or _MARKS)[keep]
     parts = []
     for op, text in ops:
         if op == "=":

@@ -33,6 +33,7 @@ from . import events as ev
 from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
+from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._sessionio import StoreAccess
 from .approvals import Decision, PendingCall
 from .branch_defaults import branch_settings
@@ -50,17 +51,16 @@ from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .redact import refuse_secrets
 from .render import conversation_html
-from .retry import RetryPolicy
 from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
-from .tools import Policy, ToolPolicy, validate_edited_arguments
+from .tools import validate_edited_arguments
 from .turn import Turn
 
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
     from .widgets import CompareView, SessionView
 
-__all__ = ["ContextSession"]
+__all__ = ["ContextSession", "SessionOptions"]
 
 
 class ContextSession(SessionBranches):
@@ -76,34 +76,35 @@ class ContextSession(SessionBranches):
         cls,
         title: str | None = None,
         *,
-        provider: ProviderLike = "local",
         data_dir: str | Path | None = None,
         system: str | None = None,
-        tools: Iterable[Any] = (),
-        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
         store: Store | None = None,
-        retry: RetryPolicy | None = None,
-        max_tool_rounds: int = 10,
-        tool_timeout: float | None = None,
         tags: Sequence[str] = (),
         provider_options: Mapping[str, Any] | None = None,
-        auto_title: bool = False,
+        **options: Unpack[SessionOptions],
     ) -> ContextSession:
         """Create a new context and return its session.
 
-        ``provider`` is a spec (``"local"``, ``"openai:gpt-4o-mini"``,
-        ``"anthropic:claude-..."``) or a Provider instance (e.g. a ScriptedProvider).
-        ``provider_options`` (e.g. ``{"base_url": ...}``) are stored with the context;
-        they must not contain secrets (keys come from the environment).
+        ``options`` are those of :class:`~cm_notebook.session.SessionOptions`:
+        ``provider`` (default ``"local"``), ``tools``, ``approval``, ``retry``,
+        ``max_tool_rounds``, ``tool_timeout``, ``auto_title``. ``provider`` is a spec
+        (``"local"``, ``"openai:gpt-4o-mini"``, ``"anthropic:claude-..."``) or a Provider
+        instance (e.g. a ScriptedProvider). ``provider_options`` (e.g.
+        ``{"base_url": ...}``) are stored with the context; they must not contain secrets
+        (keys come from the environment).
         Without a ``title`` the context is named after its first message; with
         ``auto_title`` the model is then asked for a better title in the background.
         """
+        check_names(options, "create")
+        provider = options.setdefault("provider", "local")
         title = validate_title(title) if title else UNTITLED
         if system is not None and not isinstance(system, str):
             raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
-        spec = provider if isinstance(provider, str) else spec_of(provider)
         if isinstance(provider, str):
             check_spec(provider)
+            spec = provider
+        else:
+            spec = spec_of(provider)  # type: ignore[arg-type]  # None: refused as before
         try:
             # Checked here first for an error that names the argument the caller wrote.
             refuse_secrets(dict(provider_options or {}), "provider_options")
@@ -115,18 +116,7 @@ class ContextSession(SessionBranches):
         )
         # Build (and so validate) the session before anything is written.
         opened = store if store is not None else FileStore(data_dir)
-        session = cls(
-            opened,
-            metadata,
-            provider=provider,
-            tools=tools,
-            approval=approval,
-            retry=retry,
-            max_tool_rounds=max_tool_rounds,
-            tool_timeout=tool_timeout,
-            owns_store=store is None,
-            auto_title=auto_title,
-        )
+        session = cls(opened, metadata, options, owns_store=store is None)
         session._metadata = session._io.call(opened.create_context(metadata))
         REGISTRY.add(key_for(store, data_dir, metadata.id), session)
         return session
@@ -137,32 +127,27 @@ class ContextSession(SessionBranches):
         context_id: str,
         *,
         data_dir: str | Path | None = None,
-        provider: ProviderLike | None = None,
-        tools: Iterable[Any] = (),
-        approval: ToolPolicy | Policy | Mapping[str, Policy] | None = None,
         store: Store | None = None,
-        retry: RetryPolicy | None = None,
-        max_tool_rounds: int = 10,
-        tool_timeout: float | None = None,
-        auto_title: bool = False,
+        **options: Unpack[SessionOptions],
     ) -> ContextSession:
         """Open a stored context. ``provider`` overrides the stored default for this session.
 
+        ``options`` are those of :meth:`create` (``provider``, ``tools``, ``approval``,
+        ``retry``, ``max_tool_rounds``, ``tool_timeout``, ``auto_title``).
         A context has one live session per process: if it is open already (in this
         thread or another), that same session is returned, and ``close()`` must then be
-        called once per open (the last one closes it). Options (``provider``, ``tools``...)
-        only apply to a session being opened; giving them for one already open raises
+        called once per open (the last one closes it). Options only apply to a session
+        being opened; giving them for one already open raises
         :class:`~cm_notebook.errors.StateError`. ``auto_title``: as in :meth:`create`,
         for a context that is still untitled.
         """
+        check_names(options, "open")
         key = key_for(store, data_dir, context_id)
-        options = (provider, approval, retry, tool_timeout)
-        customised = any(option is not None for option in options) or auto_title
         with REGISTRY.lock:
             live = REGISTRY.find(key)
             if live is not None:
                 assert isinstance(live, ContextSession)
-                if customised or tools or max_tool_rounds != 10:
+                if departs_from_defaults(options):
                     REGISTRY.release(live)
                     raise StateError(
                         f"context {context_id!r} is already open in this process, and a context "
@@ -171,18 +156,8 @@ class ContextSession(SessionBranches):
                     )
                 return live
             opened = store if store is not None else FileStore(data_dir)
-            session = cls(
-                opened,
-                StoreAccess(opened).call(opened.get_metadata(context_id)),
-                provider=provider,
-                tools=tools,
-                approval=approval,
-                retry=retry,
-                max_tool_rounds=max_tool_rounds,
-                tool_timeout=tool_timeout,
-                owns_store=store is None,
-                auto_title=auto_title,
-            )
+            metadata = StoreAccess(opened).call(opened.get_metadata(context_id))
+            session = cls(opened, metadata, options, owns_store=store is None)
             REGISTRY.add(key, session)
             return session
 

@@ -13,7 +13,7 @@ from test_session_support import (
     roles,
 )
 
-from cm_notebook.compare import BranchResult, Comparison, word_diff
+from cm_notebook.compare import BranchResult, Comparison, diff_side_html, word_diff
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.events import BranchCreated, ContentDelta, MessageCompleted
 from cm_notebook.fsm import State
@@ -229,3 +229,13 @@ def test_comparison_of_plain_results() -> None:
     assert "1+2 tokens" in page
     assert "(no answer)" in str(Comparison(results=[BranchResult(branch="z")]))
     assert word_diff("a b", "a c") == [("=", "a "), ("-", "b"), ("+", "c")]
+
+
+def test_one_side_of_a_word_diff_marks_only_that_sides_words() -> None:
+    ops = word_diff("the cat <sat>", "the dog <sat>")
+    assert diff_side_html(ops, "-") == (
+        'the <span style="background:#fdd;text-decoration:line-through">cat</span> &lt;sat&gt;'
+    )
+    assert diff_side_html(ops, "+", {"+": "color:green", "-": ""}) == (
+        'the <span style="color:green">dog</span> &lt;sat&gt;'
+    )

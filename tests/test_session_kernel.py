@@ -7,103 +7,38 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 jupyter_client = pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
-from jupyter_client.blocking.client import BlockingKernelClient  # noqa: E402
-from jupyter_client.manager import KernelManager  # noqa: E402
+from widget_frontend import FrontEnd, front_end  # noqa: E402
 
 from cm_notebook.model import MessageStatus  # noqa: E402
 from cm_notebook.session import ContextSession  # noqa: E402
 
-TIMEOUT = 30.0
-
-
-@dataclass
-class CellResult:
-    reply: dict[str, Any]
-    stdout: str = ""
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Kernel:
-    manager: KernelManager
-    client: BlockingKernelClient
-    data_dir: Path
-
-    def run(self, code: str, timeout: float = TIMEOUT) -> CellResult:
-        """Execute one cell; return its execute_reply and output, never sleeping."""
-        msg_id = self.client.execute(textwrap.dedent(code))
-        deadline = time.monotonic() + timeout
-        result = CellResult(reply={})
-        idle = False
-        while not idle:
-            msg = self.client.get_iopub_msg(timeout=_left(deadline))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                result.stdout += content["text"]
-            elif kind == "error":
-                result.errors.append("\n".join(content["traceback"]))
-            elif kind == "status" and content["execution_state"] == "idle":
-                idle = True
-        while not result.reply:
-            msg = self.client.get_shell_msg(timeout=_left(deadline))
-            if msg["parent_header"].get("msg_id") == msg_id:
-                result.reply = msg["content"]
-        assert result.reply["status"] == "ok", result.errors or result.reply
-        assert not result.errors, result.errors
-        return result
-
-
-def _left(deadline: float) -> float:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("the kernel did not answer in time")
-    return remaining
-
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
-    data_dir = tmp_path_factory.mktemp("kernel-data")
-    env = {**os.environ, "CM_NOTEBOOK_DATA_DIR": str(data_dir)}
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env)
-    client = manager.blocking_client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
-        yield Kernel(manager, client, data_dir)
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
-        manager.cleanup_resources()
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    with front_end(tmp_path_factory.mktemp("kernel-data")) as running:
+        yield running
 
 
-def test_the_kernel_runs_this_virtualenv(kernel: Kernel) -> None:
+def test_the_kernel_runs_this_virtualenv(kernel: FrontEnd) -> None:
     out = kernel.run(
         """
         import os, sys
         print(sys.prefix)
         print(os.environ["CM_NOTEBOOK_DATA_DIR"])
         """
-    ).stdout.splitlines()
+    ).splitlines()
     assert os.path.realpath(out[0]) == os.path.realpath(sys.prefix)
     assert out[1] == str(kernel.data_dir)
 
 
-def test_a_cell_ends_before_its_reply_and_a_later_cell_awaits_it(kernel: Kernel) -> None:
+def test_a_cell_ends_before_its_reply_and_a_later_cell_awaits_it(kernel: FrontEnd) -> None:
     first = kernel.run(
         """
         from cm_notebook import ContextSession
@@ -118,9 +53,8 @@ def test_a_cell_ends_before_its_reply_and_a_later_cell_awaits_it(kernel: Kernel)
         print("context:", s.id)
         """
     )
-    assert first.reply["status"] == "ok"
-    assert "done in the cell: False" in first.stdout
-    context_id = first.stdout.split("context:")[1].split()[0]
+    assert "done in the cell: False" in first
+    context_id = first.split("context:")[1].split()[0]
 
     second = kernel.run(
         """
@@ -129,7 +63,7 @@ def test_a_cell_ends_before_its_reply_and_a_later_cell_awaits_it(kernel: Kernel)
         print(turn.done(), s.state.value)
         """
     )
-    assert second.stdout.splitlines() == ["Hello from the background task.", "True Idle"]
+    assert second.splitlines() == ["Hello from the background task.", "True Idle"]
 
     # The kernel wrote real files where CM_NOTEBOOK_DATA_DIR pointed; read them here.
     seen_here = ContextSession.open(context_id, data_dir=kernel.data_dir)
@@ -140,7 +74,7 @@ def test_a_cell_ends_before_its_reply_and_a_later_cell_awaits_it(kernel: Kernel)
     assert seen_here.history()[-1].status is MessageStatus.COMPLETE
 
 
-def test_tool_approval_from_a_later_cell(kernel: Kernel) -> None:
+def test_tool_approval_from_a_later_cell(kernel: FrontEnd) -> None:
     kernel.run(
         """
         import asyncio
@@ -172,9 +106,9 @@ def test_tool_approval_from_a_later_cell(kernel: Kernel) -> None:
         """
     )
     # The turn waits for a person while cells keep running.
-    assert waiting.stdout.strip() == "['call_1'] False AwaitingToolApproval []"
+    assert waiting.strip() == "['call_1'] False AwaitingToolApproval []"
     still = kernel.run("print(t2.done(), len(s2.pending_tool_calls))")
-    assert still.stdout.strip() == "False 1"
+    assert still.strip() == "False 1"
 
     kernel.run("print(s2.approve('call_1')[0].id)")
     done = kernel.run(
@@ -183,10 +117,10 @@ def test_tool_approval_from_a_later_cell(kernel: Kernel) -> None:
         print(m2.content, ran, fake.requests[-1].messages[-1].content)
         """
     )
-    assert done.stdout.strip() == "The sum is 5. [(2, 3)] 5"
+    assert done.strip() == "The sum is 5. [(2, 3)] 5"
 
 
-def test_result_in_a_cell_is_refused_instead_of_freezing_the_kernel(kernel: Kernel) -> None:
+def test_result_in_a_cell_is_refused_instead_of_freezing_the_kernel(kernel: FrontEnd) -> None:
     out = kernel.run(
         """
         from cm_notebook.errors import StateError
@@ -200,10 +134,10 @@ def test_result_in_a_cell_is_refused_instead_of_freezing_the_kernel(kernel: Kern
         print((await t3).content)
         """
     )
-    assert out.stdout.splitlines() == ["refused: True", "fine"]
+    assert out.splitlines() == ["refused: True", "fine"]
 
 
-def test_the_interrupt_button_stops_a_cell_awaiting_a_turn(kernel: Kernel) -> None:
+def test_the_interrupt_button_stops_a_cell_awaiting_a_turn(kernel: FrontEnd) -> None:
     # DESIGN fact 3: a bare `await future` ignores Interrupt until another message
     # arrives; `await turn` polls, so the interrupt lands at once and the next cell is
     # not aborted. The turn itself carries on in the background until cancelled.
@@ -221,21 +155,10 @@ def test_the_interrupt_button_stops_a_cell_awaiting_a_turn(kernel: Kernel) -> No
     msg_id = kernel.client.execute(
         'print("awaiting", flush=True)\nawait stuck_turn', stop_on_error=False
     )
-    deadline = time.monotonic() + TIMEOUT
-    while True:  # wait until the cell is in its await (an earlier interrupt hits compile)
-        msg = kernel.client.get_iopub_msg(timeout=_left(deadline))
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "stream"
-            and "awaiting" in msg["content"]["text"]
-        ):
-            break
+    # Wait until the cell is in its await (an earlier interrupt hits compile).
+    kernel.wait_for(lambda: "awaiting" in kernel.output(msg_id), what="the cell's await")
     kernel.manager.interrupt_kernel()
-    reply: dict[str, Any] = {}
-    while not reply:
-        msg = kernel.client.get_shell_msg(timeout=_left(deadline))
-        if msg["parent_header"].get("msg_id") == msg_id:
-            reply = msg["content"]
+    reply = kernel.reply(msg_id)
     assert reply["status"] == "error"
     # ipykernel 7 cancels an interrupted async cell; older kernels raise KeyboardInterrupt.
     assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
@@ -247,4 +170,4 @@ def test_the_interrupt_button_stops_a_cell_awaiting_a_turn(kernel: Kernel) -> No
         print("then:", m.status.value)
         """
     )
-    assert after.stdout.splitlines() == ["still running: True", "then: interrupted"]
+    assert after.splitlines() == ["still running: True", "then: interrupted"]

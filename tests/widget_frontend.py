@@ -114,25 +114,29 @@ class FrontEnd:
                 raise TimeoutError(f"timed out waiting for {what or condition}")
             self.pump(min(left, 0.5))
 
-    def run(self, code: str, timeout: float = TIMEOUT) -> str:
-        """Execute a cell, handling iopub meanwhile; return its printed output."""
-        msg_id = self.client.execute(textwrap.dedent(code))
-        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {code[:60]!r}")
+    def output(self, msg_id: str) -> str:
+        """What the cell ``msg_id`` printed so far (streams and tracebacks)."""
+        return "".join(self._outputs.get(msg_id, []))
+
+    def reply(self, msg_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The execute_reply content of the cell ``msg_id``, once the kernel is idle after it."""
+        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {msg_id}")
         reply = self.client.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.client.get_shell_msg(timeout=timeout)
-        out = "".join(self._outputs.get(msg_id, []))
-        assert reply["content"]["status"] == "ok", out
-        return out
+        content: dict[str, Any] = reply["content"]
+        return content
 
     def execute(self, code: str, timeout: float = TIMEOUT) -> tuple[dict[str, Any], str]:
         """Execute a cell that may fail: its execute_reply content and its output."""
         msg_id = self.client.execute(textwrap.dedent(code))
-        self.wait_for(lambda: msg_id in self._idle, timeout, f"cell {code[:60]!r}")
-        reply = self.client.get_shell_msg(timeout=timeout)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = self.client.get_shell_msg(timeout=timeout)
-        return reply["content"], "".join(self._outputs.get(msg_id, []))
+        return self.reply(msg_id, timeout), self.output(msg_id)
+
+    def run(self, code: str, timeout: float = TIMEOUT) -> str:
+        """Execute a cell, handling iopub meanwhile; return its printed output."""
+        reply, out = self.execute(code, timeout)
+        assert reply["status"] == "ok", out
+        return out
 
     def with_class(self, css_class: str) -> list[dict[str, Any]]:
         """The states of the widget models that carry ``css_class``, oldest first."""

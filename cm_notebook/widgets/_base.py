@@ -27,7 +27,7 @@ from ..errors import CMError
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["SessionFollower", "Throttle"]
+__all__ = ["FollowingView", "SessionFollower", "Throttle"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +125,37 @@ class SessionFollower:
                 return
             self._closed = True
         self._unsubscribe()
+
+
+class FollowingView:
+    """A view that follows its session's signals and re-renders, throttled.
+
+    A subclass lists this class before its widget class, calls :meth:`_follow` in its
+    ``__init__`` and defines ``_on_event``, ``_show_error`` (see
+    :class:`SessionFollower`) and ``_render`` (run through ``self._throttle``).
+    """
+
+    session: ContextSession
+    _follower: SessionFollower
+    _throttle: Throttle
+
+    def _follow(self, session: ContextSession, interval: float) -> None:
+        self.session = session
+        self._follower = SessionFollower(session, self._on_event, self._show_error)
+        self._throttle = Throttle(self._follower.loop, interval, self._render)
+
+    def _on_event(self, event: ev.Event) -> None:
+        raise NotImplementedError
+
+    def _show_error(self, text: str) -> None:
+        raise NotImplementedError
+
+    def _render(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop following the session and close the widget."""
+        if hasattr(self, "_follower"):  # not when construction failed half-way
+            self._follower.close()
+            self._throttle.cancel()
+        super().close()  # type: ignore[misc]  # the widget class, next in the MRO

@@ -17,7 +17,7 @@ import traitlets as t
 
 from .. import events as ev
 from ..model import Branch
-from ._base import SessionFollower, Throttle
+from ._base import FollowingView
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -27,7 +27,7 @@ __all__ = ["BranchTree"]
 _STATIC = Path(__file__).parent / "static"
 
 
-class BranchTree(anywidget.AnyWidget):
+class BranchTree(FollowingView, anywidget.AnyWidget):
     """The branches as a tree (front end in ``static/branches.js``)."""
 
     _esm = _STATIC / "branches.js"
@@ -40,21 +40,12 @@ class BranchTree(anywidget.AnyWidget):
 
     def __init__(self, session: ContextSession) -> None:
         super().__init__()
-        self.session = session
-        self._follower = SessionFollower(session, self._on_event, self._show_error)
-        self._throttle = Throttle(self._follower.loop, 0.25, self._render)
+        self._follow(session, 0.25)
         self.on_msg(self._on_front_end)
         self._render()
 
     def __repr__(self) -> str:
         return "<cm_notebook BranchTree>"
-
-    def close(self) -> None:
-        """Stop following the session and close the widget."""
-        if hasattr(self, "_follower"):
-            self._follower.close()
-            self._throttle.cancel()
-        super().close()
 
     def _show_error(self, text: str) -> None:
         self.notice = text

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
-from ..compare import word_diff
+from ..compare import diff_side_html, word_diff
 from ..errors import InvalidInputError
 from ..model import Message
-from ._base import SessionFollower, Throttle
+from ._base import FollowingView
 from ._messages import stats_of
 from .markdown import render_markdown
 
@@ -29,11 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CompareView", "comparison_html"]
 
-_INS = "background:#d1fae5"
-_DEL = "background:#fee2e2;text-decoration:line-through"
+_MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
 
 
-class CompareView(w.HTML):  # type: ignore[misc]
+class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
     """``branches`` (default: every branch) side by side, kept current."""
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
@@ -50,21 +49,12 @@ class CompareView(w.HTML):  # type: ignore[misc]
                 )
         super().__init__()
         self.add_class("cm-compare")
-        self.session = session
         self.branch_names = names
-        self._follower = SessionFollower(session, self._on_event, self._show_error)
-        self._throttle = Throttle(self._follower.loop, 0.5, self._render)
+        self._follow(session, 0.5)
         self._render()
 
     def __repr__(self) -> str:
         return f"<cm_notebook CompareView of {len(self.branch_names)} branches>"
-
-    def close(self) -> None:
-        """Stop following the session and close the widget."""
-        if hasattr(self, "_follower"):
-            self._follower.close()
-            self._throttle.cancel()
-        super().close()
 
     def _show_error(self, text: str) -> None:
         self.value = f'<div style="color:#b91c1c">{html.escape(text)}</div>'
@@ -130,17 +120,6 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     return f'<table style="font-size:85%;margin:4px 0">{cells}</table>'
 
 
-def _diff_side(ops: list[tuple[str, str]], keep: str) -> str:
-    style = _INS if keep == "+" else _DEL
-    out = []
-    for op, text in ops:
-        if op == "=":
-            out.append(html.escape(text))
-        elif op == keep:
-            out.append(f'<span style="{style}">{html.escape(text)}</span>')
-    return "".join(out)
-
-
 def comparison_html(columns: list[dict[str, Any]]) -> str:
     """Static HTML of the comparison (columns: branch, system, messages, state)."""
     paths = [c["messages"] for c in columns]
@@ -167,7 +146,7 @@ def comparison_html(columns: list[dict[str, Any]]) -> str:
         if answer is not None:
             # The first column marks what the second dropped; the others what they added.
             ops = word_diff(base, second if index == 0 else answer.content)
-            text = _diff_side(ops, "-" if index == 0 else "+")
+            text = diff_side_html(ops, "-" if index == 0 else "+", _MARKS)
             body.append(
                 '<div style="font-size:85%;color:#555"><b>answer</b>'
                 + (" (diff against the first)" if index else "")

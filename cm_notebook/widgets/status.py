@@ -17,7 +17,7 @@ import anywidget
 import traitlets as t
 
 from .. import events as ev
-from ._base import SessionFollower, Throttle
+from ._base import FollowingView
 from ._messages import stats_of
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _WHAT_TO_DO = {
 }
 
 
-class StatusBar(anywidget.AnyWidget):
+class StatusBar(FollowingView, anywidget.AnyWidget):
     """State per branch, retry countdown, error and what to do, model and speed."""
 
     _esm = _STATIC / "status.js"
@@ -46,21 +46,12 @@ class StatusBar(anywidget.AnyWidget):
 
     def __init__(self, session: ContextSession) -> None:
         super().__init__()
-        self.session = session
         self._errors: dict[str, dict[str, Any]] = {}  # branch -> last error, while it applies
-        self._follower = SessionFollower(session, self._on_event, self._show_error)
-        self._throttle = Throttle(self._follower.loop, 0.25, self._render)
+        self._follow(session, 0.25)
         self._render()
 
     def __repr__(self) -> str:
         return "<cm_notebook StatusBar>"
-
-    def close(self) -> None:
-        """Stop following the session and close the widget."""
-        if hasattr(self, "_follower"):
-            self._follower.close()
-            self._throttle.cancel()
-        super().close()
 
     def _show_error(self, text: str) -> None:
         self._errors[self.session.active_branch] = {"error": text, "retry_at": None}
