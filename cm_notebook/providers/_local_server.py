@@ -29,6 +29,7 @@ import json
 import os
 import select
 import signal
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -121,6 +122,10 @@ def _wait_until_listening(address: str, timeout: float = _READY_TIMEOUT_SECONDS)
         time.sleep(0.01)
 
 
+#: How long :meth:`LocalServer.close` waits for llama.cpp to shut down.
+_FREE_TIMEOUT_SECONDS = 30.0
+
+
 class LocalServer:
     """A running llama.cpp OpenAI-compatible HTTP server; see :func:`serve_openai_compatible`.
 
@@ -148,9 +153,26 @@ class LocalServer:
         callback)`` in this process without HTTP; ``None`` once closed."""
         return self._server
 
-    def close(self) -> None:
-        """Stop the server (llama.cpp stops it when the object is freed) and free the model."""
+    def close(self, timeout: float = _FREE_TIMEOUT_SECONDS) -> None:
+        """Stop the server (llama.cpp stops it when the object is freed) and free the model.
+
+        Waits up to ``timeout`` seconds for llama.cpp to shut down.
+        """
+        holder = [self._server]
         self._server = None
+        if holder[0] is None:
+            return
+        # The last reference is dropped on a daemon thread: llama.cpp's destructor has
+        # been seen to hang now and then when another server runs in the same process,
+        # and a hung free must not hold up the caller (or a process that is exiting).
+        freed = threading.Event()
+
+        def free() -> None:
+            holder.clear()
+            freed.set()
+
+        threading.Thread(target=free, name="cm_notebook-llama-free", daemon=True).start()
+        freed.wait(timeout)
 
     def __enter__(self) -> LocalServer:
         return self
