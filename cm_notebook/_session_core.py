@@ -57,6 +57,7 @@ from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
+from .signal_log import SignalLog
 from .store import IndexEntry, Store
 from .tools import Policy, ToolPolicy, ToolRegistry
 from .turn import Turn
@@ -114,7 +115,11 @@ class SessionCore:
         loop = running_loop()
         self._loop = loop if loop is not None else background_loop()
         self._loop_thread: int | None = threading.get_ident() if loop is not None else None
-        self._bus = ev.EventBus(self.id)
+        # Signals go through the context's log when the store has one, so their numbers
+        # are shared with other processes and survive restarts.
+        log_path = getattr(store, "signal_log_path", None)
+        self._signal_log = None if log_path is None else SignalLog(log_path(self.id))
+        self._bus = ev.EventBus(self.id, recorder=self._signal_log)
         self._lock = threading.RLock()
         self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
