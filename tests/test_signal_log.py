@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from cm_notebook.events import ContentDelta, Event, MessageCompleted, Resync, StateChanged
 from cm_notebook.fsm import State
@@ -27,8 +29,11 @@ def _delta(n: int) -> ContentDelta:
     return ContentDelta(message_id="m1", text="x" * 40, offset=n * 40, branch="main")
 
 
-def _stamp(event: Event, context_id: str = "c1") -> object:
-    return lambda seq: event.model_copy(update={"seq": seq, "context_id": context_id})
+def _stamp(event: Event, context_id: str = "c1") -> Callable[[int], Event]:
+    def stamp(seq: int) -> Event:
+        return cast(Event, event.model_copy(update={"seq": seq, "context_id": context_id}))
+
+    return stamp
 
 
 def test_numbers_survive_a_reopen_and_never_repeat(tmp_path: Path) -> None:
@@ -52,7 +57,8 @@ def test_numbers_survive_a_reopen_and_never_repeat(tmp_path: Path) -> None:
     again.send("second").result(DEADLINE)
     again.close()
 
-    assert later and min(e.seq for e in later) == first_last + 1
+    assert later
+    assert min(e.seq for e in later) == first_last + 1
     numbers = _numbers(tmp_path / "contexts" / context_id / "signals.log")
     assert numbers == list(range(1, len(numbers) + 1))  # one sequence, no repeat, no gap
     assert [e.seq for e in seen] == numbers[: len(seen)]
@@ -62,13 +68,15 @@ def test_numbers_survive_a_reopen_and_never_repeat(tmp_path: Path) -> None:
 def test_a_reader_replays_from_a_number_and_then_follows(tmp_path: Path) -> None:
     log = SignalLog(tmp_path / "signals.log")
     for n in range(5):
-        log.record(_stamp(_delta(n)))  # type: ignore[arg-type]
+        log.record(_stamp(_delta(n)))
     reader = LogReader(log.path, since=2)
     assert [e.seq for _, e in reader.poll()] == [3, 4, 5]
     assert reader.poll() == []
-    log.record(_stamp(StateChanged(old=State.IDLE, new=State.STREAMING, branch="main")))  # type: ignore[arg-type]
+    log.record(_stamp(StateChanged(old=State.IDLE, new=State.STREAMING, branch="main")))
     [(writer, event)] = reader.poll()
-    assert writer == log.writer and event.seq == 6 and isinstance(event, StateChanged)
+    assert writer == log.writer
+    assert event.seq == 6
+    assert isinstance(event, StateChanged)
     assert LogReader(log.path).last_seq == 6  # None: start at the end
 
 
@@ -77,10 +85,11 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     behind = LogReader(log.path, since=0)
     assert behind.poll() == []
     for n in range(200):
-        log.record(_stamp(_delta(n)))  # type: ignore[arg-type]
+        log.record(_stamp(_delta(n)))
     assert log.path.stat().st_size <= 2048
     numbers = _numbers(log.path)
-    assert numbers[-1] == 200 and numbers == list(range(numbers[0], 201))
+    assert numbers[-1] == 200
+    assert numbers == list(range(numbers[0], 201))
 
     fresh = LogReader(log.path, since=0).poll()
     assert isinstance(fresh[0][1], Resync)
@@ -93,7 +102,7 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     assert events[-1].seq == 200
     again = SignalLog(log.path)
     assert again.last_seq == 200
-    assert again.record(_stamp(_delta(0))).seq == 201  # type: ignore[arg-type]
+    assert again.record(_stamp(_delta(0))).seq == 201
 
 
 def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:
@@ -111,7 +120,7 @@ def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", child])
     log = SignalLog(path, max_bytes=8192)
     for n in range(300):
-        log.record(_stamp(_delta(n)))  # type: ignore[arg-type]
+        log.record(_stamp(_delta(n)))
     assert proc.wait(DEADLINE) == 0
     numbers = _numbers(path)
     assert numbers[-1] == 600
