@@ -9,7 +9,6 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 from cm_notebook.events import ContentDelta, Event, MessageCompleted, Resync, StateChanged
 from cm_notebook.fsm import State
@@ -31,7 +30,7 @@ def _delta(n: int) -> ContentDelta:
 
 def _stamp(event: Event, context_id: str = "c1") -> Callable[[int], Event]:
     def stamp(seq: int) -> Event:
-        return cast(Event, event.model_copy(update={"seq": seq, "context_id": context_id}))
+        return event.model_copy(update={"seq": seq, "context_id": context_id})
 
     return stamp
 
