@@ -35,6 +35,7 @@ from . import events as ev
 from . import fsm
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
+from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
@@ -51,14 +52,15 @@ from .errors import (
     StoreError,
 )
 from .ids import validate_branch_name
-from .model import Branch, ContextMetadata, Message
+from .model import Branch, ContextMetadata, Message, MessageStatus
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
-from .signal_log import SignalLog
+from .signal_log import LogReader, SignalLog
 from .store import IndexEntry, Store
+from .store.context import lock_is_held
 from .tools import Policy, ToolPolicy, ToolRegistry
 from .turn import Turn
 
@@ -120,6 +122,7 @@ class SessionCore:
         log_path = getattr(store, "signal_log_path", None)
         self._signal_log = None if log_path is None else SignalLog(log_path(self.id))
         self._bus = ev.EventBus(self.id, recorder=self._signal_log)
+        self._follower: LogFollower | None = None
         self._lock = threading.RLock()
         self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
@@ -143,6 +146,7 @@ class SessionCore:
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
         self._index_token: object | None = None
+        self._follow(store)
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
@@ -266,6 +270,7 @@ class SessionCore:
         if not self._loop.is_running():
             # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
             # providers' connections died with it; only the store's locks remain.
+            self._stop_following()
             self._bus.close()
             if self._owns_store:
                 self._io.call(self._store.close())
@@ -309,6 +314,7 @@ class SessionCore:
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()
+        self._stop_following()
         self._bus.close()  # after the turns' last signals: streams read those, then end
 
     # -- signals -----------------------------------------------------------------------
@@ -491,6 +497,48 @@ class SessionCore:
             self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
             self._publish_branch_update(branch, ["head"], head=prompt)
         return prompt
+
+    # -- other processes' signals (see cm_notebook._follower) -------------------------
+
+    def _follow(self, store: Store) -> None:
+        claim_path = getattr(store, "branch_claim_path", None)
+        if self._signal_log is None or claim_path is None:
+            return
+        self._follower = LogFollower(
+            LogReader(self._signal_log.path),
+            self._signal_log.writer,
+            relay=self._relay,
+            claim_held=lambda branch: lock_is_held(claim_path(self.id, branch)),
+            on_dead=self._owner_gone,
+        )
+
+    def _stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.close()
+
+    def _relay(self, event: ev.Event) -> None:
+        # From the follower's thread: deliver on the loop's thread, number unchanged.
+        def deliver() -> None:
+            if not self._bus.closed:
+                self._bus.relay(event)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(deliver)
+
+    def _owner_gone(self, branch: str, state: fsm.State) -> None:
+        # The process running a turn on ``branch`` died. Reading the branch makes the
+        # store mark its unfinished reply interrupted; say so, and that the branch is
+        # free again.
+        try:
+            ids = self._io.call(self._store.path(self.id, branch))
+            last = self._io.call(self._store.get_message(self.id, ids[-1])) if ids else None
+        except (OSError, CMError):
+            last = None
+        if last is not None and last.status is MessageStatus.INTERRUPTED:
+            self._publish(
+                ev.MessageCompleted(branch=branch, message_id=last.id, status=last.status)
+            )
+        self._publish(ev.StateChanged(branch=branch, old=state, new=fsm.State.IDLE))
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)

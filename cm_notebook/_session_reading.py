@@ -117,8 +117,14 @@ class SessionReading(SessionCore):
         return self.state_of(self.active_branch)
 
     def state_of(self, branch: str) -> fsm.State:
-        """The state machine's state on ``branch`` (each branch has its own machine)."""
-        return self._machines.get(branch).state
+        """The state machine's state on ``branch`` (each branch has its own machine).
+
+        For a branch another process is running a turn on, the state it announced.
+        """
+        state = self._machines.get(branch).state
+        if state is fsm.State.IDLE and self._follower is not None:
+            return self._follower.remote_state(branch) or state
+        return state
 
     # -- prompts -----------------------------------------------------------------------
 
