@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+from pathlib import Path
 
 from . import fsm, titles
 from ._loop import schedule_on
@@ -110,6 +111,11 @@ class SessionReading(SessionCore):
         message = self.get(message_id)
         ids = self._io.call(self._store.children(self.id, message.parent_id))
         return self._io.call(self._store.get_messages(self.id, ids))
+
+    @property
+    def signal_log_path(self) -> Path | None:
+        """The context's signal log (:mod:`cm_notebook.signal_log`), if its store keeps one."""
+        return None if self._signal_log is None else self._signal_log.path
 
     @property
     def state(self) -> fsm.State:

@@ -252,6 +252,8 @@ class LogReader:
         self._offset = 0
         self._partial = b""
         self._start = since
+        self._start_asked = since or 0
+        self._seen = 0  # the highest number read from the file, wanted or not
         #: The number of the last signal returned (or skipped as already seen).
         self.last_seq = since if since is not None else 0
         if since is None:
@@ -284,6 +286,16 @@ class LogReader:
 
     def poll(self) -> list[tuple[str, Event]]:
         """The ``(writer, signal)`` pairs appended since the last poll, oldest first."""
+        out = self._poll()
+        if self._start is not None and self._start > self._seen:
+            # Asked for numbers after ones this log never gave (e.g. a client from
+            # before the log was deleted): carry on from the log's last number.
+            self._start = None
+            self.last_seq = self._seen
+            out.append(("", self._ahead(self._start_asked)))
+        return out
+
+    def _poll(self) -> list[tuple[str, Event]]:
         if self._fd < 0 and not self._reopen():
             return []
         out = self._read_new()
@@ -314,6 +326,7 @@ class LogReader:
                 continue
             writer, raw = decoded
             seq = int(raw["seq"])
+            self._seen = max(self._seen, seq)
             if seq <= self.last_seq:
                 continue
             if self._start is not None or after_compaction:
@@ -328,6 +341,12 @@ class LogReader:
             self.last_seq = seq
             out.append((writer, event))
         return out
+
+    def _ahead(self, asked: int) -> Resync:
+        return Resync(
+            seq=self._seen,
+            reason=f"asked for signals after #{asked} but this log is at #{self._seen}",
+        )
 
     def _resync(self, raw: dict[str, Any], first_wanted: int) -> Resync:
         seq = int(raw["seq"]) - 1
