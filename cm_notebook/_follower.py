@@ -21,13 +21,18 @@ import threading
 from collections.abc import Callable
 
 from . import fsm
+from .model import ToolCallStatus
 from .redact import get_logger
 from .signal_log import LogReader
-from .signals import Event, Resync, StateChanged
+from .signals import Event, Resync, StateChanged, ToolApprovalRequested, ToolCallResolved
 
 __all__ = ["LogFollower"]
 
 logger = get_logger(__name__)
+
+_DECIDED = frozenset(
+    {ToolCallStatus.APPROVED, ToolCallStatus.DENIED, ToolCallStatus.DONE, ToolCallStatus.FAILED}
+)
 
 
 class LogFollower:
@@ -39,6 +44,8 @@ class LogFollower:
         relay: called on the follower's thread with each foreign signal.
         claim_held: whether the claim lock of a branch is held by a live process.
         on_dead: called on the follower's thread when a busy branch's owner is gone.
+        each_poll: called on the follower's thread after every read (e.g. to pick up
+            decisions other processes made for this process's tool calls).
         interval: seconds between two reads of the log.
     """
 
@@ -50,6 +57,7 @@ class LogFollower:
         relay: Callable[[Event], None],
         claim_held: Callable[[str], bool],
         on_dead: Callable[[str, fsm.State], None],
+        each_poll: Callable[[], None] = lambda: None,
         interval: float = 0.05,
     ) -> None:
         self._reader = reader
@@ -57,6 +65,8 @@ class LogFollower:
         self._relay = relay
         self._claim_held = claim_held
         self._on_dead = on_dead
+        self._each_poll = each_poll
+        self._calls: dict[str, str] = {}  # tool call id -> message id, waiting elsewhere
         self._interval = interval
         self._lock = threading.Lock()
         self._remote: dict[str, fsm.State] = {}
@@ -68,6 +78,11 @@ class LogFollower:
         """The state another process last announced for ``branch`` (None: none known)."""
         with self._lock:
             return self._remote.get(branch)
+
+    def waiting_call(self, tool_call_id: str) -> str | None:
+        """The message of a tool call waiting for approval in another process, if any."""
+        with self._lock:
+            return self._calls.get(tool_call_id)
 
     def close(self) -> None:
         """Stop following. Does not wait: the thread may be inside a store read that
@@ -89,6 +104,7 @@ class LogFollower:
     def step(self) -> None:
         """Read the log once and check busy branches' owners (the thread's loop body)."""
         self._read()
+        self._each_poll()
         with self._lock:
             busy = [branch for branch in self._remote if not self._claim_held(branch)]
         if not busy:
@@ -112,4 +128,10 @@ class LogFollower:
                         self._remote.pop(event.branch, None)
                     else:
                         self._remote[event.branch] = event.new
+            elif isinstance(event, ToolApprovalRequested):
+                with self._lock:
+                    self._calls.update(dict.fromkeys(event.tool_call_ids, event.message_id))
+            elif isinstance(event, ToolCallResolved) and event.status in _DECIDED:
+                with self._lock:
+                    self._calls.pop(event.tool_call_id, None)
             self._relay(event)

@@ -39,9 +39,10 @@ from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
+from ._remote_decisions import DecisionBox
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
-from .approvals import ApprovalDesk
+from .approvals import ApprovalDesk, Decision
 from .branch_defaults import BranchDefaults
 from .errors import (
     BranchNotFoundError,
@@ -65,6 +66,15 @@ from .tools import Policy, ToolPolicy, ToolRegistry
 from .turn import Turn
 
 __all__ = ["SessionCore"]
+
+
+def _never(_: str) -> bool:
+    return False
+
+
+def _always(decision: Decision) -> Callable[[object], Decision]:
+    return lambda _: decision
+
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SessionCore")
@@ -123,6 +133,7 @@ class SessionCore:
         self._signal_log = None if log_path is None else SignalLog(log_path(self.id))
         self._bus = ev.EventBus(self.id, recorder=self._signal_log)
         self._follower: LogFollower | None = None
+        self._decisions: DecisionBox | None = None
         self._lock = threading.RLock()
         self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
@@ -504,13 +515,29 @@ class SessionCore:
         claim_path = getattr(store, "branch_claim_path", None)
         if self._signal_log is None or claim_path is None:
             return
+        self._decisions = DecisionBox(self._signal_log.path.parent)
         self._follower = LogFollower(
             LogReader(self._signal_log.path),
             self._signal_log.writer,
             relay=self._relay,
             claim_held=lambda branch: lock_is_held(claim_path(self.id, branch)),
             on_dead=self._owner_gone,
+            each_poll=self._apply_remote_decisions,
         )
+
+    def _apply_remote_decisions(self) -> None:
+        # From the follower's thread: decisions other processes recorded for the tool
+        # calls waiting here are made as if made here.
+        if self._decisions is None:
+            return
+        for call_id, message_id in self._approvals.waiting():
+            found = self._decisions.take(call_id, message_id)
+            if found is None:
+                continue
+            approved, reason = found
+            decision = Decision(True) if approved else Decision(False, reason or "denied")
+            with contextlib.suppress(CMError):  # decided here meanwhile: the first one wins
+                self._approvals.decide(call_id, _never, None, _always(decision))
 
     def _stop_following(self) -> None:
         if self._follower is not None:

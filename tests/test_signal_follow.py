@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cm_notebook.events import ContentDelta, Event, MessageCompleted
+from cm_notebook.errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from cm_notebook.events import ContentDelta, Event, MessageCompleted, ToolApprovalRequested
 from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus
 from cm_notebook.session import ContextSession
@@ -132,3 +133,51 @@ def test_a_killed_writer_leaves_the_reply_interrupted_and_the_branch_usable(
 
     reply = session.send("Go on", provider=ScriptedProvider().reply("The end.")).result(DEADLINE)
     assert reply.content == "The end."
+
+
+def _tool_writer(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
+    code = textwrap.dedent(
+        f"""
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        def add(a: int, b: int) -> int:
+            \"\"\"Add two numbers.\"\"\"
+            return a + b
+
+        provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
+        provider.reply("It is 3.")
+        session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
+                                      provider=provider, tools=[add])
+        print(session.send("What is 1 + 2?").result(60).content, flush=True)
+        session.close()
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def test_a_tool_call_waiting_in_another_process_is_approved_from_here(
+    tmp_path: Path, shared: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = shared
+    child = _tool_writer(tmp_path, session.id)
+    try:
+        _wait_for(
+            lambda: any(isinstance(e, ToolApprovalRequested) for e in list(seen.events)),
+            "the other process to ask for approval",
+        )
+        [asked] = [e for e in seen.events if isinstance(e, ToolApprovalRequested)]
+        assert session.state is State.AWAITING_TOOL_APPROVAL
+        [call] = session.approve(asked.tool_call_ids[0])
+        assert call.name == "add"
+        with pytest.raises(ToolCallAlreadyResolvedError):
+            session.deny(call.id)
+        out, _ = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(DEADLINE)
+    assert out.decode().strip() == "It is 3."
+    _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
+    with pytest.raises(ToolCallNotFoundError):
+        session.approve("no-such-call")
