@@ -124,3 +124,27 @@ def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:
     numbers = _numbers(path)
     assert numbers[-1] == 600
     assert numbers == list(range(numbers[0], 601))  # compacted, but never a repeat
+
+
+def test_a_torn_last_line_is_skipped_and_numbering_goes_on(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    for n in range(3):
+        log.record(_stamp(_delta(n)))
+    log.close()
+    with log.path.open("ab") as out:
+        out.write(b'{"w":"dead","e":{"type":"ContentDelta","seq":4,')  # a writer died here
+    reader = LogReader(log.path, since=0)
+    assert [e.seq for _, e in reader.poll()] == [1, 2, 3]
+    again = SignalLog(log.path)
+    assert again.record(_stamp(_delta(9))).seq == 4  # the torn record was never delivered
+    assert [e.seq for _, e in reader.poll()] == [4]
+    assert [e.seq for _, e in LogReader(log.path, since=0).poll()] == [1, 2, 3, 4]
+
+
+def test_asking_for_numbers_ahead_of_the_log_gives_resync(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    log.record(_stamp(_delta(0)))
+    [(_, resync)] = LogReader(log.path, since=50).poll()
+    assert isinstance(resync, Resync)
+    assert resync.seq == 1
+    assert LogReader(tmp_path / "missing.log", since=0).poll() == []
