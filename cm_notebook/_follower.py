@@ -80,9 +80,35 @@ class LogFollower:
             return self._remote.get(branch)
 
     def waiting_call(self, tool_call_id: str) -> str | None:
-        """The message of a tool call waiting for approval in another process, if any."""
+        """The message of a tool call waiting for approval in another process, if any.
+
+        A call asked for before this process began following is looked up in the log
+        (a server opening a context while a kernel's turn waits, say); it counts only
+        while its branch's claim is held, i.e. its process is alive to pick it up.
+        """
         with self._lock:
-            return self._calls.get(tool_call_id)
+            known = self._calls.get(tool_call_id)
+        if known is not None:
+            return known
+        asked: tuple[str, str | None] | None = None
+        reader = LogReader(self._reader.path, since=0)
+        try:
+            for writer, event in reader.poll():
+                if writer == self._own:
+                    continue  # this process's own calls are on its desk, or were decided
+                if isinstance(event, ToolApprovalRequested) and tool_call_id in event.tool_call_ids:
+                    asked = (event.message_id, event.branch)
+                elif (
+                    isinstance(event, ToolCallResolved)
+                    and event.tool_call_id == tool_call_id
+                    and event.status in _DECIDED
+                ):
+                    asked = None
+        finally:
+            reader.close()
+        if asked is None or asked[1] is None or not self._claim_held(asked[1]):
+            return None
+        return asked[0]
 
     def close(self) -> None:
         """Stop following. Does not wait: the thread may be inside a store read that

@@ -21,6 +21,7 @@ from cm_notebook.events import ContentDelta, Event, MessageCompleted, ToolApprov
 from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus
 from cm_notebook.session import ContextSession
+from cm_notebook.signal_log import LogReader
 from cm_notebook.testing import ScriptedProvider
 
 DEADLINE = 30.0
@@ -181,3 +182,32 @@ def test_a_tool_call_waiting_in_another_process_is_approved_from_here(
     _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
     with pytest.raises(ToolCallNotFoundError):
         session.approve("no-such-call")
+
+
+def test_a_call_asked_before_this_process_opened_the_context_can_be_approved(
+    tmp_path: Path,
+) -> None:
+    created = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    context_id, log_path = created.id, created.signal_log_path
+    created.close()
+    assert log_path is not None
+    child = _tool_writer(tmp_path, context_id)
+    try:
+        reader = LogReader(log_path, since=0)
+        asked: list[ToolApprovalRequested] = []
+
+        def requested() -> bool:
+            asked.extend(e for _, e in reader.poll() if isinstance(e, ToolApprovalRequested))
+            return bool(asked)
+
+        _wait_for(requested, "the other process to ask for approval")
+        reader.close()
+        with ContextSession.open(context_id, data_dir=tmp_path) as late:
+            [call] = late.approve(asked[0].tool_call_ids[0])
+            assert call.name == "add"
+        out, _ = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(DEADLINE)
+    assert out.decode().strip() == "It is 3."
