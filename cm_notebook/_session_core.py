@@ -35,13 +35,15 @@ from . import events as ev
 from . import fsm
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
+from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
+from ._remote_decisions import DecisionBox
 from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
-from .approvals import ApprovalDesk
+from .approvals import ApprovalDesk, Decision
 from .branch_defaults import BranchDefaults
 from .errors import (
     BranchNotFoundError,
@@ -52,17 +54,28 @@ from .errors import (
     StoreError,
 )
 from .ids import validate_branch_name
-from .model import Branch, ContextMetadata, Message
+from .model import Branch, ContextMetadata, Message, MessageStatus
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
+from .signal_log import LogReader, SignalLog
 from .store import IndexEntry, Store
+from .store.context import lock_is_held
 from .tools import ToolPolicy, ToolRegistry
 from .turn import Turn
 
 __all__ = ["SessionCore"]
+
+
+def _never(_: str) -> bool:
+    return False
+
+
+def _always(decision: Decision) -> Callable[[object], Decision]:
+    return lambda _: decision
+
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SessionCore")
@@ -113,7 +126,13 @@ class SessionCore:
         loop = running_loop()
         self._loop = loop if loop is not None else background_loop()
         self._loop_thread: int | None = threading.get_ident() if loop is not None else None
-        self._bus = ev.EventBus(self.id)
+        # Signals go through the context's log when the store has one, so their numbers
+        # are shared with other processes and survive restarts.
+        log_path = getattr(store, "signal_log_path", None)
+        self._signal_log = None if log_path is None else SignalLog(log_path(self.id))
+        self._bus = ev.EventBus(self.id, recorder=self._signal_log)
+        self._follower: LogFollower | None = None
+        self._decisions: DecisionBox | None = None
         self._lock = threading.RLock()
         self._machines = BranchMachines()
         self._runners: dict[str, TurnRunner] = {}
@@ -137,6 +156,7 @@ class SessionCore:
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
         self._index_token: object | None = None
+        self._follow(store)
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
@@ -260,6 +280,7 @@ class SessionCore:
         if not self._loop.is_running():
             # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
             # providers' connections died with it; only the store's locks remain.
+            self._stop_following()
             self._bus.close()
             if self._owns_store:
                 self._io.call(self._store.close())
@@ -303,6 +324,7 @@ class SessionCore:
         await self._providers.aclose()
         if self._owns_store:
             await self._store.close()
+        self._stop_following()
         self._bus.close()  # after the turns' last signals: streams read those, then end
 
     # -- signals -----------------------------------------------------------------------
@@ -485,6 +507,64 @@ class SessionCore:
             self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
             self._publish_branch_update(branch, ["head"], head=prompt)
         return prompt
+
+    # -- other processes' signals (see cm_notebook._follower) -------------------------
+
+    def _follow(self, store: Store) -> None:
+        claim_path = getattr(store, "branch_claim_path", None)
+        if self._signal_log is None or claim_path is None:
+            return
+        self._decisions = DecisionBox(self._signal_log.path.parent)
+        self._follower = LogFollower(
+            LogReader(self._signal_log.path),
+            self._signal_log.writer,
+            relay=self._relay,
+            claim_held=lambda branch: lock_is_held(claim_path(self.id, branch)),
+            on_dead=self._owner_gone,
+            each_poll=self._apply_remote_decisions,
+        )
+
+    def _apply_remote_decisions(self) -> None:
+        # From the follower's thread: decisions other processes recorded for the tool
+        # calls waiting here are made as if made here.
+        if self._decisions is None:
+            return
+        for call_id, message_id in self._approvals.waiting():
+            found = self._decisions.take(call_id, message_id)
+            if found is None:
+                continue
+            approved, reason = found
+            decision = Decision(True) if approved else Decision(False, reason or "denied")
+            with contextlib.suppress(CMError):  # decided here meanwhile: the first one wins
+                self._approvals.decide(call_id, _never, None, _always(decision))
+
+    def _stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.close()
+
+    def _relay(self, event: ev.Event) -> None:
+        # From the follower's thread: deliver on the loop's thread, number unchanged.
+        def deliver() -> None:
+            if not self._bus.closed:
+                self._bus.relay(event)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(deliver)
+
+    def _owner_gone(self, branch: str, state: fsm.State) -> None:
+        # The process running a turn on ``branch`` died. Reading the branch makes the
+        # store mark its unfinished reply interrupted; say so, and that the branch is
+        # free again.
+        try:
+            ids = self._io.call(self._store.path(self.id, branch))
+            last = self._io.call(self._store.get_message(self.id, ids[-1])) if ids else None
+        except (OSError, CMError):
+            last = None
+        if last is not None and last.status is MessageStatus.INTERRUPTED:
+            self._publish(
+                ev.MessageCompleted(branch=branch, message_id=last.id, status=last.status)
+            )
+        self._publish(ev.StateChanged(branch=branch, old=state, new=fsm.State.IDLE))
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)

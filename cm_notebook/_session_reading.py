@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+from pathlib import Path
 
 from . import fsm, titles
 from ._loop import schedule_on
 from ._session_core import SessionCore
 from .compare import BranchResult, Comparison
-from .errors import CMError, InvalidInputError
+from .errors import CMError, InvalidInputError, ToolCallAlreadyResolvedError
 from .ids import validate_branch_name, validate_message_id
-from .model import Message
+from .model import Message, ToolCall
 from .prompts import effective_system
 from .providers import Provider
 from .titles import title_from_text, validate_title
@@ -111,14 +112,43 @@ class SessionReading(SessionCore):
         ids = self._io.call(self._store.children(self.id, message.parent_id))
         return self._io.call(self._store.get_messages(self.id, ids))
 
+    def _decide_elsewhere(
+        self, call_id: str | None, *, approved: bool, reason: str | None
+    ) -> builtins.list[ToolCall] | None:
+        # A call waiting in another process: record the decision for it to pick up.
+        # None if it waits here, or no other process is known to wait on it.
+        if call_id is None or self._follower is None or self._decisions is None:
+            return None
+        if call_id in self._approvals.ids():
+            return None
+        message_id = self._follower.waiting_call(call_id)
+        if message_id is None:
+            return None
+        if not self._decisions.post(call_id, message_id, approved=approved, reason=reason):
+            raise ToolCallAlreadyResolvedError(
+                f"tool call {call_id!r} was already approved or denied"
+            )
+        return [call for call in self.get(message_id).tool_calls if call.id == call_id]
+
+    @property
+    def signal_log_path(self) -> Path | None:
+        """The context's signal log (:mod:`cm_notebook.signal_log`), if its store keeps one."""
+        return None if self._signal_log is None else self._signal_log.path
+
     @property
     def state(self) -> fsm.State:
         """The state machine's state on the active branch."""
         return self.state_of(self.active_branch)
 
     def state_of(self, branch: str) -> fsm.State:
-        """The state machine's state on ``branch`` (each branch has its own machine)."""
-        return self._machines.get(branch).state
+        """The state machine's state on ``branch`` (each branch has its own machine).
+
+        For a branch another process is running a turn on, the state it announced.
+        """
+        state = self._machines.get(branch).state
+        if state is fsm.State.IDLE and self._follower is not None:
+            return self._follower.remote_state(branch) or state
+        return state
 
     # -- prompts -----------------------------------------------------------------------
 

@@ -98,6 +98,11 @@ class ApprovalDesk:
         with self._lock:
             return set(self._pending)
 
+    def waiting(self) -> list[tuple[str, str]]:
+        """``(tool call id, message id)`` of the pending calls, oldest first."""
+        with self._lock:
+            return [(call_id, p.message_id) for call_id, p in self._pending.items()]
+
     def calls(self) -> list[ToolCall]:
         """The pending calls, oldest first."""
         with self._lock:

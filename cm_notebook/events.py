@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import TypeAlias, TypeVar, cast
+from typing import Protocol, TypeAlias, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -95,6 +95,7 @@ __all__ = [
     "MessageAdded",
     "MessageCompleted",
     "Resync",
+    "SignalRecorder",
     "StateChanged",
     "ToolApprovalRequested",
     "ToolCallResolved",
@@ -108,6 +109,27 @@ EventCallback: TypeAlias = Callable[[Event], None]
 """A synchronous subscriber: called inline by :meth:`EventBus.publish`."""
 
 EventT = TypeVar("EventT", bound=BaseEvent)
+
+
+class SignalRecorder(Protocol):
+    """Numbers and keeps a bus's signals (e.g. the :class:`~cm_notebook.signal_log.SignalLog`).
+
+    With a recorder, the bus's numbers are the recorder's: shared with other
+    processes and kept across restarts.
+    """
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last signal recorded so far."""
+        ...
+
+    def record(self, stamp: Callable[[int], Event]) -> Event:
+        """Record ``stamp(n)`` for the next number ``n`` and return it."""
+        ...
+
+    def close(self) -> None:
+        """Release what the recorder holds open."""
+        ...
 
 
 class _Buffer:
@@ -197,6 +219,8 @@ class EventBus:
         subscriber_buffer: how many unread events one async stream may hold before it
             is reset to a single :class:`Resync`. Publishing never waits for a reader.
         clock: returns the current UTC time; replace it for deterministic tests.
+        recorder: numbers and keeps every signal (the context's signal log); the bus
+            then starts from the recorder's last number instead of 0.
 
     Not thread-safe: use it from the event loop's thread (see the module docstring).
     """
@@ -208,6 +232,7 @@ class EventBus:
         history: int = 10_000,
         subscriber_buffer: int = 1_000,
         clock: Callable[[], datetime] = utcnow,
+        recorder: SignalRecorder | None = None,
     ) -> None:
         if history < 0:
             raise InvalidInputError(f"history must be >= 0, got {history!r}")
@@ -215,7 +240,13 @@ class EventBus:
             raise InvalidInputError(f"subscriber_buffer must be >= 1, got {subscriber_buffer!r}")
         self.context_id = context_id
         self._clock = clock
+        self._recorder = recorder
         self._seq = 0
+        if recorder is not None:
+            try:
+                self._seq = recorder.last_seq
+            except OSError:
+                logger.warning("could not read the last signal number of %s", recorder)
         self._history: deque[Event] = deque(maxlen=history)
         self._buffer_limit = subscriber_buffer
         self._tokens = itertools.count()
@@ -267,16 +298,43 @@ class EventBus:
             raise InvalidInputError(f"{type(event).__name__} is not a publishable event type")
         if self._closed:
             raise StateError(f"the event bus of context {self.context_id!r} is closed")
-        self._seq += 1
-        stamped = event.model_copy(
-            update={"seq": self._seq, "context_id": self.context_id, "at": self._clock()}
-        )
-        as_event = cast(Event, stamped)  # checked against EVENT_TYPES above
-        self._history.append(as_event)
-        self._queue.append(as_event)
+
+        def stamp(seq: int) -> Event:
+            stamped = event.model_copy(
+                update={"seq": seq, "context_id": self.context_id, "at": self._clock()}
+            )
+            return cast(Event, stamped)  # checked against EVENT_TYPES above
+
+        as_event: Event | None = None
+        if self._recorder is not None:
+            try:
+                as_event = self._recorder.record(stamp)
+            except OSError:
+                # A full or broken disk must not stop the session: this process still
+                # sees the signal, numbered locally (other processes do not).
+                logger.exception("could not record %s in %s", type(event).__name__, self._recorder)
+        if as_event is None:
+            as_event = stamp(self._seq + 1)
+        self._seq = max(self._seq, as_event.seq)
+        self._dispatch(as_event)
+        return cast(EventT, as_event)
+
+    def relay(self, event: Event) -> None:
+        """Deliver a signal numbered elsewhere (another process's, read from the log).
+
+        It keeps its number; the bus's :attr:`last_seq` moves up to it. Ignored once
+        the bus is closed.
+        """
+        if self._closed:
+            return
+        self._seq = max(self._seq, event.seq)
+        self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        self._history.append(event)
+        self._queue.append(event)
         if not self._dispatching:
             self._drain()
-        return stamped
 
     def _drain(self) -> None:
         self._dispatching = True
@@ -409,14 +467,15 @@ class EventBus:
                     f"(the history holds the last {self._history.maxlen})"
                 )
             ]
-        # Sequence numbers in the history are consecutive, so the answer is its tail.
-        tail = list(itertools.islice(reversed(self._history), last - since))
-        tail.reverse()
-        return tail
+        # Numbers from a shared log may have gaps (other processes' signals) and relayed
+        # ones may arrive late, so select and order rather than slice.
+        return sorted((e for e in self._history if e.seq > since), key=lambda e: e.seq)
 
     def close(self) -> None:
         """Stop the bus: callbacks are dropped, streams end after their buffered events,
         and :meth:`publish` raises :class:`~cm_notebook.errors.StateError`."""
+        if self._recorder is not None and not self._closed:
+            self._recorder.close()
         with self._registry_lock:
             self._closed = True
             self._callbacks.clear()

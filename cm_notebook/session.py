@@ -428,6 +428,11 @@ class ContextSession(SessionBranches):
             edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
             return Decision(True, "arguments edited before approval", edited)
 
+        # Waiting in another process? (Edited arguments are applied only here.)
+        if arguments is None:
+            elsewhere = self._decide_elsewhere(tool_call_id, approved=True, reason=None)
+            if elsewhere is not None:
+                return elsewhere
         return self._approvals.decide(tool_call_id, self._was_resolved, only, approved)
 
     def deny(
@@ -443,6 +448,9 @@ class ContextSession(SessionBranches):
             raise InvalidInputError("reason must be a string")
         only = None if branch is None else validate_branch_name(branch)
         decision = Decision(False, reason or "denied by the user")
+        elsewhere = self._decide_elsewhere(tool_call_id, approved=False, reason=decision.reason)
+        if elsewhere is not None:
+            return elsewhere
         return self._approvals.decide(
             tool_call_id, self._was_resolved, only, lambda pending: decision
         )

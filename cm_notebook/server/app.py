@@ -30,7 +30,7 @@ from .base import HEARTBEAT_KEY, OPENAPI_KEY, SESSIONS_KEY, SIGNALS_KEY
 from .openapi import build_openapi
 from .routes import API_PREFIX, ROUTES, url_patterns
 from .sessions import SessionRegistry
-from .signals import BusSignals
+from .signals import LogSignals
 
 __all__ = ["CMNotebookApp", "load_tools", "main"]
 
@@ -112,7 +112,7 @@ class CMNotebookApp(ExtensionApp):
         self.settings.update(
             {
                 SESSIONS_KEY: self.sessions,
-                SIGNALS_KEY: BusSignals,
+                SIGNALS_KEY: LogSignals,
                 HEARTBEAT_KEY: self.heartbeat,
                 OPENAPI_KEY: json.dumps(document),
             }

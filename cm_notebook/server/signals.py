@@ -4,10 +4,11 @@ The SSE handler reads signals through one small interface, :class:`SignalSource`
 ``open(since)`` returns an async iterator of numbered signals that first replays
 those after ``since`` and then follows live ones, with no gap and no repeat, and a
 single :class:`~cm_notebook.events.Resync` when it cannot (the numbers asked for are
-gone). Today the source is the session's in-process bus (:class:`BusSignals`), whose
-numbering restarts with the process. A per-context signal log on disk, numbered once
-for every process, can replace it by implementing the same two methods; the handler
-and the wire format stay as they are.
+gone). The server's source is the context's signal log on disk (:class:`LogSignals`):
+its numbers are shared by every process writing the context and survive restarts, so
+a client reconnecting after a server restart with ``Last-Event-ID`` misses nothing.
+The in-process bus (:class:`BusSignals`, numbers restarting with the process) remains
+for stores without a log.
 
 The wire format is Server-Sent Events, one signal per message::
 
@@ -23,15 +24,22 @@ sequence number, which a reconnecting ``EventSource`` sends back as ``Last-Event
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
+
+import anyio
 
 from ..errors import InvalidInputError
 from ..events import ContentDelta, Event
 from ..session import ContextSession
+from ..signal_log import LogReader
 
 __all__ = [
     "BusSignals",
+    "LogSignals",
+    "LogStream",
     "SignalSource",
     "SignalSourceFactory",
     "SignalStream",
@@ -80,6 +88,55 @@ class BusSignals:
     def open(self, since: int | None) -> SignalStream:
         """A stream registered at once, so nothing published after this call is missed."""
         return self._session.event_stream(since)
+
+
+class LogSignals:
+    """The context's signal log: durable numbers, every process's signals.
+
+    Falls back to the session's bus for a store that keeps no log.
+    """
+
+    def __init__(self, session: ContextSession) -> None:
+        self._session = session
+
+    def open(self, since: int | None) -> SignalStream:
+        """A stream positioned at once (at the log's end when ``since`` is None)."""
+        path = self._session.signal_log_path
+        if path is None:
+            return self._session.event_stream(since)
+        return LogStream(path, since)
+
+
+class LogStream:
+    """Follows a signal log by polling it every ``interval`` seconds.
+
+    Reads never take the log's lock, so a slow client never holds up a writer.
+    """
+
+    def __init__(self, path: Path, since: int | None, *, interval: float = 0.05) -> None:
+        self._reader = LogReader(path, since)
+        self._interval = interval
+        self._pending: deque[Event] = deque()
+        self._closed = False
+
+    def __aiter__(self) -> LogStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._pending.extend(event for _, event in self._reader.poll())
+            if not self._pending:
+                await anyio.sleep(self._interval)  # the polling interval
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        """Stop following; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._pending.clear()
+            self._reader.close()
 
 
 def parse_since(last_event_id: str | None, since: int | None) -> int | None:

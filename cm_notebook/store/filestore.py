@@ -515,6 +515,11 @@ class FileStore:
                 token += [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
         return tuple(token)
 
+    def signal_log_path(self, context_id: str) -> Path:
+        """The context's signal log (see :mod:`cm_notebook.signal_log`)."""
+        validate_context_id(context_id)
+        return context_dir(self.data_dir, context_id) / "signals.log"
+
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
         """The lock file in the context folder by which a writer claims ``branch``.
 

@@ -1,0 +1,163 @@
+"""Following a context's signal log: other processes' signals on this process's bus.
+
+A session whose store keeps a signal log (:mod:`cm_notebook.signal_log`) runs one
+:class:`LogFollower`: a daemon thread that reads the log every ``interval`` seconds
+(short polling: it works on every file system, costs one ``fstat`` when nothing
+changed, and needs no extra dependency) and hands each signal written by another
+process to ``relay`` with its number unchanged, so a view in kernel B streams the
+reply kernel A is generating.
+
+It also remembers the state that other processes announce for their branches
+(``StateChanged``), which ``session.state`` reports for a branch this process is not
+running a turn on. While another process says a branch is busy, the follower checks
+that its claim lock is still held; when it is not (the owner died, e.g. SIGKILL),
+``on_dead(branch, state)`` is called so the session can mark the reply interrupted
+and announce the branch idle again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from . import fsm
+from .model import ToolCallStatus
+from .redact import get_logger
+from .signal_log import LogReader
+from .signals import Event, Resync, StateChanged, ToolApprovalRequested, ToolCallResolved
+
+__all__ = ["LogFollower"]
+
+logger = get_logger(__name__)
+
+_DECIDED = frozenset(
+    {ToolCallStatus.APPROVED, ToolCallStatus.DENIED, ToolCallStatus.DONE, ToolCallStatus.FAILED}
+)
+
+
+class LogFollower:
+    """Republishes other writers' signals from a log (see the module docstring).
+
+    Args:
+        reader: positioned where following starts (usually the log's end).
+        own_writer: this process's writer token; its records are not relayed.
+        relay: called on the follower's thread with each foreign signal.
+        claim_held: whether the claim lock of a branch is held by a live process.
+        on_dead: called on the follower's thread when a busy branch's owner is gone.
+        each_poll: called on the follower's thread after every read (e.g. to pick up
+            decisions other processes made for this process's tool calls).
+        interval: seconds between two reads of the log.
+    """
+
+    def __init__(
+        self,
+        reader: LogReader,
+        own_writer: str,
+        *,
+        relay: Callable[[Event], None],
+        claim_held: Callable[[str], bool],
+        on_dead: Callable[[str, fsm.State], None],
+        each_poll: Callable[[], None] = lambda: None,
+        interval: float = 0.05,
+    ) -> None:
+        self._reader = reader
+        self._own = own_writer
+        self._relay = relay
+        self._claim_held = claim_held
+        self._on_dead = on_dead
+        self._each_poll = each_poll
+        self._calls: dict[str, str] = {}  # tool call id -> message id, waiting elsewhere
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._remote: dict[str, fsm.State] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cm-signal-follower", daemon=True)
+        self._thread.start()
+
+    def remote_state(self, branch: str) -> fsm.State | None:
+        """The state another process last announced for ``branch`` (None: none known)."""
+        with self._lock:
+            return self._remote.get(branch)
+
+    def waiting_call(self, tool_call_id: str) -> str | None:
+        """The message of a tool call waiting for approval in another process, if any.
+
+        A call asked for before this process began following is looked up in the log
+        (a server opening a context while a kernel's turn waits, say); it counts only
+        while its branch's claim is held, i.e. its process is alive to pick it up.
+        """
+        with self._lock:
+            known = self._calls.get(tool_call_id)
+        if known is not None:
+            return known
+        asked: tuple[str, str | None] | None = None
+        reader = LogReader(self._reader.path, since=0)
+        try:
+            for writer, event in reader.poll():
+                if writer == self._own:
+                    continue  # this process's own calls are on its desk, or were decided
+                if isinstance(event, ToolApprovalRequested) and tool_call_id in event.tool_call_ids:
+                    asked = (event.message_id, event.branch)
+                elif (
+                    isinstance(event, ToolCallResolved)
+                    and event.tool_call_id == tool_call_id
+                    and event.status in _DECIDED
+                ):
+                    asked = None
+        finally:
+            reader.close()
+        if asked is None or asked[1] is None or not self._claim_held(asked[1]):
+            return None
+        return asked[0]
+
+    def close(self) -> None:
+        """Stop following. Does not wait: the thread may be inside a store read that
+        needs the caller's event loop; it ends within one interval."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        # Waiting on the stop event is the polling interval (and ends it at once on close).
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    self.step()
+                except Exception:
+                    # Following is a convenience: a damaged log must not kill the thread.
+                    logger.exception("following the signal log %s failed", self._reader.path)
+        finally:
+            self._reader.close()
+
+    def step(self) -> None:
+        """Read the log once and check busy branches' owners (the thread's loop body)."""
+        self._read()
+        self._each_poll()
+        with self._lock:
+            busy = [branch for branch in self._remote if not self._claim_held(branch)]
+        if not busy:
+            return
+        # A finishing turn writes its last signals before it lets go of the claim: read
+        # again, so a turn that just ended is not taken for a dead one.
+        self._read()
+        for branch in busy:
+            with self._lock:
+                state = self._remote.pop(branch, None)
+            if state is not None:
+                self._on_dead(branch, state)
+
+    def _read(self) -> None:
+        for writer, event in self._reader.poll():
+            if writer == self._own or isinstance(event, Resync):
+                continue
+            if isinstance(event, StateChanged) and event.branch is not None:
+                with self._lock:
+                    if event.new is fsm.State.IDLE:
+                        self._remote.pop(event.branch, None)
+                    else:
+                        self._remote[event.branch] = event.new
+            elif isinstance(event, ToolApprovalRequested):
+                with self._lock:
+                    self._calls.update(dict.fromkeys(event.tool_call_ids, event.message_id))
+            elif isinstance(event, ToolCallResolved) and event.status in _DECIDED:
+                with self._lock:
+                    self._calls.pop(event.tool_call_id, None)
+            self._relay(event)

@@ -1,0 +1,366 @@
+"""A context's signals on disk: one append-only, numbered log that every process shares.
+
+The in-process :class:`~cm_notebook.events.EventBus` numbers signals for one process
+only. With a :class:`SignalLog` as its recorder, the number of every signal is taken
+from the log instead: under an exclusive ``flock`` on ``<context>/signals.log`` the
+writer reads the last number in the file, appends its signal with the next one, and
+releases. So numbers survive restarts, two processes writing one context never reuse
+a number, and any process (a second kernel, the Jupyter server) reads the same
+numbered signals back with :class:`LogReader`.
+
+Format: JSON lines, ``{"w": <writer token>, "e": <signal as JSON>}``. The writer token
+tells a process's own signals from those of others (a follower republishes only the
+others'). Durable signals are fsynced before :meth:`SignalLog.record` returns; text
+deltas (:class:`~cm_notebook.events.ContentDelta`) are not, because they come many
+per second and the stored message is their truth anyway.
+
+Compaction: when the file grows past ``max_bytes``, the writer that noticed rewrites
+it (temp file, fsync, rename) keeping the newest records, about half of the limit. A
+reader asking for numbers that are gone gets one :class:`~cm_notebook.events.Resync`.
+The lock is on the file itself, not on the store's ``.lock``: the store holds that
+one across message writes, and a signal must never wait behind them.
+
+A crash can leave half a line at the end; readers consume whole lines only, and the
+next writer ends the torn line before appending, so it is skipped as unreadable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+from .redact import get_logger
+from .signals import ContentDelta, Event, Resync, parse_event
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["LOG_NAME", "LogReader", "SignalLog"]
+
+logger = get_logger(__name__)
+
+#: The log's file name inside a context folder.
+LOG_NAME = "signals.log"
+
+_DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+_TAIL_BYTES = 64 * 1024  # enough to find the last record of a log being opened
+
+
+def _encode(writer: str, event: Event) -> bytes:
+    record = {"w": writer, "e": event.model_dump(mode="json")}
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def _decode(line: bytes) -> tuple[str, dict[str, Any]] | None:
+    # None for a line that is not a record (a torn write, damage): it is skipped.
+    try:
+        record = json.loads(line)
+        writer, event = record["w"], record["e"]
+        if isinstance(writer, str) and isinstance(event, dict) and isinstance(event["seq"], int):
+            return writer, event
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _last_seq(data: bytes) -> int | None:
+    for line in reversed(data.split(b"\n")):
+        decoded = _decode(line)
+        if decoded is not None:
+            return int(decoded[1]["seq"])
+    return None
+
+
+class SignalLog:
+    """The writing side of one context's signal log (see the module docstring).
+
+    Args:
+        path: the log file (``<context folder>/signals.log``); created if missing.
+        max_bytes: compact once the file is larger than this.
+
+    Safe to use from several threads; :meth:`record` is what an
+    :class:`~cm_notebook.events.EventBus` calls to number and store a signal.
+    """
+
+    def __init__(self, path: str | Path, *, max_bytes: int = _DEFAULT_MAX_BYTES) -> None:
+        if max_bytes < 1024:
+            raise InvalidInputError(f"max_bytes must be at least 1024, got {max_bytes!r}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        #: Written with every record: tells this log object's signals from others'.
+        self.writer = secrets.token_hex(8)
+        self._lock = threading.Lock()
+        self._fd = -1
+        # What this object knows of the file: its inode, where its last record ended,
+        # and that record's number; valid while nobody else appended.
+        self._ino = -1
+        self._end = 0
+        self._seq = 0
+
+    def __repr__(self) -> str:
+        return f"<SignalLog {str(self.path)!r}>"
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last signal in the log (0 for an empty or missing log)."""
+        if not self.path.exists():
+            return 0  # not written yet (or the context folder is still being made)
+        with self._lock, self._locked_file() as fd:
+            return self._current_seq(fd)
+
+    def record(self, stamp: Callable[[int], Event]) -> Event:
+        """Append ``stamp(n)`` with the log's next number ``n`` and return it.
+
+        ``stamp`` builds the signal for a given number; it runs under the log's lock,
+        so it must be quick and must not publish. Durable signals are on disk
+        (fsynced) when this returns.
+
+        Raises:
+            OSError: the log could not be written (the caller decides what that costs).
+        """
+        with self._lock, self._locked_file() as fd:
+            seq = self._current_seq(fd) + 1
+            event = stamp(seq)
+            data = _encode(self.writer, event)
+            os.write(fd, data)
+            if not isinstance(event, ContentDelta):
+                os.fsync(fd)
+            self._end += len(data)
+            self._seq = seq
+            if self._end > self.max_bytes:
+                self._compact(fd)
+            return event
+
+    def close(self) -> None:
+        """Close the file (a later :meth:`record` opens it again)."""
+        with self._lock:
+            self._close_fd()
+
+    # -- private ---------------------------------------------------------------------
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._ino = -1, -1
+
+    @contextlib.contextmanager
+    def _locked_file(self) -> Iterator[int]:
+        # Open (or re-open after a compaction replaced the file) and flock it. A writer
+        # that waited while another compacted holds the lock of the replaced file, so
+        # it checks the path still names the file it locked and tries again if not.
+        while True:
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                self._ino = os.fstat(self._fd).st_ino
+                self._end, self._seq = -1, 0  # unknown: read from the file
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                on_path = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                on_path = -2
+            if on_path == self._ino:
+                break
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._close_fd()
+        try:
+            yield self._fd
+        finally:
+            if self._fd >= 0:  # a compaction closed it, which dropped the lock already
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _current_seq(self, fd: int) -> int:
+        size = os.fstat(fd).st_size
+        if size == self._end:
+            return self._seq
+        # Someone else appended (or the file is new to us): find the last record.
+        start = max(0, size - _TAIL_BYTES)
+        data = os.pread(fd, size - start, start)
+        found = _last_seq(data)
+        if found is None and start > 0:
+            data = os.pread(fd, size, 0)
+            found = _last_seq(data)
+        if data and not data.endswith(b"\n"):
+            # A torn record from a crashed writer: end it, so ours starts on a new line.
+            os.write(fd, b"\n")
+            size += 1
+        self._end = size
+        self._seq = max(self._seq, found or 0)
+        return self._seq
+
+    def _compact(self, fd: int) -> None:
+        # Keep the newest whole records within half the limit (always the last one, so
+        # the numbering goes on), write them to a temp file and rename it over the log.
+        data = os.pread(fd, self._end, 0)
+        lines = data.split(b"\n")[:-1]
+        kept: list[bytes] = []
+        size = 0
+        for line in reversed(lines):
+            if kept and size + len(line) + 1 > self.max_bytes // 2:
+                break
+            if _decode(line) is not None:
+                kept.append(line)
+                size += len(line) + 1
+        kept.reverse()
+        body = b"".join(line + b"\n" for line in kept)
+        temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
+        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(out, body)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(temp, self.path)
+        with contextlib.suppress(OSError):
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        # Our fd still names the old file: close it (which drops its flock) so the next
+        # record opens the new one.
+        self._close_fd()
+
+
+class LogReader:
+    """Reads a context's signal log in order, from a number on; poll for new ones.
+
+    Args:
+        path: the log file.
+        since: replay the signals after this number; None starts at the log's end.
+
+    :meth:`poll` returns the signals appended since the last call (each with the
+    writer token of the :class:`SignalLog` that wrote it), or one
+    :class:`~cm_notebook.events.Resync` when the numbers asked for were compacted
+    away. Not thread-safe; never blocks on writers (it takes no lock).
+    """
+
+    def __init__(self, path: str | Path, since: int | None = None) -> None:
+        if since is not None and since < 0:
+            raise InvalidInputError(f"since must be >= 0, got {since!r}")
+        self.path = Path(path)
+        self._fd = -1
+        self._ino = -1
+        self._offset = 0
+        self._partial = b""
+        self._start = since
+        self._start_asked = since or 0
+        self._seen = 0  # the highest number read from the file, wanted or not
+        #: The number of the last signal returned (or skipped as already seen).
+        self.last_seq = since if since is not None else 0
+        if since is None:
+            self._open_at_end()
+
+    def _open_at_end(self) -> None:
+        if not self._reopen():
+            return
+        size = os.fstat(self._fd).st_size
+        start = max(0, size - _TAIL_BYTES)
+        data = os.pread(self._fd, size - start, start)
+        cut = data.rfind(b"\n") + 1
+        self._offset = start + cut
+        self.last_seq = _last_seq(data[:cut]) or 0
+        if start > 0 and self.last_seq == 0:
+            self.last_seq = _last_seq(os.pread(self._fd, self._offset, 0)) or 0
+
+    def _reopen(self) -> bool:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        self._ino = os.fstat(self._fd).st_ino
+        self._offset = 0
+        self._partial = b""
+        return True
+
+    def poll(self) -> list[tuple[str, Event]]:
+        """The ``(writer, signal)`` pairs appended since the last poll, oldest first."""
+        out = self._poll()
+        if self._start is not None and self._start > self._seen:
+            # Asked for numbers after ones this log never gave (e.g. a client from
+            # before the log was deleted): carry on from the log's last number.
+            self._start = None
+            self.last_seq = self._seen
+            out.append(("", self._ahead(self._start_asked)))
+        return out
+
+    def _poll(self) -> list[tuple[str, Event]]:
+        if self._fd < 0 and not self._reopen():
+            return []
+        out = self._read_new()
+        try:
+            replaced = os.stat(self.path).st_ino != self._ino
+        except FileNotFoundError:
+            replaced = False
+        if replaced:
+            # Compacted: the old file is complete (writers moved on); read the new one
+            # from its start, skipping what was already seen.
+            out.extend(self._read_new())
+            if self._reopen():
+                out.extend(self._read_new(after_compaction=True))
+        return out
+
+    def _read_new(self, *, after_compaction: bool = False) -> list[tuple[str, Event]]:
+        size = os.fstat(self._fd).st_size
+        if size <= self._offset:
+            return []
+        data = self._partial + os.pread(self._fd, size - self._offset, self._offset)
+        self._offset = size
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        out: list[tuple[str, Event]] = []
+        for line in data[:cut].split(b"\n"):
+            decoded = _decode(line)
+            if decoded is None:
+                continue
+            writer, raw = decoded
+            seq = int(raw["seq"])
+            self._seen = max(self._seen, seq)
+            if seq <= self.last_seq:
+                continue
+            if self._start is not None or after_compaction:
+                # The first record read from a file start: are the numbers before it gone?
+                self._start, after_compaction = None, False
+                if seq > self.last_seq + 1:
+                    out.append(("", self._resync(raw, self.last_seq + 1)))
+            try:
+                event = parse_event(raw)
+            except ValueError:
+                continue  # a signal this version does not know
+            self.last_seq = seq
+            out.append((writer, event))
+        return out
+
+    def _ahead(self, asked: int) -> Resync:
+        return Resync(
+            seq=self._seen,
+            reason=f"asked for signals after #{asked} but this log is at #{self._seen}",
+        )
+
+    def _resync(self, raw: dict[str, Any], first_wanted: int) -> Resync:
+        seq = int(raw["seq"]) - 1
+        return Resync(
+            seq=seq,
+            context_id=str(raw.get("context_id", "")),
+            reason=(
+                f"signals from #{first_wanted} to #{seq} are no longer in the log "
+                "(it was compacted); re-pull the state"
+            ),
+        )
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

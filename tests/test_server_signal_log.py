@@ -1,0 +1,110 @@
+"""SSE over the durable signal log: ids survive a server restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+from jupyter_server_proc import JupyterServer
+from server_client import create_context, read_events
+
+
+def test_a_client_reconnecting_after_a_server_restart_misses_nothing(tmp_path: Path) -> None:
+    text = " ".join(f"word{i}" for i in range(10))
+    script = [{"reply": text, "chunks": "words"}, {"reply": "again"}]
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, script)
+        url = f"contexts/{context_id}/events"
+        before = read_events(
+            client,
+            url,
+            lambda e: e.event == "MessageCompleted",
+            started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "go"}),
+        )
+    first_delta = next(e for e in before if e.event == "ContentDelta")
+
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        # The browser comes back with the id of the first delta it had read.
+        after = read_events(
+            client,
+            f"contexts/{context_id}/events",
+            lambda e: e.event == "MessageCompleted",
+            headers={"Last-Event-ID": first_delta.id},
+        )
+        assert [e.event for e in after].count("Resync") == 0
+        assert json.loads(after[-1].data)["status"] == "complete"
+        expected = [e for e in before if int(e.id) > int(first_delta.id)]
+        assert [(e.id, e.event, e.data) for e in after] == [
+            (e.id, e.event, e.data) for e in expected
+        ]
+        # New signals go on from the old numbers.
+        more = read_events(
+            client,
+            f"contexts/{context_id}/events",
+            lambda e: e.event == "MessageCompleted",
+            started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "more"}),
+        )
+        assert int(more[0].id) > int(before[-1].id)
+        assert [int(e.id) for e in more] == sorted(int(e.id) for e in more)
+
+
+def test_a_tool_call_waiting_in_a_kernel_is_approved_over_http(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [])
+        kernel: list[subprocess.Popen[bytes]] = []
+        code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+
+            def add(a: int, b: int) -> int:
+                \"\"\"Add two numbers.\"\"\"
+                return a + b
+
+            provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
+            provider.reply("It is 3.")
+            session = ContextSession.open({context_id!r}, data_dir={str(server.data_dir)!r},
+                                          provider=provider, tools=[add])
+            print(session.send("What is 1 + 2?").result(60).content, flush=True)
+            session.close()
+            """
+        )
+        try:
+            asked = read_events(
+                client,
+                f"contexts/{context_id}/events",
+                lambda e: e.event == "ToolApprovalRequested",
+                started=lambda: kernel.append(
+                    subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+                ),
+            )
+            call_id = json.loads(asked[-1].data)["tool_call_ids"][0]
+            approved = client.post(
+                f"contexts/{context_id}/tools/approve", json={"tool_call_id": call_id}
+            )
+            assert approved.status_code == 200, approved.text
+            assert [c["name"] for c in approved.json()["tool_calls"]] == ["add"]
+            out, _ = kernel[0].communicate(timeout=60)
+            assert out.decode().strip() == "It is 3."
+            again = client.post(
+                f"contexts/{context_id}/tools/approve", json={"tool_call_id": call_id}
+            )
+            assert again.status_code == 409, again.text
+        finally:
+            for process in kernel:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(30)

@@ -1,0 +1,213 @@
+"""Two real processes over one context: the second sees the first's reply live, with
+the same sequence numbers, and recovers the branch when the first is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cm_notebook.errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from cm_notebook.events import ContentDelta, Event, MessageCompleted, ToolApprovalRequested
+from cm_notebook.fsm import State
+from cm_notebook.model import MessageStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.signal_log import LogReader
+from cm_notebook.testing import ScriptedProvider
+
+DEADLINE = 30.0
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.01)  # a poll interval, not a wait for an outcome
+
+
+class Recorder:
+    """Collects the signals a session delivers, with its state at each one."""
+
+    def __init__(self, session: ContextSession) -> None:
+        self.session = session
+        self.events: list[Event] = []
+        self.states: list[State] = []
+        session.subscribe(self._on)
+
+    def _on(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, ContentDelta):
+            self.states.append(self.session.state_of("main"))
+
+    def completed(self) -> list[MessageCompleted]:
+        return [e for e in list(self.events) if isinstance(e, MessageCompleted)]
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[tuple[ContextSession, Recorder]]:
+    session = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    yield session, Recorder(session)
+    session.close()
+
+
+def _writer(data_dir: Path, context_id: str, script: str) -> subprocess.Popen[bytes]:
+    code = textwrap.dedent(
+        f"""
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        provider = {script}
+        session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
+                                      provider=provider)
+        turn = session.send("Tell me a story")
+        print(turn.result(60).status.value, flush=True)
+        session.close()
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def _logged(data_dir: Path, context_id: str) -> list[dict[str, object]]:
+    path = data_dir / "contexts" / context_id / "signals.log"
+    return [json.loads(line)["e"] for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def test_a_second_process_sees_the_reply_live_with_the_same_numbers(
+    tmp_path: Path, shared: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = shared
+    story = " ".join(f"word{n}" for n in range(30))
+    child = _writer(
+        tmp_path, session.id, f'ScriptedProvider().reply({story!r}, chunks="words", delay=0.01)'
+    )
+    out, _ = child.communicate(timeout=DEADLINE)
+    assert out.decode().strip() == "complete"
+    _wait_for(lambda: bool(seen.completed()), "the other process's MessageCompleted")
+
+    deltas = [e for e in seen.events if isinstance(e, ContentDelta)]
+    assert "".join(d.text for d in deltas) == story
+    # While the other process streamed, this one reported its state.
+    assert State.STREAMING in seen.states
+    # The numbers are the log's, the same in both processes.
+    logged = {int(str(e["seq"])): e["type"] for e in _logged(tmp_path, session.id)}
+    assert all(logged[e.seq] == e.type for e in seen.events)
+    assert [e.seq for e in seen.events] == sorted(e.seq for e in seen.events)
+    assert session.last_seq == max(logged)
+    _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
+
+
+def test_a_killed_writer_leaves_the_reply_interrupted_and_the_branch_usable(
+    tmp_path: Path, shared: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = shared
+    child = _writer(
+        tmp_path,
+        session.id,
+        'ScriptedProvider().hang(after_chunks=3, text="Once upon a time there was")',
+    )
+    try:
+        _wait_for(
+            lambda: sum(isinstance(e, ContentDelta) for e in list(seen.events)) >= 3,
+            "the other process's deltas",
+        )
+        assert session.state is State.STREAMING
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(DEADLINE)
+        assert child.stdout is not None
+        child.stdout.close()
+
+    _wait_for(lambda: bool(seen.completed()), "the reply to be marked interrupted")
+    [done] = seen.completed()
+    assert done.status is MessageStatus.INTERRUPTED
+    assert session.get(done.message_id).status is MessageStatus.INTERRUPTED
+    _wait_for(lambda: session.state is State.IDLE, "the branch to be free again")
+
+    reply = session.send("Go on", provider=ScriptedProvider().reply("The end.")).result(DEADLINE)
+    assert reply.content == "The end."
+
+
+def _tool_writer(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
+    code = textwrap.dedent(
+        f"""
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        def add(a: int, b: int) -> int:
+            \"\"\"Add two numbers.\"\"\"
+            return a + b
+
+        provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
+        provider.reply("It is 3.")
+        session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
+                                      provider=provider, tools=[add])
+        print(session.send("What is 1 + 2?").result(60).content, flush=True)
+        session.close()
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def test_a_tool_call_waiting_in_another_process_is_approved_from_here(
+    tmp_path: Path, shared: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = shared
+    child = _tool_writer(tmp_path, session.id)
+    try:
+        _wait_for(
+            lambda: any(isinstance(e, ToolApprovalRequested) for e in list(seen.events)),
+            "the other process to ask for approval",
+        )
+        [asked] = [e for e in seen.events if isinstance(e, ToolApprovalRequested)]
+        assert session.state is State.AWAITING_TOOL_APPROVAL
+        [call] = session.approve(asked.tool_call_ids[0])
+        assert call.name == "add"
+        with pytest.raises(ToolCallAlreadyResolvedError):
+            session.deny(call.id)
+        out, _ = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(DEADLINE)
+    assert out.decode().strip() == "It is 3."
+    _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
+    with pytest.raises(ToolCallNotFoundError):
+        session.approve("no-such-call")
+
+
+def test_a_call_asked_before_this_process_opened_the_context_can_be_approved(
+    tmp_path: Path,
+) -> None:
+    created = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    context_id, log_path = created.id, created.signal_log_path
+    created.close()
+    assert log_path is not None
+    child = _tool_writer(tmp_path, context_id)
+    try:
+        reader = LogReader(log_path, since=0)
+        asked: list[ToolApprovalRequested] = []
+
+        def requested() -> bool:
+            asked.extend(e for _, e in reader.poll() if isinstance(e, ToolApprovalRequested))
+            return bool(asked)
+
+        _wait_for(requested, "the other process to ask for approval")
+        reader.close()
+        with ContextSession.open(context_id, data_dir=tmp_path) as late:
+            [call] = late.approve(asked[0].tool_call_ids[0])
+            assert call.name == "add"
+        out, _ = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(DEADLINE)
+    assert out.decode().strip() == "It is 3."

@@ -1,0 +1,150 @@
+"""The per-context signal log: numbers that survive restarts, are shared by processes,
+and a compacted log that answers old numbers with Resync."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from cm_notebook.events import ContentDelta, Event, MessageCompleted, Resync, StateChanged
+from cm_notebook.fsm import State
+from cm_notebook.session import ContextSession
+from cm_notebook.signal_log import LogReader, SignalLog
+from cm_notebook.testing import ScriptedProvider
+
+DEADLINE = 30.0
+
+
+def _numbers(path: Path) -> list[int]:
+    lines = path.read_bytes().splitlines()
+    return [json.loads(line)["e"]["seq"] for line in lines if line.strip()]
+
+
+def _delta(n: int) -> ContentDelta:
+    return ContentDelta(message_id="m1", text="x" * 40, offset=n * 40, branch="main")
+
+
+def _stamp(event: Event, context_id: str = "c1") -> Callable[[int], Event]:
+    def stamp(seq: int) -> Event:
+        return event.model_copy(update={"seq": seq, "context_id": context_id})
+
+    return stamp
+
+
+def test_numbers_survive_a_reopen_and_never_repeat(tmp_path: Path) -> None:
+    session = ContextSession.create(
+        data_dir=tmp_path, provider=ScriptedProvider().reply("one").reply("two")
+    )
+    context_id = session.id
+    seen: list[Event] = []
+    session.subscribe(seen.append)
+    session.send("first").result(DEADLINE)
+    first_last = session.last_seq
+    session.close()
+    assert first_last > 0
+
+    again = ContextSession.open(
+        context_id, data_dir=tmp_path, provider=ScriptedProvider().reply("3")
+    )
+    assert again.last_seq == first_last  # the bus starts where the log ends
+    later: list[Event] = []
+    again.subscribe(later.append)
+    again.send("second").result(DEADLINE)
+    again.close()
+
+    assert later
+    assert min(e.seq for e in later) == first_last + 1
+    numbers = _numbers(tmp_path / "contexts" / context_id / "signals.log")
+    assert numbers == list(range(1, len(numbers) + 1))  # one sequence, no repeat, no gap
+    assert [e.seq for e in seen] == numbers[: len(seen)]
+    assert any(isinstance(e, MessageCompleted) for e in later)
+
+
+def test_a_reader_replays_from_a_number_and_then_follows(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    for n in range(5):
+        log.record(_stamp(_delta(n)))
+    reader = LogReader(log.path, since=2)
+    assert [e.seq for _, e in reader.poll()] == [3, 4, 5]
+    assert reader.poll() == []
+    log.record(_stamp(StateChanged(old=State.IDLE, new=State.STREAMING, branch="main")))
+    [(writer, event)] = reader.poll()
+    assert writer == log.writer
+    assert event.seq == 6
+    assert isinstance(event, StateChanged)
+    assert LogReader(log.path).last_seq == 6  # None: start at the end
+
+
+def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log", max_bytes=2048)
+    behind = LogReader(log.path, since=0)
+    assert behind.poll() == []
+    for n in range(200):
+        log.record(_stamp(_delta(n)))
+    assert log.path.stat().st_size <= 2048
+    numbers = _numbers(log.path)
+    assert numbers[-1] == 200
+    assert numbers == list(range(numbers[0], 201))
+
+    fresh = LogReader(log.path, since=0).poll()
+    assert isinstance(fresh[0][1], Resync)
+    assert fresh[0][1].seq == numbers[0] - 1
+    assert [e.seq for _, e in fresh[1:]] == numbers
+
+    # A reader that was following while the file was replaced under it also resyncs.
+    events = [e for _, e in behind.poll()]
+    assert isinstance(events[0], Resync)
+    assert events[-1].seq == 200
+    again = SignalLog(log.path)
+    assert again.last_seq == 200
+    assert again.record(_stamp(_delta(0))).seq == 201
+
+
+def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:
+    path = tmp_path / "signals.log"
+    child = textwrap.dedent(
+        f"""
+        from cm_notebook.events import ContentDelta
+        from cm_notebook.signal_log import SignalLog
+        log = SignalLog({str(path)!r}, max_bytes=8192)
+        for n in range(300):
+            log.record(lambda seq: ContentDelta(
+                message_id="child", text="c", offset=n, branch="b", seq=seq))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child])
+    log = SignalLog(path, max_bytes=8192)
+    for n in range(300):
+        log.record(_stamp(_delta(n)))
+    assert proc.wait(DEADLINE) == 0
+    numbers = _numbers(path)
+    assert numbers[-1] == 600
+    assert numbers == list(range(numbers[0], 601))  # compacted, but never a repeat
+
+
+def test_a_torn_last_line_is_skipped_and_numbering_goes_on(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    for n in range(3):
+        log.record(_stamp(_delta(n)))
+    log.close()
+    with log.path.open("ab") as out:
+        out.write(b'{"w":"dead","e":{"type":"ContentDelta","seq":4,')  # a writer died here
+    reader = LogReader(log.path, since=0)
+    assert [e.seq for _, e in reader.poll()] == [1, 2, 3]
+    again = SignalLog(log.path)
+    assert again.record(_stamp(_delta(9))).seq == 4  # the torn record was never delivered
+    assert [e.seq for _, e in reader.poll()] == [4]
+    assert [e.seq for _, e in LogReader(log.path, since=0).poll()] == [1, 2, 3, 4]
+
+
+def test_asking_for_numbers_ahead_of_the_log_gives_resync(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    log.record(_stamp(_delta(0)))
+    [(_, resync)] = LogReader(log.path, since=50).poll()
+    assert isinstance(resync, Resync)
+    assert resync.seq == 1
+    assert LogReader(tmp_path / "missing.log", since=0).poll() == []
