@@ -92,6 +92,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def read_from(fd: int, offset: int) -> bytes:
     """Everything in the open file ``fd`` from ``offset`` to its current end."""
+    size = os.fstat(fd).st_size - offset
+    if size >= 0 and hasattr(os, "pread"):
+        # The common case in one read: a file that does not grow while being read.
+        data = os.pread(fd, size + 1, offset)
+        if len(data) <= size:
+            return data
     os.lseek(fd, offset, os.SEEK_SET)
     chunks: list[bytes] = []
     while True:

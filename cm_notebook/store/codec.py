@@ -126,7 +126,7 @@ def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:
     return message
 
 
-def read_regular(path: Path, *, check_folder: bool = True) -> bytes:
+def read_regular(path: Path | str, *, check_folder: bool = True) -> bytes:
     """The whole content of the regular file ``path`` (see :func:`.oserrors.open_regular`).
 
     A missing file raises ``FileNotFoundError``; anything else that goes wrong is one of
@@ -141,21 +141,25 @@ def read_regular(path: Path, *, check_folder: bool = True) -> bytes:
         os.close(fd)
 
 
-def read_message_file(path: Path, expected_id: str | None) -> Message:
+def read_message_file(
+    path: Path | str, expected_id: str | None, *, check_folder: bool = True
+) -> Message:
     """Read and decode one message file; a missing file is damage too (CorruptDataError).
 
-    A symbolic link (the file, or the ``messages`` folder), a folder or any other
-    non-file at the path is refused (CorruptDataError), never followed or read.
+    A symbolic link (the file, or, with ``check_folder``, the ``messages`` folder), a
+    folder or any other non-file at the path is refused (CorruptDataError), never
+    followed or read.
     """
     try:
-        data = read_regular(path)
+        data = read_regular(path, check_folder=check_folder)
     except FileNotFoundError as exc:
+        path = Path(path)
         raise CorruptDataError(
             f"message file {path} is missing although the message index lists it. Restore "
             "it from a backup; the rest of the context still works without it.",
             path,
         ) from exc
-    return decode_message(data, path, expected_id)
+    return decode_message(data, Path(path), expected_id)
 
 
 def _first_error(exc: ValidationError) -> str:

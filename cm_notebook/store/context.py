@@ -85,6 +85,8 @@ class ContextState:
         self.dir = ctx_dir
         self.lock_timeout = lock_timeout
         self.metadata_path = ctx_dir / METADATA_NAME
+        #: ``<context>/messages`` as a string, for joining trusted ids cheaply.
+        self.messages_dir = str(ctx_dir / MESSAGES_DIR)
         self.state_lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
@@ -234,7 +236,9 @@ class ContextState:
             except OSError:
                 continue  # reported by the reads that need the folder
             for name in names:
-                if self._is_leftover(folder / name):
+                # Leftovers are all dot-named: skip the (many) message files without
+                # building a path for each, so opening a large context stays cheap.
+                if name.startswith(".") and self._is_leftover(folder / name):
                     with contextlib.suppress(OSError):
                         (folder / name).unlink()
 

@@ -258,16 +258,37 @@ class MessageIndex:
 
     def _load(self, entries: list[IndexEntry]) -> None:
         """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""
-        self.entries = {}
-        self.children = {}
-        self.streaming_ids = set()
-        self.next_seq = 0
+        # One pass with local names: this runs over every entry when a context opens.
+        known: dict[str, IndexEntry] = {}
+        children: dict[str | None, list[str]] = {}
+        streaming: set[str] = set()
+        last_seq = -1
+        in_order = True
+        streaming_status = MessageStatus.STREAMING
         for entry in entries:
-            self._apply(entry)
-        # A rebuilt or hand-edited snapshot may list entries out of order; the children
-        # lists promise oldest first.
-        for siblings in self.children.values():
-            siblings.sort(key=lambda mid: self.entries[mid].seq)
+            entry_id = entry.id
+            if entry.status is streaming_status:
+                streaming.add(entry_id)
+            else:
+                streaming.discard(entry_id)
+            if entry_id not in known:
+                siblings = children.get(entry.parent_id)
+                if siblings is None:
+                    children[entry.parent_id] = [entry_id]
+                else:
+                    siblings.append(entry_id)
+                if entry.seq > last_seq:
+                    last_seq = entry.seq
+                else:
+                    in_order = False
+            known[entry_id] = entry
+        if not in_order:
+            # A rebuilt or hand-edited snapshot may list entries out of order; the
+            # children lists promise oldest first.
+            for siblings in children.values():
+                siblings.sort(key=lambda mid: known[mid].seq)
+        self.entries, self.children, self.streaming_ids = known, children, streaming
+        self.next_seq = last_seq + 1
 
     def _apply(self, entry: IndexEntry) -> None:
         known = entry.id in self.entries

@@ -9,6 +9,7 @@ fresh); the others run inside ``state.view()`` (state lock held) and never write
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -142,15 +143,29 @@ def select_page(
 
 
 def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
-    """Read message files in order, skipping unreadable ones with a StoreWarning."""
+    """Read message files in order, skipping unreadable ones with a StoreWarning.
+
+    ``ids`` come from the index, whose ids were validated when they entered it (from a
+    caller or from disk), so their paths are joined as plain strings here; the file
+    itself is still checked (a regular file, no link, the id it should hold).
+    """
     messages = []
+    folder = state.messages_dir
+    # One check of the folder per call instead of one per file.
+    trusted = not os.path.islink(folder)
+    prefix = f"{folder}{os.sep}"
     for message_id in ids:
-        path = message_path(state.dir, message_id)
+        where: str | Path = f"{prefix}{message_id}.json" if trusted else folder
         try:
-            messages.append(read_message_file(path, message_id))
+            if trusted:
+                message = read_message_file(where, message_id, check_folder=False)
+            else:
+                where = message_path(state.dir, message_id)
+                message = read_message_file(where, message_id)
+            messages.append(message)
         except (CorruptDataError, SchemaVersionError, StoreIOError) as exc:
             # One bad file must not hide a whole conversation: skip it, by path.
-            warn(f"skipped an unreadable message: {exc}", path)
+            warn(f"skipped an unreadable message: {exc}", Path(where))
     return messages
 
 

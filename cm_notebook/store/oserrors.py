@@ -119,7 +119,7 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
     )
 
 
-def open_regular(path: Path, *, check_folder: bool = True) -> int:
+def open_regular(path: Path | str, *, check_folder: bool = True) -> int:
     """Open ``path`` for reading, refusing anything but a regular file; return the fd.
 
     A symbolic link (at ``path`` or, with ``check_folder``, its folder) raises the
@@ -128,15 +128,15 @@ def open_regular(path: Path, *, check_folder: bool = True) -> int:
     is damage, not an I/O error. A missing file raises ``FileNotFoundError`` (the
     callers know what a missing file means for them); other failures are translated.
     """
-    if check_folder and os.path.islink(path.parent):
-        raise linked(path.parent)
+    if check_folder and os.path.islink(os.path.dirname(path)):
+        raise linked(Path(path).parent)
     try:
         fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
         raise
     except OSError as exc:
         if exc.errno == errno.ELOOP or os.path.islink(path):
-            raise linked(path) from exc
+            raise linked(Path(path)) from exc
         raise translate(exc, path, "read") from exc
     try:
         mode = os.fstat(fd).st_mode
@@ -145,5 +145,5 @@ def open_regular(path: Path, *, check_folder: bool = True) -> int:
         raise translate(exc, path, "read") from exc
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise not_a_file(path, mode)
+        raise not_a_file(Path(path), mode)
     return fd
