@@ -22,7 +22,6 @@ tools, signals).
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -55,7 +54,7 @@ from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
 from .tools import validate_edited_arguments
-from .turn import Turn
+from .turn import DeltaFeed, Turn
 
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
     from .widgets import CompareView, SessionView
@@ -241,25 +240,16 @@ class ContextSession(SessionBranches):
         If a retry restarts the reply, the deltas of the failed attempt were already
         yielded; read the final message with :meth:`history` for the clean text.
         """
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
         turn = self.send(text, branch=branch, provider=provider, **params)
-
-        def listener(delta: str | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
-
-        so_far, remove = turn.progress.listen(listener)
+        feed = DeltaFeed(turn.progress)
         try:
-            if so_far:
-                yield so_far
-            while True:
-                delta = await queue.get()
-                if delta is None:
-                    break
+            if feed.so_far:
+                yield feed.so_far
+            async for delta in feed:
                 yield delta
             await turn  # re-raise a failure
         finally:
-            remove()
+            feed.close()
             # A consumer that stops reading (break, an exception, cancellation) does
             # not want the rest of the reply: stop generating it (the text is kept).
             if not turn.done():
