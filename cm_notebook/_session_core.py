@@ -40,6 +40,7 @@ from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._remote_decisions import DecisionBox
+from ._session_messages import MessageCache
 from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
@@ -156,6 +157,8 @@ class SessionCore:
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
         self._index_token: object | None = None
+        # Settled messages already read or written: a turn reads only new ones.
+        self._messages = MessageCache()
         self._follow(store)
 
     # -- the context's metadata (public, shared with the API) ----------------------
@@ -397,8 +400,7 @@ class SessionCore:
 
     async def _conversation(self, branch: str, exclude: str | None) -> list[Message]:
         # What a request on ``branch`` shows the model (see cm_notebook._conversation).
-        ids = await self._store.path(self.id, branch)
-        messages = await self._store.get_messages(self.id, ids)
+        _ids, messages = await self._messages.path_messages(self._store, self.id, branch)
         prompt = effective_system(await self._store.get_metadata(self.id), branch)
         return for_request([m for m in messages if m.id != exclude], prompt)
 
@@ -416,6 +418,7 @@ class SessionCore:
                 await self._store.update_message(self.id, final)
             except (OSError, CMError):
                 continue
+            self._messages.remember(final)
             with self._lock:
                 if self._unsettled.get(final.id) is final:
                     del self._unsettled[final.id]
@@ -442,6 +445,7 @@ class SessionCore:
             max_tool_rounds=self.max_tool_rounds,
             tool_timeout=self.tool_timeout,
             conversation=self._conversation,
+            remember=self._messages.remember,
             finished=self._turn_finished,
             unsettled=self._unsettled_reply,
         )
@@ -486,6 +490,7 @@ class SessionCore:
                     f"your message could not be stored: {exc}. Nothing was sent; free disk "
                     "space (or fix the data folder) and send it again."
                 ) from exc
+        self._messages.remember(message)
         self._publish(
             ev.MessageAdded(
                 branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
@@ -495,8 +500,7 @@ class SessionCore:
     def _rewind_to_prompt(self, branch: str) -> str:
         # Move the head back past the last assistant reply (and anything after the
         # prompt it answered), so the next reply becomes its sibling; returns the prompt.
-        ids = self._io.call(self._store.path(self.id, branch))
-        history = self._io.call(self._store.get_messages(self.id, ids))
+        ids, history = self._io.call(self._messages.path_messages(self._store, self.id, branch))
         head = ids[-1] if ids else None
         while history and history[-1].role == "assistant":
             history.pop()
@@ -568,5 +572,6 @@ class SessionCore:
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)
+        self._messages.forget_path(branch)
         with self._lock:
             self._last_request.pop(branch, None)

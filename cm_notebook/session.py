@@ -510,7 +510,8 @@ class ContextSession(SessionBranches):
         # branch may hold it (a turn can run on a branch that is not the active one).
         names = [self.active_branch, *self.branches]
         for name in dict.fromkeys(names):
-            for message in reversed(self.history(name)):
+            _ids, path = self._io.call(self._messages.path_messages(self._store, self.id, name))
+            for message in reversed(path):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False
