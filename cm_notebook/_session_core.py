@@ -27,7 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
@@ -457,10 +457,15 @@ class SessionCore:
         head: str | None,
         provider: Provider,
         params: Mapping[str, Any],
+        prologue: Callable[[Turn], Awaitable[None]] | None = None,
+        prompt: concurrent.futures.Future[None] | None = None,
     ) -> Turn:
-        # Start a turn on the claimed branch, after ``head`` (its prompt).
+        # Start a turn on the claimed branch, after ``head`` (its prompt). ``prologue``
+        # runs first, in the turn's task (storing the prompt off the caller's loop): if
+        # it fails, the turn ends with its error before anything else happens.
+        # ``prompt``: the background write of the user's message (Turn.accepted).
         branch = claim.branch
-        turn = Turn(branch, self._loop)
+        turn = Turn(branch, self._loop, prompt=prompt)
         runner = TurnRunner(
             self._host(), turn, start=start, head=head, provider=provider, params=params
         )
@@ -470,22 +475,41 @@ class SessionCore:
             self._runners[branch] = runner
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
-        future = schedule_on(self._loop, runner.run())
+        work = runner.run() if prologue is None else self._after(prologue, runner)
+        future = schedule_on(self._loop, work)
         turn.attach(future, runner.request_cancel)
         return turn
 
+    async def _after(
+        self, prologue: Callable[[Turn], Awaitable[None]], runner: TurnRunner
+    ) -> Message:
+        turn = runner.turn
+        try:
+            await prologue(turn)
+        except BaseException as exc:
+            # Nothing was asked of the model: free the branch, tell the views why.
+            turn.progress.finish()
+            self._turn_finished(turn)
+            if isinstance(exc, Exception):
+                self._publish(
+                    ev.ErrorReported(branch=turn.branch, kind="internal", message=str(exc))
+                )
+            raise
+        return await runner.run()
+
     def _append_prompt(self, branch: str, message: Message) -> None:
+        self._io.call(self._store_prompt(branch, message))
+
+    async def _store_prompt(self, branch: str, message: Message) -> None:
         # The user's message, after the head it was written against (expected_head): if
         # another writer moved the branch since, fail loudly rather than fork the
         # conversation behind its back.
         try:
-            self._io.call(
-                self._store.append_message(
-                    self.id, message, branch=branch, expected_head=message.parent_id
-                )
+            await self._store.append_message(
+                self.id, message, branch=branch, expected_head=message.parent_id
             )
         except OSError as exc:
-            if not self._io.call(settle_append(self._store, self.id, branch, message)):
+            if not await settle_append(self._store, self.id, branch, message):
                 raise StoreError(
                     f"your message could not be stored: {exc}. Nothing was sent; free disk "
                     "space (or fix the data folder) and send it again."

@@ -22,14 +22,15 @@ tools, signals).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
+from ._loop import running_loop
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
@@ -38,7 +39,6 @@ from .approvals import Decision, PendingCall
 from .branch_defaults import branch_settings
 from .errors import (
     BranchExistsError,
-    CMError,
     InvalidInputError,
     StateError,
 )
@@ -215,16 +215,31 @@ class ContextSession(SessionBranches):
             raise InvalidInputError(f"metadata: {exc}") from exc
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
+        untitled = self._metadata.title == UNTITLED
         with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text, metadata=noted)
-            self._append_prompt(name, user)
-            turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
-        if self._metadata.title == UNTITLED:
-            # A title is a convenience: failing to write one must not fail the send
-            # (the context stays untitled and the next send tries again).
-            with contextlib.suppress(CMError, OSError):
-                self._name_after(user, turn, chosen)
+            if running_loop() is None:
+                # A script: store the message here, so a failure raises from send().
+                self._append_prompt(name, user)
+                turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
+            else:
+                # On an event loop (a notebook cell, async code): the loop must not wait
+                # for the disk. The message is stored on the store's thread, starting
+                # now; the turn waits for it to be durable before it asks for a reply,
+                # and fails with the store's error if it cannot be.
+                stored = self._io.submit(self._store_prompt(name, user))
+
+                async def prologue(turn: Turn) -> None:
+                    await asyncio.wrap_future(stored)
+                    if untitled:
+                        await self._title_quietly(user, turn, chosen)
+
+                return self._start(
+                    claim, fsm.Send(), user.id, chosen, generation, prologue, prompt=stored
+                )
+        if untitled:
+            self._io.call(self._title_quietly(user, turn, chosen))
         return turn
 
     async def stream(

@@ -269,12 +269,32 @@ class Turn(Handle[Message]):
     thread while it runs.
     """
 
-    def __init__(self, branch: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        branch: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        prompt: concurrent.futures.Future[None] | None = None,
+    ) -> None:
         super().__init__(loop)
         self.id = new_id("t")
         self.branch = branch
         #: What the turn has produced so far (written by its runner).
         self.progress = TurnProgress()
+        # The write of the user's message, when it runs in the background.
+        self._prompt = prompt
+
+    async def accepted(self) -> None:
+        """Wait until the user's message of this turn is durable on disk.
+
+        Raises the error that kept it from being stored (the turn then fails with it
+        too). ``send()`` from a script stores the message before it returns; on an
+        event loop (a notebook cell, a server) it is stored in the background so the
+        loop never waits for the disk, and this is how to wait for it, e.g. before
+        acknowledging the send to someone else.
+        """
+        if self._prompt is not None:
+            await asyncio.wrap_future(self._prompt)
 
     @property
     def text(self) -> str:
