@@ -139,6 +139,9 @@ def _split_chunks(text: str, chunks: Chunks) -> list[str]:
     return [piece for piece in pieces if piece]
 
 
+_WORD_COUNTS_KEPT = 4096
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -211,6 +214,10 @@ class ScriptedProvider:
         self.closed = False
         self._script: deque[_Turn] = deque()
         self._next_call_id = 0
+        # Word counts of the texts seen, so estimating a long conversation's input
+        # tokens does not re-split every message on every request (strings cache
+        # their hash, so a message seen before costs one lookup).
+        self._word_counts: dict[str, int] = {}
         for item in replies:
             if isinstance(item, str):
                 self.reply(item)
@@ -527,12 +534,20 @@ class ScriptedProvider:
         items += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
         return _Turn(self._paced(items, None))
 
+    def _count_words(self, text: str) -> int:
+        count = self._word_counts.get(text)
+        if count is None:
+            if len(self._word_counts) >= _WORD_COUNTS_KEPT:
+                self._word_counts.clear()
+            count = self._word_counts[text] = _words(text)
+        return count
+
     async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         for step in turn.steps:
             if isinstance(step, _Emit):
                 yield step.chunk
             elif isinstance(step, _EstimatedUsage):
-                words = sum(_words(m.content) for m in request.messages)
+                words = sum(self._count_words(m.content) for m in request.messages)
                 yield Usage(input_tokens=words, output_tokens=step.output_tokens)
             elif isinstance(step, _Sleep):
                 await anyio.sleep(step.seconds)
