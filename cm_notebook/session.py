@@ -8,10 +8,11 @@ live session per context (:mod:`cm_notebook._registry`): opening it again return
 
 The send path starts here (session -> turn runner -> state machine -> provider ->
 store -> signals): :meth:`ContextSession.send` claims the branch, stores the user's
-message with a compare-and-set on the branch head, and starts a turn on the session's
-event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a notebook cell
-never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner` goes on from
-there. Every change publishes a signal; every write that moves a head is a
+message with a compare-and-set on the branch head (on the store's thread when called
+on an event loop, so the loop never waits for the disk), and starts a turn on the
+session's event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a
+notebook cell never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner`
+goes on from there. Every change publishes a signal; every write that moves a head is a
 compare-and-set on it.
 
 The public API is split by responsibility: :mod:`cm_notebook._session_reading`
@@ -207,6 +208,13 @@ class ContextSession(SessionBranches):
         the user message's metadata (e.g. ``%%cm`` notes which kernel variables filled the
         text). ``await turn`` (notebooks) or ``turn.result(timeout)`` (scripts) gives the
         final assistant message.
+
+        From a script, ``send()`` returns once the user message is durable and raises if
+        it cannot be stored. On an event loop (a notebook cell, async code) the loop never
+        waits for the disk: the message is written in the background, starting at once;
+        the reply is asked for only once it is durable, the session's own reads see it
+        at once, and if it cannot be stored the turn fails with that error
+        (``await turn.accepted()`` waits for the write alone).
         """
         text = validate_text(text)
         try:
