@@ -73,6 +73,8 @@ class TurnHost:
         tool_timeout: seconds a tool may run (None: no limit).
         conversation: ``conversation(branch, exclude)``, the messages a request sends
             for ``branch`` (system prompt first), leaving out message ``exclude``.
+        remember: given each message the turn has stored, as stored, so the next
+            request need not read it back.
         finished: called once the turn is over, before its final state is signalled,
             so the branch is free for the next send when views hear of it.
         unsettled: given a message whose final state could not be stored (a full
@@ -91,5 +93,6 @@ class TurnHost:
     max_tool_rounds: int
     tool_timeout: float | None
     conversation: Callable[[str, str | None], Awaitable[list[Message]]]
+    remember: Callable[[Message], None]
     finished: Callable[[Turn], None]
     unsettled: Callable[[Message], None]

@@ -27,7 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._remote_decisions import DecisionBox
+from ._session_messages import MessageCache
 from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
@@ -156,6 +157,8 @@ class SessionCore:
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
         self._index_token: object | None = None
+        # Settled messages already read or written: a turn reads only new ones.
+        self._messages = MessageCache()
         self._follow(store)
 
     # -- the context's metadata (public, shared with the API) ----------------------
@@ -397,8 +400,7 @@ class SessionCore:
 
     async def _conversation(self, branch: str, exclude: str | None) -> list[Message]:
         # What a request on ``branch`` shows the model (see cm_notebook._conversation).
-        ids = await self._store.path(self.id, branch)
-        messages = await self._store.get_messages(self.id, ids)
+        _ids, messages = await self._messages.path_messages(self._store, self.id, branch)
         prompt = effective_system(await self._store.get_metadata(self.id), branch)
         return for_request([m for m in messages if m.id != exclude], prompt)
 
@@ -416,6 +418,7 @@ class SessionCore:
                 await self._store.update_message(self.id, final)
             except (OSError, CMError):
                 continue
+            self._messages.remember(final)
             with self._lock:
                 if self._unsettled.get(final.id) is final:
                     del self._unsettled[final.id]
@@ -442,6 +445,7 @@ class SessionCore:
             max_tool_rounds=self.max_tool_rounds,
             tool_timeout=self.tool_timeout,
             conversation=self._conversation,
+            remember=self._messages.remember,
             finished=self._turn_finished,
             unsettled=self._unsettled_reply,
         )
@@ -453,10 +457,15 @@ class SessionCore:
         head: str | None,
         provider: Provider,
         params: Mapping[str, Any],
+        prologue: Callable[[Turn], Awaitable[None]] | None = None,
+        prompt: concurrent.futures.Future[None] | None = None,
     ) -> Turn:
-        # Start a turn on the claimed branch, after ``head`` (its prompt).
+        # Start a turn on the claimed branch, after ``head`` (its prompt). ``prologue``
+        # runs first, in the turn's task (storing the prompt off the caller's loop): if
+        # it fails, the turn ends with its error before anything else happens.
+        # ``prompt``: the background write of the user's message (Turn.accepted).
         branch = claim.branch
-        turn = Turn(branch, self._loop)
+        turn = Turn(branch, self._loop, prompt=prompt)
         runner = TurnRunner(
             self._host(), turn, start=start, head=head, provider=provider, params=params
         )
@@ -466,26 +475,46 @@ class SessionCore:
             self._runners[branch] = runner
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
-        future = schedule_on(self._loop, runner.run())
+        work = runner.run() if prologue is None else self._after(prologue, runner)
+        future = schedule_on(self._loop, work)
         turn.attach(future, runner.request_cancel)
         return turn
 
+    async def _after(
+        self, prologue: Callable[[Turn], Awaitable[None]], runner: TurnRunner
+    ) -> Message:
+        turn = runner.turn
+        try:
+            await prologue(turn)
+        except BaseException as exc:
+            # Nothing was asked of the model: free the branch, tell the views why.
+            turn.progress.finish()
+            self._turn_finished(turn)
+            if isinstance(exc, Exception):
+                self._publish(
+                    ev.ErrorReported(branch=turn.branch, kind="internal", message=str(exc))
+                )
+            raise
+        return await runner.run()
+
     def _append_prompt(self, branch: str, message: Message) -> None:
+        self._io.call(self._store_prompt(branch, message))
+
+    async def _store_prompt(self, branch: str, message: Message) -> None:
         # The user's message, after the head it was written against (expected_head): if
         # another writer moved the branch since, fail loudly rather than fork the
         # conversation behind its back.
         try:
-            self._io.call(
-                self._store.append_message(
-                    self.id, message, branch=branch, expected_head=message.parent_id
-                )
+            await self._store.append_message(
+                self.id, message, branch=branch, expected_head=message.parent_id
             )
         except OSError as exc:
-            if not self._io.call(settle_append(self._store, self.id, branch, message)):
+            if not await settle_append(self._store, self.id, branch, message):
                 raise StoreError(
                     f"your message could not be stored: {exc}. Nothing was sent; free disk "
                     "space (or fix the data folder) and send it again."
                 ) from exc
+        self._messages.remember(message)
         self._publish(
             ev.MessageAdded(
                 branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
@@ -495,8 +524,7 @@ class SessionCore:
     def _rewind_to_prompt(self, branch: str) -> str:
         # Move the head back past the last assistant reply (and anything after the
         # prompt it answered), so the next reply becomes its sibling; returns the prompt.
-        ids = self._io.call(self._store.path(self.id, branch))
-        history = self._io.call(self._store.get_messages(self.id, ids))
+        ids, history = self._io.call(self._messages.path_messages(self._store, self.id, branch))
         head = ids[-1] if ids else None
         while history and history[-1].role == "assistant":
             history.pop()
@@ -568,5 +596,6 @@ class SessionCore:
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)
+        self._messages.forget_path(branch)
         with self._lock:
             self._last_request.pop(branch, None)

@@ -175,16 +175,22 @@ class SessionReading(SessionCore):
 
     # -- private helpers ---------------------------------------------------------------
 
-    def _name_after(self, sent: Message, turn: Turn, provider: Provider) -> None:
+    async def _title_quietly(self, sent: Message, turn: Turn, provider: Provider) -> None:
+        # A title is a convenience: failing to write one must not fail the send (the
+        # context stays untitled and the next send tries again).
+        with contextlib.suppress(CMError, OSError):
+            await self._name_after(sent, turn, provider)
+
+    async def _name_after(self, sent: Message, turn: Turn, provider: Provider) -> None:
         # An untitled context is named after its first user message (usually the one
         # just sent); with auto_title the model is asked for a better title once the
         # turn is over, in the background.
-        index = self._index()
+        index = await self._store.index(self.id)
         users = [entry for entry in index.values() if entry.role == "user"]
         first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
-        first = sent if first_id == sent.id else self.get(first_id)
+        first = sent if first_id == sent.id else await self._store.get_message(self.id, first_id)
         title = title_from_text(first.content)
-        self._io.call(self._store.update_metadata(self.id, title=title))
+        await self._store.update_metadata(self.id, title=title)
         self._publish_context_update(["title"])
         if self._auto_title:
             job = schedule_on(self._loop, self._ask_title(turn, provider, first.content, title))

@@ -87,6 +87,7 @@ class TurnWrites:
         except OSError:
             if not await settle_append(host.store, host.context_id, self.target, message):
                 raise
+        host.remember(message)
         self.head = message.id
         host.publish(
             ev.MessageAdded(
@@ -133,6 +134,7 @@ class TurnWrites:
     async def update(self, message: Message) -> None:
         """Rewrite a message this turn wrote (a checkpoint or its final state)."""
         await self.host.store.update_message(self.host.context_id, message)
+        self.host.remember(message)
 
     async def start_reply(self, message: Message) -> Reply:
         """Store the assistant message at once, as ``streaming``, after the head."""

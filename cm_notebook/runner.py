@@ -4,13 +4,17 @@ The send path, top to bottom:
 
 1. :meth:`ContextSession.send <cm_notebook.session.ContextSession.send>` claims the
    branch (:mod:`cm_notebook._claims`), stores the user's message with a
-   compare-and-set on the branch head, and starts a :class:`TurnRunner` on the
-   session's event loop with a :class:`~cm_notebook._host.TurnHost` (all the runner
-   may use of the session). It returns a :class:`~cm_notebook.turn.Turn` at once.
+   compare-and-set on the branch head (in the background when called on an event
+   loop; the runner starts once it is durable), and starts a :class:`TurnRunner` on
+   the session's event loop with a :class:`~cm_notebook._host.TurnHost` (all the
+   runner may use of the session). It returns a :class:`~cm_notebook.turn.Turn` at once.
 2. The runner feeds the branch's state machine (:mod:`cm_notebook.fsm`, pure: inputs
    in, effects out) and carries out each effect with one method below, in order.
 3. ``StartRequest``: the runner builds a :class:`~cm_notebook.providers.base.ChatRequest`
-   and reads the provider's stream of chunks (text, tool calls, usage, finish).
+   and reads the provider's stream of chunks (text, tool calls, usage, finish). The
+   request's messages come from the session's memory of the branch, reading only the
+   ones it has not seen (:mod:`cm_notebook._session_messages`), so its cost does not
+   grow with the conversation.
 4. Every write goes through :class:`~cm_notebook._turn_writes.TurnWrites`: the reply
    stored at once as ``streaming``, checkpoints, the final state, tool messages; each
    head move a compare-and-set on the head the turn started from.

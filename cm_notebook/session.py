@@ -8,10 +8,11 @@ live session per context (:mod:`cm_notebook._registry`): opening it again return
 
 The send path starts here (session -> turn runner -> state machine -> provider ->
 store -> signals): :meth:`ContextSession.send` claims the branch, stores the user's
-message with a compare-and-set on the branch head, and starts a turn on the session's
-event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a notebook cell
-never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner` goes on from
-there. Every change publishes a signal; every write that moves a head is a
+message with a compare-and-set on the branch head (on the store's thread when called
+on an event loop, so the loop never waits for the disk), and starts a turn on the
+session's event loop, returning a :class:`~cm_notebook.turn.Turn` at once, so a
+notebook cell never blocks (see :mod:`cm_notebook._loop`); :mod:`cm_notebook.runner`
+goes on from there. Every change publishes a signal; every write that moves a head is a
 compare-and-set on it.
 
 The public API is split by responsibility: :mod:`cm_notebook._session_reading`
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
+from ._loop import running_loop
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
@@ -39,7 +40,6 @@ from .approvals import Decision, PendingCall
 from .branch_defaults import branch_settings
 from .errors import (
     BranchExistsError,
-    CMError,
     InvalidInputError,
     StateError,
 )
@@ -55,7 +55,7 @@ from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
 from .tools import validate_edited_arguments
-from .turn import Turn
+from .turn import DeltaFeed, Turn
 
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
     from .widgets import CompareView, SessionView
@@ -208,6 +208,13 @@ class ContextSession(SessionBranches):
         the user message's metadata (e.g. ``%%cm`` notes which kernel variables filled the
         text). ``await turn`` (notebooks) or ``turn.result(timeout)`` (scripts) gives the
         final assistant message.
+
+        From a script, ``send()`` returns once the user message is durable and raises if
+        it cannot be stored. On an event loop (a notebook cell, async code) the loop never
+        waits for the disk: the message is written in the background, starting at once;
+        the reply is asked for only once it is durable, the session's own reads see it
+        at once, and if it cannot be stored the turn fails with that error
+        (``await turn.accepted()`` waits for the write alone).
         """
         text = validate_text(text)
         try:
@@ -216,16 +223,31 @@ class ContextSession(SessionBranches):
             raise InvalidInputError(f"metadata: {exc}") from exc
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
+        untitled = self._metadata.title == UNTITLED
         with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text, metadata=noted)
-            self._append_prompt(name, user)
-            turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
-        if self._metadata.title == UNTITLED:
-            # A title is a convenience: failing to write one must not fail the send
-            # (the context stays untitled and the next send tries again).
-            with contextlib.suppress(CMError, OSError):
-                self._name_after(user, turn, chosen)
+            if running_loop() is None:
+                # A script: store the message here, so a failure raises from send().
+                self._append_prompt(name, user)
+                turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
+            else:
+                # On an event loop (a notebook cell, async code): the loop must not wait
+                # for the disk. The message is stored on the store's thread, starting
+                # now; the turn waits for it to be durable before it asks for a reply,
+                # and fails with the store's error if it cannot be.
+                stored = self._io.submit(self._store_prompt(name, user))
+
+                async def prologue(turn: Turn) -> None:
+                    await asyncio.wrap_future(stored)
+                    if untitled:
+                        await self._title_quietly(user, turn, chosen)
+
+                return self._start(
+                    claim, fsm.Send(), user.id, chosen, generation, prologue, prompt=stored
+                )
+        if untitled:
+            self._io.call(self._title_quietly(user, turn, chosen))
         return turn
 
     async def stream(
@@ -241,25 +263,16 @@ class ContextSession(SessionBranches):
         If a retry restarts the reply, the deltas of the failed attempt were already
         yielded; read the final message with :meth:`history` for the clean text.
         """
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
         turn = self.send(text, branch=branch, provider=provider, **params)
-
-        def listener(delta: str | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
-
-        so_far, remove = turn.progress.listen(listener)
+        feed = DeltaFeed(turn.progress)
         try:
-            if so_far:
-                yield so_far
-            while True:
-                delta = await queue.get()
-                if delta is None:
-                    break
+            if feed.so_far:
+                yield feed.so_far
+            async for delta in feed:
                 yield delta
             await turn  # re-raise a failure
         finally:
-            remove()
+            feed.close()
             # A consumer that stops reading (break, an exception, cancellation) does
             # not want the rest of the reply: stop generating it (the text is kept).
             if not turn.done():
@@ -520,7 +533,8 @@ class ContextSession(SessionBranches):
         # branch may hold it (a turn can run on a branch that is not the active one).
         names = [self.active_branch, *self.branches]
         for name in dict.fromkeys(names):
-            for message in reversed(self.history(name)):
+            _ids, path = self._io.call(self._messages.path_messages(self._store, self.id, name))
+            for message in reversed(path):
                 if any(call.id == tool_call_id for call in message.tool_calls):
                     return True
         return False

@@ -139,6 +139,9 @@ def _split_chunks(text: str, chunks: Chunks) -> list[str]:
     return [piece for piece in pieces if piece]
 
 
+_WORD_COUNTS_KEPT = 4096
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -159,6 +162,10 @@ class ScriptedProvider:
 
     Every request is appended to :attr:`requests` when :meth:`stream` is called, so a test
     can assert exactly what the model saw (tool results, edited arguments, parameters).
+    Only the last ``keep_requests`` requests are kept (default
+    :attr:`KEEP_REQUESTS`; ``None`` keeps all): a long run holds each request's whole
+    conversation, which adds up quickly. :attr:`last_request` is always the newest and
+    :attr:`request_count` counts them all.
 
     ``usage`` defaults to a deterministic estimate: input tokens are the words in the
     request's messages, output tokens the words in the reply (not a real tokenizer).
@@ -169,6 +176,8 @@ class ScriptedProvider:
     DEFAULT_PARAMETERS = frozenset(
         {"model", "max_tokens", "seed", "stop", "temperature", "top_k", "top_p"}
     )
+    #: How many requests :attr:`requests` keeps unless ``keep_requests=`` says otherwise.
+    KEEP_REQUESTS = 200
 
     def __init__(
         self,
@@ -179,19 +188,36 @@ class ScriptedProvider:
         model: str = "scripted",
         parameters: Iterable[str] = DEFAULT_PARAMETERS,
         script: Iterable[Mapping[str, Any]] = (),
+        keep_requests: int | None = KEEP_REQUESTS,
     ) -> None:
+        if keep_requests is not None and (
+            isinstance(keep_requests, bool)
+            or not isinstance(keep_requests, int)
+            or keep_requests < 1
+        ):
+            raise InvalidInputError(
+                f"keep_requests must be a positive integer (or None to keep every "
+                f"request), got {keep_requests!r}"
+            )
         self.model = model
         #: The generation parameters a request may set; a session refuses others, as it
         #: does for a real provider.
         self.parameters = frozenset(parameters)
         self.strict = strict
         self.default_delay = _check_delay(delay)
-        #: Every request received, in order.
+        #: The requests received, oldest first: the last ``keep_requests`` of them.
         self.requests: list[ChatRequest] = []
+        #: How many requests were received in all (including those no longer kept).
+        self.request_count = 0
+        self.keep_requests = keep_requests
         #: True once :meth:`aclose` has been called.
         self.closed = False
         self._script: deque[_Turn] = deque()
         self._next_call_id = 0
+        # Word counts of the texts seen, so estimating a long conversation's input
+        # tokens does not re-split every message on every request (strings cache
+        # their hash, so a message seen before costs one lookup).
+        self._word_counts: dict[str, int] = {}
         for item in replies:
             if isinstance(item, str):
                 self.reply(item)
@@ -216,7 +242,7 @@ class ScriptedProvider:
     def __repr__(self) -> str:
         return (
             f"ScriptedProvider(model={self.model!r}, remaining={self.remaining}, "
-            f"requests={len(self.requests)}, strict={self.strict})"
+            f"requests={self.request_count}, strict={self.strict})"
         )
 
     # -- building the script ------------------------------------------------------------
@@ -478,6 +504,9 @@ class ScriptedProvider:
         decides which request gets which turn even if streams are consumed concurrently.
         """
         self.requests.append(request)
+        self.request_count += 1
+        if self.keep_requests is not None and len(self.requests) > self.keep_requests:
+            del self.requests[: len(self.requests) - self.keep_requests]
         if self._script:
             turn = self._script.popleft()
         elif self.strict:
@@ -485,7 +514,7 @@ class ScriptedProvider:
                 [
                     _Raise(
                         ScriptExhaustedError(
-                            f"ScriptedProvider(strict=True) got request #{len(self.requests)} "
+                            f"ScriptedProvider(strict=True) got request #{self.request_count} "
                             f"but its script is empty; script more turns (e.g. .reply(...))",
                             provider="scripted",
                         )
@@ -505,12 +534,20 @@ class ScriptedProvider:
         items += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
         return _Turn(self._paced(items, None))
 
+    def _count_words(self, text: str) -> int:
+        count = self._word_counts.get(text)
+        if count is None:
+            if len(self._word_counts) >= _WORD_COUNTS_KEPT:
+                self._word_counts.clear()
+            count = self._word_counts[text] = _words(text)
+        return count
+
     async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         for step in turn.steps:
             if isinstance(step, _Emit):
                 yield step.chunk
             elif isinstance(step, _EstimatedUsage):
-                words = sum(_words(m.content) for m in request.messages)
+                words = sum(self._count_words(m.content) for m in request.messages)
                 yield Usage(input_tokens=words, output_tokens=step.output_tokens)
             elif isinstance(step, _Sleep):
                 await anyio.sleep(step.seconds)

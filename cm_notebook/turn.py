@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Callable, Generator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from .errors import StateError
 from .ids import new_id
 from .model import Message
 
-__all__ = ["Handle", "Turn", "TurnProgress"]
+__all__ = ["DeltaFeed", "Handle", "Turn", "TurnProgress"]
 
 T = TypeVar("T")
 
@@ -195,6 +197,70 @@ class TurnProgress:
         return text, remove
 
 
+class DeltaFeed:
+    """A turn's text deltas for one async reader, cheap to feed from any thread.
+
+    Made on the reader's loop (``session.stream()``). Fed on that loop's own thread
+    (the usual case: the turn runs where it is read), a delta is queued directly; fed
+    from another thread (a turn on the background loop read from another loop), the
+    reader is woken with one ``call_soon_threadsafe`` per batch of deltas, not one per
+    delta. Iterating yields each delta, in order, until the turn is over.
+    """
+
+    def __init__(self, progress: TurnProgress) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._items: deque[str | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_scheduled = False
+        #: The text the turn had produced before this feed started listening.
+        self.so_far, self._remove = progress.listen(self._put)
+
+    def close(self) -> None:
+        """Stop listening (the deltas still queued are dropped)."""
+        self._remove()
+
+    def _put(self, delta: str | None) -> None:
+        with self._lock:
+            self._items.append(delta)
+            waiter = self._waiter
+            if waiter is None or self._wake_scheduled:
+                return
+            if threading.get_ident() != self._thread:
+                self._wake_scheduled = True
+        if threading.get_ident() == self._thread:
+            self._wake()
+        else:
+            # A closed reader loop has nobody left to wake.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiter, self._waiter = self._waiter, None
+            self._wake_scheduled = False
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _batch(self) -> list[str | None]:
+        while True:
+            with self._lock:
+                if self._items:
+                    batch = list(self._items)
+                    self._items.clear()
+                    return batch
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while True:
+            for delta in await self._batch():
+                if delta is None:
+                    return
+                yield delta
+
+
 class Turn(Handle[Message]):
     """One reply being generated on a branch.
 
@@ -203,12 +269,32 @@ class Turn(Handle[Message]):
     thread while it runs.
     """
 
-    def __init__(self, branch: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        branch: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        prompt: concurrent.futures.Future[None] | None = None,
+    ) -> None:
         super().__init__(loop)
         self.id = new_id("t")
         self.branch = branch
         #: What the turn has produced so far (written by its runner).
         self.progress = TurnProgress()
+        # The write of the user's message, when it runs in the background.
+        self._prompt = prompt
+
+    async def accepted(self) -> None:
+        """Wait until the user's message of this turn is durable on disk.
+
+        Raises the error that kept it from being stored (the turn then fails with it
+        too). ``send()`` from a script stores the message before it returns; on an
+        event loop (a notebook cell, a server) it is stored in the background so the
+        loop never waits for the disk, and this is how to wait for it, e.g. before
+        acknowledging the send to someone else.
+        """
+        if self._prompt is not None:
+            await asyncio.wrap_future(self._prompt)
 
     @property
     def text(self) -> str:

@@ -206,6 +206,37 @@ async def test_requests_are_recorded_when_stream_is_called() -> None:
     assert fake.remaining == 0
 
 
+def test_only_the_last_keep_requests_requests_are_kept() -> None:
+    # A long run must not hold every request (each one carries its whole conversation).
+    fake = ScriptedProvider(keep_requests=3)
+    sent = [request(f"q{i}") for i in range(10)]
+    for req in sent:
+        fake.stream(req)
+    assert fake.requests == sent[-3:]
+    assert fake.last_request is sent[-1]
+    assert fake.request_count == 10
+    assert "requests=10" in repr(fake)
+    assert ScriptedProvider().keep_requests == ScriptedProvider.KEEP_REQUESTS
+    everything = ScriptedProvider(keep_requests=None)
+    for req in sent:
+        everything.stream(req)
+    assert everything.requests == sent
+
+
+@pytest.mark.parametrize("keep", [0, -1, 2.5, True, "10"])
+def test_bad_keep_requests_is_refused(keep: object) -> None:
+    with pytest.raises(InvalidInputError, match="keep_requests"):
+        ScriptedProvider(keep_requests=keep)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_strict_numbers_requests_beyond_those_kept() -> None:
+    fake = ScriptedProvider(["one"], strict=True, keep_requests=1)
+    await collect(fake)
+    with pytest.raises(ScriptExhaustedError, match="request #2"):
+        await collect(fake)
+
+
 @pytest.mark.anyio
 async def test_empty_script_echoes_the_last_user_message() -> None:
     fake = ScriptedProvider()

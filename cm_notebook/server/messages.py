@@ -59,6 +59,7 @@ class MessagesHandler(CMHandler):
         session = self.session(context_id)
         request = self.body(SendMessage)
         turn = session.send(request.text, branch=request.branch, **request.params)
+        await turn.accepted()  # acknowledged only once the message is durable
         _started(self, turn)
 
 

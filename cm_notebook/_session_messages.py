@@ -1,0 +1,121 @@
+"""The messages a session has read or written, kept so a turn reads only what is new.
+
+Building a request needs every message on a branch's path. Reading them all from disk
+on every turn makes a conversation's cost grow with the square of its length, so a
+session keeps the messages it has seen in a :class:`MessageCache` and asks the store
+only for the ids it does not hold. The path itself (ids, root first) still comes from
+the store each time: the store notices other processes' writes (new messages, moved
+heads) through its change detection, and the new ids are then read from disk.
+
+Only *settled* messages are kept: a message file is rewritten while its reply streams
+(checkpoints, the final state), and an assistant message records what became of its
+tool calls until each has a result. A message that is finished and whose tool calls
+all have results is never rewritten (scores and other annotations live in files of
+their own), so a kept copy stays true in every process. Unsettled messages are read
+from disk each time.
+
+Memory stays bounded by what is in use: the cache remembers the paths of the last
+:data:`KEPT_PATHS` branches it served, and drops messages that are on none of them
+once it holds noticeably more than those paths need.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from .model import Message, MessageStatus, ToolCallStatus
+from .store import Store
+
+__all__ = ["KEPT_PATHS", "MessageCache", "is_settled"]
+
+#: How many branches' paths a session keeps the messages of.
+KEPT_PATHS = 16
+
+_FINAL_CALL = frozenset({ToolCallStatus.DONE, ToolCallStatus.FAILED, ToolCallStatus.DENIED})
+
+
+def is_settled(message: Message) -> bool:
+    """True if ``message`` will never be rewritten: finished, every tool call answered."""
+    if message.status is MessageStatus.STREAMING:
+        return False
+    return all(
+        call.status in _FINAL_CALL and call.result is not None for call in message.tool_calls
+    )
+
+
+class MessageCache:
+    """Settled messages by id, for the paths in use (see the module docstring).
+
+    Thread-safe: a session reads paths on its own loop (requests) and on its store
+    thread (synchronous calls). The messages handed out are shared, not copies: callers
+    inside the package only read them; public reads copy them first.
+    """
+
+    def __init__(self, kept_paths: int = KEPT_PATHS) -> None:
+        self._lock = threading.Lock()
+        self._messages: dict[str, Message] = {}
+        self._paths: OrderedDict[str, list[str]] = OrderedDict()
+        self._kept_paths = kept_paths
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._messages)
+
+    def remember(self, message: Message) -> None:
+        """Keep ``message`` if it is settled (a message just stored, or just read)."""
+        if is_settled(message):
+            with self._lock:
+                self._messages[message.id] = message
+
+    def lookup(self, ids: Iterable[str]) -> tuple[dict[str, Message], list[str]]:
+        """The kept messages among ``ids``, and the ids that must be read."""
+        found: dict[str, Message] = {}
+        missing: list[str] = []
+        with self._lock:
+            for message_id in ids:
+                message = self._messages.get(message_id)
+                if message is None:
+                    missing.append(message_id)
+                else:
+                    found[message_id] = message
+        return found, missing
+
+    def used(self, key: str, ids: list[str]) -> None:
+        """Note that the path ``key`` (a branch) is ``ids`` now; drop what no path needs."""
+        with self._lock:
+            self._paths[key] = ids
+            self._paths.move_to_end(key)
+            while len(self._paths) > self._kept_paths:
+                self._paths.popitem(last=False)
+            # Pruning walks every kept path: only when the cache clearly outgrew them
+            # (the sum of their lengths bounds what they need), so it is rare.
+            needed = sum(len(path) for path in self._paths.values())
+            if len(self._messages) <= 2 * needed + 64:
+                return
+            keep = {message_id for path in self._paths.values() for message_id in path}
+            self._messages = {k: m for k, m in self._messages.items() if k in keep}
+
+    def forget_path(self, key: str) -> None:
+        """A branch is gone: its path no longer keeps messages (dropped on next prune)."""
+        with self._lock:
+            self._paths.pop(key, None)
+
+    async def path_messages(
+        self, store: Store, context_id: str, branch: str
+    ) -> tuple[list[str], list[Message]]:
+        """The ids of ``branch``'s path and its messages, root first, reading only those
+        not kept.
+
+        Unreadable message files are skipped (with the store's warning), as
+        :meth:`Store.get_messages` does, so there can be fewer messages than ids.
+        """
+        ids = await store.path(context_id, branch)
+        found, missing = self.lookup(ids)
+        if missing:
+            for message in await store.get_messages(context_id, missing):
+                found[message.id] = message
+                self.remember(message)
+        self.used(branch, ids)
+        return ids, [found[message_id] for message_id in ids if message_id in found]

@@ -1,0 +1,129 @@
+"""A turn reads only the messages it has not seen: the ones this session wrote or
+read before are not read from disk again, yet other writers' changes are seen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from cm_notebook._session_messages import KEPT_PATHS, MessageCache
+from cm_notebook.model import Message, MessageStatus, ToolCall, ToolCallStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.store.paths import context_dir, message_path
+from cm_notebook.testing import ScriptedProvider
+
+DEADLINE = 30
+
+
+def file_of(data_dir: Path, session: ContextSession, message_id: str) -> Path:
+    return message_path(context_dir(data_dir, session.id), message_id)
+
+
+def test_a_turn_does_not_read_the_messages_it_has_seen_again(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    fake = ScriptedProvider().reply("first answer").reply("second answer")
+    session = new_session(provider=fake)
+    first = session.send("first question").result(DEADLINE)
+    session.send("second question").result(DEADLINE)
+    # Take the first exchange's files away: a request that read them again would miss
+    # them (unreadable files are skipped).
+    question = session.history()[0]
+    for message_id in (question.id, first.id):
+        file_of(data_dir, session, message_id).unlink()
+    session.send("third question").result(DEADLINE)
+    seen = [(m.role, m.content) for m in fake.last_request.messages]
+    assert seen == [
+        ("user", "first question"),
+        ("assistant", "first answer"),
+        ("user", "second question"),
+        ("assistant", "second answer"),
+        ("user", "third question"),
+    ]
+
+
+def test_messages_another_writer_added_are_read(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    fake = ScriptedProvider().reply("one")
+    session = new_session(provider=fake)
+    reply = session.send("hello").result(DEADLINE)
+
+    async def write_elsewhere() -> None:
+        async with FileStore(data_dir) as other:  # as another process would
+            question = Message(role="user", parent_id=reply.id, content="from elsewhere")
+            answer = Message(role="assistant", parent_id=question.id, content="answered there")
+            for message, head in ((question, reply.id), (answer, question.id)):
+                await other.append_message(session.id, message, branch="main", expected_head=head)
+
+    anyio.run(write_elsewhere)
+    session.send("and here").result(DEADLINE)
+    contents = [m.content for m in fake.last_request.messages]
+    assert contents == ["hello", "one", "from elsewhere", "answered there", "and here"]
+
+
+def test_a_message_whose_tool_calls_are_open_is_read_again(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # A reply whose tool call has no result yet can still be rewritten (by the process
+    # running the call): it is never served from memory.
+    fake = ScriptedProvider().reply("first").reply("second")
+    session = new_session(provider=fake)
+    asking = Message(
+        role="assistant",
+        content="let me look",
+        tool_calls=[ToolCall(id="call-1", name="lookup", status=ToolCallStatus.RUNNING)],
+    )
+
+    async def ask_elsewhere() -> None:
+        async with FileStore(data_dir) as other:
+            await other.append_message(session.id, asking, branch="main", expected_head=None)
+
+    anyio.run(ask_elsewhere)
+    session.send("while it runs").result(DEADLINE)
+    open_call = fake.last_request.messages[0].tool_calls[0]
+    assert open_call.status is ToolCallStatus.RUNNING
+
+    async def finish_elsewhere() -> None:
+        done = ToolCall(id="call-1", name="lookup", status=ToolCallStatus.DONE, result="42")
+        async with FileStore(data_dir) as other:
+            await other.update_message(session.id, asking.model_copy(update={"tool_calls": [done]}))
+
+    anyio.run(finish_elsewhere)
+    session.send("and now").result(DEADLINE)
+    call = fake.last_request.messages[0].tool_calls[0]
+    assert (call.status, call.result) == (ToolCallStatus.DONE, "42")
+
+
+def test_the_cache_keeps_only_messages_of_the_paths_in_use() -> None:
+    cache = MessageCache()
+    for branch in range(KEPT_PATHS * 4):
+        ids = []
+        for n in range(50):
+            message = Message(role="user", content=f"{branch}/{n}")
+            cache.remember(message)
+            ids.append(message.id)
+        cache.used(f"b{branch}", ids)
+    # Only the last KEPT_PATHS paths' messages (plus some slack) are held.
+    assert len(cache) <= 2 * KEPT_PATHS * 50 + 64
+    found, missing = cache.lookup(ids)
+    assert not missing
+    assert len(found) == 50
+
+
+def test_only_settled_messages_are_kept() -> None:
+    cache = MessageCache()
+    streaming = Message(role="assistant", status=MessageStatus.STREAMING)
+    pending = Message(role="assistant", tool_calls=[ToolCall(id="c", name="t")])
+    denied = Message(
+        role="assistant",
+        tool_calls=[ToolCall(id="c", name="t", status=ToolCallStatus.DENIED, result="no")],
+    )
+    for message in (streaming, pending, denied):
+        cache.remember(message)
+    found, missing = cache.lookup([streaming.id, pending.id, denied.id])
+    assert list(found) == [denied.id]
+    assert missing == [streaming.id, pending.id]

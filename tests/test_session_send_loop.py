@@ -1,0 +1,114 @@
+"""send() on an event loop (a notebook cell, async code) does not wait for the disk:
+the user's message is stored on the store's thread, the turn asks for a reply only
+once it is durable, and a failure to store it fails the turn clearly."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import EllipsisType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from store_helpers import FailingStore
+from test_session_support import DEADLINE, Recorder
+
+from cm_notebook.errors import StoreError
+from cm_notebook.events import ErrorReported, MessageAdded
+from cm_notebook.fsm import State
+from cm_notebook.model import Message
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.testing import ScriptedProvider
+
+
+class GatedStore:
+    """The real FileStore behind the Store protocol; user messages wait for a gate."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.waited_out = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append_message(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> Message:
+        if message.role == "user" and not await anyio.to_thread.run_sync(self.gate.wait, DEADLINE):
+            self.waited_out = True
+        return await self.inner.append_message(
+            context_id, message, branch=branch, expected_head=expected_head
+        )
+
+
+@pytest.fixture
+def inner(data_dir: Path) -> Iterator[FileStore]:
+    store = FileStore(data_dir)
+    yield store
+    anyio.run(store.close)
+
+
+@pytest.mark.anyio
+async def test_send_on_a_loop_returns_before_the_message_is_on_disk(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    store = GatedStore(inner)
+    fake = ScriptedProvider().reply("answer")
+    session = new_session(provider=fake, store=store, title="gated")
+    turn = session.send("question")  # returns although the write cannot finish yet
+    assert fake.request_count == 0  # no reply is asked for before the message is stored
+    store.gate.set()
+    await turn.accepted()  # durable now
+    assert [m.content for m in session.history()][:1] == ["question"]
+    reply = await turn
+    assert not store.waited_out
+    assert reply.content == "answer"
+    assert [m.content for m in fake.last_request.messages] == ["question"]
+
+
+@pytest.mark.anyio
+async def test_a_session_reads_its_own_send_at_once(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider().reply("answer"))
+    recorder = Recorder(session)
+    turn = session.send("question")
+    # A synchronous read right after send() (same cell) sees the message.
+    assert [m.content for m in session.history()][:1] == ["question"]
+    await turn
+    added = recorder.of(MessageAdded)
+    assert [e.role for e in added] == ["user", "assistant"]
+    assert session.title == "question"  # an untitled context is named after it
+
+
+@pytest.mark.anyio
+async def test_a_message_that_cannot_be_stored_fails_the_turn_clearly(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    store = FailingStore(inner, append_fails=lambda m: m.content == "lost?")
+    fake = ScriptedProvider()
+    session = new_session(provider=fake, store=store)
+    recorder = Recorder(session)
+    turn = session.send("lost?")
+    with pytest.raises(StoreError, match="could not be stored"):
+        await turn.accepted()
+    with pytest.raises(StoreError, match="could not be stored") as info:
+        await turn
+    assert isinstance(info.value.__cause__, OSError)
+    assert fake.request_count == 0
+    errors = recorder.of(ErrorReported)
+    assert [e.kind for e in errors] == ["internal"]
+    assert "could not be stored" in errors[0].message
+    assert session.history() == []
+    assert session.state is State.IDLE
+    assert (await session.send("kept")).content == "echo: kept"  # the branch is free
