@@ -86,6 +86,7 @@ class LogFollower:
         self._interval = interval
         self._lock = threading.Lock()
         self._remote: dict[str, fsm.State] = {}
+        self._turns: dict[str, str] = {}  # branch -> id of the turn running elsewhere
         self._safety, self._busy_safety = safety, busy_safety
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -106,6 +107,30 @@ class LogFollower:
         """The state another process last announced for ``branch`` (None: none known)."""
         with self._lock:
             return self._remote.get(branch)
+
+    def remote_turn(self, branch: str) -> str | None:
+        """The id of the turn another (live) process is running on ``branch``, if any.
+
+        A turn that began before this process began following is looked up in the log.
+        """
+        with self._lock:
+            known = self._turns.get(branch)
+        if known is None:
+            reader = LogReader(self._reader.path, since=0)
+            try:
+                for writer, event in reader.poll():
+                    if (
+                        writer != self._own
+                        and isinstance(event, StateChanged)
+                        and event.branch == branch
+                    ):
+                        idle = event.new is fsm.State.IDLE
+                        known = None if idle else (event.turn_id or known)
+            finally:
+                reader.close()
+        if known is None or not self._claim_held(branch):
+            return None
+        return known
 
     def waiting_call(self, tool_call_id: str) -> str | None:
         """The message of a tool call waiting for approval in another process, if any.
@@ -195,6 +220,7 @@ class LogFollower:
         for branch in busy:
             with self._lock:
                 state = self._remote.pop(branch, None)
+                self._turns.pop(branch, None)
             if state is not None:
                 self._on_dead(branch, state)
 
@@ -206,8 +232,11 @@ class LogFollower:
                 with self._lock:
                     if event.new is fsm.State.IDLE:
                         self._remote.pop(event.branch, None)
+                        self._turns.pop(event.branch, None)
                     else:
                         self._remote[event.branch] = event.new
+                        if event.turn_id is not None:
+                            self._turns[event.branch] = event.turn_id
             elif isinstance(event, ToolApprovalRequested):
                 with self._lock:
                     self._calls.update(dict.fromkeys(event.tool_call_ids, event.message_id))
