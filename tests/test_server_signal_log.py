@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import pytest
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
 
@@ -160,3 +161,23 @@ def test_a_reply_streaming_in_a_kernel_is_stopped_over_http(tmp_path: Path) -> N
                 if process.poll() is None:
                     process.kill()
                     process.wait(30)
+
+
+def test_without_file_notification_the_stream_polls_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CM_NOTEBOOK_FILE_EVENTS", "0")  # inherited by the server
+    text = "polled word by word"
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": text, "chunks": "words"}])
+        events = read_events(
+            client,
+            f"contexts/{context_id}/events",
+            lambda e: e.event == "MessageCompleted",
+            started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "go"}),
+        )
+    deltas = [json.loads(e.data)["delta"] for e in events if e.event == "ContentDelta"]
+    assert "".join(deltas) == text
