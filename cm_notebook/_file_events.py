@@ -37,7 +37,7 @@ logger = get_logger(__name__)
 #: Set to ``0`` (or ``off``, ``false``, ``no``) to poll instead of asking for notifications.
 ENV_VAR = "CM_NOTEBOOK_FILE_EVENTS"
 
-_STEP_MS = 5  # how often the watcher looks at the changes it collected
+_STEP_MS = 10  # how often the watcher looks at the changes it collected
 _TIMEOUT_MS = 5_000  # a watch call returns this often with nothing, to look around
 
 
