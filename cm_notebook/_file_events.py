@@ -76,6 +76,8 @@ class _Watcher:
 
     def add(self, folders: Iterable[Path], wake: Callable[[], None]) -> Subscription | None:
         names = tuple(os.path.realpath(folder) for folder in folders)
+        if not names or not all(os.path.isdir(name) for name in names):
+            return None  # nothing to watch there (yet): the caller polls
         subscription = Subscription(self, names, wake)
         with self._lock:
             wanted = self._watched.union(names)
