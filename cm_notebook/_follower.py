@@ -1,11 +1,16 @@
 """Following a context's signal log: other processes' signals on this process's bus.
 
 A session whose store keeps a signal log (:mod:`cm_notebook.signal_log`) runs one
-:class:`LogFollower`: a daemon thread that reads the log every ``interval`` seconds
-(short polling: it works on every file system, costs one ``fstat`` when nothing
-changed, and needs no extra dependency) and hands each signal written by another
-process to ``relay`` with its number unchanged, so a view in kernel B streams the
-reply kernel A is generating.
+:class:`LogFollower`: a daemon thread that reads the log when it changed and hands each
+signal written by another process to ``relay`` with its number unchanged, so a view in
+kernel B streams the reply kernel A is generating.
+
+When it changed is told by file-change notification (:mod:`cm_notebook._file_events`:
+one watcher per process wakes the followers whose folders changed), with a slow safety
+read every ``safety`` seconds in case a notification is lost. Where notification is not
+to be had (no ``watchfiles``, a refused watch, ``CM_NOTEBOOK_FILE_EVENTS=0``), the
+follower polls every ``interval`` seconds instead: that works on every file system and
+costs one ``fstat`` when nothing changed.
 
 It also remembers the state that other processes announce for their branches
 (``StateChanged``), which ``session.state`` reports for a branch this process is not
@@ -18,9 +23,11 @@ and announce the branch idle again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from . import fsm
+from ._file_events import Subscription, watch_folders
 from .model import ToolCallStatus
 from .redact import get_logger
 from .signal_log import LogReader
@@ -46,7 +53,13 @@ class LogFollower:
         on_dead: called on the follower's thread when a busy branch's owner is gone.
         each_poll: called on the follower's thread after every read (e.g. to pick up
             decisions other processes made for this process's tool calls).
-        interval: seconds between two reads of the log.
+        interval: seconds between two reads of the log when polling.
+        watch: folders whose changes (also in their sub-folders) wake the follower:
+            by default the log's folder, which holds the decision records too; empty:
+            always poll.
+        safety: seconds between two reads when notified (a lost notification costs
+            at most this); ``busy_safety`` while another process runs a turn, so the
+            death of its owner (which writes nothing) is noticed soon.
     """
 
     def __init__(
@@ -59,6 +72,9 @@ class LogFollower:
         on_dead: Callable[[str, fsm.State], None],
         each_poll: Callable[[], None] = lambda: None,
         interval: float = 0.05,
+        watch: Iterable[Path] | None = None,
+        safety: float = 1.0,
+        busy_safety: float = 0.25,
     ) -> None:
         self._reader = reader
         self._own = own_writer
@@ -70,14 +86,51 @@ class LogFollower:
         self._interval = interval
         self._lock = threading.Lock()
         self._remote: dict[str, fsm.State] = {}
+        self._turns: dict[str, str] = {}  # branch -> id of the turn running elsewhere
+        self._safety, self._busy_safety = safety, busy_safety
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._folders = [reader.path.parent] if watch is None else list(watch)
+        # Subscribed once the folders exist (a context being created has none yet).
+        self._subscription: Subscription | None = None
+        self._polling = not self._folders  # True once notification was refused
         self._thread = threading.Thread(target=self._run, name="cm-signal-follower", daemon=True)
         self._thread.start()
+
+    @property
+    def notified(self) -> bool:
+        """Whether file-change notification wakes this follower (False: it polls)."""
+        subscription = self._subscription
+        return subscription is not None and subscription.live
 
     def remote_state(self, branch: str) -> fsm.State | None:
         """The state another process last announced for ``branch`` (None: none known)."""
         with self._lock:
             return self._remote.get(branch)
+
+    def remote_turn(self, branch: str) -> str | None:
+        """The id of the turn another (live) process is running on ``branch``, if any.
+
+        A turn that began before this process began following is looked up in the log.
+        """
+        with self._lock:
+            known = self._turns.get(branch)
+        if known is None:
+            reader = LogReader(self._reader.path, since=0)
+            try:
+                for writer, event in reader.poll():
+                    if (
+                        writer != self._own
+                        and isinstance(event, StateChanged)
+                        and event.branch == branch
+                    ):
+                        idle = event.new is fsm.State.IDLE
+                        known = None if idle else (event.turn_id or known)
+            finally:
+                reader.close()
+        if known is None or not self._claim_held(branch):
+            return None
+        return known
 
     def waiting_call(self, tool_call_id: str) -> str | None:
         """The message of a tool call waiting for approval in another process, if any.
@@ -114,11 +167,37 @@ class LogFollower:
         """Stop following. Does not wait: the thread may be inside a store read that
         needs the caller's event loop; it ends within one interval."""
         self._stop.set()
+        self._wake.set()
+        if self._subscription is not None:
+            self._subscription.cancel()
+
+    def _subscribe(self) -> None:
+        if self._polling or self._subscription is not None or self._stop.is_set():
+            return
+        if not all(folder.is_dir() for folder in self._folders):
+            return  # not made yet: poll, and try again next time
+        self._subscription = watch_folders(self._folders, self._wake.set)
+        self._polling = self._subscription is None
+        if self._stop.is_set() and self._subscription is not None:
+            self._subscription.cancel()  # closed meanwhile
+
+    def _pause(self) -> float:
+        # How long to wait for a wake-up before reading anyway.
+        self._subscribe()
+        if not self.notified:
+            return self._interval
+        with self._lock:
+            busy = bool(self._remote)
+        return self._busy_safety if busy else self._safety
 
     def _run(self) -> None:
-        # Waiting on the stop event is the polling interval (and ends it at once on close).
+        # Cleared before each read: a change made during the read wakes the next one.
         try:
-            while not self._stop.wait(self._interval):
+            while True:
+                self._wake.wait(self._pause())
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
                 try:
                     self.step()
                 except Exception:
@@ -141,6 +220,7 @@ class LogFollower:
         for branch in busy:
             with self._lock:
                 state = self._remote.pop(branch, None)
+                self._turns.pop(branch, None)
             if state is not None:
                 self._on_dead(branch, state)
 
@@ -152,8 +232,11 @@ class LogFollower:
                 with self._lock:
                     if event.new is fsm.State.IDLE:
                         self._remote.pop(event.branch, None)
+                        self._turns.pop(event.branch, None)
                     else:
                         self._remote[event.branch] = event.new
+                        if event.turn_id is not None:
+                            self._turns[event.branch] = event.turn_id
             elif isinstance(event, ToolApprovalRequested):
                 with self._lock:
                     self._calls.update(dict.fromkeys(event.tool_call_ids, event.message_id))

@@ -9,6 +9,12 @@ log follower looks for records of the calls on its desk each time it polls, appl
 the decision as if it were made locally. The record stays (a few bytes per decision),
 so a second decision for the same call is refused however late it comes. The waiting
 turn's ``ToolCallResolved`` signal then tells every process the outcome.
+
+Stopping a reply that another process generates works the same way: a stop record,
+``<context>/decisions/stop-<digest of the turn id>.json``, names the turn (not the
+branch, so a late record cannot stop the next turn there); the running process's
+follower finds it for one of its turns and cancels that turn as a local stop would.
+Asking twice is harmless; the records stay, a few bytes each.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import secrets
 from pathlib import Path
 
 __all__ = ["DecisionBox"]
+
+_STOP_PREFIX = "stop-"
 
 _FOLDER = "decisions"
 
@@ -66,3 +74,30 @@ class DecisionBox:
             return None
         reason = record.get("reason")
         return bool(record.get("approved")), reason if isinstance(reason, str) else None
+
+    # -- stopping a turn ---------------------------------------------------------------
+
+    def _stop_path(self, turn_id: str) -> Path:
+        digest = hashlib.sha256(turn_id.encode()).hexdigest()[:32]
+        return self.folder / f"{_STOP_PREFIX}{digest}.json"
+
+    def post_stop(self, turn_id: str, branch: str) -> None:
+        """Ask the process running turn ``turn_id`` (on ``branch``) to stop it."""
+        self.folder.mkdir(exist_ok=True)
+        record = json.dumps({"turn_id": turn_id, "branch": branch}).encode()
+        try:
+            fd = os.open(self._stop_path(turn_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # asked already
+        try:
+            os.write(fd, record)
+        finally:
+            os.close(fd)
+
+    def stop_asked(self, turn_id: str) -> bool:
+        """Whether another process asked to stop turn ``turn_id``."""
+        # Existence is the request: a record torn by a crash still names its turn.
+        try:
+            return self._stop_path(turn_id).exists()
+        except OSError:
+            return False

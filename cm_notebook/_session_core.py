@@ -557,6 +557,11 @@ class SessionCore:
         # calls waiting here are made as if made here.
         if self._decisions is None:
             return
+        with self._lock:
+            turns = [runner.turn for runner in self._runners.values()]
+        for turn in turns:  # and stops asked for (cm_notebook._session_stop)
+            if self._decisions.stop_asked(turn.id):
+                turn.cancel()
         for call_id, message_id in self._approvals.waiting():
             found = self._decisions.take(call_id, message_id)
             if found is None:

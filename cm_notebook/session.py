@@ -35,6 +35,7 @@ from ._loop import running_loop
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
+from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
 from .approvals import Decision, PendingCall
 from .branch_defaults import branch_settings
@@ -63,7 +64,7 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(SessionBranches):
+class ContextSession(StopMethods, SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import pytest
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
 
@@ -108,3 +109,75 @@ def test_a_tool_call_waiting_in_a_kernel_is_approved_over_http(tmp_path: Path) -
                 if process.poll() is None:
                     process.kill()
                     process.wait(30)
+
+
+def test_a_reply_streaming_in_a_kernel_is_stopped_over_http(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [])
+        nothing = client.post(f"contexts/{context_id}/stop", json={})
+        assert nothing.status_code == 409, nothing.text
+        code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+
+            provider = ScriptedProvider().hang(after_chunks=3, text="Once upon a time")
+            session = ContextSession.open({context_id!r}, data_dir={str(server.data_dir)!r},
+                                          provider=provider)
+            print(session.send("Tell me a story").result(60).status.value, flush=True)
+            session.close()
+            """
+        )
+        kernel: list[subprocess.Popen[bytes]] = []
+        try:
+            streamed = read_events(
+                client,
+                f"contexts/{context_id}/events",
+                lambda e: e.event == "ContentDelta" and json.loads(e.data)["offset"] > 0,
+                started=lambda: kernel.append(
+                    subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+                ),
+            )
+            stopped = client.post(f"contexts/{context_id}/stop", json={"branch": "main"})
+            assert stopped.status_code == 202, stopped.text
+            assert stopped.json()["branch"] == "main"
+            turn_ids = {json.loads(e.data).get("turn_id") for e in streamed}
+            assert stopped.json()["turn_id"] in turn_ids  # the kernel's turn
+            # The stream shows the kernel's reply end as interrupted.
+            since = streamed[-1].id
+            ended = read_events(
+                client,
+                f"contexts/{context_id}/events?since={since}",
+                lambda e: e.event == "MessageCompleted",
+            )
+            assert json.loads(ended[-1].data)["status"] == "interrupted"
+            out, _ = kernel[0].communicate(timeout=60)
+            assert out.decode().strip() == "interrupted"
+        finally:
+            for process in kernel:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(30)
+
+
+def test_without_file_notification_the_stream_polls_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CM_NOTEBOOK_FILE_EVENTS", "0")  # inherited by the server
+    text = "polled word by word"
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": text, "chunks": "words"}])
+        events = read_events(
+            client,
+            f"contexts/{context_id}/events",
+            lambda e: e.event == "MessageCompleted",
+            started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "go"}),
+        )
+    deltas = [json.loads(e.data)["delta"] for e in events if e.event == "ContentDelta"]
+    assert "".join(deltas) == text

@@ -211,3 +211,79 @@ def test_a_call_asked_before_this_process_opened_the_context_can_be_approved(
             child.kill()
             child.wait(DEADLINE)
     assert out.decode().strip() == "It is 3."
+
+
+def _hanging_writer(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
+    return _writer(
+        data_dir,
+        context_id,
+        'ScriptedProvider().hang(after_chunks=3, text="Once upon a time there was")',
+    )
+
+
+def _finish(child: subprocess.Popen[bytes]) -> str:
+    try:
+        out, _ = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(DEADLINE)
+        if child.stdout is not None:
+            child.stdout.close()
+    return out.decode().strip()
+
+
+def test_a_reply_streaming_in_another_process_is_stopped_from_here(
+    tmp_path: Path, shared: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = shared
+    assert session.stop() is None  # nothing is being generated anywhere
+    child = _hanging_writer(tmp_path, session.id)
+    try:
+        _wait_for(
+            lambda: sum(isinstance(e, ContentDelta) for e in list(seen.events)) >= 3,
+            "the other process's deltas",
+        )
+        turn_id = session.stop()
+        assert turn_id is not None
+        assert session.stop() == turn_id  # asking again is harmless
+    finally:
+        # The other process stops its turn as a local stop would, and says so.
+        assert _finish(child) == "interrupted"
+
+    _wait_for(lambda: bool(seen.completed()), "the other process's MessageCompleted")
+    [done] = seen.completed()
+    assert done.status is MessageStatus.INTERRUPTED
+    stopped = session.get(done.message_id)
+    assert stopped.status is MessageStatus.INTERRUPTED
+    # The text so far is kept.
+    assert stopped.content == "".join(e.text for e in seen.events if isinstance(e, ContentDelta))
+    assert stopped.content == "Once upon a time there was"
+    _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
+    assert session.stop() is None
+    reply = session.send("Go on", provider=ScriptedProvider().reply("The end.")).result(DEADLINE)
+    assert reply.content == "The end."
+
+
+def test_a_reply_begun_before_this_process_opened_the_context_can_be_stopped(
+    tmp_path: Path,
+) -> None:
+    created = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    context_id, log_path = created.id, created.signal_log_path
+    created.close()
+    assert log_path is not None
+    child = _hanging_writer(tmp_path, context_id)
+    try:
+        reader = LogReader(log_path, since=0)
+        deltas: list[ContentDelta] = []
+
+        def streaming() -> bool:
+            deltas.extend(e for _, e in reader.poll() if isinstance(e, ContentDelta))
+            return len(deltas) >= 3
+
+        _wait_for(streaming, "the other process's deltas")
+        reader.close()
+        with ContextSession.open(context_id, data_dir=tmp_path) as late:
+            assert late.stop("main") is not None
+    finally:
+        assert _finish(child) == "interrupted"

@@ -114,7 +114,7 @@ class StopHandler(CMHandler):
     """Stop a reply."""
 
     @operation(
-        "Stop the reply being generated on a branch (its text is kept)",
+        "Stop the reply being generated on a branch, here or in a kernel (its text is kept)",
         status=202,
         response=TurnStarted,
         body=Stop,
@@ -126,8 +126,8 @@ class StopHandler(CMHandler):
         branch = request.branch if request.branch is not None else session.active_branch
         if branch not in session.branches:
             raise BranchNotFoundError(f"there is no branch {branch!r} in context {context_id!r}")
-        turn = session.turn(branch)
-        if turn is None:
+        # Also a reply that another process (a kernel) generates: it is asked to stop.
+        turn_id = session.stop(branch)
+        if turn_id is None:
             raise StateError(f"no reply is being generated on branch {branch!r}; nothing to stop")
-        turn.cancel()
-        self.reply(TurnStarted(turn_id=turn.id, branch=turn.branch), status=202)
+        self.reply(TurnStarted(turn_id=turn_id, branch=branch), status=202)

@@ -23,6 +23,8 @@ sequence number, which a reconnecting ``EventSource`` sends back as ``Last-Event
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from typing import Protocol
 
 import anyio
 
+from .._file_events import Subscription, watch_folders
 from ..errors import InvalidInputError
 from ..events import ContentDelta, Event
 from ..session import ContextSession
@@ -108,27 +111,57 @@ class LogSignals:
 
 
 class LogStream:
-    """Follows a signal log by polling it every ``interval`` seconds.
+    """Follows a signal log: woken by file-change notification, else polling.
 
+    The process's one file watcher (:mod:`cm_notebook._file_events`) wakes the stream
+    when the log's folder changes; it reads anyway every ``safety`` seconds. Without
+    notification (see ``CM_NOTEBOOK_FILE_EVENTS``) it reads every ``interval`` seconds.
     Reads never take the log's lock, so a slow client never holds up a writer.
     """
 
-    def __init__(self, path: Path, since: int | None, *, interval: float = 0.05) -> None:
+    def __init__(
+        self, path: Path, since: int | None, *, interval: float = 0.05, safety: float = 1.0
+    ) -> None:
         self._reader = LogReader(path, since)
-        self._interval = interval
+        self._interval, self._safety = interval, safety
         self._pending: deque[Event] = deque()
         self._closed = False
+        self._changed: asyncio.Event | None = None
+        self._subscription: Subscription | None = None
 
     def __aiter__(self) -> LogStream:
         return self
+
+    def _watch(self) -> asyncio.Event | None:
+        # On the first read (it needs the running loop): subscribe to the log's folder.
+        if self._changed is None:
+            self._changed = asyncio.Event()
+            loop, changed = asyncio.get_running_loop(), self._changed
+
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(changed.set)
+
+            self._subscription = watch_folders([self._reader.path.parent], wake)
+        if self._subscription is None or not self._subscription.live:
+            return None
+        return self._changed
 
     async def __anext__(self) -> Event:
         while not self._pending:
             if self._closed:
                 raise StopAsyncIteration
+            changed = self._watch()
+            if changed is not None:
+                changed.clear()  # before the read: a change made during it wakes the next
             self._pending.extend(event for _, event in self._reader.poll())
-            if not self._pending:
+            if self._pending:
+                break
+            if changed is None:
                 await anyio.sleep(self._interval)  # the polling interval
+            else:
+                with anyio.move_on_after(self._safety):
+                    await changed.wait()
         return self._pending.popleft()
 
     def close(self) -> None:
@@ -137,6 +170,10 @@ class LogStream:
             self._closed = True
             self._pending.clear()
             self._reader.close()
+            if self._subscription is not None:
+                self._subscription.cancel()
+            if self._changed is not None:
+                self._changed.set()  # a read waiting for a change ends now
 
 
 def parse_since(last_event_id: str | None, since: int | None) -> int | None:

@@ -1,0 +1,181 @@
+"""A log follower is woken by file-change notification, and polls where there is none.
+
+Another process appends to a context's signal log; the follower relays what it wrote.
+With notification on, the follower's safety read is set to an hour, so only a
+notification can deliver within the test's deadline. ``CM_NOTEBOOK_FILE_EVENTS=0`` (the
+documented switch, for file systems without notifications) makes it poll instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cm_notebook._follower import LogFollower
+from cm_notebook.events import ContentDelta, Event, MessageCompleted
+from cm_notebook.session import ContextSession
+from cm_notebook.signal_log import LOG_NAME, LogReader, SignalLog
+from cm_notebook.testing import ScriptedProvider
+
+DEADLINE = 30.0
+HOUR = 3600.0
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.01)  # a poll interval, not a wait for an outcome
+
+
+def _write_in_another_process(log_path: Path, texts: list[str]) -> None:
+    code = textwrap.dedent(
+        f"""
+        from cm_notebook.events import ContentDelta
+        from cm_notebook.signal_log import SignalLog
+        log = SignalLog({str(log_path)!r})
+        offset = 0
+        for text in {texts!r}:
+            event = ContentDelta(message_id="m1", text=text, offset=offset, branch="main")
+            log.record(lambda seq, e=event: e.model_copy(update={{"seq": seq}}))
+            offset += len(text)
+        log.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=DEADLINE)
+
+
+def _follow(log_path: Path, seen: list[Event]) -> LogFollower:
+    own = SignalLog(log_path)  # this process's writer token, as a session has one
+    return LogFollower(
+        LogReader(log_path),
+        own.writer,
+        relay=seen.append,
+        claim_held=lambda _: True,
+        on_dead=lambda *_: None,
+        safety=HOUR,
+        busy_safety=HOUR,
+    )
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    context = tmp_path / "c1"
+    context.mkdir()
+    return context / LOG_NAME
+
+
+@pytest.fixture
+def follower_of(log_path: Path) -> Iterator[Callable[[list[Event]], LogFollower]]:
+    made: list[LogFollower] = []
+
+    def make(seen: list[Event]) -> LogFollower:
+        made.append(_follow(log_path, seen))
+        return made[-1]
+
+    yield make
+    for follower in made:
+        follower.close()
+
+
+def _texts(seen: list[Event]) -> str:
+    return "".join(e.text for e in list(seen) if isinstance(e, ContentDelta))
+
+
+def test_a_notification_wakes_the_follower_for_another_process_s_write(
+    log_path: Path, follower_of: Callable[[list[Event]], LogFollower]
+) -> None:
+    seen: list[Event] = []
+    follower = follower_of(seen)
+    _wait_for(lambda: follower.notified, "the follower to subscribe to notifications")
+    _write_in_another_process(log_path, ["Once ", "upon ", "a time"])
+    # The safety read is an hour away: only a notification brings these in time.
+    _wait_for(lambda: _texts(seen) == "Once upon a time", "the other process's signals")
+    _write_in_another_process(log_path, [" there was"])
+    _wait_for(lambda: _texts(seen) == "Once upon a time there was", "the second write")
+    assert [e.seq for e in seen] == [1, 2, 3, 4]
+
+
+def test_with_notification_turned_off_the_follower_polls(
+    log_path: Path,
+    follower_of: Callable[[list[Event]], LogFollower],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CM_NOTEBOOK_FILE_EVENTS", "0")
+    seen: list[Event] = []
+    follower = follower_of(seen)
+    _write_in_another_process(log_path, ["Polled ", "all the same"])
+    _wait_for(lambda: _texts(seen) == "Polled all the same", "the other process's signals")
+    assert not follower.notified
+
+
+def test_a_log_replaced_by_compaction_is_still_followed(
+    log_path: Path, follower_of: Callable[[list[Event]], LogFollower]
+) -> None:
+    # Compaction renames a new file over the log: the folder's watch sees that too.
+    seen: list[Event] = []
+    follower = follower_of(seen)
+    _wait_for(lambda: follower.notified, "the follower to subscribe to notifications")
+    _write_in_another_process(log_path, ["a"])
+    _wait_for(lambda: _texts(seen) == "a", "the first write")
+    replaced = log_path.with_name("replacement")
+    replaced.write_bytes(log_path.read_bytes())
+    replaced.replace(log_path)
+    _write_in_another_process(log_path, ["b"])
+    _wait_for(lambda: _texts(seen) == "ab", "a write after the log was replaced")
+
+
+def test_followers_of_two_contexts_share_the_watcher_and_each_sees_its_own(
+    tmp_path: Path,
+) -> None:
+    paths = []
+    for name in ("c1", "c2"):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / LOG_NAME)
+    seen: tuple[list[Event], list[Event]] = ([], [])
+    followers = [_follow(path, into) for path, into in zip(paths, seen, strict=True)]
+    try:
+        _wait_for(lambda: all(f.notified for f in followers), "both followers to subscribe")
+        _write_in_another_process(paths[1], ["second"])
+        _write_in_another_process(paths[0], ["first"])
+        _wait_for(lambda: _texts(seen[0]) == "first", "the first context's signal")
+        _wait_for(lambda: _texts(seen[1]) == "second", "the second context's signal")
+        followers[0].close()
+        _write_in_another_process(paths[1], [" again"])
+        _wait_for(lambda: _texts(seen[1]) == "second again", "a signal after the other closed")
+    finally:
+        for follower in followers:
+            follower.close()
+
+
+def test_a_session_polling_sees_another_process_s_reply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CM_NOTEBOOK_FILE_EVENTS", "0")
+    with ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider()) as session:
+        seen: list[Event] = []
+        session.subscribe(seen.append)
+        code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+            provider = ScriptedProvider().reply("Polled story.", chunks="words")
+            with ContextSession.open({session.id!r}, data_dir={str(tmp_path)!r},
+                                     provider=provider) as other:
+                other.send("Tell me").result(60)
+            """
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=DEADLINE)
+        _wait_for(
+            lambda: any(isinstance(e, MessageCompleted) for e in list(seen)),
+            "the other process's reply",
+        )
+        assert _texts(seen) == "Polled story."
