@@ -243,3 +243,41 @@ def test_a_rating_in_another_process_reaches_this_session(
     assert isinstance(heard.score, Score)
     assert heard.score.note == "from afar"
     assert session.scores(reply) == heard.score
+
+
+def test_a_rating_in_a_kernel_reaches_sse_clients_of_the_server(tmp_path: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    from jupyter_server_proc import JupyterServer
+    from server_client import create_context, read_events
+
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": "Blue."}])
+        url = f"contexts/{context_id}/events"
+        done = read_events(
+            client,
+            url,
+            lambda e: e.event == "MessageCompleted",
+            started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "Sky?"}),
+        )
+        reply = json.loads(done[-1].data)["message_id"]
+        # A kernel (another process) rates the reply; the browser hears it over SSE.
+        code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            s = ContextSession.open({context_id!r}, data_dir={str(server.data_dir)!r})
+            s.rate({reply!r}, score=3, tags=["checked"])
+            s.close()
+            """
+        )
+        heard = read_events(
+            client,
+            f"{url}?since={done[-1].id}",
+            lambda e: e.event == "ScoreUpdated",
+            started=lambda: subprocess.run([sys.executable, "-c", code], check=True, timeout=120),
+        )
+    data = json.loads(heard[-1].data)
+    assert data["message_id"] == reply
+    assert (data["score"]["score"], data["score"]["tags"]) == (3, ["checked"])
