@@ -281,3 +281,37 @@ def test_a_rating_in_a_kernel_reaches_sse_clients_of_the_server(tmp_path: Path) 
     data = json.loads(heard[-1].data)
     assert data["message_id"] == reply
     assert (data["score"]["score"], data["score"]["tags"]) == (3, ["checked"])
+
+
+def test_scores_travel_with_a_json_export_and_back(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    from cm_notebook.errors import InvalidInputError as Invalid
+    from cm_notebook.export import export_context, import_document, parse_export, to_json
+
+    session, history = _two_turns(new_session)
+    io = StoreAccess(FileStore(data_dir))
+    plain = to_json(io.call(export_context(io.store, session.id)))
+    assert "scores" not in json.loads(plain)  # unrated: the document older versions wrote
+    rated = session.rate(history[1].id, thumbs="up", tags=["kept"], note="a note")
+    text = to_json(io.call(export_context(io.store, session.id)))
+    document = parse_export(text)
+    assert list(document.scores) == [history[1].id]
+    imported = io.call(import_document(io.store, document, context_id="c-imported"))
+    copy = ContextSession.open(imported.id, data_dir=data_dir)
+    try:
+        again = copy.scores(history[1].id)
+        assert again is not None
+        assert again.model_dump(exclude={"branch"}) == rated.model_dump(exclude={"branch"})
+        assert copy.scores(history[3].id) is None
+    finally:
+        copy.close()
+    # A score of a message the document lacks, or a bad score, is refused.
+    data = json.loads(text)
+    data["scores"]["m-missing"] = {"message_id": "m-missing"}
+    with pytest.raises(Invalid, match="missing message 'm-missing'"):
+        parse_export(data)
+    data = json.loads(text)
+    data["scores"][history[1].id]["score"] = 9
+    with pytest.raises(Invalid, match="score"):
+        parse_export(data)
