@@ -169,6 +169,8 @@ class ScriptedProvider:
 
     ``usage`` defaults to a deterministic estimate: input tokens are the words in the
     request's messages, output tokens the words in the reply (not a real tokenizer).
+    Each reply's :class:`Finish` carries the request id ``scripted-<n>`` (``n``: the
+    request's number, from 1), as a real API gives one.
     """
 
     name = "scripted"
@@ -523,7 +525,7 @@ class ScriptedProvider:
             )
         else:
             turn = self._echo_turn(request)
-        return self._run(turn, request)
+        return self._run(turn, request, self.request_count)
 
     def _echo_turn(self, request: ChatRequest) -> _Turn:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
@@ -542,10 +544,17 @@ class ScriptedProvider:
             count = self._word_counts[text] = _words(text)
         return count
 
-    async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    async def _run(
+        self, turn: _Turn, request: ChatRequest, number: int
+    ) -> AsyncIterator[StreamChunk]:
         for step in turn.steps:
             if isinstance(step, _Emit):
-                yield step.chunk
+                chunk = step.chunk
+                if isinstance(chunk, Finish) and chunk.request_id is None:
+                    # A deterministic request id, as a real API gives one: the fake's
+                    # request number.
+                    chunk = Finish(chunk.reason, f"scripted-{number}")
+                yield chunk
             elif isinstance(step, _EstimatedUsage):
                 words = sum(self._count_words(m.content) for m in request.messages)
                 yield Usage(input_tokens=words, output_tokens=step.output_tokens)
