@@ -1,0 +1,62 @@
+"""Experiments on a session: branch labels, a pinned baseline, sweeps, replays and
+counterfactual edits.
+
+:class:`ExperimentMethods` is a base of :class:`~cm_notebook.session.ContextSession`;
+its methods are public API of ``ContextSession`` and stay thin: the work is done by
+:mod:`cm_notebook.labels` (labels, the baseline), :mod:`cm_notebook.sweep` and
+:mod:`cm_notebook.sweep_cells` (sweeps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
+
+from . import labels as _labels
+from .model import Branch
+
+if TYPE_CHECKING:
+    from .session import ContextSession
+
+__all__ = ["ExperimentMethods"]
+
+
+def _session(mixin: object) -> ContextSession:
+    # The mixin is only ever a base of ContextSession.
+    return cast("ContextSession", mixin)
+
+
+class ExperimentMethods:
+    """Labels, the baseline, sweeps, replays and counterfactual edits."""
+
+    # -- labels and the baseline -------------------------------------------------------
+
+    def label(
+        self,
+        branch: str,
+        labels: Mapping[str, str | None] | None = None,
+        /,
+        **more: str | None,
+    ) -> Branch:
+        """Set labels on ``branch``: ``session.label("main", model="small", run="3")``.
+
+        Labels are short ``key: value`` texts (keys of letters, digits, ``_ - .``) that
+        a study attaches to a branch; they appear in ``session.tree()``, the branch
+        view, and as ``label_<key>`` columns of the exported data. A value of None
+        removes that label. Returns the updated branch.
+        """
+        return _labels.update_labels(_session(self), branch, {**dict(labels or {}), **more})
+
+    def pin_baseline(self, branch: str | None) -> str | None:
+        """Make ``branch`` the baseline that comparisons, replays and counterfactuals are
+        measured against (None: no baseline); returns it.
+
+        The baseline is the branch labelled ``baseline: "true"`` (stored, so it holds
+        after a restart); pinning another branch unpins the previous one.
+        """
+        return _labels.pin_baseline(_session(self), branch)
+
+    @property
+    def baseline(self) -> str | None:
+        """The pinned baseline branch (see :meth:`pin_baseline`), or None."""
+        return _labels.baseline_of(_session(self).metadata)
