@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .fsm import State
 from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+from .scores import Score
 
 __all__ = [
     "EVENT_TYPES",
@@ -33,6 +34,7 @@ __all__ = [
     "MessageAdded",
     "MessageCompleted",
     "Resync",
+    "ScoreUpdated",
     "StateChanged",
     "ToolApprovalRequested",
     "ToolCallResolved",
@@ -178,6 +180,16 @@ class ErrorReported(BaseEvent):
     kind: Literal["transient", "permanent", "tool", "internal"]
 
 
+class ScoreUpdated(BaseEvent):
+    """The score of the assistant message ``message_id`` changed (rated, or scored by a
+    function); ``score`` is the whole score as now stored, ``branch`` the branch the
+    message is on (None: on none)."""
+
+    type: Literal["ScoreUpdated"] = "ScoreUpdated"
+    message_id: str
+    score: Score
+
+
 class Resync(BaseEvent):
     """Events were dropped for this subscriber: re-pull the state.
 
@@ -203,6 +215,7 @@ Event: TypeAlias = Annotated[
     | BranchUpdated
     | ContextUpdated
     | ErrorReported
+    | ScoreUpdated
     | Resync,
     Field(discriminator="type"),
 ]
@@ -223,6 +236,7 @@ EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
         BranchUpdated,
         ContextUpdated,
         ErrorReported,
+        ScoreUpdated,
         Resync,
     }
 )
