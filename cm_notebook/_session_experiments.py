@@ -9,11 +9,13 @@ its methods are public API of ``ContextSession`` and stay thin: the work is done
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from . import labels as _labels
 from .model import Branch
+from .sweep import Sweep
+from .sweep_cells import start_sweep
 
 if TYPE_CHECKING:
     from .session import ContextSession
@@ -60,3 +62,44 @@ class ExperimentMethods:
     def baseline(self) -> str | None:
         """The pinned baseline branch (see :meth:`pin_baseline`), or None."""
         return _labels.baseline_of(_session(self).metadata)
+
+    # -- sweeps ------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        prompts: str | Sequence[str],
+        variants: Sequence[Any],
+        *,
+        inputs: Any = None,
+        repeat: int = 1,
+        concurrency: int = 4,
+        name: str | None = None,
+        progress: bool = True,
+    ) -> Sweep:
+        """Run every prompt against every variant, ``repeat`` times; returns at once.
+
+        ``prompts`` is a prompt or a list; with ``inputs`` (a list of mappings or a
+        DataFrame) each prompt is a template whose ``{name}`` fields are filled from
+        each row. A variant is a mapping with optional ``label`` (how it is shown),
+        ``provider``, ``system`` (its system prompt) and generation parameters
+        (``temperature``, ``seed``, ``max_tokens``, ``model``..., flat or under
+        ``params``), or a provider spec. Each cell (prompt x input x variant x repeat)
+        is its own branch from the context's root, labelled ``sweep``, ``cell``,
+        ``variant``, ``repeat`` and ``input``; at most ``concurrency`` run at once, with
+        a progress bar unless ``progress=False``.
+
+        ``await session.sweep(...)`` in a notebook, ``session.sweep(...).run()`` in a
+        script. The sweep is named ``name`` (default: from its prompts, inputs and
+        variants); running the same sweep again (also after a restart) skips the cells
+        that ended in a complete reply and runs the others. See :mod:`cm_notebook.sweep`.
+        """
+        return start_sweep(
+            _session(self),
+            prompts,
+            variants,
+            inputs=inputs,
+            repeat=repeat,
+            concurrency=concurrency,
+            name=name,
+            progress=progress,
+        )
