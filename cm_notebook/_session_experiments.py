@@ -4,7 +4,8 @@ counterfactual edits.
 :class:`ExperimentMethods` is a base of :class:`~cm_notebook.session.ContextSession`;
 its methods are public API of ``ContextSession`` and stay thin: the work is done by
 :mod:`cm_notebook.labels` (labels, the baseline), :mod:`cm_notebook.sweep` and
-:mod:`cm_notebook.sweep_cells` (sweeps).
+:mod:`cm_notebook.sweep_cells` (sweeps), :mod:`cm_notebook.replay` (replays and
+counterfactual edits) and :mod:`cm_notebook.turn_diff` (per-turn diffs).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import labels as _labels
 from .model import Branch
+from .providers.pool import ProviderLike
+from .replay import Replay, compare_turns, start_counterfactual, start_replay
 from .sweep import Sweep
 from .sweep_cells import start_sweep
+from .turn_diff import TurnComparison
 
 if TYPE_CHECKING:
     from .session import ContextSession
@@ -103,3 +107,46 @@ class ExperimentMethods:
             name=name,
             progress=progress,
         )
+
+    # -- replays and counterfactual edits ----------------------------------------------
+
+    def replay(
+        self,
+        branch: str,
+        *,
+        provider: ProviderLike | None = None,
+        name: str | None = None,
+        **params: Any,
+    ) -> Replay:
+        """Send the user turns of ``branch`` again, in order, on a new branch (``name``,
+        default ``<branch>-replay-N``) with another ``provider`` and/or generation
+        ``params``; its system prompt and other defaults are ``branch``'s.
+
+        Returns a :class:`~cm_notebook.replay.Replay` at once: ``await`` it (or
+        ``.result()``) for the per-turn comparison against ``branch``
+        (:class:`~cm_notebook.turn_diff.TurnComparison`). Tools the model calls go
+        through approval as usual.
+        """
+        return start_replay(_session(self), branch, provider, name, params)
+
+    def counterfactual(
+        self, message_id: str, new_content: str, *, name: str | None = None
+    ) -> Replay:
+        """Change an earlier message on a new branch and run the later user turns again.
+
+        ``message_id`` is any message of a branch (the active one if it holds it): a user
+        message (the model answers the new text), a reply (kept as edited; if it called
+        tools, their results follow and the model answers again), a tool result (the
+        model answers the new result); or ``"system"`` for the system prompt of the
+        active branch (every user turn runs again under the new prompt). The new
+        branch (``name``, default ``<branch>-cf-N``) is forked just before the message.
+        Returns a :class:`~cm_notebook.replay.Replay`: ``await`` it for the per-turn
+        comparison against the original branch.
+        """
+        return start_counterfactual(_session(self), message_id, new_content, name)
+
+    def compare_turns(self, branch: str, against: str | None = None) -> TurnComparison:
+        """``branch`` turn by turn against ``against`` (default: the pinned baseline,
+        else the branch it was replayed or edited from): per turn, the answers' word
+        diff and the deltas of TTFT, tokens/s, output tokens, latency and score."""
+        return compare_turns(_session(self), branch, against)
