@@ -207,10 +207,13 @@ def _delta_texts(turn: TurnDiff) -> list[str]:
 _MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
 
 
-def turns_html(comparison: TurnComparison) -> str:
-    """Static HTML: per turn, the prompt, both answers marked, and the metric deltas."""
+def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str:
+    """Static HTML: per turn, the prompt, both answers marked, and the metric deltas
+    (only the turns whose answers differ with ``changed_only``)."""
     rows = []
     for turn in comparison.turns:
+        if changed_only and not turn.changed:
+            continue
         ops = turn.diff
         prompt = html.escape(turn.prompt)
         if turn.base_prompt is not None:

@@ -241,3 +241,24 @@ def test_compare_turns_against_the_pinned_baseline_with_scores(
     assert comparison.base == "main"
     assert comparison.turns[0].deltas()["score"].change == 3.0
     assert comparison.changed_turns == []
+
+
+def test_the_compare_view_puts_the_baseline_first_with_per_turn_diffs(
+    three_turns: ContextSession,
+) -> None:
+    from cm_notebook.widgets import CompareView
+
+    session = three_turns
+    other = ScriptedProvider().reply("A1 is the answer", usage=(10, 4))
+    other.reply("B2 differs", usage=(10, 7)).reply("A3 is the answer", usage=(10, 4))
+    session.replay("main", provider=other, name="candidate").result(DEADLINE)
+    session.pin_baseline("main")
+    view = CompareView(session, "candidate", "main")
+    try:
+        assert view.branch_names == ["main", "candidate"]
+        assert "per turn: <b>candidate</b> against <b>main</b>" in view.value
+        assert "1 of 3 turns changed" in view.value
+        assert "output tokens 4 -&gt; 7 (+3)" in view.value
+        assert view.value.count('class="cm-turn ') == 1  # only the changed turn
+    finally:
+        view.close()
