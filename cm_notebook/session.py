@@ -17,7 +17,8 @@ compare-and-set on it.
 The public API is split by responsibility: :mod:`cm_notebook._session_reading`
 (title, history, tree, system prompts, comparisons), :mod:`cm_notebook._session_branches`
 (fork, switch, delete, a branch's prompt), :mod:`cm_notebook._session_scores` (rating
-and scoring replies) and this module (construction, sending,
+and scoring replies), :mod:`cm_notebook._session_data` (replies as records, a
+DataFrame, CSV; stability) and this module (construction, sending,
 tools, signals).
 """
 
@@ -34,9 +35,9 @@ from . import events as ev
 from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_branches import SessionBranches
+from ._session_data import DataMethods
 from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
-from ._session_scores import ScoreMethods
 from ._sessionio import StoreAccess
 from .approvals import Decision, PendingCall
 from .errors import (
@@ -65,7 +66,7 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(ExperimentMethods, ScoreMethods, SessionBranches):
+class ContextSession(ExperimentMethods, DataMethods, SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
