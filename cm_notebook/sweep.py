@@ -37,7 +37,10 @@ from .providers.pool import spec_of
 from .turn import Handle, Turn
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .session import ContextSession
+    from .sweep_results import SweepStability
     from .widgets.sweep_grid import SweepGrid
 
 __all__ = ["CellStatus", "Sweep", "SweepCell", "SweepPlan", "plan_sweep"]
@@ -399,6 +402,29 @@ class Sweep(Handle["Sweep"]):
             if key in (cell.key, cell.branch):
                 return cell
         raise KeyError(key)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per reply of the sweep's cells (see :meth:`to_dataframe`)."""
+        from .sweep_results import sweep_records
+
+        return sweep_records(self)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The sweep's replies as a pandas DataFrame: the columns of
+        ``session.to_dataframe()`` for its branches, plus ``sweep``, ``cell``,
+        ``variant``, ``repeat``, ``input`` (the row's index) and ``input_<name>`` per
+        input column. Needs the ``[data]`` extra (pandas)."""
+        from .sweep_results import sweep_dataframe
+
+        return sweep_dataframe(self)
+
+    def stability(self) -> SweepStability:
+        """How stable each prompt x input x variant is over its repeats: identical
+        answers grouped and counted, near-identical ones diffed against the most
+        common (a :class:`~cm_notebook.sweep_results.SweepStability`)."""
+        from .sweep_results import SweepStability
+
+        return SweepStability.of(self)
 
     def view(self) -> SweepGrid:
         """A live grid of the cells: rows are prompts (and input rows), columns are

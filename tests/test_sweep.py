@@ -313,3 +313,64 @@ def test_a_sweep_killed_mid_way_resumes_in_a_new_process_without_resending(
         assert [m.content for m in reopened.history("resume-p0-v0-r0")] == ["q0", "r0"]
     finally:
         close_all([reopened])
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+def test_records_and_dataframe_of_a_sweep(new_session: Callable[..., ContextSession]) -> None:
+    pd = pytest.importorskip("pandas")
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    session.send("not part of the sweep").result(DEADLINE)
+    sweep = session.sweep(
+        "Capital of {country}?",
+        [{"label": "cold", "temperature": 0}, {"label": "warm", "temperature": 1}],
+        inputs=[{"country": "France"}, {"country": "Italy"}],
+        repeat=2,
+        name="caps",
+        progress=False,
+    ).run(DEADLINE)
+    rows = sweep.to_records()
+    assert len(rows) == 8
+    row = next(r for r in rows if r["cell"] == "p0-i1-v1-r1")
+    assert row["variant"] == "warm"
+    assert (row["sweep"], row["repeat"], row["input"]) == ("caps", 1, 1)
+    assert row["input_country"] == "Italy"
+    assert row["prompt"] == "Capital of Italy?"
+    assert row["output"] == "echo: Capital of Italy?"
+    assert row["param_temperature"] == 1
+    assert row["label_sweep"] == "caps"
+    frame = sweep.to_dataframe()
+    assert isinstance(frame, pd.DataFrame)
+    assert len(frame) == 8
+    assert {"variant", "repeat", "input", "input_country", "ttft_ms"} <= set(frame.columns)
+    assert frame.groupby("variant").size().to_dict() == {"cold": 4, "warm": 4}
+
+
+def test_stability_groups_the_repeats_of_each_cell(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(strict=True)
+    for text in ["Paris.", "Paris.", "Paris, France.", "Lyon.", "Rome.", "Rome.", "Rome.", "Rome."]:
+        fake.reply(text)
+    session = new_session(provider=fake)
+    sweep = session.sweep(
+        ["Capital of France?", "Capital of Italy?"],
+        [{}],
+        repeat=4,
+        concurrency=1,
+        name="stab",
+        progress=False,
+    ).run(DEADLINE)
+    found = sweep.stability()
+    assert [g.prompt for g in found.groups] == ["Capital of France?", "Capital of Italy?"]
+    france, italy = (g.stability for g in found.groups)
+    assert (france.total, france.distinct, france.agreement) == (4, 3, 0.5)
+    assert france.top is not None
+    assert france.top.text == "Paris."
+    assert italy.agreement == 1.0
+    assert repr(found) == "<SweepStability 'stab' 2 groups, mean agreement 75%>"
+    assert found.to_records()[0]["distinct"] == 3
+    assert "Capital of Italy?" in found._repr_html_()
+    assert "Paris, France." in str(found)
