@@ -7,6 +7,10 @@ root of the context, named ``<sweep>-p<i>[-i<j>]-v<k>-r<n>`` and labelled ``swee
 cells can be found, exported and grouped later. The variant's system prompt, provider
 and generation parameters are the branch's own defaults (as for a fan-out arm, see
 :mod:`cm_notebook.fanout`), so a follow-up send on a cell continues its experiment.
+Repeat ``n`` of a variant that sets no ``seed`` is sampled with ``seed=n`` when its
+provider takes a seed: the repeats are distinct samples even where a provider's
+default seed is fixed (the built-in model's is 0), and running the study again
+reproduces them.
 
 Cells run on the session's event loop, at most ``concurrency`` at once. A sweep is
 identified by its name (by default derived from its prompts, inputs and variants, not

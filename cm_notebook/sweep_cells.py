@@ -19,7 +19,7 @@ from . import events as ev
 from . import fsm
 from .errors import BranchExistsError, BusyError, InvalidInputError
 from .fanout import arm_settings
-from .model import Message, MessageStatus
+from .model import Message, MessageStatus, ProviderSettings
 from .providers.pool import ProviderLike
 from .sweep import Sweep, SweepCell, finish, plan_sweep
 from .turn import Turn
@@ -54,6 +54,10 @@ def start_sweep(
         raise BusyError(f"sweep {plan.name!r} is still running; await it (or cancel it) first")
     empty: dict[str, Any] = {"system_prompt": None, "provider": None, "params": {}}
     settings = [arm_settings(empty, arm, session._provider) for arm in plan.variants]
+    seeded = [
+        _seeds_repeats(session, arm.provider, found)
+        for arm, found in zip(plan.variants, settings, strict=True)
+    ]
     branches = session.metadata.branches
     for cell in plan.cells:
         found = branches.get(cell.branch)
@@ -76,11 +80,28 @@ def start_sweep(
 
     def start(cell: SweepCell) -> Turn:
         arm = plan.variants[cell.variant_index]
-        return start_cell(session, cell, labels, settings[cell.variant_index], arm.provider)
+        own = settings[cell.variant_index]
+        if seeded[cell.variant_index]:
+            own = {**own, "params": {**own["params"], "seed": cell.repeat}}
+        return start_cell(session, cell, labels, own, arm.provider)
 
     sweep = Sweep(session, plan, start, concurrency=concurrency, progress=progress)
     running[plan.name] = sweep
     return sweep
+
+
+def _seeds_repeats(
+    session: ContextSession, provider: ProviderLike | None, settings: dict[str, Any]
+) -> bool:
+    # Repeat n of a variant without a seed of its own is sampled with seed n, when its
+    # provider takes one: repeats are distinct samples (a provider whose default seed
+    # is fixed would repeat itself), and running the study again reproduces them.
+    if "seed" in settings["params"]:
+        return False
+    answering = provider if provider is not None else settings["provider"]
+    if isinstance(answering, ProviderSettings):
+        answering = answering.spec
+    return "seed" in getattr(session._provider(answering), "parameters", ())
 
 
 def start_cell(
