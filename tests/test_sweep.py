@@ -70,6 +70,8 @@ def test_every_cell_is_a_labelled_branch_with_its_variant(
     assert all(r.messages[0].content == "Be brief." for r in plain)
     # Repeats without a seed of their own are sampled with seed = repeat index.
     assert sorted(r.params["seed"] for r in plain) == [0, 0, 1, 1]
+    assert repr(sweep) == "<Sweep 's1' 8 cells: 8 done>"
+    assert "echo: Q2" in sweep._repr_html_()
 
 
 def test_no_seed_is_added_for_a_provider_that_takes_none(
@@ -79,8 +81,6 @@ def test_no_seed_is_added_for_a_provider_that_takes_none(
     session = new_session(provider=fake)
     session.sweep("Q", [{"temperature": 1.0}], repeat=2, progress=False).run(DEADLINE)
     assert [r.params for r in fake.requests] == [{"temperature": 1.0}] * 2
-    assert repr(sweep) == "<Sweep 's1' 8 cells: 8 done>"
-    assert "echo: Q2" in sweep._repr_html_()
 
 
 def test_a_template_over_input_rows(new_session: Callable[..., ContextSession]) -> None:
