@@ -247,6 +247,7 @@ async def import_document(
                     system_prompt=branch.system_prompt,
                     provider=branch.provider,
                     params=dict(branch.params),
+                    labels=dict(branch.labels),
                 )
             elif branch.head is not None:
                 await store.set_branch_head(cid, name, branch.head)
