@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import events as ev
 from . import fsm
-from .approvals import ApprovalDesk
+from .approvals import ApprovalDesk, ApprovalRecord, Remember
 from .model import Message
 from .retry import RetryPolicy
 from .store import Store
@@ -78,6 +78,9 @@ class TurnHost:
         unsettled: given a message whose final state could not be stored (a full
             disk); the session stores it as soon as it can, so it is not left
             ``streaming``.
+        allowed: the allow-list scope (``"session"``/``"context"``) under which a tool
+            runs without asking, or None (see :mod:`cm_notebook._approval_log`).
+        record: adds a decision to the approval audit log (before it is signalled).
     """
 
     context_id: str
@@ -93,3 +96,5 @@ class TurnHost:
     conversation: Callable[[str, str | None], Awaitable[list[Message]]]
     finished: Callable[[Turn], None]
     unsettled: Callable[[Message], None]
+    allowed: Callable[[str], Remember | None] = lambda _tool: None
+    record: Callable[[ApprovalRecord], None] = lambda _record: None

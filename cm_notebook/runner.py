@@ -37,7 +37,7 @@ from . import events as ev
 from . import fsm
 from ._host import TurnHost
 from ._turn_writes import Reply, TurnWrites
-from .approvals import Decision, unique_call_ids
+from .approvals import Decision, audit_record, unique_call_ids
 from .errors import (
     CMError,
     PermanentProviderError,
@@ -468,10 +468,14 @@ class TurnRunner:
                 immediate.append((call_id, Decision(False, str(exc))))
                 continue
             policy = host.tool_policy().decide(tool)
+            allowed = host.allowed(call.name) if policy == "ask" else None
             if policy == "auto":
-                immediate.append((call_id, Decision(True)))
+                immediate.append((call_id, Decision(True, by="policy")))
             elif policy == "deny":
-                immediate.append((call_id, Decision(False, "denied by the approval policy")))
+                denial = Decision(False, "denied by the approval policy", by="policy")
+                immediate.append((call_id, denial))
+            elif allowed is not None:
+                immediate.append((call_id, Decision(True, by="allow-list", remember=allowed)))
             else:
                 asked[call_id] = host.approvals.register(self.branch, message_id, call)
         if asked:
@@ -504,14 +508,21 @@ class TurnRunner:
             }
             if decision.arguments is not None:
                 update["arguments"] = decision.arguments
+            asked = call
             call = call.model_copy(update=update)
             self._calls[call_id] = call
+            record = None
+            if decision.by != "policy":  # the policy's decisions follow from configuration
+                reply = self._last_reply.id if self._last_reply is not None else ""
+                record = audit_record(self._writes.target, reply, asked, decision)
+                self.host.record(record)
             self.host.publish(
                 ev.ToolCallResolved(
                     branch=self._writes.target,
                     tool_call_id=call_id,
                     status=call.status,
                     reason=call.reason,
+                    decision=record,
                 )
             )
         self._feed(fsm.ToolDecided(call_id, decision.approved))

@@ -9,7 +9,7 @@ so a REST client sees exactly what a notebook sees.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -170,7 +170,14 @@ class Approve(_Body):
     tool_call_id: str | None = Field(None, description="Default: every pending call.")
     branch: str | None = Field(None, description="Only the calls of this branch.")
     arguments: dict[str, Any] | None = Field(
-        None, description="Edited arguments (with a tool_call_id only)."
+        None,
+        description="Edited arguments (with a tool_call_id only), checked against the "
+        "tool's schema; for a call waiting in a kernel, by that kernel.",
+    )
+    remember: Literal["once", "session", "context"] = Field(
+        "once",
+        description="'session': also allow the tool from now on for the server's session "
+        "of the context; 'context': for every process that opens the context.",
     )
 
 

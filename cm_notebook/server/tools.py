@@ -10,6 +10,9 @@ from .bodies import Approve, Decided, Deny, ToolCallView
 
 __all__ = ["ApproveHandler", "DenyHandler", "ToolCallHandler", "ToolCallsHandler", "find_call"]
 
+#: Who decides, in the approval audit log, when a decision comes over HTTP.
+_BY = "http"
+
 
 def find_call(session: ContextSession, tool_call_id: str) -> ToolCallView:
     """Where ``tool_call_id`` is: pending, or stored in a reply on some branch."""
@@ -54,7 +57,11 @@ class ApproveHandler(CMHandler):
         request = self.body(Approve)
         try:
             decided: list[ToolCall] = session.approve(
-                request.tool_call_id, arguments=request.arguments, branch=request.branch
+                request.tool_call_id,
+                arguments=request.arguments,
+                branch=request.branch,
+                remember=request.remember,
+                by=_BY,
             )
         except ToolCallNotFoundError as exc:
             if request.tool_call_id is None:
@@ -77,7 +84,7 @@ class DenyHandler(CMHandler):
         request = self.body(Deny)
         try:
             decided = session.deny(
-                request.tool_call_id, reason=request.reason, branch=request.branch
+                request.tool_call_id, reason=request.reason, branch=request.branch, by=_BY
             )
         except ToolCallNotFoundError as exc:
             if request.tool_call_id is None:
