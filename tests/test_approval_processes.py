@@ -38,7 +38,7 @@ def _kernel(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
         session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
                                       provider=provider, tools=[add])
         session.send("What is 1 + 2?").result(60)
-        print([m.content for m in session.history() if m.role == "tool"][0], flush=True)
+        print([m.content for m in session.history() if m.role == "tool"][-1], flush=True)
         session.close()
         """
     )
