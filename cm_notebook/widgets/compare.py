@@ -54,7 +54,7 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
                     f"there is no branch {name!r}; the branches are {sorted(session.branches)}"
                 )
         self.html = w.HTML()
-        self.ratings = w.HBox(layout=w.Layout(gap="8px"))
+        self.ratings = w.HBox(layout=w.Layout(grid_gap="8px"))
         self._bars: dict[str, RatingBar] = {}  # answer id -> its bar, reused
         super().__init__([self.html, self.ratings])
         self.add_class("cm-compare")
