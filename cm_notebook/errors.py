@@ -24,6 +24,7 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     │       └── StorageFullError                 no space left (ENOSPC, EDQUOT): nothing
     │                                            half-written is visible; free space, retry
     ├── MigrationError                           a v1 source could not be read at all
+    ├── ExtraNotInstalledError (also ImportError) a feature needs an optional extra
     ├── ProviderError                            a model provider failed
     │   ├── TransientProviderError               worth retrying; has .retry_after
     │   └── PermanentProviderError               retrying will not help; needs the user
@@ -59,6 +60,7 @@ __all__ = [
     "ContextExistsError",
     "ContextNotFoundError",
     "CorruptDataError",
+    "ExtraNotInstalledError",
     "IllegalTransitionError",
     "InvalidIdError",
     "InvalidInputError",
@@ -185,6 +187,11 @@ class StorageFullError(StoreIOError):
 
 class MigrationError(CMError):
     """A v1 source could not be read at all (individual bad records are reported instead)."""
+
+
+class ExtraNotInstalledError(CMError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names it
+    (e.g. ``pip install 'cm_notebook[data]'`` for ``to_dataframe()``)."""
 
 
 class ProviderError(CMError):

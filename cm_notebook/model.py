@@ -158,6 +158,11 @@ class MessageMetadata(BaseModel):
 
     ``system_prompt`` is the system prompt the reply was generated under (None: none),
     so a reply stays attributable after its branch's prompt changes.
+
+    Provenance (see :mod:`cm_notebook.provenance`): ``seed`` is the request's seed,
+    ``request_id`` the id the provider gave the request, ``request_hash`` the sha256 of
+    the exact request's canonical JSON; on a user message, ``variables`` names the
+    kernel variables interpolated into it (name -> type, short repr and hash).
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -171,6 +176,10 @@ class MessageMetadata(BaseModel):
     error: str | None = None
     system_prompt: str | None = None
     stats: StreamStats | None = None
+    seed: int | None = None
+    request_id: str | None = Field(None, max_length=500)
+    request_hash: str | None = Field(None, max_length=200)
+    variables: dict[str, str] = Field(default_factory=dict)
 
     _metadata_bounded = model_validator(mode="before")(_bounded)
 

@@ -47,6 +47,7 @@ from .errors import (
 )
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .prompts import system_of
+from .provenance import with_provenance
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -266,6 +267,8 @@ class TurnRunner:
         self.turn.progress.start_message(reply.message.id)
         reply.meter.attempt()
         request = ChatRequest(messages=history, tools=host.tools().specs(), params=self.params)
+        # Provenance: the seed and a hash of exactly what is asked (see provenance.py).
+        reply.message = with_provenance(reply.message, request, self.provider.name)
         try:
             await self._stream(request, reply)
         except TransientProviderError as exc:
@@ -348,6 +351,7 @@ class TurnRunner:
                     reply.meter.usage(chunk.output_tokens)
                 elif isinstance(chunk, Finish):
                     reply.finish_reason = chunk.reason
+                    reply.message = with_provenance(reply.message, request_id=chunk.request_id)
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

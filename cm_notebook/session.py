@@ -16,7 +16,9 @@ compare-and-set on it.
 
 The public API is split by responsibility: :mod:`cm_notebook._session_reading`
 (title, history, tree, system prompts, comparisons), :mod:`cm_notebook._session_branches`
-(fork, switch, delete, a branch's prompt) and this module (construction, sending,
+(fork, switch, delete, a branch's prompt), :mod:`cm_notebook._session_scores` (rating
+and scoring replies), :mod:`cm_notebook._session_data` (replies as records, a
+DataFrame, CSV; stability) and this module (construction, sending,
 tools, signals).
 """
 
@@ -34,6 +36,7 @@ from . import fsm
 from ._registry import REGISTRY, key_for
 from ._session_approvals import ApprovalMethods
 from ._session_branches import SessionBranches
+from ._session_data import DataMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._sessionio import StoreAccess
 from .branch_defaults import branch_settings
@@ -62,7 +65,7 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(ApprovalMethods, SessionBranches):
+class ContextSession(ApprovalMethods, DataMethods, SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from .approvals import ApprovalRecord
 from .fsm import State
 from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
+from .scores import Score
 
 __all__ = [
     "EVENT_TYPES",
@@ -34,6 +35,7 @@ __all__ = [
     "MessageAdded",
     "MessageCompleted",
     "Resync",
+    "ScoreUpdated",
     "StateChanged",
     "ToolApprovalRequested",
     "ToolCallResolved",
@@ -185,6 +187,16 @@ class ErrorReported(BaseEvent):
     kind: Literal["transient", "permanent", "tool", "internal"]
 
 
+class ScoreUpdated(BaseEvent):
+    """The score of the assistant message ``message_id`` changed (rated, or scored by a
+    function); ``score`` is the whole score as now stored, ``branch`` the branch the
+    message is on (None: on none)."""
+
+    type: Literal["ScoreUpdated"] = "ScoreUpdated"
+    message_id: str
+    score: Score
+
+
 class Resync(BaseEvent):
     """Events were dropped for this subscriber: re-pull the state.
 
@@ -210,6 +222,7 @@ Event: TypeAlias = Annotated[
     | BranchUpdated
     | ContextUpdated
     | ErrorReported
+    | ScoreUpdated
     | Resync,
     Field(discriminator="type"),
 ]
@@ -230,6 +243,7 @@ EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
         BranchUpdated,
         ContextUpdated,
         ErrorReported,
+        ScoreUpdated,
         Resync,
     }
 )

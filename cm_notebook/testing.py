@@ -162,6 +162,8 @@ class ScriptedProvider:
 
     ``usage`` defaults to a deterministic estimate: input tokens are the words in the
     request's messages, output tokens the words in the reply (not a real tokenizer).
+    Each reply's :class:`Finish` carries the request id ``scripted-<n>`` (``n``: the
+    request's number, from 1), as a real API gives one.
     """
 
     name = "scripted"
@@ -494,7 +496,7 @@ class ScriptedProvider:
             )
         else:
             turn = self._echo_turn(request)
-        return self._run(turn, request)
+        return self._run(turn, request, len(self.requests))
 
     def _echo_turn(self, request: ChatRequest) -> _Turn:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
@@ -505,10 +507,17 @@ class ScriptedProvider:
         items += [_EstimatedUsage(_words(text)), _Emit(Finish("stop"))]
         return _Turn(self._paced(items, None))
 
-    async def _run(self, turn: _Turn, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    async def _run(
+        self, turn: _Turn, request: ChatRequest, number: int
+    ) -> AsyncIterator[StreamChunk]:
         for step in turn.steps:
             if isinstance(step, _Emit):
-                yield step.chunk
+                chunk = step.chunk
+                if isinstance(chunk, Finish) and chunk.request_id is None:
+                    # A deterministic request id, as a real API gives one: the fake's
+                    # request number.
+                    chunk = Finish(chunk.reason, f"scripted-{number}")
+                yield chunk
             elif isinstance(step, _EstimatedUsage):
                 words = sum(_words(m.content) for m in request.messages)
                 yield Usage(input_tokens=words, output_tokens=step.output_tokens)

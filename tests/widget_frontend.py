@@ -49,6 +49,8 @@ class FrontEnd:
     customs: dict[str, list[Any]] = field(default_factory=dict)
     comms: list[CommRecord] = field(default_factory=list)
     displays: dict[str, dict[str, Any]] = field(default_factory=dict)  # display id -> data
+    # display id -> the output's metadata, as a front end keeps it with the output
+    display_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     _idle: set[str] = field(default_factory=set)
     _outputs: dict[str, list[str]] = field(default_factory=dict)
 
@@ -93,6 +95,7 @@ class FrontEnd:
             display_id = content.get("transient", {}).get("display_id")
             if display_id:
                 self.displays[display_id] = content["data"]
+                self.display_metadata[display_id] = content.get("metadata", {})
         elif kind == "stream":
             self._outputs.setdefault(parent, []).append(content["text"])
         elif kind == "error":

@@ -21,6 +21,7 @@ from ..compare import Comparison
 from ..errors import CMError
 from ..export import export_context, to_json, to_markdown
 from ..model import Message
+from ..provenance import describe_variables
 from ..session import ContextSession
 from ..widgets import CompareView
 from . import _args as a
@@ -129,7 +130,9 @@ class Commands:
             # made under another prompt is forked (see edit_system): send on the fork.
             # Running the cell again changes nothing more: the prompt is the same.
             branch = session.edit_system(args.system, branch=branch).name
-        metadata = {"interpolated": used} if used else None
+        # Provenance: which kernel variables fed the message (see cm_notebook.provenance).
+        variables = describe_variables(used, self.namespace)
+        metadata = {"interpolated": used, "variables": variables} if used else None
         turn = session.send(
             text,
             branch=branch,
@@ -137,7 +140,13 @@ class Commands:
             metadata=metadata,
             **params,
         )
-        return ReplyView(session, turn, form=args.format, on_done=self._store_reply(args.var))
+        return ReplyView(
+            session,
+            turn,
+            form=args.format,
+            on_done=self._store_reply(args.var),
+            variables=variables,
+        )
 
     def _fan_out(
         self, session: ContextSession, args: a.CellArgs, text: str, params: dict[str, Any]

@@ -4,7 +4,9 @@ The rules are Python's ``str.format`` with the kernel's namespace: ``{name}``,
 ``{name.attr}``, ``{name[0]}``, ``{name!r}``, ``{name:.2f}``; ``{{`` and ``}}`` are
 literal braces. A name the kernel does not have is an error that says so, never a
 silent blank. The names used are returned too, so the message can record which kernel
-variables fed it (its provenance), without their values (they may be large or secret).
+variables fed it (its provenance): each as a type, a short redacted repr and a hash
+(:func:`cm_notebook.provenance.describe_value`), never the whole value (it may be large
+or secret).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ the background. The reply is an ordinary ``display_data`` output (``text/html``,
 short, stable ``text/plain`` for nbval) that the view replaces in place through its
 display id as the text arrives: every front end shows it, the saved notebook keeps the
 final reply (widget state is not saved by default, DESIGN fact 10), and nothing is shown
-twice. Its form is Markdown, plain text or a code block (``-f``); the turn's outcome (an
+twice. The output's metadata records the reply's provenance under ``cm_notebook``
+(:meth:`ReplyView.provenance`), so a saved notebook says what produced each reply.
+Its form is Markdown, plain text or a code block (``-f``); the turn's outcome (an
 error and what to do, a stop) is appended. When the session has tools, Approve / Deny
 buttons (:class:`~cm_notebook.widgets.ToolApproval`) follow the reply; ``%cm approve``
 works as well.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import ipywidgets as w
@@ -28,6 +30,7 @@ from IPython.display import DisplayHandle, display
 
 from ..errors import CMError
 from ..model import Message
+from ..provenance import provenance_of
 from ..widgets import CompareView, ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets.markdown import render_markdown
@@ -74,11 +77,14 @@ class ReplyView:
         *,
         form: Literal["markdown", "text", "code"] = "markdown",
         on_done: Callable[[Message], None] | None = None,
+        variables: Mapping[str, str] | None = None,
     ) -> None:
         self.session = session
         self.turn = turn
         self.form = form
         self._on_done = on_done
+        self._variables = dict(variables or {})
+        self._final: Message | None = None
         self._outcome = ""
         self._handle: DisplayHandle | None = None
         #: The Approve / Deny buttons, when the session has tools to ask about.
@@ -110,10 +116,21 @@ class ReplyView:
         outcome = f"<div>{_note(self._outcome)}</div>" if self._outcome else ""
         return f'<div class="cm-reply">{body}{outcome}</div>'
 
+    def provenance(self) -> dict[str, Any]:
+        """What the output's metadata records under ``cm_notebook``: the context and
+        branch, and once the reply is stored its provenance (provider, model,
+        parameters, seed, request id and hash, the kernel variables that fed it)."""
+        where = {"context_id": self.session.id, "branch": self.turn.branch}
+        if self._final is None:
+            return {**where, "status": "streaming", "variables": dict(self._variables)}
+        return {**where, **provenance_of(self._final, self._variables)}
+
     def _ipython_display_(self) -> None:
         # The reply as a plain output, replaced in place as it grows; then the buttons.
         bundle = {"text/html": self.html(), "text/plain": PLAIN}
-        self._handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        self._handle = display(  # type: ignore[no-untyped-call]
+            bundle, raw=True, display_id=True, metadata={"cm_notebook": self.provenance()}
+        )
         if self.approvals is not None:
             display(self.approvals)  # type: ignore[no-untyped-call]
 
@@ -140,6 +157,7 @@ class ReplyView:
         except Exception as exc:  # a view must never take the kernel down
             self._outcome = f"{type(exc).__name__}: {exc}"
         else:
+            self._final = final
             if self._on_done is not None:
                 self._on_done(final)
             if final.status.value != "complete":
@@ -160,7 +178,9 @@ class ReplyView:
     def _render(self) -> None:
         if self._handle is not None:
             bundle = {"text/html": self.html(), "text/plain": PLAIN}
-            self._handle.update(bundle, raw=True)  # type: ignore[no-untyped-call]
+            self._handle.update(  # type: ignore[no-untyped-call]
+                bundle, raw=True, metadata={"cm_notebook": self.provenance()}
+            )
 
     def _show_error(self, text: str) -> None:
         self._outcome = text

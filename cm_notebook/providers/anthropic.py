@@ -294,6 +294,7 @@ class AnthropicEventTranslator:
         self._input_tokens = 0
         self._output_tokens = 0
         self._stop_reason: str | None = None
+        self._request_id: str | None = None  # the message's id, for provenance
         self._tools: dict[int, _ToolBlock] = {}
         self.finished = False
 
@@ -307,6 +308,7 @@ class AnthropicEventTranslator:
         if self.finished:
             return []
         if isinstance(event, RawMessageStartEvent):
+            self._request_id = event.message.id or None
             usage = event.message.usage
             self._input_tokens = _total_input(
                 usage.input_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens
@@ -339,7 +341,7 @@ class AnthropicEventTranslator:
                 )
             return [
                 Usage(input_tokens=self._input_tokens, output_tokens=self._output_tokens),
-                Finish(map_stop_reason(self._stop_reason)),
+                Finish(map_stop_reason(self._stop_reason), self._request_id),
             ]
         return []
 

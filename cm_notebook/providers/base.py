@@ -57,9 +57,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class Finish:
-    """The reply ended normally. ``reason`` is e.g. ``stop``, ``length`` or ``tool_calls``."""
+    """The reply ended normally. ``reason`` is e.g. ``stop``, ``length`` or ``tool_calls``.
+
+    ``request_id`` is the id the provider gave the request, if any (OpenAI's completion
+    id, Anthropic's message id): recorded as the reply's provenance. It is not part of
+    the chunk's equality: two finishes for the same reason are the same finish.
+    """
 
     reason: str
+    request_id: str | None = field(default=None, compare=False)
 
 
 StreamChunk = TextDelta | ToolCallRequest | Usage | Finish

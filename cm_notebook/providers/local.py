@@ -366,10 +366,13 @@ class _ChunkReader:
 async def _events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[StreamChunk]:
     finish: str | None = None
     usage: Usage | None = None
+    request_id: str | None = None  # the completion's id, for provenance
     async for item in chunks:
         error = item.get("error")
         if error is not None:
             raise _chunk_error(error)
+        if request_id is None and isinstance(item.get("id"), str) and item["id"]:
+            request_id = item["id"][:500]
         raw_usage = item.get("usage")
         if isinstance(raw_usage, Mapping):
             usage = Usage(
@@ -394,7 +397,7 @@ async def _events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Stream
         )
     if usage is not None:
         yield usage
-    yield Finish(finish)
+    yield Finish(finish, request_id)
 
 
 def _status_error(response: Any) -> ProviderError:

@@ -159,9 +159,13 @@ class _Assembler:
         self.finish: str | None = None
         self.usage: Usage | None = None
         self.received = 0
+        self.request_id: str | None = None  # the completion's id, for provenance
 
     def feed(self, chunk: Any) -> list[StreamChunk]:
         self.received += 1
+        chunk_id = _get(chunk, "id")
+        if self.request_id is None and isinstance(chunk_id, str) and chunk_id:
+            self.request_id = chunk_id[:500]
         events: list[StreamChunk] = []
         raw_usage = _get(chunk, "usage")
         if raw_usage is not None:
@@ -445,7 +449,7 @@ class OpenAIProvider:
             )
         if assembler.usage is not None:
             yield assembler.usage
-        yield Finish(assembler.finish)
+        yield Finish(assembler.finish, assembler.request_id)
 
     async def aclose(self) -> None:
         """Close the SDK client's connections. The provider can't be used afterwards."""

@@ -8,6 +8,7 @@ Layout of one context (a self-contained folder: copy, zip, version or delete it 
         message_index.json      compacted snapshot of the message index
         message_index.journal   index changes since the snapshot, one JSON line each
         messages/<message_id>.json
+        scores/<message_id>.json  ratings and metrics of a message (see .scores)
         .lock                   cross-process write lock
         .streaming-<id>.lock    held by the process streaming that message
         .claim-<digest>.lock    held by the writer running a turn on a branch
@@ -64,6 +65,7 @@ from .paths import (
     default_data_dir,
     message_path,
 )
+from .scores import ScoreFiles
 
 __all__ = ["FileStore"]
 
@@ -82,7 +84,7 @@ def _check_ids(*message_ids: str | None) -> None:
             validate_message_id(message_id)
 
 
-class FileStore:
+class FileStore(ScoreFiles):
     """A :class:`~cm_notebook.store.base.Store` on the local file system.
 
     ``data_dir`` defaults to :func:`~cm_notebook.store.paths.default_data_dir`

@@ -23,8 +23,8 @@ O(n^2) bytes per reply. It is pulled on demand instead, so one reply costs the d
 Actions arrive as custom messages from the front end (``edit``, ``regenerate``,
 ``sibling``, ``fork``, ``rate``) or as clicks on the stock Send / Stop buttons; all of
 them run on the session's loop (see :class:`~cm_notebook.widgets._base.SessionFollower`).
-Each finished assistant message carries its rating (``data["rating"]``, when the
-session stores ratings), refreshed by ``ScoreUpdated`` signals from any source.
+Each finished assistant message carries its rating (``data["rating"]``), refreshed
+by ``ScoreUpdated`` signals from any source.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..model import Message, MessageStatus
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle
 from ._messages import message_dict
-from .rating import SCORE_KIND, can_rate, rate_from_front_end, rating_of, stored_rating
+from .rating import rate_from_front_end, rating_of, stored_rating
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -123,7 +123,6 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._need_snapshot = False
         self._frozen: dict[str, FrozenMessage] = {}  # message id -> its model, reused
         self._ratings: dict[str, dict[str, Any]] = {}  # message id -> its rating, as read
-        self._can_rate = can_rate(session)
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         loop = self._follower.loop
         self._deltas = Throttle(loop, self._delta_interval, self._flush_text)
@@ -161,10 +160,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._catch_up()
             self._refresh.now()
             return
-        if getattr(event, "type", None) == SCORE_KIND:
-            message_id = str(getattr(event, "message_id", ""))
-            if message_id in self._frozen:
-                self._ratings[message_id] = rating_of(getattr(event, "score", None))
+        if isinstance(event, ev.ScoreUpdated):
+            # Whichever branch the score names: the message may be on this one too.
+            if event.message_id in self._frozen:
+                self._ratings[event.message_id] = rating_of(event.score)
                 self._refresh.poke()
             return
         if isinstance(event, ev.BranchSwitched):
@@ -264,7 +263,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
             if message.id == self._live_id and message.status is MessageStatus.STREAMING:
                 continue
             data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
-            if self._can_rate and message.role == "assistant":
+            if message.role == "assistant":
                 data["rating"] = self._rating(message.id)
             frozen = self._frozen.get(message.id)
             if frozen is None:
@@ -311,7 +310,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._follower.on_loop(lambda: self._show_sibling(target))
         elif event == "fork" and isinstance(target, str):
             self._follower.on_loop(lambda: self._fork(target))
-        elif event == "rate" and self._can_rate:
+        elif event == "rate":
             self._follower.on_loop(lambda: self._act(rate_from_front_end, self.session, content))
 
     def _act(self, action: Any, *args: Any) -> None:

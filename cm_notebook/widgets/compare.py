@@ -6,8 +6,8 @@ second and latency of its last reply, the messages after the point of divergence
 its last answer as a word-level diff against the first branch's (the first column
 marks what the others dropped, the others what they added). It re-renders when a
 compared branch's reply completes or its head moves. Under the columns, rating buttons
-(👍 👎, 1-5) for each branch's last answer, when the session stores ratings
-(:mod:`.rating`); a rating given from code shows there too.
+(👍 👎, 1-5) for each branch's last answer (:mod:`.rating`); a rating given from
+code shows there too.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..model import Message
 from ._base import FollowingView
 from ._messages import stats_of
 from .markdown import render_markdown
-from .rating import SCORE_KIND, RatingBar, can_rate, rating_of
+from .rating import RatingBar, rating_of
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -79,8 +79,6 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
 
     def _show_ratings(self, answers: list[Message | None]) -> None:
         # One bar per column, under it; a column without an answer gets an empty space.
-        if not can_rate(self.session):
-            return
         cells: list[w.Widget] = []
         for answer in answers:
             if answer is None or answer.role != "assistant":
@@ -100,10 +98,10 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         self.value = f'<div style="color:#b91c1c">{html.escape(text)}</div>'
 
     def _on_event(self, event: ev.Event) -> None:
-        if getattr(event, "type", None) == SCORE_KIND:
-            bar = self._bars.get(str(getattr(event, "message_id", "")))
+        if isinstance(event, ev.ScoreUpdated):
+            bar = self._bars.get(event.message_id)
             if bar is not None:
-                bar.show(rating_of(getattr(event, "score", None)))
+                bar.show(rating_of(event.score))
             return
         if event.branch not in self.branch_names:
             return

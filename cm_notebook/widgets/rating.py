@@ -19,36 +19,24 @@ import ipywidgets as w
 from ..errors import CMError, InvalidInputError
 
 if TYPE_CHECKING:
+    from ..scores import Score
     from ..session import ContextSession
     from ._base import SessionFollower
 
-__all__ = ["SCORE_KIND", "RatingBar", "can_rate", "rate_from_front_end", "rating_of"]
-
-#: The kind of the signal that says a message's rating changed.
-SCORE_KIND = "ScoreUpdated"
+__all__ = ["RatingBar", "rate_from_front_end", "rating_of", "stored_rating"]
 _SCORES = (1, 2, 3, 4, 5)
 
 
-def can_rate(session: ContextSession) -> bool:
-    """Whether the session stores ratings (``rate`` and ``scores``)."""
-    return callable(getattr(session, "rate", None)) and callable(getattr(session, "scores", None))
-
-
-def rating_of(score: object) -> dict[str, Any]:
-    """``{"thumbs": "up"|"down"|None, "score": 1-5|None}`` of a score (a model or a dict)."""
-    if isinstance(score, Mapping):
-        thumbs, value = score.get("thumbs"), score.get("score")
-    else:
-        thumbs, value = getattr(score, "thumbs", None), getattr(score, "score", None)
-    return {
-        "thumbs": thumbs if thumbs in ("up", "down") else None,
-        "score": value if isinstance(value, int) and not isinstance(value, bool) else None,
-    }
+def rating_of(score: Score | None) -> dict[str, Any]:
+    """``{"thumbs": "up"|"down"|None, "score": 1-5|None}`` of a stored score (or None)."""
+    if score is None:
+        return {"thumbs": None, "score": None}
+    return {"thumbs": score.thumbs, "score": score.score}
 
 
 def stored_rating(session: ContextSession, message_id: str) -> dict[str, Any]:
     """The rating stored for ``message_id`` (nothing given: both None)."""
-    return rating_of(session.scores(message_id))  # type: ignore[attr-defined]
+    return rating_of(session.scores(message_id))
 
 
 def _rate_arguments(content: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,7 +54,7 @@ def rate_from_front_end(session: ContextSession, content: Mapping[str, Any]) -> 
     message_id = content.get("id")
     if not isinstance(message_id, str):
         raise InvalidInputError("a rating needs the id of the message it is for")
-    session.rate(message_id, **_rate_arguments(content))  # type: ignore[attr-defined]
+    session.rate(message_id, **_rate_arguments(content))
 
 
 class RatingBar(w.HBox):  # type: ignore[misc]

@@ -1,0 +1,75 @@
+"""A session's replies as data: :meth:`to_records`, :meth:`to_dataframe`, :meth:`to_csv`
+and :meth:`stability`.
+
+:class:`DataMethods` is a base of :class:`~cm_notebook.session.ContextSession`; its
+methods are public API of the session and delegate to :mod:`cm_notebook.records` (the
+table: one row per assistant message) and :mod:`cm_notebook.stability` (repeated
+answers grouped).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import records as rec
+from ._session_scores import ScoreMethods, branch_histories
+from .model import Message
+from .stability import Stability, stability
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DataMethods"]
+
+
+class DataMethods(ScoreMethods):
+    """Replies as rows, a DataFrame, CSV, and grouped for stability."""
+
+    def to_records(
+        self, branches: str | Iterable[str] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """One dict per assistant message of ``branches`` (default: every branch), each
+        reply once; the columns are those of :mod:`cm_notebook.records` (prompt, variant,
+        model, parameters, seed, output, scores, timing, tokens, provenance...)."""
+        histories = branch_histories(self, branches)
+        return rec.records(self.id, histories, self.branches, self.all_scores())
+
+    def to_dataframe(self, branches: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """:meth:`to_records` as a pandas DataFrame.
+
+        Needs pandas (``pip install 'cm_notebook[data]'``); without it, raises
+        :class:`~cm_notebook.errors.ExtraNotInstalledError` (use :meth:`to_records` or
+        :meth:`to_csv`).
+        """
+        return rec.to_dataframe(self.to_records(branches))
+
+    def to_csv(
+        self, path: str | os.PathLike[str], branches: str | Iterable[str] | None = None
+    ) -> Path:
+        """Write :meth:`to_records` to ``path`` as CSV (UTF-8; lists and dicts as JSON,
+        times in ISO 8601); returns the path. Needs no extra."""
+        return rec.write_csv(path, self.to_records(branches))
+
+    def stability(
+        self,
+        branches: str | Iterable[str] | None = None,
+        *,
+        threshold: float = 0.6,
+        normalize: Callable[[str], str] | None = None,
+    ) -> Stability:
+        """Group the last reply of each of ``branches`` (default: every branch) by
+        identical text, most common first, with word diffs of near-identical ones
+        against it (see :mod:`cm_notebook.stability`). Branches without a reply are
+        left out."""
+        answers: builtins.list[tuple[str, Message]] = []
+        for branch, messages in branch_histories(self, branches):
+            last = next((m for m in reversed(messages) if m.role == "assistant"), None)
+            if last is not None:
+                answers.append((branch, last))
+        if normalize is None:
+            return stability(answers, threshold=threshold)
+        return stability(answers, threshold=threshold, normalize=normalize)

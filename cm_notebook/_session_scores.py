@@ -1,0 +1,241 @@
+"""Scores of a session's messages: :meth:`rate`, :meth:`scores` and :meth:`score`.
+
+:class:`ScoreMethods` is a base of :class:`~cm_notebook.session.ContextSession`; its
+methods are public API of the session. What a score is and how a new rating merges
+into a stored one is :mod:`cm_notebook.scores`; where it is kept,
+:mod:`cm_notebook.store.scores`. Every change publishes a
+:class:`~cm_notebook.events.ScoreUpdated` signal, which goes through the context's
+signal log like every other signal, so other processes and SSE clients hear it too.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from . import events as ev
+from ._session_reading import SessionReading
+from .errors import InvalidInputError, StateError
+from .ids import validate_branch_name, validate_message_id
+from .model import Message
+from .scores import Score, interpret, merged, metric_name
+
+__all__ = ["ScoreMethods", "ScoreResults", "branch_histories"]
+
+
+class ScoreResults(builtins.list[Score]):
+    """The scores a :meth:`~ScoreMethods.score` run wrote, one per message, in order.
+
+    A list of :class:`~cm_notebook.scores.Score`; ``failed`` holds those whose scoring
+    function raised (the error is in ``score.errors[name]``).
+    """
+
+    def __init__(self, name: str, scores: Iterable[Score]) -> None:
+        super().__init__(scores)
+        #: The metric name the run wrote.
+        self.name = name
+
+    @property
+    def failed(self) -> builtins.list[Score]:
+        """The scores of the messages the function failed on."""
+        return [score for score in self if self.name in score.errors]
+
+    def summary(self) -> str:
+        """E.g. ``"scored 12 messages with 'length': 11 ok, 1 failed"``."""
+        failed = len(self.failed)
+        return (
+            f"scored {len(self)} message{'s' if len(self) != 1 else ''} with {self.name!r}: "
+            f"{len(self) - failed} ok, {failed} failed"
+        )
+
+    def __repr__(self) -> str:
+        return f"<ScoreResults {self.summary()}>"
+
+
+def branch_histories(
+    session: SessionReading, branches: str | Iterable[str] | None
+) -> builtins.list[tuple[str, builtins.list[Message]]]:
+    """``(branch, its messages root first)`` for ``branches`` (default: every branch,
+    oldest first); an unknown branch is an error naming the known ones."""
+    if isinstance(branches, str):
+        names = [validate_branch_name(branches)]
+    elif branches is None:
+        names = list(session.branches)
+    else:
+        names = [validate_branch_name(name) for name in branches]
+    known = session.branches
+    for name in names:
+        if name not in known:
+            raise InvalidInputError(
+                f"there is no branch {name!r}; the branches are {sorted(known)}"
+            )
+    return [(name, session.history(name)) for name in dict.fromkeys(names)]
+
+
+def assistant_messages(
+    histories: Sequence[tuple[str, Sequence[Message]]],
+) -> builtins.list[tuple[str, Message]]:
+    """Each assistant message of ``histories`` once, with the first branch it is on."""
+    seen: set[str] = set()
+    found = []
+    for branch, messages in histories:
+        for message in messages:
+            if message.role == "assistant" and message.id not in seen:
+                seen.add(message.id)
+                found.append((branch, message))
+    return found
+
+
+class ScoreMethods(SessionReading):
+    """Rating messages and scoring them with functions (see the module docstring)."""
+
+    def rate(
+        self,
+        message_id: str,
+        *,
+        thumbs: Literal["up", "down"] | None = None,
+        score: int | None = None,
+        tags: Iterable[str] = (),
+        note: str | None = None,
+        by: str | None = None,
+        clear: bool = False,
+    ) -> Score:
+        """Rate an assistant message: thumbs up or down, a 1-5 ``score``, ``tags``, a
+        ``note``, and who rated it (``by``). Returns the score as now stored.
+
+        Rating again merges: given fields replace the stored ones, tags are added, the
+        rest is kept; ``clear=True`` starts from an empty score (see
+        :mod:`cm_notebook.scores`). Only assistant messages can be rated.
+        """
+        message = self._rateable(message_id)
+        branch = self._branch_of(message.id)
+        return self._update_score(
+            message.id,
+            lambda old: merged(
+                old,
+                message.id,
+                branch=branch,
+                thumbs=thumbs,
+                score=score,
+                tags=tags,
+                note=note,
+                by=by,
+                clear=clear,
+            ),
+        )
+
+    def scores(self, message_id: str) -> Score | None:
+        """The score of ``message_id``, or None if it has not been rated or scored."""
+        validate_message_id(message_id)
+        read = getattr(self._store, "read_score", None)
+        if read is None:
+            return None
+        data = self._io.call(read(self.id, message_id))
+        return None if data is None else Score.model_validate(data)
+
+    def all_scores(self) -> dict[str, Score]:
+        """Every score of the context, by message id."""
+        listed = getattr(self._store, "list_scores", None)
+        if listed is None:
+            return {}
+        found = self._io.call(listed(self.id))
+        return {key: Score.model_validate(value) for key, value in found.items()}
+
+    def score(
+        self,
+        fn: Callable[[Message], Any],
+        *,
+        branches: str | Iterable[str] | None = None,
+        name: str | None = None,
+        progress: bool = True,
+    ) -> ScoreResults:
+        """Run ``fn(message)`` over the assistant messages of ``branches`` (default: all)
+        and store what it returns as each message's metric ``name`` (default: the
+        function's name).
+
+        ``fn`` returns a number or a bool, or a mapping of metric names to numbers (its
+        keys ``thumbs``, ``score``, ``tags``, ``note`` rate as :meth:`rate` does). If
+        ``fn`` raises on a message, the error is recorded in that message's
+        ``score.errors[name]`` and the others go on. A message shared by several
+        branches is scored once. ``progress`` shows a progress bar. Returns a
+        :class:`ScoreResults` (a list of scores; ``.failed``, ``.summary()``).
+        """
+        if not callable(fn):
+            raise InvalidInputError(f"fn must be a function of a message, got {fn!r:.80}")
+        label = metric_name(name if name is not None else getattr(fn, "__name__", "score"))
+        targets = assistant_messages(branch_histories(self, branches))
+        results = ScoreResults(label, [])
+        bar = _progress(len(targets), label) if progress else None
+        try:
+            for branch, message in targets:
+                try:
+                    change = interpret(label, fn(message))
+                except Exception as exc:  # the user's function: record it, go on
+                    change = {"errors": {label: f"{type(exc).__name__}: {exc}"[:2000]}}
+                merge = functools.partial(_merge, message.id, branch, change)
+                results.append(self._update_score(message.id, merge))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(failed=len(results.failed), refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _rateable(self, message_id: str) -> Message:
+        message = self.get(message_id)
+        if message.role != "assistant":
+            raise InvalidInputError(
+                f"message {message_id!r} is a {message.role} message; only assistant "
+                "messages (replies) can be rated"
+            )
+        return message
+
+    def _branch_of(self, message_id: str) -> str | None:
+        # The active branch if the message is on it, else the first branch that has it.
+        index = self._index()
+        names = [self.active_branch, *self.branches]
+        for name, branch in ((n, self.branches[n]) for n in dict.fromkeys(names)):
+            current = branch.head
+            while current is not None:
+                if current == message_id:
+                    return name
+                entry = index.get(current)
+                current = entry.parent_id if entry is not None else None
+        return None
+
+    def _update_score(self, message_id: str, change: Callable[[Score | None], Score]) -> Score:
+        update = getattr(self._store, "update_score", None)
+        if update is None:
+            raise StateError(
+                f"the store {self._store!r} keeps no scores; use a FileStore (the default)"
+            )
+        result: list[Score] = []
+
+        def apply(old: dict[str, Any] | None) -> dict[str, Any]:
+            try:
+                before = None if old is None else Score.model_validate(old)
+            except ValueError:
+                before = None  # a damaged score file is replaced by the new rating
+            new = change(before)
+            result.append(new)
+            return new.model_dump(mode="json")
+
+        self._io.call(update(self.id, message_id, apply))
+        new = result[-1]
+        self._publish(ev.ScoreUpdated(branch=new.branch, message_id=message_id, score=new))
+        return new
+
+
+def _merge(message_id: str, branch: str | None, change: dict[str, Any], old: Score | None) -> Score:
+    return merged(old, message_id, branch=branch, **change)
+
+
+def _progress(total: int, label: str) -> Any:
+    from tqdm.auto import tqdm  # imported when a bar is wanted: it costs ~50 ms
+
+    return tqdm(total=total, desc=f"scoring {label}", unit="msg")

@@ -1,0 +1,142 @@
+"""Provenance: what exactly produced a reply, recorded with it.
+
+Every assistant message's metadata records the provider, model and parameters of its
+request, and also:
+
+* ``seed``: the ``seed`` generation parameter of the request (None: none was sent);
+* ``request_id``: the id the provider gave the request (OpenAI's completion id,
+  Anthropic's message id, the local server's id; the scripted fake numbers its
+  requests), None if it gave none;
+* ``request_hash``: ``sha256:`` and the hex digest of the request's canonical JSON
+  (:func:`canonical_request`): the messages as sent (role, content, tool calls, tool
+  call ids), the tools on offer, the generation parameters, the provider's name and
+  the model. Two replies with the same hash were asked the very same thing, so a
+  difference between them is the model's. Keys never enter a request (parameters
+  refuse secrets), so none enter the hash.
+
+A user message written from a ``%%cm`` cell records ``variables``: the kernel variables
+that ``{name}`` fields put into it, each as its type, a short repr and a hash of the
+full repr (:func:`describe_value`), never the whole value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .model import Message
+from .providers.base import ChatRequest
+from .redact import redact_text
+
+__all__ = [
+    "canonical_request",
+    "describe_value",
+    "describe_variables",
+    "provenance_of",
+    "request_hash",
+    "with_provenance",
+]
+
+_SHORT = 60
+
+
+def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
+    """The request as canonical JSON text (sorted keys, no white space)."""
+    messages = [
+        {
+            "role": message.role,
+            "content": message.content,
+            "tool_calls": [
+                {"id": call.id, "name": call.name, "arguments": call.arguments}
+                for call in message.tool_calls
+            ],
+            "tool_call_id": message.tool_call_id,
+        }
+        for message in request.messages
+    ]
+    tools = [
+        {"name": spec.name, "description": spec.description, "parameters": spec.parameters}
+        for spec in request.tools
+    ]
+    body = {
+        "provider": provider,
+        "model": model,
+        "messages": messages,
+        "tools": tools,
+        "params": {key: value for key, value in request.params.items() if key != "model"},
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def request_hash(request: ChatRequest, provider: str, model: str) -> str:
+    """``sha256:<hex>`` of :func:`canonical_request`."""
+    text = canonical_request(request, provider, model)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def with_provenance(
+    message: Message,
+    request: ChatRequest | None = None,
+    provider: str | None = None,
+    *,
+    request_id: str | None = None,
+) -> Message:
+    """``message`` (a reply) with its provenance filled in: from ``request`` (asked of
+    ``provider``) its ``seed`` and ``request_hash``; else the provider's ``request_id``."""
+    fields: dict[str, Any]
+    if request is not None:
+        seed = request.params.get("seed")
+        model = str(message.metadata.model)
+        fields = {
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            "request_hash": request_hash(
+                request, provider or str(message.metadata.provider), model
+            ),
+        }
+    else:
+        fields = {"request_id": request_id}
+    metadata = message.metadata.model_copy(update=fields)
+    return message.model_copy(update={"metadata": metadata})
+
+
+def describe_value(value: object) -> str:
+    """``<type> <short repr> sha256:<12 hex>``: which value fed a message, without it.
+
+    The repr is cut to a few dozen characters and redacted (a key-shaped string shows as
+    ``[REDACTED]``); the hash is of the whole repr, so equal values match.
+    """
+    try:
+        full = repr(value)
+    except Exception:  # a broken __repr__ must not fail the send
+        full = f"<{type(value).__name__}>"
+    short = full if len(full) <= _SHORT else full[: _SHORT - 1] + "…"
+    digest = hashlib.sha256(full.encode("utf-8", "replace")).hexdigest()[:12]
+    return f"{type(value).__name__} {redact_text(short)} sha256:{digest}"
+
+
+def describe_variables(names: list[str], namespace: Mapping[str, Any]) -> dict[str, str]:
+    """:func:`describe_value` of each of ``names`` in ``namespace``."""
+    return {name: describe_value(namespace[name]) for name in names if name in namespace}
+
+
+def provenance_of(message: Message, variables: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A reply's provenance as plain JSON data (for a notebook cell's output metadata).
+
+    ``variables`` are those of the user message it answers (see :func:`describe_value`).
+    """
+    meta = message.metadata
+    return {
+        "message_id": message.id,
+        "status": message.status.value,
+        "provider": meta.provider,
+        "model": meta.model,
+        "parameters": json.loads(json.dumps(meta.parameters, default=str)),
+        "seed": meta.seed,
+        "request_id": meta.request_id,
+        "request_hash": meta.request_hash,
+        "finish_reason": meta.finish_reason,
+        "variables": dict(variables or {}),
+        "created_at": message.created_at.isoformat(),
+    }

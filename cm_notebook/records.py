@@ -1,0 +1,221 @@
+"""A context's replies as a table: one row per assistant message, for analysis.
+
+:func:`records` builds plain dicts (no dependency); :func:`to_dataframe` hands them to
+pandas (the optional extra ``cm_notebook[data]``); :func:`write_csv` writes them with
+the standard library. The columns, in order (:data:`COLUMNS`):
+
+============================  ==========================================================
+``context_id``, ``branch``,    where the reply is; a reply shared by several branches
+``message_id``                 (before they forked) is one row, on the first branch asked
+``turn``                       which user turn of the branch it answers (1, 2, ...)
+``prompt``                     the text of that user message
+``variant``                    the branch's ``variant`` label (a sweep's arm), if any
+``provider``, ``model``,       what produced it; ``parameters`` is the dict of generation
+``parameters``, ``seed``       parameters (also spread into ``param_<name>`` columns)
+``system_prompt``              the system prompt it was generated under
+``output``, ``finish_reason``  the reply's text and why it ended
+``thumbs``, ``score``,         its rating (:mod:`cm_notebook.scores`); function scores
+``tags``, ``note``             follow as ``metric_<name>`` columns
+``ttft_ms``                    time to the first text
+``input_tokens``,              token counts (output: the provider's usage, else the
+``output_tokens``              number of chunks received)
+``tokens_per_second``          output tokens over the streaming time
+``latency_ms``                 the whole reply, retries included
+``tool_calls``                 how many tool calls the reply asked for
+``request_id``,                provenance (:mod:`cm_notebook.provenance`)
+``request_hash``
+``created_at``                 when the reply was started (UTC)
+``status``                     complete, interrupted, error or streaming
+============================  ==========================================================
+
+then one ``label_<key>`` column per branch label, ``param_<name>`` per generation
+parameter and ``metric_<name>`` per scoring function. Every row has every column
+(None where it does not apply), so the table is rectangular.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ExtraNotInstalledError, InvalidInputError
+from .model import Branch, Message
+from .scores import Score
+from .store.oserrors import translate
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["COLUMNS", "records", "to_csv_text", "to_dataframe", "write_csv"]
+
+#: The fixed columns, in order; ``label_*``, ``param_*`` and ``metric_*`` follow.
+COLUMNS: tuple[str, ...] = (
+    "context_id",
+    "branch",
+    "message_id",
+    "turn",
+    "prompt",
+    "variant",
+    "provider",
+    "model",
+    "parameters",
+    "seed",
+    "system_prompt",
+    "output",
+    "finish_reason",
+    "thumbs",
+    "score",
+    "tags",
+    "note",
+    "ttft_ms",
+    "input_tokens",
+    "output_tokens",
+    "tokens_per_second",
+    "latency_ms",
+    "tool_calls",
+    "request_id",
+    "request_hash",
+    "created_at",
+    "status",
+)
+
+
+def _row(
+    context_id: str,
+    branch: str,
+    labels: Mapping[str, str],
+    turn: int,
+    prompt: Message | None,
+    reply: Message,
+    score: Score | None,
+) -> dict[str, Any]:
+    meta = reply.metadata
+    usage, stats = meta.usage, meta.stats
+    output_tokens = usage.output_tokens if usage is not None else None
+    if output_tokens is None and stats is not None:
+        output_tokens = stats.output_tokens
+    row: dict[str, Any] = {
+        "context_id": context_id,
+        "branch": branch,
+        "message_id": reply.id,
+        "turn": turn,
+        "prompt": prompt.content if prompt is not None else None,
+        "variant": labels.get("variant"),
+        "provider": meta.provider,
+        "model": meta.model,
+        "parameters": dict(meta.parameters),
+        "seed": meta.seed,
+        "system_prompt": meta.system_prompt,
+        "output": reply.content,
+        "finish_reason": meta.finish_reason,
+        "thumbs": score.thumbs if score else None,
+        "score": score.score if score else None,
+        "tags": list(score.tags) if score else [],
+        "note": score.note if score else None,
+        "ttft_ms": stats.ttft_ms if stats else None,
+        "input_tokens": usage.input_tokens if usage is not None else None,
+        "output_tokens": output_tokens,
+        "tokens_per_second": stats.tokens_per_second if stats else None,
+        "latency_ms": meta.duration_ms,
+        "tool_calls": len(reply.tool_calls),
+        "request_id": meta.request_id,
+        "request_hash": meta.request_hash,
+        "created_at": reply.created_at,
+        "status": reply.status.value,
+    }
+    row.update({f"label_{key}": value for key, value in labels.items()})
+    row.update({f"param_{key}": value for key, value in meta.parameters.items()})
+    if score is not None:
+        row.update({f"metric_{key}": value for key, value in score.metrics.items()})
+    return row
+
+
+def records(
+    context_id: str,
+    histories: Sequence[tuple[str, Sequence[Message]]],
+    branches: Mapping[str, Branch],
+    scores: Mapping[str, Score],
+) -> list[dict[str, Any]]:
+    """One row per assistant message of ``histories`` (``(branch, messages)`` pairs,
+    root first), each reply once; see the module docstring for the columns."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for branch, messages in histories:
+        found = branches.get(branch)
+        labels: Mapping[str, str] = getattr(found, "labels", None) or {}
+        turn, prompt = 0, None
+        for message in messages:
+            if message.role == "user":
+                turn, prompt = turn + 1, message
+            elif message.role == "assistant" and message.id not in seen:
+                seen.add(message.id)
+                rows.append(
+                    _row(context_id, branch, labels, turn, prompt, message, scores.get(message.id))
+                )
+    return _rectangular(rows)
+
+
+def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Every row gets every column, in one order: fixed, then labels, params, metrics.
+    extra: dict[str, None] = {}
+    for row in rows:
+        extra.update(dict.fromkeys(key for key in row if key not in COLUMNS))
+    groups = [sorted(k for k in extra if k.startswith(p)) for p in ("label_", "param_", "metric_")]
+    order = [*COLUMNS, *groups[0], *groups[1], *groups[2]]
+    return [{key: row.get(key) for key in order} for row in rows]
+
+
+def to_dataframe(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``rows`` as a pandas DataFrame (the columns kept in order, even with no rows)."""
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ExtraNotInstalledError(
+            "to_dataframe() needs pandas, which is not installed: pip install "
+            "'cm_notebook[data]' (or use to_records() or to_csv(), which need nothing extra)"
+        ) from exc
+    columns = list(rows[0]) if rows else list(COLUMNS)
+    frame: pd.DataFrame = pd.DataFrame.from_records(rows, columns=columns)
+    if rows:
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame
+
+
+def _cell(value: object) -> object:
+    # CSV holds text: lists and dicts as JSON, times as ISO 8601, None as empty.
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return "" if value is None else value
+
+
+def to_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``rows`` as CSV text with a header line."""
+    rows = list(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = list(rows[0]) if rows else list(COLUMNS)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(row.get(key)) for key in header])
+    return buffer.getvalue()
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` as CSV (UTF-8) to ``path``; returns the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"path must be a file path, got {path!r:.80}")
+    target = Path(path).expanduser()
+    text = to_csv_text(rows)
+    try:
+        target.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise translate(exc, target, "write") from exc
+    return target

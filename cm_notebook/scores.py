@@ -1,0 +1,200 @@
+"""Scores of assistant messages: thumbs, a 1-5 score, tags, a note and metric values.
+
+A :class:`Score` belongs to one assistant message and is stored beside it, in
+``<context>/scores/<message id>.json`` (see :mod:`cm_notebook.store.scores`), never
+inside the message file: finished messages stay immutable, so readers may cache them.
+
+Rating again merges into what is stored (:func:`merged`):
+
+* ``thumbs``, ``score``, ``note`` and ``by`` replace the stored value when given (not
+  None) and keep it otherwise;
+* ``tags`` are added to the stored ones (each kept once, in first-seen order);
+* ``metrics`` (values from scoring functions, :meth:`ContextSession.score
+  <cm_notebook.session.ContextSession.score>`) replace the stored value of the same
+  name and keep the others; a scoring function that failed on the message records its
+  error under its name in ``errors`` (dropping its old value), and a later success
+  clears the error;
+* ``clear=True`` starts from an empty score instead (to take a thumb or tags back).
+
+Scoring functions (:func:`interpret`) return a number or a bool (stored as the metric
+named after the function), or a mapping: its keys ``thumbs``, ``score``, ``tags`` and
+``note`` rate the message as :meth:`~cm_notebook.session.ContextSession.rate` does,
+and every other key is a metric of that name (a number or a bool).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidInputError
+from .model import UTCDateTime, utcnow
+
+__all__ = ["Score", "interpret", "merged", "metric_name"]
+
+Thumbs = Literal["up", "down"]
+MetricValue = float | int | bool
+
+_MAX_TAGS = 50
+_MAX_TAG = 100
+_MAX_NOTE = 10_000
+_MAX_METRICS = 100
+_MAX_NAME = 100
+
+
+class Score(BaseModel):
+    """What was said about one assistant message (see the module docstring).
+
+    ``branch`` is the branch the message was on when last rated (None: on no branch);
+    ``by`` who rated it (free text, e.g. a user name); ``metrics`` the values of named
+    scoring functions, ``errors`` the errors of those that failed on this message.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    message_id: str
+    branch: str | None = None
+    thumbs: Thumbs | None = None
+    score: int | None = Field(None, ge=1, le=5)
+    tags: list[str] = Field(default_factory=list)
+    note: str | None = Field(None, max_length=_MAX_NOTE)
+    by: str | None = Field(None, max_length=200)
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    errors: dict[str, str] = Field(default_factory=dict)
+    created_at: UTCDateTime = Field(default_factory=utcnow)
+    updated_at: UTCDateTime = Field(default_factory=utcnow)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _integer_score(cls, value: object) -> object:
+        # pydantic would take True as 1 and 4.0 as 4; a score is a whole number 1-5.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"score must be a whole number from 1 to 5, got {value!r}")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _clean_tags(cls, value: list[str]) -> list[str]:
+        tags = list(dict.fromkeys(tag.strip() for tag in value))
+        if any(not tag or len(tag) > _MAX_TAG for tag in tags):
+            raise ValueError(f"tags must be non-empty strings of at most {_MAX_TAG} characters")
+        if len(tags) > _MAX_TAGS:
+            raise ValueError(f"at most {_MAX_TAGS} tags per message, got {len(tags)}")
+        return tags
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, value: dict[str, MetricValue]) -> dict[str, MetricValue]:
+        if len(value) > _MAX_METRICS:
+            raise ValueError(f"at most {_MAX_METRICS} metrics per message, got {len(value)}")
+        for name, number in value.items():
+            metric_name(name)
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ValueError(f"metric {name!r} is {number}, not a finite number")
+        return value
+
+    def __repr__(self) -> str:
+        parts = [f"{key}={value!r}" for key, value in self._shown().items()]
+        return f"<Score {self.message_id} {' '.join(parts) or '(empty)'}>"
+
+    def _shown(self) -> dict[str, Any]:
+        fields = ("thumbs", "score", "tags", "note", "metrics", "errors")
+        return {key: getattr(self, key) for key in fields if getattr(self, key)}
+
+
+def metric_name(name: object) -> str:
+    """``name`` if it can name a metric (a short non-empty string); else an error."""
+    if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+        raise InvalidInputError(
+            f"a metric name must be a non-empty string of at most {_MAX_NAME} characters, "
+            f"got {name!r:.120}"
+        )
+    return name.strip()
+
+
+def merged(
+    old: Score | None,
+    message_id: str,
+    *,
+    branch: str | None,
+    thumbs: str | None = None,
+    score: int | None = None,
+    tags: Iterable[str] = (),
+    note: str | None = None,
+    by: str | None = None,
+    metrics: Mapping[str, object] | None = None,
+    errors: Mapping[str, str] | None = None,
+    clear: bool = False,
+) -> Score:
+    """``old`` with a new rating merged in (the rules are in the module docstring).
+
+    Raises :class:`~cm_notebook.errors.InvalidInputError` naming the bad field.
+    """
+    if isinstance(tags, str):
+        raise InvalidInputError(f"tags must be a list of strings, e.g. [{tags!r}], not a string")
+    tags = list(tags)
+    if any(not isinstance(tag, str) for tag in tags):
+        raise InvalidInputError(f"tags must be strings, got {tags!r:.200}")
+    base = None if clear else old
+    now = utcnow()
+    data: dict[str, Any] = (
+        base.model_dump() if base is not None else {"message_id": message_id, "created_at": now}
+    )
+    if old is not None:
+        data["created_at"] = old.created_at
+    data.update(message_id=message_id, branch=branch, updated_at=now)
+    for key, value in (("thumbs", thumbs), ("score", score), ("note", note), ("by", by)):
+        if value is not None:
+            data[key] = value
+    data["tags"] = [*data.get("tags", []), *tags]
+    failed = errors or {}
+    # A function that failed this time has no current value: its old one is dropped.
+    all_metrics = {**data.get("metrics", {}), **(metrics or {})}
+    data["metrics"] = {k: v for k, v in all_metrics.items() if k not in failed}
+    kept_errors = {k: v for k, v in data.get("errors", {}).items() if k not in (metrics or {})}
+    data["errors"] = {**kept_errors, **failed}
+    try:
+        return Score.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidInputError(
+            f"cannot rate message {message_id!r}: {problems}. Thumbs are 'up' or 'down', a "
+            "score a whole number from 1 to 5, tags short strings, metrics finite numbers."
+        ) from None
+
+
+_RATING_KEYS = frozenset({"thumbs", "score", "tags", "note"})
+
+
+def interpret(name: str, result: object) -> dict[str, Any]:
+    """What a scoring function's ``result`` means, as keyword arguments of :func:`merged`.
+
+    A bool, int or float is the metric ``name``; a mapping may rate (``thumbs``,
+    ``score``, ``tags``, ``note``) and give metrics under its other keys.
+    """
+    if isinstance(result, (bool, int, float)):
+        return {"metrics": {name: result}}
+    if isinstance(result, Mapping):
+        rating = {key: value for key, value in result.items() if key in _RATING_KEYS}
+        metrics: dict[str, object] = {}
+        for key, value in result.items():
+            if key in _RATING_KEYS:
+                continue
+            if not isinstance(value, (bool, int, float)):
+                raise InvalidInputError(
+                    f"scoring function {name!r} gave {key!r}={value!r:.80}; metric values "
+                    "must be numbers or bools (or use the keys thumbs, score, tags, note)"
+                )
+            metrics[metric_name(key)] = value
+        if "tags" in rating and rating["tags"] is None:
+            rating.pop("tags")
+        return {**rating, "metrics": metrics}
+    raise InvalidInputError(
+        f"scoring function {name!r} returned {type(result).__name__}; return a number, a "
+        "bool, or a mapping of metric names to numbers (or thumbs/score/tags/note)"
+    )

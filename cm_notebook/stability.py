@@ -1,0 +1,191 @@
+"""How stable is an answer? Repeated runs grouped by identical text, with diffs.
+
+:func:`stability` takes answers (texts, or assistant messages) from repeated runs of
+one prompt, e.g. the last reply of each branch of a sweep cell
+(:meth:`ContextSession.stability <cm_notebook.session.ContextSession.stability>`), and
+groups the identical ones (after ``normalize``, by default stripping the white space
+around them). Groups come most common first (ties: the first seen first). Each other
+group is compared word by word with the most common answer (the word diff of
+:mod:`cm_notebook.compare`): a near-identical one (similarity at least ``threshold``)
+carries the diff, a distinct one only its similarity.
+
+The result is plain data with a text ``__str__`` and a static ``_repr_html_``, so a saved
+notebook still shows it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .compare import diff_side_html, word_diff
+from .errors import InvalidInputError
+from .model import Message
+
+__all__ = ["AnswerGroup", "Stability", "similarity", "stability"]
+
+
+def similarity(ops: list[tuple[str, str]]) -> float:
+    """How alike two texts are, in [0, 1], from their :func:`~cm_notebook.compare.word_diff`:
+    the share of their characters in the words they have in common."""
+    same = sum(len(text) for op, text in ops if op == "=")
+    total = 2 * same + sum(len(text) for op, text in ops if op != "=")
+    return 1.0 if total == 0 else 2 * same / total
+
+
+class AnswerGroup(BaseModel):
+    """Identical answers: their text, how many, which runs, and how they differ from the
+    most common answer (``diff`` only for near-identical groups; None for the top one
+    and for distinct ones)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    count: int = Field(ge=1)
+    members: list[str]  # message ids, or positions ("#0", "#1"...) of plain texts
+    branches: list[str] = Field(default_factory=list)
+    similarity: float = 1.0
+    diff: list[tuple[str, str]] | None = None
+
+    @property
+    def near(self) -> bool:
+        """Whether this group is shown as a diff against the most common answer."""
+        return self.diff is not None
+
+
+class Stability(BaseModel):
+    """Repeated answers grouped (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    groups: list[AnswerGroup]
+    threshold: float = 0.6
+
+    @property
+    def total(self) -> int:
+        """How many answers were grouped."""
+        return sum(group.count for group in self.groups)
+
+    @property
+    def distinct(self) -> int:
+        """How many different answers there are."""
+        return len(self.groups)
+
+    @property
+    def agreement(self) -> float:
+        """The share of answers equal to the most common one (1.0: fully stable)."""
+        return self.groups[0].count / self.total if self.groups else 1.0
+
+    @property
+    def top(self) -> AnswerGroup | None:
+        """The most common answer's group (None without answers)."""
+        return self.groups[0] if self.groups else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Stability {self.total} answers, {self.distinct} distinct, "
+            f"agreement {self.agreement:.0%}>"
+        )
+
+    def __str__(self) -> str:
+        lines = [repr(self)]
+        marked = {"=": "{}", "-": "[-{}-]", "+": "{{+{}+}}"}
+        for rank, group in enumerate(self.groups, 1):
+            if group.diff is not None:
+                body = "".join(marked[op].format(text) for op, text in group.diff)
+            else:
+                body = group.text
+            kind = "" if rank == 1 else (" near" if group.near else " distinct")
+            lines.append(f"#{rank} x{group.count}{kind} ({group.similarity:.2f}): {body}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        total = self.total or 1
+        rows = []
+        for rank, group in enumerate(self.groups, 1):
+            if group.diff is not None:
+                body = diff_side_html(group.diff, keep="+")
+            else:
+                body = html.escape(group.text or "(empty)")
+            share = group.count / total
+            who = ", ".join(group.branches or group.members)
+            kind = "most common" if rank == 1 else ("near" if group.near else "distinct")
+            rows.append(
+                "<tr>"
+                f'<td style="text-align:right;vertical-align:top"><b>{group.count}</b></td>'
+                f'<td style="vertical-align:top;min-width:80px"><div style="background:#9cf;'
+                f'height:8px;width:{share * 100:.0f}%"></div>'
+                f'<span style="color:#666">{share:.0%} · {kind}'
+                f"{'' if rank == 1 else f' · {group.similarity:.2f}'}</span></td>"
+                f'<td style="white-space:pre-wrap;vertical-align:top">{body}'
+                f'<div style="color:#888;font-size:smaller">{html.escape(who)}</div></td>'
+                "</tr>"
+            )
+        head = html.escape(repr(self)[1:-1])
+        return (
+            f'<div class="cm-stability"><div style="color:#444">{head}</div>'
+            '<table style="border-collapse:collapse"><tr><th>n</th><th>share</th>'
+            "<th>answer (near ones: diff against the most common)</th></tr>"
+            + "".join(rows)
+            + "</table></div>"
+        )
+
+
+def _strip(text: str) -> str:
+    return text.strip()
+
+
+def stability(
+    answers: Iterable[str | Message | tuple[str, Message]],
+    *,
+    threshold: float = 0.6,
+    normalize: Callable[[str], str] = _strip,
+) -> Stability:
+    """Group ``answers`` (texts, messages, or ``(branch, message)`` pairs) by identical
+    text after ``normalize``; near-identical groups (word similarity at least
+    ``threshold`` to the most common answer) get a word diff against it."""
+    if isinstance(answers, str):
+        raise InvalidInputError("answers must be a list of texts or messages, not one string")
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidInputError(f"threshold must be between 0 and 1, got {threshold!r}")
+    buckets: dict[str, tuple[str, list[str], list[str]]] = {}
+    for position, item in enumerate(answers):
+        branch = None
+        if isinstance(item, tuple):
+            branch, item = item
+        if isinstance(item, Message):
+            text, member = item.content, item.id
+        elif isinstance(item, str):
+            text, member = item, f"#{position}"
+        else:
+            raise InvalidInputError(
+                f"answer #{position} is a {type(item).__name__}; give texts or messages"
+            )
+        key = normalize(text)
+        _text, members, branches = buckets.setdefault(key, (key, [], []))
+        members.append(member)
+        if branch is not None:
+            branches.append(branch)
+    ranked = sorted(buckets.values(), key=lambda bucket: -len(bucket[1]))  # stable: ties by order
+    groups: list[AnswerGroup] = []
+    for text, members, branches in ranked:
+        if not groups:
+            groups.append(
+                AnswerGroup(text=text, count=len(members), members=members, branches=branches)
+            )
+            continue
+        ops = word_diff(groups[0].text, text)
+        alike = similarity(ops)
+        groups.append(
+            AnswerGroup(
+                text=text,
+                count=len(members),
+                members=members,
+                branches=branches,
+                similarity=round(alike, 4),
+                diff=ops if alike >= threshold else None,
+            )
+        )
+    return Stability(groups=groups, threshold=threshold)

@@ -1,0 +1,63 @@
+"""A ``%%cm`` cell records its reply's provenance in the output's metadata, and the
+kernel variables that fed the message in the message, in a real kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+from widget_frontend import front_end
+
+from cm_notebook.provenance import describe_value
+from cm_notebook.session import ContextSession
+
+
+def test_a_cell_output_records_provenance_and_the_variables_that_fed_it(
+    tmp_path: Path,
+) -> None:
+    with front_end(tmp_path) as fe:
+        fe.run("%load_ext cm_notebook")
+        out = fe.run(
+            """
+            from cm_notebook import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+            s = ContextSession.create("cells", provider=ScriptedProvider(["Paris."]))
+            %cm use s
+            country = "France"
+            print(s.id)
+            """
+        )
+        context_id = out.split()[-1]
+        before = set(fe.displays)
+        fe.run(
+            """
+            %%cm --temperature 0.3
+            What is the capital of {country}?
+            """
+        )
+        [display_id] = [key for key in fe.displays if key not in before]
+
+        def final() -> dict[str, object] | None:
+            recorded = fe.display_metadata[display_id].get("cm_notebook", {})
+            return recorded if recorded.get("status") == "complete" else None
+
+        recorded = fe.wait_for(final, what="the reply's provenance in the output metadata")
+
+    stored = ContextSession.open(context_id, data_dir=tmp_path)
+    try:
+        user, reply = stored.history()
+    finally:
+        stored.close()
+    assert user.metadata.variables == {"country": describe_value("France")}
+    assert recorded["context_id"] == context_id
+    assert recorded["branch"] == "main"
+    assert recorded["message_id"] == reply.id
+    assert recorded["provider"] == "scripted"
+    assert recorded["parameters"] == {"temperature": 0.3}
+    assert recorded["request_id"] == reply.metadata.request_id == "scripted-1"
+    assert recorded["request_hash"] == reply.metadata.request_hash
+    assert recorded["variables"] == {"country": describe_value("France")}

@@ -1,0 +1,145 @@
+"""Provenance: every reply records its seed, the provider's request id and a hash of the
+exact request; a value fed into a message is described without being stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fault_server import FaultServer, Reply
+from test_session_support import DEADLINE
+
+from cm_notebook.model import Message
+from cm_notebook.provenance import canonical_request, describe_value, request_hash
+from cm_notebook.providers.anthropic import AnthropicEventTranslator
+from cm_notebook.providers.base import ChatRequest, Finish
+from cm_notebook.providers.local import LocalProvider
+from cm_notebook.providers.openai import OpenAIProvider
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+def test_a_reply_records_seed_request_id_and_the_hash_of_its_exact_request(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    fake = ScriptedProvider(["Hello.", "Again."])
+    session = new_session("provenance", provider=fake, system="Be brief.")
+    reply = session.send("Hi", seed=7, temperature=0.2).result(DEADLINE)
+    meta = reply.metadata
+    assert meta.seed == 7
+    assert meta.request_id == "scripted-1"
+    assert meta.request_hash == request_hash(fake.last_request, "scripted", "scripted")
+    assert meta.request_hash is not None
+    assert meta.request_hash.startswith("sha256:")
+    assert len(meta.request_hash) == len("sha256:") + 64
+    # What was hashed is what was asked: the system prompt, the message, the parameters.
+    asked = json.loads(canonical_request(fake.last_request, "scripted", "scripted"))
+    assert [m["content"] for m in asked["messages"]] == ["Be brief.", "Hi"]
+    assert asked["params"] == {"seed": 7, "temperature": 0.2}
+    # Stored with the message.
+    path = data_dir / "contexts" / session.id / "messages" / f"{reply.id}.json"
+    stored = json.loads(path.read_text())["metadata"]
+    assert (stored["seed"], stored["request_id"]) == (7, "scripted-1")
+    assert stored["request_hash"] == meta.request_hash
+    # Without a seed the reply says so; the next request has its own id.
+    second = session.send("Again").result(DEADLINE)
+    assert second.metadata.seed is None
+    assert second.metadata.request_id == "scripted-2"
+    assert second.metadata.request_hash != meta.request_hash
+
+
+def test_the_same_request_hashes_the_same_and_any_change_differs(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session("hashes", provider=ScriptedProvider())
+    comparison = session.fan_out(
+        "Name a colour.",
+        [{"temperature": 0}, {"temperature": 0}, {"temperature": 1.0}, {"system": "Pirate."}],
+    ).result(DEADLINE)
+    hashes = [session.get(str(r.message_id)).metadata.request_hash for r in comparison.results]
+    assert hashes[0] == hashes[1]
+    assert len({hashes[0], hashes[2], hashes[3]}) == 3
+
+
+def test_the_hash_is_canonical() -> None:
+    a = ChatRequest(messages=[Message(role="user", content="x")], params={"a": 1, "b": 2})
+    b = ChatRequest(messages=[Message(role="user", content="x")], params={"b": 2, "a": 1})
+    assert request_hash(a, "p", "m") == request_hash(b, "p", "m")
+    assert request_hash(a, "p", "m") != request_hash(a, "p", "other-model")
+    # Message ids and times are not what was asked: they do not enter the hash.
+    assert "created_at" not in canonical_request(a, "p", "m")
+
+
+@pytest.mark.anyio
+async def test_openai_compatible_servers_give_their_completion_id(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.script([Reply("Hello there.")])
+    provider = OpenAIProvider("gpt-test", base_url=fault_server.url, timeout=5.0)
+    try:
+        request = ChatRequest(messages=[Message(role="user", content="Hi")])
+        chunks = [chunk async for chunk in provider.stream(request)]
+    finally:
+        await provider.aclose()
+    finish = chunks[-1]
+    assert isinstance(finish, Finish)
+    assert finish.request_id == "chatcmpl-fault"
+
+
+def test_anthropic_gives_its_message_id() -> None:
+    translator = AnthropicEventTranslator()
+    events = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_01Prov",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-test",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 3, "output_tokens": 1},
+            },
+        },
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2},
+        },
+        {"type": "message_stop"},
+    ]
+    chunks = [chunk for event in events for chunk in translator.feed(event)]
+    finish = chunks[-1]
+    assert isinstance(finish, Finish)
+    assert finish.request_id == "msg_01Prov"
+
+
+@pytest.mark.anyio
+async def test_the_bundled_model_gives_its_completion_id() -> None:
+    provider = LocalProvider(n_ctx=2048)
+    request = ChatRequest(messages=[Message(role="user", content="Hi")], params={"max_tokens": 3})
+    chunks = [chunk async for chunk in provider.stream(request)]
+    finish = chunks[-1]
+    assert isinstance(finish, Finish)
+    assert finish.request_id
+    assert finish.request_id.startswith("chatcmpl")
+
+
+def test_a_value_is_described_by_type_short_repr_and_hash() -> None:
+    described = describe_value("x" * 500)
+    assert described.startswith("str 'xxxx")
+    assert len(described) < 100
+    assert described == describe_value("x" * 500)
+    assert described != describe_value("x" * 501)  # the hash is of the whole value
+    assert describe_value(3).startswith("int 3 sha256:")
+    key = "sk-" + "A1b2C3d4" * 6
+    assert key not in describe_value({"key": key})
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    assert describe_value(Broken()).startswith("Broken <Broken> sha256:")

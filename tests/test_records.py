@@ -1,0 +1,175 @@
+"""The replies as a table: records, a pandas DataFrame, CSV, and the error without pandas."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from test_session_support import DEADLINE
+
+from cm_notebook import tool
+from cm_notebook.records import COLUMNS
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def _study(new_session: Callable[..., ContextSession]) -> ContextSession:
+    fake = (
+        ScriptedProvider()
+        .reply("Blue.", usage=(5, 2))
+        .tool_call("add", {"a": 1, "b": 2})
+        .reply("It is 3.", usage=(9, 3))
+        .reply("Green.", usage=(5, 2))
+    )
+    session = new_session("study", provider=fake, system="Be brief.", tools=[add], approval="auto")
+    session.send("Sky colour?", temperature=0.5, seed=3).result(DEADLINE)
+    session.send("Add 1 and 2").result(DEADLINE)
+    first_reply = session.history()[1].id
+    session.branch("other", first_reply, switch=False)
+    session.send("Grass colour?", branch="other").result(DEADLINE)
+    return session
+
+
+def test_one_row_per_reply_with_every_column(new_session: Callable[..., ContextSession]) -> None:
+    session = _study(new_session)
+    main = session.history("main")
+    session.rate(main[1].id, thumbs="up", score=5, tags=["short"], note="good", by="ann")
+    session.score(lambda m: len(m.content), name="chars", progress=False)
+
+    rows = session.to_records()
+    assert [row["output"] for row in rows] == ["Blue.", "", "It is 3.", "Green."]
+    assert [row["branch"] for row in rows] == ["main", "main", "main", "other"]
+    assert [row["turn"] for row in rows] == [1, 2, 2, 2]  # turns of its own branch
+    assert [row["prompt"] for row in rows] == [
+        "Sky colour?",
+        "Add 1 and 2",
+        "Add 1 and 2",
+        "Grass colour?",
+    ]
+    assert list(rows[0]) == [*COLUMNS, "param_seed", "param_temperature", "metric_chars"]
+    first = rows[0]
+    assert first["context_id"] == session.id
+    assert first["message_id"] == main[1].id
+    assert (first["provider"], first["model"]) == ("scripted", "scripted")
+    assert first["parameters"] == {"temperature": 0.5, "seed": 3}
+    assert (first["param_temperature"], first["param_seed"], first["seed"]) == (0.5, 3, 3)
+    assert first["system_prompt"] == "Be brief."
+    assert first["finish_reason"] == "stop"
+    assert (first["thumbs"], first["score"], first["tags"], first["note"]) == (
+        "up",
+        5,
+        ["short"],
+        "good",
+    )
+    assert (first["input_tokens"], first["output_tokens"]) == (5, 2)
+    assert first["latency_ms"] is not None
+    assert first["ttft_ms"] is not None
+    assert first["tool_calls"] == 0
+    assert first["request_id"] == "scripted-1"
+    assert first["request_hash"].startswith("sha256:")
+    assert isinstance(first["created_at"], datetime)
+    assert first["created_at"].tzinfo is not None
+    assert first["status"] == "complete"
+    assert first["variant"] is None
+    assert first["metric_chars"] == 5
+    assert rows[1]["tool_calls"] == 1
+    assert rows[1]["param_seed"] is None  # every row has every column
+    # Asking for one branch: its replies only.
+    assert [row["output"] for row in session.to_records("other")] == ["Blue.", "Green."]
+
+
+def test_dataframe_and_csv_hold_the_same_table(
+    new_session: Callable[..., ContextSession], tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    session = _study(new_session)
+    session.rate(session.history()[1].id, tags=["a", "b"])
+    rows = session.to_records()
+    frame = session.to_dataframe()
+    assert list(frame.columns) == list(rows[0])
+    assert len(frame) == 4
+    assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
+    assert frame.loc[0, "output"] == "Blue."
+    assert frame.loc[0, "tags"] == ["a", "b"]
+
+    path = session.to_csv(tmp_path / "study.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        read = list(csv.DictReader(handle))
+    assert list(read[0]) == list(rows[0])
+    assert [row["output"] for row in read] == ["Blue.", "", "It is 3.", "Green."]
+    assert json.loads(read[0]["tags"]) == ["a", "b"]
+    assert json.loads(read[0]["parameters"]) == {"seed": 3, "temperature": 0.5}
+    assert datetime.fromisoformat(read[0]["created_at"]) == rows[0]["created_at"]
+    assert read[0]["score"] == ""  # None is an empty cell
+
+
+def test_an_empty_context_gives_the_columns_and_no_rows(
+    new_session: Callable[..., ContextSession], tmp_path: Path
+) -> None:
+    session = new_session("empty", provider=ScriptedProvider())
+    assert session.to_records() == []
+    assert list(session.to_dataframe().columns) == list(COLUMNS)
+    text = session.to_csv(tmp_path / "empty.csv").read_text(encoding="utf-8")
+    assert text == ",".join(COLUMNS) + "\n"
+
+
+def test_bad_targets_are_clear_errors(
+    new_session: Callable[..., ContextSession], tmp_path: Path
+) -> None:
+    from cm_notebook.errors import InvalidInputError, StoreIOError
+
+    session = _study(new_session)
+    with pytest.raises(InvalidInputError, match="no branch 'nope'"):
+        session.to_records(["nope"])
+    with pytest.raises(StoreIOError, match="missing"):
+        session.to_csv(tmp_path / "missing" / "x.csv")
+    with pytest.raises(InvalidInputError, match="file path"):
+        session.to_csv(3)  # type: ignore[arg-type]
+
+
+def test_without_pandas_the_dataframe_names_the_extra_and_csv_still_works(
+    new_session: Callable[..., ContextSession], data_dir: Path, tmp_path: Path
+) -> None:
+    session = _study(new_session)
+    out = tmp_path / "no-pandas.csv"
+    # A child interpreter where ``import pandas`` fails, as it does when it is not
+    # installed (a None entry in sys.modules makes the import raise ImportError).
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["pandas"] = None
+        from cm_notebook.errors import ExtraNotInstalledError
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        s = ContextSession.open({session.id!r}, data_dir={str(data_dir)!r},
+                                provider=ScriptedProvider())
+        try:
+            s.to_dataframe()
+        except ExtraNotInstalledError as exc:
+            assert isinstance(exc, ImportError)
+            print("refused:", exc)
+        print(len(s.to_records()), s.to_csv({str(out)!r}).name)
+        s.close()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "refused: to_dataframe() needs pandas" in result.stdout
+    assert "pip install 'cm_notebook[data]'" in result.stdout
+    assert "4 no-pandas.csv" in result.stdout
+    assert out.read_text(encoding="utf-8").startswith("context_id,branch,message_id")

@@ -1,0 +1,245 @@
+"""Scores: rating replies, merging ratings, scoring functions, the store's score files,
+and the ScoreUpdated signal seen by another process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_session_support import DEADLINE, Recorder, seen
+
+from cm_notebook._sessionio import StoreAccess
+from cm_notebook.errors import InvalidIdError, InvalidInputError
+from cm_notebook.events import ScoreUpdated, parse_event
+from cm_notebook.model import ContextMetadata, Message
+from cm_notebook.scores import Score
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.testing import ScriptedProvider
+
+
+def _two_turns(new_session: Callable[..., ContextSession]) -> tuple[ContextSession, list[Message]]:
+    session = new_session("scores", provider=ScriptedProvider(["Blue.", "Red at dusk."]))
+    session.send("Why is the sky blue?").result(DEADLINE)
+    session.send("And the sunset?").result(DEADLINE)
+    return session, session.history()
+
+
+def test_rate_stores_the_score_beside_the_message_and_signals_it(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    session, history = _two_turns(new_session)
+    reply = history[1]
+    message_file = data_dir / "contexts" / session.id / "messages" / f"{reply.id}.json"
+    before = message_file.read_bytes()
+    recorder = Recorder(session)
+
+    score = session.rate(reply.id, thumbs="up", score=4, tags=["concise"], note="ok", by="ann")
+
+    assert (score.thumbs, score.score, score.tags, score.note, score.by) == (
+        "up",
+        4,
+        ["concise"],
+        "ok",
+        "ann",
+    )
+    assert score.branch == "main"
+    assert session.scores(reply.id) == score
+    assert session.scores(history[3].id) is None
+    stored = data_dir / "contexts" / session.id / "scores" / f"{reply.id}.json"
+    assert json.loads(stored.read_text())["thumbs"] == "up"
+    assert message_file.read_bytes() == before  # finished messages stay immutable
+    recorder.wait(seen(ScoreUpdated, message_id=reply.id))
+    event = recorder.of(ScoreUpdated)[0]
+    assert event.branch == "main"
+    assert event.score == score
+    assert parse_event(event.model_dump_json()) == event
+
+
+def test_rating_again_merges_and_clear_starts_over(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, history = _two_turns(new_session)
+    reply = history[3].id
+    first = session.rate(reply, thumbs="down", tags=["wrong"])
+    second = session.rate(reply, score=2, tags=["wrong", "long"], note="too long")
+    assert second.thumbs == "down"  # kept: not given again
+    assert second.score == 2
+    assert second.tags == ["wrong", "long"]  # added, each once
+    assert second.created_at == first.created_at
+    assert second.updated_at >= first.updated_at
+    third = session.rate(reply, thumbs="up")
+    assert (third.thumbs, third.score, third.note) == ("up", 2, "too long")
+    cleared = session.rate(reply, clear=True, score=5)
+    assert (cleared.thumbs, cleared.score, cleared.tags, cleared.note) == (None, 5, [], None)
+    assert session.all_scores() == {reply: cleared}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"score": 0}, "score"),
+        ({"score": 6}, "score"),
+        ({"score": True}, "score"),
+        ({"score": 4.5}, "score"),
+        ({"thumbs": "sideways"}, "thumbs"),
+        ({"tags": "one-string"}, "list of strings"),
+        ({"tags": [""]}, "tags"),
+        ({"tags": [3]}, "tags"),
+        ({"note": "x" * 10_001}, "note"),
+    ],
+)
+def test_bad_ratings_are_refused_and_nothing_is_stored(
+    new_session: Callable[..., ContextSession], kwargs: dict[str, object], match: str
+) -> None:
+    session, history = _two_turns(new_session)
+    with pytest.raises(InvalidInputError, match=match):
+        session.rate(history[1].id, **kwargs)  # type: ignore[arg-type]
+    assert session.scores(history[1].id) is None
+
+
+def test_only_assistant_messages_can_be_rated(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, history = _two_turns(new_session)
+    with pytest.raises(InvalidInputError, match=r"user message.*only assistant"):
+        session.rate(history[0].id, thumbs="up")
+    for hostile in ["../../etc/passwd", "a/b", "..", ""]:
+        with pytest.raises(InvalidIdError):
+            session.rate(hostile, thumbs="up")
+        with pytest.raises(InvalidIdError):
+            session.scores(hostile)
+
+
+def test_score_runs_a_function_over_branches_and_records_failures(
+    new_session: Callable[..., ContextSession], capsys: pytest.CaptureFixture[str]
+) -> None:
+    session, history = _two_turns(new_session)
+    session.branch("side", history[1].id, switch=False)
+    session.send("Another question", branch="side").result(DEADLINE)
+
+    def length(message: Message) -> int:
+        if "sunset" in message.content or "dusk" in message.content:
+            raise ValueError("cannot measure dusk")
+        return len(message.content)
+
+    results = session.score(length)
+    # Three replies: "Blue." is shared by both branches and scored once.
+    assert len(results) == 3
+    assert [s.message_id for s in results].count(history[1].id) == 1
+    assert len(results.failed) == 1
+    assert results.summary() == "scored 3 messages with 'length': 2 ok, 1 failed"
+    failed = results.failed[0]
+    assert failed.errors == {"length": "ValueError: cannot measure dusk"}
+    assert session.scores(history[1].id).metrics == {"length": 5}  # type: ignore[union-attr]
+    assert "scoring length" in capsys.readouterr().err  # the progress bar
+
+    # A mapping rates and gives several metrics; a success clears an earlier error.
+    results = session.score(
+        lambda m: {"thumbs": "up", "words": len(m.content.split()), "long": False},
+        branches=["main"],
+        name="shape",
+        progress=False,
+    )
+    assert not results.failed
+    after = session.scores(history[3].id)
+    assert after is not None
+    assert after.thumbs == "up"
+    assert after.metrics == {"words": 3, "long": False}
+    assert after.errors == {"length": "ValueError: cannot measure dusk"}
+    session.score(lambda m: 1.5, branches="main", name="length", progress=False)
+    fixed = session.scores(history[3].id)
+    assert fixed is not None
+    assert fixed.errors == {}
+    assert fixed.metrics["length"] == 1.5
+
+
+def test_score_refuses_bad_arguments(new_session: Callable[..., ContextSession]) -> None:
+    session, _history = _two_turns(new_session)
+    with pytest.raises(InvalidInputError, match="no branch 'nope'"):
+        session.score(len, branches=["nope"])
+    with pytest.raises(InvalidInputError, match="function"):
+        session.score("len", progress=False)  # type: ignore[arg-type]
+    results = session.score(lambda m: "text", name="bad", progress=False)
+    assert len(results.failed) == 2  # a result that is not a number is that call's error
+    assert "returned str" in results.failed[0].errors["bad"]
+
+
+@pytest.mark.anyio
+async def test_the_store_keeps_concurrent_ratings_and_refuses_hostile_paths(
+    data_dir: Path,
+) -> None:
+    store = FileStore(data_dir)
+    await store.create_context(ContextMetadata(id="c1"))
+
+    def add(tag: str) -> Callable[[dict[str, object] | None], dict[str, object]]:
+        def change(old: dict[str, object] | None) -> dict[str, object]:
+            tags = list(old["tags"]) if old else []  # type: ignore[call-overload]
+            return {"tags": [*tags, tag]}
+
+        return change
+
+    def writer(prefix: str) -> None:
+        other = FileStore(data_dir)  # its own store: as another process would
+        io = StoreAccess(other)
+        for i in range(15):
+            io.call(other.update_score("c1", "m1", add(f"{prefix}{i}")))
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = await store.read_score("c1", "m1")
+    assert stored is not None
+    assert len(stored["tags"]) == 30
+    assert list((await store.list_scores("c1")).keys()) == ["m1"]
+    for hostile in ["../x", "a/b", "..", "x\x00"]:
+        with pytest.raises(InvalidIdError):
+            await store.read_score("c1", hostile)
+        with pytest.raises(InvalidIdError):
+            await store.update_score("c1", hostile, add("t"))
+    # A scores folder swapped for a link out of the data directory is refused.
+    outside = data_dir.parent / "outside"
+    outside.mkdir()
+    await store.create_context(ContextMetadata(id="c2"))
+    os.symlink(outside, data_dir / "contexts" / "c2" / "scores")
+    with pytest.raises(InvalidIdError, match="outside the data directory"):
+        await store.update_score("c2", "m1", add("t"))
+    assert list(outside.iterdir()) == []
+    # A damaged score file is skipped with a warning by list, named by read.
+    (data_dir / "contexts" / "c1" / "scores" / "m2.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="m2.json"):
+        assert list(await store.list_scores("c1")) == ["m1"]
+    await store.close()
+
+
+def test_a_rating_in_another_process_reaches_this_session(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    session, history = _two_turns(new_session)
+    recorder = Recorder(session)
+    reply = history[3].id
+    code = textwrap.dedent(
+        f"""
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        s = ContextSession.open({session.id!r}, data_dir={str(data_dir)!r},
+                                provider=ScriptedProvider())
+        s.rate({reply!r}, thumbs="down", note="from afar")
+        s.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    recorder.wait(seen(ScoreUpdated, message_id=reply))
+    heard = recorder.of(ScoreUpdated)[0]
+    assert isinstance(heard.score, Score)
+    assert heard.score.note == "from afar"
+    assert session.scores(reply) == heard.score

@@ -1,0 +1,93 @@
+"""Stability: repeated answers grouped by identical text, near ones diffed against the
+most common."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from test_session_support import DEADLINE
+
+from cm_notebook.compare import word_diff
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.session import ContextSession
+from cm_notebook.stability import similarity, stability
+from cm_notebook.testing import ScriptedProvider
+
+
+def test_identical_answers_are_counted_most_common_first() -> None:
+    answers = [
+        "Paris is the capital of France.",
+        "The capital is Lyon, I think, or maybe Marseille.",
+        "Paris is the capital of France. ",  # the same after stripping
+        "Paris is the capital city of France.",
+        "Paris is the capital of France.",
+    ]
+    result = stability(answers)
+    assert [group.count for group in result.groups] == [3, 1, 1]
+    assert (result.total, result.distinct) == (5, 3)
+    assert result.agreement == pytest.approx(0.6)
+    top, near, far = result.groups
+    assert top.text == "Paris is the capital of France."
+    assert top.members == ["#0", "#2", "#4"]
+    assert top.diff is None
+    assert top.similarity == 1.0
+    # Ties keep the order they were first seen in; the near one carries the diff.
+    assert near.text == "The capital is Lyon, I think, or maybe Marseille."
+    assert near.diff is None  # not near: too different
+    assert far.text == "Paris is the capital city of France."
+    assert far.diff == word_diff(top.text, far.text)
+    assert far.near
+    assert ("+", "city ") in far.diff
+    assert repr(result) == "<Stability 5 answers, 3 distinct, agreement 60%>"
+    text = str(result)
+    assert "{+city +}" in text
+    html = result._repr_html_()
+    assert html.count("<tr>") == 4  # a header and one row per group
+    assert "city" in html
+    assert "background:#dfd" in html  # the added word, marked as compare.py marks it
+    assert "60%" in html
+
+
+def test_similarity_comes_from_the_word_diff() -> None:
+    assert similarity(word_diff("a b c", "a b c")) == 1.0
+    assert similarity(word_diff("", "")) == 1.0
+    assert similarity(word_diff("abc", "xyz")) == 0.0
+    assert 0.5 < similarity(word_diff("one two three four", "one two three five")) < 1.0
+
+
+def test_options_and_bad_input() -> None:
+    lower = stability(["Yes", "yes", "YES."], normalize=lambda t: t.lower().strip(" ."))
+    assert [group.count for group in lower.groups] == [3]
+    strict = stability(["a b c d", "a b c e"], threshold=1.0)
+    assert strict.groups[1].diff is None
+    loose = stability(["a b c d", "a b c e"], threshold=0.0)
+    assert loose.groups[1].diff is not None
+    assert stability([]).agreement == 1.0
+    assert stability([]).top is None
+    with pytest.raises(InvalidInputError, match="threshold"):
+        stability(["a"], threshold=2)
+    with pytest.raises(InvalidInputError, match="not one string"):
+        stability("abc")
+    with pytest.raises(InvalidInputError, match="answer #1 is a int"):
+        stability(["a", 3])  # type: ignore[list-item]
+
+
+def test_session_stability_compares_the_last_reply_of_each_branch(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(["Blue.", "Blue.", "Blue, mostly.", "Blue."])
+    session = new_session("repeats", provider=fake)
+    comparison = session.fan_out(
+        "Sky colour?", [{"temperature": 1.0}, {"temperature": 1.0}, {"temperature": 1.0}]
+    ).result(DEADLINE)
+    result = session.stability(comparison.branches)
+    assert [group.count for group in result.groups] == [2, 1]
+    assert sorted(result.groups[0].branches + result.groups[1].branches) == sorted(
+        comparison.branches
+    )
+    assert result.groups[0].members == [
+        r.message_id for r in comparison.results if r.text == "Blue."
+    ]
+    # Every branch by default; a branch without a reply ("main" here) is left out.
+    assert session.stability().total == 3
