@@ -185,6 +185,58 @@ def test_a_decision_made_from_code_shows_in_the_history(fe: FrontEnd) -> None:
     assert fe.models[row["approve"]]["disabled"] is True
 
 
+def test_rating_a_reply_in_the_chat_and_from_code(fe: FrontEnd) -> None:
+    out = fe.run(
+        """
+        s8 = ContextSession.create("rated", provider=ScriptedProvider(["Paris."]))
+        await s8.send("Capital of France?")
+        chat8 = ChatView(s8)
+        print(chat8.transcript.model_id, s8.history()[-1].id)
+        """
+    )
+    transcript, reply = out.split()
+
+    def rating() -> dict[str, Any]:
+        answer = next(m for m in fe.messages(transcript) if m["id"] == reply)
+        return dict(answer.get("rating") or {})
+
+    fe.wait_for(lambda: rating() == {"thumbs": None, "score": None}, what="an unrated reply")
+    fe.custom(transcript, {"event": "rate", "id": reply, "thumbs": "up"})
+    fe.wait_for(lambda: rating().get("thumbs") == "up", what="the thumbs up shown")
+    assert fe.run(f"print(s8.scores({reply!r}).thumbs)").strip() == "up"
+    fe.custom(transcript, {"event": "rate", "id": reply, "score": 9})  # refused, told why
+    fe.wait_for(lambda: "1-5" in fe.models[transcript]["notice"], what="the refusal")
+    # A rating given from code shows in the view.
+    fe.run(f"s8.rate({reply!r}, score=4)")
+    fe.wait_for(lambda: rating() == {"thumbs": "up", "score": 4}, what="the score from code")
+
+
+def test_rating_buttons_under_a_comparison(fe: FrontEnd) -> None:
+    out = fe.run(
+        """
+        s9 = ContextSession.create("cmp", provider=ScriptedProvider(["A.", "B."]))
+        await s9.send("Letter?")
+        s9.branch("other", s9.history()[0].id, switch=False)
+        await s9.send("Letter?", branch="other")
+        cv9 = s9.compare_view("main", "other")
+        print(cv9.ratings.model_id, s9.history("other")[-1].id)
+        """
+    )
+    ratings, other_answer = out.split()
+    fe.wait_for(lambda: len(fe.models[ratings]["children"]) == 2, what="a bar per branch")
+    bar = _child(fe, ratings, 1)
+    down, three = _child(fe, bar, 1), _child(fe, bar, 4)
+    fe.click(down)
+    fe.click(three)
+    fe.wait_for(lambda: fe.models[three]["button_style"] == "info", what="3 pressed")
+    fe.wait_for(lambda: fe.models[down]["button_style"] == "danger", what="thumbs down pressed")
+    score = fe.run(f"sc = s9.scores({other_answer!r}); print(sc.thumbs, sc.score)")
+    assert score.strip() == "down 3"
+    fe.run(f"s9.rate({other_answer!r}, thumbs='up')")
+    fe.wait_for(lambda: fe.models[_child(fe, bar, 0)]["button_style"] == "success")
+    assert fe.models[down]["button_style"] == ""
+
+
 def test_switching_branch_by_click_and_a_live_comparison(fe: FrontEnd) -> None:
     out = fe.run(
         """
