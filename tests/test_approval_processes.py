@@ -170,6 +170,13 @@ def test_edited_arguments_and_an_allowance_over_http(tmp_path: Path) -> None:
         assert decision["remote"] is True
         assert decision["edited_arguments"] == {"a": 4, "b": 5}
         assert decision["remember"] == "context"
+        logged = client.get(f"contexts/{context_id}/tools/decisions", params={"branch": "main"})
+        assert logged.status_code == 200, logged.text
+        assert logged.json()["decisions"] == [decision]
+        other = client.get(f"contexts/{context_id}/tools/decisions?branch=other")
+        assert other.json() == {"decisions": []}
+        bad = client.get(f"contexts/{context_id}/tools/decisions?branch=..%2Fx")
+        assert bad.status_code == 400, bad.text
         # The allowance is the context's: this process honours it too.
         with ContextSession.open(context_id, data_dir=server.data_dir) as session:
             assert session.allowed_tools()["context"] == ["add"]

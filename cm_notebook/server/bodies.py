@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from ..approvals import ApprovalRecord
 from ..fsm import State
 from ..model import Branch, ContextMetadata, Message, ToolCall
 
@@ -25,6 +26,8 @@ __all__ = [
     "CreateBranch",
     "CreateContext",
     "Decided",
+    "Decisions",
+    "DecisionsQuery",
     "Deny",
     "EditMessage",
     "ErrorBody",
@@ -187,6 +190,18 @@ class Deny(_Body):
     tool_call_id: str | None = None
     branch: str | None = None
     reason: str = "denied by the user"
+
+
+class DecisionsQuery(_Query):
+    """The query of ``GET /contexts/{context_id}/tools/decisions``."""
+
+    branch: str | None = Field(None, description="Only this branch's decisions.")
+
+
+class Decisions(BaseModel):
+    """The approval audit log: every decision on a tool call, oldest first."""
+
+    decisions: list[ApprovalRecord]
 
 
 class MessagesQuery(_Query):
