@@ -17,6 +17,7 @@ from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
 from test_signal_follow import DEADLINE, Recorder, _wait_for
 
+from cm_notebook.errors import ToolArgumentsError
 from cm_notebook.events import ErrorReported, ToolApprovalRequested, ToolCallResolved
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -114,6 +115,25 @@ def test_arguments_the_running_process_refuses_leave_the_call_waiting(
     assert session.approval_log() == []
     session.approve(call_id, arguments={"a": 2, "b": 3})
     assert _finish(child) == "5"
+
+
+def test_a_process_that_has_the_tool_refuses_bad_arguments_at_once(
+    tmp_path: Path, here: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = here
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    session.tools.add(add)
+    child = _kernel(tmp_path, session.id)
+    call_id = _asked(seen)
+    with pytest.raises(ToolArgumentsError):
+        session.approve(call_id, arguments={"a": "x", "b": 1})
+    assert child.poll() is None  # nothing was posted: the call still waits there
+    session.approve(call_id, arguments='{"a": 7, "b": 7}')
+    assert _finish(child) == "14"
 
 
 def test_a_context_allowance_holds_in_another_process(
