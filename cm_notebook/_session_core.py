@@ -45,7 +45,7 @@ from ._remote_decisions import DecisionBox
 from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
-from .approvals import ApprovalDesk, ApprovalRecord
+from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
 from .branch_defaults import BranchDefaults
 from .errors import (
     BranchNotFoundError,
@@ -56,7 +56,7 @@ from .errors import (
     StoreError,
 )
 from .ids import validate_branch_name
-from .model import Branch, ContextMetadata, Message, MessageStatus
+from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
@@ -531,13 +531,20 @@ class SessionCore:
         # calls waiting here are made as if made here (see _session_approvals).
         apply_remote_decisions(self)
 
-    def _record_decision(self, record: ApprovalRecord) -> None:
-        # The audit log is a record of decisions already applied: failing to write it
-        # must not fail the turn (the ToolCallResolved signal still carries it).
+    def _record_decision(
+        self, branch: str, reply: Message | None, call: ToolCall, decision: Decision
+    ) -> ApprovalRecord | None:
+        # The policy's own decisions follow from configuration: not logged. The log is a
+        # record of decisions already applied: failing to write it must not fail the
+        # turn (the ToolCallResolved signal still carries the record).
+        if decision.by == "policy":
+            return None
+        record = audit_record(branch, reply.id if reply is not None else "", call, decision)
         try:
             self._approval_log.append(record)
         except CMError as exc:
             _log.warning("%s", exc)
+        return record
 
     def _stop_following(self) -> None:
         if self._follower is not None:

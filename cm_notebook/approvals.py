@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import new_id
 from .model import ToolCall, UTCDateTime, utcnow
+from .tools._policy import Policy
 
 __all__ = [
     "REMEMBER",
@@ -34,6 +35,7 @@ __all__ = [
     "audit_record",
     "check_remember",
     "unique_call_ids",
+    "without_asking",
 ]
 
 _order = itertools.count()
@@ -106,6 +108,18 @@ class ApprovalRecord(BaseModel):
     reason: str | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
     edited_arguments: dict[str, Any] | None = None
+
+
+def without_asking(policy: Policy, allowed: Remember | None) -> Decision | None:
+    """The decision made without asking anyone: the approval policy's, else an
+    allow-list's (``allowed``: the scope that allows the tool); None: ask a person."""
+    if policy == "auto":
+        return Decision(True, by="policy")
+    if policy == "deny":
+        return Decision(False, "denied by the approval policy", by="policy")
+    if allowed is not None:
+        return Decision(True, by="allow-list", remember=allowed)
+    return None
 
 
 def audit_record(

@@ -37,7 +37,7 @@ from . import events as ev
 from . import fsm
 from ._host import TurnHost
 from ._turn_writes import Reply, TurnWrites
-from .approvals import Decision, audit_record, unique_call_ids
+from .approvals import Decision, unique_call_ids, without_asking
 from .errors import (
     CMError,
     PermanentProviderError,
@@ -472,14 +472,9 @@ class TurnRunner:
                 immediate.append((call_id, Decision(False, str(exc))))
                 continue
             policy = host.tool_policy().decide(tool)
-            allowed = host.allowed(call.name) if policy == "ask" else None
-            if policy == "auto":
-                immediate.append((call_id, Decision(True, by="policy")))
-            elif policy == "deny":
-                denial = Decision(False, "denied by the approval policy", by="policy")
-                immediate.append((call_id, denial))
-            elif allowed is not None:
-                immediate.append((call_id, Decision(True, by="allow-list", remember=allowed)))
+            decided = without_asking(policy, host.allowed(call.name) if policy == "ask" else None)
+            if decided is not None:
+                immediate.append((call_id, decided))
             else:
                 asked[call_id] = host.approvals.register(self.branch, message_id, call)
         if asked:
@@ -512,14 +507,10 @@ class TurnRunner:
             }
             if decision.arguments is not None:
                 update["arguments"] = decision.arguments
-            asked = call
+            # The audit log's record (None for the policy's own decisions), before the signal.
+            record = self.host.record(self._writes.target, self._last_reply, call, decision)
             call = call.model_copy(update=update)
             self._calls[call_id] = call
-            record = None
-            if decision.by != "policy":  # the policy's decisions follow from configuration
-                reply = self._last_reply.id if self._last_reply is not None else ""
-                record = audit_record(self._writes.target, reply, asked, decision)
-                self.host.record(record)
             self.host.publish(
                 ev.ToolCallResolved(
                     branch=self._writes.target,
