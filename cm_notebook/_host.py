@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from . import events as ev
 from . import fsm
-from .approvals import ApprovalDesk
-from .model import Message
+from .approvals import ApprovalDesk, ApprovalRecord, Decision, Remember
+from .model import Message, ToolCall
 from .retry import RetryPolicy
 from .store import Store
 from .tools import ToolPolicy, ToolRegistry
@@ -80,6 +80,11 @@ class TurnHost:
         unsettled: given a message whose final state could not be stored (a full
             disk); the session stores it as soon as it can, so it is not left
             ``streaming``.
+        allowed: the allow-list scope (``"session"``/``"context"``) under which a tool
+            runs without asking, or None (see :mod:`cm_notebook._approval_log`).
+        record: ``record(branch, reply, call, decision)`` adds a decision on ``call`` (as
+            the model asked for it) to the approval audit log and returns the record
+            (None for the approval policy's own decisions, which are not logged).
     """
 
     context_id: str
@@ -96,3 +101,7 @@ class TurnHost:
     remember: Callable[[Message], None]
     finished: Callable[[Turn], None]
     unsettled: Callable[[Message], None]
+    allowed: Callable[[str], Remember | None] = lambda _tool: None
+    record: Callable[[str, Message | None, ToolCall, Decision], ApprovalRecord | None] = (
+        lambda *_args: None
+    )

@@ -15,6 +15,11 @@ Stopping a reply that another process generates works the same way: a stop recor
 branch, so a late record cannot stop the next turn there); the running process's
 follower finds it for one of its turns and cancels that turn as a local stop would.
 Asking twice is harmless; the records stay, a few bytes each.
+
+A record may carry edited arguments (validated by the deciding process when it knows
+the tool, and again by the waiting one, whose tool runs them), who decided and the
+scope the decision was given for (for the audit log). Arguments the waiting process
+refuses are not applied: the record is discarded, so the call can be decided again.
 """
 
 from __future__ import annotations
@@ -23,9 +28,29 @@ import hashlib
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DecisionBox"]
+from . import _json
+
+__all__ = ["DecisionBox", "RemoteDecision"]
+
+# Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
+_MAX_RECORD_CHARS = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteDecision:
+    """A decision recorded by another process for a call waiting in this one."""
+
+    approved: bool
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+    by: str = "user"
+    remember: str = "once"
+    pid: int = 0
+
 
 _STOP_PREFIX = "stop-"
 
@@ -43,11 +68,24 @@ class DecisionBox:
         return self.folder / f"{digest}.json"
 
     def post(
-        self, tool_call_id: str, message_id: str, *, approved: bool, reason: str | None
+        self,
+        tool_call_id: str,
+        message_id: str,
+        *,
+        approved: bool,
+        reason: str | None,
+        arguments: dict[str, Any] | None = None,
+        by: str = "user",
+        remember: str = "once",
     ) -> bool:
         """Record a decision for a call of ``message_id``; False if one was recorded already."""
         self.folder.mkdir(exist_ok=True)
-        record = {"tool_call_id": tool_call_id, "approved": approved, "reason": reason}
+        record: dict[str, Any] = {
+            "tool_call_id": tool_call_id,
+            "approved": approved,
+            "reason": reason,
+        }
+        record.update(arguments=arguments, by=by, remember=remember, pid=os.getpid())
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         with temp.open("w", encoding="utf-8") as out:
             json.dump(record, out)
@@ -63,17 +101,34 @@ class DecisionBox:
 
     def take(self, tool_call_id: str, message_id: str) -> tuple[bool, str | None] | None:
         """The decision recorded for a call of ``message_id``, or None."""
+        found = self.read(tool_call_id, message_id)
+        return None if found is None else (found.approved, found.reason)
+
+    def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:
+        """The whole decision recorded for a call of ``message_id``, or None."""
         path = self._path(tool_call_id, message_id)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = _json.loads(path.read_bytes(), max_chars=_MAX_RECORD_CHARS)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError):
             return None  # damaged: the call stays pending, to be decided here
         if not isinstance(record, dict) or record.get("tool_call_id") != tool_call_id:
             return None
-        reason = record.get("reason")
-        return bool(record.get("approved")), reason if isinstance(reason, str) else None
+        reason, arguments = record.get("reason"), record.get("arguments")
+        by, remember, pid = record.get("by"), record.get("remember"), record.get("pid")
+        return RemoteDecision(
+            approved=bool(record.get("approved")),
+            reason=reason if isinstance(reason, str) else None,
+            arguments=arguments if isinstance(arguments, dict) else None,
+            by=by if isinstance(by, str) else "user",
+            remember=remember if isinstance(remember, str) else "once",
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
+        )
+
+    def discard(self, tool_call_id: str, message_id: str) -> None:
+        """Remove a record that could not be applied, so the call can be decided again."""
+        self._path(tool_call_id, message_id).unlink(missing_ok=True)
 
     # -- stopping a turn ---------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 from . import events as ev
 from . import fsm
+from ._approval_apply import apply_remote_decisions
+from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
 from ._follower import LogFollower
@@ -44,7 +46,7 @@ from ._session_messages import MessageCache
 from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
-from .approvals import ApprovalDesk, Decision
+from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
 from .branch_defaults import BranchDefaults
 from .errors import (
     BranchNotFoundError,
@@ -55,10 +57,11 @@ from .errors import (
     StoreError,
 )
 from .ids import validate_branch_name
-from .model import Branch, ContextMetadata, Message, MessageStatus
+from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
+from .redact import get_logger
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
 from .signal_log import LogReader, SignalLog
@@ -70,13 +73,7 @@ from .turn import Turn
 __all__ = ["SessionCore"]
 
 
-def _never(_: str) -> bool:
-    return False
-
-
-def _always(decision: Decision) -> Callable[[object], Decision]:
-    return lambda _: decision
-
+_log = get_logger(__name__)
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SessionCore")
@@ -144,6 +141,9 @@ class SessionCore:
             None if claim_path is None else lambda branch: claim_path(self.id, branch)
         )
         self._approvals = ApprovalDesk()
+        approvals_dir = approvals_folder(None if log_path is None else log_path(self.id).parent)
+        self._allow_lists = AllowLists(approvals_dir)
+        self._approval_log = ApprovalLog(approvals_dir)
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, chosen["provider"])
@@ -448,6 +448,8 @@ class SessionCore:
             remember=self._messages.remember,
             finished=self._turn_finished,
             unsettled=self._unsettled_reply,
+            allowed=self._allow_lists.scope_of,
+            record=self._record_decision,
         )
 
     def _start(
@@ -554,22 +556,30 @@ class SessionCore:
 
     def _apply_remote_decisions(self) -> None:
         # From the follower's thread: decisions other processes recorded for the tool
-        # calls waiting here are made as if made here.
-        if self._decisions is None:
-            return
-        with self._lock:
-            turns = [runner.turn for runner in self._runners.values()]
-        for turn in turns:  # and stops asked for (cm_notebook._session_stop)
-            if self._decisions.stop_asked(turn.id):
-                turn.cancel()
-        for call_id, message_id in self._approvals.waiting():
-            found = self._decisions.take(call_id, message_id)
-            if found is None:
-                continue
-            approved, reason = found
-            decision = Decision(True) if approved else Decision(False, reason or "denied")
-            with contextlib.suppress(CMError):  # decided here meanwhile: the first one wins
-                self._approvals.decide(call_id, _never, None, _always(decision))
+        # calls waiting here are made as if made here (see _session_approvals), and
+        # stops asked for turns running here (cm_notebook._session_stop).
+        if self._decisions is not None:
+            with self._lock:
+                turns = [runner.turn for runner in self._runners.values()]
+            for turn in turns:
+                if self._decisions.stop_asked(turn.id):
+                    turn.cancel()
+        apply_remote_decisions(self)
+
+    def _record_decision(
+        self, branch: str, reply: Message | None, call: ToolCall, decision: Decision
+    ) -> ApprovalRecord | None:
+        # The policy's own decisions follow from configuration: not logged. The log is a
+        # record of decisions already applied: failing to write it must not fail the
+        # turn (the ToolCallResolved signal still carries the record).
+        if decision.by == "policy":
+            return None
+        record = audit_record(branch, reply.id if reply is not None else "", call, decision)
+        try:
+            self._approval_log.append(record)
+        except CMError as exc:
+            _log.warning("%s", exc)
+        return record
 
     def _stop_following(self) -> None:
         if self._follower is not None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from . import fsm, titles
+from ._approval_apply import check_arguments_shape
 from ._loop import schedule_on
 from ._session_core import SessionCore
 from .compare import BranchResult, Comparison
@@ -25,6 +28,7 @@ from .model import Message, ToolCall
 from .prompts import effective_system
 from .providers import Provider
 from .titles import title_from_text, validate_title
+from .tools import validate_edited_arguments
 from .tree import MessageTree
 from .turn import Turn
 
@@ -113,7 +117,14 @@ class SessionReading(SessionCore):
         return self._io.call(self._store.get_messages(self.id, ids))
 
     def _decide_elsewhere(
-        self, call_id: str | None, *, approved: bool, reason: str | None
+        self,
+        call_id: str | None,
+        *,
+        approved: bool,
+        reason: str | None,
+        arguments: Mapping[str, Any] | str | None = None,
+        by: str = "user",
+        remember: str = "once",
     ) -> builtins.list[ToolCall] | None:
         # A call waiting in another process: record the decision for it to pick up.
         # None if it waits here, or no other process is known to wait on it.
@@ -124,11 +135,29 @@ class SessionReading(SessionCore):
         message_id = self._follower.waiting_call(call_id)
         if message_id is None:
             return None
-        if not self._decisions.post(call_id, message_id, approved=approved, reason=reason):
+        calls = [call for call in self.get(message_id).tool_calls if call.id == call_id]
+        edited = None
+        if arguments is not None:
+            # Checked here when this process has the tool (the waiting one checks again).
+            name = calls[0].name if calls else None
+            if name is not None and name in self.tools:
+                edited = validate_edited_arguments(self.tools.get(name), arguments)
+            else:
+                edited = check_arguments_shape(arguments)
+        posted = self._decisions.post(
+            call_id,
+            message_id,
+            approved=approved,
+            reason=reason,
+            arguments=edited,
+            by=by,
+            remember=remember,
+        )
+        if not posted:
             raise ToolCallAlreadyResolvedError(
                 f"tool call {call_id!r} was already approved or denied"
             )
-        return [call for call in self.get(message_id).tool_calls if call.id == call_id]
+        return calls
 
     @property
     def signal_log_path(self) -> Path | None:

@@ -11,28 +11,135 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
-from .errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import new_id
-from .model import ToolCall
+from .model import ToolCall, UTCDateTime, utcnow
+from .tools._policy import Policy
 
-__all__ = ["ApprovalDesk", "Decision", "PendingCall", "unique_call_ids"]
+__all__ = [
+    "REMEMBER",
+    "ApprovalDesk",
+    "ApprovalRecord",
+    "Decision",
+    "PendingCall",
+    "Remember",
+    "audit_record",
+    "check_remember",
+    "unique_call_ids",
+    "without_asking",
+]
 
 _order = itertools.count()
+
+#: How long an approval holds: ``"once"`` this call only; ``"session"`` every later call
+#: of the same tool in this session (this process); ``"context"`` every later call of
+#: the tool in the context, in every process that opens it (stored in its folder).
+Remember = Literal["once", "session", "context"]
+REMEMBER: tuple[Remember, ...] = get_args(Remember)
+
+
+def check_remember(value: object) -> Remember:
+    """Return ``value`` if it is ``"once"``, ``"session"`` or ``"context"``; else raise."""
+    if value == "once" or value == "session" or value == "context":
+        return value
+    raise InvalidInputError(f"remember must be one of 'once', 'session', 'context'; got {value!r}")
 
 
 @dataclass
 class Decision:
-    """A person's answer to one pending tool call."""
+    """An answer to one pending tool call, and where it came from (for the audit log).
+
+    ``by`` says who decided: ``"user"`` (the default for ``approve()``/``deny()``), a
+    name given as ``by=``, ``"http"`` (the REST API), ``"allow-list"`` or ``"policy"``.
+    ``remote`` is true when another process decided and a decision record carried it
+    here; ``pid`` is the deciding process.
+    """
 
     approved: bool
     reason: str | None = None
     arguments: dict[str, Any] | None = None
+    by: str = "user"
+    remember: Remember = "once"
+    remote: bool = False
+    pid: int = field(default_factory=os.getpid)
+
+
+class ApprovalRecord(BaseModel):
+    """One entry of the approval audit log: a decision on one tool call.
+
+    Attributes:
+        at: when the decision was applied (UTC).
+        branch: the branch whose turn asked for the call.
+        message_id: the assistant reply that asked for it.
+        tool_call_id: the call.
+        tool: the tool's name.
+        approved: approved (True) or denied (False).
+        by: who decided (see :class:`Decision`).
+        remote: decided in another process than the one running the turn.
+        pid: the process that decided.
+        remember: the scope the decision was given for (``"once"``, ``"session"``,
+            ``"context"``); for ``by="allow-list"``, the scope of the rule that applied.
+        reason: why (a denial's reason, told to the model), if any.
+        arguments: the arguments the model asked for.
+        edited_arguments: what ran instead, if a person edited them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    at: UTCDateTime = Field(default_factory=utcnow)
+    branch: str
+    message_id: str
+    tool_call_id: str
+    tool: str
+    approved: bool
+    by: str = "user"
+    remote: bool = False
+    pid: int = 0
+    remember: Remember = "once"
+    reason: str | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    edited_arguments: dict[str, Any] | None = None
+
+
+def without_asking(policy: Policy, allowed: Remember | None) -> Decision | None:
+    """The decision made without asking anyone: the approval policy's, else an
+    allow-list's (``allowed``: the scope that allows the tool); None: ask a person."""
+    if policy == "auto":
+        return Decision(True, by="policy")
+    if policy == "deny":
+        return Decision(False, "denied by the approval policy", by="policy")
+    if allowed is not None:
+        return Decision(True, by="allow-list", remember=allowed)
+    return None
+
+
+def audit_record(
+    branch: str, message_id: str, call: ToolCall, decision: Decision
+) -> ApprovalRecord:
+    """The audit log's entry for ``decision`` on ``call`` (as the model asked for it)."""
+    return ApprovalRecord(
+        branch=branch,
+        message_id=message_id,
+        tool_call_id=call.id,
+        tool=call.name,
+        approved=decision.approved,
+        by=decision.by,
+        remote=decision.remote,
+        pid=decision.pid,
+        remember=decision.remember,
+        reason=decision.reason,
+        arguments=call.arguments,
+        edited_arguments=decision.arguments,
+    )
 
 
 def unique_call_ids(calls: list[ToolCall], taken: set[str]) -> list[ToolCall]:

@@ -41,7 +41,7 @@ from . import events as ev
 from . import fsm
 from ._host import TurnHost
 from ._turn_writes import Reply, TurnWrites
-from .approvals import Decision, unique_call_ids
+from .approvals import Decision, unique_call_ids, without_asking
 from .errors import (
     CMError,
     PermanentProviderError,
@@ -476,10 +476,9 @@ class TurnRunner:
                 immediate.append((call_id, Decision(False, str(exc))))
                 continue
             policy = host.tool_policy().decide(tool)
-            if policy == "auto":
-                immediate.append((call_id, Decision(True)))
-            elif policy == "deny":
-                immediate.append((call_id, Decision(False, "denied by the approval policy")))
+            decided = without_asking(policy, host.allowed(call.name) if policy == "ask" else None)
+            if decided is not None:
+                immediate.append((call_id, decided))
             else:
                 asked[call_id] = host.approvals.register(self.branch, message_id, call)
         if asked:
@@ -512,6 +511,8 @@ class TurnRunner:
             }
             if decision.arguments is not None:
                 update["arguments"] = decision.arguments
+            # The audit log's record (None for the policy's own decisions), before the signal.
+            record = self.host.record(self._writes.target, self._last_reply, call, decision)
             call = call.model_copy(update=update)
             self._calls[call_id] = call
             self.host.publish(
@@ -520,6 +521,7 @@ class TurnRunner:
                     tool_call_id=call_id,
                     status=call.status,
                     reason=call.reason,
+                    decision=record,
                 )
             )
         self._feed(fsm.ToolDecided(call_id, decision.approved))

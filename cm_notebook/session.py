@@ -35,13 +35,13 @@ from . import events as ev
 from . import fsm
 from ._loop import running_loop
 from ._registry import REGISTRY, key_for
+from ._session_approvals import ApprovalMethods
 from ._session_branches import SessionBranches
 from ._session_data import DataMethods
 from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
-from .approvals import Decision, PendingCall
 from .errors import (
     BranchExistsError,
     InvalidInputError,
@@ -58,7 +58,6 @@ from .render import conversation_html
 from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, validate_title
-from .tools import validate_edited_arguments
 from .turn import DeltaFeed, Turn
 
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
@@ -67,7 +66,9 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(ExperimentMethods, StopMethods, DataMethods, SessionBranches):
+class ContextSession(
+    ApprovalMethods, ExperimentMethods, StopMethods, DataMethods, SessionBranches
+):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
@@ -409,58 +410,6 @@ class ContextSession(ExperimentMethods, StopMethods, DataMethods, SessionBranche
         turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
         return FanOut(self.compare, turns, self._loop)
 
-    # -- tools -------------------------------------------------------------------------
-
-    def approve(
-        self,
-        tool_call_id: str | None = None,
-        *,
-        arguments: Mapping[str, Any] | str | None = None,
-        branch: str | None = None,
-    ) -> builtins.list[ToolCall]:
-        """Approve one pending tool call, or all of them with ``tool_call_id=None``
-        (only those of ``branch`` if given, e.g. one arm of a fan-out).
-
-        ``arguments`` replaces the model's arguments for that call after validation
-        against the tool's schema (only with a single ``tool_call_id``).
-        """
-        if arguments is not None and tool_call_id is None:
-            raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
-        only = None if branch is None else validate_branch_name(branch)
-
-        def approved(pending: PendingCall) -> Decision:
-            if arguments is None:
-                return Decision(True)
-            edited = validate_edited_arguments(self.tools.get(pending.call.name), arguments)
-            return Decision(True, "arguments edited before approval", edited)
-
-        # Waiting in another process? (Edited arguments are applied only here.)
-        if arguments is None:
-            elsewhere = self._decide_elsewhere(tool_call_id, approved=True, reason=None)
-            if elsewhere is not None:
-                return elsewhere
-        return self._approvals.decide(tool_call_id, self._was_resolved, only, approved)
-
-    def deny(
-        self,
-        tool_call_id: str | None = None,
-        *,
-        reason: str = "denied by the user",
-        branch: str | None = None,
-    ) -> builtins.list[ToolCall]:
-        """Deny one pending tool call, or all (of ``branch`` if given); the model is told
-        ``reason``."""
-        if not isinstance(reason, str):
-            raise InvalidInputError("reason must be a string")
-        only = None if branch is None else validate_branch_name(branch)
-        decision = Decision(False, reason or "denied by the user")
-        elsewhere = self._decide_elsewhere(tool_call_id, approved=False, reason=decision.reason)
-        if elsewhere is not None:
-            return elsewhere
-        return self._approvals.decide(
-            tool_call_id, self._was_resolved, only, lambda pending: decision
-        )
-
     # -- signals -----------------------------------------------------------------------
 
     def subscribe(
@@ -518,16 +467,3 @@ class ContextSession(ExperimentMethods, StopMethods, DataMethods, SessionBranche
         from .widgets import CompareView
 
         return CompareView(self, *branches)
-
-    # -- private helpers of the public API --------------------------------------------
-
-    def _was_resolved(self, tool_call_id: str) -> bool:
-        # Not pending, but asked for by a stored reply: it was decided already. Any
-        # branch may hold it (a turn can run on a branch that is not the active one).
-        names = [self.active_branch, *self.branches]
-        for name in dict.fromkeys(names):
-            _ids, path = self._io.call(self._messages.path_messages(self._store, self.id, name))
-            for message in reversed(path):
-                if any(call.id == tool_call_id for call in message.tool_calls):
-                    return True
-        return False

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .approvals import ApprovalRecord
 from .fsm import State
 from .model import MessageStatus, Role, ToolCallStatus, UTCDateTime, utcnow
 from .scores import Score
@@ -109,12 +110,18 @@ class ToolApprovalRequested(BaseEvent):
 
 
 class ToolCallResolved(BaseEvent):
-    """A tool call changed status (approved, denied, done, failed); ``reason`` if denied."""
+    """A tool call changed status (approved, denied, done, failed); ``reason`` if denied.
+
+    ``decision`` is the approval audit log's record when a person or an allow-list
+    decided the call (who, when, edited arguments, the scope remembered); None for the
+    approval policy's own decisions and for later changes (done, failed).
+    """
 
     type: Literal["ToolCallResolved"] = "ToolCallResolved"
     tool_call_id: str
     status: ToolCallStatus
     reason: str | None = None
+    decision: ApprovalRecord | None = None
 
 
 class BranchCreated(BaseEvent):

@@ -2,8 +2,9 @@
 Playwright through Debian's Chromium.
 
 It opens a notebook, runs all cells, watches the reply stream in, sends a message from
-the chat's text box, approves the tool call it asks for with the button, sees the
-tool's result and the final answer, forks a branch, switches back by clicking the
+the chat's text box, always allows the tool it asks for with the button (and reads
+the decision history), sees the tool's result and the final answer, rates it,
+forks a branch, switches back by clicking the
 branch tree, and opens the compare view. On failure it saves a screenshot (the path is
 in the failure message; ``CM_TEST_ARTIFACTS=dir`` keeps them, and one of the finished
 page, in ``dir``).
@@ -237,15 +238,23 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     # 2. A message from the text box asks for a tool; Approve runs it.
     page.locator(".cm-chat .widget-textarea textarea").fill("add 2 and 3")
     page.locator(".cm-chat button:has-text('Send')").click()
-    approve = page.locator(".cm-approval button:has-text('Approve')")
-    approve.wait_for()
+    always = page.locator(".cm-approval button:has-text('Always allow (session)')")
+    always.wait_for()
     arguments = page.locator(".cm-approval textarea").first.input_value()
     assert json.loads(arguments) == {"a": 2, "b": 3}
-    approve.click()
+    always.dblclick()  # a double click decides once
     page.wait_for_selector(".cm-transcript .cm-call-result:has-text('5')")
     page.wait_for_selector(".cm-transcript .cm-assistant .cm-body:has-text('The sum is 5.')")
-    assert page.locator(".cm-approval button:has-text('Approve')").is_disabled()
+    assert page.locator(".cm-approval button:has-text('Approve once')").is_disabled()
+    assert always.is_disabled()
+    # The decision history, opened, says who decided and that it holds for the session.
+    page.get_by_text("Decision history (1)").click()
+    page.wait_for_selector(".cm-decision:has-text('always, session')")
     _snap(page, "views-approved")
+    # A thumbs up on the answer, pressed once the rating is stored.
+    answer = page.locator(".cm-transcript .cm-assistant:has-text('The sum is 5.')")
+    answer.locator(".cm-rate:has-text('👍')").click()
+    answer.locator(".cm-rate.cm-pressed:has-text('👍')").wait_for()
 
     # 3. A new branch from the first reply, with its own answer.
     page.locator(".cm-transcript .cm-assistant .cm-fork").first.click()

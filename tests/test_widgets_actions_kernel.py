@@ -45,18 +45,27 @@ def _child(fe: FrontEnd, comm_id: str, *path: int) -> str:
 
 
 def _row(fe: FrontEnd, approvals: str) -> dict[str, str]:
-    # The first call row of a ToolApproval: its text box, buttons and status.
-    fe.wait_for(lambda: len(fe.models[approvals].get("children", [])) > 1, what="a call row")
+    # The first call row of a ToolApproval (header, rows..., decision history): its
+    # arguments editor, buttons and status.
+    fe.wait_for(lambda: len(fe.models[approvals].get("children", [])) > 2, what="a call row")
     row = _child(fe, approvals, 1)
     return {
         "title": _child(fe, row, 0),
         "arguments": _child(fe, row, 1),
         "check": _child(fe, row, 2),
         "approve": _child(fe, row, 3, 0),
-        "reason": _child(fe, row, 3, 1),
-        "deny": _child(fe, row, 3, 2),
-        "status": _child(fe, row, 4),
+        "session": _child(fe, row, 3, 1),
+        "context": _child(fe, row, 3, 2),
+        "reason": _child(fe, row, 4, 0),
+        "deny": _child(fe, row, 4, 1),
+        "status": _child(fe, row, 5),
     }
+
+
+def _history(fe: FrontEnd, approvals: str) -> str:
+    # The decision history's text (the last child of a ToolApproval: an accordion).
+    history = _child(fe, approvals, -1)
+    return str(_value(fe, _child(fe, history, 0)))
 
 
 def _value(fe: FrontEnd, comm_id: str) -> Any:
@@ -141,6 +150,93 @@ def test_edited_arguments_are_validated_then_run(fe: FrontEnd) -> None:
     assert fe.run("print(ran[-1])").strip() == "(40, 2)"
 
 
+def test_always_allow_by_click_and_the_decision_history(fe: FrontEnd) -> None:
+    approvals, transcript = _start(
+        fe,
+        "s6",
+        '.tool_call("add", {"a": 1, "b": 1}).reply("Two.")'
+        '.tool_call("add", {"a": 2, "b": 2}).reply("Four.")',
+    )
+    row = _row(fe, approvals)
+    # A double click across two buttons decides once.
+    fe.click(row["session"])
+    fe.click(row["approve"])
+    assert _final_html(fe, transcript) == "<p>Two.</p>\n"
+    fe.wait_for(lambda: "done" in _value(fe, row["status"]), what="the row says done")
+    # The next call of the tool runs without asking; the history shows both decisions.
+    assert fe.run("print((await s6.send('again')).content)").strip() == "Four."
+    fe.wait_for(lambda: "allow-list" in _history(fe, approvals), what="the rule's decision")
+    text = _history(fe, approvals)
+    assert text.count("approved") == 2
+    assert "always, session" in text
+    out = fe.run("print([r.by for r in s6.approval_log()], s6.allowed_tools())")
+    assert out.strip() == "['user', 'allow-list'] {'session': ['add'], 'context': []}"
+
+
+def test_a_decision_made_from_code_shows_in_the_history(fe: FrontEnd) -> None:
+    approvals, _transcript = _start(fe, "s7", '.tool_call("add", {"a": 3, "b": 4}).reply("Seven.")')
+    row = _row(fe, approvals)
+    fe.run("s7.approve(arguments={'a': 30, 'b': 4}, tool_call_id=s7.pending_tool_calls[0].id)")
+    fe.wait_for(lambda: "34" in _value(fe, row["status"]), what="the edited call's result")
+    fe.wait_for(lambda: "→" in _history(fe, approvals), what="the edit in the history")
+    text = _history(fe, approvals)
+    assert "{&quot;a&quot;: 3, &quot;b&quot;: 4}" in text
+    assert "{&quot;a&quot;: 30, &quot;b&quot;: 4}" in text
+    assert fe.models[row["approve"]]["disabled"] is True
+
+
+def test_rating_a_reply_in_the_chat_and_from_code(fe: FrontEnd) -> None:
+    out = fe.run(
+        """
+        s8 = ContextSession.create("rated", provider=ScriptedProvider(["Paris."]))
+        await s8.send("Capital of France?")
+        chat8 = ChatView(s8)
+        print(chat8.transcript.model_id, s8.history()[-1].id)
+        """
+    )
+    transcript, reply = out.split()
+
+    def rating() -> dict[str, Any]:
+        answer = next(m for m in fe.messages(transcript) if m["id"] == reply)
+        return dict(answer.get("rating") or {})
+
+    fe.wait_for(lambda: rating() == {"thumbs": None, "score": None}, what="an unrated reply")
+    fe.custom(transcript, {"event": "rate", "id": reply, "thumbs": "up"})
+    fe.wait_for(lambda: rating().get("thumbs") == "up", what="the thumbs up shown")
+    assert fe.run(f"print(s8.scores({reply!r}).thumbs)").strip() == "up"
+    fe.custom(transcript, {"event": "rate", "id": reply, "score": 9})  # refused, told why
+    fe.wait_for(lambda: "1-5" in fe.models[transcript]["notice"], what="the refusal")
+    # A rating given from code shows in the view.
+    fe.run(f"s8.rate({reply!r}, score=4)")
+    fe.wait_for(lambda: rating() == {"thumbs": "up", "score": 4}, what="the score from code")
+
+
+def test_rating_buttons_under_a_comparison(fe: FrontEnd) -> None:
+    out = fe.run(
+        """
+        s9 = ContextSession.create("cmp", provider=ScriptedProvider(["A.", "B."]))
+        await s9.send("Letter?")
+        s9.branch("other", s9.history()[0].id, switch=False)
+        await s9.send("Letter?", branch="other")
+        cv9 = s9.compare_view("main", "other")
+        print(cv9.ratings.model_id, s9.history("other")[-1].id)
+        """
+    )
+    ratings, other_answer = out.split()
+    fe.wait_for(lambda: len(fe.models[ratings]["children"]) == 2, what="a bar per branch")
+    bar = _child(fe, ratings, 1)
+    down, three = _child(fe, bar, 1), _child(fe, bar, 4)
+    fe.click(down)
+    fe.click(three)
+    fe.wait_for(lambda: fe.models[three]["button_style"] == "info", what="3 pressed")
+    fe.wait_for(lambda: fe.models[down]["button_style"] == "danger", what="thumbs down pressed")
+    score = fe.run(f"sc = s9.scores({other_answer!r}); print(sc.thumbs, sc.score)")
+    assert score.strip() == "down 3"
+    fe.run(f"s9.rate({other_answer!r}, thumbs='up')")
+    fe.wait_for(lambda: fe.models[_child(fe, bar, 0)]["button_style"] == "success")
+    assert fe.models[down]["button_style"] == ""
+
+
 def test_switching_branch_by_click_and_a_live_comparison(fe: FrontEnd) -> None:
     out = fe.run(
         """
@@ -152,7 +248,7 @@ def test_switching_branch_by_click_and_a_live_comparison(fe: FrontEnd) -> None:
         tree = BranchTree(s4)
         chat4 = ChatView(s4)
         cv = s4.compare_view("main", "other")
-        print(tree.model_id, chat4.transcript.model_id, cv.model_id)
+        print(tree.model_id, chat4.transcript.model_id, cv.html.model_id)
         """
     )
     tree, transcript, compare = out.split()

@@ -9,10 +9,11 @@ so a REST client sees exactly what a notebook sees.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from ..approvals import ApprovalRecord
 from ..fsm import State
 from ..model import Branch, ContextMetadata, Message, ToolCall
 
@@ -25,6 +26,8 @@ __all__ = [
     "CreateBranch",
     "CreateContext",
     "Decided",
+    "Decisions",
+    "DecisionsQuery",
     "Deny",
     "EditMessage",
     "ErrorBody",
@@ -170,7 +173,14 @@ class Approve(_Body):
     tool_call_id: str | None = Field(None, description="Default: every pending call.")
     branch: str | None = Field(None, description="Only the calls of this branch.")
     arguments: dict[str, Any] | None = Field(
-        None, description="Edited arguments (with a tool_call_id only)."
+        None,
+        description="Edited arguments (with a tool_call_id only), checked against the "
+        "tool's schema; for a call waiting in a kernel, by that kernel.",
+    )
+    remember: Literal["once", "session", "context"] = Field(
+        "once",
+        description="'session': also allow the tool from now on for the server's session "
+        "of the context; 'context': for every process that opens the context.",
     )
 
 
@@ -180,6 +190,18 @@ class Deny(_Body):
     tool_call_id: str | None = None
     branch: str | None = None
     reason: str = "denied by the user"
+
+
+class DecisionsQuery(_Query):
+    """The query of ``GET /contexts/{context_id}/tools/decisions``."""
+
+    branch: str | None = Field(None, description="Only this branch's decisions.")
+
+
+class Decisions(BaseModel):
+    """The approval audit log: every decision on a tool call, oldest first."""
+
+    decisions: list[ApprovalRecord]
 
 
 class MessagesQuery(_Query):

@@ -20,7 +20,13 @@ from .messages import (
     StopHandler,
 )
 from .openapi import OpenAPIHandler, Route
-from .tools import ApproveHandler, DenyHandler, ToolCallHandler, ToolCallsHandler
+from .tools import (
+    ApproveHandler,
+    DecisionsHandler,
+    DenyHandler,
+    ToolCallHandler,
+    ToolCallsHandler,
+)
 
 __all__ = ["API_PREFIX", "ROUTES", "url_patterns"]
 
@@ -42,6 +48,7 @@ ROUTES: list[Route] = [
     (f"{_CONTEXT}/tools", ToolCallsHandler),
     (f"{_CONTEXT}/tools/approve", ApproveHandler),
     (f"{_CONTEXT}/tools/deny", DenyHandler),
+    (f"{_CONTEXT}/tools/decisions", DecisionsHandler),
     (f"{_CONTEXT}/tools/{{tool_call_id}}", ToolCallHandler),
     (f"{_CONTEXT}/compare", CompareHandler),
     (f"{_CONTEXT}/events", EventsHandler),

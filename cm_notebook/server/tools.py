@@ -6,9 +6,19 @@ from ..errors import StateError, ToolCallNotFoundError
 from ..model import ToolCall
 from ..session import ContextSession
 from .base import CMHandler, operation
-from .bodies import Approve, Decided, Deny, ToolCallView
+from .bodies import Approve, Decided, Decisions, DecisionsQuery, Deny, ToolCallView
 
-__all__ = ["ApproveHandler", "DenyHandler", "ToolCallHandler", "ToolCallsHandler", "find_call"]
+__all__ = [
+    "ApproveHandler",
+    "DecisionsHandler",
+    "DenyHandler",
+    "ToolCallHandler",
+    "ToolCallsHandler",
+    "find_call",
+]
+
+#: Who decides, in the approval audit log, when a decision comes over HTTP.
+_BY = "http"
 
 
 def find_call(session: ContextSession, tool_call_id: str) -> ToolCallView:
@@ -54,7 +64,11 @@ class ApproveHandler(CMHandler):
         request = self.body(Approve)
         try:
             decided: list[ToolCall] = session.approve(
-                request.tool_call_id, arguments=request.arguments, branch=request.branch
+                request.tool_call_id,
+                arguments=request.arguments,
+                branch=request.branch,
+                remember=request.remember,
+                by=_BY,
             )
         except ToolCallNotFoundError as exc:
             if request.tool_call_id is None:
@@ -77,13 +91,27 @@ class DenyHandler(CMHandler):
         request = self.body(Deny)
         try:
             decided = session.deny(
-                request.tool_call_id, reason=request.reason, branch=request.branch
+                request.tool_call_id, reason=request.reason, branch=request.branch, by=_BY
             )
         except ToolCallNotFoundError as exc:
             if request.tool_call_id is None:
                 raise _nothing_pending(exc) from exc
             raise
         self.reply(Decided(tool_calls=decided))
+
+
+class DecisionsHandler(CMHandler):
+    """The approval audit log."""
+
+    @operation(
+        "Every decision on a tool call (who, when, edited arguments, reason), oldest first",
+        response=Decisions,
+        query=DecisionsQuery,
+    )
+    async def get(self, context_id: str) -> None:
+        session = self.session(context_id)
+        query = self.query(DecisionsQuery)
+        self.reply(Decisions(decisions=session.approval_log(query.branch)))
 
 
 class ToolCallHandler(CMHandler):

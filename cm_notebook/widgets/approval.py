@@ -1,10 +1,16 @@
-"""``ToolApproval``: the tool calls waiting for a person, as buttons.
+"""``ToolApproval``: the tool calls waiting for a person, as buttons, and the decisions.
 
 Each pending call shows its tool and the exact arguments that will run, as JSON in an
-editable text box. Edits are validated against the tool's schema as they are typed
-(Approve stays disabled while they are invalid) and again when approving. Approve, or
-Deny with a reason: the waiting turn resumes at once, without running a cell (DESIGN
-fact 1). The buttons disable after use; a second click, from any thread, does nothing.
+editable text box (the arguments editor). Edits are validated against the tool's schema
+as they are typed, the error shown under the box (the approve buttons stay disabled
+while they are invalid), and again when approving. Approve once, Always allow the tool
+(for this session, or for the context in every process), or Deny with a reason: the
+waiting turn resumes at once, without running a cell (DESIGN fact 1). The buttons
+disable after use; a second click, on any of them and from any thread, does nothing.
+
+Under the calls, a collapsible decision history shows the context's approval audit log
+(:meth:`~cm_notebook.session.ContextSession.approval_log`), kept current by the
+``ToolCallResolved`` signals that carry a decision, whichever process made it.
 
 Built from stock ipywidgets, so a click is the standard widget message and the view
 works in every front end that renders ipywidgets.
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from ..approvals import ApprovalRecord, Remember
 from ..errors import CMError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from ..model import ToolCall
 from ..tools import validate_edited_arguments
@@ -29,7 +36,16 @@ from ._base import SessionFollower
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["CallRow", "ToolApproval"]
+__all__ = ["CallRow", "DecisionHistory", "ToolApproval"]
+
+#: How many of the latest decisions the history shows (the log keeps them all).
+HISTORY_SHOWN = 50
+
+_APPROVED_AS = {
+    "once": "approved",
+    "session": "approved, always for this session",
+    "context": "approved, always for this context",
+}
 
 
 class CallRow(w.VBox):  # type: ignore[misc]
@@ -54,7 +70,25 @@ class CallRow(w.VBox):  # type: ignore[misc]
             layout=w.Layout(width="100%", height=f"{min(12, 2 + self._original.count(chr(10)))}em"),
         )
         self.check = w.HTML("")
-        self.approve_button = w.Button(description="Approve", button_style="success", icon="check")
+        self.approve_button = w.Button(
+            description="Approve once",
+            button_style="success",
+            icon="check",
+            tooltip="Run this call (with the arguments above)",
+        )
+        self.session_button = w.Button(
+            description="Always allow (session)",
+            icon="check-double",
+            tooltip="Run this call, and this tool from now on without asking, in this session",
+            layout=w.Layout(width="auto"),
+        )
+        self.context_button = w.Button(
+            description="Always allow (context)",
+            icon="check-double",
+            tooltip="Run this call, and this tool from now on without asking, in this "
+            "context, for every notebook or server that opens it",
+            layout=w.Layout(width="auto"),
+        )
         self.reason = w.Text(placeholder="reason (optional), told to the model")
         self.deny_button = w.Button(description="Deny", button_style="danger", icon="times")
         self.status = w.HTML("")
@@ -63,14 +97,22 @@ class CallRow(w.VBox):  # type: ignore[misc]
                 self.title,
                 self.arguments,
                 self.check,
-                w.HBox([self.approve_button, self.reason, self.deny_button]),
+                w.HBox([self.approve_button, self.session_button, self.context_button]),
+                w.HBox([self.reason, self.deny_button]),
                 self.status,
             ],
             layout=w.Layout(border="1px solid #f59e0b", padding="4px 8px", margin="4px 0"),
         )
-        self.approve_button.on_click(lambda _b: self._decide(True))
+        self.add_class("cm-call-row")
+        self.approve_button.on_click(lambda _b: self._decide(True, "once"))
+        self.session_button.on_click(lambda _b: self._decide(True, "session"))
+        self.context_button.on_click(lambda _b: self._decide(True, "context"))
         self.deny_button.on_click(lambda _b: self._decide(False))
         self.arguments.observe(lambda _c: follower.on_loop(self._check), names="value")
+
+    @property
+    def _approve_buttons(self) -> tuple[w.Button, ...]:
+        return (self.approve_button, self.session_button, self.context_button)
 
     def __repr__(self) -> str:
         return "<cm_notebook tool call row>"
@@ -91,27 +133,32 @@ class CallRow(w.VBox):  # type: ignore[misc]
         text = self.arguments.value
         if text == self._original:
             self.check.value = ""
-            self.approve_button.disabled = self.decided
+            self._enable_approve(not self.decided)
             return None
         try:
             edited = validate_edited_arguments(self.session.tools.get(self.call.name), text)
         except CMError as exc:
             self.check.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
-            self.approve_button.disabled = True
+            self._enable_approve(False)
             raise
         self.check.value = '<span style="color:#059669">✓ edited arguments are valid</span>'
-        self.approve_button.disabled = self.decided
+        self._enable_approve(not self.decided)
         return edited
 
-    def _decide(self, approve: bool) -> None:
-        # Runs on the comm thread: claim the row at once, so a second click is a no-op.
+    def _enable_approve(self, enabled: bool) -> None:
+        for button in self._approve_buttons:
+            button.disabled = not enabled
+
+    def _decide(self, approve: bool, remember: Remember = "once") -> None:
+        # Runs on the comm thread: claim the row at once, so a second click (on this
+        # button or another) is a no-op.
         with self._lock:
             if self._used:
                 return
             self._used = True
-        self._follower.on_loop(lambda: self._carry_out(approve))
+        self._follower.on_loop(lambda: self._carry_out(approve, remember))
 
-    def _carry_out(self, approve: bool) -> None:
+    def _carry_out(self, approve: bool, remember: Remember = "once") -> None:
         self._set_disabled(True)
         try:
             if approve:
@@ -120,11 +167,10 @@ class CallRow(w.VBox):  # type: ignore[misc]
                 except CMError:
                     self._release()
                     return
-                if edited is None:
-                    self.session.approve(self.call.id)
-                else:
-                    self.session.approve(self.call.id, arguments=edited)
-                self.status.value = "<b>approved</b>" + (" (edited arguments)" if edited else "")
+                self.session.approve(self.call.id, arguments=edited, remember=remember)
+                self.status.value = f"<b>{_APPROVED_AS[remember]}</b>" + (
+                    " (edited arguments)" if edited else ""
+                )
             else:
                 reason = self.reason.value.strip() or "denied by the user"
                 self.session.deny(self.call.id, reason=reason)
@@ -141,7 +187,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self._set_disabled(False)
 
     def _set_disabled(self, disabled: bool) -> None:
-        self.approve_button.disabled = disabled
+        self._enable_approve(not disabled)
         self.deny_button.disabled = disabled
         self.arguments.disabled = disabled
         self.reason.disabled = disabled
@@ -159,13 +205,74 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self.status.value = text
 
 
+def _describe(record: ApprovalRecord) -> str:
+    # One line of the history: when, who, what, and how.
+    verdict = "approved" if record.approved else "denied"
+    if record.approved and record.remember != "once":
+        verdict += f" (always, {record.remember})"
+    who = html.escape(record.by) + (" <i>from another process</i>" if record.remote else "")
+    parts = [
+        f'<span style="color:#888">{record.at:%Y-%m-%d %H:%M:%S}</span>',
+        f"<code>{html.escape(record.tool)}</code>",
+        f'<b style="color:{"#059669" if record.approved else "#b91c1c"}">{verdict}</b>',
+        f"by {who}",
+        f'<span style="color:#888">on {html.escape(record.branch)}</span>',
+    ]
+    line = " ".join(parts)
+    if record.edited_arguments is not None:
+        asked = html.escape(json.dumps(record.arguments, ensure_ascii=False))
+        ran = html.escape(json.dumps(record.edited_arguments, ensure_ascii=False))
+        line += f"<br>&nbsp;&nbsp;arguments <code>{asked}</code> → <code>{ran}</code>"
+    if record.reason and not record.approved:
+        line += f"<br>&nbsp;&nbsp;reason: {html.escape(record.reason)}"
+    return f'<div class="cm-decision">{line}</div>'
+
+
+class DecisionHistory(w.Accordion):  # type: ignore[misc]
+    """The approval audit log of a session's context, newest first, collapsed at first."""
+
+    def __init__(self, session: ContextSession) -> None:
+        self.session = session
+        self.body = w.HTML("")
+        self.records: list[ApprovalRecord] = []
+        super().__init__(children=[self.body], selected_index=None)
+        self.add_class("cm-decisions")
+        self.reload()
+
+    def __repr__(self) -> str:
+        return "<cm_notebook decision history>"
+
+    def reload(self) -> None:
+        """Read the whole log again (on a Resync, and at first)."""
+        try:
+            self.records = self.session.approval_log()
+        except CMError as exc:
+            self.body.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+            return
+        self._show()
+
+    def add(self, record: ApprovalRecord) -> None:
+        """Show one more decision (from a ``ToolCallResolved`` signal)."""
+        if record not in self.records[-HISTORY_SHOWN:]:
+            self.records.append(record)
+            self._show()
+
+    def _show(self) -> None:
+        shown = self.records[-HISTORY_SHOWN:][::-1]
+        self.set_title(0, f"Decision history ({len(self.records)})")
+        self.body.value = "".join(map(_describe, shown)) or (
+            '<span style="color:#888">No decisions yet.</span>'
+        )
+
+
 class ToolApproval(w.VBox):  # type: ignore[misc]
     """The session's pending tool calls, one :class:`CallRow` each."""
 
     def __init__(self, session: ContextSession) -> None:
         self.session = session
         self.header = w.HTML("")
-        super().__init__([self.header])
+        self.history = DecisionHistory(session)
+        super().__init__([self.header, self.history])
         self.add_class("cm-approval")
         self.rows: dict[str, CallRow] = {}
         self._branches: dict[str, str] = {}  # call id -> branch, from the signals
@@ -194,6 +301,8 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                 self._branches[call_id] = event.branch or ""
             self._sync()
         elif isinstance(event, ev.ToolCallResolved):
+            if event.decision is not None:
+                self.history.add(event.decision)
             row = self.rows.get(event.tool_call_id)
             if row is not None:
                 result = None
@@ -202,6 +311,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                 row.resolved(event.status.value, result, event.reason)
             self._update_header()
         elif isinstance(event, ev.Resync):
+            self.history.reload()
             self._sync()
 
     def _result_of(self, call_id: str, branch: str | None) -> str | None:
@@ -223,7 +333,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                     self.session, self._follower, call, self._branches.get(call.id, "")
                 )
         self._update_header()
-        self.children = [self.header, *self.rows.values()]
+        self.children = [self.header, *self.rows.values(), self.history]
 
     def _update_header(self) -> None:
         waiting = len(self.session.pending_tool_calls)

@@ -21,8 +21,10 @@ O(n^2) bytes per reply. It is pulled on demand instead, so one reply costs the d
 (its length once) plus its frozen HTML once.
 
 Actions arrive as custom messages from the front end (``edit``, ``regenerate``,
-``sibling``, ``fork``) or as clicks on the stock Send / Stop buttons; all of them run
-on the session's loop (see :class:`~cm_notebook.widgets._base.SessionFollower`).
+``sibling``, ``fork``, ``rate``) or as clicks on the stock Send / Stop buttons; all of
+them run on the session's loop (see :class:`~cm_notebook.widgets._base.SessionFollower`).
+Each finished assistant message carries its rating (``data["rating"]``), refreshed
+by ``ScoreUpdated`` signals from any source.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..model import Message, MessageStatus
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle
 from ._messages import message_dict
+from .rating import rate_from_front_end, rating_of, stored_rating
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -119,6 +122,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._sent_len = 0
         self._need_snapshot = False
         self._frozen: dict[str, FrozenMessage] = {}  # message id -> its model, reused
+        self._ratings: dict[str, dict[str, Any]] = {}  # message id -> its rating, as read
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         loop = self._follower.loop
         self._deltas = Throttle(loop, self._delta_interval, self._flush_text)
@@ -152,8 +156,15 @@ class ChatView(w.VBox):  # type: ignore[misc]
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.Resync):
+            self._ratings.clear()
             self._catch_up()
             self._refresh.now()
+            return
+        if isinstance(event, ev.ScoreUpdated):
+            # Whichever branch the score names: the message may be on this one too.
+            if event.message_id in self._frozen:
+                self._ratings[event.message_id] = rating_of(event.score)
+                self._refresh.poke()
             return
         if isinstance(event, ev.BranchSwitched):
             if self._follow_active and event.branch != self._branch:
@@ -252,6 +263,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
             if message.id == self._live_id and message.status is MessageStatus.STREAMING:
                 continue
             data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
+            if message.role == "assistant":
+                data["rating"] = self._rating(message.id)
             frozen = self._frozen.get(message.id)
             if frozen is None:
                 frozen = self._frozen[message.id] = FrozenMessage(data=data)
@@ -268,6 +281,13 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self.transcript.busy = busy
         self.send_button.disabled = busy
         self.stop_button.disabled = not busy
+
+    def _rating(self, message_id: str) -> dict[str, Any]:
+        # Read once per message; ScoreUpdated signals keep it current afterwards.
+        rating = self._ratings.get(message_id)
+        if rating is None:
+            rating = self._ratings[message_id] = stored_rating(self.session, message_id)
+        return rating
 
     # -- actions (any thread in, session loop thread out) --------------------------
 
@@ -290,6 +310,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._follower.on_loop(lambda: self._show_sibling(target))
         elif event == "fork" and isinstance(target, str):
             self._follower.on_loop(lambda: self._fork(target))
+        elif event == "rate":
+            self._follower.on_loop(lambda: self._act(rate_from_front_end, self.session, content))
 
     def _act(self, action: Any, *args: Any) -> None:
         self.transcript.notice = ""

@@ -5,7 +5,9 @@ the branch's system prompt, model, parameters, tokens, time to first token, toke
 second and latency of its last reply, the messages after the point of divergence, and
 its last answer as a word-level diff against the first branch's (the first column
 marks what the others dropped, the others what they added). It re-renders when a
-compared branch's reply completes or its head moves.
+compared branch's reply completes or its head moves. Under the columns, rating buttons
+(👍 👎, 1-5) for each branch's last answer (:mod:`.rating`); a rating given from
+code shows there too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView
 from ._messages import stats_of
 from .markdown import render_markdown
+from .rating import RatingBar, rating_of
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -34,8 +37,11 @@ __all__ = ["CompareView", "comparison_html"]
 _MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
 
 
-class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
-    """``branches`` (default: every branch) side by side, kept current."""
+class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
+    """``branches`` (default: every branch) side by side, kept current.
+
+    ``value`` is the comparison's HTML; ``ratings`` the rating bars of the answers.
+    """
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
         names = list(branches) or list(session.branches)
@@ -52,11 +58,43 @@ class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
                 raise InvalidInputError(
                     f"there is no branch {name!r}; the branches are {sorted(session.branches)}"
                 )
-        super().__init__()
+        self.html = w.HTML()
+        self.ratings = w.HBox(layout=w.Layout(grid_gap="8px"))
+        self._bars: dict[str, RatingBar] = {}  # answer id -> its bar, reused
+        super().__init__([self.html, self.ratings])
         self.add_class("cm-compare")
         self.branch_names = names
         self._follow(session, 0.5)
         self._render()
+
+    @property
+    def value(self) -> str:
+        """The comparison as HTML."""
+        return str(self.html.value)
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.html.value = text
+
+    def close(self) -> None:
+        """Stop following the session and close the widgets."""
+        for bar in getattr(self, "_bars", {}).values():
+            bar.close()
+        super().close()
+
+    def _show_ratings(self, answers: list[Message | None]) -> None:
+        # One bar per column, under it; a column without an answer gets an empty space.
+        cells: list[w.Widget] = []
+        for answer in answers:
+            if answer is None or answer.role != "assistant":
+                cells.append(w.Box(layout=w.Layout(flex="1")))
+                continue
+            bar = self._bars.get(answer.id)
+            if bar is None:
+                bar = self._bars[answer.id] = RatingBar(self.session, self._follower, answer.id)
+            bar.layout.flex = "1"
+            cells.append(bar)
+        self.ratings.children = cells
 
     def __repr__(self) -> str:
         return f"<cm_notebook CompareView of {len(self.branch_names)} branches>"
@@ -65,6 +103,11 @@ class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
         self.value = f'<div style="color:#b91c1c">{html.escape(text)}</div>'
 
     def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ScoreUpdated):
+            bar = self._bars.get(event.message_id)
+            if bar is not None:
+                bar.show(rating_of(event.score))
+            return
         if event.branch not in self.branch_names:
             return
         if isinstance(event, (ev.MessageCompleted, ev.BranchUpdated, ev.StateChanged)):
@@ -90,6 +133,9 @@ class CompareView(FollowingView, w.HTML):  # type: ignore[misc]
             session.compare_turns(name, self.branch_names[0]) for name in self.branch_names[1:]
         ]
         self.value = comparison_html(columns, turns)
+        self._show_ratings(
+            [next((m for m in reversed(paths[n]) if m.role == "assistant"), None) for n in paths]
+        )
 
 
 def _shared(paths: list[list[Message]]) -> int:

@@ -44,6 +44,22 @@ function renderCall(c) {
   return box;
 }
 
+// 👍 👎 and 1-5 under an assistant message; the pressed ones show its stored rating.
+function ratingBar(m, send) {
+  const bar = h("div", "cm-rating");
+  const rating = m.rating || {};
+  const add = (label, title, pressed, payload) => {
+    const b = button(label, title, () => send({ event: "rate", id: m.id, ...payload }), "cm-rate");
+    if (pressed) b.classList.add("cm-pressed");
+    b.setAttribute("aria-pressed", pressed ? "true" : "false");
+    bar.append(b);
+  };
+  add("👍", "a good answer", rating.thumbs === "up", { thumbs: "up" });
+  add("👎", "a bad answer", rating.thumbs === "down", { thumbs: "down" });
+  for (let n = 1; n <= 5; n++) add(String(n), `score ${n} of 5`, rating.score === n, { score: n });
+  return bar;
+}
+
 function render({ model, el }) {
   el.classList.add("cm-transcript");
   const scroller = h("div", "cm-scroll");
@@ -150,6 +166,7 @@ function render({ model, el }) {
     if (m.hint) box.append(h("div", "cm-hint", m.hint));
     const stats = statsLine(m.stats);
     if (stats) box.append(h("div", "cm-stats", stats));
+    if (m.rating) box.append(ratingBar(m, (msg) => model.send(msg)));
     return box;
   }
 

@@ -1,0 +1,128 @@
+"""Applying approval decisions to the calls waiting in this process.
+
+Decisions reach a waiting call three ways: ``approve()``/``deny()`` here (see
+:mod:`cm_notebook._session_approvals`), a decision record from another process
+(:mod:`cm_notebook._remote_decisions`, applied at each poll of the log follower), and an
+allow-list that now allows the call's tool (:mod:`cm_notebook._approval_log`). The last
+two live here, with the checks both sides share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import _json
+from . import events as ev
+from .approvals import Decision, PendingCall, Remember, check_remember
+from .errors import CMError, InvalidInputError, ToolArgumentsError, ToolError
+from .tools import validate_edited_arguments
+from .tools._tool import MAX_ARGUMENTS_CHARS
+
+if TYPE_CHECKING:
+    from ._remote_decisions import DecisionBox, RemoteDecision
+    from ._session_core import SessionCore
+
+__all__ = ["apply_remote_decisions", "approval", "approve_allowed", "check_arguments_shape"]
+
+_EDITED = "arguments edited before approval"
+
+
+def check_arguments_shape(arguments: Mapping[str, Any] | str) -> dict[str, Any]:
+    """Edited arguments as a dict within the JSON bounds, without a tool's schema.
+
+    For a process that decides a call whose tool it does not have: the process running
+    the call checks them against the schema before it runs anything.
+    """
+    value: object = arguments
+    try:
+        if isinstance(value, str):
+            value = _json.loads(value, max_chars=MAX_ARGUMENTS_CHARS) if value.strip() else {}
+        else:
+            _json.check_depth(value)
+    except ValueError as exc:
+        raise ToolArgumentsError(f"The edited arguments are not valid JSON: {exc}") from exc
+    if not isinstance(value, Mapping):
+        raise ToolArgumentsError(
+            f"The edited arguments must be a JSON object, got {type(value).__name__}"
+        )
+    return dict(value)
+
+
+def approval(
+    session: SessionCore,
+    pending: PendingCall,
+    arguments: Mapping[str, Any] | str | None,
+    **where: Any,
+) -> Decision:
+    """An approval of ``pending``, with ``arguments`` (if any) checked against its tool."""
+    if arguments is None:
+        return Decision(True, **where)
+    edited = validate_edited_arguments(session.tools.get(pending.call.name), arguments)
+    return Decision(True, _EDITED, edited, **where)
+
+
+def _never(_call_id: str) -> bool:
+    return False
+
+
+def _by_allow_list(scope: Remember) -> Callable[[PendingCall], Decision]:
+    return lambda _pending: Decision(True, by="allow-list", remember=scope)
+
+
+def approve_allowed(session: SessionCore) -> None:
+    """Approve the waiting calls whose tools an allow-list now allows."""
+    for call in session._approvals.calls():
+        scope = session._allow_lists.scope_of(call.name)
+        if scope is None:
+            continue
+        with contextlib.suppress(CMError):  # decided meanwhile
+            session._approvals.decide(call.id, _never, None, _by_allow_list(scope))
+
+
+def apply_remote_decisions(session: SessionCore) -> None:
+    """Apply the decisions other processes recorded for the calls waiting here.
+
+    Runs on the log follower's thread at each poll. Edited arguments are validated
+    against this process's tool: if they are refused, the record is discarded (the
+    call stays pending, to be decided again) and an ``Error`` signal says why.
+    """
+    box = session._decisions
+    if box is None:
+        return
+    for call_id, message_id in session._approvals.waiting():
+        found = box.read(call_id, message_id)
+        if found is not None:
+            _apply(session, box, call_id, message_id, found)
+    approve_allowed(session)
+
+
+def _apply(
+    session: SessionCore,
+    box: DecisionBox,
+    call_id: str,
+    message_id: str,
+    found: RemoteDecision,
+) -> None:
+    where: dict[str, Any] = {"by": found.by, "remote": True, "pid": found.pid}
+    with contextlib.suppress(InvalidInputError):
+        where["remember"] = check_remember(found.remember)
+    branch: list[str] = []
+
+    def decision_for(pending: PendingCall) -> Decision:
+        branch.append(pending.branch)
+        if not found.approved:
+            return Decision(False, found.reason or "denied", **where)
+        return approval(session, pending, found.arguments, **where)
+
+    try:
+        session._approvals.decide(call_id, _never, None, decision_for)
+    except ToolError as exc:
+        if not branch:  # decided here meanwhile: the first decision wins
+            return
+        box.discard(call_id, message_id)
+        message = f"tool call {call_id!r} still waits: {exc}. Approve it again."
+        session._publish(ev.ErrorReported(branch=branch[0], kind="tool", message=message))
+    except CMError:
+        return

@@ -1,0 +1,234 @@
+"""The approval audit log and the allow-lists of a context.
+
+Both live in ``<context>/approvals/`` when the store keeps context folders (a store
+without one keeps them in memory, for this session only):
+
+* ``log.jsonl``: one :class:`~cm_notebook.approvals.ApprovalRecord` per line, appended
+  by the process whose turn applied the decision (one process per decision, so one line
+  each). A line is written with a single ``write`` on a file opened for appending, so
+  lines of two processes never interleave; a line torn by a crash is skipped on reading
+  and the next append starts on a fresh line. Lines are parsed as bounded JSON.
+* ``allowed.json``: the tools allowed for the whole context (``{"tools": [...]}``),
+  replaced atomically under a lock file, and re-read by every process whenever it
+  changed (a ``stat`` per check), so an allowance given or revoked in one process holds
+  in every other at its next tool call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from . import _json
+from .approvals import ApprovalRecord, Remember
+from .errors import InvalidInputError, StoreError
+from .store.atomic import atomic_write, write_all
+
+try:  # POSIX; elsewhere changes to the context's allow-list are not locked between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["AllowLists", "ApprovalLog", "approvals_folder"]
+
+_FOLDER = "approvals"
+_LOG = "log.jsonl"
+_ALLOWED = "allowed.json"
+_LOCK = "allowed.lock"
+# A record holds a call's arguments twice at most (asked for and edited), each bounded
+# by the tools' own limit; lines beyond this are not records this package wrote.
+_MAX_LINE_CHARS = 8 * 1024 * 1024
+_MAX_TOOL_NAME = 200
+
+_Change = Callable[[frozenset[str]], frozenset[str]]
+
+
+def approvals_folder(context_dir: Path | None) -> Path | None:
+    """Where a context keeps its approval log and allow-list (None: in memory)."""
+    return None if context_dir is None else context_dir / _FOLDER
+
+
+class ApprovalLog:
+    """The audit log of approval decisions of one context, oldest first."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self._path = None if folder is None else folder / _LOG
+        self._memory: list[ApprovalRecord] = []
+        self._lock = threading.Lock()
+
+    def append(self, record: ApprovalRecord, *, durable: bool = True) -> None:
+        """Add ``record`` at the end (fsync'd unless ``durable`` is false)."""
+        if self._path is None:
+            with self._lock:
+                self._memory.append(record)
+            return
+        line = (record.model_dump_json() + "\n").encode()
+        try:
+            self._path.parent.mkdir(exist_ok=True)
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                # A crash may have torn the last line: start this one on its own line.
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                write_all(fd, line)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(
+                f"the approval log {self._path} could not be written: {exc}; the decision "
+                "itself was applied. Free disk space or fix the folder's permissions."
+            ) from exc
+
+    def read(self, branch: str | None = None) -> list[ApprovalRecord]:
+        """The records (of ``branch`` only, if given), oldest first; damaged lines skipped."""
+        if self._path is None:
+            with self._lock:
+                records = list(self._memory)
+        else:
+            try:
+                text = self._path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                return []
+            except OSError as exc:
+                raise StoreError(f"the approval log {self._path} could not be read: {exc}") from exc
+            records = [record for record in map(_parse, text.splitlines()) if record]
+        return [r for r in records if branch is None or r.branch == branch]
+
+
+def _parse(line: str) -> ApprovalRecord | None:
+    if not line.strip():
+        return None
+    try:
+        return ApprovalRecord.model_validate(_json.loads(line, max_chars=_MAX_LINE_CHARS))
+    except (ValueError, ValidationError):  # torn by a crash, or not ours: skipped
+        return None
+
+
+def check_tool_name(tool: object) -> str:
+    """``tool`` if it can be a tool's name; else :class:`InvalidInputError`."""
+    if not isinstance(tool, str) or not tool or len(tool) > _MAX_TOOL_NAME:
+        raise InvalidInputError(f"tool must be a tool's name (a non-empty string); got {tool!r}")
+    return tool
+
+
+class AllowLists:
+    """Tools approved for the rest of the session, or for the whole context."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self._folder = folder
+        self._lock = threading.Lock()
+        self._session: set[str] = set()
+        self._memory_context: set[str] = set()  # no folder: the context's, in memory
+        self._cache: tuple[tuple[int, int, int], frozenset[str]] | None = None
+
+    def scope_of(self, tool: str) -> Remember | None:
+        """``"session"`` or ``"context"`` if ``tool`` is allowed without asking, else None."""
+        with self._lock:
+            if tool in self._session:
+                return "session"
+        return "context" if tool in self.context_tools() else None
+
+    def session_tools(self) -> frozenset[str]:
+        """The tools allowed for this session."""
+        with self._lock:
+            return frozenset(self._session)
+
+    def context_tools(self) -> frozenset[str]:
+        """The tools allowed for the context (as stored now, by any process)."""
+        if self._folder is None:
+            with self._lock:
+                return frozenset(self._memory_context)
+        path = self._folder / _ALLOWED
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return frozenset()
+        except OSError as exc:
+            raise StoreError(f"the allow-list {path} could not be read: {exc}") from exc
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if self._cache is not None and self._cache[0] == signature:
+                return self._cache[1]
+        tools = _read_allowed(path)
+        with self._lock:
+            self._cache = (signature, tools)
+        return tools
+
+    def allow(self, tool: str, scope: Remember) -> None:
+        """Allow ``tool`` for ``scope`` (``"once"`` does nothing)."""
+        check_tool_name(tool)
+        if scope == "session":
+            with self._lock:
+                self._session.add(tool)
+        elif scope == "context":
+            self._change_context(lambda tools: tools | {tool})
+
+    def revoke(self, tool: str, scope: Remember | None = None) -> bool:
+        """Stop allowing ``tool`` (in ``scope``, or both with None); True if it was allowed."""
+        check_tool_name(tool)
+        removed = False
+        if scope in (None, "session"):
+            with self._lock:
+                removed = tool in self._session
+                self._session.discard(tool)
+        if scope in (None, "context"):
+            removed = self._change_context(lambda tools: tools - {tool}) or removed
+        return removed
+
+    def _change_context(self, change: _Change) -> bool:
+        # Read-modify-write under a lock file, so two processes' changes both land.
+        if self._folder is None:
+            with self._lock:
+                before = frozenset(self._memory_context)
+                self._memory_context = set(change(before))
+                return before != self._memory_context
+        with self._locked() as folder:
+            path = folder / _ALLOWED
+            before = _read_allowed(path)
+            after = frozenset(change(before))
+            if after != before:
+                data = json.dumps({"tools": sorted(after)}, indent=1).encode()
+                atomic_write(path, data)
+        return after != before
+
+    @contextmanager
+    def _locked(self) -> Iterator[Path]:
+        assert self._folder is not None
+        try:
+            self._folder.mkdir(exist_ok=True)
+            fd = os.open(self._folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(
+                f"the allow-list in {self._folder} could not be changed: {exc}"
+            ) from exc
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._folder
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def _read_allowed(path: Path) -> frozenset[str]:
+    try:
+        value = _json.loads(path.read_bytes(), max_chars=_MAX_LINE_CHARS)
+    except FileNotFoundError:
+        return frozenset()
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"the allow-list {path} is damaged ({exc}); delete it to allow no tool "
+            "for the context, then allow them again"
+        ) from exc
+    tools = value.get("tools") if isinstance(value, dict) else None
+    if not isinstance(tools, list):
+        raise StoreError(f"the allow-list {path} has no list of tools; delete it and start over")
+    return frozenset(t for t in tools if isinstance(t, str) and t)

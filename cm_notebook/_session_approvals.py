@@ -1,0 +1,163 @@
+"""Approval choices of a session: approve (once or always), edit, deny, and the audit log.
+
+:class:`ApprovalMethods` holds the public approval API of
+:class:`~cm_notebook.session.ContextSession`; the desk itself is
+:mod:`cm_notebook.approvals`, the log and allow-lists :mod:`cm_notebook._approval_log`,
+and calls waiting in another process are decided through
+:mod:`cm_notebook._remote_decisions`.
+
+Every decision a person (or an allow-list) makes is applied by the process running the
+turn, which appends it to the context's audit log and publishes it in the
+``ToolCallResolved`` signal's ``decision``: the same record in the log, in the signal
+log (so over SSE) and in the views.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from ._approval_apply import approval, approve_allowed
+from ._session_reading import SessionReading
+from .approvals import ApprovalRecord, Decision, Remember, check_remember
+from .errors import InvalidInputError
+from .ids import validate_branch_name
+from .model import ToolCall
+
+__all__ = ["ApprovalMethods"]
+
+_MAX_BY = 200
+
+
+def _check_by(by: object) -> str:
+    if not isinstance(by, str) or not by.strip() or len(by) > _MAX_BY:
+        raise InvalidInputError(
+            f"by must name who decides (a non-empty string of at most {_MAX_BY} characters); "
+            f"got {by!r}"
+        )
+    return by.strip()
+
+
+class ApprovalMethods(SessionReading):
+    """Approve or deny tool calls; allow tools for a session or context; the audit log."""
+
+    def approve(
+        self,
+        tool_call_id: str | None = None,
+        *,
+        arguments: Mapping[str, Any] | str | None = None,
+        branch: str | None = None,
+        remember: Remember = "once",
+        by: str = "user",
+    ) -> builtins.list[ToolCall]:
+        """Approve one pending tool call, or all of them with ``tool_call_id=None``
+        (only those of ``branch`` if given, e.g. one arm of a fan-out).
+
+        ``arguments`` replaces the model's arguments for that call after validation
+        against the tool's schema (only with a single ``tool_call_id``); a call waiting
+        in another process gets them too, validated again there.
+        ``remember="session"`` also allows the call's tool from now on in this session,
+        ``"context"`` in this context for every process that opens it (see
+        :meth:`allowed_tools`, :meth:`revoke`); other calls of that tool already waiting
+        are approved with it. ``by`` names who decides, for :meth:`approval_log`.
+        """
+        if arguments is not None and tool_call_id is None:
+            raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
+        remember = check_remember(remember)
+        by = _check_by(by)
+        only = None if branch is None else validate_branch_name(branch)
+        elsewhere = self._decide_elsewhere(
+            tool_call_id, approved=True, reason=None, arguments=arguments, by=by, remember=remember
+        )
+        if elsewhere is not None:
+            decided = elsewhere
+        else:
+            decided = self._approvals.decide(
+                tool_call_id,
+                self._was_resolved,
+                only,
+                lambda pending: approval(self, pending, arguments, by=by, remember=remember),
+            )
+        if remember != "once":
+            for name in dict.fromkeys(call.name for call in decided):
+                self._allow_lists.allow(name, remember)
+            approve_allowed(self)
+        return decided
+
+    def deny(
+        self,
+        tool_call_id: str | None = None,
+        *,
+        reason: str = "denied by the user",
+        branch: str | None = None,
+        by: str = "user",
+    ) -> builtins.list[ToolCall]:
+        """Deny one pending tool call, or all (of ``branch`` if given); the model is told
+        ``reason``. ``by`` names who decides, for :meth:`approval_log`."""
+        if not isinstance(reason, str):
+            raise InvalidInputError("reason must be a string")
+        by = _check_by(by)
+        only = None if branch is None else validate_branch_name(branch)
+        decision = Decision(False, reason or "denied by the user", by=by)
+        elsewhere = self._decide_elsewhere(
+            tool_call_id, approved=False, reason=decision.reason, by=by
+        )
+        if elsewhere is not None:
+            return elsewhere
+        return self._approvals.decide(
+            tool_call_id, self._was_resolved, only, lambda pending: decision
+        )
+
+    def allowed_tools(self) -> dict[Literal["session", "context"], list[str]]:
+        """The tools that run without asking, by scope: ``{"session": [...], "context": [...]}``.
+
+        Only tools whose policy is ``"ask"`` are affected; a ``"deny"`` rule still denies.
+        """
+        return {
+            "session": sorted(self._allow_lists.session_tools()),
+            "context": sorted(self._allow_lists.context_tools()),
+        }
+
+    def allow(self, tool: str, *, scope: Literal["session", "context"] = "session") -> None:
+        """Run ``tool`` without asking from now on, in this session or the whole context.
+
+        The same as approving one of its calls with ``remember=scope``; calls of it
+        already waiting here are approved. Undo with :meth:`revoke`.
+        """
+        if scope not in ("session", "context"):
+            raise InvalidInputError(f"scope must be 'session' or 'context'; got {scope!r}")
+        self._allow_lists.allow(tool, scope)
+        approve_allowed(self)
+
+    def revoke(self, tool: str, *, scope: Literal["session", "context"] | None = None) -> bool:
+        """Ask again before running ``tool`` (in ``scope``; both with None).
+
+        Returns whether it was allowed. A context's allowance is revoked for every
+        process at its next tool call.
+        """
+        if scope is not None and scope not in ("session", "context"):
+            raise InvalidInputError(f"scope must be 'session', 'context' or None; got {scope!r}")
+        return self._allow_lists.revoke(tool, scope)
+
+    def approval_log(self, branch: str | None = None) -> builtins.list[ApprovalRecord]:
+        """The audit log of approval decisions, oldest first: every branch, or ``branch``'s.
+
+        Each :class:`~cm_notebook.approvals.ApprovalRecord` says who decided (``by``;
+        ``remote`` if another process did), when, on which call and tool, the arguments
+        asked for and any edited ones, the reason and the scope remembered. Kept in the
+        context's folder, so every process sees every decision.
+        """
+        only = None if branch is None else validate_branch_name(branch)
+        return self._approval_log.read(only)
+
+    def _was_resolved(self, tool_call_id: str) -> bool:
+        # Not pending, but asked for by a stored reply: it was decided already. Any
+        # branch may hold it (a turn can run on a branch that is not the active one).
+        names = [self.active_branch, *self.branches]
+        for name in dict.fromkeys(names):
+            _ids, path = self._io.call(self._messages.path_messages(self._store, self.id, name))
+            for message in reversed(path):
+                if any(call.id == tool_call_id for call in message.tool_calls):
+                    return True
+        return False

@@ -1,0 +1,101 @@
+"""Rating buttons for assistant messages: thumbs up/down and a 1-5 score.
+
+A click calls :meth:`~cm_notebook.session.ContextSession.rate` on the session's loop;
+the buttons then show what the ``ScoreUpdated`` signal says, so a rating given from
+code (or from another view, or another process) shows here too. :class:`RatingBar` is
+made of stock ipywidgets (the compare view uses it); the chat's transcript draws the
+same controls in its own front end and sends ``{"event": "rate", ...}``
+(:func:`rate_from_front_end`).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from ..errors import CMError, InvalidInputError
+
+if TYPE_CHECKING:
+    from ..scores import Score
+    from ..session import ContextSession
+    from ._base import SessionFollower
+
+__all__ = ["RatingBar", "rate_from_front_end", "rating_of", "stored_rating"]
+_SCORES = (1, 2, 3, 4, 5)
+
+
+def rating_of(score: Score | None) -> dict[str, Any]:
+    """``{"thumbs": "up"|"down"|None, "score": 1-5|None}`` of a stored score (or None)."""
+    if score is None:
+        return {"thumbs": None, "score": None}
+    return {"thumbs": score.thumbs, "score": score.score}
+
+
+def stored_rating(session: ContextSession, message_id: str) -> dict[str, Any]:
+    """The rating stored for ``message_id`` (nothing given: both None)."""
+    return rating_of(session.scores(message_id))
+
+
+def _rate_arguments(content: Mapping[str, Any]) -> dict[str, Any]:
+    # What the front end asked for, checked: one of thumbs or score.
+    thumbs, score = content.get("thumbs"), content.get("score")
+    if thumbs in ("up", "down"):
+        return {"thumbs": thumbs}
+    if isinstance(score, int) and not isinstance(score, bool) and score in _SCORES:
+        return {"score": score}
+    raise InvalidInputError(f"a rating is thumbs 'up'/'down' or a score 1-5; got {dict(content)}")
+
+
+def rate_from_front_end(session: ContextSession, content: Mapping[str, Any]) -> None:
+    """Carry out ``{"event": "rate", "id": message id, "thumbs"|"score": ...}``."""
+    message_id = content.get("id")
+    if not isinstance(message_id, str):
+        raise InvalidInputError("a rating needs the id of the message it is for")
+    session.rate(message_id, **_rate_arguments(content))
+
+
+class RatingBar(w.HBox):  # type: ignore[misc]
+    """👍 👎 and 1-5 for one assistant message; the pressed ones show its rating."""
+
+    def __init__(self, session: ContextSession, follower: SessionFollower, message_id: str) -> None:
+        self.session = session
+        self.message_id = message_id
+        self._follower = follower
+        small = w.Layout(width="34px", padding="0")
+        self.up = w.Button(description="👍", tooltip="a good answer", layout=small)
+        self.down = w.Button(description="👎", tooltip="a bad answer", layout=small)
+        self.scores = [
+            w.Button(description=str(n), tooltip=f"score {n} of 5", layout=small) for n in _SCORES
+        ]
+        self.note = w.HTML("")
+        super().__init__([self.up, self.down, *self.scores, self.note])
+        self.add_class("cm-rating")
+        self.up.on_click(lambda _b: self._rate({"thumbs": "up"}))
+        self.down.on_click(lambda _b: self._rate({"thumbs": "down"}))
+        for n, button in zip(_SCORES, self.scores, strict=True):
+            button.on_click(lambda _b, n=n: self._rate({"score": n}))
+        self.show(stored_rating(session, message_id))
+
+    def __repr__(self) -> str:
+        return "<cm_notebook rating>"
+
+    def _rate(self, content: dict[str, Any]) -> None:
+        # A click may come on the comm thread: rate on the session's loop.
+        def carry_out() -> None:
+            self.note.value = ""
+            try:
+                rate_from_front_end(self.session, {"id": self.message_id, **content})
+            except CMError as exc:
+                self.note.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+
+        self._follower.on_loop(carry_out)
+
+    def show(self, rating: Mapping[str, Any]) -> None:
+        """Press the buttons of ``rating`` (``{"thumbs", "score"}``)."""
+        self.up.button_style = "success" if rating.get("thumbs") == "up" else ""
+        self.down.button_style = "danger" if rating.get("thumbs") == "down" else ""
+        for n, button in zip(_SCORES, self.scores, strict=True):
+            button.button_style = "info" if rating.get("score") == n else ""

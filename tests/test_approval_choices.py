@@ -1,0 +1,216 @@
+"""Approval choices in one process: approve once or always (for the session, for the
+context), edit, deny with a reason, revoke; and the audit log of every decision, in the
+context folder and in the ``ToolCallResolved`` signals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_session_support import DEADLINE, Recorder
+from test_session_tools import Calculator, waiting
+
+from cm_notebook.errors import InvalidInputError, ToolArgumentsError
+from cm_notebook.events import ToolCallResolved
+from cm_notebook.model import ToolCallStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+def _log_file(session: ContextSession) -> Path:
+    assert session.signal_log_path is not None
+    return session.signal_log_path.parent / "approvals" / "log.jsonl"
+
+
+def test_approving_once_is_logged_with_who_when_and_what(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    waiting(recorder)
+    session.approve("call_1", by="ada")
+    turn.result(DEADLINE)
+
+    [record] = session.approval_log()
+    assert (record.tool_call_id, record.tool, record.approved) == ("call_1", "add", True)
+    assert (record.by, record.remote, record.remember) == ("ada", False, "once")
+    assert record.arguments == {"a": 1, "b": 2}
+    assert record.edited_arguments is None
+    assert record.branch == "main"
+    assert record.message_id == session.history()[1].id
+    # The same record travels in the signal (so over SSE and to other processes).
+    [resolved] = [e for e in recorder.of(ToolCallResolved) if e.decision is not None]
+    assert resolved.decision == record
+    assert session.approval_log("main") == [record]
+    assert session.approval_log("elsewhere") == []
+    # Persisted in the context folder: a reopened session reads it.
+    session.close()
+    with ContextSession.open(session.id, data_dir=data_dir) as again:
+        assert again.approval_log() == [record]
+
+
+def test_edited_arguments_and_a_denial_with_a_reason_are_logged(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True)
+    fake.tool_calls(("add", {"a": 1, "b": 2}), ("divide", {"a": 1, "b": 0}))
+    fake.reply("done")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("go")
+    waiting(recorder)
+    with pytest.raises(ToolArgumentsError):
+        session.approve("call_1", arguments={"a": "x"})
+    assert session.approval_log() == []  # a refused edit decides nothing
+    session.approve("call_1", arguments='{"a": 5, "b": 6}')
+    session.deny("call_2", reason="no division by zero")
+    turn.result(DEADLINE)
+    assert calc.calls == [("add", 5, 6)]
+    edited, denied = session.approval_log()
+    assert edited.edited_arguments == {"a": 5, "b": 6}
+    assert edited.arguments == {"a": 1, "b": 2}
+    assert (denied.approved, denied.reason, denied.by) == (False, "no division by zero", "user")
+
+
+def test_always_allow_for_the_session_skips_asking_until_revoked(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True)
+    for _ in range(3):
+        fake.tool_call("add", {"a": 1, "b": 1}).reply("2")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("first")
+    waiting(recorder)
+    session.approve("call_1", remember="session")
+    turn.result(DEADLINE)
+    assert session.allowed_tools() == {"session": ["add"], "context": []}
+
+    # The next call of the tool runs without asking; the log says which rule allowed it.
+    assert session.send("second").result(DEADLINE).content == "2"
+    first, second = session.approval_log()
+    assert (first.by, first.remember) == ("user", "session")
+    assert (second.by, second.remember, second.tool_call_id) == ("allow-list", "session", "call_2")
+
+    assert session.revoke("add") is True
+    assert session.revoke("add") is False
+    assert session.allowed_tools() == {"session": [], "context": []}
+    turn = session.send("third")
+    recorder.wait(lambda events: len(session.pending_tool_calls) == 1)
+    session.approve()
+    turn.result(DEADLINE)
+    assert len(calc.calls) == 3
+
+
+def test_always_allow_approves_the_other_waiting_calls_of_that_tool(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True)
+    fake.tool_calls(
+        ("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4}), ("divide", {"a": 1, "b": 1})
+    )
+    fake.reply("ok")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("go")
+    waiting(recorder)
+    session.approve("call_1", remember="context")
+    assert [call.id for call in session.pending_tool_calls] == ["call_3"]
+    session.deny("call_3")
+    turn.result(DEADLINE)
+    assert calc.calls == [("add", 1, 2), ("add", 3, 4)]
+    assert [(r.tool_call_id, r.by) for r in session.approval_log()] == [
+        ("call_1", "user"),
+        ("call_2", "allow-list"),
+        ("call_3", "user"),
+    ]
+    assert session.allowed_tools()["context"] == ["add"]
+    assert session.revoke("add", scope="session") is False
+    assert session.revoke("add", scope="context") is True
+
+
+def test_a_context_allowance_is_kept_in_the_folder_for_later_sessions(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 1}).reply("2")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("go")
+    waiting(recorder)
+    session.approve(remember="context")
+    turn.result(DEADLINE)
+    session.close()
+    again_fake = ScriptedProvider(strict=True).tool_call("add", {"a": 2, "b": 2}).reply("4")
+    with ContextSession.open(
+        session.id, data_dir=data_dir, provider=again_fake, tools=calc.tools
+    ) as again:
+        assert again.allowed_tools() == {"session": [], "context": ["add"]}
+        assert again.send("again").result(DEADLINE).content == "4"
+        assert again.approval_log()[-1].by == "allow-list"
+        assert again.approval_log()[-1].remember == "context"
+    assert calc.calls == [("add", 1, 1), ("add", 2, 2)]
+
+
+def test_the_policy_still_wins_over_an_allowance(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 1}).reply("no")
+    session = new_session(provider=fake, tools=calc.tools, approval={"add": "deny"})
+    session._allow_lists.allow("add", "session")  # as an earlier approve() would have
+    message = session.send("go").result(DEADLINE)
+    assert session.history()[1].tool_calls[0].status is ToolCallStatus.DENIED
+    assert message.content == "no"
+    assert calc.calls == []
+    assert session.approval_log() == []  # the policy's own decisions are configuration
+
+
+def test_a_torn_last_line_of_the_log_is_skipped_and_the_next_decision_still_lands(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True)
+    fake.tool_call("add", {"a": 1, "b": 1}).reply("2").tool_call("add", {"a": 2, "b": 2})
+    fake.reply("4")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("go")
+    waiting(recorder)
+    session.approve()
+    turn.result(DEADLINE)
+    path = _log_file(session)
+    with path.open("ab") as out:
+        out.write(b'{"at": "2026-01-01T00:00:00Z", "branch": "ma')  # a crash mid-append
+    assert len(session.approval_log()) == 1
+    turn = session.send("again")
+    recorder.wait(lambda events: len(session.pending_tool_calls) == 1)
+    session.deny(reason="enough")
+    turn.result(DEADLINE)
+    assert [r.approved for r in session.approval_log()] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.approve("x", remember="forever"),
+        lambda s: s.approve("x", by=""),
+        lambda s: s.deny("x", by=3),
+        lambda s: s.revoke("", scope="session"),
+        lambda s: s.revoke("add", scope="everywhere"),
+        lambda s: s.approval_log(branch="../x"),
+    ],
+)
+def test_bad_choices_are_refused_with_what_to_do(
+    new_session: Callable[..., ContextSession], call: Callable[[ContextSession], object]
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    with pytest.raises(InvalidInputError):
+        call(session)
