@@ -131,7 +131,7 @@ def markdown_table(rows: list[Row]) -> str:
             ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
             value = number(row.value, row.unit)
             if row.note:
-                value = f"{value} ({row.note})"
+                value = f"{value} ({row.note})" if row.value is not None else row.note
             cells = [row.workload, row.figure, value, seed, base, ratio, goal]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
