@@ -23,14 +23,14 @@ from ..report import Limit, Row
 NAME = "streaming"
 
 
-def _reply(reply: int, chunks: int) -> list[str]:
+def chunk_pieces(reply: int, chunks: int) -> list[str]:
     return [f"tok{reply}.{chunk} " for chunk in range(chunks)]
 
 
 def _provider(replies: int, chunks: int) -> ScriptedProvider:
     provider = ScriptedProvider(strict=True)
     for reply in range(replies):
-        pieces = _reply(reply, chunks)
+        pieces = chunk_pieces(reply, chunks)
         provider.reply("".join(pieces), chunks=pieces)
     return provider
 
