@@ -46,7 +46,7 @@ def build(data_dir: Path, count: int) -> dict[str, Any]:
     """See the module docstring."""
     import anyio
 
-    def skip(fd: int) -> None:
+    def skip(fd: Any) -> None:
         del fd
 
     os.fsync = skip

@@ -11,6 +11,7 @@ and the bytes of its text.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -79,9 +80,9 @@ class _Wire:
         self.wait(lambda: msg_id in self.idle, "the end of a cell")
         return self.outputs.get(msg_id, "")
 
-    def completed_replies(self) -> int:
-        """Assistant messages shown as complete (each a FrozenMessage model)."""
-        return sum(
+    def has_completed(self, replies: int) -> bool:
+        """Whether ``replies`` assistant messages show as complete (FrozenMessage models)."""
+        return replies <= sum(
             1
             for model in self.models.values()
             if isinstance(model.get("data"), dict)
@@ -126,7 +127,7 @@ def run(bench: Bench) -> list[Row]:
         comms, sent = wire.comms, wire.comm_bytes
         for reply in range(replies):
             wire.run(f"turn = session.send('reply {reply}, please')")
-            wire.wait(lambda n=reply + 1: wire.completed_replies() >= n, "the completed reply")
+            wire.wait(functools.partial(wire.has_completed, reply + 1), "the completed reply")
         messages, size = wire.comms - comms, wire.comm_bytes - sent
     finally:
         client.stop_channels()
