@@ -66,6 +66,16 @@ def run(selected: list[str], bench: Bench) -> tuple[list[Row], list[str]]:
     return rows, failed
 
 
+def describe(machine: dict[str, object], sizes: Sizes, *, smoke: bool) -> str:
+    """One line about the machine and the sizes, printed above the table."""
+    return (
+        f"{'SMOKE RUN (tiny sizes, figures mean nothing): ' if smoke else ''}"
+        f"{machine['nproc']} CPUs ({machine['cpu']}), {machine['ram']} RAM, "
+        f"disk {machine['disk']}; Python {machine['python']}, commit {machine['commit']}, "
+        f"load average {machine['load_average']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, print the table, write the JSON; 0 if every workload ran."""
     args = _parser().parse_args(argv)
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(sizes=sizes, scratch=Path(scratch), smoke=args.smoke)
         described = machine(bench.scratch)
         rows, failed = run(args.workloads, bench)
+    print(describe(described, sizes, smoke=args.smoke) + "\n")
     print(markdown_table(rows))
     missed = missed_goals(rows)
     if missed:
