@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: setup lab demo test lint typecheck pytest notebooks bench format clean
 
@@ -44,7 +45,12 @@ pytest: setup
 
 test: lint typecheck pytest
 
-bench: setup
+# The benchmarks compare against LangGraph: the `[bench]` extra, installed once.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(PY) -m benchmarks
 
 format: setup

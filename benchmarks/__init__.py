@@ -1,5 +1,6 @@
-"""The performance suite: ``python -m benchmarks`` runs every ``bench_*.py`` module.
+"""The performance suite: ``python -m benchmarks`` (``make bench``) runs every workload.
 
-Benchmarks print figures and ratios against a baseline measured in the same run; they
-assert nothing about timing (that is what makes them useful on any machine).
+One table: each figure beside the seed system's published target, a baseline measured
+in the same run and their ratio; the same rows as JSON. Machines are noisy: the ratios
+are what count. Nothing here asserts anything about timing. See ``benchmarks/README.md``.
 """
