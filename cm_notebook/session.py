@@ -66,9 +66,7 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(
-    ApprovalMethods, ExperimentMethods, StopMethods, DataMethods, SessionBranches
-):
+class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethods, SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
