@@ -98,6 +98,10 @@ def test_a_cell_streams_the_reply_into_its_view_after_the_cell_ends(fe: FrontEnd
     fe.wait_for(complete, what="the whole reply in the cell's output")
     assert "Paris" not in seen[0]  # shown before any text arrived
     assert any("Paris" in html and "Seine" not in html for html in seen)  # streamed
+    # The whole text can show a moment before the turn settles and --var is set.
+    fe.wait_for(
+        lambda: _printed(fe, "globals().get('answer')") is not None, what="--var answer set"
+    )
     assert _printed(fe, "answer") == REPLY
 
     stored = ContextSession.open(context_id, data_dir=fe.data_dir)
