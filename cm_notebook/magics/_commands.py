@@ -189,12 +189,12 @@ class Commands:
     def stop(self, args: a.TurnArgs) -> None:
         """Stop the reply being written on a branch (its text so far is kept)."""
         session = self.session()
-        turn = session.turn(args.branch)
-        if turn is None or turn.done():
+        branch = args.branch or session.active_branch
+        # session.stop also reaches a reply another process (kernel, server) generates.
+        if session.stop(branch) is None:
             print("nothing to stop: no reply is being written")
             return
-        turn.cancel()
-        print(f"stopping the reply on branch {turn.branch!r}")
+        print(f"stopping the reply on branch {branch!r}")
 
     # -- branches --------------------------------------------------------------------
 

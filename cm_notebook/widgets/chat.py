@@ -326,9 +326,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self.input.value = ""
 
     def _stop_turn(self) -> None:
-        turn = self.session.turn(self._branch)
-        if turn is not None:
-            turn.cancel()
+        # session.stop also reaches a reply another process (kernel, server) generates.
+        self._act(lambda: self.session.stop(self._branch))
 
     def _regenerate(self) -> None:
         if self.session.state_of(self._branch).value == "PermanentFailure":
