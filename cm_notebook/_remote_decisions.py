@@ -9,11 +9,6 @@ log follower looks for records of the calls on its desk each time it polls, appl
 the decision as if it were made locally. The record stays (a few bytes per decision),
 so a second decision for the same call is refused however late it comes. The waiting
 turn's ``ToolCallResolved`` signal then tells every process the outcome.
-
-A record may carry edited arguments (validated by the deciding process when it knows
-the tool, and again by the waiting one, whose tool runs them), who decided and the
-scope the decision was given for (for the audit log). Arguments the waiting process
-refuses are not applied: the record is discarded, so the call can be decided again.
 """
 
 from __future__ import annotations
@@ -28,7 +23,10 @@ from typing import Any
 
 from . import _json
 
-__all__ = ["DecisionBox", "RemoteDecision"]
+__all__ = ["DecisionBox"]
+
+_FOLDER = "decisions"
+
 
 # Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
 _MAX_RECORD_CHARS = 8 * 1024 * 1024
@@ -36,7 +34,14 @@ _MAX_RECORD_CHARS = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RemoteDecision:
-    """A decision recorded by another process for a call waiting in this one."""
+    """A decision recorded by another process for a call waiting in this one.
+
+    Besides the verdict, a record may carry edited arguments (validated by the deciding
+    process when it knows the tool, and again by the waiting one, whose tool runs them),
+    who decided and the scope the decision was given for (for the audit log). Arguments
+    the waiting process refuses are not applied: it discards the record, so the call can
+    be decided again.
+    """
 
     approved: bool
     reason: str | None = None
@@ -44,9 +49,6 @@ class RemoteDecision:
     by: str = "user"
     remember: str = "once"
     pid: int = 0
-
-
-_FOLDER = "decisions"
 
 
 class DecisionBox:
@@ -70,13 +72,12 @@ class DecisionBox:
         by: str = "user",
         remember: str = "once",
     ) -> bool:
-        """Record a decision for a call of ``message_id``; False if one was recorded already."""
+        """Record a decision for a call of ``message_id``; False if one was recorded already.
+
+        ``arguments``, ``by`` and ``remember``: see :class:`RemoteDecision`.
+        """
         self.folder.mkdir(exist_ok=True)
-        record: dict[str, Any] = {
-            "tool_call_id": tool_call_id,
-            "approved": approved,
-            "reason": reason,
-        }
+        record = {"tool_call_id": tool_call_id, "approved": approved, "reason": reason}
         record.update(arguments=arguments, by=by, remember=remember, pid=os.getpid())
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         with temp.open("w", encoding="utf-8") as out:
@@ -90,11 +91,6 @@ class DecisionBox:
         finally:
             temp.unlink()
         return True
-
-    def take(self, tool_call_id: str, message_id: str) -> tuple[bool, str | None] | None:
-        """The decision recorded for a call of ``message_id``, or None."""
-        found = self.read(tool_call_id, message_id)
-        return None if found is None else (found.approved, found.reason)
 
     def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:
         """The whole decision recorded for a call of ``message_id``, or None."""
@@ -121,3 +117,17 @@ class DecisionBox:
     def discard(self, tool_call_id: str, message_id: str) -> None:
         """Remove a record that could not be applied, so the call can be decided again."""
         self._path(tool_call_id, message_id).unlink(missing_ok=True)
+
+    def take(self, tool_call_id: str, message_id: str) -> tuple[bool, str | None] | None:
+        """The decision recorded for a call of ``message_id``, or None."""
+        path = self._path(tool_call_id, message_id)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError):
+            return None  # damaged: the call stays pending, to be decided here
+        if not isinstance(record, dict) or record.get("tool_call_id") != tool_call_id:
+            return None
+        reason = record.get("reason")
+        return bool(record.get("approved")), reason if isinstance(reason, str) else None
