@@ -21,10 +21,10 @@ from .tools import validate_edited_arguments
 from .tools._tool import MAX_ARGUMENTS_CHARS
 
 if TYPE_CHECKING:
-    from ._remote_decisions import DecisionBox, RemoteDecision
+    from ._remote_decisions import DecisionBox
     from ._session_core import SessionCore
 
-__all__ = ["apply_remote_decisions", "approval", "approve_allowed", "check_arguments_shape"]
+__all__ = ["apply_remote_decision", "approval", "approve_allowed", "check_arguments_shape"]
 
 _EDITED = "arguments edited before approval"
 
@@ -81,30 +81,18 @@ def approve_allowed(session: SessionCore) -> None:
             session._approvals.decide(call.id, _never, None, _by_allow_list(scope))
 
 
-def apply_remote_decisions(session: SessionCore) -> None:
-    """Apply the decisions other processes recorded for the calls waiting here.
+def apply_remote_decision(
+    session: SessionCore, box: DecisionBox, call_id: str, message_id: str
+) -> None:
+    """Apply the decision another process recorded for a call waiting here, if any.
 
     Runs on the log follower's thread at each poll. Edited arguments are validated
     against this process's tool: if they are refused, the record is discarded (the
     call stays pending, to be decided again) and an ``Error`` signal says why.
     """
-    box = session._decisions
-    if box is None:
+    found = box.read(call_id, message_id)
+    if found is None:
         return
-    for call_id, message_id in session._approvals.waiting():
-        found = box.read(call_id, message_id)
-        if found is not None:
-            _apply(session, box, call_id, message_id, found)
-    approve_allowed(session)
-
-
-def _apply(
-    session: SessionCore,
-    box: DecisionBox,
-    call_id: str,
-    message_id: str,
-    found: RemoteDecision,
-) -> None:
     where: dict[str, Any] = {"by": found.by, "remote": True, "pid": found.pid}
     with contextlib.suppress(InvalidInputError):
         where["remember"] = check_remember(found.remember)

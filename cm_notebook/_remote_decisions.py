@@ -15,11 +15,6 @@ Stopping a reply that another process generates works the same way: a stop recor
 branch, so a late record cannot stop the next turn there); the running process's
 follower finds it for one of its turns and cancels that turn as a local stop would.
 Asking twice is harmless; the records stay, a few bytes each.
-
-A record may carry edited arguments (validated by the deciding process when it knows
-the tool, and again by the waiting one, whose tool runs them), who decided and the
-scope the decision was given for (for the audit log). Arguments the waiting process
-refuses are not applied: the record is discarded, so the call can be decided again.
 """
 
 from __future__ import annotations
@@ -34,7 +29,10 @@ from typing import Any
 
 from . import _json
 
-__all__ = ["DecisionBox", "RemoteDecision"]
+__all__ = ["DecisionBox"]
+
+_FOLDER = "decisions"
+
 
 # Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
 _MAX_RECORD_CHARS = 8 * 1024 * 1024
@@ -42,7 +40,14 @@ _MAX_RECORD_CHARS = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RemoteDecision:
-    """A decision recorded by another process for a call waiting in this one."""
+    """A decision recorded by another process for a call waiting in this one.
+
+    Besides the verdict, a record may carry edited arguments (validated by the deciding
+    process when it knows the tool, and again by the waiting one, whose tool runs them),
+    who decided and the scope the decision was given for (for the audit log). Arguments
+    the waiting process refuses are not applied: it discards the record, so the call can
+    be decided again.
+    """
 
     approved: bool
     reason: str | None = None
@@ -53,8 +58,6 @@ class RemoteDecision:
 
 
 _STOP_PREFIX = "stop-"
-
-_FOLDER = "decisions"
 
 
 class DecisionBox:
@@ -78,13 +81,12 @@ class DecisionBox:
         by: str = "user",
         remember: str = "once",
     ) -> bool:
-        """Record a decision for a call of ``message_id``; False if one was recorded already."""
+        """Record a decision for a call of ``message_id``; False if one was recorded already.
+
+        ``arguments``, ``by`` and ``remember``: see :class:`RemoteDecision`.
+        """
         self.folder.mkdir(exist_ok=True)
-        record: dict[str, Any] = {
-            "tool_call_id": tool_call_id,
-            "approved": approved,
-            "reason": reason,
-        }
+        record = {"tool_call_id": tool_call_id, "approved": approved, "reason": reason}
         record.update(arguments=arguments, by=by, remember=remember, pid=os.getpid())
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         with temp.open("w", encoding="utf-8") as out:
@@ -98,11 +100,6 @@ class DecisionBox:
         finally:
             temp.unlink()
         return True
-
-    def take(self, tool_call_id: str, message_id: str) -> tuple[bool, str | None] | None:
-        """The decision recorded for a call of ``message_id``, or None."""
-        found = self.read(tool_call_id, message_id)
-        return None if found is None else (found.approved, found.reason)
 
     def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:
         """The whole decision recorded for a call of ``message_id``, or None."""

@@ -28,6 +28,8 @@ from .model import ToolCall
 __all__ = ["ApprovalMethods"]
 
 _MAX_BY = 200
+# Names the log gives to decisions nobody made by hand.
+_RULES = frozenset({"policy", "allow-list"})
 
 
 def _check_by(by: object) -> str:
@@ -35,6 +37,10 @@ def _check_by(by: object) -> str:
         raise InvalidInputError(
             f"by must name who decides (a non-empty string of at most {_MAX_BY} characters); "
             f"got {by!r}"
+        )
+    if by.strip() in _RULES:
+        raise InvalidInputError(
+            f"by={by!r} is how the log names a rule's decisions; name the person or program"
         )
     return by.strip()
 

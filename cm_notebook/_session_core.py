@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from . import events as ev
 from . import fsm
-from ._approval_apply import apply_remote_decisions
+from ._approval_apply import apply_remote_decision, approve_allowed
 from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
@@ -556,15 +556,18 @@ class SessionCore:
 
     def _apply_remote_decisions(self) -> None:
         # From the follower's thread: decisions other processes recorded for the tool
-        # calls waiting here are made as if made here (see _session_approvals), and
-        # stops asked for turns running here (cm_notebook._session_stop).
-        if self._decisions is not None:
-            with self._lock:
-                turns = [runner.turn for runner in self._runners.values()]
-            for turn in turns:
-                if self._decisions.stop_asked(turn.id):
-                    turn.cancel()
-        apply_remote_decisions(self)
+        # calls waiting here are made as if made here, and stops asked for turns
+        # running here (cm_notebook._session_stop).
+        if self._decisions is None:
+            return
+        with self._lock:
+            turns = [runner.turn for runner in self._runners.values()]
+        for turn in turns:
+            if self._decisions.stop_asked(turn.id):
+                turn.cancel()
+        for call_id, message_id in self._approvals.waiting():
+            apply_remote_decision(self, self._decisions, call_id, message_id)
+        approve_allowed(self)  # a context allowance given meanwhile, by any process
 
     def _record_decision(
         self, branch: str, reply: Message | None, call: ToolCall, decision: Decision

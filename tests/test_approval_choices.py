@@ -202,6 +202,7 @@ def test_a_torn_last_line_of_the_log_is_skipped_and_the_next_decision_still_land
     [
         lambda s: s.approve("x", remember="forever"),
         lambda s: s.approve("x", by=""),
+        lambda s: s.approve("x", by="policy"),
         lambda s: s.deny("x", by=3),
         lambda s: s.revoke("", scope="session"),
         lambda s: s.revoke("add", scope="everywhere"),

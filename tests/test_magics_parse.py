@@ -67,6 +67,8 @@ def test_subcommand_models() -> None:
     assert parse_args(HistoryArgs, ["--last=3"]).last == 3
     approve = parse_args(ApproveArgs, ["call-1", "--args", '{"city": "Rome"}'])
     assert approve.args == {"city": "Rome"}
+    assert approve.remember == "once"
+    assert parse_args(ApproveArgs, ["--remember", "context"]).remember == "context"
     with pytest.raises(UsageError, match="not JSON"):
         parse_args(ApproveArgs, ["call-1", "--args", "{city"])
     with pytest.raises(UsageError, match="TOOL_CALL_ID"):

@@ -103,13 +103,17 @@ class CompareArgs(MagicArgs):
 
 
 class ApproveArgs(MagicArgs):
-    """``%cm approve``: approve one pending tool call (or all), maybe with edited arguments."""
+    """``%cm approve``: approve one pending tool call (or all), maybe with edited arguments;
+    ``--remember session|context`` also allows the tool from now on."""
 
-    USAGE = "%cm approve [TOOL_CALL_ID] [--args JSON] [--branch B]"
+    USAGE = (
+        "%cm approve [TOOL_CALL_ID] [--args JSON] [--branch B] [--remember once|session|context]"
+    )
     POSITIONAL = ("id",)
     id: str | None = None
     args: dict[str, Any] | None = None
     branch: str | None = None
+    remember: Literal["once", "session", "context"] = "once"
 
     @field_validator("args", mode="before")
     @classmethod

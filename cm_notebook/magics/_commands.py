@@ -246,7 +246,9 @@ class Commands:
     def approve(self, args: a.ApproveArgs) -> None:
         """Approve one pending tool call (or all); the waiting reply resumes."""
         session = self.session()
-        decided = session.approve(args.id, arguments=args.args, branch=args.branch)
+        decided = session.approve(
+            args.id, arguments=args.args, branch=args.branch, remember=args.remember
+        )
         _report(decided, "approved")
 
     def deny(self, args: a.DenyArgs) -> None:
