@@ -169,7 +169,19 @@ def folder_bytes(path: Path) -> int:
 
 
 def peak_rss() -> int:
-    """This process's peak resident set size in bytes."""
+    """This process's peak resident set size in bytes.
+
+    On Linux from ``VmHWM`` (the high-water mark of this process image): ``ru_maxrss``
+    is carried over from the parent across fork and exec, so a child started by a big
+    parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

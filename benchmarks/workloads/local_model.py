@@ -106,8 +106,9 @@ def run(bench: Bench) -> list[Row]:
     sizes = bench.sizes
     data_dir = bench.folder("local-model")
     server = _direct_server(path)
-    _direct(server, sizes.model_tokens)  # warm-up
-    asyncio.run(_through_session(data_dir, sizes.model_tokens))  # loads the child
+    if not bench.smoke:  # warm both (the first session also starts the child server)
+        _direct(server, sizes.model_tokens)
+        asyncio.run(_through_session(data_dir, sizes.model_tokens))
     direct: list[float] = []
     session: list[float] = []
     for _ in range(sizes.model_runs):
