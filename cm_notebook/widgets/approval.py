@@ -49,7 +49,8 @@ _APPROVED_AS = {
 
 
 class CallRow(w.VBox):  # type: ignore[misc]
-    """One pending tool call: its arguments, Approve, Deny with a reason."""
+    """One pending tool call: its arguments as editable JSON, Approve once, Always allow
+    (for the session, for the context), Deny with a reason."""
 
     def __init__(
         self, session: ContextSession, follower: SessionFollower, call: ToolCall, branch: str
