@@ -17,7 +17,9 @@ from .errors import CMError
 from .fsm import State
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
 from .retry import RetryPolicy
+from .scores import Score
 from .session import ContextSession
+from .stability import Stability, stability
 from .tools import ToolPolicy, tool
 from .turn import Turn
 
@@ -41,6 +43,8 @@ __all__ = [
     "Message",
     "MessageStatus",
     "RetryPolicy",
+    "Score",
+    "Stability",
     "State",
     "ToolCall",
     "ToolCallStatus",
@@ -48,5 +52,6 @@ __all__ = [
     "Turn",
     "__version__",
     "load_ipython_extension",
+    "stability",
     "tool",
 ]

@@ -1,8 +1,9 @@
 """Exporting a context to JSON or Markdown, and importing the JSON back.
 
 The JSON document (:class:`ExportDocument`) is self-contained and lossless: the
-context's metadata (all branches, system prompt, provider settings, extra fields)
-and its messages as a tree (``parent_id`` links, tool calls, statuses, metadata).
+context's metadata (all branches, system prompt, provider settings, extra fields),
+its messages as a tree (``parent_id`` links, tool calls, statuses, metadata) and the
+scores of its replies (:mod:`cm_notebook.scores`).
 Exported without a branch it holds the whole tree, so :func:`import_document`
 recreates the context exactly; exported with a branch it holds that branch's path
 only, with just that branch in its metadata, and still imports as a valid context.
@@ -30,6 +31,7 @@ from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
 from .redact import redact
 from .render import CUT_OFF, status_label, was_cut_off
+from .scores import Score
 from .store.base import Store
 
 __all__ = [
@@ -61,6 +63,9 @@ class ExportDocument(BaseModel):
     branch: str | None = None  # None: the whole tree; else only this branch's path
     metadata: ContextMetadata
     messages: list[Message]  # parents before children
+    # Ratings and metrics by message id (see cm_notebook.scores); left out when empty,
+    # so a document without scores is what older versions wrote and read.
+    scores: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportDocument:
@@ -87,6 +92,13 @@ class ExportDocument(BaseModel):
             for ref in (branch.head, branch.forked_from):
                 if ref is not None and ref not in seen:
                     raise ValueError(f"branch {branch.name!r} refers to missing message {ref!r}")
+        for message_id, score in self.scores.items():
+            if message_id not in seen:
+                raise ValueError(f"a score refers to missing message {message_id!r}")
+            try:
+                Score.model_validate(score)
+            except ValidationError as exc:
+                raise ValueError(f"the score of {message_id!r}: {_first_error(exc)}") from None
         return self
 
     def path(self, branch: str | None = None) -> list[Message]:
@@ -125,8 +137,12 @@ async def export_context(
     # fields) may still hold one: an export is shared, so it never carries them.
     provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})
     metadata = metadata.model_copy(update={"provider": provider, "extra": redact(metadata.extra)})
+    listed = getattr(store, "list_scores", None)
+    scores = {} if listed is None else await listed(context_id)
+    kept = {m.id for m in messages}
+    scores = {mid: redact(score) for mid, score in scores.items() if mid in kept}
     try:
-        return ExportDocument(branch=branch, metadata=metadata, messages=messages)
+        return ExportDocument(branch=branch, metadata=metadata, messages=messages, scores=scores)
     except ValidationError as exc:
         # get_messages skips unreadable files (with a warning); a hole breaks the tree.
         raise InvalidInputError(
@@ -142,7 +158,9 @@ def _redacted(message: Message) -> Message:
 
 def to_json(document: ExportDocument) -> str:
     """The document as indented JSON text (UTF-8 characters kept, not escaped)."""
-    return document.model_dump_json(indent=2) + "\n"
+    return (
+        document.model_dump_json(indent=2, exclude=None if document.scores else {"scores"}) + "\n"
+    )
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -229,17 +247,28 @@ async def import_document(
                     system_prompt=branch.system_prompt,
                     provider=branch.provider,
                     params=dict(branch.params),
+                    labels=dict(branch.labels),
                 )
             elif branch.head is not None:
                 await store.set_branch_head(cid, name, branch.head)
         if placeholder is not None:
             await store.set_active_branch(cid, metadata.active_branch)
             await store.delete_branch(cid, placeholder)
+        await _import_scores(store, cid, document)
     except BaseException:
         with anyio.CancelScope(shield=True), contextlib.suppress(CMError, OSError):
             await store.delete_context(cid)  # best effort; the original error is reported
         raise
     return await store.get_metadata(cid)
+
+
+async def _import_scores(store: Store, context_id: str, document: ExportDocument) -> None:
+    update = getattr(store, "update_score", None)
+    if update is None:
+        return
+    for message_id, score in document.scores.items():  # checked by the document
+        data = Score.model_validate(score).model_dump(mode="json")
+        await update(context_id, message_id, lambda _old, data=data: data)
 
 
 _ROLE_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}

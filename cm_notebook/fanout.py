@@ -10,14 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._loop import schedule_on
+from .branch_defaults import branch_settings
 from .compare import Comparison
 from .errors import CMError, InvalidInputError
 from .ids import validate_branch_name
+from .model import ProviderSettings
+from .params import GenerationParams
 from .prompts import prompt_label
 from .providers import Provider
+from .providers.pool import ProviderLike
 from .turn import Handle, Turn
 
-__all__ = ["FanOut", "Variant", "plan_variants"]
+__all__ = ["FanOut", "Variant", "arm_settings", "plan_variants", "variant_labels"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,42 @@ def _differing_keys(variants: Sequence[object]) -> set[str]:
     if len(mappings) < 2:
         return keys
     return {key for key in keys if len({repr(m.get(key)) for m in mappings}) > 1}
+
+
+def variant_labels(variants: Sequence[str | Provider | Mapping[str, Any]]) -> list[str]:
+    """Short readable labels of ``variants``, naming only what differs between them
+    (``temperature-0.7``, ``answer-in-five-words``); a mapping's own ``label`` wins."""
+    differing = _differing_keys(variants) - {"label"}
+    out = []
+    for variant in variants:
+        own = variant.get("label") if isinstance(variant, Mapping) else None
+        out.append(str(own) if own is not None else _label(variant, differing))
+    return out
+
+
+def arm_settings(
+    inherited: dict[str, Any],
+    plan: Variant,
+    resolve: Callable[[ProviderLike | None], Provider],
+) -> dict[str, Any]:
+    """The ``create_branch`` keywords of an arm: the ``inherited`` defaults (of the branch
+    it is made from) overridden by the arm's system prompt, provider and parameters.
+
+    Checked against the provider that will answer (``resolve`` turns a spec into it),
+    so an unknown spec or a parameter it does not take fails before anything is written.
+    """
+    own = branch_settings(plan.system, plan.provider, plan.params)
+    settings = dict(inherited)
+    if plan.system is not None:
+        settings["system_prompt"] = plan.system
+    if own["provider"] is not None:
+        settings["provider"] = own["provider"]
+    settings["params"] = {**settings["params"], **own["params"]}
+    answering = plan.provider if plan.provider is not None else settings["provider"]
+    if isinstance(answering, ProviderSettings):
+        answering = answering.spec
+    GenerationParams.check(settings["params"], resolve(answering))
+    return settings
 
 
 def plan_variants(

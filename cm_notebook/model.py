@@ -12,6 +12,8 @@ with ``model_dump(mode="json")`` / ``model_validate``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -44,6 +46,7 @@ __all__ = [
     "ToolCallStatus",
     "refuse_secrets",
     "utcnow",
+    "validate_labels",
 ]
 
 #: The on-disk schema version this cm_notebook writes. Older versions are upgraded by
@@ -209,6 +212,41 @@ class Message(_Model):
         return message_html(self)
 
 
+#: At most this many labels on one branch, keys of at most MAX_LABEL_KEY characters
+#: (letters, digits, ``_``, ``-``, ``.``) and values of at most MAX_LABEL_VALUE.
+MAX_LABELS = 32
+MAX_LABEL_KEY = 40
+MAX_LABEL_VALUE = 200
+_LABEL_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def validate_labels(value: object) -> dict[str, str]:
+    """Check a branch's labels: short keys, short one-line text values, no secrets.
+
+    Labels are shown in listings and exported as columns, so they stay small and plain.
+    Raises ValueError (InvalidInputError at the session's boundary) saying what to fix.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"labels must be a mapping of strings, got {type(value).__name__}")
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"a branch takes at most {MAX_LABELS} labels, got {len(value)}")
+    labels: dict[str, str] = {}
+    for key, text in value.items():
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key) or len(key) > MAX_LABEL_KEY:
+            raise ValueError(
+                f"label key {str(key)[:50]!r} is not valid: use 1-{MAX_LABEL_KEY} letters, "
+                "digits, '_', '-' or '.'"
+            )
+        if not isinstance(text, str):
+            raise ValueError(f"label {key!r} must be a string, got {type(text).__name__}")
+        if len(text) > MAX_LABEL_VALUE or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ValueError(
+                f"label {key!r} is not valid: use one line of at most {MAX_LABEL_VALUE} characters"
+            )
+        labels[key] = text
+    return refuse_secrets(labels, "branch labels")
+
+
 class Branch(_Model):
     """A named head pointer into the message tree, with optional defaults of its own.
 
@@ -216,6 +254,9 @@ class Branch(_Model):
     inherit it; ``""``: no system prompt here). ``provider`` and ``params`` are the
     provider and generation parameters a send on this branch uses unless the call
     names its own (``params`` are validated like ``send()``'s keyword arguments).
+    ``labels`` are free-form short ``key: value`` texts a study attaches to a branch
+    (a sweep's ``sweep``, ``cell``, ``variant``, ``repeat``, ``input``; ``baseline``);
+    see :func:`validate_labels`.
     """
 
     name: BranchName
@@ -226,6 +267,7 @@ class Branch(_Model):
     system_prompt: str | None = None
     provider: ProviderSettings | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
 
     # pydantic would otherwise print refused parameters (a key) in its error.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -234,6 +276,11 @@ class Branch(_Model):
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
         return refuse_secrets(value, "branch parameters")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _valid_labels(cls, value: Any) -> Any:
+        return validate_labels(value)
 
     def __repr__(self) -> str:
         from .render import branch_repr  # render imports this module

@@ -90,6 +90,8 @@ def branch_repr(branch: Branch) -> str:
         parts.append(f"forked_from={branch.forked_from}")
     if branch.system_prompt is not None:
         parts.append(f"system={_preview(branch.system_prompt)!r}")
+    if branch.labels:
+        parts.append("labels=" + ",".join(f"{k}={v}" for k, v in sorted(branch.labels.items())))
     return " ".join(parts) + ">"
 
 

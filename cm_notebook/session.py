@@ -37,19 +37,19 @@ from ._registry import REGISTRY, key_for
 from ._session_approvals import ApprovalMethods
 from ._session_branches import SessionBranches
 from ._session_data import DataMethods
+from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._sessionio import StoreAccess
-from .branch_defaults import branch_settings
 from .errors import (
     BranchExistsError,
     CMError,
     InvalidInputError,
     StateError,
 )
-from .fanout import FanOut, Variant, plan_variants
+from .fanout import FanOut, Variant, arm_settings, plan_variants
 from .ids import validate_branch_name
 from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
-from .params import GenerationParams, validate_text
+from .params import validate_text
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 from .redact import refuse_secrets
@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(ApprovalMethods, DataMethods, SessionBranches):
+class ContextSession(ApprovalMethods, ExperimentMethods, DataMethods, SessionBranches):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
@@ -377,23 +377,12 @@ class ContextSession(ApprovalMethods, DataMethods, SessionBranches):
                 raise BranchExistsError(
                     f"branch {plan.branch!r} already exists; fan_out writes new branches"
                 )
-        checked = []
-        for plan in plans:
-            settings = self._defaults.inherit(self._metadata, base)
-            own = branch_settings(plan.system, plan.provider, plan.params)
-            if plan.system is not None:
-                settings["system_prompt"] = plan.system
-            if own["provider"] is not None:
-                settings["provider"] = own["provider"]
-            settings["params"] = {**settings["params"], **own["params"]}
-            # An unknown spec or a parameter the arm's provider does not take fails
-            # before anything is written.
-            inherited = settings["provider"]
-            answering = plan.provider if plan.provider is not None else inherited
-            if isinstance(answering, ProviderSettings):
-                answering = answering.spec
-            GenerationParams.check(settings["params"], self._provider(answering))
-            checked.append((plan, settings))
+        # An unknown spec or a parameter an arm's provider does not take fails before
+        # anything is written.
+        checked = [
+            (plan, arm_settings(self._defaults.inherit(self._metadata, base), plan, self._provider))
+            for plan in plans
+        ]
         for plan, settings in checked:
             self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
             if plan.provider is not None:

@@ -38,13 +38,15 @@ class TreeNode(BaseModel):
 
 
 class MessageTree(BaseModel):
-    """Every message of a context as a tree, and where each branch's head is."""
+    """Every message of a context as a tree, where each branch's head is, and the
+    labels of the branches that have some (``labels[name]``)."""
 
     model_config = ConfigDict(frozen=True)
 
     nodes: dict[str, TreeNode]
     heads: dict[str, str | None]
     active_branch: str | None = None
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict)
     _children: dict[str | None, list[str]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: object, /) -> None:
@@ -79,7 +81,8 @@ class MessageTree(BaseModel):
             for mid, entry in entries.items()
         }
         heads = {name: branch.head for name, branch in branches.items()}
-        return cls(nodes=nodes, heads=heads, active_branch=active_branch)
+        labels = {name: dict(branch.labels) for name, branch in branches.items() if branch.labels}
+        return cls(nodes=nodes, heads=heads, active_branch=active_branch, labels=labels)
 
     def children(self, message_id: str | None) -> list[TreeNode]:
         """The replies to (or alternatives after) ``message_id``; None: the roots."""

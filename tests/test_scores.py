@@ -243,3 +243,75 @@ def test_a_rating_in_another_process_reaches_this_session(
     assert isinstance(heard.score, Score)
     assert heard.score.note == "from afar"
     assert session.scores(reply) == heard.score
+
+
+def test_a_rating_in_a_kernel_reaches_sse_clients_of_the_server(tmp_path: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    from jupyter_server_proc import JupyterServer
+    from server_client import create_context, read_events
+
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": "Blue."}])
+        url = f"contexts/{context_id}/events"
+        done = read_events(
+            client,
+            url,
+            lambda e: e.event == "MessageCompleted",
+            started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "Sky?"}),
+        )
+        reply = json.loads(done[-1].data)["message_id"]
+        # A kernel (another process) rates the reply; the browser hears it over SSE.
+        code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            s = ContextSession.open({context_id!r}, data_dir={str(server.data_dir)!r})
+            s.rate({reply!r}, score=3, tags=["checked"])
+            s.close()
+            """
+        )
+        heard = read_events(
+            client,
+            f"{url}?since={done[-1].id}",
+            lambda e: e.event == "ScoreUpdated",
+            started=lambda: subprocess.run([sys.executable, "-c", code], check=True, timeout=120),
+        )
+    data = json.loads(heard[-1].data)
+    assert data["message_id"] == reply
+    assert (data["score"]["score"], data["score"]["tags"]) == (3, ["checked"])
+
+
+def test_scores_travel_with_a_json_export_and_back(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    from cm_notebook.errors import InvalidInputError as Invalid
+    from cm_notebook.export import export_context, import_document, parse_export, to_json
+
+    session, history = _two_turns(new_session)
+    io = StoreAccess(FileStore(data_dir))
+    plain = to_json(io.call(export_context(io.store, session.id)))
+    assert "scores" not in json.loads(plain)  # unrated: the document older versions wrote
+    rated = session.rate(history[1].id, thumbs="up", tags=["kept"], note="a note")
+    text = to_json(io.call(export_context(io.store, session.id)))
+    document = parse_export(text)
+    assert list(document.scores) == [history[1].id]
+    imported = io.call(import_document(io.store, document, context_id="c-imported"))
+    copy = ContextSession.open(imported.id, data_dir=data_dir)
+    try:
+        again = copy.scores(history[1].id)
+        assert again is not None
+        assert again.model_dump(exclude={"branch"}) == rated.model_dump(exclude={"branch"})
+        assert copy.scores(history[3].id) is None
+    finally:
+        copy.close()
+    # A score of a message the document lacks, or a bad score, is refused.
+    data = json.loads(text)
+    data["scores"]["m-missing"] = {"message_id": "m-missing"}
+    with pytest.raises(Invalid, match="missing message 'm-missing'"):
+        parse_export(data)
+    data = json.loads(text)
+    data["scores"][history[1].id]["score"] = 9
+    with pytest.raises(Invalid, match="score"):
+        parse_export(data)

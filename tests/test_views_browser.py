@@ -292,6 +292,24 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert "share the first 2 messages" in _text(page, ".cm-compare")
     page.locator(".cm-compare").first.scroll_into_view_if_needed()
 
+    # 6b. A sweep's grid, filled in by the front end as the cells finish.
+    page.evaluate(
+        """async () => {
+            const app = window.jupyterapp;
+            const panel = app.shell.currentWidget;
+            panel.content.activeCellIndex = panel.content.widgets.length - 1;
+            await app.commands.execute("notebook:insert-cell-below");
+            panel.content.activeCell.model.sharedModel.setSource(
+                'g = ContextSession.create("grid", provider=ScriptedProvider()).sweep(' +
+                '["Q1", "Q2"], [{}, {"temperature": 1}], progress=False, name="b").view()\\ng');
+            await app.commands.execute("notebook:run-cell");
+        }"""
+    )
+    page.wait_for_selector(".cm-grid-table .cm-grid-done >> nth=3")
+    assert page.locator(".cm-grid-table tr").count() == 3  # a header and two prompts
+    assert "echo: Q2" in _text(page, ".cm-grid-table")
+    assert "4 done" in _text(page, ".cm-grid-title")
+
     # 7. Saved, the notebook file holds the conversation as HTML (no kernel needed).
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     deadline = time.monotonic() + 30

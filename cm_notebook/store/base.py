@@ -149,11 +149,12 @@ class Store(Protocol):
         system_prompt: str | None = None,
         provider: ProviderSettings | None = None,
         params: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Branch:
         """Create a branch pointing at ``head``; raises BranchExistsError if taken.
 
-        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults
-        (see :class:`~cm_notebook.model.Branch`).
+        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults,
+        ``labels`` its labels (see :class:`~cm_notebook.model.Branch`).
         """
         ...
 
@@ -165,8 +166,10 @@ class Store(Protocol):
         system_prompt: str | EllipsisType | None = ...,
         provider: ProviderSettings | EllipsisType | None = ...,
         params: dict[str, Any] | EllipsisType = ...,
+        labels: dict[str, str] | EllipsisType = ...,
     ) -> Branch:
-        """Change a branch's own defaults (``...`` leaves one alone); never its head."""
+        """Change a branch's own defaults or labels (``...`` leaves one alone); never
+        its head."""
         ...
 
     async def set_branch_head(

@@ -412,10 +412,12 @@ class FileStore(ScoreFiles):
         system_prompt: str | None = None,
         provider: ProviderSettings | None = None,
         params: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Branch:
         """Create a branch pointing at ``head``; raises BranchExistsError if taken.
 
-        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults.
+        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults,
+        ``labels`` its labels.
         """
         validate_branch_name(name)
         _check_ids(head, forked_from)
@@ -428,6 +430,7 @@ class FileStore(ScoreFiles):
                 system_prompt=system_prompt,
                 provider=provider,
                 params=dict(params or {}),
+                labels=dict(labels or {}),
             )
         except ValidationError as exc:
             raise InvalidInputError(f"cannot create branch {name!r}: {exc}") from exc
@@ -442,8 +445,10 @@ class FileStore(ScoreFiles):
         system_prompt: str | EllipsisType | None = ...,
         provider: ProviderSettings | EllipsisType | None = ...,
         params: dict[str, Any] | EllipsisType = ...,
+        labels: dict[str, str] | EllipsisType = ...,
     ) -> Branch:
-        """Change a branch's own defaults (``...`` leaves one alone); never its head.
+        """Change a branch's own defaults or labels (``...`` leaves one alone); never
+        its head.
 
         Parameters that look like secrets are refused (InvalidInputError).
         """
@@ -454,6 +459,7 @@ class FileStore(ScoreFiles):
                 ("system_prompt", system_prompt),
                 ("provider", provider),
                 ("params", params),
+                ("labels", labels),
             )
             if value is not ...
         }

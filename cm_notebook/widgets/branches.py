@@ -34,7 +34,7 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
     _css = _STATIC / "views.css"
 
     nodes = t.List(
-        t.Dict(), help="branches in tree order: name, depth, active, prompt, length, last"
+        t.Dict(), help="branches in tree order: name, depth, active, prompt, length, last, labels"
     ).tag(sync=True)
     notice = t.Unicode("", help="the last action's error, with what to do").tag(sync=True)
 
@@ -105,6 +105,7 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
                     "length": len(paths[name]),
                     "last": (head.created_at if head else branch.created_at).isoformat(),
                     "description": branch.description,
+                    "labels": dict(branch.labels),
                 }
             )
             for child in children.get(name, []):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -22,6 +23,7 @@ from .. import events as ev
 from ..compare import diff_side_html, word_diff
 from ..errors import InvalidInputError
 from ..model import Message
+from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView
 from ._messages import stats_of
 from .markdown import render_markdown
@@ -43,6 +45,9 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
         names = list(branches) or list(session.branches)
+        baseline = session.baseline
+        if baseline in names:  # the branch the others are measured against comes first
+            names = [baseline, *(n for n in names if n != baseline)]
         if len(names) < 2:
             raise InvalidInputError(
                 f"compare needs two or more branches, got {names}; create one with "
@@ -124,7 +129,10 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
                     "state": session.state_of(name).value,
                 }
             )
-        self.value = comparison_html(columns)
+        turns = [
+            session.compare_turns(name, self.branch_names[0]) for name in self.branch_names[1:]
+        ]
+        self.value = comparison_html(columns, turns)
         self._show_ratings(
             [next((m for m in reversed(paths[n]) if m.role == "assistant"), None) for n in paths]
         )
@@ -166,8 +174,9 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     return f'<table style="font-size:85%;margin:4px 0">{cells}</table>'
 
 
-def comparison_html(columns: list[dict[str, Any]]) -> str:
-    """Static HTML of the comparison (columns: branch, system, messages, state)."""
+def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnComparison] = ()) -> str:
+    """Static HTML of the comparison (columns: branch, system, messages, state), and
+    below it the changed turns of each ``turns`` comparison against the first column."""
     paths = [c["messages"] for c in columns]
     shared = _shared(paths)
     answers = [next((m for m in reversed(p) if m.role == "assistant"), None) for p in paths]
@@ -206,8 +215,9 @@ def comparison_html(columns: list[dict[str, Any]]) -> str:
             f'<div style="font-weight:600">{html.escape(column["branch"])}</div>'
             f"{_facts(column, answer)}{''.join(body)}</div>"
         )
+    per_turn = "".join(turns_html(comparison, changed_only=True) for comparison in turns)
     return (
         f'<div class="cm-compare-body">{head}<div style="display:flex;gap:8px">'
         + "".join(cells)
-        + "</div></div>"
+        + f"</div>{per_turn}</div>"
     )

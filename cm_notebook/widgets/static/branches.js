@@ -34,6 +34,11 @@ function render({ model, el }) {
       meta.className = "cm-node-meta";
       const busy = n.state !== "Idle" ? ` · ${n.state}` : "";
       meta.textContent = `${n.length} msgs · ${ago(n.last)}${busy}`;
+      const labels = Object.entries(n.labels || {});
+      if (labels.length) {
+        // A study's labels (sweep cell, variant, baseline...), small after the facts.
+        meta.textContent += " · " + labels.map(([k, v]) => `${k}=${v}`).join(" ");
+      }
       const fork = document.createElement("button");
       fork.className = "cm-act cm-fork";
       fork.textContent = "fork";

@@ -1,0 +1,75 @@
+"""Branch labels and the pinned baseline, for :class:`~cm_notebook.session.ContextSession`.
+
+Labels are short ``key: value`` texts on a :class:`~cm_notebook.model.Branch`, stored
+in the context's metadata (see :func:`~cm_notebook.model.validate_labels`). The
+baseline is the branch labelled ``baseline: "true"``: one at a time, kept on disk, so
+it is still pinned after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from . import events as ev
+from .errors import InvalidInputError
+from .ids import validate_branch_name
+from .model import Branch, ContextMetadata, validate_labels
+
+if TYPE_CHECKING:
+    from .session import ContextSession
+
+__all__ = ["BASELINE_LABEL", "baseline_of", "pin_baseline", "set_labels", "update_labels"]
+
+#: The label that marks the pinned baseline (value ``"true"``).
+BASELINE_LABEL = "baseline"
+
+
+def set_labels(session: ContextSession, name: str, labels: Mapping[str, str]) -> Branch:
+    """Replace the labels of branch ``name`` (validated), announce it, return the branch."""
+    try:
+        checked = validate_labels(labels)
+    except ValueError as exc:
+        raise InvalidInputError(f"labels of branch {name!r}: {exc}") from exc
+    updated = session._io.call(session._store.update_branch(session.id, name, labels=checked))
+    session._publish(ev.BranchUpdated(branch=name, head=updated.head, changed=["labels"]))
+    return updated
+
+
+def update_labels(
+    session: ContextSession, branch: str, changes: Mapping[str, str | None]
+) -> Branch:
+    """Set the labels in ``changes`` on ``branch`` (None removes one)."""
+    name = validate_branch_name(branch)
+    session._head(name)  # BranchNotFoundError for an unknown branch
+    current = dict(session.metadata.branches[name].labels)
+    for key, value in changes.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = value
+    return set_labels(session, name, current)
+
+
+def baseline_of(metadata: ContextMetadata) -> str | None:
+    """The pinned baseline branch of a context, or None."""
+    for name, found in metadata.branches.items():
+        if found.labels.get(BASELINE_LABEL) == "true":
+            return name
+    return None
+
+
+def pin_baseline(session: ContextSession, branch: str | None) -> str | None:
+    """Label ``branch`` as the baseline and unlabel any other (None: unpin all)."""
+    name = None if branch is None else validate_branch_name(branch)
+    if name is not None:
+        session._head(name)  # BranchNotFoundError for an unknown branch
+    for other, found in session.metadata.branches.items():
+        if other != name and BASELINE_LABEL in found.labels:
+            rest = {k: v for k, v in found.labels.items() if k != BASELINE_LABEL}
+            set_labels(session, other, rest)
+    if name is not None:
+        labels = session.metadata.branches[name].labels
+        if labels.get(BASELINE_LABEL) != "true":
+            set_labels(session, name, {**labels, BASELINE_LABEL: "true"})
+    return name

@@ -1,0 +1,292 @@
+"""Replays and counterfactual edits: a branch's user turns run again on a new branch.
+
+``session.replay(branch, provider=..., **params)`` sends the user turns of ``branch``
+again, one after the other, on a new branch from the root with another model or other
+parameters (its system prompt and defaults are those of ``branch`` unless overridden).
+``session.counterfactual(message_id, new_content)`` changes one earlier message (a
+user message, a reply, a tool result, or the system prompt with ``"system"``) on a new
+branch forked just before it, and runs the downstream user turns again. Tools called
+on the way go through approval as on any turn.
+
+Both return a :class:`Replay`: ``await replay`` (or ``replay.result()`` in a script)
+gives the :class:`~cm_notebook.turn_diff.TurnComparison` of the new branch against the
+one it came from. The new branch is labelled ``replay_of`` or ``counterfactual_of``.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+from . import events as ev
+from . import fsm
+from ._loop import schedule_on
+from .errors import InvalidInputError
+from .fanout import Variant, arm_settings
+from .ids import new_id, validate_branch_name
+from .model import Message, MessageMetadata, Role
+from .providers.pool import ProviderLike
+from .scores import Score
+from .turn import Handle, Turn
+from .turn_diff import TurnComparison
+
+if TYPE_CHECKING:
+    from .session import ContextSession
+
+__all__ = [
+    "SYSTEM",
+    "Replay",
+    "compare_turns",
+    "score_value",
+    "start_counterfactual",
+    "start_replay",
+]
+
+#: The ``message_id`` of :meth:`ContextSession.counterfactual` that edits the system
+#: prompt (message ids never take this form).
+SYSTEM = "system"
+
+
+class Replay(Handle[TurnComparison]):
+    """User turns running again on a new branch; awaiting it gives the per-turn
+    comparison against the source branch. A failed turn stops the replay (its error
+    is raised); what was done stays on the branch."""
+
+    def __init__(
+        self,
+        session: ContextSession,
+        source: str,
+        branch: str,
+        prompts: list[str],
+        first: Turn | None = None,
+    ) -> None:
+        super().__init__(session._loop)
+        self.session = session
+        #: The branch replayed or edited, and the new branch.
+        self.source, self.branch = source, branch
+        self._prompts = prompts
+        self._first = first
+        #: The turn running now (None between turns).
+        self.turn: Turn | None = first
+        self._stopped = False
+        self.attach(schedule_on(self._loop, self._drive()), self._stop)
+
+    async def _drive(self) -> TurnComparison:
+        if self._first is not None:
+            await self._first
+        for text in self._prompts:
+            if self._stopped:
+                break
+            self.turn = self.session.send(text, branch=self.branch)
+            await self.turn
+        self.turn = None
+        return compare_turns(self.session, self.branch, self.source)
+
+    def _stop(self) -> None:
+        # Interrupt the turn running now and send no more.
+        self._stopped = True
+        if self.turn is not None:
+            self.turn.cancel()
+
+    def __repr__(self) -> str:
+        status = "done" if self.done() else "running"
+        return f"<Replay {status} {self.source!r} -> {self.branch!r}>"
+
+    def _repr_html_(self) -> str:
+        if self.done() and self.exception() is None:
+            return self._require_future().result()._repr_html_()
+        return f"<code>{html.escape(repr(self))}</code>"
+
+
+def score_value(score: Score | None) -> float | None:
+    """The number a comparison shows for a reply's score: its 1-5 ``score``, else its
+    first metric (by name), else None."""
+    if score is None:
+        return None
+    if score.score is not None:
+        return float(score.score)
+    for _name, value in sorted(score.metrics.items()):
+        return float(value)
+    return None
+
+
+def compare_turns(session: ContextSession, branch: str, against: str | None) -> TurnComparison:
+    """``branch`` turn by turn against ``against`` (default: the baseline, else the branch
+    it was replayed or edited from)."""
+    name = validate_branch_name(branch)
+    labels = session.branches[name].labels if name in session.branches else {}
+    base = against
+    if base is None:
+        pinned = session.baseline
+        base = pinned if pinned not in (None, name) else None
+    base = base or labels.get("replay_of") or labels.get("counterfactual_of")
+    if base is None:
+        raise InvalidInputError(
+            f"compare {name!r} against which branch? Give against=..., or pin a baseline "
+            "with session.pin_baseline(branch)"
+        )
+    base = validate_branch_name(base)
+    scores = session.all_scores()
+    return TurnComparison.build(
+        base,
+        session.history(base),
+        name,
+        session.history(name),
+        system_prompts=(session.system_prompt_of(base), session.system_prompt_of(name)),
+        score_of=lambda mid: score_value(scores.get(mid)),
+    )
+
+
+def start_replay(
+    session: ContextSession,
+    branch: str,
+    provider: ProviderLike | None,
+    name: str | None,
+    params: dict[str, Any],
+) -> Replay:
+    """Create the replay's branch and start sending ``branch``'s user turns on it."""
+    source = validate_branch_name(branch)
+    session._head(source)  # BranchNotFoundError for an unknown branch
+    prompts = [m.content for m in session.history(source) if m.role == "user"]
+    if not prompts:
+        raise InvalidInputError(f"branch {source!r} has no user message to replay")
+    target = _target(session, name, f"{source}-replay")
+    inherited = session._defaults.inherit(session.metadata, source, target)
+    settings = arm_settings(
+        inherited, Variant(branch=target, provider=provider, params=params), session._provider
+    )
+    session._io.call(
+        session._store.create_branch(
+            session.id, target, head=None, labels={"replay_of": source}, **settings
+        )
+    )
+    session._defaults.remember(target, provider)
+    session._publish(ev.BranchCreated(branch=target, head=None))
+    return Replay(session, source, target, prompts)
+
+
+def start_counterfactual(
+    session: ContextSession, message_id: str, new_content: str, name: str | None
+) -> Replay:
+    """Create the counterfactual branch with the edited message and start the rest."""
+    if not isinstance(new_content, str):
+        raise InvalidInputError(f"new_content must be a string, got {type(new_content).__name__}")
+    if message_id == SYSTEM:
+        return _new_system(session, new_content, name)
+    original = session.get(message_id)
+    source = _branch_holding(session, original.id)
+    path = session.history(source)
+    at = next(i for i, m in enumerate(path) if m.id == original.id)
+    if original.role == "user" and not new_content.strip():
+        raise InvalidInputError("a user message cannot be empty; type something")
+    rest = path[at + 1 :]
+    # The rest of the edited message's turn: the tool results of the same round are
+    # copied after an edited call or result, then the model answers again.
+    turn_end = next((i for i, m in enumerate(rest) if m.role == "user"), len(rest))
+    answer_again = original.role in ("user", "tool") or bool(original.tool_calls)
+    copied = _same_round(rest[:turn_end]) if original.role != "user" else []
+    later = [m.content for m in rest[turn_end:] if m.role == "user"]
+    target = _target(session, name, f"{source}-cf")
+    labels = {"counterfactual_of": source, "edited": original.role}
+    with session._claim(target) as claim:
+        session._io.call(
+            session._store.create_branch(
+                session.id,
+                target,
+                head=original.parent_id,
+                forked_from=original.id,
+                labels=labels,
+                **session._defaults.inherit(session.metadata, source, target),
+            )
+        )
+        session._publish(ev.BranchCreated(branch=target, head=original.parent_id))
+        head = _append(session, target, _edited(original, new_content))
+        for message in copied:
+            head = _append(session, target, _copy(message, head))
+        if not answer_again:
+            claim.release()
+            return Replay(session, source, target, later)
+        chosen, generation = session._defaults.for_request(session.metadata, target, None, {})
+        first = session._start(claim, fsm.Send(), head, chosen, generation)
+    return Replay(session, source, target, later, first)
+
+
+def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
+    # The system prompt changed: a new branch from the root under the new prompt
+    # (``""``: none), every user turn sent again.
+    source = session.active_branch
+    prompts = [m.content for m in session.history(source) if m.role == "user"]
+    target = _target(session, name, f"{source}-cf")
+    settings = {
+        **session._defaults.inherit(session.metadata, source, target),
+        "system_prompt": text,
+    }
+    session._io.call(
+        session._store.create_branch(
+            session.id,
+            target,
+            head=None,
+            labels={"counterfactual_of": source, "edited": "system"},
+            **settings,
+        )
+    )
+    session._publish(ev.BranchCreated(branch=target, head=None))
+    return Replay(session, source, target, prompts)
+
+
+def _target(session: ContextSession, name: str | None, stem: str) -> str:
+    if name is None:
+        return session._free_branch_name(stem)
+    return validate_branch_name(name)
+
+
+def _branch_holding(session: ContextSession, message_id: str) -> str:
+    # The active branch if the message is on it, else the first branch that holds it.
+    names = [session.active_branch, *session.branches]
+    for branch in dict.fromkeys(names):
+        if message_id in session._io.call(session._store.path(session.id, branch)):
+            return branch
+    raise InvalidInputError(f"message {message_id!r} is on no branch; fork one to it first")
+
+
+def _same_round(messages: list[Message]) -> list[Message]:
+    # The tool results right after an edited one (the rest of its round).
+    out = []
+    for message in messages:
+        if message.role != "tool":
+            break
+        out.append(message)
+    return out
+
+
+def _edited(original: Message, content: str) -> Message:
+    metadata = original.metadata.model_dump()
+    metadata["edited_from"] = original.id
+    return Message(
+        id=new_id("m"),
+        parent_id=original.parent_id,
+        role=original.role,
+        content=content,
+        tool_calls=[call.model_copy() for call in original.tool_calls],
+        tool_call_id=original.tool_call_id,
+        metadata=MessageMetadata.model_validate(metadata),
+    )
+
+
+def _copy(message: Message, parent: str) -> Message:
+    return message.model_copy(update={"id": new_id("m"), "parent_id": parent})
+
+
+def _append(session: ContextSession, branch: str, message: Message) -> str:
+    session._io.call(
+        session._store.append_message(
+            session.id, message, branch=branch, expected_head=message.parent_id
+        )
+    )
+    role: Role = message.role
+    session._publish(
+        ev.MessageAdded(
+            branch=branch, message_id=message.id, parent_id=message.parent_id, role=role
+        )
+    )
+    return message.id

@@ -1,0 +1,470 @@
+"""Sweeps: prompts (or a template over rows of inputs) crossed with variants, repeated.
+
+``session.sweep(prompts, variants, inputs=..., repeat=n)`` plans one *cell* per
+prompt x input row x variant x repeat. Each cell is its own branch, started from the
+root of the context, named ``<sweep>-p<i>[-i<j>]-v<k>-r<n>`` and labelled ``sweep``,
+``cell``, ``variant``, ``repeat``, ``input`` (and ``prompt``, ``sweep_def``), so the
+cells can be found, exported and grouped later. The variant's system prompt, provider
+and generation parameters are the branch's own defaults (as for a fan-out arm, see
+:mod:`cm_notebook.fanout`), so a follow-up send on a cell continues its experiment.
+Repeat ``n`` of a variant that sets no ``seed`` is sampled with ``seed=n`` when its
+provider takes a seed: the repeats are distinct samples even where a provider's
+default seed is fixed (the built-in model's is 0), and running the study again
+reproduces them.
+
+Cells run on the session's event loop, at most ``concurrency`` at once. A sweep is
+identified by its name (by default derived from its prompts, inputs and variants, not
+from ``repeat``, so asking for more repeats extends it): running the same sweep again,
+in this process or a new one after a kernel restart, skips the cells whose branch ends
+in a complete reply and runs the rest (unstarted, interrupted or failed cells).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._loop import schedule_on
+from .errors import CMError, InvalidInputError
+from .fanout import Variant, variant_labels
+from .ids import validate_branch_name
+from .model import Message
+from .params import validate_text
+from .providers import Provider
+from .providers.pool import spec_of
+from .turn import Handle, Turn
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .session import ContextSession
+    from .sweep_results import SweepStability
+    from .widgets.sweep_grid import SweepGrid
+
+__all__ = ["CellStatus", "Sweep", "SweepCell", "SweepPlan", "plan_sweep"]
+
+#: Where a cell is: not run yet, running, ended in a complete reply (``done``; also
+#: for one finished before this run), or ended otherwise (``failed``, see ``error``).
+CellStatus = Literal["pending", "running", "done", "failed"]
+
+#: The longest sweep name (cells' branch names add ``-p0-i0-v0-r0`` and more).
+MAX_SWEEP_NAME = 60
+#: A variant is a provider spec, a Provider, or a mapping of these keys (and
+#: generation parameters, flat or under ``params``).
+_VARIANT_KEYS = frozenset({"label", "provider", "system", "params"})
+
+
+@dataclass
+class SweepCell:
+    """One prompt x input x variant x repeat of a sweep: its branch and its outcome.
+
+    ``status``, ``message_id`` (the reply), ``reply`` (its text) and ``error`` change
+    while the sweep runs (on the session's loop); ``turn`` is the running turn.
+    """
+
+    key: str
+    branch: str
+    prompt_index: int
+    input_index: int | None
+    variant_index: int
+    variant: str
+    repeat: int
+    text: str
+    row: dict[str, Any] | None = None
+    status: CellStatus = "pending"
+    message_id: str | None = None
+    reply: str = ""
+    error: str | None = None
+    turn: Turn | None = field(default=None, repr=False)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels its branch carries (without the sweep's name and definition)."""
+        return {
+            "cell": self.key,
+            "variant": self.variant,
+            "repeat": str(self.repeat),
+            "input": "" if self.input_index is None else str(self.input_index),
+            "prompt": str(self.prompt_index),
+        }
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The user message's metadata: which input values filled its template."""
+        if not self.row:
+            return {}
+        return {"variables": {key: _short(value) for key, value in self.row.items()}}
+
+    @property
+    def group(self) -> tuple[int, int | None, int]:
+        """What its repeats share: (prompt, input row, variant)."""
+        return (self.prompt_index, self.input_index, self.variant_index)
+
+    @property
+    def live_text(self) -> str:
+        """The reply so far: the running turn's text, else the stored reply."""
+        turn = self.turn
+        if self.status == "running" and turn is not None:
+            return turn.text
+        return self.reply
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep will run: its name, definition hash, variants and cells."""
+
+    name: str
+    definition: str
+    variants: list[Variant]
+    labels: list[str]
+    cells: list[SweepCell]
+
+
+def _short(value: object) -> str:
+    # An input value as recorded with the message: text as is, else its repr, cut short.
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Template(string.Formatter):
+    # ``{name}`` fields only: a sweep's template is data, so no attribute or index
+    # access (``{row.__class__}``) and no positional fields.
+    def get_field(self, field_name: str, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        if not field_name.isidentifier():
+            raise InvalidInputError(
+                f"{{{field_name}}} in a sweep prompt: use plain {{name}} fields naming "
+                "input columns; write {{ and }} for literal braces"
+            )
+        if field_name not in kwargs:
+            raise InvalidInputError(
+                f"{{{field_name}}} in a sweep prompt: the input rows have no "
+                f"{field_name!r} (they have {sorted(kwargs)}); write {{{{{field_name}}}}} "
+                "for literal braces"
+            )
+        return kwargs[field_name], field_name
+
+
+def fill(template: str, row: Mapping[str, Any]) -> str:
+    """``template`` with its ``{name}`` fields filled from ``row``."""
+    try:
+        return _Template().vformat(template, (), row)
+    except InvalidInputError:
+        raise
+    except (ValueError, TypeError) as exc:  # a lone brace, a bad format spec
+        raise InvalidInputError(
+            f"cannot fill in the sweep prompt's {{...}} fields: {exc}. Write {{{{ and }}}} "
+            "for literal braces"
+        ) from exc
+
+
+def _rows(inputs: object) -> list[dict[str, Any]] | None:
+    # A list of mappings, or anything with pandas' ``to_dict("records")`` (a DataFrame).
+    if inputs is None:
+        return None
+    to_dict = getattr(inputs, "to_dict", None)
+    if callable(to_dict) and not isinstance(inputs, Mapping):
+        inputs = to_dict("records")
+    if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Iterable):
+        raise InvalidInputError(
+            "inputs must be a list of mappings (or a DataFrame), e.g. [{'city': 'Paris'}, ...]"
+        )
+    rows = []
+    for index, row in enumerate(inputs):
+        if not isinstance(row, Mapping) or not all(isinstance(k, str) for k in row):
+            raise InvalidInputError(f"input row {index} is not a mapping of names to values")
+        rows.append(dict(row))
+    if not rows:
+        raise InvalidInputError("inputs is empty: give at least one row, or leave it out")
+    return rows
+
+
+def _variant(raw: object, index: int) -> tuple[dict[str, Any], Variant]:
+    # The variant flattened (for its label and hash) and as a fan-out arm.
+    if isinstance(raw, (str, Provider)) and not isinstance(raw, Mapping):
+        return {"provider": raw}, Variant(branch="", provider=raw)
+    if not isinstance(raw, Mapping):
+        raise InvalidInputError(
+            f"variant {index} must be a mapping (e.g. {{'temperature': 0.7}}), a provider "
+            f"spec or a Provider, got {type(raw).__name__}"
+        )
+    flat = {k: v for k, v in raw.items() if k != "params"}
+    nested = raw.get("params", {})
+    if not isinstance(nested, Mapping):
+        raise InvalidInputError(f"variant {index}: params must be a mapping")
+    flat.update(nested)
+    system = flat.get("system")
+    if system is not None and not isinstance(system, str):
+        raise InvalidInputError(f"variant {index}: system must be a string")
+    label = flat.get("label")
+    if label is not None and not isinstance(label, str):
+        raise InvalidInputError(f"variant {index}: label must be a string")
+    params = {k: v for k, v in flat.items() if k not in _VARIANT_KEYS}
+    return flat, Variant(branch="", provider=flat.get("provider"), params=params, system=system)
+
+
+def _canonical(value: object) -> object:
+    # A stable, JSON-able form of a sweep's definition (providers by spec).
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Provider):
+        return spec_of(value)
+    return repr(value)
+
+
+def _unique(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        label = (label or "variant")[:80]
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+    return out
+
+
+def plan_sweep(
+    prompts: str | Sequence[str],
+    variants: Sequence[object],
+    *,
+    inputs: object = None,
+    repeat: int = 1,
+    name: str | None = None,
+) -> SweepPlan:
+    """Check a sweep's definition and plan its cells (pure: nothing is written)."""
+    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompt_list:
+        raise InvalidInputError("a sweep needs at least one prompt")
+    for prompt in prompt_list:
+        validate_text(prompt)
+    if isinstance(variants, (str, bytes, Mapping)) or not isinstance(variants, Sequence):
+        raise InvalidInputError("variants must be a list, e.g. [{'temperature': 0}, ...]")
+    if not variants:
+        raise InvalidInputError("a sweep needs at least one variant, e.g. [{}]")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise InvalidInputError(f"repeat must be a positive integer, got {repeat!r}")
+    rows = _rows(inputs)
+    flat, arms = zip(*(_variant(v, i) for i, v in enumerate(variants)), strict=True)
+    labels = _unique(variant_labels(list(flat)))
+    definition = hashlib.sha256(
+        json.dumps(
+            _canonical({"prompts": prompt_list, "inputs": rows, "variants": list(flat)}),
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    if name is None:
+        name = f"sweep-{definition[:8]}"
+    validate_branch_name(name)
+    if len(name) > MAX_SWEEP_NAME or " " in name:
+        raise InvalidInputError(
+            f"sweep name {name[:70]!r} is not valid: use at most {MAX_SWEEP_NAME} characters "
+            "without spaces (its cells' branches are named after it)"
+        )
+    cells = []
+    for p, template in enumerate(prompt_list):
+        for i, row in enumerate(rows) if rows is not None else [(None, None)]:
+            text = validate_text(fill(template, row)) if row is not None else template
+            for v, label in enumerate(labels):
+                for r in range(repeat):
+                    key = f"p{p}" + (f"-i{i}" if i is not None else "") + f"-v{v}-r{r}"
+                    cells.append(
+                        SweepCell(
+                            key=key,
+                            branch=validate_branch_name(f"{name}-{key}"),
+                            prompt_index=p,
+                            input_index=i,
+                            variant_index=v,
+                            variant=label,
+                            repeat=r,
+                            text=text,
+                            row=row,
+                        )
+                    )
+    return SweepPlan(name, definition, list(arms), labels, cells)
+
+
+class Sweep(Handle["Sweep"]):
+    """A sweep running on a session: ``await sweep`` (notebooks) or ``sweep.run()``
+    (scripts) waits for every cell; both return the sweep itself.
+
+    A cell that fails does not stop the others: it ends ``failed`` with its ``error``,
+    and running the same sweep again runs it again. :meth:`cancel` interrupts the
+    running cells and starts no more; the sweep then ends (and can be resumed).
+    Read the results with :meth:`to_dataframe` / :meth:`to_records`,
+    :meth:`stability` and :meth:`view`.
+    """
+
+    def __init__(
+        self,
+        session: ContextSession,
+        plan: SweepPlan,
+        start: Callable[[SweepCell], Turn],
+        *,
+        concurrency: int,
+        progress: bool,
+    ) -> None:
+        super().__init__(session._loop)
+        self.session = session
+        self.name = plan.name
+        self.definition = plan.definition
+        self.variant_labels = plan.labels
+        self.cells = plan.cells
+        self._start_cell = start
+        self._concurrency = concurrency
+        self._listeners: list[Callable[[SweepCell], None]] = []
+        self._stopping = False
+        self._bar = _progress_bar(self, progress)
+        self.attach(schedule_on(self._loop, self._run()), self._cancel_all)
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None) -> Sweep:
+        """Block until every cell has finished (scripts); returns the sweep."""
+        return self.result(timeout)
+
+    async def _run(self) -> Sweep:
+        limit = asyncio.Semaphore(self._concurrency)
+
+        async def one(cell: SweepCell) -> None:
+            async with limit:
+                if not self._stopping:
+                    await self._run_cell(cell)
+
+        try:
+            await asyncio.gather(*(one(cell) for cell in self.cells if cell.status != "done"))
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+        return self
+
+    async def _run_cell(self, cell: SweepCell) -> None:
+        cell.status, cell.error = "running", None
+        self._changed(cell)
+        try:
+            cell.turn = self._start_cell(cell)
+            self._changed(cell)
+            finish(cell, await cell.turn)
+        except CMError as exc:
+            cell.status, cell.error = "failed", str(exc)
+            message_id = cell.turn.message_id if cell.turn is not None else None
+            cell.message_id = message_id
+        finally:
+            if self._bar is not None:
+                self._bar.update(1)
+            self._changed(cell)
+
+    def _cancel_all(self) -> None:
+        # Stop: running cells are interrupted (their text kept), pending ones stay
+        # pending; the sweep then ends as usual and a later run resumes it.
+        self._stopping = True
+        for cell in self.cells:
+            if cell.turn is not None and cell.status == "running":
+                cell.turn.cancel()
+
+    # -- listening ----------------------------------------------------------------------
+
+    def listen(self, listener: Callable[[SweepCell], None]) -> Callable[[], None]:
+        """Call ``listener(cell)`` (on the session's loop) whenever a cell changes;
+        returns a function that stops it."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _changed(self, cell: SweepCell) -> None:
+        for listener in list(self._listeners):
+            listener(cell)
+
+    # -- reading ------------------------------------------------------------------------
+
+    @property
+    def branches(self) -> list[str]:
+        """The cells' branches, in cell order."""
+        return [cell.branch for cell in self.cells]
+
+    def counts(self) -> dict[str, int]:
+        """How many cells are pending, running, done and failed."""
+        out = {"pending": 0, "running": 0, "done": 0, "failed": 0}
+        for cell in self.cells:
+            out[cell.status] += 1
+        return out
+
+    def cell(self, key: str) -> SweepCell:
+        """The cell with key ``key`` (``"p0-v1-r2"``) or branch name."""
+        for cell in self.cells:
+            if key in (cell.key, cell.branch):
+                return cell
+        raise KeyError(key)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per reply of the sweep's cells (see :meth:`to_dataframe`)."""
+        from .sweep_results import sweep_records
+
+        return sweep_records(self)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The sweep's replies as a pandas DataFrame: the columns of
+        ``session.to_dataframe()`` for its branches, plus ``sweep``, ``cell``,
+        ``variant``, ``repeat``, ``input`` (the row's index) and ``input_<name>`` per
+        input column. Needs the ``[data]`` extra (pandas)."""
+        from .sweep_results import sweep_dataframe
+
+        return sweep_dataframe(self)
+
+    def stability(self) -> SweepStability:
+        """How stable each prompt x input x variant is over its repeats: identical
+        answers grouped and counted, near-identical ones diffed against the most
+        common (a :class:`~cm_notebook.sweep_results.SweepStability`)."""
+        from .sweep_results import SweepStability
+
+        return SweepStability.of(self)
+
+    def view(self) -> SweepGrid:
+        """A live grid of the cells: rows are prompts (and input rows), columns are
+        variants, repeats stacked in each; replies stream in as they are generated."""
+        from .widgets.sweep_grid import SweepGrid
+
+        return SweepGrid(self)
+
+    def __repr__(self) -> str:
+        counts = self.counts()
+        shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        return f"<Sweep {self.name!r} {len(self.cells)} cells: {shown}>"
+
+    def _repr_html_(self) -> str:
+        from .widgets.sweep_grid import grid_html
+
+        return grid_html(self)
+
+
+def finish(cell: SweepCell, message: Message) -> None:
+    """Record ``message`` (the cell's last reply) as the cell's outcome."""
+    cell.message_id = message.id
+    cell.reply = message.content
+    if message.status.value == "complete":
+        cell.status, cell.error = "done", None
+    else:
+        cell.status = "failed"
+        cell.error = message.metadata.error or f"the reply ended {message.status.value}"
+
+
+def _progress_bar(sweep: Sweep, enabled: bool) -> Any:
+    # tqdm.auto: a widget bar in a notebook (made here, in the caller's cell, so it is
+    # shown there), else a text bar on stderr. Updated from the session's loop.
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    done = sum(1 for cell in sweep.cells if cell.status == "done")
+    return tqdm(total=len(sweep.cells), initial=done, desc=sweep.name, unit="cell")

@@ -1,0 +1,164 @@
+"""A sweep's results: its replies as rows, and how stable each cell is over its repeats.
+
+:func:`sweep_records` is :meth:`ContextSession.to_records
+<cm_notebook.session.ContextSession.to_records>` restricted to the sweep's branches,
+with the sweep's own columns after those (``sweep``, ``cell``, ``variant``,
+``repeat``, ``input``: the input row's index, and ``input_<name>`` per input column).
+:class:`SweepStability` groups the repeats of each prompt x input x variant
+(:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
+against the most common.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import records as rec
+from .errors import CMError
+from .model import Message
+from .stability import Stability, stability
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .sweep import Sweep
+
+__all__ = ["GroupStability", "SweepStability", "sweep_dataframe", "sweep_records"]
+
+#: The sweep's columns, after those of :mod:`cm_notebook.records`.
+SWEEP_COLUMNS = ("sweep", "cell", "repeat", "input")
+
+
+def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
+    """One dict per reply on the sweep's branches (cells not started have none)."""
+    existing = sweep.session.branches
+    cells = {cell.branch: cell for cell in sweep.cells if cell.branch in existing}
+    if not cells:
+        return []
+    inputs: dict[str, None] = {}
+    for cell in cells.values():
+        inputs.update(dict.fromkeys(f"input_{key}" for key in cell.row or {}))
+    rows = []
+    for row in sweep.session.to_records(list(cells)):
+        cell = cells[row["branch"]]
+        row["variant"] = cell.variant
+        row.update(
+            {
+                "sweep": sweep.name,
+                "cell": cell.key,
+                "repeat": cell.repeat,
+                "input": cell.input_index,
+            }
+        )
+        row.update({key: (cell.row or {}).get(key[len("input_") :]) for key in inputs})
+        rows.append(row)
+    return rows
+
+
+def sweep_dataframe(sweep: Sweep) -> pd.DataFrame:
+    """:func:`sweep_records` as a pandas DataFrame (the ``[data]`` extra)."""
+    rows = sweep_records(sweep)
+    if not rows:
+        empty = rec.to_dataframe([])
+        for column in SWEEP_COLUMNS:
+            empty[column] = []
+        return empty
+    return rec.to_dataframe(rows)
+
+
+@dataclass(frozen=True)
+class GroupStability:
+    """The repeats of one prompt x input x variant, grouped."""
+
+    prompt: str
+    input: int | None
+    variant: str
+    stability: Stability
+
+
+class SweepStability:
+    """How stable each prompt x input x variant of a sweep is over its repeats.
+
+    ``groups`` lists them in the sweep's order; each holds a
+    :class:`~cm_notebook.stability.Stability` of its finished repeats. Shown as a table
+    (one row per group: agreement, distinct answers, the answers counted and diffed).
+    """
+
+    def __init__(self, name: str, groups: list[GroupStability]) -> None:
+        self.name = name
+        self.groups = groups
+
+    @classmethod
+    def of(cls, sweep: Sweep) -> SweepStability:
+        """Group the finished repeats of ``sweep``'s cells."""
+        grouped: dict[tuple[int, int | None, int], list[tuple[str, Message]]] = {}
+        first: dict[tuple[int, int | None, int], Any] = {}
+        for cell in sweep.cells:
+            first.setdefault(cell.group, cell)
+            answers = grouped.setdefault(cell.group, [])
+            if cell.status == "done" and cell.message_id is not None:
+                try:
+                    answers.append((cell.branch, sweep.session.get(cell.message_id)))
+                except CMError:  # deleted meanwhile: left out
+                    continue
+        groups = [
+            GroupStability(
+                prompt=first[key].text,
+                input=first[key].input_index,
+                variant=first[key].variant,
+                stability=stability(answers),
+            )
+            for key, answers in grouped.items()
+        ]
+        return cls(sweep.name, groups)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per group: prompt, input, variant, answers, distinct, agreement, top."""
+        return [
+            {
+                "prompt": group.prompt,
+                "input": group.input,
+                "variant": group.variant,
+                "answers": group.stability.total,
+                "distinct": group.stability.distinct,
+                "agreement": group.stability.agreement,
+                "top": group.stability.top.text if group.stability.top is not None else None,
+            }
+            for group in self.groups
+        ]
+
+    def __repr__(self) -> str:
+        answered = [g for g in self.groups if g.stability.total]
+        mean = sum(g.stability.agreement for g in answered) / len(answered) if answered else 1.0
+        return (
+            f"<SweepStability {self.name!r} {len(self.groups)} groups, mean agreement {mean:.0%}>"
+        )
+
+    def __str__(self) -> str:
+        lines = [repr(self)]
+        for group in self.groups:
+            lines.append(f"== {group.prompt} [{group.variant}]")
+            lines.append(str(group.stability))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for group in self.groups:
+            found = group.stability
+            rows.append(
+                '<tr><td style="vertical-align:top;padding:4px 8px;max-width:14em">'
+                f"{html.escape(group.prompt)}</td>"
+                f'<td style="vertical-align:top;padding:4px 8px">{html.escape(group.variant)}</td>'
+                f'<td style="vertical-align:top;padding:4px 8px;text-align:right">'
+                f'{found.agreement:.0%}<br><span style="color:#888">{found.distinct} of '
+                f"{found.total}</span></td>"
+                f'<td style="vertical-align:top;padding:4px 8px">{found._repr_html_()}</td></tr>'
+            )
+        return (
+            f'<div class="cm-sweep-stability"><div style="color:#444">'
+            f"{html.escape(repr(self)[1:-1])}</div>"
+            '<table style="border-collapse:collapse"><tr><th>prompt</th><th>variant</th>'
+            "<th>agreement</th><th>answers</th></tr>" + "".join(rows) + "</table></div>"
+        )

@@ -1,0 +1,239 @@
+"""Per-turn differences between two branches: the answers diffed word by word, and the
+metric deltas (time to first token, tokens per second, output tokens, latency, score).
+
+A *turn* is a user message and the last reply before the next user message (after any
+tool rounds). Two branches are compared turn by turn in order, so a replay (the same
+user turns under another model) or a counterfactual edit (one earlier message changed,
+the later user turns run again) lines up with the branch it came from.
+:meth:`ContextSession.compare_turns` builds a :class:`TurnComparison`; the compare view
+shows the same per-turn diffs (:func:`turns_html`). Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from pydantic import BaseModel, ConfigDict
+
+from .compare import BranchResult, diff_side_html, word_diff
+from .model import Message
+
+__all__ = ["METRICS", "Delta", "TurnComparison", "TurnDiff", "turns_html", "turns_of"]
+
+#: The metrics compared per turn: (name, label, unit, how many decimals).
+METRICS: tuple[tuple[str, str, str, int], ...] = (
+    ("ttft_ms", "TTFT", " ms", 0),
+    ("tokens_per_second", "tokens/s", "", 1),
+    ("output_tokens", "output tokens", "", 0),
+    ("latency_ms", "latency", " ms", 0),
+    ("score", "score", "", 2),
+)
+
+#: How a comparison finds a reply's score (None: not scored).
+ScoreOf = Callable[[str], float | None]
+
+
+class Delta(NamedTuple):
+    """One metric of a turn on both branches and the change (None where unknown)."""
+
+    base: float | None
+    other: float | None
+
+    @property
+    def change(self) -> float | None:
+        """``other - base``, if both are known."""
+        if self.base is None or self.other is None:
+            return None
+        return self.other - self.base
+
+
+def turns_of(messages: Sequence[Message]) -> list[tuple[Message, Message | None]]:
+    """A branch's turns: each user message with the last reply before the next one."""
+    turns: list[tuple[Message, Message | None]] = []
+    for message in messages:
+        if message.role == "user":
+            turns.append((message, None))
+        elif message.role == "assistant" and turns:
+            turns[-1] = (turns[-1][0], message)
+    return turns
+
+
+def _metrics(result: BranchResult | None, score: float | None) -> dict[str, float | None]:
+    if result is None:
+        return {name: None for name, *_ in METRICS}
+    stats, usage = result.stats, result.usage
+    output = usage.output_tokens if usage is not None else None
+    if output is None and stats is not None:
+        output = stats.output_tokens
+    return {
+        "ttft_ms": stats.ttft_ms if stats is not None else None,
+        "tokens_per_second": stats.tokens_per_second if stats is not None else None,
+        "output_tokens": float(output) if output is not None else None,
+        "latency_ms": result.duration_ms,
+        "score": score,
+    }
+
+
+class TurnDiff(BaseModel):
+    """One turn on both branches: the prompts, the answers, their scores."""
+
+    model_config = ConfigDict(frozen=True)
+
+    turn: int  # from 1
+    prompt: str  # the other branch's user message
+    base_prompt: str | None = None  # the base branch's, if it differs
+    base: BranchResult | None = None
+    other: BranchResult | None = None
+    base_score: float | None = None
+    other_score: float | None = None
+
+    @property
+    def diff(self) -> list[tuple[str, str]]:
+        """Word diff of the base answer against the other's (see :func:`word_diff`)."""
+        return word_diff(
+            self.base.text if self.base is not None else "",
+            self.other.text if self.other is not None else "",
+        )
+
+    @property
+    def changed(self) -> bool:
+        """Whether the answers differ."""
+        return any(op != "=" for op, _ in self.diff)
+
+    def deltas(self) -> dict[str, Delta]:
+        """Each metric of :data:`METRICS` on both branches."""
+        base = _metrics(self.base, self.base_score)
+        other = _metrics(self.other, self.other_score)
+        return {name: Delta(base[name], other[name]) for name, *_ in METRICS}
+
+
+class TurnComparison(BaseModel):
+    """Two branches turn by turn: ``base`` (the baseline, or the branch replayed or
+    edited) and ``other``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base: str
+    other: str
+    turns: list[TurnDiff]
+
+    @classmethod
+    def build(
+        cls,
+        base: str,
+        base_messages: Sequence[Message],
+        other: str,
+        other_messages: Sequence[Message],
+        *,
+        system_prompts: tuple[str | None, str | None] = (None, None),
+        score_of: ScoreOf | None = None,
+    ) -> TurnComparison:
+        """Pair the turns of two branches' messages in order."""
+        score = score_of or (lambda _id: None)
+        left, right = turns_of(base_messages), turns_of(other_messages)
+        turns = []
+        for index in range(max(len(left), len(right))):
+            b_prompt, b_answer = left[index] if index < len(left) else (None, None)
+            o_prompt, o_answer = right[index] if index < len(right) else (None, None)
+            prompt = (o_prompt or b_prompt or Message(role="user")).content
+            base_prompt = b_prompt.content if b_prompt is not None else None
+            turns.append(
+                TurnDiff(
+                    turn=index + 1,
+                    prompt=prompt,
+                    base_prompt=None if base_prompt == prompt else base_prompt,
+                    base=_result(base, b_answer, system_prompts[0]),
+                    other=_result(other, o_answer, system_prompts[1]),
+                    base_score=score(b_answer.id) if b_answer is not None else None,
+                    other_score=score(o_answer.id) if o_answer is not None else None,
+                )
+            )
+        return cls(base=base, other=other, turns=turns)
+
+    @property
+    def changed_turns(self) -> list[int]:
+        """The turns whose answers differ."""
+        return [turn.turn for turn in self.turns if turn.changed]
+
+    def __repr__(self) -> str:
+        return (
+            f"<TurnComparison {self.base!r} -> {self.other!r}: {len(self.turns)} turns, "
+            f"{len(self.changed_turns)} changed>"
+        )
+
+    def __str__(self) -> str:
+        marked = {"=": "{}", "-": "[-{}-]", "+": "{{+{}+}}"}
+        lines = [f"{self.other} against {self.base}"]
+        for turn in self.turns:
+            lines.append(f"== turn {turn.turn}: {turn.prompt}")
+            if turn.base_prompt is not None:
+                lines.append(f"   (was: {turn.base_prompt})")
+            lines.append("".join(marked[op].format(text) for op, text in turn.diff))
+            shown = _delta_texts(turn)
+            if shown:
+                lines.append("   " + "; ".join(shown))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return turns_html(self)
+
+
+def _result(branch: str, answer: Message | None, system: str | None) -> BranchResult | None:
+    return BranchResult.of(branch, answer, system) if answer is not None else None
+
+
+def _number(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}"
+
+
+def _delta_texts(turn: TurnDiff) -> list[str]:
+    # "TTFT 120 -> 95 ms (-25)" for each metric known on either side.
+    out = []
+    deltas = turn.deltas()
+    for name, label, unit, decimals in METRICS:
+        delta = deltas[name]
+        if delta.base is None and delta.other is None:
+            continue
+        base = "?" if delta.base is None else _number(delta.base, decimals)
+        other = "?" if delta.other is None else _number(delta.other, decimals)
+        change = delta.change
+        sign = "" if change is None else f" ({'+' if change >= 0 else ''}{change:.{decimals}f})"
+        out.append(f"{label} {base} -> {other}{unit}{sign}")
+    return out
+
+
+_MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
+
+
+def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str:
+    """Static HTML: per turn, the prompt, both answers marked, and the metric deltas
+    (only the turns whose answers differ with ``changed_only``)."""
+    rows = []
+    for turn in comparison.turns:
+        if changed_only and not turn.changed:
+            continue
+        ops = turn.diff
+        prompt = html.escape(turn.prompt)
+        if turn.base_prompt is not None:
+            prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", _MARKS)
+        deltas = " · ".join(html.escape(text) for text in _delta_texts(turn))
+        state = "changed" if turn.changed else "same"
+        rows.append(
+            f'<tr class="cm-turn cm-turn-{state}"><td style="vertical-align:top;color:#555;'
+            f'padding:4px 6px">{turn.turn}</td><td style="vertical-align:top;padding:4px 6px">'
+            f'<div style="font-size:85%;color:#555"><b>user</b> {prompt}</div>'
+            '<div style="display:flex;gap:8px;margin-top:2px">'
+            f'<div style="flex:1;white-space:pre-wrap">{diff_side_html(ops, "-", _MARKS)}</div>'
+            f'<div style="flex:1;white-space:pre-wrap">{diff_side_html(ops, "+", _MARKS)}</div>'
+            f'</div><div style="font-size:80%;color:#888">{deltas}</div></td></tr>'
+        )
+    base, other = html.escape(comparison.base), html.escape(comparison.other)
+    return (
+        f'<div class="cm-turns"><div style="color:#555">per turn: <b>{other}</b> against '
+        f"<b>{base}</b> ({len(comparison.changed_turns)} of {len(comparison.turns)} "
+        f'turns changed)</div><table style="border-collapse:collapse;width:100%">'
+        + "".join(rows)
+        + "</table></div>"
+    )

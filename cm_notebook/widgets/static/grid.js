@@ -1,0 +1,87 @@
+// SweepGrid: rows are prompts (and input rows), columns variants, repeats stacked in each
+// grid cell. `cells` arrives whole at a low rate; only the repeats whose status or text
+// changed are redrawn, so a streaming cell does not flicker the others.
+function render({ model, el }) {
+  el.classList.add("cm-grid");
+  const title = document.createElement("div");
+  title.className = "cm-grid-title";
+  const table = document.createElement("table");
+  table.className = "cm-grid-table";
+  const notice = document.createElement("div");
+  notice.className = "cm-notice";
+  el.append(title, table, notice);
+  let shape = "";
+  const slots = new Map(); // sweep cell key -> its element
+
+  function build() {
+    const rows = model.get("rows") || [];
+    const columns = model.get("columns") || [];
+    table.replaceChildren();
+    slots.clear();
+    const head = table.insertRow();
+    head.append(document.createElement("th"));
+    for (const label of columns) {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.append(th);
+    }
+    const places = new Map();
+    for (const row of rows) {
+      const tr = table.insertRow();
+      const th = document.createElement("th");
+      th.className = "cm-grid-prompt";
+      th.textContent = row.label;
+      tr.append(th);
+      columns.forEach((_label, col) => {
+        const td = tr.insertCell();
+        places.set(`${row.key}/${col}`, td);
+      });
+    }
+    for (const cell of model.get("cells") || []) {
+      const slot = document.createElement("div");
+      slot.className = "cm-grid-repeat";
+      slot.title = cell.branch;
+      const place = places.get(`${cell.row}/${cell.col}`);
+      if (place) place.append(slot);
+      slots.set(cell.key, slot);
+    }
+  }
+
+  function draw() {
+    const cells = model.get("cells") || [];
+    const now = JSON.stringify([model.get("rows"), model.get("columns"), cells.map((c) => c.key)]);
+    if (now !== shape) {
+      shape = now;
+      build();
+    }
+    const counts = {};
+    for (const cell of cells) {
+      counts[cell.status] = (counts[cell.status] || 0) + 1;
+      const slot = slots.get(cell.key);
+      if (!slot) continue;
+      const text = cell.text || (cell.status === "failed" ? cell.error : "") || `(${cell.status})`;
+      const drawn = `${cell.status}\u0000${text}`;
+      if (slot.dataset.drawn === drawn) continue;
+      slot.dataset.drawn = drawn;
+      slot.className = `cm-grid-repeat cm-grid-${cell.status}`;
+      const tag = document.createElement("span");
+      tag.className = "cm-grid-tag";
+      tag.textContent = `r${cell.repeat} `;
+      slot.replaceChildren(tag, document.createTextNode(text));
+    }
+    const shown = Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ");
+    title.textContent = `sweep ${model.get("name")}: ${cells.length} cells (${shown})`;
+  }
+  const drawNotice = () => {
+    notice.textContent = model.get("notice") || "";
+    notice.style.display = notice.textContent ? "block" : "none";
+  };
+  model.on("change:cells", draw);
+  model.on("change:rows", draw);
+  model.on("change:columns", draw);
+  model.on("change:notice", drawNotice);
+  draw();
+  drawNotice();
+}
+
+export default { render };

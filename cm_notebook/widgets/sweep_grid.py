@@ -1,0 +1,171 @@
+"""``SweepGrid``: a sweep's cells as a grid, filled in live as the replies stream.
+
+Rows are the prompts (one per input row for a template), columns the variants, and
+each grid cell stacks the repeats. The grid's data is one synced trait, ``cells`` (a
+short dict per sweep cell: status and text), re-sent at most every
+:data:`GRID_INTERVAL` seconds while cells stream and once more when the sweep ends
+(DESIGN facts 4 and 12; a sweep's replies are short, so re-sending the running cells'
+text is cheap). :func:`grid_html` draws the same grid as static HTML: a sweep's
+``_repr_html_``, which a saved notebook shows without a kernel.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import traitlets as t
+
+from .. import events as ev
+from ._base import FollowingView
+
+if TYPE_CHECKING:
+    from ..sweep import Sweep, SweepCell
+
+__all__ = ["GRID_INTERVAL", "SweepGrid", "grid_data", "grid_html"]
+
+_STATIC = Path(__file__).parent / "static"
+
+#: Seconds between two updates of a grid while its cells stream.
+GRID_INTERVAL = 0.25
+#: The longest row label shown (the prompt's start).
+_ROW_LABEL = 80
+
+
+def _row_label(cell: SweepCell) -> str:
+    text = " ".join(cell.text.split())
+    return text if len(text) <= _ROW_LABEL else text[: _ROW_LABEL - 1] + "…"
+
+
+def grid_data(sweep: Sweep) -> dict[str, Any]:
+    """The grid as plain data: ``rows`` ({key, label}), ``columns`` (variant labels)
+    and ``cells`` ({row, col, repeat, key, branch, status, text, error})."""
+    rows: dict[tuple[int, int | None], dict[str, str]] = {}
+    cells = []
+    for cell in sweep.cells:
+        row_key = (cell.prompt_index, cell.input_index)
+        if row_key not in rows:
+            key = f"p{cell.prompt_index}" + (
+                "" if cell.input_index is None else f"-i{cell.input_index}"
+            )
+            rows[row_key] = {"key": key, "label": _row_label(cell)}
+        cells.append(
+            {
+                "row": rows[row_key]["key"],
+                "col": cell.variant_index,
+                "repeat": cell.repeat,
+                "key": cell.key,
+                "branch": cell.branch,
+                "status": cell.status,
+                "text": cell.live_text,
+                "error": cell.error or "",
+            }
+        )
+    return {"rows": list(rows.values()), "columns": list(sweep.variant_labels), "cells": cells}
+
+
+_STATUS_STYLE = {
+    "pending": "color:#999",
+    "running": "color:#1d4ed8",
+    "done": "",
+    "failed": "color:#b91c1c",
+}
+
+
+def grid_html(sweep: Sweep) -> str:
+    """Static HTML of the sweep's grid (what a saved notebook shows)."""
+    data = grid_data(sweep)
+    by_place: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for cell in data["cells"]:
+        by_place.setdefault((cell["row"], cell["col"]), []).append(cell)
+    head = "".join(
+        f'<th style="text-align:left;padding:4px 8px">{html.escape(c)}</th>'
+        for c in data["columns"]
+    )
+    body = []
+    for row in data["rows"]:
+        tds = []
+        for col in range(len(data["columns"])):
+            parts = []
+            for cell in by_place.get((row["key"], col), []):
+                text = cell["text"] or (cell["error"] if cell["status"] == "failed" else "")
+                shown = html.escape(text) if text else f"({cell['status']})"
+                parts.append(
+                    f'<div class="cm-grid-repeat" title="{html.escape(cell["branch"])}" '
+                    f'style="border-top:1px dotted #ddd;padding:2px 0;white-space:pre-wrap;'
+                    f'{_STATUS_STYLE[cell["status"]]}"><span style="color:#999">'
+                    f"r{cell['repeat']}</span> {shown}</div>"
+                )
+            tds.append(
+                f'<td style="vertical-align:top;padding:4px 8px;border:1px solid #ddd">'
+                f"{''.join(parts)}</td>"
+            )
+        body.append(
+            '<tr><th style="text-align:left;vertical-align:top;padding:4px 8px;'
+            f'font-weight:normal;max-width:16em">{html.escape(row["label"])}</th>'
+            + "".join(tds)
+            + "</tr>"
+        )
+    counts = ", ".join(f"{n} {k}" for k, n in sweep.counts().items() if n)
+    return (
+        f'<div class="cm-grid"><div style="color:#555">sweep <b>{html.escape(sweep.name)}</b>: '
+        f"{len(sweep.cells)} cells ({html.escape(counts)})</div>"
+        '<table style="border-collapse:collapse;font-size:90%"><tr><th></th>'
+        f"{head}</tr>{''.join(body)}</table></div>"
+    )
+
+
+class SweepGrid(FollowingView, anywidget.AnyWidget):
+    """A sweep's cells as a live grid (front end in ``static/grid.js``)."""
+
+    _esm = _STATIC / "grid.js"
+    _css = _STATIC / "views.css"
+
+    name = t.Unicode("", help="the sweep's name").tag(sync=True)
+    rows = t.List(t.Dict(), help="one per prompt (and input row): key, label").tag(sync=True)
+    columns = t.List(t.Unicode(), help="the variants' labels, in order").tag(sync=True)
+    cells = t.List(
+        t.Dict(), help="one per sweep cell: row, col, repeat, key, branch, status, text, error"
+    ).tag(sync=True)
+    notice = t.Unicode("", help="an error to show").tag(sync=True)
+
+    def __init__(self, sweep: Sweep) -> None:
+        super().__init__()
+        self.sweep = sweep
+        self._branches = set(sweep.branches)
+        self._follow(sweep.session, GRID_INTERVAL)
+        self._stop_listening = sweep.listen(self._on_cell)
+        self._render()
+
+    def __repr__(self) -> str:
+        return f"<cm_notebook SweepGrid {self.sweep.name!r} {len(self.sweep.cells)} cells>"
+
+    def _show_error(self, text: str) -> None:
+        self.notice = text
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ContentDelta) and event.branch in self._branches:
+            self._throttle.poke()
+
+    def _on_cell(self, cell: SweepCell) -> None:
+        # A cell started or ended: shown at once (the end is the final value).
+        if cell.status in ("done", "failed"):
+            self._throttle.now()
+        else:
+            self._throttle.poke()
+
+    def _render(self) -> None:
+        data = grid_data(self.sweep)
+        with self.hold_sync():
+            self.name = self.sweep.name
+            self.rows = data["rows"]
+            self.columns = data["columns"]
+            self.cells = data["cells"]
+
+    def close(self) -> None:
+        """Stop following the sweep and its session, and close the widget."""
+        if hasattr(self, "_stop_listening"):
+            self._stop_listening()
+        super().close()

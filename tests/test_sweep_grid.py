@@ -1,0 +1,67 @@
+"""The sweep grid without a front end: its data while cells stream, and its static HTML."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("anywidget")
+
+from cm_notebook import ContextSession
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.widgets.sweep_grid import SweepGrid, grid_html
+
+pytestmark = pytest.mark.anyio
+
+NewSession = Callable[..., ContextSession]
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``condition`` on the running loop until it is truthy (with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(0.01)
+    return value
+
+
+async def test_the_grid_streams_cells_live_and_ends_with_every_reply(
+    new_session: NewSession,
+) -> None:
+    fake = ScriptedProvider(strict=True)
+    fake.hang(after_chunks=2, text="one two three")
+    fake.reply("second", chunks="words")
+    session = new_session(provider=fake)
+    sweep = session.sweep(
+        ["What is <b>?", "Q2"], [{"label": "cold"}], concurrency=1, name="g", progress=False
+    )
+    grid = sweep.view()
+    assert isinstance(grid, SweepGrid)
+    assert repr(grid) == "<cm_notebook SweepGrid 'g' 2 cells>"
+    assert grid.columns == ["cold"]
+    assert [row["label"] for row in grid.rows] == ["What is <b>?", "Q2"]
+    # The hanging cell's partial text reaches the grid while it runs.
+    cell = await until(lambda: next((c for c in grid.cells if c["text"] == "one two three"), None))
+    assert cell["status"] == "running"
+    assert cell["key"] == "p0-v0-r0"
+    sweep.cancel()
+    await sweep
+    final = {c["key"]: c for c in grid.cells}
+    assert final["p0-v0-r0"]["status"] == "failed"
+    assert final["p1-v0-r0"]["status"] == "pending"
+    # Resumed: the grid of the new run fills in.
+    again = session.sweep(["What is <b>?", "Q2"], [{"label": "cold"}], name="g", progress=False)
+    fake.reply("first")
+    view = again.view()
+    await again
+    await until(lambda: all(c["status"] == "done" for c in view.cells))
+    assert sorted(c["text"] for c in view.cells) == ["first", "second"]
+    page = grid_html(again)
+    assert "What is &lt;b&gt;?" in page
+    assert "<b>g</b>: 2 cells (2 done)" in page
+    grid.close()
+    view.close()
