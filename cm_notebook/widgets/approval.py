@@ -259,6 +259,8 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
             self._show()
 
     def _show(self) -> None:
+        # Hidden until there is a decision: a session without tools shows nothing here.
+        self.layout.display = "" if self.records else "none"
         shown = self.records[-HISTORY_SHOWN:][::-1]
         self.set_title(0, f"Decision history ({len(self.records)})")
         self.body.value = "".join(map(_describe, shown)) or (
