@@ -175,6 +175,34 @@ async def test_clicks_from_other_threads_decide_a_call_once(new_session: NewSess
     assert row.deny_button.disabled
 
 
+async def test_clicks_on_every_choice_at_once_decide_once_and_always_allow_the_context(
+    new_session: NewSession,
+) -> None:
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    fake.tool_call("add", {"a": 2, "b": 2}).reply("4.")
+    session = new_session(provider=fake, tools=[add])
+    approvals = ToolApproval(session)
+    turn = session.send("add")
+    row = await until(lambda: approvals.rows.get("call_1"))
+    buttons = [row.context_button, row.session_button, row.approve_button, row.deny_button]
+    clicks = [threading.Thread(target=button.click) for button in buttons * 2]
+    clicks[0].start()
+    clicks[0].join()  # the context button first: the others find the row decided
+    for click in clicks[1:]:
+        click.start()
+    for click in clicks[1:]:
+        click.join()
+    assert (await turn).content == "3."
+    [record] = session.approval_log()
+    assert (record.approved, record.remember) == (True, "context")
+    assert session.allowed_tools() == {"session": [], "context": ["add"]}
+    assert (await session.send("again")).content == "4."  # not asked
+    await until(lambda: approvals.history.records[-1].by == "allow-list")
+    assert "Decision history (2)" in approvals.history.get_title(0)
+    assert "always, context" in approvals.history.body.value
+    assert all(button.disabled for button in buttons)
+
+
 async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: NewSession) -> None:
     fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("**3** <b>x</b>")
     session = new_session(

@@ -49,7 +49,8 @@ _APPROVED_AS = {
 
 
 class CallRow(w.VBox):  # type: ignore[misc]
-    """One pending tool call: its arguments, Approve, Deny with a reason."""
+    """One pending tool call: its arguments as editable JSON, Approve once, Always allow
+    (for the session, for the context), Deny with a reason."""
 
     def __init__(
         self, session: ContextSession, follower: SessionFollower, call: ToolCall, branch: str
@@ -258,6 +259,8 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
             self._show()
 
     def _show(self) -> None:
+        # Hidden until there is a decision: a session without tools shows nothing here.
+        self.layout.display = "" if self.records else "none"
         shown = self.records[-HISTORY_SHOWN:][::-1]
         self.set_title(0, f"Decision history ({len(self.records)})")
         self.body.value = "".join(map(_describe, shown)) or (
