@@ -15,7 +15,7 @@ __all__ = ["for_request"]
 
 def for_request(path: list[Message], system_prompt: str | None) -> list[Message]:
     """The messages to send for ``path`` (root first), the system prompt first if any."""
-    shown = _answer_every_call([m for m in path if _shown_to_model(m)])
+    shown = _answer_every_call(path)
     if not system_prompt:
         return shown
     return [Message(id="system", role="system", content=system_prompt), *shown]
@@ -35,7 +35,9 @@ def _shown_to_model(message: Message) -> bool:
 
 
 def _answer_every_call(path: list[Message]) -> list[Message]:
-    # Providers refuse a conversation in which a tool call has no result.
+    # The messages shown to the model, each tool call paired with a result: providers
+    # refuse a conversation in which a tool call has no result. One pass, as this runs
+    # over the whole branch for every request.
     out: list[Message] = []
     open_calls: dict[str, str] = {}  # id -> result text to use if never answered
 
@@ -49,9 +51,11 @@ def _answer_every_call(path: list[Message]) -> list[Message]:
         open_calls.clear()
 
     for message in path:
+        if message.status is not MessageStatus.COMPLETE and not _shown_to_model(message):
+            continue
         if message.role == "tool" and message.tool_call_id in open_calls:
             del open_calls[message.tool_call_id]
-        elif message.role != "tool":
+        elif open_calls and message.role != "tool":
             close_open()
         out.append(message)
         for call in message.tool_calls:

@@ -463,9 +463,8 @@ class SessionCore:
         prompt: concurrent.futures.Future[None] | None = None,
     ) -> Turn:
         # Start a turn on the claimed branch, after ``head`` (its prompt). ``prologue``
-        # runs first, in the turn's task (storing the prompt off the caller's loop): if
-        # it fails, the turn ends with its error before anything else happens.
-        # ``prompt``: the background write of the user's message (Turn.accepted).
+        # (waiting for ``prompt``, the background write of the user's message) runs
+        # first in the turn's task; if it fails, the turn ends with its error.
         branch = claim.branch
         turn = Turn(branch, self._loop, prompt=prompt)
         runner = TurnRunner(
@@ -493,9 +492,8 @@ class SessionCore:
             turn.progress.finish()
             self._turn_finished(turn)
             if isinstance(exc, Exception):
-                self._publish(
-                    ev.ErrorReported(branch=turn.branch, kind="internal", message=str(exc))
-                )
+                error = ev.ErrorReported(branch=turn.branch, kind="internal", message=str(exc))
+                self._publish(error)
             raise
         return await runner.run()
 
