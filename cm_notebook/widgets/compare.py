@@ -107,6 +107,8 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
             bar = self._bars.get(event.message_id)
             if bar is not None:
                 bar.show(rating_of(event.score))
+            if event.branch in self.branch_names:
+                self._throttle.poke()  # the per-turn score deltas change too
             return
         if event.branch not in self.branch_names:
             return
