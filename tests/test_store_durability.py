@@ -226,3 +226,19 @@ async def test_change_token_changes_with_every_kind_of_write(data_dir: Path) -> 
         await changed()
         await store.update_metadata("c1", title="renamed")
         await changed()
+
+
+async def test_compact_leaves_a_folder_that_says_everything_without_its_journal(
+    data_dir: Path,
+) -> None:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        ids = await chain(store, "c1", 3)
+        await store.compact("c1")
+    ctx = folder(data_dir)
+    assert (ctx / "message_index.journal").stat().st_size == 0
+    assert json.loads((ctx / "metadata.json").read_text())["branches"]["main"]["head"] == ids[-1]
+    (ctx / "messages" / f"{ids[0]}.json").unlink()  # no journal copy to restore it from
+    async with FileStore(data_dir) as fresh:
+        with pytest.warns(StoreWarning, match="skipped an unreadable message"):
+            assert [m.id for m in await fresh.page("c1")] == ids[1:]

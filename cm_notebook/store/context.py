@@ -439,19 +439,25 @@ class ContextState:
         committed either way, so a failure (say, a full disk) is a warning, not an
         error of the write, and compaction is retried after the next write.
         """
-        if not self.index.compaction_due() or self.metadata is None:
+        if not self.index.compaction_due():
             return
         try:
-            repair_files(self.index, self.fsync, flush=True)
-            current = self._current(self.metadata)
-            if current is not self.metadata or self.index.heads or self.index.last_at:
-                self.write_metadata(current)
-            self.index.compact()
+            self.compact()
         except (OSError, RebuildNeeded) as exc:  # StoreIOError included
             warn(
                 f"could not compact the message index ({exc}); will retry",
                 self.index.index_path,
             )
+
+    def compact(self) -> None:
+        """Fold the journal now (locked, fresh): see :meth:`compact_if_due`."""
+        if self.metadata is None:
+            return
+        repair_files(self.index, self.fsync, flush=True)
+        current = self._current(self.metadata)
+        if current is not self.metadata or self.index.heads or self.index.last_at:
+            self.write_metadata(current)
+        self.index.compact()
 
     def take_streaming_lock(self, message_id: str) -> None:
         """Hold the OS lock that says "message_id is being streamed by a live process"."""

@@ -557,6 +557,15 @@ class FileStore:
         validate_branch_name(name)
         await self._run(self._write, context_id, ops.do_delete_branch, name)
 
+    async def compact(self, context_id: str) -> None:
+        """Fold the context's journal into its snapshot now (it also happens by itself).
+
+        Afterwards every message file is durable, metadata.json holds the current
+        branch heads and the journal is empty, so the folder's files say everything
+        without the journal (say, before copying it for tools that read the files).
+        """
+        await self._run(self._write, context_id, lambda state, _metadata: state.compact())
+
     def change_token(self, context_id: str) -> tuple[int, ...]:
         """A cheap fingerprint of the context's files (four ``stat`` calls, no lock, no
         thread hop): it differs after any write, from this process or another.
