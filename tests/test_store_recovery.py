@@ -184,6 +184,18 @@ async def test_hostile_id_in_index_is_not_followed(store: FileStore, data_dir: P
             assert list(await other.index("c1")) == ids
 
 
+async def test_hostile_parent_id_in_index_is_not_followed(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 1)
+    journal = folder(data_dir) / "message_index.journal"
+    line = json.loads(journal.read_text().splitlines()[0].split("\t")[0])
+    line.update({"id": "m-new", "parent_id": "../../outside", "seq": 1})
+    with journal.open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    with pytest.warns(StoreWarning, match="damaged line"):
+        async with FileStore(data_dir) as other:
+            assert list(await other.index("c1")) == ids
+
+
 async def test_torn_last_journal_line_is_ignored_then_truncated(
     store: FileStore, data_dir: Path
 ) -> None:

@@ -587,8 +587,10 @@ def _check_ids(entries: list[IndexEntry]) -> None:
     # Ids from disk become file names, so they are held to the same rules as ids from
     # callers: a hand-edited index must not be able to steer reads outside the folder.
     ids = [entry.id for entry in entries]
-    ids += [entry.parent_id for entry in entries if entry.parent_id is not None]
-    joined = "".join(f"{value}\n" for value in ids)
+    # A parent that is itself one of these entries is checked as an id already.
+    known = set(ids)
+    ids += [p for entry in entries if (p := entry.parent_id) is not None and p not in known]
+    joined = "\n".join(ids) + "\n" if ids else ""
     if (
         joined.count("\n") == len(ids)  # no id smuggles in a separator
         and _PLAUSIBLE_IDS.fullmatch(joined)
