@@ -138,7 +138,7 @@ class MessageIndex:
         self.index_path = ctx_dir / INDEX_NAME
         self.journal_path = ctx_dir / JOURNAL_NAME
         self.entries: dict[str, IndexEntry] = {}
-        self.children: dict[str | None, list[str]] = {}
+        self._children: dict[str | None, list[str]] | None = {}
         self.streaming_ids: set[str] = set()  # status "streaming", kept for O(1) checks
         self.next_seq = 0
         self.snapshot_count = 0  # entries in message_index.json
@@ -303,37 +303,41 @@ class MessageIndex:
 
     def _load(self, entries: list[IndexEntry]) -> None:
         """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""
-        # One pass with local names: this runs over every entry when a context opens.
-        known: dict[str, IndexEntry] = {}
-        children: dict[str | None, list[str]] = {}
-        streaming: set[str] = set()
-        last_seq = -1
-        in_order = True
+        # Builtin passes only: this runs over every entry when a context opens. The
+        # parent -> children map is built when first asked for (see ``children``).
+        known = {entry.id: entry for entry in entries}
         streaming_status = MessageStatus.STREAMING
-        for entry in entries:
-            entry_id = entry.id
-            if entry.status is streaming_status:
-                streaming.add(entry_id)
-            else:
-                streaming.discard(entry_id)
-            if entry_id not in known:
+        self.streaming_ids = {
+            mid for mid, entry in known.items() if entry.status is streaming_status
+        }
+        self.next_seq = max((entry.seq for entry in known.values()), default=-1) + 1
+        self.entries = known
+        self._children = None
+
+    @property
+    def children(self) -> dict[str | None, list[str]]:
+        """Parent id (None: the roots) -> ids of its children, oldest first."""
+        if self._children is None:
+            children: dict[str | None, list[str]] = {}
+            last_seq = -1
+            in_order = True
+            for entry in self.entries.values():
                 siblings = children.get(entry.parent_id)
                 if siblings is None:
-                    children[entry.parent_id] = [entry_id]
+                    children[entry.parent_id] = [entry.id]
                 else:
-                    siblings.append(entry_id)
+                    siblings.append(entry.id)
                 if entry.seq > last_seq:
                     last_seq = entry.seq
                 else:
                     in_order = False
-            known[entry_id] = entry
-        if not in_order:
-            # A rebuilt or hand-edited snapshot may list entries out of order; the
-            # children lists promise oldest first.
-            for siblings in children.values():
-                siblings.sort(key=lambda mid: known[mid].seq)
-        self.entries, self.children, self.streaming_ids = known, children, streaming
-        self.next_seq = last_seq + 1
+            if not in_order:
+                # A rebuilt or hand-edited snapshot may list entries out of order.
+                entries = self.entries
+                for siblings in children.values():
+                    siblings.sort(key=lambda mid: entries[mid].seq)
+            self._children = children
+        return self._children
 
     def _apply(self, entry: IndexEntry) -> None:
         known = entry.id in self.entries
@@ -343,7 +347,8 @@ class MessageIndex:
         else:
             self.streaming_ids.discard(entry.id)
         if not known:
-            self.children.setdefault(entry.parent_id, []).append(entry.id)
+            if self._children is not None:
+                self._children.setdefault(entry.parent_id, []).append(entry.id)
             if entry.seq >= self.next_seq:
                 self.next_seq = entry.seq + 1
 
