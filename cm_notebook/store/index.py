@@ -35,20 +35,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
 from .. import _json
 from ..errors import CorruptDataError, InvalidIdError, StoreError
-from ..ids import MAX_ID_LENGTH, validate_message_id
+from ..ids import validate_message_id
 from ..model import SCHEMA_VERSION, MessageStatus
 from .atomic import Fsync, atomic_write, is_temp_name, read_from, write_all
 from .base import IndexEntry
 from .codec import read_message_file
 from .diagnostics import warn
-from .journal import JournalLine, LineError, encode_entry_line, encode_head_line, parse_lines
+from .journal import (
+    JournalLine,
+    LineError,
+    check_ids,
+    encode_entry_line,
+    encode_head_line,
+    parse_lines,
+)
 from .oserrors import describe_kind, open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .schema import INDEX_FORMAT_SINCE, check_not_newer
@@ -248,7 +254,7 @@ class MessageIndex:
             # Derived data from an older version: rebuilding it is the upgrade.
             raise RebuildNeeded("message_index.json is from an older version", self.index_path)
         try:
-            _check_ids(doc.entries)
+            check_ids(doc.entries)
         except InvalidIdError:
             raise RebuildNeeded("message_index.json has an invalid id", self.index_path) from None
         return doc.entries, doc.next_n
@@ -278,7 +284,7 @@ class MessageIndex:
         """
         try:
             lines, end = parse_lines(data, start)
-            _check_ids([line.entry for line in lines if line.entry is not None])
+            check_ids([line.entry for line in lines if line.entry is not None])
         except (LineError, InvalidIdError) as exc:
             raise RebuildNeeded(
                 f"message_index.journal has {exc}"
@@ -579,32 +585,6 @@ class MessageIndex:
         self.loaded = False
         self._index_id = None
         self._journal_inode = None
-
-
-# A fast, batch pre-check of ids read from disk (one regex over all of them). It
-# mirrors cm_notebook.ids; anything it flags is re-checked by the authoritative
-# validate_message_id, so it can only ever be a shortcut, never a second rule book.
-_PLAUSIBLE_IDS = re.compile(rf"(?:[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}\n)*")
-_RESERVED_IDS = re.compile(r"(?im)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])$")
-
-
-def _check_ids(entries: list[IndexEntry]) -> None:
-    # Ids from disk become file names, so they are held to the same rules as ids from
-    # callers: a hand-edited index must not be able to steer reads outside the folder.
-    ids = [entry.id for entry in entries]
-    # A parent that is itself one of these entries is checked as an id already.
-    known = set(ids)
-    ids += [p for entry in entries if (p := entry.parent_id) is not None and p not in known]
-    joined = "\n".join(ids) + "\n" if ids else ""
-    if (
-        joined.count("\n") == len(ids)  # no id smuggles in a separator
-        and _PLAUSIBLE_IDS.fullmatch(joined)
-        and ".." not in joined
-        and not _RESERVED_IDS.search(joined)
-    ):
-        return
-    for value in ids:
-        validate_message_id(value)
 
 
 def _sniff_version(data: bytes) -> object:

@@ -21,16 +21,24 @@ read back only to repair a message file that a power loss took (see
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import InvalidIdError
-from ..ids import validate_branch_name, validate_message_id
+from ..ids import MAX_ID_LENGTH, validate_branch_name, validate_message_id
 from .base import IndexEntry
 
-__all__ = ["JournalLine", "LineError", "encode_entry_line", "encode_head_line", "parse_lines"]
+__all__ = [
+    "JournalLine",
+    "LineError",
+    "check_ids",
+    "encode_entry_line",
+    "encode_head_line",
+    "parse_lines",
+]
 
 _ENTRY_LIST = TypeAdapter(list[IndexEntry])
 _ENTRY_KEYS = frozenset(IndexEntry.model_fields)
@@ -140,3 +148,30 @@ def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> Jo
     if head is not None:
         validate_message_id(head)
     return JournalLine(None, n, at, branch, head, None, 0)
+
+
+# A fast, batch pre-check of ids read from disk (one regex over all of them). It
+# mirrors cm_notebook.ids; anything it flags is re-checked by the authoritative
+# validate_message_id, so it can only ever be a shortcut, never a second rule book.
+_PLAUSIBLE_IDS = re.compile(rf"(?:[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}\n)*")
+_RESERVED_IDS = re.compile(r"(?im)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])$")
+
+
+def check_ids(entries: list[IndexEntry]) -> None:
+    """Refuse (InvalidIdError) ids from disk that would not be accepted from a caller."""
+    # Ids from disk become file names, so they are held to the same rules as ids from
+    # callers: a hand-edited index must not be able to steer reads outside the folder.
+    ids = [entry.id for entry in entries]
+    # A parent that is itself one of these entries is checked as an id already.
+    known = set(ids)
+    ids += [p for entry in entries if (p := entry.parent_id) is not None and p not in known]
+    joined = "\n".join(ids) + "\n" if ids else ""
+    if (
+        joined.count("\n") == len(ids)  # no id smuggles in a separator
+        and _PLAUSIBLE_IDS.fullmatch(joined)
+        and ".." not in joined
+        and not _RESERVED_IDS.search(joined)
+    ):
+        return
+    for value in ids:
+        validate_message_id(value)
