@@ -51,7 +51,7 @@ __all__ = [
 
 #: The on-disk schema version this cm_notebook writes. Older versions are upgraded by
 #: numbered steps in ``cm_notebook.store.schema``; newer ones are refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Role = Literal["system", "user", "assistant", "tool"]
 

@@ -55,7 +55,14 @@ async def test_layout_on_disk(store: FileStore, data_dir: Path) -> None:
     )
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION
-    assert meta["branches"]["main"]["head"] == ids[-1]
+    # Head moves live in the journal (metadata.json is not rewritten per message): each
+    # line says which branch now ends at its message, and carries the message itself.
+    assert meta["branches"]["main"]["head"] is None
+    lines = (folder / "message_index.journal").read_bytes().splitlines()
+    last, copy = lines[-1].split(b"\t")
+    assert json.loads(last)["branch"] == "main"
+    assert json.loads(last)["id"] == ids[-1]
+    assert json.loads(copy)["content"] == "main 2"
     one = json.loads((folder / "messages" / f"{ids[0]}.json").read_text())
     assert one["content"] == "main 0"
     assert one["schema_version"] == SCHEMA_VERSION

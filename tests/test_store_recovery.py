@@ -138,12 +138,28 @@ async def test_corrupt_index_is_rebuilt_with_a_warning(store: FileStore, data_di
 @pytest.mark.parametrize("name", ["message_index.json", "message_index.journal"])
 async def test_missing_index_files_are_rebuilt(store: FileStore, data_dir: Path, name: str) -> None:
     ids = await chain(store, "c1", 3)
+    await store.set_active_branch("c1", "main")  # folds the head moves into metadata.json
     (folder(data_dir) / name).unlink()
     async with FileStore(data_dir) as other:
         with pytest.warns(StoreWarning, match=f"{name} is missing"):
             assert await other.path("c1") == ids
         await chain(other, "c1", 1)
     assert len(await store.path("c1")) == 4
+
+
+async def test_a_lost_journal_keeps_every_message_but_not_later_head_moves(
+    store: FileStore, data_dir: Path
+) -> None:
+    # The journal is where head moves are committed: deleting it by hand loses those made
+    # since metadata.json was last written, never a message.
+    ids = await chain(store, "c1", 3)
+    (folder(data_dir) / "message_index.journal").unlink()
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning, match="message_index.journal is missing"):
+            assert sorted(await other.index("c1")) == sorted(ids)
+        assert await other.path("c1") == []
+        await other.set_branch_head("c1", "main", ids[-1])
+        assert await other.path("c1") == ids
 
 
 async def test_damaged_journal_line_triggers_a_rebuild(store: FileStore, data_dir: Path) -> None:
@@ -159,8 +175,20 @@ async def test_damaged_journal_line_triggers_a_rebuild(store: FileStore, data_di
 async def test_hostile_id_in_index_is_not_followed(store: FileStore, data_dir: Path) -> None:
     ids = await chain(store, "c1", 1)
     journal = folder(data_dir) / "message_index.journal"
-    line = json.loads(journal.read_text().splitlines()[0])
+    line = json.loads(journal.read_text().splitlines()[0].split("\t")[0])
     line["id"] = "../../../etc/passwd"
+    with journal.open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    with pytest.warns(StoreWarning, match="damaged line"):
+        async with FileStore(data_dir) as other:
+            assert list(await other.index("c1")) == ids
+
+
+async def test_hostile_parent_id_in_index_is_not_followed(store: FileStore, data_dir: Path) -> None:
+    ids = await chain(store, "c1", 1)
+    journal = folder(data_dir) / "message_index.journal"
+    line = json.loads(journal.read_text().splitlines()[0].split("\t")[0])
+    line.update({"id": "m-new", "parent_id": "../../outside", "seq": 1})
     with journal.open("a") as handle:
         handle.write(json.dumps(line) + "\n")
     with pytest.warns(StoreWarning, match="damaged line"):
@@ -181,7 +209,7 @@ async def test_torn_last_journal_line_is_ignored_then_truncated(
         more = await chain(other, "c1", 1)
     lines = journal.read_bytes().split(b"\n")
     assert lines[-1] == b""  # ends with a newline: the fragment was cut
-    assert all(json.loads(line) for line in lines[:-1])
+    assert all(json.loads(line.split(b"\t")[0]) for line in lines[:-1])
     assert await store.path("c1") == [*ids, *more]
 
 
@@ -251,7 +279,9 @@ async def test_message_file_with_the_wrong_id_or_missing(store: FileStore, data_
 
 
 async def test_rebuild_reports_unreadable_message_files(store: FileStore, data_dir: Path) -> None:
-    ids = await chain(store, "c1", 3)
+    # Enough messages for a compaction: the journal no longer holds copies of them.
+    ids = (await chain(store, "c1", COMPACT_MIN_LINES))[-3:]
+    assert (folder(data_dir) / "message_index.journal").stat().st_size == 0
     messages = folder(data_dir) / "messages"
     (messages / f"{ids[2]}.json").write_text("nonsense")
     (messages / "not-an-id!.json").write_text("{}")
@@ -259,13 +289,13 @@ async def test_rebuild_reports_unreadable_message_files(store: FileStore, data_d
     async with FileStore(data_dir) as other:
         with pytest.warns(StoreWarning) as record:
             index = await other.index("c1")
-        assert list(index) == ids[:2]
+        assert list(index)[-2:] == ids[:2]
         # The branch head's file was lost: path says so precisely.
         with pytest.raises(CorruptDataError, match="set_branch_head") as info:
             await other.path("c1")
         assert info.value.path == messages / f"{ids[2]}.json"
         await other.set_branch_head("c1", "main", ids[1])
-        assert await other.path("c1") == ids[:2]
+        assert (await other.path("c1"))[-2:] == ids[:2]
     texts = [str(w.message) for w in record]
     assert any("rebuilt" in t for t in texts)
     assert any(f"{ids[2]}.json" in t for t in texts)
@@ -412,16 +442,22 @@ async def test_crash_between_snapshot_and_new_journal_is_harmless(
     assert await store.path("c1") == [*ids, *last, *more]
 
 
-async def test_a_version_1_context_opens_unchanged_and_is_written_as_version_2(
+async def test_a_version_1_context_opens_unchanged_and_is_written_as_the_current_version(
     store: FileStore, data_dir: Path
 ) -> None:
-    # A context exactly as version 1 wrote it: no per-branch settings, no stats.
+    # A context exactly as version 1 wrote it: no per-branch settings, no stats, heads
+    # in metadata.json, journal lines that are plain index entries.
     ids = await chain(store, "c1", 2)
     ctx = folder(data_dir)
+    entries = await store.index("c1")
+    journal = "".join(entries[i].model_dump_json() + "\n" for i in ids)
+    (ctx / "message_index.journal").write_text(journal)
     for path in [ctx / "metadata.json", *(ctx / "messages").glob("*.json")]:
         raw = json.loads(path.read_text())
         raw["schema_version"] = 1
         if "branches" in raw:
+            del raw["heads_at"]
+            raw["branches"]["main"]["head"] = ids[-1]
             for branch in raw["branches"].values():
                 for key in ("system_prompt", "provider", "params"):
                     del branch[key]
@@ -443,5 +479,5 @@ async def test_a_version_1_context_opens_unchanged_and_is_written_as_version_2(
         assert first.metadata.stats is None
         await other.create_branch("c1", "b", head=ids[0], system_prompt="Be brief.")
     raw = json.loads((ctx / "metadata.json").read_text())
-    assert raw["schema_version"] == SCHEMA_VERSION == 2
+    assert raw["schema_version"] == SCHEMA_VERSION == 3
     assert raw["branches"]["b"]["system_prompt"] == "Be brief."

@@ -10,6 +10,10 @@ The guarantees the rest of the store builds on:
 * :func:`atomic_write` raises the package's errors (see :mod:`.oserrors`), never a
   bare ``OSError``, and never leaves its temporary file behind unless the process dies.
 
+Every fsync goes through an ``fsync`` argument (default :func:`os.fsync`), so that a
+:class:`~cm_notebook.store.filestore.FileStore` can count them (its ``fsync`` parameter);
+``fsync=None`` asks for the same atomic replace without making it durable.
+
 Temporary files are named ``.<target>.<random>.tmp`` so that they can never be mistaken
 for a message file (those end in ``.json`` and never start with a dot).
 """
@@ -18,18 +22,23 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from .oserrors import translate
 
 __all__ = [
     "TEMP_SUFFIX",
+    "Fsync",
     "atomic_write",
     "fsync_dir",
     "is_temp_name",
     "read_from",
     "write_all",
 ]
+
+#: What flushes one open file to stable storage (``os.fsync`` or a counting wrapper).
+Fsync = Callable[[int], None]
 
 TEMP_SUFFIX = ".tmp"
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines.
@@ -40,7 +49,7 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str, fsync: Fsync = os.fsync) -> None:
     """Make renames and creations inside the folder ``path`` durable.
 
     Windows cannot open a folder for fsync (and NTFS journals metadata itself), so this
@@ -50,7 +59,7 @@ def fsync_dir(path: Path) -> None:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -63,8 +72,12 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, fsync: Fsync | None = os.fsync) -> None:
     """Replace ``path`` with ``data`` atomically and durably (see the module docstring).
+
+    With ``fsync=None`` the replace is atomic for every reader and survives ``kill -9``
+    (the data is in the OS's cache), but not necessarily a power loss: for files whose
+    content is already durable elsewhere (see :mod:`cm_notebook.store.filestore`).
 
     Any failure (a full disk included) removes the temporary file, leaves the old
     ``path`` untouched and raises the package's error naming ``path``
@@ -76,7 +89,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         try:
             try:
                 write_all(fd, data)
-                os.fsync(fd)
+                if fsync is not None:
+                    fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -85,7 +99,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             # the next writer to open the context sweeps those up).
             tmp.unlink(missing_ok=True)
             raise
-        fsync_dir(path.parent)
+        if fsync is not None:
+            fsync_dir(path.parent, fsync)
     except OSError as exc:
         raise translate(exc, path, "write") from exc
 

@@ -27,8 +27,11 @@ from .schema import upgrade
 __all__ = [
     "decode_message",
     "decode_metadata",
+    "decode_metadata_doc",
     "encode_message",
+    "encode_message_forms",
     "encode_metadata",
+    "file_bytes_from_compact",
     "read_message_file",
     "read_regular",
 ]
@@ -36,6 +39,23 @@ __all__ = [
 
 def _dumps(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _compact(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def file_bytes_from_compact(data: bytes) -> bytes:
+    """The file bytes of a message from its compact JSON (as in a journal line).
+
+    The same value dumped the same way, so the result is byte for byte the file that
+    was written alongside the line.
+    """
+    return _dumps(json.loads(data.decode("utf-8")))
+
+
+#: The key in metadata.json saying which journal lines its branch heads already include.
+HEADS_AT_KEY = "heads_at"
 
 
 def _load_object(data: bytes, path: Path, what: str, advice: str) -> dict[str, Any]:
@@ -62,10 +82,15 @@ def _metadata_advice(path: Path) -> str:
     )
 
 
-def encode_metadata(metadata: ContextMetadata) -> bytes:
-    """The bytes of ``metadata.json`` (always the current schema version)."""
+def encode_metadata(metadata: ContextMetadata, heads_at: int = 0) -> bytes:
+    """The bytes of ``metadata.json`` (always the current schema version).
+
+    ``heads_at``: the branch heads include every head move of the journal lines numbered
+    below it (later lines move them on; see :mod:`cm_notebook.store.filestore`).
+    """
     raw = metadata.model_dump(mode="json")
     raw["schema_version"] = SCHEMA_VERSION
+    raw[HEADS_AT_KEY] = heads_at
     # Secrets are refused in provider settings; imported extra fields are only redacted.
     raw["provider"] = redact(raw["provider"])
     raw["extra"] = redact(raw["extra"])
@@ -77,13 +102,26 @@ def decode_metadata(data: bytes, path: Path, context_id: str) -> ContextMetadata
 
     The folder name is what every lookup uses, and copying a context folder under a new
     name is a supported way to duplicate a context, so a stale ``id`` inside the copy is
-    replaced rather than treated as damage.
+    replaced rather than treated as damage. The branch heads are those of the file
+    (see :func:`decode_metadata_doc`).
     """
+    return decode_metadata_doc(data, path, context_id)[0]
+
+
+def decode_metadata_doc(data: bytes, path: Path, context_id: str) -> tuple[ContextMetadata, int]:
+    """:func:`decode_metadata` and the file's ``heads_at`` (0 if it has none)."""
     advice = _metadata_advice(path)
     raw = upgrade(_load_object(data, path, "context metadata", advice), "metadata", path)
     raw["id"] = context_id
+    heads_at = raw.pop(HEADS_AT_KEY, 0)
+    if not isinstance(heads_at, int) or isinstance(heads_at, bool) or heads_at < 0:
+        raise CorruptDataError(
+            f"context metadata {path} has {HEADS_AT_KEY} {heads_at!r}, which is not a line "
+            f"number. {advice}",
+            path,
+        )
     try:
-        return ContextMetadata.model_validate(raw)
+        return ContextMetadata.model_validate(raw), heads_at
     except ValidationError as exc:
         raise CorruptDataError(
             f"context metadata {path} does not match the expected format: "
@@ -94,12 +132,22 @@ def decode_metadata(data: bytes, path: Path, context_id: str) -> ContextMetadata
 
 def encode_message(message: Message) -> bytes:
     """The bytes of a message file: the message plus its schema version."""
+    return _dumps(_message_raw(message))
+
+
+def encode_message_forms(message: Message) -> tuple[bytes, bytes]:
+    """The message file's bytes and the same JSON compacted (for a journal line)."""
+    raw = _message_raw(message)
+    return _dumps(raw), _compact(raw)
+
+
+def _message_raw(message: Message) -> dict[str, Any]:
     raw: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     raw.update(message.model_dump(mode="json"))
     # How a message came to be (an error body, failed attempts, parameters) may quote a
     # key a server echoed; the message's own text and tool calls are the user's data.
     raw["metadata"] = redact(raw["metadata"])
-    return _dumps(raw)
+    return raw
 
 
 def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:

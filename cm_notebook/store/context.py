@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,9 +45,9 @@ from ..errors import (
     StoreError,
     StoreLockTimeoutError,
 )
-from ..model import ContextMetadata, MessageStatus
-from .atomic import atomic_write, is_temp_name, read_from
-from .codec import decode_metadata, encode_message, encode_metadata, read_message_file
+from ..model import ContextMetadata, MessageStatus, utcnow
+from .atomic import Fsync, atomic_write, is_temp_name, read_from
+from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, read_message_file
 from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
 from .oserrors import linked, open_regular, translate
@@ -60,6 +61,7 @@ from .paths import (
     message_path,
     streaming_lock_path,
 )
+from .repair import repair_files
 
 __all__ = ["ContextState", "creation_lock", "lock_is_held", "remove_lock_shell", "remove_tree"]
 
@@ -80,8 +82,11 @@ def _new_lock(path: Path) -> filelock.FileLock:
 class ContextState:
     """Cached metadata and index of one context, plus its locks (see module docstring)."""
 
-    def __init__(self, context_id: str, ctx_dir: Path, lock_timeout: float) -> None:
+    def __init__(
+        self, context_id: str, ctx_dir: Path, lock_timeout: float, fsync: Fsync = os.fsync
+    ) -> None:
         self.context_id = context_id
+        self.fsync = fsync
         self.dir = ctx_dir
         self.lock_timeout = lock_timeout
         self.metadata_path = ctx_dir / METADATA_NAME
@@ -90,8 +95,11 @@ class ContextState:
         self.state_lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
-        self.index = MessageIndex(ctx_dir)
+        self.index = MessageIndex(ctx_dir, fsync)
+        #: metadata.json as last read or written, and its ``heads_at``.
         self.metadata: ContextMetadata | None = None
+        self.heads_at = 0
+        self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
         self._swept = False  # see _sweep: once per load of the context
         self.streaming: dict[str, filelock.FileLock] = {}
         self._meta_fd = -1
@@ -100,15 +108,41 @@ class ContextState:
     # -- reading (state_lock held) ---------------------------------------------------
 
     def refresh(self) -> ContextMetadata:
-        """Bring metadata, then the index, up to date; return the metadata.
+        """Bring metadata, then the index, up to date; return the current metadata.
 
         Metadata first: a head in metadata.json was committed to the journal before the
-        metadata was written, so an index read afterwards always contains it.
+        metadata was written, so an index read afterwards always contains it. The result
+        is metadata.json with the head moves and time of later journal lines applied.
         """
-        metadata = self._refresh_metadata()
-        self.index.refresh()
+        metadata = self._current(self._refresh_metadata())
         self._check_heads(metadata)
         return metadata
+
+    def _current(self, base: ContextMetadata) -> ContextMetadata:
+        """``base`` (metadata.json) with what journal lines since ``heads_at`` changed."""
+        self.index.refresh()
+        if self.index.next_n < self.heads_at:
+            self.index.next_n = self.heads_at  # numbers never go back, even after a rebuild
+        key = (id(base), self.index.heads_version, self.heads_at)
+        if self._merged is not None and self._merged[0] == key:
+            return self._merged[1]
+        heads_at = self.heads_at
+        branches = base.branches
+        moved = {
+            name: branches[name].model_copy(update={"head": head})
+            for name, (n, head) in self.index.heads.items()
+            if n >= heads_at and name in branches and branches[name].head != head
+        }
+        update: dict[str, object] = {"branches": {**branches, **moved}} if moved else {}
+        last = self.index.last_at
+        if last is not None and last[0] >= heads_at:
+            with contextlib.suppress(ValueError, TypeError):
+                at = datetime.fromisoformat(last[1])
+                if at > base.updated_at:  # TypeError for a naive time: ignored
+                    update["updated_at"] = at
+        merged = base.model_copy(update=update) if update else base
+        self._merged = (key, merged)
+        return merged
 
     def _refresh_metadata(self) -> ContextMetadata:
         try:
@@ -132,12 +166,12 @@ class ContextState:
             os.close(fd)
             raise translate(exc, self.metadata_path, "read") from exc
         try:
-            metadata = decode_metadata(data, self.metadata_path, self.context_id)
+            metadata, heads_at = decode_metadata_doc(data, self.metadata_path, self.context_id)
         except BaseException:
             os.close(fd)
             raise
         self._pin_metadata(fd, (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns))
-        self.metadata = metadata
+        self.metadata, self.heads_at = metadata, heads_at
         return metadata
 
     def _pin_metadata(self, fd: int, ident: tuple[int, int, int, int]) -> None:
@@ -230,6 +264,9 @@ class ContextState:
         stays. Streams whose writer died are finished by _interrupt_dead_streams.
         """
         self._swept = True
+        # Message files a power loss took since the journal copied them.
+        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
+            repair_files(self.index, self.fsync, flush=False)
         for folder in (self.dir, self.dir / MESSAGES_DIR):
             try:
                 names = os.listdir(folder)
@@ -310,18 +347,45 @@ class ContextState:
         remove_lock_shell(self.dir)
 
     def _refresh_repaired(self) -> ContextMetadata:
-        metadata = self._refresh_metadata()
+        base = self._refresh_metadata()
         messages_dir = self.dir / MESSAGES_DIR
         if os.path.islink(messages_dir):
             raise linked(messages_dir)  # writing through it would write outside
         try:
-            self.index.refresh()
+            metadata = self._current(base)
             self._check_heads(metadata)
         except RebuildNeeded as need:
-            self.index.rebuild(need.reason, need.path)
+            self._rebuild(base, need)
+            metadata = self._current(base)
         if self.foreign_streams():
             self._interrupt_dead_streams()
+            metadata = self._current(base)
         return metadata
+
+    def _rebuild(self, base: ContextMetadata, need: RebuildNeeded) -> None:
+        """Rebuild the index, first saving what only the damaged journal holds."""
+        self.index.salvage()
+        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
+            repair_files(self.index, self.fsync, flush=True)
+        if self.index.next_n < self.heads_at:
+            self.index.next_n = self.heads_at
+        self._merged = None
+        salvaged = self._merged_heads(base)
+        if salvaged is not base:
+            self.write_metadata(salvaged)
+        self.index.rebuild(need.reason, need.path)
+
+    def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:
+        # _current without a refresh: the index holds what salvage() found.
+        heads_at = self.heads_at
+        moved = {
+            name: base.branches[name].model_copy(update={"head": head})
+            for name, (n, head) in self.index.heads.items()
+            if n >= heads_at and name in base.branches and base.branches[name].head != head
+        }
+        if not moved:
+            return base
+        return base.model_copy(update={"branches": {**base.branches, **moved}})
 
     def _interrupt_dead_streams(self) -> None:
         """Mark ``interrupted`` every streaming message whose writer is gone.
@@ -341,21 +405,59 @@ class ContextState:
             try:
                 path = message_path(self.dir, entry.id)
                 status = MessageStatus.INTERRUPTED
+                content: bytes | None = None
+                size = 0
                 try:
                     message = read_message_file(path, entry.id)
                 except CorruptDataError as exc:
                     warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
                 else:
                     if message.status is MessageStatus.STREAMING:
-                        update = {"status": status}
-                        atomic_write(path, encode_message(message.model_copy(update=update)))
+                        message = message.model_copy(update={"status": status})
                     else:
                         status = message.status  # the final update reached the file
-                self.index.append(entry.model_copy(update={"status": status}))
+                    data, content = encode_message_forms(message)
+                    size = len(data)
+                    atomic_write(path, data, fsync=None)  # the journal line is the commit
+                self.index.append(
+                    entry.model_copy(update={"status": status}),
+                    at=utcnow().isoformat(),
+                    content=content,
+                    size=size,
+                )
             finally:
                 lock.release()
                 lock_path.unlink(missing_ok=True)
-        self.index.compact_if_due()
+        self.compact_if_due()
+
+    def compact_if_due(self) -> None:
+        """Fold the journal into the snapshot when it has grown enough (see index.py).
+
+        What only the journal holds is made durable elsewhere first: message files
+        (fsync'd, or rewritten from the journal if a power loss took them) and the
+        branch heads (metadata.json). Called after a write is complete: the write is
+        committed either way, so a failure (say, a full disk) is a warning, not an
+        error of the write, and compaction is retried after the next write.
+        """
+        if not self.index.compaction_due():
+            return
+        try:
+            self.compact()
+        except (OSError, RebuildNeeded) as exc:  # StoreIOError included
+            warn(
+                f"could not compact the message index ({exc}); will retry",
+                self.index.index_path,
+            )
+
+    def compact(self) -> None:
+        """Fold the journal now (locked, fresh): see :meth:`compact_if_due`."""
+        if self.metadata is None:
+            return
+        repair_files(self.index, self.fsync, flush=True)
+        current = self._current(self.metadata)
+        if current is not self.metadata or self.index.heads or self.index.last_at:
+            self.write_metadata(current)
+        self.index.compact()
 
     def take_streaming_lock(self, message_id: str) -> None:
         """Hold the OS lock that says "message_id is being streamed by a live process"."""
@@ -383,9 +485,14 @@ class ContextState:
             streaming_lock_path(self.dir, message_id).unlink(missing_ok=True)
 
     def write_metadata(self, metadata: ContextMetadata) -> None:
-        """Atomically replace metadata.json (locked) and remember what was written."""
-        atomic_write(self.metadata_path, encode_metadata(metadata))
-        self.metadata = metadata
+        """Atomically and durably replace metadata.json (locked); remember what was written.
+
+        ``metadata`` is the current metadata (heads included), so the file includes
+        every head move of the journal so far: its ``heads_at`` is the next line number.
+        """
+        heads_at = self.index.next_n
+        atomic_write(self.metadata_path, encode_metadata(metadata, heads_at), fsync=self.fsync)
+        self.metadata, self.heads_at = metadata, heads_at
         try:
             fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError:
@@ -394,14 +501,6 @@ class ContextState:
             return
         st = os.fstat(fd)
         self._pin_metadata(fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-
-    def metadata_unchanged_on_disk(self) -> bool:
-        """Whether metadata.json is still the file last read or written (locked)."""
-        try:
-            st = os.lstat(self.metadata_path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._meta_id
 
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
@@ -413,6 +512,8 @@ class ContextState:
         self._meta_fd = -1
         self._meta_id = None
         self.metadata = None
+        self.heads_at = 0
+        self._merged = None
         self._swept = False
 
 

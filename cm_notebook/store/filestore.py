@@ -3,27 +3,59 @@
 Layout of one context (a self-contained folder: copy, zip, version or delete it whole)::
 
     <data dir>/contexts/<context_id>/
-        metadata.json           title, branches (name -> head), active branch, provider
-                                settings (never secrets), schema version, timestamps
+        metadata.json           title, branches, active branch, provider settings (never
+                                secrets), schema version, timestamps; ``heads_at``: the
+                                journal line up to which its branch heads are current
         message_index.json      compacted snapshot of the message index
-        message_index.journal   index changes since the snapshot, one JSON line each
+        message_index.journal   changes since the snapshot, one line each: new messages
+                                and status changes (a finished message's line carries
+                                the message itself), branch head moves, write times
         messages/<message_id>.json
         scores/<message_id>.json  ratings and metrics of a message (see .scores)
         .lock                   cross-process write lock
         .streaming-<id>.lock    held by the process streaming that message
         .claim-<digest>.lock    held by the writer running a turn on a branch
 
-Appending a message writes, in this order, each step durable before the next: the
-message file (atomic replace), one journal line (the commit point), and metadata.json
-(new head, ``updated_at``; its size depends on the number of branches, not messages).
-So the N-th append writes O(1) bytes; see :mod:`cm_notebook.store.index` for the
-journal and its geometric compaction. A crash at any point leaves either no trace, an
-unreferenced message file, or a committed message that no branch points at yet (its
-append never returned) - never a half-written file or a dangling head. An append
-that fails with an error instead (a full disk: :class:`~cm_notebook.errors.StorageFullError`)
-takes its journal line and message file back, so it leaves no trace at all; opening a
-context removes what killed writers left (temporary files, unused streaming locks),
-and listing contexts the half-built folders of killed ``create_context`` calls.
+The write path. One fsync'd journal line is the commit point of every acknowledged
+change: it carries the index entry, the head move, the time and, for a finished
+message, the message. The message file is written first, atomically (temporary file
+and rename) but without an fsync: after ``kill -9`` it is complete (the OS holds it);
+after a power loss the line holds the message, and the next writer to open the context
+rewrites a missing or older file from it (:mod:`.repair`). Compaction makes those
+files durable before it drops the lines (see :mod:`cm_notebook.store.index`).
+metadata.json is rewritten only by the operations that change it and at compaction,
+never to move a head. fsyncs (directory fsyncs included) and renames per operation:
+
+=======================================================  ======  =======
+operation                                                fsyncs  renames
+=======================================================  ======  =======
+append a finished message (moving a head or not)         1       1
+append a streaming message (a reply's placeholder)       0       1
+update_message, a checkpoint (status stays streaming)    0       1
+update_message, the final state or any other change      1       1
+set_branch_head                                          1       0
+create_branch, update_branch, delete_branch,             2       1
+set_active_branch, update_metadata (metadata.json)
+create_context                                           7       4
+compaction (after >= 128 lines, then geometrically;      k + 7   3
+k = messages whose copy is in the journal)
+=======================================================  ======  =======
+
+A plain turn (the user's message, the reply's placeholder, its final state) therefore
+makes 2 fsyncs and 3 renames, plus its share of compaction (about one fsync per
+finished message); a tool cycle 6. Unacknowledged states are not fsync'd: a reply
+still streaming when the power fails may be lost or show older partial text, which
+``kill -9`` alone never does.
+
+So a crash at any point leaves either no trace, an unreferenced message file, or a
+committed message that no branch points at yet (its append never returned) - never a
+half-written file or a dangling head. An append that fails with an error instead (a
+full disk: :class:`~cm_notebook.errors.StorageFullError`) takes its journal line and
+message file back, so it leaves no trace at all; opening a context removes what
+killed writers left (temporary files, unused streaming locks), and listing contexts
+the half-built folders of killed ``create_context`` calls. Folders written by older
+versions (heads only in metadata.json, journal lines without numbers) open as they
+are and are written in this format from then on.
 
 Errors are the package's own: damaged files are ``CorruptDataError`` (or
 ``SchemaVersionError``) naming the file, and any ``OSError`` is translated at this
@@ -31,7 +63,9 @@ class's boundary into ``StoreIOError``/``StorageFullError`` naming the path.
 
 Reads never take the cross-process lock. Before each read the store ``stat``s the
 metadata, snapshot and journal and loads only what changed, so a FileStore notices
-other processes' writes on its next call at the cost of three ``stat`` calls.
+other processes' writes on its next call at the cost of three ``stat`` calls. Ids
+from the index were validated when they entered it (from a caller or from disk), so
+reading a message joins its path without validating the id again.
 """
 
 from __future__ import annotations
@@ -53,13 +87,15 @@ from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import Branch, ContextMetadata, Message, ProviderSettings
 from . import ops, oserrors
+from .atomic import Fsync
 from .base import IndexEntry
-from .codec import encode_message, read_message_file
+from .codec import encode_message_forms, read_message_file
 from .context import ContextState, remove_tree
 from .folders import create_context_folder, list_context_folders, trash_path
 from .paths import (
     INDEX_NAME,
     JOURNAL_NAME,
+    MESSAGES_DIR,
     METADATA_NAME,
     context_dir,
     default_data_dir,
@@ -92,6 +128,9 @@ class FileStore(ScoreFiles):
     ``lock_timeout`` seconds for another writer of the same context before raising
     :class:`~cm_notebook.errors.StoreLockTimeoutError`.
 
+    ``fsync`` is the function every fsync of this store goes through (default
+    :func:`os.fsync`); pass a wrapper to count or time them.
+
     All blocking file work runs in anyio worker threads. One FileStore may be shared
     by many tasks; several FileStores (in one or many processes) may share a data
     directory. Call :meth:`close` (or use ``async with``) to release locks; a message
@@ -99,13 +138,21 @@ class FileStore(ScoreFiles):
     the next reader.
     """
 
-    def __init__(self, data_dir: str | Path | None = None, *, lock_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        lock_timeout: float = 10.0,
+        fsync: Fsync = os.fsync,
+    ) -> None:
         if lock_timeout < 0:
             raise InvalidInputError(f"lock_timeout must be >= 0 seconds, got {lock_timeout!r}")
         chosen = Path(data_dir) if data_dir is not None else default_data_dir()
         #: The data directory (absolute); contexts live in ``<data_dir>/contexts``.
         self.data_dir = chosen.expanduser().absolute()
         self.lock_timeout = float(lock_timeout)
+        #: Every fsync of this store goes through this function (see the class docstring).
+        self.fsync = fsync
         self._states: dict[str, ContextState] = {}
         self._registry_lock = threading.Lock()
         # Held files are plain descriptors; close them even if close() is never called.
@@ -150,7 +197,7 @@ class FileStore(ScoreFiles):
             state = self._states.get(context_id)
             if state is None:
                 folder = context_dir(self.data_dir, context_id)
-                state = ContextState(context_id, folder, self.lock_timeout)
+                state = ContextState(context_id, folder, self.lock_timeout, self.fsync)
                 self._states[context_id] = state
             return state
 
@@ -188,7 +235,7 @@ class FileStore(ScoreFiles):
         return await self._run(self._create_context, metadata)
 
     def _create_context(self, metadata: ContextMetadata) -> ContextMetadata:
-        create_context_folder(self.data_dir, metadata)
+        create_context_folder(self.data_dir, metadata, self.fsync)
         return metadata.model_copy(deep=True)
 
     async def list_contexts(self) -> list[ContextMetadata]:
@@ -198,7 +245,19 @@ class FileStore(ScoreFiles):
         ``.path`` names the damaged file (and whose message says what to do), so one
         damaged context never hides the others.
         """
-        return await self._run(list_context_folders, self.data_dir)
+        return await self._run(self._list_contexts)
+
+    def _list_contexts(self) -> list[ContextMetadata]:
+        listed = list_context_folders(self.data_dir)
+        found = []
+        for metadata in listed:
+            # metadata.json's heads and time lag behind the journal: ask the context.
+            try:
+                found.append(self._view(metadata.id, lambda _s, m: m.model_copy(deep=True)))
+            except CMError:
+                found.append(metadata)  # reported when the context is opened
+        found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
+        return found
 
     async def get_metadata(self, context_id: str) -> ContextMetadata:
         """The context's current metadata (re-read if another process changed it)."""
@@ -285,7 +344,7 @@ class FileStore(ScoreFiles):
             if branch is None:
                 raise InvalidInputError("expected_head needs a branch whose head it guards")
             _check_ids(expected_head)
-        data = encode_message(message)
+        data = encode_message_forms(message)
         await self._run(
             self._write, context_id, ops.do_append, message, data, branch, expected_head
         )
@@ -304,7 +363,7 @@ class FileStore(ScoreFiles):
         the next update.
         """
         _check_ids(message.id, message.parent_id)
-        data = encode_message(message)
+        data = encode_message_forms(message)
         await self._run(self._write, context_id, ops.do_update_message, message, data)
 
     async def get_message(self, context_id: str, message_id: str) -> Message:
@@ -506,15 +565,30 @@ class FileStore(ScoreFiles):
         validate_branch_name(name)
         await self._run(self._write, context_id, ops.do_delete_branch, name)
 
+    async def compact(self, context_id: str) -> None:
+        """Fold the context's journal into its snapshot now (it also happens by itself).
+
+        Afterwards every message file is durable, metadata.json holds the current
+        branch heads and the journal is empty, so the folder's files say everything
+        without the journal (say, before copying it for tools that read the files).
+        """
+        await self._run(self._write, context_id, lambda state, _metadata: state.compact())
+
     def change_token(self, context_id: str) -> tuple[int, ...]:
-        """A cheap fingerprint of the context's metadata and index files (a few ``stat``
-        calls, no lock, no thread hop): it differs after any write that changed them,
-        from this process or another. Callers cache what they read and re-read when it
-        changes; a missing file gives zeros (the next read raises the precise error).
+        """A cheap fingerprint of the context's files (four ``stat`` calls, no lock, no
+        thread hop): it differs after any write, from this process or another.
+
+        Every committed change (a message, a status, a head move) grows the journal or
+        replaces it, and metadata changes replace metadata.json; a streaming checkpoint,
+        which commits nothing, replaces a file in ``messages/`` and so changes that
+        folder's time stamps (coarse on some systems: readers should re-read a message
+        that is still streaming rather than trust the token for it). Callers cache what
+        they read and re-read when it changes; a missing file gives zeros (the next read
+        raises the precise error).
         """
         folder = context_dir(self.data_dir, context_id)
         token: list[int] = []
-        for name in (METADATA_NAME, INDEX_NAME, JOURNAL_NAME):
+        for name in (METADATA_NAME, INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR):
             try:
                 info = os.stat(folder / name)
             except OSError:

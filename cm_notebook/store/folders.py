@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..ids import id_key
 from ..model import ContextMetadata
-from .atomic import atomic_write, fsync_dir
+from .atomic import Fsync, atomic_write, fsync_dir
 from .codec import decode_metadata, encode_metadata, read_regular
 from .context import creation_lock, remove_lock_shell, remove_tree
 from .diagnostics import warn
@@ -57,7 +57,9 @@ def _refuse_case_twin(root: Path, context_id: str) -> None:
             )
 
 
-def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
+def create_context_folder(
+    data_dir: Path, metadata: ContextMetadata, fsync: Fsync = os.fsync
+) -> None:
     """Create the folder of a new, empty context in one atomic step."""
     folder = context_dir(data_dir, metadata.id)
     for branch in metadata.branches.values():
@@ -83,9 +85,9 @@ def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
         tmp.mkdir()
         try:
             (tmp / MESSAGES_DIR).mkdir()
-            atomic_write(tmp / INDEX_NAME, empty_index_bytes())
-            atomic_write(tmp / JOURNAL_NAME, b"")
-            atomic_write(tmp / METADATA_NAME, encode_metadata(metadata))
+            atomic_write(tmp / INDEX_NAME, empty_index_bytes(), fsync=fsync)
+            atomic_write(tmp / JOURNAL_NAME, b"", fsync=fsync)
+            atomic_write(tmp / METADATA_NAME, encode_metadata(metadata), fsync=fsync)
             try:
                 os.rename(tmp, folder)
             except OSError as exc:
@@ -95,7 +97,7 @@ def create_context_folder(data_dir: Path, metadata: ContextMetadata) -> None:
         except BaseException:
             remove_tree(tmp)
             raise
-    fsync_dir(root)
+    fsync_dir(root, fsync)
 
 
 def _sweep_abandoned_creations(data_dir: Path, names: list[str]) -> None:

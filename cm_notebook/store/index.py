@@ -2,21 +2,25 @@
 
 On disk:
 
-* ``message_index.json``: ``{"schema_version": 2, "entries": [...]}``, one
+* ``message_index.json``: ``{"schema_version": 3, "next_n": N, "entries": [...]}``, one
   :class:`~cm_notebook.store.base.IndexEntry` per line, in ``seq`` order. Written only by
   compaction and rebuilds, always atomically.
-* ``message_index.journal``: one IndexEntry per line (JSON lines), appended and fsync'd
-  per change. A line *is* the commit point of a new message (its file is written
-  first) and of a status change (streaming -> complete). Replaying lines into a dict
-  keyed by id is idempotent, so replaying a line twice is harmless.
+* ``message_index.journal``: one line per change (see :mod:`.journal` for the format),
+  appended under the context lock. A line *is* the commit point of a new message, of
+  a status change (streaming -> complete) and of a branch head move; a line that
+  commits a finished message also carries the message itself, so that the line alone
+  (one fsync) makes it durable. Replaying lines into a dict keyed by id is idempotent,
+  so replaying a line twice is harmless.
 
-Appending a message therefore writes one short line, not the whole index. When the
-journal holds at least as many lines as the snapshot holds entries (and at least
-:data:`COMPACT_MIN_LINES`), the writer folds it into a new snapshot and then replaces
-the journal with an empty file (a new inode). The snapshot size at least doubles
-between compactions, so rewriting it costs O(1) amortised bytes per append. A crash
-between the two replaces leaves a snapshot that already contains the old journal's
-lines, which replay idempotently.
+Appending a message therefore writes one line, not the whole index. When the journal
+holds at least as many lines as the snapshot holds entries (and at least
+:data:`COMPACT_MIN_LINES`), or more bytes than :data:`COMPACT_MIN_BYTES` and the
+snapshot, the writer folds it into a new snapshot and then replaces the journal with an
+empty file (a new inode); see :meth:`ContextState.compact_if_due
+<cm_notebook.store.context.ContextState.compact_if_due>` for what must be durable
+first. The snapshot grows geometrically between compactions, so rewriting it costs
+O(1) amortised bytes per append. A crash between the two replaces leaves a snapshot
+that already contains the old journal's lines, which replay idempotently.
 
 Readers in other processes keep up cheaply: :meth:`MessageIndex.refresh` ``stat``s
 both files and, if the snapshot is unchanged and the journal is the same inode, reads
@@ -31,34 +35,49 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from pathlib import Path
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import _json
-from ..errors import CorruptDataError, InvalidIdError
-from ..ids import MAX_ID_LENGTH, validate_message_id
+from ..errors import CorruptDataError, InvalidIdError, StoreError
+from ..ids import validate_message_id
 from ..model import SCHEMA_VERSION, MessageStatus
-from .atomic import atomic_write, is_temp_name, read_from, write_all
+from .atomic import Fsync, atomic_write, is_temp_name, read_from, write_all
 from .base import IndexEntry
 from .codec import read_message_file
 from .diagnostics import warn
+from .journal import (
+    JournalLine,
+    LineError,
+    check_ids,
+    encode_entry_line,
+    encode_head_line,
+    parse_lines,
+)
 from .oserrors import describe_kind, open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .schema import INDEX_FORMAT_SINCE, check_not_newer
 
-__all__ = ["COMPACT_MIN_LINES", "MessageIndex", "RebuildNeeded", "empty_index_bytes"]
+__all__ = [
+    "COMPACT_MIN_BYTES",
+    "COMPACT_MIN_LINES",
+    "MessageIndex",
+    "RebuildNeeded",
+    "empty_index_bytes",
+]
 
 #: Compaction waits for at least this many journal lines, so small contexts never
 #: rewrite the snapshot at all.
 COMPACT_MIN_LINES = 128
+#: ... or for this many journal bytes (lines carry finished messages), so that opening
+#: a context never parses a journal much larger than its snapshot.
+COMPACT_MIN_BYTES = 1 << 20
 
 # Holding the last-read files open pins their inode numbers (see the module docstring).
 # Windows refuses to replace a file that is open, so there the files are closed at once.
 _KEEP_OPEN = os.name != "nt"
 
-_ENTRY_LIST = TypeAdapter(list[IndexEntry])
 # Never follow a link planted in place of an index file: a link makes the file
 # "damaged", and the rebuild replaces the link with a real file.
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -68,6 +87,7 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
 class _IndexDoc(BaseModel):
     schema_version: int
     entries: list[IndexEntry]
+    next_n: int = 0  # the number of the next journal line (0 in format 2)
 
 
 class RebuildNeeded(Exception):
@@ -101,16 +121,13 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 def empty_index_bytes() -> bytes:
     """The snapshot of a context without messages."""
-    return _snapshot_bytes([])
+    return _snapshot_bytes([], 0)
 
 
-def _snapshot_bytes(entries: list[IndexEntry]) -> bytes:
+def _snapshot_bytes(entries: list[IndexEntry], next_n: int) -> bytes:
     body = ",\n".join(entry.model_dump_json() for entry in entries)
-    return (
-        f'{{"schema_version": {SCHEMA_VERSION}, "entries": [\n{body}\n]}}\n'.encode()
-        if entries
-        else f'{{"schema_version": {SCHEMA_VERSION}, "entries": []}}\n'.encode()
-    )
+    start = f'{{"schema_version": {SCHEMA_VERSION}, "next_n": {next_n}, "entries": ['
+    return f"{start}\n{body}\n]}}\n".encode() if entries else f"{start}]}}\n".encode()
 
 
 class MessageIndex:
@@ -121,16 +138,28 @@ class MessageIndex:
     context's cross-process lock held and right after :meth:`refresh`.
     """
 
-    def __init__(self, ctx_dir: Path) -> None:
+    def __init__(self, ctx_dir: Path, fsync: Fsync = os.fsync) -> None:
         self.ctx_dir = ctx_dir
+        self.fsync = fsync
         self.index_path = ctx_dir / INDEX_NAME
         self.journal_path = ctx_dir / JOURNAL_NAME
         self.entries: dict[str, IndexEntry] = {}
-        self.children: dict[str | None, list[str]] = {}
+        self._children: dict[str | None, list[str]] | None = {}
         self.streaming_ids: set[str] = set()  # status "streaming", kept for O(1) checks
         self.next_seq = 0
         self.snapshot_count = 0  # entries in message_index.json
         self.journal_lines = 0  # complete lines in the journal
+        self.snapshot_size = 0  # bytes of message_index.json
+        #: Head moves in the journal: branch -> (line number, head).
+        self.heads: dict[str, tuple[int, str | None]] = {}
+        #: The number and time of the last journal line that carried one.
+        self.last_at: tuple[int, str] | None = None
+        #: Changes whenever ``heads`` or ``last_at`` may have changed.
+        self.heads_version = 0
+        #: The number the next journal line gets.
+        self.next_n = 0
+        #: Messages whose durable content is in the journal: id -> (offset, length, size).
+        self.content: dict[str, tuple[int, int, int]] = {}
         self.loaded = False
         self._index_fd = -1
         self._index_id: tuple[int, int, int, int] | None = None
@@ -181,7 +210,8 @@ class MessageIndex:
         try:
             index_fd = _open_index_file(self.index_path)
             index_id = _identity(os.fstat(index_fd))
-            snapshot = self._parse_snapshot(read_from(index_fd, 0))
+            snapshot_data = read_from(index_fd, 0)
+            snapshot, next_n = self._parse_snapshot(snapshot_data)
             st_journal = os.fstat(journal_fd)
             journal = read_from(journal_fd, 0)
             lines, end = self._parse_lines(journal, 0)
@@ -194,8 +224,14 @@ class MessageIndex:
                 raise translate(exc, self.ctx_dir, "read the message index in") from exc
             raise
         self._close_files()
-        self._load([*snapshot, *lines])
+        self._load([*snapshot, *(line.entry for line in lines if line.entry is not None)])
+        self.heads, self.last_at, self.content = {}, None, {}
+        self.next_n = next_n
+        for line in lines:
+            self._apply_record(line)
+        self.heads_version += 1
         self.snapshot_count = len(snapshot)
+        self.snapshot_size = len(snapshot_data)
         self.journal_lines = len(lines)
         self._offset = end
         self._index_id = index_id
@@ -205,7 +241,7 @@ class MessageIndex:
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
 
-    def _parse_snapshot(self, data: bytes) -> list[IndexEntry]:
+    def _parse_snapshot(self, data: bytes) -> tuple[list[IndexEntry], int]:
         try:
             doc = _IndexDoc.model_validate_json(data)
         except ValidationError:
@@ -218,10 +254,10 @@ class MessageIndex:
             # Derived data from an older version: rebuilding it is the upgrade.
             raise RebuildNeeded("message_index.json is from an older version", self.index_path)
         try:
-            _check_ids(doc.entries)
+            check_ids(doc.entries)
         except InvalidIdError:
             raise RebuildNeeded("message_index.json has an invalid id", self.index_path) from None
-        return doc.entries
+        return doc.entries, doc.next_n
 
     def _read_journal_tail(self) -> None:
         if self._journal_fd >= 0:
@@ -230,65 +266,84 @@ class MessageIndex:
             with open(self.journal_path, "rb") as handle:
                 handle.seek(self._offset)
                 data = handle.read()
-        entries, end = self._parse_lines(data, self._offset)
-        for entry in entries:
-            self._apply(entry)
-        self.journal_lines += len(entries)
+        lines, end = self._parse_lines(data, self._offset)
+        for line in lines:
+            if line.entry is not None:
+                self._apply(line.entry)
+            self._apply_record(line)
+        if lines:
+            self.heads_version += 1
+        self.journal_lines += len(lines)
         self._offset += end
 
-    def _parse_lines(self, data: bytes, start: int) -> tuple[list[IndexEntry], int]:
-        """The entries on the complete lines of ``data``, and how many bytes they span.
+    def _parse_lines(self, data: bytes, start: int) -> tuple[list[JournalLine], int]:
+        """The complete lines of ``data``, and how many bytes they span.
 
         A last line without its newline is left out: a writer is still writing it, or
         died doing so (then the next writer truncates it).
         """
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            return [], 0
-        lines = data[: end - 1].split(b"\n")
         try:
-            entries = _ENTRY_LIST.validate_json(b"[" + b",".join(lines) + b"]")
-            _check_ids(entries)
-        except (ValidationError, InvalidIdError):
+            lines, end = parse_lines(data, start)
+            check_ids([line.entry for line in lines if line.entry is not None])
+        except (LineError, InvalidIdError) as exc:
             raise RebuildNeeded(
-                f"message_index.journal has a damaged line after byte {start}",
+                f"message_index.journal has {exc}"
+                if isinstance(exc, LineError)
+                else f"message_index.journal has a damaged line after byte {start}",
                 self.journal_path,
             ) from None
-        return entries, end
+        return lines, end
+
+    def _apply_record(self, line: JournalLine) -> None:
+        """Note what a line says beyond its entry: head move, time, durable content."""
+        if line.n >= 0:
+            if line.n >= self.next_n:
+                self.next_n = line.n + 1
+            if line.branch is not None:
+                self.heads[line.branch] = (line.n, line.head)
+            if line.at is not None:
+                self.last_at = (line.n, line.at)
+        if line.content is not None and line.entry is not None:
+            offset, length = line.content
+            self.content[line.entry.id] = (offset, length, line.size)
 
     def _load(self, entries: list[IndexEntry]) -> None:
         """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""
-        # One pass with local names: this runs over every entry when a context opens.
-        known: dict[str, IndexEntry] = {}
-        children: dict[str | None, list[str]] = {}
-        streaming: set[str] = set()
-        last_seq = -1
-        in_order = True
+        # Builtin passes only: this runs over every entry when a context opens. The
+        # parent -> children map is built when first asked for (see ``children``).
+        known = {entry.id: entry for entry in entries}
         streaming_status = MessageStatus.STREAMING
-        for entry in entries:
-            entry_id = entry.id
-            if entry.status is streaming_status:
-                streaming.add(entry_id)
-            else:
-                streaming.discard(entry_id)
-            if entry_id not in known:
+        self.streaming_ids = {
+            mid for mid, entry in known.items() if entry.status is streaming_status
+        }
+        self.next_seq = max((entry.seq for entry in known.values()), default=-1) + 1
+        self.entries = known
+        self._children = None
+
+    @property
+    def children(self) -> dict[str | None, list[str]]:
+        """Parent id (None: the roots) -> ids of its children, oldest first."""
+        if self._children is None:
+            children: dict[str | None, list[str]] = {}
+            last_seq = -1
+            in_order = True
+            for entry in self.entries.values():
                 siblings = children.get(entry.parent_id)
                 if siblings is None:
-                    children[entry.parent_id] = [entry_id]
+                    children[entry.parent_id] = [entry.id]
                 else:
-                    siblings.append(entry_id)
+                    siblings.append(entry.id)
                 if entry.seq > last_seq:
                     last_seq = entry.seq
                 else:
                     in_order = False
-            known[entry_id] = entry
-        if not in_order:
-            # A rebuilt or hand-edited snapshot may list entries out of order; the
-            # children lists promise oldest first.
-            for siblings in children.values():
-                siblings.sort(key=lambda mid: known[mid].seq)
-        self.entries, self.children, self.streaming_ids = known, children, streaming
-        self.next_seq = last_seq + 1
+            if not in_order:
+                # A rebuilt or hand-edited snapshot may list entries out of order.
+                entries = self.entries
+                for siblings in children.values():
+                    siblings.sort(key=lambda mid: entries[mid].seq)
+            self._children = children
+        return self._children
 
     def _apply(self, entry: IndexEntry) -> None:
         known = entry.id in self.entries
@@ -298,19 +353,51 @@ class MessageIndex:
         else:
             self.streaming_ids.discard(entry.id)
         if not known:
-            self.children.setdefault(entry.parent_id, []).append(entry.id)
+            if self._children is not None:
+                self._children.setdefault(entry.parent_id, []).append(entry.id)
             if entry.seq >= self.next_seq:
                 self.next_seq = entry.seq + 1
 
     # -- writing (cross-process lock held, right after refresh) ----------------------
 
-    def append(self, entry: IndexEntry) -> None:
-        """Commit ``entry`` with one durable journal line.
+    def append(
+        self,
+        entry: IndexEntry,
+        *,
+        at: str,
+        branch: str | None = None,
+        content: bytes | None = None,
+        size: int = 0,
+        durable: bool = True,
+    ) -> None:
+        """Commit ``entry`` with one journal line, fsync'd unless ``durable`` is False.
 
-        On failure (a full disk) whatever part of the line reached the file is cut off
-        again, so the entry is not committed, and the package's error is raised.
+        ``branch`` moves that branch's head to the entry; ``content`` (the message's
+        compact JSON, its file being ``size`` bytes) makes the line the durable copy of
+        the message. On failure (a full disk) whatever part of the line reached the file
+        is cut off again, so nothing is committed, and the package's error is raised.
         """
-        line = entry.model_dump_json().encode() + b"\n"
+        line = encode_entry_line(
+            entry, n=self.next_n, at=at, branch=branch, content=content, size=size
+        )
+        span = None
+        if content is not None:
+            span = (self._offset + len(line) - len(content) - 1, len(content))
+        record = JournalLine(entry, self.next_n, at, branch, entry.id, span, size)
+        self._write_line(line, durable)
+        self._apply(entry)
+        self._apply_record(record)
+        self.heads_version += 1
+
+    def append_head(self, branch: str, head: str | None, *, at: str) -> None:
+        """Move ``branch`` to ``head`` with one durable journal line."""
+        line = encode_head_line(n=self.next_n, at=at, branch=branch, head=head)
+        record = JournalLine(None, self.next_n, at, branch, head, None, 0)
+        self._write_line(line, True)
+        self._apply_record(record)
+        self.heads_version += 1
+
+    def _write_line(self, line: bytes, durable: bool) -> None:
         try:
             fd = self._open_journal_for_writing()
             try:
@@ -319,7 +406,8 @@ class MessageIndex:
                     os.ftruncate(fd, self._offset)
                 try:
                     write_all(fd, line)
-                    os.fsync(fd)
+                    if durable:
+                        self.fsync(fd)
                 except OSError:
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, self._offset)
@@ -330,7 +418,6 @@ class MessageIndex:
             raise translate(exc, self.journal_path, "append to") from exc
         self._offset += len(line)
         self.journal_lines += 1
-        self._apply(entry)
 
     def mark(self) -> int:
         """Where the journal ends now: :meth:`retract` takes the index back to this point."""
@@ -349,7 +436,7 @@ class MessageIndex:
             fd = self._open_journal_for_writing()
             try:
                 os.ftruncate(fd, mark)
-                os.fsync(fd)
+                self.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -365,22 +452,18 @@ class MessageIndex:
             raise RuntimeError("journal changed under the lock; refresh() was not called")
         return fd
 
-    def compact_if_due(self) -> None:
-        """Compact when the journal holds as many lines as the snapshot (see module doc).
-
-        Called after a write is complete. The write is committed either way: compaction
-        only saves reading time later and is retried after the next write, so a failure
-        (say, a full disk) is a warning, never an error of the write.
-        """
-        if self.journal_lines < max(COMPACT_MIN_LINES, self.snapshot_count):
-            return
-        try:
-            self.compact()
-        except OSError as exc:  # StoreIOError included
-            warn(f"could not compact the message index ({exc}); will retry", self.index_path)
+    def compaction_due(self) -> bool:
+        """Whether the journal has grown enough to fold it (see the module docstring)."""
+        return self.journal_lines >= max(COMPACT_MIN_LINES, self.snapshot_count) or (
+            self._offset >= max(COMPACT_MIN_BYTES, self.snapshot_size)
+        )
 
     def compact(self) -> None:
-        """Fold the journal into a new snapshot, then start an empty journal."""
+        """Fold the journal into a new snapshot, then start an empty journal.
+
+        The caller first made durable what only the journal holds (message files, head
+        moves): see ContextState.compact_if_due.
+        """
         ordered = sorted(self.entries.values(), key=lambda entry: entry.seq)
         self._write_snapshot(ordered)
 
@@ -420,10 +503,11 @@ class MessageIndex:
             warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
 
     def _write_snapshot(self, ordered: list[IndexEntry]) -> None:
-        atomic_write(self.index_path, _snapshot_bytes(ordered))
+        snapshot = _snapshot_bytes(ordered, self.next_n)
+        atomic_write(self.index_path, snapshot, fsync=self.fsync)
         # Only now start a new journal: until this replace, the old journal's lines are
         # in both files, which is harmless because replay is idempotent.
-        atomic_write(self.journal_path, b"")
+        atomic_write(self.journal_path, b"", fsync=self.fsync)
         self._close_files()
         index_fd = os.open(self.index_path, _READ_FLAGS)
         journal_fd = os.open(self.journal_path, _READ_FLAGS)
@@ -434,9 +518,60 @@ class MessageIndex:
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
         self.snapshot_count = len(ordered)
+        self.snapshot_size = len(snapshot)
         self.journal_lines = 0
         self._offset = 0
+        # Folded into metadata.json and message files before the snapshot was written.
+        self.heads, self.last_at, self.content = {}, None, {}
+        self.heads_version += 1
         self.loaded = True
+
+    def read_content(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the journal from ``offset`` (a message's durable copy)."""
+        if self._journal_fd >= 0:
+            data = os.pread(self._journal_fd, length, offset)
+        else:  # pragma: no cover - Windows: the journal is not kept open
+            with open(self.journal_path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(length)
+        if len(data) != length:
+            raise RebuildNeeded("message_index.journal is shorter than it was", self.journal_path)
+        return data
+
+    def salvage(self) -> list[JournalLine]:
+        """The lines of a damaged journal that still parse, one by one (before a rebuild).
+
+        They keep what only the journal holds (head moves, durable copies of messages)
+        from being lost with it. Missing or unreadable: nothing is salvaged.
+        """
+        try:
+            fd = open_regular(self.journal_path, check_folder=False)  # never a FIFO's wait
+        except (OSError, CorruptDataError, StoreError):
+            return []
+        try:
+            data = read_from(fd, 0)
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+        found: list[JournalLine] = []
+        position = 0
+        for line in data.split(b"\n")[:-1]:
+            try:
+                parsed, _end = self._parse_lines(line + b"\n", position)
+            except RebuildNeeded:
+                parsed = []
+            found += parsed
+            position += len(line) + 1
+        self.heads, self.last_at, self.content = {}, None, {}
+        for record in found:
+            self._apply_record(record)
+        self.heads_version += 1
+        # Kept open for read_content until the rebuild replaces the journal.
+        self._close_files()
+        with contextlib.suppress(OSError):
+            self._journal_fd = os.open(self.journal_path, _READ_FLAGS)
+        return found
 
     def _close_files(self) -> None:
         for fd in (self._index_fd, self._journal_fd):
@@ -450,30 +585,6 @@ class MessageIndex:
         self.loaded = False
         self._index_id = None
         self._journal_inode = None
-
-
-# A fast, batch pre-check of ids read from disk (one regex over all of them). It
-# mirrors cm_notebook.ids; anything it flags is re-checked by the authoritative
-# validate_message_id, so it can only ever be a shortcut, never a second rule book.
-_PLAUSIBLE_IDS = re.compile(rf"(?:[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}\n)*")
-_RESERVED_IDS = re.compile(r"(?im)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])$")
-
-
-def _check_ids(entries: list[IndexEntry]) -> None:
-    # Ids from disk become file names, so they are held to the same rules as ids from
-    # callers: a hand-edited index must not be able to steer reads outside the folder.
-    ids = [entry.id for entry in entries]
-    ids += [entry.parent_id for entry in entries if entry.parent_id is not None]
-    joined = "".join(f"{value}\n" for value in ids)
-    if (
-        joined.count("\n") == len(ids)  # no id smuggles in a separator
-        and _PLAUSIBLE_IDS.fullmatch(joined)
-        and ".." not in joined
-        and not _RESERVED_IDS.search(joined)
-    ):
-        return
-    for value in ids:
-        validate_message_id(value)
 
 
 def _sniff_version(data: bytes) -> object:

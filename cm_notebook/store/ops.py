@@ -178,15 +178,24 @@ def _save(state: ContextState, metadata: ContextMetadata, **changes: Any) -> Con
     return updated
 
 
+def _now() -> str:
+    return utcnow().isoformat()
+
+
 def do_append(
     state: ContextState,
     metadata: ContextMetadata,
     message: Message,
-    data: bytes,
+    data: tuple[bytes, bytes],
     branch: str | None,
     expected_head: str | EllipsisType | None = ...,
 ) -> None:
-    """Message file, then journal line (the commit), then metadata (head, updated_at)."""
+    """Message file, then one journal line: the commit point, the head move and the time.
+
+    ``data`` is the pair :func:`~cm_notebook.store.codec.encode_message_forms` returns.
+    A finished message's line carries the message and is fsync'd; a streaming one's is
+    not (an unfinished reply is not acknowledged; see the FileStore docstring).
+    """
     if message.id in state.index.entries:
         raise InvalidInputError(
             f"context {state.context_id!r} already has a message {message.id!r}; a new message "
@@ -201,40 +210,47 @@ def do_append(
         state.take_streaming_lock(message.id)
     path = message_path(state.dir, message.id)
     mark = state.index.mark()
+    file_bytes, compact = data
     try:
-        atomic_write(path, data)
-        state.index.append(IndexEntry.of(message, state.index.next_seq))
-        branches = dict(metadata.branches)
-        if target is not None:
-            branches[target.name] = target.model_copy(update={"head": message.id})
-        _save(state, metadata, branches=branches)
+        # Not fsync'd: the journal line below is the durable copy (see repair.py).
+        atomic_write(path, file_bytes, fsync=None)
+        state.index.append(
+            IndexEntry.of(message, state.index.next_seq),
+            at=_now(),
+            branch=target.name if target is not None else None,
+            content=None if streaming else compact,
+            size=len(file_bytes),
+            durable=not streaming,
+        )
     except BaseException:
         _undo_append(state, mark, path, message.id, streaming)
         raise
-    state.index.compact_if_due()
+    state.compact_if_due()
 
 
 def _undo_append(
     state: ContextState, mark: int, path: Path, message_id: str, streaming: bool
 ) -> None:
     # A failed append (a full disk, most likely) must leave nothing visible: take back
-    # the journal line and the message file, unless metadata.json already names the new
-    # head (its replace happened and only what followed failed): then the append is
-    # complete on disk and undoing it would leave a head pointing at nothing.
-    if state.metadata_unchanged_on_disk():
-        # Best effort: the error that made the append fail is the one to report.
-        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
-            state.index.retract(mark)
-            path.unlink(missing_ok=True)
+    # the journal line (if any of it was written) and the message file.
+    # Best effort: the error that made the append fail is the one to report.
+    with contextlib.suppress(OSError, StoreError, RebuildNeeded):
+        state.index.retract(mark)
+        path.unlink(missing_ok=True)
     if streaming:
         with contextlib.suppress(OSError):
             state.drop_streaming_lock(message_id, remove_file=True)
 
 
 def do_update_message(
-    state: ContextState, metadata: ContextMetadata, message: Message, data: bytes
+    state: ContextState, metadata: ContextMetadata, message: Message, data: tuple[bytes, bytes]
 ) -> None:
-    """Rewrite the message file; a changed index entry (status) adds a journal line."""
+    """Rewrite the message file; unless it is a streaming checkpoint, add a journal line.
+
+    A checkpoint (the message stays ``streaming``) only replaces the file, without an
+    fsync: it is not acknowledged. Any other update commits with one fsync'd journal
+    line carrying the message.
+    """
     require_message(state, message.id)
     old = state.index.entries[message.id]
     if old.parent_id != message.parent_id or old.role != message.role:
@@ -253,17 +269,15 @@ def do_update_message(
     if streaming or old.status is MessageStatus.STREAMING:
         # Refuses (StoreError) if a live writer elsewhere is still streaming it.
         state.take_streaming_lock(message.id)
-    atomic_write(message_path(state.dir, message.id), data)
-    entry = IndexEntry.of(message, old.seq)
-    if entry != old:
-        state.index.append(entry)
+    file_bytes, compact = data
+    atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None)
     if not streaming:
+        entry = IndexEntry.of(message, old.seq)
+        state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))
         # Only after the final state is durable: until then a crash must still read as
         # "writer died while streaming".
         state.drop_streaming_lock(message.id, remove_file=True)
-    if entry.status != old.status:
-        _save(state, metadata)
-    state.index.compact_if_due()
+    state.compact_if_due()
 
 
 def do_update_metadata(
@@ -327,7 +341,8 @@ def do_set_branch_head(
     check_head(state, current, expected_head)
     branch = current.model_copy(update={"head": head})
     require_message(state, head)
-    _save(state, metadata, branches={**metadata.branches, name: branch})
+    state.index.append_head(name, head, at=_now())
+    state.compact_if_due()
     return branch
 
 

@@ -24,6 +24,11 @@ The versions:
    version 1 files read unchanged. The bump exists so that an older cm_notebook,
    which refuses unknown fields, says "written by a newer cm_notebook" instead of
    calling the file damaged.
+3. Branch head moves and the time of a write live in the journal
+   (``message_index.journal``), and ``metadata.json`` gains ``heads_at``: the journal
+   line number its branch heads include (see :mod:`cm_notebook.store.filestore`).
+   Files read unchanged; the bump makes an older cm_notebook refuse a context whose
+   heads it would misread.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class Upgrade:
 UPGRADES: tuple[Upgrade, ...] = (
     # 1 -> 2: only new optional fields (see the module docstring); nothing to convert.
     Upgrade(1),
+    # 2 -> 3: heads_at is optional (0: the heads of metadata.json are the heads).
+    Upgrade(2),
 )
 
 #: The oldest schema version whose ``message_index.json`` has today's format. Older

@@ -1,0 +1,177 @@
+"""The line format of ``message_index.journal``, and its fast parser.
+
+Each line is one JSON object, optionally followed by a tab and a second JSON text, then
+``\\n``. Compact JSON escapes tabs and newlines inside strings, so neither separator can
+occur inside either part. Three kinds of line:
+
+* an entry line (format 2, still read): the fields of an
+  :class:`~cm_notebook.store.base.IndexEntry` and nothing else;
+* an entry line (format 3): the same fields plus ``n`` (the line's number, growing for
+  the life of the context), ``at`` (when it was written: the context's
+  ``updated_at``), and optionally ``branch`` (the branch whose head now is this
+  message) and ``size`` with the tab-separated message itself (the exact JSON of its
+  file, compacted), when this line is the commit point of that message's content;
+* a head line: ``{"n": ..., "at": ..., "branch": ..., "head": <id or null>}``.
+
+Only the part before the tab is parsed when a journal is loaded; the message part is
+read back only to repair a message file that a power loss took (see
+:mod:`cm_notebook.store.filestore`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..errors import InvalidIdError
+from ..ids import MAX_ID_LENGTH, validate_branch_name, validate_message_id
+from .base import IndexEntry
+
+__all__ = [
+    "JournalLine",
+    "LineError",
+    "check_ids",
+    "encode_entry_line",
+    "encode_head_line",
+    "parse_lines",
+]
+
+_ENTRY_LIST = TypeAdapter(list[IndexEntry])
+_ENTRY_KEYS = frozenset(IndexEntry.model_fields)
+
+
+class LineError(ValueError):
+    """A complete journal line that does not parse (damage: the index is rebuilt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalLine:
+    """What one journal line says (``entry`` None: a head line)."""
+
+    entry: IndexEntry | None
+    n: int  # -1 for format 2 lines, which carry no number
+    at: str | None  # ISO time of the write
+    branch: str | None  # the branch whose head moved, if any
+    head: str | None  # the new head (a head line; an entry line moves it to its entry)
+    content: tuple[int, int] | None  # (offset, length) of the message JSON in the file
+    size: int  # the message file's size in bytes (with ``content``)
+
+
+def encode_entry_line(
+    entry: IndexEntry,
+    *,
+    n: int,
+    at: str,
+    branch: str | None,
+    content: bytes | None = None,
+    size: int = 0,
+) -> bytes:
+    """The bytes of an entry line (``content``: the compact JSON of the message)."""
+    raw: dict[str, Any] = json.loads(entry.model_dump_json())
+    raw["n"] = n
+    raw["at"] = at
+    if branch is not None:
+        raw["branch"] = branch
+    if content is None:
+        return _compact(raw) + b"\n"
+    raw["size"] = size
+    return _compact(raw) + b"\t" + content + b"\n"
+
+
+def encode_head_line(*, n: int, at: str, branch: str, head: str | None) -> bytes:
+    """The bytes of a line that moves ``branch`` to ``head``."""
+    return _compact({"n": n, "at": at, "branch": branch, "head": head}) + b"\n"
+
+
+def _compact(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_lines(data: bytes, start: int) -> tuple[list[JournalLine], int]:
+    """The lines of ``data`` (read from file offset ``start``) and how many bytes they span.
+
+    A last line without its newline is left out: a writer is still writing it, or died
+    doing so (the next writer truncates it). Raises :class:`LineError` for a damaged
+    complete line.
+    """
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        return [], 0
+    heads: list[dict[str, Any]] = []
+    spans: list[tuple[int, int] | None] = []
+    entry_dicts: list[dict[str, Any]] = []
+    position = 0
+    loads = json.loads
+    for line in data[: end - 1].split(b"\n"):
+        tab = line.find(b"\t")
+        head_part = line if tab < 0 else line[:tab]
+        try:
+            raw = loads(head_part)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise LineError(f"a damaged line after byte {start + position}") from None
+        if not isinstance(raw, dict):
+            raise LineError(f"a line that is not an object after byte {start + position}")
+        heads.append(raw)
+        spans.append(None if tab < 0 else (start + position + tab + 1, len(line) - tab - 1))
+        if "id" in raw:
+            entry_dicts.append({key: raw[key] for key in _ENTRY_KEYS if key in raw})
+        position += len(line) + 1
+    try:
+        entries = iter(_ENTRY_LIST.validate_python(entry_dicts))
+        lines = [_line(raw, span, entries) for raw, span in zip(heads, spans, strict=True)]
+    except (ValidationError, InvalidIdError, TypeError, ValueError):
+        raise LineError(f"a damaged line after byte {start}") from None
+    return lines, end
+
+
+def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> JournalLine:
+    n = raw.get("n", -1)
+    at = raw.get("at")
+    branch = raw.get("branch")
+    if not isinstance(n, int) or (at is not None and not isinstance(at, str)):
+        raise ValueError("bad n or at")
+    if branch is not None:
+        validate_branch_name(branch)
+    if "id" in raw:
+        entry: IndexEntry = next(entries)
+        size = raw.get("size", 0)
+        if not isinstance(size, int):
+            raise ValueError("bad size")
+        return JournalLine(entry, n, at, branch, entry.id, span, size)
+    if branch is None or n < 0:
+        raise ValueError("a head line without a branch or number")
+    head = raw.get("head")
+    if head is not None:
+        validate_message_id(head)
+    return JournalLine(None, n, at, branch, head, None, 0)
+
+
+# A fast, batch pre-check of ids read from disk (one regex over all of them). It
+# mirrors cm_notebook.ids; anything it flags is re-checked by the authoritative
+# validate_message_id, so it can only ever be a shortcut, never a second rule book.
+_PLAUSIBLE_IDS = re.compile(rf"(?:[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}\n)*")
+_RESERVED_IDS = re.compile(r"(?im)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])$")
+
+
+def check_ids(entries: list[IndexEntry]) -> None:
+    """Refuse (InvalidIdError) ids from disk that would not be accepted from a caller."""
+    # Ids from disk become file names, so they are held to the same rules as ids from
+    # callers: a hand-edited index must not be able to steer reads outside the folder.
+    ids = [entry.id for entry in entries]
+    # A parent that is itself one of these entries is checked as an id already.
+    known = set(ids)
+    ids += [p for entry in entries if (p := entry.parent_id) is not None and p not in known]
+    joined = "\n".join(ids) + "\n" if ids else ""
+    if (
+        joined.count("\n") == len(ids)  # no id smuggles in a separator
+        and _PLAUSIBLE_IDS.fullmatch(joined)
+        and ".." not in joined
+        and not _RESERVED_IDS.search(joined)
+    ):
+        return
+    for value in ids:
+        validate_message_id(value)

@@ -1,0 +1,94 @@
+"""Message files whose durable copy is a journal line: checking, repairing, flushing.
+
+A finished message is committed by one fsync'd journal line that carries the message
+(see :mod:`.journal`); its file in ``messages/`` is written just before, atomically but
+without an fsync. After ``kill -9`` the file is complete (the OS has it). After a power
+loss it may be missing, empty or an older version; then the journal line still holds
+the message, and :func:`repair_files` rewrites the file from it. Before compaction
+drops those lines, :func:`repair_files` with ``flush=True`` makes every such file
+durable (an fsync per file and one of the folder), so the copy in the journal is no
+longer needed.
+
+A file is checked by its size, recorded in the journal line: a power loss leaves a
+missing, empty or older file, and an older version of a message differs in size from
+the finished one (its status, at least, is a different word).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ..errors import StoreError
+from .atomic import Fsync, atomic_write, fsync_dir
+from .codec import file_bytes_from_compact
+from .diagnostics import warn
+from .index import MessageIndex
+from .oserrors import translate
+from .paths import MESSAGES_DIR
+
+__all__ = ["repair_files"]
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _intact(path: str, size: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+
+def repair_files(index: MessageIndex, fsync: Fsync, *, flush: bool) -> int:
+    """Rewrite, from the journal, every message file a power loss damaged; return how many.
+
+    With ``flush``, also fsync every file whose durable copy is in the journal, and the
+    ``messages`` folder, so that the journal's copies may be dropped. Must run with the
+    context lock held, right after the index was refreshed.
+    """
+    if not index.content:
+        return 0
+    folder = index.ctx_dir / MESSAGES_DIR
+    prefix = f"{folder}{os.sep}"
+    repaired = 0
+    for message_id, (offset, length, size) in index.content.items():
+        path = f"{prefix}{message_id}.json"
+        if not _intact(path, size):
+            try:
+                data = file_bytes_from_compact(index.read_content(offset, length))
+            except (ValueError, UnicodeDecodeError):
+                # The line parsed when it was loaded; its message part did not: leave
+                # the file alone, the readers report it if it is damaged.
+                warn(f"the journal copy of message {message_id!r} is damaged", Path(path))
+                continue
+            try:
+                atomic_write(Path(path), data, fsync=fsync)
+            except StoreError:
+                if flush:
+                    raise  # the journal's copy must not be dropped
+                continue  # (a folder in its place, say) reported by the readers
+            repaired += 1
+            warn(
+                f"message file {path} was missing, incomplete or older than its last "
+                "committed version (the machine went down before it reached the disk, "
+                "or it was changed by hand); it was restored from the journal",
+                Path(path),
+            )
+        elif flush:
+            _flush(path, fsync)
+    if flush:
+        fsync_dir(folder, fsync)
+    return repaired
+
+
+def _flush(path: str, fsync: Fsync) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW)
+        try:
+            fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise translate(exc, path, "flush") from exc
