@@ -162,6 +162,9 @@ async def test_over_deep_store_files_are_reported_by_path(data_dir: Path) -> Non
         await store.create_context(ContextMetadata(id="c1"))
         message = Message(role="user", content="hi")
         await store.append_message("c1", message, branch="main")
+        # Folded: the file is now the only copy (a recent one would be restored from the
+        # journal instead).
+        await store.compact("c1")
     path = next((data_dir / "contexts" / "c1" / "messages").glob("*.json"))
     raw = json.loads(path.read_text())
     path.write_text(json.dumps(raw)[:-1] + ', "deep": ' + deep_text()[6:-1] + "}")
