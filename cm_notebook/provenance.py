@@ -42,9 +42,26 @@ __all__ = [
 _SHORT = 60
 
 
-def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
-    """The request as canonical JSON text (sorted keys, no white space)."""
-    messages = [
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# Canonical JSON of messages already seen, by object: a session hands the same finished
+# Message objects to every request of a conversation, so each is encoded once and a
+# turn's hash costs one pass of sha256 rather than re-encoding the whole conversation.
+# Keyed by id() with the object kept (an id is not reused while it is alive), checked
+# against the fields it was made from (a message changed in place is encoded again).
+_ENCODED: dict[int, tuple[Message, tuple[Any, ...], str]] = {}
+_ENCODED_KEPT = 8192
+
+
+def _message_json(message: Message) -> str:
+    calls = tuple((call.id, call.name, _dumps(call.arguments)) for call in message.tool_calls)
+    fields = (message.role, message.content, message.tool_call_id, calls)
+    known = _ENCODED.get(id(message))
+    if known is not None and known[0] is message and known[1] == fields:
+        return known[2]
+    text = _dumps(
         {
             "role": message.role,
             "content": message.content,
@@ -54,20 +71,36 @@ def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
             ],
             "tool_call_id": message.tool_call_id,
         }
-        for message in request.messages
-    ]
+    )
+    if len(_ENCODED) >= _ENCODED_KEPT:
+        _ENCODED.clear()
+    _ENCODED[id(message)] = (message, fields, text)
+    return text
+
+
+def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
+    """The request as canonical JSON text (sorted keys, no white space): an object with
+    ``messages`` (role, content, tool calls, tool call id of each), ``model``, ``params``
+    (without ``model``), ``provider`` and ``tools`` (name, description, parameters)."""
     tools = [
         {"name": spec.name, "description": spec.description, "parameters": spec.parameters}
         for spec in request.tools
     ]
-    body = {
-        "provider": provider,
-        "model": model,
-        "messages": messages,
-        "tools": tools,
-        "params": {key: value for key, value in request.params.items() if key != "model"},
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    params = {key: value for key, value in request.params.items() if key != "model"}
+    # The keys in sorted order, as json.dumps(..., sort_keys=True) would write them.
+    return (
+        '{"messages":['
+        + ",".join(_message_json(message) for message in request.messages)
+        + '],"model":'
+        + _dumps(model)
+        + ',"params":'
+        + _dumps(params)
+        + ',"provider":'
+        + _dumps(provider)
+        + ',"tools":'
+        + _dumps(tools)
+        + "}"
+    )
 
 
 def request_hash(request: ChatRequest, provider: str, model: str) -> str:

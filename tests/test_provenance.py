@@ -11,10 +11,10 @@ import pytest
 from fault_server import FaultServer, Reply
 from test_session_support import DEADLINE
 
-from cm_notebook.model import Message
+from cm_notebook.model import Message, ToolCall
 from cm_notebook.provenance import canonical_request, describe_value, request_hash
 from cm_notebook.providers.anthropic import AnthropicEventTranslator
-from cm_notebook.providers.base import ChatRequest, Finish
+from cm_notebook.providers.base import ChatRequest, Finish, ToolSpec
 from cm_notebook.providers.local import LocalProvider
 from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.session import ContextSession
@@ -143,3 +143,51 @@ def test_a_value_is_described_by_type_short_repr_and_hash() -> None:
             raise RuntimeError("no repr")
 
     assert describe_value(Broken()).startswith("Broken <Broken> sha256:")
+
+
+def _plain_canonical(request: ChatRequest, provider: str, model: str) -> str:
+    # The definition, written the obvious way: the whole body through json.dumps.
+    body = {
+        "provider": provider,
+        "model": model,
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "tool_calls": [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls
+                ],
+                "tool_call_id": m.tool_call_id,
+            }
+            for m in request.messages
+        ],
+        "tools": [
+            {"name": t.name, "description": t.description, "parameters": t.parameters}
+            for t in request.tools
+        ],
+        "params": {k: v for k, v in request.params.items() if k != "model"},
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def test_the_canonical_request_is_the_whole_body_as_canonical_json_also_when_reused() -> None:
+    call = ToolCall(id="c1", name="weather", arguments={"city": "Zürich", "days": [1, 2]})
+    messages = [
+        Message(role="system", content="Be brief."),
+        Message(role="user", content='Quotes " and \\ and ünïcode and \n lines'),
+        Message(role="assistant", content="", tool_calls=[call]),
+        Message(role="tool", content="sunny", tool_call_id="c1"),
+    ]
+    tools = [ToolSpec(name="weather", description="Forecast.", parameters={"type": "object"})]
+    params = {"temperature": 0.5, "seed": 3, "model": "m", "stop": ["\n"]}
+    request = ChatRequest(messages=messages, tools=tools, params=params)
+    assert canonical_request(request, "scripted", "m") == _plain_canonical(request, "scripted", "m")
+    # The same objects again (as a session reuses them turn after turn), then changed in
+    # place: the text always follows the messages as they are now.
+    assert canonical_request(request, "scripted", "m") == _plain_canonical(request, "scripted", "m")
+    messages[1].content = "changed"
+    messages[2].tool_calls[0].arguments["city"] = "Bern"
+    changed = canonical_request(request, "scripted", "m")
+    assert changed == _plain_canonical(request, "scripted", "m")
+    assert "changed" in changed
+    assert "Bern" in changed
