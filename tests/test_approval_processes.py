@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
 from test_signal_follow import DEADLINE, Recorder, _wait_for
+from tool_writer import start_tool_writer
 
 from cm_notebook.errors import ToolArgumentsError
 from cm_notebook.events import ErrorReported, ToolApprovalRequested, ToolCallResolved
@@ -25,25 +24,7 @@ from cm_notebook.testing import ScriptedProvider
 
 def _kernel(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
     # Another process with the tool: it asks for ``add`` and prints what the tool returned.
-    code = textwrap.dedent(
-        f"""
-        from cm_notebook.session import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-
-        def add(a: int, b: int) -> int:
-            \"\"\"Add two numbers.\"\"\"
-            return a + b
-
-        provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
-        provider.reply("done")
-        session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
-                                      provider=provider, tools=[add])
-        session.send("What is 1 + 2?").result(60)
-        print([m.content for m in session.history() if m.role == "tool"][-1], flush=True)
-        session.close()
-        """
-    )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    return start_tool_writer(data_dir, context_id, reply="done", print_tool_result=True)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
+from tool_writer import start_tool_writer
 
 
 def test_a_client_reconnecting_after_a_server_restart_misses_nothing(tmp_path: Path) -> None:
@@ -66,31 +67,12 @@ def test_a_tool_call_waiting_in_a_kernel_is_approved_over_http(tmp_path: Path) -
     ):
         context_id = create_context(client, [])
         kernel: list[subprocess.Popen[bytes]] = []
-        code = textwrap.dedent(
-            f"""
-            from cm_notebook.session import ContextSession
-            from cm_notebook.testing import ScriptedProvider
-
-            def add(a: int, b: int) -> int:
-                \"\"\"Add two numbers.\"\"\"
-                return a + b
-
-            provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
-            provider.reply("It is 3.")
-            session = ContextSession.open({context_id!r}, data_dir={str(server.data_dir)!r},
-                                          provider=provider, tools=[add])
-            print(session.send("What is 1 + 2?").result(60).content, flush=True)
-            session.close()
-            """
-        )
         try:
             asked = read_events(
                 client,
                 f"contexts/{context_id}/events",
                 lambda e: e.event == "ToolApprovalRequested",
-                started=lambda: kernel.append(
-                    subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-                ),
+                started=lambda: kernel.append(start_tool_writer(server.data_dir, context_id)),
             )
             call_id = json.loads(asked[-1].data)["tool_call_ids"][0]
             approved = client.post(

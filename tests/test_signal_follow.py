@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tool_writer import start_tool_writer
 
 from cm_notebook.errors import ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from cm_notebook.events import ContentDelta, Event, MessageCompleted, ToolApprovalRequested
@@ -137,24 +138,7 @@ def test_a_killed_writer_leaves_the_reply_interrupted_and_the_branch_usable(
 
 
 def _tool_writer(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
-    code = textwrap.dedent(
-        f"""
-        from cm_notebook.session import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-
-        def add(a: int, b: int) -> int:
-            \"\"\"Add two numbers.\"\"\"
-            return a + b
-
-        provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
-        provider.reply("It is 3.")
-        session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
-                                      provider=provider, tools=[add])
-        print(session.send("What is 1 + 2?").result(60).content, flush=True)
-        session.close()
-        """
-    )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    return start_tool_writer(data_dir, context_id)
 
 
 def test_a_tool_call_waiting_in_another_process_is_approved_from_here(
