@@ -7,10 +7,10 @@ in step with the disk, and owns the context's locks:
 * ``write_lock`` (a thread lock) lets one thread of this FileStore write at a time.
   The file lock below counts re-entries per object, so without this lock two threads
   of one process would both "hold" it.
-* ``file_lock`` (``filelock.FileLock`` on ``<context>/.lock``) serialises writers
-  across processes and across FileStore objects in one process (each has its own
-  open file, and ``flock`` locks are per open file).
-* one ``filelock.FileLock`` per message this FileStore is streaming, on
+* ``file_lock`` (an :class:`~.oslock.OSLock` on ``<context>/.lock``) serialises
+  writers across processes and across FileStore objects in one process (each has its
+  own open file, and ``flock`` locks are per open file).
+* one :class:`~.oslock.OSLock` per message this FileStore is streaming, on
   ``.streaming-<message id>.lock``. The OS drops it when the process dies, which is how
   a reader tells a crashed stream (lock free: mark it ``interrupted``, keeping its
   partial text) from a live one (lock held: leave it alone). Readers check whenever
@@ -34,8 +34,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-import filelock
-
 if sys.platform != "win32":
     import fcntl
 
@@ -51,6 +49,7 @@ from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, r
 from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
 from .oserrors import linked, open_regular, translate
+from .oslock import LockTimeout, OSLock
 from .paths import (
     CREATING_LOCK_NAME,
     LOCK_NAME,
@@ -69,14 +68,13 @@ T = TypeVar("T")
 
 _KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# filelock polls; a short interval keeps two busy writers from idling 50 ms per turn.
+# A waiting writer polls; a short interval keeps two busy writers from idling 50 ms
+# per turn.
 _POLL_INTERVAL = 0.002
 
 
-def _new_lock(path: Path) -> filelock.FileLock:
-    # thread_local=False: the lock is taken and released from anyio worker threads,
-    # which need not be the same thread.
-    return filelock.FileLock(path, thread_local=False, poll_interval=_POLL_INTERVAL)
+def _new_lock(path: Path) -> OSLock:
+    return OSLock(path, poll_interval=_POLL_INTERVAL)
 
 
 class ContextState:
@@ -101,7 +99,7 @@ class ContextState:
         self.heads_at = 0
         self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
         self._swept = False  # see _sweep: once per load of the context
-        self.streaming: dict[str, filelock.FileLock] = {}
+        self.streaming: dict[str, OSLock] = {}
         self._meta_fd = -1
         self._meta_id: tuple[int, int, int, int] | None = None
 
@@ -308,15 +306,15 @@ class ContextState:
             raise self._timeout()
         try:
             if not self.dir.is_dir():
-                # Checked first because filelock would create the missing folder.
+                # Checked first: a lock taken in a missing folder says nothing.
                 raise self.not_found()
             try:
                 self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
-            except filelock.Timeout:
+            except LockTimeout:
                 raise self._timeout() from None
             except FileNotFoundError:
-                # filelock re-opens the lock file on every poll: the folder was renamed
-                # away (delete_context) while we waited.
+                # The folder was renamed away (delete_context) while we waited: the lock
+                # file's path names nothing any more.
                 if self.dir.is_dir():
                     raise
                 raise self.not_found() from None
@@ -342,8 +340,9 @@ class ContextState:
         )
 
     def _remove_stray_folder(self) -> None:
-        # The context was deleted while we waited, and filelock re-created the folder to
-        # hold its lock file. Remove that empty shell so the id can be reused.
+        # The context was deleted while we waited, and a writer of an older version
+        # (filelock) re-created the folder to hold its lock file. Remove that empty
+        # shell so the id can be reused.
         remove_lock_shell(self.dir)
 
     def _refresh_repaired(self) -> ContextMetadata:
@@ -399,8 +398,8 @@ class ContextState:
             lock_path = streaming_lock_path(self.dir, entry.id)
             lock = _new_lock(lock_path)
             try:
-                lock.acquire(blocking=False)
-            except filelock.Timeout:
+                lock.acquire(timeout=0)
+            except LockTimeout:
                 continue  # its writer is alive (in this process or another)
             try:
                 path = message_path(self.dir, entry.id)
@@ -426,7 +425,7 @@ class ContextState:
                     size=size,
                 )
             finally:
-                lock.release()
+                lock.close()
                 lock_path.unlink(missing_ok=True)
         self.compact_if_due()
 
@@ -465,8 +464,8 @@ class ContextState:
             return
         lock = _new_lock(streaming_lock_path(self.dir, message_id))
         try:
-            lock.acquire(blocking=False)
-        except filelock.Timeout:
+            lock.acquire(timeout=0)
+        except LockTimeout:
             raise StoreError(
                 f"message {message_id!r} of context {self.context_id!r} is being streamed by "
                 "another process or FileStore; only that writer may update it."
@@ -478,7 +477,7 @@ class ContextState:
         lock = self.streaming.pop(message_id, None)
         if lock is None:
             return
-        lock.release()
+        lock.close()
         if remove_file:
             # Safe under the context lock: a reader only tries streaming locks while
             # holding it, so nobody is between opening and locking this file.
@@ -507,6 +506,7 @@ class ContextState:
         for message_id in list(self.streaming):
             self.drop_streaming_lock(message_id, remove_file=False)
         self.index.close()
+        self.file_lock.close()
         if self._meta_fd >= 0:
             os.close(self._meta_fd)
         self._meta_fd = -1
@@ -530,7 +530,7 @@ def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
     lock = _new_lock(path)
     try:
         lock.acquire(timeout=timeout)
-    except filelock.Timeout:
+    except LockTimeout:
         raise StoreLockTimeoutError(
             f"could not lock {path} within {timeout:g} s: another process is creating a "
             "context. Try again."
@@ -538,13 +538,13 @@ def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.release()
+        lock.close()
 
 
 def lock_is_held(path: Path) -> bool:
     """Whether a live process holds the OS lock on ``path`` (False if there is no file).
 
-    Never creates the file: probing with filelock would re-create a lock file that its
+    Never creates the file: a probe that created it would re-create a lock file that its
     writer just removed, leaving a stale one behind.
     """
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -552,17 +552,17 @@ def lock_is_held(path: Path) -> bool:
             return False
         probe = _new_lock(path)
         try:
-            probe.acquire(blocking=False)
-        except filelock.Timeout:
+            probe.acquire(timeout=0)
+        except LockTimeout:
             return True
-        probe.release()
+        probe.close()
         return False
     try:
         fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
     except FileNotFoundError:
         return False
     try:
-        # filelock's Unix locks are flock locks, so this sees theirs.
+        # OSLock (and filelock, which older versions used) take flock locks: this sees them.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -1,0 +1,144 @@
+"""An exclusive OS lock on a file, cheap enough to take on every write.
+
+The store takes its context lock for every write and a streaming lock for every
+reply, so what a lock costs is paid several times per turn. ``filelock`` opens,
+probes and closes the lock file on each acquire; :class:`OSLock` opens it once and
+keeps the descriptor, so taking a free lock is one ``flock`` and two ``stat`` calls.
+
+Keeping the descriptor needs two checks that re-opening made unnecessary:
+
+* The path may stop naming the locked file (a context folder renamed away by
+  ``delete_context``, a lock file removed and made anew): after ``flock`` succeeds,
+  the file at the path must be the one locked, else the lock is dropped and taken on
+  the file now there. Without that check two writers could hold "the" lock on two
+  different files.
+* ``flock`` locks belong to the open file, which a forked child shares: a child
+  opens its own descriptor before its first acquire, so it never holds the parent's
+  lock by inheritance.
+
+Like ``filelock`` on POSIX these are ``flock`` locks, so :func:`lock_is_held` probes
+and older writers see them. On Windows ``filelock`` is used as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["LockTimeout", "OSLock"]
+
+if sys.platform != "win32":
+    import fcntl
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class LockTimeout(Exception):
+    """The lock stayed held by someone else for the whole timeout."""
+
+
+class OSLock:
+    """An exclusive, non-reentrant lock on ``path`` (created if missing, never removed).
+
+    Not thread-safe by itself: the store serialises its users with a thread lock.
+    ``poll_interval`` is how often a waiting :meth:`acquire` tries again.
+    """
+
+    def __init__(self, path: Path, poll_interval: float = 0.002) -> None:
+        self.path = path
+        self.poll_interval = poll_interval
+        self._fd = -1
+        self._pid = -1
+        self._held = False
+        self._fallback: object | None = None  # filelock.FileLock on Windows
+
+    @property
+    def is_locked(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._held
+
+    def acquire(self, timeout: float = -1) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds (< 0: forever; 0: no wait).
+
+        Raises :class:`LockTimeout`, or the ``OSError`` of opening the file (e.g.
+        ``FileNotFoundError`` when its folder is gone).
+        """
+        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+            self._acquire_fallback(timeout)
+            return
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            fd = self._descriptor()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockTimeout(str(self.path)) from None
+                time.sleep(self.poll_interval)
+                continue
+            if self._names_locked_file(fd):
+                self._held = True
+                return
+            # The path names another file now: let go of the old one and lock that.
+            self._close()
+
+    def release(self) -> None:
+        """Let go of the lock (the descriptor stays open for the next acquire)."""
+        if not self._held:
+            return
+        self._held = False
+        if sys.platform == "win32":  # pragma: no cover
+            self._fallback.release()  # type: ignore[attr-defined]
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError:
+            self._close()  # closing drops the lock too
+
+    def close(self) -> None:
+        """Release the lock and close the file."""
+        self.release()
+        self._close()
+
+    def _descriptor(self) -> int:
+        pid = os.getpid()
+        if self._fd >= 0 and self._pid != pid:
+            # Inherited across fork: the parent's open file, and maybe its lock.
+            os.close(self._fd)
+            self._fd = -1
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW | _CLOEXEC, 0o644)
+            self._pid = pid
+        return self._fd
+
+    def _names_locked_file(self, fd: int) -> bool:
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+    def _close(self) -> None:
+        self._held = False
+        if self._fd >= 0 and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+
+    def _acquire_fallback(self, timeout: float) -> None:  # pragma: no cover - Windows
+        import filelock
+
+        if self._fallback is None:
+            self._fallback = filelock.FileLock(
+                self.path, thread_local=False, poll_interval=self.poll_interval
+            )
+        try:
+            self._fallback.acquire(timeout=timeout)  # type: ignore[attr-defined]
+        except filelock.Timeout:
+            raise LockTimeout(str(self.path)) from None
+        self._held = True

@@ -1,0 +1,112 @@
+"""The store's OS lock (cm_notebook.store.oslock): exclusion that survives kept descriptors."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cm_notebook.store.context import lock_is_held
+from cm_notebook.store.oslock import LockTimeout, OSLock
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock semantics")
+
+
+def test_two_locks_on_one_file_exclude_each_other(tmp_path: Path) -> None:
+    first, second = OSLock(tmp_path / ".lock"), OSLock(tmp_path / ".lock")
+    first.acquire(timeout=0)
+    with pytest.raises(LockTimeout):
+        second.acquire(timeout=0.02)
+    assert lock_is_held(tmp_path / ".lock")
+    first.release()
+    second.acquire(timeout=0)  # the kept descriptor of the first does not hold it
+    assert second.is_locked
+    assert not first.is_locked
+    second.close()
+    first.close()
+    assert not lock_is_held(tmp_path / ".lock")
+
+
+def test_a_lock_file_made_anew_is_locked_anew(tmp_path: Path) -> None:
+    # A kept descriptor still points at the removed file: locking it would let two
+    # writers "hold" the lock on two different files.
+    path = tmp_path / ".lock"
+    old = OSLock(path)
+    old.acquire(timeout=0)
+    old.release()
+    path.unlink()
+    other = OSLock(path)
+    other.acquire(timeout=0)  # creates and locks the new file
+    with pytest.raises(LockTimeout):
+        old.acquire(timeout=0.02)
+    other.close()
+    old.acquire(timeout=0)
+    assert os.stat(path).st_ino == os.fstat(old._fd).st_ino
+    old.close()
+
+
+def test_a_missing_folder_is_an_error_not_a_new_folder(tmp_path: Path) -> None:
+    lock = OSLock(tmp_path / "gone" / ".lock")
+    with pytest.raises(FileNotFoundError):
+        lock.acquire(timeout=0)
+    assert not (tmp_path / "gone").exists()
+
+
+def _child_tries(lock: OSLock, answer: multiprocessing.connection.Connection) -> None:
+    try:
+        lock.acquire(timeout=0)
+    except LockTimeout:
+        answer.send("refused")
+    else:
+        answer.send("took it")
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_a_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
+    lock = OSLock(tmp_path / ".lock")
+    lock.acquire(timeout=0)
+    context = multiprocessing.get_context("fork")
+    mine, theirs = context.Pipe()
+    child = context.Process(target=_child_tries, args=(lock, theirs))
+    child.start()
+    assert mine.recv() == "refused"
+    child.join()
+    assert lock.is_locked
+    lock.release()  # and the child's exit did not release it for us early
+    lock.acquire(timeout=0)
+    lock.close()
+
+
+def test_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / ".lock"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from cm_notebook.store.oslock import OSLock
+        OSLock(Path({str(path)!r})).acquire(timeout=5)
+        print("held", flush=True)
+        time.sleep(60)
+        """
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        lock = OSLock(path)
+        with pytest.raises(LockTimeout):
+            lock.acquire(timeout=0.05)
+        holder.kill()
+        holder.wait()
+        lock.acquire(timeout=5)
+        lock.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
