@@ -174,10 +174,27 @@ class SessionCore:
         with self._lock:
             if token is not None and token == self._metadata_token:
                 return self._metadata
-        fresh = self._io.call(self._store.get_metadata(self.id))
+        known = self._known_metadata()
+        if known is not None:
+            token, fresh = known
+        else:
+            fresh = self._io.call(self._store.get_metadata(self.id))
         with self._lock:
             self._metadata, self._metadata_token = fresh, token
         return fresh
+
+    def _known_metadata(self) -> tuple[object, ContextMetadata] | None:
+        # The store's own copy when it knows it is current (FileStore.known_metadata):
+        # after this session's own writes, no thread hop and no read. Not while a
+        # submitted write is under way: the session must read its own writes.
+        known_of = getattr(self._store, "known_metadata", None)
+        if known_of is None or self._io.writing():
+            return None
+        try:
+            known: tuple[object, ContextMetadata] | None = known_of(self.id)
+        except (OSError, CMError):
+            return None
+        return known
 
     def _index(self) -> dict[str, IndexEntry]:
         # The message index (id -> parent, role, status...), cached like the metadata:
@@ -401,7 +418,9 @@ class SessionCore:
     async def _conversation(self, branch: str, exclude: str | None) -> list[Message]:
         # What a request on ``branch`` shows the model (see cm_notebook._conversation).
         _ids, messages = await self._messages.path_messages(self._store, self.id, branch)
-        prompt = effective_system(await self._store.get_metadata(self.id), branch)
+        known = self._known_metadata()
+        metadata = known[1] if known is not None else await self._store.get_metadata(self.id)
+        prompt = effective_system(metadata, branch)
         return for_request([m for m in messages if m.id != exclude], prompt)
 
     def _unsettled_reply(self, final: Message) -> None:

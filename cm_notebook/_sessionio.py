@@ -64,6 +64,11 @@ class StoreAccess:
             concurrent.futures.wait(pending)
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
+    def writing(self) -> bool:
+        """Whether writes given to :meth:`submit` are still under way."""
+        with self._lock:
+            return bool(self._pending)
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on the store's thread and return its future at once."""
         future = asyncio.run_coroutine_threadsafe(coro, _loop())

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 if sys.platform != "win32":
-    import fcntl
+    pass
 
 from ..errors import (
     ContextNotFoundError,
@@ -49,9 +49,10 @@ from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, r
 from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
 from .oserrors import linked, open_regular, translate
-from .oslock import LockTimeout, OSLock
+from .oslock import LockTimeout, OSLock, creation_lock, lock_is_held, remove_lock_shell
 from .paths import (
-    CREATING_LOCK_NAME,
+    INDEX_NAME,
+    JOURNAL_NAME,
     LOCK_NAME,
     MESSAGES_DIR,
     METADATA_NAME,
@@ -61,8 +62,17 @@ from .paths import (
     streaming_lock_path,
 )
 from .repair import repair_files
+from .streaming_locks import StreamingLocks
 
-__all__ = ["ContextState", "creation_lock", "lock_is_held", "remove_lock_shell", "remove_tree"]
+__all__ = [
+    "ContextState",
+    "creation_lock",
+    "files_token",
+    "lock_is_held",
+    "remove_lock_shell",
+    "remove_tree",
+    "token_paths",
+]
 
 T = TypeVar("T")
 
@@ -75,6 +85,27 @@ _POLL_INTERVAL = 0.002
 
 def _new_lock(path: Path) -> OSLock:
     return OSLock(path, poll_interval=_POLL_INTERVAL)
+
+
+def token_paths(folder: Path) -> tuple[str, ...]:
+    """The files whose ``stat`` makes a context's :func:`files_token`."""
+    return tuple(
+        str(folder / name) for name in (METADATA_NAME, INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR)
+    )
+
+
+def files_token(paths: tuple[str, ...]) -> tuple[int, ...]:
+    """A fingerprint of a context folder's files (four ``stat`` calls): it differs after
+    any write (see :meth:`~cm_notebook.store.filestore.FileStore.change_token`)."""
+    token: list[int] = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            token += [0, 0, 0, 0]
+        else:
+            token += [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+    return tuple(token)
 
 
 class ContextState:
@@ -99,9 +130,14 @@ class ContextState:
         self.heads_at = 0
         self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
         self._swept = False  # see _sweep: once per load of the context
-        self.streaming: dict[str, OSLock] = {}
+        self.streaming = StreamingLocks(context_id, ctx_dir)
         self._meta_fd = -1
         self._meta_id: tuple[int, int, int, int] | None = None
+        #: The current metadata as of a :func:`files_token`: what a read found (token
+        #: taken before it) or a write left (token taken before the lock is let go).
+        #: Replaced whole, so a reader without the lock sees one consistent pair.
+        self.known: tuple[tuple[int, ...], ContextMetadata] | None = None
+        self._token_paths = token_paths(ctx_dir)
 
     # -- reading (state_lock held) ---------------------------------------------------
 
@@ -204,6 +240,10 @@ class ContextState:
                 self.index.journal_path,
             )
 
+    def token(self) -> tuple[int, ...]:
+        """The context's :func:`files_token` now."""
+        return files_token(self._token_paths)
+
     def not_found(self) -> ContextNotFoundError:
         """The error for a context whose folder or metadata.json is gone."""
         return ContextNotFoundError(
@@ -224,6 +264,8 @@ class ContextState:
             with contextlib.suppress(StoreLockTimeoutError, OSError), self.locked(wait=False):
                 pass
         for _ in range(3):
+            # Before the read: a write racing with it only makes the token stale.
+            token = self.token()
             with self.state_lock:
                 try:
                     metadata = self.refresh()
@@ -231,6 +273,7 @@ class ContextState:
                     pass
                 else:
                     if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
+                        self.known = (token, metadata)
                         return func(self, metadata)
             with self.locked():
                 pass
@@ -323,14 +366,23 @@ class ContextState:
                     self._remove_stray_folder()
                     raise self.not_found()
                 with self.state_lock:
+                    self.known = None
                     metadata = self._refresh_repaired()
                     if not self._swept:
                         self._sweep()
                     yield metadata
+                    self._note_known()  # skipped when the write raised
             finally:
                 self.file_lock.release()
         finally:
             self.write_lock.release()
+
+    def _note_known(self) -> None:
+        # Locked: nobody else writes, so the files match what this state now holds.
+        try:
+            self.known = (self.token(), self._current(self._refresh_metadata()))
+        except (OSError, StoreError, RebuildNeeded):
+            self.known = None  # the next read finds out why
 
     def _timeout(self) -> StoreLockTimeoutError:
         return StoreLockTimeoutError(
@@ -458,31 +510,6 @@ class ContextState:
             self.write_metadata(current)
         self.index.compact()
 
-    def take_streaming_lock(self, message_id: str) -> None:
-        """Hold the OS lock that says "message_id is being streamed by a live process"."""
-        if message_id in self.streaming:
-            return
-        lock = _new_lock(streaming_lock_path(self.dir, message_id))
-        try:
-            lock.acquire(timeout=0)
-        except LockTimeout:
-            raise StoreError(
-                f"message {message_id!r} of context {self.context_id!r} is being streamed by "
-                "another process or FileStore; only that writer may update it."
-            ) from None
-        self.streaming[message_id] = lock
-
-    def drop_streaming_lock(self, message_id: str, *, remove_file: bool) -> None:
-        """Release a streaming lock (after the message left ``streaming`` status)."""
-        lock = self.streaming.pop(message_id, None)
-        if lock is None:
-            return
-        lock.close()
-        if remove_file:
-            # Safe under the context lock: a reader only tries streaming locks while
-            # holding it, so nobody is between opening and locking this file.
-            streaming_lock_path(self.dir, message_id).unlink(missing_ok=True)
-
     def write_metadata(self, metadata: ContextMetadata) -> None:
         """Atomically and durably replace metadata.json (locked); remember what was written.
 
@@ -503,8 +530,7 @@ class ContextState:
 
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
-        for message_id in list(self.streaming):
-            self.drop_streaming_lock(message_id, remove_file=False)
+        self.streaming.close()
         self.index.close()
         self.file_lock.close()
         if self._meta_fd >= 0:
@@ -514,74 +540,8 @@ class ContextState:
         self.metadata = None
         self.heads_at = 0
         self._merged = None
+        self.known = None
         self._swept = False
-
-
-@contextlib.contextmanager
-def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
-    """Hold the data directory's lock on creating contexts (raises StoreLockTimeoutError).
-
-    A creator holds it from making its temporary folder until that folder is renamed
-    into place, so whoever holds it knows every temporary folder in ``contexts/`` to be
-    a dead creator's. It lives beside ``contexts/``, not in it, so that an empty data
-    directory shows no context folder.
-    """
-    path = data_dir / CREATING_LOCK_NAME
-    lock = _new_lock(path)
-    try:
-        lock.acquire(timeout=timeout)
-    except LockTimeout:
-        raise StoreLockTimeoutError(
-            f"could not lock {path} within {timeout:g} s: another process is creating a "
-            "context. Try again."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.close()
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether a live process holds the OS lock on ``path`` (False if there is no file).
-
-    Never creates the file: a probe that created it would re-create a lock file that its
-    writer just removed, leaving a stale one behind.
-    """
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        if not path.exists():
-            return False
-        probe = _new_lock(path)
-        try:
-            probe.acquire(timeout=0)
-        except LockTimeout:
-            return True
-        probe.close()
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
-    except FileNotFoundError:
-        return False
-    try:
-        # OSLock (and filelock, which older versions used) take flock locks: this sees them.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also releases the probe's own lock
-    return False
-
-
-def remove_lock_shell(folder: Path) -> bool:
-    """Remove ``folder`` if it holds nothing but a lock file; return whether it is gone."""
-    try:
-        if os.listdir(folder) in ([], [LOCK_NAME]):
-            (folder / LOCK_NAME).unlink(missing_ok=True)
-            folder.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return not folder.exists()
 
 
 def remove_tree(path: Path) -> None:

@@ -207,7 +207,7 @@ def do_append(
         check_head(state, target, expected_head)
     streaming = message.status is MessageStatus.STREAMING
     if streaming:
-        state.take_streaming_lock(message.id)
+        state.streaming.take(message.id)
     path = message_path(state.dir, message.id)
     mark = state.index.mark()
     file_bytes, compact = data
@@ -239,7 +239,7 @@ def _undo_append(
         path.unlink(missing_ok=True)
     if streaming:
         with contextlib.suppress(OSError):
-            state.drop_streaming_lock(message_id, remove_file=True)
+            state.streaming.drop(message_id, remove_file=True)
 
 
 def do_update_message(
@@ -268,7 +268,7 @@ def do_update_message(
         )
     if streaming or old.status is MessageStatus.STREAMING:
         # Refuses (StoreError) if a live writer elsewhere is still streaming it.
-        state.take_streaming_lock(message.id)
+        state.streaming.take(message.id)
     file_bytes, compact = data
     atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None)
     if not streaming:
@@ -276,7 +276,7 @@ def do_update_message(
         state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))
         # Only after the final state is durable: until then a crash must still read as
         # "writer died while streaming".
-        state.drop_streaming_lock(message.id, remove_file=True)
+        state.streaming.drop(message.id, remove_file=True)
     state.compact_if_due()
 
 

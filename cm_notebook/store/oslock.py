@@ -26,9 +26,13 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LockTimeout", "OSLock"]
+from ..errors import StoreLockTimeoutError
+from .paths import CREATING_LOCK_NAME, LOCK_NAME
+
+__all__ = ["LockTimeout", "OSLock", "creation_lock", "lock_is_held", "remove_lock_shell"]
 
 if sys.platform != "win32":
     import fcntl
@@ -99,6 +103,20 @@ class OSLock:
         except OSError:
             self._close()  # closing drops the lock too
 
+    def move_to(self, path: Path) -> None:
+        """Give the held lock's file the name ``path`` instead (it keeps the lock).
+
+        ``FileExistsError`` if ``path`` exists: another writer's lock file is never
+        replaced. Other ``OSError``s (say, a file system without hard links) leave the
+        lock where it was.
+        """
+        if not self._held or sys.platform == "win32":
+            raise OSError(f"cannot move {self.path}: not held, or not supported here")
+        os.link(self.path, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.path = path
+
     def close(self) -> None:
         """Release the lock and close the file."""
         self.release()
@@ -142,3 +160,70 @@ class OSLock:
         except filelock.Timeout:
             raise LockTimeout(str(self.path)) from None
         self._held = True
+
+
+@contextlib.contextmanager
+def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
+    """Hold the data directory's lock on creating contexts (raises StoreLockTimeoutError).
+
+    A creator holds it from making its temporary folder until that folder is renamed
+    into place, so whoever holds it knows every temporary folder in ``contexts/`` to be
+    a dead creator's. It lives beside ``contexts/``, not in it, so that an empty data
+    directory shows no context folder.
+    """
+    path = data_dir / CREATING_LOCK_NAME
+    lock = OSLock(path, poll_interval=0.002)
+    try:
+        lock.acquire(timeout=timeout)
+    except LockTimeout:
+        raise StoreLockTimeoutError(
+            f"could not lock {path} within {timeout:g} s: another process is creating a "
+            "context. Try again."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the OS lock on ``path`` (False if there is no file).
+
+    Never creates the file: a probe that created it would re-create a lock file that its
+    writer just removed, leaving a stale one behind.
+    """
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        if not path.exists():
+            return False
+        probe = OSLock(path)
+        try:
+            probe.acquire(timeout=0)
+        except LockTimeout:
+            return True
+        probe.close()
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
+    except FileNotFoundError:
+        return False
+    try:
+        # OSLock (and filelock, which older versions used) take flock locks: this sees them.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
+
+
+def remove_lock_shell(folder: Path) -> bool:
+    """Remove ``folder`` if it holds nothing but a lock file; return whether it is gone."""
+    try:
+        if os.listdir(folder) in ([], [LOCK_NAME]):
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return not folder.exists()
