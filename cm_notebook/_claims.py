@@ -23,13 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import BusyError
+from .store.oslock import LockTimeout, OSLock
 
 __all__ = ["BranchClaims", "Claim"]
-
-try:  # POSIX: flock, and the owner written into the file.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: filelock, without the owner's name
-    fcntl = None  # type: ignore[assignment]
 
 
 class Claim:
@@ -58,6 +54,9 @@ class BranchClaims:
         self._path_of = path_of
         self._lock = threading.Lock()
         self._held: set[str] = set()
+        # One lock per branch used, its file kept open between turns: taking a claim
+        # is then one flock, not an open, a truncate, a write and a close.
+        self._files: dict[str, OSLock] = {}
 
     def held(self) -> frozenset[str]:
         """The branches this session holds claims on."""
@@ -73,8 +72,11 @@ class BranchClaims:
                     "await it, or call turn.cancel()"
                 )
             self._held.add(branch)
+            lock = self._files.get(branch)
+            if lock is None and self._path_of is not None:
+                lock = self._files[branch] = OSLock(self._path_of(branch))
         try:
-            handle = self._lock_file(branch)
+            locked = lock is not None and _lock(lock, branch)
         except BaseException:
             self._forget(branch)
             raise
@@ -82,23 +84,27 @@ class BranchClaims:
         def give_back() -> None:
             # The file first: a send in this session waiting on the set must find the
             # OS lock free too.
-            _unlock(handle)
+            if locked and lock is not None:
+                lock.release()
             self._forget(branch)
 
         return Claim(branch, give_back)
+
+    def close(self) -> None:
+        """Close the lock files of branches not claimed now (the session is closing)."""
+        with self._lock:
+            idle = [lock for branch, lock in self._files.items() if branch not in self._held]
+            self._files = {b: lock for b, lock in self._files.items() if b in self._held}
+        for lock in idle:
+            lock.close()
 
     def _forget(self, branch: str) -> None:
         with self._lock:
             self._held.discard(branch)
 
-    def _lock_file(self, branch: str) -> object:
-        if self._path_of is None:
-            return None
-        return _lock(self._path_of(branch), branch)
 
-
-def _owner() -> str:
-    return f"pid {os.getpid()} on {socket.gethostname()}"
+def _owner() -> bytes:
+    return f"pid {os.getpid()} on {socket.gethostname()}".encode()
 
 
 def _busy(branch: str, owner: str) -> BusyError:
@@ -110,54 +116,33 @@ def _busy(branch: str, owner: str) -> BusyError:
     )
 
 
-def _lock(path: Path, branch: str) -> object:
-    if fcntl is None:  # pragma: no cover - Windows
-        import filelock
-
-        lock = filelock.FileLock(path, thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise _busy(branch, "") from None
-        return lock
+def _lock(lock: OSLock, branch: str) -> bool:
+    """Take ``lock`` without waiting (BusyError naming its owner); False if the file
+    system cannot lock it (then claims stay in this session)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        lock.acquire(timeout=0)
+    except LockTimeout:
+        raise _busy(branch, _read_owner(lock.path)) from None
     except OSError:
-        # The context is gone (the store says so on the first write), or its folder
-        # cannot take the file (read-only, full): the store's own write reports it.
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        finally:
-            os.close(fd)
-        raise _busy(branch, owner) from None
-    except OSError:
-        # A file system without flock (some network mounts): claims stay in this
-        # session; the compare-and-set on every head move still keeps writers apart.
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    # Best effort: the owner's name only improves the refusal message.
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _owner().encode(), 0)
-    return fd
-
-
-def _unlock(handle: object) -> None:
-    if handle is None:
-        return
-    if isinstance(handle, int):
-        # Closing the descriptor drops the flock; the file stays (removing a lock file
-        # while another process opens it would let two writers lock different files).
+        # The context is gone (the store says so on the first write), its folder cannot
+        # take the file (read-only, full), or it has no flock (some network mounts):
+        # the compare-and-set on every head move still keeps writers apart.
+        return False
+    fd = lock.fileno()
+    if fd is not None:
+        # Best effort, and only when another owner wrote it last: the owner's name only
+        # improves the refusal message.
         with contextlib.suppress(OSError):
-            os.close(handle)
-        return
-    release = getattr(handle, "release", None)  # pragma: no cover - Windows
-    if release is not None:  # pragma: no cover
-        release()
+            owner = _owner()
+            if os.pread(fd, 200, 0) != owner:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, owner, 0)
+    return True
+
+
+def _read_owner(path: Path) -> str:
+    try:
+        with open(path, "rb") as file:
+            return file.read(200).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""

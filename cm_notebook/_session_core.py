@@ -301,6 +301,7 @@ class SessionCore:
             # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
             # providers' connections died with it; only the store's locks remain.
             self._stop_following()
+            self._claims.close()
             self._bus.close()
             if self._owns_store:
                 self._io.call(self._store.close())
@@ -345,6 +346,7 @@ class SessionCore:
         if self._owns_store:
             await self._store.close()
         self._stop_following()
+        self._claims.close()
         self._bus.close()  # after the turns' last signals: streams read those, then end
 
     # -- signals -----------------------------------------------------------------------

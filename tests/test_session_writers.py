@@ -4,7 +4,9 @@ other writer's question, and a second send on a busy branch is refused up front.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -162,6 +164,8 @@ def test_a_killed_writers_claim_is_recovered(
     data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
     session = new_session(provider=ScriptedProvider())
+    # A turn first: this session's claim file is then open and names this process.
+    assert session.send("before").result(DEADLINE).content == "echo: before"
     child = subprocess.Popen(
         [sys.executable, "-c", _CLAIMING_CHILD, str(data_dir), session.id],
         stdout=subprocess.PIPE,
@@ -180,5 +184,9 @@ def test_a_killed_writers_claim_is_recovered(
     # The OS dropped the dead writer's lock: the branch is free, no clean-up needed.
     assert session.send("after").result(DEADLINE).content == "echo: after"
     # (The reply had not been checkpointed yet: it was cut with no text on disk.)
-    assert [m.content for m in session.history()] == ["mine", "", "after", "echo: after"]
-    assert session.history()[1].status is MessageStatus.INTERRUPTED
+    contents = [m.content for m in session.history()]
+    assert contents == ["before", "echo: before", "mine", "", "after", "echo: after"]
+    assert session.history()[3].status is MessageStatus.INTERRUPTED
+    # The claim names its owner again for the next refusal.
+    claim_file = FileStore(data_dir).branch_claim_path(session.id, "main")
+    assert claim_file.read_text() == f"pid {os.getpid()} on {socket.gethostname()}"

@@ -103,6 +103,12 @@ class OSLock:
         except OSError:
             self._close()  # closing drops the lock too
 
+    def fileno(self) -> int | None:
+        """The open lock file's descriptor, while held (None on Windows)."""
+        if not self._held or sys.platform == "win32":
+            return None
+        return self._fd
+
     def move_to(self, path: Path) -> None:
         """Give the held lock's file the name ``path`` instead (it keeps the lock).
 
