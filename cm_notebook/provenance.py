@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +83,15 @@ def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
     """The request as canonical JSON text (sorted keys, no white space): an object with
     ``messages`` (role, content, tool calls, tool call id of each), ``model``, ``params``
     (without ``model``), ``provider`` and ``tools`` (name, description, parameters)."""
+    return (
+        _OPENING.decode()
+        + ",".join(_message_json(message) for message in request.messages)
+        + _canonical_tail(request, provider, model)
+    )
+
+
+def _canonical_tail(request: ChatRequest, provider: str, model: str) -> str:
+    """What follows the messages in :func:`canonical_request`."""
     tools = [
         {"name": spec.name, "description": spec.description, "parameters": spec.parameters}
         for spec in request.tools
@@ -89,9 +99,7 @@ def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
     params = {key: value for key, value in request.params.items() if key != "model"}
     # The keys in sorted order, as json.dumps(..., sort_keys=True) would write them.
     return (
-        '{"messages":['
-        + ",".join(_message_json(message) for message in request.messages)
-        + '],"model":'
+        '],"model":'
         + _dumps(model)
         + ',"params":'
         + _dumps(params)
@@ -103,10 +111,51 @@ def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
     )
 
 
+# sha256 states after the messages of recent requests, by the id() of their last
+# message, with the messages they were fed (kept, so ids are not reused): a turn's
+# request is the previous one plus a few messages, so its hash feeds only those. The
+# reuse is checked by identity (the session hands every request the same settled
+# Message objects, which nothing changes in place); a request that shares no prefix
+# is hashed from the start.
+_STATES: OrderedDict[int, tuple[list[Message], Any]] = OrderedDict()
+_STATES_KEPT = 64
+_LOOK_BACK = 8  # how many trailing messages a request may add to a known one
+_OPENING = b'{"messages":['
+
+
+def _messages_state(messages: list[Message]) -> Any:
+    # The sha256 state after '{"messages":[' and the messages' JSON, comma-separated.
+    count = len(messages)
+    start, state = 0, None
+    for known_count in range(count, max(0, count - _LOOK_BACK), -1):
+        known = _STATES.get(id(messages[known_count - 1]))
+        if known is not None and known[0] == messages[:known_count]:
+            start, state = known_count, known[1].copy()
+            break
+    if state is None:
+        state = hashlib.sha256(_OPENING)
+    for position in range(start, count):
+        if position:
+            state.update(b",")
+        state.update(_message_json(messages[position]).encode("utf-8"))
+    if count and start != count:
+        _STATES[id(messages[-1])] = (list(messages), state.copy())
+        if len(_STATES) > _STATES_KEPT:
+            _STATES.popitem(last=False)
+    return state
+
+
 def request_hash(request: ChatRequest, provider: str, model: str) -> str:
-    """``sha256:<hex>`` of :func:`canonical_request`."""
-    text = canonical_request(request, provider, model)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """``sha256:<hex>`` of :func:`canonical_request`.
+
+    Fed incrementally: the messages a recent request already had are not encoded and
+    hashed again (see ``_STATES``), so a turn's hash costs what it adds, not the
+    length of the conversation.
+    """
+    state = _messages_state(list(request.messages))
+    state.update(_canonical_tail(request, provider, model).encode("utf-8"))
+    digest: str = state.hexdigest()
+    return "sha256:" + digest
 
 
 def with_provenance(

@@ -3,6 +3,7 @@ exact request; a value fed into a message is described without being stored."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +192,31 @@ def test_the_canonical_request_is_the_whole_body_as_canonical_json_also_when_reu
     assert changed == _plain_canonical(request, "scripted", "m")
     assert "changed" in changed
     assert "Bern" in changed
+
+
+def test_the_hash_fed_incrementally_is_the_hash_of_the_whole_canonical_request() -> None:
+    # A conversation grows turn by turn, forks, and repeats a request: each hash must be
+    # that of the whole canonical text, whichever earlier request it continues.
+    def expected(request: ChatRequest) -> str:
+        text = canonical_request(request, "p", "m")
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    system = Message(role="system", content="Be brief.")
+    path: list[Message] = [system]
+    seen = set()
+    for turn in range(12):
+        path = [*path, Message(role="user", content=f"question {turn}")]
+        request = ChatRequest(messages=list(path), params={"seed": turn})
+        assert request_hash(request, "p", "m") == expected(request)
+        seen.add(request_hash(request, "p", "m"))
+        path = [*path, Message(role="assistant", content=f"answer {turn}")]
+    assert len(seen) == 12
+    # A fork from the middle shares a prefix with the main line, then differs.
+    fork = [*path[:7], Message(role="user", content="another question")]
+    request = ChatRequest(messages=fork)
+    assert request_hash(request, "p", "m") == expected(request)
+    # The same messages in other objects, a shorter request and an empty one.
+    copies = [m.model_copy() for m in path]
+    for messages in (copies, path[:3], []):
+        request = ChatRequest(messages=messages)
+        assert request_hash(request, "p", "m") == expected(request)

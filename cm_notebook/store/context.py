@@ -63,6 +63,7 @@ from .paths import (
 )
 from .repair import repair_files
 from .streaming_locks import StreamingLocks
+from .walks import WalkCache
 
 __all__ = [
     "ContextState",
@@ -125,6 +126,7 @@ class ContextState:
         self.write_lock = threading.Lock()
         self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
         self.index = MessageIndex(ctx_dir, fsync)
+        self.walks = WalkCache()  # recent walks to the root (see ops.walk)
         #: metadata.json as last read or written, and its ``heads_at``.
         self.metadata: ContextMetadata | None = None
         self.heads_at = 0

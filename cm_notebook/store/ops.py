@@ -77,11 +77,21 @@ def require_message(state: ContextState, message_id: str | None) -> None:
 
 
 def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
-    """Ids from ``head`` up to the root, head first. Reads no message files."""
+    """Ids from ``head`` up to the root, head first. Reads no message files.
+
+    Stops at the head of a recent walk and takes the rest from it (see
+    :mod:`.walks`), so a turn's walk costs what the turn added.
+    """
     entries = state.index.entries
+    walks = state.walks
+    walks.for_index(entries)
     ids: list[str] = []
     current = head
     while current is not None:
+        known = walks.get(current)
+        if known is not None:
+            ids += known
+            break
         entry = entries.get(current)
         if entry is None:
             path = message_path(state.dir, current)
@@ -100,6 +110,8 @@ def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
                 state.index.index_path,
             )
         current = entry.parent_id
+    if head is not None:
+        walks.keep(head, ids)
     return ids
 
 
