@@ -8,6 +8,7 @@ request only.
 
 from __future__ import annotations
 
+from ._prefix_cache import PrefixCache
 from .model import Message, MessageStatus
 
 __all__ = ["for_request"]
@@ -34,11 +35,17 @@ def _shown_to_model(message: Message) -> bool:
     )
 
 
+# What _answer_every_call gave for recent paths that left no call open: a turn's path
+# is the last one plus a few messages, so only those are looked at.
+_ANSWERED: PrefixCache[list[Message]] = PrefixCache()
+
+
 def _answer_every_call(path: list[Message]) -> list[Message]:
     # The messages shown to the model, each tool call paired with a result: providers
-    # refuse a conversation in which a tool call has no result. One pass, as this runs
-    # over the whole branch for every request.
-    out: list[Message] = []
+    # refuse a conversation in which a tool call has no result. One pass over what is
+    # new since a recent path (as this runs for every request).
+    start, known = _ANSWERED.longest(path)
+    out: list[Message] = list(known) if known is not None else []
     open_calls: dict[str, str] = {}  # id -> result text to use if never answered
 
     def close_open() -> None:
@@ -50,7 +57,7 @@ def _answer_every_call(path: list[Message]) -> list[Message]:
             )
         open_calls.clear()
 
-    for message in path:
+    for message in path[start:] if start else path:
         if message.status is not MessageStatus.COMPLETE and not _shown_to_model(message):
             continue
         if message.role == "tool" and message.tool_call_id in open_calls:
@@ -60,5 +67,7 @@ def _answer_every_call(path: list[Message]) -> list[Message]:
         out.append(message)
         for call in message.tool_calls:
             open_calls[call.id] = call.result or "error: no result was recorded for this call"
+    if not open_calls and start != len(path):
+        _ANSWERED.keep(path, list(out))
     close_open()
     return out

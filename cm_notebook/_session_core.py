@@ -43,21 +43,20 @@ from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._remote_decisions import DecisionBox
 from ._session_messages import MessageCache
+from ._session_metadata import MetadataReads
 from ._session_options import DEFAULTS, SessionOptions
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
 from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
 from .branch_defaults import BranchDefaults
 from .errors import (
-    BranchNotFoundError,
     BusyError,
     CMError,
     InvalidInputError,
     StateError,
     StoreError,
 )
-from .ids import validate_branch_name
-from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
+from .model import ContextMetadata, Message, MessageStatus, ToolCall
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
@@ -79,7 +78,7 @@ _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SessionCore")
 
 
-class SessionCore:
+class SessionCore(MetadataReads):
     """Runtime state of a session and the properties callers read (see the module docstring)."""
 
     def __init__(
@@ -162,96 +161,6 @@ class SessionCore:
         self._follow(store)
 
     # -- the context's metadata (public, shared with the API) ----------------------
-
-    @property
-    def metadata(self) -> ContextMetadata:
-        """The context's metadata, re-read if it changed (here or in another process).
-
-        Cached: reading it costs a few ``stat`` calls unless the store's files changed,
-        so properties such as ``branches`` never wait behind other store work.
-        """
-        token = self._change_token()
-        with self._lock:
-            if token is not None and token == self._metadata_token:
-                return self._metadata
-        known = self._known_metadata()
-        if known is not None:
-            token, fresh = known
-        else:
-            fresh = self._io.call(self._store.get_metadata(self.id))
-        with self._lock:
-            self._metadata, self._metadata_token = fresh, token
-        return fresh
-
-    def _known_metadata(self) -> tuple[object, ContextMetadata] | None:
-        # The store's own copy when it knows it is current (FileStore.known_metadata):
-        # after this session's own writes, no thread hop and no read. Not while a
-        # submitted write is under way: the session must read its own writes.
-        known_of = getattr(self._store, "known_metadata", None)
-        if known_of is None or self._io.writing():
-            return None
-        try:
-            known: tuple[object, ContextMetadata] | None = known_of(self.id)
-        except (OSError, CMError):
-            return None
-        return known
-
-    def _index(self) -> dict[str, IndexEntry]:
-        # The message index (id -> parent, role, status...), cached like the metadata:
-        # a tree view asks for it often and it only changes when a message is written.
-        token = self._change_token()
-        with self._lock:
-            if token is not None and token == self._index_token:
-                return dict(self._index_cache)
-        fresh = self._io.call(self._store.index(self.id))
-        with self._lock:
-            self._index_cache, self._index_token = fresh, token
-        return dict(fresh)
-
-    def _change_token(self) -> object | None:
-        # The store's fingerprint of its files (FileStore.change_token), taken before a
-        # read so a write racing with the read only causes one more re-read; None for
-        # stores without one (then every read goes to the store).
-        token_of = getattr(self._store, "change_token", None)
-        if token_of is None:
-            return None
-        try:
-            token: object = token_of(self.id)
-        except (OSError, CMError):  # a store that cannot tell: read it
-            return None
-        return token
-
-    @property
-    def branches(self) -> dict[str, Branch]:
-        """Branches by name."""
-        return dict(self.metadata.branches)
-
-    @property
-    def active_branch(self) -> str:
-        """The name of the active branch."""
-        return self.metadata.active_branch
-
-    def _branch_name(self, branch: str | None) -> str:
-        if branch is None:
-            return self.active_branch
-        return validate_branch_name(branch)
-
-    def _head(self, branch: str) -> str | None:
-        metadata = self.metadata
-        found = metadata.branches.get(branch)
-        if found is None:
-            raise BranchNotFoundError(
-                f"there is no branch {branch!r}; the branches are {sorted(metadata.branches)}"
-            )
-        return found.head
-
-    def _free_branch_name(self, stem: str) -> str:
-        existing = self.branches
-        for n in range(1, 10_000):
-            candidate = f"{stem}-{n}"
-            if candidate not in existing:
-                return candidate
-        raise InvalidInputError(f"no free branch name starting with {stem!r}")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -423,7 +332,11 @@ class SessionCore:
         known = self._known_metadata()
         metadata = known[1] if known is not None else await self._store.get_metadata(self.id)
         prompt = effective_system(metadata, branch)
-        return for_request([m for m in messages if m.id != exclude], prompt)
+        if exclude is not None and messages and messages[-1].id == exclude:
+            messages = messages[:-1]  # the reply being retried, at the end of its path
+        elif exclude is not None:
+            messages = [m for m in messages if m.id != exclude]
+        return for_request(messages, prompt)
 
     def _unsettled_reply(self, final: Message) -> None:
         with self._lock:

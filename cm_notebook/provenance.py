@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from ._prefix_cache import PrefixCache
 from .model import Message
 from .providers.base import ChatRequest
 from .redact import redact_text
@@ -111,37 +111,22 @@ def _canonical_tail(request: ChatRequest, provider: str, model: str) -> str:
     )
 
 
-# sha256 states after the messages of recent requests, by the id() of their last
-# message, with the messages they were fed (kept, so ids are not reused): a turn's
-# request is the previous one plus a few messages, so its hash feeds only those. The
-# reuse is checked by identity (the session hands every request the same settled
-# Message objects, which nothing changes in place); a request that shares no prefix
-# is hashed from the start.
-_STATES: OrderedDict[int, tuple[list[Message], Any]] = OrderedDict()
-_STATES_KEPT = 64
-_LOOK_BACK = 8  # how many trailing messages a request may add to a known one
+# sha256 states after the messages of recent requests: a turn's request is the last
+# one plus a few messages, so its hash feeds only those (see cm_notebook._prefix_cache).
+_STATES: PrefixCache[Any] = PrefixCache()
 _OPENING = b'{"messages":['
 
 
 def _messages_state(messages: list[Message]) -> Any:
     # The sha256 state after '{"messages":[' and the messages' JSON, comma-separated.
-    count = len(messages)
-    start, state = 0, None
-    for known_count in range(count, max(0, count - _LOOK_BACK), -1):
-        known = _STATES.get(id(messages[known_count - 1]))
-        if known is not None and known[0] == messages[:known_count]:
-            start, state = known_count, known[1].copy()
-            break
-    if state is None:
-        state = hashlib.sha256(_OPENING)
-    for position in range(start, count):
+    start, known = _STATES.longest(messages)
+    state = known.copy() if known is not None else hashlib.sha256(_OPENING)
+    for position in range(start, len(messages)):
         if position:
             state.update(b",")
         state.update(_message_json(messages[position]).encode("utf-8"))
-    if count and start != count:
-        _STATES[id(messages[-1])] = (list(messages), state.copy())
-        if len(_STATES) > _STATES_KEPT:
-            _STATES.popitem(last=False)
+    if start != len(messages):
+        _STATES.keep(messages, state.copy())
     return state
 
 
@@ -149,8 +134,8 @@ def request_hash(request: ChatRequest, provider: str, model: str) -> str:
     """``sha256:<hex>`` of :func:`canonical_request`.
 
     Fed incrementally: the messages a recent request already had are not encoded and
-    hashed again (see ``_STATES``), so a turn's hash costs what it adds, not the
-    length of the conversation.
+    hashed again, so a turn's hash costs what it adds, not the length of the
+    conversation.
     """
     state = _messages_state(list(request.messages))
     state.update(_canonical_tail(request, provider, model).encode("utf-8"))

@@ -101,7 +101,7 @@ class TurnRunner:
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
         self._answered: set[str] = set()  # ids of calls whose tool message is stored
-        self._seen_call_ids: set[str] = set()  # tool call ids on the path the model saw
+        self._history: list[Message] = []  # the path the model saw (for its call ids)
         self._failure: Exception | None = None
         self._internal = False  # the failure is a bug (provider or engine), not the model's
         self._effects: deque[fsm.Effect] = deque()
@@ -257,7 +257,7 @@ class TurnRunner:
         reply.message = reply.message.model_copy(
             update={"metadata": reply.message.metadata.model_copy(update=system_of(history))}
         )
-        self._seen_call_ids = {call.id for message in history for call in message.tool_calls}
+        self._history = history
         restarted = bool(reply.text)
         reply.text = ""
         reply.tool_requests.clear()
@@ -404,7 +404,9 @@ class TurnRunner:
         calls = [tool_call_from_request(r, self.host.tools())[0] for r in reply.tool_requests]
         # Providers only promise ids unique within one reply; the desk and the path need
         # them unique across branches and turns (e.g. two fan-out arms both say "call_1").
-        calls = unique_call_ids(calls, self.host.approvals.ids() | self._seen_call_ids)
+        if calls:  # the path's call ids: a walk over the conversation, only when needed
+            seen = {call.id for message in self._history for call in message.tool_calls}
+            calls = unique_call_ids(calls, self.host.approvals.ids() | seen)
         self._calls = {call.id: call for call in calls}
         self._answered = set()
         await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)

@@ -41,11 +41,13 @@ from typing import Any, Literal
 
 import anyio
 
+from ._prefix_cache import PrefixCache
 from .errors import (
     InvalidInputError,
     PermanentProviderError,
     TransientProviderError,
 )
+from .model import Message
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -220,6 +222,7 @@ class ScriptedProvider:
         # tokens does not re-split every message on every request (strings cache
         # their hash, so a message seen before costs one lookup).
         self._word_counts: dict[str, int] = {}
+        self._request_words: PrefixCache[int] = PrefixCache(kept=16)
         for item in replies:
             if isinstance(item, str):
                 self.reply(item)
@@ -544,6 +547,13 @@ class ScriptedProvider:
             count = self._word_counts[text] = _words(text)
         return count
 
+    def _count_request_words(self, messages: Sequence[Message]) -> int:
+        # A running count: a turn's request is the last one plus a few messages.
+        start, known = self._request_words.longest(messages)
+        words = (known or 0) + sum(self._count_words(m.content) for m in messages[start:])
+        self._request_words.keep(messages, words)
+        return words
+
     async def _run(
         self, turn: _Turn, request: ChatRequest, number: int
     ) -> AsyncIterator[StreamChunk]:
@@ -556,7 +566,7 @@ class ScriptedProvider:
                     chunk = Finish(chunk.reason, f"scripted-{number}")
                 yield chunk
             elif isinstance(step, _EstimatedUsage):
-                words = sum(self._count_words(m.content) for m in request.messages)
+                words = self._count_request_words(request.messages)
                 yield Usage(input_tokens=words, output_tokens=step.output_tokens)
             elif isinstance(step, _Sleep):
                 await anyio.sleep(step.seconds)

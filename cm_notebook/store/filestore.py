@@ -603,7 +603,7 @@ class FileStore(ScoreFiles):
             return None
         return token, known[1].model_copy(deep=True)
 
-    def _folder(self, context_id: str) -> Path:
+    def _context_folder(self, context_id: str) -> Path:
         # The context's folder: the one resolved when its state was made, if it was.
         state = self._states.get(context_id)
         if state is not None:
@@ -613,7 +613,7 @@ class FileStore(ScoreFiles):
     def signal_log_path(self, context_id: str) -> Path:
         """The context's signal log (see :mod:`cm_notebook.signal_log`)."""
         validate_context_id(context_id)
-        return self._folder(context_id) / "signals.log"
+        return self._context_folder(context_id) / "signals.log"
 
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
         """The lock file in the context folder by which a writer claims ``branch``.
@@ -625,7 +625,7 @@ class FileStore(ScoreFiles):
         validate_context_id(context_id)
         validate_branch_name(branch)
         digest = hashlib.sha256(branch.encode("utf-8")).hexdigest()[:24]
-        return self._folder(context_id) / f".claim-{digest}.lock"
+        return self._context_folder(context_id) / f".claim-{digest}.lock"
 
     async def close(self) -> None:
         """Release locks and file handles. The store can still be used afterwards."""

@@ -1,0 +1,125 @@
+"""How a session reads its context's metadata: cached, refreshed when the files change.
+
+:class:`MetadataReads` is a base of :class:`~cm_notebook._session_core.SessionCore`;
+``metadata``, ``branches`` and ``active_branch`` are public API of ``ContextSession``.
+The metadata is kept with the store's change token (:meth:`FileStore.change_token
+<cm_notebook.store.filestore.FileStore.change_token>`) and read again only when the
+token moved; after the session's own writes the store hands over what it wrote
+(:meth:`FileStore.known_metadata
+<cm_notebook.store.filestore.FileStore.known_metadata>`) without a thread hop.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ._sessionio import StoreAccess
+from .errors import BranchNotFoundError, CMError, InvalidInputError
+from .ids import validate_branch_name
+from .model import Branch, ContextMetadata
+from .store import IndexEntry, Store
+
+__all__ = ["MetadataReads"]
+
+
+class MetadataReads:
+    """The cached metadata and message index of a session's context."""
+
+    id: str
+    _store: Store
+    _io: StoreAccess
+    _lock: threading.RLock
+    _metadata: ContextMetadata
+    _metadata_token: object | None
+    _index_cache: dict[str, IndexEntry]
+    _index_token: object | None
+
+    @property
+    def metadata(self) -> ContextMetadata:
+        """The context's metadata, re-read if it changed (here or in another process).
+
+        Cached: reading it costs a few ``stat`` calls unless the store's files changed,
+        so properties such as ``branches`` never wait behind other store work.
+        """
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._metadata_token:
+                return self._metadata
+        known = self._known_metadata()
+        if known is not None:
+            token, fresh = known
+        else:
+            fresh = self._io.call(self._store.get_metadata(self.id))
+        with self._lock:
+            self._metadata, self._metadata_token = fresh, token
+        return fresh
+
+    def _known_metadata(self) -> tuple[object, ContextMetadata] | None:
+        # The store's own copy when it knows it is current (FileStore.known_metadata):
+        # after this session's own writes, no thread hop and no read. Not while a
+        # submitted write is under way: the session must read its own writes.
+        known_of = getattr(self._store, "known_metadata", None)
+        if known_of is None or self._io.writing():
+            return None
+        try:
+            known: tuple[object, ContextMetadata] | None = known_of(self.id)
+        except (OSError, CMError):
+            return None
+        return known
+
+    def _index(self) -> dict[str, IndexEntry]:
+        # The message index (id -> parent, role, status...), cached like the metadata:
+        # a tree view asks for it often and it only changes when a message is written.
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._index_token:
+                return dict(self._index_cache)
+        fresh = self._io.call(self._store.index(self.id))
+        with self._lock:
+            self._index_cache, self._index_token = fresh, token
+        return dict(fresh)
+
+    def _change_token(self) -> object | None:
+        # The store's fingerprint of its files (FileStore.change_token), taken before a
+        # read so a write racing with the read only causes one more re-read; None for
+        # stores without one (then every read goes to the store).
+        token_of = getattr(self._store, "change_token", None)
+        if token_of is None:
+            return None
+        try:
+            token: object = token_of(self.id)
+        except (OSError, CMError):  # a store that cannot tell: read it
+            return None
+        return token
+
+    @property
+    def branches(self) -> dict[str, Branch]:
+        """Branches by name."""
+        return dict(self.metadata.branches)
+
+    @property
+    def active_branch(self) -> str:
+        """The name of the active branch."""
+        return self.metadata.active_branch
+
+    def _branch_name(self, branch: str | None) -> str:
+        if branch is None:
+            return self.active_branch
+        return validate_branch_name(branch)
+
+    def _head(self, branch: str) -> str | None:
+        metadata = self.metadata
+        found = metadata.branches.get(branch)
+        if found is None:
+            raise BranchNotFoundError(
+                f"there is no branch {branch!r}; the branches are {sorted(metadata.branches)}"
+            )
+        return found.head
+
+    def _free_branch_name(self, stem: str) -> str:
+        existing = self.branches
+        for n in range(1, 10_000):
+            candidate = f"{stem}-{n}"
+            if candidate not in existing:
+                return candidate
+        raise InvalidInputError(f"no free branch name starting with {stem!r}")
