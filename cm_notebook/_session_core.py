@@ -329,8 +329,7 @@ class SessionCore(MetadataReads):
     async def _conversation(self, branch: str, exclude: str | None) -> list[Message]:
         # What a request on ``branch`` shows the model (see cm_notebook._conversation).
         _ids, messages = await self._messages.path_messages(self._store, self.id, branch)
-        known = self._known_metadata()
-        metadata = known[1] if known is not None else await self._store.get_metadata(self.id)
+        metadata = self._cached_metadata() or await self._store.get_metadata(self.id)
         prompt = effective_system(metadata, branch)
         if exclude is not None and messages and messages[-1].id == exclude:
             messages = messages[:-1]  # the reply being retried, at the end of its path
