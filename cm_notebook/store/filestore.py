@@ -81,14 +81,14 @@ from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from pydantic import ValidationError
 
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
-from ..model import Branch, ContextMetadata, Message, ProviderSettings
+from ..model import ContextMetadata, Message
 from . import ops, oserrors
 from .atomic import Fsync
 from .base import IndexEntry
+from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms, read_message_file
 from .context import ContextState, files_token, remove_tree, token_paths
 from .folders import create_context_folder, list_context_folders, trash_path
@@ -110,13 +110,7 @@ def _close_states(states: dict[str, ContextState]) -> None:
     states.clear()
 
 
-def _check_ids(*message_ids: str | None) -> None:
-    for message_id in message_ids:
-        if message_id is not None:
-            validate_message_id(message_id)
-
-
-class FileStore(ScoreFiles):
+class FileStore(ScoreFiles, BranchWrites):
     """A :class:`~cm_notebook.store.base.Store` on the local file system.
 
     ``data_dir`` defaults to :func:`~cm_notebook.store.paths.default_data_dir`
@@ -332,13 +326,13 @@ class FileStore(ScoreFiles):
         If it raises (:class:`~cm_notebook.errors.StorageFullError` when the disk is
         full), nothing was written.
         """
-        _check_ids(message.id, message.parent_id)
+        check_message_ids(message.id, message.parent_id)
         if branch is not None:
             validate_branch_name(branch)
         if expected_head is not ...:
             if branch is None:
                 raise InvalidInputError("expected_head needs a branch whose head it guards")
-            _check_ids(expected_head)
+            check_message_ids(expected_head)
         data = encode_message_forms(message)
         await self._run(
             self._write, context_id, ops.do_append, message, data, branch, expected_head
@@ -357,7 +351,7 @@ class FileStore(ScoreFiles):
         the old or the new version, complete either way, and the index catches up on
         the next update.
         """
-        _check_ids(message.id, message.parent_id)
+        check_message_ids(message.id, message.parent_id)
         data = encode_message_forms(message)
         await self._run(self._write, context_id, ops.do_update_message, message, data)
 
@@ -377,7 +371,7 @@ class FileStore(ScoreFiles):
     async def get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
         """Several messages in the given order (skipping corrupt files with a warning)."""
         ids = list(message_ids)
-        _check_ids(*ids)
+        check_message_ids(*ids)
         return await self._run(self._get_messages, context_id, ids)
 
     def _get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
@@ -397,7 +391,7 @@ class FileStore(ScoreFiles):
 
         Served from an in-memory parent -> children map.
         """
-        _check_ids(message_id)
+        check_message_ids(message_id)
 
         def get(state: ContextState, _metadata: ContextMetadata) -> list[str]:
             ops.require_message(state, message_id)
@@ -438,7 +432,7 @@ class FileStore(ScoreFiles):
             raise InvalidInputError(f"limit must be an integer >= 0, got {limit!r}")
         if branch is not None:
             validate_branch_name(branch)
-        _check_ids(before)
+        check_message_ids(before)
         return await self._run(self._page, context_id, branch, limit, before)
 
     def _page(
@@ -452,113 +446,6 @@ class FileStore(ScoreFiles):
         state, ids = self._view(context_id, select)
         # Outside the state lock: message files are replaced atomically, never edited.
         return ops.read_messages(state, ids)
-
-    # -- branches ----------------------------------------------------------------------
-
-    async def create_branch(
-        self,
-        context_id: str,
-        name: str,
-        *,
-        head: str | None,
-        forked_from: str | None = None,
-        description: str = "",
-        system_prompt: str | None = None,
-        provider: ProviderSettings | None = None,
-        params: dict[str, Any] | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> Branch:
-        """Create a branch pointing at ``head``; raises BranchExistsError if taken.
-
-        ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults,
-        ``labels`` its labels.
-        """
-        validate_branch_name(name)
-        _check_ids(head, forked_from)
-        try:
-            branch = Branch(
-                name=name,
-                head=head,
-                forked_from=forked_from,
-                description=description,
-                system_prompt=system_prompt,
-                provider=provider,
-                params=dict(params or {}),
-                labels=dict(labels or {}),
-            )
-        except ValidationError as exc:
-            raise InvalidInputError(f"cannot create branch {name!r}: {exc}") from exc
-        await self._run(self._write, context_id, ops.do_create_branch, branch)
-        return branch
-
-    async def update_branch(
-        self,
-        context_id: str,
-        name: str,
-        *,
-        system_prompt: str | EllipsisType | None = ...,
-        provider: ProviderSettings | EllipsisType | None = ...,
-        params: dict[str, Any] | EllipsisType = ...,
-        labels: dict[str, str] | EllipsisType = ...,
-    ) -> Branch:
-        """Change a branch's own defaults or labels (``...`` leaves one alone); never
-        its head.
-
-        Parameters that look like secrets are refused (InvalidInputError).
-        """
-        validate_branch_name(name)
-        changes: dict[str, Any] = {
-            key: value
-            for key, value in (
-                ("system_prompt", system_prompt),
-                ("provider", provider),
-                ("params", params),
-                ("labels", labels),
-            )
-            if value is not ...
-        }
-        branch: Branch = await self._run(
-            self._write, context_id, ops.do_update_branch, name, changes
-        )
-        return branch.model_copy(deep=True)
-
-    async def set_branch_head(
-        self,
-        context_id: str,
-        name: str,
-        head: str | None,
-        *,
-        expected_head: str | EllipsisType | None = ...,
-    ) -> Branch:
-        """Point an existing branch at another message (or at nothing, with None).
-
-        With ``expected_head`` it is a compare-and-set: ``BranchMovedError`` (and nothing
-        written) if the head is no longer that id.
-        """
-        validate_branch_name(name)
-        _check_ids(head)
-        if expected_head is not ...:
-            _check_ids(expected_head)
-        branch: Branch = await self._run(
-            self._write, context_id, ops.do_set_branch_head, name, head, expected_head
-        )
-        return branch.model_copy()
-
-    async def set_active_branch(self, context_id: str, name: str) -> ContextMetadata:
-        """Make ``name`` the active branch."""
-        validate_branch_name(name)
-        updated: ContextMetadata = await self._run(
-            self._write, context_id, ops.do_set_active_branch, name
-        )
-        return updated.model_copy(deep=True)
-
-    async def delete_branch(self, context_id: str, name: str) -> None:
-        """Delete a branch pointer (never its messages). The active branch cannot be deleted.
-
-        Deleting the active branch raises :class:`~cm_notebook.errors.StateError`.
-        """
-        validate_branch_name(name)
-        await self._run(self._write, context_id, ops.do_delete_branch, name)
 
     async def compact(self, context_id: str) -> None:
         """Fold the context's journal into its snapshot now (it also happens by itself).
