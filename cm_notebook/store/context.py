@@ -26,16 +26,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
-
-if sys.platform != "win32":
-    pass
 
 from ..errors import (
     ContextNotFoundError,
