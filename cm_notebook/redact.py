@@ -26,6 +26,7 @@ Everything else that leaves the process is *redacted*: :func:`redact` for data,
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -121,6 +122,7 @@ def _words(name: str) -> list[str]:
     return [word.lower() for word in _WORDS.findall(name)]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a key, header or parameter named ``name`` holds a credential.
 

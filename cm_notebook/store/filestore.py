@@ -218,6 +218,13 @@ class FileStore(ScoreFiles, BranchWrites):
             self._forget(state)
             raise
 
+    def _write_message(
+        self, context_id: str, func: Callable[..., T], message: Message, *args: Any
+    ) -> T:
+        # The message's file bytes and journal form are made here, on the worker
+        # thread and outside the locks, not on the caller's event loop.
+        return self._write(context_id, func, message, encode_message_forms(message), *args)
+
     # -- contexts ----------------------------------------------------------------------
 
     async def create_context(self, metadata: ContextMetadata) -> ContextMetadata:
@@ -333,9 +340,8 @@ class FileStore(ScoreFiles, BranchWrites):
             if branch is None:
                 raise InvalidInputError("expected_head needs a branch whose head it guards")
             check_message_ids(expected_head)
-        data = encode_message_forms(message)
         await self._run(
-            self._write, context_id, ops.do_append, message, data, branch, expected_head
+            self._write_message, context_id, ops.do_append, message, branch, expected_head
         )
         return message
 
@@ -352,8 +358,7 @@ class FileStore(ScoreFiles, BranchWrites):
         the next update.
         """
         check_message_ids(message.id, message.parent_id)
-        data = encode_message_forms(message)
-        await self._run(self._write, context_id, ops.do_update_message, message, data)
+        await self._run(self._write_message, context_id, ops.do_update_message, message)
 
     async def get_message(self, context_id: str, message_id: str) -> Message:
         """One message, read from its own file (CorruptDataError if it is damaged)."""
