@@ -14,7 +14,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -187,6 +187,9 @@ class ApprovalDesk:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[str, PendingCall] = {}
+        # Ids given to a reply's calls, from then until its turn has asked for them:
+        # two turns finishing at once (fan-out arms) must not both pick "call_1".
+        self._reserved: set[str] = set()
 
     def register(self, branch: str, message_id: str, call: ToolCall) -> asyncio.Future[Decision]:
         """Put ``call`` on the desk (from the turn's loop); returns the future to await."""
@@ -194,6 +197,20 @@ class ApprovalDesk:
         with self._lock:
             self._pending[call.id] = pending
         return pending.future
+
+    def claim_ids(self, calls: list[ToolCall], taken: set[str]) -> list[ToolCall]:
+        """``calls`` with ids unique among ``taken``, the calls on the desk and those
+        claimed by other turns (see :func:`unique_call_ids`); the ids stay claimed
+        until :meth:`release_ids`."""
+        with self._lock:
+            unique = unique_call_ids(calls, taken | set(self._pending) | self._reserved)
+            self._reserved.update(call.id for call in unique)
+        return unique
+
+    def release_ids(self, call_ids: Iterable[str]) -> None:
+        """Give back ids from :meth:`claim_ids` (their calls are on the desk or done)."""
+        with self._lock:
+            self._reserved.difference_update(call_ids)
 
     def drop(self, call_id: str) -> None:
         """Remove a call that no longer needs a decision (e.g. its turn was cancelled)."""

@@ -41,7 +41,7 @@ from . import events as ev
 from . import fsm
 from ._host import TurnHost
 from ._turn_writes import Reply, TurnWrites
-from .approvals import Decision, unique_call_ids, without_asking
+from .approvals import Decision, without_asking
 from .errors import (
     CMError,
     PermanentProviderError,
@@ -102,6 +102,7 @@ class TurnRunner:
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
         self._answered: set[str] = set()  # ids of calls whose tool message is stored
         self._history: list[Message] = []  # the path the model saw (for its call ids)
+        self._claimed_ids: list[str] = []  # call ids claimed on the desk, not yet asked
         self._failure: Exception | None = None
         self._internal = False  # the failure is a bug (provider or engine), not the model's
         self._effects: deque[fsm.Effect] = deque()
@@ -139,6 +140,7 @@ class TurnRunner:
                 # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
         finally:
+            self._release_ids()
             self.turn.progress.finish()
             self.host.finished(self.turn)
             for change in self._final:
@@ -406,7 +408,8 @@ class TurnRunner:
         # them unique across branches and turns (e.g. two fan-out arms both say "call_1").
         if calls:  # the path's call ids: a walk over the conversation, only when needed
             seen = {call.id for message in self._history for call in message.tool_calls}
-            calls = unique_call_ids(calls, self.host.approvals.ids() | seen)
+            calls = self.host.approvals.claim_ids(calls, seen)
+            self._claimed_ids.extend(call.id for call in calls)
         self._calls = {call.id: call for call in calls}
         self._answered = set()
         await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)
@@ -483,6 +486,7 @@ class TurnRunner:
                 immediate.append((call_id, decided))
             else:
                 asked[call_id] = host.approvals.register(self.branch, message_id, call)
+        self._release_ids()  # on the desk now, or decided
         if asked:
             host.publish(
                 ev.ToolApprovalRequested(
@@ -503,6 +507,11 @@ class TurnRunner:
         finally:
             for call_id in asked:
                 host.approvals.drop(call_id)
+
+    def _release_ids(self) -> None:
+        if self._claimed_ids:
+            self.host.approvals.release_ids(self._claimed_ids)
+            self._claimed_ids = []
 
     def _decide(self, call_id: str, decision: Decision) -> None:
         call = self._calls[call_id]

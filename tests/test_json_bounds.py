@@ -243,3 +243,25 @@ def test_over_deep_settings_and_parameters_are_refused_before_anything_is_writte
         assert session.send("Hi", stop=["\n"]).result(DEADLINE).status.value == "complete"
     finally:
         session.close()
+
+
+@pytest.mark.anyio
+async def test_call_ids_claimed_by_one_turn_are_not_given_to_another() -> None:
+    # Two fan-out arms whose models both said "call_1" finish their replies before
+    # either has put its call on the desk: each must still get an id of its own, or
+    # the second would replace the first on the desk and that turn would wait forever.
+    desk = ApprovalDesk()
+    [one] = desk.claim_ids([ToolCall(id="call_1", name="echo")], set())
+    [two] = desk.claim_ids([ToolCall(id="call_1", name="echo")], set())
+    assert one.id == "call_1"
+    assert two.id.startswith("call_1_")
+    desk.register("a", "m1", one)
+    desk.register("b", "m2", two)
+    desk.release_ids([one.id, two.id])
+    assert [c.id for c in desk.calls()] == [one.id, two.id]
+    # Ids on the desk stay taken; released ids that left it are free again.
+    [three] = desk.claim_ids([ToolCall(id="call_1", name="echo")], set())
+    assert three.id not in {one.id, two.id}
+    desk.release_ids([three.id])
+    desk.drop(one.id)
+    assert desk.claim_ids([ToolCall(id="call_1", name="echo")], set())[0].id == "call_1"
