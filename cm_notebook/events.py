@@ -56,16 +56,12 @@ import difflib
 import functools
 import itertools
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from types import TracebackType
 from typing import Protocol, TypeAlias, TypeVar, cast
 
-import anyio
-import anyio.lowlevel
-
+from ._event_stream import EventStream, _Buffer
 from .errors import InvalidInputError, StateError
 from .model import utcnow
 from .redact import get_logger
@@ -155,84 +151,6 @@ class SignalRecorder(Protocol):
     def close(self) -> None:
         """Release what the recorder holds open."""
         ...
-
-
-class _Buffer:
-    # One async subscriber's queue. The bus holds these, not the EventStream objects, so a
-    # stream nobody references any more can be garbage-collected (and then unregistered).
-    __slots__ = ("backlog", "closed", "events", "waiter")
-
-    def __init__(self, backlog: list[Event]) -> None:
-        self.backlog: deque[Event] = deque(backlog)  # history asked for with ``since``
-        self.events: deque[Event] = deque()  # live events, bounded by the bus
-        self.waiter: anyio.Event | None = None
-        self.closed = False
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            waiter.set()
-
-
-class EventStream:
-    """An async iterator over a bus's events, made by :meth:`EventBus.stream`.
-
-    It is registered with the bus as soon as it is created, so no event published after
-    :meth:`EventBus.stream` returns is missed. Use it with ``async for``, optionally
-    inside ``async with`` (or call :meth:`aclose`) to unregister promptly; a stream that
-    is simply dropped is unregistered when it is garbage-collected.
-    """
-
-    def __init__(self, bus: EventBus, buffer: _Buffer) -> None:
-        self._buffer = buffer
-        self._finalizer = weakref.finalize(self, bus._discard, buffer)
-        self._finalizer.atexit = False
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        buffer = self._buffer
-        while True:
-            if buffer.backlog or buffer.events:
-                # Allow cancellation without a full scheduling round trip per event.
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                queue = buffer.backlog if buffer.backlog else buffer.events
-                return queue.popleft()
-            if buffer.closed:
-                raise StopAsyncIteration
-            waiter = buffer.waiter = anyio.Event()
-            await waiter.wait()
-
-    @property
-    def pending(self) -> int:
-        """How many events are buffered and not yet read."""
-        return len(self._buffer.backlog) + len(self._buffer.events)
-
-    def close(self) -> None:
-        """Unregister from the bus and end the iteration; buffered events are dropped."""
-        buffer = self._buffer
-        buffer.backlog.clear()
-        buffer.events.clear()
-        buffer.closed = True
-        buffer.wake()
-        self._finalizer()
-
-    async def aclose(self) -> None:
-        """Async spelling of :meth:`close`, for ``contextlib.aclosing`` and friends."""
-        self.close()
-
-    async def __aenter__(self) -> EventStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class EventBus:
@@ -547,7 +465,7 @@ class EventBus:
                 token = next(self._tokens)
                 self._buffers[token] = buffer
                 self._buffer_list = tuple(self._buffers.values())
-        return EventStream(self, buffer)
+        return EventStream(self._discard, buffer)
 
     def _discard(self, buffer: _Buffer) -> None:
         with self._registry_lock:

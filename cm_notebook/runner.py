@@ -318,11 +318,9 @@ class TurnRunner:
         )
 
     async def _stream(self, request: ChatRequest, reply: Reply) -> None:
-        # The loop runs once per chunk: it keeps to plain statements (no context manager
-        # per chunk, one clock reading) so a chunk costs a few microseconds.
+        # Once per chunk: plain statements, no context manager (a chunk costs microseconds).
         progress, publish, meter = self.turn.progress, self.host.publish_delta, reply.meter
-        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-        started = False
+        checkpoint_at, started = time.monotonic() + CHECKPOINT_SECONDS, False
         with self._provider_errors():
             stream = self.provider.stream(request)
         try:
@@ -331,7 +329,7 @@ class TurnRunner:
                     chunk = await anext(stream, None)
                 except ProviderError:
                     raise
-                except Exception as exc:  # as _provider_errors does
+                except Exception as exc:  # _provider_errors, spelled out
                     raise self._provider_bug(exc) from exc
                 if chunk is None:
                     break
