@@ -17,21 +17,23 @@ their records before they return (one ``write`` per call, under the ``flock``): 
 then on every process reads them, and killing the writing process (``kill -9``) loses
 none of them. The fsync that makes them survive a power loss is not on the caller's
 thread: one thread per log (:mod:`cm_notebook._signal_sync`) fsyncs the file
-``sync_delay`` seconds (default 10 ms) after the first durable signal that is not yet
+``sync_delay`` seconds (default 50 ms) after the first durable signal that is not yet
 synced, covering every record written until then (group commit: a plain turn's six
-durable signals cost one or two fsyncs, not six), and :meth:`SignalLog.close` syncs
-what is left before it returns. Text deltas (:class:`~cm_notebook.events.ContentDelta`)
+durable signals cost about one fsync, not six), and :meth:`SignalLog.close` syncs what
+is left before it returns. Text deltas (:class:`~cm_notebook.events.ContentDelta`)
 never ask for an fsync: they come many per second and the stored message is their
 truth anyway.
 
 What a power loss (or an operating-system crash) can cost: the tail of the log
-written after its last fsync, that is the signals of the last ``sync_delay`` seconds
-plus the time of one fsync, and any deltas after the last durable signal. The file
-keeps a prefix of its records (a torn last line is skipped by readers), numbering
-goes on after the last record that survived, so the lost numbers are given to new
-signals; a client that saw a lost signal can tell only by its content (``offset`` of
-a delta, the message it names), and re-pulls. Nothing else depends on the log: the
-store is the truth about messages and branches, and signals only say what to re-pull.
+written since its last fsync, that is at most the durable signals of the last
+``sync_delay`` seconds plus the time of one fsync, and the text deltas since the last
+fsync. What holds: every record fsynced is kept, in order; of the tail, what survives
+is whole records in order, and anything else (a torn line, bytes the file system
+zeroed) is skipped by readers; numbering goes on after the last record that survived, so
+the numbers of lost signals are given to new ones, and a client that saw a lost
+signal can tell only by what it says (a delta's ``offset``, the message it names)
+and re-pulls. Nothing depends on the log for correctness: the store is the truth
+about messages and branches, signals only say what to re-pull.
 
 Compaction: when the file grows past ``max_bytes``, the writer that noticed rewrites
 it (temp file, fsync, rename) keeping the newest records, about half of the limit. A
@@ -76,7 +78,7 @@ LOG_NAME = "signals.log"
 _DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 _json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, escaped)
 _TAIL_BYTES = 64 * 1024  # enough to find the last record of a log being opened
-_SYNC_DELAY = 0.01
+_SYNC_DELAY = 0.05
 
 
 def _encode(writer: str, event: Event) -> bytes:
