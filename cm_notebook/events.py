@@ -124,8 +124,8 @@ EventT = TypeVar("EventT", bound=BaseEvent)
 #: The most text deltas a bus with a recorder holds back before writing them.
 DELTA_BATCH = 256
 
-# A text delta waiting for its number: branch, message id, text, offset, time published.
-_Delta: TypeAlias = tuple[str | None, str, str, int, datetime]
+# A text delta waiting for its number: ``stamp(seq)`` builds it (see EventBus._delta).
+_Stamp: TypeAlias = Callable[[int], Event]
 
 
 class SignalRecorder(Protocol):
@@ -203,7 +203,7 @@ class EventBus:
         self._buffer_list: tuple[_Buffer, ...] = ()
         self._queue: deque[Event] = deque()
         # Text deltas waiting to be recorded in one batch, with the time each was published.
-        self._held: list[_Delta] = []
+        self._held: list[_Stamp] = []
         self._dispatching = False
         self._closed = False
 
@@ -248,10 +248,11 @@ class EventBus:
             raise StateError(f"the event bus of context {self.context_id!r} is closed")
         at = self._clock()
         if isinstance(event, ContentDelta):
-            delta = (event.branch, event.message_id, event.text, event.offset, at)
-            if self._hold(delta):
+            stamp: _Stamp = self._delta(
+                event.branch, event.message_id, event.text, event.offset, at
+            )
+            if self._hold(stamp):
                 return event
-            stamp = functools.partial(self._make_delta, delta)
         else:
             stamp = functools.partial(self._restamp, event, at)
         return cast(EventT, self._emit(stamp))
@@ -279,9 +280,9 @@ class EventBus:
                 "a text delta needs a branch name (or None), a message id, a text and an "
                 f"offset >= 0, got {(branch, message_id, text, offset)!r}"
             )
-        delta = (branch, message_id, text, offset, self._clock())
-        if not self._hold(delta):
-            self._emit(functools.partial(self._make_delta, delta))
+        stamp = self._delta(branch, message_id, text, offset, self._clock())
+        if not self._hold(stamp):
+            self._emit(stamp)
 
     def _emit(self, stamp: Callable[[int], Event]) -> Event:
         # Number (through the recorder if there is one) and deliver one signal.
@@ -305,8 +306,15 @@ class EventBus:
         stamped = event.model_copy(update={"seq": seq, "context_id": self.context_id, "at": at})
         return cast(Event, stamped)  # publish checked the type against EVENT_TYPES
 
-    def _make_delta(self, delta: _Delta, seq: int) -> Event:
-        branch, message_id, text, offset, at = delta
+    def _delta(
+        self, branch: str | None, message_id: str, text: str, offset: int, at: datetime
+    ) -> _Stamp:
+        # One object per delta until it is numbered; then the delta is built once.
+        return functools.partial(self._make_delta, branch, message_id, text, offset, at)
+
+    def _make_delta(
+        self, branch: str | None, message_id: str, text: str, offset: int, at: datetime, seq: int
+    ) -> Event:
         return ContentDelta(
             seq=seq,
             context_id=self.context_id,
@@ -317,7 +325,7 @@ class EventBus:
             offset=offset,
         )
 
-    def _hold(self, delta: _Delta) -> bool:
+    def _hold(self, stamp: _Stamp) -> bool:
         # Keep a delta for the next batch (see the module docstring); False when there
         # is no recorder to batch for, or no loop on this thread to write the batch on.
         if self._recorder is None:
@@ -329,7 +337,7 @@ class EventBus:
             except RuntimeError:
                 return False
             loop.call_soon(self._write_held)
-        held.append(delta)
+        held.append(stamp)
         if len(held) >= DELTA_BATCH:
             self._write_held()
         return True
@@ -339,14 +347,13 @@ class EventBus:
         held, self._held = self._held, []
         if not held or self._recorder is None:
             return
-        stamps = [functools.partial(self._make_delta, delta) for delta in held]
         events: list[Event] | None = None
         try:
-            events = self._recorder.record_all(stamps)
+            events = self._recorder.record_all(held)
         except OSError:
-            logger.exception("could not record %d deltas in %s", len(stamps), self._recorder)
+            logger.exception("could not record %d deltas in %s", len(held), self._recorder)
         if events is None:
-            events = [stamp(self._seq + n) for n, stamp in enumerate(stamps, 1)]
+            events = [stamp(self._seq + n) for n, stamp in enumerate(held, 1)]
         self._seq = max(self._seq, events[-1].seq)
         # Queued together, so a signal a callback publishes meanwhile comes after all of
         # them, as its number does.
