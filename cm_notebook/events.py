@@ -202,7 +202,7 @@ class EventBus:
         self._callback_list: tuple[EventCallback, ...] = ()
         self._buffer_list: tuple[_Buffer, ...] = ()
         self._queue: deque[Event] = deque()
-        # Text deltas waiting to be recorded in one batch, with the time each was published.
+        # Text deltas waiting to be numbered and recorded in one batch (see _hold).
         self._held: list[_Stamp] = []
         self._dispatching = False
         self._closed = False
@@ -284,7 +284,7 @@ class EventBus:
         if not self._hold(stamp):
             self._emit(stamp)
 
-    def _emit(self, stamp: Callable[[int], Event]) -> Event:
+    def _emit(self, stamp: _Stamp) -> Event:
         # Number (through the recorder if there is one) and deliver one signal.
         if self._held:
             self._write_held()  # the deltas published before this signal come first
