@@ -38,7 +38,8 @@ Deltas in batches: on a bus with a recorder (the context's signal log), a
 :class:`ContentDelta` published on a running event loop is held back and written, with
 the deltas that follow it, in one batch (one lock, one write) once the publishing code
 yields to the loop, before the next signal of another kind, every
-:data:`DELTA_BATCH` deltas, and at :meth:`EventBus.close`. It is numbered then and
+:data:`DELTA_BATCH` deltas or :data:`DELTA_HOLD` seconds (a publisher that does not
+yield), and at :meth:`EventBus.close`. It is numbered then and
 reaches subscribers then, in order: every subscriber, and every reader of the log,
 sees the signals in the order of their numbers. :meth:`EventBus.publish` returns such
 a delta unnumbered (``seq`` 0). Readers of the reply's text in this process
@@ -56,6 +57,7 @@ import difflib
 import functools
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -89,6 +91,7 @@ from .signals import (
 
 __all__ = [
     "DELTA_BATCH",
+    "DELTA_HOLD",
     "SIGNAL_KINDS",
     "BaseEvent",
     "BranchCreated",
@@ -123,6 +126,8 @@ EventT = TypeVar("EventT", bound=BaseEvent)
 
 #: The most text deltas a bus with a recorder holds back before writing them.
 DELTA_BATCH = 256
+#: The longest (seconds) a held delta waits when the publisher never yields to the loop.
+DELTA_HOLD = 0.02
 
 # A text delta waiting for its number: ``stamp(seq)`` builds it (see EventBus._delta).
 _Stamp: TypeAlias = Callable[[int], Event]
@@ -204,6 +209,7 @@ class EventBus:
         self._queue: deque[Event] = deque()
         # Text deltas waiting to be numbered and recorded in one batch (see _hold).
         self._held: list[_Stamp] = []
+        self._held_since = 0.0  # time.monotonic() when the first of them was held
         self._dispatching = False
         self._closed = False
 
@@ -331,14 +337,16 @@ class EventBus:
         if self._recorder is None:
             return False
         held = self._held
+        now = time.monotonic()
         if not held:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return False
             loop.call_soon(self._write_held)
+            self._held_since = now
         held.append(stamp)
-        if len(held) >= DELTA_BATCH:
+        if len(held) >= DELTA_BATCH or now - self._held_since >= DELTA_HOLD:
             self._write_held()
         return True
 

@@ -186,6 +186,27 @@ async def test_a_long_run_of_deltas_is_written_every_batch(tmp_path: Path) -> No
     assert [e["seq"] for e in _lines(log.path)] == list(range(1, DELTA_BATCH + 2))
 
 
+@pytest.mark.anyio
+async def test_a_publisher_that_never_yields_still_gets_its_deltas_written(
+    tmp_path: Path,
+) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    bus = EventBus("c1", recorder=log)
+    published = 0
+
+    def one_more_then_look() -> bool:
+        # A model producing text on the loop's thread without ever yielding to it.
+        nonlocal published
+        bus.publish_delta("main", "m1", "x", published)
+        published += 1
+        return log.path.exists() and bool(_lines(log.path))
+
+    _wait_for(one_more_then_look, "deltas held longer than DELTA_HOLD to be written")
+    assert published < DELTA_BATCH  # written for their age, not their number
+    bus.close()
+    assert [e["seq"] for e in _lines(log.path)] == list(range(1, published + 1))
+
+
 def test_without_a_running_loop_each_delta_is_written_at_once(tmp_path: Path) -> None:
     bus = EventBus("c1", recorder=SignalLog(tmp_path / "signals.log"))
     stamped = bus.publish(ContentDelta(branch="main", message_id="m1", text="a", offset=0))
