@@ -1,9 +1,11 @@
 """What the durable signal log costs: per signal, and per turn.
 
-Publishes ContentDelta (not fsynced) and StateChanged (fsynced) signals on a bus with
-and without a :class:`~cm_notebook.signal_log.SignalLog`, and prints microseconds per
-signal and the ratio; then the cost of one 100-delta turn's signals (100 deltas and
-the 6 durable signals a plain turn publishes).
+Publishes ContentDelta (never fsynced) and StateChanged (durable: fsynced by the log's
+sync thread, off the caller) signals on a bus with and without a
+:class:`~cm_notebook.signal_log.SignalLog`, from a plain thread (no event loop, so each
+delta is written at once rather than in a batch), and prints microseconds per signal
+and the ratio; then the cost of one 100-delta turn's signals (100 deltas and the 6
+durable signals a plain turn publishes).
 
 Then how soon a follower (:mod:`cm_notebook._follower`) relays a signal that another
 process wrote: woken by file-change notification, and polling every 50 ms

@@ -78,6 +78,7 @@ class LogFollower:
     ) -> None:
         self._reader = reader
         self._own = own_writer
+        reader.skip_writer(own_writer)  # this process's own signals are not relayed
         self._relay = relay
         self._claim_held = claim_held
         self._on_dead = on_dead

@@ -64,6 +64,8 @@ class TurnHost:
         context_id: the context the turn writes to.
         store: where messages and heads are written.
         publish: puts a signal on the session's bus (from any thread).
+        publish_delta: ``publish_delta(branch, message_id, text, offset)`` puts a text
+            delta on the bus (from the session's loop only), cheaper than ``publish``.
         machines: the per-branch state machines.
         approvals: where tool calls wait for a person.
         tools: the tools on offer now (a notebook may replace them mid-turn).
@@ -90,6 +92,7 @@ class TurnHost:
     context_id: str
     store: Store
     publish: Callable[[ev.BaseEvent], None]
+    publish_delta: Callable[[str | None, str, str, int], None]
     machines: BranchMachines
     approvals: ApprovalDesk
     tools: Callable[[], ToolRegistry]

@@ -370,6 +370,7 @@ class SessionCore(MetadataReads):
             context_id=self.id,
             store=self._store,
             publish=self._publish,
+            publish_delta=self._bus.publish_delta,  # turns run on the bus's loop
             machines=self._machines,
             approvals=self._approvals,
             tools=lambda: self.tools,

@@ -303,58 +303,58 @@ class TurnRunner:
 
     @contextlib.contextmanager
     def _provider_errors(self) -> Iterator[None]:
-        # Anything but ProviderError is a bug in the provider: fail the turn for good
-        # (escaping would leave the branch stuck), keeping the bug as __cause__.
         try:
             yield
         except ProviderError:
             raise
         except Exception as exc:
-            self._internal = True
-            name = self.provider.name
-            raise PermanentProviderError(
-                f"internal error in provider {name!r}: {type(exc).__name__}: {exc}",
-                provider=name,
-            ) from exc
+            raise self._provider_bug(exc) from exc
+
+    def _provider_bug(self, exc: Exception) -> PermanentProviderError:
+        # Anything but ProviderError is a bug in the provider: fail the turn for good
+        # (escaping would leave the branch stuck), keeping the bug as __cause__.
+        self._internal = True
+        name = self.provider.name
+        return PermanentProviderError(
+            f"internal error in provider {name!r}: {type(exc).__name__}: {exc}", provider=name
+        )
 
     async def _stream(self, request: ChatRequest, reply: Reply) -> None:
-        last_checkpoint = time.monotonic()
-        started = False
+        # Once per chunk: plain statements, no context manager (a chunk costs microseconds).
+        progress, publish, meter = self.turn.progress, self.host.publish_delta, reply.meter
+        checkpoint_at, started = time.monotonic() + CHECKPOINT_SECONDS, False
         with self._provider_errors():
             stream = self.provider.stream(request)
         try:
             while True:
-                with self._provider_errors():
+                try:
                     chunk = await anext(stream, None)
+                except ProviderError:
+                    raise
+                except Exception as exc:  # _provider_errors, spelled out
+                    raise self._provider_bug(exc) from exc
                 if chunk is None:
                     break
                 if isinstance(chunk, TextDelta):
                     if not chunk.text:
                         continue
-                    reply.meter.chunk()
+                    meter.chunk()
                     if not started:
                         started = True
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
                     offset = len(reply.text)
                     reply.text += chunk.text
-                    self.turn.progress.add_text(chunk.text)
-                    self.host.publish(
-                        ev.ContentDelta(
-                            branch=self._writes.target,
-                            message_id=reply.message.id,
-                            text=chunk.text,
-                            offset=offset,
-                        )
-                    )
-                    if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
-                        last_checkpoint = time.monotonic()
+                    progress.add_text(chunk.text)
+                    publish(self._writes.target, reply.message.id, chunk.text, offset)
+                    if time.monotonic() >= checkpoint_at:
                         await self._writes.checkpoint(reply)
+                        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
                 elif isinstance(chunk, ToolCallRequest):
                     reply.tool_requests.append(chunk)
                 elif isinstance(chunk, Usage):
                     reply.usage = chunk
-                    reply.meter.usage(chunk.output_tokens)
+                    meter.usage(chunk.output_tokens)
                 elif isinstance(chunk, Finish):
                     reply.finish_reason = chunk.reason
                     reply.message = with_provenance(reply.message, request_id=chunk.request_id)

@@ -3,16 +3,37 @@
 The in-process :class:`~cm_notebook.events.EventBus` numbers signals for one process
 only. With a :class:`SignalLog` as its recorder, the number of every signal is taken
 from the log instead: under an exclusive ``flock`` on ``<context>/signals.log`` the
-writer reads the last number in the file, appends its signal with the next one, and
+writer reads the last number in the file, appends its signals with the next ones, and
 releases. So numbers survive restarts, two processes writing one context never reuse
 a number, and any process (a second kernel, the Jupyter server) reads the same
-numbered signals back with :class:`LogReader`.
+numbered signals back, in order, with :class:`LogReader`.
 
 Format: JSON lines, ``{"w": <writer token>, "e": <signal as JSON>}``. The writer token
 tells a process's own signals from those of others (a follower republishes only the
-others'). Durable signals are fsynced before :meth:`SignalLog.record` returns; text
-deltas (:class:`~cm_notebook.events.ContentDelta`) are not, because they come many
-per second and the stored message is their truth anyway.
+others').
+
+Writing and syncing. :meth:`SignalLog.record` and :meth:`SignalLog.record_all` write
+their records before they return (one ``write`` per call, under the ``flock``): from
+then on every process reads them, and killing the writing process (``kill -9``) loses
+none of them. The fsync that makes them survive a power loss is not on the caller's
+thread: one thread per log (:mod:`cm_notebook._signal_sync`) fsyncs the file
+``sync_delay`` seconds (default 50 ms) after the first durable signal that is not yet
+synced, covering every record written until then (group commit: a plain turn's six
+durable signals cost about one fsync, not six), and :meth:`SignalLog.close` syncs what
+is left before it returns. Text deltas (:class:`~cm_notebook.events.ContentDelta`)
+never ask for an fsync: they come many per second and the stored message is their
+truth anyway.
+
+What a power loss (or an operating-system crash) can cost: the tail of the log
+written since its last fsync, that is at most the durable signals of the last
+``sync_delay`` seconds plus the time of one fsync, and the text deltas since the last
+fsync. What holds: every record fsynced is kept, in order; of the tail, what survives
+is whole records in order, and anything else (a torn line, bytes the file system
+zeroed) is skipped by readers; numbering goes on after the last record that survived, so
+the numbers of lost signals are given to new ones, and a client that saw a lost
+signal can tell only by what it says (a delta's ``offset``, the message it names)
+and re-pulls. Nothing depends on the log for correctness: the store is the truth
+about messages and branches, signals only say what to re-pull.
 
 Compaction: when the file grows past ``max_bytes``, the writer that noticed rewrites
 it (temp file, fsync, rename) keeping the newest records, about half of the limit. A
@@ -32,13 +53,18 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
+
+from ._signal_sync import GroupSync
 from .errors import InvalidInputError
 from .redact import get_logger
 from .signals import ContentDelta, Event, Resync, parse_event
+from .store.atomic import Fsync
 
 if sys.platform != "win32":
     import fcntl
@@ -51,12 +77,54 @@ logger = get_logger(__name__)
 LOG_NAME = "signals.log"
 
 _DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+_json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, escaped)
 _TAIL_BYTES = 64 * 1024  # enough to find the last record of a log being opened
+_SYNC_DELAY = 0.05
 
 
 def _encode(writer: str, event: Event) -> bytes:
-    record = {"w": writer, "e": event.model_dump(mode="json")}
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    if type(event) is ContentDelta:
+        body = _delta_json(event)
+    else:
+        try:
+            body = event.model_dump_json()
+        except PydanticSerializationError:
+            # Pydantic refuses unpaired surrogates (a model's text cut mid-character);
+            # json.dumps escapes them.
+            body = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    return f'{{"w":"{writer}","e":{body}}}\n'.encode()  # begins as _record_start says
+
+
+def _delta_json(delta: ContentDelta) -> str:
+    # A text delta is written for every chunk a model streams, so it is spelled out
+    # here, about twice as fast as pydantic's writer; the same JSON object (fields,
+    # values, "Z" for UTC), which tests/test_signal_log_batches.py checks.
+    branch = "null" if delta.branch is None else _json_string(delta.branch)
+    at = _utc_text(delta.at)
+    return (
+        f'{{"seq":{delta.seq},"context_id":{_json_string(delta.context_id)},'
+        f'"branch":{branch},"at":"{at}","type":"ContentDelta",'
+        f'"message_id":{_json_string(delta.message_id)},"text":{_json_string(delta.text)},'
+        f'"offset":{delta.offset}}}'
+    )
+
+
+def _record_start(writer: str) -> bytes:
+    # How every record ``_encode`` writes for ``writer`` begins: its number comes next.
+    return f'{{"w":"{writer}","e":{{"seq":'.encode()
+
+
+def _skipped_seq(line: bytes, start: bytes) -> int | None:
+    # The number of a whole record that begins with ``start``, read without decoding
+    # the record; None for any other line (it is then decoded as usual). A record cut
+    # short by a crash (or a full disk) does not end with the two closing braces.
+    if not (line.startswith(start) and line.endswith(b"}}")):
+        return None
+    end = line.find(b",", len(start))
+    try:
+        return int(line[len(start) : end])
+    except ValueError:
+        return None
 
 
 def _decode(line: bytes) -> tuple[str, dict[str, Any]] | None:
@@ -69,6 +137,36 @@ def _decode(line: bytes) -> tuple[str, dict[str, Any]] | None:
     except (ValueError, KeyError, TypeError):
         pass
     return None
+
+
+class _UtcText:
+    # A time as pydantic writes it ("...T12:00:00.123456Z" in UTC). isoformat() takes
+    # about a microsecond, as long as all the rest of a delta's record, so the part up
+    # to the second is formatted once per second and kept.
+    def __init__(self) -> None:
+        self._second: tuple[tuple[int, ...], str] = ((), "")
+
+    def __call__(self, at: datetime) -> str:
+        if at.tzinfo is not timezone.utc:
+            text = at.isoformat()
+            return text[:-6] + "Z" if text.endswith("+00:00") else text
+        whole = (at.second, at.minute, at.hour, at.day, at.month, at.year)
+        second, prefix = self._second  # one tuple: safe to share between threads
+        if second != whole:
+            prefix = at.replace(microsecond=0, tzinfo=None).isoformat()
+            self._second = (whole, prefix)
+        return f"{prefix}.{at.microsecond:06d}Z" if at.microsecond else f"{prefix}Z"
+
+
+_utc_text = _UtcText()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # A regular file takes a whole write unless the disk is full (or a signal cut it
+    # short); carry on with the rest, and let ENOSPC raise.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _last_seq(data: bytes) -> int | None:
@@ -85,18 +183,34 @@ class SignalLog:
     Args:
         path: the log file (``<context folder>/signals.log``); created if missing.
         max_bytes: compact once the file is larger than this.
+        fsync: the function every fsync of the log goes through (default
+            :func:`os.fsync`), like :class:`~cm_notebook.store.FileStore`'s; pass a
+            wrapper to count or time them.
+        sync_delay: seconds from the first durable signal not yet on disk to the fsync
+            that puts it there with every signal written meanwhile.
 
     Safe to use from several threads; :meth:`record` is what an
-    :class:`~cm_notebook.events.EventBus` calls to number and store a signal.
+    :class:`~cm_notebook.events.EventBus` calls to number and store a signal, and
+    :meth:`record_all` to store a batch of them.
     """
 
-    def __init__(self, path: str | Path, *, max_bytes: int = _DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int = _DEFAULT_MAX_BYTES,
+        fsync: Fsync = os.fsync,
+        sync_delay: float = _SYNC_DELAY,
+    ) -> None:
         if max_bytes < 1024:
             raise InvalidInputError(f"max_bytes must be at least 1024, got {max_bytes!r}")
+        if not sync_delay >= 0:
+            raise InvalidInputError(f"sync_delay must be >= 0 seconds, got {sync_delay!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         #: Written with every record: tells this log object's signals from others'.
         self.writer = secrets.token_hex(8)
+        self._fsync = fsync
         self._lock = threading.Lock()
         self._fd = -1
         # What this object knows of the file: its inode, where its last record ended,
@@ -104,6 +218,7 @@ class SignalLog:
         self._ino = -1
         self._end = 0
         self._seq = 0
+        self._sync = GroupSync(self._dup, fsync, sync_delay, f"signal log sync {self.path}")
 
     def __repr__(self) -> str:
         return f"<SignalLog {str(self.path)!r}>"
@@ -116,35 +231,71 @@ class SignalLog:
         with self._lock, self._locked_file() as fd:
             return self._current_seq(fd)
 
+    @property
+    def unsynced(self) -> int:
+        """How many durable signals are written but not yet fsynced."""
+        return self._sync.unsynced
+
     def record(self, stamp: Callable[[int], Event]) -> Event:
         """Append ``stamp(n)`` with the log's next number ``n`` and return it.
 
         ``stamp`` builds the signal for a given number; it runs under the log's lock,
-        so it must be quick and must not publish. Durable signals are on disk
-        (fsynced) when this returns.
+        so it must be quick and must not publish. The signal is in the file when this
+        returns (every process reads it; a killed process loses nothing); a durable
+        one is fsynced soon after by the log's sync thread (see the module docstring).
 
         Raises:
             OSError: the log could not be written (the caller decides what that costs).
         """
+        return self.record_all([stamp])[0]
+
+    def record_all(self, stamps: Sequence[Callable[[int], Event]]) -> list[Event]:
+        """Append ``stamp(n)`` for each stamp, with consecutive numbers, in one write.
+
+        Like :meth:`record` for many signals at the cost of one: one ``flock``, one
+        read of the last number (when another writer appended), one ``write``.
+
+        Raises:
+            OSError: the log could not be written.
+        """
+        events: list[Event] = []
         with self._lock, self._locked_file() as fd:
-            seq = self._current_seq(fd) + 1
-            event = stamp(seq)
-            data = _encode(self.writer, event)
-            os.write(fd, data)
-            if not isinstance(event, ContentDelta):
-                os.fsync(fd)
+            seq = self._current_seq(fd)
+            lines: list[bytes] = []
+            durable = False
+            for stamp in stamps:
+                seq += 1
+                event = stamp(seq)
+                events.append(event)
+                lines.append(_encode(self.writer, event))
+                durable = durable or not isinstance(event, ContentDelta)
+            data = b"".join(lines)
+            _write_all(fd, data)
             self._end += len(data)
             self._seq = seq
+            if durable:
+                self._sync.written()
             if self._end > self.max_bytes:
                 self._compact(fd)
-            return event
+        return events
 
     def close(self) -> None:
-        """Close the file (a later :meth:`record` opens it again)."""
+        """Fsync what is not yet synced, then close the file.
+
+        A later :meth:`record` opens it again.
+        """
+        self._sync.stop()  # before taking the lock: the sync thread takes it too
         with self._lock:
             self._close_fd()
 
     # -- private ---------------------------------------------------------------------
+
+    def _dup(self) -> int:
+        # For the sync thread: its own descriptor of the file the records went to, or
+        # -1 if there is none (closed by close(), which syncs itself, or replaced by a
+        # compaction, which synced the new file).
+        with self._lock:
+            return os.dup(self._fd) if self._fd >= 0 else -1
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -214,15 +365,15 @@ class SignalLog:
         temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
         out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(out, body)
-            os.fsync(out)
+            _write_all(out, body)
+            self._fsync(out)
         finally:
             os.close(out)
         os.replace(temp, self.path)
         with contextlib.suppress(OSError):
             folder = os.open(self.path.parent, os.O_RDONLY)
             try:
-                os.fsync(folder)
+                self._fsync(folder)
             finally:
                 os.close(folder)
         # Our fd still names the old file: close it (which drops its flock) so the next
@@ -256,8 +407,19 @@ class LogReader:
         self._seen = 0  # the highest number read from the file, wanted or not
         #: The number of the last signal returned (or skipped as already seen).
         self.last_seq = since if since is not None else 0
+        self._skip_writer = ""
+        self._skip = b""  # how a skipped writer's records begin (see _skipped_seq)
         if since is None:
             self._open_at_end()
+
+    def skip_writer(self, writer: str) -> None:
+        """Leave out the records of ``writer`` from now on: not parsed, not returned.
+
+        What a follower does with its own process's records: they come many per
+        second while a reply streams, and the process knows them already.
+        """
+        self._skip_writer = writer
+        self._skip = _record_start(writer) if writer else b""
 
     def _open_at_end(self) -> None:
         if not self._reopen():
@@ -320,7 +482,14 @@ class LogReader:
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
         out: list[tuple[str, Event]] = []
+        skip = self._skip
         for line in data[:cut].split(b"\n"):
+            if skip and self._start is None and not after_compaction:
+                seq = _skipped_seq(line, skip)
+                if seq is not None:
+                    self._seen = max(self._seen, seq)
+                    self.last_seq = max(self.last_seq, seq)
+                    continue
             decoded = _decode(line)
             if decoded is None:
                 continue
@@ -334,6 +503,9 @@ class LogReader:
                 self._start, after_compaction = None, False
                 if seq > self.last_seq + 1:
                     out.append(("", self._resync(raw, self.last_seq + 1)))
+            if skip and writer == self._skip_writer:
+                self.last_seq = seq
+                continue
             try:
                 event = parse_event(raw)
             except ValueError:

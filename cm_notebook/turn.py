@@ -137,16 +137,20 @@ class TurnProgress:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._text = ""
+        # The text as pieces, joined when read: appending a chunk to one growing string
+        # would copy the whole reply for every chunk.
+        self._parts: list[str] = []
         self._message_id: str | None = None
-        self._listeners: list[Callable[[str | None], None]] = []
+        self._listeners: tuple[Callable[[str | None], None], ...] = ()  # replaced, not changed
         self._finished = False
 
     @property
     def text(self) -> str:
         """The reply's text so far (of the current attempt)."""
         with self._lock:
-            return self._text
+            if len(self._parts) > 1:
+                self._parts = ["".join(self._parts)]
+            return self._parts[0] if self._parts else ""
 
     @property
     def message_id(self) -> str | None:
@@ -158,13 +162,13 @@ class TurnProgress:
         """A request (a first try or a retry) starts writing ``message_id`` afresh."""
         with self._lock:
             self._message_id = message_id
-            self._text = ""
+            self._parts = []
 
     def add_text(self, delta: str) -> None:
         """More text arrived; listeners get ``delta``."""
         with self._lock:
-            self._text += delta
-            listeners = list(self._listeners)
+            self._parts.append(delta)
+            listeners = self._listeners
         for listener in listeners:
             listener(delta)
 
@@ -172,7 +176,7 @@ class TurnProgress:
         """The turn is over; listeners get ``None``."""
         with self._lock:
             self._finished = True
-            listeners = list(self._listeners)
+            listeners = self._listeners
         for listener in listeners:
             listener(None)
 
@@ -184,15 +188,17 @@ class TurnProgress:
         finished (e.g. on another thread's loop) still tells the listener it is over.
         """
         with self._lock:
-            self._listeners.append(listener)
-            text, finished = self._text, self._finished
+            self._listeners = (*self._listeners, listener)
+            text, finished = "".join(self._parts), self._finished
         if finished:
             listener(None)
 
         def remove() -> None:
             with self._lock:
                 if listener in self._listeners:
-                    self._listeners.remove(listener)
+                    listeners = list(self._listeners)
+                    listeners.remove(listener)
+                    self._listeners = tuple(listeners)
 
         return text, remove
 
@@ -222,14 +228,15 @@ class DeltaFeed:
         self._remove()
 
     def _put(self, delta: str | None) -> None:
+        here = threading.get_ident() == self._thread
         with self._lock:
             self._items.append(delta)
             waiter = self._waiter
             if waiter is None or self._wake_scheduled:
                 return
-            if threading.get_ident() != self._thread:
+            if not here:
                 self._wake_scheduled = True
-        if threading.get_ident() == self._thread:
+        if here:
             self._wake()
         else:
             # A closed reader loop has nobody left to wake.

@@ -1,0 +1,98 @@
+"""One async reader of an event bus: its buffer, and the iterator it reads through.
+
+Split from :mod:`cm_notebook.events` (which re-exports :class:`EventStream`); the bus
+puts events in a reader's :class:`_Buffer`, the reader takes them out.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+
+import anyio
+import anyio.lowlevel
+
+from .signals import Event
+
+__all__ = ["EventStream"]
+
+
+class _Buffer:
+    # One async subscriber's queue. The bus holds these, not the EventStream objects, so a
+    # stream nobody references any more can be garbage-collected (and then unregistered).
+    __slots__ = ("backlog", "closed", "events", "waiter")
+
+    def __init__(self, backlog: list[Event]) -> None:
+        self.backlog: deque[Event] = deque(backlog)  # history asked for with ``since``
+        self.events: deque[Event] = deque()  # live events, bounded by the bus
+        self.waiter: anyio.Event | None = None
+        self.closed = False
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
+
+
+class EventStream:
+    """An async iterator over a bus's events, made by ``EventBus.stream()``.
+
+    It is registered with the bus as soon as it is created, so no event published
+    after :meth:`~cm_notebook.events.EventBus.stream` returns is missed. Use it with
+    ``async for``, optionally inside ``async with`` (or call :meth:`aclose`) to
+    unregister promptly; a stream that is simply dropped is unregistered when it is
+    garbage-collected.
+    """
+
+    def __init__(self, discard: Callable[[_Buffer], None], buffer: _Buffer) -> None:
+        self._buffer = buffer
+        self._finalizer = weakref.finalize(self, discard, buffer)
+        self._finalizer.atexit = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        buffer = self._buffer
+        while True:
+            if buffer.backlog or buffer.events:
+                # Allow cancellation without a full scheduling round trip per event.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                queue = buffer.backlog if buffer.backlog else buffer.events
+                return queue.popleft()
+            if buffer.closed:
+                raise StopAsyncIteration
+            waiter = buffer.waiter = anyio.Event()
+            await waiter.wait()
+
+    @property
+    def pending(self) -> int:
+        """How many events are buffered and not yet read."""
+        return len(self._buffer.backlog) + len(self._buffer.events)
+
+    def close(self) -> None:
+        """Unregister from the bus and end the iteration; buffered events are dropped."""
+        buffer = self._buffer
+        buffer.backlog.clear()
+        buffer.events.clear()
+        buffer.closed = True
+        buffer.wake()
+        self._finalizer()
+
+    async def aclose(self) -> None:
+        """Async spelling of :meth:`close`, for ``contextlib.aclosing`` and friends."""
+        self.close()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

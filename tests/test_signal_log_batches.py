@@ -1,0 +1,299 @@
+"""The signal log off the hot path: group commit of fsyncs, text deltas written in
+batches, and what a follower skips. fsyncs are counted through ``SignalLog(fsync=...)``,
+the same seam as ``FileStore(fsync=...)``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.events import (
+    DELTA_BATCH,
+    ContentDelta,
+    Event,
+    EventBus,
+    StateChanged,
+    parse_event,
+)
+from cm_notebook.fsm import State
+from cm_notebook.signal_log import LogReader, SignalLog
+
+DEADLINE = 30.0
+
+
+class Fsyncs:
+    """Counts fsyncs; with ``hold`` the first one waits until :meth:`release`."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self._go = threading.Event()
+        if not hold:
+            self._go.set()
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.entered.set()
+        assert self._go.wait(DEADLINE), "the test never released the fsync"
+        os.fsync(fd)
+
+    def release(self) -> None:
+        self._go.set()
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.005)  # a poll interval, not a wait for an outcome
+
+
+def _state(seq: int) -> Event:
+    return StateChanged(seq=seq, context_id="c1", old=State.IDLE, new=State.STREAMING)
+
+
+def _delta(n: int) -> Callable[[int], Event]:
+    def stamp(seq: int) -> Event:
+        return ContentDelta(seq=seq, context_id="c1", message_id="m1", text="ab", offset=2 * n)
+
+    return stamp
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line)["e"] for line in path.read_bytes().splitlines() if line]
+
+
+# --- group commit ------------------------------------------------------------------------
+
+
+def test_a_burst_of_durable_signals_costs_two_fsyncs_not_fifty(tmp_path: Path) -> None:
+    fsyncs = Fsyncs(hold=True)
+    log = SignalLog(tmp_path / "signals.log", fsync=fsyncs)
+    for _ in range(50):
+        log.record(_state)  # each one is in the file when record returns
+    assert len(_lines(log.path)) == 50
+    # The sync thread began one fsync (it waits for the test); the other records wait
+    # for the next, which covers all of them.
+    assert fsyncs.entered.wait(DEADLINE)
+    fsyncs.release()
+    log.close()
+    assert 1 <= fsyncs.calls <= 2
+    assert log.unsynced == 0
+    assert [e["seq"] for e in _lines(log.path)] == list(range(1, 51))
+
+
+def test_a_durable_signal_is_fsynced_by_the_thread_without_close(tmp_path: Path) -> None:
+    fsyncs = Fsyncs()
+    log = SignalLog(tmp_path / "signals.log", fsync=fsyncs)
+    log.record(_state)
+    _wait_for(lambda: log.unsynced == 0, "the sync thread's fsync")
+    assert fsyncs.calls == 1
+    log.close()
+    assert fsyncs.calls == 1  # nothing left for close to sync
+
+
+def test_close_syncs_what_the_thread_has_not_yet(tmp_path: Path) -> None:
+    fsyncs = Fsyncs()
+    log = SignalLog(tmp_path / "signals.log", fsync=fsyncs, sync_delay=3600)
+    log.record(_state)
+    log.record(_state)
+    assert log.unsynced == 2
+    log.close()  # cuts the thread's hour-long wait short and syncs on this thread
+    assert (fsyncs.calls, log.unsynced) == (1, 0)
+    log.record(_state)  # a closed log opens again, and syncs again
+    log.close()
+    assert fsyncs.calls == 2
+
+
+def test_text_deltas_never_ask_for_an_fsync(tmp_path: Path) -> None:
+    fsyncs = Fsyncs()
+    log = SignalLog(tmp_path / "signals.log", fsync=fsyncs)
+    log.record_all([_delta(n) for n in range(10)])
+    log.close()
+    assert fsyncs.calls == 0
+    assert len(_lines(log.path)) == 10
+
+
+def test_a_bad_sync_delay_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="sync_delay"):
+        SignalLog(tmp_path / "signals.log", sync_delay=-1)
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def test_batches_of_two_writers_keep_one_sequence(tmp_path: Path) -> None:
+    first = SignalLog(tmp_path / "signals.log")
+    second = SignalLog(tmp_path / "signals.log")
+    a = first.record_all([_delta(n) for n in range(3)])
+    b = second.record(_state)
+    c = first.record_all([_delta(n) for n in range(3, 5)])
+    assert [e.seq for e in [*a, b, *c]] == [1, 2, 3, 4, 5, 6]
+    assert [e["seq"] for e in _lines(first.path)] == [1, 2, 3, 4, 5, 6]
+    first.close()
+    second.close()
+
+
+@pytest.mark.anyio
+async def test_deltas_are_written_and_delivered_as_one_batch_in_order(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    bus = EventBus("c1", recorder=log)
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    bus.publish_delta("main", "m1", "Hel", 0)
+    returned = bus.publish(ContentDelta(branch="main", message_id="m1", text="lo", offset=3))
+    assert returned.seq == 0  # numbered with its batch
+    assert seen == []  # held until the loop turns (or another kind of signal comes)
+    assert not log.path.exists() or _lines(log.path) == []
+    changed = bus.publish(StateChanged(branch="main", old=State.STREAMING, new=State.IDLE))
+    assert [(e.type, e.seq) for e in seen] == [
+        ("ContentDelta", 1),
+        ("ContentDelta", 2),
+        ("StateChanged", 3),
+    ]
+    assert changed.seq == 3
+    assert [(e["type"], e["seq"]) for e in _lines(log.path)] == [(e.type, e.seq) for e in seen]
+    delta = seen[0]
+    assert isinstance(delta, ContentDelta)
+    assert (delta.text, delta.offset, delta.context_id, delta.branch) == ("Hel", 0, "c1", "main")
+
+    bus.publish_delta("main", "m1", "!", 5)
+    await asyncio.sleep(0)  # the loop turns: the held delta is written
+    assert [e.seq for e in seen] == [1, 2, 3, 4]
+    assert len(_lines(log.path)) == 4
+    assert [e.seq for e in bus.events(0)] == [1, 2, 3, 4]
+    bus.close()
+
+
+@pytest.mark.anyio
+async def test_a_long_run_of_deltas_is_written_every_batch(tmp_path: Path) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    bus = EventBus("c1", recorder=log)
+    for n in range(DELTA_BATCH + 1):
+        bus.publish_delta("main", "m1", "x", n)
+    assert len(_lines(log.path)) == DELTA_BATCH  # without the loop turning once
+    bus.close()  # writes the rest
+    assert [e["seq"] for e in _lines(log.path)] == list(range(1, DELTA_BATCH + 2))
+
+
+@pytest.mark.anyio
+async def test_a_publisher_that_never_yields_still_gets_its_deltas_written(
+    tmp_path: Path,
+) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    bus = EventBus("c1", recorder=log)
+    published = 0
+
+    def one_more_then_look() -> bool:
+        # A model producing text on the loop's thread without ever yielding to it.
+        nonlocal published
+        bus.publish_delta("main", "m1", "x", published)
+        published += 1
+        return log.path.exists() and bool(_lines(log.path))
+
+    _wait_for(one_more_then_look, "deltas held longer than DELTA_HOLD to be written")
+    assert published < DELTA_BATCH  # written for their age, not their number
+    bus.close()
+    assert [e["seq"] for e in _lines(log.path)] == list(range(1, published + 1))
+
+
+def test_without_a_running_loop_each_delta_is_written_at_once(tmp_path: Path) -> None:
+    bus = EventBus("c1", recorder=SignalLog(tmp_path / "signals.log"))
+    stamped = bus.publish(ContentDelta(branch="main", message_id="m1", text="a", offset=0))
+    bus.publish_delta("main", "m1", "b", 1)
+    assert stamped.seq == 1
+    assert [e.seq for e in bus.events(0)] == [1, 2]
+    bus.close()
+
+
+@pytest.mark.anyio
+async def test_a_batch_that_cannot_be_written_is_still_delivered(tmp_path: Path) -> None:
+    folder = tmp_path / "signals.log"
+    folder.mkdir()  # the log cannot be opened
+    bus = EventBus("c1", recorder=SignalLog(folder))
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    bus.publish_delta("main", "m1", "a", 0)
+    bus.publish_delta("main", "m1", "b", 1)
+    await asyncio.sleep(0)
+    assert [(e.type, e.seq) for e in seen] == [("ContentDelta", 1), ("ContentDelta", 2)]
+    bus.close()
+
+
+@pytest.mark.anyio
+async def test_a_closed_bus_ignores_deltas(tmp_path: Path) -> None:
+    bus = EventBus("c1", recorder=SignalLog(tmp_path / "signals.log"))
+    bus.close()
+    bus.publish_delta("main", "m1", "late", 0)
+    assert bus.events(0) == []
+
+
+def test_a_bad_delta_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="offset"):
+        EventBus("c1").publish_delta("main", "m1", "x", -1)
+
+
+# --- the format of a delta record ------------------------------------------------------------
+
+_AT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        ContentDelta(branch="main", message_id="m1", text="plain ", offset=0, at=_AT),
+        ContentDelta(branch=None, message_id="m\u00e9", text='a"\n\\\u2028', offset=7),
+        ContentDelta(branch="b", message_id="m1", text="\U0001f600 cut \ud83d", offset=1),
+        ContentDelta(
+            branch="b",
+            message_id="m1",
+            text="x",
+            offset=0,
+            at=datetime(2026, 1, 1, 1, 2, 3, 5, tzinfo=timezone(timedelta(hours=2))),
+        ),
+    ],
+)
+def test_a_delta_record_reads_back_as_the_delta_it_was(tmp_path: Path, delta: ContentDelta) -> None:
+    log = SignalLog(tmp_path / "signals.log")
+    [written] = log.record_all([lambda seq: delta.model_copy(update={"seq": seq})])
+    log.close()
+    [line] = log.path.read_bytes().splitlines()
+    record = json.loads(line)["e"]
+    # The same JSON object pydantic writes (json.dumps: it also takes unpaired surrogates).
+    assert record == json.loads(json.dumps(written.model_dump(mode="json")))
+    assert parse_event(record) == written
+    [(_, read)] = LogReader(log.path, since=0).poll()
+    assert read == written
+
+
+# --- a follower skips its own records ----------------------------------------------------------
+
+
+def test_a_reader_skips_one_writer_and_keeps_counting(tmp_path: Path) -> None:
+    own = SignalLog(tmp_path / "signals.log")
+    other = SignalLog(tmp_path / "signals.log")
+    reader = LogReader(own.path)
+    reader.skip_writer(own.writer)
+    own.record_all([_delta(n) for n in range(3)])
+    other.record(_state)
+    own.record(_state)
+    polled = reader.poll()
+    assert [(writer, event.seq) for writer, event in polled] == [(other.writer, 4)]
+    assert reader.last_seq == 5
+    # A record of the skipped writer cut short by a crash is not counted.
+    with open(own.path, "ab") as file:
+        file.write(f'{{"w":"{own.writer}","e":{{"seq":6,"text":"cut'.encode())
+    other.record(_state)
+    assert [(writer, event.seq) for writer, event in reader.poll()] == [(other.writer, 6)]
+    own.close()
+    other.close()
