@@ -3,6 +3,7 @@ match before anything is written or sent; ordinary names are never taken for sec
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,13 @@ DEADLINE = 10.0
 @pytest.fixture
 def session(data_dir: Path) -> Iterator[ContextSession]:
     made = ContextSession.create(provider=ScriptedProvider(["first"]), data_dir=data_dir)
+    # The title taken from the first message is announced on the session's loop, maybe
+    # after the reply: wait for it, or its signal would land inside a test's "nothing
+    # was written" window.
+    titled = threading.Event()
+    made.subscribe(lambda event: titled.set(), kinds={"ContextUpdated"})
     made.send("Hi").result(DEADLINE)
+    assert titled.wait(DEADLINE)
     yield made
     made.close()
 
