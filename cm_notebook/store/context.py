@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,23 +34,20 @@ from typing import TypeVar
 
 import filelock
 
-if sys.platform != "win32":
-    import fcntl
-
 from ..errors import (
     ContextNotFoundError,
     CorruptDataError,
     StoreError,
     StoreLockTimeoutError,
 )
-from ..model import ContextMetadata, MessageStatus, utcnow
+from ..model import Branch, ContextMetadata, MessageStatus, utcnow
 from .atomic import Fsync, atomic_write, is_temp_name, read_from
 from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, read_message_file
 from .diagnostics import warn
 from .index import MessageIndex, RebuildNeeded
+from .locks import creation_lock, lock_is_held, new_lock, remove_lock_shell, remove_tree
 from .oserrors import linked, open_regular, translate
 from .paths import (
-    CREATING_LOCK_NAME,
     LOCK_NAME,
     MESSAGES_DIR,
     METADATA_NAME,
@@ -68,15 +63,6 @@ __all__ = ["ContextState", "creation_lock", "lock_is_held", "remove_lock_shell",
 T = TypeVar("T")
 
 _KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# filelock polls; a short interval keeps two busy writers from idling 50 ms per turn.
-_POLL_INTERVAL = 0.002
-
-
-def _new_lock(path: Path) -> filelock.FileLock:
-    # thread_local=False: the lock is taken and released from anyio worker threads,
-    # which need not be the same thread.
-    return filelock.FileLock(path, thread_local=False, poll_interval=_POLL_INTERVAL)
 
 
 class ContextState:
@@ -94,7 +80,7 @@ class ContextState:
         self.messages_dir = str(ctx_dir / MESSAGES_DIR)
         self.state_lock = threading.Lock()
         self.write_lock = threading.Lock()
-        self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
+        self.file_lock = new_lock(ctx_dir / LOCK_NAME)
         self.index = MessageIndex(ctx_dir, fsync)
         #: metadata.json as last read or written, and its ``heads_at``.
         self.metadata: ContextMetadata | None = None
@@ -126,16 +112,10 @@ class ContextState:
         key = (id(base), self.index.heads_version, self.heads_at)
         if self._merged is not None and self._merged[0] == key:
             return self._merged[1]
-        heads_at = self.heads_at
-        branches = base.branches
-        moved = {
-            name: branches[name].model_copy(update={"head": head})
-            for name, (n, head) in self.index.heads.items()
-            if n >= heads_at and name in branches and branches[name].head != head
-        }
-        update: dict[str, object] = {"branches": {**branches, **moved}} if moved else {}
+        moved = self._moved_branches(base)
+        update: dict[str, object] = {"branches": {**base.branches, **moved}} if moved else {}
         last = self.index.last_at
-        if last is not None and last[0] >= heads_at:
+        if last is not None and last[0] >= self.heads_at:
             with contextlib.suppress(ValueError, TypeError):
                 at = datetime.fromisoformat(last[1])
                 if at > base.updated_at:  # TypeError for a naive time: ignored
@@ -226,14 +206,12 @@ class ContextState:
             with contextlib.suppress(StoreLockTimeoutError, OSError), self.locked(wait=False):
                 pass
         for _ in range(3):
-            with self.state_lock:
-                try:
-                    metadata = self.refresh()
-                except RebuildNeeded:
-                    pass
-                else:
-                    if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
-                        return func(self, metadata)
+            with self.state_lock, contextlib.suppress(RebuildNeeded):
+                # RebuildNeeded from func too: a lazily read index finds a damaged line
+                # when it first reads it (see index.py), and the index remembers it.
+                metadata = self.refresh()
+                if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
+                    return func(self, metadata)
             with self.locked():
                 pass
         raise StoreError(
@@ -262,28 +240,27 @@ class ContextState:
         that died between its journal line and the removal, or a probe that raced with
         the removal); one that an OS lock still holds belongs to a live process and
         stays. Streams whose writer died are finished by _interrupt_dead_streams.
+
+        Only the context folder is listed, never ``messages/``, whose size grows with
+        the conversation: message files are written through temporary files in the
+        context folder (``atomic_write(temp_dir=...)``). Message files a power loss
+        took are restored when they are read (:meth:`restore`) or before compaction.
         """
         self._swept = True
-        # Message files a power loss took since the journal copied them.
-        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
-            repair_files(self.index, self.fsync, flush=False)
-        for folder in (self.dir, self.dir / MESSAGES_DIR):
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue  # reported by the reads that need the folder
-            for name in names:
-                # Leftovers are all dot-named: skip the (many) message files without
-                # building a path for each, so opening a large context stays cheap.
-                if name.startswith(".") and self._is_leftover(folder / name):
-                    with contextlib.suppress(OSError):
-                        (folder / name).unlink()
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return  # reported by the reads that need the folder
+        for name in names:
+            if name.startswith(".") and self._is_leftover(self.dir / name):
+                with contextlib.suppress(OSError):
+                    (self.dir / name).unlink()
 
     def _is_leftover(self, path: Path) -> bool:
         name = path.name
         if is_temp_name(name):
             return True
-        if path.parent != self.dir or not name.startswith(STREAMING_PREFIX):
+        if not name.startswith(STREAMING_PREFIX):
             return False
         message_id = name[len(STREAMING_PREFIX) : -len(STREAMING_SUFFIX)]
         if message_id in self.index.streaming_ids:
@@ -328,11 +305,25 @@ class ContextState:
                     metadata = self._refresh_repaired()
                     if not self._swept:
                         self._sweep()
-                    yield metadata
+                    try:
+                        yield metadata
+                    except RebuildNeeded as need:
+                        raise self._damaged_while_writing(need) from None
             finally:
                 self.file_lock.release()
         finally:
             self.write_lock.release()
+
+    def _damaged_while_writing(self, need: RebuildNeeded) -> StoreError:
+        # A write looks entries up before it writes anything, so a damaged line it found
+        # (see view) stopped it before any change: rebuild now, and let the caller retry.
+        self._rebuild(self._refresh_metadata(), need)
+        self._merged = None
+        return StoreError(
+            f"the message index of context {self.context_id!r} was damaged, so it was "
+            "rebuilt from the message files (see the warning) and nothing was written. "
+            "Try again."
+        )
 
     def _timeout(self) -> StoreLockTimeoutError:
         return StoreLockTimeoutError(
@@ -377,15 +368,19 @@ class ContextState:
 
     def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:
         # _current without a refresh: the index holds what salvage() found.
-        heads_at = self.heads_at
-        moved = {
-            name: base.branches[name].model_copy(update={"head": head})
-            for name, (n, head) in self.index.heads.items()
-            if n >= heads_at and name in base.branches and base.branches[name].head != head
-        }
+        moved = self._moved_branches(base)
         if not moved:
             return base
         return base.model_copy(update={"branches": {**base.branches, **moved}})
+
+    def _moved_branches(self, base: ContextMetadata) -> dict[str, Branch]:
+        """The branches of ``base`` whose heads journal lines since ``heads_at`` moved."""
+        moved = {}
+        for name, branch in base.branches.items():
+            move = self.index.head_move(name)
+            if move is not None and move[0] >= self.heads_at and branch.head != move[1]:
+                moved[name] = branch.model_copy(update={"head": move[1]})
+        return moved
 
     def _interrupt_dead_streams(self) -> None:
         """Mark ``interrupted`` every streaming message whose writer is gone.
@@ -397,7 +392,7 @@ class ContextState:
         for message_id in self.foreign_streams():
             entry = self.index.entries[message_id]
             lock_path = streaming_lock_path(self.dir, entry.id)
-            lock = _new_lock(lock_path)
+            lock = new_lock(lock_path)
             try:
                 lock.acquire(blocking=False)
             except filelock.Timeout:
@@ -418,7 +413,8 @@ class ContextState:
                         status = message.status  # the final update reached the file
                     data, content = encode_message_forms(message)
                     size = len(data)
-                    atomic_write(path, data, fsync=None)  # the journal line is the commit
+                    # The journal line is the commit. Temporary file: see _sweep.
+                    atomic_write(path, data, fsync=None, temp_dir=self.dir)
                 self.index.append(
                     entry.model_copy(update={"status": status}),
                     at=utcnow().isoformat(),
@@ -429,6 +425,15 @@ class ContextState:
                 lock.release()
                 lock_path.unlink(missing_ok=True)
         self.compact_if_due()
+
+    def restore(self, message_ids: list[str]) -> None:
+        """Rewrite from the journal the files of these messages that a power loss took.
+
+        Best effort, for a reader about to read them: if it cannot be done now, the
+        reader reports the damaged file and compaction restores it later.
+        """
+        with contextlib.suppress(StoreError, OSError, RebuildNeeded), self.locked():
+            repair_files(self.index, self.fsync, flush=False, only=message_ids)
 
     def compact_if_due(self) -> None:
         """Fold the journal into the snapshot when it has grown enough (see index.py).
@@ -463,7 +468,7 @@ class ContextState:
         """Hold the OS lock that says "message_id is being streamed by a live process"."""
         if message_id in self.streaming:
             return
-        lock = _new_lock(streaming_lock_path(self.dir, message_id))
+        lock = new_lock(streaming_lock_path(self.dir, message_id))
         try:
             lock.acquire(blocking=False)
         except filelock.Timeout:
@@ -515,75 +520,3 @@ class ContextState:
         self.heads_at = 0
         self._merged = None
         self._swept = False
-
-
-@contextlib.contextmanager
-def creation_lock(data_dir: Path, timeout: float) -> Iterator[None]:
-    """Hold the data directory's lock on creating contexts (raises StoreLockTimeoutError).
-
-    A creator holds it from making its temporary folder until that folder is renamed
-    into place, so whoever holds it knows every temporary folder in ``contexts/`` to be
-    a dead creator's. It lives beside ``contexts/``, not in it, so that an empty data
-    directory shows no context folder.
-    """
-    path = data_dir / CREATING_LOCK_NAME
-    lock = _new_lock(path)
-    try:
-        lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        raise StoreLockTimeoutError(
-            f"could not lock {path} within {timeout:g} s: another process is creating a "
-            "context. Try again."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether a live process holds the OS lock on ``path`` (False if there is no file).
-
-    Never creates the file: probing with filelock would re-create a lock file that its
-    writer just removed, leaving a stale one behind.
-    """
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        if not path.exists():
-            return False
-        probe = _new_lock(path)
-        try:
-            probe.acquire(blocking=False)
-        except filelock.Timeout:
-            return True
-        probe.release()
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
-    except FileNotFoundError:
-        return False
-    try:
-        # filelock's Unix locks are flock locks, so this sees theirs.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also releases the probe's own lock
-    return False
-
-
-def remove_lock_shell(folder: Path) -> bool:
-    """Remove ``folder`` if it holds nothing but a lock file; return whether it is gone."""
-    try:
-        if os.listdir(folder) in ([], [LOCK_NAME]):
-            (folder / LOCK_NAME).unlink(missing_ok=True)
-            folder.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return not folder.exists()
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder that has already been renamed out of the way (best effort)."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -20,6 +20,7 @@ read back only to repair a message file that a power loss took (see
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> Jo
     if not isinstance(n, int) or (at is not None and not isinstance(at, str)):
         raise ValueError("bad n or at")
     if branch is not None:
-        validate_branch_name(branch)
+        _check_branch(branch)
     if "id" in raw:
         entry: IndexEntry = next(entries)
         size = raw.get("size", 0)
@@ -148,6 +149,13 @@ def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> Jo
     if head is not None:
         validate_message_id(head)
     return JournalLine(None, n, at, branch, head, None, 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_branch(name: str) -> None:
+    # A journal names a few branches on many lines; the full check (Unicode scripts,
+    # normal forms) is costly enough to do once per name. Refusals are not cached.
+    validate_branch_name(name)
 
 
 # A fast, batch pre-check of ids read from disk (one regex over all of them). It

@@ -37,6 +37,7 @@ from .context import ContextState
 from .diagnostics import warn
 from .index import RebuildNeeded
 from .paths import message_path
+from .repair import intact
 
 __all__ = [
     "check_head",
@@ -154,6 +155,8 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
     # One check of the folder per call instead of one per file.
     trusted = not os.path.islink(folder)
     prefix = f"{folder}{os.sep}"
+    if trusted:
+        _restore_lost(state, ids, prefix)
     for message_id in ids:
         where: str | Path = f"{prefix}{message_id}.json" if trusted else folder
         try:
@@ -167,6 +170,19 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
             # One bad file must not hide a whole conversation: skip it, by path.
             warn(f"skipped an unreadable message: {exc}", Path(where))
     return messages
+
+
+def _restore_lost(state: ContextState, ids: list[str], prefix: str) -> None:
+    # A message whose durable copy is still in the journal may have lost its file to a
+    # power loss (see repair.py): checked by size, and restored before it is read.
+    try:
+        with state.state_lock:
+            sizes = {mid: copy[2] for mid in ids if (copy := state.index.copy_of(mid))}
+    except RebuildNeeded:
+        return  # remembered by the index: the next read rebuilds it
+    lost = [mid for mid, size in sizes.items() if not intact(f"{prefix}{mid}.json", size)]
+    if lost:
+        state.restore(lost)
 
 
 # -- writing (inside state.locked()) ---------------------------------------------------
@@ -213,7 +229,7 @@ def do_append(
     file_bytes, compact = data
     try:
         # Not fsync'd: the journal line below is the durable copy (see repair.py).
-        atomic_write(path, file_bytes, fsync=None)
+        atomic_write(path, file_bytes, fsync=None, temp_dir=state.dir)
         state.index.append(
             IndexEntry.of(message, state.index.next_seq),
             at=_now(),
@@ -270,7 +286,7 @@ def do_update_message(
         # Refuses (StoreError) if a live writer elsewhere is still streaming it.
         state.take_streaming_lock(message.id)
     file_bytes, compact = data
-    atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None)
+    atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None, temp_dir=state.dir)
     if not streaming:
         entry = IndexEntry.of(message, old.seq)
         state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))

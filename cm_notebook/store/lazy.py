@@ -1,0 +1,285 @@
+"""Reading large index files lazily: only the lines an operation needs are parsed.
+
+Opening a context of 10,000 messages to show its last 50 must not cost 200 times what
+opening one of 50 does, yet validating every entry of ``message_index.json`` and every
+line of the journal is O(all messages). Both files are written by the store in one
+layout (see :mod:`.snapshot` and :mod:`.journal`) in which every line that describes a
+message starts with ``{"id":"<id>"``, and compact JSON escapes newlines inside strings.
+So ``\\n{"id":"<id>"`` occurs only where that message's line starts, and finding it is
+one byte search (C speed, no parsing); walking parent links from a branch head finds
+each parent a little way before its child.
+
+:class:`LazyFiles` keeps the bytes of both files and parses a line only when its entry
+is asked for, validated exactly like a fully parsed file (a hostile id is refused
+before it ever becomes a path). What an open needs beyond the entries it reads is also
+found by search: the journal's last line (line number and time), each branch's last
+head move, the lines that say ``streaming``. The price: damage in a line is found when
+the line is first needed, not at open, and lines in another layout (hand-written JSON)
+are only seen by :meth:`LazyFiles.parse_all`, which :class:`~.index.MessageIndex` runs
+whenever something needs every entry (the tree, ``FileStore.index()``, compaction).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .base import IndexEntry
+from .journal import JournalLine
+from .snapshot import (
+    LineParser,
+    entry_line_parser,
+    journal_line_parser,
+    parse_journal,
+    parse_snapshot,
+    snapshot_layout,
+)
+
+__all__ = ["LazyEntries", "LazyFiles", "Region"]
+
+_ID_KEY = b'\n{"id":"'
+_ID_RE = re.compile(rb'\n\{"id":"([^"\n]*)"')
+_STREAMING = b'"status":"streaming"'
+# The seq of every entry line in the store's layout (snapshot and journal alike).
+_SEQ_RE = re.compile(
+    rb'\n\{"id":"[^"\n]*","parent_id":(?:null|"[^"\n]*"),"role":"[a-z_]+","seq":(\d{1,18}),'
+)
+#: After this many searches for ids a region does not hold, it collects all its ids once
+#: (one regular expression over the file), so that repeated misses stay cheap.
+_MISSES_BEFORE_ID_SET = 8
+
+
+class Region:
+    """Complete lines of one index file, found by id and parsed only when asked for.
+
+    ``data[first:last]`` holds the lines, each preceded by a newline and followed by one
+    (a journal gets a newline put in front of its first line); ``base`` turns an index
+    of ``data`` into an offset in the file. ``latest``: several lines may describe one
+    id and the last one counts (the journal); otherwise ids are unique (the snapshot,
+    whose lines end with a comma but the last). ``parse`` validates a line (see the
+    module docstring).
+    """
+
+    def __init__(
+        self, data: bytes, first: int, last: int, *, base: int, latest: bool, parse: LineParser
+    ) -> None:
+        self.data = data
+        self.first = first
+        self.last = last
+        self.base = base
+        self.latest = latest
+        self.parse = parse
+        self._hint = last
+        self._misses = 0
+        self._ids: set[bytes] | None = None
+        self._found: dict[str, JournalLine | None] = {}
+
+    def _line(self, newline: int) -> JournalLine:
+        """The parsed line that starts after the newline at ``newline``."""
+        start = newline + 1
+        end = self.data.find(b"\n", start)
+        line = self.data[start : end if end >= 0 else len(self.data)]
+        if not self.latest and line.endswith(b","):
+            line = line[:-1]
+        return self.parse(line, self.base + start)
+
+    def find(self, message_id: str) -> JournalLine | None:
+        """The line of ``message_id`` (the last one if ``latest``), or None."""
+        if message_id in self._found:
+            return self._found[message_id]
+        line = self._search(message_id)
+        self._found[message_id] = line
+        return line
+
+    def _search(self, message_id: str) -> JournalLine | None:
+        key = message_id.encode("utf-8", "replace")
+        if self._ids is not None and key not in self._ids:
+            return None
+        needle = _ID_KEY + key + b'"'
+        data = self.data
+        if self.latest:
+            at = data.rfind(needle, self.first, self.last)
+        else:
+            # Pages and walks follow parent links, which point a little way back.
+            at = data.rfind(needle, self.first, self._hint + len(needle))
+            if at < 0:
+                at = data.find(needle, self._hint, self.last)
+        if at < 0:
+            self._misses += 1
+            if self._misses >= _MISSES_BEFORE_ID_SET and self._ids is None:
+                self._ids = set(_ID_RE.findall(data, self.first, self.last))
+            return None
+        self._hint = at
+        line = self._line(at)
+        if line.entry is None or line.entry.id != message_id:
+            return None  # a look-alike needle (an id with a quote, say): no such line
+        return line
+
+    def streaming(self) -> list[JournalLine]:
+        """The lines whose entry says ``streaming`` (in the index part of the line)."""
+        found = []
+        data = self.data
+        at = data.find(_STREAMING, self.first, self.last)
+        while at >= 0:
+            newline = data.rfind(b"\n", self.first, at)
+            tab = data.find(b"\t", newline, at)
+            if newline >= 0 and tab < 0:  # not inside a message carried by the line
+                line = self._line(newline)
+                if line.entry is not None:
+                    found.append(line)
+            at = data.find(_STREAMING, at + 1, self.last)
+        return found
+
+    def branch_line(self, branch: str) -> JournalLine | None:
+        """The last line that moves ``branch`` (journal lines only)."""
+        name = json.dumps(branch, ensure_ascii=False, separators=(",", ":"))
+        needle = b'"branch":' + name.encode("utf-8")
+        data = self.data
+        end = self.last
+        while True:
+            at = data.rfind(needle, self.first, end)
+            if at < 0:
+                return None
+            newline = data.rfind(b"\n", self.first, at)
+            if data.find(b"\t", newline, at) < 0:
+                line = self._line(newline)
+                if line.branch == branch:
+                    return line
+            end = at
+
+    def last_line(self) -> JournalLine | None:
+        """The last line, parsed (None: no lines)."""
+        newline = self.data.rfind(b"\n", self.first, self.last - 1)
+        return None if newline < 0 or self.last <= self.first + 1 else self._line(newline)
+
+    def max_seq(self) -> int:
+        """The largest ``seq`` of the lines (-1 if none), without parsing them."""
+        return max(map(int, _SEQ_RE.findall(self.data, self.first, self.last)), default=-1)
+
+    def count_lines(self) -> int:
+        """How many lines the region holds."""
+        return max(0, self.data.count(b"\n", self.first, self.last) - 1)
+
+
+@dataclass
+class LazyFiles:
+    """A snapshot and a journal read lazily (see the module docstring)."""
+
+    snapshot: Region
+    journal: Region
+    next_n: int  # from the snapshot's header and the journal's last line
+    tail: JournalLine | None  # the journal's last line
+    #: Lines applied since the files were read (later lines, own appends), in order:
+    #: :meth:`parse_all` returns them after the files' own.
+    replay: list[JournalLine] = field(default_factory=list)
+    absent: set[str] = field(default_factory=set)  # ids neither file holds
+    heads: dict[str, tuple[int, str | None] | None] = field(default_factory=dict)
+    lookups: int = 0
+
+    @classmethod
+    def read(
+        cls, snapshot: bytes, journal: bytes, index_path: Path, journal_path: Path
+    ) -> LazyFiles | None:
+        """Lazy files for these bytes, or None if they are not in the store's layout
+        (then parse them whole). Reads the snapshot's header and the journal's last
+        line; raises RebuildNeeded if that line is damaged."""
+        layout = snapshot_layout(snapshot, index_path)
+        if layout is None:
+            return None
+        next_n, first, last = layout
+        end = journal.rfind(b"\n") + 1
+        lines = b"\n" + journal[:end]
+        files = cls(
+            Region(
+                snapshot, first, last, base=0, latest=False, parse=entry_line_parser(index_path)
+            ),
+            Region(
+                lines, 0, end + 1, base=-1, latest=True, parse=journal_line_parser(journal_path)
+            ),
+            next_n,
+            None,
+        )
+        files.tail = files.journal.last_line()
+        if files.tail is not None:
+            if files.tail.n < 0 or files.tail.at is None:
+                return None  # lines without numbers (format 2): parse them all
+            files.next_n = max(next_n, files.tail.n + 1)
+        return files
+
+    @property
+    def end(self) -> int:
+        """How many bytes of the journal file the lines span."""
+        return self.journal.last - 1
+
+    def find(self, message_id: str) -> IndexEntry | None:
+        """The entry of ``message_id`` as the files say (the journal's last line first)."""
+        if message_id in self.absent:
+            return None
+        self.lookups += 1
+        line = self.journal.find(message_id) or self.snapshot.find(message_id)
+        if line is None or line.entry is None:
+            self.absent.add(message_id)
+            return None
+        return line.entry
+
+    def streaming(self) -> list[IndexEntry]:
+        """Entries of lines that say ``streaming`` (a later line may say otherwise)."""
+        lines = [*self.snapshot.streaming(), *self.journal.streaming()]
+        return [line.entry for line in lines if line.entry is not None]
+
+    def head_move(self, branch: str) -> tuple[int, str | None] | None:
+        """The journal's last head move of ``branch``: (line number, head), or None."""
+        if branch not in self.heads:
+            line = self.journal.branch_line(branch)
+            self.heads[branch] = None if line is None else (line.n, line.head)
+        return self.heads[branch]
+
+    def copy_of(self, message_id: str) -> tuple[int, int, int] | None:
+        """Where the journal's last line of ``message_id`` holds the message, if it does."""
+        line = self.journal.find(message_id)
+        if line is None or line.content is None:
+            return None
+        return (*line.content, line.size)
+
+    def next_seq(self) -> int:
+        """Above every ``seq`` in the files."""
+        return max(self.snapshot.max_seq(), self.journal.max_seq()) + 1
+
+    def parse_all(
+        self, index_path: Path, journal_path: Path
+    ) -> tuple[list[IndexEntry], list[JournalLine]]:
+        """Every entry of the snapshot, and every journal line then those of ``replay``."""
+        entries = parse_snapshot(self.snapshot.data, index_path)[0]
+        lines = parse_journal(self.journal.data[1 : self.journal.last], 0, journal_path)[0]
+        return entries, [*lines, *self.replay]
+
+
+class LazyEntries(Mapping[str, IndexEntry]):
+    """Message id -> entry, looking entries up one by one (``lookup``) until it is
+    iterated, which first parses everything (``materialize``)."""
+
+    def __init__(
+        self,
+        lookup: Callable[[str], IndexEntry | None],
+        materialize: Callable[[], Mapping[str, IndexEntry]],
+    ) -> None:
+        self._lookup = lookup
+        self._materialize = materialize
+
+    def __getitem__(self, message_id: str) -> IndexEntry:
+        entry = self._lookup(message_id)
+        if entry is None:
+            raise KeyError(message_id)
+        return entry
+
+    def __contains__(self, message_id: object) -> bool:
+        return isinstance(message_id, str) and self._lookup(message_id) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._materialize())
+
+    def __len__(self) -> int:
+        return len(self._materialize())
