@@ -41,35 +41,33 @@ from .snapshot import (
 __all__ = ["LazyEntries", "LazyFiles", "Region"]
 
 _ID_KEY = b'\n{"id":"'
-_ID_RE = re.compile(rb'\n\{"id":"([^"\n]*)"')
+_ID_RE = re.compile(rb'(?:^|\n)\{"id":"([^"\n]*)"')
 _STREAMING = b'"status":"streaming"'
 # The seq of every entry line in the store's layout (snapshot and journal alike).
 _SEQ_RE = re.compile(
-    rb'\n\{"id":"[^"\n]*","parent_id":(?:null|"[^"\n]*"),"role":"[a-z_]+","seq":(\d{1,18}),'
+    rb'(?:^|\n)\{"id":"[^"\n]*","parent_id":(?:null|"[^"\n]*"),"role":"[a-z_]+","seq":(\d{1,18}),'
 )
 #: After this many searches for ids a region does not hold, it collects all its ids once
 #: (one regular expression over the file), so that repeated misses stay cheap.
-_MISSES_BEFORE_ID_SET = 8
+_MISSES_BEFORE_ID_SET = 2
 
 
 class Region:
     """Complete lines of one index file, found by id and parsed only when asked for.
 
-    ``data[first:last]`` holds the lines, each preceded by a newline and followed by one
-    (a journal gets a newline put in front of its first line); ``base`` turns an index
-    of ``data`` into an offset in the file. ``latest``: several lines may describe one
-    id and the last one counts (the journal); otherwise ids are unique (the snapshot,
-    whose lines end with a comma but the last). ``parse`` validates a line (see the
-    module docstring).
+    ``data[first:last]`` holds whole lines, each ending with a newline; ``data`` is the
+    file as read (never copied: a large context's files stay in memory once). ``latest``:
+    several lines may describe one id and the last one counts (the journal); otherwise
+    ids are unique (the snapshot, whose lines end with a comma but the last). ``parse``
+    validates a line (see the module docstring).
     """
 
     def __init__(
-        self, data: bytes, first: int, last: int, *, base: int, latest: bool, parse: LineParser
+        self, data: bytes, first: int, last: int, *, latest: bool, parse: LineParser
     ) -> None:
         self.data = data
         self.first = first
         self.last = last
-        self.base = base
         self.latest = latest
         self.parse = parse
         self._hint = last
@@ -77,14 +75,17 @@ class Region:
         self._ids: set[bytes] | None = None
         self._found: dict[str, JournalLine | None] = {}
 
-    def _line(self, newline: int) -> JournalLine:
-        """The parsed line that starts after the newline at ``newline``."""
-        start = newline + 1
-        end = self.data.find(b"\n", start)
-        line = self.data[start : end if end >= 0 else len(self.data)]
+    def _line(self, start: int) -> JournalLine:
+        """The parsed line that starts at ``start``."""
+        end = self.data.find(b"\n", start, self.last)
+        line = self.data[start:end]
         if not self.latest and line.endswith(b","):
             line = line[:-1]
-        return self.parse(line, self.base + start)
+        return self.parse(line, start)
+
+    def _start_of(self, at: int) -> int:
+        """Where the line holding ``data[at]`` starts."""
+        return self.data.rfind(b"\n", self.first, at) + 1 or self.first
 
     def find(self, message_id: str) -> JournalLine | None:
         """The line of ``message_id`` (the last one if ``latest``), or None."""
@@ -98,22 +99,29 @@ class Region:
         key = message_id.encode("utf-8", "replace")
         if self._ids is not None and key not in self._ids:
             return None
+        data, first, last = self.data, self.first, self.last
         needle = _ID_KEY + key + b'"'
-        data = self.data
+        # The newline before the first line is the snapshot's header's (data[first - 1]);
+        # the journal's first line starts the file and is checked on its own below.
+        low = max(first - 1, 0)
         if self.latest:
-            at = data.rfind(needle, self.first, self.last)
+            at = data.rfind(needle, low, last)
         else:
             # Pages and walks follow parent links, which point a little way back.
-            at = data.rfind(needle, self.first, self._hint + len(needle))
+            at = data.rfind(needle, low, self._hint + len(needle))
             if at < 0:
-                at = data.find(needle, self._hint, self.last)
-        if at < 0:
+                at = data.find(needle, self._hint, last)
+        if at >= 0:
+            start = at + 1
+        elif first == 0 and data.startswith(needle[1:]) and last > 0:
+            start = 0
+        else:
             self._misses += 1
             if self._misses >= _MISSES_BEFORE_ID_SET and self._ids is None:
-                self._ids = set(_ID_RE.findall(data, self.first, self.last))
+                self._ids = set(_ID_RE.findall(data, low, last))
             return None
-        self._hint = at
-        line = self._line(at)
+        self._hint = start
+        line = self._line(start)
         if line.entry is None or line.entry.id != message_id:
             return None  # a look-alike needle (an id with a quote, say): no such line
         return line
@@ -124,10 +132,9 @@ class Region:
         data = self.data
         at = data.find(_STREAMING, self.first, self.last)
         while at >= 0:
-            newline = data.rfind(b"\n", self.first, at)
-            tab = data.find(b"\t", newline, at)
-            if newline >= 0 and tab < 0:  # not inside a message carried by the line
-                line = self._line(newline)
+            start = self._start_of(at)
+            if data.find(b"\t", start, at) < 0:  # not inside a message carried by the line
+                line = self._line(start)
                 if line.entry is not None:
                     found.append(line)
             at = data.find(_STREAMING, at + 1, self.last)
@@ -143,25 +150,28 @@ class Region:
             at = data.rfind(needle, self.first, end)
             if at < 0:
                 return None
-            newline = data.rfind(b"\n", self.first, at)
-            if data.find(b"\t", newline, at) < 0:
-                line = self._line(newline)
+            start = self._start_of(at)
+            if data.find(b"\t", start, at) < 0:
+                line = self._line(start)
                 if line.branch == branch:
                     return line
             end = at
 
     def last_line(self) -> JournalLine | None:
         """The last line, parsed (None: no lines)."""
-        newline = self.data.rfind(b"\n", self.first, self.last - 1)
-        return None if newline < 0 or self.last <= self.first + 1 else self._line(newline)
+        return self._line(self._start_of(self.last - 1)) if self.last > self.first else None
 
     def max_seq(self) -> int:
-        """The largest ``seq`` of the lines (-1 if none), without parsing them."""
-        return max(map(int, _SEQ_RE.findall(self.data, self.first, self.last)), default=-1)
+        """The largest ``seq`` of the lines (-1 if none)."""
+        if not self.latest:
+            last = self.last_line()  # the snapshot is written in seq order
+            return -1 if last is None or last.entry is None else last.entry.seq
+        seqs = _SEQ_RE.findall(self.data, self.first, self.last)
+        return max(map(int, seqs), default=-1)
 
     def count_lines(self) -> int:
         """How many lines the region holds."""
-        return max(0, self.data.count(b"\n", self.first, self.last) - 1)
+        return self.data.count(b"\n", self.first, self.last)
 
 
 @dataclass
@@ -191,14 +201,9 @@ class LazyFiles:
             return None
         next_n, first, last = layout
         end = journal.rfind(b"\n") + 1
-        lines = b"\n" + journal[:end]
         files = cls(
-            Region(
-                snapshot, first, last, base=0, latest=False, parse=entry_line_parser(index_path)
-            ),
-            Region(
-                lines, 0, end + 1, base=-1, latest=True, parse=journal_line_parser(journal_path)
-            ),
+            Region(snapshot, first, last, latest=False, parse=entry_line_parser(index_path)),
+            Region(journal, 0, end, latest=True, parse=journal_line_parser(journal_path)),
             next_n,
             None,
         )
@@ -212,7 +217,7 @@ class LazyFiles:
     @property
     def end(self) -> int:
         """How many bytes of the journal file the lines span."""
-        return self.journal.last - 1
+        return self.journal.last
 
     def find(self, message_id: str) -> IndexEntry | None:
         """The entry of ``message_id`` as the files say (the journal's last line first)."""
@@ -253,7 +258,7 @@ class LazyFiles:
     ) -> tuple[list[IndexEntry], list[JournalLine]]:
         """Every entry of the snapshot, and every journal line then those of ``replay``."""
         entries = parse_snapshot(self.snapshot.data, index_path)[0]
-        lines = parse_journal(self.journal.data[1 : self.journal.last], 0, journal_path)[0]
+        lines = parse_journal(self.journal.data[: self.journal.last], 0, journal_path)[0]
         return entries, [*lines, *self.replay]
 
 

@@ -85,6 +85,10 @@ def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
     while current is not None:
         entry = entries.get(current)
         if entry is None:
+            # A lazily read index finds a damaged line (RebuildNeeded) only by parsing
+            # everything: a parent link to nowhere is worth that before blaming the file.
+            entry = state.index.materialize().get(current)
+        if entry is None:
             path = message_path(state.dir, current)
             raise CorruptDataError(
                 f"branch {branch!r} of context {state.context_id!r} leads to message "

@@ -105,7 +105,7 @@ def empty_index_bytes() -> bytes:
 
 
 def snapshot_layout(data: bytes, path: Path) -> tuple[int, int, int] | None:
-    """``next_n`` and where the entry lines are (``first``, ``last``: see
+    """``next_n`` and where the entry lines are (from ``first`` up to ``last``, see
     :class:`~cm_notebook.store.lazy.Region`) of a snapshot in :func:`snapshot_bytes`'s
     layout; None for any other layout or an older format (:func:`parse_snapshot` says
     what is wrong with it). Only the header and the end are read.
@@ -121,7 +121,7 @@ def snapshot_layout(data: bytes, path: Path) -> tuple[int, int, int] | None:
     if len(data) == first + len(_EMPTY_TAIL) and data.endswith(_EMPTY_TAIL):
         return next_n, first, first
     if data.startswith(b"\n", first) and data.endswith(_TAIL) and len(data) > first + len(_TAIL):
-        return next_n, first, len(data) - len(_TAIL) + 1
+        return next_n, first + 1, len(data) - len(_TAIL) + 1
     return None
 
 
