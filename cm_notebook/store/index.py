@@ -34,6 +34,7 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,7 +47,7 @@ from .base import IndexEntry, children_map
 from .codec import read_message_folder
 from .diagnostics import warn
 from .journal import JournalLine, encode_entry_line, encode_head_line
-from .lazy import LazyEntries, LazyFiles
+from .lazy import LazyEntries, LazyFiles, snapshot_region
 from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .snapshot import (
@@ -92,6 +93,18 @@ _KEEP_OPEN = os.name != "nt"
 # "damaged", and the rebuild replaces the link with a real file.
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
+
+
+def _read_again(fd: int, size: int, path: Path) -> bytes:
+    # A snapshot whose bytes were let go (see _full_reload), from the file still open:
+    # the store replaces snapshots, never changes one in place, so it is the same bytes.
+    try:
+        data = os.pread(fd, size + 1, 0)
+    except OSError as exc:
+        raise translate(exc, path, "read") from exc
+    if len(data) != size:  # changed in place (by hand)
+        raise RebuildNeeded(f"{path.name} was changed in place", path)
+    return data
 
 
 class MessageIndex:
@@ -289,16 +302,31 @@ class MessageIndex:
             index_fd = open_index_file(self.index_path)
             index_id = file_identity(os.fstat(index_fd))
             snapshot_data = read_from(index_fd, 0)
+            snapshot_size = len(snapshot_data)
             st_journal = os.fstat(journal_fd)
+            region = None
+            if snapshot_size + st_journal.st_size >= LAZY_MIN_BYTES:
+                region = snapshot_region(snapshot_data, self.index_path)
+            said = region[0].streaming() if region is not None else []
+            if region is not None and not said and _KEEP_OPEN:
+                # A page is usually all in the journal: until a line of the snapshot is
+                # needed, only the journal stays in memory (and is read only now).
+                region[0].release(
+                    functools.partial(_read_again, index_fd, snapshot_size, self.index_path)
+                )
+                snapshot_data = b""
             journal = read_from(journal_fd, 0)
             lazy = None
-            if len(snapshot_data) + len(journal) >= LAZY_MIN_BYTES:
-                lazy = LazyFiles.read(snapshot_data, journal, self.index_path, self.journal_path)
+            if region is not None:
+                lazy = LazyFiles.read(*region, journal, self.journal_path)
             if lazy is not None:
                 # The latest line of each message decides (parse_all replays the same).
-                said = [lazy.find(entry.id) for entry in lazy.streaming()]
-                streaming = {e.id for e in said if e and e.status is MessageStatus.STREAMING}
+                said += lazy.journal.streaming()
+                found = [lazy.find(line.entry.id) for line in said if line.entry is not None]
+                streaming = {e.id for e in found if e and e.status is MessageStatus.STREAMING}
             else:
+                if region is not None:
+                    snapshot_data = region[0].data
                 snapshot, next_n = parse_snapshot(snapshot_data, self.index_path)
                 lines, end = parse_journal(journal, 0, self.journal_path)
         except BaseException as exc:
@@ -321,7 +349,7 @@ class MessageIndex:
             end = lazy.end
         self._lines_after = 0
         self.heads_version += 1
-        self.snapshot_size = len(snapshot_data)
+        self.snapshot_size = snapshot_size
         self._offset = end
         self._index_id = index_id
         self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
@@ -597,6 +625,7 @@ class MessageIndex:
     def close(self) -> None:
         """Close the files held open and forget everything (the next refresh reloads)."""
         self._close_files()
+        self._load([])  # nothing lazily read may outlive the files it was read from
         self.loaded = False
         self._index_id = None
         self._journal_inode = None

@@ -38,7 +38,7 @@ from .snapshot import (
     snapshot_layout,
 )
 
-__all__ = ["LazyEntries", "LazyFiles", "Region"]
+__all__ = ["LazyEntries", "LazyFiles", "Region", "snapshot_region"]
 
 _ID_KEY = b'\n{"id":"'
 _ID_RE = re.compile(rb'(?:^|\n)\{"id":"([^"\n]*)"')
@@ -65,7 +65,8 @@ class Region:
     def __init__(
         self, data: bytes, first: int, last: int, *, latest: bool, parse: LineParser
     ) -> None:
-        self.data = data
+        self._data: bytes | None = data
+        self._reread: Callable[[], bytes] | None = None
         self.first = first
         self.last = last
         self.latest = latest
@@ -74,6 +75,19 @@ class Region:
         self._misses = 0
         self._ids: set[bytes] | None = None
         self._found: dict[str, JournalLine | None] = {}
+
+    @property
+    def data(self) -> bytes:
+        """The file's bytes (read again if :meth:`release` let them go)."""
+        if self._data is None:
+            assert self._reread is not None
+            self._data = self._reread()
+        return self._data
+
+    def release(self, reread: Callable[[], bytes]) -> None:
+        """Let the bytes go until a line is needed again; ``reread`` reads the same file
+        again (the store never changes a snapshot in place: it replaces it)."""
+        self._data, self._reread = None, reread
 
     def _line(self, start: int) -> JournalLine:
         """The parsed line that starts at ``start``."""
@@ -174,6 +188,16 @@ class Region:
         return self.data.count(b"\n", self.first, self.last)
 
 
+def snapshot_region(data: bytes, path: Path) -> tuple[Region, int] | None:
+    """The entry lines of a snapshot in the store's layout, and its ``next_n``; None for
+    any other layout (see :func:`~cm_notebook.store.snapshot.snapshot_layout`)."""
+    layout = snapshot_layout(data, path)
+    if layout is None:
+        return None
+    next_n, first, last = layout
+    return Region(data, first, last, latest=False, parse=entry_line_parser(path)), next_n
+
+
 @dataclass
 class LazyFiles:
     """A snapshot and a journal read lazily (see the module docstring)."""
@@ -191,26 +215,17 @@ class LazyFiles:
 
     @classmethod
     def read(
-        cls, snapshot: bytes, journal: bytes, index_path: Path, journal_path: Path
+        cls, snapshot: Region, next_n: int, journal: bytes, journal_path: Path
     ) -> LazyFiles | None:
-        """Lazy files for these bytes, or None if they are not in the store's layout
-        (then parse them whole). Reads the snapshot's header and the journal's last
-        line; raises RebuildNeeded if that line is damaged."""
-        layout = snapshot_layout(snapshot, index_path)
-        if layout is None:
-            return None
-        next_n, first, last = layout
+        """Lazy files: ``snapshot`` (see :func:`snapshot_region`, with its ``next_n``)
+        and the journal's bytes. None if the journal has lines without numbers (format
+        2): then parse both whole. Raises RebuildNeeded if the last line is damaged."""
         end = journal.rfind(b"\n") + 1
-        files = cls(
-            Region(snapshot, first, last, latest=False, parse=entry_line_parser(index_path)),
-            Region(journal, 0, end, latest=True, parse=journal_line_parser(journal_path)),
-            next_n,
-            None,
-        )
-        files.tail = files.journal.last_line()
+        lines = Region(journal, 0, end, latest=True, parse=journal_line_parser(journal_path))
+        files = cls(snapshot, lines, next_n, lines.last_line())
         if files.tail is not None:
             if files.tail.n < 0 or files.tail.at is None:
-                return None  # lines without numbers (format 2): parse them all
+                return None
             files.next_n = max(next_n, files.tail.n + 1)
         return files
 
@@ -229,11 +244,6 @@ class LazyFiles:
             self.absent.add(message_id)
             return None
         return line.entry
-
-    def streaming(self) -> list[IndexEntry]:
-        """Entries of lines that say ``streaming`` (a later line may say otherwise)."""
-        lines = [*self.snapshot.streaming(), *self.journal.streaming()]
-        return [line.entry for line in lines if line.entry is not None]
 
     def head_move(self, branch: str) -> tuple[int, str | None] | None:
         """The journal's last head move of ``branch``: (line number, head), or None."""
