@@ -18,7 +18,7 @@ from store_helpers import chain, msg
 from cm_notebook.errors import StoreError
 from cm_notebook.model import ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
-from cm_notebook.store.index import LAZY_MIN_BYTES
+from cm_notebook.store.lazy import LAZY_MIN_BYTES
 
 pytestmark = pytest.mark.anyio
 

@@ -22,6 +22,9 @@ first. The snapshot grows geometrically between compactions, so rewriting it cos
 O(1) amortised bytes per append. A crash between the two replaces leaves a snapshot
 that already contains the old journal's lines, which replay idempotently.
 
+Large files are read lazily (see :mod:`.lazy`): opening a context of 10,000 messages
+parses the lines of the messages it shows, not 10,000 entries.
+
 Readers in other processes keep up cheaply: :meth:`MessageIndex.refresh` ``stat``s
 both files and, if the snapshot is unchanged and the journal is the same inode, reads
 only the bytes appended since the last read. A journal line without its trailing
@@ -42,12 +45,25 @@ from typing import TypeVar
 
 from ..errors import StoreError
 from ..model import MessageStatus
-from .atomic import Fsync, atomic_write, read_from, write_all
+from .atomic import Fsync, atomic_write, read_from
 from .base import IndexEntry, children_map
 from .codec import read_message_folder
 from .diagnostics import warn
-from .journal import JournalLine, encode_entry_line, encode_head_line
-from .lazy import LazyEntries, LazyFiles, snapshot_region
+from .journal import (
+    JournalLine,
+    append_line,
+    encode_entry_line,
+    encode_head_line,
+    truncate_journal,
+)
+from .lazy import (
+    LAZY_MAX_LOOKUPS,
+    LAZY_MIN_BYTES,
+    LazyEntries,
+    LazyFiles,
+    reread_from,
+    snapshot_region,
+)
 from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .snapshot import (
@@ -76,12 +92,6 @@ COMPACT_MIN_LINES = 128
 #: ... or for this many journal bytes (lines carry finished messages), so that opening
 #: a context never parses a journal much larger than its snapshot.
 COMPACT_MIN_BYTES = 1 << 20
-#: Index files at least this large together are read lazily (see :mod:`.snapshot`):
-#: opening a context then parses only the lines it needs, not every entry.
-LAZY_MIN_BYTES = 1 << 15
-#: A lazily read index parses everything once this many entries were looked up: a walk
-#: over a whole long branch is faster that way.
-LAZY_MAX_LOOKUPS = 512
 
 T = TypeVar("T")
 
@@ -93,18 +103,6 @@ _KEEP_OPEN = os.name != "nt"
 # "damaged", and the rebuild replaces the link with a real file.
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
-
-
-def _read_again(fd: int, size: int, path: Path) -> bytes:
-    # A snapshot whose bytes were let go (see _full_reload), from the file still open:
-    # the store replaces snapshots, never changes one in place, so it is the same bytes.
-    try:
-        data = os.pread(fd, size + 1, 0)
-    except OSError as exc:
-        raise translate(exc, path, "read") from exc
-    if len(data) != size:  # changed in place (by hand)
-        raise RebuildNeeded(f"{path.name} was changed in place", path)
-    return data
 
 
 class MessageIndex:
@@ -312,7 +310,7 @@ class MessageIndex:
                 # A page is usually all in the journal: until a line of the snapshot is
                 # needed, only the journal stays in memory (and is read only now).
                 region[0].release(
-                    functools.partial(_read_again, index_fd, snapshot_size, self.index_path)
+                    functools.partial(reread_from, index_fd, snapshot_size, self.index_path)
                 )
                 snapshot_data = b""
             journal = read_from(journal_fd, 0)
@@ -320,10 +318,7 @@ class MessageIndex:
             if region is not None:
                 lazy = LazyFiles.read(*region, journal, self.journal_path)
             if lazy is not None:
-                # The latest line of each message decides (parse_all replays the same).
-                said += lazy.journal.streaming()
-                found = [lazy.find(line.entry.id) for line in said if line.entry is not None]
-                streaming = {e.id for e in found if e and e.status is MessageStatus.STREAMING}
+                streaming = lazy.streaming_ids(said)
             else:
                 if region is not None:
                     snapshot_data = region[0].data
@@ -473,24 +468,9 @@ class MessageIndex:
         self.heads_version += 1
 
     def _write_line(self, line: bytes, durable: bool) -> None:
-        try:
-            fd = self._open_journal_for_writing()
-            try:
-                if os.fstat(fd).st_size > self._offset:
-                    # A writer died mid-line. Cut the fragment so our line starts cleanly.
-                    os.ftruncate(fd, self._offset)
-                try:
-                    write_all(fd, line)
-                    if durable:
-                        self.fsync(fd)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, self._offset)
-                    raise
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise translate(exc, self.journal_path, "append to") from exc
+        assert self._journal_inode is not None
+        fsync = self.fsync if durable else None
+        append_line(self.journal_path, self._journal_inode, self._offset, line, fsync)
         self._offset += len(line)
         self._lines_after += 1
 
@@ -507,25 +487,9 @@ class MessageIndex:
         """
         if self._offset == mark:
             return
-        try:
-            fd = self._open_journal_for_writing()
-            try:
-                os.ftruncate(fd, mark)
-                self.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise translate(exc, self.journal_path, "truncate") from exc
+        assert self._journal_inode is not None
+        truncate_journal(self.journal_path, self._journal_inode, mark, self.fsync)
         self._full_reload()
-
-    def _open_journal_for_writing(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
-        fd = os.open(self.journal_path, flags)
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != self._journal_inode:
-            os.close(fd)
-            raise RuntimeError("journal changed under the lock; refresh() was not called")
-        return fd
 
     def compaction_due(self) -> bool:
         """Whether the journal has grown enough to fold it (see the module docstring)."""

@@ -22,15 +22,19 @@ whenever something needs every entry (the tree, ``FileStore.index()``, compactio
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model import MessageStatus
 from .base import IndexEntry
 from .journal import JournalLine
+from .oserrors import translate
 from .snapshot import (
     LineParser,
+    RebuildNeeded,
     entry_line_parser,
     journal_line_parser,
     parse_journal,
@@ -38,7 +42,22 @@ from .snapshot import (
     snapshot_layout,
 )
 
-__all__ = ["LazyEntries", "LazyFiles", "Region", "snapshot_region"]
+__all__ = [
+    "LAZY_MAX_LOOKUPS",
+    "LAZY_MIN_BYTES",
+    "LazyEntries",
+    "LazyFiles",
+    "Region",
+    "reread_from",
+    "snapshot_region",
+]
+
+#: Index files at least this large together are read lazily: opening a context then
+#: parses only the lines it needs, not every entry.
+LAZY_MIN_BYTES = 1 << 15
+#: A lazily read index parses everything once this many entries were looked up: a walk
+#: over a whole long branch is faster that way.
+LAZY_MAX_LOOKUPS = 512
 
 _ID_KEY = b'\n{"id":"'
 _ID_RE = re.compile(rb'(?:^|\n)\{"id":"([^"\n]*)"')
@@ -188,6 +207,18 @@ class Region:
         return self.data.count(b"\n", self.first, self.last)
 
 
+def reread_from(fd: int, size: int, path: Path) -> bytes:
+    """The ``size`` bytes of a snapshot read before (see :meth:`Region.release`), again
+    from its file, still open: the store replaces snapshots, never changes one in place."""
+    try:
+        data = os.pread(fd, size + 1, 0)
+    except OSError as exc:
+        raise translate(exc, path, "read") from exc
+    if len(data) != size:  # changed in place (by hand)
+        raise RebuildNeeded(f"{path.name} was changed in place", path)
+    return data
+
+
 def snapshot_region(data: bytes, path: Path) -> tuple[Region, int] | None:
     """The entry lines of a snapshot in the store's layout, and its ``next_n``; None for
     any other layout (see :func:`~cm_notebook.store.snapshot.snapshot_layout`)."""
@@ -244,6 +275,13 @@ class LazyFiles:
             self.absent.add(message_id)
             return None
         return line.entry
+
+    def streaming_ids(self, said: list[JournalLine]) -> set[str]:
+        """Ids whose entries say ``streaming``: of the snapshot lines ``said`` that do,
+        and the journal's. The latest line of each message decides."""
+        lines = [*said, *self.journal.streaming()]
+        found = [self.find(line.entry.id) for line in lines if line.entry is not None]
+        return {entry.id for entry in found if entry and entry.status is MessageStatus.STREAMING}
 
     def head_move(self, branch: str) -> tuple[int, str | None] | None:
         """The journal's last head move of ``branch``: (line number, head), or None."""
