@@ -186,3 +186,26 @@ async def test_a_write_that_meets_a_damaged_line_rebuilds_and_asks_to_retry(
         assert (await store.get_message(CID, ids[190])).content == "changed"
     lines = journal.read_bytes().splitlines()
     assert all(json.loads(line.split(b"\t")[0]) for line in lines)
+
+
+@pytest.mark.parametrize("everything_read", [False, True])
+async def test_compaction_stays_geometric_after_a_lazy_open(
+    data_dir: Path, everything_read: bool
+) -> None:
+    # 300 messages: folded at 127 and 255, so the snapshot holds 256 entries and the
+    # next fold waits for 256 journal lines, however the index was read.
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id=CID))
+        await chain(store, CID, 300)
+    snapshot = folder(data_dir) / "message_index.json"
+    inode = snapshot.stat().st_ino
+    async with FileStore(data_dir) as store:
+        if everything_read:
+            assert len(await store.index(CID)) == 300
+        else:
+            assert len(await store.page(CID, limit=2)) == 2
+        await chain(store, CID, 256 - 44 - 1)  # one line short of the next fold
+        assert snapshot.stat().st_ino == inode
+        await chain(store, CID, 1)
+        assert snapshot.stat().st_ino != inode
+        assert len(await store.index(CID)) == 300 + 256 - 44

@@ -190,7 +190,7 @@ class MessageIndex:
         if self._damage is not None:
             raise self._damage
         parsed, lines = self._lazy_read(lambda: lazy.parse_all(self.index_path, self.journal_path))
-        self._lines_read = len(lines) - len(lazy.replay)
+        self._snapshot_count, self._lines_read = len(parsed), len(lines) - len(lazy.replay)
         self._load([*parsed, *(line.entry for line in lines if line.entry is not None)])
         self._heads, self._content, self.last_at = {}, {}, None
         for line in lines:
