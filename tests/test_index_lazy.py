@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from store_helpers import chain, msg
 
-from cm_notebook.errors import StoreError
+from cm_notebook.errors import MessageNotFoundError, StoreError
 from cm_notebook.model import ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.lazy import LAZY_MIN_BYTES
@@ -209,3 +209,18 @@ async def test_compaction_stays_geometric_after_a_lazy_open(
         await chain(store, CID, 1)
         assert snapshot.stat().st_ino != inode
         assert len(await store.index(CID)) == 300 + 256 - 44
+
+
+async def test_ids_are_found_after_many_misses(data_dir: Path) -> None:
+    # Searching for absent ids makes the index collect every id once; the first line
+    # of each file (no newline before it in the journal) must be among them.
+    ids = await build(data_dir)
+    journal = (folder(data_dir) / "message_index.journal").read_bytes()
+    first_in_journal = json.loads(journal.split(b"\n", 1)[0].split(b"\t")[0])["id"]
+    async with FileStore(data_dir) as store:
+        for number in range(3):
+            with pytest.raises(MessageNotFoundError):
+                await store.get_message(CID, f"m-absent-{number}")
+        assert (await store.get_message(CID, first_in_journal)).id == first_in_journal
+        assert (await store.get_message(CID, ids[0])).id == ids[0]
+        assert (await store.get_message(CID, ids[127])).id == ids[127]

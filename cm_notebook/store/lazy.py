@@ -60,12 +60,14 @@ LAZY_MIN_BYTES = 1 << 15
 LAZY_MAX_LOOKUPS = 512
 
 _ID_KEY = b'\n{"id":"'
-_ID_RE = re.compile(rb'(?:^|\n)\{"id":"([^"\n]*)"')
+# Every id, and the seq of every entry line (snapshot and journal alike). Each pattern
+# starts with the newline before a line, which lets the regular expression engine skip
+# ahead to candidates; the journal's first line is matched on its own.
+_ID_AT = rb'\{"id":"([^"\n]*)"'
+_SEQ_AT = rb'\{"id":"[^"\n]*","parent_id":(?:null|"[^"\n]*"),"role":"[a-z_]+","seq":(\d{1,18}),'
+_IDS = (re.compile(b"\n" + _ID_AT), re.compile(_ID_AT))
+_SEQS = (re.compile(b"\n" + _SEQ_AT), re.compile(_SEQ_AT))
 _STREAMING = b'"status":"streaming"'
-# The seq of every entry line in the store's layout (snapshot and journal alike).
-_SEQ_RE = re.compile(
-    rb'(?:^|\n)\{"id":"[^"\n]*","parent_id":(?:null|"[^"\n]*"),"role":"[a-z_]+","seq":(\d{1,18}),'
-)
 #: After this many searches for ids a region does not hold, it collects all its ids once
 #: (one regular expression over the file), so that repeated misses stay cheap.
 _MISSES_BEFORE_ID_SET = 2
@@ -151,7 +153,7 @@ class Region:
         else:
             self._misses += 1
             if self._misses >= _MISSES_BEFORE_ID_SET and self._ids is None:
-                self._ids = set(_ID_RE.findall(data, low, last))
+                self._ids = set(self._find_all(_IDS))
             return None
         self._hint = start
         line = self._line(start)
@@ -199,8 +201,15 @@ class Region:
         if not self.latest:
             last = self.last_line()  # the snapshot is written in seq order
             return -1 if last is None or last.entry is None else last.entry.seq
-        seqs = _SEQ_RE.findall(self.data, self.first, self.last)
-        return max(map(int, seqs), default=-1)
+        return max(map(int, self._find_all(_SEQS)), default=-1)
+
+    def _find_all(self, patterns: tuple[re.Pattern[bytes], re.Pattern[bytes]]) -> list[bytes]:
+        """What the pattern's group matches on every line (see ``_IDS``)."""
+        data, first, last = self.data, self.first, self.last
+        found = patterns[0].findall(data, max(first - 1, 0), last)
+        if first == 0 and (match := patterns[1].match(data, 0, last)) is not None:
+            found.append(match.group(1))
+        return found
 
     def count_lines(self) -> int:
         """How many lines the region holds."""
