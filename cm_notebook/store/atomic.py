@@ -4,9 +4,9 @@ The guarantees the rest of the store builds on:
 
 * :func:`atomic_write` either leaves the old file or the complete new one at ``path``,
   never a mix, for every reader and after ``kill -9`` or power loss: the data goes to a
-  temporary file in the same folder, is fsync'd, renamed over the target with
-  ``os.replace`` (atomic on POSIX and Windows), and then the folder itself is fsync'd so
-  the rename is on disk too.
+  temporary file in the same folder (or another on the same file system), is fsync'd,
+  renamed over the target with ``os.replace`` (atomic on POSIX and Windows), and then
+  the target's folder is fsync'd so the rename is on disk too.
 * :func:`atomic_write` raises the package's errors (see :mod:`.oserrors`), never a
   bare ``OSError``, and never leaves its temporary file behind unless the process dies.
 
