@@ -378,6 +378,7 @@ class FileStore(ScoreFiles):
             return state
 
         state = self._view(context_id, check)
+        ops.restore_lost(state, [message_id])
         return read_message_file(message_path(state.dir, message_id), message_id)
 
     async def get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:

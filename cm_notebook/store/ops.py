@@ -52,6 +52,7 @@ __all__ = [
     "find_branch",
     "read_messages",
     "require_message",
+    "restore_lost",
     "select_page",
     "walk",
 ]
@@ -159,8 +160,7 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
     # One check of the folder per call instead of one per file.
     trusted = not os.path.islink(folder)
     prefix = f"{folder}{os.sep}"
-    if trusted:
-        _restore_lost(state, ids, prefix)
+    restore_lost(state, ids)
     for message_id in ids:
         where: str | Path = f"{prefix}{message_id}.json" if trusted else folder
         try:
@@ -176,9 +176,15 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
     return messages
 
 
-def _restore_lost(state: ContextState, ids: list[str], prefix: str) -> None:
-    # A message whose durable copy is still in the journal may have lost its file to a
-    # power loss (see repair.py): checked by size, and restored before it is read.
+def restore_lost(state: ContextState, ids: list[str]) -> None:
+    """Restore the files of these messages that a power loss took, before reading them.
+
+    A message whose durable copy is still in the journal is checked by its file's size
+    (see :mod:`.repair`); call without holding any lock.
+    """
+    if os.path.islink(state.messages_dir):
+        return  # never written through (readers refuse it, by path)
+    prefix = f"{state.messages_dir}{os.sep}"
     try:
         with state.state_lock:
             sizes = {mid: copy[2] for mid in ids if (copy := state.index.copy_of(mid))}
