@@ -242,3 +242,17 @@ async def test_compact_leaves_a_folder_that_says_everything_without_its_journal(
     async with FileStore(data_dir) as fresh:
         with pytest.warns(StoreWarning, match="skipped an unreadable message"):
             assert [m.id for m in await fresh.page("c1")] == ids[1:]
+
+
+async def test_get_message_restores_a_lost_file_too(data_dir: Path) -> None:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        ids = await chain(store, "c1", 2)
+    file = folder(data_dir) / "messages" / f"{ids[-1]}.json"
+    intact = file.read_bytes()
+    file.unlink()  # what a power loss may leave of a file the journal holds
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="restored from the journal"):
+            message = await reopened.get_message("c1", ids[-1])
+        assert message.id == ids[-1]
+    assert file.read_bytes() == intact

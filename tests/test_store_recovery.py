@@ -90,6 +90,8 @@ async def test_newer_schema_is_refused(store: FileStore, data_dir: Path) -> None
 
 async def test_newer_message_file_is_refused(store: FileStore, data_dir: Path) -> None:
     ids = await chain(store, "c1", 1)
+    # Folded first: while the journal holds a message, a read restores its file from it.
+    await store.compact("c1")
     path = folder(data_dir) / "messages" / f"{ids[0]}.json"
     raw = json.loads(path.read_text())
     raw["schema_version"] = 99
@@ -252,6 +254,8 @@ async def test_rebuild_orders_by_creation_time_and_sweeps_temp_files(
 
 async def test_corrupt_message_file(store: FileStore, data_dir: Path) -> None:
     ids = await chain(store, "c1", 3)
+    # Folded first: while the journal holds a message, a read restores its file from it.
+    await store.compact("c1")
     bad = folder(data_dir) / "messages" / f"{ids[1]}.json"
     bad.write_text('{"role": "user", "content": ')
     with pytest.raises(CorruptDataError) as info:
@@ -268,6 +272,7 @@ async def test_corrupt_message_file(store: FileStore, data_dir: Path) -> None:
 
 async def test_message_file_with_the_wrong_id_or_missing(store: FileStore, data_dir: Path) -> None:
     ids = await chain(store, "c1", 2)
+    await store.compact("c1")  # else a read restores the files from the journal
     messages = folder(data_dir) / "messages"
     (messages / f"{ids[0]}.json").write_bytes((messages / f"{ids[1]}.json").read_bytes())
     with pytest.raises(CorruptDataError, match="holds message"):

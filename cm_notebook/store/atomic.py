@@ -4,9 +4,9 @@ The guarantees the rest of the store builds on:
 
 * :func:`atomic_write` either leaves the old file or the complete new one at ``path``,
   never a mix, for every reader and after ``kill -9`` or power loss: the data goes to a
-  temporary file in the same folder, is fsync'd, renamed over the target with
-  ``os.replace`` (atomic on POSIX and Windows), and then the folder itself is fsync'd so
-  the rename is on disk too.
+  temporary file in the same folder (or another on the same file system), is fsync'd,
+  renamed over the target with ``os.replace`` (atomic on POSIX and Windows), and then
+  the target's folder is fsync'd so the rename is on disk too.
 * :func:`atomic_write` raises the package's errors (see :mod:`.oserrors`), never a
   bare ``OSError``, and never leaves its temporary file behind unless the process dies.
 
@@ -72,18 +72,24 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: Fsync | None = os.fsync) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, fsync: Fsync | None = os.fsync, temp_dir: Path | None = None
+) -> None:
     """Replace ``path`` with ``data`` atomically and durably (see the module docstring).
 
     With ``fsync=None`` the replace is atomic for every reader and survives ``kill -9``
     (the data is in the OS's cache), but not necessarily a power loss: for files whose
     content is already durable elsewhere (see :mod:`cm_notebook.store.filestore`).
+    ``temp_dir`` (default: the folder of ``path``, and on the same file system) is where
+    the temporary file is made, so that a small folder can be swept for leftovers
+    instead of a large one.
 
     Any failure (a full disk included) removes the temporary file, leaves the old
     ``path`` untouched and raises the package's error naming ``path``
     (:class:`~cm_notebook.errors.StorageFullError` for a full disk).
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    folder = path.parent if temp_dir is None else temp_dir
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
         try:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, Role
 
-__all__ = ["IndexEntry", "Store"]
+__all__ = ["IndexEntry", "Store", "children_map"]
 
 
 class IndexEntry(BaseModel):
@@ -41,6 +41,28 @@ class IndexEntry(BaseModel):
             created_at=message.created_at,
             status=message.status,
         )
+
+
+def children_map(entries: dict[str, IndexEntry]) -> dict[str | None, list[str]]:
+    """Parent id (None: the roots) -> ids of its children, oldest first."""
+    children: dict[str | None, list[str]] = {}
+    last_seq = -1
+    in_order = True
+    for entry in entries.values():
+        siblings = children.get(entry.parent_id)
+        if siblings is None:
+            children[entry.parent_id] = [entry.id]
+        else:
+            siblings.append(entry.id)
+        if entry.seq > last_seq:
+            last_seq = entry.seq
+        else:
+            in_order = False
+    if not in_order:
+        # A rebuilt or hand-edited snapshot may list entries out of order.
+        for siblings in children.values():
+            siblings.sort(key=lambda mid: entries[mid].seq)
+    return children
 
 
 @runtime_checkable

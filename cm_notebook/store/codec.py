@@ -19,9 +19,10 @@ from pydantic_core import to_json
 
 from .. import _json
 from ..errors import CorruptDataError
+from ..ids import validate_message_id
 from ..model import SCHEMA_VERSION, ContextMetadata, Message
 from ..redact import redact
-from .atomic import read_from
+from .atomic import is_temp_name, read_from
 from .oserrors import open_regular, translate
 from .schema import upgrade
 
@@ -34,6 +35,7 @@ __all__ = [
     "encode_metadata",
     "file_bytes_from_compact",
     "read_message_file",
+    "read_message_folder",
     "read_regular",
 ]
 
@@ -222,3 +224,26 @@ def _first_error(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def read_message_folder(folder: Path) -> tuple[list[Message], list[tuple[str, Path]]]:
+    """Every readable message file in ``folder`` (created if missing), and for each
+    unreadable one what is wrong with it. Removes temporary files left by killed writers.
+    """
+    folder.mkdir(exist_ok=True)
+    found = []
+    skipped: list[tuple[str, Path]] = []
+    for name in sorted(os.listdir(folder)):
+        file = folder / name
+        if is_temp_name(name):
+            # Left by a writer that was killed before its rename: never committed.
+            file.unlink(missing_ok=True)
+            continue
+        if not name.endswith(".json"):
+            continue  # not ours (e.g. .DS_Store)
+        try:
+            message_id = validate_message_id(name[: -len(".json")])
+            found.append(read_message_file(file, message_id))
+        except (CorruptDataError, ValueError) as exc:
+            skipped.append((str(exc), file))
+    return found, skipped

@@ -39,7 +39,7 @@ from ..errors import (
     StoreError,
     StoreLockTimeoutError,
 )
-from ..model import ContextMetadata, MessageStatus, utcnow
+from ..model import Branch, ContextMetadata, MessageStatus, utcnow
 from .atomic import Fsync, atomic_write, is_temp_name, read_from
 from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, read_message_file
 from .diagnostics import warn
@@ -158,16 +158,10 @@ class ContextState:
         key = (id(base), self.index.heads_version, self.heads_at)
         if self._merged is not None and self._merged[0] == key:
             return self._merged[1]
-        heads_at = self.heads_at
-        branches = base.branches
-        moved = {
-            name: branches[name].model_copy(update={"head": head})
-            for name, (n, head) in self.index.heads.items()
-            if n >= heads_at and name in branches and branches[name].head != head
-        }
-        update: dict[str, object] = {"branches": {**branches, **moved}} if moved else {}
+        moved = self._moved_branches(base)
+        update: dict[str, object] = {"branches": {**base.branches, **moved}} if moved else {}
         last = self.index.last_at
-        if last is not None and last[0] >= heads_at:
+        if last is not None and last[0] >= self.heads_at:
             with contextlib.suppress(ValueError, TypeError):
                 at = datetime.fromisoformat(last[1])
                 if at > base.updated_at:  # TypeError for a naive time: ignored
@@ -264,15 +258,13 @@ class ContextState:
         for _ in range(3):
             # Before the read: a write racing with it only makes the token stale.
             token = self.token()
-            with self.state_lock:
-                try:
-                    metadata = self.refresh()
-                except RebuildNeeded:
-                    pass
-                else:
-                    if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
-                        self.known = (token, metadata)
-                        return func(self, metadata)
+            with self.state_lock, contextlib.suppress(RebuildNeeded):
+                # RebuildNeeded from func too: a lazily read index finds a damaged line
+                # when it first reads it (see index.py), and the index remembers it.
+                metadata = self.refresh()
+                if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
+                    self.known = (token, metadata)
+                    return func(self, metadata)
             with self.locked():
                 pass
         raise StoreError(
@@ -301,28 +293,27 @@ class ContextState:
         that died between its journal line and the removal, or a probe that raced with
         the removal); one that an OS lock still holds belongs to a live process and
         stays. Streams whose writer died are finished by _interrupt_dead_streams.
+
+        Only the context folder is listed, never ``messages/``, whose size grows with
+        the conversation: message files are written through temporary files in the
+        context folder (``atomic_write(temp_dir=...)``). Message files a power loss
+        took are restored when they are read (:meth:`restore`) or before compaction.
         """
         self._swept = True
-        # Message files a power loss took since the journal copied them.
-        with contextlib.suppress(OSError, StoreError, RebuildNeeded):
-            repair_files(self.index, self.fsync, flush=False)
-        for folder in (self.dir, self.dir / MESSAGES_DIR):
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue  # reported by the reads that need the folder
-            for name in names:
-                # Leftovers are all dot-named: skip the (many) message files without
-                # building a path for each, so opening a large context stays cheap.
-                if name.startswith(".") and self._is_leftover(folder / name):
-                    with contextlib.suppress(OSError):
-                        (folder / name).unlink()
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return  # reported by the reads that need the folder
+        for name in names:
+            if name.startswith(".") and self._is_leftover(self.dir / name):
+                with contextlib.suppress(OSError):
+                    (self.dir / name).unlink()
 
     def _is_leftover(self, path: Path) -> bool:
         name = path.name
         if is_temp_name(name):
             return True
-        if path.parent != self.dir or not name.startswith(STREAMING_PREFIX):
+        if not name.startswith(STREAMING_PREFIX):
             return False
         message_id = name[len(STREAMING_PREFIX) : -len(STREAMING_SUFFIX)]
         if message_id in self.index.streaming_ids:
@@ -368,7 +359,10 @@ class ContextState:
                     metadata = self._refresh_repaired()
                     if not self._swept:
                         self._sweep()
-                    yield metadata
+                    try:
+                        yield metadata
+                    except RebuildNeeded as need:
+                        raise self._damaged_while_writing(need) from None
                     self._note_known()  # skipped when the write raised
             finally:
                 self.file_lock.release()
@@ -381,6 +375,17 @@ class ContextState:
             self.known = (self.token(), self._current(self._refresh_metadata()))
         except (OSError, StoreError, RebuildNeeded):
             self.known = None  # the next read finds out why
+
+    def _damaged_while_writing(self, need: RebuildNeeded) -> StoreError:
+        # A write looks entries up before it writes anything, so a damaged line it found
+        # (see view) stopped it before any change: rebuild now, and let the caller retry.
+        self._rebuild(self._refresh_metadata(), need)
+        self._merged = None
+        return StoreError(
+            f"the message index of context {self.context_id!r} was damaged, so it was "
+            "rebuilt from the message files (see the warning) and nothing was written. "
+            "Try again."
+        )
 
     def _timeout(self) -> StoreLockTimeoutError:
         return StoreLockTimeoutError(
@@ -426,15 +431,19 @@ class ContextState:
 
     def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:
         # _current without a refresh: the index holds what salvage() found.
-        heads_at = self.heads_at
-        moved = {
-            name: base.branches[name].model_copy(update={"head": head})
-            for name, (n, head) in self.index.heads.items()
-            if n >= heads_at and name in base.branches and base.branches[name].head != head
-        }
+        moved = self._moved_branches(base)
         if not moved:
             return base
         return base.model_copy(update={"branches": {**base.branches, **moved}})
+
+    def _moved_branches(self, base: ContextMetadata) -> dict[str, Branch]:
+        """The branches of ``base`` whose heads journal lines since ``heads_at`` moved."""
+        moved = {}
+        for name, branch in base.branches.items():
+            move = self.index.head_move(name)
+            if move is not None and move[0] >= self.heads_at and branch.head != move[1]:
+                moved[name] = branch.model_copy(update={"head": move[1]})
+        return moved
 
     def _interrupt_dead_streams(self) -> None:
         """Mark ``interrupted`` every streaming message whose writer is gone.
@@ -467,7 +476,8 @@ class ContextState:
                         status = message.status  # the final update reached the file
                     data, content = encode_message_forms(message)
                     size = len(data)
-                    atomic_write(path, data, fsync=None)  # the journal line is the commit
+                    # The journal line is the commit. Temporary file: see _sweep.
+                    atomic_write(path, data, fsync=None, temp_dir=self.dir)
                 self.index.append(
                     entry.model_copy(update={"status": status}),
                     at=utcnow().isoformat(),
@@ -478,6 +488,15 @@ class ContextState:
                 lock.close()
                 lock_path.unlink(missing_ok=True)
         self.compact_if_due()
+
+    def restore(self, message_ids: list[str]) -> None:
+        """Rewrite from the journal the files of these messages that a power loss took.
+
+        Best effort, for a reader about to read them: if it cannot be done now, the
+        reader reports the damaged file and compaction restores it later.
+        """
+        with contextlib.suppress(StoreError, OSError, RebuildNeeded), self.locked():
+            repair_files(self.index, self.fsync, flush=False, only=message_ids)
 
     def compact_if_due(self) -> None:
         """Fold the journal into the snapshot when it has grown enough (see index.py).

@@ -20,7 +20,7 @@ The write path. One fsync'd journal line is the commit point of every acknowledg
 change: it carries the index entry, the head move, the time and, for a finished
 message, the message. The message file is written first, atomically (temporary file
 and rename) but without an fsync: after ``kill -9`` it is complete (the OS holds it);
-after a power loss the line holds the message, and the next writer to open the context
+after a power loss the line holds the message, and reading the message (a page, say)
 rewrites a missing or older file from it (:mod:`.repair`). Compaction makes those
 files durable before it drops the lines (see :mod:`cm_notebook.store.index`).
 metadata.json is rewritten only by the operations that change it and at compaction,
@@ -61,8 +61,9 @@ Errors are the package's own: damaged files are ``CorruptDataError`` (or
 ``SchemaVersionError``) naming the file, and any ``OSError`` is translated at this
 class's boundary into ``StoreIOError``/``StorageFullError`` naming the path.
 
-Reads never take the cross-process lock. Before each read the store ``stat``s the
-metadata, snapshot and journal and loads only what changed, so a FileStore notices
+Reads never take the cross-process lock (but to restore a file, above). Before each
+read the store ``stat``s the metadata, snapshot and journal and loads only what
+changed (large index files lazily: see :mod:`.lazy`), so a FileStore notices
 other processes' writes on its next call at the cost of three ``stat`` calls. Ids
 from the index were validated when they entered it (from a caller or from disk), so
 reading a message joins its path without validating the id again.
@@ -371,6 +372,7 @@ class FileStore(ScoreFiles, BranchWrites):
             return state
 
         state = self._view(context_id, check)
+        ops.restore_lost(state, [message_id])
         return read_message_file(message_path(state.dir, message_id), message_id)
 
     async def get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:

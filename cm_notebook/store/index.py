@@ -22,6 +22,9 @@ first. The snapshot grows geometrically between compactions, so rewriting it cos
 O(1) amortised bytes per append. A crash between the two replaces leaves a snapshot
 that already contains the old journal's lines, which replay idempotently.
 
+Large files are read lazily (see :mod:`.lazy`): opening a context of 10,000 messages
+parses the lines of the messages it shows, not 10,000 entries.
+
 Readers in other processes keep up cheaply: :meth:`MessageIndex.refresh` ``stat``s
 both files and, if the snapshot is unchanged and the journal is the same inode, reads
 only the bytes appended since the last read. A journal line without its trailing
@@ -34,34 +37,50 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
-
-from .. import _json
-from ..errors import CorruptDataError, InvalidIdError, StoreError
-from ..ids import validate_message_id
-from ..model import SCHEMA_VERSION, MessageStatus
-from .atomic import Fsync, atomic_write, is_temp_name, read_from, write_all
-from .base import IndexEntry
-from .codec import read_message_file
+from ..errors import StoreError
+from ..model import MessageStatus
+from .atomic import Fsync, atomic_write, read_from
+from .base import IndexEntry, children_map
+from .codec import read_message_folder
 from .diagnostics import warn
 from .journal import (
     JournalLine,
-    LineError,
-    check_ids,
+    append_line,
     encode_entry_line,
     encode_head_line,
-    parse_lines,
+    truncate_journal,
 )
-from .oserrors import describe_kind, open_regular, translate
+from .lazy import (
+    LAZY_MAX_LOOKUPS,
+    LAZY_MIN_BYTES,
+    LazyEntries,
+    LazyFiles,
+    reread_from,
+    snapshot_region,
+)
+from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
-from .schema import INDEX_FORMAT_SINCE, check_not_newer
+from .snapshot import (
+    RebuildNeeded,
+    empty_index_bytes,
+    file_identity,
+    open_index_file,
+    parse_journal,
+    parse_snapshot,
+    salvage_journal,
+    snapshot_bytes,
+)
 
 __all__ = [
     "COMPACT_MIN_BYTES",
     "COMPACT_MIN_LINES",
+    "LAZY_MIN_BYTES",
     "MessageIndex",
     "RebuildNeeded",
     "empty_index_bytes",
@@ -74,6 +93,8 @@ COMPACT_MIN_LINES = 128
 #: a context never parses a journal much larger than its snapshot.
 COMPACT_MIN_BYTES = 1 << 20
 
+T = TypeVar("T")
+
 # Holding the last-read files open pins their inode numbers (see the module docstring).
 # Windows refuses to replace a file that is open, so there the files are closed at once.
 _KEEP_OPEN = os.name != "nt"
@@ -84,58 +105,18 @@ _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
 
 
-class _IndexDoc(BaseModel):
-    schema_version: int
-    entries: list[IndexEntry]
-    next_n: int = 0  # the number of the next journal line (0 in format 2)
-
-
-class RebuildNeeded(Exception):
-    """The snapshot or journal is missing or damaged; rebuild from ``messages/``."""
-
-    def __init__(self, reason: str, path: Path) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.path = path
-
-
-def _open_index_file(path: Path) -> int:
-    # The index is derived data: anything but a regular file at its place (missing, a
-    # link, a folder, a FIFO, a socket) is rebuilt from the message files. Other
-    # failures (permissions, I/O errors) are raised: a rebuild would not fix them.
-    try:
-        return open_regular(path, check_folder=False)
-    except FileNotFoundError:
-        raise RebuildNeeded(f"{path.name} is missing", path) from None
-    except CorruptDataError:
-        try:
-            kind = describe_kind(os.lstat(path).st_mode)
-        except OSError:
-            kind = "not a regular file"
-        raise RebuildNeeded(f"{path.name} is {kind}", path) from None
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def empty_index_bytes() -> bytes:
-    """The snapshot of a context without messages."""
-    return _snapshot_bytes([], 0)
-
-
-def _snapshot_bytes(entries: list[IndexEntry], next_n: int) -> bytes:
-    body = ",\n".join(entry.model_dump_json() for entry in entries)
-    start = f'{{"schema_version": {SCHEMA_VERSION}, "next_n": {next_n}, "entries": ['
-    return f"{start}\n{body}\n]}}\n".encode() if entries else f"{start}]}}\n".encode()
-
-
 class MessageIndex:
     """The in-memory index of one context, kept in step with the files on disk.
 
     Not thread-safe: the owner serialises calls. Methods that write
     (:meth:`append`, :meth:`compact`, :meth:`rebuild`) must be called with the
     context's cross-process lock held and right after :meth:`refresh`.
+
+    Large files are read lazily (see :mod:`.lazy`): :attr:`entries` then parses a
+    line when its entry is first asked for, and iterating it (or :attr:`children`,
+    :attr:`heads`, :attr:`content`) parses everything once. A damaged line found that
+    late raises :class:`RebuildNeeded` there and at every :meth:`refresh` until the
+    index is rebuilt.
     """
 
     def __init__(self, ctx_dir: Path, fsync: Fsync = os.fsync) -> None:
@@ -143,29 +124,135 @@ class MessageIndex:
         self.fsync = fsync
         self.index_path = ctx_dir / INDEX_NAME
         self.journal_path = ctx_dir / JOURNAL_NAME
-        self.entries: dict[str, IndexEntry] = {}
+        # Every entry; while lazy, those found or applied so far.
+        self._entries: dict[str, IndexEntry] = {}
+        self._lazy: LazyFiles | None = None
+        self._damage: RebuildNeeded | None = None
         self._children: dict[str | None, list[str]] | None = {}
         self.streaming_ids: set[str] = set()  # status "streaming", kept for O(1) checks
-        self.next_seq = 0
-        self.snapshot_count = 0  # entries in message_index.json
-        self.journal_lines = 0  # complete lines in the journal
+        self._seq_floor = 0  # above every seq applied or parsed
+        self._lazy_next_seq: int | None = None  # above every seq of the lazy files
+        self._snapshot_count: int | None = 0  # entries in message_index.json
+        self._lines_read: int | None = 0  # complete journal lines when it was read
+        self._lines_after = 0  # ... and appended or read since
         self.snapshot_size = 0  # bytes of message_index.json
-        #: Head moves in the journal: branch -> (line number, head).
-        self.heads: dict[str, tuple[int, str | None]] = {}
+        #: Head moves in the journal: branch -> (line number, head); while lazy, only
+        #: those since the files were read (see :meth:`head_move`).
+        self._heads: dict[str, tuple[int, str | None]] = {}
         #: The number and time of the last journal line that carried one.
         self.last_at: tuple[int, str] | None = None
-        #: Changes whenever ``heads`` or ``last_at`` may have changed.
+        #: Changes whenever a head move or ``last_at`` may have changed.
         self.heads_version = 0
         #: The number the next journal line gets.
         self.next_n = 0
-        #: Messages whose durable content is in the journal: id -> (offset, length, size).
-        self.content: dict[str, tuple[int, int, int]] = {}
+        #: Messages whose durable content is in the journal: id -> (offset, length,
+        #: size); while lazy, only those since the files were read (see :meth:`copy_of`).
+        self._content: dict[str, tuple[int, int, int]] = {}
         self.loaded = False
         self._index_fd = -1
         self._index_id: tuple[int, int, int, int] | None = None
         self._journal_fd = -1
         self._journal_inode: tuple[int, int] | None = None
         self._offset = 0  # just after the last complete journal line read
+
+    # -- what the index holds --------------------------------------------------------
+
+    @property
+    def entries(self) -> Mapping[str, IndexEntry]:
+        """Message id -> entry (see the class docstring for lazily read files)."""
+        return self._entries if self._lazy is None else LazyEntries(self.lookup, self.materialize)
+
+    def lookup(self, message_id: str) -> IndexEntry | None:
+        """The entry of ``message_id``, or None; while lazy, parses only its line."""
+        entry = self._entries.get(message_id)
+        lazy = self._lazy
+        if entry is not None or lazy is None:
+            return entry
+        if lazy.lookups >= LAZY_MAX_LOOKUPS:
+            return self.materialize().get(message_id)
+        entry = self._lazy_read(lambda: lazy.find(message_id))
+        if entry is not None:
+            self._entries[message_id] = entry
+        return entry
+
+    def _lazy_read(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except RebuildNeeded as need:
+            self._damage = need  # until the rebuild, every refresh says so
+            raise
+
+    def materialize(self) -> dict[str, IndexEntry]:
+        """Parse whatever is still unread (a no-op unless lazy); return every entry."""
+        lazy = self._lazy
+        if lazy is None:
+            return self._entries
+        if self._damage is not None:
+            raise self._damage
+        parsed, lines = self._lazy_read(lambda: lazy.parse_all(self.index_path, self.journal_path))
+        self._snapshot_count, self._lines_read = len(parsed), len(lines) - len(lazy.replay)
+        self._load([*parsed, *(line.entry for line in lines if line.entry is not None)])
+        self._heads, self._content, self.last_at = {}, {}, None
+        for line in lines:
+            self._apply_record(line)  # next_n only grows: the owner may have raised it
+        return self._entries
+
+    @property
+    def children(self) -> dict[str | None, list[str]]:
+        """Parent id (None: the roots) -> ids of its children, oldest first."""
+        if self._children is None:
+            self._children = children_map(self.materialize())
+        return self._children
+
+    @property
+    def heads(self) -> dict[str, tuple[int, str | None]]:
+        """Every head move in the journal: branch -> (line number, head)."""
+        self.materialize()
+        return self._heads
+
+    def head_move(self, branch: str) -> tuple[int, str | None] | None:
+        """The last head move of ``branch`` in the journal: (line number, head), or None."""
+        move = self._heads.get(branch)
+        lazy = self._lazy
+        if move is not None or lazy is None:
+            return move
+        return self._lazy_read(lambda: lazy.head_move(branch))
+
+    @property
+    def content(self) -> dict[str, tuple[int, int, int]]:
+        """Every message whose durable copy is in the journal: id -> (offset, length, size)."""
+        self.materialize()
+        return self._content
+
+    def copy_of(self, message_id: str) -> tuple[int, int, int] | None:
+        """Where the journal holds ``message_id``'s durable copy (offset, length, size)."""
+        copy = self._content.get(message_id)
+        lazy = self._lazy
+        if copy is not None or lazy is None:
+            return copy
+        return self._lazy_read(lambda: lazy.copy_of(message_id))
+
+    @property
+    def next_seq(self) -> int:
+        """The ``seq`` of the next new entry."""
+        lazy = self._lazy
+        if lazy is not None and self._lazy_next_seq is None:
+            self._lazy_next_seq = lazy.next_seq()
+        return max(self._seq_floor, self._lazy_next_seq or 0)
+
+    @property
+    def snapshot_count(self) -> int:
+        """How many entries message_index.json holds."""
+        if self._snapshot_count is None:
+            self._snapshot_count = self._lazy.snapshot.count_lines() if self._lazy else 0
+        return self._snapshot_count
+
+    @property
+    def journal_lines(self) -> int:
+        """How many complete lines the journal holds."""
+        if self._lines_read is None:
+            self._lines_read = self._lazy.journal.count_lines() if self._lazy else 0
+        return self._lines_read + self._lines_after
 
     # -- reading -------------------------------------------------------------------
 
@@ -175,6 +262,8 @@ class MessageIndex:
         Raises :class:`RebuildNeeded` if a file is missing or damaged and
         :class:`~cm_notebook.errors.SchemaVersionError` if it is from a newer version.
         """
+        if self._damage is not None:
+            raise self._damage
         try:
             # The journal first: see _full_reload for why the order matters. lstat: a
             # link in place of an index file is damage that _full_reload reports.
@@ -187,7 +276,7 @@ class MessageIndex:
             raise translate(exc, exc.filename, "read") from exc
         if (
             self.loaded
-            and _identity(st_index) == self._index_id
+            and file_identity(st_index) == self._index_id
             and (st_journal.st_dev, st_journal.st_ino) == self._journal_inode
             and st_journal.st_size >= self._offset
         ):
@@ -205,16 +294,36 @@ class MessageIndex:
         # first and the journal second, so a journal opened earlier is either the one
         # that belongs to the snapshot we then read or an older one whose lines that
         # snapshot already contains: either way nothing is missed.
-        journal_fd = _open_index_file(self.journal_path)
+        journal_fd = open_index_file(self.journal_path)
         index_fd = -1
         try:
-            index_fd = _open_index_file(self.index_path)
-            index_id = _identity(os.fstat(index_fd))
+            index_fd = open_index_file(self.index_path)
+            index_id = file_identity(os.fstat(index_fd))
             snapshot_data = read_from(index_fd, 0)
-            snapshot, next_n = self._parse_snapshot(snapshot_data)
+            snapshot_size = len(snapshot_data)
             st_journal = os.fstat(journal_fd)
+            region = None
+            if snapshot_size + st_journal.st_size >= LAZY_MIN_BYTES:
+                region = snapshot_region(snapshot_data, self.index_path)
+            said = region[0].streaming() if region is not None else []
+            if region is not None and not said and _KEEP_OPEN:
+                # A page is usually all in the journal: until a line of the snapshot is
+                # needed, only the journal stays in memory (and is read only now).
+                region[0].release(
+                    functools.partial(reread_from, index_fd, snapshot_size, self.index_path)
+                )
+                snapshot_data = b""
             journal = read_from(journal_fd, 0)
-            lines, end = self._parse_lines(journal, 0)
+            lazy = None
+            if region is not None:
+                lazy = LazyFiles.read(*region, journal, self.journal_path)
+            if lazy is not None:
+                streaming = lazy.streaming_ids(said)
+            else:
+                if region is not None:
+                    snapshot_data = region[0].data
+                snapshot, next_n = parse_snapshot(snapshot_data, self.index_path)
+                lines, end = parse_journal(journal, 0, self.journal_path)
         except BaseException as exc:
             # Leave the previous state untouched: a failed reload changes nothing.
             for fd in (index_fd, journal_fd):
@@ -224,15 +333,18 @@ class MessageIndex:
                 raise translate(exc, self.ctx_dir, "read the message index in") from exc
             raise
         self._close_files()
-        self._load([*snapshot, *(line.entry for line in lines if line.entry is not None)])
-        self.heads, self.last_at, self.content = {}, None, {}
-        self.next_n = next_n
-        for line in lines:
-            self._apply_record(line)
+        if lazy is None:
+            self._load([*snapshot, *(line.entry for line in lines if line.entry is not None)])
+            self.last_at, self.next_n = None, next_n
+            for line in lines:
+                self._apply_record(line)
+            self._snapshot_count, self._lines_read = len(snapshot), len(lines)
+        else:
+            self._read_lazily(lazy, streaming)
+            end = lazy.end
+        self._lines_after = 0
         self.heads_version += 1
-        self.snapshot_count = len(snapshot)
-        self.snapshot_size = len(snapshot_data)
-        self.journal_lines = len(lines)
+        self.snapshot_size = snapshot_size
         self._offset = end
         self._index_id = index_id
         self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
@@ -241,23 +353,15 @@ class MessageIndex:
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
 
-    def _parse_snapshot(self, data: bytes) -> tuple[list[IndexEntry], int]:
-        try:
-            doc = _IndexDoc.model_validate_json(data)
-        except ValidationError:
-            version = _sniff_version(data)
-            if isinstance(version, int):
-                check_not_newer(version, self.index_path)
-            raise RebuildNeeded("message_index.json is damaged", self.index_path) from None
-        check_not_newer(doc.schema_version, self.index_path)
-        if doc.schema_version < INDEX_FORMAT_SINCE:
-            # Derived data from an older version: rebuilding it is the upgrade.
-            raise RebuildNeeded("message_index.json is from an older version", self.index_path)
-        try:
-            check_ids(doc.entries)
-        except InvalidIdError:
-            raise RebuildNeeded("message_index.json has an invalid id", self.index_path) from None
-        return doc.entries, doc.next_n
+    def _read_lazily(self, lazy: LazyFiles, streaming: set[str]) -> None:
+        """Start over from lazily read files (``streaming``: ids whose entries say so)."""
+        self._entries, self._lazy, self._damage, self._children = {}, lazy, None, None
+        self._heads, self._content, self._seq_floor = {}, {}, 0
+        self._lazy_next_seq = self._snapshot_count = self._lines_read = None
+        self.next_n, self.last_at = lazy.next_n, None
+        if lazy.tail is not None:
+            self._apply_record(lazy.tail)
+        self.streaming_ids = streaming
 
     def _read_journal_tail(self) -> None:
         if self._journal_fd >= 0:
@@ -266,33 +370,21 @@ class MessageIndex:
             with open(self.journal_path, "rb") as handle:
                 handle.seek(self._offset)
                 data = handle.read()
-        lines, end = self._parse_lines(data, self._offset)
+        lines, end = parse_journal(data, self._offset, self.journal_path)
         for line in lines:
-            if line.entry is not None:
-                self._apply(line.entry)
-            self._apply_record(line)
+            self._take(line)
         if lines:
             self.heads_version += 1
-        self.journal_lines += len(lines)
+        self._lines_after += len(lines)
         self._offset += end
 
-    def _parse_lines(self, data: bytes, start: int) -> tuple[list[JournalLine], int]:
-        """The complete lines of ``data``, and how many bytes they span.
-
-        A last line without its newline is left out: a writer is still writing it, or
-        died doing so (then the next writer truncates it).
-        """
-        try:
-            lines, end = parse_lines(data, start)
-            check_ids([line.entry for line in lines if line.entry is not None])
-        except (LineError, InvalidIdError) as exc:
-            raise RebuildNeeded(
-                f"message_index.journal has {exc}"
-                if isinstance(exc, LineError)
-                else f"message_index.journal has a damaged line after byte {start}",
-                self.journal_path,
-            ) from None
-        return lines, end
+    def _take(self, line: JournalLine) -> None:
+        """Apply a line read after the files, or just appended."""
+        if line.entry is not None:
+            self._apply(line.entry)
+        self._apply_record(line)
+        if self._lazy is not None:
+            self._lazy.replay.append(line)
 
     def _apply_record(self, line: JournalLine) -> None:
         """Note what a line says beyond its entry: head move, time, durable content."""
@@ -300,12 +392,12 @@ class MessageIndex:
             if line.n >= self.next_n:
                 self.next_n = line.n + 1
             if line.branch is not None:
-                self.heads[line.branch] = (line.n, line.head)
+                self._heads[line.branch] = (line.n, line.head)
             if line.at is not None:
                 self.last_at = (line.n, line.at)
         if line.content is not None and line.entry is not None:
             offset, length = line.content
-            self.content[line.entry.id] = (offset, length, line.size)
+            self._content[line.entry.id] = (offset, length, line.size)
 
     def _load(self, entries: list[IndexEntry]) -> None:
         """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""
@@ -316,47 +408,26 @@ class MessageIndex:
         self.streaming_ids = {
             mid for mid, entry in known.items() if entry.status is streaming_status
         }
-        self.next_seq = max((entry.seq for entry in known.values()), default=-1) + 1
-        self.entries = known
+        self._seq_floor = max((entry.seq for entry in known.values()), default=-1) + 1
+        self._lazy_next_seq = None
+        self._entries = known
+        self._lazy = None
+        self._damage = None
         self._children = None
 
-    @property
-    def children(self) -> dict[str | None, list[str]]:
-        """Parent id (None: the roots) -> ids of its children, oldest first."""
-        if self._children is None:
-            children: dict[str | None, list[str]] = {}
-            last_seq = -1
-            in_order = True
-            for entry in self.entries.values():
-                siblings = children.get(entry.parent_id)
-                if siblings is None:
-                    children[entry.parent_id] = [entry.id]
-                else:
-                    siblings.append(entry.id)
-                if entry.seq > last_seq:
-                    last_seq = entry.seq
-                else:
-                    in_order = False
-            if not in_order:
-                # A rebuilt or hand-edited snapshot may list entries out of order.
-                entries = self.entries
-                for siblings in children.values():
-                    siblings.sort(key=lambda mid: entries[mid].seq)
-            self._children = children
-        return self._children
-
     def _apply(self, entry: IndexEntry) -> None:
-        known = entry.id in self.entries
-        self.entries[entry.id] = entry
+        known = entry.id in self._entries
+        self._entries[entry.id] = entry
+        if self._lazy is not None:
+            self._lazy.absent.discard(entry.id)
         if entry.status is MessageStatus.STREAMING:
             self.streaming_ids.add(entry.id)
         else:
             self.streaming_ids.discard(entry.id)
-        if not known:
-            if self._children is not None:
-                self._children.setdefault(entry.parent_id, []).append(entry.id)
-            if entry.seq >= self.next_seq:
-                self.next_seq = entry.seq + 1
+        if entry.seq >= self._seq_floor:
+            self._seq_floor = entry.seq + 1
+        if not known and self._children is not None:
+            self._children.setdefault(entry.parent_id, []).append(entry.id)
 
     # -- writing (cross-process lock held, right after refresh) ----------------------
 
@@ -385,8 +456,7 @@ class MessageIndex:
             span = (self._offset + len(line) - len(content) - 1, len(content))
         record = JournalLine(entry, self.next_n, at, branch, entry.id, span, size)
         self._write_line(line, durable)
-        self._apply(entry)
-        self._apply_record(record)
+        self._take(record)
         self.heads_version += 1
 
     def append_head(self, branch: str, head: str | None, *, at: str) -> None:
@@ -394,30 +464,15 @@ class MessageIndex:
         line = encode_head_line(n=self.next_n, at=at, branch=branch, head=head)
         record = JournalLine(None, self.next_n, at, branch, head, None, 0)
         self._write_line(line, True)
-        self._apply_record(record)
+        self._take(record)
         self.heads_version += 1
 
     def _write_line(self, line: bytes, durable: bool) -> None:
-        try:
-            fd = self._open_journal_for_writing()
-            try:
-                if os.fstat(fd).st_size > self._offset:
-                    # A writer died mid-line. Cut the fragment so our line starts cleanly.
-                    os.ftruncate(fd, self._offset)
-                try:
-                    write_all(fd, line)
-                    if durable:
-                        self.fsync(fd)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, self._offset)
-                    raise
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise translate(exc, self.journal_path, "append to") from exc
+        assert self._journal_inode is not None
+        fsync = self.fsync if durable else None
+        append_line(self.journal_path, self._journal_inode, self._offset, line, fsync)
         self._offset += len(line)
-        self.journal_lines += 1
+        self._lines_after += 1
 
     def mark(self) -> int:
         """Where the journal ends now: :meth:`retract` takes the index back to this point."""
@@ -432,25 +487,9 @@ class MessageIndex:
         """
         if self._offset == mark:
             return
-        try:
-            fd = self._open_journal_for_writing()
-            try:
-                os.ftruncate(fd, mark)
-                self.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise translate(exc, self.journal_path, "truncate") from exc
+        assert self._journal_inode is not None
+        truncate_journal(self.journal_path, self._journal_inode, mark, self.fsync)
         self._full_reload()
-
-    def _open_journal_for_writing(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
-        fd = os.open(self.journal_path, flags)
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != self._journal_inode:
-            os.close(fd)
-            raise RuntimeError("journal changed under the lock; refresh() was not called")
-        return fd
 
     def compaction_due(self) -> bool:
         """Whether the journal has grown enough to fold it (see the module docstring)."""
@@ -464,7 +503,7 @@ class MessageIndex:
         The caller first made durable what only the journal holds (message files, head
         moves): see ContextState.compact_if_due.
         """
-        ordered = sorted(self.entries.values(), key=lambda entry: entry.seq)
+        ordered = sorted(self.materialize().values(), key=lambda entry: entry.seq)
         self._write_snapshot(ordered)
 
     def rebuild(self, reason: str, path: Path) -> None:
@@ -473,23 +512,7 @@ class MessageIndex:
         Message files that cannot be read are skipped, each with a StoreWarning. Messages
         are numbered by creation time, then id.
         """
-        messages_dir = self.ctx_dir / MESSAGES_DIR
-        messages_dir.mkdir(exist_ok=True)
-        found = []
-        skipped: list[tuple[str, Path]] = []
-        for name in sorted(os.listdir(messages_dir)):
-            file = messages_dir / name
-            if is_temp_name(name):
-                # Left by a writer that was killed before its rename: never committed.
-                file.unlink(missing_ok=True)
-                continue
-            if not name.endswith(".json"):
-                continue  # not ours (e.g. .DS_Store)
-            try:
-                message_id = validate_message_id(name[: -len(".json")])
-                found.append(read_message_file(file, message_id))
-            except (CorruptDataError, ValueError) as exc:
-                skipped.append((str(exc), file))
+        found, skipped = read_message_folder(self.ctx_dir / MESSAGES_DIR)
         found.sort(key=lambda message: (message.created_at, message.id))
         entries = [IndexEntry.of(message, seq) for seq, message in enumerate(found)]
         self._write_snapshot(entries)
@@ -503,7 +526,7 @@ class MessageIndex:
             warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
 
     def _write_snapshot(self, ordered: list[IndexEntry]) -> None:
-        snapshot = _snapshot_bytes(ordered, self.next_n)
+        snapshot = snapshot_bytes(ordered, self.next_n)
         atomic_write(self.index_path, snapshot, fsync=self.fsync)
         # Only now start a new journal: until this replace, the old journal's lines are
         # in both files, which is harmless because replay is idempotent.
@@ -511,18 +534,18 @@ class MessageIndex:
         self._close_files()
         index_fd = os.open(self.index_path, _READ_FLAGS)
         journal_fd = os.open(self.journal_path, _READ_FLAGS)
-        self._index_id = _identity(os.fstat(index_fd))
+        self._index_id = file_identity(os.fstat(index_fd))
         st_journal = os.fstat(journal_fd)
         self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
         self._index_fd, self._journal_fd = index_fd, journal_fd
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
-        self.snapshot_count = len(ordered)
+        self._snapshot_count = len(ordered)
         self.snapshot_size = len(snapshot)
-        self.journal_lines = 0
+        self._lines_read, self._lines_after = 0, 0
         self._offset = 0
         # Folded into metadata.json and message files before the snapshot was written.
-        self.heads, self.last_at, self.content = {}, None, {}
+        self._heads, self.last_at, self._content = {}, None, {}
         self.heads_version += 1
         self.loaded = True
 
@@ -544,33 +567,17 @@ class MessageIndex:
         They keep what only the journal holds (head moves, durable copies of messages)
         from being lost with it. Missing or unreadable: nothing is salvaged.
         """
-        try:
-            fd = open_regular(self.journal_path, check_folder=False)  # never a FIFO's wait
-        except (OSError, CorruptDataError, StoreError):
-            return []
-        try:
-            data = read_from(fd, 0)
-        except OSError:
-            return []
-        finally:
-            os.close(fd)
-        found: list[JournalLine] = []
-        position = 0
-        for line in data.split(b"\n")[:-1]:
-            try:
-                parsed, _end = self._parse_lines(line + b"\n", position)
-            except RebuildNeeded:
-                parsed = []
-            found += parsed
-            position += len(line) + 1
-        self.heads, self.last_at, self.content = {}, None, {}
+        found = salvage_journal(self.journal_path)
+        # What is left of the index is rebuilt next: forget what was read lazily.
+        self._lazy, self._damage = None, None
+        self._heads, self.last_at, self._content = {}, None, {}
         for record in found:
             self._apply_record(record)
         self.heads_version += 1
         # Kept open for read_content until the rebuild replaces the journal.
         self._close_files()
-        with contextlib.suppress(OSError):
-            self._journal_fd = os.open(self.journal_path, _READ_FLAGS)
+        with contextlib.suppress(OSError, StoreError):  # CorruptDataError: not a file
+            self._journal_fd = open_regular(self.journal_path, check_folder=False)
         return found
 
     def _close_files(self) -> None:
@@ -582,14 +589,7 @@ class MessageIndex:
     def close(self) -> None:
         """Close the files held open and forget everything (the next refresh reloads)."""
         self._close_files()
+        self._load([])  # nothing lazily read may outlive the files it was read from
         self.loaded = False
         self._index_id = None
         self._journal_inode = None
-
-
-def _sniff_version(data: bytes) -> object:
-    try:
-        raw = _json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return raw.get("schema_version") if isinstance(raw, dict) else None

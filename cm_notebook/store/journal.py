@@ -20,24 +20,32 @@ read back only to repair a message file that a power loss took (see
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import InvalidIdError
 from ..ids import MAX_ID_LENGTH, validate_branch_name, validate_message_id
+from .atomic import Fsync, write_all
 from .base import IndexEntry
+from .oserrors import translate
 
 __all__ = [
     "JournalLine",
     "LineError",
+    "append_line",
     "check_ids",
     "encode_entry_line",
     "encode_head_line",
     "parse_lines",
+    "truncate_journal",
 ]
 
 _ENTRY_LIST = TypeAdapter(list[IndexEntry])
@@ -135,7 +143,7 @@ def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> Jo
     if not isinstance(n, int) or (at is not None and not isinstance(at, str)):
         raise ValueError("bad n or at")
     if branch is not None:
-        validate_branch_name(branch)
+        _check_branch(branch)
     if "id" in raw:
         entry: IndexEntry = next(entries)
         size = raw.get("size", 0)
@@ -148,6 +156,13 @@ def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> Jo
     if head is not None:
         validate_message_id(head)
     return JournalLine(None, n, at, branch, head, None, 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_branch(name: str) -> None:
+    # A journal names a few branches on many lines; the full check (Unicode scripts,
+    # normal forms) is costly enough to do once per name. Refusals are not cached.
+    validate_branch_name(name)
 
 
 # A fast, batch pre-check of ids read from disk (one regex over all of them). It
@@ -175,3 +190,59 @@ def check_ids(entries: list[IndexEntry]) -> None:
         return
     for value in ids:
         validate_message_id(value)
+
+
+# -- writing (the context lock held; see MessageIndex) ------------------------------
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_for_writing(path: Path, inode: tuple[int, int]) -> int:
+    fd = os.open(path, _WRITE_FLAGS)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != inode:
+        os.close(fd)
+        raise RuntimeError("journal changed under the lock; refresh() was not called")
+    return fd
+
+
+def append_line(
+    path: Path, inode: tuple[int, int], end: int, line: bytes, fsync: Fsync | None
+) -> None:
+    """Append ``line`` to the journal (device and inode ``inode``) whose complete lines
+    end at ``end``, then ``fsync`` it (None: not durable).
+
+    A fragment past ``end`` (a writer died mid-line) is cut first; on failure (a full
+    disk) whatever part of the line reached the file is cut off again, and the package's
+    error is raised.
+    """
+    try:
+        fd = _open_for_writing(path, inode)
+        try:
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)
+            try:
+                write_all(fd, line)
+                if fsync is not None:
+                    fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise translate(exc, path, "append to") from exc
+
+
+def truncate_journal(path: Path, inode: tuple[int, int], mark: int, fsync: Fsync) -> None:
+    """Durably cut the journal (device and inode ``inode``) back to ``mark`` bytes."""
+    try:
+        fd = _open_for_writing(path, inode)
+        try:
+            os.ftruncate(fd, mark)
+            fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise translate(exc, path, "truncate") from exc

@@ -37,6 +37,7 @@ from .context import ContextState
 from .diagnostics import warn
 from .index import RebuildNeeded
 from .paths import message_path
+from .repair import intact
 
 __all__ = [
     "check_head",
@@ -51,6 +52,7 @@ __all__ = [
     "find_branch",
     "read_messages",
     "require_message",
+    "restore_lost",
     "select_page",
     "walk",
 ]
@@ -93,6 +95,10 @@ def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
             ids += known
             break
         entry = entries.get(current)
+        if entry is None:
+            # A lazily read index finds a damaged line (RebuildNeeded) only by parsing
+            # everything: a parent link to nowhere is worth that before blaming the file.
+            entry = state.index.materialize().get(current)
         if entry is None:
             path = message_path(state.dir, current)
             raise CorruptDataError(
@@ -166,6 +172,7 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
     # One check of the folder per call instead of one per file.
     trusted = not os.path.islink(folder)
     prefix = f"{folder}{os.sep}"
+    restore_lost(state, ids)
     for message_id in ids:
         where: str | Path = f"{prefix}{message_id}.json" if trusted else folder
         try:
@@ -179,6 +186,25 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
             # One bad file must not hide a whole conversation: skip it, by path.
             warn(f"skipped an unreadable message: {exc}", Path(where))
     return messages
+
+
+def restore_lost(state: ContextState, ids: list[str]) -> None:
+    """Restore the files of these messages that a power loss took, before reading them.
+
+    A message whose durable copy is still in the journal is checked by its file's size
+    (see :mod:`.repair`); call without holding any lock.
+    """
+    if os.path.islink(state.messages_dir):
+        return  # never written through (readers refuse it, by path)
+    prefix = f"{state.messages_dir}{os.sep}"
+    try:
+        with state.state_lock:
+            sizes = {mid: copy[2] for mid in ids if (copy := state.index.copy_of(mid))}
+    except RebuildNeeded:
+        return  # remembered by the index: the next read rebuilds it
+    lost = [mid for mid, size in sizes.items() if not intact(f"{prefix}{mid}.json", size)]
+    if lost:
+        state.restore(lost)
 
 
 # -- writing (inside state.locked()) ---------------------------------------------------
@@ -225,7 +251,7 @@ def do_append(
     file_bytes, compact = data
     try:
         # Not fsync'd: the journal line below is the durable copy (see repair.py).
-        atomic_write(path, file_bytes, fsync=None)
+        atomic_write(path, file_bytes, fsync=None, temp_dir=state.dir)
         state.index.append(
             IndexEntry.of(message, state.index.next_seq),
             at=_now(),
@@ -282,7 +308,7 @@ def do_update_message(
         # Refuses (StoreError) if a live writer elsewhere is still streaming it.
         state.streaming.take(message.id)
     file_bytes, compact = data
-    atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None)
+    atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None, temp_dir=state.dir)
     if not streaming:
         entry = IndexEntry.of(message, old.seq)
         state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))

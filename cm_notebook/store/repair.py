@@ -4,7 +4,9 @@ A finished message is committed by one fsync'd journal line that carries the mes
 (see :mod:`.journal`); its file in ``messages/`` is written just before, atomically but
 without an fsync. After ``kill -9`` the file is complete (the OS has it). After a power
 loss it may be missing, empty or an older version; then the journal line still holds
-the message, and :func:`repair_files` rewrites the file from it. Before compaction
+the message, and :func:`repair_files` rewrites the file from it when the message is
+read (see :func:`cm_notebook.store.ops.read_messages`) or, at the latest, before
+compaction. Before compaction
 drops those lines, :func:`repair_files` with ``flush=True`` makes every such file
 durable (an fsync per file and one of the folder), so the copy in the journal is no
 longer needed.
@@ -28,12 +30,13 @@ from .index import MessageIndex
 from .oserrors import translate
 from .paths import MESSAGES_DIR
 
-__all__ = ["repair_files"]
+__all__ = ["intact", "repair_files"]
 
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _intact(path: str, size: int) -> bool:
+def intact(path: str, size: int) -> bool:
+    """Whether the message file at ``path`` is a regular file of ``size`` bytes."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -41,21 +44,28 @@ def _intact(path: str, size: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
-def repair_files(index: MessageIndex, fsync: Fsync, *, flush: bool) -> int:
+def repair_files(
+    index: MessageIndex, fsync: Fsync, *, flush: bool, only: list[str] | None = None
+) -> int:
     """Rewrite, from the journal, every message file a power loss damaged; return how many.
 
     With ``flush``, also fsync every file whose durable copy is in the journal, and the
-    ``messages`` folder, so that the journal's copies may be dropped. Must run with the
-    context lock held, right after the index was refreshed.
+    ``messages`` folder, so that the journal's copies may be dropped. With ``only``,
+    look at those messages alone (the ones being read). Must run with the context lock
+    held, right after the index was refreshed.
     """
-    if not index.content:
+    if only is None:
+        copies = list(index.content.items())
+    else:
+        copies = [(mid, copy) for mid in only if (copy := index.copy_of(mid)) is not None]
+    if not copies:
         return 0
     folder = index.ctx_dir / MESSAGES_DIR
     prefix = f"{folder}{os.sep}"
     repaired = 0
-    for message_id, (offset, length, size) in index.content.items():
+    for message_id, (offset, length, size) in copies:
         path = f"{prefix}{message_id}.json"
-        if not _intact(path, size):
+        if not intact(path, size):
             try:
                 data = file_bytes_from_compact(index.read_content(offset, length))
             except (ValueError, UnicodeDecodeError):
@@ -64,7 +74,7 @@ def repair_files(index: MessageIndex, fsync: Fsync, *, flush: bool) -> int:
                 warn(f"the journal copy of message {message_id!r} is damaged", Path(path))
                 continue
             try:
-                atomic_write(Path(path), data, fsync=fsync)
+                atomic_write(Path(path), data, fsync=fsync, temp_dir=index.ctx_dir)
             except StoreError:
                 if flush:
                     raise  # the journal's copy must not be dropped
