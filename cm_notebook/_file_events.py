@@ -5,8 +5,11 @@ to its context's signal log or recorded a decision, without reading the log 20 t
 a second. :func:`watch_folders` subscribes a wake-up callback to a few folders (the
 context folder, which holds the log and the ``decisions`` folder); one watcher per
 process, built on ``watchfiles`` (inotify on Linux, FSEvents on macOS), waits for
-changes in every subscribed folder (and its sub-folders) on one thread and calls the
-callbacks of the folders that changed.
+changes in every subscribed folder on one thread and calls the callbacks of the
+folders that changed. Folders are watched without their sub-folders: a context's
+``messages/`` holds a file per message, and watching it recursively would walk
+(and watch) every one of them when a context is opened; a subscriber names each
+folder it cares about.
 
 It returns None when notification is not to be had, and the caller then polls:
 ``watchfiles`` is not installed, the operating system refused a watch (e.g. inotify's
@@ -112,7 +115,8 @@ class _Watcher:
             return False
         present = sorted(folder for folder in folders if os.path.isdir(folder))
         try:
-            notify = RustNotify(present, False, False, 300, True, True)
+            # Not recursive (see the module docstring); permission errors ignored.
+            notify = RustNotify(present, False, False, 300, False, True)
         except Exception as exc:  # the OS refused (watch limit, unsupported file system)
             logger.info("file-change notification unavailable (%s); polling instead", exc)
             return False
@@ -144,7 +148,8 @@ class _Watcher:
                 self._dispatch({path for _, path in changes})
 
     def _dispatch(self, paths: set[str]) -> None:
-        # A change anywhere under a subscribed folder wakes its subscribers.
+        # A change in a subscribed folder (or below, on systems that report deeper paths)
+        # wakes its subscribers.
         folders: set[str] = set()
         for path in paths:
             while path not in folders:
@@ -171,7 +176,7 @@ _WATCHER = _Watcher()
 def watch_folders(folders: Iterable[Path], wake: Callable[[], None]) -> Subscription | None:
     """Call ``wake()`` (on the watcher's thread) whenever something in ``folders`` changes.
 
-    Changes in their sub-folders count too. The folders must exist. Returns None when
+    Changes in their sub-folders do not count. The folders must exist. Returns None when
     notification is off or unavailable (see the module docstring): poll then. ``wake``
     must be quick (e.g. set an event).
     """

@@ -22,12 +22,14 @@ and announce the branch idle again.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import fsm
 from ._file_events import Subscription, watch_folders
+from ._remote_decisions import DECISIONS_FOLDER
 from .model import ToolCallStatus
 from .redact import get_logger
 from .signal_log import LogReader
@@ -91,7 +93,10 @@ class LogFollower:
         self._safety, self._busy_safety = safety, busy_safety
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._folders = [reader.path.parent] if watch is None else list(watch)
+        # The log's folder, and the one of decision and stop records (watched one by
+        # one: see cm_notebook._file_events).
+        context = reader.path.parent
+        self._folders = [context, context / DECISIONS_FOLDER] if watch is None else list(watch)
         # Subscribed once the folders exist (a context being created has none yet).
         self._subscription: Subscription | None = None
         self._polling = not self._folders  # True once notification was refused
@@ -175,9 +180,15 @@ class LogFollower:
     def _subscribe(self) -> None:
         if self._polling or self._subscription is not None or self._stop.is_set():
             return
-        if not all(folder.is_dir() for folder in self._folders):
+        if not self._folders[0].is_dir():
             return  # not made yet: poll, and try again next time
-        self._subscription = watch_folders(self._folders, self._wake.set)
+        for folder in self._folders[1:]:
+            # Made now so that it can be watched (records may come before this process
+            # writes any); a folder that cannot be made is left to the safety reads.
+            with contextlib.suppress(OSError):
+                folder.mkdir(exist_ok=True)
+        folders = [folder for folder in self._folders if folder.is_dir()]
+        self._subscription = watch_folders(folders, self._wake.set)
         self._polling = self._subscription is None
         if self._stop.is_set() and self._subscription is not None:
             self._subscription.cancel()  # closed meanwhile

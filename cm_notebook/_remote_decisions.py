@@ -29,9 +29,10 @@ from typing import Any
 
 from . import _json
 
-__all__ = ["DecisionBox"]
+__all__ = ["DECISIONS_FOLDER", "DecisionBox"]
 
-_FOLDER = "decisions"
+#: The folder of a context that holds decision and stop records.
+DECISIONS_FOLDER = "decisions"
 
 
 # Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
@@ -64,7 +65,7 @@ class DecisionBox:
     """The decision records of one context folder."""
 
     def __init__(self, context_dir: Path) -> None:
-        self.folder = context_dir / _FOLDER
+        self.folder = context_dir / DECISIONS_FOLDER
 
     def _path(self, tool_call_id: str, message_id: str) -> Path:
         digest = hashlib.sha256(f"{message_id}\0{tool_call_id}".encode()).hexdigest()[:32]
