@@ -43,6 +43,7 @@ from ..model import Branch, ContextMetadata, MessageStatus, utcnow
 from .atomic import Fsync, atomic_write, is_temp_name, read_from
 from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, read_message_file
 from .diagnostics import warn
+from .flushing import OwedFlushes
 from .index import MessageIndex, RebuildNeeded
 from .oserrors import linked, open_regular, translate
 from .oslock import LockTimeout, OSLock, creation_lock, lock_is_held, remove_lock_shell
@@ -123,6 +124,7 @@ class ContextState:
         self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
         self.index = MessageIndex(ctx_dir, fsync)
         self.walks = WalkCache()  # recent walks to the root (see ops.walk)
+        self.flushes = OwedFlushes()  # message files to fsync (see flushing.py)
         #: metadata.json as last read or written, and its ``heads_at``.
         self.metadata: ContextMetadata | None = None
         self.heads_at = 0
@@ -507,6 +509,11 @@ class ContextState:
         committed either way, so a failure (say, a full disk) is a warning, not an
         error of the write, and compaction is retried after the next write.
         """
+        if self.flushes.due():
+            try:
+                self.flushes.pay(self.index, self.fsync)
+            except (OSError, StoreError, RebuildNeeded) as exc:  # compaction retries
+                warn(f"could not make message files durable ({exc}); will retry", self.dir)
         if not self.index.compaction_due():
             return
         try:
@@ -521,11 +528,12 @@ class ContextState:
         """Fold the journal now (locked, fresh): see :meth:`compact_if_due`."""
         if self.metadata is None:
             return
-        repair_files(self.index, self.fsync, flush=True)
+        repair_files(self.index, self.fsync, flush=True, flushed=self.flushes.flushed)
         current = self._current(self.metadata)
         if current is not self.metadata or self.index.heads or self.index.last_at:
             self.write_metadata(current)
         self.index.compact()
+        self.flushes.clear()
 
     def write_metadata(self, metadata: ContextMetadata) -> None:
         """Atomically and durably replace metadata.json (locked); remember what was written.
@@ -558,6 +566,7 @@ class ContextState:
         self.heads_at = 0
         self._merged = None
         self.known = None
+        self.flushes.clear()
         self._swept = False
 
 

@@ -263,6 +263,8 @@ def do_append(
     except BaseException:
         _undo_append(state, mark, path, message.id, streaming)
         raise
+    if not streaming:
+        state.flushes.note(message.id)
     state.compact_if_due()
 
 
@@ -312,6 +314,7 @@ def do_update_message(
     if not streaming:
         entry = IndexEntry.of(message, old.seq)
         state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))
+        state.flushes.note(message.id)
         # Only after the final state is durable: until then a crash must still read as
         # "writer died while streaming".
         state.streaming.drop(message.id, remove_file=True)

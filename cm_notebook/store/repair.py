@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 from ..errors import StoreError
@@ -45,14 +46,20 @@ def intact(path: str, size: int) -> bool:
 
 
 def repair_files(
-    index: MessageIndex, fsync: Fsync, *, flush: bool, only: list[str] | None = None
+    index: MessageIndex,
+    fsync: Fsync,
+    *,
+    flush: bool,
+    only: list[str] | None = None,
+    flushed: Collection[str] = (),
 ) -> int:
     """Rewrite, from the journal, every message file a power loss damaged; return how many.
 
-    With ``flush``, also fsync every file whose durable copy is in the journal, and the
-    ``messages`` folder, so that the journal's copies may be dropped. With ``only``,
-    look at those messages alone (the ones being read). Must run with the context lock
-    held, right after the index was refreshed.
+    With ``flush``, also fsync every file whose durable copy is in the journal (except
+    those in ``flushed``, fsync'd already), and the ``messages`` folder, so that the
+    journal's copies may be dropped. With ``only``, look at those messages alone (the
+    ones being read, or a batch to flush). Must run with the context lock held, right
+    after the index was refreshed.
     """
     if only is None:
         copies = list(index.content.items())
@@ -86,7 +93,7 @@ def repair_files(
                 "or it was changed by hand); it was restored from the journal",
                 Path(path),
             )
-        elif flush:
+        elif flush and message_id not in flushed:
             _flush(path, fsync)
     if flush:
         fsync_dir(folder, fsync)

@@ -1,0 +1,59 @@
+"""Message files made durable a few at a time, so compaction never stalls one turn.
+
+A finished message is committed by its fsync'd journal line; its file is written
+without an fsync (see :mod:`.repair`). Before compaction drops the journal's copies,
+those files must be durable. Done all at compaction, that is one fsync per message
+written since the last one: with compaction at geometric intervals, the turn that
+compacts a 1,000-message conversation would wait for hundreds of fsyncs.
+
+So a store notes each message it commits (:class:`OwedFlushes`), and every
+:data:`FLUSH_EVERY` of them the write that commits the last one fsyncs the batch and
+the ``messages`` folder. Compaction then fsyncs only what is still owed (and what
+other writers committed). The fsyncs are as many as before, plus one of the folder
+per batch; a write waits for at most one batch of them.
+"""
+
+from __future__ import annotations
+
+from .atomic import Fsync
+from .index import MessageIndex
+from .repair import repair_files
+
+__all__ = ["FLUSH_EVERY", "OwedFlushes"]
+
+#: Committed message files per batch of fsyncs.
+FLUSH_EVERY = 32
+_KEPT = 65_536  # flushed ids remembered at most (compaction forgets them sooner)
+
+
+class OwedFlushes:
+    """The fsyncs one store owes the files of the messages it committed."""
+
+    def __init__(self) -> None:
+        self.owed: list[str] = []
+        #: Files fsync'd since the last compaction (compaction skips them).
+        self.flushed: set[str] = set()
+
+    def note(self, message_id: str) -> None:
+        """``message_id`` was committed with its copy in the journal."""
+        self.owed.append(message_id)
+
+    def due(self) -> bool:
+        """Whether a batch is owed."""
+        return len(self.owed) >= FLUSH_EVERY
+
+    def pay(self, index: MessageIndex, fsync: Fsync) -> None:
+        """fsync the owed files (restoring any a power loss took) and their folder.
+
+        On an error nothing is marked flushed: compaction does it later.
+        """
+        batch, self.owed = self.owed, []
+        repair_files(index, fsync, flush=True, only=batch)
+        if len(self.flushed) >= _KEPT:
+            self.flushed.clear()  # only costs compaction an fsync per file
+        self.flushed.update(batch)
+
+    def clear(self) -> None:
+        """The journal was folded (or the state reloaded): nothing is owed."""
+        self.owed.clear()
+        self.flushed.clear()
