@@ -1,0 +1,201 @@
+"""The tool rounds of a turn: approval, running the tools, storing their results.
+
+:class:`ToolRounds` is a base of :class:`~cm_notebook.runner.TurnRunner`. When a
+reply asks for tools, the state machine asks for approval (:meth:`_approval`: the
+policy decides, or the call waits on the session's approval desk), then for the
+approved calls to run and every call to be answered (:meth:`_execute`); a cancelled
+turn answers what it asked for (:meth:`_resolve_cancelled`). The assistant message
+that asked records what became of each call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+
+from . import events as ev
+from . import fsm
+from ._host import TurnHost
+from ._turn_writes import TurnWrites
+from .approvals import Decision, without_asking
+from .model import Message, ToolCall, ToolCallStatus
+from .tools import ToolOutcome, UnknownToolError, denied_result, run_tool
+
+__all__ = ["ToolRounds"]
+
+
+class ToolRounds:
+    """Approving, running and answering a reply's tool calls (see the module docstring)."""
+
+    host: TurnHost
+    branch: str
+    _writes: TurnWrites
+    _last_reply: Message | None
+    _calls: dict[str, ToolCall]  # this round's tool calls by id
+    _answered: set[str]  # ids of calls whose tool message is stored
+    _claimed_ids: list[str]  # call ids claimed on the desk, not yet asked
+
+    def _feed(self, given: fsm.Input) -> None:
+        raise NotImplementedError  # TurnRunner's: the state machine's next step
+
+    async def _approval(self, ids: tuple[str, ...]) -> None:
+        host = self.host
+        assert self._last_reply is not None
+        message_id = self._last_reply.id
+        asked: dict[str, asyncio.Future[Decision]] = {}
+        immediate: list[tuple[str, Decision]] = []
+        for call_id in ids:
+            call = self._calls[call_id]
+            if call.status is ToolCallStatus.FAILED:  # unknown tool / invalid arguments
+                immediate.append((call_id, Decision(False, call.reason)))
+                continue
+            try:
+                tool = host.tools().get(call.name)
+            except UnknownToolError as exc:  # removed since the model asked for it
+                self._calls[call_id] = _failed(call, exc)
+                immediate.append((call_id, Decision(False, str(exc))))
+                continue
+            policy = host.tool_policy().decide(tool)
+            decided = without_asking(policy, host.allowed(call.name) if policy == "ask" else None)
+            if decided is not None:
+                immediate.append((call_id, decided))
+            else:
+                asked[call_id] = host.approvals.register(self.branch, message_id, call)
+        self._release_ids()  # on the desk now, or decided
+        if asked:
+            host.publish(
+                ev.ToolApprovalRequested(
+                    branch=self._writes.target, message_id=message_id, tool_call_ids=tuple(asked)
+                )
+            )
+        for call_id, decision in immediate:
+            self._decide(call_id, decision)
+        try:
+            while asked:
+                done, _ = await asyncio.wait(
+                    set(asked.values()), return_when=asyncio.FIRST_COMPLETED
+                )
+                for call_id, pending in list(asked.items()):
+                    if pending in done:
+                        del asked[call_id]
+                        self._decide(call_id, pending.result())
+        finally:
+            for call_id in asked:
+                host.approvals.drop(call_id)
+
+    def _release_ids(self) -> None:
+        if self._claimed_ids:
+            self.host.approvals.release_ids(self._claimed_ids)
+            self._claimed_ids = []
+
+    def _decide(self, call_id: str, decision: Decision) -> None:
+        call = self._calls[call_id]
+        if call.status is not ToolCallStatus.FAILED:
+            update: dict[str, Any] = {
+                "status": ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
+                "reason": decision.reason,
+            }
+            if decision.arguments is not None:
+                update["arguments"] = decision.arguments
+            # The audit log's record (None for the policy's own decisions), before the signal.
+            record = self.host.record(self._writes.target, self._last_reply, call, decision)
+            call = call.model_copy(update=update)
+            self._calls[call_id] = call
+            self.host.publish(
+                ev.ToolCallResolved(
+                    branch=self._writes.target,
+                    tool_call_id=call_id,
+                    status=call.status,
+                    reason=call.reason,
+                    decision=record,
+                )
+            )
+        self._feed(fsm.ToolDecided(call_id, decision.approved))
+
+    async def _execute(self, approved: tuple[str, ...], denied: tuple[str, ...]) -> None:
+        host = self.host
+        order = [call_id for call_id in self._calls if call_id in approved or call_id in denied]
+        for call_id in order:
+            call = self._calls[call_id]
+            if call_id in approved:
+                call = call.model_copy(update={"status": ToolCallStatus.RUNNING})
+                self._calls[call_id] = call
+                await self._save_calls()
+                try:
+                    tool = host.tools().get(call.name)
+                except UnknownToolError as exc:  # removed while the call awaited approval
+                    outcome = ToolOutcome(ToolCallStatus.FAILED, f"error: {exc}", 0.0)
+                else:
+                    outcome = await run_tool(tool, call.arguments, timeout=host.tool_timeout)
+                call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
+                text = outcome.result
+                if not outcome.ok:
+                    host.publish(
+                        ev.ErrorReported(branch=self.branch, kind="tool", message=outcome.result)
+                    )
+            elif call.status is ToolCallStatus.FAILED:
+                text = call.result or f"error: {call.reason}"
+            else:
+                text = denied_result(call.name, call.reason)
+                call = call.model_copy(update={"result": text})
+            self._calls[call_id] = call
+            await self._answer_call(call, text)
+        await self._save_calls()
+        self._feed(fsm.ToolsFinished())
+
+    async def _answer_call(self, call: ToolCall, text: str) -> None:
+        await self._writes.answer_call(call, text)
+        # Only once it is stored (a store write, once started, is not cancelled): a
+        # failed write leaves the call to be answered by the wind-down.
+        self._answered.add(call.id)
+        if call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
+            self.host.publish(
+                ev.ToolCallResolved(
+                    branch=self._writes.target,
+                    tool_call_id=call.id,
+                    status=call.status,
+                    reason=call.reason,
+                )
+            )
+
+    async def _resolve_cancelled(self, ids: tuple[str, ...], reason: str) -> None:
+        for call_id in ids:
+            self.host.approvals.drop(call_id)
+            call = self._calls.get(call_id)
+            if call is None or call_id in self._answered:
+                continue
+            text = denied_result(call.name, reason)
+            call = call.model_copy(
+                update={"status": ToolCallStatus.DENIED, "reason": reason, "result": text}
+            )
+            self._calls[call_id] = call
+            with anyio.CancelScope(shield=True):
+                await self._answer_call(call, text)
+            self.host.publish(
+                ev.ToolCallResolved(
+                    branch=self._writes.target,
+                    tool_call_id=call_id,
+                    status=ToolCallStatus.DENIED,
+                    reason=reason,
+                )
+            )
+        with anyio.CancelScope(shield=True):
+            await self._save_calls()
+
+    async def _save_calls(self) -> None:
+        # The assistant message that asked for the calls records what became of them.
+        if self._last_reply is None or not self._calls:
+            return
+        updated = self._last_reply.model_copy(update={"tool_calls": list(self._calls.values())})
+        await self._writes.update(updated)
+        self._last_reply = updated
+
+
+def _failed(call: ToolCall, exc: Exception) -> ToolCall:
+    # A call that cannot run, as tool_call_from_request marks one (fail closed).
+    error = f"error: {exc}"
+    return call.model_copy(
+        update={"status": ToolCallStatus.FAILED, "reason": str(exc), "result": error}
+    )
