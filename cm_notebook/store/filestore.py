@@ -21,8 +21,9 @@ change: it carries the index entry, the head move, the time and, for a finished
 message, the message. The message file is written first, atomically (temporary file
 and rename) but without an fsync: after ``kill -9`` it is complete (the OS holds it);
 after a power loss the line holds the message, and reading the message (a page, say)
-rewrites a missing or older file from it (:mod:`.repair`). Compaction makes those
-files durable before it drops the lines (see :mod:`cm_notebook.store.index`).
+rewrites a missing or older file from it (:mod:`.repair`). Those files are fsync'd
+32 at a time by the write that commits the 32nd (:mod:`.flushing`), and compaction
+makes the rest durable before it drops the lines (see :mod:`cm_notebook.store.index`).
 metadata.json is rewritten only by the operations that change it and at compaction,
 never to move a head. fsyncs (directory fsyncs included) and renames per operation:
 
@@ -37,13 +38,16 @@ set_branch_head                                          1       0
 create_branch, update_branch, delete_branch,             2       1
 set_active_branch, update_metadata (metadata.json)
 create_context                                           7       4
+every 32nd finished message this store commits          33      0
+(the batch of message files, then their folder)
 compaction (after >= 128 lines, then geometrically;      k + 7   3
-k = messages whose copy is in the journal)
+k = messages whose file no batch made durable yet)
 =======================================================  ======  =======
 
 A plain turn (the user's message, the reply's placeholder, its final state) therefore
-makes 2 fsyncs and 3 renames, plus its share of compaction (about one fsync per
-finished message); a tool cycle 6. Unacknowledged states are not fsync'd: a reply
+makes 2 fsyncs and 3 renames, plus its share of the batches (about one fsync per
+finished message, as the floor of one durable file per message also pays); a tool
+cycle 6. No single write waits for more than one batch. Unacknowledged states are not fsync'd: a reply
 still streaming when the power fails may be lost or show older partial text, which
 ``kill -9`` alone never does.
 
