@@ -52,9 +52,17 @@ def notification_enabled() -> bool:
 class Subscription:
     """One subscriber's wake-ups; :meth:`cancel` ends them."""
 
-    def __init__(self, watcher: _Watcher, folders: tuple[str, ...], wake: Callable[[], None]):
+    def __init__(
+        self,
+        watcher: _Watcher,
+        folders: tuple[str, ...],
+        wake: Callable[[], None],
+        wants: Callable[[str], bool] | None = None,
+    ):
         self.folders = folders
         self.wake = wake
+        #: Which changed paths wake it (None: any in its folders).
+        self.wants = wants
         #: False once the watcher failed: the subscriber must poll.
         self.live = True
         self._watcher = watcher
@@ -77,11 +85,16 @@ class _Watcher:
         self._swap = threading.Event()  # the thread's current watch returns: look again
         self._thread: threading.Thread | None = None
 
-    def add(self, folders: Iterable[Path], wake: Callable[[], None]) -> Subscription | None:
+    def add(
+        self,
+        folders: Iterable[Path],
+        wake: Callable[[], None],
+        wants: Callable[[str], bool] | None = None,
+    ) -> Subscription | None:
         names = tuple(os.path.realpath(folder) for folder in folders)
         if not names or not all(os.path.isdir(name) for name in names):
             return None  # nothing to watch there (yet): the caller polls
-        subscription = Subscription(self, names, wake)
+        subscription = Subscription(self, names, wake, wants)
         with self._lock:
             wanted = self._watched.union(names)
             if wanted != self._watched and not self._rebuild(wanted):
@@ -156,7 +169,12 @@ class _Watcher:
                 folders.add(path)
                 path = os.path.dirname(path)
         with self._lock:
-            woken = [sub for sub in self._subs if folders.intersection(sub.folders)]
+            woken = [
+                sub
+                for sub in self._subs
+                if folders.intersection(sub.folders)
+                and (sub.wants is None or any(sub.wants(path) for path in paths))
+            ]
         for subscription in woken:
             subscription.wake()
 
@@ -173,8 +191,16 @@ class _Watcher:
 _WATCHER = _Watcher()
 
 
-def watch_folders(folders: Iterable[Path], wake: Callable[[], None]) -> Subscription | None:
+def watch_folders(
+    folders: Iterable[Path],
+    wake: Callable[[], None],
+    wants: Callable[[str], bool] | None = None,
+) -> Subscription | None:
     """Call ``wake()`` (on the watcher's thread) whenever something in ``folders`` changes.
+
+    With ``wants``, only changes of paths it accepts (real paths, as the folders are
+    resolved) wake it: a context folder sees a write of some file many times a turn,
+    and a follower cares only for its log and the decision records.
 
     Changes in their sub-folders do not count. The folders must exist. Returns None when
     notification is off or unavailable (see the module docstring): poll then. ``wake``
@@ -182,4 +208,4 @@ def watch_folders(folders: Iterable[Path], wake: Callable[[], None]) -> Subscrip
     """
     if not notification_enabled():
         return None
-    return _WATCHER.add(folders, wake)
+    return _WATCHER.add(folders, wake, wants)

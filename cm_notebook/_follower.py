@@ -23,6 +23,7 @@ and announce the branch idle again.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -188,7 +189,14 @@ class LogFollower:
             with contextlib.suppress(OSError):
                 folder.mkdir(exist_ok=True)
         folders = [folder for folder in self._folders if folder.is_dir()]
-        self._subscription = watch_folders(folders, self._wake.set)
+        log = os.path.realpath(self._reader.path)
+        records = {os.path.realpath(folder) for folder in self._folders[1:]}
+
+        def wants(path: str) -> bool:
+            # The log, or a record in the decisions folder: not the store's own files.
+            return path == log or os.path.dirname(path) in records
+
+        self._subscription = watch_folders(folders, self._wake.set, wants)
         self._polling = self._subscription is None
         if self._stop.is_set() and self._subscription is not None:
             self._subscription.cancel()  # closed meanwhile

@@ -8,6 +8,7 @@ documented switch, for file systems without notifications) makes it poll instead
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cm_notebook._file_events import watch_folders
 from cm_notebook._follower import LogFollower
 from cm_notebook.events import ContentDelta, Event, MessageCompleted
 from cm_notebook.session import ContextSession
@@ -179,3 +181,25 @@ def test_a_session_polling_sees_another_process_s_reply(
             "the other process's reply",
         )
         assert _texts(seen) == "Polled story."
+
+
+def test_a_subscriber_is_woken_only_by_the_paths_it_wants(tmp_path: Path) -> None:
+    # A context folder sees the store's files change many times a turn; a follower
+    # wants its log alone. Both subscribers get the same dispatch of each change.
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    wanted = os.path.realpath(folder / LOG_NAME)
+    every, picky = threading.Event(), threading.Event()
+    everything = watch_folders([folder], every.set)
+    only_the_log = watch_folders([folder], picky.set, lambda path: path == wanted)
+    if everything is None or only_the_log is None:
+        pytest.skip("file-change notification is not available here")
+    try:
+        (folder / "message_index.journal").write_text("a store write")
+        assert every.wait(DEADLINE)
+        assert not picky.is_set()
+        (folder / LOG_NAME).write_text("a signal")
+        assert picky.wait(DEADLINE)
+    finally:
+        everything.cancel()
+        only_the_log.cancel()

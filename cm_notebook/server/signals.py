@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -142,7 +143,10 @@ class LogStream:
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     loop.call_soon_threadsafe(changed.set)
 
-            self._subscription = watch_folders([self._reader.path.parent], wake)
+            log = os.path.realpath(self._reader.path)
+            self._subscription = watch_folders(
+                [self._reader.path.parent], wake, lambda path: path == log
+            )
         if self._subscription is None or not self._subscription.live:
             return None
         return self._changed

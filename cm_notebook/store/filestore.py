@@ -47,9 +47,9 @@ k = messages whose file no batch made durable yet)
 A plain turn (the user's message, the reply's placeholder, its final state) therefore
 makes 2 fsyncs and 3 renames, plus its share of the batches (about one fsync per
 finished message, as the floor of one durable file per message also pays); a tool
-cycle 6. No single write waits for more than one batch. Unacknowledged states are not fsync'd: a reply
-still streaming when the power fails may be lost or show older partial text, which
-``kill -9`` alone never does.
+cycle 6. No single write waits for more than one batch. Unacknowledged states are not
+fsync'd: a reply still streaming when the power fails may be lost or show older
+partial text, which ``kill -9`` alone never does.
 
 So a crash at any point leaves either no trace, an unreferenced message file, or a
 committed message that no branch points at yet (its append never returned) - never a
