@@ -30,7 +30,7 @@ class Sizes:
     """How big each workload is: the issue's sizes, or tiny ones for ``--smoke``."""
 
     conversation_messages: int = 1_000  # 1: through one session (half of them replies)
-    turns_per_window: int = 25  # 1: "time per 50 messages" = 25 turns
+    turns_per_window: int = 50  # 1: "time per 50 turns", first 50 vs last 50
     contexts: int = 10  # 2: driven concurrently
     messages_per_context: int = 100
     tool_cycles: int = 100  # 3

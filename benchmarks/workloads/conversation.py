@@ -3,7 +3,7 @@
 1. ``conversation_messages`` messages (half user messages, half scripted replies, one
    delta each: streaming has its own workload) through ``ContextSession.send`` on a
    durable ``FileStore``, against the floor of writing the same messages' bytes as
-   as many atomic, durable files. Also the time per 50 messages at the start and at
+   as many atomic, durable files. Also the time per 50 turns at the start and at
    the end: flat means the cost of a turn does not grow with the conversation.
 6. A fork at message ``fork_at`` of that conversation and ``fork_turns`` turns on it:
    time, and bytes written (what the process passed to ``write()``, and what the
@@ -99,11 +99,11 @@ async def _run(bench: Bench, data_dir: Path) -> list[Row]:
         ),
         Row(
             "1 long conversation",
-            f"time per {2 * window} messages: last {2 * window} vs first",
+            f"time per {window} turns: last {window} vs first",
             last,
             "s",
             baseline=first,
-            baseline_label=f"first {2 * window}",
+            baseline_label=f"first {window} turns",
             goal=Limit("ratio", 1.25, "<= 1.25x (flat)", inclusive=True),
         ),
         Row(
