@@ -41,20 +41,22 @@ class MetadataReads:
         Cached: reading it costs a few ``stat`` calls unless the store's files changed,
         so properties such as ``branches`` never wait behind other store work.
         """
-        cached = self._cached_metadata()
+        token = self._change_token()
+        cached = self._cached_metadata(token)
         if cached is not None:
             return cached
-        token = self._change_token()
         fresh = self._io.call(self._store.get_metadata(self.id))
         with self._lock:
             self._metadata, self._metadata_token = fresh, token
         return fresh
 
-    def _cached_metadata(self) -> ContextMetadata | None:
+    def _cached_metadata(self, token: object | None = None) -> ContextMetadata | None:
         # The current metadata if it is to be had without a read or a thread hop (so
         # also on the session's loop): this session's copy while the files have not
-        # changed, else the store's own after this session's writes. None otherwise.
-        token = self._change_token()
+        # changed (``token``: the change token just taken), else the store's own after
+        # this session's writes. None otherwise.
+        if token is None:
+            token = self._change_token()
         with self._lock:
             if token is not None and token == self._metadata_token:
                 return self._metadata

@@ -64,7 +64,7 @@ from ._signal_sync import GroupSync
 from .errors import InvalidInputError
 from .redact import get_logger
 from .signals import ContentDelta, Event, Resync, parse_event
-from .store.atomic import Fsync
+from .store.atomic import Fsync, write_all
 
 if sys.platform != "win32":
     import fcntl
@@ -159,14 +159,6 @@ class _UtcText:
 
 
 _utc_text = _UtcText()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    # A regular file takes a whole write unless the disk is full (or a signal cut it
-    # short); carry on with the rest, and let ENOSPC raise.
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _last_seq(data: bytes) -> int | None:
@@ -270,7 +262,7 @@ class SignalLog:
                 lines.append(_encode(self.writer, event))
                 durable = durable or not isinstance(event, ContentDelta)
             data = b"".join(lines)
-            _write_all(fd, data)
+            write_all(fd, data)
             self._end += len(data)
             self._seq = seq
             if durable:
@@ -365,7 +357,7 @@ class SignalLog:
         temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
         out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all(out, body)
+            write_all(out, body)
             self._fsync(out)
         finally:
             os.close(out)

@@ -76,13 +76,6 @@ T = TypeVar("T")
 
 _KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# A waiting writer polls; a short interval keeps two busy writers from idling 50 ms
-# per turn.
-_POLL_INTERVAL = 0.002
-
-
-def _new_lock(path: Path) -> OSLock:
-    return OSLock(path, poll_interval=_POLL_INTERVAL)
 
 
 def token_paths(folder: Path) -> tuple[str, ...]:
@@ -121,7 +114,7 @@ class ContextState:
         self.messages_dir = str(ctx_dir / MESSAGES_DIR)
         self.state_lock = threading.Lock()
         self.write_lock = threading.Lock()
-        self.file_lock = _new_lock(ctx_dir / LOCK_NAME)
+        self.file_lock = OSLock(ctx_dir / LOCK_NAME)
         self.index = MessageIndex(ctx_dir, fsync)
         self.walks = WalkCache()  # recent walks to the root (see ops.walk)
         self.flushes = OwedFlushes()  # message files to fsync (see flushing.py)
@@ -457,7 +450,7 @@ class ContextState:
         for message_id in self.foreign_streams():
             entry = self.index.entries[message_id]
             lock_path = streaming_lock_path(self.dir, entry.id)
-            lock = _new_lock(lock_path)
+            lock = OSLock(lock_path)
             try:
                 lock.acquire(timeout=0)
             except LockTimeout:

@@ -29,8 +29,6 @@ from .paths import STREAMING_PREFIX, STREAMING_SUFFIX, streaming_lock_path
 
 __all__ = ["StreamingLocks"]
 
-_POLL_INTERVAL = 0.002
-
 
 class StreamingLocks:
     """The streaming locks one FileStore holds in one context (callers hold its lock)."""
@@ -57,7 +55,7 @@ class StreamingLocks:
         path = streaming_lock_path(self.dir, message_id)
         lock = self._reuse_spare(path)
         if lock is None:
-            lock = OSLock(path, poll_interval=_POLL_INTERVAL)
+            lock = OSLock(path)
             try:
                 lock.acquire(timeout=0)
             except LockTimeout:
