@@ -85,8 +85,6 @@ from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
-import anyio.to_thread
-
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import ContextMetadata, Message
@@ -103,6 +101,7 @@ from .paths import (
     message_path,
 )
 from .scores import ScoreFiles
+from .workers import run_blocking
 
 __all__ = ["FileStore"]
 
@@ -126,7 +125,7 @@ class FileStore(ScoreFiles, BranchWrites):
     ``fsync`` is the function every fsync of this store goes through (default
     :func:`os.fsync`); pass a wrapper to count or time them.
 
-    All blocking file work runs in anyio worker threads. One FileStore may be shared
+    All blocking file work runs on the store's worker threads (:mod:`.workers`). One FileStore may be shared
     by many tasks; several FileStores (in one or many processes) may share a data
     directory. Call :meth:`close` (or use ``async with``) to release locks; a message
     still ``streaming`` when its FileStore closes will be marked ``interrupted`` by
@@ -172,7 +171,7 @@ class FileStore(ScoreFiles, BranchWrites):
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         # Not abandoned on cancellation: a write that started always finishes, so a
         # cancelled append either never began or is durable.
-        return await anyio.to_thread.run_sync(functools.partial(self._translated, func, *args))
+        return await run_blocking(functools.partial(self._translated, func, *args))
 
     def _translated(self, func: Callable[..., T], *args: Any) -> T:
         # The boundary: the primitives already raise the package's errors with precise
