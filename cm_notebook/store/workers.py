@@ -52,5 +52,7 @@ async def run_blocking(func: Callable[[], T]) -> T:
     cancellation is delivered, so a cancelled write either never began or is complete.
     """
     loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_executor(), func)
     with anyio.CancelScope(shield=True):
-        return await loop.run_in_executor(_executor(), func)
+        await asyncio.wait((future,))
+    return future.result()
