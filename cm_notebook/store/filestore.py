@@ -125,11 +125,11 @@ class FileStore(ScoreFiles, BranchWrites):
     ``fsync`` is the function every fsync of this store goes through (default
     :func:`os.fsync`); pass a wrapper to count or time them.
 
-    All blocking file work runs on the store's worker threads (:mod:`.workers`). One FileStore may be shared
-    by many tasks; several FileStores (in one or many processes) may share a data
-    directory. Call :meth:`close` (or use ``async with``) to release locks; a message
-    still ``streaming`` when its FileStore closes will be marked ``interrupted`` by
-    the next reader.
+    All blocking file work runs on the store's worker threads (:mod:`.workers`). One
+    FileStore may be shared by many tasks; several FileStores (in one or many
+    processes) may share a data directory. Call :meth:`close` (or use ``async with``)
+    to release locks; a message still ``streaming`` when its FileStore closes will be
+    marked ``interrupted`` by the next reader.
     """
 
     def __init__(

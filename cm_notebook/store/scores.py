@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio.to_thread
 import filelock
 
 from .._json import JSONLimitError, loads
@@ -40,6 +39,7 @@ from .atomic import atomic_write, is_temp_name
 from .codec import read_regular
 from .diagnostics import warn
 from .paths import METADATA_NAME, context_dir, ensure_inside, safe_join
+from .workers import run_blocking
 
 __all__ = ["SCORES_DIR", "Change", "ScoreFiles"]
 
@@ -84,7 +84,7 @@ class ScoreFiles:
     # -- blocking parts, run in a worker thread ----------------------------------------
 
     async def _score_io(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(functools.partial(_translated, func, *args))
+        return await run_blocking(functools.partial(_translated, func, *args))
 
     def _folder(self, context_id: str) -> Path:
         folder = context_dir(self.data_dir, context_id)
