@@ -48,7 +48,8 @@ async def test_a_cancelled_call_finishes_before_the_cancellation_arrives() -> No
         await run_blocking(slow_write)
         assert finished.is_set()  # never abandoned half-way: a started write completes
         await anyio.sleep(1)  # the cancellation arrives at the caller's next checkpoint
-    assert scope.cancel_called and scope.cancelled_caught
+    assert scope.cancel_called
+    assert scope.cancelled_caught
 
 
 async def test_errors_come_back_to_the_caller() -> None:
