@@ -54,12 +54,35 @@ class Reply:
     """The assistant message being generated, and what has arrived for it so far."""
 
     message: Message
-    text: str = ""
     tool_requests: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)
     meter: StreamMeter = field(default_factory=StreamMeter)  # its streaming statistics
+    # The text as pieces, joined when read: ``text += chunk`` on an attribute copies the
+    # whole text for every chunk, so a long reply cost more per chunk the longer it got.
+    _parts: list[str] = field(default_factory=list)
+    _length: int = 0
+
+    @property
+    def text(self) -> str:
+        """The text so far (of the current attempt)."""
+        parts = self._parts
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._parts = [value] if value else []
+        self._length = len(value)
+
+    def add_text(self, text: str) -> int:
+        """Append ``text``; returns the length of the text before it (its offset)."""
+        offset = self._length
+        self._parts.append(text)
+        self._length = offset + len(text)
+        return offset
 
 
 class TurnWrites:

@@ -87,6 +87,7 @@ from .signals import (
     ToolApprovalRequested,
     ToolCallResolved,
     parse_event,
+    trusted_delta,
 )
 
 __all__ = [
@@ -324,15 +325,7 @@ class EventBus:
         # Built without validation: every field comes from the engine (a number the bus
         # gave, a text offset it counted, its own clock's aware time), and validating
         # them was a third of what a streamed chunk cost.
-        return ContentDelta.model_construct(
-            seq=seq,
-            context_id=self.context_id,
-            branch=branch,
-            at=at,
-            message_id=message_id,
-            text=text,
-            offset=offset,
-        )
+        return trusted_delta(seq, self.context_id, branch, at, message_id, text, offset)
 
     def _hold(self, stamp: _Stamp) -> bool:
         # Keep a delta for the next batch (see the module docstring); False when there

@@ -338,8 +338,7 @@ class TurnRunner(ToolRounds):
                         started = True
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
-                    offset = len(reply.text)
-                    reply.text += chunk.text
+                    offset = reply.add_text(chunk.text)
                     progress.add_text(chunk.text)
                     publish(self._writes.target, reply.message.id, chunk.text, offset)
                     if time.monotonic() >= checkpoint_at:

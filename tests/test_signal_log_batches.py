@@ -5,6 +5,7 @@ the same seam as ``FileStore(fsync=...)``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
@@ -26,6 +27,7 @@ from cm_notebook.events import (
 )
 from cm_notebook.fsm import State
 from cm_notebook.signal_log import LogReader, SignalLog
+from cm_notebook.signals import trusted_delta
 
 DEADLINE = 30.0
 
@@ -274,6 +276,48 @@ def test_a_delta_record_reads_back_as_the_delta_it_was(tmp_path: Path, delta: Co
     assert parse_event(record) == written
     [(_, read)] = LogReader(log.path, since=0).poll()
     assert read == written
+
+
+def _numbered(delta: ContentDelta, seq: int) -> Event:
+    return delta.model_copy(update={"seq": seq})
+
+
+def test_deltas_of_replies_taking_turns_are_each_written_as_themselves(tmp_path: Path) -> None:
+    # The parts shared by one reply's deltas are kept between records: they must follow
+    # when the context, branch or message changes.
+    log = SignalLog(tmp_path / "signals.log")
+    deltas = [
+        ContentDelta(context_id=c, branch=b, message_id=m, text=f"t{n}", offset=n, at=_AT)
+        for n, (c, b, m) in enumerate(
+            [("c1", "main", "m1"), ("c1", "main", "m2"), ("c1", None, "m1"), ("c2", "main", "m1")]
+            * 2
+        )
+    ]
+    stamps: list[Callable[[int], Event]] = [functools.partial(_numbered, delta) for delta in deltas]
+    written = log.record_all(stamps)
+    log.close()
+    records = [json.loads(line)["e"] for line in log.path.read_bytes().splitlines()]
+    assert records == [event.model_dump(mode="json") for event in written]
+
+
+@pytest.mark.parametrize("branch", ["main", None])
+def test_a_trusted_delta_is_the_validated_model(branch: str | None) -> None:
+    # trusted_delta sets pydantic's attributes itself: this fails if a pydantic release
+    # changes what a model instance holds.
+    built = trusted_delta(3, "c1", branch, _AT, "m1", "Hel", 2)
+    validated = ContentDelta(
+        seq=3, context_id="c1", branch=branch, at=_AT, message_id="m1", text="Hel", offset=2
+    )
+    assert type(built) is ContentDelta
+    assert built == validated
+    assert hash(built) == hash(validated)
+    assert built.model_dump() == validated.model_dump()
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert built.model_fields_set == validated.model_fields_set
+    assert built.model_copy(update={"seq": 4}).seq == 4
+    assert repr(built) == repr(validated)
+    with pytest.raises(ValueError, match="frozen"):
+        built.text = "changed"  # type: ignore[misc]
 
 
 # --- a follower skips its own records ----------------------------------------------------------
