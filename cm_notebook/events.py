@@ -316,16 +316,13 @@ class EventBus:
     def _delta(
         self, branch: str | None, message_id: str, text: str, offset: int, at: datetime
     ) -> _Stamp:
-        # One object per delta until it is numbered; then the delta is built once.
-        return functools.partial(self._make_delta, branch, message_id, text, offset, at)
-
-    def _make_delta(
-        self, branch: str | None, message_id: str, text: str, offset: int, at: datetime, seq: int
-    ) -> Event:
-        # Built without validation: every field comes from the engine (a number the bus
-        # gave, a text offset it counted, its own clock's aware time), and validating
-        # them was a third of what a streamed chunk cost.
-        return trusted_delta(seq, self.context_id, branch, at, message_id, text, offset)
+        # One object per delta until it is numbered; then the delta is built once,
+        # without validation: every field comes from the engine (a number the bus gave, a
+        # text offset it counted, its own clock's aware time), and validating them was a
+        # third of what a streamed chunk cost.
+        return functools.partial(
+            trusted_delta, self.context_id, branch, at, message_id, text, offset
+        )
 
     def _hold(self, stamp: _Stamp) -> bool:
         # Keep a delta for the next batch (see the module docstring); False when there

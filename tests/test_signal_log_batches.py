@@ -304,7 +304,7 @@ def test_deltas_of_replies_taking_turns_are_each_written_as_themselves(tmp_path:
 def test_a_trusted_delta_is_the_validated_model(branch: str | None) -> None:
     # trusted_delta sets pydantic's attributes itself: this fails if a pydantic release
     # changes what a model instance holds.
-    built = trusted_delta(3, "c1", branch, _AT, "m1", "Hel", 2)
+    built = trusted_delta("c1", branch, _AT, "m1", "Hel", 2, seq=3)
     validated = ContentDelta(
         seq=3, context_id="c1", branch=branch, at=_AT, message_id="m1", text="Hel", offset=2
     )
