@@ -19,10 +19,15 @@ from cm_notebook.store.workers import MAX_WORKERS, run_blocking
 pytestmark = pytest.mark.anyio
 
 
-async def test_calls_reuse_the_same_few_threads() -> None:
-    threads = {await run_blocking(threading.get_ident) for _ in range(50)}
-    assert 1 <= len(threads) <= 2
-    assert threading.get_ident() not in threads
+async def test_calls_reuse_long_lived_threads() -> None:
+    await run_blocking(threading.get_ident)  # the pool has at least one thread now
+    before = {thread.ident for thread in threading.enumerate()}
+    used = {await run_blocking(threading.get_ident) for _ in range(50)}
+    after = {thread.ident: thread.name for thread in threading.enumerate()}
+    assert after.keys() <= before  # no thread was started for a call...
+    assert used <= after.keys()  # ...or ended after one
+    assert all(after[ident].startswith("cm_notebook-file") for ident in used)
+    assert threading.get_ident() not in used
 
 
 async def test_concurrent_calls_run_side_by_side_up_to_the_limit() -> None:
