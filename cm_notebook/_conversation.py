@@ -11,7 +11,7 @@ from __future__ import annotations
 from ._prefix_cache import PrefixCache
 from .model import Message, MessageStatus
 
-__all__ = ["for_request"]
+__all__ = ["call_ids", "for_request"]
 
 
 def for_request(path: list[Message], system_prompt: str | None) -> list[Message]:
@@ -71,3 +71,19 @@ def _answer_every_call(path: list[Message]) -> list[Message]:
         _ANSWERED.keep(path, list(out))
     close_open()
     return out
+
+
+# The tool-call ids of recent paths: a reply that calls tools needs its ids unique on
+# its path, and a turn's path is the last one plus a few messages.
+_CALL_IDS: PrefixCache[frozenset[str]] = PrefixCache()
+
+
+def call_ids(path: list[Message]) -> frozenset[str]:
+    """The ids of every tool call the messages of ``path`` made."""
+    start, known = _CALL_IDS.longest(path)
+    if known is not None and start == len(path):
+        return known
+    new = [call.id for message in path[start:] for call in message.tool_calls]
+    ids = known.union(new) if known is not None else frozenset(new)
+    _CALL_IDS.keep(path, ids)
+    return ids

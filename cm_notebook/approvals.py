@@ -14,7 +14,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -198,12 +198,12 @@ class ApprovalDesk:
             self._pending[call.id] = pending
         return pending.future
 
-    def claim_ids(self, calls: list[ToolCall], taken: set[str]) -> list[ToolCall]:
+    def claim_ids(self, calls: list[ToolCall], taken: Set[str]) -> list[ToolCall]:
         """``calls`` with ids unique among ``taken``, the calls on the desk and those
         claimed by other turns (see :func:`unique_call_ids`); the ids stay claimed
         until :meth:`release_ids`."""
         with self._lock:
-            unique = unique_call_ids(calls, taken | set(self._pending) | self._reserved)
+            unique = unique_call_ids(calls, set(taken).union(self._pending, self._reserved))
             self._reserved.update(call.id for call in unique)
         return unique
 

@@ -38,6 +38,7 @@ import anyio
 
 from . import events as ev
 from . import fsm
+from ._conversation import call_ids
 from ._host import TurnHost
 from ._runner_tools import ToolRounds
 from ._turn_writes import Reply, TurnWrites
@@ -400,9 +401,8 @@ class TurnRunner(ToolRounds):
         calls = [tool_call_from_request(r, self.host.tools())[0] for r in reply.tool_requests]
         # Providers only promise ids unique within one reply; the desk and the path need
         # them unique across branches and turns (e.g. two fan-out arms both say "call_1").
-        if calls:  # the path's call ids: a walk over the conversation, only when needed
-            seen = {call.id for message in self._history for call in message.tool_calls}
-            calls = self.host.approvals.claim_ids(calls, seen)
+        if calls:  # the path's call ids, continued from a recent path's
+            calls = self.host.approvals.claim_ids(calls, call_ids(self._history))
             self._claimed_ids.extend(call.id for call in calls)
         self._calls = {call.id: call for call in calls}
         self._answered = set()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cm_notebook._conversation import for_request
+from cm_notebook._conversation import call_ids, for_request
 from cm_notebook.model import Message, MessageStatus, ToolCall, ToolCallStatus
 
 
@@ -69,3 +69,22 @@ def test_requests_built_turn_after_turn_follow_the_rules() -> None:
     fork = [*path[:5], Message(role="user", content="elsewhere", parent_id=path[4].id)]
     assert shown(for_request(fork, None)) == reference(fork)
     assert shown(for_request(list(path), None)) == reference(path)
+
+
+def test_call_ids_follow_the_path_as_it_grows_and_forks() -> None:
+    def asking(*ids: str) -> Message:
+        return Message(
+            role="assistant",
+            content="",
+            tool_calls=[ToolCall(id=i, name="add", arguments={}) for i in ids],
+        )
+
+    path = [Message(role="user", content="hi"), asking("a", "b")]
+    assert call_ids(path) == {"a", "b"}
+    longer = [*path, Message(role="tool", content="1", tool_call_id="a"), asking("c")]
+    assert call_ids(longer) == {"a", "b", "c"}
+    assert call_ids(path) == {"a", "b"}  # the shorter path is not changed by the longer
+    fork = [*path, asking("d")]
+    assert call_ids(fork) == {"a", "b", "d"}
+    assert call_ids([asking("x")]) == {"x"}
+    assert call_ids([]) == frozenset()
