@@ -58,6 +58,8 @@ class MessageCache:
         self._messages: dict[str, Message] = {}
         self._paths: OrderedDict[str, list[str]] = OrderedDict()
         self._kept_paths = kept_paths
+        # Per branch, the longest settled beginning of its last path: (ids, messages).
+        self._prefixes: dict[str, tuple[list[str], list[Message]]] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -88,7 +90,8 @@ class MessageCache:
             self._paths[key] = ids
             self._paths.move_to_end(key)
             while len(self._paths) > self._kept_paths:
-                self._paths.popitem(last=False)
+                dropped, _ids = self._paths.popitem(last=False)
+                self._prefixes.pop(dropped, None)
             # Pruning walks every kept path: only when the cache clearly outgrew them
             # (the sum of their lengths bounds what they need), so it is rare.
             needed = sum(len(path) for path in self._paths.values())
@@ -101,6 +104,7 @@ class MessageCache:
         """A branch is gone: its path no longer keeps messages (dropped on next prune)."""
         with self._lock:
             self._paths.pop(key, None)
+            self._prefixes.pop(key, None)
 
     async def path_messages(
         self, store: Store, context_id: str, branch: str
@@ -112,10 +116,39 @@ class MessageCache:
         :meth:`Store.get_messages` does, so there can be fewer messages than ids.
         """
         ids = await store.path(context_id, branch)
-        found, missing = self.lookup(ids)
+        start, messages = self._settled_prefix(branch, ids)
+        found, missing = self.lookup(ids[start:] if start else ids)
         if missing:
             for message in await store.get_messages(context_id, missing):
                 found[message.id] = message
                 self.remember(message)
+        settled, extending = start, True
+        for message_id in ids[start:]:
+            item = found.get(message_id)
+            if item is None:
+                extending = False  # skipped (unreadable): ids and messages part ways here
+                continue
+            messages.append(item)
+            if extending and is_settled(item):
+                settled += 1
+            else:
+                extending = False
         self.used(branch, ids)
-        return ids, [found[message_id] for message_id in ids if message_id in found]
+        if settled > start:
+            with self._lock:
+                self._prefixes[branch] = (ids[:settled], messages[:settled])
+        return ids, messages
+
+    def _settled_prefix(self, branch: str, ids: list[str]) -> tuple[int, list[Message]]:
+        # How many of ``ids`` begin as the settled part of the branch's last path did,
+        # and a new list of those messages: a turn's path is the last one plus a few,
+        # and settled messages never change, so only the rest is looked up.
+        with self._lock:
+            known = self._prefixes.get(branch)
+        if known is None:
+            return 0, []
+        known_ids, known_messages = known
+        count = len(known_ids)
+        if count > len(ids) or ids[count - 1] != known_ids[-1] or ids[:count] != known_ids:
+            return 0, []
+        return count, list(known_messages)

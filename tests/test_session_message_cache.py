@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 from cm_notebook._session_messages import KEPT_PATHS, MessageCache
-from cm_notebook.model import Message, MessageStatus, ToolCall, ToolCallStatus
+from cm_notebook.model import ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 from cm_notebook.store.paths import context_dir, message_path
@@ -127,3 +127,43 @@ def test_only_settled_messages_are_kept() -> None:
     found, missing = cache.lookup([streaming.id, pending.id, denied.id])
     assert list(found) == [denied.id]
     assert missing == [streaming.id, pending.id]
+
+
+def test_a_path_that_moved_back_or_forked_is_served_as_it_is_now(tmp_path: Path) -> None:
+    # Each call continues from the settled beginning of the branch's last path only
+    # while the new path still begins with it.
+    async def scenario() -> None:
+        async with FileStore(tmp_path) as store:
+            metadata = await store.create_context(ContextMetadata(id="c1"))
+            cache = MessageCache()
+
+            async def add(content: str, head: str | None) -> str:
+                message = Message(role="user", parent_id=head, content=content)
+                await store.append_message(metadata.id, message, branch="main", expected_head=head)
+                return message.id
+
+            async def contents() -> list[str]:
+                ids, messages = await cache.path_messages(store, metadata.id, "main")
+                assert [m.id for m in messages] == ids
+                return [m.content for m in messages]
+
+            first = await add("one", None)
+            second = await add("two", first)
+            assert await contents() == ["one", "two"]
+            third = await add("three", second)
+            assert await contents() == ["one", "two", "three"]
+            await store.set_branch_head(metadata.id, "main", first, expected_head=third)
+            assert await contents() == ["one"]
+            other = await add("two, again", first)
+            assert await contents() == ["one", "two, again"]
+            await add("three, again", other)
+            assert await contents() == ["one", "two, again", "three, again"]
+            cache.forget_path("main")
+            assert await contents() == ["one", "two, again", "three, again"]
+            # Replaced by a path of the same length between two calls.
+            head = (await store.path(metadata.id, "main"))[-1]
+            await store.set_branch_head(metadata.id, "main", first, expected_head=head)
+            await add("three, once more", await add("two, once more", first))
+            assert await contents() == ["one", "two, once more", "three, once more"]
+
+    anyio.run(scenario)
