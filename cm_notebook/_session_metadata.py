@@ -68,7 +68,7 @@ class MetadataReads:
             self._metadata, self._metadata_token = fresh, token
         return fresh
 
-    def _known_metadata(self) -> tuple[object, ContextMetadata] | None:
+    def _known_metadata(self, *, copy: bool = True) -> tuple[object, ContextMetadata] | None:
         # The store's own copy when it knows it is current (FileStore.known_metadata):
         # after this session's own writes, no thread hop and no read. Not while a
         # submitted write is under way: the session must read its own writes.
@@ -76,10 +76,24 @@ class MetadataReads:
         if known_of is None or self._io.writing():
             return None
         try:
-            known: tuple[object, ContextMetadata] | None = known_of(self.id)
+            known: tuple[object, ContextMetadata] | None = known_of(self.id, copy=copy)
         except (OSError, CMError):
             return None
         return known
+
+    def _shared_metadata(self) -> ContextMetadata | None:
+        # The current metadata for reading a value out of it at once (a name, a text),
+        # without a read, a thread hop or a copy: this session's copy while the files
+        # have not changed, else the store's own object (FileStore.known_metadata with
+        # copy=False). None when neither is current. Never to change or keep: a turn
+        # reads the active branch and the system prompt here, and copying the whole
+        # metadata for that cost more the more branches a context has.
+        token = self._change_token()
+        with self._lock:
+            if token is not None and token == self._metadata_token:
+                return self._metadata
+        known = self._known_metadata(copy=False)
+        return known[1] if known is not None else None
 
     def _index(self) -> dict[str, IndexEntry]:
         # The message index (id -> parent, role, status...), cached like the metadata:
@@ -114,7 +128,8 @@ class MetadataReads:
     @property
     def active_branch(self) -> str:
         """The name of the active branch."""
-        return self.metadata.active_branch
+        shared = self._shared_metadata()
+        return (shared if shared is not None else self.metadata).active_branch
 
     def _branch_name(self, branch: str | None) -> str:
         if branch is None:

@@ -303,7 +303,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                 "can be edited (use regenerate() for a new reply)"
             )
         source = self.active_branch
-        chosen, generation = self._defaults.for_request(self._metadata, source, provider, params)
+        chosen, generation = self._defaults.for_request(self.metadata, source, provider, params)
         if branch is None:
             name = self._free_branch_name(f"{source}-edit")
         else:

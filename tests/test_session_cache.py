@@ -60,3 +60,35 @@ def test_properties_are_read_from_the_cache_until_the_files_change(
     # This session's own writes are seen at once too.
     session.send("hi").result(10)
     assert session.branches["main"].head == session.history()[-1].id
+
+
+def test_a_turn_reads_the_active_branch_and_system_prompt_as_they_are_now(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # A turn reads these from the store's own metadata object (no copy): changes made
+    # here and elsewhere show, and nothing read that way is changed by a caller.
+    fake = ScriptedProvider().reply("one").reply("two").reply("three")
+    session = new_session(provider=fake, system="Be brief.")
+    session.send("first").result(10)
+    assert fake.last_request.messages[0].content == "Be brief."
+
+    async def change_elsewhere() -> None:
+        async with FileStore(data_dir) as other:  # as another process would
+            await other.update_metadata(session.id, system_prompt="Be thorough.")
+            await other.create_branch(session.id, "side", head=session.history()[-1].id)
+            await other.set_active_branch(session.id, "side")
+
+    anyio.run(change_elsewhere)
+    assert session.active_branch == "side"
+    session.send("second").result(10)
+    assert fake.last_request.messages[0].content == "Be thorough."
+    assert session.branches["side"].head == session.history("side")[-1].id
+
+    # What a caller does to the metadata it was handed never reaches the store's own.
+    handed = session.metadata
+    handed.active_branch = "main"
+    handed.system_prompt = "changed by hand"
+    session.send("third", branch="side").result(10)
+    assert fake.last_request.messages[0].content == "Be thorough."
+    assert session.active_branch == "side"
+    assert session.metadata.system_prompt == "Be thorough."

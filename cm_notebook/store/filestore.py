@@ -483,13 +483,18 @@ class FileStore(ScoreFiles, BranchWrites):
             return state.token()
         return files_token(token_paths(context_dir(self.data_dir, context_id)))
 
-    def known_metadata(self, context_id: str) -> tuple[tuple[int, ...], ContextMetadata] | None:
+    def known_metadata(
+        self, context_id: str, *, copy: bool = True
+    ) -> tuple[tuple[int, ...], ContextMetadata] | None:
         """The context's metadata without a thread hop, if this store knows it is current.
 
         Returns ``(change_token, metadata)`` when the files have not changed since this
         store last read or wrote them (its own writes included: a session reading after
         its own turn needs no new read), else None: then call :meth:`get_metadata`.
-        Four ``stat`` calls; no lock, no file read.
+        Four ``stat`` calls; no lock, no file read. With ``copy=False`` the metadata is
+        the store's own object, not a copy (a copy costs more the more branches there
+        are): only for reading a value out of it at once, never to change or keep.
+        The store never changes it in place (a write makes a new one).
         """
         state = self._states.get(context_id)
         known = state.known if state is not None else None
@@ -498,7 +503,7 @@ class FileStore(ScoreFiles, BranchWrites):
         token = state.token()
         if token != known[0]:
             return None
-        return token, known[1].model_copy(deep=True)
+        return token, known[1].model_copy(deep=True) if copy else known[1]
 
     def _context_folder(self, context_id: str) -> Path:
         # The context's folder: the one resolved when its state was made, if it was.
