@@ -137,7 +137,7 @@ class MetadataReads:
         return validate_branch_name(branch)
 
     def _head(self, branch: str) -> str | None:
-        metadata = self.metadata
+        metadata = self._shared_metadata() or self.metadata  # read at once, not kept
         found = metadata.branches.get(branch)
         if found is None:
             raise BranchNotFoundError(

@@ -225,8 +225,10 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         except ValueError as exc:
             raise InvalidInputError(f"metadata: {exc}") from exc
         name = self._branch_name(branch)
-        chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
-        untitled = self._metadata.title == UNTITLED
+        # Read at once, not kept: the store's own object when it is current (no copy).
+        current = self._shared_metadata() or self.metadata
+        chosen, generation = self._defaults.for_request(current, name, provider, params)
+        untitled = current.title == UNTITLED
         with self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text, metadata=noted)
@@ -316,7 +318,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                     name,
                     head=original.parent_id,
                     forked_from=original.id,
-                    **self._defaults.inherit(self._metadata, source, name),
+                    **self._defaults.inherit(self.metadata, source, name),
                 )
             )
             self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
@@ -394,7 +396,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         # An unknown spec or a parameter an arm's provider does not take fails before
         # anything is written.
         checked = [
-            (plan, arm_settings(self._defaults.inherit(self._metadata, base), plan, self._provider))
+            (plan, arm_settings(self._defaults.inherit(self.metadata, base), plan, self._provider))
             for plan in plans
         ]
         for plan, settings in checked:
@@ -402,7 +404,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             if plan.provider is not None:
                 self._defaults.remember(plan.branch, plan.provider)
             else:
-                self._defaults.inherit(self._metadata, base, plan.branch)
+                self._defaults.inherit(self.metadata, base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
         # Every branch first, then the sends back to back: the arms start together.
         turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
