@@ -43,6 +43,8 @@ class Sizes:
     appends_measured: int = 10
     fork_at: int = 500  # 6: fork at this message of the conversation...
     fork_turns: int = 10  # ...and add this many turns
+    many_branches: int = 500  # 6: turns in a context with this many branches...
+    branch_turns: int = 50  # ...against the same turns with one branch
     peer_messages: int = 1_000  # 7: the conversation through both sides
     peer_forks: int = 10
     model_tokens: int = 128  # 8
@@ -69,6 +71,8 @@ class Sizes:
             appends_measured=2,
             fork_at=10,
             fork_turns=2,
+            many_branches=5,
+            branch_turns=2,
             peer_messages=10,
             peer_forks=2,
             model_tokens=8,

@@ -7,7 +7,10 @@
    the end: flat means the cost of a turn does not grow with the conversation.
 6. A fork at message ``fork_at`` of that conversation and ``fork_turns`` turns on it:
    time, and bytes written (what the process passed to ``write()``, and what the
-   data folder grew by) against the new messages' own bytes.
+   data folder grew by) against the new messages' own bytes. And ``branch_turns``
+   turns in a context with ``many_branches`` branches (a sweep makes one per cell)
+   against the same turns in a context with one: a turn's cost must not grow with
+   the number of branches.
 """
 
 from __future__ import annotations
@@ -147,6 +150,42 @@ async def _run(bench: Bench, data_dir: Path) -> list[Row]:
     return rows
 
 
+async def _turns_beside_branches(data_dir: Path, branches: int, turns: int) -> float:
+    """Seconds of ``turns`` turns on main in a context that has ``branches`` branches."""
+    session = ContextSession.create(
+        f"{branches} branches", provider=scripted(range(turns + 1)), data_dir=data_dir
+    )
+    try:
+        await session.send(user_text(0))
+        for number in range(1, branches):
+            session.branch(f"arm-{number}", switch=False)
+        started = time.perf_counter()
+        await drive(session, range(1, turns + 1))
+        return time.perf_counter() - started
+    finally:
+        await session.aclose()
+
+
+def _branches_row(bench: Bench) -> Row:
+    sizes = bench.sizes
+    one = asyncio.run(_turns_beside_branches(bench.folder("one-branch"), 1, sizes.branch_turns))
+    many = asyncio.run(
+        _turns_beside_branches(
+            bench.folder("many-branches"), sizes.many_branches, sizes.branch_turns
+        )
+    )
+    return Row(
+        "6 branching",
+        f"{sizes.branch_turns} turns in a context with {sizes.many_branches} branches",
+        many,
+        "s",
+        baseline=one,
+        baseline_label="the same turns with 1 branch",
+        goal=Limit("ratio", 1.25, "<= 1.25x (flat)", inclusive=True),
+    )
+
+
 def run(bench: Bench) -> list[Row]:
     """Workloads 1 and 6 (see the module docstring)."""
-    return asyncio.run(_run(bench, bench.folder("conversation")))
+    rows = asyncio.run(_run(bench, bench.folder("conversation")))
+    return [*rows, _branches_row(bench)]
