@@ -434,9 +434,18 @@ class ContextState:
     def _moved_branches(self, base: ContextMetadata) -> dict[str, Branch]:
         """The branches of ``base`` whose heads journal lines since ``heads_at`` moved."""
         moved = {}
-        for name, branch in base.branches.items():
-            move = self.index.head_move(name)
-            if move is not None and move[0] >= self.heads_at and branch.head != move[1]:
+        pairs: list[tuple[str, Branch | None, tuple[int, str | None] | None]]
+        loaded = self.index.loaded_heads
+        if loaded is not None and len(loaded) < len(base.branches):
+            # The moves the journal holds, not every branch: a context with hundreds of
+            # branches (a sweep's) moves a few heads between two compactions.
+            pairs = [(name, base.branches.get(name), move) for name, move in loaded.items()]
+        else:
+            pairs = [(name, b, self.index.head_move(name)) for name, b in base.branches.items()]
+        for name, branch, move in pairs:
+            if branch is None or move is None:
+                continue  # a move of a branch deleted since (or none at all)
+            if move[0] >= self.heads_at and branch.head != move[1]:
                 moved[name] = branch.model_copy(update={"head": move[1]})
         return moved
 

@@ -210,6 +210,11 @@ class MessageIndex:
         self.materialize()
         return self._heads
 
+    @property
+    def loaded_heads(self) -> dict[str, tuple[int, str | None]] | None:
+        """Every head move in the journal if it is loaded, None if it is read lazily."""
+        return self._heads if self._lazy is None else None
+
     def head_move(self, branch: str) -> tuple[int, str | None] | None:
         """The last head move of ``branch`` in the journal: (line number, head), or None."""
         move = self._heads.get(branch)
