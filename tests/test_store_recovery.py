@@ -164,6 +164,23 @@ async def test_a_lost_journal_keeps_every_message_but_not_later_head_moves(
         assert await other.path("c1") == ids
 
 
+async def test_an_old_index_copied_back_under_an_open_store_is_rebuilt(
+    store: FileStore, data_dir: Path
+) -> None:
+    # The check that metadata.json's heads are in the index is done once per load of
+    # the index: an index replaced behind this store's back is loaded again, and checked.
+    names = ("message_index.json", "message_index.journal")
+    old = {name: (folder(data_dir) / name).read_bytes() for name in names}
+    ids = await chain(store, "c1", 3)
+    await store.update_metadata("c1", title="heads now in metadata.json")
+    assert await store.path("c1") == ids
+    for name, data in old.items():
+        (folder(data_dir) / name).write_bytes(data)
+    with pytest.warns(StoreWarning, match="rebuilt"):
+        assert await store.path("c1") == ids
+    assert sorted(await store.index("c1")) == sorted(ids)
+
+
 async def test_damaged_journal_line_triggers_a_rebuild(store: FileStore, data_dir: Path) -> None:
     ids = await chain(store, "c1", 3)
     journal = folder(data_dir) / "message_index.journal"

@@ -123,6 +123,8 @@ class ContextState:
         self.heads_at = 0
         self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
         self._swept = False  # see _sweep: once per load of the context
+        # What _check_heads last found complete: (metadata.json as read, index generation).
+        self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
         self._meta_fd = -1
         self._meta_id: tuple[int, int, int, int] | None = None
@@ -141,8 +143,9 @@ class ContextState:
         metadata was written, so an index read afterwards always contains it. The result
         is metadata.json with the head moves and time of later journal lines applied.
         """
-        metadata = self._current(self._refresh_metadata())
-        self._check_heads(metadata)
+        base = self._refresh_metadata()
+        metadata = self._current(base)
+        self._check_heads(base, metadata)
         return metadata
 
     def _current(self, base: ContextMetadata) -> ContextMetadata:
@@ -203,14 +206,25 @@ class ContextState:
             os.close(fd)
         self._meta_id = ident
 
-    def _check_heads(self, metadata: ContextMetadata) -> None:
+    def _check_heads(self, base: ContextMetadata, metadata: ContextMetadata) -> None:
         """Raise RebuildNeeded if a branch head is intact on disk but absent from the index.
 
         A head reaches metadata.json only after its journal line is durable, so an index
         without it lost lines (a journal cut short, an old snapshot copied back): rebuild
         it from the message files. A head whose file is gone or unreadable is left to the
         readers, which report that file by path; rebuilding could not bring it back.
+        Done once per metadata.json (``base``) and load of the index: in between, the
+        index only gains entries, and the journal's head moves name entries it holds.
         """
+        checked = (base, self.index.generation)
+        if self._heads_checked is not None and (
+            self._heads_checked[0] is base and self._heads_checked[1] == checked[1]
+        ):
+            return
+        self._check_all_heads(metadata)
+        self._heads_checked = checked
+
+    def _check_all_heads(self, metadata: ContextMetadata) -> None:
         entries = self.index.entries
         for branch in metadata.branches.values():
             head = branch.head
@@ -402,7 +416,7 @@ class ContextState:
             raise linked(messages_dir)  # writing through it would write outside
         try:
             metadata = self._current(base)
-            self._check_heads(metadata)
+            self._check_heads(base, metadata)
         except RebuildNeeded as need:
             self._rebuild(base, need)
             metadata = self._current(base)
@@ -568,6 +582,7 @@ class ContextState:
         self.heads_at = 0
         self._merged = None
         self.known = None
+        self._heads_checked = None
         self.flushes.clear()
         self._swept = False
 

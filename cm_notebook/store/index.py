@@ -143,6 +143,7 @@ class MessageIndex:
         self.last_at: tuple[int, str] | None = None
         #: Changes whenever a head move or ``last_at`` may have changed.
         self.heads_version = 0
+        self.generation = 0  # up when entries are replaced (load, rebuild); else they grow
         #: The number the next journal line gets.
         self.next_n = 0
         #: Messages whose durable content is in the journal: id -> (offset, length,
@@ -361,6 +362,7 @@ class MessageIndex:
     def _read_lazily(self, lazy: LazyFiles, streaming: set[str]) -> None:
         """Start over from lazily read files (``streaming``: ids whose entries say so)."""
         self._entries, self._lazy, self._damage, self._children = {}, lazy, None, None
+        self.generation += 1
         self._heads, self._content, self._seq_floor = {}, {}, 0
         self._lazy_next_seq = self._snapshot_count = self._lines_read = None
         self.next_n, self.last_at = lazy.next_n, None
@@ -416,6 +418,7 @@ class MessageIndex:
         self._seq_floor = max((entry.seq for entry in known.values()), default=-1) + 1
         self._lazy_next_seq = None
         self._entries = known
+        self.generation += 1
         self._lazy = None
         self._damage = None
         self._children = None
