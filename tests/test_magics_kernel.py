@@ -126,6 +126,20 @@ def test_a_view_is_awaitable_and_history_shows_the_conversation(fe: FrontEnd) ->
     assert fe.run("%cm history --last 2").splitlines() == ["user: And Italy?", "assistant: Rome."]
 
 
+def test_await_returns_after_var_is_set(fe: FrontEnd) -> None:
+    # The view's own task polls the turn (as every await of a turn does, so Interrupt
+    # works): when the reply ends just after that task re-armed its poll, a later
+    # ``await view`` wakes first. It must still find --var set. Timed so it does: the
+    # reply takes 1.3 polls, the await starts half a poll in.
+    _use_scripted(fe, "".join(f'.reply("answer {n}", delay=0.13)' for n in range(3)))
+    for number in range(3):
+        fe.run(f"%%cm --var answer_{number}\nquestion {number}")
+        fe.run("import asyncio\nawait asyncio.sleep(0.05)\nreply = await _")
+        assert _printed(fe, f"reply.content == answer_{number}") is True
+    fe.run('%%cm --ab "Be brief." "Be loud." --var compared\nHello')
+    assert _printed(fe, "(await _).branches == compared.branches") is True
+
+
 def test_ab_ends_in_a_comparison_of_two_branches(fe: FrontEnd) -> None:
     _use_scripted(fe, "")  # the scripted provider echoes when its script is empty
     fe.run(

@@ -21,9 +21,10 @@ messages, not one per token); the final text is always sent. The view is awaitab
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import ipywidgets as w
 from IPython.display import DisplayHandle, display
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from ..turn import Turn
 
 __all__ = ["PLAIN", "ComparisonView", "ReplyView", "render_reply"]
+
+T = TypeVar("T")
 
 #: The ``text/plain`` of a reply's output: short and stable, so nbval does not churn.
 PLAIN = "<cm_notebook reply (HTML)>"
@@ -85,6 +88,7 @@ class ReplyView:
         self._on_done = on_done
         self._variables = dict(variables or {})
         self._final: Message | None = None
+        self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
         self._handle: DisplayHandle | None = None
         #: The Approve / Deny buttons, when the session has tools to ask about.
@@ -97,7 +101,7 @@ class ReplyView:
         return f"<cm_notebook reply on branch {self.turn.branch!r}>"
 
     def __await__(self) -> Generator[Any, None, Message]:
-        return self.turn.__await__()
+        return _after_wind_down(self.turn, self._wound_down).__await__()
 
     @property
     def text(self) -> str:
@@ -165,6 +169,7 @@ class ReplyView:
         finally:
             self._throttle.now()
             self._follower.close()
+            _settle(self._wound_down)
 
     def _on_event(self, event: ev.Event) -> None:
         if event.branch == self.turn.branch and event.type in _KINDS:
@@ -185,6 +190,20 @@ class ReplyView:
     def _show_error(self, text: str) -> None:
         self._outcome = text
         self._throttle.poke()
+
+
+async def _after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Future[None]) -> T:
+    # What ``await view`` gives: the turn's (or fan-out's) result, once the view's own
+    # task has also seen it end, so ``--var`` has been set when the await returns (a
+    # fast reply could otherwise end before that task ran). Errors come straight away.
+    result = await work
+    await asyncio.wrap_future(wound_down)
+    return result
+
+
+def _settle(wound_down: concurrent.futures.Future[None]) -> None:
+    if not wound_down.done():
+        wound_down.set_result(None)
 
 
 def _note(text: str) -> str:
@@ -208,6 +227,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         self.fan = fan
         self._on_done = on_done
         self.outcome = w.HTML("")
+        self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         super().__init__([compare, self.outcome])
         compare.session._loop.call_soon_threadsafe(self._start)
 
@@ -215,7 +235,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         return f"<cm_notebook comparison of {len(self.fan.branches)} branches>"
 
     def __await__(self) -> Generator[Any, None, Comparison]:
-        return self.fan.__await__()
+        return _after_wind_down(self.fan, self._wound_down).__await__()
 
     @property
     def branches(self) -> list[str]:
@@ -243,3 +263,5 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         else:
             if self._on_done is not None:
                 self._on_done(comparison)
+        finally:
+            _settle(self._wound_down)
