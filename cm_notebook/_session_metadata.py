@@ -95,6 +95,12 @@ class MetadataReads:
         known = self._known_metadata(copy=False)
         return known[1] if known is not None else None
 
+    def _current_metadata(self) -> ContextMetadata:
+        # The current metadata to read a value out of at once: shared if it can be
+        # (see _shared_metadata), else read (and kept as this session's copy).
+        shared = self._shared_metadata()
+        return shared if shared is not None else self.metadata
+
     def _index(self) -> dict[str, IndexEntry]:
         # The message index (id -> parent, role, status...), cached like the metadata:
         # a tree view asks for it often and it only changes when a message is written.
@@ -128,8 +134,7 @@ class MetadataReads:
     @property
     def active_branch(self) -> str:
         """The name of the active branch."""
-        shared = self._shared_metadata()
-        return (shared if shared is not None else self.metadata).active_branch
+        return self._current_metadata().active_branch
 
     def _branch_name(self, branch: str | None) -> str:
         if branch is None:
@@ -137,7 +142,7 @@ class MetadataReads:
         return validate_branch_name(branch)
 
     def _head(self, branch: str) -> str | None:
-        metadata = self._shared_metadata() or self.metadata  # read at once, not kept
+        metadata = self._current_metadata()
         found = metadata.branches.get(branch)
         if found is None:
             raise BranchNotFoundError(

@@ -225,8 +225,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         except ValueError as exc:
             raise InvalidInputError(f"metadata: {exc}") from exc
         name = self._branch_name(branch)
-        # Read at once, not kept: the store's own object when it is current (no copy).
-        current = self._shared_metadata() or self.metadata
+        current = self._current_metadata()
         chosen, generation = self._defaults.for_request(current, name, provider, params)
         untitled = current.title == UNTITLED
         with self._claim(name) as claim:

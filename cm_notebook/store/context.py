@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -216,13 +216,11 @@ class ContextState:
         Done once per metadata.json (``base``) and load of the index: in between, the
         index only gains entries, and the journal's head moves name entries it holds.
         """
-        checked = (base, self.index.generation)
-        if self._heads_checked is not None and (
-            self._heads_checked[0] is base and self._heads_checked[1] == checked[1]
-        ):
+        generation, checked = self.index.generation, self._heads_checked
+        if checked is not None and checked[0] is base and checked[1] == generation:
             return
         self._check_all_heads(metadata)
-        self._heads_checked = checked
+        self._heads_checked = (base, generation)
 
     def _check_all_heads(self, metadata: ContextMetadata) -> None:
         entries = self.index.entries
@@ -448,15 +446,15 @@ class ContextState:
     def _moved_branches(self, base: ContextMetadata) -> dict[str, Branch]:
         """The branches of ``base`` whose heads journal lines since ``heads_at`` moved."""
         moved = {}
-        pairs: list[tuple[str, Branch | None, tuple[int, str | None] | None]]
         loaded = self.index.loaded_heads
         if loaded is not None and len(loaded) < len(base.branches):
             # The moves the journal holds, not every branch: a context with hundreds of
             # branches (a sweep's) moves a few heads between two compactions.
-            pairs = [(name, base.branches.get(name), move) for name, move in loaded.items()]
+            moves: Iterable[tuple[str, tuple[int, str | None] | None]] = loaded.items()
         else:
-            pairs = [(name, b, self.index.head_move(name)) for name, b in base.branches.items()]
-        for name, branch, move in pairs:
+            moves = ((name, self.index.head_move(name)) for name in base.branches)
+        for name, move in moves:
+            branch = base.branches.get(name)
             if branch is None or move is None:
                 continue  # a move of a branch deleted since (or none at all)
             if move[0] >= self.heads_at and branch.head != move[1]:
