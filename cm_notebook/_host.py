@@ -73,8 +73,9 @@ class TurnHost:
         retry_policy: how transient provider failures are retried.
         max_tool_rounds: consecutive tool rounds before the turn stops.
         tool_timeout: seconds a tool may run (None: no limit).
-        conversation: ``conversation(branch, exclude)``, the messages a request sends
-            for ``branch`` (system prompt first), leaving out message ``exclude``.
+        conversation: ``conversation(branch, exclude, head)``, the messages a request
+            sends for ``branch`` (system prompt first) on the path ending at ``head``
+            (the turn's own head), leaving out message ``exclude``.
         remember: given each message the turn has stored, as stored, so the next
             request need not read it back.
         finished: called once the turn is over, before its final state is signalled,
@@ -100,7 +101,7 @@ class TurnHost:
     retry_policy: RetryPolicy
     max_tool_rounds: int
     tool_timeout: float | None
-    conversation: Callable[[str, str | None], Awaitable[list[Message]]]
+    conversation: Callable[[str, str | None, str | None], Awaitable[list[Message]]]
     remember: Callable[[Message], None]
     finished: Callable[[Turn], None]
     unsettled: Callable[[Message], None]

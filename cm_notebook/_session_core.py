@@ -326,9 +326,12 @@ class SessionCore(MetadataReads):
     def _provider(self, provider: ProviderLike | None) -> Provider:
         return self._providers.resolve(provider)
 
-    async def _conversation(self, branch: str, exclude: str | None) -> list[Message]:
-        # What a request on ``branch`` shows the model (see cm_notebook._conversation).
-        _ids, messages = await self._messages.path_messages(self._store, self.id, branch)
+    async def _conversation(
+        self, branch: str, exclude: str | None, head: str | None = None
+    ) -> list[Message]:
+        # What a request on ``branch`` (built on ``head``) shows the model (see
+        # cm_notebook._conversation).
+        _ids, messages = await self._messages.path_messages(self._store, self.id, branch, head)
         metadata = self._shared_metadata() or await self._store.get_metadata(self.id)
         prompt = effective_system(metadata, branch)  # read at once: it may be shared
         if exclude is not None and messages and messages[-1].id == exclude:

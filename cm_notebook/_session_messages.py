@@ -3,9 +3,12 @@
 Building a request needs every message on a branch's path. Reading them all from disk
 on every turn makes a conversation's cost grow with the square of its length, so a
 session keeps the messages it has seen in a :class:`MessageCache` and asks the store
-only for the ids it does not hold. The path itself (ids, root first) still comes from
-the store each time: the store notices other processes' writes (new messages, moved
-heads) through its change detection, and the new ids are then read from disk.
+only for the ids it does not hold. The path of a branch (ids, root first) comes from
+the store: the store notices other processes' writes (new messages, moved heads)
+through its change detection, and the new ids are then read from disk. A turn knows
+the message it builds on (its head), and a message's parent never changes, so when the
+messages from that head up to a path served before are all kept, the turn's path is
+put together from them without asking the store at all.
 
 Only *settled* messages are kept: a message file is rewritten while its reply streams
 (checkpoints, the final state), and an assistant message records what became of its
@@ -32,6 +35,9 @@ __all__ = ["KEPT_PATHS", "MessageCache", "is_settled"]
 
 #: How many branches' paths a session keeps the messages of.
 KEPT_PATHS = 16
+
+#: How far up from a head the kept messages are followed before the store is asked.
+_WALK_LIMIT = 64
 
 _FINAL_CALL = frozenset({ToolCallStatus.DONE, ToolCallStatus.FAILED, ToolCallStatus.DENIED})
 
@@ -107,14 +113,27 @@ class MessageCache:
             self._prefixes.pop(key, None)
 
     async def path_messages(
-        self, store: Store, context_id: str, branch: str
+        self, store: Store, context_id: str, branch: str, head: str | None = None
     ) -> tuple[list[str], list[Message]]:
         """The ids of ``branch``'s path and its messages, root first, reading only those
         not kept.
 
+        ``head``: the message the caller builds on (a turn's own head, which is the
+        branch's head unless a writer that did not claim the branch moved it), if it
+        knows it. When the messages from there up to the branch's last served path are
+        all kept, the path ending at ``head`` is served from them with no store call.
+
         Unreadable message files are skipped (with the store's warning), as
         :meth:`Store.get_messages` does, so there can be fewer messages than ids.
         """
+        if head is not None:
+            kept = self._path_to(branch, head)
+            if kept is not None:
+                ids, messages = kept
+                self.used(branch, ids)
+                with self._lock:
+                    self._prefixes[branch] = (ids, messages)
+                return list(ids), list(messages)
         ids = await store.path(context_id, branch)
         start, messages = self._settled_prefix(branch, ids)
         found, missing = self.lookup(ids[start:] if start else ids)
@@ -138,6 +157,26 @@ class MessageCache:
             with self._lock:
                 self._prefixes[branch] = (ids[:settled], messages[:settled])
         return ids, messages
+
+    def _path_to(self, branch: str, head: str) -> tuple[list[str], list[Message]] | None:
+        # The path ending at ``head`` from kept messages alone: follow parents up from
+        # ``head`` to the end of the branch's settled prefix (or to the root). None if a
+        # message on the way is not kept or the walk is long (a different fork).
+        with self._lock:
+            known_ids, known_messages = self._prefixes.get(branch, ([], []))
+            end = known_ids[-1] if known_ids else None
+            walked: list[Message] = []
+            current: str | None = head
+            while current is not None and current != end:
+                message = self._messages.get(current)
+                if message is None or len(walked) == _WALK_LIMIT:
+                    return None
+                walked.append(message)
+                current = message.parent_id
+        walked.reverse()
+        if current is None:  # reached the root: the prefix is not on this path
+            return [m.id for m in walked], walked
+        return known_ids + [m.id for m in walked], known_messages + walked
 
     def _settled_prefix(self, branch: str, ids: list[str]) -> tuple[int, list[Message]]:
         # How many of ``ids`` begin as the settled part of the branch's last path did,

@@ -246,11 +246,14 @@ class TurnRunner(ToolRounds):
         # The conversation is read before the reply is stored: once a view hears of
         # the reply (MessageAdded), the request goes out with no store read between.
         if self._reply is None:
-            history = await host.conversation(self._writes.target, None)
+            history = await host.conversation(self._writes.target, None, self._writes.head)
             reply = await self._new_reply()
         else:
             reply = self._reply
-            history = await host.conversation(self._writes.target, reply.message.id)
+            # Built on the reply's parent: the reply itself (being retried) is left out.
+            history = await host.conversation(
+                self._writes.target, reply.message.id, reply.message.parent_id
+            )
         # The reply records the system prompt it is generated under (the branch's).
         reply.message = reply.message.model_copy(
             update={"metadata": reply.message.metadata.model_copy(update=system_of(history))}

@@ -167,3 +167,67 @@ def test_a_path_that_moved_back_or_forked_is_served_as_it_is_now(tmp_path: Path)
             assert await contents() == ["one", "two, once more", "three, once more"]
 
     anyio.run(scenario)
+
+
+class _CountingStore(FileStore):
+    """A FileStore that counts the paths it is asked for."""
+
+    path_calls = 0
+
+    async def path(self, context_id: str, branch: str | None = None) -> list[str]:
+        type(self).path_calls += 1
+        return await super().path(context_id, branch)
+
+
+def test_a_turn_on_kept_messages_is_given_its_path_without_a_store_read(tmp_path: Path) -> None:
+    # A turn builds on its own head; a message's parent never changes, so when every
+    # message from the head up to the branch's last path is kept, the path is theirs.
+    async def scenario() -> None:
+        async with _CountingStore(tmp_path) as store:
+            metadata = await store.create_context(ContextMetadata(id="c1"))
+            cache = MessageCache()
+
+            async def add(content: str, head: str | None, branch: str = "main") -> str:
+                message = Message(role="user", parent_id=head, content=content)
+                await store.append_message(metadata.id, message, branch=branch, expected_head=head)
+                cache.remember(message)
+                return message.id
+
+            async def contents(head: str, branch: str = "main") -> list[str]:
+                ids, messages = await cache.path_messages(store, metadata.id, branch, head)
+                assert [m.id for m in messages] == ids
+                assert ids == await store.path(metadata.id, branch)  # the store agrees
+                return [m.content for m in messages]
+
+            first = await add("one", None)
+            assert await contents(first) == ["one"]
+            second = await add("two", first)
+            third = await add("three", second)
+            before = _CountingStore.path_calls
+            _ids, messages = await cache.path_messages(store, metadata.id, "main", third)
+            assert [m.content for m in messages] == ["one", "two", "three"]
+            assert _CountingStore.path_calls == before  # served from the kept messages
+            messages.pop()  # the caller's list is its own
+            assert await contents(third) == ["one", "two", "three"]
+
+            # A fork from the root on another branch: walked up to the root.
+            await store.create_branch(metadata.id, "other", head=first)
+            fork = await add("two, elsewhere", first, branch="other")
+            assert await contents(fork, "other") == ["one", "two, elsewhere"]
+
+            # A message this cache never saw (another writer's) is read from the store.
+            elsewhere = Message(role="assistant", parent_id=third, content="from elsewhere")
+            await store.append_message(metadata.id, elsewhere, branch="main", expected_head=third)
+            after = await add("four", elsewhere.id)
+            before = _CountingStore.path_calls
+            _ids, messages = await cache.path_messages(store, metadata.id, "main", after)
+            assert _CountingStore.path_calls == before + 1
+            assert [m.content for m in messages] == [
+                "one",
+                "two",
+                "three",
+                "from elsewhere",
+                "four",
+            ]
+
+    anyio.run(scenario)
