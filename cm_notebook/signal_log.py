@@ -225,9 +225,8 @@ class SignalLog:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._fd = -1
-        # What this object knows of the file: its inode, where its last record ended,
-        # and that record's number; valid while nobody else appended.
-        self._ino = -1
+        # What this object knows of the file: where its last record ended, and that
+        # record's number; valid while nobody else appended.
         self._end = 0
         self._seq = 0
         self._sync = GroupSync(self._dup, fsync, sync_delay, f"signal log sync {self.path}")
@@ -240,8 +239,8 @@ class SignalLog:
         """The number of the last signal in the log (0 for an empty or missing log)."""
         if not self.path.exists():
             return 0  # not written yet (or the context folder is still being made)
-        with self._lock, self._locked_file() as fd:
-            return self._current_seq(fd)
+        with self._lock, self._locked_file() as (fd, size):
+            return self._current_seq(fd, size)
 
     @property
     def unsynced(self) -> int:
@@ -271,8 +270,8 @@ class SignalLog:
             OSError: the log could not be written.
         """
         events: list[Event] = []
-        with self._lock, self._locked_file() as fd:
-            seq = self._current_seq(fd)
+        with self._lock, self._locked_file() as (fd, size):
+            seq = self._current_seq(fd, size)
             lines: list[bytes] = []
             durable = False
             for stamp in stamps:
@@ -313,35 +312,34 @@ class SignalLog:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-        self._fd, self._ino = -1, -1
+        self._fd = -1
 
     @contextlib.contextmanager
-    def _locked_file(self) -> Iterator[int]:
-        # Open (or re-open after a compaction replaced the file) and flock it. A writer
-        # that waited while another compacted holds the lock of the replaced file, so
-        # it checks the path still names the file it locked and tries again if not.
+    def _locked_file(self) -> Iterator[tuple[int, int]]:
+        # Open (or re-open after a compaction replaced the file) and flock it; yields
+        # the descriptor and the file's size. A writer that waited while another
+        # compacted holds the lock of the replaced file, so it checks the path still
+        # names the file it locked and tries again if not.
         while True:
             if self._fd < 0:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-                self._ino = os.fstat(self._fd).st_ino
                 self._end, self._seq = -1, 0  # unknown: read from the file
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                on_path = os.stat(self.path).st_ino
-            except FileNotFoundError:
-                on_path = -2
-            if on_path == self._ino:
+            # A file still linked is the one the path names: a compaction renames its
+            # new file over the path (the old one's link count drops to 0), nothing
+            # else replaces it. One fstat instead of a stat of the path per record.
+            status = os.fstat(self._fd)
+            if status.st_nlink > 0:
                 break
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._close_fd()
         try:
-            yield self._fd
+            yield self._fd, status.st_size
         finally:
             if self._fd >= 0:  # a compaction closed it, which dropped the lock already
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _current_seq(self, fd: int) -> int:
-        size = os.fstat(fd).st_size
+    def _current_seq(self, fd: int, size: int) -> int:
         if size == self._end:
             return self._seq
         # Someone else appended (or the file is new to us): find the last record.

@@ -104,6 +104,26 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     assert again.record(_stamp(_delta(0))).seq == 201
 
 
+def test_a_writer_whose_file_another_compacted_writes_to_the_new_file(tmp_path: Path) -> None:
+    # Two writers (as two processes have): the second's records compact the log, so the
+    # file the first holds open is no longer the log; its next record must go to the
+    # file the path names now, numbered after the second's.
+    path = tmp_path / "signals.log"
+    first = SignalLog(path, max_bytes=2048)
+    second = SignalLog(path, max_bytes=2048)
+    assert first.record(_stamp(_delta(0))).seq == 1
+    old_inode = path.stat().st_ino
+    for n in range(100):
+        second.record(_stamp(_delta(n)))
+    assert path.stat().st_ino != old_inode  # compacted: a new file
+    assert first.record(_stamp(_delta(1))).seq == 102
+    numbers = _numbers(path)
+    assert numbers[-1] == 102
+    assert numbers == list(range(numbers[0], 103))
+    first.close()
+    second.close()
+
+
 def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:
     path = tmp_path / "signals.log"
     child = textwrap.dedent(
