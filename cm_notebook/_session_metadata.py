@@ -60,7 +60,7 @@ class MetadataReads:
         with self._lock:
             if token is not None and token == self._metadata_token:
                 return self._metadata
-        known = self._known_metadata()
+        known = self._known_metadata(token=token)
         if known is None:
             return None
         token, fresh = known
@@ -68,15 +68,18 @@ class MetadataReads:
             self._metadata, self._metadata_token = fresh, token
         return fresh
 
-    def _known_metadata(self, *, copy: bool = True) -> tuple[object, ContextMetadata] | None:
+    def _known_metadata(
+        self, *, copy: bool = True, token: object | None = None
+    ) -> tuple[object, ContextMetadata] | None:
         # The store's own copy when it knows it is current (FileStore.known_metadata):
         # after this session's own writes, no thread hop and no read. Not while a
-        # submitted write is under way: the session must read its own writes.
+        # submitted write is under way: the session must read its own writes. ``token``:
+        # the change token just taken (the store need not take it again).
         known_of = getattr(self._store, "known_metadata", None)
         if known_of is None or self._io.writing():
             return None
         try:
-            known: tuple[object, ContextMetadata] | None = known_of(self.id, copy=copy)
+            known: tuple[object, ContextMetadata] | None = known_of(self.id, copy=copy, token=token)
         except (OSError, CMError):
             return None
         return known
@@ -92,7 +95,7 @@ class MetadataReads:
         with self._lock:
             if token is not None and token == self._metadata_token:
                 return self._metadata
-        known = self._known_metadata(copy=False)
+        known = self._known_metadata(copy=False, token=token)
         return known[1] if known is not None else None
 
     def _current_metadata(self) -> ContextMetadata:

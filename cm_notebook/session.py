@@ -224,8 +224,8 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             noted = MessageMetadata.model_validate(dict(metadata or {}))
         except ValueError as exc:
             raise InvalidInputError(f"metadata: {exc}") from exc
-        name = self._branch_name(branch)
         current = self._current_metadata()
+        name = current.active_branch if branch is None else validate_branch_name(branch)
         chosen, generation = self._defaults.for_request(current, name, provider, params)
         untitled = current.title == UNTITLED
         with self._claim(name) as claim:

@@ -484,7 +484,7 @@ class FileStore(ScoreFiles, BranchWrites):
         return files_token(token_paths(context_dir(self.data_dir, context_id)))
 
     def known_metadata(
-        self, context_id: str, *, copy: bool = True
+        self, context_id: str, *, copy: bool = True, token: object = None
     ) -> tuple[tuple[int, ...], ContextMetadata] | None:
         """The context's metadata without a thread hop, if this store knows it is current.
 
@@ -494,16 +494,17 @@ class FileStore(ScoreFiles, BranchWrites):
         Four ``stat`` calls; no lock, no file read. With ``copy=False`` the metadata is
         the store's own object, not a copy (a copy costs more the more branches there
         are): only for reading a value out of it at once, never to change or keep.
-        The store never changes it in place (a write makes a new one).
+        The store never changes it in place (a write makes a new one). ``token``: a
+        :meth:`change_token` the caller has just taken, so it is not taken twice.
         """
         state = self._states.get(context_id)
         known = state.known if state is not None else None
         if state is None or known is None:
             return None
-        token = state.token()
-        if token != known[0]:
+        current = state.token() if token is None else token
+        if current != known[0]:
             return None
-        return token, known[1].model_copy(deep=True) if copy else known[1]
+        return known[0], known[1].model_copy(deep=True) if copy else known[1]
 
     def _context_folder(self, context_id: str) -> Path:
         # The context's folder: the one resolved when its state was made, if it was.
