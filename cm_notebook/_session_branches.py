@@ -80,7 +80,7 @@ class SessionBranches(SessionReading):
             raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
         name = self._branch_name(branch)
         self._head(name)  # BranchNotFoundError for an unknown branch
-        current = self.metadata.branches[name]
+        current = self._read_metadata().branches[name]
         if current.system_prompt == text:
             return current
         # In place only while no reply exists and none is being made: the claim keeps
@@ -96,7 +96,10 @@ class SessionBranches(SessionReading):
         if updated is not None:
             return updated
         fork = self._free_branch_name(f"{name}-system")
-        settings = {**self._defaults.inherit(self.metadata, name, fork), "system_prompt": text}
+        settings = {
+            **self._defaults.inherit(self._read_metadata(), name, fork),
+            "system_prompt": text,
+        }
         created = self._io.call(
             self._store.create_branch(
                 self.id, fork, head=current.head, forked_from=current.head, **settings

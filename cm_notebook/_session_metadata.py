@@ -38,9 +38,17 @@ class MetadataReads:
     def metadata(self) -> ContextMetadata:
         """The context's metadata, re-read if it changed (here or in another process).
 
-        Cached: reading it costs a few ``stat`` calls unless the store's files changed,
-        so properties such as ``branches`` never wait behind other store work.
+        A copy: changing it changes nothing (use the session's methods, e.g.
+        ``set_system_prompt``, ``title = ...``). Cached: reading it costs a few ``stat``
+        calls and a copy unless the store's files changed, so it never waits behind
+        other store work.
         """
+        return self._read_metadata().model_copy(deep=True)
+
+    def _read_metadata(self) -> ContextMetadata:
+        # The session's own copy of the metadata (re-read if the files changed): for
+        # reading values out of, never to change. The public ``metadata`` copies it,
+        # so nothing a caller does to what it was given reaches the next request.
         token = self._change_token()
         cached = self._cached_metadata(token)
         if cached is not None:
@@ -102,7 +110,7 @@ class MetadataReads:
         # The current metadata to read a value out of at once: shared if it can be
         # (see _shared_metadata), else read (and kept as this session's copy).
         shared = self._shared_metadata()
-        return shared if shared is not None else self.metadata
+        return shared if shared is not None else self._read_metadata()
 
     def _index(self) -> dict[str, IndexEntry]:
         # The message index (id -> parent, role, status...), cached like the metadata:
@@ -131,8 +139,8 @@ class MetadataReads:
 
     @property
     def branches(self) -> dict[str, Branch]:
-        """Branches by name."""
-        return dict(self.metadata.branches)
+        """Branches by name (copies: changing one changes nothing)."""
+        return self.metadata.branches
 
     @property
     def active_branch(self) -> str:

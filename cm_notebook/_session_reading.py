@@ -43,7 +43,7 @@ class SessionReading(SessionCore):
     @property
     def title(self) -> str:
         """The context's title; assign to rename it (``session.title = "..."``)."""
-        return self.metadata.title
+        return self._read_metadata().title
 
     @title.setter
     def title(self, value: str) -> None:
@@ -101,7 +101,7 @@ class SessionReading(SessionCore):
         :meth:`get`.
         """
         # The metadata first: the index read after it holds every head it names.
-        metadata = self.metadata
+        metadata = self._read_metadata()
         entries = self._index()
         return MessageTree.build(entries, metadata.branches, metadata.active_branch)
 

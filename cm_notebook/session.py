@@ -304,7 +304,9 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                 "can be edited (use regenerate() for a new reply)"
             )
         source = self.active_branch
-        chosen, generation = self._defaults.for_request(self.metadata, source, provider, params)
+        chosen, generation = self._defaults.for_request(
+            self._read_metadata(), source, provider, params
+        )
         if branch is None:
             name = self._free_branch_name(f"{source}-edit")
         else:
@@ -317,7 +319,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                     name,
                     head=original.parent_id,
                     forked_from=original.id,
-                    **self._defaults.inherit(self.metadata, source, name),
+                    **self._defaults.inherit(self._read_metadata(), source, name),
                 )
             )
             self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
@@ -337,7 +339,9 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         which (see :mod:`cm_notebook.sampling`).
         """
         name = self._branch_name(branch)
-        chosen, generation = self._defaults.for_request(self.metadata, name, provider, params)
+        chosen, generation = self._defaults.for_request(
+            self._read_metadata(), name, provider, params
+        )
         generation = for_regenerate(generation)
         with self._claim(name) as claim:
             prompt = self._rewind_to_prompt(name)
@@ -395,7 +399,12 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         # An unknown spec or a parameter an arm's provider does not take fails before
         # anything is written.
         checked = [
-            (plan, arm_settings(self._defaults.inherit(self.metadata, base), plan, self._provider))
+            (
+                plan,
+                arm_settings(
+                    self._defaults.inherit(self._read_metadata(), base), plan, self._provider
+                ),
+            )
             for plan in plans
         ]
         for plan, settings in checked:
@@ -403,7 +412,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             if plan.provider is not None:
                 self._defaults.remember(plan.branch, plan.provider)
             else:
-                self._defaults.inherit(self.metadata, base, plan.branch)
+                self._defaults.inherit(self._read_metadata(), base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
         # Every branch first, then the sends back to back: the arms start together.
         turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
@@ -445,7 +454,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
 
     def _repr_html_(self) -> str:
         # Static HTML: a saved notebook shows the conversation without a kernel.
-        metadata = self.metadata
+        metadata = self._read_metadata()
         return conversation_html(metadata, self.history())
 
     def _ipython_display_(self) -> None:

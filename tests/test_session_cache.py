@@ -92,3 +92,23 @@ def test_a_turn_reads_the_active_branch_and_system_prompt_as_they_are_now(
     assert fake.last_request.messages[0].content == "Be thorough."
     assert session.active_branch == "side"
     assert session.metadata.system_prompt == "Be thorough."
+
+
+def test_what_a_caller_changes_in_the_metadata_it_was_given_changes_nothing(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # ``metadata`` and ``branches`` are copies: a change made to them is neither read
+    # back nor sent to the model, though nothing was written since.
+    fake = ScriptedProvider().reply("one").reply("two")
+    session = new_session(provider=fake, system="Be brief.")
+    session.send("first").result(10)
+    handed = session.metadata
+    handed.title = "changed by hand"
+    handed.system_prompt = "changed by hand"
+    handed.branches["main"].system_prompt = "changed by hand"
+    session.branches["main"].system_prompt = "changed by hand"
+    assert session.metadata.system_prompt == "Be brief."
+    assert session.branches["main"].system_prompt is None
+    assert session.title != "changed by hand"
+    session.send("second").result(10)
+    assert fake.last_request.messages[0].content == "Be brief."
