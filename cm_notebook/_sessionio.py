@@ -8,8 +8,9 @@ Because that loop never runs user callbacks, waiting on it cannot deadlock.
 
 Writes a caller must not wait for (the user's message of a ``send()`` made on an
 event loop) are :meth:`StoreAccess.submit` instead: they start at once on that
-same thread, and every later :meth:`StoreAccess.call` of the same session waits for
-them first, so a session always reads its own writes.
+same thread (or, given to :meth:`StoreAccess.track`, on a store's worker thread), and
+every later :meth:`StoreAccess.call` of the same session waits for them first, so a
+session always reads its own writes.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ class StoreAccess:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on the store's thread and return its future at once."""
-        future = asyncio.run_coroutine_threadsafe(coro, _loop())
+        return self.track(asyncio.run_coroutine_threadsafe(coro, _loop()))
+
+    def track(self, future: concurrent.futures.Future[T]) -> concurrent.futures.Future[T]:
+        """Treat a write started elsewhere (e.g. ``FileStore.start_append``) as one given
+        to :meth:`submit`: later calls wait for it first. Returns ``future``."""
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._settled)

@@ -240,7 +240,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                 # for the disk. The message is stored on the store's thread, starting
                 # now; the turn waits for it to be durable before it asks for a reply,
                 # and fails with the store's error if it cannot be.
-                stored = self._io.submit(self._store_prompt(name, user))
+                stored = self._start_prompt(name, user)
 
                 async def prologue(turn: Turn) -> None:
                     await asyncio.wrap_future(stored)

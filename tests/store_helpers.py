@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 from collections.abc import Callable
 from types import EllipsisType
@@ -74,8 +75,35 @@ class FailingStore:
             context_id, message, branch=branch, expected_head=expected_head
         )
 
+    def start_append(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> concurrent.futures.Future[None]:
+        # FileStore.start_append (what a send() on an event loop uses), failing as
+        # append_message does.
+        if message.id == self.fail_on or self.append_fails(message):
+            if self.fail_after_commit:
+                self.inner.start_append(context_id, message, branch=None).result()
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            failed.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+            return failed
+        return self.inner.start_append(
+            context_id, message, branch=branch, expected_head=expected_head
+        )
+
     async def update_message(self, context_id: str, message: Message) -> None:
         if self.full_updates > 0 and self.update_fails(message):
             self.full_updates -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
         await self.inner.update_message(context_id, message)
+
+
+class FailingStoreWithoutStart(FailingStore):
+    """A FailingStore without ``start_append``, as a Store written elsewhere may be: a
+    send() on an event loop then stores the user's message on the store's own loop."""
+
+    start_append = None  # type: ignore[assignment]

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from store_helpers import FailingStore
+from store_helpers import FailingStore, FailingStoreWithoutStart
 from test_session_support import DEADLINE, Recorder
 
 from cm_notebook.errors import StoreError
@@ -92,10 +92,33 @@ async def test_a_session_reads_its_own_send_at_once(
 
 
 @pytest.mark.anyio
-async def test_a_message_that_cannot_be_stored_fails_the_turn_clearly(
-    inner: FileStore, new_session: Callable[..., ContextSession]
+@pytest.mark.parametrize("kind", [FailingStore, FailingStoreWithoutStart])
+async def test_a_message_committed_before_the_disk_filled_is_put_on_its_branch(
+    inner: FileStore, new_session: Callable[..., ContextSession], kind: type[FailingStore]
 ) -> None:
-    store = FailingStore(inner, append_fails=lambda m: m.content == "lost?")
+    # The append failed after its commit point (the message is in the tree, its head
+    # move is not): the session finishes the move, announces it, and the turn goes on.
+    store = kind(inner, append_fails=lambda m: m.content == "hi", fail_after_commit=True)
+    session = new_session(provider=ScriptedProvider(), store=store)
+    recorder = Recorder(session)
+    turn = session.send("hi")
+    await turn.accepted()
+    reply = await turn
+    history = session.history()
+    assert [m.content for m in history] == ["hi", "echo: hi"]
+    assert history[-1].id == reply.id
+    added = [e.message_id for e in recorder.of(MessageAdded)]
+    assert added == [history[0].id, reply.id]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [FailingStore, FailingStoreWithoutStart])
+async def test_a_message_that_cannot_be_stored_fails_the_turn_clearly(
+    inner: FileStore, new_session: Callable[..., ContextSession], kind: type[FailingStore]
+) -> None:
+    # Stored straight on a worker thread (a store with start_append) or on the store's
+    # loop (one without): the same clear failure either way.
+    store = kind(inner, append_fails=lambda m: m.content == "lost?")
     fake = ScriptedProvider()
     session = new_session(provider=fake, store=store)
     recorder = Recorder(session)

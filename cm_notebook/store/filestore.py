@@ -75,6 +75,7 @@ reading a message joins its path without validating the id again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import os
@@ -101,7 +102,7 @@ from .paths import (
     message_path,
 )
 from .scores import ScoreFiles
-from .workers import run_blocking
+from .workers import run_blocking, submit_blocking
 
 __all__ = ["FileStore"]
 
@@ -337,6 +338,34 @@ class FileStore(ScoreFiles, BranchWrites):
         If it raises (:class:`~cm_notebook.errors.StorageFullError` when the disk is
         full), nothing was written.
         """
+        await run_blocking(self._append_call(context_id, message, branch, expected_head))
+        return message
+
+    def start_append(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> concurrent.futures.Future[None]:
+        """:meth:`append_message`, started on a worker thread at once; returns its future.
+
+        For a caller that must not wait for the disk but needs the write under way
+        before it returns (a ``send()`` made on an event loop): no event loop is
+        involved, so it costs one thread hand-over. The future raises what
+        :meth:`append_message` would; invalid arguments raise here.
+        """
+        return submit_blocking(self._append_call(context_id, message, branch, expected_head))
+
+    def _append_call(
+        self,
+        context_id: str,
+        message: Message,
+        branch: str | None,
+        expected_head: str | EllipsisType | None,
+    ) -> Callable[[], None]:
+        # The arguments checked, the append as a call for a worker thread.
         check_message_ids(message.id, message.parent_id)
         if branch is not None:
             validate_branch_name(branch)
@@ -344,10 +373,15 @@ class FileStore(ScoreFiles, BranchWrites):
             if branch is None:
                 raise InvalidInputError("expected_head needs a branch whose head it guards")
             check_message_ids(expected_head)
-        await self._run(
-            self._write_message, context_id, ops.do_append, message, branch, expected_head
+        return functools.partial(
+            self._translated,
+            self._write_message,
+            context_id,
+            ops.do_append,
+            message,
+            branch,
+            expected_head,
         )
-        return message
 
     async def update_message(self, context_id: str, message: Message) -> None:
         """Replace a message's content/status/metadata (streaming checkpoints, final state).

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import anyio
 
-__all__ = ["MAX_WORKERS", "run_blocking"]
+__all__ = ["MAX_WORKERS", "run_blocking", "submit_blocking"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,15 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
             _pool = concurrent.futures.ThreadPoolExecutor(MAX_WORKERS, "cm_notebook-file")
             _pool_pid = pid
         return _pool
+
+
+def submit_blocking(func: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Start ``func`` on a worker thread now and return its future.
+
+    From any thread, with or without an event loop; it runs to its end whatever the
+    caller does next.
+    """
+    return _executor().submit(func)
 
 
 async def run_blocking(func: Callable[[], T]) -> T:
