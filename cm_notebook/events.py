@@ -292,22 +292,31 @@ class EventBus:
             self._emit(stamp)
 
     def _emit(self, stamp: _Stamp) -> Event:
-        # Number (through the recorder if there is one) and deliver one signal.
-        if self._held:
-            self._write_held()  # the deltas published before this signal come first
-        as_event: Event | None = None
+        # Number and deliver one signal, after the deltas held back for the next batch:
+        # they come first, numbered and written with it (one lock, one write).
+        held, self._held = self._held, []
+        events = self._number([*held, stamp])
+        self._history.extend(events)
+        self._queue.extend(events)
+        if not self._dispatching:
+            self._drain()
+        return events[-1]
+
+    def _number(self, stamps: list[_Stamp]) -> list[Event]:
+        # Number ``stamps`` through the recorder if there is one (which also writes
+        # them), else here.
+        events: list[Event] | None = None
         if self._recorder is not None:
             try:
-                as_event = self._recorder.record(stamp)
+                events = self._recorder.record_all(stamps)
             except OSError:
                 # A full or broken disk must not stop the session: this process still
-                # sees the signal, numbered locally (other processes do not).
-                logger.exception("could not record a signal in %s", self._recorder)
-        if as_event is None:
-            as_event = stamp(self._seq + 1)
-        self._seq = max(self._seq, as_event.seq)
-        self._dispatch(as_event)
-        return as_event
+                # sees the signals, numbered locally (other processes do not).
+                logger.exception("could not record %d signal(s) in %s", len(stamps), self._recorder)
+        if events is None:
+            events = [stamp(self._seq + n) for n, stamp in enumerate(stamps, 1)]
+        self._seq = max(self._seq, events[-1].seq)
+        return events
 
     def _restamp(self, event: BaseEvent, at: datetime, seq: int) -> Event:
         stamped = event.model_copy(update={"seq": seq, "context_id": self.context_id, "at": at})
@@ -348,14 +357,7 @@ class EventBus:
         held, self._held = self._held, []
         if not held or self._recorder is None:
             return
-        events: list[Event] | None = None
-        try:
-            events = self._recorder.record_all(held)
-        except OSError:
-            logger.exception("could not record %d deltas in %s", len(held), self._recorder)
-        if events is None:
-            events = [stamp(self._seq + n) for n, stamp in enumerate(held, 1)]
-        self._seq = max(self._seq, events[-1].seq)
+        events = self._number(held)
         # Queued together, so a signal a callback publishes meanwhile comes after all of
         # them, as its number does.
         self._history.extend(events)

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,10 +22,12 @@ from cm_notebook.events import (
     ContentDelta,
     Event,
     EventBus,
+    MessageCompleted,
     StateChanged,
     parse_event,
 )
 from cm_notebook.fsm import State
+from cm_notebook.model import MessageStatus
 from cm_notebook.signal_log import LogReader, SignalLog
 from cm_notebook.signals import trusted_delta
 
@@ -173,6 +175,54 @@ async def test_deltas_are_written_and_delivered_as_one_batch_in_order(tmp_path: 
     await asyncio.sleep(0)  # the loop turns: the held delta is written
     assert [e.seq for e in seen] == [1, 2, 3, 4]
     assert len(_lines(log.path)) == 4
+    assert [e.seq for e in bus.events(0)] == [1, 2, 3, 4]
+    bus.close()
+
+
+class _CountingRecorder:
+    """The bus's recorder protocol over a real signal log, counting its writes."""
+
+    def __init__(self, log: SignalLog) -> None:
+        self.log = log
+        self.writes: list[int] = []  # signals per write
+
+    @property
+    def last_seq(self) -> int:
+        return self.log.last_seq
+
+    def record(self, stamp: Callable[[int], Event]) -> Event:
+        self.writes.append(1)
+        return self.log.record(stamp)
+
+    def record_all(self, stamps: Sequence[Callable[[int], Event]]) -> list[Event]:
+        self.writes.append(len(stamps))
+        return self.log.record_all(stamps)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+@pytest.mark.anyio
+async def test_held_deltas_are_written_with_the_signal_that_follows_them(tmp_path: Path) -> None:
+    # A reply's last deltas and its completion: one lock and one write, in order.
+    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
+    bus = EventBus("c1", recorder=recorder)
+    bus.publish_delta("main", "m1", "Hel", 0)
+    bus.publish_delta("main", "m1", "lo", 3)
+    done = bus.publish(
+        MessageCompleted(branch="main", message_id="m1", status=MessageStatus.COMPLETE)
+    )
+    assert recorder.writes == [3]
+    assert done.seq == 3
+    assert [(e["type"], e["seq"]) for e in _lines(recorder.log.path)] == [
+        ("ContentDelta", 1),
+        ("ContentDelta", 2),
+        ("MessageCompleted", 3),
+    ]
+    bus.publish(StateChanged(branch="main", old=State.STREAMING, new=State.IDLE))
+    assert recorder.writes == [3, 1]
+    await asyncio.sleep(0)  # the batch the first delta scheduled finds nothing left
+    assert recorder.writes == [3, 1]
     assert [e.seq for e in bus.events(0)] == [1, 2, 3, 4]
     bus.close()
 
