@@ -1,0 +1,126 @@
+"""Storing the user's message of a ``send()``: at once from a script, in the background
+on an event loop.
+
+:class:`PromptWrites` is a base of :class:`~cm_notebook._session_core.SessionCore`. From
+a script, ``send()`` stores the message before it returns (:meth:`_append_prompt`), so a
+failure raises there. On an event loop the loop must not wait for the disk: the write
+starts at once (:meth:`_start_prompt`) on a store worker thread when the store offers
+``start_append`` (one thread hand-over, no event loop involved), else on the store's own
+loop, and the turn waits for it before it asks for a reply. Either way the session's own
+reads wait for it (:class:`~cm_notebook._sessionio.StoreAccess`), the message is
+announced (``MessageAdded``) once it is stored, and an append that failed after its
+commit point is settled: its head move is finished, or the error says what to do.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from . import events as ev
+from ._session_messages import MessageCache
+from ._sessionio import StoreAccess
+from ._turn_writes import settle_append
+from .errors import StoreError
+from .model import Message
+from .store import Store
+
+__all__ = ["PromptWrites"]
+
+
+class PromptWrites:
+    """Writes the user's message of a send (see the module docstring)."""
+
+    id: str
+    _store: Store
+    _io: StoreAccess
+    _messages: MessageCache
+
+    def _publish(self, event: ev.BaseEvent) -> None:
+        raise NotImplementedError  # SessionCore's: on the session loop's thread
+
+    def _append_prompt(self, branch: str, message: Message) -> None:
+        self._io.call(self._store_prompt(branch, message))
+
+    async def _store_prompt(self, branch: str, message: Message) -> None:
+        # The user's message, after the head it was written against (expected_head): if
+        # another writer moved the branch since, fail loudly rather than fork the
+        # conversation behind its back.
+        try:
+            await self._store.append_message(
+                self.id, message, branch=branch, expected_head=message.parent_id
+            )
+        except OSError as exc:
+            await self._settle_prompt(branch, message, exc)
+            return
+        self._prompt_stored(branch, message)
+
+    async def _settle_prompt(self, branch: str, message: Message, error: BaseException) -> None:
+        # The append of the user's message raised ``error``. An OSError may have come
+        # after its commit point: finish the head move if so (then announce it), else
+        # say what went wrong and what to do.
+        if not isinstance(error, OSError):
+            raise error
+        if not await settle_append(self._store, self.id, branch, message):
+            raise StoreError(
+                f"your message could not be stored: {error}. Nothing was sent; free disk "
+                "space (or fix the data folder) and send it again."
+            ) from error
+        self._prompt_stored(branch, message)
+
+    def _start_prompt(self, branch: str, message: Message) -> concurrent.futures.Future[None]:
+        # Start storing the user's message without waiting (a send() on an event loop);
+        # the future is done once it is stored and announced, or with the error that
+        # kept it from being stored. Straight on a store worker thread where the store
+        # offers it (FileStore.start_append, looked up on the class so that a wrapper
+        # that changes append_message is not bypassed): one thread hand-over; else on
+        # the store's own loop. The session's reads wait for it either way.
+        start = getattr(type(self._store), "start_append", None)
+        if start is None:
+            return self._io.submit(self._store_prompt(branch, message))
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        started: concurrent.futures.Future[None] = start(
+            self._store, self.id, message, branch=branch, expected_head=message.parent_id
+        )
+
+        def stored(future: concurrent.futures.Future[None]) -> None:
+            # On the worker thread. ``done`` is always resolved: a turn waits for it.
+            if future.cancelled():  # never started: the worker pool was shut down
+                done.cancel()
+                return
+            error = future.exception()
+            if error is not None:  # settled on the store's loop (it reads the store)
+                try:
+                    settling = self._io.submit(self._settle_prompt(branch, message, error))
+                except BaseException as exc:
+                    done.set_exception(exc)
+                    raise
+                settling.add_done_callback(lambda settled: _copy_outcome(settled, done))
+                return
+            try:
+                self._prompt_stored(branch, message)
+            finally:
+                done.set_result(None)  # stored, even if announcing it failed
+
+        self._io.track(done)
+        started.add_done_callback(stored)
+        return done
+
+    def _prompt_stored(self, branch: str, message: Message) -> None:
+        self._messages.remember(message)
+        self._publish(
+            ev.MessageAdded(
+                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
+            )
+        )
+
+
+def _copy_outcome(
+    source: concurrent.futures.Future[None], target: concurrent.futures.Future[None]
+) -> None:
+    # Resolve ``target`` as ``source`` was (concurrent.futures has no chaining of its own).
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(None)
