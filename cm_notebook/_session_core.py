@@ -264,7 +264,10 @@ class SessionCore(PromptWrites, MetadataReads):
         if self._on_loop_thread():
             self._publish_here(event)
         else:
-            self._loop.call_soon_threadsafe(self._publish_here, event)
+            # A loop that has ended (a script's asyncio.run returned while a write it
+            # started was finishing) has nobody left to tell.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._publish_here, event)
 
     def _publish_here(self, event: ev.BaseEvent) -> None:
         if not self._bus.closed:  # a closed session has no one left to tell

@@ -15,6 +15,7 @@ commit point is settled: its head move is finished, or the error says what to do
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 
 from . import events as ev
 from ._session_messages import MessageCache
@@ -73,36 +74,44 @@ class PromptWrites:
         # kept it from being stored. Straight on a store worker thread where the store
         # offers it (FileStore.start_append, looked up on the class so that a wrapper
         # that changes append_message is not bypassed): one thread hand-over; else on
-        # the store's own loop. The session's reads wait for it either way.
+        # the store's own loop. The session's reads wait for the write either way. The
+        # turn waits for the future returned, never for the write itself: cancelling
+        # the turn (asyncio passes a cancellation on to the future it awaits) must not
+        # cancel the write.
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
         start = getattr(type(self._store), "start_append", None)
         if start is None:
-            return self._io.submit(self._store_prompt(branch, message))
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            submitted = self._io.submit(self._store_prompt(branch, message))
+            submitted.add_done_callback(lambda finished: _copy_outcome(finished, done))
+            return done
         started: concurrent.futures.Future[None] = start(
             self._store, self.id, message, branch=branch, expected_head=message.parent_id
         )
 
         def stored(future: concurrent.futures.Future[None]) -> None:
-            # On the worker thread. ``done`` is always resolved: a turn waits for it.
+            # On the worker thread. ``done`` is always resolved (a turn waits for it),
+            # unless its waiter cancelled it first.
             if future.cancelled():  # never started: the worker pool was shut down
-                done.cancel()
+                _resolve(done, cancelled=True)
                 return
             error = future.exception()
             if error is not None:  # settled on the store's loop (it reads the store)
                 try:
                     settling = self._io.submit(self._settle_prompt(branch, message, error))
                 except BaseException as exc:
-                    done.set_exception(exc)
+                    _resolve(done, error=exc)
                     raise
                 settling.add_done_callback(lambda settled: _copy_outcome(settled, done))
                 return
             try:
                 self._prompt_stored(branch, message)
             finally:
-                done.set_result(None)  # stored, even if announcing it failed
+                _resolve(done)  # stored, even if announcing it failed
 
-        self._io.track(done)
+        # Reads wait for the write and then, with no gap, for a failed append's
+        # settling: ``stored``, called first when the write ends, submits it.
         started.add_done_callback(stored)
+        self._io.track(started)
         return done
 
     def _prompt_stored(self, branch: str, message: Message) -> None:
@@ -119,8 +128,22 @@ def _copy_outcome(
 ) -> None:
     # Resolve ``target`` as ``source`` was (concurrent.futures has no chaining of its own).
     if source.cancelled():
-        target.cancel()
-    elif (error := source.exception()) is not None:
-        target.set_exception(error)
+        _resolve(target, cancelled=True)
     else:
-        target.set_result(None)
+        _resolve(target, error=source.exception())
+
+
+def _resolve(
+    target: concurrent.futures.Future[None],
+    *,
+    error: BaseException | None = None,
+    cancelled: bool = False,
+) -> None:
+    # Resolve ``target``, unless it is done already (its waiter may have cancelled it).
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if cancelled:
+            target.cancel()
+        elif error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(None)

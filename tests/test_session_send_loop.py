@@ -4,6 +4,9 @@ once it is durable, and a failure to store it fails the turn clearly."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from cm_notebook.fsm import State
 from cm_notebook.model import Message
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
+from cm_notebook.store.workers import submit_blocking
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -50,6 +54,31 @@ class GatedStore:
             context_id, message, branch=branch, expected_head=expected_head
         )
 
+    def start_append(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> concurrent.futures.Future[None]:
+        # FileStore.start_append (a send() on an event loop), gated the same way.
+        def gated() -> None:
+            if message.role == "user" and not self.gate.wait(DEADLINE):
+                self.waited_out = True
+            self.inner.start_append(
+                context_id, message, branch=branch, expected_head=expected_head
+            ).result()
+
+        return submit_blocking(gated)
+
+
+class GatedStoreWithoutStart(GatedStore):
+    """A GatedStore without ``start_append``: the user's message goes through the
+    store's own loop."""
+
+    start_append = None  # type: ignore[assignment]
+
 
 @pytest.fixture
 def inner(data_dir: Path) -> Iterator[FileStore]:
@@ -59,10 +88,11 @@ def inner(data_dir: Path) -> Iterator[FileStore]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("kind", [GatedStore, GatedStoreWithoutStart])
 async def test_send_on_a_loop_returns_before_the_message_is_on_disk(
-    inner: FileStore, new_session: Callable[..., ContextSession]
+    inner: FileStore, new_session: Callable[..., ContextSession], kind: type[GatedStore]
 ) -> None:
-    store = GatedStore(inner)
+    store = kind(inner)
     fake = ScriptedProvider().reply("answer")
     session = new_session(provider=fake, store=store, title="gated")
     turn = session.send("question")  # returns although the write cannot finish yet
@@ -74,6 +104,30 @@ async def test_send_on_a_loop_returns_before_the_message_is_on_disk(
     assert not store.waited_out
     assert reply.content == "answer"
     assert [m.content for m in fake.last_request.messages] == ["question"]
+
+
+@pytest.mark.parametrize("kind", [GatedStore, GatedStoreWithoutStart])
+def test_a_send_whose_loop_ends_first_still_stores_its_message_quietly(
+    inner: FileStore,
+    new_session: Callable[..., ContextSession],
+    caplog: pytest.LogCaptureFixture,
+    kind: type[GatedStore],
+) -> None:
+    # A script's asyncio.run returns (cancelling the turn) while the user's message is
+    # still being written: the write finishes, the session reads it, nothing is logged
+    # as an error (it used to be: the cancelled turn's future was resolved again).
+    store = kind(inner)
+
+    async def script() -> ContextSession:
+        session = new_session(provider=ScriptedProvider(), store=store)
+        session.send("hello")  # not awaited
+        return session
+
+    session = asyncio.run(script())
+    store.gate.set()
+    assert [m.content for m in session.history()] == ["hello"]
+    assert not store.waited_out
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.anyio
