@@ -80,6 +80,7 @@ def test_a_turn_reads_the_active_branch_and_system_prompt_as_they_are_now(
 
     anyio.run(change_elsewhere)
     assert session.active_branch == "side"
+    assert session.branch_names == ["main", "side"]
     session.send("second").result(10)
     assert fake.last_request.messages[0].content == "Be thorough."
     assert session.branches["side"].head == session.history("side")[-1].id
@@ -109,6 +110,7 @@ def test_what_a_caller_changes_in_the_metadata_it_was_given_changes_nothing(
     session.branches["main"].system_prompt = "changed by hand"
     assert session.metadata.system_prompt == "Be brief."
     assert session.branches["main"].system_prompt is None
+    assert session.branch_names == ["main"]
     assert session.title != "changed by hand"
     session.send("second").result(10)
     assert fake.last_request.messages[0].content == "Be brief."

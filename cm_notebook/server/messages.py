@@ -124,7 +124,7 @@ class StopHandler(CMHandler):
         session = self.session(context_id)
         request = self.body(Stop)
         branch = request.branch if request.branch is not None else session.active_branch
-        if branch not in session.branches:
+        if branch not in session.branch_names:
             raise BranchNotFoundError(f"there is no branch {branch!r} in context {context_id!r}")
         # Also a reply that another process (a kernel) generates: it is asked to stop.
         turn_id = session.stop(branch)

@@ -25,7 +25,7 @@ def find_call(session: ContextSession, tool_call_id: str) -> ToolCallView:
     """Where ``tool_call_id`` is: pending, or stored in a reply on some branch."""
     waiting = [call for call in session.pending_tool_calls if call.id == tool_call_id]
     pending = {call.id for call in waiting}
-    for name in dict.fromkeys([session.active_branch, *session.branches]):
+    for name in dict.fromkeys([session.active_branch, *session.branch_names]):
         for message in session.history(name):
             for call in message.tool_calls:
                 if call.id == tool_call_id:

@@ -80,7 +80,8 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
 
     def _render(self) -> None:
         session = self.session
-        metadata = session.metadata
+        # Read, never changed or kept: no copy (a sweep's context has hundreds of branches).
+        metadata = session._read_metadata()
         tree = session.tree()  # from the index: no message file is read
         branches = sorted(metadata.branches.values(), key=lambda b: b.created_at)
         paths = {b.name: [node.id for node in tree.path(b.name)] for b in branches}

@@ -85,7 +85,7 @@ class StatusBar(FollowingView, anywidget.AnyWidget):
         session = self.session
         active = session.active_branch
         rows = []
-        for name in session.branches:
+        for name in session.branch_names:
             state = session.state_of(name).value
             if name != active and state == "Idle" and name not in self._errors:
                 continue
