@@ -82,7 +82,7 @@ class SessionBranches(SessionReading):
         self._head(name)  # BranchNotFoundError for an unknown branch
         current = self._read_metadata().branches[name]
         if current.system_prompt == text:
-            return current
+            return current.model_copy(deep=True)  # the caller's own, as below
         # In place only while no reply exists and none is being made: the claim keeps
         # sends (in any process) off the branch while we look and write.
         try:
@@ -116,7 +116,7 @@ class SessionBranches(SessionReading):
         metadata = self._io.call(self._store.set_active_branch(self.id, name))
         self._metadata = metadata
         self._publish(ev.BranchSwitched(branch=name))
-        return metadata.branches[name]
+        return metadata.branches[name].model_copy(deep=True)  # not the session's copy
 
     def delete_branch(self, name: str) -> None:
         """Delete a branch pointer (its messages stay in the tree)."""

@@ -46,9 +46,11 @@ class MetadataReads:
         return self._read_metadata().model_copy(deep=True)
 
     def _read_metadata(self) -> ContextMetadata:
-        # The session's own copy of the metadata (re-read if the files changed): for
-        # reading values out of, never to change. The public ``metadata`` copies it,
-        # so nothing a caller does to what it was given reaches the next request.
+        # The current metadata, to read values out of and never to change: this
+        # session's copy while the files have not changed, else the store's own after
+        # its writes, else read from the store (and kept). Nothing here copies it (a
+        # copy costs more the more branches there are); the public ``metadata`` does,
+        # so nothing a caller does to what it was handed reaches the next request.
         token = self._change_token()
         cached = self._cached_metadata(token)
         if cached is not None:
@@ -61,14 +63,15 @@ class MetadataReads:
     def _cached_metadata(self, token: object | None = None) -> ContextMetadata | None:
         # The current metadata if it is to be had without a read or a thread hop (so
         # also on the session's loop): this session's copy while the files have not
-        # changed (``token``: the change token just taken), else the store's own after
-        # this session's writes. None otherwise.
+        # changed (``token``: the change token just taken), else the store's own object
+        # after this session's writes (FileStore.known_metadata, not copied: the store
+        # never changes it in place). None otherwise.
         if token is None:
             token = self._change_token()
         with self._lock:
             if token is not None and token == self._metadata_token:
                 return self._metadata
-        known = self._known_metadata(token=token)
+        known = self._known_metadata(token)
         if known is None:
             return None
         token, fresh = known
@@ -76,10 +79,8 @@ class MetadataReads:
             self._metadata, self._metadata_token = fresh, token
         return fresh
 
-    def _known_metadata(
-        self, *, copy: bool = True, token: object | None = None
-    ) -> tuple[object, ContextMetadata] | None:
-        # The store's own copy when it knows it is current (FileStore.known_metadata):
+    def _known_metadata(self, token: object | None) -> tuple[object, ContextMetadata] | None:
+        # The store's own metadata when it knows it is current (FileStore.known_metadata):
         # after this session's own writes, no thread hop and no read. Not while a
         # submitted write is under way: the session must read its own writes. ``token``:
         # the change token just taken (the store need not take it again).
@@ -87,30 +88,12 @@ class MetadataReads:
         if known_of is None or self._io.writing():
             return None
         try:
-            known: tuple[object, ContextMetadata] | None = known_of(self.id, copy=copy, token=token)
+            known: tuple[object, ContextMetadata] | None = known_of(
+                self.id, copy=False, token=token
+            )
         except (OSError, CMError):
             return None
         return known
-
-    def _shared_metadata(self) -> ContextMetadata | None:
-        # The current metadata for reading a value out of it at once (a name, a text),
-        # without a read, a thread hop or a copy: this session's copy while the files
-        # have not changed, else the store's own object (FileStore.known_metadata with
-        # copy=False). None when neither is current. Never to change or keep: a turn
-        # reads the active branch and the system prompt here, and copying the whole
-        # metadata for that cost more the more branches a context has.
-        token = self._change_token()
-        with self._lock:
-            if token is not None and token == self._metadata_token:
-                return self._metadata
-        known = self._known_metadata(copy=False, token=token)
-        return known[1] if known is not None else None
-
-    def _current_metadata(self) -> ContextMetadata:
-        # The current metadata to read a value out of at once: shared if it can be
-        # (see _shared_metadata), else read (and kept as this session's copy).
-        shared = self._shared_metadata()
-        return shared if shared is not None else self._read_metadata()
 
     def _index(self) -> dict[str, IndexEntry]:
         # The message index (id -> parent, role, status...), cached like the metadata:
@@ -145,12 +128,12 @@ class MetadataReads:
     @property
     def branch_names(self) -> list[str]:
         """The branches' names: cheaper than ``branches`` (nothing is copied)."""
-        return list(self._current_metadata().branches)
+        return list(self._read_metadata().branches)
 
     @property
     def active_branch(self) -> str:
         """The name of the active branch."""
-        return self._current_metadata().active_branch
+        return self._read_metadata().active_branch
 
     def _branch_name(self, branch: str | None) -> str:
         if branch is None:
@@ -158,7 +141,7 @@ class MetadataReads:
         return validate_branch_name(branch)
 
     def _head(self, branch: str) -> str | None:
-        metadata = self._current_metadata()
+        metadata = self._read_metadata()
         found = metadata.branches.get(branch)
         if found is None:
             raise BranchNotFoundError(

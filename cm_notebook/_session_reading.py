@@ -185,7 +185,7 @@ class SessionReading(SessionCore):
         """The system prompt replies on ``branch`` (default: active) are generated under."""
         name = self._branch_name(branch)
         self._head(name)  # BranchNotFoundError for an unknown branch
-        return effective_system(self._current_metadata(), name)
+        return effective_system(self._read_metadata(), name)
 
     # -- comparing ---------------------------------------------------------------------
 

@@ -296,10 +296,7 @@ class EventBus:
         # they come first, numbered and written with it (one lock, one write).
         held, self._held = self._held, []
         events = self._number([*held, stamp])
-        self._history.extend(events)
-        self._queue.extend(events)
-        if not self._dispatching:
-            self._drain()
+        self._dispatch(events)
         return events[-1]
 
     def _number(self, stamps: list[_Stamp]) -> list[Event]:
@@ -357,13 +354,7 @@ class EventBus:
         held, self._held = self._held, []
         if not held or self._recorder is None:
             return
-        events = self._number(held)
-        # Queued together, so a signal a callback publishes meanwhile comes after all of
-        # them, as its number does.
-        self._history.extend(events)
-        self._queue.extend(events)
-        if not self._dispatching:
-            self._drain()
+        self._dispatch(self._number(held))
 
     def relay(self, event: Event) -> None:
         """Deliver a signal numbered elsewhere (another process's, read from the log).
@@ -374,11 +365,13 @@ class EventBus:
         if self._closed:
             return
         self._seq = max(self._seq, event.seq)
-        self._dispatch(event)
+        self._dispatch([event])
 
-    def _dispatch(self, event: Event) -> None:
-        self._history.append(event)
-        self._queue.append(event)
+    def _dispatch(self, events: list[Event]) -> None:
+        # Queued together, so a signal a callback publishes meanwhile comes after all of
+        # them, as its number does.
+        self._history.extend(events)
+        self._queue.extend(events)
         if not self._dispatching:
             self._drain()
 

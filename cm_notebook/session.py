@@ -224,7 +224,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             noted = MessageMetadata.model_validate(dict(metadata or {}))
         except ValueError as exc:
             raise InvalidInputError(f"metadata: {exc}") from exc
-        current = self._current_metadata()
+        current = self._read_metadata()
         name = current.active_branch if branch is None else validate_branch_name(branch)
         chosen, generation = self._defaults.for_request(current, name, provider, params)
         untitled = current.title == UNTITLED

@@ -527,9 +527,9 @@ class FileStore(ScoreFiles, BranchWrites):
         its own turn needs no new read), else None: then call :meth:`get_metadata`.
         Four ``stat`` calls; no lock, no file read. With ``copy=False`` the metadata is
         the store's own object, not a copy (a copy costs more the more branches there
-        are): only for reading a value out of it at once, never to change or keep.
-        The store never changes it in place (a write makes a new one). ``token``: a
-        :meth:`change_token` the caller has just taken, so it is not taken twice.
+        are): to read values out of, never to change. The store never changes it in
+        place either (a write makes a new one). ``token``: a :meth:`change_token` the
+        caller has just taken, so it is not taken twice.
         """
         state = self._states.get(context_id)
         known = state.known if state is not None else None
