@@ -5,6 +5,9 @@
    durable ``FileStore``, against the floor of writing the same messages' bytes as
    as many atomic, durable files. Also the time per 50 turns at the start and at
    the end: flat means the cost of a turn does not grow with the conversation.
+   And the same messages appended to a ``FileStore`` directly, with no session: what
+   the store alone costs against that floor, so the table tells the store's share of
+   a turn from the session's.
 6. A fork at message ``fork_at`` of that conversation and ``fork_turns`` turns on it:
    time, and bytes written (what the process passed to ``write()``, and what the
    data folder grew by) against the new messages' own bytes. And ``branch_turns``
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 from cm_notebook import ContextSession
+from cm_notebook.model import ContextMetadata, Message
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 
 from ..common import (
@@ -59,6 +64,17 @@ def payloads(session: ContextSession, branch: str | None = None, start: int = 0)
     return [m.model_dump_json().encode() for m in session.history(branch)[start:]]
 
 
+async def store_alone(data_dir: Path, messages: list[Message]) -> float:
+    """Seconds to append ``messages`` (a branch's path, in order) to a new context of a
+    ``FileStore`` on ``data_dir``, moving ``main`` each time: the store's own cost."""
+    async with FileStore(data_dir) as store:
+        context = await store.create_context(ContextMetadata(title="store alone"))
+        started = time.perf_counter()
+        for message in messages:
+            await store.append_message(context.id, message, branch="main")
+        return time.perf_counter() - started
+
+
 async def _run(bench: Bench, data_dir: Path) -> list[Row]:
     sizes = bench.sizes
     turns = sizes.conversation_messages // 2
@@ -71,6 +87,7 @@ async def _run(bench: Bench, data_dir: Path) -> list[Row]:
         total = time.perf_counter() - started
         stored = payloads(session)
         floor = durable_floor(bench.folder("conversation-floor"), stored)
+        alone = await store_alone(bench.folder("store-alone"), session.history())
 
         # 6: the fork, measured by what it writes.
         fork_from = session.history()[sizes.fork_at - 1].id
@@ -99,6 +116,14 @@ async def _run(bench: Bench, data_dir: Path) -> list[Row]:
             baseline_label=f"{count:,} atomic durable file writes",
             seed=Limit("value", 5.0, "< 5 s"),
             goal=Limit("ratio", 1.5, "<= 1.5x floor", inclusive=True),
+        ),
+        Row(
+            "1 long conversation",
+            f"the same {count:,} messages appended to a FileStore directly (no session)",
+            alone,
+            "s",
+            baseline=floor,
+            baseline_label=f"{count:,} atomic durable file writes",
         ),
         Row(
             "1 long conversation",
