@@ -344,26 +344,26 @@ class ContextState:
         if not self.write_lock.acquire(timeout=timeout):
             raise self._timeout()
         try:
-            if not self.dir.is_dir():
-                # Checked first: a lock taken in a missing folder says nothing.
-                raise self.not_found()
             try:
                 self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
             except LockTimeout:
                 raise self._timeout() from None
-            except FileNotFoundError:
-                # The folder was renamed away (delete_context) while we waited: the lock
-                # file's path names nothing any more.
+            except (FileNotFoundError, NotADirectoryError):
+                # No folder (never made, or renamed away by delete_context, maybe while
+                # we waited): the lock file's path names nothing. The lock checks that
+                # its path still names the file it holds, so a lock kept open in a
+                # folder that is gone is never taken for this one.
                 if self.dir.is_dir():
                     raise
                 raise self.not_found() from None
             try:
-                if not os.path.lexists(self.metadata_path):
-                    self._remove_stray_folder()
-                    raise self.not_found()
                 with self.state_lock:
                     self.known = None
-                    metadata = self._refresh_repaired()
+                    try:
+                        metadata = self._refresh_repaired()
+                    except ContextNotFoundError:
+                        self._remove_stray_folder()  # no metadata.json: see there
+                        raise
                     if not self._swept:
                         self._sweep()
                     try:

@@ -51,10 +51,9 @@ from .codec import read_message_folder
 from .diagnostics import warn
 from .journal import (
     JournalLine,
-    append_line,
+    JournalWriter,
     encode_entry_line,
     encode_head_line,
-    truncate_journal,
 )
 from .lazy import (
     LAZY_MAX_LOOKUPS,
@@ -154,6 +153,7 @@ class MessageIndex:
         self._index_id: tuple[int, int, int, int] | None = None
         self._journal_fd = -1
         self._journal_inode: tuple[int, int] | None = None
+        self._writer = JournalWriter(self.journal_path)
         self._offset = 0  # just after the last complete journal line read
 
     # -- what the index holds --------------------------------------------------------
@@ -478,7 +478,7 @@ class MessageIndex:
     def _write_line(self, line: bytes, durable: bool) -> None:
         assert self._journal_inode is not None
         fsync = self.fsync if durable else None
-        append_line(self.journal_path, self._journal_inode, self._offset, line, fsync)
+        self._writer.append(self._journal_inode, self._offset, line, fsync)
         self._offset += len(line)
         self._lines_after += 1
 
@@ -496,7 +496,7 @@ class MessageIndex:
         if self._offset == mark:
             return
         assert self._journal_inode is not None
-        truncate_journal(self.journal_path, self._journal_inode, mark, self.fsync)
+        self._writer.truncate(self._journal_inode, mark, self.fsync)
         self._full_reload()
 
     def compaction_due(self) -> bool:
@@ -589,6 +589,7 @@ class MessageIndex:
         return found
 
     def _close_files(self) -> None:
+        self._writer.close()
         for fd in (self._index_fd, self._journal_fd):
             if fd >= 0:
                 os.close(fd)

@@ -39,13 +39,12 @@ from .oserrors import translate
 
 __all__ = [
     "JournalLine",
+    "JournalWriter",
     "LineError",
-    "append_line",
     "check_ids",
     "encode_entry_line",
     "encode_head_line",
     "parse_lines",
-    "truncate_journal",
 ]
 
 _ENTRY_LIST = TypeAdapter(list[IndexEntry])
@@ -197,52 +196,77 @@ def check_ids(entries: list[IndexEntry]) -> None:
 _WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
-def _open_for_writing(path: Path, inode: tuple[int, int]) -> int:
-    fd = os.open(path, _WRITE_FLAGS)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != inode:
-        os.close(fd)
-        raise RuntimeError("journal changed under the lock; refresh() was not called")
-    return fd
+class JournalWriter:
+    """The journal at ``path``, opened for appending and kept open between writes.
 
-
-def append_line(
-    path: Path, inode: tuple[int, int], end: int, line: bytes, fsync: Fsync | None
-) -> None:
-    """Append ``line`` to the journal (device and inode ``inode``) whose complete lines
-    end at ``end``, then ``fsync`` it (None: not durable).
-
-    A fragment past ``end`` (a writer died mid-line) is cut first; on failure (a full
-    disk) whatever part of the line reached the file is cut off again, and the package's
-    error is raised.
+    Every write names the journal it means by device and inode: the one the index read
+    under the lock (a compaction replaces the file). The descriptor is reused while it
+    is that file, in the process that opened it; otherwise the path is opened again and
+    checked to be that file. Opening, checking and closing per line cost three system
+    calls of a write's thirty.
     """
-    try:
-        fd = _open_for_writing(path, inode)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._inode: tuple[int, int] | None = None
+        self._pid = -1
+
+    def append(self, inode: tuple[int, int], end: int, line: bytes, fsync: Fsync | None) -> None:
+        """Append ``line`` to the journal whose complete lines end at ``end``, then
+        ``fsync`` it (None: not durable).
+
+        A fragment past ``end`` (a writer died mid-line) is cut first; on failure (a full
+        disk) whatever part of the line reached the file is cut off again, and the
+        package's error is raised.
+        """
         try:
-            if os.fstat(fd).st_size > end:
-                os.ftruncate(fd, end)
+            fd = self._descriptor(inode)
             try:
-                write_all(fd, line)
-                if fsync is not None:
-                    fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size > end:
                     os.ftruncate(fd, end)
+                try:
+                    write_all(fd, line)
+                    if fsync is not None:
+                        fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, end)
+                    raise
+            except OSError:
+                self.close()  # the next write starts from a fresh descriptor
                 raise
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise translate(exc, path, "append to") from exc
+        except OSError as exc:
+            raise translate(exc, self.path, "append to") from exc
 
-
-def truncate_journal(path: Path, inode: tuple[int, int], mark: int, fsync: Fsync) -> None:
-    """Durably cut the journal (device and inode ``inode``) back to ``mark`` bytes."""
-    try:
-        fd = _open_for_writing(path, inode)
+    def truncate(self, inode: tuple[int, int], mark: int, fsync: Fsync) -> None:
+        """Durably cut the journal (device and inode ``inode``) back to ``mark`` bytes."""
         try:
-            os.ftruncate(fd, mark)
-            fsync(fd)
-        finally:
+            fd = self._descriptor(inode)
+            try:
+                os.ftruncate(fd, mark)
+                fsync(fd)
+            except OSError:
+                self.close()
+                raise
+        except OSError as exc:
+            raise translate(exc, self.path, "truncate") from exc
+
+    def close(self) -> None:
+        """Close the descriptor (the next write opens the journal again)."""
+        if self._fd >= 0 and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._inode = -1, None
+
+    def _descriptor(self, inode: tuple[int, int]) -> int:
+        if self._fd >= 0 and self._inode == inode and self._pid == os.getpid():
+            return self._fd
+        self.close()  # another file now (compacted), or inherited across a fork
+        fd = os.open(self.path, _WRITE_FLAGS)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != inode:
             os.close(fd)
-    except OSError as exc:
-        raise translate(exc, path, "truncate") from exc
+            raise RuntimeError("journal changed under the lock; refresh() was not called")
+        self._fd, self._inode, self._pid = fd, inode, os.getpid()
+        return fd

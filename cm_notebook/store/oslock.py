@@ -58,6 +58,7 @@ class OSLock:
         self.poll_interval = poll_interval
         self._fd = -1
         self._pid = -1
+        self._identity: tuple[int, int] = (-1, -1)  # the open file's device and inode
         self._held = False
         self._fallback: object | None = None  # filelock.FileLock on Windows
 
@@ -85,7 +86,7 @@ class OSLock:
                     raise LockTimeout(str(self.path)) from None
                 time.sleep(self.poll_interval)
                 continue
-            if self._names_locked_file(fd):
+            if self._names_locked_file():
                 self._held = True
                 return
             # The path names another file now: let go of the old one and lock that.
@@ -136,17 +137,22 @@ class OSLock:
             os.close(self._fd)
             self._fd = -1
         if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW | _CLOEXEC, 0o644)
-            self._pid = pid
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW | _CLOEXEC, 0o644)
+            try:
+                held = os.fstat(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            # An open file's device and inode never change: taken once, not per acquire.
+            self._fd, self._pid, self._identity = fd, pid, (held.st_dev, held.st_ino)
         return self._fd
 
-    def _names_locked_file(self, fd: int) -> bool:
+    def _names_locked_file(self) -> bool:
         try:
             now = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        held = os.fstat(fd)
-        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+        return (now.st_dev, now.st_ino) == self._identity
 
     def _close(self) -> None:
         self._held = False
