@@ -240,3 +240,21 @@ async def test_metadata_linked_outside_is_not_read(
             await other.get_metadata("c1")
         with pytest.warns(StoreWarning, match="symbolic link"):
             assert await other.list_contexts() == []
+
+
+# -- a journal another writer replaced ---------------------------------------------------
+
+
+async def test_a_writer_appends_to_the_journal_another_writers_compaction_made(
+    store: FileStore, data_dir: Path
+) -> None:
+    # The first store keeps its journal open between writes; the second compacts,
+    # which replaces the journal. The first store's next line must go to the new file.
+    ids = await chain(store, "c1", 2)
+    async with FileStore(data_dir) as other:
+        await other.compact("c1")
+    late = msg("user", ids[-1], "after the other's compaction")
+    await store.append_message("c1", late, branch="main")
+    async with FileStore(data_dir) as fresh:
+        assert await fresh.path("c1") == [*ids, late.id]
+        assert (await fresh.get_message("c1", late.id)).content == late.content
