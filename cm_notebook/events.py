@@ -39,7 +39,10 @@ Deltas in batches: on a bus with a recorder (the context's signal log), a
 the deltas that follow it, in one batch (one lock, one write) once the publishing code
 yields to the loop, before the next signal of another kind, every
 :data:`DELTA_BATCH` deltas or :data:`DELTA_HOLD` seconds (a publisher that does not
-yield), and at :meth:`EventBus.close`. It is numbered then and
+yield), and at :meth:`EventBus.close`. Batches of deltas alone are at least
+``delta_interval`` seconds apart (:data:`DELTA_INTERVAL`): a model whose tokens arrive
+one per loop turn would otherwise cost a write per token, and wake every follower of
+the log for it. It is numbered then and
 reaches subscribers then, in order: every subscriber, and every reader of the log,
 sees the signals in the order of their numbers. :meth:`EventBus.publish` returns such
 a delta unnumbered (``seq`` 0). Readers of the reply's text in this process
@@ -93,6 +96,7 @@ from .signals import (
 __all__ = [
     "DELTA_BATCH",
     "DELTA_HOLD",
+    "DELTA_INTERVAL",
     "SIGNAL_KINDS",
     "BaseEvent",
     "BranchCreated",
@@ -129,6 +133,9 @@ EventT = TypeVar("EventT", bound=BaseEvent)
 DELTA_BATCH = 256
 #: The longest (seconds) a held delta waits when the publisher never yields to the loop.
 DELTA_HOLD = 0.02
+#: The least time (seconds) between two batches of deltas written on their own: at most
+#: 25 a second per context, whatever the model's speed (views redraw at 20 a second).
+DELTA_INTERVAL = 0.04
 
 # A text delta waiting for its number: ``stamp(seq)`` builds it (see EventBus._delta).
 _Stamp: TypeAlias = Callable[[int], Event]
@@ -170,6 +177,8 @@ class EventBus:
         clock: returns the current UTC time; replace it for deterministic tests.
         recorder: numbers and keeps every signal (the context's signal log); the bus
             then starts from the recorder's last number instead of 0.
+        delta_interval: the least time in seconds between two batches of text deltas
+            written on their own (see the module docstring).
 
     Not thread-safe: use it from the event loop's thread (see the module docstring).
     """
@@ -182,11 +191,16 @@ class EventBus:
         subscriber_buffer: int = 1_000,
         clock: Callable[[], datetime] = utcnow,
         recorder: SignalRecorder | None = None,
+        delta_interval: float = DELTA_INTERVAL,
     ) -> None:
         if history < 0:
             raise InvalidInputError(f"history must be >= 0, got {history!r}")
         if subscriber_buffer < 1:
             raise InvalidInputError(f"subscriber_buffer must be >= 1, got {subscriber_buffer!r}")
+        if not 0 <= delta_interval < 60:
+            raise InvalidInputError(
+                f"delta_interval must be >= 0 and < 60 seconds, got {delta_interval!r}"
+            )
         self.context_id = context_id
         self._clock = clock
         self._recorder = recorder
@@ -211,6 +225,8 @@ class EventBus:
         # Text deltas waiting to be numbered and recorded in one batch (see _hold).
         self._held: list[_Stamp] = []
         self._held_since = 0.0  # time.monotonic() when the first of them was held
+        self._delta_interval = delta_interval
+        self._batch_written_at = -delta_interval  # when _write_held last wrote deltas
         self._dispatching = False
         self._closed = False
 
@@ -342,7 +358,11 @@ class EventBus:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return False
-            loop.call_soon(self._write_held)
+            wait = self._batch_written_at + self._delta_interval - now
+            if wait > 0:
+                loop.call_later(wait, self._write_held)
+            else:
+                loop.call_soon(self._write_held)
             self._held_since = now
         held.append(stamp)
         if len(held) >= DELTA_BATCH or now - self._held_since >= DELTA_HOLD:
@@ -354,6 +374,7 @@ class EventBus:
         held, self._held = self._held, []
         if not held or self._recorder is None:
             return
+        self._batch_written_at = time.monotonic()
         self._dispatch(self._number(held))
 
     def relay(self, event: Event) -> None:

@@ -228,6 +228,56 @@ async def test_held_deltas_are_written_with_the_signal_that_follows_them(tmp_pat
 
 
 @pytest.mark.anyio
+async def test_deltas_arriving_one_per_loop_turn_are_written_together(tmp_path: Path) -> None:
+    # A local model yields one token per loop turn: written as they came, that is a
+    # write (and a wake-up of every follower) per token. Batches of deltas alone are
+    # at least delta_interval apart; another kind of signal still takes them along.
+    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
+    bus = EventBus("c1", recorder=recorder, delta_interval=30.0)
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    bus.publish_delta("main", "m1", "Once", 0)
+    await asyncio.sleep(0)
+    assert recorder.writes == [1]  # the first batch in a while: at the next loop turn
+    for offset, token in ((4, " upon"), (9, " a"), (11, " time")):
+        bus.publish_delta("main", "m1", token, offset)
+        await asyncio.sleep(0)
+    assert recorder.writes == [1]  # held: the last batch was less than 30 s ago
+    assert [e.seq for e in seen] == [1]
+    bus.publish(MessageCompleted(branch="main", message_id="m1", status=MessageStatus.COMPLETE))
+    assert recorder.writes == [1, 4]
+    assert [(e.type, e.seq) for e in seen] == [("ContentDelta", n) for n in range(1, 5)] + [
+        ("MessageCompleted", 5)
+    ]
+    assert "".join(e.text for e in seen if isinstance(e, ContentDelta)) == "Once upon a time"
+    bus.close()
+
+
+@pytest.mark.anyio
+async def test_deltas_held_for_the_interval_are_written_when_it_ends(tmp_path: Path) -> None:
+    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
+    bus = EventBus("c1", recorder=recorder, delta_interval=0.05)
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    bus.publish_delta("main", "m1", "Hel", 0)
+    await asyncio.sleep(0)
+    bus.publish_delta("main", "m1", "lo", 3)  # within the interval: held
+    deadline = time.monotonic() + DEADLINE
+    while len(seen) < 2:  # no other signal comes: the interval's end writes it
+        assert time.monotonic() < deadline, "a held delta was never written"
+        await asyncio.sleep(0.01)
+    assert recorder.writes == [1, 1]
+    assert [e.seq for e in seen] == [1, 2]
+    bus.close()
+
+
+def test_a_bad_delta_interval_is_refused() -> None:
+    for bad in (-0.1, 60.0):
+        with pytest.raises(InvalidInputError, match="delta_interval"):
+            EventBus("c1", delta_interval=bad)
+
+
+@pytest.mark.anyio
 async def test_a_long_run_of_deltas_is_written_every_batch(tmp_path: Path) -> None:
     log = SignalLog(tmp_path / "signals.log")
     bus = EventBus("c1", recorder=log)
@@ -391,3 +441,4 @@ def test_a_reader_skips_one_writer_and_keeps_counting(tmp_path: Path) -> None:
     assert [(writer, event.seq) for writer, event in reader.poll()] == [(other.writer, 6)]
     own.close()
     other.close()
+
