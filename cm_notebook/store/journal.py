@@ -253,8 +253,11 @@ class JournalWriter:
             raise translate(exc, self.path, "truncate") from exc
 
     def close(self) -> None:
-        """Close the descriptor (the next write opens the journal again)."""
-        if self._fd >= 0 and self._pid == os.getpid():
+        """Close the descriptor (the next write opens the journal again).
+
+        In a forked child too: there it closes the child's copy of the parent's.
+        """
+        if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd, self._inode = -1, None
