@@ -157,8 +157,11 @@ class SignalRecorder(Protocol):
         """Record ``stamp(n)`` for the next number ``n`` and return it."""
         ...
 
-    def record_all(self, stamps: Sequence[Callable[[int], Event]]) -> list[Event]:
-        """Record each ``stamp(n)`` with consecutive next numbers; return them in order."""
+    def record_all(
+        self, stamps: Sequence[Callable[[int], Event]], *, after: int = 0
+    ) -> list[Event]:
+        """Record each ``stamp(n)`` with consecutive next numbers, all above ``after``;
+        return them in order. If it raises, none of them is recorded."""
         ...
 
     def close(self) -> None:
@@ -321,7 +324,9 @@ class EventBus:
         events: list[Event] | None = None
         if self._recorder is not None:
             try:
-                events = self._recorder.record_all(stamps)
+                # After the bus's own last number too: signals it had to number itself
+                # (the log could not take them) keep numbers nobody else gets.
+                events = self._recorder.record_all(stamps, after=self._seq)
             except OSError:
                 # A full or broken disk must not stop the session: this process still
                 # sees the signals, numbered locally (other processes do not).

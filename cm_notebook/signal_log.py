@@ -260,18 +260,23 @@ class SignalLog:
         """
         return self.record_all([stamp])[0]
 
-    def record_all(self, stamps: Sequence[Callable[[int], Event]]) -> list[Event]:
+    def record_all(
+        self, stamps: Sequence[Callable[[int], Event]], *, after: int = 0
+    ) -> list[Event]:
         """Append ``stamp(n)`` for each stamp, with consecutive numbers, in one write.
 
         Like :meth:`record` for many signals at the cost of one: one ``flock``, one
-        read of the last number (when another writer appended), one ``write``.
+        read of the last number (when another writer appended), one ``write``. The
+        numbers come after the log's last one and after ``after`` (the caller's last:
+        numbers it gave signals the log could not take are never given again).
 
         Raises:
-            OSError: the log could not be written.
+            OSError: the log could not be written; none of the records is in it (a
+                part that reached the file before the error is cut off again).
         """
         events: list[Event] = []
         with self._lock, self._locked_file() as (fd, size):
-            seq = self._current_seq(fd, size)
+            seq = max(self._current_seq(fd, size), after)
             lines: list[bytes] = []
             durable = False
             for stamp in stamps:
@@ -281,7 +286,14 @@ class SignalLog:
                 lines.append(_encode(self.writer, event))
                 durable = durable or not isinstance(event, ContentDelta)
             data = b"".join(lines)
-            write_all(fd, data)
+            try:
+                write_all(fd, data)
+            except OSError:
+                # A full disk may take part of the batch: cut it, so no record of a
+                # batch the caller numbered itself is in the log under those numbers.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._end)
+                raise
             self._end += len(data)
             self._seq = seq
             if durable:
@@ -325,11 +337,19 @@ class SignalLog:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
                 self._end, self._seq = -1, 0  # unknown: read from the file
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            # A file still linked is the one the path names: a compaction renames its
-            # new file over the path (the old one's link count drops to 0), nothing
-            # else replaces it. One fstat instead of a stat of the path per record.
+            # The path must still name the file locked. A link count cannot tell: the
+            # replaced file may still be linked elsewhere (a hard-link backup, or the
+            # folder renamed away by delete_context while the id was made again), and
+            # writing there loses the records and repeats numbers.
             status = os.fstat(self._fd)
-            if status.st_nlink > 0:
+            try:
+                named = os.stat(self.path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (
+                status.st_dev,
+                status.st_ino,
+            ):
                 break
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._close_fd()

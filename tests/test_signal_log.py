@@ -4,6 +4,7 @@ and a compacted log that answers old numbers with Resync."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -122,6 +123,39 @@ def test_a_writer_whose_file_another_compacted_writes_to_the_new_file(tmp_path: 
     assert numbers == list(range(numbers[0], 103))
     first.close()
     second.close()
+
+
+def test_a_compacted_log_still_linked_elsewhere_is_not_written_to(tmp_path: Path) -> None:
+    # A hard-link backup (cp -al, rsync --link-dest) keeps the replaced file linked:
+    # a writer holding it must still move to the file the path names.
+    path = tmp_path / "signals.log"
+    first = SignalLog(path, max_bytes=2048)
+    second = SignalLog(path, max_bytes=2048)
+    assert first.record(_stamp(_delta(0))).seq == 1
+    os.link(path, tmp_path / "backup-signals.log")
+    old_inode = path.stat().st_ino
+    for n in range(100):
+        second.record(_stamp(_delta(n)))
+    assert path.stat().st_ino != old_inode
+    assert first.record(_stamp(_delta(1))).seq == 102  # not a number the log already has
+    numbers = _numbers(path)
+    assert numbers == list(range(numbers[0], 103))
+    first.close()
+    second.close()
+
+
+def test_a_writer_of_a_folder_renamed_away_writes_to_the_new_one(tmp_path: Path) -> None:
+    # delete_context renames the folder away before deleting it; if the id is made again
+    # meanwhile, a writer holding the old log must write to the new folder's.
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    log = SignalLog(folder / "signals.log")
+    log.record(_stamp(_delta(0)))
+    folder.rename(tmp_path / "trash")
+    folder.mkdir()
+    log.record(_stamp(_delta(1)))
+    assert len(_numbers(folder / "signals.log")) == 1
+    log.close()
 
 
 def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:

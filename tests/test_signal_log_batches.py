@@ -8,6 +8,9 @@ import asyncio
 import functools
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -194,9 +197,11 @@ class _CountingRecorder:
         self.writes.append(1)
         return self.log.record(stamp)
 
-    def record_all(self, stamps: Sequence[Callable[[int], Event]]) -> list[Event]:
+    def record_all(
+        self, stamps: Sequence[Callable[[int], Event]], *, after: int = 0
+    ) -> list[Event]:
         self.writes.append(len(stamps))
-        return self.log.record_all(stamps)
+        return self.log.record_all(stamps, after=after)
 
     def close(self) -> None:
         self.log.close()
@@ -442,3 +447,54 @@ def test_a_reader_skips_one_writer_and_keeps_counting(tmp_path: Path) -> None:
     own.close()
     other.close()
 
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import asyncio, json, resource, signal, sys
+    from pathlib import Path
+    from cm_notebook.events import EventBus
+    from cm_notebook.signal_log import LogReader, SignalLog
+    from cm_notebook.signals import MessageAdded
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+    path = Path(sys.argv[1])
+    bus = EventBus("c1", recorder=SignalLog(path, sync_delay=0))
+    seen = []
+    bus.subscribe(lambda e: seen.append([e.seq, getattr(e, "message_id", "")]))
+
+    async def main():
+        bus.publish(MessageAdded(branch="main", message_id="m0", parent_id=None, role="user"))
+        for n in range(4):
+            bus.publish_delta("main", "r1", f"chunk {n} " * 10, n)  # held for the batch
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        # Room for about two of the batch's five records: the write fails part-way.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 450, hard))
+        bus.publish(MessageAdded(branch="main", message_id="r1", parent_id="m0", role="assistant"))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+        bus.publish(MessageAdded(branch="main", message_id="m2", parent_id="r1", role="user"))
+
+    asyncio.run(main())
+    logged = [[e.seq, getattr(e, "message_id", "")] for _w, e in LogReader(path, since=0).poll()]
+    print(json.dumps({"seen": seen, "logged": logged}))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_a_batch_the_disk_takes_only_part_of_leaves_no_record_and_no_reused_number(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path / "signals.log")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    numbers = [seq for seq, _id in result["seen"]]
+    assert numbers == sorted(set(numbers))  # this process saw every number once
+    assert [(seq, mid) for seq, mid in result["seen"]][-1] == (7, "m2")
+    # The log holds what it took whole, under the numbers this process gave them; none
+    # of the failed batch (the others learn of it by the gap).
+    assert result["logged"] == [[1, "m0"], [7, "m2"]]
