@@ -134,8 +134,8 @@ DELTA_BATCH = 256
 #: The longest (seconds) a held delta waits when the publisher never yields to the loop.
 DELTA_HOLD = 0.02
 #: The least time (seconds) between two batches of deltas written on their own: at most
-#: 25 a second per context, whatever the model's speed (views redraw at 20 a second).
-DELTA_INTERVAL = 0.04
+#: 40 a second per context, whatever the model's speed (views redraw at 20 a second).
+DELTA_INTERVAL = 0.025
 
 # A text delta waiting for its number: ``stamp(seq)`` builds it (see EventBus._delta).
 _Stamp: TypeAlias = Callable[[int], Event]
