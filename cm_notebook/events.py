@@ -39,14 +39,14 @@ Deltas in batches: on a bus with a recorder (the context's signal log), a
 the deltas that follow it, in one batch (one lock, one write) once the publishing code
 yields to the loop, before the next signal of another kind, every
 :data:`DELTA_BATCH` deltas or :data:`DELTA_HOLD` seconds (a publisher that does not
-yield), and at :meth:`EventBus.close`. Batches of deltas alone are at least
-``delta_interval`` seconds apart (:data:`DELTA_INTERVAL`): a model whose tokens arrive
-one per loop turn would otherwise cost a write per token, and wake every follower of
-the log for it. It is numbered then and
+yield), and at :meth:`EventBus.close`. It is numbered then and
 reaches subscribers then, in order: every subscriber, and every reader of the log,
 sees the signals in the order of their numbers. :meth:`EventBus.publish` returns such
 a delta unnumbered (``seq`` 0). Readers of the reply's text in this process
 (``session.stream()``) do not wait for this: they read the turn's progress.
+Batches of deltas alone are at least ``delta_interval`` seconds apart
+(:data:`DELTA_INTERVAL`): a model whose tokens arrive one per loop turn would otherwise
+cost a write per token, and wake every follower of the log for each.
 
 Filtering: ``bus.subscribe(callback, branch="main", kinds={"ContentDelta"})`` calls
 ``callback`` only for the signals of that branch and of those kinds (the names in
