@@ -135,6 +135,14 @@ class MessageCache:
                     self._prefixes[branch] = (ids, messages)
                 return list(ids), list(messages)
         ids = await store.path(context_id, branch)
+        if head is not None and (not ids or ids[-1] != head):
+            # A writer that did not claim the branch moved it past (or away from) the
+            # caller's head: the path is the one ending at ``head``, never the other's.
+            ids = (
+                ids[: ids.index(head) + 1]
+                if head in ids
+                else await _ids_up_to(store, context_id, head)
+            )
         start, messages = self._settled_prefix(branch, ids)
         found, missing = self.lookup(ids[start:] if start else ids)
         if missing:
@@ -191,3 +199,17 @@ class MessageCache:
         if count > len(ids) or ids[count - 1] != known_ids[-1] or ids[:count] != known_ids:
             return 0, []
         return count, list(known_messages)
+
+
+async def _ids_up_to(store: Store, context_id: str, head: str) -> list[str]:
+    # The ids from the root to ``head``, by the parents the store's index knows.
+    entries = await store.index(context_id)
+    ids: list[str] = []
+    current: str | None = head
+    while current is not None and len(ids) <= len(entries):  # a damaged loop ends
+        entry = entries.get(current)
+        if entry is None:
+            break  # not in the tree (any more): the path as far as it goes
+        ids.append(current)
+        current = entry.parent_id
+    return ids[::-1]

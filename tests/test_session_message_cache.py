@@ -231,3 +231,48 @@ def test_a_turn_on_kept_messages_is_given_its_path_without_a_store_read(tmp_path
             ]
 
     anyio.run(scenario)
+
+
+class _RacedStore(FileStore):
+    """A FileStore after whose append of a user message starting with "RACE" another
+    writer (a FileStore of its own, which claims nothing) appends to the same branch."""
+
+    async def append_message(  # type: ignore[override]
+        self, context_id: str, message: Message, *, branch: str | None, expected_head: object = ...
+    ) -> Message:
+        stored = await super().append_message(
+            context_id,
+            message,
+            branch=branch,
+            expected_head=expected_head,  # type: ignore[arg-type]
+        )
+        if message.role == "user" and message.content.startswith("RACE"):
+            async with FileStore(self.data_dir) as other:
+                foreign = Message(role="user", parent_id=message.id, content="FOREIGN")
+                await other.append_message(context_id, foreign, branch=branch)
+        return stored
+
+
+def test_a_request_read_from_the_store_ends_at_the_turns_own_head(data_dir: Path) -> None:
+    # A session opened afresh keeps nothing, so its first request's path comes from
+    # the store; another writer has meanwhile moved the branch past the user's message.
+    # The model is sent the path ending at that message, not the other writer's.
+    fake = ScriptedProvider()
+    first = ContextSession.create("t", data_dir=data_dir, provider=fake)
+    first.send("q1").result(30)
+    context_id = first.id
+    first.close()
+    session = ContextSession.open(context_id, store=_RacedStore(data_dir), provider=fake)
+    try:
+        reply = session.send("RACE q2").result(30)
+        sent = [m.content for m in fake.last_request.messages if m.role != "system"]
+        assert sent[0] == "q1"
+        assert sent[-1] == "RACE q2"
+        assert "FOREIGN" not in sent
+        # The reply went to a branch of its own, forked at its prompt: that branch's
+        # conversation is the one the model was sent.
+        history = session.history("main-conflict-1")
+        assert history[-1].id == reply.id
+        assert [m.content for m in history[:-1]] == sent
+    finally:
+        session.close()
