@@ -8,10 +8,16 @@ request only.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from ._prefix_cache import PrefixCache
 from .model import Message, MessageStatus
 
 __all__ = ["call_ids", "for_request"]
+
+
+# The time of every request's system message (see for_request).
+_SYSTEM_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def for_request(path: list[Message], system_prompt: str | None) -> list[Message]:
@@ -19,7 +25,10 @@ def for_request(path: list[Message], system_prompt: str | None) -> list[Message]
     shown = _answer_every_call(path)
     if not system_prompt:
         return shown
-    return [Message(id="system", role="system", content=system_prompt), *shown]
+    # A fixed time: the same prompt gives an equal message in every request, so the
+    # caches that continue the previous request's work (see PrefixCache) match it.
+    system = Message(id="system", role="system", content=system_prompt, created_at=_SYSTEM_TIME)
+    return [system, *shown]
 
 
 def _shown_to_model(message: Message) -> bool:

@@ -88,3 +88,14 @@ def test_call_ids_follow_the_path_as_it_grows_and_forks() -> None:
     assert call_ids(fork) == {"a", "b", "d"}
     assert call_ids([asking("x")]) == {"x"}
     assert call_ids([]) == frozenset()
+
+
+def test_the_system_message_is_equal_in_every_request() -> None:
+    # The caches that continue the previous request's work compare the request's
+    # messages: a system message made anew each time must still compare equal, or the
+    # whole conversation is gone over again on every turn.
+    path = [Message(role="user", content="hi")]
+    first, second = for_request(path, "Be brief."), for_request(path, "Be brief.")
+    assert first[0] == second[0]
+    assert (first[0].role, first[0].content) == ("system", "Be brief.")
+    assert for_request(path, "Be long.")[0] != first[0]
