@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import EllipsisType
 
 import anyio
 
@@ -237,14 +238,16 @@ class _RacedStore(FileStore):
     """A FileStore after whose append of a user message starting with "RACE" another
     writer (a FileStore of its own, which claims nothing) appends to the same branch."""
 
-    async def append_message(  # type: ignore[override]
-        self, context_id: str, message: Message, *, branch: str | None, expected_head: object = ...
+    async def append_message(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
     ) -> Message:
         stored = await super().append_message(
-            context_id,
-            message,
-            branch=branch,
-            expected_head=expected_head,  # type: ignore[arg-type]
+            context_id, message, branch=branch, expected_head=expected_head
         )
         if message.role == "user" and message.content.startswith("RACE"):
             async with FileStore(self.data_dir) as other:

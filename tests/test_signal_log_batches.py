@@ -232,15 +232,23 @@ async def test_held_deltas_are_written_with_the_signal_that_follows_them(tmp_pat
     bus.close()
 
 
+def _counted_bus(
+    tmp_path: Path, delta_interval: float
+) -> tuple[_CountingRecorder, EventBus, list[Event]]:
+    # A bus over a real log whose writes are counted, and the signals it delivered.
+    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
+    bus = EventBus("c1", recorder=recorder, delta_interval=delta_interval)
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    return recorder, bus, seen
+
+
 @pytest.mark.anyio
 async def test_deltas_arriving_one_per_loop_turn_are_written_together(tmp_path: Path) -> None:
     # A local model yields one token per loop turn: written as they came, that is a
     # write (and a wake-up of every follower) per token. Batches of deltas alone are
     # at least delta_interval apart; another kind of signal still takes them along.
-    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
-    bus = EventBus("c1", recorder=recorder, delta_interval=30.0)
-    seen: list[Event] = []
-    bus.subscribe(seen.append)
+    recorder, bus, seen = _counted_bus(tmp_path, delta_interval=30.0)
     bus.publish_delta("main", "m1", "Once", 0)
     await asyncio.sleep(0)
     assert recorder.writes == [1]  # the first batch in a while: at the next loop turn
@@ -260,10 +268,7 @@ async def test_deltas_arriving_one_per_loop_turn_are_written_together(tmp_path: 
 
 @pytest.mark.anyio
 async def test_deltas_held_for_the_interval_are_written_when_it_ends(tmp_path: Path) -> None:
-    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
-    bus = EventBus("c1", recorder=recorder, delta_interval=0.05)
-    seen: list[Event] = []
-    bus.subscribe(seen.append)
+    recorder, bus, seen = _counted_bus(tmp_path, delta_interval=0.05)
     bus.publish_delta("main", "m1", "Hel", 0)
     await asyncio.sleep(0)
     bus.publish_delta("main", "m1", "lo", 3)  # within the interval: held
