@@ -83,6 +83,9 @@ class TurnHost:
         unsettled: given a message whose final state could not be stored (a full
             disk); the session stores it as soon as it can, so it is not left
             ``streaming``.
+        settled: given the id of a message whose final state was stored after all
+            (the wind-down's interrupted state, say): a state refused earlier must no
+            longer be stored over it.
         allowed: the allow-list scope (``"session"``/``"context"``) under which a tool
             runs without asking, or None (see :mod:`cm_notebook._approval_log`).
         record: ``record(branch, reply, call, decision)`` adds a decision on ``call`` (as
@@ -105,6 +108,7 @@ class TurnHost:
     remember: Callable[[Message], None]
     finished: Callable[[Turn], None]
     unsettled: Callable[[Message], None]
+    settled: Callable[[str], None]
     allowed: Callable[[str], Remember | None] = lambda _tool: None
     record: Callable[[str, Message | None, ToolCall, Decision], ApprovalRecord | None] = (
         lambda *_args: None

@@ -346,6 +346,10 @@ class SessionCore(PromptWrites, MetadataReads):
         with self._lock:
             self._unsettled[final.id] = final
 
+    def _settled_reply(self, message_id: str) -> None:
+        with self._lock:
+            self._unsettled.pop(message_id, None)
+
     async def _settle_replies(self) -> None:
         # Store the final states that a full disk refused (see TurnHost.unsettled), so
         # no reply stays ``streaming``; what still fails waits for the next try.
@@ -387,6 +391,7 @@ class SessionCore(PromptWrites, MetadataReads):
             remember=self._messages.remember,
             finished=self._turn_finished,
             unsettled=self._unsettled_reply,
+            settled=self._settled_reply,
             allowed=self._allow_lists.scope_of,
             record=self._record_decision,
         )

@@ -180,6 +180,9 @@ class TurnWrites:
         except (OSError, StoreError):
             self.host.unsettled(final)  # the session stores it once the disk allows
             raise
+        # A later final state (the wind-down's, after this one was refused) is the one
+        # the turn reported: the refused one must not be stored over it.
+        self.host.settled(final.id)
         self.host.publish(
             ev.MessageCompleted(branch=self.target, message_id=final.id, status=final.status)
         )

@@ -109,3 +109,20 @@ def test_a_reply_the_disk_refused_twice_is_stored_before_the_next_write(
     session.send("again").result(DEADLINE)
     _, cut, _, _ = session.history()
     assert (cut.status, cut.content) == (MessageStatus.INTERRUPTED, "streamed text")
+
+
+def test_a_reply_stored_as_interrupted_stays_interrupted_after_the_disk_recovers(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    # The complete state was refused, the wind-down's interrupted state then stored: that
+    # is the reply's final state (the turn said so, the views were told so). The refused
+    # complete state must not be written over it later, silently, by the next send.
+    store = FailingStore(inner, full_updates=1, update_fails=final_write)
+    fake = ScriptedProvider().reply("streamed text", chunks="words")
+    session = new_session(provider=fake, store=store)
+    with pytest.raises(StoreError, match="No space left on device"):
+        session.send("hello").result(DEADLINE)
+    session.send("again").result(DEADLINE)
+    _, cut, _, _ = session.history()
+    assert cut.status is MessageStatus.INTERRUPTED
+    assert "could not be stored" in (cut.metadata.error or "")
