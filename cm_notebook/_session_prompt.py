@@ -84,34 +84,38 @@ class PromptWrites:
             submitted = self._io.submit(self._store_prompt(branch, message))
             submitted.add_done_callback(lambda finished: _copy_outcome(finished, done))
             return done
+        # ``written`` is resolved once the message is stored and announced, or its
+        # failed append settled; the session's reads wait for it. Not for ``started``
+        # itself: concurrent.futures wakes a waiter before it runs the callbacks, so a
+        # read could otherwise run before ``stored`` announced the message or submitted
+        # the settling. ``done`` (the turn's) copies it; a waiter may cancel ``done``.
+        written: concurrent.futures.Future[None] = concurrent.futures.Future()
+        written.add_done_callback(lambda finished: _copy_outcome(finished, done))
         started: concurrent.futures.Future[None] = start(
             self._store, self.id, message, branch=branch, expected_head=message.parent_id
         )
+        self._io.track(written)
 
         def stored(future: concurrent.futures.Future[None]) -> None:
-            # On the worker thread. ``done`` is always resolved (a turn waits for it),
-            # unless its waiter cancelled it first.
+            # On the worker thread. ``written`` is always resolved.
             if future.cancelled():  # never started: the worker pool was shut down
-                _resolve(done, cancelled=True)
+                _resolve(written, cancelled=True)
                 return
             error = future.exception()
             if error is not None:  # settled on the store's loop (it reads the store)
                 try:
                     settling = self._io.submit(self._settle_prompt(branch, message, error))
                 except BaseException as exc:
-                    _resolve(done, error=exc)
+                    _resolve(written, error=exc)
                     raise
-                settling.add_done_callback(lambda settled: _copy_outcome(settled, done))
+                settling.add_done_callback(lambda settled: _copy_outcome(settled, written))
                 return
             try:
                 self._prompt_stored(branch, message)
             finally:
-                _resolve(done)  # stored, even if announcing it failed
+                _resolve(written)  # stored, even if announcing it failed
 
-        # Reads wait for the write and then, with no gap, for a failed append's
-        # settling: ``stored``, called first when the write ends, submits it.
         started.add_done_callback(stored)
-        self._io.track(started)
         return done
 
     def _prompt_stored(self, branch: str, message: Message) -> None:

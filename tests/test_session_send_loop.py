@@ -189,3 +189,44 @@ async def test_a_message_that_cannot_be_stored_fails_the_turn_clearly(
     assert session.history() == []
     assert session.state is State.IDLE
     assert (await session.send("kept")).content == "echo: kept"  # the branch is free
+
+
+class LateSettlingStore(FailingStore):
+    """start_append commits the user's message on no branch, then fails like a full disk
+    once ``gate`` opens; a callback registered first delays the ones registered after it,
+    as a busy machine may (``concurrent.futures`` wakes waiters before any callback)."""
+
+    def __init__(self, inner: FileStore) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+
+    def start_append(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> concurrent.futures.Future[None]:
+        def commit_then_fail() -> None:
+            self.gate.wait(DEADLINE)
+            self.inner.start_append(context_id, message, branch=None).result()
+            raise OSError(28, "No space left on device")
+
+        future = submit_blocking(commit_then_fail)
+        future.add_done_callback(lambda _future: threading.Event().wait(0.3))
+        return future
+
+
+@pytest.mark.anyio
+async def test_a_read_waiting_for_a_failed_send_sees_it_settled(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    # The append failed after its commit point; a read made meanwhile waits for the
+    # head move that settles it, not only for the failed write, so it sees the message.
+    store = LateSettlingStore(inner)
+    session = new_session(provider=ScriptedProvider(), store=store)
+    turn = session.send("hi")
+    threading.Timer(0.1, store.gate.set).start()
+    assert [m.content for m in session.history()] == ["hi"]
+    assert (await turn).content == "echo: hi"
