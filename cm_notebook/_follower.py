@@ -35,6 +35,7 @@ from .model import ToolCallStatus
 from .redact import get_logger
 from .signal_log import LogReader
 from .signals import Event, Resync, StateChanged, ToolApprovalRequested, ToolCallResolved
+from .store.folders import context_folder_of
 
 __all__ = ["LogFollower"]
 
@@ -58,8 +59,8 @@ class LogFollower:
             decisions other processes made for this process's tool calls).
         interval: seconds between two reads of the log when polling.
         watch: folders whose changes (also in their sub-folders) wake the follower:
-            by default the log's folder, which holds the decision records too; empty:
-            always poll.
+            by default the log's folder and the context's folder of decision records;
+            empty: always poll.
         safety: seconds between two reads when notified (a lost notification costs
             at most this); ``busy_safety`` while another process runs a turn, so the
             death of its owner (which writes nothing) is noticed soon.
@@ -95,9 +96,11 @@ class LogFollower:
         self._stop = threading.Event()
         self._wake = threading.Event()
         # The log's folder, and the one of decision and stop records (watched one by
-        # one: see cm_notebook._file_events).
-        context = reader.path.parent
-        self._folders = [context, context / DECISIONS_FOLDER] if watch is None else list(watch)
+        # one: see cm_notebook._file_events), both in the context folder.
+        self._context = context_folder_of(reader.path)
+        self._folders = (
+            [reader.path.parent, self._context / DECISIONS_FOLDER] if watch is None else list(watch)
+        )
         # Subscribed once the folders exist (a context being created has none yet).
         self._subscription: Subscription | None = None
         self._polling = not self._folders  # True once notification was refused
@@ -181,9 +184,9 @@ class LogFollower:
     def _subscribe(self) -> None:
         if self._polling or self._subscription is not None or self._stop.is_set():
             return
-        if not self._folders[0].is_dir():
+        if not self._context.is_dir():
             return  # not made yet: poll, and try again next time
-        for folder in self._folders[1:]:
+        for folder in self._folders:
             # Made now so that it can be watched (records may come before this process
             # writes any); a folder that cannot be made is left to the safety reads.
             with contextlib.suppress(OSError):

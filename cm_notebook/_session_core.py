@@ -65,6 +65,7 @@ from .runner import TurnRunner
 from .signal_log import LogReader, SignalLog
 from .store import IndexEntry, Store
 from .store.context import lock_is_held
+from .store.folders import context_folder_of
 from .tools import ToolPolicy, ToolRegistry
 from .turn import Turn
 
@@ -139,7 +140,9 @@ class SessionCore(PromptWrites, MetadataReads):
             None if claim_path is None else lambda branch: claim_path(self.id, branch)
         )
         self._approvals = ApprovalDesk()
-        approvals_dir = approvals_folder(None if log_path is None else log_path(self.id).parent)
+        approvals_dir = approvals_folder(
+            None if self._signal_log is None else context_folder_of(self._signal_log.path)
+        )
         self._allow_lists = AllowLists(approvals_dir)
         self._approval_log = ApprovalLog(approvals_dir)
         # What each branch's last turn asked for, so retry() repeats it exactly.
@@ -462,7 +465,7 @@ class SessionCore(PromptWrites, MetadataReads):
         claim_path = getattr(store, "branch_claim_path", None)
         if self._signal_log is None or claim_path is None:
             return
-        self._decisions = DecisionBox(self._signal_log.path.parent)
+        self._decisions = DecisionBox(context_folder_of(self._signal_log.path))
         self._follower = LogFollower(
             LogReader(self._signal_log.path),
             self._signal_log.writer,

@@ -2,11 +2,12 @@
 
 The in-process :class:`~cm_notebook.events.EventBus` numbers signals for one process
 only. With a :class:`SignalLog` as its recorder, the number of every signal is taken
-from the log instead: under an exclusive ``flock`` on ``<context>/signals.log`` the
-writer reads the last number in the file, appends its signals with the next ones, and
-releases. So numbers survive restarts, two processes writing one context never reuse
-a number, and any process (a second kernel, the Jupyter server) reads the same
-numbered signals back, in order, with :class:`LogReader`.
+from the log instead: under an exclusive ``flock`` on the log
+(``<context>/signals/signals.log``) the writer reads the last number in the file,
+appends its signals with the next ones, and releases. So numbers survive restarts,
+two processes writing one context never reuse a number, and any process (a second
+kernel, the Jupyter server) reads the same numbered signals back, in order, with
+:class:`LogReader`.
 
 Format: JSON lines, ``{"w": <writer token>, "e": <signal as JSON>}``. The writer token
 tells a process's own signals from those of others (a follower republishes only the
@@ -65,6 +66,7 @@ from .errors import InvalidInputError
 from .redact import get_logger
 from .signals import ContentDelta, Event, Resync, parse_event
 from .store.atomic import Fsync, write_all
+from .store.paths import LOG_NAME
 
 if sys.platform != "win32":
     import fcntl
@@ -72,9 +74,6 @@ if sys.platform != "win32":
 __all__ = ["LOG_NAME", "LogReader", "SignalLog"]
 
 logger = get_logger(__name__)
-
-#: The log's file name inside a context folder.
-LOG_NAME = "signals.log"
 
 _DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 _json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, escaped)
@@ -193,7 +192,9 @@ class SignalLog:
     """The writing side of one context's signal log (see the module docstring).
 
     Args:
-        path: the log file (``<context folder>/signals.log``); created if missing.
+        path: the log file (see :func:`~cm_notebook.store.folders.signal_log_in`);
+            created if missing, and so is its folder, not the folders above it (a
+            deleted context stays deleted).
         max_bytes: compact once the file is larger than this.
         fsync: the function every fsync of the log goes through (default
             :func:`os.fsync`), like :class:`~cm_notebook.store.FileStore`'s; pass a
@@ -334,6 +335,8 @@ class SignalLog:
         # names the file it locked and tries again if not.
         while True:
             if self._fd < 0:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.path.parent)
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
                 self._end, self._seq = -1, 0  # unknown: read from the file
             fcntl.flock(self._fd, fcntl.LOCK_EX)

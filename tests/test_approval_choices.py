@@ -20,7 +20,7 @@ from cm_notebook.testing import ScriptedProvider
 
 def _log_file(session: ContextSession) -> Path:
     assert session.signal_log_path is not None
-    return session.signal_log_path.parent / "approvals" / "log.jsonl"
+    return session.signal_log_path.parent.parent / "approvals" / "log.jsonl"
 
 
 def test_approving_once_is_logged_with_who_when_and_what(

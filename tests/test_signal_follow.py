@@ -78,7 +78,7 @@ def _writer(data_dir: Path, context_id: str, script: str) -> subprocess.Popen[by
 
 
 def _logged(data_dir: Path, context_id: str) -> list[dict[str, object]]:
-    path = data_dir / "contexts" / context_id / "signals.log"
+    path = data_dir / "contexts" / context_id / "signals" / "signals.log"
     return [json.loads(line)["e"] for line in path.read_bytes().splitlines() if line.strip()]
 
 

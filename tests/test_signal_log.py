@@ -15,6 +15,7 @@ from cm_notebook.events import ContentDelta, Event, MessageCompleted, Resync, St
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
 from cm_notebook.signal_log import LogReader, SignalLog
+from cm_notebook.store.folders import signal_log_in
 from cm_notebook.testing import ScriptedProvider
 
 DEADLINE = 30.0
@@ -59,10 +60,57 @@ def test_numbers_survive_a_reopen_and_never_repeat(tmp_path: Path) -> None:
 
     assert later
     assert min(e.seq for e in later) == first_last + 1
-    numbers = _numbers(tmp_path / "contexts" / context_id / "signals.log")
+    numbers = _numbers(tmp_path / "contexts" / context_id / "signals" / "signals.log")
     assert numbers == list(range(1, len(numbers) + 1))  # one sequence, no repeat, no gap
     assert [e.seq for e in seen] == numbers[: len(seen)]
     assert any(isinstance(e, MessageCompleted) for e in later)
+
+
+def test_the_log_has_a_folder_of_its_own(tmp_path: Path) -> None:
+    # Watching the log must not be woken by the store's writes beside it.
+    session = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    session.send("hello").result(DEADLINE)
+    session.close()
+    folder = tmp_path / "contexts" / session.id
+    assert session.signal_log_path == folder / "signals" / "signals.log"
+    assert sorted(os.listdir(folder / "signals")) == ["signals.log"]
+    assert not (folder / "signals.log").exists()
+
+
+def test_a_log_kept_in_the_context_folder_moves_to_its_folder_with_its_numbers(
+    tmp_path: Path,
+) -> None:
+    # As an older version of the package kept it: numbers go on after its last one.
+    session = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    session.send("first").result(DEADLINE)
+    last = session.last_seq
+    path = session.signal_log_path
+    session.close()
+    assert path is not None
+    assert last > 0
+    folder = path.parent.parent
+    os.rename(path, folder / "signals.log")
+    path.parent.rmdir()
+
+    again = ContextSession.open(session.id, data_dir=tmp_path, provider=ScriptedProvider())
+    assert again.last_seq == last
+    again.send("second").result(DEADLINE)
+    again.close()
+    assert not (folder / "signals.log").exists()
+    numbers = _numbers(path)
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert numbers[-1] > last
+
+
+def test_a_log_that_cannot_move_stays_where_it_was(tmp_path: Path) -> None:
+    # A context folder that cannot be written to (here: a "signals" file in the way):
+    # the old log is left as it is, never lost.
+    folder = tmp_path / "context"
+    folder.mkdir()
+    (folder / "signals.log").write_bytes(b"records")
+    (folder / "signals").write_bytes(b"in the way")
+    assert signal_log_in(folder) == folder / "signals" / "signals.log"
+    assert (folder / "signals.log").read_bytes() == b"records"
 
 
 def test_a_reader_replays_from_a_number_and_then_follows(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ Layout of one context (a self-contained folder: copy, zip, version or delete it 
         .lock                   cross-process write lock
         .streaming-<id>.lock    held by the process streaming that message
         .claim-<digest>.lock    held by the writer running a turn on a branch
+        signals/signals.log     the context's numbered signals (cm_notebook.signal_log),
+                                in a folder of its own: watching it for other processes'
+                                signals is not woken by the store's own writes
 
 The write path. One fsync'd journal line is the commit point of every acknowledged
 change: it carries the index entry, the head move, the time and, for a finished
@@ -95,7 +98,7 @@ from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms, read_message_file
 from .context import ContextState, files_token, remove_tree, token_paths
-from .folders import create_context_folder, list_context_folders, trash_path
+from .folders import create_context_folder, list_context_folders, signal_log_in, trash_path
 from .paths import (
     context_dir,
     default_data_dir,
@@ -548,9 +551,10 @@ class FileStore(ScoreFiles, BranchWrites):
         return context_dir(self.data_dir, context_id)
 
     def signal_log_path(self, context_id: str) -> Path:
-        """The context's signal log (see :mod:`cm_notebook.signal_log`)."""
+        """The context's signal log (see :mod:`cm_notebook.signal_log`):
+        ``signals/signals.log`` in its folder."""
         validate_context_id(context_id)
-        return self._context_folder(context_id) / "signals.log"
+        return signal_log_in(self._context_folder(context_id))
 
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
         """The lock file in the context folder by which a writer claims ``branch``.

@@ -23,13 +23,21 @@ from .index import empty_index_bytes
 from .paths import (
     INDEX_NAME,
     JOURNAL_NAME,
+    LOG_NAME,
     MESSAGES_DIR,
     METADATA_NAME,
+    SIGNALS_DIR,
     context_dir,
     contexts_root,
 )
 
-__all__ = ["create_context_folder", "list_context_folders", "trash_path"]
+__all__ = [
+    "context_folder_of",
+    "create_context_folder",
+    "list_context_folders",
+    "signal_log_in",
+    "trash_path",
+]
 
 _TRASH_PREFIX = ".trash-"
 _TMP_PREFIX = ".tmp-"
@@ -85,6 +93,7 @@ def create_context_folder(
         tmp.mkdir()
         try:
             (tmp / MESSAGES_DIR).mkdir()
+            (tmp / SIGNALS_DIR).mkdir()
             atomic_write(tmp / INDEX_NAME, empty_index_bytes(), fsync=fsync)
             atomic_write(tmp / JOURNAL_NAME, b"", fsync=fsync)
             atomic_write(tmp / METADATA_NAME, encode_metadata(metadata), fsync=fsync)
@@ -158,3 +167,34 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
 def trash_path(data_dir: Path, context_id: str) -> Path:
     """Where delete_context moves a folder before removing it (hidden from listings)."""
     return contexts_root(data_dir) / f"{_TRASH_PREFIX}{context_id}-{secrets.token_hex(6)}"
+
+
+def signal_log_in(context_folder: Path) -> Path:
+    """The signal log of the context in ``context_folder``: ``signals/signals.log``.
+
+    In a folder of its own, so that a process watching the log for other processes'
+    signals is not woken by every write of the store in the context folder (each cost
+    the writer the notification too: ~10% of a turn). A log that an older version kept
+    in the context folder itself is moved there, keeping its numbers; if both exist
+    (another process made the new one meanwhile), the new one is used.
+    """
+    path = context_folder / SIGNALS_DIR / LOG_NAME
+    older = context_folder / LOG_NAME
+    if os.path.lexists(older) and not os.path.lexists(path):
+        # A link, then the old name removed: unlike a rename, it never replaces a log
+        # another process has made meanwhile. Whatever fails (a read-only folder, a
+        # file system without links) leaves the old log where it is.
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path.parent)
+            os.link(older, path)
+        except OSError:
+            return path
+        with contextlib.suppress(OSError):
+            os.unlink(older)
+    return path
+
+
+def context_folder_of(log_path: Path) -> Path:
+    """The context folder of the log at ``log_path`` (see :func:`signal_log_in`)."""
+    return log_path.parent.parent if log_path.parent.name == SIGNALS_DIR else log_path.parent

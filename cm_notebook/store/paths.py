@@ -22,8 +22,10 @@ __all__ = [
     "INDEX_NAME",
     "JOURNAL_NAME",
     "LOCK_NAME",
+    "LOG_NAME",
     "MESSAGES_DIR",
     "METADATA_NAME",
+    "SIGNALS_DIR",
     "STREAMING_PREFIX",
     "STREAMING_SUFFIX",
     "context_dir",
@@ -46,6 +48,10 @@ CREATING_LOCK_NAME = ".creating.lock"  # in the data directory; see context.crea
 STREAMING_PREFIX = ".streaming-"
 STREAMING_SUFFIX = ".lock"
 MESSAGES_DIR = "messages"
+# The signal log's folder (see cm_notebook.signal_log). A folder of its own, so that
+# watching the log for changes is not woken by every write of the store beside it.
+SIGNALS_DIR = "signals"
+LOG_NAME = "signals.log"  # in SIGNALS_DIR
 _CONTEXTS_DIR = "contexts"
 
 
