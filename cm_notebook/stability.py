@@ -45,6 +45,8 @@ class AnswerGroup(BaseModel):
     text: str
     count: int = Field(ge=1)
     members: list[str]  # message ids, or positions ("#0", "#1"...) of plain texts
+    #: The branch of each member, in the same order (the member itself for an answer
+    #: given without a branch); empty when no answer named one.
     branches: list[str] = Field(default_factory=list)
     similarity: float = 1.0
     diff: list[tuple[str, str]] | None = None
@@ -137,6 +139,17 @@ def _strip(text: str) -> str:
     return text.strip()
 
 
+def _aligned(members: list[str], branches: list[str | None]) -> list[str]:
+    # One branch per member, in the members' order (the member itself where an answer
+    # came without one), or none at all when no answer named a branch.
+    if all(branch is None for branch in branches):
+        return []
+    return [
+        branch if branch is not None else member
+        for member, branch in zip(members, branches, strict=True)
+    ]
+
+
 def stability(
     answers: Iterable[str | Message | tuple[str, Message]],
     *,
@@ -150,10 +163,15 @@ def stability(
         raise InvalidInputError("answers must be a list of texts or messages, not one string")
     if not 0.0 <= threshold <= 1.0:
         raise InvalidInputError(f"threshold must be between 0 and 1, got {threshold!r}")
-    buckets: dict[str, tuple[str, list[str], list[str]]] = {}
+    buckets: dict[str, tuple[str, list[str], list[str | None]]] = {}
     for position, item in enumerate(answers):
         branch = None
         if isinstance(item, tuple):
+            if len(item) != 2 or not isinstance(item[0], str):
+                raise InvalidInputError(
+                    f"answer #{position} is a tuple of {len(item)}; give (branch name, "
+                    "message) pairs"
+                )
             branch, item = item
         if isinstance(item, Message):
             text, member = item.content, item.id
@@ -166,11 +184,11 @@ def stability(
         key = normalize(text)
         _text, members, branches = buckets.setdefault(key, (key, [], []))
         members.append(member)
-        if branch is not None:
-            branches.append(branch)
+        branches.append(branch)
     ranked = sorted(buckets.values(), key=lambda bucket: -len(bucket[1]))  # stable: ties by order
     groups: list[AnswerGroup] = []
-    for text, members, branches in ranked:
+    for text, members, of_members in ranked:
+        branches = _aligned(members, of_members)
         if not groups:
             groups.append(
                 AnswerGroup(text=text, count=len(members), members=members, branches=branches)

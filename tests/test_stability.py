@@ -73,6 +73,22 @@ def test_options_and_bad_input() -> None:
         stability(["a", 3])  # type: ignore[list-item]
 
 
+def test_branches_line_up_with_members_when_some_answers_name_none() -> None:
+    from cm_notebook.model import Message
+
+    def said(text: str) -> Message:
+        return Message(role="assistant", content=text)
+
+    first, second, third = said("Paris."), said("Paris."), said("Paris.")
+    result = stability([("a", first), second, ("c", third)])
+    (group,) = result.groups
+    assert group.members == [first.id, second.id, third.id]
+    assert group.branches == ["a", second.id, "c"]  # one per member, in order
+    assert stability([first, second]).groups[0].branches == []
+    with pytest.raises(InvalidInputError, match="answer #0 is a tuple of 3"):
+        stability([("a", first, "extra")])  # type: ignore[list-item]
+
+
 def test_session_stability_compares_the_last_reply_of_each_branch(
     new_session: Callable[..., ContextSession],
 ) -> None:
