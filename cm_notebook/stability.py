@@ -182,9 +182,9 @@ def stability(
                 f"answer #{position} is a {type(item).__name__}; give texts or messages"
             )
         key = normalize(text)
-        _text, members, branches = buckets.setdefault(key, (key, [], []))
+        _text, members, named = buckets.setdefault(key, (key, [], []))
         members.append(member)
-        branches.append(branch)
+        named.append(branch)
     ranked = sorted(buckets.values(), key=lambda bucket: -len(bucket[1]))  # stable: ties by order
     groups: list[AnswerGroup] = []
     for text, members, of_members in ranked:
