@@ -67,7 +67,7 @@ from .store import IndexEntry, Store
 from .store.context import lock_is_held
 from .store.folders import context_folder_of
 from .tools import ToolPolicy, ToolRegistry
-from .turn import Turn
+from .turn import Handle, Turn
 
 __all__ = ["SessionCore"]
 
@@ -76,6 +76,7 @@ _log = get_logger(__name__)
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SessionCore")
+JobT = TypeVar("JobT", bound=Handle[Any])
 
 
 class SessionCore(PromptWrites, MetadataReads):
@@ -154,6 +155,9 @@ class SessionCore(PromptWrites, MetadataReads):
         self._auto_title = bool(chosen["auto_title"])  # ask the model for a title (titles.py)
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
+        # Sweeps and replays running on this session: close() stops them first, or they
+        # would start turns on a session that has let go of its store and claims.
+        self._jobs: set[Handle[Any]] = set()
         # Caches refreshed when the store's change token moves (see ``metadata``).
         self._metadata_token: object | None = None
         self._index_cache: dict[str, IndexEntry] = {}
@@ -235,8 +239,24 @@ class SessionCore(PromptWrites, MetadataReads):
         else:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(release, self._loop))
 
+    def _track_job(self, job: JobT) -> JobT:
+        """Remember a sweep or replay until it ends, so that close() stops it."""
+        with self._lock:
+            self._jobs.add(job)
+        job.when_done(lambda: self._forget_job(job))
+        return job
+
+    def _forget_job(self, job: Handle[Any]) -> None:
+        with self._lock:
+            self._jobs.discard(job)
+
     async def _release(self) -> None:
-        # Runs on the session's loop.
+        # Runs on the session's loop. Sweeps and replays first: stopped, they start no
+        # more turns; then the turns running now.
+        with self._lock:
+            started = list(self._jobs)
+        for handle in started:
+            handle.cancel()
         with self._lock:
             turns = [runner.turn for runner in self._runners.values()]
         jobs: list[asyncio.Future[None]] = [
@@ -252,6 +272,9 @@ class SessionCore(PromptWrites, MetadataReads):
                 await turn
         if jobs:
             await asyncio.wait(jobs)
+        for handle in started:
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # its owner sees it
+                await handle
         await self._settle_replies()
         await self._providers.aclose()
         if self._owns_store:
@@ -313,6 +336,11 @@ class SessionCore(PromptWrites, MetadataReads):
         # Hold the branch from the first write of a new turn: two threads, two sessions
         # or two processes sending on one branch cannot both write a prompt. On success
         # _start hands the claim to the turn, which gives it back when it is over.
+        if self.closed:
+            raise StateError(
+                f"this session of context {self.id!r} is closed; open the context again "
+                f"with ContextSession.open({self.id!r}) to go on"
+            )
         with self._lock:
             if branch in self._runners:
                 raise BusyError(

@@ -97,15 +97,18 @@ class ExperimentMethods:
         variants); running the same sweep again (also after a restart) skips the cells
         that ended in a complete reply and runs the others. See :mod:`cm_notebook.sweep`.
         """
-        return start_sweep(
-            _session(self),
-            prompts,
-            variants,
-            inputs=inputs,
-            repeat=repeat,
-            concurrency=concurrency,
-            name=name,
-            progress=progress,
+        session = _session(self)
+        return session._track_job(
+            start_sweep(
+                session,
+                prompts,
+                variants,
+                inputs=inputs,
+                repeat=repeat,
+                concurrency=concurrency,
+                name=name,
+                progress=progress,
+            )
         )
 
     # -- replays and counterfactual edits ----------------------------------------------
@@ -127,7 +130,8 @@ class ExperimentMethods:
         (:class:`~cm_notebook.turn_diff.TurnComparison`). Tools the model calls go
         through approval as usual.
         """
-        return start_replay(_session(self), branch, provider, name, params)
+        session = _session(self)
+        return session._track_job(start_replay(session, branch, provider, name, params))
 
     def counterfactual(
         self, message_id: str, new_content: str, *, name: str | None = None
@@ -143,7 +147,8 @@ class ExperimentMethods:
         Returns a :class:`~cm_notebook.replay.Replay`: ``await`` it for the per-turn
         comparison against the original branch.
         """
-        return start_counterfactual(_session(self), message_id, new_content, name)
+        session = _session(self)
+        return session._track_job(start_counterfactual(session, message_id, new_content, name))
 
     def compare_turns(self, branch: str, against: str | None = None) -> TurnComparison:
         """``branch`` turn by turn against ``against`` (default: the pinned baseline,

@@ -54,6 +54,16 @@ class Handle(Generic[T]):
         if pending_cancel:
             self._loop.call_soon_threadsafe(cancel)
 
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the work has finished (soon, if it already has)."""
+        future = self._require_future()
+        if isinstance(future, concurrent.futures.Future):
+            future.add_done_callback(lambda _finished: callback())
+        else:  # an asyncio future takes callbacks on its own loop's thread only
+            future.get_loop().call_soon_threadsafe(
+                future.add_done_callback, lambda _finished: callback()
+            )
+
     def done(self) -> bool:
         """True once the work has finished (completed, failed or cancelled)."""
         return self._future is not None and self._future.done()
