@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import records as rec
 from ._session_scores import ScoreMethods, branch_histories
-from .model import Message
+from .model import Message, MessageStatus
 from .stability import Stability, stability
 
 if TYPE_CHECKING:
@@ -63,12 +63,13 @@ class DataMethods(ScoreMethods):
     ) -> Stability:
         """Group the last reply of each of ``branches`` (default: every branch) by
         identical text, most common first, with word diffs of near-identical ones
-        against it (see :mod:`cm_notebook.stability`). Branches without a reply are
-        left out."""
+        against it (see :mod:`cm_notebook.stability`). Branches whose last reply is
+        missing or did not complete (failed, stopped) are left out: an error's empty
+        text is not an answer."""
         answers: builtins.list[tuple[str, Message]] = []
         for branch, messages in branch_histories(self, branches):
             last = next((m for m in reversed(messages) if m.role == "assistant"), None)
-            if last is not None:
+            if last is not None and last.status is MessageStatus.COMPLETE:
                 answers.append((branch, last))
         if normalize is None:
             return stability(answers, threshold=threshold)

@@ -24,7 +24,8 @@ from ._loop import schedule_on
 from .errors import InvalidInputError
 from .fanout import Variant, arm_settings
 from .ids import new_id, validate_branch_name
-from .model import Message, MessageMetadata, Role
+from .model import Message, MessageMetadata, MessageStatus, Role
+from .params import MAX_MESSAGE_CHARS
 from .providers.pool import ProviderLike
 from .scores import Score
 from .turn import Handle, Turn
@@ -72,13 +73,12 @@ class Replay(Handle[TurnComparison]):
         self.attach(schedule_on(self._loop, self._drive()), self._stop)
 
     async def _drive(self) -> TurnComparison:
-        if self._first is not None:
-            await self._first
+        finished = self._first is None or _complete(await self._first)
         for text in self._prompts:
-            if self._stopped:
+            if self._stopped or not finished:
                 break
             self.turn = self.session.send(text, branch=self.branch)
-            await self.turn
+            finished = _complete(await self.turn)
         self.turn = None
         return compare_turns(self.session, self.branch, self.source)
 
@@ -171,6 +171,11 @@ def start_counterfactual(
     """Create the counterfactual branch with the edited message and start the rest."""
     if not isinstance(new_content, str):
         raise InvalidInputError(f"new_content must be a string, got {type(new_content).__name__}")
+    if len(new_content) > MAX_MESSAGE_CHARS:  # the limit send() applies to what it stores
+        raise InvalidInputError(
+            f"new_content is {len(new_content):,} characters; the limit is "
+            f"{MAX_MESSAGE_CHARS:,}"
+        )
     if message_id == SYSTEM:
         return _new_system(session, new_content, name)
     original = session.get(message_id)
@@ -232,6 +237,12 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     )
     session._publish(ev.BranchCreated(branch=target, head=None))
     return Replay(session, source, target, prompts)
+
+
+def _complete(reply: Message) -> bool:
+    # A turn stopped or cut off (a Stop button, a closed session) ends the replay: the
+    # later turns would build on a partial answer.
+    return reply.status is MessageStatus.COMPLETE
 
 
 def _target(session: ContextSession, name: str | None, stem: str) -> str:

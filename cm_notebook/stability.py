@@ -4,7 +4,8 @@
 one prompt, e.g. the last reply of each branch of a sweep cell
 (:meth:`ContextSession.stability <cm_notebook.session.ContextSession.stability>`), and
 groups the identical ones (after ``normalize``, by default stripping the white space
-around them). Groups come most common first (ties: the first seen first). Each other
+around them); a group's ``text`` is its first answer as it was given. Groups come most
+common first (ties: the first seen first). Each other
 group is compared word by word with the most common answer (the word diff of
 :mod:`cm_notebook.compare`): a near-identical one (similarity at least ``threshold``)
 carries the diff, a distinct one only its similarity.
@@ -181,8 +182,9 @@ def stability(
             raise InvalidInputError(
                 f"answer #{position} is a {type(item).__name__}; give texts or messages"
             )
-        key = normalize(text)
-        _text, members, named = buckets.setdefault(key, (key, [], []))
+        # Grouped by the normalised text, shown as the first answer of the group: the
+        # text a run produced, not the key (a lower-casing normaliser's "paris").
+        _shown, members, named = buckets.setdefault(normalize(text), (text, [], []))
         members.append(member)
         named.append(branch)
     ranked = sorted(buckets.values(), key=lambda bucket: -len(bucket[1]))  # stable: ties by order

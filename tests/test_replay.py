@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from test_session_support import DEADLINE
+from test_session_support import DEADLINE, Recorder, entered
 
 from cm_notebook import tool
 from cm_notebook.errors import (
@@ -15,6 +15,8 @@ from cm_notebook.errors import (
     InvalidInputError,
     MessageNotFoundError,
 )
+from cm_notebook.fsm import State
+from cm_notebook.model import MessageStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.turn_diff import TurnComparison
@@ -220,7 +222,22 @@ def test_counterfactual_refuses_bad_input(three_turns: ContextSession) -> None:
         session.counterfactual(q1.id, "  ")
     with pytest.raises(InvalidInputError, match="must be a string"):
         session.counterfactual(q1.id, 3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="2,000,001 characters; the limit is 2,000,000"):
+        session.counterfactual(q1.id, "x" * 2_000_001)  # what send() refuses too
     assert set(session.branches) == before
+
+
+def test_a_stopped_turn_ends_the_replay(three_turns: ContextSession) -> None:
+    session = three_turns
+    other = ScriptedProvider(strict=True).hang(after_chunks=1, text="partial").reply("B2")
+    recorder = Recorder(session)
+    replay = session.replay("main", provider=other, name="again")
+    recorder.wait(entered(State.STREAMING, "again"))
+    session.stop("again")  # the Stop button
+    replay.result(DEADLINE)
+    assert len(other.requests) == 1  # Q2 and Q3 are not sent on top of a partial answer
+    statuses = [m.status for m in session.history("again")]
+    assert statuses == [MessageStatus.COMPLETE, MessageStatus.INTERRUPTED]
 
 
 def test_compare_turns_against_the_pinned_baseline_with_scores(

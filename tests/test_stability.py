@@ -3,6 +3,7 @@ most common."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -57,8 +58,8 @@ def test_similarity_comes_from_the_word_diff() -> None:
 
 
 def test_options_and_bad_input() -> None:
-    lower = stability(["Yes", "yes", "YES."], normalize=lambda t: t.lower().strip(" ."))
-    assert [group.count for group in lower.groups] == [3]
+    lower = stability(["Yes", "yes", "YES.", "No."], normalize=lambda t: t.lower().strip(" ."))
+    assert [(group.text, group.count) for group in lower.groups] == [("Yes", 3), ("No.", 1)]
     strict = stability(["a b c d", "a b c e"], threshold=1.0)
     assert strict.groups[1].diff is None
     loose = stability(["a b c d", "a b c e"], threshold=0.0)
@@ -107,3 +108,13 @@ def test_session_stability_compares_the_last_reply_of_each_branch(
     ]
     # Every branch by default; a branch without a reply ("main" here) is left out.
     assert session.stability().total == 3
+
+
+def test_a_reply_that_failed_is_not_an_answer(new_session: Callable[..., ContextSession]) -> None:
+    fake = ScriptedProvider().reply("Paris.").error("permanent").reply("Paris.")
+    session = new_session("repeats", provider=fake)
+    fanned = session.fan_out("Capital?", [{}, {}, {}])
+    with contextlib.suppress(Exception):
+        fanned.result(DEADLINE)
+    result = session.stability()
+    assert (result.total, result.distinct, result.agreement) == (2, 1, 1.0)
