@@ -173,8 +173,7 @@ def start_counterfactual(
         raise InvalidInputError(f"new_content must be a string, got {type(new_content).__name__}")
     if len(new_content) > MAX_MESSAGE_CHARS:  # the limit send() applies to what it stores
         raise InvalidInputError(
-            f"new_content is {len(new_content):,} characters; the limit is "
-            f"{MAX_MESSAGE_CHARS:,}"
+            f"new_content is {len(new_content):,} characters; the limit is {MAX_MESSAGE_CHARS:,}"
         )
     if message_id == SYSTEM:
         return _new_system(session, new_content, name)
