@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_session_support import (
     DEADLINE,
     Recorder,
@@ -13,7 +17,7 @@ from test_session_support import (
     roles,
 )
 
-from cm_notebook.compare import BranchResult, Comparison, diff_side_html, word_diff
+from cm_notebook.compare import _TOKEN, BranchResult, Comparison, diff_side_html, word_diff
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.events import BranchCreated, ContentDelta, MessageCompleted
 from cm_notebook.fsm import State
@@ -239,3 +243,29 @@ def test_one_side_of_a_word_diff_marks_only_that_sides_words() -> None:
     assert diff_side_html(ops, "+", {"+": "color:green", "-": ""}) == (
         'the <span style="color:green">dog</span> &lt;sat&gt;'
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["the", "cat", "sat", "on", " ", "  ", "\n", "mat."]), max_size=40),
+    st.lists(st.sampled_from(["the", "dog", "sat", "on", " ", "\n", "mat."]), max_size=40),
+)
+def test_a_word_diff_gives_both_texts_back_and_keeps_words_in_common(
+    left: list[str], right: list[str]
+) -> None:
+    a, b = "".join(left), "".join(right)
+    ops = word_diff(a, b)
+    assert "".join(text for op, text in ops if op != "+") == a
+    assert "".join(text for op, text in ops if op != "-") == b
+    assert all(text for _op, text in ops)  # no empty parts
+    # A change is shown as what went, then what came, between two runs in common.
+    for first, second in itertools.pairwise([op for op, _text in ops]):
+        assert (first, second) != ("+", "-")
+        assert first != second
+    # The words in common are a longest common subsequence: never fewer than difflib's.
+    # (A run of ``a``'s words re-splits into the same words: they alternate between
+    # white space and the rest.)
+    tokens_a, tokens_b = _TOKEN.findall(a), _TOKEN.findall(b)
+    blocks = difflib.SequenceMatcher(a=tokens_a, b=tokens_b, autojunk=False).get_matching_blocks()
+    in_common = sum(len(_TOKEN.findall(text)) for op, text in ops if op == "=")
+    assert in_common >= sum(block.size for block in blocks)
