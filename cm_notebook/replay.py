@@ -269,8 +269,25 @@ def _same_round(messages: list[Message]) -> list[Message]:
     return out
 
 
+# What describes how the original text came to be (its generation, or the kernel
+# variables that filled a prompt): not true of an edited text, so not copied to it.
+_NOT_OF_AN_EDIT = frozenset(
+    {
+        "usage",
+        "duration_ms",
+        "finish_reason",
+        "error",
+        "stats",
+        "seed",
+        "request_id",
+        "request_hash",
+        "variables",
+    }
+)
+
+
 def _edited(original: Message, content: str) -> Message:
-    metadata = original.metadata.model_dump()
+    metadata = original.metadata.model_dump(exclude=set(_NOT_OF_AN_EDIT))
     metadata["edited_from"] = original.id
     return Message(
         id=new_id("m"),

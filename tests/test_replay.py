@@ -171,6 +171,12 @@ def test_counterfactual_reply_is_kept_and_later_turns_see_it(new_session: NewSes
     edited = session.history(replay.branch)[1]
     assert edited.metadata.model_dump()["edited_from"] == a1.id
     assert comparison.changed_turns == [1, 2]
+    # The model's figures were of the original text, not of the edited one.
+    assert a1.metadata.usage is not None
+    assert a1.metadata.request_hash is not None
+    assert (edited.metadata.usage, edited.metadata.stats) == (None, None)
+    assert (edited.metadata.request_hash, edited.metadata.seed) == (None, None)
+    assert edited.metadata.model == a1.metadata.model  # the turn's setting, kept
 
 
 def test_counterfactual_tool_result_makes_the_model_answer_again(
