@@ -15,8 +15,10 @@ reproduces them.
 Cells run on the session's event loop, at most ``concurrency`` at once. A sweep is
 identified by its name (by default derived from its prompts, inputs and variants, not
 from ``repeat``, so asking for more repeats extends it): running the same sweep again,
-in this process or a new one after a kernel restart, skips the cells whose branch ends
-in a complete reply and runs the rest (unstarted, interrupted or failed cells).
+in this process or a new one after a kernel restart, skips the cells whose prompt got
+a complete reply and runs the rest (unstarted, interrupted or failed cells). A cell's
+answer is always the reply to its own prompt: follow-ups sent on its branch later are
+kept there, but never counted as the cell's answer.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from ._loop import schedule_on
 from .errors import CMError, InvalidInputError
 from .fanout import Variant, variant_labels
 from .ids import validate_branch_name
-from .model import Message
+from .model import MAX_LABEL_VALUE, Message, validate_labels
 from .params import validate_text
 from .providers import Provider
 from .providers.pool import spec_of
+from .redact import find_secret
 from .turn import Handle, Turn
 
 if TYPE_CHECKING:
@@ -231,6 +234,35 @@ def _unique(labels: list[str]) -> list[str]:
     return out
 
 
+def _check_labels(name: str, labels: list[str]) -> None:
+    # The sweep's name and variant labels become labels of every cell's branch: they
+    # are checked here by the rule branch labels use (one short line, nothing that
+    # looks like a secret), so a bad one is refused before any cell is written rather
+    # than failing each of its cells after the good variants' cells were sent.
+    def refused(key: str, value: str) -> str:
+        # Asked as validate_labels asks it, so a refused secret is never echoed (errors
+        # end up in saved notebooks).
+        if find_secret({key: value}) is not None:
+            return "it looks like a secret (a key or token), and secrets are never stored"
+        return f"{value[:60]!r} is not one line of at most {MAX_LABEL_VALUE} characters"
+
+    try:
+        validate_labels({"sweep": name})
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"sweep name refused: {refused('sweep', name)}; give the sweep another name"
+        ) from exc
+    for index, label in enumerate(labels):
+        try:
+            validate_labels({"variant": label})
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"variant {index}: its label cannot label its cells' branches: "
+                f"{refused('variant', label)}. Give the variant a 'label' of one line of at most "
+                f"{MAX_LABEL_VALUE} characters, without keys or tokens"
+            ) from exc
+
+
 def plan_sweep(
     prompts: str | Sequence[str],
     variants: Sequence[object],
@@ -268,6 +300,7 @@ def plan_sweep(
             f"sweep name {name[:70]!r} is not valid: use at most {MAX_SWEEP_NAME} characters "
             "without spaces (its cells' branches are named after it)"
         )
+    _check_labels(name, labels)
     cells = []
     for p, template in enumerate(prompt_list):
         for i, row in enumerate(rows) if rows is not None else [(None, None)]:

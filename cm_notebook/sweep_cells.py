@@ -3,24 +3,31 @@
 :func:`start_sweep` is what ``session.sweep(...)`` does: plan the cells
 (:func:`~cm_notebook.sweep.plan_sweep`), check every variant against the provider that
 will answer it and every cell already stored against the plan (before anything is
-written), mark the cells that ended in a complete reply as done, and start the rest.
-:func:`start_cell` creates a cell's branch if it is new and sends its prompt, or, for a
-cell whose prompt was stored by an earlier run that did not finish, asks for a new
-reply to it.
+written), mark the cells whose own prompt got a complete reply as done, and start the
+rest. :func:`start_cell` creates a cell's branch if it is new and sends its prompt, or,
+for a cell whose prompt was stored by an earlier run that did not finish, asks for a
+new reply to it.
+
+A cell's answer is the reply to its own prompt (the first user message on its branch),
+whatever was sent on the branch after it: follow-ups on a cell continue its experiment
+but are never taken for its answer.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
-from .errors import BranchExistsError, BusyError, InvalidInputError
+from .errors import BranchExistsError, BusyError, InvalidInputError, StateError
 from .fanout import arm_settings
-from .model import Message, MessageStatus, ProviderSettings
+from .ids import branch_name_key
+from .model import Branch, Message, MessageStatus, ProviderSettings
 from .providers.pool import ProviderLike
+from .store.base import IndexEntry
 from .sweep import Sweep, SweepCell, finish, plan_sweep
 from .turn import Turn
 
@@ -59,6 +66,7 @@ def start_sweep(
         for arm, found in zip(plan.variants, settings, strict=True)
     ]
     branches = session.metadata.branches
+    _refuse_look_alikes(plan.name, plan.cells, branches)
     for cell in plan.cells:
         found = branches.get(cell.branch)
         if found is None:
@@ -88,6 +96,26 @@ def start_sweep(
     sweep = Sweep(session, plan, start, concurrency=concurrency, progress=progress)
     running[plan.name] = sweep
     return sweep
+
+
+def _refuse_look_alikes(
+    name: str, cells: Sequence[SweepCell], branches: Mapping[str, Branch]
+) -> None:
+    # Creating a branch refuses a name that looks like an existing one (by the key of
+    # cm_notebook.ids); checked here for every cell, so a sweep named "Cap" after "cap"
+    # is refused before anything is written, not cell by cell as the branches are made.
+    keys = {branch_name_key(existing): existing for existing in branches}
+    for cell in cells:
+        other = keys.get(branch_name_key(cell.branch))
+        if other is None or other == cell.branch:
+            continue
+        owner = branches[other].labels.get("sweep")
+        again = f", or name={owner!r} to run that sweep again" if owner else ""
+        raise InvalidInputError(
+            f"sweep name {name!r}: its cell branch {cell.branch!r} looks like the existing "
+            f"branch {other!r} (they differ only in case or in letters that look alike). "
+            f"Give the sweep a name that reads differently{again}."
+        )
 
 
 def _seeds_repeats(
@@ -130,8 +158,20 @@ def start_cell(
             session._publish(ev.BranchCreated(branch=cell.branch, head=None))
     # A provider instance is not stored with the branch: keep it for this session.
     session._defaults.remember(cell.branch, provider)
-    if session._head(cell.branch) is None:
+    head = session._head(cell.branch)
+    if head is None:
         return session.send(cell.text, branch=cell.branch, metadata=cell.variables)
+    if _own_turn(session, cell.branch).followed:
+        # Asking again would answer the last follow-up, not the cell's prompt, and
+        # rewinding to the prompt would take the follow-ups off the branch: the user
+        # decides what to keep.
+        raise StateError(
+            f"cell {cell.key}: its reply did not complete, and messages were sent after it "
+            f"on its branch {cell.branch!r}; the sweep does not move the branch away from "
+            "them. To run the cell again, keep them on a branch of their own "
+            f"(session.branch('<name>', from_message={head!r}, switch=False)), then "
+            f"session.delete_branch({cell.branch!r}) and run the sweep again"
+        )
     chosen, generation = session._defaults.for_request(session.metadata, cell.branch, None, {})
     with session._claim(cell.branch) as claim:
         prompt = session._rewind_to_prompt(cell.branch)
@@ -139,11 +179,40 @@ def start_cell(
 
 
 def complete_reply(session: ContextSession, branch: str) -> Message | None:
-    """The last message of ``branch`` if it is a finished reply (not one whose tool
-    calls still wait), else None."""
-    head = session._head(branch)
-    entry = session._index().get(head) if head is not None else None
-    if entry is None or entry.role != "assistant" or entry.status is not MessageStatus.COMPLETE:
+    """The reply to the cell prompt of ``branch`` (its first user message) if it is
+    finished (not one whose tool calls still wait), else None; messages sent after it
+    (follow-ups) are not the cell's answer."""
+    answer = _own_turn(session, branch).answer
+    if answer is None or answer.role != "assistant" or answer.status is not MessageStatus.COMPLETE:
         return None
-    message = session.get(entry.id)
+    message = session.get(answer.id)
     return None if message.tool_calls else message
+
+
+@dataclass(frozen=True)
+class _OwnTurn:
+    """A cell branch's own turn: the last message answering the cell's prompt (its
+    first user message; tool calls and their results in between), and whether a later
+    user message (a follow-up) follows it."""
+
+    answer: IndexEntry | None
+    followed: bool
+
+
+def _own_turn(session: ContextSession, branch: str) -> _OwnTurn:
+    index = session._index()
+    path: list[IndexEntry] = []
+    current = session._head(branch)
+    while current is not None and len(path) <= len(index):  # bounded: never loops
+        entry = index.get(current)
+        if entry is None:  # not in the index (yet): no answer we can vouch for
+            return _OwnTurn(answer=None, followed=False)
+        path.append(entry)
+        current = entry.parent_id
+    path.reverse()
+    users = [at for at, entry in enumerate(path) if entry.role == "user"]
+    if not users:
+        return _OwnTurn(answer=None, followed=False)
+    end = users[1] if len(users) > 1 else len(path)
+    turn = path[users[0] + 1 : end]
+    return _OwnTurn(answer=turn[-1] if turn else None, followed=len(users) > 1)

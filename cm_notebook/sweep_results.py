@@ -6,7 +6,9 @@ with the sweep's own columns after those (``sweep``, ``cell``, ``variant``,
 ``repeat``, ``input``: the input row's index, and ``input_<name>`` per input column).
 :class:`SweepStability` groups the repeats of each prompt x input x variant
 (:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
-against the most common.
+against the most common. A group without answers (every repeat failed, or none has
+finished) has no agreement: None in its record, "no answers" where shown, and left
+out of the mean.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ class GroupStability:
     variant: str
     stability: Stability
 
+    @property
+    def agreement(self) -> float | None:
+        """The share of answers equal to the most common one; None without answers
+        (nothing to agree: a group whose repeats all failed is not "fully stable")."""
+        return self.stability.agreement if self.stability.total else None
+
 
 class SweepStability:
     """How stable each prompt x input x variant of a sweep is over its repeats.
@@ -114,8 +122,15 @@ class SweepStability:
         ]
         return cls(sweep.name, groups)
 
+    @property
+    def mean_agreement(self) -> float | None:
+        """The mean agreement of the groups with answers (None if no group has any)."""
+        found = [g.agreement for g in self.groups if g.agreement is not None]
+        return sum(found) / len(found) if found else None
+
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per group: prompt, input, variant, answers, distinct, agreement, top."""
+        """One dict per group: prompt, input, variant, answers, distinct, agreement
+        (None for a group without answers), top."""
         return [
             {
                 "prompt": group.prompt,
@@ -123,38 +138,43 @@ class SweepStability:
                 "variant": group.variant,
                 "answers": group.stability.total,
                 "distinct": group.stability.distinct,
-                "agreement": group.stability.agreement,
+                "agreement": group.agreement,
                 "top": group.stability.top.text if group.stability.top is not None else None,
             }
             for group in self.groups
         ]
 
     def __repr__(self) -> str:
-        answered = [g for g in self.groups if g.stability.total]
-        mean = sum(g.stability.agreement for g in answered) / len(answered) if answered else 1.0
-        return (
-            f"<SweepStability {self.name!r} {len(self.groups)} groups, mean agreement {mean:.0%}>"
-        )
+        mean = self.mean_agreement
+        empty = sum(1 for g in self.groups if g.agreement is None)
+        missing = f" ({empty} without answers)" if empty else ""
+        shown = "no answers" if mean is None else f"mean agreement {mean:.0%}"
+        count = f"{len(self.groups)} group{'' if len(self.groups) == 1 else 's'}"
+        return f"<SweepStability {self.name!r} {count}{missing}, {shown}>"
 
     def __str__(self) -> str:
         lines = [repr(self)]
         for group in self.groups:
             lines.append(f"== {group.prompt} [{group.variant}]")
-            lines.append(str(group.stability))
+            lines.append(str(group.stability) if group.agreement is not None else _NO_ANSWERS)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         rows = []
         for group in self.groups:
             found = group.stability
+            if group.agreement is None:
+                agreement, detail = "-", html.escape(_NO_ANSWERS)
+            else:
+                agreement, detail = f"{group.agreement:.0%}", found._repr_html_()
             rows.append(
                 '<tr><td style="vertical-align:top;padding:4px 8px;max-width:14em">'
                 f"{html.escape(group.prompt)}</td>"
                 f'<td style="vertical-align:top;padding:4px 8px">{html.escape(group.variant)}</td>'
                 f'<td style="vertical-align:top;padding:4px 8px;text-align:right">'
-                f'{found.agreement:.0%}<br><span style="color:#888">{found.distinct} of '
+                f'{agreement}<br><span style="color:#888">{found.distinct} of '
                 f"{found.total}</span></td>"
-                f'<td style="vertical-align:top;padding:4px 8px">{found._repr_html_()}</td></tr>'
+                f'<td style="vertical-align:top;padding:4px 8px">{detail}</td></tr>'
             )
         return (
             f'<div class="cm-sweep-stability"><div style="color:#444">'
@@ -162,3 +182,7 @@ class SweepStability:
             '<table style="border-collapse:collapse"><tr><th>prompt</th><th>variant</th>'
             "<th>agreement</th><th>answers</th></tr>" + "".join(rows) + "</table></div>"
         )
+
+
+# Shown for a group without answers, in place of its (empty) Stability.
+_NO_ANSWERS = "no answers (no repeat finished with a complete reply)"

@@ -1,0 +1,80 @@
+"""Follow-ups on a sweep's cells: running the sweep again keeps each cell's answer the
+reply to its own prompt, never a follow-up's reply, and never answers a follow-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from test_session_support import DEADLINE
+
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
+
+
+def test_a_follow_up_on_a_cell_is_not_taken_for_its_answer_when_run_again(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(strict=True).reply("Paris.").reply("Paris.")
+    session = new_session(provider=fake)
+    first = session.sweep(
+        "Capital of France?", [{}], repeat=2, name="cap", concurrency=1, progress=False
+    ).run(DEADLINE)
+    answer = first.cells[0].message_id
+    fake.reply("Lyon is the third-largest city.")
+    session.send("And Lyon?", branch="cap-p0-v0-r0").result(DEADLINE)
+    fake.reply("Paris.")  # the new repeat
+    again = session.sweep(
+        "Capital of France?", [{}], repeat=3, name="cap", concurrency=1, progress=False
+    ).run(DEADLINE)
+    cell = again.cell("p0-v0-r0")
+    assert (cell.status, cell.reply, cell.message_id) == ("done", "Paris.", answer)
+    assert len(fake.requests) == 4  # only the new repeat was asked
+    found = again.stability().groups[0].stability
+    assert (found.total, found.agreement) == (3, 1.0)
+    # The follow-up stays on the cell's branch, exported with the sweep's rows.
+    assert [m.content for m in session.history(cell.branch)][-1] == (
+        "Lyon is the third-largest city."
+    )
+    assert len([r for r in again.to_records() if r["cell"] == "p0-v0-r0"]) == 2
+
+
+def test_a_cell_answered_through_a_tool_keeps_its_final_reply_after_a_follow_up(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3")
+    session = new_session(provider=fake, tools=[add], approval="auto")
+    session.sweep("1 + 2?", [{}], name="sum", progress=False).run(DEADLINE)
+    branch = "sum-p0-v0-r0"
+    assert [m.role for m in session.history(branch)] == ["user", "assistant", "tool", "assistant"]
+    fake.reply("6")
+    session.send("Doubled?", branch=branch).result(DEADLINE)
+    again = session.sweep("1 + 2?", [{}], name="sum", progress=False).run(DEADLINE)
+    assert (again.cells[0].status, again.cells[0].reply) == ("done", "3")
+    assert len(fake.requests) == 3
+
+
+def test_a_failed_cell_with_follow_ups_is_not_answered_again_in_their_place(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(strict=True).error("permanent")
+    session = new_session(provider=fake)
+    first = session.sweep("Q", [{}], name="oops", progress=False).run(DEADLINE)
+    assert first.cells[0].status == "failed"
+    branch = first.cells[0].branch
+    fake.reply("an answer to the follow-up")
+    session.send("Try harder?", branch=branch).result(DEADLINE)
+    head = session.branches[branch].head
+    fake.reply("would be taken for the cell's answer")
+    again = session.sweep("Q", [{}], name="oops", progress=False).run(DEADLINE)
+    cell = again.cells[0]
+    assert cell.status == "failed"
+    assert "messages were sent after it" in (cell.error or "")
+    assert f"delete_branch({branch!r})" in (cell.error or "")
+    assert len(fake.requests) == 2  # nothing asked: the follow-up is not answered again
+    assert session.branches[branch].head == head  # and stays on the branch

@@ -1,0 +1,75 @@
+"""A sweep's names and labels are checked like branch names and labels, before any of
+its cells is written: a bad variant label or a look-alike sweep name writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from test_session_support import DEADLINE
+
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.session import ContextSession
+from cm_notebook.sweep import plan_sweep
+from cm_notebook.testing import ScriptedProvider
+
+SECRET = "sk-abcdefghijklmnopqrstuv"
+
+
+@pytest.mark.parametrize(
+    ("label", "words"),
+    [
+        ("two\nlines", r"'two\\nlines' is not one line"),
+        (f"key {SECRET}", "looks like a secret"),
+    ],
+)
+def test_a_variant_label_branch_labels_refuse_is_refused_before_anything_is_written(
+    new_session: Callable[..., ContextSession], label: str, words: str
+) -> None:
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    before = set(session.branches)
+    with pytest.raises(InvalidInputError, match=f"variant 1: .*{words}") as caught:
+        session.sweep(
+            "Q", [{"label": "ok"}, {"label": label, "temperature": 1}], name="lb", progress=False
+        )
+    assert "Give the variant a 'label' of one line" in str(caught.value)
+    assert SECRET not in str(caught.value)  # the error never shows a secret
+    assert set(session.branches) == before
+    assert fake.requests == []
+    with pytest.raises(InvalidInputError, match="variant 0"):
+        plan_sweep("Q", [{"label": label}])  # planning alone refuses it
+
+
+def test_a_secret_looking_sweep_name_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="sweep name refused: it looks like a secret"):
+        plan_sweep("Q", [{}], name=SECRET)
+
+
+def test_a_sweep_name_that_looks_like_an_existing_sweep_is_refused_up_front(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    session.sweep("Q", [{}, {"temperature": 1}], name="cap", progress=False).run(DEADLINE)
+    before, asked = set(session.branches), len(fake.requests)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"sweep name 'Cap': its cell branch 'Cap-p0-v0-r0' looks like the existing "
+        r"branch 'cap-p0-v0-r0'.*reads differently, or name='cap' to run that sweep again",
+    ):
+        session.sweep("Other question", [{}, {"temperature": 1}], name="Cap", progress=False)
+    assert set(session.branches) == before
+    assert len(fake.requests) == asked
+
+
+def test_a_sweep_name_that_looks_like_another_branch_is_refused_up_front(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.branch("mine-p0-v0-r0", switch=False)
+    before = set(session.branches)
+    with pytest.raises(InvalidInputError, match=r"look alike\). Give the sweep a name") as caught:
+        session.sweep("Q", [{}], name="MINE", progress=False)
+    assert "run that sweep again" not in str(caught.value)  # it is not a sweep's cell
+    assert set(session.branches) == before
