@@ -154,6 +154,23 @@ async def test_updated_at_moves_with_appends_and_list_order(store: FileStore) ->
     assert [m.id for m in await store.list_contexts()] == ["c2", "c1"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+async def test_listing_contexts_does_not_keep_their_files_open(data_dir: Path) -> None:
+    async with FileStore(data_dir) as writer:
+        for number in range(60):
+            context = await writer.create_context(ContextMetadata(title=f"c{number}"))
+            await chain(writer, context.id, 1)
+    async with FileStore(data_dir) as reader:
+        await reader.get_metadata(context.id)  # one in use
+        before = len(os.listdir("/proc/self/fd"))
+        listed = await reader.list_contexts()
+        assert len(listed) == 60
+        assert all(m.branches["main"].head for m in listed)  # heads from the journals
+        # Four files for each of 60 contexts before; the one in use stays open.
+        assert len(os.listdir("/proc/self/fd")) - before < 10
+        assert [m.id for m in await reader.list_contexts()] == [m.id for m in listed]
+
+
 async def test_update_metadata(store: FileStore) -> None:
     meta = await store.update_metadata(
         "c1",

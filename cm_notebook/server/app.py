@@ -7,7 +7,8 @@ Installed with the package and enabled by the shipped
 
 Configuration (``--CMNotebookApp.<name>=...`` or ``c.CMNotebookApp.<name>`` in a
 Jupyter config file): ``data_dir``, ``default_provider``, ``tools``, ``tool_policy``,
-``heartbeat``. Authentication is the server's own: token or login, XSRF for cookies.
+``heartbeat``, ``max_sessions``, ``session_idle_timeout``. Authentication is the
+server's own: token or login, XSRF for cookies.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Float, List, Unicode, validate
+from traitlets import Float, Int, List, Unicode, validate
 
 from ..errors import InvalidInputError
 from ..store.paths import default_data_dir
@@ -29,7 +30,7 @@ from ..tools._policy import check_policy
 from .base import HEARTBEAT_KEY, OPENAPI_KEY, SESSIONS_KEY, SIGNALS_KEY
 from .openapi import build_openapi
 from .routes import API_PREFIX, ROUTES, url_patterns
-from .sessions import SessionRegistry
+from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, SessionRegistry
 from .signals import LogSignals
 
 __all__ = ["CMNotebookApp", "load_tools", "main"]
@@ -81,6 +82,16 @@ class CMNotebookApp(ExtensionApp):
     heartbeat = Float(
         15.0, help="Seconds between heartbeat comments on an idle events stream."
     ).tag(config=True)
+    max_sessions = Int(
+        DEFAULT_MAX_SESSIONS,
+        help="How many contexts' sessions stay open at most; beyond, the least recently "
+        "used idle one is closed (it reopens on its next request).",
+    ).tag(config=True)
+    session_idle_timeout = Float(
+        DEFAULT_IDLE_TIMEOUT,
+        help="Seconds after which an idle context's session is closed (0: never); it "
+        "reopens on its next request.",
+    ).tag(config=True)
 
     @classmethod
     def get_extension_package(cls) -> str:
@@ -98,6 +109,22 @@ class CMNotebookApp(ExtensionApp):
             raise InvalidInputError(f"CMNotebookApp.heartbeat must be > 0 seconds, got {value}")
         return value
 
+    @validate("max_sessions")
+    def _check_max_sessions(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 1:
+            raise InvalidInputError(f"CMNotebookApp.max_sessions must be at least 1, got {value}")
+        return value
+
+    @validate("session_idle_timeout")
+    def _check_idle_timeout(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value >= 0:
+            raise InvalidInputError(
+                f"CMNotebookApp.session_idle_timeout must be >= 0 seconds (0: never), got {value}"
+            )
+        return value
+
     def initialize_settings(self) -> None:
         """Open the session registry and describe the API."""
         data_dir = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
@@ -106,6 +133,8 @@ class CMNotebookApp(ExtensionApp):
             tools=load_tools(self.tools),
             approval=ToolPolicy(default=check_policy(self.tool_policy)),
             default_provider=self.default_provider,
+            max_sessions=self.max_sessions,
+            idle_timeout=self.session_idle_timeout,
         )
         base_url = self.serverapp.base_url if self.serverapp is not None else "/"
         document = build_openapi(ROUTES, url_path_join(base_url, API_PREFIX))

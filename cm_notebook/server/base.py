@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..session import ContextSession
 from .bodies import ErrorBody, FieldError
-from .sessions import SessionRegistry
+from .sessions import Lease, SessionRegistry
 from .signals import SignalSourceFactory
 
 __all__ = ["ApiError", "CMHandler", "Operation", "operation", "status_of"]
@@ -135,6 +135,9 @@ def operation(
                 raise ApiError.invalid(exc) from exc
             except CMError as exc:
                 raise ApiError.of(exc) from exc
+            finally:
+                # Whatever happened, the sessions this request used may be closed again.
+                self.release_sessions()
 
         guarded = cast(Method, web.authenticated(authorized(translated)))
         guarded.__cm_operation__ = described  # type: ignore[attr-defined]
@@ -147,6 +150,7 @@ class CMHandler(APIHandler):
     """Base of the REST handlers: JSON in, JSON out, errors as :class:`ErrorBody`."""
 
     auth_resource = "cm_notebook"
+    _held: list[Lease] | None = None
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -160,9 +164,23 @@ class CMHandler(APIHandler):
         factory: SignalSourceFactory = self.settings[SIGNALS_KEY]
         return factory
 
-    def session(self, context_id: str) -> ContextSession:
-        """The live session of ``context_id`` (400 for a hostile id, 404 if unknown)."""
-        return self.sessions.get(context_id)
+    async def session(self, context_id: str, *, stream: bool = False) -> ContextSession:
+        """The live session of ``context_id`` (400 for a hostile id, 404 if unknown).
+
+        Held open until the request ends (see :meth:`release_sessions`); ``stream``: for
+        an events stream, which a deletion of the context ends rather than waits for.
+        """
+        lease = await self.sessions.acquire(context_id, stream=stream)
+        if self._held is None:
+            self._held = []  # per request: Tornado makes a handler object per request
+        self._held.append(lease)
+        return lease.session
+
+    def release_sessions(self) -> None:
+        """Let the sessions this request used be closed (idle, or their context deleted)."""
+        held, self._held = self._held or [], None
+        for lease in held:
+            lease.release()
 
     def body(self, model: type[B]) -> B:
         """The request body validated as ``model`` (an empty body is ``{}``)."""

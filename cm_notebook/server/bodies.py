@@ -9,13 +9,15 @@ so a REST client sees exactly what a notebook sees.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from ..approvals import ApprovalRecord
 from ..fsm import State
 from ..model import Branch, ContextMetadata, Message, ToolCall
+from ..params import MAX_MESSAGE_CHARS
 
 __all__ = [
     "Approve",
@@ -45,6 +47,11 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+#: The longest system prompt: as long as a message, since every reply's request carries it.
+MAX_SYSTEM_CHARS = MAX_MESSAGE_CHARS
+#: How many tags a context may have, and how long each may be (characters).
+MAX_TAGS = 50
+MAX_TAG_CHARS = 100
 #: The largest signal sequence number a client may name (18 digits).
 MAX_SEQ = 10**18 - 1
 
@@ -88,13 +95,42 @@ def _no_reserved_keys(params: dict[str, Any]) -> dict[str, Any]:
 GenerationParameters = Annotated[dict[str, Any], AfterValidator(_no_reserved_keys)]
 
 
+def _printable_title(title: str | None) -> str | None:
+    # Line breaks and tabs are whitespace, folded into spaces; other control characters
+    # (NUL, escape sequences) would garble every list that shows the title.
+    if title is not None:
+        bad = sorted(
+            {
+                f"U+{ord(c):04X}"
+                for c in title
+                if unicodedata.category(c) == "Cc" and not c.isspace()
+            }
+        )
+        if bad:
+            raise ValueError(
+                f"a title cannot contain control characters (found {', '.join(bad[:5])}); "
+                "remove them"
+            )
+    return title
+
+
+SystemPrompt = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_SYSTEM_CHARS,
+        description=f"A system prompt, at most {MAX_SYSTEM_CHARS:,} characters.",
+    ),
+]
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]
+
+
 # -- requests ----------------------------------------------------------------------------
 
 
 class CreateContext(_Body):
     """``POST /contexts``: a new context."""
 
-    title: str | None = Field(None, max_length=500)
+    title: Annotated[str | None, AfterValidator(_printable_title)] = Field(None, max_length=500)
     provider: str | None = Field(
         None,
         description="A provider spec such as 'local' or 'openai:gpt-4o-mini' "
@@ -103,14 +139,18 @@ class CreateContext(_Body):
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="Stored with the context; never secrets."
     )
-    system: str | None = Field(None, description="The context's system prompt.")
-    tags: list[str] = Field(default_factory=list)
+    system: SystemPrompt = Field(None, description="The context's system prompt.")
+    tags: list[Tag] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description=f"At most {MAX_TAGS}, each of 1 to {MAX_TAG_CHARS} characters.",
+    )
 
 
 class UpdateContext(_Body):
     """``PATCH /contexts/{context_id}``: change the title."""
 
-    title: str = Field(min_length=1, max_length=500)
+    title: Annotated[str, AfterValidator(_printable_title)] = Field(min_length=1, max_length=500)
 
 
 class SendMessage(_Body):
@@ -149,9 +189,9 @@ class CreateBranch(_Body):
 
     name: str
     from_message: str | None = Field(None, description="Default: the active branch's head.")
-    switch: bool = Field(False, description="Make the new branch the active one.")
+    switch: StrictBool = Field(False, description="Make the new branch the active one.")
     description: str = ""
-    system: str | None = Field(None, description="Its own system prompt (default: inherit).")
+    system: SystemPrompt = Field(None, description="Its own system prompt (default: inherit).")
     provider: str | None = Field(None, description="Its own provider spec (default: inherit).")
     params: GenerationParameters = Field(
         default_factory=dict, description="Its own generation parameters."
@@ -161,8 +201,8 @@ class CreateBranch(_Body):
 class UpdateBranch(_Body):
     """``PUT /contexts/{context_id}/branches/{branch}``: switch to it, or change it."""
 
-    active: bool | None = Field(None, description="true: make it the active branch.")
-    system: str | None = Field(
+    active: StrictBool | None = Field(None, description="true: make it the active branch.")
+    system: SystemPrompt = Field(
         None, description="Its own system prompt; null: inherit the context's; '': none."
     )
 

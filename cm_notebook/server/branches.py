@@ -27,7 +27,7 @@ class BranchesHandler(CMHandler):
 
     @operation("A context's branches", response=BranchList)
     async def get(self, context_id: str) -> None:
-        metadata = self.session(context_id).metadata
+        metadata = (await self.session(context_id)).metadata
         self.reply(
             BranchList(active=metadata.active_branch, branches=list(metadata.branches.values()))
         )
@@ -41,7 +41,7 @@ class BranchesHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def post(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(CreateBranch)
         created = session.branch(
             request.name,
@@ -60,7 +60,7 @@ class BranchHandler(CMHandler):
 
     @operation("One branch", response=Branch)
     async def get(self, context_id: str, branch: str) -> None:
-        self.reply(_branch(self.session(context_id), branch))
+        self.reply(_branch((await self.session(context_id)), branch))
 
     @operation(
         "Switch to a branch, and/or change its system prompt (a branch with replies "
@@ -70,7 +70,7 @@ class BranchHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def put(self, context_id: str, branch: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(UpdateBranch)
         changed = _branch(session, branch)
         if request.active:
@@ -85,7 +85,7 @@ class BranchHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def delete(self, context_id: str, branch: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         _branch(session, branch)
         session.delete_branch(branch)
         self.set_status(204)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ..compare import Comparison
 from ..errors import BranchNotFoundError
 from ..ids import validate_branch_name
@@ -20,7 +22,7 @@ class CompareHandler(CMHandler):
         query=CompareQuery,
     )
     async def get(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         query = CompareQuery(branch=self.get_query_arguments("branch", strip=False))
         known = session.branches
         for name in query.branch:
@@ -29,4 +31,5 @@ class CompareHandler(CMHandler):
                 raise BranchNotFoundError(
                     f"there is no branch {name!r}; the branches are {sorted(known)}"
                 )
-        self.reply(session.compare(*query.branch))
+        # Reads each branch's messages: on a worker thread, not the event loop.
+        self.reply(await asyncio.to_thread(session.compare, *query.branch))

@@ -55,14 +55,14 @@ class ContextHandler(CMHandler):
 
     @operation("A context's metadata and state", response=ContextDetail)
     async def get(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation(
         "Rename a context", response=ContextDetail, body=UpdateContext, errors=(400, 404, 409)
     )
     async def patch(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(UpdateContext)
         session.rename(request.title)
         self.reply(detail(session, self.sessions.streams(session.id)))

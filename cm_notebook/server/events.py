@@ -47,7 +47,10 @@ class EventsHandler(CMHandler):
         description=_DESCRIBE,
     )
     async def get(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id, stream=True)
+        # Taken with the session, with no await between: a deletion that starts later
+        # sets it, one under way already refused the session.
+        ended = self.sessions.ended(session.id)
         query = self.query(EventsQuery)
         since = parse_since(self.request.headers.get("Last-Event-ID"), query.since)
         self._gone = asyncio.Event()
@@ -56,11 +59,10 @@ class EventsHandler(CMHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer
         try:
-            with self.sessions.streaming(session.id) as ended:
-                # Headers and a first line at once: clients wait for them before reading.
-                self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
-                await self.flush()
-                await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
+            # Headers and a first line at once: clients wait for them before reading.
+            self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
+            await self.flush()
+            await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
         except StreamClosedError:
             return  # the client left while we wrote
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ..errors import BranchNotFoundError, StateError
 from ..model import Message
 from ..session import ContextSession
@@ -45,8 +47,11 @@ class MessagesHandler(CMHandler):
         "A page of a branch's messages, oldest first", response=MessagePage, query=MessagesQuery
     )
     async def get(self, context_id: str) -> None:
-        session = self.session(context_id)
-        self.reply(page(session, self.query(MessagesQuery)))
+        session = await self.session(context_id)
+        query = self.query(MessagesQuery)
+        # Reads message files: on a worker thread, not the server's event loop (a
+        # session may be read from any thread).
+        self.reply(await asyncio.to_thread(page, session, query))
 
     @operation(
         "Send a user message and start the reply",
@@ -56,7 +61,7 @@ class MessagesHandler(CMHandler):
         errors=_TURN_ERRORS,
     )
     async def post(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(SendMessage)
         turn = session.send(request.text, branch=request.branch, **request.params)
         await turn.accepted()  # acknowledged only once the message is durable
@@ -74,7 +79,7 @@ class MessageHandler(CMHandler):
 
     @operation("One message", response=Message)
     async def get(self, context_id: str, message_id: str) -> None:
-        self.reply(self.session(context_id).get(message_id))
+        self.reply((await self.session(context_id)).get(message_id))
 
 
 class EditHandler(CMHandler):
@@ -88,7 +93,7 @@ class EditHandler(CMHandler):
         errors=_TURN_ERRORS,
     )
     async def post(self, context_id: str, message_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(EditMessage)
         turn = session.edit(message_id, request.text, branch=request.branch, **request.params)
         _started(self, turn)
@@ -105,7 +110,7 @@ class RegenerateHandler(CMHandler):
         errors=_TURN_ERRORS,
     )
     async def post(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(Regenerate)
         _started(self, session.regenerate(branch=request.branch, **request.params))
 
@@ -121,7 +126,7 @@ class StopHandler(CMHandler):
         errors=_TURN_ERRORS,
     )
     async def post(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(Stop)
         branch = request.branch if request.branch is not None else session.active_branch
         if branch not in session.branch_names:

@@ -4,7 +4,18 @@ Every request about a context goes to the same session object, so a send from on
 client and an approval from another meet in one state machine, and every events
 stream listens to one signal bus. Sessions are opened on first use, on the server's
 event loop (so their turns and signals run there, like a notebook's on its kernel's
-loop), and closed when their context is deleted or the server stops.
+loop), and closed when their context is deleted, when they have been idle too long
+or too many are open (an evicted context reopens on its next request), or when the
+server stops.
+
+A request holds a :class:`Lease` on the session while it runs (the handlers' base
+class takes and returns it), so a session is never closed under a request: it is
+*idle* when no request or events stream holds it, no turn runs on any of its
+branches and no tool call waits for approval.
+
+From the moment a context's deletion starts, requests for it are refused (404) and
+none can reopen it; the deletion waits for the requests already running, then closes
+the session, then removes the folder.
 
 :func:`open_session` is the one place a session is opened: swap it to change how
 sessions are found (e.g. a process-wide registry that notebooks share too).
@@ -15,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CMError, InvalidInputError
+from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_context_id
 from ..model import ContextMetadata
 from ..providers import get_provider
@@ -28,9 +41,20 @@ from ..store import FileStore
 from ..tools import ToolPolicy
 from ..turn import Turn
 
-__all__ = ["SessionRegistry", "open_session"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_SESSIONS",
+    "Lease",
+    "SessionRegistry",
+    "open_session",
+]
 
 logger = logging.getLogger(__name__)
+
+#: How many sessions a server keeps open at most (idle ones beyond are closed).
+DEFAULT_MAX_SESSIONS = 64
+#: Seconds after which an idle session is closed (0: never).
+DEFAULT_IDLE_TIMEOUT = 600.0
 
 
 def open_session(
@@ -38,6 +62,22 @@ def open_session(
 ) -> ContextSession:
     """Open the stored context ``context_id`` (ContextNotFoundError if there is none)."""
     return ContextSession.open(context_id, data_dir=data_dir, tools=tools, approval=approval)
+
+
+class Lease:
+    """A request's hold on a context's session: the session stays open until released."""
+
+    def __init__(self, registry: SessionRegistry, session: ContextSession, stream: bool) -> None:
+        self.session = session
+        self._registry = registry
+        self._stream = stream
+        self._released = False
+
+    def release(self) -> None:
+        """Give the hold back; safe to call more than once."""
+        if not self._released:
+            self._released = True
+            self._registry._release(self.session.id, self._stream)
 
 
 class SessionRegistry:
@@ -53,58 +93,192 @@ class SessionRegistry:
         tools: Iterable[Any] = (),
         approval: ToolPolicy | None = None,
         default_provider: str = "local",
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        if max_sessions < 1:
+            raise InvalidInputError(f"max_sessions must be at least 1, got {max_sessions}")
+        if idle_timeout < 0:
+            raise InvalidInputError(
+                f"idle_timeout must be >= 0 seconds (0: never), got {idle_timeout}"
+            )
         self.data_dir = data_dir
         self.tools = list(tools)
         self.approval = approval or ToolPolicy()
         self.default_provider = default_provider
-        # For what is not about one open session: listing and deleting contexts.
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        # For deleting contexts (a deletion forgets what it read).
         self._store = FileStore(data_dir)
-        self._sessions: dict[str, ContextSession] = {}
+        # Least recently used first: eviction looks from the front.
+        self._sessions: OrderedDict[str, ContextSession] = OrderedDict()
+        self._last_used: dict[str, float] = {}
+        self._requests: dict[str, int] = {}  # requests holding a context's session
+        self._streams: dict[str, int] = {}  # events streams holding it
+        self._drained: dict[str, asyncio.Event] = {}  # set when its last request ends
+        self._closing: dict[str, asyncio.Task[None]] = {}  # evicted, still closing
+        self._deleting: set[str] = set()
+        # Tools allowed with remember="session": the server's session of the context
+        # keeps them across an eviction, as if it had stayed open.
+        self._allowed: dict[str, list[str]] = {}
         self._reapers: set[asyncio.Task[None]] = set()
         self._ended: dict[str, asyncio.Event] = {}
-        self._streams: dict[str, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
-    def get(self, context_id: str) -> ContextSession:
-        """The live session of ``context_id``, opened on first use.
+    # -- using sessions ------------------------------------------------------------------
 
-        Raises InvalidIdError for a malformed id, ContextNotFoundError for an unknown one.
+    async def acquire(self, context_id: str, *, stream: bool = False) -> Lease:
+        """Hold the live session of ``context_id``, opening it if need be.
+
+        ``stream``: the hold of an events stream (it does not delay a deletion, which
+        ends the stream instead). Raises InvalidIdError for a malformed id,
+        ContextNotFoundError for an unknown one or one being deleted.
         """
         validate_context_id(context_id)
+        self._refuse_deleting(context_id)
+        while (closing := self._closing.get(context_id)) is not None:
+            # Its evicted session is still letting go of the folder: open it after that.
+            await asyncio.wait([closing])
+            self._refuse_deleting(context_id)
+        # No await from here on: what was checked above still holds.
         session = self._sessions.get(context_id)
         if session is None:
             session = open_session(
                 context_id, data_dir=self.data_dir, tools=self.tools, approval=self.approval
             )
+            for tool in self._allowed.pop(context_id, ()):
+                session.allow(tool)
             self._sessions[context_id] = session
-        return session
+        else:
+            self._sessions.move_to_end(context_id)
+        holds = self._streams if stream else self._requests
+        holds[context_id] = holds.get(context_id, 0) + 1
+        self._last_used[context_id] = time.monotonic()
+        self._evict_over_limit(keep=context_id)
+        self._start_sweeper()
+        return Lease(self, session, stream)
+
+    def _release(self, context_id: str, stream: bool) -> None:
+        holds = self._streams if stream else self._requests
+        left = holds.get(context_id, 0) - 1
+        if left > 0:
+            holds[context_id] = left
+        else:
+            holds.pop(context_id, None)
+        if context_id in self._sessions:
+            self._last_used[context_id] = time.monotonic()
+        if not self._requests.get(context_id):
+            drained = self._drained.pop(context_id, None)
+            if drained is not None:
+                drained.set()
+
+    def _refuse_deleting(self, context_id: str) -> None:
+        if context_id in self._deleting:
+            raise ContextNotFoundError(
+                f"context {context_id!r} is being deleted; create a new context to go on"
+            )
 
     def ended(self, context_id: str) -> asyncio.Event:
         """Set when this server closes the context's session (deleted, or shutting down).
 
         Streams of the context's signals end then, whatever the session's bus does.
         """
+        if context_id in self._deleting:
+            ended = asyncio.Event()
+            ended.set()
+            return ended
         return self._ended.setdefault(context_id, asyncio.Event())
-
-    @contextlib.contextmanager
-    def streaming(self, context_id: str) -> Iterator[asyncio.Event]:
-        """Count an open events stream of the context while inside; yields :meth:`ended`."""
-        self._streams[context_id] = self._streams.get(context_id, 0) + 1
-        try:
-            yield self.ended(context_id)
-        finally:
-            left = self._streams.pop(context_id) - 1
-            if left:
-                self._streams[context_id] = left
 
     def streams(self, context_id: str) -> int:
         """How many events streams of the context are open."""
         return self._streams.get(context_id, 0)
 
+    def open_sessions(self) -> list[str]:
+        """The ids of the contexts whose session is open, least recently used first."""
+        return list(self._sessions)
+
     def _end(self, context_id: str) -> None:
         ended = self._ended.pop(context_id, None)
         if ended is not None:
             ended.set()
+
+    # -- closing idle sessions -----------------------------------------------------------
+
+    def _idle(self, context_id: str, session: ContextSession) -> bool:
+        if self._requests.get(context_id) or self._streams.get(context_id):
+            return False
+        if context_id in self._deleting:
+            return False  # the deletion closes it
+        try:
+            if session.pending_tool_calls:
+                return False
+            return all(session.turn(name) is None for name in session.branch_names)
+        except ContextNotFoundError:
+            return True  # its folder was removed behind the server's back: close it
+        except CMError:
+            return False  # cannot tell (e.g. a store lock held): keep it for now
+
+    def _evict_over_limit(self, keep: str | None = None) -> None:
+        excess = len(self._sessions) - self.max_sessions
+        for context_id, session in list(self._sessions.items()):
+            if excess <= 0:
+                return
+            if context_id != keep and self._idle(context_id, session):
+                self._evict(context_id)
+                excess -= 1
+        if excess > 0:
+            # Every other session is busy: they are closed once idle (see sweep()).
+            logger.debug(
+                "%d sessions open (max_sessions=%d), all busy",
+                len(self._sessions),
+                self.max_sessions,
+            )
+
+    def _evict(self, context_id: str) -> None:
+        session = self._sessions.pop(context_id)
+        self._last_used.pop(context_id, None)
+        allowed = session.allowed_tools()["session"]
+        if allowed:
+            self._allowed[context_id] = allowed
+        task = asyncio.get_running_loop().create_task(_close_quietly(session))
+        self._closing[context_id] = task
+
+        def closed(done: asyncio.Task[None]) -> None:
+            if self._closing.get(context_id) is done:
+                del self._closing[context_id]
+
+        task.add_done_callback(closed)
+
+    def sweep(self) -> None:
+        """Close idle sessions: those unused for ``idle_timeout``, and beyond ``max_sessions``."""
+        now = time.monotonic()
+        for context_id, session in list(self._sessions.items()):
+            if not self._idle(context_id, session):
+                # Busy (e.g. a long reply): its idle time counts from when it is done.
+                self._last_used[context_id] = now
+            elif self.idle_timeout and now - self._last_used.get(context_id, now) >= (
+                self.idle_timeout
+            ):
+                self._evict(context_id)
+        self._evict_over_limit()
+
+    def _start_sweeper(self) -> None:
+        # Started on first use: the registry is built before the server's loop runs.
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        # Often enough that a session is closed within about half its idle timeout, and
+        # that sessions kept open beyond max_sessions by their turns close soon after.
+        interval = min(5.0, max(0.1, self.idle_timeout / 2)) if self.idle_timeout else 5.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.sweep()
+            except Exception:  # the sweeper must outlive one failed check
+                logger.exception("closing idle sessions failed")
+
+    # -- contexts --------------------------------------------------------------------------
 
     async def create(
         self,
@@ -130,21 +304,42 @@ class SessionRegistry:
             approval=self.approval,
         )
         self._sessions[session.id] = session
+        self._last_used[session.id] = time.monotonic()
+        self._evict_over_limit(keep=session.id)
+        self._start_sweeper()
         return session
 
     async def list(self) -> list[ContextMetadata]:
         """Metadata of every stored context, most recently updated first."""
-        return await self._store.list_contexts()
+        # A store of its own, closed at once: a store keeps each context it read open
+        # (a lock and three files), which for every stored context exhausts the
+        # process's file descriptors.
+        async with FileStore(self.data_dir) as store:
+            return await store.list_contexts()
 
     async def delete(self, context_id: str) -> None:
-        """Stop the context's session (cancelling its turns), then delete its folder."""
+        """Refuse new requests, end the streams, let running requests finish, stop the
+        session (cancelling its turns), then delete the folder."""
         validate_context_id(context_id)
-        await self._store.get_metadata(context_id)  # unknown: ContextNotFoundError
-        session = self._sessions.pop(context_id, None)
-        self._end(context_id)
-        if session is not None:
-            await session.aclose()
-        await self._store.delete_context(context_id)
+        self._refuse_deleting(context_id)  # a DELETE already under way
+        self._deleting.add(context_id)
+        try:
+            await self._store.get_metadata(context_id)  # unknown: ContextNotFoundError
+            self._end(context_id)
+            if self._requests.get(context_id):
+                # A send accepted before the deletion is answered before it goes.
+                await self._drained.setdefault(context_id, asyncio.Event()).wait()
+            session = self._sessions.pop(context_id, None)
+            self._last_used.pop(context_id, None)
+            self._allowed.pop(context_id, None)
+            if session is not None:
+                await _close_quietly(session)
+            closing = self._closing.get(context_id)
+            if closing is not None:
+                await asyncio.wait([closing])
+            await self._store.delete_context(context_id)
+        finally:
+            self._deleting.discard(context_id)
 
     def watch(self, turn: Turn) -> None:
         """Collect ``turn``'s outcome, so that a failed turn is not reported as unretrieved.
@@ -157,16 +352,26 @@ class SessionRegistry:
 
     async def aclose(self) -> None:
         """Close every session (running turns are cancelled) and the store."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         sessions = list(self._sessions.values())
         self._sessions.clear()
         for context_id in list(self._ended):
             self._end(context_id)
         for session in sessions:
-            try:
-                await session.aclose()
-            except Exception:  # one broken session must not keep the others open
-                logger.exception("closing session %s failed", session.id)
+            await _close_quietly(session)
+        if self._closing:
+            await asyncio.wait(list(self._closing.values()))
         await self._store.close()
+
+
+async def _close_quietly(session: ContextSession) -> None:
+    try:
+        await session.aclose()
+    except Exception:  # one broken session must not keep the others open
+        logger.exception("closing session %s failed", session.id)
 
 
 async def _check_options(spec: str, options: Mapping[str, Any]) -> None:

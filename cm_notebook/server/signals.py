@@ -129,6 +129,9 @@ class LogStream:
         self._closed = False
         self._changed: asyncio.Event | None = None
         self._subscription: Subscription | None = None
+        # The read under way on a worker thread (a big log takes a while to decode:
+        # never on the server's event loop).
+        self._read: asyncio.Future[list[tuple[str, Event]]] | None = None
 
     def __aiter__(self) -> LogStream:
         return self
@@ -158,7 +161,15 @@ class LogStream:
             changed = self._watch()
             if changed is not None:
                 changed.clear()  # before the read: a change made during it wakes the next
-            self._pending.extend(event for _, event in self._reader.poll())
+            if self._read is None:
+                self._read = asyncio.ensure_future(asyncio.to_thread(self._reader.poll))
+            # Shielded: a cancelled wait leaves the read to finish, and the next call (or
+            # close()) takes it over, so two reads never share the reader.
+            polled = await asyncio.shield(self._read)
+            self._read = None
+            if self._closed:
+                raise StopAsyncIteration
+            self._pending.extend(event for _, event in polled)
             if self._pending:
                 break
             if changed is None:
@@ -173,11 +184,20 @@ class LogStream:
         if not self._closed:
             self._closed = True
             self._pending.clear()
-            self._reader.close()
+            read, self._read = self._read, None
+            if read is not None and not read.done():
+                read.add_done_callback(self._close_reader)  # not under a read's feet
+            else:
+                self._close_reader(read)
             if self._subscription is not None:
                 self._subscription.cancel()
             if self._changed is not None:
                 self._changed.set()  # a read waiting for a change ends now
+
+    def _close_reader(self, read: asyncio.Future[list[tuple[str, Event]]] | None) -> None:
+        if read is not None and not read.cancelled():
+            read.exception()  # retrieved: the stream is closed, nobody else wants it
+        self._reader.close()
 
 
 def parse_since(last_event_id: str | None, since: int | None) -> int | None:
@@ -189,7 +209,8 @@ def parse_since(last_event_id: str | None, since: int | None) -> int | None:
     if last_event_id is None or last_event_id.strip() == "":
         return since
     value = last_event_id.strip()
-    if not value.isdigit() or len(value) > 18:
+    # ASCII digits only: str.isdigit() also accepts e.g. superscripts, which int() refuses.
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise InvalidInputError(
             "Last-Event-ID must be a signal's sequence number (a whole number >= 0), "
             f"got {last_event_id[:40]!r}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import StateError, ToolCallNotFoundError
+import asyncio
+
+from ..errors import BranchNotFoundError, StateError, ToolCallNotFoundError
+from ..ids import validate_branch_name
 from ..model import ToolCall
 from ..session import ContextSession
 from .base import CMHandler, operation
@@ -47,7 +50,7 @@ class ToolCallsHandler(CMHandler):
 
     @operation("Tool calls waiting for approval, oldest first", response=Decided)
     async def get(self, context_id: str) -> None:
-        self.reply(Decided(tool_calls=self.session(context_id).pending_tool_calls))
+        self.reply(Decided(tool_calls=(await self.session(context_id)).pending_tool_calls))
 
 
 class ApproveHandler(CMHandler):
@@ -60,7 +63,7 @@ class ApproveHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def post(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(Approve)
         try:
             decided: list[ToolCall] = session.approve(
@@ -87,7 +90,7 @@ class DenyHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def post(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         request = self.body(Deny)
         try:
             decided = session.deny(
@@ -109,8 +112,15 @@ class DecisionsHandler(CMHandler):
         query=DecisionsQuery,
     )
     async def get(self, context_id: str) -> None:
-        session = self.session(context_id)
+        session = await self.session(context_id)
         query = self.query(DecisionsQuery)
+        if query.branch is not None:
+            validate_branch_name(query.branch)
+            known = session.branch_names
+            if query.branch not in known:
+                raise BranchNotFoundError(
+                    f"there is no branch {query.branch!r}; the branches are {sorted(known)}"
+                )
         self.reply(Decisions(decisions=session.approval_log(query.branch)))
 
 
@@ -119,4 +129,6 @@ class ToolCallHandler(CMHandler):
 
     @operation("One tool call's status and result", response=ToolCallView)
     async def get(self, context_id: str, tool_call_id: str) -> None:
-        self.reply(find_call(self.session(context_id), tool_call_id))
+        session = await self.session(context_id)
+        # It may read every branch's messages: on a worker thread, not the event loop.
+        self.reply(await asyncio.to_thread(find_call, session, tool_call_id))

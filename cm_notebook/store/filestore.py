@@ -254,6 +254,8 @@ class FileStore(ScoreFiles, BranchWrites):
 
     def _list_contexts(self) -> list[ContextMetadata]:
         listed = list_context_folders(self.data_dir)
+        with self._registry_lock:
+            open_before = set(self._states)
         found = []
         for metadata in listed:
             # metadata.json's heads and time lag behind the journal: ask the context.
@@ -261,6 +263,14 @@ class FileStore(ScoreFiles, BranchWrites):
                 found.append(self._view(metadata.id, lambda _s, m: m.model_copy(deep=True)))
             except CMError:
                 found.append(metadata)  # reported when the context is opened
+            if metadata.id not in open_before:
+                # A context opened only to be listed is closed again: it holds four
+                # files, and a data folder of 300 contexts would otherwise keep 1,200
+                # open for the life of the store (past a common limit of 1,024).
+                with self._registry_lock:
+                    state = self._states.get(metadata.id)
+                if state is not None:
+                    self._forget(state)
         found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
         return found
 
