@@ -40,6 +40,7 @@ __all__ = [
     "with_provenance",
 ]
 
+_REDACTED_PREFIX = 10_000  # characters of a repr redacted before the start is shown
 _SHORT = 60
 
 
@@ -178,9 +179,13 @@ def describe_value(value: object) -> str:
         full = repr(value)
     except Exception:  # a broken __repr__ must not fail the send
         full = f"<{type(value).__name__}>"
-    short = full if len(full) <= _SHORT else full[: _SHORT - 1] + "…"
     digest = hashlib.sha256(full.encode("utf-8", "replace")).hexdigest()[:12]
-    return f"{type(value).__name__} {redact_text(short)} sha256:{digest}"
+    # Redacted before it is cut: a secret cut short no longer has the shape (or the
+    # whole value) redaction knows, and its first characters would be kept. Only the
+    # start is redacted, which is all that is shown (a huge repr costs no more).
+    shown = redact_text(full[:_REDACTED_PREFIX])
+    short = shown if len(shown) <= _SHORT else shown[: _SHORT - 1] + "…"
+    return f"{type(value).__name__} {short} sha256:{digest}"
 
 
 def describe_variables(names: list[str], namespace: Mapping[str, Any]) -> dict[str, str]:

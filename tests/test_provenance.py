@@ -146,6 +146,21 @@ def test_a_value_is_described_by_type_short_repr_and_hash() -> None:
     assert describe_value(Broken()).startswith("Broken <Broken> sha256:")
 
 
+def test_a_secret_the_short_repr_would_cut_is_redacted_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cut first, a secret loses the shape (or the whole value) redaction knows, and its
+    # start was kept: here 26 of a key's 33 characters, and 57 of a 64-character token.
+    key = "Zq81x0Lm3Pv7Rt2Wn5Yb9Kc4Hd6Jf0Gs1"
+    described = describe_value({"model": "gpt-4o", "api_key": key})
+    assert key[:8] not in described
+    assert "[REDACTED]" in described
+    token = "9f8e7d6c5b4a39281706f5e4d3c2b1a0" * 2
+    monkeypatch.setenv("MY_SERVICE_TOKEN", token)
+    assert token[:8] not in describe_value(token)
+    assert token[:8] not in describe_value(["x" * 30, token])
+
+
 def _plain_canonical(request: ChatRequest, provider: str, model: str) -> str:
     # The definition, written the obvious way: the whole body through json.dumps.
     body = {
