@@ -29,7 +29,8 @@ class ScoreResults(builtins.list[Score]):
     """The scores a :meth:`~ScoreMethods.score` run wrote, one per message, in order.
 
     A list of :class:`~cm_notebook.scores.Score`; ``failed`` holds those whose scoring
-    function raised (the error is in ``score.errors[name]``).
+    function raised or returned a value that cannot be stored (the error is in
+    ``score.errors[name]``).
     """
 
     def __init__(self, name: str, scores: Iterable[Score]) -> None:
@@ -157,8 +158,10 @@ class ScoreMethods(SessionReading):
 
         ``fn`` returns a number or a bool, or a mapping of metric names to numbers (its
         keys ``thumbs``, ``score``, ``tags``, ``note`` rate as :meth:`rate` does). If
-        ``fn`` raises on a message, the error is recorded in that message's
-        ``score.errors[name]`` and the others go on. A message shared by several
+        ``fn`` raises on a message, or returns something that cannot be stored (NaN, a
+        score outside 1-5, ...), the error is recorded in that message's
+        ``score.errors[name]`` and the others go on; a later success clears it. A
+        damaged score file is replaced. A message shared by several
         branches is scored once. ``progress`` shows a progress bar. Returns a
         :class:`ScoreResults` (a list of scores; ``.failed``, ``.summary()``).
         """
@@ -173,8 +176,8 @@ class ScoreMethods(SessionReading):
                 try:
                     change = interpret(label, fn(message))
                 except Exception as exc:  # the user's function: record it, go on
-                    change = {"errors": {label: f"{type(exc).__name__}: {exc}"[:2000]}}
-                merge = functools.partial(_merge, message.id, branch, change)
+                    change = {"errors": {label: _error_text(exc)}}
+                merge = functools.partial(_merge, label, message.id, branch, change)
                 results.append(self._update_score(message.id, merge))
                 if bar is not None:
                     bar.update(1)
@@ -231,8 +234,23 @@ class ScoreMethods(SessionReading):
         return new
 
 
-def _merge(message_id: str, branch: str | None, change: dict[str, Any], old: Score | None) -> Score:
-    return merged(old, message_id, branch=branch, **change)
+def _merge(
+    label: str, message_id: str, branch: str | None, change: dict[str, Any], old: Score | None
+) -> Score:
+    # A scoring function's result: its values are only checked here, against the stored
+    # score (a NaN metric, a score of 0, too many tags in all). A bad one is that call's
+    # error, like an exception of the function, so one bad message never stops a run.
+    if "errors" in change:
+        return merged(old, message_id, branch=branch, **change)
+    try:
+        return merged(old, message_id, branch=branch, succeeded=(label,), **change)
+    except InvalidInputError as exc:
+        error = _error_text(exc)
+    return merged(old, message_id, branch=branch, errors={label: error})
+
+
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 def _progress(total: int, label: str) -> Any:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InvalidInputError
 from .model import UTCDateTime, utcnow
 
-__all__ = ["Score", "interpret", "merged", "metric_name"]
+__all__ = ["Score", "interpret", "merged", "metric_name", "stored_score"]
 
 Thumbs = Literal["up", "down"]
 MetricValue = float | int | bool
@@ -92,8 +92,14 @@ class Score(BaseModel):
             raise ValueError(f"at most {_MAX_METRICS} metrics per message, got {len(value)}")
         for name, number in value.items():
             metric_name(name)
-            if isinstance(number, float) and not math.isfinite(number):
-                raise ValueError(f"metric {name!r} is {number}, not a finite number")
+            if not _finite_float(number):
+                # Readers (comparisons, records) compute with metrics as floats, and
+                # the JSON writer cannot even print an int of thousands of digits; the
+                # value is not shown, since str() of such an int may itself fail.
+                raise ValueError(
+                    f"metric {name!r} is not a finite number (NaN, an infinity, or an "
+                    "integer beyond the float range, about 1.8e308); return a finite number"
+                )
         return value
 
     def __repr__(self) -> str:
@@ -103,6 +109,13 @@ class Score(BaseModel):
     def _shown(self) -> dict[str, Any]:
         fields = ("thumbs", "score", "tags", "note", "metrics", "errors")
         return {key: getattr(self, key) for key in fields if getattr(self, key)}
+
+
+def _finite_float(number: MetricValue) -> bool:
+    try:
+        return math.isfinite(number)  # an int too large for a float raises here
+    except OverflowError:
+        return False
 
 
 def metric_name(name: object) -> str:
@@ -127,14 +140,20 @@ def merged(
     by: str | None = None,
     metrics: Mapping[str, object] | None = None,
     errors: Mapping[str, str] | None = None,
+    succeeded: Iterable[str] = (),
     clear: bool = False,
 ) -> Score:
     """``old`` with a new rating merged in (the rules are in the module docstring).
 
+    ``succeeded`` names scoring functions that succeeded this time: their recorded
+    errors are cleared even if their results named no metric after them (a mapping).
     Raises :class:`~cm_notebook.errors.InvalidInputError` naming the bad field.
     """
     if isinstance(tags, str):
         raise InvalidInputError(f"tags must be a list of strings, e.g. [{tags!r}], not a string")
+    if not isinstance(tags, Iterable):
+        # A scoring function's mapping may hold anything under "tags".
+        raise InvalidInputError(f"tags must be a list of strings, got {type(tags).__name__}")
     tags = list(tags)
     if any(not isinstance(tag, str) for tag in tags):
         raise InvalidInputError(f"tags must be strings, got {tags!r:.200}")
@@ -154,18 +173,39 @@ def merged(
     # A function that failed this time has no current value: its old one is dropped.
     all_metrics = {**data.get("metrics", {}), **(metrics or {})}
     data["metrics"] = {k: v for k, v in all_metrics.items() if k not in failed}
-    kept_errors = {k: v for k, v in data.get("errors", {}).items() if k not in (metrics or {})}
+    fresh = {*(metrics or {}), *succeeded}
+    kept_errors = {k: v for k, v in data.get("errors", {}).items() if k not in fresh}
     data["errors"] = {**kept_errors, **failed}
     try:
         return Score.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
         raise InvalidInputError(
-            f"cannot rate message {message_id!r}: {problems}. Thumbs are 'up' or 'down', a "
-            "score a whole number from 1 to 5, tags short strings, metrics finite numbers."
+            f"cannot rate message {message_id!r}: {_problems(exc)}. Thumbs are 'up' or "
+            "'down', a score a whole number from 1 to 5, tags short strings, metrics finite "
+            "numbers."
         ) from None
+
+
+def stored_score(data: object, message_id: str) -> Score:
+    """``data``, read from a store as the score of ``message_id``, as a :class:`Score`.
+
+    Raises ValueError saying what ``data`` is instead, to follow "it is": not a valid
+    score (a field this version does not know, a wrong type, ...), or the score of
+    another message.
+    """
+    try:
+        score = Score.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"not a valid score ({_problems(exc)})") from None
+    if score.message_id != message_id:
+        raise ValueError(f"the score of another message, {score.message_id!r:.120}")
+    return score
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
 
 
 _RATING_KEYS = frozenset({"thumbs", "score", "tags", "note"})

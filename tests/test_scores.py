@@ -182,7 +182,7 @@ async def test_the_store_keeps_concurrent_ratings_and_refuses_hostile_paths(
     def add(tag: str) -> Callable[[dict[str, object] | None], dict[str, object]]:
         def change(old: dict[str, object] | None) -> dict[str, object]:
             tags = list(old["tags"]) if old else []  # type: ignore[call-overload]
-            return {"tags": [*tags, tag]}
+            return {"message_id": "m1", "tags": [*tags, tag]}  # the store keeps valid scores
 
         return change
 

@@ -16,6 +16,11 @@ checked to lie inside the data directory, so a hostile id or a planted symlink c
 make the store read or write elsewhere. The lock is not the context's ``.lock``: a
 rating never waits behind a turn's message writes.
 
+Only valid scores are written. A file that is not one (unparsable, hand-edited, from a
+newer version with more fields) is damaged: listing skips it with a warning, reading
+it names it, and the next update replaces it (with a warning), so one bad file never
+breaks the other scores of the context.
+
 :class:`ScoreFiles` is mixed into :class:`~cm_notebook.store.FileStore`; other stores
 may offer the same three methods to keep scores.
 """
@@ -32,8 +37,15 @@ from typing import Any, TypeVar
 import filelock
 
 from .._json import JSONLimitError, loads
-from ..errors import CMError, ContextNotFoundError, CorruptDataError, StoreLockTimeoutError
+from ..errors import (
+    CMError,
+    ContextNotFoundError,
+    CorruptDataError,
+    InvalidInputError,
+    StoreLockTimeoutError,
+)
 from ..ids import validate_message_id
+from ..scores import stored_score
 from . import oserrors
 from .atomic import atomic_write, is_temp_name
 from .codec import read_regular
@@ -60,14 +72,18 @@ class ScoreFiles:
     lock_timeout: float
 
     async def read_score(self, context_id: str, message_id: str) -> dict[str, Any] | None:
-        """The stored score of ``message_id`` as JSON data, or None if it has none."""
+        """The stored score of ``message_id`` as JSON data, or None if it has none.
+
+        A damaged score file (not JSON, or not a valid score of that message) raises
+        :class:`~cm_notebook.errors.CorruptDataError` naming it.
+        """
         return await self._score_io(self._read_score, context_id, message_id)
 
     async def list_scores(self, context_id: str) -> dict[str, dict[str, Any]]:
         """Every stored score of the context: message id -> score data.
 
-        A damaged score file is skipped with a
-        :class:`~cm_notebook.store.StoreWarning` naming it.
+        A damaged score file (not JSON, or not a valid score of its message) is skipped
+        with a :class:`~cm_notebook.store.StoreWarning` naming it and what is wrong.
         """
         return await self._score_io(self._list_scores, context_id)
 
@@ -77,7 +93,11 @@ class ScoreFiles:
         """Replace the score of ``message_id`` by ``change(stored)``, under the scores lock.
 
         ``change`` gets the stored data (None: none) and returns what to store (None:
-        remove the score); the result is returned. ``change`` may raise to abort.
+        remove the score); the result is returned. ``change`` may raise to abort. A
+        damaged stored score is passed as None and, once the new one is written,
+        reported with a :class:`~cm_notebook.store.StoreWarning`. What ``change``
+        returns must be a valid score of ``message_id``
+        (:class:`~cm_notebook.errors.InvalidInputError` otherwise, nothing written).
         """
         return await self._score_io(self._update_score, context_id, message_id, change)
 
@@ -98,7 +118,7 @@ class ScoreFiles:
         return safe_join(self._folder(context_id), f"{message_id}.json")
 
     def _read_score(self, context_id: str, message_id: str) -> dict[str, Any] | None:
-        return _read(self._path(context_id, message_id))
+        return _read(self._path(context_id, message_id), message_id)
 
     def _list_scores(self, context_id: str) -> dict[str, dict[str, Any]]:
         folder = self._folder(context_id)
@@ -111,11 +131,15 @@ class ScoreFiles:
             if not name.endswith(".json") or is_temp_name(name) or name.startswith("."):
                 continue
             message_id = name[: -len(".json")]
+            path = folder / name
             try:
                 validate_message_id(message_id)
-                data = _read(folder / name)
+                data = _load(path, message_id)
             except CMError as exc:
-                warn(f"skipped the damaged score file {folder / name}: {exc}", folder / name)
+                warn(f"skipped the damaged score file {path}: {exc}", path)
+                continue
+            except _Damaged as exc:
+                warn(f"skipped the score file {path}: it {exc}; delete it to drop that score", path)
                 continue
             if data is not None:
                 found[message_id] = data
@@ -136,11 +160,22 @@ class ScoreFiles:
                 "process is rating in this context. Try again."
             ) from None
         try:
-            new = change(_read(path))
+            damage: str | None = None
+            try:
+                old = _load(path, message_id)
+            except _Damaged as exc:
+                # A damaged score must not block rating the message forever: the new
+                # score replaces it, and the warning says what was lost.
+                old, damage = None, str(exc)
+            new = change(old)
             if new is None:
                 path.unlink(missing_ok=True)
             else:
+                _check_new(new, message_id)
                 atomic_write(path, json.dumps(new, ensure_ascii=False).encode("utf-8"))
+            if damage is not None:  # only once it is really gone (change may raise)
+                done = "removed" if new is None else "replaced by the new score"
+                warn(f"the score file {path} was {done}: it {damage}", path)
             return new
         finally:
             lock.release()
@@ -157,7 +192,35 @@ def _translated(func: Callable[..., _T], *args: Any) -> _T:
         raise oserrors.translate(exc, where, "use") from exc
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _check_new(new: dict[str, Any], message_id: str) -> None:
+    # Readers treat an invalid file as damaged, so one is never written.
+    try:
+        stored_score(new, message_id)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"cannot store the score of {message_id!r}: it is {exc}; give a valid Score "
+            "(cm_notebook.scores.Score) as JSON data"
+        ) from None
+
+
+class _Damaged(Exception):
+    """A score file that cannot be used; the message says what it is, to follow "it"."""
+
+
+def _read(path: Path, message_id: str) -> dict[str, Any] | None:
+    """The data of ``path``, a valid score of ``message_id``; None if there is none."""
+    try:
+        return _load(path, message_id)
+    except _Damaged as exc:
+        raise CorruptDataError(
+            f"score file {path} cannot be read: it {exc}; delete it to drop that score", path
+        ) from None
+
+
+def _load(path: Path, message_id: str) -> dict[str, Any] | None:
+    # A file that parses but is no valid score (hand-edited, or written by a newer
+    # version with more fields) counts as damaged too: passed on, it would break every
+    # reader of the context (all_scores, records, export) instead of only itself.
     try:
         data = read_regular(path)
     except FileNotFoundError:
@@ -165,13 +228,11 @@ def _read(path: Path) -> dict[str, Any] | None:
     try:
         parsed = loads(data)
     except (ValueError, JSONLimitError) as exc:
-        raise CorruptDataError(
-            f"score file {path} is not valid JSON ({exc}); delete it to drop that score",
-            path,
-        ) from exc
+        raise _Damaged(f"is not valid JSON ({exc})") from None
     if not isinstance(parsed, dict):
-        raise CorruptDataError(
-            f"score file {path} does not hold a JSON object; delete it to drop that score",
-            path,
-        )
+        raise _Damaged("does not hold a JSON object")
+    try:
+        stored_score(parsed, message_id)
+    except ValueError as exc:
+        raise _Damaged(f"is {exc}") from None
     return parsed

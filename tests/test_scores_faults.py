@@ -1,0 +1,214 @@
+"""Scores under bad input and damage: a scoring function's bad value for one message,
+errors cleared by a later success, numbers beyond the float range, and score files
+that are unparsable or not valid scores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_session_support import DEADLINE
+
+from cm_notebook._sessionio import StoreAccess
+from cm_notebook.errors import CorruptDataError, InvalidInputError
+from cm_notebook.export import export_context
+from cm_notebook.model import ContextMetadata, Message
+from cm_notebook.scores import Score, merged
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore, StoreWarning
+from cm_notebook.testing import ScriptedProvider
+
+
+def _three_replies(
+    new_session: Callable[..., ContextSession],
+) -> tuple[ContextSession, list[Message]]:
+    session = new_session("faults", provider=ScriptedProvider(["one", "two", "three"]))
+    for question in ("Q1", "Q2", "Q3"):
+        session.send(question).result(DEADLINE)
+    return session, [m for m in session.history() if m.role == "assistant"]
+
+
+def _score_file(data_dir: Path, session: ContextSession, message_id: str) -> Path:
+    return data_dir / "contexts" / session.id / "scores" / f"{message_id}.json"
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (float("nan"), "not a finite number"),
+        (float("inf"), "not a finite number"),
+        (10**400, "not a finite number"),
+        ({"score": 0, "relevance": 0.5}, "score"),
+        ({"thumbs": "sideways"}, "thumbs"),
+        ({"tags": 5}, "tags must be a list"),
+    ],
+    ids=["nan", "inf", "huge-int", "score-0", "bad-thumbs", "tags-not-a-list"],
+)
+def test_a_bad_value_for_one_message_is_its_error_and_the_run_goes_on(
+    new_session: Callable[..., ContextSession], bad: object, match: str
+) -> None:
+    session, replies = _three_replies(new_session)
+    session.score(lambda m: 1, name="check", progress=False)  # an old value to drop
+
+    def check(message: Message) -> object:
+        return bad if message.content == "two" else len(message.content)
+
+    results = session.score(check, progress=False)
+
+    assert len(results) == 3
+    assert results.summary() == "scored 3 messages with 'check': 2 ok, 1 failed"
+    (failed,) = results.failed
+    assert failed.message_id == replies[1].id
+    assert failed.errors["check"].startswith("InvalidInputError: ")
+    assert match in failed.errors["check"]
+    assert failed.metrics == {}  # neither the old value nor part of the bad result
+    assert failed.score is None
+    assert failed.thumbs is None
+    for reply in (replies[0], replies[2]):  # the messages after the bad one were scored
+        stored = session.scores(reply.id)
+        assert stored is not None
+        assert stored.metrics == {"check": len(reply.content)}
+        assert stored.errors == {}
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ('{"message_id": "', "is not valid JSON"),
+        ("[1, 2]", "does not hold a JSON object"),
+        ('{"message_id": "%s", "reviewer": "x"}', "reviewer: Extra inputs"),
+        ('{"message_id": "%s", "score": "high"}', "score"),
+        ('{"message_id": "m-other"}', "score of another message"),
+    ],
+    ids=["truncated", "not-an-object", "extra-field", "wrong-type", "other-message"],
+)
+def test_a_damaged_score_file_is_replaced_by_a_run_with_a_warning(
+    new_session: Callable[..., ContextSession], data_dir: Path, damage: str, match: str
+) -> None:
+    session, replies = _three_replies(new_session)
+    first = replies[0].id
+    session.rate(first, score=3)
+    path = _score_file(data_dir, session, first)
+    path.write_text(damage.replace("%s", first))
+
+    with pytest.warns(StoreWarning, match=match) as caught:
+        results = session.score(lambda m: len(m.content), name="length", progress=False)
+
+    assert results.summary() == "scored 3 messages with 'length': 3 ok, 0 failed"
+    warning = next(w.message for w in caught if isinstance(w.message, StoreWarning))
+    assert warning.path == path
+    assert "replaced by the new score" in str(warning)
+    replaced = Score.model_validate(json.loads(path.read_text()))
+    assert (replaced.message_id, replaced.score, replaced.metrics) == (first, None, {"length": 3})
+    stored = session.all_scores()
+    assert [stored[r.id].metrics["length"] for r in replies] == [3, 3, 5]
+
+
+def test_rating_replaces_a_damaged_score_file_and_a_refused_rating_keeps_it(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    session, replies = _three_replies(new_session)
+    path = _score_file(data_dir, session, replies[0].id)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("{not json")
+    with pytest.raises(InvalidInputError, match="score"):
+        session.rate(replies[0].id, score=9)
+    assert path.read_text() == "{not json"  # nothing replaced it: no warning to give
+    with pytest.warns(StoreWarning, match="replaced by the new score: it is not valid JSON"):
+        rated = session.rate(replies[0].id, thumbs="up")
+    assert session.scores(replies[0].id) == rated
+
+
+def test_a_success_clears_the_error_of_a_function_that_returns_a_mapping(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, replies = _three_replies(new_session)
+    failing = True
+
+    def judge(message: Message) -> dict[str, Any]:
+        if failing:
+            raise TimeoutError("judge API timed out")
+        return {"score": 4, "relevance": 0.9}  # no key named "judge"
+
+    session.score(lambda m: 1 / 0, name="other", progress=False)
+    assert len(session.score(judge, progress=False).failed) == 3
+    failing = False
+    results = session.score(judge, progress=False)
+
+    assert results.summary() == "scored 3 messages with 'judge': 3 ok, 0 failed"
+    stored = session.scores(replies[0].id)
+    assert stored is not None
+    assert (stored.score, stored.metrics) == (4, {"relevance": 0.9})
+    # Only the function's own error is cleared: another one's stays until it succeeds.
+    assert stored.errors == {"other": "ZeroDivisionError: division by zero"}
+
+
+@pytest.mark.parametrize(
+    "number", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400", "1e5000"]
+)
+def test_numbers_beyond_the_float_range_are_refused(
+    new_session: Callable[..., ContextSession], number: int
+) -> None:
+    with pytest.raises(InvalidInputError, match="'big' is not a finite number"):
+        merged(None, "m1", branch=None, metrics={"big": number})
+    # A large int within the float range is kept.
+    assert merged(None, "m1", branch=None, metrics={"big": 10**300}).metrics["big"] == 10**300
+
+    session, replies = _three_replies(new_session)
+    results = session.score(lambda m: number, name="big", progress=False)
+    assert len(results.failed) == 3
+    assert "not a finite number" in results.failed[0].errors["big"]
+    # Nothing unreadable was stored: the readers that compute with metrics still work.
+    assert all("big" not in score.metrics for score in session.all_scores().values())
+    assert len(session.to_records()) == 3
+    session.rate(replies[0].id, thumbs="up")
+
+
+def test_a_score_file_that_is_not_a_valid_score_is_skipped_by_every_reader(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    session, replies = _three_replies(new_session)
+    good, bad = replies[0].id, replies[1].id
+    session.rate(good, score=4)
+    session.rate(bad, score=3)
+    path = _score_file(data_dir, session, bad)
+    data = json.loads(path.read_text())
+    data["reviewer_id"] = "x"  # e.g. a field a newer version adds
+    path.write_text(json.dumps(data))
+
+    for read in (session.all_scores, session.to_records):
+        with pytest.warns(StoreWarning, match=r"reviewer_id: Extra inputs") as caught:
+            read()
+        assert [w.message.path for w in caught] == [path]  # type: ignore[union-attr]
+    with pytest.warns(StoreWarning, match=bad):
+        assert list(session.all_scores()) == [good]
+    with pytest.warns(StoreWarning, match=bad):
+        records = session.to_records()
+    assert [r["score"] for r in records] == [4, None, None]
+    io = StoreAccess(FileStore(data_dir))
+    with pytest.warns(StoreWarning, match=bad):
+        document = io.call(export_context(io.store, session.id))
+    assert list(document.scores) == [good]
+    with pytest.raises(CorruptDataError, match=r"reviewer_id: Extra inputs.*delete it") as exc:
+        session.scores(bad)
+    assert exc.value.path == path
+    assert session.scores(good) is not None
+
+
+@pytest.mark.anyio
+async def test_the_store_writes_only_valid_scores(data_dir: Path) -> None:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        await store.update_score("c1", "m1", lambda old: {"message_id": "m1", "score": 2})
+        for bad, match in [
+            ({"message_id": "m1", "score": 7}, "score"),
+            ({"message_id": "m1", "metrics": {"x": 10**5000}}, "not a finite number"),
+            ({"tags": ["no message id"]}, "message_id"),
+            ({"message_id": "m2"}, "another message"),
+        ]:
+            with pytest.raises(InvalidInputError, match=match):
+                await store.update_score("c1", "m1", lambda old, bad=bad: bad)
+        assert await store.read_score("c1", "m1") == {"message_id": "m1", "score": 2}
