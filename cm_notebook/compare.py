@@ -106,29 +106,93 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
     # A longest common subsequence of the words (rapidfuzz's bit-parallel Indel
     # alignment, in C++): 8,000-word answers in ~30 ms, where difflib's SequenceMatcher
     # took 14 s (it is quadratic and worse with the repeated words of prose).
-    out: list[tuple[str, str]] = []
-    removed: list[str] = []
-    added: list[str] = []
+    parts: list[_Part] = []
     for code in Indel.opcodes(words_a, words_b):
+        gone = "".join(words_a[code.src_start : code.src_end])
         if code.tag == "equal":
-            _flush_change(out, removed, added)
-            out.append(("=", "".join(words_a[code.src_start : code.src_end])))
+            parts.append(_Part(gone))
+        elif parts and parts[-1].changed:  # Indel splits a replacement in two
+            parts[-1].removed += gone
+            parts[-1].added += "".join(words_b[code.dest_start : code.dest_end])
         else:
-            removed += words_a[code.src_start : code.src_end]
-            added += words_b[code.dest_start : code.dest_end]
-    _flush_change(out, removed, added)
+            parts.append(_Part("", gone, "".join(words_b[code.dest_start : code.dest_end])))
+    return _readable(parts)
+
+
+class _Part:
+    """A run the texts share (``same``), or a change: ``removed`` from a, ``added`` in b."""
+
+    __slots__ = ("added", "removed", "same")
+
+    def __init__(self, same: str, removed: str = "", added: str = "") -> None:
+        self.same, self.removed, self.added = same, removed, added
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.removed or self.added)
+
+
+def _readable(parts: list[_Part]) -> list[tuple[str, str]]:
+    # A shortest diff can keep a lone space in common between two changes
+    # ("-Sunlight +Arr, = +sunlight"): such a space joins the change around it, and
+    # white space both sides of a change share moves out of it, so changes read as
+    # whole phrases: "-Sunlight +Arr, sunlight = scatters".
+    merged: list[_Part] = []
+    for at, part in enumerate(parts):
+        island = (
+            not part.changed
+            and part.same.isspace()
+            and 0 < at < len(parts) - 1
+            and merged
+            and merged[-1].changed
+        )
+        if island:
+            merged[-1].removed += part.same
+            merged[-1].added += part.same
+        elif part.changed and merged and merged[-1].changed:
+            merged[-1].removed += part.removed
+            merged[-1].added += part.added
+        else:
+            merged.append(part)
+    out: list[tuple[str, str]] = []
+    for part in merged:
+        if not part.changed:
+            _same(out, part.same)
+            continue
+        lead = _shared_space(part.removed, part.added, from_end=False)
+        trail = _shared_space(part.removed[lead:], part.added[lead:], from_end=True)
+        _same(out, part.removed[:lead])
+        removed = part.removed[lead : len(part.removed) - trail]
+        added = part.added[lead : len(part.added) - trail]
+        if removed:
+            out.append(("-", removed))
+        if added:
+            out.append(("+", added))
+        _same(out, part.removed[len(part.removed) - trail :] if trail else "")
     return out
 
 
-def _flush_change(out: list[tuple[str, str]], removed: list[str], added: list[str]) -> None:
-    # One change between two equal runs: what went, then what came (Indel reports a
-    # replacement as deletions and insertions in either order).
-    if removed:
-        out.append(("-", "".join(removed)))
-        removed.clear()
-    if added:
-        out.append(("+", "".join(added)))
-        added.clear()
+def _same(out: list[tuple[str, str]], text: str) -> None:
+    if not text:
+        return
+    if out and out[-1][0] == "=":
+        out[-1] = ("=", out[-1][1] + text)
+    else:
+        out.append(("=", text))
+
+
+def _shared_space(first: str, second: str, *, from_end: bool) -> int:
+    # How many white-space characters ``first`` and ``second`` share at their start (or
+    # end); none unless both sides of the change keep some text besides.
+    count = 0
+    limit = min(len(first), len(second)) - 1
+    while count < limit:
+        x = first[-1 - count] if from_end else first[count]
+        y = second[-1 - count] if from_end else second[count]
+        if x != y or not x.isspace():
+            break
+        count += 1
+    return count
 
 
 class Comparison(BaseModel):

@@ -220,6 +220,10 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         (``await turn.accepted()`` waits for the write alone).
         """
         text = validate_text(text)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInputError(
+                f"metadata must be a mapping of names to values, got {type(metadata).__name__}"
+            )
         try:
             noted = MessageMetadata.model_validate(dict(metadata or {}))
         except ValueError as exc:
@@ -289,12 +293,16 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         *,
         branch: str | None = None,
         provider: ProviderLike | None = None,
+        from_branch: str | None = None,
         **params: Any,
     ) -> Turn:
         """Replace an earlier user message: a new sibling on a new branch, then a reply.
 
-        The new branch (``branch``, default ``"<active>-edit-N"``) becomes active; the
-        original conversation stays on its branch.
+        The new branch (``branch``, default ``"<source>-edit-N"``) becomes active; the
+        original conversation stays on its branch. It inherits the defaults (system
+        prompt, provider, parameters) of the branch edited: ``from_branch`` if given
+        (it must hold the message), else the active branch if it holds it, else the
+        oldest branch that does.
         """
         text = validate_text(text)
         original = self.get(message_id)
@@ -303,7 +311,9 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                 f"message {message_id!r} is a {original.role} message; only user messages "
                 "can be edited (use regenerate() for a new reply)"
             )
-        source = self.active_branch
+        # The edit answers as the branch the message was edited on, not whichever
+        # branch happens to be active (a view may show another one).
+        source = self._source_branch(original.id, from_branch) or self.active_branch
         chosen, generation = self._defaults.for_request(
             self._read_metadata(), source, provider, params
         )

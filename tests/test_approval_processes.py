@@ -175,7 +175,8 @@ def test_edited_arguments_and_an_allowance_over_http(tmp_path: Path) -> None:
         assert logged.status_code == 200, logged.text
         assert logged.json()["decisions"] == [decision]
         other = client.get(f"contexts/{context_id}/tools/decisions?branch=other")
-        assert other.json() == {"decisions": []}
+        assert other.status_code == 404  # no such branch, as for every other endpoint
+        assert other.json()["reason"] == "BranchNotFoundError"
         bad = client.get(f"contexts/{context_id}/tools/decisions?branch=..%2Fx")
         assert bad.status_code == 400, bad.text
         # The allowance is the context's: this process honours it too.

@@ -128,3 +128,18 @@ def test_a_last_event_id_that_is_not_ascii_digits_is_400(client: httpx.Client, r
         400,
         "Last-Event-ID",
     )
+
+
+def test_params_that_name_the_request_own_arguments_are_400(client: httpx.Client) -> None:
+    context_id = create_context(client, [])
+    for name in ("metadata", "branch", "text"):
+        _refused(
+            client.post(
+                f"contexts/{context_id}/messages",
+                json={"text": "Hi", "params": {name: -1.5}},
+            ),
+            400,
+            name,
+            "not generation parameters",
+        )
+    assert client.get(f"contexts/{context_id}/messages").json()["messages"] == []

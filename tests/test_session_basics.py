@@ -556,3 +556,12 @@ def test_repr_html_shows_the_conversation_escaped(
     # What a saved notebook shows is a pure function of the stored data.
     json.loads((data_dir / "contexts" / session.id / "metadata.json").read_text())
     assert os.path.isdir(data_dir / "contexts" / session.id / "messages")
+
+
+def test_metadata_that_is_not_a_mapping_is_refused(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider(["never"]))
+    with pytest.raises(InvalidInputError, match="metadata must be a mapping"):
+        session.send("Hi", metadata=-1.5)  # type: ignore[arg-type]
+    assert session.history() == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from test_session_support import (
     roles,
 )
 
-from cm_notebook.compare import _TOKEN, BranchResult, Comparison, diff_side_html, word_diff
+from cm_notebook.compare import BranchResult, Comparison, diff_side_html, word_diff
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.events import BranchCreated, ContentDelta, MessageCompleted
 from cm_notebook.fsm import State
@@ -262,10 +261,12 @@ def test_a_word_diff_gives_both_texts_back_and_keeps_words_in_common(
     for first, second in itertools.pairwise([op for op, _text in ops]):
         assert (first, second) != ("+", "-")
         assert first != second
-    # The words in common are a longest common subsequence: never fewer than difflib's.
-    # (A run of ``a``'s words re-splits into the same words: they alternate between
-    # white space and the rest.)
-    tokens_a, tokens_b = _TOKEN.findall(a), _TOKEN.findall(b)
-    blocks = difflib.SequenceMatcher(a=tokens_a, b=tokens_b, autojunk=False).get_matching_blocks()
-    in_common = sum(len(_TOKEN.findall(text)) for op, text in ops if op == "=")
-    assert in_common >= sum(block.size for block in blocks)
+    # No lone white space kept in common between two changes: changes read as phrases.
+    for before, middle, after in zip(ops, ops[1:], ops[2:], strict=False):
+        assert not (middle[0] == "=" and middle[1].isspace() and "=" not in (before[0], after[0]))
+    # Shared text is found: the same text is one run in common, and text added at the
+    # end leaves all of the first in common.
+    if a:
+        assert word_diff(a, a) == [("=", a)]
+        tail = "tail" if a[-1].isspace() else " tail"
+        assert word_diff(a, a + tail)[0] == ("=", a)

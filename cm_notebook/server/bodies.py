@@ -72,6 +72,7 @@ _RESERVED_PARAMS = frozenset(
         "text",
         "branch",
         "provider",
+        "metadata",
         "message_id",
         "name",
         "from_message",
