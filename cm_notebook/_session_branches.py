@@ -39,21 +39,53 @@ class SessionBranches(SessionReading):
         description: str = "",
         system: str | None = None,
         provider: ProviderLike | None = None,
+        from_branch: str | None = None,
         **params: Any,
     ) -> Branch:
-        """Fork a new branch at ``from_message`` (default: the active branch's head).
+        """Fork a new branch at ``from_message`` (default: the head of ``from_branch``,
+        itself by default the active branch).
 
         Copies no messages. With ``switch`` (the default) the new branch becomes active.
-        ``system`` is the branch's own system prompt (None: the context's; ``""``: none),
-        ``provider`` and ``params`` (generation parameters) its defaults for every send
-        on it: ``session.branch("terse", system="Answer in five words.")``.
+        The new branch inherits the defaults (system prompt, provider, generation
+        parameters) of the branch it is forked from: ``from_branch`` if given, else the
+        active branch if it holds ``from_message``, else the oldest branch that does.
+        ``system``, ``provider`` and ``params`` given here win over the inherited ones
+        (``system=""``: no prompt; use :meth:`edit_system` to return to the context's):
+        ``session.branch("terse", system="Answer in five words.")``.
         """
         validate_branch_name(name)
-        settings = branch_settings(system, provider, params)
+        if from_branch is not None:
+            validate_branch_name(from_branch)
+        own = branch_settings(system, provider, params)
+        metadata = self._read_metadata()
+        if from_message is None:
+            forked = from_branch or metadata.active_branch
+            head = self._head(forked)
+            source: str | None = forked
+        else:
+            head = self.get(from_message).id
+            source = self._source_branch(head, from_branch)
+        # Like an edit or a fan-out arm: a fork answers as the branch it came from, so
+        # an experiment's arm forked from a view keeps its prompt and parameters.
+        # A provider given here must not be shadowed by the source's live instance.
+        inherit_to = name if provider is None else None
+        settings = (
+            self._defaults.inherit(metadata, source, inherit_to)
+            if source is not None
+            else {"system_prompt": None, "provider": None, "params": {}}
+        )
+        if system is not None:
+            settings["system_prompt"] = system
+        if own["provider"] is not None:
+            settings["provider"] = own["provider"]
+        settings["params"] = {**settings["params"], **own["params"]}
         if params:
             # Names the answering provider does not take fail now, not at the first send.
-            GenerationParams.check(params, self._provider(provider))
-        head = self._head(self.active_branch) if from_message is None else self.get(from_message).id
+            if provider is None and source is not None:
+                answering = self._defaults.for_request(metadata, source, None, {})[0]
+            else:
+                answering = self._provider(provider)
+            GenerationParams.check(settings["params"], answering)
         # Creating a branch is exclusive by name (BranchExistsError if it is taken), so
         # it cannot overwrite another writer's head.
         created = self._io.call(
@@ -140,6 +172,30 @@ class SessionBranches(SessionReading):
         self._publish(ev.BranchDeleted(branch=name))
 
     # -- private helpers ---------------------------------------------------------------
+
+    def _source_branch(self, message_id: str, given: str | None) -> str | None:
+        """The branch a fork or an edit at ``message_id`` comes from, for its defaults:
+        ``given`` (checked to hold the message), else the active branch if it holds it,
+        else the oldest branch that does (None if none does)."""
+        tree = self.tree()  # from the index: no message file is read
+        if given is not None:
+            self._head(given)  # BranchNotFoundError for an unknown branch
+            path = tree.path(given) if given in tree.heads else []
+            if not any(node.id == message_id for node in path):
+                raise InvalidInputError(
+                    f"message {message_id!r} is not on branch {given!r}; "
+                    "give the branch that holds it"
+                )
+            return given
+        metadata = self._read_metadata()
+        older = sorted(metadata.branches.values(), key=lambda b: b.created_at)
+        names = [metadata.active_branch, *(b.name for b in older)]
+        for candidate in names:
+            if candidate in tree.heads and any(
+                node.id == message_id for node in tree.path(candidate)
+            ):
+                return candidate
+        return None
 
     def _system_in_place(self, name: str, text: str | None) -> Branch | None:
         # Change the prompt of the claimed branch ``name`` if it has no replies yet.

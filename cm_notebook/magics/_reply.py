@@ -91,8 +91,12 @@ class ReplyView:
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
         self._handle: DisplayHandle | None = None
-        #: The Approve / Deny buttons, when the session has tools to ask about.
-        self.approvals: ToolApproval | None = ToolApproval(session) if len(session.tools) else None
+        #: The Approve / Deny buttons of this turn's calls, when the session has tools:
+        #: its own branch only (a branch runs one turn at a time), closed when it ends,
+        #: so a later cell's call is not offered under every earlier cell.
+        self.approvals: ToolApproval | None = (
+            ToolApproval(session, branch=turn.branch) if len(session.tools) else None
+        )
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._throttle = Throttle(self._follower.loop, self._interval, self._render)
         self._follower.on_loop(self._start)
@@ -169,6 +173,8 @@ class ReplyView:
         finally:
             self._throttle.now()
             self._follower.close()
+            if self.approvals is not None:
+                self.approvals.finish()
             _settle(self._wound_down)
 
     def _on_event(self, event: ev.Event) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import html
 import json
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -232,8 +233,11 @@ def _describe(record: ApprovalRecord) -> str:
 class DecisionHistory(w.Accordion):  # type: ignore[misc]
     """The approval audit log of a session's context, newest first, collapsed at first."""
 
-    def __init__(self, session: ContextSession) -> None:
+    def __init__(
+        self, session: ContextSession, keep: Callable[[ApprovalRecord], bool] | None = None
+    ) -> None:
         self.session = session
+        self._keep = keep or (lambda _record: True)
         self.body = w.HTML("")
         self.records: list[ApprovalRecord] = []
         super().__init__(children=[self.body], selected_index=None)
@@ -246,7 +250,7 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
     def reload(self) -> None:
         """Read the whole log again (on a Resync, and at first)."""
         try:
-            self.records = self.session.approval_log()
+            self.records = [r for r in self.session.approval_log() if self._keep(r)]
         except CMError as exc:
             self.body.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
             return
@@ -254,7 +258,7 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
 
     def add(self, record: ApprovalRecord) -> None:
         """Show one more decision (from a ``ToolCallResolved`` signal)."""
-        if record not in self.records[-HISTORY_SHOWN:]:
+        if self._keep(record) and record not in self.records[-HISTORY_SHOWN:]:
             self.records.append(record)
             self._show()
 
@@ -269,12 +273,21 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
 
 
 class ToolApproval(w.VBox):  # type: ignore[misc]
-    """The session's pending tool calls, one :class:`CallRow` each."""
+    """The session's pending tool calls, one :class:`CallRow` each.
 
-    def __init__(self, session: ContextSession) -> None:
+    With ``branch``, only the calls asked for on that branch from now on, and only their
+    decisions (what a ``%%cm`` cell shows under its reply: its own turn's calls, not
+    those of every later cell); :meth:`finish` then stops following the session.
+    """
+
+    def __init__(self, session: ContextSession, *, branch: str | None = None) -> None:
         self.session = session
         self.header = w.HTML("")
-        self.history = DecisionHistory(session)
+        self._only = branch
+        self._seen: set[str] = set()  # with ``branch``: the ids of the calls shown
+        self.history = DecisionHistory(
+            session, None if branch is None else (lambda r: r.tool_call_id in self._seen)
+        )
         super().__init__([self.header, self.history])
         self.add_class("cm-approval")
         self.rows: dict[str, CallRow] = {}
@@ -290,6 +303,15 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         if hasattr(self, "_follower"):
             self._follower.close()
         super().close()
+
+    def finish(self) -> None:
+        """Stop following the session, leaving the rows as they are (their outcome
+        shown); a row still undecided can no longer be used (its turn is over)."""
+        self._follower.close()
+        for row in self.rows.values():
+            if not row.decided:
+                row.resolved("no longer waiting: the turn is over", None, None)
+        self.header.value = ""
 
     def row(self, tool_call_id: str) -> CallRow:
         """The row of one call (KeyError if it is not shown)."""
@@ -323,9 +345,26 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                 return message.content
         return None
 
+    def _shows(self, call_id: str, waiting: dict[str, str]) -> bool:
+        if self._only is None or call_id in self._seen:
+            return True
+        branch = self._branches.get(call_id)
+        if branch is None and call_id in waiting:
+            # Pending before this view heard it asked for (a Resync): its reply's branch.
+            tree = self.session.tree()
+            if self._only in tree.heads:
+                branch = next(
+                    (self._only for n in tree.path(self._only) if n.id == waiting[call_id]), None
+                )
+        if branch != self._only:
+            return False
+        self._seen.add(call_id)
+        return True
+
     def _sync(self) -> None:
         # Keep the rows of undecided calls and the newly pending ones; drop the rest.
-        pending = self.session.pending_tool_calls
+        waiting = dict(self.session._approvals.waiting()) if self._only is not None else {}
+        pending = [c for c in self.session.pending_tool_calls if self._shows(c.id, waiting)]
         pending_ids = {call.id for call in pending}
         for call_id in list(self.rows):
             if call_id not in pending_ids and self.rows[call_id].decided:
@@ -339,7 +378,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         self.children = [self.header, *self.rows.values(), self.history]
 
     def _update_header(self) -> None:
-        waiting = len(self.session.pending_tool_calls)
+        waiting = sum(1 for c in self.session.pending_tool_calls if c.id in self.rows)
         self.header.value = (
             f"<b>{waiting} tool call{'s' if waiting != 1 else ''} waiting for approval</b>"
             if waiting

@@ -74,9 +74,9 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
         action()
 
     def _fork(self, name: str) -> None:
-        head = self.session.branches[name].head
+        # Forked at its head, the new branch keeps its prompt, provider and parameters.
         new = self.session._free_branch_name(f"{name}-fork")
-        self.session.branch(new, head)
+        self.session.branch(new, from_branch=name)
 
     def _render(self) -> None:
         session = self.session

@@ -128,8 +128,13 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._deltas = Throttle(loop, self._delta_interval, self._flush_text)
         self._refresh = Throttle(loop, REFRESH_INTERVAL, self._render)
         self.transcript.on_msg(self._on_front_end)
-        self.send_button.on_click(lambda _b: self._follower.on_loop(self._send_input))
-        self.stop_button.on_click(lambda _b: self._follower.on_loop(self._stop_turn))
+        # The branch the front end last said it shows. Clicks and that acknowledgement
+        # reach the kernel in the order the person made them, so a click queued behind
+        # a cell that moved the view to another branch still acts on the branch it was
+        # made on (the stock buttons carry no data of their own).
+        self._shown = self._branch
+        self.send_button.on_click(lambda _b: self._on_button(self._send_input))
+        self.stop_button.on_click(lambda _b: self._on_button(self._stop_turn))
         self.transcript.branch = self._branch
         self._catch_up()
         self._render()
@@ -168,10 +173,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
             return
         if isinstance(event, ev.BranchSwitched):
             if self._follow_active and event.branch != self._branch:
-                self._branch = event.branch
-                self.transcript.branch = event.branch
-                self._catch_up()
-                self._refresh.now()
+                self._show_branch(event.branch)
             return
         if event.branch != self._branch:
             return
@@ -190,6 +192,12 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._refresh.now()  # Send / Stop follow the state at once
         else:
             self._refresh.poke()
+
+    def _show_branch(self, name: str) -> None:
+        self._branch = name
+        self.transcript.branch = name
+        self._catch_up()
+        self._refresh.now()
 
     def _catch_up(self) -> None:
         # A view attached (or switched) while a reply streams picks it up from the turn.
@@ -299,41 +307,88 @@ class ChatView(w.VBox):  # type: ignore[misc]
             return
         event = content.get("event")
         target = content.get("id")
-        if event == "pull":
+        # The branch the front end showed when the person clicked (sent with each
+        # action); the message's id says which message, whatever the kernel shows now.
+        hint = content.get("branch")
+        shown = hint if isinstance(hint, str) and hint else self._shown
+        if event == "showing" and isinstance(hint, str) and hint:
+            self._shown = hint
+        elif event == "pull":
             self._follower.on_loop(self._send_snapshot)
         elif event == "edit" and isinstance(target, str):
             text = str(content.get("text", ""))
-            self._follower.on_loop(lambda: self._act(self.session.edit, target, text))
-        elif event == "regenerate":
-            self._follower.on_loop(self._regenerate)
+            self._follower.on_loop(lambda: self._edit(target, text, shown))
+        elif event == "regenerate" and isinstance(target, str):
+            self._follower.on_loop(lambda: self._regenerate(target, shown))
         elif event == "sibling" and isinstance(target, str):
             self._follower.on_loop(lambda: self._show_sibling(target))
         elif event == "fork" and isinstance(target, str):
-            self._follower.on_loop(lambda: self._fork(target))
+            self._follower.on_loop(lambda: self._fork(target, shown))
         elif event == "rate":
             self._follower.on_loop(lambda: self._act(rate_from_front_end, self.session, content))
 
-    def _act(self, action: Any, *args: Any) -> None:
+    def _act(self, action: Any, *args: Any) -> Any:
         self.transcript.notice = ""
-        action(*args)
+        return action(*args)
 
-    def _send_input(self) -> None:
+    def _on_button(self, action: Any) -> None:
+        # On the comm thread, in the order of the person's clicks: take the branch now.
+        shown = self._shown
+        self._follower.on_loop(lambda: action(shown))
+
+    def _send_input(self, branch: str) -> None:
         text = self.input.value
         if not text.strip():
             self.transcript.notice = "Type a message first, then Send."
             return
-        self._act(lambda: self.session.send(text, branch=self._branch))
+        self._act(lambda: self.session.send(text, branch=branch))
         self.input.value = ""
 
-    def _stop_turn(self) -> None:
+    def _stop_turn(self, branch: str) -> None:
         # session.stop also reaches a reply another process (kernel, server) generates.
-        self._act(lambda: self.session.stop(self._branch))
+        self._act(lambda: self.session.stop(branch))
 
-    def _regenerate(self) -> None:
-        if self.session.state_of(self._branch).value == "PermanentFailure":
-            self._act(lambda: self.session.retry(branch=self._branch))
+    def _holder(self, message_id: str, shown: str) -> str | None:
+        # The branch holding ``message_id``: the one shown at the click first.
+        tree = self.session.tree()  # from the index: no message file is read
+        for name in (shown, self._branch, self.session.active_branch, *sorted(tree.heads)):
+            if name in tree.heads and any(n.id == message_id for n in tree.path(name)):
+                return name
+        return None
+
+    def _edit(self, message_id: str, text: str, shown: str) -> None:
+        # The edit answers as the branch it was made on, and the view goes with it.
+        turn = self._act(
+            lambda: self.session.edit(message_id, text, from_branch=self._holder(message_id, shown))
+        )
+        if turn.branch != self._branch:
+            self._show_branch(turn.branch)
+
+    def _regenerate(self, reply_id: str, shown: str) -> None:
+        # ↻ regenerates the reply clicked, on the branch whose last reply it still is,
+        # never another branch's (the view may have moved since the click).
+        self.transcript.notice = ""
+        tree = self.session.tree()
+        branch = None
+        for name in (shown, self._branch, self.session.active_branch, *sorted(tree.heads)):
+            if name not in tree.heads:
+                continue
+            replies = [n.id for n in tree.path(name) if n.role == "assistant"]
+            if replies and replies[-1] == reply_id:
+                branch = name
+                break
+        if branch is None:
+            self.transcript.notice = (
+                "That reply is no longer the last one of its branch (↻ makes a new last "
+                "reply); fork from it to continue there."
+                if reply_id in tree.nodes
+                else "That reply no longer exists; nothing was regenerated."
+            )
+            return
+        if self.session.state_of(branch).value == "PermanentFailure":
+            self._act(lambda: self.session.retry(branch=branch))
         else:
-            self._act(lambda: self.session.regenerate(branch=self._branch))
+            self._act(lambda: self.session.regenerate(branch=branch))
 
     def _show_sibling(self, message_id: str) -> None:
         # Show the branch that holds this alternative (the active one first, then the
@@ -348,9 +403,12 @@ class ChatView(w.VBox):  # type: ignore[misc]
                 return
         self.session.branch(self.session._free_branch_name(f"{self._branch}-alt"), message_id)
 
-    def _fork(self, message_id: str) -> None:
+    def _fork(self, message_id: str, shown: str) -> None:
+        # The fork keeps the settings (prompt, provider, parameters) of its branch.
         self.transcript.notice = ""
-        self.session.branch(self.session._free_branch_name(f"{self._branch}-fork"), message_id)
+        source = self._holder(message_id, shown)
+        name = self.session._free_branch_name(f"{source or self._branch}-fork")
+        self.session.branch(name, message_id, from_branch=source)
 
 
 def _siblings(tree: MessageTree, message: Message) -> list[str]:

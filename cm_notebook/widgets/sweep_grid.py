@@ -150,8 +150,13 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
             self._throttle.poke()
 
     def _on_cell(self, cell: SweepCell) -> None:
-        # A cell started or ended: shown at once (the end is the final value).
-        if cell.status in ("done", "failed"):
+        # Every update re-sends the whole grid, so cells ending in a burst are coalesced
+        # like the rest (at most one update per GRID_INTERVAL); the last cell to end is
+        # shown at once, so the final grid is never held back (a stopped sweep ends
+        # with cells still pending: it ends when none runs).
+        counts = self.sweep.counts()
+        ending = counts["pending"] == 0 or self.sweep._stopping
+        if counts["running"] == 0 and ending:
             self._throttle.now()
         else:
             self._throttle.poke()

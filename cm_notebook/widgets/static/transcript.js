@@ -154,10 +154,10 @@ function render({ model, el }) {
       actions.append(button("✎", "edit and resend (on a new branch)", () => startEdit(m, body), "cm-edit"));
     }
     if (m.id === model.get("last_reply")) {
-      actions.append(button("↻", "regenerate this reply", () => model.send({ event: "regenerate", id: m.id }), "cm-regenerate"));
+      actions.append(button("↻", "regenerate this reply", () => model.send({ event: "regenerate", id: m.id, branch: model.get("branch") }), "cm-regenerate"));
     }
     if (m.role === "user" || m.role === "assistant") {
-      actions.append(button("fork", "new branch from here", () => model.send({ event: "fork", id: m.id }), "cm-fork"));
+      actions.append(button("fork", "new branch from here", () => model.send({ event: "fork", id: m.id, branch: model.get("branch") }), "cm-fork"));
     }
     head.append(actions);
     box.append(head, body);
@@ -175,7 +175,7 @@ function render({ model, el }) {
     area.value = m.text;
     const row = h("div", "cm-edit-row");
     row.append(
-      button("Send edit", "resend on a new branch", () => model.send({ event: "edit", id: m.id, text: area.value }), "cm-edit-send"),
+      button("Send edit", "resend on a new branch", () => model.send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") }), "cm-edit-send"),
       button("Cancel", "keep the message", redrawAll),
     );
     body.replaceChildren(area, row);
@@ -228,6 +228,11 @@ function render({ model, el }) {
   model.on("change:last_reply", redrawAll);
   model.on("change:live", () => drawLive(false));
   model.on("change:notice", drawNotice);
+  // Tell the kernel which branch is on screen: Send and Stop act on it, even when the
+  // kernel moved the view to another branch before it handled the click.
+  const showing = () => model.send({ event: "showing", branch: model.get("branch") });
+  model.on("change:branch", showing);
+  showing();
   drawLive(true);
   drawMessages();
   drawNotice();
