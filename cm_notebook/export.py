@@ -9,7 +9,9 @@ recreates the context exactly; exported with a branch it holds that branch's pat
 only, with just that branch in its metadata, and still imports as a valid context.
 The one field an import cannot keep is ``updated_at``: the store stamps every write.
 
-Markdown is for reading: one branch's conversation with headings per message.
+Markdown is for reading: one branch's conversation with headings per message. HTML in
+the messages is escaped (shown as text) outside code blocks, so a reply cannot carry
+live markup into a rendered export.
 Both are plain functions of an :class:`ExportDocument`, so the CLI and notebooks
 share them.
 """
@@ -17,11 +19,13 @@ share them.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 from datetime import datetime
 from typing import Any, Literal
 
 import anyio
+from markdown_it import MarkdownIt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import _json
@@ -289,12 +293,38 @@ def _paragraph(lines: list[str], text: str) -> None:
     lines.append(text)
 
 
+#: Finds a text's code blocks. HTML off: the blocks seen are those of the text once its
+#: HTML is escaped (no HTML block can hide a fence), i.e. what a reader renders.
+_BLOCKS = MarkdownIt("commonmark", {"html": False})
+
+
+def _as_text(text: str) -> str:
+    """``text`` (a message, a prompt) with any HTML in it shown as text, not markup.
+
+    A reply is the model's (or a tool's) text: a ``<script>`` or ``<img onerror=...>``
+    in it must not run where the Markdown is rendered (a notebook, a Markdown viewer).
+    So ``&``, ``<`` and ``>`` become entities, except in top-level fenced or indented
+    code blocks, where they are literal already (and an entity would show as typed).
+    Code spans are escaped too: where one ends depends on the whole paragraph, and a
+    wrong guess would leave HTML live; ``&lt;`` in a code span is only a cosmetic cost.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    code: set[int] = set()
+    for token in _BLOCKS.parse(text):
+        # Level 0 only: inside a list or quote, a block's extent depends on the container.
+        if token.type in ("fence", "code_block") and token.level == 0 and token.map:
+            code.update(range(*token.map))
+    return "\n".join(
+        line if i in code else html.escape(line, quote=False) for i, line in enumerate(lines)
+    )
+
+
 def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
     """One branch of the document (default: its branch, else the active one) as Markdown."""
     meta = document.metadata
     name = branch or document.branch or meta.active_branch
     messages = document.path(name)
-    lines = [f"# {meta.title}", ""]
+    lines = [f"# {html.escape(meta.title, quote=False)}", ""]
     lines.append(f"- Context: `{meta.id}`")
     others = sorted(n for n in meta.branches if n != name)
     also = f" (other branches: {', '.join(f'`{n}`' for n in others)})" if others else ""
@@ -305,7 +335,7 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
         lines.append(f"- Tags: {', '.join(meta.tags)}")
     system_prompt = effective_system(meta, name)  # the branch's own, else the context's
     if system_prompt:
-        lines += ["", "## System prompt", "", system_prompt]
+        lines += ["", "## System prompt", "", _as_text(system_prompt)]
     for message in messages:
         label = status_label(message)
         status = f" ({label})" if label else ""
@@ -314,18 +344,18 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
         if message.tool_call_id:
             lines += [f"*Result of tool call `{message.tool_call_id}`*", ""]
         if message.content:
-            lines.append(message.content)
+            lines.append(_as_text(message.content))
         for call in message.tool_calls:
             args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
             _paragraph(lines, f"**Tool call** `{call.name}` ({call.status.value})")
             _paragraph(lines, _fence(args, "json"))
             if call.reason:
-                _paragraph(lines, f"Reason: {call.reason}")
+                _paragraph(lines, f"Reason: {_as_text(call.reason)}")
             if call.result is not None:
                 _paragraph(lines, "Result:")
                 _paragraph(lines, _fence(call.result))
         if message.metadata.error:
-            _paragraph(lines, f"> Error: {message.metadata.error}")
+            _paragraph(lines, f"> Error: {_as_text(message.metadata.error)}")
         if was_cut_off(message):
             _paragraph(lines, f"> *{CUT_OFF.capitalize()}: the reply is incomplete.*")
     return "\n".join(lines).rstrip() + "\n"

@@ -29,6 +29,37 @@ def test_ab_takes_every_prompt_up_to_the_next_option() -> None:
     assert args.branch == "main"
 
 
+@pytest.mark.parametrize(
+    ("line", "ab", "fanout", "rest"),
+    [
+        (
+            '--ab "Be terse." "Be a pirate." --temperature=0',
+            ["Be terse.", "Be a pirate."],
+            None,
+            {"temperature": 0.0},
+        ),
+        ('--ab "A" "B" --max-tokens=50', ["A", "B"], None, {"max_tokens": 50}),
+        ('--ab "A" "B" -f=code', ["A", "B"], None, {"format": "code"}),
+        ("--fanout local scripted --branch=exp", None, ["local", "scripted"], {"branch": "exp"}),
+    ],
+)
+def test_a_list_option_stops_at_an_option_with_its_value_attached(
+    line: str, ab: list[str] | None, fanout: list[str] | None, rest: dict[str, object]
+) -> None:
+    # "--temperature=0" is not a third system prompt, nor "--branch=exp" a provider spec.
+    args = cell(line)
+    assert (args.ab, args.fanout) == (ab, fanout)
+    assert {name: getattr(args, name) for name in rest} == rest
+
+
+@pytest.mark.parametrize(
+    "line", ['--ab "A" "B" --tempreature=0', '--ab "A" "B" --top-p 1', "--fanout a b --nope=1"]
+)
+def test_an_unknown_option_after_a_list_option_is_a_usage_error(line: str) -> None:
+    with pytest.raises(UsageError, match="unknown option '--"):
+        cell(line)
+
+
 def test_fanout_splits_specs_on_commas() -> None:
     assert cell("--fanout local, openai:gpt-4o-mini").fanout == ["local", "openai:gpt-4o-mini"]
 

@@ -15,7 +15,8 @@ Bad input is a one-line usage error, never a traceback.
 
 Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models),
 :mod:`._interpolate` (``{name}``), :mod:`._commands` (what each subcommand does),
-:mod:`._reply` (the views a cell returns), :mod:`._magics` (the IPython glue).
+:mod:`._reply` (the views a cell returns), :mod:`._magics` (the IPython glue),
+:mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._commands import NO_CONTEXT, Commands
+from ._input import register
 from ._magics import CMMagics
 from ._reply import ComparisonView, ReplyView
 
@@ -39,3 +41,4 @@ __all__ = [
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%cm`` / ``%%cm`` (what ``%load_ext cm_notebook`` calls)."""
     ipython.register_magics(CMMagics)
+    register(ipython)  # `%cm send ...?` is a message, not IPython's help syntax

@@ -59,7 +59,7 @@ class NoArgs(MagicArgs):
 
 
 class SendArgs(MagicArgs):
-    """``%cm send``: one message from a line."""
+    """``%cm send``: one message from a line, exactly as typed (see ``parse_text_args``)."""
 
     USAGE = "%cm send TEXT [--branch B]"
     REST = "text"

@@ -27,6 +27,7 @@ from ..widgets import CompareView
 from . import _args as a
 from ._interpolate import interpolate
 from ._reply import ComparisonView, ReplyView
+from ._saved import SavedCompareView, SavedComparisonView
 
 __all__ = ["NO_CONTEXT", "Commands", "translated"]
 
@@ -159,7 +160,8 @@ class Commands:
         else:
             variants = [{"provider": spec, **params} for spec in args.fanout or []]
         fan = session.fan_out(text, variants, branch=args.branch)
-        return ComparisonView(
+        # The saved copy after the live arms keeps the comparison in the saved notebook.
+        return SavedComparisonView(
             CompareView(session, *fan.branches), fan, self._store_comparison(args.var)
         )
 
@@ -236,10 +238,10 @@ class Commands:
                 f"{message.role}: " + " ".join(part for part in (message.content, *calls) if part)
             )
 
-    def compare(self, args: a.CompareArgs) -> CompareView:
-        """Branches side by side (default: all), kept current."""
+    def compare(self, args: a.CompareArgs) -> SavedCompareView:
+        """Branches side by side (default: all), kept current; then a saved copy."""
         session = self.session()
-        return CompareView(session, *args.branches)
+        return SavedCompareView(session, *args.branches)
 
     # -- tools -----------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from . import _args as a
 from ._commands import Commands, translated
-from ._parse import parse_args, split_words
+from ._parse import parse_args, parse_text_args, split_words
+from ._saved import SavedSessionView
 
 __all__ = ["CMMagics"]
 
@@ -34,10 +35,17 @@ class CMMagics(Magics):
             cell_args = parse_args(a.CellArgs, split_words(line, a.CellArgs.USAGE))
             with translated():
                 return self.commands.cell(cell_args, cell)
+        name, _, text = line.strip().partition(" ")
+        if name == "send":
+            # A message is not shell words: its quotes and apostrophes are kept. (A line
+            # ending in "?" only gets here thanks to _input.py.)
+            with translated():
+                return self.commands.send(parse_text_args(a.SendArgs, text))
         words = split_words(line, "%cm help")
         if not words:
             with translated():
-                return self.commands.session().view()
+                # The live view, then a snapshot that stays in the saved notebook.
+                return SavedSessionView(self.commands.session())
         name, rest = words[0], words[1:]
         model = a.COMMANDS.get(name)
         if model is None:

@@ -9,7 +9,8 @@ traceback.
 
 Options are the model's fields spelled ``--name`` (underscores as dashes), plus the
 short aliases a model lists in ``SHORT``. A ``bool`` field is a flag; a ``list`` field
-takes every word up to the next option (``--ab "A" "B"``); other fields take one word.
+takes every word up to the next word that starts with ``--`` or is a short alias
+(``--ab "A" "B" --temperature=0``); other fields take one word.
 The fields named in ``POSITIONAL`` take the leading non-option words in order, and the
 field named in ``REST`` (if any) takes all remaining ones (as a list, or joined by
 spaces for a ``str`` field).
@@ -17,6 +18,7 @@ spaces for a ``str`` field).
 
 from __future__ import annotations
 
+import re
 import shlex
 import types
 import typing
@@ -25,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from IPython.core.error import UsageError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["MagicArgs", "parse_args", "split_words"]
+__all__ = ["MagicArgs", "parse_args", "parse_text_args", "split_words"]
 
 
 class MagicArgs(BaseModel):
@@ -79,8 +81,52 @@ def _option_names(model: type[MagicArgs]) -> dict[str, str]:
     return {**names, **model.SHORT}
 
 
-def parse_args(model: type[M], words: list[str]) -> M:
-    """Sort ``words`` into ``model``'s positionals and options, and validate them."""
+#: One option word and its value at the start (or the end) of a free-text line: the
+#: value is a quoted string or a bare word.
+_VALUE = r"""(?:"[^"]*"|'[^']*'|[^\s"'=][^\s]*)"""
+_LEADING_OPTION = re.compile(rf"\s*(--[\w-]+)(?:=|\s+)({_VALUE})(?=\s|$)")
+_TRAILING_OPTION = re.compile(rf"\s(--[\w-]+)(?:=|\s+)({_VALUE})\s*$")
+
+
+def parse_text_args(model: type[M], line: str) -> M:
+    """Parse a line whose free text (``model.REST``) is kept exactly as typed.
+
+    Options may come before the text or, for a known option, as its last two words
+    (``--branch B``); everything between them is the text, quotes included: a message
+    is not shell words (``Define "serendipity"`` keeps its quotes, ``What's up`` is
+    not an unbalanced quote).
+    """
+    options = _option_names(model)
+    words: list[str] = []
+    text = line
+    while match := _LEADING_OPTION.match(text):
+        if match.group(1) not in options:
+            break  # reported below, with the rest of the line
+        words += [match.group(1), _unquote(match.group(2), model.USAGE)]
+        text = text[match.end() :]
+    first = text.split(maxsplit=1)[0] if text.strip() else ""
+    if first.startswith("--"):
+        # An option that is unknown, or known but without a value: parse_args says so.
+        parse_args(model, [first])
+    if (match := _TRAILING_OPTION.search(text)) and match.group(1) in options:
+        # Only a known option is taken from the end: "what does --verbose do" is text.
+        words += [match.group(1), _unquote(match.group(2), model.USAGE)]
+        text = text[: match.start()]
+    if not text.strip():
+        raise UsageError(f"the text is missing. Usage: {model.USAGE}")
+    return parse_args(model, words, rest=text)
+
+
+def _unquote(value: str, usage: str) -> str:
+    return split_words(value, usage)[0] if value[:1] in "\"'" else value
+
+
+def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> M:
+    """Sort ``words`` into ``model``'s positionals and options, and validate them.
+
+    ``rest``, if given, is the value of ``model.REST`` as it stands (see
+    :func:`parse_text_args`); then every word must be an option.
+    """
     usage = model.USAGE
     options = _option_names(model)
     values: dict[str, Any] = {}
@@ -103,7 +149,7 @@ def parse_args(model: type[M], words: list[str]) -> M:
             if kind is list:
                 taken = [inline] if eq else []
                 i += 1
-                while i < len(words) and words[i] not in options:
+                while i < len(words) and not _ends_list(words[i], options):
                     taken.append(words[i])
                     i += 1
                 if not taken:
@@ -124,6 +170,11 @@ def parse_args(model: type[M], words: list[str]) -> M:
     for field in model.POSITIONAL:
         if loose:
             values[field] = loose.pop(0)
+    if rest is not None and model.REST is not None:
+        if loose:
+            raise UsageError(f"unexpected {' '.join(map(repr, loose))}. Usage: {usage}")
+        if rest.strip():
+            values[model.REST] = rest
     if loose:
         if model.REST is None:
             raise UsageError(f"unexpected {' '.join(map(repr, loose))}. Usage: {usage}")
@@ -132,6 +183,13 @@ def parse_args(model: type[M], words: list[str]) -> M:
         return model.model_validate(values)
     except ValidationError as exc:
         raise UsageError(f"{_first_problem(exc)}. Usage: {usage}") from exc
+
+
+def _ends_list(word: str, options: dict[str, str]) -> bool:
+    # A list option stops at the next option: any "--word" (known or not, with or
+    # without "=value"), so "--temperature=0" after --ab is never taken as a third
+    # prompt; an unknown one is then reported by the caller. A short alias ends it too.
+    return word.startswith("--") or word.partition("=")[0] in options
 
 
 def _is_number(word: str) -> bool:

@@ -1,0 +1,134 @@
+"""What ``%cm``, ``%cm compare`` and ``%%cm --ab`` / ``--fanout`` leave in a saved notebook.
+
+Their live views are widgets, and widget state is not saved by default (JupyterLab,
+VS Code, Colab); a ``text/html`` placed beside the widget in its own bundle is not
+shown either when the widget cannot render (DESIGN fact 10). So, as displaying a
+session does, each view here is followed by a separate ``display_data`` output with
+static HTML (and a short, stable ``text/plain`` for nbval) that is replaced in place
+through its display id whenever a shown branch's turn ends: a notebook saved
+afterwards, and its nbconvert HTML, show the conversation or the comparison without
+a kernel. The HTML is the project's own static rendering
+(:func:`~cm_notebook.widgets.snapshot_html`, ``Comparison._repr_html_``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from IPython.display import DisplayHandle, display
+
+from .. import events as ev
+from ..widgets import CompareView, SessionView, Snapshot
+from ..widgets._base import SessionFollower, Throttle
+from ._reply import ComparisonView
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = [
+    "PLAIN",
+    "ComparisonSnapshot",
+    "SavedCompareView",
+    "SavedComparisonView",
+    "SavedSessionView",
+]
+
+#: The ``text/plain`` of a comparison's saved copy: short and stable for nbval.
+PLAIN = "<cm_notebook comparison (HTML)>"
+
+#: Seconds between two updates of the saved copy (each re-sends the whole comparison).
+INTERVAL = 0.5
+
+#: The states in which a branch's turn is over (or waits for a person): worth a copy.
+_SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
+
+
+def _show_widget(widget: Any) -> None:
+    # The widget's own bundle, as IPython would show it without _ipython_display_.
+    display(widget._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
+
+
+class ComparisonSnapshot:
+    """``branches`` of ``session`` compared, as static HTML kept current in one output."""
+
+    def __init__(self, session: ContextSession, branches: list[str]) -> None:
+        self.session = session
+        self.branches = list(branches)
+        self._handle: DisplayHandle | None = None
+        self._follower = SessionFollower(session, self._on_event, lambda _text: None)
+        self._throttle = Throttle(self._follower.loop, INTERVAL, self._update)
+
+    def __repr__(self) -> str:
+        return f"<cm_notebook ComparisonSnapshot of {self.branches}>"
+
+    def html(self) -> str:
+        """The comparison as it stands (each branch's last answer so far)."""
+        return self.session.compare(*self.branches)._repr_html_()
+
+    def display(self) -> None:
+        """Emit the output (in the current cell); later updates replace it in place."""
+        bundle = {"text/html": self.html(), "text/plain": PLAIN}
+        self._handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Stop updating the output (it keeps its last content)."""
+        self._follower.close()
+        self._throttle.cancel()
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.StateChanged):
+            if event.branch in self.branches and event.new.value in _SETTLED:
+                self._throttle.poke()
+        elif isinstance(event, (ev.BranchUpdated, ev.Resync)):
+            self._throttle.poke()
+
+    def _update(self) -> None:
+        if self._handle is not None:
+            bundle = {"text/html": self.html(), "text/plain": PLAIN}
+            self._handle.update(bundle, raw=True)  # type: ignore[no-untyped-call]
+
+
+class SavedSessionView(SessionView):
+    """What ``%cm`` shows: the session's live view, then its saved-notebook snapshot."""
+
+    def _ipython_display_(self) -> None:
+        _show_widget(self)
+        if self.snapshot is None:
+            self.snapshot = Snapshot(self.session)
+        self.snapshot.display()
+
+
+class SavedCompareView(CompareView):
+    """What ``%cm compare`` shows: the live comparison, then its saved copy."""
+
+    saved: ComparisonSnapshot | None = None
+
+    def _ipython_display_(self) -> None:
+        _show_widget(self)
+        if self.saved is None:
+            self.saved = ComparisonSnapshot(self.session, self.branch_names)
+        self.saved.display()
+
+    def close(self) -> None:
+        """Stop following the session (the saved copy keeps its last content)."""
+        if self.saved is not None:
+            self.saved.close()
+        super().close()
+
+
+class SavedComparisonView(ComparisonView):
+    """What ``%%cm --ab`` / ``--fanout`` show: the arms live, then the saved comparison."""
+
+    saved: ComparisonSnapshot | None = None
+
+    def _ipython_display_(self) -> None:
+        _show_widget(self)
+        if self.saved is None:
+            self.saved = ComparisonSnapshot(self.compare.session, self.branches)
+        self.saved.display()
+
+    def close(self) -> None:
+        """Stop following the session (the saved copy keeps its last content)."""
+        if self.saved is not None:
+            self.saved.close()
+        super().close()

@@ -1,0 +1,101 @@
+"""What ``%cm``, ``%cm compare``, ``%%cm --ab`` and ``%cm export`` leave in a saved notebook.
+
+A notebook saved without widget state (the default in JupyterLab, VS Code, Colab)
+shows only plain outputs. Each of these magics is followed by a ``text/html`` output
+holding the conversation or the comparison, kept current through its display id; the
+export's Markdown shows a reply's HTML as text. Driven in a real kernel over ZMQ.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+from widget_frontend import FrontEnd, front_end
+
+CONVERSATION = "<cm_notebook conversation (HTML)>"
+COMPARISON = "<cm_notebook comparison (HTML)>"
+EVIL = '<img src=x onerror="alert(1)"></div><script>alert(2)</script>'
+
+
+@pytest.fixture(scope="module")
+def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    with front_end(tmp_path_factory.mktemp("saved-data")) as frontend:
+        frontend.run("%load_ext cm_notebook")
+        yield frontend
+
+
+def _use_scripted(fe: FrontEnd, replies: list[str]) -> None:
+    fe.run(
+        f"""
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        s = ContextSession.create("saved", provider=ScriptedProvider({replies!r}))
+        %cm use s
+        """
+    )
+
+
+def _printed(fe: FrontEnd, expression: str) -> Any:
+    return ast.literal_eval(fe.run(f"print(repr({expression}))").strip())
+
+
+def _saved_output(fe: FrontEnd, code: str, plain: str) -> str:
+    """Run ``code``; the display id of the one static HTML output it made."""
+    before = set(fe.displays)
+    fe.run(code)
+    [display_id] = [
+        key for key in fe.displays if key not in before and fe.displays[key]["text/plain"] == plain
+    ]
+    return display_id
+
+
+def _html_has(fe: FrontEnd, display_id: str, *texts: str) -> None:
+    fe.wait_for(
+        lambda: all(text in fe.displays[display_id]["text/html"] for text in texts),
+        what=f"{texts} in the saved output",
+    )
+
+
+def test_cm_shows_the_conversation_in_a_saved_output_kept_current(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["First answer.", "Second answer."])
+    fe.run("await s.send('hi')")
+    saved = _saved_output(fe, "%cm", CONVERSATION)
+    assert _printed(fe, "type(_).__mro__[1].__name__") == "SessionView"  # still the view
+    _html_has(fe, saved, "First answer.")
+    fe.run("await s.send('again')")
+    _html_has(fe, saved, "First answer.", "Second answer.")
+
+
+def test_compare_shows_the_comparison_in_a_saved_output(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["Main answer.", "Other answer."])
+    fe.run("await s.send('hi')\ns.branch('other', s.history()[0].id)\nawait s.regenerate()")
+    saved = _saved_output(fe, "%cm compare main other", COMPARISON)
+    # Each answer is marked up as a word diff against the first: look for the words.
+    _html_has(fe, saved, "Main", "Other", "cm-comparison")
+
+
+def test_ab_ends_in_a_saved_comparison_of_its_arms(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["Terse arm.", "Pirate arm."])
+    saved = _saved_output(
+        fe, '%%cm --ab "Be terse." "Be a pirate." --var result\nHello', COMPARISON
+    )
+    assert _printed(fe, "repr(_)") == "<cm_notebook comparison of 2 branches>"
+    assert _printed(fe, "len((await _).results)") == 2
+    # The copy is made before the arms reply, and replaced once they have.
+    _html_has(fe, saved, "Terse", "Pirate", "Be a pirate.")
+
+
+def test_export_shows_a_replys_html_as_text(fe: FrontEnd) -> None:
+    _use_scripted(fe, [EVIL])
+    fe.run("await s.send('hi')")
+    markdown = fe.run("doc = %cm export\nprint(doc.data)")
+    assert "<script" not in markdown
+    assert "<img" not in markdown
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in markdown

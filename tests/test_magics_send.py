@@ -1,0 +1,104 @@
+"""``%cm send``: the text after ``send`` is the message, exactly as typed, in a real kernel.
+
+A message is not shell words: its quotes and apostrophes are kept. A line ending in
+``?`` is a question, not IPython's ``obj?`` help syntax (which would rewrite the line
+before the magic runs; the extension keeps it off ``%cm send`` lines).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+from widget_frontend import FrontEnd, front_end
+
+
+@pytest.fixture(scope="module")
+def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    with front_end(tmp_path_factory.mktemp("send-data")) as frontend:
+        frontend.run("%load_ext cm_notebook")
+        frontend.run("%load_ext cm_notebook")  # loading again must not rewrite lines twice
+        yield frontend
+
+
+@pytest.fixture
+def session(fe: FrontEnd) -> None:
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        s = ContextSession.create("send", provider=ScriptedProvider())
+        %cm use s
+        """
+    )
+
+
+def _printed(fe: FrontEnd, expression: str) -> Any:
+    return ast.literal_eval(fe.run(f"print(repr({expression}))").strip())
+
+
+def _sent(fe: FrontEnd, line: str) -> tuple[str, str | None]:
+    """Run ``line`` as a cell and wait for its reply: the message stored, and its branch."""
+    reply, output = fe.execute(line)
+    assert reply["status"] == "ok", output
+    assert "not found" not in output, output  # IPython's help, not the magic, ran
+    fe.run("await _")
+    return tuple(  # type: ignore[return-value]
+        _printed(
+            fe, "[(m.content, b) for b in s.branches for m in s.history(b) if m.role == 'user'][-1]"
+        )
+    )
+
+
+@pytest.mark.usefixtures("session")
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("%cm send What is the capital of France?", "What is the capital of France?"),
+        ("%cm send Why??", "Why??"),
+        ('%cm send Define the word "serendipity" please', 'Define the word "serendipity" please'),
+        ("%cm send What's the time?  ", "What's the time?"),
+        ("x = 1\n%cm send Is x one?", "Is x one?"),
+        ('%cm send "Quoted whole."', '"Quoted whole."'),
+        ("%cm send what does --verbose do", "what does --verbose do"),
+    ],
+)
+def test_send_stores_the_text_exactly_as_typed(fe: FrontEnd, line: str, message: str) -> None:
+    assert _sent(fe, line) == (message, "main")
+
+
+@pytest.mark.usefixtures("session")
+def test_send_takes_a_branch_before_or_after_the_text(fe: FrontEnd) -> None:
+    fe.run("s.branch('other'); s.switch('main')")
+    assert _sent(fe, '%cm send --branch other Is it "here"?') == ('Is it "here"?', "other")
+    assert _sent(fe, "%cm send It's there --branch=other") == ("It's there", "other")
+
+
+@pytest.mark.usefixtures("session")
+def test_help_on_the_magic_and_a_cell_body_are_left_alone(fe: FrontEnd) -> None:
+    reply, _ = fe.execute("%cm?")  # help goes to the front end's pager
+    assert "Talk to the current context" in str(reply["payload"])
+    fe.run("%%cm\n%cm send is this the body?")
+    assert _printed(fe, "(await _).content") == "echo: %cm send is this the body?"
+
+
+@pytest.mark.usefixtures("session")
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("%cm send", "the text is missing"),
+        ("%cm send --nope hi", "unknown option '--nope'"),
+        ("%cm send --branch", "--branch needs a value"),
+    ],
+)
+def test_bad_sends_are_one_line_usage_errors(fe: FrontEnd, line: str, says: str) -> None:
+    reply, output = fe.execute(line)
+    assert reply["status"] == "error", output
+    assert reply["ename"] == "UsageError"
+    assert says in reply["evalue"]
