@@ -73,6 +73,15 @@ def test_cm_shows_the_conversation_in_a_saved_output_kept_current(fe: FrontEnd) 
     _html_has(fe, saved, "First answer.", "Second answer.")
 
 
+def test_a_session_view_shown_on_its_own_leaves_the_conversation_too(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["Viewed answer.", "Later answer."])
+    fe.run("await s.send('hi')")
+    saved = _saved_output(fe, "s.view()", CONVERSATION)
+    _html_has(fe, saved, "Viewed answer.")
+    fe.run("await s.send('again')")
+    _html_has(fe, saved, "Viewed answer.", "Later answer.")
+
+
 def test_compare_shows_the_comparison_in_a_saved_output(fe: FrontEnd) -> None:
     _use_scripted(fe, ["Main answer.", "Other answer."])
     fe.run("await s.send('hi')\ns.branch('other', s.history()[0].id)\nawait s.regenerate()")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.display import DisplayHandle, display
 
 from .. import events as ev
-from ..widgets import CompareView, SessionView, Snapshot
+from ..widgets import CompareView, SessionView
 from ..widgets._base import SessionFollower, Throttle
 from ._reply import ComparisonView
 
@@ -89,13 +89,8 @@ class ComparisonSnapshot:
 
 
 class SavedSessionView(SessionView):
-    """What ``%cm`` shows: the session's live view, then its saved-notebook snapshot."""
-
-    def _ipython_display_(self) -> None:
-        _show_widget(self)
-        if self.snapshot is None:
-            self.snapshot = Snapshot(self.session)
-        self.snapshot.display()
+    """What ``%cm`` shows: the session's live view, then its saved-notebook snapshot
+    (as every :class:`~cm_notebook.widgets.SessionView` shown on its own does)."""
 
 
 class SavedCompareView(CompareView):

@@ -50,6 +50,15 @@ class SessionView(w.VBox):  # type: ignore[misc]
     def __repr__(self) -> str:
         return "<cm_notebook SessionView>"
 
+    def _ipython_display_(self) -> None:
+        # Shown on its own (``session.view()``, ``%cm``): the live view, then the static
+        # snapshot a notebook saved without widget state still shows (a text/html in
+        # the widget's own bundle would not be: DESIGN fact 10).
+        display(self._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
+        if self.snapshot is None:
+            self.snapshot = Snapshot(self.session)
+        self.snapshot.display()
+
     def close(self) -> None:
         """Stop following the session and close every part."""
         if hasattr(self, "chat"):
@@ -64,6 +73,4 @@ def display_session(session: ContextSession) -> SessionView:
     """Display the live view of ``session`` and, below it, its saved-notebook snapshot."""
     view = SessionView(session)
     display(view)  # type: ignore[no-untyped-call]
-    view.snapshot = Snapshot(session)
-    view.snapshot.display()
     return view
