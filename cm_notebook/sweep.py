@@ -58,6 +58,8 @@ CellStatus = Literal["pending", "running", "done", "failed"]
 
 #: The longest sweep name (cells' branch names add ``-p0-i0-v0-r0`` and more).
 MAX_SWEEP_NAME = 60
+#: The most cells one sweep may have (each is a branch of the context).
+MAX_SWEEP_CELLS = 10_000
 #: A variant is a provider spec, a Provider, or a mapping of these keys (and
 #: generation parameters, flat or under ``params``).
 _VARIANT_KEYS = frozenset({"label", "provider", "system", "params"})
@@ -301,6 +303,15 @@ def plan_sweep(
             "without spaces (its cells' branches are named after it)"
         )
     _check_labels(name, labels)
+    count = len(prompt_list) * (len(rows) if rows is not None else 1) * len(labels) * repeat
+    if count > MAX_SWEEP_CELLS:
+        # Each cell is a branch with its own files, and the plan is built in memory:
+        # refused before either, rather than running out of memory or disk half-way.
+        raise InvalidInputError(
+            f"this sweep has {count:,} cells (prompts x input rows x variants x repeat); "
+            f"the limit is {MAX_SWEEP_CELLS:,}. Split it into several sweeps, or use fewer "
+            "repeats or rows"
+        )
     cells = []
     for p, template in enumerate(prompt_list):
         for i, row in enumerate(rows) if rows is not None else [(None, None)]:

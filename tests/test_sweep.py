@@ -130,6 +130,7 @@ def test_bad_definitions_are_refused_before_anything_is_written(
         (["Q"], [{"not_a_param": 1}], {}, "not_a_param"),
         (["Q"], [{}], {"name": "x" * 61}, "at most 60"),
         (["Q"], [{"system": 3}], {}, "system must be a string"),
+        (["Q", "R"], [{}], {"repeat": 10**8}, "200,000,000 cells .* the limit is 10,000"),
     ]:
         with pytest.raises(InvalidInputError, match=words):
             session.sweep(prompts, variants, progress=False, **options)
