@@ -180,8 +180,7 @@ class SessionBranches(SessionReading):
         tree = self.tree()  # from the index: no message file is read
         if given is not None:
             self._head(given)  # BranchNotFoundError for an unknown branch
-            path = tree.path(given) if given in tree.heads else []
-            if not any(node.id == message_id for node in path):
+            if not tree.holds(given, message_id):
                 raise InvalidInputError(
                     f"message {message_id!r} is not on branch {given!r}; "
                     "give the branch that holds it"
@@ -189,13 +188,7 @@ class SessionBranches(SessionReading):
             return given
         metadata = self._read_metadata()
         older = sorted(metadata.branches.values(), key=lambda b: b.created_at)
-        names = [metadata.active_branch, *(b.name for b in older)]
-        for candidate in names:
-            if candidate in tree.heads and any(
-                node.id == message_id for node in tree.path(candidate)
-            ):
-                return candidate
-        return None
+        return tree.first_holding(message_id, [metadata.active_branch, *(b.name for b in older)])
 
     def _system_in_place(self, name: str, text: str | None) -> Branch | None:
         # Change the prompt of the claimed branch ``name`` if it has no replies yet.

@@ -139,13 +139,8 @@ def _readable(parts: list[_Part]) -> list[tuple[str, str]]:
     # whole phrases: "-Sunlight +Arr, sunlight = scatters".
     merged: list[_Part] = []
     for at, part in enumerate(parts):
-        island = (
-            not part.changed
-            and part.same.isspace()
-            and 0 < at < len(parts) - 1
-            and merged
-            and merged[-1].changed
-        )
+        # Between two changes: one just merged, and one after it (parts alternate).
+        island = part.same.isspace() and at < len(parts) - 1 and merged and merged[-1].changed
         if island:
             merged[-1].removed += part.same
             merged[-1].added += part.same

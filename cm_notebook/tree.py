@@ -8,7 +8,7 @@ pulls the content of the messages it shows with ``session.get(id)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -97,6 +97,21 @@ class MessageTree(BaseModel):
             out.append(node)
             current = node.parent_id
         return out[::-1]
+
+    def holds(self, branch: str, message_id: str) -> bool:
+        """Whether ``message_id`` is on the path of ``branch`` (False: no such branch)."""
+        current = self.heads.get(branch)
+        steps = 0
+        while current is not None and current in self.nodes and steps <= len(self.nodes):
+            if current == message_id:
+                return True
+            current = self.nodes[current].parent_id
+            steps += 1
+        return False
+
+    def first_holding(self, message_id: str, branches: Iterable[str]) -> str | None:
+        """The first of ``branches`` whose path holds ``message_id`` (None: none does)."""
+        return next((name for name in branches if self.holds(name, message_id)), None)
 
     def __repr__(self) -> str:
         return f"<MessageTree {len(self.nodes)} messages, {len(self.heads)} branches>"

@@ -9,10 +9,11 @@ from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import BranchList, CreateBranch, UpdateBranch
 
-__all__ = ["BranchHandler", "BranchesHandler"]
+__all__ = ["BranchHandler", "BranchesHandler", "require_branch"]
 
 
-def _branch(session: ContextSession, name: str) -> Branch:
+def require_branch(session: ContextSession, name: str) -> Branch:
+    """The branch ``name`` of ``session`` (400 for a hostile name, 404 if it has none)."""
     validate_branch_name(name)
     branches = session.branches
     if name not in branches:
@@ -60,7 +61,7 @@ class BranchHandler(CMHandler):
 
     @operation("One branch", response=Branch)
     async def get(self, context_id: str, branch: str) -> None:
-        self.reply(_branch((await self.session(context_id)), branch))
+        self.reply(require_branch((await self.session(context_id)), branch))
 
     @operation(
         "Switch to a branch, and/or change its system prompt (a branch with replies "
@@ -72,12 +73,12 @@ class BranchHandler(CMHandler):
     async def put(self, context_id: str, branch: str) -> None:
         session = await self.session(context_id)
         request = self.body(UpdateBranch)
-        changed = _branch(session, branch)
+        changed = require_branch(session, branch)
         if request.active:
             session.switch(branch)
         if "system" in request.model_fields_set:
             changed = session.edit_system(request.system, branch=branch)
-        self.reply(_branch(session, changed.name))
+        self.reply(require_branch(session, changed.name))
 
     @operation(
         "Delete a branch pointer (its messages stay in the tree)",
@@ -86,7 +87,7 @@ class BranchHandler(CMHandler):
     )
     async def delete(self, context_id: str, branch: str) -> None:
         session = await self.session(context_id)
-        _branch(session, branch)
+        require_branch(session, branch)
         session.delete_branch(branch)
         self.set_status(204)
         self.finish()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from ..errors import BranchNotFoundError, StateError, ToolCallNotFoundError
-from ..ids import validate_branch_name
+from ..errors import StateError, ToolCallNotFoundError
 from ..model import ToolCall
 from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import Approve, Decided, Decisions, DecisionsQuery, Deny, ToolCallView
+from .branches import require_branch
 
 __all__ = [
     "ApproveHandler",
@@ -115,12 +115,7 @@ class DecisionsHandler(CMHandler):
         session = await self.session(context_id)
         query = self.query(DecisionsQuery)
         if query.branch is not None:
-            validate_branch_name(query.branch)
-            known = session.branch_names
-            if query.branch not in known:
-                raise BranchNotFoundError(
-                    f"there is no branch {query.branch!r}; the branches are {sorted(known)}"
-                )
+            require_branch(session, query.branch)
         self.reply(Decisions(decisions=session.approval_log(query.branch)))
 
 

@@ -349,13 +349,13 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         if self._only is None or call_id in self._seen:
             return True
         branch = self._branches.get(call_id)
-        if branch is None and call_id in waiting:
-            # Pending before this view heard it asked for (a Resync): its reply's branch.
-            tree = self.session.tree()
-            if self._only in tree.heads:
-                branch = next(
-                    (self._only for n in tree.path(self._only) if n.id == waiting[call_id]), None
-                )
+        # Pending before this view heard it asked for (a Resync): its reply's branch.
+        if (
+            branch is None
+            and call_id in waiting
+            and self.session.tree().holds(self._only, waiting[call_id])
+        ):
+            branch = self._only
         if branch != self._only:
             return False
         self._seen.add(call_id)

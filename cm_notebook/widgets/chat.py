@@ -351,10 +351,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
     def _holder(self, message_id: str, shown: str) -> str | None:
         # The branch holding ``message_id``: the one shown at the click first.
         tree = self.session.tree()  # from the index: no message file is read
-        for name in (shown, self._branch, self.session.active_branch, *sorted(tree.heads)):
-            if name in tree.heads and any(n.id == message_id for n in tree.path(name)):
-                return name
-        return None
+        candidates = (shown, self._branch, self.session.active_branch, *sorted(tree.heads))
+        return tree.first_holding(message_id, candidates)
 
     def _edit(self, message_id: str, text: str, shown: str) -> None:
         # The edit answers as the branch it was made on, and the view goes with it.
@@ -395,12 +393,13 @@ class ChatView(w.VBox):  # type: ignore[misc]
         # most recent); if none does, give it one.
         self.transcript.notice = ""
         tree = self.session.tree()
-        names = sorted(tree.heads, key=lambda n: (n != self._branch, n))
-        for name in names:
-            if any(node.id == message_id for node in tree.path(name)):
-                if name != self._branch:
-                    self.session.switch(name)
-                return
+        holder = tree.first_holding(
+            message_id, sorted(tree.heads, key=lambda n: (n != self._branch, n))
+        )
+        if holder is not None:
+            if holder != self._branch:
+                self.session.switch(holder)
+            return
         self.session.branch(self.session._free_branch_name(f"{self._branch}-alt"), message_id)
 
     def _fork(self, message_id: str, shown: str) -> None:
