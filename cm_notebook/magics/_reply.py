@@ -27,13 +27,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import ipywidgets as w
-from IPython.display import DisplayHandle, display
+from IPython.display import display
 
 from ..errors import CMError
 from ..model import Message
 from ..provenance import provenance_of
 from ..widgets import CompareView, ToolApproval
 from ..widgets._base import SessionFollower, Throttle
+from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class ReplyView:
         self._final: Message | None = None
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
-        self._handle: DisplayHandle | None = None
+        self._output = LiveOutput()
         #: The Approve / Deny buttons of this turn's calls, when the session has tools:
         #: its own branch only (a branch runs one turn at a time), closed when it ends,
         #: so a later cell's call is not offered under every earlier cell.
@@ -105,7 +106,15 @@ class ReplyView:
         return f"<cm_notebook reply on branch {self.turn.branch!r}>"
 
     def __await__(self) -> Generator[Any, None, Message]:
-        return _after_wind_down(self.turn, self._wound_down).__await__()
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> Message:
+        final = await _after_wind_down(self.turn, self._wound_down)
+        # Shown once more, and the session's copies brought up to date, as the awaiting
+        # cell: a headless run keeps only that cell's output messages (see LiveOutput).
+        self._render()
+        flush_copies(self.session)
+        return final
 
     @property
     def text(self) -> str:
@@ -115,7 +124,7 @@ class ReplyView:
     @property
     def display_id(self) -> str | None:
         """The id of the reply's output (None until the view is displayed)."""
-        return None if self._handle is None else str(self._handle.display_id)
+        return self._output.display_id
 
     def html(self) -> str:
         """The reply as it is shown now (HTML)."""
@@ -136,9 +145,7 @@ class ReplyView:
     def _ipython_display_(self) -> None:
         # The reply as a plain output, replaced in place as it grows; then the buttons.
         bundle = {"text/html": self.html(), "text/plain": PLAIN}
-        self._handle = display(  # type: ignore[no-untyped-call]
-            bundle, raw=True, display_id=True, metadata={"cm_notebook": self.provenance()}
-        )
+        self._output.show(bundle, {"cm_notebook": self.provenance()})
         if self.approvals is not None:
             display(self.approvals)  # type: ignore[no-untyped-call]
 
@@ -187,11 +194,9 @@ class ReplyView:
         )
 
     def _render(self) -> None:
-        if self._handle is not None:
+        if self._output.shown:
             bundle = {"text/html": self.html(), "text/plain": PLAIN}
-            self._handle.update(  # type: ignore[no-untyped-call]
-                bundle, raw=True, metadata={"cm_notebook": self.provenance()}
-            )
+            self._output.update(bundle, {"cm_notebook": self.provenance()})
 
     def _show_error(self, text: str) -> None:
         self._outcome = text
@@ -241,7 +246,12 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         return f"<cm_notebook comparison of {len(self.fan.branches)} branches>"
 
     def __await__(self) -> Generator[Any, None, Comparison]:
-        return _after_wind_down(self.fan, self._wound_down).__await__()
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> Comparison:
+        comparison = await _after_wind_down(self.fan, self._wound_down)
+        flush_copies(self.compare.session)  # as the awaiting cell: see ReplyView
+        return comparison
 
     @property
     def branches(self) -> list[str]:

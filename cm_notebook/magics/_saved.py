@@ -13,13 +13,15 @@ a kernel. The HTML is the project's own static rendering
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
-from IPython.display import DisplayHandle, display
+from IPython.display import display
 
 from .. import events as ev
 from ..widgets import CompareView, SessionView
 from ..widgets._base import SessionFollower, Throttle
+from ..widgets._live_output import LiveOutput, register_copy
 from ._reply import ComparisonView
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class ComparisonSnapshot:
     def __init__(self, session: ContextSession, branches: list[str]) -> None:
         self.session = session
         self.branches = list(branches)
-        self._handle: DisplayHandle | None = None
+        self._output = LiveOutput()
         self._follower = SessionFollower(session, self._on_event, lambda _text: None)
         self._throttle = Throttle(self._follower.loop, INTERVAL, self._update)
 
@@ -67,8 +69,17 @@ class ComparisonSnapshot:
 
     def display(self) -> None:
         """Emit the output (in the current cell); later updates replace it in place."""
-        bundle = {"text/html": self.html(), "text/plain": PLAIN}
-        self._handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        self._output.show({"text/html": self.html(), "text/plain": PLAIN})
+        register_copy(self)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the copy is updated on (the session's)."""
+        return self._follower.loop
+
+    def flush_pending(self) -> None:
+        """Send a waiting update now (on :attr:`loop`)."""
+        self._throttle.flush_pending()
 
     def close(self) -> None:
         """Stop updating the output (it keeps its last content)."""
@@ -83,9 +94,8 @@ class ComparisonSnapshot:
             self._throttle.poke()
 
     def _update(self) -> None:
-        if self._handle is not None:
-            bundle = {"text/html": self.html(), "text/plain": PLAIN}
-            self._handle.update(bundle, raw=True)  # type: ignore[no-untyped-call]
+        if self._output.shown:
+            self._output.update({"text/html": self.html(), "text/plain": PLAIN})
 
 
 class SavedSessionView(SessionView):

@@ -71,6 +71,11 @@ class Throttle:
         self._last = time.monotonic()
         self._flush()
 
+    def flush_pending(self) -> None:
+        """Flush at once if a flush is waiting for its interval (else nothing)."""
+        if self._handle is not None:
+            self.now()
+
     def cancel(self) -> None:
         """Drop a pending flush."""
         if self._handle is not None:

@@ -10,12 +10,12 @@ afterwards, and its nbconvert HTML, show the conversation without a kernel.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
-
-from IPython.display import DisplayHandle, display
 
 from .. import events as ev
 from ._base import SessionFollower, Throttle
+from ._live_output import LiveOutput, register_copy
 from ._messages import message_dict, transcript_html
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Snapshot:
 
     def __init__(self, session: ContextSession) -> None:
         self.session = session
-        self._handle: DisplayHandle | None = None
+        self._output = LiveOutput()
         self._follower = SessionFollower(session, self._on_event, lambda _text: None)
         self._throttle = Throttle(self._follower.loop, SNAPSHOT_INTERVAL, self._update)
 
@@ -56,7 +56,17 @@ class Snapshot:
 
     def display(self) -> None:
         """Emit the output (in the current cell); later updates replace it in place."""
-        self._handle = display(self._bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        self._output.show(self._bundle())
+        register_copy(self)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the copy is updated on (the session's)."""
+        return self._follower.loop
+
+    def flush_pending(self) -> None:
+        """Send a waiting update now (on :attr:`loop`)."""
+        self._throttle.flush_pending()
 
     def close(self) -> None:
         """Stop updating the output (it keeps its last content)."""
@@ -75,5 +85,5 @@ class Snapshot:
             self._throttle.poke()
 
     def _update(self) -> None:
-        if self._handle is not None:
-            self._handle.update(self._bundle(), raw=True)  # type: ignore[no-untyped-call]
+        if self._output.shown:
+            self._output.update(self._bundle())

@@ -1,0 +1,136 @@
+"""A plain output that is replaced in place, in every front end and in saved notebooks.
+
+The static HTML a view leaves for a saved notebook (a ``%%cm`` reply, a conversation's
+snapshot, a comparison) is a ``display_data`` output updated through its display id
+when a turn ends. The turn usually ends while a *later* cell runs (the one that
+awaits it, say). An update sent from the turn's task belongs, as ipykernel sees it, to
+the cell that started the turn: JupyterLab keeps listening to that cell and applies
+it, but a front end that only takes the running cell's messages (nbclient, which is
+what ``jupyter nbconvert --execute``, papermill and nbval use) drops it, and the
+notebook it saves shows the reply as it was when its own cell ended (often empty).
+
+So :class:`LiveOutput` sends each update as the cell that showed the output, and once
+more as the cell running now when that is another one. ipykernel gives output made on a
+thread without a context of its own to the latest request, so the second update is made
+on such a thread. Both carry the same display id and content: a front end that takes
+both shows the same thing.
+
+Copies that re-render a whole conversation are throttled, so the update for a turn
+that just ended may still be waiting when the cell awaiting the turn ends. Awaiting a
+reply or a comparison therefore sends the waiting updates of its session's copies at
+once (:func:`flush_copies`), as the awaiting cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from IPython.display import DisplayHandle, display
+
+__all__ = ["LiveOutput", "SavedCopy", "flush_copies", "register_copy"]
+
+
+class SavedCopy(Protocol):
+    """A throttled saved copy of a session's conversation or comparison."""
+
+    @property
+    def session(self) -> object: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def flush_pending(self) -> None: ...
+
+
+_COPIES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_copy(copy: SavedCopy) -> None:
+    """Let :func:`flush_copies` of its session bring ``copy`` up to date."""
+    _COPIES.add(copy)
+
+
+def flush_copies(session: object) -> None:
+    """Send the waiting update of every shown copy of ``session`` now.
+
+    Called on the session's loop (by the cell awaiting a reply); copies following a
+    session on another loop are left to their own timers.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for copy in list(_COPIES):
+        if copy.session is session and copy.loop is running:
+            copy.flush_pending()
+
+
+class LiveOutput:
+    """One ``display_data`` output: :meth:`show` it, then :meth:`update` it in place."""
+
+    def __init__(self) -> None:
+        self._handle: DisplayHandle | None = None
+        self._shown_by: str | None = None  # the request (cell) that showed it
+
+    @property
+    def display_id(self) -> str | None:
+        """The output's display id (None until shown)."""
+        return None if self._handle is None else str(self._handle.display_id)
+
+    @property
+    def shown(self) -> bool:
+        """Whether :meth:`show` was called."""
+        return self._handle is not None
+
+    def show(self, bundle: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
+        """Emit the output in the current cell."""
+        self._handle = display(  # type: ignore[no-untyped-call]
+            dict(bundle), raw=True, display_id=True, metadata=dict(metadata or {})
+        )
+        self._shown_by = _request_here()
+
+    def update(self, bundle: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
+        """Replace the output's content, also for a front end following a later cell."""
+        handle = self._handle
+        if handle is None:
+            return
+        content, extra = dict(bundle), dict(metadata or {})
+        handle.update(content, raw=True, metadata=extra)  # type: ignore[no-untyped-call]
+        latest = _on_fresh_thread(_request_here)
+        if latest is not None and latest != self._shown_by and latest != _request_here():
+            _on_fresh_thread(
+                lambda: handle.update(content, raw=True, metadata=extra)  # type: ignore[no-untyped-call]
+            )
+
+
+def _request_here() -> str | None:
+    # The id of the execute request ipykernel ties output made here to (None outside a
+    # kernel). On a fresh thread that is the kernel's latest request.
+    try:
+        from ipykernel.kernelbase import Kernel
+    except ImportError:  # pragma: no cover - the package depends on ipykernel
+        return None
+    if not Kernel.initialized():
+        return None
+    parent = Kernel.instance().get_parent("shell")  # type: ignore[no-untyped-call]
+    header = parent.get("header") if isinstance(parent, dict) else None
+    msg_id = header.get("msg_id") if isinstance(header, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
+
+
+def _on_fresh_thread(func: Callable[[], Any]) -> Any:
+    # Threads start without the caller's context variables, so ipykernel resolves the
+    # parent request of what runs there to its latest one.
+    result: list[Any] = [None]
+
+    def run() -> None:
+        result[0] = func()
+
+    thread = threading.Thread(target=run, name="cm-live-output", daemon=True)
+    thread.start()
+    thread.join()
+    return result[0]

@@ -1,0 +1,80 @@
+"""A notebook run headless (nbclient: ``nbconvert --execute``, papermill, nbval) keeps
+the final replies in its saved outputs.
+
+Such a front end takes only the running cell's messages. A reply that ends while a
+later cell awaits it must reach the ``%%cm`` cell's output, and the conversation and
+comparison copies must show it too, not the state when their own cell ended.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+SETUP = """
+from cm_notebook import ContextSession
+from cm_notebook.testing import ScriptedProvider
+provider = ScriptedProvider(
+    ["the first answer", "the second answer", "arm one says", "arm two says"], delay=0.05
+)
+s = ContextSession.create("headless", provider=provider)
+%cm use s
+"""
+
+
+def _run(cells: list[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("CM_NOTEBOOK_DATA_DIR", str(data_dir))
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in cells]
+    )
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    return [
+        _text(
+            "".join(
+                output["data"].get("text/html", "")
+                for output in cell.outputs
+                if output.get("output_type") == "display_data"
+            )
+        )
+        for cell in notebook.cells
+    ]
+
+
+def _text(html: str) -> str:
+    # What a reader sees: the words, without the markup (a word diff splits them).
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_awaited_replies_and_their_copies_are_saved_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    html = _run(
+        [
+            "%load_ext cm_notebook",
+            SETUP,
+            "%cm",
+            "%%cm\nHello?",
+            "first = await _",
+            "%%cm\nAnd again?",
+            "second = await _",
+            '%%cm --ab "Be brief." "Be long."\nWhich?',
+            "comparison = await _",
+            "%cm compare main main-be-brief",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    live_view, first, second, ab, compare = html[2], html[3], html[5], html[7], html[9]
+    # Each reply's own output: its final text, not the "..." shown when the cell ended.
+    assert "the first answer" in first and "…" not in first
+    assert "the second answer" in second
+    # The conversation copy shown before the turns holds both of them.
+    assert "the first answer" in live_view and "the second answer" in live_view
+    # The --ab comparison copy holds both arms' answers.
+    assert "arm one says" in ab and "arm two says" in ab
+    assert "arm one says" in compare
