@@ -71,10 +71,13 @@ def test_awaited_replies_and_their_copies_are_saved_final(
     )
     live_view, first, second, ab, compare = html[2], html[3], html[5], html[7], html[9]
     # Each reply's own output: its final text, not the "..." shown when the cell ended.
-    assert "the first answer" in first and "…" not in first
+    assert "the first answer" in first
+    assert "…" not in first
     assert "the second answer" in second
     # The conversation copy shown before the turns holds both of them.
-    assert "the first answer" in live_view and "the second answer" in live_view
+    assert "the first answer" in live_view
+    assert "the second answer" in live_view
     # The --ab comparison copy holds both arms' answers.
-    assert "arm one says" in ab and "arm two says" in ab
+    assert "arm one says" in ab
+    assert "arm two says" in ab
     assert "arm one says" in compare
