@@ -1,5 +1,6 @@
-"""What the API refuses, end to end: oversized prompts and tags, unprintable titles,
-booleans that are not booleans, unknown branches and malformed ``Last-Event-ID``s.
+"""What the API refuses, end to end: oversized prompts, tags and branch descriptions,
+unprintable titles, booleans that are not booleans, unknown branches and malformed
+``Last-Event-ID``s.
 
 A real Jupyter server in a child process, real HTTP; every refusal is a 400 or 404
 with a JSON body that says what was wrong, and changes nothing.
@@ -15,6 +16,7 @@ from jupyter_server_proc import JupyterServer
 from server_client import create_context
 
 from cm_notebook.params import MAX_MESSAGE_CHARS
+from cm_notebook.server.bodies import MAX_DESCRIPTION_CHARS
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,27 @@ def test_tags_are_bounded_in_number_and_length(client: httpx.Client) -> None:
     largest = [f"{n:03d}" + "x" * 97 for n in range(50)]
     context_id = create_context(client, [], tags=largest)
     assert client.get(f"contexts/{context_id}").json()["context"]["tags"] == largest
+
+
+def test_a_branch_description_is_bounded(client: httpx.Client) -> None:
+    context_id = create_context(client, [])
+    too_long = "d" * (MAX_DESCRIPTION_CHARS + 1)
+    _refused(
+        client.post(
+            f"contexts/{context_id}/branches", json={"name": "long", "description": too_long}
+        ),
+        400,
+        "description",
+        str(MAX_DESCRIPTION_CHARS),
+    )
+    longest = "d" * MAX_DESCRIPTION_CHARS
+    created = client.post(
+        f"contexts/{context_id}/branches", json={"name": "full", "description": longest}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["description"] == longest
+    branches = client.get(f"contexts/{context_id}/branches").json()["branches"]
+    assert sorted(b["name"] for b in branches) == ["full", "main"]
 
 
 @pytest.mark.parametrize("title", ["\u0000", "red\x1b[31m", "bell\u0007", "del\u007f"])

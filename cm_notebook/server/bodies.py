@@ -52,6 +52,9 @@ MAX_SYSTEM_CHARS = MAX_MESSAGE_CHARS
 #: How many tags a context may have, and how long each may be (characters).
 MAX_TAGS = 50
 MAX_TAG_CHARS = 100
+#: The longest branch description (characters): a few sentences. Every branch's is in
+#: the context's metadata, which is rewritten and copied on each change of a branch.
+MAX_DESCRIPTION_CHARS = 1_000
 #: The largest signal sequence number a client may name (18 digits).
 MAX_SEQ = 10**18 - 1
 
@@ -191,7 +194,11 @@ class CreateBranch(_Body):
     name: str
     from_message: str | None = Field(None, description="Default: the active branch's head.")
     switch: StrictBool = Field(False, description="Make the new branch the active one.")
-    description: str = ""
+    description: str = Field(
+        "",
+        max_length=MAX_DESCRIPTION_CHARS,
+        description=f"What the branch is for, at most {MAX_DESCRIPTION_CHARS:,} characters.",
+    )
     system: SystemPrompt = Field(None, description="Its own system prompt (default: inherit).")
     provider: str | None = Field(None, description="Its own provider spec (default: inherit).")
     params: GenerationParameters = Field(

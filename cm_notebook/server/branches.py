@@ -1,6 +1,13 @@
-"""``/contexts/{context_id}/branches``: list, fork, switch, change and delete branches."""
+"""``/contexts/{context_id}/branches``: list, fork, switch, change and delete branches.
+
+Every change writes the context's metadata (waiting for another process's lock if
+need be): on a worker thread, never on the server's event loop. The session's methods
+may be called from any thread; it publishes their signals on its loop's thread.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from ..errors import BranchNotFoundError
 from ..ids import validate_branch_name
@@ -21,6 +28,16 @@ def require_branch(session: ContextSession, name: str) -> Branch:
             f"there is no branch {name!r}; the branches are {sorted(branches)}"
         )
     return branches[name]
+
+
+def _update(session: ContextSession, branch: str, request: UpdateBranch) -> Branch:
+    # Switch and/or change the prompt; the branch that has the new prompt is the answer.
+    changed = require_branch(session, branch)
+    if request.active:
+        session.switch(branch)
+    if "system" in request.model_fields_set:
+        changed = session.edit_system(request.system, branch=branch)
+    return require_branch(session, changed.name)
 
 
 class BranchesHandler(CMHandler):
@@ -44,7 +61,8 @@ class BranchesHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = await self.session(context_id)
         request = self.body(CreateBranch)
-        created = session.branch(
+        created = await asyncio.to_thread(
+            session.branch,
             request.name,
             request.from_message,
             switch=request.switch,
@@ -73,12 +91,7 @@ class BranchHandler(CMHandler):
     async def put(self, context_id: str, branch: str) -> None:
         session = await self.session(context_id)
         request = self.body(UpdateBranch)
-        changed = require_branch(session, branch)
-        if request.active:
-            session.switch(branch)
-        if "system" in request.model_fields_set:
-            changed = session.edit_system(request.system, branch=branch)
-        self.reply(require_branch(session, changed.name))
+        self.reply(await asyncio.to_thread(_update, session, branch, request))
 
     @operation(
         "Delete a branch pointer (its messages stay in the tree)",
@@ -88,6 +101,6 @@ class BranchHandler(CMHandler):
     async def delete(self, context_id: str, branch: str) -> None:
         session = await self.session(context_id)
         require_branch(session, branch)
-        session.delete_branch(branch)
+        await asyncio.to_thread(session.delete_branch, branch)
         self.set_status(204)
         self.finish()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
@@ -64,7 +66,9 @@ class ContextHandler(CMHandler):
     async def patch(self, context_id: str) -> None:
         session = await self.session(context_id)
         request = self.body(UpdateContext)
-        session.rename(request.title)
+        # A metadata write (it may wait for another process's lock): on a worker thread,
+        # not the event loop. The session publishes its signal on its loop's thread.
+        await asyncio.to_thread(session.rename, request.title)
         self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation("Delete a context (its running replies are stopped)", status=204)

@@ -79,7 +79,9 @@ class MessageHandler(CMHandler):
 
     @operation("One message", response=Message)
     async def get(self, context_id: str, message_id: str) -> None:
-        self.reply((await self.session(context_id)).get(message_id))
+        session = await self.session(context_id)
+        # Reads the message's file: on a worker thread, not the event loop.
+        self.reply(await asyncio.to_thread(session.get, message_id))
 
 
 class EditHandler(CMHandler):
@@ -95,7 +97,12 @@ class EditHandler(CMHandler):
     async def post(self, context_id: str, message_id: str) -> None:
         session = await self.session(context_id)
         request = self.body(EditMessage)
-        turn = session.edit(message_id, request.text, branch=request.branch, **request.params)
+        # Stores the new branch, the edited message and the switch before the reply
+        # starts (each may wait for another process's lock): on a worker thread, not
+        # the event loop. The turn still runs on the session's loop.
+        turn = await asyncio.to_thread(
+            session.edit, message_id, request.text, branch=request.branch, **request.params
+        )
         _started(self, turn)
 
 
@@ -112,7 +119,10 @@ class RegenerateHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = await self.session(context_id)
         request = self.body(Regenerate)
-        _started(self, session.regenerate(branch=request.branch, **request.params))
+        # Reads the branch and moves its head back to the prompt before the reply
+        # starts: on a worker thread, not the event loop (as for an edit).
+        turn = await asyncio.to_thread(session.regenerate, branch=request.branch, **request.params)
+        _started(self, turn)
 
 
 class StopHandler(CMHandler):

@@ -143,6 +143,9 @@ class SessionRegistry:
         # No await from here on: what was checked above still holds.
         session = self._sessions.get(context_id)
         if session is None:
+            # On the loop, not a worker thread: a session's turns and signals run on the
+            # loop it is opened on. Opening reads the context's metadata and index here
+            # (it never waits for a writer's lock).
             session = open_session(
                 context_id, data_dir=self.data_dir, tools=self.tools, approval=self.approval
             )
@@ -293,6 +296,8 @@ class SessionRegistry:
         spec = provider or self.default_provider
         if provider_options:
             await _check_options(spec, provider_options)
+        # On the loop, as in acquire(); so is writing the new folder (its fsyncs, and a
+        # wait while another process creates a context): ContextSession.create does both.
         session = ContextSession.create(
             title,
             provider=spec,

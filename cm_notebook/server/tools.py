@@ -1,4 +1,12 @@
-"""``/contexts/{context_id}/tools``: pending calls, approve, deny, and one call's status."""
+"""``/contexts/{context_id}/tools``: pending calls, approve, deny, and one call's status.
+
+Approving and denying run on a worker thread, not on the server's event loop: a
+decision may read every branch's messages (for a call that is no longer pending),
+write a record with an fsync (for a call waiting in another process), or change the
+context's allow-list under its lock file, which another process may hold for as long
+as it likes. The session takes decisions from any thread and hands them to the
+waiting turn on its own loop.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +74,9 @@ class ApproveHandler(CMHandler):
         session = await self.session(context_id)
         request = self.body(Approve)
         try:
-            decided: list[ToolCall] = session.approve(
+            # On a worker thread (see the module docstring).
+            decided: list[ToolCall] = await asyncio.to_thread(
+                session.approve,
                 request.tool_call_id,
                 arguments=request.arguments,
                 branch=request.branch,
@@ -93,8 +103,13 @@ class DenyHandler(CMHandler):
         session = await self.session(context_id)
         request = self.body(Deny)
         try:
-            decided = session.deny(
-                request.tool_call_id, reason=request.reason, branch=request.branch, by=_BY
+            # On a worker thread (see the module docstring).
+            decided = await asyncio.to_thread(
+                session.deny,
+                request.tool_call_id,
+                reason=request.reason,
+                branch=request.branch,
+                by=_BY,
             )
         except ToolCallNotFoundError as exc:
             if request.tool_call_id is None:
@@ -116,7 +131,9 @@ class DecisionsHandler(CMHandler):
         query = self.query(DecisionsQuery)
         if query.branch is not None:
             require_branch(session, query.branch)
-        self.reply(Decisions(decisions=session.approval_log(query.branch)))
+        # Reads the whole log file: on a worker thread, not the event loop.
+        log = await asyncio.to_thread(session.approval_log, query.branch)
+        self.reply(Decisions(decisions=log))
 
 
 class ToolCallHandler(CMHandler):
