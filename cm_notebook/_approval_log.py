@@ -23,17 +23,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 from pydantic import ValidationError
 
 from . import _json
 from .approvals import ApprovalRecord, Remember
-from .errors import InvalidInputError, StoreError
+from .errors import InvalidInputError, StoreError, StoreLockTimeoutError
 from .store.atomic import atomic_write, write_all
-
-try:  # POSIX; elsewhere changes to the context's allow-list are not locked between processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["AllowLists", "ApprovalLog", "approvals_folder"]
 
@@ -45,6 +41,10 @@ _LOCK = "allowed.lock"
 # by the tools' own limit; lines beyond this are not records this package wrote.
 _MAX_LINE_CHARS = 8 * 1024 * 1024
 _MAX_TOOL_NAME = 200
+#: Seconds a change of the allow-list waits for another process changing it, unless the
+#: store says otherwise (``FileStore(lock_timeout=...)``): a process stuck holding it
+#: must not hang this one's approvals for ever.
+LOCK_TIMEOUT = 10.0
 
 _Change = Callable[[frozenset[str]], frozenset[str]]
 
@@ -123,8 +123,9 @@ def check_tool_name(tool: object) -> str:
 class AllowLists:
     """Tools approved for the rest of the session, or for the whole context."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self._folder = folder
+        self._lock_timeout = lock_timeout
         self._lock = threading.Lock()
         self._session: set[str] = set()
         self._memory_context: set[str] = set()  # no folder: the context's, in memory
@@ -203,19 +204,24 @@ class AllowLists:
     @contextmanager
     def _locked(self) -> Iterator[Path]:
         assert self._folder is not None
+        lock = filelock.FileLock(self._folder / _LOCK, thread_local=False, poll_interval=0.002)
         try:
             self._folder.mkdir(exist_ok=True)
-            fd = os.open(self._folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            lock.acquire(timeout=self._lock_timeout)
+        except filelock.Timeout:
+            raise StoreLockTimeoutError(
+                f"could not lock the allow-list in {self._folder} within "
+                f"{self._lock_timeout:g} s: "
+                f"another process is changing it (or is stuck holding {_LOCK}). Try again."
+            ) from None
         except OSError as exc:
             raise StoreError(
                 f"the allow-list in {self._folder} could not be changed: {exc}"
             ) from exc
         try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
             yield self._folder
         finally:
-            os.close(fd)  # closing releases the lock
+            lock.release()
 
 
 def _read_allowed(path: Path) -> frozenset[str]:

@@ -144,7 +144,13 @@ class SessionCore(PromptWrites, MetadataReads):
         approvals_dir = approvals_folder(
             None if self._signal_log is None else context_folder_of(self._signal_log.path)
         )
-        self._allow_lists = AllowLists(approvals_dir)
+        # Waits for another process's change as long as the store waits for its locks.
+        timeout = getattr(store, "lock_timeout", None)
+        self._allow_lists = (
+            AllowLists(approvals_dir, float(timeout))
+            if isinstance(timeout, (int, float))
+            else AllowLists(approvals_dir)
+        )
         self._approval_log = ApprovalLog(approvals_dir)
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}

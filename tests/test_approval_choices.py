@@ -4,6 +4,8 @@ context folder and in the ``ToolCallResolved`` signals."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,10 +13,11 @@ import pytest
 from test_session_support import DEADLINE, Recorder
 from test_session_tools import Calculator, waiting
 
-from cm_notebook.errors import InvalidInputError, ToolArgumentsError
+from cm_notebook.errors import InvalidInputError, StoreLockTimeoutError, ToolArgumentsError
 from cm_notebook.events import ToolCallResolved
 from cm_notebook.model import ToolCallStatus
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -215,3 +218,40 @@ def test_bad_choices_are_refused_with_what_to_do(
     session = new_session(provider=ScriptedProvider())
     with pytest.raises(InvalidInputError):
         call(session)
+
+
+def test_an_allow_list_held_by_a_stuck_process_is_waited_for_a_while_not_for_ever(
+    data_dir: Path,
+) -> None:
+    # Another process holds the context's allow-list lock and never lets go: changing
+    # the list gives up after the store's lock timeout with a clear error, and works
+    # once the lock is free.
+    store = FileStore(data_dir, lock_timeout=0.3)
+    with ContextSession.create(store=store, provider=ScriptedProvider()) as session:
+        session.allow("add", scope="context")  # makes the folder and its lock file
+        lock_file = data_dir / "contexts" / session.id / "approvals" / "allowed.lock"
+        assert lock_file.exists()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(lock_file)],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == b"holding"
+            with pytest.raises(StoreLockTimeoutError, match=r"allow-list .* within 0.3 s"):
+                session.allow("multiply", scope="context")
+            assert session.allowed_tools()["context"] == ["add"]
+        finally:
+            holder.kill()
+            holder.communicate()
+        session.allow("multiply", scope="context")
+        assert session.allowed_tools()["context"] == ["add", "multiply"]
+
+
+_HOLD_LOCK = """
+import fcntl, sys, time
+fd = open(sys.argv[1], "r+")
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+time.sleep(600)
+"""
