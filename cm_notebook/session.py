@@ -98,6 +98,64 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         Without a ``title`` the context is named after its first message; with
         ``auto_title`` the model is then asked for a better title in the background.
         """
+        session, opened, metadata = cls._unwritten(
+            title,
+            data_dir=data_dir,
+            system=system,
+            store=store,
+            tags=tags,
+            provider_options=provider_options,
+            options=options,
+        )
+        session._metadata = session._io.call(opened.create_context(metadata))
+        REGISTRY.add(key_for(store, data_dir, metadata.id), session)
+        return session
+
+    @classmethod
+    async def acreate(
+        cls,
+        title: str | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        system: str | None = None,
+        store: Store | None = None,
+        tags: Sequence[str] = (),
+        provider_options: Mapping[str, Any] | None = None,
+        **options: Unpack[SessionOptions],
+    ) -> ContextSession:
+        """:meth:`create`, for a caller on an event loop that must not wait for the disk.
+
+        The same arguments and checks; the new folder is written (its fsyncs, and a wait
+        while another process creates a context) off the loop, which goes on meanwhile.
+        The session belongs to the running loop, as one made by :meth:`create` there.
+        """
+        session, opened, metadata = cls._unwritten(
+            title,
+            data_dir=data_dir,
+            system=system,
+            store=store,
+            tags=tags,
+            provider_options=provider_options,
+            options=options,
+        )
+        written = session._io.submit(opened.create_context(metadata))
+        session._metadata = await asyncio.wrap_future(written)
+        REGISTRY.add(key_for(store, data_dir, metadata.id), session)
+        return session
+
+    @classmethod
+    def _unwritten(
+        cls,
+        title: str | None,
+        *,
+        data_dir: str | Path | None,
+        system: str | None,
+        store: Store | None,
+        tags: Sequence[str],
+        provider_options: Mapping[str, Any] | None,
+        options: SessionOptions,
+    ) -> tuple[ContextSession, Store, ContextMetadata]:
+        # create()'s checks and its session, before anything is written.
         check_names(options, "create")
         provider = options.setdefault("provider", "local")
         title = validate_title(title) if title else UNTITLED
@@ -120,9 +178,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         # Build (and so validate) the session before anything is written.
         opened = store if store is not None else FileStore(data_dir)
         session = cls(opened, metadata, options, owns_store=store is None)
-        session._metadata = session._io.call(opened.create_context(metadata))
-        REGISTRY.add(key_for(store, data_dir, metadata.id), session)
-        return session
+        return session, opened, metadata
 
     @classmethod
     def open(

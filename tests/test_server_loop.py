@@ -199,8 +199,8 @@ def test_an_approval_waiting_for_the_allow_list_lock_holds_up_no_other_request(
         approvals = (server.data_dir / "contexts" / context_id / "approvals").resolve()
         approvals.mkdir(exist_ok=True)
         lock = approvals / "allowed.lock"
-        # Another process is changing the context's allow-list (it may take its time:
-        # the lock has no timeout).
+        # Another process is changing the context's allow-list (the server waits for it
+        # up to its store's lock timeout).
         with _holding(lock):
             request = _Request(
                 server,
@@ -223,3 +223,22 @@ def test_an_approval_waiting_for_the_allow_list_lock_holds_up_no_other_request(
         )
         assert "ToolCallResolved" in [e.event for e in done]
         assert json.loads((approvals / "allowed.json").read_text()) == {"tools": ["get_weather"]}
+
+
+def test_a_creation_waiting_for_another_process_holds_up_no_other_request(
+    server: JupyterServer,
+) -> None:
+    # Another process is creating a context (creations take turns under one lock).
+    lock = (server.data_dir / ".creating.lock").resolve()
+    with _client(server) as client:
+        other = create_context(client, [])
+        with _holding(lock):
+            request = _Request(server, "POST", "contexts", {"title": "Made later"})
+            wait_for(lambda: str(lock) in _open_files(server))  # the server waits for it
+            answered = client.get(f"contexts/{other}")
+            assert answered.status_code == 200, answered.text
+            assert request.waiting(), request.outcome
+        response = request.response()
+        assert response.status_code == 201, response.text
+        made = response.json()["context"]["id"]
+        assert client.get(f"contexts/{made}").json()["context"]["title"] == "Made later"

@@ -3,6 +3,7 @@ reading, signals, persistence on real disk, and input validation that writes not
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -216,6 +217,38 @@ async def test_await_turn_in_async_code(
     assert turn.text == "Hello!"
     assert message.metadata.usage is not None
     assert roles(session.history()) == ["user", "assistant"]
+
+
+@pytest.mark.anyio
+async def test_acreate_makes_the_context_off_the_loop_and_the_session_lives_on_it(
+    data_dir: Path,
+) -> None:
+    creating = asyncio.ensure_future(
+        ContextSession.acreate(
+            "Async", data_dir=data_dir, system="Be brief.", tags=["t"], provider=ScriptedProvider()
+        )
+    )
+    await asyncio.sleep(0)  # one step: the checks ran, the folder is being written
+    assert not creating.done()  # the loop was not held while the disk was written
+    session = await creating
+    try:
+        assert (session.title, session.metadata.system_prompt) == ("Async", "Be brief.")
+        assert session.metadata.tags == ["t"]
+        assert (data_dir / "contexts" / session.id / "metadata.json").is_file()
+        assert (await session.send("Hi")).content == "echo: Hi"
+        # One live session per context: opening it again in this process shares it.
+        again = ContextSession.open(session.id, data_dir=data_dir)
+        assert again is session
+        again.close()
+    finally:
+        session.close()
+
+
+@pytest.mark.anyio
+async def test_acreate_checks_its_arguments_before_writing(data_dir: Path) -> None:
+    with pytest.raises(InvalidInputError, match="system must be a string"):
+        await ContextSession.acreate(data_dir=data_dir, system=5, provider=ScriptedProvider())  # type: ignore[arg-type]
+    assert not (data_dir / "contexts").exists() or not list((data_dir / "contexts").iterdir())
 
 
 @pytest.mark.anyio

@@ -296,9 +296,9 @@ class SessionRegistry:
         spec = provider or self.default_provider
         if provider_options:
             await _check_options(spec, provider_options)
-        # On the loop, as in acquire(); so is writing the new folder (its fsyncs, and a
-        # wait while another process creates a context): ContextSession.create does both.
-        session = ContextSession.create(
+        # Made on the loop (its turns and signals run there, as in acquire()); its new
+        # folder is written off the loop, which may wait for another process's creation.
+        session = await ContextSession.acreate(
             title,
             provider=spec,
             provider_options=provider_options,
