@@ -42,6 +42,7 @@ from ._conversation import call_ids
 from ._host import TurnHost
 from ._runner_tools import ToolRounds
 from ._turn_writes import Reply, TurnWrites
+from ._unicode import without_surrogates
 from .errors import (
     CMError,
     PermanentProviderError,
@@ -438,7 +439,9 @@ class TurnRunner(ToolRounds):
         )
         final = reply.message.model_copy(
             update={
-                "content": reply.text,
+                # A stream may end inside a character (half of a surrogate pair): the
+                # reply keeps what the store keeps (see cm_notebook._unicode).
+                "content": without_surrogates(reply.text),
                 "status": status,
                 "metadata": metadata,
                 "tool_calls": tool_calls if tool_calls is not None else [],

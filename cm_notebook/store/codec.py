@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from .. import _json
-from ..errors import CorruptDataError
+from .._unicode import scrub
+from ..errors import CorruptDataError, InvalidInputError
 from ..ids import validate_message_id
 from ..model import SCHEMA_VERSION, ContextMetadata, Message
 from ..redact import redact
@@ -100,7 +102,7 @@ def encode_metadata(metadata: ContextMetadata, heads_at: int = 0) -> bytes:
     # Secrets are refused in provider settings; imported extra fields are only redacted.
     raw["provider"] = redact(raw["provider"])
     raw["extra"] = redact(raw["extra"])
-    return _dumps(raw)
+    return _encoded(raw, f"the metadata of context {metadata.id!r}", _dumps)[0]
 
 
 def decode_metadata(data: bytes, path: Path, context_id: str) -> ContextMetadata:
@@ -138,13 +140,33 @@ def decode_metadata_doc(data: bytes, path: Path, context_id: str) -> tuple[Conte
 
 def encode_message(message: Message) -> bytes:
     """The bytes of a message file: the message plus its schema version."""
-    return _dumps(_message_raw(message))
+    return _encoded(_message_raw(message), f"message {message.id!r}", _dumps)[0]
 
 
 def encode_message_forms(message: Message) -> tuple[bytes, bytes]:
-    """The message file's bytes and the same JSON compacted (for a journal line)."""
-    raw = _message_raw(message)
-    return _dumps(raw), _compact(raw)
+    """The message file's bytes and the same JSON compacted (for a journal line).
+
+    Halves of UTF-16 surrogate pairs (an emoji cut in two), which UTF-8 cannot hold,
+    are joined or replaced by U+FFFD (:mod:`cm_notebook._unicode`): the message is
+    stored, not lost. Raises InvalidInputError if it still cannot be written as JSON.
+    """
+    file_bytes, line = _encoded(_message_raw(message), f"message {message.id!r}", _dumps, _compact)
+    return file_bytes, line
+
+
+def _encoded(
+    raw: dict[str, Any], what: str, *forms: Callable[[dict[str, Any]], bytes]
+) -> tuple[bytes, ...]:
+    # Each form of ``raw``; text with surrogates is scrubbed first (only then: the
+    # common case pays nothing for the check).
+    try:
+        return tuple(form(raw) for form in forms)
+    except (UnicodeEncodeError, PydanticSerializationError):
+        clean = scrub(raw)
+    try:
+        return tuple(form(clean) for form in forms)
+    except (UnicodeEncodeError, PydanticSerializationError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} cannot be written as JSON: {exc}") from None
 
 
 def _message_raw(message: Message) -> dict[str, Any]:

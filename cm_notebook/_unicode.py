@@ -1,0 +1,46 @@
+"""Text that UTF-8 can hold: halves of UTF-16 surrogate pairs made whole or replaced.
+
+Python strings may hold lone surrogates (U+D800-U+DFFF): JSON's ``"\\ud83d"`` (an emoji
+cut in two by a JavaScript front end, or a stream split between its two halves) decodes
+to one. UTF-8 cannot encode them, so a store that writes UTF-8 JSON must not be handed
+them. :func:`scrub` joins the halves that form a pair (two chunks of one emoji) and
+replaces the others with U+FFFD, the replacement character, so the rest of the text is
+kept.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["REPLACEMENT", "has_surrogates", "scrub", "without_surrogates"]
+
+#: What a lone half of a surrogate pair becomes.
+REPLACEMENT = "\ufffd"
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds any UTF-16 surrogate code point."""
+    return _SURROGATE.search(text) is not None
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with surrogate pairs joined into their character and lone halves
+    replaced by U+FFFD (``text`` itself when it has none)."""
+    if not has_surrogates(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def scrub(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string, keys
+    included, passed through :func:`without_surrogates`."""
+    if isinstance(value, str):
+        return without_surrogates(value)
+    if isinstance(value, dict):
+        return {scrub(key): scrub(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(item) for item in value]
+    return value
