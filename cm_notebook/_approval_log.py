@@ -16,6 +16,7 @@ without one keeps them in memory, for this session only):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -46,6 +47,10 @@ _MAX_TOOL_NAME = 200
 #: must not hang this one's approvals for ever.
 LOCK_TIMEOUT = 10.0
 
+# The log and the lock are never opened through a symbolic link planted in a shared
+# folder (appending would write to any file the user can write).
+_APPEND_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+
 _Change = Callable[[frozenset[str]], frozenset[str]]
 
 
@@ -71,7 +76,9 @@ class ApprovalLog:
         line = (record.model_dump_json() + "\n").encode()
         try:
             self._path.parent.mkdir(exist_ok=True)
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            if os.path.islink(self._path.parent):  # planted: never followed out
+                raise OSError(errno.ELOOP, "a symbolic link", str(self._path.parent))
+            fd = os.open(self._path, _APPEND_FLAGS, 0o644)
             try:
                 size = os.fstat(fd).st_size
                 # A crash may have torn the last line: start this one on its own line.
@@ -207,6 +214,8 @@ class AllowLists:
         lock = filelock.FileLock(self._folder / _LOCK, thread_local=False, poll_interval=0.002)
         try:
             self._folder.mkdir(exist_ok=True)
+            if os.path.islink(self._folder):  # planted: never followed out
+                raise OSError(errno.ELOOP, "a symbolic link", str(self._folder))
             lock.acquire(timeout=self._lock_timeout)
         except filelock.Timeout:
             raise StoreLockTimeoutError(

@@ -49,6 +49,7 @@ next writer ends the torn line before appending, so it is skipped as unreadable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -79,6 +80,10 @@ _DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 _json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, escaped)
 _TAIL_BYTES = 64 * 1024  # enough to find the last record of a log being opened
 _SYNC_DELAY = 0.05
+# The log is never opened through a symbolic link (a planted one would send every
+# process's signals into any file the user can write).
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | _NO_FOLLOW
 
 
 def _encode(writer: str, event: Event) -> bytes:
@@ -337,7 +342,10 @@ class SignalLog:
             if self._fd < 0:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(self.path.parent)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                if os.path.islink(self.path.parent):
+                    # Not followed out of the folder it belongs in (a planted link).
+                    raise OSError(errno.ELOOP, "a symbolic link", str(self.path.parent))
+                self._fd = os.open(self.path, _WRITE_FLAGS, 0o600)
                 self._end, self._seq = -1, 0  # unknown: read from the file
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             # The path must still name the file locked. A link count cannot tell: the
@@ -474,7 +482,7 @@ class LogReader:
             os.close(self._fd)
             self._fd = -1
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            self._fd = os.open(self.path, os.O_RDONLY | _NO_FOLLOW)
         except FileNotFoundError:
             return False
         self._ino = os.fstat(self._fd).st_ino

@@ -100,6 +100,7 @@ from .codec import encode_message_forms, read_message_file
 from .context import ContextState, files_token, remove_tree, token_paths
 from .folders import create_context_folder, list_context_folders, signal_log_in, trash_path
 from .paths import (
+    SIGNALS_DIR,
     context_dir,
     default_data_dir,
     message_path,
@@ -564,7 +565,16 @@ class FileStore(ScoreFiles, BranchWrites):
         """The context's signal log (see :mod:`cm_notebook.signal_log`):
         ``signals/signals.log`` in its folder."""
         validate_context_id(context_id)
-        return signal_log_in(self._context_folder(context_id))
+        folder = self._context_folder(context_id)
+        # A link planted in a shared folder must not make the log (appended to by every
+        # process) or the move of an older one write outside the data directory.
+        signals = folder / SIGNALS_DIR
+        if os.path.islink(signals):
+            raise oserrors.linked(signals)
+        path = signal_log_in(folder)
+        if os.path.islink(path):
+            raise oserrors.linked(path)
+        return path
 
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
         """The lock file in the context folder by which a writer claims ``branch``.
