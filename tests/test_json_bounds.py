@@ -157,6 +157,22 @@ def test_models_refuse_over_deep_free_form_json() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_message_too_large_to_read_back_is_refused_before_it_is_written(
+    data_dir: Path,
+) -> None:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        huge = Message(role="tool", content="a" * _json.MAX_TEXT_CHARS, tool_call_id="t1")
+        with pytest.raises(InvalidInputError, match=r"beyond the 268,435,456 .* nothing was"):
+            await store.append_message("c1", huge, branch="main")
+        del huge
+        fits = Message(role="user", content="a" * 1000)
+        await store.append_message("c1", fits, branch="main")
+    async with FileStore(data_dir) as store:
+        assert [m.id for m in await store.page("c1")] == [fits.id]
+
+
+@pytest.mark.anyio
 async def test_over_deep_store_files_are_reported_by_path(data_dir: Path) -> None:
     async with FileStore(data_dir) as store:
         await store.create_context(ContextMetadata(id="c1"))

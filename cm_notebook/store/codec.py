@@ -151,7 +151,24 @@ def encode_message_forms(message: Message) -> tuple[bytes, bytes]:
     stored, not lost. Raises InvalidInputError if it still cannot be written as JSON.
     """
     file_bytes, line = _encoded(_message_raw(message), f"message {message.id!r}", _dumps, _compact)
+    _check_readable(file_bytes, message)
     return file_bytes, line
+
+
+def _check_readable(file_bytes: bytes, message: Message) -> None:
+    # A message must be one the store can read back: refused here, before anything is
+    # written, rather than acknowledged and then unreadable. Bytes are at least as many
+    # as characters, so the exact count is only taken for the rare huge message.
+    limit = _json.MAX_TEXT_CHARS
+    if len(file_bytes) <= limit:
+        return
+    chars = len(file_bytes.decode("utf-8"))
+    if chars > limit:
+        raise InvalidInputError(
+            f"message {message.id!r} would be a file of {chars:,} characters, beyond the "
+            f"{limit:,} cm_notebook reads back; nothing was written. Store less (a shorter "
+            "text, tool result or tool-call arguments)."
+        )
 
 
 def _encoded(
