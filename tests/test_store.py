@@ -342,6 +342,8 @@ async def test_lookup_errors(store: FileStore) -> None:
         await store.get_message("c1", "ghost")
     with pytest.raises(MessageNotFoundError):
         await store.get_messages("c1", [ids[0], "ghost"])
+    with pytest.raises(InvalidIdError, match="must be a string"):
+        await store.get_messages("c1", [ids[0], None])  # type: ignore[list-item]
     with pytest.raises(MessageNotFoundError):
         await store.children("c1", "ghost")
     with pytest.raises(MessageNotFoundError):

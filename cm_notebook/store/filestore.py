@@ -429,7 +429,8 @@ class FileStore(ScoreFiles, BranchWrites):
     async def get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
         """Several messages in the given order (skipping corrupt files with a warning)."""
         ids = list(message_ids)
-        check_message_ids(*ids)
+        for message_id in ids:  # None is no message id here (a bad id is refused)
+            validate_message_id(message_id)
         return await self._run(self._get_messages, context_id, ids)
 
     def _get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
