@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import filelock
 from pydantic import ValidationError
 
 from . import _json
 from .approvals import ApprovalRecord, Remember
 from .errors import InvalidInputError, StoreError, StoreLockTimeoutError
 from .store.atomic import atomic_write, write_all
+from .store.oslock import LockTimeout, OSLock
 
 __all__ = ["AllowLists", "ApprovalLog", "approvals_folder"]
 
@@ -211,26 +211,30 @@ class AllowLists:
     @contextmanager
     def _locked(self) -> Iterator[Path]:
         assert self._folder is not None
-        lock = filelock.FileLock(self._folder / _LOCK, thread_local=False, poll_interval=0.002)
+        # The store's own OS lock: it keeps its descriptor while it waits and never
+        # follows a link planted in place of the lock file.
+        lock = OSLock(self._folder / _LOCK)
         try:
             self._folder.mkdir(exist_ok=True)
             if os.path.islink(self._folder):  # planted: never followed out
                 raise OSError(errno.ELOOP, "a symbolic link", str(self._folder))
             lock.acquire(timeout=self._lock_timeout)
-        except filelock.Timeout:
+        except LockTimeout:
+            lock.close()
             raise StoreLockTimeoutError(
                 f"could not lock the allow-list in {self._folder} within "
                 f"{self._lock_timeout:g} s: "
                 f"another process is changing it (or is stuck holding {_LOCK}). Try again."
             ) from None
         except OSError as exc:
+            lock.close()
             raise StoreError(
                 f"the allow-list in {self._folder} could not be changed: {exc}"
             ) from exc
         try:
             yield self._folder
         finally:
-            lock.release()
+            lock.close()  # lets go of the lock and its descriptor
 
 
 def _read_allowed(path: Path) -> frozenset[str]:
