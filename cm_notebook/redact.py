@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "redact",
     "redact_text",
     "refuse_secrets",
+    "remember_secret",
     "scrub_exception",
 ]
 
@@ -153,15 +155,35 @@ _MIN_SECRET_CHARS = 8
 
 
 _env_cache: tuple[tuple[object, ...], list[str]] = ((), [])
+# Keys handed to a provider in code rather than through the environment (a local
+# server's --api-key, a proxy's token): redacted by value too, for this process's life.
+_given: frozenset[str] = frozenset()
+_given_lock = threading.Lock()
+
+
+def remember_secret(value: object) -> None:
+    """Redact ``value`` (a key passed to a provider as ``api_key=``, say) wherever it
+    appears from now on, as the values of credential variables of the environment are:
+    a server that echoes the key in an error body must not get it stored. Kept in this
+    process's memory only; values shorter than 8 characters are not remembered."""
+    global _given
+    if isinstance(value, str) and len(value.strip()) >= _MIN_SECRET_CHARS:
+        with _given_lock:
+            _given = _given | {value}
 
 
 def _env_secrets() -> list[str]:
     global _env_cache
     # Matching every variable's name costs ~100 us; redaction runs on every store write.
-    # So the result is kept until the environment changes, seen through one cheap
-    # snapshot (CPython's raw mapping behind os.environ, which putenv keeps in sync).
+    # So the result is kept until the environment (or the remembered keys) change, seen
+    # through one cheap snapshot (CPython's raw mapping behind os.environ, which putenv
+    # keeps in sync).
     raw = getattr(os.environ, "_data", None)
-    snapshot = tuple(raw.items()) if isinstance(raw, dict) else tuple(os.environ.items())
+    given = _given
+    snapshot = (
+        *(raw.items() if isinstance(raw, dict) else os.environ.items()),
+        given,
+    )
     cached_snapshot, cached = _env_cache
     if snapshot == cached_snapshot:
         return cached
@@ -169,7 +191,7 @@ def _env_secrets() -> list[str]:
         value
         for name, value in os.environ.items()
         if _ENV_NAME.search(name) and len(value.strip()) >= _MIN_SECRET_CHARS
-    }
+    } | given
     result = sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
     _env_cache = (snapshot, result)
     return result

@@ -9,6 +9,7 @@ it.
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Iterator
@@ -19,7 +20,12 @@ import anyio
 import pytest
 from fault_server import FaultServer, Status
 
-from cm_notebook.errors import InvalidInputError, PermanentProviderError, TransientProviderError
+from cm_notebook.errors import (
+    CMError,
+    InvalidInputError,
+    PermanentProviderError,
+    TransientProviderError,
+)
 from cm_notebook.events import ErrorReported
 from cm_notebook.export import export_context, import_document, parse_export, to_json, to_markdown
 from cm_notebook.model import ContextMetadata, ProviderSettings
@@ -381,3 +387,38 @@ def test_redaction_reads_escaped_quotes_and_scans_hostile_text_once() -> None:
     for hostile in ('"key": "' + "\\" * 5000, "a." * 50_000 + "=x", "a-" * 50_000 + "://x"):
         assert redact_text(hostile) == hostile
         assert find_secret(hostile) is None
+
+
+@pytest.mark.anyio
+async def test_a_key_given_in_code_and_echoed_by_the_server_is_never_stored(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    # A local server's key (no recognisable shape, not in the environment), passed as
+    # api_key=, that the server quotes back in its 401 body, as OpenAI's API does.
+    key = "lm-studio-8f3a9c2e71d44b0b"
+    fault_server.script([Status(401, f"Incorrect API key provided: {key}.")])
+    provider = OpenAIProvider("local-model", base_url=fault_server.url, api_key=key)
+    try:
+        with ContextSession.create("keys", data_dir=tmp_path, provider=provider) as session:
+            with pytest.raises(CMError, match="authentication failed") as failed:
+                await session.send("hello")
+            assert key not in str(failed.value)
+            history = json.dumps([m.model_dump(mode="json") for m in session.history()])
+            assert key not in history
+    finally:
+        await provider.aclose()
+    assert _files_holding(tmp_path, key.encode()) == []
+
+
+def _files_holding(folder: Path, data: bytes) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and data in p.read_bytes()]
+
+
+def test_a_key_given_to_the_anthropic_provider_is_redacted_wherever_it_appears() -> None:
+    pytest.importorskip("anthropic")
+    from cm_notebook.providers.anthropic import AnthropicProvider
+
+    key = "proxy-token-5d1e0c9a3b7f"
+    assert redact_text(f"denied: {key}") == f"denied: {key}"  # no known shape
+    AnthropicProvider("claude-test", api_key=key)
+    assert redact_text(f"denied: {key}") == f"denied: {REDACTED}"

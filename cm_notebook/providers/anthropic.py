@@ -51,7 +51,7 @@ from ..errors import (
     TransientProviderError,
 )
 from ..model import Message, ToolCallStatus
-from ..redact import redact_text, scrub_exception
+from ..redact import redact_text, remember_secret, scrub_exception
 from ._errors import (
     connection_error,
     error_message_from_body,
@@ -526,6 +526,7 @@ class AnthropicProvider:
         self.timeout = float(timeout)
         self.max_tokens = max_tokens
         key = api_key if api_key is not None else os.environ.get(_KEY_ENV)
+        remember_secret(api_key)  # a server may echo it in an error body: never stored
         # Only the SDK client holds the key; this object keeps no copy of it.
         try:
             self._client = anthropic.AsyncAnthropic(

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
-from ..redact import get_logger, redact_text, scrub_exception
+from ..redact import get_logger, redact_text, remember_secret, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
@@ -284,6 +284,7 @@ class OpenAIProvider:
         self.include_usage = include_usage
         self._timeouts, self._transport = _transport_errors()
         key = api_key or os.environ.get(_KEY_ENV) or (_PLACEHOLDER_KEY if self.base_url else None)
+        remember_secret(api_key)  # a server may echo it in an error body: never stored
         self._client: AsyncOpenAI | None = None
         self._closed = False
         self._client_options: dict[str, Any] = {
