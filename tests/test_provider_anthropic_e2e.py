@@ -253,6 +253,19 @@ async def test_e2e_stream_cut(
 
 
 @pytest.mark.anyio
+async def test_e2e_a_connection_dropped_after_message_stop_keeps_the_reply(
+    server: FakeAnthropic,
+) -> None:
+    # The reply is whole (message_stop came); only the end of the HTTP body is lost.
+    server.replies.append(Reply(wire_events("text_only"), end="reset"))
+    seen: list[StreamChunk] = []
+    async with claude(server.url) as provider:
+        await drain(provider, seen)
+    assert seen == expected("text_only")
+    assert isinstance(seen[-1], Finish)
+
+
+@pytest.mark.anyio
 async def test_e2e_cancellation_closes_the_stream(server: FakeAnthropic) -> None:
     server.replies.append(Reply(wire_events("cut_stream"), end="hang"))
     seen: list[StreamChunk] = []

@@ -595,6 +595,8 @@ class AnthropicProvider:
                 except StopAsyncIteration:
                     break
                 except _translatable_errors() as exc:
+                    if translator.finished:
+                        break  # dropped after message_stop: the reply is whole, keep it
                     raise self._error(exc) from exc
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.
