@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._json import JSONLimitError, check_depth
+from ._unicode import without_surrogates
 from .errors import InvalidInputError
 from .redact import refuse_secrets
 
@@ -38,7 +39,11 @@ COMMON_PARAMETERS = frozenset({"temperature", "max_tokens", "top_p", "seed", "st
 
 
 def validate_text(text: object) -> str:
-    """Return ``text`` if it is an acceptable message, else raise InvalidInputError."""
+    """Return ``text`` if it is an acceptable message, else raise InvalidInputError.
+
+    Halves of surrogate pairs (half of an emoji, which no UTF-8 file or request can
+    hold) come back joined or replaced by U+FFFD (:mod:`cm_notebook._unicode`).
+    """
     if not isinstance(text, str):
         raise InvalidInputError(f"message text must be a string, got {type(text).__name__}")
     if not text.strip():
@@ -47,7 +52,7 @@ def validate_text(text: object) -> str:
         raise InvalidInputError(
             f"message text is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}"
         )
-    return text
+    return without_surrogates(text)
 
 
 class GenerationParams(BaseModel):

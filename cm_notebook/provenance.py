@@ -125,7 +125,8 @@ def _messages_state(messages: list[Message]) -> Any:
     for position in range(start, len(messages)):
         if position:
             state.update(b",")
-        state.update(_message_json(messages[position]).encode("utf-8"))
+        # surrogatepass: half of an emoji in memory hashes (stably) instead of failing.
+        state.update(_message_json(messages[position]).encode("utf-8", "surrogatepass"))
     if start != len(messages):
         _STATES.keep(messages, state.copy())
     return state
@@ -139,7 +140,7 @@ def request_hash(request: ChatRequest, provider: str, model: str) -> str:
     conversation.
     """
     state = _messages_state(list(request.messages))
-    state.update(_canonical_tail(request, provider, model).encode("utf-8"))
+    state.update(_canonical_tail(request, provider, model).encode("utf-8", "surrogatepass"))
     digest: str = state.hexdigest()
     return "sha256:" + digest
 

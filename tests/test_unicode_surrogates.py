@@ -66,3 +66,21 @@ def test_a_reply_ending_inside_an_emoji_is_stored_complete(tmp_path: Path, chunk
         context_id = session.id
     with ContextSession.open(context_id, data_dir=tmp_path) as again:
         assert [m.content for m in again.history()] == ["question", answer[:-1] + REPLACEMENT]
+
+
+def test_a_message_naming_a_file_that_is_not_utf8_is_sent_and_the_branch_goes_on(
+    tmp_path: Path,
+) -> None:
+    # What os.listdir gives for a file name that is not UTF-8 (surrogateescape).
+    name = b"r\xe9sum\xe9.pdf".decode("utf-8", "surrogateescape")
+    provider = ScriptedProvider().reply("first").reply("second")
+    with ContextSession.create("files", data_dir=tmp_path, provider=provider) as session:
+        assert session.send(f"summarise {name}").result(timeout=30).content == "first"
+        assert session.send("next").result(timeout=30).content == "second"
+        shown = session.history()[0].content
+        assert shown == f"summarise r{REPLACEMENT}sum{REPLACEMENT}.pdf"
+        # The model was sent what is stored, not text no request can carry.
+        assert provider.requests[0].messages[-1].content == shown
+        context_id = session.id
+    with ContextSession.open(context_id, data_dir=tmp_path) as again:
+        assert again.history()[0].content == shown
