@@ -598,3 +598,16 @@ def test_metadata_that_is_not_a_mapping_is_refused(
     with pytest.raises(InvalidInputError, match="metadata must be a mapping"):
         session.send("Hi", metadata=-1.5)  # type: ignore[arg-type]
     assert session.history() == []
+
+
+def test_what_is_not_a_provider_is_refused_before_anything_is_stored(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    with pytest.raises(InvalidInputError, match=r"provider must be a spec .* not 42"):
+        ContextSession.create(data_dir=data_dir, provider=42)  # type: ignore[arg-type]
+    session = new_session(provider=ScriptedProvider())
+    for bad in (42, ScriptedProvider, object()):
+        with pytest.raises(InvalidInputError, match="provider must be a spec"):
+            session.send("hi", provider=bad)  # type: ignore[arg-type]
+    assert session.history() == []
+    assert session.send("hi").result(DEADLINE).content == "echo: hi"

@@ -7,18 +7,35 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import InvalidInputError
 from ..model import ProviderSettings
 from . import available_providers, get_provider, parse_spec
 from .base import Provider
 
-__all__ = ["ProviderLike", "ProviderPool", "check_spec", "spec_of"]
+__all__ = ["ProviderLike", "ProviderPool", "check_provider", "check_spec", "spec_of"]
 
 #: What the public API accepts wherever a provider is chosen.
 ProviderLike = str | Provider
 
 
+def check_provider(provider: object) -> None:
+    """Refuse, before anything is sent or stored, what is neither a spec string nor a
+    :class:`Provider` (a typo'd variable, a class instead of an instance...)."""
+    if provider is None or isinstance(provider, str):
+        return
+    if not isinstance(provider, Provider) or not (
+        isinstance(provider.name, str) and isinstance(provider.model, str)
+    ):
+        raise InvalidInputError(
+            f"provider must be a spec such as 'local' or 'openai:gpt-4o-mini', or a Provider "
+            f"(an object with name and model strings, stream() and aclose()), not "
+            f"{provider!r:.80}"
+        )
+
+
 def spec_of(provider: Provider) -> str:
     """The spec string describing a provider instance (stored in metadata)."""
+    check_provider(provider)
     return provider.name if not provider.model else f"{provider.name}:{provider.model}"
 
 
@@ -46,6 +63,7 @@ class ProviderPool:
     def resolve(self, provider: ProviderLike | None) -> Provider:
         """The provider to use for ``provider`` (None: the session's default)."""
         if provider is not None and not isinstance(provider, str):
+            check_provider(provider)
             return provider
         if provider is None:
             if self._default is not None:
