@@ -6,6 +6,12 @@ policy decides, or the call waits on the session's approval desk), then for the
 approved calls to run and every call to be answered (:meth:`_execute`); a cancelled
 turn answers what it asked for (:meth:`_resolve_cancelled`). The assistant message
 that asked records what became of each call.
+
+A call stopped by a cancel says what is known of it: *denied* only if its tool never
+started (:func:`~cm_notebook.tools.denied_result`: "do not retry it unchanged"); one
+cut off while running is *failed*, "interrupted while running", since it may have done
+its work (a sync tool's thread cannot be stopped and runs on); one that had finished
+keeps its own result.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class ToolRounds:
     _last_reply: Message | None
     _calls: dict[str, ToolCall]  # this round's tool calls by id
     _answered: set[str]  # ids of calls whose tool message is stored
+    _started: set[str]  # ids of this round's calls whose tool was started
     _claimed_ids: list[str]  # call ids claimed on the desk, not yet asked
 
     def _feed(self, given: fsm.Input) -> None:
@@ -128,6 +135,7 @@ class ToolRounds:
                 except UnknownToolError as exc:  # removed while the call awaited approval
                     outcome = ToolOutcome(ToolCallStatus.FAILED, f"error: {exc}", 0.0)
                 else:
+                    self._started.add(call_id)  # from here on, it may have had effects
                     outcome = await run_tool(tool, call.arguments, timeout=host.tool_timeout)
                 call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
                 text = outcome.result
@@ -160,29 +168,45 @@ class ToolRounds:
                 )
             )
 
-    async def _resolve_cancelled(self, ids: tuple[str, ...], reason: str) -> None:
+    async def _resolve_cancelled(
+        self, ids: tuple[str, ...], reason: str, cause: str | None = None
+    ) -> None:
+        # ``reason``: why calls that never ran did not (e.g. "cancelled by the user");
+        # ``cause``: why the turn stopped, for calls it cut off (default ``reason``).
         for call_id in ids:
             self.host.approvals.drop(call_id)
             call = self._calls.get(call_id)
             if call is None or call_id in self._answered:
                 continue
-            text = denied_result(call.name, reason)
-            call = call.model_copy(
-                update={"status": ToolCallStatus.DENIED, "reason": reason, "result": text}
-            )
+            call = self._cut_off(call, reason, cause or reason)
             self._calls[call_id] = call
             with anyio.CancelScope(shield=True):
-                await self._answer_call(call, text)
-            self.host.publish(
-                ev.ToolCallResolved(
-                    branch=self._writes.target,
-                    tool_call_id=call_id,
-                    status=ToolCallStatus.DENIED,
-                    reason=reason,
+                await self._answer_call(call, call.result or "")
+            if call.status is ToolCallStatus.DENIED:  # _answer_call told of the others
+                self.host.publish(
+                    ev.ToolCallResolved(
+                        branch=self._writes.target,
+                        tool_call_id=call_id,
+                        status=ToolCallStatus.DENIED,
+                        reason=reason,
+                    )
                 )
-            )
         with anyio.CancelScope(shield=True):
             await self._save_calls()
+
+    def _cut_off(self, call: ToolCall, reason: str, cause: str) -> ToolCall:
+        # ``call`` as a stopped turn leaves it, its ``result`` the text for the model.
+        if call.id not in self._started:  # never ran: denied, as before
+            text = denied_result(call.name, reason)
+            update = {"status": ToolCallStatus.DENIED, "reason": reason, "result": text}
+            return call.model_copy(update=update)
+        if call.status is not ToolCallStatus.RUNNING and call.result is not None:
+            return call  # it ran to the end; only its answer was not stored
+        why = f"interrupted while running ({cause})"
+        text = _interrupted_result(call.name, cause)
+        return call.model_copy(
+            update={"status": ToolCallStatus.FAILED, "reason": why, "result": text}
+        )
 
     async def _save_calls(self) -> None:
         # The assistant message that asked for the calls records what became of them.
@@ -191,6 +215,16 @@ class ToolRounds:
         updated = self._last_reply.model_copy(update={"tool_calls": list(self._calls.values())})
         await self._writes.update(updated)
         self._last_reply = updated
+
+
+def _interrupted_result(tool_name: str, cause: str) -> str:
+    # The text the model gets for a call cut off while its tool was running: not a
+    # denial (that says it never ran), since it may have done its work.
+    return (
+        f"error: the call to tool {tool_name!r} was interrupted while running ({cause}): it "
+        "may have completed, and its side effects may have happened; check before running "
+        "it again."
+    )
 
 
 def _failed(call: ToolCall, exc: Exception) -> ToolCall:

@@ -35,7 +35,9 @@ class SessionOptions(TypedDict, total=False):
     * ``approval``: which tool calls need approval (a policy, or one per tool name).
     * ``retry``: a :class:`~cm_notebook.retry.RetryPolicy` for failed provider calls.
     * ``max_tool_rounds``: tool call rounds a turn may take (default 10).
-    * ``tool_timeout``: seconds a tool call may run (default: no limit).
+    * ``tool_timeout``: seconds a tool call may run (default: no limit, or the tool's own
+      ``@tool(timeout=...)``). A call cut off at the limit fails, and the model is told
+      the tool may still be running: Python cannot stop a sync tool's thread.
     * ``auto_title``: ask the model for a better title for an untitled context.
     """
 

@@ -98,6 +98,7 @@ class TurnRunner(ToolRounds):
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
         self._answered: set[str] = set()  # ids of calls whose tool message is stored
+        self._started: set[str] = set()  # ids of this round's calls whose tool started
         self._history: list[Message] = []  # the path the model saw (for its call ids)
         self._claimed_ids: list[str] = []  # call ids claimed on the desk, not yet asked
         self._failure: Exception | None = None
@@ -116,7 +117,12 @@ class TurnRunner(ToolRounds):
             self._scope.cancel()
 
     async def run(self) -> Message:
-        """Drive the turn to its end; returns the last assistant message."""
+        """Drive the turn to its end; returns the last assistant message.
+
+        Whatever happens, the branch is left free for the next turn: its claim given
+        back and its state machine out of the turn's states, even when something
+        escapes (the turn's task itself cancelled, a ``KeyboardInterrupt``).
+        """
         outcome = "completed"
         crash: Exception | None = None
         try:
@@ -136,6 +142,9 @@ class TurnRunner(ToolRounds):
                 # shielded final write ran finds the turn already finished (a failed
                 # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
+        except BaseException as exc:
+            self._abandon(exc)
+            raise
         finally:
             self._release_ids()
             self.turn.progress.finish()
@@ -202,12 +211,12 @@ class TurnRunner(ToolRounds):
         # the tree valid, keep what was streamed, tell the views, and let `await turn`
         # raise a clear error.
         status = MessageStatus.ERROR
-        tools_reason = "not run: the turn stopped on an internal error"
+        cause = "the turn stopped on an internal error"
         message = f"internal error: {type(exc).__name__}: {exc}"
         self._failure = exc
         if isinstance(exc, (OSError, StoreError)):
             status = MessageStatus.INTERRUPTED
-            tools_reason = "not run: the reply could not be stored"
+            cause = "the reply could not be stored"
             message = (
                 f"the reply could not be stored: {exc}. Free disk space (or fix the data "
                 "folder), then regenerate() the reply; the text streamed so far is kept "
@@ -218,27 +227,67 @@ class TurnRunner(ToolRounds):
                 self._failure.__cause__ = exc
         # The store may be what failed: the first error is the one to report.
         with contextlib.suppress(Exception):
-            await self._wind_down(status, message, tools_reason)
+            await self._wind_down(status, message, f"not run: {cause}", cause)
         self.host.publish(ev.ErrorReported(branch=self.branch, kind="internal", message=message))
         return "failed"
 
-    async def _wind_down(self, status: MessageStatus, reason: str, tools_reason: str) -> None:
+    async def _wind_down(
+        self, status: MessageStatus, reason: str, tools_reason: str, cause: str | None = None
+    ) -> None:
         # Finish the reply in progress and answer every unanswered tool call of the round
-        # (the FSM's ResolveCancelled ids are among them). The machine is reset even if
-        # a write fails; run() signals the move to Idle once all this is done.
+        # (the FSM's ResolveCancelled ids are among them): ``tools_reason`` for calls that
+        # never ran, ``cause`` (default ``tools_reason``) for ones cut off while running.
+        # The machine is reset even if a write fails; run() signals the move to Idle
+        # once all this is done.
         try:
             if self._reply is not None:
                 await self._finish_reply(status, reason)
         finally:
-            self._effects.clear()
-            if self.host.machines.get(self.branch).state in fsm.ACTIVE_STATES:
-                self._feed(fsm.Cancel())
-            self._final += [e for e in self._effects if isinstance(e, fsm.Transition)]
-            self._effects.clear()
+            self._reset_machine()
         # Providers refuse a conversation where a tool call has no result.
         unanswered = tuple(c for c in self._calls if c not in self._answered)
         if unanswered:
-            await self._resolve_cancelled(unanswered, tools_reason)
+            await self._resolve_cancelled(unanswered, tools_reason, cause)
+
+    def _reset_machine(self) -> None:
+        # End the turn in the branch's machine (Cancel leaves every active state), keeping
+        # its moves for run() to signal once the branch is free.
+        self._effects.clear()
+        if self.host.machines.get(self.branch).state in fsm.ACTIVE_STATES:
+            self._feed(fsm.Cancel())
+        self._final += [e for e in self._effects if isinstance(e, fsm.Transition)]
+        self._effects.clear()
+
+    def _abandon(self, exc: BaseException) -> None:
+        # Something escaped run(): the branch must not stay busy (every later send
+        # refused). Nothing can be awaited now (the task may be being cancelled), so the
+        # final states of the reply in progress and of the round's unanswered calls go to
+        # the session, which stores them before the next turn (TurnHost.unsettled).
+        self._reset_machine()
+        if isinstance(exc, Exception):
+            return  # from the wind-down (its writes left their own states), or the first step
+        cause = f"the turn was stopped ({type(exc).__name__})"
+        if self._reply is not None:
+            reply = self._reply
+            metadata = reply.message.metadata.model_copy(update={"error": cause})
+            self.host.unsettled(
+                reply.message.model_copy(
+                    update={
+                        "content": without_surrogates(reply.text),
+                        "status": MessageStatus.INTERRUPTED,
+                        "metadata": metadata,
+                    }
+                )
+            )
+        asking = self._last_reply
+        unanswered = [c for c in self._calls if c not in self._answered]
+        if asking is not None and unanswered:
+            for call_id in unanswered:
+                self._calls[call_id] = self._cut_off(
+                    self._calls[call_id], f"not run: {cause}", cause
+                )
+            calls = list(self._calls.values())
+            self.host.unsettled(asking.model_copy(update={"tool_calls": calls}))
 
     # -- requests ----------------------------------------------------------------------
 
@@ -410,6 +459,7 @@ class TurnRunner(ToolRounds):
             self._claimed_ids.extend(call.id for call in calls)
         self._calls = {call.id: call for call in calls}
         self._answered = set()
+        self._started = set()
         await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)
         self._feed(fsm.ResponseCompleted(tuple(self._calls)))
 

@@ -205,7 +205,11 @@ async def test_async_timeout() -> None:
         return "never"
 
     outcome = await run_tool(hang, {}, timeout=0.2)
-    assert (outcome.status, outcome.result) == (FAILED, "error: tool 'hang' timed out after 0.2 s")
+    assert (outcome.status, outcome.result) == (
+        FAILED,
+        "error: tool 'hang' timed out after 0.2 s and was cancelled part way: some of its "
+        "side effects may have happened; check before running it again",
+    )
     assert outcome.duration_ms >= 200
 
 
@@ -221,7 +225,12 @@ async def test_sync_timeout_uses_tool_timeout_and_abandons_thread() -> None:
         outcome = await run_tool(stuck, {})
     finally:
         release.set()  # let the abandoned worker thread finish
-    assert (outcome.status, outcome.result) == (FAILED, "error: tool 'stuck' timed out after 0.2 s")
+    assert (outcome.status, outcome.result) == (
+        FAILED,
+        "error: tool 'stuck' timed out after 0.2 s, but it may still be running (Python "
+        "cannot stop it): its side effects may have happened, or may yet happen; check "
+        "before running it again",
+    )
 
 
 async def test_timeout_error_raised_by_the_tool_is_not_our_timeout() -> None:
@@ -278,15 +287,17 @@ async def test_cancellation_propagates_sync() -> None:
 
 
 @pytest.mark.parametrize("is_async", [False, True])
-async def test_base_exceptions_are_not_swallowed(is_async: bool) -> None:
+async def test_base_exceptions_raised_by_the_tool_fail_the_call(is_async: bool) -> None:
+    # Let through, they would stop the caller (the turn, or the loop's thread) for
+    # good; only a cancellation of the caller propagates (the tests above).
     def stop() -> None:
-        raise Abort
+        raise Abort("halt")
 
     async def astop() -> None:
-        raise Abort
+        raise Abort("halt")
 
-    with pytest.raises(Abort):
-        await run_tool(tool(astop if is_async else stop), {})
+    outcome = await run_tool(tool(astop if is_async else stop, name="stop"), {})
+    assert (outcome.status, outcome.result) == (FAILED, "error: tool 'stop' raised Abort: halt")
 
 
 # --- result encoding ------------------------------------------------------------------------------

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MigrationError
-from ._util import canonical_json, json_text, load_json, sha256_text
+from ._util import (
+    canonical_json,
+    json_text,
+    load_json,
+    replaced_note,
+    sha256_text,
+    without_half_emojis,
+)
 from ._v1 import (
     _MSG_CONTENT,
     _MSG_TIME,
@@ -123,6 +130,7 @@ def pool_context(
     source_file: Path | None = None,
 ) -> V1Context:
     """One per-context file's record as a V1Context (``key``: the id if it has none)."""
+    record, replaced = without_half_emojis(record)  # see _context
     pool = record.get("message_pool")
     shaped = {k: v for k, v in record.items() if k != "message_pool"}
     unusable = []
@@ -142,6 +150,8 @@ def pool_context(
     ctx.raw = record
     ctx.source_sha256 = sha256_text(canonical_json(record))
     ctx.source_file = source_file
+    if replaced:
+        ctx.notes.insert(0, replaced_note(replaced))
     ctx.problems[:0] = unusable
     ctx.message_count += len(unusable)
     if pool is not None and not isinstance(pool, dict):

@@ -7,6 +7,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .._unicode import without_surrogates
+
 __all__ = ["ContextResult", "ContextStatus", "MigrationReport"]
 
 
@@ -106,4 +108,6 @@ class MigrationReport:
             lines.append(f"- {c.status.value:8} {c.label()}: {what}")
             lines.extend(f"    problem: {p}" for p in c.problems)
             lines.extend(f"    note: {n}" for n in c.notes)
-        return "\n".join(lines)
+        # A path can hold a lone surrogate (a file name that is not UTF-8); printing it
+        # must not fail.
+        return without_surrogates("\n".join(lines))

@@ -280,32 +280,107 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
     return plans
 
 
+async def _unset_heads(conv: ConvertedContext, store: Store) -> list[str]:
+    """The branches whose head an interrupted earlier run left unset.
+
+    :func:`_write` creates the context (with the ``v1_source_sha256`` that a second run
+    recognises it by) with every branch empty, appends the messages, and only then sets
+    each head. A run killed in between leaves branches with no head where v1 has
+    messages. Nothing else leaves that state (the package never empties a branch; a
+    branch moved back, as for a regenerated reply, still has a head), so those heads
+    are safe to set, whatever else was done with the context since.
+    """
+    written = await store.get_metadata(conv.metadata.id)
+    return [
+        name
+        for name, branch in conv.metadata.branches.items()
+        if branch.head is not None
+        and name in written.branches
+        and written.branches[name].head is None
+    ]
+
+
+async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
+    """A context this source was migrated to before: complete, or finish it, or say why not."""
+    result, conv = plan.result, plan.conv
+    assert conv is not None
+    assert plan.existing_id is not None
+    conversion = (list(result.problems), list(result.notes))
+    counts = (result.messages_migrated, result.messages_copied)
+    # What the conversion would have said matters no more unless something is written.
+    result.problems.clear()
+    result.notes.clear()
+    result.messages_migrated = result.messages_copied = 0
+    if plan.existing_id != conv.metadata.id:
+        result.status = ContextStatus.SKIPPED
+        result.notes.append(f"already migrated as {plan.existing_id!r}")
+        return
+    cid = conv.metadata.id
+    retry = f"remove it (`cm-notebook rm {cid}`) and migrate again"
+    # Messages added since are fine; messages missing mean an interrupted earlier run.
+    index = await store.index(cid)
+    missing = [m.id for m in conv.messages if m.id not in index]
+    if missing:
+        result.problems.append(
+            f"context {cid!r} exists but lacks {len(missing)} of its "
+            f"messages (an interrupted migration?); {retry}"
+        )
+        return
+    expected = {name: conv.path(name) for name in conv.metadata.branches}
+    try:
+        unset = await _unset_heads(conv, store)
+        # The messages as the branches will lead to them once their heads are set.
+        ids = [m.id for m in conv.messages] if unset else []
+        lookup = {m.id: m for m in await store.get_messages(cid, ids)}
+    except _WRITE_ERRORS as exc:
+        result.problems.append(f"context {cid!r} exists but could not be read: {exc}")
+        return
+    if not unset:
+        result.status = ContextStatus.SKIPPED
+        result.notes.append("already migrated")
+        return
+    what = f"an earlier migration was interrupted before it set the head of {_names(unset)}"
+    problems = _compare(conv, lookup, expected)
+    if problems:
+        result.problems.extend(f"{what}, and {p}" for p in problems)
+        result.problems.append(f"context {cid!r} was left incomplete; {retry}")
+        return
+    # An interrupted earlier run: this one finishes it, and reports it as migrated.
+    result.problems.extend(conversion[0])
+    result.notes.extend(conversion[1])
+    result.messages_migrated, result.messages_copied = counts
+    result.content_sha256 = content_digest(
+        (lookup[i].role, lookup[i].content) for _, i in conv.originals
+    )
+    if not dry_run:
+        try:
+            for name in unset:
+                # A compare-and-set: a head someone set meanwhile is left alone.
+                head = conv.metadata.branches[name].head
+                await store.set_branch_head(cid, name, head, expected_head=None)
+            wrong = [n for n in unset if await store.path(cid, n) != expected[n]]
+        except _WRITE_ERRORS as exc:
+            result.problems.append(f"{what}, and finishing it failed: {exc}; run it again")
+            result.status = ContextStatus.FAILED
+            return
+        if wrong:
+            result.problems.append(f"{what}, and {_names(wrong)} still lead elsewhere; {retry}")
+            result.status = ContextStatus.FAILED
+            return
+    result.notes.append(f"{what}; {'migrating finishes it' if dry_run else 'finished now'}")
+    result.status = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
+
+
+def _names(branches: list[str]) -> str:
+    quoted = ", ".join(repr(b) for b in branches)
+    return f"branch {quoted}" if len(branches) == 1 else f"branches {quoted}"
+
+
 async def _execute(plan: _Plan, store: Store, dry_run: bool) -> None:
     result, conv = plan.result, plan.conv
     assert conv is not None
     if plan.action == "check":
-        assert plan.existing_id is not None
-        # What the conversion would have said matters no more: nothing is written.
-        result.problems.clear()
-        result.notes.clear()
-        result.messages_migrated = result.messages_copied = 0
-        # Already migrated: make sure it is complete before calling it done. Messages
-        # added since are fine; messages missing mean an interrupted earlier run.
-        if plan.existing_id != conv.metadata.id:
-            result.status = ContextStatus.SKIPPED
-            result.notes.append(f"already migrated as {plan.existing_id!r}")
-            return
-        index = await store.index(plan.existing_id)
-        missing = [m.id for m in conv.messages if m.id not in index]
-        if missing:
-            result.problems.append(
-                f"context {plan.existing_id!r} exists but lacks {len(missing)} of its "
-                "messages (an interrupted migration?); remove it "
-                f"(`cm-notebook rm {plan.existing_id}`) and migrate again"
-            )
-            return
-        result.status = ContextStatus.SKIPPED
-        result.notes.append("already migrated")
+        await _check_existing(plan, store, dry_run)
         return
     partial = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
     if dry_run:
@@ -384,7 +459,10 @@ async def migrate(
     system prompt); a context that fails is removed again and reported, and the others
     carry on. In a folder, a file that cannot be read is reported as a failed context
     naming the file, and the other files are migrated. Contexts migrated before (same id and
-    same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing.
+    same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing;
+    except that a run killed before it set a context's branch heads is finished (the
+    heads set, compare-and-set) and reported as migrated. Text holding half of an emoji
+    (a lone UTF-16 surrogate) gets U+FFFD in its place, with a note.
     ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
     a tqdm bar on stderr when stderr is a terminal.
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import MigrationError
 from ._pool import is_pool_record, pool_context, read_v1_folder
-from ._util import load_json
+from ._util import load_json, without_half_emojis
 from ._v1 import _EPOCH, EXPECTED_SHAPES, V1Context, V1Source, _context, _id_text
 
 __all__ = ["load_v1", "parse_v1", "read_v1"]
@@ -39,6 +39,11 @@ def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
     return None
 
 
+def _text(value: Any) -> str:
+    """A top-level key as text for a note or an error (half emojis replaced)."""
+    return str(without_half_emojis(str(value))[0])
+
+
 def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None = None) -> V1Source:
     """Detect the shape of already-decoded v1 JSON and read its contexts.
 
@@ -58,7 +63,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
             "contexts.json",
             [_context(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
         )
-        ignored = sorted(k for k in data if k != "contexts")
+        ignored = sorted(_text(k) for k in data if k != "contexts")
         if ignored:
             source.notes.append(f"top-level fields not migrated: {', '.join(ignored)}")
         return source
@@ -72,11 +77,12 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
                 except ValueError:
                     continue
                 if found is not None:
-                    name = f"{name} [{key}]"
+                    name = f"{name} [{_text(key)}]"
                     break
     if found is not None:
         state, version = found
-        current = _id_text(state.get("currentChatId"))
+        version = without_half_emojis(version)[0]
+        current = _id_text(without_half_emojis(state.get("currentChatId"))[0])
         contexts = []
         for i, chat in enumerate(state["chats"]):
             ctx = _context(chat, i, "localstorage", fallback)
@@ -100,7 +106,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
     if isinstance(data, dict) and isinstance(data.get("messages"), list):
         return V1Source(name, "contexts.json", [_context(data, 0, "contexts.json", fallback)])
     if isinstance(data, dict):
-        keys = ", ".join(sorted(map(str, data))[:8]) or "no keys"
+        keys = ", ".join(sorted(map(_text, data))[:8]) or "no keys"
         got = f"a JSON object with {keys}"
     else:
         got = f"a JSON {type(data).__name__}"

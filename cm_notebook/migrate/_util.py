@@ -1,4 +1,5 @@
-"""Small deterministic helpers shared by the migration layers: hashing and derived ids."""
+"""Small deterministic helpers shared by the migration layers: hashing, derived ids, and
+text that UTF-8 can hold."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import _json
+from .._unicode import REPLACEMENT, has_surrogates, without_surrogates
 
 __all__ = [
     "canonical_json",
@@ -15,7 +17,9 @@ __all__ = [
     "derived_id",
     "json_text",
     "load_json",
+    "replaced_note",
     "sha256_text",
+    "without_half_emojis",
 ]
 
 
@@ -34,6 +38,53 @@ def load_json(text: str) -> Any:
         raise ValueError("it is nested too deeply to read") from exc
 
 
+def without_half_emojis(value: Any) -> tuple[Any, int]:
+    """``value`` (decoded JSON) with every string, keys included, made valid for UTF-8,
+    and how many characters were replaced.
+
+    JSON's ``"\\ud83d"`` decodes to a lone UTF-16 surrogate: half of an emoji, cut by
+    JavaScript's ``String.slice`` in v1's front end. UTF-8 cannot encode it, so neither
+    hashing nor the store could take it. Halves that form a pair are joined; a lone
+    half becomes U+FFFD, the replacement character, and the rest of the text is kept.
+    What holds no surrogate is returned as it is (the same object), so it hashes as before.
+    """
+    replaced = 0
+
+    def clean(item: Any) -> Any:
+        nonlocal replaced
+        if isinstance(item, str):
+            if not has_surrogates(item):
+                return item
+            fixed = without_surrogates(item)
+            replaced += fixed.count(REPLACEMENT) - item.count(REPLACEMENT)
+            return fixed
+        if isinstance(item, dict):
+            pairs = [(clean(key), clean(child)) for key, child in item.items()]
+            same = all(
+                new is old
+                for pair, original in zip(pairs, item.items(), strict=True)
+                for new, old in zip(pair, original, strict=True)
+            )
+            return item if same else dict(pairs)
+        if isinstance(item, (list, tuple)):
+            children = [clean(child) for child in item]
+            same = all(c is child for c, child in zip(children, item, strict=True))
+            if same:
+                return item
+            return children if isinstance(item, list) else tuple(children)
+        return item
+
+    return clean(value), replaced
+
+
+def replaced_note(count: int) -> str:
+    """The report's note for ``count`` replaced half emojis (see :func:`without_half_emojis`)."""
+    what = "1 character that was" if count == 1 else f"{count} characters that were"
+    was = "was" if count == 1 else "were"
+    # Named, not shown: a terminal's encoding may lack the character itself.
+    return f"{what} half an emoji {was} replaced with U+FFFD, the replacement character"
+
+
 def json_text(value: Any) -> str:
     """``value`` itself if it is text, else its JSON (for results and arguments that v1
     kept either way)."""
@@ -41,8 +92,9 @@ def json_text(value: Any) -> str:
 
 
 def sha256_text(text: str) -> str:
-    """Hex sha256 of UTF-8 ``text``."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """Hex sha256 of UTF-8 ``text`` (a lone surrogate, which UTF-8 cannot hold, is hashed
+    as its three-byte form instead of raising: a file name that is not UTF-8 may hold one)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def derived_id(prefix: str, *parts: object) -> str:
@@ -58,7 +110,7 @@ def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
     """sha256 over (role, content) pairs in order; lengths make the encoding unambiguous."""
     digest = hashlib.sha256()
     for role, content in pairs:
-        data = content.encode("utf-8")
+        data = content.encode("utf-8", "surrogatepass")
         digest.update(f"{role}\n{len(data)}\n".encode())
         digest.update(data)
     return digest.hexdigest()

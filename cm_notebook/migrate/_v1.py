@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from ..model import Role
-from ._util import canonical_json, sha256_text
+from ._util import canonical_json, replaced_note, sha256_text, without_half_emojis
 
 __all__ = [
     "EXPECTED_SHAPES",
@@ -303,6 +303,11 @@ def _message(record: Any, position: int) -> V1Message | str:
 def _context(
     record: Any, position: int, kind: SourceKind, fallback: datetime, key: str | None = None
 ) -> V1Context:
+    # Half emojis first: everything below (the hash that recognises the record on a
+    # second run included) sees only text that UTF-8 can hold.
+    record, replaced = without_half_emojis(record)
+    if key is not None:
+        key = without_half_emojis(key)[0]
     ctx = V1Context(
         position=position,
         kind=kind,
@@ -310,6 +315,8 @@ def _context(
         source_sha256=sha256_text(canonical_json(record)),
         fallback_time=fallback,
     )
+    if replaced:
+        ctx.notes.append(replaced_note(replaced))
     if not isinstance(record, dict):
         ctx.fatal = f"context #{position} is a {type(record).__name__}, not an object"
         return ctx

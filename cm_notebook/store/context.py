@@ -15,7 +15,7 @@ in step with the disk, and owns the context's locks:
   a reader tells a crashed stream (lock free: mark it ``interrupted``, keeping its
   partial text) from a live one (lock held: leave it alone). Readers check whenever
   the index lists a stream they are not writing themselves, so a long-lived reader
-  notices a writer's death too, not only a newly opened one.
+  notices a writer's death too, not only a newly opened one (see :mod:`.dead_streams`).
 
 Lock order is always write_lock -> file_lock -> state_lock; readers take only
 state_lock, so they never wait for another process.
@@ -39,9 +39,10 @@ from ..errors import (
     StoreError,
     StoreLockTimeoutError,
 )
-from ..model import Branch, ContextMetadata, MessageStatus, utcnow
+from ..model import Branch, ContextMetadata
 from .atomic import Fsync, atomic_write, is_temp_name, read_from
-from .codec import decode_metadata_doc, encode_message_forms, encode_metadata, read_message_file
+from .codec import decode_metadata_doc, encode_metadata, read_message_file
+from .dead_streams import interrupt_dead_streams, warn_unmarked, writer_is_dead
 from .diagnostics import warn
 from .flushing import OwedFlushes
 from .index import MessageIndex, RebuildNeeded
@@ -56,7 +57,6 @@ from .paths import (
     STREAMING_PREFIX,
     STREAMING_SUFFIX,
     message_path,
-    streaming_lock_path,
 )
 from .repair import repair_files
 from .streaming_locks import StreamingLocks
@@ -150,7 +150,10 @@ class ContextState:
 
     def _current(self, base: ContextMetadata) -> ContextMetadata:
         """``base`` (metadata.json) with what journal lines since ``heads_at`` changed."""
+        generation = self.index.generation
         self.index.refresh()
+        if self.index.generation != generation:
+            self.flushes.journal_reloaded()  # read anew: its places name other copies
         if self.index.next_n < self.heads_at:
             self.index.next_n = self.heads_at  # numbers never go back, even after a rebuild
         key = (id(base), self.index.heads_version, self.heads_at)
@@ -255,41 +258,63 @@ class ContextState:
 
         The common case costs three ``stat`` calls. Rebuilding a damaged index and
         interrupting streams whose writer died need the write locks, so they happen in
-        :meth:`locked`, and the view is then retried.
+        :meth:`locked`, and the view is then retried. If the folder cannot be written
+        (read-only, a full disk), such streams are read as they are, with a warning.
         """
         if not self._swept:
             # Opening a context sweeps what a dead writer left. Only if no writer is busy
             # right now (never wait for one to read) and the folder is writable.
-            with contextlib.suppress(StoreLockTimeoutError, OSError), self.locked(wait=False):
-                pass
+            self._sweep_if_writable()
+        unmarked: set[str] = set()  # dead streams that could not be marked
         for _ in range(3):
             # Before the read: a write racing with it only makes the token stale.
             token = self.token()
+            dead: list[str] = []
             with self.state_lock, contextlib.suppress(RebuildNeeded):
                 # RebuildNeeded from func too: a lazily read index finds a damaged line
                 # when it first reads it (see index.py), and the index remembers it.
                 metadata = self.refresh()
-                if not any(self._writer_is_dead(mid) for mid in self.foreign_streams()):
+                dead = [
+                    mid
+                    for mid in self.foreign_streams()
+                    if mid not in unmarked and writer_is_dead(self.dir, mid)
+                ]
+                if not dead:
                     self.known = (token, metadata)
                     return func(self, metadata)
-            with self.locked():
-                pass
+            try:
+                with self.locked():
+                    pass
+            except (OSError, StoreError) as exc:
+                if not dead or isinstance(exc, ContextNotFoundError):
+                    raise  # a damaged index that could not be rebuilt, say
+                # Marking them is a write; reading needs none (see dead_streams.py).
+                warn_unmarked(self.dir, dead, exc)
+                unmarked.update(dead)
         raise StoreError(
             f"the index of context {self.context_id!r} keeps getting damaged while it is "
             "being repaired; is another program writing to its folder?"
         )
 
     def foreign_streams(self) -> list[str]:
-        """Streaming messages in the index that this FileStore is not writing."""
+        """Streaming messages in the index that this FileStore is not writing.
+
+        Checked on every read, not only the first: a long-lived reader (say, a server
+        process) must notice when the process streaming a reply dies. Usually there is
+        none; otherwise each costs a read one flock attempt.
+        """
         return [mid for mid in self.index.streaming_ids if mid not in self.streaming]
 
-    def _writer_is_dead(self, message_id: str) -> bool:
-        # Checked on every read, not only the first: a long-lived reader (say, a server
-        # process) must notice when the process streaming a reply dies. Usually there
-        # is no foreign stream and this is never called; otherwise one flock attempt.
-        # A writer creates its lock file before the entry is committed and removes it
-        # only after the stream ended, so no file means no live writer.
-        return not lock_is_held(streaming_lock_path(self.dir, message_id))
+    def _sweep_if_writable(self) -> None:
+        try:
+            with self.locked(wait=False):
+                pass
+        except (StoreLockTimeoutError, OSError):
+            pass  # a writer is busy, or the folder cannot be written: the read goes on
+        except CorruptDataError as exc:
+            if exc.path != self.file_lock.path:
+                raise
+            # The lock file is damaged (a folder, a link): writes report it, reads go on.
 
     def _sweep(self) -> None:
         """Remove what dead writers left: temporary files and unused streaming locks.
@@ -299,7 +324,7 @@ class ContextState:
         streaming lock file of a message that is not streaming is left over (a writer
         that died between its journal line and the removal, or a probe that raced with
         the removal); one that an OS lock still holds belongs to a live process and
-        stays. Streams whose writer died are finished by _interrupt_dead_streams.
+        stays. Streams whose writer died are finished by :mod:`.dead_streams`.
 
         Only the context folder is listed, never ``messages/``, whose size grows with
         the conversation: message files are written through temporary files in the
@@ -348,14 +373,16 @@ class ContextState:
                 self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
             except LockTimeout:
                 raise self._timeout() from None
-            except (FileNotFoundError, NotADirectoryError):
+            except OSError as exc:
                 # No folder (never made, or renamed away by delete_context, maybe while
                 # we waited): the lock file's path names nothing. The lock checks that
                 # its path still names the file it holds, so a lock kept open in a
                 # folder that is gone is never taken for this one.
-                if self.dir.is_dir():
-                    raise
-                raise self.not_found() from None
+                gone = isinstance(exc, (FileNotFoundError, NotADirectoryError))
+                if gone and not self.dir.is_dir():
+                    raise self.not_found() from None
+                # Otherwise the package's error (a read-only folder, say), never a bare one.
+                raise translate(exc, self.file_lock.path, "lock") from exc
             try:
                 with self.state_lock:
                     self.known = None
@@ -419,13 +446,15 @@ class ContextState:
             self._rebuild(base, need)
             metadata = self._current(base)
         if self.foreign_streams():
-            self._interrupt_dead_streams()
+            interrupt_dead_streams(self.index, self.dir, self.foreign_streams())
+            self.compact_if_due()
             metadata = self._current(base)
         return metadata
 
     def _rebuild(self, base: ContextMetadata, need: RebuildNeeded) -> None:
         """Rebuild the index, first saving what only the damaged journal holds."""
         self.index.salvage()
+        self.flushes.clear()  # the rebuilt journal starts empty: its places start over
         with contextlib.suppress(OSError, StoreError, RebuildNeeded):
             repair_files(self.index, self.fsync, flush=True)
         if self.index.next_n < self.heads_at:
@@ -460,50 +489,6 @@ class ContextState:
             if move[0] >= self.heads_at and branch.head != move[1]:
                 moved[name] = branch.model_copy(update={"head": move[1]})
         return moved
-
-    def _interrupt_dead_streams(self) -> None:
-        """Mark ``interrupted`` every streaming message whose writer is gone.
-
-        A writer that died after replacing the message file with its final version but
-        before journaling the new status did finish the message: the file wins, and its
-        status (complete, error, ...) is journaled instead of ``interrupted``.
-        """
-        for message_id in self.foreign_streams():
-            entry = self.index.entries[message_id]
-            lock_path = streaming_lock_path(self.dir, entry.id)
-            lock = OSLock(lock_path)
-            try:
-                lock.acquire(timeout=0)
-            except LockTimeout:
-                continue  # its writer is alive (in this process or another)
-            try:
-                path = message_path(self.dir, entry.id)
-                status = MessageStatus.INTERRUPTED
-                content: bytes | None = None
-                size = 0
-                try:
-                    message = read_message_file(path, entry.id)
-                except CorruptDataError as exc:
-                    warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
-                else:
-                    if message.status is MessageStatus.STREAMING:
-                        message = message.model_copy(update={"status": status})
-                    else:
-                        status = message.status  # the final update reached the file
-                    data, content = encode_message_forms(message)
-                    size = len(data)
-                    # The journal line is the commit. Temporary file: see _sweep.
-                    atomic_write(path, data, fsync=None, temp_dir=self.dir)
-                self.index.append(
-                    entry.model_copy(update={"status": status}),
-                    at=utcnow().isoformat(),
-                    content=content,
-                    size=size,
-                )
-            finally:
-                lock.close()
-                lock_path.unlink(missing_ok=True)
-        self.compact_if_due()
 
     def restore(self, message_ids: list[str]) -> None:
         """Rewrite from the journal the files of these messages that a power loss took.

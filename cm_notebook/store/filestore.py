@@ -44,7 +44,7 @@ create_context                                           7       4
 every 32nd finished message this store commits          33      0
 (the batch of message files, then their folder)
 compaction (after >= 128 lines, then geometrically;      k + 7   3
-k = messages whose file no batch made durable yet)
+k = messages whose last version no batch made durable)
 =======================================================  ======  =======
 
 A plain turn (the user's message, the reply's placeholder, its final state) therefore
@@ -262,8 +262,10 @@ class FileStore(ScoreFiles, BranchWrites):
             # metadata.json's heads and time lag behind the journal: ask the context.
             try:
                 found.append(self._view(metadata.id, lambda _s, m: m.model_copy(deep=True)))
-            except CMError:
-                found.append(metadata)  # reported when the context is opened
+            except (CMError, OSError):
+                # Damaged, or unreadable for the OS (a read-only folder it had to repair,
+                # say): listed as metadata.json says, reported when the context is opened.
+                found.append(metadata)
             if metadata.id not in open_before:
                 # A context opened only to be listed is closed again: it holds four
                 # files, and a data folder of 300 contexts would otherwise keep 1,200

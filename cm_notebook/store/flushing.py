@@ -11,6 +11,13 @@ So a store notes each message it commits (:class:`OwedFlushes`), and every
 the ``messages`` folder. Compaction then fsyncs only what is still owed (and what
 other writers committed). The fsyncs are as many as before, plus one of the folder
 per batch; a write waits for at most one batch of them.
+
+What a batch made durable is one version of a message: the one whose copy sits at a
+given place in the journal. A message committed again (a tool call's result written
+by ``update_message``, by this store or another process) has a new copy further on,
+and its new file is fsync'd again, by a later batch or by compaction. The places are
+forgotten when the journal is folded or read anew (another process folded or rebuilt
+it), since a new journal's places name other copies.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ __all__ = ["FLUSH_EVERY", "OwedFlushes"]
 
 #: Committed message files per batch of fsyncs.
 FLUSH_EVERY = 32
-_KEPT = 65_536  # flushed ids remembered at most (compaction forgets them sooner)
+_KEPT = 65_536  # flushed copies remembered at most (compaction forgets them sooner)
 
 
 class OwedFlushes:
@@ -31,8 +38,9 @@ class OwedFlushes:
 
     def __init__(self) -> None:
         self.owed: list[str] = []
-        #: Files fsync'd since the last compaction (compaction skips them).
-        self.flushed: set[str] = set()
+        #: Journal copies (message id -> offset, length, size) whose files were fsync'd
+        #: since the journal was last folded or read anew: compaction skips exactly these.
+        self.flushed: dict[str, tuple[int, int, int]] = {}
 
     def note(self, message_id: str) -> None:
         """``message_id`` was committed with its copy in the journal."""
@@ -51,7 +59,14 @@ class OwedFlushes:
         repair_files(index, fsync, flush=True, only=batch)
         if len(self.flushed) >= _KEPT:
             self.flushed.clear()  # only costs compaction an fsync per file
-        self.flushed.update(batch)
+        for message_id in batch:
+            copy = index.copy_of(message_id)  # what repair_files just made durable
+            if copy is not None:
+                self.flushed[message_id] = copy
+
+    def journal_reloaded(self) -> None:
+        """The journal was read anew: its places may now hold other copies."""
+        self.flushed.clear()
 
     def clear(self) -> None:
         """The journal was folded (or the state reloaded): nothing is owed."""

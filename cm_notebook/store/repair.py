@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import StoreError
@@ -51,15 +51,16 @@ def repair_files(
     *,
     flush: bool,
     only: list[str] | None = None,
-    flushed: Collection[str] = (),
+    flushed: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> int:
     """Rewrite, from the journal, every message file a power loss damaged; return how many.
 
-    With ``flush``, also fsync every file whose durable copy is in the journal (except
-    those in ``flushed``, fsync'd already), and the ``messages`` folder, so that the
-    journal's copies may be dropped. With ``only``, look at those messages alone (the
-    ones being read, or a batch to flush). Must run with the context lock held, right
-    after the index was refreshed.
+    With ``flush``, also fsync every file whose durable copy is in the journal, and the
+    ``messages`` folder, so that the journal's copies may be dropped; ``flushed`` (id ->
+    copy) names files fsync'd already, skipped only while that very copy is the current
+    one (a message committed again since has a new copy, and a new file to fsync). With
+    ``only``, look at those messages alone (the ones being read, or a batch to flush).
+    Must run with the context lock held, right after the index was refreshed.
     """
     if only is None:
         copies = list(index.content.items())
@@ -70,7 +71,9 @@ def repair_files(
     folder = index.ctx_dir / MESSAGES_DIR
     prefix = f"{folder}{os.sep}"
     repaired = 0
-    for message_id, (offset, length, size) in copies:
+    done = flushed or {}
+    for message_id, copy in copies:
+        offset, length, size = copy
         path = f"{prefix}{message_id}.json"
         if not intact(path, size):
             try:
@@ -93,7 +96,7 @@ def repair_files(
                 "or it was changed by hand); it was restored from the journal",
                 Path(path),
             )
-        elif flush and message_id not in flushed:
+        elif flush and done.get(message_id) != copy:
             _flush(path, fsync)
     if flush:
         fsync_dir(folder, fsync)

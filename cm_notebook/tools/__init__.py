@@ -24,8 +24,9 @@ Example::
     outcome = await run_tool(add, add.validate('{"a": 1, "b": "2"}'))
     assert outcome.result == "3"
 
-Everything a tool does wrong at run time (raising, hanging) becomes a FAILED outcome
-whose text goes back to the model; everything a *programmer* does wrong (an untyped
+Everything a tool does wrong at run time (raising, even ``SystemExit``; running past its
+time limit, if it has one: by default it has none) becomes a FAILED outcome whose text
+goes back to the model; everything a *programmer* does wrong (an untyped
 parameter, a duplicate name) raises :class:`~cm_notebook.errors.ToolDefinitionError` at
 definition time.
 """

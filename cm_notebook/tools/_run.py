@@ -1,13 +1,25 @@
 """Running a tool call: time limit, worker thread for sync code, result text for the model.
 
 A tool's failure is part of the conversation, not a crash: exceptions and time-outs
-become a FAILED :class:`ToolOutcome` whose text tells the model what went wrong. Only
-``Exception`` is caught; cancellation, ``KeyboardInterrupt`` and ``SystemExit`` always
-propagate.
+become a FAILED :class:`ToolOutcome` whose text tells the model what went wrong. That
+includes what a tool raises that is not an ``Exception``: ``SystemExit`` (a tool that
+calls ``sys.exit()``), ``KeyboardInterrupt``, and a ``CancelledError`` of the tool's own
+(an async tool awaiting a task someone else cancelled). Only a real cancellation of the
+caller (a cancel scope around the call, or its task being cancelled) propagates, as it
+must: that is the turn being stopped, not the tool failing.
+
+There is no time limit unless one is given (the session's ``tool_timeout``, or the
+tool's own ``timeout``): Python cannot stop a sync tool's thread, so a limit does not
+stop the work, only the wait for it, and a long job (training a model) is a fine tool.
+
+Every result text is valid UTF-8 text: lone halves of surrogate pairs (a file name
+``os.listdir`` decoded with ``surrogateescape``, quoted in a result or an error) are
+replaced, so the text can be stored and sent (see :mod:`cm_notebook._unicode`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import math
@@ -21,6 +33,7 @@ import anyio.to_thread
 from pydantic_core import to_json
 
 from .. import _json
+from .._unicode import scrub, without_surrogates
 from ..errors import ToolArgumentsError
 from ..model import ToolCallStatus
 from ._tool import Tool
@@ -35,8 +48,9 @@ __all__ = [
     "truncate_result",
 ]
 
-#: Seconds a tool call may take when neither the call nor the tool says otherwise.
-DEFAULT_TIMEOUT = 60.0
+#: Seconds a tool call may take when neither the call nor the tool says otherwise: no
+#: limit (a limit cannot stop a sync tool's thread, and long jobs are legitimate tools).
+DEFAULT_TIMEOUT = math.inf
 #: Longest result text sent back to the model, so one tool cannot flood the context.
 MAX_RESULT_CHARS = 20_000
 
@@ -72,11 +86,15 @@ async def run_tool(
 ) -> ToolOutcome:
     """Run ``tool`` with validated ``arguments``; never raises for the tool's own failures.
 
-    ``timeout`` defaults to ``tool.timeout``, else :data:`DEFAULT_TIMEOUT`; pass
-    ``math.inf`` for no limit. Sync tools run in a worker thread so a slow tool does not
-    freeze the kernel; on time-out or cancellation that thread is abandoned (Python
-    cannot stop a thread) and its eventual result is discarded. Async tools are
-    cancelled at the time limit.
+    The tool's own failures include ``SystemExit``, ``KeyboardInterrupt`` and a
+    ``CancelledError`` it raises itself; only a cancellation of the caller propagates.
+
+    ``timeout`` defaults to ``tool.timeout``, else :data:`DEFAULT_TIMEOUT` (no limit);
+    ``math.inf`` is no limit too. Sync tools run in a worker thread so a slow tool does
+    not freeze the kernel; on time-out or cancellation that thread is abandoned (Python
+    cannot stop a thread): it runs on, its side effects still happen, and its eventual
+    result is discarded. Async tools are cancelled at the time limit. The time-out's
+    text tells the model so: the call may have had (or may yet have) its effects.
 
     The result text is the return value itself if it is a ``str``, else its JSON
     (pydantic-aware: models, dataclasses, datetimes...), cut to ``max_result_chars``.
@@ -95,7 +113,9 @@ async def run_tool(
 
     def finish(status: ToolCallStatus, text: str) -> ToolOutcome:
         elapsed = (time.perf_counter() - started) * 1000
-        return ToolOutcome(status, truncate_result(text, max_result_chars), elapsed)
+        # Scrubbed before cutting: no half of a character is left to cut in two.
+        text = truncate_result(without_surrogates(text), max_result_chars)
+        return ToolOutcome(status, text, elapsed)
 
     try:
         args, kwargs = tool._call_args(arguments)
@@ -106,9 +126,15 @@ async def run_tool(
             value = await _invoke(tool, args, kwargs)
         except Exception as exc:  # the tool's own failure: tell the model, keep talking
             return finish(ToolCallStatus.FAILED, _describe_exception(exc))
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()) and _being_cancelled():
+                raise  # the time limit, or the caller stopping: not the tool's failure
+            # SystemExit, KeyboardInterrupt, a CancelledError of the tool's own: still
+            # the tool's failure. Let through, it would stop the turn with the branch
+            # busy, or (SystemExit on the loop's thread) every session of the process.
+            return finish(ToolCallStatus.FAILED, _describe_escape(tool, exc))
     if scope.cancelled_caught:
-        shown = "inf" if math.isinf(limit) else f"{limit:g}"
-        return finish(ToolCallStatus.FAILED, f"error: tool {tool.name!r} timed out after {shown} s")
+        return finish(ToolCallStatus.FAILED, _timed_out(tool, limit))
     try:
         _json.check_depth(value)  # encoding it, or the model reading it, would fail
     except _json.JSONLimitError as exc:
@@ -120,20 +146,97 @@ async def run_tool(
     return finish(ToolCallStatus.DONE, encode_result(value))
 
 
+class _Carried(Exception):
+    # A BaseException a sync tool raised in its thread, brought back as an Exception:
+    # it then crosses the thread's future like any error (a GeneratorExit, thrown into
+    # the awaiting coroutines, would close them instead), and is raised again here.
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+
+def _in_thread(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, CancelledError...
+        raise _Carried(exc) from None
+
+
 async def _invoke(tool: Tool[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
     if tool.is_async:
         return await tool.fn(*args, **kwargs)
-    call = functools.partial(tool.fn, *args, **kwargs)
-    value = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    call = functools.partial(_in_thread, tool.fn, args, kwargs)
+    try:
+        value = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except _Carried as carried:
+        raise carried.exc from None
     # A sync callable may still hand back an awaitable (e.g. a lambda around a coroutine).
     if inspect.isawaitable(value):
         value = await value
     return value
 
 
-def _describe_exception(exc: Exception) -> str:
-    message = str(exc)
+def _being_cancelled() -> bool:
+    # Whether the task running the tool is being cancelled (so a CancelledError is the
+    # cancellation's, not one the tool raised of its own): a cancel scope around the
+    # call was cancelled (its time limit, the turn's cancel), or, on asyncio, someone
+    # cancelled the task itself (Python 3.11+ counts that; on 3.10 only scopes are seen).
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio (trio): cancel scopes are the only way
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
+def _message_of(exc: BaseException) -> str:
+    # str(exc), which is the exception's own code and may itself fail.
+    try:
+        return str(exc)
+    except Exception as error:
+        return f"<its message could not be shown: {type(error).__name__}>"
+
+
+def _describe_exception(exc: BaseException) -> str:
+    message = _message_of(exc)
     return f"error: {type(exc).__name__}: {message}" if message else f"error: {type(exc).__name__}"
+
+
+def _describe_escape(tool: Tool[..., Any], exc: BaseException) -> str:
+    # The text for a BaseException that is not an Exception, raised by the tool.
+    name = tool.name
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        return (
+            f"error: tool {name!r} raised SystemExit({code!r}) (it called sys.exit() or "
+            "exit()); a tool cannot end the process: the call failed and did not finish"
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return f"error: tool {name!r} was interrupted (KeyboardInterrupt) before it finished"
+    if isinstance(exc, asyncio.CancelledError):
+        return (
+            f"error: tool {name!r} raised CancelledError (something it waited for was "
+            "cancelled); the call failed and did not finish"
+        )
+    return f"error: tool {name!r} raised {_describe_exception(exc).removeprefix('error: ')}"
+
+
+def _timed_out(tool: Tool[..., Any], limit: float) -> str:
+    # A time limit stops the wait, not necessarily the work: say what may have happened.
+    said = f"error: tool {tool.name!r} timed out after {limit:g} s"
+    if tool.is_async:
+        return (
+            f"{said} and was cancelled part way: some of its side effects may have happened; "
+            "check before running it again"
+        )
+    return (
+        f"{said}, but it may still be running (Python cannot stop it): its side effects "
+        "may have happened, or may yet happen; check before running it again"
+    )
 
 
 def denied_result(tool_name: str, reason: str | None = None) -> str:
@@ -158,6 +261,10 @@ def encode_result(value: object) -> str:
         return value
     try:
         return to_json(value, fallback=repr).decode()
+    except Exception:
+        pass
+    try:  # text UTF-8 cannot hold (a file name from os.listdir): JSON of it, cleaned
+        return to_json(scrub(value), fallback=repr).decode()
     except Exception:  # e.g. bytes that are not UTF-8: still say something useful
         try:
             return repr(value)

@@ -52,7 +52,8 @@ class Tool(Generic[P, R]):
         description: What the model is told the tool does.
         parameters: The JSON schema of the arguments (an object schema, provider-ready).
         policy: The tool's own approval policy, or ``None`` to leave it to the session.
-        timeout: Seconds a call may take, or ``None`` for the module default.
+        timeout: Seconds a call may take, or ``None`` for no limit (unless the session
+            sets ``tool_timeout``, which then applies instead).
         is_async: Whether ``fn`` is a coroutine function (else it runs in a worker thread).
 
     >>> @tool
