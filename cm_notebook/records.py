@@ -19,7 +19,7 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``ttft_ms``                    time to the first text
 ``input_tokens``,              token counts (output: the provider's usage, else the
 ``output_tokens``              number of chunks received)
-``tokens_per_second``          output tokens over the streaming time
+``tokens_per_second``          tokens after the first over the time since it came
 ``latency_ms``                 the whole reply, retries included
 ``tool_calls``                 how many tool calls the reply asked for
 ``request_id``,                provenance (:mod:`cm_notebook.provenance`)

@@ -13,9 +13,11 @@ Definitions (measured in the receiving process, on a monotonic clock):
 * ``output_tokens``: the provider's usage report of the last attempt if it gave one
   (``tokens_from_usage``), else the number of text chunks (one token per chunk is
   what streaming chat APIs send).
-* ``tokens_per_second``: output tokens over the time from the first text chunk to the
-  end of the last attempt, the generation speed without the time to first token.
-  None with fewer than two chunks: one chunk carries no rate.
+* ``tokens_per_second``: the output tokens after the first one over the time from the
+  first text chunk to the end of the last attempt: the generation speed without the
+  time to first token. The first token is not counted because the clock starts when it
+  arrives (counting it made a two-chunk reply look twice as fast as it streamed). None
+  with fewer than two chunks or two tokens: one chunk carries no rate.
 * ``attempts``: requests made for the reply (retries after transient errors count).
 """
 
@@ -71,8 +73,8 @@ class StreamMeter:
         from_usage = self._usage_tokens is not None
         tokens = self._usage_tokens if self._usage_tokens is not None else self._chunks
         rate = None
-        if self._first is not None and self._chunks >= 2 and end > self._first:
-            rate = tokens / (end - self._first)
+        if self._first is not None and self._chunks >= 2 and tokens >= 2 and end > self._first:
+            rate = (tokens - 1) / (end - self._first)
         return StreamStats(
             ttft_ms=(self._first - self._attempt_started) * 1000
             if self._first is not None

@@ -45,13 +45,28 @@ def test_meter_definitions_on_a_hand_moved_clock() -> None:
         chunks=3,
         duration_ms=4750.0,
         output_tokens=3,
-        tokens_per_second=3 / 1.0,
+        tokens_per_second=2 / 1.0,  # the tokens after the first over the time since it
         attempts=2,
         tokens_from_usage=False,
     )
     meter.usage(8)
     stats = meter.stats()
-    assert (stats.output_tokens, stats.tokens_from_usage, stats.tokens_per_second) == (8, True, 8)
+    assert (stats.output_tokens, stats.tokens_from_usage, stats.tokens_per_second) == (8, True, 7)
+
+
+def test_the_rate_does_not_count_the_token_that_starts_the_clock() -> None:
+    # Two chunks 10 ms apart stream at 100 tokens/s, not 200: the clock starts when the
+    # first arrives, so the first is not part of the rate.
+    clock = Clock()
+    meter = StreamMeter(clock)
+    meter.attempt()
+    meter.chunk()
+    clock.now += 0.01
+    meter.chunk()
+    rate = meter.stats().tokens_per_second
+    assert rate is not None and abs(rate - 100.0) < 1e-6
+    meter.usage(1)  # a usage report of one token over two chunks carries no rate
+    assert meter.stats().tokens_per_second is None
 
 
 def test_meter_without_text_or_with_one_chunk_has_no_rate() -> None:
