@@ -243,7 +243,7 @@ def _merge(
     if "errors" in change:
         return merged(old, message_id, branch=branch, **change)
     try:
-        return merged(old, message_id, branch=branch, succeeded=(label,), **change)
+        return merged(old, message_id, branch=branch, succeeded=(label,), source=label, **change)
     except InvalidInputError as exc:
         error = _error_text(exc)
     return merged(old, message_id, branch=branch, errors={label: error})

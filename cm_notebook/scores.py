@@ -13,7 +13,9 @@ Rating again merges into what is stored (:func:`merged`):
   <cm_notebook.session.ContextSession.score>`) replace the stored value of the same
   name and keep the others; a scoring function that failed on the message records its
   error under its name in ``errors`` (dropping its old value), and a later success
-  clears the error;
+  clears the error. Which function gave each metric is kept (``metric_sources``), so a
+  function returning a mapping replaces all the metrics it gave before: when it fails,
+  none of them is left looking current, and a metric it no longer gives is dropped;
 * ``clear=True`` starts from an empty score instead (to take a thumb or tags back).
 
 Scoring functions (:func:`interpret`) return a number or a bool (stored as the metric
@@ -50,7 +52,9 @@ class Score(BaseModel):
 
     ``branch`` is the branch the message was on when last rated (None: on no branch);
     ``by`` who rated it (free text, e.g. a user name); ``metrics`` the values of named
-    scoring functions, ``errors`` the errors of those that failed on this message.
+    scoring functions, ``errors`` the errors of those that failed on this message, and
+    ``metric_sources`` the scoring function that gave each metric (by the name it was
+    run under), for those a function gave.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -64,6 +68,7 @@ class Score(BaseModel):
     by: str | None = Field(None, max_length=200)
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     errors: dict[str, str] = Field(default_factory=dict)
+    metric_sources: dict[str, str] = Field(default_factory=dict)
     created_at: UTCDateTime = Field(default_factory=utcnow)
     updated_at: UTCDateTime = Field(default_factory=utcnow)
 
@@ -141,12 +146,15 @@ def merged(
     metrics: Mapping[str, object] | None = None,
     errors: Mapping[str, str] | None = None,
     succeeded: Iterable[str] = (),
+    source: str | None = None,
     clear: bool = False,
 ) -> Score:
     """``old`` with a new rating merged in (the rules are in the module docstring).
 
     ``succeeded`` names scoring functions that succeeded this time: their recorded
     errors are cleared even if their results named no metric after them (a mapping).
+    ``source`` names the scoring function ``metrics`` came from: the metrics it gave
+    before and does not give now are dropped.
     Raises :class:`~cm_notebook.errors.InvalidInputError` naming the bad field.
     """
     if isinstance(tags, str):
@@ -170,9 +178,22 @@ def merged(
             data[key] = value
     data["tags"] = [*data.get("tags", []), *tags]
     failed = errors or {}
-    # A function that failed this time has no current value: its old one is dropped.
-    all_metrics = {**data.get("metrics", {}), **(metrics or {})}
-    data["metrics"] = {k: v for k, v in all_metrics.items() if k not in failed}
+    given = dict(metrics or {})
+    # A function that failed this time has no current value: its old ones are dropped,
+    # those named after it and those its mapping gave; and a function that ran again
+    # replaces all it gave before (a metric its mapping no longer has is not current).
+    sources: dict[str, str] = dict(data.get("metric_sources", {}))
+    rerun = {*failed, *([source] if source is not None else [])}
+    stale = {name for name, by_fn in sources.items() if by_fn in rerun} | set(failed)
+    kept = {k: v for k, v in data.get("metrics", {}).items() if k not in stale}
+    data["metrics"] = {**kept, **given}
+    sources = {name: by_fn for name, by_fn in sources.items() if name not in stale}
+    for name in given:
+        if source is not None:
+            sources[name] = source
+        else:
+            sources.pop(name, None)  # given by hand: no function's any more
+    data["metric_sources"] = sources
     fresh = {*(metrics or {}), *succeeded}
     kept_errors = {k: v for k, v in data.get("errors", {}).items() if k not in fresh}
     data["errors"] = {**kept_errors, **failed}

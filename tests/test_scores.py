@@ -161,6 +161,36 @@ def test_score_runs_a_function_over_branches_and_records_failures(
     assert fixed.metrics["length"] == 1.5
 
 
+def test_a_mapping_judge_run_again_leaves_none_of_its_old_metrics_looking_current(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, history = _two_turns(new_session)
+    reply = history[1].id
+    session.score(lambda m: {"fluency": 4, "accuracy": 0.9}, name="judge", progress=False)
+    session.score(lambda m: len(m.content), name="length", progress=False)
+    first = session.scores(reply)
+    assert first is not None
+    assert first.metrics == {"fluency": 4, "accuracy": 0.9, "length": 5}
+    assert first.metric_sources == {"fluency": "judge", "accuracy": "judge", "length": "length"}
+
+    # Run again, the judge no longer gives "accuracy": that value is not current.
+    session.score(lambda m: {"fluency": 3}, name="judge", progress=False)
+    again = session.scores(reply)
+    assert again is not None
+    assert again.metrics == {"fluency": 3, "length": 5}
+
+    # It fails: none of its metrics is left; the other function's metric stays.
+    def judge(message: Message) -> dict[str, float]:
+        raise RuntimeError("judge model unreachable")
+
+    session.score(judge, progress=False)
+    failed = session.scores(reply)
+    assert failed is not None
+    assert failed.metrics == {"length": 5}
+    assert failed.errors == {"judge": "RuntimeError: judge model unreachable"}
+    assert failed.metric_sources == {"length": "length"}
+
+
 def test_score_refuses_bad_arguments(new_session: Callable[..., ContextSession]) -> None:
     session, _history = _two_turns(new_session)
     with pytest.raises(InvalidInputError, match="no branch 'nope'"):
