@@ -53,6 +53,14 @@ $(BENCH_STAMP): $(STAMP)
 bench: setup $(BENCH_STAMP)
 	$(PY) -m benchmarks
 
+# Re-run the user guide and save its outputs (into a throw-away data folder), e.g. after a
+# change to what a cell prints: `make notebooks NOTEBOOKS=notebooks/02-branching-and-ab.ipynb`.
+# Widget state is not saved: views leave their static HTML, which any viewer shows.
+NOTEBOOKS ?= notebooks/*.ipynb
+notebooks: setup
+	CM_NOTEBOOK_DATA_DIR=$$(mktemp -d) $(BIN)/jupyter nbconvert --to notebook --execute \
+		--inplace --ExecutePreprocessor.store_widget_state=False --ExecutePreprocessor.record_timing=False $(NOTEBOOKS)
+
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
