@@ -17,12 +17,17 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from .redact import get_logger
+
 __all__ = ["background_loop", "running_loop", "schedule_on", "start_loop_thread"]
 
 T = TypeVar("T")
 
+logger = get_logger(__name__)
+
 _lock = threading.Lock()
 _background: asyncio.AbstractEventLoop | None = None
+_background_thread: threading.Thread | None = None
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -34,14 +39,26 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def start_loop_thread(name: str) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
-    """A new event loop running forever in a daemon thread called ``name``."""
+    """A new event loop running forever in a daemon thread called ``name``.
+
+    A task that raises ``SystemExit`` or ``KeyboardInterrupt`` ends asyncio's
+    ``run_forever``; here that is logged and the loop goes on, since every session of
+    the process may be running on it. It ends only when stopped.
+    """
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
-        loop.run_forever()
+        while True:
+            try:
+                loop.run_forever()
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # The task's own future holds the exception for whoever awaits it.
+                logger.error("a task on %s raised %s; the loop goes on", name, type(exc).__name__)
+                continue
+            return  # stopped
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
@@ -50,11 +67,18 @@ def start_loop_thread(name: str) -> tuple[asyncio.AbstractEventLoop, threading.T
 
 
 def background_loop() -> asyncio.AbstractEventLoop:
-    """The process-wide private loop (started on first use, in a daemon thread)."""
-    global _background
+    """The process-wide private loop (started on first use, in a daemon thread).
+
+    Never a loop whose thread has ended (then a new one is started): work handed to
+    it would wait forever.
+    """
+    global _background, _background_thread
     with _lock:
-        if _background is None or _background.is_closed():
-            _background, _thread = start_loop_thread("cm_notebook-loop")
+        alive = _background_thread is not None and _background_thread.is_alive()
+        if _background is None or _background.is_closed() or not alive:
+            if _background is not None and not alive:
+                logger.warning("the background event loop's thread had ended; starting another")
+            _background, _background_thread = start_loop_thread("cm_notebook-loop")
             atexit.register(_stop_background)
         return _background
 

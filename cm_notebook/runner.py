@@ -35,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 
 from . import events as ev
 from . import fsm
@@ -356,14 +357,23 @@ class TurnRunner(ToolRounds):
             yield
         except ProviderError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             raise self._provider_bug(exc) from exc
 
-    def _provider_bug(self, exc: Exception) -> PermanentProviderError:
+    def _provider_bug(self, exc: BaseException) -> PermanentProviderError:
         # Anything but ProviderError is a bug in the provider: fail the turn for good
-        # (escaping would leave the branch stuck), keeping the bug as __cause__.
+        # (escaping would leave the branch stuck), keeping the bug as __cause__. That
+        # includes SystemExit (a client library calling sys.exit()): let through, it
+        # would end the event loop it runs on, and with it every session of the
+        # process (or the kernel).
         self._internal = True
         name = self.provider.name
+        if isinstance(exc, SystemExit):
+            return PermanentProviderError(
+                f"provider {name!r} called sys.exit({exc.code!r}) while answering: the reply "
+                "failed and the session goes on; fix or replace the provider",
+                provider=name,
+            )
         return PermanentProviderError(
             f"internal error in provider {name!r}: {type(exc).__name__}: {exc}", provider=name
         )
@@ -380,8 +390,13 @@ class TurnRunner(ToolRounds):
                     chunk = await anext(stream, None)
                 except ProviderError:
                     raise
-                except Exception as exc:  # _provider_errors, spelled out
+                except (Exception, SystemExit) as exc:  # _provider_errors, spelled out
                     raise self._provider_bug(exc) from exc
+                except KeyboardInterrupt:
+                    # The user interrupted the kernel while the provider's code ran: stop
+                    # the turn as Stop does (the reply kept, interrupted) rather than let
+                    # the interrupt end the event loop under every session.
+                    await self._interrupted()
                 if chunk is None:
                     break
                 if isinstance(chunk, TextDelta):
@@ -411,6 +426,15 @@ class TurnRunner(ToolRounds):
             if aclose is not None:
                 with anyio.CancelScope(shield=True), self._provider_errors():
                     await aclose()
+
+    async def _interrupted(self) -> None:
+        # Cancel the turn's scope and take the cancellation at once: the scope catches
+        # it and the turn ends as a cancelled one (see run()).
+        self.request_cancel()
+        await anyio.lowlevel.checkpoint()
+        raise PermanentProviderError(  # pragma: no cover - the checkpoint raised
+            "the reply was interrupted", provider=self.provider.name
+        )
 
     def _publish_state(self, effect: fsm.Transition) -> None:
         self.host.publish(
