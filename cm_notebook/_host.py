@@ -88,9 +88,10 @@ class TurnHost:
             longer be stored over it.
         allowed: the allow-list scope (``"session"``/``"context"``) under which a tool
             runs without asking, or None (see :mod:`cm_notebook._approval_log`).
-        record: ``record(branch, reply, call, decision)`` adds a decision on ``call`` (as
-            the model asked for it) to the approval audit log and returns the record
-            (None for the approval policy's own decisions, which are not logged).
+        record: ``await record(branch, reply, call, decision)`` adds a decision on
+            ``call`` (as the model asked for it) to the approval audit log, off the
+            event loop (the record is fsynced), and returns the record (None for the
+            approval policy's own decisions, which are not logged).
     """
 
     context_id: str
@@ -110,6 +111,10 @@ class TurnHost:
     unsettled: Callable[[Message], None]
     settled: Callable[[str], None]
     allowed: Callable[[str], Remember | None] = lambda _tool: None
-    record: Callable[[str, Message | None, ToolCall, Decision], ApprovalRecord | None] = (
-        lambda *_args: None
-    )
+    record: Callable[
+        [str, Message | None, ToolCall, Decision], Awaitable[ApprovalRecord | None]
+    ] = lambda *_args: _nothing_recorded()
+
+
+async def _nothing_recorded() -> ApprovalRecord | None:
+    return None

@@ -77,9 +77,9 @@ class ToolRounds:
                     branch=self._writes.target, message_id=message_id, tool_call_ids=tuple(asked)
                 )
             )
-        for call_id, decision in immediate:
-            self._decide(call_id, decision)
         try:
+            for call_id, decision in immediate:
+                await self._decide(call_id, decision)
             while asked:
                 done, _ = await asyncio.wait(
                     set(asked.values()), return_when=asyncio.FIRST_COMPLETED
@@ -87,7 +87,7 @@ class ToolRounds:
                 for call_id, pending in list(asked.items()):
                     if pending in done:
                         del asked[call_id]
-                        self._decide(call_id, pending.result())
+                        await self._decide(call_id, pending.result())
         finally:
             for call_id in asked:
                 host.approvals.drop(call_id)
@@ -97,7 +97,7 @@ class ToolRounds:
             self.host.approvals.release_ids(self._claimed_ids)
             self._claimed_ids = []
 
-    def _decide(self, call_id: str, decision: Decision) -> None:
+    async def _decide(self, call_id: str, decision: Decision) -> None:
         call = self._calls[call_id]
         if call.status is not ToolCallStatus.FAILED:
             update: dict[str, Any] = {
@@ -107,7 +107,7 @@ class ToolRounds:
             if decision.arguments is not None:
                 update["arguments"] = decision.arguments
             # The audit log's record (None for the policy's own decisions), before the signal.
-            record = self.host.record(self._writes.target, self._last_reply, call, decision)
+            record = await self.host.record(self._writes.target, self._last_reply, call, decision)
             call = call.model_copy(update=update)
             self._calls[call_id] = call
             self.host.publish(

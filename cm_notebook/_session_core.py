@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
@@ -66,6 +67,7 @@ from .signal_log import LogReader, SignalLog
 from .store import IndexEntry, Store
 from .store.context import lock_is_held
 from .store.folders import context_folder_of
+from .store.workers import run_blocking
 from .tools import ToolPolicy, ToolRegistry
 from .turn import Handle, Turn
 
@@ -287,6 +289,10 @@ class SessionCore(PromptWrites, MetadataReads):
             await self._store.close()
         self._stop_following()
         self._claims.close()
+        if self._signal_log is not None:
+            # The log's last fsync, off the loop (a kernel's, a server's): closing the
+            # bus below then has none left to wait for.
+            await run_blocking(self._signal_log.sync)
         self._bus.close()  # after the turns' last signals: streams read those, then end
 
     # -- signals -----------------------------------------------------------------------
@@ -524,17 +530,18 @@ class SessionCore(PromptWrites, MetadataReads):
             apply_remote_decision(self, self._decisions, call_id, message_id)
         approve_allowed(self)  # a context allowance given meanwhile, by any process
 
-    def _record_decision(
+    async def _record_decision(
         self, branch: str, reply: Message | None, call: ToolCall, decision: Decision
     ) -> ApprovalRecord | None:
         # The policy's own decisions follow from configuration: not logged. The log is a
         # record of decisions already applied: failing to write it must not fail the
-        # turn (the ToolCallResolved signal still carries the record).
+        # turn (the ToolCallResolved signal still carries the record). Written on a
+        # worker thread: its fsync must not hold up the loop (a kernel's, a server's).
         if decision.by == "policy":
             return None
         record = audit_record(branch, reply.id if reply is not None else "", call, decision)
         try:
-            self._approval_log.append(record)
+            await run_blocking(functools.partial(self._approval_log.append, record))
         except CMError as exc:
             _log.warning("%s", exc)
         return record

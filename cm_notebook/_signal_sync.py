@@ -72,6 +72,10 @@ class GroupSync:
             elif self._written - self._synced == 1:
                 self._cond.notify()  # the thread is idle: this record starts a group
 
+    def sync(self) -> None:
+        """Fsync now, on this thread, every record written so far (if any is unsynced)."""
+        self._sync()
+
     def stop(self) -> None:
         """Sync what is left (on this thread) and end the background thread."""
         with self._cond:

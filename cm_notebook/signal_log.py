@@ -308,6 +308,14 @@ class SignalLog:
                 self._compact(fd)
         return events
 
+    def sync(self) -> None:
+        """Fsync, on this thread, what is written and not yet synced.
+
+        What :meth:`close` would do first: called off the event loop before closing,
+        it leaves ``close`` no fsync to wait for.
+        """
+        self._sync.sync()
+
     def close(self) -> None:
         """Fsync what is not yet synced, then close the file.
 

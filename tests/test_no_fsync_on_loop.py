@@ -1,0 +1,56 @@
+"""No fsync on the event loop's thread: in a notebook that loop is the kernel's (every
+cell and view waits while it blocks), in the server it serves every client.
+
+A profile hook on the loop's thread sees every call of ``os.fsync`` made there, however
+the code that makes it got hold of the function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from test_session_support import DEADLINE, Recorder, seen
+
+from cm_notebook.events import ToolApprovalRequested
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _fsyncs_on_this_thread(calls: list[str]) -> Any:
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call" and getattr(arg, "__name__", None) == "fsync":
+            calls.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+
+    return hook
+
+
+def test_a_decision_and_closing_the_session_do_not_fsync_on_the_loop(data_dir: Path) -> None:
+    async def main() -> list[str]:
+        fake = ScriptedProvider(strict=True).tool_call("add", {"a": 20, "b": 22}).reply("42.")
+        session = ContextSession.create("decisions", provider=fake, tools=[add], data_dir=data_dir)
+        recorder = Recorder(session)
+        calls: list[str] = []
+        sys.setprofile(_fsyncs_on_this_thread(calls))
+        try:
+            turn = session.send("Add")
+            await asyncio.wait_for(recorder.await_(seen(ToolApprovalRequested)), DEADLINE)
+            session.approve("call_1")  # a person's decision: recorded in the audit log
+            assert (await asyncio.wait_for(turn, DEADLINE)).content == "42."
+            await session.aclose()  # the signal log's last fsync
+        finally:
+            sys.setprofile(None)
+        assert [(r.tool_call_id, r.approved) for r in session.approval_log()] == [("call_1", True)]
+        return calls
+
+    assert asyncio.run(main()) == []
