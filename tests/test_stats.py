@@ -63,8 +63,7 @@ def test_the_rate_does_not_count_the_token_that_starts_the_clock() -> None:
     meter.chunk()
     clock.now += 0.01
     meter.chunk()
-    rate = meter.stats().tokens_per_second
-    assert rate is not None and abs(rate - 100.0) < 1e-6
+    assert meter.stats().tokens_per_second == pytest.approx(100.0)
     meter.usage(1)  # a usage report of one token over two chunks carries no rate
     assert meter.stats().tokens_per_second is None
 

@@ -7,7 +7,8 @@ Installed with the package and enabled by the shipped
 
 Configuration (``--CMNotebookApp.<name>=...`` or ``c.CMNotebookApp.<name>`` in a
 Jupyter config file): ``data_dir``, ``default_provider``, ``tools``, ``tool_policy``,
-``heartbeat``, ``max_sessions``, ``session_idle_timeout``. Authentication is the
+``heartbeat``, ``max_sessions``, ``session_idle_timeout``, ``blocking_threads``,
+``blocking_threads_per_context``. Authentication is the
 server's own: token or login, XSRF for cookies.
 """
 
@@ -27,7 +28,8 @@ from ..errors import InvalidInputError
 from ..store.paths import default_data_dir
 from ..tools import Tool, ToolPolicy
 from ..tools._policy import check_policy
-from .base import HEARTBEAT_KEY, OPENAPI_KEY, SESSIONS_KEY, SIGNALS_KEY
+from .base import HEARTBEAT_KEY, OFF_LOOP_KEY, OPENAPI_KEY, SESSIONS_KEY, SIGNALS_KEY
+from .offloop import DEFAULT_PER_CONTEXT, DEFAULT_THREADS, OffLoop
 from .openapi import build_openapi
 from .routes import API_PREFIX, ROUTES, url_patterns
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, SessionRegistry
@@ -93,6 +95,17 @@ class CMNotebookApp(ExtensionApp):
         "reopens on its next request.",
     ).tag(config=True)
 
+    blocking_threads = Int(
+        DEFAULT_THREADS,
+        help="Threads for requests' blocking work (writes that may wait for a context's "
+        "lock or the disk), kept off the server's event loop.",
+    ).tag(config=True)
+    blocking_threads_per_context = Int(
+        DEFAULT_PER_CONTEXT,
+        help="How many of those threads one context's requests may use at once, so a "
+        "context whose lock is held by a stuck process cannot hold up the others.",
+    ).tag(config=True)
+
     @classmethod
     def get_extension_package(cls) -> str:
         """The package Jupyter enables: this one, not the top-level ``cm_notebook``."""
@@ -125,6 +138,24 @@ class CMNotebookApp(ExtensionApp):
             )
         return value
 
+    @validate("blocking_threads")
+    def _check_threads(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 1:
+            raise InvalidInputError(
+                f"CMNotebookApp.blocking_threads must be at least 1, got {value}"
+            )
+        return value
+
+    @validate("blocking_threads_per_context")
+    def _check_per_context(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 1:
+            raise InvalidInputError(
+                f"CMNotebookApp.blocking_threads_per_context must be at least 1, got {value}"
+            )
+        return value
+
     def initialize_settings(self) -> None:
         """Open the session registry and describe the API."""
         data_dir = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
@@ -136,6 +167,10 @@ class CMNotebookApp(ExtensionApp):
             max_sessions=self.max_sessions,
             idle_timeout=self.session_idle_timeout,
         )
+        # A share above the pool's size means no limit: one context may use every thread.
+        self.off_loop = OffLoop(
+            self.blocking_threads, min(self.blocking_threads_per_context, self.blocking_threads)
+        )
         base_url = self.serverapp.base_url if self.serverapp is not None else "/"
         document = build_openapi(ROUTES, url_path_join(base_url, API_PREFIX))
         self.settings.update(
@@ -144,6 +179,7 @@ class CMNotebookApp(ExtensionApp):
                 SIGNALS_KEY: LogSignals,
                 HEARTBEAT_KEY: self.heartbeat,
                 OPENAPI_KEY: json.dumps(document),
+                OFF_LOOP_KEY: self.off_loop,
             }
         )
         self.log.info("cm_notebook: API at %s, contexts in %s", API_PREFIX, data_dir)
@@ -157,6 +193,9 @@ class CMNotebookApp(ExtensionApp):
         sessions: SessionRegistry | None = getattr(self, "sessions", None)
         if sessions is not None:
             await sessions.aclose()
+        off_loop: OffLoop | None = getattr(self, "off_loop", None)
+        if off_loop is not None:
+            off_loop.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,12 +38,14 @@ from ..errors import (
 )
 from ..session import ContextSession
 from .bodies import ErrorBody, FieldError
+from .offloop import OffLoop
 from .sessions import Lease, SessionRegistry
 from .signals import SignalSourceFactory
 
 __all__ = ["ApiError", "CMHandler", "Operation", "operation", "status_of"]
 
 B = TypeVar("B", bound=BaseModel)
+T = TypeVar("T")
 Method = Callable[..., Awaitable[None]]
 
 #: Settings keys under which the extension hands its objects to the handlers.
@@ -51,6 +53,7 @@ SESSIONS_KEY = "cm_notebook_sessions"
 SIGNALS_KEY = "cm_notebook_signal_source"
 HEARTBEAT_KEY = "cm_notebook_heartbeat"
 OPENAPI_KEY = "cm_notebook_openapi"
+OFF_LOOP_KEY = "cm_notebook_off_loop"
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,15 @@ class CMHandler(APIHandler):
         """Makes the events stream's source for a session."""
         factory: SignalSourceFactory = self.settings[SIGNALS_KEY]
         return factory
+
+    async def blocking(
+        self, session: ContextSession, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """``fn(*args, **kwargs)`` on the server's threads, not its event loop (see
+        :mod:`cm_notebook.server.offloop`): for work on ``session`` that may wait for
+        its context's lock or the disk."""
+        off_loop: OffLoop = self.settings[OFF_LOOP_KEY]
+        return await off_loop.run(session.id, fn, *args, **kwargs)
 
     async def session(self, context_id: str, *, stream: bool = False) -> ContextSession:
         """The live session of ``context_id`` (400 for a hostile id, 404 if unknown).

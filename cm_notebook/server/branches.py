@@ -7,8 +7,6 @@ may be called from any thread; it publishes their signals on its loop's thread.
 
 from __future__ import annotations
 
-import asyncio
-
 from ..errors import BranchNotFoundError
 from ..ids import validate_branch_name
 from ..model import Branch
@@ -61,7 +59,8 @@ class BranchesHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = await self.session(context_id)
         request = self.body(CreateBranch)
-        created = await asyncio.to_thread(
+        created = await self.blocking(
+            session,
             session.branch,
             request.name,
             request.from_message,
@@ -91,7 +90,7 @@ class BranchHandler(CMHandler):
     async def put(self, context_id: str, branch: str) -> None:
         session = await self.session(context_id)
         request = self.body(UpdateBranch)
-        self.reply(await asyncio.to_thread(_update, session, branch, request))
+        self.reply(await self.blocking(session, _update, session, branch, request))
 
     @operation(
         "Delete a branch pointer (its messages stay in the tree)",
@@ -101,6 +100,6 @@ class BranchHandler(CMHandler):
     async def delete(self, context_id: str, branch: str) -> None:
         session = await self.session(context_id)
         require_branch(session, branch)
-        await asyncio.to_thread(session.delete_branch, branch)
+        await self.blocking(session, session.delete_branch, branch)
         self.set_status(204)
         self.finish()

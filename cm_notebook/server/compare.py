@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ..compare import Comparison
 from ..errors import BranchNotFoundError
 from ..ids import validate_branch_name
@@ -32,4 +30,4 @@ class CompareHandler(CMHandler):
                     f"there is no branch {name!r}; the branches are {sorted(known)}"
                 )
         # Reads each branch's messages: on a worker thread, not the event loop.
-        self.reply(await asyncio.to_thread(session.compare, *query.branch))
+        self.reply(await self.blocking(session, session.compare, *query.branch))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
@@ -68,7 +66,7 @@ class ContextHandler(CMHandler):
         request = self.body(UpdateContext)
         # A metadata write (it may wait for another process's lock): on a worker thread,
         # not the event loop. The session publishes its signal on its loop's thread.
-        await asyncio.to_thread(session.rename, request.title)
+        await self.blocking(session, session.rename, request.title)
         self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation("Delete a context (its running replies are stopped)", status=204)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ..errors import BranchNotFoundError, StateError
 from ..model import Message
 from ..session import ContextSession
@@ -51,7 +49,7 @@ class MessagesHandler(CMHandler):
         query = self.query(MessagesQuery)
         # Reads message files: on a worker thread, not the server's event loop (a
         # session may be read from any thread).
-        self.reply(await asyncio.to_thread(page, session, query))
+        self.reply(await self.blocking(session, page, session, query))
 
     @operation(
         "Send a user message and start the reply",
@@ -81,7 +79,7 @@ class MessageHandler(CMHandler):
     async def get(self, context_id: str, message_id: str) -> None:
         session = await self.session(context_id)
         # Reads the message's file: on a worker thread, not the event loop.
-        self.reply(await asyncio.to_thread(session.get, message_id))
+        self.reply(await self.blocking(session, session.get, message_id))
 
 
 class EditHandler(CMHandler):
@@ -100,8 +98,8 @@ class EditHandler(CMHandler):
         # Stores the new branch, the edited message and the switch before the reply
         # starts (each may wait for another process's lock): on a worker thread, not
         # the event loop. The turn still runs on the session's loop.
-        turn = await asyncio.to_thread(
-            session.edit, message_id, request.text, branch=request.branch, **request.params
+        turn = await self.blocking(
+            session, session.edit, message_id, request.text, branch=request.branch, **request.params
         )
         _started(self, turn)
 
@@ -121,7 +119,9 @@ class RegenerateHandler(CMHandler):
         request = self.body(Regenerate)
         # Reads the branch and moves its head back to the prompt before the reply
         # starts: on a worker thread, not the event loop (as for an edit).
-        turn = await asyncio.to_thread(session.regenerate, branch=request.branch, **request.params)
+        turn = await self.blocking(
+            session, session.regenerate, branch=request.branch, **request.params
+        )
         _started(self, turn)
 
 

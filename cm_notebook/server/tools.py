@@ -10,8 +10,6 @@ waiting turn on its own loop.
 
 from __future__ import annotations
 
-import asyncio
-
 from ..errors import StateError, ToolCallNotFoundError
 from ..model import ToolCall
 from ..session import ContextSession
@@ -75,7 +73,8 @@ class ApproveHandler(CMHandler):
         request = self.body(Approve)
         try:
             # On a worker thread (see the module docstring).
-            decided: list[ToolCall] = await asyncio.to_thread(
+            decided: list[ToolCall] = await self.blocking(
+                session,
                 session.approve,
                 request.tool_call_id,
                 arguments=request.arguments,
@@ -104,7 +103,8 @@ class DenyHandler(CMHandler):
         request = self.body(Deny)
         try:
             # On a worker thread (see the module docstring).
-            decided = await asyncio.to_thread(
+            decided = await self.blocking(
+                session,
                 session.deny,
                 request.tool_call_id,
                 reason=request.reason,
@@ -132,7 +132,7 @@ class DecisionsHandler(CMHandler):
         if query.branch is not None:
             require_branch(session, query.branch)
         # Reads the whole log file: on a worker thread, not the event loop.
-        log = await asyncio.to_thread(session.approval_log, query.branch)
+        log = await self.blocking(session, session.approval_log, query.branch)
         self.reply(Decisions(decisions=log))
 
 
@@ -143,4 +143,4 @@ class ToolCallHandler(CMHandler):
     async def get(self, context_id: str, tool_call_id: str) -> None:
         session = await self.session(context_id)
         # It may read every branch's messages: on a worker thread, not the event loop.
-        self.reply(await asyncio.to_thread(find_call, session, tool_call_id))
+        self.reply(await self.blocking(session, find_call, session, tool_call_id))

@@ -1,0 +1,89 @@
+"""A context whose lock is held by a stuck process cannot take the server's threads.
+
+Requests' blocking work runs on the server's own threads (cm_notebook.server.offloop),
+at most ``blocking_threads_per_context`` of them per context. Here another process
+holds one context's lock while a dozen writes to it wait; a write to another context
+must still be answered, before any of the waiting ones gives up.
+
+A real Jupyter server in a child process, real HTTP, real OS locks (see
+tests/test_server_loop.py for how the server's open files are read).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jupyter_server_proc import JupyterServer
+from server_client import create_context, wait_for
+from test_server_loop import _client, _holding, _open_files, _Request
+
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.server import CMNotebookApp
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads the server's open files in /proc"
+)
+
+# More than the event loop's default executor has threads on small machines
+# (min(32, CPUs + 4)), and more than the server's own pool.
+WAITING = 12
+DEADLINE = 30.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    with JupyterServer(tmp_path_factory.mktemp("jupyter-pool")) as running:
+        yield running
+
+
+class _Sent(_Request):
+    """A request on a thread of its own that says when it has been sent."""
+
+    def __init__(self, server: JupyterServer, method: str, url: str, body: Any) -> None:
+        self.sent = threading.Event()
+        super().__init__(server, method, url, body)
+
+    def _send(self, server: JupyterServer, method: str, url: str, body: Any) -> None:
+        with _client(server) as client:
+            client.event_hooks["request"] = [lambda _request: self.sent.set()]
+            try:
+                self.outcome.append(client.request(method, url, json=body))
+            except BaseException as exc:  # reported by response()
+                self.outcome.append(exc)
+
+
+def test_a_stuck_context_leaves_threads_for_the_others(server: JupyterServer) -> None:
+    with _client(server) as client:
+        stuck = create_context(client, [])
+        other = create_context(client, [])
+        lock = (server.data_dir / "contexts" / stuck / ".lock").resolve()
+        with _holding(lock):  # a hung process holds the context's lock
+            waiting = [
+                _Sent(server, "PATCH", f"contexts/{stuck}", {"title": f"Title {n}"})
+                for n in range(WAITING)
+            ]
+            folder = f"{lock.parent}/"
+            wait_for(lambda: any(path.startswith(folder) for path in _open_files(server)))
+            for request in waiting:
+                assert request.sent.wait(DEADLINE)
+            # Each of those has reached the server once a later one to the same context
+            # is answered (a read that needs no thread).
+            assert client.get(f"contexts/{stuck}").status_code == 200
+            renamed = client.patch(f"contexts/{other}", json={"title": "Still served"})
+            assert renamed.status_code == 200, renamed.text
+            # Answered at once, not after the stuck context's writes gave up waiting.
+            assert all(request.waiting() for request in waiting), "a waiting write gave up"
+        answers = [request.response() for request in waiting]
+        assert [answer.status_code for answer in answers] == [200] * WAITING
+
+
+@pytest.mark.parametrize(
+    "setting", ["blocking_threads", "blocking_threads_per_context"], ids=["threads", "share"]
+)
+def test_thread_settings_below_one_are_refused(setting: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"CMNotebookApp.{setting} must be at least 1"):
+        CMNotebookApp(**{setting: 0})
