@@ -1,9 +1,11 @@
 """Migration from v1 when things go wrong on the way: a run killed before it set the
-branch heads, and text holding half of an emoji (a lone UTF-16 surrogate).
+branch heads or while it wrote the messages, and text holding half of an emoji (a lone
+UTF-16 surrogate).
 
 The kill is real: a child process migrates through a FileStore subclass whose
-``set_branch_head`` ends the process with ``os._exit(9)`` (no cleanup of any kind, as
-``kill -9`` or the OOM killer at that moment); the next run is the installed CLI.
+``set_branch_head`` (or ``append_message``) ends the process with ``os._exit(9)`` (no
+cleanup of any kind, as ``kill -9`` or the OOM killer at that moment); the next run is
+the installed CLI.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ class KilledAtHead(FileStore):
             os._exit(9)  # killed here: no except, no finally, no atexit
         return await super().set_branch_head(*args, **kwargs)
 
+    if os.environ.get("KILL_AT") == "message":
+        async def append_message(self, *args, **kwargs):
+            KilledAtHead.calls += 1
+            if KilledAtHead.calls > survive:
+                os._exit(9)
+            return await super().append_message(*args, **kwargs)
+
+        async def set_branch_head(self, *args, **kwargs):
+            return await FileStore.set_branch_head(self, *args, **kwargs)
+
 
 async def main():
     await migrate(source, KilledAtHead(data), progress=False, backup=False)
@@ -52,10 +64,16 @@ anyio.run(main)
 """
 
 
-def killed_migration(source: Path, data_dir: Path, heads_set: int = 0) -> None:
-    """Migrate ``source`` in a child process killed after ``heads_set`` head moves."""
+def killed_migration(
+    source: Path, data_dir: Path, heads_set: int = 0, *, messages_written: int | None = None
+) -> None:
+    """Migrate ``source`` in a child process killed after ``heads_set`` head moves, or,
+    with ``messages_written``, after writing that many messages."""
+    survive = heads_set if messages_written is None else messages_written
+    at = "head" if messages_written is None else "message"
     done = subprocess.run(
-        [sys.executable, "-c", KILLED_AT_HEAD, str(source), str(data_dir), str(heads_set)],
+        [sys.executable, "-c", KILLED_AT_HEAD, str(source), str(data_dir), str(survive)],
+        env={**os.environ, "KILL_AT": at},
         capture_output=True,
         text=True,
         timeout=120,
@@ -243,6 +261,65 @@ def test_an_interrupted_migration_that_cannot_be_finished_says_what_to_do(
             "(`cm-notebook rm ctx-branches`) and migrate again" in done.stdout
         )
         assert heads(data_dir, "ctx-branches") == {"main": None, "alt": None}
+
+
+# -- a migration killed while it wrote the messages --------------------------------------
+
+
+def test_killed_while_writing_messages_is_finished_by_the_next_run(
+    source: Path, data_dir: Path, reference: dict[str, dict[str, list[str]]]
+) -> None:
+    killed_migration(source, data_dir, messages_written=2)
+    # The state the kill left: two of the first context's messages, no head set.
+    left = tree(data_dir)["ctx-branches"]
+    assert len(left["<messages>"]) == 2
+    assert heads(data_dir, "ctx-branches") == {"main": None, "alt": None}
+    total = len(reference["ctx-branches"]["<messages>"])
+
+    dry = cli(data_dir, "migrate", str(source), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "interrupted after 2 of its messages; migrating finishes it" in dry.stdout
+    assert tree(data_dir)["ctx-branches"] == left
+
+    done = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "3 context(s); 2 migrated, 1 partial, 0 skipped, 0 failed" in done.stdout
+    assert f"interrupted after 2 of its messages; the other {total - 2} written now" in (
+        done.stdout
+    )
+    assert tree(data_dir) == reference
+
+    # Finished means finished: the run after that changes nothing.
+    before = snapshot(data_dir)
+    done = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert done.returncode == 0, done.stderr
+    assert "0 migrated, 0 partial, 3 skipped, 0 failed" in done.stdout
+    assert snapshot(data_dir) == before
+
+
+def test_killed_while_writing_messages_then_changed_is_left_for_the_user(
+    source: Path, data_dir: Path
+) -> None:
+    killed_migration(source, data_dir, messages_written=2)
+
+    async def change() -> str:
+        async with FileStore(data_dir) as store:
+            first_id = sorted(await store.index("ctx-branches"))[0]
+            (first,) = await store.get_messages("ctx-branches", [first_id])
+            await store.update_message(
+                "ctx-branches", first.model_copy(update={"content": "not what v1 said"})
+            )
+            return first_id
+
+    changed = anyio.run(change)
+    before = snapshot(data_dir / "contexts" / "ctx-branches")
+    done = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert done.returncode == 1, done.stdout
+    assert "Traceback" not in done.stderr
+    assert f"message {changed!r} differs from the source" in done.stdout
+    assert "(`cm-notebook rm ctx-branches`) and migrate again" in done.stdout
+    assert snapshot(data_dir / "contexts" / "ctx-branches") == before
 
 
 # -- D2: half of an emoji (a lone UTF-16 surrogate) in the v1 text --------------------

@@ -319,13 +319,34 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
     retry = f"remove it (`cm-notebook rm {cid}`) and migrate again"
     # Messages added since are fine; messages missing mean an interrupted earlier run.
     index = await store.index(cid)
-    missing = [m.id for m in conv.messages if m.id not in index]
+    missing = [m for m in conv.messages if m.id not in index]
     if missing:
-        result.problems.append(
-            f"context {cid!r} exists but lacks {len(missing)} of its "
-            f"messages (an interrupted migration?); {retry}"
-        )
-        return
+        try:
+            doubt = await _unfinished_writes(conv, store, index)
+        except _WRITE_ERRORS as exc:
+            doubt = f"it could not be read: {exc}"
+        if doubt is not None:
+            result.problems.append(
+                f"context {cid!r} exists but lacks {len(missing)} of its messages, and "
+                f"{doubt}; {retry}"
+            )
+            return
+        cut = f"an earlier migration was interrupted after {len(index)} of its messages"
+        if dry_run:
+            result.problems.extend(conversion[0])
+            result.notes.extend(conversion[1])
+            result.messages_migrated, result.messages_copied = counts
+            result.notes.append(f"{cut}; migrating finishes it")
+            result.status = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
+            return
+        try:
+            for message in missing:  # in the order written: parents first
+                await store.append_message(cid, message, branch=None)
+        except _WRITE_ERRORS as exc:
+            result.problems.append(f"{cut}, and finishing it failed: {exc}; run it again")
+            result.status = ContextStatus.FAILED
+            return
+        result.notes.append(f"{cut}; the other {len(missing)} written now")
     expected = {name: conv.path(name) for name in conv.metadata.branches}
     try:
         unset = await _unset_heads(conv, store)
@@ -369,6 +390,29 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
             return
     result.notes.append(f"{what}; {'migrating finishes it' if dry_run else 'finished now'}")
     result.status = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
+
+
+async def _unfinished_writes(
+    conv: ConvertedContext, store: Store, index: Mapping[str, object]
+) -> str | None:
+    """None if the context looks as :func:`_write` leaves it when killed while writing
+    the messages (every branch still empty, the messages there the source's own), so
+    writing the rest finishes it; else what makes that unsafe."""
+    written = await store.get_metadata(conv.metadata.id)
+    moved = [name for name, branch in written.branches.items() if branch.head is not None]
+    if moved:
+        return f"{_names(moved)} already lead somewhere"
+    expected = {m.id: m for m in conv.messages}
+    present = [i for i in index if i in expected]
+    for stored in await store.get_messages(conv.metadata.id, present):
+        source = expected[stored.id]
+        if (stored.role, stored.content, stored.parent_id) != (
+            source.role,
+            source.content,
+            source.parent_id,
+        ):
+            return f"message {stored.id!r} differs from the source"
+    return None
 
 
 def _names(branches: list[str]) -> str:
