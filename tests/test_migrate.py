@@ -241,15 +241,33 @@ async def test_changed_source_is_not_overwritten(store: FileStore, tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_incomplete_earlier_migration_is_reported(store: FileStore) -> None:
+async def test_incomplete_earlier_migration_is_finished(store: FileStore) -> None:
     conv = convert(load_v1(FIXTURES / "contexts_object.json")[0])
     empty = {n: b.model_copy(update={"head": None}) for n, b in conv.metadata.branches.items()}
     await store.create_context(conv.metadata.model_copy(update={"branches": empty}))
     await store.append_message(conv.metadata.id, conv.messages[0], branch=None)
     report = await migrate(FIXTURES / "contexts_object.json", store, progress=False, backup=False)
     result = report.contexts[0]
+    assert result.status is ContextStatus.MIGRATED, result.problems
+    assert any("interrupted after 1 of its messages" in note for note in result.notes)
+    assert sorted(await store.index(conv.metadata.id)) == sorted(m.id for m in conv.messages)
+
+
+@pytest.mark.anyio
+async def test_incomplete_earlier_migration_whose_branch_moved_is_reported(
+    store: FileStore,
+) -> None:
+    conv = convert(load_v1(FIXTURES / "contexts_object.json")[0])
+    empty = {n: b.model_copy(update={"head": None}) for n, b in conv.metadata.branches.items()}
+    await store.create_context(conv.metadata.model_copy(update={"branches": empty}))
+    first = conv.messages[0]
+    name = next(iter(conv.metadata.branches))
+    await store.append_message(conv.metadata.id, first, branch=name)  # someone used it
+    report = await migrate(FIXTURES / "contexts_object.json", store, progress=False, backup=False)
+    result = report.contexts[0]
     assert result.status is ContextStatus.FAILED
-    assert "lacks 1 of its messages" in result.problems[0]
+    assert f"lacks {len(conv.messages) - 1} of its messages" in result.problems[0]
+    assert f"branch {name!r} already leads somewhere" in result.problems[0]
 
 
 @pytest.mark.anyio

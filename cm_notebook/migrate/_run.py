@@ -401,7 +401,7 @@ async def _unfinished_writes(
     written = await store.get_metadata(conv.metadata.id)
     moved = [name for name, branch in written.branches.items() if branch.head is not None]
     if moved:
-        return f"{_names(moved)} already lead somewhere"
+        return f"{_names(moved)} already {'leads' if len(moved) == 1 else 'lead'} somewhere"
     expected = {m.id: m for m in conv.messages}
     present = [i for i in index if i in expected]
     for stored in await store.get_messages(conv.metadata.id, present):
