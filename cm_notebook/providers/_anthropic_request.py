@@ -1,0 +1,135 @@
+"""Requests for the Anthropic provider: a ``ChatRequest`` as ``messages.create`` takes it.
+
+Pure (no I/O, no SDK calls): :func:`build_request` and the conversions it is made of,
+re-exported by :mod:`cm_notebook.providers.anthropic`, where they are documented as
+its first layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..errors import PermanentProviderError
+from ..model import Message, ToolCallStatus
+from .base import ChatRequest, ToolSpec
+
+__all__ = ["build_request", "to_anthropic_messages", "to_anthropic_tools"]
+
+_PROVIDER = "anthropic"
+
+
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _tool_use_block(call_id: str, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": dict(arguments)}
+
+
+def to_anthropic_messages(
+    messages: Sequence[Message],
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Convert a conversation to ``(system, messages)`` in Anthropic's format.
+
+    - ``system`` messages are joined (blank line between) into the separate ``system``
+      parameter, since the Messages API has no system role;
+    - assistant tool calls become ``tool_use`` blocks after the assistant's text;
+    - ``tool`` messages become ``tool_result`` blocks in a *user* message; consecutive
+      results (parallel calls) share one user message, as the API requires, and a
+      failed or denied call is flagged ``is_error`` so the model knows it did not run;
+    - consecutive messages of the same role are merged, so the result alternates;
+    - empty text is dropped (the API rejects empty text blocks).
+    """
+    system_parts: list[str] = []
+    converted: list[dict[str, Any]] = []
+    # Failed/denied status lives on the assistant's ToolCall; the tool message only has
+    # the text, so remember each call's status as we pass it.
+    call_status: dict[str, ToolCallStatus] = {}
+
+    def append(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if converted and converted[-1]["role"] == role:
+            converted[-1]["content"].extend(blocks)
+        else:
+            converted.append({"role": role, "content": blocks})
+
+    for message in messages:
+        if message.role == "system":
+            if message.content.strip():
+                system_parts.append(message.content)
+        elif message.role == "user":
+            append("user", [_text_block(message.content)] if message.content else [])
+        elif message.role == "assistant":
+            blocks = [_text_block(message.content)] if message.content else []
+            for call in message.tool_calls:
+                call_status[call.id] = call.status
+                blocks.append(_tool_use_block(call.id, call.name, call.arguments))
+            append("assistant", blocks)
+        else:  # "tool"
+            if not message.tool_call_id:
+                raise PermanentProviderError(
+                    f"tool message {message.id} has no tool_call_id, so Anthropic cannot "
+                    "match it to a tool_use block",
+                    provider=_PROVIDER,
+                )
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id,
+                "content": message.content,
+            }
+            if call_status.get(message.tool_call_id) in (
+                ToolCallStatus.FAILED,
+                ToolCallStatus.DENIED,
+            ):
+                result["is_error"] = True
+            append("user", [result])
+    system = "\n\n".join(system_parts) if system_parts else None
+    return system, converted
+
+
+def to_anthropic_tools(tools: Iterable[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs as Anthropic tool definitions (``name``, ``description``,
+    ``input_schema``); an empty schema becomes an object with no properties."""
+    result = []
+    for tool in tools:
+        schema = dict(tool.parameters) or {"type": "object", "properties": {}}
+        entry: dict[str, Any] = {"name": tool.name, "input_schema": schema}
+        if tool.description:
+            entry["description"] = tool.description
+        result.append(entry)
+    return result
+
+
+# Sampling parameters go in ``extra_body``: they are plain JSON fields of the Messages
+# API, and recent SDK releases no longer list all of them as keyword arguments.
+_SAMPLING_PARAMS = ("temperature", "top_p", "top_k")
+
+
+def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[str, Any]:
+    """The keyword arguments for ``AsyncAnthropic().messages.create`` (without ``stream``).
+
+    ``request.params`` may set ``model``, ``max_tokens``, ``temperature``, ``top_p``,
+    ``top_k`` and ``stop`` (a string or list, sent as ``stop_sequences``). Other keys
+    are left out here; a session refuses them before a request is made
+    (:attr:`AnthropicProvider.parameters`).
+    """
+    params = request.params
+    system, messages = to_anthropic_messages(request.messages)
+    kwargs: dict[str, Any] = {
+        "model": str(params.get("model") or model),
+        "max_tokens": int(params.get("max_tokens") or max_tokens),
+        "messages": messages,
+    }
+    if system is not None:
+        kwargs["system"] = system
+    if request.tools:
+        kwargs["tools"] = to_anthropic_tools(request.tools)
+    stop = params.get("stop")
+    if stop:
+        kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    extra = {key: params[key] for key in _SAMPLING_PARAMS if params.get(key) is not None}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
