@@ -44,7 +44,10 @@ async def test_the_grid_streams_cells_live_and_ends_with_every_reply(
     assert repr(grid) == "<cm_notebook SweepGrid 'g' 2 cells>"
     assert grid.columns == ["cold"]
     assert [row["label"] for row in grid.rows] == ["What is <b>?", "Q2"]
-    # The hanging cell's partial text reaches the grid while it runs.
+    # The hanging cell's partial text reaches the grid while it runs: as a change (a
+    # custom message, tests/test_sweep_kernel.py) and, in full, for a view that starts.
+    await until(lambda: sweep.cells[0].live_text == "one two three")
+    grid._handle_custom_msg({"type": "ready"}, [])  # what static/grid.js sends on render
     cell = await until(lambda: next((c for c in grid.cells if c["text"] == "one two three"), None))
     assert cell["status"] == "running"
     assert cell["key"] == "p0-v0-r0"

@@ -292,7 +292,8 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert "share the first 2 messages" in _text(page, ".cm-compare")
     page.locator(".cm-compare").first.scroll_into_view_if_needed()
 
-    # 6b. A sweep's grid, filled in by the front end as the cells finish.
+    # 6b. A sweep's grid, filled in by the front end as the cells stream (changed cells
+    # only, applied by the page) and finish.
     page.evaluate(
         """async () => {
             const app = window.jupyterapp;
@@ -300,10 +301,14 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
             panel.content.activeCellIndex = panel.content.widgets.length - 1;
             await app.commands.execute("notebook:insert-cell-below");
             panel.content.activeCell.model.sharedModel.setSource(
-                'g = ContextSession.create("grid", provider=ScriptedProvider()).sweep(' +
+                'g = ContextSession.create("grid", provider=ScriptedProvider(delay=0.4)).sweep(' +
                 '["Q1", "Q2"], [{}, {"temperature": 1}], progress=False, name="b").view()\\ng');
             await app.commands.execute("notebook:run-cell");
         }"""
+    )
+    page.wait_for_function(
+        """() => [...document.querySelectorAll(".cm-grid-table .cm-grid-running")]
+            .some((slot) => slot.textContent.includes("echo:"))"""
     )
     page.wait_for_selector(".cm-grid-table .cm-grid-done >> nth=3")
     assert page.locator(".cm-grid-table tr").count() == 3  # a header and two prompts

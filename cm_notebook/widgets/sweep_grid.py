@@ -2,10 +2,15 @@
 
 Rows are the prompts (one per input row for a template), columns the variants, and
 each grid cell stacks the repeats. The grid's data is one synced trait, ``cells`` (a
-short dict per sweep cell: status and text), re-sent at most every
-:data:`GRID_INTERVAL` seconds while cells stream and once more when the sweep ends
-(DESIGN facts 4 and 12; a sweep's replies are short, so re-sending the running cells'
-text is cheap). :func:`grid_html` draws the same grid as static HTML: a sweep's
+short dict per sweep cell: status and text). While the sweep runs, updates (at most
+every :data:`GRID_INTERVAL` seconds) carry only the cells that changed since the last
+one, as a custom comm message (``{"type": "cells", "cells": [...]}``) that the front
+end applies to its copy; a sweep of a thousand cells would otherwise re-send the
+whole grid four times a second. The trait itself is brought up to date, in full, when
+the grid's shape changes, when the sweep ends (so saved widget state is the final
+grid), and whenever a view starts (it sends ``{"type": "ready"}``): a new tab or a
+reloaded page gets the whole current grid, then the changes after it, in that order
+on the one comm. :func:`grid_html` draws the same grid as static HTML: a sweep's
 ``_repr_html_``, which a saved notebook shows without a kernel.
 """
 
@@ -135,8 +140,14 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
         super().__init__()
         self.sweep = sweep
         self._branches = set(sweep.branches)
+        # What the front ends hold: the last full grid plus the changes sent since, by
+        # cell key; and whether the next update must be a full one.
+        self._shown: dict[str, dict[str, Any]] = {}
+        self._shape: tuple[Any, ...] = ()
+        self._full = True
         self._follow(sweep.session, GRID_INTERVAL)
         self._stop_listening = sweep.listen(self._on_cell)
+        self.on_msg(self._on_front_end)
         self._render()
 
     def __repr__(self) -> str:
@@ -150,8 +161,8 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
             self._throttle.poke()
 
     def _on_cell(self, cell: SweepCell) -> None:
-        # Every update re-sends the whole grid, so cells ending in a burst are coalesced
-        # like the rest (at most one update per GRID_INTERVAL); the last cell to end is
+        # Cells ending in a burst are coalesced like the rest (at most one update per
+        # GRID_INTERVAL, carrying every cell changed since the last); the last cell to end is
         # shown at once, so the final grid is never held back (a stopped sweep ends
         # with cells still pending: it ends when none runs).
         counts = self.sweep.counts()
@@ -161,13 +172,36 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
         else:
             self._throttle.poke()
 
+    def _on_front_end(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        # A view has started: it holds the grid as its model came (perhaps older than
+        # the changes sent since), so it gets the whole grid now.
+        if isinstance(content, dict) and content.get("type") == "ready":
+            self._follower.on_loop(self._render_full)
+
+    def _render_full(self) -> None:
+        self._full = True
+        self._throttle.now()
+
     def _render(self) -> None:
         data = grid_data(self.sweep)
-        with self.hold_sync():
-            self.name = self.sweep.name
-            self.rows = data["rows"]
-            self.columns = data["columns"]
-            self.cells = data["cells"]
+        cells: list[dict[str, Any]] = data["cells"]
+        shape = (data["rows"], data["columns"], [cell["key"] for cell in cells])
+        counts = self.sweep.counts()
+        ended = counts["running"] == 0 and (counts["pending"] == 0 or self.sweep._stopping)
+        if self._full or ended or shape != self._shape:
+            self._full = False
+            self._shape = shape
+            self._shown = {cell["key"]: cell for cell in cells}
+            with self.hold_sync():
+                self.name = self.sweep.name
+                self.rows = data["rows"]
+                self.columns = data["columns"]
+                self.cells = cells
+            return
+        changed = [cell for cell in cells if self._shown.get(cell["key"]) != cell]
+        if changed:
+            self._shown.update((cell["key"], cell) for cell in changed)
+            self.send({"type": "cells", "cells": changed})
 
     def close(self) -> None:
         """Stop following the sweep and its session, and close the widget."""

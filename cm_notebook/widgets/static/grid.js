@@ -1,6 +1,9 @@
 // SweepGrid: rows are prompts (and input rows), columns variants, repeats stacked in each
-// grid cell. `cells` arrives whole at a low rate; only the repeats whose status or text
-// changed are redrawn, so a streaming cell does not flicker the others.
+// grid cell. `cells` (the trait) is the whole grid as of its last full update; while the
+// sweep runs, custom messages {type: "cells", cells} carry only the cells that changed,
+// applied here to a copy. A view says "ready" when it starts, and the kernel answers
+// with the whole current grid. Only the repeats whose status or text changed are
+// redrawn, so a streaming cell does not flicker the others.
 function render({ model, el }) {
   el.classList.add("cm-grid");
   const title = document.createElement("div");
@@ -12,6 +15,10 @@ function render({ model, el }) {
   el.append(title, table, notice);
   let shape = "";
   const slots = new Map(); // sweep cell key -> its element
+  let live = new Map(); // sweep cell key -> the cell, the full grid with changes applied
+  const takeModel = () => {
+    live = new Map((model.get("cells") || []).map((cell) => [cell.key, cell]));
+  };
 
   function build() {
     const rows = model.get("rows") || [];
@@ -37,7 +44,7 @@ function render({ model, el }) {
         places.set(`${row.key}/${col}`, td);
       });
     }
-    for (const cell of model.get("cells") || []) {
+    for (const cell of live.values()) {
       const slot = document.createElement("div");
       slot.className = "cm-grid-repeat";
       slot.title = cell.branch;
@@ -48,7 +55,7 @@ function render({ model, el }) {
   }
 
   function draw() {
-    const cells = model.get("cells") || [];
+    const cells = Array.from(live.values());
     const now = JSON.stringify([model.get("rows"), model.get("columns"), cells.map((c) => c.key)]);
     if (now !== shape) {
       shape = now;
@@ -76,12 +83,26 @@ function render({ model, el }) {
     notice.textContent = model.get("notice") || "";
     notice.style.display = notice.textContent ? "block" : "none";
   };
-  model.on("change:cells", draw);
+  model.on("change:cells", () => {
+    takeModel();
+    draw();
+  });
   model.on("change:rows", draw);
   model.on("change:columns", draw);
   model.on("change:notice", drawNotice);
+  const onMessage = (msg) => {
+    if (!msg || msg.type !== "cells" || !Array.isArray(msg.cells)) return;
+    for (const cell of msg.cells) {
+      if (live.has(cell.key)) live.set(cell.key, cell); // a new key comes with a full grid
+    }
+    draw();
+  };
+  model.on("msg:custom", onMessage);
+  takeModel();
   draw();
   drawNotice();
+  model.send({ type: "ready" });
+  return () => model.off("msg:custom", onMessage);
 }
 
 export default { render };
