@@ -37,7 +37,7 @@ from typing import Any, NoReturn, TextIO
 import anyio
 
 from . import __version__, _json
-from .errors import CMError, InvalidInputError, MigrationError
+from .errors import CMError, ContextExistsError, InvalidInputError, MigrationError
 from .export import export_context, import_document, is_export, parse_export, to_json, to_markdown
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
@@ -302,7 +302,15 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
     if is_export(data):
         document = parse_export(data)
         target = new_id("c") if args.new_id else None
-        meta = await import_document(store, document, context_id=target)
+        try:
+            meta = await import_document(store, document, context_id=target)
+        except ContextExistsError:
+            where = getattr(store, "data_dir", "the data directory")
+            cid = document.metadata.id
+            raise CommandError(
+                f"context {cid!r} is already in {where}: import this copy beside it with "
+                f"--new-id, or remove the one there first (`cm-notebook rm {cid}`)"
+            ) from None
         counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
         _out(f"imported {meta.id} ({meta.title!r}): {counts}")
         return 0

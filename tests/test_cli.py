@@ -105,7 +105,11 @@ def test_export_import_round_trip(
 
     code, _, err = run(capsys, other, "import", str(target))
     assert code == 1
-    assert_one_error_line(err, "a context 'ctx-inconsistent' already exists")
+    assert_one_error_line(
+        err,
+        f"context 'ctx-inconsistent' is already in {other}: import this copy beside it "
+        "with --new-id, or remove the one there first (`cm-notebook rm ctx-inconsistent`)",
+    )
     code, out, _ = run(capsys, other, "import", str(target), "--new-id")
     assert code == 0
     assert not out.startswith("imported ctx-inconsistent ")
