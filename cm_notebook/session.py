@@ -52,7 +52,13 @@ from .ids import validate_branch_name
 from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
 from .params import validate_text
 from .providers import Provider
-from .providers.pool import ProviderLike, check_spec, spec_of
+from .providers.pool import (
+    ProviderLike,
+    build_with_options,
+    check_spec,
+    close_later,
+    spec_of,
+)
 from .redact import refuse_secrets
 from .render import conversation_html
 from .sampling import for_regenerate
@@ -172,6 +178,12 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
+        if isinstance(provider, str) and settings.params:
+            # Options the provider does not take (or a string for a number) would be
+            # stored, then fail every send: built once now, they are refused instead.
+            probe = build_with_options(spec, settings.params)
+            if probe is not None:
+                close_later(probe)
         metadata = ContextMetadata(
             title=title, system_prompt=system, provider=settings, tags=list(tags)
         )

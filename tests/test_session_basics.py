@@ -93,6 +93,36 @@ def test_create_refuses_bad_arguments_and_writes_nothing(
     assert ContextSession.list(data_dir) == []
 
 
+LOCAL_SERVER = "http://127.0.0.1:9/v1"  # never reached: nothing is sent
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"base_url": LOCAL_SERVER, "temprature": 0.2}, "unexpected keyword argument 'temprature'"),
+        ({"base_url": LOCAL_SERVER, "timeout": "30"}, "timeout must be a positive number"),
+        ({"base_url": 8080}, "['base_url']"),
+    ],
+    ids=["unknown option", "a string for a number", "a number for a URL"],
+)
+def test_create_refuses_provider_options_the_provider_cannot_take(
+    data_dir: Path, options: dict[str, Any], said: str
+) -> None:
+    # Stored, they would fail every send of the context (a TypeError at the first).
+    with pytest.raises(InvalidInputError, match="provider 'openai:gpt-x'") as refused:
+        ContextSession.create(data_dir=data_dir, provider="openai:gpt-x", provider_options=options)
+    assert said in str(refused.value)
+    assert ContextSession.list(data_dir) == []
+
+
+def test_create_keeps_provider_options_the_provider_takes(data_dir: Path) -> None:
+    options = {"base_url": LOCAL_SERVER, "timeout": 5}
+    with ContextSession.create(
+        data_dir=data_dir, provider="openai:gpt-x", provider_options=options
+    ) as session:
+        assert session.metadata.provider.params == options
+
+
 def test_open_unknown_context_is_not_found(data_dir: Path) -> None:
     with pytest.raises(KeyError):
         ContextSession.open("c01unknown0000000000000", data_dir=data_dir)

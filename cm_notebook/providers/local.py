@@ -59,7 +59,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ..errors import PermanentProviderError, ProviderError, ProviderNotInstalledError
+from ..errors import (
+    InvalidInputError,
+    PermanentProviderError,
+    ProviderError,
+    ProviderNotInstalledError,
+)
 from ..redact import get_logger, scrub_exception
 from . import _errors
 from ._convert import to_openai_messages
@@ -186,13 +191,12 @@ class LocalProvider:
     ) -> None:
         _require_module("xllamacpp")
         self._httpx = _import_httpx()
-        if n_ctx < 64:
-            raise PermanentProviderError(f"local: n_ctx={n_ctx} is too small", provider="local")
-        if start_timeout <= 0 or timeout <= 0:
-            raise PermanentProviderError(
-                f"local: timeouts must be positive (start_timeout={start_timeout!r}, "
-                f"timeout={timeout!r})",
-                provider="local",
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 64:
+            raise InvalidInputError(f"local: n_ctx must be a whole number >= 64, not {n_ctx!r}")
+        if not (_positive(start_timeout) and _positive(timeout)):
+            raise InvalidInputError(
+                f"local: timeouts must be positive numbers of seconds (start_timeout="
+                f"{start_timeout!r}, timeout={timeout!r})"
             )
         self._file: ModelFile = resolve_model_file(model_path)
         #: The model name reported in replies: ``smollm2-135m-instruct`` or the file stem.
@@ -433,3 +437,8 @@ def _chunk_error(error: Any) -> ProviderError:
             return _errors.from_http_status(code, message, provider="local")
         return PermanentProviderError(f"local: {message}", provider="local")
     return PermanentProviderError(f"local: llama.cpp error: {error!r}", provider="local")
+
+
+def _positive(value: object) -> bool:
+    # A number of seconds: not a bool (True is 1), not a string.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

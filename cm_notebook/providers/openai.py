@@ -275,8 +275,10 @@ class OpenAIProvider:
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError("OpenAIProvider needs a model name, e.g. 'gpt-4o-mini'")
-        if timeout <= 0:
-            raise InvalidInputError(f"timeout must be positive, not {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidInputError(
+                f"timeout must be a positive number of seconds, not {timeout!r}"
+            )
         self._sdk = _import_openai()
         self.model: str = model.strip()
         self.base_url: str | None = base_url or os.environ.get(_BASE_URL_ENV) or None

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import CMError, InvalidInputError
 from ..model import ProviderSettings
 from . import available_providers, get_provider, parse_spec
 from .base import Provider
 
-__all__ = ["ProviderLike", "ProviderPool", "check_provider", "check_spec", "spec_of"]
+__all__ = [
+    "ProviderLike",
+    "ProviderPool",
+    "build_with_options",
+    "check_provider",
+    "check_spec",
+    "close_later",
+    "spec_of",
+]
 
 #: What the public API accepts wherever a provider is chosen.
 ProviderLike = str | Provider
@@ -44,6 +53,52 @@ def check_spec(spec: str) -> None:
     name, _model = parse_spec(spec)
     if name not in available_providers():
         get_provider(spec)  # raises UnknownProviderError with the list of known names
+
+
+def build_with_options(spec: str, options: Mapping[str, Any]) -> Provider | None:
+    """``spec`` built with ``options``, to refuse options it does not take (or of the
+    wrong type) before they are stored; the caller closes what is returned.
+
+    None when it cannot be built for another reason (say, its extra is not installed):
+    the first send says so, as it would without options.
+
+    Raises:
+        InvalidInputError: an option the provider does not take, or a bad value.
+    """
+    try:
+        return _built(spec, options)
+    except InvalidInputError:
+        raise
+    except CMError:
+        return None
+
+
+def close_later(provider: Provider) -> None:
+    """Close ``provider`` (async) without waiting: on the running loop if there is one,
+    else on the background loop. For a provider built only to check its options."""
+    from .._loop import background_loop, running_loop  # the loop module imports little
+
+    loop = running_loop() or background_loop()
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):  # closing never raises
+            await provider.aclose()
+
+    if loop is running_loop():
+        loop.create_task(close())
+    else:
+        asyncio.run_coroutine_threadsafe(close(), loop)
+
+
+def _built(spec: str, options: Mapping[str, Any]) -> Provider:
+    # get_provider, with a constructor's TypeError or ValueError (an option it does not
+    # take, a string for a number...) as the InvalidInputError of bad input it is.
+    try:
+        return get_provider(spec, **options)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"provider {spec!r} cannot be made with the options {sorted(options)}: {exc}"
+        ) from None
 
 
 class ProviderPool:
@@ -78,7 +133,7 @@ class ProviderPool:
         with self._lock:
             built = self._built.get(key)
             if built is None:
-                built = get_provider(key, **options)
+                built = _built(key, options)
                 self._built[key] = built
             return built
 

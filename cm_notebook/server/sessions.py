@@ -35,7 +35,6 @@ from typing import Any
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_context_id
 from ..model import ContextMetadata
-from ..providers import get_provider
 from ..session import ContextSession
 from ..store import FileStore
 from ..tools import ToolPolicy
@@ -294,8 +293,6 @@ class SessionRegistry:
     ) -> ContextSession:
         """Create a context and keep its session."""
         spec = provider or self.default_provider
-        if provider_options:
-            await _check_options(spec, provider_options)
         # Made on the loop (its turns and signals run there, as in acquire()); its new
         # folder is written off the loop, which may wait for another process's creation.
         session = await ContextSession.acreate(
@@ -377,22 +374,6 @@ async def _close_quietly(session: ContextSession) -> None:
         await session.aclose()
     except Exception:  # one broken session must not keep the others open
         logger.exception("closing session %s failed", session.id)
-
-
-async def _check_options(spec: str, options: Mapping[str, Any]) -> None:
-    # Options the provider does not take would otherwise fail the first send with a
-    # TypeError; build it once now so the creator hears about them.
-    try:
-        probe = get_provider(spec, **options)
-    except TypeError as exc:
-        raise InvalidInputError(
-            f"provider {spec!r} does not take the options {sorted(options)}: {exc}"
-        ) from exc
-    except InvalidInputError:
-        raise
-    except CMError:
-        return  # e.g. a missing extra: the first send says so, as it would in a notebook
-    await probe.aclose()
 
 
 async def _reap(turn: Turn) -> None:
