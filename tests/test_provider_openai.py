@@ -136,20 +136,24 @@ async def test_invalid_request_is_permanent_with_the_servers_message(
     assert "max_tokens" in str(info.value)
 
 
-async def _seconds(server: LocalServer, prompt: str, tokens: int) -> float:
+async def _timed(server: LocalServer, prompt: str, tokens: int) -> tuple[float, int]:
+    """Seconds for one greedy reply of at most ``tokens``, and the text chunks it had."""
     started = time.monotonic()
-    events = await collect(provider_for(server), request(prompt, max_tokens=tokens))
-    assert events[-1] == Finish("length")
-    return time.monotonic() - started
+    events = await collect(provider_for(server), request(prompt, max_tokens=tokens, **GREEDY))
+    return time.monotonic() - started, sum(isinstance(e, TextDelta) for e in events)
 
 
 async def test_breaking_off_frees_the_server(llama_server: LocalServer) -> None:
     # The machine's speed now (it varies with what else runs): a short reply, and how
-    # long a token takes.
-    short = await _seconds(llama_server, "Hi", 4)
-    per_token = (await _seconds(llama_server, "Tell me a very long story.", 68) - short) / 64
+    # long a token takes, counted from the chunks that came (a reply may end early).
+    short, short_tokens = await _timed(llama_server, "Hi", 4)
+    long, long_tokens = await _timed(llama_server, "Tell me a very long story.", 68)
+    assert long_tokens > short_tokens, (long_tokens, short_tokens)
+    per_token = (long - short) / (long_tokens - short_tokens)
     provider = provider_for(llama_server)
-    stream = provider.stream(request("Tell me a very long story.", max_tokens=1500))
+    # Greedy, this story runs to the full 1,500 tokens (checked by hand: it ends on length).
+    story = request("Tell me a very long story.", max_tokens=1500, **GREEDY)
+    stream = provider.stream(story)
     seen = 0
     async for event in stream:
         if isinstance(event, TextDelta):
@@ -159,9 +163,9 @@ async def test_breaking_off_frees_the_server(llama_server: LocalServer) -> None:
     await stream.aclose()  # type: ignore[attr-defined]
     await provider.aclose()
     # llama.cpp notices the closed connection and stops; the next reply comes at once.
-    # Had it gone on, this single-slot server would first finish the story's ~1,500
+    # Had it gone on, this single-slot server would first finish the story's 1,500
     # tokens: the bound is half of that time, measured in the same run.
-    after = await _seconds(llama_server, "Hi", 4)
+    after, _ = await _timed(llama_server, "Hi", 4)
     assert after < short + 750 * per_token, (after, short, per_token)
 
 
