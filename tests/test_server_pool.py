@@ -11,6 +11,7 @@ tests/test_server_loop.py for how the server's open files are read).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from test_server_loop import _client, _holding, _open_files, _Request
 
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.server import CMNotebookApp
+from cm_notebook.server.offloop import OffLoop, ServerStoppingError
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the server's open files in /proc"
@@ -87,3 +89,32 @@ def test_a_stuck_context_leaves_threads_for_the_others(server: JupyterServer) ->
 def test_thread_settings_below_one_are_refused(setting: str) -> None:
     with pytest.raises(InvalidInputError, match=f"CMNotebookApp.{setting} must be at least 1"):
         CMNotebookApp(**{setting: 0})
+
+
+def test_after_shutdown_calls_are_refused_and_no_share_is_kept() -> None:
+    # Work queued behind a running call is dropped by shutdown() and told why; the call
+    # that was running finishes; calls made afterwards are refused; no context keeps a
+    # share (a server stopping and starting again in one process starts clean).
+    async def scenario() -> None:
+        off_loop = OffLoop(threads=1, per_context=1)
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> bool:
+            started.set()
+            return release.wait(10)
+
+        running = asyncio.ensure_future(off_loop.run("a", hold))
+        assert await asyncio.to_thread(started.wait, 10)
+        queued = asyncio.ensure_future(off_loop.run("b", lambda: "never"))
+        await asyncio.sleep(0)  # the queued call reaches the pool's queue
+        assert off_loop.busy_contexts() == {"a": 1, "b": 1}
+        off_loop.shutdown()
+        with pytest.raises(ServerStoppingError, match="server is stopping"):
+            await queued
+        release.set()
+        assert await running is True
+        with pytest.raises(ServerStoppingError, match="server is stopping"):
+            await off_loop.run("a", lambda: "late")
+        assert off_loop.busy_contexts() == {}
+
+    asyncio.run(scenario())

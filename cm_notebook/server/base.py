@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..session import ContextSession
 from .bodies import ErrorBody, FieldError
-from .offloop import OffLoop
+from .offloop import OffLoop, ServerStoppingError
 from .sessions import Lease, SessionRegistry
 from .signals import SignalSourceFactory
 
@@ -172,9 +172,12 @@ class CMHandler(APIHandler):
     ) -> T:
         """``fn(*args, **kwargs)`` on the server's threads, not its event loop (see
         :mod:`cm_notebook.server.offloop`): for work on ``session`` that may wait for
-        its context's lock or the disk."""
+        its context's lock or the disk. 503 once the server is stopping."""
         off_loop: OffLoop = self.settings[OFF_LOOP_KEY]
-        return await off_loop.run(session.id, fn, *args, **kwargs)
+        try:
+            return await off_loop.run(session.id, fn, *args, **kwargs)
+        except ServerStoppingError as exc:
+            raise ApiError(503, ErrorBody(message=str(exc), reason="ServerStopping")) from exc
 
     async def session(self, context_id: str, *, stream: bool = False) -> ContextSession:
         """The live session of ``context_id`` (400 for a hostile id, 404 if unknown).

@@ -22,7 +22,7 @@ import functools
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["DEFAULT_PER_CONTEXT", "DEFAULT_THREADS", "OffLoop"]
+__all__ = ["DEFAULT_PER_CONTEXT", "DEFAULT_THREADS", "OffLoop", "ServerStoppingError"]
 
 T = TypeVar("T")
 
@@ -30,6 +30,10 @@ T = TypeVar("T")
 DEFAULT_THREADS = 8
 #: Of those, how many one context may use at once.
 DEFAULT_PER_CONTEXT = 2
+
+
+class ServerStoppingError(RuntimeError):
+    """The server is stopping: :meth:`OffLoop.run` takes no more work."""
 
 
 class _Gate:
@@ -61,6 +65,7 @@ class OffLoop:
             max_workers=threads, thread_name_prefix="cm_notebook-server"
         )
         self._gates: dict[str, _Gate] = {}
+        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<OffLoop threads={self.threads} per_context={self.per_context}>"
@@ -73,7 +78,11 @@ class OffLoop:
 
         A request cancelled meanwhile (its client went away) does not stop the call: it
         finishes on its thread, and that thread counts against the context until then.
+
+        Raises:
+            ServerStoppingError: the server is stopping (:meth:`shutdown` was called).
         """
+        self._refuse_if_stopped()
         gate = self._gates.get(context_id)
         if gate is None:
             gate = self._gates[context_id] = _Gate(self.per_context)
@@ -84,7 +93,13 @@ class OffLoop:
             self._leave(context_id, gate)
             raise
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        try:
+            self._refuse_if_stopped()  # it may have stopped while this call waited
+            future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except BaseException:
+            gate.semaphore.release()
+            self._leave(context_id, gate)
+            raise
 
         def finished(done: asyncio.Future[T]) -> None:
             gate.semaphore.release()
@@ -95,7 +110,21 @@ class OffLoop:
         future.add_done_callback(finished)
         # Shielded: the share is given back when the call ends, not when the awaiting
         # request is cancelled (the thread is still busy then).
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled() and self._stopped:
+                # Dropped from the queue by shutdown() before it started: say so, rather
+                # than a bare cancellation the handler would report as a client abort.
+                self._refuse_if_stopped()
+            raise
+
+    def _refuse_if_stopped(self) -> None:
+        if self._stopped:
+            raise ServerStoppingError(
+                "cm_notebook's server is stopping and takes no more work; "
+                "retry once it is running again"
+            )
 
     def _leave(self, context_id: str, gate: _Gate) -> None:
         gate.users -= 1
@@ -107,5 +136,7 @@ class OffLoop:
         return {context_id: gate.users for context_id, gate in self._gates.items()}
 
     def shutdown(self) -> None:
-        """Stop taking calls; those running finish on their threads."""
+        """Stop taking calls and drop those not started; those running finish on their
+        threads. Calls made afterwards raise :class:`ServerStoppingError`."""
+        self._stopped = True
         self._pool.shutdown(wait=False, cancel_futures=True)
