@@ -191,6 +191,24 @@ async def test_damaged_journal_line_triggers_a_rebuild(store: FileStore, data_di
             assert await other.path("c1") == ids
 
 
+async def test_a_write_first_after_journal_damage_keeps_the_heads_it_held(
+    store: FileStore, data_dir: Path
+) -> None:
+    # The head moves are only in the journal (metadata.json still says "main" is empty).
+    # The rebuild saves them to metadata.json; the write that found the damage must then
+    # work on that metadata, not on what it read before, or it writes "main" back empty.
+    ids = await chain(store, "c1", 3)
+    with (folder(data_dir) / "message_index.journal").open("ab") as journal:
+        journal.write(b"not a journal line\n")
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning, match="damaged line"):
+            await other.create_branch("c1", "side", head=ids[0])
+        assert await other.path("c1") == ids
+    async with FileStore(data_dir) as reopened:
+        assert await reopened.path("c1") == ids
+        assert await reopened.path("c1", "side") == ids[:1]
+
+
 async def test_hostile_id_in_index_is_not_followed(store: FileStore, data_dir: Path) -> None:
     ids = await chain(store, "c1", 1)
     journal = folder(data_dir) / "message_index.journal"

@@ -444,6 +444,9 @@ class ContextState:
             self._check_heads(base, metadata)
         except RebuildNeeded as need:
             self._rebuild(base, need)
+            # Anew: the rebuild saved to metadata.json the head moves only the damaged
+            # journal held, which the old ``base`` lacks (a write would drop them).
+            base = self._refresh_metadata()
             metadata = self._current(base)
         if self.foreign_streams():
             interrupt_dead_streams(self.index, self.dir, self.foreign_streams())
@@ -489,6 +492,13 @@ class ContextState:
             if move[0] >= self.heads_at and branch.head != move[1]:
                 moved[name] = branch.model_copy(update={"head": move[1]})
         return moved
+
+    def rebuild_index(self, reason: str) -> ContextMetadata:
+        """Rebuild the index from the message files now (write locks held), keeping the
+        head moves the journal holds; returns the current metadata."""
+        base = self._refresh_metadata()
+        self._rebuild(base, RebuildNeeded(reason, self.index.index_path))
+        return self.refresh()  # metadata.json anew: the rebuild may have saved heads there
 
     def restore(self, message_ids: list[str]) -> None:
         """Rewrite from the journal the files of these messages that a power loss took.
