@@ -404,6 +404,44 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+# -- check ----------------------------------------------------------------------------
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "context_ids", metavar="ID", nargs="*", help="contexts to check (default: all)"
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild the message index from the files where they disagree; messages it "
+        "had lost come back, on a branch named 'recovered' if no branch shows them",
+    )
+
+
+@command(
+    "check",
+    "Check each context's message index against its message files (--repair to fix).",
+    _configure_check,
+)
+async def _check(args: argparse.Namespace, store: Store) -> int:
+    if not isinstance(store, FileStore):  # pragma: no cover - the command line's store
+        raise CommandError("check needs the file store")
+    ids = args.context_ids or [meta.id for meta in await store.list_contexts()]
+    troubled = 0
+    for context_id in ids:
+        try:
+            report = await store.check(context_id, repair=args.repair)
+        except CMError as exc:  # an unknown id, a folder that cannot be read or locked
+            _error(f"{context_id}: {exc}")
+            troubled += 1
+            continue
+        _out(str(report))
+        troubled += not report.ok
+    # 1 while anything is left to fix (unreadable files stay for the user to handle).
+    return 1 if troubled else 0
+
+
 # -- demo -----------------------------------------------------------------------------
 
 

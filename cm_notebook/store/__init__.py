@@ -11,6 +11,14 @@ from __future__ import annotations
 from .base import IndexEntry, Store
 from .diagnostics import StoreWarning
 from .filestore import FileStore
+from .integrity import IntegrityReport
 from .paths import default_data_dir
 
-__all__ = ["FileStore", "IndexEntry", "Store", "StoreWarning", "default_data_dir"]
+__all__ = [
+    "FileStore",
+    "IndexEntry",
+    "IntegrityReport",
+    "Store",
+    "StoreWarning",
+    "default_data_dir",
+]

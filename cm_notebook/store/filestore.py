@@ -99,6 +99,7 @@ from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms, read_message_file
 from .context import ContextState, files_token, remove_tree, token_paths
 from .folders import create_context_folder, list_context_folders, signal_log_in, trash_path
+from .integrity import IntegrityChecks
 from .paths import (
     SIGNALS_DIR,
     context_dir,
@@ -119,7 +120,7 @@ def _close_states(states: dict[str, ContextState]) -> None:
     states.clear()
 
 
-class FileStore(ScoreFiles, BranchWrites):
+class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
     """A :class:`~cm_notebook.store.base.Store` on the local file system.
 
     ``data_dir`` defaults to :func:`~cm_notebook.store.paths.default_data_dir`

@@ -1,0 +1,203 @@
+"""Checking a context folder against its message index, and repairing it.
+
+Opening a context trusts its index (``message_index.json`` and the journal): it never
+lists ``messages/``, which is what keeps opening a 10,000-message context cheap. So an
+index replaced by an older copy (a context folder restored from a backup file by file,
+a sync tool putting back an earlier ``message_index.journal``) hides the messages
+written since, although their files are still there. :func:`check_context` finds
+that, and every other disagreement between the index and the files:
+
+* ``unindexed``: message files the index does not list (hidden messages);
+* ``missing``: messages the index lists whose file is gone;
+* ``unreadable``: message files that do not decode (named with what is wrong).
+
+A missing file whose text the journal still holds is rewritten from it first (as a
+read of it would be). With ``repair``, an index that misses files is rebuilt from
+them (the head moves the journal holds are kept), and each hidden conversation that
+ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
+so it shows up in the branch selector. Nothing is deleted, and missing or unreadable
+files are only reported: a rebuild could only drop them, so they are left for the user
+to restore from a backup.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..errors import CorruptDataError
+from ..model import Branch, ContextMetadata, utcnow
+from .atomic import is_temp_name
+from .codec import read_message_file
+from .context import ContextState
+from .paths import MESSAGES_DIR
+from .repair import repair_files
+
+__all__ = ["IntegrityChecks", "IntegrityReport", "check_context"]
+
+T = TypeVar("T")
+
+#: The name of the first branch a repair makes for hidden messages.
+RECOVERED = "recovered"
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    """What :meth:`FileStore.check <cm_notebook.store.FileStore.check>` found in a context.
+
+    ``brought_back`` and ``recovered_branches`` are filled by a repair: the messages the
+    index lists again, and the branches made for those that end off every branch.
+    """
+
+    context_id: str
+    indexed: int
+    unindexed: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
+    repaired: bool = False
+    brought_back: tuple[str, ...] = ()
+    recovered_branches: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """Whether the index and the files agree and every file reads."""
+        return not (self.unindexed or self.missing or self.unreadable)
+
+    def __str__(self) -> str:
+        if self.ok and not self.repaired:
+            return f"{self.context_id}: {self.indexed} message(s), ok"
+        lines = [f"{self.context_id}: {self.indexed} message(s) indexed"]
+        if self.repaired:
+            lines.append(
+                f"  repaired: {len(self.brought_back)} message(s) brought back into the index"
+            )
+            lines += [f"  new branch {name!r}" for name in self.recovered_branches]
+        lines += [f"  not in the index: messages/{mid}.json" for mid in self.unindexed]
+        lines += [f"  file missing: messages/{mid}.json" for mid in self.missing]
+        lines += [f"  unreadable: messages/{name}: {problem}" for name, problem in self.unreadable]
+        if self.unindexed and not self.repaired:
+            lines.append("  run with --repair to rebuild the index from the files")
+        elif self.missing or self.unreadable:
+            lines.append("  restore or fix the files named above (a backup, by hand)")
+        elif self.ok:
+            lines.append("  ok")
+        return "\n".join(lines)
+
+
+class IntegrityChecks:
+    """The check of :class:`~cm_notebook.store.filestore.FileStore` (a base of it)."""
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        raise NotImplementedError  # FileStore's: the work on a worker thread
+
+    def _write(self, context_id: str, func: Callable[..., T], *args: Any) -> T:
+        raise NotImplementedError  # FileStore's: one write under the context's locks
+
+    async def check(self, context_id: str, *, repair: bool = False) -> IntegrityReport:
+        """Compare the context's message index with its ``messages/`` folder.
+
+        Finds message files the index does not list (an older index put back, say, hides
+        the messages written since), listed messages without a file, and unreadable
+        files. With ``repair``, rebuilds the index from the files and gives each hidden
+        conversation a ``recovered`` branch; nothing is deleted. Takes the context's
+        write lock and reads every message file: a maintenance call, not for each turn.
+        """
+        return await self._run(self._write, context_id, check_context, repair)
+
+
+def check_context(
+    state: ContextState, metadata: ContextMetadata, repair: bool = False
+) -> IntegrityReport:
+    """Compare the index of a context with its ``messages/`` folder (write locks held,
+    as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
+    report = _inspect(state)
+    if report.missing:
+        # Those whose text the journal holds (the locks are held: not state.restore()).
+        repair_files(state.index, state.fsync, flush=False, only=list(report.missing))
+        report = _inspect(state)
+    if not repair or not report.unindexed:
+        return report  # missing or unreadable files: a rebuild could only drop them
+    metadata = state.rebuild_index(
+        f"a check found {len(report.unindexed)} message file(s) the index did not list"
+    )
+    branches = _branch_hidden_ends(state, metadata, set(report.unindexed))
+    after = _inspect(state)
+    return IntegrityReport(
+        context_id=after.context_id,
+        indexed=after.indexed,
+        unindexed=after.unindexed,
+        missing=after.missing,
+        unreadable=after.unreadable,
+        repaired=True,
+        brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
+        recovered_branches=branches,
+    )
+
+
+def _inspect(state: ContextState) -> IntegrityReport:
+    entries = state.index.materialize()
+    folder = state.dir / MESSAGES_DIR
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        names = []
+    on_disk: set[str] = set()
+    unreadable: list[tuple[str, str]] = []
+    for name in sorted(names):
+        if is_temp_name(name) or not name.endswith(".json"):
+            continue  # a writer's temporary file, or not ours
+        message_id = name[: -len(".json")]
+        try:
+            read_message_file(folder / name, message_id)
+        except CorruptDataError as exc:
+            unreadable.append((name, str(exc)))
+        on_disk.add(message_id)
+    return IntegrityReport(
+        context_id=state.context_id,
+        indexed=len(entries),
+        unindexed=tuple(sorted(on_disk - entries.keys())),
+        missing=tuple(sorted(entries.keys() - on_disk)),
+        unreadable=tuple(unreadable),
+    )
+
+
+def _branch_hidden_ends(
+    state: ContextState, metadata: ContextMetadata, hidden: set[str]
+) -> tuple[str, ...]:
+    """Give each conversation end among ``hidden`` that no branch reaches a branch."""
+    entries = state.index.entries
+    reached: set[str] = set()
+    for branch in metadata.branches.values():
+        at = branch.head
+        while at is not None and at not in reached and at in entries:
+            reached.add(at)
+            at = entries[at].parent_id
+    parents = {entry.parent_id for entry in entries.values()}
+    ends = sorted(
+        (entries[mid] for mid in hidden if mid in entries and mid not in parents),
+        key=lambda entry: entry.seq,
+    )
+    ends = [end for end in ends if end.id not in reached]
+    if not ends:
+        return ()
+    branches = dict(metadata.branches)
+    made = []
+    for end in ends:
+        name, number = RECOVERED, 1
+        while name in branches:
+            number += 1
+            name = f"{RECOVERED}-{number}"
+        fork = end.parent_id
+        while fork is not None and fork not in reached and fork in entries:
+            fork = entries[fork].parent_id  # where it leaves what the branches show
+        branches[name] = Branch(
+            name=name,
+            head=end.id,
+            forked_from=fork,
+            description="messages the index had lost, brought back by a repair",
+        )
+        made.append(name)
+    state.write_metadata(metadata.model_copy(update={"branches": branches, "updated_at": utcnow()}))
+    return tuple(made)

@@ -1,0 +1,173 @@
+"""``FileStore.check`` and ``cm-notebook check``: the index against the message files.
+
+Opening a context trusts its index and never lists ``messages/``. Here the index is
+put back to an older copy (as a restore from a backup file by file would), which hides
+the messages written since; the check finds them and the repair brings them back
+without losing the heads the old index held. Real files, real FileStores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import anyio
+import pytest
+from store_helpers import chain
+
+from cm_notebook.cli import main
+from cm_notebook.model import ContextMetadata
+from cm_notebook.store import FileStore, StoreWarning
+
+pytestmark = pytest.mark.anyio
+
+INDEX_FILES = ("message_index.json", "message_index.journal")
+
+
+def folder(data_dir: Path, cid: str = "c1") -> Path:
+    return data_dir / "contexts" / cid
+
+
+def keep_index(data_dir: Path, where: Path) -> None:
+    where.mkdir()
+    for name in INDEX_FILES:
+        shutil.copy2(folder(data_dir) / name, where / name)
+
+
+def put_back_index(data_dir: Path, where: Path) -> None:
+    for name in INDEX_FILES:
+        shutil.copy2(where / name, folder(data_dir) / name)
+
+
+async def hide_later_messages(
+    store: FileStore, data_dir: Path, tmp_path: Path
+) -> tuple[list[str], list[str]]:
+    """Two turns on "main", the index kept, two more, then the old index put back."""
+    before = await chain(store, "c1", 4)
+    keep_index(data_dir, tmp_path / "backup")
+    after = await chain(store, "c1", 4)
+    await store.close()
+    put_back_index(data_dir, tmp_path / "backup")
+    return before, after
+
+
+async def test_a_context_in_order_checks_ok(store: FileStore) -> None:
+    await chain(store, "c1", 3)
+    report = await store.check("c1")
+    assert report.ok
+    assert report.indexed == 3
+    assert str(report) == "c1: 3 message(s), ok"
+    assert (await store.check("c1", repair=True)).repaired is False  # nothing to do
+
+
+async def test_messages_an_old_index_hides_are_found(
+    store: FileStore, data_dir: Path, tmp_path: Path
+) -> None:
+    before, after = await hide_later_messages(store, data_dir, tmp_path)
+    async with FileStore(data_dir) as reopened:
+        assert await reopened.path("c1") == before  # what opening alone shows
+        report = await reopened.check("c1")
+        assert not report.ok
+        assert report.unindexed == tuple(sorted(after))
+        assert "--repair" in str(report)
+        assert await reopened.path("c1") == before  # a check changes nothing
+
+
+async def test_repair_brings_them_back_on_a_branch_and_keeps_the_heads(
+    store: FileStore, data_dir: Path, tmp_path: Path
+) -> None:
+    before, after = await hide_later_messages(store, data_dir, tmp_path)
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="rebuilt from 8 message files"):
+            report = await reopened.check("c1", repair=True)
+        assert report.ok
+        assert report.repaired
+        assert sorted(report.brought_back) == sorted(after)
+        assert report.recovered_branches == ("recovered",)
+        assert await reopened.path("c1") == before  # "main" where the old index had it
+        assert await reopened.path("c1", "recovered") == before + after
+        recovered = (await reopened.get_metadata("c1")).branches["recovered"]
+        assert recovered.forked_from == before[-1]
+    async with FileStore(data_dir) as again:
+        assert (await again.check("c1")).ok
+        assert await again.path("c1", "recovered") == before + after
+
+
+async def test_a_second_repair_names_its_branch_anew(
+    store: FileStore, data_dir: Path, tmp_path: Path
+) -> None:
+    await store.create_branch("c1", "recovered", head=None)
+    await hide_later_messages(store, data_dir, tmp_path)
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="rebuilt"):
+            report = await reopened.check("c1", repair=True)
+        assert report.recovered_branches == ("recovered-2",)
+
+
+async def test_a_missing_file_is_rewritten_from_the_journal_before_the_check(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 2)
+    (folder(data_dir) / "messages" / f"{ids[0]}.json").unlink()
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning, match="restored from the journal"):
+            report = await other.check("c1")
+        assert report.ok
+        assert (await other.get_message("c1", ids[0])).content == "main 0"
+
+
+async def test_a_file_gone_for_good_is_reported_not_dropped(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 2)
+    await store.compact("c1")  # the journal no longer holds a copy
+    (folder(data_dir) / "messages" / f"{ids[0]}.json").unlink()
+    async with FileStore(data_dir) as other:
+        report = await other.check("c1", repair=True)
+        assert report.missing == (ids[0],)
+        assert not report.repaired
+        assert "restore or fix" in str(report)
+        assert sorted(await other.index("c1")) == sorted(ids)
+
+
+async def test_an_unreadable_file_is_named_and_left_in_place(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 2)
+    damaged = folder(data_dir) / "messages" / f"{ids[1]}.json"
+    damaged.write_text("{not json")
+    report = await store.check("c1", repair=True)
+    assert not report.repaired  # a rebuild could only drop it
+    assert [name for name, _problem in report.unreadable] == [damaged.name]
+    assert "not valid JSON" in report.unreadable[0][1]
+    assert damaged.read_text() == "{not json"
+
+
+def test_the_command_checks_every_context_and_repairs(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def setup() -> list[str]:
+        async with FileStore(data_dir) as store:
+            await store.create_context(ContextMetadata(id="c1", title="first"))
+            return (await hide_later_messages(store, data_dir, tmp_path))[1]
+
+    after = anyio.run(setup)
+    assert main(["--data-dir", str(data_dir), "check"]) == 1
+    out = capsys.readouterr().out
+    assert all(f"not in the index: messages/{mid}.json" in out for mid in after)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", StoreWarning)  # shown by the command, one line
+        assert main(["--data-dir", str(data_dir), "check", "c1", "--repair"]) == 0
+    out, err = capsys.readouterr()
+    assert "new branch 'recovered'" in out
+    assert "warning: the message index of context 'c1' was rebuilt from 8" in err
+    assert main(["--data-dir", str(data_dir), "check"]) == 0
+    assert capsys.readouterr().out == "c1: 8 message(s), ok\n"
+
+
+def test_the_command_names_an_unknown_context(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--data-dir", str(data_dir), "check", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
