@@ -428,6 +428,9 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
     if not isinstance(store, FileStore):  # pragma: no cover - the command line's store
         raise CommandError("check needs the file store")
     ids = args.context_ids or [meta.id for meta in await store.list_contexts()]
+    if not ids:
+        _out(f"No contexts in {store.data_dir}.")
+        return 0
     troubled = 0
     for context_id in ids:
         try:

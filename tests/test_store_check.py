@@ -171,3 +171,5 @@ def test_the_command_names_an_unknown_context(
 ) -> None:
     assert main(["--data-dir", str(data_dir), "check", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+    assert main(["--data-dir", str(data_dir), "check"]) == 0
+    assert capsys.readouterr().out == f"No contexts in {data_dir}.\n"
