@@ -144,6 +144,32 @@ async def test_an_unreadable_file_is_named_and_left_in_place(
     assert damaged.read_text() == "{not json"
 
 
+async def test_no_rebuild_while_a_listed_file_is_gone(
+    store: FileStore, data_dir: Path, tmp_path: Path
+) -> None:
+    # A rebuild would drop the gone message from the index and break the paths through
+    # it (here "main" and the hidden messages after it): the file must come back first.
+    before, after = await hide_later_messages(store, data_dir, tmp_path)
+    async with FileStore(data_dir) as reopened:
+        await reopened.compact("c1")  # no copy of the messages left in the journal
+    gone = folder(data_dir) / "messages" / f"{before[-1]}.json"
+    kept = gone.read_bytes()
+    gone.unlink()
+    async with FileStore(data_dir) as reopened:
+        report = await reopened.check("c1", repair=True)
+        assert not report.repaired
+        assert report.missing == (before[-1],)
+        assert report.unindexed == tuple(sorted(after))
+        assert "restore or fix" in str(report)
+        assert "then run with --repair" in str(report)
+        assert before[-1] in await reopened.index("c1")
+    gone.write_bytes(kept)
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="rebuilt"):
+            assert (await reopened.check("c1", repair=True)).ok
+        assert await reopened.path("c1", "recovered") == before + after
+
+
 def test_the_command_checks_every_context_and_repairs(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

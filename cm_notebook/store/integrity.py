@@ -15,9 +15,9 @@ A missing file whose text the journal still holds is rewritten from it first (as
 read of it would be). With ``repair``, an index that misses files is rebuilt from
 them (the head moves the journal holds are kept), and each hidden conversation that
 ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
-so it shows up in the branch selector. Nothing is deleted, and missing or unreadable
-files are only reported: a rebuild could only drop them, so they are left for the user
-to restore from a backup.
+so it shows up in the branch selector. Nothing is deleted. Missing and unreadable files
+are only reported, for the user to restore from a backup; while files are missing, no
+rebuild is made (it would drop them from the index, breaking every path through them).
 """
 
 from __future__ import annotations
@@ -77,10 +77,11 @@ class IntegrityReport:
         lines += [f"  not in the index: messages/{mid}.json" for mid in self.unindexed]
         lines += [f"  file missing: messages/{mid}.json" for mid in self.missing]
         lines += [f"  unreadable: messages/{name}: {problem}" for name, problem in self.unreadable]
-        if self.unindexed and not self.repaired:
-            lines.append("  run with --repair to rebuild the index from the files")
-        elif self.missing or self.unreadable:
+        if self.missing or self.unreadable:
             lines.append("  restore or fix the files named above (a backup, by hand)")
+        if self.unindexed and not self.repaired:
+            first = "then " if self.missing else ""  # a rebuild waits for missing files
+            lines.append(f"  {first}run with --repair to rebuild the index from the files")
         elif self.ok:
             lines.append("  ok")
         return "\n".join(lines)
@@ -117,8 +118,10 @@ def check_context(
         # Those whose text the journal holds (the locks are held: not state.restore()).
         repair_files(state.index, state.fsync, flush=False, only=list(report.missing))
         report = _inspect(state)
-    if not repair or not report.unindexed:
-        return report  # missing or unreadable files: a rebuild could only drop them
+    if not repair or not report.unindexed or report.missing:
+        # Missing files: a rebuild would drop them from the index, breaking every path
+        # through them; they must come back first. Unreadable ones it would skip.
+        return report
     metadata = state.rebuild_index(
         f"a check found {len(report.unindexed)} message file(s) the index did not list"
     )
