@@ -191,22 +191,38 @@ async def test_damaged_journal_line_triggers_a_rebuild(store: FileStore, data_di
             assert await other.path("c1") == ids
 
 
-async def test_a_write_first_after_journal_damage_keeps_the_heads_it_held(
-    store: FileStore, data_dir: Path
+def _damage_index(ctx: Path, kind: str) -> None:
+    journal, snapshot = ctx / "message_index.journal", ctx / "message_index.json"
+    if kind == "journal line":
+        with journal.open("ab") as handle:
+            handle.write(b"not a journal line\n")
+    elif kind == "snapshot gone":
+        snapshot.unlink()
+    else:  # "snapshot cut short"
+        snapshot.write_bytes(snapshot.read_bytes()[:20])
+
+
+@pytest.mark.parametrize("damage", ["journal line", "snapshot gone", "snapshot cut short"])
+@pytest.mark.parametrize("write", ["create a branch", "rename", "switch branch"])
+async def test_a_write_first_after_index_damage_keeps_the_heads_the_journal_held(
+    store: FileStore, data_dir: Path, damage: str, write: str
 ) -> None:
     # The head moves are only in the journal (metadata.json still says "main" is empty).
     # The rebuild saves them to metadata.json; the write that found the damage must then
     # work on that metadata, not on what it read before, or it writes "main" back empty.
     ids = await chain(store, "c1", 3)
-    with (folder(data_dir) / "message_index.journal").open("ab") as journal:
-        journal.write(b"not a journal line\n")
+    _damage_index(folder(data_dir), damage)
     async with FileStore(data_dir) as other:
-        with pytest.warns(StoreWarning, match="damaged line"):
-            await other.create_branch("c1", "side", head=ids[0])
+        with pytest.warns(StoreWarning, match="rebuilt"):
+            if write == "create a branch":
+                await other.create_branch("c1", "side", head=ids[0])
+            elif write == "rename":
+                await other.update_metadata("c1", title="renamed")
+            else:
+                await other.set_active_branch("c1", "main")
         assert await other.path("c1") == ids
     async with FileStore(data_dir) as reopened:
         assert await reopened.path("c1") == ids
-        assert await reopened.path("c1", "side") == ids[:1]
 
 
 async def test_hostile_id_in_index_is_not_followed(store: FileStore, data_dir: Path) -> None:
