@@ -202,6 +202,15 @@ def _damage_index(ctx: Path, kind: str) -> None:
         snapshot.write_bytes(snapshot.read_bytes()[:20])
 
 
+async def _write_first(store: FileStore, write: str, first_id: str) -> None:
+    if write == "create a branch":
+        await store.create_branch("c1", "side", head=first_id)
+    elif write == "rename":
+        await store.update_metadata("c1", title="renamed")
+    else:
+        await store.set_active_branch("c1", "main")
+
+
 @pytest.mark.parametrize("damage", ["journal line", "snapshot gone", "snapshot cut short"])
 @pytest.mark.parametrize("write", ["create a branch", "rename", "switch branch"])
 async def test_a_write_first_after_index_damage_keeps_the_heads_the_journal_held(
@@ -214,12 +223,7 @@ async def test_a_write_first_after_index_damage_keeps_the_heads_the_journal_held
     _damage_index(folder(data_dir), damage)
     async with FileStore(data_dir) as other:
         with pytest.warns(StoreWarning, match="rebuilt"):
-            if write == "create a branch":
-                await other.create_branch("c1", "side", head=ids[0])
-            elif write == "rename":
-                await other.update_metadata("c1", title="renamed")
-            else:
-                await other.set_active_branch("c1", "main")
+            await _write_first(other, write, ids[0])
         assert await other.path("c1") == ids
     async with FileStore(data_dir) as reopened:
         assert await reopened.path("c1") == ids
