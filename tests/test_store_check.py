@@ -170,6 +170,19 @@ async def test_no_rebuild_while_a_listed_file_is_gone(
         assert await reopened.path("c1", "recovered") == before + after
 
 
+async def test_a_stray_file_is_unreadable_not_hidden(store: FileStore, data_dir: Path) -> None:
+    # Not a message of this context: named once, as unreadable; no rebuild for it.
+    await chain(store, "c1", 2)
+    stray = folder(data_dir) / "messages" / "notes.json"
+    stray.write_text('{"hello": 1}')
+    report = await store.check("c1", repair=True)
+    assert not report.repaired
+    assert report.unindexed == ()
+    assert [name for name, _problem in report.unreadable] == ["notes.json"]
+    assert "--repair" not in str(report)
+    assert stray.exists()
+
+
 def test_the_command_checks_every_context_and_repairs(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -147,6 +147,7 @@ def _inspect(state: ContextState) -> IntegrityReport:
     except FileNotFoundError:
         names = []
     on_disk: set[str] = set()
+    readable: set[str] = set()  # an unreadable file is reported as such, not as hidden
     unreadable: list[tuple[str, str]] = []
     for name in sorted(names):
         if is_temp_name(name) or not name.endswith(".json"):
@@ -156,11 +157,13 @@ def _inspect(state: ContextState) -> IntegrityReport:
             read_message_file(folder / name, message_id)
         except CorruptDataError as exc:
             unreadable.append((name, str(exc)))
+        else:
+            readable.add(message_id)
         on_disk.add(message_id)
     return IntegrityReport(
         context_id=state.context_id,
         indexed=len(entries),
-        unindexed=tuple(sorted(on_disk - entries.keys())),
+        unindexed=tuple(sorted(readable - entries.keys())),
         missing=tuple(sorted(entries.keys() - on_disk)),
         unreadable=tuple(unreadable),
     )
