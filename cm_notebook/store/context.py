@@ -443,10 +443,9 @@ class ContextState:
             metadata = self._current(base)
             self._check_heads(base, metadata)
         except RebuildNeeded as need:
-            self._rebuild(base, need)
-            # Anew: the rebuild saved to metadata.json the head moves only the damaged
-            # journal held, which the old ``base`` lacks (a write would drop them).
-            base = self._refresh_metadata()
+            # The rebuild's metadata, not ``base``: it has the head moves only the damaged
+            # journal held, which a write working on ``base`` would drop.
+            base = self._rebuild(base, need)
             metadata = self._current(base)
         if self.foreign_streams():
             interrupt_dead_streams(self.index, self.dir, self.foreign_streams())
@@ -454,8 +453,9 @@ class ContextState:
             metadata = self._current(base)
         return metadata
 
-    def _rebuild(self, base: ContextMetadata, need: RebuildNeeded) -> None:
-        """Rebuild the index, first saving what only the damaged journal holds."""
+    def _rebuild(self, base: ContextMetadata, need: RebuildNeeded) -> ContextMetadata:
+        """Rebuild the index, first saving what only the damaged journal holds; returns
+        the metadata as now saved (``base`` with those head moves)."""
         self.index.salvage()
         self.flushes.clear()  # the rebuilt journal starts empty: its places start over
         with contextlib.suppress(OSError, StoreError, RebuildNeeded):
@@ -467,6 +467,7 @@ class ContextState:
         if salvaged is not base:
             self.write_metadata(salvaged)
         self.index.rebuild(need.reason, need.path)
+        return salvaged
 
     def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:
         # _current without a refresh: the index holds what salvage() found.
@@ -496,9 +497,8 @@ class ContextState:
     def rebuild_index(self, reason: str) -> ContextMetadata:
         """Rebuild the index from the message files now (write locks held), keeping the
         head moves the journal holds; returns the current metadata."""
-        base = self._refresh_metadata()
-        self._rebuild(base, RebuildNeeded(reason, self.index.index_path))
-        return self.refresh()  # metadata.json anew: the rebuild may have saved heads there
+        need = RebuildNeeded(reason, self.index.index_path)
+        return self._current(self._rebuild(self._refresh_metadata(), need))
 
     def restore(self, message_ids: list[str]) -> None:
         """Rewrite from the journal the files of these messages that a power loss took.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import CorruptDataError
@@ -58,7 +58,7 @@ class IntegrityReport:
     unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
     repaired: bool = False
     brought_back: tuple[str, ...] = ()
-    recovered_branches: tuple[str, ...] = field(default=())
+    recovered_branches: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -126,13 +126,8 @@ def check_context(
         f"a check found {len(report.unindexed)} message file(s) the index did not list"
     )
     branches = _branch_hidden_ends(state, metadata, set(report.unindexed))
-    after = _inspect(state)
-    return IntegrityReport(
-        context_id=after.context_id,
-        indexed=after.indexed,
-        unindexed=after.unindexed,
-        missing=after.missing,
-        unreadable=after.unreadable,
+    return replace(
+        _inspect(state),
         repaired=True,
         brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
         recovered_branches=branches,
@@ -180,12 +175,15 @@ def _branch_hidden_ends(
         while at is not None and at not in reached and at in entries:
             reached.add(at)
             at = entries[at].parent_id
-    parents = {entry.parent_id for entry in entries.values()}
+    children = state.index.children
     ends = sorted(
-        (entries[mid] for mid in hidden if mid in entries and mid not in parents),
+        (
+            entries[mid]
+            for mid in hidden
+            if mid in entries and not children.get(mid) and mid not in reached
+        ),
         key=lambda entry: entry.seq,
     )
-    ends = [end for end in ends if end.id not in reached]
     if not ends:
         return ()
     branches = dict(metadata.branches)
