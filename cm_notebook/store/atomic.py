@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write",
     "fsync_dir",
     "is_temp_name",
+    "mkdir_durable",
     "read_from",
     "write_all",
 ]
@@ -62,6 +63,28 @@ def fsync_dir(path: Path | str, fsync: Fsync = os.fsync) -> None:
         fsync(fd)
     finally:
         os.close(fd)
+
+
+def mkdir_durable(path: Path, fsync: Fsync | None = os.fsync, *, parents: bool = False) -> None:
+    """Create the folder ``path`` unless it exists, durably: then fsync its parent.
+
+    A new folder's name is an entry of its parent, and until the parent is fsync'd a
+    power loss can take it away with everything later written in it, fsync'd or not.
+    With ``parents``, missing parents are made the same way. A folder that exists
+    costs one ``stat``; one another process makes meanwhile is taken as it is (its
+    parent is fsync'd all the same). ``FileExistsError`` if ``path`` is a file.
+    """
+    if path.is_dir():
+        return
+    if parents:
+        mkdir_durable(path.parent, fsync, parents=True)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+    if fsync is not None:
+        fsync_dir(path.parent, fsync)
 
 
 def write_all(fd: int, data: bytes) -> None:

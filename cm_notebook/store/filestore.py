@@ -40,7 +40,7 @@ update_message, the final state or any other change      1       1
 set_branch_head                                          1       0
 create_branch, update_branch, delete_branch,             2       1
 set_active_branch, update_metadata (metadata.json)
-create_context                                           7       4
+create_context (+1 fsync for a new contexts/ folder)     7       4
 every 32nd finished message this store commits          33      0
 (the batch of message files, then their folder)
 compaction (after >= 128 lines, then geometrically;      k + 7   3

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..ids import id_key
 from ..model import ContextMetadata
-from .atomic import Fsync, atomic_write, fsync_dir
+from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable
 from .codec import decode_metadata, encode_metadata, read_regular
 from .context import creation_lock, remove_lock_shell, remove_tree
 from .diagnostics import warn
@@ -81,7 +81,7 @@ def create_context_folder(
         # can leave behind; it is not a context and is removed above.)
         raise _exists(data_dir, metadata.id)
     root = contexts_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    mkdir_durable(root, fsync, parents=True)  # the first context's data folder: new
     _refuse_case_twin(root, metadata.id)
     # Build the folder under a temporary name, then rename it into place: other
     # processes see either no context or a complete one. rename() refuses to replace a

@@ -47,7 +47,7 @@ from ..errors import (
 from ..ids import validate_message_id
 from ..scores import stored_score
 from . import oserrors
-from .atomic import atomic_write, is_temp_name
+from .atomic import Fsync, atomic_write, is_temp_name, mkdir_durable
 from .codec import read_regular
 from .diagnostics import warn
 from .paths import METADATA_NAME, context_dir, ensure_inside, safe_join
@@ -70,6 +70,7 @@ class ScoreFiles:
 
     data_dir: Path
     lock_timeout: float
+    fsync: Fsync
 
     async def read_score(self, context_id: str, message_id: str) -> dict[str, Any] | None:
         """The stored score of ``message_id`` as JSON data, or None if it has none.
@@ -149,7 +150,7 @@ class ScoreFiles:
         self, context_id: str, message_id: str, change: Change
     ) -> dict[str, Any] | None:
         path = self._path(context_id, message_id)
-        path.parent.mkdir(exist_ok=True)
+        mkdir_durable(path.parent, self.fsync)
         ensure_inside(self.data_dir, path.parent)  # the folder was not swapped for a link
         lock = filelock.FileLock(path.parent / _LOCK, thread_local=False, poll_interval=0.002)
         try:
@@ -172,7 +173,8 @@ class ScoreFiles:
                 path.unlink(missing_ok=True)
             else:
                 _check_new(new, message_id)
-                atomic_write(path, json.dumps(new, ensure_ascii=False).encode("utf-8"))
+                data = json.dumps(new, ensure_ascii=False).encode("utf-8")
+                atomic_write(path, data, fsync=self.fsync)
             if damage is not None:  # only once it is really gone (change may raise)
                 done = "removed" if new is None else "replaced by the new score"
                 warn(f"the score file {path} was {done}: it {damage}", path)

@@ -1,0 +1,235 @@
+"""A power loss after any fsync: every acknowledged change is still there.
+
+The kill -9 tests (test_store_crash_points.py) stop a writer at every file event, but
+the operating system keeps what it had been given. Here the store runs with a
+:class:`power_loss.PowerLossRecorder` as its fsync, and for every fsync it made the
+test builds the folder a power loss just after it would leave, opens it with a new
+FileStore and checks that:
+
+* every operation that had returned by then is there: the context, each message as
+  it was written (content, status, metadata) on its branch's path, each branch, each
+  score;
+* reading it raises nothing, and the context takes the next write.
+
+Two kinds of folder per fsync (see power_loss.py): only what some fsync made durable,
+and every name kept as it was with the files' bytes still only what was fsync'd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from power_loss import PowerLossRecorder, tmpfs_folder
+from store_helpers import msg
+
+from cm_notebook import ContextSession
+from cm_notebook.model import ContextMetadata, Message, MessageStatus
+from cm_notebook.store import FileStore
+from cm_notebook.store.atomic import mkdir_durable
+from cm_notebook.store.index import COMPACT_MIN_LINES
+from cm_notebook.testing import ScriptedProvider
+
+TMPFS = tmpfs_folder()
+pytestmark = [
+    pytest.mark.skipif(TMPFS is None, reason="needs a tmpfs at /dev/shm (unique inode numbers)"),
+    pytest.mark.skipif(os.name != "posix", reason="reads files through /proc"),
+    pytest.mark.slow,
+]
+
+
+@dataclass
+class Acknowledged:
+    """What had returned, each with the number of fsyncs made by then."""
+
+    rec: PowerLossRecorder
+    context: tuple[int, str] | None = None
+    messages: list[tuple[int, Message, str | None]] = field(default_factory=list)
+    branches: list[tuple[int, str]] = field(default_factory=list)
+    scores: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)
+    title: tuple[int, str] | None = None
+
+    def message(self, message: Message, branch: str | None) -> None:
+        self.messages.append((self.rec.count, message, branch))
+
+
+Scenario = Callable[[FileStore, Acknowledged], Awaitable[None]]
+
+
+async def _store_calls(store: FileStore, acks: Acknowledged) -> None:
+    """The store's writes, called directly: long enough to be compacted."""
+    context = await store.create_context(ContextMetadata(title="power loss"))
+    cid = context.id
+    acks.context = (acks.rec.count, cid)
+
+    head: str | None = None
+    main: list[Message] = []
+    for number in range(COMPACT_MIN_LINES + 20):
+        message = msg("user" if number % 2 == 0 else "assistant", head, f"main {number}")
+        await store.append_message(cid, message, branch="main")
+        acks.message(message, "main")
+        head = message.id
+        main.append(message)
+
+    await store.create_branch(cid, "side", head=main[40].id)
+    acks.branches.append((acks.rec.count, "side"))
+    side = main[40].id
+    for number in range(4):
+        message = msg("user" if number % 2 == 0 else "assistant", side, f"side {number}")
+        await store.append_message(cid, message, branch="side")
+        acks.message(message, "side")
+        side = message.id
+
+    # A streamed reply: its placeholder, a checkpoint, its final state.
+    question = msg("user", head, "one more question")
+    await store.append_message(cid, question, branch="main")
+    acks.message(question, "main")
+    reply = msg("assistant", question.id, "", status=MessageStatus.STREAMING)
+    await store.append_message(cid, reply, branch="main")
+    await store.update_message(cid, reply.model_copy(update={"content": "the answer so"}))
+    final = reply.model_copy(
+        update={"content": "the answer so far", "status": MessageStatus.COMPLETE}
+    )
+    await store.update_message(cid, final)
+    acks.message(final, "main")
+
+    # A score, changed once; the title; the active branch.
+    for stars in (4, 2):
+        score = {"message_id": final.id, "score": stars}
+        stored = await store.update_score(cid, final.id, lambda _old, s=score: s)
+        acks.scores.append((acks.rec.count, final.id, stored))
+    await store.update_metadata(cid, title="after the storm")
+    acks.title = (acks.rec.count, "after the storm")
+    await store.set_active_branch(cid, "side")
+    acks.branches.append((acks.rec.count, "side"))
+
+
+def _add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+async def _session_turns(store: FileStore, acks: Acknowledged) -> None:
+    """Turns through a ContextSession: plain ones and tool cycles, past a compaction."""
+    turns = COMPACT_MIN_LINES // 3 + 5
+    fake = ScriptedProvider(strict=True)
+    for turn in range(turns):
+        if turn % 10 == 3:
+            fake.tool_call("_add", {"a": turn, "b": 1}).reply(f"the sum is {turn + 1}")
+        else:
+            fake.reply(f"answer {turn}", chunks="words")
+    session = ContextSession.create(
+        "power loss", provider=fake, store=store, tools=[_add], approval="auto"
+    )
+    try:
+        acks.context = (acks.rec.count, session.id)
+        for turn in range(turns):
+            await session.send(f"question {turn}")
+            for message in session.history():
+                acks.message(message, "main")
+    finally:
+        await session.aclose()
+
+
+async def _check_folder(folder: Path, after: int, acks: Acknowledged) -> None:
+    assert acks.context is not None
+    created_at, cid = acks.context
+    async with FileStore(folder) as store:
+        contexts = {c.id for c in await store.list_contexts()}
+        if after < created_at and cid not in contexts:
+            return  # never acknowledged: it may be gone
+        assert cid in contexts, "an acknowledged context is gone"
+        metadata = await store.get_metadata(cid)
+        for branch_at, name in acks.branches:
+            if branch_at <= after:
+                assert name in metadata.branches, f"acknowledged branch {name!r} is gone"
+        if acks.title is not None and acks.title[0] <= after:
+            assert metadata.title == acks.title[1]
+        # The last acknowledged state of each message, and the branch it must be on.
+        expected: dict[str, tuple[Message, str | None]] = {}
+        for written_at, message, branch in acks.messages:
+            if written_at <= after:
+                expected[message.id] = (message, branch)
+        paths: dict[str, set[str]] = {}
+        for message, branch in expected.values():
+            stored = await store.get_message(cid, message.id)
+            assert stored.model_dump() == message.model_dump(), (
+                f"message {message.content!r} ({message.status}) came back as "
+                f"{stored.content!r} ({stored.status})"
+            )
+            if branch is not None:
+                if branch not in paths:
+                    paths[branch] = set(await store.path(cid, branch))
+                assert message.id in paths[branch], f"{message.content!r} left branch {branch!r}"
+        scores: dict[str, dict[str, Any] | None] = {}
+        for scored_at, message_id, score in acks.scores:
+            if scored_at <= after:
+                scores[message_id] = score
+        for message_id, score in scores.items():
+            assert await store.read_score(cid, message_id) == score, "a score went back"
+        # The context takes the next write.
+        head = metadata.branches["main"].head
+        after_storm = msg("user", head, "after the power came back")
+        await store.append_message(cid, after_storm, branch="main")
+
+
+@pytest.mark.parametrize("names_kept", [False, True], ids=["only-fsynced", "names-kept"])
+@pytest.mark.parametrize("scenario", [_store_calls, _session_turns], ids=["store", "session"])
+def test_every_acknowledged_change_survives_a_power_loss_after_any_fsync(
+    scenario: Scenario, names_kept: bool
+) -> None:
+    assert TMPFS is not None
+    root = TMPFS / f"cm-power-loss-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "data").mkdir(parents=True)
+    try:
+        rec = PowerLossRecorder(root / "data")
+        acks = Acknowledged(rec)
+
+        async def run() -> None:
+            async with FileStore(root / "data", fsync=rec) as store:
+                await scenario(store, acks)
+
+        asyncio.run(run())
+        assert rec.count > COMPACT_MIN_LINES // 3  # a fsync'd journal line per turn at least
+        failures: list[str] = []
+        for after in range(rec.count + 1):
+            folder = root / f"after-{after}"
+            rec.leave(after, folder, names_kept=names_kept)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # repairs are reported; only losses count
+                try:
+                    asyncio.run(_check_folder(folder, after, acks))
+                except Exception as exc:
+                    failures.append(f"after fsync {after}/{rec.count}: {type(exc).__name__}: {exc}")
+            shutil.rmtree(folder)
+        assert not failures, f"{len(failures)} power-loss points lose data:\n" + "\n".join(
+            failures[:20]
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mkdir_durable_fsyncs_the_parent_of_each_folder_it_makes(tmp_path: Path) -> None:
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        os.fsync(fd)
+
+    target = tmp_path / "a" / "b"
+    mkdir_durable(target, fsync, parents=True)
+    assert target.is_dir()
+    assert synced == [str(tmp_path), str(tmp_path / "a")]
+    mkdir_durable(target, fsync, parents=True)  # there already: nothing to make durable
+    assert len(synced) == 2
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FileExistsError):
+        mkdir_durable(tmp_path / "file", fsync)
