@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from . import _json
 from .approvals import ApprovalRecord, Remember
 from .errors import InvalidInputError, StoreError, StoreLockTimeoutError
-from .store.atomic import atomic_write, write_all
+from .store.atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, write_all
 from .store.oslock import LockTimeout, OSLock
 
 __all__ = ["AllowLists", "ApprovalLog", "approvals_folder"]
@@ -60,12 +60,20 @@ def approvals_folder(context_dir: Path | None) -> Path | None:
 
 
 class ApprovalLog:
-    """The audit log of approval decisions of one context, oldest first."""
+    """The audit log of approval decisions of one context, oldest first.
 
-    def __init__(self, folder: Path | None) -> None:
+    ``fsync``: what every fsync of the log goes through (the store's, so that it can
+    count them).
+    """
+
+    def __init__(self, folder: Path | None, fsync: Fsync = os.fsync) -> None:
         self._path = None if folder is None else folder / _LOG
+        self._fsync = fsync
         self._memory: list[ApprovalRecord] = []
         self._lock = threading.Lock()
+        # Whether this log's name is known to be durable in its folder: the first
+        # durable record fsyncs the folder once (the log may have just been made).
+        self._named = False
 
     def append(self, record: ApprovalRecord, *, durable: bool = True) -> None:
         """Add ``record`` at the end (fsync'd unless ``durable`` is false)."""
@@ -75,9 +83,10 @@ class ApprovalLog:
             return
         line = (record.model_dump_json() + "\n").encode()
         try:
-            self._path.parent.mkdir(exist_ok=True)
-            if os.path.islink(self._path.parent):  # planted: never followed out
-                raise OSError(errno.ELOOP, "a symbolic link", str(self._path.parent))
+            folder = self._path.parent
+            mkdir_durable(folder, self._fsync if durable else None)
+            if os.path.islink(folder):  # planted: never followed out
+                raise OSError(errno.ELOOP, "a symbolic link", str(folder))
             fd = os.open(self._path, _APPEND_FLAGS, 0o644)
             try:
                 size = os.fstat(fd).st_size
@@ -86,9 +95,12 @@ class ApprovalLog:
                     line = b"\n" + line
                 write_all(fd, line)
                 if durable:
-                    os.fsync(fd)
+                    self._fsync(fd)
             finally:
                 os.close(fd)
+            if durable and not self._named:
+                fsync_dir(folder, self._fsync)  # a power loss could drop a new log's name
+                self._named = True
         except OSError as exc:
             raise StoreError(
                 f"the approval log {self._path} could not be written: {exc}; the decision "
@@ -130,9 +142,12 @@ def check_tool_name(tool: object) -> str:
 class AllowLists:
     """Tools approved for the rest of the session, or for the whole context."""
 
-    def __init__(self, folder: Path | None, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(
+        self, folder: Path | None, lock_timeout: float = LOCK_TIMEOUT, fsync: Fsync = os.fsync
+    ) -> None:
         self._folder = folder
         self._lock_timeout = lock_timeout
+        self._fsync = fsync
         self._lock = threading.Lock()
         self._session: set[str] = set()
         self._memory_context: set[str] = set()  # no folder: the context's, in memory
@@ -205,7 +220,7 @@ class AllowLists:
             after = frozenset(change(before))
             if after != before:
                 data = json.dumps({"tools": sorted(after)}, indent=1).encode()
-                atomic_write(path, data)
+                atomic_write(path, data, fsync=self._fsync)
         return after != before
 
     @contextmanager
@@ -215,7 +230,7 @@ class AllowLists:
         # follows a link planted in place of the lock file.
         lock = OSLock(self._folder / _LOCK)
         try:
-            self._folder.mkdir(exist_ok=True)
+            mkdir_durable(self._folder, self._fsync)
             if os.path.islink(self._folder):  # planted: never followed out
                 raise OSError(errno.ELOOP, "a symbolic link", str(self._folder))
             lock.acquire(timeout=self._lock_timeout)

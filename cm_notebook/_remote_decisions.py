@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
+from .store.atomic import Fsync, fsync_dir, mkdir_durable
 
 __all__ = ["DECISIONS_FOLDER", "DecisionBox"]
 
@@ -64,8 +65,9 @@ _STOP_PREFIX = "stop-"
 class DecisionBox:
     """The decision records of one context folder."""
 
-    def __init__(self, context_dir: Path) -> None:
+    def __init__(self, context_dir: Path, fsync: Fsync = os.fsync) -> None:
         self.folder = context_dir / DECISIONS_FOLDER
+        self._fsync = fsync  # the store's: every fsync of a context folder goes through it
 
     def _path(self, tool_call_id: str, message_id: str) -> Path:
         digest = hashlib.sha256(f"{message_id}\0{tool_call_id}".encode()).hexdigest()[:32]
@@ -86,20 +88,21 @@ class DecisionBox:
 
         ``arguments``, ``by`` and ``remember``: see :class:`RemoteDecision`.
         """
-        self.folder.mkdir(exist_ok=True)
+        mkdir_durable(self.folder, self._fsync)
         record = {"tool_call_id": tool_call_id, "approved": approved, "reason": reason}
         record.update(arguments=arguments, by=by, remember=remember, pid=os.getpid())
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         with temp.open("w", encoding="utf-8") as out:
             json.dump(record, out)
             out.flush()
-            os.fsync(out.fileno())
+            self._fsync(out.fileno())
         try:
             os.link(temp, self._path(tool_call_id, message_id))
         except FileExistsError:
             return False
         finally:
             temp.unlink()
+        fsync_dir(self.folder, self._fsync)  # the record's name, through a power loss
         return True
 
     def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:

@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 from . import events as ev
 from . import fsm
 from ._approval_apply import apply_remote_decision, approve_allowed
+from ._approval_log import LOCK_TIMEOUT as ALLOW_LIST_LOCK_TIMEOUT
 from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
@@ -65,6 +67,7 @@ from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
 from .signal_log import LogReader, SignalLog
 from .store import IndexEntry, Store
+from .store.atomic import Fsync
 from .store.context import lock_is_held
 from .store.folders import context_folder_of
 from .store.workers import run_blocking
@@ -129,7 +132,12 @@ class SessionCore(PromptWrites, MetadataReads):
         # Signals go through the context's log when the store has one, so their numbers
         # are shared with other processes and survive restarts.
         log_path = getattr(store, "signal_log_path", None)
-        self._signal_log = None if log_path is None else SignalLog(log_path(self.id))
+        # Every fsync in the context's folder goes through the store's (FileStore.fsync).
+        store_fsync = getattr(store, "fsync", None)
+        self._fsync: Fsync = store_fsync if callable(store_fsync) else os.fsync
+        self._signal_log = (
+            None if log_path is None else SignalLog(log_path(self.id), fsync=self._fsync)
+        )
         self._bus = ev.EventBus(self.id, recorder=self._signal_log)
         self._follower: LogFollower | None = None
         self._decisions: DecisionBox | None = None
@@ -148,12 +156,12 @@ class SessionCore(PromptWrites, MetadataReads):
         )
         # Waits for another process's change as long as the store waits for its locks.
         timeout = getattr(store, "lock_timeout", None)
-        self._allow_lists = (
-            AllowLists(approvals_dir, float(timeout))
-            if isinstance(timeout, (int, float))
-            else AllowLists(approvals_dir)
+        self._allow_lists = AllowLists(
+            approvals_dir,
+            float(timeout) if isinstance(timeout, (int, float)) else ALLOW_LIST_LOCK_TIMEOUT,
+            self._fsync,
         )
-        self._approval_log = ApprovalLog(approvals_dir)
+        self._approval_log = ApprovalLog(approvals_dir, self._fsync)
         # What each branch's last turn asked for, so retry() repeats it exactly.
         self._last_request: dict[str, tuple[Provider, dict[str, Any]]] = {}
         self._providers = ProviderPool(metadata.provider, chosen["provider"])
@@ -505,7 +513,7 @@ class SessionCore(PromptWrites, MetadataReads):
         claim_path = getattr(store, "branch_claim_path", None)
         if self._signal_log is None or claim_path is None:
             return
-        self._decisions = DecisionBox(context_folder_of(self._signal_log.path))
+        self._decisions = DecisionBox(context_folder_of(self._signal_log.path), self._fsync)
         self._follower = LogFollower(
             LogReader(self._signal_log.path),
             self._signal_log.writer,

@@ -66,7 +66,7 @@ from ._signal_sync import GroupSync
 from .errors import InvalidInputError
 from .redact import get_logger
 from .signals import ContentDelta, Event, Resync, parse_event
-from .store.atomic import Fsync, write_all
+from .store.atomic import Fsync, fsync_dir, write_all
 from .store.paths import LOG_NAME
 
 if sys.platform != "win32":
@@ -231,6 +231,9 @@ class SignalLog:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._fd = -1
+        # Folders whose new entries (the log, its folder) no fsync has made durable yet:
+        # the sync thread fsyncs them before the log (see _dup).
+        self._folders_owed: list[Path] = []
         # What this object knows of the file: where its last record ended, and that
         # record's number; valid while nobody else appended.
         self._end = 0
@@ -332,7 +335,20 @@ class SignalLog:
         # -1 if there is none (closed by close(), which syncs itself, or replaced by a
         # compaction, which synced the new file).
         with self._lock:
-            return os.dup(self._fd) if self._fd >= 0 else -1
+            fd = os.dup(self._fd) if self._fd >= 0 else -1
+            owed, self._folders_owed = self._folders_owed, []
+        # This process made the file (or its folder): the new name needs its folder's
+        # fsync too, or a power loss could drop the whole log, fsync'd records and all.
+        for number, folder in enumerate(owed):
+            try:
+                fsync_dir(folder, self._fsync)
+            except OSError:
+                with self._lock:
+                    self._folders_owed[:0] = owed[number:]  # the next sync tries again
+                if fd >= 0:
+                    os.close(fd)
+                raise
+        return fd
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -350,10 +366,14 @@ class SignalLog:
             if self._fd < 0:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(self.path.parent)
+                    self._folders_owed.append(self.path.parent.parent)
                 if os.path.islink(self.path.parent):
                     # Not followed out of the folder it belongs in (a planted link).
                     raise OSError(errno.ELOOP, "a symbolic link", str(self.path.parent))
+                made = not os.path.lexists(self.path)
                 self._fd = os.open(self.path, _WRITE_FLAGS, 0o600)
+                if made:
+                    self._folders_owed.append(self.path.parent)
                 self._end, self._seq = -1, 0  # unknown: read from the file
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             # The path must still name the file locked. A link count cannot tell: the

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -38,16 +39,22 @@ DEADLINE = 30.0
 
 
 class Fsyncs:
-    """Counts fsyncs; with ``hold`` the first one waits until :meth:`release`."""
+    """Counts fsyncs of files (``calls``) and of folders (``folders``, the new log's
+    name); with ``hold`` the first file fsync waits until :meth:`release`."""
 
     def __init__(self, *, hold: bool = False) -> None:
         self.calls = 0
+        self.folders: list[str] = []
         self.entered = threading.Event()
         self._go = threading.Event()
         if not hold:
             self._go.set()
 
     def __call__(self, fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            self.folders.append(os.readlink(f"/proc/self/fd/{fd}"))
+            os.fsync(fd)
+            return
         self.calls += 1
         self.entered.set()
         assert self._go.wait(DEADLINE), "the test never released the fsync"
@@ -107,6 +114,22 @@ def test_a_durable_signal_is_fsynced_by_the_thread_without_close(tmp_path: Path)
     assert fsyncs.calls == 1
     log.close()
     assert fsyncs.calls == 1  # nothing left for close to sync
+
+
+def test_a_log_this_process_makes_has_its_name_fsynced_once(tmp_path: Path) -> None:
+    fsyncs = Fsyncs()
+    log = SignalLog(tmp_path / "signals" / "signals.log", fsync=fsyncs, sync_delay=3600)
+    log.record(_state)
+    log.close()
+    # The new folder's name in its parent, and the new log's name in the new folder.
+    assert sorted(fsyncs.folders) == [str(tmp_path), str(tmp_path / "signals")]
+    log.record(_state)
+    log.close()
+    again = SignalLog(log.path, fsync=fsyncs)
+    again.record(_state)
+    again.close()
+    assert len(fsyncs.folders) == 2  # both names were durable already
+    assert fsyncs.calls == 3
 
 
 def test_close_syncs_what_the_thread_has_not_yet(tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ class Acknowledged:
     branches: list[tuple[int, str]] = field(default_factory=list)
     scores: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)
     title: tuple[int, str] | None = None
+    approvals: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    allowed: tuple[int, list[str]] | None = None
 
     def message(self, message: Message, branch: str | None) -> None:
         self.messages.append((self.rec.count, message, branch))
@@ -117,7 +119,8 @@ def _add(a: int, b: int) -> int:
 
 
 async def _session_turns(store: FileStore, acks: Acknowledged) -> None:
-    """Turns through a ContextSession: plain ones and tool cycles, past a compaction."""
+    """Turns through a ContextSession, past a compaction: plain ones and tool cycles, the
+    first approved for the whole context, the others then allowed by that."""
     turns = COMPACT_MIN_LINES // 3 + 5
     fake = ScriptedProvider(strict=True)
     for turn in range(turns):
@@ -126,14 +129,20 @@ async def _session_turns(store: FileStore, acks: Acknowledged) -> None:
         else:
             fake.reply(f"answer {turn}", chunks="words")
     session = ContextSession.create(
-        "power loss", provider=fake, store=store, tools=[_add], approval="auto"
+        "power loss", provider=fake, store=store, tools=[_add], approval="ask"
     )
     try:
         acks.context = (acks.rec.count, session.id)
         for turn in range(turns):
-            await session.send(f"question {turn}")
+            running = session.send(f"question {turn}")
+            if turn % 10 == 3 and await session.wait_for_approval():
+                session.approve(remember="context")
+                acks.allowed = (acks.rec.count, ["_add"])
+            await running
             for message in session.history():
                 acks.message(message, "main")
+            records = [record.model_dump() for record in session.approval_log()]
+            acks.approvals.append((acks.rec.count, records))
     finally:
         await session.aclose()
 
@@ -174,10 +183,27 @@ async def _check_folder(folder: Path, after: int, acks: Acknowledged) -> None:
                 scores[message_id] = score
         for message_id, score in scores.items():
             assert await store.read_score(cid, message_id) == score, "a score went back"
+        await _check_approvals(store, cid, after, acks)
         # The context takes the next write.
         head = metadata.branches["main"].head
         after_storm = msg("user", head, "after the power came back")
         await store.append_message(cid, after_storm, branch="main")
+
+
+async def _check_approvals(store: FileStore, cid: str, after: int, acks: Acknowledged) -> None:
+    records = [records for logged_at, records in acks.approvals if logged_at <= after]
+    allowed = acks.allowed is not None and acks.allowed[0] <= after
+    if not records and not allowed:
+        return
+    session = ContextSession.open(cid, store=store, provider=ScriptedProvider())
+    try:
+        if records:
+            logged = [record.model_dump() for record in session.approval_log()]
+            assert logged[: len(records[-1])] == records[-1], "an approval record is gone"
+        if allowed:
+            assert session.allowed_tools()["context"] == ["_add"], "an allowance is gone"
+    finally:
+        await session.aclose()
 
 
 @pytest.mark.parametrize("names_kept", [False, True], ids=["only-fsynced", "names-kept"])

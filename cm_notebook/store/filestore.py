@@ -129,7 +129,8 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
     :class:`~cm_notebook.errors.StoreLockTimeoutError`.
 
     ``fsync`` is the function every fsync of this store goes through (default
-    :func:`os.fsync`); pass a wrapper to count or time them.
+    :func:`os.fsync`), and of the sessions on it in the context folders (signal log,
+    approval files, decision records); pass a wrapper to count or time them.
 
     All blocking file work runs on the store's worker threads (:mod:`.workers`). One
     FileStore may be shared by many tasks; several FileStores (in one or many
