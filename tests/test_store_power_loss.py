@@ -63,6 +63,7 @@ class Acknowledged:
 
 
 Scenario = Callable[[FileStore, Acknowledged], Awaitable[None]]
+Prepare = Callable[[Path], Awaitable[tuple[str, list[Message]]]]
 
 
 async def _store_calls(store: FileStore, acks: Acknowledged) -> None:
@@ -111,6 +112,42 @@ async def _store_calls(store: FileStore, acks: Acknowledged) -> None:
     acks.title = (acks.rec.count, "after the storm")
     await store.set_active_branch(cid, "side")
     acks.branches.append((acks.rec.count, "side"))
+
+
+async def _prepare_damaged(data: Path) -> tuple[str, list[Message]]:
+    """A context of 60 messages whose index is damaged (its snapshot gone): the next
+    store to use it rebuilds the index from the message files."""
+    async with FileStore(data) as store:
+        cid = (await store.create_context(ContextMetadata(title="damaged"))).id
+        head: str | None = None
+        written = []
+        for number in range(60):
+            message = msg("user" if number % 2 == 0 else "assistant", head, f"old {number}")
+            await store.append_message(cid, message, branch="main")
+            head = message.id
+            written.append(message)
+        await store.compact(cid)
+    (data / "contexts" / cid / "message_index.json").unlink()
+    return cid, written
+
+
+async def _rebuild_then_write(store: FileStore, acks: Acknowledged) -> None:
+    """A metadata write finds the damage (the index is rebuilt, and saved), then more
+    messages, past a compaction."""
+    assert acks.context is not None
+    cid = acks.context[1]
+    old = [message for _at, message, _branch in acks.messages]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await store.create_branch(cid, "side", head=old[10].id)
+    assert any("rebuilt" in str(w.message) for w in caught), "the damage went unnoticed"
+    acks.branches.append((acks.rec.count, "side"))
+    head = old[-1].id
+    for number in range(COMPACT_MIN_LINES + 10):
+        message = msg("user" if number % 2 == 0 else "assistant", head, f"new {number}")
+        await store.append_message(cid, message, branch="main")
+        acks.message(message, "main")
+        head = message.id
 
 
 def _add(a: int, b: int) -> int:
@@ -167,8 +204,8 @@ async def _check_folder(folder: Path, after: int, acks: Acknowledged) -> None:
             if written_at <= after:
                 expected[message.id] = (message, branch)
         paths: dict[str, set[str]] = {}
-        for message, branch in expected.values():
-            stored = await store.get_message(cid, message.id)
+        found = await store.get_messages(cid, list(expected))
+        for (message, branch), stored in zip(expected.values(), found, strict=True):
             assert stored.model_dump() == message.model_dump(), (
                 f"message {message.content!r} ({message.status}) came back as "
                 f"{stored.content!r} ({stored.status})"
@@ -207,17 +244,26 @@ async def _check_approvals(store: FileStore, cid: str, after: int, acks: Acknowl
 
 
 @pytest.mark.parametrize("names_kept", [False, True], ids=["only-fsynced", "names-kept"])
-@pytest.mark.parametrize("scenario", [_store_calls, _session_turns], ids=["store", "session"])
+@pytest.mark.parametrize(
+    ("prepare", "scenario"),
+    [(None, _store_calls), (None, _session_turns), (_prepare_damaged, _rebuild_then_write)],
+    ids=["store", "session", "rebuild"],
+)
 def test_every_acknowledged_change_survives_a_power_loss_after_any_fsync(
-    scenario: Scenario, names_kept: bool
+    prepare: Prepare | None, scenario: Scenario, names_kept: bool
 ) -> None:
     assert TMPFS is not None
     root = TMPFS / f"cm-power-loss-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     (root / "data").mkdir(parents=True)
     try:
+        prepared = None if prepare is None else asyncio.run(prepare(root / "data"))
+        # What is in the folder now counts as durable: the recorder starts from it.
         rec = PowerLossRecorder(root / "data")
         acks = Acknowledged(rec)
+        if prepared is not None:
+            acks.context = (0, prepared[0])
+            acks.messages = [(0, message, "main") for message in prepared[1]]
 
         async def run() -> None:
             async with FileStore(root / "data", fsync=rec) as store:
