@@ -431,16 +431,26 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
     if not ids:
         _out(f"No contexts in {store.data_dir}.")
         return 0
+    from tqdm import tqdm  # loaded for this command only
+
     troubled = 0
-    for context_id in ids:
-        try:
-            report = await store.check(context_id, repair=args.repair)
-        except CMError as exc:  # an unknown id, a folder that cannot be read or locked
-            _error(f"{context_id}: {exc}")
-            troubled += 1
-            continue
-        _out(str(report))
-        troubled += not report.ok
+    # Every message file of every context is read: a bar on a terminal, for many contexts.
+    show = len(ids) > 1 and sys.stderr.isatty()
+    with tqdm(
+        total=len(ids), desc="checking", unit="context", file=sys.stderr, disable=not show
+    ) as bar:
+        for context_id in ids:
+            try:
+                report = await store.check(context_id, repair=args.repair)
+            except CMError as exc:  # an unknown id, a folder that cannot be read or locked
+                with bar.external_write_mode(file=sys.stderr):
+                    _error(f"{context_id}: {exc}")
+                troubled += 1
+            else:
+                with bar.external_write_mode(file=sys.stderr):
+                    _out(str(report))
+                troubled += not report.ok
+            bar.update()
     # 1 while anything is left to fix (unreadable files stay for the user to handle).
     return 1 if troubled else 0
 

@@ -8,7 +8,15 @@ without losing the heads the old index held. Real files, real FileStores.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import pty
 import shutil
+import struct
+import subprocess
+import sys
+import termios
 import warnings
 from pathlib import Path
 
@@ -212,3 +220,27 @@ def test_the_command_names_an_unknown_context(
     assert "nope" in capsys.readouterr().err
     assert main(["--data-dir", str(data_dir), "check"]) == 0
     assert capsys.readouterr().out == f"No contexts in {data_dir}.\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_on_a_terminal_the_command_shows_a_bar_beside_the_reports(data_dir: Path) -> None:
+    async def setup() -> None:
+        async with FileStore(data_dir) as store:
+            for number in range(3):
+                await store.create_context(ContextMetadata(id=f"c{number}", title="t"))
+
+    anyio.run(setup)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    command = [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), "check"]
+    with subprocess.Popen(command, stdout=follower, stderr=follower) as child:
+        os.close(follower)
+        shown = b""
+        with contextlib.suppress(OSError):  # the terminal closes when the child ends
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+        assert child.wait(timeout=60) == 0
+    os.close(leader)
+    text = shown.decode()
+    assert "checking: 100%" in text
+    assert all(f"c{number}: 0 message(s), ok" in text for number in range(3))
