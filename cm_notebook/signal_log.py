@@ -50,18 +50,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic_core import PydanticSerializationError
-
+from ._signal_records import (
+    decode_record,
+    encode_record,
+    last_record_seq,
+    record_start,
+    skipped_seq,
+)
 from ._signal_sync import GroupSync
 from .errors import InvalidInputError
 from .redact import get_logger
@@ -77,120 +80,12 @@ __all__ = ["LOG_NAME", "LogReader", "SignalLog"]
 logger = get_logger(__name__)
 
 _DEFAULT_MAX_BYTES = 4 * 1024 * 1024
-_json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, escaped)
 _TAIL_BYTES = 64 * 1024  # enough to find the last record of a log being opened
 _SYNC_DELAY = 0.05
 # The log is never opened through a symbolic link (a planted one would send every
 # process's signals into any file the user can write).
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | _NO_FOLLOW
-
-
-def _encode(writer: str, event: Event) -> bytes:
-    if type(event) is ContentDelta:
-        body = _delta_json(event)
-    else:
-        try:
-            body = event.model_dump_json()
-        except PydanticSerializationError:
-            # Pydantic refuses unpaired surrogates (a model's text cut mid-character);
-            # json.dumps escapes them.
-            body = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
-    return f'{{"w":"{writer}","e":{body}}}\n'.encode()  # begins as _record_start says
-
-
-def _delta_json(delta: ContentDelta) -> str:
-    # A text delta is written for every chunk a model streams, so it is spelled out
-    # here, about twice as fast as pydantic's writer; the same JSON object (fields,
-    # values, "Z" for UTC), which tests/test_signal_log_batches.py checks.
-    around_at, after_at = _delta_parts(delta.context_id, delta.branch, delta.message_id)
-    return (
-        f'{{"seq":{delta.seq}{around_at}{_utc_text(delta.at)}{after_at}'
-        f'{_json_string(delta.text)},"offset":{delta.offset}}}'
-    )
-
-
-class _DeltaParts:
-    # The parts of a delta's JSON that are the same for every chunk of one reply (its
-    # context, branch and message), made once per reply instead of once per chunk.
-    def __init__(self) -> None:
-        self._last: tuple[tuple[str, str | None, str], tuple[str, str]] | None = None
-
-    def __call__(self, context_id: str, branch: str | None, message_id: str) -> tuple[str, str]:
-        key = (context_id, branch, message_id)
-        last = self._last  # one tuple: safe to share between threads
-        if last is not None and last[0] == key:
-            return last[1]
-        branch_json = "null" if branch is None else _json_string(branch)
-        parts = (
-            f',"context_id":{_json_string(context_id)},"branch":{branch_json},"at":"',
-            f'","type":"ContentDelta","message_id":{_json_string(message_id)},"text":',
-        )
-        self._last = (key, parts)
-        return parts
-
-
-_delta_parts = _DeltaParts()
-
-
-def _record_start(writer: str) -> bytes:
-    # How every record ``_encode`` writes for ``writer`` begins: its number comes next.
-    return f'{{"w":"{writer}","e":{{"seq":'.encode()
-
-
-def _skipped_seq(line: bytes, start: bytes) -> int | None:
-    # The number of a whole record that begins with ``start``, read without decoding
-    # the record; None for any other line (it is then decoded as usual). A record cut
-    # short by a crash (or a full disk) does not end with the two closing braces.
-    if not (line.startswith(start) and line.endswith(b"}}")):
-        return None
-    end = line.find(b",", len(start))
-    try:
-        return int(line[len(start) : end])
-    except ValueError:
-        return None
-
-
-def _decode(line: bytes) -> tuple[str, dict[str, Any]] | None:
-    # None for a line that is not a record (a torn write, damage): it is skipped.
-    try:
-        record = json.loads(line)
-        writer, event = record["w"], record["e"]
-        if isinstance(writer, str) and isinstance(event, dict) and isinstance(event["seq"], int):
-            return writer, event
-    except (ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
-class _UtcText:
-    # A time as pydantic writes it ("...T12:00:00.123456Z" in UTC). isoformat() takes
-    # about a microsecond, as long as all the rest of a delta's record, so the part up
-    # to the second is formatted once per second and kept.
-    def __init__(self) -> None:
-        self._second: tuple[tuple[int, ...], str] = ((), "")
-
-    def __call__(self, at: datetime) -> str:
-        if at.tzinfo is not timezone.utc:
-            text = at.isoformat()
-            return text[:-6] + "Z" if text.endswith("+00:00") else text
-        whole = (at.second, at.minute, at.hour, at.day, at.month, at.year)
-        second, prefix = self._second  # one tuple: safe to share between threads
-        if second != whole:
-            prefix = at.replace(microsecond=0, tzinfo=None).isoformat()
-            self._second = (whole, prefix)
-        return f"{prefix}.{at.microsecond:06d}Z" if at.microsecond else f"{prefix}Z"
-
-
-_utc_text = _UtcText()
-
-
-def _last_seq(data: bytes) -> int | None:
-    for line in reversed(data.split(b"\n")):
-        decoded = _decode(line)
-        if decoded is not None:
-            return int(decoded[1]["seq"])
-    return None
 
 
 class SignalLog:
@@ -292,7 +187,7 @@ class SignalLog:
                 seq += 1
                 event = stamp(seq)
                 events.append(event)
-                lines.append(_encode(self.writer, event))
+                lines.append(encode_record(self.writer, event))
                 durable = durable or not isinstance(event, ContentDelta)
             data = b"".join(lines)
             try:
@@ -404,10 +299,10 @@ class SignalLog:
         # Someone else appended (or the file is new to us): find the last record.
         start = max(0, size - _TAIL_BYTES)
         data = os.pread(fd, size - start, start)
-        found = _last_seq(data)
+        found = last_record_seq(data)
         if found is None and start > 0:
             data = os.pread(fd, size, 0)
-            found = _last_seq(data)
+            found = last_record_seq(data)
         if data and not data.endswith(b"\n"):
             # A torn record from a crashed writer: end it, so ours starts on a new line.
             os.write(fd, b"\n")
@@ -429,7 +324,7 @@ class SignalLog:
             # Whole records are kept without decoding them (compacting a 4 MiB log
             # decoded 13,000 records while every writer waited); anything else only if it
             # decodes. A damaged line that looks whole is kept: readers skip it.
-            if (line.startswith(b'{"w":"') and line.endswith(b"}}")) or _decode(line):
+            if (line.startswith(b'{"w":"') and line.endswith(b"}}")) or decode_record(line):
                 kept.append(line)
                 size += len(line) + 1
         kept.reverse()
@@ -480,7 +375,7 @@ class LogReader:
         #: The number of the last signal returned (or skipped as already seen).
         self.last_seq = since if since is not None else 0
         self._skip_writer = ""
-        self._skip = b""  # how a skipped writer's records begin (see _skipped_seq)
+        self._skip = b""  # how a skipped writer's records begin (see skipped_seq)
         if since is None:
             self._open_at_end()
 
@@ -491,7 +386,7 @@ class LogReader:
         second while a reply streams, and the process knows them already.
         """
         self._skip_writer = writer
-        self._skip = _record_start(writer) if writer else b""
+        self._skip = record_start(writer) if writer else b""
 
     def _open_at_end(self) -> None:
         if not self._reopen():
@@ -501,9 +396,9 @@ class LogReader:
         data = os.pread(self._fd, size - start, start)
         cut = data.rfind(b"\n") + 1
         self._offset = start + cut
-        self.last_seq = _last_seq(data[:cut]) or 0
+        self.last_seq = last_record_seq(data[:cut]) or 0
         if start > 0 and self.last_seq == 0:
-            self.last_seq = _last_seq(os.pread(self._fd, self._offset, 0)) or 0
+            self.last_seq = last_record_seq(os.pread(self._fd, self._offset, 0)) or 0
 
     def _reopen(self) -> bool:
         if self._fd >= 0:
@@ -557,12 +452,12 @@ class LogReader:
         skip = self._skip
         for line in data[:cut].split(b"\n"):
             if skip and self._start is None and not after_compaction:
-                seq = _skipped_seq(line, skip)
+                seq = skipped_seq(line, skip)
                 if seq is not None:
                     self._seen = max(self._seen, seq)
                     self.last_seq = max(self.last_seq, seq)
                     continue
-            decoded = _decode(line)
+            decoded = decode_record(line)
             if decoded is None:
                 continue
             writer, raw = decoded

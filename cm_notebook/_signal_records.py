@@ -1,0 +1,131 @@
+"""One signal as a line of the signal log, and back (see :mod:`cm_notebook.signal_log`).
+
+A record is ``{"w": <writer>, "e": <the signal's JSON>}`` on a line of its own. Text
+deltas, one per streamed chunk, are written by hand here (about twice as fast as
+pydantic's writer, the same JSON: tests/test_signal_log_batches.py checks it); a
+reader can take a record's number from its start without decoding the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic_core import PydanticSerializationError
+
+from .signals import ContentDelta, Event
+
+__all__ = ["decode_record", "encode_record", "last_record_seq", "record_start", "skipped_seq"]
+
+_json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, escaped)
+
+
+def encode_record(writer: str, event: Event) -> bytes:
+    """``event`` as written by ``writer``: one line of the log, newline included."""
+    if type(event) is ContentDelta:
+        body = _delta_json(event)
+    else:
+        try:
+            body = event.model_dump_json()
+        except PydanticSerializationError:
+            # Pydantic refuses unpaired surrogates (a model's text cut mid-character);
+            # json.dumps escapes them.
+            body = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    return f'{{"w":"{writer}","e":{body}}}\n'.encode()  # begins as record_start says
+
+
+def _delta_json(delta: ContentDelta) -> str:
+    # A text delta is written for every chunk a model streams, so it is spelled out
+    # here, about twice as fast as pydantic's writer; the same JSON object (fields,
+    # values, "Z" for UTC), which tests/test_signal_log_batches.py checks.
+    around_at, after_at = _delta_parts(delta.context_id, delta.branch, delta.message_id)
+    return (
+        f'{{"seq":{delta.seq}{around_at}{_utc_text(delta.at)}{after_at}'
+        f'{_json_string(delta.text)},"offset":{delta.offset}}}'
+    )
+
+
+class _DeltaParts:
+    # The parts of a delta's JSON that are the same for every chunk of one reply (its
+    # context, branch and message), made once per reply instead of once per chunk.
+    def __init__(self) -> None:
+        self._last: tuple[tuple[str, str | None, str], tuple[str, str]] | None = None
+
+    def __call__(self, context_id: str, branch: str | None, message_id: str) -> tuple[str, str]:
+        key = (context_id, branch, message_id)
+        last = self._last  # one tuple: safe to share between threads
+        if last is not None and last[0] == key:
+            return last[1]
+        branch_json = "null" if branch is None else _json_string(branch)
+        parts = (
+            f',"context_id":{_json_string(context_id)},"branch":{branch_json},"at":"',
+            f'","type":"ContentDelta","message_id":{_json_string(message_id)},"text":',
+        )
+        self._last = (key, parts)
+        return parts
+
+
+_delta_parts = _DeltaParts()
+
+
+def record_start(writer: str) -> bytes:
+    """How every record of ``writer`` begins; its number comes next."""
+    # How every record ``encode_record`` writes for ``writer`` begins: its number comes next.
+    return f'{{"w":"{writer}","e":{{"seq":'.encode()
+
+
+def skipped_seq(line: bytes, start: bytes) -> int | None:
+    # The number of a whole record that begins with ``start``, read without decoding
+    # the record; None for any other line (it is then decoded as usual). A record cut
+    # short by a crash (or a full disk) does not end with the two closing braces.
+    if not (line.startswith(start) and line.endswith(b"}}")):
+        return None
+    end = line.find(b",", len(start))
+    try:
+        return int(line[len(start) : end])
+    except ValueError:
+        return None
+
+
+def decode_record(line: bytes) -> tuple[str, dict[str, Any]] | None:
+    # None for a line that is not a record (a torn write, damage): it is skipped.
+    try:
+        record = json.loads(line)
+        writer, event = record["w"], record["e"]
+        if isinstance(writer, str) and isinstance(event, dict) and isinstance(event["seq"], int):
+            return writer, event
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+class _UtcText:
+    # A time as pydantic writes it ("...T12:00:00.123456Z" in UTC). isoformat() takes
+    # about a microsecond, as long as all the rest of a delta's record, so the part up
+    # to the second is formatted once per second and kept.
+    def __init__(self) -> None:
+        self._second: tuple[tuple[int, ...], str] = ((), "")
+
+    def __call__(self, at: datetime) -> str:
+        if at.tzinfo is not timezone.utc:
+            text = at.isoformat()
+            return text[:-6] + "Z" if text.endswith("+00:00") else text
+        whole = (at.second, at.minute, at.hour, at.day, at.month, at.year)
+        second, prefix = self._second  # one tuple: safe to share between threads
+        if second != whole:
+            prefix = at.replace(microsecond=0, tzinfo=None).isoformat()
+            self._second = (whole, prefix)
+        return f"{prefix}.{at.microsecond:06d}Z" if at.microsecond else f"{prefix}Z"
+
+
+_utc_text = _UtcText()
+
+
+def last_record_seq(data: bytes) -> int | None:
+    """The number of the last whole record in ``data`` (None: there is none)."""
+    for line in reversed(data.split(b"\n")):
+        decoded = decode_record(line)
+        if decoded is not None:
+            return int(decoded[1]["seq"])
+    return None
