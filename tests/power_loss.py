@@ -15,7 +15,9 @@ orders a rename after the data it renames, for one), so a store that survives th
 folders survives a real power loss at that point. With ``names_kept=True`` it writes
 the other extreme: every folder as it was at fsync N (each creation, rename and
 removal kept, as a file system that journals names but not data does), the files'
-bytes still only what an fsync made durable: renamed files that come back empty.
+bytes still only what an fsync made durable: renamed files that come back empty. With
+``torn=True``, the power fails during an fsync of a file that had grown (a journal, a
+log): half of its new bytes reached the disk, the last line is cut.
 
 Files are told apart by inode number, so the data folder must be on ``tmpfs``, which
 never hands out a number twice (ext4 gives a deleted file's number to the next new
@@ -24,6 +26,7 @@ one): :func:`tmpfs_folder`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import threading
@@ -127,15 +130,43 @@ class PowerLossRecorder:
                 data = handle.read()
             self._history.files.setdefault(info.st_ino, []).append((self.count, data))
 
-    def leave(self, after: int, dest: Path, *, names_kept: bool = False) -> None:
+    def leave(
+        self, after: int, dest: Path, *, names_kept: bool = False, torn: bool = False
+    ) -> None:
         """Write into the new folder ``dest`` what a power loss after fsync ``after`` leaves.
 
         ``names_kept``: every folder as it was at that fsync (see the module docstring).
+        ``torn``: the power failed during the next fsync, of a file that had grown (see
+        :meth:`torn_points`): half of its new bytes reached the disk, cutting a line.
         """
         dest.mkdir()
-        self._build(self._root_inode, dest, after, names_kept)
+        half = self._half_written(after) if torn else None
+        self._build(self._root_inode, dest, after, names_kept, half)
 
-    def _build(self, inode: int, dest: Path, after: int, names_kept: bool) -> None:
+    def torn_points(self) -> list[int]:
+        """The fsync numbers N after which fsync N + 1 was of a file that had grown."""
+        return [
+            number - 1
+            for history in self._history.files.values()
+            for (_before, old), (number, new) in itertools.pairwise(history)
+            if len(new) > len(old) and new.startswith(old)
+        ]
+
+    def _half_written(self, after: int) -> tuple[int, bytes] | None:
+        for inode, history in self._history.files.items():
+            for (_before, old), (number, new) in itertools.pairwise(history):
+                if number == after + 1 and len(new) > len(old) and new.startswith(old):
+                    return inode, new[: len(old) + (len(new) - len(old)) // 2]
+        return None
+
+    def _build(
+        self,
+        inode: int,
+        dest: Path,
+        after: int,
+        names_kept: bool,
+        half: tuple[int, bytes] | None,
+    ) -> None:
         if names_kept and after > 0:
             entries: object = self._history.trees[after].get(inode, {})
         else:
@@ -146,10 +177,12 @@ class PowerLossRecorder:
         for name, (child, is_dir) in entries.items():
             if is_dir:
                 (dest / name).mkdir()
-                self._build(child, dest / name, after, names_kept)
+                self._build(child, dest / name, after, names_kept, half)
                 continue
             data = _as_of(self._history.files.get(child), after)  # type: ignore[arg-type]
             if data is None:
                 data = self._start_files.get(child, b"")
+            if half is not None and half[0] == child:
+                data = half[1]
             assert isinstance(data, bytes)
             (dest / name).write_bytes(data)
