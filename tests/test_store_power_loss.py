@@ -11,8 +11,10 @@ FileStore and checks that:
   score;
 * reading it raises nothing, and the context takes the next write.
 
-Two kinds of folder per fsync (see power_loss.py): only what some fsync made durable,
-and every name kept as it was with the files' bytes still only what was fsync'd.
+Three kinds of folder (see power_loss.py): after each fsync, only what some fsync made
+durable; after each fsync, every name kept as it was with the files' bytes still only
+what was fsync'd; and during each fsync of a file that had grown, half of its new
+bytes written (a journal line cut in half).
 """
 
 from __future__ import annotations
