@@ -21,9 +21,11 @@ thread: one thread per log (:mod:`cm_notebook._signal_sync`) fsyncs the file
 ``sync_delay`` seconds (default 50 ms) after the first durable signal that is not yet
 synced, covering every record written until then (group commit: a plain turn's six
 durable signals cost about one fsync, not six), and :meth:`SignalLog.close` syncs what
-is left before it returns. Text deltas (:class:`~cm_notebook.events.ContentDelta`)
-never ask for an fsync: they come many per second and the stored message is their
-truth anyway.
+is left before it returns. A log (or its ``signals`` folder) this process made has its
+name fsync'd in its folder by that thread before the first sync, so a power loss
+cannot take away the whole file with its fsync'd records. Text deltas
+(:class:`~cm_notebook.events.ContentDelta`) never ask for an fsync: they come many per
+second and the stored message is their truth anyway.
 
 What a power loss (or an operating-system crash) can cost: the tail of the log
 written since its last fsync, that is at most the durable signals of the last
