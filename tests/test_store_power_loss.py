@@ -59,6 +59,8 @@ class Acknowledged:
     scores: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)
     title: tuple[int, str] | None = None
     approvals: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    gone: list[tuple[int, str]] = field(default_factory=list)  # deleted branches
+    heads: list[tuple[int, str, str]] = field(default_factory=list)  # branch moved to
     allowed: tuple[int, list[str]] | None = None
 
     def message(self, message: Message, branch: str | None) -> None:
@@ -113,6 +115,13 @@ async def _store_calls(store: FileStore, acks: Acknowledged) -> None:
         acks.scores.append((acks.rec.count, final.id, stored))
     await store.update_metadata(cid, title="after the storm")
     acks.title = (acks.rec.count, "after the storm")
+
+    # A branch made and deleted; a branch rewound (its later messages stay in the tree).
+    await store.create_branch(cid, "doomed", head=main[5].id)
+    await store.delete_branch(cid, "doomed")
+    acks.gone.append((acks.rec.count, "doomed"))
+    await store.set_branch_head(cid, "side", main[40].id)
+    acks.heads.append((acks.rec.count, "side", main[40].id))
     await store.set_active_branch(cid, "side")
     acks.branches.append((acks.rec.count, "side"))
 
@@ -251,11 +260,22 @@ async def _check_folder(folder: Path, after: int, acks: Acknowledged) -> None:
                 assert name in metadata.branches, f"acknowledged branch {name!r} is gone"
         if acks.title is not None and acks.title[0] <= after:
             assert metadata.title == acks.title[1]
+        for deleted_at, name in acks.gone:
+            if deleted_at <= after:
+                assert name not in metadata.branches, f"deleted branch {name!r} is back"
+        heads = {name: head for moved_at, name, head in acks.heads if moved_at <= after}
+        for name, head in heads.items():
+            assert metadata.branches[name].head == head, f"branch {name!r} moved back"
         # The last acknowledged state of each message, and the branch it must be on.
         expected: dict[str, tuple[Message, str | None]] = {}
         for written_at, message, branch in acks.messages:
             if written_at <= after:
-                expected[message.id] = (message, branch)
+                # A branch rewound since no longer shows it (it stays in the tree).
+                rewound = any(
+                    name == branch and written_at < moved_at <= after
+                    for moved_at, name, _head in acks.heads
+                )
+                expected[message.id] = (message, None if rewound else branch)
         paths: dict[str, set[str]] = {}
         found = await store.get_messages(cid, list(expected))
         for (message, branch), stored in zip(expected.values(), found, strict=True):
