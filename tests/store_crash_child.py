@@ -106,6 +106,9 @@ async def run(request: dict[str, Any], killer: Killer) -> None:
         elif op == "delete_context":
             killer.armed = True
             await store.delete_context(cid)
+        elif op == "check_repair":
+            killer.armed = True
+            await store.check(cid, repair=True)
         else:
             raise SystemExit(f"unknown op {op!r}")
         killer.armed = False

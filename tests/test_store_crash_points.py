@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import pytest
 from store_helpers import chain, msg
 
 from cm_notebook.model import ContextMetadata, MessageStatus
-from cm_notebook.store import FileStore
+from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.index import COMPACT_MIN_LINES
 
 pytestmark = [
@@ -200,5 +201,58 @@ def test_kill_at_every_file_event(server: ForkServer, tmp_path: Path, scenario: 
         seen = anyio.run(observe, work)
         ok = (accept or before_or_after)(before, after, seen)
         assert ok, f"{scenario}: killed before file event {kill_at} of {events}: {seen}"
+        anyio.run(write_next, work)
+        shutil.rmtree(work)
+
+
+_INDEX_FILES = ("message_index.json", "message_index.journal", "metadata.json")
+
+
+async def prepare_hidden(data_dir: Path) -> list[str]:
+    """c1 with 6 messages whose index, journal and metadata were put back from a copy
+    taken after the third: the last three are files the index does not list."""
+    folder = data_dir / "contexts" / "c1"
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1", title="before"))
+        ids = await chain(store, "c1", 3)
+        await store.compact("c1")
+        saved = {name: (folder / name).read_bytes() for name in _INDEX_FILES}
+        ids += await chain(store, "c1", 3)
+    for name, data in saved.items():
+        (folder / name).write_bytes(data)
+    return ids
+
+
+def _observe_after_repair(data_dir: Path) -> State:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)  # an open may finish the rebuild
+        return anyio.run(observe, data_dir)
+
+
+def test_kill_at_every_file_event_of_a_repair(server: ForkServer, tmp_path: Path) -> None:
+    # A repair killed anywhere leaves the context as it was (a new repair starts over)
+    # or with every hidden message back on the "recovered" branch: never brought back
+    # into the index on no branch, which a new check would call fine.
+    template = tmp_path / "template"
+    template.mkdir()
+    ids = anyio.run(prepare_hidden, template)
+    before = anyio.run(observe, template)
+    assert before["heads"]["main"] == ids[2]
+
+    full = tmp_path / "full"
+    shutil.copytree(template, full)
+    assert server.run("check_repair", full, 10**9) == "exit 0"
+    events = int(Path(f"{full}.events").read_text())
+    after = _observe_after_repair(full)
+    assert after["heads"]["recovered"] == ids[-1]
+
+    for kill_at in range(1, events + 1):
+        work = tmp_path / f"k{kill_at}"
+        shutil.copytree(template, work)
+        assert server.run("check_repair", work, kill_at) == "killed 9", kill_at
+        seen = _observe_after_repair(work)
+        assert seen == before or seen["heads"].get("recovered") == ids[-1], (
+            f"repair killed before file event {kill_at} of {events}: {seen['heads']}"
+        )
         anyio.run(write_next, work)
         shutil.rmtree(work)

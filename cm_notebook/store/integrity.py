@@ -15,7 +15,8 @@ A missing file whose text the journal still holds is rewritten from it first (as
 read of it would be). With ``repair``, an index that misses files is rebuilt from
 them (the head moves the journal holds are kept), and each hidden conversation that
 ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
-so it shows up in the branch selector. Nothing is deleted. Missing and unreadable files
+so it shows up in the branch selector (written before the index, so a repair cut
+short is finished by the next open, see :func:`check_context`). Nothing is deleted. Missing and unreadable files
 are only reported, for the user to restore from a backup; while files are missing, no
 rebuild is made (it would drop them from the index, breaking every path through them).
 """
@@ -122,10 +123,14 @@ def check_context(
         # Missing files: a rebuild would drop them from the index, breaking every path
         # through them; they must come back first. Unreadable ones it would skip.
         return report
-    metadata = state.rebuild_index(
+    # The branches first, then the index: killed in between, the next open finds heads
+    # the index does not list and rebuilds it itself (ContextState._check_heads). The
+    # other way round, the messages would be back in the index on no branch, and a new
+    # check would find nothing left to do.
+    branches = _branch_hidden_ends(state, metadata, report.unindexed)
+    state.rebuild_index(
         f"a check found {len(report.unindexed)} message file(s) the index did not list"
     )
-    branches = _branch_hidden_ends(state, metadata, set(report.unindexed))
     return replace(
         _inspect(state),
         repaired=True,
@@ -165,24 +170,32 @@ def _inspect(state: ContextState) -> IntegrityReport:
 
 
 def _branch_hidden_ends(
-    state: ContextState, metadata: ContextMetadata, hidden: set[str]
+    state: ContextState, metadata: ContextMetadata, hidden: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """Give each conversation end among ``hidden`` that no branch reaches a branch."""
+    """Give each conversation end among ``hidden`` (files the index does not list yet)
+    that no branch reaches a branch, in metadata.json; the names made."""
     entries = state.index.entries
+    folder = state.dir / MESSAGES_DIR
+    found = {mid: read_message_file(folder / f"{mid}.json", mid) for mid in hidden}
+
+    def parent_of(message_id: str) -> str | None:
+        if message_id in found:
+            return found[message_id].parent_id
+        entry = entries.get(message_id)
+        return None if entry is None else entry.parent_id
+
     reached: set[str] = set()
     for branch in metadata.branches.values():
         at = branch.head
         while at is not None and at not in reached and at in entries:
             reached.add(at)
             at = entries[at].parent_id
-    children = state.index.children
+    parents = {parent_of(mid) for mid in found} | {
+        entry.parent_id for entry in entries.values() if entry.parent_id in found
+    }
     ends = sorted(
-        (
-            entries[mid]
-            for mid in hidden
-            if mid in entries and not children.get(mid) and mid not in reached
-        ),
-        key=lambda entry: entry.seq,
+        (message for mid, message in found.items() if mid not in parents),
+        key=lambda message: (message.created_at, message.id),
     )
     if not ends:
         return ()
@@ -194,8 +207,8 @@ def _branch_hidden_ends(
             number += 1
             name = f"{RECOVERED}-{number}"
         fork = end.parent_id
-        while fork is not None and fork not in reached and fork in entries:
-            fork = entries[fork].parent_id  # where it leaves what the branches show
+        while fork is not None and fork not in reached and (fork in found or fork in entries):
+            fork = parent_of(fork)  # where it leaves what the branches show
         branches[name] = Branch(
             name=name,
             head=end.id,
