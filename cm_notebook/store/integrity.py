@@ -16,9 +16,10 @@ read of it would be). With ``repair``, an index that misses files is rebuilt fro
 them (the head moves the journal holds are kept), and each hidden conversation that
 ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
 so it shows up in the branch selector (written before the index, so a repair cut
-short is finished by the next open, see :func:`check_context`). Nothing is deleted. Missing and unreadable files
-are only reported, for the user to restore from a backup; while files are missing, no
-rebuild is made (it would drop them from the index, breaking every path through them).
+short is finished by the next open, see :func:`check_context`). Nothing is deleted.
+Missing and unreadable files are only reported, for the user to restore from a backup;
+while files are missing, no rebuild is made (it would drop them from the index,
+breaking every path through them).
 """
 
 from __future__ import annotations
