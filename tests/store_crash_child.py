@@ -106,6 +106,10 @@ async def run(request: dict[str, Any], killer: Killer) -> None:
         elif op == "delete_context":
             killer.armed = True
             await store.delete_context(cid)
+        elif op == "update_score":
+            score = {"message_id": a["message"], "score": a["score"]}
+            killer.armed = True
+            await store.update_score(cid, a["message"], lambda _old: score)
         elif op == "check_repair":
             killer.armed = True
             await store.check(cid, repair=True)

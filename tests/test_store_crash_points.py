@@ -97,6 +97,9 @@ async def observe(data_dir: Path) -> State:
             "active": meta.active_branch,
             "heads": {name: branch.head for name, branch in meta.branches.items()},
             "messages": {m.id: (m.parent_id, m.content, m.status.value) for m in got},
+            "scores": {
+                mid: data.get("score") for mid, data in (await store.list_scores("c1")).items()
+            },
         }
 
 
@@ -172,6 +175,7 @@ SCENARIOS: dict[str, tuple[int, str, Callable[[list[str]], dict[str, Any]], Acce
     "delete_branch": (3, "delete_branch", lambda ids: {"name": "alt"}, None),
     "update_metadata": (3, "update_metadata", lambda ids: {"title": "after"}, None),
     "delete_context": (3, "delete_context", lambda ids: {}, None),
+    "update_score": (3, "update_score", lambda ids: {"message": ids[1], "score": 4}, None),
 }
 
 
