@@ -70,8 +70,8 @@ _delta_parts = _DeltaParts()
 
 
 def record_start(writer: str) -> bytes:
-    """How every record of ``writer`` begins; its number comes next."""
-    # How every record ``encode_record`` writes for ``writer`` begins: its number comes next.
+    """How every record :func:`encode_record` writes for ``writer`` begins; its number
+    comes next."""
     return f'{{"w":"{writer}","e":{{"seq":'.encode()
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import CorruptDataError
-from ..model import Branch, ContextMetadata, utcnow
+from ..model import Branch, ContextMetadata, Message, utcnow
 from .atomic import is_temp_name
 from .codec import read_message_file
 from .context import ContextState
@@ -115,11 +115,11 @@ def check_context(
 ) -> IntegrityReport:
     """Compare the index of a context with its ``messages/`` folder (write locks held,
     as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
-    report = _inspect(state)
+    report, hidden = _inspect(state)
     if report.missing:
         # Those whose text the journal holds (the locks are held: not state.restore()).
         repair_files(state.index, state.fsync, flush=False, only=list(report.missing))
-        report = _inspect(state)
+        report, hidden = _inspect(state)
     if not repair or not report.unindexed or report.missing:
         # Missing files: a rebuild would drop them from the index, breaking every path
         # through them; they must come back first. Unreadable ones it would skip.
@@ -128,19 +128,21 @@ def check_context(
     # the index does not list and rebuilds it itself (ContextState._check_heads). The
     # other way round, the messages would be back in the index on no branch, and a new
     # check would find nothing left to do.
-    branches = _branch_hidden_ends(state, metadata, report.unindexed)
+    branches = _branch_hidden_ends(state, metadata, hidden)
     state.rebuild_index(
         f"a check found {len(report.unindexed)} message file(s) the index did not list"
     )
     return replace(
-        _inspect(state),
+        _inspect(state)[0],
         repaired=True,
         brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
         recovered_branches=branches,
     )
 
 
-def _inspect(state: ContextState) -> IntegrityReport:
+def _inspect(state: ContextState) -> tuple[IntegrityReport, dict[str, Message]]:
+    # The report, and the hidden messages as read (a repair branches them without
+    # reading their files again).
     entries = state.index.materialize()
     folder = state.dir / MESSAGES_DIR
     try:
@@ -148,36 +150,36 @@ def _inspect(state: ContextState) -> IntegrityReport:
     except FileNotFoundError:
         names = []
     on_disk: set[str] = set()
-    readable: set[str] = set()  # an unreadable file is reported as such, not as hidden
+    hidden: dict[str, Message] = {}  # readable files the index does not list
     unreadable: list[tuple[str, str]] = []
     for name in sorted(names):
         if is_temp_name(name) or not name.endswith(".json"):
             continue  # a writer's temporary file, or not ours
         message_id = name[: -len(".json")]
         try:
-            read_message_file(folder / name, message_id)
+            message = read_message_file(folder / name, message_id)
         except CorruptDataError as exc:
-            unreadable.append((name, str(exc)))
+            unreadable.append((name, str(exc)))  # reported as such, not as hidden
         else:
-            readable.add(message_id)
+            if message_id not in entries:
+                hidden[message_id] = message
         on_disk.add(message_id)
-    return IntegrityReport(
+    report = IntegrityReport(
         context_id=state.context_id,
         indexed=len(entries),
-        unindexed=tuple(sorted(readable - entries.keys())),
+        unindexed=tuple(sorted(hidden)),
         missing=tuple(sorted(entries.keys() - on_disk)),
         unreadable=tuple(unreadable),
     )
+    return report, hidden
 
 
 def _branch_hidden_ends(
-    state: ContextState, metadata: ContextMetadata, hidden: tuple[str, ...]
+    state: ContextState, metadata: ContextMetadata, found: dict[str, Message]
 ) -> tuple[str, ...]:
-    """Give each conversation end among ``hidden`` (files the index does not list yet)
-    that no branch reaches a branch, in metadata.json; the names made."""
+    """Give each conversation end among ``found`` (messages whose files the index does
+    not list yet) that no branch reaches a branch, in metadata.json; the names made."""
     entries = state.index.entries
-    folder = state.dir / MESSAGES_DIR
-    found = {mid: read_message_file(folder / f"{mid}.json", mid) for mid in hidden}
 
     def parent_of(message_id: str) -> str | None:
         if message_id in found:
