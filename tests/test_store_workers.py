@@ -20,11 +20,15 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_calls_reuse_long_lived_threads() -> None:
-    await run_blocking(threading.get_ident)  # the pool has at least one thread now
+    # Two calls at once: the pool has at least two threads now. (With one, a call made
+    # the instant the previous one reported back may find that thread not yet idle
+    # again, and the pool then starts a second one, once.)
+    both = threading.Barrier(2, timeout=5)
+    await asyncio.gather(*(run_blocking(both.wait) for _ in range(2)))
     before = {thread.ident for thread in threading.enumerate()}
     used = {await run_blocking(threading.get_ident) for _ in range(50)}
     after = {thread.ident: thread.name for thread in threading.enumerate()}
-    assert after.keys() <= before  # no thread was started for a call...
+    assert after.keys() <= before, after  # no thread was started for a call...
     assert used <= after.keys()  # ...or ended after one
     assert all(after[ident].startswith("cm_notebook-file") for ident in used)
     assert threading.get_ident() not in used

@@ -50,7 +50,9 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 
 def _compact(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # json.dumps(obj, ensure_ascii=False, separators=(",", ":")), UTF-8 encoded: the same
+    # bytes from pydantic-core, ~5x faster (floats aside, as in _dumps).
+    return to_json(obj, inf_nan_mode="constants")
 
 
 def file_bytes_from_compact(data: bytes) -> bytes:

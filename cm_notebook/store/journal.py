@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_json
 
 from ..errors import InvalidIdError
 from ..ids import MAX_ID_LENGTH, validate_branch_name, validate_message_id
@@ -78,7 +79,7 @@ def encode_entry_line(
     size: int = 0,
 ) -> bytes:
     """The bytes of an entry line (``content``: the compact JSON of the message)."""
-    raw: dict[str, Any] = json.loads(entry.model_dump_json())
+    raw: dict[str, Any] = entry.model_dump(mode="json")
     raw["n"] = n
     raw["at"] = at
     if branch is not None:
@@ -95,7 +96,9 @@ def encode_head_line(*, n: int, at: str, branch: str, head: str | None) -> bytes
 
 
 def _compact(raw: dict[str, Any]) -> bytes:
-    return json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # Compact JSON as json.dumps(raw, ensure_ascii=False, separators=(",", ":")) writes
+    # it, from pydantic-core: a line is encoded on every write, and this is ~5x faster.
+    return to_json(raw, inf_nan_mode="constants")
 
 
 def parse_lines(data: bytes, start: int) -> tuple[list[JournalLine], int]:

@@ -36,7 +36,7 @@ from .codec import read_message_file
 from .context import ContextState
 from .diagnostics import warn
 from .index import RebuildNeeded
-from .paths import message_path
+from .paths import message_path, trusted_message_path
 from .repair import intact
 
 __all__ = [
@@ -246,7 +246,7 @@ def do_append(
     streaming = message.status is MessageStatus.STREAMING
     if streaming:
         state.streaming.take(message.id)
-    path = message_path(state.dir, message.id)
+    path = trusted_message_path(state.messages_dir, message.id)  # checked by the caller
     mark = state.index.mark()
     file_bytes, compact = data
     try:
@@ -310,7 +310,8 @@ def do_update_message(
         # Refuses (StoreError) if a live writer elsewhere is still streaming it.
         state.streaming.take(message.id)
     file_bytes, compact = data
-    atomic_write(message_path(state.dir, message.id), file_bytes, fsync=None, temp_dir=state.dir)
+    path = trusted_message_path(state.messages_dir, message.id)  # an id of the index
+    atomic_write(path, file_bytes, fsync=None, temp_dir=state.dir)
     if not streaming:
         entry = IndexEntry.of(message, old.seq)
         state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))

@@ -35,6 +35,7 @@ __all__ = [
     "message_path",
     "safe_join",
     "streaming_lock_path",
+    "trusted_message_path",
 ]
 
 #: Environment variable that overrides the default data directory.
@@ -125,6 +126,16 @@ def message_path(ctx_dir: Path, message_id: str) -> Path:
     """``messages/<message_id>.json`` inside a context folder (id validated)."""
     validate_message_id(message_id)
     return safe_join(ctx_dir, MESSAGES_DIR, f"{message_id}.json")
+
+
+def trusted_message_path(messages_dir: str, message_id: str) -> Path:
+    """:func:`message_path` for an id already validated (by the caller's boundary check,
+    or as it entered the index), ``messages_dir`` being ``<context>/messages``.
+
+    A write joins its message's path with this: validating the id again and the
+    lexical check of :func:`safe_join` cost as much as encoding the message.
+    """
+    return Path(f"{messages_dir}{os.sep}{message_id}.json")
 
 
 def streaming_lock_path(ctx_dir: Path, message_id: str) -> Path:
