@@ -260,7 +260,10 @@ class DeltaFeed:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _batch(self) -> list[str | None]:
+    async def batch(self) -> list[str | None]:
+        """The deltas queued since the last call, waiting for one if there are none;
+        ``None`` ends the turn's text (a reader that cannot use ``async for``, or wants
+        to skip the per-delta step of an async iterator)."""
         while True:
             with self._lock:
                 if self._items:
@@ -272,7 +275,7 @@ class DeltaFeed:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         while True:
-            for delta in await self._batch():
+            for delta in await self.batch():
                 if delta is None:
                     return
                 yield delta
