@@ -17,7 +17,8 @@ the other extreme: every folder as it was at fsync N (each creation, rename and
 removal kept, as a file system that journals names but not data does), the files'
 bytes still only what an fsync made durable: renamed files that come back empty. With
 ``torn=True``, the power fails during an fsync of a file that had grown (a journal, a
-log): half of its new bytes reached the disk, the last line is cut.
+log; a new file's first fsync included): half of its new bytes reached the disk, the
+last line is cut.
 
 Files are told apart by inode number, so the data folder must be on ``tmpfs``, which
 never hands out a number twice (ext4 gives a deleted file's number to the next new
@@ -26,10 +27,10 @@ one): :func:`tmpfs_folder`.
 
 from __future__ import annotations
 
-import itertools
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,18 +146,23 @@ class PowerLossRecorder:
 
     def torn_points(self) -> list[int]:
         """The fsync numbers N after which fsync N + 1 was of a file that had grown."""
-        return [
-            number - 1
-            for history in self._history.files.values()
-            for (_before, old), (number, new) in itertools.pairwise(history)
-            if len(new) > len(old) and new.startswith(old)
-        ]
+        return [number - 1 for _inode, number, _old, _new in self._grown()]
+
+    def _grown(self) -> Iterator[tuple[int, int, bytes, bytes]]:
+        # (inode, fsync number, the bytes durable before it, the bytes it made durable)
+        # for each fsync of a file that had grown since its last fsync, or since the
+        # start: a file's first fsync counts too (a new journal, a new log).
+        for inode, history in self._history.files.items():
+            before = self._start_files.get(inode, b"")
+            for number, data in history:
+                if len(data) > len(before) and data.startswith(before):
+                    yield inode, number, before, data
+                before = data
 
     def _half_written(self, after: int) -> tuple[int, bytes] | None:
-        for inode, history in self._history.files.items():
-            for (_before, old), (number, new) in itertools.pairwise(history):
-                if number == after + 1 and len(new) > len(old) and new.startswith(old):
-                    return inode, new[: len(old) + (len(new) - len(old)) // 2]
+        for inode, number, old, new in self._grown():
+            if number == after + 1:
+                return inode, new[: len(old) + (len(new) - len(old)) // 2]
         return None
 
     def _build(

@@ -388,3 +388,34 @@ def test_mkdir_durable_fsyncs_the_parent_of_each_folder_it_makes(tmp_path: Path)
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(FileExistsError):
         mkdir_durable(tmp_path / "file", fsync)
+
+
+def test_the_recorder_tears_a_grown_file_and_a_new_files_first_fsync() -> None:
+    # The torn reading must cover a file's first fsync too (a new journal, a new log),
+    # not only the later ones of a file that grows.
+    assert TMPFS is not None
+    root = TMPFS / f"cm-power-loss-recorder-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    try:
+        rec = PowerLossRecorder(root)
+        fd = os.open(root / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, b"line one\n")
+            folder = os.open(root, os.O_RDONLY)
+            try:
+                rec(folder)  # fsync 1: the new file's name
+            finally:
+                os.close(folder)
+            rec(fd)  # fsync 2: the file's first
+            os.write(fd, b"line two\n")
+            rec(fd)  # fsync 3: the file grew
+        finally:
+            os.close(fd)
+        assert rec.torn_points() == [1, 2]
+        rec.leave(1, root / "torn-first", torn=True)  # the power fails during fsync 2
+        assert (root / "torn-first" / "log").read_bytes() == b"line"
+        rec.leave(2, root / "torn-late", torn=True)  # during fsync 3
+        assert (root / "torn-late" / "log").read_bytes() == b"line one\nline"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
