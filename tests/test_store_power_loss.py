@@ -126,6 +126,36 @@ async def _store_calls(store: FileStore, acks: Acknowledged) -> None:
     acks.branches.append((acks.rec.count, "side"))
 
 
+async def _two_writers(store: FileStore, acks: Acknowledged) -> None:
+    """Two FileStores on one data folder, as a kernel's and a server's: each with its own
+    locks and cached state. They take turns on one branch (compare-and-set moves, past
+    a compaction made by one and read by the other), then write two branches at once."""
+    context = await store.create_context(ContextMetadata(title="two writers"))
+    cid = context.id
+    acks.context = (acks.rec.count, cid)
+    async with FileStore(store.data_dir, fsync=store.fsync) as other:
+
+        async def append(writer: FileStore, message: Message, branch: str) -> None:
+            await writer.append_message(
+                cid, message, branch=branch, expected_head=message.parent_id
+            )
+            acks.message(message, branch)
+
+        head: str | None = None
+        for number in range(COMPACT_MIN_LINES + 20):
+            message = msg("user" if number % 2 == 0 else "assistant", head, f"turn {number}")
+            await append(store if number % 3 else other, message, "main")
+            head = message.id
+        await other.create_branch(cid, "theirs", head=head)
+        acks.branches.append((acks.rec.count, "theirs"))
+        ours = theirs = head
+        for number in range(20):
+            role = "user" if number % 2 == 0 else "assistant"
+            mine, yours = msg(role, ours, f"ours {number}"), msg(role, theirs, f"theirs {number}")
+            await asyncio.gather(append(store, mine, "main"), append(other, yours, "theirs"))
+            ours, theirs = mine.id, yours.id
+
+
 async def _prepare_damaged(data: Path) -> tuple[str, list[Message]]:
     """A context of 60 messages whose index is damaged (its snapshot gone): the next
     store to use it rebuilds the index from the message files."""
@@ -326,8 +356,9 @@ async def _check_approvals(store: FileStore, cid: str, after: int, acks: Acknowl
         (None, _session_turns),
         (_prepare_damaged, _rebuild_then_write),
         (_prepare_hidden, _repair_then_write),
+        (None, _two_writers),
     ],
-    ids=["store", "session", "rebuild", "repair"],
+    ids=["store", "session", "rebuild", "repair", "two-writers"],
 )
 def test_every_acknowledged_change_survives_a_power_loss_after_any_fsync(
     prepare: Prepare | None, scenario: Scenario, kind: str
