@@ -62,7 +62,7 @@ from typing import Any
 
 from ._signal_records import (
     decode_record,
-    encode_record,
+    encode_records,
     last_record_seq,
     record_start,
     skipped_seq,
@@ -183,15 +183,13 @@ class SignalLog:
         events: list[Event] = []
         with self._lock, self._locked_file() as (fd, size):
             seq = max(self._current_seq(fd, size), after)
-            lines: list[bytes] = []
             durable = False
             for stamp in stamps:
                 seq += 1
                 event = stamp(seq)
                 events.append(event)
-                lines.append(encode_record(self.writer, event))
                 durable = durable or not isinstance(event, ContentDelta)
-            data = b"".join(lines)
+            data = encode_records(self.writer, events)
             try:
                 write_all(fd, data)
             except OSError:

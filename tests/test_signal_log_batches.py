@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from cm_notebook._signal_records import encode_record, encode_records
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.events import (
     DELTA_BATCH,
@@ -431,6 +432,30 @@ def test_deltas_of_replies_taking_turns_are_each_written_as_themselves(tmp_path:
     log.close()
     records = [json.loads(line)["e"] for line in log.path.read_bytes().splitlines()]
     assert records == [event.model_dump(mode="json") for event in written]
+
+
+def test_a_batch_is_written_as_each_of_its_records_would_be() -> None:
+    # encode_records writes a batch's deltas in one loop; each line must be the one
+    # encode_record writes for that signal alone, whatever comes between them.
+    events: list[Event] = [
+        ContentDelta(seq=1, context_id="c1", branch="main", message_id="m1", text="a", offset=0),
+        ContentDelta(
+            seq=2, context_id="c1", branch="main", message_id="m1", text="\ud83d", offset=1
+        ),
+        StateChanged(
+            seq=3, context_id="c1", branch="main", old=State.AWAITING_RESPONSE, new=State.STREAMING
+        ),
+        ContentDelta(seq=4, context_id="c1", branch="main", message_id="m1", text='"\n', offset=2),
+        ContentDelta(seq=5, context_id="c1", branch=None, message_id="m2", text="\u00e9", offset=0),
+        ContentDelta(
+            seq=6, context_id="c2", branch=None, message_id="m2", text="b", offset=0, at=_AT
+        ),
+        MessageCompleted(
+            seq=7, context_id="c1", branch="main", message_id="m1", status=MessageStatus.COMPLETE
+        ),
+    ]
+    assert encode_records("w1", events) == b"".join(encode_record("w1", e) for e in events)
+    assert encode_records("w1", []) == b""
 
 
 @pytest.mark.parametrize("branch", ["main", None])
