@@ -38,8 +38,11 @@ signal can tell only by what it says (a delta's ``offset``, the message it names
 and re-pulls. Nothing depends on the log for correctness: the store is the truth
 about messages and branches, signals only say what to re-pull.
 
-Compaction: when the file grows past ``max_bytes``, the writer that noticed rewrites
-it (temp file, fsync, rename) keeping the newest records, about half of the limit. A
+Compaction: when the file grows past ``max_bytes``, the sync thread of the writer that
+noticed rewrites it (temp file, fsync, rename) keeping the newest records, about half
+of the limit, never on the writer's own thread (which may be an event loop): it
+holds the locks only to add the records written meanwhile and rename the new file
+in place. A
 reader asking for numbers that are gone gets one :class:`~cm_notebook.events.Resync`.
 The lock is on the file itself, not on the store's ``.lock``: the store holds that
 one across message writes, and a signal must never wait behind them.
@@ -135,6 +138,7 @@ class SignalLog:
         # record's number; valid while nobody else appended.
         self._end = 0
         self._seq = 0
+        self._compaction_due = False  # the file passed max_bytes: see _compact
         self._sync = GroupSync(self._dup, fsync, sync_delay, f"signal log sync {self.path}")
 
     def __repr__(self) -> str:
@@ -200,10 +204,12 @@ class SignalLog:
                 raise
             self._end += len(data)
             self._seq = seq
+            if self._end > self.max_bytes and not self._compaction_due:
+                # Not here: this may be the event loop's thread, and a compaction
+                # writes and fsyncs a new file. The sync thread does it (see _compact).
+                self._compaction_due = durable = True
             if durable:
                 self._sync.written()
-            if self._end > self.max_bytes:
-                self._compact(fd)
         return events
 
     def sync(self) -> None:
@@ -228,7 +234,10 @@ class SignalLog:
     def _dup(self) -> int:
         # For the sync thread: its own descriptor of the file the records went to, or
         # -1 if there is none (closed by close(), which syncs itself, or replaced by a
-        # compaction, which synced the new file).
+        # compaction, which synced the new file). A compaction that is due is made
+        # first, here, off the writers' threads.
+        while self._compaction_due:
+            self._compact()
         with self._lock:
             fd = os.dup(self._fd) if self._fd >= 0 else -1
             owed, self._folders_owed = self._folders_owed, []
@@ -311,10 +320,49 @@ class SignalLog:
         self._seq = max(self._seq, found or 0)
         return self._seq
 
-    def _compact(self, fd: int) -> None:
+    def _compact(self) -> None:
         # Keep the newest whole records within half the limit (always the last one, so
-        # the numbering goes on), write them to a temp file and rename it over the log.
-        data = os.pread(fd, self._end, 0)
+        # the numbering goes on) in a new file renamed over the log. On the sync thread
+        # (or in sync()/close()), and the slow part - reading the log, writing and
+        # fsyncing the new file - without the locks, so writers (an event loop among
+        # them) never wait for it; under them only the records written meanwhile are
+        # added, fsynced, and the new file put in place. Its name is fsynced in the
+        # folder before the next sync of the log (_folders_owed).
+        with self._lock:
+            self._compaction_due = False
+            if self._fd < 0 or self._end <= self.max_bytes:
+                return  # closed (a later record finds it too long again), or done
+            source, end = os.dup(self._fd), self._end
+        temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
+        try:
+            out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                body = self._kept(os.pread(source, end, 0))
+                write_all(out, body)
+                self._fsync(out)
+                with self._lock, self._locked_file() as (fd, size):
+                    now, then = os.fstat(fd), os.fstat(source)
+                    if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
+                        return  # another writer compacted it meanwhile
+                    if size > end:
+                        write_all(out, os.pread(fd, size - end, end))
+                        self._fsync(out)
+                    os.replace(temp, self.path)
+                    # Our fd still names the old file: close it (which drops its flock)
+                    # so the next record opens the new one.
+                    self._close_fd()
+                    self._folders_owed.append(self.path.parent)
+                    # Records written while the new file was made may pass the limit.
+                    self._compaction_due = len(body) + size - end > self.max_bytes
+            finally:
+                os.close(out)
+        finally:
+            os.close(source)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)  # left only if the log was not replaced
+
+    def _kept(self, data: bytes) -> bytes:
+        # The newest whole records of ``data`` within half the limit (at least one).
         lines = data.split(b"\n")[:-1]
         kept: list[bytes] = []
         size = 0
@@ -328,24 +376,7 @@ class SignalLog:
                 kept.append(line)
                 size += len(line) + 1
         kept.reverse()
-        body = b"".join(line + b"\n" for line in kept)
-        temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
-        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            write_all(out, body)
-            self._fsync(out)
-        finally:
-            os.close(out)
-        os.replace(temp, self.path)
-        with contextlib.suppress(OSError):
-            folder = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                self._fsync(folder)
-            finally:
-                os.close(folder)
-        # Our fd still names the old file: close it (which drops its flock) so the next
-        # record opens the new one.
-        self._close_fd()
+        return b"".join(line + b"\n" for line in kept)
 
 
 class LogReader:

@@ -54,3 +54,27 @@ def test_a_decision_and_closing_the_session_do_not_fsync_on_the_loop(data_dir: P
         return calls
 
     assert asyncio.run(main()) == []
+
+
+def test_a_reply_long_enough_to_compact_the_signal_log_does_not_fsync_on_the_loop(
+    data_dir: Path,
+) -> None:
+    # The log's records of one long reply pass its size limit (4 MiB): the compaction
+    # writes and fsyncs a new file, which must not happen on the loop.
+    chunks = [f"{n:05d} " + "x" * 250 for n in range(20_000)]
+
+    async def main() -> tuple[list[str], str]:
+        fake = ScriptedProvider(strict=True).reply("".join(chunks), chunks=chunks)
+        session = ContextSession.create("long", provider=fake, data_dir=data_dir)
+        calls: list[str] = []
+        sys.setprofile(_fsyncs_on_this_thread(calls))
+        try:
+            reply = await asyncio.wait_for(session.send("Go on"), DEADLINE)
+        finally:
+            sys.setprofile(None)
+        await session.aclose()
+        return calls, reply.content
+
+    calls, content = asyncio.run(main())
+    assert content == "".join(chunks)
+    assert calls == []

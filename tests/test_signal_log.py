@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     assert behind.poll() == []
     for n in range(200):
         log.record(_stamp(_delta(n)))
+    log.sync()  # a compaction that is due is made by the next sync (here, this thread)
     assert log.path.stat().st_size <= 2048
     numbers = _numbers(log.path)
     assert numbers[-1] == 200
@@ -153,6 +155,41 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     assert again.record(_stamp(_delta(0))).seq == 201
 
 
+def test_writers_go_on_while_the_sync_thread_compacts(tmp_path: Path) -> None:
+    # The compaction writes and fsyncs a new file on the log's sync thread, without the
+    # locks: held up in that fsync, it must not hold up a writer (maybe an event loop).
+    in_fsync, release = threading.Event(), threading.Event()
+    writers = {threading.get_ident()}  # this thread, and the one started below
+    compacted_on: set[int] = set()
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            compacted_on.add(threading.get_ident())
+            if threading.get_ident() not in writers and not release.is_set():
+                in_fsync.set()
+                release.wait(DEADLINE)
+        os.fsync(fd)
+
+    log = SignalLog(tmp_path / "signals.log", max_bytes=2048, fsync=fsync)
+    for n in range(40):
+        log.record(_stamp(_delta(n)))
+    assert in_fsync.wait(DEADLINE)  # the sync thread is in the new file's fsync
+    writer = threading.Thread(target=lambda: [log.record(_stamp(_delta(n))) for n in range(5)])
+    writer.start()
+    writers.add(writer.ident or 0)
+    writer.join(DEADLINE)
+    finished = not writer.is_alive()
+    release.set()
+    assert finished, "a writer waited for the compaction's fsync"
+    log.close()
+    assert not compacted_on & writers, "a writer compacted the log on its own thread"
+    numbers = _numbers(log.path)
+    assert numbers[-1] == 45
+    assert numbers == list(range(numbers[0], 46))  # the records written meanwhile kept
+    assert numbers[0] > 1  # compacted
+    assert [p.name for p in tmp_path.iterdir()] == ["signals.log"]  # no temp file left
+
+
 def test_a_writer_whose_file_another_compacted_writes_to_the_new_file(tmp_path: Path) -> None:
     # Two writers (as two processes have): the second's records compact the log, so the
     # file the first holds open is no longer the log; its next record must go to the
@@ -164,6 +201,7 @@ def test_a_writer_whose_file_another_compacted_writes_to_the_new_file(tmp_path: 
     old_inode = path.stat().st_ino
     for n in range(100):
         second.record(_stamp(_delta(n)))
+    second.sync()
     assert path.stat().st_ino != old_inode  # compacted: a new file
     assert first.record(_stamp(_delta(1))).seq == 102
     numbers = _numbers(path)
@@ -184,6 +222,7 @@ def test_a_compacted_log_still_linked_elsewhere_is_not_written_to(tmp_path: Path
     old_inode = path.stat().st_ino
     for n in range(100):
         second.record(_stamp(_delta(n)))
+    second.sync()
     assert path.stat().st_ino != old_inode
     assert first.record(_stamp(_delta(1))).seq == 102  # not a number the log already has
     numbers = _numbers(path)
