@@ -42,10 +42,10 @@ Compaction: when the file grows past ``max_bytes``, the sync thread of the write
 noticed rewrites it (temp file, fsync, rename) keeping the newest records, about half
 of the limit, never on the writer's own thread (which may be an event loop): it
 holds the locks only to add the records written meanwhile and rename the new file
-in place. A
-reader asking for numbers that are gone gets one :class:`~cm_notebook.events.Resync`.
-The lock is on the file itself, not on the store's ``.lock``: the store holds that
-one across message writes, and a signal must never wait behind them.
+in place. A reader asking for numbers that are gone gets one
+:class:`~cm_notebook.events.Resync`. The lock is on the file itself, not on the
+store's ``.lock``: the store holds that one across message writes, and a signal must
+never wait behind them.
 
 A crash can leave half a line at the end; readers consume whole lines only, and the
 next writer ends the torn line before appending, so it is skipped as unreadable.
