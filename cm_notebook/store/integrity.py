@@ -193,7 +193,7 @@ def _branch_hidden_ends(
         while at is not None and at not in reached and at in entries:
             reached.add(at)
             at = entries[at].parent_id
-    parents = {parent_of(mid) for mid in found} | {
+    parents = {message.parent_id for message in found.values()} | {
         entry.parent_id for entry in entries.values() if entry.parent_id in found
     }
     ends = sorted(
