@@ -41,9 +41,13 @@ yields to the loop, before the next signal of another kind, every
 :data:`DELTA_BATCH` deltas or :data:`DELTA_HOLD` seconds (a publisher that does not
 yield), and at :meth:`EventBus.close`. It is numbered then and
 reaches subscribers then, in order: every subscriber, and every reader of the log,
-sees the signals in the order of their numbers. :meth:`EventBus.publish` returns such
-a delta unnumbered (``seq`` 0). Readers of the reply's text in this process
-(``session.stream()``) do not wait for this: they read the turn's progress.
+sees the signals in the order of their numbers. Held deltas of one message that
+continue each other (each at the offset where the one before it ended) become one
+delta with their texts joined (:mod:`cm_notebook._delta_runs`): a fast model's
+chunks cost a number, a record and a delivery per batch, not per chunk.
+:meth:`EventBus.publish` returns such a delta unnumbered (``seq`` 0). Readers of the
+reply's text in this process (``session.stream()``) do not wait for this: they read
+the turn's progress.
 Batches of deltas alone are at least ``delta_interval`` seconds apart
 (:data:`DELTA_INTERVAL`): a model whose tokens arrive one per loop turn would otherwise
 cost a write per token, and wake every follower of the log for each.
@@ -66,6 +70,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeAlias, TypeVar, cast
 
+from ._delta_runs import DeltaRun
 from ._event_stream import EventStream, _Buffer
 from .errors import InvalidInputError, StateError
 from .model import utcnow
@@ -227,6 +232,7 @@ class EventBus:
         self._queue: deque[Event] = deque()
         # Text deltas waiting to be numbered and recorded in one batch (see _hold).
         self._held: list[_Stamp] = []
+        self._held_deltas = 0  # how many deltas were merged into those held
         self._held_since = 0.0  # time.monotonic() when the first of them was held
         self._delta_interval = delta_interval
         self._batch_written_at = -delta_interval  # when _write_held last wrote deltas
@@ -272,15 +278,14 @@ class EventBus:
             raise InvalidInputError(f"{type(event).__name__} is not a publishable event type")
         if self._closed:
             raise StateError(f"the event bus of context {self.context_id!r} is closed")
-        at = self._clock()
         if isinstance(event, ContentDelta):
-            stamp: _Stamp = self._delta(
-                event.branch, event.message_id, event.text, event.offset, at
-            )
-            if self._hold(stamp):
+            if self._hold(event.branch, event.message_id, event.text, event.offset):
                 return event
+            stamp: _Stamp = self._delta(
+                event.branch, event.message_id, event.text, event.offset, self._clock()
+            )
         else:
-            stamp = functools.partial(self._restamp, event, at)
+            stamp = functools.partial(self._restamp, event, self._clock())
         return cast(EventT, self._emit(stamp))
 
     def publish_delta(self, branch: str | None, message_id: str, text: str, offset: int) -> None:
@@ -306,14 +311,14 @@ class EventBus:
                 "a text delta needs a branch name (or None), a message id, a text and an "
                 f"offset >= 0, got {(branch, message_id, text, offset)!r}"
             )
-        stamp = self._delta(branch, message_id, text, offset, self._clock())
-        if not self._hold(stamp):
-            self._emit(stamp)
+        if not self._hold(branch, message_id, text, offset):
+            self._emit(self._delta(branch, message_id, text, offset, self._clock()))
 
     def _emit(self, stamp: _Stamp) -> Event:
         # Number and deliver one signal, after the deltas held back for the next batch:
         # they come first, numbered and written with it (one lock, one write).
         held, self._held = self._held, []
+        self._held_deltas = 0
         events = self._number([*held, stamp])
         self._dispatch(events)
         return events[-1]
@@ -351,9 +356,10 @@ class EventBus:
             trusted_delta, self.context_id, branch, at, message_id, text, offset
         )
 
-    def _hold(self, stamp: _Stamp) -> bool:
-        # Keep a delta for the next batch (see the module docstring); False when there
-        # is no recorder to batch for, or no loop on this thread to write the batch on.
+    def _hold(self, branch: str | None, message_id: str, text: str, offset: int) -> bool:
+        # Keep a delta for the next batch (see the module docstring), merged into the
+        # run it continues if there is one; False when there is no recorder to batch
+        # for, or no loop on this thread to write the batch on.
         if self._recorder is None:
             return False
         held = self._held
@@ -369,14 +375,20 @@ class EventBus:
             else:
                 loop.call_soon(self._write_held)
             self._held_since = now
-        held.append(stamp)
-        if len(held) >= DELTA_BATCH or now - self._held_since >= DELTA_HOLD:
+        last = held[-1] if held else None
+        if type(last) is DeltaRun and last.continued_by(branch, message_id, text, offset):
+            last.add(text)
+        else:
+            held.append(DeltaRun(self.context_id, branch, message_id, text, offset, self._clock()))
+        self._held_deltas += 1
+        if self._held_deltas >= DELTA_BATCH or now - self._held_since >= DELTA_HOLD:
             self._write_held()
         return True
 
     def _write_held(self) -> None:
         # Number, record and deliver the deltas held back, as one batch.
         held, self._held = self._held, []
+        self._held_deltas = 0
         if not held or self._recorder is None:
             return
         self._batch_written_at = time.monotonic()

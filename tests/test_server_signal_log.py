@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import ServerSentEvent
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
 from tool_writer import start_tool_writer
@@ -114,11 +115,19 @@ def test_a_reply_streaming_in_a_kernel_is_stopped_over_http(tmp_path: Path) -> N
             """
         )
         kernel: list[subprocess.Popen[bytes]] = []
+        texts: list[str] = []
+
+        def all_three_chunks(event: ServerSentEvent) -> bool:
+            # The chunks may come one delta each or merged: wait for their whole text.
+            if event.event == "ContentDelta":
+                texts.append(json.loads(event.data)["delta"])
+            return "".join(texts) == "Once upon a time"
+
         try:
             streamed = read_events(
                 client,
                 f"contexts/{context_id}/events",
-                lambda e: e.event == "ContentDelta" and json.loads(e.data)["offset"] > 0,
+                all_three_chunks,
                 started=lambda: kernel.append(
                     subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
                 ),

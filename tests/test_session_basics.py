@@ -24,6 +24,7 @@ from test_session_support import (
     seen,
 )
 
+from cm_notebook._delta_runs import RUN_LIMIT
 from cm_notebook.errors import (
     BranchExistsError,
     BranchNotFoundError,
@@ -345,9 +346,11 @@ def test_signals_of_a_turn_are_numbered_small_and_consistent(
     assert recorder.states() == [State.IDLE, State.AWAITING_RESPONSE, State.STREAMING, State.IDLE]
     assert {e.context_id for e in events} == {session.id}
 
-    # Deltas: offsets chain up and rebuild the final text exactly.
+    # Deltas: offsets chain up and rebuild the final text exactly. Chunks that come
+    # together may be one delta, but never one of more than RUN_LIMIT characters.
     deltas = [e for e in events if isinstance(e, ContentDelta)]
-    assert len(deltas) == len(long_text) // 500
+    assert len(long_text) // RUN_LIMIT < len(deltas) <= len(long_text) // 500
+    assert all(len(delta.text) <= RUN_LIMIT for delta in deltas)
     offset = 0
     for delta in deltas:
         assert delta.message_id == message.id

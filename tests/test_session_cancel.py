@@ -4,6 +4,7 @@ reply has even started."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +35,18 @@ from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
 
-def deltas(count: int) -> Callable[[list[Event]], bool]:
-    """A predicate: at least ``count`` text deltas were published."""
-    return lambda events: sum(isinstance(e, ContentDelta) for e in events) >= count
+def streamed(messages: int = 1, *, at_least: int = 1) -> Callable[[list[Event]], bool]:
+    """A predicate: text deltas of ``messages`` messages were published, each carrying at
+    least ``at_least`` characters (a batch of chunks may come as one delta)."""
+
+    def check(events: list[Event]) -> bool:
+        lengths: Counter[str] = Counter()
+        for event in events:
+            if isinstance(event, ContentDelta):
+                lengths[event.message_id] += len(event.text)
+        return sum(length >= at_least for length in lengths.values()) >= messages
+
+    return check
 
 
 def test_cancel_mid_stream_keeps_the_partial_text(
@@ -46,7 +56,7 @@ def test_cancel_mid_stream_keeps_the_partial_text(
     session = new_session(provider=fake)
     recorder = Recorder(session)
     turn = session.send("Tell me a story")
-    recorder.wait(deltas(2))
+    recorder.wait(streamed(at_least=len("partial reply")))
     assert session.state is State.STREAMING
     assert turn.text == "partial reply"
 
@@ -119,7 +129,7 @@ async def test_cancel_mid_stream_in_async_code(data_dir: Path) -> None:
     session = ContextSession.create(provider=fake, data_dir=data_dir)
     recorder = Recorder(session)
     turn = session.send("count")
-    await recorder.await_(deltas(2))
+    await recorder.await_(streamed(at_least=len("one two")))
     turn.cancel()
     message = await turn
     assert message.status is MessageStatus.INTERRUPTED
@@ -137,7 +147,7 @@ async def test_cancel_from_another_thread(data_dir: Path) -> None:
     )
     recorder = Recorder(session)
     turn = session.send("Hi")
-    await recorder.await_(deltas(1))
+    await recorder.await_(streamed())
     await anyio.to_thread.run_sync(turn.cancel)
     await anyio.to_thread.run_sync(turn.cancel)
     message = await turn
@@ -191,7 +201,7 @@ def test_close_cancels_every_running_turn(data_dir: Path) -> None:
     first = session.send("1")
     session.branch("other", from_message=session.history()[0].id, switch=False)
     second = session.send("2", branch="other")
-    recorder.wait(deltas(2))
+    recorder.wait(streamed(2))
     session.close()
     assert first.result(DEADLINE).status is MessageStatus.INTERRUPTED
     assert second.result(DEADLINE).status is MessageStatus.INTERRUPTED

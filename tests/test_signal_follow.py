@@ -61,6 +61,15 @@ def shared(tmp_path: Path) -> Iterator[tuple[ContextSession, Recorder]]:
     session.close()
 
 
+#: What a hanging writer streams (in three chunks) before it waits to be stopped.
+HUNG_TEXT = "Once upon a time there was"
+
+
+def _streamed(events: list[Event] | list[ContentDelta]) -> str:
+    # The text the deltas among ``events`` carry (chunks may come merged in one delta).
+    return "".join(e.text for e in events if isinstance(e, ContentDelta))
+
+
 def _writer(data_dir: Path, context_id: str, script: str) -> subprocess.Popen[bytes]:
     code = textwrap.dedent(
         f"""
@@ -113,11 +122,11 @@ def test_a_killed_writer_leaves_the_reply_interrupted_and_the_branch_usable(
     child = _writer(
         tmp_path,
         session.id,
-        'ScriptedProvider().hang(after_chunks=3, text="Once upon a time there was")',
+        f"ScriptedProvider().hang(after_chunks=3, text={HUNG_TEXT!r})",
     )
     try:
         _wait_for(
-            lambda: sum(isinstance(e, ContentDelta) for e in list(seen.events)) >= 3,
+            lambda: _streamed(list(seen.events)) == HUNG_TEXT,
             "the other process's deltas",
         )
         assert session.state is State.STREAMING
@@ -201,7 +210,7 @@ def _hanging_writer(data_dir: Path, context_id: str) -> subprocess.Popen[bytes]:
     return _writer(
         data_dir,
         context_id,
-        'ScriptedProvider().hang(after_chunks=3, text="Once upon a time there was")',
+        f"ScriptedProvider().hang(after_chunks=3, text={HUNG_TEXT!r})",
     )
 
 
@@ -225,7 +234,7 @@ def test_a_reply_streaming_in_another_process_is_stopped_from_here(
     child = _hanging_writer(tmp_path, session.id)
     try:
         _wait_for(
-            lambda: sum(isinstance(e, ContentDelta) for e in list(seen.events)) >= 3,
+            lambda: _streamed(list(seen.events)) == HUNG_TEXT,
             "the other process's deltas",
         )
         turn_id = session.stop()
@@ -242,7 +251,7 @@ def test_a_reply_streaming_in_another_process_is_stopped_from_here(
     assert stopped.status is MessageStatus.INTERRUPTED
     # The text so far is kept.
     assert stopped.content == "".join(e.text for e in seen.events if isinstance(e, ContentDelta))
-    assert stopped.content == "Once upon a time there was"
+    assert stopped.content == HUNG_TEXT
     _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
     assert session.stop() is None
     reply = session.send("Go on", provider=ScriptedProvider().reply("The end.")).result(DEADLINE)
@@ -263,7 +272,7 @@ def test_a_reply_begun_before_this_process_opened_the_context_can_be_stopped(
 
         def streaming() -> bool:
             deltas.extend(e for _, e in reader.poll() if isinstance(e, ContentDelta))
-            return len(deltas) >= 3
+            return _streamed(deltas) == HUNG_TEXT
 
         _wait_for(streaming, "the other process's deltas")
         reader.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from cm_notebook._delta_runs import RUN_LIMIT
 from cm_notebook._signal_records import encode_record, encode_records
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.events import (
@@ -187,22 +188,19 @@ async def test_deltas_are_written_and_delivered_as_one_batch_in_order(tmp_path: 
     assert seen == []  # held until the loop turns (or another kind of signal comes)
     assert not log.path.exists() or _lines(log.path) == []
     changed = bus.publish(StateChanged(branch="main", old=State.STREAMING, new=State.IDLE))
-    assert [(e.type, e.seq) for e in seen] == [
-        ("ContentDelta", 1),
-        ("ContentDelta", 2),
-        ("StateChanged", 3),
-    ]
-    assert changed.seq == 3
+    # The two deltas continue each other: one signal says it all.
+    assert [(e.type, e.seq) for e in seen] == [("ContentDelta", 1), ("StateChanged", 2)]
+    assert changed.seq == 2
     assert [(e["type"], e["seq"]) for e in _lines(log.path)] == [(e.type, e.seq) for e in seen]
     delta = seen[0]
     assert isinstance(delta, ContentDelta)
-    assert (delta.text, delta.offset, delta.context_id, delta.branch) == ("Hel", 0, "c1", "main")
+    assert (delta.text, delta.offset, delta.context_id, delta.branch) == ("Hello", 0, "c1", "main")
 
     bus.publish_delta("main", "m1", "!", 5)
     await asyncio.sleep(0)  # the loop turns: the held delta is written
-    assert [e.seq for e in seen] == [1, 2, 3, 4]
-    assert len(_lines(log.path)) == 4
-    assert [e.seq for e in bus.events(0)] == [1, 2, 3, 4]
+    assert [e.seq for e in seen] == [1, 2, 3]
+    assert len(_lines(log.path)) == 3
+    assert [e.seq for e in bus.events(0)] == [1, 2, 3]
     bus.close()
 
 
@@ -241,18 +239,55 @@ async def test_held_deltas_are_written_with_the_signal_that_follows_them(tmp_pat
     done = bus.publish(
         MessageCompleted(branch="main", message_id="m1", status=MessageStatus.COMPLETE)
     )
-    assert recorder.writes == [3]
-    assert done.seq == 3
+    assert recorder.writes == [2]  # the two deltas as one, and the completion
+    assert done.seq == 2
     assert [(e["type"], e["seq"]) for e in _lines(recorder.log.path)] == [
         ("ContentDelta", 1),
-        ("ContentDelta", 2),
-        ("MessageCompleted", 3),
+        ("MessageCompleted", 2),
     ]
     bus.publish(StateChanged(branch="main", old=State.STREAMING, new=State.IDLE))
-    assert recorder.writes == [3, 1]
+    assert recorder.writes == [2, 1]
     await asyncio.sleep(0)  # the batch the first delta scheduled finds nothing left
-    assert recorder.writes == [3, 1]
-    assert [e.seq for e in bus.events(0)] == [1, 2, 3, 4]
+    assert recorder.writes == [2, 1]
+    assert [e.seq for e in bus.events(0)] == [1, 2, 3]
+    bus.close()
+
+
+@pytest.mark.anyio
+async def test_only_deltas_that_continue_each_other_are_merged(tmp_path: Path) -> None:
+    ticks = iter(range(100))
+    recorder = _CountingRecorder(SignalLog(tmp_path / "signals.log"))
+    bus = EventBus(
+        "c1",
+        recorder=recorder,
+        clock=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=next(ticks)),
+    )
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    bus.publish_delta("main", "m1", "Hel", 0)
+    bus.publish_delta("main", "m1", "lo", 3)  # continues it
+    bus.publish(ContentDelta(branch="main", message_id="m1", text=",", offset=5))  # too
+    bus.publish_delta("main", "m1", "?", 9)  # a gap
+    bus.publish_delta("main", "m2", "Hi", 0)  # another message
+    bus.publish_delta("side", "m2", "!", 2)  # another branch
+    bus.publish_delta("main", "m3", "a" * (RUN_LIMIT - 1), 0)
+    bus.publish_delta("main", "m3", "b", RUN_LIMIT - 1)  # fills the run
+    bus.publish_delta("main", "m3", "c", RUN_LIMIT)  # would pass the limit
+    await asyncio.sleep(0)
+    assert recorder.writes == [6]
+    deltas = [e for e in seen if isinstance(e, ContentDelta)]
+    assert [(e.branch, e.message_id, e.text, e.offset) for e in deltas] == [
+        ("main", "m1", "Hello,", 0),
+        ("main", "m1", "?", 9),
+        ("main", "m2", "Hi", 0),
+        ("side", "m2", "!", 2),
+        ("main", "m3", "a" * (RUN_LIMIT - 1) + "b", 0),
+        ("main", "m3", "c", RUN_LIMIT),
+    ]
+    assert [e.seq for e in deltas] == [1, 2, 3, 4, 5, 6]
+    # A merged delta has the time of its first chunk: the clock is read once per run.
+    assert [e.at.second for e in deltas] == [0, 1, 2, 3, 4, 5]
+    assert _lines(recorder.log.path) == [e.model_dump(mode="json") for e in deltas]
     bus.close()
 
 
@@ -282,9 +317,11 @@ async def test_deltas_arriving_one_per_loop_turn_are_written_together(tmp_path: 
     assert recorder.writes == [1]  # held: the last batch was less than 30 s ago
     assert [e.seq for e in seen] == [1]
     bus.publish(MessageCompleted(branch="main", message_id="m1", status=MessageStatus.COMPLETE))
-    assert recorder.writes == [1, 4]
-    assert [(e.type, e.seq) for e in seen] == [("ContentDelta", n) for n in range(1, 5)] + [
-        ("MessageCompleted", 5)
+    assert recorder.writes == [1, 2]  # the three held tokens as one delta
+    assert [(e.type, e.seq) for e in seen] == [
+        ("ContentDelta", 1),
+        ("ContentDelta", 2),
+        ("MessageCompleted", 3),
     ]
     assert "".join(e.text for e in seen if isinstance(e, ContentDelta)) == "Once upon a time"
     bus.close()
@@ -317,9 +354,13 @@ async def test_a_long_run_of_deltas_is_written_every_batch(tmp_path: Path) -> No
     bus = EventBus("c1", recorder=log)
     for n in range(DELTA_BATCH + 1):
         bus.publish_delta("main", "m1", "x", n)
-    assert len(_lines(log.path)) == DELTA_BATCH  # without the loop turning once
+    # Written without the loop turning once: the batch's deltas, as one.
+    assert [(e["text"], e["offset"]) for e in _lines(log.path)] == [("x" * DELTA_BATCH, 0)]
     bus.close()  # writes the rest
-    assert [e["seq"] for e in _lines(log.path)] == list(range(1, DELTA_BATCH + 2))
+    assert [(e["seq"], e["text"], e["offset"]) for e in _lines(log.path)] == [
+        (1, "x" * DELTA_BATCH, 0),
+        (2, "x", DELTA_BATCH),
+    ]
 
 
 @pytest.mark.anyio
@@ -340,7 +381,9 @@ async def test_a_publisher_that_never_yields_still_gets_its_deltas_written(
     _wait_for(one_more_then_look, "deltas held longer than DELTA_HOLD to be written")
     assert published < DELTA_BATCH  # written for their age, not their number
     bus.close()
-    assert [e["seq"] for e in _lines(log.path)] == list(range(1, published + 1))
+    records = _lines(log.path)
+    assert [e["seq"] for e in records] == list(range(1, len(records) + 1))
+    assert "".join(e["text"] for e in records) == "x" * published
 
 
 def test_without_a_running_loop_each_delta_is_written_at_once(tmp_path: Path) -> None:
@@ -362,7 +405,8 @@ async def test_a_batch_that_cannot_be_written_is_still_delivered(tmp_path: Path)
     bus.publish_delta("main", "m1", "a", 0)
     bus.publish_delta("main", "m1", "b", 1)
     await asyncio.sleep(0)
-    assert [(e.type, e.seq) for e in seen] == [("ContentDelta", 1), ("ContentDelta", 2)]
+    assert [(e.type, e.seq) for e in seen] == [("ContentDelta", 1)]
+    assert [e.text for e in seen if isinstance(e, ContentDelta)] == ["ab"]
     bus.close()
 
 
