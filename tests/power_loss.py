@@ -144,6 +144,12 @@ class PowerLossRecorder:
         half = self._half_written(after) if torn else None
         self._build(self._root_inode, dest, after, names_kept, half)
 
+    def synced_files(self, after: int) -> list[bytes]:
+        """Each file's bytes as its last fsync up to ``after`` made them durable (files
+        never fsync'd by then are left out, whatever their name is now)."""
+        synced = (_as_of(history, after) for history in self._history.files.values())  # type: ignore[arg-type]
+        return [data for data in synced if isinstance(data, bytes)]
+
     def torn_points(self) -> list[int]:
         """The fsync numbers N after which fsync N + 1 was of a file that had grown."""
         return [number - 1 for _inode, number, _old, _new in self._grown()]

@@ -9,7 +9,10 @@ FileStore and checks that:
 * every operation that had returned by then is there: the context, each message as
   it was written (content, status, metadata) on its branch's path, each branch, each
   score;
-* reading it raises nothing, and the context takes the next write.
+* reading it raises nothing, and the context takes the next write;
+* with a session (its signal log's fsyncs recorded too): every signal record an fsync
+  made durable is in the log, unchanged; a reader reads it through, in order; the next
+  signal written takes the next number and is read after them.
 
 Three kinds of folder (see power_loss.py): after each fsync, only what some fsync made
 durable; after each fsync, every name kept as it was with the files' bytes still only
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import shutil
 import warnings
@@ -34,9 +38,13 @@ from power_loss import PowerLossRecorder, tmpfs_folder
 from store_helpers import msg
 
 from cm_notebook import ContextSession
+from cm_notebook.fsm import State
 from cm_notebook.model import ContextMetadata, Message, MessageStatus
+from cm_notebook.signal_log import LogReader, SignalLog
+from cm_notebook.signals import StateChanged
 from cm_notebook.store import FileStore
 from cm_notebook.store.atomic import mkdir_durable
+from cm_notebook.store.folders import signal_log_in
 from cm_notebook.store.index import COMPACT_MIN_LINES
 from cm_notebook.testing import ScriptedProvider
 
@@ -332,6 +340,59 @@ async def _check_folder(folder: Path, after: int, acks: Acknowledged) -> None:
         assert (await reopened.path(cid, "main"))[-1] == after_storm.id, "the next write is lost"
 
 
+def _records(data: bytes) -> dict[int, dict[str, Any]]:
+    # The whole signal records in a log's bytes by number (a torn line is no record).
+    found = {}
+    for line in data.split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("e"), dict):
+            found[record["e"]["seq"]] = record
+    return found
+
+
+def _check_signal_log(folder: Path, after: int, acks: Acknowledged) -> None:
+    """The context's signal log after the power loss: every record an fsync made durable
+    is there (from the oldest one kept on: compaction drops older ones), unchanged and
+    in order; readers get through it; the next signal takes the next number."""
+    assert acks.context is not None
+    log_path = signal_log_in(folder / "contexts" / acks.context[1])
+    synced: dict[int, dict[str, Any]] = {}
+    for data in acks.rec.synced_files(after):
+        if data.startswith(b'{"w":'):
+            synced.update(_records(data))
+    if not log_path.exists():
+        assert not synced, f"the signal log is gone with {len(synced)} fsync'd records"
+        return
+    kept = _records(log_path.read_bytes())
+    reader = LogReader(log_path, since=0)
+    try:
+        read = [event.seq for _writer, event in reader.poll()]
+    finally:
+        reader.close()
+    assert read == sorted(kept), "a reader skipped records or read them out of order"
+    if synced:
+        assert kept, f"the signal log lost all {len(synced)} fsync'd records"
+        lost = [seq for seq in synced if seq >= min(kept) and kept.get(seq) != synced[seq]]
+        assert not lost, f"fsync'd signal records lost or changed: {lost[:10]}"
+    log = SignalLog(log_path)
+    try:
+        last = max(kept, default=0)
+        state = StateChanged(branch="main", old=State.IDLE, new=State.IDLE)
+        stamped = log.record(lambda seq: state.model_copy(update={"seq": seq}))
+        assert stamped.seq == last + 1, f"the next signal took {stamped.seq} after {last}"
+    finally:
+        log.close()
+    reader = LogReader(log_path, since=0)
+    try:
+        after_it = [event.seq for _writer, event in reader.poll()]
+        assert after_it == [*sorted(kept), last + 1], "a record written after the loss is unread"
+    finally:
+        reader.close()
+
+
 async def _check_approvals(store: FileStore, cid: str, after: int, acks: Acknowledged) -> None:
     records = [records for logged_at, records in acks.approvals if logged_at <= after]
     allowed = acks.allowed is not None and acks.allowed[0] <= after
@@ -392,6 +453,8 @@ def test_every_acknowledged_change_survives_a_power_loss_after_any_fsync(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # repairs are reported; only losses count
                 try:
+                    if scenario is _session_turns:
+                        _check_signal_log(folder, after, acks)
                     asyncio.run(_check_folder(folder, after, acks))
                 except Exception as exc:
                     failures.append(f"after fsync {after}/{rec.count}: {type(exc).__name__}: {exc}")
