@@ -5,8 +5,10 @@
   longer running), against the same sends through ``ContextSession`` in this process.
 - SSE fan-out: ``sse_clients`` clients follow one context's events while one reply of
   ``sse_deltas`` deltas (2 ms apart, a fast model) streams; the time from the send to
-  the last client's ``MessageCompleted`` and the median delta delivery latency (from
-  the signal's own timestamp), against one client alone.
+  the last client's ``MessageCompleted``, how much of the reply's text each client got
+  (chunks that come together arrive as one delta) and the median delta delivery
+  latency (from the signal's own timestamp, which is its first chunk's), against one
+  client alone.
 """
 
 from __future__ import annotations
@@ -93,10 +95,16 @@ async def _sends(client: httpx.AsyncClient, sends: int) -> float:
     return time.perf_counter() - started
 
 
+def _reply_text(chunks: int) -> str:
+    """The fan-out's reply: ``chunks`` words, streamed one a chunk."""
+    return " ".join(f"w{n}" for n in range(chunks))
+
+
 @dataclass
 class _Listener:
     done_at: float = 0.0
     deltas: int = 0
+    characters: int = 0
     resyncs: int = 0
     latencies: list[float] = field(default_factory=list)
 
@@ -109,8 +117,10 @@ async def _listen(
         await connected.put(None)  # the server subscribes before it answers with headers
         async for event in source.aiter_sse():
             if event.event == "ContentDelta":
+                delta = json.loads(event.data)
                 heard.deltas += 1
-                at = json.loads(event.data)["at"].replace("Z", "+00:00")
+                heard.characters += len(delta["delta"])
+                at = delta["at"].replace("Z", "+00:00")
                 age = datetime.now(timezone.utc) - datetime.fromisoformat(at)
                 heard.latencies.append(age.total_seconds())
             elif event.event == "Resync":
@@ -124,8 +134,7 @@ async def _listen(
 async def _fan_out(
     client: httpx.AsyncClient, clients: int, deltas: int
 ) -> tuple[float, list[_Listener]]:
-    text = " ".join(f"w{n}" for n in range(deltas))
-    script = [{"reply": text, "chunks": "words", "delay": PACE}]
+    script = [{"reply": _reply_text(deltas), "chunks": "words", "delay": PACE}]
     created = await client.post("contexts", json={"provider_options": {"script": script}})
     context_id = created.json()["context"]["id"]
     connected: asyncio.Queue[None] = asyncio.Queue()
@@ -178,7 +187,9 @@ def run(bench: Bench) -> list[Row]:
         process.terminate()
         process.wait(30)
     many, one = got.many, got.one
-    delivered = sum(h.deltas for h in many) / (len(many) * sizes.sse_deltas)
+    reply = len(_reply_text(sizes.sse_deltas))
+    delivered = sum(h.characters for h in many) / (len(many) * reply)
+    signals = statistics.fmean(h.deltas for h in many)
     resyncs = sum(h.resyncs for h in many)
     return [
         Row(
@@ -191,12 +202,15 @@ def run(bench: Bench) -> list[Row]:
         ),
         Row(
             WORKLOAD,
-            f"SSE fan-out: a {sizes.sse_deltas}-delta reply to {sizes.sse_clients} clients",
+            f"SSE fan-out: a {sizes.sse_deltas}-chunk reply to {sizes.sse_clients} clients",
             got.crowd,
             "s",
             baseline=got.alone,
             baseline_label="1 client",
-            note=f"{delivered:.0%} of deltas delivered, {resyncs} Resync",
+            note=(
+                f"{delivered:.0%} of the text delivered, in {signals:.0f} deltas per client; "
+                f"{resyncs} Resync"
+            ),
         ),
         Row(
             WORKLOAD,
