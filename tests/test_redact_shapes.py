@@ -1,0 +1,143 @@
+"""Secrets found by their shape: every shape, wherever it stands, and the fast paths.
+
+redact_text skips work that cannot find anything (a lookahead on the shapes' first
+letters, patterns run only where their characters are); these tests hold it to the
+same results as the plain patterns.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from cm_notebook.redact import (
+    _ASSIGNMENT,
+    _KEY_SHAPES,
+    _QUOTED_PAIR,
+    _URL_USERINFO,
+    REDACTED,
+    is_secret_name,
+    redact,
+    redact_text,
+)
+
+SHAPES = [
+    "Bearer abcdefgh12345678",
+    "BEARER abcdefgh12345678",
+    "bearer\tabc.def~ghi/jkl+mno",
+    "Basic dXNlcjpwYXNzd29yZA==",
+    "sk-ant-api03-abcdefghijklmnop0123456789",
+    "sk-proj-ABCDEFGHIJKLMNOPQRST",
+    "ghp_" + "a1" * 18,
+    "gho_" + "B2" * 18,
+    "ghs_" + "c3" * 12,
+    "github_pat_" + "A_b1" * 8,
+    "xoxb-1234567890-abcdef",
+    "hf_" + "Zy9" * 9,
+    "AKIA" + "ABCDEFGH23456789",
+    "AIza" + "b-c_D" * 7,
+]
+
+
+@pytest.mark.parametrize("secret", SHAPES)
+def test_every_key_shape_is_redacted_wherever_it_stands(secret: str) -> None:
+    for text in (
+        secret,
+        f"the key {secret} was sent",
+        f"({secret})",
+        f'"{secret}"',
+        f"line one\n{secret}\nline two",
+        f"token: {secret}",
+    ):
+        redacted = redact_text(text)
+        assert secret not in redacted, text
+        assert REDACTED in redacted
+    assert secret not in str(redact({"note": f"sent {secret}", "list": [secret]}))
+
+
+def _texts(count: int) -> list[str]:
+    # Texts made of the shapes' pieces, near-misses and ordinary words, with every
+    # kind of separator: where a lookahead or a skipped pattern could differ.
+    pieces = [
+        "Bearer ",
+        "bEaReR ",
+        "basic\t",
+        "sk-",
+        "sk_",
+        "gh",
+        "p_",
+        "o_",
+        "u_",
+        "github_pat_",
+        "xox",
+        "b-",
+        "hf_",
+        "AKIA",
+        "AIza",
+        "ask-",
+        "subasic ",
+        "x=",
+        "key: ",
+        "secret:\t",
+        "a@b",
+        "https://",
+        "user:pw@",
+        "'api_key': 'v'",
+        '"token", "v"',
+        "ABCDEFGHIJKLMNOP",
+        "0123456789abcdefghij",
+        "-_~+/.",
+        " ",
+        "\n",
+        "(",
+        ")",
+        "=",
+        "é",
+        "日本",
+    ]
+    chooser = random.Random(20261204)
+    return ["".join(chooser.choices(pieces, k=chooser.randint(1, 24))) for _ in range(count)]
+
+
+def test_the_shapes_lookahead_changes_no_match() -> None:
+    plain = re.compile(_KEY_SHAPES.pattern.removeprefix("(?=[BbsgxhA])"))
+    assert plain.pattern != _KEY_SHAPES.pattern  # the lookahead is there to be removed
+    for text in [*SHAPES, *_texts(3000)]:
+        assert [m.span() for m in _KEY_SHAPES.finditer(text)] == [
+            m.span() for m in plain.finditer(text)
+        ], text
+
+
+def test_ordinary_text_comes_back_unchanged() -> None:
+    text = "The answer to question 12 is 42, isn't it? See https://example.org/a?b=1 too."
+    assert redact_text(text) == text
+    assert redact_text("") == ""
+
+
+def _every_pattern(text: str) -> str:
+    # redact_text without its shortcuts: each pattern over the whole text.
+    text = _KEY_SHAPES.sub(REDACTED, text)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _QUOTED_PAIR.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{m.group(4)}{REDACTED}{m.group(4)}"
+            if is_secret_name(m.group(2))
+            else m.group(0)
+        ),
+        text,
+    )
+    return _ASSIGNMENT.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{REDACTED}"
+            if is_secret_name(m.group(1)) and not m.group(3).startswith(REDACTED[:-1])
+            else m.group(0)
+        ),
+        text,
+    )
+
+
+def test_the_shortcuts_skip_only_patterns_that_find_nothing() -> None:
+    for text in [*SHAPES, *_texts(3000)]:
+        assert redact_text(text) == _every_pattern(text), text
