@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,6 +22,7 @@ from cm_notebook.events import ToolApprovalRequested
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.tools import tool
+from cm_notebook.widgets import ToolApproval
 
 
 @tool
@@ -77,4 +81,43 @@ def test_a_reply_long_enough_to_compact_the_signal_log_does_not_fsync_on_the_loo
 
     calls, content = asyncio.run(main())
     assert content == "".join(chunks)
+    assert calls == []
+
+
+async def _until(condition: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)
+    return value
+
+
+def test_allowing_a_tool_for_the_context_by_click_does_not_fsync_on_the_loop(
+    data_dir: Path,
+) -> None:
+    # The context's allow-list is written with a lock and fsyncs: the click's decision
+    # is made on a worker thread, and the row shows it on the loop afterwards.
+    async def main() -> tuple[list[str], str]:
+        fake = ScriptedProvider(strict=True).tool_call("add", {"a": 20, "b": 22}).reply("42.")
+        session = ContextSession.create("allow", provider=fake, tools=[add], data_dir=data_dir)
+        approvals = ToolApproval(session)
+        calls: list[str] = []
+        sys.setprofile(_fsyncs_on_this_thread(calls))
+        try:
+            turn = session.send("Add")
+            row = await _until(lambda: approvals.rows.get("call_1"))
+            click = threading.Thread(target=row.context_button.click)
+            click.start()
+            assert (await asyncio.wait_for(turn, DEADLINE)).content == "42."
+            click.join()
+            await _until(lambda: session.allowed_tools()["context"] == ["add"])
+            status = await _until(lambda: "done" in row.status.value and row.status.value)
+        finally:
+            sys.setprofile(None)
+        approvals.close()
+        await session.aclose()
+        return calls, status
+
+    calls, status = asyncio.run(main())
+    assert "42" in status  # the call's outcome, not overwritten by the click's echo
     assert calls == []

@@ -7,6 +7,8 @@ while they are invalid), and again when approving. Approve once, Always allow th
 (for this session, or for the context in every process), or Deny with a reason: the
 waiting turn resumes at once, without running a cell (DESIGN fact 1). The buttons
 disable after use; a second click, on any of them and from any thread, does nothing.
+The decision is made on a worker thread, never on the kernel's loop: allowing a tool
+for the context writes its allow-list (a lock, fsyncs).
 
 Under the calls, a collapsible decision history shows the context's approval audit log
 (:meth:`~cm_notebook.session.ContextSession.approval_log`), kept current by the
@@ -18,6 +20,7 @@ works in every front end that renders ipywidgets.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import html
 import json
@@ -31,6 +34,7 @@ from .. import events as ev
 from ..approvals import ApprovalRecord, Remember
 from ..errors import CMError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from ..model import ToolCall
+from ..store.workers import submit_blocking
 from ..tools import validate_edited_arguments
 from ._base import SessionFollower
 
@@ -61,6 +65,8 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self._follower = follower
         self._lock = threading.Lock()
         self._used = False
+        # Whether a signal has shown what became of the call (see _show_decided).
+        self._outcome_shown = False
         self._original = json.dumps(call.arguments, indent=2, ensure_ascii=False)
         where = f" on branch <b>{html.escape(branch)}</b>" if branch else ""
         self.title = w.HTML(
@@ -161,27 +167,54 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self._follower.on_loop(lambda: self._carry_out(approve, remember))
 
     def _carry_out(self, approve: bool, remember: Remember = "once") -> None:
+        # On the loop: read what the row says, then decide on a worker thread. Deciding
+        # may write files - a context's allow-list (a lock another process may hold, and
+        # fsyncs), a record for a call waiting in another process - and the loop is the
+        # kernel's: every view and cell would wait. The desk takes decisions from any
+        # thread; what the row shows next is set back on the loop.
         self._set_disabled(True)
-        try:
-            if approve:
-                try:
-                    edited = self._validate()
-                except CMError:
-                    self._release()
-                    return
-                self.session.approve(self.call.id, arguments=edited, remember=remember)
-                self.status.value = f"<b>{_APPROVED_AS[remember]}</b>" + (
+        session, call_id = self.session, self.call.id
+        decide: Callable[[], str]
+        if approve:
+            try:
+                edited = self._validate()
+            except CMError:
+                self._release()
+                return
+
+            def decide() -> str:
+                session.approve(call_id, arguments=edited, remember=remember)
+                return f"<b>{_APPROVED_AS[remember]}</b>" + (
                     " (edited arguments)" if edited else ""
                 )
-            else:
-                reason = self.reason.value.strip() or "denied by the user"
-                self.session.deny(self.call.id, reason=reason)
-                self.status.value = f"<b>denied</b>: {html.escape(reason)}"
+
+        else:
+            reason = self.reason.value.strip() or "denied by the user"
+
+            def decide() -> str:
+                session.deny(call_id, reason=reason)
+                return f"<b>denied</b>: {html.escape(reason)}"
+
+        submit_blocking(decide).add_done_callback(
+            lambda done: self._follower.on_loop(lambda: self._show_decided(done))
+        )
+
+    def _show_decided(self, done: concurrent.futures.Future[str]) -> None:
+        # On the loop, once the decision is made (or refused). The call may have run
+        # meanwhile (a context's allowance is written after the call is decided): what
+        # its signals showed is newer and stays.
+        try:
+            shown = done.result()
         except (ToolCallAlreadyResolvedError, ToolCallNotFoundError) as exc:
-            self.status.value = f'<span style="color:#888">{html.escape(str(exc))}</span>'
+            if not self._outcome_shown:
+                self.status.value = f'<span style="color:#888">{html.escape(str(exc))}</span>'
         except CMError as exc:
             self.status.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
-            self._release()
+            if not self._outcome_shown:
+                self._release()
+        else:
+            if not self._outcome_shown:
+                self.status.value = shown
 
     def _release(self) -> None:
         with self._lock:
@@ -198,6 +231,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         """Show what became of the call (on the session's loop)."""
         with self._lock:
             self._used = True
+        self._outcome_shown = True
         self._set_disabled(True)
         text = f"<b>{html.escape(status)}</b>"
         if reason:
