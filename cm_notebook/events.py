@@ -266,9 +266,9 @@ class EventBus:
         Returns the stamped copy (``event`` itself is not changed). Callbacks run before
         this returns; async streams get it in their buffers. A :class:`ContentDelta` on a
         bus with a recorder, published on a running loop, is the exception: it is
-        numbered and delivered with its batch (see the module docstring), and returned
-        as given. A callback that publishes does not reorder delivery: its event is
-        delivered after the current one.
+        numbered and delivered with its batch, joined to the held delta it continues
+        (see the module docstring), and returned as given. A callback that publishes
+        does not reorder delivery: its event is delivered after the current one.
 
         Raises:
             InvalidInputError: ``event`` is not one of the event types of :data:`Event`.
