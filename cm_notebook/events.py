@@ -231,7 +231,7 @@ class EventBus:
         self._buffer_list: tuple[_Buffer, ...] = ()
         self._queue: deque[Event] = deque()
         # Text deltas waiting to be numbered and recorded in one batch (see _hold).
-        self._held: list[_Stamp] = []
+        self._held: list[DeltaRun] = []
         self._held_deltas = 0  # how many deltas were merged into those held
         self._held_since = 0.0  # time.monotonic() when the first of them was held
         self._delta_interval = delta_interval
@@ -323,7 +323,7 @@ class EventBus:
         self._dispatch(events)
         return events[-1]
 
-    def _number(self, stamps: list[_Stamp]) -> list[Event]:
+    def _number(self, stamps: Sequence[_Stamp]) -> list[Event]:
         # Number ``stamps`` through the recorder if there is one (which also writes
         # them), else here.
         events: list[Event] | None = None
@@ -375,9 +375,8 @@ class EventBus:
             else:
                 loop.call_soon(self._write_held)
             self._held_since = now
-        last = held[-1] if held else None
-        if type(last) is DeltaRun and last.continued_by(branch, message_id, text, offset):
-            last.add(text)
+        if held and held[-1].continued_by(branch, message_id, text, offset):
+            held[-1].add(text)
         else:
             held.append(DeltaRun(self.context_id, branch, message_id, text, offset, self._clock()))
         self._held_deltas += 1

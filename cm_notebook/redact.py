@@ -256,18 +256,33 @@ def _redact_text(text: str, env_secrets: list[str]) -> str:
     # Each pattern below only where the characters it cannot match without are there
     # (a store write redacts every string of a message's metadata; most have none).
     if "@" in text and "://" in text:
-        text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+        text = _without_userinfo(text)
     if '"' in text or "'" in text:
-        text = _QUOTED_PAIR.sub(
-            lambda m: (
-                f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{m.group(4)}{REDACTED}{m.group(4)}"
-                if is_secret_name(m.group(2))
-                else m.group(0)
-            ),
-            text,
-        )
-    if "=" not in text and ": " not in text and ":\t" not in text:
-        return text
+        text = _without_quoted_secrets(text)
+    if "=" in text or ": " in text or ":\t" in text:
+        text = _without_assigned_secrets(text)
+    return text
+
+
+def _without_userinfo(text: str) -> str:
+    # scheme://secret@ -> scheme://[REDACTED]@
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+
+
+def _without_quoted_secrets(text: str) -> str:
+    # "api_key": "v" (or , "v") -> the value redacted, when the name is a credential's.
+    return _QUOTED_PAIR.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{m.group(4)}{REDACTED}{m.group(4)}"
+            if is_secret_name(m.group(2))
+            else m.group(0)
+        ),
+        text,
+    )
+
+
+def _without_assigned_secrets(text: str) -> str:
+    # name=value / name: value -> the value redacted, when the name is a credential's.
     return _ASSIGNMENT.sub(
         lambda m: (
             f"{m.group(1)}{m.group(2)}{REDACTED}"

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from test_session_support import DEADLINE, Recorder, seen
+from test_session_support import DEADLINE, Recorder, seen, until
 
 from cm_notebook.events import ToolApprovalRequested
 from cm_notebook.session import ContextSession
@@ -84,14 +82,6 @@ def test_a_reply_long_enough_to_compact_the_signal_log_does_not_fsync_on_the_loo
     assert calls == []
 
 
-async def _until(condition: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "not within the deadline"
-        await asyncio.sleep(0.01)
-    return value
-
-
 def test_allowing_a_tool_for_the_context_by_click_does_not_fsync_on_the_loop(
     data_dir: Path,
 ) -> None:
@@ -105,13 +95,13 @@ def test_allowing_a_tool_for_the_context_by_click_does_not_fsync_on_the_loop(
         sys.setprofile(_fsyncs_on_this_thread(calls))
         try:
             turn = session.send("Add")
-            row = await _until(lambda: approvals.rows.get("call_1"))
+            row = await until(lambda: approvals.rows.get("call_1"))
             click = threading.Thread(target=row.context_button.click)
             click.start()
             assert (await asyncio.wait_for(turn, DEADLINE)).content == "42."
             click.join()
-            await _until(lambda: session.allowed_tools()["context"] == ["add"])
-            status = await _until(lambda: "done" in row.status.value and row.status.value)
+            await until(lambda: session.allowed_tools()["context"] == ["add"])
+            status = await until(lambda: "done" in row.status.value and row.status.value)
         finally:
             sys.setprofile(None)
         approvals.close()

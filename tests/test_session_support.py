@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,6 +95,16 @@ def seen(kind: type[BaseEvent], /, **fields: Any) -> Callable[[list[Event]], boo
 def entered(state: State, branch: str | None = None) -> Callable[[list[Event]], bool]:
     """A predicate: the state machine entered ``state`` (on ``branch``)."""
     return seen(StateChanged, new=state, **({"branch": branch} if branch else {}))
+
+
+async def until(condition: Callable[[], Any], within: float = DEADLINE) -> Any:
+    """Poll ``condition`` on the running loop until it is truthy (with a deadline); for
+    what no signal announces (a view's widgets, a file)."""
+    deadline = time.monotonic() + within
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"condition not met within {within} s"
+        await asyncio.sleep(0.01)
+    return value
 
 
 def message_files(data_dir: Path, session: ContextSession) -> list[Path]:

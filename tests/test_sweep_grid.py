@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 pytest.importorskip("anywidget")
+
+from test_session_support import until
 
 from cm_notebook import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -18,15 +17,6 @@ from cm_notebook.widgets.sweep_grid import SweepGrid, grid_html
 pytestmark = pytest.mark.anyio
 
 NewSession = Callable[..., ContextSession]
-
-
-async def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``condition`` on the running loop until it is truthy (with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
-        await asyncio.sleep(0.01)
-    return value
 
 
 async def test_the_grid_streams_cells_live_and_ends_with_every_reply(

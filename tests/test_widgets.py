@@ -9,11 +9,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 pytest.importorskip("anywidget")
+
+from test_session_support import until
 
 from cm_notebook import ContextSession, tool
 from cm_notebook.errors import InvalidInputError
@@ -33,15 +34,6 @@ from cm_notebook.widgets.markdown import render_markdown
 pytestmark = pytest.mark.anyio
 
 NewSession = Callable[..., ContextSession]
-
-
-async def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``condition`` on the running loop until it is truthy (with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
-        await asyncio.sleep(0.01)
-    return value
 
 
 @tool
