@@ -402,15 +402,26 @@ def redact(value: Any) -> Any:
     return _redact(value, _env_secrets(), 0)
 
 
+# Values that hold no text: returned as they are, before the type checks below (a
+# message's metadata is mostly None and numbers, and an ABC check costs ten times more).
+_PLAIN_SCALARS = frozenset({type(None), bool, int, float})
+
+
 def _redact(value: Any, env_secrets: list[str], depth: int) -> Any:
     # The environment's secrets are looked up once per call of redact(), not per string.
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return value
     if depth > 200:  # deeper data is refused on reading; never recurse without bound
         return REDACTED
-    if isinstance(value, str):
+    if kind is str or isinstance(value, str):
         return _redact_text(value, env_secrets) if value else value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
+        # A scalar child stays as it is, whatever its name (it holds no text).
         return {
-            key: REDACTED
+            key: child
+            if type(child) in _PLAIN_SCALARS
+            else REDACTED
             if isinstance(key, str) and is_secret_name(key) and _holds_text(child)
             else _redact(child, env_secrets, depth + 1)
             for key, child in value.items()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from store_helpers import chain
+from store_helpers import chain, msg
 
 from cm_notebook.cli import main
 from cm_notebook.model import ContextMetadata
@@ -176,6 +176,57 @@ async def test_no_rebuild_while_a_listed_file_is_gone(
         with pytest.warns(StoreWarning, match="rebuilt"):
             assert (await reopened.check("c1", repair=True)).ok
         assert await reopened.path("c1", "recovered") == before + after
+
+
+async def _messages(store: FileStore, n: int, chars: int) -> list[str]:
+    head = (await store.get_metadata("c1")).branches["main"].head
+    ids = []
+    for number in range(n):
+        message = msg("user" if number % 2 == 0 else "assistant", head, f"{number} " * chars)
+        await store.append_message("c1", message, branch="main")
+        head = message.id
+        ids.append(head)
+    return ids
+
+
+@pytest.mark.parametrize("chars", [1, 2000], ids=["short", "long (the index is read lazily)"])
+async def test_an_older_snapshot_beside_the_current_journal_is_rebuilt_on_open(
+    store: FileStore, data_dir: Path, chars: int
+) -> None:
+    # Only message_index.json put back: the journal starts after that snapshot ends, so
+    # the messages compacted in between were in no index, and "main" led into a hole.
+    snapshot = folder(data_dir) / "message_index.json"
+    first = await _messages(store, 3, chars)
+    await store.compact("c1")
+    older = snapshot.read_bytes()
+    between = await _messages(store, 3, chars)
+    await store.compact("c1")
+    last = await _messages(store, 10, chars)  # in the journal only, "main" moved there
+    await store.close()
+    snapshot.write_bytes(older)
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="older than message_index.journal"):
+            assert await reopened.path("c1") == first + between + last
+        assert (await reopened.check("c1")).ok
+    async with FileStore(data_dir) as again:  # rebuilt for good: no second warning
+        assert await again.path("c1") == first + between + last
+
+
+async def test_a_journal_compaction_had_not_yet_replaced_replays_without_a_rebuild(
+    store: FileStore, data_dir: Path
+) -> None:
+    # Compaction writes the snapshot, then empties the journal: killed in between, the
+    # journal's lines are all in the snapshot already. That is not an older snapshot.
+    journal = folder(data_dir) / "message_index.journal"
+    ids = await _messages(store, 4, 1)
+    kept = journal.read_bytes()
+    await store.compact("c1")
+    await store.close()
+    journal.write_bytes(kept)
+    async with FileStore(data_dir) as reopened:  # a warning would fail the test
+        assert await reopened.path("c1") == ids
+        more = await _messages(reopened, 2, 1)
+        assert await reopened.path("c1") == ids + more
 
 
 async def test_a_stray_file_is_unreadable_not_hidden(store: FileStore, data_dir: Path) -> None:

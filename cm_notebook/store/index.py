@@ -67,6 +67,7 @@ from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .snapshot import (
     RebuildNeeded,
+    check_journal_follows,
     empty_index_bytes,
     file_identity,
     open_index_file,
@@ -322,6 +323,7 @@ class MessageIndex:
             journal = read_from(journal_fd, 0)
             lazy = None
             if region is not None:
+                check_journal_follows(region[1], journal, self.index_path, self.journal_path)
                 lazy = LazyFiles.read(*region, journal, self.journal_path)
             if lazy is not None:
                 streaming = lazy.streaming_ids(said)
@@ -329,6 +331,7 @@ class MessageIndex:
                 if region is not None:
                     snapshot_data = region[0].data
                 snapshot, next_n = parse_snapshot(snapshot_data, self.index_path)
+                check_journal_follows(next_n, journal, self.index_path, self.journal_path)
                 lines, end = parse_journal(journal, 0, self.journal_path)
         except BaseException as exc:
             # Leave the previous state untouched: a failed reload changes nothing.

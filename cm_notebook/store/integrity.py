@@ -1,11 +1,14 @@
 """Checking a context folder against its message index, and repairing it.
 
 Opening a context trusts its index (``message_index.json`` and the journal): it never
-lists ``messages/``, which is what keeps opening a 10,000-message context cheap. So an
-index replaced by an older copy (a context folder restored from a backup file by file,
-a sync tool putting back an earlier ``message_index.journal``) hides the messages
-written since, although their files are still there. :func:`check_context` finds
-that, and every other disagreement between the index and the files:
+lists ``messages/``, which is what keeps opening a 10,000-message context cheap. An
+older snapshot beside the current journal is noticed on opening (the journal's first
+line comes after the snapshot's end; see :func:`.snapshot.check_journal_follows`) and
+rebuilt. But an index replaced by an older copy of both files (a context folder
+restored from a backup file by file, a sync tool putting back an earlier
+``message_index.journal``) is consistent in itself and hides the messages written
+since, although their files are still there. :func:`check_context` finds that, and
+every other disagreement between the index and the files:
 
 * ``unindexed``: message files the index does not list (hidden messages);
 * ``missing``: messages the index lists whose file is gone;

@@ -222,3 +222,28 @@ def salvage_journal(path: Path) -> list[JournalLine]:
             found += parse_journal(line + b"\n", position, path)[0]
         position += len(line) + 1
     return found
+
+
+def check_journal_follows(
+    next_n: int, journal: bytes, snapshot_path: Path, journal_path: Path
+) -> None:
+    """Raise RebuildNeeded unless the journal's first line follows the snapshot.
+
+    Compaction writes a snapshot whose ``next_n`` is the number the new journal's first
+    line takes, and a journal it has not yet replaced starts before that (its lines are
+    in the snapshot already, and replay idempotently). A journal that starts *after* it
+    follows a newer snapshot: this one is an older copy put back (a folder restored file
+    by file, a sync tool), and the lines in between, with the messages they held, are in
+    no index. Lines without numbers (format 2) are not checked.
+    """
+    end = journal.find(b"\n")
+    if end < 0:
+        return  # empty, or one line still being written
+    first = journal_line_parser(journal_path)(journal[:end], 0)
+    if first.n > next_n:
+        raise RebuildNeeded(
+            f"{snapshot_path.name} is older than {journal_path.name}: it ends before line "
+            f"{next_n}, and the journal starts at line {first.n} (an older copy was put "
+            "back)",
+            snapshot_path,
+        )
