@@ -2,8 +2,9 @@
 concurrently on one event loop (as a notebook would) versus one after another.
 
 Concurrency helps only if a session's store writes leave the loop free for the other
-sessions; the ratio concurrent / sequential must be below 1. Each way runs twice, in
-the order sequential, concurrent, concurrent, sequential, and the means are compared.
+sessions; the ratio concurrent / sequential must be below 1. Each way runs four times,
+in two rounds of sequential, concurrent, concurrent, sequential, and the means are
+compared; the note gives each round's ratio, to show how much the machine moved.
 """
 
 from __future__ import annotations
@@ -43,32 +44,45 @@ async def _concurrent(data_dir: Path, contexts: int, turns: int) -> float:
     return time.perf_counter() - started
 
 
-# Each way twice, in this order: a machine that gets slower (or faster) over the
-# workload's seconds - disks do, as their caches fill - weighs on both ways alike,
-# where one run of each would charge the drift to whichever ran second.
-_ORDER = ("sequential", "concurrent", "concurrent", "sequential")
+# Rounds of four runs, each in this order: a machine that gets slower (or faster) over
+# the workload's seconds - disks do, as their caches fill - weighs on both ways alike,
+# where one run of each would charge the drift to whichever ran second. Two rounds,
+# because on a shared machine one round's ratio moves by 10-20% from run to run.
+_ROUND = ("sequential", "concurrent", "concurrent", "sequential")
+_ROUNDS = 2
 
 
 def run(bench: Bench) -> list[Row]:
-    """Time both ways, each twice (see _ORDER); the sequential runs are the baseline."""
+    """Time both ways in rounds (see _ROUND); the sequential runs are the baseline."""
     sizes = bench.sizes
     turns = sizes.messages_per_context // 2
     ways = {"sequential": _sequential, "concurrent": _concurrent}
     seconds: dict[str, list[float]] = {way: [] for way in ways}
-    for number, way in enumerate(_ORDER):
-        folder = bench.folder(f"{way}-{number}")
-        seconds[way].append(asyncio.run(ways[way](folder, sizes.contexts, turns)))
+    round_ratios = []
+    for round_number in range(_ROUNDS):
+        this_round: dict[str, list[float]] = {way: [] for way in ways}
+        for number, way in enumerate(_ROUND):
+            folder = bench.folder(f"{way}-{round_number}-{number}")
+            this_round[way].append(asyncio.run(ways[way](folder, sizes.contexts, turns)))
+        for way in ways:
+            seconds[way] += this_round[way]
+        round_ratios.append(
+            statistics.fmean(this_round["concurrent"]) / statistics.fmean(this_round["sequential"])
+        )
     sequential, concurrent = (statistics.fmean(seconds[way]) for way in ways)
+    runs = _ROUNDS * _ROUND.count("concurrent")
     return [
         Row(
             "2 concurrent contexts",
             f"{sizes.contexts} x {sizes.messages_per_context} messages, concurrently "
-            "(mean of two runs)",
+            f"(mean of {runs} runs)",
             concurrent,
             "s",
             baseline=sequential,
-            baseline_label="the same one after another, two runs around them",
+            baseline_label=f"the same one after another, {runs} runs around them",
             seed=Limit("value", 10.0, "< 10 s"),
             goal=Limit("ratio", 1.0, "< 1x sequential"),
+            note="rounds: " + ", ".join(f"{ratio:.2f}x" for ratio in round_ratios),
+            extra={"seconds": seconds, "round_ratios": round_ratios},
         )
     ]
