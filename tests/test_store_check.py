@@ -25,6 +25,7 @@ import pytest
 from store_helpers import chain, msg
 
 from cm_notebook.cli import main
+from cm_notebook.errors import CorruptDataError
 from cm_notebook.model import ContextMetadata
 from cm_notebook.store import FileStore, StoreWarning
 
@@ -227,6 +228,27 @@ async def test_a_journal_compaction_had_not_yet_replaced_replays_without_a_rebui
         assert await reopened.path("c1") == ids
         more = await _messages(reopened, 2, 1)
         assert await reopened.path("c1") == ids + more
+
+
+async def test_a_message_the_index_lost_but_the_folder_holds_is_named_with_the_repair(
+    store: FileStore, data_dir: Path
+) -> None:
+    # A journal line taken out (an edited or merged journal): "main" runs through a
+    # message the index no longer lists, though its file is intact. The error must not
+    # send the user to restore that file; the repair is what brings it back.
+    ids = await _messages(store, 3, 1)
+    await store.close()
+    journal = folder(data_dir) / "message_index.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 3  # one line per message, in order
+    journal.write_bytes(lines[0] + lines[2])
+    async with FileStore(data_dir) as reopened:
+        with pytest.raises(CorruptDataError, match=r"although its file .* is intact") as caught:
+            await reopened.path("c1")
+        assert "check --repair c1" in str(caught.value)
+        with pytest.warns(StoreWarning, match="rebuilt"):
+            assert (await reopened.check("c1", repair=True)).repaired
+        assert await reopened.path("c1") == ids
 
 
 async def test_a_stray_file_is_unreadable_not_hidden(store: FileStore, data_dir: Path) -> None:

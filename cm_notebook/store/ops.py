@@ -100,14 +100,7 @@ def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
             # everything: a parent link to nowhere is worth that before blaming the file.
             entry = state.index.materialize().get(current)
         if entry is None:
-            path = message_path(state.dir, current)
-            raise CorruptDataError(
-                f"branch {branch!r} of context {state.context_id!r} leads to message "
-                f"{current!r}, which is missing from the index (its file {path} is missing "
-                "or unreadable). Restore the file, or point the branch at another message "
-                "with set_branch_head().",
-                path,
-            )
+            raise _missing_from_index(state, current, branch)
         ids.append(current)
         if len(ids) > len(entries):
             raise CorruptDataError(
@@ -119,6 +112,30 @@ def walk(state: ContextState, head: str | None, branch: str) -> list[str]:
     if head is not None:
         walks.keep(head, ids)
     return ids
+
+
+def _missing_from_index(state: ContextState, message_id: str, branch: str) -> CorruptDataError:
+    # The advice depends on whether the file is there: if it is, restoring it would do
+    # nothing; the index is what lost it.
+    path = message_path(state.dir, message_id)
+    where = (
+        f"branch {branch!r} of context {state.context_id!r} leads to message "
+        f"{message_id!r}, which is missing from the index"
+    )
+    try:
+        read_message_file(path, message_id)
+    except (StoreError, OSError):  # CorruptDataError, StoreIOError, ...
+        return CorruptDataError(
+            f"{where} (its file {path} is missing or unreadable). Restore the file, or point "
+            "the branch at another message with set_branch_head().",
+            path,
+        )
+    return CorruptDataError(
+        f"{where}, although its file {path} is intact: the index is older than the branch "
+        "(an index file put back?). Run `cm-notebook check --repair "
+        f"{state.context_id}` to rebuild the index from the message files.",
+        state.index.index_path,
+    )
 
 
 def select_page(
