@@ -213,6 +213,27 @@ async def test_an_older_snapshot_beside_the_current_journal_is_rebuilt_on_open(
         assert await again.path("c1") == first + between + last
 
 
+async def test_an_older_pair_of_index_files_behind_newer_metadata_hides_no_conversation(
+    store: FileStore, data_dir: Path, tmp_path: Path
+) -> None:
+    # metadata.json names a head the put-back index does not list: the index is rebuilt.
+    # The messages after that head were on "main" only through journal lines the old
+    # copy does not have; they come back on a branch of their own.
+    first = await chain(store, "c1", 2)
+    keep_index(data_dir, tmp_path / "backup")
+    middle = await _messages(store, 2, 1)
+    await store.update_metadata("c1", title="heads written to metadata.json")
+    last = await _messages(store, 2, 1)
+    await store.close()
+    put_back_index(data_dir, tmp_path / "backup")
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="rebuilt|recovered"):
+            assert await reopened.path("c1") == first + middle
+        assert await reopened.path("c1", "recovered") == first + middle + last
+        assert (await reopened.get_metadata("c1")).branches["recovered"].forked_from == middle[-1]
+        assert (await reopened.check("c1")).ok
+
+
 async def test_a_journal_compaction_had_not_yet_replaced_replays_without_a_rebuild(
     store: FileStore, data_dir: Path
 ) -> None:

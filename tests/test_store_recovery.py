@@ -149,19 +149,26 @@ async def test_missing_index_files_are_rebuilt(store: FileStore, data_dir: Path,
     assert len(await store.path("c1")) == 4
 
 
-async def test_a_lost_journal_keeps_every_message_but_not_later_head_moves(
+async def test_a_lost_journal_keeps_every_message_on_a_recovered_branch(
     store: FileStore, data_dir: Path
 ) -> None:
     # The journal is where head moves are committed: deleting it by hand loses those made
-    # since metadata.json was last written, never a message.
+    # since metadata.json was last written, never a message. The conversation they led
+    # to is on a branch of its own, not on none (where no view would show it).
     ids = await chain(store, "c1", 3)
     (folder(data_dir) / "message_index.journal").unlink()
     async with FileStore(data_dir) as other:
-        with pytest.warns(StoreWarning, match="message_index.journal is missing"):
+        with pytest.warns(StoreWarning) as caught:
             assert sorted(await other.index("c1")) == sorted(ids)
-        assert await other.path("c1") == []
+        said = [str(warning.message) for warning in caught]
+        assert any("message_index.journal is missing" in text for text in said), said
+        assert any("are on 'recovered' now" in text for text in said), said
+        assert await other.path("c1") == []  # "main" where metadata.json had it
+        assert await other.path("c1", "recovered") == ids
         await other.set_branch_head("c1", "main", ids[-1])
         assert await other.path("c1") == ids
+    async with FileStore(data_dir) as again:  # rebuilt once: no second branch
+        assert sorted((await again.get_metadata("c1")).branches) == ["main", "recovered"]
 
 
 async def test_an_old_index_copied_back_under_an_open_store_is_rebuilt(

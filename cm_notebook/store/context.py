@@ -58,6 +58,7 @@ from .paths import (
     STREAMING_SUFFIX,
     message_path,
 )
+from .recovered import listed_ids, recover_hidden
 from .repair import repair_files
 from .streaming_locks import StreamingLocks
 from .walks import WalkCache
@@ -455,8 +456,10 @@ class ContextState:
 
     def _rebuild(self, base: ContextMetadata, need: RebuildNeeded) -> ContextMetadata:
         """Rebuild the index, first saving what only the damaged journal holds; returns
-        the metadata as now saved (``base`` with those head moves)."""
-        self.index.salvage()
+        the metadata as now saved (``base`` with those head moves, and a ``recovered``
+        branch for each conversation whose head move was lost: see .recovered)."""
+        listed = listed_ids(self.index.index_path)
+        salvaged_lines = self.index.salvage()
         self.flushes.clear()  # the rebuilt journal starts empty: its places start over
         with contextlib.suppress(OSError, StoreError, RebuildNeeded):
             repair_files(self.index, self.fsync, flush=True)
@@ -466,8 +469,8 @@ class ContextState:
         salvaged = self._merged_heads(base)
         if salvaged is not base:
             self.write_metadata(salvaged)
-        self.index.rebuild(need.reason, need.path)
-        return salvaged
+        found = self.index.rebuild(need.reason, need.path)
+        return recover_hidden(self, salvaged, listed, salvaged_lines, found)
 
     def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:
         # _current without a refresh: the index holds what salvage() found.

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreError
-from ..model import MessageStatus
+from ..model import Message, MessageStatus
 from .atomic import Fsync, atomic_write, read_from
 from .base import IndexEntry, children_map
 from .codec import read_message_folder
@@ -517,8 +517,9 @@ class MessageIndex:
         ordered = sorted(self.materialize().values(), key=lambda entry: entry.seq)
         self._write_snapshot(ordered)
 
-    def rebuild(self, reason: str, path: Path) -> None:
-        """Recreate the snapshot from the message files, warning about what was lost.
+    def rebuild(self, reason: str, path: Path) -> list[Message]:
+        """Recreate the snapshot from the message files, warning about what was lost;
+        returns the messages read.
 
         Message files that cannot be read are skipped, each with a StoreWarning. Messages
         are numbered by creation time, then id.
@@ -535,6 +536,7 @@ class MessageIndex:
         )
         for problem, file in skipped:
             warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
+        return found
 
     def _write_snapshot(self, ordered: list[IndexEntry]) -> None:
         snapshot = snapshot_bytes(ordered, self.next_n)

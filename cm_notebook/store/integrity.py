@@ -33,19 +33,17 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import CorruptDataError
-from ..model import Branch, ContextMetadata, Message, utcnow
+from ..model import ContextMetadata, Message
 from .atomic import is_temp_name
 from .codec import read_message_file
 from .context import ContextState
 from .paths import MESSAGES_DIR
+from .recovered import branch_hidden_ends
 from .repair import repair_files
 
 __all__ = ["IntegrityChecks", "IntegrityReport", "check_context"]
 
 T = TypeVar("T")
-
-#: The name of the first branch a repair makes for hidden messages.
-RECOVERED = "recovered"
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,7 @@ def check_context(
     # the index does not list and rebuilds it itself (ContextState._check_heads). The
     # other way round, the messages would be back in the index on no branch, and a new
     # check would find nothing left to do.
-    branches = _branch_hidden_ends(state, metadata, hidden)
+    branches = branch_hidden_ends(state, metadata, hidden)
     state.rebuild_index(
         f"a check found {len(report.unindexed)} message file(s) the index did not list"
     )
@@ -175,52 +173,3 @@ def _inspect(state: ContextState) -> tuple[IntegrityReport, dict[str, Message]]:
         unreadable=tuple(unreadable),
     )
     return report, hidden
-
-
-def _branch_hidden_ends(
-    state: ContextState, metadata: ContextMetadata, found: dict[str, Message]
-) -> tuple[str, ...]:
-    """Give each conversation end among ``found`` (messages whose files the index does
-    not list yet) that no branch reaches a branch, in metadata.json; the names made."""
-    entries = state.index.entries
-
-    def parent_of(message_id: str) -> str | None:
-        if message_id in found:
-            return found[message_id].parent_id
-        entry = entries.get(message_id)
-        return None if entry is None else entry.parent_id
-
-    reached: set[str] = set()
-    for branch in metadata.branches.values():
-        at = branch.head
-        while at is not None and at not in reached and at in entries:
-            reached.add(at)
-            at = entries[at].parent_id
-    parents = {message.parent_id for message in found.values()} | {
-        entry.parent_id for entry in entries.values() if entry.parent_id in found
-    }
-    ends = sorted(
-        (message for mid, message in found.items() if mid not in parents),
-        key=lambda message: (message.created_at, message.id),
-    )
-    if not ends:
-        return ()
-    branches = dict(metadata.branches)
-    made = []
-    for end in ends:
-        name, number = RECOVERED, 1
-        while name in branches:
-            number += 1
-            name = f"{RECOVERED}-{number}"
-        fork = end.parent_id
-        while fork is not None and fork not in reached and (fork in found or fork in entries):
-            fork = parent_of(fork)  # where it leaves what the branches show
-        branches[name] = Branch(
-            name=name,
-            head=end.id,
-            forked_from=fork,
-            description="messages the index had lost, brought back by a repair",
-        )
-        made.append(name)
-    state.write_metadata(metadata.model_copy(update={"branches": branches, "updated_at": utcnow()}))
-    return tuple(made)

@@ -1,0 +1,119 @@
+"""Branches for conversations the index had lost: ``recovered``, ``recovered-2``, ...
+
+A message whose journal line is gone (the journal cut short, deleted, damaged, or put
+back from an older copy) is listed again once the index is rebuilt from the message
+files, but the head move that line carried is gone with it: the conversation it ends
+is on no branch, and no view would show it. Both repairs that bring such messages
+back, ``check --repair`` and the rebuild a damaged index gets when it is read, give
+each such conversation end a branch of its own, so that it shows up in the branch
+selector. Nothing is moved: the branches the user made keep their heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import StoreError
+from ..model import Branch, ContextMetadata, Message, utcnow
+from .codec import read_regular
+from .diagnostics import warn
+from .journal import JournalLine
+from .snapshot import RebuildNeeded, parse_snapshot
+
+if TYPE_CHECKING:
+    from .context import ContextState
+
+__all__ = ["RECOVERED", "branch_hidden_ends", "listed_ids", "recover_hidden"]
+
+#: The name of the first branch a repair makes (then ``recovered-2``, ...).
+RECOVERED = "recovered"
+
+
+def branch_hidden_ends(
+    state: ContextState, metadata: ContextMetadata, found: Mapping[str, Message]
+) -> tuple[str, ...]:
+    """Give each conversation end among ``found`` (messages the index did not list) that
+    no branch reaches a branch of its own, in metadata.json (write locks held); returns
+    the names made. ``found`` may already be in the index (after a rebuild) or not yet.
+    """
+    entries = state.index.entries
+
+    def parent_of(message_id: str) -> str | None:
+        if message_id in found:
+            return found[message_id].parent_id
+        entry = entries.get(message_id)
+        return None if entry is None else entry.parent_id
+
+    reached: set[str] = set()
+    for branch in metadata.branches.values():
+        at = branch.head
+        while at is not None and at not in reached and (at in entries or at in found):
+            reached.add(at)
+            at = parent_of(at)
+    parents = {message.parent_id for message in found.values()} | {
+        entry.parent_id for entry in entries.values() if entry.parent_id in found
+    }
+    ends = sorted(
+        (message for mid, message in found.items() if mid not in parents and mid not in reached),
+        key=lambda message: (message.created_at, message.id),
+    )
+    if not ends:
+        return ()
+    branches = dict(metadata.branches)
+    made = []
+    for end in ends:
+        name, number = RECOVERED, 1
+        while name in branches:
+            number += 1
+            name = f"{RECOVERED}-{number}"
+        fork = end.parent_id
+        while fork is not None and fork not in reached and (fork in found or fork in entries):
+            fork = parent_of(fork)  # where it leaves what the branches show
+        branches[name] = Branch(
+            name=name,
+            head=end.id,
+            forked_from=fork,
+            description="messages the index had lost, brought back by a repair",
+        )
+        made.append(name)
+    state.write_metadata(metadata.model_copy(update={"branches": branches, "updated_at": utcnow()}))
+    return tuple(made)
+
+
+def listed_ids(snapshot_path: Path) -> set[str] | None:
+    """The ids ``message_index.json`` lists, or None if it cannot be read (before a
+    rebuild: what it finds beyond these and the journal's surviving lines lost lines)."""
+    try:
+        data = read_regular(snapshot_path, check_folder=False)
+        entries = parse_snapshot(data, snapshot_path)[0]
+    except (OSError, StoreError, RebuildNeeded):
+        return None
+    return {entry.id for entry in entries}
+
+
+def recover_hidden(
+    state: ContextState,
+    metadata: ContextMetadata,
+    listed: set[str] | None,
+    salvaged: Iterable[JournalLine],
+    found: Iterable[Message],
+) -> ContextMetadata:
+    """After a rebuild that read ``found``: branch the conversations of messages neither
+    the old snapshot (``listed``; None: unknown, nothing is done) nor a ``salvaged``
+    journal line listed, with a warning; returns the metadata as now saved."""
+    if listed is None:
+        return metadata  # no telling which messages only lost lines listed
+    known = listed | {line.entry.id for line in salvaged if line.entry is not None}
+    hidden = {message.id: message for message in found if message.id not in known}
+    made = branch_hidden_ends(state, metadata, hidden) if hidden else ()
+    if not made or state.metadata is None:
+        return metadata
+    warn(
+        f"{len(hidden)} message(s) of context {state.context_id!r} were listed only by "
+        "journal lines that are lost, with the head moves that put them on a branch; "
+        f"the conversations no branch reached are on {', '.join(map(repr, made))} now",
+        state.metadata_path,
+    )
+    return state.metadata
