@@ -112,8 +112,8 @@ async def test_a_plain_turn_through_a_session_makes_at_most_two_store_fsyncs(
         await store.close()
 
 
-@pytest.mark.parametrize("loss", ["missing", "empty", "older"])
-async def test_a_committed_message_survives_losing_its_file(data_dir: Path, loss: str) -> None:
+async def _reply_with_file(data_dir: Path) -> tuple[Path, bytes, bytes]:
+    # A reply committed through a placeholder: its file, the placeholder's bytes, its own.
     async with FileStore(data_dir) as store:
         await store.create_context(ContextMetadata(id="c1"))
         ids = await chain(store, "c1", 2)
@@ -125,20 +125,57 @@ async def test_a_committed_message_survives_losing_its_file(data_dir: Path, loss
             update={"content": "the whole answer", "status": MessageStatus.COMPLETE}
         )
         await store.update_message("c1", done)
-        intact = file.read_bytes()
-    # What a power loss may leave of a file that was renamed into place but not synced.
+        return file, placeholder, file.read_bytes()
+
+
+def _damage(file: Path, loss: str, placeholder: bytes) -> None:
+    # What a power loss (or a disk) may leave of a file that was renamed into place but
+    # not synced: gone, empty, the previous version, or as long as it was but with
+    # zeros (some file systems) or other bytes in it.
+    size = file.stat().st_size
     if loss == "missing":
         file.unlink()
     elif loss == "empty":
         file.write_bytes(b"")
-    else:
+    elif loss == "older":
         file.write_bytes(placeholder)
+    elif loss == "zeroed":
+        file.write_bytes(bytes(size))
+    else:
+        data = bytearray(file.read_bytes())
+        data[size // 2 : size // 2 + 4] = b"\xff\xfe\x00\x01"
+        file.write_bytes(bytes(data))
+    assert loss in ("missing", "empty", "older") or file.stat().st_size == size
+
+
+LOSSES = ["missing", "empty", "older", "zeroed", "garbled"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+async def test_a_committed_message_survives_losing_its_file(data_dir: Path, loss: str) -> None:
+    file, placeholder, intact = await _reply_with_file(data_dir)
+    _damage(file, loss, placeholder)
     async with FileStore(data_dir) as reopened:
         with pytest.warns(StoreWarning, match="restored from the journal"):
             page = await reopened.page("c1")
         assert page[-1].content == "the whole answer"
         assert page[-1].status is MessageStatus.COMPLETE
     assert file.read_bytes() == intact
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+async def test_compaction_restores_a_damaged_file_before_it_drops_the_copy(
+    data_dir: Path, loss: str
+) -> None:
+    # Not read in between: compaction is the last moment the journal holds the message.
+    file, placeholder, intact = await _reply_with_file(data_dir)
+    _damage(file, loss, placeholder)
+    async with FileStore(data_dir) as reopened:
+        with pytest.warns(StoreWarning, match="restored from the journal"):
+            await reopened.compact("c1")
+    assert file.read_bytes() == intact
+    async with FileStore(data_dir) as after:
+        assert (await after.page("c1"))[-1].content == "the whole answer"
 
 
 async def test_compaction_makes_the_journal_copies_durable_first(data_dir: Path) -> None:

@@ -462,7 +462,7 @@ class ContextState:
         salvaged_lines = self.index.salvage()
         self.flushes.clear()  # the rebuilt journal starts empty: its places start over
         with contextlib.suppress(OSError, StoreError, RebuildNeeded):
-            repair_files(self.index, self.fsync, flush=True)
+            repair_files(self.index, self.fsync, flush=True, compare=True)
         if self.index.next_n < self.heads_at:
             self.index.next_n = self.heads_at
         self._merged = None
@@ -503,14 +503,15 @@ class ContextState:
         need = RebuildNeeded(reason, self.index.index_path)
         return self._current(self._rebuild(self._refresh_metadata(), need))
 
-    def restore(self, message_ids: list[str]) -> None:
-        """Rewrite from the journal the files of these messages that a power loss took.
+    def restore(self, message_ids: list[str], *, compare: bool = False) -> None:
+        """Rewrite from the journal the files of these messages that a power loss took
+        (with ``compare``, also those of the right size whose bytes differ).
 
         Best effort, for a reader about to read them: if it cannot be done now, the
         reader reports the damaged file and compaction restores it later.
         """
         with contextlib.suppress(StoreError, OSError, RebuildNeeded), self.locked():
-            repair_files(self.index, self.fsync, flush=False, only=message_ids)
+            repair_files(self.index, self.fsync, flush=False, only=message_ids, compare=compare)
 
     def compact_if_due(self) -> None:
         """Fold the journal into the snapshot when it has grown enough (see index.py).
@@ -540,7 +541,7 @@ class ContextState:
         """Fold the journal now (locked, fresh): see :meth:`compact_if_due`."""
         if self.metadata is None:
             return
-        repair_files(self.index, self.fsync, flush=True, flushed=self.flushes.flushed)
+        repair_files(self.index, self.fsync, flush=True, flushed=self.flushes.flushed, compare=True)
         current = self._current(self.metadata)
         if current is not self.metadata or self.index.heads or self.index.last_at:
             self.write_metadata(current)

@@ -24,7 +24,7 @@ change: it carries the index entry, the head move, the time and, for a finished
 message, the message. The message file is written first, atomically (temporary file
 and rename) but without an fsync: after ``kill -9`` it is complete (the OS holds it);
 after a power loss the line holds the message, and reading the message (a page, say)
-rewrites a missing or older file from it (:mod:`.repair`). Those files are fsync'd
+rewrites a missing, older or damaged file from it (:mod:`.repair`). Those files are fsync'd
 32 at a time by the write that commits the 32nd (:mod:`.flushing`), and compaction
 makes the rest durable before it drops the lines (see :mod:`cm_notebook.store.index`).
 metadata.json is rewritten only by the operations that change it and at compaction,
@@ -96,7 +96,7 @@ from . import ops, oserrors
 from .atomic import Fsync
 from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
-from .codec import encode_message_forms, read_message_file
+from .codec import encode_message_forms
 from .context import ContextState, files_token, remove_tree, token_paths
 from .folders import create_context_folder, list_context_folders, signal_log_in, trash_path
 from .integrity import IntegrityChecks
@@ -428,7 +428,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
 
         state = self._view(context_id, check)
         ops.restore_lost(state, [message_id])
-        return read_message_file(message_path(state.dir, message_id), message_id)
+        return ops.read_restoring(state, message_path(state.dir, message_id), message_id)
 
     async def get_messages(self, context_id: str, message_ids: list[str]) -> list[Message]:
         """Several messages in the given order (skipping corrupt files with a warning)."""

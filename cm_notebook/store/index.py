@@ -344,6 +344,8 @@ class MessageIndex:
         self._close_files()
         if lazy is None:
             self._load([*snapshot, *(line.entry for line in lines if line.entry is not None)])
+            # What the lines of another journal said (places in it, head moves) is gone.
+            self._heads, self._content = {}, {}
             self.last_at, self.next_n = None, next_n
             for line in lines:
                 self._apply_record(line)

@@ -51,6 +51,7 @@ __all__ = [
     "do_update_metadata",
     "find_branch",
     "read_messages",
+    "read_restoring",
     "require_message",
     "restore_lost",
     "select_page",
@@ -193,16 +194,33 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
     for message_id in ids:
         where: str | Path = f"{prefix}{message_id}.json" if trusted else folder
         try:
-            if trusted:
-                message = read_message_file(where, message_id, check_folder=False)
-            else:
+            if not trusted:
                 where = message_path(state.dir, message_id)
-                message = read_message_file(where, message_id)
-            messages.append(message)
+            messages.append(read_restoring(state, where, message_id, check_folder=not trusted))
         except (CorruptDataError, SchemaVersionError, StoreIOError) as exc:
             # One bad file must not hide a whole conversation: skip it, by path.
             warn(f"skipped an unreadable message: {exc}", Path(where))
     return messages
+
+
+def read_restoring(
+    state: ContextState, path: str | Path, message_id: str, *, check_folder: bool = True
+) -> Message:
+    """:func:`read_message_file`; a damaged file whose message the journal still holds
+    (the same size, say, so :func:`restore_lost` let it pass) is restored from it first.
+    """
+    try:
+        return read_message_file(path, message_id, check_folder=check_folder)
+    except CorruptDataError:
+        try:
+            with state.state_lock:
+                held = state.index.copy_of(message_id) is not None
+        except RebuildNeeded:
+            held = False
+        if not held:
+            raise
+    state.restore([message_id], compare=True)
+    return read_message_file(path, message_id, check_folder=check_folder)
 
 
 def restore_lost(state: ContextState, ids: list[str]) -> None:

@@ -13,7 +13,10 @@ longer needed.
 
 A file is checked by its size, recorded in the journal line: a power loss leaves a
 missing, empty or older file, and an older version of a message differs in size from
-the finished one (its status, at least, is a different word).
+the finished one (its status, at least, is a different word). Its bytes are compared
+with the journal's copy too where a size cannot tell: before compaction drops the copy
+of a file no batch has made durable (a file system may leave a file of the right size
+with zeros in it), and when a reader found the file damaged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import StoreError
-from .atomic import Fsync, atomic_write, fsync_dir
+from .atomic import Fsync, atomic_write, fsync_dir, read_from
 from .codec import file_bytes_from_compact
 from .diagnostics import warn
 from .index import MessageIndex
@@ -52,6 +55,7 @@ def repair_files(
     flush: bool,
     only: list[str] | None = None,
     flushed: Mapping[str, tuple[int, int, int]] | None = None,
+    compare: bool = False,
 ) -> int:
     """Rewrite, from the journal, every message file a power loss damaged; return how many.
 
@@ -60,6 +64,9 @@ def repair_files(
     copy) names files fsync'd already, skipped only while that very copy is the current
     one (a message committed again since has a new copy, and a new file to fsync). With
     ``only``, look at those messages alone (the ones being read, or a batch to flush).
+    With ``compare``, a file of the right size is also compared byte for byte with the
+    copy: with ``flush``, those no batch made durable (compaction is about to drop
+    their copies); without, all of them (a reader found one damaged).
     Must run with the context lock held, right after the index was refreshed.
     """
     if only is None:
@@ -73,16 +80,19 @@ def repair_files(
     repaired = 0
     done = flushed or {}
     for message_id, copy in copies:
-        offset, length, size = copy
         path = f"{prefix}{message_id}.json"
-        if not intact(path, size):
-            try:
-                data = file_bytes_from_compact(index.read_content(offset, length))
-            except (ValueError, UnicodeDecodeError):
-                # The line parsed when it was loaded; its message part did not: leave
-                # the file alone, the readers report it if it is damaged.
-                warn(f"the journal copy of message {message_id!r} is damaged", Path(path))
-                continue
+        unflushed = flush and done.get(message_id) != copy
+        whole = intact(path, copy[2])
+        if whole and not (compare and (unflushed or not flush)):
+            if unflushed:
+                _flush(path, fsync)
+            continue
+        data = _journal_copy(index, message_id, copy, path)
+        if whole and (data is None or _holds(path, data)):
+            if unflushed:
+                _flush(path, fsync)
+            continue
+        if data is not None:
             try:
                 atomic_write(Path(path), data, fsync=fsync, temp_dir=index.ctx_dir)
             except StoreError:
@@ -91,16 +101,43 @@ def repair_files(
                 continue  # (a folder in its place, say) reported by the readers
             repaired += 1
             warn(
-                f"message file {path} was missing, incomplete or older than its last "
+                f"message file {path} was missing, damaged or older than its last "
                 "committed version (the machine went down before it reached the disk, "
                 "or it was changed by hand); it was restored from the journal",
                 Path(path),
             )
-        elif flush and done.get(message_id) != copy:
-            _flush(path, fsync)
     if flush:
         fsync_dir(folder, fsync)
     return repaired
+
+
+def _journal_copy(
+    index: MessageIndex, message_id: str, copy: tuple[int, int, int], path: str
+) -> bytes | None:
+    # The file's bytes as the journal holds them, or None (with a warning) if that
+    # copy does not decode: the line parsed when it was loaded, its message part did
+    # not. The file is then left alone; the readers report it if it is damaged.
+    offset, length, _size = copy
+    try:
+        return file_bytes_from_compact(index.read_content(offset, length))
+    except (ValueError, UnicodeDecodeError):
+        warn(f"the journal copy of message {message_id!r} is damaged", Path(path))
+        return None
+
+
+def _holds(path: str, data: bytes) -> bool:
+    # Whether the regular file at ``path`` holds exactly ``data`` (read without
+    # following a link: intact() saw a regular file, but it may have been swapped since).
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW)
+    except OSError:
+        return False
+    try:
+        return read_from(fd, 0) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _flush(path: str, fsync: Fsync) -> None:
