@@ -17,7 +17,7 @@ from ._session_reading import SessionReading
 from .branch_defaults import branch_settings
 from .errors import BusyError, InvalidInputError, StateError
 from .ids import validate_branch_name
-from .model import Branch
+from .model import Branch, MessageStatus
 from .params import GenerationParams
 from .prompts import has_replies
 from .providers.pool import ProviderLike
@@ -62,9 +62,19 @@ class SessionBranches(SessionReading):
             forked = from_branch or metadata.active_branch
             head = self._head(forked)
             source: str | None = forked
+            at = self.get(head) if head is not None else None
         else:
-            head = self.get(from_message).id
+            at = self.get(from_message)
+            head = at.id
             source = self._source_branch(head, from_branch)
+        if at is not None and at.status is MessageStatus.STREAMING:
+            # Its next request would show the model a reply it has not finished (empty,
+            # or cut), and the stored history would later show the whole of it.
+            raise BusyError(
+                f"message {at.id!r} is still being generated, so a branch forked at it would "
+                "build on an unfinished reply. Wait for the turn to finish (await it), or "
+                "fork at an earlier message (from_message=...)."
+            )
         # Like an edit or a fan-out arm: a fork answers as the branch it came from, so
         # an experiment's arm forked from a view keeps its prompt and parameters.
         # A provider given here must not be shadowed by the source's live instance.

@@ -461,9 +461,12 @@ class TurnRunner(ToolRounds):
         reply.message = reply.message.model_copy(update={"metadata": metadata})
         await self._writes.checkpoint(reply)
         self._failure = exc
-        self._feed(
-            fsm.TransientFault(str(exc), retry_after=exc.retry_after, jitter=random.random())
-        )
+        # A wait that is no number of seconds (negative, NaN: a provider's bug) is
+        # ignored, and the retry policy's own backoff used.
+        wait = exc.retry_after
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait >= 0:
+            wait = None
+        self._feed(fsm.TransientFault(str(exc), retry_after=wait, jitter=random.random()))
         nxt = self._effects[-1] if self._effects else None
         if isinstance(nxt, fsm.ScheduleRetry):
             self.host.publish(

@@ -90,6 +90,28 @@ def test_branch_from_an_earlier_message_and_switch(
     assert [m.content for m in session.siblings(q2.id)] == ["Q2", "other Q2"]
 
 
+def test_no_branch_is_forked_at_a_reply_still_being_generated(
+    session: ContextSession, fake: ScriptedProvider
+) -> None:
+    # Its first request would show the model a reply it has not finished (empty, or cut
+    # short), while the stored history would later show the whole of it.
+    recorder = Recorder(session)
+    fake.reply("an answer that takes a while to come", chunks="words", delay=0.05)
+    turn = session.send("Q3")
+    recorder.wait(seen(ContentDelta))
+    prompt, reply = session.history()[-2:]
+    assert reply.status.value == "streaming"
+    with pytest.raises(BusyError, match="still being generated"):
+        session.branch("at the head")
+    with pytest.raises(BusyError, match="still being generated"):
+        session.branch("at the reply", from_message=reply.id, switch=False)
+    session.branch("at the prompt", from_message=prompt.id, switch=False)  # finished: fine
+    turn.result(DEADLINE)
+    session.branch("after", switch=False)
+    assert contents(session, "after")[-1] == "an answer that takes a while to come"
+    assert sorted(session.branches) == ["after", "at the prompt", "main"]
+
+
 def test_branch_errors(session: ContextSession) -> None:
     with pytest.raises(BranchExistsError):
         session.branch("main")

@@ -8,6 +8,7 @@ Every check of the tree on disk reopens the context with a fresh
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from cm_notebook.errors import (
     StoreError,
     ToolCallNotFoundError,
     ToolError,
+    TransientProviderError,
 )
 from cm_notebook.events import (
     ContentDelta,
@@ -36,6 +38,7 @@ from cm_notebook.events import (
 )
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, MessageStatus, ToolCall, ToolCallStatus
+from cm_notebook.providers.base import Finish, TextDelta, ToolCallRequest, Usage
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
@@ -132,6 +135,58 @@ def test_a_provider_bug_fails_the_turn_with_a_clear_error(
     assert session.retry().result(DEADLINE).content == "Fine now."
     assert session.state is State.IDLE
     assert roles(stored(data_dir, session)) == ["user", "assistant"]
+
+
+class WrongChunks:
+    """A provider whose own code builds a malformed chunk after some text."""
+
+    name = "wrong"
+    model = "wrong-1"
+
+    def __init__(self, build: Callable[[], object]) -> None:
+        self.build = build
+
+    async def stream(self, request: Any) -> Any:
+        yield TextDelta("Some text, then ")
+        yield self.build()
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: TextDelta(123), "TextDelta.text"),  # type: ignore[arg-type]
+        (lambda: ToolCallRequest(None, "add", "{}"), "ToolCallRequest.id"),  # type: ignore[arg-type]
+        (lambda: Usage(-5, 1), "Usage.input_tokens"),
+        (lambda: Finish(None), "Finish.reason"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_malformed_chunk_is_the_providers_bug_not_the_engines(
+    new_session: Callable[..., ContextSession], build: Callable[[], object], field: str
+) -> None:
+    # Failing where the chunk is made, the turn names the provider and the field, stops
+    # in PermanentFailure with the text kept, and can be retried.
+    session = new_session(provider=WrongChunks(build))
+    with pytest.raises(
+        PermanentProviderError, match="internal error in provider 'wrong'"
+    ) as caught:
+        session.send("Hi").result(DEADLINE)
+    assert field in str(caught.value)
+    assert session.state is State.PERMANENT_FAILURE
+    assert session.history()[-1].content == "Some text, then "
+
+
+@pytest.mark.parametrize("wait", [-1.0, math.nan])
+def test_a_transient_error_with_a_wait_that_is_no_wait_is_still_retried(
+    new_session: Callable[..., ContextSession], wait: float
+) -> None:
+    fake = ScriptedProvider().error(TransientProviderError("busy", retry_after=wait))
+    fake.reply("Fine now.")
+    session = new_session(provider=fake, retry=FAST)
+    assert session.send("Hi").result(DEADLINE).content == "Fine now."
+    assert len(fake.requests) == 2
 
 
 # -- a store that fails mid-turn ----------------------------------------------------------

@@ -88,7 +88,10 @@ def test_a_second_store_on_a_busy_branch_is_refused_up_front(
         turn = first.send("long question")
         with pytest.raises(BusyError, match="in use by another writer"):
             second.send("cutting in")
-        second.branch("elsewhere", switch=False)
+        # Not at the head: that reply is still being generated.
+        with pytest.raises(BusyError, match="still being generated"):
+            second.branch("elsewhere", switch=False)
+        second.branch("elsewhere", from_message=second.history()[0].id, switch=False)
         second.switch("elsewhere")
         with pytest.raises(BusyError, match="in use by another writer"):
             second.delete_branch("main")  # the first writer is replying there

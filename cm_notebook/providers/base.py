@@ -30,11 +30,28 @@ __all__ = [
 ]
 
 
+# Chunks check their fields when made: a provider that builds a wrong one fails in its
+# own code, which the turn reports as a bug in that provider (PermanentFailure, with
+# retry() open), instead of failing later, far from the cause, inside the engine.
+
+
+def _require(chunk: object, name: str, value: object, kind: type | tuple[type, ...]) -> None:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise TypeError(
+            f"{type(chunk).__name__}.{name} must be {getattr(kind, '__name__', kind)}, "
+            f"got {value!r}"
+        )
+
+
 @dataclass(frozen=True)
 class TextDelta:
     """A piece of the reply's text."""
 
     text: str
+
+    def __post_init__(self) -> None:
+        if type(self.text) is not str:  # once per chunk: the exact check is the cheap one
+            _require(self, "text", self.text, str)
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,10 @@ class ToolCallRequest:
     name: str
     arguments_json: str
 
+    def __post_init__(self) -> None:
+        for name in ("id", "name", "arguments_json"):
+            _require(self, name, getattr(self, name), str)
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -53,6 +74,12 @@ class Usage:
 
     input_tokens: int
     output_tokens: int
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "output_tokens"):
+            _require(self, name, getattr(self, name), int)
+            if getattr(self, name) < 0:
+                raise ValueError(f"Usage.{name} must be >= 0, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +93,11 @@ class Finish:
 
     reason: str
     request_id: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _require(self, "reason", self.reason, str)
+        if self.request_id is not None:
+            _require(self, "request_id", self.request_id, str)
 
 
 StreamChunk = TextDelta | ToolCallRequest | Usage | Finish
