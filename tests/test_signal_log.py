@@ -12,6 +12,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from cm_notebook.errors import CorruptDataError
 from cm_notebook.events import ContentDelta, Event, MessageCompleted, Resync, StateChanged
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
@@ -76,6 +79,25 @@ def test_the_log_has_a_folder_of_its_own(tmp_path: Path) -> None:
     assert session.signal_log_path == folder / "signals" / "signals.log"
     assert sorted(os.listdir(folder / "signals")) == ["signals.log"]
     assert not (folder / "signals.log").exists()
+
+
+@pytest.mark.parametrize("kind", ["a folder", "a symbolic link"])
+def test_something_else_where_the_log_belongs_is_named_on_opening(
+    tmp_path: Path, kind: str
+) -> None:
+    session = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    session.send("hello").result(DEADLINE)
+    path = session.signal_log_path
+    session.close()
+    assert path is not None
+    path.unlink()
+    if kind == "a folder":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "elsewhere.log")
+    with pytest.raises(CorruptDataError, match=kind) as caught:
+        ContextSession.open(session.id, data_dir=tmp_path, provider=ScriptedProvider())
+    assert caught.value.path == path
 
 
 def test_a_log_kept_in_the_context_folder_moves_to_its_folder_with_its_numbers(

@@ -82,6 +82,7 @@ import concurrent.futures
 import functools
 import hashlib
 import os
+import stat
 import threading
 import weakref
 from collections.abc import Callable
@@ -89,7 +90,7 @@ from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
-from ..errors import CMError, ContextNotFoundError, InvalidInputError
+from ..errors import CMError, ContextNotFoundError, CorruptDataError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import ContextMetadata, Message
 from . import ops, oserrors
@@ -577,8 +578,18 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
         if os.path.islink(signals):
             raise oserrors.linked(signals)
         path = signal_log_in(folder)
-        if os.path.islink(path):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return path  # made by the first signal
+        if stat.S_ISLNK(mode):
             raise oserrors.linked(path)
+        if not stat.S_ISREG(mode):
+            raise CorruptDataError(
+                f"{path} is {oserrors.describe_kind(mode)}, not the context's signal log; "
+                "move it out of the way (a new log is made; the messages are untouched).",
+                path,
+            )
         return path
 
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
