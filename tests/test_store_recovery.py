@@ -13,6 +13,7 @@ import pytest
 from store_helpers import chain, msg
 
 from cm_notebook.errors import (
+    ContextNotFoundError,
     CorruptDataError,
     SchemaVersionError,
     StoreError,
@@ -147,6 +148,21 @@ async def test_missing_index_files_are_rebuilt(store: FileStore, data_dir: Path,
             assert await other.path("c1") == ids
         await chain(other, "c1", 1)
     assert len(await store.path("c1")) == 4
+
+
+async def test_a_context_that_lost_its_metadata_is_named_as_damaged_not_unknown(
+    store: FileStore, data_dir: Path
+) -> None:
+    await chain(store, "c1", 2)
+    await store.close()
+    (folder(data_dir) / "metadata.json").unlink()
+    async with FileStore(data_dir) as other:
+        with pytest.raises(CorruptDataError, match=r"lost its metadata\.json") as caught:
+            await other.get_metadata("c1")
+        assert caught.value.path == folder(data_dir) / "metadata.json"
+        assert "messages are untouched" in str(caught.value)
+        with pytest.raises(ContextNotFoundError):  # a context that never was: as before
+            await other.get_metadata("c2")
 
 
 async def test_a_lost_journal_keeps_every_message_on_a_recovered_branch(

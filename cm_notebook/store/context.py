@@ -177,7 +177,7 @@ class ContextState:
             # lstat: a link planted as metadata.json is damage to report, not "no context".
             st = os.lstat(self.metadata_path)
         except (FileNotFoundError, NotADirectoryError):
-            raise self.not_found() from None
+            raise self._without_metadata() from None
         except OSError as exc:
             raise translate(exc, self.metadata_path, "read") from exc
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -186,7 +186,7 @@ class ContextState:
         try:
             fd = open_regular(self.metadata_path, check_folder=False)
         except FileNotFoundError:
-            raise self.not_found() from None
+            raise self._without_metadata() from None
         try:
             fst = os.fstat(fd)
             data = read_from(fd, 0)
@@ -252,6 +252,19 @@ class ContextState:
         return ContextNotFoundError(
             f"no context {self.context_id!r} in {self.dir.parent}. List existing contexts "
             "with FileStore.list_contexts() (or `cm-notebook ls`)."
+        )
+
+    def _without_metadata(self) -> ContextNotFoundError | CorruptDataError:
+        # No metadata.json: no context, unless its folder still holds its messages (the
+        # file deleted or lost by a sync tool), which "no such context" would deny.
+        held = [name for name in (INDEX_NAME, JOURNAL_NAME) if (self.dir / name).is_file()]
+        if not held:
+            return self.not_found()
+        return CorruptDataError(
+            f"context {self.context_id!r} has lost its {METADATA_NAME} (title, branches), "
+            f"though its folder {self.dir} still holds its messages and {', '.join(held)}. "
+            f"Restore {METADATA_NAME} from a backup; the messages are untouched.",
+            self.metadata_path,
         )
 
     def view(self, func: Callable[[ContextState, ContextMetadata], T]) -> T:
