@@ -82,7 +82,6 @@ import concurrent.futures
 import functools
 import hashlib
 import os
-import stat
 import threading
 import weakref
 from collections.abc import Callable
@@ -90,7 +89,7 @@ from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
-from ..errors import CMError, ContextNotFoundError, CorruptDataError, InvalidInputError
+from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
 from ..model import ContextMetadata, Message
 from . import ops, oserrors
@@ -99,10 +98,14 @@ from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms
 from .context import ContextState, files_token, remove_tree, token_paths
-from .folders import create_context_folder, list_context_folders, signal_log_in, trash_path
+from .folders import (
+    checked_signal_log,
+    create_context_folder,
+    list_context_folders,
+    trash_path,
+)
 from .integrity import IntegrityChecks
 from .paths import (
-    SIGNALS_DIR,
     context_dir,
     default_data_dir,
     message_path,
@@ -571,26 +574,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
         """The context's signal log (see :mod:`cm_notebook.signal_log`):
         ``signals/signals.log`` in its folder."""
         validate_context_id(context_id)
-        folder = self._context_folder(context_id)
-        # A link planted in a shared folder must not make the log (appended to by every
-        # process) or the move of an older one write outside the data directory.
-        signals = folder / SIGNALS_DIR
-        if os.path.islink(signals):
-            raise oserrors.linked(signals)
-        path = signal_log_in(folder)
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            return path  # made by the first signal
-        if stat.S_ISLNK(mode):
-            raise oserrors.linked(path)
-        if not stat.S_ISREG(mode):
-            raise CorruptDataError(
-                f"{path} is {oserrors.describe_kind(mode)}, not the context's signal log; "
-                "move it out of the way (a new log is made; the messages are untouched).",
-                path,
-            )
-        return path
+        return checked_signal_log(self._context_folder(context_id))
 
     def branch_claim_path(self, context_id: str, branch: str) -> Path:
         """The lock file in the context folder by which a writer claims ``branch``.

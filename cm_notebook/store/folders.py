@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
@@ -20,6 +21,7 @@ from .codec import decode_metadata, encode_metadata, read_regular
 from .context import creation_lock, remove_lock_shell, remove_tree
 from .diagnostics import warn
 from .index import empty_index_bytes
+from .oserrors import describe_kind, linked
 from .paths import (
     INDEX_NAME,
     JOURNAL_NAME,
@@ -192,6 +194,29 @@ def signal_log_in(context_folder: Path) -> Path:
             return path
         with contextlib.suppress(OSError):
             os.unlink(older)
+    return path
+
+
+def checked_signal_log(context_folder: Path) -> Path:
+    """:func:`signal_log_in`, refusing a link or anything but a file where the log (or
+    its folder) belongs: every process appends to it, so a link planted in a shared
+    folder must not make that write land outside the data directory."""
+    signals = context_folder / SIGNALS_DIR
+    if os.path.islink(signals):
+        raise linked(signals)
+    path = signal_log_in(context_folder)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path  # made by the first signal
+    if stat.S_ISLNK(mode):
+        raise linked(path)
+    if not stat.S_ISREG(mode):
+        raise CorruptDataError(
+            f"{path} is {describe_kind(mode)}, not the context's signal log; move it out "
+            "of the way (a new log is made; the messages are untouched).",
+            path,
+        )
     return path
 
 
