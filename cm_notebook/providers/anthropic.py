@@ -328,11 +328,17 @@ def _translatable_errors() -> tuple[type[BaseException], ...]:
 
 
 def translate_sdk_error(
-    exc: BaseException, *, model: str | None = None, timeout: float | None = None
+    exc: BaseException,
+    *,
+    model: str | None = None,
+    timeout: float | None = None,
+    mid_stream: bool = False,
 ) -> ProviderError | None:
     """The cm_notebook error for an SDK or transport exception, or None if it is not one.
 
-    The caller raises the result ``from exc``. Messages never include the API key.
+    ``mid_stream``: raised while reading the reply's events (a connection lost then
+    broke the stream; it did not fail to connect). The caller raises the result
+    ``from exc``. Messages never include the API key.
     """
     scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
     if isinstance(exc, anthropic.APIStatusError):
@@ -351,8 +357,12 @@ def translate_sdk_error(
     if isinstance(exc, anthropic.APITimeoutError):
         return timeout_error(provider=_PROVIDER, timeout=timeout)
     if isinstance(exc, anthropic.APIConnectionError):
+        # Newer SDK releases wrap a transport error met while reading the stream too.
         cause = exc.__cause__ or exc
-        return connection_error(provider=_PROVIDER, detail=f"{type(cause).__name__}: {cause}")
+        broke = "the stream broke: " if mid_stream else ""
+        return connection_error(
+            provider=_PROVIDER, detail=f"{broke}{type(cause).__name__}: {cause}"
+        )
     if isinstance(exc, anthropic.APIResponseValidationError):
         return malformed_response_error(provider=_PROVIDER, detail=exc.message)
     if isinstance(exc, _transport_errors()):
@@ -448,8 +458,10 @@ class AnthropicProvider:
             for attr in ("api_key", "auth_token", "credentials")
         )
 
-    def _error(self, exc: BaseException) -> ProviderError:
-        error = translate_sdk_error(exc, model=self.model, timeout=self.timeout)
+    def _error(self, exc: BaseException, *, mid_stream: bool = False) -> ProviderError:
+        error = translate_sdk_error(
+            exc, model=self.model, timeout=self.timeout, mid_stream=mid_stream
+        )
         # _translatable_errors() and translate_sdk_error() cover the same classes.
         assert error is not None, f"untranslated {type(exc).__name__}"
         return error
@@ -478,7 +490,7 @@ class AnthropicProvider:
                 except _translatable_errors() as exc:
                     if translator.finished:
                         break  # dropped after message_stop: the reply is whole, keep it
-                    raise self._error(exc) from exc
+                    raise self._error(exc, mid_stream=True) from exc
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.
                 for out in translator.feed(event):
