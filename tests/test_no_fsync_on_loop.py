@@ -8,8 +8,10 @@ the code that makes it got hold of the function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,12 +31,20 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def _fsyncs_on_this_thread(calls: list[str]) -> Any:
+@contextlib.contextmanager
+def fsyncs_on_this_thread() -> Iterator[list[str]]:
+    """Where this thread calls ``fsync`` while the block runs (file:line, in order)."""
+    calls: list[str] = []
+
     def hook(frame: FrameType, event: str, arg: Any) -> None:
         if event == "c_call" and getattr(arg, "__name__", None) == "fsync":
             calls.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
 
-    return hook
+    sys.setprofile(hook)
+    try:
+        yield calls
+    finally:
+        sys.setprofile(None)
 
 
 def test_a_decision_and_closing_the_session_do_not_fsync_on_the_loop(data_dir: Path) -> None:
@@ -42,16 +52,12 @@ def test_a_decision_and_closing_the_session_do_not_fsync_on_the_loop(data_dir: P
         fake = ScriptedProvider(strict=True).tool_call("add", {"a": 20, "b": 22}).reply("42.")
         session = ContextSession.create("decisions", provider=fake, tools=[add], data_dir=data_dir)
         recorder = Recorder(session)
-        calls: list[str] = []
-        sys.setprofile(_fsyncs_on_this_thread(calls))
-        try:
+        with fsyncs_on_this_thread() as calls:
             turn = session.send("Add")
             await asyncio.wait_for(recorder.await_(seen(ToolApprovalRequested)), DEADLINE)
             session.approve("call_1")  # a person's decision: recorded in the audit log
             assert (await asyncio.wait_for(turn, DEADLINE)).content == "42."
             await session.aclose()  # the signal log's last fsync
-        finally:
-            sys.setprofile(None)
         assert [(r.tool_call_id, r.approved) for r in session.approval_log()] == [("call_1", True)]
         return calls
 
@@ -68,12 +74,8 @@ def test_a_reply_long_enough_to_compact_the_signal_log_does_not_fsync_on_the_loo
     async def main() -> tuple[list[str], str]:
         fake = ScriptedProvider(strict=True).reply("".join(chunks), chunks=chunks)
         session = ContextSession.create("long", provider=fake, data_dir=data_dir)
-        calls: list[str] = []
-        sys.setprofile(_fsyncs_on_this_thread(calls))
-        try:
+        with fsyncs_on_this_thread() as calls:
             reply = await asyncio.wait_for(session.send("Go on"), DEADLINE)
-        finally:
-            sys.setprofile(None)
         await session.aclose()
         return calls, reply.content
 
@@ -91,9 +93,7 @@ def test_allowing_a_tool_for_the_context_by_click_does_not_fsync_on_the_loop(
         fake = ScriptedProvider(strict=True).tool_call("add", {"a": 20, "b": 22}).reply("42.")
         session = ContextSession.create("allow", provider=fake, tools=[add], data_dir=data_dir)
         approvals = ToolApproval(session)
-        calls: list[str] = []
-        sys.setprofile(_fsyncs_on_this_thread(calls))
-        try:
+        with fsyncs_on_this_thread() as calls:
             turn = session.send("Add")
             row = await until(lambda: approvals.rows.get("call_1"))
             click = threading.Thread(target=row.context_button.click)
@@ -102,8 +102,6 @@ def test_allowing_a_tool_for_the_context_by_click_does_not_fsync_on_the_loop(
             click.join()
             await until(lambda: session.allowed_tools()["context"] == ["add"])
             status = await until(lambda: "done" in row.status.value and row.status.value)
-        finally:
-            sys.setprofile(None)
         approvals.close()
         await session.aclose()
         return calls, status

@@ -35,12 +35,9 @@ __all__ = [
 # retry() open), instead of failing later, far from the cause, inside the engine.
 
 
-def _require(chunk: object, name: str, value: object, kind: type | tuple[type, ...]) -> None:
+def _require(chunk: object, name: str, value: object, kind: type) -> None:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise TypeError(
-            f"{type(chunk).__name__}.{name} must be {getattr(kind, '__name__', kind)}, "
-            f"got {value!r}"
-        )
+        raise TypeError(f"{type(chunk).__name__}.{name} must be {kind.__name__}, got {value!r}")
 
 
 @dataclass(frozen=True)

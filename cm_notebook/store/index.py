@@ -70,6 +70,7 @@ from .snapshot import (
     check_journal_follows,
     empty_index_bytes,
     file_identity,
+    first_journal_line,
     open_index_file,
     parse_journal,
     parse_snapshot,
@@ -323,7 +324,8 @@ class MessageIndex:
             journal = read_from(journal_fd, 0)
             lazy = None
             if region is not None:
-                check_journal_follows(region[1], journal, self.index_path, self.journal_path)
+                first = first_journal_line(journal, self.journal_path)
+                check_journal_follows(region[1], first, self.index_path, self.journal_path)
                 lazy = LazyFiles.read(*region, journal, self.journal_path)
             if lazy is not None:
                 streaming = lazy.streaming_ids(said)
@@ -331,8 +333,9 @@ class MessageIndex:
                 if region is not None:
                     snapshot_data = region[0].data
                 snapshot, next_n = parse_snapshot(snapshot_data, self.index_path)
-                check_journal_follows(next_n, journal, self.index_path, self.journal_path)
                 lines, end = parse_journal(journal, 0, self.journal_path)
+                first = lines[0] if lines else None
+                check_journal_follows(next_n, first, self.index_path, self.journal_path)
         except BaseException as exc:
             # Leave the previous state untouched: a failed reload changes nothing.
             for fd in (index_fd, journal_fd):

@@ -83,29 +83,26 @@ def repair_files(
         path = f"{prefix}{message_id}.json"
         unflushed = flush and done.get(message_id) != copy
         whole = intact(path, copy[2])
-        if whole and not (compare and (unflushed or not flush)):
-            if unflushed:
+        data = None
+        if not whole or (compare and (unflushed or not flush)):
+            data = _journal_copy(index, message_id, copy, path)
+        if data is None or (whole and _holds(path, data)):
+            if whole and unflushed:
                 _flush(path, fsync)
-            continue
-        data = _journal_copy(index, message_id, copy, path)
-        if whole and (data is None or _holds(path, data)):
-            if unflushed:
-                _flush(path, fsync)
-            continue
-        if data is not None:
-            try:
-                atomic_write(Path(path), data, fsync=fsync, temp_dir=index.ctx_dir)
-            except StoreError:
-                if flush:
-                    raise  # the journal's copy must not be dropped
-                continue  # (a folder in its place, say) reported by the readers
-            repaired += 1
-            warn(
-                f"message file {path} was missing, damaged or older than its last "
-                "committed version (the machine went down before it reached the disk, "
-                "or it was changed by hand); it was restored from the journal",
-                Path(path),
-            )
+            continue  # intact, or no copy to restore it from (the readers report it)
+        try:
+            atomic_write(Path(path), data, fsync=fsync, temp_dir=index.ctx_dir)
+        except StoreError:
+            if flush:
+                raise  # the journal's copy must not be dropped
+            continue  # (a folder in its place, say) reported by the readers
+        repaired += 1
+        warn(
+            f"message file {path} was missing, damaged or older than its last "
+            "committed version (the machine went down before it reached the disk, "
+            "or it was changed by hand); it was restored from the journal",
+            Path(path),
+        )
     if flush:
         fsync_dir(folder, fsync)
     return repaired

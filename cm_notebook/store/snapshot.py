@@ -224,10 +224,16 @@ def salvage_journal(path: Path) -> list[JournalLine]:
     return found
 
 
+def first_journal_line(journal: bytes, path: Path) -> JournalLine | None:
+    """The first complete line of journal bytes, parsed (None if there is none)."""
+    end = journal.find(b"\n")
+    return journal_line_parser(path)(journal[:end], 0) if end >= 0 else None
+
+
 def check_journal_follows(
-    next_n: int, journal: bytes, snapshot_path: Path, journal_path: Path
+    next_n: int, first: JournalLine | None, snapshot_path: Path, journal_path: Path
 ) -> None:
-    """Raise RebuildNeeded unless the journal's first line follows the snapshot.
+    """Raise RebuildNeeded unless the journal's ``first`` line follows the snapshot.
 
     Compaction writes a snapshot whose ``next_n`` is the number the new journal's first
     line takes, and a journal it has not yet replaced starts before that (its lines are
@@ -236,11 +242,7 @@ def check_journal_follows(
     by file, a sync tool), and the lines in between, with the messages they held, are in
     no index. Lines without numbers (format 2) are not checked.
     """
-    end = journal.find(b"\n")
-    if end < 0:
-        return  # empty, or one line still being written
-    first = journal_line_parser(journal_path)(journal[:end], 0)
-    if first.n > next_n:
+    if first is not None and first.n > next_n:
         raise RebuildNeeded(
             f"{snapshot_path.name} is older than {journal_path.name}: it ends before line "
             f"{next_n}, and the journal starts at line {first.n} (an older copy was put "
