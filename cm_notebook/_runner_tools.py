@@ -29,7 +29,7 @@ from .approvals import Decision, without_asking
 from .model import Message, ToolCall, ToolCallStatus
 from .tools import ToolOutcome, UnknownToolError, denied_result, run_tool
 
-__all__ = ["ToolRounds"]
+__all__ = ["ToolRounds", "interrupted_result"]
 
 
 class ToolRounds:
@@ -203,7 +203,7 @@ class ToolRounds:
         if call.status is not ToolCallStatus.RUNNING and call.result is not None:
             return call  # it ran to the end; only its answer was not stored
         why = f"interrupted while running ({cause})"
-        text = _interrupted_result(call.name, cause)
+        text = interrupted_result(call.name, cause)
         return call.model_copy(
             update={"status": ToolCallStatus.FAILED, "reason": why, "result": text}
         )
@@ -217,9 +217,11 @@ class ToolRounds:
         self._last_reply = updated
 
 
-def _interrupted_result(tool_name: str, cause: str) -> str:
-    # The text the model gets for a call cut off while its tool was running: not a
-    # denial (that says it never ran), since it may have done its work.
+def interrupted_result(tool_name: str, cause: str) -> str:
+    """The text the model gets for a call cut off while its tool was running.
+
+    Not a denial (that says it never ran): it may have done its work.
+    """
     return (
         f"error: the call to tool {tool_name!r} was interrupted while running ({cause}): it "
         "may have completed, and its side effects may have happened; check before running "

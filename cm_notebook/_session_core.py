@@ -40,6 +40,7 @@ from ._approval_log import LOCK_TIMEOUT as ALLOW_LIST_LOCK_TIMEOUT
 from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
+from ._dead_rounds import DeadRounds
 from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
@@ -180,6 +181,10 @@ class SessionCore(PromptWrites, MetadataReads):
         self._index_token: object | None = None
         # Settled messages already read or written: a turn reads only new ones.
         self._messages = MessageCache()
+        # Tool calls a killed process left open are settled before a turn builds on them.
+        self._dead_rounds = DeadRounds(
+            store, self.id, self._io, self._messages, self._claims, self._publish
+        )
         self._follow(store)
 
     # -- the context's metadata (public, shared with the API) ----------------------
@@ -371,6 +376,9 @@ class SessionCore(PromptWrites, MetadataReads):
         try:
             if self._unsettled:
                 self._io.call(self._settle_replies())
+            known = self._read_metadata().branches.get(branch)  # None: a branch to be made
+            if known is not None:
+                self._dead_rounds.before_turn(branch, known.head)
             yield claim
         except BaseException:
             claim.release()
@@ -574,6 +582,8 @@ class SessionCore(PromptWrites, MetadataReads):
         try:
             ids = self._io.call(self._store.path(self.id, branch))
             last = self._io.call(self._store.get_message(self.id, ids[-1])) if ids else None
+            # Tool calls it left waiting or running are settled, if nobody took over.
+            self._dead_rounds.if_free(branch, ids[-1] if ids else None)
         except (OSError, CMError):
             last = None
         if last is not None and last.status is MessageStatus.INTERRUPTED:

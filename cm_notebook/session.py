@@ -229,6 +229,10 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             opened = store if store is not None else FileStore(data_dir)
             metadata = StoreAccess(opened).call(opened.get_metadata(context_id))
             session = cls(opened, metadata, options, owns_store=store is None)
+            # Tool calls a killed process left open on the active branch are settled now,
+            # so the views show what became of them (see cm_notebook._dead_rounds).
+            active = metadata.active_branch
+            session._dead_rounds.if_free(active, metadata.branches[active].head)
             REGISTRY.add(key, session)
             return session
 

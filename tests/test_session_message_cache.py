@@ -79,9 +79,14 @@ def test_a_message_whose_tool_calls_are_open_is_read_again(
         tool_calls=[ToolCall(id="call-1", name="lookup", status=ToolCallStatus.RUNNING)],
     )
 
+    # The conversation went on past it (a settled round ends on a reply, so a send
+    # does not settle this one: see cm_notebook._dead_rounds).
+    after = Message(role="user", parent_id=asking.id, content="meanwhile")
+
     async def ask_elsewhere() -> None:
         async with FileStore(data_dir) as other:
             await other.append_message(session.id, asking, branch="main", expected_head=None)
+            await other.append_message(session.id, after, branch="main", expected_head=asking.id)
 
     anyio.run(ask_elsewhere)
     session.send("while it runs").result(DEADLINE)

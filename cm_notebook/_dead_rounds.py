@@ -1,0 +1,250 @@
+"""Tool rounds whose turn died: settling the calls a killed process left open.
+
+A turn records what becomes of each tool call in the assistant message that asked for
+it (``pending`` while it waits for a decision, ``running`` while its tool runs) and
+answers each call with a tool message. A process killed in between (``kill -9``, a
+kernel restarted while a call waited for approval) leaves the calls ``pending`` or
+``running`` for ever, with no tool message: no desk waits for a decision any more and
+no tool is running, but the stored history says otherwise.
+
+:func:`settle_dead_round` finishes such a round the way a cancelled turn does
+(:mod:`cm_notebook._runner_tools`): a call that was never started is *denied* ("do not
+retry it unchanged"), one cut off while running is *failed*, "interrupted while
+running", since it may have done its work, and one that had finished keeps its result.
+Each call left unanswered on the branch gets its tool message, then the assistant
+message is rewritten with the settled calls. Writing the answers first makes it safe
+to stop anywhere: a second run finds the answers and only rewrites the calls.
+
+It runs under the branch's claim (no turn of any process is on that branch), when a
+turn is about to start there, when a session opens, and when a session sees another
+process's turn die. A round that a live turn on *another* branch is still working on
+(a fork made at its reply while it waited) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import events as ev
+from ._claims import BranchClaims
+from ._runner_tools import interrupted_result
+from ._session_messages import MessageCache, is_settled
+from ._sessionio import StoreAccess
+from .errors import BranchMovedError, BusyError, CMError
+from .model import Message, ToolCall, ToolCallStatus
+from .store import Store
+from .store.oslock import lock_is_held
+from .tools import denied_result
+
+__all__ = ["DeadRounds", "SettledRound", "may_hold_dead_round", "settle_dead_round"]
+
+_log = logging.getLogger(__name__)
+
+#: Why the calls of a dead round stopped, as the model and the views are told.
+STOPPED = "the process running this turn died, e.g. it was killed or its kernel restarted"
+UNDECIDED = f"no decision was made: {STOPPED}"
+
+_OPEN = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.RUNNING})
+
+
+@dataclass
+class SettledRound:
+    """What settling a dead round wrote: the events to announce, in order."""
+
+    reply_id: str
+    events: list[ev.Event] = field(default_factory=list)
+
+
+def may_hold_dead_round(head: Message | None) -> bool:
+    """Whether the branch ending at ``head`` may end in an unfinished tool round.
+
+    False for a settled assistant message (every turn that completes ends on one) and
+    for a user message, so a send reads nothing more; True for a tool message (the
+    round it answers may have more calls) and an assistant message with open calls.
+    """
+    if head is None or head.role == "user":
+        return False
+    if head.role == "tool":
+        return True
+    return bool(head.tool_calls) and not is_settled(head)
+
+
+async def settle_dead_round(
+    store: Store,
+    context_id: str,
+    branch: str,
+    cache: MessageCache,
+    claim_held: Callable[[str], bool],
+) -> SettledRound | None:
+    """Settle the tool round at the end of ``branch`` if its turn died (see the module).
+
+    The caller holds ``branch``'s claim. ``claim_held(other)`` says whether a live turn
+    holds another branch's claim. Returns None when there was nothing to settle.
+    """
+    ids, path = await cache.path_messages(store, context_id, branch)
+    start = len(path) - 1
+    while start >= 0 and path[start].role == "tool":
+        start -= 1
+    if start < 0 or not ids or path[-1].id != ids[-1]:
+        return None  # no round, or the path has an unreadable message at its end
+    reply = path[start]
+    if not reply.tool_calls or is_settled(reply):
+        return None
+    answers = {m.tool_call_id: m.content for m in path[start + 1 :] if m.tool_call_id}
+    if await _worked_on_elsewhere(store, context_id, branch, reply.id, claim_held):
+        return None
+    calls = [_settled(call, answers.get(call.id)) for call in reply.tool_calls]
+    settled = SettledRound(reply.id)
+    head = ids[-1]
+    for call in calls:
+        if call.id in answers:
+            continue
+        answer = Message(
+            role="tool", parent_id=head, content=call.result or "", tool_call_id=call.id
+        )
+        try:
+            await store.append_message(context_id, answer, branch=branch, expected_head=head)
+        except BranchMovedError:
+            return None  # a writer that did not claim the branch: leave the round to it
+        cache.remember(answer)
+        head = answer.id
+        settled.events.append(
+            ev.MessageAdded(
+                branch=branch, message_id=answer.id, parent_id=answer.parent_id, role="tool"
+            )
+        )
+    final = reply.model_copy(update={"tool_calls": calls})
+    await store.update_message(context_id, final)
+    cache.remember(final)
+    for before, after in zip(reply.tool_calls, calls, strict=True):
+        if before.status is not after.status:
+            settled.events.append(
+                ev.ToolCallResolved(
+                    branch=branch, tool_call_id=after.id, status=after.status, reason=after.reason
+                )
+            )
+    return settled
+
+
+def _settled(call: ToolCall, answer: str | None) -> ToolCall:
+    # The call as its dead turn would have left it; ``answer``: its stored tool message.
+    if call.status not in _OPEN and call.result is not None:
+        return call  # settled already (its answer may be all that is missing)
+    if answer is not None:
+        # Answered, but the process died before recording it in the reply. Failures
+        # and denials are answered "error: ..." (cm_notebook.tools); a call never
+        # started cannot have succeeded.
+        failed = answer.startswith("error:")
+        if call.status is ToolCallStatus.RUNNING:
+            status = ToolCallStatus.FAILED if failed else ToolCallStatus.DONE
+        else:
+            status = ToolCallStatus.DENIED
+        return call.model_copy(update={"status": status, "result": answer})
+    if call.status is ToolCallStatus.RUNNING:
+        reason = f"interrupted while running ({STOPPED})"
+        text = interrupted_result(call.name, STOPPED)
+        return call.model_copy(
+            update={"status": ToolCallStatus.FAILED, "reason": reason, "result": text}
+        )
+    if call.status in _OPEN:
+        text = denied_result(call.name, UNDECIDED)
+        return call.model_copy(
+            update={"status": ToolCallStatus.DENIED, "reason": UNDECIDED, "result": text}
+        )
+    # Denied or failed, its text never stored: the text its turn would have sent.
+    text = (
+        denied_result(call.name, call.reason)
+        if call.status is ToolCallStatus.DENIED
+        else (f"error: {call.reason or 'the call failed'}")
+    )
+    return call.model_copy(update={"result": text})
+
+
+async def _worked_on_elsewhere(
+    store: Store, context_id: str, branch: str, reply_id: str, claim_held: Callable[[str], bool]
+) -> bool:
+    # A live turn on another branch whose head is the reply, or one of the tool
+    # messages answering it, may still be deciding or running these calls.
+    entries = await store.index(context_id)
+    metadata = await store.get_metadata(context_id)
+    for name, other in metadata.branches.items():
+        if name == branch or other.head is None:
+            continue
+        current: str | None = other.head
+        while current is not None and current != reply_id:
+            entry = entries.get(current)
+            current = entry.parent_id if entry is not None and entry.role == "tool" else None
+        if current == reply_id and claim_held(name):
+            return True
+    return False
+
+
+class DeadRounds:
+    """A session's side of settling dead rounds: when to look, and announcing it."""
+
+    def __init__(
+        self,
+        store: Store,
+        context_id: str,
+        io: StoreAccess,
+        cache: MessageCache,
+        claims: BranchClaims,
+        publish: Callable[[ev.Event], None],
+    ) -> None:
+        self._store = store
+        self._context_id = context_id
+        self._io = io
+        self._cache = cache
+        self._claims = claims
+        self._publish = publish
+        self._claim_path: Callable[[str, str], Path] | None = getattr(
+            store, "branch_claim_path", None
+        )
+
+    def before_turn(self, branch: str, head: str | None) -> None:
+        """Settle a dead round ending at ``head`` on ``branch`` (its claim is held).
+
+        Costs nothing when the head is a settled reply this session holds (the end of
+        every finished turn); otherwise reads the head, and the path only if it may end
+        in an unfinished round. A round that cannot be settled (a damaged file, a full
+        disk) is logged and left: the turn's request fills in what is missing.
+        """
+        if head is None:
+            return
+        found, _missing = self._cache.lookup([head])
+        message = found.get(head)
+        try:
+            if message is None:
+                message = self._io.call(self._store.get_message(self._context_id, head))
+                self._cache.remember(message)
+            if not may_hold_dead_round(message):
+                return
+            settled = self._io.call(
+                settle_dead_round(self._store, self._context_id, branch, self._cache, self._held)
+            )
+        except (OSError, CMError) as exc:
+            _log.warning("could not settle the tool calls left open on branch %r: %s", branch, exc)
+            return
+        if settled is not None:
+            for event in settled.events:
+                self._publish(event)
+
+    def if_free(self, branch: str, head: str | None) -> None:
+        """Settle a dead round on ``branch`` if no turn (in any process) holds it."""
+        try:
+            claim = self._claims.take(branch)
+        except (BusyError, OSError, CMError):
+            return  # a live turn: it settles its own round
+        try:
+            self.before_turn(branch, head)
+        finally:
+            claim.release()
+
+    def _held(self, branch: str) -> bool:
+        if branch in self._claims.held():
+            return True
+        path_of = self._claim_path
+        return path_of is not None and lock_is_held(path_of(self._context_id, branch))

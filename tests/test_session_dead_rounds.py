@@ -1,0 +1,235 @@
+"""Tool calls a dead process left open are settled: none stays pending or running for ever.
+
+A process killed while a call waited for approval, or while its tool ran, leaves the
+call recorded as ``pending`` or ``running`` with no tool message. The next session to
+take the branch (opening the context, sending on it, or watching the other process
+die) settles the round as a cancelled turn would: denied if the tool never started,
+failed "interrupted while running" if it had, each with its tool message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+from test_signal_follow import DEADLINE, Recorder, _wait_for
+from tool_writer import start_tool_writer
+
+from cm_notebook._dead_rounds import STOPPED, UNDECIDED
+from cm_notebook.events import ToolApprovalRequested, ToolCallResolved
+from cm_notebook.model import Message, ToolCall, ToolCallStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import denied_result
+
+
+def _doomed_writer(data_dir: Path, context_id: str, *, approval: str) -> subprocess.Popen[str]:
+    # Asks for ``slow(x="1")``; prints ASKED when the call waits for a decision and
+    # RUNNING once the tool runs (it then sleeps until killed).
+    code = textwrap.dedent(
+        f"""
+        import time
+        from cm_notebook.events import ToolApprovalRequested
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        def slow(x: str) -> str:
+            \"\"\"Take a long time.\"\"\"
+            print("RUNNING", flush=True)
+            time.sleep(600)
+            return "finished"
+
+        provider = ScriptedProvider().tool_call("slow", {{"x": "1"}}).reply("never sent")
+        session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
+                                      provider=provider, tools=[slow], approval={approval!r})
+        session.subscribe(
+            lambda e: isinstance(e, ToolApprovalRequested) and print("ASKED", flush=True)
+        )
+        session.send("Please run slow.")
+        time.sleep(600)
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def _kill_when(child: subprocess.Popen[str], marker: str) -> None:
+    assert child.stdout is not None
+    try:
+        for line in child.stdout:
+            if line.strip() == marker:
+                break
+        else:
+            raise AssertionError(f"the writer ended before it printed {marker}")
+    finally:
+        _kill(child)
+
+
+def _kill(child: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(DEADLINE)
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+@pytest.fixture
+def context_id(tmp_path: Path) -> str:
+    with ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider()) as session:
+        return session.id
+
+
+def _calls(session: ContextSession) -> list[ToolCall]:
+    return [call for message in session.history() for call in message.tool_calls]
+
+
+@pytest.mark.parametrize(
+    ("approval", "marker", "status", "text"),
+    [
+        ("ask", "ASKED", ToolCallStatus.DENIED, denied_result("slow", UNDECIDED)),
+        ("auto", "RUNNING", ToolCallStatus.FAILED, "was interrupted while running"),
+    ],
+    ids=["waiting-for-approval", "tool-running"],
+)
+def test_opening_settles_the_calls_a_killed_process_left_open(
+    tmp_path: Path, context_id: str, approval: str, marker: str, status: ToolCallStatus, text: str
+) -> None:
+    _kill_when(_doomed_writer(tmp_path, context_id, approval=approval), marker)
+
+    provider = ScriptedProvider().reply("Understood.")
+    with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
+        [call] = _calls(session)
+        assert call.status is status
+        assert text in (call.result or "")
+        if status is ToolCallStatus.FAILED:
+            assert call.reason == f"interrupted while running ({STOPPED})"
+            assert "check before running it again" in (call.result or "")
+        # The call is answered on the branch, as a cancelled turn answers it.
+        roles = [m.role for m in session.history()]
+        assert roles == ["user", "assistant", "tool"]
+        assert session.history()[-1].content == call.result
+        assert session.pending_tool_calls == []
+
+        session.send("Go on.").result(DEADLINE)
+        seen = provider.requests[-1].messages
+        assert [m.role for m in seen] == ["user", "assistant", "tool", "user"]
+        assert seen[2].content == call.result  # not "no result was recorded"
+        assert [c.status for c in _calls(session)] == [status]
+
+
+def test_a_live_session_settles_the_round_when_the_other_process_dies(
+    tmp_path: Path, context_id: str
+) -> None:
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        seen = Recorder(session)
+        child = start_tool_writer(tmp_path, context_id)
+        try:
+            _wait_for(
+                lambda: any(isinstance(e, ToolApprovalRequested) for e in list(seen.events)),
+                "the other process to ask for approval",
+            )
+        finally:
+            _kill(child)
+        _wait_for(
+            lambda: [c.status for c in _calls(session)] == [ToolCallStatus.DENIED],
+            "the dead process's call to be settled",
+        )
+        [call] = _calls(session)
+        assert call.reason == UNDECIDED
+        resolved = [e for e in list(seen.events) if isinstance(e, ToolCallResolved)]
+        assert [(e.tool_call_id, e.status) for e in resolved] == [(call.id, call.status)]
+        assert [m.role for m in session.history()] == ["user", "assistant", "tool"]
+
+
+def _add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def test_a_fork_does_not_settle_calls_a_live_turn_is_waiting_on(tmp_path: Path) -> None:
+    provider = ScriptedProvider().tool_call("_add", {"a": 1, "b": 2})
+    provider.reply("On the fork.").reply("It is 3.")
+    with ContextSession.create(data_dir=tmp_path, provider=provider, tools=[_add]) as session:
+        turn = session.send("What is 1 + 2?")
+        _wait_for(lambda: bool(session.pending_tool_calls), "the call to wait for approval")
+        [waiting] = session.pending_tool_calls
+        session.branch("fork", switch=False)  # at the reply whose call waits
+        session.send("Meanwhile, hello.", branch="fork").result(DEADLINE)
+        [stored] = [c for m in session.history("fork") for c in m.tool_calls]
+        assert stored.status is ToolCallStatus.PENDING  # still the live turn's
+
+        session.approve(waiting.id)
+        assert turn.result(DEADLINE).content == "It is 3."
+        [done] = _calls(session)
+        assert (done.status, done.result) == (ToolCallStatus.DONE, "3")
+
+
+def _store_round(
+    tmp_path: Path, context_id: str, answers: dict[str, str], branch: str = "main"
+) -> str:
+    # A round as a process killed at the worst moment leaves it: the reply records
+    # ``first`` running and ``second`` pending, and ``answers`` are stored.
+    async def write() -> str:
+        async with FileStore(tmp_path) as store:
+            head = (await store.get_metadata(context_id)).branches[branch].head
+            user = Message(role="user", parent_id=head, content="Add twice.")
+            await store.append_message(context_id, user, branch=branch, expected_head=head)
+            calls = [
+                ToolCall(
+                    id="first", name="_add", arguments={"a": 1}, status=ToolCallStatus.RUNNING
+                ),
+                ToolCall(id="second", name="_add", arguments={"a": 2}),
+            ]
+            reply = Message(role="assistant", parent_id=user.id, content="", tool_calls=calls)
+            await store.append_message(context_id, reply, branch=branch, expected_head=user.id)
+            head = reply.id
+            for call_id, text in answers.items():
+                answer = Message(role="tool", parent_id=head, content=text, tool_call_id=call_id)
+                await store.append_message(context_id, answer, branch=branch, expected_head=head)
+                head = answer.id
+            return reply.id
+
+    return anyio.run(write)
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [("3", ToolCallStatus.DONE), ("error: b is missing", ToolCallStatus.FAILED)],
+    ids=["succeeded", "failed"],
+)
+def test_a_call_answered_before_the_process_died_keeps_its_answer(
+    tmp_path: Path, context_id: str, answer: str, status: ToolCallStatus
+) -> None:
+    reply_id = _store_round(tmp_path, context_id, {"first": answer})
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        first, second = session.get(reply_id).tool_calls
+        assert (first.status, first.result) == (status, answer)
+        assert (second.status, second.reason) == (ToolCallStatus.DENIED, UNDECIDED)
+        tools = [(m.tool_call_id, m.content) for m in session.history() if m.role == "tool"]
+        assert tools == [("first", answer), ("second", second.result)]
+        settled = session.history()
+    # Settling is done once: opening again finds nothing left to do.
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        assert session.history() == settled
+
+
+def test_a_turn_settles_the_round_left_open_on_its_branch(tmp_path: Path, context_id: str) -> None:
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        session.branch("side", switch=False)
+    reply_id = _store_round(tmp_path, context_id, {}, branch="side")
+    provider = ScriptedProvider().reply("Fine.")
+    with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
+        # Opening settles the active branch only; "side" waits for its next turn.
+        open_calls = [c.status for c in session.get(reply_id).tool_calls]
+        assert open_calls == [ToolCallStatus.RUNNING, ToolCallStatus.PENDING]
+        session.send("Go on.", branch="side").result(DEADLINE)
+        first, second = session.get(reply_id).tool_calls
+        assert (first.status, second.status) == (ToolCallStatus.FAILED, ToolCallStatus.DENIED)
+        seen = provider.requests[-1].messages
+        assert [m.role for m in seen] == ["user", "assistant", "tool", "tool", "user"]
+        assert [m.content for m in seen[2:4]] == [first.result, second.result]
