@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import shutil
@@ -338,3 +339,68 @@ def test_on_a_terminal_the_command_shows_a_bar_beside_the_reports(data_dir: Path
     text = shown.decode()
     assert "checking: 100%" in text
     assert all(f"c{number}: 0 message(s), ok" in text for number in range(3))
+
+
+@pytest.mark.parametrize("chars", [1, 2000], ids=["short", "long (the index is read lazily)"])
+@pytest.mark.parametrize("where", ["at the end", "in the middle"])
+async def test_a_copy_of_an_earlier_journal_line_moves_no_head_back(
+    store: FileStore, data_dir: Path, chars: int, where: str
+) -> None:
+    # A journal only grows, each line numbered after the last. A copy of an earlier
+    # line (a sync tool, a botched merge) says "main" is at an older message: it is
+    # damage, and the newest head move wins.
+    journal = folder(data_dir) / "message_index.journal"
+    await _messages(store, 3, chars)
+    await store.compact("c1")
+    ids = await _messages(store, 10, chars)  # long: over 32 KiB, the index is read lazily
+    await store.close()
+    lines = journal.read_bytes().splitlines(keepends=True)
+    at = len(lines) if where == "at the end" else 2
+    journal.write_bytes(b"".join([*lines[:at], lines[0], *lines[at:]]))
+    async with FileStore(data_dir) as reopened:
+
+        async def read() -> tuple[str | None, list[str]]:
+            # The head first, with no walk: a lazy index parses only the lines it needs.
+            head = (await reopened.get_metadata("c1")).branches["main"].head
+            return head, await reopened.path("c1")
+
+        with pytest.warns(StoreWarning, match="message_index.journal"):
+            head, path = await read()
+        assert (head, path[-10:]) == (ids[-1], ids)
+        assert (await reopened.check("c1")).ok
+    async with FileStore(data_dir) as again:
+        assert (await again.path("c1"))[-10:] == ids
+
+
+async def test_a_copy_of_an_earlier_journal_line_appended_under_an_open_store_is_damage(
+    store: FileStore, data_dir: Path
+) -> None:
+    journal = folder(data_dir) / "message_index.journal"
+    ids = await _messages(store, 4, 1)
+    assert await store.path("c1") == ids  # the journal read up to its end
+    with journal.open("ab") as handle:
+        handle.write(journal.read_bytes().splitlines(keepends=True)[0])
+    with pytest.warns(StoreWarning, match="line numbers only go up"):
+        path = await store.path("c1")
+    assert path == ids
+
+
+async def test_check_names_a_branch_head_that_leads_nowhere(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 2)
+    await store.create_branch("c1", "side", head=ids[0])
+    await store.compact("c1")  # the heads are in metadata.json alone
+    await store.close()
+    meta_path = folder(data_dir) / "metadata.json"
+    raw = json.loads(meta_path.read_text())
+    raw["branches"]["side"]["head"] = "m-edited-by-hand"
+    meta_path.write_text(json.dumps(raw))
+    async with FileStore(data_dir) as reopened:
+        report = await reopened.check("c1", repair=True)
+        assert not report.ok
+        assert report.dangling == (("side", "m-edited-by-hand"),)
+        assert "branch 'side' points at message 'm-edited-by-hand'" in str(report)
+        assert "set_branch_head" in str(report)
+        await reopened.set_branch_head("c1", "side", ids[1])
+        assert (await reopened.check("c1")).ok

@@ -564,3 +564,35 @@ async def test_a_version_1_context_opens_unchanged_and_is_written_as_the_current
     raw = json.loads((ctx / "metadata.json").read_text())
     assert raw["schema_version"] == SCHEMA_VERSION == 3
     assert raw["branches"]["b"]["system_prompt"] == "Be brief."
+
+
+@pytest.mark.parametrize("file_damage", ["garbled", "missing"])
+async def test_a_rebuild_keeps_the_entry_of_a_message_file_it_cannot_read(
+    store: FileStore, data_dir: Path, file_damage: str
+) -> None:
+    # Two damages at once: a message file no journal line holds a copy of any more is
+    # unreadable, and the journal is damaged, so the index is rebuilt. The old index's
+    # entry for that message keeps its place in the tree: the conversation after it
+    # still reads (that message skipped, with a warning), and no branch breaks.
+    ids = await chain(store, "c1", 4)
+    await store.compact("c1")  # the journal no longer holds copies of the messages
+    bad = folder(data_dir) / "messages" / f"{ids[1]}.json"
+    if file_damage == "garbled":
+        bad.write_text("nonsense")
+    else:
+        bad.unlink()
+    _damage_index(folder(data_dir), "journal line")
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning) as record:
+            path = await other.path("c1")
+        assert path == ids
+        with pytest.warns(StoreWarning, match=str(bad)):
+            page = await other.page("c1")
+        assert [m.id for m in page] == [ids[0], *ids[2:]]
+        assert (await other.index("c1"))[ids[1]].parent_id == ids[0]
+        with pytest.raises(CorruptDataError) as info:
+            await other.get_message("c1", ids[1])
+        assert info.value.path == bad
+    texts = [str(w.message) for w in record]
+    assert any("rebuilt" in t for t in texts)
+    assert any(f"{ids[1]}.json" in t and "kept" in t for t in texts)

@@ -58,7 +58,7 @@ from .paths import (
     STREAMING_SUFFIX,
     message_path,
 )
-from .recovered import listed_ids, recover_hidden
+from .recovered import known_entries, listed_entries, recover_hidden
 from .repair import repair_files
 from .streaming_locks import StreamingLocks
 from .walks import WalkCache
@@ -471,7 +471,7 @@ class ContextState:
         """Rebuild the index, first saving what only the damaged journal holds; returns
         the metadata as now saved (``base`` with those head moves, and a ``recovered``
         branch for each conversation whose head move was lost: see .recovered)."""
-        listed = listed_ids(self.index.index_path)
+        listed = listed_entries(self.index.index_path)
         salvaged_lines = self.index.salvage()
         self.flushes.clear()  # the rebuilt journal starts empty: its places start over
         with contextlib.suppress(OSError, StoreError, RebuildNeeded):
@@ -482,7 +482,8 @@ class ContextState:
         salvaged = self._merged_heads(base)
         if salvaged is not base:
             self.write_metadata(salvaged)
-        found = self.index.rebuild(need.reason, need.path)
+        known = known_entries(listed, salvaged_lines)
+        found = self.index.rebuild(need.reason, need.path, known)
         return recover_hidden(self, salvaged, listed, salvaged_lines, found)
 
     def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:

@@ -65,6 +65,7 @@ from .lazy import (
 )
 from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
+from .recovered import rebuilt_entries
 from .snapshot import (
     RebuildNeeded,
     check_journal_follows,
@@ -333,7 +334,7 @@ class MessageIndex:
                 if region is not None:
                     snapshot_data = region[0].data
                 snapshot, next_n = parse_snapshot(snapshot_data, self.index_path)
-                lines, end = parse_journal(journal, 0, self.journal_path)
+                lines, end = parse_journal(journal, 0, self.journal_path, after=-1)
                 first = lines[0] if lines else None
                 check_journal_follows(next_n, first, self.index_path, self.journal_path)
         except BaseException as exc:
@@ -385,7 +386,8 @@ class MessageIndex:
             with open(self.journal_path, "rb") as handle:
                 handle.seek(self._offset)
                 data = handle.read()
-        lines, end = parse_journal(data, self._offset, self.journal_path)
+        # Other writers' lines, numbered from next_n on.
+        lines, end = parse_journal(data, self._offset, self.journal_path, after=self.next_n - 1)
         for line in lines:
             self._take(line)
         if lines:
@@ -522,25 +524,26 @@ class MessageIndex:
         ordered = sorted(self.materialize().values(), key=lambda entry: entry.seq)
         self._write_snapshot(ordered)
 
-    def rebuild(self, reason: str, path: Path) -> list[Message]:
+    def rebuild(
+        self, reason: str, path: Path, known: Mapping[str, IndexEntry] | None = None
+    ) -> list[Message]:
         """Recreate the snapshot from the message files, warning about what was lost;
         returns the messages read.
 
-        Message files that cannot be read are skipped, each with a StoreWarning. Messages
-        are numbered by creation time, then id.
+        ``known``: the entries the damaged index still told (see
+        :func:`.recovered.rebuilt_entries`: an unreadable file among them keeps its
+        place in the tree). Other unreadable files are skipped, each with a StoreWarning.
+        Messages are numbered by creation time, then id.
         """
         found, skipped = read_message_folder(self.ctx_dir / MESSAGES_DIR)
-        found.sort(key=lambda message: (message.created_at, message.id))
-        entries = [IndexEntry.of(message, seq) for seq, message in enumerate(found)]
+        entries = rebuilt_entries(found, skipped, known or {}, self.ctx_dir / MESSAGES_DIR)
         self._write_snapshot(entries)
         self._load(entries)
         warn(
             f"the message index of context {self.ctx_dir.name!r} was rebuilt from "
-            f"{len(entries)} message files because {reason}",
+            f"{len(found)} message files because {reason}",
             path,
         )
-        for problem, file in skipped:
-            warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
         return found
 
     def _write_snapshot(self, ordered: list[IndexEntry]) -> None:

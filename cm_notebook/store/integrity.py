@@ -12,7 +12,9 @@ every other disagreement between the index and the files:
 
 * ``unindexed``: message files the index does not list (hidden messages);
 * ``missing``: messages the index lists whose file is gone;
-* ``unreadable``: message files that do not decode (named with what is wrong).
+* ``unreadable``: message files that do not decode (named with what is wrong);
+* ``dangling``: branches whose head names a message neither the index nor the files
+  hold (reading such a branch fails; point it elsewhere with ``set_branch_head``).
 
 A missing file whose text the journal still holds is rewritten from it first (as a
 read of it would be). With ``repair``, an index that misses files is rebuilt from
@@ -20,9 +22,9 @@ them (the head moves the journal holds are kept), and each hidden conversation t
 ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
 so it shows up in the branch selector (written before the index, so a repair cut
 short is finished by the next open, see :func:`check_context`). Nothing is deleted.
-Missing and unreadable files are only reported, for the user to restore from a backup;
-while files are missing, no rebuild is made (it would drop them from the index,
-breaking every path through them).
+Missing and unreadable files and dangling heads are only reported, for the user to
+restore from a backup or point elsewhere; while files are missing, no rebuild is made:
+they are to come back first.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ class IntegrityReport:
     unindexed: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
+    dangling: tuple[tuple[str, str], ...] = ()  # (branch, the message its head names)
     repaired: bool = False
     brought_back: tuple[str, ...] = ()
     recovered_branches: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Whether the index and the files agree and every file reads."""
-        return not (self.unindexed or self.missing or self.unreadable)
+        """Whether the index and the files agree, every file reads and every head leads
+        to a message."""
+        return not (self.unindexed or self.missing or self.unreadable or self.dangling)
 
     def __str__(self) -> str:
         if self.ok and not self.repaired:
@@ -80,6 +84,11 @@ class IntegrityReport:
         lines += [f"  not in the index: messages/{mid}.json" for mid in self.unindexed]
         lines += [f"  file missing: messages/{mid}.json" for mid in self.missing]
         lines += [f"  unreadable: messages/{name}: {problem}" for name, problem in self.unreadable]
+        lines += [
+            f"  branch {name!r} points at message {head!r}, which is in neither the index nor "
+            f"messages/: point it at another message (set_branch_head)"
+            for name, head in self.dangling
+        ]
         if self.missing or self.unreadable:
             lines.append("  restore or fix the files named above (a backup, by hand)")
         if self.unindexed and not self.repaired:
@@ -116,14 +125,14 @@ def check_context(
 ) -> IntegrityReport:
     """Compare the index of a context with its ``messages/`` folder (write locks held,
     as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
-    report, hidden = _inspect(state)
+    report, hidden = _inspect(state, metadata)
     if report.missing:
         # Those whose text the journal holds (the locks are held: not state.restore()).
         repair_files(state.index, state.fsync, flush=False, only=list(report.missing))
-        report, hidden = _inspect(state)
+        report, hidden = _inspect(state, metadata)
     if not repair or not report.unindexed or report.missing:
-        # Missing files: a rebuild would drop them from the index, breaking every path
-        # through them; they must come back first. Unreadable ones it would skip.
+        # Missing files must come back first: reads would skip them. Unreadable ones a
+        # rebuild keeps in the tree (see .recovered).
         return report
     # The branches first, then the index: killed in between, the next open finds heads
     # the index does not list and rebuilds it itself (ContextState._check_heads). The
@@ -134,14 +143,16 @@ def check_context(
         f"a check found {len(report.unindexed)} message file(s) the index did not list"
     )
     return replace(
-        _inspect(state)[0],
+        _inspect(state, metadata)[0],
         repaired=True,
         brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
         recovered_branches=branches,
     )
 
 
-def _inspect(state: ContextState) -> tuple[IntegrityReport, dict[str, Message]]:
+def _inspect(
+    state: ContextState, metadata: ContextMetadata
+) -> tuple[IntegrityReport, dict[str, Message]]:
     # The report, and the hidden messages as read (a repair branches them without
     # reading their files again).
     entries = state.index.materialize()
@@ -171,5 +182,10 @@ def _inspect(state: ContextState) -> tuple[IntegrityReport, dict[str, Message]]:
         unindexed=tuple(sorted(hidden)),
         missing=tuple(sorted(entries.keys() - on_disk)),
         unreadable=tuple(unreadable),
+        dangling=tuple(
+            (name, branch.head)
+            for name, branch in sorted(metadata.branches.items())
+            if branch.head is not None and branch.head not in entries and branch.head not in hidden
+        ),
     )
     return report, hidden

@@ -35,6 +35,7 @@ from .oserrors import translate
 from .snapshot import (
     LineParser,
     RebuildNeeded,
+    check_line_numbers,
     entry_line_parser,
     journal_line_parser,
     parse_journal,
@@ -117,6 +118,13 @@ class Region:
         if not self.latest and line.endswith(b","):
             line = line[:-1]
         return self.parse(line, start)
+
+    def line_before_last(self) -> JournalLine | None:
+        """The line before the last, parsed (None: fewer than two lines)."""
+        if self.last <= self.first:
+            return None
+        start = self._start_of(self.last - 1)
+        return None if start <= self.first else self._line(self._start_of(start - 1))
 
     def _start_of(self, at: int) -> int:
         """Where the line holding ``data[at]`` starts."""
@@ -266,6 +274,11 @@ class LazyFiles:
         if files.tail is not None:
             if files.tail.n < 0 or files.tail.at is None:
                 return None
+            # A copy of an earlier line appended at the end would move heads back (the
+            # lines in between are checked when everything is parsed: parse_all).
+            before = lines.line_before_last()
+            if before is not None:
+                check_line_numbers([before, files.tail], -1, journal_path)
             files.next_n = max(next_n, files.tail.n + 1)
         return files
 
@@ -315,7 +328,8 @@ class LazyFiles:
     ) -> tuple[list[IndexEntry], list[JournalLine]]:
         """Every entry of the snapshot, and every journal line then those of ``replay``."""
         entries = parse_snapshot(self.snapshot.data, index_path)[0]
-        lines = parse_journal(self.journal.data[: self.journal.last], 0, journal_path)[0]
+        data = self.journal.data[: self.journal.last]
+        lines = parse_journal(data, 0, journal_path, after=-1)[0]
         return entries, [*lines, *self.replay]
 
 

@@ -1,4 +1,5 @@
-"""Branches for conversations the index had lost: ``recovered``, ``recovered-2``, ...
+"""What a rebuilt index keeps of the one it replaces, and branches for conversations
+it had lost: ``recovered``, ``recovered-2``, ...
 
 A message whose journal line is gone (the journal cut short, deleted, damaged, or put
 back from an older copy) is listed again once the index is rebuilt from the message
@@ -7,6 +8,12 @@ is on no branch, and no view would show it. Both repairs that bring such message
 back, ``check --repair`` and the rebuild a damaged index gets when it is read, give
 each such conversation end a branch of its own, so that it shows up in the branch
 selector. Nothing is moved: the branches the user made keep their heads.
+
+A rebuild reads the message files; one it cannot read (damaged, or gone, with no
+journal line left to restore it from) would drop out of the index, and with it every
+branch through it. When the damaged index still tells where that message was, its
+entry is kept instead (:func:`rebuilt_entries`): reads skip that message with a
+warning, as they skip any unreadable file, and the rest of its conversation reads.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StoreError
 from ..model import Branch, ContextMetadata, Message, utcnow
+from .base import IndexEntry
 from .codec import read_regular
 from .diagnostics import warn
 from .journal import JournalLine
@@ -25,7 +33,14 @@ from .snapshot import RebuildNeeded, parse_snapshot
 if TYPE_CHECKING:
     from .context import ContextState
 
-__all__ = ["RECOVERED", "branch_hidden_ends", "listed_ids", "recover_hidden"]
+__all__ = [
+    "RECOVERED",
+    "branch_hidden_ends",
+    "known_entries",
+    "listed_entries",
+    "rebuilt_entries",
+    "recover_hidden",
+]
 
 #: The name of the first branch a repair makes (then ``recovered-2``, ...).
 RECOVERED = "recovered"
@@ -82,21 +97,66 @@ def branch_hidden_ends(
     return tuple(made)
 
 
-def listed_ids(snapshot_path: Path) -> set[str] | None:
-    """The ids ``message_index.json`` lists, or None if it cannot be read (before a
-    rebuild: what it finds beyond these and the journal's surviving lines lost lines)."""
+def listed_entries(snapshot_path: Path) -> dict[str, IndexEntry] | None:
+    """The entries ``message_index.json`` lists, by id, or None if it cannot be read
+    (before a rebuild: what it finds beyond these and the journal's surviving lines
+    lost lines)."""
     try:
         data = read_regular(snapshot_path, check_folder=False)
         entries = parse_snapshot(data, snapshot_path)[0]
     except (OSError, StoreError, RebuildNeeded):
         return None
-    return {entry.id for entry in entries}
+    return {entry.id: entry for entry in entries}
+
+
+def known_entries(
+    listed: Mapping[str, IndexEntry] | None, salvaged: Iterable[JournalLine]
+) -> dict[str, IndexEntry]:
+    """What a damaged index still tells of each message: the snapshot's entry, updated
+    by the journal lines that survived (the last line of a message wins)."""
+    known = dict(listed or {})
+    for line in salvaged:
+        if line.entry is not None:
+            known[line.entry.id] = line.entry
+    return known
+
+
+def rebuilt_entries(
+    found: list[Message],
+    skipped: list[tuple[str, Path]],
+    known: Mapping[str, IndexEntry],
+    folder: Path,
+) -> list[IndexEntry]:
+    """The entries of a rebuilt index, numbered by creation time, then id: one per
+    message ``found`` in the files, and the ``known`` entry of each message whose file
+    is unreadable or gone (see the module docstring), with a warning for each file in
+    ``skipped`` (unreadable ones, with what is wrong with them)."""
+    read = {message.id for message in found}
+    problems = {file.name: problem for problem, file in skipped}
+    kept = [entry for message_id, entry in known.items() if message_id not in read]
+    for entry in kept:
+        file = folder / f"{entry.id}.json"
+        problem = problems.pop(file.name, "it is missing")
+        warn(
+            f"kept the index entry of message {entry.id!r}, whose file cannot be read "
+            f"({problem}): reads skip this message and the rest of its conversation still "
+            "reads. Restore the file from a backup if you have one.",
+            file,
+        )
+    for problem, file in skipped:
+        if file.name in problems:
+            warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
+    ordered = sorted(
+        [*(IndexEntry.of(message, 0) for message in found), *kept],
+        key=lambda entry: (entry.created_at, entry.id),
+    )
+    return [entry.model_copy(update={"seq": seq}) for seq, entry in enumerate(ordered)]
 
 
 def recover_hidden(
     state: ContextState,
     metadata: ContextMetadata,
-    listed: set[str] | None,
+    listed: Mapping[str, IndexEntry] | None,
     salvaged: Iterable[JournalLine],
     found: Iterable[Message],
 ) -> ContextMetadata:
@@ -105,7 +165,7 @@ def recover_hidden(
     journal line listed, with a warning; returns the metadata as now saved."""
     if listed is None:
         return metadata  # no telling which messages only lost lines listed
-    known = listed | {line.entry.id for line in salvaged if line.entry is not None}
+    known = known_entries(listed, salvaged)
     hidden = {message.id: message for message in found if message.id not in known}
     made = branch_hidden_ends(state, metadata, hidden) if hidden else ()
     if not made or state.metadata is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -33,6 +33,7 @@ from .schema import INDEX_FORMAT_SINCE, check_not_newer
 __all__ = [
     "LineParser",
     "RebuildNeeded",
+    "check_line_numbers",
     "empty_index_bytes",
     "entry_line_parser",
     "file_identity",
@@ -153,12 +154,16 @@ def _sniff_version(data: bytes) -> object:
     return raw.get("schema_version") if isinstance(raw, dict) else None
 
 
-def parse_journal(data: bytes, start: int, path: Path) -> tuple[list[JournalLine], int]:
+def parse_journal(
+    data: bytes, start: int, path: Path, *, after: int | None = None
+) -> tuple[list[JournalLine], int]:
     """The complete lines of journal bytes read from offset ``start``, and how many bytes
     they span.
 
     A last line without its newline is left out: a writer is still writing it, or died
-    doing so (then the next writer truncates it).
+    doing so (then the next writer truncates it). With ``after`` (the number of the
+    line before them, -1 for none) the lines' numbers are checked too (see
+    :func:`check_line_numbers`).
     """
     try:
         lines, end = parse_lines(data, start)
@@ -170,7 +175,29 @@ def parse_journal(data: bytes, start: int, path: Path) -> tuple[list[JournalLine
             else f"{path.name} has a damaged line after byte {start}",
             path,
         ) from None
+    if after is not None:
+        check_line_numbers(lines, after, path)
     return lines, end
+
+
+def check_line_numbers(lines: Sequence[JournalLine], after: int, path: Path) -> None:
+    """Raise RebuildNeeded unless each numbered line comes after the one before it.
+
+    A journal only grows, each line numbered after the last (format 2 lines have no
+    number). A line numbered at or below an earlier one is a copy of an older line
+    (a sync tool, a botched merge): replayed, it would move a branch head back.
+    """
+    last = after
+    for line in lines:
+        if line.n < 0:
+            continue
+        if line.n <= last:
+            raise RebuildNeeded(
+                f"{path.name} has line {line.n} after line {last}, and a journal's line "
+                "numbers only go up (a copy of an earlier line?)",
+                path,
+            )
+        last = line.n
 
 
 def journal_line_parser(path: Path) -> LineParser:
@@ -216,10 +243,16 @@ def salvage_journal(path: Path) -> list[JournalLine]:
     finally:
         os.close(fd)
     found: list[JournalLine] = []
-    position = 0
+    position, last = 0, -1
     for line in data.split(b"\n")[:-1]:
         with contextlib.suppress(RebuildNeeded):
-            found += parse_journal(line + b"\n", position, path)[0]
+            parsed = parse_journal(line + b"\n", position, path)[0]
+            # A copy of an earlier line (numbered at or below one before it) is dropped:
+            # replayed, it would move a head back (see check_line_numbers).
+            if parsed and 0 <= parsed[0].n <= last:
+                parsed = []
+            found += parsed
+            last = max([last, *(item.n for item in parsed)])
         position += len(line) + 1
     return found
 
