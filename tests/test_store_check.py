@@ -27,7 +27,7 @@ from store_helpers import chain, msg
 
 from cm_notebook.cli import main
 from cm_notebook.errors import CorruptDataError
-from cm_notebook.model import ContextMetadata
+from cm_notebook.model import ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
 
 pytestmark = pytest.mark.anyio
@@ -404,3 +404,25 @@ async def test_check_names_a_branch_head_that_leads_nowhere(
         assert "set_branch_head" in str(report)
         await reopened.set_branch_head("c1", "side", ids[1])
         assert (await reopened.check("c1")).ok
+
+
+async def test_check_names_a_message_file_older_than_the_index(
+    store: FileStore, data_dir: Path
+) -> None:
+    # A reply's file put back from a copy taken while it streamed: the index says it is
+    # complete, the file still "streaming" with part of the text. Nothing can restore
+    # it (compaction dropped the journal's copy): check names it.
+    [asked] = await chain(store, "c1", 1)
+    reply = msg("assistant", asked, "Hel").model_copy(update={"status": MessageStatus.STREAMING})
+    await store.append_message("c1", reply, branch="main")
+    file = folder(data_dir) / "messages" / f"{reply.id}.json"
+    streaming = file.read_bytes()
+    done = reply.model_copy(update={"content": "Hello.", "status": MessageStatus.COMPLETE})
+    await store.update_message("c1", done)
+    await store.compact("c1")
+    assert (await store.check("c1")).ok
+    file.write_bytes(streaming)
+    report = await store.check("c1")
+    assert report.stale == ((file.name, "its status is 'streaming', the index says 'complete'"),)
+    assert f"older than the index: messages/{file.name}" in str(report)
+    assert "restore or fix" in str(report)

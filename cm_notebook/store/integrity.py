@@ -13,6 +13,8 @@ every other disagreement between the index and the files:
 * ``unindexed``: message files the index does not list (hidden messages);
 * ``missing``: messages the index lists whose file is gone;
 * ``unreadable``: message files that do not decode (named with what is wrong);
+* ``stale``: message files whose status is not the one the index gives (an older copy
+  put back: a reply the index says is complete, still ``streaming`` in its file);
 * ``dangling``: branches whose head names a message neither the index nor the files
   hold (reading such a branch fails; point it elsewhere with ``set_branch_head``).
 
@@ -61,6 +63,7 @@ class IntegrityReport:
     unindexed: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
+    stale: tuple[tuple[str, str], ...] = ()  # (file name, how it differs from the index)
     dangling: tuple[tuple[str, str], ...] = ()  # (branch, the message its head names)
     repaired: bool = False
     brought_back: tuple[str, ...] = ()
@@ -70,7 +73,9 @@ class IntegrityReport:
     def ok(self) -> bool:
         """Whether the index and the files agree, every file reads and every head leads
         to a message."""
-        return not (self.unindexed or self.missing or self.unreadable or self.dangling)
+        return not (
+            self.unindexed or self.missing or self.unreadable or self.stale or self.dangling
+        )
 
     def __str__(self) -> str:
         if self.ok and not self.repaired:
@@ -84,12 +89,13 @@ class IntegrityReport:
         lines += [f"  not in the index: messages/{mid}.json" for mid in self.unindexed]
         lines += [f"  file missing: messages/{mid}.json" for mid in self.missing]
         lines += [f"  unreadable: messages/{name}: {problem}" for name, problem in self.unreadable]
+        lines += [f"  older than the index: messages/{name}: {how}" for name, how in self.stale]
         lines += [
             f"  branch {name!r} points at message {head!r}, which is in neither the index nor "
             f"messages/: point it at another message (set_branch_head)"
             for name, head in self.dangling
         ]
-        if self.missing or self.unreadable:
+        if self.missing or self.unreadable or self.stale:
             lines.append("  restore or fix the files named above (a backup, by hand)")
         if self.unindexed and not self.repaired:
             first = "then " if self.missing else ""  # a rebuild waits for missing files
@@ -112,8 +118,9 @@ class IntegrityChecks:
         """Compare the context's message index with its ``messages/`` folder.
 
         Finds message files the index does not list (an older index put back, say, hides
-        the messages written since), listed messages without a file, and unreadable
-        files. With ``repair``, rebuilds the index from the files and gives each hidden
+        the messages written since), listed messages without a file, unreadable files,
+        files older than the index (their status is not the index's) and branch heads
+        that lead to no message. With ``repair``, rebuilds the index from the files and gives each hidden
         conversation a ``recovered`` branch; nothing is deleted. Takes the context's
         write lock and reads every message file: a maintenance call, not for each turn.
         """
@@ -164,6 +171,7 @@ def _inspect(
     on_disk: set[str] = set()
     hidden: dict[str, Message] = {}  # readable files the index does not list
     unreadable: list[tuple[str, str]] = []
+    stale: list[tuple[str, str]] = []
     for name in sorted(names):
         if is_temp_name(name) or not name.endswith(".json"):
             continue  # a writer's temporary file, or not ours
@@ -173,8 +181,14 @@ def _inspect(
         except CorruptDataError as exc:
             unreadable.append((name, str(exc)))  # reported as such, not as hidden
         else:
-            if message_id not in entries:
+            entry = entries.get(message_id)
+            if entry is None:
                 hidden[message_id] = message
+            elif entry.status is not message.status:
+                how = (
+                    f"its status is {message.status.value!r}, the index says {entry.status.value!r}"
+                )
+                stale.append((name, how))
         on_disk.add(message_id)
     report = IntegrityReport(
         context_id=state.context_id,
@@ -182,6 +196,7 @@ def _inspect(
         unindexed=tuple(sorted(hidden)),
         missing=tuple(sorted(entries.keys() - on_disk)),
         unreadable=tuple(unreadable),
+        stale=tuple(stale),
         dangling=tuple(
             (name, branch.head)
             for name, branch in sorted(metadata.branches.items())
