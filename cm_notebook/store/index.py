@@ -10,7 +10,9 @@ On disk:
   a status change (streaming -> complete) and of a branch head move; a line that
   commits a finished message also carries the message itself, so that the line alone
   (one fsync) makes it durable. Replaying lines into a dict keyed by id is idempotent,
-  so replaying a line twice is harmless.
+  so replaying lines a snapshot already holds is harmless. Lines are numbered, each
+  after the one before it; a line numbered at or below an earlier one is a copy, not a
+  change (see :func:`.snapshot.check_line_numbers`), and the index is rebuilt.
 
 Appending a message therefore writes one line, not the whole index. When the journal
 holds at least as many lines as the snapshot holds entries (and at least
