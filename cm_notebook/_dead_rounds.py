@@ -8,9 +8,10 @@ kernel restarted while a call waited for approval) leaves the calls ``pending`` 
 no tool is running, but the stored history says otherwise.
 
 :func:`settle_dead_round` finishes such a round the way a cancelled turn does
-(:mod:`cm_notebook._runner_tools`): a call that was never started is *denied* ("do not
-retry it unchanged"), one cut off while running is *failed*, "interrupted while
-running", since it may have done its work, and one that had finished keeps its result.
+(:mod:`cm_notebook._runner_tools`): a call still waiting for a decision is *denied*
+("do not retry it unchanged"), one approved but not started *failed* ("never run"),
+one cut off while running *failed*, "interrupted while running", since it may have
+done its work, and one that had finished keeps its result.
 Each call left unanswered on the branch gets its tool message, then the assistant
 message is rewritten with the settled calls. Writing the answers first makes it safe
 to stop anywhere: a second run finds the answers and only rewrites the calls.
@@ -24,12 +25,13 @@ process's turn die. A round that a live turn on *another* branch is still workin
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import events as ev
-from ._claims import BranchClaims
+from ._claims import BranchClaims, Claim
 from ._runner_tools import interrupted_result
 from ._session_messages import MessageCache, is_settled
 from ._sessionio import StoreAccess
@@ -39,13 +41,22 @@ from .store import Store
 from .store.oslock import lock_is_held
 from .tools import denied_result
 
-__all__ = ["DeadRounds", "SettledRound", "may_hold_dead_round", "settle_dead_round"]
+__all__ = [
+    "NOT_STARTED",
+    "STOPPED",
+    "UNDECIDED",
+    "DeadRounds",
+    "SettledRound",
+    "may_hold_dead_round",
+    "settle_dead_round",
+]
 
 _log = logging.getLogger(__name__)
 
 #: Why the calls of a dead round stopped, as the model and the views are told.
 STOPPED = "the process running this turn died, e.g. it was killed or its kernel restarted"
 UNDECIDED = f"no decision was made: {STOPPED}"
+NOT_STARTED = f"approved, but never started: {STOPPED}"
 
 _OPEN = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.RUNNING})
 
@@ -78,11 +89,16 @@ async def settle_dead_round(
     branch: str,
     cache: MessageCache,
     claim_held: Callable[[str], bool],
+    *,
+    answer: bool = True,
 ) -> SettledRound | None:
     """Settle the tool round at the end of ``branch`` if its turn died (see the module).
 
     The caller holds ``branch``'s claim. ``claim_held(other)`` says whether a live turn
-    holds another branch's claim. Returns None when there was nothing to settle.
+    holds another branch's claim. Without ``answer`` only the reply records what became
+    of its calls, and no tool message is written: a turn that is about to replace that
+    reply (regenerate, retry) makes a sibling of it, not a reply to its answers.
+    Returns None when there was nothing to settle.
     """
     ids, path = await cache.path_messages(store, context_id, branch)
     start = len(path) - 1
@@ -100,20 +116,23 @@ async def settle_dead_round(
     settled = SettledRound(reply.id)
     head = ids[-1]
     for call in calls:
-        if call.id in answers:
+        if call.id in answers or not answer:
             continue
-        answer = Message(
+        tool_message = Message(
             role="tool", parent_id=head, content=call.result or "", tool_call_id=call.id
         )
         try:
-            await store.append_message(context_id, answer, branch=branch, expected_head=head)
+            await store.append_message(context_id, tool_message, branch=branch, expected_head=head)
         except BranchMovedError:
             return None  # a writer that did not claim the branch: leave the round to it
-        cache.remember(answer)
-        head = answer.id
+        cache.remember(tool_message)
+        head = tool_message.id
         settled.events.append(
             ev.MessageAdded(
-                branch=branch, message_id=answer.id, parent_id=answer.parent_id, role="tool"
+                branch=branch,
+                message_id=tool_message.id,
+                parent_id=tool_message.parent_id,
+                role="tool",
             )
         )
     final = reply.model_copy(update={"tool_calls": calls})
@@ -148,6 +167,15 @@ def _settled(call: ToolCall, answer: str | None) -> ToolCall:
         text = interrupted_result(call.name, STOPPED)
         return call.model_copy(
             update={"status": ToolCallStatus.FAILED, "reason": reason, "result": text}
+        )
+    if call.status is ToolCallStatus.APPROVED:
+        # Not a denial: the person (or policy) said yes. It did not run, so it failed.
+        text = (
+            f"error: the call to tool {call.name!r} was approved but never run ({STOPPED}); "
+            "it had no effect, and may be asked for again."
+        )
+        return call.model_copy(
+            update={"status": ToolCallStatus.FAILED, "reason": NOT_STARTED, "result": text}
         )
     if call.status in _OPEN:
         text = denied_result(call.name, UNDECIDED)
@@ -200,17 +228,25 @@ class DeadRounds:
         self._cache = cache
         self._claims = claims
         self._publish = publish
+        self._settling = threading.Lock()  # held while if_free settles a branch
         self._claim_path: Callable[[str, str], Path] | None = getattr(
             store, "branch_claim_path", None
         )
 
-    def before_turn(self, branch: str, head: str | None) -> None:
+    def take_claim(self, branch: str) -> Claim:
+        """Claim ``branch`` (BusyError if taken), first waiting for a settle that this
+        session is running on it for another process's dead turn (a few writes)."""
+        with self._settling:
+            return self._claims.take(branch)
+
+    def before_turn(self, branch: str, head: str | None, *, answer: bool = True) -> None:
         """Settle a dead round ending at ``head`` on ``branch`` (its claim is held).
 
         Costs nothing when the head is a settled reply this session holds (the end of
         every finished turn); otherwise reads the head, and the path only if it may end
-        in an unfinished round. A round that cannot be settled (a damaged file, a full
-        disk) is logged and left: the turn's request fills in what is missing.
+        in an unfinished round. ``answer``: see :func:`settle_dead_round`. A round that
+        cannot be settled (a damaged file, a full disk) is logged and left: the turn's
+        request fills in what is missing.
         """
         if head is None:
             return
@@ -223,7 +259,9 @@ class DeadRounds:
             if not may_hold_dead_round(message):
                 return
             settled = self._io.call(
-                settle_dead_round(self._store, self._context_id, branch, self._cache, self._held)
+                settle_dead_round(
+                    self._store, self._context_id, branch, self._cache, self._held, answer=answer
+                )
             )
         except (OSError, CMError) as exc:
             _log.warning("could not settle the tool calls left open on branch %r: %s", branch, exc)
@@ -234,14 +272,15 @@ class DeadRounds:
 
     def if_free(self, branch: str, head: str | None) -> None:
         """Settle a dead round on ``branch`` if no turn (in any process) holds it."""
-        try:
-            claim = self._claims.take(branch)
-        except (BusyError, OSError, CMError):
-            return  # a live turn: it settles its own round
-        try:
-            self.before_turn(branch, head)
-        finally:
-            claim.release()
+        with self._settling:  # a send here waits for this (take_claim), not BusyError
+            try:
+                claim = self._claims.take(branch)
+            except (BusyError, OSError, CMError):
+                return  # a live turn: it settles its own round
+            try:
+                self.before_turn(branch, head)
+            finally:
+                claim.release()
 
     def _held(self, branch: str) -> bool:
         if branch in self._claims.held():

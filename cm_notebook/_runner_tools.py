@@ -110,6 +110,10 @@ class ToolRounds:
             record = await self.host.record(self._writes.target, self._last_reply, call, decision)
             call = call.model_copy(update=update)
             self._calls[call_id] = call
+            if record is not None:
+                # A person's decision is stored at once: if this process dies before the
+                # call runs, the call says it was approved (cm_notebook._dead_rounds).
+                await self._save_calls()
             self.host.publish(
                 ev.ToolCallResolved(
                     branch=self._writes.target,

@@ -357,7 +357,7 @@ class SessionCore(PromptWrites, MetadataReads):
             return not self._runners and not self._claims.held()
 
     @contextlib.contextmanager
-    def _claim(self, branch: str) -> Iterator[Claim]:
+    def _claim(self, branch: str, *, answer_dead_round: bool = True) -> Iterator[Claim]:
         # Hold the branch from the first write of a new turn: two threads, two sessions
         # or two processes sending on one branch cannot both write a prompt. On success
         # _start hands the claim to the turn, which gives it back when it is over.
@@ -372,13 +372,15 @@ class SessionCore(PromptWrites, MetadataReads):
                     f"a reply is still being generated on branch {branch!r}; "
                     "await it, or call turn.cancel()"
                 )
-        claim = self._claims.take(branch)
+        claim = self._dead_rounds.take_claim(branch)
         try:
             if self._unsettled:
                 self._io.call(self._settle_replies())
             known = self._read_metadata().branches.get(branch)  # None: a branch to be made
             if known is not None:
-                self._dead_rounds.before_turn(branch, known.head)
+                # ``answer_dead_round`` False: the turn replaces the dead reply (see
+                # cm_notebook._dead_rounds.settle_dead_round).
+                self._dead_rounds.before_turn(branch, known.head, answer=answer_dead_round)
             yield claim
         except BaseException:
             claim.release()

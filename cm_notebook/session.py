@@ -432,7 +432,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             self._read_metadata(), name, provider, params
         )
         generation = for_regenerate(generation)
-        with self._claim(name) as claim:
+        with self._claim(name, answer_dead_round=False) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)
 
@@ -451,7 +451,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         with self._lock:
             last = self._last_request.get(name)
         provider, params = last if last is not None else (self._provider(None), {})
-        with self._claim(name) as claim:
+        with self._claim(name, answer_dead_round=False) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Retry(), prompt, provider, params)
 

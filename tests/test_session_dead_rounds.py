@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import anyio
@@ -21,7 +22,7 @@ import pytest
 from test_signal_follow import DEADLINE, Recorder, _wait_for
 from tool_writer import start_tool_writer
 
-from cm_notebook._dead_rounds import STOPPED, UNDECIDED
+from cm_notebook._dead_rounds import NOT_STARTED, STOPPED, UNDECIDED
 from cm_notebook.events import ToolApprovalRequested, ToolCallResolved
 from cm_notebook.model import Message, ToolCall, ToolCallStatus
 from cm_notebook.session import ContextSession
@@ -30,9 +31,12 @@ from cm_notebook.testing import ScriptedProvider
 from cm_notebook.tools import denied_result
 
 
-def _doomed_writer(data_dir: Path, context_id: str, *, approval: str) -> subprocess.Popen[str]:
+def _doomed_writer(
+    data_dir: Path, context_id: str, *, approval: str, approve_first: bool = False
+) -> subprocess.Popen[str]:
     # Asks for ``slow(x="1")``; prints ASKED when the call waits for a decision and
-    # RUNNING once the tool runs (it then sleeps until killed).
+    # RUNNING once the tool runs (it then sleeps until killed). ``approve_first``: asks
+    # for two calls, approves the first and prints APPROVED once that is stored.
     code = textwrap.dedent(
         f"""
         import time
@@ -46,13 +50,25 @@ def _doomed_writer(data_dir: Path, context_id: str, *, approval: str) -> subproc
             time.sleep(600)
             return "finished"
 
-        provider = ScriptedProvider().tool_call("slow", {{"x": "1"}}).reply("never sent")
+        provider = ScriptedProvider()
+        if {approve_first!r}:  # two calls; the first is approved, the second waits
+            provider.tool_calls(("slow", {{"x": "1"}}, "c1"), ("slow", {{"x": "2"}}, "c2"))
+        else:
+            provider.tool_call("slow", {{"x": "1"}})
+        provider.reply("never sent")
         session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
                                       provider=provider, tools=[slow], approval={approval!r})
         session.subscribe(
             lambda e: isinstance(e, ToolApprovalRequested) and print("ASKED", flush=True)
         )
         session.send("Please run slow.")
+        if {approve_first!r}:
+            while len(session.pending_tool_calls) < 2:
+                time.sleep(0.01)
+            session.approve("c1")
+            while session.history()[-1].tool_calls[0].status.value != "approved":
+                time.sleep(0.01)
+            print("APPROVED", flush=True)
         time.sleep(600)
         """
     )
@@ -60,14 +76,18 @@ def _doomed_writer(data_dir: Path, context_id: str, *, approval: str) -> subproc
 
 
 def _kill_when(child: subprocess.Popen[str], marker: str) -> None:
-    assert child.stdout is not None
+    stdout = child.stdout
+    assert stdout is not None
+    timer = threading.Timer(DEADLINE, child.kill)  # a writer that never prints it
+    timer.start()
     try:
-        for line in child.stdout:
+        for line in stdout:
             if line.strip() == marker:
                 break
         else:
             raise AssertionError(f"the writer ended before it printed {marker}")
     finally:
+        timer.cancel()
         _kill(child)
 
 
@@ -233,3 +253,30 @@ def test_a_turn_settles_the_round_left_open_on_its_branch(tmp_path: Path, contex
         seen = provider.requests[-1].messages
         assert [m.role for m in seen] == ["user", "assistant", "tool", "tool", "user"]
         assert [m.content for m in seen[2:4]] == [first.result, second.result]
+
+
+def test_a_call_approved_but_never_started_is_not_recorded_as_denied(
+    tmp_path: Path, context_id: str
+) -> None:
+    child = _doomed_writer(tmp_path, context_id, approval="ask", approve_first=True)
+    _kill_when(child, "APPROVED")  # c1 approved (the audit log says so), c2 undecided
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        first, second = _calls(session)
+        assert (first.status, first.reason) == (ToolCallStatus.FAILED, NOT_STARTED)
+        assert "approved but never run" in (first.result or "")
+        assert (second.status, second.reason) == (ToolCallStatus.DENIED, UNDECIDED)
+
+
+def test_regenerate_replaces_a_dead_round_with_a_sibling(tmp_path: Path, context_id: str) -> None:
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        session.branch("side", switch=False)
+    reply_id = _store_round(tmp_path, context_id, {}, branch="side")
+    provider = ScriptedProvider().reply("Two sums, coming up.")
+    with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
+        new = session.regenerate(branch="side").result(DEADLINE)
+        assert new.parent_id == session.get(reply_id).parent_id  # a sibling of the dead reply
+        assert [m.role for m in provider.requests[-1].messages] == ["user"]
+        # The dead reply records what became of its calls, answered on no branch.
+        first, second = session.get(reply_id).tool_calls
+        assert (first.status, second.status) == (ToolCallStatus.FAILED, ToolCallStatus.DENIED)
+        assert not [m for m in session.history("side") if m.role == "tool"]

@@ -120,9 +120,10 @@ class IntegrityChecks:
         Finds message files the index does not list (an older index put back, say, hides
         the messages written since), listed messages without a file, unreadable files,
         files older than the index (their status is not the index's) and branch heads
-        that lead to no message. With ``repair``, rebuilds the index from the files and gives each hidden
-        conversation a ``recovered`` branch; nothing is deleted. Takes the context's
-        write lock and reads every message file: a maintenance call, not for each turn.
+        that lead to no message. With ``repair``, rebuilds the index from the files and
+        gives each hidden conversation a ``recovered`` branch; nothing is deleted. Takes
+        the context's write lock and reads every message file: a maintenance call, not
+        for each turn.
         """
         return await self._run(self._write, context_id, check_context, repair)
 
