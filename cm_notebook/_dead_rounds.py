@@ -24,6 +24,7 @@ process's turn die. A round that a live turn on *another* branch is still workin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -31,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import events as ev
+from . import fsm
 from ._claims import BranchClaims, Claim
 from ._runner_tools import interrupted_result
 from ._session_messages import MessageCache, is_settled
 from ._sessionio import StoreAccess
 from .errors import BranchMovedError, BusyError, CMError
-from .model import Message, ToolCall, ToolCallStatus
+from .model import ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
 from .store import Store
 from .store.oslock import lock_is_held
 from .tools import denied_result
@@ -221,6 +223,7 @@ class DeadRounds:
         cache: MessageCache,
         claims: BranchClaims,
         publish: Callable[[ev.Event], None],
+        metadata: Callable[[], ContextMetadata],
     ) -> None:
         self._store = store
         self._context_id = context_id
@@ -228,6 +231,7 @@ class DeadRounds:
         self._cache = cache
         self._claims = claims
         self._publish = publish
+        self._metadata = metadata
         self._settling = threading.Lock()  # held while if_free settles a branch
         self._claim_path: Callable[[str, str], Path] | None = getattr(
             store, "branch_claim_path", None
@@ -281,6 +285,44 @@ class DeadRounds:
                 self.before_turn(branch, head)
             finally:
                 claim.release()
+
+    def owner_gone(self, branch: str, state: fsm.State) -> None:
+        """The process running a turn on ``branch`` died (seen by the log follower).
+
+        Reading the branch makes the store mark its unfinished reply interrupted: say
+        so. Tool calls it left open are settled if nobody took the branch over. Then
+        announce the branch free again.
+        """
+        try:
+            ids = self._io.call(self._store.path(self._context_id, branch))
+            head = ids[-1] if ids else None
+            last = self._io.call(self._store.get_message(self._context_id, head)) if head else None
+            self.if_free(branch, head)
+        except (OSError, CMError):
+            last = None
+        if last is not None and last.status is MessageStatus.INTERRUPTED:
+            self._publish(
+                ev.MessageCompleted(branch=branch, message_id=last.id, status=last.status)
+            )
+        self._publish(ev.StateChanged(branch=branch, old=state, new=fsm.State.IDLE))
+
+    def claimed_elsewhere(self) -> list[str]:
+        """The branches whose claim another process holds now (a turn running there)."""
+        path_of = self._claim_path
+        if path_of is None:
+            return []
+        mine = self._claims.held()
+        try:
+            names = list(self._metadata().branches)
+        except (OSError, CMError):
+            return []
+        found = []
+        for name in names:
+            path = path_of(self._context_id, name)
+            with contextlib.suppress(OSError):
+                if name not in mine and path.exists() and lock_is_held(path):
+                    found.append(name)
+        return found
 
     def _held(self, branch: str) -> bool:
         if branch in self._claims.held():

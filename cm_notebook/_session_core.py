@@ -59,7 +59,7 @@ from .errors import (
     InvalidInputError,
     StateError,
 )
-from .model import ContextMetadata, Message, MessageStatus, ToolCall
+from .model import ContextMetadata, Message, ToolCall
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
@@ -183,7 +183,13 @@ class SessionCore(PromptWrites, MetadataReads):
         self._messages = MessageCache()
         # Tool calls a killed process left open are settled before a turn builds on them.
         self._dead_rounds = DeadRounds(
-            store, self.id, self._io, self._messages, self._claims, self._publish
+            store,
+            self.id,
+            self._io,
+            self._messages,
+            self._claims,
+            self._publish,
+            lambda: self._metadata,  # branch names, as opened (for the follower's start)
         )
         self._follow(store)
 
@@ -529,8 +535,9 @@ class SessionCore(PromptWrites, MetadataReads):
             self._signal_log.writer,
             relay=self._relay,
             claim_held=lambda branch: lock_is_held(claim_path(self.id, branch)),
-            on_dead=self._owner_gone,
+            on_dead=self._dead_rounds.owner_gone,
             each_poll=self._apply_remote_decisions,
+            busy_elsewhere=self._dead_rounds.claimed_elsewhere,
         )
 
     def _apply_remote_decisions(self) -> None:
@@ -576,23 +583,6 @@ class SessionCore(PromptWrites, MetadataReads):
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
             self._loop.call_soon_threadsafe(deliver)
-
-    def _owner_gone(self, branch: str, state: fsm.State) -> None:
-        # The process running a turn on ``branch`` died. Reading the branch makes the
-        # store mark its unfinished reply interrupted; say so, and that the branch is
-        # free again.
-        try:
-            ids = self._io.call(self._store.path(self.id, branch))
-            last = self._io.call(self._store.get_message(self.id, ids[-1])) if ids else None
-            # Tool calls it left waiting or running are settled, if nobody took over.
-            self._dead_rounds.if_free(branch, ids[-1] if ids else None)
-        except (OSError, CMError):
-            last = None
-        if last is not None and last.status is MessageStatus.INTERRUPTED:
-            self._publish(
-                ev.MessageCompleted(branch=branch, message_id=last.id, status=last.status)
-            )
-        self._publish(ev.StateChanged(branch=branch, old=state, new=fsm.State.IDLE))
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)

@@ -24,6 +24,7 @@ from tool_writer import start_tool_writer
 
 from cm_notebook._dead_rounds import NOT_STARTED, STOPPED, UNDECIDED
 from cm_notebook.events import ToolApprovalRequested, ToolCallResolved
+from cm_notebook.fsm import State
 from cm_notebook.model import Message, ToolCall, ToolCallStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
@@ -280,3 +281,29 @@ def test_regenerate_replaces_a_dead_round_with_a_sibling(tmp_path: Path, context
         first, second = session.get(reply_id).tool_calls
         assert (first.status, second.status) == (ToolCallStatus.FAILED, ToolCallStatus.DENIED)
         assert not [m for m in session.history("side") if m.role == "tool"]
+
+
+def test_a_session_opened_during_the_other_process_turn_settles_it_when_it_dies(
+    tmp_path: Path, context_id: str
+) -> None:
+    # The turn began before this session followed the log: its state is looked up there.
+    child = _doomed_writer(tmp_path, context_id, approval="ask")
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ASKED"
+        with ContextSession.open(context_id, data_dir=tmp_path) as session:
+            _wait_for(
+                lambda: session.state is State.AWAITING_TOOL_APPROVAL,
+                "the other process's state to be known",
+            )
+            [waiting] = _calls(session)
+            assert waiting.status is ToolCallStatus.PENDING  # alive: left alone
+            _kill(child)
+            _wait_for(
+                lambda: [c.status for c in _calls(session)] == [ToolCallStatus.DENIED],
+                "the dead process's call to be settled",
+            )
+            _wait_for(lambda: session.state is State.IDLE, "the branch to be idle")
+    finally:
+        if child.poll() is None:
+            _kill(child)
