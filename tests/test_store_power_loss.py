@@ -513,3 +513,42 @@ def test_the_recorder_tears_a_grown_file_and_a_new_files_first_fsync() -> None:
         assert (root / "torn-late" / "log").read_bytes() == b"line one\nline"
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_metadata_never_names_a_head_whose_journal_line_a_power_loss_takes() -> None:
+    # A reply's placeholder is appended without an fsync. A metadata.json written next
+    # (a branch made while the reply streams, a compaction) holds the head it moved:
+    # the journal line must be durable before it, or a power loss leaves "main"
+    # pointing at a message no index lists.
+    assert TMPFS is not None
+    root = TMPFS / f"cm-power-loss-placeholder-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "data").mkdir(parents=True)
+    try:
+        rec = PowerLossRecorder(root / "data")
+
+        async def run() -> None:
+            async with FileStore(root / "data", fsync=rec) as store:
+                await store.create_context(ContextMetadata(id="c1", title="placeholder"))
+                user = msg("user", None, "hi")
+                await store.append_message("c1", user, branch="main")
+                reply = msg("assistant", user.id, "", status=MessageStatus.STREAMING)
+                await store.append_message("c1", reply, branch="main")
+                await store.create_branch("c1", "side", head=user.id)
+
+        asyncio.run(run())
+        for after in range(rec.count + 1):
+            folder = root / f"after-{after}"
+            rec.leave(after, folder)
+
+            async def check(folder: Path = folder) -> None:
+                async with FileStore(folder) as store:
+                    if "c1" in {c.id for c in await store.list_contexts()}:
+                        await store.path("c1")  # raises if "main" leads nowhere
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an interrupted reply is reported
+                asyncio.run(check())
+            shutil.rmtree(folder)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

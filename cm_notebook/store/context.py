@@ -569,6 +569,9 @@ class ContextState:
         every head move of the journal so far: its ``heads_at`` is the next line number.
         """
         heads_at = self.index.next_n
+        # Its heads may name a message whose journal line is not durable yet (a reply's
+        # placeholder): that line first, or a power loss leaves a head to nowhere.
+        self.index.make_durable()
         atomic_write(self.metadata_path, encode_metadata(metadata, heads_at), fsync=self.fsync)
         self.metadata, self.heads_at = metadata, heads_at
         try:

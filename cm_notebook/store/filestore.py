@@ -47,6 +47,10 @@ compaction (after >= 128 lines, then geometrically;      k + 7   3
 k = messages whose last version no batch made durable)
 =======================================================  ======  =======
 
+A metadata.json write takes one more fsync (of the journal) when a journal line before
+it may not be durable yet (a reply's placeholder, another writer's line): its heads
+must never name a message whose line a power loss could take.
+
 A plain turn (the user's message, the reply's placeholder, its final state) therefore
 makes 2 fsyncs and 3 renames, plus its share of the batches (about one fsync per
 finished message, as the floor of one durable file per message also pays); a tool

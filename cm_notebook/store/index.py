@@ -160,6 +160,7 @@ class MessageIndex:
         self._journal_inode: tuple[int, int] | None = None
         self._writer = JournalWriter(self.journal_path)
         self._offset = 0  # just after the last complete journal line read
+        self._unsynced = False  # a line read or written may not be durable yet
 
     # -- what the index holds --------------------------------------------------------
 
@@ -363,6 +364,7 @@ class MessageIndex:
         self.heads_version += 1
         self.snapshot_size = snapshot_size
         self._offset = end
+        self._unsynced = end > 0  # lines of writers that may not have fsync'd them
         self._index_id = index_id
         self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
         self._index_fd, self._journal_fd = index_fd, journal_fd
@@ -394,6 +396,7 @@ class MessageIndex:
             self._take(line)
         if lines:
             self.heads_version += 1
+            self._unsynced = True  # another writer's: durable or not, we cannot tell
         self._lines_after += len(lines)
         self._offset += end
 
@@ -493,6 +496,15 @@ class MessageIndex:
         self._writer.append(self._journal_inode, self._offset, line, fsync)
         self._offset += len(line)
         self._lines_after += 1
+        self._unsynced = not durable  # an fsync makes every line before it durable too
+
+    def make_durable(self) -> None:
+        """fsync the journal if a line read or written since its last fsync may not be
+        durable (a streaming placeholder, another writer's line): a file that names what
+        the journal committed (metadata.json's heads) must never outlive the line."""
+        if self._unsynced and self._journal_inode is not None:
+            self._writer.sync(self._journal_inode, self.fsync)
+            self._unsynced = False
 
     def mark(self) -> int:
         """Where the journal ends now: :meth:`retract` takes the index back to this point."""
@@ -567,6 +579,7 @@ class MessageIndex:
         self.snapshot_size = len(snapshot)
         self._lines_read, self._lines_after = 0, 0
         self._offset = 0
+        self._unsynced = False  # the new journal is empty
         # Folded into metadata.json and message files before the snapshot was written.
         self._heads, self.last_at, self._content = {}, None, {}
         self.heads_version += 1

@@ -255,6 +255,18 @@ class JournalWriter:
         except OSError as exc:
             raise translate(exc, self.path, "truncate") from exc
 
+    def sync(self, inode: tuple[int, int], fsync: Fsync) -> None:
+        """Make every line of the journal (device and inode ``inode``) durable."""
+        try:
+            fd = self._descriptor(inode)
+            try:
+                fsync(fd)
+            except OSError:
+                self.close()
+                raise
+        except OSError as exc:
+            raise translate(exc, self.path, "write") from exc
+
     def close(self) -> None:
         """Close the descriptor (the next write opens the journal again).
 
