@@ -7,6 +7,7 @@ model is the scripted provider, scripted per context through its JSON options.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,20 @@ def test_an_event_source_can_give_the_token_in_the_url(
         assert resync.event == "Resync"
     with httpx.Client(timeout=30) as stranger:
         _assert_error(_opened(stranger, url), 403)
+
+
+def test_no_token_given_in_the_url_reaches_the_log(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    token = server.auth["Authorization"].removeprefix("token ")
+    with httpx.Client(timeout=30) as browser:
+        for path in ["/contexts/%2e%2e", "/contexts/no-such-context", "/no/such/path"]:
+            response = browser.get(f"{server.api(path)}?since=3&token={token}")
+            _assert_error(response, 400, 404)
+    log = server.log()
+    assert "no-such-context" in log  # the errors were logged...
+    assert f"token={token}" not in log  # ...without the secret
+    assert "token=[secret]" in log
 
 
 # -- contexts --------------------------------------------------------------------------
@@ -565,3 +580,20 @@ def _opened(client: httpx.Client, url: str, **options: Any) -> httpx.Response:
         if not response.headers["content-type"].startswith("text/event-stream"):
             response.read()
         return response
+
+
+def test_a_message_that_cannot_be_stored_is_answered_and_leaves_nothing_unretrieved(
+    tmp_path: Path,
+) -> None:
+    # A server of its own: its log, read after it stopped, holds what its exit found.
+    with (
+        JupyterServer(tmp_path) as running,
+        httpx.Client(base_url=running.api("/"), headers=running.auth, timeout=30) as http,
+    ):
+        context_id = create_context(http, [{"reply": "never"}])
+        messages = running.data_dir / "contexts" / context_id / "messages"
+        shutil.rmtree(messages)
+        messages.write_text("not a folder")
+        response = http.post(f"contexts/{context_id}/messages", json={"text": "hi"})
+        assert "could not be stored" in str(_assert_error(response, 500)["message"])
+    assert "never retrieved" not in running.log(), running.log()

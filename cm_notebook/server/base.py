@@ -99,6 +99,24 @@ class ApiError(web.HTTPError):
         )
 
 
+#: Query parameters whose values are secrets (matched by part of the name, as Jupyter's
+#: own access log does).
+_SECRET_PARAMS = ("token", "auth", "key", "code", "state", "xsrf")
+
+
+def scrub_uri(uri: str) -> str:
+    """``uri`` with the value of each secret query parameter replaced by ``[secret]``."""
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    parts = []
+    for part in query.split("&"):
+        name, equals, _value = part.partition("=")
+        secret = equals and any(word in name.lower() for word in _SECRET_PARAMS)
+        parts.append(f"{name}=[secret]" if secret else part)
+    return f"{path}?{'&'.join(parts)}"
+
+
 def status_of(exc: CMError) -> int:
     """The HTTP status for one of the package's errors."""
     if isinstance(exc, KeyError):  # every "not found" error is also a KeyError
@@ -154,6 +172,12 @@ class CMHandler(APIHandler):
 
     auth_resource = "cm_notebook"
     _held: list[Lease] | None = None
+
+    def _request_summary(self) -> str:
+        # Tornado logs this with every error answered. An EventSource cannot send
+        # headers, so its token comes in the query: no secret reaches the log.
+        request = self.request
+        return f"{request.method} {scrub_uri(request.uri or '')} ({request.remote_ip})"
 
     @property
     def sessions(self) -> SessionRegistry:

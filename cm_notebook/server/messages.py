@@ -62,13 +62,20 @@ class MessagesHandler(CMHandler):
         session = await self.session(context_id)
         request = self.body(SendMessage)
         turn = session.send(request.text, branch=request.branch, **request.params)
+        # Collected from the start: a message that cannot be stored fails the turn too,
+        # and this request answers that error; nobody else would retrieve it.
+        self.sessions.watch(turn)
         await turn.accepted()  # acknowledged only once the message is durable
-        _started(self, turn)
+        _answer_started(self, turn)
 
 
 def _started(handler: CMHandler, turn: Turn) -> None:
     # 202 at once: the reply's progress comes as signals on the events stream.
     handler.sessions.watch(turn)
+    _answer_started(handler, turn)
+
+
+def _answer_started(handler: CMHandler, turn: Turn) -> None:
     handler.reply(TurnStarted(turn_id=turn.id, branch=turn.branch), status=202)
 
 
