@@ -597,3 +597,15 @@ def test_a_message_that_cannot_be_stored_is_answered_and_leaves_nothing_unretrie
         response = http.post(f"contexts/{context_id}/messages", json={"text": "hi"})
         assert "could not be stored" in str(_assert_error(response, 500)["message"])
     assert "never retrieved" not in running.log(), running.log()
+
+
+def test_a_context_whose_metadata_is_damaged_can_be_deleted_over_http(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    context_id = create_context(client, [])
+    (server.data_dir / "contexts" / context_id / "metadata.json").write_text("{garbage")
+    body = _assert_error(client.get(f"contexts/{context_id}"), 500)
+    assert body["reason"] == "CorruptDataError"
+    assert client.delete(f"contexts/{context_id}").status_code == 204
+    assert not (server.data_dir / "contexts" / context_id).exists()
+    _assert_error(client.delete(f"contexts/{context_id}"), 404)

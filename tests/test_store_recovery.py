@@ -596,3 +596,27 @@ async def test_a_rebuild_keeps_the_entry_of_a_message_file_it_cannot_read(
     texts = [str(w.message) for w in record]
     assert any("rebuilt" in t for t in texts)
     assert any(f"{ids[1]}.json" in t and "kept" in t for t in texts)
+
+
+@pytest.mark.parametrize("damage", ["garbled", "empty", "gone", "newer version"])
+async def test_a_context_with_damaged_metadata_can_be_deleted(
+    store: FileStore, data_dir: Path, damage: str
+) -> None:
+    # Deleting the folder is the remedy the error offers: the store does it too.
+    await chain(store, "c1", 2)
+    meta = folder(data_dir) / "metadata.json"
+    if damage == "garbled":
+        meta.write_text("{garbage")
+    elif damage == "empty":
+        meta.write_text("")
+    elif damage == "gone":
+        meta.unlink()
+    else:
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "schema_version": 999}))
+    async with FileStore(data_dir) as other:
+        with pytest.raises((CorruptDataError, SchemaVersionError)):
+            await other.get_metadata("c1")
+        await other.delete_context("c1")
+        assert not folder(data_dir).exists()
+        with pytest.raises(ContextNotFoundError):
+            await other.delete_context("c1")

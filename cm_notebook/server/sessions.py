@@ -32,7 +32,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CMError, ContextNotFoundError, InvalidInputError
+from ..errors import (
+    CMError,
+    ContextNotFoundError,
+    CorruptDataError,
+    InvalidInputError,
+    SchemaVersionError,
+)
 from ..ids import validate_context_id
 from ..model import ContextMetadata
 from ..session import ContextSession
@@ -326,7 +332,10 @@ class SessionRegistry:
         self._refuse_deleting(context_id)  # a DELETE already under way
         self._deleting.add(context_id)
         try:
-            await self._store.get_metadata(context_id)  # unknown: ContextNotFoundError
+            with contextlib.suppress(CorruptDataError, SchemaVersionError):
+                # Unknown: ContextNotFoundError. Damaged, or from a newer version: it
+                # can still be deleted (the remedy its errors offer).
+                await self._store.get_metadata(context_id)
             self._end(context_id)
             if self._requests.get(context_id):
                 # A send accepted before the deletion is answered before it goes.

@@ -378,6 +378,25 @@ class ContextState:
         The first time, also sweeps what dead writers left (:meth:`_sweep`). With
         ``wait=False``, raises StoreLockTimeoutError at once if a writer holds a lock.
         """
+        with self.write_locks(wait=wait), self.state_lock:
+            self.known = None
+            try:
+                metadata = self._refresh_repaired()
+            except ContextNotFoundError:
+                self._remove_stray_folder()  # no metadata.json: see there
+                raise
+            if not self._swept:
+                self._sweep()
+            try:
+                yield metadata
+            except RebuildNeeded as need:
+                raise self._damaged_while_writing(need) from None
+            self._note_known()  # skipped when the write raised
+
+    @contextlib.contextmanager
+    def write_locks(self, *, wait: bool = True) -> Iterator[None]:
+        """Hold the write locks only, reading nothing (see :meth:`locked`): for removing
+        a context whatever state its files are in."""
         timeout = self.lock_timeout if wait else 0.0
         deadline = time.monotonic() + timeout
         if not self.write_lock.acquire(timeout=timeout):
@@ -398,20 +417,7 @@ class ContextState:
                 # Otherwise the package's error (a read-only folder, say), never a bare one.
                 raise translate(exc, self.file_lock.path, "lock") from exc
             try:
-                with self.state_lock:
-                    self.known = None
-                    try:
-                        metadata = self._refresh_repaired()
-                    except ContextNotFoundError:
-                        self._remove_stray_folder()  # no metadata.json: see there
-                        raise
-                    if not self._swept:
-                        self._sweep()
-                    try:
-                        yield metadata
-                    except RebuildNeeded as need:
-                        raise self._damaged_while_writing(need) from None
-                    self._note_known()  # skipped when the write raised
+                yield
             finally:
                 self.file_lock.release()
         finally:

@@ -321,13 +321,16 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
         return updated.model_copy(deep=True)
 
     async def delete_context(self, context_id: str) -> None:
-        """Remove the context's folder and everything in it."""
+        """Remove the context's folder and everything in it, whatever state its files
+        are in (ContextNotFoundError if there is no such folder)."""
         await self._run(self._delete_context, context_id)
 
     def _delete_context(self, context_id: str) -> None:
         state = self._state(context_id)
         trash = trash_path(self.data_dir, context_id)
-        with state.locked():
+        # Reading nothing: a context whose files are damaged can be deleted too (the
+        # remedy its errors offer).
+        with state.write_locks():
             state.streaming.close()
             # One atomic rename makes the context vanish for every process; the slow
             # recursive delete then happens out of sight.
