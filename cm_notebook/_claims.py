@@ -103,6 +103,12 @@ class BranchClaims:
             self._held.discard(branch)
 
 
+#: Seconds a claim waits for a lock that is taken before it refuses. Checking whether
+#: a claim is held (``lock_is_held``: a log follower in any process, a settle of a dead
+#: tool round) takes the lock for a moment; a turn holds it for its whole length.
+PROBE_GRACE = 0.02
+
+
 def _owner() -> bytes:
     return f"pid {os.getpid()} on {socket.gethostname()}".encode()
 
@@ -120,7 +126,7 @@ def _lock(lock: OSLock, branch: str) -> bool:
     """Take ``lock`` without waiting (BusyError naming its owner); False if the file
     system cannot lock it (then claims stay in this session)."""
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=PROBE_GRACE)
     except LockTimeout:
         raise _busy(branch, _read_owner(lock.path)) from None
     except OSError:
