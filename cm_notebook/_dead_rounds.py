@@ -28,7 +28,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import events as ev
@@ -48,7 +47,6 @@ __all__ = [
     "STOPPED",
     "UNDECIDED",
     "DeadRounds",
-    "SettledRound",
     "may_hold_dead_round",
     "settle_dead_round",
 ]
@@ -61,14 +59,6 @@ UNDECIDED = f"no decision was made: {STOPPED}"
 NOT_STARTED = f"approved, but never started: {STOPPED}"
 
 _OPEN = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.RUNNING})
-
-
-@dataclass
-class SettledRound:
-    """What settling a dead round wrote: the events to announce, in order."""
-
-    reply_id: str
-    events: list[ev.Event] = field(default_factory=list)
 
 
 def may_hold_dead_round(head: Message | None) -> bool:
@@ -93,29 +83,29 @@ async def settle_dead_round(
     claim_held: Callable[[str], bool],
     *,
     answer: bool = True,
-) -> SettledRound | None:
+) -> list[ev.Event]:
     """Settle the tool round at the end of ``branch`` if its turn died (see the module).
 
     The caller holds ``branch``'s claim. ``claim_held(other)`` says whether a live turn
     holds another branch's claim. Without ``answer`` only the reply records what became
     of its calls, and no tool message is written: a turn that is about to replace that
     reply (regenerate, retry) makes a sibling of it, not a reply to its answers.
-    Returns None when there was nothing to settle.
+    Returns the events to announce, in order (none: there was nothing to settle).
     """
     ids, path = await cache.path_messages(store, context_id, branch)
     start = len(path) - 1
     while start >= 0 and path[start].role == "tool":
         start -= 1
     if start < 0 or not ids or path[-1].id != ids[-1]:
-        return None  # no round, or the path has an unreadable message at its end
+        return []  # no round, or the path has an unreadable message at its end
     reply = path[start]
     if not reply.tool_calls or is_settled(reply):
-        return None
+        return []
     answers = {m.tool_call_id: m.content for m in path[start + 1 :] if m.tool_call_id}
     if await _worked_on_elsewhere(store, context_id, branch, reply.id, claim_held):
-        return None
+        return []
     calls = [_settled(call, answers.get(call.id)) for call in reply.tool_calls]
-    settled = SettledRound(reply.id)
+    events: list[ev.Event] = []
     head = ids[-1]
     for call in calls:
         if call.id in answers or not answer:
@@ -126,10 +116,10 @@ async def settle_dead_round(
         try:
             await store.append_message(context_id, tool_message, branch=branch, expected_head=head)
         except BranchMovedError:
-            return None  # a writer that did not claim the branch: leave the round to it
+            return []  # a writer that did not claim the branch: leave the round to it
         cache.remember(tool_message)
         head = tool_message.id
-        settled.events.append(
+        events.append(
             ev.MessageAdded(
                 branch=branch,
                 message_id=tool_message.id,
@@ -142,12 +132,12 @@ async def settle_dead_round(
     cache.remember(final)
     for before, after in zip(reply.tool_calls, calls, strict=True):
         if before.status is not after.status:
-            settled.events.append(
+            events.append(
                 ev.ToolCallResolved(
                     branch=branch, tool_call_id=after.id, status=after.status, reason=after.reason
                 )
             )
-    return settled
+    return events
 
 
 def _settled(call: ToolCall, answer: str | None) -> ToolCall:
@@ -270,9 +260,8 @@ class DeadRounds:
         except (OSError, CMError) as exc:
             _log.warning("could not settle the tool calls left open on branch %r: %s", branch, exc)
             return
-        if settled is not None:
-            for event in settled.events:
-                self._publish(event)
+        for event in settled:
+            self._publish(event)
 
     def if_free(self, branch: str, head: str | None) -> None:
         """Settle a dead round on ``branch`` if no turn (in any process) holds it."""
@@ -308,9 +297,6 @@ class DeadRounds:
 
     def claimed_elsewhere(self) -> list[str]:
         """The branches whose claim another process holds now (a turn running there)."""
-        path_of = self._claim_path
-        if path_of is None:
-            return []
         mine = self._claims.held()
         try:
             names = list(self._metadata().branches)
@@ -318,14 +304,15 @@ class DeadRounds:
             return []
         found = []
         for name in names:
-            path = path_of(self._context_id, name)
             with contextlib.suppress(OSError):
-                if name not in mine and path.exists() and lock_is_held(path):
+                if name not in mine and self.claim_locked(name):
                     found.append(name)
         return found
 
-    def _held(self, branch: str) -> bool:
-        if branch in self._claims.held():
-            return True
+    def claim_locked(self, branch: str) -> bool:
+        """Whether a live process (this one included) holds ``branch``'s claim lock."""
         path_of = self._claim_path
         return path_of is not None and lock_is_held(path_of(self._context_id, branch))
+
+    def _held(self, branch: str) -> bool:
+        return branch in self._claims.held() or self.claim_locked(branch)

@@ -69,7 +69,6 @@ from .runner import TurnRunner
 from .signal_log import LogReader, SignalLog
 from .store import IndexEntry, Store
 from .store.atomic import Fsync
-from .store.context import lock_is_held
 from .store.folders import context_folder_of
 from .store.workers import run_blocking
 from .tools import ToolPolicy, ToolRegistry
@@ -534,7 +533,7 @@ class SessionCore(PromptWrites, MetadataReads):
             LogReader(self._signal_log.path),
             self._signal_log.writer,
             relay=self._relay,
-            claim_held=lambda branch: lock_is_held(claim_path(self.id, branch)),
+            claim_held=self._dead_rounds.claim_locked,
             on_dead=self._dead_rounds.owner_gone,
             each_poll=self._apply_remote_decisions,
             busy_elsewhere=self._dead_rounds.claimed_elsewhere,

@@ -239,10 +239,15 @@ def test_a_call_answered_before_the_process_died_keeps_its_answer(
         assert session.history() == settled
 
 
-def test_a_turn_settles_the_round_left_open_on_its_branch(tmp_path: Path, context_id: str) -> None:
+def _round_on_a_side_branch(tmp_path: Path, context_id: str) -> str:
+    # A dead round on "side", not the active branch: opening the context leaves it.
     with ContextSession.open(context_id, data_dir=tmp_path) as session:
         session.branch("side", switch=False)
-    reply_id = _store_round(tmp_path, context_id, {}, branch="side")
+    return _store_round(tmp_path, context_id, {}, branch="side")
+
+
+def test_a_turn_settles_the_round_left_open_on_its_branch(tmp_path: Path, context_id: str) -> None:
+    reply_id = _round_on_a_side_branch(tmp_path, context_id)
     provider = ScriptedProvider().reply("Fine.")
     with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
         # Opening settles the active branch only; "side" waits for its next turn.
@@ -269,9 +274,7 @@ def test_a_call_approved_but_never_started_is_not_recorded_as_denied(
 
 
 def test_regenerate_replaces_a_dead_round_with_a_sibling(tmp_path: Path, context_id: str) -> None:
-    with ContextSession.open(context_id, data_dir=tmp_path) as session:
-        session.branch("side", switch=False)
-    reply_id = _store_round(tmp_path, context_id, {}, branch="side")
+    reply_id = _round_on_a_side_branch(tmp_path, context_id)
     provider = ScriptedProvider().reply("Two sums, coming up.")
     with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
         new = session.regenerate(branch="side").result(DEADLINE)

@@ -244,28 +244,29 @@ class JournalWriter:
 
     def truncate(self, inode: tuple[int, int], mark: int, fsync: Fsync) -> None:
         """Durably cut the journal (device and inode ``inode``) back to ``mark`` bytes."""
-        try:
-            fd = self._descriptor(inode)
-            try:
-                os.ftruncate(fd, mark)
-                fsync(fd)
-            except OSError:
-                self.close()
-                raise
-        except OSError as exc:
-            raise translate(exc, self.path, "truncate") from exc
+
+        def cut(fd: int) -> None:
+            os.ftruncate(fd, mark)
+            fsync(fd)
+
+        self._on_descriptor(inode, cut, "truncate")
 
     def sync(self, inode: tuple[int, int], fsync: Fsync) -> None:
         """Make every line of the journal (device and inode ``inode``) durable."""
+        self._on_descriptor(inode, fsync, "write")
+
+    def _on_descriptor(self, inode: tuple[int, int], action: Fsync, verb: str) -> None:
+        # ``action`` on the journal's descriptor; a failed one is closed (the next write
+        # opens a fresh one) and the package's error raised, naming ``verb``.
         try:
             fd = self._descriptor(inode)
             try:
-                fsync(fd)
+                action(fd)
             except OSError:
                 self.close()
                 raise
         except OSError as exc:
-            raise translate(exc, self.path, "write") from exc
+            raise translate(exc, self.path, verb) from exc
 
     def close(self) -> None:
         """Close the descriptor (the next write opens the journal again).
