@@ -212,6 +212,7 @@ class EventBus:
         self.context_id = context_id
         self._clock = clock
         self._recorder = recorder
+        self._record_failing = False  # the last record failed (said once in the log)
         self._seq = 0
         if recorder is not None:
             try:
@@ -332,10 +333,22 @@ class EventBus:
                 # After the bus's own last number too: signals it had to number itself
                 # (the log could not take them) keep numbers nobody else gets.
                 events = self._recorder.record_all(stamps, after=self._seq)
-            except OSError:
-                # A full or broken disk must not stop the session: this process still
-                # sees the signals, numbered locally (other processes do not).
-                logger.exception("could not record %d signal(s) in %s", len(stamps), self._recorder)
+            except OSError as exc:
+                # A full or broken disk (or a context folder removed on disk) must not
+                # stop the session: this process still sees the signals, numbered
+                # locally (other processes do not). Said once, not for every signal.
+                if not self._record_failing:
+                    logger.warning(
+                        "could not record signals in %s (%s); until it can again, only this "
+                        "process sees them",
+                        self._recorder,
+                        exc,
+                    )
+                self._record_failing = True
+            else:
+                if self._record_failing:
+                    logger.info("recording signals in %s again", self._recorder)
+                self._record_failing = False
         if events is None:
             events = [stamp(self._seq + n) for n, stamp in enumerate(stamps, 1)]
         self._seq = max(self._seq, events[-1].seq)

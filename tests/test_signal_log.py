@@ -311,3 +311,28 @@ def test_asking_for_numbers_ahead_of_the_log_gives_resync(tmp_path: Path) -> Non
     assert isinstance(resync, Resync)
     assert resync.seq == 1
     assert LogReader(tmp_path / "missing.log", since=0).poll() == []
+
+
+def test_a_log_that_cannot_be_written_is_said_once_then_again_when_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cm_notebook.events import EventBus
+
+    path = tmp_path / "signals.log"
+    path.mkdir()  # the log cannot be opened: e.g. its context's folder was removed
+    log = SignalLog(path)
+    bus = EventBus("c1", recorder=log)
+    caplog.clear()  # what the bus said when it opened is not the question
+    with caplog.at_level("INFO", logger="cm_notebook.events"):
+        for n in range(5):
+            bus.publish(StateChanged(branch="main", old=State.IDLE, new=State.STREAMING))
+            assert bus.events(0)[-1].seq == n + 1  # still delivered, numbered here
+        path.rmdir()
+        bus.publish(StateChanged(branch="main", old=State.STREAMING, new=State.IDLE))
+    bus.close()
+    said = [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert said == [
+        ("WARNING", f"could not record signals in {log}"),
+        ("INFO", f"recording signals in {log} again"),
+    ]
+    assert len(path.read_text().splitlines()) == 1  # the one signal since it could

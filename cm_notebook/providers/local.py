@@ -70,7 +70,12 @@ from . import _errors
 from ._convert import to_openai_messages
 from ._local_process import ServerProcess, forget_server, shared_server, stop_all_servers
 from ._local_server import LocalServer, serve_openai_compatible
-from ._model_file import BUNDLED_MODEL_NAME, INSTALL_HINT, ModelFile, resolve_model_file
+from ._model_file import (
+    BUNDLED_MODEL_NAMES,
+    INSTALL_HINT,
+    ModelFile,
+    resolve_model_file,
+)
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, Usage
 
 __all__ = [
@@ -216,7 +221,7 @@ class LocalProvider:
         ``n_ctx``, ``n_threads``, ``start_timeout``, ``timeout``).
         """
         model_path = options.pop("model_path", None)
-        if model is not None and model.lower() not in (BUNDLED_MODEL_NAME, "smollm2"):
+        if model is not None and model.lower() not in BUNDLED_MODEL_NAMES:
             if model_path is not None:
                 raise PermanentProviderError(
                     "local: give the model file either in the spec or as model_path, not both",

@@ -8,7 +8,7 @@ Installed with the package and enabled by the shipped
 Configuration (``--CMNotebookApp.<name>=...`` or ``c.CMNotebookApp.<name>`` in a
 Jupyter config file): ``data_dir``, ``default_provider``, ``tools``, ``tool_policy``,
 ``heartbeat``, ``max_sessions``, ``session_idle_timeout``, ``blocking_threads``,
-``blocking_threads_per_context``. Authentication is the
+``blocking_threads_per_context``, ``client_endpoints``. Authentication is the
 server's own: token or login, XSRF for cookies.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Float, Int, List, Unicode, validate
+from traitlets import Bool, Float, Int, List, Unicode, validate
 
 from ..errors import InvalidInputError
 from ..store.paths import default_data_dir
@@ -93,6 +93,13 @@ class CMNotebookApp(ExtensionApp):
         DEFAULT_IDLE_TIMEOUT,
         help="Seconds after which an idle context's session is closed (0: never); it "
         "reopens on its next request.",
+    ).tag(config=True)
+    client_endpoints = Bool(
+        False,
+        help="Let API clients choose where providers connect and which model files they "
+        "read (provider_options base_url and model_path, 'local:<file>'). Off by default: a "
+        "client could send the server's API keys to a host of its choosing, or probe the "
+        "server's files.",
     ).tag(config=True)
 
     blocking_threads = Int(
@@ -166,6 +173,7 @@ class CMNotebookApp(ExtensionApp):
             default_provider=self.default_provider,
             max_sessions=self.max_sessions,
             idle_timeout=self.session_idle_timeout,
+            client_endpoints=self.client_endpoints,
         )
         # A share above the pool's size means no limit: one context may use every thread.
         self.off_loop = OffLoop(

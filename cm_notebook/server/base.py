@@ -19,10 +19,11 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_origin
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
 from pydantic import BaseModel, ValidationError
 from tornado import web
 
@@ -30,6 +31,7 @@ from ..errors import (
     BranchExistsError,
     CMError,
     ContextExistsError,
+    ContextNotFoundError,
     InvalidInputError,
     ProviderError,
     StateError,
@@ -41,8 +43,12 @@ from .bodies import ErrorBody, FieldError
 from .offloop import OffLoop, ServerStoppingError
 from .sessions import Lease, SessionRegistry
 from .signals import SignalSourceFactory
+from .wording import for_http
 
-__all__ = ["ApiError", "CMHandler", "Operation", "operation", "status_of"]
+__all__ = ["API_PREFIX", "ApiError", "CMHandler", "Operation", "operation", "status_of"]
+
+#: Where the API lives, under the server's base URL.
+API_PREFIX = "/cm/api"
 
 B = TypeVar("B", bound=BaseModel)
 T = TypeVar("T")
@@ -73,15 +79,19 @@ class Operation:
 class ApiError(web.HTTPError):
     """An error answer with a JSON body; raised by handlers, written by ``write_error``."""
 
-    def __init__(self, status: int, body: ErrorBody) -> None:
-        # Tornado logs ``log_message`` with %-formatting: escape the client's text.
-        super().__init__(status, body.message.replace("%", "%%"), reason=responses.get(status))
+    def __init__(self, status: int, body: ErrorBody, logged: str | None = None) -> None:
+        # Tornado logs ``log_message`` (``logged``, default the body's message) with
+        # %-formatting: escape the client's text.
+        text = body.message if logged is None else logged
+        super().__init__(status, text.replace("%", "%%"), reason=responses.get(status))
         self.body = body
 
     @classmethod
-    def of(cls, exc: CMError) -> ApiError:
-        """The answer for one of the package's errors."""
-        return cls(status_of(exc), ErrorBody(message=str(exc), reason=type(exc).__name__))
+    def of(cls, exc: CMError, message: str | None = None) -> ApiError:
+        """The answer for one of the package's errors; ``message``: its text reworded
+        for the client (the server's log keeps the original, paths and all)."""
+        text = str(exc) if message is None else message
+        return cls(status_of(exc), ErrorBody(message=text, reason=type(exc).__name__), str(exc))
 
     @classmethod
     def invalid(cls, exc: ValidationError) -> ApiError:
@@ -150,15 +160,23 @@ def operation(
     def decorate(method: Method) -> Method:
         @functools.wraps(method)
         async def translated(self: CMHandler, *args: Any, **kwargs: Any) -> None:
+            context_id = kwargs.get("context_id")
+            missing: str | None = None
             try:
                 await method(self, *args, **kwargs)
             except ValidationError as exc:
                 raise ApiError.invalid(exc) from exc
             except CMError as exc:
-                raise ApiError.of(exc) from exc
+                if isinstance(exc, ContextNotFoundError) and isinstance(context_id, str):
+                    # Its folder may have been removed on disk: once this request lets
+                    # go, the session closes and its streams end.
+                    missing = context_id
+                raise ApiError.of(exc, self.reword(exc, context_id)) from exc
             finally:
                 # Whatever happened, the sessions this request used may be closed again.
                 self.release_sessions()
+                if missing is not None:
+                    self.sessions.vanished(missing)
 
         guarded = cast(Method, web.authenticated(authorized(translated)))
         guarded.__cm_operation__ = described  # type: ignore[attr-defined]
@@ -178,6 +196,20 @@ class CMHandler(APIHandler):
         # headers, so its token comes in the query: no secret reaches the log.
         request = self.request
         return f"{request.method} {scrub_uri(request.uri or '')} ({request.remote_ip})"
+
+    @property
+    def api_url(self) -> str:
+        """The API's URL path, with the server's base URL (e.g. ``/jp/cm/api``)."""
+        return url_path_join(self.base_url, API_PREFIX)
+
+    def reword(self, exc: CMError, context_id: object = None) -> str:
+        """``exc``'s message for a client: HTTP remedies, no server paths."""
+        return for_http(
+            str(exc),
+            data_dir=self.sessions.data_dir,
+            api=self.api_url,
+            context_id=context_id if isinstance(context_id, str) else None,
+        )
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -226,11 +258,18 @@ class CMHandler(APIHandler):
         return model.model_validate_json(self.request.body or b"{}")
 
     def query(self, model: type[B]) -> B:
-        """The query string validated as ``model`` (the last value of each name wins)."""
-        names = self.request.query_arguments
-        return model.model_validate(
-            {name: self.get_query_argument(name, strip=False) for name in names}
-        )
+        """The query string validated as ``model``: a list field takes every value of its
+        name, any other field the last one."""
+        # Not get_query_argument(): it turns control characters into spaces, so a NUL
+        # would be blamed as white space (or pass as one); the models refuse them.
+        fields = model.model_fields
+        values: dict[str, str | list[str]] = {}
+        for name, given in self.request.query_arguments.items():
+            decoded = [self.decode_argument(value, name) for value in given]
+            field = fields.get(name)
+            many = field is not None and get_origin(field.annotation) is list
+            values[name] = decoded if many else decoded[-1]
+        return model.model_validate(values)
 
     def reply(self, model: BaseModel, status: int = 200) -> None:
         """Answer with ``model`` as JSON."""

@@ -13,6 +13,7 @@ from ..model import Branch
 from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import BranchList, CreateBranch, UpdateBranch
+from .provider_choice import check_client_choice
 
 __all__ = ["BranchHandler", "BranchesHandler", "require_branch"]
 
@@ -59,6 +60,7 @@ class BranchesHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = await self.session(context_id)
         request = self.body(CreateBranch)
+        check_client_choice(request.provider, allowed=self.sessions.client_endpoints)
         created = await self.blocking(
             session,
             session.branch,

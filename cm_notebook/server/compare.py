@@ -21,7 +21,7 @@ class CompareHandler(CMHandler):
     )
     async def get(self, context_id: str) -> None:
         session = await self.session(context_id)
-        query = CompareQuery(branch=self.get_query_arguments("branch", strip=False))
+        query = self.query(CompareQuery)
         known = session.branches
         for name in query.branch:
             validate_branch_name(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
+from .provider_choice import check_client_choice
 
 __all__ = ["ContextHandler", "ContextsHandler", "detail"]
 
@@ -40,6 +41,9 @@ class ContextsHandler(CMHandler):
     )
     async def post(self) -> None:
         request = self.body(CreateContext)
+        check_client_choice(
+            request.provider, request.provider_options, allowed=self.sessions.client_endpoints
+        )
         session = await self.sessions.create(
             title=request.title,
             provider=request.provider,

@@ -6,7 +6,7 @@ import re
 
 from tornado import web
 
-from .base import ApiError, CMHandler
+from .base import API_PREFIX, ApiError, CMHandler
 from .bodies import ErrorBody
 from .branches import BranchesHandler, BranchHandler
 from .compare import CompareHandler
@@ -29,8 +29,6 @@ from .tools import (
 )
 
 __all__ = ["API_PREFIX", "ROUTES", "url_patterns"]
-
-API_PREFIX = "/cm/api"
 
 _CONTEXT = "/contexts/{context_id}"
 
@@ -67,7 +65,7 @@ class NotFoundHandler(CMHandler):
         raise ApiError(
             404,
             ErrorBody(
-                message=f"no such API path {self.request.path!r}; see {API_PREFIX}/openapi.json",
+                message=f"no such API path {self.request.path!r}; see {self.api_url}/openapi.json",
                 reason="NotFound",
             ),
         )

@@ -100,6 +100,7 @@ class SessionRegistry:
         default_provider: str = "local",
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        client_endpoints: bool = False,
     ) -> None:
         if max_sessions < 1:
             raise InvalidInputError(f"max_sessions must be at least 1, got {max_sessions}")
@@ -113,6 +114,9 @@ class SessionRegistry:
         self.default_provider = default_provider
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        # Whether clients may choose providers' endpoints and model files (see
+        # cm_notebook.server.provider_choice).
+        self.client_endpoints = client_endpoints
         # For deleting contexts (a deletion forgets what it read).
         self._store = FileStore(data_dir)
         # Least recently used first: eviction looks from the front.
@@ -226,6 +230,29 @@ class SessionRegistry:
         except CMError:
             return False  # cannot tell (e.g. a store lock held): keep it for now
 
+    @staticmethod
+    def _gone(session: ContextSession) -> bool:
+        # Whether the context's folder was removed behind the server's back.
+        try:
+            session.metadata  # noqa: B018 - read from the store when its files changed
+        except ContextNotFoundError:
+            return True
+        except CMError:
+            pass  # damaged, or a lock held: it is still there
+        return False
+
+    def vanished(self, context_id: str) -> bool:
+        """If the open context's folder is gone (removed behind the server's back, not
+        by a deletion through it), end its events streams and close its session once
+        no request holds it. Returns whether it is gone."""
+        session = self._sessions.get(context_id)
+        if session is None or context_id in self._deleting or not self._gone(session):
+            return False
+        self._end(context_id)
+        if not self._requests.get(context_id):
+            self._evict(context_id)
+        return True
+
     def _evict_over_limit(self, keep: str | None = None) -> None:
         excess = len(self._sessions) - self.max_sessions
         for context_id, session in list(self._sessions.items()):
@@ -261,6 +288,8 @@ class SessionRegistry:
         """Close idle sessions: those unused for ``idle_timeout``, and beyond ``max_sessions``."""
         now = time.monotonic()
         for context_id, session in list(self._sessions.items()):
+            if self._streams.get(context_id) and self.vanished(context_id):
+                continue  # its streams would otherwise send heartbeats for ever
             if not self._idle(context_id, session):
                 # Busy (e.g. a long reply): its idle time counts from when it is done.
                 self._last_used[context_id] = now

@@ -1,0 +1,87 @@
+"""The package's error messages, reworded for a client of the REST API.
+
+The package's errors are written for a person at a notebook: their remedies name
+Python calls (``turn.cancel()``, ``FileStore.list_contexts()``) and their paths are the
+machine's. A client of the server can do neither: it needs the HTTP request that helps,
+and it has no business learning where the server keeps its files. :func:`for_http`
+rewrites the remedies it knows into requests, drops any other clause that names a
+Python call, and shows paths relative to the server's data folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["for_http"]
+
+#: A Python call in prose: ``name()``, ``obj.method(...)``, ``Class.method()``.
+_PYTHON_CALL = re.compile(r"`?\b[A-Za-z_][\w.]*\((?:[^()]|\.\.\.)*\)`?")
+#: One clause or sentence of a message, with the separator that ends it.
+_CLAUSE = re.compile(r"[^;.]*(?:\.(?!\s|$)[^;.]*)*(?:[;.](?=\s|$)|$)")
+
+
+def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str | Callable[..., str]]]:
+    here = f"{api}/contexts/{context}"
+    return [
+        (
+            re.compile(r"List existing contexts with FileStore\.list_contexts\(\)[^.]*\."),
+            f"GET {api}/contexts lists the contexts there are.",
+        ),
+        (
+            re.compile(r"List existing ids with ContextSession\.list\(\)[^.]*\."),
+            f"GET {api}/contexts lists the contexts there are.",
+        ),
+        (
+            re.compile(r"Use an id from session\.history\(\)\."),
+            f"GET {here}/messages lists the messages there are.",
+        ),
+        (
+            re.compile(r"await it, or call turn\.cancel\(\)"),
+            f"wait for its MessageCompleted or Error signal (GET {here}/events), or stop it "
+            f"with POST {here}/stop",
+        ),
+        (
+            re.compile(r"Deleting the context folder \S+ removes the whole context\."),
+            f"DELETE {here} removes the whole context.",
+        ),
+        (
+            re.compile(r"pick another name or move it with set_branch_head\(\)"),
+            "pick another name",
+        ),
+        (re.compile(r"cancel it first"), f"stop it first (POST {here}/stop)"),
+        (
+            re.compile(r"Wait for the turn to finish \(await it\)"),
+            f"Wait for its MessageCompleted signal (GET {here}/events)",
+        ),
+        (re.compile(r"\(from_message=\.\.\.\)"), "(from_message in the body)"),
+    ]
+
+
+def for_http(message: str, *, data_dir: Path, api: str, context_id: str | None) -> str:
+    """``message`` as a REST client should read it (see the module docstring).
+
+    ``api`` is the API's URL path (with the server's base URL), ``context_id`` the
+    context the request was about, if any.
+    """
+    text = message
+    for pattern, replacement in _rewrites(api, context_id or "{context_id}"):
+        text = pattern.sub(replacement, text)
+    text = _hide_paths(text, data_dir)
+    if _PYTHON_CALL.search(text):
+        kept = [c for c in _CLAUSE.findall(text) if c.strip() and not _PYTHON_CALL.search(c)]
+        text = "".join(kept).strip()
+        text = re.sub(r"[;,]\s*$", ".", text) if kept else "the request failed"
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _hide_paths(text: str, data_dir: Path) -> str:
+    # Longest spelling first, so a resolved path is not left half-replaced.
+    spellings = sorted({str(data_dir), str(data_dir.resolve())}, key=len, reverse=True)
+    for folder in spellings:
+        # "no context 'x' in <data dir>/contexts.": the folder says nothing to a client.
+        text = re.sub(rf" in {re.escape(folder)}/contexts(?=[.;,]?(?:\s|$))", "", text)
+        text = text.replace(f"{folder}/", "")
+        text = text.replace(folder, "the server's data folder")
+    return text

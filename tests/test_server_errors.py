@@ -1,0 +1,187 @@
+"""What a REST client is told, and may choose: errors worded for HTTP, contexts removed
+on disk, control characters in queries, providers' endpoints and model files.
+
+A real Jupyter server in a child process, as in ``test_server_api.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from jupyter_server_proc import BASE_URL, JupyterServer
+from server_client import create_context, read_events
+
+API = f"{BASE_URL}cm/api"
+#: A Python call in an error's text: the remedy of a notebook, not of an HTTP client.
+PYTHON_CALL = re.compile(r"\w\((\.\.\.)?\)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    # Idle sessions close after a second: the sweeper looks every half second.
+    root = tmp_path_factory.mktemp("jupyter")
+    with JupyterServer(root, extra=["--CMNotebookApp.session_idle_timeout=1"]) as running:
+        yield running
+    assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture
+def client(server: JupyterServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as http:
+        yield http
+
+
+def _error(response: httpx.Response, status: int, server: JupyterServer) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    message: str = response.json()["message"]
+    assert str(server.root) not in message, message  # no path of the server's machine
+    assert not PYTHON_CALL.search(message), message  # no remedy a client cannot follow
+    return message
+
+
+# -- errors worded for HTTP ----------------------------------------------------------------
+
+
+def test_errors_name_the_http_request_that_helps_and_no_server_path(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    unknown = _error(client.get("contexts/c0nothere"), 404, server)
+    assert f"GET {API}/contexts lists" in unknown
+
+    context_id = create_context(client, [{"hang": True}])
+    here = f"{API}/contexts/{context_id}"
+    assert client.post(f"contexts/{context_id}/messages", json={"text": "go"}).status_code == 202
+    busy = _error(client.post(f"contexts/{context_id}/messages", json={"text": "x"}), 409, server)
+    assert f"POST {here}/stop" in busy
+    assert client.post(f"contexts/{context_id}/stop", json={}).status_code == 202
+
+    exists = _error(
+        client.post(f"contexts/{context_id}/branches", json={"name": "main"}), 409, server
+    )
+    assert "pick another name" in exists
+    hostile = _error(client.get(f"contexts/{context_id}/messages/..%2F.."), 400, server)
+    assert f"GET {here}/messages lists" in hostile
+
+    nowhere = _error(client.get("no/such/path"), 404, server)
+    assert f"see {API}/openapi.json" in nowhere  # under the server's base URL
+
+    metadata = server.data_dir / "contexts" / context_id / "metadata.json"
+    metadata.write_text("{garbage")
+    damaged = _error(client.get(f"contexts/{context_id}"), 500, server)
+    assert f"contexts/{context_id}/metadata.json is not valid JSON" in damaged
+    assert f"DELETE {here} removes the whole context" in damaged
+    assert str(metadata) in server.log()  # the administrator still learns where it is
+    assert client.delete(f"contexts/{context_id}").status_code == 204
+
+
+# -- a context removed on disk -------------------------------------------------------------
+
+
+def test_a_context_removed_on_disk_ends_its_streams_and_closes_its_session(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    context_id = create_context(client, [{"reply": "hello"}])
+    folder = server.data_dir / "contexts" / context_id
+    # Nothing asks for the context after its folder goes: its stream must end by itself,
+    # rather than send heartbeats for ever.
+    with pytest.raises(AssertionError, match="the stream ended"):
+        read_events(
+            client,
+            f"contexts/{context_id}/events",
+            lambda event: False,
+            started=lambda: shutil.rmtree(folder),
+            timeout=20,
+        )
+    assert context_id not in client.get("contexts").text
+    _error(client.get(f"contexts/{context_id}"), 404, server)
+
+
+def test_a_request_that_finds_the_context_removed_ends_its_streams_at_once(
+    tmp_path: Path,
+) -> None:
+    # A server with the default idle timeout, whose sweeper looks only every 5 s: the
+    # stream must end well before, because a request found the folder gone.
+    with (
+        JupyterServer(tmp_path) as running,
+        httpx.Client(base_url=running.api("/"), headers=running.auth, timeout=30) as http,
+    ):
+        context_id = create_context(http, [{"reply": "hello"}])
+        folder = running.data_dir / "contexts" / context_id
+
+        def remove_then_ask() -> None:
+            shutil.rmtree(folder)
+            sent = http.post(f"contexts/{context_id}/messages", json={"text": "hi"})
+            _error(sent, 404, running)
+
+        with pytest.raises(AssertionError, match="the stream ended"):
+            read_events(
+                http,
+                f"contexts/{context_id}/events",
+                lambda event: False,
+                started=remove_then_ask,
+                timeout=4,
+            )
+    assert "could not record" not in running.log()
+    assert "Traceback" not in running.log()
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def test_a_control_character_in_a_query_is_refused_as_what_it_is(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    context_id = create_context(client, [{"reply": "hello"}])
+    client.post(f"contexts/{context_id}/branches", json={"name": "b"})
+    for query in ("branch=ma%00in", "branch=main&branch=b%01"):
+        message = _error(client.get(f"contexts/{context_id}/compare?{query}"), 400, server)
+        assert "is not allowed" in message
+        assert "white space" not in message
+    message = _error(client.get(f"contexts/{context_id}/messages?branch=ma%00in"), 400, server)
+    assert "'\\x00' is not allowed" in message
+    both = client.get(f"contexts/{context_id}/compare?branch=main&branch=b")
+    assert [row["branch"] for row in both.json()["results"]] == ["main", "b"]
+
+
+# -- what a client may choose about providers ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "options", "named"),
+    [
+        ("openai:gpt-4o-mini", {"base_url": "http://attacker.example/v1"}, "base_url"),
+        ("local", {"model_path": "/etc/passwd"}, "model_path"),
+        ("local:/etc/passwd", {}, "model file"),
+    ],
+)
+def test_a_client_cannot_choose_where_a_provider_connects_or_which_file_it_reads(
+    server: JupyterServer, client: httpx.Client, provider: str, options: dict[str, str], named: str
+) -> None:
+    before = client.get("contexts").json()["contexts"]
+    body = {"provider": provider, "provider_options": options}
+    message = _error(client.post("contexts", json=body), 400, server)
+    assert named in message
+    assert "client_endpoints=True" in message
+    assert client.get("contexts").json()["contexts"] == before  # nothing created
+    context_id = create_context(client, [])
+    fork = {"name": "elsewhere", "provider": provider}
+    if provider.startswith("local:"):
+        _error(client.post(f"contexts/{context_id}/branches", json=fork), 400, server)
+    # The bundled model may be named: it is no file of the client's choosing.
+    assert client.post("contexts", json={"provider": "local:smollm2"}).status_code == 201
+
+
+def test_a_server_whose_clients_are_trusted_lets_them_choose(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path, extra=["--CMNotebookApp.client_endpoints=True"]) as running,
+        httpx.Client(base_url=running.api("/"), headers=running.auth, timeout=30) as http,
+    ):
+        body = {"provider": "openai:m", "provider_options": {"base_url": "http://127.0.0.1:9/v1"}}
+        assert http.post("contexts", json=body).status_code == 201
+        created = http.post("contexts", json={"provider": "local:/no/such/model.gguf"})
+        assert created.status_code == 201
