@@ -145,15 +145,7 @@ def _settled(call: ToolCall, answer: str | None) -> ToolCall:
     if call.status not in _OPEN and call.result is not None:
         return call  # settled already (its answer may be all that is missing)
     if answer is not None:
-        # Answered, but the process died before recording it in the reply. Failures
-        # and denials are answered "error: ..." (cm_notebook.tools); a call never
-        # started cannot have succeeded.
-        failed = answer.startswith("error:")
-        if call.status is ToolCallStatus.RUNNING:
-            status = ToolCallStatus.FAILED if failed else ToolCallStatus.DONE
-        else:
-            status = ToolCallStatus.DENIED
-        return call.model_copy(update={"status": status, "result": answer})
+        return _from_answer(call, answer)
     if call.status is ToolCallStatus.RUNNING:
         reason = f"interrupted while running ({STOPPED})"
         text = interrupted_result(call.name, STOPPED)
@@ -162,10 +154,7 @@ def _settled(call: ToolCall, answer: str | None) -> ToolCall:
         )
     if call.status is ToolCallStatus.APPROVED:
         # Not a denial: the person (or policy) said yes. It did not run, so it failed.
-        text = (
-            f"error: the call to tool {call.name!r} was approved but never run ({STOPPED}); "
-            "it had no effect, and may be asked for again."
-        )
+        text = _never_run(call.name)
         return call.model_copy(
             update={"status": ToolCallStatus.FAILED, "reason": NOT_STARTED, "result": text}
         )
@@ -181,6 +170,49 @@ def _settled(call: ToolCall, answer: str | None) -> ToolCall:
         else (f"error: {call.reason or 'the call failed'}")
     )
     return call.model_copy(update={"result": text})
+
+
+def _never_run(tool_name: str) -> str:
+    return (
+        f"error: the call to tool {tool_name!r} was approved but never run ({STOPPED}); "
+        "it had no effect, and may be asked for again."
+    )
+
+
+def _from_answer(call: ToolCall, answer: str) -> ToolCall:
+    # Answered, but the process died before recording it in the reply: a turn that
+    # died after answering, or a settle cut short after writing its answers. The
+    # status and reason are read back from the answer, so that a settle finished on
+    # a second try records what one run to the end would have.
+    name = call.name
+    head, _, tail = interrupted_result(name, "\0").partition("\0")
+    update: dict[str, object]
+    if answer == _never_run(name):
+        update = {"status": ToolCallStatus.FAILED, "reason": NOT_STARTED}
+    elif answer.startswith(head) and answer.endswith(tail):
+        cause = answer[len(head) : len(answer) - len(tail)]
+        update = {"status": ToolCallStatus.FAILED, "reason": f"interrupted while running ({cause})"}
+    elif call.status is ToolCallStatus.RUNNING:
+        # Failures are answered "error: ..." (cm_notebook.tools).
+        failed = answer.startswith("error:")
+        update = {"status": ToolCallStatus.FAILED if failed else ToolCallStatus.DONE}
+    else:
+        # A call never started can only have been refused.
+        update = {"status": ToolCallStatus.DENIED, "reason": _denial_reason(name, answer)}
+    return call.model_copy(update={**update, "result": answer})
+
+
+def _denial_reason(tool_name: str, answer: str) -> str | None:
+    # The reason ``denied_result(tool_name, reason)`` wrote into ``answer``, if it did.
+    bare = denied_result(tool_name)
+    head, tail = bare[: -len(_DENIED_TAIL)], _DENIED_TAIL
+    if answer.startswith(f"{head}: ") and answer.endswith(tail):
+        return answer[len(head) + 2 : len(answer) - len(tail)] or None
+    return None
+
+
+#: How a denial's text ends, after its reason (cm_notebook.tools.denied_result).
+_DENIED_TAIL = ". Do not retry it unchanged."
 
 
 async def _worked_on_elsewhere(

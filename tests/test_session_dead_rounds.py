@@ -191,20 +191,24 @@ def test_a_fork_does_not_settle_calls_a_live_turn_is_waiting_on(tmp_path: Path) 
 
 
 def _store_round(
-    tmp_path: Path, context_id: str, answers: dict[str, str], branch: str = "main"
+    tmp_path: Path,
+    context_id: str,
+    answers: dict[str, str],
+    branch: str = "main",
+    statuses: tuple[ToolCallStatus, ...] = (ToolCallStatus.RUNNING, ToolCallStatus.PENDING),
 ) -> str:
     # A round as a process killed at the worst moment leaves it: the reply records
-    # ``first`` running and ``second`` pending, and ``answers`` are stored.
+    # ``first`` running and ``second`` pending (or ``statuses``), and ``answers`` are
+    # stored.
     async def write() -> str:
         async with FileStore(tmp_path) as store:
             head = (await store.get_metadata(context_id)).branches[branch].head
             user = Message(role="user", parent_id=head, content="Add twice.")
             await store.append_message(context_id, user, branch=branch, expected_head=head)
+            names = ("first", "second", "third", "fourth")
             calls = [
-                ToolCall(
-                    id="first", name="_add", arguments={"a": 1}, status=ToolCallStatus.RUNNING
-                ),
-                ToolCall(id="second", name="_add", arguments={"a": 2}),
+                ToolCall(id=name, name="_add", arguments={"a": n}, status=status)
+                for n, (name, status) in enumerate(zip(names, statuses, strict=False), 1)
             ]
             reply = Message(role="assistant", parent_id=user.id, content="", tool_calls=calls)
             await store.append_message(context_id, reply, branch=branch, expected_head=user.id)
@@ -237,6 +241,39 @@ def test_a_call_answered_before_the_process_died_keeps_its_answer(
     # Settling is done once: opening again finds nothing left to do.
     with ContextSession.open(context_id, data_dir=tmp_path) as session:
         assert session.history() == settled
+
+
+def _settled_calls(tmp_path: Path, context_id: str, reply_id: str) -> list[tuple[object, ...]]:
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        return [(c.id, c.status, c.reason, c.result) for c in session.get(reply_id).tool_calls]
+
+
+def test_a_settle_cut_short_after_its_answers_ends_as_one_run_to_the_end(tmp_path: Path) -> None:
+    # A settle writes the answers first, then the calls. Killed in between, the next
+    # one reads each call's fate back from its answer: the same status and reason.
+    ask = {"provider": ScriptedProvider(), "data_dir": tmp_path}
+    statuses = (ToolCallStatus.RUNNING, ToolCallStatus.PENDING, ToolCallStatus.APPROVED)
+    with ContextSession.create(**ask) as whole, ContextSession.create(**ask) as cut_short:
+        ids = whole.id, cut_short.id
+    reply_id = _store_round(tmp_path, ids[0], {}, statuses=statuses)
+    settled = _settled_calls(tmp_path, ids[0], reply_id)
+    answers = {str(call_id): str(result) for call_id, _, _, result in settled}
+    reply_id = _store_round(tmp_path, ids[1], answers, statuses=statuses)
+    assert _settled_calls(tmp_path, ids[1], reply_id) == settled
+    assert [status for _, status, _, _ in settled] == [
+        ToolCallStatus.FAILED,
+        ToolCallStatus.DENIED,
+        ToolCallStatus.FAILED,
+    ]
+
+
+def test_a_denial_answered_before_the_process_died_keeps_its_reason(
+    tmp_path: Path, context_id: str
+) -> None:
+    denial = denied_result("_add", "too risky")
+    reply_id = _store_round(tmp_path, context_id, {"second": denial})
+    _, second = _settled_calls(tmp_path, context_id, reply_id)
+    assert second == ("second", ToolCallStatus.DENIED, "too risky", denial)
 
 
 def _round_on_a_side_branch(tmp_path: Path, context_id: str) -> str:
