@@ -19,7 +19,10 @@ to stop anywhere: a second run finds the answers and only rewrites the calls.
 It runs under the branch's claim (no turn of any process is on that branch), when a
 turn is about to start there, when a session opens, and when a session sees another
 process's turn die. A round that a live turn on *another* branch is still working on
-(a fork made at its reply while it waited) is left alone.
+(a fork made at its reply while it waited) is left alone. A branch that shares a
+reply whose calls were settled on another branch (a fork made at it) gets its own
+tool messages, from the calls' recorded results, so its stored history pairs every
+call as its requests do.
 """
 
 from __future__ import annotations
@@ -64,15 +67,15 @@ _OPEN = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStat
 def may_hold_dead_round(head: Message | None) -> bool:
     """Whether the branch ending at ``head`` may end in an unfinished tool round.
 
-    False for a settled assistant message (every turn that completes ends on one) and
-    for a user message, so a send reads nothing more; True for a tool message (the
-    round it answers may have more calls) and an assistant message with open calls.
+    False for an assistant message without tool calls (every turn that completes ends
+    on one) and for a user message, so a send reads nothing more; True for a tool
+    message (the round it answers may have more calls) and an assistant message with
+    tool calls: open ones, or calls settled on another branch that shares the message
+    and answered there, not on this one.
     """
     if head is None or head.role == "user":
         return False
-    if head.role == "tool":
-        return True
-    return bool(head.tool_calls) and not is_settled(head)
+    return head.role == "tool" or bool(head.tool_calls)
 
 
 async def settle_dead_round(
@@ -99,10 +102,15 @@ async def settle_dead_round(
     if start < 0 or not ids or path[-1].id != ids[-1]:
         return []  # no round, or the path has an unreadable message at its end
     reply = path[start]
-    if not reply.tool_calls or is_settled(reply):
+    if not reply.tool_calls:
         return []
     answers = {m.tool_call_id: m.content for m in path[start + 1 :] if m.tool_call_id}
-    if await _worked_on_elsewhere(store, context_id, branch, reply.id, claim_held):
+    if is_settled(reply):
+        # Settled on a branch that shares the reply (a fork made at it): this branch
+        # only lacks the answers, which the calls' results give.
+        if not answer or all(call.id in answers for call in reply.tool_calls):
+            return []
+    elif await _worked_on_elsewhere(store, context_id, branch, reply.id, claim_held):
         return []
     calls = [_settled(call, answers.get(call.id)) for call in reply.tool_calls]
     events: list[ev.Event] = []
@@ -128,8 +136,9 @@ async def settle_dead_round(
             )
         )
     final = reply.model_copy(update={"tool_calls": calls})
-    await store.update_message(context_id, final)
-    cache.remember(final)
+    if final != reply:
+        await store.update_message(context_id, final)
+        cache.remember(final)
     for before, after in zip(reply.tool_calls, calls, strict=True):
         if before.status is not after.status:
             events.append(

@@ -298,6 +298,22 @@ def test_a_turn_settles_the_round_left_open_on_its_branch(tmp_path: Path, contex
         assert [m.content for m in seen[2:4]] == [first.result, second.result]
 
 
+def test_a_fork_sharing_a_dead_reply_gets_its_own_answers(tmp_path: Path, context_id: str) -> None:
+    # "side" was forked at the reply while its calls were open; the process died.
+    reply_id = _store_round(tmp_path, context_id, {})
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:  # settles main
+        session.branch("side", reply_id, switch=False)
+        settled = [(c.id, c.result) for c in session.get(reply_id).tool_calls]
+        assert [(m.tool_call_id, m.content) for m in session.history()[2:]] == settled
+    provider = ScriptedProvider().reply("Fine.")
+    with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
+        session.send("Go on.", branch="side").result(DEADLINE)
+        side = session.history("side")
+        assert [m.role for m in side] == ["user", "assistant", "tool", "tool", "user", "assistant"]
+        assert [(m.tool_call_id, m.content) for m in side[2:4]] == settled
+        assert [m.role for m in provider.requests[-1].messages][2:4] == ["tool", "tool"]
+
+
 def test_a_call_approved_but_never_started_is_not_recorded_as_denied(
     tmp_path: Path, context_id: str
 ) -> None:

@@ -541,6 +541,9 @@ def test_a_tool_call_left_without_a_stored_result_is_answered_in_the_request(
     sent = fake.last_request.messages
     assert [m.role for m in sent] == ["user", "assistant", "tool", "user"]
     assert (sent[2].tool_call_id, sent[2].content) == ("c1", "42")
-    assert [m.role for m in session.history()] == ["user", "assistant", "user", "assistant"]
+    # The next turn stored the missing answer first, from the call's recorded result.
+    stored = session.history()
+    assert [m.role for m in stored] == ["user", "assistant", "tool", "user", "assistant"]
+    assert (stored[2].tool_call_id, stored[2].content) == ("c1", "42")
     session.close()
     anyio.run(store.close)
