@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,7 @@ from tool_samples import Abort, Color, Opaque, Pair, Point, weather
 from cm_notebook.errors import InvalidInputError, ToolDefinitionError, ToolError
 from cm_notebook.model import ToolCallStatus
 from cm_notebook.providers.base import ToolCallRequest
+from cm_notebook.redact import REDACTED
 from cm_notebook.tools import (
     MAX_RESULT_CHARS,
     ToolOutcome,
@@ -186,6 +188,18 @@ async def test_exception_becomes_failed_outcome(is_async: bool) -> None:
     outcome = await run_tool(tool(aboom if is_async else boom), {"x": 7})
     assert (outcome.status, outcome.result) == (FAILED, "error: ValueError: bad x 7")
     assert not outcome.ok
+
+
+async def test_a_secret_in_a_tools_error_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The error text is stored, shown, and sent to the model: no key may be in it.
+    monkeypatch.setenv("OPENAI_API_KEY", "plainvalue0123456789")
+
+    def call_api() -> None:
+        raise PermissionError(f"the server refused key {os.environ['OPENAI_API_KEY']}")
+
+    outcome = await run_tool(tool(call_api), {})
+    assert outcome.status is FAILED
+    assert outcome.result == f"error: PermissionError: the server refused key {REDACTED}"
 
 
 async def test_exception_without_message_and_invalid_arguments() -> None:

@@ -36,6 +36,7 @@ from .. import _json
 from .._unicode import scrub, without_surrogates
 from ..errors import ToolArgumentsError
 from ..model import ToolCallStatus
+from ..redact import redact_text
 from ._tool import Tool
 
 __all__ = [
@@ -194,9 +195,11 @@ def _being_cancelled() -> bool:
 
 
 def _message_of(exc: BaseException) -> str:
-    # str(exc), which is the exception's own code and may itself fail.
+    # str(exc), which is the exception's own code and may itself fail. Redacted, as a
+    # provider's errors are: it is stored, shown, and sent to the model, and a tool's
+    # error may quote a key it used (``f"bad key {os.environ['X_API_KEY']}"``).
     try:
-        return str(exc)
+        return redact_text(str(exc))
     except Exception as error:
         return f"<its message could not be shown: {type(error).__name__}>"
 
