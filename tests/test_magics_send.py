@@ -67,6 +67,9 @@ def _sent(fe: FrontEnd, line: str) -> tuple[str, str | None]:
         ("x = 1\n%cm send Is x one?", "Is x one?"),
         ('%cm send "Quoted whole."', '"Quoted whole."'),
         ("%cm send what does --verbose do", "what does --verbose do"),
+        # Not rewritten by IPython's expansion: no variable, no expression evaluated.
+        ("x = 'SECRET'\n%cm send What does {x} mean at $x?", "What does {x} mean at $x?"),
+        ("%cm send Compute {len('abc')} and {{x}}", "Compute {len('abc')} and {{x}}"),
     ],
 )
 def test_send_stores_the_text_exactly_as_typed(fe: FrontEnd, line: str, message: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from . import _args as a
 from ._commands import Commands, translated
@@ -28,6 +28,11 @@ class CMMagics(Magics):
         super().__init__(shell)
         self.commands = Commands(shell.user_ns)
 
+    # A line is taken as typed: IPython's own expansion would rewrite a message's
+    # "{x}" or "$price" with no record of it (a cell's {name} is filled in, and
+    # recorded, by _interpolate), evaluate any expression in braces, and takes time
+    # quadratic in the line's length.
+    @no_var_expand
     @line_cell_magic
     def cm(self, line: str, cell: str | None = None) -> Any:
         """Talk to the current context: ``%cm help`` lists the subcommands."""
