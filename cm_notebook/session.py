@@ -266,6 +266,16 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
 
     # -- sending -----------------------------------------------------------------------
 
+    def check_send(
+        self, *, branch: str | None = None, provider: ProviderLike | None = None, **params: Any
+    ) -> None:
+        """Raise what :meth:`send` would for this branch, provider and parameters, and do
+        nothing else: for a caller that changes the context before it sends (``%%cm
+        --system`` forks a branch) and must not when the send would be refused."""
+        current = self._read_metadata()
+        name = current.active_branch if branch is None else validate_branch_name(branch)
+        self._defaults.for_request(current, name, provider, params)
+
     def send(
         self,
         text: str,

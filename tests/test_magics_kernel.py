@@ -303,3 +303,10 @@ def test_system_sets_the_branch_prompt_and_forks_a_branch_with_replies(fe: Front
     assert _printed(fe, "_.turn.branch") == "main-system-1"
     assert _printed(fe, "s.system_prompt_of('main-system-1')") == "Be loud."
     assert _printed(fe, "[m.content for m in s.history('main')]") == ["First", "echo: First"]
+    # A cell refused for its settings forks nothing and leaves the active branch.
+    before = _printed(fe, "(s.active_branch, sorted(s.branch_names))")
+    said = _usage_error(fe, '%%cm --system "Be formal." --temperature 9\nThird')
+    assert "temperature" in said
+    said = _usage_error(fe, '%%cm --system "Be formal." nosuch:model\nThird')
+    assert "nosuch" in said
+    assert _printed(fe, "(s.active_branch, sorted(s.branch_names))") == before

@@ -127,6 +127,8 @@ class Commands:
             return self._fan_out(session, args, text, params)
         branch = args.branch
         if args.system is not None:
+            # Refused settings must leave the context as it was: checked before the fork.
+            session.check_send(branch=branch, provider=args.chosen_provider, **params)
             # The branch keeps the prompt for its later messages too. A branch with replies
             # made under another prompt is forked (see edit_system): send on the fork.
             # Running the cell again changes nothing more: the prompt is the same.
