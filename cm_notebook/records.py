@@ -44,9 +44,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ExtraNotInstalledError, InvalidInputError
+from ._unicode import without_surrogates
+from .errors import CMError, ExtraNotInstalledError, InvalidInputError
 from .model import Branch, Message
 from .scores import Score
+from .store.atomic import atomic_write
 from .store.oserrors import translate
 
 if TYPE_CHECKING:
@@ -214,8 +216,14 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -
         raise InvalidInputError(f"path must be a file path, got {path!r:.80}")
     target = Path(path).expanduser()
     text = to_csv_text(rows)
+    # Lone surrogates (a name decoded from a file name, say) cannot be UTF-8: written as
+    # U+FFFD, as the store writes them, rather than failing half-way.
+    data = without_surrogates(text).encode("utf-8")
     try:
-        target.write_text(text, encoding="utf-8", newline="")
+        # Atomically: a failure (a full disk, a kill) leaves an existing file as it was.
+        atomic_write(target, data, fsync=None)
+    except CMError:
+        raise
     except OSError as exc:
         raise translate(exc, target, "write") from exc
     return target

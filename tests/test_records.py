@@ -173,3 +173,15 @@ def test_without_pandas_the_dataframe_names_the_extra_and_csv_still_works(
     assert "pip install 'cm_notebook[data]'" in result.stdout
     assert "4 no-pandas.csv" in result.stdout
     assert out.read_text(encoding="utf-8").startswith("context_id,branch,message_id")
+
+
+def test_a_name_that_is_not_utf8_is_written_as_a_replacement_not_a_lost_file(
+    tmp_path: Path,
+) -> None:
+    from cm_notebook.records import write_csv
+
+    path = tmp_path / "study.csv"
+    path.write_text("the earlier table\n", encoding="utf-8")
+    # E.g. a variant label taken from a file name with os.fsdecode: a lone surrogate.
+    write_csv(path, [{"variant": "caf\udce9", "output": "Blue."}])
+    assert path.read_text(encoding="utf-8") == "variant,output\ncaf\ufffd,Blue.\n"

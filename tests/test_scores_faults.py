@@ -101,6 +101,10 @@ def test_a_damaged_score_file_is_replaced_by_a_run_with_a_warning(
     warning = next(w.message for w in caught if isinstance(w.message, StoreWarning))
     assert warning.path == path
     assert "replaced by the new score" in str(warning)
+    # What it held is kept beside it (a newer version's rating, say), out of every read.
+    kept = path.with_name(f"{path.name}.damaged")
+    assert str(kept) in str(warning)
+    assert kept.read_text() == damage.replace("%s", first)
     replaced = Score.model_validate(json.loads(path.read_text()))
     assert (replaced.message_id, replaced.score, replaced.metrics) == (first, None, {"length": 3})
     stored = session.all_scores()

@@ -27,9 +27,11 @@ may offer the same three methods to keep scores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -169,15 +171,18 @@ class ScoreFiles:
                 # score replaces it, and the warning says what was lost.
                 old, damage = None, str(exc)
             new = change(old)
+            if new is not None:
+                _check_new(new, message_id)
+            kept = _keep_damaged(path) if damage is not None else None
             if new is None:
                 path.unlink(missing_ok=True)
             else:
-                _check_new(new, message_id)
                 data = json.dumps(new, ensure_ascii=False).encode("utf-8")
                 atomic_write(path, data, fsync=self.fsync)
             if damage is not None:  # only once it is really gone (change may raise)
                 done = "removed" if new is None else "replaced by the new score"
-                warn(f"the score file {path} was {done}: it {damage}", path)
+                where = f"; what it held is kept in {kept}" if kept is not None else ""
+                warn(f"the score file {path} was {done}: it {damage}{where}", path)
             return new
         finally:
             lock.release()
@@ -203,6 +208,22 @@ def _check_new(new: dict[str, Any], message_id: str) -> None:
             f"cannot store the score of {message_id!r}: it is {exc}; give a valid Score "
             "(cm_notebook.scores.Score) as JSON data"
         ) from None
+
+
+def _keep_damaged(path: Path) -> Path | None:
+    # A damaged score file may still hold a person's rating (a field from a newer
+    # version makes it unreadable here): kept beside it, under a name no reader takes
+    # for a score, before a new score replaces it. None if it could not be kept.
+    kept = path.with_name(f"{path.name}.damaged")
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None  # a folder or a link in its place: nothing of ours to keep
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(kept)
+        os.link(path, kept)
+    except OSError:
+        return None
+    return kept
 
 
 class _Damaged(Exception):
