@@ -427,13 +427,23 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
 async def _check(args: argparse.Namespace, store: Store) -> int:
     if not isinstance(store, FileStore):  # pragma: no cover - the command line's store
         raise CommandError("check needs the file store")
-    ids = args.context_ids or [meta.id for meta in await store.list_contexts()]
+    troubled = 0
+    ids = args.context_ids
     if not ids:
-        _out(f"No contexts in {store.data_dir}.")
-        return 0
+        # Listing skips what is not a readable context, with a warning: here each is a
+        # finding, so that `check` never says all is well while a context is unreadable.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StoreWarning)
+            ids = [meta.id for meta in await store.list_contexts()]
+        skipped = [w for w in caught if issubclass(w.category, StoreWarning)]
+        for warning in skipped:
+            _error(str(warning.message))
+        troubled += len(skipped)
+    if not ids:
+        _out(f"No readable contexts in {store.data_dir}.")
+        return 1 if troubled else 0
     from tqdm import tqdm  # loaded for this command only
 
-    troubled = 0
     # Every message file of every context is read: a bar on a terminal, for many contexts.
     show = len(ids) > 1 and sys.stderr.isatty()
     with tqdm(

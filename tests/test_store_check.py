@@ -314,7 +314,24 @@ def test_the_command_names_an_unknown_context(
     assert main(["--data-dir", str(data_dir), "check", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
     assert main(["--data-dir", str(data_dir), "check"]) == 0
-    assert capsys.readouterr().out == f"No contexts in {data_dir}.\n"
+    assert capsys.readouterr().out == f"No readable contexts in {data_dir}.\n"
+
+
+def test_the_command_without_ids_counts_a_context_it_cannot_read(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def setup() -> None:
+        async with FileStore(data_dir) as store:
+            await store.create_context(ContextMetadata(id="c1", title="fine"))
+            await store.create_context(ContextMetadata(id="c2", title="damaged"))
+
+    anyio.run(setup)
+    (data_dir / "contexts" / "c2" / "metadata.json").write_text("{garbage")
+    assert main(["--data-dir", str(data_dir), "check"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "c1: 0 message(s), ok\n"
+    assert "c2" in err
+    assert "not valid JSON" in err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
