@@ -137,6 +137,35 @@ def test_an_edit_in_a_pinned_view_keeps_its_branch_settings_and_the_view_follows
     assert _printed(fe, "view_r3.branch") == "pirate-edit-1"
 
 
+def test_a_double_click_edits_or_forks_once_and_an_edit_without_text_is_refused(
+    fe: FrontEnd,
+) -> None:
+    fe.run(
+        """
+        fake5 = ScriptedProvider()
+        r5 = ContextSession.create("r5", provider=fake5)
+        await r5.send("Why is the sky blue?")
+        view_r5 = ChatView(r5)
+        view_r5
+        """
+    )
+    transcript = _transcript(fe)
+    user = _printed(fe, "r5.history()[0].id")
+    reply = _printed(fe, "r5.history()[-1].id")
+    fe.custom(transcript, {"event": "edit", "id": user, "text": None})
+    fe.wait_for(lambda: "new text" in fe.models[transcript]["notice"], what="notice")
+    for _click in range(2):
+        fe.custom(transcript, {"event": "edit", "id": user, "text": "Why is the sea blue?"})
+    fe.wait_for(lambda: fe.models[transcript]["branch"] == "main-edit-1", what="view follows")
+    fe.run("await r5.turn('main-edit-1') or None")
+    for _click in range(2):
+        fe.custom(transcript, {"event": "fork", "id": reply, "branch": "main"})
+    fe.wait_for(lambda: _printed(fe, "'main-fork-1' in r5.branches") == "True", what="fork")
+    fe.run("import asyncio; await asyncio.sleep(0.3)")  # time for a second one to show
+    assert _printed(fe, "sorted(r5.branches)") == "['main', 'main-edit-1', 'main-fork-1']"
+    assert _printed(fe, "len(fake5.requests)") == "2"  # the send and one edit
+
+
 def test_a_fork_from_the_chat_or_the_branch_tree_keeps_the_branch_settings(
     fe: FrontEnd,
 ) -> None:

@@ -29,6 +29,7 @@ by ``ScoreUpdated`` signals from any source.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["DELTA_INTERVAL", "ChatView", "FrozenMessage", "Transcript"]
 
 _STATIC = Path(__file__).parent / "static"
+#: Front-end actions that make something new (a branch, a reply): done once per click.
+_ONCE = frozenset({"edit", "fork", "regenerate"})
+#: Seconds within which the same action again is a double click.
+_DOUBLE_CLICK = 1.0
 
 #: Seconds between two text updates of a short streaming reply (at most 10 a second, so
 #: a view stays well under ~20 comm messages a second with its other updates).
@@ -133,6 +138,9 @@ class ChatView(w.VBox):  # type: ignore[misc]
         # a cell that moved the view to another branch still acts on the branch it was
         # made on (the stock buttons carry no data of their own).
         self._shown = self._branch
+        # The last edit, fork or regenerate asked for, and when: a repeat within
+        # _DOUBLE_CLICK seconds is a double click, not a second action.
+        self._last_action: tuple[tuple[str, str, str], float] | None = None
         self.send_button.on_click(lambda _b: self._on_button(self._send_input))
         self.stop_button.on_click(lambda _b: self._on_button(self._stop_turn))
         self.transcript.branch = self._branch
@@ -315,8 +323,13 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._shown = hint
         elif event == "pull":
             self._follower.on_loop(self._send_snapshot)
+        elif event in _ONCE and isinstance(target, str) and self._again(event, target, content):
+            return  # a double click: the first one acts
         elif event == "edit" and isinstance(target, str):
-            text = str(content.get("text", ""))
+            text = content.get("text")
+            if not isinstance(text, str):
+                self._follower.on_loop(lambda: self._show_error("An edit needs its new text."))
+                return
             self._follower.on_loop(lambda: self._edit(target, text, shown))
         elif event == "regenerate" and isinstance(target, str):
             self._follower.on_loop(lambda: self._regenerate(target, shown))
@@ -326,6 +339,14 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._follower.on_loop(lambda: self._fork(target, shown))
         elif event == "rate":
             self._follower.on_loop(lambda: self._act(rate_from_front_end, self.session, content))
+
+    def _again(self, event: str, target: str, content: dict[str, Any]) -> bool:
+        # Whether this action repeats the last one within a double click's time: each
+        # would fork a branch (and an edit ask the model again).
+        key = (event, target, repr(content.get("text")))
+        now = time.monotonic()
+        last, self._last_action = self._last_action, (key, now)
+        return last is not None and last[0] == key and now - last[1] < _DOUBLE_CLICK
 
     def _act(self, action: Any, *args: Any) -> Any:
         self.transcript.notice = ""
