@@ -227,12 +227,19 @@ def _canonical(value: object) -> object:
 
 
 def _unique(labels: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    # Repeats get "-2", "-3"..., skipping any suffix that is itself a label given
+    # (["a", "a", "a-2"]: a, a-3, a-2), so no two variants share a label.
+    given = {(label or "variant")[:80] for label in labels}
+    taken: set[str] = set()
     out = []
     for label in labels:
         label = (label or "variant")[:80]
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+        chosen, n = label, 1
+        while chosen in taken or (n > 1 and chosen in given):
+            n += 1
+            chosen = f"{label}-{n}"
+        taken.add(chosen)
+        out.append(chosen)
     return out
 
 

@@ -147,6 +147,9 @@ def test_the_default_name_is_derived_from_the_definition() -> None:
     plan = plan_sweep("Q", [{"label": "cold", "temperature": 0}, {"temperature": 1}, {}])
     assert plan.labels[0] == "cold"
     assert len(set(plan.labels)) == 3
+    # A numbered duplicate never takes a label a variant was given.
+    given = plan_sweep("Q", [{"label": x, "seed": n} for n, x in enumerate(["a", "a", "a-2"])])
+    assert given.labels == ["a", "a-3", "a-2"]
     nested = plan_sweep("Q", [{"params": {"temperature": 0.5}}, {"temperature": 0.7}])
     assert nested.labels == ["temperature-0.5", "temperature-0.7"]
 
