@@ -13,12 +13,24 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["REPLACEMENT", "has_surrogates", "scrub", "without_surrogates"]
+__all__ = ["REPLACEMENT", "for_terminal", "has_surrogates", "scrub", "without_surrogates"]
 
 #: What a lone half of a surrogate pair becomes.
 REPLACEMENT = "\ufffd"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+#: What a terminal acts on rather than shows: C0 controls but line feed and tab, DEL,
+#: C1 controls, and the bidirectional overrides and isolates that reorder a line.
+_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def for_terminal(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as its escape
+    (``\\x1b``), so that printing a model's reply cannot clear the screen, retitle
+    the window, hide text or reorder a line."""
+    return _TERMINAL_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def has_surrogates(text: str) -> bool:

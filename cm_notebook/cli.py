@@ -37,6 +37,7 @@ from typing import Any, NoReturn, TextIO
 import anyio
 
 from . import __version__, _json
+from ._unicode import for_terminal
 from .errors import CMError, ContextExistsError, InvalidInputError, MigrationError
 from .export import export_context, import_document, is_export, parse_export, to_json, to_markdown
 from .ids import new_id
@@ -94,7 +95,8 @@ class CommandError(Exception):
 
 
 def _out(text: str = "") -> None:
-    print(text, file=sys.stdout)
+    # Shown, never obeyed: a reply or a title may hold terminal escapes.
+    print(for_terminal(text), file=sys.stdout)
 
 
 def _positive_int(text: str) -> int:
@@ -544,7 +546,7 @@ async def _run(cmd: Command, args: argparse.Namespace) -> int:
 
 def _error(message: object) -> None:
     # One line, so that scripts can show or grep it.
-    text = " ".join(str(message).split())
+    text = for_terminal(" ".join(str(message).split()))
     print(f"{PROG}: error: {text}", file=sys.stderr)
 
 
@@ -581,7 +583,7 @@ def _show_warning(
     # Store warnings (a damaged file skipped or repaired) matter to the user, but as one
     # line like the errors, not with a source location.
     del category, filename, lineno, file, line
-    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"{PROG}: warning: {for_terminal(' '.join(str(message).split()))}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -373,3 +373,26 @@ def test_console_script_shows_store_warnings_as_one_line(data_dir: Path) -> None
     assert lines
     assert all(line.startswith("cm-notebook: warning: ") for line in lines), done.stderr
     assert any("skipped" in line and "broken" in line for line in lines)
+
+
+def test_show_prints_terminal_escapes_in_a_reply_as_text(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    import anyio
+
+    from cm_notebook.model import ContextMetadata, Message
+    from cm_notebook.store import FileStore
+
+    async def write() -> None:
+        async with FileStore(data_dir) as store:
+            await store.create_context(ContextMetadata(id="c1", title="plain"))
+            hostile = "Hi\x1b[2J\x1b]0;owned\x07 \u202eevil\nline two\tend"
+            await store.append_message(
+                "c1", Message(role="assistant", content=hostile), branch="main"
+            )
+
+    anyio.run(write)
+    code, out, _ = run(capsys, data_dir, "show", "c1")
+    assert code == 0
+    assert "    Hi\\x1b[2J\\x1b]0;owned\\x07 \\u202eevil\n    line two\tend\n" in out
+    assert not any(ch in out for ch in "\x1b\x07\u202e")
