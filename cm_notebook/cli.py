@@ -38,8 +38,22 @@ import anyio
 
 from . import __version__, _json
 from ._unicode import for_terminal
-from .errors import CMError, ContextExistsError, InvalidInputError, MigrationError
-from .export import export_context, import_document, is_export, parse_export, to_json, to_markdown
+from .errors import (
+    CMError,
+    ContextExistsError,
+    ContextNotFoundError,
+    InvalidInputError,
+    MigrationError,
+)
+from .export import (
+    export_context,
+    import_document,
+    is_export,
+    is_unfinished_import,
+    parse_export,
+    to_json,
+    to_markdown,
+)
 from .ids import new_id
 from .migrate import EXPECTED_SHAPES, migrate, parse_v1
 from .model import Message
@@ -155,7 +169,8 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
         rows.append(
             (
                 meta.id,
-                _clip(meta.title, 40),
+                _clip(meta.title, 40)
+                + (" (import unfinished)" if is_unfinished_import(meta) else ""),
                 count,
                 str(len(meta.branches)),
                 _when(meta.updated_at),
@@ -304,6 +319,15 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
     if is_export(data):
         document = parse_export(data)
         target = new_id("c") if args.new_id else None
+        cid = target or document.metadata.id
+        try:
+            there = await store.get_metadata(cid)
+        except ContextNotFoundError:
+            there = None
+        if there is not None and is_unfinished_import(there):
+            # An import of it was killed half-way: this one takes its place.
+            await store.delete_context(cid)
+            print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
         try:
             meta = await import_document(store, document, context_id=target)
         except ContextExistsError:
@@ -461,7 +485,13 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
             else:
                 with bar.external_write_mode(file=sys.stderr):
                     _out(str(report))
-                troubled += not report.ok
+                    unfinished = is_unfinished_import(await store.get_metadata(context_id))
+                    if unfinished:
+                        _error(
+                            f"{context_id}: its import never finished (the process was "
+                            "stopped): import the file again to replace it"
+                        )
+                troubled += not report.ok or unfinished
             bar.update()
     # 1 while anything is left to fix (unreadable files stay for the user to handle).
     return 1 if troubled else 0

@@ -41,14 +41,25 @@ from .store.base import Store
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_FORMAT_VERSION",
+    "UNFINISHED_IMPORT",
     "ExportDocument",
     "export_context",
     "import_document",
     "is_export",
+    "is_unfinished_import",
     "parse_export",
     "to_json",
     "to_markdown",
 ]
+
+#: The tag a context carries while an import writes it (see :func:`import_document`).
+UNFINISHED_IMPORT = "unfinished-import"
+
+
+def is_unfinished_import(metadata: ContextMetadata) -> bool:
+    """Whether ``metadata`` is of a context whose import never finished (killed)."""
+    return UNFINISHED_IMPORT in metadata.tags
+
 
 #: The ``format`` marker of an export document; how ``import`` recognises one.
 EXPORT_FORMAT = "cm_notebook.export"
@@ -210,7 +221,10 @@ async def import_document(
     """Create the document's context in ``store`` (under ``context_id`` if given).
 
     Raises ContextExistsError if the id is taken (nothing is written then). If writing
-    fails half-way, the half-written context is removed again. Branches with a
+    fails half-way, the half-written context is removed again; if the process is killed
+    half-way, the context keeps the tag :data:`UNFINISHED_IMPORT`, which only the last
+    step takes off (``cm-notebook check`` reports it; importing again replaces it).
+    Branches with a
     ``forked_from`` can only be made by ``create_branch``, so their ``created_at``
     becomes the time of the import.
     """
@@ -234,7 +248,11 @@ async def import_document(
         )
         plain[placeholder] = Branch(name=placeholder)
     start = metadata.model_copy(
-        update={"branches": plain, "active_branch": placeholder or metadata.active_branch}
+        update={
+            "branches": plain,
+            "active_branch": placeholder or metadata.active_branch,
+            "tags": [*metadata.tags, UNFINISHED_IMPORT],
+        }
     )
     await store.create_context(start)
     try:
@@ -259,6 +277,7 @@ async def import_document(
             await store.set_active_branch(cid, metadata.active_branch)
             await store.delete_branch(cid, placeholder)
         await _import_scores(store, cid, document)
+        await store.update_metadata(cid, tags=list(metadata.tags))  # done: the last step
     except BaseException:
         with anyio.CancelScope(shield=True), contextlib.suppress(CMError, OSError):
             await store.delete_context(cid)  # best effort; the original error is reported

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from store_helpers import FailingStore
 
@@ -22,6 +23,7 @@ from cm_notebook.export import (
     export_context,
     import_document,
     is_export,
+    is_unfinished_import,
     parse_export,
     to_json,
     to_markdown,
@@ -268,3 +270,58 @@ async def test_failed_import_leaves_nothing_behind(
     with pytest.raises(OSError, match="No space left"):
         await import_document(failing, document)
     assert await other_store.list_contexts() == []
+
+
+_DIE_WHILE_IMPORTING = """
+import os, sys, anyio
+from cm_notebook.export import import_document, parse_export
+from cm_notebook.store import FileStore
+
+class DyingStore:
+    # The real store, but this process is killed (SIGKILL) as it appends message t1.
+    def __init__(self, store): self._store = store
+    def __getattr__(self, name): return getattr(self._store, name)
+    async def append_message(self, context_id, message, **options):
+        if message.id == "t1":
+            os.kill(os.getpid(), 9)
+        return await self._store.append_message(context_id, message, **options)
+
+async def main():
+    document = parse_export(open(sys.argv[2], encoding="utf-8").read())
+    async with FileStore(sys.argv[1]) as store:
+        await import_document(DyingStore(store), document)
+
+anyio.run(main)
+"""
+
+
+async def test_an_import_killed_half_way_is_reported_and_replaced_by_the_next(
+    store: FileStore, tmp_path: Path
+) -> None:
+    import sys
+
+    from cm_notebook.cli import main
+
+    document = await export_context(store, CID)
+    exported = tmp_path / "export.json"
+    exported.write_text(to_json(document), encoding="utf-8")
+    target = tmp_path / "target"
+    script = tmp_path / "die.py"
+    script.write_text(_DIE_WHILE_IMPORTING)
+    command = [sys.executable, str(script), str(target), str(exported)]
+    killed = await anyio.run_process(command, check=False)
+    assert killed.returncode == -9
+    async with FileStore(target) as half:
+        assert is_unfinished_import(await half.get_metadata(CID))
+    # Not "ok": the check says so, and the next import of the file takes its place.
+    assert await anyio.to_thread.run_sync(main, ["--data-dir", str(target), "check"]) == 1
+    assert (
+        await anyio.to_thread.run_sync(main, ["--data-dir", str(target), "import", str(exported)])
+        == 0
+    )
+    async with FileStore(target) as done:
+        imported = await export_context(done, CID)
+        assert not is_unfinished_import(imported.metadata)
+        assert imported.messages == document.messages
+        assert comparable(imported.metadata) == comparable(document.metadata)
+    assert await anyio.to_thread.run_sync(main, ["--data-dir", str(target), "check"]) == 0
