@@ -1,0 +1,120 @@
+"""``cm-notebook ls`` and ``show``: what is stored, for reading in a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+from ._cli_base import clip, command, out, positive_int, when
+from .errors import CMError
+from .export import is_unfinished_import
+from .model import Message
+from .prompts import effective_system
+from .render import status_label
+from .store.base import Store
+from .store.diagnostics import StoreWarning
+
+__all__: list[str] = []  # subcommands, registered with cm_notebook.cli's registry
+
+
+# -- ls -------------------------------------------------------------------------------
+
+
+@command("ls", "List contexts: id, title, messages, branches, last update.")
+async def _ls(args: argparse.Namespace, store: Store) -> int:
+    contexts = await store.list_contexts()
+    if not contexts:
+        where = getattr(store, "data_dir", "the data directory")
+        out(f"No contexts in {where}.")
+        return 0
+    rows = [("ID", "TITLE", "MESSAGES", "BRANCHES", "UPDATED")]
+    for meta in contexts:
+        try:
+            count = str(len(await store.index(meta.id)))
+        except CMError as exc:
+            # One damaged context must not hide the others: list it, say what is wrong.
+            count = "?"
+            problem = StoreWarning(f"context {meta.id!r}: {exc}", getattr(exc, "path", None))
+            warnings.warn(problem, stacklevel=1)
+        rows.append(
+            (
+                meta.id,
+                clip(meta.title, 40)
+                + (" (import unfinished)" if is_unfinished_import(meta) else ""),
+                count,
+                str(len(meta.branches)),
+                when(meta.updated_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].rjust(widths[2]),
+            row[3].rjust(widths[3]),
+            row[4],
+        ]
+        out("  ".join(cells).rstrip())
+    return 0
+
+
+# -- show -----------------------------------------------------------------------------
+
+
+def _configure_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context_id", metavar="ID", help="the context to show")
+    parser.add_argument("--branch", "-b", help="branch to show (default: the active branch)")
+    parser.add_argument("--limit", "-n", type=positive_int, help="show only the last N messages")
+
+
+def _print_message(message: Message) -> None:
+    label = status_label(message)
+    status = f" ({label})" if label else ""
+    answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
+    out(f"[{when(message.created_at)}] {message.role}{status}{answers}")
+    for line in message.content.splitlines() or ([""] if not message.tool_calls else []):
+        out(f"    {line}".rstrip())
+    for call in message.tool_calls:
+        args = json.dumps(call.arguments, ensure_ascii=False)
+        out(f"    tool call {call.name}({args}) [{call.status.value}]")
+        if call.reason:
+            out(f"      reason: {call.reason}")
+        if call.result is not None:
+            out(f"      result: {clip(call.result, 200)}")
+    if message.metadata.error:
+        out(f"    error: {message.metadata.error}")
+    out()
+
+
+@command("show", "Print a context's conversation.", _configure_show)
+async def _show(args: argparse.Namespace, store: Store) -> int:
+    meta = await store.get_metadata(args.context_id)
+    branch = args.branch or meta.active_branch
+    ids = await store.path(meta.id, branch)
+    wanted = len(ids)
+    if args.limit is not None and args.limit < len(ids):
+        wanted = args.limit
+        messages = await store.page(meta.id, branch, limit=args.limit)
+    else:
+        messages = await store.get_messages(meta.id, ids)
+    out(meta.title)
+    out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
+    others = [name for name in meta.branches if name != branch]
+    if others:
+        out(f"other branches: {', '.join(others)} (see one with --branch NAME)")
+    prompt = effective_system(meta, branch)
+    if prompt:
+        out(f"system prompt: {prompt}")
+    out()
+    if wanted < len(ids):
+        out(f"... {len(ids) - wanted} earlier message(s) not shown")
+        out()
+    if len(messages) < wanted:
+        # The store skipped damaged files, each with a warning that names it.
+        out(f"... {wanted - len(messages)} unreadable message(s) skipped (see the warnings)")
+        out()
+    for message in messages:
+        _print_message(message)
+    return 0

@@ -1,0 +1,175 @@
+"""``cm-notebook export``, ``import`` and ``migrate``: contexts in and out of a store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._cli_base import PROG, CommandError, command, out, read_json
+from .errors import ContextExistsError, ContextNotFoundError, MigrationError
+from .export import (
+    export_context,
+    import_document,
+    is_export,
+    is_unfinished_import,
+    parse_export,
+    to_json,
+    to_markdown,
+)
+from .ids import new_id
+from .migrate import EXPECTED_SHAPES, migrate, parse_v1
+from .store.atomic import atomic_write
+from .store.base import Store
+
+__all__: list[str] = []  # subcommands, registered with cm_notebook.cli's registry
+
+
+# -- export / import ------------------------------------------------------------------
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context_id", metavar="ID", help="the context to export")
+    parser.add_argument(
+        "--format",
+        "-f",
+        choices=("json", "markdown"),
+        default="json",
+        help="json: lossless, for `import` (default); markdown: for reading",
+    )
+    parser.add_argument(
+        "--branch",
+        "-b",
+        help="export only this branch's path (default: json the whole tree, "
+        "markdown the active branch)",
+    )
+    parser.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+
+
+@command("export", "Export a context as JSON (lossless) or Markdown.", _configure_export)
+async def _export(args: argparse.Namespace, store: Store) -> int:
+    document = await export_context(store, args.context_id, branch=args.branch)
+    text = to_json(document) if args.format == "json" else to_markdown(document)
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.write(text)
+        return 0
+    # Written next to the target and renamed, so an interrupted export leaves no half
+    # file, and a failed one (a full disk) no temporary file either.
+    atomic_write(args.output, text.encode("utf-8"))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _configure_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="an `export` JSON file, or v1 data as `migrate` takes it (a file or a folder)",
+    )
+    parser.add_argument(
+        "--new-id", action="store_true", help="import an export under a fresh context id"
+    )
+    parser.add_argument(
+        "--no-backup",
+        action="store_true",
+        help="for v1 data: do not keep a copy of it in <data dir>/backups",
+    )
+
+
+def _backups_dir(store: Store) -> Path | None:
+    data_dir = getattr(store, "data_dir", None)
+    return data_dir / "backups" if isinstance(data_dir, Path) else None
+
+
+@command(
+    "import",
+    "Import an exported JSON file, or v1 data (via migrate). Nothing is written next to "
+    "FILE: a copy of v1 data is kept in <data dir>/backups instead.",
+    _configure_import,
+)
+async def _import(args: argparse.Namespace, store: Store) -> int:
+    if args.file.is_dir():
+        return await _import_v1(args, store)
+    data = read_json(args.file)
+    if is_export(data):
+        document = parse_export(data)
+        target = new_id("c") if args.new_id else None
+        cid = target or document.metadata.id
+        try:
+            there = await store.get_metadata(cid)
+        except ContextNotFoundError:
+            there = None
+        if there is not None and is_unfinished_import(there):
+            # An import of it was killed half-way: this one takes its place.
+            await store.delete_context(cid)
+            print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
+        try:
+            meta = await import_document(store, document, context_id=target)
+        except ContextExistsError:
+            where = getattr(store, "data_dir", "the data directory")
+            cid = document.metadata.id
+            raise CommandError(
+                f"context {cid!r} is already in {where}: import this copy beside it with "
+                f"--new-id, or remove the one there first (`cm-notebook rm {cid}`)"
+            ) from None
+        counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
+        out(f"imported {meta.id} ({meta.title!r}): {counts}")
+        return 0
+    try:
+        parse_v1(data, name=str(args.file))  # only to recognise the shape
+    except MigrationError:
+        raise CommandError(
+            f"{args.file} is neither a cm_notebook export (an object with format "
+            f"'cm_notebook.export', made by `cm-notebook export`) nor {EXPECTED_SHAPES}"
+        ) from None
+    return await _import_v1(args, store)
+
+
+async def _import_v1(args: argparse.Namespace, store: Store) -> int:
+    # Unlike `migrate`, whose backup beside the source is documented and can be turned
+    # off, an import leaves the user's folder as it found it: the copy of the v1 data
+    # goes into the data directory.
+    backups = _backups_dir(store)
+    report = await migrate(
+        args.file,
+        store,
+        backup=not args.no_backup and backups is not None,
+        backup_dir=backups,
+    )
+    out(str(report))
+    return 0 if report.ok else 1
+
+
+# -- migrate --------------------------------------------------------------------------
+
+
+def _configure_migrate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        type=Path,
+        metavar="SRC",
+        help="v1 contexts.json, LocalStorage export, per-context <uuid>.json file, or a "
+        "folder of per-context files (a damaged file there is reported, the others migrated)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="convert and validate only; write nothing"
+    )
+    parser.add_argument(
+        "--no-backup",
+        action="store_true",
+        help="do not copy the source (a folder's JSON files) to <SRC>.v1-backup-<time> next "
+        "to it (or to <data dir>/backups when that folder is read-only)",
+    )
+
+
+@command(
+    "migrate",
+    "Migrate v1 data (contexts.json, LocalStorage export, or per-context files).",
+    _configure_migrate,
+)
+async def _migrate(args: argparse.Namespace, store: Store) -> int:
+    report = await migrate(args.source, store, dry_run=args.dry_run, backup=not args.no_backup)
+    out(str(report))
+    # Exit 1 only for failed contexts: partial ones were written and their problems listed.
+    return 0 if report.ok else 1
