@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,7 +224,23 @@ def _canonical(value: object) -> object:
         return value
     if isinstance(value, Provider):
         return spec_of(value)
-    return repr(value)
+    if isinstance(value, (set, frozenset)):
+        # Iterated in an order that changes from one process to the next.
+        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, default=str))
+    text = repr(value)
+    if _ADDRESS.search(text):
+        # The name and the resume of a sweep rest on this form: one that changes with
+        # every process would make a re-run after a restart redo (and pay for) every cell.
+        raise InvalidInputError(
+            f"a {type(value).__name__} in the sweep's inputs or variants has no stable "
+            f"form ({text[:80]} names a place in memory), so a re-run could not find its "
+            "cells again: pass a str, a number, or a list or dict of them"
+        )
+    return text
+
+
+#: The memory address in a default repr, "<Foo object at 0x7f...>".
+_ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
 
 
 def _unique(labels: list[str]) -> list[str]:

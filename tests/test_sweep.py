@@ -389,3 +389,29 @@ def test_stability_groups_the_repeats_of_each_cell(
     assert found.to_records()[0]["distinct"] == 3
     assert "Capital of Italy?" in found._repr_html_()
     assert "Paris, France." in str(found)
+
+
+def test_the_name_of_a_sweep_is_the_same_in_every_process() -> None:
+    # A re-run after a kernel restart must find the sweep's cells: its name may not
+    # depend on the process (string hashing, memory addresses).
+    code = (
+        "from cm_notebook.sweep import plan_sweep; "
+        "print(plan_sweep('Q {x}', [{}], inputs=[{'x': {'b', 'a', 'c'}}]).name)"
+    )
+    names = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(names) == 1
+
+    class Opaque:
+        pass
+
+    with pytest.raises(InvalidInputError, match="no stable form"):
+        plan_sweep("Q {x}", [{}], inputs=[{"x": Opaque()}])
