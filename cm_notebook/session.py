@@ -44,11 +44,12 @@ from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
 from .errors import (
     BranchExistsError,
+    InvalidIdError,
     InvalidInputError,
     StateError,
 )
 from .fanout import FanOut, Variant, arm_settings, plan_variants
-from .ids import validate_branch_name
+from .ids import branch_name_key, validate_branch_name
 from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
 from .params import validate_text
 from .providers import Provider
@@ -490,10 +491,20 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         # Check every variant before writing anything: one bad variant must not leave
         # the branches of the good ones behind.
         existing = self.branches
+        looks = {branch_name_key(name): name for name in existing}
         for plan in plans:
             if plan.branch in existing:
                 raise BranchExistsError(
                     f"branch {plan.branch!r} already exists; fan_out writes new branches"
+                )
+            # As creating the branch would refuse it: a name that looks like another.
+            other = looks.setdefault(
+                branch_name_key(validate_branch_name(plan.branch)), plan.branch
+            )
+            if other != plan.branch:
+                raise InvalidIdError(
+                    f"branch name {plan.branch!r} looks like the branch {other!r} (they differ "
+                    "only in case or in letters that look alike); name the arm differently"
                 )
         # An unknown spec or a parameter an arm's provider does not take fails before
         # anything is written.

@@ -4,6 +4,7 @@ reading, signals, persistence on real disk, and input validation that writes not
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -592,6 +593,11 @@ def test_fan_out_onto_an_existing_branch_writes_nothing(
     one_turn.branch("taken", switch=False)
     variants = [{"branch": "fresh"}, {"branch": "taken"}]
     _unchanged(one_turn, data_dir, lambda: one_turn.fan_out("Hi", variants), BranchExistsError)
+    # Names the store would refuse as look-alikes: of a branch there, or of each other.
+    for names in (["fresh", "TAKEN"], ["arm", "ARM"]):
+        variants = [{"branch": name} for name in names]
+        fan_out = functools.partial(one_turn.fan_out, "Hi", variants)
+        _unchanged(one_turn, data_dir, fan_out, InvalidInputError)
 
 
 def test_edit_refuses_bad_text_and_non_user_messages(
