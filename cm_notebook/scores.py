@@ -30,8 +30,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._unicode import scrub
 from .errors import InvalidInputError
 from .model import UTCDateTime, utcnow
 
@@ -71,6 +72,14 @@ class Score(BaseModel):
     metric_sources: dict[str, str] = Field(default_factory=dict)
     created_at: UTCDateTime = Field(default_factory=utcnow)
     updated_at: UTCDateTime = Field(default_factory=utcnow)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: object) -> object:
+        # A name decoded from a file name (os.fsdecode) may hold a lone surrogate, which
+        # no UTF-8 file can: it becomes U+FFFD here, as the store writes it, so the
+        # score in memory is the one on disk and writing it cannot fail half-way.
+        return scrub(data) if isinstance(data, dict) else data
 
     @field_validator("score", mode="before")
     @classmethod

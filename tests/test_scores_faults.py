@@ -216,3 +216,19 @@ async def test_the_store_writes_only_valid_scores(data_dir: Path) -> None:
             with pytest.raises(InvalidInputError, match=match):
                 await store.update_score("c1", "m1", lambda old, bad=bad: bad)
         assert await store.read_score("c1", "m1") == {"message_id": "m1", "score": 2}
+
+
+def test_a_name_that_is_not_utf8_is_stored_as_a_replacement(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # E.g. a tag or a metric named after a file name decoded with os.fsdecode.
+    session, replies = _three_replies(new_session)
+    first = replies[0].id
+    rated = session.rate(first, tags=["caf\udce9"])
+    assert rated.tags == ["caf\ufffd"]
+    results = session.score(lambda m: {"len\udce9": 1.0}, name="fn\udce9", progress=False)
+    assert results.summary().endswith("3 ok, 0 failed")
+    stored = session.scores(first)
+    assert stored is not None
+    assert (stored.tags, stored.metrics) == (["caf\ufffd"], {"len\ufffd": 1.0})
+    assert stored.metric_sources == {"len\ufffd": "fn\ufffd"}
