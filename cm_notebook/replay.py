@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import events as ev
 from . import fsm
 from ._loop import schedule_on
-from .errors import InvalidInputError
+from .errors import BranchNotFoundError, InvalidInputError
 from .fanout import Variant, arm_settings
 from .ids import new_id, validate_branch_name
 from .model import Message, MessageMetadata, MessageStatus, Role
@@ -114,7 +114,13 @@ def compare_turns(session: ContextSession, branch: str, against: str | None) -> 
     """``branch`` turn by turn against ``against`` (default: the baseline, else the branch
     it was replayed or edited from)."""
     name = validate_branch_name(branch)
-    labels = session.branches[name].labels if name in session.branches else {}
+    branches = session.branches
+    for asked in (name, against):
+        if asked is not None and asked not in branches:
+            raise BranchNotFoundError(
+                f"there is no branch {asked!r}; the branches are {sorted(branches)}"
+            )
+    labels = branches[name].labels
     base = against
     if base is None:
         pinned = session.baseline

@@ -256,6 +256,9 @@ def test_compare_turns_against_the_pinned_baseline_with_scores(
     replay.result(DEADLINE)
     with pytest.raises(InvalidInputError, match="against which branch"):
         session.compare_turns("main")
+    for asked in (("nope",), ("main", "nope")):
+        with pytest.raises(BranchNotFoundError, match="no branch 'nope'"):
+            session.compare_turns(*asked)
     session.pin_baseline("main")
     first = session.history("main")[1]
     session.rate(first.id, score=2)
