@@ -296,8 +296,14 @@ def plan_sweep(
     inputs: object = None,
     repeat: int = 1,
     name: str | None = None,
+    default_provider: str | None = None,
 ) -> SweepPlan:
-    """Check a sweep's definition and plan its cells (pure: nothing is written)."""
+    """Check a sweep's definition and plan its cells (pure: nothing is written).
+
+    ``default_provider`` is the spec of the provider that answers the variants that
+    name none: it is part of the definition, so the same prompts answered by another
+    model are another sweep, never resumed into this one's cells.
+    """
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompt_list:
         raise InvalidInputError("a sweep needs at least one prompt")
@@ -312,11 +318,11 @@ def plan_sweep(
     rows = _rows(inputs)
     flat, arms = zip(*(_variant(v, i) for i, v in enumerate(variants)), strict=True)
     labels = _unique(variant_labels(list(flat)))
+    defined: dict[str, object] = {"prompts": prompt_list, "inputs": rows, "variants": list(flat)}
+    if default_provider is not None and any(v.get("provider") is None for v in flat):
+        defined["default_provider"] = default_provider
     definition = hashlib.sha256(
-        json.dumps(
-            _canonical({"prompts": prompt_list, "inputs": rows, "variants": list(flat)}),
-            sort_keys=True,
-        ).encode()
+        json.dumps(_canonical(defined), sort_keys=True).encode()
     ).hexdigest()[:12]
     if name is None:
         name = f"sweep-{definition[:8]}"

@@ -26,7 +26,7 @@ from .errors import BranchExistsError, BusyError, InvalidInputError, StateError
 from .fanout import arm_settings
 from .ids import branch_name_key
 from .model import Branch, Message, MessageStatus, ProviderSettings
-from .providers.pool import ProviderLike
+from .providers.pool import ProviderLike, spec_of
 from .store.base import IndexEntry
 from .sweep import Sweep, SweepCell, finish, plan_sweep
 from .turn import Turn
@@ -54,7 +54,13 @@ def start_sweep(
     """Plan and start a sweep on ``session`` (see ``ContextSession.sweep``)."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise InvalidInputError(f"concurrency must be a positive integer, got {concurrency!r}")
-    plan = plan_sweep(prompts, variants, inputs=inputs, repeat=repeat, name=name)
+    # The model that answers the variants naming no provider is part of the sweep: a
+    # re-run after the session's default changed must not resume the cells (a
+    # stability group would mix two models), so it is another sweep.
+    default = spec_of(session._provider(None))
+    plan = plan_sweep(
+        prompts, variants, inputs=inputs, repeat=repeat, name=name, default_provider=default
+    )
     running = _RUNNING.setdefault(session, {})
     previous = running.get(plan.name)
     if previous is not None and not previous.done():
@@ -78,8 +84,10 @@ def start_sweep(
             )
         if found.labels.get("sweep_def") != plan.definition:
             raise InvalidInputError(
-                f"a sweep named {plan.name!r} with other prompts, inputs or variants "
-                "exists already; give this one another name"
+                f"a sweep named {plan.name!r} with other prompts, inputs or variants, or "
+                "whose variants without a provider of their own were answered by another "
+                f"default provider than this session's ({default!r}), exists already; "
+                "give this one another name, or name the provider in its variants"
             )
         done = complete_reply(session, cell.branch)
         if done is not None:

@@ -415,3 +415,49 @@ def test_the_name_of_a_sweep_is_the_same_in_every_process() -> None:
 
     with pytest.raises(InvalidInputError, match="no stable form"):
         plan_sweep("Q {x}", [{}], inputs=[{"x": Opaque()}])
+
+
+def test_a_sweep_answered_by_another_default_model_is_another_sweep(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    # Variants that name no provider are answered by the session's default: a re-run
+    # after it changed must not resume the first model's cells with the second model
+    # (one stability group would then mix two models).
+    first = ScriptedProvider(model="model-a").reply("a0")
+    session = new_session(provider=first)
+    done = session.sweep(["Q0", "Q1"], [{}], concurrency=1, progress=False)
+    first.error("permanent")  # the second cell fails: it is left to a re-run
+    done.run(DEADLINE)
+    assert [c.status for c in done.cells] == ["done", "failed"]
+    close_all([session])
+
+    second = ScriptedProvider(model="model-b").reply("b0").reply("b1")
+    again = ContextSession.open(session.id, data_dir=data_dir, provider=second)
+    try:
+        rerun = again.sweep(["Q0", "Q1"], [{}], concurrency=1, progress=False).run(DEADLINE)
+        assert rerun.name != done.name  # a sweep of its own: every cell asked of model-b
+        assert [c.reply for c in rerun.cells] == ["b0", "b1"]
+        assert [r.messages[-1].content for r in second.requests] == ["Q0", "Q1"]
+        # The first sweep's cells are as they were.
+        assert [m.content for m in again.history(f"{done.name}-p0-v0-r0")] == ["Q0", "a0"]
+        # Named, the same re-run is refused, and the error says why.
+        second.reply("b2")
+        again.sweep("Q", [{}], name="named", progress=False).run(DEADLINE)
+    finally:
+        close_all([again])
+    third = ContextSession.open(
+        session.id, data_dir=data_dir, provider=ScriptedProvider(model="model-c")
+    )
+    try:
+        with pytest.raises(InvalidInputError, match=r"another default provider.*model-c"):
+            third.sweep("Q", [{}], name="named", progress=False)
+        # A variant that names its provider does not depend on the default.
+        pinned = [{"provider": ScriptedProvider(model="pinned").reply("p")}]
+        made = third.sweep("P", pinned, name="pinned", progress=False).run(DEADLINE)
+        assert [c.reply for c in made.cells] == ["p"]
+        assert (
+            third.sweep("P", pinned, name="pinned", progress=False).run(DEADLINE).counts()["done"]
+            == 1
+        )
+    finally:
+        close_all([third])
