@@ -232,3 +232,23 @@ def test_a_name_that_is_not_utf8_is_stored_as_a_replacement(
     assert stored is not None
     assert (stored.tags, stored.metrics) == (["caf\ufffd"], {"len\ufffd": 1.0})
     assert stored.metric_sources == {"len\ufffd": "fn\ufffd"}
+
+
+@pytest.mark.anyio
+async def test_a_dead_writers_temporary_score_file_is_removed_by_the_next_rating(
+    data_dir: Path,
+) -> None:
+    # A process killed between writing a score's temporary file and renaming it leaves
+    # the file behind (named as atomic_write names it); the next rating in that folder
+    # removes it, and leaves the lock and the scores alone.
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        await store.update_score("c1", "m1", lambda old: {"message_id": "m1", "score": 2})
+    folder = data_dir / "contexts" / "c1" / "scores"
+    leftover = folder / ".m2.json.0123456789ab.tmp"
+    leftover.write_bytes(b'{"message_id": "m2", "sc')
+    async with FileStore(data_dir) as store:
+        await store.update_score("c1", "m3", lambda old: {"message_id": "m3", "score": 4})
+        assert not leftover.exists()
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "m1.json", "m3.json"]
+        assert (await store.list_scores("c1")).keys() == {"m1", "m3"}

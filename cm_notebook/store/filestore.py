@@ -164,6 +164,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
         self.fsync = fsync
         self._states: dict[str, ContextState] = {}
         self._registry_lock = threading.Lock()
+        self._swept_scores = set()
         # Held files are plain descriptors; close them even if close() is never called.
         self._finalizer = weakref.finalize(self, _close_states, self._states)
 

@@ -9,7 +9,8 @@ Scores are kept out of the message files on purpose: a finished message never ch
 so readers may cache it, while a score changes whenever someone rates again.
 
 Guarantees: a score file is replaced atomically (:func:`~.atomic.atomic_write`), so a
-reader sees the old score or the new one, never a mix, even after ``kill -9``; an
+reader sees the old score or the new one, never a mix, even after ``kill -9`` (whose
+temporary file the store's first rating in that folder removes, under the lock); an
 update (read, merge, write) holds ``scores/.lock`` so two processes rating one
 message at once never lose either rating; message ids are validated and the folder is
 checked to lie inside the data directory, so a hostile id or a planted symlink cannot
@@ -73,6 +74,8 @@ class ScoreFiles:
     data_dir: Path
     lock_timeout: float
     fsync: Fsync
+    #: The scores folders this store has cleared of dead writers' temporary files.
+    _swept_scores: set[Path]
 
     async def read_score(self, context_id: str, message_id: str) -> dict[str, Any] | None:
         """The stored score of ``message_id`` as JSON data, or None if it has none.
@@ -163,6 +166,9 @@ class ScoreFiles:
                 "process is rating in this context. Try again."
             ) from None
         try:
+            if path.parent not in self._swept_scores:
+                _remove_leftovers(path.parent)
+                self._swept_scores.add(path.parent)
             damage: str | None = None
             try:
                 old = _load(path, message_id)
@@ -208,6 +214,17 @@ def _check_new(new: dict[str, Any], message_id: str) -> None:
             f"cannot store the score of {message_id!r}: it is {exc}; give a valid Score "
             "(cm_notebook.scores.Score) as JSON data"
         ) from None
+
+
+def _remove_leftovers(folder: Path) -> None:
+    # Called with the scores lock held. Every score write holds it, so a temporary
+    # file seen now is a dead writer's (killed before its rename): listed once per
+    # folder and store, not at every rating, as the folder grows with the ratings.
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if is_temp_name(name):
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()
 
 
 def _keep_damaged(path: Path) -> Path | None:
