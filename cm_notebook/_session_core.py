@@ -400,7 +400,7 @@ class SessionCore(PromptWrites, MetadataReads):
         # What a request on ``branch`` (built on ``head``) shows the model (see
         # cm_notebook._conversation).
         _ids, messages = await self._messages.path_messages(self._store, self.id, branch, head)
-        metadata = self._cached_metadata() or await self._store.get_metadata(self.id)
+        metadata = self._cached_metadata() or await self._fresh_metadata()
         prompt = effective_system(metadata, branch)  # read at once: it may be shared
         if exclude is not None and messages and messages[-1].id == exclude:
             messages = messages[:-1]  # the reply being retried, at the end of its path

@@ -55,10 +55,19 @@ class MetadataReads:
         cached = self._cached_metadata(token)
         if cached is not None:
             return cached
-        fresh = self._io.call(self._store.get_metadata(self.id))
+        fresh = self._io.call(self._fresh_metadata())
         with self._lock:
             self._metadata, self._metadata_token = fresh, token
         return fresh
+
+    async def _fresh_metadata(self) -> ContextMetadata:
+        # Read from the store, not copied where the store can hand out its own object
+        # (FileStore.shared_metadata): this is read often, never changed.
+        shared_of = getattr(self._store, "shared_metadata", None)
+        if shared_of is None:
+            return await self._store.get_metadata(self.id)
+        shared: ContextMetadata = await shared_of(self.id)
+        return shared
 
     def _cached_metadata(self, token: object | None = None) -> ContextMetadata | None:
         # The current metadata if it is to be had without a read or a thread hop (so

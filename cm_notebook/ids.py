@@ -21,6 +21,7 @@ what was wrong and what is allowed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -156,6 +157,7 @@ _LOOK_ALIKES = str.maketrans(
 )
 
 
+@functools.lru_cache(maxsize=16384)  # every create compares with every branch (a sweep's 10,000)
 def branch_name_key(name: str) -> str:
     """What a branch name is compared by: NFKC, case-folded, look-alike letters mapped
     to the Latin ones they resemble. Two names with one key look the same."""

@@ -157,7 +157,7 @@ def start_replay(
     if not prompts:
         raise InvalidInputError(f"branch {source!r} has no user message to replay")
     target = _target(session, name, f"{source}-replay")
-    inherited = session._defaults.inherit(session.metadata, source, target)
+    inherited = session._defaults.inherit(session._read_metadata(), source, target)
     settings = arm_settings(
         inherited, Variant(branch=target, provider=provider, params=params), session._provider
     )
@@ -206,7 +206,7 @@ def start_counterfactual(
                 head=original.parent_id,
                 forked_from=original.id,
                 labels=labels,
-                **session._defaults.inherit(session.metadata, source, target),
+                **session._defaults.inherit(session._read_metadata(), source, target),
             )
         )
         session._publish(ev.BranchCreated(branch=target, head=original.parent_id))
@@ -216,7 +216,9 @@ def start_counterfactual(
         if not answer_again:
             claim.release()
             return Replay(session, source, target, later)
-        chosen, generation = session._defaults.for_request(session.metadata, target, None, {})
+        chosen, generation = session._defaults.for_request(
+            session._read_metadata(), target, None, {}
+        )
         first = session._start(claim, fsm.Send(), head, chosen, generation)
     return Replay(session, source, target, later, first)
 
@@ -228,7 +230,7 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     prompts = [m.content for m in session.history(source) if m.role == "user"]
     target = _target(session, name, f"{source}-cf")
     settings = {
-        **session._defaults.inherit(session.metadata, source, target),
+        **session._defaults.inherit(session._read_metadata(), source, target),
         "system_prompt": text,
     }
     session._io.call(

@@ -71,7 +71,7 @@ def start_sweep(
         _seeds_repeats(session, arm.provider, found)
         for arm, found in zip(plan.variants, settings, strict=True)
     ]
-    branches = session.metadata.branches
+    branches = session._read_metadata().branches
     _refuse_look_alikes(plan.name, plan.cells, branches)
     for cell in plan.cells:
         found = branches.get(cell.branch)
@@ -149,7 +149,7 @@ def start_cell(
 ) -> Turn:
     """Start ``cell``'s reply: its branch made if new, its prompt sent (or, if an
     earlier run stored the prompt, a new reply asked for it)."""
-    if cell.branch not in session.metadata.branches:
+    if cell.branch not in session._read_metadata().branches:
         try:
             session._io.call(
                 session._store.create_branch(
@@ -180,7 +180,9 @@ def start_cell(
             f"(session.branch('<name>', from_message={head!r}, switch=False)), then "
             f"session.delete_branch({cell.branch!r}) and run the sweep again"
         )
-    chosen, generation = session._defaults.for_request(session.metadata, cell.branch, None, {})
+    chosen, generation = session._defaults.for_request(
+        session._read_metadata(), cell.branch, None, {}
+    )
     with session._claim(cell.branch) as claim:
         prompt = session._rewind_to_prompt(cell.branch)
         return session._start(claim, fsm.Send(), prompt, chosen, generation)

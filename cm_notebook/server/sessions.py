@@ -234,7 +234,7 @@ class SessionRegistry:
     def _gone(session: ContextSession) -> bool:
         # Whether the context's folder was removed behind the server's back.
         try:
-            session.metadata  # noqa: B018 - read from the store when its files changed
+            session._read_metadata()  # read from the store when its files changed
         except ContextNotFoundError:
             return True
         except CMError:

@@ -290,7 +290,15 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
 
     async def get_metadata(self, context_id: str) -> ContextMetadata:
         """The context's current metadata (re-read if another process changed it)."""
-        return await self._run(self._view, context_id, lambda _s, m: m.model_copy(deep=True))
+        return (await self.shared_metadata(context_id)).model_copy(deep=True)
+
+    async def shared_metadata(self, context_id: str) -> ContextMetadata:
+        """:meth:`get_metadata` without the copy: the store's own object, to read values
+        out of and never to change (the store never changes it in place either: a
+        write makes a new one). A copy costs more the more branches there are: a
+        sweep's context has one per cell, and its sessions read the metadata anew after
+        every other cell's write."""
+        return await self._run(self._view, context_id, lambda _s, m: m)
 
     async def update_metadata(
         self,
