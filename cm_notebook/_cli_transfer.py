@@ -43,7 +43,21 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
         help="export only this branch's path (default: json the whole tree, "
         "markdown the active branch)",
     )
-    parser.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write to FILE instead of stdout (a folder: to <context id>.json or .md in it)",
+    )
+
+
+def _write(output: Path, text: str, name_in_folder: str) -> Path:
+    # A folder as the output gets a file named after the context.
+    target = output / name_in_folder if output.is_dir() else output
+    # Written next to the target and renamed, so an interrupted export leaves no half
+    # file, and a failed one (a full disk) no temporary file either.
+    atomic_write(target, text.encode("utf-8"))
+    return target
 
 
 @command("export", "Export a context as JSON (lossless) or Markdown.", _configure_export)
@@ -53,10 +67,10 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
     if args.output is None or str(args.output) == "-":
         sys.stdout.write(text)
         return 0
-    # Written next to the target and renamed, so an interrupted export leaves no half
-    # file, and a failed one (a full disk) no temporary file either.
-    atomic_write(args.output, text.encode("utf-8"))
-    print(f"wrote {args.output}", file=sys.stderr)
+    target = _write(
+        args.output, text, f"{args.context_id}.{'json' if args.format == 'json' else 'md'}"
+    )
+    print(f"wrote {target}", file=sys.stderr)
     return 0
 
 

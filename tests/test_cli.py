@@ -86,6 +86,15 @@ def test_export_import_round_trip(
     code, out, err = run(capsys, data_dir, "export", "ctx-inconsistent", "-o", str(target))
     assert (code, out, err) == (0, "", f"wrote {target}\n")
     document = json.loads(target.read_text(encoding="utf-8"))
+    # A folder as the output: the file is named after the context in it.
+    code, out, err = run(capsys, data_dir, "export", "ctx-inconsistent", "-o", str(target.parent))
+    assert (code, err) == (0, f"wrote {target.parent / 'ctx-inconsistent.json'}\n")
+    again = json.loads((target.parent / "ctx-inconsistent.json").read_text())
+    assert again["messages"] == document["messages"]
+    code, out, err = run(
+        capsys, data_dir, "export", "ctx-branches", "-f", "markdown", "-o", str(target.parent)
+    )
+    assert (target.parent / "ctx-branches.md").read_text().startswith("# Shared prefix\n")
     assert document["format"] == "cm_notebook.export"
     assert len(document["messages"]) == 6
 
