@@ -184,7 +184,14 @@ def stability(
             )
         # Grouped by the normalised text, shown as the first answer of the group: the
         # text a run produced, not the key (a lower-casing normaliser's "paris").
-        _shown, members, named = buckets.setdefault(normalize(text), (text, [], []))
+        key = normalize(text)
+        if not isinstance(key, str):
+            # Caught here, not as "unhashable type" or as answers grouped by None.
+            raise InvalidInputError(
+                f"normalize must return a str; it returned a {type(key).__name__} for "
+                f"answer #{position} ({text[:40]!r})"
+            )
+        _shown, members, named = buckets.setdefault(key, (text, [], []))
         members.append(member)
         named.append(branch)
     ranked = sorted(buckets.values(), key=lambda bucket: -len(bucket[1]))  # stable: ties by order

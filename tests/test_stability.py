@@ -72,6 +72,10 @@ def test_options_and_bad_input() -> None:
         stability("abc")
     with pytest.raises(InvalidInputError, match="answer #1 is a int"):
         stability(["a", 3])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError, match=r"returned a list for answer #0 \('a b'\)"):
+        stability(["a b"], normalize=str.split)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="returned a NoneType"):
+        stability(["a", "b"], normalize=lambda t: None)  # type: ignore[arg-type,return-value]
 
 
 def test_branches_line_up_with_members_when_some_answers_name_none() -> None:
