@@ -88,7 +88,8 @@ class ExperimentMethods:
         ``provider``, ``system`` (its system prompt) and generation parameters
         (``temperature``, ``seed``, ``max_tokens``, ``model``..., flat or under
         ``params``), or a provider spec. Each cell (prompt x input x variant x repeat)
-        is its own branch from the context's root, labelled ``sweep``, ``cell``,
+        is its own branch from the context's root (all made when the sweep starts,
+        in one write), labelled ``sweep``, ``cell``,
         ``variant``, ``repeat`` and ``input``; at most ``concurrency`` run at once, with
         a progress bar unless ``progress=False``.
 

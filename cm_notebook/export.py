@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import _json
 from .errors import BranchNotFoundError, CMError, InvalidInputError
-from .ids import check_branch_name_free, validate_context_id
+from .ids import check_branch_names_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
 from .redact import redact
@@ -100,9 +100,7 @@ class ExportDocument(BaseModel):
             if message.id in seen:
                 raise ValueError(f"message id {message.id!r} appears twice")
             seen.add(message.id)
-        names = list(self.metadata.branches)
-        for i, name in enumerate(names):
-            check_branch_name_free(name, names[:i])  # no two look-alike branches
+        check_branch_names_free(self.metadata.branches, ())  # no two look-alike branches
         for branch in self.metadata.branches.values():
             for ref in (branch.head, branch.forked_from):
                 if ref is not None and ref not in seen:

@@ -16,13 +16,13 @@ but are never taken for its answer.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
-from .errors import BranchExistsError, BusyError, InvalidInputError, StateError
+from .errors import BranchExistsError, BusyError, InvalidIdError, InvalidInputError, StateError
 from .fanout import arm_settings
 from .ids import branch_name_key
 from .model import Branch, Message, MessageStatus, ProviderSettings
@@ -94,16 +94,49 @@ def start_sweep(
             finish(cell, done)
     labels = {"sweep": plan.name, "sweep_def": plan.definition}
 
+    def own(cell: SweepCell) -> dict[str, Any]:
+        found = settings[cell.variant_index]
+        if seeded[cell.variant_index]:
+            return {**found, "params": {**found["params"], "seed": cell.repeat}}
+        return found
+
+    _create_cells(session, [c for c in plan.cells if c.branch not in branches], labels, own)
+
     def start(cell: SweepCell) -> Turn:
         arm = plan.variants[cell.variant_index]
-        own = settings[cell.variant_index]
-        if seeded[cell.variant_index]:
-            own = {**own, "params": {**own["params"], "seed": cell.repeat}}
-        return start_cell(session, cell, labels, own, arm.provider)
+        return start_cell(session, cell, labels, own(cell), arm.provider)
 
     sweep = Sweep(session, plan, start, concurrency=concurrency, progress=progress)
     running[plan.name] = sweep
     return sweep
+
+
+def _create_cells(
+    session: ContextSession,
+    cells: Sequence[SweepCell],
+    sweep_labels: dict[str, str],
+    settings_of: Callable[[SweepCell], dict[str, Any]],
+) -> None:
+    # Every new cell's branch in one store write, before any cell runs: made as each
+    # cell starts, every one would rewrite the metadata of all the cells before it (a
+    # cost per cell growing with the sweep), and block its caller (the kernel's loop)
+    # meanwhile. Cells not yet run are empty branches; a re-run uses them.
+    if not cells:
+        return
+    made = [
+        Branch(
+            name=cell.branch, head=None, labels={**sweep_labels, **cell.labels}, **settings_of(cell)
+        )
+        for cell in cells
+    ]
+    try:
+        session._io.call(session._store.create_branches(session.id, made))
+    except (BranchExistsError, InvalidIdError):
+        # Made meanwhile by another run of the sweep (another process): each cell then
+        # makes its branch, or uses the one there, as it starts.
+        return
+    for branch in made:
+        session._publish(ev.BranchCreated(branch=branch.name, head=None))
 
 
 def _refuse_look_alikes(

@@ -336,6 +336,53 @@ async def test_branch_errors(store: FileStore) -> None:
         await store.page("c1", "nope")
 
 
+async def test_create_branches_makes_all_of_them_or_none(store: FileStore) -> None:
+    ids = await chain(store, "c1", 2)
+    made = [
+        Branch(name=f"cell-{n}", head=None, labels={"sweep": "s", "cell": str(n)}) for n in range(3)
+    ] + [Branch(name="from-first", head=ids[0], params={"seed": 1})]
+    await store.create_branches("c1", made)
+    branches = (await store.get_metadata("c1")).branches
+    assert [branches[b.name] for b in made] == made
+    made[0].labels["cell"] = "changed by the caller"  # what the store keeps is its own
+    assert (await store.get_metadata("c1")).branches["cell-0"].labels["cell"] == "0"
+
+    before = await store.get_metadata("c1")
+    bad_batches: list[tuple[list[Branch], type[Exception], str]] = [
+        (
+            [Branch(name="new-1", head=None), Branch(name="cell-1", head=None)],
+            BranchExistsError,
+            "already has a branch 'cell-1'",
+        ),
+        (
+            [Branch(name="new-1", head=None), Branch(name="NEW-1", head=None)],
+            InvalidIdError,
+            "looks like the existing branch 'new-1'",
+        ),
+        (
+            [Branch(name="new-1", head=None), Branch(name="Cell-2", head=None)],
+            InvalidIdError,
+            "looks like the existing branch 'cell-2'",
+        ),
+        (
+            [Branch(name="new-1", head=None), Branch(name="new-2", head="ghost")],
+            MessageNotFoundError,
+            "ghost",
+        ),
+        (
+            [Branch(name="new-1", head=None), Branch.model_construct(name="../x", head=None)],
+            InvalidIdError,
+            "branch name",
+        ),
+    ]
+    for batch, error, words in bad_batches:
+        with pytest.raises(error, match=words):
+            await store.create_branches("c1", batch)
+    after = await store.get_metadata("c1")
+    assert after.branches == before.branches  # not one of them was made
+    await store.create_branches("c1", [])  # nothing to do
+
+
 async def test_lookup_errors(store: FileStore) -> None:
     ids = await chain(store, "c1", 2)
     with pytest.raises(MessageNotFoundError):

@@ -239,6 +239,16 @@ def test_a_running_sweep_cannot_be_started_twice_and_can_be_cancelled(
     assert sweep.cells[0].reply == "partial text"
     assert "cancelled" in (sweep.cells[0].error or "")
     assert len(fake.requests) == 1
+    # Every cell's branch was made when the sweep started (in one write), labelled and
+    # with its settings; the cell that never ran has an empty one, which a re-run uses.
+    unstarted = session.branches["slow-p1-v0-r0"]
+    assert unstarted.head is None
+    assert (unstarted.labels["sweep"], unstarted.labels["cell"]) == ("slow", "p1-v0-r0")
+    assert unstarted.params == {"seed": 0}
+    fake.reply("again").reply("second")
+    again = session.sweep(["Q", "Q2"], [{}], name="slow", concurrency=1, progress=False)
+    assert [c.reply for c in again.run(DEADLINE).cells] == ["again", "second"]
+    assert [m.content for m in session.history("slow-p1-v0-r0")] == ["Q2", "second"]
 
 
 def test_progress_bar_in_a_script_goes_to_stderr(

@@ -7,6 +7,7 @@ that ships; anything with these methods can replace it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from types import EllipsisType
 from typing import Any, Protocol, runtime_checkable
@@ -178,6 +179,11 @@ class Store(Protocol):
         ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults,
         ``labels`` its labels (see :class:`~cm_notebook.model.Branch`).
         """
+        ...
+
+    async def create_branches(self, context_id: str, branches: Sequence[Branch]) -> None:
+        """Create several branches in one write: all of them, or (on any error, such as
+        BranchExistsError for a taken name) none."""
         ...
 
     async def update_branch(

@@ -7,7 +7,7 @@ deleting branch pointers (never their messages). Each runs one write of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import EllipsisType
 from typing import Any, TypeVar
 
@@ -74,6 +74,22 @@ class BranchWrites:
             raise InvalidInputError(f"cannot create branch {name!r}: {exc}") from exc
         await self._run(self._write, context_id, ops.do_create_branch, branch)
         return branch
+
+    async def create_branches(self, context_id: str, branches: Sequence[Branch]) -> None:
+        """Create several branches in one write of the metadata: all of them, or (on
+        any error, such as BranchExistsError for a taken name) none. For many branches
+        at once (a sweep's cells): made one by one, each write would rewrite every
+        branch made before it."""
+        checked = []
+        for branch in branches:
+            validate_branch_name(branch.name)
+            check_message_ids(branch.head, branch.forked_from)
+            try:  # validated anew (a model may be built unchecked), and the caller's
+                checked.append(Branch.model_validate(branch.model_dump()))  # stay theirs
+            except ValidationError as exc:
+                raise InvalidInputError(f"cannot create branch {branch.name!r}: {exc}") from exc
+        if checked:
+            await self._run(self._write, context_id, ops.do_create_branches, checked)
 
     async def update_branch(
         self,

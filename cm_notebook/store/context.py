@@ -123,6 +123,10 @@ class ContextState:
         self.metadata: ContextMetadata | None = None
         self.heads_at = 0
         self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
+        # A moved branch as last merged: name -> (the base's branch, the move, the
+        # result). A sweep's context moves hundreds of heads between two compactions:
+        # each merge after a write copies only the branches that moved since.
+        self._moved: dict[str, tuple[Branch, tuple[int, str | None], Branch]] = {}
         self._swept = False  # see _sweep: once per load of the context
         # What _check_heads last found complete: (metadata.json as read, index generation).
         self._heads_checked: tuple[ContextMetadata, int] | None = None
@@ -514,7 +518,14 @@ class ContextState:
             if branch is None or move is None:
                 continue  # a move of a branch deleted since (or none at all)
             if move[0] >= self.heads_at and branch.head != move[1]:
+                known = self._moved.get(name)
+                if known is not None and known[0] is branch and known[1] == move:
+                    moved[name] = known[2]
+                    continue
                 moved[name] = branch.model_copy(update={"head": move[1]})
+                self._moved[name] = (branch, move, moved[name])
+        if len(self._moved) > 2 * len(moved) + 64:  # moves folded in by a compaction
+            self._moved = {name: self._moved[name] for name in moved}
         return moved
 
     def rebuild_index(self, reason: str) -> ContextMetadata:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -28,7 +29,7 @@ from ..errors import (
     StoreError,
     StoreIOError,
 )
-from ..ids import check_branch_name_free
+from ..ids import check_branch_names_free
 from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, utcnow
 from .atomic import atomic_write
 from .base import IndexEntry
@@ -383,15 +384,26 @@ def do_update_metadata(
 
 def do_create_branch(state: ContextState, metadata: ContextMetadata, branch: Branch) -> None:
     """Add a new branch pointer."""
-    check_branch_name_free(branch.name, metadata.branches)
-    if branch.name in metadata.branches:
-        raise BranchExistsError(
-            f"context {state.context_id!r} already has a branch {branch.name!r}; pick another "
-            "name or move it with set_branch_head()."
-        )
-    require_message(state, branch.head)
-    require_message(state, branch.forked_from)
-    _save(state, metadata, branches={**metadata.branches, branch.name: branch})
+    do_create_branches(state, metadata, [branch])
+
+
+def do_create_branches(
+    state: ContextState, metadata: ContextMetadata, branches: Sequence[Branch]
+) -> None:
+    """Add new branch pointers, all in one metadata write (a sweep makes one per cell:
+    made one at a time, each would rewrite every branch made before it)."""
+    check_branch_names_free((branch.name for branch in branches), metadata.branches)
+    names = dict(metadata.branches)
+    for branch in branches:
+        if branch.name in names:
+            raise BranchExistsError(
+                f"context {state.context_id!r} already has a branch {branch.name!r}; pick "
+                "another name or move it with set_branch_head()."
+            )
+        require_message(state, branch.head)
+        require_message(state, branch.forked_from)
+        names[branch.name] = branch
+    _save(state, metadata, branches=names)
 
 
 def check_head(
