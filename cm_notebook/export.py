@@ -9,9 +9,8 @@ recreates the context exactly; exported with a branch it holds that branch's pat
 only, with just that branch in its metadata, and still imports as a valid context.
 The one field an import cannot keep is ``updated_at``: the store stamps every write.
 
-Markdown is for reading: one branch's conversation with headings per message. HTML in
-the messages is escaped (shown as text) outside code blocks, so a reply cannot carry
-live markup into a rendered export.
+Markdown is for reading: one branch's conversation with headings per message, safe to
+render with raw HTML allowed (see :mod:`cm_notebook._export_markdown`).
 Both are plain functions of an :class:`ExportDocument`, so the CLI and notebooks
 share them.
 """
@@ -19,22 +18,19 @@ share them.
 from __future__ import annotations
 
 import contextlib
-import html
-import json
 from datetime import datetime
 from typing import Any, Literal
 
 import anyio
-from markdown_it import MarkdownIt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import _json
+from ._export_markdown import markdown_of
 from .errors import BranchNotFoundError, CMError, InvalidInputError
 from .ids import check_branch_names_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
 from .redact import redact
-from .render import CUT_OFF, status_label, was_cut_off
 from .scores import Score
 from .store.base import Store
 
@@ -292,87 +288,22 @@ async def _import_scores(store: Store, context_id: str, document: ExportDocument
         await update(context_id, message_id, lambda _old, data=data: data)
 
 
-_ROLE_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-
-
-def _fence(text: str, info: str = "") -> str:
-    # A fence longer than any backtick run inside, so that the content cannot close it.
-    ticks = "```"
-    while ticks in text:
-        ticks += "`"
-    return f"{ticks}{info}\n{text}\n{ticks}"
-
-
-def _paragraph(lines: list[str], text: str) -> None:
-    # One blank line between blocks, even after a message with no text of its own.
-    if lines and lines[-1] != "":
-        lines.append("")
-    lines.append(text)
-
-
-#: Finds a text's code blocks. HTML off: the blocks seen are those of the text once its
-#: HTML is escaped (no HTML block can hide a fence), i.e. what a reader renders.
-_BLOCKS = MarkdownIt("commonmark", {"html": False})
-
-
-def _as_text(text: str) -> str:
-    """``text`` (a message, a prompt) with any HTML in it shown as text, not markup.
-
-    A reply is the model's (or a tool's) text: a ``<script>`` or ``<img onerror=...>``
-    in it must not run where the Markdown is rendered (a notebook, a Markdown viewer).
-    So ``&``, ``<`` and ``>`` become entities, except in top-level fenced or indented
-    code blocks, where they are literal already (and an entity would show as typed).
-    Code spans are escaped too: where one ends depends on the whole paragraph, and a
-    wrong guess would leave HTML live; ``&lt;`` in a code span is only a cosmetic cost.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    code: set[int] = set()
-    for token in _BLOCKS.parse(text):
-        # Level 0 only: inside a list or quote, a block's extent depends on the container.
-        if token.type in ("fence", "code_block") and token.level == 0 and token.map:
-            code.update(range(*token.map))
-    return "\n".join(
-        line if i in code else html.escape(line, quote=False) for i, line in enumerate(lines)
-    )
-
-
 def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
-    """One branch of the document (default: its branch, else the active one) as Markdown."""
+    """One branch of the document (default: its branch, else the active one) as Markdown.
+
+    For reading, and safe to render with raw HTML allowed: no message can carry live
+    markup or script links into it, leave a block open, or forge a turn (see
+    :mod:`cm_notebook._export_markdown`).
+    """
     meta = document.metadata
     name = branch or document.branch or meta.active_branch
-    messages = document.path(name)
-    lines = [f"# {html.escape(meta.title, quote=False)}", ""]
-    lines.append(f"- Context: `{meta.id}`")
-    others = sorted(n for n in meta.branches if n != name)
-    also = f" (other branches: {', '.join(f'`{n}`' for n in others)})" if others else ""
-    lines.append(f"- Branch: `{name}`{also}")
-    lines.append(f"- Created: {meta.created_at:%Y-%m-%d %H:%M} UTC")
-    lines.append(f"- Messages: {len(messages)}")
-    if meta.tags:
-        lines.append(f"- Tags: {', '.join(meta.tags)}")
-    system_prompt = effective_system(meta, name)  # the branch's own, else the context's
-    if system_prompt:
-        lines += ["", "## System prompt", "", _as_text(system_prompt)]
-    for message in messages:
-        label = status_label(message)
-        status = f" ({label})" if label else ""
-        heading = f"## {_ROLE_TITLES[message.role]}{status} · {message.created_at:%Y-%m-%d %H:%M}"
-        lines += ["", heading, ""]
-        if message.tool_call_id:
-            lines += [f"*Result of tool call `{message.tool_call_id}`*", ""]
-        if message.content:
-            lines.append(_as_text(message.content))
-        for call in message.tool_calls:
-            args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
-            _paragraph(lines, f"**Tool call** `{call.name}` ({call.status.value})")
-            _paragraph(lines, _fence(args, "json"))
-            if call.reason:
-                _paragraph(lines, f"Reason: {_as_text(call.reason)}")
-            if call.result is not None:
-                _paragraph(lines, "Result:")
-                _paragraph(lines, _fence(call.result))
-        if message.metadata.error:
-            _paragraph(lines, f"> Error: {_as_text(message.metadata.error)}")
-        if was_cut_off(message):
-            _paragraph(lines, f"> *{CUT_OFF.capitalize()}: the reply is incomplete.*")
-    return "\n".join(lines).rstrip() + "\n"
+    return markdown_of(
+        title=meta.title,
+        context_id=meta.id,
+        branch=name,
+        others=sorted(n for n in meta.branches if n != name),
+        created=f"{meta.created_at:%Y-%m-%d %H:%M} UTC",
+        tags=list(meta.tags),
+        system_prompt=effective_system(meta, name),  # the branch's own, else the context's
+        messages=document.path(name),
+    )

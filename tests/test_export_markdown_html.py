@@ -10,7 +10,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from cm_notebook.export import ExportDocument, to_markdown
-from cm_notebook.model import Branch, ContextMetadata, Message, MessageMetadata
+from cm_notebook.model import Branch, ContextMetadata, Message, MessageMetadata, ToolCall
 
 EVIL = '<img src=x onerror="alert(1)"></div><script>alert(2)</script>'
 FENCED = "Like this:\n\n```html\n<b>bold</b> & co\n```\n\nand\n\n    <i>indented</i>"
@@ -65,3 +65,147 @@ def test_code_blocks_keep_their_text_as_typed() -> None:
     assert '<code class="language-html">&lt;b&gt;bold&lt;/b&gt; &amp; co\n</code>' in rendered
     assert "<code>&lt;i&gt;indented&lt;/i&gt;\n</code>" in rendered
     assert "Tom &amp; Jerry &lt;3" in rendered
+
+
+# -- the document as a whole: what one message could do to the ones after it -----------
+
+#: A renderer that keeps every link, as some notebook converters do.
+PERMISSIVE = MarkdownIt("commonmark", {"html": True})
+PERMISSIVE.validateLink = lambda url: True  # type: ignore[method-assign]
+
+LIVE = '<img src=x onerror="alert(1)">'
+
+
+def _conversation(*messages: Message, tags: list[str] | None = None) -> ExportDocument:
+    chained = []
+    parent = None
+    for n, message in enumerate(messages):
+        chained.append(message.model_copy(update={"id": f"m{n}", "parent_id": parent}))
+        parent = f"m{n}"
+    return ExportDocument(
+        metadata=ContextMetadata(
+            id="ctx-doc",
+            title="t",
+            tags=tags or [],
+            branches={"main": Branch(name="main", head=parent)},
+        ),
+        messages=chained,
+    )
+
+
+def _rendered(document: ExportDocument) -> str:
+    return PERMISSIVE.render(to_markdown(document))
+
+
+def test_a_fence_left_open_cannot_make_the_next_messages_code_live() -> None:
+    # Left open, the reply's fence would be closed by the next message's opening fence,
+    # and that message's code would then be read as HTML.
+    document = _conversation(
+        Message(role="user", content="show me"),
+        Message(role="assistant", content="Here:\n\n```\nunfinished"),
+        Message(role="user", content=f"and this?\n\n```\n{LIVE}\n```"),
+        Message(role="assistant", content="Fine."),
+    )
+    rendered = _rendered(document)
+    assert "<img" not in rendered
+    assert rendered.count("<h2>") == 4  # every turn is a heading, none swallowed
+    assert "<code>unfinished\n</code>" in rendered
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        ToolCall(id="c1", name=f"x` {LIVE} `", arguments={}),
+        ToolCall(id=f"c` {LIVE} `", name="lookup", arguments={}),
+        ToolCall(id="c2", name="lookup", arguments={}, reason=f"    {LIVE}"),
+        ToolCall(id="c3", name="lookup", arguments={}, reason=f"no\n\n## User\n{LIVE}"),
+    ],
+    ids=["tool-name", "call-id", "indented-reason", "multi-line-reason"],
+)
+def test_tool_names_ids_and_reasons_are_literal(call: ToolCall) -> None:
+    document = _conversation(
+        Message(role="user", content="go"),
+        Message(role="assistant", content="", tool_calls=[call]),
+        Message(role="tool", content="42", tool_call_id=call.id),
+    )
+    rendered = _rendered(document)
+    assert "<img" not in rendered
+    assert rendered.count("<h2>") == 3
+    assert "onerror" in rendered  # shown, as text
+
+
+def test_errors_and_tags_are_literal() -> None:
+    document = _conversation(
+        Message(role="user", content="go"),
+        Message(
+            role="assistant",
+            content="",
+            metadata=MessageMetadata(error=f"    {LIVE}\n\n## System prompt\n\n[x](javascript:1)"),
+        ),
+        tags=[LIVE, "a\n\n## System prompt"],
+    )
+    rendered = _rendered(document)
+    assert "<img" not in rendered
+    assert "<a " not in rendered
+    assert rendered.count("<h2>") == 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[click](javascript:alert(1))",
+        "[click](  JavaScript:alert(1))",
+        "[click](\njavascript:alert(1))",
+        "[click](<javascript:alert(1)>)",
+        "![img](data:text/html;base64,PHNjcmlwdD4=)",
+        "[click][ref]\n\n[ref]: vbscript:msgbox(1)",
+        "[click][ref]\n\n[ref]:\n  javascript:alert(1)",
+    ],
+)
+def test_script_links_are_shown_as_text(content: str) -> None:
+    document = _conversation(
+        Message(role="user", content="hi"), Message(role="assistant", content=content)
+    )
+    rendered = _rendered(document)
+    assert "href=" not in rendered
+    assert "src=" not in rendered
+    assert "script" in rendered.lower() or "data" in rendered  # the text is still there
+
+
+def test_a_reply_cannot_forge_a_turn_and_its_headings_stay_below_the_turns() -> None:
+    content = (
+        "# Answer\n\nSome text.\n\n## User · 2026-01-01 00:00\n\nfake question\n\n"
+        "Fake\n----\n\n> ## quoted heading\n\n> Quoted\n> ---\n\n- ## listed\n\n"
+        "* > Deep\n  > ==="
+    )
+    rendered = _rendered(
+        _conversation(
+            Message(role="user", content="hi"), Message(role="assistant", content=content)
+        )
+    )
+    assert rendered.count("<h2>") == 2  # the two real turns
+    assert "<h3>Answer</h3>" in rendered
+    assert "<h4>User · 2026-01-01 00:00</h4>" in rendered
+    assert "<h4>Fake</h4>" in rendered
+
+
+def test_quotes_lists_and_code_in_lists_keep_their_form() -> None:
+    content = (
+        "> a quote with **bold**\n\n1. Run:\n\n   ```sh\n   make && ./run\n   ```\n\n"
+        "```py\nif a < b and c > d: pass\n```"
+    )
+    rendered = _rendered(
+        _conversation(
+            Message(role="user", content="hi"), Message(role="assistant", content=content)
+        )
+    )
+    assert "<blockquote>\n<p>a quote with <strong>bold</strong></p>" in rendered
+    assert "make &amp;&amp; ./run" in rendered  # as typed, shown once escaped by the renderer
+    # Code in a list keeps its "&" but not a raw "<": renderers differ on where such a
+    # block ends, and only "<" can open markup if one reads it as text.
+    nested = "1. Run:\n\n   ```sh\n   make && ./run <x>\n   ```"
+    markdown = to_markdown(
+        _conversation(Message(role="user", content="hi"), Message(role="assistant", content=nested))
+    )
+    assert "   make && ./run &lt;x>" in markdown
+    assert "if a &lt; b and c &gt; d: pass" in rendered

@@ -1,0 +1,245 @@
+"""One branch of an export as Markdown, for reading, that no message can take over.
+
+The export is one document, rendered by whatever reads it (a notebook, nbconvert, a
+Markdown viewer), often with raw HTML allowed. A message is the model's, a tool's or a
+person's text, so each is made safe *in the document*, not only on its own:
+
+* **No live HTML.** ``&`` and ``<`` become entities outside code; inside a top-level
+  code block (fenced or indented) the text is literal already and stays as typed.
+  Code nested in a list or a quote keeps its ``&`` and ``>`` but not a raw ``<``:
+  where such a block ends depends on the container, which renderers do not all read
+  alike, and only ``<`` can open markup.
+* **No script links.** A link or reference definition whose destination is a
+  ``javascript:``, ``vbscript:`` or ``data:`` URL is shown as text.
+* **Nothing left open.** A fence a message opens and never closes is closed at its end,
+  so it cannot swallow the next message's headings (or leave the next message's "code"
+  live, as its closing fence would then open markup).
+* **No fake turns.** The role headings are the document's only level-2 headings: a
+  message's own headings are moved two levels down (``#`` becomes ``###``), so a reply
+  cannot forge a "User" or "Assistant" turn, or outrank one.
+* Short fields (a tag, a tool's name, a call id, an error, a denial's reason) are
+  literal text: every Markdown character escaped, or a code span no backtick closes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import re
+from collections.abc import Callable
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from .model import Message
+from .render import CUT_OFF, status_label, was_cut_off
+
+__all__ = ["markdown_of", "message_markdown"]
+
+_ROLE_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+#: Finds a text's blocks as a CommonMark reader does. HTML off: the blocks are those of
+#: the text once its ``<`` are escaped (no HTML block can hide a fence).
+_BLOCKS = MarkdownIt("commonmark", {"html": False})
+
+#: A link's destination, or a reference definition's, that runs script or holds a
+#: document. ``\s*`` spans the one line break CommonMark allows before a destination;
+#: ``&lt;`` is a ``<`` already escaped (a destination in pointy brackets).
+_SCRIPT_URL = r"\s*(?:<|&lt;)?\s*(?:javascript|vbscript|data)\s*:"
+_SCRIPT_LINK = re.compile(r"\]\((?=" + _SCRIPT_URL + ")", re.IGNORECASE)
+_SCRIPT_DEFINITION = re.compile(
+    r"^( {0,3})\[(?=[^\n]*?\]:" + _SCRIPT_URL + ")", re.IGNORECASE | re.MULTILINE
+)
+
+#: A heading in a quote or a list item: the container's marks, then the heading's.
+#: An ATX one goes two levels down; a setext one's underline is escaped (its text is a
+#: paragraph then), so no message holds a heading of the turns' level anywhere.
+_CONTAINER = r"^((?:[ \t]*(?:>|[-+*]|\d{1,9}[.)])(?=[ \t]|$))*[ \t]*)"
+_NESTED_ATX = re.compile(_CONTAINER + r"(#{1,6})(?=[ \t]|$)")
+_NESTED_UNDERLINE = re.compile(_CONTAINER + r"(?=[-=])")
+
+#: The ASCII punctuation that can mean something in Markdown (backslash-escaped in
+#: literal text). CommonMark lets any ASCII punctuation be escaped.
+_MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!<>&|~=:])")
+
+
+def _fence(text: str, info: str = "") -> str:
+    # A fence longer than any backtick run inside, so that the content cannot close it.
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+def _code_span(text: str) -> str:
+    """``text`` as one inline code span: literal, on one line, closed by nothing inside."""
+    flat = " ".join(text.splitlines()) or " "
+    ticks = "`"
+    while ticks in flat:
+        ticks += "`"
+    pad = " " if flat[0] in "` " or flat[-1] in "` " else ""
+    return f"{ticks}{pad}{flat}{pad}{ticks}"
+
+
+def _literal(text: str) -> str:
+    """``text`` as plain text on one line: every Markdown character escaped."""
+    return _MARKUP.sub(r"\\\1", " ".join(part.strip() for part in text.splitlines()))
+
+
+def _quoted(label: str, text: str) -> str:
+    """A block quote ``**label:** text``, each line of ``text`` literal."""
+    lines = [_MARKUP.sub(r"\\\1", line.strip()) for line in text.splitlines()] or [""]
+    lines[0] = f"**{label}:** {lines[0]}"
+    return "\n".join(f"> {line}".rstrip() for line in lines)
+
+
+def _escaped(line: str) -> str:
+    return line.replace("&", "&amp;").replace("<", "&lt;")
+
+
+def _demoted(line: str, setext: list[str] | None, level: int) -> str:
+    # A heading two levels down (at most six): ATX, or a setext heading's text lines.
+    marks = "#" * min(6, level + 2)
+    if setext is not None:
+        return f"{marks} {' '.join(part.strip() for part in setext)}"
+    return re.sub(r"^( {0,3})#{1,6}(?=\s|$)", lambda m: m.group(1) + marks, line, count=1)
+
+
+def message_markdown(text: str) -> str:
+    """``text`` (a message, a system prompt) as a safe block of the document (see the
+    module docstring)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    literal: set[int] = set()  # top-level code: as typed
+    nested: set[int] = set()  # code in a list or quote: as typed but for "<"
+    headings: dict[int, tuple[int, int]] = {}  # first line -> (end, level)
+    unclosed = ""
+    for token in _BLOCKS.parse(text):
+        if token.map is None:
+            continue
+        start, end = token.map
+        if token.type in ("fence", "code_block"):
+            (literal if token.level == 0 else nested).update(range(start, end))
+            if token.type == "fence" and token.level == 0 and not _closes(lines, token):
+                unclosed = token.markup
+        elif token.type == "heading_open":
+            headings[start] = (end, int(token.tag[1]) if token.level == 0 else 0)
+    out: list[str] = []
+    code: set[int] = set()  # lines of ``out`` that are code as typed
+    at = 0
+    while at < len(lines):
+        line = lines[at]
+        if at in literal:
+            code.add(len(out))
+            out.append(line)
+        elif at in headings and headings[at][1]:  # a top-level heading
+            end, level = headings[at]
+            setext = lines[at : end - 1] if end - at > 1 else None
+            out.append(_escaped(_demoted(line, setext, level)))
+            at = end
+            continue
+        elif at in headings:  # in a quote or a list: its text lines, then its underline
+            end, _level = headings[at]
+            if end - at > 1:
+                out += [_escaped(text_line) for text_line in lines[at : end - 1]]
+                out.append(_escaped(_NESTED_UNDERLINE.sub(r"\1\\", lines[end - 1], count=1)))
+            else:
+                out.append(_escaped(_NESTED_ATX.sub(r"\1##\2", line, count=1)))
+            at = end
+            continue
+        elif at in nested:
+            out.append(line.replace("<", "&lt;"))
+        else:
+            out.append(_escaped(line))
+        at += 1
+    if unclosed:
+        out.append(unclosed)
+    return "\n".join(_without_script_links(out, code))
+
+
+def _closes(lines: list[str], token: Token) -> bool:
+    # Whether a top-level fence has its closing line (an unclosed one runs to the end).
+    assert token.map is not None
+    start, end = token.map
+    if end - start < 2 or end > len(lines):
+        return False
+    last = lines[end - 1].strip()
+    return len(last) >= len(token.markup) and set(last) == {token.markup[0]}
+
+
+def _without_script_links(lines: list[str], code: set[int]) -> list[str]:
+    # ``](`` before a script URL becomes ``]\(``, and a reference definition's ``[``
+    # ``\[``: the text reads the same, and is no link. Code lines are left as they are.
+    lines = _outside_code(_SCRIPT_LINK, lambda m: "]\\(", lines, code)
+    return _outside_code(_SCRIPT_DEFINITION, lambda m: f"{m[1]}\\[", lines, code)
+
+
+def _outside_code(
+    pattern: re.Pattern[str],
+    replace: Callable[[re.Match[str]], str],
+    lines: list[str],
+    code: set[int],
+) -> list[str]:
+    # ``pattern`` replaced in ``lines`` joined (a match may look past a line break),
+    # where it starts outside code. Never adds or removes a line.
+    text = "\n".join(lines)
+    starts = list(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=0))
+
+    def one(match: re.Match[str]) -> str:
+        in_code = bisect.bisect_right(starts, match.start()) - 1 in code
+        return match[0] if in_code else replace(match)
+
+    return pattern.sub(one, text).split("\n")
+
+
+def markdown_of(
+    title: str,
+    context_id: str,
+    branch: str,
+    others: list[str],
+    created: str,
+    tags: list[str],
+    system_prompt: str | None,
+    messages: list[Message],
+) -> str:
+    """The Markdown of one branch's conversation (see :func:`~cm_notebook.export.to_markdown`)."""
+    lines = [f"# {_literal(title)}", ""]
+    lines.append(f"- Context: {_code_span(context_id)}")
+    also = f" (other branches: {', '.join(_code_span(n) for n in others)})" if others else ""
+    lines.append(f"- Branch: {_code_span(branch)}{also}")
+    lines.append(f"- Created: {created}")
+    lines.append(f"- Messages: {len(messages)}")
+    if tags:
+        lines.append(f"- Tags: {', '.join(_literal(tag) for tag in tags)}")
+    if system_prompt:
+        lines += ["", "## System prompt", "", message_markdown(system_prompt)]
+    for message in messages:
+        label = status_label(message)
+        status = f" ({label})" if label else ""
+        heading = f"## {_ROLE_TITLES[message.role]}{status} · {message.created_at:%Y-%m-%d %H:%M}"
+        lines += ["", heading, ""]
+        if message.tool_call_id:
+            lines += [f"*Result of tool call {_code_span(message.tool_call_id)}*", ""]
+        if message.content:
+            lines.append(message_markdown(message.content))
+        for call in message.tool_calls:
+            args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
+            _paragraph(lines, f"**Tool call** {_code_span(call.name)} ({call.status.value})")
+            _paragraph(lines, _fence(args, "json"))
+            if call.reason:
+                _paragraph(lines, _quoted("Reason", call.reason))
+            if call.result is not None:
+                _paragraph(lines, "Result:")
+                _paragraph(lines, _fence(call.result))
+        if message.metadata.error:
+            _paragraph(lines, _quoted("Error", message.metadata.error))
+        if was_cut_off(message):
+            _paragraph(lines, f"> *{CUT_OFF.capitalize()}: the reply is incomplete.*")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _paragraph(lines: list[str], text: str) -> None:
+    # One blank line between blocks, even after a message with no text of its own.
+    if lines and lines[-1] != "":
+        lines.append("")
+    lines.append(text)
