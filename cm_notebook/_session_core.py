@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
@@ -477,6 +478,7 @@ class SessionCore(PromptWrites, MetadataReads):
         # first in the turn's task; if it fails, the turn ends with its error.
         branch = claim.branch
         turn = Turn(branch, self._loop, prompt=prompt)
+        turn.after_await = self._saved_copies_up_to_date
         runner = TurnRunner(
             self._host(), turn, start=start, head=head, provider=provider, params=params
         )
@@ -490,6 +492,15 @@ class SessionCore(PromptWrites, MetadataReads):
         future = schedule_on(self._loop, work)
         turn.attach(future, runner.request_cancel)
         return turn
+
+    def _saved_copies_up_to_date(self) -> None:
+        # Run by the cell awaiting a turn: the saved copies of this conversation get the
+        # turn's update now, as that cell. A headless run (nbclient: nbconvert, papermill,
+        # nbval) keeps only the running cell's messages, and the throttled update would
+        # come after the notebook ended. Only if views were shown (never loaded here).
+        live = sys.modules.get("cm_notebook.widgets._live_output")
+        if live is not None:
+            live.flush_copies(self)
 
     async def _after(
         self, prologue: Callable[[Turn], Awaitable[None]], runner: TurnRunner

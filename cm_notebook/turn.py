@@ -37,6 +37,8 @@ class Handle(Generic[T]):
         self._future: asyncio.Future[T] | concurrent.futures.Future[T] | None = None
         self._cancel: Callable[[], None] | None = None
         self._cancel_requested = False
+        #: Called in the awaiting task once ``await handle`` has its outcome (see Turn).
+        self.after_await: Callable[[], None] | None = None
 
     def attach(
         self,
@@ -125,6 +127,8 @@ class Handle(Generic[T]):
         # Poll instead of a bare await so the kernel's Interrupt button works.
         while not wrapped.done():
             await asyncio.wait({wrapped}, timeout=_POLL_SECONDS)
+        if self.after_await is not None:
+            self.after_await()
         return wrapped.result()
 
     def _require_future(self) -> asyncio.Future[T] | concurrent.futures.Future[T]:

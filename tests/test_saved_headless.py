@@ -81,3 +81,24 @@ def test_awaited_replies_and_their_copies_are_saved_final(
     assert "arm one says" in ab
     assert "arm two says" in ab
     assert "arm one says" in compare
+
+
+def test_a_conversation_shown_then_awaited_in_code_is_saved_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No magics: the session shown with `s`, then `await s.send(...)` in later cells.
+    # The copy's update for the last turn waits for its interval; the awaiting cell
+    # must send it, or the saved notebook ends with the conversation one turn short.
+    html = _run(
+        [
+            SETUP.replace("%cm use s\n", ""),
+            "s",
+            "first = await s.send('Hello?')",
+            "second = await s.send('And again?')",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    shown = html[1]
+    assert "the first answer" in shown
+    assert "the second answer" in shown
