@@ -52,6 +52,28 @@ def test_markdown_escapes_raw_html_and_highlights_code() -> None:
     assert '<code class="language-python"><span style=' in out
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        ">" * 60 + " the deep line <b>\n\nthe line after",
+        "\n".join("  " * i + f"- item {i}" for i in range(30)) + "\n\nthe line after",
+    ],
+    ids=["quotes", "lists"],
+)
+def test_markdown_nested_too_deeply_is_shown_whole_as_text(text: str) -> None:
+    # markdown-it stops at its nesting limit and drops the rest: shown as text instead.
+    out = render_markdown(text)
+    assert "the line after" in out
+    assert "the deep line &lt;b&gt;" in out or "item 29" in out
+    assert "<b>" not in out
+    assert "shown as text" in out
+    # Deep but within the limit (25 quotes: the probe's case) is formatted as usual.
+    formatted = render_markdown(">" * 25 + " deep\n\nafter")
+    assert formatted.count("<blockquote>") == 25
+    assert "deep" in formatted
+    assert "after" in formatted
+
+
 async def test_throttle_coalesces_and_always_flushes_the_last() -> None:
     flushed: list[int] = []
     state = {"value": 0}

@@ -40,8 +40,16 @@ def _highlight(code: str, lang: str, _attrs: str) -> str:
     )
 
 
+#: How deep blocks may nest (quotes in quotes, lists in lists: a list level is two).
+#: markdown-it stops parsing at its limit and drops the rest of the text without a
+#: word; a text that reaches it is shown as plain text instead (see render_markdown).
+_MAX_NESTING = 50
+
 _MD = (
-    MarkdownIt("commonmark", {"html": False, "linkify": False, "highlight": _highlight})
+    MarkdownIt(
+        "commonmark",
+        {"html": False, "linkify": False, "highlight": _highlight, "maxNesting": _MAX_NESTING},
+    )
     .enable("table")
     .enable("strikethrough")
 )
@@ -50,6 +58,15 @@ _MD = (
 @functools.lru_cache(maxsize=1024)
 def render_markdown(text: str) -> str:
     """``text`` (Markdown) as HTML; raw HTML in it is escaped. Cached: messages are
-    re-rendered on every view refresh, and highlighting is the slow part."""
-    html_text: str = _MD.render(text)
+    re-rendered on every view refresh, and highlighting is the slow part.
+
+    A text nested too deeply to format (about 25 quotes or lists inside each other) is
+    shown as it is, as preformatted text, rather than cut where the nesting stops."""
+    tokens = _MD.parse(text)
+    if any(token.level >= _MAX_NESTING - 1 for token in tokens):
+        return (
+            f'<pre style="white-space:pre-wrap">{html.escape(text)}</pre>'
+            "<div><em>(nested too deeply to format: shown as text)</em></div>"
+        )
+    html_text: str = _MD.renderer.render(tokens, _MD.options, {})
     return html_text
