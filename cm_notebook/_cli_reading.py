@@ -69,22 +69,37 @@ def _configure_show(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", "-n", type=positive_int, help="show only the last N messages")
 
 
+def _lines(text: str) -> list[str]:
+    # Only line breaks break a line: str.splitlines() also breaks at form feeds and
+    # separators, which are shown as escapes instead, like every other control.
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _labelled(indent: str, label: str, text: str) -> None:
+    # ``label`` and the text's first line, its other lines below it: a line of a
+    # prompt or an error never starts where a message's header line does.
+    first, *rest = _lines(text)
+    out(f"{indent}{label}{first}".rstrip())
+    for line in rest:
+        out(f"{indent}{' ' * len(label)}{line}".rstrip())
+
+
 def _print_message(message: Message) -> None:
     label = status_label(message)
     status = f" ({label})" if label else ""
     answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
     out(f"[{when(message.created_at)}] {message.role}{status}{answers}")
-    for line in message.content.splitlines() or ([""] if not message.tool_calls else []):
-        out(f"    {line}".rstrip())
+    if message.content or not message.tool_calls:
+        _labelled("    ", "", message.content)
     for call in message.tool_calls:
         args = json.dumps(call.arguments, ensure_ascii=False)
-        out(f"    tool call {call.name}({args}) [{call.status.value}]")
+        out(f"    tool call {clip(call.name, 100)}({args}) [{call.status.value}]")
         if call.reason:
-            out(f"      reason: {call.reason}")
+            _labelled("      ", "reason: ", call.reason)
         if call.result is not None:
             out(f"      result: {clip(call.result, 200)}")
     if message.metadata.error:
-        out(f"    error: {message.metadata.error}")
+        _labelled("    ", "error: ", message.metadata.error)
     out()
 
 
@@ -99,14 +114,14 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         messages = await store.page(meta.id, branch, limit=args.limit)
     else:
         messages = await store.get_messages(meta.id, ids)
-    out(meta.title)
+    out(" ".join(meta.title.split()))
     out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
     others = [name for name in meta.branches if name != branch]
     if others:
         out(f"other branches: {', '.join(others)} (see one with --branch NAME)")
     prompt = effective_system(meta, branch)
     if prompt:
-        out(f"system prompt: {prompt}")
+        _labelled("", "system prompt: ", prompt)
     out()
     if wanted < len(ids):
         out(f"... {len(ids) - wanted} earlier message(s) not shown")

@@ -22,8 +22,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 #: What a terminal acts on rather than shows: C0 controls but line feed and tab, DEL,
-#: C1 controls, and the bidirectional overrides and isolates that reorder a line.
-_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: C1 controls, the line and paragraph separators, and the bidirectional overrides and
+#: isolates that reorder a line.
+_TERMINAL_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def for_terminal(text: str) -> str:
