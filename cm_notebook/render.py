@@ -166,7 +166,9 @@ def conversation_html(
     which is active), the branch's system prompt, its messages."""
     shown = branch or metadata.active_branch
     header = (
-        f'<div style="font-weight:bold">{html.escape(metadata.title)} '
+        # <bdi>: a title's bidirectional overrides stay in the title, never reversing
+        # the words after it.
+        f'<div style="font-weight:bold"><bdi>{html.escape(metadata.title)}</bdi> '
         f'<span style="font-weight:normal;color:#888">branch '
         f"{html.escape(shown)} · {len(messages)} messages</span></div>"
     )

@@ -125,3 +125,18 @@ def test_interpolation_fills_fields_and_keeps_escaped_braces() -> None:
 def test_interpolation_errors_say_what_to_do(text: str, says: str) -> None:
     with pytest.raises(UsageError, match=says.replace("(", r"\(")):
         interpolate(text, {"country": "France"})
+
+
+def test_a_code_reply_is_shown_as_code_even_with_backticks_inside() -> None:
+    from cm_notebook.magics._reply import render_reply
+
+    code = "# build the fence\nfence = '```'\nx = a*b*c"
+    shown = render_reply(code, "code")
+    assert "<h1>" not in shown
+    assert "<em>" not in shown
+    assert "# build the fence" in shown
+    assert "x = a*b*c" in shown
+    # A reply the model fenced itself is shown as it meant: highlighted, no fences.
+    fenced = render_reply("```python\nx = 1\n```", "code")
+    assert '<code class="language-python">' in fenced
+    assert "```" not in fenced

@@ -52,6 +52,19 @@ def test_markdown_escapes_raw_html_and_highlights_code() -> None:
     assert '<code class="language-python"><span style=' in out
 
 
+def test_remote_images_are_links_and_inline_ones_are_shown() -> None:
+    # An image URL a model wrote would be fetched wherever the notebook is opened,
+    # carrying whatever the model put in it: a link instead, opened only on purpose.
+    out = render_markdown(
+        "![the <chart>](https://example.invalid/c.png?d=secret) "
+        "![dot](data:image/png;base64,iVBORw0KGgo=)"
+    )
+    assert '<a href="https://example.invalid/c.png?d=secret"' in out
+    assert "[image: the &lt;chart&gt;]" in out
+    assert out.count("<img") == 1
+    assert '<img src="data:image/png;base64,iVBORw0KGgo=" alt="dot"' in out
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -220,11 +233,17 @@ async def test_clicks_on_every_choice_at_once_decide_once_and_always_allow_the_c
 async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: NewSession) -> None:
     fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("**3** <b>x</b>")
     session = new_session(
-        title="Snap <shot>", provider=fake, tools=[add], approval="auto", system="Be brief."
+        title="Snap <shot> \u202eevil",
+        provider=fake,
+        tools=[add],
+        approval="auto",
+        system="Be brief.",
     )
     await session.send("add 1 and 2")
     html = snapshot_html(session)
-    assert "Snap &lt;shot&gt;" in html
+    # Isolated, so a bidirectional override in the title cannot reverse the words after it.
+    assert "<bdi>Snap &lt;shot&gt; \u202eevil</bdi>" in html
+    assert "<bdi>Snap &lt;shot&gt; \u202eevil</bdi>" in session._repr_html_()
     assert "Be brief." in html
     assert "<strong>3</strong> &lt;b&gt;x&lt;/b&gt;" in html
     assert "add" in html

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -62,12 +63,22 @@ MAX_UPDATE_INTERVAL = 2.0
 _KINDS = {"ContentDelta", "MessageAdded", "MessageCompleted", "StateChanged", "Error"}
 
 
+#: A reply that opens with a code fence (its first line, after blank lines).
+_FENCED = re.compile(r"\s*(?:```|~~~)")
+
+
 def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
     """``text`` as HTML in the chosen form (Markdown rendered kernel-side)."""
     if form == "markdown":
         return render_markdown(text)
     if form == "code":
-        return render_markdown(f"```\n{text}\n```" if "```" not in text else text)
+        if _FENCED.match(text):  # the model fenced its code itself: shown as it meant
+            return render_markdown(text)
+        # A fence longer than any backtick run in the code, which nothing inside closes.
+        fence = "```"
+        while fence in text:
+            fence += "`"
+        return render_markdown(f"{fence}\n{text}\n{fence}")
     return f'<pre style="white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
 
 

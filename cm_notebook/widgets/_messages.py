@@ -98,7 +98,7 @@ def transcript_html(
     colors = {"user": "#3b82f6", "assistant": "#10b981", "tool": "#8b5cf6", "system": "#f59e0b"}
     parts = [
         f'<div class="cm-snapshot" style="font-family:sans-serif;max-width:900px">'
-        f"<div><b>{html.escape(title)}</b> "
+        f"<div><b><bdi>{html.escape(title)}</bdi></b> "  # its overrides stay in it
         f'<span style="color:#888">branch {html.escape(branch)} · '
         f"{len(items)} messages</span></div>"
     ]

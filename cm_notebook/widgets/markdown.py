@@ -3,15 +3,20 @@ code blocks highlighted by pygments with inline styles (so the HTML also looks r
 saved notebook or nbconvert output, where no stylesheet of ours is loaded).
 
 Raw HTML in a message is shown as text, never interpreted: a model's reply must not be
-able to inject markup or script into the notebook.
+able to inject markup or script into the notebook. Remote images are links, not loaded
+(an image URL is a way out for what a model read); ``data:image`` ones are shown.
 """
 
 from __future__ import annotations
 
 import functools
 import html
+from collections.abc import Sequence
 
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
@@ -53,6 +58,27 @@ _MD = (
     .enable("table")
     .enable("strikethrough")
 )
+
+
+def _image(
+    renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    # A remote image is a link to it, not loaded: the HTML is shown (and saved with the
+    # notebook) wherever the notebook is opened, and an image URL a model wrote can
+    # carry what it read out of the conversation to whoever serves it. Images inside
+    # the text (data:image/...) are shown.
+    token = tokens[idx]
+    src = str(token.attrs.get("src", ""))
+    if src.lower().startswith("data:image/"):
+        return renderer.image(tokens, idx, options, env)
+    alt = html.escape(token.content or "image")
+    return (
+        f'<a href="{html.escape(src)}" title="an image, not loaded: open it to see it">'
+        f"[image: {alt}]</a>"
+    )
+
+
+_MD.add_render_rule("image", _image)
 
 
 @functools.lru_cache(maxsize=1024)
