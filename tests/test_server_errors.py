@@ -144,6 +144,9 @@ def test_a_control_character_in_a_query_is_refused_as_what_it_is(
         assert "white space" not in message
     message = _error(client.get(f"contexts/{context_id}/messages?branch=ma%00in"), 400, server)
     assert "'\\x00' is not allowed" in message
+    # A backslash in the id is quoted in the wording, never read as a pattern's escape.
+    odd = _error(client.get("contexts/c%5Ce%C2%93/compare?branch=main"), 400, server)
+    assert "is not a valid context id" in odd or "context id" in odd
     both = client.get(f"contexts/{context_id}/compare?branch=main&branch=b")
     assert [row["branch"] for row in both.json()["results"]] == ["main", "b"]
 

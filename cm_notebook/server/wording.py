@@ -10,9 +10,10 @@ Python call, and shows paths relative to the server's data folder.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 __all__ = ["for_http"]
 
@@ -22,7 +23,7 @@ _PYTHON_CALL = re.compile(r"`?\b[A-Za-z_][\w.]*\((?:[^()]|\.\.\.)*\)`?")
 _CLAUSE = re.compile(r"[^;.]*(?:\.(?!\s|$)[^;.]*)*(?:[;.](?=\s|$)|$)")
 
 
-def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str | Callable[..., str]]]:
+def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
     here = f"{api}/contexts/{context}"
     return [
         (
@@ -66,14 +67,20 @@ def for_http(message: str, *, data_dir: Path, api: str, context_id: str | None) 
     context the request was about, if any.
     """
     text = message
-    for pattern, replacement in _rewrites(api, context_id or "{context_id}"):
-        text = pattern.sub(replacement, text)
+    context = quote(context_id, safe="") if context_id is not None else "{context_id}"
+    for pattern, replacement in _rewrites(api, context):
+        # A function, never a template: the request's id may hold backslashes.
+        text = pattern.sub(functools.partial(_as_is, replacement), text)
     text = _hide_paths(text, data_dir)
     if _PYTHON_CALL.search(text):
         kept = [c for c in _CLAUSE.findall(text) if c.strip() and not _PYTHON_CALL.search(c)]
         text = "".join(kept).strip()
         text = re.sub(r"[;,]\s*$", ".", text) if kept else "the request failed"
     return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _as_is(replacement: str, _match: re.Match[str]) -> str:
+    return replacement
 
 
 def _hide_paths(text: str, data_dir: Path) -> str:
