@@ -403,6 +403,7 @@ class LogReader:
         self._start = since
         self._start_asked = since or 0
         self._seen = 0  # the highest number read from the file, wanted or not
+        self._context_id = ""  # the context of the records read (for a Resync of ours)
         #: The number of the last signal returned (or skipped as already seen).
         self.last_seq = since if since is not None else 0
         self._skip_writer = ""
@@ -494,6 +495,7 @@ class LogReader:
             writer, raw = decoded
             seq = int(raw["seq"])
             self._seen = max(self._seen, seq)
+            self._context_id = str(raw.get("context_id", self._context_id))
             if seq <= self.last_seq:
                 continue
             if self._start is not None or after_compaction:
@@ -515,6 +517,7 @@ class LogReader:
     def _ahead(self, asked: int) -> Resync:
         return Resync(
             seq=self._seen,
+            context_id=self._context_id,
             reason=f"asked for signals after #{asked} but this log is at #{self._seen}",
         )
 

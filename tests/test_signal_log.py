@@ -310,6 +310,7 @@ def test_asking_for_numbers_ahead_of_the_log_gives_resync(tmp_path: Path) -> Non
     [(_, resync)] = LogReader(log.path, since=50).poll()
     assert isinstance(resync, Resync)
     assert resync.seq == 1
+    assert resync.context_id == "c1"  # like every other signal of the log
     assert LogReader(tmp_path / "missing.log", since=0).poll() == []
 
 
