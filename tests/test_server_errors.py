@@ -6,6 +6,7 @@ A real Jupyter server in a child process, as in ``test_server_api.py``.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -77,6 +78,26 @@ def test_errors_name_the_http_request_that_helps_and_no_server_path(
     assert f"DELETE {here} removes the whole context" in damaged
     assert str(metadata) in server.log()  # the administrator still learns where it is
     assert client.delete(f"contexts/{context_id}").status_code == 204
+
+
+def test_error_signals_are_worded_for_a_client_too(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    # The package's own error text (here a provider's) may name the server's paths and
+    # Python remedies; on the events stream it is worded as HTTP errors are.
+    secret_place = server.data_dir / "contexts" / "somewhere" / "file.json"
+    message = f"failed reading {secret_place}; await it, or call turn.cancel()"
+    context_id = create_context(client, [{"error": "permanent", "message": message}])
+    events = read_events(
+        client,
+        f"contexts/{context_id}/events?since=0",
+        lambda event: event.event == "Error",
+        started=lambda: client.post(f"contexts/{context_id}/messages", json={"text": "go"}),
+    )
+    shown = json.loads(events[-1].data)["message"]
+    assert str(server.root) not in shown
+    assert "contexts/somewhere/file.json" in shown
+    assert f"POST {API}/contexts/{context_id}/stop" in shown
 
 
 # -- a context removed on disk -------------------------------------------------------------

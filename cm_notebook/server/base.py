@@ -202,8 +202,8 @@ class CMHandler(APIHandler):
         """The API's URL path, with the server's base URL (e.g. ``/jp/cm/api``)."""
         return url_path_join(self.base_url, API_PREFIX)
 
-    def reword(self, exc: CMError, context_id: object = None) -> str:
-        """``exc``'s message for a client: HTTP remedies, no server paths."""
+    def reword(self, exc: CMError | str, context_id: object = None) -> str:
+        """``exc``'s message (or a message) for a client: HTTP remedies, no server paths."""
         return for_http(
             str(exc),
             data_dir=self.sessions.data_dir,

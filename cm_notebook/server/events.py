@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 from tornado.iostream import StreamClosedError
 
-from ..events import Event
+from ..events import ErrorReported, Event
 from .base import HEARTBEAT_KEY, CMHandler, operation
 from .bodies import EventsQuery
 from .signals import SignalStream, parse_since, sse_comment, sse_message
@@ -91,7 +91,7 @@ class EventsHandler(CMHandler):
                     except StopAsyncIteration:
                         return  # the session closed: end the response cleanly
                     upcoming = None
-                    self.write(sse_message(event))
+                    self.write(sse_message(self._for_client(event)))
                 else:
                     self.write(sse_comment("heartbeat"))
                 await self.flush()
@@ -101,6 +101,16 @@ class EventsHandler(CMHandler):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await task
+
+    def _for_client(self, event: Event) -> Event:
+        # The package's own error messages (a lock timeout, a provider's failure) name
+        # the server's paths and Python remedies: worded as HTTP errors are. A tool's
+        # error is the tool's own text, passed on as it is.
+        if isinstance(event, ErrorReported) and event.kind != "tool":
+            return event.model_copy(
+                update={"message": self.reword(event.message, event.context_id)}
+            )
+        return event
 
 
 async def _first(*events: asyncio.Event) -> None:
