@@ -63,9 +63,13 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
 
     temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, gt=0)
+    # Providers read both as fixed-size integers: larger values came back wrapped round
+    # (a max_tokens of 10**12 as a negative number), and llama.cpp takes a seed of -1
+    # as "random" and cuts others to 32 bits, so the recorded seed would not be the one
+    # that sampled the reply.
+    max_tokens: int | None = Field(None, gt=0, le=2**31 - 1)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stop: str | list[str] | None = None
     model: str | None = Field(None, min_length=1)
 

@@ -146,3 +146,21 @@ def test_openai_server_knobs_and_extra_body_reach_the_server(
     assert body["top_k"] == 3
     assert body["cache_prompt"] is True
     assert "extra_body" not in body
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("max_tokens", 10**12, "less than or equal to 2147483647"),
+        ("seed", -1, "greater than or equal to 0"),
+        ("seed", 5 + 2**32, "less than or equal to 4294967295"),
+    ],
+)
+def test_values_a_provider_would_wrap_or_read_as_random_are_refused(
+    name: str, value: int, words: str
+) -> None:
+    # A seed of -1 means "random" to llama.cpp and larger ones are cut to 32 bits: the
+    # seed recorded with the reply would not be the one that sampled it.
+    with pytest.raises(InvalidInputError, match=words):
+        GenerationParams.check({name: value})
+    assert GenerationParams.check({name: 7}) == {name: 7}
