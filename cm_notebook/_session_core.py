@@ -373,11 +373,18 @@ class SessionCore(PromptWrites, MetadataReads):
                 f"with ContextSession.open({self.id!r}) to go on"
             )
         with self._lock:
-            if branch in self._runners:
+            running = self._runners.get(branch)
+        if running is not None:
+            if running.turn.stopping():
+                # A cancel or stop() was asked for; the turn still has to store its text.
                 raise BusyError(
-                    f"a reply is still being generated on branch {branch!r}; "
-                    "await it, or call turn.cancel()"
+                    f"the reply on branch {branch!r} is being stopped and is not over yet; "
+                    "await that turn (it ends in a moment) before sending on the branch"
                 )
+            raise BusyError(
+                f"a reply is still being generated on branch {branch!r}; "
+                "await it, or call turn.cancel()"
+            )
         claim = self._dead_rounds.take_claim(branch)
         try:
             if self._unsettled:

@@ -70,6 +70,11 @@ class Handle(Generic[T]):
         """True once the work has finished (completed, failed or cancelled)."""
         return self._future is not None and self._future.done()
 
+    def stopping(self) -> bool:
+        """True once :meth:`cancel` was called and the work has not finished yet."""
+        with self._lock:
+            return self._cancel_requested and not self.done()
+
     def cancel(self) -> None:
         """Stop the work. Safe from any thread, more than once, and after it finished."""
         with self._lock:

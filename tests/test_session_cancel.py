@@ -4,6 +4,7 @@ reply has even started."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,39 @@ def test_cancel_after_completion_changes_nothing(
     assert session.get(message.id).status is MessageStatus.COMPLETE
     assert session.state is State.IDLE
     assert session.events(since=seq) == []
+
+
+def test_a_send_right_after_a_cancel_says_the_reply_is_being_stopped(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # The cancel reaches the turn on the session's loop and the turn still stores its
+    # text: a send in between is refused, and must not advise the cancel just made.
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    refused: list[str] = []
+    for attempt in range(20):
+        fake.hang(after_chunks=1, text=f"partial {attempt}")
+        turn = session.send(f"question {attempt}")
+        deadline = time.monotonic() + DEADLINE
+        while not turn.text:  # poll until the reply is under way, with a deadline
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        turn.cancel()
+        try:
+            late = session.send("at once")
+        except BusyError as exc:
+            refused.append(str(exc))
+        else:  # the cancelled turn was already over: this one is let go too
+            late.cancel()
+            late.result(DEADLINE)
+        turn.result(DEADLINE)
+        assert not turn.stopping()
+        if len(refused) >= 3:
+            break
+    assert refused  # the window is there on every machine: the turn must write first
+    for message in refused:
+        assert "is being stopped" in message
+        assert "turn.cancel()" not in message
 
 
 def test_cancel_before_the_reply_started_gives_an_interrupted_reply(

@@ -53,6 +53,10 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
         ),
         (re.compile(r"cancel it first"), f"stop it first (POST {here}/stop)"),
         (
+            re.compile(r"await that turn \(it ends in a moment\)"),
+            f"wait for its MessageCompleted signal (GET {here}/events)",
+        ),
+        (
             re.compile(r"Wait for the turn to finish \(await it\)"),
             f"Wait for its MessageCompleted signal (GET {here}/events)",
         ),
