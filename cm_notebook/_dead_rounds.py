@@ -27,7 +27,6 @@ call as its requests do.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -335,20 +334,6 @@ class DeadRounds:
                 ev.MessageCompleted(branch=branch, message_id=last.id, status=last.status)
             )
         self._publish(ev.StateChanged(branch=branch, old=state, new=fsm.State.IDLE))
-
-    def claimed_elsewhere(self) -> list[str]:
-        """The branches whose claim another process holds now (a turn running there)."""
-        mine = self._claims.held()
-        try:
-            names = list(self._metadata().branches)
-        except (OSError, CMError):
-            return []
-        found = []
-        for name in names:
-            with contextlib.suppress(OSError):
-                if name not in mine and self.claim_locked(name):
-                    found.append(name)
-        return found
 
     def claim_locked(self, branch: str) -> bool:
         """Whether a live process (this one included) holds ``branch``'s claim lock."""

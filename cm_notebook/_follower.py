@@ -57,9 +57,6 @@ class LogFollower:
         on_dead: called on the follower's thread when a busy branch's owner is gone.
         each_poll: called on the follower's thread after every read (e.g. to pick up
             decisions other processes made for this process's tool calls).
-        busy_elsewhere: the branches whose claim another process holds now, asked once
-            when following starts: their turns began before it, so their state is
-            looked up in the log (and their owner's death is noticed like any other).
         interval: seconds between two reads of the log when polling.
         watch: folders whose changes (also in their sub-folders) wake the follower:
             by default the log's folder and the context's folder of decision records;
@@ -78,7 +75,6 @@ class LogFollower:
         claim_held: Callable[[str], bool],
         on_dead: Callable[[str, fsm.State], None],
         each_poll: Callable[[], None] = lambda: None,
-        busy_elsewhere: Callable[[], Iterable[str]] = tuple,
         interval: float = 0.05,
         watch: Iterable[Path] | None = None,
         safety: float = 1.0,
@@ -91,7 +87,6 @@ class LogFollower:
         self._claim_held = claim_held
         self._on_dead = on_dead
         self._each_poll = each_poll
-        self._busy_elsewhere = busy_elsewhere
         self._calls: dict[str, str] = {}  # tool call id -> message id, waiting elsewhere
         self._interval = interval
         self._lock = threading.Lock()
@@ -222,7 +217,8 @@ class LogFollower:
         # Cleared before each read: a change made during the read wakes the next one.
         try:
             try:
-                self._seed()
+                if self._seed():
+                    self.step()  # owners already gone are announced at once
             except Exception:
                 logger.exception("reading the signal log %s failed", self._reader.path)
             while True:
@@ -238,27 +234,32 @@ class LogFollower:
         finally:
             self._reader.close()
 
-    def _seed(self) -> None:
+    def _seed(self) -> bool:
         # Turns other processes began before this one followed the log: their last
-        # state, from the log (read whole, so only when a claim is held elsewhere).
-        busy = set(self._busy_elsewhere())
-        if not busy:
-            return
+        # state, from the log read whole (on this thread: opening never waits for it).
+        # Also the turns of processes that died while nobody followed (a server killed
+        # and started again): their last state is not Idle, and no live process holds
+        # their claim; the first step then announces them over (on_dead), or clients
+        # replaying the log would show them streaming for ever. True if any was found.
         states: dict[str, StateChanged] = {}
         reader = LogReader(self._reader.path, since=0)
         try:
             for writer, event in reader.poll():
-                mine = writer == self._own
-                if not mine and isinstance(event, StateChanged) and event.branch in busy:
+                if writer != self._own and isinstance(event, StateChanged) and event.branch:
                     states[event.branch] = event
+                elif isinstance(event, StateChanged) and event.branch:
+                    states.pop(event.branch, None)  # this process's own: it knows them
         finally:
             reader.close()
+        found = False
         with self._lock:
             for branch, last in states.items():
                 if last.new is not fsm.State.IDLE and branch not in self._remote:
                     self._remote[branch] = last.new
+                    found = True
                     if last.turn_id is not None:
                         self._turns[branch] = last.turn_id
+        return found
 
     def step(self) -> None:
         """Read the log once and check busy branches' owners (the thread's loop body)."""

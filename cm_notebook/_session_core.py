@@ -554,7 +554,6 @@ class SessionCore(PromptWrites, MetadataReads):
             claim_held=self._dead_rounds.claim_locked,
             on_dead=self._dead_rounds.owner_gone,
             each_poll=self._apply_remote_decisions,
-            busy_elsewhere=self._dead_rounds.claimed_elsewhere,
         )
 
     def _apply_remote_decisions(self) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tool_writer import start_tool_writer
@@ -280,3 +281,58 @@ def test_a_reply_begun_before_this_process_opened_the_context_can_be_stopped(
             assert late.stop("main") is not None
     finally:
         assert _finish(child) == "interrupted"
+
+
+def test_a_writer_killed_while_nobody_followed_is_announced_over_by_the_next_opener(
+    tmp_path: Path,
+) -> None:
+    # No process followed the log when the writer died (a server killed and started
+    # again): its last signal says Streaming. The next session to open the context,
+    # doing nothing but read its state, announces the reply's end and the branch free,
+    # so clients replaying the log do not show it streaming for ever.
+    made = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    context_id = made.id
+    made.close()
+    child = _writer(
+        tmp_path, context_id, f"ScriptedProvider().hang(after_chunks=3, text={HUNG_TEXT!r})"
+    )
+    try:
+        log = tmp_path / "contexts" / context_id / "signals" / "signals.log"
+        _wait_for(
+            lambda: (
+                log.exists()
+                and any(e.get("type") == "ContentDelta" for e in _logged(tmp_path, context_id))
+            ),
+            "the writer's deltas",
+        )
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(DEADLINE)
+        assert child.stdout is not None
+        child.stdout.close()
+
+    records = [json.loads(line) for line in log.read_bytes().splitlines() if line.strip()]
+    writer = records[-1]["w"]  # the killed process's
+    states = [r["e"]["new"] for r in records if r["e"]["type"] == "StateChanged"]
+    assert states[-1] != "Idle"  # it died mid-turn, and said nothing since
+
+    reopened = ContextSession.open(context_id, data_dir=tmp_path)
+    try:
+        assert reopened.title is not None  # reads the metadata only
+
+        def announced() -> list[dict[str, Any]]:
+            lines = log.read_bytes().splitlines()
+            return [json.loads(line)["e"] for line in lines[len(records) :] if line.strip()]
+
+        _wait_for(
+            lambda: any(e["type"] == "StateChanged" and e["new"] == "Idle" for e in announced()),
+            "the branch announced free in the log",
+        )
+        completed = [e for e in announced() if e["type"] == "MessageCompleted"]
+        assert [e["status"] for e in completed] == ["interrupted"]
+        assert all(
+            json.loads(line)["w"] != writer
+            for line in log.read_bytes().splitlines()[len(records) :]
+        )
+    finally:
+        reopened.close()
