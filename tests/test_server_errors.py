@@ -100,6 +100,24 @@ def test_error_signals_are_worded_for_a_client_too(
     assert f"POST {API}/contexts/{context_id}/stop" in shown
 
 
+def test_a_huge_value_is_not_echoed_back_whole(server: JupyterServer, client: httpx.Client) -> None:
+    # An error quoting what the client sent (an unknown tool call id, a provider spec)
+    # must not send a megabyte back, nor write it to the server's log.
+    context_id = create_context(client, [{"reply": "hi"}])
+    huge = "x" * 1_000_000
+    before = len(server.log())
+    for response in (
+        client.post(f"contexts/{context_id}/tools/approve", json={"tool_call_id": huge}),
+        client.post("contexts", json={"provider": huge}),
+    ):
+        assert 400 <= response.status_code < 500, response.status_code
+        assert len(response.content) < 2_000
+        assert (
+            "1,000,000 characters" in response.json()["message"] or "x" * 300 not in response.text
+        )
+    assert len(server.log()) - before < 20_000
+
+
 # -- a context removed on disk -------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ branch that exists) is 409; a store lock held too long is 503.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
@@ -76,13 +77,25 @@ class Operation:
     description: str = ""
 
 
+#: A run of text without spaces longer than any id, name or path the API takes: a value
+#: a client sent (a megabyte as a tool call id), echoed by an error message.
+_ECHO = re.compile(r"\S{200,}")
+
+
+def clip_echoes(message: str) -> str:
+    """``message`` with each very long run of text cut to its start and its length: an
+    error quoting a client's value must not send (or log) the whole of it back."""
+    return _ECHO.sub(lambda m: f"{m[0][:60]}... ({len(m[0]):,} characters)", message)
+
+
 class ApiError(web.HTTPError):
     """An error answer with a JSON body; raised by handlers, written by ``write_error``."""
 
     def __init__(self, status: int, body: ErrorBody, logged: str | None = None) -> None:
         # Tornado logs ``log_message`` (``logged``, default the body's message) with
         # %-formatting: escape the client's text.
-        text = body.message if logged is None else logged
+        body = body.model_copy(update={"message": clip_echoes(body.message)})
+        text = clip_echoes(body.message if logged is None else logged)
         super().__init__(status, text.replace("%", "%%"), reason=responses.get(status))
         self.body = body
 
