@@ -112,9 +112,7 @@ def test_a_huge_value_is_not_echoed_back_whole(server: JupyterServer, client: ht
     ):
         assert 400 <= response.status_code < 500, response.status_code
         assert len(response.content) < 2_000
-        assert (
-            "1,000,000 characters" in response.json()["message"] or "x" * 300 not in response.text
-        )
+        assert "x" * 300 not in response.text
     assert len(server.log()) - before < 20_000
 
 
