@@ -186,3 +186,11 @@ async def test_errors_keep_the_sdk_exception_as_cause(llama_server: LocalServer)
     with pytest.raises(ProviderError) as info:
         await collect(provider_for(llama_server, api_key="nope"), request("Hi"))
     assert type(info.value.__cause__).__module__.startswith("openai")
+
+
+def test_a_port_in_use_is_named_not_blamed_on_the_model_file(llama_server: LocalServer) -> None:
+    from cm_notebook.errors import PermanentProviderError
+
+    with pytest.raises(PermanentProviderError, match=rf"port {llama_server.port} .*port=0") as exc:
+        serve_openai_compatible(llama_server.port)
+    assert "model file" not in str(exc.value)

@@ -29,6 +29,7 @@ import json
 import os
 import select
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -219,6 +220,8 @@ def serve_openai_compatible(
     """
     xllamacpp = import_xllamacpp()
     file = resolve_model_file(model_path)
+    if port:
+        _check_port_free(port)
     server = _make_server(
         xllamacpp,
         file.path,
@@ -230,6 +233,20 @@ def serve_openai_compatible(
     )
     handle = LocalServer(server, alias)
     return handle.base_url, handle
+
+
+def _check_port_free(port: int) -> None:
+    # llama.cpp's own failure to bind reads "Failed to init server, please check the
+    # input params", which the load error then blames on the model file.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise PermanentProviderError(
+                f"local: port {port} on 127.0.0.1 cannot be used ({exc.strerror or exc}); "
+                "another program is probably listening there. Choose another port, or "
+                "port=0 to let the system pick a free one"
+            ) from None
 
 
 # -- the server process -----------------------------------------------------------------
