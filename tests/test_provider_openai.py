@@ -194,3 +194,16 @@ def test_a_port_in_use_is_named_not_blamed_on_the_model_file(llama_server: Local
     with pytest.raises(PermanentProviderError, match=rf"port {llama_server.port} .*port=0") as exc:
         serve_openai_compatible(llama_server.port)
     assert "model file" not in str(exc.value)
+
+
+async def test_a_conversation_longer_than_the_window_says_how_to_go_on(
+    llama_server: LocalServer,
+) -> None:
+    # The server is started with n_ctx=2048: this prompt is longer. Every send on the
+    # branch would fail alike, so the error says what to do instead of only "try
+    # increasing it".
+    with pytest.raises(PermanentProviderError) as info:
+        await collect(provider_for(llama_server), request("word " * 3000, max_tokens=8))
+    message = str(info.value)
+    assert "context size" in message  # the server's own words are kept
+    assert "branch from an earlier message or edit one" in message

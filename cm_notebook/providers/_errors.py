@@ -19,6 +19,7 @@ transient.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -150,9 +151,26 @@ def from_http_status(
             text = f"{prefix}not found (HTTP 404): {detail}. Check the base URL."
     elif status in (400, 422):
         text = f"{prefix}the request was rejected (HTTP {status}): {detail}"
+        if _TOO_LONG.search(detail):
+            text += (
+                ". The conversation no longer fits the model's context window, so every "
+                "send on this branch will fail the same way: branch from an earlier "
+                "message or edit one to go on with less"
+            )
+            if provider == "local":
+                text += ", or give the model a larger window (provider_options={'n_ctx': 8192})"
     else:
         text = f"{prefix}request failed (HTTP {status}): {detail}"
     return PermanentProviderError(text, status_code=status, provider=provider)
+
+
+#: How servers say a request is longer than the model's context window (llama.cpp,
+#: OpenAI, vLLM).
+_TOO_LONG = re.compile(
+    r"exceeds the available context size|maximum context length|context length exceeded"
+    r"|context_length_exceeded",
+    re.IGNORECASE,
+)
 
 
 def timeout_error(
