@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from jupyter_server_proc import BASE_URL, JupyterServer
-from server_client import create_context, read_events
+from server_client import create_context, read_events, wait_for
 
 API = f"{BASE_URL}cm/api"
 #: A Python call in an error's text: the remedy of a notebook, not of an HTTP client.
@@ -65,6 +65,16 @@ def test_errors_name_the_http_request_that_helps_and_no_server_path(
         client.post(f"contexts/{context_id}/branches", json={"name": "main"}), 409, server
     )
     assert "pick another name" in exists
+    wait_for(lambda: client.get(f"contexts/{context_id}").json()["state"] == "Idle")
+    messages = client.get(f"contexts/{context_id}/messages").json()["messages"]
+    reply = [m["id"] for m in messages if m["role"] == "assistant"][-1]
+    edit = client.post(f"contexts/{context_id}/messages/{reply}/edit", json={"text": "x"})
+    assert f"(POST {here}/regenerate for a new reply)" in _error(edit, 400, server)
+    active = _error(client.delete(f"contexts/{context_id}/branches/main"), 409, server)
+    assert (
+        f'switch to another one first (PUT {here}/branches/{{name}} with {{"active": true}})'
+        in active
+    )
     hostile = _error(client.get(f"contexts/{context_id}/messages/..%2F.."), 400, server)
     assert f"GET {here}/messages lists" in hostile
 
@@ -225,3 +235,33 @@ def test_a_server_whose_clients_are_trusted_lets_them_choose(tmp_path: Path) -> 
         assert http.post("contexts", json=body).status_code == 201
         created = http.post("contexts", json={"provider": "local:/no/such/model.gguf"})
         assert created.status_code == 201
+
+
+def test_a_lock_timeout_is_worded_as_something_to_try_again(tmp_path: Path) -> None:
+    # The store's own text names FileStore(lock_timeout=...), a knob a client has not.
+    import fcntl
+    import os
+
+    import anyio
+
+    from cm_notebook.errors import StoreLockTimeoutError
+    from cm_notebook.model import ContextMetadata
+    from cm_notebook.server.wording import for_http
+    from cm_notebook.store import FileStore
+
+    async def timed_out() -> str:
+        async with FileStore(tmp_path, lock_timeout=0.2) as store:
+            await store.create_context(ContextMetadata(id="c1"))
+            held = os.open(tmp_path / "contexts" / "c1" / ".lock", os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX)
+                with pytest.raises(StoreLockTimeoutError) as info:
+                    await store.update_metadata("c1", title="t")
+            finally:
+                os.close(held)
+            return str(info.value)
+
+    message = for_http(anyio.run(timed_out), data_dir=tmp_path, api=API, context_id="c1")
+    assert message.endswith("is writing to it. Try again.")
+    assert "FileStore" not in message
+    assert str(tmp_path) not in message

@@ -61,6 +61,16 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"Wait for its MessageCompleted signal (GET {here}/events)",
         ),
         (re.compile(r"\(from_message=\.\.\.\)"), "(from_message in the body)"),
+        (
+            re.compile(r"\(use regenerate\(\) for a new reply\)"),
+            f"(POST {here}/regenerate for a new reply)",
+        ),
+        (
+            re.compile(r"switch to another one first \(session\.switch\(name\)\)"),
+            f'switch to another one first (PUT {here}/branches/{{name}} with {{"active": true}})',
+        ),
+        (re.compile(r"Try again, or raise FileStore\(lock_timeout=\.\.\.\)\."), "Try again."),
+        (re.compile(r" \(or another FileStore\)"), ""),
     ]
 
 
