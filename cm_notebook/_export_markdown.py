@@ -33,7 +33,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from .model import Message
-from .render import CUT_OFF, status_label, was_cut_off
+from .render import CUT_OFF, code_fence, status_label, was_cut_off
 
 __all__ = ["markdown_of", "message_markdown"]
 
@@ -64,14 +64,6 @@ _NESTED_UNDERLINE = re.compile(_CONTAINER + r"(?=[-=])")
 _MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!<>&|~=:])")
 
 
-def _fence(text: str, info: str = "") -> str:
-    # A fence longer than any backtick run inside, so that the content cannot close it.
-    ticks = "```"
-    while ticks in text:
-        ticks += "`"
-    return f"{ticks}{info}\n{text}\n{ticks}"
-
-
 def _code_span(text: str) -> str:
     """``text`` as one inline code span: literal, on one line, closed by nothing inside."""
     flat = " ".join(text.splitlines()) or " "
@@ -82,14 +74,19 @@ def _code_span(text: str) -> str:
     return f"{ticks}{pad}{flat}{pad}{ticks}"
 
 
+def _plain(line: str) -> str:
+    # One line as plain text: every Markdown character escaped, no indentation.
+    return _MARKUP.sub(r"\\\1", line.strip())
+
+
 def _literal(text: str) -> str:
     """``text`` as plain text on one line: every Markdown character escaped."""
-    return _MARKUP.sub(r"\\\1", " ".join(part.strip() for part in text.splitlines()))
+    return " ".join(_plain(part) for part in text.splitlines())
 
 
 def _quoted(label: str, text: str) -> str:
     """A block quote ``**label:** text``, each line of ``text`` literal."""
-    lines = [_MARKUP.sub(r"\\\1", line.strip()) for line in text.splitlines()] or [""]
+    lines = [_plain(line) for line in text.splitlines()] or [""]
     lines[0] = f"**{label}:** {lines[0]}"
     return "\n".join(f"> {line}".rstrip() for line in lines)
 
@@ -225,12 +222,12 @@ def markdown_of(
         for call in message.tool_calls:
             args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
             _paragraph(lines, f"**Tool call** {_code_span(call.name)} ({call.status.value})")
-            _paragraph(lines, _fence(args, "json"))
+            _paragraph(lines, code_fence(args, "json"))
             if call.reason:
                 _paragraph(lines, _quoted("Reason", call.reason))
             if call.result is not None:
                 _paragraph(lines, "Result:")
-                _paragraph(lines, _fence(call.result))
+                _paragraph(lines, code_fence(call.result))
         if message.metadata.error:
             _paragraph(lines, _quoted("Error", message.metadata.error))
         if was_cut_off(message):

@@ -173,10 +173,7 @@ def check_branch_name_free(name: str, existing: Iterable[str]) -> str:
     branches can never see two that look the same. The exact name is left to the
     caller's own "already exists" check.
     """
-    key = branch_name_key(name)
-    for other in existing:
-        if other != name and branch_name_key(other) == key:
-            raise _looks_like(name, other)
+    check_branch_names_free([name], existing)
     return name
 
 

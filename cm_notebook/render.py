@@ -20,6 +20,7 @@ from .prompts import effective_system
 __all__ = [
     "CUT_OFF",
     "branch_repr",
+    "code_fence",
     "context_repr",
     "conversation_html",
     "message_html",
@@ -44,6 +45,15 @@ _ROLE_STYLE = {
     "system": "background:#fff8e6;border-left:3px solid #f59e0b",
     "tool": "background:#f3efff;border-left:3px solid #8b5cf6",
 }
+
+
+def code_fence(text: str, info: str = "") -> str:
+    """``text`` as a fenced Markdown code block whose fence is longer than any backtick
+    run inside, so nothing in the text can close it."""
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}{info}\n{text}\n{ticks}"
 
 
 def was_cut_off(message: Message) -> bool:

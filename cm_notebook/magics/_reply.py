@@ -33,6 +33,7 @@ from IPython.display import display
 from ..errors import CMError
 from ..model import Message
 from ..provenance import provenance_of
+from ..render import code_fence
 from ..widgets import CompareView, ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
@@ -74,11 +75,7 @@ def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
     if form == "code":
         if _FENCED.match(text):  # the model fenced its code itself: shown as it meant
             return render_markdown(text)
-        # A fence longer than any backtick run in the code, which nothing inside closes.
-        fence = "```"
-        while fence in text:
-            fence += "`"
-        return render_markdown(f"{fence}\n{text}\n{fence}")
+        return render_markdown(code_fence(text))
     return f'<pre style="white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
 
 
