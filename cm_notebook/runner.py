@@ -61,6 +61,7 @@ from .providers.base import (
     TextDelta,
     ToolCallRequest,
     Usage,
+    complete_params,
 )
 from .tools import (
     tool_call_from_request,
@@ -90,7 +91,9 @@ class TurnRunner(ToolRounds):
         self.turn = turn
         self.branch = turn.branch
         self.provider = provider
-        self.params = dict(params)
+        # What is sent, the provider's defaults included: recorded in the reply and
+        # hashed, so its provenance says how it was sampled (providers/base.py).
+        self.params = complete_params(provider, params)
         self._start = start
         self._writes = TurnWrites(host, turn.branch, head)
         self._scope: anyio.CancelScope | None = None

@@ -32,7 +32,14 @@ def test_local_model_replies_in_a_script(
     assert usage.input_tokens > 0
     assert 0 < usage.output_tokens <= 24
     assert message.metadata.provider == "local"
-    assert message.metadata.parameters == {"max_tokens": 24}
+    # The defaults the bundled model is sent are recorded too: greedy, seed 0.
+    assert message.metadata.parameters == {
+        "max_tokens": 24,
+        "seed": 0,
+        "temperature": 0.0,
+        "top_k": 1,
+    }
+    assert message.metadata.seed == 0
     reopened = ContextSession.open(session.id, data_dir=data_dir)
     assert reopened.history()[-1] == message
 

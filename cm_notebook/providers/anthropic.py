@@ -450,6 +450,14 @@ class AnthropicProvider:
         where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
         return f"AnthropicProvider(model={self.model!r}{where})"
 
+    def complete_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with the ``max_tokens`` sent when none is given (the
+        constructor's, 1024 by default: the API requires one)."""
+        complete = dict(params)
+        if not complete.get("max_tokens"):
+            complete["max_tokens"] = self.max_tokens
+        return complete
+
     def _has_credentials(self) -> bool:
         client = self._client
         # getattr: older SDK releases have no auth_token/credentials attributes.

@@ -133,6 +133,12 @@ class Provider(Protocol):
     refuses any other name before sending, with the close match, instead of storing a
     typo and ignoring it. Without it, every name is passed through. (Optional, so it
     is not part of the protocol that ``isinstance`` checks.)
+
+    A provider that fills in parameters a request leaves out (a default ``seed`` or
+    ``max_tokens``) should also have ``complete_params(params) -> dict``, returning the
+    parameters it sends for ``params``: the reply then records, and its request hash
+    covers, what was asked of the model rather than only what the user typed (see
+    :func:`complete_params`). Optional too.
     """
 
     #: Registry name, e.g. ``"local"``, ``"openai"``.
@@ -151,3 +157,23 @@ class Provider(Protocol):
 
 # The former name of StreamChunk, so code written against it still imports.
 ProviderEvent = StreamChunk
+
+
+def complete_params(provider: Provider, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation parameters ``provider`` sends for ``params``: ``params`` with the
+    provider's own defaults added for those left out (its ``complete_params``, if it
+    has one; else ``params`` as they are).
+
+    Two requests the model sees alike then record alike, whether a default was typed
+    or not, and a reply's provenance says how it was sampled (seed included).
+    """
+    complete = getattr(provider, "complete_params", None)
+    if complete is None:
+        return dict(params)
+    filled = complete(params)
+    if not isinstance(filled, dict):
+        raise TypeError(
+            f"{type(provider).__name__}.complete_params() returned "
+            f"{type(filled).__name__}, not a dict of parameters"
+        )
+    return filled

@@ -269,6 +269,16 @@ class LocalProvider:
             timeout=self.start_timeout,
         )
 
+    def complete_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The sampling parameters sent for ``params``: ``max_tokens=256`` and
+        ``seed=0`` unless given, and greedy decoding (``temperature=0``, ``top_k=1``)
+        unless a ``temperature`` is given. Recorded in each reply's metadata."""
+        complete: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS, "seed": 0}
+        if "temperature" not in params:
+            complete.update(temperature=0.0, top_k=1)  # greedy: the same reply every run
+        complete.update((key, value) for key, value in params.items() if value is not None)
+        return complete
+
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         if request.tools:
             logger.debug(
@@ -276,13 +286,11 @@ class LocalProvider:
                 self.model,
                 len(request.tools),
             )
-        params: Mapping[str, Any] = request.params
-        body: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS, "seed": 0}
-        if "temperature" not in params:
-            body.update(temperature=0.0, top_k=1)  # greedy: the same reply every run
-        for key, value in params.items():
-            if key not in _RESERVED and value is not None:
-                body[key] = value
+        body = {
+            key: value
+            for key, value in self.complete_params(request.params).items()
+            if key not in _RESERVED
+        }
         body.update(
             messages=to_openai_messages(request.messages),
             stream=True,
