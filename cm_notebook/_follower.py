@@ -41,6 +41,10 @@ __all__ = ["LogFollower"]
 
 logger = get_logger(__name__)
 
+# How long waiting_calls() waits for the first whole read of the log (it takes
+# milliseconds; a log too large to read in this time lists what was read after it).
+_SEED_WAIT_SECONDS = 1.0
+
 _DECIDED = frozenset(
     {ToolCallStatus.APPROVED, ToolCallStatus.DENIED, ToolCallStatus.DONE, ToolCallStatus.FAILED}
 )
@@ -87,7 +91,9 @@ class LogFollower:
         self._claim_held = claim_held
         self._on_dead = on_dead
         self._each_poll = each_poll
-        self._calls: dict[str, str] = {}  # tool call id -> message id, waiting elsewhere
+        # Tool call id -> (message id, branch) of calls waiting for approval elsewhere.
+        self._calls: dict[str, tuple[str, str | None]] = {}
+        self._seeded = threading.Event()  # set once the log was read whole (_seed)
         self._interval = interval
         self._lock = threading.Lock()
         self._remote: dict[str, fsm.State] = {}
@@ -151,8 +157,8 @@ class LogFollower:
         """
         with self._lock:
             known = self._calls.get(tool_call_id)
-        if known is not None:
-            return known
+        if known is not None and known[1] is not None and self._claim_held(known[1]):
+            return known[0]
         asked: tuple[str, str | None] | None = None
         reader = LogReader(self._reader.path, since=0)
         try:
@@ -172,6 +178,27 @@ class LogFollower:
         if asked is None or asked[1] is None or not self._claim_held(asked[1]):
             return None
         return asked[0]
+
+    def waiting_calls(self, branch: str | None = None) -> list[tuple[str, str, str]]:
+        """``(tool call id, message id, branch)`` of every call waiting for approval in
+        another live process (only ``branch``'s if given), in the order they were asked.
+
+        Waits (briefly) for the log to be read whole once, so a call asked for before
+        this process began following is listed too.
+        """
+        self._seeded.wait(_SEED_WAIT_SECONDS)
+        with self._lock:
+            calls = list(self._calls.items())
+        alive: dict[str, bool] = {}
+        waiting = []
+        for call_id, (message_id, asked_on) in calls:
+            if asked_on is None or branch not in (None, asked_on):
+                continue
+            if asked_on not in alive:
+                alive[asked_on] = self._claim_held(asked_on)  # its process can pick it up
+            if alive[asked_on]:
+                waiting.append((call_id, message_id, asked_on))
+        return waiting
 
     def close(self) -> None:
         """Stop following. Does not wait: the thread may be inside a store read that
@@ -221,6 +248,8 @@ class LogFollower:
                     self.step()  # owners already gone are announced at once
             except Exception:
                 logger.exception("reading the signal log %s failed", self._reader.path)
+            finally:
+                self._seeded.set()
             while True:
                 self._wake.wait(self._pause())
                 self._wake.clear()
@@ -241,18 +270,25 @@ class LogFollower:
         # and started again): their last state is not Idle, and no live process holds
         # their claim; the first step then announces them over (on_dead), or clients
         # replaying the log would show them streaming for ever. True if any was found.
+        # The calls still waiting for approval elsewhere are gathered on the way.
         states: dict[str, StateChanged] = {}
+        calls: dict[str, tuple[str, str | None]] = {}
         reader = LogReader(self._reader.path, since=0)
         try:
             for writer, event in reader.poll():
-                if writer != self._own and isinstance(event, StateChanged) and event.branch:
+                if writer == self._own:
+                    if isinstance(event, StateChanged) and event.branch:
+                        states.pop(event.branch, None)  # this process's own: it knows them
+                    continue
+                if isinstance(event, StateChanged) and event.branch:
                     states[event.branch] = event
-                elif isinstance(event, StateChanged) and event.branch:
-                    states.pop(event.branch, None)  # this process's own: it knows them
+                _track_calls(calls, event)
         finally:
             reader.close()
         found = False
         with self._lock:
+            for call_id, asked in calls.items():
+                self._calls.setdefault(call_id, asked)
             for branch, last in states.items():
                 if last.new is not fsm.State.IDLE and branch not in self._remote:
                     self._remote[branch] = last.new
@@ -276,6 +312,7 @@ class LogFollower:
             with self._lock:
                 state = self._remote.pop(branch, None)
                 self._turns.pop(branch, None)
+                _forget_branch(self._calls, branch)  # no process is left to pick them up
             if state is not None:
                 self._on_dead(branch, state)
 
@@ -283,8 +320,8 @@ class LogFollower:
         for writer, event in self._reader.poll():
             if writer == self._own or isinstance(event, Resync):
                 continue
-            if isinstance(event, StateChanged) and event.branch is not None:
-                with self._lock:
+            with self._lock:
+                if isinstance(event, StateChanged) and event.branch is not None:
                     if event.new is fsm.State.IDLE:
                         self._remote.pop(event.branch, None)
                         self._turns.pop(event.branch, None)
@@ -292,10 +329,23 @@ class LogFollower:
                         self._remote[event.branch] = event.new
                         if event.turn_id is not None:
                             self._turns[event.branch] = event.turn_id
-            elif isinstance(event, ToolApprovalRequested):
-                with self._lock:
-                    self._calls.update(dict.fromkeys(event.tool_call_ids, event.message_id))
-            elif isinstance(event, ToolCallResolved) and event.status in _DECIDED:
-                with self._lock:
-                    self._calls.pop(event.tool_call_id, None)
+                _track_calls(self._calls, event)
             self._relay(event)
+
+
+def _track_calls(calls: dict[str, tuple[str, str | None]], event: Event) -> None:
+    # Another process's call waits from its ToolApprovalRequested until it is decided,
+    # or its branch's turn ends (stopped while waiting: no decision is announced).
+    if isinstance(event, ToolApprovalRequested):
+        calls.update(dict.fromkeys(event.tool_call_ids, (event.message_id, event.branch)))
+    elif isinstance(event, ToolCallResolved) and event.status in _DECIDED:
+        calls.pop(event.tool_call_id, None)
+    elif (
+        isinstance(event, StateChanged) and event.branch is not None and event.new is fsm.State.IDLE
+    ):
+        _forget_branch(calls, event.branch)
+
+
+def _forget_branch(calls: dict[str, tuple[str, str | None]], branch: str) -> None:
+    for call_id in [key for key, (_, asked_on) in calls.items() if asked_on == branch]:
+        del calls[call_id]

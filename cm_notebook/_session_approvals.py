@@ -15,13 +15,13 @@ log (so over SSE) and in the views.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ._approval_apply import approval, approve_allowed
 from ._session_reading import SessionReading
-from .approvals import ApprovalRecord, Decision, Remember, check_remember
-from .errors import InvalidInputError
+from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
+from .errors import InvalidInputError, ToolCallNotFoundError
 from .ids import validate_branch_name
 from .model import ToolCall
 
@@ -58,7 +58,8 @@ class ApprovalMethods(SessionReading):
         by: str = "user",
     ) -> builtins.list[ToolCall]:
         """Approve one pending tool call, or all of them with ``tool_call_id=None``
-        (only those of ``branch`` if given, e.g. one arm of a fan-out).
+        (only those of ``branch`` if given, e.g. one arm of a fan-out), including those
+        waiting in other processes (see :attr:`pending_tool_calls`).
 
         ``arguments`` replaces the model's arguments for that call after validation
         against the tool's schema (only with a single ``tool_call_id``); a call waiting
@@ -73,17 +74,27 @@ class ApprovalMethods(SessionReading):
         remember = check_remember(remember)
         by = _check_by(by)
         only = None if branch is None else validate_branch_name(branch)
-        elsewhere = self._decide_elsewhere(
-            tool_call_id, approved=True, reason=None, arguments=arguments, by=by, remember=remember
-        )
+        elsewhere = None
+        if tool_call_id is not None:
+            elsewhere = self._decide_elsewhere(
+                tool_call_id,
+                approved=True,
+                reason=None,
+                arguments=arguments,
+                by=by,
+                remember=remember,
+            )
         if elsewhere is not None:
             decided = elsewhere
         else:
-            decided = self._approvals.decide(
+            decided = self._decide_here_and_elsewhere(
                 tool_call_id,
-                self._was_resolved,
                 only,
                 lambda pending: approval(self, pending, arguments, by=by, remember=remember),
+                approved=True,
+                reason=None,
+                by=by,
+                remember=remember,
             )
         if remember != "once":
             for name in dict.fromkeys(call.name for call in decided):
@@ -99,20 +110,55 @@ class ApprovalMethods(SessionReading):
         branch: str | None = None,
         by: str = "user",
     ) -> builtins.list[ToolCall]:
-        """Deny one pending tool call, or all (of ``branch`` if given); the model is told
-        ``reason``. ``by`` names who decides, for :meth:`approval_log`."""
+        """Deny one pending tool call, or all (of ``branch`` if given, here and in other
+        processes); the model is told ``reason``. ``by`` names who decides, for
+        :meth:`approval_log`."""
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         by = _check_by(by)
         only = None if branch is None else validate_branch_name(branch)
         decision = Decision(False, reason or "denied by the user", by=by)
-        elsewhere = self._decide_elsewhere(
-            tool_call_id, approved=False, reason=decision.reason, by=by
+        if tool_call_id is not None:
+            elsewhere = self._decide_elsewhere(
+                tool_call_id, approved=False, reason=decision.reason, by=by
+            )
+            if elsewhere is not None:
+                return elsewhere
+        return self._decide_here_and_elsewhere(
+            tool_call_id,
+            only,
+            lambda pending: decision,
+            approved=False,
+            reason=decision.reason,
+            by=by,
         )
-        if elsewhere is not None:
-            return elsewhere
-        return self._approvals.decide(
-            tool_call_id, self._was_resolved, only, lambda pending: decision
+
+    def _decide_here_and_elsewhere(
+        self,
+        tool_call_id: str | None,
+        branch: str | None,
+        decision_for: Callable[[PendingCall], Decision],
+        *,
+        approved: bool,
+        reason: str | None,
+        by: str,
+        remember: str = "once",
+    ) -> builtins.list[ToolCall]:
+        # One call waiting here, or every call (of ``branch``): those waiting here and
+        # those waiting in other processes (a kernel's turn seen from the server, say).
+        if tool_call_id is not None:
+            return self._approvals.decide(tool_call_id, self._was_resolved, branch, decision_for)
+        try:
+            decided = self._approvals.decide(None, self._was_resolved, branch, decision_for)
+        except ToolCallNotFoundError as nothing_here:
+            decided = self._decide_all_elsewhere(
+                branch, approved=approved, reason=reason, by=by, remember=remember
+            )
+            if not decided:
+                raise nothing_here
+            return decided
+        return decided + self._decide_all_elsewhere(
+            branch, approved=approved, reason=reason, by=by, remember=remember
         )
 
     def allowed_tools(self) -> dict[Literal["session", "context"], list[str]]:

@@ -24,7 +24,7 @@ from ._session_core import SessionCore
 from .compare import BranchResult, Comparison
 from .errors import CMError, InvalidInputError, ToolCallAlreadyResolvedError
 from .ids import validate_branch_name, validate_message_id
-from .model import Message, ToolCall
+from .model import Message, ToolCall, ToolCallStatus
 from .prompts import effective_system
 from .providers import Provider
 from .titles import title_from_text, validate_title
@@ -118,7 +118,7 @@ class SessionReading(SessionCore):
 
     def _decide_elsewhere(
         self,
-        call_id: str | None,
+        call_id: str,
         *,
         approved: bool,
         reason: str | None,
@@ -128,7 +128,7 @@ class SessionReading(SessionCore):
     ) -> builtins.list[ToolCall] | None:
         # A call waiting in another process: record the decision for it to pick up.
         # None if it waits here, or no other process is known to wait on it.
-        if call_id is None or self._follower is None or self._decisions is None:
+        if self._follower is None or self._decisions is None:
             return None
         if call_id in self._approvals.ids():
             return None
@@ -158,6 +158,63 @@ class SessionReading(SessionCore):
                 f"tool call {call_id!r} was already approved or denied"
             )
         return calls
+
+    def _decide_all_elsewhere(
+        self,
+        branch: str | None,
+        *,
+        approved: bool,
+        reason: str | None,
+        by: str,
+        remember: str = "once",
+    ) -> builtins.list[ToolCall]:
+        # Every call waiting in another process (of ``branch`` if given) gets the
+        # decision; those another client decided meanwhile are left out.
+        if self._decisions is None:
+            return []
+        return [
+            call
+            for call, message_id in self._waiting_elsewhere(branch)
+            if self._decisions.post(
+                call.id,
+                message_id,
+                approved=approved,
+                reason=reason,
+                arguments=None,
+                by=by,
+                remember=remember,
+            )
+        ]
+
+    def _waiting_elsewhere(self, branch: str | None) -> builtins.list[tuple[ToolCall, str]]:
+        # The calls waiting for approval in other live processes, with their messages.
+        if self._follower is None:
+            return []
+        waiting: builtins.list[tuple[ToolCall, str]] = []
+        for call_id, message_id, _ in self._follower.waiting_calls(branch):
+            try:
+                message = self.get(message_id)
+            except CMError:
+                continue  # its reply was deleted since: nothing can pick a decision up
+            waiting.extend(
+                (call.model_copy(update={"status": ToolCallStatus.PENDING}), message_id)
+                for call in message.tool_calls
+                if call.id == call_id
+            )
+        return waiting
+
+    def running_turn_id(self, branch: str | None = None) -> str | None:
+        """The id of the turn running on ``branch`` (default: active): this session's,
+        or one another live process that opened the context runs (a kernel's, seen
+        from the server); None when none runs."""
+        name = self._branch_name(branch)
+        with self._lock:
+            runner = self._runners.get(name)
+        if runner is not None:
+            return runner.turn.id
+        if self._follower is None or self.state_of(name) is fsm.State.IDLE:
+            return None
+        return self._follower.remote_turn(name)
 
     @property
     def signal_log_path(self) -> Path | None:

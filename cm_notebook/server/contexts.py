@@ -15,9 +15,9 @@ def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
     metadata = session.metadata
     running = {}
     for name in metadata.branches:
-        turn = session.turn(name)
-        if turn is not None:
-            running[name] = turn.id
+        turn_id = session.running_turn_id(name)  # the server's, or a kernel's
+        if turn_id is not None:
+            running[name] = turn_id
     return ContextDetail(
         context=metadata,
         state=session.state_of(metadata.active_branch),
