@@ -341,6 +341,8 @@ def test_send_while_streaming_is_a_conflict_and_stop_ends_the_reply(client: http
     assert reply["status"] == "interrupted"
     _assert_error(client.post(f"contexts/{context_id}/stop", json={}), 409)
     _assert_error(client.post(f"contexts/{context_id}/stop", json={"branch": "nope"}), 404)
+    malformed = client.post(f"contexts/{context_id}/stop", json={"branch": "../.."})
+    assert _assert_error(malformed, 400)["reason"] == "InvalidIdError"
 
 
 # -- messages, branches, edit, regenerate, compare --------------------------------------

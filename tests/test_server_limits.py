@@ -153,6 +153,17 @@ def test_a_last_event_id_that_is_not_ascii_digits_is_400(client: httpx.Client, r
     )
 
 
+def test_a_utf8_last_event_id_is_echoed_as_sent(client: httpx.Client) -> None:
+    # HTTP headers reach the server as Latin-1; the client wrote UTF-8.
+    context_id = create_context(client, [])
+    message = _refused(
+        client.get(f"contexts/{context_id}/events", headers={"Last-Event-ID": "é42".encode()}),
+        400,
+        "'é42'",
+    )
+    assert "Ã" not in message
+
+
 def test_params_that_name_the_request_own_arguments_are_400(client: httpx.Client) -> None:
     context_id = create_context(client, [])
     for name in ("metadata", "branch", "text"):

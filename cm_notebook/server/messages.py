@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import BranchNotFoundError, StateError
+from ..ids import validate_branch_name
 from ..model import Message
 from ..session import ContextSession
 from ..turn import Turn
@@ -146,6 +147,7 @@ class StopHandler(CMHandler):
         session = await self.session(context_id)
         request = self.body(Stop)
         branch = request.branch if request.branch is not None else session.active_branch
+        branch = validate_branch_name(branch)  # "../.." is malformed (400), not unknown
         if branch not in session.branch_names:
             raise BranchNotFoundError(f"there is no branch {branch!r} in context {context_id!r}")
         # Also a reply that another process (a kernel) generates: it is asked to stop.

@@ -213,9 +213,18 @@ def parse_since(last_event_id: str | None, since: int | None) -> int | None:
     if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise InvalidInputError(
             "Last-Event-ID must be a signal's sequence number (a whole number >= 0), "
-            f"got {last_event_id[:40]!r}"
+            f"got {_as_sent(last_event_id)[:40]!r}"
         )
     return int(value)
+
+
+def _as_sent(header: str) -> str:
+    # Header values arrive decoded as Latin-1; a client that wrote UTF-8 (every
+    # browser, httpx) is shown its own text, not mojibake.
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return header
 
 
 def sse_message(event: Event) -> str:
