@@ -9,8 +9,16 @@ person's text, so each is made safe *in the document*, not only on its own:
   Code nested in a list or a quote keeps its ``&`` and ``>`` but not a raw ``<``:
   where such a block ends depends on the container, which renderers do not all read
   alike, and only ``<`` can open markup.
+* **Inline code as typed.** A code span on one line (`` `a < b` ``) keeps its ``<``
+  and ``&``: in a span an entity is shown as typed, so ``&lt;`` would be read. Only
+  in a paragraph where every reader pairs the backticks alike: no link destination
+  (``](``), no ``|`` (a table cell boundary to some), no ``$`` or backslash (math
+  that notebooks take out before Markdown is read). The message is then parsed again
+  with HTML on, to check that no markup came alive (else its spans are escaped too).
 * **No script links.** A link or reference definition whose destination is a
   ``javascript:``, ``vbscript:`` or ``data:`` URL is shown as text.
+* **No images loaded on opening.** An image is a link to it (its ``!`` escaped): a
+  reply's image address can carry what the model read to whoever serves it.
 * **Nothing left open.** A fence a message opens and never closes is closed at its end,
   so it cannot swallow the next message's headings (or leave the next message's "code"
   live, as its closing fence would then open markup).
@@ -43,6 +51,13 @@ _ROLE_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "t
 #: the text once its ``<`` are escaped (no HTML block can hide a fence).
 _BLOCKS = MarkdownIt("commonmark", {"html": False})
 
+#: How a renderer that lets raw HTML through reads a message: the check that escaping
+#: left none alive.
+_LIVE = MarkdownIt("commonmark", {"html": True}).enable("table")
+_BACKTICKS = re.compile("`+")
+#: What, in a paragraph, may make a reader pair its backticks otherwise (see above).
+_UNSURE_PAIRING = ("](", "|", "$", "\\")
+
 #: A link's destination, or a reference definition's, that runs script or holds a
 #: document. ``\s*`` spans the one line break CommonMark allows before a destination;
 #: ``&lt;`` is a ``<`` already escaped (a destination in pointy brackets).
@@ -51,6 +66,10 @@ _SCRIPT_LINK = re.compile(r"\]\((?=" + _SCRIPT_URL + ")", re.IGNORECASE)
 _SCRIPT_DEFINITION = re.compile(
     r"^( {0,3})\[(?=[^\n]*?\]:" + _SCRIPT_URL + ")", re.IGNORECASE | re.MULTILINE
 )
+
+#: An image (inline or by reference): a reader would load it on opening the
+#: document, telling its server so, with whatever a reply put in its address.
+_IMAGE = re.compile(r"(?<!\\)!\[")
 
 #: A heading in a quote or a list item: the container's marks, then the heading's.
 #: An ATX one goes two levels down; a setext one's underline is escaped (its text is a
@@ -106,10 +125,18 @@ def _demoted(line: str, setext: list[str] | None, level: int) -> str:
 def message_markdown(text: str) -> str:
     """``text`` (a message, a system prompt) as a safe block of the document (see the
     module docstring)."""
+    safe = _message_markdown(text, keep_spans=True)
+    if "`" in text and _has_markup(safe):
+        return _message_markdown(text, keep_spans=False)
+    return safe
+
+
+def _message_markdown(text: str, *, keep_spans: bool) -> str:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     literal: set[int] = set()  # top-level code: as typed
     nested: set[int] = set()  # code in a list or quote: as typed but for "<"
     headings: dict[int, tuple[int, int]] = {}  # first line -> (end, level)
+    paragraphs: dict[int, int] = {}  # first line -> end, of those whose spans are kept
     unclosed = ""
     for token in _BLOCKS.parse(text):
         if token.map is None:
@@ -121,6 +148,10 @@ def message_markdown(text: str) -> str:
                 unclosed = token.markup
         elif token.type == "heading_open":
             headings[start] = (end, int(token.tag[1]) if token.level == 0 else 0)
+        elif token.type == "paragraph_open" and keep_spans:
+            block = "\n".join(lines[start:end])
+            if "`" in block and not any(mark in block for mark in _UNSURE_PAIRING):
+                paragraphs[start] = end
     out: list[str] = []
     code: set[int] = set()  # lines of ``out`` that are code as typed
     at = 0
@@ -144,6 +175,11 @@ def message_markdown(text: str) -> str:
                 out.append(_escaped(_NESTED_ATX.sub(r"\1##\2", line, count=1)))
             at = end
             continue
+        elif at in paragraphs:
+            end = paragraphs[at]
+            out += _escaped_but_code_spans("\n".join(lines[at:end])).split("\n")
+            at = end
+            continue
         elif at in nested:
             out.append(line.replace("<", "&lt;"))
         else:
@@ -152,6 +188,47 @@ def message_markdown(text: str) -> str:
     if unclosed:
         out.append(unclosed)
     return "\n".join(_without_script_links(out, code))
+
+
+def _escaped_but_code_spans(text: str) -> str:
+    # ``text`` (one paragraph, with no backslash) escaped, but for its code spans on
+    # one line, found as CommonMark finds them: a run of backticks up to the next run
+    # of the same length; a run with none is literal backticks. A span across lines
+    # is escaped: a line start inside it could open an HTML block to some readers.
+    out: list[str] = []
+    plain_from = at = 0
+    while (at := text.find("`", at)) >= 0:
+        run_end = at
+        while run_end < len(text) and text[run_end] == "`":
+            run_end += 1
+        close = _closing_run(text, run_end, run_end - at)
+        if close is None:
+            at = run_end
+        elif "\n" in text[at:close]:
+            at = close
+        else:
+            out += [_escaped(text[plain_from:at]), text[at:close]]
+            plain_from = at = close
+    out.append(_escaped(text[plain_from:]))
+    return "".join(out)
+
+
+def _closing_run(text: str, start: int, length: int) -> int | None:
+    # The end of the first run of exactly ``length`` backticks from ``start``, if any.
+    for match in _BACKTICKS.finditer(text, start):
+        if len(match[0]) == length:
+            return match.end()
+    return None
+
+
+def _has_markup(markdown: str) -> bool:
+    # Whether a renderer with raw HTML on (and tables) finds any HTML in ``markdown``.
+    for token in _LIVE.parse(markdown):
+        if token.type == "html_block" or any(
+            child.type == "html_inline" for child in token.children or ()
+        ):
+            return True
+    return False
 
 
 def _closes(lines: list[str], token: Token) -> bool:
@@ -166,8 +243,10 @@ def _closes(lines: list[str], token: Token) -> bool:
 
 def _without_script_links(lines: list[str], code: set[int]) -> list[str]:
     # ``](`` before a script URL becomes ``]\(``, and a reference definition's ``[``
-    # ``\[``: the text reads the same, and is no link. Code lines are left as they are.
+    # ``\[``: the text reads the same, and is no link. An image's ``!`` becomes ``\!``:
+    # a link to it, loaded only on purpose. Code lines are left as they are.
     lines = _outside_code(_SCRIPT_LINK, lambda m: "]\\(", lines, code)
+    lines = _outside_code(_IMAGE, lambda m: "\\![", lines, code)
     return _outside_code(_SCRIPT_DEFINITION, lambda m: f"{m[1]}\\[", lines, code)
 
 

