@@ -52,6 +52,18 @@ def test_markdown_escapes_raw_html_and_highlights_code() -> None:
     assert '<code class="language-python"><span style=' in out
 
 
+def test_very_long_code_is_shown_plain_and_whole() -> None:
+    from cm_notebook.widgets.markdown import MAX_HIGHLIGHTED_CHARS
+
+    line = "x = a < b  # compare\n"
+    long_code = line * (MAX_HIGHLIGHTED_CHARS // len(line) + 1)
+    out = render_markdown(f"```python\n{long_code}```")
+    assert "<span style=" not in out  # not coloured
+    assert out.count("x = a &lt; b  # compare") == long_code.count("\n")  # every line
+    short = render_markdown(f"```python\n{line * 3}```")
+    assert "<span style=" in short
+
+
 def test_remote_images_are_links_and_inline_ones_are_shown() -> None:
     # An image URL a model wrote would be fetched wherever the notebook is opened,
     # carrying whatever the model put in it: a link instead, opened only on purpose.

@@ -1,6 +1,7 @@
 """Markdown to HTML for the views: markdown-it-py (CommonMark + tables + strikethrough),
 code blocks highlighted by pygments with inline styles (so the HTML also looks right in a
-saved notebook or nbconvert output, where no stylesheet of ours is loaded).
+saved notebook or nbconvert output, where no stylesheet of ours is loaded), but for very
+long ones (:data:`MAX_HIGHLIGHTED_CHARS`), shown plain.
 
 Raw HTML in a message is shown as text, never interpreted: a model's reply must not be
 able to inject markup or script into the notebook. Remote images are links, not loaded
@@ -31,9 +32,14 @@ _PRE_STYLE = (
 )
 
 
+#: Code blocks longer than this are shown without colours: pygments takes about 3.5 s
+#: for a megabyte, and a view renders on the kernel's thread.
+MAX_HIGHLIGHTED_CHARS = 50_000
+
+
 def _highlight(code: str, lang: str, _attrs: str) -> str:
     # markdown-it uses a result starting with "<pre" as is; "" means "escape it yourself".
-    if not lang:
+    if not lang or len(code) > MAX_HIGHLIGHTED_CHARS:
         return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
     try:
         lexer = get_lexer_by_name(lang.strip().split()[0])
