@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import fsm
@@ -41,9 +41,9 @@ __all__ = ["LogFollower"]
 
 logger = get_logger(__name__)
 
-# How long waiting_calls() waits for the first whole read of the log (it takes
-# milliseconds; a log too large to read in this time lists what was read after it).
-_SEED_WAIT_SECONDS = 1.0
+# How long waiting_calls() waits for the follower to read the log as it is (a step
+# takes milliseconds; the first, which reads the log whole, longer for a large log).
+_CATCH_UP_SECONDS = 1.0
 
 _DECIDED = frozenset(
     {ToolCallStatus.APPROVED, ToolCallStatus.DENIED, ToolCallStatus.DONE, ToolCallStatus.FAILED}
@@ -91,9 +91,11 @@ class LogFollower:
         self._claim_held = claim_held
         self._on_dead = on_dead
         self._each_poll = each_poll
-        # Tool call id -> (message id, branch) of calls waiting for approval elsewhere.
-        self._calls: dict[str, tuple[str, str | None]] = {}
-        self._seeded = threading.Event()  # set once the log was read whole (_seed)
+        # (tool call id, message id) -> branch of calls waiting for approval elsewhere.
+        self._calls: dict[tuple[str, str], str | None] = {}
+        # Steps begun and done (the first is the whole read, _seed): see caught_up().
+        self._steps = threading.Condition()
+        self._begun = self._done = 0
         self._interval = interval
         self._lock = threading.Lock()
         self._remote: dict[str, fsm.State] = {}
@@ -148,54 +150,55 @@ class LogFollower:
             return None
         return known
 
-    def waiting_call(self, tool_call_id: str) -> str | None:
-        """The message of a tool call waiting for approval in another process, if any.
+    def waiting_call(self, tool_call_id: str, branch: str | None = None) -> list[tuple[str, str]]:
+        """``(message id, branch)`` of each call ``tool_call_id`` waiting for approval in
+        another live process (on ``branch`` if given): two processes may each number
+        their calls ``call_1``. Usually one, or none.
 
-        A call asked for before this process began following is looked up in the log
-        (a server opening a context while a kernel's turn waits, say); it counts only
-        while its branch's claim is held, i.e. its process is alive to pick it up.
+        A call asked for after the follower's last read is looked up in the log.
         """
-        with self._lock:
-            known = self._calls.get(tool_call_id)
-        if known is not None and known[1] is not None and self._claim_held(known[1]):
-            return known[0]
-        asked: tuple[str, str | None] | None = None
-        reader = LogReader(self._reader.path, since=0)
-        try:
-            for writer, event in reader.poll():
-                if writer == self._own:
-                    continue  # this process's own calls are on its desk, or were decided
-                if isinstance(event, ToolApprovalRequested) and tool_call_id in event.tool_call_ids:
-                    asked = (event.message_id, event.branch)
-                elif (
-                    isinstance(event, ToolCallResolved)
-                    and event.tool_call_id == tool_call_id
-                    and event.status in _DECIDED
-                ):
-                    asked = None
-        finally:
-            reader.close()
-        if asked is None or asked[1] is None or not self._claim_held(asked[1]):
-            return None
-        return asked[0]
+        found = self.waiting_calls(branch, wait=False)
+        if not any(call_id == tool_call_id for call_id, _, _ in found):
+            # Not heard of yet: the log read whole (a call asked a moment ago).
+            calls: dict[tuple[str, str], str | None] = {}
+            reader = LogReader(self._reader.path, since=0)
+            try:
+                for writer, event in reader.poll():
+                    if writer != self._own:  # this process's own calls are on its desk
+                        _track_calls(calls, event)
+            finally:
+                reader.close()
+            found = self._alive(calls, branch)
+        return [(message_id, on) for call_id, message_id, on in found if call_id == tool_call_id]
 
-    def waiting_calls(self, branch: str | None = None) -> list[tuple[str, str, str]]:
+    def waiting_calls(
+        self, branch: str | None = None, *, wait: bool = True
+    ) -> list[tuple[str, str, str]]:
         """``(tool call id, message id, branch)`` of every call waiting for approval in
         another live process (only ``branch``'s if given), in the order they were asked.
 
-        Waits (briefly) for the log to be read whole once, so a call asked for before
-        this process began following is listed too.
+        With ``wait``, waits (at most a second) for the log to be read whole once, so a
+        call asked for before this process began following is listed too: call it off
+        an event loop.
         """
-        self._seeded.wait(_SEED_WAIT_SECONDS)
+        if wait:
+            self.caught_up(_CATCH_UP_SECONDS)
         with self._lock:
-            calls = list(self._calls.items())
+            calls = dict(self._calls)
+        return self._alive(calls, branch)
+
+    def _alive(
+        self, calls: dict[tuple[str, str], str | None], branch: str | None
+    ) -> list[tuple[str, str, str]]:
+        # The calls of ``branch`` (or all) whose process still holds the branch's claim,
+        # i.e. is alive to pick a decision up.
         alive: dict[str, bool] = {}
         waiting = []
-        for call_id, (message_id, asked_on) in calls:
+        for (call_id, message_id), asked_on in calls.items():
             if asked_on is None or branch not in (None, asked_on):
                 continue
             if asked_on not in alive:
-                alive[asked_on] = self._claim_held(asked_on)  # its process can pick it up
+                alive[asked_on] = self._claim_held(asked_on)
             if alive[asked_on]:
                 waiting.append((call_id, message_id, asked_on))
         return waiting
@@ -240,28 +243,56 @@ class LogFollower:
             busy = bool(self._remote)
         return self._busy_safety if busy else self._safety
 
+    def caught_up(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until the follower has read the log as it
+        is now: a signal another process wrote before this call is then known here
+        (e.g. to a client that heard of a call over SSE and asks for the list). False
+        on timeout, or when called from the follower's own thread (no wait)."""
+        if threading.current_thread() is self._thread:
+            return False
+        with self._steps:
+            target = self._begun + 1  # a step begun after this call
+        self._wake.set()
+        with self._steps:
+            return self._steps.wait_for(lambda: self._done >= target, timeout)
+
     def _run(self) -> None:
         # Cleared before each read: a change made during the read wakes the next one.
         try:
-            try:
-                if self._seed():
-                    self.step()  # owners already gone are announced at once
-            except Exception:
-                logger.exception("reading the signal log %s failed", self._reader.path)
-            finally:
-                self._seeded.set()
+            with self._counted():
+                try:
+                    if self._seed():
+                        self.step()  # owners already gone are announced at once
+                except Exception:
+                    logger.exception("reading the signal log %s failed", self._reader.path)
             while True:
                 self._wake.wait(self._pause())
                 self._wake.clear()
                 if self._stop.is_set():
                     return
-                try:
-                    self.step()
-                except Exception:
-                    # Following is a convenience: a damaged log must not kill the thread.
-                    logger.exception("following the signal log %s failed", self._reader.path)
+                with self._counted():
+                    try:
+                        self.step()
+                    except Exception:
+                        # Following is a convenience: a damaged log must not kill the
+                        # thread.
+                        logger.exception("following the signal log %s failed", self._reader.path)
         finally:
             self._reader.close()
+            with self._steps:
+                self._done = self._begun = 1 << 62  # closed: nobody waits for a step
+                self._steps.notify_all()
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._steps:
+            self._begun += 1
+        try:
+            yield
+        finally:
+            with self._steps:
+                self._done += 1
+                self._steps.notify_all()
 
     def _seed(self) -> bool:
         # Turns other processes began before this one followed the log: their last
@@ -272,7 +303,7 @@ class LogFollower:
         # replaying the log would show them streaming for ever. True if any was found.
         # The calls still waiting for approval elsewhere are gathered on the way.
         states: dict[str, StateChanged] = {}
-        calls: dict[str, tuple[str, str | None]] = {}
+        calls: dict[tuple[str, str], str | None] = {}
         reader = LogReader(self._reader.path, since=0)
         try:
             for writer, event in reader.poll():
@@ -287,8 +318,8 @@ class LogFollower:
             reader.close()
         found = False
         with self._lock:
-            for call_id, asked in calls.items():
-                self._calls.setdefault(call_id, asked)
+            for key, asked_on in calls.items():
+                self._calls.setdefault(key, asked_on)
             for branch, last in states.items():
                 if last.new is not fsm.State.IDLE and branch not in self._remote:
                     self._remote[branch] = last.new
@@ -333,19 +364,22 @@ class LogFollower:
             self._relay(event)
 
 
-def _track_calls(calls: dict[str, tuple[str, str | None]], event: Event) -> None:
+def _track_calls(calls: dict[tuple[str, str], str | None], event: Event) -> None:
     # Another process's call waits from its ToolApprovalRequested until it is decided,
     # or its branch's turn ends (stopped while waiting: no decision is announced).
+    # Keyed by message too: call ids are unique only within one process's reply.
     if isinstance(event, ToolApprovalRequested):
-        calls.update(dict.fromkeys(event.tool_call_ids, (event.message_id, event.branch)))
+        calls.update({(call_id, event.message_id): event.branch for call_id in event.tool_call_ids})
     elif isinstance(event, ToolCallResolved) and event.status in _DECIDED:
-        calls.pop(event.tool_call_id, None)
+        for key in [k for k, on in calls.items() if k[0] == event.tool_call_id]:
+            if event.branch in (None, calls[key]):
+                del calls[key]
     elif (
         isinstance(event, StateChanged) and event.branch is not None and event.new is fsm.State.IDLE
     ):
         _forget_branch(calls, event.branch)
 
 
-def _forget_branch(calls: dict[str, tuple[str, str | None]], branch: str) -> None:
-    for call_id in [key for key, (_, asked_on) in calls.items() if asked_on == branch]:
-        del calls[call_id]
+def _forget_branch(calls: dict[tuple[str, str], str | None], branch: str) -> None:
+    for key in [key for key, asked_on in calls.items() if asked_on == branch]:
+        del calls[key]

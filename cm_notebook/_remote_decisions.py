@@ -8,7 +8,10 @@ call wins (it is linked into place, which fails if one exists). The waiting proc
 log follower looks for records of the calls on its desk each time it polls, applies
 the decision as if it were made locally. The record stays (a few bytes per decision),
 so a second decision for the same call is refused however late it comes. The waiting
-turn's ``ToolCallResolved`` signal then tells every process the outcome.
+turn's ``ToolCallResolved`` signal then tells every process the outcome. A decision
+made in the waiting process itself first claims the record's place
+(:meth:`DecisionBox.claim`), so a remote decision that comes at the same moment is
+refused rather than reported made.
 
 Stopping a reply that another process generates works the same way: a stop record,
 ``<context>/decisions/stop-<digest of the turn id>.json``, names the turn (not the
@@ -105,6 +108,29 @@ class DecisionBox:
         fsync_dir(self.folder, self._fsync)  # the record's name, through a power loss
         return True
 
+    def claim(self, tool_call_id: str, message_id: str) -> bool:
+        """Mark a call of ``message_id`` decided by the process it waits in; False if
+        another process recorded a decision for it first (that one is then applied).
+
+        So two clients deciding one call at once (a click in the kernel, a request to
+        the server) are not both told they decided it. Not made durable: it matters
+        only while the waiting process lives. A folder that cannot be written lets the
+        local decision through (True), as before there were other processes.
+        """
+        record = {"tool_call_id": tool_call_id, "claimed": True, "pid": os.getpid()}
+        try:
+            mkdir_durable(self.folder, self._fsync)
+            fd = os.open(
+                self._path(tool_call_id, message_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
+            )
+        except FileExistsError:
+            return False
+        except OSError:
+            return True
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(record, out)
+        return True
+
     def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:
         """The whole decision recorded for a call of ``message_id``, or None."""
         path = self._path(tool_call_id, message_id)
@@ -116,6 +142,8 @@ class DecisionBox:
             return None  # damaged: the call stays pending, to be decided here
         if not isinstance(record, dict) or record.get("tool_call_id") != tool_call_id:
             return None
+        if record.get("claimed"):
+            return None  # the waiting process's own decision (claim): nothing to apply
         reason, arguments = record.get("reason"), record.get("arguments")
         by, remember, pid = record.get("by"), record.get("remember"), record.get("pid")
         return RemoteDecision(

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from ._approval_apply import approval, approve_allowed
 from ._session_reading import SessionReading
 from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
-from .errors import InvalidInputError, ToolCallNotFoundError
+from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import validate_branch_name
 from .model import ToolCall
 
@@ -83,6 +83,7 @@ class ApprovalMethods(SessionReading):
                 arguments=arguments,
                 by=by,
                 remember=remember,
+                branch=only,
             )
         if elsewhere is not None:
             decided = elsewhere
@@ -120,7 +121,7 @@ class ApprovalMethods(SessionReading):
         decision = Decision(False, reason or "denied by the user", by=by)
         if tool_call_id is not None:
             elsewhere = self._decide_elsewhere(
-                tool_call_id, approved=False, reason=decision.reason, by=by
+                tool_call_id, approved=False, reason=decision.reason, by=by, branch=only
             )
             if elsewhere is not None:
                 return elsewhere
@@ -147,19 +148,30 @@ class ApprovalMethods(SessionReading):
         # One call waiting here, or every call (of ``branch``): those waiting here and
         # those waiting in other processes (a kernel's turn seen from the server, say).
         if tool_call_id is not None:
-            return self._approvals.decide(tool_call_id, self._was_resolved, branch, decision_for)
-        try:
-            decided = self._approvals.decide(None, self._was_resolved, branch, decision_for)
-        except ToolCallNotFoundError as nothing_here:
-            decided = self._decide_all_elsewhere(
-                branch, approved=approved, reason=reason, by=by, remember=remember
+            return self._approvals.decide(
+                tool_call_id, self._was_resolved, branch, decision_for, self._claim_here
             )
-            if not decided:
-                raise nothing_here
-            return decided
-        return decided + self._decide_all_elsewhere(
-            branch, approved=approved, reason=reason, by=by, remember=remember
+        elsewhere = self._waiting_elsewhere(branch)
+        decided: builtins.list[ToolCall] = []
+        try:
+            decided = self._approvals.decide(
+                None, self._was_resolved, branch, decision_for, self._claim_here
+            )
+        except (ToolCallNotFoundError, ToolCallAlreadyResolvedError):
+            if not elsewhere:
+                raise
+        decided += self._post_elsewhere(
+            elsewhere, approved=approved, reason=reason, by=by, remember=remember
         )
+        if not decided:  # every call listed was decided by another client meanwhile
+            raise ToolCallAlreadyResolvedError(
+                "the tool calls waiting were decided by another client first"
+            )
+        return decided
+
+    def _claim_here(self, pending: PendingCall, decision: Decision) -> bool:
+        # A call on this desk: mark it decided here, unless another process was first.
+        return self._decisions is None or self._decisions.claim(pending.call.id, pending.message_id)
 
     def allowed_tools(self) -> dict[Literal["session", "context"], list[str]]:
         """The tools that run without asking, by scope: ``{"session": [...], "context": [...]}``.

@@ -125,6 +125,7 @@ class SessionReading(SessionCore):
         arguments: Mapping[str, Any] | str | None = None,
         by: str = "user",
         remember: str = "once",
+        branch: str | None = None,
     ) -> builtins.list[ToolCall] | None:
         # A call waiting in another process: record the decision for it to pick up.
         # None if it waits here, or no other process is known to wait on it.
@@ -132,9 +133,16 @@ class SessionReading(SessionCore):
             return None
         if call_id in self._approvals.ids():
             return None
-        message_id = self._follower.waiting_call(call_id)
-        if message_id is None:
+        found = self._follower.waiting_call(call_id, branch)
+        if not found:
             return None
+        if len(found) > 1:
+            on = ", ".join(repr(asked_on) for _, asked_on in found)
+            raise InvalidInputError(
+                f"tool calls waiting in other processes on branches {on} all have the id "
+                f"{call_id!r}: say which with branch="
+            )
+        [(message_id, _)] = found
         calls = [call for call in self.get(message_id).tool_calls if call.id == call_id]
         edited = None
         if arguments is not None:
@@ -159,22 +167,22 @@ class SessionReading(SessionCore):
             )
         return calls
 
-    def _decide_all_elsewhere(
+    def _post_elsewhere(
         self,
-        branch: str | None,
+        waiting: builtins.list[tuple[ToolCall, str]],
         *,
         approved: bool,
         reason: str | None,
         by: str,
         remember: str = "once",
     ) -> builtins.list[ToolCall]:
-        # Every call waiting in another process (of ``branch`` if given) gets the
-        # decision; those another client decided meanwhile are left out.
+        # The decision for each of these calls waiting in other processes (see
+        # _waiting_elsewhere); those another client decided meanwhile are left out.
         if self._decisions is None:
             return []
         return [
             call
-            for call, message_id in self._waiting_elsewhere(branch)
+            for call, message_id in waiting
             if self._decisions.post(
                 call.id,
                 message_id,

@@ -291,23 +291,39 @@ class ApprovalDesk:
         was_resolved: Callable[[str], bool],
         branch: str | None,
         decision_for: Callable[[PendingCall], Decision],
+        claim: Callable[[PendingCall, Decision], bool] | None = None,
     ) -> list[ToolCall]:
         """Decide one call (or all, as in :meth:`take`) with ``decision_for``; returns them.
 
         All or nothing: if ``decision_for`` raises for any call (refused edited
         arguments, or anything unexpected), no call is decided and every taken call goes
         back on the desk, still pending and answerable, before the error propagates.
+
+        ``claim`` (if given) is asked before each call is decided, and False means
+        another process decided it first: the call goes back on the desk, for that
+        decision to be applied, and is not among those returned (for one call,
+        :class:`ToolCallAlreadyResolvedError` is raised; for all, it is raised only if
+        every call was lost so).
         """
         taken = self.take(call_id, was_resolved, branch)
         try:
             decisions = [decision_for(pending) for pending in taken]
+            won = [claim is None or claim(p, d) for p, d in zip(taken, decisions, strict=True)]
         except BaseException:  # even an interrupt must not lose a call from the desk
             for pending in taken:
                 self.put_back(pending)
             raise
-        for pending, decision in zip(taken, decisions, strict=True):
-            pending.resolve(decision)
-        return [pending.call for pending in taken]
+        decided = []
+        for pending, decision, first in zip(taken, decisions, won, strict=True):
+            if first:
+                pending.resolve(decision)
+                decided.append(pending.call)
+            else:
+                self.put_back(pending)
+        if taken and not decided:
+            which = f"tool call {call_id!r} was" if call_id else "the tool calls waiting were"
+            raise ToolCallAlreadyResolvedError(f"{which} decided by another client first")
+        return decided
 
     def put_back(self, pending: PendingCall) -> None:
         """Return a taken call to the desk (its decision could not be made), in its place."""

@@ -16,9 +16,17 @@ from server_client import create_context, read_events
 from test_signal_follow import DEADLINE, _wait_for
 from tool_writer import start_tool_writer
 
-from cm_notebook.errors import ToolCallNotFoundError
+from cm_notebook._remote_decisions import DecisionBox
+from cm_notebook.errors import (
+    InvalidInputError,
+    ToolCallAlreadyResolvedError,
+    ToolCallNotFoundError,
+)
+from cm_notebook.model import Message
 from cm_notebook.session import ContextSession
+from cm_notebook.store.folders import context_folder_of
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.turn import Turn
 
 
 @pytest.fixture
@@ -44,11 +52,27 @@ def _finish(child: subprocess.Popen[bytes]) -> str:
     return out.decode().strip()
 
 
-def _asking(data_dir: Path, context_id: str, children: list[subprocess.Popen[bytes]]) -> None:
-    # A kernel's turn on ``main`` waiting for approval of add(1, 2); returns once asked.
-    children.append(start_tool_writer(data_dir, context_id, print_tool_result=True))
+def _asking(
+    data_dir: Path,
+    context_id: str,
+    children: list[subprocess.Popen[bytes]],
+    branch: str = "main",
+    arguments: tuple[int, int] = (1, 2),
+) -> None:
+    # A kernel's turn on ``branch`` waiting for approval of add(...); returns once asked.
+    children.append(
+        start_tool_writer(
+            data_dir, context_id, print_tool_result=True, branch=branch, arguments=arguments
+        )
+    )
     with ContextSession.open(context_id, data_dir=data_dir) as watcher:
-        _wait_for(lambda: bool(watcher.pending_tool_calls), "the other process to ask")
+        _wait_for(
+            lambda: any(
+                c.arguments == dict(zip("ab", arguments, strict=True))
+                for c in watcher.pending_tool_calls
+            ),
+            "the other process to ask",
+        )
 
 
 def test_a_call_asked_before_opening_is_listed_and_approved_with_all(
@@ -134,3 +158,72 @@ def test_the_server_lists_and_approves_a_kernel_s_call(
         assert detail["running"] == {}
         nothing = client.post(f"{url}/tools/approve", json={})
         assert nothing.status_code == 409, nothing.text
+
+
+def test_two_processes_may_number_their_calls_alike(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        session.branch("other", switch=False)
+    _asking(tmp_path, context, children, "main", (1, 2))
+    _asking(tmp_path, context, children, "other", (5, 6))
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        calls = session.pending_tool_calls
+        assert sorted(c.arguments["a"] for c in calls) == [1, 5]
+        [same_id] = {c.id for c in calls}  # both processes' first call
+        with pytest.raises(InvalidInputError, match="say which with branch="):
+            session.approve(same_id)
+        [other] = session.approve(same_id, branch="other")
+        assert other.arguments == {"a": 5, "b": 6}
+        assert _finish(children[1]) == "11"
+        [main] = session.approve()  # the one left
+        assert main.arguments == {"a": 1, "b": 2}
+        assert _finish(children[0]) == "3"
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@pytest.fixture
+def waiting(tmp_path: Path) -> Iterator[tuple[ContextSession, Turn, Message, DecisionBox]]:
+    # A turn here waiting for approval of add(1, 2), and the context's decision records,
+    # where another process writes its decision (as ``approve()`` there does).
+    provider = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("done")
+    here = ContextSession.create(data_dir=tmp_path, provider=provider, tools=[add])
+    try:
+        turn = here.send("sum?")
+        _wait_for(lambda: bool(here.pending_tool_calls), "the call to be asked")
+        asking = here.history()[-1]
+        assert here.signal_log_path is not None
+        yield here, turn, asking, DecisionBox(context_folder_of(here.signal_log_path))
+    finally:
+        here.close()
+
+
+def test_a_decision_made_where_the_call_waits_wins_over_a_later_one(
+    waiting: tuple[ContextSession, Turn, Message, DecisionBox],
+) -> None:
+    here, turn, asking, box = waiting
+    [call] = asking.tool_calls
+    here.deny(call.id, reason="no")
+    # Another process deciding at the same moment is refused, not told it approved.
+    assert not box.post(call.id, asking.id, approved=True, reason=None)
+    assert turn.result(DEADLINE).content == "done"
+    [record] = here.approval_log()
+    assert (record.reason, record.by) == ("no", "user")
+
+
+def test_a_decision_another_process_made_first_wins(
+    waiting: tuple[ContextSession, Turn, Message, DecisionBox],
+) -> None:
+    here, turn, asking, box = waiting
+    [call] = asking.tool_calls
+    assert box.post(call.id, asking.id, approved=True, reason=None, by="remote-reviewer")
+    # Applied here already, or about to be: either way this later decision is refused.
+    with pytest.raises(ToolCallAlreadyResolvedError):
+        here.deny(call.id)
+    assert turn.result(DEADLINE).content == "done"
+    [record] = here.approval_log()
+    assert record.by == "remote-reviewer"

@@ -14,11 +14,18 @@ from pathlib import Path
 
 
 def start_tool_writer(
-    data_dir: Path, context_id: str, *, reply: str = "It is 3.", print_tool_result: bool = False
+    data_dir: Path,
+    context_id: str,
+    *,
+    reply: str = "It is 3.",
+    print_tool_result: bool = False,
+    branch: str = "main",
+    arguments: tuple[int, int] = (1, 2),
 ) -> subprocess.Popen[bytes]:
-    """Start the writer process; its stdout is a pipe."""
+    """Start the writer process (its turn on ``branch``, asking for ``add(*arguments)``);
+    its stdout is a pipe."""
     shown = (
-        '[m.content for m in session.history() if m.role == "tool"][-1]'
+        f'[m.content for m in session.history({branch!r}) if m.role == "tool"][-1]'
         if print_tool_result
         else "final.content"
     )
@@ -31,11 +38,13 @@ def start_tool_writer(
             \"\"\"Add two numbers.\"\"\"
             return a + b
 
-        provider = ScriptedProvider(strict=True).tool_call("add", {{"a": 1, "b": 2}})
+        provider = ScriptedProvider(strict=True).tool_call(
+            "add", {{"a": {arguments[0]}, "b": {arguments[1]}}}
+        )
         provider.reply({reply!r})
         session = ContextSession.open({context_id!r}, data_dir={str(data_dir)!r},
                                       provider=provider, tools=[add])
-        final = session.send("What is 1 + 2?").result(60)
+        final = session.send("What is the sum?", branch={branch!r}).result(60)
         print({shown}, flush=True)
         session.close()
         """

@@ -222,7 +222,9 @@ class SessionRegistry:
         if context_id in self._deleting:
             return False  # the deletion closes it
         try:
-            if session.pending_tool_calls:
+            # Only this server's own calls: another process's keep it busy, not this
+            # session (and listing them reads the log, which this check must not).
+            if session._approvals.calls():
                 return False
             return all(session.turn(name) is None for name in session.branch_names)
         except ContextNotFoundError:

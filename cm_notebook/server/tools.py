@@ -56,7 +56,10 @@ class ToolCallsHandler(CMHandler):
 
     @operation("Tool calls waiting for approval, oldest first", response=Decided)
     async def get(self, context_id: str) -> None:
-        self.reply(Decided(tool_calls=(await self.session(context_id)).pending_tool_calls))
+        session = await self.session(context_id)
+        # Off the loop: the calls waiting in other processes are read from the log.
+        calls = await self.blocking(session, lambda: session.pending_tool_calls)
+        self.reply(Decided(tool_calls=calls))
 
 
 class ApproveHandler(CMHandler):
