@@ -122,9 +122,13 @@ class LogFollower:
         return subscription is not None and subscription.live
 
     def remote_state(self, branch: str) -> fsm.State | None:
-        """The state another process last announced for ``branch`` (None: none known)."""
+        """The state another live process last announced for ``branch`` (None: none
+        known, or its process died: the follower announces that at its next step)."""
         with self._lock:
-            return self._remote.get(branch)
+            state = self._remote.get(branch)
+        if state is None or not self._claim_held(branch):
+            return None
+        return state
 
     def remote_turn(self, branch: str) -> str | None:
         """The id of the turn another (live) process is running on ``branch``, if any.

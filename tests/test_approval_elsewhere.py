@@ -16,6 +16,7 @@ from server_client import create_context, read_events
 from test_signal_follow import DEADLINE, _wait_for
 from tool_writer import start_tool_writer
 
+from cm_notebook import fsm
 from cm_notebook._remote_decisions import DecisionBox
 from cm_notebook.errors import (
     InvalidInputError,
@@ -111,8 +112,15 @@ def test_a_dead_process_s_call_is_not_listed(
     tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
 ) -> None:
     _asking(tmp_path, context, children)
-    children[0].kill()
-    children[0].communicate(timeout=DEADLINE)
+    with ContextSession.open(context, data_dir=tmp_path) as watching:
+        assert watching.state_of("main") is fsm.State.AWAITING_TOOL_APPROVAL
+        assert watching.running_turn_id("main") is not None
+        children[0].kill()
+        children[0].communicate(timeout=DEADLINE)
+        # At once, not at the follower's next step: its calls, turn and state agree.
+        assert watching.state_of("main") is fsm.State.IDLE
+        assert watching.running_turn_id("main") is None
+        assert watching.pending_tool_calls == []
     with ContextSession.open(context, data_dir=tmp_path) as session:
         # Nobody is left to pick a decision up: nothing to list or approve.
         assert session.pending_tool_calls == []
