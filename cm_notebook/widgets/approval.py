@@ -62,6 +62,9 @@ class CallRow(w.VBox):  # type: ignore[misc]
     ) -> None:
         self.session = session
         self.call = call
+        # Named in decisions when known: calls waiting in two other processes may share
+        # an id (each numbers its own), and the branch says which this row is.
+        self._branch = branch or None
         self._follower = follower
         self._lock = threading.Lock()
         self._used = False
@@ -173,7 +176,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         # kernel's: every view and cell would wait. The desk takes decisions from any
         # thread; what the row shows next is set back on the loop.
         self._set_disabled(True)
-        session, call_id = self.session, self.call.id
+        session, call_id, branch = self.session, self.call.id, self._branch
         decide: Callable[[], str]
         if approve:
             try:
@@ -183,7 +186,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
                 return
 
             def decide() -> str:
-                session.approve(call_id, arguments=edited, remember=remember)
+                session.approve(call_id, arguments=edited, remember=remember, branch=branch)
                 return f"<b>{_APPROVED_AS[remember]}</b>" + (
                     " (edited arguments)" if edited else ""
                 )
@@ -192,7 +195,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
             reason = self.reason.value.strip() or "denied by the user"
 
             def decide() -> str:
-                session.deny(call_id, reason=reason)
+                session.deny(call_id, reason=reason, branch=branch)
                 return f"<b>denied</b>: {html.escape(reason)}"
 
         submit_blocking(decide).add_done_callback(
