@@ -119,7 +119,8 @@ class DecisionBox:
         """
         record = {"tool_call_id": tool_call_id, "claimed": True, "pid": os.getpid()}
         try:
-            mkdir_durable(self.folder, self._fsync)
+            # No fsync (the caller may be an event loop's thread): see above.
+            self.folder.mkdir(exist_ok=True)
             fd = os.open(
                 self._path(tool_call_id, message_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
             )

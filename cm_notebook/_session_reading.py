@@ -15,7 +15,7 @@ import builtins
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import fsm, titles
 from ._approval_apply import check_arguments_shape
@@ -32,7 +32,16 @@ from .tools import validate_edited_arguments
 from .tree import MessageTree
 from .turn import Turn
 
-__all__ = ["SessionReading"]
+__all__ = ["SessionReading", "WaitingCall"]
+
+
+class WaitingCall(NamedTuple):
+    """A tool call waiting for approval in another process: the call, its reply's id
+    and its branch."""
+
+    call: ToolCall
+    message_id: str
+    branch: str
 
 
 class SessionReading(SessionCore):
@@ -169,7 +178,7 @@ class SessionReading(SessionCore):
 
     def _post_elsewhere(
         self,
-        waiting: builtins.list[tuple[ToolCall, str]],
+        waiting: builtins.list[WaitingCall],
         *,
         approved: bool,
         reason: str | None,
@@ -182,7 +191,7 @@ class SessionReading(SessionCore):
             return []
         return [
             call
-            for call, message_id in waiting
+            for call, message_id, _ in waiting
             if self._decisions.post(
                 call.id,
                 message_id,
@@ -194,22 +203,33 @@ class SessionReading(SessionCore):
             )
         ]
 
-    def _waiting_elsewhere(self, branch: str | None) -> builtins.list[tuple[ToolCall, str]]:
+    def _waiting_elsewhere(self, branch: str | None) -> builtins.list[WaitingCall]:
         # The calls waiting for approval in other live processes, with their messages.
         if self._follower is None:
             return []
-        waiting: builtins.list[tuple[ToolCall, str]] = []
-        for call_id, message_id, _ in self._follower.waiting_calls(branch):
+        waiting: builtins.list[WaitingCall] = []
+        for call_id, message_id, asked_on in self._follower.waiting_calls(branch):
             try:
                 message = self.get(message_id)
             except CMError:
                 continue  # its reply was deleted since: nothing can pick a decision up
             waiting.extend(
-                (call.model_copy(update={"status": ToolCallStatus.PENDING}), message_id)
+                WaitingCall(
+                    call.model_copy(update={"status": ToolCallStatus.PENDING}),
+                    message_id,
+                    asked_on,
+                )
                 for call in message.tool_calls
                 if call.id == call_id
             )
         return waiting
+
+    def _waiting_branches(self) -> dict[str, str]:
+        # Call id -> branch of every call waiting, here or elsewhere (for the views).
+        return {
+            **{waiting.call.id: waiting.branch for waiting in self._waiting_elsewhere(None)},
+            **self._approvals.branches(),
+        }
 
     def running_turn_id(self, branch: str | None = None) -> str | None:
         """The id of the turn running on ``branch`` (default: active): this session's,

@@ -227,6 +227,11 @@ class ApprovalDesk:
         with self._lock:
             return [(call_id, p.message_id) for call_id, p in self._pending.items()]
 
+    def branches(self) -> dict[str, str]:
+        """The branch of each pending call, by call id."""
+        with self._lock:
+            return {call_id: pending.branch for call_id, pending in self._pending.items()}
+
     def calls(self) -> list[ToolCall]:
         """The pending calls, oldest first."""
         with self._lock:

@@ -250,7 +250,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         """Tool calls waiting for :meth:`approve` or :meth:`deny`: those of this
         session's turns, oldest first, then those waiting in other processes that
         opened the context (a server's, a kernel's), which these methods decide too."""
-        return self._approvals.calls() + [call for call, _ in self._waiting_elsewhere(None)]
+        return self._approvals.calls() + [each.call for each in self._waiting_elsewhere(None)]
 
     async def wait_for_approval(self, timeout: float | None = 60.0) -> builtins.list[ToolCall]:
         """Wait until tool calls need :meth:`approve` / :meth:`deny`, and return them.

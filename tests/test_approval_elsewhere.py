@@ -13,6 +13,7 @@ import httpx
 import pytest
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
+from test_session_support import until
 from test_signal_follow import DEADLINE, _wait_for
 from tool_writer import start_tool_writer
 
@@ -235,3 +236,24 @@ def test_a_decision_another_process_made_first_wins(
     assert turn.result(DEADLINE).content == "done"
     [record] = here.approval_log()
     assert record.by == "remote-reviewer"
+
+
+@pytest.mark.anyio
+async def test_the_approval_view_names_the_branch_of_a_call_asked_before_it(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import ToolApproval
+
+    _asking(tmp_path, context, children)
+    session = ContextSession.open(context, data_dir=tmp_path)
+    panel = ToolApproval(session)
+    try:
+        [row] = panel.rows.values()
+        assert "on branch <b>main</b>" in row.title.value
+        row.approve_button.click()
+        await until(lambda: "approved" in row.status.value or "done" in row.status.value)
+        assert _finish(children[0]) == "3"
+    finally:
+        panel.close()
+        session.close()

@@ -400,6 +400,9 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
 
     def _sync(self) -> None:
         # Keep the rows of undecided calls and the newly pending ones; drop the rest.
+        # A call asked before this view heard of it: its branch from the session.
+        for call_id, branch in self.session._waiting_branches().items():
+            self._branches.setdefault(call_id, branch)
         waiting = dict(self.session._approvals.waiting()) if self._only is not None else {}
         pending = [c for c in self.session.pending_tool_calls if self._shows(c.id, waiting)]
         pending_ids = {call.id for call in pending}
