@@ -176,14 +176,15 @@ class LogFollower:
         return [(message_id, on) for call_id, message_id, on in found if call_id == tool_call_id]
 
     def waiting_calls(
-        self, branch: str | None = None, *, wait: bool = True
+        self, branch: str | None = None, *, wait: bool = False
     ) -> list[tuple[str, str, str]]:
         """``(tool call id, message id, branch)`` of every call waiting for approval in
-        another live process (only ``branch``'s if given), in the order they were asked.
+        another live process (only ``branch``'s if given), in the order they were asked,
+        as this follower knows them (it reads the log within milliseconds of a change;
+        the first read, of the whole log, may take longer).
 
-        With ``wait``, waits (at most a second) for the log to be read whole once, so a
-        call asked for before this process began following is listed too: call it off
-        an event loop.
+        With ``wait``, first waits (at most a second) for the follower to read the log
+        as it is now (see :meth:`caught_up`): for an action, never on a view's path.
         """
         if wait:
             self.caught_up(_CATCH_UP_SECONDS)

@@ -151,7 +151,7 @@ class ApprovalMethods(SessionReading):
             return self._approvals.decide(
                 tool_call_id, self._was_resolved, branch, decision_for, self._claim_here
             )
-        elsewhere = self._waiting_elsewhere(branch)
+        elsewhere = self._waiting_elsewhere(branch, wait=True)
         decided: builtins.list[ToolCall] = []
         try:
             decided = self._approvals.decide(

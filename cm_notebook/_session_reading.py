@@ -203,12 +203,16 @@ class SessionReading(SessionCore):
             )
         ]
 
-    def _waiting_elsewhere(self, branch: str | None) -> builtins.list[WaitingCall]:
-        # The calls waiting for approval in other live processes, with their messages.
+    def _waiting_elsewhere(
+        self, branch: str | None, *, wait: bool = False
+    ) -> builtins.list[WaitingCall]:
+        # The calls waiting for approval in other live processes, with their messages:
+        # as the log follower knows them (milliseconds behind the log), or with
+        # ``wait`` once it has read the log as it is now (an action, off a view's path).
         if self._follower is None:
             return []
         waiting: builtins.list[WaitingCall] = []
-        for call_id, message_id, asked_on in self._follower.waiting_calls(branch):
+        for call_id, message_id, asked_on in self._follower.waiting_calls(branch, wait=wait):
             try:
                 message = self.get(message_id)
             except CMError:

@@ -249,7 +249,10 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
     def pending_tool_calls(self) -> builtins.list[ToolCall]:
         """Tool calls waiting for :meth:`approve` or :meth:`deny`: those of this
         session's turns, oldest first, then those waiting in other processes that
-        opened the context (a server's, a kernel's), which these methods decide too."""
+        opened the context (a server's, a kernel's), which these methods decide too.
+        A call asked in another process is listed once this process has read the
+        context's signal log (milliseconds; the first read after opening may take
+        longer for a large log)."""
         return self._approvals.calls() + [each.call for each in self._waiting_elsewhere(None)]
 
     async def wait_for_approval(self, timeout: float | None = 60.0) -> builtins.list[ToolCall]:

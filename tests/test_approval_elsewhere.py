@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from jupyter_server_proc import JupyterServer
-from server_client import create_context, read_events
+from server_client import create_context, read_events, wait_for
 from test_session_support import until
 from test_signal_follow import DEADLINE, _wait_for
 from tool_writer import start_tool_writer
@@ -83,6 +83,8 @@ def test_a_call_asked_before_opening_is_listed_and_approved_with_all(
     _asking(tmp_path, context, children)
     # Opened after the call was asked for: found in the log read when following starts.
     with ContextSession.open(context, data_dir=tmp_path) as session:
+        # Listed once this process has read the log (milliseconds after opening).
+        _wait_for(lambda: bool(session.pending_tool_calls), "the call to be listed")
         [call] = session.pending_tool_calls
         assert (call.name, call.arguments, call.status) == ("add", {"a": 1, "b": 2}, "pending")
         with pytest.raises(ToolCallNotFoundError, match="on branch 'other'"):
@@ -123,10 +125,10 @@ def test_a_dead_process_s_call_is_not_listed(
         assert watching.running_turn_id("main") is None
         assert watching.pending_tool_calls == []
     with ContextSession.open(context, data_dir=tmp_path) as session:
-        # Nobody is left to pick a decision up: nothing to list or approve.
-        assert session.pending_tool_calls == []
+        # Nobody is left to pick a decision up: nothing to approve, or to list.
         with pytest.raises(ToolCallNotFoundError):
-            session.approve()
+            session.approve()  # with the log read as it is: the call was found dead
+        assert session.pending_tool_calls == []
 
 
 def test_the_server_lists_and_approves_a_kernel_s_call(
@@ -147,6 +149,8 @@ def test_the_server_lists_and_approves_a_kernel_s_call(
             ),
         )
         [call_id] = json.loads(asked[-1].data)["tool_call_ids"]
+        # Listed once the server's session has read the log too (milliseconds).
+        wait_for(lambda: bool(client.get(url).json()["pending_tool_calls"]))
         detail = client.get(url).json()
         assert [c["id"] for c in detail["pending_tool_calls"]] == [call_id]
         assert detail["states"]["main"] == "AwaitingToolApproval"
@@ -177,6 +181,7 @@ def test_two_processes_may_number_their_calls_alike(
     _asking(tmp_path, context, children, "main", (1, 2))
     _asking(tmp_path, context, children, "other", (5, 6))
     with ContextSession.open(context, data_dir=tmp_path) as session:
+        _wait_for(lambda: len(session.pending_tool_calls) == 2, "both calls to be listed")
         calls = session.pending_tool_calls
         assert sorted(c.arguments["a"] for c in calls) == [1, 5]
         [same_id] = {c.id for c in calls}  # both processes' first call

@@ -51,7 +51,7 @@ class ContextsHandler(CMHandler):
             system=request.system,
             tags=request.tags,
         )
-        self.reply(await self.blocking(session, detail, session), status=201)
+        self.reply(detail(session), status=201)
 
 
 class ContextHandler(CMHandler):
@@ -60,9 +60,7 @@ class ContextHandler(CMHandler):
     @operation("A context's metadata and state", response=ContextDetail)
     async def get(self, context_id: str) -> None:
         session = await self.session(context_id)
-        # Off the loop: the calls and turns of other processes are read from the log.
-        streams = self.sessions.streams(session.id)
-        self.reply(await self.blocking(session, detail, session, streams))
+        self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation(
         "Rename a context", response=ContextDetail, body=UpdateContext, errors=(400, 404, 409)
@@ -73,8 +71,7 @@ class ContextHandler(CMHandler):
         # A metadata write (it may wait for another process's lock): on a worker thread,
         # not the event loop. The session publishes its signal on its loop's thread.
         await self.blocking(session, session.rename, request.title)
-        streams = self.sessions.streams(session.id)
-        self.reply(await self.blocking(session, detail, session, streams))
+        self.reply(detail(session, self.sessions.streams(session.id)))
 
     @operation("Delete a context (its running replies are stopped)", status=204)
     async def delete(self, context_id: str) -> None:

@@ -56,10 +56,7 @@ class ToolCallsHandler(CMHandler):
 
     @operation("Tool calls waiting for approval, oldest first", response=Decided)
     async def get(self, context_id: str) -> None:
-        session = await self.session(context_id)
-        # Off the loop: the calls waiting in other processes are read from the log.
-        calls = await self.blocking(session, lambda: session.pending_tool_calls)
-        self.reply(Decided(tool_calls=calls))
+        self.reply(Decided(tool_calls=(await self.session(context_id)).pending_tool_calls))
 
 
 class ApproveHandler(CMHandler):
