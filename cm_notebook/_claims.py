@@ -53,7 +53,7 @@ class BranchClaims:
         # path_of(branch): the branch's lock file; None: claims in this session only.
         self._path_of = path_of
         self._lock = threading.Lock()
-        self._held: set[str] = set()
+        self._held: dict[str, bool] = {}  # branch -> whether held to delete it
         # One lock per branch used, its file kept open between turns: taking a claim
         # is then one flock, not an open, a truncate, a write and a close.
         self._files: dict[str, OSLock] = {}
@@ -63,20 +63,23 @@ class BranchClaims:
         with self._lock:
             return frozenset(self._held)
 
-    def take(self, branch: str) -> Claim:
-        """Claim ``branch`` or raise :class:`BusyError` naming who holds it."""
+    def take(self, branch: str, *, deleting: bool = False) -> Claim:
+        """Claim ``branch`` or raise :class:`BusyError` naming who holds it and why
+        (a reply, or with ``deleting`` the branch's deletion)."""
         with self._lock:
             if branch in self._held:
+                if self._held[branch]:
+                    raise _being_deleted(branch, "")
                 raise BusyError(
                     f"a reply is still being generated on branch {branch!r}; "
                     "await it, or call turn.cancel()"
                 )
-            self._held.add(branch)
+            self._held[branch] = deleting
             lock = self._files.get(branch)
             if lock is None and self._path_of is not None:
                 lock = self._files[branch] = OSLock(self._path_of(branch))
         try:
-            locked = lock is not None and _lock(lock, branch)
+            locked = lock is not None and _lock(lock, branch, deleting)
         except BaseException:
             self._forget(branch)
             raise
@@ -100,7 +103,7 @@ class BranchClaims:
 
     def _forget(self, branch: str) -> None:
         with self._lock:
-            self._held.discard(branch)
+            self._held.pop(branch, None)
 
 
 #: Seconds a claim waits for a lock that is taken before it refuses. Checking whether
@@ -109,11 +112,28 @@ class BranchClaims:
 PROBE_GRACE = 0.02
 
 
-def _owner() -> bytes:
-    return f"pid {os.getpid()} on {socket.gethostname()}".encode()
+#: What a claim's lock file says after its owner when the claim is held to delete the
+#: branch (a send refused then is told so, not to wait for a reply).
+_DELETING = "; deleting the branch"
+
+
+def _owner(deleting: bool = False) -> bytes:
+    return (
+        f"pid {os.getpid()} on {socket.gethostname()}" + (_DELETING if deleting else "")
+    ).encode()
+
+
+def _being_deleted(branch: str, owner: str) -> BusyError:
+    by = f" by another writer ({owner})" if owner else ""
+    return BusyError(
+        f"branch {branch!r} is being deleted{by}, so nothing can be sent on it; send on "
+        "another branch (session.branch(name) makes one)"
+    )
 
 
 def _busy(branch: str, owner: str) -> BusyError:
+    if owner.endswith(_DELETING):
+        return _being_deleted(branch, owner.removesuffix(_DELETING))
     who = f" ({owner})" if owner else ""
     return BusyError(
         f"branch {branch!r} is in use by another writer{who}: a reply is being generated "
@@ -122,7 +142,7 @@ def _busy(branch: str, owner: str) -> BusyError:
     )
 
 
-def _lock(lock: OSLock, branch: str) -> bool:
+def _lock(lock: OSLock, branch: str, deleting: bool = False) -> bool:
     """Take ``lock`` without waiting (BusyError naming its owner); False if the file
     system cannot lock it (then claims stay in this session)."""
     try:
@@ -139,7 +159,7 @@ def _lock(lock: OSLock, branch: str) -> bool:
         # Best effort, and only when another owner wrote it last: the owner's name only
         # improves the refusal message.
         with contextlib.suppress(OSError):
-            owner = _owner()
+            owner = _owner(deleting)
             if os.pread(fd, 200, 0) != owner:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, owner, 0)

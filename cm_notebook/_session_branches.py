@@ -172,7 +172,7 @@ class SessionBranches(SessionReading):
                 "(session.switch(name)), then delete it"
             )
         # Under the branch's claim: a writer elsewhere (another process) may be using it.
-        claim = self._claims.take(name)
+        claim = self._claims.take(name, deleting=True)
         try:
             self._io.call(self._store.delete_branch(self.id, name))
         finally:
