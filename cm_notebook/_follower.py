@@ -45,6 +45,10 @@ logger = get_logger(__name__)
 # takes milliseconds; the first, which reads the log whole, longer for a large log).
 _CATCH_UP_SECONDS = 1.0
 
+# How long after a turn let go of its claim its last signal (Idle) may still come: the
+# turn writes it right after, on its loop. A process that died writes nothing.
+_LAST_SIGNAL_GRACE = 0.1
+
 _DECIDED = frozenset(
     {ToolCallStatus.APPROVED, ToolCallStatus.DENIED, ToolCallStatus.DONE, ToolCallStatus.FAILED}
 )
@@ -341,10 +345,18 @@ class LogFollower:
             busy = [branch for branch in self._remote if not self._claim_held(branch)]
         if not busy:
             return
-        # A finishing turn writes its last signals before it lets go of the claim: read
-        # again, so a turn that just ended is not taken for a dead one.
+        # A turn that just ended is not a dead one. It lets go of its claim just before
+        # it announces Idle (so that a callback of that signal may send at once), then
+        # writes it within a moment: read again, and once more after that moment.
         self._read()
+        with self._lock:
+            busy = [branch for branch in busy if branch in self._remote]
+        if busy:
+            self._stop.wait(_LAST_SIGNAL_GRACE)
+            self._read()
         for branch in busy:
+            if self._claim_held(branch):
+                continue  # taken again meanwhile (a new turn): alive
             with self._lock:
                 state = self._remote.pop(branch, None)
                 self._turns.pop(branch, None)

@@ -116,6 +116,33 @@ def test_a_second_process_sees_the_reply_live_with_the_same_numbers(
     _wait_for(lambda: session.state is State.IDLE, "the branch to be idle again")
 
 
+def test_turns_that_end_in_another_process_are_not_taken_for_dead_ones(
+    tmp_path: Path, shared: tuple[ContextSession, Recorder]
+) -> None:
+    # A turn lets go of its claim a moment before it writes its Idle. An observer that
+    # looked in that moment announced the turn's end itself: a second Idle, numbered
+    # before the real one was relayed (delivered out of order).
+    session, seen = shared
+    turns = 40
+    code = textwrap.dedent(
+        f"""
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        session = ContextSession.open({session.id!r}, data_dir={str(tmp_path)!r},
+                                      provider=ScriptedProvider())
+        for n in range({turns}):
+            session.send(f"turn {{n}}").result(60)
+        session.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=DEADLINE)
+    idle = lambda: [e for e in list(seen.events) if getattr(e, "new", None) is State.IDLE]  # noqa: E731
+    _wait_for(lambda: len(idle()) >= turns, "every turn's Idle")
+    time.sleep(0.3)  # an observer's own (wrong) announcements would come by now
+    assert len(idle()) == turns
+    assert [e.seq for e in seen.events] == sorted(e.seq for e in seen.events)
+
+
 def test_a_killed_writer_leaves_the_reply_interrupted_and_the_branch_usable(
     tmp_path: Path, shared: tuple[ContextSession, Recorder]
 ) -> None:
