@@ -41,6 +41,7 @@ __all__ = [
     "RedactingFilter",
     "find_secret",
     "get_logger",
+    "holds_credential",
     "is_secret_name",
     "redact",
     "redact_text",
@@ -240,6 +241,19 @@ def _shape_of(text: str) -> str | None:
         if is_secret_name(match.group(2)):
             return f"a {match.group(2)!r} value"
     return None
+
+
+def holds_credential(text: str) -> bool:
+    """Whether ``text`` holds a key by its shape (``sk-...``, ``ghp_...``, a bearer
+    token), credentials in a URL (``user:password@``) or the value of a credential
+    environment variable. Unlike :func:`redact_text`, a name such as ``key`` or
+    ``token`` next to a value does not count: ordinary data (a dict's ``'key'``) has
+    them."""
+    if _KEY_SHAPES.search(text):
+        return True
+    if "@" in text and "://" in text and _URL_USERINFO.search(text):
+        return True
+    return any(value in text for value in _env_secrets())
 
 
 def redact_text(text: str) -> str:

@@ -71,6 +71,10 @@ def test_fanout_splits_specs_on_commas() -> None:
         ("--temperature -1", "--temperature"),
         ("-f html", "--format"),
         ("--var 1x", "not a Python variable name"),
+        ("--var class", "not a Python variable name"),
+        ("--var print", "'print' is a name the kernel uses itself"),
+        ("--var get_ipython", "'get_ipython' is a name the kernel uses itself"),
+        ("--var Out", "'Out' is a name the kernel uses itself"),
         ("--ab only-one", "two or more system prompts"),
         ("--fanout local", "two or more provider specs"),
         ("local --provider openai", "give the provider once"),
@@ -125,6 +129,33 @@ def test_interpolation_fills_fields_and_keeps_escaped_braces() -> None:
 def test_interpolation_errors_say_what_to_do(text: str, says: str) -> None:
     with pytest.raises(UsageError, match=says.replace("(", r"\(")):
         interpolate(text, {"country": "France"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-proj-" + "A1b2C3d4" * 4,  # an OpenAI key, by its shape
+        "ghp_" + "x" * 36,
+        "postgres://ada:hunter2@db.example/prod",
+        "Bearer abcdefgh12345678",
+    ],
+)
+def test_a_secret_is_not_filled_into_a_message(value: str) -> None:
+    with pytest.raises(UsageError, match=r"\{creds\} holds what looks like a secret") as caught:
+        interpolate("Use {creds} to log in", {"creds": value})
+    assert value not in str(caught.value)
+
+
+def test_a_credential_variable_s_value_is_not_filled_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "plain-looking-value-42")
+    with pytest.raises(UsageError, match="looks like a secret"):
+        interpolate("{x}", {"x": "the token is plain-looking-value-42"})
+
+
+def test_data_with_credential_words_is_filled_in() -> None:
+    row = {"key": "France", "token": 3}
+    text, _ = interpolate("{row} and key=value", {"row": row})
+    assert text == "{'key': 'France', 'token': 3} and key=value"
 
 
 def test_a_code_reply_is_shown_as_code_even_with_backticks_inside() -> None:

@@ -105,3 +105,25 @@ def test_bad_sends_are_one_line_usage_errors(fe: FrontEnd, line: str, says: str)
     assert reply["status"] == "error", output
     assert reply["ename"] == "UsageError"
     assert says in reply["evalue"]
+
+
+def test_a_second_cell_while_the_first_reply_streams_says_what_to_do(fe: FrontEnd) -> None:
+    # Run All: the next %%cm cell comes while the last one's reply is still written.
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        slow = ContextSession.create("slow", provider=ScriptedProvider(
+            [{"text": "a slow answer", "chunks": "words", "delay": 0.5}]))
+        %cm use slow
+        """
+    )
+    first, output = fe.execute("%%cm\nFirst question")
+    assert first["status"] == "ok", output
+    second, output = fe.execute("%%cm\nSecond question")
+    assert second["status"] == "error", output
+    assert second["ename"] == "UsageError"
+    assert "`await _`" in second["evalue"]
+    assert "`%cm stop`" in second["evalue"]
+    assert "turn.cancel()" not in second["evalue"]
+    fe.run("%cm stop")

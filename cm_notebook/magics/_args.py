@@ -6,7 +6,9 @@ Each model's ``USAGE`` is the line shown with its errors and in ``%cm help``; se
 
 from __future__ import annotations
 
+import builtins
 import json
+import keyword
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -164,6 +166,27 @@ class HelpArgs(MagicArgs):
     USAGE = "%cm help"
 
 
+#: Names IPython keeps in a kernel's namespace (besides the builtins).
+_KERNEL_NAMES = frozenset(
+    {
+        "In",
+        "Out",
+        "_",
+        "__",
+        "___",
+        "_i",
+        "_ii",
+        "_iii",
+        "_oh",
+        "_ih",
+        "_dh",
+        "exit",
+        "quit",
+        "get_ipython",
+    }
+)
+
+
 class CellArgs(MagicArgs):
     """``%%cm``: the cell body is the message; options choose where and how it goes."""
 
@@ -189,8 +212,13 @@ class CellArgs(MagicArgs):
     @field_validator("var")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not value.isidentifier():
+        if value is None:
+            return None
+        if not value.isidentifier() or keyword.iskeyword(value):
             raise ValueError(f"{value!r} is not a Python variable name")
+        if value in _KERNEL_NAMES or hasattr(builtins, value):
+            # The reply would replace it in the kernel: print, get_ipython, In, Out...
+            raise ValueError(f"{value!r} is a name the kernel uses itself; pick another")
         return value
 
     @field_validator("fanout")

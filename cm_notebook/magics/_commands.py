@@ -40,11 +40,28 @@ NO_CONTEXT = (
 
 @contextmanager
 def translated() -> Iterator[None]:
-    """Turn the session's errors into one-line usage errors (no traceback)."""
+    """Turn the session's errors into one-line usage errors (no traceback), with their
+    remedies in the magics' terms."""
     try:
         yield
     except CMError as exc:
-        raise UsageError(str(exc)) from exc
+        message = str(exc)
+        for python, magic in _REMEDIES:
+            message = message.replace(python, magic)
+        raise UsageError(message) from exc
+
+
+#: A remedy a session's error gives in Python, and the same in a notebook of magics
+#: (where a cell's reply is no ``turn`` variable): e.g. a second %%cm cell run while
+#: the first cell's reply still streams (Run All).
+_REMEDIES = (
+    (
+        "await it, or call turn.cancel()",
+        "wait for it (`await _` in a cell after a %%cm cell waits for its reply), stop it "
+        "with `%cm stop`, or send on another branch (--branch)",
+    ),
+    ("await that turn (it ends in a moment)", "run the cell again in a moment"),
+)
 
 
 class Commands:

@@ -6,7 +6,8 @@ literal braces. A name the kernel does not have is an error that says so, never 
 silent blank. The names used are returned too, so the message can record which kernel
 variables fed it (its provenance): each as a type, a short redacted repr and a hash
 (:func:`cm_notebook.provenance.describe_value`), never the whole value (it may be large
-or secret).
+or secret). A value that looks like a secret (an API key by its shape, a value of a
+credential environment variable) is refused: the message would keep it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from ..redact import holds_credential
+
 __all__ = ["interpolate"]
 
 
@@ -24,6 +27,19 @@ class _Formatter(string.Formatter):
     def __init__(self) -> None:
         super().__init__()
         self.used: list[str] = []
+        self._key = ""  # the variable of the field being filled in
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        text = super().format_field(value, format_spec)
+        if holds_credential(str(text)):
+            # Sent, it would be stored with the conversation, in its signals and in the
+            # notebook's outputs: a key typed by mistake must not get there.
+            raise UsageError(
+                f"{{{self._key}}} holds what looks like a secret (an API key, a token, "
+                "a password in a URL): it is not sent, since the conversation's files and "
+                "the notebook would keep it. Leave it out of the message"
+            )
+        return text
 
     def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
         if isinstance(key, int) or not key:
@@ -38,6 +54,7 @@ class _Formatter(string.Formatter):
             )
         if key not in self.used:
             self.used.append(key)
+        self._key = key
         return kwargs[key]
 
 
