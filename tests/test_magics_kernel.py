@@ -294,11 +294,13 @@ def test_stop_retry_and_export(fe: FrontEnd) -> None:
 
 def test_system_sets_the_branch_prompt_and_forks_a_branch_with_replies(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
-    fe.run('%%cm --system "Be brief."\nFirst')
+    assert "new branch" not in fe.run('%%cm --system "Be brief."\nFirst')
     fe.run("await _")
     assert _printed(fe, "(s.active_branch, s.system_prompt_of())") == ("main", "Be brief.")
-    # main has a reply made under "Be brief.": a new prompt forks, and the message goes there.
-    fe.run('%%cm --branch main --system "Be loud."\nSecond')
+    # main has a reply made under "Be brief.": a new prompt forks, and the message goes
+    # there (and the cell says so).
+    said = fe.run('%%cm --branch main --system "Be loud."\nSecond')
+    assert "on new branch 'main-system-1': 'main' has replies under another" in said
     assert _printed(fe, "(await _).content") == "echo: Second"
     assert _printed(fe, "_.turn.branch") == "main-system-1"
     assert _printed(fe, "s.system_prompt_of('main-system-1')") == "Be loud."

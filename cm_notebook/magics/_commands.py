@@ -149,7 +149,13 @@ class Commands:
             # The branch keeps the prompt for its later messages too. A branch with replies
             # made under another prompt is forked (see edit_system): send on the fork.
             # Running the cell again changes nothing more: the prompt is the same.
+            before = branch or session.active_branch
             branch = session.edit_system(args.system, branch=branch).name
+            if branch != before:
+                print(
+                    f"on new branch {branch!r}: {before!r} has replies under another "
+                    "system prompt (`%cm branches` lists them)"
+                )
         # Provenance: which kernel variables fed the message (see cm_notebook.provenance).
         variables = describe_variables(used, self.namespace)
         metadata = {"interpolated": used, "variables": variables} if used else None
