@@ -108,3 +108,32 @@ def test_export_shows_a_replys_html_as_text(fe: FrontEnd) -> None:
     assert "<script" not in markdown
     assert "<img" not in markdown
     assert "&lt;script>alert(2)&lt;/script>" in markdown  # "<" is all that opens markup
+
+
+def test_a_reply_that_ends_between_cells_is_sent_again_as_the_next_cell(fe: FrontEnd) -> None:
+    # A headless front end (nbclient) takes a cell's messages only while it runs: an
+    # update made after the %%cm cell ended, with no cell running, would be dropped.
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        between = ContextSession.create("between", provider=ScriptedProvider(
+            ["the answer that ends late"], delay=0.05))
+        %cm use between
+        """
+    )
+    cell = fe.client.execute("%%cm\nHello?")
+    fe.reply(cell)
+    fe.wait_for(  # the reply ends while no cell runs: its update comes as the %%cm cell
+        lambda: any(
+            parent == cell and "ends late" in data.get("text/html", "")
+            for parent, _, data in fe.display_log
+        ),
+        what="the reply's final update",
+    )
+    after = fe.client.execute("x = 1")
+    fe.reply(after)
+    assert any(
+        parent == after and "the answer that ends late" in data.get("text/html", "")
+        for parent, _, data in fe.display_log
+    )

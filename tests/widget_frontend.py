@@ -51,6 +51,9 @@ class FrontEnd:
     displays: dict[str, dict[str, Any]] = field(default_factory=dict)  # display id -> data
     # display id -> the output's metadata, as a front end keeps it with the output
     display_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (the cell it came as, display id, data) of every display and update, in order:
+    # a front end such as nbclient takes only those of the cell running
+    display_log: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     _idle: set[str] = field(default_factory=set)
     _outputs: dict[str, list[str]] = field(default_factory=dict)
 
@@ -95,6 +98,7 @@ class FrontEnd:
             display_id = content.get("transient", {}).get("display_id")
             if display_id:
                 self.displays[display_id] = content["data"]
+                self.display_log.append((parent, display_id, content["data"]))
                 self.display_metadata[display_id] = content.get("metadata", {})
         elif kind == "stream":
             self._outputs.setdefault(parent, []).append(content["text"])

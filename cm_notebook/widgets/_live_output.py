@@ -15,6 +15,11 @@ thread without a context of its own to the latest request, so the second update 
 on such a thread. Both carry the same display id and content: a front end that takes
 both shows the same thing.
 
+An update made between cells (a reply that ends after its cell and before the next
+one starts, or while a cell that does not await it runs and blocks the loop until it
+ends) belongs to a cell that is over: it is sent again, as the next cell, when that
+cell starts. (After the notebook's last cell, nothing follows to send it.)
+
 Copies that re-render a whole conversation are throttled, so the update for a turn
 that just ended may still be waiting when the cell awaiting the turn ends. Awaiting a
 reply or a comparison therefore sends the waiting updates of its session's copies at
@@ -69,12 +74,50 @@ def flush_copies(session: object) -> None:
             copy.flush_pending()
 
 
+class _Cells:
+    """Whether a cell is running, from IPython's events; outputs updated between cells,
+    sent again when the next cell starts."""
+
+    def __init__(self) -> None:
+        self.hooked = False
+        self.running = False
+        self.between: weakref.WeakSet[LiveOutput] = weakref.WeakSet()
+
+    def hook(self) -> None:
+        # Once per kernel, from inside a cell (where an output is first shown).
+        if self.hooked:
+            return
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover - the package depends on IPython
+            return
+        shell = get_ipython()
+        if shell is None:
+            return
+        shell.events.register("pre_run_cell", self._starts)
+        shell.events.register("post_run_cell", self._ends)
+        self.hooked = self.running = True
+
+    def _starts(self, *_info: Any) -> None:
+        self.running = True
+        waiting, self.between = list(self.between), weakref.WeakSet()
+        for output in waiting:
+            output.send_again()  # as this cell: a front end following it applies it
+
+    def _ends(self, *_result: Any) -> None:
+        self.running = False
+
+
+_CELLS = _Cells()
+
+
 class LiveOutput:
     """One ``display_data`` output: :meth:`show` it, then :meth:`update` it in place."""
 
     def __init__(self) -> None:
         self._handle: DisplayHandle | None = None
         self._shown_by: str | None = None  # the request (cell) that showed it
+        self._last: tuple[dict[str, Any], dict[str, Any]] | None = None  # to send again
 
     @property
     def display_id(self) -> str | None:
@@ -92,6 +135,7 @@ class LiveOutput:
             dict(bundle), raw=True, display_id=True, metadata=dict(metadata or {})
         )
         self._shown_by = _request_here()
+        _CELLS.hook()
 
     def update(self, bundle: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
         """Replace the output's content, also for a front end following a later cell."""
@@ -105,6 +149,16 @@ class LiveOutput:
             _on_fresh_thread(
                 lambda: handle.update(content, raw=True, metadata=extra)  # type: ignore[no-untyped-call]
             )
+        if _CELLS.hooked and not _CELLS.running:
+            self._last = (content, extra)
+            _CELLS.between.add(self)
+
+    def send_again(self) -> None:
+        """Send the last update again, as the cell running now (see the module
+        docstring: it was made between cells)."""
+        handle, last, self._last = self._handle, self._last, None
+        if handle is not None and last is not None:
+            handle.update(last[0], raw=True, metadata=last[1])  # type: ignore[no-untyped-call]
 
 
 def _request_here() -> str | None:
