@@ -61,3 +61,31 @@ def test_a_cell_output_records_provenance_and_the_variables_that_fed_it(
     assert recorded["request_id"] == reply.metadata.request_id == "scripted-1"
     assert recorded["request_hash"] == reply.metadata.request_hash
     assert recorded["variables"] == {"country": describe_value("France")}
+
+
+def test_a_failed_reply_records_that_it_failed_and_why(tmp_path: Path) -> None:
+    with front_end(tmp_path) as fe:
+        fe.run("%load_ext cm_notebook")
+        fe.run(
+            """
+            from cm_notebook import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+            failing = ScriptedProvider().load(
+                [{"error": "permanent", "message": "the model is gone"}])
+            s = ContextSession.create("fails", provider=failing)
+            %cm use s
+            """
+        )
+        before = set(fe.displays)
+        fe.run("%%cm\nHello?")
+        [display_id] = [key for key in fe.displays if key not in before]
+        recorded = fe.wait_for(
+            lambda: (
+                fe.display_metadata[display_id]["cm_notebook"]
+                if fe.display_metadata[display_id]["cm_notebook"]["status"] != "streaming"
+                else None
+            ),
+            what="the failure in the output metadata",
+        )
+    assert recorded["status"] == "failed"
+    assert "the model is gone" in recorded["error"]

@@ -113,8 +113,8 @@ def test_a_second_cell_while_the_first_reply_streams_says_what_to_do(fe: FrontEn
         """
         from cm_notebook import ContextSession
         from cm_notebook.testing import ScriptedProvider
-        slow = ContextSession.create("slow", provider=ScriptedProvider(
-            [{"text": "a slow answer", "chunks": "words", "delay": 0.5}]))
+        hanging = ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}])
+        slow = ContextSession.create("slow", provider=hanging)
         %cm use slow
         """
     )

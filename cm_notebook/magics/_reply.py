@@ -97,6 +97,8 @@ class ReplyView:
         self._on_done = on_done
         self._variables = dict(variables or {})
         self._final: Message | None = None
+        # The provenance of a reply that ended without one (failed, stopped).
+        self._ended: dict[str, str] = {"status": "streaming"}
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
         self._output = LiveOutput()
@@ -147,7 +149,8 @@ class ReplyView:
         parameters, seed, request id and hash, the kernel variables that fed it)."""
         where = {"context_id": self.session.id, "branch": self.turn.branch}
         if self._final is None:
-            return {**where, "status": "streaming", "variables": dict(self._variables)}
+            # Still streaming, or ended with no reply to show (failed, stopped).
+            return {**where, **self._ended, "variables": dict(self._variables)}
         return {**where, **provenance_of(self._final, self._variables)}
 
     def _ipython_display_(self) -> None:
@@ -175,10 +178,13 @@ class ReplyView:
             final = await self.turn
         except asyncio.CancelledError:
             self._outcome = "stopped; the text so far is kept"
+            self._ended = {"status": "stopped"}
         except CMError as exc:
             self._outcome = f"{exc} (after fixing it: %cm retry)"
+            self._ended = {"status": "failed", "error": str(exc)}
         except Exception as exc:  # a view must never take the kernel down
             self._outcome = f"{type(exc).__name__}: {exc}"
+            self._ended = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         else:
             self._final = final
             if self._on_done is not None:
