@@ -458,6 +458,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         The request is repeated as it was: same provider, same generation parameters.
         """
         name = self._branch_name(branch)
+        self._head(name)  # BranchNotFoundError for a branch that does not exist
         state = self._machines.get(name).state
         if state is not fsm.State.PERMANENT_FAILURE:
             raise StateError(

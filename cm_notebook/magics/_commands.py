@@ -61,6 +61,11 @@ _REMEDIES = (
         "with `%cm stop`, or send on another branch (--branch)",
     ),
     ("await that turn (it ends in a moment)", "run the cell again in a moment"),
+    ("use regenerate() for a new reply", "send again for a new reply"),
+    (
+        "create one with session.branch(name) or session.fan_out(...)",
+        "make one with `%cm branch NAME`, or compare answers with `%%cm --ab` / `--fanout`",
+    ),
 )
 
 

@@ -48,16 +48,16 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         baseline = session.baseline
         if baseline in names:  # the branch the others are measured against comes first
             names = [baseline, *(n for n in names if n != baseline)]
+        for name in names:  # an unknown name first: it is the mistake to fix
+            if name not in session.branches:
+                raise InvalidInputError(
+                    f"there is no branch {name!r}; the branches are {sorted(session.branches)}"
+                )
         if len(names) < 2:
             raise InvalidInputError(
                 f"compare needs two or more branches, got {names}; create one with "
                 "session.branch(name) or session.fan_out(...)"
             )
-        for name in names:
-            if name not in session.branches:
-                raise InvalidInputError(
-                    f"there is no branch {name!r}; the branches are {sorted(session.branches)}"
-                )
         self.html = w.HTML()
         self.ratings = w.HBox(layout=w.Layout(grid_gap="8px"))
         self._bars: dict[str, RatingBar] = {}  # answer id -> its bar, reused

@@ -1,0 +1,68 @@
+"""Errors name the mistake first, and in a notebook of magics give remedies in the
+magics' terms (a magic has no ``turn`` and no ``session`` variable)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from IPython.core.error import UsageError
+
+from cm_notebook.errors import BranchNotFoundError, BusyError, InvalidInputError, StateError
+from cm_notebook.magics._commands import translated
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+
+def test_retry_on_a_branch_that_does_not_exist_says_so(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    with pytest.raises(BranchNotFoundError, match="there is no branch 'nosuch'"):
+        session.retry(branch="nosuch")
+
+
+def test_compare_names_an_unknown_branch_before_counting(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import CompareView
+
+    session = new_session(provider=ScriptedProvider())
+    with pytest.raises(InvalidInputError, match="there is no branch 'nosuch'"):
+        CompareView(session, "nosuch")
+
+
+@pytest.mark.parametrize(
+    ("error", "says", "not_said"),
+    [
+        (
+            BusyError(
+                "a reply is still being generated on branch 'main'; await it, or call turn.cancel()"
+            ),
+            "`%cm stop`",
+            "turn.cancel()",
+        ),
+        (
+            StateError(
+                "nothing to retry on branch 'main': its state is Idle; use regenerate() "
+                "for a new reply"
+            ),
+            "send again for a new reply",
+            "regenerate()",
+        ),
+        (
+            InvalidInputError(
+                "compare needs two or more branches, got ['main']; create one with "
+                "session.branch(name) or session.fan_out(...)"
+            ),
+            "`%cm branch NAME`",
+            "session.",
+        ),
+    ],
+)
+def test_remedies_are_given_as_magics(error: Exception, says: str, not_said: str) -> None:
+    with pytest.raises(UsageError) as caught, translated():
+        raise error
+    assert says in str(caught.value)
+    assert not_said not in str(caught.value)
