@@ -39,14 +39,19 @@ def test_ab_takes_every_prompt_up_to_the_next_option() -> None:
             {"temperature": 0.0},
         ),
         ('--ab "A" "B" --max-tokens=50', ["A", "B"], None, {"max_tokens": 50}),
-        ('--ab "A" "B" -f=code', ["A", "B"], None, {"format": "code"}),
+        ('--ab "A" "B" --var=out', ["A", "B"], None, {"var": "out"}),
+        ("--fanout local scripted -f=code", None, ["local", "scripted"], None),
         ("--fanout local scripted --branch=exp", None, ["local", "scripted"], {"branch": "exp"}),
     ],
 )
 def test_a_list_option_stops_at_an_option_with_its_value_attached(
-    line: str, ab: list[str] | None, fanout: list[str] | None, rest: dict[str, object]
+    line: str, ab: list[str] | None, fanout: list[str] | None, rest: dict[str, object] | None
 ) -> None:
     # "--temperature=0" is not a third system prompt, nor "--branch=exp" a provider spec.
+    if rest is None:  # the short option is read as one, and refused with --fanout
+        with pytest.raises(UsageError, match="drop -f"):
+            cell(line)
+        return
     args = cell(line)
     assert (args.ab, args.fanout) == (ab, fanout)
     assert {name: getattr(args, name) for name in rest} == rest
@@ -71,6 +76,9 @@ def test_fanout_splits_specs_on_commas() -> None:
         ("--temperature -1", "--temperature"),
         ("-f html", "--format"),
         ("--var 1x", "not a Python variable name"),
+        ("--temperature nan", "finite number"),
+        ('--ab "A" "B" -f text', "drop -f"),
+        ("--fanout local,scripted --format code", "drop -f"),
         ("--var class", "not a Python variable name"),
         ("--var print", "'print' is a name the kernel uses itself"),
         ("--var get_ipython", "'get_ipython' is a name the kernel uses itself"),
@@ -171,3 +179,36 @@ def test_a_code_reply_is_shown_as_code_even_with_backticks_inside() -> None:
     fenced = render_reply("```python\nx = 1\n```", "code")
     assert '<code class="language-python">' in fenced
     assert "```" not in fenced
+
+
+def test_the_magic_s_help_lists_every_subcommand() -> None:
+    from cm_notebook.magics._magics import CMMagics
+
+    doc = CMMagics.cm.__doc__ or ""
+    for usage in ("%cm export", "%cm approve", "%%cm [SPEC]", "--var NAME"):
+        assert usage in doc
+
+
+def test_an_exported_json_is_a_str_shown_as_itself() -> None:
+    from IPython.lib.pretty import pretty
+
+    from cm_notebook.magics._commands import JSONText
+
+    text = JSONText('{"title": "it\'s"}\n')
+    assert isinstance(text, str)
+    assert pretty(text) == '{"title": "it\'s"}\n'  # not a quoted repr with escapes
+
+
+@pytest.mark.parametrize(
+    ("name", "words", "says"),
+    [("use", [], "the target is missing"), ("branch", [""], "the name: String should")],
+)
+def test_a_missing_or_bad_word_is_not_called_an_option(
+    name: str, words: list[str], says: str
+) -> None:
+    from cm_notebook.magics._args import COMMANDS
+
+    with pytest.raises(UsageError) as caught:
+        parse_args(COMMANDS[name], words)
+    assert str(caught.value).startswith(says)
+    assert "--" not in str(caught.value).split(". Usage")[0]

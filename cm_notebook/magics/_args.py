@@ -201,7 +201,7 @@ class CellArgs(MagicArgs):
     spec: str | None = None
     branch: str | None = None
     provider: str | None = None
-    temperature: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_tokens: int | None = Field(None, ge=1)
     system: str | None = None
     var: str | None = None
@@ -237,6 +237,8 @@ class CellArgs(MagicArgs):
             raise ValueError("give the provider once: a leading SPEC or --provider, not both")
         if self.ab is not None and self.fanout is not None:
             raise ValueError("--ab and --fanout are two experiments: pick one per cell")
+        if "format" in self.model_fields_set and (self.ab is not None or self.fanout is not None):
+            raise ValueError("-f formats one reply; --ab and --fanout end in a comparison: drop -f")
         if self.ab is not None and len(self.ab) < 2:
             raise ValueError('--ab needs two or more system prompts: --ab "A" "B"')
         if self.ab is not None and self.system is not None:

@@ -291,18 +291,26 @@ class Commands:
 
     # -- export and help -------------------------------------------------------------
 
-    def export(self, args: a.ExportArgs) -> Markdown | str:
+    def export(self, args: a.ExportArgs) -> Markdown | JSONText:
         """The conversation as Markdown (shown) or as lossless JSON text (returned)."""
         session = self.session()
         # The same document as `cm-notebook export`, read through the session's store.
         document = session._io.call(export_context(session._store, session.id, branch=args.branch))
         if args.format == "json":
-            return to_json(document)
+            return JSONText(to_json(document))
         return Markdown(to_markdown(document, branch=args.branch))  # type: ignore[no-untyped-call]
 
     def help(self, _args: a.HelpArgs) -> None:
         """Every subcommand's usage."""
         print(HELP)
+
+
+class JSONText(str):
+    """The JSON of an export: a ``str`` to assign (``doc = %cm export -f json``), shown
+    as the text itself when a cell ends with it, not as a quoted repr."""
+
+    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
+        printer.text(str(self))
 
 
 def _report(decided: builtins.list[Any], verb: str) -> None:

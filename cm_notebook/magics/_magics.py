@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from . import _args as a
-from ._commands import Commands, translated
+from ._commands import HELP, Commands, translated
 from ._parse import parse_args, parse_text_args, split_words
 from ._saved import SavedSessionView
 
@@ -61,3 +61,7 @@ class CMMagics(Magics):
         args = parse_args(model, rest)
         with translated():
             return getattr(self.commands, name)(args)
+
+
+# ``%cm?`` and ``%%cm?`` show the magic's docstring: every subcommand's usage.
+CMMagics.cm.__doc__ = f"Talk to the current context (`%cm help` shows this too).\n\n{HELP}\n"

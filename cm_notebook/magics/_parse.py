@@ -182,7 +182,7 @@ def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> 
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise UsageError(f"{_first_problem(exc)}. Usage: {usage}") from exc
+        raise UsageError(f"{_first_problem(exc, model)}. Usage: {usage}") from exc
 
 
 def _ends_list(word: str, options: dict[str, str]) -> bool:
@@ -201,10 +201,15 @@ def _is_number(word: str) -> bool:
     return True
 
 
-def _first_problem(exc: ValidationError) -> str:
+def _first_problem(exc: ValidationError, model: type[MagicArgs]) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
     message = str(error["msg"]).removeprefix("Value error, ")
     if not where:
         return message
+    if where in model.POSITIONAL or where == model.REST:
+        # A word, not an option: no "--name" to point at (the usage line shows it).
+        if error["type"] == "missing":
+            return f"the {where.replace('_', ' ')} is missing"
+        return f"the {where.replace('_', ' ')}: {message}"
     return f"--{where.replace('_', '-')}: {message}"
