@@ -547,6 +547,9 @@ class SessionCore(PromptWrites, MetadataReads):
         if self._signal_log is None or claim_path is None:
             return
         self._decisions = DecisionBox(context_folder_of(self._signal_log.path), self._fsync)
+        # A call its turn stopped waiting for (cancelled, stopped) is decided: a client
+        # of another process approving it then is refused, not told it approved it.
+        self._approvals.on_dropped = self._decisions.claim
         self._follower = LogFollower(
             LogReader(self._signal_log.path),
             self._signal_log.writer,

@@ -185,6 +185,9 @@ class ApprovalDesk:
     """The pending tool calls of one session, by id, oldest first."""
 
     def __init__(self) -> None:
+        #: Called with ``(call id, message id)`` of a call dropped undecided: a session
+        #: claims its decision record, so another process cannot decide it later.
+        self.on_dropped: Callable[[str, str], object] | None = None
         self._lock = threading.Lock()
         self._pending: dict[str, PendingCall] = {}
         # Ids given to a reply's calls, from then until its turn has asked for them:
@@ -213,9 +216,12 @@ class ApprovalDesk:
             self._reserved.difference_update(call_ids)
 
     def drop(self, call_id: str) -> None:
-        """Remove a call that no longer needs a decision (e.g. its turn was cancelled)."""
+        """Remove a call that no longer needs a decision (e.g. its turn was cancelled);
+        :attr:`on_dropped` is told of a call that was still pending."""
         with self._lock:
-            self._pending.pop(call_id, None)
+            dropped = self._pending.pop(call_id, None)
+        if dropped is not None and self.on_dropped is not None:
+            self.on_dropped(call_id, dropped.message_id)
 
     def ids(self) -> set[str]:
         """Ids of the pending calls."""

@@ -262,3 +262,13 @@ async def test_the_approval_view_names_the_branch_of_a_call_asked_before_it(
     finally:
         panel.close()
         session.close()
+
+
+def test_a_call_whose_turn_was_stopped_cannot_be_decided_from_elsewhere(
+    waiting: tuple[ContextSession, Turn, Message, DecisionBox],
+) -> None:
+    _here, turn, asking, box = waiting
+    [call] = asking.tool_calls
+    turn.cancel()
+    _wait_for(lambda: turn.done(), "the turn to end")
+    assert not box.post(call.id, asking.id, approved=True, reason=None)
