@@ -52,6 +52,15 @@ def test_compare_names_an_unknown_branch_before_counting(
             "regenerate()",
         ),
         (
+            BusyError(
+                "message 'm1' is still being generated, so a branch forked at it would build "
+                "on an unfinished reply. Wait for the turn to finish (await it), or fork at "
+                "an earlier message (from_message=...)."
+            ),
+            "(--from MESSAGE_ID)",
+            "from_message",
+        ),
+        (
             InvalidInputError(
                 "compare needs two or more branches, got ['main']; create one with "
                 "session.branch(name) or session.fan_out(...)"

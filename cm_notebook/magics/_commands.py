@@ -63,6 +63,10 @@ _REMEDIES = (
     ("await that turn (it ends in a moment)", "run the cell again in a moment"),
     ("use regenerate() for a new reply", "send again for a new reply"),
     (
+        "Wait for the turn to finish (await it), or fork at an earlier message (from_message=...).",
+        "Wait for the reply (`await _`), or fork at an earlier message (--from MESSAGE_ID).",
+    ),
+    (
         "create one with session.branch(name) or session.fan_out(...)",
         "make one with `%cm branch NAME`, or compare answers with `%%cm --ab` / `--fanout`",
     ),
