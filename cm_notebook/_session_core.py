@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import os
 import sys
 import threading
@@ -36,7 +35,6 @@ from typing import Any, TypeVar
 
 from . import events as ev
 from . import fsm
-from ._approval_apply import apply_remote_decision, approve_allowed
 from ._approval_log import LOCK_TIMEOUT as ALLOW_LIST_LOCK_TIMEOUT
 from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
@@ -47,12 +45,13 @@ from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._remote_decisions import DecisionBox
+from ._session_follow import FollowOthers
 from ._session_messages import MessageCache
 from ._session_metadata import MetadataReads
 from ._session_options import DEFAULTS, SessionOptions
 from ._session_prompt import PromptWrites
 from ._sessionio import StoreAccess
-from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
+from .approvals import ApprovalDesk
 from .branch_defaults import BranchDefaults
 from .errors import (
     BusyError,
@@ -60,14 +59,14 @@ from .errors import (
     InvalidInputError,
     StateError,
 )
-from .model import ContextMetadata, Message, ToolCall
+from .model import ContextMetadata, Message
 from .prompts import effective_system
 from .providers import Provider
 from .providers.pool import ProviderLike, ProviderPool
 from .redact import get_logger
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .runner import TurnRunner
-from .signal_log import LogReader, SignalLog
+from .signal_log import SignalLog
 from .store import IndexEntry, Store
 from .store.atomic import Fsync
 from .store.folders import context_folder_of
@@ -85,7 +84,7 @@ _S = TypeVar("_S", bound="SessionCore")
 JobT = TypeVar("JobT", bound=Handle[Any])
 
 
-class SessionCore(PromptWrites, MetadataReads):
+class SessionCore(PromptWrites, MetadataReads, FollowOthers):
     """Runtime state of a session and the properties callers read (see the module docstring)."""
 
     def __init__(
@@ -539,69 +538,6 @@ class SessionCore(PromptWrites, MetadataReads):
             self._io.call(self._store.set_branch_head(self.id, branch, prompt, expected_head=head))
             self._publish_branch_update(branch, ["head"], head=prompt)
         return prompt
-
-    # -- other processes' signals (see cm_notebook._follower) -------------------------
-
-    def _follow(self, store: Store) -> None:
-        claim_path = getattr(store, "branch_claim_path", None)
-        if self._signal_log is None or claim_path is None:
-            return
-        self._decisions = DecisionBox(context_folder_of(self._signal_log.path), self._fsync)
-        # A call its turn stopped waiting for (cancelled, stopped) is decided: a client
-        # of another process approving it then is refused, not told it approved it.
-        self._approvals.on_dropped = self._decisions.claim
-        self._follower = LogFollower(
-            LogReader(self._signal_log.path),
-            self._signal_log.writer,
-            relay=self._relay,
-            claim_held=self._dead_rounds.claim_locked,
-            on_dead=self._dead_rounds.owner_gone,
-            each_poll=self._apply_remote_decisions,
-        )
-
-    def _apply_remote_decisions(self) -> None:
-        # From the follower's thread: decisions other processes recorded for the tool
-        # calls waiting here are made as if made here, and stops asked for turns
-        # running here (cm_notebook._session_stop).
-        if self._decisions is None:
-            return
-        with self._lock:
-            turns = [runner.turn for runner in self._runners.values()]
-        for turn in turns:
-            if self._decisions.stop_asked(turn.id):
-                turn.cancel()
-        for call_id, message_id in self._approvals.waiting():
-            apply_remote_decision(self, self._decisions, call_id, message_id)
-        approve_allowed(self)  # a context allowance given meanwhile, by any process
-
-    async def _record_decision(
-        self, branch: str, reply: Message | None, call: ToolCall, decision: Decision
-    ) -> ApprovalRecord | None:
-        # The policy's own decisions follow from configuration: not logged. The log is a
-        # record of decisions already applied: failing to write it must not fail the
-        # turn (the ToolCallResolved signal still carries the record). Written on a
-        # worker thread: its fsync must not hold up the loop (a kernel's, a server's).
-        if decision.by == "policy":
-            return None
-        record = audit_record(branch, reply.id if reply is not None else "", call, decision)
-        try:
-            await run_blocking(functools.partial(self._approval_log.append, record))
-        except CMError as exc:
-            _log.warning("%s", exc)
-        return record
-
-    def _stop_following(self) -> None:
-        if self._follower is not None:
-            self._follower.close()
-
-    def _relay(self, event: ev.Event) -> None:
-        # From the follower's thread: deliver on the loop's thread, number unchanged.
-        def deliver() -> None:
-            if not self._bus.closed:
-                self._bus.relay(event)
-
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
-            self._loop.call_soon_threadsafe(deliver)
 
     def _forget_branch(self, branch: str) -> None:
         self._machines.forget(branch)

@@ -60,7 +60,6 @@ Filtering: ``bus.subscribe(callback, branch="main", kinds={"ContentDelta"})`` ca
 from __future__ import annotations
 
 import asyncio
-import difflib
 import functools
 import itertools
 import threading
@@ -71,6 +70,7 @@ from datetime import datetime
 from typing import Protocol, TypeAlias, TypeVar, cast
 
 from ._delta_runs import DeltaRun
+from ._event_filters import EventCallback, check_kinds, filtered
 from ._event_stream import EventStream, _Buffer
 from .errors import InvalidInputError, StateError
 from .model import utcnow
@@ -128,9 +128,6 @@ __all__ = [
 
 logger = get_logger(__name__)
 
-
-EventCallback: TypeAlias = Callable[[Event], None]
-"""A synchronous subscriber: called inline by :meth:`EventBus.publish`."""
 
 EventT = TypeVar("EventT", bound=BaseEvent)
 
@@ -483,9 +480,9 @@ class EventBus:
             raise InvalidInputError(f"callback must be callable, got {callback!r}")
         if branch is not None and not isinstance(branch, str):
             raise InvalidInputError(f"branch must be a branch name, got {branch!r}")
-        wanted = _check_kinds(kinds)
+        wanted = check_kinds(kinds)
         if branch is not None or wanted is not None:
-            callback = _filtered(callback, branch, wanted)
+            callback = filtered(callback, branch, wanted)
         with self._registry_lock:
             token = next(self._tokens)
             self._callbacks[token] = callback
@@ -576,32 +573,3 @@ class EventBus:
         for buffer in buffers:
             buffer.closed = True
             buffer.wake()
-
-
-def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
-    if kinds is None:
-        return None
-    if isinstance(kinds, str):
-        kinds = [kinds]
-    wanted = frozenset(kinds)
-    for kind in wanted:
-        if kind not in SIGNAL_KINDS:
-            close = difflib.get_close_matches(str(kind), SIGNAL_KINDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InvalidInputError(
-                f"unknown signal kind {kind!r}{hint}; the kinds are {sorted(SIGNAL_KINDS)}"
-            )
-    return wanted
-
-
-def _filtered(
-    callback: EventCallback, branch: str | None, kinds: frozenset[str] | None
-) -> EventCallback:
-    def deliver(event: Event) -> None:
-        if branch is not None and event.branch != branch:
-            return
-        if kinds is not None and event.type not in kinds:
-            return
-        callback(event)
-
-    return deliver

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -61,43 +60,20 @@ from .paths import (
 from .recovered import known_entries, listed_entries, recover_hidden
 from .repair import repair_files
 from .streaming_locks import StreamingLocks
+from .tokens import files_token, token_paths
 from .walks import WalkCache
 
 __all__ = [
     "ContextState",
     "creation_lock",
-    "files_token",
     "lock_is_held",
     "remove_lock_shell",
-    "remove_tree",
-    "token_paths",
 ]
 
 T = TypeVar("T")
 
 _KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def token_paths(folder: Path) -> tuple[str, ...]:
-    """The files whose ``stat`` makes a context's :func:`files_token`."""
-    return tuple(
-        str(folder / name) for name in (METADATA_NAME, INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR)
-    )
-
-
-def files_token(paths: tuple[str, ...]) -> tuple[int, ...]:
-    """A fingerprint of a context folder's files (four ``stat`` calls): it differs after
-    any write (see :meth:`~cm_notebook.store.filestore.FileStore.change_token`)."""
-    token: list[int] = []
-    for path in paths:
-        try:
-            info = os.stat(path)
-        except OSError:
-            token += [0, 0, 0, 0]
-        else:
-            token += [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
-    return tuple(token)
 
 
 class ContextState:
@@ -616,8 +592,3 @@ class ContextState:
         self._heads_checked = None
         self.flushes.clear()
         self._swept = False
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder that has already been renamed out of the way (best effort)."""
-    shutil.rmtree(path, ignore_errors=True)

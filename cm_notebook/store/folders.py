@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import stat
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..ids import id_key
 from ..model import ContextMetadata
 from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable
 from .codec import decode_metadata, encode_metadata, read_regular
-from .context import creation_lock, remove_lock_shell, remove_tree
+from .context import creation_lock, remove_lock_shell
 from .diagnostics import warn
 from .index import empty_index_bytes
 from .oserrors import describe_kind, linked
@@ -37,6 +38,7 @@ __all__ = [
     "context_folder_of",
     "create_context_folder",
     "list_context_folders",
+    "remove_tree",
     "signal_log_in",
     "trash_path",
 ]
@@ -223,3 +225,8 @@ def checked_signal_log(context_folder: Path) -> Path:
 def context_folder_of(log_path: Path) -> Path:
     """The context folder of the log at ``log_path`` (see :func:`signal_log_in`)."""
     return log_path.parent.parent if log_path.parent.name == SIGNALS_DIR else log_path.parent
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder that has already been renamed out of the way (best effort)."""
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""What a session does about other processes writing the same context.
+
+:class:`FollowOthers` is a base of :class:`~cm_notebook._session_core.SessionCore`. A
+session on a store that shares its folder with other processes follows the context's
+signal log (:class:`~cm_notebook._follower.LogFollower`): it relays their signals to its
+own subscribers with their numbers unchanged, notices a process that died mid-turn
+(:mod:`cm_notebook._dead_rounds`), and applies the decisions and stops other processes
+recorded for the tool calls and turns waiting here (:mod:`cm_notebook._remote_decisions`).
+It also keeps the audit log of decisions made here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from typing import TYPE_CHECKING, cast
+
+from . import events as ev
+from ._approval_apply import apply_remote_decision, approve_allowed
+from ._approval_log import ApprovalLog
+from ._dead_rounds import DeadRounds
+from ._follower import LogFollower
+from ._remote_decisions import DecisionBox
+from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
+from .errors import CMError
+from .model import Message, ToolCall
+from .redact import get_logger
+from .runner import TurnRunner
+from .signal_log import LogReader, SignalLog
+from .store import Store
+from .store.atomic import Fsync
+from .store.folders import context_folder_of
+from .store.workers import run_blocking
+
+if TYPE_CHECKING:
+    from ._session_core import SessionCore
+
+__all__ = ["FollowOthers"]
+
+_log = get_logger(__name__)
+
+
+class FollowOthers:
+    """Follows other processes' signals and decisions (see the module docstring)."""
+
+    _loop: asyncio.AbstractEventLoop
+    _bus: ev.EventBus
+    _lock: threading.RLock
+    _fsync: Fsync
+    _signal_log: SignalLog | None
+    _follower: LogFollower | None
+    _decisions: DecisionBox | None
+    _approvals: ApprovalDesk
+    _approval_log: ApprovalLog
+    _dead_rounds: DeadRounds
+    _runners: dict[str, TurnRunner]
+
+    def _follow(self, store: Store) -> None:
+        claim_path = getattr(store, "branch_claim_path", None)
+        if self._signal_log is None or claim_path is None:
+            return
+        self._decisions = DecisionBox(context_folder_of(self._signal_log.path), self._fsync)
+        # A call its turn stopped waiting for (cancelled, stopped) is decided: a client
+        # of another process approving it then is refused, not told it approved it.
+        self._approvals.on_dropped = self._decisions.claim
+        self._follower = LogFollower(
+            LogReader(self._signal_log.path),
+            self._signal_log.writer,
+            relay=self._relay,
+            claim_held=self._dead_rounds.claim_locked,
+            on_dead=self._dead_rounds.owner_gone,
+            each_poll=self._apply_remote_decisions,
+        )
+
+    def _apply_remote_decisions(self) -> None:
+        # From the follower's thread: decisions other processes recorded for the tool
+        # calls waiting here are made as if made here, and stops asked for turns
+        # running here (cm_notebook._session_stop).
+        if self._decisions is None:
+            return
+        with self._lock:
+            turns = [runner.turn for runner in self._runners.values()]
+        for turn in turns:
+            if self._decisions.stop_asked(turn.id):
+                turn.cancel()
+        session = cast("SessionCore", self)  # the one class this is a base of
+        for call_id, message_id in self._approvals.waiting():
+            apply_remote_decision(session, self._decisions, call_id, message_id)
+        approve_allowed(session)  # a context allowance given meanwhile, by any process
+
+    async def _record_decision(
+        self, branch: str, reply: Message | None, call: ToolCall, decision: Decision
+    ) -> ApprovalRecord | None:
+        # The policy's own decisions follow from configuration: not logged. The log is a
+        # record of decisions already applied: failing to write it must not fail the
+        # turn (the ToolCallResolved signal still carries the record). Written on a
+        # worker thread: its fsync must not hold up the loop (a kernel's, a server's).
+        if decision.by == "policy":
+            return None
+        record = audit_record(branch, reply.id if reply is not None else "", call, decision)
+        try:
+            await run_blocking(functools.partial(self._approval_log.append, record))
+        except CMError as exc:
+            _log.warning("%s", exc)
+        return record
+
+    def _stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.close()
+
+    def _relay(self, event: ev.Event) -> None:
+        # From the follower's thread: deliver on the loop's thread, number unchanged.
+        def deliver() -> None:
+            if not self._bus.closed:
+                self._bus.relay(event)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(deliver)
