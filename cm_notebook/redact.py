@@ -300,11 +300,19 @@ def _without_assigned_secrets(text: str) -> str:
     return _ASSIGNMENT.sub(
         lambda m: (
             f"{m.group(1)}{m.group(2)}{REDACTED}"
-            if is_secret_name(m.group(1)) and not m.group(3).startswith(REDACTED[:-1])
+            if is_secret_name(m.group(1))
+            and not m.group(3).startswith(REDACTED[:-1])
+            and not _PLACEHOLDER.fullmatch(m.group(3))
             else m.group(0)
         ),
         text,
     )
+
+
+# A value that only stands for one ("pass api_key=...)"): an error message's advice
+# must reach the reader whole. Only an ellipsis and closing punctuation: nothing a key
+# could be.
+_PLACEHOLDER = re.compile(r"(?:\.\.\.|\u2026)[).,;:!?\]]*")
 
 
 # -- finding, refusing and redacting in data ---------------------------------------------

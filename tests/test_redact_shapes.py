@@ -115,6 +115,16 @@ def test_ordinary_text_comes_back_unchanged() -> None:
     assert redact_text("") == ""
 
 
+def test_a_placeholder_for_a_key_is_advice_not_a_secret() -> None:
+    advice = "set OPENAI_API_KEY (or pass api_key=...), or give base_url=... instead"
+    assert redact_text(advice) == advice
+    assert redact_text("or password: \u2026") == "or password: \u2026"
+    assert redact_text("api_key=abc123secret") == f"api_key={REDACTED}"
+    # Only a placeholder as a whole: a value that merely begins like one is redacted.
+    assert redact_text("api_key=...abc123") == f"api_key={REDACTED}"
+    assert redact_text("password=<secret>") == f"password={REDACTED}"
+
+
 def _every_pattern(text: str) -> str:
     # redact_text without its shortcuts: each pattern over the whole text.
     text = _KEY_SHAPES.sub(REDACTED, text)
