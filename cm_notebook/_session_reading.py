@@ -228,12 +228,12 @@ class SessionReading(SessionCore):
             )
         return waiting
 
-    def _waiting_branches(self) -> dict[str, str]:
-        # Call id -> branch of every call waiting, here or elsewhere (for the views).
-        return {
-            **{waiting.call.id: waiting.branch for waiting in self._waiting_elsewhere(None)},
-            **self._approvals.branches(),
-        }
+    def _pending_on_branches(self) -> builtins.list[tuple[ToolCall, str]]:
+        # Every call waiting, here then elsewhere, with its branch (for the views: two
+        # processes may both have a ``call_1`` waiting, each on its own branch).
+        return self._approvals.calls_with_branches() + [
+            (waiting.call, waiting.branch) for waiting in self._waiting_elsewhere(None)
+        ]
 
     def running_turn_id(self, branch: str | None = None) -> str | None:
         """The id of the turn running on ``branch`` (default: active): this session's,

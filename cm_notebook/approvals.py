@@ -238,6 +238,11 @@ class ApprovalDesk:
         with self._lock:
             return {call_id: pending.branch for call_id, pending in self._pending.items()}
 
+    def calls_with_branches(self) -> list[tuple[ToolCall, str]]:
+        """The pending calls with the branch each was asked on, oldest first."""
+        with self._lock:
+            return [(pending.call, pending.branch) for pending in self._pending.values()]
+
     def calls(self) -> list[ToolCall]:
         """The pending calls, oldest first."""
         with self._lock:

@@ -264,6 +264,42 @@ async def test_the_approval_view_names_the_branch_of_a_call_asked_before_it(
         session.close()
 
 
+@pytest.mark.anyio
+async def test_the_approval_view_shows_two_processes_calls_of_one_id_apart(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import ToolApproval
+
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        session.branch("other", switch=False)
+    _asking(tmp_path, context, children, "main", (1, 2))
+    _asking(tmp_path, context, children, "other", (5, 6))
+    session = ContextSession.open(context, data_dir=tmp_path)
+    panel = ToolApproval(session)
+    try:
+        await until(lambda: len(panel.rows) == 2)
+        [same_id] = {call_id for call_id, _branch in panel.rows}  # both processes' call_1
+        with pytest.raises(InvalidInputError, match="say which with branch="):
+            panel.row(same_id)
+        other = panel.row(same_id, branch="other")
+        assert json.loads(other.arguments.value) == {"a": 5, "b": 6}
+        assert "on branch <b>other</b>" in other.title.value
+        other.approve_button.click()
+        await until(lambda: "approved" in other.status.value or "done" in other.status.value)
+        assert _finish(children[1]) == "11"  # the other branch's call, and only it, ran
+        main = panel.row(same_id, branch="main")
+        assert not main.decided
+        assert children[0].poll() is None  # still waiting for its decision
+        assert [c.arguments for c in session.pending_tool_calls] == [{"a": 1, "b": 2}]
+        main.deny_button.click()
+        await until(lambda: "denied" in main.status.value)
+        assert "denied" in _finish(children[0])
+    finally:
+        panel.close()
+        session.close()
+
+
 def test_a_call_whose_turn_was_stopped_cannot_be_decided_from_elsewhere(
     waiting: tuple[ContextSession, Turn, Message, DecisionBox],
 ) -> None:

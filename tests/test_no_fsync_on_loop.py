@@ -95,7 +95,7 @@ def test_allowing_a_tool_for_the_context_by_click_does_not_fsync_on_the_loop(
         approvals = ToolApproval(session)
         with fsyncs_on_this_thread() as calls:
             turn = session.send("Add")
-            row = await until(lambda: approvals.rows.get("call_1"))
+            row = await until(lambda: approvals.rows.get(("call_1", "main")))
             click = threading.Thread(target=row.context_button.click)
             click.start()
             assert (await asyncio.wait_for(turn, DEADLINE)).content == "42."

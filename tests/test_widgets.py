@@ -199,7 +199,7 @@ async def test_clicks_from_other_threads_decide_a_call_once(new_session: NewSess
     session = new_session(provider=fake, tools=[add])
     approvals = ToolApproval(session)
     turn = session.send("add")
-    row = await until(lambda: approvals.rows.get("call_1"))
+    row = await until(lambda: approvals.rows.get(("call_1", "main")))
     clicks = [threading.Thread(target=row.approve_button.click) for _ in range(4)]
     clicks.append(threading.Thread(target=row.deny_button.click))
     for click in clicks:
@@ -222,7 +222,7 @@ async def test_clicks_on_every_choice_at_once_decide_once_and_always_allow_the_c
     session = new_session(provider=fake, tools=[add])
     approvals = ToolApproval(session)
     turn = session.send("add")
-    row = await until(lambda: approvals.rows.get("call_1"))
+    row = await until(lambda: approvals.rows.get(("call_1", "main")))
     buttons = [row.context_button, row.session_button, row.approve_button, row.deny_button]
     clicks = [threading.Thread(target=button.click) for button in buttons * 2]
     clicks[0].start()

@@ -32,7 +32,12 @@ import ipywidgets as w
 
 from .. import events as ev
 from ..approvals import ApprovalRecord, Remember
-from ..errors import CMError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
+from ..errors import (
+    CMError,
+    InvalidInputError,
+    ToolCallAlreadyResolvedError,
+    ToolCallNotFoundError,
+)
 from ..model import ToolCall
 from ..store.workers import submit_blocking
 from ..tools import validate_edited_arguments
@@ -327,8 +332,9 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         )
         super().__init__([self.header, self.history])
         self.add_class("cm-approval")
-        self.rows: dict[str, CallRow] = {}
-        self._branches: dict[str, str] = {}  # call id -> branch, from the signals
+        #: The rows by (tool call id, branch): two processes may number their calls
+        #: alike (each its own ``call_1``), never on one branch at once.
+        self.rows: dict[tuple[str, str], CallRow] = {}
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._sync()
 
@@ -350,22 +356,35 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
                 row.resolved("no longer waiting: the turn is over", None, None)
         self.header.value = ""
 
-    def row(self, tool_call_id: str) -> CallRow:
-        """The row of one call (KeyError if it is not shown)."""
-        return self.rows[tool_call_id]
+    def row(self, tool_call_id: str, *, branch: str | None = None) -> CallRow:
+        """The row of one call; ``branch`` is needed only when calls on several branches
+        share the id (InvalidInputError then names them). KeyError if it is not shown."""
+        found = [
+            row
+            for (call_id, on), row in self.rows.items()
+            if call_id == tool_call_id and branch in (None, on)
+        ]
+        if not found:
+            where = "" if branch is None else f" on branch {branch!r}"
+            raise KeyError(f"no tool call {tool_call_id!r}{where} is shown")
+        if len(found) > 1:
+            on_branches = sorted(on for (call_id, on) in self.rows if call_id == tool_call_id)
+            raise InvalidInputError(
+                f"tool calls {tool_call_id!r} wait on branches {on_branches}; say which "
+                "with branch="
+            )
+        return found[0]
 
     def _show_error(self, text: str) -> None:
         self.header.value = f'<span style="color:#b91c1c">{html.escape(text)}</span>'
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ToolApprovalRequested):
-            for call_id in event.tool_call_ids:
-                self._branches[call_id] = event.branch or ""
             self._sync()
         elif isinstance(event, ev.ToolCallResolved):
             if event.decision is not None:
                 self.history.add(event.decision)
-            row = self.rows.get(event.tool_call_id)
+            row = self._row_for(event.tool_call_id, event.branch or "")
             if row is not None:
                 result = None
                 if event.status.value in ("done", "failed"):
@@ -376,23 +395,26 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
             self.history.reload()
             self._sync()
 
+    def _row_for(self, call_id: str, branch: str) -> CallRow | None:
+        # The row a signal speaks of: by id and branch, else the only row of that id (a
+        # turn diverted to a conflict branch signals there; its row has the turn's).
+        row = self.rows.get((call_id, branch))
+        if row is None:
+            found = [row for (each, _on), row in self.rows.items() if each == call_id]
+            row = found[0] if len(found) == 1 else None
+        return row
+
     def _result_of(self, call_id: str, branch: str | None) -> str | None:
         for message in reversed(self.session.history(branch)):
             if message.role == "tool" and message.tool_call_id == call_id:
                 return message.content
         return None
 
-    def _shows(self, call_id: str, waiting: dict[str, str]) -> bool:
-        if self._only is None or call_id in self._seen:
+    def _shows(self, call_id: str, branch: str) -> bool:
+        # With ``branch`` given to the view: only that branch's calls (the history then
+        # shows the decisions of the calls seen).
+        if self._only is None:
             return True
-        branch = self._branches.get(call_id)
-        # Pending before this view heard it asked for (a Resync): its reply's branch.
-        if (
-            branch is None
-            and call_id in waiting
-            and self.session.tree().holds(self._only, waiting[call_id])
-        ):
-            branch = self._only
         if branch != self._only:
             return False
         self._seen.add(call_id)
@@ -400,25 +422,26 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
 
     def _sync(self) -> None:
         # Keep the rows of undecided calls and the newly pending ones; drop the rest.
-        # A call asked before this view heard of it: its branch from the session.
-        for call_id, branch in self.session._waiting_branches().items():
-            self._branches.setdefault(call_id, branch)
-        waiting = dict(self.session._approvals.waiting()) if self._only is not None else {}
-        pending = [c for c in self.session.pending_tool_calls if self._shows(c.id, waiting)]
-        pending_ids = {call.id for call in pending}
-        for call_id in list(self.rows):
-            if call_id not in pending_ids and self.rows[call_id].decided:
-                self.rows.pop(call_id).close()
-        for call in pending:
-            if call.id not in self.rows:
-                self.rows[call.id] = CallRow(
-                    self.session, self._follower, call, self._branches.get(call.id, "")
-                )
+        pending = {
+            (call.id, branch): call
+            for call, branch in self.session._pending_on_branches()
+            if self._shows(call.id, branch)
+        }
+        for key in list(self.rows):
+            if key not in pending and self.rows[key].decided:
+                self.rows.pop(key).close()
+        for key, call in pending.items():
+            if key not in self.rows:
+                self.rows[key] = CallRow(self.session, self._follower, call, key[1])
         self._update_header()
         self.children = [self.header, *self.rows.values(), self.history]
 
     def _update_header(self) -> None:
-        waiting = sum(1 for c in self.session.pending_tool_calls if c.id in self.rows)
+        waiting = sum(
+            1
+            for call, branch in self.session._pending_on_branches()
+            if (call.id, branch) in self.rows
+        )
         self.header.value = (
             f"<b>{waiting} tool call{'s' if waiting != 1 else ''} waiting for approval</b>"
             if waiting
