@@ -21,6 +21,7 @@ from .model import Branch, MessageStatus
 from .params import GenerationParams
 from .prompts import has_replies
 from .providers.pool import ProviderLike
+from .titles import checked_description
 
 __all__ = ["SessionBranches"]
 
@@ -56,6 +57,7 @@ class SessionBranches(SessionReading):
         validate_branch_name(name)
         if from_branch is not None:
             validate_branch_name(from_branch)
+        checked_description(description)
         own = branch_settings(system, provider, params)
         metadata = self._read_metadata()
         if from_message is None:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["REPLACEMENT", "for_terminal", "has_surrogates", "scrub", "without_surrogates"]
+__all__ = [
+    "REPLACEMENT",
+    "control_characters",
+    "for_terminal",
+    "has_surrogates",
+    "scrub",
+    "without_surrogates",
+]
 
 #: What a lone half of a surrogate pair becomes.
 REPLACEMENT = "\ufffd"
@@ -59,3 +66,16 @@ def scrub(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [scrub(item) for item in value]
     return value
+
+
+def control_characters(text: str, *, lines: bool = False) -> list[str]:
+    """The control characters in ``text`` as ``U+XXXX``, each once, sorted (C0 and C1
+    controls and DEL); with ``lines``, line feeds, carriage returns and tabs are text.
+
+    For names and labels that lists and terminals show: an escape sequence or a NUL in
+    them garbles every list they appear in, so they are refused where they enter.
+    """
+    allowed = "\n\r\t" if lines else ""
+    return sorted(
+        {f"U+{ord(c):04X}" for c in text if (c < " " or "\x7f" <= c <= "\x9f") and c not in allowed}
+    )

@@ -64,7 +64,7 @@ from .redact import refuse_secrets
 from .render import conversation_html
 from .sampling import for_regenerate
 from .store import FileStore, Store
-from .titles import UNTITLED, validate_title
+from .titles import UNTITLED, checked_tags, validate_title
 from .turn import DeltaFeed, Turn
 
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
@@ -186,7 +186,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             if probe is not None:
                 close_later(probe)
         metadata = ContextMetadata(
-            title=title, system_prompt=system, provider=settings, tags=list(tags)
+            title=title, system_prompt=system, provider=settings, tags=checked_tags(tags)
         )
         # Build (and so validate) the session before anything is written.
         opened = store if store is not None else FileStore(data_dir)

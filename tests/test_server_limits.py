@@ -177,3 +177,19 @@ def test_params_that_name_the_request_own_arguments_are_400(client: httpx.Client
             "not generation parameters",
         )
     assert client.get(f"contexts/{context_id}/messages").json()["messages"] == []
+
+
+def test_a_tag_or_description_with_control_characters_is_refused(client: httpx.Client) -> None:
+    _refused(client.post("contexts", json={"tags": ["red\x1b[31m"]}), 400, "control characters")
+    context_id = create_context(client, [], title="Tagged")
+    _refused(
+        client.post(f"contexts/{context_id}/branches", json={"name": "b", "description": "\x00"}),
+        400,
+        "control characters",
+    )
+    branches = client.get(f"contexts/{context_id}/branches").json()["branches"]
+    assert [b["name"] for b in branches] == ["main"]
+    created = client.post(
+        f"contexts/{context_id}/branches", json={"name": "c", "description": "one\n\ttwo"}
+    )
+    assert created.status_code == 201, created.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -106,3 +107,45 @@ def test_auto_title_never_blocks_or_fails_a_send(
     other.close()  # waits for the title job to end
     assert other.title == "hello there"
     assert not [e for e in recorder.snapshot() if e.type == "Error"]
+
+
+def test_names_that_lists_show_refuse_control_characters(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # An escape sequence or a NUL in a title, a tag or a branch description would garble
+    # every list and terminal that shows it: refused where it enters, nothing stored.
+    with pytest.raises(InvalidInputError, match=r"tag .* control characters \(found U\+001B\)"):
+        ContextSession.create("T", tags=["\x1b[31mred"], data_dir=data_dir)
+    with pytest.raises(InvalidInputError, match=r"found U\+0009"):
+        ContextSession.create("T", tags=["a\tb"], data_dir=data_dir)
+    with pytest.raises(InvalidInputError, match="tags must be a list"):
+        ContextSession.create("T", tags="study", data_dir=data_dir)  # type: ignore[arg-type]
+    assert ContextSession.list(data_dir) == []
+    session = ContextSession.create(
+        "T", tags=["study", "ünïcode ok"], provider=ScriptedProvider(), data_dir=data_dir
+    )
+    closing.append(session)
+    with pytest.raises(InvalidInputError, match=r"title cannot contain .*U\+0000"):
+        session.rename("bad\x00title")
+    assert session.title == "T"
+    with pytest.raises(InvalidInputError, match=r"branch description .*U\+001B"):
+        session.branch("b", description="\x1b]0;owned\x07")
+    assert "b" not in session.branches
+    # Line breaks and tabs are text in a description.
+    session.branch("c", description="line one\n\tline two", switch=False)
+    assert session.branches["c"].description == "line one\n\tline two"
+
+
+def test_a_stored_control_character_still_opens(data_dir: Path) -> None:
+    # Refused where it enters, never on reading: a context written before still opens.
+    session = ContextSession.create("T", provider=ScriptedProvider(), data_dir=data_dir)
+    context_id = session.id
+    session.close()
+    metadata = data_dir / "contexts" / context_id / "metadata.json"
+    raw = json.loads(metadata.read_text())
+    raw["tags"] = ["old\x1btag"]
+    raw["branches"]["main"]["description"] = "old\x00description"
+    metadata.write_text(json.dumps(raw))
+    with ContextSession.open(context_id, data_dir=data_dir) as reopened:
+        assert reopened.metadata.tags == ["old\x1btag"]
+        assert reopened.branches["main"].description == "old\x00description"
