@@ -87,6 +87,8 @@ class Stability(BaseModel):
         return self.groups[0] if self.groups else None
 
     def __repr__(self) -> str:
+        if not self.total:  # agreement is 1.0 by convention: nothing to disagree
+            return "<Stability no answers>"
         return (
             f"<Stability {self.total} answers, {self.distinct} distinct, "
             f"agreement {self.agreement:.0%}>"

@@ -65,6 +65,9 @@ def test_options_and_bad_input() -> None:
     loose = stability(["a b c d", "a b c e"], threshold=0.0)
     assert loose.groups[1].diff is not None
     assert stability([]).agreement == 1.0
+    # Not shown as "agreement 100%": there were no answers to agree.
+    assert repr(stability([])) == "<Stability no answers>"
+    assert "no answers" in stability([])._repr_html_()
     assert stability([]).top is None
     with pytest.raises(InvalidInputError, match="threshold"):
         stability(["a"], threshold=2)
