@@ -59,7 +59,10 @@ class ApprovalMethods(SessionReading):
     ) -> builtins.list[ToolCall]:
         """Approve one pending tool call, or all of them with ``tool_call_id=None``
         (only those of ``branch`` if given, e.g. one arm of a fan-out), including those
-        waiting in other processes (see :attr:`pending_tool_calls`).
+        waiting in other processes (see :attr:`pending_tool_calls`). With one
+        ``tool_call_id``, ``branch`` says which call is meant when calls on several
+        branches share the id (each process numbers its own ``call_1``);
+        InvalidInputError names those branches when it is left out.
 
         ``arguments`` replaces the model's arguments for that call after validation
         against the tool's schema (only with a single ``tool_call_id``); a call waiting

@@ -140,7 +140,17 @@ class SessionReading(SessionCore):
         # None if it waits here, or no other process is known to wait on it.
         if self._follower is None or self._decisions is None:
             return None
-        if call_id in self._approvals.ids():
+        here = self._approvals.branches().get(call_id)
+        if here is not None and branch in (None, here):
+            # It waits here; without a branch, another process's call of the same id
+            # (each numbers its own ``call_1``) makes the id ambiguous, as below.
+            there = [on for each, _, on in self._follower.waiting_calls(None) if each == call_id]
+            if branch is None and there:
+                on = ", ".join(repr(name) for name in [here, *there])
+                raise InvalidInputError(
+                    f"tool calls waiting on branches {on} all have the id {call_id!r}: "
+                    "say which with branch="
+                )
             return None
         found = self._follower.waiting_call(call_id, branch)
         if not found:

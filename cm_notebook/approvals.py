@@ -271,7 +271,7 @@ class ApprovalDesk:
         was_resolved: Callable[[str], bool],
         branch: str | None = None,
     ) -> list[PendingCall]:
-        """Take one call (or all with ``None``, optionally only ``branch``'s) to decide it.
+        """Take one call (or all with ``None``), only ``branch``'s if given, to decide it.
 
         Raises:
             ToolCallAlreadyResolvedError: ``call_id`` was decided before (per
@@ -289,10 +289,17 @@ class ApprovalDesk:
                         f"there are no tool calls waiting for approval{where}"
                     )
                 return taken
-            pending = self._pending.pop(call_id, None)
-            if pending is not None:
+            pending = self._pending.get(call_id)
+            if pending is not None and branch in (None, pending.branch):
+                del self._pending[call_id]
                 return [pending]
             waiting = list(self._pending)
+        if pending is not None:
+            # Another branch's call of that id waits here: never decide it instead.
+            raise ToolCallNotFoundError(
+                f"no pending tool call {call_id!r} on branch {branch!r}; the one waiting "
+                f"here is on branch {pending.branch!r}"
+            )
         if was_resolved(call_id):
             raise ToolCallAlreadyResolvedError(
                 f"tool call {call_id!r} was already approved or denied"

@@ -308,3 +308,71 @@ def test_a_call_whose_turn_was_stopped_cannot_be_decided_from_elsewhere(
     turn.cancel()
     _wait_for(lambda: turn.done(), "the turn to end")
     assert not box.post(call.id, asking.id, approved=True, reason=None)
+
+
+@pytest.fixture
+def both_waiting(
+    tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> Iterator[tuple[ContextSession, Turn, str]]:
+    # A turn here on main waiting for add(1, 2), and another process's turn on "other"
+    # (forked before either asked) waiting for add(5, 6): each numbers its first call
+    # ``call_1``. Yields this session, its turn and that id.
+    provider = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("done")
+    here = ContextSession.create(data_dir=tmp_path, provider=provider, tools=[add])
+    try:
+        here.branch("other", switch=False)
+        turn = here.send("sum?")
+        _wait_for(lambda: bool(here.pending_tool_calls), "the call to be asked")
+        children.append(
+            start_tool_writer(
+                tmp_path, here.id, print_tool_result=True, branch="other", arguments=(5, 6)
+            )
+        )
+        _wait_for(lambda: len(here.pending_tool_calls) == 2, "the other process to ask")
+        [same_id] = {c.id for c in here.pending_tool_calls}
+        yield here, turn, same_id
+    finally:
+        here.close()
+
+
+def test_a_call_here_and_another_process_s_of_one_id_are_decided_apart(
+    both_waiting: tuple[ContextSession, Turn, str], children: list[subprocess.Popen[bytes]]
+) -> None:
+    here, turn, same_id = both_waiting
+    with pytest.raises(InvalidInputError, match="'main', 'other' all have the id"):
+        here.approve(same_id)  # which one is meant cannot be told
+    [other] = here.approve(same_id, branch="other")
+    assert other.arguments == {"a": 5, "b": 6}
+    assert _finish(children[0]) == "11"  # the other process's call ran, not this one's
+    assert not turn.done()
+    assert [c.arguments for c in here.pending_tool_calls] == [{"a": 1, "b": 2}]
+    with pytest.raises(ToolCallNotFoundError, match="on branch 'other'"):
+        here.deny(same_id, branch="other")  # decided: this one's stays waiting
+    [main] = here.approve(same_id, branch="main")
+    assert main.arguments == {"a": 1, "b": 2}
+    assert turn.result(DEADLINE).content == "done"
+
+
+@pytest.mark.anyio
+async def test_the_approval_view_decides_a_call_here_and_another_process_s_apart(
+    both_waiting: tuple[ContextSession, Turn, str], children: list[subprocess.Popen[bytes]]
+) -> None:
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import ToolApproval
+
+    here, turn, same_id = both_waiting
+    panel = ToolApproval(here)
+    try:
+        await until(lambda: len(panel.rows) == 2)
+        other = panel.row(same_id, branch="other")
+        assert json.loads(other.arguments.value) == {"a": 5, "b": 6}
+        other.approve_button.click()
+        await until(lambda: "approved" in other.status.value or "done" in other.status.value)
+        assert _finish(children[0]) == "11"  # its buttons decided the other process's call
+        main = panel.row(same_id, branch="main")
+        assert not main.decided
+        assert not turn.done()
+        main.approve_button.click()
+        assert (await turn).content == "done"
+    finally:
+        panel.close()
