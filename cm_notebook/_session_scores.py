@@ -103,8 +103,9 @@ class ScoreMethods(SessionReading):
         by: str | None = None,
         clear: bool = False,
     ) -> Score:
-        """Rate an assistant message: thumbs up or down, a 1-5 ``score``, ``tags``, a
-        ``note``, and who rated it (``by``). Returns the score as now stored.
+        """Rate an assistant message: thumbs up or down, a 1-5 ``score``, ``tags`` (short
+        texts without control characters), a ``note``, and who rated it (``by``).
+        Returns the score as now stored.
 
         Rating again merges: given fields replace the stored ones, tags are added, the
         rest is kept; ``clear=True`` starts from an empty score (see

@@ -13,11 +13,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .errors import InvalidInputError
+
 __all__ = [
     "REPLACEMENT",
     "control_characters",
     "for_terminal",
     "has_surrogates",
+    "refuse_control_characters",
     "scrub",
     "without_surrogates",
 ]
@@ -70,12 +73,31 @@ def scrub(value: Any) -> Any:
 
 def control_characters(text: str, *, lines: bool = False) -> list[str]:
     """The control characters in ``text`` as ``U+XXXX``, each once, sorted (C0 and C1
-    controls and DEL); with ``lines``, line feeds, carriage returns and tabs are text.
+    controls and DEL); with ``lines``, line feeds and tabs are text, and so is a
+    carriage return that ends a line (``\\r\\n``).
 
     For names and labels that lists and terminals show: an escape sequence or a NUL in
-    them garbles every list they appear in, so they are refused where they enter.
+    them garbles every list they appear in, so they are refused where they enter. A
+    carriage return of its own sends a terminal back to the start of the line, where
+    the text after it hides the text before.
     """
-    allowed = "\n\r\t" if lines else ""
-    return sorted(
-        {f"U+{ord(c):04X}" for c in text if (c < " " or "\x7f" <= c <= "\x9f") and c not in allowed}
-    )
+    found = set()
+    for at, c in enumerate(text):
+        if not (c < " " or "\x7f" <= c <= "\x9f"):
+            continue
+        if lines and (c in "\n\t" or text.startswith("\r\n", at)):
+            continue
+        found.add(f"U+{ord(c):04X}")
+    return sorted(found)
+
+
+def refuse_control_characters(text: str, what: str, *, lines: bool = False) -> None:
+    """Raise InvalidInputError naming the control characters in ``text`` (see
+    :func:`control_characters`); ``what`` names the text, e.g. ``"the tag 'x'"``."""
+    found = control_characters(text, lines=lines)
+    if found:
+        kept = " (line breaks and tabs may stay)" if lines else ""
+        raise InvalidInputError(
+            f"{what} cannot contain control characters (found {', '.join(found[:5])}); "
+            f"remove them{kept}"
+        )

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._unicode import scrub
+from ._unicode import refuse_control_characters, scrub
 from .errors import InvalidInputError
 from .model import UTCDateTime, utcnow
 
@@ -174,6 +174,9 @@ def merged(
     tags = list(tags)
     if any(not isinstance(tag, str) for tag in tags):
         raise InvalidInputError(f"tags must be strings, got {tags!r:.200}")
+    for tag in tags:
+        # Checked as they are given, not in Score: a score stored before still reads.
+        refuse_control_characters(tag, f"the tag {tag!r:.40}")
     base = None if clear else old
     now = utcnow()
     data: dict[str, Any] = (

@@ -14,7 +14,7 @@ import re
 
 import anyio
 
-from ._unicode import control_characters
+from ._unicode import refuse_control_characters
 from .errors import CMError, InvalidInputError
 from .model import Message
 from .providers.base import ChatRequest, Provider, TextDelta
@@ -49,7 +49,7 @@ def validate_title(value: object) -> str:
     title = _SPACE.sub(" ", value).strip()
     if not title:
         raise InvalidInputError("title is empty; give the context a name")
-    _refuse_controls(title, "a title")
+    refuse_control_characters(title, "a title")
     if len(title) > MAX_TITLE_CHARS:
         raise InvalidInputError(
             f"title is {len(title)} characters; the limit is {MAX_TITLE_CHARS}. Shorten it."
@@ -65,26 +65,17 @@ def checked_tags(tags: object) -> list[str]:
     for tag in tags:
         if not isinstance(tag, str) or not tag.strip():
             raise InvalidInputError(f"each tag must be a non-empty string, got {tag!r:.80}")
-        _refuse_controls(tag, f"the tag {tag!r:.40}")
+        refuse_control_characters(tag, f"the tag {tag!r:.40}")
     return list(tags)
 
 
 def checked_description(description: object) -> str:
     """A branch description, if it is a string whose only control characters are line
-    breaks and tabs; else InvalidInputError."""
+    breaks (``\\n``, ``\\r\\n``) and tabs; else InvalidInputError."""
     if not isinstance(description, str):
         raise InvalidInputError(f"description must be a string, got {type(description).__name__}")
-    _refuse_controls(description, "a branch description", lines=True)
+    refuse_control_characters(description, "a branch description", lines=True)
     return description
-
-
-def _refuse_controls(text: str, what: str, *, lines: bool = False) -> None:
-    # An escape sequence or a NUL would garble every list and terminal that shows it.
-    found = control_characters(text, lines=lines)
-    if found:
-        raise InvalidInputError(
-            f"{what} cannot contain control characters (found {', '.join(found[:5])}); remove them"
-        )
 
 
 def title_from_text(text: str, *, max_words: int = 8, max_chars: int = 60) -> str:

@@ -93,6 +93,8 @@ def test_rating_again_merges_and_clear_starts_over(
         ({"tags": "one-string"}, "list of strings"),
         ({"tags": [""]}, "tags"),
         ({"tags": [3]}, "tags"),
+        ({"tags": ["ok", "\x1b[31mred"]}, r"tag .* control characters \(found U\+001B\)"),
+        ({"tags": ["a\rb"]}, r"found U\+000D"),
         ({"note": "x" * 10_001}, "note"),
     ],
 )

@@ -252,3 +252,23 @@ async def test_a_dead_writers_temporary_score_file_is_removed_by_the_next_rating
         assert not leftover.exists()
         assert sorted(p.name for p in folder.iterdir()) == [".lock", "m1.json", "m3.json"]
         assert (await store.list_scores("c1")).keys() == {"m1", "m3"}
+
+
+def test_a_tag_with_control_characters_stored_before_still_reads_and_merges(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    # Refused where tags are given, never on reading: a score written before reads, and
+    # rating the message again keeps it.
+    session, replies = _three_replies(new_session)
+    reply = replies[0].id
+    session.rate(reply, tags=["kept"])
+    path = _score_file(data_dir, session, reply)
+    raw = json.loads(path.read_text())
+    raw["tags"] = ["old\x1btag"]
+    path.write_text(json.dumps(raw))
+    assert session.scores(reply).tags == ["old\x1btag"]  # type: ignore[union-attr]
+    assert session.rate(reply, thumbs="up", tags=["new"]).tags == ["old\x1btag", "new"]
+    with pytest.raises(InvalidInputError, match=r"found U\+0000"):
+        session.rate(reply, tags=["\x00"])
+    judged = session.score(lambda _m: {"tags": ["\x07bell"]}, name="judge", progress=False)
+    assert "control characters" in judged[0].errors["judge"]  # that message's error

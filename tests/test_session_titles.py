@@ -136,6 +136,22 @@ def test_names_that_lists_show_refuse_control_characters(
     assert session.branches["c"].description == "line one\n\tline two"
 
 
+def test_a_description_keeps_line_ends_but_refuses_a_carriage_return_of_its_own(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # A lone "\r" sends a terminal back to the line's start: what follows hides what
+    # was before it ("safe\rEVIL" shows "EVIL"). Windows line ends are line breaks.
+    session = ContextSession.create("T", provider=ScriptedProvider(), data_dir=data_dir)
+    closing.append(session)
+    with pytest.raises(InvalidInputError, match=r"found U\+000D\); remove them \(line breaks"):
+        session.branch("b", description="looks safe\rhidden")
+    with pytest.raises(InvalidInputError, match=r"found U\+000D"):
+        session.branch("b", description="ends in a lone\r")
+    assert "b" not in session.branches
+    session.branch("c", description="line one\r\nline two\n", switch=False)
+    assert session.branches["c"].description == "line one\r\nline two\n"
+
+
 def test_a_stored_control_character_still_opens(data_dir: Path) -> None:
     # Refused where it enters, never on reading: a context written before still opens.
     session = ContextSession.create("T", provider=ScriptedProvider(), data_dir=data_dir)
