@@ -482,7 +482,12 @@ class Sweep(Handle["Sweep"]):
         raise KeyError(key)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per reply of the sweep's cells (see :meth:`to_dataframe`)."""
+        """One dict per reply of the sweep's cells (see :meth:`to_dataframe`).
+
+        A cell whose messages cannot be read (a damaged or deleted message file) keeps
+        one record, with its place and ``error`` naming the file and what to do (None
+        elsewhere), and a StoreWarning names it; the other cells' records are whole.
+        """
         from .sweep_results import sweep_records
 
         return sweep_records(self)
@@ -490,8 +495,9 @@ class Sweep(Handle["Sweep"]):
     def to_dataframe(self) -> pd.DataFrame:
         """The sweep's replies as a pandas DataFrame: the columns of
         ``session.to_dataframe()`` for its branches, plus ``sweep``, ``cell``,
-        ``variant``, ``repeat``, ``input`` (the row's index) and ``input_<name>`` per
-        input column. Needs the ``[data]`` extra (pandas)."""
+        ``variant``, ``repeat``, ``input`` (the row's index), ``error`` (see
+        :meth:`to_records`) and ``input_<name>`` per input column. Needs the ``[data]``
+        extra (pandas)."""
         from .sweep_results import sweep_dataframe
 
         return sweep_dataframe(self)

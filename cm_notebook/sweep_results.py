@@ -3,7 +3,9 @@
 :func:`sweep_records` is :meth:`ContextSession.to_records
 <cm_notebook.session.ContextSession.to_records>` restricted to the sweep's branches,
 with the sweep's own columns after those (``sweep``, ``cell``, ``variant``,
-``repeat``, ``input``: the input row's index, and ``input_<name>`` per input column).
+``repeat``, ``input``: the input row's index, ``error``, and ``input_<name>`` per input
+column). A cell whose message files cannot all be read keeps a record, marked with
+``error``, and the other cells keep theirs.
 :class:`SweepStability` groups the repeats of each prompt x input x variant
 (:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
 against the most common. A group without answers (every repeat failed, or none has
@@ -14,6 +16,8 @@ out of the mean.
 from __future__ import annotations
 
 import html
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,42 +25,97 @@ from . import records as rec
 from .errors import CMError
 from .model import Message
 from .stability import Stability, stability
+from .store.diagnostics import StoreWarning
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .sweep import Sweep
+    from .sweep import Sweep, SweepCell
 
 __all__ = ["GroupStability", "SweepStability", "sweep_dataframe", "sweep_records"]
 
-#: The sweep's columns, after those of :mod:`cm_notebook.records`.
-SWEEP_COLUMNS = ("sweep", "cell", "repeat", "input")
+#: The sweep's columns, after those of :mod:`cm_notebook.records` (and before the
+#: ``input_<name>`` ones).
+SWEEP_COLUMNS = ("sweep", "cell", "repeat", "input", "error")
 
 
 def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
-    """One dict per reply on the sweep's branches (cells not started have none)."""
-    existing = sweep.session.branches
-    cells = {cell.branch: cell for cell in sweep.cells if cell.branch in existing}
+    """One dict per reply on the sweep's branches, in cell order (cells not started
+    have none).
+
+    A cell whose messages cannot all be read (a message file damaged or deleted) does
+    not cost the others their records: it has one record of its own, with its place
+    (context, branch, its reply's id, the sweep's columns and its labels), None for
+    what only its messages hold, and ``error`` naming the file and what to do; a
+    :class:`~cm_notebook.store.StoreWarning` says the same. ``error`` is None in every
+    other record.
+    """
+    session = sweep.session
+    existing = session.branches
+    tree = session.tree()  # from the index: the ids of each path, no file read
+    cells = {
+        cell.branch: cell
+        for cell in sweep.cells
+        if cell.branch in existing and cell.branch in tree.heads
+    }
     if not cells:
         return []
+    histories: list[tuple[str, list[Message]]] = []
+    unreadable: dict[str, str] = {}
+    for branch, cell in cells.items():
+        try:
+            # One message at a time: a file that cannot be read raises, naming itself,
+            # where a read of the whole branch would skip it and lose the cell's row.
+            histories.append((branch, [session.get(node.id) for node in tree.path(branch)]))
+        except CMError as exc:
+            unreadable[branch] = str(exc)
+            problem = StoreWarning(
+                f"sweep {sweep.name!r}: cell {cell.key!r} (branch {branch!r}) could not "
+                f"be read; its record holds only its place and this error: {exc}",
+                getattr(exc, "path", None),
+            )
+            warnings.warn(problem, stacklevel=3)
+    read = rec.records(session.id, histories, existing, session.all_scores())
+    columns = list(read[0]) if read else list(rec.COLUMNS)
+    by_branch: dict[str, list[dict[str, Any]]] = {}
+    for row in read:
+        by_branch.setdefault(row["branch"], []).append(row)
     inputs: dict[str, None] = {}
     for cell in cells.values():
         inputs.update(dict.fromkeys(f"input_{key}" for key in cell.row or {}))
     rows = []
-    for row in sweep.session.to_records(list(cells)):
-        cell = cells[row["branch"]]
-        row["variant"] = cell.variant
-        row.update(
-            {
-                "sweep": sweep.name,
-                "cell": cell.key,
-                "repeat": cell.repeat,
-                "input": cell.input_index,
-            }
-        )
-        row.update({key: (cell.row or {}).get(key[len("input_") :]) for key in inputs})
-        rows.append(row)
+    for branch, cell in cells.items():
+        if branch in unreadable:
+            found = [_unreadable(session.id, cell, existing[branch].labels, columns)]
+        else:
+            found = by_branch.get(branch, [])
+        for row in found:
+            row["variant"] = cell.variant
+            row.update(
+                {
+                    "sweep": sweep.name,
+                    "cell": cell.key,
+                    "repeat": cell.repeat,
+                    "input": cell.input_index,
+                    "error": unreadable.get(branch),
+                }
+            )
+            row.update({key: (cell.row or {}).get(key[len("input_") :]) for key in inputs})
+            rows.append(row)
     return rows
+
+
+def _unreadable(
+    context_id: str, cell: SweepCell, labels: Mapping[str, str], columns: list[str]
+) -> dict[str, Any]:
+    # The record of a cell whose messages could not all be read: where it is, and None
+    # for every value only its messages hold (the same columns as the others).
+    row: dict[str, Any] = dict.fromkeys(columns)
+    row.update(context_id=context_id, branch=cell.branch, message_id=cell.message_id)
+    for key, value in labels.items():
+        if f"label_{key}" in row:
+            row[f"label_{key}"] = value
+    return row
 
 
 def sweep_dataframe(sweep: Sweep) -> pd.DataFrame:

@@ -3,6 +3,7 @@ concurrently within a limit, resumable (here and in a new process after SIGKILL)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from cm_notebook.errors import (
 from cm_notebook.events import Event, StateChanged
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.sweep import plan_sweep
 from cm_notebook.testing import ScriptedProvider
 
@@ -371,6 +373,52 @@ def test_records_and_dataframe_of_a_sweep(new_session: Callable[..., ContextSess
     assert len(frame) == 8
     assert {"variant", "repeat", "input", "input_country", "ttft_ms"} <= set(frame.columns)
     assert frame.groupby("variant").size().to_dict() == {"cold": 4, "warm": 4}
+
+
+async def _compact(data_dir: Path, context_id: str) -> None:
+    # The journal keeps copies of recent messages (and restores damaged files from
+    # them); fold it, so that a damaged message file stays damaged.
+    async with FileStore(data_dir) as store:
+        await store.compact(context_id)
+
+
+@pytest.mark.parametrize("damage", ["garbled", "deleted"])
+def test_records_of_a_sweep_keep_every_cell_when_one_message_file_is_unreadable(
+    new_session: Callable[..., ContextSession], data_dir: Path, damage: str
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    sweep = session.sweep(
+        ["Q1", "Q2"],
+        [{"label": "cold", "temperature": 0}, {"label": "warm", "temperature": 1}],
+        name="big",
+        progress=False,
+    ).run(DEADLINE)
+    asyncio.run(_compact(data_dir, session.id))
+    bad = sweep.cell("p1-v0-r0")
+    assert bad.message_id is not None
+    path = data_dir / "contexts" / session.id / "messages" / f"{bad.message_id}.json"
+    if damage == "garbled":
+        path.write_text("{garbled")
+    else:
+        path.unlink()
+    with pytest.warns(StoreWarning, match=r"sweep 'big': cell 'p1-v0-r0'") as caught:
+        rows = sweep.to_records()
+    assert [r["cell"] for r in rows] == [c.key for c in sweep.cells]  # every cell, in order
+    marked = rows[[c.key for c in sweep.cells].index("p1-v0-r0")]
+    assert str(path) in marked["error"]
+    assert "Restore" in marked["error"]  # and what to do
+    assert (marked["branch"], marked["message_id"], marked["variant"]) == (
+        bad.branch,
+        bad.message_id,
+        "cold",
+    )
+    assert (marked["input"], marked["repeat"], marked["label_cell"]) == (None, 0, "p1-v0-r0")
+    assert (marked["output"], marked["status"]) == (None, None)
+    assert list(marked) == list(rows[0])  # the same columns as the others
+    assert any(getattr(w.message, "path", None) == path for w in caught)
+    good = [r for r in rows if r is not marked]
+    assert [r["error"] for r in good] == [None, None, None]
+    assert sorted(r["output"] for r in good) == ["echo: Q1", "echo: Q1", "echo: Q2"]
 
 
 def test_stability_groups_the_repeats_of_each_cell(
