@@ -9,11 +9,11 @@ so a REST client sees exactly what a notebook sees.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
+from .._unicode import control_characters
 from ..approvals import ApprovalRecord
 from ..fsm import State
 from ..model import Branch, ContextMetadata, Message, ToolCall
@@ -103,13 +103,7 @@ def _printable_title(title: str | None) -> str | None:
     # Line breaks and tabs are whitespace, folded into spaces; other control characters
     # (NUL, escape sequences) would garble every list that shows the title.
     if title is not None:
-        bad = sorted(
-            {
-                f"U+{ord(c):04X}"
-                for c in title
-                if unicodedata.category(c) == "Cc" and not c.isspace()
-            }
-        )
+        bad = control_characters(" ".join(title.split()))
         if bad:
             raise ValueError(
                 f"a title cannot contain control characters (found {', '.join(bad[:5])}); "

@@ -25,7 +25,7 @@ import contextlib
 import html
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -359,21 +359,21 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
     def row(self, tool_call_id: str, *, branch: str | None = None) -> CallRow:
         """The row of one call; ``branch`` is needed only when calls on several branches
         share the id (InvalidInputError then names them). KeyError if it is not shown."""
-        found = [
-            row
-            for (call_id, on), row in self.rows.items()
-            if call_id == tool_call_id and branch in (None, on)
-        ]
+        shown = self._rows_of(tool_call_id)
+        found = [row for on, row in shown.items() if branch in (None, on)]
         if not found:
             where = "" if branch is None else f" on branch {branch!r}"
             raise KeyError(f"no tool call {tool_call_id!r}{where} is shown")
         if len(found) > 1:
-            on_branches = sorted(on for (call_id, on) in self.rows if call_id == tool_call_id)
             raise InvalidInputError(
-                f"tool calls {tool_call_id!r} wait on branches {on_branches}; say which "
+                f"tool calls {tool_call_id!r} wait on branches {sorted(shown)}; say which "
                 "with branch="
             )
         return found[0]
+
+    def _rows_of(self, call_id: str) -> dict[str, CallRow]:
+        # The rows of the calls with this id, by branch.
+        return {on: row for (each, on), row in self.rows.items() if each == call_id}
 
     def _show_error(self, text: str) -> None:
         self.header.value = f'<span style="color:#b91c1c">{html.escape(text)}</span>'
@@ -400,7 +400,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         # turn diverted to a conflict branch signals there; its row has the turn's).
         row = self.rows.get((call_id, branch))
         if row is None:
-            found = [row for (each, _on), row in self.rows.items() if each == call_id]
+            found = list(self._rows_of(call_id).values())
             row = found[0] if len(found) == 1 else None
         return row
 
@@ -433,15 +433,15 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         for key, call in pending.items():
             if key not in self.rows:
                 self.rows[key] = CallRow(self.session, self._follower, call, key[1])
-        self._update_header()
+        self._update_header(pending.keys())
         self.children = [self.header, *self.rows.values(), self.history]
 
-    def _update_header(self) -> None:
-        waiting = sum(
-            1
-            for call, branch in self.session._pending_on_branches()
-            if (call.id, branch) in self.rows
-        )
+    def _update_header(self, pending: Iterable[tuple[str, str]] | None = None) -> None:
+        # ``pending``: the (call id, branch) of the calls waiting, when the caller has
+        # just read them (a read of another process's calls reads their messages).
+        if pending is None:
+            pending = [(call.id, on) for call, on in self.session._pending_on_branches()]
+        waiting = sum(1 for key in pending if key in self.rows)
         self.header.value = (
             f"<b>{waiting} tool call{'s' if waiting != 1 else ''} waiting for approval</b>"
             if waiting
