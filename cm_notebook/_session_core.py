@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -485,6 +486,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         branch = claim.branch
         turn = Turn(branch, self._loop, prompt=prompt)
         turn.after_await = self._saved_copies_up_to_date
+        turn.waiting_calls = functools.partial(self._approvals.calls_on, branch)
         runner = TurnRunner(
             self._host(), turn, start=start, head=head, provider=provider, params=params
         )

@@ -243,6 +243,11 @@ class ApprovalDesk:
         with self._lock:
             return [(pending.call, pending.branch) for pending in self._pending.values()]
 
+    def calls_on(self, branch: str) -> list[ToolCall]:
+        """The pending calls asked on ``branch``, oldest first."""
+        with self._lock:
+            return [p.call for p in self._pending.values() if p.branch == branch]
+
     def calls(self) -> list[ToolCall]:
         """The pending calls, oldest first."""
         with self._lock:

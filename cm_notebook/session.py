@@ -258,9 +258,10 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
     async def wait_for_approval(self, timeout: float | None = 60.0) -> builtins.list[ToolCall]:
         """Wait until tool calls need :meth:`approve` / :meth:`deny`, and return them.
 
-        Returns ``[]`` if no turn is running (or they all finished without asking).
-        Raises TimeoutError after ``timeout`` seconds. Handy in notebooks and tests:
-        ``calls = await session.wait_for_approval()``.
+        Returns ``[]`` if no turn is running (or they all finished without asking, or
+        failed). Raises TimeoutError after ``timeout`` seconds. For one turn, use
+        :meth:`Turn.wait_for_approval <cm_notebook.turn.Turn.wait_for_approval>`, which
+        raises the turn's error if it failed before asking.
         """
         return await self._approvals.wait(self._all_idle, timeout)
 

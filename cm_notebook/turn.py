@@ -11,13 +11,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from .errors import StateError
 from .ids import new_id
-from .model import Message
+from .model import Message, ToolCall
 
 __all__ = ["DeltaFeed", "Handle", "Turn", "TurnProgress"]
 
@@ -26,6 +27,8 @@ T = TypeVar("T")
 # How often an awaiting cell wakes up. A bare `await future` in a cell ignores the
 # Interrupt button until another message arrives; polling keeps it responsive.
 _POLL_SECONDS = 0.1
+# How often wait_for_approval() looks at the calls waiting (as the session's does).
+_APPROVAL_POLL_SECONDS = 0.05
 
 
 class Handle(Generic[T]):
@@ -312,6 +315,36 @@ class Turn(Handle[Message]):
         self.progress = TurnProgress()
         # The write of the user's message, when it runs in the background.
         self._prompt = prompt
+        #: The tool calls waiting for a decision on this turn's branch (set by the
+        #: session that runs the turn).
+        self.waiting_calls: Callable[[], list[ToolCall]] = list
+
+    async def wait_for_approval(self, timeout: float | None = 60.0) -> list[ToolCall]:
+        """Wait until this turn asks for decisions on tool calls, and return those calls.
+
+        Returns ``[]`` if the turn ended without asking (the model answered, or it was
+        stopped); if it failed, raises its error as ``await turn`` does (a missing API
+        key, say), rather than leaving the caller with no calls and no reason. Raises
+        TimeoutError after ``timeout`` seconds. Decide the calls with the session's
+        ``approve`` / ``deny``::
+
+            turn = session.send("Weather in Paris?")
+            calls = await turn.wait_for_approval()
+            session.approve(calls[0].id)
+            reply = await turn
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            calls = self.waiting_calls()
+            if calls:
+                return calls
+            if self.done():
+                await self  # raises the error a failed turn ended with
+                return []
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"turn {self.id} asked for no decision within {timeout} s")
+            # Polled, not awaited on a future: the kernel's Interrupt button stops it.
+            await asyncio.sleep(_APPROVAL_POLL_SECONDS)
 
     async def accepted(self) -> None:
         """Wait until the user's message of this turn is durable on disk.
