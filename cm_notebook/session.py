@@ -479,6 +479,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         variants: Sequence[str | Provider | Mapping[str, Any]],
         *,
         branch: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> FanOut:
         """Send ``text`` on one new branch per variant, concurrently; compare the replies.
 
@@ -489,6 +490,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         Each arm keeps its variant's settings as its branch defaults (on top of those of
         ``branch``), so follow-up sends on an arm continue the experiment. Returns a
         :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
+        ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
         """
         text = validate_text(text)
         base = self._branch_name(branch)
@@ -532,7 +534,9 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                 self._defaults.inherit(self._read_metadata(), base, plan.branch)
             self._publish(ev.BranchCreated(branch=plan.branch, head=head))
         # Every branch first, then the sends back to back: the arms start together.
-        turns = [self.send(text, branch=plan.branch) for plan, _settings in checked]
+        turns = [
+            self.send(text, branch=plan.branch, metadata=metadata) for plan, _settings in checked
+        ]
         return FanOut(self.compare, turns, self._loop)
 
     # -- signals -----------------------------------------------------------------------

@@ -89,3 +89,55 @@ def test_a_failed_reply_records_that_it_failed_and_why(tmp_path: Path) -> None:
         )
     assert recorded["status"] == "failed"
     assert "the model is gone" in recorded["error"]
+
+
+def test_an_ab_cell_records_each_arms_provenance_and_the_variables(tmp_path: Path) -> None:
+    with front_end(tmp_path) as fe:
+        fe.run("%load_ext cm_notebook")
+        out = fe.run(
+            """
+            from cm_notebook import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+            s = ContextSession.create("arms", provider=ScriptedProvider(["Paris.", "Arr, Paris."]))
+            %cm use s
+            country = "France"
+            print(s.id)
+            """
+        )
+        context_id = out.split()[-1]
+        before = set(fe.displays)
+        fe.run('%%cm --ab "Be terse." "Be a pirate." --temperature 0.5\nCapital of {country}?')
+        [saved] = [
+            key
+            for key in fe.displays
+            if key not in before
+            and fe.displays[key]["text/plain"] == "<cm_notebook comparison (HTML)>"
+        ]
+
+        def finished() -> list[dict[str, object]] | None:
+            arms: list[dict[str, object]] = (
+                fe.display_metadata[saved].get("cm_notebook", {}).get("arms", [])
+            )
+            done = len(arms) == 2 and all(arm["status"] == "complete" for arm in arms)
+            return arms if done else None
+
+        arms = fe.wait_for(finished, what="both arms' provenance in the output metadata")
+        recorded = fe.display_metadata[saved]["cm_notebook"]
+
+    stored = ContextSession.open(context_id, data_dir=tmp_path)
+    try:
+        replies = {arm["branch"]: stored.history(str(arm["branch"]))[-1] for arm in arms}
+        users = [stored.history(str(arm["branch"]))[-2] for arm in arms]
+    finally:
+        stored.close()
+    assert recorded["context_id"] == context_id
+    fed = {"country": describe_value("France")}
+    for arm in arms:
+        reply = replies[str(arm["branch"])]
+        assert arm["message_id"] == reply.id
+        assert arm["provider"] == "scripted"
+        assert arm["parameters"] == {"temperature": 0.5}
+        assert arm["request_hash"] == reply.metadata.request_hash is not None
+        assert arm["variables"] == fed
+    # The arms' user messages record the variables too, as a plain %%cm message does.
+    assert [user.metadata.variables for user in users] == [fed, fed]

@@ -149,8 +149,11 @@ class Commands:
             params["temperature"] = args.temperature
         if args.max_tokens is not None:
             params["max_tokens"] = args.max_tokens
+        # Provenance: which kernel variables fed the message (see cm_notebook.provenance).
+        variables = describe_variables(used, self.namespace)
+        metadata = {"interpolated": used, "variables": variables} if used else None
         if args.ab is not None or args.fanout is not None:
-            return self._fan_out(session, args, text, params)
+            return self._fan_out(session, args, text, params, metadata, variables)
         branch = args.branch
         if args.system is not None:
             # Refused settings must leave the context as it was: checked before the fork.
@@ -165,9 +168,6 @@ class Commands:
                     f"on new branch {branch!r}: {before!r} has replies under another "
                     "system prompt (`%cm branches` lists them)"
                 )
-        # Provenance: which kernel variables fed the message (see cm_notebook.provenance).
-        variables = describe_variables(used, self.namespace)
-        metadata = {"interpolated": used, "variables": variables} if used else None
         turn = session.send(
             text,
             branch=branch,
@@ -184,7 +184,13 @@ class Commands:
         )
 
     def _fan_out(
-        self, session: ContextSession, args: a.CellArgs, text: str, params: dict[str, Any]
+        self,
+        session: ContextSession,
+        args: a.CellArgs,
+        text: str,
+        params: dict[str, Any],
+        metadata: dict[str, Any] | None,
+        variables: dict[str, str],
     ) -> ComparisonView:
         variants: list[dict[str, Any]]
         if args.ab is not None:
@@ -193,11 +199,13 @@ class Commands:
                 variants = [{**v, "provider": args.chosen_provider} for v in variants]
         else:
             variants = [{"provider": spec, **params} for spec in args.fanout or []]
-        fan = session.fan_out(text, variants, branch=args.branch)
+        fan = session.fan_out(text, variants, branch=args.branch, metadata=metadata)
         # The saved copy after the live arms keeps the comparison in the saved notebook.
-        return SavedComparisonView(
+        view = SavedComparisonView(
             CompareView(session, *fan.branches), fan, self._store_comparison(args.var)
         )
+        view.variables = variables
+        return view
 
     def _store_reply(self, name: str | None) -> Callable[[Message], None] | None:
         if name is None:

@@ -8,7 +8,10 @@ static HTML (and a short, stable ``text/plain`` for nbval) that is replaced in p
 through its display id whenever a shown branch's turn ends: a notebook saved
 afterwards, and its nbconvert HTML, show the conversation or the comparison without
 a kernel. The HTML is the project's own static rendering
-(:func:`~cm_notebook.widgets.snapshot_html`, ``Comparison._repr_html_``).
+(:func:`~cm_notebook.widgets.snapshot_html`, ``Comparison._repr_html_``). A
+comparison's output metadata records, under ``cm_notebook``, the context and each
+arm's reply provenance (:meth:`ComparisonSnapshot.provenance`), as a ``%%cm`` reply's
+does.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 from IPython.display import display
 
 from .. import events as ev
+from ..errors import CMError
+from ..provenance import provenance_of
 from ..widgets import CompareView, SessionView
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, register_copy
 from ._reply import ComparisonView
 
 if TYPE_CHECKING:
+    from ..compare import Comparison
     from ..session import ContextSession
 
 __all__ = [
@@ -53,9 +59,16 @@ def _show_widget(widget: Any) -> None:
 class ComparisonSnapshot:
     """``branches`` of ``session`` compared, as static HTML kept current in one output."""
 
-    def __init__(self, session: ContextSession, branches: list[str]) -> None:
+    def __init__(
+        self,
+        session: ContextSession,
+        branches: list[str],
+        variables: dict[str, str] | None = None,
+    ) -> None:
         self.session = session
         self.branches = list(branches)
+        #: The kernel variables that fed the arms' message (``%%cm --ab {name}``).
+        self.variables = dict(variables or {})
         self._output = LiveOutput()
         self._follower = SessionFollower(session, self._on_event, lambda _text: None)
         self._throttle = Throttle(self._follower.loop, INTERVAL, self._update)
@@ -67,10 +80,35 @@ class ComparisonSnapshot:
         """The comparison as it stands (each branch's last answer so far)."""
         return self.session.compare(*self.branches)._repr_html_()
 
+    def provenance(self, comparison: Comparison | None = None) -> dict[str, Any]:
+        """What the output's metadata records under ``cm_notebook``: the context, and
+        per arm its branch and the provenance of its last answer (provider, model,
+        parameters, seed, request id and hash, the kernel variables that fed it), or
+        ``"status": None`` while it has none."""
+        if comparison is None:
+            comparison = self.session.compare(*self.branches)
+        arms: list[dict[str, Any]] = []
+        for result in comparison.results:
+            arm: dict[str, Any] = {"branch": result.branch, "status": None}
+            if result.message_id is not None:
+                try:
+                    answer = self.session.get(result.message_id)
+                except CMError as exc:  # unreadable: say so rather than drop the arm
+                    arm.update(message_id=result.message_id, status="unreadable", error=str(exc))
+                else:
+                    arm.update(provenance_of(answer, self.variables))
+            arms.append(arm)
+        return {"context_id": self.session.id, "arms": arms}
+
     def display(self) -> None:
         """Emit the output (in the current cell); later updates replace it in place."""
-        self._output.show({"text/html": self.html(), "text/plain": PLAIN})
+        self._output.show(*self._bundle())
         register_copy(self)
+
+    def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        comparison = self.session.compare(*self.branches)
+        bundle = {"text/html": comparison._repr_html_(), "text/plain": PLAIN}
+        return bundle, {"cm_notebook": self.provenance(comparison)}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -95,7 +133,7 @@ class ComparisonSnapshot:
 
     def _update(self) -> None:
         if self._output.shown:
-            self._output.update({"text/html": self.html(), "text/plain": PLAIN})
+            self._output.update(*self._bundle())
 
 
 class SavedSessionView(SessionView):
@@ -125,11 +163,13 @@ class SavedComparisonView(ComparisonView):
     """What ``%%cm --ab`` / ``--fanout`` show: the arms live, then the saved comparison."""
 
     saved: ComparisonSnapshot | None = None
+    #: The kernel variables that fed the arms' message (recorded in the saved copy).
+    variables: dict[str, str] | None = None
 
     def _ipython_display_(self) -> None:
         _show_widget(self)
         if self.saved is None:
-            self.saved = ComparisonSnapshot(self.compare.session, self.branches)
+            self.saved = ComparisonSnapshot(self.compare.session, self.branches, self.variables)
         self.saved.display()
 
     def close(self) -> None:
