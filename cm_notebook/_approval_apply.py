@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _json
 from . import events as ev
+from ._decision_outcome import still_waits
 from .approvals import Decision, PendingCall, Remember, check_remember
 from .errors import CMError, InvalidInputError, ToolArgumentsError, ToolError
 from .tools import validate_edited_arguments
@@ -110,7 +111,7 @@ def apply_remote_decision(
         if not branch:  # decided here meanwhile: the first decision wins
             return
         box.discard(call_id, message_id)
-        message = f"tool call {call_id!r} still waits: {exc}. Approve it again."
+        message = still_waits(call_id, exc)
         session._publish(ev.ErrorReported(branch=branch[0], kind="tool", message=message))
     except CMError:
         return

@@ -166,9 +166,10 @@ class ApprovalMethods(SessionReading):
         decided += self._post_elsewhere(
             elsewhere, approved=approved, reason=reason, by=by, remember=remember
         )
-        if not decided:  # every call listed was decided by another client meanwhile
+        if not decided:  # every call listed was decided or ended meanwhile
             raise ToolCallAlreadyResolvedError(
-                "the tool calls waiting were decided by another client first"
+                "the tool calls waiting were decided by another client first, or their "
+                "turns ended (stopped) before this decision reached them: nothing was decided"
             )
         return decided
 

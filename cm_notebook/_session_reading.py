@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import fsm, titles
 from ._approval_apply import check_arguments_shape
+from ._decision_outcome import DecisionOutcomes, Outcome, PostedCall
 from ._loop import schedule_on
 from ._session_core import SessionCore
 from .compare import BranchResult, Comparison
-from .errors import CMError, InvalidInputError, ToolCallAlreadyResolvedError
+from .errors import (
+    CMError,
+    InvalidInputError,
+    ToolArgumentsError,
+    ToolCallAlreadyResolvedError,
+)
 from .ids import validate_branch_name, validate_message_id
 from .model import Message, ToolCall, ToolCallStatus
 from .prompts import effective_system
@@ -33,6 +39,10 @@ from .tree import MessageTree
 from .turn import Turn
 
 __all__ = ["SessionReading", "WaitingCall"]
+
+# A decision the waiting process has not acted on in time counts as made: its record
+# stays, and the process applies it when it next looks.
+_NO_ANSWER_YET = Outcome(applied=True)
 
 
 class WaitingCall(NamedTuple):
@@ -161,7 +171,7 @@ class SessionReading(SessionCore):
                 f"tool calls waiting in other processes on branches {on} all have the id "
                 f"{call_id!r}: say which with branch="
             )
-        [(message_id, _)] = found
+        [(message_id, asked_on)] = found
         calls = [call for call in self.get(message_id).tool_calls if call.id == call_id]
         edited = None
         if arguments is not None:
@@ -171,6 +181,7 @@ class SessionReading(SessionCore):
                 edited = validate_edited_arguments(self.tools.get(name), arguments)
             else:
                 edited = check_arguments_shape(arguments)
+        outcomes = self._outcomes_of([PostedCall(call_id, message_id, asked_on)])
         posted = self._decisions.post(
             call_id,
             message_id,
@@ -181,8 +192,18 @@ class SessionReading(SessionCore):
             remember=remember,
         )
         if not posted:
+            outcomes.close()
             raise ToolCallAlreadyResolvedError(
                 f"tool call {call_id!r} was already approved or denied"
+            )
+        outcome = outcomes.wait().get((call_id, message_id))
+        if outcome is not None and outcome.refused is not None:
+            raise ToolArgumentsError(outcome.refused)
+        if outcome is not None and not outcome.applied:
+            raise ToolCallAlreadyResolvedError(
+                f"tool call {call_id!r} on branch {asked_on!r} ended before this decision "
+                "reached the process running it (its turn was stopped): the call did not "
+                "run, and the decision was not recorded"
             )
         return calls
 
@@ -196,12 +217,15 @@ class SessionReading(SessionCore):
         remember: str = "once",
     ) -> builtins.list[ToolCall]:
         # The decision for each of these calls waiting in other processes (see
-        # _waiting_elsewhere); those another client decided meanwhile are left out.
+        # _waiting_elsewhere); those another client decided meanwhile, and those whose
+        # turn ended before the decision reached it, are left out.
         if self._decisions is None:
             return []
-        return [
-            call
-            for call, message_id, _ in waiting
+        outcomes = self._outcomes_of(
+            PostedCall(call.id, message_id, asked_on) for call, message_id, asked_on in waiting
+        )
+        posted = []
+        for call, message_id, _ in waiting:
             if self._decisions.post(
                 call.id,
                 message_id,
@@ -210,8 +234,21 @@ class SessionReading(SessionCore):
                 arguments=None,
                 by=by,
                 remember=remember,
-            )
+            ):
+                posted.append((call, message_id))
+            else:
+                outcomes.forget(call.id, message_id)
+        applied = outcomes.wait()
+        return [
+            call
+            for call, message_id in posted
+            if applied.get((call.id, message_id), _NO_ANSWER_YET).applied
         ]
+
+    def _outcomes_of(self, calls: Iterable[PostedCall]) -> DecisionOutcomes:
+        # Read from the log's end as it is now: before the decisions are posted.
+        assert self._signal_log is not None  # a session with a follower keeps a log
+        return DecisionOutcomes(self._signal_log.path, calls)
 
     def _waiting_elsewhere(
         self, branch: str | None, *, wait: bool = False

@@ -376,3 +376,41 @@ async def test_the_approval_view_decides_a_call_here_and_another_process_s_apart
         assert (await turn).content == "done"
     finally:
         panel.close()
+
+
+def test_a_decision_its_turn_stopped_before_it_arrived_is_not_reported_made(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    # Stopping the turn and approving its call at once: whichever reaches the waiting
+    # process first, approve() says what happened there. Either it raises and nothing
+    # was decided, or it returns and the call was approved (the audit log says so).
+    _asking(tmp_path, context, children)
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        [call] = session.pending_tool_calls
+        session.stop("main")
+        try:
+            session.approve(call.id)
+        except ToolCallAlreadyResolvedError as exc:
+            refusal = str(exc)
+        else:
+            refusal = ""
+        decided = not refusal
+        assert decided or "ended before this decision reached" in refusal or "already" in refusal
+        children[0].communicate(timeout=DEADLINE)
+        _wait_for(lambda: session.state_of("main") == fsm.State.IDLE, "the turn to end")
+        assert [record.approved for record in session.approval_log()] == ([True] if decided else [])
+
+
+def test_deciding_all_leaves_out_a_call_its_turn_stopped_first(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    _asking(tmp_path, context, children)
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        session.stop("main")
+        try:
+            denied = session.deny(reason="not now")
+        except (ToolCallNotFoundError, ToolCallAlreadyResolvedError):
+            denied = []  # stopped before the deny looked, or before it arrived
+        children[0].communicate(timeout=DEADLINE)
+        _wait_for(lambda: session.state_of("main") == fsm.State.IDLE, "the turn to end")
+        assert [call.id for call in denied] == [r.tool_call_id for r in session.approval_log()]

@@ -83,8 +83,10 @@ def test_arguments_the_running_process_refuses_leave_the_call_waiting(
     session, seen = here
     child = _kernel(tmp_path, session.id)
     call_id = _asked(seen)
-    # This process does not have the tool, so only the other one can check the schema.
-    session.approve(call_id, arguments={"a": "not a number"})
+    # This process does not have the tool, so only the other one can check the schema;
+    # approve() waits for its answer and raises the refusal.
+    with pytest.raises(ToolArgumentsError, match=f"tool call '{call_id}' still waits"):
+        session.approve(call_id, arguments={"a": "not a number"})
     _wait_for(
         lambda: any(isinstance(e, ErrorReported) for e in list(seen.events)),
         "the refusal",
