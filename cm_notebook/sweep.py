@@ -484,9 +484,11 @@ class Sweep(Handle["Sweep"]):
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per reply of the sweep's cells (see :meth:`to_dataframe`).
 
-        A cell whose messages cannot be read (a damaged or deleted message file) keeps
-        one record, with its place and ``error`` naming the file and what to do (None
-        elsewhere), and a StoreWarning names it; the other cells' records are whole.
+        A message file that cannot be read (damaged or deleted) costs no other record,
+        not even of its own cell (a cell with follow-ups keeps its readable replies):
+        ``error`` names the file and what to do in the records it concerns (None
+        elsewhere), an unreadable reply keeps a record with its place only, and a
+        StoreWarning names the sweep, the cell and the file.
         """
         from .sweep_results import sweep_records
 

@@ -4,8 +4,8 @@
 <cm_notebook.session.ContextSession.to_records>` restricted to the sweep's branches,
 with the sweep's own columns after those (``sweep``, ``cell``, ``variant``,
 ``repeat``, ``input``: the input row's index, ``error``, and ``input_<name>`` per input
-column). A cell whose message files cannot all be read keeps a record, marked with
-``error``, and the other cells keep theirs.
+column). A message file that cannot be read costs no other record: the records it
+concerns are marked with ``error``, the others are whole.
 :class:`SweepStability` groups the repeats of each prompt x input x variant
 (:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
 against the most common. A group without answers (every repeat failed, or none has
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +42,14 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     """One dict per reply on the sweep's branches, in cell order (cells not started
     have none).
 
-    A cell whose messages cannot all be read (a message file damaged or deleted) does
-    not cost the others their records: it has one record of its own, with its place
-    (context, branch, its reply's id, the sweep's columns and its labels), None for
-    what only its messages hold, and ``error`` naming the file and what to do; a
-    :class:`~cm_notebook.store.StoreWarning` says the same. ``error`` is None in every
-    other record.
+    A message file that cannot be read (damaged or deleted) costs no other record:
+    each readable reply keeps its record as usual, and ``error`` (None elsewhere) names
+    the file and what to do in the records it concerns. An unreadable reply keeps a
+    record with its place (context, branch, message id, turn, prompt, the sweep's
+    columns, its labels and rating) and None for what only its file holds; a reply
+    whose prompt cannot be read has None for ``prompt``; a reply after another
+    unreadable message (a tool result, say) is whole but marked. A
+    :class:`~cm_notebook.store.StoreWarning` names each such file, with its cell.
     """
     session = sweep.session
     existing = session.branches
@@ -61,35 +62,53 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     if not cells:
         return []
     histories: list[tuple[str, list[Message]]] = []
-    unreadable: dict[str, str] = {}
+    marks: dict[str, _Mark] = {}  # by reply id
+    read: dict[str, Message | CMError] = {}  # a message shared by cells is read once
     for branch, cell in cells.items():
-        try:
-            # One message at a time: a file that cannot be read raises, naming itself,
-            # where a read of the whole branch would skip it and lose the cell's row.
-            histories.append((branch, [session.get(node.id) for node in tree.path(branch)]))
-        except CMError as exc:
-            unreadable[branch] = str(exc)
-            problem = StoreWarning(
-                f"sweep {sweep.name!r}: cell {cell.key!r} (branch {branch!r}) could not "
-                f"be read; its record holds only its place and this error: {exc}",
-                getattr(exc, "path", None),
-            )
-            warnings.warn(problem, stacklevel=3)
-    read = rec.records(session.id, histories, existing, session.all_scores())
-    columns = list(read[0]) if read else list(rec.COLUMNS)
+        messages: list[Message] = []
+        prompt_error: str | None = None
+        pending: list[str] = []  # unreadable messages since the last reply
+        for node in tree.path(branch):
+            if node.id not in read:
+                try:
+                    # One message at a time: a file that cannot be read raises, naming
+                    # itself, where a read of the whole branch would skip it unsaid.
+                    read[node.id] = session.get(node.id)
+                except CMError as exc:
+                    read[node.id] = exc
+            found = read[node.id]
+            error = None
+            if isinstance(found, CMError):
+                error = str(found)
+                _warn_unreadable(sweep, cell, node.role, node.id, found)
+                # In its place, what the index knows: its role keeps the turns counted.
+                found = Message(
+                    id=node.id, parent_id=node.parent_id, role=node.role, status=node.status
+                )
+            messages.append(found)
+            if node.role == "user":
+                prompt_error = error
+            elif node.role == "assistant":
+                errors = [e for e in (prompt_error, *pending, error) if e is not None]
+                pending = []
+                if errors:
+                    marks[node.id] = _Mark(error is not None, prompt_error is not None, errors)
+            elif error is not None:
+                pending.append(error)
+        histories.append((branch, messages))
     by_branch: dict[str, list[dict[str, Any]]] = {}
-    for row in read:
+    for row in rec.records(session.id, histories, existing, session.all_scores()):
+        mark = marks.get(row["message_id"])
+        if mark is not None:
+            mark.apply(row)
         by_branch.setdefault(row["branch"], []).append(row)
     inputs: dict[str, None] = {}
     for cell in cells.values():
         inputs.update(dict.fromkeys(f"input_{key}" for key in cell.row or {}))
     rows = []
     for branch, cell in cells.items():
-        if branch in unreadable:
-            found = [_unreadable(session.id, cell, existing[branch].labels, columns)]
-        else:
-            found = by_branch.get(branch, [])
-        for row in found:
+        for row in by_branch.get(branch, []):
+            mark = marks.get(row["message_id"])
             row["variant"] = cell.variant
             row.update(
                 {
@@ -97,7 +116,7 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
                     "cell": cell.key,
                     "repeat": cell.repeat,
                     "input": cell.input_index,
-                    "error": unreadable.get(branch),
+                    "error": "; ".join(mark.errors) if mark is not None else None,
                 }
             )
             row.update({key: (cell.row or {}).get(key[len("input_") :]) for key in inputs})
@@ -105,17 +124,41 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     return rows
 
 
-def _unreadable(
-    context_id: str, cell: SweepCell, labels: Mapping[str, str], columns: list[str]
-) -> dict[str, Any]:
-    # The record of a cell whose messages could not all be read: where it is, and None
-    # for every value only its messages hold (the same columns as the others).
-    row: dict[str, Any] = dict.fromkeys(columns)
-    row.update(context_id=context_id, branch=cell.branch, message_id=cell.message_id)
-    for key, value in labels.items():
-        if f"label_{key}" in row:
-            row[f"label_{key}"] = value
-    return row
+#: What a record keeps of a reply whose file cannot be read (with its ``label_*``
+#: columns, and its rating, held apart from the message): the rest only the file holds.
+_PLACE = frozenset(
+    {"context_id", "branch", "message_id", "turn", "prompt", "variant"}
+    | {"thumbs", "score", "tags", "note"}
+)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    # How the record of one reply is marked: its own file unreadable (``lost``), its
+    # prompt's, and the errors of every unreadable message it concerns.
+    lost: bool
+    prompt_lost: bool
+    errors: list[str]
+
+    def apply(self, row: dict[str, Any]) -> None:
+        if self.lost:
+            for key in row:
+                if key not in _PLACE and not key.startswith(("label_", "metric_")):
+                    row[key] = None
+        if self.prompt_lost:
+            row["prompt"] = None
+
+
+def _warn_unreadable(
+    sweep: Sweep, cell: SweepCell, role: str, message_id: str, exc: CMError
+) -> None:
+    problem = StoreWarning(
+        f"sweep {sweep.name!r}: cell {cell.key!r} (branch {cell.branch!r}): {role} "
+        f"message {message_id!r} could not be read; the cell's other records are whole "
+        f"and the ones it concerns are marked with this error: {exc}",
+        getattr(exc, "path", None),
+    )
+    warnings.warn(problem, stacklevel=4)
 
 
 def sweep_dataframe(sweep: Sweep) -> pd.DataFrame:

@@ -1,0 +1,99 @@
+"""A sweep's results when a message file cannot be read (damaged or deleted by hand):
+the readable replies keep their records, only what could not be read is marked, and a
+StoreWarning names the sweep, the cell and the file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_session_support import DEADLINE
+from test_sweep import _compact
+
+from cm_notebook.session import ContextSession
+from cm_notebook.store import StoreWarning
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
+
+
+def _garble(data_dir: Path, context_id: str, message_id: str) -> Path:
+    path = data_dir / "contexts" / context_id / "messages" / f"{message_id}.json"
+    path.write_text("{garbled")
+    return path
+
+
+@pytest.mark.parametrize("damaged", ["answer", "follow-up prompt", "follow-up reply"])
+def test_a_cell_with_follow_ups_keeps_its_readable_replies_when_one_file_is_unreadable(
+    new_session: Callable[..., ContextSession], data_dir: Path, damaged: str
+) -> None:
+    fake = ScriptedProvider(strict=True).reply("Paris.").reply("Paris.")
+    session = new_session(provider=fake)
+    sweep = session.sweep("Capital of France?", [{}], repeat=2, name="cap", progress=False)
+    sweep.run(DEADLINE)
+    cell = sweep.cell("p0-v0-r0")
+    fake.reply("Lyon is the third-largest city.").reply("Marseille is on the sea.")
+    session.send("And Lyon?", branch=cell.branch).result(DEADLINE)
+    session.send("And Marseille?", branch=cell.branch).result(DEADLINE)
+    history = session.history(cell.branch)
+    assert [m.role for m in history] == ["user", "assistant"] * 3
+    target = {"answer": history[1], "follow-up prompt": history[2], "follow-up reply": history[3]}
+    asyncio.run(_compact(data_dir, session.id))
+    path = _garble(data_dir, session.id, target[damaged].id)
+
+    with pytest.warns(StoreWarning, match=r"sweep 'cap': cell 'p0-v0-r0'") as caught:
+        rows = sweep.to_records()
+    assert any(getattr(w.message, "path", None) == path for w in caught)
+    assert [r["cell"] for r in rows] == ["p0-v0-r0"] * 3 + ["p0-v0-r1"]
+    mine = rows[:3]
+    assert [r["message_id"] for r in mine] == [history[1].id, history[3].id, history[5].id]
+    assert [r["turn"] for r in mine] == [1, 2, 3]
+    assert len({tuple(r) for r in rows}) == 1  # every record has the same columns
+    marked = 0 if damaged == "answer" else 1
+    assert str(path) in mine[marked]["error"]
+    assert "Restore" in mine[marked]["error"]  # and what to do
+    whole = [r for i, r in enumerate(rows) if i != marked]
+    assert [r["error"] for r in whole] == [None, None, None]
+    assert {r["variant"] for r in rows} == {cell.variant}
+    outputs: list[str | None] = [
+        "Paris.",
+        "Lyon is the third-largest city.",
+        "Marseille is on the sea.",
+    ]
+    prompts: list[str | None] = ["Capital of France?", "And Lyon?", "And Marseille?"]
+    statuses: list[str | None] = ["complete"] * 3
+    if damaged == "follow-up prompt":
+        prompts[1] = None  # the reply is whole, its prompt unknown
+    else:  # the reply keeps its place (and turn, and prompt), nothing its file held
+        outputs[marked] = statuses[marked] = None
+    assert [r["output"] for r in mine] == outputs
+    assert [r["prompt"] for r in mine] == prompts
+    assert [r["status"] for r in mine] == statuses
+    assert rows[3]["output"] == "Paris."
+
+
+def test_an_unreadable_tool_result_marks_the_reply_after_it_which_stays_whole(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3")
+    session = new_session(provider=fake, tools=[add], approval="auto")
+    sweep = session.sweep("1 + 2?", [{}], name="sum", progress=False).run(DEADLINE)
+    history = session.history(sweep.cells[0].branch)
+    assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
+    asyncio.run(_compact(data_dir, session.id))
+    path = _garble(data_dir, session.id, history[2].id)
+    with pytest.warns(StoreWarning, match=r"sweep 'sum': cell 'p0-v0-r0'"):
+        rows = sweep.to_records()
+    assert [(r["message_id"], r["tool_calls"]) for r in rows] == [
+        (history[1].id, 1),
+        (history[3].id, 0),
+    ]
+    assert rows[0]["error"] is None
+    assert str(path) in rows[1]["error"]
+    assert (rows[1]["output"], rows[1]["prompt"], rows[1]["status"]) == ("3", "1 + 2?", "complete")
