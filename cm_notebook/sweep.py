@@ -507,7 +507,9 @@ class Sweep(Handle["Sweep"]):
     def stability(self) -> SweepStability:
         """How stable each prompt x input x variant is over its repeats: identical
         answers grouped and counted, near-identical ones diffed against the most
-        common (a :class:`~cm_notebook.sweep_results.SweepStability`)."""
+        common (a :class:`~cm_notebook.sweep_results.SweepStability`). An answer that
+        cannot be read is left out, counted as ``unreadable`` and named in a
+        StoreWarning."""
         from .sweep_results import SweepStability
 
         return SweepStability.of(self)

@@ -10,7 +10,9 @@ concerns are marked with ``error``, the others are whole.
 (:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
 against the most common. A group without answers (every repeat failed, or none has
 finished) has no agreement: None in its record, "no answers" where shown, and left
-out of the mean.
+out of the mean. A finished repeat whose answer cannot be read (its message file
+damaged or deleted) is left out of its group's agreement but counted as
+``unreadable`` there, shown, and named in a StoreWarning.
 """
 
 from __future__ import annotations
@@ -180,6 +182,9 @@ class GroupStability:
     input: int | None
     variant: str
     stability: Stability
+    #: Finished repeats whose answer could not be read (a damaged or deleted message
+    #: file): left out of ``stability``, counted here so the gap shows.
+    unreadable: int = 0
 
     @property
     def agreement(self) -> float | None:
@@ -192,8 +197,9 @@ class SweepStability:
     """How stable each prompt x input x variant of a sweep is over its repeats.
 
     ``groups`` lists them in the sweep's order; each holds a
-    :class:`~cm_notebook.stability.Stability` of its finished repeats. Shown as a table
-    (one row per group: agreement, distinct answers, the answers counted and diffed).
+    :class:`~cm_notebook.stability.Stability` of its finished repeats, and how many of
+    them could not be read (``unreadable``). Shown as a table (one row per group:
+    agreement, distinct answers, the answers counted and diffed).
     """
 
     def __init__(self, name: str, groups: list[GroupStability]) -> None:
@@ -202,23 +208,37 @@ class SweepStability:
 
     @classmethod
     def of(cls, sweep: Sweep) -> SweepStability:
-        """Group the finished repeats of ``sweep``'s cells."""
+        """Group the finished repeats of ``sweep``'s cells.
+
+        A finished repeat whose answer cannot be read (its message file damaged or
+        deleted) is left out of its group's agreement, counted in its ``unreadable``,
+        and named (sweep, cell, file) in a :class:`~cm_notebook.store.StoreWarning`.
+        """
         grouped: dict[tuple[int, int | None, int], list[tuple[str, Message]]] = {}
         first: dict[tuple[int, int | None, int], Any] = {}
+        unreadable: dict[tuple[int, int | None, int], int] = {}
         for cell in sweep.cells:
             first.setdefault(cell.group, cell)
             answers = grouped.setdefault(cell.group, [])
             if cell.status == "done" and cell.message_id is not None:
                 try:
                     answers.append((cell.branch, sweep.session.get(cell.message_id)))
-                except CMError:  # deleted meanwhile: left out
-                    continue
+                except CMError as exc:
+                    unreadable[cell.group] = unreadable.get(cell.group, 0) + 1
+                    problem = StoreWarning(
+                        f"sweep {sweep.name!r}: cell {cell.key!r} (branch {cell.branch!r}): "
+                        f"its answer {cell.message_id!r} could not be read, so the "
+                        f"stability of its group leaves it out (counted as unreadable): {exc}",
+                        getattr(exc, "path", None),
+                    )
+                    warnings.warn(problem, stacklevel=3)
         groups = [
             GroupStability(
                 prompt=first[key].text,
                 input=first[key].input_index,
                 variant=first[key].variant,
                 stability=stability(answers),
+                unreadable=unreadable.get(key, 0),
             )
             for key, answers in grouped.items()
         ]
@@ -231,14 +251,16 @@ class SweepStability:
         return sum(found) / len(found) if found else None
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per group: prompt, input, variant, answers, distinct, agreement
-        (None for a group without answers), top."""
+        """One dict per group: prompt, input, variant, answers, unreadable (finished
+        repeats whose answer could not be read, not in ``answers``), distinct,
+        agreement (None for a group without answers), top."""
         return [
             {
                 "prompt": group.prompt,
                 "input": group.input,
                 "variant": group.variant,
                 "answers": group.stability.total,
+                "unreadable": group.unreadable,
                 "distinct": group.stability.distinct,
                 "agreement": group.agreement,
                 "top": group.stability.top.text if group.stability.top is not None else None,
@@ -252,13 +274,16 @@ class SweepStability:
         missing = f" ({empty} without answers)" if empty else ""
         shown = "no answers" if mean is None else f"mean agreement {mean:.0%}"
         count = f"{len(self.groups)} group{'' if len(self.groups) == 1 else 's'}"
-        return f"<SweepStability {self.name!r} {count}{missing}, {shown}>"
+        lost = sum(g.unreadable for g in self.groups)
+        unread = f", {_unreadable(lost)}" if lost else ""
+        return f"<SweepStability {self.name!r} {count}{missing}, {shown}{unread}>"
 
     def __str__(self) -> str:
         lines = [repr(self)]
         for group in self.groups:
-            lines.append(f"== {group.prompt} [{group.variant}]")
-            lines.append(str(group.stability) if group.agreement is not None else _NO_ANSWERS)
+            lost = f" ({_unreadable(group.unreadable)})" if group.unreadable else ""
+            lines.append(f"== {group.prompt} [{group.variant}]{lost}")
+            lines.append(str(group.stability) if group.agreement is not None else _none(group))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -266,7 +291,7 @@ class SweepStability:
         for group in self.groups:
             found = group.stability
             if group.agreement is None:
-                agreement, detail = "-", html.escape(_NO_ANSWERS)
+                agreement, detail = "-", html.escape(_none(group))
             else:
                 agreement, detail = f"{group.agreement:.0%}", found._repr_html_()
             rows.append(
@@ -275,7 +300,7 @@ class SweepStability:
                 f'<td style="vertical-align:top;padding:4px 8px">{html.escape(group.variant)}</td>'
                 f'<td style="vertical-align:top;padding:4px 8px;text-align:right">'
                 f'{agreement}<br><span style="color:#888">{found.distinct} of '
-                f"{found.total}</span></td>"
+                f"{found.total}</span>{_unreadable_html(group.unreadable)}</td>"
                 f'<td style="vertical-align:top;padding:4px 8px">{detail}</td></tr>'
             )
         return (
@@ -288,3 +313,22 @@ class SweepStability:
 
 # Shown for a group without answers, in place of its (empty) Stability.
 _NO_ANSWERS = "no answers (no repeat finished with a complete reply)"
+
+
+def _none(group: GroupStability) -> str:
+    # Why a group has no answers: none finished, or none of those could be read.
+    if group.unreadable:
+        return f"no answers ({_unreadable(group.unreadable)}: message files damaged or deleted)"
+    return _NO_ANSWERS
+
+
+def _unreadable(count: int) -> str:
+    # A count of finished repeats whose answer could not be read.
+    return f"{count} unreadable answer{'' if count == 1 else 's'} left out"
+
+
+def _unreadable_html(count: int) -> str:
+    # Under "distinct of total": the finished repeats the total leaves out.
+    if not count:
+        return ""
+    return f'<br><span style="color:#b00">{html.escape(_unreadable(count))}</span>'

@@ -97,3 +97,49 @@ def test_an_unreadable_tool_result_marks_the_reply_after_it_which_stays_whole(
     assert rows[0]["error"] is None
     assert str(path) in rows[1]["error"]
     assert (rows[1]["output"], rows[1]["prompt"], rows[1]["status"]) == ("3", "1 + 2?", "complete")
+
+
+def test_stability_warns_of_an_unreadable_answer_and_shows_it_left_out(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    fake = ScriptedProvider(strict=True).reply("A").reply("A").reply("B").reply("C")
+    session = new_session(provider=fake)
+    sweep = session.sweep(
+        ["Q1", "Q2"], [{}], repeat=2, name="stab", concurrency=1, progress=False
+    ).run(DEADLINE)
+    assert [c.reply for c in sweep.cells] == ["A", "A", "B", "C"]
+    asyncio.run(_compact(data_dir, session.id))
+    bad = sweep.cell("p1-v0-r1")
+    assert bad.message_id is not None
+    path = _garble(data_dir, session.id, bad.message_id)
+
+    with pytest.warns(StoreWarning, match=r"sweep 'stab': cell 'p1-v0-r1'") as caught:
+        found = sweep.stability()
+    assert any(getattr(w.message, "path", None) == path for w in caught)
+    assert any(str(path) in str(w.message) for w in caught)
+    whole, short = found.groups
+    assert (whole.unreadable, whole.stability.total, whole.agreement) == (0, 2, 1.0)
+    assert (short.unreadable, short.stability.total, short.agreement) == (1, 1, 1.0)
+    records = found.to_records()
+    assert [(r["answers"], r["unreadable"]) for r in records] == [(2, 0), (1, 1)]
+    assert repr(found) == (
+        "<SweepStability 'stab' 2 groups, mean agreement 100%, 1 unreadable answer left out>"
+    )
+    assert "== Q2 [variant] (1 unreadable answer left out)" in str(found)
+    assert found._repr_html_().count("1 unreadable answer left out") == 2  # summary, row
+
+
+def test_a_group_whose_answers_are_all_unreadable_says_so(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    sweep = session.sweep("Q", [{}], name="gone", progress=False).run(DEADLINE)
+    asyncio.run(_compact(data_dir, session.id))
+    message_id = sweep.cells[0].message_id
+    assert message_id is not None
+    _garble(data_dir, session.id, message_id)
+    with pytest.warns(StoreWarning, match=r"sweep 'gone': cell 'p0-v0-r0'"):
+        found = sweep.stability()
+    assert (found.groups[0].agreement, found.groups[0].unreadable) == (None, 1)
+    assert "no repeat finished" not in str(found)
+    assert "no answers (1 unreadable answer left out" in str(found)
