@@ -219,7 +219,7 @@ class SessionReading(SessionCore):
         # The decision for each of these calls waiting in other processes (see
         # _waiting_elsewhere); those another client decided meanwhile, and those whose
         # turn ended before the decision reached it, are left out.
-        if self._decisions is None:
+        if self._decisions is None or not waiting:
             return []
         outcomes = self._outcomes_of(
             PostedCall(call.id, message_id, asked_on) for call, message_id, asked_on in waiting
