@@ -272,6 +272,13 @@ def _describe(record: ApprovalRecord) -> str:
     return f'<div class="cm-decision">{line}</div>'
 
 
+def _asked_on(branch: str, asked: str) -> bool:
+    # Whether a signal or decision on ``branch`` can be of a call asked on ``asked``: the
+    # same branch, or a conflict branch a turn asked there was diverted to (named
+    # ``<branch>-conflict-<n>``, see cm_notebook._turn_writes).
+    return branch == asked or branch.startswith(f"{asked}-conflict"[:90] + "-")
+
+
 class DecisionHistory(w.Accordion):  # type: ignore[misc]
     """The approval audit log of a session's context, newest first, collapsed at first."""
 
@@ -326,10 +333,10 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         self.session = session
         self.header = w.HTML("")
         self._only = branch
-        self._seen: set[str] = set()  # with ``branch``: the ids of the calls shown
-        self.history = DecisionHistory(
-            session, None if branch is None else (lambda r: r.tool_call_id in self._seen)
-        )
+        # With ``branch``: the (tool call id, branch) of the calls shown. By both: another
+        # process's ``call_1`` on another branch is not this view's ``call_1``.
+        self._seen: set[tuple[str, str]] = set()
+        self.history = DecisionHistory(session, None if branch is None else self._decided_here)
         super().__init__([self.header, self.history])
         self.add_class("cm-approval")
         #: The rows by (tool call id, branch): two processes may number their calls
@@ -375,6 +382,14 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         # The rows of the calls with this id, by branch.
         return {on: row for (each, on), row in self.rows.items() if each == call_id}
 
+    def _decided_here(self, record: ApprovalRecord) -> bool:
+        # With ``branch``: whether ``record`` decides one of the calls shown (its id, on
+        # its branch).
+        return any(
+            record.tool_call_id == call_id and _asked_on(record.branch, on)
+            for call_id, on in self._seen
+        )
+
     def _show_error(self, text: str) -> None:
         self.header.value = f'<span style="color:#b91c1c">{html.escape(text)}</span>'
 
@@ -417,7 +432,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
             return True
         if branch != self._only:
             return False
-        self._seen.add(call_id)
+        self._seen.add((call_id, branch))
         return True
 
     def _sync(self) -> None:
