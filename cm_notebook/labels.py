@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from . import events as ev
+from ._unicode import control_characters
 from .errors import InvalidInputError
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, validate_labels
@@ -39,8 +40,18 @@ def set_labels(session: ContextSession, name: str, labels: Mapping[str, str]) ->
 def update_labels(
     session: ContextSession, branch: str, changes: Mapping[str, str | None]
 ) -> Branch:
-    """Set the labels in ``changes`` on ``branch`` (None removes one)."""
+    """Set the labels in ``changes`` on ``branch`` (None removes one).
+
+    The keys and values given are refused if they hold control characters (labels are
+    shown in listings and terminals); the labels already on the branch are kept as
+    they are.
+    """
     name = validate_branch_name(branch)
+    for key, value in changes.items():
+        if isinstance(key, str):
+            _refuse_controls(key, f"the label key {key!r:.40}")
+        if isinstance(value, str):  # the value is not quoted: it could be a secret
+            _refuse_controls(value, f"the label {key!r:.40}")
     session._head(name)  # BranchNotFoundError for an unknown branch
     current = dict(session.metadata.branches[name].labels)
     for key, value in changes.items():
@@ -49,6 +60,16 @@ def update_labels(
         else:
             current[key] = value
     return set_labels(session, name, current)
+
+
+def _refuse_controls(text: str, what: str) -> None:
+    # An escape sequence or a NUL would garble every listing and terminal that shows it.
+    found = control_characters(text)
+    if found:
+        raise InvalidInputError(
+            f"{what} cannot contain control characters (found {', '.join(found[:5])}); "
+            "remove them: a label is one line of plain text"
+        )
 
 
 def baseline_of(metadata: ContextMetadata) -> str | None:
