@@ -122,7 +122,41 @@ async def test_a_branch_s_view_keeps_the_decision_of_its_call_on_the_branch_its_
         assert cell.history.records == []
         cell.history.add(decided_on("main-conflict-1"))
         assert [r.branch for r in cell.history.records] == ["main-conflict-1"]
+        # Its signals too are of the call's row; another branch's are not.
+        row = cell.row(call_id)
+        assert cell._row_for(call_id, "main-conflict-1") is row
+        assert cell._row_for(call_id, "other") is None
         turn.cancel()
     finally:
         cell.close()
         here.close()
+
+
+@pytest.mark.anyio
+async def test_a_branch_s_view_leaves_its_row_waiting_when_another_branch_s_call_is_decided(
+    both_waiting: tuple[ContextSession, Turn, str], children: list[subprocess.Popen[bytes]]
+) -> None:
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import ToolApproval
+
+    here, turn, same_id = both_waiting
+    cell = ToolApproval(here, branch="main")
+    everything = ToolApproval(here)
+    try:
+        await until(lambda: len(everything.rows) == 2)
+        other = everything.row(same_id, branch="other")
+        other.approve_button.click()
+        await until(lambda: "done" in other.status.value)
+        children[0].communicate(timeout=DEADLINE)
+        await until(lambda: len(everything.history.records) == 1)
+        mine = cell.row(same_id)
+        assert not mine.decided  # the other branch's outcome was not shown on it
+        assert mine.status.value == ""
+        assert "1 tool call waiting" in cell.header.value
+        mine.approve_button.click()  # and it still decides this branch's call
+        assert (await turn).content == "done"
+        await until(lambda: "done" in mine.status.value)
+        assert "3" in mine.status.value
+    finally:
+        cell.close()
+        everything.close()

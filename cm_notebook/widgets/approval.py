@@ -411,11 +411,13 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
             self._sync()
 
     def _row_for(self, call_id: str, branch: str) -> CallRow | None:
-        # The row a signal speaks of: by id and branch, else the only row of that id (a
-        # turn diverted to a conflict branch signals there; its row has the turn's).
+        # The row a signal speaks of: by id and branch, else the only row of that id on
+        # the branch a turn diverted to a conflict branch was asked on (it signals on
+        # the conflict branch; its row has the turn's). Not a row of that id on another
+        # branch: another process's ``call_1`` there, which this view may not show.
         row = self.rows.get((call_id, branch))
         if row is None:
-            found = list(self._rows_of(call_id).values())
+            found = [row for on, row in self._rows_of(call_id).items() if _asked_on(branch, on)]
             row = found[0] if len(found) == 1 else None
         return row
 
