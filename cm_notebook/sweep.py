@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._loop import schedule_on
+from ._unicode import control_characters
 from .errors import CMError, InvalidInputError
 from .fanout import Variant, variant_labels
 from .ids import validate_branch_name
@@ -270,6 +271,11 @@ def _check_labels(name: str, labels: list[str]) -> None:
         # end up in saved notebooks).
         if find_secret({key: value}) is not None:
             return "it looks like a secret (a key or token), and secrets are never stored"
+        found = control_characters(value)
+        if found and not control_characters(value.replace("\n", "")):
+            return f"{value[:60]!r} is not one line of at most {MAX_LABEL_VALUE} characters"
+        if found:
+            return f"it holds control characters ({', '.join(found[:5])}), which garble lists"
         return f"{value[:60]!r} is not one line of at most {MAX_LABEL_VALUE} characters"
 
     try:
@@ -281,6 +287,8 @@ def _check_labels(name: str, labels: list[str]) -> None:
     for index, label in enumerate(labels):
         try:
             validate_labels({"variant": label})
+            if control_characters(label):  # C1 too, which validate_labels lets by
+                raise ValueError(label)
         except ValueError as exc:
             raise InvalidInputError(
                 f"variant {index}: its label cannot label its cells' branches: "

@@ -73,3 +73,9 @@ def test_a_sweep_name_that_looks_like_another_branch_is_refused_up_front(
         session.sweep("Q", [{}], name="MINE", progress=False)
     assert "run that sweep again" not in str(caught.value)  # it is not a sweep's cell
     assert set(session.branches) == before
+
+
+@pytest.mark.parametrize("control", ["\x1b[2J", "\x9b2J", "\x00"])
+def test_control_characters_in_a_variant_label_are_refused(control: str) -> None:
+    with pytest.raises(InvalidInputError, match=r"variant 0: .*control characters \(U\+00"):
+        plan_sweep("Q", [{"label": f"arm{control}"}])
