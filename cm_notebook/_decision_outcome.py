@@ -7,7 +7,9 @@ for instance; the record, posted first, is then never applied, and a poster that
 reported "approved" would be wrong. So the poster reads the context's signal log, from
 just before it posted, until the waiting process says what became of each call
 (:class:`~cm_notebook.signals.ToolCallResolved`): decided with this record (the
-signal carries its audit record), or ended without it (no audit record); or that it
+signal carries its audit record), or ended without it (no audit record, on the call's
+branch or on the branch its turn went on to when another writer moved that branch's
+head: the one created at the asking reply, announced with ``BranchCreated``); or that it
 refused the record's edited arguments (an ``Error`` signal of kind ``tool``, made by
 :func:`still_waits`; the call waits on, to be decided again). It reads on
 its own thread, never through the session's event loop, so a notebook cell (whose
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .signal_log import LogReader
-from .signals import ErrorReported, ToolCallResolved
+from .signals import BranchCreated, ErrorReported, ToolCallResolved
 
 __all__ = ["DECISION_WAIT_SECONDS", "DecisionOutcomes", "Outcome", "PostedCall", "still_waits"]
 
@@ -77,6 +79,9 @@ class DecisionOutcomes:
     def __init__(self, log_path: Path, calls: Iterable[PostedCall]) -> None:
         self._reader = LogReader(log_path)
         self._waiting = {(call.call_id, call.message_id): call for call in calls}
+        # Per call, the branches its turn may end it on: its own, and the one the turn
+        # was diverted to (forked at the asking reply) if another writer moved its head.
+        self._branches = {key: {call.branch} for key, call in self._waiting.items()}
         self._outcomes: dict[tuple[str, str], Outcome] = {}
 
     def forget(self, call_id: str, message_id: str) -> None:
@@ -95,6 +100,8 @@ class DecisionOutcomes:
                 for _writer, event in self._reader.poll():
                     if isinstance(event, ToolCallResolved):
                         self._note(event)
+                    elif isinstance(event, BranchCreated):
+                        self._note_diversion(event)
                     elif isinstance(event, ErrorReported) and event.kind == "tool":
                         self._note_refusal(event)
                 if not self._waiting or time.monotonic() >= deadline:
@@ -119,8 +126,17 @@ class DecisionOutcomes:
             decision = event.decision
             if decision is not None and decision.message_id == call.message_id:
                 self._resolved(key, Outcome(applied=True))
-            elif decision is None and event.branch == call.branch:
+            elif decision is None and event.branch in self._branches[key]:
                 self._resolved(key, Outcome(applied=False))
+
+    def _note_diversion(self, event: BranchCreated) -> None:
+        # A turn whose head another writer moved goes on, on a new branch forked at its
+        # own head: for a call still waiting, the reply that asked for it.
+        if event.branch is None:
+            return
+        for key, call in self._waiting.items():
+            if event.head == call.message_id:
+                self._branches[key].add(event.branch)
 
     def _note_refusal(self, event: ErrorReported) -> None:
         for key, call in list(self._waiting.items()):

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from jupyter_server_proc import JupyterServer
@@ -26,6 +27,7 @@ from cm_notebook.errors import (
 )
 from cm_notebook.model import Message
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.store.folders import context_folder_of
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.turn import Turn
@@ -414,3 +416,33 @@ def test_deciding_all_leaves_out_a_call_its_turn_stopped_first(
         children[0].communicate(timeout=DEADLINE)
         _wait_for(lambda: session.state_of("main") == fsm.State.IDLE, "the turn to end")
         assert [call.id for call in denied] == [r.tool_call_id for r in session.approval_log()]
+
+
+def test_a_decision_its_diverted_turn_stopped_first_is_not_reported_made(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    # As above, with the branch's head moved by a writer that does not claim it: the
+    # stopped turn answers its call on a conflict branch forked at the asking reply,
+    # and that still tells the poster that nothing was decided.
+    _asking(tmp_path, context, children)
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        [call] = session.pending_tool_calls
+        asking = session.history("main")[-1]
+
+        async def intrude() -> None:
+            async with FileStore(tmp_path) as store:
+                stray = Message(role="user", parent_id=asking.id, content="from elsewhere")
+                await store.append_message(context, stray, branch="main", expected_head=asking.id)
+
+        anyio.run(intrude)
+        session.stop("main")
+        try:
+            session.approve(call.id)
+        except ToolCallAlreadyResolvedError as exc:
+            refusal = str(exc)
+        else:
+            refusal = ""
+        decided = not refusal
+        children[0].communicate(timeout=DEADLINE)
+        _wait_for(lambda: "main-conflict-1" in session.branches, "the turn to divert")
+        assert [record.approved for record in session.approval_log()] == ([True] if decided else [])
