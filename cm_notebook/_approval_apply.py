@@ -61,6 +61,10 @@ def approval(
     if arguments is None:
         return Decision(True, **where)
     edited = validate_edited_arguments(session.tools.get(pending.call.name), arguments)
+    if edited == pending.call.arguments:
+        # The same arguments again (a form that sends them back, reformatted JSON): not
+        # an edit, and not logged as one.
+        return Decision(True, **where)
     return Decision(True, _EDITED, edited, **where)
 
 

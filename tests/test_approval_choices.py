@@ -255,3 +255,23 @@ fcntl.flock(fd, fcntl.LOCK_EX)
 print("holding", flush=True)
 time.sleep(600)
 """
+
+
+def test_the_arguments_asked_for_sent_back_are_not_an_edit(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # A form that sends the arguments back unchanged, or reformatted, edits nothing.
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True)
+    fake.tool_calls(("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4}))
+    fake.reply("done")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("go")
+    waiting(recorder)
+    session.approve("call_1", arguments={"b": 2, "a": 1})
+    session.approve("call_2", arguments='{\n  "a": 3,\n  "b": 4\n}')
+    turn.result(DEADLINE)
+    assert calc.calls == [("add", 1, 2), ("add", 3, 4)]
+    for record in session.approval_log():
+        assert (record.edited_arguments, record.reason) == (None, None)

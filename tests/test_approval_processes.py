@@ -185,3 +185,15 @@ def test_edited_arguments_and_an_allowance_over_http(tmp_path: Path) -> None:
         with ContextSession.open(context_id, data_dir=server.data_dir) as session:
             assert session.allowed_tools()["context"] == ["add"]
             assert [r.by for r in session.approval_log()] == ["http"]
+
+
+def test_the_arguments_asked_for_sent_back_from_elsewhere_are_not_an_edit(
+    tmp_path: Path, here: tuple[ContextSession, Recorder]
+) -> None:
+    session, seen = here
+    child = _kernel(tmp_path, session.id)
+    call_id = _asked(seen)
+    session.approve(call_id, arguments='{"b": 2, "a": 1}')
+    assert _finish(child) == "3"
+    [record] = session.approval_log()
+    assert (record.edited_arguments, record.reason, record.remote) == (None, None, True)

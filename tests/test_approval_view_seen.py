@@ -160,3 +160,28 @@ async def test_a_branch_s_view_leaves_its_row_waiting_when_another_branch_s_call
     finally:
         cell.close()
         everything.close()
+
+
+@pytest.mark.anyio
+async def test_reformatted_arguments_in_the_view_are_not_an_edit(tmp_path: Path) -> None:
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import ToolApproval
+
+    provider = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("done")
+    with ContextSession.create(data_dir=tmp_path, provider=provider, tools=[add]) as here:
+        turn = here.send("sum?")
+        panel = ToolApproval(here)
+        try:
+            await until(lambda: len(panel.rows) == 1)
+            [row] = panel.rows.values()
+            row.arguments.value = '{"a": "x"}'  # first a wrong edit, explained
+            await until(lambda: row.check.value != "")
+            row.arguments.value = '{"b": 2,   "a": 1}'  # then the same arguments again
+            await until(lambda: row.check.value == "", within=3)
+            assert not row.approve_button.disabled
+            row.approve_button.click()
+            assert (await turn).content == "done"
+            [record] = here.approval_log()
+            assert (record.edited_arguments, record.reason) == (None, None)
+        finally:
+            panel.close()

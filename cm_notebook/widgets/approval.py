@@ -157,8 +157,11 @@ class CallRow(w.VBox):  # type: ignore[misc]
             self.check.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
             self._enable_approve(False)
             raise
-        self.check.value = '<span style="color:#059669">✓ edited arguments are valid</span>'
         self._enable_approve(not self.decided)
+        if edited == self.call.arguments:  # reformatted, not changed
+            self.check.value = ""
+            return None
+        self.check.value = '<span style="color:#059669">✓ edited arguments are valid</span>'
         return edited
 
     def _enable_approve(self, enabled: bool) -> None:
