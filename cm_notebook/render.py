@@ -126,11 +126,7 @@ def message_html(message: Message) -> str:
         notes.append(html.escape(message.metadata.model))
     if message.metadata.error:
         notes.append("error: " + html.escape(message.metadata.error))
-    calls = "".join(
-        f'<div style="font-family:monospace;font-size:90%">&#128295; {html.escape(c.name)}'
-        f"({html.escape(str(c.arguments))}) &rarr; {html.escape(c.status.value)}</div>"
-        for c in message.tool_calls
-    )
+    calls = tool_calls_html(message)
     note = f' <span style="color:#888">({", ".join(notes)})</span>' if notes else ""
     cut = (
         f'<div style="font-size:80%;color:#b45309">&#9986; {CUT_OFF}: the reply is incomplete</div>'
@@ -143,6 +139,16 @@ def message_html(message: Message) -> str:
         f"<b>{role}</b>{note}</div>"
         f'<div style="white-space:pre-wrap">{html.escape(message.content)}</div>{calls}{cut}'
         "</div>"
+    )
+
+
+def tool_calls_html(message: Message) -> str:
+    """The tool calls a reply asked for, one line each: name, arguments (JSON), status."""
+    return "".join(
+        f'<div class="cm-tool-call" style="font-family:monospace;font-size:90%">&#128295; '
+        f"{html.escape(c.name)}({html.escape(json.dumps(c.arguments, ensure_ascii=False))})"
+        f" &rarr; {html.escape(c.status.value)}</div>"
+        for c in message.tool_calls
     )
 
 

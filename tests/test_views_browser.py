@@ -268,6 +268,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     page.locator(".cm-tree .cm-node[data-branch='main'] .cm-node-name").click()
     page.wait_for_selector(".cm-transcript .cm-body:has-text('The sum is 5.')")
     page.wait_for_selector(".cm-tree .cm-node[data-branch='main'].cm-active")
+    page.wait_for_selector(".cm-status .cm-chip.cm-active:has-text('main Idle')")
     _snap(page, "views-switched")
 
     # 5. The saved-notebook snapshot was updated in place when the turns ended.

@@ -279,3 +279,21 @@ async def test_the_branch_tree_nests_forks_under_their_branch(new_session: NewSe
         ("b", 1, False, 2),
     ]
     tree.close()
+
+
+async def test_the_compare_view_shows_the_tool_calls_a_branch_made(
+    new_session: NewSession,
+) -> None:
+    # A reply that only asks for a tool has no text: its call is what it says.
+    fake = ScriptedProvider().reply("Ready.").tool_call("add", {"a": 2, "b": 3}).reply("It is 5.")
+    fake.reply("No tools today.")
+    session = new_session(provider=fake, tools=[add], approval="auto")
+    await session.send("hi")
+    session.branch("plain")
+    await session.send("2 + 3?", branch="main")
+    await session.send("2 + 3?", branch="plain")
+    view = CompareView(session, "main", "plain")
+    try:
+        assert "add({&quot;a&quot;: 2, &quot;b&quot;: 3}) &rarr; done" in view.value
+    finally:
+        view.close()

@@ -23,6 +23,7 @@ from .. import events as ev
 from ..compare import diff_side_html, word_diff
 from ..errors import InvalidInputError
 from ..model import Message
+from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView
 from ._messages import stats_of
@@ -198,7 +199,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
             label = html.escape(message.role)
             body.append(
                 f'<div style="font-size:85%;color:#555"><b>{label}</b></div>'
-                f"{render_markdown(message.content)}"
+                f"{render_markdown(message.content)}{tool_calls_html(message)}"
             )
         if answer is not None:
             # The first column marks what the second dropped; the others what they added.

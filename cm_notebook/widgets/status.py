@@ -75,10 +75,10 @@ class StatusBar(FollowingView, anywidget.AnyWidget):
             ):
                 self._errors.pop(event.branch, None)
             self._throttle.now()
-        elif isinstance(
-            event,
-            (ev.MessageCompleted, ev.BranchSwitched, ev.BranchCreated, ev.BranchDeleted, ev.Resync),
-        ):
+        elif isinstance(event, (ev.BranchSwitched, ev.BranchCreated, ev.BranchDeleted)):
+            # A person's click, rare: the chip changes with the tree, not a beat later.
+            self._throttle.now()
+        elif isinstance(event, (ev.MessageCompleted, ev.Resync)):
             self._throttle.poke()
 
     def _render(self) -> None:
