@@ -318,6 +318,29 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert "echo: Q2" in _text(page, ".cm-grid-table")
     assert "4 done" in _text(page, ".cm-grid-title")
 
+    # 6c. An A/B cell: the arms live, side by side; their saved copy, in the same cell,
+    # is hidden on the page (it repeats them) and kept in the file (step 7).
+    page.evaluate(
+        """async () => {
+            const app = window.jupyterapp;
+            const panel = app.shell.currentWidget;
+            panel.content.activeCellIndex = panel.content.widgets.length - 1;
+            await app.commands.execute("notebook:insert-cell-below");
+            panel.content.activeCell.model.sharedModel.setSource(
+                '%load_ext cm_notebook\\n%cm new "AB" --provider scripted');
+            await app.commands.execute("notebook:run-cell");
+            await app.commands.execute("notebook:insert-cell-below");
+            panel.content.activeCell.model.sharedModel.setSource(
+                '%%cm --ab "Be terse." "Be thorough."\\nWhy is the sky blue?');
+            await app.commands.execute("notebook:run-cell");
+        }"""
+    )
+    page.wait_for_selector(".cm-compare:has-text('main-be-thorough')")
+    page.wait_for_selector("[data-cm-copy]:has-text('echo: Why is the sky blue?')", state="attached")
+    copies = page.locator("[data-cm-copy]")
+    assert copies.count() == 2  # the conversation's and the comparison's
+    assert not any(copies.nth(i).is_visible() for i in range(copies.count()))
+
     # 7. Saved, the notebook file holds the conversation as HTML (no kernel needed).
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     deadline = time.monotonic() + 30

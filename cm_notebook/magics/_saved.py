@@ -26,6 +26,7 @@ from ..errors import CMError
 from ..provenance import provenance_of
 from ..widgets import CompareView, SessionView
 from ..widgets._base import SessionFollower, Throttle
+from ..widgets._copy_hider import SavedCopyHider, mark_copy
 from ..widgets._live_output import LiveOutput, register_copy
 from ._reply import ComparisonView
 
@@ -51,9 +52,15 @@ INTERVAL = 0.5
 _SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
 
 
-def _show_widget(widget: Any) -> None:
-    # The widget's own bundle, as IPython would show it without _ipython_display_.
+def _show_widget(widget: Any) -> str:
+    # The widget's own bundle, as IPython would show it without _ipython_display_, with
+    # a part that hides the saved copy shown after it on a live page; returns its id.
+    hider = next((c for c in widget.children if isinstance(c, SavedCopyHider)), None)
+    if hider is None:
+        hider = SavedCopyHider()
+        widget.children = (*widget.children, hider)
     display(widget._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
+    return str(hider.copy_id)
 
 
 class ComparisonSnapshot:
@@ -64,8 +71,11 @@ class ComparisonSnapshot:
         session: ContextSession,
         branches: list[str],
         variables: dict[str, str] | None = None,
+        copy_id: str | None = None,
     ) -> None:
         self.session = session
+        #: Marks the HTML for the live view's :class:`SavedCopyHider`.
+        self.copy_id = copy_id
         self.branches = list(branches)
         #: The kernel variables that fed the arms' message (``%%cm --ab {name}``).
         self.variables = dict(variables or {})
@@ -107,7 +117,8 @@ class ComparisonSnapshot:
 
     def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
         comparison = self.session.compare(*self.branches)
-        bundle = {"text/html": comparison._repr_html_(), "text/plain": PLAIN}
+        html = mark_copy(comparison._repr_html_(), self.copy_id)
+        bundle = {"text/html": html, "text/plain": PLAIN}
         return bundle, {"cm_notebook": self.provenance(comparison)}
 
     @property
@@ -147,9 +158,9 @@ class SavedCompareView(CompareView):
     saved: ComparisonSnapshot | None = None
 
     def _ipython_display_(self) -> None:
-        _show_widget(self)
+        copy_id = _show_widget(self)
         if self.saved is None:
-            self.saved = ComparisonSnapshot(self.session, self.branch_names)
+            self.saved = ComparisonSnapshot(self.session, self.branch_names, copy_id=copy_id)
         self.saved.display()
 
     def close(self) -> None:
@@ -167,9 +178,11 @@ class SavedComparisonView(ComparisonView):
     variables: dict[str, str] | None = None
 
     def _ipython_display_(self) -> None:
-        _show_widget(self)
+        copy_id = _show_widget(self)
         if self.saved is None:
-            self.saved = ComparisonSnapshot(self.compare.session, self.branches, self.variables)
+            self.saved = ComparisonSnapshot(
+                self.compare.session, self.branches, self.variables, copy_id=copy_id
+            )
         self.saved.display()
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as w
 from IPython.display import display
 
+from ._copy_hider import SavedCopyHider
 from .approval import ToolApproval
 from .branches import BranchTree
 from .chat import ChatView
@@ -34,6 +35,8 @@ class SessionView(w.VBox):  # type: ignore[misc]
         self.tree = BranchTree(session)
         self.chat = ChatView(session)
         self.approvals = ToolApproval(session)
+        # Hides the snapshot below on a live page (it repeats this view).
+        self.copy_hider = SavedCopyHider()
         self.tree.layout = w.Layout(width="28%", min_width="180px", overflow="auto")
         self.chat.layout = w.Layout(flex="1 1 auto", width="auto")
         super().__init__(
@@ -41,6 +44,7 @@ class SessionView(w.VBox):  # type: ignore[misc]
                 self.status,
                 w.HBox([self.tree, self.chat], layout=w.Layout(width="100%")),
                 self.approvals,
+                self.copy_hider,
             ],
             layout=w.Layout(width="100%"),
         )
@@ -56,7 +60,7 @@ class SessionView(w.VBox):  # type: ignore[misc]
         # the widget's own bundle would not be: DESIGN fact 10).
         display(self._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
         if self.snapshot is None:
-            self.snapshot = Snapshot(self.session)
+            self.snapshot = Snapshot(self.session, copy_id=self.copy_hider.copy_id)
         self.snapshot.display()
 
     def close(self) -> None:

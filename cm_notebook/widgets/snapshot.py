@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from ._base import SessionFollower, Throttle
+from ._copy_hider import mark_copy
 from ._live_output import LiveOutput, register_copy
 from ._messages import message_dict, transcript_html
 
@@ -42,8 +43,10 @@ def snapshot_html(session: ContextSession, branch: str | None = None) -> str:
 class Snapshot:
     """Shows :func:`snapshot_html` as an output and keeps it current."""
 
-    def __init__(self, session: ContextSession) -> None:
+    def __init__(self, session: ContextSession, copy_id: str | None = None) -> None:
         self.session = session
+        #: Marks the HTML for the live view's :class:`~._copy_hider.SavedCopyHider`.
+        self.copy_id = copy_id
         self._output = LiveOutput()
         self._follower = SessionFollower(session, self._on_event, lambda _text: None)
         self._throttle = Throttle(self._follower.loop, SNAPSHOT_INTERVAL, self._update)
@@ -52,7 +55,8 @@ class Snapshot:
         return "<cm_notebook Snapshot>"
 
     def _bundle(self) -> dict[str, Any]:
-        return {"text/html": snapshot_html(self.session), "text/plain": PLAIN}
+        html = mark_copy(snapshot_html(self.session), self.copy_id)
+        return {"text/html": html, "text/plain": PLAIN}
 
     def display(self) -> None:
         """Emit the output (in the current cell); later updates replace it in place."""

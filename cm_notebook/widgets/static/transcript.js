@@ -60,32 +60,6 @@ function ratingBar(m, send) {
   return bar;
 }
 
-// A session view's cell also holds its saved-notebook copy: static HTML, for viewers
-// without a kernel. On a live page it repeats what the view shows, so it is hidden
-// here, in this page only; the saved notebook keeps it. A chat view shown on its own
-// has no copy, and a copy that JupyterLab puts back (a display update) is hidden again.
-function hideSavedCopies(el) {
-  let observer = null;
-  const hide = (area) => {
-    for (const copy of area.querySelectorAll(".cm-snapshot")) {
-      (copy.closest(".jp-OutputArea-child") || copy).style.display = "none";
-    }
-  };
-  const attach = (tries) => {
-    if (!el.isConnected) {
-      if (tries > 0) setTimeout(() => attach(tries - 1), 100);
-      return;
-    }
-    const area = el.closest(".cm-session") && el.closest(".jp-OutputArea");
-    if (!area) return;
-    hide(area);
-    observer = new MutationObserver(() => hide(area));
-    observer.observe(area, { childList: true });
-  };
-  attach(100);
-  return () => observer && observer.disconnect();
-}
-
 function render({ model, el }) {
   el.classList.add("cm-transcript");
   const scroller = h("div", "cm-scroll");
@@ -262,7 +236,6 @@ function render({ model, el }) {
   drawLive(true);
   drawMessages();
   drawNotice();
-  return hideSavedCopies(el);
 }
 
 export default { render };
