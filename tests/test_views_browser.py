@@ -336,7 +336,9 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
         }"""
     )
     page.wait_for_selector(".cm-compare:has-text('main-be-thorough')")
-    page.wait_for_selector("[data-cm-copy]:has-text('echo: Why is the sky blue?')", state="attached")
+    page.wait_for_selector(
+        "[data-cm-copy]:has-text('echo: Why is the sky blue?')", state="attached"
+    )
     copies = page.locator("[data-cm-copy]")
     assert copies.count() == 2  # the conversation's and the comparison's
     assert not any(copies.nth(i).is_visible() for i in range(copies.count()))
