@@ -62,6 +62,13 @@ class SessionBranches(SessionReading):
         metadata = self._read_metadata()
         if from_message is None:
             forked = from_branch or metadata.active_branch
+            if self._mid_turn(forked):
+                # Its head is the turn's own message, or its unfinished reply.
+                raise BusyError(
+                    f"a reply is still being generated on branch {forked!r}, so a branch "
+                    "forked at its head would miss it. Wait for the turn to finish (await "
+                    "it), or fork at a message (from_message=...)."
+                )
             head = self._head(forked)
             source: str | None = forked
             at = self.get(head) if head is not None else None

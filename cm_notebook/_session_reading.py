@@ -282,6 +282,15 @@ class SessionReading(SessionCore):
             (waiting.call, waiting.branch) for waiting in self._waiting_elsewhere(None)
         ]
 
+    def _mid_turn(self, branch: str) -> bool:
+        # A turn runs on ``branch`` and the branch's head is not a place to continue
+        # from: the turn's own prompt, its unfinished reply, or tool answers the next
+        # reply is coming after. (A reply waiting for tool approval is finished.)
+        return (
+            self.running_turn_id(branch) is not None
+            and self.state_of(branch) is not fsm.State.AWAITING_TOOL_APPROVAL
+        )
+
     def running_turn_id(self, branch: str | None = None) -> str | None:
         """The id of the turn running on ``branch`` (default: active): this session's,
         or one another live process that opened the context runs (a kernel's, seen

@@ -17,7 +17,7 @@ from test_session_support import (
 )
 
 from cm_notebook.compare import BranchResult, Comparison, diff_side_html, word_diff
-from cm_notebook.errors import InvalidInputError
+from cm_notebook.errors import BusyError, InvalidInputError
 from cm_notebook.events import BranchCreated, ContentDelta, MessageCompleted
 from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus, TokenUsage
@@ -270,3 +270,24 @@ def test_a_word_diff_gives_both_texts_back_and_keeps_words_in_common(
         assert word_diff(a, a) == [("=", a)]
         tail = "tail" if a[-1].isspace() else " tail"
         assert word_diff(a, a + tail)[0] == ("=", a)
+
+
+@pytest.mark.anyio
+async def test_fan_out_and_fork_wait_for_a_turn_running_on_their_branch(data_dir: Path) -> None:
+    # Mid-turn, the branch's head is the turn's own prompt, or its unfinished reply:
+    # arms or a fork made there would continue a conversation that has not happened.
+    fake = ScriptedProvider().reply("Paris.", chunks="words", delay=0.05)
+    fake.reply("Blue light scatters.").reply("Rayleigh.")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    turn = session.send("Capital of France?")
+    with pytest.raises(BusyError, match="still being generated on branch 'main'"):
+        session.fan_out("Why is the sky blue?", [{"branch": "a"}, {"branch": "b"}])
+    with pytest.raises(BusyError, match="still being generated on branch 'main'"):
+        session.branch("fork")
+    assert set(session.branches) == {"main"}  # nothing was written
+    await turn
+    comparison = await session.fan_out("Why is the sky blue?", [{"branch": "a"}, {"branch": "b"}])
+    for arm in comparison.branches:
+        assert roles(session.history(arm)) == ["user", "assistant", "user", "assistant"]
+        assert session.history(arm)[1].content == "Paris."
+    session.close()
