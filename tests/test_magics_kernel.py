@@ -126,6 +126,23 @@ def test_a_view_is_awaitable_and_history_shows_the_conversation(fe: FrontEnd) ->
     assert fe.run("%cm history --last 2").splitlines() == ["user: And Italy?", "assistant: Rome."]
 
 
+def test_history_says_a_reply_is_under_way(fe: FrontEnd) -> None:
+    # Magics never wait: a history taken while the reply is generated says so, with
+    # the text so far once the reply is stored.
+    _use_scripted(fe, '.reply("Slowly, surely.", chunks="words", delay=0.4)')
+    fe.run(
+        """
+        %%cm -f text
+        Tell me slowly.
+        """
+    )
+    lines = fe.run("%cm history --last 2").splitlines()
+    assert lines[0] == "user: Tell me slowly."
+    assert lines[-1].startswith("assistant: ") and "…" in lines[-1]
+    assert _printed(fe, "(await _).content") == "Slowly, surely."
+    assert fe.run("%cm history --last 1").splitlines() == ["assistant: Slowly, surely."]
+
+
 def test_await_returns_after_var_is_set(fe: FrontEnd) -> None:
     # The view's own task polls the turn (as every await of a turn does, so Interrupt
     # works): when the reply ends just after that task re-armed its poll, a later

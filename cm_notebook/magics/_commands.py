@@ -17,10 +17,11 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.display import Markdown
 
+from .. import fsm
 from ..compare import Comparison
 from ..errors import CMError
 from ..export import export_context, to_json, to_markdown
-from ..model import Message
+from ..model import Message, MessageStatus
 from ..provenance import describe_variables
 from ..session import ContextSession
 from ..widgets import CompareView
@@ -276,9 +277,17 @@ class Commands:
             print("no messages yet")
         for message in messages:
             calls = [f"[tool call {c.name}({c.arguments}) {c.id}]" for c in message.tool_calls]
-            print(
-                f"{message.role}: " + " ".join(part for part in (message.content, *calls) if part)
-            )
+            streaming = ["… (still streaming)"] if message.status is MessageStatus.STREAMING else []
+            parts = (message.content, *calls, *streaming)
+            print(f"{message.role}: " + " ".join(part for part in parts if part))
+        # A turn under way that the messages do not show yet (magics never wait for one).
+        branch = args.branch or session.active_branch
+        if session.running_turn_id(branch) is None:
+            return
+        if session.state_of(branch) is fsm.State.AWAITING_TOOL_APPROVAL:
+            print("… waiting for a decision on its tool calls: %cm approve or %cm deny")
+        elif not messages or messages[-1].status is not MessageStatus.STREAMING:
+            print("assistant: … (a reply is being generated; `await _` waits for it)")
 
     def compare(self, args: a.CompareArgs) -> SavedCompareView:
         """Branches side by side (default: all), kept current; then a saved copy."""
