@@ -62,7 +62,8 @@ class SessionBranches(SessionReading):
         metadata = self._read_metadata()
         if from_message is None:
             forked = from_branch or metadata.active_branch
-            if self._mid_turn(forked):
+            # (A taken name is refused first, by the store: waiting would not help.)
+            if name not in metadata.branches and self._mid_turn(forked):
                 # Its head is the turn's own message, or its unfinished reply.
                 raise BusyError(
                     f"a reply is still being generated on branch {forked!r}, so a branch "

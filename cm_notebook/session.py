@@ -497,15 +497,6 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         base = self._branch_name(branch)
         existing_names = set(self.branches)
         plans: builtins.list[Variant] = plan_variants(variants, base, existing_names.__contains__)
-        if self._mid_turn(base):
-            # Its head is then the turn's own message or its unfinished reply: the arms
-            # would continue a conversation that has not happened yet.
-            raise BusyError(
-                f"a reply is still being generated on branch {base!r}, and the arms would "
-                "fork before it ends; wait for it (await the turn, or `await _` after a "
-                "%%cm cell), or call turn.cancel()"
-            )
-        head = self._head(base)
         # Check every variant before writing anything: one bad variant must not leave
         # the branches of the good ones behind.
         existing = self.branches
@@ -524,6 +515,15 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                     f"branch name {plan.branch!r} looks like the branch {other!r} (they differ "
                     "only in case or in letters that look alike); name the arm differently"
                 )
+        if self._mid_turn(base):
+            # Its head is then the turn's own message or its unfinished reply: the arms
+            # would continue a conversation that has not happened yet.
+            raise BusyError(
+                f"a reply is still being generated on branch {base!r}, and the arms would "
+                "fork before it ends; wait for it (await the turn, or `await _` after a "
+                "%%cm cell), or call turn.cancel()"
+            )
+        head = self._head(base)
         # An unknown spec or a parameter an arm's provider does not take fails before
         # anything is written.
         checked = [

@@ -138,7 +138,8 @@ def test_history_says_a_reply_is_under_way(fe: FrontEnd) -> None:
     )
     lines = fe.run("%cm history --last 2").splitlines()
     assert lines[0] == "user: Tell me slowly."
-    assert lines[-1].startswith("assistant: ") and "…" in lines[-1]
+    assert lines[-1].startswith("assistant: ")
+    assert "…" in lines[-1]
     assert _printed(fe, "(await _).content") == "Slowly, surely."
     assert fe.run("%cm history --last 1").splitlines() == ["assistant: Slowly, surely."]
 
