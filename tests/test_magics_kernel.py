@@ -144,6 +144,20 @@ def test_history_says_a_reply_is_under_way(fe: FrontEnd) -> None:
     assert fe.run("%cm history --last 1").splitlines() == ["assistant: Slowly, surely."]
 
 
+def test_cells_run_back_to_back_ask_one_after_another(fe: FrontEnd) -> None:
+    # Run All over cells of questions: each %%cm cell returns at once; one sent while
+    # the reply before it on its branch is under way waits for it, then asks.
+    _use_scripted(fe, "".join(f'.reply("answer {n}", delay=0.1)' for n in range(3)))
+    fe.run("%%cm --var one\nQ1")
+    fe.run("%%cm --var two\nQ2")
+    fe.run("%%cm -f text\nQ3")
+    assert _printed(fe, "(await _).content") == "answer 2"
+    assert fe.run("%cm history").splitlines() == [
+        line for n in range(3) for line in (f"user: Q{n + 1}", f"assistant: answer {n}")
+    ]
+    assert _printed(fe, "[one, two]") == ["answer 0", "answer 1"]
+
+
 def test_await_returns_after_var_is_set(fe: FrontEnd) -> None:
     # The view's own task polls the turn (as every await of a turn does, so Interrupt
     # works): when the reply ends just after that task re-armed its poll, a later

@@ -107,8 +107,9 @@ def test_bad_sends_are_one_line_usage_errors(fe: FrontEnd, line: str, says: str)
     assert says in reply["evalue"]
 
 
-def test_a_second_cell_while_the_first_reply_streams_says_what_to_do(fe: FrontEnd) -> None:
+def test_a_second_cell_while_the_first_reply_streams_waits_for_it(fe: FrontEnd) -> None:
     # Run All: the next %%cm cell comes while the last one's reply is still written.
+    # It returns at once, says it waits, and asks once that reply has ended.
     fe.run(
         """
         from cm_notebook import ContextSession
@@ -120,6 +121,33 @@ def test_a_second_cell_while_the_first_reply_streams_says_what_to_do(fe: FrontEn
     )
     first, output = fe.execute("%%cm\nFirst question")
     assert first["status"] == "ok", output
+    second, output = fe.execute("%%cm\nSecond question")
+    assert second["status"] == "ok", output
+    assert any(
+        "waiting for the reply before it" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+    assert _printed(fe, "[m.role for m in slow.history()]") == ["user", "assistant"]
+    fe.run("%cm stop")  # the first reply ends (stopped): the second cell asks
+    assert _printed(fe, "(await _).content") == "echo: Second question"
+    assert _printed(fe, "[m.content for m in slow.history()][2:]") == [
+        "Second question",
+        "echo: Second question",
+    ]
+
+
+def test_a_cell_while_code_s_reply_streams_says_what_to_do(fe: FrontEnd) -> None:
+    # A reply started from code (not a %%cm cell): a cell is refused, with what to do.
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        hanging = ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}])
+        slow = ContextSession.create("slow code", provider=hanging)
+        %cm use slow
+        started = slow.send("From code")
+        """
+    )
     second, output = fe.execute("%%cm\nSecond question")
     assert second["status"] == "error", output
     assert second["ename"] == "UsageError"

@@ -24,6 +24,7 @@ from ..export import export_context, to_json, to_markdown
 from ..model import Message, MessageStatus
 from ..provenance import describe_variables
 from ..session import ContextSession
+from ..turn import Turn
 from ..widgets import CompareView
 from . import _args as a
 from ._interpolate import interpolate
@@ -53,8 +54,8 @@ def translated() -> Iterator[None]:
 
 
 #: A remedy a session's error gives in Python, and the same in a notebook of magics
-#: (where a cell's reply is no ``turn`` variable): e.g. a second %%cm cell run while
-#: the first cell's reply still streams (Run All).
+#: (where a cell's reply is no ``turn`` variable): e.g. a %%cm cell run while a reply
+#: started from code (or another process) still streams on its branch.
 _REMEDIES = (
     (
         "await it, or call turn.cancel()",
@@ -80,6 +81,9 @@ class Commands:
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
         self.current: ContextSession | None = None
+        # The last reply view per (context, branch): a cell sent while it is under way
+        # queues behind it (Run All over cells of questions).
+        self._replies: dict[tuple[str, str], ReplyView] = {}
 
     def session(self) -> ContextSession:
         """The current session, or a usage error that says how to get one."""
@@ -136,7 +140,8 @@ class Commands:
     def send(self, args: a.SendArgs) -> ReplyView:
         """Send one line as a message; the reply streams into the returned view."""
         session = self.session()
-        return ReplyView(session, session.send(args.text, branch=args.branch))
+        branch = args.branch or session.active_branch
+        return self._reply(session, branch, lambda: session.send(args.text, branch=branch))
 
     def cell(self, args: a.CellArgs, body: str) -> ReplyView | ComparisonView:
         """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
@@ -169,20 +174,33 @@ class Commands:
                     f"on new branch {branch!r}: {before!r} has replies under another "
                     "system prompt (`%cm branches` lists them)"
                 )
-        turn = session.send(
-            text,
-            branch=branch,
-            provider=args.chosen_provider,
-            metadata=metadata,
-            **params,
-        )
-        return ReplyView(
+        target = branch or session.active_branch
+        # A bad provider or parameter is refused now, even when the send is queued.
+        session.check_send(branch=target, provider=args.chosen_provider, **params)
+        return self._reply(
             session,
-            turn,
+            target,
+            lambda: session.send(
+                text, branch=target, provider=args.chosen_provider, metadata=metadata, **params
+            ),
             form=args.format,
             on_done=self._store_reply(args.var),
             variables=variables,
         )
+
+    def _reply(
+        self, session: ContextSession, branch: str, send: Callable[[], Turn], **view: Any
+    ) -> ReplyView:
+        # Sent now; or, while this kernel's last reply on the branch is under way, queued
+        # behind it (sent once it ends). A turn another process runs is refused as busy.
+        key = (session.id, branch)
+        before = self._replies.get(key)
+        if before is not None and before.under_way():
+            reply = ReplyView(session, None, branch=branch, after=before, send=send, **view)
+        else:
+            reply = ReplyView(session, send(), **view)
+        self._replies[key] = reply
+        return reply
 
     def _fan_out(
         self,

@@ -80,19 +80,38 @@ def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
 
 
 class ReplyView:
-    """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message."""
+    """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message.
+
+    A view made with ``after`` (another view on the same branch, still under way)
+    queues: it shows that it waits, and once that one has wound down it sends, calling
+    ``send`` (on the session's loop), so that Run All over cells of questions asks them
+    one after another instead of refusing the second as busy.
+    """
 
     def __init__(
         self,
         session: ContextSession,
-        turn: Turn,
+        turn: Turn | None,
         *,
         form: Literal["markdown", "text", "code"] = "markdown",
         on_done: Callable[[Message], None] | None = None,
         variables: Mapping[str, str] | None = None,
+        branch: str | None = None,
+        after: ReplyView | None = None,
+        send: Callable[[], Turn] | None = None,
     ) -> None:
+        if turn is None and (after is None or send is None or branch is None):
+            raise ValueError("a queued reply needs the branch, the view before it and send")
         self.session = session
+        #: The turn, once sent (a queued view has none until the one before it ends).
         self.turn = turn
+        #: The branch the reply is on.
+        self.branch: str = turn.branch if turn is not None else str(branch)
+        self._after = after
+        self._send = send
+        self._sent: concurrent.futures.Future[Turn] = concurrent.futures.Future()
+        if turn is not None:
+            self._sent.set_result(turn)
         self.form = form
         self._on_done = on_done
         self._variables = dict(variables or {})
@@ -106,30 +125,35 @@ class ReplyView:
         #: its own branch only (a branch runs one turn at a time), closed when it ends,
         #: so a later cell's call is not offered under every earlier cell.
         self.approvals: ToolApproval | None = (
-            ToolApproval(session, branch=turn.branch) if len(session.tools) else None
+            ToolApproval(session, branch=self.branch) if len(session.tools) else None
         )
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._throttle = Throttle(self._follower.loop, self._interval, self._render)
         self._follower.on_loop(self._start)
 
     def __repr__(self) -> str:
-        return f"<cm_notebook reply on branch {self.turn.branch!r}>"
+        return f"<cm_notebook reply on branch {self.branch!r}>"
 
     def __await__(self) -> Generator[Any, None, Message]:
         return self._awaited().__await__()
 
     async def _awaited(self) -> Message:
-        final = await _after_wind_down(self.turn, self._wound_down)
+        turn = await asyncio.wrap_future(self._sent)  # raises why a queued send failed
+        final = await _after_wind_down(turn, self._wound_down)
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
         self._render()
         flush_copies(self.session)
         return final
 
+    def under_way(self) -> bool:
+        """Whether the reply is still to come (queued, or its turn not wound down)."""
+        return not self._wound_down.done()
+
     @property
     def text(self) -> str:
         """The reply's text so far."""
-        return self.turn.text
+        return self.turn.text if self.turn is not None else ""
 
     @property
     def display_id(self) -> str | None:
@@ -138,8 +162,13 @@ class ReplyView:
 
     def html(self) -> str:
         """The reply as it is shown now (HTML)."""
-        text = self.turn.text
-        body = render_reply(text, self.form) if text else _note("…")
+        text = self.text
+        if text:
+            body = render_reply(text, self.form)
+        elif self.turn is None and not self._outcome:
+            body = _note("… waiting for the reply before it on this branch")
+        else:
+            body = _note("…")
         outcome = f"<div>{_note(self._outcome)}</div>" if self._outcome else ""
         return f'<div class="cm-reply">{body}{outcome}</div>'
 
@@ -147,7 +176,7 @@ class ReplyView:
         """What the output's metadata records under ``cm_notebook``: the context and
         branch, and once the reply is stored its provenance (provider, model,
         parameters, seed, request id and hash, the kernel variables that fed it)."""
-        where = {"context_id": self.session.id, "branch": self.turn.branch}
+        where = {"context_id": self.session.id, "branch": self.branch}
         if self._final is None:
             # Still streaming, or ended with no reply to show (failed, stopped).
             return {**where, **self._ended, "variables": dict(self._variables)}
@@ -173,9 +202,25 @@ class ReplyView:
         self._throttle.poke()
         asyncio.get_running_loop().create_task(self._finish())
 
+    async def _send_when_free(self) -> Turn:
+        # A queued view: once the view before it has wound down, send.
+        assert self._after is not None
+        assert self._send is not None
+        await asyncio.wrap_future(self._after._wound_down)
+        try:
+            turn = self._send()
+        except BaseException as exc:
+            self._sent.set_exception(exc)
+            raise
+        self.turn = turn
+        self._sent.set_result(turn)
+        self._throttle.poke()
+        return turn
+
     async def _finish(self) -> None:
         try:
-            final = await self.turn
+            turn = self.turn if self.turn is not None else await self._send_when_free()
+            final = await turn
         except asyncio.CancelledError:
             self._outcome = "stopped; the text so far is kept"
             self._ended = {"status": "stopped"}
@@ -199,13 +244,11 @@ class ReplyView:
             _settle(self._wound_down)
 
     def _on_event(self, event: ev.Event) -> None:
-        if event.branch == self.turn.branch and event.type in _KINDS:
+        if event.branch == self.branch and event.type in _KINDS:
             self._throttle.poke()
 
     def _interval(self) -> float:
-        return min(
-            MAX_UPDATE_INTERVAL, UPDATE_INTERVAL + len(self.turn.text) / CHARS_PER_SECOND_OF_GAP
-        )
+        return min(MAX_UPDATE_INTERVAL, UPDATE_INTERVAL + len(self.text) / CHARS_PER_SECOND_OF_GAP)
 
     def _render(self) -> None:
         if self._output.shown:
