@@ -222,6 +222,32 @@ def test_approve_resumes_a_turn_waiting_for_a_tool_call(fe: FrontEnd) -> None:
     assert _printed(fe, "s.history()[-2].content") == "3"
 
 
+def test_a_queued_cell_offers_its_own_calls_only(fe: FrontEnd) -> None:
+    # While it waits, the branch's waiting call is the cell before it's: offered there.
+    fe.run(
+        """
+        from cm_notebook import tool
+
+        @tool
+        def add(a: int, b: int) -> int:
+            '''Add two numbers.'''
+            return a + b
+        """
+    )
+    _use_scripted(
+        fe,
+        '.tool_call("add", {"a": 1, "b": 2}, id="call-1").reply("The sum is 3.").reply("Hi.")',
+        tools="[add]",
+    )
+    fe.run("%%cm\nWhat is 1 + 2?")
+    fe.run("calls = await s.wait_for_approval()")
+    fe.run("%%cm\nHello")
+    assert _printed(fe, "_.approvals.layout.display") == "none"
+    fe.run("%cm approve call-1")
+    assert _printed(fe, "(await _).content") == "Hi."
+    assert _printed(fe, "_.approvals.layout.display") is None
+
+
 def test_deny_tells_the_model_why(fe: FrontEnd) -> None:
     _use_scripted(
         fe,

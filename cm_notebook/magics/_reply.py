@@ -127,6 +127,9 @@ class ReplyView:
         self.approvals: ToolApproval | None = (
             ToolApproval(session, branch=self.branch) if len(session.tools) else None
         )
+        if self.approvals is not None and turn is None:
+            # Until it is sent, the branch's calls are the reply's before it (shown there).
+            self.approvals.layout.display = "none"
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._throttle = Throttle(self._follower.loop, self._interval, self._render)
         self._follower.on_loop(self._start)
@@ -214,6 +217,8 @@ class ReplyView:
             raise
         self.turn = turn
         self._sent.set_result(turn)
+        if self.approvals is not None:
+            self.approvals.layout.display = None
         self._throttle.poke()
         return turn
 
