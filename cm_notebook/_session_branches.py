@@ -68,7 +68,7 @@ class SessionBranches(SessionReading):
                 raise BusyError(
                     f"a reply is still being generated on branch {forked!r}, so a branch "
                     "forked at its head would miss it. Wait for the turn to finish (await "
-                    "it), or fork at a message (from_message=...)."
+                    "it), or fork at an earlier message (from_message=...)."
                 )
             head = self._head(forked)
             source: str | None = forked

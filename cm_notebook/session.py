@@ -520,8 +520,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             # would continue a conversation that has not happened yet.
             raise BusyError(
                 f"a reply is still being generated on branch {base!r}, and the arms would "
-                "fork before it ends; wait for it (await the turn, or `await _` after a "
-                "%%cm cell), or call turn.cancel()"
+                "fork before it ends; await it, or call turn.cancel()"
             )
         head = self._head(base)
         # An unknown spec or a parameter an arm's provider does not take fails before

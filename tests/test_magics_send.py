@@ -148,10 +148,11 @@ def test_a_cell_while_code_s_reply_streams_says_what_to_do(fe: FrontEnd) -> None
         started = slow.send("From code")
         """
     )
-    second, output = fe.execute("%%cm\nSecond question")
-    assert second["status"] == "error", output
-    assert second["ename"] == "UsageError"
-    assert "`await _`" in second["evalue"]
-    assert "`%cm stop`" in second["evalue"]
-    assert "turn.cancel()" not in second["evalue"]
+    for cell in ("%%cm\nSecond question", '%%cm --ab "A" "B"\nSecond question'):
+        second, output = fe.execute(cell)
+        assert second["status"] == "error", output
+        assert second["ename"] == "UsageError"
+        assert "`await _`" in second["evalue"]
+        assert "`%cm stop`" in second["evalue"]
+        assert "turn.cancel()" not in second["evalue"]
     fe.run("%cm stop")
