@@ -209,10 +209,10 @@ class ReplyView:
         # A queued view: once the view before it has wound down, send.
         assert self._after is not None
         assert self._send is not None
-        await asyncio.wrap_future(self._after._wound_down)
         try:
+            await asyncio.wrap_future(self._after._wound_down)
             turn = self._send()
-        except BaseException as exc:
+        except BaseException as exc:  # an ``await view`` raises it (a stop included)
             self._sent.set_exception(exc)
             raise
         self.turn = turn
