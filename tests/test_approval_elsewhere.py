@@ -380,6 +380,15 @@ async def test_the_approval_view_decides_a_call_here_and_another_process_s_apart
         panel.close()
 
 
+def _approve_or_refusal(session: ContextSession, call_id: str) -> str:
+    # "" if approve() reports the call approved, else why it refused (nothing decided).
+    try:
+        session.approve(call_id)
+    except ToolCallAlreadyResolvedError as exc:
+        return str(exc)
+    return ""
+
+
 def test_a_decision_its_turn_stopped_before_it_arrived_is_not_reported_made(
     tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -390,12 +399,7 @@ def test_a_decision_its_turn_stopped_before_it_arrived_is_not_reported_made(
     with ContextSession.open(context, data_dir=tmp_path) as session:
         [call] = session.pending_tool_calls
         session.stop("main")
-        try:
-            session.approve(call.id)
-        except ToolCallAlreadyResolvedError as exc:
-            refusal = str(exc)
-        else:
-            refusal = ""
+        refusal = _approve_or_refusal(session, call.id)
         decided = not refusal
         assert decided or "ended before this decision reached" in refusal or "already" in refusal
         children[0].communicate(timeout=DEADLINE)
@@ -436,12 +440,7 @@ def test_a_decision_its_diverted_turn_stopped_first_is_not_reported_made(
 
         anyio.run(intrude)
         session.stop("main")
-        try:
-            session.approve(call.id)
-        except ToolCallAlreadyResolvedError as exc:
-            refusal = str(exc)
-        else:
-            refusal = ""
+        refusal = _approve_or_refusal(session, call.id)
         decided = not refusal
         children[0].communicate(timeout=DEADLINE)
         _wait_for(lambda: "main-conflict-1" in session.branches, "the turn to divert")

@@ -201,29 +201,9 @@ def test_fanout_sends_one_message_to_several_providers(fe: FrontEnd) -> None:
     assert _printed(fe, f"len({comparison}.results)") == 2
 
 
-def test_approve_resumes_a_turn_waiting_for_a_tool_call(fe: FrontEnd) -> None:
-    fe.run(
-        """
-        @tool
-        def add(a: int, b: int) -> int:
-            '''Add two numbers.'''
-            return a + b
-        """
-    )
-    _use_scripted(
-        fe,
-        '.tool_call("add", {"a": 1, "b": 2}, id="call-1").reply("The sum is 3.")',
-        tools="[add]",
-    )
-    fe.run("%%cm\nWhat is 1 + 2?")
-    fe.run("calls = await s.wait_for_approval()")
-    assert fe.run("%cm approve call-1").strip() == "approved add (call-1)"
-    assert _printed(fe, "(await _).content") == "The sum is 3."
-    assert _printed(fe, "s.history()[-2].content") == "3"
-
-
-def test_a_queued_cell_offers_its_own_calls_only(fe: FrontEnd) -> None:
-    # While it waits, the branch's waiting call is the cell before it's: offered there.
+def _asking_for_add(fe: FrontEnd, then: str) -> None:
+    # A session whose model asks for add(1, 2) as call-1, then says ``then`` (scripted
+    # replies); a %%cm cell's turn waits for that call's approval.
     fe.run(
         """
         from cm_notebook import tool
@@ -234,13 +214,21 @@ def test_a_queued_cell_offers_its_own_calls_only(fe: FrontEnd) -> None:
             return a + b
         """
     )
-    _use_scripted(
-        fe,
-        '.tool_call("add", {"a": 1, "b": 2}, id="call-1").reply("The sum is 3.").reply("Hi.")',
-        tools="[add]",
-    )
+    _use_scripted(fe, f'.tool_call("add", {{"a": 1, "b": 2}}, id="call-1"){then}', tools="[add]")
     fe.run("%%cm\nWhat is 1 + 2?")
     fe.run("calls = await s.wait_for_approval()")
+
+
+def test_approve_resumes_a_turn_waiting_for_a_tool_call(fe: FrontEnd) -> None:
+    _asking_for_add(fe, '.reply("The sum is 3.")')
+    assert fe.run("%cm approve call-1").strip() == "approved add (call-1)"
+    assert _printed(fe, "(await _).content") == "The sum is 3."
+    assert _printed(fe, "s.history()[-2].content") == "3"
+
+
+def test_a_queued_cell_offers_its_own_calls_only(fe: FrontEnd) -> None:
+    # While it waits, the branch's waiting call is the cell before it's: offered there.
+    _asking_for_add(fe, '.reply("The sum is 3.").reply("Hi.")')
     fe.run("%%cm\nHello")
     assert _printed(fe, "_.approvals.layout.display") == "none"
     fe.run("%cm approve call-1")

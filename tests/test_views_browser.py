@@ -205,6 +205,21 @@ def _wait_js(page: Any, script: str, arg: Any = None) -> Any:
     return page.wait_for_function(script, arg=arg).json_value()
 
 
+def _run_new_cell(page: Any, source: str) -> None:
+    # A new cell at the end of the notebook, with ``source``, run.
+    page.evaluate(
+        """async (source) => {
+            const app = window.jupyterapp;
+            const panel = app.shell.currentWidget;
+            panel.content.activeCellIndex = panel.content.widgets.length - 1;
+            await app.commands.execute("notebook:insert-cell-below");
+            panel.content.activeCell.model.sharedModel.setSource(source);
+            await app.commands.execute("notebook:run-cell");
+        }""",
+        source,
+    )
+
+
 def _copies_hidden(page: Any) -> None:
     # The static copy is drawn at once; the live view that hides it, once its widget
     # model has come from the kernel.
@@ -285,17 +300,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     _copies_hidden(page)
 
     # 6. The compare view, opened from a new cell.
-    page.evaluate(
-        """async () => {
-            const app = window.jupyterapp;
-            const panel = app.shell.currentWidget;
-            panel.content.activeCellIndex = panel.content.widgets.length - 1;
-            await app.commands.execute("notebook:insert-cell-below");
-            panel.content.activeCell.model.sharedModel.setSource(
-                's.compare_view("main", "main-fork-1")');
-            await app.commands.execute("notebook:run-cell");
-        }"""
-    )
+    _run_new_cell(page, 's.compare_view("main", "main-fork-1")')
     page.wait_for_selector(".cm-compare .cm-compare-column >> nth=1")
     columns = page.locator(".cm-compare .cm-compare-column")
     assert columns.count() == 2
@@ -305,17 +310,10 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
 
     # 6b. A sweep's grid, filled in by the front end as the cells stream (changed cells
     # only, applied by the page) and finish.
-    page.evaluate(
-        """async () => {
-            const app = window.jupyterapp;
-            const panel = app.shell.currentWidget;
-            panel.content.activeCellIndex = panel.content.widgets.length - 1;
-            await app.commands.execute("notebook:insert-cell-below");
-            panel.content.activeCell.model.sharedModel.setSource(
-                'g = ContextSession.create("grid", provider=ScriptedProvider(delay=0.4)).sweep(' +
-                '["Q1", "Q2"], [{}, {"temperature": 1}], progress=False, name="b").view()\\ng');
-            await app.commands.execute("notebook:run-cell");
-        }"""
+    _run_new_cell(
+        page,
+        'g = ContextSession.create("grid", provider=ScriptedProvider(delay=0.4)).sweep('
+        '["Q1", "Q2"], [{}, {"temperature": 1}], progress=False, name="b").view()\ng',
     )
     page.wait_for_function(
         """() => [...document.querySelectorAll(".cm-grid-table .cm-grid-running")]
@@ -328,21 +326,8 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
 
     # 6c. An A/B cell: the arms live, side by side; their saved copy, in the same cell,
     # is hidden on the page (it repeats them) and kept in the file (step 7).
-    page.evaluate(
-        """async () => {
-            const app = window.jupyterapp;
-            const panel = app.shell.currentWidget;
-            panel.content.activeCellIndex = panel.content.widgets.length - 1;
-            await app.commands.execute("notebook:insert-cell-below");
-            panel.content.activeCell.model.sharedModel.setSource(
-                '%load_ext cm_notebook\\n%cm new "AB" --provider scripted');
-            await app.commands.execute("notebook:run-cell");
-            await app.commands.execute("notebook:insert-cell-below");
-            panel.content.activeCell.model.sharedModel.setSource(
-                '%%cm --ab "Be terse." "Be thorough."\\nWhy is the sky blue?');
-            await app.commands.execute("notebook:run-cell");
-        }"""
-    )
+    _run_new_cell(page, '%load_ext cm_notebook\n%cm new "AB" --provider scripted')
+    _run_new_cell(page, '%%cm --ab "Be terse." "Be thorough."\nWhy is the sky blue?')
     page.wait_for_selector(".cm-compare:has-text('main-be-thorough')")
     page.wait_for_selector(
         "[data-cm-copy]:has-text('echo: Why is the sky blue?')", state="attached"
