@@ -126,7 +126,10 @@ class SessionBranches(SessionReading):
         branch ``<branch>-system-N`` is forked at the same head with the new prompt (and
         the old branch's provider and parameters), and becomes active if ``branch`` was.
         Otherwise the prompt is changed in place. ``None`` inherits the context's prompt,
-        ``""`` means none.
+        ``""`` means none. While a reply is being generated on the branch this raises
+        :class:`~cm_notebook.errors.BusyError` (a fork there would start before the
+        reply exists); a reply waiting for a tool decision is finished, so forking at it
+        works.
         """
         if text is not None and not isinstance(text, str):
             raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
@@ -135,6 +138,12 @@ class SessionBranches(SessionReading):
         current = self._read_metadata().branches[name]
         if current.system_prompt == text:
             return current.model_copy(deep=True)  # the caller's own, as below
+        if self._mid_turn(name):
+            # A fork would start at the turn's own message or its unfinished reply.
+            raise BusyError(
+                f"a reply is still being generated on branch {name!r} under its current "
+                "system prompt; await it, or call turn.cancel()"
+            )
         # In place only while no reply exists and none is being made: the claim keeps
         # sends (in any process) off the branch while we look and write.
         try:

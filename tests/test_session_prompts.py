@@ -8,7 +8,7 @@ import anyio
 import pytest
 from test_session_support import DEADLINE, Recorder
 
-from cm_notebook.errors import BranchNotFoundError, InvalidInputError
+from cm_notebook.errors import BranchNotFoundError, BusyError, InvalidInputError
 from cm_notebook.events import BranchCreated, BranchUpdated
 from cm_notebook.model import Message
 from cm_notebook.providers.base import ChatRequest
@@ -141,6 +141,29 @@ def test_edit_system_changes_in_place_until_there_are_replies_then_forks(
     assert session.active_branch == "main-system-1"
     with pytest.raises(InvalidInputError, match="must be a string"):
         session.edit_system(42)  # type: ignore[arg-type]
+
+
+def test_edit_system_waits_for_a_turn_running_on_the_branch(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # Mid-turn the branch's head is the turn's question or its unfinished reply: a fork
+    # made there would continue a conversation that has not happened yet.
+    fake = ScriptedProvider().reply("one two three four five", chunks="words", delay=0.05)
+    fake.reply("Arr.")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    closing.append(session)
+    turn = session.send("Count to five.")
+    with pytest.raises(BusyError, match="still being generated on branch 'main'"):
+        session.edit_system("Answer like a pirate.")
+    assert set(session.branches) == {"main"}  # nothing was written
+    assert session.system_prompt_of() is None
+    first = turn.result(DEADLINE)
+    fork = session.edit_system("Answer like a pirate.")
+    assert fork.head == first.id
+    assert [m.content for m in session.history(fork.name)] == [
+        "Count to five.",
+        "one two three four five",
+    ]
 
 
 def test_fan_out_over_system_prompts(data_dir: Path, closing: list[ContextSession]) -> None:
