@@ -9,7 +9,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from cm_notebook.errors import BranchNotFoundError, BusyError, InvalidInputError, StateError
-from cm_notebook.magics._commands import translated
+from cm_notebook.magics._remedies import translated
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
@@ -75,3 +75,14 @@ def test_remedies_are_given_as_magics(error: Exception, says: str, not_said: str
         raise error
     assert says in str(caught.value)
     assert not_said not in str(caught.value)
+
+
+def test_a_closed_session_s_remedy_names_the_magic_with_its_id(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.close()
+    with pytest.raises(UsageError) as caught, translated():
+        session.send("hello")
+    assert f"make it current again with `%cm use {session.id}`" in str(caught.value)
+    assert "ContextSession.open" not in str(caught.value)

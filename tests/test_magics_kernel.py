@@ -230,10 +230,11 @@ def test_a_queued_cell_offers_its_own_calls_only(fe: FrontEnd) -> None:
     # While it waits, the branch's waiting call is the cell before it's: offered there.
     _asking_for_add(fe, '.reply("The sum is 3.").reply("Hi.")')
     fe.run("%%cm\nHello")
-    assert _printed(fe, "_.approvals.layout.display") == "none"
+    assert _printed(fe, "_.approvals") is None
+    assert _printed(fe, "len(_._approval_slot.children)") == 0
     fe.run("%cm approve call-1")
     assert _printed(fe, "(await _).content") == "Hi."
-    assert _printed(fe, "_.approvals.layout.display") is None
+    assert _printed(fe, "_._approval_slot.children == (_.approvals,)") is True
 
 
 def test_deny_tells_the_model_why(fe: FrontEnd) -> None:

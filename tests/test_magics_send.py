@@ -156,3 +156,109 @@ def test_a_cell_while_code_s_reply_streams_says_what_to_do(fe: FrontEnd) -> None
         assert "`%cm stop`" in second["evalue"]
         assert "turn.cancel()" not in second["evalue"]
     fe.run("%cm stop")
+
+
+def _hanging(fe: FrontEnd, title: str) -> None:
+    # A current context whose first reply hangs after "so far" until stopped; the
+    # replies after it echo their question.
+    fe.run(
+        f"""
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        hanging = ScriptedProvider().load([{{"hang": True, "after_chunks": 1, "text": "so far"}}])
+        slow = ContextSession.create({title!r}, provider=hanging)
+        %cm use slow
+        """
+    )
+
+
+def _contents(fe: FrontEnd, branch: str) -> list[str]:
+    return list(_printed(fe, f"[m.content for m in slow.history({branch!r})]"))
+
+
+def test_run_all_over_a_question_an_ab_cell_and_another_question(fe: FrontEnd) -> None:
+    # The A/B cell forks its arms once the reply before it has ended; the question after
+    # it goes on the base branch once the arms are forked, not into them.
+    _hanging(fe, "run all ab")
+    for cell in (
+        "%%cm\nFirst question",
+        '%%cm --ab "Be brief." "Be long."\nSecond question',
+        "%%cm --var third\nThird question",
+    ):
+        reply, output = fe.execute(cell)
+        assert reply["status"] == "ok", output
+    assert _printed(fe, "sorted(slow.branches)") == ["main"]  # nothing forked yet
+    assert any(  # the saved copy says it waits too
+        data.get("text/plain") == "<cm_notebook comparison (HTML)>"
+        and "waiting for the reply before it" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+    fe.run("%cm stop")  # the first reply ends (stopped): the cells after it go
+    fe.run("await _")
+    assert _printed(fe, "third") == "echo: Third question"
+    assert _contents(fe, "main") == [
+        "First question",
+        "so far",
+        "Third question",
+        "echo: Third question",
+    ]
+    arms = _printed(fe, "sorted(b for b in slow.branches if b != 'main')")
+    assert len(arms) == 2
+    for arm in arms:
+        assert _contents(fe, arm) == [
+            "First question",
+            "so far",
+            "Second question",
+            "echo: Second question",
+        ]
+    # The saved copy shows the arms' answers now.
+    assert any(
+        data.get("text/plain") == "<cm_notebook comparison (HTML)>"
+        and "echo: Second question" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+
+
+def test_run_all_over_a_question_and_a_system_cell_continues_on_its_fork(fe: FrontEnd) -> None:
+    # As the cells run one by one would: the --system cell forks (main has a reply under
+    # no prompt) and says so in its view; the next cell continues on the fork.
+    _hanging(fe, "run all system")
+    for cell in (
+        "%%cm\nFirst question",
+        '%%cm --system "Be brief."\nSecond question',
+        "%%cm\nThird question",
+    ):
+        reply, output = fe.execute(cell)
+        assert reply["status"] == "ok", output
+        assert "on new branch" not in output  # not forked yet
+    fe.run("%cm stop")
+    fe.run("await _")
+    assert _printed(fe, "slow.active_branch") == "main-system-1"
+    assert _printed(fe, "slow.system_prompt_of('main-system-1')") == "Be brief."
+    assert _contents(fe, "main") == ["First question", "so far"]
+    assert _contents(fe, "main-system-1") == [
+        "First question",
+        "so far",
+        "Second question",
+        "echo: Second question",
+        "Third question",
+        "echo: Third question",
+    ]
+    assert any(
+        "on new branch &#x27;main-system-1&#x27;" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+
+
+def test_a_queued_cell_that_cannot_be_sent_says_to_run_it_again(fe: FrontEnd) -> None:
+    _hanging(fe, "closed meanwhile")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("slow.close()")  # stops the first reply; the second cannot be sent
+    reply, _output = fe.execute("await _")
+    assert reply["status"] == "error"
+    assert any(
+        "not sent: " in data.get("text/html", "")
+        and "(run the cell again to ask)" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )

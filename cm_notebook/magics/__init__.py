@@ -15,7 +15,9 @@ Bad input is a one-line usage error, never a traceback.
 
 Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models),
 :mod:`._interpolate` (``{name}``), :mod:`._commands` (what each subcommand does),
-:mod:`._reply` (the views a cell returns), :mod:`._magics` (the IPython glue),
+:mod:`._reply` and :mod:`._comparison` (the views a cell returns), :mod:`._queue`
+(cells that wait for the one before them), :mod:`._remedies` (errors in the magics'
+terms), :mod:`._magics` (the IPython glue),
 :mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``).
 """
 
@@ -24,9 +26,10 @@ from __future__ import annotations
 from typing import Any
 
 from ._commands import NO_CONTEXT, Commands
+from ._comparison import ComparisonView
 from ._input import register
 from ._magics import CMMagics
-from ._reply import ComparisonView, ReplyView
+from ._reply import ReplyView
 
 __all__ = [
     "NO_CONTEXT",

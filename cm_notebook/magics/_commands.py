@@ -10,8 +10,7 @@ become one-line :class:`~IPython.core.error.UsageError` messages.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -19,59 +18,25 @@ from IPython.display import Markdown
 
 from .. import fsm
 from ..compare import Comparison
-from ..errors import CMError
 from ..export import export_context, to_json, to_markdown
+from ..fanout import FanOut
 from ..model import Message, MessageStatus
 from ..provenance import describe_variables
 from ..session import ContextSession
 from ..turn import Turn
-from ..widgets import CompareView
 from . import _args as a
+from ._comparison import ComparisonView
 from ._interpolate import interpolate
-from ._reply import ComparisonView, ReplyView
+from ._queue import CellQueue, Queued
+from ._reply import ReplyView
 from ._saved import SavedCompareView, SavedComparisonView
 
-__all__ = ["NO_CONTEXT", "Commands", "translated"]
+__all__ = ["NO_CONTEXT", "Commands"]
 
 #: What a magic says when there is no current context.
 NO_CONTEXT = (
     "no current context: `%cm new [TITLE] [--provider SPEC]` makes one, "
     "`%cm use ID|TITLE` opens a stored one (`%cm ls` lists them)"
-)
-
-
-@contextmanager
-def translated() -> Iterator[None]:
-    """Turn the session's errors into one-line usage errors (no traceback), with their
-    remedies in the magics' terms."""
-    try:
-        yield
-    except CMError as exc:
-        message = str(exc)
-        for python, magic in _REMEDIES:
-            message = message.replace(python, magic)
-        raise UsageError(message) from exc
-
-
-#: A remedy a session's error gives in Python, and the same in a notebook of magics
-#: (where a cell's reply is no ``turn`` variable): e.g. a %%cm cell run while a reply
-#: started from code (or another process) still streams on its branch.
-_REMEDIES = (
-    (
-        "await it, or call turn.cancel()",
-        "wait for it (`await _` in a cell after a %%cm cell waits for its reply), stop it "
-        "with `%cm stop`, or send on another branch (--branch)",
-    ),
-    ("await that turn (it ends in a moment)", "run the cell again in a moment"),
-    ("use regenerate() for a new reply", "send again for a new reply"),
-    (
-        "Wait for the turn to finish (await it), or fork at an earlier message (from_message=...).",
-        "Wait for the reply (`await _`), or fork at an earlier message (--from MESSAGE_ID).",
-    ),
-    (
-        "create one with session.branch(name) or session.fan_out(...)",
-        "make one with `%cm branch NAME`, or compare answers with `%%cm --ab` / `--fanout`",
-    ),
 )
 
 
@@ -81,9 +46,9 @@ class Commands:
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
         self.current: ContextSession | None = None
-        # The last reply view per (context, branch): a cell sent while it is under way
-        # queues behind it (Run All over cells of questions).
-        self._replies: dict[tuple[str, str], ReplyView] = {}
+        # This kernel's last cell per (context, branch): a cell sent while it is under
+        # way queues behind it (Run All over cells of questions).
+        self._queue = CellQueue()
 
     def session(self) -> ContextSession:
         """The current session, or a usage error that says how to get one."""
@@ -140,8 +105,9 @@ class Commands:
     def send(self, args: a.SendArgs) -> ReplyView:
         """Send one line as a message; the reply streams into the returned view."""
         session = self.session()
-        branch = args.branch or session.active_branch
-        return self._reply(session, branch, lambda: session.send(args.text, branch=branch))
+        return self._reply(
+            session, args.branch, lambda branch, _tell: session.send(args.text, branch=branch)
+        )
 
     def cell(self, args: a.CellArgs, body: str) -> ReplyView | ComparisonView:
         """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
@@ -160,46 +126,48 @@ class Commands:
         metadata = {"interpolated": used, "variables": variables} if used else None
         if args.ab is not None or args.fanout is not None:
             return self._fan_out(session, args, text, params, metadata, variables)
-        branch = args.branch
-        if args.system is not None:
-            # Refused settings must leave the context as it was: checked before the fork.
-            session.check_send(branch=branch, provider=args.chosen_provider, **params)
-            # The branch keeps the prompt for its later messages too. A branch with replies
-            # made under another prompt is forked (see edit_system): send on the fork.
-            # Running the cell again changes nothing more: the prompt is the same.
-            before = branch or session.active_branch
-            branch = session.edit_system(args.system, branch=branch).name
-            if branch != before:
-                print(
-                    f"on new branch {branch!r}: {before!r} has replies under another "
-                    "system prompt (`%cm branches` lists them)"
-                )
-        target = branch or session.active_branch
-        # A bad provider or parameter is refused now, even when the send is queued.
-        session.check_send(branch=target, provider=args.chosen_provider, **params)
+        # A bad provider or parameter is refused now, even when the send is queued (and
+        # before --system changes the context).
+        session.check_send(branch=args.branch, provider=args.chosen_provider, **params)
+
+        def send(branch: str, tell: Callable[[str], None]) -> Turn:
+            if args.system is not None:
+                branch = _with_system(session, args.system, branch, tell)
+            return session.send(
+                text, branch=branch, provider=args.chosen_provider, metadata=metadata, **params
+            )
+
         return self._reply(
             session,
-            target,
-            lambda: session.send(
-                text, branch=target, provider=args.chosen_provider, metadata=metadata, **params
-            ),
+            args.branch,
+            send,
             form=args.format,
             on_done=self._store_reply(args.var),
             variables=variables,
         )
 
     def _reply(
-        self, session: ContextSession, branch: str, send: Callable[[], Turn], **view: Any
+        self,
+        session: ContextSession,
+        branch: str | None,
+        send: Callable[[str, Callable[[str], None]], Turn],
+        **view: Any,
     ) -> ReplyView:
-        # Sent now; or, while this kernel's last reply on the branch is under way, queued
-        # behind it (sent once it ends). A turn another process runs is refused as busy.
-        key = (session.id, branch)
-        before = self._replies.get(key)
-        if before is not None and before.under_way():
-            reply = ReplyView(session, None, branch=branch, after=before, send=send, **view)
+        # Sent now; or, while this kernel's last cell on the branch is under way, queued
+        # behind it (sent once it lets go). A turn another process runs is refused as
+        # busy. ``send(branch, tell)`` sends on ``branch`` and tells ``tell`` what the
+        # user should know (a --system fork).
+        target = branch or session.active_branch
+        before = self._queue.before(session, target)
+        if before is None:
+            reply = ReplyView(session, send(target, print), **view)
         else:
-            reply = ReplyView(session, send(), **view)
-        self._replies[key] = reply
+
+            def queued() -> Turn:
+                return send(_continued(before, branch, target), reply.notice)
+
+            reply = ReplyView(session, None, branch=target, after=before, send=queued, **view)
+        self._queue.add(session, target, reply)
         return reply
 
     def _fan_out(
@@ -218,12 +186,28 @@ class Commands:
                 variants = [{**v, "provider": args.chosen_provider} for v in variants]
         else:
             variants = [{"provider": spec, **params} for spec in args.fanout or []]
-        fan = session.fan_out(text, variants, branch=args.branch, metadata=metadata)
-        # The saved copy after the live arms keeps the comparison in the saved notebook.
-        view = SavedComparisonView(
-            CompareView(session, *fan.branches), fan, self._store_comparison(args.var)
-        )
+        base = args.branch or session.active_branch
+        on_done = self._store_comparison(args.var)
+        before = self._queue.before(session, base)
+        view: SavedComparisonView
+        if before is None:
+            fan = session.fan_out(text, variants, branch=base, metadata=metadata)
+            view = SavedComparisonView(session, fan, on_done, branch=base)
+        else:
+            # Refused now what the fan-out would refuse for a provider or parameter.
+            for variant in variants:
+                session.check_send(branch=base, provider=variant.get("provider"), **params)
+
+            def start() -> FanOut:
+                forked = _continued(before, args.branch, base)
+                return session.fan_out(text, variants, branch=forked, metadata=metadata)
+
+            view = SavedComparisonView(
+                session, None, on_done, branch=base, after=before, start=start, arms=len(variants)
+            )
         view.variables = variables
+        # The saved copy after the live arms keeps the comparison in the saved notebook.
+        self._queue.add(session, base, view)
         return view
 
     def _store_reply(self, name: str | None) -> Callable[[Message], None] | None:
@@ -247,7 +231,10 @@ class Commands:
     def retry(self, args: a.TurnArgs) -> ReplyView:
         """Try the failed reply again; it streams into the returned view."""
         session = self.session()
-        return ReplyView(session, session.retry(branch=args.branch))
+        turn = session.retry(branch=args.branch)
+        reply = ReplyView(session, turn)
+        self._queue.add(session, turn.branch, reply)  # a cell after it waits for it
+        return reply
 
     def stop(self, args: a.TurnArgs) -> None:
         """Stop the reply being written on a branch (its text so far is kept)."""
@@ -350,6 +337,28 @@ class JSONText(str):
 
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
+
+
+def _with_system(
+    session: ContextSession, system: str, branch: str, tell: Callable[[str], None]
+) -> str:
+    # The branch keeps the prompt for its later messages too. A branch with replies made
+    # under another prompt is forked (see edit_system): the message goes on the fork.
+    # Running the cell again changes nothing more: the prompt is the same.
+    forked = session.edit_system(system, branch=branch).name
+    if forked != branch:
+        tell(
+            f"on new branch {forked!r}: {branch!r} has replies under another system prompt "
+            "(`%cm branches` lists them)"
+        )
+    return forked
+
+
+def _continued(before: Queued, given: str | None, target: str) -> str:
+    # The branch a queued cell sends on: the one it names, else the one the cell before
+    # it ended on (a --system cell there may have moved to a fork, as running the cells
+    # one by one would have).
+    return target if given is not None else before.branch
 
 
 def _report(decided: builtins.list[Any], verb: str) -> None:

@@ -34,21 +34,21 @@ from ..errors import CMError
 from ..model import Message
 from ..provenance import provenance_of
 from ..render import code_fence
-from ..widgets import CompareView, ToolApproval
+from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
+from ._queue import Queued, release, wait_for
+from ._remedies import for_magics
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
     from .. import events as ev
-    from ..compare import Comparison
-    from ..fanout import FanOut
     from ..session import ContextSession
     from ..turn import Turn
 
-__all__ = ["PLAIN", "ComparisonView", "ReplyView", "render_reply"]
+__all__ = ["PLAIN", "ReplyView", "after_wind_down", "note", "render_reply"]
 
 T = TypeVar("T")
 
@@ -82,10 +82,12 @@ def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
 class ReplyView:
     """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message.
 
-    A view made with ``after`` (another view on the same branch, still under way)
-    queues: it shows that it waits, and once that one has wound down it sends, calling
-    ``send`` (on the session's loop), so that Run All over cells of questions asks them
-    one after another instead of refusing the second as busy.
+    A view made with ``after`` (the cell before it on the same branch, not done with
+    it yet) queues (:mod:`._queue`): it shows that it waits, and once that cell has let
+    go of the branch it sends, calling ``send`` (on the session's loop), so that Run
+    All over cells of questions asks them one after another instead of refusing the
+    second as busy. The branch is then the sent turn's (``--system`` may fork one), and
+    the view's Approve / Deny buttons are made for it.
     """
 
     def __init__(
@@ -97,7 +99,7 @@ class ReplyView:
         on_done: Callable[[Message], None] | None = None,
         variables: Mapping[str, str] | None = None,
         branch: str | None = None,
-        after: ReplyView | None = None,
+        after: Queued | None = None,
         send: Callable[[], Turn] | None = None,
     ) -> None:
         if turn is None and (after is None or send is None or branch is None):
@@ -120,16 +122,20 @@ class ReplyView:
         self._ended: dict[str, str] = {"status": "streaming"}
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
+        self._notices: list[str] = []
         self._output = LiveOutput()
         #: The Approve / Deny buttons of this turn's calls, when the session has tools:
         #: its own branch only (a branch runs one turn at a time), closed when it ends,
-        #: so a later cell's call is not offered under every earlier cell.
-        self.approvals: ToolApproval | None = (
-            ToolApproval(session, branch=self.branch) if len(session.tools) else None
-        )
-        if self.approvals is not None and turn is None:
-            # Until it is sent, the branch's calls are the reply's before it (shown there).
-            self.approvals.layout.display = "none"
+        #: so a later cell's call is not offered under every earlier cell. A queued
+        #: view has none until it is sent (until then the branch's calls are the reply's
+        #: before it, offered there); they then appear in ``_approval_slot``.
+        self.approvals: ToolApproval | None = None
+        self._approval_slot: w.VBox | None = None
+        if len(session.tools):
+            if turn is not None:
+                self.approvals = ToolApproval(session, branch=self.branch)
+            else:
+                self._approval_slot = w.VBox()
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._throttle = Throttle(self._follower.loop, self._interval, self._render)
         self._follower.on_loop(self._start)
@@ -142,16 +148,27 @@ class ReplyView:
 
     async def _awaited(self) -> Message:
         turn = await asyncio.wrap_future(self._sent)  # raises why a queued send failed
-        final = await _after_wind_down(turn, self._wound_down)
+        final = await after_wind_down(turn, self._wound_down)
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
         self._render()
         flush_copies(self.session)
         return final
 
+    @property
+    def released(self) -> concurrent.futures.Future[None]:
+        """Done once the reply's turn has ended: a later cell on the branch may send."""
+        return self._wound_down
+
     def under_way(self) -> bool:
         """Whether the reply is still to come (queued, or its turn not wound down)."""
         return not self._wound_down.done()
+
+    def notice(self, text: str) -> None:
+        """Show ``text`` above the reply (e.g. that a queued ``--system`` cell forked a
+        branch: a ``print`` after the cell has ended would be lost)."""
+        self._notices.append(text)
+        self._throttle.poke()
 
     @property
     def text(self) -> str:
@@ -168,12 +185,13 @@ class ReplyView:
         text = self.text
         if text:
             body = render_reply(text, self.form)
-        elif self.turn is None and not self._outcome:
-            body = _note("… waiting for the reply before it on this branch")
+        elif self.turn is None:  # queued: waiting, or not sent (the outcome says why)
+            body = "" if self._outcome else note("… waiting for the reply before it on this branch")
         else:
-            body = _note("…")
-        outcome = f"<div>{_note(self._outcome)}</div>" if self._outcome else ""
-        return f'<div class="cm-reply">{body}{outcome}</div>'
+            body = note("…")
+        outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""
+        notices = "".join(f"<div>{note(text)}</div>" for text in self._notices)
+        return f'<div class="cm-reply">{notices}{body}{outcome}</div>'
 
     def provenance(self) -> dict[str, Any]:
         """What the output's metadata records under ``cm_notebook``: the context and
@@ -189,8 +207,9 @@ class ReplyView:
         # The reply as a plain output, replaced in place as it grows; then the buttons.
         bundle = {"text/html": self.html(), "text/plain": PLAIN}
         self._output.show(bundle, {"cm_notebook": self.provenance()})
-        if self.approvals is not None:
-            display(self.approvals)  # type: ignore[no-untyped-call]
+        buttons = self.approvals if self.approvals is not None else self._approval_slot
+        if buttons is not None:
+            display(buttons)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Stop following the session (the output keeps its last content)."""
@@ -206,31 +225,47 @@ class ReplyView:
         asyncio.get_running_loop().create_task(self._finish())
 
     async def _send_when_free(self) -> Turn:
-        # A queued view: once the view before it has wound down, send.
+        # A queued view: once the cell before it has let go of the branch, send.
         assert self._after is not None
         assert self._send is not None
         try:
-            await asyncio.wrap_future(self._after._wound_down)
+            await wait_for(self._after)
             turn = self._send()
         except BaseException as exc:  # an ``await view`` raises it (a stop included)
             self._sent.set_exception(exc)
             raise
         self.turn = turn
+        self.branch = turn.branch
+        if self._approval_slot is not None:
+            # Made before the turn's task first runs (it was only scheduled), so no call
+            # of this turn is asked before the buttons listen.
+            self.approvals = ToolApproval(self.session, branch=turn.branch)
+            self._approval_slot.children = (self.approvals,)
         self._sent.set_result(turn)
-        if self.approvals is not None:
-            self.approvals.layout.display = None
         self._throttle.poke()
         return turn
 
     async def _finish(self) -> None:
         try:
             turn = self.turn if self.turn is not None else await self._send_when_free()
+        except asyncio.CancelledError:
+            self._outcome = "stopped before it was sent"
+            self._ended = {"status": "not sent"}
+            self._wind_down()
+            return
+        except Exception as exc:  # not sent: the cell, not the reply, is what to rerun
+            message = for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+            self._outcome = f"not sent: {message} (run the cell again to ask)"
+            self._ended = {"status": "not sent", "error": message}
+            self._wind_down()
+            return
+        try:
             final = await turn
         except asyncio.CancelledError:
             self._outcome = "stopped; the text so far is kept"
             self._ended = {"status": "stopped"}
         except CMError as exc:
-            self._outcome = f"{exc} (after fixing it: %cm retry)"
+            self._outcome = f"{for_magics(str(exc))} (after fixing it: %cm retry)"
             self._ended = {"status": "failed", "error": str(exc)}
         except Exception as exc:  # a view must never take the kernel down
             self._outcome = f"{type(exc).__name__}: {exc}"
@@ -242,11 +277,14 @@ class ReplyView:
             if final.status.value != "complete":
                 self._outcome = f"reply {final.status.value}"
         finally:
-            self._throttle.now()
-            self._follower.close()
-            if self.approvals is not None:
-                self.approvals.finish()
-            _settle(self._wound_down)
+            self._wind_down()
+
+    def _wind_down(self) -> None:
+        self._throttle.now()
+        self._follower.close()
+        if self.approvals is not None:
+            self.approvals.finish()
+        release(self._wound_down)
 
     def _on_event(self, event: ev.Event) -> None:
         if event.branch == self.branch and event.type in _KINDS:
@@ -265,81 +303,16 @@ class ReplyView:
         self._throttle.poke()
 
 
-async def _after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Future[None]) -> T:
-    # What ``await view`` gives: the turn's (or fan-out's) result, once the view's own
-    # task has also seen it end, so ``--var`` has been set when the await returns (a
-    # fast reply could otherwise end before that task ran). Errors come straight away.
+async def after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Future[None]) -> T:
+    """What ``await view`` gives: ``work``'s result (a turn's, a fan-out's), once the
+    view's own task has also seen it end, so ``--var`` has been set when the await
+    returns (a fast reply could otherwise end before that task ran). Errors come
+    straight away."""
     result = await work
     await asyncio.wrap_future(wound_down)
     return result
 
 
-def _settle(wound_down: concurrent.futures.Future[None]) -> None:
-    if not wound_down.done():
-        wound_down.set_result(None)
-
-
-def _note(text: str) -> str:
+def note(text: str) -> str:
+    """``text`` as a grey line of HTML (a view's waiting line or outcome)."""
     return f'<span style="color:#888">{html.escape(text)}</span>'
-
-
-class ComparisonView(w.VBox):  # type: ignore[misc]
-    """What ``%%cm --ab`` / ``--fanout`` show: the arms side by side, live.
-
-    ``await view`` gives the :class:`~cm_notebook.compare.Comparison` once every arm
-    has replied; ``on_done`` gets it too (``--var``).
-    """
-
-    def __init__(
-        self,
-        compare: CompareView,
-        fan: FanOut,
-        on_done: Callable[[Comparison], None] | None = None,
-    ) -> None:
-        self.compare = compare
-        self.fan = fan
-        self._on_done = on_done
-        self.outcome = w.HTML("")
-        self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
-        super().__init__([compare, self.outcome])
-        compare.session._loop.call_soon_threadsafe(self._start)
-
-    def __repr__(self) -> str:
-        return f"<cm_notebook comparison of {len(self.fan.branches)} branches>"
-
-    def __await__(self) -> Generator[Any, None, Comparison]:
-        return self._awaited().__await__()
-
-    async def _awaited(self) -> Comparison:
-        comparison = await _after_wind_down(self.fan, self._wound_down)
-        flush_copies(self.compare.session)  # as the awaiting cell: see ReplyView
-        return comparison
-
-    @property
-    def branches(self) -> list[str]:
-        """The branches of the experiment, one per arm."""
-        return self.fan.branches
-
-    def close(self) -> None:
-        """Stop following the session."""
-        if hasattr(self, "compare"):
-            self.compare.close()
-        super().close()
-
-    def _start(self) -> None:
-        asyncio.get_running_loop().create_task(self._finish())
-
-    async def _finish(self) -> None:
-        try:
-            comparison = await self.fan
-        except asyncio.CancelledError:
-            self.outcome.value = _note("stopped; the text so far is kept")
-        except CMError as exc:
-            self.outcome.value = _note(str(exc))
-        except Exception as exc:  # a view must never take the kernel down
-            self.outcome.value = _note(f"{type(exc).__name__}: {exc}")
-        else:
-            if self._on_done is not None:
-                self._on_done(comparison)
-        finally:
-            _settle(self._wound_down)

@@ -28,10 +28,12 @@ from ..widgets import CompareView, SessionView
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._copy_hider import SavedCopyHider, mark_copy
 from ..widgets._live_output import LiveOutput, register_copy
-from ._reply import ComparisonView
+from ._comparison import ComparisonView
+from ._reply import note
 
 if TYPE_CHECKING:
     from ..compare import Comparison
+    from ..fanout import FanOut
     from ..session import ContextSession
 
 __all__ = [
@@ -47,6 +49,9 @@ PLAIN = "<cm_notebook comparison (HTML)>"
 
 #: Seconds between two updates of the saved copy (each re-sends the whole comparison).
 INTERVAL = 0.5
+
+#: What a queued comparison's copy says until its arms are forked.
+_WAITING = f"<div>{note('… waiting for the reply before it on this branch')}</div>"
 
 #: The states in which a branch's turn is over (or waits for a person): worth a copy.
 _SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
@@ -88,13 +93,23 @@ class ComparisonSnapshot:
 
     def html(self) -> str:
         """The comparison as it stands (each branch's last answer so far)."""
+        if not self.branches:
+            return _WAITING
         return self.session.compare(*self.branches)._repr_html_()
+
+    def follow(self, branches: list[str]) -> None:
+        """Compare ``branches`` from now on (a queued ``%%cm --ab`` cell's arms, once
+        they are forked); the output is brought up to date at once."""
+        self.branches = list(branches)
+        self._update()
 
     def provenance(self, comparison: Comparison | None = None) -> dict[str, Any]:
         """What the output's metadata records under ``cm_notebook``: the context, and
         per arm its branch and the provenance of its last answer (provider, model,
         parameters, seed, request id and hash, the kernel variables that fed it), or
         ``"status": None`` while it has none."""
+        if not self.branches:
+            return {"context_id": self.session.id, "arms": []}
         if comparison is None:
             comparison = self.session.compare(*self.branches)
         arms: list[dict[str, Any]] = []
@@ -116,6 +131,9 @@ class ComparisonSnapshot:
         register_copy(self)
 
     def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not self.branches:  # a queued cell's arms are not forked yet
+            bundle = {"text/html": mark_copy(_WAITING, self.copy_id), "text/plain": PLAIN}
+            return bundle, {"cm_notebook": self.provenance()}
         comparison = self.session.compare(*self.branches)
         html = mark_copy(comparison._repr_html_(), self.copy_id)
         bundle = {"text/html": html, "text/plain": PLAIN}
@@ -181,9 +199,13 @@ class SavedComparisonView(ComparisonView):
         copy_id = _show_widget(self)
         if self.saved is None:
             self.saved = ComparisonSnapshot(
-                self.compare.session, self.branches, self.variables, copy_id=copy_id
+                self.session, self.branches, self.variables, copy_id=copy_id
             )
         self.saved.display()
+
+    def _forked_now(self, fan: FanOut) -> None:
+        if self.saved is not None:
+            self.saved.follow(fan.branches)
 
     def close(self) -> None:
         """Stop following the session (the saved copy keeps its last content)."""

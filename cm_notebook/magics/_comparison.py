@@ -1,0 +1,165 @@
+"""What ``%%cm --ab`` / ``--fanout`` show: the arms of a fan-out side by side, live.
+
+The view is made at once. When the cell before it on the same branch is still under
+way (Run All, see :mod:`._queue`) it first says that it waits, and forks the arms once
+that cell has let go of the branch; the comparison then takes the waiting line's
+place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from ..errors import CMError
+from ..widgets import CompareView
+from ..widgets._live_output import flush_copies
+from ._queue import Queued, release, wait_for
+from ._remedies import for_magics
+from ._reply import after_wind_down, note
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from ..compare import Comparison
+    from ..fanout import FanOut
+    from ..session import ContextSession
+
+__all__ = ["ComparisonView"]
+
+
+class ComparisonView(w.VBox):  # type: ignore[misc]
+    """What ``%%cm --ab`` / ``--fanout`` show: the arms side by side, live.
+
+    Made with the ``fan`` under way, or queued: ``after`` (the cell before it on
+    ``branch``) and ``start`` (the fan-out, called on the session's loop once that cell
+    has let go of the branch; ``arms`` is how many it makes). ``await view`` gives the
+    :class:`~cm_notebook.compare.Comparison` once every arm has replied; ``on_done``
+    gets it too (``--var``).
+    """
+
+    def __init__(
+        self,
+        session: ContextSession,
+        fan: FanOut | None,
+        on_done: Callable[[Comparison], None] | None = None,
+        *,
+        branch: str,
+        after: Queued | None = None,
+        start: Callable[[], FanOut] | None = None,
+        arms: int = 0,
+    ) -> None:
+        if fan is None and (after is None or start is None):
+            raise ValueError("a queued comparison needs the cell before it and start")
+        self.session = session
+        #: The fan-out, once its arms are forked (a queued view has none until then).
+        self.fan = fan
+        #: The live comparison of the arms (None until they are forked).
+        self.compare: CompareView | None = None
+        #: The branch the arms fork from.
+        self.branch = branch
+        self._on_done = on_done
+        self._after = after
+        self._start = start
+        self._arms = len(fan.branches) if fan is not None else arms
+        self.outcome = w.HTML("")
+        self._forked: concurrent.futures.Future[FanOut] = concurrent.futures.Future()
+        self._released: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if fan is not None:
+            self.compare = CompareView(session, *fan.branches)
+            self._forked.set_result(fan)
+            release(self._released)
+            shown: w.Widget = self.compare
+        else:
+            shown = w.HTML(note("… waiting for the reply before it on this branch"))
+        super().__init__([shown, self.outcome])
+        session._loop.call_soon_threadsafe(self._begin)
+
+    def __repr__(self) -> str:
+        return f"<cm_notebook comparison of {self._arms} branches>"
+
+    def __await__(self) -> Generator[Any, None, Comparison]:
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> Comparison:
+        fan = await asyncio.wrap_future(self._forked)  # raises why a queued fork failed
+        comparison = await after_wind_down(fan, self._wound_down)
+        flush_copies(self.session)  # as the awaiting cell: see ReplyView
+        return comparison
+
+    @property
+    def released(self) -> concurrent.futures.Future[None]:
+        """Done once the arms are forked (or the fork failed): a later cell on the base
+        branch may send (the arms are branches of their own)."""
+        return self._released
+
+    @property
+    def branches(self) -> list[str]:
+        """The branches of the experiment, one per arm (none before they are forked)."""
+        return list(self.fan.branches) if self.fan is not None else []
+
+    def close(self) -> None:
+        """Stop following the session."""
+        compare: CompareView | None = getattr(self, "compare", None)
+        if compare is not None:
+            compare.close()
+        super().close()
+
+    def _forked_now(self, fan: FanOut) -> None:
+        """Called on the session's loop once a queued view's arms are forked."""
+
+    # -- on the session's loop ---------------------------------------------------------
+
+    def _begin(self) -> None:
+        asyncio.get_running_loop().create_task(self._finish())
+
+    async def _fork_when_free(self) -> FanOut:
+        assert self._after is not None
+        assert self._start is not None
+        try:
+            await wait_for(self._after)
+            fan = self._start()
+        except BaseException as exc:  # an ``await view`` raises it
+            self._forked.set_exception(exc)
+            release(self._released)
+            raise
+        self.fan = fan
+        self.compare = CompareView(self.session, *fan.branches)
+        # In the waiting line's place; after it, the outcome and a saved copy's hider.
+        box: Any = self  # (ipywidgets' traits are untyped)
+        self.children = (self.compare, *box.children[1:])
+        self._forked.set_result(fan)
+        release(self._released)
+        self._forked_now(fan)
+        return fan
+
+    async def _finish(self) -> None:
+        try:
+            fan = self.fan if self.fan is not None else await self._fork_when_free()
+        except asyncio.CancelledError:
+            self.outcome.value = note("stopped before it was sent")
+            release(self._wound_down)
+            return
+        except Exception as exc:  # not sent: the cell is what to run again
+            message = for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+            self.outcome.value = note(f"not sent: {message} (run the cell again to ask)")
+            release(self._wound_down)
+            return
+        try:
+            comparison = await fan
+        except asyncio.CancelledError:
+            self.outcome.value = note("stopped; the text so far is kept")
+        except CMError as exc:
+            self.outcome.value = note(for_magics(str(exc)))
+        except Exception as exc:  # a view must never take the kernel down
+            self.outcome.value = note(f"{type(exc).__name__}: {exc}")
+        else:
+            if self._on_done is not None:
+                self._on_done(comparison)
+        finally:
+            release(self._wound_down)

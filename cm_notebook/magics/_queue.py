@@ -1,0 +1,60 @@
+"""Cells that wait their turn, so Run All over a notebook of questions asks them in order.
+
+A ``%%cm`` cell (``%cm send``, ``--system``, ``--ab`` / ``--fanout``) run while this
+kernel's previous cell on the same branch has not let go of it yet does not fail as
+busy: its view is made at once, says that it waits, and sends once the cell before it
+has. A reply lets go of its branch when its turn has ended (complete, failed or
+stopped); an A/B cell once its arms are forked (they are new branches, so the next
+question on the base branch need not wait for their replies). A turn started from code
+or by another process is not this queue's: a cell then fails saying what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
+
+__all__ = ["CellQueue", "Queued", "wait_for"]
+
+
+class Queued(Protocol):
+    """A cell's view that a later cell on its branch may wait for."""
+
+    #: The branch a later cell that names none continues on once this one let go.
+    branch: str
+
+    @property
+    def released(self) -> concurrent.futures.Future[None]:
+        """Done once the cell has let go of its branch (the next cell may send)."""
+        ...
+
+
+class CellQueue:
+    """The last cell of this kernel on each (context, branch)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], Queued] = {}
+
+    def before(self, session: ContextSession, branch: str) -> Queued | None:
+        """The cell a new cell on ``branch`` must wait for, or None: send now."""
+        last = self._last.get((session.id, branch))
+        return last if last is not None and not last.released.done() else None
+
+    def add(self, session: ContextSession, branch: str, view: Queued) -> None:
+        """``view`` is now the last cell on ``branch`` (the next one waits for it)."""
+        self._last[(session.id, branch)] = view
+
+
+async def wait_for(before: Queued) -> None:
+    """Return once ``before`` has let go of its branch."""
+    await asyncio.wrap_future(before.released)
+
+
+def release(released: concurrent.futures.Future[None]) -> None:
+    """Mark ``released`` done (once; later calls do nothing)."""
+    if not released.done():
+        released.set_result(None)

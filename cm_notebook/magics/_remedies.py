@@ -1,0 +1,67 @@
+"""The session's errors in the magics' terms.
+
+A session's error names its remedy in Python (``turn.cancel()``, ``from_message=...``);
+in a notebook of magics a cell's reply is no ``turn`` variable, so each known remedy is
+said again as what to type in a cell. Used for the usage errors of a cell and for the
+outcome a queued cell shows when its send fails later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from IPython.core.error import UsageError
+
+from ..errors import CMError
+
+__all__ = ["for_magics", "translated"]
+
+#: A remedy a session's error gives in Python, and the same in a notebook of magics
+#: (where a cell's reply is no ``turn`` variable): e.g. a %%cm cell run while a reply
+#: started from code (or another process) still streams on its branch.
+_REMEDIES = (
+    (
+        "await it, or call turn.cancel()",
+        "wait for it (`await _` in a cell after a %%cm cell waits for its reply), stop it "
+        "with `%cm stop`, or send on another branch (--branch)",
+    ),
+    ("await that turn (it ends in a moment)", "run the cell again in a moment"),
+    ("use regenerate() for a new reply", "send again for a new reply"),
+    (
+        "Wait for the turn to finish (await it), or fork at an earlier message (from_message=...).",
+        "Wait for the reply (`await _`), or fork at an earlier message (--from MESSAGE_ID).",
+    ),
+    (
+        "create one with session.branch(name) or session.fan_out(...)",
+        "make one with `%cm branch NAME`, or compare answers with `%%cm --ab` / `--fanout`",
+    ),
+)
+
+#: Remedies that name a context: the same, with the context's id kept.
+_PATTERNS = (
+    (
+        re.compile(r"open the context again with ContextSession\.open\('([^']+)'\)"),
+        r"make it current again with `%cm use \1`",
+    ),
+)
+
+
+def for_magics(message: str) -> str:
+    """``message`` with the remedies it names in Python said as magics."""
+    for python, magic in _REMEDIES:
+        message = message.replace(python, magic)
+    for pattern, replacement in _PATTERNS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Turn the session's errors into one-line usage errors (no traceback), with their
+    remedies in the magics' terms."""
+    try:
+        yield
+    except CMError as exc:
+        raise UsageError(for_magics(str(exc))) from exc
