@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,12 +28,17 @@ s = ContextSession.create("headless", provider=provider)
 """
 
 
-def _run(cells: list[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def _executed(cells: list[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("CM_NOTEBOOK_DATA_DIR", str(data_dir))
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(source) for source in cells]
     )
     nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    return notebook
+
+
+def _run(cells: list[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    notebook = _executed(cells, data_dir, monkeypatch)
     return [
         _text(
             "".join(
@@ -102,3 +108,40 @@ def test_a_conversation_shown_then_awaited_in_code_is_saved_final(
     shown = html[1]
     assert "the first answer" in shown
     assert "the second answer" in shown
+
+
+def test_a_cell_awaiting_a_reply_shows_it_in_one_line_not_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The %%cm cell shows the reply; the cell that awaits it shows the value's text, so
+    # the saved notebook does not keep the reply twice. Shown later, it is whole again.
+    notebook = _executed(
+        [
+            "%load_ext cm_notebook",
+            SETUP,
+            "%%cm\nHello?",
+            "await _",
+            "first = _",
+            "first",
+            "s.history()[-1]",
+            '%%cm --ab "Be brief." "Be long."\nWhich?',
+            "await _",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    values = [
+        [output["data"] for output in cell.outputs if output["output_type"] == "execute_result"]
+        for cell in notebook.cells
+    ]
+    [awaited] = values[3]
+    assert set(awaited) == {"text/plain"}
+    assert awaited["text/plain"].startswith("<Message ")
+    assert "'the first answer' (16 chars)" in awaited["text/plain"]
+    [again] = values[5]
+    assert "the first answer" in again["text/html"]
+    [read] = values[6]
+    assert "the first answer" in read["text/html"]
+    [compared] = values[8]
+    assert set(compared) == {"text/plain"}
+    assert compared["text/plain"].startswith("<Comparison of ")

@@ -17,7 +17,7 @@ Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models
 :mod:`._interpolate` (``{name}``), :mod:`._commands` (what each subcommand does),
 :mod:`._reply` and :mod:`._comparison` (the views a cell returns), :mod:`._queue`
 (cells that wait for the one before them), :mod:`._remedies` (errors in the magics'
-terms), :mod:`._magics` (the IPython glue),
+terms), :mod:`._shown` (what ``await _`` shows), :mod:`._magics` (the IPython glue),
 :mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``).
 """
 
@@ -30,6 +30,7 @@ from ._comparison import ComparisonView
 from ._input import register
 from ._magics import CMMagics
 from ._reply import ReplyView
+from ._shown import register as show_awaited_briefly
 
 __all__ = [
     "NO_CONTEXT",
@@ -45,3 +46,4 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register ``%cm`` / ``%%cm`` (what ``%load_ext cm_notebook`` calls)."""
     ipython.register_magics(CMMagics)
     register(ipython)  # `%cm send ...?` is a message, not IPython's help syntax
+    show_awaited_briefly(ipython)  # `await _` does not show the reply a second time

@@ -21,6 +21,7 @@ from ..widgets._live_output import flush_copies
 from ._queue import Queued, release, wait_for
 from ._remedies import for_magics
 from ._reply import after_wind_down, note
+from ._shown import given_by_view
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -90,7 +91,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         fan = await asyncio.wrap_future(self._forked)  # raises why a queued fork failed
         comparison = await after_wind_down(fan, self._wound_down)
         flush_copies(self.session)  # as the awaiting cell: see ReplyView
-        return comparison
+        return given_by_view(comparison)
 
     @property
     def released(self) -> concurrent.futures.Future[None]:

@@ -40,6 +40,7 @@ from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
 from ._queue import Queued, release, wait_for
 from ._remedies import for_magics
+from ._shown import given_by_view
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -153,7 +154,7 @@ class ReplyView:
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
         self._render()
         flush_copies(self.session)
-        return final
+        return given_by_view(final)
 
     @property
     def released(self) -> concurrent.futures.Future[None]:
