@@ -262,3 +262,20 @@ def test_a_queued_cell_that_cannot_be_sent_says_to_run_it_again(fe: FrontEnd) ->
         and "(run the cell again to ask)" in data.get("text/html", "")
         for _parent, _id, data in fe.display_log
     )
+
+
+def test_interrupting_a_cell_that_awaits_a_queued_cell_leaves_it_queued(fe: FrontEnd) -> None:
+    # The Interrupt button lands at once (a bare await of a future ignores it until
+    # another message comes), and the queued cell still asks when its turn comes.
+    _hanging(fe, "interrupted wait")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("queued = _")
+    msg_id = fe.client.execute('print("awaiting", flush=True)\nawait queued', stop_on_error=False)
+    fe.wait_for(lambda: "awaiting" in fe.output(msg_id), what="the cell's await")
+    fe.manager.interrupt_kernel()
+    reply = fe.reply(msg_id)
+    assert reply["status"] == "error"
+    assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
+    fe.run("%cm stop")
+    assert _printed(fe, "(await queued).content") == "echo: Second question"

@@ -18,7 +18,7 @@ import ipywidgets as w
 from ..errors import CMError
 from ..widgets import CompareView
 from ..widgets._live_output import flush_copies
-from ._queue import Queued, release, wait_for
+from ._queue import Queued, polled, release, wait_for
 from ._remedies import for_magics
 from ._reply import after_wind_down, note
 from ._shown import given_by_view
@@ -88,7 +88,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         return self._awaited().__await__()
 
     async def _awaited(self) -> Comparison:
-        fan = await asyncio.wrap_future(self._forked)  # raises why a queued fork failed
+        fan = await polled(self._forked)  # raises why a queued fork failed
         comparison = await after_wind_down(fan, self._wound_down)
         flush_copies(self.session)  # as the awaiting cell: see ReplyView
         return given_by_view(comparison)

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["CellQueue", "Queued", "wait_for"]
+__all__ = ["CellQueue", "Queued", "polled", "release", "wait_for"]
+
+T = TypeVar("T")
+
+#: How often a wait wakes up (see :func:`polled`).
+POLL_SECONDS = 0.1
 
 
 class Queued(Protocol):
@@ -51,7 +56,21 @@ class CellQueue:
 
 async def wait_for(before: Queued) -> None:
     """Return once ``before`` has let go of its branch."""
-    await asyncio.wrap_future(before.released)
+    await polled(before.released)
+
+
+async def polled(future: concurrent.futures.Future[T]) -> T:
+    """``future``'s result, awaited so that cancelling the waiter leaves ``future`` be.
+
+    A bare ``await asyncio.wrap_future(future)`` cancelled (the kernel's Interrupt
+    button on a cell awaiting a view) cancels ``future`` itself: a queued view could
+    then never be sent, nor a cell after it. And a bare await ignores the Interrupt
+    button until another message arrives, so this wakes every :data:`POLL_SECONDS`.
+    """
+    wrapped = asyncio.wrap_future(future)
+    while not wrapped.done():
+        await asyncio.wait({wrapped}, timeout=POLL_SECONDS)
+    return wrapped.result()
 
 
 def release(released: concurrent.futures.Future[None]) -> None:

@@ -38,7 +38,7 @@ from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
-from ._queue import Queued, release, wait_for
+from ._queue import Queued, polled, release, wait_for
 from ._remedies import for_magics
 from ._shown import given_by_view
 
@@ -148,7 +148,7 @@ class ReplyView:
         return self._awaited().__await__()
 
     async def _awaited(self) -> Message:
-        turn = await asyncio.wrap_future(self._sent)  # raises why a queued send failed
+        turn = await polled(self._sent)  # raises why a queued send failed
         final = await after_wind_down(turn, self._wound_down)
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
@@ -310,7 +310,7 @@ async def after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Fut
     returns (a fast reply could otherwise end before that task ran). Errors come
     straight away."""
     result = await work
-    await asyncio.wrap_future(wound_down)
+    await polled(wound_down)
     return result
 
 
