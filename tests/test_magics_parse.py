@@ -9,7 +9,7 @@ pytest.importorskip("IPython")
 from IPython.core.error import UsageError
 
 from cm_notebook.magics._args import ApproveArgs, BranchArgs, CellArgs, HistoryArgs, SendArgs
-from cm_notebook.magics._interpolate import interpolate
+from cm_notebook.magics._interpolate import field_names, interpolate
 from cm_notebook.magics._parse import parse_args, split_words
 
 
@@ -212,3 +212,18 @@ def test_a_missing_or_bad_word_is_not_called_an_option(
         parse_args(COMMANDS[name], words)
     assert str(caught.value).startswith(says)
     assert "--" not in str(caught.value).split(". Usage")[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("Tell me about {city}.", ["city"]),
+        ("{a.b} and {c[0]} and {a!r} and {d:.2f}", ["a", "c", "d"]),
+        ("{x:{width}}", ["x", "width"]),
+        ("{{literal}} only", []),
+        ("a lone { brace", []),  # not a template: filling it in says what is wrong
+        ("no fields", []),
+    ],
+)
+def test_field_names_are_the_variables_a_cell_reads(text: str, names: list[str]) -> None:
+    assert field_names(text) == names

@@ -279,3 +279,43 @@ def test_interrupting_a_cell_that_awaits_a_queued_cell_leaves_it_queued(fe: Fron
     assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
     fe.run("%cm stop")
     assert _printed(fe, "(await queued).content") == "echo: Second question"
+
+
+def _slow_paris(fe: FrontEnd, title: str) -> None:
+    # A current context whose first reply, "Paris", takes a moment; echoes after it.
+    fe.run(
+        f"""
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        paris = ScriptedProvider().reply("Paris", chunks="words", delay=0.3)
+        slow = ContextSession.create({title!r}, provider=paris)
+        %cm use slow
+        """
+    )
+
+
+def test_a_field_reading_a_var_still_to_come_is_filled_in_with_the_new_reply(
+    fe: FrontEnd,
+) -> None:
+    # Run All: the second cell reads the first's --var. It is not set yet (no "no
+    # variable" error), and it is filled in once that reply has ended.
+    _slow_paris(fe, "var to come")
+    fe.run("%%cm --var city_to_come\nName a city.")
+    reply, output = fe.execute("%%cm\nTell me about {city_to_come}.")
+    assert reply["status"] == "ok", output
+    assert _printed(fe, "(await _).content") == "echo: Tell me about Paris."
+    assert _printed(fe, "slow.history()[2].metadata.model_extra") == {
+        "interpolated": ["city_to_come"]
+    }
+    assert "Paris" in _printed(fe, "slow.history()[2].metadata.variables['city_to_come']")
+
+
+def test_a_field_on_another_branch_waits_for_the_var_not_its_old_value(fe: FrontEnd) -> None:
+    # Run All a second time: the variable holds the last run's answer. A cell reading it
+    # (here on another branch, so not queued for its branch) waits for the new one.
+    _slow_paris(fe, "stale var")
+    fe.run('city = "Rome"\nslow.branch("side")\nslow.switch("main")')
+    fe.run("%%cm --var city\nName a city.")
+    fe.run('%%cm --ab "Be brief." "Be long." --branch side\nAnd {city}?')
+    comparison = _printed(fe, "[r.text for r in (await _).results]")
+    assert comparison == ["echo: And Paris?", "echo: And Paris?"]

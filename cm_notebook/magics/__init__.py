@@ -15,6 +15,7 @@ Bad input is a one-line usage error, never a traceback.
 
 Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models),
 :mod:`._interpolate` (``{name}``), :mod:`._commands` (what each subcommand does),
+:mod:`._sending` (sending from cells, in the order they ran),
 :mod:`._reply` and :mod:`._comparison` (the views a cell returns), :mod:`._queue`
 (cells that wait for the one before them), :mod:`._remedies` (errors in the magics'
 terms), :mod:`._shown` (what ``await _`` shows), :mod:`._magics` (the IPython glue),

@@ -10,26 +10,21 @@ become one-line :class:`~IPython.core.error.UsageError` messages.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.display import Markdown
 
 from .. import fsm
-from ..compare import Comparison
 from ..export import export_context, to_json, to_markdown
-from ..fanout import FanOut
-from ..model import Message, MessageStatus
-from ..provenance import describe_variables
+from ..model import MessageStatus
 from ..session import ContextSession
-from ..turn import Turn
 from . import _args as a
 from ._comparison import ComparisonView
-from ._interpolate import interpolate
-from ._queue import CellQueue, Queued
 from ._reply import ReplyView
-from ._saved import SavedCompareView, SavedComparisonView
+from ._saved import SavedCompareView
+from ._sending import CellSender
 
 __all__ = ["NO_CONTEXT", "Commands"]
 
@@ -46,9 +41,7 @@ class Commands:
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
         self.current: ContextSession | None = None
-        # This kernel's last cell per (context, branch): a cell sent while it is under
-        # way queues behind it (Run All over cells of questions).
-        self._queue = CellQueue()
+        self._sender = CellSender(namespace)
 
     def session(self) -> ContextSession:
         """The current session, or a usage error that says how to get one."""
@@ -104,137 +97,15 @@ class Commands:
 
     def send(self, args: a.SendArgs) -> ReplyView:
         """Send one line as a message; the reply streams into the returned view."""
-        session = self.session()
-        return self._reply(
-            session, args.branch, lambda branch, _tell: session.send(args.text, branch=branch)
-        )
+        return self._sender.send(self.session(), args)
 
     def cell(self, args: a.CellArgs, body: str) -> ReplyView | ComparisonView:
         """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
-        session = self.session()
-        text, used = interpolate(body, self.namespace)
-        text = text.strip()  # the newline that ends a cell is not part of the message
-        if not text:
-            raise UsageError(f"the cell is empty: write the message below the magic. {args.USAGE}")
-        params: dict[str, Any] = {}
-        if args.temperature is not None:
-            params["temperature"] = args.temperature
-        if args.max_tokens is not None:
-            params["max_tokens"] = args.max_tokens
-        # Provenance: which kernel variables fed the message (see cm_notebook.provenance).
-        variables = describe_variables(used, self.namespace)
-        metadata = {"interpolated": used, "variables": variables} if used else None
-        if args.ab is not None or args.fanout is not None:
-            return self._fan_out(session, args, text, params, metadata, variables)
-        # A bad provider or parameter is refused now, even when the send is queued (and
-        # before --system changes the context).
-        session.check_send(branch=args.branch, provider=args.chosen_provider, **params)
-
-        def send(branch: str, tell: Callable[[str], None]) -> Turn:
-            if args.system is not None:
-                branch = _with_system(session, args.system, branch, tell)
-            return session.send(
-                text, branch=branch, provider=args.chosen_provider, metadata=metadata, **params
-            )
-
-        return self._reply(
-            session,
-            args.branch,
-            send,
-            form=args.format,
-            on_done=self._store_reply(args.var),
-            variables=variables,
-        )
-
-    def _reply(
-        self,
-        session: ContextSession,
-        branch: str | None,
-        send: Callable[[str, Callable[[str], None]], Turn],
-        **view: Any,
-    ) -> ReplyView:
-        # Sent now; or, while this kernel's last cell on the branch is under way, queued
-        # behind it (sent once it lets go). A turn another process runs is refused as
-        # busy. ``send(branch, tell)`` sends on ``branch`` and tells ``tell`` what the
-        # user should know (a --system fork).
-        target = branch or session.active_branch
-        before = self._queue.before(session, target)
-        if before is None:
-            reply = ReplyView(session, send(target, print), **view)
-        else:
-
-            def queued() -> Turn:
-                return send(_continued(before, branch, target), reply.notice)
-
-            reply = ReplyView(session, None, branch=target, after=before, send=queued, **view)
-        self._queue.add(session, target, reply)
-        return reply
-
-    def _fan_out(
-        self,
-        session: ContextSession,
-        args: a.CellArgs,
-        text: str,
-        params: dict[str, Any],
-        metadata: dict[str, Any] | None,
-        variables: dict[str, str],
-    ) -> ComparisonView:
-        variants: list[dict[str, Any]]
-        if args.ab is not None:
-            variants = [{"system": system, **params} for system in args.ab]
-            if args.chosen_provider is not None:
-                variants = [{**v, "provider": args.chosen_provider} for v in variants]
-        else:
-            variants = [{"provider": spec, **params} for spec in args.fanout or []]
-        base = args.branch or session.active_branch
-        on_done = self._store_comparison(args.var)
-        before = self._queue.before(session, base)
-        view: SavedComparisonView
-        if before is None:
-            fan = session.fan_out(text, variants, branch=base, metadata=metadata)
-            view = SavedComparisonView(session, fan, on_done, branch=base)
-        else:
-            # Refused now what the fan-out would refuse for a provider or parameter.
-            for variant in variants:
-                session.check_send(branch=base, provider=variant.get("provider"), **params)
-
-            def start() -> FanOut:
-                forked = _continued(before, args.branch, base)
-                return session.fan_out(text, variants, branch=forked, metadata=metadata)
-
-            view = SavedComparisonView(
-                session, None, on_done, branch=base, after=before, start=start, arms=len(variants)
-            )
-        view.variables = variables
-        # The saved copy after the live arms keeps the comparison in the saved notebook.
-        self._queue.add(session, base, view)
-        return view
-
-    def _store_reply(self, name: str | None) -> Callable[[Message], None] | None:
-        if name is None:
-            return None
-
-        def store(final: Message) -> None:
-            self.namespace[name] = final.content
-
-        return store
-
-    def _store_comparison(self, name: str | None) -> Callable[[Comparison], None] | None:
-        if name is None:
-            return None
-
-        def store(comparison: Comparison) -> None:
-            self.namespace[name] = comparison
-
-        return store
+        return self._sender.cell(self.session(), args, body)
 
     def retry(self, args: a.TurnArgs) -> ReplyView:
         """Try the failed reply again; it streams into the returned view."""
-        session = self.session()
-        turn = session.retry(branch=args.branch)
-        reply = ReplyView(session, turn)
-        self._queue.add(session, turn.branch, reply)  # a cell after it waits for it
-        return reply
+        return self._sender.retry(self.session(), args)
 
     def stop(self, args: a.TurnArgs) -> None:
         """Stop the reply being written on a branch (its text so far is kept)."""
@@ -337,28 +208,6 @@ class JSONText(str):
 
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
-
-
-def _with_system(
-    session: ContextSession, system: str, branch: str, tell: Callable[[str], None]
-) -> str:
-    # The branch keeps the prompt for its later messages too. A branch with replies made
-    # under another prompt is forked (see edit_system): the message goes on the fork.
-    # Running the cell again changes nothing more: the prompt is the same.
-    forked = session.edit_system(system, branch=branch).name
-    if forked != branch:
-        tell(
-            f"on new branch {forked!r}: {branch!r} has replies under another system prompt "
-            "(`%cm branches` lists them)"
-        )
-    return forked
-
-
-def _continued(before: Queued, given: str | None, target: str) -> str:
-    # The branch a queued cell sends on: the one it names, else the one the cell before
-    # it ended on (a --system cell there may have moved to a fork, as running the cells
-    # one by one would have).
-    return target if given is not None else before.branch
 
 
 def _report(decided: builtins.list[Any], verb: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -18,7 +18,7 @@ import ipywidgets as w
 from ..errors import CMError
 from ..widgets import CompareView
 from ..widgets._live_output import flush_copies
-from ._queue import Queued, polled, release, wait_for
+from ._queue import polled, release, wait_for
 from ._remedies import for_magics
 from ._reply import after_wind_down, note
 from ._shown import given_by_view
@@ -36,9 +36,10 @@ __all__ = ["ComparisonView"]
 class ComparisonView(w.VBox):  # type: ignore[misc]
     """What ``%%cm --ab`` / ``--fanout`` show: the arms side by side, live.
 
-    Made with the ``fan`` under way, or queued: ``after`` (the cell before it on
-    ``branch``) and ``start`` (the fan-out, called on the session's loop once that cell
-    has let go of the branch; ``arms`` is how many it makes). ``await view`` gives the
+    Made with the ``fan`` under way, or queued: ``start`` (the fan-out, called on the
+    session's loop once every one of ``waits`` is done: the cell before it on ``branch``
+    has let go of it, the replies whose ``--var`` its message reads have ended; ``arms``
+    is how many it makes). ``await view`` gives the
     :class:`~cm_notebook.compare.Comparison` once every arm has replied; ``on_done``
     gets it too (``--var``).
     """
@@ -50,12 +51,12 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         on_done: Callable[[Comparison], None] | None = None,
         *,
         branch: str,
-        after: Queued | None = None,
+        waits: Sequence[concurrent.futures.Future[None]] = (),
         start: Callable[[], FanOut] | None = None,
         arms: int = 0,
     ) -> None:
-        if fan is None and (after is None or start is None):
-            raise ValueError("a queued comparison needs the cell before it and start")
+        if fan is None and start is None:
+            raise ValueError("a queued comparison needs start")
         self.session = session
         #: The fan-out, once its arms are forked (a queued view has none until then).
         self.fan = fan
@@ -64,7 +65,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         #: The branch the arms fork from.
         self.branch = branch
         self._on_done = on_done
-        self._after = after
+        self._waits = list(waits)
         self._start = start
         self._arms = len(fan.branches) if fan is not None else arms
         self.outcome = w.HTML("")
@@ -100,6 +101,11 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         return self._released
 
     @property
+    def finished(self) -> concurrent.futures.Future[None]:
+        """Done once every arm has replied (``--var`` set), or the fan-out ended."""
+        return self._wound_down
+
+    @property
     def branches(self) -> list[str]:
         """The branches of the experiment, one per arm (none before they are forked)."""
         return list(self.fan.branches) if self.fan is not None else []
@@ -120,10 +126,9 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         asyncio.get_running_loop().create_task(self._finish())
 
     async def _fork_when_free(self) -> FanOut:
-        assert self._after is not None
         assert self._start is not None
         try:
-            await wait_for(self._after)
+            await wait_for(self._waits)
             fan = self._start()
         except BaseException as exc:  # an ``await view`` raises it
             self._forked.set_exception(exc)

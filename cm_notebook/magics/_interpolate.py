@@ -12,6 +12,7 @@ credential environment variable) is refused: the message would keep it.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,10 @@ from IPython.core.error import UsageError
 
 from ..redact import holds_credential
 
-__all__ = ["interpolate"]
+__all__ = ["field_names", "interpolate"]
+
+#: Where a field's variable name ends: ``{name.attr}``, ``{name[0]}``.
+_NAME_END = re.compile(r"[.\[]")
 
 
 class _Formatter(string.Formatter):
@@ -71,3 +75,22 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> tuple[str, list[str]
             f"cannot fill in the cell's {{...}} fields: {exc}. Write {{{{ and }}}} for "
             "literal braces"
         ) from exc
+
+
+def field_names(text: str) -> list[str]:
+    """The kernel variables ``text``'s ``{name}`` fields read (in a format spec too),
+    in order, without reading them; none for text that is not a valid template (filling
+    it in says what is wrong)."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError:
+        return []
+    for _literal, field, spec, _conversion in parsed:
+        if field:
+            name = _NAME_END.split(field, maxsplit=1)[0]
+            if name and name not in names:
+                names.append(name)
+        if spec:
+            names += [name for name in field_names(spec) if name not in names]
+    return names

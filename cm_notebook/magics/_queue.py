@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ class Queued(Protocol):
         """Done once the cell has let go of its branch (the next cell may send)."""
         ...
 
+    @property
+    def finished(self) -> concurrent.futures.Future[None]:
+        """Done once the cell's reply (or every arm's) has ended: its ``--var`` is set."""
+        ...
+
 
 class CellQueue:
     """The last cell of this kernel on each (context, branch)."""
@@ -54,9 +60,10 @@ class CellQueue:
         self._last[(session.id, branch)] = view
 
 
-async def wait_for(before: Queued) -> None:
-    """Return once ``before`` has let go of its branch."""
-    await polled(before.released)
+async def wait_for(waits: Sequence[concurrent.futures.Future[None]]) -> None:
+    """Return once every one of ``waits`` is done (what a queued cell waits for)."""
+    for future in waits:
+        await polled(future)
 
 
 async def polled(future: concurrent.futures.Future[T]) -> T:

@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 import html
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import ipywidgets as w
@@ -38,7 +38,7 @@ from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
-from ._queue import Queued, polled, release, wait_for
+from ._queue import polled, release, wait_for
 from ._remedies import for_magics
 from ._shown import given_by_view
 
@@ -83,12 +83,13 @@ def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
 class ReplyView:
     """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message.
 
-    A view made with ``after`` (the cell before it on the same branch, not done with
-    it yet) queues (:mod:`._queue`): it shows that it waits, and once that cell has let
-    go of the branch it sends, calling ``send`` (on the session's loop), so that Run
-    All over cells of questions asks them one after another instead of refusing the
-    second as busy. The branch is then the sent turn's (``--system`` may fork one), and
-    the view's Approve / Deny buttons are made for it.
+    A view made with no turn queues (:mod:`._queue`): it shows that it waits, and once
+    every one of ``waits`` is done (the cell before it on the branch has let go of it,
+    the replies whose ``--var`` its message reads have ended) it sends, calling
+    ``send`` (on the session's loop), so that Run All over cells of questions asks them
+    one after another instead of refusing the second as busy. The branch is then the
+    sent turn's (``--system`` may fork one), and the view's Approve / Deny buttons are
+    made for it.
     """
 
     def __init__(
@@ -100,24 +101,26 @@ class ReplyView:
         on_done: Callable[[Message], None] | None = None,
         variables: Mapping[str, str] | None = None,
         branch: str | None = None,
-        after: Queued | None = None,
+        waits: Sequence[concurrent.futures.Future[None]] = (),
         send: Callable[[], Turn] | None = None,
     ) -> None:
-        if turn is None and (after is None or send is None or branch is None):
-            raise ValueError("a queued reply needs the branch, the view before it and send")
+        if turn is None and (send is None or branch is None):
+            raise ValueError("a queued reply needs the branch and send")
         self.session = session
         #: The turn, once sent (a queued view has none until the one before it ends).
         self.turn = turn
         #: The branch the reply is on.
         self.branch: str = turn.branch if turn is not None else str(branch)
-        self._after = after
+        self._waits = list(waits)
         self._send = send
         self._sent: concurrent.futures.Future[Turn] = concurrent.futures.Future()
         if turn is not None:
             self._sent.set_result(turn)
         self.form = form
         self._on_done = on_done
-        self._variables = dict(variables or {})
+        #: The kernel variables that fed the message (recorded with the reply's
+        #: provenance); a queued cell's are known once it is sent.
+        self.variables = dict(variables or {})
         self._final: Message | None = None
         # The provenance of a reply that ended without one (failed, stopped).
         self._ended: dict[str, str] = {"status": "streaming"}
@@ -161,6 +164,11 @@ class ReplyView:
         """Done once the reply's turn has ended: a later cell on the branch may send."""
         return self._wound_down
 
+    @property
+    def finished(self) -> concurrent.futures.Future[None]:
+        """Done once the reply's turn has ended (``--var`` set), as :attr:`released`."""
+        return self._wound_down
+
     def under_way(self) -> bool:
         """Whether the reply is still to come (queued, or its turn not wound down)."""
         return not self._wound_down.done()
@@ -201,8 +209,8 @@ class ReplyView:
         where = {"context_id": self.session.id, "branch": self.branch}
         if self._final is None:
             # Still streaming, or ended with no reply to show (failed, stopped).
-            return {**where, **self._ended, "variables": dict(self._variables)}
-        return {**where, **provenance_of(self._final, self._variables)}
+            return {**where, **self._ended, "variables": dict(self.variables)}
+        return {**where, **provenance_of(self._final, self.variables)}
 
     def _ipython_display_(self) -> None:
         # The reply as a plain output, replaced in place as it grows; then the buttons.
@@ -227,10 +235,9 @@ class ReplyView:
 
     async def _send_when_free(self) -> Turn:
         # A queued view: once the cell before it has let go of the branch, send.
-        assert self._after is not None
         assert self._send is not None
         try:
-            await wait_for(self._after)
+            await wait_for(self._waits)
             turn = self._send()
         except BaseException as exc:  # an ``await view`` raises it (a stop included)
             self._sent.set_exception(exc)

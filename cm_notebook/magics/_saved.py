@@ -203,6 +203,12 @@ class SavedComparisonView(ComparisonView):
             )
         self.saved.display()
 
+    def filled_in(self, variables: dict[str, str]) -> None:
+        """The kernel variables that fed a queued cell's message, once it is sent."""
+        self.variables = dict(variables)
+        if self.saved is not None:
+            self.saved.variables = dict(variables)
+
     def _forked_now(self, fan: FanOut) -> None:
         if self.saved is not None:
             self.saved.follow(fan.branches)

@@ -1,0 +1,271 @@
+"""Sending from cells: ``%cm send``, ``%%cm`` (with ``--system``, ``--ab``, ``--fanout``)
+and ``%cm retry``, in the order the cells ran.
+
+Nothing here waits for a model: each returns a view at once (DESIGN fact 7). A cell
+sends now, or queues (:mod:`._queue`) behind this kernel's cell before it on its branch
+and behind the cells whose ``--var`` its ``{name}`` fields read: such a field is filled
+in once that cell's reply has ended, so Run All asks with the new answer, never with a
+value left from an earlier run (nor fails for a variable not set yet).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ..compare import Comparison
+from ..fanout import FanOut
+from ..model import Message
+from ..provenance import describe_variables
+from ..session import ContextSession
+from ..turn import Turn
+from . import _args as a
+from ._comparison import ComparisonView
+from ._interpolate import field_names, interpolate
+from ._queue import CellQueue, Queued
+from ._reply import ReplyView
+from ._saved import SavedComparisonView
+
+__all__ = ["CellSender"]
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A cell's message with its ``{name}`` fields filled in, and their provenance."""
+
+    text: str
+    variables: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """What the user message records: which kernel variables fed it."""
+        if not self.variables:
+            return None
+        return {"interpolated": list(self.variables), "variables": self.variables}
+
+
+class CellSender:
+    """Sends cells' messages on a session, in the order the cells ran."""
+
+    def __init__(self, namespace: MutableMapping[str, Any]) -> None:
+        self.namespace = namespace
+        # This kernel's last cell per (context, branch): a cell sent while it is under
+        # way queues behind it (Run All over cells of questions).
+        self._queue = CellQueue()
+        # The cell that will set each ``--var`` name, while it is under way.
+        self._setting: dict[str, Queued] = {}
+
+    def send(self, session: ContextSession, args: a.SendArgs) -> ReplyView:
+        """``%cm send``: one line as a message (no ``{name}`` fields)."""
+        message = _Message(args.text)
+        return self._reply(session, args.branch, lambda branch, _view: (branch, message), ())
+
+    def cell(
+        self, session: ContextSession, args: a.CellArgs, body: str
+    ) -> ReplyView | ComparisonView:
+        """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
+        if not body.strip():
+            raise UsageError(f"the cell is empty: write the message below the magic. {args.USAGE}")
+        params: dict[str, Any] = {}
+        if args.temperature is not None:
+            params["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            params["max_tokens"] = args.max_tokens
+        setters = self._setters_of(body)
+
+        def message() -> _Message:
+            text, used = interpolate(body, self.namespace)
+            text = text.strip()  # the newline that ends a cell is not part of the message
+            if not text:
+                raise UsageError("the message is empty once its {...} fields are filled in")
+            # Provenance: which kernel variables fed it (see cm_notebook.provenance).
+            return _Message(text, describe_variables(used, self.namespace))
+
+        # Filled in now, so a mistake fails the cell; later when a field waits for a reply.
+        now = None if setters else message()
+        if args.ab is not None or args.fanout is not None:
+            view: ReplyView | ComparisonView = self._fan_out(
+                session, args, params, now or message, setters
+            )
+        else:
+            # A bad provider or parameter is refused now, even when the send is queued
+            # (and before --system changes the context).
+            session.check_send(branch=args.branch, provider=args.chosen_provider, **params)
+
+            def prepare(branch: str, reply: ReplyView | None) -> tuple[str, _Message]:
+                filled = now if now is not None else message()
+                if reply is not None:
+                    reply.variables = filled.variables
+                if args.system is not None:
+                    tell = print if reply is None else reply.notice
+                    branch = _with_system(session, args.system, branch, tell)
+                return branch, filled
+
+            view = self._reply(
+                session,
+                args.branch,
+                prepare,
+                setters,
+                provider=args.chosen_provider,
+                params=params,
+                form=args.format,
+                on_done=self._store(args.var),
+                variables=now.variables if now is not None else {},
+            )
+        if args.var is not None:
+            self._setting[args.var] = view
+        return view
+
+    def retry(self, session: ContextSession, args: a.TurnArgs) -> ReplyView:
+        """``%cm retry``: the failed reply again; a cell after it waits for it."""
+        turn = session.retry(branch=args.branch)
+        reply = ReplyView(session, turn)
+        self._queue.add(session, turn.branch, reply)
+        return reply
+
+    # -- the views -------------------------------------------------------------------
+
+    def _reply(
+        self,
+        session: ContextSession,
+        branch: str | None,
+        prepare: Callable[[str, ReplyView | None], tuple[str, _Message]],
+        setters: Sequence[Queued],
+        *,
+        provider: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **view: Any,
+    ) -> ReplyView:
+        # Sent now; or queued behind this kernel's cell before it on the branch and the
+        # cells setting the variables it reads. A turn another process runs is refused
+        # as busy. ``prepare(branch, view)`` gives the branch to send on (--system may
+        # fork one; the view, when queued, is told so) and the message.
+        target = branch or session.active_branch
+        before = self._queue.before(session, target)
+
+        def send(branch: str, reply: ReplyView | None) -> Turn:
+            on, message = prepare(branch, reply)
+            return session.send(
+                message.text,
+                branch=on,
+                provider=provider,
+                metadata=message.metadata,
+                **dict(params or {}),
+            )
+
+        if before is None and not setters:
+            reply = ReplyView(session, send(target, None), **view)
+        else:
+
+            def queued() -> Turn:
+                return send(_continued(before, branch, target), reply)
+
+            waits = _waits(before, setters)
+            reply = ReplyView(session, None, branch=target, waits=waits, send=queued, **view)
+        self._queue.add(session, target, reply)
+        return reply
+
+    def _fan_out(
+        self,
+        session: ContextSession,
+        args: a.CellArgs,
+        params: dict[str, Any],
+        message: _Message | Callable[[], _Message],
+        setters: Sequence[Queued],
+    ) -> ComparisonView:
+        variants: list[dict[str, Any]]
+        if args.ab is not None:
+            variants = [{"system": system, **params} for system in args.ab]
+            if args.chosen_provider is not None:
+                variants = [{**v, "provider": args.chosen_provider} for v in variants]
+        else:
+            variants = [{"provider": spec, **params} for spec in args.fanout or []]
+        base = args.branch or session.active_branch
+        on_done = self._store(args.var)
+        before = self._queue.before(session, base)
+        view: SavedComparisonView
+        if before is None and isinstance(message, _Message):
+            fan = session.fan_out(message.text, variants, branch=base, metadata=message.metadata)
+            view = SavedComparisonView(session, fan, on_done, branch=base)
+            view.variables = message.variables
+        else:
+            # Refused now what the fan-out would refuse for a provider or parameter.
+            for variant in variants:
+                session.check_send(branch=base, provider=variant.get("provider"), **params)
+            fill = message
+
+            def start() -> FanOut:
+                filled = fill if isinstance(fill, _Message) else fill()
+                view.filled_in(filled.variables)
+                forked = _continued(before, args.branch, base)
+                return session.fan_out(
+                    filled.text, variants, branch=forked, metadata=filled.metadata
+                )
+
+            view = SavedComparisonView(
+                session,
+                None,
+                on_done,
+                branch=base,
+                waits=_waits(before, setters),
+                start=start,
+                arms=len(variants),
+            )
+        # The saved copy after the live arms keeps the comparison in the saved notebook.
+        self._queue.add(session, base, view)
+        return view
+
+    # -- variables -------------------------------------------------------------------
+
+    def _setters_of(self, body: str) -> list[Queued]:
+        # The cells still under way whose --var the body's {name} fields read.
+        found: list[Queued] = []
+        for name in field_names(body):
+            setter = self._setting.get(name)
+            if setter is not None and not setter.finished.done() and setter not in found:
+                found.append(setter)
+        return found
+
+    def _store(self, name: str | None) -> Callable[[Any], None] | None:
+        # ``--var``: a reply's text, or an --ab / --fanout cell's Comparison.
+        if name is None:
+            return None
+
+        def store(result: Message | Comparison) -> None:
+            self.namespace[name] = result.content if isinstance(result, Message) else result
+
+        return store
+
+
+def _waits(
+    before: Queued | None, setters: Sequence[Queued]
+) -> list[concurrent.futures.Future[None]]:
+    # What a queued cell waits for: the cell before it letting go of the branch, and
+    # the replies whose --var it reads having ended (the variable set).
+    return [*([before.released] if before is not None else []), *(s.finished for s in setters)]
+
+
+def _with_system(
+    session: ContextSession, system: str, branch: str, tell: Callable[[str], None]
+) -> str:
+    # The branch keeps the prompt for its later messages too. A branch with replies made
+    # under another prompt is forked (see edit_system): the message goes on the fork.
+    # Running the cell again changes nothing more: the prompt is the same.
+    forked = session.edit_system(system, branch=branch).name
+    if forked != branch:
+        tell(
+            f"on new branch {forked!r}: {branch!r} has replies under another system prompt "
+            "(`%cm branches` lists them)"
+        )
+    return forked
+
+
+def _continued(before: Queued | None, given: str | None, target: str) -> str:
+    # The branch a queued cell sends on: the one it names, else the one the cell before
+    # it ended on (a --system cell there may have moved to a fork, as running the cells
+    # one by one would have).
+    return target if given is not None or before is None else before.branch
