@@ -201,9 +201,7 @@ def test_fanout_sends_one_message_to_several_providers(fe: FrontEnd) -> None:
     assert _printed(fe, f"len({comparison}.results)") == 2
 
 
-def _asking_for_add(fe: FrontEnd, then: str) -> None:
-    # A session whose model asks for add(1, 2) as call-1, then says ``then`` (scripted
-    # replies); a %%cm cell's turn waits for that call's approval.
+def _tools_session(fe: FrontEnd, script: str) -> None:
     fe.run(
         """
         from cm_notebook import tool
@@ -214,7 +212,13 @@ def _asking_for_add(fe: FrontEnd, then: str) -> None:
             return a + b
         """
     )
-    _use_scripted(fe, f'.tool_call("add", {{"a": 1, "b": 2}}, id="call-1"){then}', tools="[add]")
+    _use_scripted(fe, script, tools="[add]")
+
+
+def _asking_for_add(fe: FrontEnd, then: str) -> None:
+    # A session whose model asks for add(1, 2) as call-1, then says ``then`` (scripted
+    # replies); a %%cm cell's turn waits for that call's approval.
+    _tools_session(fe, f'.tool_call("add", {{"a": 1, "b": 2}}, id="call-1"){then}')
     fe.run("%%cm\nWhat is 1 + 2?")
     fe.run("calls = await s.wait_for_approval()")
 
@@ -235,6 +239,30 @@ def test_a_queued_cell_offers_its_own_calls_only(fe: FrontEnd) -> None:
     fe.run("%cm approve call-1")
     assert _printed(fe, "(await _).content") == "Hi."
     assert _printed(fe, "_._approval_slot.children == (_.approvals,)") is True
+
+
+def _decision_shown(fe: FrontEnd) -> str:
+    # The last plain-text output shown (a pending decision's, replaced in place).
+    texts = [
+        data["text/plain"]
+        for _cell, _id, data in fe.display_log
+        if "text/html" not in data and "text/plain" in data
+    ]
+    return str(texts[-1])
+
+
+def test_approve_run_before_the_reply_asks_decides_when_it_does(fe: FrontEnd) -> None:
+    # Run All: `%cm approve` comes while the reply is still being written, before any
+    # call waits. It waits for the reply to ask, then approves.
+    _tools_session(fe, '.tool_call("add", {"a": 1, "b": 2}, id="call-7").reply("It is 3.")')
+    fe.run("reply = %cm send What is 1 + 2?\ndecision = %cm approve call-7\ndisplay(decision)")
+    assert "once the reply above asks for a tool" in _decision_shown(fe)
+    assert _printed(fe, "[call.id for call in await decision]") == ["call-7"]
+    assert _printed(fe, "(await reply).content") == "It is 3."
+    assert _decision_shown(fe) == "approved add (call-7)"
+    fe.run("reply = %cm send What is 2 + 2?\ndecision = %cm deny --reason no\ndisplay(decision)")
+    assert _printed(fe, "await decision") == []
+    assert _decision_shown(fe) == "nothing denied: the reply ended without asking for a tool"
 
 
 def test_deny_tells_the_model_why(fe: FrontEnd) -> None:

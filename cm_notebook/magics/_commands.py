@@ -10,7 +10,7 @@ become one-line :class:`~IPython.core.error.UsageError` messages.
 from __future__ import annotations
 
 import builtins
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -18,10 +18,11 @@ from IPython.display import Markdown
 
 from .. import fsm
 from ..export import export_context, to_json, to_markdown
-from ..model import MessageStatus
+from ..model import MessageStatus, ToolCall
 from ..session import ContextSession
 from . import _args as a
 from ._comparison import ComparisonView
+from ._decisions import PendingDecision, decided_text
 from ._reply import ReplyView
 from ._saved import SavedCompareView
 from ._sending import CellSender
@@ -172,19 +173,45 @@ class Commands:
 
     # -- tools -----------------------------------------------------------------------
 
-    def approve(self, args: a.ApproveArgs) -> None:
-        """Approve one pending tool call (or all); the waiting reply resumes."""
+    def approve(self, args: a.ApproveArgs) -> PendingDecision | None:
+        """Approve one pending tool call (or all); the waiting reply resumes. With none
+        waiting while this kernel's reply on the branch is under way (Run All), the
+        calls it asks for are approved then."""
         session = self.session()
-        decided = session.approve(
-            args.id, arguments=args.args, branch=args.branch, remember=args.remember
-        )
-        _report(decided, "approved")
 
-    def deny(self, args: a.DenyArgs) -> None:
-        """Deny one pending tool call (or all) with a reason told to the model."""
+        def decide() -> builtins.list[ToolCall]:
+            return session.approve(
+                args.id, arguments=args.args, branch=args.branch, remember=args.remember
+            )
+
+        return self._decide(session, args.id, args.branch, decide, "approved")
+
+    def deny(self, args: a.DenyArgs) -> PendingDecision | None:
+        """Deny one pending tool call (or all) with a reason told to the model; as
+        :meth:`approve`, later when the reply under way has not asked yet."""
         session = self.session()
-        decided = session.deny(args.id, reason=args.reason, branch=args.branch)
-        _report(decided, "denied")
+
+        def decide() -> builtins.list[ToolCall]:
+            return session.deny(args.id, reason=args.reason, branch=args.branch)
+
+        return self._decide(session, args.id, args.branch, decide, "denied")
+
+    def _decide(
+        self,
+        session: ContextSession,
+        call_id: str | None,
+        branch: str | None,
+        decide: Callable[[], builtins.list[ToolCall]],
+        verb: str,
+    ) -> PendingDecision | None:
+        waiting = [
+            call for call in session.pending_tool_calls if call_id is None or call.id == call_id
+        ]
+        reply = self._sender.reply_under_way(session, branch)
+        if not waiting and reply is not None:
+            return PendingDecision(reply, decide, verb)
+        print(decided_text(decide(), verb))
+        return None
 
     # -- export and help -------------------------------------------------------------
 
@@ -208,13 +235,6 @@ class JSONText(str):
 
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
-
-
-def _report(decided: builtins.list[Any], verb: str) -> None:
-    if not decided:
-        print(f"nothing {verb}: no tool call is waiting")
-    for call in decided:
-        print(f"{verb} {call.name} ({call.id})")
 
 
 def _short(text: str, width: int = 60) -> str:

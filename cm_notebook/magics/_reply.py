@@ -151,13 +151,18 @@ class ReplyView:
         return self._awaited().__await__()
 
     async def _awaited(self) -> Message:
-        turn = await polled(self._sent)  # raises why a queued send failed
+        turn = await self.started()
         final = await after_wind_down(turn, self._wound_down)
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
         self._render()
         flush_copies(self.session)
         return given_by_view(final)
+
+    async def started(self) -> Turn:
+        """The reply's turn, once it is sent (a queued view's when its turn comes);
+        raises why a queued send failed."""
+        return await polled(self._sent)
 
     @property
     def released(self) -> concurrent.futures.Future[None]:

@@ -127,6 +127,11 @@ class CellSender:
         self._queue.add(session, turn.branch, reply)
         return reply
 
+    def reply_under_way(self, session: ContextSession, branch: str | None) -> ReplyView | None:
+        """This kernel's reply on ``branch`` (default: active) still to come, if any."""
+        before = self._queue.before(session, branch or session.active_branch)
+        return before if isinstance(before, ReplyView) else None
+
     # -- the views -------------------------------------------------------------------
 
     def _reply(
