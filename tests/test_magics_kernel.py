@@ -127,20 +127,15 @@ def test_a_view_is_awaitable_and_history_shows_the_conversation(fe: FrontEnd) ->
 
 
 def test_history_says_a_reply_is_under_way(fe: FrontEnd) -> None:
-    # Magics never wait: a history taken while the reply is generated says so, with
-    # the text so far once the reply is stored.
+    # A reply started from code (not a %%cm cell, whose reply history would wait for):
+    # a history taken while it is generated says so, with the text so far once stored.
     _use_scripted(fe, '.reply("Slowly, surely.", chunks="words", delay=0.4)')
-    fe.run(
-        """
-        %%cm -f text
-        Tell me slowly.
-        """
-    )
+    fe.run('slowly = s.send("Tell me slowly.")')
     lines = fe.run("%cm history --last 2").splitlines()
     assert lines[0] == "user: Tell me slowly."
     assert lines[-1].startswith("assistant: ")
     assert "…" in lines[-1]
-    assert _printed(fe, "(await _).content") == "Slowly, surely."
+    assert _printed(fe, "(await slowly).content") == "Slowly, surely."
     assert fe.run("%cm history --last 1").splitlines() == ["assistant: Slowly, surely."]
 
 

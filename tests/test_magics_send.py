@@ -319,3 +319,25 @@ def test_a_field_on_another_branch_waits_for_the_var_not_its_old_value(fe: Front
     fe.run('%%cm --ab "Be brief." "Be long." --branch side\nAnd {city}?')
     comparison = _printed(fe, "[r.text for r in (await _).results]")
     assert comparison == ["echo: And Paris?", "echo: And Paris?"]
+
+
+def test_history_branch_and_branches_run_after_the_cells_before_them(fe: FrontEnd) -> None:
+    # Run All: these commands come while the reply above is still being written. As
+    # run one by one, the history shows the reply, the fork comes after it, and the
+    # next question goes on the fork.
+    _slow_paris(fe, "commands after cells")
+    fe.run("%%cm\nName a city.")
+    fe.run("shown = %cm history")
+    fe.run("forked = %cm branch alt")
+    fe.run("%%cm\nAnd another?")
+    fe.run("listed = %cm branches")
+    assert "once the cells above have run" in _printed(fe, "listed.text")
+    assert _printed(fe, "await shown").splitlines() == ["user: Name a city.", "assistant: Paris"]
+    assert _printed(fe, "await forked") == "on new branch 'alt'"
+    assert _printed(fe, "await listed").splitlines() == [
+        "  main  (2 messages)",
+        "* alt  (4 messages)",
+    ]
+    assert _contents(fe, "alt")[2:] == ["And another?", "echo: And another?"]
+    # Nothing under way: the command runs at once, as before.
+    assert fe.run("%cm switch main").strip() == "on branch 'main'"

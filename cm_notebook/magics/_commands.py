@@ -23,6 +23,7 @@ from ..session import ContextSession
 from . import _args as a
 from ._comparison import ComparisonView
 from ._decisions import PendingDecision, decided_text
+from ._deferred import DeferredCommand
 from ._reply import ReplyView
 from ._saved import SavedCompareView
 from ._sending import CellSender
@@ -120,25 +121,36 @@ class Commands:
 
     # -- branches --------------------------------------------------------------------
 
-    def branch(self, args: a.BranchArgs) -> None:
-        """Fork a branch and switch to it."""
+    def branch(self, args: a.BranchArgs) -> DeferredCommand | None:
+        """Fork a branch and switch to it (after this kernel's cells under way)."""
         session = self.session()
-        session.branch(args.name, args.from_message, system=args.system)
-        print(f"on new branch {args.name!r}")
 
-    def switch(self, args: a.SwitchArgs) -> None:
-        """Make a branch the active one."""
+        def fork() -> None:
+            session.branch(args.name, args.from_message, system=args.system)
+            print(f"on new branch {args.name!r}")
+
+        return self._after_cells(session, fork, "forks", moves_to=args.name)
+
+    def switch(self, args: a.SwitchArgs) -> DeferredCommand | None:
+        """Make a branch the active one (after this kernel's cells under way)."""
         session = self.session()
-        if args.name not in session.branches:
-            raise UsageError(
-                f"no branch {args.name!r}; the branches are {sorted(session.branches)}"
-            )
-        session.switch(args.name)
-        print(f"on branch {args.name!r}")
 
-    def branches(self, _args: a.NoArgs) -> None:
+        def switch() -> None:
+            if args.name not in session.branches:
+                raise UsageError(
+                    f"no branch {args.name!r}; the branches are {sorted(session.branches)}"
+                )
+            session.switch(args.name)
+            print(f"on branch {args.name!r}")
+
+        return self._after_cells(session, switch, "switches", moves_to=args.name)
+
+    def branches(self, args: a.NoArgs) -> DeferredCommand | None:
         """The branches; ``*`` marks the active one, with each one's own system prompt."""
         session = self.session()
+        return self._after_cells(session, lambda: self._branches(session, args), "lists them")
+
+    def _branches(self, session: ContextSession, _args: a.NoArgs) -> None:
         for name in session.branches:
             mark = "*" if name == session.active_branch else " "
             count = len(session.history(name))
@@ -146,9 +158,12 @@ class Commands:
             about = f"  system: {_short(prompt)}" if prompt else ""
             print(f"{mark} {name}  ({count} messages){about}")
 
-    def history(self, args: a.HistoryArgs) -> None:
+    def history(self, args: a.HistoryArgs) -> DeferredCommand | None:
         """The messages of a branch (the last N with ``--last``)."""
         session = self.session()
+        return self._after_cells(session, lambda: self._history(session, args), "shows them")
+
+    def _history(self, session: ContextSession, args: a.HistoryArgs) -> None:
         messages = session.history(args.branch, limit=args.last)
         if not messages:
             print("no messages yet")
@@ -170,6 +185,25 @@ class Commands:
         """Branches side by side (default: all), kept current; then a saved copy."""
         session = self.session()
         return SavedCompareView(session, *args.branches)
+
+    def _after_cells(
+        self,
+        session: ContextSession,
+        run: Callable[[], None],
+        what: str,
+        *,
+        moves_to: str | None = None,
+    ) -> DeferredCommand | None:
+        # Now, or once this kernel's cells under way in the context have ended (Run All:
+        # as if the cells had run one by one); see _deferred.
+        waits = [cell.finished for cell in self._sender.under_way(session)]
+        if not waits:
+            run()
+            return None
+        command = DeferredCommand(session, waits, run, what, moves_to=moves_to)
+        if moves_to is not None:  # the cells after it go where it leaves the context
+            self._sender.queue_after(session, command)
+        return command
 
     # -- tools -----------------------------------------------------------------------
 

@@ -45,10 +45,12 @@ class Queued(Protocol):
 
 
 class CellQueue:
-    """The last cell of this kernel on each (context, branch)."""
+    """The last cell of this kernel on each (context, branch), and every cell of a
+    context still under way."""
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Queued] = {}
+        self._all: dict[str, list[Queued]] = {}
 
     def before(self, session: ContextSession, branch: str) -> Queued | None:
         """The cell a new cell on ``branch`` must wait for, or None: send now."""
@@ -58,6 +60,13 @@ class CellQueue:
     def add(self, session: ContextSession, branch: str, view: Queued) -> None:
         """``view`` is now the last cell on ``branch`` (the next one waits for it)."""
         self._last[(session.id, branch)] = view
+        self._all.setdefault(session.id, []).append(view)
+
+    def under_way(self, session: ContextSession) -> list[Queued]:
+        """This kernel's cells in ``session``'s context not finished yet, oldest first."""
+        cells = [cell for cell in self._all.get(session.id, []) if not cell.finished.done()]
+        self._all[session.id] = cells
+        return cells
 
 
 async def wait_for(waits: Sequence[concurrent.futures.Future[None]]) -> None:

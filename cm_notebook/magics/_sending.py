@@ -132,6 +132,14 @@ class CellSender:
         before = self._queue.before(session, branch or session.active_branch)
         return before if isinstance(before, ReplyView) else None
 
+    def under_way(self, session: ContextSession) -> list[Queued]:
+        """This kernel's cells in the context not finished yet."""
+        return self._queue.under_way(session)
+
+    def queue_after(self, session: ContextSession, command: Queued) -> None:
+        """Let the cells after ``command`` on the active branch wait for it."""
+        self._queue.add(session, session.active_branch, command)
+
     # -- the views -------------------------------------------------------------------
 
     def _reply(

@@ -1,0 +1,119 @@
+"""``%cm`` commands that run after this kernel's cells before them, as one by one.
+
+``%cm history`` and ``%cm branches`` read the conversation; ``%cm branch`` and ``%cm
+switch`` change the branch the next cell goes on. Run while this kernel's ``%%cm``
+cells in the context are still under way (Run All runs them right after those cells),
+they would read a conversation the replies have not reached yet, or fork before a
+reply. So they wait for those cells (each reply, every arm's) and run then. The output
+says that the command waits and is replaced in place by what it printed (a ``print``
+after the cell has ended would be lost). The cells after a ``%cm branch`` or ``%cm
+switch`` wait for it in turn and go on the branch it left active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from ..errors import CMError
+from ..widgets._live_output import LiveOutput
+from ._queue import polled, release, wait_for
+from ._remedies import for_magics
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from ..session import ContextSession
+
+__all__ = ["DeferredCommand"]
+
+
+class DeferredCommand:
+    """``run`` (a command that prints), once every one of ``waits`` is done.
+
+    ``what`` names the command in the waiting line. ``moves_to``: the branch the
+    command leaves active when it succeeds (``%cm branch NAME``, ``%cm switch NAME``),
+    where a later cell that names no branch then goes; ``branch`` is the branch active
+    when the cell ran until then.
+    """
+
+    def __init__(
+        self,
+        session: ContextSession,
+        waits: Sequence[concurrent.futures.Future[None]],
+        run: Callable[[], None],
+        what: str,
+        *,
+        moves_to: str | None = None,
+    ) -> None:
+        self.session = session
+        #: The branch a later cell that names none goes on (see :mod:`._queue`).
+        self.branch = session.active_branch
+        self._moves_to = moves_to
+        self._waits = list(waits)
+        self._run = run
+        self._text = f"… {what} once the cells above have run"
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._output = LiveOutput()
+        session._loop.call_soon_threadsafe(self._begin)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook command run after the cells above>"
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> str:
+        await polled(self._done)
+        return self._text
+
+    @property
+    def text(self) -> str:
+        """What the output says now: the waiting line, then what the command printed."""
+        return self._text
+
+    @property
+    def released(self) -> concurrent.futures.Future[None]:
+        """Done once the command has run: a later cell on the branch may send."""
+        return self._done
+
+    @property
+    def finished(self) -> concurrent.futures.Future[None]:
+        """Done once the command has run (as :attr:`released`)."""
+        return self._done
+
+    def _ipython_display_(self) -> None:
+        self._output.show({"text/plain": self._text})
+
+    # -- on the session's loop ---------------------------------------------------------
+
+    def _begin(self) -> None:
+        asyncio.get_running_loop().create_task(self._when_ready())
+
+    async def _when_ready(self) -> None:
+        printed = io.StringIO()
+        try:
+            await wait_for(self._waits)
+            # Nothing else runs on this thread meanwhile: what it prints is the command's.
+            with contextlib.redirect_stdout(printed):
+                self._run()
+        except CMError as exc:
+            printed.write(f"not done: {for_magics(str(exc))}\n")
+        except UsageError as exc:
+            printed.write(f"not done: {exc}\n")
+        except Exception as exc:  # a command must never take the kernel down
+            printed.write(f"not done: {type(exc).__name__}: {exc}\n")
+        else:
+            if self._moves_to is not None:
+                self.branch = self._moves_to
+        finally:
+            self._text = printed.getvalue().rstrip("\n") or "(nothing printed)"
+            if self._output.shown:
+                self._output.update({"text/plain": self._text})
+            release(self._done)
