@@ -341,3 +341,23 @@ def test_history_branch_and_branches_run_after_the_cells_before_them(fe: FrontEn
     assert _contents(fe, "alt")[2:] == ["And another?", "echo: And another?"]
     # Nothing under way: the command runs at once, as before.
     assert fe.run("%cm switch main").strip() == "on branch 'main'"
+
+
+def test_compare_run_before_the_arms_exist_compares_them_once_they_do(fe: FrontEnd) -> None:
+    _slow_paris(fe, "compare later")
+    fe.run("%%cm\nName a city.")
+    fe.run('%%cm --ab "Be brief." "Be long."\nAnd another?')
+    fe.run("compared = %cm compare\ndisplay(compared)")
+    assert _printed(fe, "compared.compare") is None  # only main exists yet
+    fe.wait_for(lambda: _printed(fe, "compared.compare is not None"), what="the comparison made")
+    names = _printed(fe, "compared.compare.branch_names")
+    assert sorted(names) == sorted(_printed(fe, "list(slow.branches)"))
+    assert len(names) == 3
+    fe.wait_for(
+        lambda: any(
+            data.get("text/plain") == "<cm_notebook comparison (HTML)>"
+            and "echo: And another?" in data.get("text/html", "")
+            for _parent, _id, data in fe.display_log
+        ),
+        what="the saved copy of the comparison",
+    )

@@ -25,7 +25,7 @@ from ._comparison import ComparisonView
 from ._decisions import PendingDecision, decided_text
 from ._deferred import DeferredCommand
 from ._reply import ReplyView
-from ._saved import SavedCompareView
+from ._saved import LaterCompareView, SavedCompareView
 from ._sending import CellSender
 
 __all__ = ["NO_CONTEXT", "Commands"]
@@ -181,9 +181,13 @@ class Commands:
         elif not messages or messages[-1].status is not MessageStatus.STREAMING:
             print("assistant: … (a reply is being generated; `await _` waits for it)")
 
-    def compare(self, args: a.CompareArgs) -> SavedCompareView:
-        """Branches side by side (default: all), kept current; then a saved copy."""
+    def compare(self, args: a.CompareArgs) -> SavedCompareView | LaterCompareView:
+        """Branches side by side (default: all), kept current; then a saved copy. Run
+        while this kernel's cells in the context are under way, once they have run."""
         session = self.session()
+        waits = [cell.finished for cell in self._sender.under_way(session)]
+        if waits:
+            return LaterCompareView(session, args.branches, waits)
         return SavedCompareView(session, *args.branches)
 
     def _after_cells(

@@ -17,8 +17,11 @@ does.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import ipywidgets as w
 from IPython.display import display
 
 from .. import events as ev
@@ -29,6 +32,8 @@ from ..widgets._base import SessionFollower, Throttle
 from ..widgets._copy_hider import SavedCopyHider, mark_copy
 from ..widgets._live_output import LiveOutput, register_copy
 from ._comparison import ComparisonView
+from ._queue import wait_for
+from ._remedies import for_magics
 from ._reply import note
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PLAIN",
     "ComparisonSnapshot",
+    "LaterCompareView",
     "SavedCompareView",
     "SavedComparisonView",
     "SavedSessionView",
@@ -186,6 +192,62 @@ class SavedCompareView(CompareView):
         if self.saved is not None:
             self.saved.close()
         super().close()
+
+
+class LaterCompareView(w.VBox):  # type: ignore[misc]
+    """What ``%cm compare`` shows while this kernel's cells in the context are under way
+    (Run All): a line saying it waits, then, once every one of ``waits`` is done, the
+    live comparison of ``branches`` (default: every branch then, the arms of an
+    ``--ab`` cell above included) in its place, and its saved copy."""
+
+    saved: ComparisonSnapshot | None = None
+
+    def __init__(
+        self,
+        session: ContextSession,
+        branches: Sequence[str],
+        waits: Sequence[concurrent.futures.Future[None]],
+    ) -> None:
+        self.session = session
+        self.requested = list(branches)
+        #: The live comparison, once the cells above have run (None until then).
+        self.compare: CompareView | None = None
+        self._waits = list(waits)
+        super().__init__([w.HTML(note("… compares once the cells above have run"))])
+        session._loop.call_soon_threadsafe(self._begin)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook comparison after the cells above>"
+
+    def _ipython_display_(self) -> None:
+        copy_id = _show_widget(self)
+        if self.saved is None:
+            self.saved = ComparisonSnapshot(self.session, [], copy_id=copy_id)
+        self.saved.display()
+
+    def close(self) -> None:
+        """Stop following the session (the saved copy keeps its last content)."""
+        if self.compare is not None:
+            self.compare.close()
+        if self.saved is not None:
+            self.saved.close()
+        super().close()
+
+    def _begin(self) -> None:
+        asyncio.get_running_loop().create_task(self._when_ready())
+
+    async def _when_ready(self) -> None:
+        box: Any = self  # (ipywidgets' traits are untyped)
+        try:
+            await wait_for(self._waits)
+            self.compare = CompareView(self.session, *self.requested)
+        except CMError as exc:
+            failed = w.HTML(note(f"not compared: {for_magics(str(exc))}"))
+            self.children = (failed, *box.children[1:])
+            return
+        self.children = (self.compare, *box.children[1:])
+        if self.saved is not None:
+            self.saved.follow(self.compare.branch_names)
 
 
 class SavedComparisonView(ComparisonView):
