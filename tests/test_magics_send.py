@@ -124,7 +124,7 @@ def test_a_second_cell_while_the_first_reply_streams_waits_for_it(fe: FrontEnd) 
     second, output = fe.execute("%%cm\nSecond question")
     assert second["status"] == "ok", output
     assert any(
-        "waiting for the reply before it" in data.get("text/html", "")
+        "waits for the replies above it, then asks" in data.get("text/html", "")
         for _parent, _id, data in fe.display_log
     )
     assert _printed(fe, "[m.role for m in slow.history()]") == ["user", "assistant"]
@@ -190,7 +190,7 @@ def test_run_all_over_a_question_an_ab_cell_and_another_question(fe: FrontEnd) -
     assert _printed(fe, "sorted(slow.branches)") == ["main"]  # nothing forked yet
     assert any(  # the saved copy says it waits too
         data.get("text/plain") == "<cm_notebook comparison (HTML)>"
-        and "waiting for the reply before it" in data.get("text/html", "")
+        and "waits for the replies above it, then asks" in data.get("text/html", "")
         for _parent, _id, data in fe.display_log
     )
     fe.run("%cm stop")  # the first reply ends (stopped): the cells after it go

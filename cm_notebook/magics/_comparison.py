@@ -78,7 +78,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             release(self._released)
             shown: w.Widget = self.compare
         else:
-            shown = w.HTML(note("… waiting for the reply before it on this branch"))
+            shown = w.HTML(note("… waits for the replies above it, then asks"))
         super().__init__([shown, self.outcome])
         session._loop.call_soon_threadsafe(self._begin)
 

@@ -200,7 +200,7 @@ class ReplyView:
         if text:
             body = render_reply(text, self.form)
         elif self.turn is None:  # queued: waiting, or not sent (the outcome says why)
-            body = "" if self._outcome else note("… waiting for the reply before it on this branch")
+            body = "" if self._outcome else note("… waits for the replies above it, then asks")
         else:
             body = note("…")
         outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""

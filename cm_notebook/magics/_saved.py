@@ -57,7 +57,7 @@ PLAIN = "<cm_notebook comparison (HTML)>"
 INTERVAL = 0.5
 
 #: What a queued comparison's copy says until its arms are forked.
-_WAITING = f"<div>{note('… waiting for the reply before it on this branch')}</div>"
+_WAITING = f"<div>{note('… waits for the replies above it, then asks')}</div>"
 
 #: The states in which a branch's turn is over (or waits for a person): worth a copy.
 _SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
