@@ -361,3 +361,28 @@ def test_compare_run_before_the_arms_exist_compares_them_once_they_do(fe: FrontE
         ),
         what="the saved copy of the comparison",
     )
+
+
+def test_stop_all_aborts_a_run_all_the_reply_and_every_cell_after_it(fe: FrontEnd) -> None:
+    _hanging(fe, "abort run all")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("second = _")
+    fe.run('%%cm --ab "A" "B"\nThird question')
+    fe.run("third = _")
+    fe.run("shown = %cm history")
+    fe.run("forked = %cm branch alt")
+    assert fe.run("%cm stop --all").strip() == "stopping 4 cells of this kernel"
+    assert _printed(fe, "await forked") == "not done: stopped (`%cm stop --all`)"
+    # A command that only reads runs once the cells above it have stopped.
+    assert _printed(fe, "await shown").splitlines() == [
+        "user: First question",
+        "assistant: so far",
+    ]
+    for view in ("second", "third"):
+        reply, _output = fe.execute(f"await {view}")
+        assert reply["status"] == "error"
+        assert reply["ename"] == "CancelledError"
+    assert _printed(fe, "sorted(slow.branches)") == ["main"]  # no arms forked
+    assert _contents(fe, "main") == ["First question", "so far"]  # stopped, kept
+    assert fe.run("%cm stop --all").strip() == "nothing to stop: no reply is being written"

@@ -28,6 +28,7 @@ __all__ = [
     "NewArgs",
     "NoArgs",
     "SendArgs",
+    "StopArgs",
     "SwitchArgs",
     "TurnArgs",
     "UseArgs",
@@ -145,10 +146,19 @@ class DenyArgs(MagicArgs):
 
 
 class TurnArgs(MagicArgs):
-    """``%cm retry`` / ``%cm stop``: act on a branch's turn (default: the active branch)."""
+    """``%cm retry``: act on a branch's turn (default: the active branch)."""
 
-    USAGE = "%cm retry|stop [--branch B]"
+    USAGE = "%cm retry [--branch B]"
     branch: str | None = None
+
+
+class StopArgs(MagicArgs):
+    """``%cm stop``: stop a branch's reply; ``--all``: and every cell of this kernel in
+    the context still waiting or under way (a Run All to abort)."""
+
+    USAGE = "%cm stop [--branch B] [--all]"
+    branch: str | None = None
+    all: bool = False
 
 
 class ExportArgs(MagicArgs):
@@ -267,7 +277,7 @@ COMMANDS: dict[str, type[MagicArgs]] = {
     "approve": ApproveArgs,
     "deny": DenyArgs,
     "retry": TurnArgs,
-    "stop": TurnArgs,
+    "stop": StopArgs,
     "export": ExportArgs,
     "help": HelpArgs,
 }

@@ -109,15 +109,20 @@ class Commands:
         """Try the failed reply again; it streams into the returned view."""
         return self._sender.retry(self.session(), args)
 
-    def stop(self, args: a.TurnArgs) -> None:
-        """Stop the reply being written on a branch (its text so far is kept)."""
+    def stop(self, args: a.StopArgs) -> None:
+        """Stop the reply being written on a branch (its text so far is kept); with
+        ``--all``, every cell of this kernel in the context still to come too."""
         session = self.session()
         branch = args.branch or session.active_branch
+        cells = self._sender.stop_all(session) if args.all else 0
         # session.stop also reaches a reply another process (kernel, server) generates.
-        if session.stop(branch) is None:
+        stopping = session.stop(branch) is not None
+        if cells:
+            print(f"stopping {cells} cell{'s' if cells != 1 else ''} of this kernel")
+        elif stopping:
+            print(f"stopping the reply on branch {branch!r}")
+        else:
             print("nothing to stop: no reply is being written")
-            return
-        print(f"stopping the reply on branch {branch!r}")
 
     # -- branches --------------------------------------------------------------------
 
@@ -283,11 +288,7 @@ def _short(text: str, width: int = 60) -> str:
 HELP = "\n".join(
     [
         "%cm                      the current context's live view",
-        *(
-            f"{model.USAGE}"
-            for name, model in a.COMMANDS.items()
-            if name not in ("ls", "branches", "stop")
-        ),
+        *(f"{model.USAGE}" for name, model in a.COMMANDS.items() if name not in ("ls", "branches")),
         "%cm ls | %cm branches    list contexts / branches of the current one",
         a.CellArgs.USAGE,
         "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",

@@ -69,6 +69,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         self._start = start
         self._arms = len(fan.branches) if fan is not None else arms
         self.outcome = w.HTML("")
+        self._task: asyncio.Task[None] | None = None
         self._forked: concurrent.futures.Future[FanOut] = concurrent.futures.Future()
         self._released: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -122,8 +123,15 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
 
     # -- on the session's loop ---------------------------------------------------------
 
+    def stop(self) -> None:
+        """Stop every arm (their text so far is kept); a queued fan-out is not sent."""
+        if self.fan is not None:
+            self.fan.cancel()
+        elif self._task is not None:
+            self._task.cancel()
+
     def _begin(self) -> None:
-        asyncio.get_running_loop().create_task(self._finish())
+        self._task = asyncio.get_running_loop().create_task(self._finish())
 
     async def _fork_when_free(self) -> FanOut:
         assert self._start is not None

@@ -61,6 +61,7 @@ class DeferredCommand:
         self._text = f"… {what} once the cells above have run"
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._output = LiveOutput()
+        self._task: asyncio.Task[None] | None = None
         session._loop.call_soon_threadsafe(self._begin)
 
     def __repr__(self) -> str:
@@ -93,8 +94,13 @@ class DeferredCommand:
 
     # -- on the session's loop ---------------------------------------------------------
 
+    def stop(self) -> None:
+        """Do not run the command (if it has not run yet)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def _begin(self) -> None:
-        asyncio.get_running_loop().create_task(self._when_ready())
+        self._task = asyncio.get_running_loop().create_task(self._when_ready())
 
     async def _when_ready(self) -> None:
         printed = io.StringIO()
@@ -103,6 +109,8 @@ class DeferredCommand:
             # Nothing else runs on this thread meanwhile: what it prints is the command's.
             with contextlib.redirect_stdout(printed):
                 self._run()
+        except asyncio.CancelledError:
+            printed.write("not done: stopped (`%cm stop --all`)\n")
         except CMError as exc:
             printed.write(f"not done: {for_magics(str(exc))}\n")
         except UsageError as exc:

@@ -43,6 +43,11 @@ class Queued(Protocol):
         """Done once the cell's reply (or every arm's) has ended: its ``--var`` is set."""
         ...
 
+    def stop(self) -> None:
+        """Stop the cell: one still waiting is not sent (nor run); a reply under way is
+        stopped, its text so far kept. Call on the session's loop."""
+        ...
+
 
 class CellQueue:
     """The last cell of this kernel on each (context, branch), and every cell of a
@@ -61,6 +66,14 @@ class CellQueue:
         """``view`` is now the last cell on ``branch`` (the next one waits for it)."""
         self._last[(session.id, branch)] = view
         self._all.setdefault(session.id, []).append(view)
+
+    def stop_all(self, session: ContextSession) -> int:
+        """Stop every cell of ``session``'s context under way, the newest first (so none
+        is sent as the one before it stops); how many there were."""
+        cells = self.under_way(session)
+        for cell in reversed(cells):
+            cell.stop()
+        return len(cells)
 
     def under_way(self, session: ContextSession) -> list[Queued]:
         """This kernel's cells in ``session``'s context not finished yet, oldest first."""

@@ -127,6 +127,7 @@ class ReplyView:
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
         self._notices: list[str] = []
+        self._task: asyncio.Task[None] | None = None
         self._output = LiveOutput()
         #: The Approve / Deny buttons of this turn's calls, when the session has tools:
         #: its own branch only (a branch runs one turn at a time), closed when it ends,
@@ -234,9 +235,16 @@ class ReplyView:
 
     # -- on the session's loop ---------------------------------------------------------
 
+    def stop(self) -> None:
+        """Stop the reply (its text so far is kept); a queued one is not sent."""
+        if self.turn is not None:
+            self.turn.cancel()
+        elif self._task is not None:
+            self._task.cancel()
+
     def _start(self) -> None:
         self._throttle.poke()
-        asyncio.get_running_loop().create_task(self._finish())
+        self._task = asyncio.get_running_loop().create_task(self._finish())
 
     async def _send_when_free(self) -> Turn:
         # A queued view: once the cell before it has let go of the branch, send.

@@ -136,6 +136,10 @@ class CellSender:
         """This kernel's cells in the context not finished yet."""
         return self._queue.under_way(session)
 
+    def stop_all(self, session: ContextSession) -> int:
+        """Stop this kernel's cells in the context still to come; how many there were."""
+        return self._queue.stop_all(session)
+
     def queue_after(self, session: ContextSession, command: Queued) -> None:
         """Let the cells after ``command`` on the active branch wait for it."""
         self._queue.add(session, session.active_branch, command)
