@@ -1,0 +1,313 @@
+"""Run All over a notebook of ``%%cm`` cells, in a real kernel: the same as running the
+cells one by one.
+
+A cell run while this kernel's reply before it is still coming waits for it
+(``--ab``, ``--system`` and ``{name}`` fields reading a ``--var`` included), commands
+that read or move branches run after the replies above them, ``%cm approve`` waits for
+the reply to ask, and ``%cm stop --all`` aborts the lot.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+from widget_frontend import FrontEnd, front_end
+
+
+@pytest.fixture(scope="module")
+def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    with front_end(tmp_path_factory.mktemp("run-all-data")) as frontend:
+        frontend.run("%load_ext cm_notebook")
+        yield frontend
+
+
+def _printed(fe: FrontEnd, expression: str) -> Any:
+    return ast.literal_eval(fe.run(f"print(repr({expression}))").strip())
+
+
+def _hanging(fe: FrontEnd, title: str) -> None:
+    # A current context whose first reply hangs after "so far" until stopped; the
+    # replies after it echo their question.
+    fe.run(
+        f"""
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        hanging = ScriptedProvider().load([{{"hang": True, "after_chunks": 1, "text": "so far"}}])
+        slow = ContextSession.create({title!r}, provider=hanging)
+        %cm use slow
+        """
+    )
+
+
+def _contents(fe: FrontEnd, branch: str) -> list[str]:
+    return list(_printed(fe, f"[m.content for m in slow.history({branch!r})]"))
+
+
+def _slow_paris(fe: FrontEnd, title: str) -> None:
+    # A current context whose first reply, "Paris", takes a moment; echoes after it.
+    fe.run(
+        f"""
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        paris = ScriptedProvider().reply("Paris", chunks="words", delay=0.3)
+        slow = ContextSession.create({title!r}, provider=paris)
+        %cm use slow
+        """
+    )
+
+
+def test_a_second_cell_while_the_first_reply_streams_waits_for_it(fe: FrontEnd) -> None:
+    # Run All: the next %%cm cell comes while the last one's reply is still written.
+    # It returns at once, says it waits, and asks once that reply has ended.
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        hanging = ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}])
+        slow = ContextSession.create("slow", provider=hanging)
+        %cm use slow
+        """
+    )
+    first, output = fe.execute("%%cm\nFirst question")
+    assert first["status"] == "ok", output
+    second, output = fe.execute("%%cm\nSecond question")
+    assert second["status"] == "ok", output
+    assert any(
+        "waits for the replies above it, then asks" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+    assert _printed(fe, "[m.role for m in slow.history()]") == ["user", "assistant"]
+    fe.run("%cm stop")  # the first reply ends (stopped): the second cell asks
+    assert _printed(fe, "(await _).content") == "echo: Second question"
+    assert _printed(fe, "[m.content for m in slow.history()][2:]") == [
+        "Second question",
+        "echo: Second question",
+    ]
+
+
+def test_a_cell_while_code_s_reply_streams_says_what_to_do(fe: FrontEnd) -> None:
+    # A reply started from code (not a %%cm cell): a cell is refused, with what to do.
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        hanging = ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}])
+        slow = ContextSession.create("slow code", provider=hanging)
+        %cm use slow
+        started = slow.send("From code")
+        """
+    )
+    for cell in ("%%cm\nSecond question", '%%cm --ab "A" "B"\nSecond question'):
+        second, output = fe.execute(cell)
+        assert second["status"] == "error", output
+        assert second["ename"] == "UsageError"
+        assert "`await _`" in second["evalue"]
+        assert "`%cm stop`" in second["evalue"]
+        assert "turn.cancel()" not in second["evalue"]
+    fe.run("%cm stop")
+
+
+def test_run_all_over_a_question_an_ab_cell_and_another_question(fe: FrontEnd) -> None:
+    # The A/B cell forks its arms once the reply before it has ended; the question after
+    # it goes on the base branch once the arms are forked, not into them.
+    _hanging(fe, "run all ab")
+    for cell in (
+        "%%cm\nFirst question",
+        '%%cm --ab "Be brief." "Be long."\nSecond question',
+        "%%cm --var third\nThird question",
+    ):
+        reply, output = fe.execute(cell)
+        assert reply["status"] == "ok", output
+    assert _printed(fe, "sorted(slow.branches)") == ["main"]  # nothing forked yet
+    assert any(  # the saved copy says it waits too
+        data.get("text/plain") == "<cm_notebook comparison (HTML)>"
+        and "waits for the replies above it, then asks" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+    fe.run("%cm stop")  # the first reply ends (stopped): the cells after it go
+    fe.run("await _")
+    assert _printed(fe, "third") == "echo: Third question"
+    assert _contents(fe, "main") == [
+        "First question",
+        "so far",
+        "Third question",
+        "echo: Third question",
+    ]
+    arms = _printed(fe, "sorted(b for b in slow.branches if b != 'main')")
+    assert len(arms) == 2
+    for arm in arms:
+        assert _contents(fe, arm) == [
+            "First question",
+            "so far",
+            "Second question",
+            "echo: Second question",
+        ]
+    # The saved copy shows the arms' answers now.
+    assert any(
+        data.get("text/plain") == "<cm_notebook comparison (HTML)>"
+        and "echo: Second question" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+
+
+def test_run_all_over_a_question_and_a_system_cell_continues_on_its_fork(fe: FrontEnd) -> None:
+    # As the cells run one by one would: the --system cell forks (main has a reply under
+    # no prompt) and says so in its view; the next cell continues on the fork.
+    _hanging(fe, "run all system")
+    for cell in (
+        "%%cm\nFirst question",
+        '%%cm --system "Be brief."\nSecond question',
+        "%%cm\nThird question",
+    ):
+        reply, output = fe.execute(cell)
+        assert reply["status"] == "ok", output
+        assert "on new branch" not in output  # not forked yet
+    fe.run("%cm stop")
+    fe.run("await _")
+    assert _printed(fe, "slow.active_branch") == "main-system-1"
+    assert _printed(fe, "slow.system_prompt_of('main-system-1')") == "Be brief."
+    assert _contents(fe, "main") == ["First question", "so far"]
+    assert _contents(fe, "main-system-1") == [
+        "First question",
+        "so far",
+        "Second question",
+        "echo: Second question",
+        "Third question",
+        "echo: Third question",
+    ]
+    assert any(
+        "on new branch &#x27;main-system-1&#x27;" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+
+
+def test_a_queued_cell_that_cannot_be_sent_says_to_run_it_again(fe: FrontEnd) -> None:
+    _hanging(fe, "closed meanwhile")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("slow.close()")  # stops the first reply; the second cannot be sent
+    reply, _output = fe.execute("await _")
+    assert reply["status"] == "error"
+    assert any(
+        "not sent: " in data.get("text/html", "")
+        and "(run the cell again to ask)" in data.get("text/html", "")
+        for _parent, _id, data in fe.display_log
+    )
+
+
+def test_interrupting_a_cell_that_awaits_a_queued_cell_leaves_it_queued(fe: FrontEnd) -> None:
+    # The Interrupt button lands at once (a bare await of a future ignores it until
+    # another message comes), and the queued cell still asks when its turn comes.
+    _hanging(fe, "interrupted wait")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("queued = _")
+    msg_id = fe.client.execute('print("awaiting", flush=True)\nawait queued', stop_on_error=False)
+    fe.wait_for(lambda: "awaiting" in fe.output(msg_id), what="the cell's await")
+    fe.manager.interrupt_kernel()
+    reply = fe.reply(msg_id)
+    assert reply["status"] == "error"
+    assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
+    fe.run("%cm stop")
+    assert _printed(fe, "(await queued).content") == "echo: Second question"
+
+
+def test_a_field_reading_a_var_still_to_come_is_filled_in_with_the_new_reply(
+    fe: FrontEnd,
+) -> None:
+    # Run All: the second cell reads the first's --var. It is not set yet (no "no
+    # variable" error), and it is filled in once that reply has ended.
+    _slow_paris(fe, "var to come")
+    fe.run("%%cm --var city_to_come\nName a city.")
+    reply, output = fe.execute("%%cm\nTell me about {city_to_come}.")
+    assert reply["status"] == "ok", output
+    assert _printed(fe, "(await _).content") == "echo: Tell me about Paris."
+    assert _printed(fe, "slow.history()[2].metadata.model_extra") == {
+        "interpolated": ["city_to_come"]
+    }
+    assert "Paris" in _printed(fe, "slow.history()[2].metadata.variables['city_to_come']")
+
+
+def test_a_field_on_another_branch_waits_for_the_var_not_its_old_value(fe: FrontEnd) -> None:
+    # Run All a second time: the variable holds the last run's answer. A cell reading it
+    # (here on another branch, so not queued for its branch) waits for the new one.
+    _slow_paris(fe, "stale var")
+    fe.run('city = "Rome"\nslow.branch("side")\nslow.switch("main")')
+    fe.run("%%cm --var city\nName a city.")
+    fe.run('%%cm --ab "Be brief." "Be long." --branch side\nAnd {city}?')
+    comparison = _printed(fe, "[r.text for r in (await _).results]")
+    assert comparison == ["echo: And Paris?", "echo: And Paris?"]
+
+
+def test_history_branch_and_branches_run_after_the_cells_before_them(fe: FrontEnd) -> None:
+    # Run All: these commands come while the reply above is still being written. As
+    # run one by one, the history shows the reply, the fork comes after it, and the
+    # next question goes on the fork.
+    _slow_paris(fe, "commands after cells")
+    fe.run("%%cm\nName a city.")
+    fe.run("shown = %cm history")
+    fe.run("forked = %cm branch alt")
+    fe.run("%%cm\nAnd another?")
+    fe.run("listed = %cm branches")
+    assert "once the cells above have run" in _printed(fe, "listed.text")
+    assert _printed(fe, "await shown").splitlines() == ["user: Name a city.", "assistant: Paris"]
+    assert _printed(fe, "await forked") == "on new branch 'alt'"
+    assert _printed(fe, "await listed").splitlines() == [
+        "  main  (2 messages)",
+        "* alt  (4 messages)",
+    ]
+    assert _contents(fe, "alt")[2:] == ["And another?", "echo: And another?"]
+    # Nothing under way: the command runs at once, as before.
+    assert fe.run("%cm switch main").strip() == "on branch 'main'"
+
+
+def test_compare_run_before_the_arms_exist_compares_them_once_they_do(fe: FrontEnd) -> None:
+    _slow_paris(fe, "compare later")
+    fe.run("%%cm\nName a city.")
+    fe.run('%%cm --ab "Be brief." "Be long."\nAnd another?')
+    fe.run("compared = %cm compare\ndisplay(compared)")
+    assert _printed(fe, "compared.compare") is None  # only main exists yet
+    fe.wait_for(lambda: _printed(fe, "compared.compare is not None"), what="the comparison made")
+    names = _printed(fe, "compared.compare.branch_names")
+    assert sorted(names) == sorted(_printed(fe, "list(slow.branches)"))
+    assert len(names) == 3
+    fe.wait_for(
+        lambda: any(
+            data.get("text/plain") == "<cm_notebook comparison (HTML)>"
+            and "echo: And another?" in data.get("text/html", "")
+            for _parent, _id, data in fe.display_log
+        ),
+        what="the saved copy of the comparison",
+    )
+
+
+def test_stop_all_aborts_a_run_all_the_reply_and_every_cell_after_it(fe: FrontEnd) -> None:
+    _hanging(fe, "abort run all")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("second = _")
+    fe.run('%%cm --ab "A" "B"\nThird question')
+    fe.run("third = _")
+    fe.run("shown = %cm history")
+    fe.run("forked = %cm branch alt")
+    assert fe.run("%cm stop --all").strip() == "stopping 4 cells of this kernel"
+    assert _printed(fe, "await forked") == "not done: stopped (`%cm stop --all`)"
+    # A command that only reads runs once the cells above it have stopped.
+    assert _printed(fe, "await shown").splitlines() == [
+        "user: First question",
+        "assistant: so far",
+    ]
+    for view in ("second", "third"):
+        reply, _output = fe.execute(f"await {view}")
+        assert reply["status"] == "error"
+        assert reply["ename"] == "CancelledError"
+    assert _printed(fe, "sorted(slow.branches)") == ["main"]  # no arms forked
+    assert _contents(fe, "main") == ["First question", "so far"]  # stopped, kept
+    assert fe.run("%cm stop --all").strip() == "nothing to stop: no reply is being written"
