@@ -311,3 +311,14 @@ def test_stop_all_aborts_a_run_all_the_reply_and_every_cell_after_it(fe: FrontEn
     assert _printed(fe, "sorted(slow.branches)") == ["main"]  # no arms forked
     assert _contents(fe, "main") == ["First question", "so far"]  # stopped, kept
     assert fe.run("%cm stop --all").strip() == "nothing to stop: no reply is being written"
+
+
+def test_export_as_markdown_waits_for_the_replies_above(fe: FrontEnd) -> None:
+    _slow_paris(fe, "export later")
+    fe.run("%%cm\nName a city.")
+    fe.run("exported = %cm export\ndisplay(exported)")
+    assert "Paris" in _printed(fe, "await exported")
+    fe.wait_for(
+        lambda: any("Paris" in data.get("text/markdown", "") for _c, _i, data in fe.display_log),
+        what="the export shown as Markdown",
+    )

@@ -17,7 +17,7 @@ from IPython.core.error import UsageError
 from IPython.display import Markdown
 
 from .. import fsm
-from ..export import export_context, to_json, to_markdown
+from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..model import MessageStatus, ToolCall
 from ..session import ContextSession
 from . import _args as a
@@ -258,14 +258,25 @@ class Commands:
 
     # -- export and help -------------------------------------------------------------
 
-    def export(self, args: a.ExportArgs) -> Markdown | JSONText:
-        """The conversation as Markdown (shown) or as lossless JSON text (returned)."""
+    def export(self, args: a.ExportArgs) -> Markdown | JSONText | DeferredCommand:
+        """The conversation as Markdown (shown; after this kernel's replies under way)
+        or as lossless JSON text (returned, as it is now: ``await _`` first to wait)."""
         session = self.session()
-        # The same document as `cm-notebook export`, read through the session's store.
-        document = session._io.call(export_context(session._store, session.id, branch=args.branch))
+
+        def document() -> ExportDocument:
+            # The same document as `cm-notebook export`, read through the session's store.
+            return session._io.call(export_context(session._store, session.id, branch=args.branch))
+
         if args.format == "json":
-            return JSONText(to_json(document))
-        return Markdown(to_markdown(document, branch=args.branch))  # type: ignore[no-untyped-call]
+            return JSONText(to_json(document()))
+
+        def markdown() -> Markdown:
+            return Markdown(to_markdown(document(), branch=args.branch))  # type: ignore[no-untyped-call]
+
+        waits = [cell.finished for cell in self._sender.under_way(session)]
+        if waits:
+            return DeferredCommand(session, waits, markdown, "exports it")
+        return markdown()
 
     def help(self, _args: a.HelpArgs) -> None:
         """Every subcommand's usage."""

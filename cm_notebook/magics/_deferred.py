@@ -35,7 +35,8 @@ __all__ = ["DeferredCommand"]
 
 
 class DeferredCommand:
-    """``run`` (a command that prints), once every one of ``waits`` is done.
+    """``run`` (a command that prints, or returns something with Markdown to show),
+    once every one of ``waits`` is done.
 
     ``what`` names the command in the waiting line. ``moves_to``: the branch the
     command leaves active when it succeeds (``%cm branch NAME``, ``%cm switch NAME``),
@@ -47,7 +48,7 @@ class DeferredCommand:
         self,
         session: ContextSession,
         waits: Sequence[concurrent.futures.Future[None]],
-        run: Callable[[], None],
+        run: Callable[[], object],
         what: str,
         *,
         moves_to: str | None = None,
@@ -59,6 +60,7 @@ class DeferredCommand:
         self._waits = list(waits)
         self._run = run
         self._text = f"… {what} once the cells above have run"
+        self._markdown: str | None = None
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._output = LiveOutput()
         self._task: asyncio.Task[None] | None = None
@@ -108,7 +110,10 @@ class DeferredCommand:
             await wait_for(self._waits)
             # Nothing else runs on this thread meanwhile: what it prints is the command's.
             with contextlib.redirect_stdout(printed):
-                self._run()
+                result = self._run()
+            to_markdown = getattr(result, "_repr_markdown_", None)
+            if to_markdown is not None:
+                self._markdown = str(to_markdown())
         except asyncio.CancelledError:
             printed.write("not done: stopped (`%cm stop --all`)\n")
         except CMError as exc:
@@ -121,7 +126,10 @@ class DeferredCommand:
             if self._moves_to is not None:
                 self.branch = self._moves_to
         finally:
-            self._text = printed.getvalue().rstrip("\n") or "(nothing printed)"
+            self._text = printed.getvalue().rstrip("\n") or self._markdown or "(nothing printed)"
             if self._output.shown:
-                self._output.update({"text/plain": self._text})
+                bundle = {"text/plain": self._text}
+                if self._markdown is not None:
+                    bundle["text/markdown"] = self._markdown
+                self._output.update(bundle)
             release(self._done)
