@@ -257,9 +257,10 @@ def test_history_branch_and_branches_run_after_the_cells_before_them(fe: FrontEn
     fe.run("%%cm\nAnd another?")
     fe.run("listed = %cm branches")
     assert "once the cells above have run" in _printed(fe, "listed.text")
-    assert _printed(fe, "await shown").splitlines() == ["user: Name a city.", "assistant: Paris"]
-    assert _printed(fe, "await forked") == "on new branch 'alt'"
-    assert _printed(fe, "await listed").splitlines() == [
+    history = _printed(fe, "(await shown, shown.text)[1]").splitlines()
+    assert history == ["user: Name a city.", "assistant: Paris"]
+    assert _printed(fe, "(await forked, forked.text)[1]") == "on new branch 'alt'"
+    assert _printed(fe, "(await listed, listed.text)[1]").splitlines() == [
         "  main  (2 messages)",
         "* alt  (4 messages)",
     ]
@@ -298,9 +299,9 @@ def test_stop_all_aborts_a_run_all_the_reply_and_every_cell_after_it(fe: FrontEn
     fe.run("shown = %cm history")
     fe.run("forked = %cm branch alt")
     assert fe.run("%cm stop --all").strip() == "stopping 4 cells of this kernel"
-    assert _printed(fe, "await forked") == "not done: stopped (`%cm stop --all`)"
+    assert _printed(fe, "(await forked, forked.text)[1]") == "not done: stopped (`%cm stop --all`)"
     # A command that only reads runs once the cells above it have stopped.
-    assert _printed(fe, "await shown").splitlines() == [
+    assert _printed(fe, "(await shown, shown.text)[1]").splitlines() == [
         "user: First question",
         "assistant: so far",
     ]
@@ -317,7 +318,7 @@ def test_export_as_markdown_waits_for_the_replies_above(fe: FrontEnd) -> None:
     _slow_paris(fe, "export later")
     fe.run("%%cm\nName a city.")
     fe.run("exported = %cm export\ndisplay(exported)")
-    assert "Paris" in _printed(fe, "await exported")
+    assert "Paris" in _printed(fe, "(await exported, exported.text)[1]")
     fe.wait_for(
         lambda: any("Paris" in data.get("text/markdown", "") for _c, _i, data in fe.display_log),
         what="the export shown as Markdown",

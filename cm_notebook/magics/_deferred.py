@@ -69,12 +69,9 @@ class DeferredCommand:
     def __repr__(self) -> str:
         return "<cm_notebook command run after the cells above>"
 
-    def __await__(self) -> Generator[Any, None, str]:
-        return self._awaited().__await__()
-
-    async def _awaited(self) -> str:
-        await polled(self._done)
-        return self._text
+    def __await__(self) -> Generator[Any, None, None]:
+        # Nothing to show: the command's output is above (``.text`` holds it).
+        return polled(self._done).__await__()
 
     @property
     def text(self) -> str:
