@@ -323,3 +323,16 @@ def test_export_as_markdown_waits_for_the_replies_above(fe: FrontEnd) -> None:
         lambda: any("Paris" in data.get("text/markdown", "") for _c, _i, data in fe.display_log),
         what="the export shown as Markdown",
     )
+
+
+def test_a_waiting_cell_fills_in_its_other_fields_as_they_were_when_it_ran(
+    fe: FrontEnd,
+) -> None:
+    # As one by one: {mood} is what it was when the cell ran, not what a later cell
+    # made it before the reply the cell waits for ended.
+    _slow_paris(fe, "fields as they were")
+    fe.run('mood = "happy"')
+    fe.run("%%cm --var town\nName a city.")
+    fe.run("%%cm\nA {mood} poem about {town}.")
+    fe.run('mood = "sad"')
+    assert _printed(fe, "(await _).content") == "echo: A happy poem about Paris."

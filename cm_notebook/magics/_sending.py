@@ -11,6 +11,7 @@ value left from an earlier run (nor fails for a variable not set yet).
 from __future__ import annotations
 
 import concurrent.futures
+from collections import ChainMap
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,15 +76,25 @@ class CellSender:
             params["temperature"] = args.temperature
         if args.max_tokens is not None:
             params["max_tokens"] = args.max_tokens
-        setters = self._setters_of(body)
+        setters, later = self._setters_of(body)
+        # The other variables as they are now, as if the cells ran one by one (a cell
+        # after this one may change them before it is sent).
+        namespace = ChainMap(
+            {
+                name: self.namespace[name]
+                for name in field_names(body)
+                if name not in later and name in self.namespace
+            },
+            self.namespace,
+        )
 
         def message() -> _Message:
-            text, used = interpolate(body, self.namespace)
+            text, used = interpolate(body, namespace)
             text = text.strip()  # the newline that ends a cell is not part of the message
             if not text:
                 raise UsageError("the message is empty once its {...} fields are filled in")
             # Provenance: which kernel variables fed it (see cm_notebook.provenance).
-            return _Message(text, describe_variables(used, self.namespace))
+            return _Message(text, describe_variables(used, namespace))
 
         # Filled in now, so a mistake fails the cell; later when a field waits for a reply.
         now = None if setters else message()
@@ -238,14 +249,18 @@ class CellSender:
 
     # -- variables -------------------------------------------------------------------
 
-    def _setters_of(self, body: str) -> list[Queued]:
-        # The cells still under way whose --var the body's {name} fields read.
+    def _setters_of(self, body: str) -> tuple[list[Queued], set[str]]:
+        # The cells still under way whose --var the body's {name} fields read, and
+        # those names (filled in once those cells' replies have ended).
         found: list[Queued] = []
+        names: set[str] = set()
         for name in field_names(body):
             setter = self._setting.get(name)
-            if setter is not None and not setter.finished.done() and setter not in found:
-                found.append(setter)
-        return found
+            if setter is not None and not setter.finished.done():
+                names.add(name)
+                if setter not in found:
+                    found.append(setter)
+        return found, names
 
     def _store(self, name: str | None) -> Callable[[Any], None] | None:
         # ``--var``: a reply's text, or an --ab / --fanout cell's Comparison.
