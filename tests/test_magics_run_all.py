@@ -159,11 +159,13 @@ def test_run_all_over_a_question_an_ab_cell_and_another_question(fe: FrontEnd) -
 
 def test_run_all_over_a_question_and_a_system_cell_continues_on_its_fork(fe: FrontEnd) -> None:
     # As the cells run one by one would: the --system cell forks (main has a reply under
-    # no prompt) and says so in its view; the next cell continues on the fork.
+    # no prompt) and says so in its view; the A/B cell and the cell after continue on
+    # the fork.
     _hanging(fe, "run all system")
     for cell in (
         "%%cm\nFirst question",
         '%%cm --system "Be brief."\nSecond question',
+        '%%cm --ab "A" "B"\nBetween',
         "%%cm\nThird question",
     ):
         reply, output = fe.execute(cell)
@@ -182,6 +184,15 @@ def test_run_all_over_a_question_and_a_system_cell_continues_on_its_fork(fe: Fro
         "Third question",
         "echo: Third question",
     ]
+    arms = _printed(fe, "sorted(b for b in slow.branches if b.startswith('main-system-1-'))")
+    assert len(arms) == 2
+    for arm in arms:
+        assert _contents(fe, arm)[2:] == [
+            "Second question",
+            "echo: Second question",
+            "Between",
+            "echo: Between",
+        ]
     assert any(
         "on new branch &#x27;main-system-1&#x27;" in data.get("text/html", "")
         for _parent, _id, data in fe.display_log

@@ -230,6 +230,7 @@ class CellSender:
                 filled = fill if isinstance(fill, _Message) else fill()
                 view.filled_in(filled.variables)
                 forked = _continued(before, args.branch, base)
+                view.branch = forked  # where a cell after it that names none goes
                 return session.fan_out(
                     filled.text, variants, branch=forked, metadata=filled.metadata
                 )
@@ -243,7 +244,6 @@ class CellSender:
                 start=start,
                 arms=len(variants),
             )
-        # The saved copy after the live arms keeps the comparison in the saved notebook.
         self._queue.add(session, base, view)
         return view
 
