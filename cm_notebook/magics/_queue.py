@@ -5,8 +5,11 @@ kernel's previous cell on the same branch has not let go of it yet does not fail
 busy: its view is made at once, says that it waits, and sends once the cell before it
 has. A reply lets go of its branch when its turn has ended (complete, failed or
 stopped); an A/B cell once its arms are forked (they are new branches, so the next
-question on the base branch need not wait for their replies). A turn started from code
-or by another process is not this queue's: a cell then fails saying what to do.
+question on the base branch need not wait for their replies); a ``%cm branch`` or
+``%cm switch`` run after replies (:mod:`._deferred`) once it has run, and the cells after
+it go on the branch it left active. A turn started from code or by another process is
+not this queue's: a cell then fails saying what to do. (A cell also waits for the cells
+whose ``--var`` it reads: :mod:`._sending`.)
 """
 
 from __future__ import annotations
