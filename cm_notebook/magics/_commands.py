@@ -303,7 +303,8 @@ HELP = "\n".join(
         "%cm ls | %cm branches    list contexts / branches of the current one",
         a.CellArgs.USAGE,
         "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",
-        "  --var NAME stores the reply's text in NAME when it completes;",
+        "  --var NAME stores the reply's text in NAME when it completes (a later cell's",
+        "  {NAME} waits for it);",
         "  a cell's view is awaitable: `reply = await _` waits for the reply.",
     ]
 )
