@@ -226,6 +226,7 @@ def test_interrupting_a_cell_that_awaits_a_queued_cell_leaves_it_queued(fe: Fron
     reply = fe.reply(msg_id)
     assert reply["status"] == "error"
     assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
+    assert "stopped waiting; the cell still asks once the replies above" in fe.output(msg_id)
     fe.run("%cm stop")
     assert _printed(fe, "(await queued).content") == "echo: Second question"
 
@@ -347,3 +348,15 @@ def test_a_waiting_cell_fills_in_its_other_fields_as_they_were_when_it_ran(
     fe.run("%%cm\nA {mood} poem about {town}.")
     fe.run('mood = "sad"')
     assert _printed(fe, "(await _).content") == "echo: A happy poem about Paris."
+
+
+def test_interrupting_await_says_the_reply_goes_on(fe: FrontEnd) -> None:
+    _hanging(fe, "interrupted reply")
+    fe.run("%%cm\nFirst question")
+    msg_id = fe.client.execute('print("awaiting", flush=True)\nawait _', stop_on_error=False)
+    fe.wait_for(lambda: "awaiting" in fe.output(msg_id), what="the cell's await")
+    fe.manager.interrupt_kernel()
+    assert fe.reply(msg_id)["status"] == "error"
+    assert "stopped waiting; the reply goes on (`%cm stop` stops it)" in fe.output(msg_id)
+    fe.run("%cm stop")
+    assert _printed(fe, "(await _).content") == "so far"

@@ -152,8 +152,19 @@ class ReplyView:
         return self._awaited().__await__()
 
     async def _awaited(self) -> Message:
-        turn = await self.started()
-        final = await after_wind_down(turn, self._wound_down)
+        try:
+            turn = await self.started()
+            final = await after_wind_down(turn, self._wound_down)
+        except asyncio.CancelledError:
+            # The awaiting cell interrupted (not the reply stopped): say what goes on.
+            if self.turn is None:
+                print(
+                    "… stopped waiting; the cell still asks once the replies above it have "
+                    "ended (`%cm stop --all` stops them all)"
+                )
+            elif not self.turn.done():
+                print("… stopped waiting; the reply goes on (`%cm stop` stops it)")
+            raise
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
         self._render()
