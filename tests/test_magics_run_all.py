@@ -360,3 +360,14 @@ def test_interrupting_await_says_the_reply_goes_on(fe: FrontEnd) -> None:
     assert "stopped waiting; the reply goes on (`%cm stop` stops it)" in fe.output(msg_id)
     fe.run("%cm stop")
     assert _printed(fe, "(await _).content") == "so far"
+
+
+def test_a_cell_naming_the_branch_a_waiting_fork_makes_goes_on_it(fe: FrontEnd) -> None:
+    _slow_paris(fe, "named fork")
+    fe.run("%%cm\nName a city.")
+    fe.run("%cm branch side")
+    reply, output = fe.execute("%%cm --branch side\nOn the side?")
+    assert reply["status"] == "ok", output
+    assert _printed(fe, "(await _).content") == "echo: On the side?"
+    assert _contents(fe, "side") == ["Name a city.", "Paris", "On the side?", "echo: On the side?"]
+    assert _contents(fe, "main") == ["Name a city.", "Paris"]

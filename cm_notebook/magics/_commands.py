@@ -211,7 +211,7 @@ class Commands:
             return None
         command = DeferredCommand(session, waits, run, what, moves_to=moves_to)
         if moves_to is not None:  # the cells after it go where it leaves the context
-            self._sender.queue_after(session, command)
+            self._sender.queue_after(session, command, moves_to)
         return command
 
     # -- tools -----------------------------------------------------------------------

@@ -68,7 +68,9 @@ class CellQueue:
     def add(self, session: ContextSession, branch: str, view: Queued) -> None:
         """``view`` is now the last cell on ``branch`` (the next one waits for it)."""
         self._last[(session.id, branch)] = view
-        self._all.setdefault(session.id, []).append(view)
+        cells = self._all.setdefault(session.id, [])
+        if not any(cell is view for cell in cells):  # once, though last on two branches
+            cells.append(view)
 
     def stop_all(self, session: ContextSession) -> int:
         """Stop every cell of ``session``'s context under way, the newest first (so none

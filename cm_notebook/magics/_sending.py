@@ -105,7 +105,11 @@ class CellSender:
         else:
             # A bad provider or parameter is refused now, even when the send is queued
             # (and before --system changes the context).
-            session.check_send(branch=args.branch, provider=args.chosen_provider, **params)
+            session.check_send(
+                branch=self._checked_on(session, args.branch),
+                provider=args.chosen_provider,
+                **params,
+            )
 
             def prepare(branch: str, reply: ReplyView | None) -> tuple[str, _Message]:
                 filled = now if now is not None else message()
@@ -151,9 +155,18 @@ class CellSender:
         """Stop this kernel's cells in the context still to come; how many there were."""
         return self._queue.stop_all(session)
 
-    def queue_after(self, session: ContextSession, command: Queued) -> None:
-        """Let the cells after ``command`` on the active branch wait for it."""
+    def queue_after(self, session: ContextSession, command: Queued, moves_to: str) -> None:
+        """Let the cells after ``command`` on the active branch, or on the branch
+        ``moves_to`` it makes or switches to, wait for it."""
         self._queue.add(session, session.active_branch, command)
+        self._queue.add(session, moves_to, command)
+
+    def _checked_on(self, session: ContextSession, branch: str | None) -> str | None:
+        # The branch to check a send's settings against now: ``branch``, or the active
+        # one when ``branch`` is to be made by a `%cm branch` above still waiting.
+        if branch is None or branch in session.branches:
+            return branch
+        return None if self._queue.before(session, branch) is not None else branch
 
     # -- the views -------------------------------------------------------------------
 
@@ -223,7 +236,11 @@ class CellSender:
         else:
             # Refused now what the fan-out would refuse for a provider or parameter.
             for variant in variants:
-                session.check_send(branch=base, provider=variant.get("provider"), **params)
+                session.check_send(
+                    branch=self._checked_on(session, base),
+                    provider=variant.get("provider"),
+                    **params,
+                )
             fill = message
 
             def start() -> FanOut:
