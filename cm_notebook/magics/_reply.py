@@ -211,8 +211,10 @@ class ReplyView:
         text = self.text
         if text:
             body = render_reply(text, self.form)
-        elif self.turn is None:  # queued: waiting, or not sent (the outcome says why)
-            body = "" if self._outcome else note("… waits for the replies above it, then asks")
+        elif self._outcome:  # ended with no text (not sent, stopped, failed): it says why
+            body = ""
+        elif self.turn is None:  # queued
+            body = note("… waits for the replies above it, then asks")
         else:
             body = note("…")
         outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""
