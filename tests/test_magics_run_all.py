@@ -371,3 +371,14 @@ def test_a_cell_naming_the_branch_a_waiting_fork_makes_goes_on_it(fe: FrontEnd) 
     assert _printed(fe, "(await _).content") == "echo: On the side?"
     assert _contents(fe, "side") == ["Name a city.", "Paris", "On the side?", "echo: On the side?"]
     assert _contents(fe, "main") == ["Name a city.", "Paris"]
+
+
+def test_a_reply_stopped_before_any_text_shows_why_not_an_ellipsis(fe: FrontEnd) -> None:
+    _slow_paris(fe, "stopped early")
+    fe.run("%%cm\nName a city.\n")
+    fe.run("stopped = _")
+    fe.run("%cm stop")
+    fe.run("await stopped")
+    html = _printed(fe, "stopped.html()")
+    assert "reply interrupted" in html
+    assert "…" not in html
