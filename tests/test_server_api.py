@@ -331,6 +331,12 @@ def test_send_while_streaming_is_a_conflict_and_stop_ends_the_reply(client: http
         client.post(f"contexts/{context_id}/messages", json={"text": "again"}), 409
     )
     assert body["reason"] == "BusyError"
+    # A new system prompt mid-turn would fork at the unfinished reply: refused too.
+    branch_url = f"contexts/{context_id}/branches/main"
+    edit = _assert_error(client.put(branch_url, json={"system": "Be brief."}), 409)
+    assert edit["reason"] == "BusyError"
+    assert "turn.cancel()" not in str(edit["message"])
+    assert f"contexts/{context_id}/stop" in str(edit["message"])
     detail = client.get(f"contexts/{context_id}").json()
     assert list(detail["running"]) == ["main"]
     stopped = client.post(f"contexts/{context_id}/stop", json={})
