@@ -310,7 +310,9 @@ def test_stop_all_aborts_a_run_all_the_reply_and_every_cell_after_it(fe: FrontEn
     fe.run("third = _")
     fe.run("shown = %cm history")
     fe.run("forked = %cm branch alt")
-    assert fe.run("%cm stop --all").strip() == "stopping 4 cells of this kernel"
+    reply, _output = fe.execute("%cm stop --all --branch nope")
+    assert reply["evalue"].startswith("there is no branch 'nope'")
+    assert fe.run("%cm stop --all").strip() == "stopping 4 cells of this kernel"  # all still
     assert _printed(fe, "(await forked, forked.text)[1]") == "not done: stopped (`%cm stop --all`)"
     # A command that only reads runs once the cells above it have stopped.
     assert _printed(fe, "(await shown, shown.text)[1]").splitlines() == [

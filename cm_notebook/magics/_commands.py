@@ -114,6 +114,10 @@ class Commands:
         ``--all``, every cell of this kernel in the context still to come too."""
         session = self.session()
         branch = args.branch or session.active_branch
+        if branch not in session.branches:  # before anything is stopped
+            raise UsageError(
+                f"there is no branch {branch!r}; the branches are {sorted(session.branches)}"
+            )
         cells = self._sender.stop_all(session) if args.all else 0
         # session.stop also reaches a reply another process (kernel, server) generates.
         stopping = session.stop(branch) is not None
