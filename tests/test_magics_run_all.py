@@ -264,6 +264,10 @@ def test_history_branch_and_branches_run_after_the_cells_before_them(fe: FrontEn
     # next question goes on the fork.
     _slow_paris(fe, "commands after cells")
     fe.run("%%cm\nName a city.")
+    for hostile in ("%cm branch ../..", "%cm switch ../..", "%cm history --branch ../.."):
+        reply, _output = fe.execute(hostile)  # refused now, though the command would wait
+        assert reply["ename"] == "UsageError"
+        assert "branch name '../..' is not valid" in reply["evalue"]
     fe.run("shown = %cm history")
     fe.run("forked = %cm branch alt")
     fe.run("%%cm\nAnd another?")

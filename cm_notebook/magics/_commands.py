@@ -18,6 +18,7 @@ from IPython.display import Markdown
 
 from .. import fsm
 from ..export import ExportDocument, export_context, to_json, to_markdown
+from ..ids import validate_branch_name, validate_message_id
 from ..model import MessageStatus, ToolCall
 from ..session import ContextSession
 from . import _args as a
@@ -133,6 +134,9 @@ class Commands:
     def branch(self, args: a.BranchArgs) -> DeferredCommand | None:
         """Fork a branch and switch to it (after this kernel's cells under way)."""
         session = self.session()
+        _well_formed(args.name)  # now: only whether it exists waits for the cells above
+        if args.from_message is not None:
+            validate_message_id(args.from_message)
 
         def fork() -> None:
             session.branch(args.name, args.from_message, system=args.system)
@@ -143,6 +147,7 @@ class Commands:
     def switch(self, args: a.SwitchArgs) -> DeferredCommand | None:
         """Make a branch the active one (after this kernel's cells under way)."""
         session = self.session()
+        _well_formed(args.name)
 
         def switch() -> None:
             if args.name not in session.branches:
@@ -170,6 +175,7 @@ class Commands:
     def history(self, args: a.HistoryArgs) -> DeferredCommand | None:
         """The messages of a branch (the last N with ``--last``)."""
         session = self.session()
+        _well_formed(args.branch)
         return self._after_cells(session, lambda: self._history(session, args), "shows them")
 
     def _history(self, session: ContextSession, args: a.HistoryArgs) -> None:
@@ -194,6 +200,7 @@ class Commands:
         """Branches side by side (default: all), kept current; then a saved copy. Run
         while this kernel's cells in the context are under way, once they have run."""
         session = self.session()
+        _well_formed(*args.branches)
         waits = [cell.finished for cell in self._sender.under_way(session)]
         if waits:
             return LaterCompareView(session, args.branches, waits)
@@ -266,6 +273,7 @@ class Commands:
         """The conversation as Markdown (shown; after this kernel's replies under way)
         or as lossless JSON text (returned, as it is now: ``await _`` first to wait)."""
         session = self.session()
+        _well_formed(args.branch)
 
         def document() -> ExportDocument:
             # The same document as `cm-notebook export`, read through the session's store.
@@ -293,6 +301,14 @@ class JSONText(str):
 
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
+
+
+def _well_formed(*names: str | None) -> None:
+    # A malformed branch name (``../..``) is refused when the cell runs, even by a
+    # command that waits for the cells above it; whether the branch exists waits.
+    for name in names:
+        if name is not None:
+            validate_branch_name(name)
 
 
 def _short(text: str, width: int = 60) -> str:
