@@ -143,14 +143,22 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             release(self._released)
             raise
         self.fan = fan
-        self.compare = CompareView(self.session, *fan.branches)
-        # In the waiting line's place; after it, the outcome and a saved copy's hider.
-        box: Any = self  # (ipywidgets' traits are untyped)
-        self.children = (self.compare, *box.children[1:])
         self._forked.set_result(fan)
         release(self._released)
+        self._show_arms(fan)
         self._forked_now(fan)
         return fan
+
+    def _show_arms(self, fan: FanOut) -> None:
+        # The live comparison in the waiting line's place; after it, the outcome and a
+        # saved copy's hider. The arms are under way whatever happens here.
+        try:
+            self.compare = CompareView(self.session, *fan.branches)
+        except Exception as exc:  # a view must never take the kernel down
+            self.outcome.value = note(f"the arms are not shown: {exc}")
+            return
+        box: Any = self  # (ipywidgets' traits are untyped)
+        self.children = (self.compare, *box.children[1:])
 
     async def _finish(self) -> None:
         try:
