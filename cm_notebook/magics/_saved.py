@@ -241,8 +241,9 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
         try:
             await wait_for(self._waits)
             self.compare = CompareView(self.session, *self.requested)
-        except CMError as exc:
-            failed = w.HTML(note(f"not compared: {for_magics(str(exc))}"))
+        except Exception as exc:  # a view must never take the kernel down
+            message = for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+            failed = w.HTML(note(f"not compared: {message}"))
             self.children = (failed, *box.children[1:])
             return
         self.children = (self.compare, *box.children[1:])
