@@ -201,7 +201,7 @@ class Commands:
         while this kernel's cells in the context are under way, once they have run."""
         session = self.session()
         _well_formed(*args.branches)
-        waits = [cell.finished for cell in self._sender.under_way(session)]
+        waits = self._sender.still_coming(session)
         if waits:
             return LaterCompareView(session, args.branches, waits)
         return SavedCompareView(session, *args.branches)
@@ -216,7 +216,7 @@ class Commands:
     ) -> DeferredCommand | None:
         # Now, or once this kernel's cells under way in the context have ended (Run All:
         # as if the cells had run one by one); see _deferred.
-        waits = [cell.finished for cell in self._sender.under_way(session)]
+        waits = self._sender.still_coming(session)
         if not waits:
             run()
             return None
@@ -285,7 +285,7 @@ class Commands:
         def markdown() -> Markdown:
             return Markdown(to_markdown(document(), branch=args.branch))  # type: ignore[no-untyped-call]
 
-        waits = [cell.finished for cell in self._sender.under_way(session)]
+        waits = self._sender.still_coming(session)
         if waits:
             return DeferredCommand(session, waits, markdown, "exports it")
         return markdown()

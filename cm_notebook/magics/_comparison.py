@@ -19,7 +19,7 @@ from ..errors import CMError
 from ..widgets import CompareView
 from ..widgets._live_output import flush_copies
 from ._queue import polled, release, wait_for
-from ._remedies import for_magics
+from ._remedies import for_magics, said
 from ._reply import after_wind_down, note
 from ._shown import given_by_view
 
@@ -168,7 +168,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             release(self._wound_down)
             return
         except Exception as exc:  # not sent: the cell is what to run again
-            message = for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+            message = said(exc)
             self.outcome.value = note(f"not sent: {message} (run the cell again to ask)")
             release(self._wound_down)
             return

@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 
 from ..errors import CMError
 
-__all__ = ["for_magics", "translated"]
+__all__ = ["for_magics", "said", "translated"]
 
 #: A remedy a session's error gives in Python, and the same in a notebook of magics
 #: (where a cell's reply is no ``turn`` variable): e.g. a %%cm cell run while a reply
@@ -55,6 +55,11 @@ def for_magics(message: str) -> str:
     for pattern, replacement in _PATTERNS:
         message = pattern.sub(replacement, message)
     return message
+
+
+def said(exc: BaseException) -> str:
+    """What a view says of an error: a session's in the magics' terms, else its repr."""
+    return for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
 from ._queue import polled, release, wait_for
-from ._remedies import for_magics
+from ._remedies import for_magics, said
 from ._shown import given_by_view
 
 if TYPE_CHECKING:
@@ -186,10 +186,6 @@ class ReplyView:
         """Done once the reply's turn has ended (``--var`` set), as :attr:`released`."""
         return self._wound_down
 
-    def under_way(self) -> bool:
-        """Whether the reply is still to come (queued, or its turn not wound down)."""
-        return not self._wound_down.done()
-
     def notice(self, text: str) -> None:
         """Show ``text`` above the reply (e.g. that a queued ``--system`` cell forked a
         branch: a ``print`` after the cell has ended would be lost)."""
@@ -288,7 +284,7 @@ class ReplyView:
             self._wind_down()
             return
         except Exception as exc:  # not sent: the cell, not the reply, is what to rerun
-            message = for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+            message = said(exc)
             self._outcome = f"not sent: {message} (run the cell again to ask)"
             self._ended = {"status": "not sent", "error": message}
             self._wind_down()

@@ -33,7 +33,7 @@ from ..widgets._copy_hider import SavedCopyHider, mark_copy
 from ..widgets._live_output import LiveOutput, register_copy
 from ._comparison import ComparisonView
 from ._queue import wait_for
-from ._remedies import for_magics
+from ._remedies import said
 from ._reply import note
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             await wait_for(self._waits)
             self.compare = CompareView(self.session, *self.requested)
         except Exception as exc:  # a view must never take the kernel down
-            message = for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+            message = said(exc)
             failed = w.HTML(note(f"not compared: {message}"))
             self.children = (failed, *box.children[1:])
             return

@@ -147,9 +147,10 @@ class CellSender:
         before = self._queue.before(session, branch or session.active_branch)
         return before if isinstance(before, ReplyView) else None
 
-    def under_way(self, session: ContextSession) -> list[Queued]:
-        """This kernel's cells in the context not finished yet."""
-        return self._queue.under_way(session)
+    def still_coming(self, session: ContextSession) -> list[concurrent.futures.Future[None]]:
+        """What a command run after this kernel's cells in the context waits for: each
+        cell not finished yet (its reply, every arm's) finishing."""
+        return [cell.finished for cell in self._queue.under_way(session)]
 
     def stop_all(self, session: ContextSession) -> int:
         """Stop this kernel's cells in the context still to come; how many there were."""
