@@ -19,7 +19,8 @@ Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models
 :mod:`._reply` and :mod:`._comparison` (the views a cell returns), :mod:`._queue`
 (cells that wait for the one before them), :mod:`._remedies` (errors in the magics'
 terms), :mod:`._shown` (what ``await _`` shows), :mod:`._magics` (the IPython glue),
-:mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``).
+:mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``),
+:mod:`._var_reads` (a Python cell reading a ``--var`` still being written waits for it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ._input import register
 from ._magics import CMMagics
 from ._reply import ReplyView
 from ._shown import register as show_awaited_briefly
+from ._var_reads import register as wait_for_variables
 
 __all__ = [
     "NO_CONTEXT",
@@ -45,6 +47,9 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%cm`` / ``%%cm`` (what ``%load_ext cm_notebook`` calls)."""
-    ipython.register_magics(CMMagics)
+    magics = CMMagics(ipython)
+    ipython.register_magics(magics)
     register(ipython)  # `%cm send ...?` is a message, not IPython's help syntax
     show_awaited_briefly(ipython)  # `await _` does not show the reply a second time
+    # Run All: a Python cell reading a --var still being written waits for its reply.
+    wait_for_variables(ipython, magics.commands.sender)

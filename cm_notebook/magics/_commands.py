@@ -44,7 +44,8 @@ class Commands:
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
         self.current: ContextSession | None = None
-        self._sender = CellSender(namespace)
+        #: Sends cells' messages, in the order the cells ran.
+        self.sender = CellSender(namespace)
 
     def session(self) -> ContextSession:
         """The current session, or a usage error that says how to get one."""
@@ -100,15 +101,15 @@ class Commands:
 
     def send(self, args: a.SendArgs) -> ReplyView:
         """Send one line as a message; the reply streams into the returned view."""
-        return self._sender.send(self.session(), args)
+        return self.sender.send(self.session(), args)
 
     def cell(self, args: a.CellArgs, body: str) -> ReplyView | ComparisonView:
         """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
-        return self._sender.cell(self.session(), args, body)
+        return self.sender.cell(self.session(), args, body)
 
     def retry(self, args: a.TurnArgs) -> ReplyView:
         """Try the failed reply again; it streams into the returned view."""
-        return self._sender.retry(self.session(), args)
+        return self.sender.retry(self.session(), args)
 
     def stop(self, args: a.StopArgs) -> None:
         """Stop the reply being written on a branch (its text so far is kept); with
@@ -119,7 +120,7 @@ class Commands:
             raise UsageError(
                 f"there is no branch {branch!r}; the branches are {sorted(session.branches)}"
             )
-        cells = self._sender.stop_all(session) if args.all else 0
+        cells = self.sender.stop_all(session) if args.all else 0
         # session.stop also reaches a reply another process (kernel, server) generates.
         stopping = session.stop(branch) is not None
         if cells:
@@ -201,7 +202,7 @@ class Commands:
         while this kernel's cells in the context are under way, once they have run."""
         session = self.session()
         _well_formed(*args.branches)
-        waits = self._sender.still_coming(session)
+        waits = self.sender.still_coming(session)
         if waits:
             return LaterCompareView(session, args.branches, waits)
         return SavedCompareView(session, *args.branches)
@@ -216,13 +217,13 @@ class Commands:
     ) -> DeferredCommand | None:
         # Now, or once this kernel's cells under way in the context have ended (Run All:
         # as if the cells had run one by one); see _deferred.
-        waits = self._sender.still_coming(session)
+        waits = self.sender.still_coming(session)
         if not waits:
             run()
             return None
         command = DeferredCommand(session, waits, run, what, moves_to=moves_to)
         if moves_to is not None:  # the cells after it go where it leaves the context
-            self._sender.queue_after(session, command, moves_to)
+            self.sender.queue_after(session, command, moves_to)
         return command
 
     # -- tools -----------------------------------------------------------------------
@@ -261,7 +262,7 @@ class Commands:
         waiting = [
             call for call in session.pending_tool_calls if call_id is None or call.id == call_id
         ]
-        reply = self._sender.reply_under_way(session, branch)
+        reply = self.sender.reply_under_way(session, branch)
         if not waiting and reply is not None:
             return PendingDecision(reply, decide, verb)
         print(decided_text(decide(), verb))
@@ -285,7 +286,7 @@ class Commands:
         def markdown() -> Markdown:
             return Markdown(to_markdown(document(), branch=args.branch))  # type: ignore[no-untyped-call]
 
-        waits = self._sender.still_coming(session)
+        waits = self.sender.still_coming(session)
         if waits:
             return DeferredCommand(session, waits, markdown, "exports it")
         return markdown()
@@ -324,7 +325,7 @@ HELP = "\n".join(
         a.CellArgs.USAGE,
         "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",
         "  --var NAME stores the reply's text in NAME when it completes (a later cell's",
-        "  {NAME} waits for it);",
+        "  {NAME}, or Python naming NAME, waits for it);",
         "  a cell's view is awaitable: `reply = await _` waits for the reply.",
     ]
 )

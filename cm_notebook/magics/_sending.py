@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections import ChainMap
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,18 +267,26 @@ class CellSender:
 
     # -- variables -------------------------------------------------------------------
 
+    def names_being_set(self) -> frozenset[str]:
+        """The ``--var`` names whose cells are still under way (their value to come)."""
+        return frozenset(n for n, cell in self._setting.items() if not cell.finished.done())
+
+    def setters(self, names: Iterable[str]) -> list[Queued]:
+        """The cells still under way that set the ``--var`` of any of ``names``, each
+        once, in the order of ``names``."""
+        found: list[Queued] = []
+        for name in names:
+            setter = self._setting.get(name)
+            if setter is not None and not setter.finished.done() and setter not in found:
+                found.append(setter)
+        return found
+
     def _setters_of(self, body: str) -> tuple[list[Queued], set[str]]:
         # The cells still under way whose --var the body's {name} fields read, and
         # those names (filled in once those cells' replies have ended).
-        found: list[Queued] = []
-        names: set[str] = set()
-        for name in field_names(body):
-            setter = self._setting.get(name)
-            if setter is not None and not setter.finished.done():
-                names.add(name)
-                if setter not in found:
-                    found.append(setter)
-        return found, names
+        being_set = self.names_being_set()
+        names = [name for name in field_names(body) if name in being_set]
+        return self.setters(names), set(names)
 
     def _store(self, name: str | None) -> Callable[[Any], None] | None:
         # ``--var``: a reply's text, or an --ab / --fanout cell's Comparison.

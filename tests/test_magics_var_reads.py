@@ -1,0 +1,153 @@
+"""Run All over a ``%%cm --var`` cell and the Python cells after it, in a real kernel:
+a cell that names the variable while its reply is still being written waits for the
+reply, as if the cells had run one by one; any other cell runs at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+from widget_frontend import FrontEnd, front_end
+
+from cm_notebook.magics._var_reads import WAIT_FUNCTION, _waiting_before
+
+
+@pytest.fixture(scope="module")
+def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    with front_end(tmp_path_factory.mktemp("var-reads-data")) as frontend:
+        frontend.run("%load_ext cm_notebook")
+        yield frontend
+
+
+def _context(fe: FrontEnd, title: str, first: str) -> None:
+    # A current context whose first reply is ``first`` (a dict of the scripted
+    # provider's), the replies after it echo their question.
+    fe.run(
+        f"""
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+        provider = ScriptedProvider().load([{first}])
+        slow = ContextSession.create({title!r}, provider=provider)
+        %cm use slow
+        """
+    )
+
+
+def _slow_paris(fe: FrontEnd, title: str) -> None:
+    _context(fe, title, '{"reply": "Paris", "chunks": "words", "delay": 0.3}')
+
+
+def test_a_cell_reading_a_var_still_to_come_waits_for_its_reply(fe: FrontEnd) -> None:
+    # The first run of a notebook: without the wait, a NameError.
+    _slow_paris(fe, "first run")
+    fe.run("%%cm --var capital\nName a city.")
+    assert fe.run("print(capital)") == "Paris\n"
+
+
+def test_a_cell_does_not_read_the_value_a_previous_run_left(fe: FrontEnd) -> None:
+    # Run All a second time: the variable holds the last run's answer. An f-string
+    # names it too.
+    _slow_paris(fe, "second run")
+    fe.run('city = "Rome"')
+    fe.run("%%cm --var city\nName a city.")
+    assert fe.run('said = f"{city}!"\nprint(said)') == "Paris!\n"
+
+
+def test_a_cell_waits_for_every_reply_whose_var_it_reads(fe: FrontEnd) -> None:
+    # The second question reads the first answer ({first} waits for it), and a Python
+    # cell after both reads both answers.
+    _slow_paris(fe, "two vars")
+    fe.run("%%cm --var first\nName a city.")
+    fe.run("%%cm --var second\nWhy {first}?")
+    assert fe.run("print(first, '/', second)") == "Paris / echo: Why Paris?\n"
+
+
+def test_line_numbers_of_a_traceback_stay_the_cell_s(fe: FrontEnd) -> None:
+    _slow_paris(fe, "tracebacks")
+    fe.run("%%cm --var town\nName a city.")
+    reply, output = fe.execute("town\n1 / 0")
+    assert reply["ename"] == "ZeroDivisionError"
+    assert "line 2" in output
+    assert "line 3" not in output
+
+
+def test_a_cell_starting_with_a_compound_statement_waits_too(fe: FrontEnd) -> None:
+    _slow_paris(fe, "compound")
+    fe.run("%%cm --var word\nName a city.")
+    code = "for letter in word[:2]:\n    print(letter)"
+    assert fe.run(code) == "P\na\n"
+
+
+def test_a_cell_that_does_not_name_the_var_runs_at_once(fe: FrontEnd) -> None:
+    # The reply hangs until stopped: a cell that waited for it would time out. The
+    # name inside a string is text, not a read.
+    _context(fe, "unrelated", '{"hang": True, "after_chunks": 1, "text": "so far"}')
+    fe.run("%%cm --var hung\nName a city.")
+    assert fe.run('print("hung", 1 + 1)', timeout=20) == "hung 2\n"
+    fe.run("%cm stop")
+
+
+def test_interrupting_the_wait_says_the_reply_goes_on(fe: FrontEnd) -> None:
+    _context(fe, "interrupted", '{"hang": True, "after_chunks": 1, "text": "so far"}')
+    fe.run("%%cm --var stuck\nName a city.")
+    msg_id = fe.client.execute("print(stuck)", stop_on_error=False)
+    time.sleep(1)  # the cell is waiting (nothing it could print says so)
+    fe.manager.interrupt_kernel()
+    reply = fe.reply(msg_id)
+    assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
+    said = fe.output(msg_id)
+    assert "stopped waiting for `stuck`; the reply that sets it goes on" in said
+    assert "this cell did not run" in said
+    # The reply was not stopped by it. Stopped now, it leaves its text so far, and
+    # reading the variable waits no more.
+    assert fe.run("print(slow.history()[-1].status.value)") == "streaming\n"
+    fe.run("%cm stop")
+    assert fe.run("print(stuck)") == "so far\n"
+
+
+def test_with_autoawait_off_a_cell_runs_as_it_is(fe: FrontEnd) -> None:
+    # No top-level await can run then: the cell reads what is there, as before.
+    _slow_paris(fe, "autoawait off")
+    fe.run("%autoawait off")
+    try:
+        fe.run("%%cm --var later\nName a city.")
+        reply, output = fe.execute("later")
+        assert reply["ename"] == "NameError", output
+    finally:
+        fe.run("%autoawait on")
+    assert fe.run("print((await _).content)") == "Paris\n"
+
+
+# -- where the wait goes, on code a cell may hold (no kernel needed) ------------------
+
+CALL = f"await {WAIT_FUNCTION}(['x'])"
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("x\n", f"{CALL}; x\n"),
+        ("# a comment\n\ny = x\n", f"# a comment\n\n{CALL}; y = x\n"),
+        ("f(\n  x)\nprint(1)\n", f"{CALL}; f(\n  x)\nprint(1)\n"),
+        ("s = 'a\\x0cb'\r\nx\r\n", f"{CALL}; s = 'a\\x0cb'\r\nx\r\n"),
+        ("for c in x:\n    print(c)\n", f"{CALL}\nfor c in x:\n    print(c)\n"),
+        ("@wrap\ndef f():\n    return x\n", f"{CALL}\n@wrap\ndef f():\n    return x\n"),
+        ("reply = await x\n", f"{CALL}; reply = await x\n"),
+    ],
+)
+def test_the_wait_goes_before_the_first_statement_keeping_line_numbers(
+    cell: str, expected: str
+) -> None:
+    tree = ast.parse(cell)
+    changed = _waiting_before(cell, tree.body[0], CALL)
+    assert changed == expected
+    # Every statement of the cell is still there, on its line when the wait shares one.
+    after = ast.parse(changed)
+    assert [ast.dump(s) for s in after.body[1:]] == [ast.dump(s) for s in tree.body]
