@@ -125,6 +125,42 @@ def test_with_autoawait_off_a_cell_runs_as_it_is(fe: FrontEnd) -> None:
     assert fe.run("print((await _).content)") == "Paris\n"
 
 
+def test_a_cell_waiting_for_a_reply_that_asks_for_a_tool_lets_the_click_through(
+    fe: FrontEnd,
+) -> None:
+    # The reply waits for Approve; the cell naming its --var waits for the reply. The
+    # click (a comm message to the kernel) still lands while the cell waits.
+    fe.run(
+        """
+        from cm_notebook import ContextSession, tool
+        from cm_notebook.testing import ScriptedProvider
+
+        @tool
+        def add(a: int, b: int) -> int:
+            '''Add two numbers.'''
+            return a + b
+
+        asks = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("The sum is 3.")
+        s = ContextSession.create("asks", provider=asks, tools=[add])
+        %cm use s
+        """
+    )
+    fe.run("%%cm --var total\nWhat is 1 + 2?")
+    fe.run("view = _\ncalls = await s.wait_for_approval()")
+    button = fe.wait_for(
+        lambda: fe.run(
+            "rows = list(view.approvals.rows.values())\n"
+            "print(rows[0].approve_button.model_id if rows else '')"
+        ).strip(),
+        what="the Approve button",
+    )
+    msg_id = fe.client.execute("print(total)")
+    time.sleep(0.5)  # the cell is waiting
+    fe.click(button)
+    assert fe.reply(msg_id)["status"] == "ok"
+    assert fe.output(msg_id) == "The sum is 3.\n"
+
+
 # -- where the wait goes, on code a cell may hold (no kernel needed) ------------------
 
 CALL = f"await {WAIT_FUNCTION}(['x'])"
