@@ -103,7 +103,7 @@ def test_interrupting_the_wait_says_the_reply_goes_on(fe: FrontEnd) -> None:
     reply = fe.reply(msg_id)
     assert reply["ename"] in ("CancelledError", "KeyboardInterrupt")
     said = fe.output(msg_id)
-    assert "stopped waiting for `stuck`; the reply that sets it goes on" in said
+    assert "stopped waiting for the reply that sets `stuck`; it goes on" in said
     assert "this cell did not run" in said
     # The reply was not stopped by it. Stopped now, it leaves its text so far, and
     # reading the variable waits no more.
@@ -159,6 +159,20 @@ def test_a_cell_waiting_for_a_reply_that_asks_for_a_tool_lets_the_click_through(
     fe.click(button)
     assert fe.reply(msg_id)["status"] == "ok"
     assert fe.output(msg_id) == "The sum is 3.\n"
+
+
+def test_exporting_json_waits_for_the_replies_above(fe: FrontEnd) -> None:
+    # As `%cm export` (Markdown) does in its view: the document has the reply.
+    _slow_paris(fe, "export json")
+    fe.run("%%cm\nName a city.")
+    fe.run("doc = %cm export --format json")
+    contents = "import json\nprint([m['content'] for m in json.loads(doc)['messages']])"
+    assert fe.run(contents) == "['Name a city.', 'Paris']\n"
+    # A cell that only exports (shown as its value) waits too; nothing under way then:
+    # no wait.
+    fe.run("%%cm\nAnd another?")
+    fe.run("%cm export -f json")
+    assert fe.run("print('echo: And another?' in _)") == "True\n"
 
 
 # -- where the wait goes, on code a cell may hold (no kernel needed) ------------------

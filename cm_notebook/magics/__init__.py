@@ -51,5 +51,6 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(magics)
     register(ipython)  # `%cm send ...?` is a message, not IPython's help syntax
     show_awaited_briefly(ipython)  # `await _` does not show the reply a second time
-    # Run All: a Python cell reading a --var still being written waits for its reply.
-    wait_for_variables(ipython, magics.commands.sender)
+    # Run All: a Python cell reading a --var still being written (or exporting JSON)
+    # waits for the reply.
+    wait_for_variables(ipython, magics.commands)

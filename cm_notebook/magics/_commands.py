@@ -272,7 +272,8 @@ class Commands:
 
     def export(self, args: a.ExportArgs) -> Markdown | JSONText | DeferredCommand:
         """The conversation as Markdown (shown; after this kernel's replies under way)
-        or as lossless JSON text (returned, as it is now: ``await _`` first to wait)."""
+        or as lossless JSON text (returned; the cell waits for those replies first, see
+        :mod:`._var_reads`)."""
         session = self.session()
         _well_formed(args.branch)
 

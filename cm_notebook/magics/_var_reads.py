@@ -1,4 +1,4 @@
-"""Python cells that read a ``--var`` still being written wait for its reply.
+"""Python cells that read what a reply still being written will give wait for it.
 
 Run All runs a ``%%cm --var answer`` cell and, at once, the Python cell after it: the
 reply is still streaming, so ``answer`` would not exist yet (a ``NameError``) or, worse,
@@ -8,7 +8,9 @@ transformers: a cell whose code names a variable that a ``%%cm`` cell of this ke
 still writing gets ``await _cm_wait_for_replies([...])`` in front of its first
 statement, and IPython runs it as it runs any cell with a top-level ``await``: the
 kernel's event loop goes on (the reply keeps streaming into its view) and the cell runs
-once the reply has ended. The Interrupt button stops the wait, not the reply.
+once the reply has ended. The Interrupt button stops the wait, not the reply. A cell
+with ``%cm export --format json`` (a value for code, so it cannot wait in a view as the
+Markdown form does) waits the same way for this kernel's replies in the current context.
 
 The call goes on the first statement's own line (``await ...; x = answer``), so a
 traceback's line numbers are the cell's; a cell that starts with a compound statement
@@ -22,12 +24,17 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.async_helpers import _asyncio_runner
+from IPython.core.error import UsageError
 
+from . import _args as a
+from ._parse import parse_args, split_words
 from ._queue import polled
-from ._sending import CellSender
+
+if TYPE_CHECKING:
+    from ._commands import Commands
 
 __all__ = ["WAIT_FUNCTION", "WaitForVariables", "register"]
 
@@ -60,16 +67,18 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class WaitForVariables:
-    """IPython input transformer: a cell that names a ``--var`` still being written
-    waits for its reply first (see the module docstring)."""
+    """IPython input transformer: a cell that names a ``--var`` still being written,
+    or exports JSON while replies are coming, waits for them first (see the module
+    docstring)."""
 
-    def __init__(self, shell: Any, sender: CellSender) -> None:
+    def __init__(self, shell: Any, commands: Commands) -> None:
         self.shell = shell
-        self.sender = sender
+        self.commands = commands
 
     def __call__(self, lines: list[str]) -> list[str]:
-        being_set = self.sender.names_being_set()
-        if not being_set or not _runs_awaits(self.shell):
+        being_set = self.commands.sender.names_being_set()
+        coming = self._still_coming()
+        if not (being_set or coming) or not _runs_awaits(self.shell):
             return lines
         source = "".join(lines)
         try:
@@ -79,26 +88,39 @@ class WaitForVariables:
         read = sorted(
             {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in being_set}
         )
-        if not read or not tree.body:
+        exports = coming and any(_exports_json(node) for node in ast.walk(tree))
+        if not (read or exports) or not tree.body:
             return lines
         self.shell.user_ns[WAIT_FUNCTION] = self.wait  # again: `%reset` may have cleared it
         self.shell.user_ns_hidden[WAIT_FUNCTION] = self.wait
-        waiting = _waiting_before(source, tree.body[0], f"await {WAIT_FUNCTION}({read!r})")
+        arguments = f"{read!r}, replies=True" if exports else repr(read)
+        call = f"await {WAIT_FUNCTION}({arguments})"
+        waiting = _waiting_before(source, tree.body[0], call)
         return waiting.splitlines(keepends=True) if waiting is not None else lines
 
-    async def wait(self, names: Sequence[str]) -> None:
-        """Return once the replies that set ``names`` have ended (their values set)."""
+    async def wait(self, names: Sequence[str], replies: bool = False) -> None:
+        """Return once the replies that set ``names`` have ended (their values set) and,
+        with ``replies``, every reply of this kernel in the current context."""
+        waits = [setter.finished for setter in self.commands.sender.setters(names)]
+        current = self.commands.current
+        if replies and current is not None:
+            waits += self.commands.sender.still_coming(current)
         try:
-            for setter in self.sender.setters(names):
-                await polled(setter.finished)
+            for future in waits:
+                await polled(future)
         except BaseException:
-            # Interrupted: the wait stops, the reply does not.
+            # Interrupted: the wait stops, the replies do not.
             shown = ", ".join(f"`{name}`" for name in names)
+            what = f"the reply that sets {shown}" if names else "the replies above"
             print(
-                f"… stopped waiting for {shown}; the reply that sets it goes on "
-                "(`%cm stop --all` stops it) and this cell did not run"
+                f"… stopped waiting for {what}; it goes on (`%cm stop --all` stops "
+                "this kernel's replies) and this cell did not run"
             )
             raise
+
+    def _still_coming(self) -> bool:
+        current = self.commands.current
+        return current is not None and bool(self.commands.sender.still_coming(current))
 
 
 def _runs_awaits(shell: Any) -> bool:
@@ -150,11 +172,33 @@ def _is_call(statement: ast.stmt) -> bool:
     )
 
 
-def register(shell: Any, sender: CellSender) -> None:
-    """Add a :class:`WaitForVariables` for ``sender`` to ``shell``, in place of one an
+def _exports_json(node: ast.AST) -> bool:
+    # ``get_ipython().run_line_magic('cm', 'export ... --format json')``: what IPython
+    # makes of ``%cm export --format json`` in a cell.
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "run_line_magic"
+        and len(node.args) == 2
+    ):
+        return False
+    magic, line = (arg.value if isinstance(arg, ast.Constant) else None for arg in node.args)
+    if magic != "cm" or not isinstance(line, str):
+        return False
+    try:
+        words = split_words(line, a.ExportArgs.USAGE)
+        if words[:1] != ["export"]:
+            return False
+        return parse_args(a.ExportArgs, words[1:]).format == "json"
+    except UsageError:
+        return False  # the magic says what is wrong when it runs
+
+
+def register(shell: Any, commands: Commands) -> None:
+    """Add a :class:`WaitForVariables` for ``commands`` to ``shell``, in place of one an
     earlier load of the extension added."""
     post = getattr(shell, "input_transformers_post", None)
     if post is None:
         return
     post[:] = [t for t in post if type(t).__name__ != WaitForVariables.__name__]
-    post.append(WaitForVariables(shell, sender))
+    post.append(WaitForVariables(shell, commands))
