@@ -85,6 +85,13 @@ def test_a_cell_starting_with_a_compound_statement_waits_too(fe: FrontEnd) -> No
     assert fe.run(code) == "P\na\n"
 
 
+def test_a_capture_cell_whose_python_names_the_var_waits_too(fe: FrontEnd) -> None:
+    _slow_paris(fe, "capture")
+    fe.run("%%cm --var captured_city\nName a city.")
+    fe.run("%%capture printed\nprint(captured_city)")
+    assert fe.run("print(printed.stdout, end='')") == "Paris\n"
+
+
 def test_a_cell_that_does_not_name_the_var_runs_at_once(fe: FrontEnd) -> None:
     # The reply hangs until stopped: a cell that waited for it would time out. The
     # name inside a string is text, not a read.

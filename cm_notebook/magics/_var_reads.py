@@ -15,7 +15,8 @@ Markdown form does) waits the same way for this kernel's replies in the current 
 The call goes on the first statement's own line (``await ...; x = answer``), so a
 traceback's line numbers are the cell's; a cell that starts with a compound statement
 (``def``, ``for``, ``with`` ...) gets it on a line of its own above. Only names in the
-code count (``answer``, ``f"{answer}"``, ``answer = ...``), not text in strings; a cell
+code count (``answer``, ``f"{answer}"``, ``answer = ...``, and in the body of a
+``%%time``, ``%%timeit``, ``%%capture`` or ``%%prun`` cell), not text in strings; a cell
 that names no such variable, or any cell with ``%autoawait off``, runs as it is.
 """
 
@@ -61,6 +62,9 @@ _COMPOUND = tuple(
     if kind is not None
 )
 
+# Cell magics that run their body as Python in the kernel's namespace.
+_PYTHON_BODIES = frozenset({"time", "timeit", "capture", "prun"})
+
 # Where a line ends, as Python counts lines (not str.splitlines, which also splits at
 # form feeds and other separators a cell may hold in a string).
 _LINE_END = re.compile(r"\r\n|\r|\n")
@@ -85,9 +89,7 @@ class WaitForVariables:
             tree = ast.parse(source)
         except SyntaxError:
             return lines  # IPython reports it as it would have
-        read = sorted(
-            {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in being_set}
-        )
+        read = sorted(self._names_in(tree) & being_set)
         exports = coming and any(_exports_json(node) for node in ast.walk(tree))
         if not (read or exports) or not tree.body:
             return lines
@@ -117,6 +119,23 @@ class WaitForVariables:
                 "this kernel's replies) and this cell did not run"
             )
             raise
+
+    def _names_in(self, tree: ast.AST) -> set[str]:
+        # The names the code reads or sets, in the body of a cell magic that runs it as
+        # Python (``%%time``, ``%%capture``...) too.
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            body = _python_body(node)
+            if body is not None:
+                try:
+                    # IPython's own transforms only: not this one again.
+                    inner = self.shell.input_transformer_manager.transform_cell(body)
+                    names |= self._names_in(ast.parse(inner))
+                except SyntaxError:
+                    continue
+        return names
 
     def _still_coming(self) -> bool:
         current = self.commands.current
@@ -170,6 +189,20 @@ def _is_call(statement: ast.stmt) -> bool:
         and isinstance(statement.value.value.func, ast.Name)
         and statement.value.value.func.id == WAIT_FUNCTION
     )
+
+
+def _python_body(node: ast.AST) -> str | None:
+    # The body of ``get_ipython().run_cell_magic('time', '', BODY)`` (what IPython makes
+    # of a ``%%time`` cell) when the magic runs it as Python in the kernel's namespace.
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "run_cell_magic"
+        and len(node.args) == 3
+    ):
+        return None
+    magic, _line, body = (arg.value if isinstance(arg, ast.Constant) else None for arg in node.args)
+    return body if magic in _PYTHON_BODIES and isinstance(body, str) else None
 
 
 def _exports_json(node: ast.AST) -> bool:
