@@ -23,6 +23,7 @@ that names no such variable, or any cell with ``%autoawait off``, runs as it is.
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ __all__ = ["WAIT_FUNCTION", "WaitForVariables", "register"]
 #: The name the waiting call goes by in the kernel's namespace (hidden from ``%who``).
 WAIT_FUNCTION = "_cm_wait_for_replies"
 
-# Statements after which nothing can follow on the same line.
+# Statements that cannot share a line with a statement before them (``a; for ...``).
 _COMPOUND = tuple(
     kind
     for kind in (
@@ -110,7 +111,7 @@ class WaitForVariables:
         try:
             for future in waits:
                 await polled(future)
-        except BaseException:
+        except (asyncio.CancelledError, KeyboardInterrupt):
             # Interrupted: the wait stops, the replies do not.
             shown = ", ".join(f"`{name}`" for name in names)
             what = f"the reply that sets {shown}" if names else "the replies above"
