@@ -162,10 +162,12 @@ def test_a_cell_waiting_for_a_reply_that_asks_for_a_tool_lets_the_click_through(
         what="the Approve button",
     )
     msg_id = fe.client.execute("print(total)")
-    time.sleep(0.5)  # the cell is waiting
+    # The waiting cell says why it waits.
+    asks = "the reply that sets `total` asks to run a tool: Approve or Deny it in that cell's view"
+    fe.wait_for(lambda: asks in fe.output(msg_id), what="why the cell waits")
     fe.click(button)
     assert fe.reply(msg_id)["status"] == "ok"
-    assert fe.output(msg_id) == "The sum is 3.\n"
+    assert fe.output(msg_id).endswith("runs once the reply has ended\nThe sum is 3.\n")
 
 
 def test_exporting_json_waits_for_the_replies_above(fe: FrontEnd) -> None:

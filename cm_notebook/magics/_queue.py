@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -93,17 +93,22 @@ async def wait_for(waits: Sequence[concurrent.futures.Future[None]]) -> None:
         await polled(future)
 
 
-async def polled(future: concurrent.futures.Future[T]) -> T:
+async def polled(
+    future: concurrent.futures.Future[T], every_poll: Callable[[], None] | None = None
+) -> T:
     """``future``'s result, awaited so that cancelling the waiter leaves ``future`` be.
 
     A bare ``await asyncio.wrap_future(future)`` cancelled (the kernel's Interrupt
     button on a cell awaiting a view) cancels ``future`` itself: a queued view could
     then never be sent, nor a cell after it. And a bare await ignores the Interrupt
-    button until another message arrives, so this wakes every :data:`POLL_SECONDS`.
+    button until another message arrives, so this wakes every :data:`POLL_SECONDS`
+    (and calls ``every_poll`` then, while ``future`` is not done).
     """
     wrapped = asyncio.wrap_future(future)
     while not wrapped.done():
         await asyncio.wait({wrapped}, timeout=POLL_SECONDS)
+        if every_poll is not None and not wrapped.done():
+            every_poll()
     return wrapped.result()
 
 

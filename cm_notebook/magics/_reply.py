@@ -193,6 +193,12 @@ class ReplyView:
         self._throttle.poke()
 
     @property
+    def asks_for_tools(self) -> bool:
+        """Whether a tool call of this reply waits for Approve or Deny in its view."""
+        rows = self.approvals.rows.values() if self.approvals is not None else ()
+        return any(not row.decided for row in rows)
+
+    @property
     def text(self) -> str:
         """The reply's text so far."""
         return self.turn.text if self.turn is not None else ""

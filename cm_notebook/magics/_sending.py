@@ -271,13 +271,17 @@ class CellSender:
         """The ``--var`` names whose cells are still under way (their value to come)."""
         return frozenset(n for n, cell in self._setting.items() if not cell.finished.done())
 
+    def setter_of(self, name: str) -> Queued | None:
+        """The cell still under way that sets the ``--var`` ``name``, if any."""
+        setter = self._setting.get(name)
+        return setter if setter is not None and not setter.finished.done() else None
+
     def setters(self, names: Iterable[str]) -> list[Queued]:
         """The cells still under way that set the ``--var`` of any of ``names``, each
         once, in the order of ``names``."""
         found: list[Queued] = []
-        for name in names:
-            setter = self._setting.get(name)
-            if setter is not None and not setter.finished.done() and setter not in found:
+        for setter in map(self.setter_of, names):
+            if setter is not None and setter not in found:
                 found.append(setter)
         return found
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.async_helpers import _asyncio_runner
@@ -33,7 +33,8 @@ from IPython.core.error import UsageError
 
 from . import _args as a
 from ._parse import parse_args, split_words
-from ._queue import polled
+from ._queue import Queued, polled
+from ._reply import ReplyView
 
 if TYPE_CHECKING:
     from ._commands import Commands
@@ -104,17 +105,22 @@ class WaitForVariables:
     async def wait(self, names: Sequence[str], replies: bool = False) -> None:
         """Return once the replies that set ``names`` have ended (their values set) and,
         with ``replies``, every reply of this kernel in the current context."""
-        waits = [setter.finished for setter in self.commands.sender.setters(names)]
+        sender = self.commands.sender
+        setting: dict[Queued, list[str]] = {}
+        for name in names:
+            setter = sender.setter_of(name)
+            if setter is not None:
+                setting.setdefault(setter, []).append(name)
         current = self.commands.current
-        if replies and current is not None:
-            waits += self.commands.sender.still_coming(current)
+        coming = sender.still_coming(current) if replies and current is not None else []
         try:
-            for future in waits:
+            for setter, sets in setting.items():
+                await polled(setter.finished, _telling_when_it_asks(setter, sets))
+            for future in coming:
                 await polled(future)
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Interrupted: the wait stops, the replies do not.
-            shown = ", ".join(f"`{name}`" for name in names)
-            what = f"the reply that sets {shown}" if names else "the replies above"
+            what = f"the reply that sets {_listed(names)}" if names else "the replies above"
             print(
                 f"… stopped waiting for {what}; it goes on (`%cm stop --all` stops "
                 "this kernel's replies) and this cell did not run"
@@ -141,6 +147,27 @@ class WaitForVariables:
     def _still_coming(self) -> bool:
         current = self.commands.current
         return current is not None and bool(self.commands.sender.still_coming(current))
+
+
+def _telling_when_it_asks(setter: Queued, names: Sequence[str]) -> Callable[[], None]:
+    # Says once why the cell still waits when the reply waits for a tool decision: the
+    # user must click Approve or Deny in that reply's view.
+    told = False
+
+    def tell() -> None:
+        nonlocal told
+        if not told and isinstance(setter, ReplyView) and setter.asks_for_tools:
+            told = True
+            print(
+                f"… the reply that sets {_listed(names)} asks to run a tool: Approve or "
+                "Deny it in that cell's view; this cell runs once the reply has ended"
+            )
+
+    return tell
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
 
 
 def _runs_awaits(shell: Any) -> bool:
