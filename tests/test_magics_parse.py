@@ -80,6 +80,8 @@ def test_fanout_splits_specs_on_commas() -> None:
         ('--ab "A" "B" -f text', "drop -f"),
         ("--fanout local,scripted --format code", "drop -f"),
         ("--var class", "not a Python variable name"),
+        ("--var \ufb01le", "Python reads '\ufb01le' as 'file': use --var file"),
+        ("--var cafe\u0301", "use --var caf\u00e9"),
         ("--var print", "'print' is a name the kernel uses itself"),
         ("--var get_ipython", "'get_ipython' is a name the kernel uses itself"),
         ("--var Out", "'Out' is a name the kernel uses itself"),

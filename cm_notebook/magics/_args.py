@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import keyword
+import unicodedata
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -226,6 +227,11 @@ class CellArgs(MagicArgs):
             return None
         if not value.isidentifier() or keyword.iskeyword(value):
             raise ValueError(f"{value!r} is not a Python variable name")
+        spelled = unicodedata.normalize("NFKC", value)
+        if spelled != value:
+            # Python reads the name in code as its NFKC form: stored as given, no code
+            # could reach it.
+            raise ValueError(f"Python reads {value!r} as {spelled!r}: use --var {spelled}")
         if value in _KERNEL_NAMES or hasattr(builtins, value):
             # The reply would replace it in the kernel: print, get_ipython, In, Out...
             raise ValueError(f"{value!r} is a name the kernel uses itself; pick another")
