@@ -47,7 +47,11 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%cm`` / ``%%cm`` (what ``%load_ext cm_notebook`` calls)."""
-    magics = CMMagics(ipython)
+    # Loaded again (`%reload_ext cm_notebook`): the current context, the cells under
+    # way and the --var values still coming carry over, as they would have with no reload.
+    earlier = ipython.magics_manager.registry.get(CMMagics.__name__)
+    commands = getattr(earlier, "commands", None)
+    magics = CMMagics(ipython, commands if isinstance(commands, Commands) else None)
     ipython.register_magics(magics)
     register(ipython)  # `%cm send ...?` is a message, not IPython's help syntax
     show_awaited_briefly(ipython)  # `await _` does not show the reply a second time

@@ -25,9 +25,10 @@ __all__ = ["CMMagics"]
 class CMMagics(Magics):
     """``%cm SUBCOMMAND ...`` (see ``%cm help``) and ``%%cm [options]`` with a message."""
 
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: Any, commands: Commands | None = None) -> None:
         super().__init__(shell)
-        self.commands = Commands(shell.user_ns)
+        #: The current context, the cells under way and their ``--var`` names.
+        self.commands = commands if commands is not None else Commands(shell.user_ns)
 
     # A line is taken as typed: IPython's own expansion would rewrite a message's
     # "{x}" or "$price" with no record of it (a cell's {name} is filled in, and
