@@ -385,3 +385,64 @@ def test_a_reply_stopped_before_any_text_shows_why_not_an_ellipsis(fe: FrontEnd)
     html = _printed(fe, "stopped.html()")
     assert "reply interrupted" in html
     assert "…" not in html
+
+
+def test_stop_all_right_after_a_queued_cell_lets_the_cells_after_it_go(fe: FrontEnd) -> None:
+    # The queued cell is stopped before its task ever ran: it still says so, and lets
+    # the next cell go once the reply above it has been stopped.
+    _hanging(fe, "stop right after")
+    fe.run("%%cm\nFirst question")
+    fe.run("%%cm\nSecond question")
+    fe.run("queued = _")
+    fe.run("%cm stop --all")
+    reply, output = fe.execute("%%cm\nThird question")
+    assert reply["status"] == "ok", output
+    assert _printed(fe, "(await _).content") == "echo: Third question"
+    assert _contents(fe, "main") == [
+        "First question",
+        "so far",
+        "Third question",
+        "echo: Third question",
+    ]
+    reply, _output = fe.execute("await queued")
+    assert reply["ename"] == "CancelledError"
+    assert "stopped before it was sent" in _printed(fe, "queued.html()")
+
+
+def test_a_fork_that_fails_leaves_the_next_cell_on_the_branch_before_it(fe: FrontEnd) -> None:
+    # One by one: the first `%cm branch alt` makes alt and switches to it; the same
+    # cell run again fails (alt exists); the next question goes on alt.
+    _slow_paris(fe, "failed fork")
+    fe.run("%%cm\nName a city.")
+    fe.run("%cm branch alt")
+    fe.run("again = %cm branch alt")
+    fe.run("%%cm\nAnd another?")
+    assert _printed(fe, "(await _).content") == "echo: And another?"
+    assert "not done: " in _printed(fe, "again.text")
+    assert _contents(fe, "alt")[2:] == ["And another?", "echo: And another?"]
+    assert _contents(fe, "main") == ["Name a city.", "Paris"]
+
+
+def test_retry_waits_for_the_reply_above_to_fail(fe: FrontEnd) -> None:
+    fe.run(
+        """
+        failing = ScriptedProvider().error("permanent", after_chunks=2, delay=0.3).reply("Paris")
+        slow = ContextSession.create("retry after", provider=failing)
+        %cm use slow
+        """
+    )
+    fe.run("%%cm\nName a city.")
+    reply, output = fe.execute("%cm retry")
+    assert reply["status"] == "ok", output
+    assert _printed(fe, "(await _).content") == "Paris"
+
+
+def test_reloading_the_extension_keeps_the_context_and_the_cells_under_way(
+    fe: FrontEnd,
+) -> None:
+    _slow_paris(fe, "reloaded")
+    fe.run("%%cm --var reloaded_city\nName a city.")
+    fe.run("%reload_ext cm_notebook")
+    reply, output = fe.execute("%%cm\nAnd {reloaded_city}?")
+    assert reply["status"] == "ok", output
+    assert _printed(fe, "(await _).content") == "echo: And Paris?"

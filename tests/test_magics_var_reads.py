@@ -92,6 +92,35 @@ def test_a_capture_cell_whose_python_names_the_var_waits_too(fe: FrontEnd) -> No
     assert fe.run("print(printed.stdout, end='')") == "Paris\n"
 
 
+def test_a_time_line_naming_the_var_waits_too(fe: FrontEnd) -> None:
+    # %time compiles its code itself, while the cell runs: no await goes in there.
+    _slow_paris(fe, "time line")
+    fe.run("%%cm --var timed\nName a city.")
+    assert fe.run("%time print(timed)").startswith("Paris\n")
+
+
+def test_a_cell_starting_with_future_imports_waits_after_them(fe: FrontEnd) -> None:
+    _slow_paris(fe, "future")
+    fe.run("%%cm --var future_city\nName a city.")
+    code = "from __future__ import annotations\nprint(future_city)"
+    assert fe.run(code) == "Paris\n"
+
+
+def test_the_last_cell_setting_a_var_wins_whichever_reply_ends_last(fe: FrontEnd) -> None:
+    # Two cells give the same --var on two branches; the first one's reply ends last.
+    # One by one, the variable holds the second cell's answer.
+    _slow_paris(fe, "same var")
+    fe.run('slow.branch("side")\nslow.switch("main")')
+    fe.run("%%cm --var same\nName a city.")
+    fe.run("%%cm --var same --branch side\nAnother?")
+    assert fe.run("print(same)") == "echo: Another?\n"
+    fe.wait_for(
+        lambda: fe.run("print(slow.history('main')[-1].status.value)") == "complete\n",
+        what="the first reply's end",
+    )
+    assert fe.run("print(same)") == "echo: Another?\n"
+
+
 def test_a_cell_that_does_not_name_the_var_runs_at_once(fe: FrontEnd) -> None:
     # The reply hangs until stopped: a cell that waited for it would time out. The
     # name inside a string is text, not a read.
@@ -199,14 +228,25 @@ CALL = f"await {WAIT_FUNCTION}(['x'])"
         ("for c in x:\n    print(c)\n", f"{CALL}\nfor c in x:\n    print(c)\n"),
         ("@wrap\ndef f():\n    return x\n", f"{CALL}\n@wrap\ndef f():\n    return x\n"),
         ("reply = await x\n", f"{CALL}; reply = await x\n"),
+        ("# a loop\nfor c in x:\n    pass\n", f"# a loop\n{CALL}\nfor c in x:\n    pass\n"),
+        (
+            "from __future__ import annotations\ny: int = x\n",
+            f"from __future__ import annotations\n{CALL}; y: int = x\n",
+        ),
     ],
 )
 def test_the_wait_goes_before_the_first_statement_keeping_line_numbers(
     cell: str, expected: str
 ) -> None:
     tree = ast.parse(cell)
-    changed = _waiting_before(cell, tree.body[0], CALL)
+    changed = _waiting_before(cell, tree, CALL)
     assert changed == expected
-    # Every statement of the cell is still there, on its line when the wait shares one.
-    after = ast.parse(changed)
-    assert [ast.dump(s) for s in after.body[1:]] == [ast.dump(s) for s in tree.body]
+    # Every statement of the cell is still there, in order, the wait among them.
+    after = [ast.dump(s) for s in ast.parse(changed).body]
+    after.remove(ast.dump(ast.parse(CALL).body[0]))
+    assert after == [ast.dump(s) for s in tree.body]
+
+
+def test_a_cell_of_future_imports_alone_gets_no_wait() -> None:
+    cell = "from __future__ import annotations\n"
+    assert _waiting_before(cell, ast.parse(cell), CALL) is None

@@ -221,7 +221,7 @@ class Commands:
         if not waits:
             run()
             return None
-        command = DeferredCommand(session, waits, run, what, moves_to=moves_to)
+        command = DeferredCommand(session, waits, run, what)
         if moves_to is not None:  # the cells after it go where it leaves the context
             self.sender.queue_after(session, command, moves_to)
         return command

@@ -18,7 +18,7 @@ import ipywidgets as w
 from ..errors import CMError
 from ..widgets import CompareView
 from ..widgets._live_output import flush_copies
-from ._queue import polled, release, wait_for
+from ._queue import CellTask, polled, release, release_after, wait_for
 from ._remedies import for_magics, said
 from ._reply import after_wind_down, note
 from ._shown import given_by_view
@@ -69,7 +69,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         self._start = start
         self._arms = len(fan.branches) if fan is not None else arms
         self.outcome = w.HTML("")
-        self._task: asyncio.Task[None] | None = None
+        self._task = CellTask()
         self._forked: concurrent.futures.Future[FanOut] = concurrent.futures.Future()
         self._released: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -127,17 +127,27 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         """Stop every arm (their text so far is kept); a queued fan-out is not sent."""
         if self.fan is not None:
             self.fan.cancel()
-        elif self._task is not None:
-            self._task.cancel()
+        else:
+            self._task.stop()
 
     def _begin(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._finish())
+        self._task.start(self._finish, self._never_sent)
+
+    def _never_sent(self) -> None:
+        # Stopped while it waited its turn (see ReplyView._never_sent).
+        self.outcome.value = note("stopped before it was sent")
+        if not self._forked.done():
+            self._forked.set_exception(asyncio.CancelledError())
+        release_after(self._waits, self._released)
+        release_after(self._waits, self._wound_down)
 
     async def _fork_when_free(self) -> FanOut:
         assert self._start is not None
         try:
             await wait_for(self._waits)
             fan = self._start()
+        except asyncio.CancelledError:
+            raise  # (see _never_sent)
         except BaseException as exc:  # an ``await view`` raises it
             self._forked.set_exception(exc)
             release(self._released)
@@ -164,8 +174,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         try:
             fan = self.fan if self.fan is not None else await self._fork_when_free()
         except asyncio.CancelledError:
-            self.outcome.value = note("stopped before it was sent")
-            release(self._wound_down)
+            self._never_sent()
             return
         except Exception as exc:  # not sent: the cell is what to run again
             message = said(exc)

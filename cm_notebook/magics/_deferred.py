@@ -23,7 +23,7 @@ from IPython.core.error import UsageError
 
 from ..errors import CMError
 from ..widgets._live_output import LiveOutput
-from ._queue import polled, release, wait_for
+from ._queue import CellTask, polled, release, release_after, wait_for
 from ._remedies import for_magics
 
 if TYPE_CHECKING:
@@ -38,10 +38,10 @@ class DeferredCommand:
     """``run`` (a command that prints, or returns something with Markdown to show),
     once every one of ``waits`` is done.
 
-    ``what`` names the command in the waiting line. ``moves_to``: the branch the
-    command leaves active when it succeeds (``%cm branch NAME``, ``%cm switch NAME``),
-    where a later cell that names no branch then goes; ``branch`` is the branch active
-    when the cell ran until then.
+    ``what`` names the command in the waiting line. :attr:`branch`, where a later cell
+    that names no branch goes, is the branch active when the cell ran until the command
+    has run, then the one it left active (``%cm branch NAME`` and ``%cm switch NAME``
+    switch to NAME; one that failed leaves the branch the cells before it left).
     """
 
     def __init__(
@@ -50,20 +50,17 @@ class DeferredCommand:
         waits: Sequence[concurrent.futures.Future[None]],
         run: Callable[[], object],
         what: str,
-        *,
-        moves_to: str | None = None,
     ) -> None:
         self.session = session
         #: The branch a later cell that names none goes on (see :mod:`._queue`).
         self.branch = session.active_branch
-        self._moves_to = moves_to
         self._waits = list(waits)
         self._run = run
         self._text = f"… {what} once the cells above have run"
         self._markdown: str | None = None
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._output = LiveOutput()
-        self._task: asyncio.Task[None] | None = None
+        self._task = CellTask()
         session._loop.call_soon_threadsafe(self._begin)
 
     def __repr__(self) -> str:
@@ -95,11 +92,15 @@ class DeferredCommand:
 
     def stop(self) -> None:
         """Do not run the command (if it has not run yet)."""
-        if self._task is not None:
-            self._task.cancel()
+        self._task.stop()
 
     def _begin(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._when_ready())
+        self._task.start(self._when_ready, self._never_run)
+
+    def _never_run(self) -> None:
+        # Stopped before it ran (its task may not even have started: see CellTask).
+        self._show("not done: stopped (`%cm stop --all`)")
+        release_after(self._waits, self._done)
 
     async def _when_ready(self) -> None:
         printed = io.StringIO()
@@ -112,21 +113,24 @@ class DeferredCommand:
             if to_markdown is not None:
                 self._markdown = str(to_markdown())
         except asyncio.CancelledError:
-            printed.write("not done: stopped (`%cm stop --all`)\n")
+            self._never_run()
+            return
         except CMError as exc:
             printed.write(f"not done: {for_magics(str(exc))}\n")
         except UsageError as exc:
             printed.write(f"not done: {exc}\n")
         except Exception as exc:  # a command must never take the kernel down
             printed.write(f"not done: {type(exc).__name__}: {exc}\n")
-        else:
-            if self._moves_to is not None:
-                self.branch = self._moves_to
-        finally:
-            self._text = printed.getvalue().rstrip("\n") or self._markdown or "(nothing printed)"
-            if self._output.shown:
-                bundle = {"text/plain": self._text}
-                if self._markdown is not None:
-                    bundle["text/markdown"] = self._markdown
-                self._output.update(bundle)
-            release(self._done)
+        # The cells after it go on the branch it leaves active: the one it made or
+        # switched to, or, if it failed, the one the cells before it left (as one by one).
+        self.branch = self.session.active_branch
+        self._show(printed.getvalue().rstrip("\n") or self._markdown or "(nothing printed)")
+        release(self._done)
+
+    def _show(self, text: str) -> None:
+        self._text = text
+        if self._output.shown:
+            bundle = {"text/plain": self._text}
+            if self._markdown is not None:
+                bundle["text/markdown"] = self._markdown
+            self._output.update(bundle)

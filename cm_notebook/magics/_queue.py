@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["CellQueue", "Queued", "polled", "release", "wait_for"]
+__all__ = ["CellQueue", "CellTask", "Queued", "polled", "release", "release_after", "wait_for"]
 
 T = TypeVar("T")
 
@@ -116,3 +116,68 @@ def release(released: concurrent.futures.Future[None]) -> None:
     """Mark ``released`` done (once; later calls do nothing)."""
     if not released.done():
         released.set_result(None)
+
+
+class CellTask:
+    """A cell's work on the session's loop, which a stop ends whether it has started
+    or not.
+
+    asyncio runs nothing of a task cancelled before its first step: not its body, so
+    not the ``except CancelledError`` that would say the cell was stopped and let the
+    cells after it go (``%cm stop --all`` right after a queued cell left it, and every
+    cell after it, waiting forever). And a stop may come before the task exists: it is
+    made on the loop, soon after the cell. So a stop that comes first calls
+    ``if_stopped_first`` instead.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def start(
+        self,
+        work: Callable[[], Coroutine[Any, Any, None]],
+        if_stopped_first: Callable[[], None],
+    ) -> None:
+        """Run ``work()`` as a task of the running loop (call on the session's loop)."""
+        if self._stopped:
+            if_stopped_first()
+            return
+        started = False
+
+        async def run() -> None:
+            nonlocal started
+            started = True
+            await work()
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            if not started:
+                if_stopped_first()
+
+        self._task = asyncio.get_running_loop().create_task(run())
+        self._task.add_done_callback(ended)
+
+    def stop(self) -> None:
+        """Stop the work: cancel it if it runs, else see :meth:`start`."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+
+
+def release_after(
+    waits: Sequence[concurrent.futures.Future[None]], released: concurrent.futures.Future[None]
+) -> None:
+    """Mark ``released`` done once every one of ``waits`` is (call on a running loop).
+
+    What a cell stopped before it was sent does: the cell after it then still waits for
+    the cells this one waited for (a reply being stopped above it still ends first, so
+    the next cell is not refused as busy).
+    """
+
+    async def later() -> None:
+        try:
+            await wait_for(waits)
+        finally:
+            release(released)
+
+    asyncio.get_running_loop().create_task(later())

@@ -38,7 +38,7 @@ from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
-from ._queue import polled, release, wait_for
+from ._queue import CellTask, polled, release, release_after, wait_for
 from ._remedies import for_magics, said
 from ._shown import given_by_view
 
@@ -127,7 +127,7 @@ class ReplyView:
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
         self._notices: list[str] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task = CellTask()
         self._output = LiveOutput()
         #: The Approve / Deny buttons of this turn's calls, when the session has tools:
         #: its own branch only (a branch runs one turn at a time), closed when it ends,
@@ -254,12 +254,23 @@ class ReplyView:
         """Stop the reply (its text so far is kept); a queued one is not sent."""
         if self.turn is not None:
             self.turn.cancel()
-        elif self._task is not None:
-            self._task.cancel()
+        else:
+            self._task.stop()
 
     def _start(self) -> None:
         self._throttle.poke()
-        self._task = asyncio.get_running_loop().create_task(self._finish())
+        self._task.start(self._finish, self._never_sent)
+
+    def _never_sent(self) -> None:
+        # Stopped while it waited its turn: the cell after it goes once the cells this
+        # one waited for have (a reply above being stopped ends first).
+        self._outcome = "stopped before it was sent"
+        self._ended = {"status": "not sent"}
+        if not self._sent.done():
+            self._sent.set_exception(asyncio.CancelledError())
+        self._throttle.now()
+        self._follower.close()
+        release_after(self._waits, self._wound_down)
 
     async def _send_when_free(self) -> Turn:
         # A queued view: once the cell before it has let go of the branch, send.
@@ -285,9 +296,7 @@ class ReplyView:
         try:
             turn = self.turn if self.turn is not None else await self._send_when_free()
         except asyncio.CancelledError:
-            self._outcome = "stopped before it was sent"
-            self._ended = {"status": "not sent"}
-            self._wind_down()
+            self._never_sent()
             return
         except Exception as exc:  # not sent: the cell, not the reply, is what to rerun
             message = said(exc)

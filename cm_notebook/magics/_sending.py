@@ -59,6 +59,10 @@ class CellSender:
         self._queue = CellQueue()
         # The cell that will set each ``--var`` name, while it is under way.
         self._setting: dict[str, Queued] = {}
+        # Per ``--var`` name: how many cells were given it, and which of them (by that
+        # count) set the value it holds.
+        self._var_cells: dict[str, int] = {}
+        self._var_set_by: dict[str, int] = {}
 
     def send(self, session: ContextSession, args: a.SendArgs) -> ReplyView:
         """``%cm send``: one line as a message (no ``{name}`` fields)."""
@@ -136,10 +140,21 @@ class CellSender:
         return view
 
     def retry(self, session: ContextSession, args: a.TurnArgs) -> ReplyView:
-        """``%cm retry``: the failed reply again; a cell after it waits for it."""
-        turn = session.retry(branch=args.branch)
-        reply = ReplyView(session, turn)
-        self._queue.add(session, turn.branch, reply)
+        """``%cm retry``: the failed reply again, once this kernel's reply above it on the
+        branch has ended; a cell after it waits for it."""
+        target = args.branch or session.active_branch
+        before = self._queue.before(session, target)
+        if before is None:
+            reply = ReplyView(session, session.retry(branch=args.branch))
+        else:
+            # Run All: the reply above may still fail, or not; retry once it has ended.
+
+            def queued() -> Turn:
+                return session.retry(branch=_continued(before, args.branch, target))
+
+            waits = _waits(before, ())
+            reply = ReplyView(session, None, branch=target, waits=waits, send=queued)
+        self._queue.add(session, reply.branch, reply)
         return reply
 
     def reply_under_way(self, session: ContextSession, branch: str | None) -> ReplyView | None:
@@ -297,7 +312,14 @@ class CellSender:
         if name is None:
             return None
 
+        number = self._var_cells[name] = self._var_cells.get(name, 0) + 1
+
         def store(result: Message | Comparison) -> None:
+            # As one by one: a reply that ends after a later cell's (on another branch)
+            # does not overwrite the value that cell set.
+            if number < self._var_set_by.get(name, 0):
+                return
+            self._var_set_by[name] = number
             self.namespace[name] = result.content if isinstance(result, Message) else result
 
         return store

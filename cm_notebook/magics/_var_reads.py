@@ -15,8 +15,9 @@ Markdown form does) waits the same way for this kernel's replies in the current 
 The call goes on the first statement's own line (``await ...; x = answer``), so a
 traceback's line numbers are the cell's; a cell that starts with a compound statement
 (``def``, ``for``, ``with`` ...) gets it on a line of its own above. Only names in the
-code count (``answer``, ``f"{answer}"``, ``answer = ...``, and in the body of a
-``%%time``, ``%%timeit``, ``%%capture`` or ``%%prun`` cell), not text in strings; a cell
+code count (``answer``, ``f"{answer}"``, ``answer = ...``, and in the code of a
+``%%time``, ``%%timeit``, ``%%capture`` or ``%%prun`` cell, or of a ``%time``,
+``%timeit`` or ``%prun`` line), not text in strings; a cell
 that names no such variable, or any cell with ``%autoawait off``, runs as it is.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -64,7 +66,8 @@ _COMPOUND = tuple(
     if kind is not None
 )
 
-# Cell magics that run their body as Python in the kernel's namespace.
+# Magics that run their code (a cell's body, or the rest of the line) as Python in the
+# kernel's namespace.
 _PYTHON_BODIES = frozenset({"time", "timeit", "capture", "prun"})
 
 # Where a line ends, as Python counts lines (not str.splitlines, which also splits at
@@ -80,8 +83,14 @@ class WaitForVariables:
     def __init__(self, shell: Any, commands: Commands) -> None:
         self.shell = shell
         self.commands = commands
+        # How many cells are running (one inside another with ``run_cell``): code that a
+        # magic such as ``%time`` transforms while its cell runs is not a cell, and a
+        # top-level await there would be a SyntaxError.
+        self.running = 0
 
     def __call__(self, lines: list[str]) -> list[str]:
+        if self.running:
+            return lines
         being_set = self.commands.sender.names_being_set()
         coming = self._still_coming()
         if not (being_set or coming) or not _runs_awaits(self.shell):
@@ -99,7 +108,7 @@ class WaitForVariables:
         self.shell.user_ns_hidden[WAIT_FUNCTION] = self.wait
         arguments = f"{read!r}, replies=True" if exports else repr(read)
         call = f"await {WAIT_FUNCTION}({arguments})"
-        waiting = _waiting_before(source, tree.body[0], call)
+        waiting = _waiting_before(source, tree, call)
         return waiting.splitlines(keepends=True) if waiting is not None else lines
 
     async def wait(self, names: Sequence[str], replies: bool = False) -> None:
@@ -144,6 +153,14 @@ class WaitForVariables:
                     continue
         return names
 
+    def cell_starts(self) -> None:
+        """IPython ``pre_execute`` event."""
+        self.running += 1
+
+    def cell_ends(self) -> None:
+        """IPython ``post_execute`` event."""
+        self.running = max(0, self.running - 1)
+
     def _still_coming(self) -> bool:
         current = self.commands.current
         return current is not None and bool(self.commands.sender.still_coming(current))
@@ -178,23 +195,34 @@ def _runs_awaits(shell: Any) -> bool:
     )
 
 
-def _waiting_before(source: str, first: ast.stmt, call: str) -> str | None:
-    # ``source`` with ``call`` run before its first statement, or None if that cannot
-    # be done without changing what the cell means.
+def _waiting_before(source: str, tree: ast.Module, call: str) -> str | None:
+    # ``source`` with ``call`` run before its first statement (after any ``from
+    # __future__`` imports, which must come first), or None if there is none or that
+    # cannot be done without changing what the cell means.
+    futures = 0
+    while futures < len(tree.body) and _is_future_import(tree.body[futures]):
+        futures += 1
+    if futures == len(tree.body):
+        return None
+    first = tree.body[futures]
+    decorators = getattr(first, "decorator_list", [])
+    start = _line_start(source, min([first.lineno, *(d.lineno for d in decorators)]))
     candidates = []
     if not isinstance(first, _COMPOUND) and first.col_offset == 0:
-        start = _line_start(source, first.lineno)
         candidates.append(f"{source[:start]}{call}; {source[start:]}")
-    candidates.append(f"{call}\n{source}")
+    candidates.append(f"{source[:start]}{call}\n{source[start:]}")
     for candidate in candidates:
         try:
-            tree = ast.parse(candidate)
+            body = ast.parse(candidate).body
         except SyntaxError:
             continue
-        if len(tree.body) == 0 or not _is_call(tree.body[0]):
-            continue
-        return candidate
+        if len(body) > futures and _is_call(body[futures]):
+            return candidate
     return None
+
+
+def _is_future_import(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.ImportFrom) and statement.module == "__future__"
 
 
 def _line_start(source: str, lineno: int) -> int:
@@ -220,17 +248,18 @@ def _is_call(statement: ast.stmt) -> bool:
 
 
 def _python_body(node: ast.AST) -> str | None:
-    # The body of ``get_ipython().run_cell_magic('time', '', BODY)`` (what IPython makes
-    # of a ``%%time`` cell) when the magic runs it as Python in the kernel's namespace.
-    if not (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "run_cell_magic"
-        and len(node.args) == 3
-    ):
+    # The code of ``get_ipython().run_cell_magic('time', '', CODE)`` or
+    # ``...run_line_magic('time', CODE)`` (what IPython makes of ``%%time`` and
+    # ``%time``) when the magic runs it as Python in the kernel's namespace.
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
         return None
-    magic, _line, body = (arg.value if isinstance(arg, ast.Constant) else None for arg in node.args)
-    return body if magic in _PYTHON_BODIES and isinstance(body, str) else None
+    kind, count = node.func.attr, len(node.args)
+    if not ((kind == "run_cell_magic" and count == 3) or (kind == "run_line_magic" and count == 2)):
+        return None
+    first, last = node.args[0], node.args[-1]  # the magic's name; its code
+    magic = first.value if isinstance(first, ast.Constant) else None
+    code = last.value if isinstance(last, ast.Constant) else None
+    return code if magic in _PYTHON_BODIES and isinstance(code, str) else None
 
 
 def _exports_json(node: ast.AST) -> bool:
@@ -261,5 +290,12 @@ def register(shell: Any, commands: Commands) -> None:
     post = getattr(shell, "input_transformers_post", None)
     if post is None:
         return
-    post[:] = [t for t in post if type(t).__name__ != WaitForVariables.__name__]
-    post.append(WaitForVariables(shell, commands))
+    for earlier in [t for t in post if type(t).__name__ == WaitForVariables.__name__]:
+        post.remove(earlier)
+        with contextlib.suppress(ValueError):  # (not registered)
+            shell.events.unregister("pre_execute", earlier.cell_starts)
+            shell.events.unregister("post_execute", earlier.cell_ends)
+    transformer = WaitForVariables(shell, commands)
+    post.append(transformer)
+    shell.events.register("pre_execute", transformer.cell_starts)
+    shell.events.register("post_execute", transformer.cell_ends)
