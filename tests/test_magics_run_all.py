@@ -404,9 +404,21 @@ def test_stop_all_right_after_a_queued_cell_lets_the_cells_after_it_go(fe: Front
         "Third question",
         "echo: Third question",
     ]
-    reply, _output = fe.execute("await queued")
+    reply, output = fe.execute("await queued")
     assert reply["ename"] == "CancelledError"
+    assert "stopped waiting" not in output  # nothing was interrupted
     assert "stopped before it was sent" in _printed(fe, "queued.html()")
+
+
+def test_interrupting_await_of_an_ab_cell_says_the_arms_go_on(fe: FrontEnd) -> None:
+    _hanging(fe, "interrupted arms")
+    fe.run('%%cm --ab "Be brief." "Be long."\nA question')
+    msg_id = fe.client.execute('print("awaiting", flush=True)\nawait _', stop_on_error=False)
+    fe.wait_for(lambda: "awaiting" in fe.output(msg_id), what="the cell's await")
+    fe.manager.interrupt_kernel()
+    assert fe.reply(msg_id)["status"] == "error"
+    assert "stopped waiting; the arms go on (`%cm stop --all` stops them)" in fe.output(msg_id)
+    assert fe.run("%cm stop --all").startswith("stopping 1 cell")
 
 
 def test_a_fork_that_fails_leaves_the_next_cell_on_the_branch_before_it(fe: FrontEnd) -> None:

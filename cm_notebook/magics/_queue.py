@@ -22,12 +22,27 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["CellQueue", "CellTask", "Queued", "polled", "release", "release_after", "wait_for"]
+__all__ = [
+    "STILL_QUEUED",
+    "CellQueue",
+    "CellTask",
+    "Queued",
+    "polled",
+    "release",
+    "release_after",
+    "wait_for",
+]
 
 T = TypeVar("T")
 
 #: How often a wait wakes up (see :func:`polled`).
 POLL_SECONDS = 0.1
+
+#: What a cell awaiting a queued view says when interrupted.
+STILL_QUEUED = (
+    "… stopped waiting; the cell still asks once the replies above it have ended "
+    "(`%cm stop --all` stops them all)"
+)
 
 
 class Queued(Protocol):
@@ -156,6 +171,11 @@ class CellTask:
 
         self._task = asyncio.get_running_loop().create_task(run())
         self._task.add_done_callback(ended)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopped
 
     def stop(self) -> None:
         """Stop the work: cancel it if it runs, else see :meth:`start`."""

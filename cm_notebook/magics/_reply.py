@@ -38,7 +38,7 @@ from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
-from ._queue import CellTask, polled, release, release_after, wait_for
+from ._queue import STILL_QUEUED, CellTask, polled, release, release_after, wait_for
 from ._remedies import for_magics, said
 from ._shown import given_by_view
 
@@ -157,11 +157,10 @@ class ReplyView:
             final = await after_wind_down(turn, self._wound_down)
         except asyncio.CancelledError:
             # The awaiting cell interrupted (not the reply stopped): say what goes on.
-            if self.turn is None:
-                print(
-                    "… stopped waiting; the cell still asks once the replies above it have "
-                    "ended (`%cm stop --all` stops them all)"
-                )
+            if self._task.stopped:
+                pass  # stopped itself (`%cm stop --all`): its view says so
+            elif self.turn is None:
+                print(STILL_QUEUED)
             elif not self.turn.done():
                 print("… stopped waiting; the reply goes on (`%cm stop` stops it)")
             raise
