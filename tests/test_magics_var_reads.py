@@ -121,6 +121,16 @@ def test_the_last_cell_setting_a_var_wins_whichever_reply_ends_last(fe: FrontEnd
     assert fe.run("print(same)") == "echo: Another?\n"
 
 
+def test_reset_clears_a_var_after_its_reply_has_set_it(fe: FrontEnd) -> None:
+    # One by one, %reset comes after the reply: the variable is gone, and stays gone.
+    _slow_paris(fe, "reset")
+    fe.run("%%cm --var gone\nName a city.")
+    fe.run("%reset -f")
+    fe.run("import asyncio\nawait asyncio.sleep(1)")  # the reply would have ended by now
+    reply, output = fe.execute("gone")
+    assert reply["ename"] == "NameError", output
+
+
 def test_a_cell_that_does_not_name_the_var_runs_at_once(fe: FrontEnd) -> None:
     # The reply hangs until stopped: a cell that waited for it would time out. The
     # name inside a string is text, not a read.

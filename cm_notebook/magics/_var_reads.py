@@ -17,7 +17,7 @@ traceback's line numbers are the cell's; a cell that starts with a compound stat
 (``def``, ``for``, ``with`` ...) gets it on a line of its own above. Only names in the
 code count (``answer``, ``f"{answer}"``, ``answer = ...``, and in the code of a
 ``%%time``, ``%%timeit``, ``%%capture`` or ``%%prun`` cell, or of a ``%time``,
-``%timeit`` or ``%prun`` line), not text in strings; a cell
+``%timeit`` or ``%prun`` line; ``%reset`` names them all), not text in strings; a cell
 that names no such variable, or any cell with ``%autoawait off``, runs as it is.
 """
 
@@ -100,7 +100,10 @@ class WaitForVariables:
             tree = ast.parse(source)
         except SyntaxError:
             return lines  # IPython reports it as it would have
-        read = sorted(self._names_in(tree) & being_set)
+        if any(_resets(node) for node in ast.walk(tree)):
+            read = sorted(being_set)  # cleared after their replies have set them
+        else:
+            read = sorted(self._names_in(tree) & being_set)
         exports = coming and any(_exports_json(node) for node in ast.walk(tree))
         if not (read or exports) or not tree.body:
             return lines
@@ -247,10 +250,10 @@ def _is_call(statement: ast.stmt) -> bool:
     )
 
 
-def _python_body(node: ast.AST) -> str | None:
-    # The code of ``get_ipython().run_cell_magic('time', '', CODE)`` or
-    # ``...run_line_magic('time', CODE)`` (what IPython makes of ``%%time`` and
-    # ``%time``) when the magic runs it as Python in the kernel's namespace.
+def _magic_call(node: ast.AST) -> tuple[str, str, bool] | None:
+    # (magic, code, is a cell magic) of ``get_ipython().run_line_magic('time', CODE)`` or
+    # ``...run_cell_magic('time', LINE, CODE)``: what IPython makes of ``%time CODE``
+    # and of a ``%%time`` cell.
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
         return None
     kind, count = node.func.attr, len(node.args)
@@ -259,24 +262,30 @@ def _python_body(node: ast.AST) -> str | None:
     first, last = node.args[0], node.args[-1]  # the magic's name; its code
     magic = first.value if isinstance(first, ast.Constant) else None
     code = last.value if isinstance(last, ast.Constant) else None
-    return code if magic in _PYTHON_BODIES and isinstance(code, str) else None
+    if not (isinstance(magic, str) and isinstance(code, str)):
+        return None
+    return magic, code, kind == "run_cell_magic"
+
+
+def _python_body(node: ast.AST) -> str | None:
+    # The code of a magic that runs it as Python in the kernel's namespace.
+    call = _magic_call(node)
+    return call[1] if call is not None and call[0] in _PYTHON_BODIES else None
+
+
+def _resets(node: ast.AST) -> bool:
+    # ``%reset``: it clears the variables still to come too.
+    call = _magic_call(node)
+    return call is not None and call[0] == "reset"
 
 
 def _exports_json(node: ast.AST) -> bool:
-    # ``get_ipython().run_line_magic('cm', 'export ... --format json')``: what IPython
-    # makes of ``%cm export --format json`` in a cell.
-    if not (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "run_line_magic"
-        and len(node.args) == 2
-    ):
-        return False
-    magic, line = (arg.value if isinstance(arg, ast.Constant) else None for arg in node.args)
-    if magic != "cm" or not isinstance(line, str):
+    # ``%cm export ... --format json``.
+    call = _magic_call(node)
+    if call is None or call[0] != "cm" or call[2]:
         return False
     try:
-        words = split_words(line, a.ExportArgs.USAGE)
+        words = split_words(call[1], a.ExportArgs.USAGE)
         if words[:1] != ["export"]:
             return False
         return parse_args(a.ExportArgs, words[1:]).format == "json"
