@@ -98,7 +98,7 @@ class WaitForVariables:
         source = "".join(lines)
         try:
             tree = ast.parse(source)
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError):  # (null bytes; deep nesting)
             return lines  # IPython reports it as it would have
         if any(_resets(node) for node in ast.walk(tree)):
             read = sorted(being_set)  # cleared after their replies have set them
@@ -152,7 +152,7 @@ class WaitForVariables:
                     # IPython's own transforms only: not this one again.
                     inner = self.shell.input_transformer_manager.transform_cell(body)
                     names |= self._names_in(ast.parse(inner))
-                except SyntaxError:
+                except (SyntaxError, ValueError, RecursionError):
                     continue
         return names
 
