@@ -16,6 +16,7 @@ pytest.importorskip("ipykernel")
 
 from widget_frontend import FrontEnd, front_end
 
+from cm_notebook.magics._cell_reads import cell_reads
 from cm_notebook.magics._var_reads import WAIT_FUNCTION, _waiting_before
 
 
@@ -128,6 +129,41 @@ def test_reset_clears_a_var_after_its_reply_has_set_it(fe: FrontEnd) -> None:
     fe.run("%reset -f")
     fe.run("import asyncio\nawait asyncio.sleep(1)")  # the reply would have ended by now
     reply, output = fe.execute("gone")
+    assert reply["ename"] == "NameError", output
+
+
+def test_an_earlier_cell_s_value_is_waited_for_when_a_later_one_fails(fe: FrontEnd) -> None:
+    # Two cells give --var; the later one fails and sets nothing. One by one, the
+    # variable holds the earlier one's answer.
+    paris = '{"reply": "Paris", "chunks": "words", "delay": 0.3}'
+    _context(fe, "later fails", f'{paris}, {{"error": "permanent", "delay": 0.1}}')
+    fe.run('slow.branch("b")\nslow.switch("main")')
+    fe.run("%%cm --var kept\nName a city.")
+    fe.run("%%cm --var kept --branch b\nAnother.")
+    assert fe.run("print(kept)") == "Paris\n"
+
+
+def test_magics_python_code_counts_after_options_and_inside_capture(fe: FrontEnd) -> None:
+    _slow_paris(fe, "magic code")
+    fe.run("%%cm --var opt\nName a city.")
+    assert fe.run("%timeit -n1 -r1 print(len(opt))").startswith("5\n")
+    fe.run("%%cm\nAnother?")
+    fe.run("%%capture captured\ndoc = %cm export -f json")
+    assert fe.run("print('echo: Another?' in doc)") == "True\n"
+
+
+def test_xdel_def_and_functions_defined_before_count_as_naming_the_var(fe: FrontEnd) -> None:
+    _slow_paris(fe, "other names")
+    fe.run("def show():\n    return f'shown: {city_of_show}'")
+    fe.run("%%cm --var city_of_show\nName a city.")
+    assert fe.run("print(show())") == "shown: Paris\n"
+    fe.run("%%cm --var rebound\nAnother?")
+    fe.run("def rebound():\n    return 42")
+    fe.run("import asyncio\nawait asyncio.sleep(0.5)")  # the reply would have ended
+    assert fe.run("print(rebound())") == "42\n"
+    fe.run("%%cm --var dropped\nAnd another?")
+    fe.run("%xdel dropped")
+    reply, output = fe.execute("dropped")
     assert reply["ename"] == "NameError", output
 
 
@@ -260,3 +296,26 @@ def test_the_wait_goes_before_the_first_statement_keeping_line_numbers(
 def test_a_cell_of_future_imports_alone_gets_no_wait() -> None:
     cell = "from __future__ import annotations\n"
     assert _waiting_before(cell, ast.parse(cell), CALL) is None
+
+
+@pytest.mark.parametrize(
+    ("cell", "named"),
+    [
+        ("def x(): pass", {"x"}),
+        ("class x: pass", {"x"}),
+        ("import json as x", {"x"}),
+        ("import x.path", {"x"}),
+        ("def f():\n    global x\n    x = 1", {"f", "x"}),
+        ("try:\n    pass\nexcept E as x:\n    pass", {"E", "x"}),
+        ("match v:\n    case [*x]:\n        pass", {"v", "x"}),
+        ("print('x')", {"print"}),
+    ],
+)
+def test_what_a_cell_names(cell: str, named: set[str]) -> None:
+    assert cell_reads(ast.parse(cell), {}, lambda code: code).names == named
+
+
+def test_functions_defined_in_the_kernel_are_followed_to_what_they_read() -> None:
+    namespace: dict[str, object] = {}
+    exec("def inner():\n    return x\ndef outer():\n    return [inner() for _ in y]", namespace)
+    assert {"x", "y", "inner"} <= cell_reads(ast.parse("outer()"), namespace, str).names

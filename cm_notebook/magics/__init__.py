@@ -20,7 +20,8 @@ Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models
 (cells that wait for the one before them), :mod:`._remedies` (errors in the magics'
 terms), :mod:`._shown` (what ``await _`` shows), :mod:`._magics` (the IPython glue),
 :mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``),
-:mod:`._var_reads` (a Python cell reading a ``--var`` still being written waits for it).
+:mod:`._var_reads` (a Python cell reading a ``--var`` still being written waits for it)
+and :mod:`._cell_reads` (what a cell's code names).
 """
 
 from __future__ import annotations

@@ -57,8 +57,10 @@ class CellSender:
         # This kernel's last cell per (context, branch): a cell sent while it is under
         # way queues behind it (Run All over cells of questions).
         self._queue = CellQueue()
-        # The cell that will set each ``--var`` name, while it is under way.
-        self._setting: dict[str, Queued] = {}
+        # The cells that will set each ``--var`` name, while they are under way.
+        # Every such cell, oldest first: the latest may fail and set nothing, leaving the
+        # value to an earlier one still under way.
+        self._setting: dict[str, list[Queued]] = {}
         # Per ``--var`` name: how many cells were given it, and which of them (by that
         # count) set the value it holds.
         self._var_cells: dict[str, int] = {}
@@ -136,7 +138,8 @@ class CellSender:
                 variables=now.variables if now is not None else {},
             )
         if args.var is not None:
-            self._setting[args.var] = view
+            setting = self._setting.setdefault(args.var, [])
+            setting[:] = [*self.setters_of(args.var), view]
         return view
 
     def retry(self, session: ContextSession, args: a.TurnArgs) -> ReplyView:
@@ -284,20 +287,18 @@ class CellSender:
 
     def names_being_set(self) -> frozenset[str]:
         """The ``--var`` names whose cells are still under way (their value to come)."""
-        return frozenset(n for n, cell in self._setting.items() if not cell.finished.done())
+        return frozenset(name for name in self._setting if self.setters_of(name))
 
-    def setter_of(self, name: str) -> Queued | None:
-        """The cell still under way that sets the ``--var`` ``name``, if any."""
-        setter = self._setting.get(name)
-        return setter if setter is not None and not setter.finished.done() else None
+    def setters_of(self, name: str) -> list[Queued]:
+        """The cells still under way that set the ``--var`` ``name``, oldest first."""
+        return [cell for cell in self._setting.get(name, ()) if not cell.finished.done()]
 
     def setters(self, names: Iterable[str]) -> list[Queued]:
         """The cells still under way that set the ``--var`` of any of ``names``, each
-        once, in the order of ``names``."""
+        once."""
         found: list[Queued] = []
-        for setter in map(self.setter_of, names):
-            if setter is not None and setter not in found:
-                found.append(setter)
+        for name in names:
+            found += [cell for cell in self.setters_of(name) if cell not in found]
         return found
 
     def _setters_of(self, body: str) -> tuple[list[Queued], set[str]]:

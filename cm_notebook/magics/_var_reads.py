@@ -14,11 +14,11 @@ Markdown form does) waits the same way for this kernel's replies in the current 
 
 The call goes on the first statement's own line (``await ...; x = answer``), so a
 traceback's line numbers are the cell's; a cell that starts with a compound statement
-(``def``, ``for``, ``with`` ...) gets it on a line of its own above. Only names in the
-code count (``answer``, ``f"{answer}"``, ``answer = ...``, and in the code of a
-``%%time``, ``%%timeit``, ``%%capture`` or ``%%prun`` cell, or of a ``%time``,
-``%timeit`` or ``%prun`` line; ``%reset`` names them all), not text in strings; a cell
-that names no such variable, or any cell with ``%autoawait off``, runs as it is.
+(``def``, ``for``, ``with`` ...) gets it on a line of its own above. What counts as
+naming a variable (reading, binding or deleting it, calling a kernel function that
+reads it, in magics' Python code too, ``%reset``) is :mod:`._cell_reads`; text in
+strings does not count. A cell that names no such variable, or any cell with
+``%autoawait off``, runs as it is.
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.async_helpers import _asyncio_runner
-from IPython.core.error import UsageError
 
-from . import _args as a
-from ._parse import parse_args, split_words
+from ._cell_reads import cell_reads
 from ._queue import Queued, polled
 from ._reply import ReplyView
 
@@ -66,10 +64,6 @@ _COMPOUND = tuple(
     if kind is not None
 )
 
-# Magics that run their code (a cell's body, or the rest of the line) as Python in the
-# kernel's namespace.
-_PYTHON_BODIES = frozenset({"time", "timeit", "capture", "prun"})
-
 # Where a line ends, as Python counts lines (not str.splitlines, which also splits at
 # form feeds and other separators a cell may hold in a string).
 _LINE_END = re.compile(r"\r\n|\r|\n")
@@ -100,11 +94,12 @@ class WaitForVariables:
             tree = ast.parse(source)
         except (SyntaxError, ValueError, RecursionError):  # (null bytes; deep nesting)
             return lines  # IPython reports it as it would have
-        if any(_resets(node) for node in ast.walk(tree)):
-            read = sorted(being_set)  # cleared after their replies have set them
-        else:
-            read = sorted(self._names_in(tree) & being_set)
-        exports = coming and any(_exports_json(node) for node in ast.walk(tree))
+        reads = cell_reads(
+            tree, self.shell.user_ns, self.shell.input_transformer_manager.transform_cell
+        )  # (IPython's own transforms: not this one again)
+        # %reset: the variables are cleared after their replies have set them.
+        read = sorted(being_set if reads.every_variable else reads.names & being_set)
+        exports = coming and reads.exports_json
         if not (read or exports) or not tree.body:
             return lines
         self.shell.user_ns[WAIT_FUNCTION] = self.wait  # again: `%reset` may have cleared it
@@ -120,8 +115,7 @@ class WaitForVariables:
         sender = self.commands.sender
         setting: dict[Queued, list[str]] = {}
         for name in names:
-            setter = sender.setter_of(name)
-            if setter is not None:
+            for setter in sender.setters_of(name):
                 setting.setdefault(setter, []).append(name)
         current = self.commands.current
         coming = sender.still_coming(current) if replies and current is not None else []
@@ -138,23 +132,6 @@ class WaitForVariables:
                 "this kernel's replies) and this cell did not run"
             )
             raise
-
-    def _names_in(self, tree: ast.AST) -> set[str]:
-        # The names the code reads or sets, in the body of a cell magic that runs it as
-        # Python (``%%time``, ``%%capture``...) too.
-        names = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name):
-                names.add(node.id)
-            body = _python_body(node)
-            if body is not None:
-                try:
-                    # IPython's own transforms only: not this one again.
-                    inner = self.shell.input_transformer_manager.transform_cell(body)
-                    names |= self._names_in(ast.parse(inner))
-                except (SyntaxError, ValueError, RecursionError):
-                    continue
-        return names
 
     def cell_starts(self) -> None:
         """IPython ``pre_execute`` event."""
@@ -248,49 +225,6 @@ def _is_call(statement: ast.stmt) -> bool:
         and isinstance(statement.value.value.func, ast.Name)
         and statement.value.value.func.id == WAIT_FUNCTION
     )
-
-
-def _magic_call(node: ast.AST) -> tuple[str, str, bool] | None:
-    # (magic, code, is a cell magic) of ``get_ipython().run_line_magic('time', CODE)`` or
-    # ``...run_cell_magic('time', LINE, CODE)``: what IPython makes of ``%time CODE``
-    # and of a ``%%time`` cell.
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-        return None
-    kind, count = node.func.attr, len(node.args)
-    if not ((kind == "run_cell_magic" and count == 3) or (kind == "run_line_magic" and count == 2)):
-        return None
-    first, last = node.args[0], node.args[-1]  # the magic's name; its code
-    magic = first.value if isinstance(first, ast.Constant) else None
-    code = last.value if isinstance(last, ast.Constant) else None
-    if not (isinstance(magic, str) and isinstance(code, str)):
-        return None
-    return magic, code, kind == "run_cell_magic"
-
-
-def _python_body(node: ast.AST) -> str | None:
-    # The code of a magic that runs it as Python in the kernel's namespace.
-    call = _magic_call(node)
-    return call[1] if call is not None and call[0] in _PYTHON_BODIES else None
-
-
-def _resets(node: ast.AST) -> bool:
-    # ``%reset``: it clears the variables still to come too.
-    call = _magic_call(node)
-    return call is not None and call[0] == "reset"
-
-
-def _exports_json(node: ast.AST) -> bool:
-    # ``%cm export ... --format json``.
-    call = _magic_call(node)
-    if call is None or call[0] != "cm" or call[2]:
-        return False
-    try:
-        words = split_words(call[1], a.ExportArgs.USAGE)
-        if words[:1] != ["export"]:
-            return False
-        return parse_args(a.ExportArgs, words[1:]).format == "json"
-    except UsageError:
-        return False  # the magic says what is wrong when it runs
 
 
 def register(shell: Any, commands: Commands) -> None:
