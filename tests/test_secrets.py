@@ -196,9 +196,13 @@ async def test_updating_the_stored_settings_refuses_a_secret(data_dir: Path) -> 
 
 
 def written_names(data_dir: Path) -> list[str]:
-    # Lock files are how readers and writers take turns (the store opens a context under
-    # its lock), not data: they hold nothing.
-    return sorted(p.name for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
+    # Files only: the session's follower makes the folders it watches (decisions/,
+    # signals/) on its own thread, whenever it gets to it. Lock files are how readers
+    # and writers take turns (the store opens a context under its lock), not data: they
+    # hold nothing.
+    return sorted(
+        p.name for p in data_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock")
+    )
 
 
 @pytest.mark.parametrize(
