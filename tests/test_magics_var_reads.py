@@ -167,6 +167,12 @@ def test_xdel_def_and_functions_defined_before_count_as_naming_the_var(fe: Front
     assert reply["ename"] == "NameError", output
 
 
+def test_a_shell_command_filling_in_the_var_waits_too(fe: FrontEnd) -> None:
+    _slow_paris(fe, "shell")
+    fe.run("%%cm --var shell_city\nName a city.")
+    assert fe.run("!echo $shell_city").strip() == "Paris"
+
+
 def test_a_cell_that_does_not_name_the_var_runs_at_once(fe: FrontEnd) -> None:
     # The reply hangs until stopped: a cell that waited for it would time out. The
     # name inside a string is text, not a read.
@@ -309,6 +315,8 @@ def test_a_cell_of_future_imports_alone_gets_no_wait() -> None:
         ("try:\n    pass\nexcept E as x:\n    pass", {"E", "x"}),
         ("match v:\n    case [*x]:\n        pass", {"v", "x"}),
         ("print('x')", {"print"}),
+        ("get_ipython().system('echo $x ${y} {z}')", {"get_ipython", "x", "y", "z"}),
+        ("get_ipython().run_line_magic('pinfo2', 'x.upper')", {"get_ipython", "x"}),
     ],
 )
 def test_what_a_cell_names(cell: str, named: set[str]) -> None:

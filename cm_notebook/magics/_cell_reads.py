@@ -5,7 +5,8 @@ A cell counts as naming a variable when its code reads it, binds it (``x = ...``
 ``%xdel x``), or calls a function defined in the kernel whose code reads it (followed
 through the functions that one calls). Code that magics run as Python counts too:
 ``%time`` / ``%timeit`` / ``%prun`` lines (after their options) and ``%%time`` /
-``%%timeit`` / ``%%capture`` / ``%%prun`` cells, as IPython itself transforms them.
+``%%timeit`` / ``%%capture`` / ``%%prun`` cells, as IPython itself transforms them;
+``answer?`` and ``$answer`` or ``{answer}`` in a shell command (``!echo $answer``).
 ``%reset`` and ``%reset_selective`` name every variable; ``%cm export --format json``
 is noted apart (it reads the conversation, not a variable).
 """
@@ -32,6 +33,14 @@ _PYTHON_CODE = frozenset({"time", "timeit", "capture", "prun"})
 
 # Magics that delete variables by name pattern: they touch every variable.
 _RESETS = frozenset({"reset", "reset_selective"})
+
+# Magics that look at an object by name: what ``answer?`` and ``answer??`` become.
+_INSPECTS = frozenset({"pinfo", "pinfo2", "pdef", "pdoc", "psource", "pfile"})
+
+# ``$name``, ``${name...}`` and ``{name...}`` in a shell command (``!echo $answer``),
+# which IPython fills in from the kernel's variables when the command runs.
+_SHELL_FIELD = re.compile(r"\$\{?([A-Za-z_]\w*)|\{([A-Za-z_]\w*)")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
 # How deep magics within magics are followed (``%time %time x``), and how many of a
 # line's leading words may be a magic's options.
@@ -70,7 +79,7 @@ def cell_reads(
     """
     reads = CellReads()
     for node in ast.walk(tree):
-        reads.names |= _names_of(node)
+        reads.names |= _names_of(node) | _expanded_in_shell_command(node)
         call = _magic_call(node)
         if call is None:
             continue
@@ -79,6 +88,8 @@ def cell_reads(
             reads.every_variable = True
         elif magic == "xdel":
             reads.names |= set(code.split())
+        elif magic in _INSPECTS:
+            reads.names |= set(_IDENTIFIER.findall(code)[:1])  # `answer?`, `answer.upper??`
         elif magic == "cm" and line is None:
             reads.exports_json = reads.exports_json or _exports_json(code)
         elif magic in _PYTHON_CODE and depth < _MAX_DEPTH:
@@ -110,6 +121,21 @@ def _names_of(node: ast.AST) -> set[str]:
     if isinstance(node, ast.pattern) and isinstance(name, str):
         return {name}
     return set()
+
+
+def _expanded_in_shell_command(node: ast.AST) -> set[str]:
+    # The variables ``get_ipython().system('echo $answer')`` (``!echo $answer``) or
+    # ``getoutput(...)`` (``x = !...``) fills in.
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("system", "getoutput")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        return set()
+    return {dollar or brace for dollar, brace in _SHELL_FIELD.findall(node.args[0].value)}
 
 
 def _read_by_functions(names: set[str], namespace: Mapping[str, Any]) -> set[str]:
