@@ -100,6 +100,28 @@ def test_a_time_line_naming_the_var_waits_too(fe: FrontEnd) -> None:
     assert fe.run("%time print(timed)").startswith("Paris\n")
 
 
+def test_cells_a_wait_would_break_run_as_they_are_and_history_keeps_the_cell(
+    fe: FrontEnd,
+) -> None:
+    _slow_paris(fe, "left alone")
+    fe.run('left = "old"')
+    fe.run("%%cm --var left\nName a city.")
+    # Valid one statement at a time (as IPython runs a cell with no await), not as one
+    # module (a use before `global`): it runs at once, as it would have.
+    reply, output = fe.execute("print(left[:0] + 'ran')\nglobal left")
+    assert reply["status"] == "ok", output
+    assert output == "ran\n"
+    # A comment above a loop holds the wait: the traceback's lines are the cell's.
+    reply, output = fe.execute("# first letters\nfor c in left[:1]:\n    pass\n1 / 0")
+    assert reply["ename"] == "ZeroDivisionError"
+    assert "line 4" in output
+    assert "line 5" not in output
+    # What the cell's history entry holds (%save writes it) is the cell as written.
+    fe.run("%%cm --var kept_in_history\nAnother?")
+    fe.run("upper = kept_in_history.upper()")
+    assert fe.run("print(repr(In[-2]))") == "'upper = kept_in_history.upper()'\n"
+
+
 def test_a_cell_starting_with_future_imports_waits_after_them(fe: FrontEnd) -> None:
     _slow_paris(fe, "future")
     fe.run("%%cm --var future_city\nName a city.")
@@ -280,7 +302,11 @@ CALL = f"await {WAIT_FUNCTION}(['x'])"
         ("for c in x:\n    print(c)\n", f"{CALL}\nfor c in x:\n    print(c)\n"),
         ("@wrap\ndef f():\n    return x\n", f"{CALL}\n@wrap\ndef f():\n    return x\n"),
         ("reply = await x\n", f"{CALL}; reply = await x\n"),
-        ("# a loop\nfor c in x:\n    pass\n", f"# a loop\n{CALL}\nfor c in x:\n    pass\n"),
+        ("# a loop\nfor c in x:\n    pass\n", f"{CALL}  # a loop\nfor c in x:\n    pass\n"),
+        (
+            '"""Notes."""\nfrom __future__ import annotations\nprint(x)\n',
+            f'"""Notes."""\nfrom __future__ import annotations\n{CALL}; print(x)\n',
+        ),
         (
             "from __future__ import annotations\ny: int = x\n",
             f"from __future__ import annotations\n{CALL}; y: int = x\n",
@@ -299,8 +325,16 @@ def test_the_wait_goes_before_the_first_statement_keeping_line_numbers(
     assert after == [ast.dump(s) for s in tree.body]
 
 
-def test_a_cell_of_future_imports_alone_gets_no_wait() -> None:
-    cell = "from __future__ import annotations\n"
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "from __future__ import annotations\n",
+        # Valid as IPython runs it without a wait (a statement at a time), not as one
+        # module: a wait would make it fail.
+        "print(x)\nglobal x\n",
+    ],
+)
+def test_a_cell_where_no_wait_can_go_is_left_as_it_is(cell: str) -> None:
     assert _waiting_before(cell, ast.parse(cell), CALL) is None
 
 

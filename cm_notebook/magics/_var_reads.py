@@ -81,6 +81,8 @@ class WaitForVariables:
         # magic such as ``%time`` transforms while its cell runs is not a cell, and a
         # top-level await there would be a SyntaxError.
         self.running = 0
+        # The call put in the cell being run, to take out of its history entry again.
+        self._put_in: str | None = None
 
     def __call__(self, lines: list[str]) -> list[str]:
         if self.running:
@@ -107,7 +109,10 @@ class WaitForVariables:
         arguments = f"{read!r}, replies=True" if exports else repr(read)
         call = f"await {WAIT_FUNCTION}({arguments})"
         waiting = _waiting_before(source, tree, call)
-        return waiting.splitlines(keepends=True) if waiting is not None else lines
+        if waiting is None:
+            return lines
+        self._put_in = call
+        return waiting.splitlines(keepends=True)
 
     async def wait(self, names: Sequence[str], replies: bool = False) -> None:
         """Return once the replies that set ``names`` have ended (their values set) and,
@@ -140,6 +145,18 @@ class WaitForVariables:
     def cell_ends(self) -> None:
         """IPython ``post_execute`` event."""
         self.running = max(0, self.running - 1)
+        if self.running:
+            return  # a cell run from within a cell: the outer one's history is later
+        call, self._put_in = self._put_in, None
+        history = getattr(getattr(self.shell, "history_manager", None), "input_hist_parsed", None)
+        if call is None or not history:
+            return
+        # ``In[n]`` (and so ``%save``, ``%macro``) holds the cell as run: the cell as
+        # written is what it should keep (a saved script cannot run the await).
+        for put_in in (f"{call}; ", f"{call}  ", f"{call}\n"):
+            if put_in in history[-1]:
+                history[-1] = history[-1].replace(put_in, "", 1)
+                break
 
     def _still_coming(self) -> bool:
         current = self.commands.current
@@ -176,29 +193,48 @@ def _runs_awaits(shell: Any) -> bool:
 
 
 def _waiting_before(source: str, tree: ast.Module, call: str) -> str | None:
-    # ``source`` with ``call`` run before its first statement (after any ``from
-    # __future__`` imports, which must come first), or None if there is none or that
-    # cannot be done without changing what the cell means.
-    futures = 0
-    while futures < len(tree.body) and _is_future_import(tree.body[futures]):
-        futures += 1
-    if futures == len(tree.body):
+    # ``source`` with ``call`` run before its first statement (after a docstring and
+    # ``from __future__`` imports, which must come first), or None if there is none or
+    # that cannot be done without changing what the cell means.
+    skipped = 0
+    while skipped < len(tree.body) and _comes_first(tree.body[skipped], skipped):
+        skipped += 1
+    if skipped == len(tree.body):
         return None
-    first = tree.body[futures]
+    first = tree.body[skipped]
     decorators = getattr(first, "decorator_list", [])
-    start = _line_start(source, min([first.lineno, *(d.lineno for d in decorators)]))
+    lineno = min([first.lineno, *(d.lineno for d in decorators)])
+    start = _line_start(source, lineno)
     candidates = []
     if not isinstance(first, _COMPOUND) and first.col_offset == 0:
         candidates.append(f"{source[:start]}{call}; {source[start:]}")
+    # A blank or comment-only line above it can hold the call: no line is added.
+    above = _line_start(source, lineno - 1) if lineno > 1 else start
+    if above < start and source[above:start].strip()[:1] in ("", "#"):
+        candidates.append(f"{source[:above]}{call}  {source[above:]}")
     candidates.append(f"{source[:start]}{call}\n{source[start:]}")
     for candidate in candidates:
         try:
             body = ast.parse(candidate).body
-        except SyntaxError:
+            # As IPython compiles a cell with an await: as one module (a `global x`
+            # after a use of x, or a misplaced future import, fails only then).
+            compile(candidate, "<cell>", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        except (SyntaxError, ValueError):
             continue
-        if len(body) > futures and _is_call(body[futures]):
+        if len(body) > skipped and _is_call(body[skipped]):
             return candidate
     return None
+
+
+def _comes_first(statement: ast.stmt, index: int) -> bool:
+    # A docstring (first) or a ``from __future__`` import: what must stay on top.
+    docstring = (
+        index == 0
+        and isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
+    return docstring or _is_future_import(statement)
 
 
 def _is_future_import(statement: ast.stmt) -> bool:
