@@ -28,6 +28,9 @@ def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
         yield frontend
 
 
+HANGING = '[{"hang": True, "after_chunks": 1, "text": "so far"}]'
+
+
 def _printed(fe: FrontEnd, expression: str) -> Any:
     return ast.literal_eval(fe.run(f"print(repr({expression}))").strip())
 
@@ -35,15 +38,7 @@ def _printed(fe: FrontEnd, expression: str) -> Any:
 def _hanging(fe: FrontEnd, title: str) -> None:
     # A current context whose first reply hangs after "so far" until stopped; the
     # replies after it echo their question.
-    fe.run(
-        f"""
-        from cm_notebook import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-        hanging = ScriptedProvider().load([{{"hang": True, "after_chunks": 1, "text": "so far"}}])
-        slow = ContextSession.create({title!r}, provider=hanging)
-        %cm use slow
-        """
-    )
+    fe.use_scripted(title, HANGING)
 
 
 def _contents(fe: FrontEnd, branch: str) -> list[str]:
@@ -52,29 +47,13 @@ def _contents(fe: FrontEnd, branch: str) -> list[str]:
 
 def _slow_paris(fe: FrontEnd, title: str) -> None:
     # A current context whose first reply, "Paris", takes a moment; echoes after it.
-    fe.run(
-        f"""
-        from cm_notebook import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-        paris = ScriptedProvider().reply("Paris", chunks="words", delay=0.3)
-        slow = ContextSession.create({title!r}, provider=paris)
-        %cm use slow
-        """
-    )
+    fe.use_scripted(title, '[{"reply": "Paris", "chunks": "words", "delay": 0.3}]')
 
 
 def test_a_second_cell_while_the_first_reply_streams_waits_for_it(fe: FrontEnd) -> None:
     # Run All: the next %%cm cell comes while the last one's reply is still written.
     # It returns at once, says it waits, and asks once that reply has ended.
-    fe.run(
-        """
-        from cm_notebook import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-        hanging = ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}])
-        slow = ContextSession.create("slow", provider=hanging)
-        %cm use slow
-        """
-    )
+    _hanging(fe, "slow")
     first, output = fe.execute("%%cm\nFirst question")
     assert first["status"] == "ok", output
     second, output = fe.execute("%%cm\nSecond question")
@@ -94,16 +73,8 @@ def test_a_second_cell_while_the_first_reply_streams_waits_for_it(fe: FrontEnd) 
 
 def test_a_cell_while_code_s_reply_streams_says_what_to_do(fe: FrontEnd) -> None:
     # A reply started from code (not a %%cm cell): a cell is refused, with what to do.
-    fe.run(
-        """
-        from cm_notebook import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-        hanging = ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}])
-        slow = ContextSession.create("slow code", provider=hanging)
-        %cm use slow
-        started = slow.send("From code")
-        """
-    )
+    _hanging(fe, "slow code")
+    fe.run('started = slow.send("From code")')
     for cell in ("%%cm\nSecond question", '%%cm --ab "A" "B"\nSecond question'):
         second, output = fe.execute(cell)
         assert second["status"] == "error", output

@@ -30,15 +30,7 @@ def fe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
 def _context(fe: FrontEnd, title: str, first: str) -> None:
     # A current context whose first reply is ``first`` (a dict of the scripted
     # provider's), the replies after it echo their question.
-    fe.run(
-        f"""
-        from cm_notebook import ContextSession
-        from cm_notebook.testing import ScriptedProvider
-        provider = ScriptedProvider().load([{first}])
-        slow = ContextSession.create({title!r}, provider=provider)
-        %cm use slow
-        """
-    )
+    fe.use_scripted(title, f"[{first}]")
 
 
 def _slow_paris(fe: FrontEnd, title: str) -> None:

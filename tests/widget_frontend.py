@@ -145,6 +145,19 @@ class FrontEnd:
         assert reply["status"] == "ok", out
         return out
 
+    def use_scripted(self, title: str, turns: str) -> None:
+        """Make ``slow``, a context whose model plays the scripted ``turns`` (a Python
+        list of :meth:`ScriptedProvider.load` turns) and then echoes each question, the
+        magics' current context."""
+        self.run(
+            f"""
+            from cm_notebook import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+            slow = ContextSession.create({title!r}, provider=ScriptedProvider().load({turns}))
+            %cm use slow
+            """
+        )
+
     def with_class(self, css_class: str) -> list[dict[str, Any]]:
         """The states of the widget models that carry ``css_class``, oldest first."""
         return [m for m in self.models.values() if css_class in m.get("_dom_classes", [])]

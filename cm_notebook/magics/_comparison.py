@@ -18,7 +18,7 @@ import ipywidgets as w
 from ..errors import CMError
 from ..widgets import CompareView
 from ..widgets._live_output import flush_copies
-from ._queue import STILL_QUEUED, CellTask, polled, release, release_after, wait_for
+from ._queue import CellTask, polled, release, release_after, say_what_goes_on, wait_for
 from ._remedies import for_magics, said
 from ._reply import after_wind_down, note
 from ._shown import given_by_view
@@ -94,13 +94,12 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             fan = await polled(self._forked)  # raises why a queued fork failed
             comparison = await after_wind_down(fan, self._wound_down)
         except asyncio.CancelledError:
-            # The awaiting cell interrupted (not the arms stopped): say what goes on.
-            if self._task.stopped:
-                pass  # stopped itself (`%cm stop --all`): its view says so
-            elif self.fan is None:
-                print(STILL_QUEUED)
-            elif not self._wound_down.done():
-                print("… stopped waiting; the arms go on (`%cm stop --all` stops them)")
+            say_what_goes_on(
+                self._task,
+                queued=self.fan is None,
+                under_way=not self._wound_down.done(),
+                goes_on="… stopped waiting; the arms go on (`%cm stop --all` stops them)",
+            )
             raise
         flush_copies(self.session)  # as the awaiting cell: see ReplyView
         return given_by_view(comparison)

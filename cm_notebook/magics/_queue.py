@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     from ..session import ContextSession
 
 __all__ = [
-    "STILL_QUEUED",
     "CellQueue",
     "CellTask",
     "Queued",
     "polled",
     "release",
     "release_after",
+    "say_what_goes_on",
     "wait_for",
 ]
 
@@ -38,8 +38,8 @@ T = TypeVar("T")
 #: How often a wait wakes up (see :func:`polled`).
 POLL_SECONDS = 0.1
 
-#: What a cell awaiting a queued view says when interrupted.
-STILL_QUEUED = (
+# What a cell awaiting a queued view says when interrupted.
+_STILL_QUEUED = (
     "… stopped waiting; the cell still asks once the replies above it have ended "
     "(`%cm stop --all` stops them all)"
 )
@@ -201,3 +201,15 @@ def release_after(
             release(released)
 
     asyncio.get_running_loop().create_task(later())
+
+
+def say_what_goes_on(task: CellTask, *, queued: bool, under_way: bool, goes_on: str) -> None:
+    """What a cell awaiting a view prints when it is interrupted (not when the view was
+    stopped: the view says so itself): that the queued cell still asks, or ``goes_on``
+    while its reply (its arms) is ``under_way``."""
+    if task.stopped:
+        return
+    if queued:
+        print(_STILL_QUEUED)
+    elif under_way:
+        print(goes_on)

@@ -38,7 +38,7 @@ from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
-from ._queue import STILL_QUEUED, CellTask, polled, release, release_after, wait_for
+from ._queue import CellTask, polled, release, release_after, say_what_goes_on, wait_for
 from ._remedies import for_magics, said
 from ._shown import given_by_view
 
@@ -156,13 +156,12 @@ class ReplyView:
             turn = await self.started()
             final = await after_wind_down(turn, self._wound_down)
         except asyncio.CancelledError:
-            # The awaiting cell interrupted (not the reply stopped): say what goes on.
-            if self._task.stopped:
-                pass  # stopped itself (`%cm stop --all`): its view says so
-            elif self.turn is None:
-                print(STILL_QUEUED)
-            elif not self.turn.done():
-                print("… stopped waiting; the reply goes on (`%cm stop` stops it)")
+            say_what_goes_on(
+                self._task,
+                queued=self.turn is None,
+                under_way=self.turn is not None and not self.turn.done(),
+                goes_on="… stopped waiting; the reply goes on (`%cm stop` stops it)",
+            )
             raise
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).

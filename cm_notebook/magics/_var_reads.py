@@ -81,7 +81,7 @@ class WaitForVariables:
         # magic such as ``%time`` transforms while its cell runs is not a cell, and a
         # top-level await there would be a SyntaxError.
         self.running = 0
-        # The call put in the cell being run, to take out of its history entry again.
+        # What was put in the cell being run, to take out of its history entry again.
         self._put_in: str | None = None
 
     def __call__(self, lines: list[str]) -> list[str]:
@@ -111,7 +111,10 @@ class WaitForVariables:
         waiting = _waiting_before(source, tree, call)
         if waiting is None:
             return lines
-        self._put_in = call
+        # What went in (the call and what joins it to the line): `waiting` is `source`
+        # with it inserted where the call starts.
+        at = waiting.index(call)
+        self._put_in = waiting[at : at + len(waiting) - len(source)]
         return waiting.splitlines(keepends=True)
 
     async def wait(self, names: Sequence[str], replies: bool = False) -> None:
@@ -147,16 +150,12 @@ class WaitForVariables:
         self.running = max(0, self.running - 1)
         if self.running:
             return  # a cell run from within a cell: the outer one's history is later
-        call, self._put_in = self._put_in, None
+        put_in, self._put_in = self._put_in, None
         history = getattr(getattr(self.shell, "history_manager", None), "input_hist_parsed", None)
-        if call is None or not history:
-            return
-        # ``In[n]`` (and so ``%save``, ``%macro``) holds the cell as run: the cell as
-        # written is what it should keep (a saved script cannot run the await).
-        for put_in in (f"{call}; ", f"{call}  ", f"{call}\n"):
-            if put_in in history[-1]:
-                history[-1] = history[-1].replace(put_in, "", 1)
-                break
+        if put_in is not None and history:
+            # ``In[n]`` (and so ``%save``, ``%macro``) holds the cell as run: the cell as
+            # written is what it should keep (a saved script cannot run the await).
+            history[-1] = history[-1].replace(put_in, "", 1)
 
     def _still_coming(self) -> bool:
         current = self.commands.current
