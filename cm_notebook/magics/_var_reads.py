@@ -14,7 +14,10 @@ Markdown form does) waits the same way for this kernel's replies in the current 
 
 The call goes on the first statement's own line (``await ...; x = answer``), so a
 traceback's line numbers are the cell's; a cell that starts with a compound statement
-(``def``, ``for``, ``with`` ...) gets it on a line of its own above. What counts as
+(``def``, ``for``, ``with`` ...) gets it on a blank or comment line above it, else on a
+line of its own (its traceback lines then count that one). A docstring and ``from
+__future__`` imports stay first, and a cell the call would break (valid a statement at
+a time, not as one module) runs as it is. What counts as
 naming a variable (reading, binding or deleting it, calling a kernel function that
 reads it, in magics' Python code too, ``%reset``) is :mod:`._cell_reads`; text in
 strings does not count. A cell that names no such variable, or any cell with
