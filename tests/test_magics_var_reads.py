@@ -187,6 +187,18 @@ def test_a_shell_command_filling_in_the_var_waits_too(fe: FrontEnd) -> None:
     assert fe.run("!echo $shell_city").strip() == "Paris"
 
 
+def test_a_magic_filling_in_the_var_in_its_line_waits_too(fe: FrontEnd) -> None:
+    _slow_paris(fe, "magic line")
+    fe.run("%%cm --var env_city\nName a city.")
+    fe.run("%env CM_TEST_CITY=$env_city")
+    assert fe.run("import os; print(os.environ['CM_TEST_CITY'])").strip() == "Paris"
+    fe.run("import pathlib, tempfile; tmp = pathlib.Path(tempfile.mkdtemp())")
+    _slow_paris(fe, "cell magic line")
+    fe.run("%%cm --var file_city\nName a city.")
+    fe.run("%%writefile {str(tmp / file_city.lower())}.txt\nhello")
+    assert fe.run("print((tmp / 'paris.txt').read_text())").strip() == "hello"
+
+
 def test_a_cell_that_does_not_name_the_var_runs_at_once(fe: FrontEnd) -> None:
     # The reply hangs until stopped: a cell that waited for it would time out. The
     # name inside a string is text, not a read.
@@ -343,6 +355,12 @@ def test_a_cell_where_no_wait_can_go_is_left_as_it_is(cell: str) -> None:
         ("print('x')", {"print"}),
         ("get_ipython().system('echo $x ${y} {z}')", {"get_ipython", "x", "y", "z"}),
         ("get_ipython().run_line_magic('pinfo2', 'x.upper')", {"get_ipython", "x"}),
+        ("get_ipython().run_line_magic('env', 'K=$x $$y {{z}}')", {"get_ipython", "x"}),
+        (
+            "get_ipython().run_cell_magic('bash', '-s {x.upper()} {n:>3}', '$y')",
+            {"get_ipython", "x", "n"},
+        ),
+        ("get_ipython().run_line_magic('env', 'K={x')", {"get_ipython"}),
     ],
 )
 def test_what_a_cell_names(cell: str, named: set[str]) -> None:
@@ -353,3 +371,9 @@ def test_functions_defined_in_the_kernel_are_followed_to_what_they_read() -> Non
     namespace: dict[str, object] = {}
     exec("def inner():\n    return x\ndef outer():\n    return [inner() for _ in y]", namespace)
     assert {"x", "y", "inner"} <= cell_reads(ast.parse("outer()"), namespace, str).names
+
+
+def test_a_magic_that_opts_out_of_filling_in_names_nothing_by_it() -> None:
+    cell = "get_ipython().run_line_magic('cm', 'ask $x {y}')"
+    reads = cell_reads(ast.parse(cell), {}, str, lambda magic, is_cell: magic != "cm")
+    assert reads.names == {"get_ipython"}

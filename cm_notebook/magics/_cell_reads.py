@@ -6,9 +6,12 @@ A cell counts as naming a variable when its code reads it, binds it (``x = ...``
 through the functions that one calls). Code that magics run as Python counts too:
 ``%time`` / ``%timeit`` / ``%prun`` lines (after their options) and ``%%time`` /
 ``%%timeit`` / ``%%capture`` / ``%%prun`` cells, as IPython itself transforms them;
-``answer?`` and ``$answer`` or ``{answer}`` in a shell command (``!echo $answer``).
-``%reset`` and ``%reset_selective`` name every variable; ``%cm export --format json``
-is noted apart (it reads the conversation, not a variable).
+``answer?``; and ``$answer`` or ``{answer.upper()}`` where IPython fills them in from
+the kernel's variables: in a shell command (``!echo $answer``) and in a magic's line
+(``%env KEY=$answer``, ``%%writefile {answer}.txt``, ``%%bash -s "$answer"``), unless
+the magic asks IPython not to (as ``%cm`` does). ``%reset`` and ``%reset_selective``
+name every variable; ``%cm export --format json`` is noted apart (it reads the
+conversation, not a variable).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.utils.text import DollarFormatter
 
 from . import _args as a
 from ._parse import parse_args, split_words
@@ -37,9 +41,9 @@ _RESETS = frozenset({"reset", "reset_selective"})
 # Magics that look at an object by name: what ``answer?`` and ``answer??`` become.
 _INSPECTS = frozenset({"pinfo", "pinfo2", "pdef", "pdoc", "psource", "pfile"})
 
-# ``$name``, ``${name...}`` and ``{name...}`` in a shell command (``!echo $answer``),
-# which IPython fills in from the kernel's variables when the command runs.
-_SHELL_FIELD = re.compile(r"\$\{?([A-Za-z_]\w*)|\{([A-Za-z_]\w*)")
+# How IPython reads ``$name`` and ``{expression}`` in a shell command or a magic's line
+# (``InteractiveShell.var_expand``).
+_FIELDS = DollarFormatter()
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
 # How deep magics within magics are followed (``%time %time x``), and how many of a
@@ -69,13 +73,19 @@ class CellReads:
 
 
 def cell_reads(
-    tree: ast.AST, namespace: Mapping[str, Any], transform: Callable[[str], str], depth: int = 0
+    tree: ast.AST,
+    namespace: Mapping[str, Any],
+    transform: Callable[[str], str],
+    expands: Callable[[str, bool], bool] | None = None,
+    depth: int = 0,
 ) -> CellReads:
     """What the code of ``tree`` reads or replaces (see the module docstring).
 
     ``namespace`` is the kernel's (for the functions a cell calls); ``transform`` turns
     a magic's code into Python as IPython does (its static transforms, so ``%`` lines
-    in that code become calls too).
+    in that code become calls too); ``expands(magic, is_cell_magic)`` tells whether
+    IPython fills in ``$name`` and ``{expression}`` in that magic's line (by default,
+    every magic's line counts).
     """
     reads = CellReads()
     for node in ast.walk(tree):
@@ -84,6 +94,8 @@ def cell_reads(
         if call is None:
             continue
         magic, code, line = call
+        if expands is None or expands(magic, line is not None):
+            reads.names |= expanded_names(code if line is None else line)
         if magic in _RESETS:
             reads.every_variable = True
         elif magic == "xdel":
@@ -99,7 +111,7 @@ def cell_reads(
             parts.append(_after_options(transform, line if line is not None else code))
             for inner in parts:
                 if inner is not None:
-                    reads.add(cell_reads(inner, namespace, transform, depth + 1))
+                    reads.add(cell_reads(inner, namespace, transform, expands, depth + 1))
     reads.names |= _read_by_functions(reads.names, namespace)
     return reads
 
@@ -135,7 +147,26 @@ def _expanded_in_shell_command(node: ast.AST) -> set[str]:
         and isinstance(node.args[0].value, str)
     ):
         return set()
-    return {dollar or brace for dollar, brace in _SHELL_FIELD.findall(node.args[0].value)}
+    return expanded_names(node.args[0].value)
+
+
+def expanded_names(text: str) -> set[str]:
+    """The variables IPython reads to fill in ``$name`` and ``{expression}`` in
+    ``text`` (a shell command, a magic's line); none where it would leave the text
+    as it is (``$$``, ``{{``, a field that does not parse)."""
+    names: set[str] = set()
+    try:
+        expressions = [found for _, found, _, _ in _FIELDS.parse(text) if found]
+    except ValueError:  # unbalanced braces: IPython leaves the whole text alone
+        return names
+    for text_of in expressions:
+        try:
+            expression = ast.parse(text_of.strip(), mode="eval")
+        except (SyntaxError, ValueError, RecursionError):
+            names |= set(_IDENTIFIER.findall(text_of)[:1])  # a field that is no expression
+            continue
+        names |= {node.id for node in ast.walk(expression) if isinstance(node, ast.Name)}
+    return names
 
 
 def _read_by_functions(names: set[str], namespace: Mapping[str, Any]) -> set[str]:

@@ -19,7 +19,8 @@ line of its own (its traceback lines then count that one). A docstring and ``fro
 __future__`` imports stay first, and a cell the call would break (valid a statement at
 a time, not as one module) runs as it is. What counts as
 naming a variable (reading, binding or deleting it, calling a kernel function that
-reads it, in magics' Python code too, ``%reset``) is :mod:`._cell_reads`; text in
+reads it, in magics' Python code too, ``$answer`` in a magic's line, ``%reset``) is
+:mod:`._cell_reads`; text in
 strings does not count. A cell that names no such variable, or any cell with
 ``%autoawait off``, runs as it is.
 """
@@ -34,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.async_helpers import _asyncio_runner
+from IPython.core.magic import MAGIC_NO_VAR_EXPAND_ATTR
 
 from ._cell_reads import cell_reads
 from ._queue import Queued, polled
@@ -100,8 +102,11 @@ class WaitForVariables:
         except (SyntaxError, ValueError, RecursionError):  # (null bytes; deep nesting)
             return lines  # IPython reports it as it would have
         reads = cell_reads(
-            tree, self.shell.user_ns, self.shell.input_transformer_manager.transform_cell
-        )  # (IPython's own transforms: not this one again)
+            tree,
+            self.shell.user_ns,
+            self.shell.input_transformer_manager.transform_cell,  # not this one again
+            self._expands,
+        )
         # %reset: the variables are cleared after their replies have set them.
         read = sorted(being_set if reads.every_variable else reads.names & being_set)
         exports = coming and reads.exports_json
@@ -119,6 +124,12 @@ class WaitForVariables:
         at = waiting.index(call)
         self._put_in = waiting[at : at + len(waiting) - len(source)]
         return waiting.splitlines(keepends=True)
+
+    def _expands(self, magic: str, is_cell_magic: bool) -> bool:
+        # Whether IPython fills in ``$name`` / ``{expression}`` in the magic's line: not
+        # for a magic that opts out (``%cm``), nor for one it does not know.
+        found = self.shell.find_magic(magic, "cell" if is_cell_magic else "line")
+        return found is not None and not getattr(found, MAGIC_NO_VAR_EXPAND_ATTR, False)
 
     async def wait(self, names: Sequence[str], replies: bool = False) -> None:
         """Return once the replies that set ``names`` have ended (their values set) and,
