@@ -291,6 +291,19 @@ def test_exporting_json_waits_for_the_replies_above(fe: FrontEnd) -> None:
     assert fe.run("print('echo: And another?' in _)") == "True\n"
 
 
+def test_exporting_json_after_making_another_context_current_waits_for_its_replies(
+    fe: FrontEnd,
+) -> None:
+    # Which context the cell exports is known only once its `%cm use` has run.
+    _slow_paris(fe, "export elsewhere")
+    fe.run("paris_context = slow")
+    fe.run("%%cm\nName a city.")
+    fe.run("%cm new somewhere else")
+    fe.run("%cm use paris_context\ndoc = %cm export --format json")
+    contents = "import json\nprint([m['content'] for m in json.loads(doc)['messages']])"
+    assert fe.run(contents) == "['Name a city.', 'Paris']\n"
+
+
 # -- where the wait goes, on code a cell may hold (no kernel needed) ------------------
 
 CALL = f"await {WAIT_FUNCTION}(['x'])"

@@ -11,7 +11,7 @@ the kernel's variables: in a shell command (``!echo $answer``) and in a magic's 
 (``%env KEY=$answer``, ``%%writefile {answer}.txt``, ``%%bash -s "$answer"``), unless
 the magic asks IPython not to (as ``%cm`` does). ``%reset`` and ``%reset_selective``
 name every variable; ``%cm export --format json`` is noted apart (it reads the
-conversation, not a variable).
+conversation, not a variable), and so is ``%cm use`` / ``%cm new`` (which conversation).
 """
 
 from __future__ import annotations
@@ -64,12 +64,15 @@ class CellReads:
     every_variable: bool = False
     #: Whether it exports the current conversation as JSON (``%cm export -f json``).
     exports_json: bool = False
+    #: Whether it makes another context current (``%cm use``, ``%cm new``).
+    changes_context: bool = False
 
     def add(self, other: CellReads) -> None:
         """Count what ``other`` reads too."""
         self.names |= other.names
         self.every_variable = self.every_variable or other.every_variable
         self.exports_json = self.exports_json or other.exports_json
+        self.changes_context = self.changes_context or other.changes_context
 
 
 def cell_reads(
@@ -104,6 +107,7 @@ def cell_reads(
             reads.names |= set(_IDENTIFIER.findall(code)[:1])  # `answer?`, `answer.upper??`
         elif magic == "cm" and line is None:
             reads.exports_json = reads.exports_json or _exports_json(code)
+            reads.changes_context = reads.changes_context or _changes_context(code)
         elif magic in _PYTHON_CODE and depth < _MAX_DEPTH:
             # A line magic's code comes after its options; a cell magic's line may hold
             # code too (``%%timeit`` runs it as setup).
@@ -237,6 +241,11 @@ def _parsed(transform: Callable[[str], str], code: str) -> ast.Module | None:
         return ast.parse(python)
     except (SyntaxError, ValueError, RecursionError):  # (null bytes; deep nesting)
         return None
+
+
+def _changes_context(line: str) -> bool:
+    # ``%cm use ...`` or ``%cm new ...``.
+    return line.split(maxsplit=1)[:1] in (["use"], ["new"])
 
 
 def _exports_json(line: str) -> bool:

@@ -95,10 +95,16 @@ class CellQueue:
             cell.stop()
         return len(cells)
 
-    def under_way(self, session: ContextSession) -> list[Queued]:
-        """This kernel's cells in ``session``'s context not finished yet, oldest first."""
-        cells = [cell for cell in self._all.get(session.id, []) if not cell.finished.done()]
-        self._all[session.id] = cells
+    def under_way(self, session: ContextSession | None) -> list[Queued]:
+        """This kernel's cells in ``session``'s context (None: in any context) not
+        finished yet, oldest first."""
+        if session is None:
+            return [cell for ids in list(self._all) for cell in self._under_way_in(ids)]
+        return self._under_way_in(session.id)
+
+    def _under_way_in(self, context_id: str) -> list[Queued]:
+        cells = [cell for cell in self._all.get(context_id, []) if not cell.finished.done()]
+        self._all[context_id] = cells
         return cells
 
 

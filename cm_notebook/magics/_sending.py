@@ -165,9 +165,10 @@ class CellSender:
         before = self._queue.before(session, branch or session.active_branch)
         return before if isinstance(before, ReplyView) else None
 
-    def still_coming(self, session: ContextSession) -> list[concurrent.futures.Future[None]]:
-        """What a command run after this kernel's cells in the context waits for: each
-        cell not finished yet (its reply, every arm's) finishing."""
+    def still_coming(self, session: ContextSession | None) -> list[concurrent.futures.Future[None]]:
+        """What a command run after this kernel's cells in the context (None: in any
+        context) waits for: each cell not finished yet (its reply, every arm's)
+        finishing."""
         return [cell.finished for cell in self._queue.under_way(session)]
 
     def stop_all(self, session: ContextSession) -> int:

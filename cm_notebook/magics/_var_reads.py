@@ -93,7 +93,7 @@ class WaitForVariables:
         if self.running:
             return lines
         being_set = self.commands.sender.names_being_set()
-        coming = self._still_coming()
+        coming = bool(self.commands.sender.still_coming(None))  # in any context
         if not (being_set or coming) or not _runs_awaits(self.shell):
             return lines
         source = "".join(lines)
@@ -109,12 +109,17 @@ class WaitForVariables:
         )
         # %reset: the variables are cleared after their replies have set them.
         read = sorted(being_set if reads.every_variable else reads.names & being_set)
-        exports = coming and reads.exports_json
+        # A cell that also makes another context current (`%cm use`) exports that one,
+        # which cannot be told before the cell runs: it waits for every context's.
+        everywhere = reads.changes_context
+        exports = coming and reads.exports_json and (everywhere or self._still_coming())
         if not (read or exports) or not tree.body:
             return lines
         self.shell.user_ns[WAIT_FUNCTION] = self.wait  # again: `%reset` may have cleared it
         self.shell.user_ns_hidden[WAIT_FUNCTION] = self.wait
-        arguments = f"{read!r}, replies=True" if exports else repr(read)
+        arguments = repr(read)
+        if exports:
+            arguments += ", replies=True" + (", everywhere=True" if everywhere else "")
         call = f"await {WAIT_FUNCTION}({arguments})"
         waiting = _waiting_before(source, tree, call)
         if waiting is None:
@@ -131,16 +136,20 @@ class WaitForVariables:
         found = self.shell.find_magic(magic, "cell" if is_cell_magic else "line")
         return found is not None and not getattr(found, MAGIC_NO_VAR_EXPAND_ATTR, False)
 
-    async def wait(self, names: Sequence[str], replies: bool = False) -> None:
+    async def wait(
+        self, names: Sequence[str], replies: bool = False, everywhere: bool = False
+    ) -> None:
         """Return once the replies that set ``names`` have ended (their values set) and,
-        with ``replies``, every reply of this kernel in the current context."""
+        with ``replies``, every reply of this kernel in the current context (with
+        ``everywhere``, in any context)."""
         sender = self.commands.sender
         setting: dict[Queued, list[str]] = {}
         for name in names:
             for setter in sender.setters_of(name):
                 setting.setdefault(setter, []).append(name)
-        current = self.commands.current
-        coming = sender.still_coming(current) if replies and current is not None else []
+        current = None if everywhere else self.commands.current
+        asks = replies and (everywhere or current is not None)
+        coming = sender.still_coming(current) if asks else []
         try:
             for setter, sets in setting.items():
                 await polled(setter.finished, _telling_when_it_asks(setter, sets))
