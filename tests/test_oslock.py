@@ -110,3 +110,25 @@ def test_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_a_lock_not_taken_keeps_no_descriptor(tmp_path: Path) -> None:
+    holder = OSLock(tmp_path / ".lock")
+    holder.acquire(timeout=0)
+    before = _open_descriptors()
+    for _ in range(50):  # probes dropped after a timeout, as a check for a live writer does
+        with pytest.raises(LockTimeout):
+            OSLock(tmp_path / ".lock").acquire(timeout=0)
+    assert _open_descriptors() == before
+    waiter = OSLock(tmp_path / ".lock")
+    with pytest.raises(LockTimeout):
+        waiter.acquire(timeout=0.02)
+    holder.close()
+    waiter.acquire(timeout=0)  # tried again after a timeout, it takes the lock
+    assert waiter.is_locked
+    waiter.close()

@@ -115,3 +115,23 @@ def test_a_spare_never_takes_the_name_of_another_writers_lock(tmp_path: Path) ->
             theirs.close()
 
     anyio.run(main)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_writes_while_another_store_streams_leak_no_descriptors(tmp_path: Path) -> None:
+    # Each write checks whether the other writer's stream is still alive (its lock).
+    async def main() -> None:
+        async with FileStore(tmp_path) as streaming, FileStore(tmp_path) as other:
+            await streaming.create_context(ContextMetadata(id="c"))
+            asked = msg("user", None, "question")
+            await streaming.append_message("c", asked, branch="main")
+            reply = msg("assistant", asked.id, "", status=MessageStatus.STREAMING)
+            await streaming.append_message("c", reply, branch="main")
+            await other.update_metadata("c", title="warm")
+            before = len(os.listdir("/proc/self/fd"))
+            for n in range(30):
+                await other.update_metadata("c", title=f"title {n}")
+            assert len(os.listdir("/proc/self/fd")) == before
+            assert (await other.get_message("c", reply.id)).status == MessageStatus.STREAMING
+
+    anyio.run(main)

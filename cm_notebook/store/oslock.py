@@ -83,10 +83,19 @@ class OSLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
+                    # Not taken: keep no descriptor either. Callers that probe a lock
+                    # and drop the object (is this stream's writer alive?) would
+                    # otherwise leak one per probe, until the process runs out.
+                    self._close()
                     raise LockTimeout(str(self.path)) from None
                 time.sleep(self.poll_interval)
                 continue
-            if self._names_locked_file():
+            try:
+                names_it = self._names_locked_file()
+            except BaseException:
+                self._close()  # locked, but not known to be ours: let go of it
+                raise
+            if names_it:
                 self._held = True
                 return
             # The path names another file now: let go of the old one and lock that.
