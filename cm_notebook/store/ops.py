@@ -37,6 +37,7 @@ from .codec import read_message_file
 from .context import ContextState
 from .diagnostics import warn
 from .index import RebuildNeeded
+from .oserrors import OUT_OF_RESOURCES
 from .paths import message_path, trusted_message_path
 from .repair import intact
 
@@ -199,6 +200,8 @@ def read_messages(state: ContextState, ids: list[str]) -> list[Message]:
                 where = message_path(state.dir, message_id)
             messages.append(read_restoring(state, where, message_id, check_folder=not trusted))
         except (CorruptDataError, SchemaVersionError, StoreIOError) as exc:
+            if isinstance(exc, StoreIOError) and exc.errno in OUT_OF_RESOURCES:
+                raise  # not this file's fault: skipping would show every file as gone
             # One bad file must not hide a whole conversation: skip it, by path.
             warn(f"skipped an unreadable message: {exc}", Path(where))
     return messages

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import CorruptDataError, StorageFullError, StoreError, StoreIOError
 
-__all__ = ["describe_kind", "linked", "not_a_file", "open_regular", "translate"]
+__all__ = ["OUT_OF_RESOURCES", "describe_kind", "linked", "not_a_file", "open_regular", "translate"]
 
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # O_NONBLOCK: opening a FIFO planted where a file should be must not wait for a writer.
@@ -33,6 +33,9 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW | getattr(os
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DENIED = {errno.EACCES, errno.EPERM}
 _NOT_A_FILE = {errno.EISDIR, errno.ENOTDIR, errno.ENXIO, getattr(errno, "EOPNOTSUPP", -1)}
+#: Errors of the process or the system, not of the file (too many open files, no
+#: memory): whoever reads many files must not take them for damage to one.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def linked(path: Path) -> CorruptDataError:
@@ -101,6 +104,14 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
             f"permission denied to {doing} {where} ({reason}). Give the user running "
             "cm_notebook read and write access to it, or choose another data directory "
             "(CM_NOTEBOOK_DATA_DIR or data_dir=).",
+            where,
+            code,
+        )
+    if code in OUT_OF_RESOURCES:
+        return StoreIOError(
+            f"could not {doing} {where}: {reason}. The file is not at fault: this process "
+            "(or the system) has run out of open files or memory. Close what holds them "
+            "(or raise the limit, `ulimit -n`) and try again.",
             where,
             code,
         )
