@@ -44,7 +44,8 @@ def update_labels(
 
     The keys and values given are refused if they hold control characters (labels are
     shown in listings and terminals); the labels already on the branch are kept as
-    they are.
+    they are. The change is merged with the branch's labels as stored when it is
+    written, so labels another process set meanwhile are kept too.
     """
     name = validate_branch_name(branch)
     for key, value in changes.items():
@@ -53,13 +54,19 @@ def update_labels(
         if isinstance(value, str):  # the value is not quoted: it could be a secret
             _refuse_controls(value, f"the label {key!r:.40}")
     session._head(name)  # BranchNotFoundError for an unknown branch
-    current = dict(session.metadata.branches[name].labels)
-    for key, value in changes.items():
-        if value is None:
-            current.pop(key, None)
-        else:
-            current[key] = value
-    return set_labels(session, name, current)
+    _change(session, {name: dict(changes)})
+    return session.metadata.branches[name]
+
+
+def _change(
+    session: ContextSession,
+    changes: dict[str, dict[str, str | None]],
+    unique: str | None = None,
+) -> None:
+    # One write, merged under the context's lock; each branch changed is announced.
+    changed = session._io.call(session._store.change_labels(session.id, changes, unique=unique))
+    for name, branch in changed.items():
+        session._publish(ev.BranchUpdated(branch=name, head=branch.head, changed=["labels"]))
 
 
 def _refuse_controls(text: str, what: str) -> None:
@@ -81,16 +88,13 @@ def baseline_of(metadata: ContextMetadata) -> str | None:
 
 
 def pin_baseline(session: ContextSession, branch: str | None) -> str | None:
-    """Label ``branch`` as the baseline and unlabel any other (None: unpin all)."""
+    """Label ``branch`` as the baseline and unlabel any other (None: unpin all), in one
+    write: two processes pinning at once leave exactly one baseline."""
     name = None if branch is None else validate_branch_name(branch)
     if name is not None:
         session._head(name)  # BranchNotFoundError for an unknown branch
-    for other, found in session.metadata.branches.items():
-        if other != name and BASELINE_LABEL in found.labels:
-            rest = {k: v for k, v in found.labels.items() if k != BASELINE_LABEL}
-            set_labels(session, other, rest)
+    changes: dict[str, dict[str, str | None]] = {}
     if name is not None:
-        labels = session.metadata.branches[name].labels
-        if labels.get(BASELINE_LABEL) != "true":
-            set_labels(session, name, {**labels, BASELINE_LABEL: "true"})
+        changes[name] = {BASELINE_LABEL: "true"}
+    _change(session, changes, unique=BASELINE_LABEL)
     return name

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,3 +110,47 @@ async def test_labels_round_trip_through_export(tmp_path: Path, data_dir: Path) 
         document = parse_export(to_json(await export_context(source, cid)))
         await import_document(target, document)
         assert (await target.get_metadata(cid)).branches["arm"].labels == {"variant": "t0"}
+
+
+_LABELLER = """
+import sys, time
+from pathlib import Path
+from cm_notebook.session import ContextSession
+context, data_dir, prefix, start = sys.argv[1], Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+session = ContextSession.open(context, data_dir=data_dir)
+time.sleep(max(0.0, start - time.time()))
+for n in range(12):
+    session.label("main", **{f"{prefix}{n}": "v"})
+session.pin_baseline("main" if prefix == "p" else "other")
+session.close()
+"""
+
+
+def test_two_processes_labelling_at_once_lose_no_label(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.send("hi").result(DEADLINE)
+    session.branch("other", switch=False)
+    cid = session.id
+    close_all([session])
+    start = time.time() + 1.5  # both started and waiting, then both at once
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LABELLER, cid, str(data_dir), prefix, str(start)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for prefix in "pq"
+    ]
+    for child in children:
+        _, errors = child.communicate(timeout=60)
+        assert child.returncode == 0, errors
+    reopened = ContextSession.open(cid, data_dir=data_dir)
+    try:
+        labels = {**reopened.branches["main"].labels, **reopened.branches["other"].labels}
+        assert {f"{p}{n}" for p in "pq" for n in range(12)} <= set(labels)
+        pinned = [b for b in reopened.branches.values() if "baseline" in b.labels]
+        assert len(pinned) == 1  # two pins at once: exactly one baseline
+    finally:
+        close_all([reopened])

@@ -7,7 +7,7 @@ that ships; anything with these methods can replace it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import EllipsisType
 from typing import Any, Protocol, runtime_checkable
@@ -198,6 +198,17 @@ class Store(Protocol):
     ) -> Branch:
         """Change a branch's own defaults or labels (``...`` leaves one alone); never
         its head."""
+        ...
+
+    async def change_labels(
+        self,
+        context_id: str,
+        changes: Mapping[str, Mapping[str, str | None]],
+        *,
+        unique: str | None = None,
+    ) -> dict[str, Branch]:
+        """Merge label changes into branches' labels in one write (None removes one;
+        ``unique``: a label only the branches given it keep); the branches changed."""
         ...
 
     async def set_branch_head(

@@ -7,7 +7,7 @@ deleting branch pointers (never their messages). Each runs one write of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, TypeVar
 
@@ -121,6 +121,28 @@ class BranchWrites:
             self._write, context_id, ops.do_update_branch, name, changes
         )
         return branch.model_copy(deep=True)
+
+    async def change_labels(
+        self,
+        context_id: str,
+        changes: Mapping[str, Mapping[str, str | None]],
+        *,
+        unique: str | None = None,
+    ) -> dict[str, Branch]:
+        """Set labels on branches (None removes one), merged under the context's lock
+        with the labels they have then, so two processes labelling at once lose
+        nothing. With ``unique``, a label only one branch may carry: every branch
+        ``changes`` does not give it loses it. Returns the branches whose labels
+        changed (InvalidInputError for labels that are not valid, then nothing changes).
+        """
+        checked = {
+            validate_branch_name(name): {str(key): value for key, value in labels.items()}
+            for name, labels in changes.items()
+        }
+        changed: dict[str, Branch] = await self._run(
+            self._write, context_id, ops.do_change_labels, checked, unique
+        )
+        return {name: branch.model_copy(deep=True) for name, branch in changed.items()}
 
     async def set_branch_head(
         self,

@@ -30,7 +30,15 @@ from ..errors import (
     StoreIOError,
 )
 from ..ids import check_branch_names_free
-from ..model import Branch, ContextMetadata, Message, MessageStatus, ProviderSettings, utcnow
+from ..model import (
+    Branch,
+    ContextMetadata,
+    Message,
+    MessageStatus,
+    ProviderSettings,
+    utcnow,
+    validate_labels,
+)
 from .atomic import atomic_write
 from .base import IndexEntry
 from .codec import read_message_file
@@ -49,6 +57,7 @@ __all__ = [
     "do_set_active_branch",
     "do_set_branch_head",
     "do_update_branch",
+    "do_change_labels",
     "do_update_message",
     "do_update_metadata",
     "find_branch",
@@ -473,3 +482,36 @@ def do_update_branch(
         raise InvalidInputError(f"cannot update branch {name!r}: {exc}") from exc
     _save(state, metadata, branches={**metadata.branches, name: branch})
     return branch
+
+
+def do_change_labels(
+    state: ContextState,
+    metadata: ContextMetadata,
+    changes: dict[str, dict[str, str | None]],
+    unique: str | None,
+) -> dict[str, Branch]:
+    """Merge label changes into the branches' labels as they are now (None removes a
+    label); with ``unique``, every other branch loses that label. Returns the branches
+    whose labels changed (nothing is written when none did)."""
+    changed: dict[str, Branch] = {}
+    for name in changes:
+        find_branch(metadata, name)
+    for name, branch in metadata.branches.items():
+        labels = dict(branch.labels)
+        for key, value in changes.get(name, {}).items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+        if unique is not None and changes.get(name, {}).get(unique) is None:
+            labels.pop(unique, None)
+        if labels == branch.labels:
+            continue
+        try:
+            checked = validate_labels(labels)
+        except ValueError as exc:
+            raise InvalidInputError(f"labels of branch {name!r}: {exc}") from exc
+        changed[name] = branch.model_copy(update={"labels": checked})
+    if changed:
+        _save(state, metadata, branches={**metadata.branches, **changed})
+    return changed
