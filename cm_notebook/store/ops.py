@@ -52,12 +52,12 @@ from .repair import intact
 __all__ = [
     "check_head",
     "do_append",
+    "do_change_labels",
     "do_create_branch",
     "do_delete_branch",
     "do_set_active_branch",
     "do_set_branch_head",
     "do_update_branch",
-    "do_change_labels",
     "do_update_message",
     "do_update_metadata",
     "find_branch",
