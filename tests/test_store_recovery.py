@@ -6,6 +6,7 @@ Every corrupt file here is written by the test onto real disk; nothing is patche
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import filelock
@@ -19,7 +20,7 @@ from cm_notebook.errors import (
     StoreError,
     StoreLockTimeoutError,
 )
-from cm_notebook.model import SCHEMA_VERSION, MessageStatus
+from cm_notebook.model import SCHEMA_VERSION, ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.index import COMPACT_MIN_LINES
 from cm_notebook.store.schema import UPGRADES, Upgrade, upgrade
@@ -620,3 +621,31 @@ async def test_a_context_with_damaged_metadata_can_be_deleted(
         assert not folder(data_dir).exists()
         with pytest.raises(ContextNotFoundError):
             await other.delete_context("c1")
+
+
+async def test_a_lost_messages_folder_is_made_again_and_its_files_restored(
+    store: FileStore, data_dir: Path
+) -> None:
+    ids = await chain(store, "c1", 4)
+    shutil.rmtree(folder(data_dir) / "messages")
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning) as warned:
+            messages = await other.get_messages("c1", ids)
+        said = " ".join(str(warning.message) for warning in warned)
+        assert "was missing and was made again" in said
+        assert "restored from the journal" in said
+        assert [m.id for m in messages] == ids
+        await other.append_message("c1", msg("user", ids[-1], "more"), branch="main")
+        assert len(await other.path("c1")) == 5
+
+
+async def test_a_context_without_its_empty_messages_folder_takes_messages(
+    store: FileStore, data_dir: Path
+) -> None:
+    # Git keeps no empty folder: a new context checked out from a repository.
+    await store.create_context(ContextMetadata(id="c2"))
+    (folder(data_dir, "c2") / "messages").rmdir()
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning, match="was missing and was made again"):
+            await other.append_message("c2", msg(), branch="main")
+        assert len(await other.path("c2")) == 1

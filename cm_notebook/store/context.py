@@ -45,7 +45,7 @@ from .dead_streams import interrupt_dead_streams, warn_unmarked, writer_is_dead
 from .diagnostics import warn
 from .flushing import OwedFlushes
 from .index import MessageIndex, RebuildNeeded
-from .oserrors import linked, open_regular, translate
+from .oserrors import open_regular, translate
 from .oslock import LockTimeout, OSLock, creation_lock, lock_is_held, remove_lock_shell
 from .paths import (
     INDEX_NAME,
@@ -58,7 +58,7 @@ from .paths import (
     message_path,
 )
 from .recovered import known_entries, listed_entries, recover_hidden
-from .repair import repair_files
+from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
 from .tokens import files_token, token_paths
 from .walks import WalkCache
@@ -436,9 +436,7 @@ class ContextState:
 
     def _refresh_repaired(self) -> ContextMetadata:
         base = self._refresh_metadata()
-        messages_dir = self.dir / MESSAGES_DIR
-        if os.path.islink(messages_dir):
-            raise linked(messages_dir)  # writing through it would write outside
+        ensure_messages_folder(self.dir, self.fsync)
         try:
             metadata = self._current(base)
             self._check_heads(base, metadata)

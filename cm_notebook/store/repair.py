@@ -28,15 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import StoreError
-from .atomic import Fsync, atomic_write, fsync_dir, read_from
+from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, read_from
 from .codec import file_bytes_from_compact
 from .diagnostics import warn
 from .index import MessageIndex
-from .oserrors import translate
+from .oserrors import linked, translate
 from .paths import MESSAGES_DIR
 from .workers import fsync_each
 
-__all__ = ["intact", "repair_files"]
+__all__ = ["ensure_messages_folder", "intact", "repair_files"]
 
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -48,6 +48,33 @@ def intact(path: str, size: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+
+def ensure_messages_folder(ctx_dir: Path, fsync: Fsync) -> None:
+    """Make the context's ``messages`` folder again if it is gone; refuse a link there.
+
+    Git keeps no empty folder, so a new context checked out from a repository comes
+    back without it; a folder deleted by hand leaves the journal's copies of its
+    messages. Either way writes need it back, and :func:`repair_files` then restores
+    the files the journal still holds. Write locks held.
+    """
+    folder = ctx_dir / MESSAGES_DIR
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        try:
+            mkdir_durable(folder, fsync)
+        except OSError as exc:
+            raise translate(exc, folder, "create") from exc
+        warn(
+            f"the folder {folder} was missing and was made again; message files the "
+            "journal still holds are restored as they are read (`cm-notebook check "
+            "--repair` restores them all now)",
+            folder,
+        )
+        return
+    if stat.S_ISLNK(mode):
+        raise linked(folder)  # writing through it would write outside
 
 
 def repair_files(
