@@ -33,6 +33,7 @@ from .prompts import effective_system
 from .redact import redact
 from .scores import Score
 from .store.base import Store
+from .store.order import parents_first
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -135,7 +136,10 @@ async def export_context(
     metadata = await store.get_metadata(context_id)
     if branch is None:
         index = await store.index(context_id)
-        ids = sorted(index, key=lambda i: index[i].seq)  # arrival order: parents first
+        # Arrival order, which has parents first; an index rebuilt by an older version
+        # may not have, and a document needs them first.
+        by_seq = sorted(index.values(), key=lambda entry: entry.seq)
+        ids = [e.id for e in parents_first(by_seq, lambda e: e.id, lambda e: e.parent_id)]
     else:
         ids = await store.path(context_id, branch)
         # A branch export stands alone: only its own branch, and that one active.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import filelock
@@ -20,6 +21,7 @@ from cm_notebook.errors import (
     StoreError,
     StoreLockTimeoutError,
 )
+from cm_notebook.export import export_context
 from cm_notebook.model import SCHEMA_VERSION, ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.store.index import COMPACT_MIN_LINES
@@ -649,3 +651,22 @@ async def test_a_context_without_its_empty_messages_folder_takes_messages(
         with pytest.warns(StoreWarning, match="was missing and was made again"):
             await other.append_message("c2", msg(), branch="main")
         assert len(await other.path("c2")) == 1
+
+
+async def test_a_rebuilt_index_numbers_a_reply_after_its_question_whatever_the_clock(
+    store: FileStore, data_dir: Path
+) -> None:
+    # The clock stepped back between question and answer (or both share one second).
+    question = msg("user", None, "question")
+    await store.append_message("c1", question, branch="main")
+    answer = msg("assistant", question.id, "answer")
+    answer = answer.model_copy(update={"created_at": question.created_at - timedelta(seconds=5)})
+    await store.append_message("c1", answer, branch="main")
+    (folder(data_dir) / "message_index.json").unlink()
+    (folder(data_dir) / "message_index.journal").unlink(missing_ok=True)
+    async with FileStore(data_dir) as other:
+        with pytest.warns(StoreWarning):
+            index = await other.index("c1")
+        assert index[question.id].seq < index[answer.id].seq
+        document = await export_context(other, "c1")
+        assert [m.id for m in document.messages] == [question.id, answer.id]

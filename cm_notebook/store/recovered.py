@@ -28,6 +28,7 @@ from .base import IndexEntry
 from .codec import read_regular
 from .diagnostics import warn
 from .journal import JournalLine
+from .order import parents_first
 from .snapshot import RebuildNeeded, parse_snapshot
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ def rebuilt_entries(
     known: Mapping[str, IndexEntry],
     folder: Path,
 ) -> list[IndexEntry]:
-    """The entries of a rebuilt index, numbered by creation time, then id: one per
+    """The entries of a rebuilt index, numbered by creation time, then id, with every
+    parent before its children (see :mod:`.order`): one per
     message ``found`` in the files, and the ``known`` entry of each message whose file
     is unreadable or gone (see the module docstring), with a warning for each file in
     ``skipped`` (unreadable ones, with what is wrong with them)."""
@@ -146,9 +148,13 @@ def rebuilt_entries(
     for problem, file in skipped:
         if file.name in problems:
             warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
-    ordered = sorted(
-        [*(IndexEntry.of(message, 0) for message in found), *kept],
-        key=lambda entry: (entry.created_at, entry.id),
+    ordered = parents_first(
+        sorted(
+            [*(IndexEntry.of(message, 0) for message in found), *kept],
+            key=lambda entry: (entry.created_at, entry.id),
+        ),
+        lambda entry: entry.id,
+        lambda entry: entry.parent_id,
     )
     return [entry.model_copy(update={"seq": seq}) for seq, entry in enumerate(ordered)]
 
