@@ -443,3 +443,31 @@ async def test_check_names_a_message_file_older_than_the_index(
     assert report.stale == ((file.name, "its status is 'streaming', the index says 'complete'"),)
     assert f"older than the index: messages/{file.name}" in str(report)
     assert "restore or fix" in str(report)
+
+
+def test_an_index_entry_whose_parent_is_not_the_file_s_is_found_and_repaired(
+    tmp_path: Path,
+) -> None:
+    # Valid JSON naming a message that does not exist: reading the branch fails.
+    async def scenario() -> None:
+        async with FileStore(tmp_path) as store:
+            await store.create_context(ContextMetadata(id="c"))
+            ids = await chain(store, "c", 3)
+            await store.compact("c")
+        index = tmp_path / "contexts" / "c" / "message_index.json"
+        text = index.read_text()
+        index.write_text(text.replace(f'"parent_id":"{ids[0]}"', '"parent_id":"m01gone"', 1))
+        async with FileStore(tmp_path) as store:
+            with pytest.raises(CorruptDataError, match="cm-notebook check c"):
+                await store.path("c")
+            report = await store.check("c")
+            assert not report.ok
+            assert report.mislinked
+            assert "m01gone" in report.mislinked[0][1]
+            assert "--repair" in str(report)
+            with pytest.warns(StoreWarning, match="parent or role"):
+                repaired = await store.check("c", repair=True)
+            assert repaired.ok
+            assert await store.path("c") == ids
+
+    anyio.run(scenario)

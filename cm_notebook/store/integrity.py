@@ -15,12 +15,15 @@ every other disagreement between the index and the files:
 * ``unreadable``: message files that do not decode (named with what is wrong);
 * ``stale``: message files whose status is not the one the index gives (an older copy
   put back: a reply the index says is complete, still ``streaming`` in its file);
+* ``mislinked``: index entries whose parent or role is not the file's (an index edited
+  or damaged in a way that still parses: reading the branch then fails);
 * ``dangling``: branches whose head names a message neither the index nor the files
   hold (reading such a branch fails; point it elsewhere with ``set_branch_head``).
 
 A missing file whose text the journal still holds is rewritten from it first (as a
-read of it would be). With ``repair``, an index that misses files is rebuilt from
-them (the head moves the journal holds are kept), and each hidden conversation that
+read of it would be). With ``repair``, an index that misses files or disagrees with
+their parent links is rebuilt from them (the head moves the journal holds are kept),
+and each hidden conversation that
 ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
 so it shows up in the branch selector (written before the index, so a repair cut
 short is finished by the next open, see :func:`check_context`). Nothing is deleted.
@@ -64,6 +67,7 @@ class IntegrityReport:
     missing: tuple[str, ...] = ()
     unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
     stale: tuple[tuple[str, str], ...] = ()  # (file name, how it differs from the index)
+    mislinked: tuple[tuple[str, str], ...] = ()  # (file name, how the index differs)
     dangling: tuple[tuple[str, str], ...] = ()  # (branch, the message its head names)
     repaired: bool = False
     brought_back: tuple[str, ...] = ()
@@ -74,7 +78,12 @@ class IntegrityReport:
         """Whether the index and the files agree, every file reads and every head leads
         to a message."""
         return not (
-            self.unindexed or self.missing or self.unreadable or self.stale or self.dangling
+            self.unindexed
+            or self.missing
+            or self.unreadable
+            or self.stale
+            or self.mislinked
+            or self.dangling
         )
 
     def __str__(self) -> str:
@@ -90,14 +99,15 @@ class IntegrityReport:
         lines += [f"  file missing: messages/{mid}.json" for mid in self.missing]
         lines += [f"  unreadable: messages/{name}: {problem}" for name, problem in self.unreadable]
         lines += [f"  older than the index: messages/{name}: {how}" for name, how in self.stale]
+        lines += [f"  the index disagrees: messages/{name}: {how}" for name, how in self.mislinked]
         lines += [
             f"  branch {name!r} points at message {head!r}, which is in neither the index nor "
-            f"messages/: point it at another message (set_branch_head)"
+            f"messages/: point it at another message (FileStore.set_branch_head)"
             for name, head in self.dangling
         ]
         if self.missing or self.unreadable or self.stale:
             lines.append("  restore or fix the files named above (a backup, by hand)")
-        if self.unindexed and not self.repaired:
+        if (self.unindexed or self.mislinked) and not self.repaired:
             first = "then " if self.missing else ""  # a rebuild waits for missing files
             lines.append(f"  {first}run with --repair to rebuild the index from the files")
         elif self.ok:
@@ -138,7 +148,7 @@ def check_context(
         # Those whose text the journal holds (the locks are held: not state.restore()).
         repair_files(state.index, state.fsync, flush=False, only=list(report.missing))
         report, hidden = _inspect(state, metadata)
-    if not repair or not report.unindexed or report.missing:
+    if not repair or not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a
         # rebuild keeps in the tree (see .recovered).
         return report
@@ -148,7 +158,8 @@ def check_context(
     # check would find nothing left to do.
     branches = branch_hidden_ends(state, metadata, hidden)
     state.rebuild_index(
-        f"a check found {len(report.unindexed)} message file(s) the index did not list"
+        f"a check found {len(report.unindexed)} message file(s) the index did not list "
+        f"and {len(report.mislinked)} entry(ies) whose parent or role was not the file's"
     )
     return replace(
         _inspect(state, metadata)[0],
@@ -173,6 +184,7 @@ def _inspect(
     hidden: dict[str, Message] = {}  # readable files the index does not list
     unreadable: list[tuple[str, str]] = []
     stale: list[tuple[str, str]] = []
+    mislinked: list[tuple[str, str]] = []
     for name in sorted(names):
         if is_temp_name(name) or not name.endswith(".json"):
             continue  # a writer's temporary file, or not ours
@@ -190,6 +202,12 @@ def _inspect(
                     f"its status is {message.status.value!r}, the index says {entry.status.value!r}"
                 )
                 stale.append((name, how))
+            elif (entry.parent_id, entry.role) != (message.parent_id, message.role):
+                how = (
+                    f"its parent is {message.parent_id!r} and role {message.role!r}, "
+                    f"the index says {entry.parent_id!r} and {entry.role!r}"
+                )
+                mislinked.append((name, how))
         on_disk.add(message_id)
     report = IntegrityReport(
         context_id=state.context_id,
@@ -198,6 +216,7 @@ def _inspect(
         missing=tuple(sorted(entries.keys() - on_disk)),
         unreadable=tuple(unreadable),
         stale=tuple(stale),
+        mislinked=tuple(mislinked),
         dangling=tuple(
             (name, branch.head)
             for name, branch in sorted(metadata.branches.items())

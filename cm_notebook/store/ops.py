@@ -138,8 +138,10 @@ def _missing_from_index(state: ContextState, message_id: str, branch: str) -> Co
         read_message_file(path, message_id)
     except (StoreError, OSError):  # CorruptDataError, StoreIOError, ...
         return CorruptDataError(
-            f"{where} (its file {path} is missing or unreadable). Restore the file, or point "
-            "the branch at another message with set_branch_head().",
+            f"{where} (its file {path} is missing or unreadable). Run `cm-notebook check "
+            f"{state.context_id}`: if the index disagrees with the files, `--repair` rebuilds "
+            "it; else restore the file, or point the branch at another message "
+            "(FileStore.set_branch_head).",
             path,
         )
     return CorruptDataError(
