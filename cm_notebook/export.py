@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import _json
 from ._export_markdown import markdown_of
-from .errors import BranchNotFoundError, CMError, InvalidInputError
+from .errors import BranchNotFoundError, CMError, CorruptDataError, InvalidInputError
 from .ids import check_branch_names_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
@@ -146,6 +146,17 @@ async def export_context(
         own = metadata.branches[branch].model_copy(update={"forked_from": None})
         metadata = metadata.model_copy(update={"branches": {branch: own}, "active_branch": branch})
     messages = [_redacted(message) for message in await store.get_messages(context_id, ids)]
+    if len(messages) < len(ids):
+        # get_messages skipped unreadable files (each named in a warning); a document
+        # with holes in its tree would not import.
+        lost = [mid for mid in ids if mid not in {m.id for m in messages}]
+        raise CorruptDataError(
+            f"context {context_id!r} cannot be exported: {len(lost)} of its messages cannot "
+            f"be read ({', '.join(map(repr, lost[:3]))}{', ...' if len(lost) > 3 else ''}; "
+            f"the warnings say why). Run `cm-notebook check {context_id}`, restore those "
+            "files from a backup, or export a branch that does not pass through them "
+            "(--branch)."
+        )
     # Provider settings refuse secrets, but files written before that (or imported
     # fields) may still hold one: an export is shared, so it never carries them.
     provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})

@@ -471,3 +471,27 @@ def test_an_index_entry_whose_parent_is_not_the_file_s_is_found_and_repaired(
             assert await store.path("c") == ids
 
     anyio.run(scenario)
+
+
+def test_exporting_a_context_with_an_unreadable_message_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def scenario() -> list[str]:
+        async with FileStore(tmp_path) as store:
+            await store.create_context(ContextMetadata(id="c"))
+            ids = await chain(store, "c", 3)
+            await store.compact("c")  # the journal no longer holds the files' text
+            return ids
+
+    ids = anyio.run(scenario)
+    damaged = tmp_path / "contexts" / "c" / "messages" / f"{ids[1]}.json"
+    damaged.unlink()
+    damaged.mkdir()  # a folder where the file was
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped file's warning, shown by the CLI
+        code = main(["--data-dir", str(tmp_path), "export", "c", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1  # damaged data, not a usage error (2)
+    assert "cannot be read" in err
+    assert "cm-notebook check c" in err
+    assert not (tmp_path / "o").exists()
