@@ -102,13 +102,24 @@ class ExportDocument(BaseModel):
             for ref in (branch.head, branch.forked_from):
                 if ref is not None and ref not in seen:
                     raise ValueError(f"branch {branch.name!r} refers to missing message {ref!r}")
+        roles = {message.id: message.role for message in self.messages}
         for message_id, score in self.scores.items():
             if message_id not in seen:
                 raise ValueError(f"a score refers to missing message {message_id!r}")
+            if roles[message_id] != "assistant":
+                raise ValueError(
+                    f"the score of {message_id!r} rates a {roles[message_id]} message; only "
+                    "replies (assistant messages) are rated"
+                )
             try:
-                Score.model_validate(score)
+                scored = Score.model_validate(score)
             except ValidationError as exc:
                 raise ValueError(f"the score of {message_id!r}: {_first_error(exc)}") from None
+            if scored.message_id != message_id:
+                raise ValueError(
+                    f"the score listed under {message_id!r} is the score of "
+                    f"{scored.message_id!r}; list each score under its own message"
+                )
         return self
 
     def path(self, branch: str | None = None) -> list[Message]:

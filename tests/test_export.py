@@ -254,6 +254,33 @@ def test_parse_export_rejects_bad_documents(change: Any, error: str) -> None:
         parse_export(change(_document()))
 
 
+def _scored(score_under: str, scored: str) -> dict[str, Any]:
+    # A question and its reply, and a score listed under ``score_under`` for ``scored``.
+    return {
+        **_document(),
+        "messages": [
+            {**_document()["messages"][0]},
+            {**_document()["messages"][0], "id": "m2", "role": "assistant", "parent_id": "m1"},
+        ],
+        "scores": {score_under: {"message_id": scored, "thumbs": "up"}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("score_under", "scored", "error"),
+    [
+        ("m2", "m1", "the score listed under 'm2' is the score of 'm1'"),
+        ("m1", "m1", "rates a user message; only replies"),
+    ],
+)
+def test_parse_export_rejects_scores_that_are_not_their_message_s(
+    score_under: str, scored: str, error: str
+) -> None:
+    parse_export(_scored("m2", "m2"))  # as an export writes it: accepted
+    with pytest.raises(InvalidInputError, match=error):
+        parse_export(_scored(score_under, scored))
+
+
 def test_parse_export_accepts_text_bytes_and_dicts() -> None:
     data = _document()
     assert is_export(data)
