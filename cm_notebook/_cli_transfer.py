@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ._cli_base import PROG, CommandError, command, out, read_json
+from ._unicode import for_terminal
 from .errors import ContextExistsError, ContextNotFoundError, MigrationError
 from .export import (
     export_context,
@@ -46,13 +48,16 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o",
         "--output",
-        type=Path,
         help="write to FILE instead of stdout (a folder: to <context id>.json or .md in it)",
     )
 
 
-def _write(output: Path, text: str, name_in_folder: str) -> Path:
+def _write(given: str, text: str, name_in_folder: str) -> Path:
     # A folder as the output gets a file named after the context.
+    output = Path(given)
+    if given.endswith(("/", os.sep)) and not output.is_dir():
+        # Meant as a folder (Path() would drop the slash and write a file of that name).
+        raise CommandError(f"there is no folder {given}: make it first, or name a file")
     target = output / name_in_folder if output.is_dir() else output
     # Written next to the target and renamed, so an interrupted export leaves no half
     # file, and a failed one (a full disk) no temporary file either.
@@ -64,7 +69,11 @@ def _write(output: Path, text: str, name_in_folder: str) -> Path:
 async def _export(args: argparse.Namespace, store: Store) -> int:
     document = await export_context(store, args.context_id, branch=args.branch)
     text = to_json(document) if args.format == "json" else to_markdown(document)
-    if args.output is None or str(args.output) == "-":
+    if args.output is None or args.output == "-":
+        if args.format == "markdown" and sys.stdout.isatty():
+            # Read on a terminal: a reply's escape sequences must not act on it (as in
+            # `show`). Into a file or a pipe, the text stays as it is.
+            text = for_terminal(text)
         sys.stdout.write(text)
         return 0
     target = _write(

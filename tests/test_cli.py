@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -449,3 +450,44 @@ def test_show_keeps_every_line_of_a_prompt_error_or_reason_under_its_label(
     assert "    error: server said:\n\n           [2026-01-01 00:00] user\n" in out
     # Only line feeds break lines; other breaks are shown as escapes.
     assert "    page\\x0cbreak and\\u2028separator\n" in out
+
+
+def test_export_to_a_folder_that_is_not_there_makes_no_file_of_its_name(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, source: Path, tmp_path: Path
+) -> None:
+    run(capsys, data_dir, "migrate", str(source), "--no-backup")
+    code, _, err = run(capsys, data_dir, "export", "ctx-branches", "-o", f"{tmp_path}/new/")
+    assert code == 1
+    assert_one_error_line(err, f"there is no folder {tmp_path}/new/")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_markdown_shown_on_a_terminal_cannot_drive_it(data_dir: Path, tmp_path: Path) -> None:
+    import pty
+
+    from cm_notebook import ContextSession
+    from cm_notebook.testing import ScriptedProvider
+
+    session = ContextSession.create(
+        "escapes",
+        provider=ScriptedProvider().reply("\x1b]0;owned\x07red \x1b[31mtext"),
+        data_dir=data_dir,
+    )
+    session.send("hi").result(60)
+    session.close()
+    command = [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir)]
+    command += ["export", session.id, "-f", "markdown"]
+    leader, follower = pty.openpty()
+    with subprocess.Popen(command, stdout=follower, stderr=follower) as child:
+        os.close(follower)
+        shown = b""
+        with contextlib.suppress(OSError):  # the terminal closes when the child ends
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+        assert child.wait(timeout=60) == 0
+    os.close(leader)
+    assert b"\x1b" not in shown
+    assert b"red \\x1b[31mtext" in shown
+    piped = subprocess.run(command, capture_output=True, check=True).stdout
+    assert b"red \x1b[31mtext" in piped  # into a file or a pipe: as it is
