@@ -18,12 +18,13 @@ import builtins
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ._approval_apply import approval, approve_allowed
+from ._approval_apply import _EDITED, approval, approve_allowed, check_arguments_shape
 from ._session_reading import SessionReading
 from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import validate_branch_name
-from .model import ToolCall
+from .model import ToolCall, ToolCallStatus
+from .tools import validate_edited_arguments
 
 __all__ = ["ApprovalMethods"]
 
@@ -43,6 +44,19 @@ def _check_by(by: object) -> str:
             f"by={by!r} is how the log names a rule's decisions; name the person or program"
         )
     return by.strip()
+
+
+def _as_decided(call: ToolCall, decision: Decision) -> ToolCall:
+    # What approve()/deny() return: the call as the decision leaves it (approved with
+    # the arguments that will run, or denied with the reason), not as it waited. A copy:
+    # the waiting turn's own object is its to change.
+    update: dict[str, Any] = {
+        "status": ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
+        "reason": decision.reason,
+    }
+    if decision.arguments is not None:
+        update["arguments"] = decision.arguments
+    return call.model_copy(update=update)
 
 
 class ApprovalMethods(SessionReading):
@@ -71,12 +85,26 @@ class ApprovalMethods(SessionReading):
         ``"context"`` in this context for every process that opens it (see
         :meth:`allowed_tools`, :meth:`revoke`); other calls of that tool already waiting
         are approved with it. ``by`` names who decides, for :meth:`approval_log`.
+
+        Returns the calls decided, as the decision leaves them: status ``approved``,
+        with the arguments that will run (the edited ones, if any). Other calls a
+        ``remember`` scope approves along with them are not listed.
         """
         if arguments is not None and tool_call_id is None:
             raise InvalidInputError("arguments= needs a tool_call_id: edit one call at a time")
         remember = check_remember(remember)
         by = _check_by(by)
         only = None if branch is None else validate_branch_name(branch)
+        plain = Decision(True, by=by, remember=remember)
+        # The decision made for each call decided here (by object: two branches' calls
+        # may share an id), so what is returned shows its edited arguments.
+        made: dict[int, Decision] = {}
+
+        def decide(pending: PendingCall) -> Decision:
+            decision = approval(self, pending, arguments, by=by, remember=remember)
+            made[id(pending.call)] = decision
+            return decision
+
         elsewhere = None
         if tool_call_id is not None:
             elsewhere = self._decide_elsewhere(
@@ -89,12 +117,12 @@ class ApprovalMethods(SessionReading):
                 branch=only,
             )
         if elsewhere is not None:
-            decided = elsewhere
+            decided = [self._approved_elsewhere(call, arguments, plain) for call in elsewhere]
         else:
             decided = self._decide_here_and_elsewhere(
                 tool_call_id,
                 only,
-                lambda pending: approval(self, pending, arguments, by=by, remember=remember),
+                decide,
                 approved=True,
                 reason=None,
                 by=by,
@@ -104,7 +132,23 @@ class ApprovalMethods(SessionReading):
             for name in dict.fromkeys(call.name for call in decided):
                 self._allow_lists.allow(name, remember)
             approve_allowed(self)
-        return decided
+        return [_as_decided(call, made.get(id(call), plain)) for call in decided]
+
+    def _approved_elsewhere(
+        self, call: ToolCall, arguments: Mapping[str, Any] | str | None, plain: Decision
+    ) -> ToolCall:
+        # A call another process runs, approved from here: its edited arguments as that
+        # process gets them (they were checked before the decision was posted, so
+        # checking them again cannot fail).
+        if arguments is None:
+            return _as_decided(call, plain)
+        if call.name in self.tools:
+            edited = validate_edited_arguments(self.tools.get(call.name), arguments)
+        else:
+            edited = check_arguments_shape(arguments)
+        if edited == call.arguments:
+            return _as_decided(call, plain)
+        return _as_decided(call, Decision(True, _EDITED, edited, by=plain.by))
 
     def deny(
         self,
@@ -116,7 +160,11 @@ class ApprovalMethods(SessionReading):
     ) -> builtins.list[ToolCall]:
         """Deny one pending tool call, or all (of ``branch`` if given, here and in other
         processes); the model is told ``reason``. ``by`` names who decides, for
-        :meth:`approval_log`."""
+        :meth:`approval_log`.
+
+        Returns the calls denied, as the decision leaves them: status ``denied``, with
+        ``reason``.
+        """
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         by = _check_by(by)
@@ -127,8 +175,8 @@ class ApprovalMethods(SessionReading):
                 tool_call_id, approved=False, reason=decision.reason, by=by, branch=only
             )
             if elsewhere is not None:
-                return elsewhere
-        return self._decide_here_and_elsewhere(
+                return [_as_decided(call, decision) for call in elsewhere]
+        decided = self._decide_here_and_elsewhere(
             tool_call_id,
             only,
             lambda pending: decision,
@@ -136,6 +184,7 @@ class ApprovalMethods(SessionReading):
             reason=decision.reason,
             by=by,
         )
+        return [_as_decided(call, decision) for call in decided]
 
     def _decide_here_and_elsewhere(
         self,

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
+import types
+import typing
 from collections.abc import Mapping
+from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import Any
 
 from ..errors import CMError, InvalidInputError
 from ..model import ProviderSettings
+from ..redact import is_secret_name
 from . import available_providers, get_provider, parse_spec
 from .base import Provider
 
@@ -95,10 +101,145 @@ def _built(spec: str, options: Mapping[str, Any]) -> Provider:
     # take, a string for a number...) as the InvalidInputError of bad input it is.
     try:
         return get_provider(spec, **options)
-    except (TypeError, ValueError) as exc:
+    except CMError as exc:
+        if not isinstance(exc, InvalidInputError):
+            raise
+        # The provider's own check (say, a timeout that is not positive): its words.
         raise InvalidInputError(
             f"provider {spec!r} cannot be made with the options {sorted(options)}: {exc}"
         ) from None
+    except (TypeError, ValueError):
+        # Python's own text ("'>' not supported between instances of 'str' and 'int'",
+        # "__init__() got an unexpected keyword argument") names neither the option nor
+        # a remedy: say which option is wrong, from the constructor's signature.
+        raise InvalidInputError(_bad_options(spec, options)) from None
+
+
+#: Options never offered as valid: the spec names the model, keys come from the
+#: environment (settings refuse secrets).
+_NOT_OFFERED = frozenset({"self", "model"})
+_OPTION_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _bad_options(spec: str, options: Mapping[str, Any]) -> str:
+    """What is wrong with ``options`` for ``spec``'s provider, and what to do."""
+    head = f"provider {spec!r} cannot be made with the options {sorted(options)}"
+    target = _constructor(parse_spec(spec)[0])
+    signature = None
+    if target is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            signature = inspect.signature(target)
+    if signature is None:
+        return (
+            f"{head}: one has a value of the wrong type or out of range; check them "
+            "against the provider's documentation"
+        )
+    parameters = signature.parameters
+    valid = sorted(
+        option
+        for option, parameter in parameters.items()
+        if parameter.kind in _OPTION_KINDS
+        and option not in _NOT_OFFERED
+        and not option.startswith("_")
+        and not is_secret_name(option)
+    )
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [] if open_ended else [option for option in options if option not in parameters]
+    if unknown:
+        # Named as Python would too ("unexpected keyword argument"), for whoever searches.
+        which = ", ".join(f"{option!r:.80}" for option in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        return (
+            f"{head}: unknown provider option{plural} {which} (unexpected keyword "
+            f"argument{plural} {which}); valid options are {', '.join(valid) or 'none'}: "
+            "correct the name or remove it (generation parameters such as temperature go "
+            "with each message instead)"
+        )
+    hints = _hints(target)
+    for option, value in options.items():
+        expected = _expected(hints.get(option))
+        if expected is not None and not _fits(value, expected[0]):
+            return (
+                f"{head}: option {option!r} must be {expected[1]}, not {_kind_of(value)}; "
+                "correct its value"
+            )
+    return (
+        f"{head}: one has a value of the wrong type or out of range; valid options are "
+        f"{', '.join(valid) or 'none'}: correct the values"
+    )
+
+
+def _constructor(name: str) -> Any:
+    # What builds the provider: a class's __init__ (from_spec passes options on to it)
+    # or a factory callable. None when it cannot be loaded.
+    factory: Any = available_providers().get(name)
+    if isinstance(factory, EntryPoint):
+        try:
+            factory = factory.load()
+        except Exception:  # a plugin that cannot be imported: nothing to describe
+            return None
+    return factory
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    # The constructor's resolved annotations; none when they cannot be resolved (names
+    # imported only for type checkers).
+    function: Any = target
+    if isinstance(target, type):
+        function = function.__init__
+    try:
+        return typing.get_type_hints(function)
+    except Exception:
+        return {}
+
+
+#: Plain annotations an option's value can be checked against, and how to say them.
+_PLAIN: dict[Any, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    Path: ((str, Path), "a path"),
+    type(None): ((type(None),), "null"),
+}
+
+
+def _expected(hint: Any) -> tuple[tuple[type, ...], str] | None:
+    # The types a value of annotation ``hint`` may have and their description; None
+    # when the annotation is not a plain one (or a union of plain ones).
+    if hint in _PLAIN:
+        return _PLAIN[hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_expected(arg) for arg in typing.get_args(hint)]
+        if any(part is None for part in parts):
+            return None
+        known = [part for part in parts if part is not None]
+        kinds = tuple(kind for part in known for kind in part[0])
+        return kinds, " or ".join(part[1] for part in known)
+    return None
+
+
+def _fits(value: object, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, not to a client
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def _kind_of(value: object) -> str:
+    # The value's JSON kind, never the value itself (it may be long, or a secret).
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
 
 
 class ProviderPool:

@@ -10,7 +10,9 @@ writes the OpenAPI document. So the documentation cannot drift from the code.
 Errors and their statuses: a malformed body or query, a hostile id or a bad value is
 400 (with the field errors); an unknown context, message, branch or tool call is 404;
 a conflict with the current state (a reply already streaming, nothing to approve, a
-branch that exists) is 409; a store lock held too long is 503.
+branch that exists) is 409; a context whose stored files are damaged (or written by a
+newer version) is 500, with a message naming the file and the remedy; a store lock
+held too long is 503.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from ..errors import (
     CMError,
     ContextExistsError,
     ContextNotFoundError,
+    CorruptDataError,
     InvalidInputError,
     ProviderError,
+    SchemaVersionError,
     StateError,
     StoreLockTimeoutError,
     TransientProviderError,
@@ -153,6 +157,10 @@ def status_of(exc: CMError) -> int:
         return 409
     if isinstance(exc, StoreLockTimeoutError):
         return 503
+    if isinstance(exc, (CorruptDataError, SchemaVersionError)):
+        # Not the request's fault, and no retry helps: the server cannot read what it
+        # keeps. The message names the file and the remedy (a backup, or DELETE).
+        return 500
     return 500
 
 

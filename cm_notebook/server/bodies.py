@@ -279,8 +279,12 @@ class ContextDetail(BaseModel):
     """One context: its metadata and what its session is doing."""
 
     context: ContextMetadata
-    state: State = Field(description="The state of the active branch.")
-    states: dict[str, State] = Field(description="The state of every branch.")
+    state: State = Field(
+        description="The state of the active branch (never Idle while a turn runs on it)."
+    )
+    states: dict[str, State] = Field(
+        description="The state of every branch (never Idle while a turn runs on it)."
+    )
     running: dict[str, str] = Field(description="Branch name -> id of the turn running on it.")
     pending_tool_calls: list[ToolCall]
     last_seq: int = Field(description="The sequence number of the last signal.")

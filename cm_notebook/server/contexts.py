@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from ..fsm import State
 from ..session import ContextSession
 from .base import CMHandler, operation
 from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
 from .provider_choice import check_client_choice
 
-__all__ = ["ContextHandler", "ContextsHandler", "detail"]
+__all__ = ["ContextHandler", "ContextsHandler", "detail", "reported_state"]
+
+
+def reported_state(session: ContextSession, branch: str, running: bool) -> State:
+    """The state of ``branch`` as a client should read it: never Idle while a turn runs.
+
+    A send is acknowledged (202) once its user message is stored, before the turn's
+    first step reaches the branch's state machine, which still says Idle then; a
+    client polling ``state`` until Idle would stop at once and read no reply. A turn
+    that runs and has not moved the machine yet is waiting for the model's answer.
+    """
+    state = session.state_of(branch)
+    if running and state is State.IDLE:
+        return State.AWAITING_RESPONSE
+    return state
 
 
 def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
@@ -18,10 +33,12 @@ def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
         turn_id = session.running_turn_id(name)  # the server's, or a kernel's
         if turn_id is not None:
             running[name] = turn_id
+    # Read once per branch, so ``state`` and ``states`` always agree.
+    states = {name: reported_state(session, name, name in running) for name in metadata.branches}
     return ContextDetail(
         context=metadata,
-        state=session.state_of(metadata.active_branch),
-        states={name: session.state_of(name) for name in metadata.branches},
+        state=states[metadata.active_branch],
+        states=states,
         running=running,
         pending_tool_calls=session.pending_tool_calls,
         last_seq=session.last_seq,

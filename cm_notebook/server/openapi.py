@@ -121,7 +121,12 @@ def _operation(
             "content": {"application/json": {"schema": refs[(described.body, "validation")]}},
         }
     error = {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
-    for status in sorted({*described.errors, 403}):
+    statuses = {*described.errors, 403}
+    if "context_id" in names:
+        # Every route of a context reads its stored files, which may be damaged (or
+        # written by a newer version): 500, whatever the route declares.
+        statuses.add(500)
+    for status in sorted(statuses):
         doc["responses"][str(status)] = {"description": _ERRORS[status], **error}
     return doc
 
@@ -146,6 +151,9 @@ _ERRORS = {
     403: "No valid token or session: log in or send 'Authorization: token <token>'",
     404: "No such context, message, branch or tool call",
     409: "Conflicts with the current state (a reply is streaming, nothing is pending, ...)",
+    500: "The context's stored files are damaged (reason CorruptDataError) or written by a "
+    "newer cm_notebook (SchemaVersionError): the message names the file and what to do "
+    "(restore it from a backup, or DELETE the context)",
 }
 
 

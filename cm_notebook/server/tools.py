@@ -51,12 +51,26 @@ def _nothing_pending(exc: ToolCallNotFoundError) -> StateError:
     return StateError(f"{exc}; approve or deny once a ToolApprovalRequested signal says so")
 
 
+async def _existing(handler: CMHandler, context_id: str) -> ContextSession:
+    """The session of ``context_id``, whose folder must still be there (else 404).
+
+    A session outlives its folder removed behind the server's back, and its approval
+    desk answers without the store (no calls waiting, nothing to decide): without this
+    check such a context would answer 200 and 409 here where every other route answers
+    404 and closes its session. Its metadata is read as the other routes read it (a
+    few ``stat`` calls while the files have not changed).
+    """
+    session = await handler.session(context_id)
+    session.active_branch  # noqa: B018 -- raises ContextNotFoundError for a removed folder
+    return session
+
+
 class ToolCallsHandler(CMHandler):
     """The calls waiting for a decision."""
 
     @operation("Tool calls waiting for approval, oldest first", response=Decided)
     async def get(self, context_id: str) -> None:
-        self.reply(Decided(tool_calls=(await self.session(context_id)).pending_tool_calls))
+        self.reply(Decided(tool_calls=(await _existing(self, context_id)).pending_tool_calls))
 
 
 class ApproveHandler(CMHandler):
@@ -69,7 +83,7 @@ class ApproveHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def post(self, context_id: str) -> None:
-        session = await self.session(context_id)
+        session = await _existing(self, context_id)
         request = self.body(Approve)
         try:
             # On a worker thread (see the module docstring).
@@ -99,7 +113,7 @@ class DenyHandler(CMHandler):
         errors=(400, 404, 409),
     )
     async def post(self, context_id: str) -> None:
-        session = await self.session(context_id)
+        session = await _existing(self, context_id)
         request = self.body(Deny)
         try:
             # On a worker thread (see the module docstring).
@@ -127,7 +141,7 @@ class DecisionsHandler(CMHandler):
         query=DecisionsQuery,
     )
     async def get(self, context_id: str) -> None:
-        session = await self.session(context_id)
+        session = await _existing(self, context_id)
         query = self.query(DecisionsQuery)
         if query.branch is not None:
             require_branch(session, query.branch)
@@ -141,6 +155,6 @@ class ToolCallHandler(CMHandler):
 
     @operation("One tool call's status and result", response=ToolCallView)
     async def get(self, context_id: str, tool_call_id: str) -> None:
-        session = await self.session(context_id)
+        session = await _existing(self, context_id)
         # It may read every branch's messages: on a worker thread, not the event loop.
         self.reply(await self.blocking(session, find_call, session, tool_call_id))

@@ -5,7 +5,9 @@ Python calls (``turn.cancel()``, ``FileStore.list_contexts()``) and their paths 
 machine's. A client of the server can do neither: it needs the HTTP request that helps,
 and it has no business learning where the server keeps its files. :func:`for_http`
 rewrites the remedies it knows into requests, drops any other clause that names a
-Python call, and shows paths relative to the server's data folder.
+Python call (when every clause does, it keeps what the message says before the first
+call: a message is never left empty), and shows paths relative to the server's data
+folder.
 """
 
 from __future__ import annotations
@@ -86,11 +88,19 @@ def for_http(message: str, *, data_dir: Path, api: str, context_id: str | None) 
         # A function, never a template: the request's id may hold backslashes.
         text = pattern.sub(functools.partial(_as_is, replacement), text)
     text = _hide_paths(text, data_dir)
-    if _PYTHON_CALL.search(text):
+    if call := _PYTHON_CALL.search(text):
         kept = [c for c in _CLAUSE.findall(text) if c.strip() and not _PYTHON_CALL.search(c)]
-        text = "".join(kept).strip()
-        text = re.sub(r"[;,]\s*$", ".", text) if kept else "the request failed"
+        text = re.sub(r"[;,]\s*$", ".", "".join(kept).strip()) if kept else _before(text, call)
     return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _before(text: str, call: re.Match[str]) -> str:
+    # Every clause names a Python call: keep what the message says before the first
+    # one (which request, which value), never nothing. The log has the whole text.
+    head = text[: call.start()].rstrip(" \t\n:;,(-")
+    if not head:
+        return "the server could not carry out this request; its log has the details"
+    return f"{head}; the server's log has the details"
 
 
 def _as_is(replacement: str, _match: re.Match[str]) -> str:
