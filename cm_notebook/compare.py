@@ -3,6 +3,8 @@
 :meth:`ContextSession.compare` and :meth:`ContextSession.fan_out` return a
 :class:`Comparison`. It is plain data (pydantic) with a text ``__str__`` and a static
 ``_repr_html_``, so a saved notebook still shows the comparison without a kernel.
+A reply that failed, was interrupted or is still streaming is shown as such (its
+status, why, and its partial text), never diffed or measured as if it were an answer.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from rapidfuzz.distance import Indel
 
 from .model import Message, MessageStatus, StreamStats, TokenUsage
 
-__all__ = ["BranchResult", "Comparison", "diff_side_html", "word_diff"]
+__all__ = ["BranchResult", "Comparison", "diff_side_html", "unfinished_html", "word_diff"]
 
 _TOKEN = re.compile(r"\s+|[^\s]+")
 
@@ -26,6 +28,9 @@ class BranchResult(BaseModel):
 
     ``system_prompt`` is the prompt the answer was generated under (None: none);
     ``stats`` how its streaming went (time to first token, tokens per second...).
+    A reply that did not complete (``status`` ``error``, ``interrupted`` or still
+    ``streaming``; ``error`` says why it failed) is not an answer: see
+    :attr:`unfinished`.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -41,6 +46,7 @@ class BranchResult(BaseModel):
     duration_ms: float | None = None
     system_prompt: str | None = None
     stats: StreamStats | None = None
+    error: str | None = None
 
     @classmethod
     def of(
@@ -68,14 +74,42 @@ class BranchResult(BaseModel):
             duration_ms=meta.duration_ms,
             system_prompt=system_prompt,
             stats=meta.stats,
+            error=meta.error,
         )
+
+    @property
+    def unfinished(self) -> bool:
+        """Whether the reply did not complete: it failed, was interrupted or is still
+        being generated. Its text is then partial, and its tokens and timings are an
+        attempt's: neither is an answer to compare. (A result without a status, made
+        by hand, counts as an answer.)"""
+        return self.status is not None and self.status is not MessageStatus.COMPLETE
+
+    @property
+    def outcome(self) -> str | None:
+        """What became of an unfinished reply, in words (None for an answer)."""
+        if not self.unfinished:
+            return None
+        why = f": {self.error}" if self.error else ""
+        if self.status is MessageStatus.ERROR:
+            return f"the reply failed{why}"
+        if self.status is MessageStatus.INTERRUPTED:
+            return f"the reply was interrupted{why}"
+        return "the reply is still being generated"
 
     def facts(self) -> list[str]:
         """Short labels of what produced the answer and how fast: model, parameters,
-        tokens, time to first token, tokens per second, duration, attempts."""
+        tokens, time to first token, tokens per second, duration, attempts. For an
+        unfinished reply: model, parameters and its status (``error``,
+        ``interrupted``, ``streaming``) instead of what the attempt cost."""
         usage, stats = self.usage, self.stats
         facts = [self.model or self.provider or "?"]
         facts += [f"{key}={value}" for key, value in sorted(self.parameters.items())]
+        if self.status is not None and self.unfinished:
+            # A failed attempt's tokens and speed, shown like an answer's, would be
+            # read as what the answer cost.
+            facts.append(self.status.value)
+            return facts
         if usage is not None:
             facts.append(f"{usage.input_tokens}+{usage.output_tokens} tokens")
         if stats is not None and stats.ttft_ms is not None:
@@ -245,27 +279,45 @@ class Comparison(BaseModel):
     def __repr__(self) -> str:
         return f"<Comparison of {', '.join(self.branches) or 'no branches'}>"
 
+    def _unanswered(self) -> BranchResult | None:
+        # The first of the two diffed results whose reply did not complete: a diff
+        # against its partial text would read as a difference between two answers.
+        return next((r for r in self.results[:2] if r.unfinished), None)
+
     def __str__(self) -> str:
         lines: list[str] = []
         for result in self.results:
             lines.append(f"== {result.branch} ({', '.join(result.facts())})")
             lines.append(f"system: {result.prompt_label}")
-            lines.append(result.text or "(no answer)")
+            if result.unfinished:
+                lines.append(f"no answer: {result.outcome}")
+                if result.text:
+                    lines.append(f"partial text: {result.text}")
+            else:
+                lines.append(result.text or "(no answer)")
             lines.append("")
         if len(self.results) >= 2:
+            names = f"{self.results[0].branch} -> {self.results[1].branch}"
+            unanswered = self._unanswered()
+            if unanswered is not None:
+                lines.append(f"diff {names}: none, {_no_answer(unanswered)}")
+                return "\n".join(lines)
             # wdiff's notation: [-removed-] {+added+}, the second answer against the first.
             marked = {"=": "{}", "-": "[-{}-]", "+": "{{+{}+}}"}
             diff = "".join(marked[op].format(text) for op, text in self.diff())
-            lines.append(f"diff {self.results[0].branch} -> {self.results[1].branch}: {diff}")
+            lines.append(f"diff {names}: {diff}")
             lines.append(f"similarity: {self.similarity():.2f}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         cells = []
-        diff_b = self.diff() if len(self.results) >= 2 else []
+        unanswered = self._unanswered() if len(self.results) >= 2 else None
+        diff_b = self.diff() if len(self.results) >= 2 and unanswered is None else []
         for index, result in enumerate(self.results):
             facts = [html.escape(fact) for fact in result.facts()]
-            if index == 1 and diff_b:
+            if result.unfinished:
+                body = unfinished_html(result)
+            elif index == 1 and diff_b:
                 body = diff_side_html(diff_b, keep="+")
             elif index == 0 and diff_b:
                 body = diff_side_html(diff_b, keep="-")
@@ -281,7 +333,9 @@ class Comparison(BaseModel):
                 f'<div style="white-space:pre-wrap;margin-top:6px">{body}</div></div>'
             )
         footer = ""
-        if len(self.results) >= 2:
+        if unanswered is not None:
+            footer = f'<div style="color:#666">no diff: {html.escape(_no_answer(unanswered))}</div>'
+        elif len(self.results) >= 2:
             footer = f'<div style="color:#666">similarity {self.similarity():.2f}</div>'
         return (
             '<div class="cm-comparison"><div style="display:flex;gap:8px">'
@@ -290,6 +344,28 @@ class Comparison(BaseModel):
             + footer
             + "</div>"
         )
+
+
+def _no_answer(result: BranchResult) -> str:
+    # "bad has no answer (error)": why a diff or a delta is not shown.
+    status = result.status.value if result.status is not None else "no reply"
+    return f"{result.branch} has no answer ({status})"
+
+
+def unfinished_html(result: BranchResult) -> str:
+    """An unfinished reply as HTML: what became of it, then its partial text greyed
+    (never marked as a diff: it is not an answer)."""
+    status = result.status.value if result.status is not None else ""
+    out = (
+        f'<div class="cm-status cm-status-{html.escape(status)}" style="color:#b91c1c">'
+        f"no answer: {html.escape(result.outcome or '')}</div>"
+    )
+    if result.text:
+        out += (
+            '<div style="color:#888">partial text: '
+            f'<span style="white-space:pre-wrap">{html.escape(result.text)}</span></div>'
+        )
+    return out
 
 
 _MARKS = {"-": "background:#fdd;text-decoration:line-through", "+": "background:#dfd"}

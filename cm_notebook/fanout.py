@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +14,8 @@ from typing import Any
 from ._loop import schedule_on
 from .branch_defaults import branch_settings
 from .compare import Comparison
-from .errors import CMError, InvalidInputError
-from .ids import validate_branch_name
+from .errors import CMError, InvalidIdError, InvalidInputError
+from .ids import branch_name_key, validate_branch_name
 from .model import ProviderSettings
 from .params import GenerationParams
 from .prompts import prompt_label
@@ -58,6 +60,39 @@ def _label(variant: str | Provider | Mapping[str, Any], differing: set[str]) -> 
         if key in differing and key not in ("provider", "branch", "system")
     ]
     return "-".join(parts) or "variant"
+
+
+def _name_part(text: str) -> str:
+    # ``text`` made fit for a branch name, readably: every run of characters a name
+    # may not hold (brackets and quotes of a list, the "/" of "org/model", spaces),
+    # with the "-" around it, becomes one "-" (a "-" of the text itself stays: the
+    # sign of "temperature--1"); compatibility forms become their plain letters and
+    # ".." one ".". Deterministic, so the same variants are named alike in every run.
+    text = unicodedata.normalize("NFKC", text)
+    marked = "".join(c if c in "_-.+" or unicodedata.category(c)[0] in "LN" else "\0" for c in text)
+    return re.sub(r"\.{2,}", ".", re.sub(r"-*\0+-*", "-", marked)).strip(" .-")
+
+
+def _valid(name: str) -> bool:
+    try:
+        validate_branch_name(name)
+    except InvalidIdError:
+        return False
+    return True
+
+
+def _auto_name(base: str, label: str, taken: set[str], exists: Callable[[str], bool]) -> str:
+    # ``<base>-<label>``, cut to leave room for a "-N" suffix; if that is still not a
+    # valid name (letters of two scripts, say a Cyrillic value after a Latin key),
+    # ``<base>-variant``, then ``<base>``. "-2", "-3"... make it distinct from the
+    # other variants' names (by look, as branches are compared) and existing branches.
+    stems = [f"{base}-{_name_part(label)}"[:90].strip(" .-"), f"{base[:90]}-variant", base[:90]]
+    stem = next((s for s in stems if s and _valid(s)), base)
+    name, n = stem, 1
+    while branch_name_key(name) in taken or exists(name):
+        n += 1
+        name = f"{stem}-{n}"
+    return name
 
 
 def _differing_keys(variants: Sequence[object]) -> set[str]:
@@ -112,9 +147,11 @@ def plan_variants(
 ) -> list[Variant]:
     """Turn the user's variant list into branches to create, refusing duplicates.
 
-    Unnamed variants get ``<base>-<what differs>`` (e.g. ``main-temperature-0.7``, or
-    ``main-answer-in-five-words`` for a ``system`` prompt), with ``-2``, ``-3``...
-    appended when that name is taken.
+    Unnamed variants get ``<base>-<what differs>`` (e.g. ``main-temperature-0.7``,
+    ``main-answer-in-five-words`` for a ``system`` prompt, ``main-stop-END`` for
+    ``stop=["END"]``, ``main-model-org-small`` for ``model="org/small"``: what a branch
+    name cannot hold becomes ``-``), with ``-2``, ``-3``... appended when that name is
+    taken or looks like one taken.
     """
     if isinstance(variants, (str, bytes)) or not isinstance(variants, Sequence):
         raise InvalidInputError("variants must be a list, e.g. [{'temperature': 0}, ...]")
@@ -123,6 +160,7 @@ def plan_variants(
     differing = _differing_keys(variants)
     plans: list[Variant] = []
     taken: set[str] = set()
+    looks: set[str] = set()  # the names taken, as compared (look-alikes are one)
     for variant in variants:
         if isinstance(variant, Mapping):
             options = dict(variant)
@@ -136,15 +174,12 @@ def plan_variants(
         else:
             options, name, provider, system = {}, None, variant, None
         if name is None:
-            stem = f"{base}-{_label(variant, differing)}"[:90].strip(" .-") or base
-            name, n = stem, 1
-            while name in taken or exists(name):
-                n += 1
-                name = f"{stem}-{n}"
+            name = _auto_name(base, _label(variant, differing), looks, exists)
         validate_branch_name(name)
         if name in taken:
             raise InvalidInputError(f"two variants would write the same branch {name!r}")
         taken.add(name)
+        looks.add(branch_name_key(name))
         plans.append(Variant(branch=name, provider=provider, params=options, system=system))
     return plans
 

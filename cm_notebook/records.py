@@ -211,10 +211,12 @@ def to_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write ``rows`` as CSV (UTF-8) to ``path``; returns the path."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInputError(f"path must be a file path, got {path!r:.80}")
-    target = Path(path).expanduser()
+    """Write ``rows`` as CSV (UTF-8) to ``path``; returns the path.
+
+    A path that cannot name a file (empty, holding a NUL, a folder, under a file) is an
+    :class:`~cm_notebook.errors.InvalidInputError` saying so.
+    """
+    target = _csv_target(path)
     text = to_csv_text(rows)
     # Lone surrogates (a name decoded from a file name, say) cannot be UTF-8: written as
     # U+FFFD, as the store writes them, rather than failing half-way.
@@ -222,8 +224,58 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -
     try:
         # Atomically: a failure (a full disk, a kill) leaves an existing file as it was.
         atomic_write(target, data, fsync=None)
-    except CMError:
-        raise
-    except OSError as exc:
+    except (CMError, OSError) as exc:
+        # The store's primitives take a folder where a file goes for damage to the data
+        # directory ("restore from a backup"); here it is the caller's path: made (or
+        # removed) between the check above and the write.
+        _check_target(target)
+        if isinstance(exc, CMError):
+            raise
         raise translate(exc, target, "write") from exc
     return target
+
+
+_EXAMPLE = "e.g. 'results.csv'"
+
+
+def _csv_target(path: object) -> Path:
+    # The file ``path`` names, or an InvalidInputError saying why it names none.
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"path must be a file path ({_EXAMPLE}), got {path!r:.80}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise InvalidInputError(f"path must be a text file path ({_EXAMPLE}), got {text!r:.80}")
+    if not text.strip():
+        raise InvalidInputError(f"the CSV path is empty: give the file to write, {_EXAMPLE}")
+    if "\0" in text:
+        raise InvalidInputError(
+            f"the CSV path {text!r:.80} is not a valid file path: it holds a NUL character "
+            f"(\\x00), which no file name can hold. Give another path, {_EXAMPLE}"
+        )
+    if text.endswith(("/", os.sep)) or (os.altsep is not None and text.endswith(os.altsep)):
+        # Path() would drop the slash and write a file of the folder's name.
+        raise InvalidInputError(
+            f"the CSV path {text!r:.80} names a folder (it ends with a slash); give a file "
+            f"in it, e.g. {os.path.join(text, 'results.csv')!r:.100}"
+        )
+    target = Path(text).expanduser()
+    _check_target(target)
+    return target
+
+
+def _check_target(target: Path) -> None:
+    # An existing folder where the file goes, or a file where its folder should be.
+    # (os.path's checks say False where they cannot look, e.g. without permission: the
+    # write then reports that.)
+    if os.path.isdir(target):
+        raise InvalidInputError(
+            f"the CSV path {str(target)!r:.100} is a folder, not a file; give a file in it, "
+            f"e.g. {str(target / 'results.csv')!r:.120}"
+        )
+    folder = target.parent
+    # A folder that does not exist is left to the write, whose error says to check it.
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise InvalidInputError(
+            f"cannot write the CSV file {str(target)!r:.100}: {str(folder)!r:.100} is a "
+            "file, not a folder. Give a path in a folder"
+        )

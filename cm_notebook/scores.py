@@ -105,7 +105,7 @@ class Score(BaseModel):
         if len(value) > _MAX_METRICS:
             raise ValueError(f"at most {_MAX_METRICS} metrics per message, got {len(value)}")
         for name, number in value.items():
-            metric_name(name)
+            _name_fits(name)  # controls are refused as names are given: old scores read
             if not _finite_float(number):
                 # Readers (comparisons, records) compute with metrics as floats, and
                 # the JSON writer cannot even print an int of thousands of digits; the
@@ -132,14 +132,26 @@ def _finite_float(number: MetricValue) -> bool:
         return False
 
 
-def metric_name(name: object) -> str:
-    """``name`` if it can name a metric (a short non-empty string); else an error."""
+def _name_fits(name: object) -> str:
+    # A short non-empty string: what a stored score's metric names are held to.
     if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
         raise InvalidInputError(
             f"a metric name must be a non-empty string of at most {_MAX_NAME} characters, "
             f"got {name!r:.120}"
         )
     return name.strip()
+
+
+def metric_name(name: object) -> str:
+    """``name`` if it can name a metric (a short non-empty string of one line, without
+    control characters); else an InvalidInputError saying what to change."""
+    name = _name_fits(name)
+    # It becomes a column name (``metric_<name>``) in records, DataFrames and CSV
+    # headers, and is shown in summaries and progress bars: a NUL, an escape sequence
+    # or a line break would garble each of them. Checked where names are given, as
+    # tags are, so a score stored before still reads.
+    refuse_control_characters(name, f"the metric name {name!r:.40}")
+    return name
 
 
 def merged(
@@ -190,7 +202,7 @@ def merged(
             data[key] = value
     data["tags"] = [*data.get("tags", []), *tags]
     failed = errors or {}
-    given = dict(metrics or {})
+    given = {metric_name(key): value for key, value in (metrics or {}).items()}
     # A function that failed this time has no current value: its old ones are dropped,
     # those named after it and those its mapping gave; and a function that ran again
     # replaces all it gave before (a metric its mapping no longer has is not current).

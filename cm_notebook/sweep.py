@@ -43,6 +43,7 @@ from .params import validate_text
 from .providers import Provider
 from .providers.pool import spec_of
 from .redact import find_secret
+from .sweep_results import refuse_clashing_inputs
 from .turn import Handle, Turn
 
 if TYPE_CHECKING:
@@ -324,6 +325,8 @@ def plan_sweep(
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise InvalidInputError(f"repeat must be a positive integer, got {repeat!r}")
     rows = _rows(inputs)
+    if rows is not None:
+        refuse_clashing_inputs(rows)
     flat, arms = zip(*(_variant(v, i) for i, v in enumerate(variants)), strict=True)
     labels = _unique(variant_labels(list(flat)))
     defined: dict[str, object] = {"prompts": prompt_list, "inputs": rows, "variants": list(flat)}
@@ -388,7 +391,7 @@ class Sweep(Handle["Sweep"]):
         self,
         session: ContextSession,
         plan: SweepPlan,
-        start: Callable[[SweepCell], Turn],
+        start: Callable[[SweepCell], Turn | Message],
         *,
         concurrency: int,
         progress: bool,
@@ -431,9 +434,14 @@ class Sweep(Handle["Sweep"]):
         cell.status, cell.error = "running", None
         self._changed(cell)
         try:
-            cell.turn = self._start_cell(cell)
+            started = self._start_cell(cell)
+            if isinstance(started, Message):
+                # Answered meanwhile by another run of the sweep: its reply is kept.
+                finish(cell, started)
+                return
+            cell.turn = started
             self._changed(cell)
-            finish(cell, await cell.turn)
+            finish(cell, await started)
         except CMError as exc:
             cell.status, cell.error = "failed", str(exc)
             message_id = cell.turn.message_id if cell.turn is not None else None

@@ -6,7 +6,8 @@ will answer it and every cell already stored against the plan (before anything i
 written), mark the cells whose own prompt got a complete reply as done, and start the
 rest. :func:`start_cell` creates a cell's branch if it is new and sends its prompt, or,
 for a cell whose prompt was stored by an earlier run that did not finish, asks for a
-new reply to it.
+new reply to it; a cell that another run (another kernel) answered since the plan was
+made is not asked again: its reply is kept as its answer.
 
 A cell's answer is the reply to its own prompt (the first user message on its branch),
 whatever was sent on the branch after it: follow-ups on a cell continue its experiment
@@ -102,7 +103,7 @@ def start_sweep(
 
     _create_cells(session, [c for c in plan.cells if c.branch not in branches], labels, own)
 
-    def start(cell: SweepCell) -> Turn:
+    def start(cell: SweepCell) -> Turn | Message:
         arm = plan.variants[cell.variant_index]
         return start_cell(session, cell, labels, own(cell), arm.provider)
 
@@ -179,9 +180,13 @@ def start_cell(
     sweep_labels: dict[str, str],
     settings: dict[str, Any],
     provider: ProviderLike | None,
-) -> Turn:
+) -> Turn | Message:
     """Start ``cell``'s reply: its branch made if new, its prompt sent (or, if an
-    earlier run stored the prompt, a new reply asked for it)."""
+    earlier run stored the prompt, a new reply asked for it).
+
+    Returns the cell's stored reply instead, asking nothing, when its prompt got a
+    complete reply since the sweep was planned (another run of the sweep, in another
+    process, answered it meanwhile)."""
     if cell.branch not in session._read_metadata().branches:
         try:
             session._io.call(
@@ -202,6 +207,12 @@ def start_cell(
     head = session._head(cell.branch)
     if head is None:
         return session.send(cell.text, branch=cell.branch, metadata=cell.variables)
+    # The plan only knew the cells done when it was made: another kernel running the
+    # same sweep may have answered this one since. Asking again would pay twice and
+    # push its answer off the branch.
+    done = complete_reply(session, cell.branch)
+    if done is not None:
+        return done
     if _own_turn(session, cell.branch).followed:
         # Asking again would answer the last follow-up, not the cell's prompt, and
         # rewinding to the prompt would take the follow-ups off the branch: the user
@@ -217,6 +228,12 @@ def start_cell(
         session._read_metadata(), cell.branch, None, {}
     )
     with session._claim(cell.branch) as claim:
+        # Again under the claim, which other processes respect: one may have finished
+        # the reply between the check above and taking the claim.
+        done = complete_reply(session, cell.branch)
+        if done is not None:
+            claim.release()  # not handed to a turn: give it back here
+            return done
         prompt = session._rewind_to_prompt(cell.branch)
         return session._start(claim, fsm.Send(), prompt, chosen, generation)
 

@@ -4,8 +4,10 @@
 <cm_notebook.session.ContextSession.to_records>` restricted to the sweep's branches,
 with the sweep's own columns after those (``sweep``, ``cell``, ``variant``,
 ``repeat``, ``input``: the input row's index, ``error``, and ``input_<name>`` per input
-column). A message file that cannot be read costs no other record: the records it
-concerns are marked with ``error``, the others are whole.
+column; :func:`refuse_clashing_inputs` refuses, when the sweep is planned, an input
+whose column would be a fixed one, such as ``tokens``). A message file that cannot be
+read costs no other record: the records it concerns are marked with ``error``, the
+others are whole.
 :class:`SweepStability` groups the repeats of each prompt x input x variant
 (:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
 against the most common. A group without answers (every repeat failed, or none has
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import html
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import records as rec
-from .errors import CMError
+from .errors import CMError, InvalidInputError
 from .model import Message
 from .stability import Stability, stability
 from .store.diagnostics import StoreWarning
@@ -33,11 +36,39 @@ if TYPE_CHECKING:
 
     from .sweep import Sweep, SweepCell
 
-__all__ = ["GroupStability", "SweepStability", "sweep_dataframe", "sweep_records"]
+__all__ = [
+    "GroupStability",
+    "SweepStability",
+    "refuse_clashing_inputs",
+    "sweep_dataframe",
+    "sweep_records",
+]
 
 #: The sweep's columns, after those of :mod:`cm_notebook.records` (and before the
 #: ``input_<name>`` ones).
 SWEEP_COLUMNS = ("sweep", "cell", "repeat", "input", "error")
+
+
+def refuse_clashing_inputs(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse an input column whose ``input_<name>`` record column is already one of
+    the fixed columns (``tokens``: ``input_tokens``, the reply's input token count).
+
+    Checked when the sweep is planned, before anything is written: renamed silently,
+    the column would not be where the docs say; written over the fixed one, the
+    records would lose the reply's token counts without a word.
+    """
+    taken = {*rec.COLUMNS, *SWEEP_COLUMNS}
+    for row in rows:
+        for name in row:
+            column = f"input_{name}"
+            if column in taken:
+                raise InvalidInputError(
+                    f"input column {name!r} cannot be used: the sweep's records would "
+                    f"show it as {column!r}, which is already the column of the reply's "
+                    f"{column.replace('_', ' ')}. Rename the input column (e.g. to "
+                    f"'n_{name}' or 'max_{name}'), and the {{{name}}} fields of the "
+                    "prompt with it"
+                )
 
 
 def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:

@@ -4,7 +4,10 @@ metric deltas (time to first token, tokens per second, output tokens, latency, s
 A *turn* is a user message and the last reply before the next user message (after any
 tool rounds). Two branches are compared turn by turn in order, so a replay (the same
 user turns under another model) or a counterfactual edit (one earlier message changed,
-the later user turns run again) lines up with the branch it came from.
+the later user turns run again) lines up with the branch it came from. An answer that
+did not complete (it failed, was interrupted, or is still being generated) is shown as
+such, never diffed as an answer, and its tokens and timings are not measured against
+the other side: the per-turn deltas say it has no answer instead.
 :meth:`ContextSession.compare_turns` builds a :class:`TurnComparison`; the compare view
 shows the same per-turn diffs (:func:`turns_html`). Everything here is pure.
 """
@@ -17,7 +20,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from .compare import BranchResult, diff_side_html, word_diff
+from .compare import BranchResult, diff_side_html, unfinished_html, word_diff
 from .model import Message
 
 __all__ = ["METRICS", "Delta", "TurnComparison", "TurnDiff", "turns_html", "turns_of"]
@@ -63,6 +66,11 @@ def turns_of(messages: Sequence[Message]) -> list[tuple[Message, Message | None]
 def _metrics(result: BranchResult | None, score: float | None) -> dict[str, float | None]:
     if result is None:
         return {name: None for name, *_ in METRICS}
+    if result.unfinished:
+        # A failed or interrupted attempt's speed and size are not an answer's: a delta
+        # against them would read as "the other model answers in half the tokens".
+        # Its score stays: someone rated this very message.
+        return {name: (score if name == "score" else None) for name, *_ in METRICS}
     stats, usage = result.stats, result.usage
     output = usage.output_tokens if usage is not None else None
     if output is None and stats is not None:
@@ -98,12 +106,20 @@ class TurnDiff(BaseModel):
         )
 
     @property
+    def unanswered(self) -> list[BranchResult]:
+        """The sides whose reply did not complete (failed, interrupted, streaming)."""
+        return [side for side in (self.base, self.other) if side is not None and side.unfinished]
+
+    @property
     def changed(self) -> bool:
-        """Whether the answers differ."""
-        return any(op != "=" for op, _ in self.diff)
+        """Whether the answers differ (a reply that did not complete against one that
+        did is a difference, whatever their texts)."""
+        cut = [side is not None and side.unfinished for side in (self.base, self.other)]
+        return cut[0] != cut[1] or any(op != "=" for op, _ in self.diff)
 
     def deltas(self) -> dict[str, Delta]:
-        """Each metric of :data:`METRICS` on both branches."""
+        """Each metric of :data:`METRICS` on both branches (None on a side whose reply
+        did not complete, except its score: an attempt is not measured as an answer)."""
         base = _metrics(self.base, self.base_score)
         other = _metrics(self.other, self.other_score)
         return {name: Delta(base[name], other[name]) for name, *_ in METRICS}
@@ -170,7 +186,11 @@ class TurnComparison(BaseModel):
             lines.append(f"== turn {turn.turn}: {turn.prompt}")
             if turn.base_prompt is not None:
                 lines.append(f"   (was: {turn.base_prompt})")
-            lines.append("".join(marked[op].format(text) for op, text in turn.diff))
+            if turn.unanswered:
+                # No diff against a partial text: each side as it is.
+                lines.extend(_answer_text(side) for side in (turn.base, turn.other) if side)
+            else:
+                lines.append("".join(marked[op].format(text) for op, text in turn.diff))
             shown = _delta_texts(turn)
             if shown:
                 lines.append("   " + "; ".join(shown))
@@ -188,13 +208,25 @@ def _number(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
+def _answer_text(side: BranchResult) -> str:
+    # "bad: no answer: the reply failed: ...; partial text: Lyon is", or "good: Paris."
+    if not side.unfinished:
+        return f"{side.branch}: {side.text}"
+    partial = f"; partial text: {side.text}" if side.text else ""
+    return f"{side.branch}: no answer: {side.outcome}{partial}"
+
+
 def _delta_texts(turn: TurnDiff) -> list[str]:
-    # "TTFT 120 -> 95 ms (-25)" for each metric known on either side.
-    out = []
+    # "TTFT 120 -> 95 ms (-25)" for each metric known on either side; where a side
+    # has no answer, that is said first, and only the metrics known on both follow.
+    unanswered = turn.unanswered
+    out = [f"{side.branch} has no answer ({_status(side)})" for side in unanswered]
     deltas = turn.deltas()
     for name, label, unit, decimals in METRICS:
         delta = deltas[name]
         if delta.base is None and delta.other is None:
+            continue
+        if unanswered and (delta.base is None or delta.other is None):
             continue
         base = "?" if delta.base is None else _number(delta.base, decimals)
         other = "?" if delta.other is None else _number(delta.other, decimals)
@@ -202,6 +234,17 @@ def _delta_texts(turn: TurnDiff) -> list[str]:
         sign = "" if change is None else f" ({'+' if change >= 0 else ''}{change:.{decimals}f})"
         out.append(f"{label} {base} -> {other}{unit}{sign}")
     return out
+
+
+def _status(side: BranchResult) -> str:
+    return side.status.value if side.status is not None else "no reply"
+
+
+def _side_html(side: BranchResult | None) -> str:
+    # One side of a turn where a reply did not complete: shown as it is, unmarked.
+    if side is None:
+        return ""
+    return unfinished_html(side) if side.unfinished else html.escape(side.text)
 
 
 _MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
@@ -220,13 +263,17 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
             prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", _MARKS)
         deltas = " · ".join(html.escape(text) for text in _delta_texts(turn))
         state = "changed" if turn.changed else "same"
+        if turn.unanswered:
+            left, right = _side_html(turn.base), _side_html(turn.other)
+        else:
+            left, right = diff_side_html(ops, "-", _MARKS), diff_side_html(ops, "+", _MARKS)
         rows.append(
             f'<tr class="cm-turn cm-turn-{state}"><td style="vertical-align:top;color:#555;'
             f'padding:4px 6px">{turn.turn}</td><td style="vertical-align:top;padding:4px 6px">'
             f'<div style="font-size:85%;color:#555"><b>user</b> {prompt}</div>'
             '<div style="display:flex;gap:8px;margin-top:2px">'
-            f'<div style="flex:1;white-space:pre-wrap">{diff_side_html(ops, "-", _MARKS)}</div>'
-            f'<div style="flex:1;white-space:pre-wrap">{diff_side_html(ops, "+", _MARKS)}</div>'
+            f'<div style="flex:1;white-space:pre-wrap">{left}</div>'
+            f'<div style="flex:1;white-space:pre-wrap">{right}</div>'
             f'</div><div style="font-size:80%;color:#888">{deltas}</div></td></tr>'
         )
     base, other = html.escape(comparison.base), html.escape(comparison.other)

@@ -185,3 +185,32 @@ def test_a_name_that_is_not_utf8_is_written_as_a_replacement_not_a_lost_file(
     # E.g. a variant label taken from a file name with os.fsdecode: a lone surrogate.
     write_csv(path, [{"variant": "caf\udce9", "output": "Blue."}])
     assert path.read_text(encoding="utf-8") == "variant,output\ncaf\ufffd,Blue.\n"
+
+
+def test_a_path_that_names_no_file_is_an_input_error_saying_what_to_do(
+    new_session: Callable[..., ContextSession], tmp_path: Path
+) -> None:
+    # Not the store's damage advice ("restore from a backup"), nor an OS error's bare
+    # words ("Device or resource busy", "embedded null byte").
+    from cm_notebook.errors import InvalidInputError
+
+    session = _study(new_session)
+    out = tmp_path / "out"
+    folder = out / "results"
+    folder.mkdir(parents=True)
+    cases = [
+        (folder, r"is a folder, not a file; give a file in it, e\.g\. '.*results\.csv'"),
+        (str(folder) + "/", r"names a folder \(it ends with a slash\); give a file in it"),
+        ("", r"the CSV path is empty: give the file to write, e\.g\. 'results\.csv'"),
+        ("   ", r"the CSV path is empty"),
+        (str(out / "bad\x00name.csv"), r"not a valid file path: it holds a NUL character"),
+        (out / "study.csv" / "x.csv", r"is a file, not a folder\. Give a path in a folder"),
+    ]
+    (out / "study.csv").write_text("kept")
+    for path, words in cases:
+        with pytest.raises(InvalidInputError, match=words) as caught:
+            session.to_csv(path)
+        assert "backup" not in str(caught.value)
+    assert sorted(p.name for p in out.iterdir()) == ["results", "study.csv"]
+    assert list(folder.iterdir()) == []
+    assert (out / "study.csv").read_text() == "kept"

@@ -272,3 +272,31 @@ def test_a_tag_with_control_characters_stored_before_still_reads_and_merges(
         session.rate(reply, tags=["\x00"])
     judged = session.score(lambda _m: {"tags": ["\x07bell"]}, name="judge", progress=False)
     assert "control characters" in judged[0].errors["judge"]  # that message's error
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x1b[31m", "\n", "\x9b"])
+def test_a_metric_name_with_control_characters_is_refused_where_it_is_given(
+    new_session: Callable[..., ContextSession], data_dir: Path, control: str
+) -> None:
+    # A metric name becomes a column of records, DataFrames and CSV headers: refused
+    # as a tag is, where it is given, never on reading a score stored before.
+    session, replies = _three_replies(new_session)
+    with pytest.raises(InvalidInputError, match=r"the metric name .* control characters"):
+        session.score(lambda _m: 1, name=f"le{control}n", progress=False)
+    judged = session.score(lambda _m: {f"multi{control}line": 2}, name="judge", progress=False)
+    assert [r.errors["judge"] for r in judged] == [judged[0].errors["judge"]] * 3
+    assert "the metric name" in judged[0].errors["judge"]
+    assert "control characters" in judged[0].errors["judge"]
+    assert all(not r.metrics for r in judged)
+    with pytest.raises(InvalidInputError, match="control characters"):
+        merged(None, replies[0].id, branch="main", metrics={f"m{control}x": 1})
+    assert not any(key.startswith("metric_") for key in session.to_records()[0])
+
+    reply = replies[0].id
+    session.score(lambda _m: 1, name="kept", progress=False)
+    path = _score_file(data_dir, session, reply)
+    raw = json.loads(path.read_text())
+    raw["metrics"][f"old{control}x"] = 3
+    path.write_text(json.dumps(raw))
+    assert session.scores(reply).metrics[f"old{control}x"] == 3  # type: ignore[union-attr]
+    assert session.rate(reply, thumbs="up").metrics[f"old{control}x"] == 3

@@ -79,3 +79,30 @@ def test_a_sweep_name_that_looks_like_another_branch_is_refused_up_front(
 def test_control_characters_in_a_variant_label_are_refused(control: str) -> None:
     with pytest.raises(InvalidInputError, match=r"variant 0: .*control characters \(U\+00"):
         plan_sweep("Q", [{"label": f"arm{control}"}])
+
+
+def test_an_input_column_whose_record_column_is_a_fixed_one_is_refused_up_front(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # "tokens" would be recorded as input_tokens, the reply's input token count.
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    before = set(session.branches)
+    rows = [{"topic": "cats", "tokens": 50}, {"topic": "dogs", "tokens": 100}]
+    with pytest.raises(
+        InvalidInputError,
+        match=r"input column 'tokens' cannot be used: .* 'input_tokens', which is already "
+        r"the column of the reply's input tokens\. Rename the input column",
+    ):
+        session.sweep("Write about {topic} in {tokens} tokens", [{}], inputs=rows, progress=False)
+    assert set(session.branches) == before
+    assert fake.requests == []
+    # Renamed, the input has a column of its own, and the reply's count is kept.
+    renamed = [{"topic": row["topic"], "n_tokens": row["tokens"]} for row in rows]
+    sweep = session.sweep(
+        "Write about {topic} in {n_tokens} tokens", [{}], inputs=renamed, progress=False
+    ).run(DEADLINE)
+    records = sweep.to_records()
+    assert [r["input_n_tokens"] for r in records] == [50, 100]
+    usage = [session.get(cell.message_id or "").metadata.usage for cell in sweep.cells]
+    assert [r["input_tokens"] for r in records] == [u.input_tokens for u in usage if u] == [6, 6]

@@ -1,0 +1,108 @@
+"""Comparisons and per-turn diffs show a reply that did not complete (it failed, was
+interrupted or is still streaming) as such: its status and why, its partial text
+unmarked, never diffed or measured against the other answers as if it were one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from test_session_support import DEADLINE
+
+from cm_notebook.compare import BranchResult, Comparison
+from cm_notebook.model import MessageStatus, StreamStats, TokenUsage
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+from cm_notebook.turn_diff import METRICS
+
+
+def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    good = ScriptedProvider(["Paris is the capital."])
+    broken = ScriptedProvider().error("permanent", after_chunks=2, text="Lyon is")
+    session = new_session(provider=ScriptedProvider())
+    comparison = session.fan_out(
+        "Capital of France?",
+        [{"provider": good, "branch": "good"}, {"provider": broken, "branch": "bad"}],
+    ).result(DEADLINE)
+    bad = comparison["bad"]
+    assert (bad.status, bad.unfinished, bad.text) == (MessageStatus.ERROR, True, "Lyon is")
+    assert bad.error == "scripted permanent failure"
+    assert not comparison["good"].unfinished
+    # The attempt's tokens and speed are not shown as what an answer cost.
+    assert bad.facts() == ["scripted", "error"]
+
+    text = str(comparison)
+    assert "== bad (scripted, error)" in text
+    assert "no answer: the reply failed: scripted permanent failure" in text
+    assert "partial text: Lyon is" in text
+    assert "diff good -> bad: none, bad has no answer (error)" in text
+    assert "[-Paris-]" not in text
+    assert "similarity" not in text
+
+    page = comparison._repr_html_()
+    assert 'class="cm-status cm-status-error"' in page
+    assert "no answer: the reply failed: scripted permanent failure" in page
+    assert "no diff: bad has no answer (error)" in page
+    assert "similarity" not in page
+    assert "line-through" not in page  # nothing marked as removed by the failed arm
+
+    turns = session.compare_turns("bad", against="good")
+    assert turns.changed_turns == [1]
+    first = turns.turns[0]
+    assert [side.branch for side in first.unanswered] == ["bad"]
+    deltas = first.deltas()
+    assert all(deltas[name].other is None for name, *_ in METRICS)
+    assert all(deltas[name].change is None for name, *_ in METRICS)
+    shown = str(turns)
+    assert "good: Paris is the capital." in shown
+    assert "bad: no answer: the reply failed: scripted permanent failure" in shown
+    assert "bad has no answer (error)" in shown
+    assert "output tokens" not in shown
+    assert "TTFT" not in shown
+    assert "[-Paris-]" not in shown
+    turn_page = turns._repr_html_()
+    assert "cm-status-error" in turn_page
+    assert "bad has no answer (error)" in turn_page
+    assert "output tokens" not in turn_page
+
+
+def test_an_interrupted_arm_is_shown_as_interrupted(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    stuck = ScriptedProvider().hang(after_chunks=1, text="Paris")
+    session = new_session(provider=ScriptedProvider())
+    fan = session.fan_out(
+        "Capital of France?",
+        [{"provider": ScriptedProvider(["Paris."]), "branch": "a"}, {"provider": stuck}],
+    )
+    deadline = time.monotonic() + DEADLINE
+    while not stuck.requests and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll for the hanging arm's request, with a deadline
+    fan.turns[1].cancel()
+    comparison = fan.result(DEADLINE)
+    cut = comparison.results[1]
+    assert cut.status is MessageStatus.INTERRUPTED
+    assert cut.facts()[-1] == "interrupted"
+    assert "no answer: the reply was interrupted" in str(comparison)
+    assert f"diff a -> {cut.branch}: none, {cut.branch} has no answer (interrupted)" in str(
+        comparison
+    )
+    assert "cm-status-interrupted" in comparison._repr_html_()
+
+
+def test_results_without_a_status_or_complete_are_answers() -> None:
+    usage = TokenUsage(input_tokens=1, output_tokens=2)
+    plain = BranchResult(branch="a", text="x", usage=usage)
+    done = BranchResult(
+        branch="b", text="y", status=MessageStatus.COMPLETE, usage=usage, stats=StreamStats()
+    )
+    streaming = BranchResult(branch="c", text="z", status=MessageStatus.STREAMING, usage=usage)
+    assert not plain.unfinished
+    assert plain.outcome is None
+    assert "1+2 tokens" in done.facts()
+    assert streaming.outcome == "the reply is still being generated"
+    assert streaming.facts() == ["?", "streaming"]
+    assert "similarity: " in str(Comparison(results=[plain, done]))
+    assert "c has no answer (streaming)" in str(Comparison(results=[plain, streaming]))
