@@ -297,3 +297,40 @@ async def test_the_compare_view_shows_the_tool_calls_a_branch_made(
         assert "add({&quot;a&quot;: 2, &quot;b&quot;: 3}) &rarr; done" in view.value
     finally:
         view.close()
+
+
+async def test_the_compare_view_shows_a_failed_arm_as_no_answer(new_session: NewSession) -> None:
+    good = ScriptedProvider(["Paris is the capital."])
+    broken = ScriptedProvider().error("permanent", after_chunks=2, text="Lyon is")
+    session = new_session(provider=ScriptedProvider())
+    await session.fan_out(
+        "Capital of France?",
+        [{"provider": good, "branch": "good"}, {"provider": broken, "branch": "bad"}],
+    )
+    view = CompareView(session, "good", "bad")
+    try:
+        good_column, bad_column = view.value.split('class="cm-compare-column"')[1:3]
+        assert "no answer: the reply failed" in bad_column
+        assert "line-through" not in view.value  # no diff against a partial text
+        assert "tokens" not in bad_column.split("per turn")[0]  # an attempt's cost is no answer's
+        assert "Paris is the capital." in good_column
+        bars = [type(cell).__name__ for cell in view.ratings.children]
+        assert bars == ["RatingBar", "Box"]  # nothing to rate in the failed arm
+    finally:
+        view.close()
+
+
+async def test_the_compare_view_says_so_when_a_compared_branch_is_deleted(
+    new_session: NewSession,
+) -> None:
+    session = new_session(provider=ScriptedProvider(["One.", "Two."]))
+    await session.send("hi")
+    session.branch("other", switch=False)
+    view = CompareView(session, "main", "other")
+    try:
+        session.delete_branch("other")
+        await until(lambda: "was deleted" in view.value)
+        assert "compare needs two or more branches" in view.value
+        assert view.ratings.children == ()
+    finally:
+        view.close()

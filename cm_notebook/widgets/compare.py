@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
-from ..compare import diff_side_html, word_diff
+from ..compare import BranchResult, diff_side_html, unfinished_html, word_diff
 from ..errors import InvalidInputError
-from ..model import Message
+from ..model import Message, MessageStatus
 from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView
@@ -65,6 +65,7 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         super().__init__([self.html, self.ratings])
         self.add_class("cm-compare")
         self.branch_names = names
+        self._deleted: list[str] = []  # compared branches deleted since
         self._follow(session, 0.5)
         self._render()
 
@@ -117,10 +118,20 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
             self._throttle.poke()
         elif isinstance(event, ev.BranchDeleted):
             self.branch_names = [n for n in self.branch_names if n != event.branch]
+            self._deleted.append(event.branch)
             self._throttle.poke()
 
     def _render(self) -> None:
         session = self.session
+        if len(self.branch_names) < 2:
+            # A compared branch was deleted: nothing is left to compare it with.
+            gone = ", ".join(map(repr, self._deleted))
+            self._show_error(
+                f"branch {gone} was deleted; compare needs two or more branches: show "
+                "session.compare_view(...) again with the branches to compare"
+            )
+            self.ratings.children = []
+            return
         paths = {name: session.history(name) for name in self.branch_names}
         columns = []
         for name in self.branch_names:
@@ -136,9 +147,8 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
             session.compare_turns(name, self.branch_names[0]) for name in self.branch_names[1:]
         ]
         self.value = comparison_html(columns, turns)
-        self._show_ratings(
-            [next((m for m in reversed(paths[n]) if m.role == "assistant"), None) for n in paths]
-        )
+        # A failed or interrupted reply is no answer to rate.
+        self._show_ratings([_answer_of(path) for path in paths.values()])
 
 
 def _shared(paths: list[list[Message]]) -> int:
@@ -150,9 +160,23 @@ def _shared(paths: list[list[Message]]) -> int:
     return count
 
 
+def _last_reply(path: list[Message]) -> Message | None:
+    return next((m for m in reversed(path) if m.role == "assistant"), None)
+
+
+def _answer_of(path: list[Message]) -> Message | None:
+    # The branch's last reply if it completed: a failed, interrupted or still streaming
+    # one is no answer (its text is partial, its tokens and timings an attempt's).
+    reply = _last_reply(path)
+    return reply if reply is not None and reply.status is MessageStatus.COMPLETE else None
+
+
 def _facts(column: dict[str, Any], answer: Message | None) -> str:
     rows = [("system prompt", column["system"] or "(none)")]
-    if answer is not None:
+    if answer is not None and answer.status is not MessageStatus.COMPLETE:
+        rows.append(("model", str(stats_of(answer).get("model") or "?")))
+        rows.append(("status", answer.status.value))
+    elif answer is not None:
         stats = stats_of(answer)
         params = answer.metadata.parameters
         rows.append(("model", str(stats.get("model") or "?")))
@@ -182,19 +206,23 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     below it the changed turns of each ``turns`` comparison against the first column."""
     paths = [c["messages"] for c in columns]
     shared = _shared(paths)
-    answers = [next((m for m in reversed(p) if m.role == "assistant"), None) for p in paths]
-    base = answers[0].content if answers[0] is not None else ""
-    second = answers[1].content if answers[1] is not None else ""
+    replies = [_last_reply(p) for p in paths]
+    answers = [_answer_of(p) for p in paths]
+    # Diffs only between answers: a partial text marked as what a branch "dropped" or
+    # "added" would read as a difference of the answers.
+    diffs = len(answers) > 1 and answers[0] is not None and answers[1] is not None
+    base = answers[0].content if diffs and answers[0] is not None else ""
+    second = answers[1].content if diffs and answers[1] is not None else ""
     head = (
         f'<div style="color:#555;margin-bottom:4px">{len(columns)} branches share the first '
         f"{shared} message{'s' if shared != 1 else ''}; below, what each says after that.</div>"
     )
     cells = []
-    for index, (column, answer) in enumerate(zip(columns, answers, strict=False)):
+    for index, (column, reply, answer) in enumerate(zip(columns, replies, answers, strict=False)):
         after = column["messages"][shared:]
         body = []
         for message in after:
-            if message is answer:
+            if message is reply:
                 continue
             label = html.escape(message.role)
             body.append(
@@ -202,21 +230,28 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
                 f"{render_markdown(message.content)}{tool_calls_html(message)}"
             )
         if answer is not None:
-            # The first column marks what the second dropped; the others what they added.
-            ops = word_diff(base, second if index == 0 else answer.content)
-            text = diff_side_html(ops, "-" if index == 0 else "+", _MARKS)
+            marked = diffs and (index == 0 or answers[0] is not None)
+            if marked:
+                # The first column marks what the second dropped; the others what they
+                # added.
+                ops = word_diff(base, second if index == 0 else answer.content)
+                text = diff_side_html(ops, "-" if index == 0 else "+", _MARKS)
+            else:
+                text = html.escape(answer.content)
             body.append(
                 '<div style="font-size:85%;color:#555"><b>answer</b>'
-                + (" (diff against the first)" if index else "")
+                + (" (diff against the first)" if index and marked else "")
                 + f'</div><div class="cm-answer" style="white-space:pre-wrap">{text}</div>'
             )
+        elif reply is not None:
+            body.append(unfinished_html(BranchResult.of(column["branch"], reply)))
         else:
             body.append('<div style="color:#888">(no answer yet)</div>')
         cells.append(
             '<div class="cm-compare-column" style="flex:1;min-width:0;border:1px solid #ddd;'
             'border-radius:6px;padding:6px 10px">'
             f'<div style="font-weight:600">{html.escape(column["branch"])}</div>'
-            f"{_facts(column, answer)}{''.join(body)}</div>"
+            f"{_facts(column, reply)}{''.join(body)}</div>"
         )
     per_turn = "".join(turns_html(comparison, changed_only=True) for comparison in turns)
     return (
