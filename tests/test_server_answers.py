@@ -314,3 +314,29 @@ def test_damaged_data_answers_500_as_the_openapi_document_says(
         assert f"contexts/{context_id}/metadata.json is not valid JSON" in body["message"]
         assert f"DELETE {API}/contexts/{context_id}" in body["message"]
     assert client.delete(f"contexts/{context_id}").status_code == 204
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/<pid>/fd")
+def test_a_context_removed_on_disk_with_no_request_is_closed_within_seconds(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    context_id = create_context(client, [{"reply": "hello"}])
+    assert client.post(f"contexts/{context_id}/messages", json={"text": "hi"}).status_code == 202
+    wait_for(lambda: client.get(f"contexts/{context_id}").json()["state"] == "Idle")
+    folder = server.data_dir / "contexts" / context_id
+    assert server.process is not None
+    fds = Path(f"/proc/{server.process.pid}/fd")
+
+    def held() -> list[str]:
+        targets = []
+        for fd in fds.iterdir():
+            try:
+                targets.append(str(fd.readlink()))
+            except OSError:  # closed meanwhile
+                continue
+        return [target for target in targets if context_id in target]
+
+    assert held()  # its session holds files of the context (its signal log, say)
+    shutil.rmtree(folder)
+    # No request, no events stream: the server's own sweep finds it gone (every 5 s).
+    wait_for(lambda: not held(), timeout=15)

@@ -290,8 +290,10 @@ class SessionRegistry:
         """Close idle sessions: those unused for ``idle_timeout``, and beyond ``max_sessions``."""
         now = time.monotonic()
         for context_id, session in list(self._sessions.items()):
-            if self._streams.get(context_id) and self.vanished(context_id):
-                continue  # its streams would otherwise send heartbeats for ever
+            if self.vanished(context_id):
+                # Removed behind the server's back: its streams would send heartbeats
+                # for ever, and its session hold the deleted files open.
+                continue
             if not self._idle(context_id, session):
                 # Busy (e.g. a long reply): its idle time counts from when it is done.
                 self._last_used[context_id] = now
