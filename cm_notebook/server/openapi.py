@@ -122,6 +122,10 @@ def _operation(
         }
     error = {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
     statuses = {*described.errors, 403}
+    if not template.endswith("openapi.json"):
+        # Any route but this document: the server is stopping, or a store lock or the
+        # model's server was unavailable for longer than the server waits.
+        statuses.add(503)
     if "context_id" in names:
         # Every route of a context reads its stored files, which may be damaged (or
         # written by a newer version): 500, whatever the route declares.
@@ -154,6 +158,9 @@ _ERRORS = {
     500: "The context's stored files are damaged (reason CorruptDataError) or written by a "
     "newer cm_notebook (SchemaVersionError): the message names the file and what to do "
     "(restore it from a backup, or DELETE the context)",
+    503: "Unavailable for now: the server is stopping (ServerStopping), another process "
+    "held the context's lock too long (StoreLockTimeoutError) or the model's server is "
+    "busy or down (TransientProviderError); try again later",
 }
 
 
