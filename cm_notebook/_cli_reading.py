@@ -8,8 +8,8 @@ import warnings
 
 from ._cli_base import clip, command, out, positive_int, when
 from .errors import CMError
-from .export import is_unfinished_import
-from .model import Message
+from .export import import_under_way, is_unfinished_import
+from .model import ContextMetadata, Message
 from .prompts import effective_system
 from .render import status_label
 from .store.base import Store
@@ -40,8 +40,7 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
         rows.append(
             (
                 meta.id,
-                clip(meta.title, 40)
-                + (" (import unfinished)" if is_unfinished_import(meta) else ""),
+                clip(meta.title, 40) + _import_note(store, meta),
                 count,
                 str(len(meta.branches)),
                 when(meta.updated_at),
@@ -61,6 +60,13 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
 
 
 # -- show -----------------------------------------------------------------------------
+
+
+def _import_note(store: Store, meta: ContextMetadata) -> str:
+    # How `ls` marks a context whose import has not finished: killed, or still going.
+    if not is_unfinished_import(meta):
+        return ""
+    return " (being imported)" if import_under_way(store, meta.id) else " (import unfinished)"
 
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:

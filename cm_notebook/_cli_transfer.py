@@ -13,6 +13,7 @@ from .errors import ContextExistsError, ContextNotFoundError, MigrationError
 from .export import (
     export_context,
     import_document,
+    import_under_way,
     is_export,
     is_unfinished_import,
     parse_export,
@@ -124,12 +125,19 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
         except ContextNotFoundError:
             there = None
         if there is not None and is_unfinished_import(there):
+            if import_under_way(store, cid):
+                raise CommandError(
+                    f"context {cid!r} is being imported by another process now: wait for "
+                    "that import to end, or import this copy beside it with --new-id"
+                )
             # An import of it was killed half-way: this one takes its place.
             await store.delete_context(cid)
             print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
         try:
             meta = await import_document(store, document, context_id=target)
-        except ContextExistsError:
+        except ContextExistsError as exc:
+            if import_under_way(store, cid):
+                raise CommandError(str(exc)) from None  # another import began meanwhile
             where = getattr(store, "data_dir", "the data directory")
             cid = document.metadata.id
             raise CommandError(

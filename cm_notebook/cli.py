@@ -48,7 +48,7 @@ from ._cli_base import (
 )
 from ._unicode import for_terminal
 from .errors import CMError, InvalidInputError
-from .export import is_unfinished_import
+from .export import import_under_way, is_unfinished_import
 from .store import FileStore
 from .store.base import Store
 from .store.diagnostics import StoreWarning
@@ -142,7 +142,10 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
                 with bar.external_write_mode(file=sys.stderr):
                     out(str(report))
                     unfinished = is_unfinished_import(await store.get_metadata(context_id))
-                    if unfinished:
+                    if unfinished and import_under_way(store, context_id):
+                        unfinished = False  # not damage: another process is importing it
+                        out(f"{context_id}: being imported by another process now")
+                    elif unfinished:
                         _error(
                             f"{context_id}: its import never finished (the process was "
                             "stopped): import the file again to replace it"

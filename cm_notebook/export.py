@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -26,7 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import _json
 from ._export_markdown import markdown_of
-from .errors import BranchNotFoundError, CMError, CorruptDataError, InvalidInputError
+from .errors import (
+    BranchNotFoundError,
+    CMError,
+    ContextExistsError,
+    CorruptDataError,
+    InvalidInputError,
+)
 from .ids import check_branch_names_free, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
@@ -34,6 +41,7 @@ from .redact import redact
 from .scores import Score
 from .store.base import Store
 from .store.order import parents_first
+from .store.oslock import LockTimeout, OSLock, lock_is_held
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -42,6 +50,7 @@ __all__ = [
     "ExportDocument",
     "export_context",
     "import_document",
+    "import_under_way",
     "is_export",
     "is_unfinished_import",
     "parse_export",
@@ -54,8 +63,23 @@ UNFINISHED_IMPORT = "unfinished-import"
 
 
 def is_unfinished_import(metadata: ContextMetadata) -> bool:
-    """Whether ``metadata`` is of a context whose import never finished (killed)."""
+    """Whether ``metadata`` is of a context whose import has not finished: killed, or
+    still under way in another process (see :func:`import_under_way`)."""
     return UNFINISHED_IMPORT in metadata.tags
+
+
+def _import_lock(store: Store, context_id: str) -> Path | None:
+    # Held by the process importing ``context_id`` for as long as it imports; beside
+    # ``contexts/`` (a context's own folder is made, and may be removed, by the import).
+    data_dir = getattr(store, "data_dir", None)
+    return data_dir / f".import-{context_id}.lock" if isinstance(data_dir, Path) else None
+
+
+def import_under_way(store: Store, context_id: str) -> bool:
+    """Whether a live process is importing ``context_id`` now (an unfinished import
+    that is not a killed one: it must not be replaced)."""
+    path = _import_lock(store, context_id)
+    return path is not None and lock_is_held(path)
 
 
 #: The ``format`` marker of an export document; how ``import`` recognises one.
@@ -274,6 +298,41 @@ async def import_document(
             "tags": [*metadata.tags, UNFINISHED_IMPORT],
         }
     )
+    lock = _take_import_lock(store, cid)
+    try:
+        await _import_into(store, document, metadata, start, placeholder)
+    finally:
+        if lock is not None:
+            lock.close()
+            with contextlib.suppress(OSError):
+                lock.path.unlink()
+    return await store.get_metadata(cid)
+
+
+def _take_import_lock(store: Store, context_id: str) -> OSLock | None:
+    path = _import_lock(store, context_id)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = OSLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except LockTimeout:
+        raise ContextExistsError(
+            f"context {context_id!r} is being imported by another process now; wait for "
+            "that import to end, or import this copy beside it with a new id"
+        ) from None
+    return lock
+
+
+async def _import_into(
+    store: Store,
+    document: ExportDocument,
+    metadata: ContextMetadata,
+    start: ContextMetadata,
+    placeholder: str | None,
+) -> None:
+    cid = metadata.id
     await store.create_context(start)
     try:
         for message in document.messages:
@@ -302,7 +361,6 @@ async def import_document(
         with anyio.CancelScope(shield=True), contextlib.suppress(CMError, OSError):
             await store.delete_context(cid)  # best effort; the original error is reported
         raise
-    return await store.get_metadata(cid)
 
 
 async def _import_scores(store: Store, context_id: str, document: ExportDocument) -> None:

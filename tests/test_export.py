@@ -352,3 +352,42 @@ async def test_an_import_killed_half_way_is_reported_and_replaced_by_the_next(
         assert imported.messages == document.messages
         assert comparable(imported.metadata) == comparable(document.metadata)
     assert await anyio.to_thread.run_sync(main, ["--data-dir", str(target), "check"]) == 0
+
+
+_PAUSE_WHILE_IMPORTING = _DIE_WHILE_IMPORTING.replace(
+    "os.kill(os.getpid(), 9)", "print('paused', flush=True); sys.stdin.readline()"
+)
+
+
+async def test_an_import_under_way_in_another_process_is_not_replaced(
+    store: FileStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from cm_notebook.cli import main
+
+    def cli(*argv: str) -> Any:
+        return anyio.to_thread.run_sync(main, ["--data-dir", str(target), *argv])
+
+    document = await export_context(store, CID)
+    exported = tmp_path / "export.json"
+    exported.write_text(to_json(document), encoding="utf-8")
+    target = tmp_path / "target"
+    script = tmp_path / "pause.py"
+    script.write_text(_PAUSE_WHILE_IMPORTING)
+    command = [sys.executable, str(script), str(target), str(exported)]
+    async with await anyio.open_process(command) as first:
+        assert first.stdout is not None
+        assert first.stdin is not None
+        assert (await first.stdout.receive()).startswith(b"paused")  # half-way, alive
+        assert await cli("import", str(exported)) == 1
+        assert "being imported by another process" in capsys.readouterr().err
+        assert await cli("check") == 0  # not damage
+        assert "being imported" in capsys.readouterr().out
+        await first.stdin.send(b"go on\n")
+        assert await first.wait() == 0
+    assert await cli("check") == 0
+    async with FileStore(target) as done:
+        imported = await export_context(done, CID)
+    assert not is_unfinished_import(imported.metadata)
+    assert imported.messages == document.messages
