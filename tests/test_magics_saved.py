@@ -137,3 +137,53 @@ def test_a_reply_that_ends_between_cells_is_sent_again_as_the_next_cell(fe: Fron
         parent == after and "the answer that ends late" in data.get("text/html", "")
         for parent, _, data in fe.display_log
     )
+
+
+def _both_have(fe: FrontEnd, first: str, second: str, text: str) -> None:
+    # Every copy is updated in display order, in one go: once the later copy holds
+    # ``text``, the update of the earlier one has already arrived (iopub is ordered).
+    _html_has(fe, second, text)
+    assert text in fe.displays[first]["text/html"]
+
+
+def test_a_view_shown_again_keeps_every_saved_copy_current(fe: FrontEnd) -> None:
+    # `v` in one cell and again in a later one: a saved notebook keeps both copies, so
+    # the earlier one must not stay as it was when the view was shown again.
+    _use_scripted(fe, ["Answer after both."])
+    first = _saved_output(fe, "v = s.view()\nv", CONVERSATION)
+    second = _saved_output(fe, "v", CONVERSATION)
+    assert first != second
+    fe.run("await s.send('hi')")
+    _both_have(fe, first, second, "Answer after both.")
+
+
+def test_a_comparison_shown_again_keeps_every_saved_copy_current(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["Main answer.", "Other answer.", "Newer answer."])
+    fe.run("await s.send('hi')\ns.branch('other', s.history()[0].id)\nawait s.regenerate()")
+    first = _saved_output(fe, "%cm compare main other", COMPARISON)
+    second = _saved_output(fe, "_", COMPARISON)
+    assert first != second
+    fe.run("await s.regenerate(branch='main')")
+    _both_have(fe, first, second, "Newer")
+
+
+def test_the_saved_conversation_follows_a_renamed_context(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["Answer."])
+    saved = _saved_output(fe, "s.view()", CONVERSATION)
+    fe.run("s.title = 'Renamed by hand'")  # no turn ends after it: only the rename tells
+    _html_has(fe, saved, "Renamed by hand")
+
+
+def test_the_saved_conversation_takes_the_title_named_after_the_turn(fe: FrontEnd) -> None:
+    # auto_title names the context once the first reply is in: after the turn's update.
+    fe.run(
+        """
+        titled = ContextSession.create(
+            provider=ScriptedProvider(["Paris.", "French Capital Question"]), auto_title=True
+        )
+        %cm use titled
+        """
+    )
+    saved = _saved_output(fe, "titled.view()", CONVERSATION)
+    fe.run("await titled.send('What is the capital of France?')")
+    _html_has(fe, saved, "Paris.", "French Capital Question")

@@ -145,3 +145,22 @@ def test_a_cell_awaiting_a_reply_shows_it_in_one_line_not_twice(
     [compared] = values[8]
     assert set(compared) == {"text/plain"}
     assert compared["text/plain"].startswith("<Comparison of ")
+
+
+def test_a_conversation_shown_in_two_cells_is_saved_final_in_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same view shown again further down: the saved notebook keeps both copies,
+    # and the first must not stay as it was when the second was shown.
+    html = _run(
+        [
+            SETUP.replace("%cm use s\n", ""),
+            "v = s.view()\nv",
+            "v  # the same view again",
+            "first = await s.send('Hello?')",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    assert "the first answer" in html[1]
+    assert "the first answer" in html[2]

@@ -132,7 +132,9 @@ class ComparisonSnapshot:
         return {"context_id": self.session.id, "arms": arms}
 
     def display(self) -> None:
-        """Emit the output (in the current cell); later updates replace it in place."""
+        """Emit one more copy of the output (in the current cell); later updates
+        replace every copy in place (a view displayed again in a later cell keeps
+        its earlier copy current too: see :class:`LiveOutput`)."""
         self._output.show(*self._bundle())
         register_copy(self)
 

@@ -112,43 +112,49 @@ _CELLS = _Cells()
 
 
 class LiveOutput:
-    """One ``display_data`` output: :meth:`show` it, then :meth:`update` it in place."""
+    """One ``display_data`` output: :meth:`show` it, then :meth:`update` it in place.
+
+    Shown again (the same view displayed in a later cell), it is one more output with
+    a display id of its own, and every update replaces each of them: a handle that
+    was simply replaced would leave the earlier cell's copy frozen at its last
+    content, and that stale copy is what the saved notebook would keep.
+    """
 
     def __init__(self) -> None:
-        self._handle: DisplayHandle | None = None
-        self._shown_by: str | None = None  # the request (cell) that showed it
+        # Each shown copy and the request (cell) that showed it, oldest first.
+        self._shown: list[tuple[DisplayHandle, str | None]] = []
         self._last: tuple[dict[str, Any], dict[str, Any]] | None = None  # to send again
 
     @property
     def display_id(self) -> str | None:
-        """The output's display id (None until shown)."""
-        return None if self._handle is None else str(self._handle.display_id)
+        """The display id of the first shown copy (None until shown)."""
+        return str(self._shown[0][0].display_id) if self._shown else None
 
     @property
     def shown(self) -> bool:
         """Whether :meth:`show` was called."""
-        return self._handle is not None
+        return bool(self._shown)
 
     def show(self, bundle: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
-        """Emit the output in the current cell."""
-        self._handle = display(  # type: ignore[no-untyped-call]
+        """Emit one more copy of the output in the current cell."""
+        handle = display(  # type: ignore[no-untyped-call]
             dict(bundle), raw=True, display_id=True, metadata=dict(metadata or {})
         )
-        self._shown_by = _request_here()
+        self._shown.append((handle, _request_here()))
         _CELLS.hook()
 
     def update(self, bundle: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
-        """Replace the output's content, also for a front end following a later cell."""
-        handle = self._handle
-        if handle is None:
+        """Replace every copy's content, also for a front end following a later cell."""
+        if not self._shown:
             return
         content, extra = dict(bundle), dict(metadata or {})
-        handle.update(content, raw=True, metadata=extra)  # type: ignore[no-untyped-call]
+        _update_all([handle for handle, _ in self._shown], content, extra)
         latest = _on_fresh_thread(_request_here)
-        if latest is not None and latest != self._shown_by and latest != _request_here():
-            _on_fresh_thread(
-                lambda: handle.update(content, raw=True, metadata=extra)  # type: ignore[no-untyped-call]
-            )
+        here = _request_here()
+        # Only the copies whose own cell is not the latest need the second update.
+        again = [h for h, by in self._shown if latest is not None and latest not in (by, here)]
+        if again:
+            _on_fresh_thread(lambda: _update_all(again, content, extra))
         if _CELLS.hooked and not _CELLS.running:
             self._last = (content, extra)
             _CELLS.between.add(self)
@@ -156,9 +162,16 @@ class LiveOutput:
     def send_again(self) -> None:
         """Send the last update again, as the cell running now (see the module
         docstring: it was made between cells)."""
-        handle, last, self._last = self._handle, self._last, None
-        if handle is not None and last is not None:
-            handle.update(last[0], raw=True, metadata=last[1])  # type: ignore[no-untyped-call]
+        last, self._last = self._last, None
+        if last is not None:
+            _update_all([handle for handle, _ in self._shown], *last)
+
+
+def _update_all(
+    handles: list[DisplayHandle], content: dict[str, Any], metadata: dict[str, Any]
+) -> None:
+    for handle in handles:
+        handle.update(content, raw=True, metadata=metadata)  # type: ignore[no-untyped-call]
 
 
 def _request_here() -> str | None:

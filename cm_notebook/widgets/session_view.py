@@ -59,6 +59,8 @@ class SessionView(w.VBox):  # type: ignore[misc]
         # snapshot a notebook saved without widget state still shows (a text/html in
         # the widget's own bundle would not be: DESIGN fact 10).
         display(self._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
+        # Displayed again in a later cell, the one snapshot shows one more copy and
+        # keeps every copy current (the earlier cell's must not stay stale when saved).
         if self.snapshot is None:
             self.snapshot = Snapshot(self.session, copy_id=self.copy_hider.copy_id)
         self.snapshot.display()

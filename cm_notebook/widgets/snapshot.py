@@ -4,8 +4,9 @@ Widget state is not saved by default (JupyterLab, VS Code, Colab), and HTML plac
 the widget's own output bundle is not shown where the widget cannot render (DESIGN
 fact 10). So the composite view is followed by a separate ``display_data`` output with
 ``text/html`` (and a short, stable ``text/plain`` for nbval), which this class
-replaces in place whenever a turn ends or the active branch changes. A notebook saved
-afterwards, and its nbconvert HTML, show the conversation without a kernel.
+replaces in place whenever a turn ends, the active branch changes or the context's
+title or system prompt does. A notebook saved afterwards, and its nbconvert HTML,
+show the conversation without a kernel.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Snapshot:
         return {"text/html": html, "text/plain": PLAIN}
 
     def display(self) -> None:
-        """Emit the output (in the current cell); later updates replace it in place."""
+        """Emit one more copy of the output (in the current cell); later updates
+        replace every copy in place."""
         self._output.show(self._bundle())
         register_copy(self)
 
@@ -85,7 +87,10 @@ class Snapshot:
                 "AwaitingToolApproval",
             ):
                 self._throttle.poke()
-        elif isinstance(event, (ev.BranchSwitched, ev.BranchUpdated, ev.Resync)):
+        elif isinstance(event, (ev.BranchSwitched, ev.BranchUpdated, ev.ContextUpdated, ev.Resync)):
+            # ContextUpdated: the copy shows the context's title (renamed by hand, or
+            # set by auto_title after the turn that named it has already ended) and
+            # its system prompt.
             self._throttle.poke()
 
     def _update(self) -> None:
