@@ -263,3 +263,83 @@ def test_a_sweep_grid_keeps_to_its_throttle_and_ends_with_every_cell(fe: FrontEn
     final = fe.models[grid]["cells"]
     assert len(final) == cells
     assert all(c["status"] == "done" and c["text"] for c in final)
+
+
+def test_a_double_click_on_send_sends_once_and_says_nothing_false(fe: FrontEnd) -> None:
+    fe.run(
+        """
+        r7 = ContextSession.create("r7", provider=ScriptedProvider())
+        view_r7 = ChatView(r7)
+        view_r7
+        """
+    )
+    transcript = _transcript(fe)
+    text_box, send = fe.run("print(view_r7.input.model_id, view_r7.send_button.model_id)").split()
+    fe.click(send)  # an empty box: said
+    fe.wait_for(lambda: "Type a message first" in fe.models[transcript]["notice"], what="notice")
+    fe.edit(text_box, value="only once")
+    fe.click(send)
+    fe.click(send)  # the second click of a double click finds the box emptied
+    fe.run("await r7.turn() or None\nawait asyncio.sleep(0.3)")
+    assert _printed(fe, "[m.content for m in r7.history() if m.role == 'user']") == "['only once']"
+    assert fe.models[transcript]["notice"] == ""
+
+
+def test_a_double_click_on_fork_in_the_branch_tree_forks_once(fe: FrontEnd) -> None:
+    fe.run(
+        """
+        r8 = ContextSession.create("r8", provider=ScriptedProvider())
+        await r8.send("question")
+        tree_r8 = BranchTree(r8)
+        print(tree_r8.model_id)
+        """
+    )
+    tree = _printed(fe, "tree_r8.model_id")
+    for _click in range(2):
+        fe.custom(tree, {"event": "fork", "branch": "main"})
+    fe.wait_for(lambda: _printed(fe, "'main-fork-1' in r8.branches") == "True", what="fork")
+    fe.run("await asyncio.sleep(0.3)")  # time for a second one to show
+    assert _printed(fe, "sorted(r8.branches)") == "['main', 'main-fork-1']"
+
+
+def test_a_pinned_view_whose_branch_is_deleted_says_so_without_a_traceback(
+    fe: FrontEnd,
+) -> None:
+    fe.run(
+        """
+        r9 = ContextSession.create("r9", provider=ScriptedProvider())
+        await r9.send("on main")
+        r9.branch("other", switch=False)
+        await r9.send("on other", branch="other")
+        view_r9 = ChatView(r9, branch="other")
+        view_r9
+        """
+    )
+    transcript = _transcript(fe)
+    send = _printed(fe, "view_r9.send_button.model_id")
+    fe.wait_for(lambda: len(fe.messages(transcript)) == 4, what="the branch's messages")
+    reply, output = fe.execute("r9.delete_branch('other')\nawait asyncio.sleep(0.5)")
+    assert reply["status"] == "ok"
+    assert "Traceback" not in output, output
+    notice = fe.wait_for(lambda: fe.models[transcript]["notice"], what="a notice")
+    assert "'other' was deleted" in notice
+    assert "ChatView(session, branch=" in notice  # what to do
+    assert fe.messages(transcript) == []
+    assert fe.models[send]["disabled"] is True
+    # Signals after the deletion (a score, a resync) say the same, still without one.
+    reply, output = fe.execute(
+        "r9.rate(r9.history('main')[-1].id, thumbs='up')\nawait asyncio.sleep(0.5)"
+    )
+    assert reply["status"] == "ok"
+    assert "Traceback" not in output, output
+    assert "'other' was deleted" in fe.models[transcript]["notice"]
+    # The branch made again under its name is shown again.
+    fe.run("r9.branch('other', switch=False)")
+    fe.wait_for(lambda: fe.models[transcript]["notice"] == "", what="the notice gone")
+    fe.wait_for(lambda: len(fe.messages(transcript)) == 2, what="the new branch's messages")
+    assert fe.models[send]["disabled"] is False
+    # A view of a branch that is not there is refused when made.
+    reply, output = fe.execute("ChatView(r9, branch='ghost')")
+    assert reply["status"] == "error"
+    assert "BranchNotFoundError" in output
+    assert "no branch 'ghost'" in output

@@ -37,6 +37,11 @@ def _ids(fe: FrontEnd, code: str) -> list[str]:
     return fe.run(code).split()
 
 
+def _js_length(text: str) -> int:
+    # JavaScript's ``string.length``: UTF-16 code units (an emoji counts two).
+    return len(text.encode("utf-16-le")) // 2
+
+
 def _live_text(fe: FrontEnd, comm_id: str, message_id: str) -> str:
     # What a browser's transcript holds: deltas applied where their offset matches.
     text = ""
@@ -46,9 +51,39 @@ def _live_text(fe: FrontEnd, comm_id: str, message_id: str) -> str:
         if msg["kind"] == "snapshot":
             text = msg["text"]
         elif msg["kind"] == "delta":
-            assert msg["offset"] == len(text), "a delta that does not continue the text"
+            assert msg["offset"] == _js_length(text), "a delta that does not continue the text"
             text += msg["text"]
     return text
+
+
+def _screen(fe: FrontEnd, comm_id: str, since: int, live_id: str | None = None) -> tuple[str, int]:
+    """The live text transcript.js shows after the comm messages from ``since`` on, in
+    the order they came (the last one shown, if the reply is over), and how many times
+    the page had to ask for the whole text.
+
+    As the page does: a change of ``live`` to another message starts an empty text; a
+    snapshot counts only for the message ``live`` names; a delta only where its offset
+    is the length of the text held (in UTF-16 code units), else the page pulls.
+    """
+    text, pulls = "", 0
+    for record in fe.comms[since:]:
+        if record.comm_id != comm_id:
+            continue
+        if record.method == "update" and "live" in record.content.get("state", {}):
+            new = (record.content["state"]["live"] or {}).get("id")
+            if new != live_id:
+                live_id = new
+                text = "" if new else text  # over: the text it showed last is kept
+        elif record.method == "custom":
+            msg = record.content.get("content", {})
+            if msg.get("kind") == "snapshot" and msg.get("id") == live_id:
+                text = msg["text"]
+            elif msg.get("kind") == "delta":
+                if msg.get("id") == live_id and msg["offset"] == _js_length(text):
+                    text += msg["text"]
+                else:
+                    pulls += 1
+    return text, pulls
 
 
 def _last_reply(fe: FrontEnd, comm_id: str) -> dict[str, Any] | None:
@@ -253,3 +288,76 @@ def test_regenerate_siblings_and_edit_from_the_transcript(fe: FrontEnd) -> None:
     assert messages[0]["sibling"] == [2, 2]
     assert fe.models[transcript]["branch"] != "main"
     assert fe.run("print(s5.active_branch == v5.branch)").strip() == "True"
+
+
+def test_a_view_switched_back_to_a_reply_streaming_shows_its_text_so_far(fe: FrontEnd) -> None:
+    # The reply streams some text, then waits (a slow model): no delta comes to make the
+    # page notice it lacks the text, so the snapshot sent on the switch back must count.
+    (transcript,) = _ids(
+        fe,
+        """
+        fake6 = ScriptedProvider(["Paris."]).hang(after_chunks=3, text="The partial answer")
+        s6 = ContextSession.create("switch back", provider=fake6)
+        await s6.send("Capital?")
+        s6.branch("other", switch=False)
+        v6 = ChatView(s6)
+        t6 = s6.send("Tell me more")
+        while t6.text != "The partial answer":
+            await asyncio.sleep(0.02)
+        print(v6.transcript.model_id)
+        """,
+    )
+    fe.run("s6.switch('other')")
+    fe.wait_for(lambda: fe.models[transcript]["live"] == {}, what="nothing streaming on other")
+    # The model is slow: time passes on the other branch, longer than the view's gap
+    # between two text updates, so the switch back sends the text at once.
+    fe.run("await asyncio.sleep(0.5)")
+    start = fe.mark()
+    fe.run("s6.switch('main'); await asyncio.sleep(0.3)")
+    fe.wait_for(lambda: fe.models[transcript]["live"], what="main's reply live again")
+    assert _screen(fe, transcript, start) == ("The partial answer", 0)
+    fe.run("t6.cancel(); await asyncio.sleep(0.1)")
+
+
+def test_a_reply_with_emoji_streams_without_pulls(fe: FrontEnd) -> None:
+    # Offsets are in the page's units (UTF-16): an emoji (two units) and a character
+    # of the Basic Multilingual Plane (one) do not make each later delta look torn.
+    reply = "🙂 café " + "".join(f"w{i} " for i in range(40)) + "👍🏽 done"
+    (transcript,) = _ids(
+        fe,
+        f"""
+        fake7 = ScriptedProvider().reply({reply!r}, chunks="words", delay=0.01)
+        s7 = ContextSession.create("emoji", provider=fake7)
+        v7 = ChatView(s7)
+        print(v7.transcript.model_id)
+        """,
+    )
+    start = fe.mark()
+    fe.run("t7 = s7.send('go')")
+    done = fe.wait_for(
+        lambda: (r := _last_reply(fe, transcript)) and r["status"] == "complete" and r,
+        what="the reply",
+    )
+    text, pulls = _screen(fe, transcript, start)
+    assert pulls == 0
+    assert text == reply
+    assert _live_text(fe, transcript, done["id"]) == reply
+
+
+def test_malformed_events_from_the_page_are_ignored(fe: FrontEnd) -> None:
+    # An event that is not a string (a hostile or broken page) is dropped like other
+    # malformed content: no exception (ipywidgets shows its traceback as an output of
+    # the message) and nothing said in the view.
+    (transcript,) = _ids(
+        fe,
+        """
+        s8 = ContextSession.create("hostile", provider=ScriptedProvider())
+        v8 = ChatView(s8)
+        print(v8.transcript.model_id)
+        """,
+    )
+    sent = [fe.custom(transcript, {"event": e, "id": "m1"}) for e in (["x"], {"a": 1}, None, 3)]
+    # The shell channel handles comm messages and cells in order: they were handled.
+    fe.run("await asyncio.sleep(0.1)")
+    assert [fe.output(msg_id) for msg_id in sent] == ["", "", "", ""]
+    assert fe.models[transcript]["notice"] == ""

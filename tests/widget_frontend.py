@@ -164,9 +164,10 @@ class FrontEnd:
 
     # -- acting like a browser --------------------------------------------------------
 
-    def _comm_msg(self, comm_id: str, data: dict[str, Any]) -> None:
+    def _comm_msg(self, comm_id: str, data: dict[str, Any]) -> str:
         msg = self.client.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
         self.client.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
 
     def click(self, comm_id: str) -> None:
         """A click on a button."""
@@ -177,9 +178,10 @@ class FrontEnd:
         self.models.setdefault(comm_id, {}).update(state)
         self._comm_msg(comm_id, {"method": "update", "state": state, "buffer_paths": []})
 
-    def custom(self, comm_id: str, content: dict[str, Any]) -> None:
-        """A view's own message to the kernel (what its front-end code sends)."""
-        self._comm_msg(comm_id, {"method": "custom", "content": content})
+    def custom(self, comm_id: str, content: dict[str, Any]) -> str:
+        """A view's own message to the kernel (what its front-end code sends); returns
+        its message id, whose :meth:`output` holds what its handling printed."""
+        return self._comm_msg(comm_id, {"method": "custom", "content": content})
 
     def messages(self, transcript: str) -> list[dict[str, Any]]:
         """A ChatView transcript's finished messages, as its front end resolves them."""

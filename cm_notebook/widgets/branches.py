@@ -9,6 +9,7 @@ message).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import traitlets as t
 from .. import events as ev
 from ..model import Branch
 from ._base import FollowingView
+from .chat import DOUBLE_CLICK
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -41,6 +43,9 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
     def __init__(self, session: ContextSession) -> None:
         super().__init__()
         self._follow(session, 0.25)
+        # The last fork asked for, and when: a repeat within DOUBLE_CLICK seconds is a
+        # double click, not a second branch.
+        self._last_fork: tuple[str, float] | None = None
         self.on_msg(self._on_front_end)
         self._render()
 
@@ -66,8 +71,15 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
         name = content["branch"]
         if content.get("event") == "switch":
             self._follower.on_loop(lambda: self._act(lambda: self.session.switch(name)))
-        elif content.get("event") == "fork":
+        elif content.get("event") == "fork" and not self._again(name):
             self._follower.on_loop(lambda: self._act(lambda: self._fork(name)))
+
+    def _again(self, name: str) -> bool:
+        # On the comm thread, in the order of the clicks: whether this fork repeats the
+        # last one within a double click's time (each would make a branch).
+        now = time.monotonic()
+        last, self._last_fork = self._last_fork, (name, now)
+        return last is not None and last[0] == name and now - last[1] < DOUBLE_CLICK
 
     def _act(self, action: Any) -> None:
         self.notice = ""

@@ -14,7 +14,10 @@ The transcript is an anywidget (:class:`Transcript`) with two paths to the front
   seconds, and always flushed when the reply completes. A front end whose text length
   does not match ``offset`` (it rendered late, or missed a delta) asks for the whole
   live text (``{"event": "pull"}``) and gets ``{"kind": "snapshot"}``: it re-pulls
-  rather than show a torn text.
+  rather than show a torn text. ``offset`` counts UTF-16 code units, as JavaScript's
+  ``string.length`` does (an emoji is two), so the front end compares like with like.
+  A snapshot is always sent after the ``live`` trait names its message: a front end
+  drops a snapshot of a message it does not know is streaming.
 
 The live text itself is not a synced trait: re-sending it as it grows would cost
 O(n^2) bytes per reply. It is pulled on demand instead, so one reply costs the deltas
@@ -38,6 +41,7 @@ import ipywidgets as w
 import traitlets as t
 
 from .. import events as ev
+from ..errors import BranchNotFoundError
 from ..model import Message, MessageStatus
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle
@@ -53,7 +57,7 @@ _STATIC = Path(__file__).parent / "static"
 #: Front-end actions that make something new (a branch, a reply): done once per click.
 _ONCE = frozenset({"edit", "fork", "regenerate"})
 #: Seconds within which the same action again is a double click.
-_DOUBLE_CLICK = 1.0
+DOUBLE_CLICK = 1.0
 
 #: Seconds between two text updates of a short streaming reply (at most 10 a second, so
 #: a view stays well under ~20 comm messages a second with its other updates).
@@ -104,6 +108,11 @@ class ChatView(w.VBox):  # type: ignore[misc]
     """
 
     def __init__(self, session: ContextSession, branch: str | None = None) -> None:
+        if branch is not None and branch not in session.branch_names:
+            # Refused here; a branch deleted while shown is said in the view instead.
+            raise BranchNotFoundError(
+                f"there is no branch {branch!r}; the branches are {sorted(session.branch_names)}"
+            )
         self.session = session
         self.transcript = Transcript()
         self.input = w.Textarea(
@@ -139,8 +148,13 @@ class ChatView(w.VBox):  # type: ignore[misc]
         # made on (the stock buttons carry no data of their own).
         self._shown = self._branch
         # The last edit, fork or regenerate asked for, and when: a repeat within
-        # _DOUBLE_CLICK seconds is a double click, not a second action.
+        # DOUBLE_CLICK seconds is a double click, not a second action.
         self._last_action: tuple[tuple[str, str, str], float] | None = None
+        # When the last Send sent (monotonic): a second click of a double click finds
+        # the text box already emptied by the first and must not be told to type.
+        self._sent_at: float | None = None
+        # Whether the branch shown was deleted (a pinned view): the view says so.
+        self._gone = False
         self.send_button.on_click(lambda _b: self._on_button(self._send_input))
         self.stop_button.on_click(lambda _b: self._on_button(self._stop_turn))
         self.transcript.branch = self._branch
@@ -185,6 +199,11 @@ class ChatView(w.VBox):  # type: ignore[misc]
             return
         if event.branch != self._branch:
             return
+        if isinstance(event, (ev.BranchDeleted, ev.BranchCreated)):
+            # Deleted: the view says so (see _render); made again: shown again.
+            self._catch_up()
+            self._refresh.now()
+            return
         if isinstance(event, ev.ContentDelta):
             self._on_delta(event)
         elif isinstance(event, ev.MessageAdded):
@@ -217,9 +236,9 @@ class ChatView(w.VBox):  # type: ignore[misc]
     def _start_live(self, message_id: str, text: str) -> None:
         self._live_id = message_id
         self._live_chunks = [text] if text else []
-        self._live_len = len(text)
+        self._live_len = len(text)  # in code points, as the session's offsets are
         self._pending = []
-        self._sent_len = 0
+        self._sent_len = 0  # in UTF-16 code units, as the front end's offsets are
         self._need_snapshot = bool(text)
         if text:
             self._deltas.poke()
@@ -257,7 +276,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self.transcript.send(
             {"kind": "delta", "id": self._live_id, "offset": self._sent_len, "text": text}
         )
-        self._sent_len += len(text)
+        self._sent_len += _js_length(text)
 
     def _send_snapshot(self) -> None:
         if self._live_id is None:
@@ -265,12 +284,23 @@ class ChatView(w.VBox):  # type: ignore[misc]
         text = "".join(self._live_chunks)
         self._live_chunks = [text]
         self._pending = []
-        self._sent_len = len(text)
+        self._sent_len = _js_length(text)
         self._need_snapshot = False
+        # `live` first: the front end keeps only a snapshot of the message it knows is
+        # streaming, and a view switched back to a branch mid-reply learns it here,
+        # before _render runs. Unchanged, the trait sends nothing.
+        self.transcript.live = {"id": self._live_id, "role": "assistant"}
         self.transcript.send({"kind": "snapshot", "id": self._live_id, "text": text})
 
     def _render(self) -> None:
-        history = self.session.history(self._branch)
+        try:
+            history = self.session.history(self._branch)
+        except BranchNotFoundError:
+            self._render_gone()
+            return
+        if self._gone:  # the branch was made again under its name
+            self._gone = False
+            self.transcript.notice = ""
         tree = self.session.tree()  # from the index: siblings without reading messages
         tool_names = {c.id: c.name for m in history for c in m.tool_calls}
         last_reply = next((m.id for m in reversed(history) if m.role == "assistant"), None)
@@ -298,6 +328,25 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self.send_button.disabled = busy
         self.stop_button.disabled = not busy
 
+    def _render_gone(self) -> None:
+        # The branch shown was deleted (only a pinned view can show a branch that is
+        # not active): say so and what to do, instead of a traceback on every signal.
+        self._gone = True
+        self._live_id = None
+        self._deltas.cancel()
+        with self.transcript.hold_sync():
+            self.transcript.frozen = []
+            self.transcript.last_reply = ""
+            self.transcript.live = {}
+            self.transcript.busy = False
+            self.transcript.notice = (
+                f"Branch {self._branch!r} was deleted, so there is nothing to show or send "
+                "here. Pick another branch: ChatView(session, branch=name) with a name "
+                "from session.branch_names, or ChatView(session) to follow the active one."
+            )
+        self.send_button.disabled = True
+        self.stop_button.disabled = True
+
     def _rating(self, message_id: str) -> dict[str, Any]:
         # Read once per message; ScoreUpdated signals keep it current afterwards.
         rating = self._ratings.get(message_id)
@@ -314,6 +363,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
         if not isinstance(content, dict):
             return
         event = content.get("event")
+        if not isinstance(event, str):
+            return  # malformed (our front end never sends it): ignored, as other content
         target = content.get("id")
         # The branch the front end showed when the person clicked (sent with each
         # action); the message's id says which message, whatever the kernel shows now.
@@ -346,26 +397,32 @@ class ChatView(w.VBox):  # type: ignore[misc]
         key = (event, target, repr(content.get("text")))
         now = time.monotonic()
         last, self._last_action = self._last_action, (key, now)
-        return last is not None and last[0] == key and now - last[1] < _DOUBLE_CLICK
+        return last is not None and last[0] == key and now - last[1] < DOUBLE_CLICK
 
     def _act(self, action: Any, *args: Any) -> Any:
         self.transcript.notice = ""
         return action(*args)
 
     def _on_button(self, action: Any) -> None:
-        # On the comm thread, in the order of the person's clicks: take the branch now.
+        # On the comm thread, in the order of the person's clicks: take the branch and
+        # the click's time now (the loop may run it later, e.g. after a busy cell).
         shown = self._shown
-        self._follower.on_loop(lambda: action(shown))
+        clicked = time.monotonic()
+        self._follower.on_loop(lambda: action(shown, clicked))
 
-    def _send_input(self, branch: str) -> None:
+    def _send_input(self, branch: str, clicked: float) -> None:
         text = self.input.value
         if not text.strip():
+            sent = self._sent_at
+            if sent is not None and clicked - sent < DOUBLE_CLICK:
+                return  # a double click's second click: the first one sent the text
             self.transcript.notice = "Type a message first, then Send."
             return
         self._act(lambda: self.session.send(text, branch=branch))
+        self._sent_at = time.monotonic()
         self.input.value = ""
 
-    def _stop_turn(self, branch: str) -> None:
+    def _stop_turn(self, branch: str, _clicked: float) -> None:
         # session.stop also reaches a reply another process (kernel, server) generates.
         self._act(lambda: self.session.stop(branch))
 
@@ -429,6 +486,12 @@ class ChatView(w.VBox):  # type: ignore[misc]
         source = self._holder(message_id, shown)
         name = self.session._free_branch_name(f"{source or self._branch}-fork")
         self.session.branch(name, message_id, from_branch=source)
+
+
+def _js_length(text: str) -> int:
+    # The length of ``text`` in JavaScript: UTF-16 code units (a character beyond the
+    # Basic Multilingual Plane, such as most emoji, counts two).
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _siblings(tree: MessageTree, message: Message) -> list[str]:

@@ -3,8 +3,10 @@
 // and again only when that message changes), `last_reply` and `live` ({id} of the
 // streaming reply). Fast path: custom
 // messages {kind: "delta", id, offset, text} appended when `offset` matches the text
-// held here; on any mismatch (rendered late, missed a delta) ask for the whole live
-// text ({event: "pull"}) and wait for {kind: "snapshot"}.
+// held here (both in UTF-16 code units: the kernel counts as `text.length` does); on
+// any mismatch (rendered late, missed a delta) ask for the whole live text
+// ({event: "pull"}) and wait for {kind: "snapshot"}, which the kernel sends only after
+// `live` names its message.
 
 function h(tag, cls, text) {
   const node = document.createElement(tag);
