@@ -46,6 +46,7 @@ __all__ = [
     "redact",
     "redact_text",
     "refuse_secrets",
+    "remember_header_secrets",
     "remember_secret",
     "scrub_exception",
 ]
@@ -171,6 +172,39 @@ def remember_secret(value: object) -> None:
     if isinstance(value, str) and len(value.strip()) >= _MIN_SECRET_CHARS:
         with _given_lock:
             _given = _given | {value}
+
+
+# A header whose name ends in one of these words carries a credential even after a
+# word that is no qualifier ("X-Functions-Key", "X-Vault-Token"): headers carry no
+# counts or limits, which is what keeps "max_token" ordinary among parameters.
+_HEADER_CREDENTIAL_WORDS = frozenset({"key", "keys", "token", "tokens", "secret", "auth"})
+
+
+def _is_credential_header(name: str) -> bool:
+    words = _words(name)
+    return is_secret_name(name) or bool(words and words[-1] in _HEADER_CREDENTIAL_WORDS)
+
+
+def remember_header_secrets(headers: Mapping[str, object] | None) -> None:
+    """Redact, from now on, the credentials among HTTP ``headers`` a provider sends
+    (its ``default_headers=``): the values of headers named like credentials
+    (``Authorization``, ``api-key``, ``X-Api-Token``, ``Cookie``...) or shaped like
+    one, as :func:`remember_secret` does for an ``api_key=``. The credential inside
+    ``Bearer <token>`` and the values of a cookie are remembered on their own too, as
+    a server may echo only them."""
+    for name, value in (headers or {}).items():
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if not (isinstance(name, str) and _is_credential_header(name)) and not (
+            holds_credential(value)
+        ):
+            continue
+        remember_secret(value.strip())
+        scheme, _, credential = value.strip().partition(" ")
+        if credential and scheme.isalpha():  # "Bearer <token>", "Token <token>"
+            remember_secret(credential.strip())
+        for part in value.split(";"):  # "session=<value>; csrftoken=<value>"
+            remember_secret(part.partition("=")[2].strip())
 
 
 def _env_secrets() -> list[str]:

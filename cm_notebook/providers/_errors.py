@@ -31,7 +31,9 @@ __all__ = [
     "connection_error",
     "error_message_from_body",
     "from_http_status",
+    "is_event_stream",
     "malformed_response_error",
+    "not_an_event_stream_error",
     "parse_retry_after",
     "retry_after_from_headers",
     "stream_cut_error",
@@ -203,3 +205,30 @@ def malformed_response_error(*, provider: str, detail: str) -> TransientProvider
     return TransientProviderError(
         f"{provider}: malformed response from the server: {detail}", provider=provider
     )
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    """Whether a response's ``Content-Type`` is ``text/event-stream`` (any parameters,
+    any case), or absent: a server that names no type gets the benefit of the doubt."""
+    if not content_type or not content_type.strip():
+        return True
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def not_an_event_stream_error(
+    *, provider: str, content_type: str, base_url: str | None = None, hint: str = ""
+) -> PermanentProviderError:
+    """A streamed request answered with something else (an HTML page, one JSON body).
+
+    Permanent: the same URL gives the same page on every retry. The usual cause is a
+    base URL that points at the wrong place (a web UI, a router's page, a path that
+    misses a part); ``hint`` says what the right one looks like.
+    """
+    where = f"the server at {base_url}" if base_url else "the server"
+    kind = content_type.strip()[:100]
+    text = (
+        f"{provider}: {where} did not answer with an event stream (Content-Type "
+        f"{kind!r}, not 'text/event-stream'), so it is not serving the {provider} API "
+        "there. To fix: check the base URL"
+    )
+    return PermanentProviderError(f"{text}{hint}.", provider=provider)

@@ -56,7 +56,9 @@ from ._errors import (
     connection_error,
     error_message_from_body,
     from_http_status,
+    is_event_stream,
     malformed_response_error,
+    not_an_event_stream_error,
     retry_after_from_headers,
     stream_cut_error,
     timeout_error,
@@ -180,12 +182,30 @@ class AnthropicEventTranslator:
         self.finished = False
 
     def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[StreamChunk]:
-        """The stream chunks that ``event`` produces (often none)."""
+        """The stream chunks that ``event`` produces (often none).
+
+        A known event that does not fit its schema (a ``message_delta`` without
+        ``usage``, say) raises a transient "malformed response" error, whether it came
+        as wire JSON or as an SDK object.
+        """
         if isinstance(event, Mapping):
             parsed = parse_wire_event(event)
             if parsed is None:
                 return []
-            event = parsed
+            return self._feed(parsed)
+        try:
+            return self._feed(event)
+        except (AttributeError, TypeError):
+            # The SDK builds its event objects from the server's JSON without validating
+            # them, so a field the server left out or mistyped surfaces here. Checked as
+            # wire JSON is: an event that does not parse is the server's fault (this
+            # raises); one that does means the fault is ours, reported as itself.
+            to_dict = getattr(event, "to_dict", None)
+            if callable(to_dict):
+                parse_wire_event(to_dict())
+            raise
+
+    def _feed(self, event: RawMessageStreamEvent) -> list[StreamChunk]:
         if self.finished:
             return []
         if isinstance(event, RawMessageStartEvent):
@@ -194,7 +214,7 @@ class AnthropicEventTranslator:
             self._input_tokens = _total_input(
                 usage.input_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens
             )
-            self._output_tokens = usage.output_tokens
+            self._output_tokens = _count(usage.output_tokens)
         elif isinstance(event, RawContentBlockStartEvent):
             return self._block_start(event)
         elif isinstance(event, RawContentBlockDeltaEvent):
@@ -206,7 +226,7 @@ class AnthropicEventTranslator:
         elif isinstance(event, RawMessageDeltaEvent):
             self._stop_reason = event.delta.stop_reason
             # Both counts in message_delta are cumulative, so they replace, not add.
-            self._output_tokens = event.usage.output_tokens
+            self._output_tokens = _count(event.usage.output_tokens)
             if event.usage.input_tokens is not None:
                 self._input_tokens = _total_input(
                     event.usage.input_tokens,
@@ -254,20 +274,29 @@ class AnthropicEventTranslator:
             raise stream_cut_error(provider=_PROVIDER, detail="no message_stop event")
 
 
-def _type_names(alias: Any) -> frozenset[str]:
-    # The ``type`` literals of the SDK models in a union alias, e.g. {"text", "tool_use"}.
+def _models_by_type(alias: Any) -> dict[str, Any]:
+    # The SDK models in a union alias by their ``type`` literal, e.g. "text" -> TextBlock.
     union = get_args(alias)[0] if get_origin(alias) is Annotated else alias
-    return frozenset(
-        name
+    return {
+        name: model
         for model in get_args(union)
         for name in get_args(model.model_fields["type"].annotation)
-    )
+    }
+
+
+def _type_names(alias: Any) -> frozenset[str]:
+    # The ``type`` literals of the SDK models in a union alias, e.g. {"text", "tool_use"}.
+    return frozenset(_models_by_type(alias))
 
 
 # What the installed SDK can parse. Newer event, block and delta types appear over time;
 # the API docs ask clients to skip what they do not know, while a known event that does
 # not parse is a server error.
 _KNOWN_EVENT_TYPES = _type_names(RawMessageStreamEvent)
+# An event's wire type -> its SDK class's name, as validation errors name it.
+_EVENT_CLASS_NAMES = {
+    name: model.__name__ for name, model in _models_by_type(RawMessageStreamEvent).items()
+}
 _KNOWN_INNER_TYPES = _type_names(ContentBlock) | _type_names(RawContentBlockDelta)
 
 
@@ -293,13 +322,32 @@ def parse_wire_event(data: Mapping[str, Any]) -> RawMessageStreamEvent | None:
         ):
             return None
         raise malformed_response_error(
-            provider=_PROVIDER, detail=f"bad {kind} event: {exc.errors()[0]['msg']}"
+            provider=_PROVIDER, detail=f"bad {kind} event: {_what_is_wrong(kind, exc)}"
         ) from exc
 
 
-def _total_input(base: int, cache_creation: int | None, cache_read: int | None) -> int:
+def _what_is_wrong(kind: object, exc: ValidationError) -> str:
+    # The union's first error is often another event class's: report the one of the
+    # class this event's type names, with the field it is about ("usage: Field required").
+    errors = exc.errors()
+    name = _EVENT_CLASS_NAMES.get(kind) if isinstance(kind, str) else None
+    mine = [error for error in errors if name and error["loc"][:1] == (name,)]
+    error = (mine or errors)[0]
+    where = ".".join(str(part) for part in error["loc"][1 if mine else 0 :])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def _count(value: object) -> int:
+    # A token count from an SDK object, which the SDK does not check: a wrong one fails
+    # here, on the event that carried it, rather than at message_stop.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a token count is {type(value).__name__}, not int")
+    return value
+
+
+def _total_input(base: object, cache_creation: object, cache_read: object) -> int:
     # Anthropic counts cached prompt tokens separately; the prompt is all three together.
-    return base + (cache_creation or 0) + (cache_read or 0)
+    return _count(base) + _count(cache_creation or 0) + _count(cache_read or 0)
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -390,6 +438,12 @@ class AnthropicProvider:
 
     The SDK's own retries are switched off: cm_notebook's state machine retries
     transient failures with its policy, and two retry loops would multiply the waits.
+
+    A reply ends at ``message_stop``: the rest of the body is not waited for, so a
+    server that keeps the connection open does not hold the turn until the read
+    timeout. A 200 answer that is not ``text/event-stream`` (a ``base_url`` pointing
+    at a web page) is a permanent error naming its content type. Errors name the
+    model the request asked for (``params["model"]`` when it overrides ``model``).
     """
 
     name = "anthropic"
@@ -466,10 +520,9 @@ class AnthropicProvider:
             for attr in ("api_key", "auth_token", "credentials")
         )
 
-    def _error(self, exc: BaseException, *, mid_stream: bool = False) -> ProviderError:
-        error = translate_sdk_error(
-            exc, model=self.model, timeout=self.timeout, mid_stream=mid_stream
-        )
+    def _error(self, exc: BaseException, model: str, *, mid_stream: bool = False) -> ProviderError:
+        # ``model`` is the one the request asked for (a request may override ours).
+        error = translate_sdk_error(exc, model=model, timeout=self.timeout, mid_stream=mid_stream)
         # _translatable_errors() and translate_sdk_error() cover the same classes.
         assert error is not None, f"untranslated {type(exc).__name__}"
         return error
@@ -482,23 +535,34 @@ class AnthropicProvider:
                 provider=_PROVIDER,
             )
         kwargs = build_request(request, model=self.model, max_tokens=self.max_tokens)
+        model = str(kwargs["model"])
         translator = AnthropicEventTranslator()
         try:
             sdk_stream = await self._client.messages.create(**kwargs, stream=True)
         except _translatable_errors() as exc:
-            raise self._error(exc) from exc
+            raise self._error(exc, model) from exc
         # ``async with`` closes the HTTP response even when our consumer stops early
-        # (cancellation, or a tool-call reply it does not need to finish reading).
+        # (cancellation, or a tool-call reply it does not need to finish reading), and
+        # when we stop at message_stop.
         async with sdk_stream:
-            while True:
+            content_type = sdk_stream.response.headers.get("content-type", "")
+            if not is_event_stream(content_type):
+                raise not_an_event_stream_error(
+                    provider=_PROVIDER,
+                    content_type=content_type,
+                    base_url=redact_text(self.base_url) if self.base_url else None,
+                    hint=" (the API's root, without /v1)",
+                )
+            # Ends at message_stop, the reply's last event, not at the end of the body:
+            # a server that keeps the connection open would hold the turn until the
+            # read timeout.
+            while not translator.finished:
                 try:
                     event = await sdk_stream.__anext__()
                 except StopAsyncIteration:
                     break
                 except _translatable_errors() as exc:
-                    if translator.finished:
-                        break  # dropped after message_stop: the reply is whole, keep it
-                    raise self._error(exc, mid_stream=True) from exc
+                    raise self._error(exc, model, mid_stream=True) from exc
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.
                 for out in translator.feed(event):

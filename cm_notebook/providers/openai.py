@@ -10,22 +10,38 @@ Streaming
 ---------
 ``chat.completions.create(stream=True, stream_options={"include_usage": True})``.
 Text deltas are yielded as they arrive. Tool calls arrive in pieces keyed by
-``index`` (the id and name first, then the JSON arguments in fragments); they are
-assembled and emitted as :class:`ToolCallRequest` when the finish reason arrives, in
-index order. :class:`Usage` (when the server reports it) and :class:`Finish` come last.
+``index`` (the id and name first, then the JSON arguments in fragments); a piece with
+an id other than its index's call starts a new call (some servers send parallel calls
+one after another under index 0). They are assembled and emitted as
+:class:`ToolCallRequest` when the finish reason arrives, in index order.
+:class:`Usage` (when the server reports it) and :class:`Finish` come last.
+
+Usage is optional: a report with a count missing gives 0 for it (as
+:class:`~cm_notebook.model.TokenUsage` does), whole floats are taken as ints, and a
+report with no readable count is left out; none of these fails the reply.
+
+The reply ends at its last chunk: the usage chunk after the finish reason, or the
+finish reason itself with ``include_usage=False``. ``[DONE]`` and the end of the body
+are not waited for, so a server that keeps the connection open does not hold the turn
+until the read timeout; the response is closed then.
 
 A stream that ends without a finish reason is a transient "stream cut mid-reply"
 error, as is a connection reset or read timeout mid-reply; a chunk that is not valid
 JSON, or not shaped like a ``chat.completion.chunk``, is a transient "malformed
 response" error. The deltas yielded before the failure stay with the consumer. A
 connection that drops *after* the finish reason (while waiting for the usage chunk or
-``[DONE]``) loses nothing of the reply, so the reply is finished without usage.
+``[DONE]``) loses nothing of the reply, so the reply is finished without usage. A 200
+answer that is not ``text/event-stream`` (an HTML page, one JSON completion: a base
+URL pointing elsewhere) is a permanent error naming its content type.
 
 Keys
 ----
 ``api_key`` defaults to ``OPENAI_API_KEY``. With a ``base_url`` (or ``OPENAI_BASE_URL``)
 and no key, the placeholder ``"not-needed"`` is sent, which local servers accept. The
 key is handed to the SDK client and never stored, logged or shown by this class.
+Credentials in ``default_headers`` (headers named like ``Authorization``, ``api-key``,
+``X-Api-Token``, ``Cookie``, or with a value shaped like a key) are redacted wherever
+they appear, like the key: a server that echoes one in an error gets it stored nowhere.
 """
 
 from __future__ import annotations
@@ -40,7 +56,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
-from ..redact import get_logger, redact_text, remember_secret, scrub_exception
+from ..redact import (
+    get_logger,
+    redact_text,
+    remember_header_secrets,
+    remember_secret,
+    scrub_exception,
+)
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
@@ -134,6 +156,7 @@ def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
 
 @dataclass
 class _PartialCall:
+    index: int  # the server's index: calls are emitted in index order
     id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
@@ -151,13 +174,48 @@ def _malformed(detail: str) -> ProviderError:
     return _errors.malformed_response_error(provider=_PROVIDER, detail=detail)
 
 
+def _count(value: Any) -> int | None:
+    # A token count as servers send it: an int, or a whole float (12.0) from servers
+    # that serialise numbers as floats. Anything else is no count at all.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        return None
+    return int(value)
+
+
+def _usage(raw: Any) -> Usage | None:
+    """The counts in a usage report, or None if it has none.
+
+    A count the server left out is 0, as in :class:`~cm_notebook.model.TokenUsage`
+    (and the ``local`` provider); the output count falls back to ``total_tokens``
+    minus ``prompt_tokens`` when only those two are given.
+    """
+    prompt = _count(_get(raw, "prompt_tokens"))
+    completion = _count(_get(raw, "completion_tokens"))
+    total = _count(_get(raw, "total_tokens"))
+    if completion is None and total is not None and prompt is not None and total >= prompt:
+        completion = total - prompt
+    if prompt is None and completion is None:
+        if raw:  # a report, but not one we can read: worth a note, not a failure
+            logger.debug("openai usage without token counts: %.200r", raw)
+        return None
+    return Usage(input_tokens=prompt or 0, output_tokens=completion or 0)
+
+
 class _Assembler:
     """Turns ``chat.completion.chunk`` objects into stream chunks; keeps partial tool calls."""
 
     def __init__(self) -> None:
-        self.calls: dict[int, _PartialCall] = {}
+        # In the order they started; ``_open`` maps a server index to the call that
+        # index now continues (a new id under a used index starts another call).
+        self.calls: list[_PartialCall] = []
+        self._open: dict[int, _PartialCall] = {}
         self.finish: str | None = None
         self.usage: Usage | None = None
+        # The usage chunk that ends a reply comes after its finish reason; one sent
+        # earlier (servers that report usage on every chunk) is not the last.
+        self.usage_after_finish = False
         self.received = 0
         self.request_id: str | None = None  # the completion's id, for provenance
 
@@ -169,13 +227,11 @@ class _Assembler:
         events: list[StreamChunk] = []
         raw_usage = _get(chunk, "usage")
         if raw_usage is not None:
-            prompt, completion = (
-                _get(raw_usage, "prompt_tokens"),
-                _get(raw_usage, "completion_tokens"),
-            )
-            if not isinstance(prompt, int) or not isinstance(completion, int):
-                raise _malformed(f"usage without token counts: {raw_usage!r:.200}")
-            self.usage = Usage(input_tokens=prompt, output_tokens=completion)
+            if self.finish is not None:
+                self.usage_after_finish = True
+            # Usage is optional: a report with counts missing or of the wrong type costs
+            # the counts, never the reply (which is whole once the finish reason came).
+            self.usage = _usage(raw_usage) or self.usage
         choices = _get(chunk, "choices")
         if choices is None:
             choices = []
@@ -192,8 +248,15 @@ class _Assembler:
                 if not isinstance(reason, str):
                     raise _malformed(f"finish_reason is not a string: {reason!r:.200}")
                 self.finish = reason
+                if raw_usage is not None:
+                    self.usage_after_finish = True  # usage in the finish reason's chunk
                 events.extend(self._complete_calls())
         return events
+
+    def done(self, usage_asked: bool) -> bool:
+        """Whether the reply is whole: its finish reason came, and the usage chunk
+        after it too if usage was asked for."""
+        return self.finish is not None and (self.usage_after_finish or not usage_asked)
 
     def _delta(self, delta: Any) -> list[StreamChunk]:
         events: list[StreamChunk] = []
@@ -208,16 +271,7 @@ class _Assembler:
         if not isinstance(pieces, list):
             raise _malformed(f"delta tool_calls is not a list: {pieces!r:.200}")
         for piece in pieces:
-            index = _get(piece, "index")
-            piece_id = _get(piece, "id")
-            if not isinstance(index, int):
-                # Some servers leave out the index: a new id starts a new call.
-                last = max(self.calls, default=-1)
-                new = piece_id and (last < 0 or self.calls[last].id not in ("", piece_id))
-                index = last + 1 if new or last < 0 else last
-            call = self.calls.setdefault(index, _PartialCall())
-            if isinstance(piece_id, str) and piece_id:
-                call.id = piece_id
+            call = self._call_for(piece)
             function = _get(piece, "function")
             if function is not None:
                 name, arguments = _get(function, "name"), _get(function, "arguments")
@@ -227,20 +281,44 @@ class _Assembler:
                     call.arguments.append(arguments)
         return events
 
+    def _call_for(self, piece: Any) -> _PartialCall:
+        """The call a tool-call piece belongs to, started if it is the first piece."""
+        index = _get(piece, "index")
+        piece_id = _get(piece, "id")
+        if not isinstance(piece_id, str):
+            piece_id = ""
+        if isinstance(index, bool) or not isinstance(index, int):
+            # Some servers leave out the index: the pieces continue the last call.
+            last = self.calls[-1] if self.calls else None
+            index = last.index if last is not None else 0
+            call = last
+        else:
+            call = self._open.get(index)
+        # A piece that names an id other than its call's starts a new call: some
+        # servers stream parallel calls one after the other, all under index 0.
+        if call is None or (piece_id and call.id and call.id != piece_id):
+            call = _PartialCall(index)
+            self.calls.append(call)
+            self._open[index] = call
+        if piece_id:
+            call.id = piece_id
+        return call
+
     def _complete_calls(self) -> list[StreamChunk]:
         events: list[StreamChunk] = []
-        for index in sorted(self.calls):
-            call = self.calls[index]
+        # sorted() is stable: calls that share an index keep the order they came in.
+        for call in sorted(self.calls, key=lambda c: c.index):
             if not call.name:
-                raise _malformed(f"tool call #{index} ended without a function name")
+                raise _malformed(f"tool call #{call.index} ended without a function name")
             events.append(
                 ToolCallRequest(
-                    id=call.id or f"call_{index}",
+                    id=call.id or f"call_{call.index}",
                     name=call.name,
                     arguments_json="".join(call.arguments) or "{}",
                 )
             )
         self.calls.clear()
+        self._open.clear()
         return events
 
 
@@ -286,7 +364,9 @@ class OpenAIProvider:
         self.include_usage = include_usage
         self._timeouts, self._transport = _transport_errors()
         key = api_key or os.environ.get(_KEY_ENV) or (_PLACEHOLDER_KEY if self.base_url else None)
-        remember_secret(api_key)  # a server may echo it in an error body: never stored
+        # A server may echo a key in an error body: remembered, so it is never stored.
+        remember_secret(api_key)
+        remember_header_secrets(default_headers)  # credentials sent as headers too
         self._client: AsyncOpenAI | None = None
         self._closed = False
         self._client_options: dict[str, Any] = {
@@ -424,10 +504,22 @@ class OpenAIProvider:
             response = await client.chat.completions.create(**self._request(request, model))
         except catchable as exc:
             raise self._translate(exc, model, 0) from exc
+        content_type = response.response.headers.get("content-type", "")
+        if not _errors.is_event_stream(content_type):
+            with anyio.CancelScope(shield=True):
+                await response.close()
+            raise _errors.not_an_event_stream_error(
+                provider=_PROVIDER,
+                content_type=content_type,
+                base_url=redact_text(self.base_url) if self.base_url else None,
+                hint=" (for OpenAI-compatible servers it usually ends in /v1)",
+            )
         assembler = _Assembler()
         iterator = response.__aiter__()
         try:
-            while True:
+            # Ends at the reply's last chunk rather than at [DONE] or the end of the body:
+            # a server that sends neither would hold the turn until the read timeout.
+            while not assembler.done(self.include_usage):
                 try:
                     chunk = await iterator.__anext__()
                 except StopAsyncIteration:
