@@ -56,7 +56,7 @@ def _as_decided(call: ToolCall, decision: Decision) -> ToolCall:
     }
     if decision.arguments is not None:
         update["arguments"] = decision.arguments
-    return call.model_copy(update=update)
+    return call.model_copy(update=update, deep=True)
 
 
 class ApprovalMethods(SessionReading):

@@ -241,17 +241,17 @@ class ApprovalDesk:
     def calls_with_branches(self) -> list[tuple[ToolCall, str]]:
         """The pending calls with the branch each was asked on, oldest first."""
         with self._lock:
-            return [(pending.call, pending.branch) for pending in self._pending.values()]
+            return [(_copy(pending.call), pending.branch) for pending in self._pending.values()]
 
     def calls_on(self, branch: str) -> list[ToolCall]:
         """The pending calls asked on ``branch``, oldest first."""
         with self._lock:
-            return [p.call for p in self._pending.values() if p.branch == branch]
+            return [_copy(p.call) for p in self._pending.values() if p.branch == branch]
 
     def calls(self) -> list[ToolCall]:
         """The pending calls, oldest first."""
         with self._lock:
-            return [pending.call for pending in self._pending.values()]
+            return [_copy(pending.call) for pending in self._pending.values()]
 
     async def wait(self, idle: Callable[[], bool], timeout: float | None) -> list[ToolCall]:
         """Wait until calls are pending (returns them) or ``idle()`` says no turn runs (``[]``).
@@ -358,3 +358,9 @@ class ApprovalDesk:
         with self._lock:
             self._pending[pending.call.id] = pending
             self._pending = dict(sorted(self._pending.items(), key=lambda item: item[1].order))
+
+
+def _copy(call: ToolCall) -> ToolCall:
+    # What callers are handed: a copy. The desk's own call is what runs once approved,
+    # and only approve(arguments=...) may change its arguments (validated, logged).
+    return call.model_copy(deep=True)

@@ -160,7 +160,9 @@ class TurnRunner(ToolRounds):
             raise self._failure
         if self._last_reply is None:  # pragma: no cover - every turn makes a reply
             raise PermanentProviderError("the turn ended without a reply")
-        return self._last_reply
+        # A copy: the session's message cache holds this object, and what the next
+        # request shows the model must not change when the caller edits the result.
+        return self._last_reply.model_copy(deep=True)
 
     # -- the effect loop ---------------------------------------------------------------
 

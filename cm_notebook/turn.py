@@ -99,6 +99,9 @@ class Handle(Generic[T]):
         if running is not None:
             raise StateError("result() would block the running event loop; use `await` instead")
         future = self._require_future()
+        if isinstance(future, asyncio.Future) and future.done():
+            # Finished: nothing to wait for on its loop, which may be gone by now.
+            return future.result()
         if isinstance(future, asyncio.Future):
             done = threading.Event()
             self._loop.call_soon_threadsafe(future.add_done_callback, lambda _f: done.set())

@@ -73,7 +73,8 @@ class BranchWrites:
         except ValidationError as exc:
             raise InvalidInputError(f"cannot create branch {name!r}: {exc}") from exc
         await self._run(self._write, context_id, ops.do_create_branch, branch)
-        return branch
+        # A copy: ``branch`` is now the stored metadata's own object.
+        return branch.model_copy(deep=True)
 
     async def create_branches(self, context_id: str, branches: Sequence[Branch]) -> None:
         """Create several branches in one write of the metadata: all of them, or (on
