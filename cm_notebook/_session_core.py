@@ -372,6 +372,8 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
                 f"this session of context {self.id!r} is closed; open the context again "
                 f"with ContextSession.open({self.id!r}) to go on"
             )
+        if self._loop.is_closed():
+            raise self._loop_gone()
         with self._lock:
             running = self._runners.get(branch)
         if running is not None:
@@ -497,9 +499,24 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
         work = runner.run() if prologue is None else self._after(prologue, runner)
-        future = schedule_on(self._loop, work)
+        try:
+            future = schedule_on(self._loop, work)
+        except RuntimeError:  # the loop closed since _claim looked
+            work.close()
+            with self._lock:
+                self._runners.pop(branch, None)
+                self._turn_claims.pop(branch, None)
+            claim.release()
+            raise self._loop_gone() from None
         turn.attach(future, runner.request_cancel)
         return turn
+
+    def _loop_gone(self) -> StateError:
+        return StateError(
+            f"the event loop this session of context {self.id!r} runs its turns on has "
+            "ended (it was made inside an asyncio.run() that has returned). Close it and "
+            f"open the context again with ContextSession.open({self.id!r}) where you use it"
+        )
 
     def _saved_copies_up_to_date(self) -> None:
         # Run by the cell awaiting a turn: the saved copies of this conversation get the

@@ -165,7 +165,9 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
     ) -> tuple[ContextSession, Store, ContextMetadata]:
         # create()'s checks and its session, before anything is written.
         check_names(options, "create")
-        provider = options.setdefault("provider", "local")
+        if options.get("provider") is None:  # left out, or None: the default
+            options["provider"] = "local"
+        provider = options["provider"]
         title = validate_title(title) if title else UNTITLED
         if system is not None and not isinstance(system, str):
             raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
@@ -173,7 +175,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             check_spec(provider)
             spec = provider
         else:
-            spec = spec_of(provider)  # type: ignore[arg-type]  # None: refused as before
+            spec = spec_of(provider)  # type: ignore[arg-type]  # checked by spec_of
         try:
             # Checked here first for an error that names the argument the caller wrote.
             refuse_secrets(dict(provider_options or {}), "provider_options")

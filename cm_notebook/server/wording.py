@@ -50,7 +50,7 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"DELETE {here} removes the whole context.",
         ),
         (
-            re.compile(r"pick another name or move it with set_branch_head\(\)"),
+            re.compile(r"pick another name, or delete that branch first \(delete_branch\)"),
             "pick another name",
         ),
         (re.compile(r"cancel it first"), f"stop it first (POST {here}/stop)"),

@@ -412,7 +412,7 @@ def do_create_branches(
         if branch.name in names:
             raise BranchExistsError(
                 f"context {state.context_id!r} already has a branch {branch.name!r}; pick "
-                "another name or move it with set_branch_head()."
+                "another name, or delete that branch first (delete_branch)."
             )
         require_message(state, branch.head)
         require_message(state, branch.forked_from)
