@@ -25,7 +25,7 @@ def test_sending_after_the_session_s_loop_ended_writes_nothing_and_says_what_to_
 
     session = asyncio.run(made_here())  # the loop its turns ran on is closed now
     for _ in range(2):  # and again: no branch is left "busy"
-        with pytest.raises(StateError, match="ContextSession.open"):
+        with pytest.raises(StateError, match=r"ContextSession\.open"):
             session.send("q2")
     close_all([session])
     reopened = ContextSession.open(session.id, data_dir=data_dir)
