@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import _json
 from ._export_markdown import markdown_of
+from ._validation_errors import first_error
 from .errors import (
     BranchNotFoundError,
     CMError,
@@ -138,7 +139,9 @@ class ExportDocument(BaseModel):
             try:
                 scored = Score.model_validate(score)
             except ValidationError as exc:
-                raise ValueError(f"the score of {message_id!r}: {_first_error(exc)}") from None
+                raise ValueError(
+                    f"the score of {message_id!r}: {first_error(exc, 'document')}"
+                ) from None
             if scored.message_id != message_id:
                 raise ValueError(
                     f"the score listed under {message_id!r} is the score of "
@@ -205,7 +208,7 @@ async def export_context(
     except ValidationError as exc:
         # get_messages skips unreadable files (with a warning); a hole breaks the tree.
         raise InvalidInputError(
-            f"context {context_id!r} cannot be exported: {_first_error(exc)}"
+            f"context {context_id!r} cannot be exported: {first_error(exc, 'document')}"
         ) from exc
 
 
@@ -220,14 +223,6 @@ def to_json(document: ExportDocument) -> str:
     return (
         document.model_dump_json(indent=2, exclude=None if document.scores else {"scores"}) + "\n"
     )
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "document"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
 
 
 def is_export(data: object) -> bool:
@@ -256,7 +251,9 @@ def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
     try:
         return ExportDocument.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInputError(f"invalid cm_notebook export: {_first_error(exc)}") from exc
+        raise InvalidInputError(
+            f"invalid cm_notebook export: {first_error(exc, 'document')}"
+        ) from exc
 
 
 async def import_document(

@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from . import events as ev
 from . import fsm
 from ._loop import running_loop
@@ -42,6 +44,7 @@ from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
+from ._validation_errors import first_error
 from .errors import (
     BranchExistsError,
     BusyError,
@@ -318,6 +321,8 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             )
         try:
             noted = MessageMetadata.model_validate(dict(metadata or {}))
+        except ValidationError as exc:
+            raise InvalidInputError(f"metadata: {first_error(exc)}") from exc
         except ValueError as exc:
             raise InvalidInputError(f"metadata: {exc}") from exc
         current = self._read_metadata()

@@ -9,7 +9,7 @@ import pytest
 from test_session_support import DEADLINE, close_all
 
 from cm_notebook import ContextSession
-from cm_notebook.errors import StateError
+from cm_notebook.errors import InvalidInputError, StateError
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -40,5 +40,17 @@ def test_create_with_provider_none_takes_the_default(data_dir: Path) -> None:
     session = ContextSession.create("default", provider=None, data_dir=data_dir)
     try:
         assert session.metadata.provider.spec == "local"
+    finally:
+        close_all([session])
+
+
+def test_bad_message_metadata_is_said_in_one_line(data_dir: Path) -> None:
+    session = ContextSession.create("meta", provider=ScriptedProvider(["x"]), data_dir=data_dir)
+    try:
+        with pytest.raises(InvalidInputError) as info:
+            session.send("hi", metadata={"stats": 5})
+        assert str(info.value).startswith("metadata: stats: ")
+        assert "pydantic.dev" not in str(info.value)
+        assert session.history() == []  # refused before anything was written
     finally:
         close_all([session])

@@ -20,6 +20,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from .. import _json
 from .._unicode import scrub
+from .._validation_errors import first_error
 from ..errors import CorruptDataError, InvalidInputError
 from ..ids import validate_message_id
 from ..model import SCHEMA_VERSION, ContextMetadata, Message
@@ -135,7 +136,7 @@ def decode_metadata_doc(data: bytes, path: Path, context_id: str) -> tuple[Conte
     except ValidationError as exc:
         raise CorruptDataError(
             f"context metadata {path} does not match the expected format: "
-            f"{_first_error(exc)}. {advice}",
+            f"{first_error(exc)}. {advice}",
             path,
         ) from exc
 
@@ -209,8 +210,7 @@ def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:
         message = Message.model_validate(raw)
     except ValidationError as exc:
         raise CorruptDataError(
-            f"message file {path} does not match the expected format: "
-            f"{_first_error(exc)}. {advice}",
+            f"message file {path} does not match the expected format: {first_error(exc)}. {advice}",
             path,
         ) from exc
     if expected_id is not None and message.id != expected_id:
@@ -255,16 +255,6 @@ def read_message_file(
             path,
         ) from exc
     return decode_message(data, Path(path), expected_id)
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return str(exc)
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 def read_message_folder(folder: Path) -> tuple[list[Message], list[tuple[str, Path]]]:
