@@ -286,6 +286,12 @@ class SessionReading(SessionCore):
         # A turn runs on ``branch`` and the branch's head is not a place to continue
         # from: the turn's own prompt, its unfinished reply, or tool answers the next
         # reply is coming after. (A reply waiting for tool approval is finished.)
+        with self._lock:
+            setting_up = branch in self._claims.held() and branch not in self._runners
+        if setting_up:
+            # A send on it has claimed the branch and may have written its prompt,
+            # but its turn does not run yet: the head is that unanswered prompt.
+            return True
         return (
             self.running_turn_id(branch) is not None
             and self.state_of(branch) is not fsm.State.AWAITING_TOOL_APPROVAL

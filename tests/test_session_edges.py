@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from test_session_support import DEADLINE, close_all
 
 from cm_notebook import ContextSession
-from cm_notebook.errors import InvalidInputError, StateError
+from cm_notebook.errors import BusyError, InvalidInputError, StateError
+from cm_notebook.model import Branch
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -52,5 +56,42 @@ def test_bad_message_metadata_is_said_in_one_line(data_dir: Path) -> None:
         assert str(info.value).startswith("metadata: stats: ")
         assert "pydantic.dev" not in str(info.value)
         assert session.history() == []  # refused before anything was written
+    finally:
+        close_all([session])
+
+
+def test_a_fork_at_the_head_never_lands_on_a_prompt_still_unanswered(data_dir: Path) -> None:
+    # One thread forks main at its head while another sends on main: the fork is either
+    # at the answered head before the send, or refused (BusyError), never at the
+    # send's prompt, which main then answers without it.
+    session = ContextSession.create(
+        "race", provider=ScriptedProvider(delay=0.01), data_dir=data_dir
+    )
+    session.send("seed").result(DEADLINE)
+    made: list[Branch] = []
+    try:
+        for turn in range(30):
+            go = threading.Event()
+            old = session.branches["main"].head
+
+            def fork(turn: int = turn, go: threading.Event = go, old: str | None = old) -> None:
+                # Forks again and again until one is not at the head before the send.
+                go.wait()
+                for attempt in range(100_000):
+                    with contextlib.suppress(BusyError):
+                        branch = session.branch(f"f{turn}-{attempt}", switch=False)
+                        if branch.head != old:
+                            made.append(branch)
+                            return
+                        session.delete_branch(branch.name)
+
+            forker = threading.Thread(target=fork)
+            forker.start()
+            go.set()
+            time.sleep(0.002 * (turn % 5))
+            session.send(f"q{turn}").result(DEADLINE)
+            forker.join(DEADLINE)
+        assert made
+        assert all(session.get(b.head).role == "assistant" for b in made if b.head)
     finally:
         close_all([session])
