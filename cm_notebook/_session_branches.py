@@ -19,7 +19,7 @@ from .errors import BusyError, InvalidInputError, StateError
 from .ids import validate_branch_name
 from .model import Branch, MessageStatus
 from .params import GenerationParams
-from .prompts import has_replies
+from .prompts import effective_system, has_replies
 from .providers.pool import ProviderLike
 from .titles import checked_description
 
@@ -62,6 +62,9 @@ class SessionBranches(SessionReading):
         metadata = self._read_metadata()
         if from_message is None:
             forked = from_branch or metadata.active_branch
+            # The head first, then whether a turn runs: a send that claims the branch
+            # after this read leaves ``head`` an answered place to fork at.
+            head = self._head(forked)
             # (A taken name is refused first, by the store: waiting would not help.)
             if name not in metadata.branches and self._mid_turn(forked):
                 # Its head is the turn's own message, or its unfinished reply.
@@ -70,7 +73,6 @@ class SessionBranches(SessionReading):
                     "forked at its head would miss it. Wait for the turn to finish (await "
                     "it), or fork at an earlier message (from_message=...)."
                 )
-            head = self._head(forked)
             source: str | None = forked
             at = self.get(head) if head is not None else None
         else:
@@ -126,19 +128,29 @@ class SessionBranches(SessionReading):
         branch ``<branch>-system-N`` is forked at the same head with the new prompt (and
         the old branch's provider and parameters), and becomes active if ``branch`` was.
         Otherwise the prompt is changed in place. ``None`` inherits the context's prompt,
-        ``""`` means none. While a reply is being generated on the branch this raises
-        :class:`~cm_notebook.errors.BusyError` (a fork there would start before the
-        reply exists); a reply waiting for a tool decision is finished, so forking at it
-        works.
+        ``""`` means none. A prompt the branch's replies are made under already (its
+        own, or the context's it inherits) forks nothing. While a reply is being
+        generated on the branch this raises :class:`~cm_notebook.errors.BusyError` (a
+        fork there would start before the reply exists); a reply waiting for a tool
+        decision is finished, so forking at it works.
         """
         if text is not None and not isinstance(text, str):
             raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
         name = self._branch_name(branch)
         self._head(name)  # BranchNotFoundError for an unknown branch
-        current = self._read_metadata().branches[name]
+        metadata = self._read_metadata()
+        current = metadata.branches[name]
         if current.system_prompt == text:
             return current.model_copy(deep=True)  # the caller's own, as below
+        # The prompt a reply is made under, before and after: the same (the context's
+        # prompt given to a branch that inherits it, "" to a branch with none) means the
+        # replies there were made under the new prompt already, so nothing is forked.
+        unchanged = effective_system(metadata, name) == (
+            metadata.system_prompt or None if text is None else text or None
+        )
         if self._mid_turn(name):
+            if unchanged:
+                return current.model_copy(deep=True)
             # A fork would start at the turn's own message or its unfinished reply.
             raise BusyError(
                 f"a reply is still being generated on branch {name!r} under its current "
@@ -156,6 +168,8 @@ class SessionBranches(SessionReading):
             updated = None  # a reply is being made under the old prompt: fork
         if updated is not None:
             return updated
+        if unchanged:
+            return current.model_copy(deep=True)
         fork = self._free_branch_name(f"{name}-system")
         settings = {
             **self._defaults.inherit(self._read_metadata(), name, fork),

@@ -17,9 +17,11 @@ from IPython.core.error import UsageError
 from IPython.display import Markdown
 
 from .. import fsm
+from .._unicode import for_terminal
+from ..errors import ContextNotFoundError, InvalidIdError
 from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..ids import validate_branch_name, validate_message_id
-from ..model import MessageStatus, ToolCall
+from ..model import Message, MessageStatus, ToolCall
 from ..session import ContextSession
 from . import _args as a
 from ._comparison import ComparisonView
@@ -70,10 +72,13 @@ class Commands:
             self.current = held
         else:
             found = self._find(args.target)
-            if self.current is None or self.current.id != found:
+            current = self.current
+            # A closed current session is opened again: a closed session's error says
+            # to run exactly this.
+            if current is None or current.id != found or current.closed:
                 # Left open when another context becomes current: a variable (a view's
                 # ``.session``) may still hold it, and the kernel's exit closes it.
-                self.current = ContextSession.open(found)
+                self.current = self._open(found)
         print(f"context {self.session().title!r} is current")
 
     def _find(self, target: str) -> str:
@@ -85,7 +90,17 @@ class Commands:
             return titled[0]
         if titled:
             raise UsageError(f"{len(titled)} contexts are titled {target!r}: use an id {titled}")
-        raise UsageError(f"no context {target!r}: `%cm ls` lists the stored ones")
+        # Not listed: a context whose files are damaged is left out of the list (its
+        # title cannot be read), but opening it by id says which file and what to do.
+        return target
+
+    def _open(self, target: str) -> ContextSession:
+        try:
+            return ContextSession.open(target)
+        except (ContextNotFoundError, InvalidIdError) as exc:
+            raise UsageError(f"no context {target!r}: `%cm ls` lists the stored ones") from exc
+        # Any other error of the store (CorruptDataError, SchemaVersionError...) is the
+        # context's own, shown as it is (see _remedies.translated).
 
     def ls(self, _args: a.NoArgs) -> None:
         """List stored contexts, most recent first; ``*`` marks the current one."""
@@ -95,7 +110,8 @@ class Commands:
             print("no contexts yet: `%cm new [TITLE]` makes one")
         for meta in stored:
             mark = "*" if meta.id == current else " "
-            print(f"{mark} {meta.id}  {meta.title}  ({len(meta.branches)} branches)")
+            title = for_terminal(meta.title)  # as the CLI does: a title is anyone's text
+            print(f"{mark} {meta.id}  {title}  ({len(meta.branches)} branches)")
 
     # -- sending ---------------------------------------------------------------------
 
@@ -170,7 +186,7 @@ class Commands:
             mark = "*" if name == session.active_branch else " "
             count = len(session.history(name))
             prompt = session.system_prompt_of(name)
-            about = f"  system: {_short(prompt)}" if prompt else ""
+            about = f"  system: {for_terminal(_short(prompt))}" if prompt else ""
             print(f"{mark} {name}  ({count} messages){about}")
 
     def history(self, args: a.HistoryArgs) -> DeferredCommand | None:
@@ -185,9 +201,10 @@ class Commands:
             print("no messages yet")
         for message in messages:
             calls = [f"[tool call {c.name}({c.arguments}) {c.id}]" for c in message.tool_calls]
-            streaming = ["… (still streaming)"] if message.status is MessageStatus.STREAMING else []
-            parts = (message.content, *calls, *streaming)
-            print(f"{message.role}: " + " ".join(part for part in parts if part))
+            parts = (message.content, *calls, *_ending(message))
+            # A reply's text may hold "\r", ANSI escapes or bidi overrides, which the
+            # notebook's stream output acts on: shown escaped, as the CLI shows them.
+            print(for_terminal(f"{message.role}: " + " ".join(part for part in parts if part)))
         # A turn under way that the messages do not show yet (magics never wait for one).
         branch = args.branch or session.active_branch
         if session.running_turn_id(branch) is None:
@@ -311,6 +328,17 @@ def _well_formed(*names: str | None) -> None:
     for name in names:
         if name is not None:
             validate_branch_name(name)
+
+
+def _ending(message: Message) -> list[str]:
+    # How a reply that did not simply complete ended: a failed one would otherwise show
+    # as a bare "assistant:" line.
+    if message.status is MessageStatus.STREAMING:
+        return ["… (still streaming)"]
+    if message.status is MessageStatus.ERROR:
+        why = message.metadata.error
+        return [f"[error: {why}]" if why else "[error]"]
+    return []  # a stopped reply shows the text it kept
 
 
 def _short(text: str, width: int = 60) -> str:

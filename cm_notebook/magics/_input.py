@@ -5,8 +5,9 @@ IPython rewrites a line that ends in ``?`` into a help request before any magic 
 become ``%pinfo France``, print "Object `France` not found." and send nothing. The
 magic never sees such a line, so the extension adds :func:`send_keeps_question_marks`
 to the shell's cleanup transformers, which run first: it turns such a line into the
-call IPython itself would make for ``%cm send ...``, with the ``?`` kept in the text.
-``%cm?`` (help on the magic) and every other line are left alone.
+call IPython itself would make for ``%cm send ...`` (or ``x = %cm send ...``), with
+the ``?`` kept in the text. ``%cm?`` (help on the magic) and every other line are left
+alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 
 __all__ = ["register", "send_keeps_question_marks"]
 
-_SEND_ENDING_IN_QUESTION = re.compile(r"(?P<indent>[ \t]*)%cm[ \t]+(?P<line>send[ \t].*\?)[ \t]*")
+#: ``%cm send ...?``, maybe indented, maybe assigned (``r = %cm send ...?``, IPython's
+#: assignment form of a line magic, which its help syntax rewrites as well).
+_SEND_ENDING_IN_QUESTION = re.compile(
+    r"(?P<indent>[ \t]*)"
+    r"(?P<assign>[^\W\d][\w.]*(?:[ \t]*,[ \t]*[^\W\d][\w.]*)*[ \t]*=[ \t]*)?"
+    r"%cm[ \t]+(?P<line>send[ \t].*\?)[ \t]*"
+)
 
 
 def send_keeps_question_marks(lines: list[str]) -> list[str]:
@@ -30,7 +37,7 @@ def send_keeps_question_marks(lines: list[str]) -> list[str]:
             out.append(line)
             continue
         call = f"get_ipython().run_line_magic('cm', {match.group('line')!r})"
-        out.append(f"{match.group('indent')}{call}\n")
+        out.append(f"{match.group('indent')}{match.group('assign') or ''}{call}\n")
     return out
 
 

@@ -143,6 +143,12 @@ def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> 
                 raise UsageError(f"{option} is given twice. Usage: {usage}")
             kind = _kind(model, field)
             if kind is bool:
+                if eq:
+                    # "--all=no" must not stop everything: a flag is on when given.
+                    raise UsageError(
+                        f"{option} takes no value (got {inline!r}): give {option} alone, "
+                        f"or leave it out. Usage: {usage}"
+                    )
                 values[field] = True
                 i += 1
                 continue

@@ -80,6 +80,10 @@ class CellQueue:
         last = self._last.get((session.id, branch))
         return last if last is not None and not last.released.done() else None
 
+    def last(self, session: ContextSession, branch: str) -> Queued | None:
+        """This kernel's last cell on ``branch``, ended or not (None: none yet)."""
+        return self._last.get((session.id, branch))
+
     def add(self, session: ContextSession, branch: str, view: Queued) -> None:
         """``view`` is now the last cell on ``branch`` (the next one waits for it)."""
         self._last[(session.id, branch)] = view

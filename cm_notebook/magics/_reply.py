@@ -92,6 +92,9 @@ class ReplyView:
     made for it.
     """
 
+    #: The ``--var`` the reply's text goes to (None: none).
+    var: str | None = None
+
     def __init__(
         self,
         session: ContextSession,
@@ -289,6 +292,16 @@ class ReplyView:
         self._sent.set_result(turn)
         self._throttle.poke()
         return turn
+
+    @property
+    def on_done(self) -> Callable[[Message], None] | None:
+        """What the reply's final message is handed to (``--var`` sets its text)."""
+        return self._on_done
+
+    @property
+    def failed(self) -> bool:
+        """Whether the reply failed (``%cm retry`` tries it again)."""
+        return self._ended.get("status") == "failed"
 
     async def _finish(self) -> None:
         try:

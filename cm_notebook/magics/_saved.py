@@ -59,6 +59,9 @@ INTERVAL = 0.5
 #: What a queued comparison's copy says until its arms are forked.
 _WAITING = f"<div>{note('… waits for the replies above it, then asks')}</div>"
 
+#: What a ``%cm compare`` copy says until the cells above it have run.
+_COMPARES_LATER = f"<div>{note('… compares once the cells above have run')}</div>"
+
 #: The states in which a branch's turn is over (or waits for a person): worth a copy.
 _SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
 
@@ -83,8 +86,11 @@ class ComparisonSnapshot:
         branches: list[str],
         variables: dict[str, str] | None = None,
         copy_id: str | None = None,
+        waiting: str = _WAITING,
     ) -> None:
         self.session = session
+        #: The HTML shown while there are no branches to compare yet.
+        self.waiting = waiting
         #: Marks the HTML for the live view's :class:`SavedCopyHider`.
         self.copy_id = copy_id
         self.branches = list(branches)
@@ -100,13 +106,19 @@ class ComparisonSnapshot:
     def html(self) -> str:
         """The comparison as it stands (each branch's last answer so far)."""
         if not self.branches:
-            return _WAITING
+            return self.waiting
         return self.session.compare(*self.branches)._repr_html_()
 
     def follow(self, branches: list[str]) -> None:
         """Compare ``branches`` from now on (a queued ``%%cm --ab`` cell's arms, once
         they are forked); the output is brought up to date at once."""
         self.branches = list(branches)
+        self._update()
+
+    def failed(self, message: str) -> None:
+        """Say ``message`` (why nothing is compared) in place of the waiting line: a
+        saved notebook must not say for good that the comparison is still to come."""
+        self.waiting = _said(message)
         self._update()
 
     def provenance(self, comparison: Comparison | None = None) -> dict[str, Any]:
@@ -140,7 +152,7 @@ class ComparisonSnapshot:
 
     def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if not self.branches:  # a queued cell's arms are not forked yet
-            bundle = {"text/html": mark_copy(_WAITING, self.copy_id), "text/plain": PLAIN}
+            bundle = {"text/html": mark_copy(self.waiting, self.copy_id), "text/plain": PLAIN}
             return bundle, {"cm_notebook": self.provenance()}
         comparison = self.session.compare(*self.branches)
         html = mark_copy(comparison._repr_html_(), self.copy_id)
@@ -203,6 +215,8 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
     ``--ab`` cell above included) in its place, and its saved copy."""
 
     saved: ComparisonSnapshot | None = None
+    #: Why nothing was compared, once that is known (the saved copy says it too).
+    failure: str | None = None
 
     def __init__(
         self,
@@ -224,7 +238,8 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
     def _ipython_display_(self) -> None:
         copy_id = _show_widget(self)
         if self.saved is None:
-            self.saved = ComparisonSnapshot(self.session, [], copy_id=copy_id)
+            waiting = _COMPARES_LATER if self.failure is None else _said(self.failure)
+            self.saved = ComparisonSnapshot(self.session, [], copy_id=copy_id, waiting=waiting)
         self.saved.display()
 
     def close(self) -> None:
@@ -244,13 +259,18 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             await wait_for(self._waits)
             self.compare = CompareView(self.session, *self.requested)
         except Exception as exc:  # a view must never take the kernel down
-            message = said(exc)
-            failed = w.HTML(note(f"not compared: {message}"))
-            self.children = (failed, *box.children[1:])
+            self.failure = f"not compared: {said(exc)}"
+            self.children = (w.HTML(note(self.failure)), *box.children[1:])
+            if self.saved is not None:
+                self.saved.failed(self.failure)
             return
         self.children = (self.compare, *box.children[1:])
         if self.saved is not None:
             self.saved.follow(self.compare.branch_names)
+
+
+def _said(text: str) -> str:
+    return f"<div>{note(text)}</div>"
 
 
 class SavedComparisonView(ComparisonView):

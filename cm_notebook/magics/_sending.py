@@ -138,6 +138,8 @@ class CellSender:
                 variables=now.variables if now is not None else {},
             )
         if args.var is not None:
+            if isinstance(view, ReplyView):
+                view.var = args.var  # for a %cm retry of its reply
             setting = self._setting.setdefault(args.var, [])
             setting[:] = [*self.setters_of(args.var), view]
         return view
@@ -147,8 +149,13 @@ class CellSender:
         branch has ended; a cell after it waits for it."""
         target = args.branch or session.active_branch
         before = self._queue.before(session, target)
+        # This kernel's last cell on the branch, if it has a --var: the retried reply of
+        # its failed reply fills that variable, as the reply would have.
+        last = self._queue.last(session, target)
+        cell = last if isinstance(last, ReplyView) and last.var is not None else None
+        on_done = _if_failed(cell) if cell is not None else None
         if before is None:
-            reply = ReplyView(session, session.retry(branch=args.branch))
+            reply = ReplyView(session, session.retry(branch=args.branch), on_done=on_done)
         else:
             # Run All: the reply above may still fail, or not; retry once it has ended.
 
@@ -156,8 +163,14 @@ class CellSender:
                 return session.retry(branch=_continued(before, args.branch, target))
 
             waits = _waits(before, ())
-            reply = ReplyView(session, None, branch=target, waits=waits, send=queued)
+            reply = ReplyView(
+                session, None, branch=target, waits=waits, send=queued, on_done=on_done
+            )
         self._queue.add(session, reply.branch, reply)
+        if cell is not None and cell.var is not None:
+            # A later cell's {name} (or Python naming it) waits for the retried reply.
+            reply.var = cell.var
+            self._setting.setdefault(cell.var, []).append(reply)
         return reply
 
     def reply_under_way(self, session: ContextSession, branch: str | None) -> ReplyView | None:
@@ -245,6 +258,10 @@ class CellSender:
                 variants = [{**v, "provider": args.chosen_provider} for v in variants]
         else:
             variants = [{"provider": spec, **params} for spec in args.fanout or []]
+            if args.system is not None:
+                # Every arm is asked under the cell's prompt (its own branch keeps it), so
+                # only the providers differ between the answers compared.
+                variants = [{**v, "system": args.system} for v in variants]
         base = args.branch or session.active_branch
         on_done = self._store(args.var)
         before = self._queue.before(session, base)
@@ -348,6 +365,21 @@ def _with_system(
             "(`%cm branches` lists them)"
         )
     return forked
+
+
+def _if_failed(cell: ReplyView) -> Callable[[Message], None] | None:
+    # What a retried reply's final message is handed to: the --var of ``cell``, the
+    # cell whose failed reply it replaces (nothing if that reply did not fail, e.g. a
+    # retry queued behind it in a Run All).
+    store = cell.on_done
+    if store is None:
+        return None
+
+    def on_done(final: Message) -> None:
+        if cell.failed:
+            store(final)
+
+    return on_done
 
 
 def _continued(before: Queued | None, given: str | None, target: str) -> str:
