@@ -122,6 +122,10 @@ class GroupSync:
                         self._fsync(fd)
                     finally:
                         os.close(fd)
+            except (FileNotFoundError, NotADirectoryError):
+                # The context was deleted (or its folder removed on disk) meanwhile:
+                # nothing is left to make durable, and nothing went wrong here.
+                logger.debug("the signal log is gone, nothing to fsync (%s)", self._name)
             except OSError:
                 # Nothing to retry with: the records are written (a crash of this process
                 # keeps them) and the store, not this log, is the truth after a power loss.

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -595,3 +597,16 @@ def test_a_batch_the_disk_takes_only_part_of_leaves_no_record_and_no_reused_numb
     # The log holds what it took whole, under the numbers this process gave them; none
     # of the failed batch (the others learn of it by the gap).
     assert result["logged"] == [[1, "m0"], [7, "m2"]]
+
+
+def test_a_log_whose_folder_was_removed_closes_without_a_logged_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A context deleted (or its folder removed on disk) before the log's first sync.
+    (tmp_path / "context").mkdir()
+    log = SignalLog(tmp_path / "context" / "signals" / "signals.log", sync_delay=3600)
+    log.record(_state)
+    shutil.rmtree(tmp_path / "context")
+    with caplog.at_level("DEBUG", logger="cm_notebook"):
+        log.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
