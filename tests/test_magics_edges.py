@@ -103,6 +103,12 @@ def test_use_of_a_damaged_context_says_what_is_wrong_with_it(fe: FrontEnd) -> No
     assert "not valid JSON" in said
     assert "no context 'c-nothing-here'" in _usage_error(fe, "%cm use c-nothing-here")
     assert fe.run("%cm use Other").strip() == "context 'Other' is current"
+    for _ in range(2):  # said each time, not once as Python shows a warning
+        listed = fe.run("%cm ls")
+        [line] = [text for text in listed.splitlines() if text.startswith("! not listed:")]
+        assert context_id in line
+        assert "not valid JSON" in line
+        assert "Other" in listed
 
 
 @pytest.mark.parametrize("value", ["no", "false", ""])

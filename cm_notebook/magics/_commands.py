@@ -10,6 +10,7 @@ become one-line :class:`~IPython.core.error.UsageError` messages.
 from __future__ import annotations
 
 import builtins
+import warnings
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..ids import validate_branch_name, validate_message_id
 from ..model import Message, MessageStatus, ToolCall
 from ..session import ContextSession
+from ..store import StoreWarning
 from . import _args as a
 from ._comparison import ComparisonView
 from ._decisions import PendingDecision, decided_text
@@ -105,13 +107,23 @@ class Commands:
     def ls(self, _args: a.NoArgs) -> None:
         """List stored contexts, most recent first; ``*`` marks the current one."""
         current = self.current.id if self.current is not None else None
-        stored = ContextSession.list()
-        if not stored:
+        with warnings.catch_warnings(record=True) as caught:
+            # A damaged context is left out of the list with a StoreWarning, which Python
+            # shows once per place: said here every time, as a line of the listing.
+            warnings.simplefilter("always")
+            stored = ContextSession.list()
+        damaged = [w.message for w in caught if issubclass(w.category, StoreWarning)]
+        for other in caught:
+            if not issubclass(other.category, StoreWarning):
+                warnings.warn(other.message, other.category, stacklevel=2)
+        if not stored and not damaged:
             print("no contexts yet: `%cm new [TITLE]` makes one")
         for meta in stored:
             mark = "*" if meta.id == current else " "
             title = for_terminal(meta.title)  # as the CLI does: a title is anyone's text
             print(f"{mark} {meta.id}  {title}  ({len(meta.branches)} branches)")
+        for problem in damaged:
+            print(f"! not listed: {for_terminal(str(problem))}")
 
     # -- sending ---------------------------------------------------------------------
 
