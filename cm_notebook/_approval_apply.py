@@ -18,6 +18,7 @@ from . import events as ev
 from ._decision_outcome import still_waits
 from .approvals import Decision, PendingCall, Remember, check_remember
 from .errors import CMError, InvalidInputError, ToolArgumentsError, ToolError
+from .model import ToolCall
 from .tools import validate_edited_arguments
 from .tools._tool import MAX_ARGUMENTS_CHARS
 
@@ -58,10 +59,25 @@ def approval(
     **where: Any,
 ) -> Decision:
     """An approval of ``pending``, with ``arguments`` (if any) checked against its tool."""
+    return approval_of(session, pending.call, arguments, **where)
+
+
+def approval_of(
+    session: SessionCore,
+    call: ToolCall,
+    arguments: Mapping[str, Any] | str | None,
+    **where: Any,
+) -> Decision:
+    """An approval of ``call`` with ``arguments`` (if any) checked against its tool, or
+    only for their shape when this process does not have the tool (a call another
+    process runs)."""
     if arguments is None:
         return Decision(True, **where)
-    edited = validate_edited_arguments(session.tools.get(pending.call.name), arguments)
-    if edited == pending.call.arguments:
+    if call.name in session.tools:
+        edited = validate_edited_arguments(session.tools.get(call.name), arguments)
+    else:
+        edited = check_arguments_shape(arguments)
+    if edited == call.arguments:
         # The same arguments again (a form that sends them back, reformatted JSON): not
         # an edit, and not logged as one.
         return Decision(True, **where)

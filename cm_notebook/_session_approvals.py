@@ -18,13 +18,12 @@ import builtins
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ._approval_apply import _EDITED, approval, approve_allowed, check_arguments_shape
+from ._approval_apply import approval, approval_of, approve_allowed
 from ._session_reading import SessionReading
 from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import validate_branch_name
 from .model import ToolCall, ToolCallStatus
-from .tools import validate_edited_arguments
 
 __all__ = ["ApprovalMethods"]
 
@@ -140,15 +139,7 @@ class ApprovalMethods(SessionReading):
         # A call another process runs, approved from here: its edited arguments as that
         # process gets them (they were checked before the decision was posted, so
         # checking them again cannot fail).
-        if arguments is None:
-            return _as_decided(call, plain)
-        if call.name in self.tools:
-            edited = validate_edited_arguments(self.tools.get(call.name), arguments)
-        else:
-            edited = check_arguments_shape(arguments)
-        if edited == call.arguments:
-            return _as_decided(call, plain)
-        return _as_decided(call, Decision(True, _EDITED, edited, by=plain.by))
+        return _as_decided(call, approval_of(self, call, arguments, by=plain.by))
 
     def deny(
         self,

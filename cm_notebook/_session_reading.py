@@ -286,8 +286,9 @@ class SessionReading(SessionCore):
         # A turn runs on ``branch`` and the branch's head is not a place to continue
         # from: the turn's own prompt, its unfinished reply, or tool answers the next
         # reply is coming after. (A reply waiting for tool approval is finished.)
+        claimed = branch in self._claims.held()  # (not under self._lock: its own lock)
         with self._lock:
-            setting_up = branch in self._claims.held() and branch not in self._runners
+            setting_up = claimed and branch not in self._runners
         if setting_up:
             # A send on it has claimed the branch and may have written its prompt,
             # but its turn does not run yet: the head is that unanswered prompt.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from terminal import in_a_terminal
 
 from cm_notebook.cli import COMMANDS, command, main
 from cm_notebook.store.base import Store
@@ -464,8 +464,6 @@ def test_export_to_a_folder_that_is_not_there_makes_no_file_of_its_name(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_markdown_shown_on_a_terminal_cannot_drive_it(data_dir: Path, tmp_path: Path) -> None:
-    import pty
-
     from cm_notebook import ContextSession
     from cm_notebook.testing import ScriptedProvider
 
@@ -478,15 +476,8 @@ def test_markdown_shown_on_a_terminal_cannot_drive_it(data_dir: Path, tmp_path: 
     session.close()
     command = [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir)]
     command += ["export", session.id, "-f", "markdown"]
-    leader, follower = pty.openpty()
-    with subprocess.Popen(command, stdout=follower, stderr=follower) as child:
-        os.close(follower)
-        shown = b""
-        with contextlib.suppress(OSError):  # the terminal closes when the child ends
-            while chunk := os.read(leader, 4096):
-                shown += chunk
-        assert child.wait(timeout=60) == 0
-    os.close(leader)
+    code, shown = in_a_terminal(command)
+    assert code == 0
     assert b"\x1b" not in shown
     assert b"red \\x1b[31mtext" in shown
     piped = subprocess.run(command, capture_output=True, check=True).stdout

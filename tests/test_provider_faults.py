@@ -25,11 +25,11 @@ from fault_server import (
     Status,
     ToolCall,
 )
+from provider_streams import request, run, text_of
 
 from cm_notebook.errors import (
     InvalidInputError,
     PermanentProviderError,
-    ProviderError,
     TransientProviderError,
 )
 from cm_notebook.model import Message
@@ -38,7 +38,6 @@ from cm_notebook.providers import get_provider
 from cm_notebook.providers.base import (
     ChatRequest,
     Finish,
-    StreamChunk,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
@@ -51,32 +50,9 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 1.0
 
 
-def request(text: str = "Hi", **params: Any) -> ChatRequest:
-    return ChatRequest(messages=[Message(role="user", content=text)], params=params)
-
-
 def provider_for(server: FaultServer, **options: Any) -> OpenAIProvider:
     options.setdefault("timeout", TIMEOUT)
     return OpenAIProvider("gpt-test", base_url=server.url, **options)
-
-
-async def run(
-    provider: OpenAIProvider, req: ChatRequest | None = None
-) -> tuple[list[StreamChunk], ProviderError | None]:
-    """All events until the end or the first error (which is returned, not raised)."""
-    events: list[StreamChunk] = []
-    try:
-        async for event in provider.stream(req or request()):
-            events.append(event)
-    except ProviderError as exc:
-        return events, exc
-    finally:
-        await provider.aclose()
-    return events, None
-
-
-def text_of(events: list[StreamChunk]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
 # -- the happy path --------------------------------------------------------------------

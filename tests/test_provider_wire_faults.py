@@ -20,22 +20,19 @@ from typing import Any
 
 import anyio
 import pytest
+from provider_streams import request, run, text_of
 
 from cm_notebook.errors import (
     CMError,
     PermanentProviderError,
-    ProviderError,
     TransientProviderError,
 )
 from cm_notebook.events import ErrorReported
 from cm_notebook.export import export_context, to_json, to_markdown
-from cm_notebook.model import Message, MessageStatus, TokenUsage
+from cm_notebook.model import MessageStatus, TokenUsage
 from cm_notebook.providers.anthropic import AnthropicProvider
 from cm_notebook.providers.base import (
-    ChatRequest,
     Finish,
-    StreamChunk,
-    TextDelta,
     ToolCallRequest,
     Usage,
 )
@@ -242,29 +239,6 @@ def anthropic_reply(events: list[dict[str, Any]], then: str = "end") -> Behaviou
 def claude(server: WireServer, **options: Any) -> AnthropicProvider:
     options.setdefault("timeout", 5.0)
     return AnthropicProvider("claude-default", api_key="test-key", base_url=server.url, **options)
-
-
-def request(text: str = "Hi", **params: Any) -> ChatRequest:
-    return ChatRequest(messages=[Message(role="user", content=text)], params=params)
-
-
-async def run(
-    provider: OpenAIProvider | AnthropicProvider, req: ChatRequest | None = None
-) -> tuple[list[StreamChunk], ProviderError | None]:
-    """All chunks until the end or the first provider error (returned, not raised)."""
-    events: list[StreamChunk] = []
-    try:
-        async for event in provider.stream(req or request()):
-            events.append(event)
-    except ProviderError as exc:
-        return events, exc
-    finally:
-        await provider.aclose()
-    return events, None
-
-
-def text_of(events: list[StreamChunk]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
 # -- 1. credentials in default_headers -------------------------------------------------

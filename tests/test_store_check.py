@@ -8,22 +8,16 @@ without losing the heads the old index held. Real files, real FileStores.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import pty
 import shutil
-import struct
-import subprocess
 import sys
-import termios
 import warnings
 from pathlib import Path
 
 import anyio
 import pytest
 from store_helpers import chain, msg
+from terminal import in_a_terminal
 
 from cm_notebook.cli import main
 from cm_notebook.errors import CorruptDataError
@@ -342,17 +336,9 @@ def test_on_a_terminal_the_command_shows_a_bar_beside_the_reports(data_dir: Path
                 await store.create_context(ContextMetadata(id=f"c{number}", title="t"))
 
     anyio.run(setup)
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     command = [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), "check"]
-    with subprocess.Popen(command, stdout=follower, stderr=follower) as child:
-        os.close(follower)
-        shown = b""
-        with contextlib.suppress(OSError):  # the terminal closes when the child ends
-            while chunk := os.read(leader, 4096):
-                shown += chunk
-        assert child.wait(timeout=60) == 0
-    os.close(leader)
+    code, shown = in_a_terminal(command, columns=100)
+    assert code == 0
     text = shown.decode()
     assert "checking: 100%" in text
     assert all(f"c{number}: 0 message(s), ok" in text for number in range(3))
