@@ -79,9 +79,14 @@ class SessionBranches(SessionReading):
             at = self.get(from_message)
             head = at.id
             source = self._source_branch(head, from_branch)
-        if at is not None and at.status is MessageStatus.STREAMING:
+        if (
+            at is not None
+            and at.status is MessageStatus.STREAMING
+            and name not in metadata.branches
+        ):
             # Its next request would show the model a reply it has not finished (empty,
-            # or cut), and the stored history would later show the whole of it.
+            # or cut), and the stored history would later show the whole of it. (A taken
+            # name is refused by the store below first, whatever streams.)
             raise BusyError(
                 f"message {at.id!r} is still being generated, so a branch forked at it would "
                 "build on an unfinished reply. Wait for the turn to finish (await it), or "

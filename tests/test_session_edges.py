@@ -12,8 +12,8 @@ import pytest
 from test_session_support import DEADLINE, close_all
 
 from cm_notebook import ContextSession
-from cm_notebook.errors import BusyError, InvalidInputError, StateError
-from cm_notebook.model import Branch
+from cm_notebook.errors import BranchExistsError, BusyError, InvalidInputError, StateError
+from cm_notebook.model import Branch, MessageStatus
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -93,5 +93,24 @@ def test_a_fork_at_the_head_never_lands_on_a_prompt_still_unanswered(data_dir: P
             forker.join(DEADLINE)
         assert made
         assert all(session.get(b.head).role == "assistant" for b in made if b.head)
+    finally:
+        close_all([session])
+
+
+def test_a_taken_branch_name_is_refused_as_taken_even_while_a_reply_streams(
+    data_dir: Path,
+) -> None:
+    session = ContextSession.create(
+        "taken", provider=ScriptedProvider([{"hang": True}]), data_dir=data_dir
+    )
+    try:
+        turn = session.send("go")
+        deadline = time.monotonic() + DEADLINE
+        while session.history()[-1].status is not MessageStatus.STREAMING:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(BranchExistsError, match="pick another name"):
+            session.branch("main", from_message=session.history()[-1].id)
+        turn.cancel()
     finally:
         close_all([session])
