@@ -101,12 +101,16 @@ def test_a_taken_branch_name_is_refused_as_taken_even_while_a_reply_streams(
     data_dir: Path,
 ) -> None:
     session = ContextSession.create(
-        "taken", provider=ScriptedProvider([{"hang": True}]), data_dir=data_dir
+        "taken",
+        provider=ScriptedProvider().load([{"hang": True, "after_chunks": 1, "text": "so far"}]),
+        data_dir=data_dir,
     )
     try:
         turn = session.send("go")
         deadline = time.monotonic() + DEADLINE
-        while session.history()[-1].status is not MessageStatus.STREAMING:
+        while (last := session.history()[-1]).role != "assistant" or (
+            last.status is not MessageStatus.STREAMING
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         with pytest.raises(BranchExistsError, match="pick another name"):
