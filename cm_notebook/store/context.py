@@ -39,12 +39,13 @@ from ..errors import (
     StoreLockTimeoutError,
 )
 from ..model import Branch, ContextMetadata
-from .atomic import Fsync, atomic_write, is_temp_name, read_from
+from .atomic import Fsync, atomic_write, read_from
 from .codec import decode_metadata_doc, encode_metadata, read_message_file
 from .dead_streams import interrupt_dead_streams, warn_unmarked, writer_is_dead
 from .diagnostics import warn
 from .flushing import OwedFlushes
 from .index import MessageIndex, RebuildNeeded
+from .leftovers import remove_leftovers
 from .oserrors import open_regular, translate
 from .oslock import LockTimeout, OSLock, creation_lock, lock_is_held, remove_lock_shell
 from .paths import (
@@ -53,8 +54,6 @@ from .paths import (
     LOCK_NAME,
     MESSAGES_DIR,
     METADATA_NAME,
-    STREAMING_PREFIX,
-    STREAMING_SUFFIX,
     message_path,
 )
 from .recovered import known_entries, listed_entries, recover_hidden
@@ -65,6 +64,7 @@ from .walks import WalkCache
 
 __all__ = [
     "ContextState",
+    "WouldWait",
     "creation_lock",
     "lock_is_held",
     "remove_lock_shell",
@@ -74,6 +74,11 @@ T = TypeVar("T")
 
 _KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class WouldWait(Exception):
+    """A write asked not to wait (``locked(quick=True)``) would have to: nothing was
+    written, and the caller makes it on a worker thread instead."""
 
 
 class ContextState:
@@ -104,6 +109,7 @@ class ContextState:
         # each merge after a write copies only the branches that moved since.
         self._moved: dict[str, tuple[Branch, tuple[int, str | None], Branch]] = {}
         self._swept = False  # see _sweep: once per load of the context
+        self._quick = False  # a write on the caller's thread is under way: see locked()
         # What _check_heads last found complete: (metadata.json as read, index generation).
         self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
@@ -311,81 +317,70 @@ class ContextState:
             # The lock file is damaged (a folder, a link): writes report it, reads go on.
 
     def _sweep(self) -> None:
-        """Remove what dead writers left: temporary files and unused streaming locks.
-
-        Runs with every lock held. Every write happens under the context lock, so a
-        temporary file seen now belongs to a writer that died before its rename. A
-        streaming lock file of a message that is not streaming is left over (a writer
-        that died between its journal line and the removal, or a probe that raced with
-        the removal); one that an OS lock still holds belongs to a live process and
-        stays. Streams whose writer died are finished by :mod:`.dead_streams`.
-
-        Only the context folder is listed, never ``messages/``, whose size grows with
-        the conversation: message files are written through temporary files in the
-        context folder (``atomic_write(temp_dir=...)``). Message files a power loss
-        took are restored when they are read (:meth:`restore`) or before compaction.
-        """
+        # Once per load of the context, with every lock held (see .leftovers).
         self._swept = True
-        try:
-            names = os.listdir(self.dir)
-        except OSError:
-            return  # reported by the reads that need the folder
-        for name in names:
-            if name.startswith(".") and self._is_leftover(self.dir / name):
-                with contextlib.suppress(OSError):
-                    (self.dir / name).unlink()
-
-    def _is_leftover(self, path: Path) -> bool:
-        name = path.name
-        if is_temp_name(name):
-            return True
-        if not name.startswith(STREAMING_PREFIX):
-            return False
-        message_id = name[len(STREAMING_PREFIX) : -len(STREAMING_SUFFIX)]
-        if message_id in self.index.streaming_ids:
-            return False
-        try:
-            return not lock_is_held(path)
-        except OSError:
-            return False  # not a lock file this store made (a link, say): leave it
+        remove_leftovers(self.dir, self.index.streaming_ids)
 
     # -- writing ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self, *, wait: bool = True) -> Iterator[ContextMetadata]:
+    def locked(self, *, wait: bool = True, quick: bool = False) -> Iterator[ContextMetadata]:
         """Hold all write locks with fresh, repaired state; yields the current metadata.
 
         The first time, also sweeps what dead writers left (:meth:`_sweep`). With
         ``wait=False``, raises StoreLockTimeoutError at once if a writer holds a lock.
+
+        With ``quick=True``, for a write made on the caller's thread (an event loop's:
+        see ``FileStore._write_now``), nothing is waited for: :class:`WouldWait` is
+        raised, before anything is written, if any lock is held or the state needs
+        more than a refresh (the first sweep, a repair, another writer's dead stream),
+        and a compaction that falls due is left to the next write.
         """
-        with self.write_locks(wait=wait), self.state_lock:
+        if quick and not self._swept:
+            raise WouldWait
+        with self.write_locks(wait=wait, quick=quick), self._state_locked(quick):
             self.known = None
             try:
-                metadata = self._refresh_repaired()
+                metadata = self._refresh_repaired(quick)
             except ContextNotFoundError:
                 self._remove_stray_folder()  # no metadata.json: see there
                 raise
             if not self._swept:
                 self._sweep()
+            self._quick = quick
             try:
                 yield metadata
             except RebuildNeeded as need:
+                if quick:
+                    raise WouldWait from None  # the write changed nothing: see below
                 raise self._damaged_while_writing(need) from None
+            finally:
+                self._quick = False
             self._note_known()  # skipped when the write raised
 
     @contextlib.contextmanager
-    def write_locks(self, *, wait: bool = True) -> Iterator[None]:
+    def _state_locked(self, quick: bool) -> Iterator[None]:
+        if not self.state_lock.acquire(blocking=not quick):
+            raise WouldWait
+        try:
+            yield
+        finally:
+            self.state_lock.release()
+
+    @contextlib.contextmanager
+    def write_locks(self, *, wait: bool = True, quick: bool = False) -> Iterator[None]:
         """Hold the write locks only, reading nothing (see :meth:`locked`): for removing
-        a context whatever state its files are in."""
-        timeout = self.lock_timeout if wait else 0.0
+        a context whatever state its files are in. ``quick``: raise WouldWait at once
+        if one is held."""
+        timeout = self.lock_timeout if wait and not quick else 0.0
         deadline = time.monotonic() + timeout
         if not self.write_lock.acquire(timeout=timeout):
-            raise self._timeout()
+            raise WouldWait if quick else self._timeout()
         try:
             try:
                 self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
             except LockTimeout:
-                raise self._timeout() from None
+                raise WouldWait if quick else self._timeout() from None
             except OSError as exc:
                 # No folder (never made, or renamed away by delete_context, maybe while
                 # we waited): the lock file's path names nothing. The lock checks that
@@ -434,18 +429,23 @@ class ContextState:
         # shell so the id can be reused.
         remove_lock_shell(self.dir)
 
-    def _refresh_repaired(self) -> ContextMetadata:
+    def _refresh_repaired(self, quick: bool = False) -> ContextMetadata:
         base = self._refresh_metadata()
-        ensure_messages_folder(self.dir, self.fsync)
+        if not ensure_messages_folder(self.dir, self.fsync, make=not quick):
+            raise WouldWait
         try:
             metadata = self._current(base)
             self._check_heads(base, metadata)
         except RebuildNeeded as need:
+            if quick:
+                raise WouldWait from None
             # The rebuild's metadata, not ``base``: it has the head moves only the damaged
             # journal held, which a write working on ``base`` would drop.
             base = self._rebuild(base, need)
             metadata = self._current(base)
         if self.foreign_streams():
+            if quick:
+                raise WouldWait
             interrupt_dead_streams(self.index, self.dir, self.foreign_streams())
             self.compact_if_due()
             metadata = self._current(base)
@@ -527,6 +527,8 @@ class ContextState:
         committed either way, so a failure (say, a full disk) is a warning, not an
         error of the write, and compaction is retried after the next write.
         """
+        if self._quick:
+            return  # not on the caller's thread: the next write does it
         if self.flushes.due():
             try:
                 self.flushes.pay(self.index, self.fsync)

@@ -89,7 +89,7 @@ def _mark(index: MessageIndex, ctx_dir: Path, entry: IndexEntry) -> None:
             status = message.status  # the final update reached the file
         data, content = encode_message_forms(message)
         size = len(data)
-        # The journal line is the commit. Temporary file: see ContextState._sweep.
+        # The journal line is the commit. Temporary file: see .leftovers.
         atomic_write(path, data, fsync=None, temp_dir=ctx_dir)
     index.append(
         entry.model_copy(update={"status": status}),

@@ -54,9 +54,10 @@ must never name a message whose line a power loss could take.
 A plain turn (the user's message, the reply's placeholder, its final state) therefore
 makes 2 fsyncs and 3 renames, plus its share of the batches (about one fsync per
 finished message, as the floor of one durable file per message also pays); a tool
-cycle 6. No single write waits for more than one batch. Unacknowledged states are not
-fsync'd: a reply still streaming when the power fails may be lost or show older
-partial text, which ``kill -9`` alone never does.
+cycle 6. No single write waits for more than one batch. The streaming writes make no
+fsync at all: a compaction one of them makes due is made by the next write.
+Unacknowledged states are not fsync'd: a reply still streaming when the power fails
+may be lost or show older partial text, which ``kill -9`` alone never does.
 
 So a crash at any point leaves either no trace, an unreferenced message file, or a
 committed message that no branch points at yet (its append never returned) - never a
@@ -94,13 +95,13 @@ from typing import Any, TypeVar
 
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
-from ..model import ContextMetadata, Message
+from ..model import ContextMetadata, Message, MessageStatus
 from . import ops, oserrors
 from .atomic import Fsync
 from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms
-from .context import ContextState
+from .context import ContextState, WouldWait
 from .folders import (
     create_context_folder,
     list_context_folders,
@@ -141,11 +142,16 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
     approval files, decision records); pass a wrapper to count or time them. It may be
     called from several threads at once (a batch of message files is fsync'd together).
 
-    All blocking file work runs on the store's worker threads (:mod:`.workers`). One
-    FileStore may be shared by many tasks; several FileStores (in one or many
-    processes) may share a data directory. Call :meth:`close` (or use ``async with``)
-    to release locks; a message still ``streaming`` when its FileStore closes will be
-    marked ``interrupted`` by the next reader.
+    File work that may wait (an fsync, another writer's lock, a repair) runs on the
+    store's worker threads (:mod:`.workers`), never on the caller's event loop. A
+    write of a message still ``streaming`` (a reply's placeholder, a checkpoint)
+    commits nothing and makes no fsync: it is made on the caller's thread when every
+    lock is free, because handing it to a worker and back costs more than the write
+    (otherwise a worker makes it). One FileStore may be shared by many tasks; several
+    FileStores (in one or many processes) may share a data directory. Call
+    :meth:`close` (or use ``async with``) to release locks; a message still
+    ``streaming`` when its FileStore closes will be marked ``interrupted`` by the next
+    reader.
     """
 
     def __init__(
@@ -245,6 +251,29 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         # The message's file bytes and journal form are made here, on the worker
         # thread and outside the locks, not on the caller's event loop.
         return self._write(context_id, func, message, encode_message_forms(message), *args)
+
+    def _write_now(
+        self, context_id: str, func: Callable[..., None], message: Message, *args: Any
+    ) -> bool:
+        # A write of a message that is still streaming (a reply's placeholder, a
+        # checkpoint) commits nothing, so it makes no fsync: made here, on the caller's
+        # thread, if it need not wait for anything else either (every lock free, no
+        # repair due; see ContextState.locked). Handing it to a worker and back costs
+        # two thread wake-ups, more CPU than the write itself. False: nothing was
+        # written, make it on a worker.
+        state = self._states.get(context_id)
+        if state is None:
+            return False  # not opened here yet: the first write sweeps, on a worker
+        data = encode_message_forms(message)
+        try:
+            with state.locked(quick=True) as metadata:
+                func(state, metadata, message, data, *args)
+        except WouldWait:
+            return False
+        except ContextNotFoundError:
+            self._forget(state)
+            raise
+        return True
 
     # -- contexts ----------------------------------------------------------------------
 
@@ -377,7 +406,12 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         If it raises (:class:`~cm_notebook.errors.StorageFullError` when the disk is
         full), nothing was written.
         """
-        await run_blocking(self._append_call(context_id, message, branch, expected_head))
+        call = self._append_call(context_id, message, branch, expected_head)
+        if message.status is MessageStatus.STREAMING and self._translated(
+            self._write_now, context_id, ops.do_append, message, branch, expected_head
+        ):
+            return message
+        await run_blocking(call)
         return message
 
     def start_append(
@@ -435,6 +469,10 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         the next update.
         """
         check_message_ids(message.id, message.parent_id)
+        if message.status is MessageStatus.STREAMING and self._translated(
+            self._write_now, context_id, ops.do_update_message, message
+        ):
+            return
         await self._run(self._write_message, context_id, ops.do_update_message, message)
 
     async def get_message(self, context_id: str, message_id: str) -> Message:

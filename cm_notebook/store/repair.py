@@ -50,18 +50,21 @@ def intact(path: str, size: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
-def ensure_messages_folder(ctx_dir: Path, fsync: Fsync) -> None:
+def ensure_messages_folder(ctx_dir: Path, fsync: Fsync, *, make: bool = True) -> bool:
     """Make the context's ``messages`` folder again if it is gone; refuse a link there.
 
     Git keeps no empty folder, so a new context checked out from a repository comes
     back without it; a folder deleted by hand leaves the journal's copies of its
     messages. Either way writes need it back, and :func:`repair_files` then restores
-    the files the journal still holds. Write locks held.
+    the files the journal still holds. Write locks held. Returns whether the folder
+    is there; with ``make=False`` a missing one is left for a later write to make.
     """
     folder = ctx_dir / MESSAGES_DIR
     try:
         mode = os.lstat(folder).st_mode
     except FileNotFoundError:
+        if not make:
+            return False
         try:
             mkdir_durable(folder, fsync)
         except OSError as exc:
@@ -72,9 +75,10 @@ def ensure_messages_folder(ctx_dir: Path, fsync: Fsync) -> None:
             "--repair` restores them all now)",
             folder,
         )
-        return
+        return True
     if stat.S_ISLNK(mode):
         raise linked(folder)  # writing through it would write outside
+    return True
 
 
 def repair_files(

@@ -1,7 +1,8 @@
 """The threads a store's blocking file work runs on.
 
 Every store call does its file work (reads, writes, fsyncs, lock waits) on a worker
-thread, never on the caller's event loop. The workers are one process-wide pool of
+thread, never on the caller's event loop; the one exception is a write of a message
+still streaming that waits for nothing (see ``FileStore``). The workers are one process-wide pool of
 long-lived threads: a thread per call costs more than a small write does, and
 ``anyio.to_thread`` ties its workers to the task that first asked for one, so on a
 loop whose calls are each their own task (the store's own loop) it starts and stops a
