@@ -34,12 +34,13 @@ they are to come back first.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, StoreIOError
 from ..model import ContextMetadata, Message
 from .atomic import is_temp_name
 from .codec import read_message_file
@@ -51,6 +52,9 @@ from .repair import repair_files
 __all__ = ["IntegrityChecks", "IntegrityReport", "check_context"]
 
 T = TypeVar("T")
+
+# A folder this user may read but not write: a check without repair only reports then.
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class IntegrityChecks:
     def _write(self, context_id: str, func: Callable[..., T], *args: Any) -> T:
         raise NotImplementedError  # FileStore's: one write under the context's locks
 
+    def _view(self, context_id: str, func: Callable[[ContextState, ContextMetadata], T]) -> T:
+        raise NotImplementedError  # FileStore's: a read of fresh state
+
     async def check(self, context_id: str, *, repair: bool = False) -> IntegrityReport:
         """Compare the context's message index with its ``messages/`` folder.
 
@@ -131,11 +138,27 @@ class IntegrityChecks:
         the messages written since), listed messages without a file, unreadable files,
         files older than the index (their status is not the index's) and branch heads
         that lead to no message. With ``repair``, rebuilds the index from the files and
-        gives each hidden conversation a ``recovered`` branch; nothing is deleted. Takes
-        the context's write lock and reads every message file: a maintenance call, not
-        for each turn.
+        gives each hidden conversation a ``recovered`` branch; nothing is deleted. Reads
+        every message file: a maintenance call, not for each turn. Without ``repair`` it
+        writes only to restore missing files from the journal, so a context on a
+        read-only copy (a backup, a mounted snapshot) is checked too: missing files are
+        then only reported.
         """
-        return await self._run(self._write, context_id, check_context, repair)
+        if repair:
+            return await self._run(self._write, context_id, check_context, True)
+        return await self._run(self._check_reading, context_id)
+
+    def _check_reading(self, context_id: str) -> IntegrityReport:
+        report = self._view(context_id, lambda state, metadata: _inspect(state, metadata)[0])
+        if not report.missing:
+            return report
+        try:
+            # Those whose text the journal holds come back (under the write lock).
+            return self._write(context_id, check_context, False)
+        except StoreIOError as exc:
+            if exc.errno not in _READ_ONLY:
+                raise
+            return report  # a folder this user cannot write: they stay reported
 
 
 def check_context(
