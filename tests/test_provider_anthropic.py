@@ -408,6 +408,12 @@ def test_from_spec_needs_a_model() -> None:
         AnthropicProvider("claude-x", max_tokens=0)
 
 
+@pytest.mark.parametrize("timeout", ["30", None, True, 0, -1.5, float("nan")])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(timeout: object) -> None:
+    with pytest.raises(InvalidInputError, match="timeout must be a positive number of seconds"):
+        AnthropicProvider("claude-x", timeout=timeout)  # type: ignore[arg-type]
+
+
 def test_repr_never_shows_the_key() -> None:
     provider = get_provider("anthropic:claude-x", api_key="sk-ant-very-secret")
     assert isinstance(provider, AnthropicProvider)

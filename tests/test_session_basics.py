@@ -103,9 +103,10 @@ LOCAL_SERVER = "http://127.0.0.1:9/v1"  # never reached: nothing is sent
     [
         ({"base_url": LOCAL_SERVER, "temprature": 0.2}, "unexpected keyword argument 'temprature'"),
         ({"base_url": LOCAL_SERVER, "timeout": "30"}, "timeout must be a positive number"),
+        ({"base_url": LOCAL_SERVER, "timeout": float("nan")}, "timeout must be a positive"),
         ({"base_url": 8080}, "['base_url']"),
     ],
-    ids=["unknown option", "a string for a number", "a number for a URL"],
+    ids=["unknown option", "a string for a number", "not a number", "a number for a URL"],
 )
 def test_create_refuses_provider_options_the_provider_cannot_take(
     data_dir: Path, options: dict[str, Any], said: str

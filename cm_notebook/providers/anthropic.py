@@ -464,8 +464,10 @@ class AnthropicProvider:
             raise InvalidInputError("AnthropicProvider needs a model name, e.g. 'claude-haiku-4-5'")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be a positive int, not {max_tokens!r}")
-        if not timeout > 0:
-            raise InvalidInputError(f"timeout must be > 0 seconds, not {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise InvalidInputError(
+                f"timeout must be a positive number of seconds, not {timeout!r}"
+            )
         self.model = model.strip()
         self.base_url = base_url
         self.timeout = float(timeout)

@@ -353,7 +353,7 @@ class OpenAIProvider:
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError("OpenAIProvider needs a model name, e.g. 'gpt-4o-mini'")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise InvalidInputError(
                 f"timeout must be a positive number of seconds, not {timeout!r}"
             )
