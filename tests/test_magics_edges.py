@@ -162,6 +162,23 @@ def test_history_marks_a_failed_reply(fe: FrontEnd) -> None:
     assert "the key is wrong" in line
 
 
+def test_history_marks_a_stopped_and_a_cut_off_reply(fe: FrontEnd) -> None:
+    fe.use_scripted(
+        "stopping",
+        "[{'hang': True, 'after_chunks': 1, 'text': 'The first half'},"
+        " {'reply': 'A long answer th', 'finish': 'length'}]",
+    )
+    fe.run("%%cm\nq1")
+    fe.run("import asyncio\nwhile not _.text: await asyncio.sleep(0.01)")
+    fe.run("%cm stop")
+    fe.run("await _")
+    fe.run("%%cm\nq2")
+    fe.run("await _")
+    stopped, cut_off = fe.run("%cm history").splitlines()[1::2]
+    assert stopped == "assistant: The first half [stopped before the end: cancelled by the user]"
+    assert cut_off == "assistant: A long answer th [cut off at the token limit]"
+
+
 def test_a_deferred_compare_that_fails_says_so_in_its_saved_copy(fe: FrontEnd) -> None:
     fe.use_scripted("compare later", "[{'reply': 'one', 'delay': 0.3}]")
     fe.run("%%cm\nq1")

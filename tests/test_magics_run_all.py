@@ -289,7 +289,7 @@ def test_stop_all_aborts_a_run_all_the_reply_and_every_cell_after_it(fe: FrontEn
     # A command that only reads runs once the cells above it have stopped.
     assert _printed(fe, "(await shown, shown.text)[1]").splitlines() == [
         "user: First question",
-        "assistant: so far",
+        "assistant: so far [stopped before the end: cancelled by the user]",
     ]
     for view in ("second", "third"):
         reply, _output = fe.execute(f"await {view}")

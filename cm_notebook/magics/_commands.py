@@ -23,6 +23,7 @@ from ..errors import ContextNotFoundError, InvalidIdError
 from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..ids import validate_branch_name, validate_message_id
 from ..model import Message, MessageStatus, ToolCall
+from ..render import CUT_OFF, was_cut_off
 from ..session import ContextSession
 from ..store import StoreWarning
 from . import _args as a
@@ -344,13 +345,17 @@ def _well_formed(*names: str | None) -> None:
 
 def _ending(message: Message) -> list[str]:
     # How a reply that did not simply complete ended: a failed one would otherwise show
-    # as a bare "assistant:" line.
+    # as a bare "assistant:" line, and a stopped or cut-off one as a whole answer.
+    why = message.metadata.error
     if message.status is MessageStatus.STREAMING:
         return ["… (still streaming)"]
     if message.status is MessageStatus.ERROR:
-        why = message.metadata.error
         return [f"[error: {why}]" if why else "[error]"]
-    return []  # a stopped reply shows the text it kept
+    if message.status is MessageStatus.INTERRUPTED:
+        return [f"[stopped before the end: {why}]" if why else "[stopped before the end]"]
+    if was_cut_off(message):
+        return [f"[{CUT_OFF}]"]
+    return []
 
 
 def _short(text: str, width: int = 60) -> str:
