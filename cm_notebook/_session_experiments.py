@@ -1,11 +1,12 @@
-"""Experiments on a session: branch labels, a pinned baseline, sweeps, replays and
-counterfactual edits.
+"""Experiments on a session: fan-outs, branch labels, a pinned baseline, sweeps, replays
+and counterfactual edits.
 
 :class:`ExperimentMethods` is a base of :class:`~cm_notebook.session.ContextSession`;
 its methods are public API of ``ContextSession`` and stay thin: the work is done by
-:mod:`cm_notebook.labels` (labels, the baseline), :mod:`cm_notebook.sweep` and
-:mod:`cm_notebook.sweep_cells` (sweeps), :mod:`cm_notebook.replay` (replays and
-counterfactual edits) and :mod:`cm_notebook.turn_diff` (per-turn diffs).
+:mod:`cm_notebook.fanout` (fan-outs), :mod:`cm_notebook.labels` (labels, the
+baseline), :mod:`cm_notebook.sweep` and :mod:`cm_notebook.sweep_cells` (sweeps),
+:mod:`cm_notebook.replay` (replays and counterfactual edits) and
+:mod:`cm_notebook.turn_diff` (per-turn diffs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from . import labels as _labels
+from .fanout import FanOut, start_fan_out
 from .model import Branch
+from .providers import Provider
 from .providers.pool import ProviderLike
 from .replay import Replay, compare_turns, start_counterfactual, start_replay
 from .sweep import Sweep
@@ -33,7 +36,28 @@ def _session(mixin: object) -> ContextSession:
 
 
 class ExperimentMethods:
-    """Labels, the baseline, sweeps, replays and counterfactual edits."""
+    """Fan-outs, labels, the baseline, sweeps, replays and counterfactual edits."""
+
+    def fan_out(
+        self,
+        text: str,
+        variants: Sequence[str | Provider | Mapping[str, Any]],
+        *,
+        branch: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> FanOut:
+        """Send ``text`` on one new branch per variant, concurrently; compare the replies.
+
+        A variant is a provider spec, a Provider, or a mapping with optional
+        ``provider``, ``branch`` (name), ``system`` (the arm's system prompt) and
+        generation parameters, e.g. ``[{"temperature": 0}, {"temperature": 1.0}]`` or
+        ``[{"system": "Answer in five words."}, {"system": "Answer like a pirate."}]``.
+        Each arm keeps its variant's settings as its branch defaults (on top of those of
+        ``branch``), so follow-up sends on an arm continue the experiment. Returns a
+        :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
+        ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
+        """
+        return start_fan_out(_session(self), text, variants, branch=branch, metadata=metadata)
 
     # -- labels and the baseline -------------------------------------------------------
 

@@ -9,21 +9,32 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import events as ev
 from ._loop import schedule_on
 from .branch_defaults import branch_settings
 from .compare import Comparison
-from .errors import CMError, InvalidIdError, InvalidInputError
+from .errors import BranchExistsError, BusyError, CMError, InvalidIdError, InvalidInputError
 from .ids import branch_name_key, validate_branch_name
 from .model import ProviderSettings
-from .params import GenerationParams
+from .params import GenerationParams, validate_text
 from .prompts import prompt_label
 from .providers import Provider
 from .providers.pool import ProviderLike
 from .turn import Handle, Turn
 
-__all__ = ["FanOut", "Variant", "arm_settings", "plan_variants", "variant_labels"]
+if TYPE_CHECKING:
+    from .session import ContextSession
+
+__all__ = [
+    "FanOut",
+    "Variant",
+    "arm_settings",
+    "plan_variants",
+    "start_fan_out",
+    "variant_labels",
+]
 
 
 @dataclass(frozen=True)
@@ -226,3 +237,68 @@ class FanOut(Handle[Comparison]):
             # The finished future, not result(): that refuses to run on a kernel's loop.
             return self._require_future().result()._repr_html_()
         return f"<code>{html.escape(repr(self))}</code>"
+
+
+def start_fan_out(
+    session: ContextSession,
+    text: str,
+    variants: Sequence[str | Provider | Mapping[str, Any]],
+    *,
+    branch: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> FanOut:
+    """What :meth:`ContextSession.fan_out <cm_notebook.session.ContextSession.fan_out>`
+    does: check every variant, make the arms' branches, then send on each."""
+    text = validate_text(text)
+    base = session._branch_name(branch)
+    existing_names = set(session.branches)
+    plans: list[Variant] = plan_variants(variants, base, existing_names.__contains__)
+    # Check every variant before writing anything: one bad variant must not leave
+    # the branches of the good ones behind.
+    existing = session.branches
+    looks = {branch_name_key(name): name for name in existing}
+    for plan in plans:
+        if plan.branch in existing:
+            raise BranchExistsError(
+                f"branch {plan.branch!r} already exists; fan_out writes new branches"
+            )
+        # As creating the branch would refuse it: a name that looks like another.
+        other = looks.setdefault(branch_name_key(validate_branch_name(plan.branch)), plan.branch)
+        if other != plan.branch:
+            raise InvalidIdError(
+                f"branch name {plan.branch!r} looks like the branch {other!r} (they differ "
+                "only in case or in letters that look alike); name the arm differently"
+            )
+    if session._mid_turn(base):
+        # Its head is then the turn's own message or its unfinished reply: the arms
+        # would continue a conversation that has not happened yet.
+        raise BusyError(
+            f"a reply is still being generated on branch {base!r}, and the arms would "
+            "fork before it ends; await it, or call turn.cancel()"
+        )
+    head = session._head(base)
+    # An unknown spec or a parameter an arm's provider does not take fails before
+    # anything is written.
+    checked = [
+        (
+            plan,
+            arm_settings(
+                session._defaults.inherit(session._read_metadata(), base), plan, session._provider
+            ),
+        )
+        for plan in plans
+    ]
+    for plan, settings in checked:
+        session._io.call(
+            session._store.create_branch(session.id, plan.branch, head=head, **settings)
+        )
+        if plan.provider is not None:
+            session._defaults.remember(plan.branch, plan.provider)
+        else:
+            session._defaults.inherit(session._read_metadata(), base, plan.branch)
+        session._publish(ev.BranchCreated(branch=plan.branch, head=head))
+    # Every branch first, then the sends back to back: the arms start together.
+    turns = [
+        session.send(text, branch=plan.branch, metadata=metadata) for plan, _settings in checked
+    ]
+    return FanOut(session.compare, turns, session._loop)

@@ -46,17 +46,12 @@ from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
 from ._validation_errors import first_error
 from .errors import (
-    BranchExistsError,
-    BusyError,
-    InvalidIdError,
     InvalidInputError,
     StateError,
 )
-from .fanout import FanOut, Variant, arm_settings, plan_variants
-from .ids import branch_name_key, validate_branch_name
+from .ids import validate_branch_name
 from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
 from .params import validate_text
-from .providers import Provider
 from .providers.pool import (
     ProviderLike,
     build_with_options,
@@ -480,79 +475,6 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         with self._claim(name, answer_dead_round=False) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Retry(), prompt, provider, params)
-
-    def fan_out(
-        self,
-        text: str,
-        variants: Sequence[str | Provider | Mapping[str, Any]],
-        *,
-        branch: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> FanOut:
-        """Send ``text`` on one new branch per variant, concurrently; compare the replies.
-
-        A variant is a provider spec, a Provider, or a mapping with optional
-        ``provider``, ``branch`` (name), ``system`` (the arm's system prompt) and
-        generation parameters, e.g. ``[{"temperature": 0}, {"temperature": 1.0}]`` or
-        ``[{"system": "Answer in five words."}, {"system": "Answer like a pirate."}]``.
-        Each arm keeps its variant's settings as its branch defaults (on top of those of
-        ``branch``), so follow-up sends on an arm continue the experiment. Returns a
-        :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
-        ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
-        """
-        text = validate_text(text)
-        base = self._branch_name(branch)
-        existing_names = set(self.branches)
-        plans: builtins.list[Variant] = plan_variants(variants, base, existing_names.__contains__)
-        # Check every variant before writing anything: one bad variant must not leave
-        # the branches of the good ones behind.
-        existing = self.branches
-        looks = {branch_name_key(name): name for name in existing}
-        for plan in plans:
-            if plan.branch in existing:
-                raise BranchExistsError(
-                    f"branch {plan.branch!r} already exists; fan_out writes new branches"
-                )
-            # As creating the branch would refuse it: a name that looks like another.
-            other = looks.setdefault(
-                branch_name_key(validate_branch_name(plan.branch)), plan.branch
-            )
-            if other != plan.branch:
-                raise InvalidIdError(
-                    f"branch name {plan.branch!r} looks like the branch {other!r} (they differ "
-                    "only in case or in letters that look alike); name the arm differently"
-                )
-        if self._mid_turn(base):
-            # Its head is then the turn's own message or its unfinished reply: the arms
-            # would continue a conversation that has not happened yet.
-            raise BusyError(
-                f"a reply is still being generated on branch {base!r}, and the arms would "
-                "fork before it ends; await it, or call turn.cancel()"
-            )
-        head = self._head(base)
-        # An unknown spec or a parameter an arm's provider does not take fails before
-        # anything is written.
-        checked = [
-            (
-                plan,
-                arm_settings(
-                    self._defaults.inherit(self._read_metadata(), base), plan, self._provider
-                ),
-            )
-            for plan in plans
-        ]
-        for plan, settings in checked:
-            self._io.call(self._store.create_branch(self.id, plan.branch, head=head, **settings))
-            if plan.provider is not None:
-                self._defaults.remember(plan.branch, plan.provider)
-            else:
-                self._defaults.inherit(self._read_metadata(), base, plan.branch)
-            self._publish(ev.BranchCreated(branch=plan.branch, head=head))
-        # Every branch first, then the sends back to back: the arms start together.
-        turns = [
-            self.send(text, branch=plan.branch, metadata=metadata) for plan, _settings in checked
-        ]
-        return FanOut(self.compare, turns, self._loop)
 
     # -- signals -----------------------------------------------------------------------
 
