@@ -102,7 +102,7 @@ LOCAL_SERVER = "http://127.0.0.1:9/v1"  # never reached: nothing is sent
     ("options", "said"),
     [
         ({"base_url": LOCAL_SERVER, "temprature": 0.2}, "unexpected keyword argument 'temprature'"),
-        ({"base_url": LOCAL_SERVER, "timeout": "30"}, "timeout must be a positive number"),
+        ({"base_url": LOCAL_SERVER, "timeout": "30"}, "option 'timeout' must be a number"),
         ({"base_url": LOCAL_SERVER, "timeout": float("nan")}, "timeout must be a positive"),
         ({"base_url": 8080}, "['base_url']"),
     ],

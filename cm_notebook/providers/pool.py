@@ -104,9 +104,11 @@ def _built(spec: str, options: Mapping[str, Any]) -> Provider:
     except CMError as exc:
         if not isinstance(exc, InvalidInputError):
             raise
-        # The provider's own check (say, a timeout that is not positive): its words.
+        # A value of the wrong type is said as any other provider's would be; else the
+        # provider's own check (say, a timeout that is not positive): its words.
         raise InvalidInputError(
-            f"provider {spec!r} cannot be made with the options {sorted(options)}: {exc}"
+            _wrong_type(spec, options)
+            or f"provider {spec!r} cannot be made with the options {sorted(options)}: {exc}"
         ) from None
     except (TypeError, ValueError):
         # Python's own text ("'>' not supported between instances of 'str' and 'int'",
@@ -155,18 +157,30 @@ def _bad_options(spec: str, options: Mapping[str, Any]) -> str:
             "correct the name or remove it (generation parameters such as temperature go "
             "with each message instead)"
         )
-    hints = _hints(target)
-    for option, value in options.items():
-        expected = _expected(hints.get(option))
-        if expected is not None and not _fits(value, expected[0]):
-            return (
-                f"{head}: option {option!r} must be {expected[1]}, not {_kind_of(value)}; "
-                "correct its value"
-            )
+    wrong = _wrong_type(spec, options, target)
+    if wrong is not None:
+        return wrong
     return (
         f"{head}: one has a value of the wrong type or out of range; valid options are "
         f"{', '.join(valid) or 'none'}: correct the values"
     )
+
+
+def _wrong_type(spec: str, options: Mapping[str, Any], target: Any = None) -> str | None:
+    """What is wrong with the first option whose value is not of its annotated type
+    (and what to do), or None."""
+    if target is None:
+        target = _constructor(parse_spec(spec)[0])
+    hints = _hints(target) if target is not None else {}
+    for option, value in options.items():
+        expected = _expected(hints.get(option))
+        if expected is not None and not _fits(value, expected[0]):
+            return (
+                f"provider {spec!r} cannot be made with the options {sorted(options)}: "
+                f"option {option!r} must be {expected[1]}, not {_kind_of(value)}; correct "
+                "its value"
+            )
+    return None
 
 
 def _constructor(name: str) -> Any:
