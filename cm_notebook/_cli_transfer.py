@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -60,9 +61,24 @@ def _write(given: str, text: str, name_in_folder: str) -> Path:
         # Meant as a folder (Path() would drop the slash and write a file of that name).
         raise CommandError(f"there is no folder {given}: make it first, or name a file")
     target = output / name_in_folder if output.is_dir() else output
-    # Written next to the target and renamed, so an interrupted export leaves no half
-    # file, and a failed one (a full disk) no temporary file either.
-    atomic_write(target, text.encode("utf-8"))
+    data = text.encode("utf-8")
+    try:
+        mode = os.stat(target).st_mode  # through a link: what it names
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise CommandError(f"cannot write {target}: {exc.strerror or exc}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        # A pipe, a terminal, /dev/null, /dev/stdout: written into, never replaced (a
+        # rename would put a plain file in its place).
+        with open(target, "wb") as stream:
+            stream.write(data)
+        return target
+    # A file (or a link to one, which stays a link): written next to what it names and
+    # renamed, so an interrupted export leaves no half file, and a failed one (a full
+    # disk) no temporary file either.
+    final = Path(os.path.realpath(target)) if mode is not None else target
+    atomic_write(final, data)
     return target
 
 

@@ -74,8 +74,8 @@ def loads(
     """``json.loads(text)`` within limits.
 
     Raises:
-        JSONLimitError: ``text`` is longer than ``max_chars`` or nests deeper than
-            ``max_depth``.
+        JSONLimitError: ``text`` is longer than ``max_chars``, holds an integer of
+            more than 4,300 digits, or nests deeper than ``max_depth``.
         json.JSONDecodeError: ``text`` is not JSON.
         UnicodeDecodeError: ``text`` is bytes that are not UTF-8/16/32.
     """
@@ -86,6 +86,12 @@ def loads(
     except RecursionError:
         # The C parser counts its own recursion and stops cleanly.
         raise JSONLimitError(f"nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        # Python refuses to convert an integer of more than 4,300 digits (a plain
+        # ValueError, which callers would not take for damaged data).
+        raise JSONLimitError("past the 4,300-digit limit for a number") from None
     # Fewer brackets than the limit cannot nest past it: skip the walk (the common case
     # for a message file), which costs more than the parse itself on large documents.
     brackets = (b"[", b"{") if isinstance(text, (bytes, bytearray)) else ("[", "{")

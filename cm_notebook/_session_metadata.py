@@ -39,7 +39,7 @@ class MetadataReads:
         """The context's metadata, re-read if it changed (here or in another process).
 
         A copy: changing it changes nothing (use the session's methods, e.g.
-        ``set_system_prompt``, ``title = ...``). Cached: reading it costs a few ``stat``
+        ``edit_system``, ``title = ...``). Cached: reading it costs a few ``stat``
         calls and a copy unless the store's files changed, so it never waits behind
         other store work.
         """

@@ -45,6 +45,7 @@ from ._cli_base import (
     CommandError,
     command,
     out,
+    positive_int,
 )
 from ._unicode import for_terminal
 from .errors import CMError, InvalidInputError
@@ -161,7 +162,7 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", default="local", help="provider spec (default: local)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="reply length limit")
+    parser.add_argument("--max-tokens", type=positive_int, default=64, help="reply length limit")
 
 
 @command("demo", "Run the quick-start conversation on the offline model.", _configure_demo)

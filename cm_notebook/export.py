@@ -18,6 +18,7 @@ share them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,10 @@ __all__ = [
 
 #: The tag a context carries while an import writes it (see :func:`import_document`).
 UNFINISHED_IMPORT = "unfinished-import"
+
+
+def _finished_tags(tags: list[str]) -> list[str]:
+    return [tag for tag in tags if tag != UNFINISHED_IMPORT]
 
 
 def is_unfinished_import(metadata: ContextMetadata) -> bool:
@@ -285,14 +290,14 @@ async def import_document(
     placeholder = None
     if metadata.active_branch not in plain:
         placeholder = next(
-            f"import-{i}" for i in range(len(plain) + 2) if f"import-{i}" not in metadata.branches
+            f"import-{i}" for i in itertools.count() if f"import-{i}" not in metadata.branches
         )
         plain[placeholder] = Branch(name=placeholder)
     start = metadata.model_copy(
         update={
             "branches": plain,
             "active_branch": placeholder or metadata.active_branch,
-            "tags": [*metadata.tags, UNFINISHED_IMPORT],
+            "tags": [*_finished_tags(metadata.tags), UNFINISHED_IMPORT],
         }
     )
     lock = _take_import_lock(store, cid)
@@ -353,7 +358,9 @@ async def _import_into(
             await store.set_active_branch(cid, metadata.active_branch)
             await store.delete_branch(cid, placeholder)
         await _import_scores(store, cid, document)
-        await store.update_metadata(cid, tags=list(metadata.tags))  # done: the last step
+        # Done: the last step. An export of a context whose own import was cut short
+        # carries the marker; this import finished, so it goes.
+        await store.update_metadata(cid, tags=_finished_tags(metadata.tags))
     except BaseException:
         with anyio.CancelScope(shield=True), contextlib.suppress(CMError, OSError):
             await store.delete_context(cid)  # best effort; the original error is reported

@@ -20,16 +20,16 @@ every other disagreement between the index and the files:
 * ``dangling``: branches whose head names a message neither the index nor the files
   hold (reading such a branch fails; point it elsewhere with ``set_branch_head``).
 
-A missing file whose text the journal still holds is rewritten from it first (as a
-read of it would be). With ``repair``, an index that misses files or disagrees with
+A missing or unreadable file whose text the journal still holds is rewritten from it
+first (as a read of it would be). With ``repair``, an index that misses files or disagrees with
 their parent links is rebuilt from them (the head moves the journal holds are kept),
 and each hidden conversation that
 ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
 so it shows up in the branch selector (written before the index, so a repair cut
 short is finished by the next open, see :func:`check_context`). Nothing is deleted.
-Missing and unreadable files and dangling heads are only reported, for the user to
-restore from a backup or point elsewhere; while files are missing, no rebuild is made:
-they are to come back first.
+Missing and unreadable files the journal no longer holds, and dangling heads, are only
+reported, for the user to restore from a backup or point elsewhere; while files are
+missing, no rebuild is made: they are to come back first.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class IntegrityChecks:
 
     def _check_reading(self, context_id: str) -> IntegrityReport:
         report = self._view(context_id, lambda state, metadata: _inspect(state, metadata)[0])
-        if not report.missing:
+        if not _restorable(report):
             return report
         try:
             # Those whose text the journal holds come back (under the write lock).
@@ -167,9 +167,9 @@ def check_context(
     """Compare the index of a context with its ``messages/`` folder (write locks held,
     as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
     report, hidden = _inspect(state, metadata)
-    if report.missing:
+    if _restorable(report):
         # Those whose text the journal holds (the locks are held: not state.restore()).
-        repair_files(state.index, state.fsync, flush=False, only=list(report.missing))
+        repair_files(state.index, state.fsync, flush=False, only=_restorable(report), compare=True)
         report, hidden = _inspect(state, metadata)
     if not repair or not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a
@@ -190,6 +190,12 @@ def check_context(
         brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
         recovered_branches=branches,
     )
+
+
+def _restorable(report: IntegrityReport) -> list[str]:
+    # Files a power loss may have taken or damaged: restored from the journal while it
+    # holds their text (as reading them would).
+    return [*report.missing, *(name.removesuffix(".json") for name, _ in report.unreadable)]
 
 
 def _inspect(

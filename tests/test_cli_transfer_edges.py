@@ -1,0 +1,143 @@
+"""Export and import at their edges: outputs that are not plain files, numbers Python will
+not read, exports of unusual contexts, and what `check` restores on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cm_notebook import ContextSession
+from cm_notebook.cli import main
+from cm_notebook.testing import ScriptedProvider
+
+
+def run(capsys: pytest.CaptureFixture[str], data_dir: Path, *argv: str) -> tuple[int, str, str]:
+    code = main(["--data-dir", str(data_dir), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def a_context(data_dir: Path, replies: int = 1) -> ContextSession:
+    provider = ScriptedProvider()
+    for number in range(replies):
+        provider.reply(f"answer {number}")
+    session = ContextSession.create("edges", data_dir=data_dir, provider=provider)
+    for number in range(replies):
+        session.send(f"question {number}").result(30)
+    return session
+
+
+def test_export_into_a_pipe_writes_into_it(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        pipe = tmp_path / "pipe"
+        os.mkfifo(pipe)
+        received: list[bytes] = []
+        reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+        reader.start()
+        code, _out, _err = run(capsys, data_dir, "export", session.id, "-o", str(pipe))
+        reader.join(timeout=30)
+        assert code == 0
+        assert json.loads(received[0])["metadata"]["id"] == session.id
+        assert pipe.is_fifo()  # not replaced by a plain file
+
+
+def test_export_through_a_link_writes_the_file_it_names(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        real = tmp_path / "real.json"
+        real.write_text("old")
+        link = tmp_path / "link.json"
+        link.symlink_to(real)
+        code, _out, _err = run(capsys, data_dir, "export", session.id, "-o", str(link))
+        assert code == 0
+        assert link.is_symlink()
+        assert json.loads(real.read_text())["metadata"]["id"] == session.id
+
+
+def test_a_number_too_long_for_python_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        exported = tmp_path / "e.json"
+        assert run(capsys, data_dir, "export", session.id, "-o", str(exported))[0] == 0
+        document = json.loads(exported.read_text())
+        document["metadata"]["extra"] = {"n": 1}
+        text = json.dumps(document).replace('{"n": 1}', '{"n": ' + "9" * 5000 + "}")
+        exported.write_text(text)
+        folder = data_dir / "contexts" / session.id
+        metadata = (folder / "metadata.json").read_text()
+    code, _out, err = run(capsys, tmp_path / "other", "import", str(exported))
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert "it is past the 4,300-digit limit for a number" in err
+    # In a stored file it is damage like any other: the listing goes on without it.
+    (folder / "metadata.json").write_text(
+        metadata.replace('"title"', '"huge": ' + "9" * 5000 + ', "title"', 1)
+    )
+    code, _out, err = run(capsys, data_dir, "ls")
+    assert "Traceback" not in err
+    assert code == 0
+
+
+def test_an_export_with_forked_branches_named_like_the_placeholder_imports(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        reply = session.history()[-1]
+        session.branch("import-0", from_message=reply.id)
+        session.branch("import-1", from_message=reply.id)
+        session.switch("import-0")
+        session.delete_branch("main")
+        exported = tmp_path / "e.json"
+        assert run(capsys, data_dir, "export", session.id, "-o", str(exported))[0] == 0
+    code, _out, err = run(capsys, tmp_path / "other", "import", str(exported))
+    assert code == 0, err
+    with ContextSession.open(session.id, data_dir=tmp_path / "other") as imported:
+        assert sorted(imported.branches) == ["import-0", "import-1"]
+        assert imported.active_branch == "import-0"
+
+
+def test_an_export_of_a_cut_short_import_imports_as_finished(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        exported = tmp_path / "e.json"
+        assert run(capsys, data_dir, "export", session.id, "-o", str(exported))[0] == 0
+    document = json.loads(exported.read_text())
+    document["metadata"]["tags"] = ["kept", "unfinished-import"]
+    exported.write_text(json.dumps(document))
+    other = tmp_path / "other"
+    assert run(capsys, other, "import", str(exported))[0] == 0
+    code, out, _err = run(capsys, other, "check")
+    assert code == 0, out
+    with ContextSession.open(session.id, data_dir=other) as imported:
+        assert imported.metadata.tags == ["kept"]
+
+
+@pytest.mark.parametrize("tokens", ["0", "-3"])
+def test_demo_refuses_a_length_limit_below_one_before_making_a_context(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tokens: str
+) -> None:
+    code, _out, err = run(capsys, data_dir, "demo", "--max-tokens", tokens)
+    assert code == 2
+    assert "argument --max-tokens: must be at least 1" in err
+    assert ContextSession.list(data_dir) == []
+
+
+def test_check_restores_a_damaged_file_the_journal_still_holds(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    with a_context(data_dir) as session:
+        reply = session.history()[-1]
+    path = data_dir / "contexts" / session.id / "messages" / f"{reply.id}.json"
+    path.write_bytes(b"\0" * path.stat().st_size)  # what a power loss may leave
+    code, out, _err = run(capsys, data_dir, "check")
+    assert code == 0, out
+    assert json.loads(path.read_text())["content"] == "answer 0"
