@@ -12,6 +12,7 @@ import pytest
 
 from cm_notebook import ContextSession
 from cm_notebook.cli import main
+from cm_notebook.store import StoreWarning
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -81,7 +82,8 @@ def test_a_number_too_long_for_python_is_a_clear_error(
     (folder / "metadata.json").write_text(
         metadata.replace('"title"', '"huge": ' + "9" * 5000 + ', "title"', 1)
     )
-    code, _out, err = run(capsys, data_dir, "ls")
+    with pytest.warns(StoreWarning, match="past the 4,300-digit limit for a number"):
+        code, _out, err = run(capsys, data_dir, "ls")
     assert "Traceback" not in err
     assert code == 0
 
@@ -138,6 +140,7 @@ def test_check_restores_a_damaged_file_the_journal_still_holds(
         reply = session.history()[-1]
     path = data_dir / "contexts" / session.id / "messages" / f"{reply.id}.json"
     path.write_bytes(b"\0" * path.stat().st_size)  # what a power loss may leave
-    code, out, _err = run(capsys, data_dir, "check")
+    with pytest.warns(StoreWarning, match="restored from the journal"):
+        code, out, _err = run(capsys, data_dir, "check")
     assert code == 0, out
     assert json.loads(path.read_text())["content"] == "answer 0"
