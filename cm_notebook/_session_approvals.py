@@ -131,6 +131,8 @@ class ApprovalMethods(SessionReading):
             for name in dict.fromkeys(call.name for call in decided):
                 self._allow_lists.allow(name, remember)
             approve_allowed(self)
+        if elsewhere is not None:
+            return decided  # as _approved_elsewhere made them (the edit's reason kept)
         return [_as_decided(call, made.get(id(call), plain)) for call in decided]
 
     def _approved_elsewhere(

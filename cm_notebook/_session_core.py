@@ -104,7 +104,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         self._io = StoreAccess(store)
         self._metadata = metadata
         self.id = metadata.id
-        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self.tools = tools  # the setter makes the registry
         self.tool_policy = ToolPolicy.coerce(chosen["approval"])
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInputError(
@@ -218,6 +218,16 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tools the model may call; change with ``session.tools.add(fn)``, or set
+        a new list (``session.tools = [add, search]``): the next request offers them."""
+        return self._tools
+
+    @tools.setter
+    def tools(self, tools: ToolRegistry | Iterable[Any]) -> None:
+        self._tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
 
     @property
     def closed(self) -> bool:

@@ -100,6 +100,20 @@ def test_a_call_asked_before_opening_is_listed_and_approved_with_all(
         assert (record.tool_call_id, record.by, record.remote) == (call.id, "ada", True)
 
 
+def test_an_edited_approval_of_a_call_elsewhere_returns_it_as_edited(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    _asking(tmp_path, context, children)
+    with ContextSession.open(context, data_dir=tmp_path) as session:
+        _wait_for(lambda: bool(session.pending_tool_calls), "the call to be listed")
+        [call] = session.pending_tool_calls
+        [approved] = session.approve(call.id, arguments={"a": 40, "b": 2})
+        # What runs in the other process, and why it is not what the model asked.
+        assert approved.arguments == {"a": 40, "b": 2}
+        assert approved.reason == "arguments edited before approval"
+        assert _finish(children[0]) == "42"
+
+
 def test_deny_all_reaches_the_waiting_process(
     tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
 ) -> None:

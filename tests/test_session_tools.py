@@ -460,3 +460,36 @@ async def test_approval_in_async_code_from_another_task(
     session.approve("call_1")
     assert (await turn).content == "42."
     assert calc.calls == [("add", 20, 22)]
+
+
+def test_tools_set_as_a_list_are_offered_at_the_next_request(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    def double(x: int) -> int:
+        """Twice x."""
+        return 2 * x
+
+    provider = ScriptedProvider().reply("first").reply("second")
+    session = new_session(provider=provider)
+    session.send("q1").result(30)
+    session.tools = [double]
+    assert "double" in session.tools
+    assert session.send("q2").result(30).content == "second"
+    assert [spec.name for spec in provider.requests[-1].tools] == ["double"]
+
+
+@pytest.mark.parametrize("given", ["one tool", "a function", "a name"])
+def test_tools_that_are_not_a_list_are_refused_with_what_to_do(
+    new_session: Callable[..., ContextSession], given: str
+) -> None:
+    def double(x: int) -> int:
+        """Twice x."""
+        return 2 * x
+
+    value = {"one tool": tool(double), "a function": double, "a name": "double"}[given]
+    with pytest.raises(InvalidInputError, match=r"tools must be a list .* tools=\[add\]"):
+        new_session(provider=ScriptedProvider(), tools=value)
+    session = new_session(provider=ScriptedProvider())
+    with pytest.raises(InvalidInputError, match="tools must be a list"):
+        session.tools = value
+    assert len(session.tools) == 0  # unchanged

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .. import _json
-from ..errors import ToolArgumentsError, ToolDefinitionError, ToolError
+from ..errors import InvalidInputError, ToolArgumentsError, ToolDefinitionError, ToolError
 from ..ids import new_id
 from ..model import ToolCall, ToolCallStatus
 from ..providers.base import ToolCallRequest, ToolSpec
@@ -44,6 +44,11 @@ class ToolRegistry:
     """
 
     def __init__(self, tools: Iterable[Tool[..., Any] | Callable[..., Any]] = ()) -> None:
+        if isinstance(tools, (Tool, str, bytes)) or callable(tools) or not _iterable(tools):
+            raise InvalidInputError(
+                f"tools must be a list of tools or typed functions, e.g. tools=[add]; got "
+                f"{type(tools).__name__} {tools!r:.80}"
+            )
         self._tools: dict[str, Tool[..., Any]] = {}
         for item in tools:
             self.add(item)
@@ -160,3 +165,11 @@ def _as_sent(arguments_json: object) -> dict[str, Any]:
     except ValueError:  # not JSON, or beyond the limits: the reason says which
         return {}
     return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True
