@@ -30,6 +30,7 @@ from . import _json
 from .approvals import ApprovalRecord, Remember
 from .errors import InvalidInputError, StoreError, StoreLockTimeoutError
 from .store.atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, write_all
+from .store.diagnostics import warn
 from .store.oslock import LockTimeout, OSLock
 
 __all__ = ["AllowLists", "ApprovalLog", "approvals_folder"]
@@ -158,7 +159,15 @@ class AllowLists:
         with self._lock:
             if tool in self._session:
                 return "session"
-        return "context" if tool in self.context_tools() else None
+        try:
+            allowed = self.context_tools()
+        except StoreError as exc:
+            # A damaged allow-list allows nothing: the call waits for a person, and the
+            # warning says which file to delete (failing the turn would blame the disk).
+            where = self._folder / _ALLOWED if self._folder is not None else Path(_ALLOWED)
+            warn(f"{exc}; until then every tool call asks for a decision", where)
+            return None
+        return "context" if tool in allowed else None
 
     def session_tools(self) -> frozenset[str]:
         """The tools allowed for this session."""

@@ -50,6 +50,7 @@ from ._cli_base import (
 from ._unicode import for_terminal
 from .errors import CMError, InvalidInputError
 from .export import import_under_way, is_unfinished_import
+from .ids import validate_context_id
 from .store import FileStore
 from .store.base import Store
 from .store.diagnostics import StoreWarning
@@ -112,6 +113,8 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
         raise CommandError("check needs the file store")
     troubled = 0
     ids = args.context_ids
+    for context_id in ids:
+        validate_context_id(context_id)  # a bad id is a usage error (2), not a finding
     if not ids:
         # Listing skips what is not a readable context, with a warning: here each is a
         # finding, so that `check` never says all is well while a context is unreadable.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from cm_notebook.errors import InvalidInputError, StoreLockTimeoutError, ToolArg
 from cm_notebook.events import ToolCallResolved
 from cm_notebook.model import ToolCallStatus
 from cm_notebook.session import ContextSession
-from cm_notebook.store import FileStore
+from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -275,3 +276,26 @@ def test_the_arguments_asked_for_sent_back_are_not_an_edit(
     assert calc.calls == [("add", 1, 2), ("add", 3, 4)]
     for record in session.approval_log():
         assert (record.edited_arguments, record.reason) == (None, None)
+
+
+def test_a_damaged_context_allow_list_asks_instead_of_failing_the_turn(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 1}).reply("2")
+    session = new_session(provider=fake, tools=calc.tools)
+    session.allow("mul", scope="context")  # the context's allow-list file exists
+    allowed = data_dir / "contexts" / session.id / "approvals" / "allowed.json"
+    allowed.write_text("{not json")
+    recorder = Recorder(session)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        turn = session.send("go")
+        waiting(recorder)  # asked, not failed as "the reply could not be stored"
+    assert any(
+        "allowed.json is damaged" in str(w.message) and "asks for a decision" in str(w.message)
+        for w in caught
+    )
+    session.approve()
+    assert turn.result(DEADLINE).content == "2"
+    assert calc.calls == [("add", 1, 1)]

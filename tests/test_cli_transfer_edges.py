@@ -155,3 +155,11 @@ def test_check_restores_a_damaged_file_the_journal_still_holds(
     assert "restored from the journal" in err
     assert code == 0, out
     assert json.loads(path.read_text())["content"] == "answer 0"
+
+
+def test_check_of_an_invalid_id_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    code, _out, err = run(capsys, data_dir, "check", "../x")
+    assert code == 2
+    assert "context id '../x' is not valid" in err
