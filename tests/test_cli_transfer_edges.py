@@ -33,6 +33,14 @@ def run_showing_warnings(
         return run(capsys, data_dir, *argv)
 
 
+def export(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, session: ContextSession, to: Path
+) -> Path:
+    """``session``'s context exported as JSON to ``to`` (which is returned)."""
+    assert run(capsys, data_dir, "export", session.id, "-o", str(to))[0] == 0
+    return to
+
+
 def a_context(data_dir: Path, replies: int = 1) -> ContextSession:
     provider = ScriptedProvider()
     for number in range(replies):
@@ -77,8 +85,7 @@ def test_a_number_too_long_for_python_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:
     with a_context(data_dir) as session:
-        exported = tmp_path / "e.json"
-        assert run(capsys, data_dir, "export", session.id, "-o", str(exported))[0] == 0
+        exported = export(capsys, data_dir, session, tmp_path / "e.json")
         document = json.loads(exported.read_text())
         document["metadata"]["extra"] = {"n": 1}
         text = json.dumps(document).replace('{"n": 1}', '{"n": ' + "9" * 5000 + "}")
@@ -108,8 +115,7 @@ def test_an_export_with_forked_branches_named_like_the_placeholder_imports(
         session.branch("import-1", from_message=reply.id)
         session.switch("import-0")
         session.delete_branch("main")
-        exported = tmp_path / "e.json"
-        assert run(capsys, data_dir, "export", session.id, "-o", str(exported))[0] == 0
+        exported = export(capsys, data_dir, session, tmp_path / "e.json")
     code, _out, err = run(capsys, tmp_path / "other", "import", str(exported))
     assert code == 0, err
     with ContextSession.open(session.id, data_dir=tmp_path / "other") as imported:
@@ -121,8 +127,7 @@ def test_an_export_of_a_cut_short_import_imports_as_finished(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:
     with a_context(data_dir) as session:
-        exported = tmp_path / "e.json"
-        assert run(capsys, data_dir, "export", session.id, "-o", str(exported))[0] == 0
+        exported = export(capsys, data_dir, session, tmp_path / "e.json")
     document = json.loads(exported.read_text())
     document["metadata"]["tags"] = ["kept", "unfinished-import"]
     exported.write_text(json.dumps(document))

@@ -107,8 +107,7 @@ def _built(spec: str, options: Mapping[str, Any]) -> Provider:
         # A value of the wrong type is said as any other provider's would be; else the
         # provider's own check (say, a timeout that is not positive): its words.
         raise InvalidInputError(
-            _wrong_type(spec, options)
-            or f"provider {spec!r} cannot be made with the options {sorted(options)}: {exc}"
+            _wrong_type(spec, options) or f"{_cannot(spec, options)}: {exc}"
         ) from None
     except (TypeError, ValueError):
         # Python's own text ("'>' not supported between instances of 'str' and 'int'",
@@ -125,7 +124,7 @@ _OPTION_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYW
 
 def _bad_options(spec: str, options: Mapping[str, Any]) -> str:
     """What is wrong with ``options`` for ``spec``'s provider, and what to do."""
-    head = f"provider {spec!r} cannot be made with the options {sorted(options)}"
+    head = _cannot(spec, options)
     target = _constructor(parse_spec(spec)[0])
     signature = None
     if target is not None:
@@ -176,11 +175,14 @@ def _wrong_type(spec: str, options: Mapping[str, Any], target: Any = None) -> st
         expected = _expected(hints.get(option))
         if expected is not None and not _fits(value, expected[0]):
             return (
-                f"provider {spec!r} cannot be made with the options {sorted(options)}: "
-                f"option {option!r} must be {expected[1]}, not {_kind_of(value)}; correct "
-                "its value"
+                f"{_cannot(spec, options)}: option {option!r} must be {expected[1]}, not "
+                f"{_kind_of(value)}; correct its value"
             )
     return None
+
+
+def _cannot(spec: str, options: Mapping[str, Any]) -> str:
+    return f"provider {spec!r} cannot be made with the options {sorted(options)}"
 
 
 def _constructor(name: str) -> Any:

@@ -260,10 +260,11 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         # thread, if it need not wait for anything else either (every lock free, no
         # repair due; see ContextState.locked). Handing it to a worker and back costs
         # two thread wake-ups, more CPU than the write itself. False: nothing was
-        # written, make it on a worker.
+        # written (a finished message, or one that would wait), make it on a worker.
         state = self._states.get(context_id)
-        if state is None:
-            return False  # not opened here yet: the first write sweeps, on a worker
+        # A context not opened here yet: its first write sweeps, on a worker.
+        if message.status is not MessageStatus.STREAMING or state is None:
+            return False
         data = encode_message_forms(message)
         try:
             with state.locked(quick=True) as metadata:
@@ -407,11 +408,10 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         full), nothing was written.
         """
         call = self._append_call(context_id, message, branch, expected_head)
-        if message.status is MessageStatus.STREAMING and self._translated(
+        if not self._translated(
             self._write_now, context_id, ops.do_append, message, branch, expected_head
         ):
-            return message
-        await run_blocking(call)
+            await run_blocking(call)
         return message
 
     def start_append(
@@ -469,11 +469,8 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         the next update.
         """
         check_message_ids(message.id, message.parent_id)
-        if message.status is MessageStatus.STREAMING and self._translated(
-            self._write_now, context_id, ops.do_update_message, message
-        ):
-            return
-        await self._run(self._write_message, context_id, ops.do_update_message, message)
+        if not self._translated(self._write_now, context_id, ops.do_update_message, message):
+            await self._run(self._write_message, context_id, ops.do_update_message, message)
 
     async def get_message(self, context_id: str, message_id: str) -> Message:
         """One message, read from its own file (CorruptDataError if it is damaged)."""

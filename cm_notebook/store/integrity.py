@@ -21,12 +21,12 @@ every other disagreement between the index and the files:
   hold (reading such a branch fails; point it elsewhere with ``set_branch_head``).
 
 A missing or unreadable file whose text the journal still holds is rewritten from it
-first (as a read of it would be). With ``repair``, an index that misses files or disagrees with
-their parent links is rebuilt from them (the head moves the journal holds are kept),
-and each hidden conversation that
-ends off every branch gets a branch of its own (``recovered``, ``recovered-2``, ...),
-so it shows up in the branch selector (written before the index, so a repair cut
-short is finished by the next open, see :func:`check_context`). Nothing is deleted.
+first (as a read of it would be). With ``repair``, an index that misses files or
+disagrees with their parent links is rebuilt from them (the head moves the journal
+holds are kept), and each hidden conversation that ends off every branch gets a branch
+of its own (``recovered``, ``recovered-2``, ...), so it shows up in the branch selector
+(written before the index, so a repair cut short is finished by the next open, see
+:func:`check_context`). Nothing is deleted.
 Missing and unreadable files the journal no longer holds, and dangling heads, are only
 reported, for the user to restore from a backup or point elsewhere; while files are
 missing, no rebuild is made: they are to come back first.
@@ -140,9 +140,9 @@ class IntegrityChecks:
         that lead to no message. With ``repair``, rebuilds the index from the files and
         gives each hidden conversation a ``recovered`` branch; nothing is deleted. Reads
         every message file: a maintenance call, not for each turn. Without ``repair`` it
-        writes only to restore missing files from the journal, so a context on a
-        read-only copy (a backup, a mounted snapshot) is checked too: missing files are
-        then only reported.
+        writes only to restore missing or unreadable files from the journal, so a
+        context on a read-only copy (a backup, a mounted snapshot) is checked too: such
+        files are then only reported.
         """
         if repair:
             return await self._run(self._write, context_id, check_context, True)
@@ -167,9 +167,10 @@ def check_context(
     """Compare the index of a context with its ``messages/`` folder (write locks held,
     as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
     report, hidden = _inspect(state, metadata)
-    if _restorable(report):
+    restorable = _restorable(report)
+    if restorable:
         # Those whose text the journal holds (the locks are held: not state.restore()).
-        repair_files(state.index, state.fsync, flush=False, only=_restorable(report), compare=True)
+        repair_files(state.index, state.fsync, flush=False, only=restorable, compare=True)
         report, hidden = _inspect(state, metadata)
     if not repair or not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a

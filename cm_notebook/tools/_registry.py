@@ -44,7 +44,7 @@ class ToolRegistry:
     """
 
     def __init__(self, tools: Iterable[Tool[..., Any] | Callable[..., Any]] = ()) -> None:
-        if isinstance(tools, (Tool, str, bytes)) or callable(tools) or not _iterable(tools):
+        if isinstance(tools, (str, bytes)) or callable(tools) or not isinstance(tools, Iterable):
             raise InvalidInputError(
                 f"tools must be a list of tools or typed functions, e.g. tools=[add]; got "
                 f"{type(tools).__name__} {tools!r:.80}"
@@ -165,11 +165,3 @@ def _as_sent(arguments_json: object) -> dict[str, Any]:
     except ValueError:  # not JSON, or beyond the limits: the reason says which
         return {}
     return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _iterable(value: object) -> bool:
-    try:
-        iter(value)  # type: ignore[call-overload]
-    except TypeError:
-        return False
-    return True
