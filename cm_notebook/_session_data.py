@@ -65,11 +65,20 @@ class DataMethods(ScoreMethods):
         identical text, most common first, with word diffs of near-identical ones
         against it (see :mod:`cm_notebook.stability`). Branches whose last reply is
         missing or did not complete (failed, stopped) are left out: an error's empty
-        text is not an answer."""
+        text is not an answer, nor is a reply that only asks for tools. A reply that
+        several branches share (a fork with nothing sent on it yet) counts once, for the
+        first of them: one answer, however many branches point at it."""
         answers: builtins.list[tuple[str, Message]] = []
+        counted: set[str] = set()
         for branch, messages in branch_histories(self, branches):
             last = next((m for m in reversed(messages) if m.role == "assistant"), None)
-            if last is not None and last.status is MessageStatus.COMPLETE:
+            if (
+                last is not None
+                and last.status is MessageStatus.COMPLETE
+                and not last.tool_calls
+                and last.id not in counted
+            ):
+                counted.add(last.id)
                 answers.append((branch, last))
         if normalize is None:
             return stability(answers, threshold=threshold)

@@ -39,6 +39,7 @@ __all__ = [
     "Replay",
     "compare_turns",
     "score_value",
+    "score_values",
     "start_counterfactual",
     "start_replay",
 ]
@@ -110,6 +111,23 @@ def score_value(score: Score | None) -> float | None:
     return None
 
 
+def score_values(base: Score | None, other: Score | None) -> tuple[float | None, float | None]:
+    """The numbers a comparison shows for two replies' scores, on one scale.
+
+    Their 1-5 ``score`` if both have one, else the first metric (by name) both have. A
+    reply with a number where the other has none shows its own :func:`score_value`; two
+    scored on nothing in common show nothing, so no delta compares two different metrics.
+    """
+    alone = score_value(base), score_value(other)
+    if base is None or other is None or None in alone:
+        return alone
+    if base.score is not None and other.score is not None:
+        return float(base.score), float(other.score)
+    for name in sorted(base.metrics.keys() & other.metrics.keys()):
+        return float(base.metrics[name]), float(other.metrics[name])
+    return None, None
+
+
 def compare_turns(session: ContextSession, branch: str, against: str | None) -> TurnComparison:
     """``branch`` turn by turn against ``against`` (default: the baseline, else the branch
     it was replayed or edited from)."""
@@ -139,7 +157,10 @@ def compare_turns(session: ContextSession, branch: str, against: str | None) -> 
         name,
         session.history(name),
         system_prompts=(session.system_prompt_of(base), session.system_prompt_of(name)),
-        score_of=lambda mid: score_value(scores.get(mid)),
+        scores_of=lambda base_id, other_id: score_values(
+            scores.get(base_id) if base_id is not None else None,
+            scores.get(other_id) if other_id is not None else None,
+        ),
     )
 
 

@@ -34,8 +34,10 @@ METRICS: tuple[tuple[str, str, str, int], ...] = (
     ("score", "score", "", 2),
 )
 
-#: How a comparison finds a reply's score (None: not scored).
-ScoreOf = Callable[[str], float | None]
+#: How a comparison finds the scores of a turn's two replies, by their ids (None: no
+#: reply): ``(base, other)``, each None where not scored. The two are on one scale (the
+#: same metric), or the score delta would compare two different things.
+ScoresOf = Callable[[str | None, str | None], tuple[float | None, float | None]]
 
 
 class Delta(NamedTuple):
@@ -144,10 +146,10 @@ class TurnComparison(BaseModel):
         other_messages: Sequence[Message],
         *,
         system_prompts: tuple[str | None, str | None] = (None, None),
-        score_of: ScoreOf | None = None,
+        scores_of: ScoresOf | None = None,
     ) -> TurnComparison:
         """Pair the turns of two branches' messages in order."""
-        score = score_of or (lambda _id: None)
+        scores = scores_of or (lambda _base, _other: (None, None))
         left, right = turns_of(base_messages), turns_of(other_messages)
         turns = []
         for index in range(max(len(left), len(right))):
@@ -155,6 +157,10 @@ class TurnComparison(BaseModel):
             o_prompt, o_answer = right[index] if index < len(right) else (None, None)
             prompt = (o_prompt or b_prompt or Message(role="user")).content
             base_prompt = b_prompt.content if b_prompt is not None else None
+            base_score, other_score = scores(
+                b_answer.id if b_answer is not None else None,
+                o_answer.id if o_answer is not None else None,
+            )
             turns.append(
                 TurnDiff(
                     turn=index + 1,
@@ -162,8 +168,8 @@ class TurnComparison(BaseModel):
                     base_prompt=None if base_prompt == prompt else base_prompt,
                     base=_result(base, b_answer, system_prompts[0]),
                     other=_result(other, o_answer, system_prompts[1]),
-                    base_score=score(b_answer.id) if b_answer is not None else None,
-                    other_score=score(o_answer.id) if o_answer is not None else None,
+                    base_score=base_score,
+                    other_score=other_score,
                 )
             )
         return cls(base=base, other=other, turns=turns)

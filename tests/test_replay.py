@@ -269,6 +269,26 @@ def test_compare_turns_against_the_pinned_baseline_with_scores(
     assert comparison.changed_turns == []
 
 
+def test_a_score_delta_compares_one_metric_on_both_sides(three_turns: ContextSession) -> None:
+    session = three_turns
+    other = ScriptedProvider().reply("A1 is the answer").reply("A2 is the answer")
+    other.reply("A3 is the answer")
+    session.replay("main", provider=other, name="candidate").result(DEADLINE)
+    # Only main's replies are graded for accuracy; both branches get a length.
+    session.score(lambda m: 1.0, name="accuracy", branches="main", progress=False)
+    session.score(lambda m: len(m.content), name="length", progress=False)
+    delta = session.compare_turns("candidate", "main").turns[0].deltas()["score"]
+    assert (delta.base, delta.other) == (16.0, 16.0)  # length against length, not accuracy
+    # A 1-5 rating on one side only is no scale for the other's metric: nothing shown.
+    session.rate(session.history("main")[1].id, score=4)
+    session.rate(session.history("candidate")[1].id, thumbs="up")
+    session.score(lambda m: 0.5, name="only_here", branches="candidate", progress=False)
+    delta = session.compare_turns("candidate", "main").turns[0].deltas()["score"]
+    assert (delta.base, delta.other) == (16.0, 16.0)
+    # The second turn: main scored, the candidate's reply not rated by hand.
+    assert session.compare_turns("candidate", "main").turns[1].deltas()["score"].change == 0.0
+
+
 def test_the_compare_view_puts_the_baseline_first_with_per_turn_diffs(
     three_turns: ContextSession,
 ) -> None:

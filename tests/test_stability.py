@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
-from test_session_support import DEADLINE
+from test_session_support import DEADLINE, Recorder, entered
 
+from cm_notebook import tool
 from cm_notebook.compare import word_diff
 from cm_notebook.errors import InvalidInputError
+from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
 from cm_notebook.stability import similarity, stability
 from cm_notebook.testing import ScriptedProvider
@@ -125,3 +127,32 @@ def test_a_reply_that_failed_is_not_an_answer(new_session: Callable[..., Context
         fanned.result(DEADLINE)
     result = session.stability()
     assert (result.total, result.distinct, result.agreement) == (2, 1, 1.0)
+
+
+@tool
+def lookup(city: str) -> str:
+    """The country of a city."""
+    return "France"
+
+
+def test_a_reply_counts_once_however_many_branches_share_it(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider().reply("Paris").reply("Lyon")
+    fake.tool_call("lookup", {"city": "Paris"})
+    session = new_session("repeats", provider=fake, tools=[lookup], approval="ask")
+    session.send("Capital of France?").result(DEADLINE)
+    question = session.history()[0].id
+    session.edit(question, "Capital of France?", branch="run2").result(DEADLINE)
+    # A fork of main with nothing sent on it shares main's reply.
+    session.branch("followup", from_message=session.history("main")[-1].id, switch=False)
+    result = session.stability()
+    assert (result.total, result.distinct, result.agreement) == (2, 2, 0.5)
+    assert [group.branches for group in result.groups] == [["main"], ["run2"]]
+    # A reply that only asks for a tool (it waits for approval here) is no answer.
+    recorder = Recorder(session)
+    session.edit(question, "Capital of France?", branch="run3")
+    recorder.wait(entered(State.AWAITING_TOOL_APPROVAL, "run3"))
+    assert session.history("run3")[-1].tool_calls
+    assert session.stability().total == 2
+    session.stop("run3")
