@@ -20,7 +20,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_TEXT_CHARS", "JSONLimitError", "check_depth", "loads"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_TEXT_CHARS",
+    "JSONLimitError",
+    "check_depth",
+    "loads",
+    "non_finite_at",
+]
 
 #: How deeply arrays and objects may nest. Real conversations, tool arguments and
 #: metadata stay far below; Python's own parser gives up near 1,000.
@@ -63,6 +70,32 @@ def check_depth(value: object, max_depth: int = MAX_DEPTH) -> None:
         if depth > max_depth:
             raise JSONLimitError(f"nested deeper than {max_depth} levels")
         stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
+
+
+def non_finite_at(value: object) -> str | None:
+    """Where ``value`` holds a float JSON cannot store (NaN, an infinity), else None.
+
+    The place is written as Python would reach it (``top_k``, ``runs[2]['score']``,
+    ``[0]``). Writing such a float as JSON gives ``null`` (pydantic) or a token that
+    other JSON readers refuse (``json.dumps``): a value a user gave would change
+    silently, so it is refused where it comes in, naming this place.
+    """
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if item != item or item in (_INFINITY, -_INFINITY):
+                return where or "the value"
+        elif isinstance(item, Mapping):
+            for key, child in reversed(list(item.items())):
+                stack.append((child, f"{where}[{key!r}]" if where else str(key)))
+        elif isinstance(item, (list, tuple)):
+            for index in range(len(item) - 1, -1, -1):
+                stack.append((item[index], f"{where}[{index}]"))
+    return None
+
+
+_INFINITY = float("inf")
 
 
 def loads(

@@ -253,6 +253,12 @@ def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
         raise InvalidInputError(
             f"not a cm_notebook export (expected a JSON object with format {EXPORT_FORMAT!r})"
         )
+    where = _json.non_finite_at(data)
+    if where is not None:  # stored, it would become null: a value changed without a word
+        raise InvalidInputError(
+            f"the export cannot be imported: {where} is NaN or an infinity, which JSON "
+            "cannot hold; replace it (with a number, or null) and import again"
+        )
     try:
         return ExportDocument.model_validate(data)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._json import JSONLimitError, check_depth
+from ._json import JSONLimitError, check_depth, non_finite_at
 from ._unicode import without_surrogates
 from .errors import InvalidInputError
 from .redact import refuse_secrets
@@ -87,6 +87,12 @@ class GenerationParams(BaseModel):
         """
         try:
             check_depth(dict(params))  # stored with the reply: bounded like all JSON
+            where = non_finite_at(dict(params))
+            if where is not None:  # stored as null: the reply would not say how it was made
+                raise InvalidInputError(
+                    f"generation parameter {where} is NaN or an infinity, which cannot be "
+                    "recorded with the reply; give a finite number, or leave it out"
+                )
             refuse_secrets(dict(params), "generation parameters")
             validated = cls.model_validate(dict(params))
         except ValidationError as exc:

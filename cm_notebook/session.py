@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from . import events as ev
 from . import fsm
+from ._json import non_finite_at
 from ._loop import running_loop
 from ._registry import REGISTRY, key_for
 from ._session_approvals import ApprovalMethods
@@ -313,6 +314,12 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidInputError(
                 f"metadata must be a mapping of names to values, got {type(metadata).__name__}"
+            )
+        where = non_finite_at(dict(metadata or {}))
+        if where is not None:  # JSON has no NaN: it would be stored as null
+            raise InvalidInputError(
+                f"metadata {where} is NaN or an infinity, which JSON cannot store; "
+                "give a finite number, None or a string"
             )
         try:
             noted = MessageMetadata.model_validate(dict(metadata or {}))

@@ -234,6 +234,18 @@ def _document() -> dict[str, Any]:
         ),
         (lambda d: {**d, "messages": d["messages"] * 2}, "appears twice"),
         (
+            lambda d: {
+                **d,
+                "messages": [{**d["messages"][0], "metadata": {"scores": [1.0, float("nan")]}}],
+            },
+            r"messages\[0\]\['metadata'\]\['scores'\]\[1\] is NaN or an infinity",
+        ),
+        (
+            # As text: Python's JSON reader takes the token Infinity.
+            lambda d: json.dumps({**d, "metadata": {**d["metadata"], "extra": {"x": -1e999}}}),
+            r"metadata\['extra'\]\['x'\] is NaN or an infinity",
+        ),
+        (
             lambda d: {**d, "messages": [{**d["messages"][0], "id": "../x"}]},
             "message id '../x' is not valid",
         ),

@@ -164,3 +164,15 @@ def test_values_a_provider_would_wrap_or_read_as_random_are_refused(
     with pytest.raises(InvalidInputError, match=words):
         GenerationParams.check({name: value})
     assert GenerationParams.check({name: 7}) == {name: 7}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])
+def test_a_value_json_cannot_record_is_refused(
+    session: ContextSession, data_dir: Path, value: object
+) -> None:
+    # Sent as it is, but recorded with the reply as null: the record would not say how
+    # the reply was sampled.
+    words = refused(data_dir, lambda: session.send("again", top_k=value))
+    assert words.startswith("generation parameter top_k")
+    assert "NaN or an infinity" in words
+    refused(data_dir, lambda: session.sweep("Q", [{"top_k": value}], progress=False))

@@ -56,6 +56,10 @@ def test_bad_message_metadata_is_said_in_one_line(data_dir: Path) -> None:
         assert str(info.value).startswith("metadata: stats: ")
         assert "pydantic.dev" not in str(info.value)
         assert session.history() == []  # refused before anything was written
+        # JSON has no NaN: stored, it would come back as None.
+        with pytest.raises(InvalidInputError, match=r"metadata runs\[1\] is NaN or an inf"):
+            session.send("hi", metadata={"runs": [0.5, float("nan")]})
+        assert session.history() == []
     finally:
         close_all([session])
 
