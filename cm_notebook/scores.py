@@ -262,14 +262,16 @@ def interpret(name: str, result: object) -> dict[str, Any]:
     A bool, int or float is the metric ``name``; a mapping may rate (``thumbs``,
     ``score``, ``tags``, ``note``) and give metrics under its other keys.
     """
+    result = _plain(result)
     if isinstance(result, (bool, int, float)):
         return {"metrics": {name: result}}
     if isinstance(result, Mapping):
-        rating = {key: value for key, value in result.items() if key in _RATING_KEYS}
+        rating = {key: _plain(value) for key, value in result.items() if key in _RATING_KEYS}
         metrics: dict[str, object] = {}
         for key, value in result.items():
             if key in _RATING_KEYS:
                 continue
+            value = _plain(value)
             if not isinstance(value, (bool, int, float)):
                 raise InvalidInputError(
                     f"scoring function {name!r} gave {key!r}={value!r:.80}; metric values "
@@ -283,3 +285,16 @@ def interpret(name: str, result: object) -> dict[str, Any]:
         f"scoring function {name!r} returned {type(result).__name__}; return a number, a "
         "bool, or a mapping of metric names to numbers (or thumbs/score/tags/note)"
     )
+
+
+def _plain(value: object) -> object:
+    # numpy's scalars (np.int64, np.float32, and np.bool_, which ``np.mean(x) > 3``
+    # gives) are not Python's numbers; their item() is. So is a one-element array's.
+    if type(value).__module__ == "numpy":
+        item = getattr(value, "item", None)
+        if callable(item):
+            try:
+                return item()
+            except (TypeError, ValueError):  # an array of several values: not a number
+                return value
+    return value

@@ -163,6 +163,32 @@ def test_score_runs_a_function_over_branches_and_records_failures(
     assert fixed.metrics["length"] == 1.5
 
 
+def test_numpy_numbers_and_bools_are_metrics(new_session: Callable[..., ContextSession]) -> None:
+    np = pytest.importorskip("numpy")
+    session, history = _two_turns(new_session)
+    lengths = np.array([5, 7])
+    results = session.score(lambda m: np.mean(lengths) > 3, name="long", progress=False)
+    assert not results.failed
+    results = session.score(
+        lambda m: {
+            "chars": np.int64(len(m.content)),
+            "ratio": np.float32(0.5),
+            "score": np.int8(4),
+        },
+        name="shape",
+        progress=False,
+    )
+    assert not results.failed, results.failed[0].errors
+    scored = session.scores(history[1].id)
+    assert scored is not None
+    assert scored.metrics == {"long": True, "chars": 5, "ratio": 0.5}
+    assert scored.score == 4
+    assert [type(v) for v in scored.metrics.values()] == [bool, int, float]
+    # Several values are no number: refused with the function's name, as before.
+    results = session.score(lambda m: lengths, name="many", progress=False)
+    assert "returned ndarray" in results.failed[0].errors["many"]
+
+
 def test_a_mapping_judge_run_again_leaves_none_of_its_old_metrics_looking_current(
     new_session: Callable[..., ContextSession],
 ) -> None:
