@@ -168,6 +168,13 @@ def plan_variants(
         raise InvalidInputError("variants must be a list, e.g. [{'temperature': 0}, ...]")
     if not variants:
         raise InvalidInputError("fan_out needs at least one variant")
+    for index, variant in enumerate(variants):
+        if not isinstance(variant, (str, Mapping, Provider)):
+            raise InvalidInputError(
+                f"variant {index} must be a mapping of settings (e.g. {{'temperature': 0}}), "
+                f"a provider spec such as 'openai:gpt-4o' or a Provider, got "
+                f"{type(variant).__name__}"
+            )
     differing = _differing_keys(variants)
     plans: list[Variant] = []
     taken: set[str] = set()

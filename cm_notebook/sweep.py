@@ -313,6 +313,10 @@ def plan_sweep(
     name none: it is part of the definition, so the same prompts answered by another
     model are another sweep, never resumed into this one's cells.
     """
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, Mapping)):
+        raise InvalidInputError(
+            f"prompts must be a string or a list of strings, got {type(prompts).__name__}"
+        )
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompt_list:
         raise InvalidInputError("a sweep needs at least one prompt")
@@ -356,7 +360,7 @@ def plan_sweep(
     cells = []
     for p, template in enumerate(prompt_list):
         for i, row in enumerate(rows) if rows is not None else [(None, None)]:
-            text = validate_text(fill(template, row)) if row is not None else template
+            text = template if row is None else _filled(template, row, p, i)
             for v, label in enumerate(labels):
                 for r in range(repeat):
                     key = f"p{p}" + (f"-i{i}" if i is not None else "") + f"-v{v}-r{r}"
@@ -444,8 +448,10 @@ class Sweep(Handle["Sweep"]):
             finish(cell, await started)
         except CMError as exc:
             cell.status, cell.error = "failed", str(exc)
-            message_id = cell.turn.message_id if cell.turn is not None else None
-            cell.message_id = message_id
+            turn = cell.turn
+            cell.message_id = turn.message_id if turn is not None else None
+            # The partial text the failed reply was stored with, as its records say.
+            cell.reply = turn.text if turn is not None else ""
         finally:
             if self._bar is not None:
                 self._bar.update(1)
@@ -546,6 +552,16 @@ class Sweep(Handle["Sweep"]):
         from .widgets.sweep_grid import grid_html
 
         return grid_html(self)
+
+
+def _filled(template: str, row: Mapping[str, Any], prompt: int, row_index: int) -> str:
+    # A message from a row must be one a send would take; say which row made it not.
+    try:
+        return validate_text(fill(template, row))
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"prompt {prompt} filled with input row {row_index}: {exc}"
+        ) from None
 
 
 def finish(cell: SweepCell, message: Message) -> None:

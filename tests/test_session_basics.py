@@ -586,6 +586,9 @@ def test_fan_out_with_one_bad_variant_writes_nothing(
 ) -> None:
     variants: list[dict[str, Any]] = [{"temperature": 0.1}, {"temperature": 9}]
     _unchanged(one_turn, data_dir, lambda: one_turn.fan_out("Hi", variants), InvalidInputError)
+    for odd in ([{"temperature": 0.1}, None], [5]):
+        with pytest.raises(InvalidInputError, match=r"variant \d must be a mapping of settings"):
+            one_turn.fan_out("Hi", odd)  # type: ignore[arg-type]
 
 
 def test_fan_out_onto_an_existing_branch_writes_nothing(

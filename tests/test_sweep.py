@@ -110,11 +110,21 @@ def test_a_template_over_input_rows(new_session: Callable[..., ContextSession]) 
         ("About {city}.", [], "inputs is empty"),
         ("About {city}.", ["Paris"], "not a mapping"),
         ("About {city}.", "Paris", "list of mappings"),
+        ("{city}", [{"city": "Rome"}, {"city": " "}], "prompt 0 filled with input row 1: .* empty"),
     ],
 )
 def test_bad_templates_and_inputs_are_refused(prompt: str, inputs: object, words: str) -> None:
     with pytest.raises(InvalidInputError, match=words):
         plan_sweep(prompt, [{}], inputs=inputs)
+
+
+@pytest.mark.parametrize("prompts", [None, 5, b"Hi", {"Hi": 1}])
+def test_prompts_that_are_no_text_are_refused(prompts: object) -> None:
+    with pytest.raises(InvalidInputError, match="prompts must be a string or a list of strings"):
+        plan_sweep(prompts, [{}])  # type: ignore[arg-type]
+    # Any iterable of strings will do (a generator, a pandas column).
+    plan = plan_sweep((p for p in ["A", "B"]), [{}])
+    assert [cell.text for cell in plan.cells] == ["A", "B"]
 
 
 def test_bad_definitions_are_refused_before_anything_is_written(
@@ -186,12 +196,15 @@ def test_at_most_concurrency_cells_run_at_once(
 def test_running_it_again_skips_done_cells_and_reruns_failed_ones(
     new_session: Callable[..., ContextSession],
 ) -> None:
-    fake = ScriptedProvider(strict=True).reply("a").error("permanent").reply("c")
+    fake = ScriptedProvider(strict=True).reply("a")
+    fake.error("permanent", after_chunks=1, text="half an ").reply("c")
     session = new_session(provider=fake)
     first = session.sweep(["Q1", "Q2", "Q3"], [{}], concurrency=1, name="again", progress=False)
     first.run(DEADLINE)
     assert [c.status for c in first.cells] == ["done", "failed", "done"]
     assert first.cells[1].error
+    # The failed cell shows the partial text its reply was stored with.
+    assert first.cells[1].reply == session.get(first.cells[1].message_id or "").content != ""
     assert len(fake.requests) == 3
     fake.reply("b")
     second = session.sweep(
