@@ -185,13 +185,18 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS, help="as above"
     )
+    parser.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run as root (Jupyter refuses to otherwise; e.g. in a container)",
+    )
 
 
 @command("serve", "Run a Jupyter server with only the REST + SSE API.", _configure_serve)
 async def _serve(args: argparse.Namespace, store: Store) -> int:
     from .server.launch import serve  # needs jupyter_server, only for this command
 
-    return serve(port=args.port, ip=args.ip, data_dir=args.data_dir)
+    return serve(port=args.port, ip=args.ip, data_dir=args.data_dir, allow_root=args.allow_root)
 
 
 # -- main -----------------------------------------------------------------------------

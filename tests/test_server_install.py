@@ -47,10 +47,7 @@ def test_cm_notebook_serve_runs_the_api_until_interrupted(tmp_path: Path) -> Non
     command = [sys.executable, "-m", "cm_notebook", "serve", "--port", "0"]
     command += ["--data-dir", str(tmp_path / "data")]
     if os.getuid() == 0:
-        # Jupyter refuses root without --allow-root; serve takes it from the config.
-        (tmp_path / "jupyter_server_config.json").write_text(
-            json.dumps({"ServerApp": {"allow_root": True}})
-        )
+        command.append("--allow-root")  # Jupyter refuses root without it
     process = subprocess.Popen(
         command,
         cwd=tmp_path,

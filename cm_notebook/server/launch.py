@@ -16,7 +16,9 @@ from pathlib import Path
 __all__ = ["serve", "server_command"]
 
 
-def server_command(*, port: int, ip: str, data_dir: Path | None) -> list[str]:
+def server_command(
+    *, port: int, ip: str, data_dir: Path | None, allow_root: bool = False
+) -> list[str]:
     """The command line of a Jupyter server with only the cm_notebook extension."""
     command = [
         sys.executable,
@@ -28,12 +30,15 @@ def server_command(*, port: int, ip: str, data_dir: Path | None) -> list[str]:
     ]
     if data_dir is not None:
         command.append(f"--CMNotebookApp.data_dir={Path(data_dir).expanduser().absolute()}")
+    if allow_root:
+        command.append("--ServerApp.allow_root=True")
     return command
 
 
-def serve(*, port: int, ip: str, data_dir: Path | None) -> int:
+def serve(*, port: int, ip: str, data_dir: Path | None, allow_root: bool = False) -> int:
     """Run the server until it stops; returns its exit code."""
-    process = subprocess.Popen(server_command(port=port, ip=ip, data_dir=data_dir))
+    command = server_command(port=port, ip=ip, data_dir=data_dir, allow_root=allow_root)
+    process = subprocess.Popen(command)
     while True:
         try:
             return process.wait()
