@@ -102,6 +102,11 @@ def test_use_of_a_damaged_context_says_what_is_wrong_with_it(fe: FrontEnd) -> No
     assert str(metadata) in said
     assert "not valid JSON" in said
     assert "no context 'c-nothing-here'" in _usage_error(fe, "%cm use c-nothing-here")
+    # By title: its title cannot be read, so the error says a damaged one may be it.
+    said = _usage_error(fe, "%cm use Damaged")
+    assert "no context 'Damaged'" in said
+    assert "1 stored context cannot be read" in said
+    assert "`%cm ls` names them by id" in said
     assert fe.run("%cm use Other").strip() == "context 'Other' is current"
     for _ in range(2):  # said each time, not once as Python shows a warning
         listed = fe.run("%cm ls")

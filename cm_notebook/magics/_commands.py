@@ -22,7 +22,7 @@ from .._unicode import for_terminal
 from ..errors import ContextNotFoundError, InvalidIdError
 from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..ids import validate_branch_name, validate_message_id
-from ..model import Message, MessageStatus, ToolCall
+from ..model import ContextMetadata, Message, MessageStatus, ToolCall
 from ..render import CUT_OFF, was_cut_off
 from ..session import ContextSession
 from ..store import StoreWarning
@@ -74,49 +74,52 @@ class Commands:
         if isinstance(held, ContextSession):
             self.current = held
         else:
-            found = self._find(args.target)
+            found, unreadable = self._find(args.target)
             current = self.current
             # A closed current session is opened again: a closed session's error says
             # to run exactly this.
             if current is None or current.id != found or current.closed:
                 # Left open when another context becomes current: a variable (a view's
                 # ``.session``) may still hold it, and the kernel's exit closes it.
-                self.current = self._open(found)
+                self.current = self._open(found, unreadable)
         print(f"context {self.session().title!r} is current")
 
-    def _find(self, target: str) -> str:
-        stored = ContextSession.list()
+    def _find(self, target: str) -> tuple[str, int]:
+        # The id of the context ``target`` names, and how many stored ones are unreadable.
+        stored, damaged = _listed()
         if any(meta.id == target for meta in stored):
-            return target
+            return target, len(damaged)
         titled = [meta.id for meta in stored if meta.title == target]
         if len(titled) == 1:
-            return titled[0]
+            return titled[0], len(damaged)
         if titled:
             raise UsageError(f"{len(titled)} contexts are titled {target!r}: use an id {titled}")
         # Not listed: a context whose files are damaged is left out of the list (its
         # title cannot be read), but opening it by id says which file and what to do.
-        return target
+        return target, len(damaged)
 
-    def _open(self, target: str) -> ContextSession:
+    def _open(self, target: str, unreadable: int) -> ContextSession:
         try:
             return ContextSession.open(target)
         except (ContextNotFoundError, InvalidIdError) as exc:
-            raise UsageError(f"no context {target!r}: `%cm ls` lists the stored ones") from exc
+            # The one meant may be a damaged context, named by title: its title is unknown.
+            hint = (
+                f"; {unreadable} stored context{'s' if unreadable > 1 else ''} cannot be "
+                "read, so their titles are unknown: `%cm ls` names them by id, and "
+                "`cm-notebook check ID` says what is wrong"
+                if unreadable
+                else ""
+            )
+            raise UsageError(
+                f"no context {target!r}: `%cm ls` lists the stored ones{hint}"
+            ) from exc
         # Any other error of the store (CorruptDataError, SchemaVersionError...) is the
         # context's own, shown as it is (see _remedies.translated).
 
     def ls(self, _args: a.NoArgs) -> None:
         """List stored contexts, most recent first; ``*`` marks the current one."""
         current = self.current.id if self.current is not None else None
-        with warnings.catch_warnings(record=True) as caught:
-            # A damaged context is left out of the list with a StoreWarning, which Python
-            # shows once per place: said here every time, as a line of the listing.
-            warnings.simplefilter("always")
-            stored = ContextSession.list()
-        damaged = [w.message for w in caught if issubclass(w.category, StoreWarning)]
-        for other in caught:
-            if not issubclass(other.category, StoreWarning):
-                warnings.warn(other.message, other.category, stacklevel=2)
+        stored, damaged = _listed()
         if not stored and not damaged:
             print("no contexts yet: `%cm new [TITLE]` makes one")
         for meta in stored:
@@ -325,6 +328,22 @@ class Commands:
     def help(self, _args: a.HelpArgs) -> None:
         """Every subcommand's usage."""
         print(HELP)
+
+
+def _listed() -> tuple[list[ContextMetadata], list[Warning | str]]:
+    """The stored contexts, and the warnings naming those left out as damaged.
+
+    A damaged context is left out of the list with a StoreWarning, which Python shows
+    once per place: caught here, for the caller to say every time.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stored = ContextSession.list()
+    damaged = [w.message for w in caught if issubclass(w.category, StoreWarning)]
+    for other in caught:
+        if not issubclass(other.category, StoreWarning):
+            warnings.warn(other.message, other.category, stacklevel=3)
+    return stored, damaged
 
 
 class JSONText(str):
