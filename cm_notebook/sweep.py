@@ -554,7 +554,7 @@ class Sweep(Handle["Sweep"]):
         return grid_html(self)
 
 
-def _filled(template: str, row: Mapping[str, Any], prompt: int, row_index: int) -> str:
+def _filled(template: str, row: Mapping[str, Any], prompt: int, row_index: int | None) -> str:
     # A message from a row must be one a send would take; say which row made it not.
     try:
         return validate_text(fill(template, row))
