@@ -49,6 +49,7 @@ from .errors import (
     PermanentProviderError,
     ProviderError,
     StoreError,
+    StoreLockTimeoutError,
     TransientProviderError,
 )
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall
@@ -222,12 +223,7 @@ class TurnRunner(ToolRounds):
         self._failure = exc
         if isinstance(exc, (OSError, StoreError)):
             status = MessageStatus.INTERRUPTED
-            cause = "the reply could not be stored"
-            message = (
-                f"the reply could not be stored: {exc}. Free disk space (or fix the data "
-                "folder), then regenerate() the reply; the text streamed so far is kept "
-                "where the disk allowed it."
-            )
+            cause, message = _store_trouble(exc)
             if not isinstance(exc, CMError):
                 self._failure = StoreError(message)
                 self._failure.__cause__ = exc
@@ -542,3 +538,25 @@ class TurnRunner(ToolRounds):
             self._failure = PermanentProviderError(message)
         kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
         self.host.publish(ev.ErrorReported(branch=self.branch, kind=kind, message=message))
+
+
+def _store_trouble(exc: OSError | StoreError) -> tuple[str, str]:
+    # Why a turn stopped on its store (the cause its tool calls are given) and what to
+    # do, by what went wrong: the disk, another process, or the context's own files.
+    told = str(exc).rstrip(".")
+    if isinstance(exc, OSError):  # a full disk, a refused write (StoreIOError)
+        return "the reply could not be stored", (
+            f"the reply could not be stored: {told}. Free disk space (or fix the data "
+            "folder), then regenerate() the reply; the text streamed so far is kept "
+            "where the disk allowed it."
+        )
+    if isinstance(exc, StoreLockTimeoutError):
+        return "the reply could not be stored", (
+            f"the reply could not be stored: {told}. regenerate() the reply once the "
+            "other process is done; the text streamed so far is kept."
+        )
+    # Damaged, deleted or newer data: its error says which file and what to do.
+    return "the context's files could not be used", (
+        f"the turn could not go on: {told}. Once that is fixed, regenerate() the reply; "
+        "the text streamed so far is kept where the files allowed it."
+    )
