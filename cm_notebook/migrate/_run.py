@@ -20,6 +20,7 @@ from ..ids import id_key
 from ..model import ContextMetadata, Message
 from ..store.base import Store
 from ._convert import ConvertedContext, context_id_for, convert
+from ._lock import one_migration_at_a_time
 from ._pool import folder_files
 from ._report import ContextResult, ContextStatus, MigrationReport
 from ._sources import read_v1
@@ -464,21 +465,25 @@ async def migrate_source(
         dry_run=dry_run,
         notes=list(source.notes),
     )
-    existing = {meta.id: meta for meta in await store.list_contexts()}
-    plans = _plan(source, existing)
-    report.contexts = [p.result for p in plans]
-    if backup and not dry_run and path is not None and any(p.action == "write" for p in plans):
-        data_dir = getattr(store, "data_dir", None)
-        folder = data_dir if isinstance(data_dir, Path) else None
-        report.backup = _backup(path, folder, backup_dir)
-    active = [p for p in plans if p.action != "none"]
-    show = progress and _isatty(sys.stderr)
-    with tqdm(
-        total=len(active), desc="migrating", unit="context", file=sys.stderr, disable=not show
-    ) as bar:
-        for plan in active:
-            await _execute(plan, store, dry_run)
-            bar.update()
+    async with contextlib.AsyncExitStack() as stack:
+        if not dry_run:  # planned and written with no other run in between
+            await stack.enter_async_context(one_migration_at_a_time(store))
+        existing = {meta.id: meta for meta in await store.list_contexts()}
+        plans = _plan(source, existing)
+        report.contexts = [p.result for p in plans]
+        writes = any(p.action == "write" for p in plans)
+        if backup and not dry_run and path is not None and writes:
+            data_dir = getattr(store, "data_dir", None)
+            folder = data_dir if isinstance(data_dir, Path) else None
+            report.backup = _backup(path, folder, backup_dir)
+        active = [p for p in plans if p.action != "none"]
+        show = progress and _isatty(sys.stderr)
+        with tqdm(
+            total=len(active), desc="migrating", unit="context", file=sys.stderr, disable=not show
+        ) as bar:
+            for plan in active:
+                await _execute(plan, store, dry_run)
+                bar.update()
     return report
 
 
@@ -505,7 +510,9 @@ async def migrate(
     naming the file, and the other files are migrated. Contexts migrated before (same id and
     same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing;
     except that a run killed before it set a context's branch heads is finished (the
-    heads set, compare-and-set) and reported as migrated. Text holding half of an emoji
+    heads set, compare-and-set) and reported as migrated. A run waits for another
+    migration into the same data folder to finish (saying so on stderr), so two at once
+    do not both plan the same writes. Text holding half of an emoji
     (a lone UTF-16 surrogate) gets U+FFFD in its place, with a note.
     ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
     a tqdm bar on stderr when stderr is a terminal.
