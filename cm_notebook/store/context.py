@@ -319,7 +319,13 @@ class ContextState:
     def _sweep(self) -> None:
         # Once per load of the context, with every lock held (see .leftovers).
         self._swept = True
-        remove_leftovers(self.dir, self.index.streaming_ids)
+        remove_leftovers(self.dir, self.index.streaming_ids, self._indexed)
+
+    def _indexed(self, message_id: str) -> bool:
+        try:
+            return self.index.lookup(message_id) is not None
+        except RebuildNeeded:
+            return True  # not known to be absent: nothing is removed on its account
 
     # -- writing ---------------------------------------------------------------------
 

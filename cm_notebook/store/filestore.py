@@ -59,10 +59,12 @@ fsync at all: a compaction one of them makes due is made by the next write.
 Unacknowledged states are not fsync'd: a reply still streaming when the power fails
 may be lost or show older partial text, which ``kill -9`` alone never does.
 
-So a crash at any point leaves either no trace, an unreferenced message file, or a
-committed message that no branch points at yet (its append never returned) - never a
-half-written file or a dangling head. An append that fails with an error instead (a
-full disk: :class:`~cm_notebook.errors.StorageFullError`) takes its journal line and
+So a crash at any point leaves either no trace, an unreferenced message file (an
+append cut short before its commit: ``check`` lists it; a reply's empty placeholder is
+removed when the context opens), or a committed message that no branch points at yet
+(its append never returned) - never a half-written file or a dangling head. An append
+that fails with an error instead (a full disk:
+:class:`~cm_notebook.errors.StorageFullError`) takes its journal line and
 message file back, so it leaves no trace at all; opening a context removes what
 killed writers left (temporary files, unused streaming locks), and listing contexts
 the half-built folders of killed ``create_context`` calls. Folders written by older

@@ -111,6 +111,12 @@ class IntegrityReport:
         ]
         if self.missing or self.unreadable or self.stale:
             lines.append("  restore or fix the files named above (a backup, by hand)")
+        if self.unindexed and not self.repaired:
+            lines.append(
+                "  (a file the index does not list: written by an append that a crash "
+                "stopped before its commit, never acknowledged, or hidden by an older "
+                "index put back)"
+            )
         if (self.unindexed or self.mislinked) and not self.repaired:
             first = "then " if self.missing else ""  # a rebuild waits for missing files
             lines.append(f"  {first}run with --repair to rebuild the index from the files")
