@@ -42,7 +42,12 @@ def check_arguments_shape(arguments: Mapping[str, Any] | str) -> dict[str, Any]:
         if isinstance(value, str):
             value = _json.loads(value, max_chars=MAX_ARGUMENTS_CHARS) if value.strip() else {}
         else:
-            _json.check_depth(value)
+            _json.check_size(value, MAX_ARGUMENTS_CHARS)
+    except _json.JSONLimitError as exc:
+        raise ToolArgumentsError(
+            f"The edited arguments are {exc}, beyond what a tool call may carry (at most "
+            f"{MAX_ARGUMENTS_CHARS:,} characters, nested at most {_json.MAX_DEPTH} levels)"
+        ) from None
     except ValueError as exc:
         raise ToolArgumentsError(f"The edited arguments are not valid JSON: {exc}") from exc
     if not isinstance(value, Mapping):

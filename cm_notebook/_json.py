@@ -25,6 +25,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "JSONLimitError",
     "check_depth",
+    "check_size",
     "loads",
     "non_finite_at",
 ]
@@ -70,6 +71,17 @@ def check_depth(value: object, max_depth: int = MAX_DEPTH) -> None:
         if depth > max_depth:
             raise JSONLimitError(f"nested deeper than {max_depth} levels")
         stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
+
+
+def check_size(value: object, max_chars: int) -> None:
+    """Raise :class:`JSONLimitError` if ``value`` written as compact JSON would be
+    longer than ``max_chars`` (for values that arrive parsed, such as a dict of edited
+    tool arguments: their text was never measured). ``value`` is checked for depth
+    first; what JSON cannot hold is measured by its ``str()``."""
+    check_depth(value)
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    if size > max_chars:
+        raise JSONLimitError(f"larger than {max_chars:,} characters ({size:,})")
 
 
 def non_finite_at(value: object) -> str | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
+from .errors import InvalidInputError
 from .store.atomic import Fsync, fsync_dir, mkdir_durable
 
 __all__ = ["DECISIONS_FOLDER", "DecisionBox"]
@@ -91,12 +92,21 @@ class DecisionBox:
 
         ``arguments``, ``by`` and ``remember``: see :class:`RemoteDecision`.
         """
-        mkdir_durable(self.folder, self._fsync)
         record = {"tool_call_id": tool_call_id, "approved": approved, "reason": reason}
         record.update(arguments=arguments, by=by, remember=remember, pid=os.getpid())
+        text = json.dumps(record)
+        if len(text) > _MAX_RECORD_CHARS:
+            # The waiting process would take it for damage and leave the call pending,
+            # while its file refused every later decision.
+            raise InvalidInputError(
+                f"the decision is {len(text):,} characters, more than the "
+                f"{_MAX_RECORD_CHARS:,} that can pass to the process running the call: "
+                "shorten its reason or edited arguments"
+            )
+        mkdir_durable(self.folder, self._fsync)
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         with temp.open("w", encoding="utf-8") as out:
-            json.dump(record, out)
+            out.write(text)
             out.flush()
             self._fsync(out.fileno())
         try:

@@ -25,9 +25,12 @@ from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNot
 from .ids import validate_branch_name
 from .model import ToolCall, ToolCallStatus
 
-__all__ = ["ApprovalMethods"]
+__all__ = ["MAX_REASON_CHARS", "ApprovalMethods"]
 
 _MAX_BY = 200
+#: The longest denial reason: it is told to the model, logged, and passed to the
+#: process running the call.
+MAX_REASON_CHARS = 10_000
 # Names the log gives to decisions nobody made by hand.
 _RULES = frozenset({"policy", "allow-list"})
 
@@ -160,6 +163,11 @@ class ApprovalMethods(SessionReading):
         """
         if not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
+        if len(reason) > MAX_REASON_CHARS:
+            raise InvalidInputError(
+                f"reason is {len(reason):,} characters; the limit is {MAX_REASON_CHARS:,} "
+                "(it is what the model is told): shorten it"
+            )
         by = _check_by(by)
         only = None if branch is None else validate_branch_name(branch)
         decision = Decision(False, reason or "denied by the user", by=by)

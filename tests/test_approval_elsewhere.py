@@ -259,6 +259,21 @@ def test_a_decision_another_process_made_first_wins(
     assert record.by == "remote-reviewer"
 
 
+def test_a_decision_too_large_to_pass_is_refused_and_blocks_nothing(
+    waiting: tuple[ContextSession, Turn, Message, DecisionBox],
+) -> None:
+    # Larger than the waiting process reads, it would be taken for damage there (the
+    # call left pending) while its file refused every later decision.
+    here, turn, asking, box = waiting
+    [call] = asking.tool_calls
+    with pytest.raises(InvalidInputError, match="more than the 8,388,608 that can pass"):
+        box.post(call.id, asking.id, approved=False, reason="r" * 9_000_000)
+    assert box.post(call.id, asking.id, approved=False, reason="no", by="remote-reviewer")
+    assert turn.result(DEADLINE).content == "done"
+    [record] = here.approval_log()
+    assert (record.reason, record.by) == ("no", "remote-reviewer")
+
+
 @pytest.mark.anyio
 async def test_the_approval_view_names_the_branch_of_a_call_asked_before_it(
     tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]

@@ -315,6 +315,21 @@ def test_a_tool_call_denied_over_http_tells_the_model(client: httpx.Client) -> N
         return bool(client.get(f"contexts/{context_id}").json()["pending_tool_calls"])
 
     wait_for(pending)
+    # Refused, deciding nothing: an unknown branch (404 as everywhere), a reason or an
+    # edit larger than a decision may carry (it could never reach a kernel's call).
+    deny = f"contexts/{context_id}/tools/deny"
+    assert _assert_error(client.post(deny, json={"branch": "nope"}), 404)["reason"] == (
+        "BranchNotFoundError"
+    )
+    approve = f"contexts/{context_id}/tools/approve"
+    assert _assert_error(client.post(approve, json={"branch": "nope"}), 404)
+    _assert_error(client.post(deny, json={"reason": "r" * 10_001}), 400)
+    (call,) = client.get(f"contexts/{context_id}/tools").json()["tool_calls"]
+    huge = {"tool_call_id": call["id"], "arguments": {"city": "x" * 1_000_001}}
+    assert "larger than 1,000,000 characters" in str(
+        _assert_error(client.post(approve, json=huge), 400)["message"]
+    )
+    assert pending()
     denied = client.post(f"contexts/{context_id}/tools/deny", json={"reason": "not today"})
     assert denied.status_code == 200
     assert len(denied.json()["tool_calls"]) == 1
@@ -331,10 +346,16 @@ def test_send_while_streaming_is_a_conflict_and_stop_ends_the_reply(client: http
         client.post(f"contexts/{context_id}/messages", json={"text": "again"}), 409
     )
     assert body["reason"] == "BusyError"
-    # A new system prompt mid-turn would fork at the unfinished reply: refused too.
+    # A new system prompt mid-turn would fork at the unfinished reply: refused too, and
+    # the switch asked for with it is not made either (a refused request changes nothing).
+    asked = client.get(f"contexts/{context_id}/messages").json()["messages"][0]["id"]
+    side = {"name": "side", "from_message": asked, "switch": True}
+    assert client.post(f"contexts/{context_id}/branches", json=side).status_code == 201
     branch_url = f"contexts/{context_id}/branches/main"
-    edit = _assert_error(client.put(branch_url, json={"system": "Be brief."}), 409)
+    edit = _assert_error(client.put(branch_url, json={"system": "Be brief.", "active": True}), 409)
     assert edit["reason"] == "BusyError"
+    assert client.get(f"contexts/{context_id}").json()["context"]["active_branch"] == "side"
+    assert client.put(branch_url, json={"active": True}).status_code == 200  # alone: fine
     assert "turn.cancel()" not in str(edit["message"])
     assert f"contexts/{context_id}/stop" in str(edit["message"])
     detail = client.get(f"contexts/{context_id}").json()

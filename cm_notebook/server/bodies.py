@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
+from .._session_approvals import MAX_REASON_CHARS
 from .._unicode import control_characters
 from ..approvals import ApprovalRecord
 from ..fsm import State
@@ -231,7 +232,11 @@ class Deny(_Body):
 
     tool_call_id: str | None = None
     branch: str | None = None
-    reason: str = "denied by the user"
+    reason: str = Field(
+        "denied by the user",
+        max_length=MAX_REASON_CHARS,
+        description=f"What the model is told, at most {MAX_REASON_CHARS:,} characters.",
+    )
 
 
 class DecisionsQuery(_Query):

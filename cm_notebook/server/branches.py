@@ -30,12 +30,15 @@ def require_branch(session: ContextSession, name: str) -> Branch:
 
 
 def _update(session: ContextSession, branch: str, request: UpdateBranch) -> Branch:
-    # Switch and/or change the prompt; the branch that has the new prompt is the answer.
+    # Change the prompt and/or switch; the branch that has the new prompt is the answer.
+    # The prompt first: it is what can be refused (BusyError mid-reply), and a refused
+    # request must change nothing. A prompt change that forks makes the fork the one to
+    # switch to, as editing the active branch's prompt does.
     changed = require_branch(session, branch)
-    if request.active:
-        session.switch(branch)
     if "system" in request.model_fields_set:
         changed = session.edit_system(request.system, branch=branch)
+    if request.active:
+        session.switch(changed.name)
     return require_branch(session, changed.name)
 
 

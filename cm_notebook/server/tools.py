@@ -85,6 +85,8 @@ class ApproveHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = await _existing(self, context_id)
         request = self.body(Approve)
+        if request.branch is not None:
+            require_branch(session, request.branch)  # 404, as everywhere for a branch
         try:
             # On a worker thread (see the module docstring).
             decided: list[ToolCall] = await self.blocking(
@@ -115,6 +117,8 @@ class DenyHandler(CMHandler):
     async def post(self, context_id: str) -> None:
         session = await _existing(self, context_id)
         request = self.body(Deny)
+        if request.branch is not None:
+            require_branch(session, request.branch)
         try:
             # On a worker thread (see the module docstring).
             decided = await self.blocking(

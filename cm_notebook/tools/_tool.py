@@ -392,7 +392,8 @@ def _parse(arguments: object, headline: str, accepted: str) -> Mapping[str, Any]
             f"{_json_kind(arguments)}"
         )
     try:
-        _json.check_depth(arguments)  # parsed by the caller: validation would recurse
+        # Parsed by the caller: validation would recurse, and the size was never measured.
+        _json.check_size(arguments, MAX_ARGUMENTS_CHARS)
     except _json.JSONLimitError as exc:
         raise _too_big(headline, exc, accepted) from None
     return arguments
