@@ -155,7 +155,8 @@ class ApprovalMethods(SessionReading):
         by: str = "user",
     ) -> builtins.list[ToolCall]:
         """Deny one pending tool call, or all (of ``branch`` if given, here and in other
-        processes); the model is told ``reason``. ``by`` names who decides, for
+        processes); the model is told ``reason`` (at most :data:`MAX_REASON_CHARS`
+        characters). ``by`` names who decides, for
         :meth:`approval_log`.
 
         Returns the calls denied, as the decision leaves them: status ``denied``, with
