@@ -298,26 +298,32 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         return await self._run(self._list_contexts)
 
     def _list_contexts(self) -> list[ContextMetadata]:
-        listed = list_context_folders(self.data_dir)
-        with self._registry_lock:
-            open_before = set(self._states)
         found = []
-        for metadata in listed:
+        for metadata in list_context_folders(self.data_dir):
             # metadata.json's heads and time lag behind the journal: ask the context.
+            with self._registry_lock:
+                state = self._states.get(metadata.id)
+            # A context not open here is read through a state of the listing's own,
+            # closed again at once: it holds four files, and a data folder of 300
+            # contexts would otherwise keep 1,200 open for the life of the store (past a
+            # common limit of 1,024). Never registered, so no other call can be using
+            # it when it closes (closing a registered one could release the streaming
+            # lock of a reply another thread had just started); its file locks keep
+            # it and a state opened meanwhile from writing at once.
+            own = state is None
+            if state is None:
+                folder = context_dir(self.data_dir, metadata.id)
+                state = ContextState(metadata.id, folder, self.lock_timeout, self.fsync)
             try:
-                found.append(self._view(metadata.id, lambda _s, m: m.model_copy(deep=True)))
+                found.append(state.view(lambda _s, m: m.model_copy(deep=True)))
             except (CMError, OSError):
                 # Damaged, or unreadable for the OS (a read-only folder it had to repair,
                 # say): listed as metadata.json says, reported when the context is opened.
                 found.append(metadata)
-            if metadata.id not in open_before:
-                # A context opened only to be listed is closed again: it holds four
-                # files, and a data folder of 300 contexts would otherwise keep 1,200
-                # open for the life of the store (past a common limit of 1,024).
-                with self._registry_lock:
-                    state = self._states.get(metadata.id)
-                if state is not None:
-                    self._forget(state)
+            finally:
+                if own:
+                    with state.state_lock:
+                        state.close()
         found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
         return found
 
