@@ -14,6 +14,7 @@ import pytest
 from test_session_support import DEADLINE, Recorder
 from test_session_tools import Calculator, waiting
 
+from cm_notebook import tool
 from cm_notebook.errors import InvalidInputError, StoreLockTimeoutError, ToolArgumentsError
 from cm_notebook.events import ToolCallResolved
 from cm_notebook.model import ToolCallStatus
@@ -79,6 +80,35 @@ def test_edited_arguments_and_a_denial_with_a_reason_are_logged(
     assert edited.edited_arguments == {"a": 5, "b": 6}
     assert edited.arguments == {"a": 1, "b": 2}
     assert (denied.approved, denied.reason, denied.by) == (False, "no division by zero", "user")
+
+
+def test_an_edit_with_broken_text_runs_and_is_logged_and_one_with_nan_is_refused(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # Text pasted from a broken source may hold half of an emoji (a lone surrogate),
+    # which UTF-8 cannot hold: it was shown as valid, then the log write failed the
+    # turn and the approval was lost.
+    echoed: list[str] = []
+
+    @tool
+    def echo(text: str) -> str:
+        """Say the text back."""
+        echoed.append(text)
+        return text
+
+    fake = ScriptedProvider(strict=True).tool_call("echo", {"text": "hi"}).reply("done")
+    session = new_session(provider=fake, tools=[echo])
+    recorder = Recorder(session)
+    turn = session.send("go")
+    waiting(recorder)
+    with pytest.raises(ToolArgumentsError, match=r"text is NaN or an infinity"):
+        session.approve("call_1", arguments='{"text": NaN}')
+    [decided] = session.approve("call_1", arguments='{"text": "pasted \\udfff text"}')
+    assert decided.arguments == {"text": "pasted \ufffd text"}
+    assert turn.result(DEADLINE).content == "done"
+    assert echoed == ["pasted \ufffd text"]
+    [record] = session.approval_log()
+    assert record.edited_arguments == {"text": "pasted \ufffd text"}
 
 
 def test_always_allow_for_the_session_skips_asking_until_revoked(

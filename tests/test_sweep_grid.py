@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
 import pytest
@@ -46,6 +47,8 @@ async def test_the_grid_streams_cells_live_and_ends_with_every_reply(
     final = {c["key"]: c for c in grid.cells}
     assert final["p0-v0-r0"]["status"] == "failed"
     assert final["p1-v0-r0"]["status"] == "pending"
+    # A failed cell's partial text is marked, with why: never shown as an answer.
+    assert f"one two three [failed: {html.escape(sweep.cells[0].error or '')}]" in grid_html(sweep)
     # Resumed: the grid of the new run fills in.
     again = session.sweep(["What is <b>?", "Q2"], [{"label": "cold"}], name="g", progress=False)
     fake.reply("first")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.fields import FieldInfo
 
 from .. import _json
+from .._unicode import scrub
 from ..errors import InvalidInputError, ToolArgumentsError, ToolDefinitionError
 from ..providers.base import ToolSpec
 from ._docstrings import parse_docstring
@@ -138,7 +139,10 @@ class Tool(Generic[P, R]):
 
     def _validate(self, arguments: object, headline: str) -> dict[str, Any]:
         model = self._parse_and_check(arguments, headline)
-        return model.model_dump(mode="json", by_alias=True)
+        # Lone halves of surrogate pairs (pasted broken text) cannot be stored or logged
+        # as UTF-8: replaced here, so what is shown as valid is what runs and is kept.
+        validated: dict[str, Any] = scrub(model.model_dump(mode="json", by_alias=True))
+        return validated
 
     def _call_args(self, arguments: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """Validate (again) and split into the positional and keyword arguments to call with.
@@ -396,6 +400,14 @@ def _parse(arguments: object, headline: str, accepted: str) -> Mapping[str, Any]
         _json.check_size(arguments, MAX_ARGUMENTS_CHARS)
     except _json.JSONLimitError as exc:
         raise _too_big(headline, exc, accepted) from None
+    where = _json.non_finite_at(arguments)
+    if where is not None:
+        # Not JSON (Python's reader takes NaN and Infinity): stored, NaN would become null
+        # and the call run with other arguments than those shown.
+        raise ToolArgumentsError(
+            f"{headline}: {where} is NaN or an infinity, which is not a JSON number; "
+            "give a finite number"
+        )
     return arguments
 
 

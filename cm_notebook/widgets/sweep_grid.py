@@ -17,6 +17,7 @@ on the one comm. :func:`grid_html` draws the same grid as static HTML: a sweep's
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,17 @@ _STATUS_STYLE = {
 }
 
 
+def shown_text(cell: Mapping[str, Any]) -> str:
+    """What a cell shows: its reply; a failed one's partial text is marked as such,
+    with why it failed (as ``grid.js`` draws it), never shown as if it were an answer."""
+    text, error = cell["text"], cell["error"]
+    if cell["status"] != "failed":
+        return str(text)
+    if not text:
+        return str(error)
+    return f"{text} [failed: {error}]" if error else f"{text} [failed]"
+
+
 def grid_html(sweep: Sweep) -> str:
     """Static HTML of the sweep's grid (what a saved notebook shows)."""
     data = grid_data(sweep)
@@ -95,7 +107,7 @@ def grid_html(sweep: Sweep) -> str:
         for col in range(len(data["columns"])):
             parts = []
             for cell in by_place.get((row["key"], col), []):
-                text = cell["text"] or (cell["error"] if cell["status"] == "failed" else "")
+                text = shown_text(cell)
                 shown = html.escape(text) if text else f"({cell['status']})"
                 parts.append(
                     f'<div class="cm-grid-repeat" title="{html.escape(cell["branch"])}" '

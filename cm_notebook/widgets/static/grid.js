@@ -66,7 +66,13 @@ function render({ model, el }) {
       counts[cell.status] = (counts[cell.status] || 0) + 1;
       const slot = slots.get(cell.key);
       if (!slot) continue;
-      const text = cell.text || (cell.status === "failed" ? cell.error : "") || `(${cell.status})`;
+      // A failed cell's partial text is marked, with why (sweep_grid.shown_text).
+      let text = cell.text;
+      if (cell.status === "failed") {
+        const why = cell.error ? `[failed: ${cell.error}]` : "[failed]";
+        text = text ? `${text} ${why}` : cell.error;
+      }
+      text = text || `(${cell.status})`;
       const drawn = `${cell.status}\u0000${text}`;
       if (slot.dataset.drawn === drawn) continue;
       slot.dataset.drawn = drawn;
