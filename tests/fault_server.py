@@ -126,10 +126,11 @@ class EndWithoutFinish:
 
 @dataclass(frozen=True)
 class Malformed:
-    """Stream ``pieces``, then ``data: <raw>`` where raw is not a valid chunk."""
+    """Stream ``pieces``, then ``data: <raw>`` where raw is not a valid chunk (or each
+    line of a list of them; bytes are sent as they are, say invalid UTF-8)."""
 
     pieces: list[str] = field(default_factory=lambda: ["Hel"])
-    raw: str = '{"choices": [{"delta": {"content": "x"'
+    raw: str | bytes | list[str] = '{"choices": [{"delta": {"content": "x"'
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._end_stream()
             elif isinstance(behaviour, Malformed):
                 self._text(behaviour.pieces)
-                self._event(behaviour.raw)
+                raw = behaviour.raw
+                for line in raw if isinstance(raw, list) else [raw]:
+                    if isinstance(line, bytes):
+                        self._write(b"data: " + line + b"\n\n")
+                    else:
+                        self._event(line)
                 self._event("[DONE]")
                 self._end_stream()
             elif isinstance(behaviour, ErrorEvent):

@@ -199,6 +199,19 @@ async def test_e2e_replays_a_recorded_stream(server: FakeAnthropic) -> None:
 
 
 @pytest.mark.anyio
+async def test_e2e_an_event_type_newer_than_the_code_is_skipped(server: FakeAnthropic) -> None:
+    # The API may add event types: through the SDK's parser one was an internal error
+    # that failed the turn for good.
+    events = wire_events("text_only")
+    events.insert(3, {"type": "a_future_event", "payload": 1})
+    server.replies.append(Reply(events))
+    seen: list[StreamChunk] = []
+    async with claude(server.url) as provider:
+        await drain(provider, seen)
+    assert seen == expected("text_only")
+
+
+@pytest.mark.anyio
 async def test_e2e_error_event_mid_stream(server: FakeAnthropic) -> None:
     server.replies.append(Reply(wire_events("overloaded_error")))
     seen: list[StreamChunk] = []

@@ -295,6 +295,63 @@ async def test_malformed_chunk_is_transient_with_a_clear_message(
     assert "'choices' is not a list" in str(error)
 
 
+def _line(delta: dict[str, Any] | str, finish: str | None = None) -> str:
+    return json.dumps(
+        {"id": "c1", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ('"hello"', "a chunk is not a JSON object: 'hello'"),
+        ("[1, 2]", "a chunk is not a JSON object: [1, 2]"),
+        ('{"choices": ["x"]}', "a choice is not a JSON object: 'x'"),
+        (_line("hello"), "a delta is not a JSON object: 'hello'"),
+        (b'{"choices": [{"index": 0, "delta": {"content": "\xff"}}]}', "not valid UTF-8"),
+        (
+            [
+                _line({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f"}}]}),
+                _line({}, "tool_calls"),
+                _line({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+            ],
+            "a tool-call piece came after the finish reason",
+        ),
+    ],
+)
+async def test_a_chunk_of_the_wrong_shape_is_malformed_never_read_as_empty(
+    fault_server: FaultServer, raw: str | bytes | list[str], words: str
+) -> None:
+    # Read as empty, its text or tool call was lost without a word; one invalid byte
+    # failed the turn for good as an internal error.
+    fault_server.script([Malformed(["So far"], raw=raw)])
+    events, error = await run(provider_for(fault_server))
+    assert text_of(events) == "So far"
+    assert isinstance(error, TransientProviderError)
+    assert "malformed response" in str(error)
+    assert words in str(error)
+
+
+async def test_tool_call_arguments_sent_as_an_object_are_kept(fault_server: FaultServer) -> None:
+    # Some servers send the arguments as a JSON object: they were dropped, and the tool
+    # would have run with its defaults.
+    call = {"index": 0, "id": "a", "function": {"name": "f", "arguments": {"table": "tmp"}}}
+    fault_server.script([Malformed([], raw=[_line({"tool_calls": [call]}, "tool_calls")])])
+    events, error = await run(provider_for(fault_server))
+    assert error is None
+    [asked] = [e for e in events if isinstance(e, ToolCallRequest)]
+    assert json.loads(asked.arguments_json) == {"table": "tmp"}
+
+
+async def test_an_error_event_given_as_text_keeps_the_servers_words(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.script([Malformed(["So"], raw='{"error": "model is overloaded"}')])
+    _, error = await run(provider_for(fault_server))
+    assert isinstance(error, TransientProviderError)
+    assert "model is overloaded" in str(error)
+
+
 async def test_error_event_mid_stream(fault_server: FaultServer) -> None:
     fault_server.script(
         [

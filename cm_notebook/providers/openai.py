@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from pydantic import BaseModel
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
 from ..redact import (
@@ -170,6 +171,14 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
+def _object(value: Any, what: str) -> Any:
+    # A JSON object as the SDK gives it (its model, or a raw dict where a field did not
+    # match its type). Anything else is the server's mistake, never read as empty.
+    if isinstance(value, (Mapping, BaseModel)):
+        return value
+    raise _malformed(f"{what} is not a JSON object: {value!r:.200}")
+
+
 def _malformed(detail: str) -> ProviderError:
     return _errors.malformed_response_error(provider=_PROVIDER, detail=detail)
 
@@ -221,6 +230,7 @@ class _Assembler:
 
     def feed(self, chunk: Any) -> list[StreamChunk]:
         self.received += 1
+        chunk = _object(chunk, "a chunk")
         chunk_id = _get(chunk, "id")
         if self.request_id is None and isinstance(chunk_id, str) and chunk_id:
             self.request_id = chunk_id[:500]
@@ -238,11 +248,12 @@ class _Assembler:
         if not isinstance(choices, list):
             raise _malformed(f"'choices' is not a list: {choices!r:.200}")
         for choice in choices:
+            choice = _object(choice, "a choice")
             if (_get(choice, "index") or 0) != 0:
                 continue  # only one reply is requested
             delta = _get(choice, "delta")
             if delta is not None:
-                events.extend(self._delta(delta))
+                events.extend(self._delta(_object(delta, "a delta")))
             reason = _get(choice, "finish_reason")
             if reason is not None:
                 if not isinstance(reason, str):
@@ -270,6 +281,9 @@ class _Assembler:
             return events
         if not isinstance(pieces, list):
             raise _malformed(f"delta tool_calls is not a list: {pieces!r:.200}")
+        if pieces and self.finish is not None:
+            # The calls went out with the finish reason: a piece now would be lost.
+            raise _malformed("a tool-call piece came after the finish reason")
         for piece in pieces:
             call = self._call_for(piece)
             function = _get(piece, "function")
@@ -277,8 +291,14 @@ class _Assembler:
                 name, arguments = _get(function, "name"), _get(function, "arguments")
                 if isinstance(name, str) and name:
                     call.name = name if not call.name else call.name
+                if isinstance(arguments, Mapping):
+                    # Some servers send the arguments as an object, not JSON text: kept,
+                    # never dropped (the tool would run with its defaults instead).
+                    arguments = json.dumps(arguments)
                 if isinstance(arguments, str):
                     call.arguments.append(arguments)
+                elif arguments is not None:
+                    raise _malformed(f"tool-call arguments are not text: {arguments!r:.200}")
         return events
 
     def _call_for(self, piece: Any) -> _PartialCall:
@@ -473,9 +493,14 @@ class OpenAIProvider:
             return _malformed(str(exc))
         if isinstance(exc, json.JSONDecodeError):
             return _malformed(f"a chunk is not valid JSON ({exc})")
+        if isinstance(exc, UnicodeDecodeError):
+            return _malformed(f"a chunk is not valid UTF-8 ({exc.reason} at byte {exc.start})")
         if isinstance(exc, sdk.APIError):
-            # An error event inside the stream: {"error": {...}} with no HTTP status.
+            # An error event inside the stream: {"error": {...}} with no HTTP status, or
+            # {"error": "text"} from some servers.
             body = exc.body if isinstance(exc.body, Mapping) else {}
+            if isinstance(exc.body, str) and exc.body.strip():
+                body = {"message": exc.body}
             message = _errors.error_message_from_body(body, exc.message)
             code = body.get("code")
             if isinstance(code, str) and code.isdigit():
@@ -493,7 +518,13 @@ class OpenAIProvider:
         return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
 
     def _catchable(self) -> tuple[type[BaseException], ...]:
-        return (self._sdk.OpenAIError, json.JSONDecodeError, *self._timeouts, *self._transport)
+        return (
+            self._sdk.OpenAIError,
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            *self._timeouts,
+            *self._transport,
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Yield text deltas, then tool calls, :class:`Usage` and :class:`Finish`."""
