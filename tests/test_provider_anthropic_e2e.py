@@ -67,6 +67,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     end: Literal["complete", "reset", "hang"] = "complete"
     delay: float = 0.0
+    raw: bytes = b""  # sent as it is after the events (say, bytes that are not UTF-8)
 
 
 class FakeAnthropic(ThreadingHTTPServer):
@@ -124,6 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
+        if reply.raw:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(reply.raw), reply.raw))
         if reply.end == "complete":
             self.wfile.write(b"0\r\n\r\n")
         elif reply.end == "reset":
@@ -209,6 +212,21 @@ async def test_e2e_an_event_type_newer_than_the_code_is_skipped(server: FakeAnth
     async with claude(server.url) as provider:
         await drain(provider, seen)
     assert seen == expected("text_only")
+
+
+@pytest.mark.anyio
+async def test_e2e_an_event_that_is_not_utf8_is_malformed_and_retried(
+    server: FakeAnthropic,
+) -> None:
+    # One bad byte failed the turn for good as an internal error.
+    events = wire_events("text_only")[:3]
+    delta = b'"delta": {"type": "text_delta", "text": "\xff"}'
+    bad = b'{"type": "content_block_delta", "index": 0, ' + delta + b"}"
+    server.replies.append(Reply(events, raw=b"event: content_block_delta\ndata: " + bad + b"\n\n"))
+    seen: list[StreamChunk] = []
+    async with claude(server.url) as provider:
+        with pytest.raises(TransientProviderError, match="an event is not valid UTF-8"):
+            await drain(provider, seen)
 
 
 @pytest.mark.anyio

@@ -374,7 +374,12 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 def _translatable_errors() -> tuple[type[BaseException], ...]:
     # Exactly what translate_sdk_error() understands; anything else is a bug and must
     # surface as itself rather than be disguised as a provider failure.
-    return (anthropic.AnthropicError, json.JSONDecodeError, *_transport_errors())
+    return (
+        anthropic.AnthropicError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        *_transport_errors(),
+    )
 
 
 def translate_sdk_error(
@@ -421,6 +426,9 @@ def translate_sdk_error(
         )
     if isinstance(exc, json.JSONDecodeError):
         return malformed_response_error(provider=_PROVIDER, detail=f"bad JSON in an event: {exc}")
+    if isinstance(exc, UnicodeDecodeError):
+        detail = f"an event is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        return malformed_response_error(provider=_PROVIDER, detail=detail)
     if isinstance(exc, anthropic.AnthropicError):
         # E.g. the SDK could not load credentials from its config files.
         return PermanentProviderError(f"{_PROVIDER}: {exc}", provider=_PROVIDER)
