@@ -211,8 +211,29 @@ def test_a_decision_on_a_call_waiting_in_a_kernel_is_answered_as_made(
             {"provider": "anthropic:claude-haiku-4-5", "provider_options": {"timeout": "x"}},
             ["option 'timeout' must be a number, not a string", "correct its value"],
         ),
+        # Kept by the client as given, they failed (or misled) every later request.
+        (
+            {"provider": "openai:m", "provider_options": {"organization": 5}},
+            ["option 'organization' must be a string or null, not a number"],
+        ),
+        (
+            {"provider": "openai:m", "provider_options": {"include_usage": "false"}},
+            ["option 'include_usage' must be true or false, not a string"],
+        ),
+        (
+            {"provider": "openai:m", "provider_options": {"default_headers": {"X-A": 5}}},
+            ["default_headers must map header names to text values"],
+        ),
     ],
-    ids=["unknown", "another provider's option", "a string for a number", "anthropic timeout"],
+    ids=[
+        "unknown",
+        "another provider's option",
+        "a string for a number",
+        "anthropic timeout",
+        "a number for a string",
+        "a string for true or false",
+        "a number for a header",
+    ],
 )
 def test_a_refused_provider_option_is_named_with_what_to_do(
     client: httpx.Client, body: dict[str, Any], said: list[str]

@@ -382,6 +382,13 @@ class OpenAIProvider:
         self.base_url: str | None = base_url or os.environ.get(_BASE_URL_ENV) or None
         self.timeout = float(timeout)
         self.include_usage = include_usage
+        if default_headers is not None and not (
+            isinstance(default_headers, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in default_headers.items())
+        ):
+            raise InvalidInputError(
+                "default_headers must map header names to text values, e.g. {'X-Team': 'research'}"
+            )
         self._timeouts, self._transport = _transport_errors()
         key = api_key or os.environ.get(_KEY_ENV) or (_PLACEHOLDER_KEY if self.base_url else None)
         # A server may echo a key in an error body: remembered, so it is never stored.

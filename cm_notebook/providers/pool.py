@@ -99,6 +99,11 @@ def close_later(provider: Provider) -> None:
 def _built(spec: str, options: Mapping[str, Any]) -> Provider:
     # get_provider, with a constructor's TypeError or ValueError (an option it does not
     # take, a string for a number...) as the InvalidInputError of bad input it is.
+    # Values not of their annotated type are refused first: a constructor may keep
+    # one (organization=5, include_usage="false") that fails, or misleads, every request.
+    wrong = _wrong_type(spec, options)
+    if wrong is not None:
+        raise InvalidInputError(wrong)
     try:
         return get_provider(spec, **options)
     except CMError as exc:
@@ -225,6 +230,8 @@ def _expected(hint: Any) -> tuple[tuple[type, ...], str] | None:
     # when the annotation is not a plain one (or a union of plain ones).
     if hint in _PLAIN:
         return _PLAIN[hint]
+    if typing.get_origin(hint) in (Mapping, dict):  # its entries are the provider's to check
+        return (Mapping,), "an object"
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         parts = [_expected(arg) for arg in typing.get_args(hint)]
         if any(part is None for part in parts):
