@@ -116,6 +116,13 @@ def test_use_of_a_damaged_context_says_what_is_wrong_with_it(fe: FrontEnd) -> No
         assert "Other" in listed
 
 
+def test_a_branch_named_twice_is_compared_once(fe: FrontEnd) -> None:
+    fe.run("%cm new Twice --provider scripted")
+    # Accepted before, as a comparison of the branch with itself.
+    for line in ("%cm compare main", "%cm compare main main"):
+        assert "compare needs two or more branches, got ['main']" in _usage_error(fe, line)
+
+
 @pytest.mark.parametrize("value", ["no", "false", ""])
 def test_a_flag_given_a_value_is_refused_and_stops_nothing(fe: FrontEnd, value: str) -> None:
     fe.use_scripted("flag", '[{"hang": True, "after_chunks": 1, "text": "partial"}]')

@@ -8,9 +8,17 @@ pytest.importorskip("IPython")
 
 from IPython.core.error import UsageError
 
-from cm_notebook.magics._args import ApproveArgs, BranchArgs, CellArgs, HistoryArgs, SendArgs
+from cm_notebook.magics._args import (
+    ApproveArgs,
+    BranchArgs,
+    CellArgs,
+    HistoryArgs,
+    SendArgs,
+    StopArgs,
+    TurnArgs,
+)
 from cm_notebook.magics._interpolate import field_names, interpolate
-from cm_notebook.magics._parse import parse_args, split_words
+from cm_notebook.magics._parse import MagicArgs, parse_args, split_words
 
 
 def cell(line: str) -> CellArgs:
@@ -120,6 +128,23 @@ def test_subcommand_models() -> None:
         parse_args(ApproveArgs, ["--args", "{}"])
 
 
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (SendArgs, ["hello", "--branch", ""]),
+        (StopArgs, ["--branch", " "]),
+        (TurnArgs, ["--branch="]),
+        (CellArgs, ["--branch", ""]),
+    ],
+)
+def test_an_empty_branch_name_is_refused_by_every_command(
+    model: type[MagicArgs], words: list[str]
+) -> None:
+    # Some took it for the active branch (`%cm stop --branch ''` stopped its reply).
+    with pytest.raises(UsageError, match="--branch: give a branch name, or leave --branch out"):
+        parse_args(model, words)
+
+
 def test_interpolation_fills_fields_and_keeps_escaped_braces() -> None:
     namespace = {"country": "France", "numbers": [1, 2], "x": 0.5}
     text, used = interpolate("{country} {numbers[1]} {x:.2f} {{literal}} {country!r}", namespace)
@@ -139,6 +164,27 @@ def test_interpolation_fills_fields_and_keeps_escaped_braces() -> None:
 def test_interpolation_errors_say_what_to_do(text: str, says: str) -> None:
     with pytest.raises(UsageError, match=says.replace("(", r"\(")):
         interpolate(text, {"country": "France"})
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        raise RuntimeError("format boom")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("{bad}", "format boom"), ("{bad!r}", "repr boom"), ("{bad!s:>5}", "repr boom")],
+)
+def test_a_value_that_cannot_be_written_as_text_is_named_in_one_line(text: str, says: str) -> None:
+    # Its own __format__ / __str__ / __repr__ raising was a traceback through the formatter.
+    with pytest.raises(UsageError, match=r"\{bad\} in the cell: the _Unprintable in 'bad'") as info:
+        interpolate(text, {"bad": _Unprintable()})
+    assert f"RuntimeError: {says}" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -235,10 +235,11 @@ class Commands:
         while this kernel's cells in the context are under way, once they have run."""
         session = self.session()
         _well_formed(*args.branches)
+        branches = list(dict.fromkeys(args.branches))  # a branch named twice is one
         waits = self.sender.still_coming(session)
         if waits:
-            return LaterCompareView(session, args.branches, waits)
-        return SavedCompareView(session, *args.branches)
+            return LaterCompareView(session, branches, waits)
+        return SavedCompareView(session, *branches)
 
     def _after_cells(
         self,
@@ -389,8 +390,8 @@ HELP = "\n".join(
         "%cm ls | %cm branches    list contexts / branches of the current one",
         a.CellArgs.USAGE,
         "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",
-        "  --var NAME stores the reply's text in NAME when it completes (a later cell's",
-        "  {NAME}, or Python naming NAME, waits for it);",
+        "  --var NAME stores the reply's text in NAME once it completes, or its partial",
+        "  text if stopped (a later cell's {NAME}, or Python naming NAME, waits for it);",
         "  a cell's view is awaitable: `reply = await _` waits for the reply.",
     ]
 )

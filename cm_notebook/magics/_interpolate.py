@@ -34,7 +34,7 @@ class _Formatter(string.Formatter):
         self._key = ""  # the variable of the field being filled in
 
     def format_field(self, value: Any, format_spec: str) -> Any:
-        text = super().format_field(value, format_spec)
+        text = self._users_code(super().format_field, value, format_spec)
         if holds_credential(str(text)):
             # Sent, it would be stored with the conversation, in its signals and in the
             # notebook's outputs: a key typed by mistake must not get there.
@@ -44,6 +44,23 @@ class _Formatter(string.Formatter):
                 "the notebook would keep it. Leave it out of the message"
             )
         return text
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        return self._users_code(super().convert_field, value, conversion)
+
+    def _users_code(self, step: Any, value: Any, how: str | None) -> Any:
+        # Formatting runs the value's own __format__ / __str__ / __repr__: whatever it
+        # raises is the variable's problem, said in one line, not a traceback.
+        try:
+            return step(value, how)
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(
+                f"{{{self._key}}} in the cell: the {type(value).__name__} in {self._key!r} "
+                f"could not be written as text ({type(exc).__name__}: {exc}); give a "
+                "variable that holds text, or convert it first"
+            ) from exc
 
     def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
         if isinstance(key, int) or not key:

@@ -25,7 +25,7 @@ import typing
 from typing import Any, ClassVar, TypeVar
 
 from IPython.core.error import UsageError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 __all__ = ["MagicArgs", "parse_args", "parse_text_args", "split_words"]
 
@@ -43,6 +43,15 @@ class MagicArgs(BaseModel):
     REST: ClassVar[str | None] = None
     #: Short option aliases, e.g. ``{"-f": "format"}``.
     SHORT: ClassVar[dict[str, str]] = {}
+
+    @field_validator("branch", check_fields=False)
+    @classmethod
+    def _a_branch_is_named(cls, value: object) -> object:
+        # ``--branch ''`` is no branch: some commands took it for the active one (and
+        # stopped its reply), others refused it. Every one refuses it now.
+        if isinstance(value, str) and not value:
+            raise ValueError("give a branch name, or leave --branch out for the active branch")
+        return value
 
 
 M = TypeVar("M", bound=MagicArgs)
