@@ -109,7 +109,7 @@ def test_server_errors_twice_then_success(
 
 
 def test_a_reset_mid_stream_is_retried_and_the_partial_text_kept(
-    session: ContextSession, fault_server: FaultServer
+    session: ContextSession, fault_server: FaultServer, data_dir: Path
 ) -> None:
     fault_server.script([ResetAfter(["Hel", "lo wor"]), Reply("Hello world.")])
     recorder = Recorder(session)
@@ -132,6 +132,18 @@ def test_a_reset_mid_stream_is_retried_and_the_partial_text_kept(
     assert "".join(e.text for e in deltas[restarts[-1] :]) == message.content
     # The model is never shown the failed attempt: the retry sends the same request.
     assert fault_server.requests[0]["messages"] == fault_server.requests[1]["messages"]
+    # Stored as the model wrote it, as the reply's own text is: text that looks like a
+    # credential (`auth=basic`) is the model's, not a key to redact.
+    looks_like = "pass auth=basic and the key: the_one"
+    fault_server.script([ResetAfter([looks_like]), Reply("Done.")])
+    retried = session.send("Again").result(DEADLINE)
+    other_store = FileStore(data_dir)  # read from the file, as another process would
+    try:
+        stored = anyio.run(other_store.get_message, session.id, retried.id)
+    finally:
+        anyio.run(other_store.close)
+    (attempt,) = failed_attempts(stored)
+    assert attempt["text"] == looks_like
 
 
 def test_unauthorized_fails_at_once_and_retry_succeeds_later(

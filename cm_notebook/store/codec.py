@@ -193,8 +193,16 @@ def _message_raw(message: Message) -> dict[str, Any]:
     raw: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     raw.update(message.model_dump(mode="json"))
     # How a message came to be (an error body, failed attempts, parameters) may quote a
-    # key a server echoed; the message's own text and tool calls are the user's data.
-    raw["metadata"] = redact(raw["metadata"])
+    # key a server echoed; the message's own text and tool calls are the user's data,
+    # and so is the text a failed attempt generated (kept as the model wrote it).
+    metadata = raw["metadata"]
+    redacted = redact(metadata)
+    attempts = metadata.get("failed_attempts")
+    if isinstance(attempts, list) and isinstance(redacted.get("failed_attempts"), list):
+        for attempt, kept in zip(attempts, redacted["failed_attempts"], strict=False):
+            if isinstance(attempt, dict) and isinstance(kept, dict) and "text" in attempt:
+                kept["text"] = attempt["text"]
+    raw["metadata"] = redacted
     return raw
 
 
