@@ -4,6 +4,7 @@ magics' terms (a magic has no ``turn`` and no ``session`` variable)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
@@ -86,3 +87,19 @@ def test_a_closed_session_s_remedy_names_the_magic_with_its_id(
         session.send("hello")
     assert f"make it current again with `%cm use {session.id}`" in str(caught.value)
     assert "ContextSession.open" not in str(caught.value)
+
+
+def test_a_deleted_context_and_a_taken_branch_name_are_said_as_magics(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    # The store's own errors, as a magic meets them (the current context deleted by
+    # `cm-notebook rm` in a terminal; `%cm branch main`): no Python call to make.
+    session = new_session(provider=ScriptedProvider())
+    with pytest.raises(UsageError) as taken, translated():
+        session.branch("main")
+    assert str(taken.value).endswith("already has a branch 'main'; pick another name.")
+    with pytest.raises(UsageError) as gone, translated():
+        ContextSession.open("c-deleted-meanwhile", data_dir=data_dir)
+    said = str(gone.value)
+    assert "It may have been deleted: `%cm ls` lists the stored contexts" in said
+    assert "FileStore" not in said

@@ -37,6 +37,12 @@ _REMEDIES = (
         "create one with session.branch(name) or session.fan_out(...)",
         "make one with `%cm branch NAME`, or compare answers with `%%cm --ab` / `--fanout`",
     ),
+    (
+        # The current context deleted meanwhile (say, `cm-notebook rm` in a terminal).
+        "List existing contexts with FileStore.list_contexts() (or `cm-notebook ls`).",
+        "It may have been deleted: `%cm ls` lists the stored contexts, `%cm new` makes one.",
+    ),
+    ("pick another name, or delete that branch first (delete_branch)", "pick another name"),
 )
 
 #: Remedies that name a context: the same, with the context's id kept.
