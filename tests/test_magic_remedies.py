@@ -10,7 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from cm_notebook.errors import BranchNotFoundError, BusyError, InvalidInputError, StateError
-from cm_notebook.magics._remedies import translated
+from cm_notebook.magics._remedies import said, translated
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
@@ -103,3 +103,11 @@ def test_a_deleted_context_and_a_taken_branch_name_are_said_as_magics(
     said = str(gone.value)
     assert "It may have been deleted: `%cm ls` lists the stored contexts" in said
     assert "FileStore" not in said
+
+
+def test_a_view_says_a_usage_error_in_its_own_words() -> None:
+    # A queued cell whose send failed showed `not sent: UsageError("...")`.
+    assert (
+        said(UsageError("{x} in the cell: no variable 'x'")) == "{x} in the cell: no variable 'x'"
+    )
+    assert said(RuntimeError("boom")) == "RuntimeError('boom')"

@@ -116,6 +116,18 @@ def test_use_of_a_damaged_context_says_what_is_wrong_with_it(fe: FrontEnd) -> No
         assert "Other" in listed
 
 
+def test_a_cell_waiting_for_a_reply_checks_its_other_fields_at_once(fe: FrontEnd) -> None:
+    fe.use_scripted("waits", "[{'reply': 'Paris', 'delay': 0.3}, {'reply': 'ok'}]")
+    fe.run("%%cm --var ans\nCapital of France?")
+    # A typo in another field failed only the send, later, shown as a Python repr.
+    said = _usage_error(fe, "%%cm\n{ans} {nosuch}")
+    assert "{nosuch} in the cell: no variable 'nosuch'" in said
+    # Whatever the reply's own field does is left to its text.
+    fe.run("%%cm\n{ans!r} starts with {ans[0]:>3}")
+    fe.run("sent = await _")
+    assert _printed(fe, "slow.history()[-2].content") == "'Paris' starts with   P"
+
+
 def test_a_branch_named_twice_is_compared_once(fe: FrontEnd) -> None:
     fe.run("%cm new Twice --provider scripted")
     # Accepted before, as a comparison of the branch with itself.

@@ -64,8 +64,11 @@ def for_magics(message: str) -> str:
 
 
 def said(exc: BaseException) -> str:
-    """What a view says of an error: a session's in the magics' terms, else its repr."""
-    return for_magics(str(exc)) if isinstance(exc, CMError) else repr(exc)
+    """What a view says of an error: a session's in the magics' terms, a usage error's
+    own words, else its repr."""
+    if isinstance(exc, CMError):
+        return for_magics(str(exc))
+    return str(exc) if isinstance(exc, UsageError) else repr(exc)
 
 
 @contextmanager

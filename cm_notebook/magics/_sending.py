@@ -102,8 +102,12 @@ class CellSender:
             # Provenance: which kernel variables fed it (see cm_notebook.provenance).
             return _Message(text, describe_variables(used, namespace))
 
-        # Filled in now, so a mistake fails the cell; later when a field waits for a reply.
+        # Filled in now, so a mistake fails the cell; later when a field waits for a reply,
+        # but checked now with those replies left open: a mistake in any other field (a
+        # name not defined) still fails the cell, not the send once the replies came.
         now = None if setters else message()
+        if setters:
+            interpolate(body, ChainMap(dict.fromkeys(later, _OPEN_REPLY), namespace))
         if args.ab is not None or args.fanout is not None:
             view: ReplyView | ComparisonView = self._fan_out(
                 session, args, params, now or message, setters
@@ -342,6 +346,28 @@ class CellSender:
             self.namespace[name] = result.content if isinstance(result, Message) else result
 
         return store
+
+
+class _OpenReply:
+    """A reply not yet come, as a field's value in the check of a cell's other fields:
+    any attribute, item or format of it is fine (the reply's text decides later)."""
+
+    def __getattr__(self, name: str) -> _OpenReply:
+        return self
+
+    def __getitem__(self, key: object) -> _OpenReply:
+        return self
+
+    def __format__(self, spec: str) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return ""
+
+    __str__ = __repr__
+
+
+_OPEN_REPLY = _OpenReply()
 
 
 def _waits(
