@@ -247,6 +247,19 @@ async def test_404_unknown_model_names_the_model_and_how_to_list(
     assert error.status_code == 404
     assert "'gpt-nope'" in str(error)
     assert f"{fault_server.url}/models" in str(error)
+    # A base_url without the server's /v1 gives the same 404: the hint says to check it.
+    assert "check base_url: OpenAI-compatible servers usually serve under /v1" in str(error)
+    fault_server.script([Status.unknown_model("gpt-nope")])
+    with_query = OpenAIProvider("m", base_url=f"{fault_server.url}?tenant=a", timeout=TIMEOUT)
+    _, error = await run(with_query, request(model="gpt-nope"))
+    assert f"{fault_server.url}/models?tenant=a" in str(error)  # not ".../v1?tenant=a/models"
+
+
+@pytest.mark.parametrize("base_url", ["localhost:8080/v1", "ftp://host/v1", "127.0.0.1:8080"])
+def test_a_base_url_without_a_web_scheme_is_refused_at_once(base_url: str) -> None:
+    # The SDK failed every request as a connection error, retried, with no hint.
+    with pytest.raises(InvalidInputError, match="base_url must start with http:// or https://"):
+        OpenAIProvider("m", base_url=base_url)
 
 
 async def test_400_is_permanent_with_the_servers_message(fault_server: FaultServer) -> None:

@@ -52,6 +52,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from pydantic import BaseModel
@@ -169,6 +170,10 @@ def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def _has_web_scheme(url: str) -> bool:
+    return urlsplit(url.strip()).scheme.lower() in ("http", "https")
 
 
 def _object(value: Any, what: str) -> Any:
@@ -380,6 +385,13 @@ class OpenAIProvider:
         self._sdk = _import_openai()
         self.model: str = model.strip()
         self.base_url: str | None = base_url or os.environ.get(_BASE_URL_ENV) or None
+        if self.base_url is not None and not _has_web_scheme(self.base_url):
+            # Without one the SDK fails every request as a "connection error", retried.
+            where = "base_url" if base_url else _BASE_URL_ENV
+            raise InvalidInputError(
+                f"{where} must start with http:// or https://, e.g. "
+                f"'http://localhost:8080/v1'; got {redact_text(self.base_url)!r}"
+            )
         self.timeout = float(timeout)
         self.include_usage = include_usage
         if default_headers is not None and not (
@@ -463,7 +475,13 @@ class OpenAIProvider:
 
     def _models_hint(self) -> str:
         if self.base_url:
-            return f"List the models this server offers at {self.base_url.rstrip('/')}/models."
+            base = urlsplit(redact_text(self.base_url))
+            models = urlunsplit(base._replace(path=base.path.rstrip("/") + "/models"))
+            return (
+                f"List the models this server offers at {models}. If the name is right, "
+                "check base_url: OpenAI-compatible servers usually serve under /v1 "
+                "(e.g. http://localhost:8080/v1)."
+            )
         return (
             "List the models your key can use with `openai.OpenAI().models.list()` or see "
             "https://platform.openai.com/docs/models."
