@@ -50,12 +50,10 @@ import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-from pydantic import BaseModel
 
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
 from ..redact import (
@@ -67,7 +65,8 @@ from ..redact import (
 )
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
-from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
+from ._openai_chunks import ChunkAssembler, malformed
+from .base import ChatRequest, Finish, StreamChunk
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -156,195 +155,8 @@ def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
     return tuple(timeouts), tuple(transport)
 
 
-@dataclass
-class _PartialCall:
-    index: int  # the server's index: calls are emitted in index order
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-def _get(obj: Any, name: str) -> Any:
-    # SDK chunks are built without validation, so a field that did not match its type
-    # is left as a raw dict or value: read both shapes.
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
 def _has_web_scheme(url: str) -> bool:
     return urlsplit(url.strip()).scheme.lower() in ("http", "https")
-
-
-def _object(value: Any, what: str) -> Any:
-    # A JSON object as the SDK gives it (its model, or a raw dict where a field did not
-    # match its type). Anything else is the server's mistake, never read as empty.
-    if isinstance(value, (Mapping, BaseModel)):
-        return value
-    raise _malformed(f"{what} is not a JSON object: {value!r:.200}")
-
-
-def _malformed(detail: str) -> ProviderError:
-    return _errors.malformed_response_error(provider=_PROVIDER, detail=detail)
-
-
-def _count(value: Any) -> int | None:
-    # A token count as servers send it: an int, or a whole float (12.0) from servers
-    # that serialise numbers as floats. Anything else is no count at all.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        return None
-    return int(value)
-
-
-def _usage(raw: Any) -> Usage | None:
-    """The counts in a usage report, or None if it has none.
-
-    A count the server left out is 0, as in :class:`~cm_notebook.model.TokenUsage`
-    (and the ``local`` provider); the output count falls back to ``total_tokens``
-    minus ``prompt_tokens`` when only those two are given.
-    """
-    prompt = _count(_get(raw, "prompt_tokens"))
-    completion = _count(_get(raw, "completion_tokens"))
-    total = _count(_get(raw, "total_tokens"))
-    if completion is None and total is not None and prompt is not None and total >= prompt:
-        completion = total - prompt
-    if prompt is None and completion is None:
-        if raw:  # a report, but not one we can read: worth a note, not a failure
-            logger.debug("openai usage without token counts: %.200r", raw)
-        return None
-    return Usage(input_tokens=prompt or 0, output_tokens=completion or 0)
-
-
-class _Assembler:
-    """Turns ``chat.completion.chunk`` objects into stream chunks; keeps partial tool calls."""
-
-    def __init__(self) -> None:
-        # In the order they started; ``_open`` maps a server index to the call that
-        # index now continues (a new id under a used index starts another call).
-        self.calls: list[_PartialCall] = []
-        self._open: dict[int, _PartialCall] = {}
-        self.finish: str | None = None
-        self.usage: Usage | None = None
-        # The usage chunk that ends a reply comes after its finish reason; one sent
-        # earlier (servers that report usage on every chunk) is not the last.
-        self.usage_after_finish = False
-        self.received = 0
-        self.request_id: str | None = None  # the completion's id, for provenance
-
-    def feed(self, chunk: Any) -> list[StreamChunk]:
-        self.received += 1
-        chunk = _object(chunk, "a chunk")
-        chunk_id = _get(chunk, "id")
-        if self.request_id is None and isinstance(chunk_id, str) and chunk_id:
-            self.request_id = chunk_id[:500]
-        events: list[StreamChunk] = []
-        raw_usage = _get(chunk, "usage")
-        if raw_usage is not None:
-            if self.finish is not None:
-                self.usage_after_finish = True
-            # Usage is optional: a report with counts missing or of the wrong type costs
-            # the counts, never the reply (which is whole once the finish reason came).
-            self.usage = _usage(raw_usage) or self.usage
-        choices = _get(chunk, "choices")
-        if choices is None:
-            choices = []
-        if not isinstance(choices, list):
-            raise _malformed(f"'choices' is not a list: {choices!r:.200}")
-        for choice in choices:
-            choice = _object(choice, "a choice")
-            if (_get(choice, "index") or 0) != 0:
-                continue  # only one reply is requested
-            delta = _get(choice, "delta")
-            if delta is not None:
-                events.extend(self._delta(_object(delta, "a delta")))
-            reason = _get(choice, "finish_reason")
-            if reason is not None:
-                if not isinstance(reason, str):
-                    raise _malformed(f"finish_reason is not a string: {reason!r:.200}")
-                self.finish = reason
-                if raw_usage is not None:
-                    self.usage_after_finish = True  # usage in the finish reason's chunk
-                events.extend(self._complete_calls())
-        return events
-
-    def done(self, usage_asked: bool) -> bool:
-        """Whether the reply is whole: its finish reason came, and the usage chunk
-        after it too if usage was asked for."""
-        return self.finish is not None and (self.usage_after_finish or not usage_asked)
-
-    def _delta(self, delta: Any) -> list[StreamChunk]:
-        events: list[StreamChunk] = []
-        text = _get(delta, "content")
-        if text is not None and not isinstance(text, str):
-            raise _malformed(f"delta content is not text: {text!r:.200}")
-        if text:
-            events.append(TextDelta(text))
-        pieces = _get(delta, "tool_calls")
-        if pieces is None:
-            return events
-        if not isinstance(pieces, list):
-            raise _malformed(f"delta tool_calls is not a list: {pieces!r:.200}")
-        if pieces and self.finish is not None:
-            # The calls went out with the finish reason: a piece now would be lost.
-            raise _malformed("a tool-call piece came after the finish reason")
-        for piece in pieces:
-            call = self._call_for(piece)
-            function = _get(piece, "function")
-            if function is not None:
-                name, arguments = _get(function, "name"), _get(function, "arguments")
-                if isinstance(name, str) and name:
-                    call.name = name if not call.name else call.name
-                if isinstance(arguments, Mapping):
-                    # Some servers send the arguments as an object, not JSON text: kept,
-                    # never dropped (the tool would run with its defaults instead).
-                    arguments = json.dumps(arguments)
-                if isinstance(arguments, str):
-                    call.arguments.append(arguments)
-                elif arguments is not None:
-                    raise _malformed(f"tool-call arguments are not text: {arguments!r:.200}")
-        return events
-
-    def _call_for(self, piece: Any) -> _PartialCall:
-        """The call a tool-call piece belongs to, started if it is the first piece."""
-        index = _get(piece, "index")
-        piece_id = _get(piece, "id")
-        if not isinstance(piece_id, str):
-            piece_id = ""
-        if isinstance(index, bool) or not isinstance(index, int):
-            # Some servers leave out the index: the pieces continue the last call.
-            last = self.calls[-1] if self.calls else None
-            index = last.index if last is not None else 0
-            call = last
-        else:
-            call = self._open.get(index)
-        # A piece that names an id other than its call's starts a new call: some
-        # servers stream parallel calls one after the other, all under index 0.
-        if call is None or (piece_id and call.id and call.id != piece_id):
-            call = _PartialCall(index)
-            self.calls.append(call)
-            self._open[index] = call
-        if piece_id:
-            call.id = piece_id
-        return call
-
-    def _complete_calls(self) -> list[StreamChunk]:
-        events: list[StreamChunk] = []
-        # sorted() is stable: calls that share an index keep the order they came in.
-        for call in sorted(self.calls, key=lambda c: c.index):
-            if not call.name:
-                raise _malformed(f"tool call #{call.index} ended without a function name")
-            events.append(
-                ToolCallRequest(
-                    id=call.id or f"call_{call.index}",
-                    name=call.name,
-                    arguments_json="".join(call.arguments) or "{}",
-                )
-            )
-        self.calls.clear()
-        self._open.clear()
-        return events
 
 
 class OpenAIProvider:
@@ -515,11 +327,11 @@ class OpenAIProvider:
             target = self.base_url or "api.openai.com"
             return _errors.connection_error(provider=_PROVIDER, detail=f"{target}: {detail}")
         if isinstance(exc, sdk.APIResponseValidationError):
-            return _malformed(str(exc))
+            return malformed(str(exc))
         if isinstance(exc, json.JSONDecodeError):
-            return _malformed(f"a chunk is not valid JSON ({exc})")
+            return malformed(f"a chunk is not valid JSON ({exc})")
         if isinstance(exc, UnicodeDecodeError):
-            return _malformed(f"a chunk is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            return malformed(f"a chunk is not valid UTF-8 ({exc.reason} at byte {exc.start})")
         if isinstance(exc, sdk.APIError):
             # An error event inside the stream: {"error": {...}} with no HTTP status, or
             # {"error": "text"} from some servers.
@@ -570,7 +382,7 @@ class OpenAIProvider:
                 base_url=redact_text(self.base_url) if self.base_url else None,
                 hint=" (for OpenAI-compatible servers it usually ends in /v1)",
             )
-        assembler = _Assembler()
+        assembler = ChunkAssembler()
         iterator = response.__aiter__()
         try:
             # Ends at the reply's last chunk rather than at [DONE] or the end of the body:
