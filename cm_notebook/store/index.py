@@ -39,7 +39,6 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +50,7 @@ from .atomic import Fsync, atomic_write, read_from
 from .base import IndexEntry, children_map
 from .codec import read_message_folder
 from .diagnostics import warn
+from .index_files import read_index_files
 from .journal import (
     JournalLine,
     JournalWriter,
@@ -62,21 +62,15 @@ from .lazy import (
     LAZY_MIN_BYTES,
     LazyEntries,
     LazyFiles,
-    reread_from,
-    snapshot_region,
 )
 from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .recovered import rebuilt_entries
 from .snapshot import (
     RebuildNeeded,
-    check_journal_follows,
     empty_index_bytes,
     file_identity,
-    first_journal_line,
-    open_index_file,
     parse_journal,
-    parse_snapshot,
     salvage_journal,
     snapshot_bytes,
 )
@@ -302,72 +296,31 @@ class MessageIndex:
         self._full_reload()
 
     def _full_reload(self) -> None:
-        # Open the journal before reading the snapshot. Compaction replaces the snapshot
-        # first and the journal second, so a journal opened earlier is either the one
-        # that belongs to the snapshot we then read or an older one whose lines that
-        # snapshot already contains: either way nothing is missed.
-        journal_fd = open_index_file(self.journal_path)
-        index_fd = -1
         try:
-            index_fd = open_index_file(self.index_path)
-            index_id = file_identity(os.fstat(index_fd))
-            snapshot_data = read_from(index_fd, 0)
-            snapshot_size = len(snapshot_data)
-            st_journal = os.fstat(journal_fd)
-            region = None
-            if snapshot_size + st_journal.st_size >= LAZY_MIN_BYTES:
-                region = snapshot_region(snapshot_data, self.index_path)
-            said = region[0].streaming() if region is not None else []
-            if region is not None and not said and _KEEP_OPEN:
-                # A page is usually all in the journal: until a line of the snapshot is
-                # needed, only the journal stays in memory (and is read only now).
-                region[0].release(
-                    functools.partial(reread_from, index_fd, snapshot_size, self.index_path)
-                )
-                snapshot_data = b""
-            journal = read_from(journal_fd, 0)
-            lazy = None
-            if region is not None:
-                first = first_journal_line(journal, self.journal_path)
-                check_journal_follows(region[1], first, self.index_path, self.journal_path)
-                lazy = LazyFiles.read(*region, journal, self.journal_path)
-            if lazy is not None:
-                streaming = lazy.streaming_ids(said)
-            else:
-                if region is not None:
-                    snapshot_data = region[0].data
-                snapshot, next_n = parse_snapshot(snapshot_data, self.index_path)
-                lines, end = parse_journal(journal, 0, self.journal_path, after=-1)
-                first = lines[0] if lines else None
-                check_journal_follows(next_n, first, self.index_path, self.journal_path)
-        except BaseException as exc:
-            # Leave the previous state untouched: a failed reload changes nothing.
-            for fd in (index_fd, journal_fd):
-                if fd >= 0:
-                    os.close(fd)
-            if isinstance(exc, OSError):
-                raise translate(exc, self.ctx_dir, "read the message index in") from exc
-            raise
+            read = read_index_files(self.index_path, self.journal_path, keep_open=_KEEP_OPEN)
+        except OSError as exc:
+            raise translate(exc, self.ctx_dir, "read the message index in") from exc
+        # Only now: a failed read leaves the previous state untouched.
         self._close_files()
-        if lazy is None:
+        if read.lazy is None:
+            snapshot, lines = read.snapshot, read.lines
             self._load([*snapshot, *(line.entry for line in lines if line.entry is not None)])
             # What the lines of another journal said (places in it, head moves) is gone.
             self._heads, self._content = {}, {}
-            self.last_at, self.next_n = None, next_n
+            self.last_at, self.next_n = None, read.next_n
             for line in lines:
                 self._apply_record(line)
             self._snapshot_count, self._lines_read = len(snapshot), len(lines)
         else:
-            self._read_lazily(lazy, streaming)
-            end = lazy.end
+            self._read_lazily(read.lazy, read.streaming)
         self._lines_after = 0
         self.heads_version += 1
-        self.snapshot_size = snapshot_size
-        self._offset = end
-        self._unsynced = end > 0  # lines of writers that may not have fsync'd them
-        self._index_id = index_id
-        self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
-        self._index_fd, self._journal_fd = index_fd, journal_fd
+        self.snapshot_size = read.snapshot_size
+        self._offset = read.end
+        self._unsynced = read.end > 0  # lines of writers that may not have fsync'd them
+        self._index_id = read.index_id
+        self._journal_inode = (read.journal_stat.st_dev, read.journal_stat.st_ino)
+        self._index_fd, self._journal_fd = read.index_fd, read.journal_fd
         self.loaded = True
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
