@@ -148,3 +148,75 @@ def last_record_seq(data: bytes) -> int | None:
         if decoded is not None:
             return int(decoded[1]["seq"])
     return None
+
+
+#: What a record's type looks like in a line as :func:`encode_records` writes it: lines
+#: of other types are passed over without being decoded.
+_STATE, _ASKED, _RESOLVED = (
+    b'"type":"StateChanged"',
+    b'"type":"ToolApprovalRequested"',
+    b'"type":"ToolCallResolved"',
+)
+#: The statuses that decide a call (as the follower's tracking counts them).
+_DECIDED = frozenset({"approved", "denied", "done", "failed"})
+
+
+#: How a record carried forward by a compaction ends (see :func:`mark_carried`).
+_CARRIED_END = b',"c":1}'
+
+
+def mark_carried(line: bytes) -> bytes:
+    """``line`` (a whole record) marked as carried forward: older than the records after
+    it by more than one number, which a reader must then say with a Resync."""
+    if is_carried(line) or not line.endswith(b"}"):
+        return line
+    return line[:-1] + _CARRIED_END
+
+
+def is_carried(line: bytes) -> bool:
+    """Whether ``line`` is a record a compaction carried forward."""
+    return line.endswith(_CARRIED_END)
+
+
+def still_true(dropped: Sequence[bytes], kept: Sequence[bytes]) -> list[bytes]:
+    """The records among ``dropped`` (older than every line of ``kept``) that a
+    compaction must carry forward, in their order and with their numbers.
+
+    A process that opens the context later learns from the log which turns other
+    processes are running and which of their tool calls wait for a decision (so it can
+    list, approve or stop them, and refuses to fork at a reply still streaming). So a
+    branch's last state change is kept when it is not Idle and ``kept`` has none after
+    it, and so is an approval request not yet decided or ended with its turn.
+    """
+    later = set()
+    for line in kept:
+        if _STATE in line and (decoded := decode_record(line)) is not None:
+            later.add(decoded[1].get("branch"))
+    states: dict[str, int] = {}  # branch -> its last state change, while not Idle
+    asked: dict[tuple[object, object], tuple[object, int]] = {}  # (call, message) -> ...
+    for index, line in enumerate(dropped):
+        if not (_STATE in line or _ASKED in line or _RESOLVED in line):
+            continue
+        decoded = decode_record(line)
+        if decoded is None:
+            continue
+        raw = decoded[1]
+        kind, branch = raw.get("type"), raw.get("branch")
+        if kind == "StateChanged" and isinstance(branch, str):
+            if raw.get("new") == "Idle":
+                states.pop(branch, None)
+                asked = {key: held for key, held in asked.items() if held[0] != branch}
+            else:
+                states[branch] = index
+        elif kind == "ToolApprovalRequested" and isinstance(raw.get("tool_call_ids"), list):
+            for call_id in raw["tool_call_ids"]:
+                asked[(call_id, raw.get("message_id"))] = (branch, index)
+        elif kind == "ToolCallResolved" and raw.get("status") in _DECIDED:
+            asked = {
+                key: held
+                for key, held in asked.items()
+                if not (key[0] == raw.get("tool_call_id") and branch in (None, held[0]))
+            }
+    keep = {index for on, index in states.items() if on not in later}
+    keep |= {index for _branch, index in asked.values()}
+    return [dropped[index] for index in sorted(keep)]

@@ -40,7 +40,10 @@ about messages and branches, signals only say what to re-pull.
 
 Compaction: when the file grows past ``max_bytes``, the sync thread of the writer that
 noticed rewrites it (temp file, fsync, rename) keeping the newest records, about half
-of the limit, never on the writer's own thread (which may be an event loop): it
+of the limit, and before them the older records that are still true (a branch's state
+while its turn runs, a tool call's request while it waits: a process opening later
+learns of them from the log), marked so that readers say the gap after them with a
+Resync. Never on the writer's own thread (which may be an event loop): it
 holds the locks only to add the records written meanwhile and rename the new file
 in place. A reader asking for numbers that are gone gets one
 :class:`~cm_notebook.events.Resync`. The lock is on the file itself, not on the
@@ -66,9 +69,12 @@ from typing import Any
 from ._signal_records import (
     decode_record,
     encode_records,
+    is_carried,
     last_record_seq,
+    mark_carried,
     record_start,
     skipped_seq,
+    still_true,
 )
 from ._signal_sync import GroupSync
 from .errors import InvalidInputError
@@ -362,12 +368,16 @@ class SignalLog:
                 os.unlink(temp)  # left only if the log was not replaced
 
     def _kept(self, data: bytes) -> bytes:
-        # The newest whole records of ``data`` within half the limit (at least one).
+        # The newest whole records of ``data`` within half the limit (at least one), and
+        # before them the older records still true (see _signal_records.still_true).
         lines = data.split(b"\n")[:-1]
         kept: list[bytes] = []
         size = 0
-        for line in reversed(lines):
+        cut = 0
+        for at in range(len(lines) - 1, -1, -1):
+            line = lines[at]
             if kept and size + len(line) + 1 > self.max_bytes // 2:
+                cut = at + 1
                 break
             # Whole records are kept without decoding them (compacting a 4 MiB log
             # decoded 13,000 records while every writer waited); anything else only if it
@@ -376,7 +386,9 @@ class SignalLog:
                 kept.append(line)
                 size += len(line) + 1
         kept.reverse()
-        return b"".join(line + b"\n" for line in kept)
+        # Marked, so that a reader checks for the gap between them and the newest ones.
+        carried = [mark_carried(line) for line in still_true(lines[:cut], kept)]
+        return b"".join(line + b"\n" for line in [*carried, *kept])
 
 
 class LogReader:
@@ -482,7 +494,14 @@ class LogReader:
         self._partial = data[cut:]
         out: list[tuple[str, Event]] = []
         skip = self._skip
+        after_carried = False
         for line in data[:cut].split(b"\n"):
+            if is_carried(line):
+                after_carried = True
+            elif after_carried and line:
+                # The first record after those a compaction carried forward: the numbers
+                # between them are gone, as before a file's first record.
+                after_compaction, after_carried = True, False
             if skip and self._start is None and not after_compaction:
                 seq = skipped_seq(line, skip)
                 if seq is not None:

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from cm_notebook.errors import CorruptDataError
-from cm_notebook.events import ContentDelta, Event, MessageCompleted, Resync, StateChanged
+from cm_notebook.events import (
+    ContentDelta,
+    Event,
+    MessageCompleted,
+    Resync,
+    StateChanged,
+    ToolApprovalRequested,
+)
 from cm_notebook.fsm import State
 from cm_notebook.session import ContextSession
 from cm_notebook.signal_log import LogReader, SignalLog
@@ -175,6 +182,39 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     again = SignalLog(log.path)
     assert again.last_seq == 200
     assert again.record(_stamp(_delta(0))).seq == 201
+
+
+def test_compaction_carries_forward_what_still_runs_and_waits(tmp_path: Path) -> None:
+    # A process that opens later learns from the log which turns run elsewhere and
+    # which calls wait for a decision: compacted away, they were unseen (and unstoppable).
+    log = SignalLog(tmp_path / "signals.log", max_bytes=2048)
+    busy = StateChanged(branch="main", old=State.IDLE, new=State.STREAMING, turn_id="t1")
+    waits = StateChanged(
+        branch="tools", old=State.STREAMING, new=State.AWAITING_TOOL_APPROVAL, turn_id="t2"
+    )
+    asked = ToolApprovalRequested(branch="tools", message_id="m9", tool_call_ids=("call_1",))
+    done = StateChanged(branch="other", old=State.STREAMING, new=State.IDLE, turn_id="t3")
+    for event in (busy, waits, asked, done):
+        log.record(_stamp(event))
+    for n in range(200):
+        log.record(_stamp(_delta(n)))
+    log.sync()
+    numbers = _numbers(log.path)
+    assert numbers[:3] == [1, 2, 3]  # the two busy states and the request; not "other"
+    assert numbers[3:] == list(range(numbers[3], 205))
+
+    fresh = [e for _, e in LogReader(log.path, since=0).poll()]
+    assert [e.seq for e in fresh[:3]] == [1, 2, 3]
+    assert [busy.new, waits.new] == [e.new for e in fresh[:2] if isinstance(e, StateChanged)]
+    assert isinstance(fresh[2], ToolApprovalRequested)
+    # The numbers between what was carried and the newest records are gone: said so.
+    assert isinstance(fresh[3], Resync)
+    assert fresh[3].seq == numbers[3] - 1
+    assert [e.seq for e in fresh[4:]] == numbers[3:]
+    # A reader that had seen up to #10 is told of the gap once, then reads on.
+    later = [e for _, e in LogReader(log.path, since=10).poll()]
+    assert isinstance(later[0], Resync)
+    assert [e.seq for e in later[1:]] == numbers[3:]
 
 
 def test_writers_go_on_while_the_sync_thread_compacts(tmp_path: Path) -> None:
