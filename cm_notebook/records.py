@@ -1,4 +1,7 @@
-"""A context's replies as a table: one row per assistant message, for analysis.
+"""A context's replies as a table: one row per assistant message on its branches, for
+analysis. A reply that ``regenerate()`` replaced is on no branch (its sibling took its
+place) and has no row; samples meant to be compared go on branches of their own
+(``fan_out``, a sweep's repeats).
 
 :func:`records` builds plain dicts (no dependency); :func:`to_dataframe` hands them to
 pandas (the optional extra ``cm_notebook[data]``); :func:`write_csv` writes them with
@@ -202,7 +205,10 @@ def to_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     """``rows`` as CSV text with a header line."""
     rows = list(rows)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # Lines end with CRLF, as RFC 4180 has them: the writer then quotes every cell that
+    # holds a line break of either kind (with "\n" alone, a lone "\r" in a reply went
+    # unquoted and readers split the row there).
+    writer = csv.writer(buffer, lineterminator="\r\n")
     header = list(rows[0]) if rows else list(COLUMNS)
     writer.writerow(header)
     for row in rows:

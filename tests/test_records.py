@@ -117,6 +117,18 @@ def test_dataframe_and_csv_hold_the_same_table(
     assert read[0]["score"] == ""  # None is an empty cell
 
 
+def test_line_breaks_of_every_kind_stay_inside_their_cell(tmp_path: Path) -> None:
+    from cm_notebook.records import write_csv
+
+    texts = ["progress 10%\rprogress 100%", "one\ntwo", "dos\r\nline", "plain"]
+    path = write_csv(tmp_path / "breaks.csv", [{"output": text, "n": 1} for text in texts])
+    with path.open(newline="", encoding="utf-8") as handle:
+        assert [row["output"] for row in csv.DictReader(handle)] == texts
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(path, keep_default_na=False)
+    assert list(frame["output"]) == texts
+
+
 def test_an_empty_context_gives_the_columns_and_no_rows(
     new_session: Callable[..., ContextSession], tmp_path: Path
 ) -> None:
