@@ -153,7 +153,9 @@ class SessionBranches(SessionReading):
         unchanged = effective_system(metadata, name) == (
             metadata.system_prompt or None if text is None else text or None
         )
-        if self._mid_turn(name):
+        # Mid-turn as this or another process says, or (whatever the signals say: a
+        # writer that publishes none) the head is a reply still being written.
+        if self._mid_turn(name) or self._streams(current.head):
             if unchanged:
                 return current.model_copy(deep=True)
             # A fork would start at the turn's own message or its unfinished reply.
@@ -189,6 +191,9 @@ class SessionBranches(SessionReading):
         if name == self.active_branch:
             self.switch(fork)
         return created
+
+    def _streams(self, message_id: str | None) -> bool:
+        return message_id is not None and self.get(message_id).status is MessageStatus.STREAMING
 
     def switch(self, name: str) -> Branch:
         """Make ``name`` the active branch."""

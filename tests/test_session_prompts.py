@@ -10,7 +10,7 @@ from test_session_support import DEADLINE, Recorder
 
 from cm_notebook.errors import BranchNotFoundError, BusyError, InvalidInputError
 from cm_notebook.events import BranchCreated, BranchUpdated
-from cm_notebook.model import Message
+from cm_notebook.model import Message, MessageStatus
 from cm_notebook.providers.base import ChatRequest
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
@@ -164,6 +164,25 @@ def test_edit_system_waits_for_a_turn_running_on_the_branch(
         "Count to five.",
         "one two three four five",
     ]
+
+
+def test_edit_system_never_forks_at_a_reply_still_being_written(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # A writer that announces nothing (the store used directly, or a process whose
+    # signals this one has not seen) streams a reply on main: its head is unfinished.
+    session = ContextSession.create(provider=ScriptedProvider().reply("A1"), data_dir=data_dir)
+    closing.append(session)
+    answer = session.send("Q1").result(DEADLINE)
+    writer = FileStore(data_dir)
+    reply = Message(role="assistant", parent_id=answer.id, status=MessageStatus.STREAMING)
+    try:
+        anyio.run(lambda: writer.append_message(session.id, reply, branch="main"))
+        with pytest.raises(BusyError, match="still being generated on branch 'main'"):
+            session.edit_system("Answer like a pirate.")
+        assert set(session.branches) == {"main"}
+    finally:
+        anyio.run(writer.close)
 
 
 def test_fan_out_over_system_prompts(data_dir: Path, closing: list[ContextSession]) -> None:
