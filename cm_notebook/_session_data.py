@@ -51,7 +51,12 @@ class DataMethods(ScoreMethods):
         self, path: str | os.PathLike[str], branches: str | Iterable[str] | None = None
     ) -> Path:
         """Write :meth:`to_records` to ``path`` as CSV (UTF-8; lists and dicts as JSON,
-        times in ISO 8601); returns the path. Needs no extra."""
+        times in ISO 8601); returns the path. Needs no extra.
+
+        Cells hold the text as it is: a reply that begins with ``=``, ``+``, ``-`` or
+        ``@`` is a formula to a spreadsheet that opens the file, so read model output
+        with pandas (or import the file as text), not by opening it in a spreadsheet.
+        """
         return rec.write_csv(path, self.to_records(branches))
 
     def stability(
