@@ -14,7 +14,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from cm_notebook.errors import PermanentProviderError, ProviderNotInstalledError
+from cm_notebook.errors import (
+    InvalidInputError,
+    PermanentProviderError,
+    ProviderNotInstalledError,
+)
 from cm_notebook.model import Message
 from cm_notebook.providers import get_provider
 from cm_notebook.providers.base import (
@@ -221,6 +225,12 @@ def test_cm_local_model_missing_file_is_a_clear_error(
     assert "CM_LOCAL_MODEL" in message
     assert str(missing) in message
     assert "does not exist" in message
+    # A path given (not the variable) is not told to unset a variable nobody set.
+    monkeypatch.delenv("CM_LOCAL_MODEL")
+    with pytest.raises(PermanentProviderError) as info:
+        LocalProvider(missing)
+    assert "CM_LOCAL_MODEL" not in str(info.value)
+    assert "leave it out to use the built-in" in str(info.value)
 
 
 def test_model_path_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
@@ -230,6 +240,25 @@ def test_model_path_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
         LocalProvider(text_file)
     with pytest.raises(PermanentProviderError, match="not a file"):
         LocalProvider(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"n_ctx": 2**31}, "n_ctx must be a whole number from 64 to 2,147,483,647"),
+        ({"n_ctx": 63}, "n_ctx must be a whole number from 64"),
+        ({"n_threads": 2**31}, "n_threads must be a whole number of at least 1"),
+        ({"n_threads": 0}, "n_threads must be a whole number of at least 1"),
+        ({"n_threads": True}, "n_threads must be a whole number of at least 1"),
+    ],
+)
+def test_sizes_llama_cpp_cannot_take_are_refused_at_once(
+    options: dict[str, int], words: str
+) -> None:
+    # Past 32 bits they crashed the model server while it started, which was then
+    # reported as "did not become ready within 120 s".
+    with pytest.raises(InvalidInputError, match=words):
+        LocalProvider(**options)
 
 
 async def test_truncated_gguf_fails_to_load_with_a_clear_error(

@@ -147,8 +147,14 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
+#: What :func:`_read_reply` gives when the server closed its output without a reply
+#: (it is exiting: a crash while loading), as against None for no reply in time.
+_CLOSED = "closed"
+
+
 def _read_reply(process: subprocess.Popen[bytes], timeout: float) -> dict[str, Any] | None:
-    # The first line on the server's stdout, or None if it exited or timed out first.
+    # The first line on the server's stdout; None if none came in time, ``{"kind":
+    # _CLOSED}`` if the server closed its output first (before it has quite exited).
     assert process.stdout is not None
     data = b""
     deadline = time.monotonic() + timeout
@@ -160,7 +166,7 @@ def _read_reply(process: subprocess.Popen[bytes], timeout: float) -> dict[str, A
                 return None
             chunk = os.read(process.stdout.fileno(), 4096)
             if not chunk:
-                return None
+                return {"kind": _CLOSED}
             data += chunk
     try:
         reply = json.loads(data)
@@ -226,7 +232,12 @@ def _start_failure(
     model_path: Path,
     timeout: float,
 ) -> ProviderError:
-    timed_out = reply is None and process.poll() is None
+    timed_out = reply is None
+    if reply is not None and reply.get("kind") == _CLOSED:
+        # It crashed while starting: its exit and its last words, not a timeout.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        reply = None
     _abandon(process, log)
     where = f"the local model server for {str(model_path)!r}"
     error: ProviderError

@@ -77,10 +77,16 @@ def bundled_model_path() -> Path:
 
 def _check_gguf(path: Path, origin: str) -> Path:
     if not path.exists():
+        # The remedy for where the path came from: the variable, or the path given.
+        remedy = (
+            f"Set it to the path of a GGUF model file, or unset {ENV_VAR} to use the "
+            f"built-in {BUNDLED_MODEL_NAME}."
+            if origin == ENV_VAR
+            else f"Give the path of a GGUF model file, or leave it out to use the built-in "
+            f"{BUNDLED_MODEL_NAME} (the spec 'local')."
+        )
         raise PermanentProviderError(
-            f"{origin} points to {str(path)!r}, which does not exist. Set it to the path "
-            f"of a GGUF model file, or unset {ENV_VAR} to use the built-in "
-            f"{BUNDLED_MODEL_NAME}.",
+            f"{origin} points to {str(path)!r}, which does not exist. {remedy}",
             provider="local",
         )
     if not path.is_file():

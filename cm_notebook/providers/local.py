@@ -133,6 +133,14 @@ def unload_local_models() -> None:
     stop_all_servers()
 
 
+#: llama.cpp keeps n_ctx and n_threads as 32-bit ints: larger values crash its server.
+_INT32 = 2**31
+
+
+def _whole(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < _INT32
+
+
 class LocalProvider:
     """Chat with a GGUF model (SmolLM2-135M-Instruct unless told otherwise) run by
     llama.cpp in a child process shared by the whole process.
@@ -196,8 +204,15 @@ class LocalProvider:
     ) -> None:
         _require_module("xllamacpp")
         self._httpx = _import_httpx()
-        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 64:
-            raise InvalidInputError(f"local: n_ctx must be a whole number >= 64, not {n_ctx!r}")
+        if not _whole(n_ctx, 64):
+            raise InvalidInputError(
+                f"local: n_ctx must be a whole number from 64 to {_INT32 - 1:,}, not {n_ctx!r}"
+            )
+        if n_threads is not None and not _whole(n_threads, 1):
+            raise InvalidInputError(
+                f"local: n_threads must be a whole number of at least 1 (or None for the "
+                f"machine's cores), not {n_threads!r}"
+            )
         if not (_positive(start_timeout) and _positive(timeout)):
             raise InvalidInputError(
                 f"local: timeouts must be positive numbers of seconds (start_timeout="
