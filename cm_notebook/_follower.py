@@ -30,11 +30,11 @@ from pathlib import Path
 
 from . import fsm
 from ._file_events import Subscription, watch_folders
+from ._open_calls import Calls, forget_branch, track_calls
 from ._remote_decisions import DECISIONS_FOLDER
-from .model import ToolCallStatus
 from .redact import get_logger
 from .signal_log import LogReader
-from .signals import Event, Resync, StateChanged, ToolApprovalRequested, ToolCallResolved
+from .signals import Event, Resync, StateChanged
 from .store.folders import context_folder_of
 
 __all__ = ["LogFollower"]
@@ -48,10 +48,6 @@ _CATCH_UP_SECONDS = 1.0
 # How long after a turn let go of its claim its last signal (Idle) may still come: the
 # turn writes it right after, on its loop. A process that died writes nothing.
 _LAST_SIGNAL_GRACE = 0.1
-
-_DECIDED = frozenset(
-    {ToolCallStatus.APPROVED, ToolCallStatus.DENIED, ToolCallStatus.DONE, ToolCallStatus.FAILED}
-)
 
 
 class LogFollower:
@@ -96,7 +92,7 @@ class LogFollower:
         self._on_dead = on_dead
         self._each_poll = each_poll
         # (tool call id, message id) -> branch of calls waiting for approval elsewhere.
-        self._calls: dict[tuple[str, str], str | None] = {}
+        self._calls: Calls = {}
         # Steps begun and done (the first is the whole read, _seed): see caught_up().
         self._steps = threading.Condition()
         self._begun = self._done = 0
@@ -168,12 +164,12 @@ class LogFollower:
         found = self.waiting_calls(branch, wait=False)
         if not any(call_id == tool_call_id for call_id, _, _ in found):
             # Not heard of yet: the log read whole (a call asked a moment ago).
-            calls: dict[tuple[str, str], str | None] = {}
+            calls: Calls = {}
             reader = LogReader(self._reader.path, since=0)
             try:
                 for writer, event in reader.poll():
                     if writer != self._own:  # this process's own calls are on its desk
-                        _track_calls(calls, event)
+                        track_calls(calls, event)
             finally:
                 reader.close()
             found = self._alive(calls, branch)
@@ -196,9 +192,7 @@ class LogFollower:
             calls = dict(self._calls)
         return self._alive(calls, branch)
 
-    def _alive(
-        self, calls: dict[tuple[str, str], str | None], branch: str | None
-    ) -> list[tuple[str, str, str]]:
+    def _alive(self, calls: Calls, branch: str | None) -> list[tuple[str, str, str]]:
         # The calls of ``branch`` (or all) whose process still holds the branch's claim,
         # i.e. is alive to pick a decision up.
         alive: dict[str, bool] = {}
@@ -312,7 +306,7 @@ class LogFollower:
         # replaying the log would show them streaming for ever. True if any was found.
         # The calls still waiting for approval elsewhere are gathered on the way.
         states: dict[str, StateChanged] = {}
-        calls: dict[tuple[str, str], str | None] = {}
+        calls: Calls = {}
         reader = LogReader(self._reader.path, since=0)
         try:
             for writer, event in reader.poll():
@@ -322,7 +316,7 @@ class LogFollower:
                     continue
                 if isinstance(event, StateChanged) and event.branch:
                     states[event.branch] = event
-                _track_calls(calls, event)
+                track_calls(calls, event)
         finally:
             reader.close()
         found = False
@@ -360,7 +354,7 @@ class LogFollower:
             with self._lock:
                 state = self._remote.pop(branch, None)
                 self._turns.pop(branch, None)
-                _forget_branch(self._calls, branch)  # no process is left to pick them up
+                forget_branch(self._calls, branch)  # no process is left to pick them up
             if state is not None:
                 self._on_dead(branch, state)
 
@@ -377,26 +371,5 @@ class LogFollower:
                         self._remote[event.branch] = event.new
                         if event.turn_id is not None:
                             self._turns[event.branch] = event.turn_id
-                _track_calls(self._calls, event)
+                track_calls(self._calls, event)
             self._relay(event)
-
-
-def _track_calls(calls: dict[tuple[str, str], str | None], event: Event) -> None:
-    # Another process's call waits from its ToolApprovalRequested until it is decided,
-    # or its branch's turn ends (stopped while waiting: no decision is announced).
-    # Keyed by message too: call ids are unique only within one process's reply.
-    if isinstance(event, ToolApprovalRequested):
-        calls.update({(call_id, event.message_id): event.branch for call_id in event.tool_call_ids})
-    elif isinstance(event, ToolCallResolved) and event.status in _DECIDED:
-        for key in [k for k, on in calls.items() if k[0] == event.tool_call_id]:
-            if event.branch in (None, calls[key]):
-                del calls[key]
-    elif (
-        isinstance(event, StateChanged) and event.branch is not None and event.new is fsm.State.IDLE
-    ):
-        _forget_branch(calls, event.branch)
-
-
-def _forget_branch(calls: dict[tuple[str, str], str | None], branch: str) -> None:
-    for key in [key for key, asked_on in calls.items() if asked_on == branch]:
-        del calls[key]

@@ -15,7 +15,9 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError
 
-from .signals import ContentDelta, Event
+from ._open_calls import Calls, track_calls
+from .fsm import State
+from .signals import ContentDelta, Event, StateChanged, ToolApprovalRequested, parse_event
 
 __all__ = [
     "decode_record",
@@ -157,10 +159,6 @@ _STATE, _ASKED, _RESOLVED = (
     b'"type":"ToolApprovalRequested"',
     b'"type":"ToolCallResolved"',
 )
-#: The statuses that decide a call (as the follower's tracking counts them).
-_DECIDED = frozenset({"approved", "denied", "done", "failed"})
-
-
 #: How a record carried forward by a compaction ends (see :func:`mark_carried`).
 _CARRIED_END = b',"c":1}'
 
@@ -186,37 +184,32 @@ def still_true(dropped: Sequence[bytes], kept: Sequence[bytes]) -> list[bytes]:
     processes are running and which of their tool calls wait for a decision (so it can
     list, approve or stop them, and refuses to fork at a reply still streaming). So a
     branch's last state change is kept when it is not Idle and ``kept`` has none after
-    it, and so is an approval request not yet decided or ended with its turn.
+    it, and so is an approval request with a call still waiting (:mod:`._open_calls`).
     """
     later = set()
     for line in kept:
         if _STATE in line and (decoded := decode_record(line)) is not None:
             later.add(decoded[1].get("branch"))
     states: dict[str, int] = {}  # branch -> its last state change, while not Idle
-    asked: dict[tuple[object, object], tuple[object, int]] = {}  # (call, message) -> ...
+    calls: Calls = {}
+    asked_at: dict[tuple[str, str], int] = {}  # a call -> the line that asked for it
     for index, line in enumerate(dropped):
         if not (_STATE in line or _ASKED in line or _RESOLVED in line):
             continue
         decoded = decode_record(line)
-        if decoded is None:
-            continue
-        raw = decoded[1]
-        kind, branch = raw.get("type"), raw.get("branch")
-        if kind == "StateChanged" and isinstance(branch, str):
-            if raw.get("new") == "Idle":
-                states.pop(branch, None)
-                asked = {key: held for key, held in asked.items() if held[0] != branch}
+        try:
+            event = parse_event(decoded[1]) if decoded is not None else None
+        except ValueError:
+            continue  # a signal this version does not know
+        if isinstance(event, StateChanged) and event.branch is not None:
+            if event.new is State.IDLE:
+                states.pop(event.branch, None)
             else:
-                states[branch] = index
-        elif kind == "ToolApprovalRequested" and isinstance(raw.get("tool_call_ids"), list):
-            for call_id in raw["tool_call_ids"]:
-                asked[(call_id, raw.get("message_id"))] = (branch, index)
-        elif kind == "ToolCallResolved" and raw.get("status") in _DECIDED:
-            asked = {
-                key: held
-                for key, held in asked.items()
-                if not (key[0] == raw.get("tool_call_id") and branch in (None, held[0]))
-            }
+                states[event.branch] = index
+        elif isinstance(event, ToolApprovalRequested):
+            asked_at.update({(call, event.message_id): index for call in event.tool_call_ids})
+        if event is not None:
+            track_calls(calls, event)
     keep = {index for on, index in states.items() if on not in later}
-    keep |= {index for _branch, index in asked.values()}
+    keep |= {asked_at[key] for key in calls}
     return [dropped[index] for index in sorted(keep)]

@@ -33,8 +33,9 @@ async def one_migration_at_a_time(store: Store) -> AsyncIterator[None]:
     read-only folder: the writes will say what is wrong), is not locked.
     """
     data_dir = getattr(store, "data_dir", None)
-    lock = OSLock(data_dir / MIGRATE_LOCK_NAME, poll_interval=0.05) if data_dir else None
-    if lock is not None and isinstance(data_dir, Path):
+    lock = None
+    if isinstance(data_dir, Path):
+        lock = OSLock(data_dir / MIGRATE_LOCK_NAME, poll_interval=0.05)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             try:

@@ -109,11 +109,8 @@ def _built(spec: str, options: Mapping[str, Any]) -> Provider:
     except CMError as exc:
         if not isinstance(exc, InvalidInputError):
             raise
-        # A value of the wrong type is said as any other provider's would be; else the
-        # provider's own check (say, a timeout that is not positive): its words.
-        raise InvalidInputError(
-            _wrong_type(spec, options) or f"{_cannot(spec, options)}: {exc}"
-        ) from None
+        # The provider's own check (say, a timeout that is not positive): its words.
+        raise InvalidInputError(f"{_cannot(spec, options)}: {exc}") from None
     except (TypeError, ValueError):
         # Python's own text ("'>' not supported between instances of 'str' and 'int'",
         # "__init__() got an unexpected keyword argument") names neither the option nor
@@ -161,20 +158,17 @@ def _bad_options(spec: str, options: Mapping[str, Any]) -> str:
             "correct the name or remove it (generation parameters such as temperature go "
             "with each message instead)"
         )
-    wrong = _wrong_type(spec, options, target)
-    if wrong is not None:
-        return wrong
+    # (A value not of its annotated type was refused before the constructor ran.)
     return (
         f"{head}: one has a value of the wrong type or out of range; valid options are "
         f"{', '.join(valid) or 'none'}: correct the values"
     )
 
 
-def _wrong_type(spec: str, options: Mapping[str, Any], target: Any = None) -> str | None:
+def _wrong_type(spec: str, options: Mapping[str, Any]) -> str | None:
     """What is wrong with the first option whose value is not of its annotated type
     (and what to do), or None."""
-    if target is None:
-        target = _constructor(parse_spec(spec)[0])
+    target = _constructor(parse_spec(spec)[0])
     hints = _hints(target) if target is not None else {}
     for option, value in options.items():
         expected = _expected(hints.get(option))

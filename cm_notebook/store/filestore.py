@@ -215,10 +215,12 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
         with self._registry_lock:
             state = self._states.get(context_id)
             if state is None:
-                folder = context_dir(self.data_dir, context_id)
-                state = ContextState(context_id, folder, self.lock_timeout, self.fsync)
-                self._states[context_id] = state
+                state = self._states[context_id] = self._new_state(context_id)
             return state
+
+    def _new_state(self, context_id: str) -> ContextState:
+        folder = context_dir(self.data_dir, context_id)
+        return ContextState(context_id, folder, self.lock_timeout, self.fsync)
 
     def _forget(self, state: ContextState) -> None:
         # Do not keep state for ids that turned out not to exist (or no longer do), so
@@ -312,8 +314,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
             # it and a state opened meanwhile from writing at once.
             own = state is None
             if state is None:
-                folder = context_dir(self.data_dir, metadata.id)
-                state = ContextState(metadata.id, folder, self.lock_timeout, self.fsync)
+                state = self._new_state(metadata.id)
             try:
                 found.append(state.view(lambda _s, m: m.model_copy(deep=True)))
             except (CMError, OSError):
