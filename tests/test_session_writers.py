@@ -186,9 +186,9 @@ def test_a_killed_writers_claim_is_recovered(
             child.stdout.close()
     # The OS dropped the dead writer's lock: the branch is free, no clean-up needed.
     assert session.send("after").result(DEADLINE).content == "echo: after"
-    # (The reply had not been checkpointed yet: it was cut with no text on disk.)
+    # The reply had not been checkpointed yet: its text came from the signal log.
     contents = [m.content for m in session.history()]
-    assert contents == ["before", "echo: before", "mine", "", "after", "echo: after"]
+    assert contents == ["before", "echo: before", "mine", "busy", "after", "echo: after"]
     assert session.history()[3].status is MessageStatus.INTERRUPTED
     # The claim names its owner again for the next refusal.
     claim_file = FileStore(data_dir).branch_claim_path(session.id, "main")

@@ -3,7 +3,8 @@
 A process streaming a reply holds the OS lock on ``.streaming-<message id>.lock``
 (:mod:`.streaming_locks`); the OS drops it when the process dies. A stream in the index
 whose lock is free therefore lost its writer: with the context's write locks held, it is
-marked ``interrupted``, keeping its partial text (:func:`interrupt_dead_streams`).
+marked ``interrupted``, keeping its partial text (:func:`interrupt_dead_streams`), with
+what it streamed after its last checkpoint where the signal log has it (:mod:`.stream_tail`).
 
 That takes a write (the message file and a journal line). A reader that cannot make it
 (a read-only folder or file system, a full disk) still reads: the reply is shown as its
@@ -26,6 +27,7 @@ from .index import MessageIndex
 from .oserrors import translate
 from .oslock import LockTimeout, OSLock, lock_is_held
 from .paths import message_path, streaming_lock_path
+from .stream_tail import streamed_text
 
 __all__ = ["interrupt_dead_streams", "warn_unmarked", "writer_is_dead"]
 
@@ -84,7 +86,12 @@ def _mark(index: MessageIndex, ctx_dir: Path, entry: IndexEntry) -> None:
         warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
     else:
         if message.status is MessageStatus.STREAMING:
-            message = message.model_copy(update={"status": status})
+            # With the text it streamed after its last checkpoint, where the log has it.
+            text = streamed_text(ctx_dir, message)
+            update: dict[str, object] = {"status": status}
+            if text is not None:
+                update["content"] = text
+            message = message.model_copy(update=update)
         else:
             status = message.status  # the final update reached the file
         data, content = encode_message_forms(message)

@@ -1,0 +1,114 @@
+"""The text a dead writer streamed after its last checkpoint, read back from the signal log.
+
+A reply's file holds its text as of its last checkpoint (one a second while it streams:
+``cm_notebook.runner.CHECKPOINT_SECONDS``). Every chunk after that went to the context's
+signal log as a text delta, written at once (not fsynced: it survives the writer's
+process being killed, not a power loss). When a stream whose writer died is marked
+``interrupted`` (:mod:`.dead_streams`), :func:`streamed_text` gives the text the reply
+had reached, so a killed kernel loses only what it had not yet written anywhere.
+
+It answers only when the log leaves no doubt, and otherwise keeps the checkpoint:
+
+* the deltas of one attempt start at offset 0 and follow on without a gap (a retry
+  starts a new attempt at 0; a gap or a delta that disagrees with the text before it
+  ends what is known of that attempt);
+* the attempts in the log must be the reply's failed attempts that had text (their
+  texts equal, in order) and then one more, the attempt the writer died in; a log
+  compacted past an attempt's start, or any other mismatch, gives ``None``;
+* that last attempt's text must begin with the checkpoint's and be longer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..model import Message
+from .paths import LOG_NAME, SIGNALS_DIR
+
+__all__ = ["streamed_text"]
+
+# The log is compacted at a few MiB; a file far larger is not one to read whole here.
+_LARGEST_LOG = 64 * 1024 * 1024
+
+
+def streamed_text(ctx_dir: Path, message: Message) -> str | None:
+    """The text ``message`` (a stream whose writer died) had reached, if longer than its
+    stored text and certain (see the module docstring); else None.
+
+    Reading the log is best effort: a log that is missing, unreadable or too large
+    gives None, and the stored text stands.
+    """
+    path = ctx_dir / SIGNALS_DIR / LOG_NAME
+    try:
+        if os.path.islink(path.parent) or os.path.getsize(path) > _LARGEST_LOG:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    attempts = _attempts(data, message.id)
+    if not attempts or attempts[0] is None:
+        return None  # the log was compacted past the start of an attempt
+    failed = (message.metadata.model_extra or {}).get("failed_attempts")
+    earlier = [text for text in map(_attempt_text, failed or []) if text]
+    if failed is not None and not isinstance(failed, list):
+        return None
+    if len(attempts) != len(earlier) + 1 or attempts[:-1] != earlier:
+        return None
+    text, stored = attempts[-1], message.content
+    if text is None or len(text) <= len(stored) or not text.startswith(stored):
+        return None
+    return text
+
+
+def _attempts(data: bytes, message_id: str) -> list[str | None]:
+    # The text of each attempt whose deltas are in the log, in order: None for deltas
+    # that do not start at offset 0 (the attempt's start was compacted away).
+    needle = b'"message_id":' + json.dumps(message_id).encode()
+    attempts: list[str | None] = []
+    broken = False  # the current attempt had a gap: nothing after it is known
+    for line in data.split(b"\n"):
+        if needle not in line or b'"ContentDelta"' not in line:
+            continue
+        delta = _delta(line, message_id)
+        if delta is None:
+            continue
+        text, offset = delta
+        if offset == 0:
+            attempts.append(text)
+            broken = False
+            continue
+        if not attempts:
+            attempts.append(None)
+        current = attempts[-1]
+        if current is None or broken:
+            continue
+        if offset > len(current) or current[offset:] != text[: len(current) - offset]:
+            broken = True  # a gap, or text that disagrees with what came before
+            continue
+        attempts[-1] = current + text[len(current) - offset :]
+    return attempts
+
+
+def _delta(line: bytes, message_id: str) -> tuple[str, int] | None:
+    # (text, offset) of a record that is a text delta of ``message_id``; None otherwise.
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    event: Any = record.get("e") if isinstance(record, dict) else None
+    if not isinstance(event, dict) or event.get("type") != "ContentDelta":
+        return None
+    text, offset = event.get("text"), event.get("offset")
+    if event.get("message_id") != message_id or not isinstance(text, str):
+        return None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        return None
+    return text, offset
+
+
+def _attempt_text(attempt: Any) -> str:
+    text = attempt.get("text") if isinstance(attempt, dict) else None
+    return text if isinstance(text, str) else ""
