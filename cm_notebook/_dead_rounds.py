@@ -19,7 +19,8 @@ to stop anywhere: a second run finds the answers and only rewrites the calls.
 It runs under the branch's claim (no turn of any process is on that branch), when a
 turn is about to start there, when a session opens, and when a session sees another
 process's turn die. A round that a live turn on *another* branch is still working on
-(a fork made at its reply while it waited) is left alone. A branch that shares a
+(a fork made at its reply while it waited) is left to that turn; the fork answers its
+calls on its own branch, once, as having no result there. A branch that shares a
 reply whose calls were settled on another branch (a fork made at it) gets its own
 tool messages, from the calls' recorded results, so its stored history pairs every
 call as its requests do.
@@ -110,30 +111,27 @@ async def settle_dead_round(
         if not answer or all(call.id in answers for call in reply.tool_calls):
             return []
     elif await _worked_on_elsewhere(store, context_id, branch, reply.id, claim_held):
-        return []
+        # The live turn's own: its calls are left to it. This branch (a fork made at
+        # the reply while they waited) answers them for itself, once, so its stored
+        # history and its requests agree now and later (the shared reply's results
+        # change when the other turn finishes).
+        if not answer:
+            return []
+        elsewhere = [
+            call.model_copy(update={"result": _elsewhere_result(call.name)})
+            for call in reply.tool_calls
+            if call.id not in answers
+        ]
+        added = await _answer(store, context_id, branch, ids[-1], elsewhere, cache)
+        return [] if added is None else added
     calls = [_settled(call, answers.get(call.id)) for call in reply.tool_calls]
     events: list[ev.Event] = []
-    head = ids[-1]
-    for call in calls:
-        if call.id in answers or not answer:
-            continue
-        tool_message = Message(
-            role="tool", parent_id=head, content=call.result or "", tool_call_id=call.id
-        )
-        try:
-            await store.append_message(context_id, tool_message, branch=branch, expected_head=head)
-        except BranchMovedError:
+    if answer:
+        unanswered = [call for call in calls if call.id not in answers]
+        added = await _answer(store, context_id, branch, ids[-1], unanswered, cache)
+        if added is None:
             return []  # a writer that did not claim the branch: leave the round to it
-        cache.remember(tool_message)
-        head = tool_message.id
-        events.append(
-            ev.MessageAdded(
-                branch=branch,
-                message_id=tool_message.id,
-                parent_id=tool_message.parent_id,
-                role="tool",
-            )
-        )
+        events.extend(added)
     final = reply.model_copy(update={"tool_calls": calls})
     if final != reply:
         await store.update_message(context_id, final)
@@ -146,6 +144,47 @@ async def settle_dead_round(
                 )
             )
     return events
+
+
+async def _answer(
+    store: Store,
+    context_id: str,
+    branch: str,
+    head: str,
+    calls: list[ToolCall],
+    cache: MessageCache,
+) -> list[ev.Event] | None:
+    # A tool message on ``branch`` for each of ``calls`` (its ``result``), after
+    # ``head``; their MessageAdded events. None if another writer moved the branch.
+    events: list[ev.Event] = []
+    for call in calls:
+        tool_message = Message(
+            role="tool", parent_id=head, content=call.result or "", tool_call_id=call.id
+        )
+        try:
+            await store.append_message(context_id, tool_message, branch=branch, expected_head=head)
+        except BranchMovedError:
+            return None
+        cache.remember(tool_message)
+        head = tool_message.id
+        events.append(
+            ev.MessageAdded(
+                branch=branch,
+                message_id=tool_message.id,
+                parent_id=tool_message.parent_id,
+                role="tool",
+            )
+        )
+    return events
+
+
+def _elsewhere_result(tool_name: str) -> str:
+    # The answer on a fork for a call another branch's live turn had not finished.
+    return (
+        f"error: the call to tool {tool_name!r} has no result on this branch: it was still "
+        "waiting or running on another branch when this branch continued from the reply "
+        "that asked for it."
+    )
 
 
 def _settled(call: ToolCall, answer: str | None) -> ToolCall:
@@ -292,6 +331,10 @@ class DeadRounds:
                 self._cache.remember(message)
             if not may_hold_dead_round(message):
                 return
+            if message.role == "tool":
+                # No reply at the head for the turn to replace: the round's other
+                # calls are answered, as its request will show them answered.
+                answer = True
             settled = self._io.call(
                 settle_dead_round(
                     self._store, self._context_id, branch, self._cache, self._held, answer=answer

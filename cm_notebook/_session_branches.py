@@ -229,7 +229,9 @@ class SessionBranches(SessionReading):
     def _source_branch(self, message_id: str, given: str | None) -> str | None:
         """The branch a fork or an edit at ``message_id`` comes from, for its defaults:
         ``given`` (checked to hold the message), else the active branch if it holds it,
-        else the oldest branch that does (None if none does)."""
+        else the oldest branch that does. A message no branch holds (a reply that
+        regenerate replaced, say) was written on the branch that holds its nearest
+        ancestor: that one, the same way (None if no branch holds any)."""
         tree = self.tree()  # from the index: no message file is read
         if given is not None:
             self._head(given)  # BranchNotFoundError for an unknown branch
@@ -241,7 +243,14 @@ class SessionBranches(SessionReading):
             return given
         metadata = self._read_metadata()
         older = sorted(metadata.branches.values(), key=lambda b: b.created_at)
-        return tree.first_holding(message_id, [metadata.active_branch, *(b.name for b in older)])
+        order = [metadata.active_branch, *(b.name for b in older)]
+        node = tree.nodes.get(message_id)
+        while node is not None:
+            found = tree.first_holding(node.id, order)
+            if found is not None:
+                return found
+            node = tree.nodes.get(node.parent_id) if node.parent_id is not None else None
+        return None
 
     def _system_in_place(self, name: str, text: str | None) -> Branch | None:
         # Change the prompt of the claimed branch ``name`` if it has no replies yet.

@@ -188,6 +188,30 @@ def test_regenerate_adds_a_sibling_reply(
     assert len(session.siblings(new.id)) == 3
 
 
+def test_a_fork_at_a_replaced_reply_answers_as_the_branch_it_was_written_on(
+    session: ContextSession, fake: ScriptedProvider
+) -> None:
+    # A reply regenerate replaced is on no branch: its fork (or an edit after it)
+    # takes the defaults of the branch that holds its nearest ancestor.
+    session.branch("pirate", system="Talk like a pirate.", temperature=0.1)
+    fake.reply("Arr").reply("Arr, again")
+    session.send("Q3").result(DEADLINE)
+    old = session.history()[-1]
+    session.regenerate().result(DEADLINE)
+    session.switch("main")
+    session.branch("from-old", from_message=old.id)
+    assert session.system_prompt_of("from-old") == "Talk like a pirate."
+    assert session.branches["from-old"].params == {"temperature": 0.1}
+    fake.reply("Aye")
+    session.send("go on").result(DEADLINE)
+    request = fake.last_request
+    assert (request.messages[0].role, request.messages[0].content) == (
+        "system",
+        "Talk like a pirate.",
+    )
+    assert request.params["temperature"] == 0.1
+
+
 def test_regenerate_samples_so_a_greedy_model_does_not_repeat_itself(
     session: ContextSession, fake: ScriptedProvider
 ) -> None:

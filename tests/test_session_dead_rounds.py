@@ -183,11 +183,42 @@ def test_a_fork_does_not_settle_calls_a_live_turn_is_waiting_on(tmp_path: Path) 
         session.send("Meanwhile, hello.", branch="fork").result(DEADLINE)
         [stored] = [c for m in session.history("fork") for c in m.tool_calls]
         assert stored.status is ToolCallStatus.PENDING  # still the live turn's
+        # The fork answers the call on its own branch, as its request showed it.
+        fork = session.history("fork")
+        assert [m.role for m in fork] == ["user", "assistant", "tool", "user", "assistant"]
+        assert fork[2].tool_call_id == waiting.id
+        assert "has no result on this branch" in fork[2].content
+        sent = [(m.role, m.content) for m in provider.requests[-1].messages]
+        assert sent[2] == ("tool", fork[2].content)
 
         session.approve(waiting.id)
         assert turn.result(DEADLINE).content == "It is 3."
         [done] = _calls(session)
         assert (done.status, done.result) == (ToolCallStatus.DONE, "3")
+        # The fork's history stays what its model was shown.
+        provider.reply("Still on the fork.")
+        session.send("And now?", branch="fork").result(DEADLINE)
+        sent = [(m.role, m.content) for m in provider.requests[-1].messages]
+        assert sent[2] == ("tool", fork[2].content)
+        assert [m.id for m in session.history("fork")][:5] == [m.id for m in fork]
+
+
+def test_regenerate_at_a_tool_answer_stores_the_rounds_other_answers(tmp_path: Path) -> None:
+    # A fork at the first of two answers: regenerating there answers the second on
+    # the fork before the new reply, as the request shows it answered.
+    provider = ScriptedProvider().tool_calls(("_add", {"a": 1, "b": 1}), ("_add", {"a": 2, "b": 2}))
+    provider.reply("2 and 4").reply("Again: 2 and 4.")
+    with ContextSession.create(
+        data_dir=tmp_path, provider=provider, tools=[_add], approval="auto"
+    ) as session:
+        session.send("Add twice.").result(DEADLINE)
+        first_answer = next(m for m in session.history() if m.role == "tool")
+        session.branch("f1", from_message=first_answer.id)
+        session.regenerate().result(DEADLINE)
+        stored = [(m.role, m.tool_call_id, m.content) for m in session.history("f1")]
+        sent = [(m.role, m.tool_call_id, m.content) for m in provider.requests[-1].messages]
+        assert stored[:-1] == sent
+        assert [role for role, _, _ in stored] == ["user", "assistant", "tool", "tool", "assistant"]
 
 
 def _store_round(
