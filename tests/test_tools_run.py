@@ -75,6 +75,13 @@ def test_policy_validation_and_coerce() -> None:
     assert ToolPolicy.coerce(None) == ToolPolicy()
     assert ToolPolicy.coerce(policy) is policy
     assert ToolPolicy.coerce("deny").decide("x") == "deny"
+    # A session-wide policy given as a string beats a tool's own (the session decides).
+    own_auto = tool(lambda: None, name="rm_rf", policy="auto")
+    own_deny = tool(lambda: None, name="off", policy="deny")
+    assert ToolPolicy.coerce("deny").decide(own_auto) == "deny"
+    assert ToolPolicy.coerce("ask").decide(own_auto) == "ask"
+    assert ToolPolicy.coerce("auto").decide(own_deny) == "auto"
+    assert ToolPolicy.coerce(None).decide(own_auto) == "auto"  # no session rule: its own
     assert ToolPolicy.coerce({"x": "auto"}).decide("x") == "auto"
     with pytest.raises(InvalidInputError):
         ToolPolicy.coerce(3)  # type: ignore[arg-type]

@@ -97,22 +97,25 @@ class ToolPolicy:
 
     @classmethod
     def coerce(cls, value: ToolPolicy | Policy | Mapping[str, Policy] | None) -> ToolPolicy:
-        """Accept the shorthands a user is likely to type for a session's ``policy=``.
+        """Accept the shorthands a user is likely to type for a session's ``approval=``.
 
-        ``None`` -> all defaults; ``"auto"`` -> that default for every tool; a mapping ->
-        those rules over the ``"ask"`` default.
+        ``None`` -> all defaults (a tool's own ``policy=``, else ``"ask"``); a policy such
+        as ``"deny"`` -> that policy for every tool, a tool's own ``policy=`` included
+        (the rule ``{"*": "deny"}``: the session has the last word); a mapping -> those
+        rules over the ``"ask"`` default. For a fallback that leaves each tool's own
+        policy standing, give ``ToolPolicy(default=...)``.
 
         >>> ToolPolicy.coerce({"search_*": "auto"}).decide("search_web")
         'auto'
-        >>> ToolPolicy.coerce("deny").default
-        'deny'
+        >>> ToolPolicy.coerce("deny").rules
+        mappingproxy({'*': 'deny'})
         """
         if value is None:
             return cls()
         if isinstance(value, ToolPolicy):
             return value
         if isinstance(value, str):
-            return cls(default=check_policy(value))
+            return cls(rules={"*": check_policy(value)})
         if isinstance(value, Mapping):
             return cls(rules=value)
         raise InvalidInputError(
