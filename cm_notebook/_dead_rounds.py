@@ -28,7 +28,6 @@ call as its requests do.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from ._session_messages import MessageCache, is_settled
 from ._sessionio import StoreAccess
 from .errors import BranchMovedError, BusyError, CMError
 from .model import ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
+from .redact import get_logger
 from .store import Store
 from .store.oslock import lock_is_held
 from .tools import denied_result
@@ -54,7 +54,7 @@ __all__ = [
     "settle_dead_round",
 ]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 #: Why the calls of a dead round stopped, as the model and the views are told.
 STOPPED = "the process running this turn died, e.g. it was killed or its kernel restarted"

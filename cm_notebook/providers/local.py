@@ -33,7 +33,8 @@ Defaults and limits
 -------------------
 Greedy decoding by default (``temperature=0``, ``top_k=1``, ``seed=0``) so a run
 repeats exactly; pass ``temperature`` (and optionally ``top_k``, ``top_p``, ``seed``)
-to sample. ``max_tokens`` defaults to 256. Other parameters go to llama.cpp as they are.
+to sample. ``max_tokens`` defaults to 256. The other parameters it takes
+(``LocalProvider.parameters``) go to llama.cpp as they are; any other name is refused.
 
 **The local model cannot call tools.** Tools in a request are left out (logged at debug
 level), the model answers in text, and no :class:`ToolCallRequest` is ever emitted.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -41,6 +40,7 @@ from ..errors import (
 )
 from ..ids import validate_context_id
 from ..model import ContextMetadata
+from ..redact import get_logger
 from ..session import ContextSession
 from ..store import FileStore
 from ..tools import ToolPolicy
@@ -54,7 +54,7 @@ __all__ = [
     "open_session",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: How many sessions a server keeps open at most (idle ones beyond are closed).
 DEFAULT_MAX_SESSIONS = 64

@@ -15,7 +15,6 @@ does not coalesce, and jupyter_server drops iopub messages above 1,000 a second)
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from ..errors import CMError
+from ..redact import get_logger
 
 if TYPE_CHECKING:
     from ..session import ContextSession
 
 __all__ = ["FollowingView", "SessionFollower", "Throttle"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class Throttle:
