@@ -171,7 +171,8 @@ class ApprovalMethods(SessionReading):
             )
         by = _check_by(by)
         only = None if branch is None else validate_branch_name(branch)
-        decision = Decision(False, reason or "denied by the user", by=by)
+        # A blank reason tells the model nothing: the default says who denied it.
+        decision = Decision(False, reason.strip() or "denied by the user", by=by)
         if tool_call_id is not None:
             elsewhere = self._decide_elsewhere(
                 tool_call_id, approved=False, reason=decision.reason, by=by, branch=only

@@ -245,6 +245,20 @@ def test_deny_with_a_reason_tells_the_model(
         session.deny("call_1", reason=5)  # type: ignore[arg-type]
 
 
+def test_a_blank_denial_reason_is_the_default_one(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    fake = ScriptedProvider(strict=True).tool_call("divide", {"a": 1, "b": 0}).reply("OK.")
+    session = new_session(provider=fake, tools=Calculator().tools)
+    turn = session.send("Divide")
+    waiting(Recorder(session))
+    session.deny("call_1", reason="  \n ")
+    turn.result(DEADLINE)
+    call = session.history()[1].tool_calls[0]
+    assert call.reason == "denied by the user"
+    assert "denied by the user" in tool_messages(fake.requests[1].messages)["call_1"]
+
+
 def test_parallel_calls_can_be_decided_one_by_one(
     data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from typing import TypedDict as TypingTypedDict
 
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, computed_field
 from tool_samples import Color, Opaque, Point, Tree, props, weather
 
 from cm_notebook.errors import ToolArgumentsError, ToolDefinitionError, ToolError
@@ -277,7 +280,7 @@ def fine(a: int = 1) -> None: ...
         (star, {}, "*items is not supported, as a model passes only named arguments. Replace it"),
         (star, {}, "e.g. `items: list[str]`"),
         (double_star, {}, "**options is not supported"),
-        (opaque, {}, "'thing' has type Opaque, which has no JSON schema. Use JSON-shaped types"),
+        (opaque, {}, "'thing' has type Opaque, which has no JSON schema ("),
         (callback, {}, "parameter 'fn' has type"),
         (bad_default, {}, "default None, which is not a valid int; widen the type (e.g. `a: int"),
         (field_default, {}, "Annotated[<type>, Field(description=...)]"),
@@ -356,3 +359,126 @@ def test_validate_edited_arguments() -> None:
     with pytest.raises(ToolArgumentsError, match=r"^The edited arguments for tool 'weather' are"):
         validate_edited_arguments(weather, {"city": "Bergen", "days": -0.5})
     assert issubclass(ToolArgumentsError, ValueError)
+
+
+def test_nan_or_infinity_given_as_text_is_refused_where_it_comes_in() -> None:
+    @tool
+    def scale(x: float) -> float: ...
+
+    # Coerced to a float by validation, it would be stored as null and fail to run.
+    for text in ("nan", "inf", "-Infinity"):
+        assert "x is NaN or an infinity" in _arguments_error(scale, {"x": text})
+    with pytest.raises(ToolArgumentsError, match="NaN or an infinity"):
+        validate_edited_arguments(scale, {"x": "inf"})
+    assert scale.validate({"x": "1.5"}) == {"x": 1.5}
+
+
+class Person(BaseModel):
+    name: str = Field(validation_alias="full_name", serialization_alias="fullName")
+
+
+class Creds(BaseModel):
+    token: SecretStr
+
+
+class _Spot(TypingTypedDict):
+    x: int
+
+
+class _Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int = 9
+
+
+class _Dog(BaseModel):
+    kind: Literal["dog"]
+
+
+class _Box(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    w: int
+    h: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def area(self) -> int:
+        return self.w * self.h
+
+
+async def test_arguments_run_as_they_were_validated() -> None:
+    # The stored (JSON) form is what runs: it must read back as the validated values.
+    @tool
+    def measure(box: _Box, sizes: Json[list[int]]) -> str:
+        """Measure."""
+        return f"{box.area} {sum(sizes)}"
+
+    stored = measure.validate({"box": {"w": 2, "h": 3}, "sizes": "[1, 2]"})
+    assert stored == {"box": {"w": 2, "h": 3}, "sizes": "[1,2]"}
+    outcome = await run_tool(measure, stored)
+    assert (outcome.status, outcome.result) == (DONE, "6 3")
+
+
+def test_types_that_cannot_read_back_their_json_are_refused_clearly() -> None:
+    @tool
+    def greet(person: Person) -> str: ...
+
+    message = _arguments_error(greet, {"person": {"full_name": "Ada"}})
+    assert "the tool's parameter types do not read back their own JSON form" in message
+
+
+def test_secret_types_are_refused_when_the_tool_is_defined() -> None:
+    def login(user: str, password: SecretStr) -> str: ...
+
+    with pytest.raises(ToolDefinitionError, match=r"parameter 'password' is a secret type"):
+        tool(login)
+
+    def nested(creds: Creds) -> str: ...
+
+    with pytest.raises(ToolDefinitionError, match="is a secret type"):
+        tool(nested)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="typing.TypedDict works from 3.12")
+def test_a_typing_typeddict_error_names_the_fix() -> None:
+    def f(spot: _Spot) -> None: ...
+
+    with pytest.raises(ToolDefinitionError, match=r"typing_extensions\.TypedDict") as info:
+        tool(f)
+    assert "has no JSON schema (" in str(info.value)
+
+
+def test_a_discriminated_union_inlined_points_nowhere_else() -> None:
+    @tool
+    def adopt(pet: Annotated[_Cat | _Dog, Field(discriminator="kind")]) -> str: ...
+
+    text = json.dumps(adopt.parameters)
+    assert "$defs" not in text  # inlined, and no mapping left pointing into it
+    assert adopt.parameters["properties"]["pet"]["discriminator"] == {"propertyName": "kind"}
+    assert adopt.validate({"pet": {"kind": "cat"}}) == {"pet": {"kind": "cat", "lives": 9}}
+
+
+def test_docstring_entries_with_nested_types_and_shared_names() -> None:
+    from cm_notebook.tools._docstrings import parse_docstring
+
+    google = """Move a point.
+
+    Args:
+        point (tuple(int, int)): Where it is.
+        dx (int): How far right.
+        dy: How far up.
+    """
+    assert parse_docstring(google)[1] == {
+        "point": "Where it is.",
+        "dx": "How far right.",
+        "dy": "How far up.",
+    }
+    numpy = """Add.
+
+    Parameters
+    ----------
+    a, b : int
+        The numbers.
+    c : int
+        A third.
+    """
+    assert parse_docstring(numpy)[1] == {"a": "The numbers.", "b": "The numbers.", "c": "A third."}

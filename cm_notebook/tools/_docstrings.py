@@ -22,8 +22,10 @@ _ANY_HEADER = re.compile(
     r"returns?|yields?|raises|examples?|notes?|see also|attributes|warnings?):?"
 )
 _DASHES = re.compile(r"-{3,}")
-_GOOGLE_ENTRY = re.compile(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:(.*)")
-_NUMPY_ENTRY = re.compile(r"\*{0,2}(\w+)(?:\s*:.*)?")
+# The type in parentheses may hold parentheses itself: ``point (tuple(int, int)): ...``.
+_GOOGLE_ENTRY = re.compile(r"\*{0,2}(\w+)\s*(?:\((?:[^()]|\([^()]*\))*\))?\s*:(.*)")
+# NumPy allows several names sharing a type: ``a, b : int``.
+_NUMPY_ENTRY = re.compile(r"\*{0,2}(\w+(?:\s*,\s*\*{0,2}\w+)*)(?:\s*:.*)?")
 _SPHINX_ENTRY = re.compile(r":param\s+(?:[^:]*\s)?\*{0,2}(\w+)\s*:(.*)")
 
 
@@ -117,8 +119,13 @@ def _read_section(
         match = (_NUMPY_ENTRY if numpy else _GOOGLE_ENTRY).fullmatch(text)
         if match is None:
             return i
-        current = docs.setdefault(match.group(1), [])
-        if not numpy:
+        if numpy:
+            # Names sharing an entry share its description (one list, filled below).
+            current = []
+            for name in re.split(r"\s*,\s*", match.group(1)):
+                docs[name.lstrip("*")] = current
+        else:
+            current = docs.setdefault(match.group(1), [])
             current.append(match.group(2).strip())
         i += 1
     return i

@@ -101,6 +101,7 @@ async def run_tool(
     (pydantic-aware: models, dataclasses, datetimes...), cut to ``max_result_chars``.
 
     >>> import anyio
+    >>> from cm_notebook.tools import tool
     >>> @tool
     ... def double(x: int) -> int:
     ...     '''Double a number.'''

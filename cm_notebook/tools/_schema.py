@@ -102,7 +102,13 @@ def _inline_refs(schema: Schema) -> Schema:
     def resolve(node: Schema, seen: frozenset[str]) -> Schema:
         ref = node.get("$ref")
         if ref is None:
-            return _map_subschemas(node, lambda sub: resolve(sub, seen))
+            mapped = _map_subschemas(node, lambda sub: resolve(sub, seen))
+            discriminator = mapped.get("discriminator")
+            if isinstance(discriminator, dict) and "mapping" in discriminator:
+                # Its mapping points into $defs, which inlining removes: only the
+                # property name stays (each inlined choice names its own value).
+                mapped["discriminator"] = {k: v for k, v in discriminator.items() if k != "mapping"}
+            return mapped
         key = ref[len(_DEFS_PREFIX) :] if isinstance(ref, str) else ""
         if not (isinstance(ref, str) and ref.startswith(_DEFS_PREFIX)) or key not in defs:
             raise _KeepRefs(ref)  # not ours to resolve

@@ -108,7 +108,19 @@ class Tool(Generic[P, R]):
             getattr(target, "__call__", None)  # noqa: B004  (an object with async __call__)
         )
         self._model, self._params = _arguments_model(self.name, fn, param_docs)
-        self.parameters = provider_schema(self._model.model_json_schema(by_alias=True))
+        schema = self._model.model_json_schema(by_alias=True)
+        secret = _write_only_at(schema)
+        if secret is not None:
+            # A secret type (SecretStr) is written out masked: the call would be stored,
+            # shown and run with "**********" instead of the value the model sent.
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: {secret} is a secret type (e.g. SecretStr), whose "
+                "value is masked when stored, so the tool would be called with '**********'. "
+                "Take a plain str, and keep secrets out of tool arguments: what the model "
+                "sends is stored in the conversation; read them in the tool instead (an "
+                "environment variable, say)"
+            )
+        self.parameters = provider_schema(schema)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -139,9 +151,34 @@ class Tool(Generic[P, R]):
 
     def _validate(self, arguments: object, headline: str) -> dict[str, Any]:
         model = self._parse_and_check(arguments, headline)
+        where = _json.non_finite_at(model.model_dump(by_alias=True))
+        if where is not None:  # e.g. "nan" given for a float: stored, it would be null
+            raise ToolArgumentsError(
+                f"{headline}: {where} is NaN or an infinity, which is not a JSON number; "
+                "give a finite number"
+            )
         # Lone halves of surrogate pairs (pasted broken text) cannot be stored or logged
         # as UTF-8: replaced here, so what is shown as valid is what runs and is kept.
-        validated: dict[str, Any] = scrub(model.model_dump(mode="json", by_alias=True))
+        # ``round_trip``: JSON that validates again (Json[...] fields stay text, computed
+        # fields are left out), since the call runs from this stored form.
+        validated: dict[str, Any] = scrub(
+            model.model_dump(mode="json", by_alias=True, round_trip=True)
+        )
+        try:
+            again = self._model.model_validate(validated)
+        except ValidationError:
+            again = None
+        if again is None or again.model_dump(mode="json", by_alias=True, round_trip=True) != (
+            validated
+        ):
+            # The tool's types, not the model's arguments (e.g. a field whose validation
+            # and serialization aliases differ): the call could not run as shown.
+            raise ToolArgumentsError(
+                f"{headline}: these arguments are valid, but the tool's parameter types do "
+                "not read back their own JSON form, so the call cannot be stored and run "
+                "as approved; the tool's author must change those types (e.g. a field's "
+                "serialization alias that differs from its validation alias)"
+            )
         return validated
 
     def _call_args(self, arguments: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -329,10 +366,14 @@ def _check_parameter(name: str, pname: str, param: inspect.Parameter) -> Any:
         adapter: TypeAdapter[Any] = TypeAdapter(annotation)
         adapter.json_schema()
     except Exception as exc:  # schema generation failures come in several pydantic types
+        # pydantic's own first line names the fix when there is one (on Python < 3.12,
+        # a TypedDict must come from typing_extensions).
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ToolDefinitionError(
             f"tool {name!r}: parameter {pname!r} has type {_type_name(annotation)}, which "
-            "has no JSON schema. Use JSON-shaped types: str, int, float, bool, None, list, "
-            "dict, Literal, Enum, datetime, or a pydantic model / dataclass / TypedDict"
+            f"has no JSON schema ({why}). Use JSON-shaped types: str, int, float, bool, "
+            "None, list, dict, Literal, Enum, datetime, or a pydantic model / dataclass / "
+            "TypedDict (typing_extensions.TypedDict before Python 3.12)"
         ) from exc
     if param.default is not inspect.Parameter.empty:
         try:
@@ -409,6 +450,30 @@ def _parse(arguments: object, headline: str, accepted: str) -> Mapping[str, Any]
             "give a finite number"
         )
     return arguments
+
+
+def _write_only_at(schema: object, where: str = "") -> str | None:
+    # The first property of ``schema`` marked writeOnly (a secret type), as
+    # "parameter 'x'" / "parameter 'x.y'"; None if there is none.
+    if isinstance(schema, dict):
+        if schema.get("writeOnly") is True:
+            return f"parameter {where!r}" if where else "a parameter"
+        for key, value in schema.items():
+            if key == "properties" and isinstance(value, dict):
+                for name, sub in value.items():
+                    found = _write_only_at(sub, f"{where}.{name}" if where else str(name))
+                    if found is not None:
+                        return found
+            elif key != "properties":
+                found = _write_only_at(value, where)
+                if found is not None:
+                    return found
+    elif isinstance(schema, list):
+        for item in schema:
+            found = _write_only_at(item, where)
+            if found is not None:
+                return found
+    return None
 
 
 def _too_big(headline: str, exc: _json.JSONLimitError, accepted: str) -> ToolArgumentsError:
