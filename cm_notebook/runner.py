@@ -294,6 +294,11 @@ class TurnRunner(ToolRounds):
     # -- requests ----------------------------------------------------------------------
 
     async def _request(self) -> None:
+        # A stop that came while nothing here waited (a tool that stopped its own turn,
+        # then store writes made without suspending) takes effect before the request
+        # goes out, not once some later await happens to suspend: one turn of the loop
+        # runs the stop's callback, and the cancellation is delivered here.
+        await anyio.lowlevel.checkpoint()
         host = self.host
         # The conversation is read before the reply is stored: once a view hears of
         # the reply (MessageAdded), the request goes out with no store read between.

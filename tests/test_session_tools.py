@@ -507,3 +507,24 @@ def test_tools_that_are_not_a_list_are_refused_with_what_to_do(
     with pytest.raises(InvalidInputError, match="tools must be a list"):
         session.tools = value
     assert len(session.tools) == 0  # unchanged
+
+
+def test_an_async_tool_that_stops_its_own_turn_stops_it_before_the_next_request(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    holder: dict[str, ContextSession] = {}
+
+    @tool(policy="auto")
+    async def halt() -> str:
+        """Stop the conversation."""
+        holder["session"].stop()
+        return "stopping"
+
+    fake = ScriptedProvider(strict=True).tool_call("halt", {}).reply("never asked for")
+    session = new_session(provider=fake, tools=[halt])
+    holder["session"] = session
+    session.send("Stop yourself.").result(DEADLINE)
+    assert fake.request_count == 1  # the reply after the tool's answer was never asked for
+    assert [m.role for m in session.history()] == ["user", "assistant", "tool"]
+    assert session.history()[2].content == "stopping"
+    assert session.state is State.IDLE
