@@ -25,9 +25,10 @@ long ago in another system. v1's own status is kept in ``metadata.v1_tool_call_e
 from __future__ import annotations
 
 from ._convert import ConvertedContext, context_id_for, convert
+from ._pool import read_v1_folder
 from ._report import ContextResult, ContextStatus, MigrationReport
 from ._run import check_converted, migrate, migrate_source
-from ._sources import load_v1, parse_v1, read_v1
+from ._sources import load_v1, parse_v1, parse_v1_file, read_v1, read_v1_file
 from ._util import content_digest
 from ._v1 import EXPECTED_SHAPES, V1Context, V1Message, V1Source, parse_timestamp
 
@@ -49,5 +50,8 @@ __all__ = [
     "migrate_source",
     "parse_timestamp",
     "parse_v1",
+    "parse_v1_file",
     "read_v1",
+    "read_v1_file",
+    "read_v1_folder",
 ]

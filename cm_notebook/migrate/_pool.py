@@ -49,6 +49,7 @@ from ._v1 import (
     _context,
     _first,
     _id_text,
+    not_v1_but_export,
     parse_timestamp,
 )
 
@@ -214,6 +215,9 @@ def _read_file(path: Path, position: int) -> V1Context:
         return _broken(position, path, f"{path} is not UTF-8 text")
     except ValueError as exc:
         return _broken(position, path, f"{path} is not JSON ({exc}); is the file damaged?")
+    refusal = not_v1_but_export(data, path)
+    if refusal is not None:
+        return _broken(position, path, refusal)
     if not is_pool_record(data):
         return _broken(
             position,

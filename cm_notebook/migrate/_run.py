@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from ._convert import ConvertedContext, context_id_for, convert
 from ._lock import one_migration_at_a_time
 from ._pool import folder_files
 from ._report import ContextResult, ContextStatus, MigrationReport
-from ._sources import read_v1
+from ._sources import read_v1_once
 from ._util import content_digest, derived_id
 from ._v1 import V1Source
 
@@ -161,16 +163,40 @@ def _same_backup(old: Path, content: bytes | dict[str, bytes]) -> bool:
     return old.is_dir() and _folder_bytes(old) == content
 
 
-def _backup(source: Path, data_dir: Path | None, into: Path | None = None) -> Path:
+def _beside(source: Path) -> bool:
+    """Whether a backup of ``source`` may go next to it: only for a plain file or folder.
+    Next to a pipe, ``/dev/stdin`` or ``/dev/fd/63`` (what ``<(...)`` gives) is a
+    system folder, never where the user keeps the data."""
+    if source.parts[1:2] in (("dev",), ("proc",)):
+        return False  # /dev/stdin names a plain file when stdin is redirected from one
+    try:
+        mode = source.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def _backup(
+    source: Path,
+    data_dir: Path | None,
+    into: Path | None = None,
+    content: bytes | dict[str, bytes] | None = None,
+) -> Path:
     """Copy ``source`` (a file, or a folder's JSON files) next to itself, else into
-    ``<data dir>/backups``; or only into ``into`` when given. Never modifies it."""
-    content = _folder_bytes(source) if source.is_dir() else source.read_bytes()
+    ``<data dir>/backups``; or only into ``into`` when given. Never modifies it.
+    ``content``: what was read from it, when it cannot be read again (a pipe)."""
+    # Absolute, so that "." or ".." is backed up next to the folder it names (as
+    # "<folder>.v1-backup-..."), not inside it as ".v1-backup-...".
+    source = Path(os.path.abspath(source))
+    if content is None:
+        content = _folder_bytes(source) if source.is_dir() else source.read_bytes()
     if into is not None:
         targets = [into]
     else:
-        targets = [source.parent] + ([data_dir / "backups"] if data_dir is not None else [])
+        targets = [source.parent] if _beside(source) else []
+        targets += [data_dir / "backups"] if data_dir is not None else []
     for folder in targets:
-        for old in sorted(folder.glob(f"{source.name}.v1-backup-*")):
+        for old in sorted(folder.glob(f"{glob.escape(source.name)}.v1-backup-*")):
             if _same_backup(old, content):
                 return old  # an identical backup exists: re-running does not pile up copies
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -193,6 +219,8 @@ def _backup(source: Path, data_dir: Path | None, into: Path | None = None) -> Pa
                 temp.unlink()
             continue
         return target
+    if not targets:
+        errors.append("there is no folder to keep a copy in")
     raise MigrationError(
         f"cannot back up {source} ({'; '.join(errors)}); nothing was migrated. "
         "Make the folder writable, or migrate without a backup (--no-backup)."
@@ -457,8 +485,10 @@ async def migrate_source(
     progress: bool = True,
     backup: bool = True,
     backup_dir: Path | None = None,
+    content: bytes | None = None,
 ) -> MigrationReport:
-    """Migrate an already-read v1 source (see :func:`migrate`); ``path`` is backed up."""
+    """Migrate an already-read v1 source (see :func:`migrate`); ``path`` is backed up
+    (``content``, if given, as the bytes read from it: a pipe cannot be read again)."""
     report = MigrationReport(
         source=path or Path(source.name),
         source_kind=source.kind,
@@ -475,7 +505,7 @@ async def migrate_source(
         if backup and not dry_run and path is not None and writes:
             data_dir = getattr(store, "data_dir", None)
             folder = data_dir if isinstance(data_dir, Path) else None
-            report.backup = _backup(path, folder, backup_dir)
+            report.backup = _backup(path, folder, backup_dir, content)
         active = [p for p in plans if p.action != "none"]
         show = progress and _isatty(sys.stderr)
         with tqdm(
@@ -501,7 +531,8 @@ async def migrate(
 
     The source is never modified; with ``backup`` it is first copied next to itself as
     ``<name>.v1-backup-<UTC time>`` (a folder's JSON files into a folder of that name),
-    or into ``<data dir>/backups`` when that folder is read-only, or only into
+    or into ``<data dir>/backups`` when that folder is read-only or the source is not a
+    plain file or folder (a pipe, ``/dev/stdin``: read once, and that is copied), or only into
     ``backup_dir`` when given, unless an identical backup exists there or nothing needs
     writing. Each context is converted, written through the store, read back and
     validated (message counts, sha256 of role+content in order, every branch path and
@@ -520,7 +551,7 @@ async def migrate(
     Raises MigrationError only if the source as a whole cannot be read.
     """
     path = Path(source)
-    v1 = read_v1(path)
+    v1, content = read_v1_once(path)  # once: a pipe has nothing left for the backup
     return await migrate_source(
         v1,
         store,
@@ -529,4 +560,5 @@ async def migrate(
         progress=progress,
         backup=backup,
         backup_dir=backup_dir,
+        content=content,
     )

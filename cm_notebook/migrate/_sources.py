@@ -9,6 +9,7 @@ raises :class:`~cm_notebook.errors.MigrationError`.
 
 from __future__ import annotations
 
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,17 @@ from typing import Any
 from ..errors import MigrationError
 from ._pool import is_pool_record, pool_context, read_v1_folder
 from ._util import load_json, without_half_emojis
-from ._v1 import _EPOCH, EXPECTED_SHAPES, V1Context, V1Source, _context, _id_text
+from ._v1 import (
+    _EPOCH,
+    EXPECTED_SHAPES,
+    V1Context,
+    V1Source,
+    _context,
+    _id_text,
+    not_v1_but_export,
+)
 
-__all__ = ["load_v1", "parse_v1", "read_v1"]
+__all__ = ["load_v1", "parse_v1", "parse_v1_file", "read_v1", "read_v1_file", "read_v1_once"]
 
 
 def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
@@ -51,6 +60,9 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
     which keeps conversion deterministic). Raises MigrationError for unknown shapes.
     """
     fallback = fallback_time or _EPOCH
+    refusal = not_v1_but_export(data, name)
+    if refusal is not None:
+        raise MigrationError(refusal)
     if is_pool_record(data):
         return V1Source(name, "context-files", [pool_context(data, 0, fallback)])
     if isinstance(data, list):
@@ -118,14 +130,34 @@ def read_v1(source: Path | str) -> V1Source:
 
     Raises MigrationError if the source cannot be read as a whole.
     """
+    return read_v1_once(source)[0]
+
+
+def read_v1_once(source: Path | str) -> tuple[V1Source, bytes | None]:
+    """:func:`read_v1`, and for a file the bytes read (see :func:`read_v1_file`)."""
     path = Path(source)
     if path.is_dir():
-        return read_v1_folder(path)
+        return read_v1_folder(path), None
+    return read_v1_file(path)
+
+
+def read_v1_file(path: Path) -> tuple[V1Source, bytes]:
+    """Read a v1 file once and parse it; the source and the bytes read (which are what
+    a backup must copy: a pipe such as ``/dev/stdin`` cannot be read a second time).
+
+    Raises MigrationError if the file cannot be read or is not v1 data.
+    """
     try:
         raw = path.read_bytes()
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        info = path.stat()
     except OSError as exc:
         raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    # The file's modification time is the best "no later than" guess for records that
+    # carry no timestamps at all; data from a pipe was made no later than now.
+    if stat.S_ISREG(info.st_mode):
+        mtime = datetime.fromtimestamp(info.st_mtime, timezone.utc)
+    else:
+        mtime = datetime.now(timezone.utc)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -134,13 +166,16 @@ def read_v1(source: Path | str) -> V1Source:
         data = load_json(text)
     except ValueError as exc:
         raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
-    # The file's modification time is the best "no later than" guess for records that
-    # carry no timestamps at all.
+    return parse_v1_file(data, path, mtime), raw
+
+
+def parse_v1_file(data: Any, path: Path, fallback_time: datetime) -> V1Source:
+    """:func:`parse_v1` of the decoded JSON of the file ``path``: a per-context file is
+    named after its context, so its name is the id when the record has none."""
     if is_pool_record(data):
-        # A per-context file is named after its context: the id if the file has none.
-        ctx = pool_context(data, 0, mtime, key=path.stem)
+        ctx = pool_context(data, 0, fallback_time, key=path.stem)
         return V1Source(str(path), "context-files", [ctx])
-    return parse_v1(data, name=str(path), fallback_time=mtime)
+    return parse_v1(data, name=str(path), fallback_time=fallback_time)
 
 
 def load_v1(source: Path | str) -> list[V1Context]:

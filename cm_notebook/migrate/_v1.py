@@ -27,6 +27,7 @@ __all__ = [
     "V1Context",
     "V1Message",
     "V1Source",
+    "not_v1_but_export",
     "parse_timestamp",
 ]
 
@@ -38,6 +39,24 @@ EXPECTED_SHAPES = (
     "'version': N}), a v1 per-context file (an object with a 'message_pool' and "
     "'branches') or a folder of such files"
 )
+
+
+def not_v1_but_export(data: Any, name: object) -> str | None:
+    """If ``data`` is a cm_notebook export (what ``cm-notebook export`` writes), why it
+    is not migrated and what to do instead; else None.
+
+    An export holds a ``messages`` list, which the most liberal v1 shape accepts: read as
+    v1 it would lose its title, branches and everything else the import keeps. The
+    format name is cm_notebook.export's ``EXPORT_FORMAT``, repeated so that reading v1
+    data does not load the export machinery.
+    """
+    if not (isinstance(data, dict) and data.get("format") == "cm_notebook.export"):
+        return None
+    return (
+        f"{name} is a cm_notebook export, not v1 data: import it with "
+        f"`cm-notebook import {name}` (in Python: cm_notebook.export.import_document)"
+    )
+
 
 # Used when no timestamp at all can be found and no file gives a better guess: an
 # obviously "unknown" instant rather than the time of the migration, so that converting
