@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
 from .errors import CMError
 from .session import ContextSession
-from .store import Store
+from .store import FileStore, Store
 
 __all__ = ["main", "run_demo"]
 
@@ -33,16 +34,45 @@ async def run_demo(
     store: Store | None = None,
     max_tokens: int = 64,
 ) -> ContextSession:
-    """Run the demo conversation, printing as it streams; returns the session."""
+    """Run the demo conversation, printing as it streams; returns the session.
+
+    If it fails (a provider that cannot be used: no model named, no key), the context
+    it made is removed again, so that trying providers leaves no half demo behind.
+    """
+    own_store = store is None
+    store = store if store is not None else FileStore(data_dir)
+    try:
+        return await _converse(provider, store, max_tokens)
+    finally:
+        if own_store:
+            await store.close()
+
+
+async def _converse(provider: str, store: Store, max_tokens: int) -> ContextSession:
     session = ContextSession.create(
         "Quick start demo",
         provider=provider,
-        data_dir=data_dir,
         store=store,
         system="You are a concise, helpful assistant.",
     )
     out = sys.stdout
     out.write(f"context {session.id} (provider {provider})\n\n")
+    try:
+        await _conversation(session, max_tokens)
+    except CMError:
+        await session.aclose()
+        with contextlib.suppress(CMError, OSError):
+            await store.delete_context(session.id)
+        # Said where the demo said it made the context; the error follows on stderr.
+        out.write(f"\n\nthe demo failed: its context {session.id} was removed\n")
+        out.flush()
+        raise
+    await session.aclose()
+    return session
+
+
+async def _conversation(session: ContextSession, max_tokens: int) -> None:
+    out = sys.stdout
     for question in QUESTIONS:
         out.write(f"you> {question}\nmodel> ")
         async for delta in session.stream(question, max_tokens=max_tokens):
@@ -58,8 +88,6 @@ async def run_demo(
     out.write(str(session.compare("main", "italy")) + "\n")
     out.write(f"\nbranches: {', '.join(session.branches)}; active: {session.active_branch}\n")
     out.write(f"stored as {session.id}: see `cm-notebook show {session.id}`\n")
-    await session.aclose()
-    return session
 
 
 def main(argv: list[str] | None = None) -> int:
