@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,8 +25,11 @@ __all__ = [
     "Command",
     "CommandError",
     "Handler",
+    "cli_wording",
     "clip",
     "command",
+    "decode_json",
+    "isatty",
     "out",
     "positive_int",
     "read_json",
@@ -74,6 +78,38 @@ class CommandError(Exception):
         self.code = code
 
 
+#: The package's remedies that name Python calls, as the command line says them.
+_CLI_REMEDIES = (
+    (
+        re.compile(
+            r"List existing (?:contexts|ids) with "
+            r"(?:FileStore\.list_contexts\(\)|ContextSession\.list\(\))[^.]*\."
+        ),
+        "List existing contexts with `cm-notebook ls`.",
+    ),
+    (
+        re.compile(r"\(FileStore\.set_branch_head\)"),
+        "(from Python: FileStore.set_branch_head; cm-notebook has no command for it)",
+    ),
+)
+
+
+def cli_wording(message: str) -> str:
+    """``message`` (an error, a warning, a report) with the remedies that name Python
+    calls the command line does not have said the command line's way."""
+    for pattern, wording in _CLI_REMEDIES:
+        message = pattern.sub(wording, message)
+    return message
+
+
+def isatty(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (False for a replaced or closed stream)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def out(text: str = "") -> None:
     # Shown, never obeyed: a reply or a title may hold terminal escapes.
     print(for_terminal(text), file=sys.stdout)
@@ -90,8 +126,14 @@ def positive_int(text: str) -> int:
 
 
 def read_json(path: Path) -> Any:
+    return decode_json(path.read_bytes(), path)
+
+
+def decode_json(raw: bytes, path: Path) -> Any:
+    """The JSON value of the bytes read from ``path`` (a CommandError naming it if they
+    are not UTF-8 JSON)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CommandError(f"{path} is not UTF-8 text") from exc
     try:

@@ -6,12 +6,15 @@ import argparse
 import os
 import stat
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
-from ._cli_base import PROG, CommandError, command, out, read_json
-from ._unicode import for_terminal
-from .errors import ContextExistsError, ContextNotFoundError, MigrationError
+from ._cli_base import PROG, CommandError, command, decode_json, isatty, out
+from ._unicode import for_terminal, json_for_terminal
+from .errors import ContextExistsError, ContextNotFoundError, InvalidInputError, MigrationError
 from .export import (
+    ExportDocument,
     export_context,
     import_document,
     import_under_way,
@@ -22,7 +25,14 @@ from .export import (
     to_markdown,
 )
 from .ids import new_id
-from .migrate import EXPECTED_SHAPES, migrate, parse_v1
+from .migrate import (
+    EXPECTED_SHAPES,
+    V1Source,
+    migrate,
+    migrate_source,
+    parse_v1_file,
+    read_v1_folder,
+)
 from .store.atomic import atomic_write
 from .store.base import Store
 
@@ -50,7 +60,9 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o",
         "--output",
-        help="write to FILE instead of stdout (a folder: to <context id>.json or .md in it)",
+        help="write to FILE instead of stdout (a folder: to <context id>.json or .md in "
+        "it, or <context id>.<branch>.json or .md with --branch; characters a file name "
+        "cannot hold are %%-escaped)",
     )
 
 
@@ -87,17 +99,33 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
     document = await export_context(store, args.context_id, branch=args.branch)
     text = to_json(document) if args.format == "json" else to_markdown(document)
     if args.output is None or args.output == "-":
-        if args.format == "markdown" and sys.stdout.isatty():
+        if isatty(sys.stdout):
             # Read on a terminal: a reply's escape sequences must not act on it (as in
-            # `show`). Into a file or a pipe, the text stays as it is.
-            text = for_terminal(text)
-        sys.stdout.write(text)
+            # `show`); JSON stays JSON, with them as \u escapes. Into a file or a pipe,
+            # the text stays as it is.
+            text = json_for_terminal(text) if args.format == "json" else for_terminal(text)
+        _write_stdout(text)
         return 0
-    target = _write(
-        args.output, text, f"{args.context_id}.{'json' if args.format == 'json' else 'md'}"
-    )
+    extension = "json" if args.format == "json" else "md"
+    # Each branch of a context gets a file of its own in a folder: exporting two
+    # branches into one folder must not leave only the last.
+    branch = f".{quote(args.branch, safe='')}" if args.branch else ""
+    target = _write(args.output, text, f"{args.context_id}{branch}.{extension}")
     print(f"wrote {target}", file=sys.stderr)
     return 0
+
+
+def _write_stdout(text: str) -> None:
+    # An export is UTF-8 whatever the console's encoding: the one main() sets up
+    # writes what a narrow encoding lacks as backslash escapes, which is no longer the
+    # JSON (or the text) that was exported.
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a stream replaced by one without bytes (text only)
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
 
 
 def _configure_import(parser: argparse.ArgumentParser) -> None:
@@ -130,59 +158,81 @@ def _backups_dir(store: Store) -> Path | None:
 )
 async def _import(args: argparse.Namespace, store: Store) -> int:
     if args.file.is_dir():
-        return await _import_v1(args, store)
-    data = read_json(args.file)
+        return await _import_v1(args, store, read_v1_folder(args.file))
+    raw = args.file.read_bytes()  # once: FILE may be a pipe (/dev/stdin, <(...))
+    data = decode_json(raw, args.file)
     if is_export(data):
-        document = parse_export(data)
-        target = new_id("c") if args.new_id else None
-        cid = target or document.metadata.id
         try:
-            there = await store.get_metadata(cid)
-        except ContextNotFoundError:
-            there = None
-        if there is not None and is_unfinished_import(there):
-            if import_under_way(store, cid):
-                raise CommandError(
-                    f"context {cid!r} is being imported by another process now: wait for "
-                    "that import to end, or import this copy beside it with --new-id"
-                )
-            # An import of it was killed half-way: this one takes its place.
-            await store.delete_context(cid)
-            print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
-        try:
-            meta = await import_document(store, document, context_id=target)
-        except ContextExistsError as exc:
-            if import_under_way(store, cid):
-                raise CommandError(str(exc)) from None  # another import began meanwhile
-            where = getattr(store, "data_dir", "the data directory")
-            cid = document.metadata.id
-            raise CommandError(
-                f"context {cid!r} is already in {where}: import this copy beside it with "
-                f"--new-id, or remove the one there first (`cm-notebook rm {cid}`)"
-            ) from None
-        counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
-        out(f"imported {meta.id} ({meta.title!r}): {counts}")
-        return 0
+            return await _import_export(args, store, parse_export(data))
+        except InvalidInputError as exc:
+            # What is wrong is in the file, not in how the command was given: a data
+            # error (1), not a usage error (2).
+            raise CommandError(f"{args.file}: {exc}") from None
     try:
-        parse_v1(data, name=str(args.file))  # only to recognise the shape
+        source = parse_v1_file(data, args.file, _made_no_later_than(args.file))
     except MigrationError:
         raise CommandError(
             f"{args.file} is neither a cm_notebook export (an object with format "
             f"'cm_notebook.export', made by `cm-notebook export`) nor {EXPECTED_SHAPES}"
         ) from None
-    return await _import_v1(args, store)
+    # The data already read is migrated (and backed up): a pipe has no more to give.
+    return await _import_v1(args, store, source, raw)
 
 
-async def _import_v1(args: argparse.Namespace, store: Store) -> int:
+def _made_no_later_than(path: Path) -> datetime:
+    # The time v1 records without timestamps get: the file's, or now for a pipe.
+    info = path.stat()
+    if stat.S_ISREG(info.st_mode):
+        return datetime.fromtimestamp(info.st_mtime, timezone.utc)
+    return datetime.now(timezone.utc)
+
+
+async def _import_export(args: argparse.Namespace, store: Store, document: ExportDocument) -> int:
+    target = new_id("c") if args.new_id else None
+    cid = target or document.metadata.id
+    try:
+        there = await store.get_metadata(cid)
+    except ContextNotFoundError:
+        there = None
+    if there is not None and is_unfinished_import(there):
+        if import_under_way(store, cid):
+            raise CommandError(
+                f"context {cid!r} is being imported by another process now: wait for "
+                "that import to end, or import this copy beside it with --new-id"
+            )
+        # An import of it was killed half-way: this one takes its place.
+        await store.delete_context(cid)
+        print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
+    try:
+        meta = await import_document(store, document, context_id=target)
+    except ContextExistsError as exc:
+        if import_under_way(store, cid):
+            raise CommandError(str(exc)) from None  # another import began meanwhile
+        where = getattr(store, "data_dir", "the data directory")
+        cid = document.metadata.id
+        raise CommandError(
+            f"context {cid!r} is already in {where}: import this copy beside it with "
+            f"--new-id, or remove the one there first (`cm-notebook rm {cid}`)"
+        ) from None
+    counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
+    out(f"imported {meta.id} ({meta.title!r}): {counts}")
+    return 0
+
+
+async def _import_v1(
+    args: argparse.Namespace, store: Store, source: V1Source, content: bytes | None = None
+) -> int:
     # Unlike `migrate`, whose backup beside the source is documented and can be turned
     # off, an import leaves the user's folder as it found it: the copy of the v1 data
     # goes into the data directory.
     backups = _backups_dir(store)
-    report = await migrate(
-        args.file,
+    report = await migrate_source(
+        source,
         store,
+        path=args.file,
         backup=not args.no_backup and backups is not None,
         backup_dir=backups,
+        content=content,
     )
     out(str(report))
     return 0 if report.ok else 1

@@ -20,6 +20,7 @@ __all__ = [
     "control_characters",
     "for_terminal",
     "has_surrogates",
+    "json_for_terminal",
     "refuse_control_characters",
     "scrub",
     "without_surrogates",
@@ -44,6 +45,17 @@ def for_terminal(text: str) -> str:
     (``\\x1b``), so that printing a model's reply cannot clear the screen, retitle
     the window, hide text or reorder a line."""
     return _TERMINAL_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def json_for_terminal(text: str) -> str:
+    """JSON text with the characters :func:`for_terminal` escapes written as ``\\uXXXX``
+    escapes: the same JSON value, shown on a terminal without acting on it.
+
+    JSON allows no raw control character outside a string and ``json.dumps`` escapes
+    C0 controls inside one, so what is left (DEL, C1 controls, separators, bidi
+    overrides) is inside strings, where ``\\uXXXX`` means the same character.
+    """
+    return _TERMINAL_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def has_surrogates(text: str) -> bool:

@@ -15,9 +15,10 @@ subcommand is one decorated function::
         return 0
 
 Expected errors (any ``CMError``, missing files, bad JSON) are printed to stderr as
-one line, ``cm-notebook: error: ...``, without a traceback. Exit codes: 0 success,
-1 failure, 2 usage (bad arguments, invalid ids, a confirmation that a script must
-give with ``--yes``), 130 interrupted.
+one line, ``cm-notebook: error: ...``, without a traceback. Exit codes (:data:`EXIT_CODES`):
+0 success; 1 failure, invalid data included (a file to import or migrate, a damaged
+context); 2 usage (bad arguments, invalid ids or branch names on the command line, a
+confirmation that a script must give with ``--yes``); 130 interrupted.
 
 ``ls`` and ``show`` are in :mod:`cm_notebook._cli_reading`; ``export``, ``import``
 and ``migrate`` in :mod:`cm_notebook._cli_transfer`; the others here.
@@ -32,7 +33,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 import anyio
 
@@ -43,19 +44,28 @@ from ._cli_base import (
     PROG,
     Command,
     CommandError,
+    cli_wording,
     command,
+    isatty,
     out,
     positive_int,
 )
 from ._unicode import for_terminal
-from .errors import CMError, InvalidInputError
+from .errors import CMError, CorruptDataError, InvalidInputError
 from .export import import_under_way, is_unfinished_import
-from .ids import validate_context_id
+from .ids import validate_branch_name, validate_context_id
+from .model import ContextMetadata
 from .store import FileStore
 from .store.base import Store
 from .store.diagnostics import StoreWarning
 
-__all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
+__all__ = ["COMMANDS", "EXIT_CODES", "Command", "build_parser", "command", "main"]
+
+#: What the exit codes mean, as ``--help`` says it.
+EXIT_CODES = (
+    "0 success, 1 failure (invalid data in a file or the store included), 2 usage "
+    "(bad arguments, invalid ids, --yes needed), 130 interrupted"
+)
 
 # -- rm -------------------------------------------------------------------------------
 
@@ -67,24 +77,42 @@ def _configure_rm(parser: argparse.ArgumentParser) -> None:
 
 @command("rm", "Delete a context and all its messages.", _configure_rm)
 async def _rm(args: argparse.Namespace, store: Store) -> int:
-    meta = await store.get_metadata(args.context_id)  # unknown ids fail before any prompt
+    context_id, damage = args.context_id, ""
+    try:
+        meta: ContextMetadata | None = await store.get_metadata(context_id)
+    except CorruptDataError as exc:
+        # A damaged context is one the user most needs to delete, and the store can
+        # delete it whatever state its files are in. Unknown ids still fail here,
+        # before any prompt.
+        meta, damage = None, str(exc)
     if not args.yes:
-        if not _isatty(sys.stdin):
+        if not isatty(sys.stdin):
             raise CommandError(
-                f"refusing to delete {meta.id!r} without confirmation: stdin is not a "
+                f"refusing to delete {context_id!r} without confirmation: stdin is not a "
                 "terminal. Pass --yes to delete from a script.",
                 code=2,
             )
-        count = len(await store.index(meta.id))
-        prompt = f"Delete context {meta.id} ({meta.title!r}, {count} message(s))? [y/N] "
-        # input() blocks the loop, which is harmless here (the CLI runs one task) and,
-        # unlike a worker thread, lets Ctrl-C end the prompt at once.
-        answer = input(prompt)  # noqa: ASYNC250
+        if meta is None:
+            what = f"its metadata is unreadable: {' '.join(damage.split())}"
+        else:
+            try:
+                count = f"{len(await store.index(meta.id))} message(s)"
+            except CMError:  # a damaged index: what --yes would delete all the same
+                count = "its message index unreadable"
+            what = f"{meta.title!r}, {count}"
+        prompt = for_terminal(f"Delete context {context_id} ({what})? [y/N] ")
+        try:
+            # input() blocks the loop, which is harmless here (the CLI runs one task)
+            # and, unlike a worker thread, lets Ctrl-C end the prompt at once.
+            answer = input(prompt)  # noqa: ASYNC250
+        except EOFError:  # Ctrl-D, or stdin closed: no answer is no
+            answer = ""
+            out()  # the prompt's line was left open
         if answer.strip().lower() not in ("y", "yes"):
             out("Not deleted.")
             return 1
-    await store.delete_context(meta.id)
-    out(f"deleted {meta.id}")
+    await store.delete_context(context_id)
+    out(f"deleted {context_id}")
     return 0
 
 
@@ -144,7 +172,7 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
                 troubled += 1
             else:
                 with bar.external_write_mode(file=sys.stderr):
-                    out(str(report))
+                    out(cli_wording(str(report)))
                     unfinished = is_unfinished_import(await store.get_metadata(context_id))
                     if unfinished and import_under_way(store, context_id):
                         unfinished = False  # not damage: another process is importing it
@@ -172,7 +200,10 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 async def _demo(args: argparse.Namespace, store: Store) -> int:
     from .demo import run_demo  # loads the session machinery only for this command
 
-    await run_demo(provider=args.provider, store=store, max_tokens=args.max_tokens)
+    try:
+        await run_demo(provider=args.provider, store=store, max_tokens=args.max_tokens)
+    except InvalidInputError as exc:  # a --provider spec that names no usable provider
+        raise CommandError(str(exc), code=2) from None
     return 0
 
 
@@ -202,13 +233,6 @@ async def _serve(args: argparse.Namespace, store: Store) -> int:
 # -- main -----------------------------------------------------------------------------
 
 
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors in the same ``cm-notebook: error:`` form as the rest."""
 
@@ -223,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Manage cm_notebook contexts on disk.",
         epilog="The data directory is --data-dir, else $CM_NOTEBOOK_DATA_DIR, else the "
-        "platform default (e.g. ~/.local/share/cm_notebook).",
+        f"platform default (e.g. ~/.local/share/cm_notebook). Exit codes: {EXIT_CODES}.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where contexts are stored")
@@ -234,7 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse malformed ids and branch names given on the command line, as usage errors
+    (2), before the command runs: what it then finds invalid is in the data (1)."""
+    try:
+        for context_id in [getattr(args, "context_id", None), *getattr(args, "context_ids", [])]:
+            if context_id is not None:
+                validate_context_id(context_id)
+        if getattr(args, "branch", None) is not None:
+            validate_branch_name(args.branch)
+    except InvalidInputError as exc:
+        raise CommandError(str(exc), code=2) from None
+
+
 async def _run(cmd: Command, args: argparse.Namespace) -> int:
+    _check_arguments(args)
     store = FileStore(args.data_dir)
     try:
         return await cmd.run(args, store)
@@ -244,7 +282,7 @@ async def _run(cmd: Command, args: argparse.Namespace) -> int:
 
 def _error(message: object) -> None:
     # One line, so that scripts can show or grep it.
-    text = for_terminal(" ".join(str(message).split()))
+    text = for_terminal(" ".join(cli_wording(str(message)).split()))
     print(f"{PROG}: error: {text}", file=sys.stderr)
 
 
@@ -281,7 +319,8 @@ def _show_warning(
     # Store warnings (a damaged file skipped or repaired) matter to the user, but as one
     # line like the errors, not with a source location.
     del category, filename, lineno, file, line
-    print(f"{PROG}: warning: {for_terminal(' '.join(str(message).split()))}", file=sys.stderr)
+    text = " ".join(cli_wording(str(message)).split())
+    print(f"{PROG}: warning: {for_terminal(text)}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -290,10 +329,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     except CommandError as exc:
         _error(exc)
         return exc.code
-    except InvalidInputError as exc:
-        _error(exc)
-        return 2
-    except CMError as exc:
+    except CMError as exc:  # invalid data in a file or the store included: not usage
         _error(exc)
         return 1
     except BrokenPipeError:

@@ -1,0 +1,101 @@
+"""Where `migrate` and `import` take their data from: an export is not v1 data, a pipe
+is read once, and "." is backed up next to the folder it names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cm_notebook.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+
+
+def run(capsys: pytest.CaptureFixture[str], data_dir: Path, *argv: str) -> tuple[int, str, str]:
+    code = main(["--data-dir", str(data_dir), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli(data_dir: Path, *argv: str, **options: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        **options,  # type: ignore[call-overload]
+    )
+
+
+def an_export(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
+    origin = tmp_path / "origin"
+    run(capsys, origin, "migrate", str(FIXTURES / "branches.json"), "--no-backup")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert run(capsys, origin, "export", "ctx-branches", "-o", str(folder))[0] == 0
+    return folder / "ctx-branches.json"
+
+
+def test_migrate_refuses_an_export_and_says_to_import_it(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    exported = an_export(capsys, tmp_path)
+    code, out, err = run(capsys, data_dir, "migrate", str(exported))
+    assert (code, out) == (1, "")
+    (line,) = err.splitlines()
+    assert line == (
+        f"cm-notebook: error: {exported} is a cm_notebook export, not v1 data: import it "
+        f"with `cm-notebook import {exported}` (in Python: cm_notebook.export.import_document)"
+    )
+    assert not data_dir.exists() or not list((data_dir / "contexts").glob("*"))
+    assert os.listdir(exported.parent) == [exported.name]  # no backup of it either
+    # A folder of exports: each file says to import it, none to migrate it.
+    code, out, _ = run(capsys, data_dir, "import", str(exported.parent))
+    assert code == 1
+    assert f"`cm-notebook import {exported}`" in out
+    assert "cm-notebook migrate" not in out
+    # And importing it as told keeps its title and branches.
+    code, out, _ = run(capsys, data_dir, "import", str(exported))
+    assert (code, out) == (
+        0,
+        "imported ctx-branches ('Shared prefix'): 6 message(s), 2 branch(es)\n",
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs /dev/stdin")
+def test_v1_data_through_a_pipe_is_read_once(data_dir: Path) -> None:
+    data = (FIXTURES / "branches.json").read_bytes()
+    done = cli(data_dir, "import", "/dev/stdin", input=data)
+    assert done.returncode == 0, done.stderr
+    assert b"2 migrated, 1 partial, 0 skipped, 0 failed" in done.stdout
+    (backup,) = (data_dir / "backups").iterdir()
+    assert backup.read_bytes() == data  # what came through the pipe, not an empty read
+    other = data_dir.parent / "other"
+    done = cli(other, "migrate", "/dev/stdin", input=data)
+    assert done.returncode == 0, done.stderr
+    # Next to /dev/stdin is no place for it: the data directory keeps the copy.
+    (backup,) = (other / "backups").iterdir()
+    assert backup.name.startswith("stdin.v1-backup-")
+    assert backup.read_bytes() == data
+    assert b"2 migrated, 1 partial" in done.stdout
+
+
+def test_a_folder_given_as_dot_is_backed_up_next_to_itself(data_dir: Path, tmp_path: Path) -> None:
+    source = Path(shutil.copytree(FIXTURES / "context_files", tmp_path / "src"))
+    before = sorted(os.listdir(source))
+    done = cli(data_dir, "migrate", ".", cwd=source)
+    assert b"Backup of the source: " in done.stdout, done.stderr
+    assert sorted(os.listdir(source)) == before  # nothing inside the source
+    (backup,) = tmp_path.glob("src.v1-backup-*")
+    assert backup.is_dir()
+    other = tmp_path / "other"
+    cli(other, "import", ".", cwd=source)
+    (backup,) = (other / "backups").iterdir()
+    assert backup.name.startswith("src.v1-backup-")
+    copied = sorted(n for n in before if n.lower().endswith(".json") and n[0] != ".")
+    assert sorted(os.listdir(backup)) == copied
