@@ -256,7 +256,8 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
         "--no-backup",
         action="store_true",
         help="do not copy the source (a folder's JSON files) to <SRC>.v1-backup-<time> next "
-        "to it (or to <data dir>/backups when that folder is read-only)",
+        "to it (or to <data dir>/backups when that folder is read-only, or SRC is a pipe "
+        "such as /dev/stdin)",
     )
 
 
