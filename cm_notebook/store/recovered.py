@@ -14,6 +14,10 @@ journal line left to restore it from) would drop out of the index, and with it e
 branch through it. When the damaged index still tells where that message was, its
 entry is kept instead (:func:`rebuilt_entries`): reads skip that message with a
 warning, as they skip any unreadable file, and the rest of its conversation reads.
+
+The branches a repair makes are named so that none looks like a branch already there
+(``recovered-2`` beside a user's ``Recovered``: see :func:`cm_notebook.ids.branch_name_key`),
+as everything else that reads the branches refuses such look-alikes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
+from ..ids import branch_name_key
 from ..model import Branch, ContextMetadata, Message, utcnow
 from .base import IndexEntry
 from .codec import read_regular
@@ -78,12 +83,16 @@ def branch_hidden_ends(
     if not ends:
         return ()
     branches = dict(metadata.branches)
+    # Not only the exact names: one that looks like a user's branch ("recovered" beside
+    # "Recovered") is refused by every later check of the branches (an export's).
+    taken = {branch_name_key(name) for name in branches}
     made = []
     for end in ends:
         name, number = RECOVERED, 1
-        while name in branches:
+        while branch_name_key(name) in taken:
             number += 1
             name = f"{RECOVERED}-{number}"
+        taken.add(branch_name_key(name))
         fork = end.parent_id
         while fork is not None and fork not in reached and (fork in found or fork in entries):
             fork = parent_of(fork)  # where it leaves what the branches show
