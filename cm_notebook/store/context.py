@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..model import Branch, ContextMetadata
 from .atomic import Fsync, atomic_write, read_from
-from .codec import decode_metadata_doc, encode_metadata, read_message_file
+from .codec import decode_metadata_doc, encode_metadata
 from .dead_streams import interrupt_dead_streams, warn_unmarked, writer_is_dead
 from .diagnostics import warn
 from .flushing import OwedFlushes
@@ -54,9 +54,8 @@ from .paths import (
     LOCK_NAME,
     MESSAGES_DIR,
     METADATA_NAME,
-    message_path,
 )
-from .recovered import known_entries, listed_entries, recover_hidden
+from .recovered import head_the_index_lost, known_entries, listed_entries, recover_hidden
 from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
 from .tokens import files_token, token_paths
@@ -213,19 +212,12 @@ class ContextState:
         self._heads_checked = (base, generation)
 
     def _check_all_heads(self, metadata: ContextMetadata) -> None:
-        entries = self.index.entries
-        for branch in metadata.branches.values():
-            head = branch.head
-            if head is None or head in entries:
-                continue
-            try:
-                read_message_file(message_path(self.dir, head), head)
-            except CorruptDataError:
-                continue
+        branch = head_the_index_lost(self.dir, self.index.entries, metadata)
+        if branch is not None:
             raise RebuildNeeded(
-                f"it does not list message {head!r}, the head of branch {branch.name!r}, "
-                "although its file is intact (the journal was cut short or an old index "
-                "was restored)",
+                f"it does not list message {branch.head!r}, the head of branch "
+                f"{branch.name!r}, although its file is intact (the journal was cut short "
+                "or an old index was restored)",
                 self.index.journal_path,
             )
 

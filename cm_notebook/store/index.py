@@ -495,7 +495,8 @@ class MessageIndex:
         self, reason: str, path: Path, known: Mapping[str, IndexEntry] | None = None
     ) -> list[Message]:
         """Recreate the snapshot from the message files, warning about what was lost;
-        returns the messages read.
+        returns the messages read that it lists (not those no conversation leads to,
+        which it leaves out: see :func:`.recovered.rebuilt_entries`).
 
         ``known``: the entries the damaged index still told (see
         :func:`.recovered.rebuilt_entries`: an unreadable file among them keeps its
@@ -511,7 +512,8 @@ class MessageIndex:
             f"{len(found)} message files because {reason}",
             path,
         )
-        return found
+        listed = {entry.id for entry in entries}
+        return [message for message in found if message.id in listed]
 
     def _write_snapshot(self, ordered: list[IndexEntry]) -> None:
         snapshot = snapshot_bytes(ordered, self.next_n)

@@ -18,15 +18,24 @@ every other disagreement between the index and the files:
 * ``mislinked``: index entries whose parent or role is not the file's (an index edited
   or damaged in a way that still parses: reading the branch then fails);
 * ``dangling``: branches whose head names a message neither the index nor the files
-  hold (reading such a branch fails; point it elsewhere with ``set_branch_head``).
+  hold (reading such a branch fails; point it elsewhere with ``set_branch_head``);
+* ``unwalkable``: branches whose head is there, but whose path back to the first
+  message is not (it goes back to a message that is gone, or round a loop of parent
+  links): reading such a branch fails too;
+* ``detached``: message files no conversation leads to, for the same reasons (see
+  :func:`.order.unrooted`). They are only named: the index leaves them out (a rebuild
+  does too), which is what lets everything else read, so they do not make the check
+  fail. Once the messages they go back to are restored, they are ``unindexed``, and a
+  repair brings them in. An index that lists such a message disagrees with the files
+  (``mislinked``), and a repair leaves it out.
 
 A missing or unreadable file whose text the journal still holds is rewritten from it
 first (as a read of it would be). With ``repair``, an index that misses files or
 disagrees with their parent links is rebuilt from them (the head moves the journal
 holds are kept), and each hidden conversation that ends off every branch gets a branch
-of its own (``recovered``, ``recovered-2``, ...), so it shows up in the branch selector
-(written before the index, so a repair cut short is finished by the next open, see
-:func:`check_context`). Nothing is deleted.
+of its own (``recovered``, ``recovered-2``, ..., none like a name already there), so it
+shows up in the branch selector (written before the index, so a repair cut short is
+finished by the next open, see :func:`check_context`). Nothing is deleted.
 Missing and unreadable files the journal no longer holds, and dangling heads, are only
 reported, for the user to restore from a backup or point elsewhere; while files are
 missing, no rebuild is made: they are to come back first.
@@ -45,6 +54,7 @@ from ..model import ContextMetadata, Message
 from .atomic import is_temp_name
 from .codec import read_message_file
 from .context import ContextState
+from .order import unrooted
 from .paths import MESSAGES_DIR
 from .recovered import branch_hidden_ends
 from .repair import repair_files
@@ -73,14 +83,19 @@ class IntegrityReport:
     stale: tuple[tuple[str, str], ...] = ()  # (file name, how it differs from the index)
     mislinked: tuple[tuple[str, str], ...] = ()  # (file name, how the index differs)
     dangling: tuple[tuple[str, str], ...] = ()  # (branch, the message its head names)
+    # (branch, its head, what its path goes back to instead of a first message)
+    unwalkable: tuple[tuple[str, str, str], ...] = ()
+    # (file name, what it goes back to): left out of the index, not a failure (see module)
+    detached: tuple[tuple[str, str], ...] = ()
     repaired: bool = False
     brought_back: tuple[str, ...] = ()
     recovered_branches: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Whether the index and the files agree, every file reads and every head leads
-        to a message."""
+        """Whether the index and the files agree, every file reads and every branch
+        can be read from its head to its first message (``detached`` files are only
+        named: see the module)."""
         return not (
             self.unindexed
             or self.missing
@@ -88,10 +103,11 @@ class IntegrityReport:
             or self.stale
             or self.mislinked
             or self.dangling
+            or self.unwalkable
         )
 
     def __str__(self) -> str:
-        if self.ok and not self.repaired:
+        if self.ok and not self.repaired and not self.detached:
             return f"{self.context_id}: {self.indexed} message(s), ok"
         lines = [f"{self.context_id}: {self.indexed} message(s) indexed"]
         if self.repaired:
@@ -109,6 +125,22 @@ class IntegrityReport:
             f"messages/: point it at another message (FileStore.set_branch_head)"
             for name, head in self.dangling
         ]
+        lines += [
+            f"  branch {name!r} points at message {head!r}, whose conversation goes back to "
+            f"{cause}: restore that message, or point the branch at another message "
+            "(FileStore.set_branch_head)"
+            for name, head, cause in self.unwalkable
+        ]
+        lines += [
+            f"  left out of the index: messages/{name}: its conversation goes back to {cause}"
+            for name, cause in self.detached
+        ]
+        if self.detached:
+            lines.append(
+                "  (no conversation leads to these files, so nothing shows them; they are "
+                "kept: restore the messages they go back to from a backup, or fix their "
+                "parent_id, then run with --repair)"
+            )
         if self.missing or self.unreadable or self.stale:
             lines.append("  restore or fix the files named above (a backup, by hand)")
         if self.unindexed and not self.repaired:
@@ -144,7 +176,9 @@ class IntegrityChecks:
         the messages written since), listed messages without a file, unreadable files,
         files older than the index (their status is not the index's) and branch heads
         that lead to no message. With ``repair``, rebuilds the index from the files and
-        gives each hidden conversation a ``recovered`` branch; nothing is deleted. Reads
+        gives each hidden conversation a ``recovered`` branch; nothing is deleted. Message
+        files no conversation leads to (their parent is gone, or parent links loop) are
+        named and left out of the index, and branches that lead to them are named. Reads
         every message file: a maintenance call, not for each turn. Without ``repair`` it
         writes only to restore missing or unreadable files from the journal, so a
         context on a read-only copy (a backup, a mounted snapshot) is checked too: such
@@ -218,6 +252,9 @@ def _inspect(
         names = []
     on_disk: set[str] = set()
     hidden: dict[str, Message] = {}  # readable files the index does not list
+    # Parent links as a rebuild would take them: the file's where it reads, else the index's.
+    links = {message_id: entry.parent_id for message_id, entry in entries.items()}
+    read: set[str] = set()  # the files that read
     unreadable: list[tuple[str, str]] = []
     stale: list[tuple[str, str]] = []
     mislinked: list[tuple[str, str]] = []
@@ -230,6 +267,8 @@ def _inspect(
         except CorruptDataError as exc:
             unreadable.append((name, str(exc)))  # reported as such, not as hidden
         else:
+            links[message_id] = message.parent_id
+            read.add(message_id)
             entry = entries.get(message_id)
             if entry is None:
                 hidden[message_id] = message
@@ -245,6 +284,17 @@ def _inspect(
                 )
                 mislinked.append((name, how))
         on_disk.add(message_id)
+    # The files and entries no conversation leads to: listed, they would break every
+    # read of the whole tree and of their branches (see .order.unrooted).
+    broken = unrooted(links)
+    detached = [(f"{mid}.json", broken[mid]) for mid in sorted(hidden) if mid in broken]
+    hidden = {mid: message for mid, message in hidden.items() if mid not in broken}
+    mislinked_names = {name for name, _how in mislinked}
+    mislinked += [
+        (f"{mid}.json", f"the index lists it, but its conversation goes back to {broken[mid]}")
+        for mid in sorted(entries.keys() & broken.keys() & read)
+        if f"{mid}.json" not in mislinked_names
+    ]
     report = IntegrityReport(
         context_id=state.context_id,
         indexed=len(entries),
@@ -256,7 +306,13 @@ def _inspect(
         dangling=tuple(
             (name, branch.head)
             for name, branch in sorted(metadata.branches.items())
-            if branch.head is not None and branch.head not in entries and branch.head not in hidden
+            if branch.head is not None and branch.head not in links  # the index's or a file's
         ),
+        unwalkable=tuple(
+            (name, branch.head, broken[branch.head])
+            for name, branch in sorted(metadata.branches.items())
+            if branch.head is not None and branch.head in broken
+        ),
+        detached=tuple(detached),
     )
     return report, hidden

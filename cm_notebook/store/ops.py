@@ -146,8 +146,9 @@ def _missing_from_index(state: ContextState, message_id: str, branch: str) -> Co
         )
     return CorruptDataError(
         f"{where}, although its file {path} is intact: the index is older than the branch "
-        "(an index file put back?). Run `cm-notebook check --repair "
-        f"{state.context_id}` to rebuild the index from the message files.",
+        "(an index file put back?), or no conversation leads to that message. Run "
+        f"`cm-notebook check --repair {state.context_id}` to rebuild the index from the "
+        "message files, or to learn what that message goes back to.",
         state.index.index_path,
     )
 

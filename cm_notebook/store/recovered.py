@@ -15,6 +15,13 @@ branch through it. When the damaged index still tells where that message was, it
 entry is kept instead (:func:`rebuilt_entries`): reads skip that message with a
 warning, as they skip any unreadable file, and the rest of its conversation reads.
 
+A message file no conversation leads to (its parent is neither a file nor an entry,
+or parent links go round in a loop: see :func:`.order.unrooted`) is left out of a
+rebuilt index, with a warning, and gets no branch: listed, it would make every read
+of the whole tree (an export) and of its branch fail. Its file stays; ``cm-notebook
+check`` names it, and once the messages it goes back to are restored, a repair
+brings it in.
+
 The branches a repair makes are named so that none looks like a branch already there
 (``recovered-2`` beside a user's ``Recovered``: see :func:`cm_notebook.ids.branch_name_key`),
 as everything else that reads the branches refuses such look-alikes.
@@ -26,14 +33,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import StoreError
+from ..errors import CorruptDataError, StoreError
 from ..ids import branch_name_key
 from ..model import Branch, ContextMetadata, Message, utcnow
 from .base import IndexEntry
-from .codec import read_regular
+from .codec import read_message_file, read_regular
 from .diagnostics import warn
 from .journal import JournalLine
-from .order import parents_first
+from .order import parents_first, unrooted
+from .paths import message_path
 from .snapshot import RebuildNeeded, parse_snapshot
 
 if TYPE_CHECKING:
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RECOVERED",
     "branch_hidden_ends",
+    "head_the_index_lost",
     "known_entries",
     "listed_entries",
     "rebuilt_entries",
@@ -58,8 +67,15 @@ def branch_hidden_ends(
     """Give each conversation end among ``found`` (messages the index did not list) that
     no branch reaches a branch of its own, in metadata.json (write locks held); returns
     the names made. ``found`` may already be in the index (after a rebuild) or not yet.
+    A message no conversation leads to (see :func:`.order.unrooted`) gets none: its
+    branch could not be read.
     """
     entries = state.index.entries
+    links = {mid: entry.parent_id for mid, entry in entries.items()}
+    links.update((mid, message.parent_id) for mid, message in found.items())
+    broken = unrooted(links)
+    if broken:
+        found = {mid: message for mid, message in found.items() if mid not in broken}
 
     def parent_of(message_id: str) -> str | None:
         if message_id in found:
@@ -107,6 +123,44 @@ def branch_hidden_ends(
     return tuple(made)
 
 
+def head_the_index_lost(
+    ctx_dir: Path, entries: Mapping[str, IndexEntry], metadata: ContextMetadata
+) -> Branch | None:
+    """The first branch whose head ``entries`` (the index) lacks although a rebuild
+    would list it: its file reads, and its conversation leads back to a first message
+    through files and entries. The index lost journal lines then.
+
+    A head whose file is gone or unreadable is left to the readers, which report that
+    file by path, and so is one no conversation leads to (a rebuild leaves it out
+    again, see the module docstring): rebuilding could not bring either back, and
+    would be tried again on every read.
+    """
+    for branch in metadata.branches.values():
+        if (
+            branch.head is not None
+            and branch.head not in entries
+            and _leads_to_a_first(ctx_dir, entries, branch.head)
+        ):
+            return branch
+    return None
+
+
+def _leads_to_a_first(ctx_dir: Path, entries: Mapping[str, IndexEntry], head: str) -> bool:
+    # Up from ``head`` through the files the index lacks (a few: what lost lines listed)
+    # to a first message or an entry; False at a file gone or unreadable, or a loop.
+    at: str | None = head
+    seen: set[str] = set()
+    while at is not None and at not in entries:
+        if at in seen:
+            return False
+        seen.add(at)
+        try:
+            at = read_message_file(message_path(ctx_dir, at), at).parent_id
+        except CorruptDataError:
+            return False
+    return True
+
+
 def listed_entries(snapshot_path: Path) -> dict[str, IndexEntry] | None:
     """The entries ``message_index.json`` lists, by id, or None if it cannot be read
     (before a rebuild: what it finds beyond these and the journal's surviving lines
@@ -141,10 +195,17 @@ def rebuilt_entries(
     parent before its children (see :mod:`.order`): one per
     message ``found`` in the files, and the ``known`` entry of each message whose file
     is unreadable or gone (see the module docstring), with a warning for each file in
-    ``skipped`` (unreadable ones, with what is wrong with them)."""
+    ``skipped`` (unreadable ones, with what is wrong with them). Messages no
+    conversation leads to are left out, with a warning (see the module docstring)."""
     read = {message.id for message in found}
     problems = {file.name: problem for problem, file in skipped}
     kept = [entry for message_id, entry in known.items() if message_id not in read]
+    listed = [*(IndexEntry.of(message, 0) for message in found), *kept]
+    broken = unrooted({entry.id: entry.parent_id for entry in listed})
+    if broken:
+        _warn_left_out(broken, folder)
+        listed = [entry for entry in listed if entry.id not in broken]
+        kept = [entry for entry in kept if entry.id not in broken]
     for entry in kept:
         file = folder / f"{entry.id}.json"
         problem = problems.pop(file.name, "it is missing")
@@ -158,14 +219,29 @@ def rebuilt_entries(
         if file.name in problems:
             warn(f"skipped an unreadable message file while rebuilding the index: {problem}", file)
     ordered = parents_first(
-        sorted(
-            [*(IndexEntry.of(message, 0) for message in found), *kept],
-            key=lambda entry: (entry.created_at, entry.id),
-        ),
+        sorted(listed, key=lambda entry: (entry.created_at, entry.id)),
         lambda entry: entry.id,
         lambda entry: entry.parent_id,
     )
     return [entry.model_copy(update={"seq": seq}) for seq, entry in enumerate(ordered)]
+
+
+def _warn_left_out(broken: Mapping[str, str], folder: Path) -> None:
+    # One warning for all of them (a loop of a hundred files is one problem), naming a
+    # few: `cm-notebook check` lists every one.
+    shown = sorted(broken)[:5]
+    named = "; ".join(
+        f"messages/{message_id}.json (its conversation goes back to {broken[message_id]})"
+        for message_id in shown
+    )
+    more = f"; and {len(broken) - len(shown)} more" if len(broken) > len(shown) else ""
+    warn(
+        f"left {len(broken)} message file(s) out of the rebuilt index, as no conversation "
+        f"leads to them: {named}{more}. The files are kept (`cm-notebook check` lists "
+        "them): restore the messages they go back to from a backup, or fix their "
+        "parent_id, then run `cm-notebook check --repair`.",
+        folder,
+    )
 
 
 def recover_hidden(
