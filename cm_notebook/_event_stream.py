@@ -6,6 +6,8 @@ puts events in a reader's :class:`_Buffer`, the reader takes them out.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -22,19 +24,35 @@ __all__ = ["EventStream"]
 class _Buffer:
     # One async subscriber's queue. The bus holds these, not the EventStream objects, so a
     # stream nobody references any more can be garbage-collected (and then unregistered).
-    __slots__ = ("backlog", "closed", "events", "waiter")
+    __slots__ = ("backlog", "closed", "events", "loop", "waiter")
 
     def __init__(self, backlog: list[Event]) -> None:
         self.backlog: deque[Event] = deque(backlog)  # history asked for with ``since``
         self.events: deque[Event] = deque()  # live events, bounded by the bus
         self.waiter: anyio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the waiting reader's loop
         self.closed = False
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
+        # Called on the publishing thread. A reader on another loop (a script reading a
+        # session that runs on the package's own loop) is woken on its loop's thread:
+        # setting its event from here would not wake that loop (nor is it safe).
+        waiter, loop = self.waiter, self.loop
+        if waiter is None:
+            return
+        self.waiter = None
+        if loop is None or _running_loop() is loop:
             waiter.set()
+            return
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+            loop.call_soon_threadsafe(waiter.set)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class EventStream:
@@ -65,7 +83,13 @@ class EventStream:
                 return queue.popleft()
             if buffer.closed:
                 raise StopAsyncIteration
+            buffer.loop = _running_loop()
             waiter = buffer.waiter = anyio.Event()
+            # An event put in from another thread between the look above and here
+            # found no waiter to wake: look again before waiting.
+            if buffer.backlog or buffer.events or buffer.closed:
+                buffer.waiter = None
+                continue
             await waiter.wait()
 
     @property

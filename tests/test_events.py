@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import anyio
 import pytest
@@ -491,3 +493,48 @@ def test_the_new_signals_round_trip_through_json() -> None:
         ContextUpdated(changed=["title", "tags"]),
     ):
         assert parse_event(event.model_dump_json()) == event
+
+
+def test_a_reader_on_another_loop_is_woken_by_each_event(tmp_path: Path) -> None:
+    # A script's session runs on the package's own loop; reading its stream inside
+    # asyncio.run() is a reader on a loop of its own, to be woken from the session's
+    # thread. Nothing else may wake that loop here (no timer on it), so a reader not
+    # woken by the events themselves would wait for ever: the driving thread waits for
+    # it, then wakes the loop itself so that the test ends either way.
+    from cm_notebook.session import ContextSession
+    from cm_notebook.testing import ScriptedProvider
+
+    session = ContextSession.create(
+        data_dir=tmp_path, provider=ScriptedProvider().reply("a b c", chunks="words")
+    )
+    got: list[str] = []
+    done = threading.Event()
+    woken: list[bool] = []
+    drivers: list[threading.Thread] = []
+
+    def drive(loop: asyncio.AbstractEventLoop) -> None:
+        session.send("hi").result(10)
+        woken.append(done.wait(10))
+        if not woken[0]:
+            loop.call_soon_threadsafe(lambda: None)
+
+    async def read() -> None:
+        stream = session.event_stream()
+        loop = asyncio.get_running_loop()
+        drivers.append(threading.Thread(target=drive, args=(loop,), daemon=True))
+        drivers[0].start()
+        async for event in stream:
+            got.append(event.type)
+            if isinstance(event, StateChanged) and event.new is State.IDLE:
+                done.set()
+                return
+
+    try:
+        asyncio.run(read())
+        drivers[0].join(10)
+    finally:
+        session.close()
+    assert woken == [True]
+    assert got[-1] == "StateChanged"
+    assert "ContentDelta" in got
+    assert "MessageCompleted" in got
