@@ -30,6 +30,7 @@ import functools
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
@@ -41,6 +42,7 @@ from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
 from ._dead_rounds import DeadRounds
+from ._dropped import release_dropped
 from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
@@ -148,8 +150,9 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         self._turn_claims: dict[str, Claim] = {}
         self._unsettled: dict[str, Message] = {}  # final states a full disk refused
         claim_path = getattr(store, "branch_claim_path", None)
+        context_id = self.id  # not ``self`` in the closure: see cm_notebook._dropped
         self._claims = BranchClaims(
-            None if claim_path is None else lambda branch: claim_path(self.id, branch)
+            None if claim_path is None else lambda branch: claim_path(context_id, branch)
         )
         self._approvals = ApprovalDesk()
         approvals_dir = approvals_folder(
@@ -192,6 +195,16 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             lambda: self._metadata,  # branch names, as opened (for the follower's start)
         )
         self._follow(store)
+        # Dropped without close(), it releases its threads and files once collected.
+        self._dropped = weakref.finalize(
+            self,
+            release_dropped,
+            self._follower,
+            self._signal_log,
+            self._claims,
+            store if owns_store else None,
+        )
+        self._dropped.atexit = False
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
@@ -249,6 +262,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         """
         if not REGISTRY.release(self):
             return
+        self._dropped.detach()  # released here instead
         if not self._loop.is_running():
             # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
             # providers' connections died with it; only the store's locks remain.
@@ -270,6 +284,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         """Like :meth:`close`, for async code: returns once everything is released."""
         if not REGISTRY.release(self):
             return
+        self._dropped.detach()  # released here instead
         release = self._release()
         if self._on_loop_thread():
             await release

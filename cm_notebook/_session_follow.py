@@ -21,6 +21,7 @@ from . import events as ev
 from ._approval_apply import apply_remote_decision, approve_allowed
 from ._approval_log import ApprovalLog
 from ._dead_rounds import DeadRounds
+from ._dropped import weak_callback
 from ._follower import LogFollower
 from ._remote_decisions import DecisionBox
 from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
@@ -65,13 +66,15 @@ class FollowOthers:
         # A call its turn stopped waiting for (cancelled, stopped) is decided: a client
         # of another process approving it then is refused, not told it approved it.
         self._approvals.on_dropped = self._decisions.claim
+        # Weakly: the follower's thread must not keep a dropped session alive
+        # (cm_notebook._dropped releases what it held once it is collected).
         self._follower = LogFollower(
             LogReader(self._signal_log.path),
             self._signal_log.writer,
-            relay=self._relay,
-            claim_held=self._dead_rounds.claim_locked,
-            on_dead=self._dead_rounds.owner_gone,
-            each_poll=self._apply_remote_decisions,
+            relay=weak_callback(self._relay, None),
+            claim_held=weak_callback(self._dead_rounds.claim_locked, False),
+            on_dead=weak_callback(self._dead_rounds.owner_gone, None),
+            each_poll=weak_callback(self._apply_remote_decisions, None),
         )
 
     def _apply_remote_decisions(self) -> None:
