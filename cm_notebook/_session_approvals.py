@@ -245,6 +245,7 @@ class ApprovalMethods(SessionReading):
         The same as approving one of its calls with ``remember=scope``; calls of it
         already waiting here are approved. Undo with :meth:`revoke`.
         """
+        self._check_open()
         if scope not in ("session", "context"):
             raise InvalidInputError(f"scope must be 'session' or 'context'; got {scope!r}")
         self._allow_lists.allow(tool, scope)
@@ -256,6 +257,7 @@ class ApprovalMethods(SessionReading):
         Returns whether it was allowed. A context's allowance is revoked for every
         process at its next tool call.
         """
+        self._check_open()
         if scope is not None and scope not in ("session", "context"):
             raise InvalidInputError(f"scope must be 'session', 'context' or None; got {scope!r}")
         return self._allow_lists.revoke(tool, scope)

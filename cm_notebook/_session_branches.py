@@ -54,6 +54,7 @@ class SessionBranches(SessionReading):
         (``system=""``: no prompt; use :meth:`edit_system` to return to the context's):
         ``session.branch("terse", system="Answer in five words.")``.
         """
+        self._check_open()
         validate_branch_name(name)
         if from_branch is not None:
             validate_branch_name(from_branch)
@@ -139,6 +140,7 @@ class SessionBranches(SessionReading):
         fork there would start before the reply exists); a reply waiting for a tool
         decision is finished, so forking at it works.
         """
+        self._check_open()
         if text is not None and not isinstance(text, str):
             raise InvalidInputError(f"system prompt must be a string, got {type(text).__name__}")
         name = self._branch_name(branch)
@@ -197,6 +199,7 @@ class SessionBranches(SessionReading):
 
     def switch(self, name: str) -> Branch:
         """Make ``name`` the active branch."""
+        self._check_open()
         validate_branch_name(name)
         metadata = self._io.call(self._store.set_active_branch(self.id, name))
         self._metadata = metadata
@@ -205,6 +208,7 @@ class SessionBranches(SessionReading):
 
     def delete_branch(self, name: str) -> None:
         """Delete a branch pointer (its messages stay in the tree)."""
+        self._check_open()
         validate_branch_name(name)
         with self._lock:
             if name in self._runners:

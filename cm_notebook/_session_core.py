@@ -387,16 +387,21 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         with self._lock:
             return not self._runners and not self._claims.held()
 
-    @contextlib.contextmanager
-    def _claim(self, branch: str, *, answer_dead_round: bool = True) -> Iterator[Claim]:
-        # Hold the branch from the first write of a new turn: two threads, two sessions
-        # or two processes sending on one branch cannot both write a prompt. On success
-        # _start hands the claim to the turn, which gives it back when it is over.
+    def _check_open(self) -> None:
+        """Raise StateError if the session is closed: a closed session changes nothing
+        (its writes would reach the disk with no signal, and reopen files it let go)."""
         if self.closed:
             raise StateError(
                 f"this session of context {self.id!r} is closed; open the context again "
                 f"with ContextSession.open({self.id!r}) to go on"
             )
+
+    @contextlib.contextmanager
+    def _claim(self, branch: str, *, answer_dead_round: bool = True) -> Iterator[Claim]:
+        # Hold the branch from the first write of a new turn: two threads, two sessions
+        # or two processes sending on one branch cannot both write a prompt. On success
+        # _start hands the claim to the turn, which gives it back when it is over.
+        self._check_open()
         if self._loop.is_closed():
             raise self._loop_gone()
         with self._lock:

@@ -57,6 +57,7 @@ class ExperimentMethods:
         :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
         ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
         """
+        _session(self)._check_open()
         return start_fan_out(_session(self), text, variants, branch=branch, metadata=metadata)
 
     # -- labels and the baseline -------------------------------------------------------
@@ -75,6 +76,7 @@ class ExperimentMethods:
         view, and as ``label_<key>`` columns of the exported data. A value of None
         removes that label. Returns the updated branch.
         """
+        _session(self)._check_open()
         return _labels.update_labels(_session(self), branch, {**dict(labels or {}), **more})
 
     def pin_baseline(self, branch: str | None) -> str | None:
@@ -84,6 +86,7 @@ class ExperimentMethods:
         The baseline is the branch labelled ``baseline: "true"`` (stored, so it holds
         after a restart); pinning another branch unpins the previous one.
         """
+        _session(self)._check_open()
         return _labels.pin_baseline(_session(self), branch)
 
     @property
@@ -122,6 +125,7 @@ class ExperimentMethods:
         variants); running the same sweep again (also after a restart) skips the cells
         that ended in a complete reply and runs the others. See :mod:`cm_notebook.sweep`.
         """
+        _session(self)._check_open()
         session = _session(self)
         return session._track_job(
             start_sweep(
@@ -155,6 +159,7 @@ class ExperimentMethods:
         (:class:`~cm_notebook.turn_diff.TurnComparison`). Tools the model calls go
         through approval as usual.
         """
+        _session(self)._check_open()
         session = _session(self)
         return session._track_job(start_replay(session, branch, provider, name, params))
 
@@ -172,6 +177,7 @@ class ExperimentMethods:
         Returns a :class:`~cm_notebook.replay.Replay`: ``await`` it for the per-turn
         comparison against the original branch.
         """
+        _session(self)._check_open()
         session = _session(self)
         return session._track_job(start_counterfactual(session, message_id, new_content, name))
 

@@ -70,6 +70,7 @@ class SessionReading(SessionCore):
 
     def rename(self, title: str) -> str:
         """Give the context a new title (white space collapsed); returns it."""
+        self._check_open()
         title = validate_title(title)
         self._io.call(self._store.update_metadata(self.id, title=title))
         self._publish_context_update(["title"])

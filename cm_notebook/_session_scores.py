@@ -213,6 +213,7 @@ class ScoreMethods(SessionReading):
         return None
 
     def _update_score(self, message_id: str, change: Callable[[Score | None], Score]) -> Score:
+        self._check_open()
         update = getattr(self._store, "update_score", None)
         if update is None:
             raise StateError(

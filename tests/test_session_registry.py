@@ -139,3 +139,36 @@ def test_a_provider_override_does_not_get_the_stored_options_of_another(data_dir
         reply = session.send("hi").result(DEADLINE)
         assert reply.metadata.provider == "scripted"
         assert reply.status.value == "complete"
+
+
+def test_a_closed_session_changes_nothing(data_dir: Path) -> None:
+    # Its writes would reach the disk with no signal to anyone (its bus is closed) and
+    # reopen files it let go: each is refused, saying how to go on.
+    session = ContextSession.create(provider=ScriptedProvider(["a"]), data_dir=data_dir)
+    session.send("q").result(DEADLINE)
+    reply = session.history()[-1]
+    session.branch("keep", switch=False)
+    session.close()
+    live = ContextSession.open(session.id, data_dir=data_dir)
+    try:
+        before = (live.title, dict(live.branches), live.active_branch, live.last_seq)
+        attempts: dict[str, Callable[[], object]] = {
+            "branch": lambda: session.branch("ghost"),
+            "switch": lambda: session.switch("keep"),
+            "delete_branch": lambda: session.delete_branch("keep"),
+            "edit_system": lambda: session.edit_system("new prompt"),
+            "title": lambda: setattr(session, "title", "renamed"),
+            "rate": lambda: session.rate(reply.id, score=1),
+            "label": lambda: session.label("keep", run="1"),
+            "pin_baseline": lambda: session.pin_baseline("keep"),
+            "allow": lambda: session.allow("some_tool", scope="context"),
+        }
+        for name, attempt in attempts.items():
+            with pytest.raises(StateError, match="is closed; open the context again"):
+                attempt()
+            assert (live.title, dict(live.branches), live.active_branch, live.last_seq) == (
+                before
+            ), name
+        assert live.scores(reply.id) is None
+    finally:
+        live.close()
