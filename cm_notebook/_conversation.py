@@ -45,7 +45,8 @@ def _shown_to_model(message: Message) -> bool:
 
 
 # What _answer_every_call gave for recent paths that left no call open: a turn's path
-# is the last one plus a few messages, so only those are looked at.
+# is the last one plus a few messages, so only those are looked at. Like every
+# PrefixCache it is bounded by the characters of the messages it keeps alive.
 _ANSWERED: PrefixCache[list[Message]] = PrefixCache()
 
 

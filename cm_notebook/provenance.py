@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ._prefix_cache import PrefixCache
+from ._prefix_cache import PrefixCache, SizedCache, message_chars
 from .model import Message
 from .providers.base import ChatRequest
 from .redact import redact_text
@@ -53,8 +53,9 @@ def _dumps(value: Any) -> str:
 # turn's hash costs one pass of sha256 rather than re-encoding the whole conversation.
 # Keyed by id() with the object kept (an id is not reused while it is alive), checked
 # against the fields it was made from (a message changed in place is encoded again).
-_ENCODED: dict[int, tuple[Message, tuple[Any, ...], str]] = {}
-_ENCODED_KEPT = 8192
+# Bounded by the characters kept (the JSON and the message it keeps alive), not only by
+# count: the cache outlives sessions, and a closed one's large messages must not stay.
+_ENCODED: SizedCache[int, tuple[Message, tuple[Any, ...], str]] = SizedCache(kept=8192)
 
 
 def _message_json(message: Message) -> str:
@@ -74,9 +75,9 @@ def _message_json(message: Message) -> str:
             "tool_call_id": message.tool_call_id,
         }
     )
-    if len(_ENCODED) >= _ENCODED_KEPT:
-        _ENCODED.clear()
-    _ENCODED[id(message)] = (message, fields, text)
+    # What the entry keeps alive: the JSON, the message, and the arguments' JSON in fields.
+    weight = len(text) + message_chars(message) + sum(len(call[2]) for call in calls)
+    _ENCODED.put(id(message), (message, fields, text), weight)
     return text
 
 
