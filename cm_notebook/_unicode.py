@@ -11,6 +11,7 @@ kept.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from .errors import InvalidInputError
@@ -19,6 +20,7 @@ __all__ = [
     "REPLACEMENT",
     "control_characters",
     "for_terminal",
+    "grapheme_prefix",
     "has_surrogates",
     "json_for_terminal",
     "refuse_control_characters",
@@ -113,3 +115,46 @@ def refuse_control_characters(text: str, what: str, *, lines: bool = False) -> N
             f"{what} cannot contain control characters (found {', '.join(found[:5])}); "
             f"remove them{kept}"
         )
+
+
+# Characters that attach to the one before them, so no cut may fall just before them:
+# zero width joiner, variation selectors, emoji skin-tone modifiers, tag characters
+# (subdivision flags), and Hangul conjoining vowels and finals.
+_EXTENDS = re.compile(
+    "[\u200d\ufe00-\ufe0f\U000e0100-\U000e01ef\U0001f3fb-\U0001f3ff"
+    "\U000e0020-\U000e007f\u1160-\u11ff\ud7b0-\ud7ff]"
+)
+_REGIONAL = re.compile("[\U0001f1e6-\U0001f1ff]")
+
+
+def _boundary(text: str, at: int) -> bool:
+    # Whether a cut between text[at - 1] and text[at] leaves every user-perceived
+    # character (grapheme cluster) whole: no mark torn from its letter, no emoji
+    # sequence split at a joiner or modifier, no flag cut between its two letters.
+    before, after = text[at - 1], text[at]
+    if before == "\r" and after == "\n":
+        return False
+    if before == "\u200d" or _EXTENDS.match(after):
+        return False
+    if unicodedata.category(after) in ("Mn", "Mc", "Me"):
+        return False
+    if _REGIONAL.match(after) and _REGIONAL.match(before):
+        # Regional indicators pair up from the start of their run: a cut after an
+        # odd number of them falls inside a flag.
+        run = at
+        while run > 0 and _REGIONAL.match(text[run - 1]):
+            run -= 1
+        return (at - run) % 2 == 0
+    return True
+
+
+def grapheme_prefix(text: str, limit: int) -> str:
+    """The longest start of ``text`` of at most ``limit`` code points that ends between
+    two user-perceived characters: a cut there drops no accent, splits no flag or
+    emoji sequence (``""`` when the first such character is longer than ``limit``)."""
+    if len(text) <= limit:
+        return text
+    at = max(limit, 0)
+    while at > 0 and not _boundary(text, at):
+        at -= 1
+    return text[:at]

@@ -14,7 +14,7 @@ import re
 
 import anyio
 
-from ._unicode import refuse_control_characters
+from ._unicode import grapheme_prefix, refuse_control_characters
 from .errors import CMError, InvalidInputError
 from .model import Message
 from .providers.base import ChatRequest, Provider, TextDelta
@@ -90,8 +90,10 @@ def title_from_text(text: str, *, max_words: int = 8, max_chars: int = 60) -> st
     title = " ".join(words[:max_words])
     cut = len(words) > max_words
     if len(title) > max_chars:
-        title = title[:max_chars].rsplit(" ", 1)[0] if " " in title[:max_chars] else title
-        title = title[:max_chars]
+        # Cut between user-perceived characters, not code points: slicing could leave
+        # half a flag, a family emoji's first person, or a letter without its accent.
+        head = grapheme_prefix(title, max_chars) or title[:max_chars]
+        title = head.rsplit(" ", 1)[0] if " " in head else head
         cut = True
     title = title.rstrip(" ,;:-")
     return (title + "…" if cut else title) or UNTITLED
