@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
 
 from .. import events as ev
 from ..errors import CMError
@@ -27,9 +30,60 @@ from ..redact import get_logger
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["FollowingView", "SessionFollower", "Throttle"]
+__all__ = ["FollowingView", "SessionFollower", "Throttle", "close_parts", "static_text"]
 
 logger = get_logger(__name__)
+
+_STATIC = Path(__file__).parent / "static"
+
+
+def static_text(name: str) -> str:
+    """The text of ``static/<name>``, for an anywidget's ``_esm`` or ``_css``.
+
+    Given as text, not as a path: for a path, anywidget ties every widget of the class
+    to the file's change signal for good (closed or not), so no view once made could
+    ever be freed.
+    """
+    return (_STATIC / name).read_text(encoding="utf-8")
+
+
+def close_parts(widget: w.Widget) -> None:
+    """Close every widget ``widget`` holds, not ``widget`` itself: its children, layout,
+    style and any other widget in its synced traits, and theirs in turn.
+
+    ipywidgets keeps each widget registered (in a kernel, an open comm) until it is
+    closed, and closing a box closes neither its children nor its layout or style. So a
+    view's ``close`` calls this, then closes itself. A part that is a view closes itself
+    (its own ``close`` runs: it stops following its session too). Closing twice is
+    harmless. Only what ``widget`` holds is closed: a view's parts are its own.
+    """
+    # All found first: closing a part (a view) may change what the others hold.
+    for part in list(_parts(widget, {id(widget)})):
+        part.close()
+
+
+def _parts(widget: w.Widget, seen: set[int]) -> Iterator[w.Widget]:
+    # Depth first, a part after its own parts: a box closes after what it shows.
+    # Only synced traits are read: those were all read when the widget was sent to the
+    # front end, so reading them makes no new widget (a layout made on first use).
+    for name in widget.keys:
+        for part in _widgets_in(getattr(widget, name, None)):
+            if id(part) not in seen:
+                seen.add(id(part))
+                yield from _parts(part, seen)
+                yield part
+
+
+def _widgets_in(value: object) -> Iterator[w.Widget]:
+    # The widgets a trait's value holds: itself, or those in a list, tuple or dict.
+    if isinstance(value, w.Widget):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _widgets_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _widgets_in(item)
 
 
 class Throttle:
@@ -159,8 +213,9 @@ class FollowingView:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Stop following the session and close the widget."""
+        """Stop following the session and close the widget and all its parts."""
         if hasattr(self, "_follower"):  # not when construction failed half-way
             self._follower.close()
             self._throttle.cancel()
+        close_parts(self)
         super().close()  # type: ignore[misc]  # the widget class, next in the MRO

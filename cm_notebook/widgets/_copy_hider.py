@@ -9,20 +9,19 @@ the copy, found by the id both carry, in the page only: the saved notebook keeps
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import anywidget
 import traitlets as t
 
-__all__ = ["SavedCopyHider", "mark_copy"]
+from ._base import static_text
 
-_STATIC = Path(__file__).parent / "static"
+__all__ = ["SavedCopyHider", "mark_copy"]
 
 
 class SavedCopyHider(anywidget.AnyWidget):
     """Hides, on the page, the output marked with :attr:`copy_id` (see :func:`mark_copy`)."""
 
-    _esm = _STATIC / "copy_hider.js"
+    _esm = static_text("copy_hider.js")
 
     copy_id = t.Unicode(help="the id the saved copy's HTML carries").tag(sync=True)
 

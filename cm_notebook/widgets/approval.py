@@ -41,7 +41,7 @@ from ..errors import (
 from ..model import ToolCall
 from ..store.workers import submit_blocking
 from ..tools import validate_edited_arguments
-from ._base import SessionFollower
+from ._base import SessionFollower, close_parts
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -125,6 +125,12 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self.context_button.on_click(lambda _b: self._decide(True, "context"))
         self.deny_button.on_click(lambda _b: self._decide(False))
         self.arguments.observe(lambda _c: follower.on_loop(self._check), names="value")
+
+    def close(self) -> None:
+        """Close the row and all its parts (harmless twice); its view drops a decided
+        row this way while it goes on showing the others."""
+        close_parts(self)
+        super().close()
 
     @property
     def _approve_buttons(self) -> tuple[w.Button, ...]:
@@ -352,9 +358,13 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         return "<cm_notebook ToolApproval>"
 
     def close(self) -> None:
-        """Stop following the session and close the widgets."""
+        """Stop following the session and close the widgets (harmless twice)."""
         if hasattr(self, "_follower"):
             self._follower.close()
+        # Every row, also one made but not yet shown (a sync cut short).
+        for row in getattr(self, "rows", {}).values():
+            row.close()
+        close_parts(self)  # the header and the decision history
         super().close()
 
     def finish(self) -> None:

@@ -10,7 +10,6 @@ message).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
@@ -18,7 +17,7 @@ import traitlets as t
 
 from .. import events as ev
 from ..model import Branch
-from ._base import FollowingView
+from ._base import FollowingView, static_text
 from .chat import DOUBLE_CLICK
 
 if TYPE_CHECKING:
@@ -26,14 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BranchTree"]
 
-_STATIC = Path(__file__).parent / "static"
-
 
 class BranchTree(FollowingView, anywidget.AnyWidget):
     """The branches as a tree (front end in ``static/branches.js``)."""
 
-    _esm = _STATIC / "branches.js"
-    _css = _STATIC / "views.css"
+    _esm = static_text("branches.js")
+    _css = static_text("views.css")
 
     nodes = t.List(
         t.Dict(), help="branches in tree order: name, depth, active, prompt, length, last, labels"

@@ -33,7 +33,6 @@ by ``ScoreUpdated`` signals from any source.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
@@ -44,7 +43,7 @@ from .. import events as ev
 from ..errors import BranchNotFoundError
 from ..model import Message, MessageStatus
 from ..tree import MessageTree
-from ._base import SessionFollower, Throttle
+from ._base import SessionFollower, Throttle, close_parts, static_text
 from ._messages import message_dict
 from .rating import rate_from_front_end, rating_of, stored_rating
 
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DELTA_INTERVAL", "ChatView", "FrozenMessage", "Transcript"]
 
-_STATIC = Path(__file__).parent / "static"
 #: Front-end actions that make something new (a branch, a reply): done once per click.
 _ONCE = frozenset({"edit", "fork", "regenerate"})
 #: Seconds within which the same action again is a double click.
@@ -83,8 +81,8 @@ class FrozenMessage(w.Widget):  # type: ignore[misc]
 class Transcript(anywidget.AnyWidget):
     """The message list of a :class:`ChatView` (front end in ``static/transcript.js``)."""
 
-    _esm = _STATIC / "transcript.js"
-    _css = _STATIC / "views.css"
+    _esm = static_text("transcript.js")
+    _css = static_text("views.css")
 
     frozen = t.List(
         t.Instance(FrozenMessage), help="the finished messages of the branch, in order"
@@ -170,13 +168,15 @@ class ChatView(w.VBox):  # type: ignore[misc]
         return self._branch
 
     def close(self) -> None:
-        """Stop following the session and close the widgets."""
+        """Stop following the session and close the widgets (harmless twice)."""
         if hasattr(self, "_follower"):  # not when construction failed half-way
             self._follower.close()
             self._deltas.cancel()
             self._refresh.cancel()
+            # Every message model made, also those of a branch no longer shown.
             for frozen in self._frozen.values():
                 frozen.close()
+        close_parts(self)
         super().close()
 
     # -- signals (session loop thread) ---------------------------------------------

@@ -25,7 +25,7 @@ from ..errors import InvalidInputError
 from ..model import Message, MessageStatus
 from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
-from ._base import FollowingView
+from ._base import FollowingView, close_parts
 from ._messages import stats_of
 from .markdown import render_markdown
 from .rating import RatingBar, rating_of
@@ -79,7 +79,8 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         self.html.value = text
 
     def close(self) -> None:
-        """Stop following the session and close the widgets."""
+        """Stop following the session and close the widgets (harmless twice)."""
+        # Every bar made, also those of answers no longer shown; the rest are parts.
         for bar in getattr(self, "_bars", {}).values():
             bar.close()
         super().close()
@@ -96,7 +97,18 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
                 bar = self._bars[answer.id] = RatingBar(self.session, self._follower, answer.id)
             bar.layout.flex = "1"
             cells.append(bar)
+        self._set_cells(cells)
+
+    def _set_cells(self, cells: list[w.Widget]) -> None:
+        # The empty spaces replaced are closed: each render makes new ones, and one
+        # left open stays registered (an open comm) for as long as the kernel runs.
+        # The bars are kept for reuse (closed with the view).
+        old = self.ratings.children
         self.ratings.children = cells
+        for cell in old:
+            if not isinstance(cell, RatingBar) and cell not in cells:
+                close_parts(cell)
+                cell.close()
 
     def __repr__(self) -> str:
         return f"<cm_notebook CompareView of {len(self.branch_names)} branches>"
@@ -130,7 +142,7 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
                 f"branch {gone} was deleted; compare needs two or more branches: show "
                 "session.compare_view(...) again with the branches to compare"
             )
-            self.ratings.children = []
+            self._set_cells([])
             return
         paths = {name: session.history(name) for name in self.branch_names}
         columns = []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..errors import CMError, InvalidInputError
+from ._base import close_parts
 
 if TYPE_CHECKING:
     from ..scores import Score
@@ -81,6 +82,11 @@ class RatingBar(w.HBox):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return "<cm_notebook rating>"
+
+    def close(self) -> None:
+        """Close the bar and its buttons (harmless twice)."""
+        close_parts(self)
+        super().close()
 
     def _rate(self, content: dict[str, Any]) -> None:
         # A click may come on the comm thread: rate on the session's loop.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as w
 from IPython.display import display
 
+from ._base import close_parts
 from ._copy_hider import SavedCopyHider
 from .approval import ToolApproval
 from .branches import BranchTree
@@ -37,8 +38,12 @@ class SessionView(w.VBox):  # type: ignore[misc]
         self.approvals = ToolApproval(session)
         # Hides the snapshot below on a live page (it repeats this view).
         self.copy_hider = SavedCopyHider()
-        self.tree.layout = w.Layout(width="28%", min_width="180px", overflow="auto")
-        self.chat.layout = w.Layout(flex="1 1 auto", width="auto")
+        # Set on the parts' own layouts: a layout replaced would stay registered, unclosed.
+        self.tree.layout.width = "28%"
+        self.tree.layout.min_width = "180px"
+        self.tree.layout.overflow = "auto"
+        self.chat.layout.flex = "1 1 auto"
+        self.chat.layout.width = "auto"
         super().__init__(
             [
                 self.status,
@@ -66,12 +71,12 @@ class SessionView(w.VBox):  # type: ignore[misc]
         self.snapshot.display()
 
     def close(self) -> None:
-        """Stop following the session and close every part."""
-        if hasattr(self, "chat"):
-            for part in (self.status, self.tree, self.chat, self.approvals):
-                part.close()
-            if self.snapshot is not None:
-                self.snapshot.close()
+        """Stop following the session and close every part (harmless twice)."""
+        snapshot = getattr(self, "snapshot", None)  # none when construction failed half-way
+        if snapshot is not None:
+            snapshot.close()
+        # The status, tree, chat and approvals close as parts: each stops following too.
+        close_parts(self)
         super().close()
 
 

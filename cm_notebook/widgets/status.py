@@ -10,14 +10,13 @@ and tokens per second.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
 import traitlets as t
 
 from .. import events as ev
-from ._base import FollowingView
+from ._base import FollowingView, static_text
 from ._messages import stats_of
 
 if TYPE_CHECKING:
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["StatusBar"]
 
-_STATIC = Path(__file__).parent / "static"
 _RETRY_IN = re.compile(r"retrying in ([0-9.]+) s")
 
 _WHAT_TO_DO = {
@@ -37,8 +35,8 @@ _WHAT_TO_DO = {
 class StatusBar(FollowingView, anywidget.AnyWidget):
     """State per branch, retry countdown, error and what to do, model and speed."""
 
-    _esm = _STATIC / "status.js"
-    _css = _STATIC / "views.css"
+    _esm = static_text("status.js")
+    _css = static_text("views.css")
 
     rows = t.List(t.Dict(), help="one entry per shown branch (see the module docstring)").tag(
         sync=True

@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
 import traitlets as t
 
 from .. import events as ev
-from ._base import FollowingView
+from ._base import FollowingView, static_text
 
 if TYPE_CHECKING:
     from ..sweep import Sweep, SweepCell
 
 __all__ = ["GRID_INTERVAL", "SweepGrid", "grid_data", "grid_html"]
 
-_STATIC = Path(__file__).parent / "static"
 
 #: Seconds between two updates of a grid while its cells stream.
 GRID_INTERVAL = 0.25
@@ -137,8 +135,8 @@ def grid_html(sweep: Sweep) -> str:
 class SweepGrid(FollowingView, anywidget.AnyWidget):
     """A sweep's cells as a live grid (front end in ``static/grid.js``)."""
 
-    _esm = _STATIC / "grid.js"
-    _css = _STATIC / "views.css"
+    _esm = static_text("grid.js")
+    _css = static_text("views.css")
 
     name = t.Unicode("", help="the sweep's name").tag(sync=True)
     rows = t.List(t.Dict(), help="one per prompt (and input row): key, label").tag(sync=True)
