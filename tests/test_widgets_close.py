@@ -128,3 +128,20 @@ async def test_a_closed_sweep_grid_leaves_no_widget_registered(new_session: NewS
     await asyncio.sleep(0)
     gc.collect()
     assert freed() is None
+
+
+async def test_a_closed_comparison_of_a_cell_leaves_no_widget_registered(
+    new_session: NewSession,
+) -> None:
+    # What `%%cm --ab` shows: the arms side by side, its own note and outcome widgets.
+    from cm_notebook.magics._comparison import ComparisonView
+
+    session = new_session(provider=ScriptedProvider(strict=True).reply("A.").reply("B."))
+    before = registered()
+    fan = session.fan_out("Hi", ["scripted", "scripted"])
+    view = ComparisonView(session, fan, branch="main")
+    await fan
+    await until(lambda: view.compare is not None)
+    view.close()
+    view.close()
+    assert registered() == before

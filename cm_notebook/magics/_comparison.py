@@ -17,6 +17,7 @@ import ipywidgets as w
 
 from ..errors import CMError
 from ..widgets import CompareView
+from ..widgets._base import close_parts
 from ..widgets._live_output import flush_copies
 from ._queue import CellTask, polled, release, release_after, say_what_goes_on, wait_for
 from ._remedies import for_magics, said
@@ -125,6 +126,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         compare: CompareView | None = getattr(self, "compare", None)
         if compare is not None:
             compare.close()
+        close_parts(self)  # its own note and outcome widgets, their layouts
         super().close()
 
     def _forked_now(self, fan: FanOut) -> None:

@@ -35,7 +35,7 @@ from ..model import Message
 from ..provenance import provenance_of
 from ..render import code_fence
 from ..widgets import ToolApproval
-from ..widgets._base import SessionFollower, Throttle
+from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
 from ._queue import CellTask, polled, release, release_after, say_what_goes_on, wait_for
@@ -248,6 +248,9 @@ class ReplyView:
         self._throttle.cancel()
         if self.approvals is not None:
             self.approvals.close()
+        if self._approval_slot is not None:
+            close_parts(self._approval_slot)  # a box closes neither children nor layout
+            self._approval_slot.close()
 
     # -- on the session's loop ---------------------------------------------------------
 

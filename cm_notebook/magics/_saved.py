@@ -28,7 +28,7 @@ from .. import events as ev
 from ..errors import CMError
 from ..provenance import provenance_of
 from ..widgets import CompareView, SessionView
-from ..widgets._base import SessionFollower, Throttle
+from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._copy_hider import SavedCopyHider, mark_copy
 from ..widgets._live_output import LiveOutput, register_copy
 from ._comparison import ComparisonView
@@ -248,6 +248,7 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             self.compare.close()
         if self.saved is not None:
             self.saved.close()
+        close_parts(self)  # its note and placeholder, their layouts (a box closes no part)
         super().close()
 
     def _begin(self) -> None:
