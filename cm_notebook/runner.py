@@ -27,6 +27,7 @@ This module is the only place where the state machine meets I/O.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
@@ -148,8 +149,10 @@ class TurnRunner(ToolRounds):
                 # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
         except BaseException as exc:
-            self._abandon(exc)
-            raise
+            if not (isinstance(exc, asyncio.CancelledError) and await self._cancelled_outside()):
+                self._abandon(exc)
+                raise
+            outcome = "cancelled"
         finally:
             self._release_ids()
             self.turn.progress.finish()
@@ -211,6 +214,22 @@ class TurnRunner(ToolRounds):
         reason = "cancelled by the user"
         await self._wind_down(MessageStatus.INTERRUPTED, reason, reason)
         return "cancelled"
+
+    async def _cancelled_outside(self) -> bool:
+        # The turn's task itself was cancelled, not through request_cancel: its loop is
+        # shutting down (an asyncio.run() that returned while the reply streamed). It
+        # ends as a stopped turn does, shielded: the reply stored interrupted with its
+        # text, its calls answered, and `turn.result()` given that reply, rather than
+        # a reply left "streaming" and a bare CancelledError. False if that fails (or
+        # the turn had already wound down): run() abandons it as before.
+        if self.host.machines.get(self.branch).state not in fsm.ACTIVE_STATES:
+            return False
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._cancel()
+        except Exception:
+            return False
+        return self._last_reply is not None
 
     async def _crashed(self, exc: Exception) -> str:
         # Something that is not a provider failure broke the turn: the store could not

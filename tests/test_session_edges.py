@@ -7,12 +7,14 @@ import contextlib
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_session_support import DEADLINE, close_all
 
 from cm_notebook import ContextSession
 from cm_notebook.errors import BranchExistsError, BusyError, InvalidInputError, StateError
+from cm_notebook.fsm import State
 from cm_notebook.model import Branch, MessageStatus
 from cm_notebook.testing import ScriptedProvider
 
@@ -122,3 +124,36 @@ def test_a_taken_branch_name_is_refused_as_taken_even_while_a_reply_streams(
         turn.cancel()
     finally:
         close_all([session])
+
+
+def test_a_turn_whose_loop_ends_is_stopped_and_keeps_its_text(data_dir: Path) -> None:
+    # asyncio.run() returns while a reply streams: the loop cancels the turn's task on
+    # its way out. The turn ends as a stopped one: interrupted, with its text, on disk
+    # and in this process, and `result()` gives that reply.
+    words = " ".join(["word"] * 40)
+    fake = ScriptedProvider().reply(words, chunks="words", delay=0.02)
+    held: dict[str, Any] = {}
+
+    async def start_and_leave() -> None:
+        session = ContextSession.create(provider=fake, data_dir=data_dir)
+        streamed = asyncio.Event()
+        session.subscribe(lambda _: streamed.set(), kinds={"ContentDelta"})
+        held["session"], held["turn"] = session, session.send("go")
+        await streamed.wait()  # some of the reply has streamed: leave while it goes on
+
+    asyncio.run(start_and_leave())
+    session, turn = held["session"], held["turn"]
+    try:
+        reply = turn.result(DEADLINE)
+        assert reply.status is MessageStatus.INTERRUPTED
+        assert reply.content
+        assert words.startswith(reply.content)
+        assert session.history()[-1].status is MessageStatus.INTERRUPTED
+        assert session.state is State.IDLE
+    finally:
+        session.close()
+    reopened = ContextSession.open(session.id, data_dir=data_dir, provider=ScriptedProvider())
+    try:
+        assert reopened.history()[-1].content == reply.content
+    finally:
+        reopened.close()
