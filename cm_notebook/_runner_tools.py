@@ -98,6 +98,7 @@ class ToolRounds:
             self._claimed_ids = []
 
     async def _decide(self, call_id: str, decision: Decision) -> None:
+        self.host.approvals.applied(call_id)
         call = self._calls[call_id]
         if call.status is not ToolCallStatus.FAILED:
             update: dict[str, Any] = {
@@ -179,14 +180,23 @@ class ToolRounds:
         # ``cause``: why the turn stopped, for calls it cut off (default ``reason``).
         for call_id in ids:
             self.host.approvals.drop(call_id)
+            # A decision made but not applied yet (it crossed the stop): the call
+            # records it, so that what approve() or deny() returned is what happened.
+            late = self.host.approvals.settle(call_id)
             call = self._calls.get(call_id)
             if call is None or call_id in self._answered:
                 continue
-            call = self._cut_off(call, reason, cause or reason)
+            if late is not None and call_id not in self._started:
+                with anyio.CancelScope(shield=True):
+                    call = await self._decided_late(call, late, reason)
+            else:
+                call = self._cut_off(call, reason, cause or reason)
             self._calls[call_id] = call
             with anyio.CancelScope(shield=True):
                 await self._answer_call(call, call.result or "")
-            if call.status is ToolCallStatus.DENIED:  # _answer_call told of the others
+            if (
+                late is None and call.status is ToolCallStatus.DENIED
+            ):  # _answer_call told of the others
                 self.host.publish(
                     ev.ToolCallResolved(
                         branch=self._writes.target,
@@ -197,6 +207,37 @@ class ToolRounds:
                 )
         with anyio.CancelScope(shield=True):
             await self._save_calls()
+
+    async def _decided_late(self, call: ToolCall, decision: Decision, reason: str) -> ToolCall:
+        # ``call`` as a decision that reached the turn only as it stopped leaves it: a
+        # denial with its reason; an approval as approved but never run (no effect).
+        record = await self.host.record(self._writes.target, self._last_reply, call, decision)
+        update: dict[str, Any]
+        if decision.approved:
+            update = {
+                "status": ToolCallStatus.FAILED,
+                "reason": f"approved, but not run: the turn was stopped first ({reason})",
+                "result": (
+                    f"error: the call to tool {call.name!r} was approved, but its turn was "
+                    f"stopped ({reason}) before it ran; it had no effect, and may be asked "
+                    "for again."
+                ),
+            }
+            if decision.arguments is not None:
+                update["arguments"] = decision.arguments
+        else:
+            text = denied_result(call.name, decision.reason)
+            update = {"status": ToolCallStatus.DENIED, "reason": decision.reason, "result": text}
+        self.host.publish(
+            ev.ToolCallResolved(
+                branch=self._writes.target,
+                tool_call_id=call.id,
+                status=ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
+                reason=decision.reason,
+                decision=record,
+            )
+        )
+        return call.model_copy(update=update)
 
     def _cut_off(self, call: ToolCall, reason: str, cause: str) -> ToolCall:
         # ``call`` as a stopped turn leaves it, its ``result`` the text for the model.

@@ -190,6 +190,12 @@ class ApprovalDesk:
         self.on_dropped: Callable[[str, str], object] | None = None
         self._lock = threading.Lock()
         self._pending: dict[str, PendingCall] = {}
+        # Decisions handed to a turn that has not applied them yet, and the calls a
+        # stopped turn has settled itself: a decision and a stop that cross are sorted
+        # out here (see settle), so that what approve() or deny() returned is what the
+        # call records.
+        self._unapplied: dict[str, Decision] = {}
+        self._settled: set[str] = set()
         # Ids given to a reply's calls, from then until its turn has asked for them:
         # two turns finishing at once (fan-out arms) must not both pick "call_1".
         self._reserved: set[str] = set()
@@ -199,6 +205,9 @@ class ApprovalDesk:
         pending = PendingCall(branch, message_id, call)
         with self._lock:
             self._pending[call.id] = pending
+            # An id may come again in a later turn (another branch's path).
+            self._settled.discard(call.id)
+            self._unapplied.pop(call.id, None)
         return pending.future
 
     def claim_ids(self, calls: list[ToolCall], taken: Set[str]) -> list[ToolCall]:
@@ -342,16 +351,42 @@ class ApprovalDesk:
                 self.put_back(pending)
             raise
         decided = []
+        stopped = False
         for pending, decision, first in zip(taken, decisions, won, strict=True):
-            if first:
-                pending.resolve(decision)
-                decided.append(pending.call)
-            else:
+            if not first:
                 self.put_back(pending)
+                continue
+            with self._lock:
+                # Its turn was stopped and settled the call before this decision
+                # could reach it: the decision is not made (the call says so).
+                stopped = stopped or pending.call.id in self._settled
+                if pending.call.id in self._settled:
+                    continue
+                self._unapplied[pending.call.id] = decision
+            pending.resolve(decision)
+            decided.append(pending.call)
         if taken and not decided:
+            if stopped:
+                which = f"tool call {call_id!r}" if call_id else "the tool calls waiting"
+                raise ToolCallAlreadyResolvedError(
+                    f"the turn of {which} was stopped before the decision reached it"
+                )
             which = f"tool call {call_id!r} was" if call_id else "the tool calls waiting were"
             raise ToolCallAlreadyResolvedError(f"{which} decided by another client first")
         return decided
+
+    def applied(self, call_id: str) -> None:
+        """The turn has applied the decision made for ``call_id``."""
+        with self._lock:
+            self._unapplied.pop(call_id, None)
+
+    def settle(self, call_id: str) -> Decision | None:
+        """A stopped turn settles ``call_id`` itself: the decision made for it that the
+        turn has not applied yet (it records that one), else None; a decision that
+        comes later is refused (:meth:`decide`)."""
+        with self._lock:
+            self._settled.add(call_id)
+            return self._unapplied.pop(call_id, None)
 
     def put_back(self, pending: PendingCall) -> None:
         """Return a taken call to the desk (its decision could not be made), in its place."""

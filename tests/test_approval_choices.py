@@ -15,7 +15,12 @@ from test_session_support import DEADLINE, Recorder
 from test_session_tools import Calculator, waiting
 
 from cm_notebook import tool
-from cm_notebook.errors import InvalidInputError, StoreLockTimeoutError, ToolArgumentsError
+from cm_notebook.errors import (
+    InvalidInputError,
+    StoreLockTimeoutError,
+    ToolArgumentsError,
+    ToolCallAlreadyResolvedError,
+)
 from cm_notebook.events import ToolCallResolved
 from cm_notebook.model import ToolCallStatus
 from cm_notebook.session import ContextSession
@@ -329,3 +334,43 @@ def test_a_damaged_context_allow_list_asks_instead_of_failing_the_turn(
     session.approve()
     assert turn.result(DEADLINE).content == "2"
     assert calc.calls == [("add", 1, 1)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("approved", [True, False], ids=["approved", "denied"])
+async def test_a_decision_that_crosses_a_stop_is_what_the_call_records(
+    data_dir: Path, approved: bool
+) -> None:
+    # A person clicks Approve (or Deny), then Stop, before the turn has taken the
+    # decision in: what approve() / deny() returned is what the call and the audit
+    # log say, and the tool never runs.
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("never")
+    session = ContextSession.create(data_dir=data_dir, provider=fake, tools=calc.tools)
+    try:
+        turn = session.send("Add")
+        [call] = await turn.wait_for_approval(DEADLINE)
+        if approved:
+            [decided] = session.approve(call.id)
+        else:
+            [decided] = session.deny(call.id, reason="not now")
+        session.stop()  # on the same loop, before the turn runs again
+        await turn
+        stored = session.history()[1].tool_calls[0]
+        answer = session.history()[2].content
+        if approved:
+            assert decided.status is ToolCallStatus.APPROVED
+            assert stored.status is ToolCallStatus.FAILED
+            assert (stored.reason or "").startswith("approved, but not run")
+            assert "was approved, but its turn was stopped" in answer
+        else:
+            assert decided.status is ToolCallStatus.DENIED
+            assert (stored.status, stored.reason) == (ToolCallStatus.DENIED, "not now")
+            assert "not now" in answer
+        assert calc.calls == []
+        [record] = session.approval_log()
+        assert (record.tool_call_id, record.approved) == (call.id, approved)
+        with pytest.raises(ToolCallAlreadyResolvedError):
+            session.approve(call.id)
+    finally:
+        await session.aclose()
