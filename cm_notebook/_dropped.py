@@ -5,30 +5,42 @@ cell that made one re-run, a script's loop variable) is garbage, unless somethin
 long-lived still points at it. The log follower's thread is such a thing: it calls back
 into the session. Those callbacks go through :func:`weak_callback`, so the thread does
 not keep the session alive. Once it is collected, :func:`release_dropped` (a
-``weakref.finalize`` of the session) stops the follower and closes the signal log,
-the branch claims' lock files and the store the session opened, as ``close()`` would
-have; without it, each dropped session kept two threads and about nine open files.
+``weakref.finalize`` of the session) has the follower stopped and the signal bus (with
+its log), the branch claims' lock files and the store the session opened closed, as
+``close()`` would have; without it, each dropped session kept two threads and about
+nine open files, and its event streams never ended.
+
+A finalizer runs wherever the collection happens: on any thread, possibly one holding
+a lock that the release needs (the file watcher's, a signal log's). So the finalizer
+only puts the work in a queue (``SimpleQueue.put`` is safe there), and a thread of
+this module's, started with the first session, does it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import queue
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from . import events as ev
 from ._claims import BranchClaims
 from ._follower import LogFollower
 from .redact import get_logger
-from .signal_log import SignalLog
 
-__all__ = ["release_dropped", "weak_callback"]
+__all__ = ["release_dropped", "start_releasing", "weak_callback"]
 
 _log = get_logger(__name__)
 
 R = TypeVar("R")
+
+_RELEASES: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+_releaser: threading.Thread | None = None
+_releaser_lock = threading.Lock()
 
 
 class _Closable(Protocol):
@@ -47,29 +59,59 @@ def weak_callback(method: Callable[..., R], default: R) -> Callable[..., R]:
     return call
 
 
+def start_releasing() -> None:
+    """Start the thread that releases dropped sessions (once; from a session's
+    constructor, never from a finalizer: starting a thread takes locks)."""
+    global _releaser
+    with _releaser_lock:
+        if _releaser is None or not _releaser.is_alive():
+            _releaser = threading.Thread(
+                target=_release_forever, name="cm-session-release", daemon=True
+            )
+            _releaser.start()
+
+
 def release_dropped(
     follower: LogFollower | None,
-    signal_log: SignalLog | None,
+    bus: ev.EventBus,
+    loop: asyncio.AbstractEventLoop,
     claims: BranchClaims,
     store: _Closable | None,
 ) -> None:
-    """Release what a collected session held (see the module docstring).
+    """The finalizer of a session: queue the release of what it held (see the module
+    docstring). Takes no lock and does no work here."""
+    _RELEASES.put(functools.partial(_release, follower, bus, loop, claims, store))
 
-    A finalizer runs on whichever thread the collection happened on, possibly one of
-    those stopped here: the work is done on a thread of its own.
-    """
+
+def _release_forever() -> None:
+    while True:
+        job = _RELEASES.get()
+        try:
+            job()
+        except Exception as exc:  # nobody is left to tell but the log
+            _log.warning("could not release a session dropped without close(): %s", exc)
+
+
+def _release(
+    follower: LogFollower | None,
+    bus: ev.EventBus,
+    loop: asyncio.AbstractEventLoop,
+    claims: BranchClaims,
+    store: _Closable | None,
+) -> None:
     if follower is not None:
-        follower.close()  # does not wait: safe on any thread
-
-    def release() -> None:
-        claims.close()
-        if signal_log is not None:
-            with contextlib.suppress(OSError):  # its last fsync: nothing to report to
-                signal_log.close()
-        if store is not None:
-            try:
-                asyncio.run(store.close())
-            except Exception as exc:  # nobody is left to tell but the log
-                _log.warning("could not close the store of a dropped session: %s", exc)
-
-    threading.Thread(target=release, name="cm-session-release", daemon=True).start()
+        follower.close()
+    # The bus belongs to its loop's thread: closed there if that loop still runs. It
+    # ends the session's event streams and closes its signal log.
+    try:
+        if not loop.is_running():
+            raise RuntimeError("not running")
+        loop.call_soon_threadsafe(bus.close)
+    except RuntimeError:  # the loop is over: nothing else uses the bus now
+        bus.close()
+    claims.close()
+    if store is not None:
+        with contextlib.suppress(Exception):  # a store that cannot close: logged below
+            asyncio.run(store.close())
+            return
+        _log.warning("could not close the store of a session dropped without close()")

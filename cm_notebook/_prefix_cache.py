@@ -53,7 +53,8 @@ def message_chars(item: object) -> int:
     what keeping it alive costs, beyond a small fixed overhead. Anything else: 0."""
     if not isinstance(item, Message):
         return 0
-    size = len(item.content)
+    # The system prompt a reply records: each message read from disk has its own copy.
+    size = len(item.content) + len(item.metadata.system_prompt or "")
     for call in item.tool_calls:
         size += len(call.id) + len(call.name) + _chars(call.arguments) + len(call.result or "")
     return size

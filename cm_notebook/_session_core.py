@@ -42,7 +42,7 @@ from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
 from ._dead_rounds import DeadRounds
-from ._dropped import release_dropped
+from ._dropped import release_dropped, start_releasing
 from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
@@ -196,11 +196,13 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         )
         self._follow(store)
         # Dropped without close(), it releases its threads and files once collected.
+        start_releasing()
         self._dropped = weakref.finalize(
             self,
             release_dropped,
             self._follower,
-            self._signal_log,
+            self._bus,
+            self._loop,
             self._claims,
             store if owns_store else None,
         )

@@ -149,10 +149,11 @@ class TurnRunner(ToolRounds):
                 # turn must still raise, not turn into a "cancelled" one).
                 outcome = await self._cancel()
         except BaseException as exc:
+            # A task cancelled from outside (its loop shutting down) still ends like a
+            # stopped turn, its reply stored; the cancellation goes on to the awaiter.
             if not (isinstance(exc, asyncio.CancelledError) and await self._cancelled_outside()):
                 self._abandon(exc)
-                raise
-            outcome = "cancelled"
+            raise
         finally:
             self._release_ids()
             self.turn.progress.finish()
@@ -203,7 +204,7 @@ class TurnRunner(ToolRounds):
                     return outcome
         return "completed"  # pragma: no cover - step always ends a turn with TurnFinished
 
-    async def _cancel(self) -> str:
+    async def _cancel(self, reason: str = "cancelled by the user") -> str:
         # Outside the cancelled scope: record what was generated, then let the FSM
         # resolve pending tool calls and finish the turn.
         if self._reply is None and self._last_reply is None:
@@ -211,25 +212,24 @@ class TurnRunner(ToolRounds):
             # (empty, interrupted), so `await turn` has a message to return.
             with anyio.CancelScope(shield=True):
                 await self._new_reply()
-        reason = "cancelled by the user"
         await self._wind_down(MessageStatus.INTERRUPTED, reason, reason)
         return "cancelled"
 
     async def _cancelled_outside(self) -> bool:
-        # The turn's task itself was cancelled, not through request_cancel: its loop is
-        # shutting down (an asyncio.run() that returned while the reply streamed). It
-        # ends as a stopped turn does, shielded: the reply stored interrupted with its
-        # text, its calls answered, and `turn.result()` given that reply, rather than
-        # a reply left "streaming" and a bare CancelledError. False if that fails (or
-        # the turn had already wound down): run() abandons it as before.
+        # The turn's task itself was cancelled, not through request_cancel (its loop is
+        # shutting down: an asyncio.run() that returned while the reply streamed, or
+        # code holding the task). It winds down as a stopped turn does, shielded: the
+        # reply stored interrupted with its text and its calls answered, rather than a
+        # reply left "streaming". False if that fails, or the turn had already wound
+        # down: run() abandons it as before.
         if self.host.machines.get(self.branch).state not in fsm.ACTIVE_STATES:
             return False
         try:
             with anyio.CancelScope(shield=True):
-                await self._cancel()
+                await self._cancel("the task running the turn was cancelled")
         except Exception:
             return False
-        return self._last_reply is not None
+        return True
 
     async def _crashed(self, exc: Exception) -> str:
         # Something that is not a provider failure broke the turn: the store could not

@@ -8,6 +8,7 @@ up threads and open files until the process runs out of them.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import threading
@@ -72,3 +73,19 @@ def test_dropped_sessions_are_collected_and_release_their_threads_and_files(
         assert [m.content for m in reopened.history()][-2:] == ["again", "ok"]
     finally:
         reopened.close()
+
+
+def test_the_event_stream_of_a_dropped_session_ends(tmp_path: Path) -> None:
+    session = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
+    session.send("hello").result(DEADLINE)
+    stream = session.event_stream()
+    del session
+    gc.collect()
+
+    async def read() -> list[str]:
+        return [event.type async for event in stream]
+
+    async def read_in_time() -> list[str]:
+        return await asyncio.wait_for(read(), DEADLINE)
+
+    assert asyncio.run(read_in_time()) == []  # ended, as close() ends it

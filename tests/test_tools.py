@@ -482,3 +482,14 @@ def test_docstring_entries_with_nested_types_and_shared_names() -> None:
         A third.
     """
     assert parse_docstring(numpy)[1] == {"a": "The numbers.", "b": "The numbers.", "c": "A third."}
+
+
+def test_set_arguments_are_not_refused_whatever_their_order() -> None:
+    # A set's JSON list may come back from validation in another order: still the set.
+    @tool
+    def tag(tags: set[str], ids: frozenset[int]) -> None: ...
+
+    for n in range(200):
+        words = [f"w{n}-{k}" for k in range(12)]
+        stored = tag.validate({"tags": words, "ids": [-k * n for k in range(12)]})
+        assert set(stored["tags"]) == set(words)

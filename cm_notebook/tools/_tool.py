@@ -165,12 +165,11 @@ class Tool(Generic[P, R]):
             model.model_dump(mode="json", by_alias=True, round_trip=True)
         )
         try:
-            again = self._model.model_validate(validated)
+            # What runs is this form validated again (see _call_args): it must validate.
+            # (Not compared with the first result: a set's JSON list may come back in
+            # another order, the same set.)
+            self._model.model_validate(validated)
         except ValidationError:
-            again = None
-        if again is None or again.model_dump(mode="json", by_alias=True, round_trip=True) != (
-            validated
-        ):
             # The tool's types, not the model's arguments (e.g. a field whose validation
             # and serialization aliases differ): the call could not run as shown.
             raise ToolArgumentsError(
@@ -178,7 +177,7 @@ class Tool(Generic[P, R]):
                 "not read back their own JSON form, so the call cannot be stored and run "
                 "as approved; the tool's author must change those types (e.g. a field's "
                 "serialization alias that differs from its validation alias)"
-            )
+            ) from None
         return validated
 
     def _call_args(self, arguments: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
