@@ -79,8 +79,11 @@ def test_the_event_stream_of_a_dropped_session_ends(tmp_path: Path) -> None:
     session = ContextSession.create(data_dir=tmp_path, provider=ScriptedProvider())
     session.send("hello").result(DEADLINE)
     stream = session.event_stream()
+    ref = weakref.ref(session)
     del session
-    gc.collect()
+    # Work the session started may still hold it a moment (naming the context after
+    # its first message): collected once that is done.
+    _settled(lambda: ref() is None, "the dropped session stayed alive")
 
     async def read() -> list[str]:
         return [event.type async for event in stream]
@@ -88,4 +91,6 @@ def test_the_event_stream_of_a_dropped_session_ends(tmp_path: Path) -> None:
     async def read_in_time() -> list[str]:
         return await asyncio.wait_for(read(), DEADLINE)
 
-    assert asyncio.run(read_in_time()) == []  # ended, as close() ends it
+    # It ends, as close() ends it, after what was published since it was made (the
+    # context's new title, at most).
+    assert set(asyncio.run(read_in_time())) <= {"ContextUpdated"}
