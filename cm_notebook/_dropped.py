@@ -4,8 +4,8 @@ The registry holds sessions weakly, so a session nobody references any more (a n
 cell that made one re-run, a script's loop variable) is garbage, unless something
 long-lived still points at it. The log follower's thread is such a thing: it calls back
 into the session. Those callbacks go through :func:`weak_callback`, so the thread does
-not keep the session alive. Once it is collected, :func:`release_dropped` (a
-``weakref.finalize`` of the session) has the follower stopped and the signal bus (with
+not keep the session alive. Once it is collected, its finalizer
+(:func:`release_when_collected`) has the follower stopped and the signal bus (with
 its log), the branch claims' lock files and the store the session opened closed, as
 ``close()`` would have; without it, each dropped session kept two threads and about
 nine open files, and its event streams never ended.
@@ -32,7 +32,7 @@ from ._claims import BranchClaims
 from ._follower import LogFollower
 from .redact import get_logger
 
-__all__ = ["release_dropped", "start_releasing", "weak_callback"]
+__all__ = ["release_when_collected", "weak_callback"]
 
 _log = get_logger(__name__)
 
@@ -59,9 +59,17 @@ def weak_callback(method: Callable[..., R], default: R) -> Callable[..., R]:
     return call
 
 
-def start_releasing() -> None:
-    """Start the thread that releases dropped sessions (once; from a session's
-    constructor, never from a finalizer: starting a thread takes locks)."""
+def release_when_collected(
+    session: object,
+    follower: LogFollower | None,
+    bus: ev.EventBus,
+    loop: asyncio.AbstractEventLoop,
+    claims: BranchClaims,
+    store: _Closable | None,
+) -> weakref.finalize:  # type: ignore[type-arg]
+    """A finalizer of ``session`` that queues the release of what it held (see the
+    module docstring); ``detach()`` it when the session is closed instead. Called from
+    the session's constructor: it starts the releasing thread, once."""
     global _releaser
     with _releaser_lock:
         if _releaser is None or not _releaser.is_alive():
@@ -69,18 +77,11 @@ def start_releasing() -> None:
                 target=_release_forever, name="cm-session-release", daemon=True
             )
             _releaser.start()
-
-
-def release_dropped(
-    follower: LogFollower | None,
-    bus: ev.EventBus,
-    loop: asyncio.AbstractEventLoop,
-    claims: BranchClaims,
-    store: _Closable | None,
-) -> None:
-    """The finalizer of a session: queue the release of what it held (see the module
-    docstring). Takes no lock and does no work here."""
-    _RELEASES.put(functools.partial(_release, follower, bus, loop, claims, store))
+    # The job is made now: the finalizer itself only puts it in the queue.
+    job = functools.partial(_release, follower, bus, loop, claims, store)
+    finalizer = weakref.finalize(session, _RELEASES.put, job)
+    finalizer.atexit = False
+    return finalizer
 
 
 def _release_forever() -> None:
@@ -101,17 +102,15 @@ def _release(
 ) -> None:
     if follower is not None:
         follower.close()
-    # The bus belongs to its loop's thread: closed there if that loop still runs. It
-    # ends the session's event streams and closes its signal log.
-    try:
-        if not loop.is_running():
-            raise RuntimeError("not running")
-        loop.call_soon_threadsafe(bus.close)
-    except RuntimeError:  # the loop is over: nothing else uses the bus now
+    # The bus belongs to its loop's thread: closed there if that loop still runs (it
+    # ends the session's event streams and closes its signal log), else here.
+    closed_there = False
+    if loop.is_running():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing uses the bus
+            loop.call_soon_threadsafe(bus.close)
+            closed_there = True
+    if not closed_there:
         bus.close()
     claims.close()
     if store is not None:
-        with contextlib.suppress(Exception):  # a store that cannot close: logged below
-            asyncio.run(store.close())
-            return
-        _log.warning("could not close the store of a session dropped without close()")
+        asyncio.run(store.close())  # failing, it is logged by _release_forever

@@ -16,6 +16,7 @@ from types import TracebackType
 import anyio
 import anyio.lowlevel
 
+from ._loop import running_loop
 from .signals import Event
 
 __all__ = ["EventStream"]
@@ -41,18 +42,11 @@ class _Buffer:
         if waiter is None:
             return
         self.waiter = None
-        if loop is None or _running_loop() is loop:
+        if loop is None or running_loop() is loop:
             waiter.set()
             return
         with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
             loop.call_soon_threadsafe(waiter.set)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class EventStream:
@@ -83,7 +77,7 @@ class EventStream:
                 return queue.popleft()
             if buffer.closed:
                 raise StopAsyncIteration
-            buffer.loop = _running_loop()
+            buffer.loop = running_loop()
             waiter = buffer.waiter = anyio.Event()
             # An event put in from another thread between the look above and here
             # found no waiter to wake: look again before waiting.

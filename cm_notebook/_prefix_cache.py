@@ -68,7 +68,8 @@ class PrefixCache(Generic[T]):
     list may add up to ``look_back`` items to one. An entry weighs the ``weigh`` of
     its items (counted again for each entry that shares them: an overestimate, never
     less than what is kept alive), and the entries together weigh at most ``budget``;
-    a list heavier than that is not kept. Thread-safe.
+    a list heavier than that is not kept (a :class:`SizedCache` holds them).
+    Thread-safe.
     """
 
     def __init__(
@@ -79,71 +80,59 @@ class PrefixCache(Generic[T]):
         budget: int = CACHE_BUDGET,
         weigh: Callable[[object], int] = message_chars,
     ) -> None:
-        self._kept = kept
         self._look_back = look_back
-        self._budget = budget
         self._weigh = weigh
+        # Held while a list is looked up and kept, so that keep() weighs it from the
+        # entry it extends as that entry is.
         self._lock = threading.Lock()
-        # id of the last item -> (the list, its weight, the value)
-        self._entries: OrderedDict[int, tuple[list[object], int, T]] = OrderedDict()
-        self._size = 0
+        # id of the last item -> (the list, the value)
+        self._entries: SizedCache[int, tuple[list[object], T]] = SizedCache(kept, budget)
 
     @property
     def budget(self) -> int:
         """The most the entries may weigh together."""
-        return self._budget
+        return self._entries.budget
 
     @property
     def size(self) -> int:
         """What the entries weigh together now."""
-        return self._size
+        return self._entries.size
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _find(self, items: Sequence[object]) -> tuple[int, tuple[list[object], int, T] | None]:
-        # The longest kept list equal to a start of items (call with the lock held).
+    def _find(self, items: Sequence[object]) -> tuple[int, int, T | None]:
+        # ``(k, weight, value)`` of the longest kept list equal to a start of items,
+        # else ``(0, 0, None)`` (call with the lock held).
         count = len(items)
         for known_count in range(count, max(0, count - self._look_back), -1):
-            known = self._entries.get(id(items[known_count - 1]))
-            if known is None or len(known[0]) != known_count:
+            known = self._entries.peek(id(items[known_count - 1]))
+            if known is None or len(known[1][0]) != known_count:
                 continue
             prefix = items[:known_count]
-            if known[0] == (prefix if isinstance(prefix, list) else list(prefix)):
-                return known_count, known
-        return 0, None
+            if known[1][0] == (prefix if isinstance(prefix, list) else list(prefix)):
+                return known_count, known[0], known[1][1]
+        return 0, 0, None
 
     def longest(self, items: Sequence[object]) -> tuple[int, T | None]:
         """``(k, value)`` for the longest kept list equal to ``items[:k]``, else ``(0, None)``."""
         with self._lock:
-            count, known = self._find(items)
-            if known is None:
-                return 0, None
-            self._entries.move_to_end(id(items[count - 1]))
-            return count, known[2]
+            count, _weight, value = self._find(items)
+            if count:
+                self._entries.get(id(items[count - 1]))  # now the most recently used
+            return count, value
 
     def keep(self, items: Sequence[object], value: T) -> None:
         """Remember ``value`` for the list ``items`` (ignored when empty, or when it
         weighs more than the whole budget)."""
         if not items:
             return
-        key = id(items[-1])
         with self._lock:
             # Weighed from the kept list it extends, so keeping a turn's list costs
             # what the turn added, not the conversation's length.
-            start, known = self._find(items)
-            weight = (known[1] if known is not None else 0) + sum(
-                self._weigh(item) for item in items[start:]
-            )
-            replaced = self._entries.pop(key, None)
-            if replaced is not None:
-                self._size -= replaced[1]
-            if weight > self._budget:
-                return
-            self._entries[key] = (list(items), weight, value)
-            self._size += weight
-            while len(self._entries) > self._kept or self._size > self._budget:
-                self._size -= self._entries.popitem(last=False)[1][1]
+            start, weight, _value = self._find(items)
+            weight += sum(self._weigh(item) for item in items[start:])
+            self._entries.put(id(items[-1]), (list(items), value), weight)
 
 
 class SizedCache(Generic[K, T]):
@@ -170,6 +159,11 @@ class SizedCache(Generic[K, T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def peek(self, key: K) -> tuple[int, T] | None:
+        """``(weight, value)`` stored for ``key``, its place in the order unchanged."""
+        with self._lock:
+            return self._entries.get(key)
 
     def get(self, key: K) -> T | None:
         """The value stored for ``key`` (now the most recently used), else None."""

@@ -30,7 +30,6 @@ import functools
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
@@ -42,7 +41,7 @@ from ._approval_log import AllowLists, ApprovalLog, approvals_folder
 from ._claims import BranchClaims, Claim
 from ._conversation import for_request
 from ._dead_rounds import DeadRounds
-from ._dropped import release_dropped, start_releasing
+from ._dropped import release_when_collected
 from ._follower import LogFollower
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
@@ -196,17 +195,14 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         )
         self._follow(store)
         # Dropped without close(), it releases its threads and files once collected.
-        start_releasing()
-        self._dropped = weakref.finalize(
+        self._dropped = release_when_collected(
             self,
-            release_dropped,
             self._follower,
             self._bus,
             self._loop,
             self._claims,
             store if owns_store else None,
         )
-        self._dropped.atexit = False
 
     # -- the context's metadata (public, shared with the API) ----------------------
 
