@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -96,6 +97,26 @@ def test_new_ids_are_valid_unique_and_sort_by_time() -> None:
     # The time part (10 characters after the prefix) never goes backwards.
     stamps = [value[1:11] for value in ids]
     assert stamps == sorted(stamps)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    # Ids come from a generator seeded once per process: a child made by fork() must
+    # not repeat the ids its parent makes after the fork.
+    new_id("m")  # the generator is in use before the fork
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        os.close(read_end)
+        os.write(write_end, " ".join(new_id("m")[11:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write_end)
+    ours = {new_id("m")[11:] for _ in range(50)}
+    with os.fdopen(read_end, "rb") as pipe:
+        theirs = set(pipe.read().decode().split())
+    os.waitpid(child, 0)
+    assert len(theirs) == 50
+    assert not ours & theirs
 
 
 @pytest.mark.parametrize(
