@@ -131,12 +131,14 @@ class SignalLog:
         if not sync_delay >= 0:
             raise InvalidInputError(f"sync_delay must be >= 0 seconds, got {sync_delay!r}")
         self.path = Path(path)
+        self._name = os.fspath(self.path)  # stat'ed for every record: made once
         self.max_bytes = max_bytes
         #: Written with every record: tells this log object's signals from others'.
         self.writer = secrets.token_hex(8)
         self._fsync = fsync
         self._lock = threading.Lock()
         self._fd = -1
+        self._file = (-1, -1)  # (st_dev, st_ino) of the file self._fd is open on
         # Folders whose new entries (the log, its folder) no fsync has made durable yet:
         # the sync thread fsyncs them before the log (see _dup).
         self._folders_owed: list[Path] = []
@@ -191,25 +193,32 @@ class SignalLog:
                 part that reached the file before the error is cut off again).
         """
         events: list[Event] = []
-        with self._lock, self._locked_file() as (fd, size):
-            seq = max(self._current_seq(fd, size), after)
-            durable = False
-            for stamp in stamps:
-                seq += 1
-                event = stamp(seq)
-                events.append(event)
-                durable = durable or not isinstance(event, ContentDelta)
-            data = encode_records(self.writer, events)
+        # What _locked_file does, spelled out: this is every signal's path (often the
+        # event loop's), and the context manager cost as much as a system call.
+        with self._lock:
+            size = self._lock_file()
             try:
-                write_all(fd, data)
-            except OSError:
-                # A full disk may take part of the batch: cut it, so no record of a
-                # batch the caller numbered itself is in the log under those numbers.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, self._end)
-                raise
-            self._end += len(data)
-            self._seq = seq
+                fd = self._fd
+                seq = max(self._current_seq(fd, size), after)
+                durable = False
+                for stamp in stamps:
+                    seq += 1
+                    event = stamp(seq)
+                    events.append(event)
+                    durable = durable or not isinstance(event, ContentDelta)
+                data = encode_records(self.writer, events)
+                try:
+                    write_all(fd, data)
+                except OSError:
+                    # A full disk may take part of the batch: cut it, so no record of a
+                    # batch the caller numbered itself is in the log under those numbers.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, self._end)
+                    raise
+                self._end += len(data)
+                self._seq = seq
+            finally:
+                self._unlock_file()
             if self._end > self.max_bytes and not self._compaction_due:
                 # Not here: this may be the event loop's thread, and a compaction
                 # writes and fsyncs a new file. The sync thread does it (see _compact).
@@ -268,10 +277,18 @@ class SignalLog:
 
     @contextlib.contextmanager
     def _locked_file(self) -> Iterator[tuple[int, int]]:
-        # Open (or re-open after a compaction replaced the file) and flock it; yields
-        # the descriptor and the file's size. A writer that waited while another
-        # compacted holds the lock of the replaced file, so it checks the path still
-        # names the file it locked and tries again if not.
+        # The descriptor and size of the log, flock'ed for the block (see _lock_file).
+        size = self._lock_file()
+        try:
+            yield self._fd, size
+        finally:
+            self._unlock_file()
+
+    def _lock_file(self) -> int:
+        # Open (or re-open after a compaction replaced the file) and flock it; returns
+        # the file's size. Under self._lock; _unlock_file undoes it. A writer that
+        # waited while another compacted holds the lock of the replaced file, so it
+        # checks the path still names the file it locked and tries again if not.
         while True:
             if self._fd < 0:
                 with contextlib.suppress(FileExistsError):
@@ -284,29 +301,28 @@ class SignalLog:
                 self._fd = os.open(self.path, _WRITE_FLAGS, 0o600)
                 if made:
                     self._folders_owed.append(self.path.parent)
+                opened = os.fstat(self._fd)
+                self._file = (opened.st_dev, opened.st_ino)
                 self._end, self._seq = -1, 0  # unknown: read from the file
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             # The path must still name the file locked. A link count cannot tell: the
             # replaced file may still be linked elsewhere (a hard-link backup, or the
             # folder renamed away by delete_context while the id was made again), and
-            # writing there loses the records and repeats numbers.
-            status = os.fstat(self._fd)
+            # writing there loses the records and repeats numbers. The file's identity
+            # was taken when it was opened (an open file's inode is never reused), so
+            # one stat of the path tells both that and the size: no fstat per record.
             try:
-                named = os.stat(self.path)
+                named = os.stat(self._name)
             except FileNotFoundError:
                 named = None
-            if named is not None and (named.st_dev, named.st_ino) == (
-                status.st_dev,
-                status.st_ino,
-            ):
-                break
+            if named is not None and (named.st_dev, named.st_ino) == self._file:
+                return named.st_size
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._close_fd()
-        try:
-            yield self._fd, status.st_size
-        finally:
-            if self._fd >= 0:  # a compaction closed it, which dropped the lock already
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _unlock_file(self) -> None:
+        if self._fd >= 0:  # a compaction closed it, which dropped the lock already
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _current_seq(self, fd: int, size: int) -> int:
         if size == self._end:
