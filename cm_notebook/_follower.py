@@ -10,7 +10,11 @@ one watcher per process wakes the followers whose folders changed), with a slow 
 read every ``safety`` seconds in case a notification is lost. Where notification is not
 to be had (no ``watchfiles``, a refused watch, ``CM_NOTEBOOK_FILE_EVENTS=0``), the
 follower polls every ``interval`` seconds instead: that works on every file system and
-costs one ``fstat`` when nothing changed.
+costs one ``fstat`` when nothing changed. A change that only added this process's own
+records (known from the writer's :meth:`~cm_notebook.signal_log.SignalLog.own_tail` and
+one ``stat`` of the log, on the watcher's thread) does not wake it: a turn run here
+writes a record every few milliseconds, and the follower would read each only to skip
+it.
 
 It also remembers the state that other processes announce for their branches
 (``StateChanged``), which ``session.state`` reports for a branch this process is not
@@ -61,6 +65,10 @@ class LogFollower:
         on_dead: called on the follower's thread when a busy branch's owner is gone.
         each_poll: called on the follower's thread after every read (e.g. to pick up
             decisions other processes made for this process's tool calls).
+        own_tail: this process's writer's
+            :meth:`~cm_notebook.signal_log.SignalLog.own_tail`: a change of the log
+            that added only this process's records (known by one ``stat``) does not
+            wake the follower.
         interval: seconds between two reads of the log when polling.
         watch: folders whose changes (also in their sub-folders) wake the follower:
             by default the log's folder and the context's folder of decision records;
@@ -79,6 +87,7 @@ class LogFollower:
         claim_held: Callable[[str], bool],
         on_dead: Callable[[str, fsm.State], None],
         each_poll: Callable[[], None] = lambda: None,
+        own_tail: Callable[[], tuple[int, int, int, int] | None] = lambda: None,
         interval: float = 0.05,
         watch: Iterable[Path] | None = None,
         safety: float = 1.0,
@@ -91,6 +100,7 @@ class LogFollower:
         self._claim_held = claim_held
         self._on_dead = on_dead
         self._each_poll = each_poll
+        self._own_tail = own_tail
         # (tool call id, message id) -> branch of calls waiting for approval elsewhere.
         self._calls: Calls = {}
         # Steps begun and done (the first is the whole read, _seed): see caught_up().
@@ -230,12 +240,42 @@ class LogFollower:
 
         def wants(path: str) -> bool:
             # The log, or a record in the decisions folder: not the store's own files.
-            return path == log or os.path.dirname(path) in records
+            # Not the log when all it gained is this process's own records, which the
+            # follower would read only to skip them: the signals of a turn run here
+            # would wake it (a thread switch, a read) every few milliseconds.
+            if path == log:
+                return not self._only_own_unread(log)
+            return os.path.dirname(path) in records
 
         self._subscription = watch_folders(folders, self._wake.set, wants)
         self._polling = self._subscription is None
         if self._stop.is_set() and self._subscription is not None:
             self._subscription.cancel()  # closed meanwhile
+
+    def _only_own_unread(self, log: str) -> bool:
+        # On the watcher's thread: whether every byte of the log the reader has not
+        # read is this process's writer's own (so the change needs no read). The
+        # writer's own run of records must reach the end of the file (nothing appended
+        # after it: files of the log only grow, and a compaction makes a new one) and
+        # begin where the reader is or before (nothing of others' left unread in
+        # between). A change made meanwhile is conservative: it makes the file longer
+        # than the writer's end (a wake-up), or is a new change, which is dispatched
+        # again; whatever cannot be told wakes the follower.
+        own = self._own_tail()
+        read = self._reader.position
+        if own is None or read is None:
+            return False
+        try:
+            named = os.stat(log)
+        except OSError:
+            return False
+        dev, ino, start, end = own
+        return (
+            (named.st_dev, named.st_ino, named.st_size) == (dev, ino, end)
+            and read[0] == dev
+            and read[1] == ino
+            and start <= read[2]
+        )
 
     def _pause(self) -> float:
         # How long to wait for a wake-up before reading anyway.

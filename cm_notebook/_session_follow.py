@@ -75,6 +75,7 @@ class FollowOthers:
             claim_held=weak_callback(self._dead_rounds.claim_locked, False),
             on_dead=weak_callback(self._dead_rounds.owner_gone, None),
             each_poll=weak_callback(self._apply_remote_decisions, None),
+            own_tail=weak_callback(self._signal_log.own_tail, None),
         )
 
     def _apply_remote_decisions(self) -> None:

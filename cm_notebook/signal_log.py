@@ -146,6 +146,10 @@ class SignalLog:
         # record's number; valid while nobody else appended.
         self._end = 0
         self._seq = 0
+        # Where the records this object wrote with nobody else's in between begin (see
+        # own_tail), and what own_tail says: (st_dev, st_ino, that start, self._end).
+        self._run_start = 0
+        self._own: tuple[int, int, int, int] | None = None
         self._compaction_due = False  # the file passed max_bytes: see _compact
         self._sync = GroupSync(self._dup, fsync, sync_delay, f"signal log sync {self.path}")
 
@@ -164,6 +168,18 @@ class SignalLog:
     def unsynced(self) -> int:
         """How many durable signals are written but not yet fsynced."""
         return self._sync.unsynced
+
+    def own_tail(self) -> tuple[int, int, int, int] | None:
+        """``(st_dev, st_ino, start, end)``: the bytes from ``start`` to ``end`` of that
+        file are this object's records alone, and ``end`` is where its last write
+        ended; None before its first write.
+
+        Safe from any thread (one tuple, replaced whole). A file of that identity
+        whose size is still ``end`` has had nothing appended since: what a follower of
+        the log (:mod:`cm_notebook._follower`) checks to leave this process's own
+        writes unread.
+        """
+        return self._own
 
     def record(self, stamp: Callable[[int], Event]) -> Event:
         """Append ``stamp(n)`` with the log's next number ``n`` and return it.
@@ -199,7 +215,10 @@ class SignalLog:
             size = self._lock_file()
             try:
                 fd = self._fd
+                alone = size == self._end  # nobody appended since our last record
                 seq = max(self._current_seq(fd, size), after)
+                if not alone:
+                    self._run_start = self._end  # where ours begin (after theirs)
                 durable = False
                 for stamp in stamps:
                     seq += 1
@@ -217,6 +236,7 @@ class SignalLog:
                     raise
                 self._end += len(data)
                 self._seq = seq
+                self._own = (*self._file, self._run_start, self._end)
             finally:
                 self._unlock_file()
             if self._end > self.max_bytes and not self._compaction_due:
@@ -427,6 +447,10 @@ class LogReader:
         self._fd = -1
         self._ino = -1
         self._offset = 0
+        #: ``(st_dev, st_ino, offset)``: the file read and how far (None: not open).
+        #: One tuple, so another thread may read it (see SignalLog.own_tail).
+        self.position: tuple[int, int, int] | None = None
+        self._dev = -1
         self._partial = b""
         self._start = since
         self._start_asked = since or 0
@@ -456,6 +480,7 @@ class LogReader:
         data = os.pread(self._fd, size - start, start)
         cut = data.rfind(b"\n") + 1
         self._offset = start + cut
+        self.position = (self._dev, self._ino, self._offset)
         self.last_seq = last_record_seq(data[:cut]) or 0
         if start > 0 and self.last_seq == 0:
             self.last_seq = last_record_seq(os.pread(self._fd, self._offset, 0)) or 0
@@ -464,13 +489,16 @@ class LogReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self.position = None
         try:
             self._fd = os.open(self.path, os.O_RDONLY | _NO_FOLLOW)
         except FileNotFoundError:
             return False
-        self._ino = os.fstat(self._fd).st_ino
+        status = os.fstat(self._fd)
+        self._dev, self._ino = status.st_dev, status.st_ino
         self._offset = 0
         self._partial = b""
+        self.position = (self._dev, self._ino, 0)
         return True
 
     def poll(self) -> list[tuple[str, Event]]:
@@ -506,6 +534,7 @@ class LogReader:
             return []
         data = self._partial + os.pread(self._fd, size - self._offset, self._offset)
         self._offset = size
+        self.position = (self._dev, self._ino, size)
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
         out: list[tuple[str, Event]] = []
@@ -572,3 +601,4 @@ class LogReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self.position = None

@@ -119,6 +119,55 @@ def test_with_notification_turned_off_the_follower_polls(
     assert not follower.notified
 
 
+def test_this_process_s_own_records_do_not_wake_its_follower(log_path: Path) -> None:
+    # A turn run here writes a record every few milliseconds; the follower would read
+    # each only to skip it. A change that added this process's records alone leaves
+    # it asleep; another writer's record, even followed at once by ours (one change
+    # as the watcher sees it), still wakes it.
+    own, other = SignalLog(log_path), SignalLog(log_path)  # other: as another process's
+    seen: list[Event] = []
+    reads: list[None] = []
+    follower = LogFollower(
+        LogReader(log_path),
+        own.writer,
+        relay=seen.append,
+        claim_held=lambda _: True,
+        on_dead=lambda *_: None,
+        each_poll=lambda: reads.append(None),
+        own_tail=own.own_tail,
+        safety=HOUR,
+        busy_safety=HOUR,
+    )
+    offset = 0
+
+    def write(log: SignalLog, text: str) -> None:
+        nonlocal offset
+        event = ContentDelta(message_id="m1", text=text, offset=offset, branch="main")
+        log.record(lambda seq: event.model_copy(update={"seq": seq}))
+        offset += len(text)
+
+    try:
+        _wait_for(lambda: follower.notified, "the follower to subscribe to notifications")
+        write(other, "theirs ")
+        _wait_for(lambda: _texts(seen) == "theirs ", "the other writer's first record")
+        _wait_for(lambda: follower.caught_up(DEADLINE), "the follower's read")
+        read_before = len(reads)
+        for text in ["our ", "own ", "words "]:
+            write(own, text)
+        time.sleep(0.3)  # many of the watcher's 10 ms looks, each seeing our writes
+        assert len(reads) == read_before
+        write(other, "and ")
+        write(own, "ours ")  # the file now ends with ours, after theirs unread
+        _wait_for(lambda: _texts(seen) == "theirs and ", "a record of theirs before ours")
+        write(own, "again ")
+        write(other, "theirs again")  # ours, then theirs: the file is longer than ours
+        _wait_for(lambda: _texts(seen) == "theirs and theirs again", "the last record")
+    finally:
+        follower.close()
+        own.close()
+        other.close()
+
+
 def test_a_log_replaced_by_compaction_is_still_followed(
     log_path: Path, follower_of: Callable[[list[Event]], LogFollower]
 ) -> None:

@@ -307,6 +307,32 @@ def test_a_writer_of_a_folder_renamed_away_writes_to_the_new_one(tmp_path: Path)
     log.close()
 
 
+def test_own_tail_says_which_end_of_the_file_is_this_writer_s_alone(tmp_path: Path) -> None:
+    # What a follower checks to leave this process's own records unread: the run of
+    # records a writer appended with nobody else's in between, up to its last write.
+    path = tmp_path / "signals.log"
+    mine, theirs = SignalLog(path), SignalLog(path)
+    assert mine.own_tail() is None
+    mine.record(_stamp(_delta(0)))
+    mine.record(_stamp(_delta(1)))
+    status = path.stat()
+    assert mine.own_tail() == (status.st_dev, status.st_ino, 0, status.st_size)
+    theirs.record(_stamp(_delta(2)))
+    after_theirs = path.stat().st_size
+    # Unchanged: a follower sees the file longer than this end, and reads.
+    assert mine.own_tail() == (status.st_dev, status.st_ino, 0, status.st_size)
+    mine.record(_stamp(_delta(3)))
+    assert mine.own_tail() == (status.st_dev, status.st_ino, after_theirs, path.stat().st_size)
+    reader = LogReader(path, since=0)
+    assert reader.position is None  # opened by its first poll
+    assert [event.seq for _, event in reader.poll()] == [1, 2, 3, 4]
+    assert reader.position == (status.st_dev, status.st_ino, path.stat().st_size)
+    reader.close()
+    assert reader.position is None
+    mine.close()
+    theirs.close()
+
+
 def test_two_processes_appending_share_one_sequence(tmp_path: Path) -> None:
     path = tmp_path / "signals.log"
     child = textwrap.dedent(
