@@ -335,6 +335,9 @@ class SignalLog:
                 named = os.stat(self._name)
             except FileNotFoundError:
                 named = None
+            except OSError:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)  # not held by a writer that failed
+                raise
             if named is not None and (named.st_dev, named.st_ino) == self._file:
                 return named.st_size
             fcntl.flock(self._fd, fcntl.LOCK_UN)

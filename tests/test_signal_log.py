@@ -3,6 +3,7 @@ and a compacted log that answers old numbers with Resync."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -403,3 +404,19 @@ def test_a_log_that_cannot_be_written_is_said_once_then_again_when_it_can(
         ("INFO", f"recording signals in {log} again"),
     ]
     assert len(path.read_text().splitlines()) == 1  # the one signal since it could
+
+
+def test_a_writer_whose_path_cannot_be_checked_does_not_keep_the_lock(tmp_path: Path) -> None:
+    # The folder of the log replaced by a file: the check that the path names the file
+    # locked fails, and the writer raises without holding other writers back.
+    folder = tmp_path / "signals"
+    log = SignalLog(folder / "signals.log")
+    log.record(_stamp(_delta(0)))
+    held = os.open(folder / "signals.log", os.O_RDONLY)
+    folder.rename(tmp_path / "moved")
+    folder.write_text("not a folder")
+    with pytest.raises(NotADirectoryError):
+        log.record(_stamp(_delta(1)))
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the writer still held it
+    os.close(held)
+    log.close()
