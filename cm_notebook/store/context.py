@@ -58,7 +58,7 @@ from .paths import (
 from .recovered import head_the_index_lost, known_entries, listed_entries, recover_hidden
 from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
-from .tokens import files_token, token_paths
+from .tokens import Look, files_token, look, token_of, token_paths
 from .walks import WalkCache
 
 __all__ = [
@@ -114,6 +114,9 @@ class ContextState:
         self.streaming = StreamingLocks(context_id, ctx_dir)
         self._meta_fd = -1
         self._meta_id: tuple[int, int, int, int] | None = None
+        # metadata.json's ``stat`` result when it was last found to be the file read
+        # (or written): part of the token a write leaves (see _note_known).
+        self._meta_stat: os.stat_result | None = None
         #: The current metadata as of a :func:`files_token`: what a read found (token
         #: taken before it) or a write left (token taken before the lock is let go).
         #: Replaced whole, so a reader without the lock sees one consistent pair.
@@ -122,22 +125,54 @@ class ContextState:
 
     # -- reading (state_lock held) ---------------------------------------------------
 
-    def refresh(self) -> ContextMetadata:
+    def refresh(self, looked: Look | None = None) -> ContextMetadata:
         """Bring metadata, then the index, up to date; return the current metadata.
 
         Metadata first: a head in metadata.json was committed to the journal before the
         metadata was written, so an index read afterwards always contains it. The result
         is metadata.json with the head moves and time of later journal lines applied.
+
+        ``looked``: a :meth:`look` just taken, so the files are not looked at twice.
+        Its results for the index files were taken after metadata.json's, so they stand
+        for the index's refresh while metadata.json is unchanged; when it must be read
+        anew, the index files are looked at again after that read.
         """
-        base = self._refresh_metadata()
-        metadata = self._current(base)
+        known = self.metadata
+        base = self._refresh_metadata(looked[0] if looked else None)
+        metadata = self._current(base, self._index_look(looked, base is known))
         self._check_heads(base, metadata)
         return metadata
 
-    def _current(self, base: ContextMetadata) -> ContextMetadata:
-        """``base`` (metadata.json) with what journal lines since ``heads_at`` changed."""
+    def look(self) -> list[os.stat_result | None]:
+        """``lstat`` the files that make the context's token (see :mod:`.tokens`), in
+        the order a refresh needs them; ``token_of`` the result is :meth:`token`."""
+        return look(self._token_paths)
+
+    @staticmethod
+    def _index_look(
+        looked: Look | None, unchanged: bool
+    ) -> tuple[os.stat_result | None, os.stat_result | None] | None:
+        # The journal's and the snapshot's results of ``looked``, if they may serve the
+        # index's refresh: only if metadata.json was not read after they were taken.
+        if looked is None or not unchanged:
+            return None
+        return looked[1], looked[2]
+
+    def _current(
+        self,
+        base: ContextMetadata,
+        looked: tuple[os.stat_result | None, os.stat_result | None] | None = None,
+        *,
+        refresh: bool = True,
+    ) -> ContextMetadata:
+        """``base`` (metadata.json) with what journal lines since ``heads_at`` changed.
+
+        ``refresh=False``: the index is known to be current (this state's own write,
+        under the lock it still holds), so its files are not looked at.
+        """
         generation = self.index.generation
-        self.index.refresh()
+        if refresh:
+            self.index.refresh(looked)
         if self.index.generation != generation:
             self.flushes.journal_reloaded()  # read anew: its places name other copies
         if self.index.next_n < self.heads_at:
@@ -157,16 +192,21 @@ class ContextState:
         self._merged = (key, merged)
         return merged
 
-    def _refresh_metadata(self) -> ContextMetadata:
-        try:
-            # lstat: a link planted as metadata.json is damage to report, not "no context".
-            st = os.lstat(self.metadata_path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._without_metadata() from None
-        except OSError as exc:
-            raise translate(exc, self.metadata_path, "read") from exc
+    def _refresh_metadata(self, looked: os.stat_result | None = None) -> ContextMetadata:
+        # ``looked``: metadata.json's lstat result, if the caller has just taken it.
+        st = looked
+        if st is None:
+            try:
+                # lstat: a link planted as metadata.json is damage to report, not "no
+                # context".
+                st = os.lstat(self.metadata_path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._without_metadata() from None
+            except OSError as exc:
+                raise translate(exc, self.metadata_path, "read") from exc
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if self.metadata is not None and ident == self._meta_id:
+            self._meta_stat = st
             return self.metadata
         try:
             fd = open_regular(self.metadata_path, check_folder=False)
@@ -183,17 +223,18 @@ class ContextState:
         except BaseException:
             os.close(fd)
             raise
-        self._pin_metadata(fd, (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns))
+        self._pin_metadata(fd, fst)
         self.metadata, self.heads_at = metadata, heads_at
         return metadata
 
-    def _pin_metadata(self, fd: int, ident: tuple[int, int, int, int]) -> None:
+    def _pin_metadata(self, fd: int, st: os.stat_result) -> None:
         if self._meta_fd >= 0:
             os.close(self._meta_fd)
         self._meta_fd = fd if _KEEP_OPEN else -1
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             os.close(fd)
-        self._meta_id = ident
+        self._meta_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self._meta_stat = st
 
     def _check_heads(self, base: ContextMetadata, metadata: ContextMetadata) -> None:
         """Raise RebuildNeeded if a branch head is intact on disk but absent from the index.
@@ -248,7 +289,8 @@ class ContextState:
     def view(self, func: Callable[[ContextState, ContextMetadata], T]) -> T:
         """Run ``func`` on fresh state with the state lock held; repair damage first.
 
-        The common case costs three ``stat`` calls. Rebuilding a damaged index and
+        The common case costs four ``lstat`` calls (the token's, see
+        :meth:`look`; they also tell what to read again). Rebuilding a damaged index and
         interrupting streams whose writer died need the write locks, so they happen in
         :meth:`locked`, and the view is then retried. If the folder cannot be written
         (read-only, a full disk), such streams are read as they are, with a warning.
@@ -259,13 +301,14 @@ class ContextState:
             self._sweep_if_writable()
         unmarked: set[str] = set()  # dead streams that could not be marked
         for _ in range(3):
-            # Before the read: a write racing with it only makes the token stale.
-            token = self.token()
             dead: list[str] = []
             with self.state_lock, contextlib.suppress(RebuildNeeded):
+                # The token before the read: a write racing with it only makes it stale.
+                looked = self.look()
+                token = token_of(looked)
                 # RebuildNeeded from func too: a lazily read index finds a damaged line
                 # when it first reads it (see index.py), and the index remembers it.
-                metadata = self.refresh()
+                metadata = self.refresh(looked)
                 dead = [
                     mid
                     for mid in self.foreign_streams()
@@ -339,7 +382,7 @@ class ContextState:
         with self.write_locks(wait=wait, quick=quick), self._state_locked(quick):
             self.known = None
             try:
-                metadata = self._refresh_repaired(quick)
+                metadata = self._refresh_repaired(quick, self.look())
             except ContextNotFoundError:
                 self._remove_stray_folder()  # no metadata.json: see there
                 raise
@@ -397,9 +440,21 @@ class ContextState:
             self.write_lock.release()
 
     def _note_known(self) -> None:
-        # Locked: nobody else writes, so the files match what this state now holds.
+        # Locked: nobody else writes, so the files match what this state now holds, and
+        # the token is what looking at them would give: metadata.json and the snapshot
+        # as last read or written (this write's own looks and ``fstat``s), the journal
+        # as an ``fstat`` of it gives if this write added to it, and the messages folder
+        # (which nearly every write changes) looked at anew. Two system calls, not the
+        # token's four and the refresh's three.
         try:
-            self.known = (self.token(), self._current(self._refresh_metadata()))
+            meta, snapshot = self._meta_stat, self.index.index_stat
+            if self.metadata is None or meta is None or snapshot is None:
+                self.known = (self.token(), self._current(self._refresh_metadata()))
+                return
+            journal = self.index.journal_stat()
+            messages = os.lstat(self.messages_dir)
+            token = token_of((meta, journal, snapshot, messages))
+            self.known = (token, self._current(self.metadata, refresh=False))
         except (OSError, StoreError, RebuildNeeded):
             self.known = None  # the next read finds out why
 
@@ -427,12 +482,16 @@ class ContextState:
         # shell so the id can be reused.
         remove_lock_shell(self.dir)
 
-    def _refresh_repaired(self, quick: bool = False) -> ContextMetadata:
-        base = self._refresh_metadata()
-        if not ensure_messages_folder(self.dir, self.fsync, make=not quick):
+    def _refresh_repaired(self, quick: bool = False, looked: Look | None = None) -> ContextMetadata:
+        # ``looked``: a look() just taken (see refresh). Its messages folder result
+        # also serves the check for a link planted there.
+        known = self.metadata
+        base = self._refresh_metadata(looked[0] if looked else None)
+        messages = looked[3] if looked else None
+        if not ensure_messages_folder(self.dir, self.fsync, make=not quick, looked=messages):
             raise WouldWait
         try:
-            metadata = self._current(base)
+            metadata = self._current(base, self._index_look(looked, base is known))
             self._check_heads(base, metadata)
         except RebuildNeeded as need:
             if quick:
@@ -569,10 +628,9 @@ class ContextState:
             fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError:
             # The write succeeded; without the pin the next read simply re-reads the file.
-            self._meta_id = None
+            self._meta_id = self._meta_stat = None
             return
-        st = os.fstat(fd)
-        self._pin_metadata(fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        self._pin_metadata(fd, os.fstat(fd))
 
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
@@ -582,7 +640,7 @@ class ContextState:
         if self._meta_fd >= 0:
             os.close(self._meta_fd)
         self._meta_fd = -1
-        self._meta_id = None
+        self._meta_id = self._meta_stat = None
         self.metadata = None
         self.heads_at = 0
         self._merged = None

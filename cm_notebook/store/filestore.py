@@ -76,9 +76,12 @@ Errors are the package's own: damaged files are ``CorruptDataError`` (or
 class's boundary into ``StoreIOError``/``StorageFullError`` naming the path.
 
 Reads never take the cross-process lock (but to restore a file, above). Before each
-read the store ``stat``s the metadata, snapshot and journal and loads only what
-changed (large index files lazily: see :mod:`.lazy`), so a FileStore notices
-other processes' writes on its next call at the cost of three ``stat`` calls. Ids
+read the store ``lstat``s the metadata, journal, snapshot and messages folder (the
+context's change token, :mod:`.tokens`) and loads only what changed (large index files
+lazily: see :mod:`.lazy`), so a FileStore notices other processes' writes on its next
+call at the cost of four ``lstat`` calls. A write looks at the same four files once it
+holds the lock (and at the lock file, which must still be the one locked), and leaves
+the token its own changes made known with two more calls (:mod:`.context`). Ids
 from the index were validated when they entered it (from a caller or from disk), so
 reading a message joins its path without validating the id again.
 """

@@ -154,6 +154,14 @@ class MessageIndex:
         self._journal_inode: tuple[int, int] | None = None
         self._writer = JournalWriter(self.journal_path)
         self._offset = 0  # just after the last complete journal line read
+        # What the lock-time refresh (or this index's own writes since) found, for the
+        # writes that follow under the same lock: whether the journal ends at _offset
+        # (no fragment to cut before the next line), and the files' ``stat`` results as
+        # the index holds them (None: not known; see journal_stat).
+        self._end_known = False
+        self._journal_stat: os.stat_result | None = None
+        #: The snapshot's ``stat`` result as last read or written (None: not known).
+        self.index_stat: os.stat_result | None = None
         self._unsynced = False  # a line read or written may not be durable yet
 
     # -- what the index holds --------------------------------------------------------
@@ -262,24 +270,32 @@ class MessageIndex:
 
     # -- reading -------------------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh(
+        self, looked: tuple[os.stat_result | None, os.stat_result | None] | None = None
+    ) -> None:
         """Catch up with changes made by anyone (this or another process).
+
+        ``looked``: the ``lstat`` results of the journal and the snapshot (in that
+        order), if the caller has just taken them (see ``ContextState.refresh``);
+        otherwise, or where one is None, both are taken here.
 
         Raises :class:`RebuildNeeded` if a file is missing or damaged and
         :class:`~cm_notebook.errors.SchemaVersionError` if it is from a newer version.
         """
         if self._damage is not None:
             raise self._damage
-        try:
-            # The journal first: see _full_reload for why the order matters. lstat: a
-            # link in place of an index file is damage that _full_reload reports.
-            st_journal = os.lstat(self.journal_path)
-            st_index = os.lstat(self.index_path)
-        except FileNotFoundError as exc:
-            path = Path(str(exc.filename))
-            raise RebuildNeeded(f"{path.name} is missing", path) from None
-        except OSError as exc:
-            raise translate(exc, exc.filename, "read") from exc
+        st_journal, st_index = looked if looked is not None else (None, None)
+        if st_journal is None or st_index is None:
+            try:
+                # The journal first: see _full_reload for why the order matters. lstat:
+                # a link in place of an index file is damage that _full_reload reports.
+                st_journal = os.lstat(self.journal_path)
+                st_index = os.lstat(self.index_path)
+            except FileNotFoundError as exc:
+                path = Path(str(exc.filename))
+                raise RebuildNeeded(f"{path.name} is missing", path) from None
+            except OSError as exc:
+                raise translate(exc, exc.filename, "read") from exc
         if (
             self.loaded
             and file_identity(st_index) == self._index_id
@@ -292,8 +308,27 @@ class MessageIndex:
             # writer replaced by a complete line of exactly the same length.
             if st_journal.st_size != self._offset:
                 self._read_journal_tail()
+            # Under the lock (a write's refresh) nobody else changes the files until it
+            # is let go: what was just looked at stays true but for this index's writes.
+            self.index_stat = st_index
+            self._note_journal(st_journal)
             return
         self._full_reload()
+
+    def _note_journal(self, st_journal: os.stat_result) -> None:
+        # The journal as looked at, if it ends where the lines read end (no fragment).
+        self._end_known = st_journal.st_size == self._offset
+        self._journal_stat = st_journal if self._end_known else None
+
+    def journal_stat(self) -> os.stat_result:
+        """The journal's ``stat`` result now, with the lock held since the refresh (an
+        ``fstat`` of the open journal, unless nothing was written since it was taken)."""
+        if self._journal_stat is None:
+            if self._journal_fd >= 0:
+                self._journal_stat = os.fstat(self._journal_fd)
+            else:  # pragma: no cover - Windows: the journal is not kept open
+                self._journal_stat = os.lstat(self.journal_path)
+        return self._journal_stat
 
     def _full_reload(self) -> None:
         try:
@@ -321,6 +356,8 @@ class MessageIndex:
         self._index_id = read.index_id
         self._journal_inode = (read.journal_stat.st_dev, read.journal_stat.st_ino)
         self._index_fd, self._journal_fd = read.index_fd, read.journal_fd
+        self.index_stat = read.index_stat
+        self._note_journal(read.journal_stat)
         self.loaded = True
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
@@ -446,7 +483,11 @@ class MessageIndex:
     def _write_line(self, line: bytes, durable: bool) -> None:
         assert self._journal_inode is not None
         fsync = self.fsync if durable else None
-        self._writer.append(self._journal_inode, self._offset, line, fsync)
+        # The refresh under this lock (or this index's last line) found the journal to
+        # end at _offset: the writer need not look for a fragment to cut.
+        checked, self._end_known, self._journal_stat = self._end_known, False, None
+        self._writer.append(self._journal_inode, self._offset, line, fsync, checked=checked)
+        self._end_known = True
         self._offset += len(line)
         self._lines_after += 1
         self._unsynced = not durable  # an fsync makes every line before it durable too
@@ -473,6 +514,7 @@ class MessageIndex:
         if self._offset == mark:
             return
         assert self._journal_inode is not None
+        self._end_known, self._journal_stat = False, None
         self._writer.truncate(self._journal_inode, mark, self.fsync)
         self._full_reload()
 
@@ -524,7 +566,8 @@ class MessageIndex:
         self._close_files()
         index_fd = os.open(self.index_path, _READ_FLAGS)
         journal_fd = os.open(self.journal_path, _READ_FLAGS)
-        self._index_id = file_identity(os.fstat(index_fd))
+        self.index_stat = os.fstat(index_fd)
+        self._index_id = file_identity(self.index_stat)
         st_journal = os.fstat(journal_fd)
         self._journal_inode = (st_journal.st_dev, st_journal.st_ino)
         self._index_fd, self._journal_fd = index_fd, journal_fd
@@ -534,6 +577,7 @@ class MessageIndex:
         self.snapshot_size = len(snapshot)
         self._lines_read, self._lines_after = 0, 0
         self._offset = 0
+        self._note_journal(st_journal)
         self._unsynced = False  # the new journal is empty
         # Folded into metadata.json and message files before the snapshot was written.
         self._heads, self.last_at, self._content = {}, None, {}
@@ -572,6 +616,7 @@ class MessageIndex:
         return found
 
     def _close_files(self) -> None:
+        self._end_known, self._journal_stat, self.index_stat = False, None, None
         self._writer.close()
         for fd in (self._index_fd, self._journal_fd):
             if fd >= 0:

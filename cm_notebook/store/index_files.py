@@ -38,6 +38,7 @@ class IndexFiles:
     index_fd: int
     journal_fd: int
     index_id: tuple[int, int, int, int]
+    index_stat: os.stat_result
     journal_stat: os.stat_result
     snapshot_size: int
     end: int  # just after the journal's last complete line
@@ -59,7 +60,8 @@ def read_index_files(index_path: Path, journal_path: Path, *, keep_open: bool) -
     index_fd = -1
     try:
         index_fd = open_index_file(index_path)
-        index_id = file_identity(os.fstat(index_fd))
+        index_stat = os.fstat(index_fd)
+        index_id = file_identity(index_stat)
         snapshot_data = read_from(index_fd, 0)
         snapshot_size = len(snapshot_data)
         st_journal = os.fstat(journal_fd)
@@ -73,7 +75,7 @@ def read_index_files(index_path: Path, journal_path: Path, *, keep_open: bool) -
             region[0].release(functools.partial(reread_from, index_fd, snapshot_size, index_path))
             snapshot_data = b""
         journal = read_from(journal_fd, 0)
-        read = IndexFiles(index_fd, journal_fd, index_id, st_journal, snapshot_size, 0)
+        read = IndexFiles(index_fd, journal_fd, index_id, index_stat, st_journal, snapshot_size, 0)
         if region is not None:
             first = first_journal_line(journal, journal_path)
             check_journal_follows(region[1], first, index_path, journal_path)

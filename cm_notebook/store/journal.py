@@ -215,18 +215,27 @@ class JournalWriter:
         self._inode: tuple[int, int] | None = None
         self._pid = -1
 
-    def append(self, inode: tuple[int, int], end: int, line: bytes, fsync: Fsync | None) -> None:
+    def append(
+        self,
+        inode: tuple[int, int],
+        end: int,
+        line: bytes,
+        fsync: Fsync | None,
+        *,
+        checked: bool = False,
+    ) -> None:
         """Append ``line`` to the journal whose complete lines end at ``end``, then
         ``fsync`` it (None: not durable).
 
-        A fragment past ``end`` (a writer died mid-line) is cut first; on failure (a full
-        disk) whatever part of the line reached the file is cut off again, and the
-        package's error is raised.
+        A fragment past ``end`` (a writer died mid-line) is cut first, unless ``checked``
+        says the caller knows the file to end at ``end`` (it looked, under the lock held
+        since); on failure (a full disk) whatever part of the line reached the file is
+        cut off again, and the package's error is raised.
         """
         try:
             fd = self._descriptor(inode)
             try:
-                if os.fstat(fd).st_size > end:
+                if not checked and os.fstat(fd).st_size > end:
                     os.ftruncate(fd, end)
                 try:
                     write_all(fd, line)

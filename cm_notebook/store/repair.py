@@ -50,7 +50,9 @@ def intact(path: str, size: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
-def ensure_messages_folder(ctx_dir: Path, fsync: Fsync, *, make: bool = True) -> bool:
+def ensure_messages_folder(
+    ctx_dir: Path, fsync: Fsync, *, make: bool = True, looked: os.stat_result | None = None
+) -> bool:
     """Make the context's ``messages`` folder again if it is gone; refuse a link there.
 
     Git keeps no empty folder, so a new context checked out from a repository comes
@@ -58,10 +60,11 @@ def ensure_messages_folder(ctx_dir: Path, fsync: Fsync, *, make: bool = True) ->
     messages. Either way writes need it back, and :func:`repair_files` then restores
     the files the journal still holds. Write locks held. Returns whether the folder
     is there; with ``make=False`` a missing one is left for a later write to make.
+    ``looked``: the folder's ``lstat`` result if the caller has just taken it.
     """
     folder = ctx_dir / MESSAGES_DIR
     try:
-        mode = os.lstat(folder).st_mode
+        mode = (looked if looked is not None else os.lstat(folder)).st_mode
     except FileNotFoundError:
         if not make:
             return False

@@ -26,7 +26,7 @@ class SessionFiles:
     _states: dict[str, ContextState]
 
     def change_token(self, context_id: str) -> tuple[int, ...]:
-        """A cheap fingerprint of the context's files (four ``stat`` calls, no lock, no
+        """A cheap fingerprint of the context's files (four ``lstat`` calls, no lock, no
         thread hop): it differs after any write, from this process or another.
 
         Every committed change (a message, a status, a head move) grows the journal or
@@ -50,7 +50,7 @@ class SessionFiles:
         Returns ``(change_token, metadata)`` when the files have not changed since this
         store last read or wrote them (its own writes included: a session reading after
         its own turn needs no new read), else None: then call :meth:`get_metadata`.
-        Four ``stat`` calls; no lock, no file read. With ``copy=False`` the metadata is
+        Four ``lstat`` calls; no lock, no file read. With ``copy=False`` the metadata is
         the store's own object, not a copy (a copy costs more the more branches there
         are): to read values out of, never to change. The store never changes it in
         place either (a write makes a new one). ``token``: a :meth:`change_token` the
