@@ -14,12 +14,17 @@ Every fsync goes through an ``fsync`` argument (default :func:`os.fsync`), so th
 :class:`~cm_notebook.store.filestore.FileStore` can count them (its ``fsync`` parameter);
 ``fsync=None`` asks for the same atomic replace without making it durable.
 
-Temporary files are named ``.<target>.<random>.tmp`` so that they can never be mistaken
-for a message file (those end in ``.json`` and never start with a dot).
+Temporary files are named ``.<target>.<unique>.tmp`` so that they can never be mistaken
+for a message file (those end in ``.json`` and never start with a dot). ``<unique>``
+(:func:`unique_part`) is a random draw made once per process, then a count: a draw per
+file would cost a ``getrandom`` call per write. They are created with ``O_EXCL``, so a
+name that is taken anyway (a forked child that kept its parent's draw) fails rather
+than reaching another writer's file, and is then drawn again.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Callable
@@ -35,6 +40,7 @@ __all__ = [
     "is_temp_name",
     "mkdir_durable",
     "read_from",
+    "unique_part",
     "write_all",
 ]
 
@@ -43,6 +49,27 @@ Fsync = Callable[[int], None]
 
 TEMP_SUFFIX = ".tmp"
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY
+
+
+_draw: tuple[str, itertools.count[int]] = (secrets.token_hex(5), itertools.count())
+
+
+def new_draw() -> None:
+    """Draw anew what :func:`unique_part` starts with (a forked child does, at once)."""
+    global _draw
+    _draw = (secrets.token_hex(5), itertools.count())
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=new_draw)
+
+
+def unique_part() -> str:
+    """A part for a file name that no other call makes, in this process or another
+    (a random draw per process and a count; next() on a count is atomic)."""
+    prefix, count = _draw
+    return f"{prefix}{next(count):x}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -112,9 +139,14 @@ def atomic_write(
     (:class:`~cm_notebook.errors.StorageFullError` for a full disk).
     """
     folder = path.parent if temp_dir is None else temp_dir
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    tmp = folder / f".{path.name}.{unique_part()}{TEMP_SUFFIX}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
+        try:
+            fd = os.open(tmp, _CREATE, 0o644)
+        except FileExistsError:
+            new_draw()  # another process made the same draw: see the module docstring
+            tmp = folder / f".{path.name}.{unique_part()}{TEMP_SUFFIX}"
+            fd = os.open(tmp, _CREATE, 0o644)
         try:
             try:
                 write_all(fd, data)

@@ -19,11 +19,11 @@ stream falls back to locking that file, which refuses.
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import StoreError
+from .atomic import unique_part
 from .oslock import LockTimeout, OSLock
 from .paths import STREAMING_PREFIX, STREAMING_SUFFIX, streaming_lock_path
 
@@ -92,7 +92,8 @@ class StreamingLocks:
                 spare.path.unlink(missing_ok=True)
 
     def _keep_as_spare(self, lock: OSLock) -> bool:
-        name = f"{STREAMING_PREFIX}spare-{secrets.token_hex(6)}{STREAMING_SUFFIX}"
+        # A name of this process's own (a taken one fails the link: no spare then).
+        name = f"{STREAMING_PREFIX}spare-{unique_part()}{STREAMING_SUFFIX}"
         try:
             lock.move_to(self.dir / name)
         except OSError:

@@ -1,0 +1,57 @@
+"""Temporary file names: unique without a random draw per file (see store/atomic.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cm_notebook.store import atomic
+from cm_notebook.store.atomic import atomic_write, is_temp_name, unique_part
+
+
+def test_unique_parts_differ_and_make_temp_names() -> None:
+    parts = {unique_part() for _ in range(1000)}
+    assert len(parts) == 1000
+    assert all(is_temp_name(f".metadata.json.{part}.tmp") for part in parts)
+
+
+def test_a_taken_name_is_drawn_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process that made the same draw (say, a child forked past the hook)
+    # has a temporary file under the next name: the write draws again, and neither
+    # file is harmed.
+    prefix, count = atomic._draw
+    upcoming = f"{prefix}{next(count):x}"
+    monkeypatch.setattr(atomic, "_draw", (prefix, iter([int(upcoming[len(prefix) :], 16)])))
+    theirs = tmp_path / f".target.{upcoming}.tmp"
+    theirs.write_bytes(b"theirs")
+    atomic_write(tmp_path / "target", b"ours", fsync=None)
+    assert (tmp_path / "target").read_bytes() == b"ours"
+    assert theirs.read_bytes() == b"theirs"
+    assert atomic._draw[0] != prefix
+
+
+_FORKING = """
+import os
+from cm_notebook.store.atomic import unique_part
+unique_part()
+pid = os.fork()
+if pid == 0:
+    print(unique_part(), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(unique_part(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_draws_its_own() -> None:
+    # In a process of its own: forking pytest's, which has threads, is unsafe.
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKING], capture_output=True, text=True, check=True, timeout=60
+    )
+    child, parent = done.stdout.split()
+    assert child[:10] != parent[:10]
