@@ -132,3 +132,46 @@ def test_a_lock_not_taken_keeps_no_descriptor(tmp_path: Path) -> None:
     waiter.acquire(timeout=0)  # tried again after a timeout, it takes the lock
     assert waiter.is_locked
     waiter.close()
+
+
+@pytest.mark.parametrize("one_call", [True, False])
+def test_a_moved_lock_keeps_its_file_and_never_replaces_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_call: bool
+) -> None:
+    # One renameat2(RENAME_NOREPLACE) where the system has it; a link and an unlink
+    # otherwise (one_call False plays a system without it). The same either way.
+    from cm_notebook.store import oslock
+
+    if not one_call:
+        monkeypatch.setattr(oslock, "rename_no_replace", lambda _source, _target: False)
+    lock = OSLock(tmp_path / ".a.lock")
+    lock.acquire(timeout=0)
+    inode = os.stat(lock.path).st_ino
+    lock.move_to(tmp_path / ".b.lock")
+    assert sorted(os.listdir(tmp_path)) == [".b.lock"]
+    assert os.stat(tmp_path / ".b.lock").st_ino == inode
+    assert lock_is_held(tmp_path / ".b.lock")
+    (tmp_path / ".taken.lock").write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        lock.move_to(tmp_path / ".taken.lock")
+    assert (tmp_path / ".taken.lock").read_bytes() == b"theirs"
+    assert lock.path == tmp_path / ".b.lock"
+    assert lock_is_held(tmp_path / ".b.lock")
+    lock.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_a_rename_that_may_not_replace_is_one_call_on_linux(tmp_path: Path) -> None:
+    from cm_notebook.store.oslock import rename_no_replace
+
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        rename_no_replace(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(FileNotFoundError):
+        rename_no_replace(tmp_path / "gone", tmp_path / "c")
+    # True where the file system can (tmpfs, ext4, xfs, btrfs...); False: nothing done.
+    if rename_no_replace(tmp_path / "a", tmp_path / "c"):
+        assert sorted(os.listdir(tmp_path)) == ["b", "c"]
+    else:
+        assert sorted(os.listdir(tmp_path)) == ["a", "b"]

@@ -3,7 +3,7 @@
 The store takes its context lock for every write and a streaming lock for every
 reply, so what a lock costs is paid several times per turn. ``filelock`` opens,
 probes and closes the lock file on each acquire; :class:`OSLock` opens it once and
-keeps the descriptor, so taking a free lock is one ``flock`` and two ``stat`` calls.
+keeps the descriptor, so taking a free lock is one ``flock`` and one ``lstat`` call.
 
 Keeping the descriptor needs two checks that re-opening made unnecessary:
 
@@ -23,10 +23,11 @@ and older writers see them. On Windows ``filelock`` is used as it is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import StoreLockTimeoutError
@@ -125,13 +126,16 @@ class OSLock:
 
         ``FileExistsError`` if ``path`` exists: another writer's lock file is never
         replaced. Other ``OSError``s (say, a file system without hard links) leave the
-        lock where it was.
+        lock where it was. One ``renameat2(RENAME_NOREPLACE)`` call where Linux and the
+        file system offer it (see :func:`rename_no_replace`), else a hard link and an
+        unlink.
         """
         if not self._held or sys.platform == "win32":
             raise OSError(f"cannot move {self.path}: not held, or not supported here")
-        os.link(self.path, path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if not rename_no_replace(self.path, path):
+            os.link(self.path, path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         self.path = path
 
     def close(self) -> None:
@@ -182,6 +186,49 @@ class OSLock:
         except filelock.Timeout:
             raise LockTimeout(str(self.path)) from None
         self._held = True
+
+
+_AT_FDCWD = -100  # Linux's "relative to the working folder" (the paths are absolute)
+_RENAME_NOREPLACE = 1
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+# The C library's renameat2 and ctypes.get_errno, looked up at the first move (None:
+# not Linux, or a C library without it).
+_renameat2: tuple[Callable[..., int], Callable[[], int]] | None = None
+_looked_up = False
+
+
+def _renamer() -> tuple[Callable[..., int], Callable[[], int]] | None:
+    global _renameat2, _looked_up
+    if not _looked_up:
+        _looked_up = True
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                func = ctypes.CDLL(None, use_errno=True).renameat2
+            except (OSError, AttributeError):
+                return None
+            func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+            func.argtypes += (ctypes.c_uint,)
+            func.restype = ctypes.c_int
+            _renameat2 = (func, ctypes.get_errno)
+    return _renameat2
+
+
+def rename_no_replace(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target`` unless ``target`` exists (``FileExistsError``),
+    in one system call; False if this system or file system cannot (nothing was done:
+    the caller links and unlinks instead). Other failures raise their ``OSError``."""
+    found = _renamer()
+    if found is None:
+        return False
+    func, get_errno = found
+    if func(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE):
+        code = get_errno()
+        if code in _UNSUPPORTED:
+            return False
+        raise OSError(code, os.strerror(code), str(source), None, str(target))
+    return True
 
 
 @contextlib.contextmanager

@@ -9,10 +9,11 @@ Making a file is the dearest step of a turn on some file systems (an inode to
 allocate and journal: ~0.2-0.5 ms where a rename costs 0.03 ms), and a plain turn
 would make one lock file per reply. So the lock file of a finished stream is kept
 as a *spare*, still locked, under ``.streaming-spare-<token>.lock``, and the next
-stream moves it to its own name (a hard link and an unlink: the inode, and the lock
-on it, stay the same). A spare is held by its live writer, so sweeping leaves it
-alone; when that writer dies, the next sweep removes it like any unused lock file.
-A name taken by another writer's lock is never overwritten: the link fails and the
+stream moves it to its own name (one rename that may not replace, on Linux; else a
+hard link and an unlink: the inode, and the lock on it, stay the same). A spare is
+held by its live writer, so sweeping leaves it alone; when that writer dies, the next
+sweep removes it like any unused lock file.
+A name taken by another writer's lock is never overwritten: the move fails and the
 stream falls back to locking that file, which refuses.
 """
 
@@ -92,7 +93,7 @@ class StreamingLocks:
                 spare.path.unlink(missing_ok=True)
 
     def _keep_as_spare(self, lock: OSLock) -> bool:
-        # A name of this process's own (a taken one fails the link: no spare then).
+        # A name of this process's own (a taken one fails the move: no spare then).
         name = f"{STREAMING_PREFIX}spare-{unique_part()}{STREAMING_SUFFIX}"
         try:
             lock.move_to(self.dir / name)
