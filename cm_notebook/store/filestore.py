@@ -54,8 +54,10 @@ must never name a message whose line a power loss could take.
 A plain turn (the user's message, the reply's placeholder, its final state) therefore
 makes 2 fsyncs and 3 renames, plus its share of the batches (about one fsync per
 finished message, as the floor of one durable file per message also pays); a tool
-cycle 6. No single write waits for more than one batch. The streaming writes make no
-fsync at all: a compaction one of them makes due is made by the next write.
+cycle 6. (The reply's streaming lock file is also moved from and back to a spare name,
+without an fsync: see :mod:`.streaming_locks`.) No single write waits for more than one
+batch. The streaming writes make no fsync at all: a compaction one of them makes due is
+made by the next write.
 Unacknowledged states are not fsync'd: a reply still streaming when the power fails
 may be lost or show older partial text, which ``kill -9`` alone never does.
 

@@ -62,6 +62,8 @@ def ensure_messages_folder(
     is there; with ``make=False`` a missing one is left for a later write to make.
     ``looked``: the folder's ``lstat`` result if the caller has just taken it.
     """
+    if looked is not None and stat.S_ISDIR(looked.st_mode):
+        return True  # the common case, with no path to build
     folder = ctx_dir / MESSAGES_DIR
     try:
         mode = (looked if looked is not None else os.lstat(folder)).st_mode
