@@ -190,7 +190,9 @@ class OSLock:
 
 _AT_FDCWD = -100  # Linux's "relative to the working folder" (the paths are absolute)
 _RENAME_NOREPLACE = 1
-_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+# Not offered here: by the kernel, the file system, or a sandbox's filter (EPERM, which
+# a real refusal would also give the link and unlink that are then tried).
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM)
 # The C library's renameat2 and ctypes.get_errno, looked up at the first move (None:
 # not Linux, or a C library without it).
 _renameat2: tuple[Callable[..., int], Callable[[], int]] | None = None
