@@ -205,8 +205,9 @@ class JournalWriter:
     Every write names the journal it means by device and inode: the one the index read
     under the lock (a compaction replaces the file). The descriptor is reused while it
     is that file, in the process that opened it; otherwise the path is opened again and
-    checked to be that file. Opening, checking and closing per line cost three system
-    calls of a write's thirty.
+    checked to be that file. Opening, checking and closing per line would cost three
+    system calls of a write's fifteen or so (lock, look at the files, message file,
+    line, the token it leaves, unlock).
     """
 
     def __init__(self, path: Path) -> None:
