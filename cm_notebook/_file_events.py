@@ -169,12 +169,13 @@ class _Watcher:
                 folders.add(path)
                 path = os.path.dirname(path)
         with self._lock:
-            woken = [
-                sub
-                for sub in self._subs
-                if folders.intersection(sub.folders)
-                and (sub.wants is None or any(sub.wants(path) for path in paths))
-            ]
+            concerned = [sub for sub in self._subs if folders.intersection(sub.folders)]
+        # Asked outside the lock: a subscriber's ``wants`` may look at a file (the log
+        # follower stats the log), and a slow file system must not hold up every
+        # session of the process subscribing or cancelling meanwhile.
+        woken = [
+            sub for sub in concerned if sub.wants is None or any(sub.wants(path) for path in paths)
+        ]
         for subscription in woken:
             subscription.wake()
 

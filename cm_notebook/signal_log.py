@@ -172,7 +172,9 @@ class SignalLog:
     def own_tail(self) -> tuple[int, int, int, int] | None:
         """``(st_dev, st_ino, start, end)``: the bytes from ``start`` to ``end`` of that
         file are this object's records alone, and ``end`` is where its last write
-        ended; None before its first write.
+        ended; None before its first write, and from when it lets the file go (a
+        compaction replaced it, :meth:`close`) until its next write: an unlinked file's
+        inode number may be given to the next file made.
 
         Safe from any thread (one tuple, replaced whole). A file of that identity
         whose size is still ``end`` has had nothing appended since: what a follower of
@@ -294,6 +296,10 @@ class SignalLog:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = -1
+        # The file let go may be unlinked (a compaction replaced it) and its inode
+        # number given to the next file made, another process's log included: own_tail
+        # must not vouch for that one.
+        self._own = None
 
     @contextlib.contextmanager
     def _locked_file(self) -> Iterator[tuple[int, int]]:

@@ -252,3 +252,37 @@ def test_a_subscriber_is_woken_only_by_the_paths_it_wants(tmp_path: Path) -> Non
     finally:
         everything.cancel()
         only_the_log.cancel()
+
+
+def test_a_slow_wants_does_not_hold_up_other_subscribers(tmp_path: Path) -> None:
+    # A subscriber's ``wants`` may look at a file (the log follower stats the log);
+    # while it waits on a slow file system, other sessions still subscribe and cancel.
+    slow_folder, other_folder = tmp_path / "slow", tmp_path / "other"
+    slow_folder.mkdir()
+    other_folder.mkdir()
+    asked, answer = threading.Event(), threading.Event()
+
+    def slow_wants(path: str) -> bool:
+        asked.set()
+        answer.wait(DEADLINE)
+        return False
+
+    slow = watch_folders([slow_folder], lambda: None, slow_wants)
+    if slow is None:
+        pytest.skip("file-change notification is not available here")
+    try:
+        (slow_folder / "a file").write_text("a change")
+        assert asked.wait(DEADLINE)
+        subscribed = threading.Event()
+
+        def subscribe_and_cancel() -> None:
+            other = watch_folders([other_folder], lambda: None)
+            if other is not None:
+                other.cancel()
+            subscribed.set()
+
+        threading.Thread(target=subscribe_and_cancel, daemon=True).start()
+        assert subscribed.wait(10), "subscribing waited for another subscriber's wants"
+    finally:
+        answer.set()
+        slow.cancel()

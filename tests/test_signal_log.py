@@ -185,6 +185,27 @@ def test_compaction_bounds_the_file_and_old_numbers_get_resync(tmp_path: Path) -
     assert again.record(_stamp(_delta(0))).seq == 201
 
 
+def test_own_tail_says_nothing_of_a_file_the_log_let_go(tmp_path: Path) -> None:
+    # A compacted (unlinked) file's inode number may be given to the next file made,
+    # another process's log included: a follower trusting an old own_tail would then
+    # leave that process's record unread until its safety read.
+    log = SignalLog(tmp_path / "signals.log", max_bytes=2048)
+    assert log.own_tail() is None
+    log.record(_stamp(_delta(0)))
+    assert log.own_tail() is not None
+    for n in range(200):
+        log.record(_stamp(_delta(n)))
+    log.sync()  # the compaction that is due, made here
+    assert log.own_tail() is None
+    log.record(_stamp(_delta(0)))
+    named = os.stat(log.path)
+    own = log.own_tail()
+    assert own is not None
+    assert (own[0], own[1], own[3]) == (named.st_dev, named.st_ino, named.st_size)
+    log.close()
+    assert log.own_tail() is None
+
+
 def test_compaction_carries_forward_what_still_runs_and_waits(tmp_path: Path) -> None:
     # A process that opens later learns from the log which turns run elsewhere and
     # which calls wait for a decision: compacted away, they were unseen (and unstoppable).
