@@ -1,7 +1,8 @@
 """What one :class:`~cm_notebook.store.filestore.FileStore` knows about one context.
 
-A :class:`ContextState` caches the context's metadata and message index, keeps them
-in step with the disk, and owns the context's locks:
+A :class:`ContextState` caches the context's metadata (through a
+:class:`~.metadata_file.MetadataFile`) and message index, keeps them in step with the
+disk, merges the journal's head moves into the metadata, and owns the context's locks:
 
 * ``state_lock`` (a thread lock) guards the cached fields; held briefly by readers.
 * ``write_lock`` (a thread lock) lets one thread of this FileStore write at a time.
@@ -39,22 +40,16 @@ from ..errors import (
     StoreLockTimeoutError,
 )
 from ..model import Branch, ContextMetadata
-from .atomic import Fsync, atomic_write, read_from
-from .codec import decode_metadata_doc, encode_metadata
+from .atomic import Fsync
 from .dead_streams import interrupt_dead_streams, warn_unmarked, writer_is_dead
 from .diagnostics import warn
 from .flushing import OwedFlushes
 from .index import MessageIndex, RebuildNeeded
 from .leftovers import remove_leftovers
-from .oserrors import open_regular, translate
+from .metadata_file import MetadataFile
+from .oserrors import translate
 from .oslock import LockTimeout, OSLock, creation_lock, lock_is_held, remove_lock_shell
-from .paths import (
-    INDEX_NAME,
-    JOURNAL_NAME,
-    LOCK_NAME,
-    MESSAGES_DIR,
-    METADATA_NAME,
-)
+from .paths import LOCK_NAME, MESSAGES_DIR
 from .recovered import head_the_index_lost, known_entries, listed_entries, recover_hidden
 from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
@@ -70,9 +65,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-_KEEP_OPEN = os.name != "nt"  # see index.py: pin the last-read file's inode on POSIX
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class WouldWait(Exception):
@@ -90,7 +82,9 @@ class ContextState:
         self.fsync = fsync
         self.dir = ctx_dir
         self.lock_timeout = lock_timeout
-        self.metadata_path = ctx_dir / METADATA_NAME
+        #: metadata.json as last read or written (see :mod:`.metadata_file`).
+        self.metadata_file = MetadataFile(context_id, ctx_dir, fsync)
+        self.metadata_path = self.metadata_file.path
         #: ``<context>/messages`` as a string, for joining trusted ids cheaply.
         self.messages_dir = str(ctx_dir / MESSAGES_DIR)
         self.state_lock = threading.Lock()
@@ -99,9 +93,6 @@ class ContextState:
         self.index = MessageIndex(ctx_dir, fsync)
         self.walks = WalkCache()  # recent walks to the root (see ops.walk)
         self.flushes = OwedFlushes()  # message files to fsync (see flushing.py)
-        #: metadata.json as last read or written, and its ``heads_at``.
-        self.metadata: ContextMetadata | None = None
-        self.heads_at = 0
         self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
         # A moved branch as last merged: name -> (the base's branch, the move, the
         # result). A sweep's context moves hundreds of heads between two compactions:
@@ -112,16 +103,22 @@ class ContextState:
         # What _check_heads last found complete: (metadata.json as read, index generation).
         self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
-        self._meta_fd = -1
-        self._meta_id: tuple[int, int, int, int] | None = None
-        # metadata.json's ``stat`` result when it was last found to be the file read
-        # (or written): part of the token a write leaves (see _note_known).
-        self._meta_stat: os.stat_result | None = None
         #: The current metadata as of a :func:`files_token`: what a read found (token
         #: taken before it) or a write left (token taken before the lock is let go).
         #: Replaced whole, so a reader without the lock sees one consistent pair.
         self.known: tuple[tuple[int, ...], ContextMetadata] | None = None
         self._token_paths = token_paths(ctx_dir)
+
+    @property
+    def metadata(self) -> ContextMetadata | None:
+        """metadata.json as last read or written (None: not read yet)."""
+        return self.metadata_file.metadata
+
+    @property
+    def heads_at(self) -> int:
+        """The ``heads_at`` of :attr:`metadata`: its heads include every head move of
+        the journal lines numbered below it."""
+        return self.metadata_file.heads_at
 
     # -- reading (state_lock held) ---------------------------------------------------
 
@@ -138,7 +135,7 @@ class ContextState:
         anew, the index files are looked at again after that read.
         """
         known = self.metadata
-        base = self._refresh_metadata(looked[0] if looked else None)
+        base = self.metadata_file.read(looked[0] if looked else None)
         metadata = self._current(base, self._index_look(looked, base is known))
         self._check_heads(base, metadata)
         return metadata
@@ -192,50 +189,6 @@ class ContextState:
         self._merged = (key, merged)
         return merged
 
-    def _refresh_metadata(self, looked: os.stat_result | None = None) -> ContextMetadata:
-        # ``looked``: metadata.json's lstat result, if the caller has just taken it.
-        st = looked
-        if st is None:
-            try:
-                # lstat: a link planted as metadata.json is damage to report, not "no
-                # context".
-                st = os.lstat(self.metadata_path)
-            except (FileNotFoundError, NotADirectoryError):
-                raise self._without_metadata() from None
-            except OSError as exc:
-                raise translate(exc, self.metadata_path, "read") from exc
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if self.metadata is not None and ident == self._meta_id:
-            self._meta_stat = st
-            return self.metadata
-        try:
-            fd = open_regular(self.metadata_path, check_folder=False)
-        except FileNotFoundError:
-            raise self._without_metadata() from None
-        try:
-            fst = os.fstat(fd)
-            data = read_from(fd, 0)
-        except OSError as exc:
-            os.close(fd)
-            raise translate(exc, self.metadata_path, "read") from exc
-        try:
-            metadata, heads_at = decode_metadata_doc(data, self.metadata_path, self.context_id)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._pin_metadata(fd, fst)
-        self.metadata, self.heads_at = metadata, heads_at
-        return metadata
-
-    def _pin_metadata(self, fd: int, st: os.stat_result) -> None:
-        if self._meta_fd >= 0:
-            os.close(self._meta_fd)
-        self._meta_fd = fd if _KEEP_OPEN else -1
-        if not _KEEP_OPEN:  # pragma: no cover - Windows
-            os.close(fd)
-        self._meta_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        self._meta_stat = st
-
     def _check_heads(self, base: ContextMetadata, metadata: ContextMetadata) -> None:
         """Raise RebuildNeeded if a branch head is intact on disk but absent from the index.
 
@@ -268,23 +221,7 @@ class ContextState:
 
     def not_found(self) -> ContextNotFoundError:
         """The error for a context whose folder or metadata.json is gone."""
-        return ContextNotFoundError(
-            f"no context {self.context_id!r} in {self.dir.parent}. List existing contexts "
-            "with FileStore.list_contexts() (or `cm-notebook ls`)."
-        )
-
-    def _without_metadata(self) -> ContextNotFoundError | CorruptDataError:
-        # No metadata.json: no context, unless its folder still holds its messages (the
-        # file deleted or lost by a sync tool), which "no such context" would deny.
-        held = [name for name in (INDEX_NAME, JOURNAL_NAME) if (self.dir / name).is_file()]
-        if not held:
-            return self.not_found()
-        return CorruptDataError(
-            f"context {self.context_id!r} has lost its {METADATA_NAME} (title, branches), "
-            f"though its folder {self.dir} still holds its messages and {', '.join(held)}. "
-            f"Restore {METADATA_NAME} from a backup; the messages are untouched.",
-            self.metadata_path,
-        )
+        return self.metadata_file.not_found()
 
     def view(self, func: Callable[[ContextState, ContextMetadata], T]) -> T:
         """Run ``func`` on fresh state with the state lock held; repair damage first.
@@ -447,9 +384,9 @@ class ContextState:
         # (which nearly every write changes) looked at anew. Two system calls, not the
         # token's four and the refresh's three.
         try:
-            meta, snapshot = self._meta_stat, self.index.index_stat
+            meta, snapshot = self.metadata_file.stat, self.index.index_stat
             if self.metadata is None or meta is None or snapshot is None:
-                self.known = (self.token(), self._current(self._refresh_metadata()))
+                self.known = (self.token(), self._current(self.metadata_file.read()))
                 return
             journal = self.index.journal_stat()
             messages = os.lstat(self.messages_dir)
@@ -461,7 +398,7 @@ class ContextState:
     def _damaged_while_writing(self, need: RebuildNeeded) -> StoreError:
         # A write looks entries up before it writes anything, so a damaged line it found
         # (see view) stopped it before any change: rebuild now, and let the caller retry.
-        self._rebuild(self._refresh_metadata(), need)
+        self._rebuild(self.metadata_file.read(), need)
         self._merged = None
         return StoreError(
             f"the message index of context {self.context_id!r} was damaged, so it was "
@@ -486,7 +423,7 @@ class ContextState:
         # ``looked``: a look() just taken (see refresh). Its messages folder result
         # also serves the check for a link planted there.
         known = self.metadata
-        base = self._refresh_metadata(looked[0] if looked else None)
+        base = self.metadata_file.read(looked[0] if looked else None)
         messages = looked[3] if looked else None
         if not ensure_messages_folder(self.dir, self.fsync, make=not quick, looked=messages):
             raise WouldWait
@@ -563,7 +500,7 @@ class ContextState:
         """Rebuild the index from the message files now (write locks held), keeping the
         head moves the journal holds; returns the current metadata."""
         need = RebuildNeeded(reason, self.index.index_path)
-        return self._current(self._rebuild(self._refresh_metadata(), need))
+        return self._current(self._rebuild(self.metadata_file.read(), need))
 
     def restore(self, message_ids: list[str], *, compare: bool = False) -> None:
         """Rewrite from the journal the files of these messages that a power loss took
@@ -622,27 +559,14 @@ class ContextState:
         # Its heads may name a message whose journal line is not durable yet (a reply's
         # placeholder): that line first, or a power loss leaves a head to nowhere.
         self.index.make_durable()
-        atomic_write(self.metadata_path, encode_metadata(metadata, heads_at), fsync=self.fsync)
-        self.metadata, self.heads_at = metadata, heads_at
-        try:
-            fd = os.open(self.metadata_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError:
-            # The write succeeded; without the pin the next read simply re-reads the file.
-            self._meta_id = self._meta_stat = None
-            return
-        self._pin_metadata(fd, os.fstat(fd))
+        self.metadata_file.write(metadata, heads_at)
 
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
         self.streaming.close()
         self.index.close()
         self.file_lock.close()
-        if self._meta_fd >= 0:
-            os.close(self._meta_fd)
-        self._meta_fd = -1
-        self._meta_id = self._meta_stat = None
-        self.metadata = None
-        self.heads_at = 0
+        self.metadata_file.close()
         self._merged = None
         self.known = None
         self._heads_checked = None
