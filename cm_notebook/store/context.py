@@ -244,7 +244,7 @@ class ContextState:
                 looked = self.look()
                 token = token_of(looked)
                 # RebuildNeeded from func too: a lazily read index finds a damaged line
-                # when it first reads it (see index.py), and the index remembers it.
+                # when it first reads it (see index_contents.py), and the index remembers it.
                 metadata = self.refresh(looked)
                 dead = [
                     mid

@@ -24,8 +24,10 @@ first. The snapshot grows geometrically between compactions, so rewriting it cos
 O(1) amortised bytes per append. A crash between the two replaces leaves a snapshot
 that already contains the old journal's lines, which replay idempotently.
 
-Large files are read lazily (see :mod:`.lazy`): opening a context of 10,000 messages
-parses the lines of the messages it shows, not 10,000 entries.
+What the index holds in memory (entries, head moves, durable copies) and how lines
+apply to it is :mod:`.index_contents`; this module adds the files. Large files are
+read lazily (see :mod:`.lazy`): opening a context of 10,000 messages parses the lines
+of the messages it shows, not 10,000 entries.
 
 Readers in other processes keep up cheaply: :meth:`MessageIndex.refresh` ``stat``s
 both files and, if the snapshot is unchanged and the journal is the same inode, reads
@@ -40,16 +42,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
 
 from ..errors import StoreError
-from ..model import Message, MessageStatus
+from ..model import Message
 from .atomic import Fsync, atomic_write, read_from
-from .base import IndexEntry, children_map
+from .base import IndexEntry
 from .codec import read_message_folder
 from .diagnostics import warn
+from .index_contents import IndexContents
 from .index_files import read_index_files
 from .journal import (
     JournalLine,
@@ -57,12 +59,7 @@ from .journal import (
     encode_entry_line,
     encode_head_line,
 )
-from .lazy import (
-    LAZY_MAX_LOOKUPS,
-    LAZY_MIN_BYTES,
-    LazyEntries,
-    LazyFiles,
-)
+from .lazy import LAZY_MIN_BYTES
 from .oserrors import open_regular, translate
 from .paths import INDEX_NAME, JOURNAL_NAME, MESSAGES_DIR
 from .recovered import rebuilt_entries
@@ -91,8 +88,6 @@ COMPACT_MIN_LINES = 128
 #: a context never parses a journal much larger than its snapshot.
 COMPACT_MIN_BYTES = 1 << 20
 
-T = TypeVar("T")
-
 # Holding the last-read files open pins their inode numbers (see the module docstring).
 # Windows refuses to replace a file that is open, so there the files are closed at once.
 _KEEP_OPEN = os.name != "nt"
@@ -103,50 +98,24 @@ _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
 
 
-class MessageIndex:
+class MessageIndex(IndexContents):
     """The in-memory index of one context, kept in step with the files on disk.
 
     Not thread-safe: the owner serialises calls. Methods that write
     (:meth:`append`, :meth:`compact`, :meth:`rebuild`) must be called with the
     context's cross-process lock held and right after :meth:`refresh`.
 
-    Large files are read lazily (see :mod:`.lazy`): :attr:`entries` then parses a
-    line when its entry is first asked for, and iterating it (or :attr:`children`,
-    :attr:`heads`, :attr:`content`) parses everything once. A damaged line found that
-    late raises :class:`RebuildNeeded` there and at every :meth:`refresh` until the
-    index is rebuilt.
+    What it holds, and how large files are read lazily: see
+    :class:`~.index_contents.IndexContents`. A damaged line found late (when a lazy
+    read first needs it) raises :class:`RebuildNeeded` there and at every
+    :meth:`refresh` until the index is rebuilt.
     """
 
     def __init__(self, ctx_dir: Path, fsync: Fsync = os.fsync) -> None:
         self.ctx_dir = ctx_dir
         self.fsync = fsync
-        self.index_path = ctx_dir / INDEX_NAME
-        self.journal_path = ctx_dir / JOURNAL_NAME
-        # Every entry; while lazy, those found or applied so far.
-        self._entries: dict[str, IndexEntry] = {}
-        self._lazy: LazyFiles | None = None
-        self._damage: RebuildNeeded | None = None
-        self._children: dict[str | None, list[str]] | None = {}
-        self.streaming_ids: set[str] = set()  # status "streaming", kept for O(1) checks
-        self._seq_floor = 0  # above every seq applied or parsed
-        self._lazy_next_seq: int | None = None  # above every seq of the lazy files
-        self._snapshot_count: int | None = 0  # entries in message_index.json
-        self._lines_read: int | None = 0  # complete journal lines when it was read
-        self._lines_after = 0  # ... and appended or read since
+        super().__init__(ctx_dir / INDEX_NAME, ctx_dir / JOURNAL_NAME)
         self.snapshot_size = 0  # bytes of message_index.json
-        #: Head moves in the journal: branch -> (line number, head); while lazy, only
-        #: those since the files were read (see :meth:`head_move`).
-        self._heads: dict[str, tuple[int, str | None]] = {}
-        #: The number and time of the last journal line that carried one.
-        self.last_at: tuple[int, str] | None = None
-        #: Changes whenever a head move or ``last_at`` may have changed.
-        self.heads_version = 0
-        self.generation = 0  # up when entries are replaced (load, rebuild); else they grow
-        #: The number the next journal line gets.
-        self.next_n = 0
-        #: Messages whose durable content is in the journal: id -> (offset, length,
-        #: size); while lazy, only those since the files were read (see :meth:`copy_of`).
-        self._content: dict[str, tuple[int, int, int]] = {}
         self.loaded = False
         self._index_fd = -1
         self._index_id: tuple[int, int, int, int] | None = None
@@ -163,110 +132,6 @@ class MessageIndex:
         #: The snapshot's ``stat`` result as last read or written (None: not known).
         self.index_stat: os.stat_result | None = None
         self._unsynced = False  # a line read or written may not be durable yet
-
-    # -- what the index holds --------------------------------------------------------
-
-    @property
-    def entries(self) -> Mapping[str, IndexEntry]:
-        """Message id -> entry (see the class docstring for lazily read files)."""
-        return self._entries if self._lazy is None else LazyEntries(self.lookup, self.materialize)
-
-    def lookup(self, message_id: str) -> IndexEntry | None:
-        """The entry of ``message_id``, or None; while lazy, parses only its line."""
-        entry = self._entries.get(message_id)
-        lazy = self._lazy
-        if entry is not None or lazy is None:
-            return entry
-        if lazy.lookups >= LAZY_MAX_LOOKUPS:
-            return self.materialize().get(message_id)
-        entry = self._lazy_read(lambda: lazy.find(message_id))
-        if entry is not None:
-            self._entries[message_id] = entry
-        return entry
-
-    def _lazy_read(self, read: Callable[[], T]) -> T:
-        try:
-            return read()
-        except RebuildNeeded as need:
-            self._damage = need  # until the rebuild, every refresh says so
-            raise
-
-    def materialize(self) -> dict[str, IndexEntry]:
-        """Parse whatever is still unread (a no-op unless lazy); return every entry."""
-        lazy = self._lazy
-        if lazy is None:
-            return self._entries
-        if self._damage is not None:
-            raise self._damage
-        parsed, lines = self._lazy_read(lambda: lazy.parse_all(self.index_path, self.journal_path))
-        self._snapshot_count, self._lines_read = len(parsed), len(lines) - len(lazy.replay)
-        self._load([*parsed, *(line.entry for line in lines if line.entry is not None)])
-        self._heads, self._content, self.last_at = {}, {}, None
-        for line in lines:
-            self._apply_record(line)  # next_n only grows: the owner may have raised it
-        return self._entries
-
-    @property
-    def children(self) -> dict[str | None, list[str]]:
-        """Parent id (None: the roots) -> ids of its children, oldest first."""
-        if self._children is None:
-            self._children = children_map(self.materialize())
-        return self._children
-
-    @property
-    def heads(self) -> dict[str, tuple[int, str | None]]:
-        """Every head move in the journal: branch -> (line number, head)."""
-        self.materialize()
-        return self._heads
-
-    @property
-    def loaded_heads(self) -> dict[str, tuple[int, str | None]] | None:
-        """Every head move in the journal if it is loaded, None if it is read lazily."""
-        return self._heads if self._lazy is None else None
-
-    def head_move(self, branch: str) -> tuple[int, str | None] | None:
-        """The last head move of ``branch`` in the journal: (line number, head), or None."""
-        move = self._heads.get(branch)
-        lazy = self._lazy
-        if move is not None or lazy is None:
-            return move
-        return self._lazy_read(lambda: lazy.head_move(branch))
-
-    @property
-    def content(self) -> dict[str, tuple[int, int, int]]:
-        """Every message whose durable copy is in the journal: id -> (offset, length, size)."""
-        self.materialize()
-        return self._content
-
-    def copy_of(self, message_id: str) -> tuple[int, int, int] | None:
-        """Where the journal holds ``message_id``'s durable copy (offset, length, size)."""
-        copy = self._content.get(message_id)
-        lazy = self._lazy
-        if copy is not None or lazy is None:
-            return copy
-        return self._lazy_read(lambda: lazy.copy_of(message_id))
-
-    @property
-    def next_seq(self) -> int:
-        """The ``seq`` of the next new entry."""
-        lazy = self._lazy
-        if lazy is not None and self._lazy_next_seq is None:
-            self._lazy_next_seq = lazy.next_seq()
-        return max(self._seq_floor, self._lazy_next_seq or 0)
-
-    @property
-    def snapshot_count(self) -> int:
-        """How many entries message_index.json holds."""
-        if self._snapshot_count is None:
-            self._snapshot_count = self._lazy.snapshot.count_lines() if self._lazy else 0
-        return self._snapshot_count
-
-    @property
-    def journal_lines(self) -> int:
-        """How many complete lines the journal holds."""
-        if self._lines_read is None:
-            self._lines_read = self._lazy.journal.count_lines() if self._lazy else 0
-        return self._lines_read + self._lines_after
 
     # -- reading -------------------------------------------------------------------
 
@@ -362,17 +227,6 @@ class MessageIndex:
         if not _KEEP_OPEN:  # pragma: no cover - Windows
             self._close_files()
 
-    def _read_lazily(self, lazy: LazyFiles, streaming: set[str]) -> None:
-        """Start over from lazily read files (``streaming``: ids whose entries say so)."""
-        self._entries, self._lazy, self._damage, self._children = {}, lazy, None, None
-        self.generation += 1
-        self._heads, self._content, self._seq_floor = {}, {}, 0
-        self._lazy_next_seq = self._snapshot_count = self._lines_read = None
-        self.next_n, self.last_at = lazy.next_n, None
-        if lazy.tail is not None:
-            self._apply_record(lazy.tail)
-        self.streaming_ids = streaming
-
     def _read_journal_tail(self) -> None:
         if self._journal_fd >= 0:
             data = read_from(self._journal_fd, self._offset)
@@ -389,58 +243,6 @@ class MessageIndex:
             self._unsynced = True  # another writer's: durable or not, we cannot tell
         self._lines_after += len(lines)
         self._offset += end
-
-    def _take(self, line: JournalLine) -> None:
-        """Apply a line read after the files, or just appended."""
-        if line.entry is not None:
-            self._apply(line.entry)
-        self._apply_record(line)
-        if self._lazy is not None:
-            self._lazy.replay.append(line)
-
-    def _apply_record(self, line: JournalLine) -> None:
-        """Note what a line says beyond its entry: head move, time, durable content."""
-        if line.n >= 0:
-            if line.n >= self.next_n:
-                self.next_n = line.n + 1
-            if line.branch is not None:
-                self._heads[line.branch] = (line.n, line.head)
-            if line.at is not None:
-                self.last_at = (line.n, line.at)
-        if line.content is not None and line.entry is not None:
-            offset, length = line.content
-            self._content[line.entry.id] = (offset, length, line.size)
-
-    def _load(self, entries: list[IndexEntry]) -> None:
-        """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""
-        # Builtin passes only: this runs over every entry when a context opens. The
-        # parent -> children map is built when first asked for (see ``children``).
-        known = {entry.id: entry for entry in entries}
-        streaming_status = MessageStatus.STREAMING
-        self.streaming_ids = {
-            mid for mid, entry in known.items() if entry.status is streaming_status
-        }
-        self._seq_floor = max((entry.seq for entry in known.values()), default=-1) + 1
-        self._lazy_next_seq = None
-        self._entries = known
-        self.generation += 1
-        self._lazy = None
-        self._damage = None
-        self._children = None
-
-    def _apply(self, entry: IndexEntry) -> None:
-        known = entry.id in self._entries
-        self._entries[entry.id] = entry
-        if self._lazy is not None:
-            self._lazy.absent.discard(entry.id)
-        if entry.status is MessageStatus.STREAMING:
-            self.streaming_ids.add(entry.id)
-        else:
-            self.streaming_ids.discard(entry.id)
-        if entry.seq >= self._seq_floor:
-            self._seq_floor = entry.seq + 1
-        if not known and self._children is not None:
-            self._children.setdefault(entry.parent_id, []).append(entry.id)
 
     # -- writing (cross-process lock held, right after refresh) ----------------------
 
