@@ -95,6 +95,7 @@ from .signals import (
     ToolApprovalRequested,
     ToolCallResolved,
     parse_event,
+    restamped,
     trusted_delta,
 )
 
@@ -141,11 +142,6 @@ DELTA_INTERVAL = 0.025
 
 # A text delta waiting for its number: ``stamp(seq)`` builds it (see EventBus._delta).
 _Stamp: TypeAlias = Callable[[int], Event]
-
-# For EventBus._restamp: the fields the bus sets, and how it builds the copy.
-_STAMPED = frozenset(("seq", "context_id", "at"))
-_new_model = object.__new__
-_set_attribute = object.__setattr__
 
 
 class SignalRecorder(Protocol):
@@ -357,21 +353,8 @@ class EventBus:
         return events
 
     def _restamp(self, event: BaseEvent, at: datetime, seq: int) -> Event:
-        # What event.model_copy(update={"seq": ..., "context_id": ..., "at": ...}) makes
-        # (tests/test_events.py checks it, for every kind), at a third of its cost:
-        # pydantic's copy goes through __copy__ and copies each of its attributes. For
-        # a model with extras or private attributes (no signal has any), pydantic's.
-        if event.__pydantic_extra__ is not None or event.__pydantic_private__ is not None:
-            update = {"seq": seq, "context_id": self.context_id, "at": at}
-            return cast(Event, event.model_copy(update=update))
-        fields = event.__dict__.copy()
-        fields["seq"], fields["context_id"], fields["at"] = seq, self.context_id, at
-        stamped = _new_model(type(event))
-        _set_attribute(stamped, "__dict__", fields)
-        _set_attribute(stamped, "__pydantic_fields_set__", event.__pydantic_fields_set__ | _STAMPED)
-        _set_attribute(stamped, "__pydantic_extra__", None)
-        _set_attribute(stamped, "__pydantic_private__", None)
-        return cast(Event, stamped)  # publish checked the type against EVENT_TYPES
+        # publish checked the type against EVENT_TYPES
+        return cast(Event, restamped(event, seq, self.context_id, at))
 
     def _delta(
         self, branch: str | None, message_id: str, text: str, offset: int, at: datetime
