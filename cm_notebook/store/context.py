@@ -134,9 +134,8 @@ class ContextState:
         for the index's refresh while metadata.json is unchanged; when it must be read
         anew, the index files are looked at again after that read.
         """
-        known = self.metadata
-        base = self.metadata_file.read(looked[0] if looked else None)
-        metadata = self._current(base, self._index_look(looked, base is known))
+        base, index_looked = self._read_base(looked)
+        metadata = self._current(base, index_looked)
         self._check_heads(base, metadata)
         return metadata
 
@@ -145,15 +144,17 @@ class ContextState:
         the order a refresh needs them; ``token_of`` the result is :meth:`token`."""
         return look(self._token_paths)
 
-    @staticmethod
-    def _index_look(
-        looked: Look | None, unchanged: bool
-    ) -> tuple[os.stat_result | None, os.stat_result | None] | None:
-        # The journal's and the snapshot's results of ``looked``, if they may serve the
-        # index's refresh: only if metadata.json was not read after they were taken.
-        if looked is None or not unchanged:
-            return None
-        return looked[1], looked[2]
+    def _read_base(
+        self, looked: Look | None
+    ) -> tuple[ContextMetadata, tuple[os.stat_result | None, os.stat_result | None] | None]:
+        # metadata.json now, and the journal's and the snapshot's results of ``looked``
+        # if they may serve the index's refresh: only if metadata.json was not read
+        # anew after they were taken.
+        known = self.metadata
+        base = self.metadata_file.read(looked[0] if looked else None)
+        if looked is None or base is not known:
+            return base, None
+        return base, (looked[1], looked[2])
 
     def _current(
         self,
@@ -422,13 +423,12 @@ class ContextState:
     def _refresh_repaired(self, quick: bool = False, looked: Look | None = None) -> ContextMetadata:
         # ``looked``: a look() just taken (see refresh). Its messages folder result
         # also serves the check for a link planted there.
-        known = self.metadata
-        base = self.metadata_file.read(looked[0] if looked else None)
+        base, index_looked = self._read_base(looked)
         messages = looked[3] if looked else None
         if not ensure_messages_folder(self.dir, self.fsync, make=not quick, looked=messages):
             raise WouldWait
         try:
-            metadata = self._current(base, self._index_look(looked, base is known))
+            metadata = self._current(base, index_looked)
             self._check_heads(base, metadata)
         except RebuildNeeded as need:
             if quick:
