@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import sys
 import time
@@ -193,28 +194,23 @@ _RENAME_NOREPLACE = 1
 # Not offered here: by the kernel, the file system, or a sandbox's filter (EPERM, which
 # a real refusal would also give the link and unlink that are then tried).
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM)
-# The C library's renameat2 and ctypes.get_errno, looked up at the first move (None:
-# not Linux, or a C library without it).
-_renameat2: tuple[Callable[..., int], Callable[[], int]] | None = None
-_looked_up = False
 
 
+@functools.cache
 def _renamer() -> tuple[Callable[..., int], Callable[[], int]] | None:
-    global _renameat2, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        if sys.platform.startswith("linux"):
-            import ctypes
+    # The C library's renameat2 and ctypes.get_errno, looked up at the first move
+    # (None: not Linux, or a C library without it).
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-            try:
-                func = ctypes.CDLL(None, use_errno=True).renameat2
-            except (OSError, AttributeError):
-                return None
-            func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
-            func.argtypes += (ctypes.c_uint,)
-            func.restype = ctypes.c_int
-            _renameat2 = (func, ctypes.get_errno)
-    return _renameat2
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    func.restype = ctypes.c_int
+    return func, ctypes.get_errno
 
 
 def rename_no_replace(source: Path, target: Path) -> bool:
