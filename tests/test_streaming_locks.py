@@ -131,7 +131,9 @@ def test_writes_while_another_store_streams_leak_no_descriptors(tmp_path: Path) 
             before = len(os.listdir("/proc/self/fd"))
             for n in range(30):
                 await other.update_metadata("c", title=f"title {n}")
-            assert len(os.listdir("/proc/self/fd")) == before
+            # At most as many: the process's file watcher may close the watch an earlier
+            # test left (its own descriptors) meanwhile; a leak would add 30.
+            assert len(os.listdir("/proc/self/fd")) <= before
             assert (await other.get_message("c", reply.id)).status == MessageStatus.STREAMING
 
     anyio.run(main)
