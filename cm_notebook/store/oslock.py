@@ -34,7 +34,15 @@ from pathlib import Path
 from ..errors import StoreLockTimeoutError
 from .paths import CREATING_LOCK_NAME, LOCK_NAME
 
-__all__ = ["LockTimeout", "OSLock", "creation_lock", "lock_is_held", "remove_lock_shell"]
+__all__ = [
+    "LockTimeout",
+    "OSLock",
+    "creation_lock",
+    "lock_is_held",
+    "move_by_link",
+    "remove_lock_shell",
+    "rename_no_replace",
+]
 
 if sys.platform != "win32":
     import fcntl
@@ -134,9 +142,7 @@ class OSLock:
         if not self._held or sys.platform == "win32":
             raise OSError(f"cannot move {self.path}: not held, or not supported here")
         if not rename_no_replace(self.path, path):
-            os.link(self.path, path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            move_by_link(self.path, path)
         self.path = path
 
     def close(self) -> None:
@@ -227,6 +233,15 @@ def rename_no_replace(source: Path, target: Path) -> bool:
             return False
         raise OSError(code, os.strerror(code), str(source), None, str(target))
     return True
+
+
+def move_by_link(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` unless ``target`` exists (``FileExistsError``),
+    as a hard link and an unlink: where :func:`rename_no_replace` cannot. The file keeps
+    its inode, so a lock held on it stays held."""
+    os.link(source, target)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(source)
 
 
 @contextlib.contextmanager
