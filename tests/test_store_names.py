@@ -19,19 +19,19 @@ def test_unique_parts_differ_and_make_temp_names() -> None:
     assert all(is_temp_name(f".metadata.json.{part}.tmp") for part in parts)
 
 
-def test_a_taken_name_is_drawn_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_taken_name_is_drawn_again(tmp_path: Path) -> None:
     # Another process that made the same draw (say, a child forked past the hook)
     # has a temporary file under the next name: the write draws again, and neither
-    # file is harmed.
-    prefix, count = atomic._draw
-    upcoming = f"{prefix}{next(count):x}"
-    monkeypatch.setattr(atomic, "_draw", (prefix, iter([int(upcoming[len(prefix) :], 16)])))
-    theirs = tmp_path / f".target.{upcoming}.tmp"
+    # file is harmed. The next name is this process's draw and the count after one.
+    atomic.new_draw()
+    prefix = unique_part()[:-1]  # the draw, then the count (0)
+    theirs = tmp_path / f".target.{prefix}1.tmp"
     theirs.write_bytes(b"theirs")
     atomic_write(tmp_path / "target", b"ours", fsync=None)
     assert (tmp_path / "target").read_bytes() == b"ours"
     assert theirs.read_bytes() == b"theirs"
-    assert atomic._draw[0] != prefix
+    assert sorted(os.listdir(tmp_path)) == [theirs.name, "target"]
+    assert not unique_part().startswith(prefix)
 
 
 _FORKING = """
