@@ -19,6 +19,7 @@ request body is recorded in :attr:`FaultServer.requests`, in order. Behaviours::
     Malformed(["Hel"], raw="{not json")          chunks, then a line that is not JSON
     ErrorEvent("overloaded", after=["Hel"])      chunks, then an in-stream error object
     Hang(seconds=5, after=["Hel"])               chunks (or none), then silence
+    ByteOrderMark(Reply("Hello there"))          a reply whose body begins with EF BB BF
 
 ``Hang`` waits at most ``seconds`` and is cut short by :meth:`FaultServer.stop`, so a
 test that uses it costs only its client's timeout. Use it as a context manager::
@@ -42,7 +43,9 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
+    "BOM",
     "Behaviour",
+    "ByteOrderMark",
     "EndWithoutFinish",
     "ErrorEvent",
     "FaultServer",
@@ -55,6 +58,7 @@ __all__ = [
 ]
 
 MODEL = "fault-model"
+BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8: the byte-order mark
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,23 @@ class Hang:
     after: list[str] | None = None  # None: hang before sending the status line
 
 
-Behaviour = Reply | Status | ResetAfter | EndWithoutFinish | Malformed | ErrorEvent | Hang
+@dataclass(frozen=True)
+class ByteOrderMark:
+    """``reply`` with its body prefixed by ``mark`` (one UTF-8 byte-order mark), which an
+    event-stream client must skip. The role comes with the first words (no empty role
+    chunk first, as some servers send it), so a client that reads ``\\ufeffdata`` as an
+    unknown field loses those words. ``split`` sends the mark a byte per HTTP chunk
+    (each flushed on its own) before the first event; otherwise they share one chunk.
+    """
+
+    reply: Reply = field(default_factory=Reply)
+    split: bool = False
+    mark: bytes = BOM
+
+
+Behaviour = (
+    Reply | Status | ResetAfter | EndWithoutFinish | Malformed | ErrorEvent | Hang | ByteOrderMark
+)
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -223,10 +243,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _text(self, pieces: Iterable[str]) -> None:
-        self._event(_chunk({"role": "assistant", "content": ""}))
-        for piece in pieces:
-            self._event(_chunk({"content": piece}))
+    def _text(self, pieces: Iterable[str], prefix: bytes = b"", split: bool = False) -> None:
+        deltas: list[dict[str, Any]] = [{"content": piece} for piece in pieces]
+        if not prefix:
+            deltas.insert(0, {"role": "assistant", "content": ""})
+        elif deltas:
+            # The role rides with the first piece, so the event after the prefix holds words.
+            deltas[0] = {"role": "assistant", **deltas[0]}
+        if split:  # the prefix a byte per HTTP chunk, ahead of the first event
+            for byte in prefix:
+                self._write(bytes([byte]))
+            prefix = b""
+        for delta in deltas:
+            self._write(prefix + f"data: {json.dumps(_chunk(delta))}\n\n".encode())
+            prefix = b""
+        if prefix:
+            self._write(prefix)
 
     def _reset(self) -> None:
         # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
@@ -273,6 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream_reply(behaviour, body)
             else:
                 self._json(200, self._whole_reply(behaviour))
+        elif isinstance(behaviour, ByteOrderMark):
+            self._stream_reply(behaviour.reply, body, behaviour.mark, behaviour.split)
         elif isinstance(behaviour, Hang):
             if behaviour.after is not None:
                 self._start_stream()
@@ -307,9 +341,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event({"error": error})
                 self._end_stream()
 
-    def _stream_reply(self, reply: Reply, body: dict[str, Any]) -> None:
+    def _stream_reply(
+        self, reply: Reply, body: dict[str, Any], prefix: bytes = b"", split: bool = False
+    ) -> None:
         self._start_stream()
-        self._text(reply.text_pieces() if reply.text or reply.pieces else [])
+        self._text(reply.text_pieces() if reply.text or reply.pieces else [], prefix, split)
         for chunk in _tool_call_chunks(reply.tool_calls):
             self._event(chunk)
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")

@@ -68,6 +68,7 @@ class Reply:
     end: Literal["complete", "reset", "hang"] = "complete"
     delay: float = 0.0
     raw: bytes = b""  # sent as it is after the events (say, bytes that are not UTF-8)
+    prefix: bytes = b""  # sent as it is before the first event (say, a byte-order mark)
 
 
 class FakeAnthropic(ThreadingHTTPServer):
@@ -121,8 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
+        prefix = reply.prefix
         for event in reply.events:
-            chunk = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            chunk = prefix + f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            prefix = b""
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
         if reply.raw:
@@ -212,6 +215,20 @@ async def test_e2e_an_event_type_newer_than_the_code_is_skipped(server: FakeAnth
     async with claude(server.url) as provider:
         await drain(provider, seen)
     assert seen == expected("text_only")
+
+
+@pytest.mark.anyio
+async def test_e2e_a_stream_that_begins_with_a_byte_order_mark_keeps_message_start(
+    server: FakeAnthropic,
+) -> None:
+    # Read as part of the first line, the mark made it "\ufeffevent": message_start was
+    # lost, and with it the input token count and the message id.
+    server.replies.append(Reply(wire_events("text_only"), prefix="\ufeff".encode()))
+    seen: list[StreamChunk] = []
+    async with claude(server.url) as provider:
+        await drain(provider, seen)
+    assert seen == expected("text_only")
+    assert Usage(input_tokens=21, output_tokens=12) in seen
 
 
 @pytest.mark.anyio

@@ -63,6 +63,7 @@ from ._errors import (
     stream_cut_error,
     timeout_error,
 )
+from ._http_client import sdk_http_client
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
 
 __all__ = [
@@ -452,8 +453,9 @@ class AnthropicProvider:
     A reply ends at ``message_stop``: the rest of the body is not waited for, so a
     server that keeps the connection open does not hold the turn until the read
     timeout. A 200 answer that is not ``text/event-stream`` (a ``base_url`` pointing
-    at a web page) is a permanent error naming its content type. Errors name the
-    model the request asked for (``params["model"]`` when it overrides ``model``).
+    at a web page) is a permanent error naming its content type. A byte-order mark at
+    the very start of the body is skipped, as the SSE specification asks. Errors name
+    the model the request asked for (``params["model"]`` when it overrides ``model``).
     """
 
     name = "anthropic"
@@ -491,6 +493,11 @@ class AnthropicProvider:
                 base_url=base_url,
                 timeout=self.timeout,
                 max_retries=0,
+                # The SDK's own HTTP client, but with a stream's leading byte-order mark
+                # dropped: the SDK's decoder would lose message_start to it.
+                http_client=sdk_http_client(
+                    anthropic.DefaultAsyncHttpxClient, timeout=self.timeout
+                ),
             )
         except anthropic.AnthropicError as exc:
             # Without a key the SDK looks for credential profiles on disk, and a profile

@@ -23,7 +23,9 @@ report with no readable count is left out; none of these fails the reply.
 The reply ends at its last chunk: the usage chunk after the finish reason, or the
 finish reason itself with ``include_usage=False``. ``[DONE]`` and the end of the body
 are not waited for, so a server that keeps the connection open does not hold the turn
-until the read timeout; the response is closed then.
+until the read timeout; the response is closed then. A byte-order mark at the very
+start of the body is skipped, as the SSE specification asks (the SDK's decoder would
+read it as part of the first field name and lose the first event).
 
 A stream that ends without a finish reason is a transient "stream cut mid-reply"
 error, as is a connection reset or read timeout mid-reply; a chunk that is not valid
@@ -65,6 +67,7 @@ from ..redact import (
 )
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
+from ._http_client import sdk_http_client
 from ._openai_chunks import ChunkAssembler, malformed
 from .base import ChatRequest, Finish, StreamChunk
 
@@ -230,7 +233,7 @@ class OpenAIProvider:
         }
         if key is not None:
             # The key goes straight into the SDK client; this object keeps no copy.
-            self._client = self._sdk.AsyncOpenAI(api_key=key, **self._client_options)
+            self._client = self._new_client(key)
 
     @classmethod
     def from_spec(cls, model: str | None = None, /, **options: Any) -> OpenAIProvider:
@@ -260,8 +263,17 @@ class OpenAIProvider:
                     "give base_url=... for a local OpenAI-compatible server.",
                     provider=_PROVIDER,
                 )
-            self._client = self._sdk.AsyncOpenAI(api_key=key, **self._client_options)
+            self._client = self._new_client(key)
         return self._client
+
+    def _new_client(self, key: str) -> AsyncOpenAI:
+        # The SDK's own HTTP client, but with a stream's leading byte-order mark dropped
+        # before the SDK's decoder reads it as part of the first field name.
+        http_client = sdk_http_client(self._sdk.DefaultAsyncHttpxClient, timeout=self.timeout)
+        client: AsyncOpenAI = self._sdk.AsyncOpenAI(
+            api_key=key, http_client=http_client, **self._client_options
+        )
+        return client
 
     def _request(self, request: ChatRequest, model: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

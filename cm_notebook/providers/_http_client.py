@@ -1,0 +1,118 @@
+"""The HTTP client the SDK providers hand their SDK: the SDK's own default client, with
+event streams read without a leading byte-order mark.
+
+An event stream may begin with a UTF-8 byte-order mark (EF BB BF): servers that write
+their body with a BOM-prefixing encoder send one. The SSE specification has a decoder
+ignore a single leading U+FEFF, but the ``openai`` and ``anthropic`` SDKs' decoders do
+not: the first line's field name reads ``\\ufeffdata`` (or ``\\ufeffevent``), so the
+first event is dropped without a word. For an OpenAI-compatible server that is the
+reply's first words; for Anthropic, ``message_start``, with the input token count and
+the message id.
+
+:func:`sdk_http_client` builds the SDK's own default client (``DefaultAsyncHttpxClient``:
+its timeouts, pool limits, proxies from the environment and socket options stay the
+SDK's) with a response hook that drops one BOM from the very start of an uncompressed
+event-stream body, before the SDK decodes it. Bytes are passed on as they arrive (at
+most the first three wait, while they may still be a BOM), a BOM anywhere later is
+data, and closing the response closes the connection as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import timedelta
+from functools import cache
+from typing import Any, Protocol, TypeVar, cast
+
+from ._errors import is_event_stream
+
+__all__ = ["drop_leading_bom", "sdk_http_client"]
+
+_BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8
+_Client = TypeVar("_Client")
+
+
+class _ByteStream(Protocol):
+    # What httpx and httpx2 call an AsyncByteStream (a response's raw body).
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _LeadingBomDropped:
+    """A response body without the one BOM it may begin with; otherwise the same bytes.
+
+    Mixed into the body's own library's ``AsyncByteStream`` (see :func:`_stream_class`),
+    as both httpx and httpx2 check a body's class.
+    """
+
+    def __init__(self, stream: _ByteStream) -> None:
+        self._stream = stream
+
+    @property
+    def elapsed(self) -> timedelta | None:
+        # httpx2 reads a response's time from its body once that is closed.
+        value: timedelta | None = getattr(self._stream, "elapsed", None)
+        return value
+
+    @elapsed.setter
+    def elapsed(self, value: timedelta | None) -> None:
+        self._stream.elapsed = value  # type: ignore[attr-defined]
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._stream.__aiter__()
+        head = b""  # the body's first bytes, while they may still be (part of) a BOM
+        deciding = True
+        try:
+            async for chunk in chunks:
+                if deciding:
+                    head += chunk
+                    if len(head) < len(_BOM) and _BOM.startswith(head):
+                        continue  # too short to tell: the next chunk may complete the BOM
+                    deciding = False
+                    chunk = head.removeprefix(_BOM)
+                    head = b""
+                    if not chunk:
+                        continue
+                yield chunk
+            if head:  # the whole body was shorter than a BOM: data after all
+                yield head
+        finally:
+            # Closed here, not left to the garbage collector (as httpx does itself).
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@cache
+def _stream_class(base: type) -> type[_LeadingBomDropped]:
+    return cast(type[_LeadingBomDropped], type("LeadingBomDropped", (_LeadingBomDropped, base), {}))
+
+
+async def drop_leading_bom(response: Any) -> None:
+    """A response hook for an httpx or httpx2 ``AsyncClient``: an event-stream body is
+    read without the one BOM it may begin with.
+
+    Content-encoded bodies are left alone: the hook sees a body before it is
+    decompressed, so its first bytes are not the text's.
+    """
+    headers = response.headers
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if not is_event_stream(headers.get("content-type", "")) or encoding not in ("", "identity"):
+        return
+    # The body must stay one of its library's AsyncByteStreams (httpx2's for recent
+    # SDKs, httpx's before), which the body the client made already is.
+    base = next((c for c in type(response.stream).__mro__ if c.__name__ == "AsyncByteStream"), None)
+    if base is not None:
+        response.stream = _stream_class(base)(response.stream)
+
+
+def sdk_http_client(factory: Callable[..., _Client], **options: Any) -> _Client:
+    """``factory(**options)`` with :func:`drop_leading_bom` as a response hook.
+
+    ``factory`` is the SDK's ``DefaultAsyncHttpxClient``, so the client keeps the SDK's
+    defaults; the SDK closes it with its own client.
+    """
+    return factory(event_hooks={"response": [drop_leading_bom]}, **options)
