@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import pytest
@@ -25,6 +28,7 @@ from fault_server import (
     Status,
     ToolCall,
 )
+from openai import AsyncStream
 from provider_streams import request, run, text_of
 
 from cm_notebook.errors import (
@@ -496,3 +500,50 @@ async def test_closed_provider_refuses_new_requests(fault_server: FaultServer) -
         async for _ in provider.stream(request()):
             pass
     assert fault_server.requests == []
+
+
+# -- the SDK's stream iterator is closed with the reply --------------------------------
+
+
+@contextmanager
+def async_generators_started() -> Iterator[list[AsyncGenerator[Any, Any]]]:
+    """Every async generator first stepped inside the block (kept alive, to inspect)."""
+    started: list[AsyncGenerator[Any, Any]] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def firstiter(generator: AsyncGenerator[Any, Any]) -> None:
+        started.append(generator)
+        if hooks.firstiter is not None:
+            hooks.firstiter(generator)  # the event loop's own bookkeeping
+
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=hooks.finalizer)
+    try:
+        yield started
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+
+
+def sdk_stream_iterators(started: list[AsyncGenerator[Any, Any]]) -> list[Any]:
+    """The iterators of the SDK's streams (``AsyncStream.__aiter__``) among ``started``."""
+    return [g for g in started if g.ag_code is AsyncStream.__aiter__.__code__]
+
+
+async def test_the_sdk_iterator_is_closed_when_the_reply_ends(fault_server: FaultServer) -> None:
+    provider = provider_for(fault_server)
+    try:
+        # The reply ends at its usage chunk: [DONE] and the end of the body are not read.
+        with async_generators_started() as started:
+            events = [event async for event in provider.stream(request())]
+        assert events[-1] == Finish("stop", "chatcmpl-fault")
+        (iterator,) = sdk_stream_iterators(started)
+        assert iterator.ag_frame is None  # closed, not waiting for the garbage collector
+
+        # A consumer that stops after the first words.
+        with async_generators_started() as started:
+            async with aclosing(provider.stream(request())) as stream:
+                async for _ in stream:
+                    break
+        (iterator,) = sdk_stream_iterators(started)
+        assert iterator.ag_frame is None
+    finally:
+        await provider.aclose()

@@ -51,7 +51,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -414,6 +414,11 @@ class OpenAIProvider:
                     yield event
         finally:
             with anyio.CancelScope(shield=True):
+                # The SDK's iterator is an async generator made for this loop: closed here
+                # (a no-op if it finished), not left for the garbage collector to finalize
+                # later, perhaps once the loop is closed.
+                if isinstance(iterator, AsyncGenerator):
+                    await iterator.aclose()
                 await response.close()
         if assembler.finish is None:
             raise _errors.stream_cut_error(
