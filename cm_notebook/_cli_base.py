@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
+from ._input_files import read_input_file
 from ._unicode import for_terminal
 from .store.base import Store
 
@@ -126,7 +127,10 @@ def positive_int(text: str) -> int:
 
 
 def read_json(path: Path) -> Any:
-    return decode_json(path.read_bytes(), path)
+    """The JSON value of the file (or pipe with a writer) ``path`` names; never waits for
+    a FIFO's writer that is not there (see :func:`~cm_notebook._input_files.read_input_file`)."""
+    raw, _ = read_input_file(path, remedy="give the path of a JSON file", pipes=True)
+    return decode_json(raw, path)
 
 
 def decode_json(raw: bytes, path: Path) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ._cli_base import PROG, CommandError, command, decode_json, isatty, out
+from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
 from .errors import ContextExistsError, ContextNotFoundError, InvalidInputError, MigrationError
 from .export import (
@@ -150,6 +151,13 @@ def _backups_dir(store: Store) -> Path | None:
     return data_dir / "backups" if isinstance(data_dir, Path) else None
 
 
+#: What `import` takes instead of a path that is not a file to read.
+_GIVE_A_FILE = (
+    "give the path of a JSON file made by `cm-notebook export`, or of v1 data (a file, or "
+    "a folder of per-context files)"
+)
+
+
 @command(
     "import",
     "Import an exported JSON file, or v1 data (via migrate). Nothing is written next to "
@@ -159,7 +167,9 @@ def _backups_dir(store: Store) -> Path | None:
 async def _import(args: argparse.Namespace, store: Store) -> int:
     if args.file.is_dir():
         return await _import_v1(args, store, read_v1_folder(args.file))
-    raw = args.file.read_bytes()  # once: FILE may be a pipe (/dev/stdin, <(...))
+    # Once: FILE may be a pipe (/dev/stdin, <(...)). Never a wait for a FIFO's writer
+    # that is not there: that, a socket or a device is refused at once.
+    raw, info = read_input_file(args.file, remedy=_GIVE_A_FILE, pipes=True)
     data = decode_json(raw, args.file)
     if is_export(data):
         try:
@@ -169,7 +179,7 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
             # error (1), not a usage error (2).
             raise CommandError(f"{args.file}: {exc}") from None
     try:
-        source = parse_v1_file(data, args.file, _made_no_later_than(args.file))
+        source = parse_v1_file(data, args.file, _made_no_later_than(info))
     except MigrationError:
         raise CommandError(
             f"{args.file} is neither a cm_notebook export (an object with format "
@@ -179,9 +189,8 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
     return await _import_v1(args, store, source, raw)
 
 
-def _made_no_later_than(path: Path) -> datetime:
+def _made_no_later_than(info: os.stat_result) -> datetime:
     # The time v1 records without timestamps get: the file's, or now for a pipe.
-    info = path.stat()
     if stat.S_ISREG(info.st_mode):
         return datetime.fromtimestamp(info.st_mtime, timezone.utc)
     return datetime.now(timezone.utc)

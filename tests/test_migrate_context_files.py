@@ -261,7 +261,9 @@ def test_what_a_folder_must_hold(tmp_path: Path) -> None:
     assert other is not None
     assert "not a v1 per-context file" in other
     assert f"cm-notebook migrate {tmp_path / 'contexts.json'}" in other
-    assert "is not a regular file" in (results["not-a-pool.json"].fatal or "")
+    assert "not-a-pool.json is a folder, not a file: move it out of" in (
+        results["not-a-pool.json"].fatal or ""
+    )
 
 
 def test_a_pool_that_is_not_an_object_and_a_file_nested_too_deep(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ The pool is a hash map whose order means nothing, so messages are put parents fi
 (siblings by time, then file order), which keeps conversion deterministic.
 
 A folder is read file by file. A file that cannot be read (not UTF-8, not JSON, not
-a per-context file, not a regular file) becomes a record with ``fatal`` set naming
+a per-context file, a folder or a FIFO) becomes a record with ``fatal`` set naming
 the file, so the migration reports it and carries on with the others.
 """
 
@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._input_files import read_input_file
 from ..errors import MigrationError
 from ._util import (
     canonical_json,
@@ -202,13 +203,17 @@ def _broken(position: int, path: Path, why: str) -> V1Context:
 def _read_file(path: Path, position: int) -> V1Context:
     if path.is_symlink():
         return _broken(position, path, f"{path} is a symbolic link; links are not followed")
-    if not path.is_file():
-        return _broken(position, path, f"{path} is not a regular file")
     try:
-        raw = path.read_bytes()
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        # Judged by what is opened, never waiting: a FIFO named *.json is reported, not
+        # waited on.
+        raw, info = read_input_file(
+            path, remedy=f"move it out of {path.parent}", error=MigrationError
+        )
+    except MigrationError as exc:
+        return _broken(position, path, str(exc))
     except OSError as exc:
         return _broken(position, path, f"cannot read {path}: {exc.strerror or exc}")
+    mtime = datetime.fromtimestamp(info.st_mtime, timezone.utc)
     try:
         data = load_json(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:

@@ -17,6 +17,7 @@ from typing import Literal, TextIO
 import anyio
 from tqdm import tqdm
 
+from .._input_files import read_input_file
 from ..errors import CMError, MigrationError
 from ..ids import id_key
 from ..model import ContextMetadata, Message
@@ -140,10 +141,15 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
     out: they were reported as failed and nothing of them is migrated)."""
     out = {}
     for path in folder_files(folder):
-        if path.is_file() and not path.is_symlink():
-            with contextlib.suppress(OSError):
-                out[path.name] = path.read_bytes()
+        if not path.is_symlink():
+            with contextlib.suppress(OSError, MigrationError):  # a folder, a FIFO: left out
+                out[path.name] = _file_bytes(path, "")
     return out
+
+
+def _file_bytes(path: Path, remedy: str) -> bytes:
+    # Only a regular file: a FIFO where a backup reads would wait for a writer.
+    return read_input_file(path, remedy=remedy, error=MigrationError)[0]
 
 
 def _write_backup(temp: Path, content: bytes | dict[str, bytes]) -> None:
@@ -159,7 +165,10 @@ def _same_backup(old: Path, content: bytes | dict[str, bytes]) -> bool:
     if old.name.endswith(".tmp"):
         return False  # a copy that was cut short
     if isinstance(content, bytes):
-        return old.is_file() and old.read_bytes() == content
+        try:
+            return _file_bytes(old, "") == content
+        except (OSError, MigrationError):  # gone, or not a file: not that backup
+            return False
     return old.is_dir() and _folder_bytes(old) == content
 
 
@@ -176,6 +185,13 @@ def _beside(source: Path) -> bool:
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
+#: Why a source that is not a file cannot be backed up by reading it again.
+_READ_AGAIN = (
+    "give the path of the v1 file or folder that was read, or pass what was read from it "
+    "as content= (or migrate without a backup)"
+)
+
+
 def _backup(
     source: Path,
     data_dir: Path | None,
@@ -189,7 +205,7 @@ def _backup(
     # "<folder>.v1-backup-..."), not inside it as ".v1-backup-...".
     source = Path(os.path.abspath(source))
     if content is None:
-        content = _folder_bytes(source) if source.is_dir() else source.read_bytes()
+        content = _folder_bytes(source) if source.is_dir() else _file_bytes(source, _READ_AGAIN)
     if into is not None:
         targets = [into]
     else:
@@ -548,7 +564,8 @@ async def migrate(
     ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
     a tqdm bar on stderr when stderr is a terminal.
 
-    Raises MigrationError only if the source as a whole cannot be read.
+    Raises MigrationError only if the source as a whole cannot be read; at once, naming
+    what it is, for a socket, a device or a FIFO that no process is writing into.
     """
     path = Path(source)
     v1, content = read_v1_once(path)  # once: a pipe has nothing left for the backup

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._input_files import read_input_file
 from ..errors import MigrationError
 from ._pool import is_pool_record, pool_context, read_v1_folder
 from ._util import load_json, without_half_emojis
@@ -28,6 +29,12 @@ from ._v1 import (
 )
 
 __all__ = ["load_v1", "parse_v1", "parse_v1_file", "read_v1", "read_v1_file", "read_v1_once"]
+
+
+#: What to give instead of a path that is not a file to read (see ``read_input_file``).
+_GIVE_A_V1_FILE = (
+    "give the path of a v1 file (contexts.json, a LocalStorage export or a per-context <uuid>.json)"
+)
 
 
 def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
@@ -145,11 +152,14 @@ def read_v1_file(path: Path) -> tuple[V1Source, bytes]:
     """Read a v1 file once and parse it; the source and the bytes read (which are what
     a backup must copy: a pipe such as ``/dev/stdin`` cannot be read a second time).
 
-    Raises MigrationError if the file cannot be read or is not v1 data.
+    Raises MigrationError if the file cannot be read or is not v1 data, and at once,
+    naming what it is, for a folder, a socket, a device or a FIFO that no process is
+    writing into.
     """
     try:
-        raw = path.read_bytes()
-        info = path.stat()
+        # Never a wait for a FIFO's writer that is not there; a pipe with one (stdin,
+        # <(...)) is read like a file.
+        raw, info = read_input_file(path, remedy=_GIVE_A_V1_FILE, error=MigrationError, pipes=True)
     except OSError as exc:
         raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     # The file's modification time is the best "no later than" guess for records that
