@@ -89,6 +89,10 @@ _CLI_REMEDIES = (
         "List existing contexts with `cm-notebook ls`.",
     ),
     (
+        re.compile(r"delete it anyway with FileStore\.delete_context\(\.\.\., force=True\)"),
+        "delete it anyway with `cm-notebook rm --force`",
+    ),
+    (
         re.compile(r"\(FileStore\.set_branch_head\)"),
         "(from Python: FileStore.set_branch_head; cm-notebook has no command for it)",
     ),

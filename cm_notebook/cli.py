@@ -57,6 +57,7 @@ from .ids import validate_branch_name, validate_context_id
 from .model import ContextMetadata
 from .store import FileStore
 from .store.base import Store
+from .store.deletion import busy_error
 from .store.diagnostics import StoreWarning
 
 __all__ = ["COMMANDS", "EXIT_CODES", "Command", "build_parser", "command", "main"]
@@ -73,9 +74,21 @@ EXIT_CODES = (
 def _configure_rm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("context_id", metavar="ID", help="the context to delete")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="delete it even while another process is writing into it (a reply being "
+        "streamed, a turn running), which is refused otherwise, --yes or not; that "
+        "process's next write then fails",
+    )
 
 
-@command("rm", "Delete a context and all its messages.", _configure_rm)
+@command(
+    "rm",
+    "Delete a context and all its messages (not while another process is writing into "
+    "it, unless --force).",
+    _configure_rm,
+)
 async def _rm(args: argparse.Namespace, store: Store) -> int:
     context_id, damage = args.context_id, ""
     try:
@@ -85,6 +98,13 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
         # delete it whatever state its files are in. Unknown ids still fail here,
         # before any prompt.
         meta, damage = None, str(exc)
+    file_store = store if isinstance(store, FileStore) else None
+    if file_store is not None and not args.force:
+        # Before any prompt: no question whose yes is then refused. The deletion looks
+        # again, under the context's lock.
+        writers = await file_store.live_writers(context_id)
+        if writers:
+            raise busy_error(context_id, writers)
     if not args.yes:
         if not isatty(sys.stdin):
             raise CommandError(
@@ -111,7 +131,10 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out("Not deleted.")
             return 1
-    await store.delete_context(context_id)
+    if file_store is not None:
+        await file_store.delete_context(context_id, force=args.force)
+    else:  # pragma: no cover - the command line's store is a FileStore
+        await store.delete_context(context_id)
     out(f"deleted {context_id}")
     return 0
 

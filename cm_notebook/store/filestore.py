@@ -109,12 +109,8 @@ from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms
 from .context import ContextState, WouldWait
-from .folders import (
-    create_context_folder,
-    list_context_folders,
-    remove_tree,
-    trash_path,
-)
+from .deletion import ContextDeletion
+from .folders import create_context_folder, list_context_folders
 from .integrity import IntegrityChecks
 from .paths import (
     context_dir,
@@ -136,7 +132,7 @@ def _close_states(states: dict[str, ContextState]) -> None:
     states.clear()
 
 
-class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
+class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, ContextDeletion):
     """A :class:`~cm_notebook.store.base.Store` on the local file system.
 
     ``data_dir`` defaults to :func:`~cm_notebook.store.paths.default_data_dir`
@@ -373,27 +369,6 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles):
             provider_params,
         )
         return updated.model_copy(deep=True)
-
-    async def delete_context(self, context_id: str) -> None:
-        """Remove the context's folder and everything in it, whatever state its files
-        are in (ContextNotFoundError if there is no such folder)."""
-        await self._run(self._delete_context, context_id)
-
-    def _delete_context(self, context_id: str) -> None:
-        state = self._state(context_id)
-        trash = trash_path(self.data_dir, context_id)
-        # Reading nothing: a context whose files are damaged can be deleted too (the
-        # remedy its errors offer).
-        with state.write_locks():
-            state.streaming.close()
-            # One atomic rename makes the context vanish for every process; the slow
-            # recursive delete then happens out of sight.
-            os.rename(state.dir, trash)
-        with self._registry_lock:
-            self._states.pop(context_id, None)
-        with state.state_lock:
-            state.close()
-        remove_tree(trash)
 
     # -- messages ----------------------------------------------------------------------
 

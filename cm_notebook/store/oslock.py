@@ -49,6 +49,7 @@ if sys.platform != "win32":
 
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class LockTimeout(Exception):
@@ -285,7 +286,9 @@ def lock_is_held(path: Path) -> bool:
         probe.close()
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)  # flock needs no write access
+        # flock needs no write access. O_NONBLOCK: a FIFO planted under a lock file's
+        # name must not make the probe wait for a writer.
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW | _NONBLOCK)
     except FileNotFoundError:
         return False
     try:
