@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
+from jupyter_server_proc import JupyterServer
+from server_client import create_context
 
 from cm_notebook import ContextSession
 from cm_notebook.errors import BusyError
@@ -211,3 +214,27 @@ def test_a_fifo_under_a_lock_files_name_does_not_make_rm_wait(
     done = cli(data_dir, "rm", "--yes", context_id)
     assert (done.returncode, done.stdout, done.stderr) == (0, f"deleted {context_id}\n", "")
     assert not folder.exists()
+
+
+def test_the_server_answers_409_while_another_process_writes_into_it(
+    tmp_path: Path, writers: list[subprocess.Popen[str]]
+) -> None:
+    # The REST API's DELETE goes through the same check: a notebook's kernel streaming
+    # into the context keeps it, and the answer says why.
+    with (
+        JupyterServer(tmp_path) as running,
+        httpx.Client(base_url=running.api("/"), headers=running.auth, timeout=30) as http,
+    ):
+        context_id = create_context(http, [])
+        folder = running.data_dir / "contexts" / context_id
+        child, said = start(_SESSION_WRITER, running.data_dir, context_id)
+        writers.append(child)
+        assert said == "streaming"
+        refused = http.delete(f"contexts/{context_id}")
+        assert refused.status_code == 409, refused.text
+        assert f"pid {child.pid} on " in refused.json()["message"]
+        assert folder.is_dir()
+        assert http.get(f"contexts/{context_id}").status_code == 200
+        kill(child)
+        assert http.delete(f"contexts/{context_id}").status_code == 204
+        assert not folder.exists()

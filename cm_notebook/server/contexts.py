@@ -90,7 +90,12 @@ class ContextHandler(CMHandler):
         await self.blocking(session, session.rename, request.title)
         self.reply(detail(session, self.sessions.streams(session.id)))
 
-    @operation("Delete a context (its running replies are stopped)", status=204)
+    @operation(
+        "Delete a context (its running replies are stopped; 409 while another process "
+        "is writing into it)",
+        status=204,
+        errors=(400, 404, 409),
+    )
     async def delete(self, context_id: str) -> None:
         await self.sessions.delete(context_id)
         self.set_status(204)
