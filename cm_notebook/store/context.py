@@ -442,7 +442,11 @@ class ContextState:
                 raise WouldWait
             interrupt_dead_streams(self.index, self.dir, self.foreign_streams())
             self.compact_if_due()
-            metadata = self._current(base)
+            # From metadata.json as now saved: a fold just made saved the journal's head
+            # moves there and moved ``heads_at`` past them, so ``base`` with the moves
+            # after ``heads_at`` would give the heads from before them (and a metadata
+            # write would save those, dropping turns from their branches).
+            metadata = self._current(self.metadata_file.read())
         return metadata
 
     def _rebuild(self, base: ContextMetadata, need: RebuildNeeded) -> ContextMetadata:
