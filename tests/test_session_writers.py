@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from cm_notebook.testing import ScriptedProvider
 from cm_notebook.tools import tool
 
 CHILD = Path(__file__).with_name("branch_writer_child.py")
+STREAMER = Path(__file__).with_name("streaming_writer_child.py")
 
 
 def on_some_branch(data_dir: Path, context_id: str) -> dict[str, Message]:
@@ -193,3 +195,40 @@ def test_a_killed_writers_claim_is_recovered(
     # The claim names its owner again for the next refusal.
     claim_file = FileStore(data_dir).branch_claim_path(session.id, "main")
     assert claim_file.read_text() == f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def test_renames_from_another_process_beside_its_stream_keep_every_turn_on_its_branch(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # A second kernel (or the server) renaming the context while this one streams: the
+    # rename that folds the message index's journal must not write old heads back.
+    renamer = new_session(provider=ScriptedProvider())
+    count = 60
+    child = subprocess.Popen(
+        [sys.executable, str(STREAMER), str(data_dir), renamer.id, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        renames = 0
+        while child.poll() is None:
+            renamer.rename(f"title {renames}")
+            renames += 1
+            time.sleep(0.01)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=120)
+    assert child.returncode == 0
+    acknowledged = out.split()
+    assert len(acknowledged) == count
+    assert renames > count  # the renames came while the replies streamed
+
+    async def main_path() -> list[str]:
+        async with FileStore(data_dir) as store:  # read afresh, as another process would
+            return await store.path(renamer.id, "main")
+
+    on_main = anyio.run(main_path)
+    assert [m for m in acknowledged if m not in on_main] == []
+    assert len(on_main) == 2 * count
