@@ -135,7 +135,15 @@ class ContextState:
         anew, the index files are looked at again after that read.
         """
         base, index_looked = self._read_base(looked)
+        generation = self.index.generation
         metadata = self._current(base, index_looked)
+        if self.index.generation != generation:
+            # The index was read anew: another process may have folded the journal. A
+            # fold saves the heads in metadata.json before it replaces the journal, so
+            # if it came between the two reads, the moves it folded are in neither.
+            newer = self.metadata_file.read()
+            if newer is not base:
+                base, metadata = newer, self._current(newer)
         self._check_heads(base, metadata)
         return metadata
 
