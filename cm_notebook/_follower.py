@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -218,7 +219,13 @@ class LogFollower:
 
     def close(self) -> None:
         """Stop following. Does not wait: the thread may be inside a store read that
-        needs the caller's event loop; it ends within one interval."""
+        needs the caller's event loop; it ends within one interval.
+
+        A step under way when closed begins no new announcement of a dead owner, and
+        an error it meets from then on (the process exiting under it, its store's
+        workers gone) is not reported: a turn left unsettled still has a state other
+        than Idle in the log and no claim held, so the next process that follows the
+        log settles and announces it (see ``_seed``)."""
         self._stop.set()
         self._wake.set()
         if self._subscription is not None:
@@ -307,7 +314,7 @@ class LogFollower:
                     if self._seed():
                         self.step()  # owners already gone are announced at once
                 except Exception:
-                    logger.exception("reading the signal log %s failed", self._reader.path)
+                    self._failed("reading the signal log %s failed")
             while True:
                 self._wake.wait(self._pause())
                 self._wake.clear()
@@ -319,12 +326,21 @@ class LogFollower:
                     except Exception:
                         # Following is a convenience: a damaged log must not kill the
                         # thread.
-                        logger.exception("following the signal log %s failed", self._reader.path)
+                        self._failed("following the signal log %s failed")
         finally:
             self._reader.close()
             with self._steps:
                 self._done = self._begun = 1 << 62  # closed: nobody waits for a step
                 self._steps.notify_all()
+
+    def _failed(self, what: str) -> None:
+        # In an except block. Once closed, the step's work was being cut short on
+        # purpose (close() does not wait for it, and a script's exit shuts the store's
+        # workers down under it): the next follower redoes it, so that is no error.
+        if self._stop.is_set() or sys.is_finalizing():
+            logger.debug(what, self._reader.path, exc_info=True)
+        else:
+            logger.exception(what, self._reader.path)
 
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:
@@ -389,6 +405,8 @@ class LogFollower:
             self._stop.wait(_LAST_SIGNAL_GRACE)
             self._read()
         for branch in busy:
+            if self._stop.is_set():
+                return  # closed: the next follower settles it (see close())
             if self._claim_held(branch):
                 continue  # taken again meanwhile (a new turn): alive
             with self._lock:
