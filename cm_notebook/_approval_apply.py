@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import _json
 from . import events as ev
 from ._decision_outcome import still_waits
+from ._json_values import refuse_unstorable
 from .approvals import Decision, PendingCall, Remember, check_remember
 from .errors import CMError, InvalidInputError, ToolArgumentsError, ToolError
 from .model import ToolCall
@@ -78,6 +79,10 @@ def approval_of(
     process runs)."""
     if arguments is None:
         return Decision(True, **where)
+    if not isinstance(arguments, str):
+        # Edited arguments replace the model's JSON ones and are stored with the call:
+        # JSON values only, whatever the tool's schema would take.
+        refuse_unstorable(arguments, "arguments", ToolArgumentsError)
     if call.name in session.tools:
         edited = validate_edited_arguments(session.tools.get(call.name), arguments)
     else:

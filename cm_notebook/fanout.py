@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from ._json_values import checked_message_metadata
 from ._loop import schedule_on
 from .branch_defaults import branch_settings
 from .compare import Comparison
@@ -257,6 +258,8 @@ def start_fan_out(
     """What :meth:`ContextSession.fan_out <cm_notebook.session.ContextSession.fan_out>`
     does: check every variant, make the arms' branches, then send on each."""
     text = validate_text(text)
+    # Checked before any arm's branch is made (each send checks it again).
+    checked_message_metadata(metadata)
     base = session._branch_name(branch)
     existing_names = set(session.branches)
     plans: list[Variant] = plan_variants(variants, base, existing_names.__contains__)

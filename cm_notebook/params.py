@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._json import JSONLimitError, check_depth, non_finite_at
+from ._json_values import refuse_unstorable
 from ._unicode import without_surrogates
 from .errors import InvalidInputError
 from .redact import refuse_secrets
@@ -87,6 +88,7 @@ class GenerationParams(BaseModel):
         """
         try:
             check_depth(dict(params))  # stored with the reply: bounded like all JSON
+            refuse_unstorable(dict(params), "parameters")
             where = non_finite_at(dict(params))
             if where is not None:  # stored as null: the reply would not say how it was made
                 raise InvalidInputError(

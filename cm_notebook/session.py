@@ -31,11 +31,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from . import events as ev
 from . import fsm
-from ._json import non_finite_at
+from ._json_values import checked_message_metadata, refuse_unstorable
 from ._loop import running_loop
 from ._registry import REGISTRY, key_for
 from ._session_approvals import ApprovalMethods
@@ -45,13 +43,12 @@ from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
-from ._validation_errors import first_error
 from .errors import (
     InvalidInputError,
     StateError,
 )
 from .ids import validate_branch_name
-from .model import ContextMetadata, Message, MessageMetadata, ProviderSettings, ToolCall
+from .model import ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import validate_text
 from .providers.pool import (
     ProviderLike,
@@ -177,6 +174,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             spec = spec_of(provider)  # type: ignore[arg-type]  # checked by spec_of
         try:
             # Checked here first for an error that names the argument the caller wrote.
+            refuse_unstorable(dict(provider_options or {}), "provider_options")
             refuse_secrets(dict(provider_options or {}), "provider_options")
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
@@ -311,22 +309,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         (``await turn.accepted()`` waits for the write alone).
         """
         text = validate_text(text)
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InvalidInputError(
-                f"metadata must be a mapping of names to values, got {type(metadata).__name__}"
-            )
-        where = non_finite_at(dict(metadata or {}))
-        if where is not None:  # JSON has no NaN: it would be stored as null
-            raise InvalidInputError(
-                f"metadata {where} is NaN or an infinity, which JSON cannot store; "
-                "give a finite number, None or a string"
-            )
-        try:
-            noted = MessageMetadata.model_validate(dict(metadata or {}))
-        except ValidationError as exc:
-            raise InvalidInputError(f"metadata: {first_error(exc)}") from exc
-        except ValueError as exc:
-            raise InvalidInputError(f"metadata: {exc}") from exc
+        noted = checked_message_metadata(metadata)
         current = self._read_metadata()
         name = current.active_branch if branch is None else validate_branch_name(branch)
         chosen, generation = self._defaults.for_request(current, name, provider, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -159,3 +160,51 @@ def test_a_turn_whose_loop_ends_is_stopped_and_keeps_its_text(data_dir: Path) ->
         assert reopened.history()[-1].content == reply.content
     finally:
         reopened.close()
+
+
+def test_metadata_json_cannot_store_is_refused_naming_its_place_and_type(
+    data_dir: Path,
+) -> None:
+    session = ContextSession.create("json", provider=ScriptedProvider(), data_dir=data_dir)
+    files = data_dir / "contexts" / session.id / "messages"
+    try:
+        with pytest.raises(InvalidInputError) as info:
+            session.send("hi", metadata={"a": object()})
+        assert str(info.value) == (
+            "metadata['a'] is an object, which cannot be stored as JSON: give JSON values "
+            "(str, int, float, bool, None, lists and dicts of them)"
+        )
+        with pytest.raises(InvalidInputError, match=r"metadata\['a'\]\['b'\]\[1\] is a set"):
+            session.send("hi", metadata={"a": {"b": [1, {2}]}})
+        with pytest.raises(InvalidInputError, match=r"metadata\['a'\] has the key 1, an int"):
+            session.send("hi", metadata={"a": {1: "x"}})
+        looped: dict[str, Any] = {}
+        looped["self"] = looped  # refused, not walked forever
+        with pytest.raises(InvalidInputError, match="deeper than 100 levels"):
+            session.send("hi", metadata=looped)
+        # A fan-out makes no arm's branch for metadata its sends would refuse.
+        with pytest.raises(InvalidInputError, match=r"metadata\['a'\] is an object"):
+            session.fan_out("hi", [{}, {}], metadata={"a": object()})
+        assert list(session.branches) == ["main"]
+        assert session.history() == []
+        assert sorted(os.listdir(files)) == []
+
+        async def in_async_code() -> None:
+            with pytest.raises(InvalidInputError, match=r"metadata\['a'\] is an object"):
+                await session.send("hi", metadata={"a": object()})
+
+        asyncio.run(in_async_code())
+        assert session.history() == []
+        reply = session.send("hi", metadata={"a": [1, (2, 3)], "b": {"c": None}}).result(DEADLINE)
+        assert reply.content == "echo: hi"
+        assert session.history()[0].metadata.model_extra == {"a": [1, [2, 3]], "b": {"c": None}}
+        with pytest.raises(InvalidInputError, match=r"parameters\['stop'\]\[0\] is an object"):
+            session.send("hi", stop=[object()])
+        assert len(session.history()) == 2
+    finally:
+        close_all([session])
+    with pytest.raises(InvalidInputError, match=r"provider_options\['parameters'\]\[0\] is an"):
+        ContextSession.create(
+            provider="scripted", provider_options={"parameters": [object()]}, data_dir=data_dir
+        )
+    assert [m.id for m in ContextSession.list(data_dir)] == [session.id]
