@@ -172,6 +172,23 @@ class ExportDocument(BaseModel):
         return out[::-1]
 
 
+def _no_branches(messages: list[Message]) -> str:
+    # Left out of a file, the metadata's default ("main", empty) would be imported with
+    # every message on no branch, shown by nothing: a damaged export, not a choice. (A
+    # branch per conversation end would invent names, an active branch and settings that
+    # the lossless format is there to carry, and say nothing.)
+    parents = {m.parent_id for m in messages}
+    ends = [f'"{m.id}"' for m in messages if m.id not in parents]
+    more = f" and {len(ends) - 3} more" if len(ends) > 3 else ""
+    return (
+        f'its metadata has no "branches", so none of its {len(messages)} message(s) '
+        "would be on a branch. Export the context again with `cm-notebook export`, or put "
+        'the branches back in its metadata, e.g. "branches": {"main": {"name": "main", '
+        '"head": "<id>"}} with the id of a message a conversation ends at '
+        f"({', '.join(ends[:3])}{more})"
+    )
+
+
 async def export_context(
     store: Store, context_id: str, *, branch: str | None = None
 ) -> ExportDocument:
@@ -260,11 +277,14 @@ def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
             "cannot hold; replace it (with a number, or null) and import again"
         )
     try:
-        return ExportDocument.model_validate(data)
+        document = ExportDocument.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(
             f"invalid cm_notebook export: {first_error(exc, 'document')}"
         ) from exc
+    if document.messages and isinstance(data, dict) and "branches" not in data["metadata"]:
+        raise InvalidInputError(f"the export cannot be imported: {_no_branches(document.messages)}")
+    return document
 
 
 async def import_document(

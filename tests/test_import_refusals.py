@@ -1,0 +1,97 @@
+"""Exports an import refuses as a whole, through the real command line and the library:
+nothing is imported, and the message says what is wrong and what to do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cm_notebook import ContextSession
+from cm_notebook.errors import InvalidInputError
+from cm_notebook.export import parse_export
+from cm_notebook.testing import ScriptedProvider
+
+
+def cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m cm_notebook --data-dir DATA_DIR ARGV...`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An export of a context with two turns (4 messages), made by the command line."""
+    data_dir = tmp_path_factory.mktemp("source")
+    with ContextSession.create("two turns", provider=ScriptedProvider(), data_dir=data_dir) as s:
+        s.send("one").result(30)
+        s.send("two").result(30)
+        context_id = s.id
+    done = cli(data_dir, "export", context_id, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    assert len(document["messages"]) == 4
+    return document
+
+
+def changed(document: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    copy: dict[str, Any] = json.loads(json.dumps(document))
+    change(copy)
+    return copy
+
+
+def refused(tmp_path: Path, document: dict[str, Any]) -> str:
+    """Import ``document`` with the command line; assert it fails (exit 1) leaving no
+    context behind, and return what it said."""
+    data_dir = tmp_path / "data"
+    file = tmp_path / "export.json"
+    file.write_text(json.dumps(document), encoding="utf-8")
+    done = cli(data_dir, "import", str(file))
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert ContextSession.list(data_dir) == []
+    return done.stderr
+
+
+def _drop_branches(document: dict[str, Any]) -> None:
+    del document["metadata"]["branches"]
+
+
+def test_an_export_without_branches_is_refused_naming_where_its_conversation_ends(
+    tmp_path: Path, exported: dict[str, Any]
+) -> None:
+    document = changed(exported, _drop_branches)
+    head = exported["metadata"]["branches"]["main"]["head"]
+    said = refused(tmp_path, document)
+    assert 'metadata has no "branches"' in said
+    assert "none of its 4 message(s) would be on a branch" in said
+    assert f'"{head}"' in said  # the id to put back as the head
+    with pytest.raises(InvalidInputError, match=r'no "branches".*cm-notebook export'):
+        parse_export(document)
+    # Put back by hand as the message says, it imports with its conversation shown.
+    document["metadata"]["branches"] = {"main": {"name": "main", "head": head}}
+    file = tmp_path / "fixed.json"
+    file.write_text(json.dumps(document), encoding="utf-8")
+    data_dir = tmp_path / "fixed"
+    assert cli(data_dir, "import", str(file)).returncode == 0
+    shown = cli(data_dir, "show", exported["metadata"]["id"])
+    assert "4 message(s)" in shown.stdout, shown.stdout
+
+
+def test_an_export_without_messages_needs_no_branches(exported: dict[str, Any]) -> None:
+    def empty(document: dict[str, Any]) -> None:
+        _drop_branches(document)
+        document["messages"] = []
+
+    assert list(parse_export(changed(exported, empty)).metadata.branches) == ["main"]
