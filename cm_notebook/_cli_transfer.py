@@ -13,7 +13,13 @@ from urllib.parse import quote
 from ._cli_base import PROG, CommandError, command, decode_json, isatty, out
 from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
-from .errors import ContextExistsError, ContextNotFoundError, InvalidInputError, MigrationError
+from .errors import (
+    ContextExistsError,
+    ContextNotFoundError,
+    InvalidInputError,
+    MigrationError,
+    SchemaVersionError,
+)
 from .export import (
     ExportDocument,
     export_context,
@@ -174,7 +180,7 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
     if is_export(data):
         try:
             return await _import_export(args, store, parse_export(data))
-        except InvalidInputError as exc:
+        except (InvalidInputError, SchemaVersionError) as exc:
             # What is wrong is in the file, not in how the command was given: a data
             # error (1), not a usage error (2).
             raise CommandError(f"{args.file}: {exc}") from None

@@ -44,6 +44,7 @@ from .scores import Score
 from .store.base import Store
 from .store.order import parents_first
 from .store.oslock import LockTimeout, OSLock, lock_is_held
+from .store.schema import check_not_newer
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -172,6 +173,11 @@ class ExportDocument(BaseModel):
         return out[::-1]
 
 
+def _check_not_newer(schema_version: int) -> None:
+    # What the store says of a newer metadata.json, said of the export.
+    check_not_newer(schema_version, None, what="the export", to="import it")
+
+
 def _no_branches(messages: list[Message]) -> str:
     # Left out of a file, the metadata's default ("main", empty) would be imported with
     # every message on no branch, shown by nothing: a damaged export, not a choice. (A
@@ -253,7 +259,8 @@ def is_export(data: object) -> bool:
 
 
 def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
-    """Validate an export document (JSON text or decoded); InvalidInputError if it is not."""
+    """Validate an export document (JSON text or decoded); InvalidInputError if it is not,
+    SchemaVersionError if its metadata was written by a newer cm_notebook."""
     try:
         if isinstance(data, (str, bytes)):
             data = _json.loads(data)
@@ -270,6 +277,12 @@ def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
         raise InvalidInputError(
             f"not a cm_notebook export (expected a JSON object with format {EXPORT_FORMAT!r})"
         )
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool):
+        # Before the format is checked: a newer one may hold fields this one refuses,
+        # and "upgrade" is the remedy, not "fix the file".
+        _check_not_newer(version)
     where = _json.non_finite_at(data)
     if where is not None:  # stored, it would become null: a value changed without a word
         raise InvalidInputError(
@@ -292,7 +305,8 @@ async def import_document(
 ) -> ContextMetadata:
     """Create the document's context in ``store`` (under ``context_id`` if given).
 
-    Raises ContextExistsError if the id is taken (nothing is written then). If writing
+    Raises ContextExistsError if the id is taken and SchemaVersionError if the document
+    was written by a newer cm_notebook (nothing is written then). If writing
     fails half-way, the half-written context is removed again; if the process is killed
     half-way, the context keeps the tag :data:`UNFINISHED_IMPORT`, which only the last
     step takes off (``cm-notebook check`` reports it; importing again replaces it).
@@ -301,6 +315,7 @@ async def import_document(
     becomes the time of the import.
     """
     metadata = document.metadata
+    _check_not_newer(metadata.schema_version)  # a document not read by parse_export
     if context_id is not None:
         # model_copy does not validate, so check the id here (InvalidIdError).
         metadata = metadata.model_copy(update={"id": validate_context_id(context_id)})

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from cm_notebook import ContextSession
-from cm_notebook.errors import InvalidInputError
-from cm_notebook.export import parse_export
+from cm_notebook.errors import InvalidInputError, SchemaVersionError
+from cm_notebook.export import import_document, parse_export
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -95,3 +97,50 @@ def test_an_export_without_messages_needs_no_branches(exported: dict[str, Any]) 
         document["messages"] = []
 
     assert list(parse_export(changed(exported, empty)).metadata.branches) == ["main"]
+
+
+def _schema_99(document: dict[str, Any]) -> None:
+    document["metadata"]["schema_version"] = 99
+
+
+def test_an_export_from_a_newer_schema_is_refused_saying_to_upgrade(
+    tmp_path: Path, exported: dict[str, Any]
+) -> None:
+    document = changed(exported, _schema_99)
+    said = refused(tmp_path, document)
+    assert "written by a newer cm_notebook (schema 99)" in said
+    assert "Upgrade cm_notebook to import it." in said
+    with pytest.raises(SchemaVersionError, match=r"schema 99.*Upgrade cm_notebook"):
+        parse_export(document)
+    # A newer schema may bring fields this version does not know: still "upgrade".
+    document["metadata"]["from_the_future"] = True
+    with pytest.raises(SchemaVersionError, match="Upgrade cm_notebook to import it"):
+        parse_export(document)
+
+
+def test_import_document_refuses_a_newer_schema_and_writes_nothing(
+    tmp_path: Path, exported: dict[str, Any]
+) -> None:
+    document = parse_export(exported)
+    newer = document.model_copy(
+        update={"metadata": document.metadata.model_copy(update={"schema_version": 99})}
+    )
+
+    async def imported() -> None:
+        async with FileStore(tmp_path / "data") as store:
+            with pytest.raises(SchemaVersionError, match="Upgrade cm_notebook to import it"):
+                await import_document(store, newer)
+            assert await store.list_contexts() == []
+
+    anyio.run(imported)
+
+
+def test_an_export_of_a_newer_format_is_refused_saying_to_upgrade(
+    tmp_path: Path, exported: dict[str, Any]
+) -> None:
+    def format_99(document: dict[str, Any]) -> None:
+        document["format_version"] = 99
+
+    said = refused(tmp_path, changed(exported, format_99))
+    assert "format_version 99 was written by a newer cm_notebook" in said
+    assert "upgrade cm_notebook" in said

@@ -93,12 +93,23 @@ def _version_of(raw: RawDict, path: Path) -> int:
     return version
 
 
-def check_not_newer(version: int, path: Path, current: int = SCHEMA_VERSION) -> None:
-    """Refuse data written by a newer cm_notebook."""
+def check_not_newer(
+    version: int,
+    path: Path | None,
+    current: int = SCHEMA_VERSION,
+    *,
+    what: str | None = None,
+    to: str = "open it",
+) -> None:
+    """Refuse data written by a newer cm_notebook (SchemaVersionError).
+
+    ``what`` names the data in the message (default: ``path``), ``to`` what upgrading
+    lets the user do with it ("open it", "import it").
+    """
     if version > current:
         raise SchemaVersionError(
-            f"{path} was written by a newer cm_notebook (schema {version}); this one "
-            f"reads schema {current} and older. Upgrade cm_notebook to open it.",
+            f"{what or path} was written by a newer cm_notebook (schema {version}); this one "
+            f"reads schema {current} and older. Upgrade cm_notebook to {to}.",
             path,
         )
 
