@@ -4,8 +4,9 @@ Message metadata, provider options, generation parameters and edited tool argume
 are stored as JSON. A value JSON cannot hold (an ``object()``, a set, a ``numpy.int64``,
 bytes, a datetime) either fails deep in the store's encoder, after the caller's
 arguments were accepted, or is turned silently into something else (a set into a
-list, a datetime into a string, the key ``1`` into ``"1"``). Refused here instead,
-before anything is written, with the place of the value and its type.
+list, a datetime into a string). Refused here instead, before anything is written,
+with the place of the value and its type. An int key is kept: JSON writes it as its
+digits (``{50256: -100}`` as ``{"50256": -100}``), as ``json.dumps`` does.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def unstorable_at(value: object, name: str) -> str | None:
     The sentence names the place as Python reaches it from ``name``
     (``metadata['runs'][2]``) and the type found there. Only ``str``, ``int``,
     ``float``, ``bool``, ``None``, lists (and tuples) and dicts with string keys are
-    JSON. Walks with an explicit stack and stops past :data:`~cm_notebook._json.MAX_DEPTH`
-    levels, so a value that holds itself is refused rather than walked forever.
+    JSON (int keys too, written as their digits). Walks with an explicit stack and
+    stops past :data:`~cm_notebook._json.MAX_DEPTH` levels, so a value that holds
+    itself is refused rather than walked forever.
     (NaN and the infinities are floats: see :func:`cm_notebook._json.non_finite_at`.)
     """
     stack: list[tuple[object, str, int]] = [(value, name, 0)]
@@ -61,7 +63,9 @@ def unstorable_at(value: object, name: str) -> str | None:
         if isinstance(item, dict):
             children: list[tuple[object, str, int]] = []
             for key, child in item.items():
-                if not isinstance(key, str):
+                # An int key is written as its digits, as json.dumps writes it: a
+                # token-id map (logit_bias={50256: -100}) is how such dicts are written.
+                if not isinstance(key, str) and (type(key) is bool or not isinstance(key, int)):
                     return (
                         f"{where} has the key {key!r:.60}, {_kind(key)}; JSON keys are "
                         f"strings: {JSON_VALUES}"

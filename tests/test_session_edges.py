@@ -176,8 +176,10 @@ def test_metadata_json_cannot_store_is_refused_naming_its_place_and_type(
         )
         with pytest.raises(InvalidInputError, match=r"metadata\['a'\]\['b'\]\[1\] is a set"):
             session.send("hi", metadata={"a": {"b": [1, {2}]}})
-        with pytest.raises(InvalidInputError, match=r"metadata\['a'\] has the key 1, an int"):
-            session.send("hi", metadata={"a": {1: "x"}})
+        with pytest.raises(InvalidInputError, match=r"metadata\['a'\] has the key 1.5, a float"):
+            session.send("hi", metadata={"a": {1.5: "x"}})
+        with pytest.raises(InvalidInputError, match=r"metadata\['a'\] has the key True, a bool"):
+            session.send("hi", metadata={"a": {True: "x"}})
         looped: dict[str, Any] = {}
         looped["self"] = looped  # refused, not walked forever
         with pytest.raises(InvalidInputError, match="deeper than 100 levels"):
@@ -195,9 +197,15 @@ def test_metadata_json_cannot_store_is_refused_naming_its_place_and_type(
 
         asyncio.run(in_async_code())
         assert session.history() == []
-        reply = session.send("hi", metadata={"a": [1, (2, 3)], "b": {"c": None}}).result(DEADLINE)
+        # An int key is written as its digits, as json.dumps would (a token-id map).
+        given = {"a": [1, (2, 3)], "b": {"c": None}, "bias": {50256: -100}}
+        reply = session.send("hi", metadata=given).result(DEADLINE)
         assert reply.content == "echo: hi"
-        assert session.history()[0].metadata.model_extra == {"a": [1, [2, 3]], "b": {"c": None}}
+        assert session.history()[0].metadata.model_extra == {
+            "a": [1, [2, 3]],
+            "b": {"c": None},
+            "bias": {"50256": -100},
+        }
         with pytest.raises(InvalidInputError, match=r"parameters\['stop'\]\[0\] is an object"):
             session.send("hi", stop=[object()])
         assert len(session.history()) == 2
