@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 
 from . import events as ev
 from ._session_messages import MessageCache
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
-from .errors import StoreError
+from .errors import StorageFullError, StoreError
 from .model import Message
 from .store import Store
 
 __all__ = ["PromptWrites"]
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class PromptWrites:
@@ -62,9 +65,17 @@ class PromptWrites:
         if not isinstance(error, OSError):
             raise error
         if not await settle_append(self._store, self.id, branch, message):
+            # The remedy for what went wrong: a full disk wants space, anything else
+            # (a read-only file system, permissions) what the error names put right.
+            full = isinstance(error, StorageFullError) or error.errno in _DISK_FULL
+            remedy = (
+                "free disk space"
+                if full
+                else "put right what it names (say, a read-only or locked data folder)"
+            )
             raise StoreError(
-                f"your message could not be stored: {error}. Nothing was sent; free disk "
-                "space (or fix the data folder) and send it again."
+                f"your message could not be stored: {str(error).rstrip('. ')}. Nothing was "
+                f"sent; {remedy} and send it again."
             ) from error
         self._prompt_stored(branch, message)
 

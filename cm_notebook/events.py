@@ -215,8 +215,12 @@ class EventBus:
         if recorder is not None:
             try:
                 self._seq = recorder.last_seq
-            except OSError:
-                logger.warning("could not read the last signal number of %s", recorder)
+            except OSError as exc:
+                logger.warning(
+                    "could not read the last signal number of %s: %s",
+                    getattr(recorder, "path", recorder),
+                    exc,
+                )
         self._history: deque[Event] = deque(maxlen=history)
         self._buffer_limit = subscriber_buffer
         self._tokens = itertools.count()

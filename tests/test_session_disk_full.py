@@ -77,6 +77,10 @@ def test_a_prompt_that_cannot_be_stored_is_refused_cleanly(
     with pytest.raises(StoreError, match="could not be stored") as info:
         session.send("lost?")
     assert isinstance(info.value.__cause__, OSError)
+    assert str(info.value) == (
+        "your message could not be stored: [Errno 28] No space left on device. Nothing was "
+        "sent; free disk space and send it again."
+    )
     assert session.history() == []
     assert session.state is State.IDLE
     assert session.send("kept").result(DEADLINE).content == "echo: kept"  # not busy
