@@ -90,8 +90,15 @@ def _write(given: str, text: str, name_in_folder: str) -> Path:
     if mode is not None and not stat.S_ISREG(mode):
         # A pipe, a terminal, /dev/null, /dev/stdout: written into, never replaced (a
         # rename would put a plain file in its place).
-        with open(target, "wb") as stream:
-            stream.write(data)
+        try:
+            with open(target, "wb") as stream:
+                stream.write(data)
+        except BrokenPipeError:
+            raise  # the reader went away: the command line says nothing of it
+        except OSError as exc:  # a full device (/dev/full, a full disk behind a pipe)
+            raise CommandError(
+                f"cannot write {target}: {exc.strerror or exc}; nothing else was written"
+            ) from None
         return target
     # A file (or a link to one, which stays a link): written next to what it names and
     # renamed, so an interrupted export leaves no half file, and a failed one (a full

@@ -67,6 +67,19 @@ def test_export_into_a_pipe_writes_into_it(
         assert pipe.is_fifo()  # not replaced by a plain file
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_export_into_a_full_device_says_which_and_why(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    with a_context(data_dir) as session:
+        code, out, err = run(capsys, data_dir, "export", session.id, "-o", "/dev/full")
+    assert (code, out) == (1, "")
+    assert err == (
+        "cm-notebook: error: cannot write /dev/full: No space left on device; nothing else "
+        "was written\n"
+    )
+
+
 def test_export_through_a_link_writes_the_file_it_names(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:
