@@ -250,8 +250,9 @@ def test_a_blank_denial_reason_is_the_default_one(
 ) -> None:
     fake = ScriptedProvider(strict=True).tool_call("divide", {"a": 1, "b": 0}).reply("OK.")
     session = new_session(provider=fake, tools=Calculator().tools)
+    recorder = Recorder(session)  # before the send: the request may come at once
     turn = session.send("Divide")
-    waiting(Recorder(session))
+    waiting(recorder)
     session.deny("call_1", reason="  \n ")
     turn.result(DEADLINE)
     call = session.history()[1].tool_calls[0]
