@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from cli_process import cli
 from jupyter_server_proc import JupyterServer
 from server_client import create_context
 
@@ -69,16 +70,6 @@ _STORE_WRITER = textwrap.dedent(
     anyio.run(main)
     """
 )
-
-
-def cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cli_process import cli
 
 from cm_notebook.cli import main
 from cm_notebook.errors import MigrationError
@@ -34,16 +35,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 #: Seconds a command may take; a read that waits for a writer fails the test here.
 DEADLINE = 60
 NO_WRITER = "is a FIFO (named pipe) that no process is writing into, not a file: give the path of"
-
-
-def cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
 
 
 def contexts(data_dir: Path) -> list[str]:
@@ -82,7 +73,7 @@ def unblocked_after(fifo: Path, seconds: float = 10) -> Iterator[None]:
 def test_the_cli_refuses_a_fifo_at_once(command: str, data_dir: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "contexts.json"
     os.mkfifo(fifo)
-    done = cli(data_dir, command, str(fifo))
+    done = cli(data_dir, command, str(fifo), timeout=DEADLINE)
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()  # one line, no traceback

@@ -4,33 +4,19 @@ nothing is imported, and the message says what is wrong and what to do."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from cli_process import cli
 
 from cm_notebook import ContextSession
 from cm_notebook.errors import InvalidInputError, SchemaVersionError
 from cm_notebook.export import import_document, parse_export
 from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
-
-
-def cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``python -m cm_notebook --data-dir DATA_DIR ARGV...`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

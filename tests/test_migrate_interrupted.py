@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cli_process import cli
 
 from cm_notebook.migrate import ContextStatus, migrate, parse_v1
 from cm_notebook.model import Message
@@ -80,20 +81,6 @@ def killed_migration(
         check=False,
     )
     assert done.returncode == 9, done.stderr
-
-
-def cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``cm-notebook --data-dir DATA_DIR ARGV...`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
 
 
 def tree(data_dir: Path) -> dict[str, dict[str, list[str]]]:
