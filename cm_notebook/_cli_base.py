@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
-from ._input_files import read_input_file
 from ._unicode import for_terminal
 from .store.base import Store
 
@@ -33,7 +32,6 @@ __all__ = [
     "isatty",
     "out",
     "positive_int",
-    "read_json",
     "when",
 ]
 
@@ -128,13 +126,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def read_json(path: Path) -> Any:
-    """The JSON value of the file (or pipe with a writer) ``path`` names; never waits for
-    a FIFO's writer that is not there (see :func:`~cm_notebook._input_files.read_input_file`)."""
-    raw, _ = read_input_file(path, remedy="give the path of a JSON file", pipes=True)
-    return decode_json(raw, path)
 
 
 def decode_json(raw: bytes, path: Path) -> Any:
