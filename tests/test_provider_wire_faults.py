@@ -517,3 +517,40 @@ async def test_an_event_stream_with_a_charset_is_accepted(wire: WireServer) -> N
     assert error is None
     assert text_of(events) == "Hi"
     assert events[-1] == Finish("stop")
+
+
+# -- 8. error pages of a proxy in front of the server --------------------------------
+
+ERROR_PAGE = (
+    b'<!DOCTYPE html>\n<html lang="en-US"><head><title>example.com | 502: Bad gateway'
+    b'</title><meta charset="UTF-8" /><style>body{margin:0;padding:0}.cf-error'
+    b"{font-family:sans-serif}</style><script>window.cf = 1;</script></head><body>"
+    b"<h1>Bad gateway</h1><p>The web server reported a bad gateway error.</p></body></html>"
+)
+UNTITLED_PAGE = b"<html><body><h1>503 Service Temporarily Unavailable</h1><hr>nginx</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("page", "said"),
+    [
+        (ERROR_PAGE, "'example.com | 502: Bad gateway'"),
+        (UNTITLED_PAGE, "'503 Service Temporarily Unavailable nginx'"),
+    ],
+    ids=["titled", "untitled"],
+)
+@pytest.mark.parametrize("which", ["openai", "anthropic"])
+async def test_an_html_error_page_is_reported_by_what_it_says_not_its_markup(
+    wire: WireServer, which: str, page: bytes, said: str
+) -> None:
+    def proxy_error(handler: _Handler, body: dict[str, Any]) -> None:
+        handler.send_body(502, "text/html; charset=UTF-8", page)
+
+    wire.default = proxy_error
+    provider = openai_provider(wire) if which == "openai" else claude(wire)
+    _, error = await run(provider)
+    assert isinstance(error, TransientProviderError)  # a 5xx: retried by the session
+    message = str(error)
+    assert f"the server answered with an HTML error page: {said}" in message
+    assert "<" not in message  # no markup, styles or scripts
+    assert "margin" not in message
+    assert "window.cf" not in message

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from html.parser import HTMLParser
 from typing import Literal
 
 from .. import retry as _retry
@@ -97,8 +98,67 @@ def error_message_from_body(body: object, fallback: str) -> str:
         if isinstance(message, str) and message.strip():
             return message.strip()
     elif isinstance(body, str) and body.strip():
-        return body.strip()[:500]
+        page = html_page_text(body)
+        return page if page is not None else body.strip()[:500]
     return fallback
+
+
+_HTML_START = re.compile(r"\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.I | re.S)
+_PAGE_TEXT_LIMIT = 300
+
+
+def html_page_text(body: str) -> str | None:
+    """What an HTML error page says, for an error message; None if ``body`` is not one.
+
+    A proxy or load balancer in front of the server (nginx, Cloudflare) answers a 5xx
+    with a web page, whose first few hundred characters are markup and styles: the
+    page's title (or else its visible text) is what tells the user what happened.
+    """
+    if not _HTML_START.match(body):
+        return None
+    reader = _PageReader()
+    try:
+        reader.feed(body)
+        reader.close()
+    except AssertionError:  # html.parser's way of giving up on broken markup
+        pass
+    said = reader.title() or reader.text()
+    if not said:
+        return "the server answered with an HTML page that says nothing readable"
+    if len(said) > _PAGE_TEXT_LIMIT:
+        said = said[: _PAGE_TEXT_LIMIT - 3].rstrip() + "..."
+    return f"the server answered with an HTML error page: {said!r}"
+
+
+class _PageReader(HTMLParser):
+    # The title and the visible text of a page; scripts and styles are not text.
+    _HIDDEN = frozenset({"script", "style", "noscript", "template"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._open: list[str] = []
+        self._title: list[str] = []
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN or tag == "title":
+            self._open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._open:
+            del self._open[len(self._open) - 1 - self._open[::-1].index(tag) :]
+
+    def handle_data(self, data: str) -> None:
+        if "title" in self._open:
+            self._title.append(data)
+        elif not self._HIDDEN.intersection(self._open):
+            self._text.append(data)
+
+    def title(self) -> str:
+        return " ".join(" ".join(self._title).split())
+
+    def text(self) -> str:
+        return " ".join(" ".join(self._text).split())
 
 
 def from_http_status(
