@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 
 from ._sessionio import StoreAccess
-from .errors import BranchNotFoundError, CMError, InvalidInputError
-from .ids import validate_branch_name
+from .errors import BranchNotFoundError, CMError
+from .ids import branch_name_key, free_branch_name, validate_branch_name
 from .model import Branch, ContextMetadata
 from .store import IndexEntry, Store
 
@@ -159,9 +159,8 @@ class MetadataReads:
         return found.head
 
     def _free_branch_name(self, stem: str) -> str:
-        existing = self.branches
-        for n in range(1, 10_000):
-            candidate = f"{stem}-{n}"
-            if candidate not in existing:
-                return candidate
-        raise InvalidInputError(f"no free branch name starting with {stem!r}")
+        # By look, as creating the branch compares names: "main-edit-1" beside an
+        # existing "MAIN-edit-1" would be refused with an error about a name the user
+        # never chose.
+        keys = {branch_name_key(name) for name in self._read_metadata().branches}
+        return free_branch_name(stem, lambda name: branch_name_key(name) in keys)

@@ -17,7 +17,7 @@ from ._loop import schedule_on
 from .branch_defaults import branch_settings
 from .compare import Comparison
 from .errors import BranchExistsError, BusyError, CMError, InvalidIdError, InvalidInputError
-from .ids import branch_name_key, validate_branch_name
+from .ids import branch_name_key, free_branch_name, validate_branch_name
 from .model import ProviderSettings
 from .params import GenerationParams, validate_text
 from .prompts import prompt_label
@@ -100,11 +100,9 @@ def _auto_name(base: str, label: str, taken: set[str], exists: Callable[[str], b
     # other variants' names (by look, as branches are compared) and existing branches.
     stems = [f"{base}-{_name_part(label)}"[:90].strip(" .-"), f"{base[:90]}-variant", base[:90]]
     stem = next((s for s in stems if s and _valid(s)), base)
-    name, n = stem, 1
-    while branch_name_key(name) in taken or exists(name):
-        n += 1
-        name = f"{stem}-{n}"
-    return name
+    return free_branch_name(
+        stem, lambda name: branch_name_key(name) in taken or exists(name), bare=True
+    )
 
 
 def _differing_keys(variants: Sequence[object]) -> set[str]:

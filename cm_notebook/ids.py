@@ -13,7 +13,8 @@ fullwidth letters, ligatures or decomposed accents) and may not mix scripts (``m
 with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and Korean
 write, is fine). :func:`branch_name_key` folds case and maps the Cyrillic and Greek
 letters that look Latin, and :func:`check_branch_name_free` refuses a new name whose
-key equals an existing branch's, naming that branch.
+key equals an existing branch's, naming that branch. :func:`free_branch_name` makes
+the names the package picks itself (an edit's fork, a fan-out's arms) within both rules.
 
 Every check raises :class:`~cm_notebook.errors.InvalidIdError` with a sentence saying
 what was wrong and what is allowed.
@@ -27,9 +28,9 @@ import random
 import re
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from .errors import InvalidIdError
+from .errors import InvalidIdError, InvalidInputError
 
 __all__ = [
     "MAX_BRANCH_NAME_LENGTH",
@@ -37,6 +38,7 @@ __all__ = [
     "branch_name_key",
     "check_branch_name_free",
     "check_branch_names_free",
+    "free_branch_name",
     "id_key",
     "new_id",
     "validate_branch_name",
@@ -194,6 +196,33 @@ def check_branch_names_free(names: Iterable[str], existing: Iterable[str]) -> No
         other = keys.setdefault(branch_name_key(name), name)
         if other != name:
             raise _looks_like(name, other)
+
+
+def free_branch_name(stem: str, taken: Callable[[str], bool], *, bare: bool = False) -> str:
+    """The first of ``<stem>-1``, ``<stem>-2``... (``<stem>``, ``<stem>-2``... if
+    ``bare``) for which ``taken(name)`` is false.
+
+    ``taken`` should compare by :func:`branch_name_key`, as creating a branch does, so
+    the name neither is nor looks like an existing one. The stem is cut as far as
+    needed for the name to fit the length limit: a fork of a 95-character branch must
+    not fail with an error about a name the user never typed. Raises
+    InvalidInputError after 9999 names taken.
+    """
+    for n in range(1, 10_000):
+        suffix = "" if bare and n == 1 else f"-{n}"
+        name = _cut(stem, MAX_BRANCH_NAME_LENGTH - len(suffix)) + suffix
+        if not taken(name):
+            return name
+    raise InvalidInputError(f"no free branch name starting with {stem!r}")
+
+
+def _cut(text: str, length: int) -> str:
+    # ``text`` cut to ``length`` characters, not ending in " ", "." or "-" where cut
+    # (a bare stem is a name of its own, and may not end in a space).
+    if len(text) <= length:
+        return text
+    cut = text[:length]
+    return cut.rstrip(" .-") or cut
 
 
 def _looks_like(name: str, other: str) -> InvalidIdError:
