@@ -259,8 +259,12 @@ def start_fan_out(
     # Checked before any arm's branch is made (each send checks it again).
     checked_message_metadata(metadata)
     base = session._branch_name(branch)
-    existing_names = set(session.branches)
-    plans: list[Variant] = plan_variants(variants, base, existing_names.__contains__)
+    # By look, as creating a branch compares names: an arm named "main-temperature-0.1"
+    # beside an existing "MAIN-temperature-0.1" would be refused below.
+    existing_keys = {branch_name_key(name) for name in session.branch_names}
+    plans: list[Variant] = plan_variants(
+        variants, base, lambda name: branch_name_key(name) in existing_keys
+    )
     # Check every variant before writing anything: one bad variant must not leave
     # the branches of the good ones behind.
     existing = session.branches

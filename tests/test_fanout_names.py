@@ -66,3 +66,16 @@ def test_auto_names_are_distinct_by_look_and_the_same_every_time() -> None:
     ]
     assert all(validate_branch_name(name) for name in first)
     assert len({branch_name_key(name) for name in first}) == len(first)
+
+
+def test_auto_names_skip_a_name_that_looks_like_an_existing_branch(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.send("hi").result(DEADLINE)
+    session.branch("MAIN-temperature-0.1", switch=False)  # differs only in case
+    comparison = session.fan_out("q", [{"temperature": 0.1}, {"temperature": 0.2}])
+    assert comparison.result(DEADLINE).branches == [
+        "main-temperature-0.1-2",
+        "main-temperature-0.2",
+    ]
