@@ -2,8 +2,9 @@
 
 A notebook saved without widget state (the default in JupyterLab, VS Code, Colab)
 shows only plain outputs. Each of these magics is followed by a ``text/html`` output
-holding the conversation or the comparison, kept current through its display id; the
-export's Markdown shows a reply's HTML as text. Driven in a real kernel over ZMQ.
+holding the conversation or the comparison, kept current through its display id (a
+comparison says so once a compared branch is gone); the export's Markdown shows a
+reply's HTML as text. Driven in a real kernel over ZMQ.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pytest
 pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
+from cli_process import cli
 from widget_frontend import FrontEnd, front_end
+
+from cm_notebook import ContextSession
 
 CONVERSATION = "<cm_notebook conversation (HTML)>"
 COMPARISON = "<cm_notebook comparison (HTML)>"
@@ -165,6 +169,73 @@ def test_a_comparison_shown_again_keeps_every_saved_copy_current(fe: FrontEnd) -
     assert first != second
     fe.run("await s.regenerate(branch='main')")
     _both_have(fe, first, second, "Newer")
+
+
+def _compared_after(fe: FrontEnd, code: str) -> None:
+    # ``code``, then a turn ending on main, which updates the saved comparison: a
+    # failing update would print its traceback into the cell running then.
+    fe.run(code)
+    out = fe.run("reply = await s.send('again', branch='main')")
+    assert "Traceback" not in out
+    assert "failed" not in out
+
+
+def test_a_saved_comparison_says_when_too_few_of_its_branches_are_left(fe: FrontEnd) -> None:
+    _use_scripted(fe, ["Main answer.", "Other answer.", "Newer answer."])
+    fe.run("await s.send('hi')\ns.branch('other', s.history()[0].id)\nawait s.regenerate()")
+    saved = _saved_output(fe, "%cm compare main other", COMPARISON)
+    _compared_after(fe, "s.switch('main')\ns.delete_branch('other')")
+    _html_has(fe, saved, "not compared any more", "&#x27;other&#x27; was deleted")
+    assert fe.display_metadata[saved]["cm_notebook"]["arms"] == []
+    # It says so for good: later turns on main leave it (and the cells) alone.
+    _compared_after(fe, "pass")
+    assert "was deleted" in fe.displays[saved]["text/html"]
+
+
+def test_a_branch_deleted_by_another_process_leaves_the_saved_comparison(
+    fe: FrontEnd,
+) -> None:
+    _use_scripted(fe, ["Main answer.", "Other answer.", "Third answer.", "Newest answer."])
+    fe.run(
+        """
+        await s.send('hi')
+        s.branch('other', s.history()[0].id)
+        await s.regenerate()
+        s.branch('third', s.history('main')[0].id)
+        await s.regenerate()
+        s.switch('main')
+        """
+    )
+    saved = _saved_output(fe, "view = %cm compare main other third\nview", COMPARISON)
+    _html_has(fe, saved, "Third")
+    elsewhere = ContextSession.open(_printed(fe, "s.id"), data_dir=fe.data_dir)
+    try:
+        elsewhere.delete_branch("third")
+    finally:
+        elsewhere.close()
+    # Once this kernel has its signal (the live view has dropped the branch), the copy
+    # has dropped it too: the two left are still compared, and kept current.
+    heard = "import asyncio\nwhile 'third' in view.branch_names:\n    await asyncio.sleep(0.01)"
+    _compared_after(fe, heard)
+    _html_has(fe, saved, "Newest", "Other")
+    assert "Third" not in fe.displays[saved]["text/html"]
+    arms = fe.display_metadata[saved]["cm_notebook"]["arms"]
+    assert [arm["branch"] for arm in arms] == ["main", "other"]
+
+
+def test_a_saved_comparison_that_cannot_be_made_says_why(fe: FrontEnd) -> None:
+    # Its context removed by another process (``cm-notebook rm``): showing the
+    # comparison again leaves a line saying why there is none, not a traceback.
+    _use_scripted(fe, ["Main answer.", "Other answer."])
+    fe.run("await s.send('hi')\ns.branch('other', s.history()[0].id)\nawait s.regenerate()")
+    _saved_output(fe, "view = %cm compare main other\nview", COMPARISON)
+    removed = cli(fe.data_dir, "rm", _printed(fe, "s.id"), "--yes", "--force")
+    assert removed.returncode == 0, removed.stderr
+    before = set(fe.displays)
+    out = fe.run("view")
+    assert "Traceback" not in out
+    [again] = [key for key in fe.displays if key not in before]
+    assert "not compared: no context" in fe.displays[again]["text/html"]
 
 
 def test_the_saved_conversation_follows_a_renamed_context(fe: FrontEnd) -> None:

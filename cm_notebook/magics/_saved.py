@@ -78,7 +78,13 @@ def _show_widget(widget: Any) -> str:
 
 
 class ComparisonSnapshot:
-    """``branches`` of ``session`` compared, as static HTML kept current in one output."""
+    """``branches`` of ``session`` compared, as static HTML kept current in one output.
+
+    A compared branch deleted since (here or in another process) is dropped; once
+    fewer than two are left, the output says so and is no longer updated. An error of
+    the session's while updating is said in the output too: updates run on a signal,
+    while any cell may be running, and a traceback would land in that cell.
+    """
 
     def __init__(
         self,
@@ -96,6 +102,7 @@ class ComparisonSnapshot:
         self.branches = list(branches)
         #: The kernel variables that fed the arms' message (``%%cm --ab {name}``).
         self.variables = dict(variables or {})
+        self._deleted: list[str] = []  # compared branches deleted since, in that order
         self._output = LiveOutput()
         self._follower = SessionFollower(session, self._on_event, lambda _text: None)
         self._throttle = Throttle(self._follower.loop, INTERVAL, self._update)
@@ -151,13 +158,41 @@ class ComparisonSnapshot:
         register_copy(self)
 
     def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        if not self.branches:  # a queued cell's arms are not forked yet
-            bundle = {"text/html": mark_copy(self.waiting, self.copy_id), "text/plain": PLAIN}
-            return bundle, {"cm_notebook": self.provenance()}
-        comparison = self.session.compare(*self.branches)
-        html = mark_copy(comparison._repr_html_(), self.copy_id)
-        bundle = {"text/html": html, "text/plain": PLAIN}
-        return bundle, {"cm_notebook": self.provenance(comparison)}
+        if not self.branches:  # a queued cell's arms are not forked yet, or too few left
+            return self._said_bundle(self.waiting)
+        try:
+            comparison = self.session.compare(*self.branches)
+            html = mark_copy(comparison._repr_html_(), self.copy_id)
+            metadata = self.provenance(comparison)
+        except CMError as exc:
+            # Updates run on a signal, while any cell may be running: a traceback would
+            # land in that cell. (A branch deleted by another process is missing until
+            # its signal arrives here: the update after that compares the rest.)
+            return self._said_bundle(_said(f"not compared: {said(exc)}"))
+        return {"text/html": html, "text/plain": PLAIN}, {"cm_notebook": metadata}
+
+    def _said_bundle(self, html: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        # A line in place of the comparison; the metadata records no arm.
+        bundle = {"text/html": mark_copy(html, self.copy_id), "text/plain": PLAIN}
+        return bundle, {"cm_notebook": {"context_id": self.session.id, "arms": []}}
+
+    def _drop(self, branch: str) -> None:
+        # A compared branch was deleted: compare the rest, or with fewer than two left,
+        # say so for good (a saved notebook must not show the branch as if it were
+        # still there) and stop following.
+        self.branches = [name for name in self.branches if name != branch]
+        self._deleted.append(branch)
+        if len(self.branches) >= 2:
+            self._throttle.poke()
+            return
+        self.branches = []
+        self.close()
+        names = ", ".join(map(repr, self._deleted))
+        was = "was" if len(self._deleted) == 1 else "were"
+        self.failed(
+            f"not compared any more: branch {names} {was} deleted, and a comparison "
+            "needs two or more branches"
+        )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -177,6 +212,9 @@ class ComparisonSnapshot:
         if isinstance(event, ev.StateChanged):
             if event.branch in self.branches and event.new.value in _SETTLED:
                 self._throttle.poke()
+        elif isinstance(event, ev.BranchDeleted):
+            if event.branch in self.branches:
+                self._drop(event.branch)
         elif isinstance(event, (ev.BranchUpdated, ev.Resync)):
             self._throttle.poke()
 
