@@ -8,9 +8,13 @@ fresh FileStore and, once the operation proper has started, counts the file-syst
 events that Python's audit hooks report below ``data_dir`` (opening a file, renaming,
 removing, truncating, creating or removing a folder). Just before the K-th event it
 kills itself with SIGKILL, so everything before that event happened and nothing after
-it did. If the operation ends first, it writes the number of events it saw to
-``<data_dir>.events`` and exits 0. The server answers each request with one line:
-``exit <code>`` or ``killed <signal>``.
+it did. With ``"after": true`` a K-th event that is a rename is made first (by the
+hook, the same ``os.replace`` the store was about to make) and the kill follows it, so
+everything up to and including that rename happened and nothing after it: the store's
+next step may be a write to a file it holds open, which no audit event reports. If the
+operation ends first, it writes the number of events it saw to ``<data_dir>.events``
+and their kinds, one a line, to ``<data_dir>.kinds``, and exits 0. The server answers
+each request with one line: ``exit <code>`` or ``killed <signal>``.
 
 Forking a single-threaded server that has already imported everything keeps a kill
 point down to a few milliseconds. Nothing in the store is patched: the audit hook only
@@ -35,11 +39,13 @@ _WATCHED = {"open", "os.rename", "os.remove", "os.rmdir", "os.truncate", "os.mkd
 
 
 class Killer:
-    def __init__(self, data_dir: str, kill_at: int) -> None:
+    def __init__(self, data_dir: str, kill_at: int, after: bool = False) -> None:
         self.root = os.path.realpath(data_dir)
         self.kill_at = kill_at
+        self.after = after
         self.armed = False
         self.seen = 0
+        self.kinds: list[str] = []
 
     def hook(self, event: str, args: tuple[Any, ...]) -> None:
         if not self.armed or event not in _WATCHED:
@@ -52,7 +58,17 @@ class Killer:
         elif event != "os.truncate":  # ftruncate reports a descriptor
             return
         self.seen += 1
+        self.kinds.append(event)
         if self.seen >= self.kill_at:
+            if self.after and event == "os.rename":
+                self.armed = False  # the hook sees its own rename too
+                src, dst, src_dir_fd, dst_dir_fd = args
+                os.replace(
+                    src,
+                    dst,
+                    src_dir_fd=None if src_dir_fd == -1 else src_dir_fd,
+                    dst_dir_fd=None if dst_dir_fd == -1 else dst_dir_fd,
+                )
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -85,6 +101,11 @@ async def run(request: dict[str, Any], killer: Killer) -> None:
                 reply.content = "part"
             killer.armed = True
             await store.update_message(cid, reply)
+        elif op == "update":
+            # An update of a finished message, as every save of a tool call's status is.
+            committed = await store.get_message(cid, a["id"])
+            killer.armed = True
+            await store.update_message(cid, committed.model_copy(update={"content": a["content"]}))
         elif op == "create_branch":
             killer.armed = True
             await store.create_branch(cid, a["name"], head=a["head"])
@@ -119,10 +140,11 @@ async def run(request: dict[str, Any], killer: Killer) -> None:
 
 
 def child(request: dict[str, Any]) -> None:
-    killer = Killer(request["data_dir"], int(request["kill_at"]))
+    killer = Killer(request["data_dir"], int(request["kill_at"]), bool(request.get("after")))
     sys.addaudithook(killer.hook)
     anyio.run(run, request, killer)
     Path(request["data_dir"] + ".events").write_text(str(killer.seen))
+    Path(request["data_dir"] + ".kinds").write_text("".join(f"{k}\n" for k in killer.kinds))
 
 
 def main() -> None:

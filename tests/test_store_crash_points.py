@@ -32,7 +32,7 @@ from store_helpers import chain, msg
 
 from cm_notebook.model import ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
-from cm_notebook.store.index import COMPACT_MIN_LINES
+from cm_notebook.store.index import COMPACT_MIN_LINES, LAZY_MIN_BYTES
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix" or not hasattr(os, "fork"), reason="needs fork"),
@@ -53,10 +53,18 @@ class ForkServer:
             text=True,
         )
 
-    def run(self, op: str, data_dir: Path, kill_at: int, **args: Any) -> str:
+    def run(self, op: str, data_dir: Path, kill_at: int, after: bool = False, **args: Any) -> str:
+        """Run ``op``, killed before file event ``kill_at`` (``after``: just after it,
+        if it is a rename; see store_crash_child.py)."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
-        request = {"op": op, "data_dir": str(data_dir), "kill_at": kill_at, "args": args}
+        request = {
+            "op": op,
+            "data_dir": str(data_dir),
+            "kill_at": kill_at,
+            "after": after,
+            "args": args,
+        }
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return self.proc.stdout.readline().strip()
@@ -221,6 +229,167 @@ def test_kill_at_every_file_event(server: ForkServer, tmp_path: Path, scenario: 
             ), f"killed before file event {kill_at} of {events}: placeholder left"
         anyio.run(write_next, work)
         shutil.rmtree(work)
+
+
+UPDATED = "the update of a finished message, as committed"
+LATER = "a later update, acknowledged"
+
+
+async def update_again(data_dir: Path, message_id: str) -> None:
+    """An update acknowledged after the crash is what a fresh FileStore reads."""
+    async with FileStore(data_dir) as store:
+        message = await store.get_message("c1", message_id)
+        await store.update_message("c1", message.model_copy(update={"content": LATER}))
+    async with FileStore(data_dir) as store:
+        assert (await store.get_message("c1", message_id)).content == LATER
+
+
+def test_an_update_of_a_finished_message_killed_between_its_file_and_its_journal_line(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    # Every save of a tool call's status updates a finished message: the file is
+    # replaced, then the fsync'd journal line commits the new version. Killed at every
+    # file event, and just after each rename (the message file's included: the commit
+    # line that follows is a write to the open journal, which no event reports), the
+    # context opens without a StoreWarning (an update cut short is no damage), the
+    # message reads as its last committed version, and a committed update is kept.
+    template = tmp_path / "template"
+    template.mkdir()
+    target = anyio.run(prepare, template, 3)[-1]
+    before = anyio.run(observe, template)
+
+    full = tmp_path / "full"
+    shutil.copytree(template, full)
+    assert server.run("update", full, 10**9, id=target, content=UPDATED) == "exit 0"
+    events = int(Path(f"{full}.events").read_text())
+    kinds = Path(f"{full}.kinds").read_text().split()
+    after = anyio.run(observe, full)
+    assert after["messages"][target][1] == UPDATED
+    assert {k: v for k, v in after["messages"].items() if k != target} == {
+        k: v for k, v in before["messages"].items() if k != target
+    }
+    renames = {k for k, kind in enumerate(kinds, 1) if kind == "os.rename"}
+    assert len(kinds) == events
+    assert renames
+
+    cut_short = 0  # kills that left the new file in place, its line never written
+    for kill_at in range(1, events + 1):
+        for after_it in (False, True) if kill_at in renames else (False,):
+            where = f"killed {'after' if after_it else 'before'} file event {kill_at} of {events}"
+            work = tmp_path / f"k{kill_at}{'a' if after_it else ''}"
+            shutil.copytree(template, work)
+            run = server.run("update", work, kill_at, after_it, id=target, content=UPDATED)
+            assert run == "killed 9", where
+            folder = work / "contexts" / "c1"
+            committed = UPDATED.encode() in (folder / "message_index.journal").read_bytes()
+            replaced = UPDATED.encode() in (folder / "messages" / f"{target}.json").read_bytes()
+            cut_short += replaced and not committed
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", StoreWarning)
+                seen = anyio.run(observe, work)
+                assert seen == (after if committed else before), f"{where}: {seen}"
+                anyio.run(update_again, work, target)
+            anyio.run(write_next, work)
+            shutil.rmtree(work)
+    assert cut_short, "no kill fell between the message file and its journal line"
+
+
+async def prepare_long(data_dir: Path) -> list[str]:
+    """c1 with index files large enough to be read lazily, and no compaction yet."""
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        ids: list[str] = []
+        for i in range(60):
+            message = msg("user", ids[-1] if ids else None, f"{i} " + "words " * 100)
+            await store.append_message("c1", message, branch="main")
+            ids.append(message.id)
+    folder = data_dir / "contexts" / "c1"
+    size = sum(
+        (folder / name).stat().st_size for name in ("message_index.json", "message_index.journal")
+    )
+    assert size >= LAZY_MIN_BYTES
+    return ids
+
+
+def cut_short_update(
+    server: ForkServer, tmp_path: Path, target: str, template: Path
+) -> tuple[Path, bytes]:
+    """A copy of ``template`` in which an update of the finished message ``target`` was
+    killed just after it put the message file in place, and that file's committed bytes."""
+    probe = tmp_path / "probe"
+    shutil.copytree(template, probe)
+    assert server.run("update", probe, 10**9, id=target, content=UPDATED) == "exit 0"
+    kill_at = Path(f"{probe}.kinds").read_text().split().index("os.rename") + 1
+    work = tmp_path / "work"
+    shutil.copytree(template, work)
+    file = work / "contexts" / "c1" / "messages" / f"{target}.json"
+    committed = file.read_bytes()
+    assert server.run("update", work, kill_at, True, id=target, content=UPDATED) == "killed 9"
+    assert UPDATED.encode() in file.read_bytes()  # the file was replaced, and then killed
+    return work, committed
+
+
+def test_an_update_cut_short_in_a_long_context_is_put_back_quietly(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    # Index files this large are read lazily: the journal's last line of the message
+    # is the update's marker, and the committed copy is the line before it. Another
+    # writer's line after the marker, and the next open reads the journal lazily.
+    template = tmp_path / "template"
+    template.mkdir()
+    target = anyio.run(prepare_long, template)[-1]
+    work, committed = cut_short_update(server, tmp_path, target, template)
+
+    async def append_then_read() -> None:
+        async with FileStore(work) as store:
+            await store.append_message("c1", msg("user", target, "after"), branch="main")
+        async with FileStore(work) as store:
+            page = await store.page("c1", limit=2)
+            assert [m.content for m in page][1] == "after"
+            assert page[0].id == target
+            assert page[0].content.startswith("59 words")
+            await update_again(work, target)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)
+        anyio.run(append_then_read)
+    file = work / "contexts" / "c1" / "messages" / f"{target}.json"
+    assert LATER.encode() in file.read_bytes()
+    assert committed != file.read_bytes()
+
+
+@pytest.mark.parametrize("loss", ["missing", "empty", "zeroed", "garbled"])
+def test_damage_to_the_file_of_an_update_cut_short_is_still_warned_about(
+    server: ForkServer, tmp_path: Path, loss: str
+) -> None:
+    # A power loss may take the file an update cut short left, or leave zeros or other
+    # bytes of its size: only the very file the marker names is no damage.
+    template = tmp_path / "template"
+    template.mkdir()
+    target = anyio.run(prepare, template, 3)[-1]
+    work, committed = cut_short_update(server, tmp_path, target, template)
+    file = work / "contexts" / "c1" / "messages" / f"{target}.json"
+    size = file.stat().st_size
+    if loss == "missing":
+        file.unlink()
+    elif loss == "empty":
+        file.write_bytes(b"")
+    elif loss == "zeroed":
+        file.write_bytes(bytes(size))
+    else:
+        data = bytearray(file.read_bytes())
+        data[size // 2 : size // 2 + 4] = b"\xff\xfe\x00\x01"
+        file.write_bytes(bytes(data))
+
+    async def read() -> None:
+        async with FileStore(work) as store:
+            with pytest.warns(StoreWarning, match="restored from the journal"):
+                page = await store.page("c1")
+            assert page[-1].id == target
+            assert page[-1].content == "main 2"
+
+    anyio.run(read)
+    assert file.read_bytes() == committed
 
 
 _INDEX_FILES = ("message_index.json", "message_index.journal", "metadata.json")

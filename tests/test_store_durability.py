@@ -94,6 +94,30 @@ async def test_fsyncs_per_operation(data_dir: Path) -> None:
         assert (await fresh.get_message("c1", reply.id)).content == "full"
 
 
+async def test_an_update_of_a_finished_message_costs_one_fsync_and_no_sooner_compaction(
+    data_dir: Path,
+) -> None:
+    # As every save of a tool call's status: the commit line is the one fsync. The
+    # marker written before the file (cm_notebook.store.pending) is neither fsync'd nor
+    # counted toward a compaction, so a tool cycle compacts no more often than before.
+    counter = Counter()
+    journal = folder(data_dir) / "message_index.journal"
+    async with FileStore(data_dir, fsync=counter) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        ids = await chain(store, "c1", COMPACT_MIN_LINES - 2)
+        assert journal.read_bytes().count(b"\n") == COMPACT_MIN_LINES - 2
+        done = await store.get_message("c1", ids[-1])
+        start = counter.calls
+        await store.update_message("c1", done.model_copy(update={"content": "updated"}))
+        assert counter.since(start) == 1
+        # The marker and the commit line; one line short of a compaction, as before.
+        assert journal.read_bytes().count(b"\n") == COMPACT_MIN_LINES
+        await chain(store, "c1", 1)
+        assert journal.stat().st_size == 0  # that line made it due: folded
+    async with FileStore(data_dir) as fresh:
+        assert (await fresh.get_message("c1", ids[-1])).content == "updated"
+
+
 async def test_a_plain_turn_through_a_session_makes_at_most_two_store_fsyncs(
     data_dir: Path,
 ) -> None:

@@ -24,9 +24,13 @@ change: it carries the index entry, the head move, the time and, for a finished
 message, the message. The message file is written first, atomically (temporary file
 and rename) but without an fsync: after ``kill -9`` it is complete (the OS holds it);
 after a power loss the line holds the message, and reading the message (a page, say)
-rewrites a missing, older or damaged file from it (:mod:`.repair`). Those files are fsync'd
-32 at a time by the write that commits the 32nd (:mod:`.flushing`), and compaction
-makes the rest durable before it drops the lines (see :mod:`cm_notebook.store.index`).
+rewrites a missing, older or damaged file from it (:mod:`.repair`). An update of a
+message already finished first writes a line without an fsync that marks the update
+under way: one killed before its commit line leaves a file newer than the committed
+version, which is put back without a warning, as no damage (:mod:`.pending`). Message
+files are fsync'd 32 at a time by the write that commits the 32nd (:mod:`.flushing`),
+and compaction makes the rest durable before it drops the lines (see
+:mod:`cm_notebook.store.index`).
 metadata.json is rewritten only by the operations that change it and at compaction,
 never to move a head. fsyncs (directory fsyncs included) and renames per operation:
 
@@ -37,6 +41,7 @@ append a finished message (moving a head or not)         1       1
 append a streaming message (a reply's placeholder)       0       1
 update_message, a checkpoint (status stays streaming)    0       1
 update_message, the final state or any other change      1       1
+(of a finished message: one more line, not fsync'd)
 set_branch_head                                          1       0
 create_branch, update_branch, delete_branch,             2       1
 set_active_branch, update_metadata (metadata.json)

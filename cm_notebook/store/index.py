@@ -10,9 +10,11 @@ On disk:
   a status change (streaming -> complete) and of a branch head move; a line that
   commits a finished message also carries the message itself, so that the line alone
   (one fsync) makes it durable. Replaying lines into a dict keyed by id is idempotent,
-  so replaying lines a snapshot already holds is harmless. Lines are numbered, each
-  after the one before it; a line numbered at or below an earlier one is a copy, not a
-  change (see :func:`.snapshot.check_line_numbers`), and the index is rebuilt.
+  so replaying lines a snapshot already holds is harmless. An update of a finished
+  message also writes a marker just before its file, which commits nothing (see
+  :mod:`.pending`). Lines are numbered, each after the one before it; a line numbered
+  at or below an earlier one is a copy, not a change (see
+  :func:`.snapshot.check_line_numbers`), and the index is rebuilt.
 
 Appending a message therefore writes one line, not the whole index. When the journal
 holds at least as many lines as the snapshot holds entries (and at least
@@ -56,8 +58,10 @@ from .index_files import read_index_files
 from .journal import (
     JournalLine,
     JournalWriter,
+    counted_lines,
     encode_entry_line,
     encode_head_line,
+    encode_marker_line,
 )
 from .lazy import LAZY_MIN_BYTES
 from .oserrors import open_regular, translate
@@ -206,11 +210,11 @@ class MessageIndex(IndexContents):
             snapshot, lines = read.snapshot, read.lines
             self._load([*snapshot, *(line.entry for line in lines if line.entry is not None)])
             # What the lines of another journal said (places in it, head moves) is gone.
-            self._heads, self._content = {}, {}
+            self._heads, self._content, self._pending = {}, {}, {}
             self.last_at, self.next_n = None, read.next_n
             for line in lines:
                 self._apply_record(line)
-            self._snapshot_count, self._lines_read = len(snapshot), len(lines)
+            self._snapshot_count, self._lines_read = len(snapshot), counted_lines(lines)
         else:
             self._read_lazily(read.lazy, read.streaming)
         self._lines_after = 0
@@ -241,7 +245,7 @@ class MessageIndex(IndexContents):
         if lines:
             self.heads_version += 1
             self._unsynced = True  # another writer's: durable or not, we cannot tell
-        self._lines_after += len(lines)
+        self._lines_after += counted_lines(lines)
         self._offset += end
 
     # -- writing (cross-process lock held, right after refresh) ----------------------
@@ -274,6 +278,16 @@ class MessageIndex(IndexContents):
         self._take(record)
         self.heads_version += 1
 
+    def append_marker(self, entry: IndexEntry, digest: str) -> None:
+        """Say, with one journal line that is not fsync'd, that an update of ``entry``'s
+        message (its committed entry) is about to replace the file with bytes of
+        ``digest``: a marker, which commits nothing (see :mod:`.pending`). It moves no
+        head and no time, and is not counted toward a compaction."""
+        line = encode_marker_line(entry, n=self.next_n, digest=digest)
+        record = JournalLine(entry, self.next_n, None, None, entry.id, None, 0, digest)
+        self._write_line(line, False, counted=False)
+        self._take(record)
+
     def append_head(self, branch: str, head: str | None, *, at: str) -> None:
         """Move ``branch`` to ``head`` with one durable journal line."""
         line = encode_head_line(n=self.next_n, at=at, branch=branch, head=head)
@@ -282,7 +296,8 @@ class MessageIndex(IndexContents):
         self._take(record)
         self.heads_version += 1
 
-    def _write_line(self, line: bytes, durable: bool) -> None:
+    def _write_line(self, line: bytes, durable: bool, *, counted: bool = True) -> None:
+        # ``counted``: whether the line counts toward a compaction (see journal_lines).
         assert self._journal_inode is not None
         fsync = self.fsync if durable else None
         # The refresh under this lock (or this index's last line) found the journal to
@@ -291,7 +306,7 @@ class MessageIndex(IndexContents):
         self._writer.append(self._journal_inode, self._offset, line, fsync, checked=checked)
         self._end_known = True
         self._offset += len(line)
-        self._lines_after += 1
+        self._lines_after += counted
         self._unsynced = not durable  # an fsync makes every line before it durable too
 
     def make_durable(self) -> None:
@@ -382,7 +397,7 @@ class MessageIndex(IndexContents):
         self._note_journal(st_journal)
         self._unsynced = False  # the new journal is empty
         # Folded into metadata.json and message files before the snapshot was written.
-        self._heads, self.last_at, self._content = {}, None, {}
+        self._heads, self.last_at, self._content, self._pending = {}, None, {}, {}
         self.heads_version += 1
         self.loaded = True
 
@@ -407,7 +422,7 @@ class MessageIndex(IndexContents):
         found = salvage_journal(self.journal_path)
         # What is left of the index is rebuilt next: forget what was read lazily.
         self._lazy, self._damage = None, None
-        self._heads, self.last_at, self._content = {}, None, {}
+        self._heads, self.last_at, self._content, self._pending = {}, None, {}, {}
         for record in found:
             self._apply_record(record)
         self.heads_version += 1

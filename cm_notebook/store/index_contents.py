@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from ..model import MessageStatus
 from .base import IndexEntry, children_map
-from .journal import JournalLine
+from .journal import JournalLine, counted_lines
 from .lazy import LAZY_MAX_LOOKUPS, LazyEntries, LazyFiles
 from .snapshot import RebuildNeeded
 
@@ -65,6 +65,10 @@ class IndexContents:
         #: Messages whose durable content is in the journal: id -> (offset, length,
         #: size); while lazy, only those since the files were read (see :meth:`copy_of`).
         self._content: dict[str, tuple[int, int, int]] = {}
+        #: Messages whose last journal line is an update's marker: id -> the digest of
+        #: the file it was writing (see :mod:`.pending`); None where a later line applied
+        #: overrides a marker the lazily read files hold (see :meth:`pending_update`).
+        self._pending: dict[str, str | None] = {}
 
     # -- what the index holds --------------------------------------------------------
 
@@ -101,9 +105,10 @@ class IndexContents:
         if self._damage is not None:
             raise self._damage
         parsed, lines = self._lazy_read(lambda: lazy.parse_all(self.index_path, self.journal_path))
-        self._snapshot_count, self._lines_read = len(parsed), len(lines) - len(lazy.replay)
+        self._snapshot_count = len(parsed)
+        self._lines_read = counted_lines(lines[: len(lines) - len(lazy.replay)])
         self._load([*parsed, *(line.entry for line in lines if line.entry is not None)])
-        self._heads, self._content, self.last_at = {}, {}, None
+        self._heads, self._content, self._pending, self.last_at = {}, {}, {}, None
         for line in lines:
             self._apply_record(line)  # next_n only grows: the owner may have raised it
         return self._entries
@@ -148,6 +153,16 @@ class IndexContents:
             return copy
         return self._lazy_read(lambda: lazy.copy_of(message_id))
 
+    def pending_update(self, message_id: str) -> str | None:
+        """The digest of the file an update of ``message_id`` was writing, if the
+        journal's last line for it is that update's marker (see :mod:`.pending`)."""
+        if message_id in self._pending:
+            return self._pending[message_id]
+        lazy = self._lazy
+        if lazy is None:
+            return None
+        return self._lazy_read(lambda: lazy.pending_of(message_id))
+
     @property
     def next_seq(self) -> int:
         """The ``seq`` of the next new entry."""
@@ -165,7 +180,8 @@ class IndexContents:
 
     @property
     def journal_lines(self) -> int:
-        """How many complete lines the journal holds."""
+        """How many complete lines the journal holds, not counting updates' markers
+        (see :mod:`.pending`; a journal read lazily counts those it held when read)."""
         if self._lines_read is None:
             self._lines_read = self._lazy.journal.count_lines() if self._lazy else 0
         return self._lines_read + self._lines_after
@@ -176,7 +192,7 @@ class IndexContents:
         """Start over from lazily read files (``streaming``: ids whose entries say so)."""
         self._entries, self._lazy, self._damage, self._children = {}, lazy, None, None
         self.generation += 1
-        self._heads, self._content, self._seq_floor = {}, {}, 0
+        self._heads, self._content, self._pending, self._seq_floor = {}, {}, {}, 0
         self._lazy_next_seq = self._snapshot_count = self._lines_read = None
         self.next_n, self.last_at = lazy.next_n, None
         if lazy.tail is not None:
@@ -192,7 +208,8 @@ class IndexContents:
             self._lazy.replay.append(line)
 
     def _apply_record(self, line: JournalLine) -> None:
-        """Note what a line says beyond its entry: head move, time, durable content."""
+        """Note what a line says beyond its entry: head move, time, durable content, an
+        update under way (a marker)."""
         if line.n >= 0:
             if line.n >= self.next_n:
                 self.next_n = line.n + 1
@@ -200,9 +217,18 @@ class IndexContents:
                 self._heads[line.branch] = (line.n, line.head)
             if line.at is not None:
                 self.last_at = (line.n, line.at)
-        if line.content is not None and line.entry is not None:
+        if line.entry is None:
+            return
+        message_id = line.entry.id
+        if line.content is not None:
             offset, length = line.content
-            self._content[line.entry.id] = (offset, length, line.size)
+            self._content[message_id] = (offset, length, line.size)
+        if line.pending is not None:
+            self._pending[message_id] = line.pending
+        elif self._lazy is not None:
+            self._pending[message_id] = None  # overrides a marker in the files read
+        elif self._pending:
+            self._pending.pop(message_id, None)
 
     def _load(self, entries: list[IndexEntry]) -> None:
         """Replace the in-memory index with ``entries`` (later lines win, as on replay)."""

@@ -2,7 +2,7 @@
 
 Each line is one JSON object, optionally followed by a tab and a second JSON text, then
 ``\\n``. Compact JSON escapes tabs and newlines inside strings, so neither separator can
-occur inside either part. Three kinds of line:
+occur inside either part. Four kinds of line:
 
 * an entry line (format 2, still read): the fields of an
   :class:`~cm_notebook.store.base.IndexEntry` and nothing else;
@@ -11,7 +11,12 @@ occur inside either part. Three kinds of line:
   ``updated_at``), and optionally ``branch`` (the branch whose head now is this
   message) and ``size`` with the tab-separated message itself (the exact JSON of its
   file, compacted), when this line is the commit point of that message's content;
-* a head line: ``{"n": ..., "at": ..., "branch": ..., "head": <id or null>}``.
+* a head line: ``{"n": ..., "at": ..., "branch": ..., "head": <id or null>}``;
+* an update's marker: an entry line that restates a finished message's committed
+  entry and adds ``pending`` (the digest of the file an update is about to put in
+  place), with ``n`` but no ``at``, ``branch`` or message. It commits nothing; it lets
+  a repair tell an update cut short from damage (see :mod:`.pending`). Readers that do
+  not know ``pending`` (older versions) see an entry line that changes nothing.
 
 Only the part before the tab is parsed when a journal is loaded; the message part is
 read back only to repair a message file that a power loss took (see
@@ -43,8 +48,10 @@ __all__ = [
     "JournalWriter",
     "LineError",
     "check_ids",
+    "counted_lines",
     "encode_entry_line",
     "encode_head_line",
+    "encode_marker_line",
     "parse_lines",
 ]
 
@@ -67,6 +74,7 @@ class JournalLine:
     head: str | None  # the new head (a head line; an entry line moves it to its entry)
     content: tuple[int, int] | None  # (offset, length) of the message JSON in the file
     size: int  # the message file's size in bytes (with ``content``)
+    pending: str | None = None  # an update's marker: the digest of the file it writes
 
 
 def encode_entry_line(
@@ -93,6 +101,21 @@ def encode_entry_line(
 def encode_head_line(*, n: int, at: str, branch: str, head: str | None) -> bytes:
     """The bytes of a line that moves ``branch`` to ``head``."""
     return _compact({"n": n, "at": at, "branch": branch, "head": head}) + b"\n"
+
+
+def encode_marker_line(entry: IndexEntry, *, n: int, digest: str) -> bytes:
+    """The bytes of a marker: an update of ``entry``'s message (its committed entry) is
+    about to replace the file with bytes of ``digest`` (see :mod:`.pending`)."""
+    raw: dict[str, Any] = entry.model_dump(mode="json")
+    raw["n"] = n
+    raw["pending"] = digest
+    return _compact(raw) + b"\n"
+
+
+def counted_lines(lines: list[JournalLine]) -> int:
+    """How many of ``lines`` count toward a compaction: all but updates' markers, so
+    that an update of a finished message makes one due no sooner than before."""
+    return sum(1 for line in lines if line.pending is None)
 
 
 def _compact(raw: dict[str, Any]) -> bytes:
@@ -149,9 +172,12 @@ def _line(raw: dict[str, Any], span: tuple[int, int] | None, entries: Any) -> Jo
     if "id" in raw:
         entry: IndexEntry = next(entries)
         size = raw.get("size", 0)
-        if not isinstance(size, int):
-            raise ValueError("bad size")
-        return JournalLine(entry, n, at, branch, entry.id, span, size)
+        pending = raw.get("pending")
+        if not isinstance(size, int) or (pending is not None and not isinstance(pending, str)):
+            raise ValueError("bad size or pending")
+        if span is not None:
+            pending = None  # a line that carries the message commits it: no marker
+        return JournalLine(entry, n, at, branch, entry.id, span, size, pending)
     if branch is None or n < 0:
         raise ValueError("a head line without a branch or number")
     head = raw.get("head")

@@ -97,6 +97,9 @@ class Region:
         self._misses = 0
         self._ids: set[bytes] | None = None
         self._found: dict[str, JournalLine | None] = {}
+        #: Ids found whose last line is an update's marker -> its digest (see
+        #: :mod:`.pending`); :meth:`find` returns the line before such markers.
+        self.markers: dict[str, str] = {}
 
     @property
     def data(self) -> bytes:
@@ -131,7 +134,8 @@ class Region:
         return self.data.rfind(b"\n", self.first, at) + 1 or self.first
 
     def find(self, message_id: str) -> JournalLine | None:
-        """The line of ``message_id`` (the last one if ``latest``), or None."""
+        """The line of ``message_id`` (the last one if ``latest``, an update's marker
+        aside: see :attr:`markers`), or None."""
         if message_id in self._found:
             return self._found[message_id]
         line = self._search(message_id)
@@ -142,32 +146,49 @@ class Region:
         key = message_id.encode("utf-8", "replace")
         if self._ids is not None and key not in self._ids:
             return None
-        data, first, last = self.data, self.first, self.last
         needle = _ID_KEY + key + b'"'
-        # The newline before the first line is the snapshot's header's (data[first - 1]);
-        # the journal's first line starts the file and is checked on its own below.
-        low = max(first - 1, 0)
         if self.latest:
-            at = data.rfind(needle, low, last)
+            start = self._last_start(needle, self.last)
+            line = self._line(start) if start >= 0 else None
+            while line is not None and line.pending is not None and _of(line, message_id):
+                # An update's marker restates the committed entry, which the line before
+                # it holds with the message's copy (see .pending).
+                self.markers.setdefault(message_id, line.pending)
+                start = self._last_start(needle, start)
+                line = self._line(start) if start >= 0 else None
         else:
-            # Pages and walks follow parent links, which point a little way back.
-            at = data.rfind(needle, low, self._hint + len(needle))
-            if at < 0:
-                at = data.find(needle, self._hint, last)
-        if at >= 0:
-            start = at + 1
-        elif first == 0 and data.startswith(needle[1:]) and last > 0:
-            start = 0
-        else:
+            start = self._next_start(needle)
+            line = self._line(start) if start >= 0 else None
+        if line is None:
             self._misses += 1
             if self._misses >= _MISSES_BEFORE_ID_SET and self._ids is None:
                 self._ids = set(self._find_all(_IDS))
             return None
         self._hint = start
-        line = self._line(start)
-        if line.entry is None or line.entry.id != message_id:
+        if not _of(line, message_id):
             return None  # a look-alike needle (an id with a quote, say): no such line
         return line
+
+    def _last_start(self, needle: bytes, end: int) -> int:
+        """Where the last line before ``end`` that starts with ``needle[1:]`` starts, or
+        -1. The newline before the first line is the snapshot's header's (data[first -
+        1]); the journal's first line starts the file and is checked on its own."""
+        data, first = self.data, self.first
+        at = data.rfind(needle, max(first - 1, 0), end)
+        if at >= 0:
+            return at + 1
+        return 0 if first == 0 and end > 0 and data.startswith(needle[1:]) else -1
+
+    def _next_start(self, needle: bytes) -> int:
+        """Like :meth:`_last_start` over the region, but looking near the last line
+        found first: pages and walks follow parent links, which point a little way back."""
+        data, first, last = self.data, self.first, self.last
+        at = data.rfind(needle, max(first - 1, 0), self._hint + len(needle))
+        if at < 0:
+            at = data.find(needle, self._hint, last)
+        if at >= 0:
+            return at + 1
+        return 0 if first == 0 and last > 0 and data.startswith(needle[1:]) else -1
 
     def streaming(self) -> list[JournalLine]:
         """The lines whose entry says ``streaming`` (in the index part of the line)."""
@@ -319,6 +340,12 @@ class LazyFiles:
             return None
         return (*line.content, line.size)
 
+    def pending_of(self, message_id: str) -> str | None:
+        """The digest of the journal's last line of ``message_id`` if that line is an
+        update's marker (see :mod:`.pending`)."""
+        self.journal.find(message_id)
+        return self.journal.markers.get(message_id)
+
     def next_seq(self) -> int:
         """Above every ``seq`` in the files."""
         return max(self.snapshot.max_seq(), self.journal.max_seq()) + 1
@@ -331,6 +358,11 @@ class LazyFiles:
         data = self.journal.data[: self.journal.last]
         lines = parse_journal(data, 0, journal_path, after=-1)[0]
         return entries, [*lines, *self.replay]
+
+
+def _of(line: JournalLine, message_id: str) -> bool:
+    # Whether ``line`` describes ``message_id`` (a needle can match a look-alike id).
+    return line.entry is not None and line.entry.id == message_id
 
 
 class LazyEntries(Mapping[str, IndexEntry]):

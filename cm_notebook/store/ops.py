@@ -47,6 +47,7 @@ from .diagnostics import warn
 from .index import RebuildNeeded
 from .oserrors import OUT_OF_RESOURCES
 from .paths import message_path, trusted_message_path
+from .pending import file_digest
 from .repair import intact
 
 __all__ = [
@@ -340,7 +341,9 @@ def do_update_message(
 
     A checkpoint (the message stays ``streaming``) only replaces the file, without an
     fsync: it is not acknowledged. Any other update commits with one fsync'd journal
-    line carrying the message.
+    line carrying the message. An update of a message already finished whose committed
+    copy the journal holds first appends a marker (no fsync), so that a kill between
+    the file and the commit line is told from damage (see :mod:`.pending`).
     """
     require_message(state, message.id)
     old = state.index.entries[message.id]
@@ -362,6 +365,10 @@ def do_update_message(
         state.streaming.take(message.id)
     file_bytes, compact = data
     path = trusted_message_path(state.messages_dir, message.id)  # an id of the index
+    if old.status is not MessageStatus.STREAMING and state.index.copy_of(message.id) is not None:
+        # Repair compares the file with that copy: without the marker, an update killed
+        # before its line below would read as a file the machine lost (a StoreWarning).
+        state.index.append_marker(old, file_digest(file_bytes))
     atomic_write(path, file_bytes, fsync=None, temp_dir=state.dir)
     if not streaming:
         entry = IndexEntry.of(message, old.seq)

@@ -17,6 +17,11 @@ the finished one (its status, at least, is a different word). Its bytes are comp
 with the journal's copy too where a size cannot tell: before compaction drops the copy
 of a file no batch has made durable (a file system may leave a file of the right size
 with zeros in it), and when a reader found the file damaged.
+
+A file that differs is restored with a :class:`~.diagnostics.StoreWarning`, unless it is
+exactly what an update of a finished message wrote before a kill stopped it short of
+its commit line (the journal's marker says so: see :mod:`.pending`). That file is no
+damage, only a version never committed, and is put back to the committed one quietly.
 """
 
 from __future__ import annotations
@@ -28,17 +33,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import StoreError
+from ..redact import get_logger
 from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, read_from
 from .codec import file_bytes_from_compact
 from .diagnostics import warn
 from .index import MessageIndex
 from .oserrors import linked, translate
 from .paths import MESSAGES_DIR
+from .pending import update_cut_short
 from .workers import fsync_each
 
 __all__ = ["ensure_messages_folder", "intact", "repair_files"]
 
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_log = get_logger(__name__)
 
 
 def intact(path: str, size: int) -> bool:
@@ -129,6 +137,8 @@ def repair_files(
             if whole and unflushed:
                 owed.append(path)
             continue  # intact, or no copy to restore it from (the readers report it)
+        # Looked at before the file is replaced: an update cut short is no damage.
+        cut_short = update_cut_short(index, message_id, path)
         try:
             atomic_write(Path(path), data, fsync=fsync, temp_dir=index.ctx_dir)
         except StoreError:
@@ -136,6 +146,9 @@ def repair_files(
                 raise  # the journal's copy must not be dropped
             continue  # (a folder in its place, say) reported by the readers
         repaired += 1
+        if cut_short:
+            _log.debug("put %s back to its committed version (an update cut short)", path)
+            continue
         warn(
             f"message file {path} was missing, damaged or older than its last "
             "committed version (the machine went down before it reached the disk, "
