@@ -156,9 +156,14 @@ def test_a_live_session_settles_the_round_when_the_other_process_dies(
             )
         finally:
             _kill(child)
+        # The call's new status is on disk (and in history()) before its write returns
+        # and the session announces it: wait for both.
         _wait_for(
-            lambda: [c.status for c in _calls(session)] == [ToolCallStatus.DENIED],
-            "the dead process's call to be settled",
+            lambda: (
+                [c.status for c in _calls(session)] == [ToolCallStatus.DENIED]
+                and any(isinstance(e, ToolCallResolved) for e in list(seen.events))
+            ),
+            "the dead process's call to be settled and announced",
         )
         [call] = _calls(session)
         assert call.reason == UNDECIDED
