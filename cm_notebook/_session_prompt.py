@@ -4,9 +4,10 @@ on an event loop.
 :class:`PromptWrites` is a base of :class:`~cm_notebook._session_core.SessionCore`. From
 a script, ``send()`` stores the message before it returns (:meth:`_append_prompt`), so a
 failure raises there. On an event loop the loop must not wait for the disk: the write
-starts at once (:meth:`_start_prompt`) on a store worker thread when the store offers
-``start_append`` (one thread hand-over, no event loop involved), else on the store's own
-loop, and the turn waits for it before it asks for a reply. Either way the session's own
+starts at once (:meth:`_start_prompt`) through the store's ``start_append`` where it
+offers one (no event loop involved: made on the spot when it need not wait, its fsync
+made on another thread, else on a store worker thread), else on the store's own loop,
+and the turn waits for it before it asks for a reply. Either way the session's own
 reads wait for it (:class:`~cm_notebook._sessionio.StoreAccess`), the message is
 announced (``MessageAdded``) once it is stored, and an append that failed after its
 commit point is settled: its head move is finished, or the error says what to do.
@@ -82,10 +83,10 @@ class PromptWrites:
     def _start_prompt(self, branch: str, message: Message) -> concurrent.futures.Future[None]:
         # Start storing the user's message without waiting (a send() on an event loop);
         # the future is done once it is stored and announced, or with the error that
-        # kept it from being stored. Straight on a store worker thread where the store
-        # offers it (FileStore.start_append, looked up on the class so that a wrapper
-        # that changes append_message is not bypassed): one thread hand-over; else on
-        # the store's own loop. The session's reads wait for the write either way. The
+        # kept it from being stored. Straight through the store where it offers it
+        # (FileStore.start_append, looked up on the class so that a wrapper that
+        # changes append_message is not bypassed): no event loop involved; else on the
+        # store's own loop. The session's reads wait for the write either way. The
         # turn waits for the future returned, never for the write itself: cancelling
         # the turn (asyncio passes a cancellation on to the future it awaits) must not
         # cancel the write.
@@ -108,7 +109,7 @@ class PromptWrites:
         self._io.track(written)
 
         def stored(future: concurrent.futures.Future[None]) -> None:
-            # On the worker thread. ``written`` is always resolved.
+            # On the thread that finished the write. ``written`` is always resolved.
             if future.cancelled():  # never started: the worker pool was shut down
                 _resolve(written, cancelled=True)
                 return

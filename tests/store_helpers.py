@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import errno
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Awaitable, Callable
 from types import EllipsisType
 from typing import Any
 
@@ -107,3 +110,55 @@ class FailingStoreWithoutStart(FailingStore):
     send() on an event loop then stores the user's message on the store's own loop."""
 
     start_append = None  # type: ignore[assignment]
+
+
+class HeldFsync:
+    """An ``fsync`` that waits for :meth:`release` once :meth:`hold` was called."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._held = threading.Event()
+        self._go = threading.Event()
+        self.waiting = threading.Event()  # an fsync is waiting now
+
+    def hold(self) -> None:
+        self._go.clear()
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
+        self._go.set()
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self._held.is_set():
+            self.waiting.set()
+            self._go.wait(timeout=30)
+        os.fsync(fd)
+
+
+async def ticks_while(awaitable: Awaitable[object], fsync: HeldFsync) -> int:
+    """Await ``awaitable`` while counting how often the loop runs a 1 ms ticker, and
+    release ``fsync`` after 0.3 s; returns the ticks counted before the release."""
+    ticks = 0
+    released = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not released.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def release_later() -> int:
+        await asyncio.sleep(0.3)
+        counted = ticks
+        fsync.release()
+        released.set()
+        return counted
+
+    counter = asyncio.ensure_future(ticker())
+    releaser = asyncio.ensure_future(release_later())
+    await awaitable
+    counted = await releaser
+    await counter
+    return counted

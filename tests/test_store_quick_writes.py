@@ -3,7 +3,8 @@ caller's thread when they wait for nothing, and never make that thread wait.
 
 Such a write commits nothing and makes no fsync, so the store makes it at once instead
 of handing it to a worker thread. These tests hold the store's locks the way real
-writers do (a durable write whose fsync is held back, through ``FileStore(fsync=...)``)
+writers do (a write made on a worker whose fsync is held back, through
+``FileStore(fsync=...)``)
 and check that the event loop keeps running meanwhile, that the write is still made
 once the lock is free, and that a compaction it makes due is left to the next write.
 """
@@ -11,71 +12,16 @@ once the lock is free, and that a compaction it makes due is left to the next wr
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
-from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
-from store_helpers import chain, msg
+from store_helpers import HeldFsync, chain, msg, ticks_while
 
 from cm_notebook.model import ContextMetadata, Message, MessageStatus
 from cm_notebook.store import FileStore
 from cm_notebook.store.index import COMPACT_MIN_LINES
 
 pytestmark = pytest.mark.anyio
-
-
-class HeldFsync:
-    """An ``fsync`` that waits for :meth:`release` once :meth:`hold` was called."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._held = threading.Event()
-        self._go = threading.Event()
-        self.waiting = threading.Event()  # an fsync is waiting now
-
-    def hold(self) -> None:
-        self._go.clear()
-        self._held.set()
-
-    def release(self) -> None:
-        self._held.clear()
-        self._go.set()
-
-    def __call__(self, fd: int) -> None:
-        self.calls += 1
-        if self._held.is_set():
-            self.waiting.set()
-            self._go.wait(timeout=30)
-        os.fsync(fd)
-
-
-async def ticks_while(awaitable: Awaitable[object], fsync: HeldFsync) -> int:
-    """Await ``awaitable`` while counting how often the loop runs a 1 ms ticker, and
-    release ``fsync`` after 0.3 s; returns the ticks counted before the release."""
-    ticks = 0
-    released = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not released.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    async def release_later() -> int:
-        await asyncio.sleep(0.3)
-        counted = ticks
-        fsync.release()
-        released.set()
-        return counted
-
-    counter = asyncio.ensure_future(ticker())
-    releaser = asyncio.ensure_future(release_later())
-    await awaitable
-    counted = await releaser
-    await counter
-    return counted
 
 
 def streaming_reply(parent: str) -> Message:
@@ -89,7 +35,8 @@ async def test_a_placeholder_waits_for_a_writer_of_another_store_off_the_loop(
     async with FileStore(data_dir) as mine, FileStore(data_dir, fsync=fsync) as other:
         await mine.create_context(ContextMetadata(id="c1"))
         (question,) = await chain(mine, "c1", 1)
-        # The other store's durable write holds the context's lock until released.
+        # The other store's durable write (its first there: made on a worker) holds
+        # the context's lock until released.
         fsync.hold()
         blocking = asyncio.ensure_future(
             other.append_message("c1", msg("user", None, "elsewhere"), branch=None)
@@ -115,11 +62,10 @@ async def test_a_checkpoint_waits_for_a_write_of_its_own_store_off_the_loop(
         (question,) = await chain(store, "c1", 1)
         reply = streaming_reply(question)
         await store.append_message("c1", reply, branch="main")
-        # A durable write of this store on a worker holds the context's locks.
+        # A write of this store made on a worker (a new branch: metadata.json) holds
+        # the context's locks while its fsync is held.
         fsync.hold()
-        blocking = asyncio.ensure_future(
-            store.append_message("c1", msg("user", None, "aside"), branch=None)
-        )
+        blocking = asyncio.ensure_future(store.create_branch("c1", "aside", head=question))
         await asyncio.to_thread(fsync.waiting.wait, 10)
         checkpoint = reply.model_copy(update={"content": "half an answer"})
         ticks = await ticks_while(store.update_message("c1", checkpoint), fsync)

@@ -66,6 +66,15 @@ made by the next write.
 Unacknowledged states are not fsync'd: a reply still streaming when the power fails
 may be lost or show older partial text, which ``kill -9`` alone never does.
 
+Where the work is done. Every store call does its file work on a worker thread
+(:mod:`.workers`), but for a message written when every lock of its context is free
+and nothing else is due (a repair, a batch of fsyncs, a compaction), the caller's
+thread makes the write itself (:mod:`.quick_writes`): a streaming message's at once;
+a finished one's journal line without its fsync, which a thread of the fsync pool
+then makes, after the locks are released, beside the fsyncs of other writes made
+meanwhile (:mod:`.group_sync`); the call returns once it is made. The fsyncs
+counted above are the same either way.
+
 So a crash at any point leaves either no trace, an unreferenced message file (an
 append cut short before its commit: ``check`` lists it; a reply's empty placeholder is
 removed when the context opens), or a committed message that no branch points at yet
@@ -107,21 +116,22 @@ from typing import Any, TypeVar
 
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
 from ..ids import validate_branch_name, validate_context_id, validate_message_id
-from ..model import ContextMetadata, Message, MessageStatus
+from ..model import ContextMetadata, Message
 from . import ops, oserrors
 from .atomic import Fsync
 from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
 from .codec import encode_message_forms
-from .context import ContextState, WouldWait
+from .context import ContextState
 from .deletion import ContextDeletion
-from .folders import create_context_folder, list_context_folders
+from .folders import create_context_folder, current_metadata, list_context_folders
 from .integrity import IntegrityChecks
 from .paths import (
     context_dir,
     default_data_dir,
     message_path,
 )
+from .quick_writes import Written, acknowledge, acknowledge_later, write_now
 from .scores import ScoreFiles
 from .session_files import SessionFiles
 from .workers import run_blocking, submit_blocking
@@ -264,27 +274,17 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
 
     def _write_now(
         self, context_id: str, func: Callable[..., None], message: Message, *args: Any
-    ) -> bool:
-        # A write of a message that is still streaming (a reply's placeholder, a
-        # checkpoint) commits nothing, so it makes no fsync: made here, on the caller's
-        # thread, if it need not wait for anything else either (every lock free, no
-        # repair due; see ContextState.locked). Handing it to a worker and back costs
-        # two thread wake-ups, more CPU than the write itself. False: nothing was
-        # written (a finished message, or one that would wait), make it on a worker.
+    ) -> Written | None:
+        # On the caller's thread if it waits for nothing (see .quick_writes); None:
+        # nothing was written, make it on a worker.
         state = self._states.get(context_id)
-        # A context not opened here yet: its first write sweeps, on a worker.
-        if message.status is not MessageStatus.STREAMING or state is None:
-            return False
-        data = encode_message_forms(message)
+        if state is None:  # a context not opened here yet: its first write sweeps
+            return None
         try:
-            with state.locked(quick=True) as metadata:
-                func(state, metadata, message, data, *args)
-        except WouldWait:
-            return False
+            return write_now(state, func, message, *args)
         except ContextNotFoundError:
             self._forget(state)
             raise
-        return True
 
     # -- contexts ----------------------------------------------------------------------
 
@@ -308,29 +308,9 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
     def _list_contexts(self) -> list[ContextMetadata]:
         found = []
         for metadata in list_context_folders(self.data_dir):
-            # metadata.json's heads and time lag behind the journal: ask the context.
             with self._registry_lock:
                 state = self._states.get(metadata.id)
-            # A context not open here is read through a state of the listing's own,
-            # closed again at once: it holds four files, and a data folder of 300
-            # contexts would otherwise keep 1,200 open for the life of the store (past a
-            # common limit of 1,024). Never registered, so no other call can be using
-            # it when it closes (closing a registered one could release the streaming
-            # lock of a reply another thread had just started); its file locks keep
-            # it and a state opened meanwhile from writing at once.
-            own = state is None
-            if state is None:
-                state = self._new_state(metadata.id)
-            try:
-                found.append(state.view(lambda _s, m: m.model_copy(deep=True)))
-            except (CMError, OSError):
-                # Damaged, or unreadable for the OS (a read-only folder it had to repair,
-                # say): listed as metadata.json says, reported when the context is opened.
-                found.append(metadata)
-            finally:
-                if own:
-                    with state.state_lock:
-                        state.close()
+            found.append(current_metadata(metadata, state, self._new_state))
         found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
         return found
 
@@ -399,13 +379,17 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         :class:`~cm_notebook.errors.StateError` is raised.
 
         If it raises (:class:`~cm_notebook.errors.StorageFullError` when the disk is
-        full), nothing was written.
+        full), nothing was written; but a failed fsync (a disk's I/O error, raised as
+        the StoreIOError naming the journal) may leave the message stored.
         """
         call = self._append_call(context_id, message, branch, expected_head)
-        if not self._translated(
+        written = self._translated(
             self._write_now, context_id, ops.do_append, message, branch, expected_head
-        ):
+        )
+        if written is None:
             await run_blocking(call)
+        else:
+            await acknowledge(self._state(context_id), written, self.fsync)
         return message
 
     def start_append(
@@ -416,14 +400,26 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         branch: str | None,
         expected_head: str | EllipsisType | None = ...,
     ) -> concurrent.futures.Future[None]:
-        """:meth:`append_message`, started on a worker thread at once; returns its future.
+        """:meth:`append_message`, under way when this returns; returns its future.
 
         For a caller that must not wait for the disk but needs the write under way
-        before it returns (a ``send()`` made on an event loop): no event loop is
-        involved, so it costs one thread hand-over. The future raises what
-        :meth:`append_message` would; invalid arguments raise here.
+        before it returns (a ``send()`` made on an event loop): made here when it need
+        not wait, its fsync on another thread, else started on a worker thread; no
+        event loop is involved. The future raises what :meth:`append_message` would;
+        invalid arguments raise here.
         """
-        return submit_blocking(self._append_call(context_id, message, branch, expected_head))
+        call = self._append_call(context_id, message, branch, expected_head)
+        try:
+            written = self._translated(
+                self._write_now, context_id, ops.do_append, message, branch, expected_head
+            )
+        except CMError as exc:  # the future's error, as from a worker
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return failed
+        if written is None:
+            return submit_blocking(call)
+        return acknowledge_later(self._state(context_id), written, self.fsync)
 
     def _append_call(
         self,
@@ -463,8 +459,11 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         the next update.
         """
         check_message_ids(message.id, message.parent_id)
-        if not self._translated(self._write_now, context_id, ops.do_update_message, message):
+        written = self._translated(self._write_now, context_id, ops.do_update_message, message)
+        if written is None:
             await self._run(self._write_message, context_id, ops.do_update_message, message)
+        else:
+            await acknowledge(self._state(context_id), written, self.fsync)
 
     async def get_message(self, context_id: str, message_id: str) -> Message:
         """One message, read from its own file (CorruptDataError if it is damaged)."""

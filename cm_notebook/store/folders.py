@@ -12,14 +12,15 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ContextExistsError, CorruptDataError, InvalidInputError, StoreError
+from ..errors import CMError, ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..ids import id_key
 from ..model import ContextMetadata
 from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable
 from .codec import decode_metadata, encode_metadata, read_regular
-from .context import creation_lock, remove_lock_shell
+from .context import ContextState, creation_lock, remove_lock_shell
 from .diagnostics import warn
 from .index import empty_index_bytes
 from .oserrors import describe_kind, linked
@@ -230,3 +231,33 @@ def context_folder_of(log_path: Path) -> Path:
 def remove_tree(path: Path) -> None:
     """Delete a folder that has already been renamed out of the way (best effort)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def current_metadata(
+    listed: ContextMetadata,
+    state: ContextState | None,
+    new_state: Callable[[str], ContextState],
+) -> ContextMetadata:
+    """A listed context's metadata as now current: metadata.json's heads and time lag
+    behind the journal, so the context is asked, through ``state`` (the store's own,
+    if it has the context open) or a state made by ``new_state`` for this one read.
+
+    That state is closed again at once: it holds four files, and a data folder of 300
+    contexts would otherwise keep 1,200 open for the life of the store (past a common
+    limit of 1,024). Never registered, so no other call can be using it when it closes
+    (closing a registered one could release the streaming lock of a reply another
+    thread had just started); its file locks keep it and a state opened meanwhile from
+    writing at once. A context that cannot be read (damaged, or a read-only folder it
+    had to repair) is listed as metadata.json says, and reported when it is opened.
+    """
+    own = state is None
+    if state is None:
+        state = new_state(listed.id)
+    try:
+        return state.view(lambda _state, metadata: metadata.model_copy(deep=True))
+    except (CMError, OSError):
+        return listed
+    finally:
+        if own:
+            with state.state_lock:
+                state.close()

@@ -43,8 +43,10 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StoreError
@@ -102,6 +104,16 @@ _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW
 
 
+@dataclass(frozen=True)
+class DeferredLine:
+    """A durable journal line written without its fsync (see
+    :meth:`MessageIndex.deferred_fsync`)."""
+
+    fd: int  # a duplicate of the journal's descriptor, for that fsync
+    inode: tuple[int, int]  # the journal's device and inode
+    end: int  # the journal's length just after the line
+
+
 class MessageIndex(IndexContents):
     """The in-memory index of one context, kept in step with the files on disk.
 
@@ -126,6 +138,7 @@ class MessageIndex(IndexContents):
         self._journal_fd = -1
         self._journal_inode: tuple[int, int] | None = None
         self._writer = JournalWriter(self.journal_path)
+        self._deferred: list[DeferredLine] | None = None  # see deferred_fsync()
         self._offset = 0  # just after the last complete journal line read
         # What the lock-time refresh (or this index's own writes since) found, for the
         # writes that follow under the same lock: whether the journal ends at _offset
@@ -299,7 +312,8 @@ class MessageIndex(IndexContents):
     def _write_line(self, line: bytes, durable: bool, *, counted: bool = True) -> None:
         # ``counted``: whether the line counts toward a compaction (see journal_lines).
         assert self._journal_inode is not None
-        fsync = self.fsync if durable else None
+        deferred = durable and self._deferred is not None
+        fsync = self.fsync if durable and not deferred else None
         # The refresh under this lock (or this index's last line) found the journal to
         # end at _offset: the writer need not look for a fragment to cut.
         checked, self._end_known, self._journal_stat = self._end_known, False, None
@@ -307,7 +321,34 @@ class MessageIndex(IndexContents):
         self._end_known = True
         self._offset += len(line)
         self._lines_after += counted
-        self._unsynced = not durable  # an fsync makes every line before it durable too
+        # An fsync makes every line before it durable too; a deferred one is not made yet.
+        self._unsynced = not durable or deferred
+        if deferred and self._deferred is not None:
+            if self._deferred:  # a second line of the same write: one fsync covers both
+                self._deferred[0] = dataclasses.replace(self._deferred[0], end=self._offset)
+            else:
+                fd = self._writer.duplicate(self._journal_inode)
+                self._deferred.append(DeferredLine(fd, self._journal_inode, self._offset))
+
+    @contextlib.contextmanager
+    def deferred_fsync(self) -> Iterator[list[DeferredLine]]:
+        """Within: a durable line is written without its fsync, which is the caller's
+        to make once its locks are released (see :mod:`.group_sync`). The list yielded
+        then holds the line (its ``fd`` the caller's to close); it stays empty if no
+        durable line was written."""
+        lines: list[DeferredLine] = []
+        self._deferred = lines
+        try:
+            yield lines
+        finally:
+            self._deferred = None
+
+    def synced_through(self, line: DeferredLine) -> None:
+        """``line``'s fsync was made: if no line came after it, every line read or
+        written is durable (no fsync owed before a metadata.json write). With the
+        state lock held."""
+        if self._journal_inode == line.inode and self._offset == line.end:
+            self._unsynced = False
 
     def make_durable(self) -> None:
         """fsync the journal if a line read or written since its last fsync may not be

@@ -304,6 +304,14 @@ class JournalWriter:
         except OSError as exc:
             raise translate(exc, self.path, verb) from exc
 
+    def duplicate(self, inode: tuple[int, int]) -> int:
+        """A new descriptor of the journal (device and inode ``inode``), for an fsync
+        made after the lock is released: the caller closes it."""
+        try:
+            return os.dup(self._descriptor(inode))
+        except OSError as exc:
+            raise translate(exc, self.path, "write") from exc
+
     def close(self) -> None:
         """Close the descriptor (the next write opens the journal again).
 

@@ -374,8 +374,10 @@ def do_update_message(
         entry = IndexEntry.of(message, old.seq)
         state.index.append(entry, at=_now(), content=compact, size=len(file_bytes))
         state.flushes.note(message.id)
-        # Only after the final state is durable: until then a crash must still read as
-        # "writer died while streaming".
+        # Only after the final state's line is written: until then a crash must still
+        # read as "writer died while streaming". (A line whose fsync is made after the
+        # locks are released, see quick_writes, is the OS's once written: a killed
+        # process leaves it; a power loss before its fsync finds no live writer either.)
         state.streaming.drop(message.id, remove_file=True)
     state.compact_if_due()
 

@@ -21,7 +21,14 @@ from typing import TypeVar, cast
 
 import anyio
 
-__all__ = ["FSYNC_WORKERS", "MAX_WORKERS", "fsync_each", "run_blocking", "submit_blocking"]
+__all__ = [
+    "FSYNC_WORKERS",
+    "MAX_WORKERS",
+    "fsync_each",
+    "fsync_pool",
+    "run_blocking",
+    "submit_blocking",
+]
 
 T = TypeVar("T")
 
@@ -53,8 +60,9 @@ def _executor(
         return made[0]
 
 
-def fsync_each(paths: list[str], flush: Callable[[str], None]) -> None:
-    """Call ``flush(path)`` for every path, several at once; return when all are done.
+def fsync_each(paths: list[T], flush: Callable[[T], None]) -> None:
+    """Call ``flush(path)`` for every path (or descriptor), several at once; return
+    when all are done.
 
     For a batch of fsyncs: a journaling file system commits fsyncs that wait at the
     same time together, so a batch of 32 small files costs less than half as long as
@@ -67,11 +75,17 @@ def fsync_each(paths: list[str], flush: Callable[[str], None]) -> None:
         for path in paths:
             flush(path)
         return
-    pool = _executor("fsync", FSYNC_WORKERS)
+    pool = fsync_pool()
     futures = [pool.submit(flush, path) for path in paths]
     concurrent.futures.wait(futures)
     for future in futures:
         future.result()
+
+
+def fsync_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The pool of threads that make fsyncs (:data:`FSYNC_WORKERS` of them): its
+    threads only fsync, never wait for the pool, so a store worker may wait for it."""
+    return _executor("fsync", FSYNC_WORKERS)
 
 
 def submit_blocking(func: Callable[[], T]) -> concurrent.futures.Future[T]:
