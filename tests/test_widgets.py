@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from test_session_support import until
 
 from cm_notebook import ContextSession, tool
 from cm_notebook.errors import InvalidInputError
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.widgets import (
     BranchTree,
@@ -332,5 +334,35 @@ async def test_the_compare_view_says_so_when_a_compared_branch_is_deleted(
         await until(lambda: "was deleted" in view.value)
         assert "compare needs two or more branches" in view.value
         assert view.ratings.children == ()
+    finally:
+        view.close()
+
+
+async def test_a_branch_another_process_deleted_is_dropped_before_its_signal_comes(
+    new_session: NewSession, data_dir: Path
+) -> None:
+    session = new_session(provider=ScriptedProvider(["One."]))
+    await session.send("hi")
+    session.branch("other", switch=False)
+    session.branch("third", switch=False)
+    view = CompareView(session, "main", "other", "third")
+    try:
+
+        def delete_elsewhere() -> None:  # another store: another process, for locks
+            async def delete() -> None:
+                async with FileStore(data_dir) as other:
+                    await other.delete_branch(session.id, "third")
+
+            asyncio.run(delete())
+
+        worker = threading.Thread(target=delete_elsewhere)
+        worker.start()
+        worker.join()
+        # A render before the deletion's signal reaches this session (nothing here
+        # yields to the loop that delivers it): as after a turn that ends first.
+        view._render()
+        assert view.branch_names == ["main", "other"]
+        assert "third" not in view.value
+        assert "One." in view.value
     finally:
         view.close()

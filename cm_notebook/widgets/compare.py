@@ -21,7 +21,7 @@ import ipywidgets as w
 
 from .. import events as ev
 from ..compare import BranchResult, diff_side_html, unfinished_html, word_diff
-from ..errors import InvalidInputError
+from ..errors import BranchNotFoundError, InvalidInputError
 from ..model import Message, MessageStatus
 from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
@@ -144,20 +144,32 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
             )
             self._set_cells([])
             return
-        paths = {name: session.history(name) for name in self.branch_names}
-        columns = []
-        for name in self.branch_names:
-            columns.append(
+        try:
+            paths = {name: session.history(name) for name in self.branch_names}
+            columns = [
                 {
                     "branch": name,
                     "system": session.system_prompt_of(name),
                     "messages": paths[name],
                     "state": session.state_of(name).value,
                 }
-            )
-        turns = [
-            session.compare_turns(name, self.branch_names[0]) for name in self.branch_names[1:]
-        ]
+                for name in self.branch_names
+            ]
+            turns = [
+                session.compare_turns(name, self.branch_names[0]) for name in self.branch_names[1:]
+            ]
+        except BranchNotFoundError:
+            # Deleted by another process whose signal has not come yet (a turn here
+            # ended first): dropped as BranchDeleted drops it, or a traceback would
+            # land in whichever cell is running.
+            known = session.branches
+            missing = [name for name in self.branch_names if name not in known]
+            if not missing:
+                raise
+            self.branch_names = [name for name in self.branch_names if name in known]
+            self._deleted += missing
+            self._render()
+            return
         self.value = comparison_html(columns, turns)
         # A failed or interrupted reply is no answer to rate.
         self._show_ratings([_answer_of(path) for path in paths.values()])
