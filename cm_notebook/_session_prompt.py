@@ -15,6 +15,7 @@ commit point is settled: its head move is finished, or the error says what to do
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import errno
@@ -36,12 +37,16 @@ class PromptWrites:
     """Writes the user's message of a send (see the module docstring)."""
 
     id: str
+    _loop: asyncio.AbstractEventLoop
     _store: Store
     _io: StoreAccess
     _messages: MessageCache
 
     def _publish(self, event: ev.BaseEvent) -> None:
         raise NotImplementedError  # SessionCore's: on the session loop's thread
+
+    def _publish_here(self, event: ev.BaseEvent) -> None:
+        raise NotImplementedError  # SessionCore's: delivers at once (on the loop's thread)
 
     def _append_prompt(self, branch: str, message: Message) -> None:
         self._io.call(self._store_prompt(branch, message))
@@ -123,20 +128,28 @@ class PromptWrites:
                 settling.add_done_callback(lambda settled: _copy_outcome(settled, written))
                 return
             try:
-                self._prompt_stored(branch, message)
+                self._prompt_stored(branch, message, later=True)
             finally:
                 _resolve(written)  # stored, even if announcing it failed
 
         started.add_done_callback(stored)
         return done
 
-    def _prompt_stored(self, branch: str, message: Message) -> None:
+    def _prompt_stored(self, branch: str, message: Message, *, later: bool = False) -> None:
+        # ``later``: the announcement is queued on the session's loop, never delivered
+        # before this returns, even on the loop's own thread. ``stored`` above runs
+        # there when the write was done before its callback was added (a write that
+        # needed no worker), inside send(): delivered at once, a callback reading the
+        # session (a view) would wait for ``written``, which is resolved after this.
         self._messages.remember(message)
-        self._publish(
-            ev.MessageAdded(
-                branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
-            )
+        added = ev.MessageAdded(
+            branch=branch, message_id=message.id, parent_id=message.parent_id, role="user"
         )
+        if not later:
+            self._publish(added)
+            return
+        with contextlib.suppress(RuntimeError):  # an ended loop has nobody left to tell
+            self._loop.call_soon_threadsafe(self._publish_here, added)
 
 
 def _copy_outcome(

@@ -230,3 +230,64 @@ async def test_a_read_waiting_for_a_failed_send_sees_it_settled(
     threading.Timer(0.1, store.gate.set).start()
     assert [m.content for m in session.history()] == ["hi"]
     assert (await turn).content == "echo: hi"
+
+
+class FinishedStore:
+    """The real FileStore behind the Store protocol, whose ``start_append`` has made
+    the write (fsync included) by the time it returns, as a write that needs no worker
+    can: the session's callbacks on its future then run at once, inside send()."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def start_append(
+        self,
+        context_id: str,
+        message: Message,
+        *,
+        branch: str | None,
+        expected_head: str | EllipsisType | None = ...,
+    ) -> concurrent.futures.Future[None]:
+        started = self.inner.start_append(
+            context_id, message, branch=branch, expected_head=expected_head
+        )
+        started.result(timeout=DEADLINE)
+        return started
+
+
+def test_a_subscriber_that_reads_the_session_when_the_message_is_added_does_not_hang_send(
+    inner: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    # A view subscribed to the session reads it when a message is added. Announced at
+    # once inside send(), that read waited for the send's own write to be settled,
+    # which came after the announcement: the kernel hung in send().
+    seen: list[list[str]] = []
+    outcome: list[BaseException | str] = []
+
+    async def cell() -> None:
+        session = new_session(
+            provider=ScriptedProvider().reply("answer"), store=FinishedStore(inner)
+        )
+
+        def on_added(event: Any) -> None:
+            if isinstance(event, MessageAdded) and event.role == "user":
+                seen.append([m.content for m in session.history()])
+
+        session.subscribe(on_added)
+        await session.send("question")
+
+    def run() -> None:
+        try:
+            asyncio.run(cell())
+            outcome.append("done")
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)  # a hang must not hang the run
+    worker.start()
+    worker.join(DEADLINE)
+    assert outcome == ["done"], "send() hung (or failed) with a subscriber reading the session"
+    assert seen == [["question"]]
