@@ -43,8 +43,10 @@ async def settle_append(store: Store, context_id: str, branch: str, message: Mes
     try:
         if message.id not in await store.index(context_id):
             return False
+        if (await store.get_metadata(context_id)).branches[branch].head == message.id:
+            return True  # the move was made too (an fsync that failed after the commit)
         await store.set_branch_head(context_id, branch, message.id, expected_head=message.parent_id)
-    except (OSError, CMError):
+    except (OSError, CMError, KeyError):
         return False
     return True
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -291,3 +293,35 @@ def test_a_subscriber_that_reads_the_session_when_the_message_is_added_does_not_
     worker.join(DEADLINE)
     assert outcome == ["done"], "send() hung (or failed) with a subscriber reading the session"
     assert seen == [["question"]]
+
+
+class FsyncFailingOnce:
+    """An ``fsync`` that fails with EIO once, when :attr:`armed` is set."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+
+@pytest.mark.anyio
+async def test_a_message_whose_fsync_failed_after_its_commit_is_not_sent_twice(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # The line and the head move were written, the fsync after them failed: the message
+    # is stored (as after any failure past the commit point), and the session must not
+    # say "nothing was sent" (a resend then stored it twice).
+    fsync = FsyncFailingOnce()
+    store = FileStore(data_dir, fsync=fsync)
+    try:
+        session = new_session(provider=ScriptedProvider().reply("one").reply("two"), store=store)
+        await session.send("first")
+        fsync.armed = True
+        await session.send("second")
+        assert [m.content for m in session.history()] == ["first", "one", "second", "two"]
+    finally:
+        await store.close()

@@ -11,9 +11,12 @@ back and failed through the store's documented seam, ``FileStore(fsync=...)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import gc
 import os
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from store_helpers import HeldFsync, chain, msg, ticks_while
 from cm_notebook.errors import StoreIOError
 from cm_notebook.model import ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore
+from cm_notebook.store.flushing import FLUSH_EVERY
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +183,52 @@ async def test_a_forked_child_makes_its_own_fsyncs(data_dir: Path) -> None:
             os._exit(code)
     _, status = await asyncio.to_thread(os.waitpid, pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_an_event_loop_that_awaited_a_write_is_not_kept_alive(data_dir: Path) -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def script(n: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with FileStore(data_dir) as store:
+            first = await opened(store, f"c{n}")  # a worker's write opens the context
+            await store.append_message(f"c{n}", msg("assistant", first, "here"), branch="main")
+
+    def run_all() -> None:
+        for n in range(5):
+            asyncio.run(script(n))
+
+    await asyncio.to_thread(run_all)
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 5
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` this process holds open (Linux's /proc)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                held.append(target)
+    return sorted(held)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_store_closed_while_a_write_waits_for_its_fsync_leaves_no_file_open(
+    data_dir: Path,
+) -> None:
+    fsync = HeldFsync()
+    store = FileStore(data_dir, fsync=fsync)
+    await store.create_context(ContextMetadata(id="c1"))
+    ids = await chain(store, "c1", FLUSH_EVERY - 1)
+    fsync.hold()
+    # The 32nd finished message makes a batch of fsyncs due, made after its own fsync.
+    last = asyncio.ensure_future(
+        store.append_message("c1", msg("user", ids[-1], "the last"), branch="main")
+    )
+    await asyncio.to_thread(fsync.waiting.wait, 10)
+    await store.close()
+    fsync.release()
+    await asyncio.wait_for(last, timeout=10)
+    assert _open_files_under(data_dir) == []

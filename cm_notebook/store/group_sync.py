@@ -43,7 +43,9 @@ class _Inbox:
     """Outcomes for one event loop's waiters, delivered with one wake-up per batch."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: the inbox is a value of a dict weakly keyed by its loop, which a
+        # strong reference from here would keep alive for ever.
+        self._loop = weakref.ref(loop)
         self._lock = threading.Lock()
         self._outcomes: list[_Outcome] = []
 
@@ -52,8 +54,11 @@ class _Inbox:
             self._outcomes.append((waiter, error))
             if len(self._outcomes) > 1:
                 return  # the loop was woken for the first, and takes this one too
+        loop = self._loop()
+        if loop is None:
+            return  # the loop is gone: nobody left to tell
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to tell
-            self._loop.call_soon_threadsafe(self._deliver)
+            loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self._lock:
@@ -97,13 +102,12 @@ async def synced(fd: int, fsync: Fsync) -> None:
     """fsync ``fd`` (a duplicate this call closes) on another thread and return once
     it is done; raises what ``fsync`` raised.
 
-    Not abandoned on cancellation: the caller's write is acknowledged by this wait,
-    so a cancelled caller learns of the cancellation once the fsync is made.
+    Cancelling the caller does not cancel the fsync: it is made all the same.
     """
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
     inbox = _inbox(loop)
-    fsync_pool().submit(_flush, fd, fsync, lambda error: inbox.put(waiter, error))
+    _start(fd, fsync, lambda error: inbox.put(waiter, error))
     with anyio.CancelScope(shield=True):
         # As in workers.run_blocking: shield() keeps a native task.cancel() off the
         # waiter, the scope keeps anyio's cancellations out meanwhile.
@@ -122,5 +126,13 @@ def synced_future(fd: int, fsync: Fsync) -> concurrent.futures.Future[None]:
         else:
             done.set_result(None)
 
-    fsync_pool().submit(_flush, fd, fsync, tell)
+    _start(fd, fsync, tell)
     return done
+
+
+def _start(fd: int, fsync: Fsync, tell: Callable[[BaseException | None], None]) -> None:
+    # On the fsync pool; made here if the pool refuses (the interpreter shutting down).
+    try:
+        fsync_pool().submit(_flush, fd, fsync, tell)
+    except RuntimeError:
+        _flush(fd, fsync, tell)

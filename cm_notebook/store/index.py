@@ -327,8 +327,13 @@ class MessageIndex(IndexContents):
             if self._deferred:  # a second line of the same write: one fsync covers both
                 self._deferred[0] = dataclasses.replace(self._deferred[0], end=self._offset)
             else:
-                fd = self._writer.duplicate(self._journal_inode)
-                self._deferred.append(DeferredLine(fd, self._journal_inode, self._offset))
+                try:
+                    fd = self._writer.duplicate(self._journal_inode)
+                except StoreError:  # no descriptor to spare: the fsync made here
+                    self._writer.sync(self._journal_inode, self.fsync)
+                    self._unsynced = False
+                else:
+                    self._deferred.append(DeferredLine(fd, self._journal_inode, self._offset))
 
     @contextlib.contextmanager
     def deferred_fsync(self) -> Iterator[list[DeferredLine]]:

@@ -104,7 +104,10 @@ def acknowledge_later(
                 error = oserrors.translate(error, state.index.journal_path, "write")
             done.set_exception(error)
         elif written.fold_due:
-            submit_blocking(lambda: _fold_if_due(state)).add_done_callback(folded)
+            try:
+                submit_blocking(lambda: _fold_if_due(state)).add_done_callback(folded)
+            except RuntimeError:  # the interpreter is shutting down: the next write folds
+                done.set_result(None)
         else:
             done.set_result(None)
 
@@ -130,5 +133,9 @@ def _note_synced(state: ContextState, line: DeferredLine) -> None:
 def _fold_if_due(state: ContextState) -> None:
     # The write is acknowledged whatever happens here: a lock held elsewhere, a
     # deleted context or a failure (already warned of) leaves it to the next write.
+    # A state the store closed meanwhile is left alone: locking it would open its
+    # files again, and nothing would close them.
+    if not state.index.loaded:
+        return
     with contextlib.suppress(StoreError, OSError), state.locked(wait=False):
         state.compact_if_due()
