@@ -8,6 +8,7 @@ import errno
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
@@ -162,3 +163,23 @@ async def ticks_while(awaitable: Awaitable[object], fsync: HeldFsync) -> int:
     counted = await releaser
     await counter
     return counted
+
+
+def damage_file(file: Path, loss: str, previous: bytes = b"") -> None:
+    """Leave of ``file`` what a power loss (or a disk) may leave of a file renamed into
+    place but not synced: ``missing``, ``empty``, the ``older`` version (``previous``),
+    or as long as it was but ``zeroed`` or ``garbled``."""
+    size = file.stat().st_size
+    if loss == "missing":
+        file.unlink()
+    elif loss == "empty":
+        file.write_bytes(b"")
+    elif loss == "older":
+        file.write_bytes(previous)
+    elif loss == "zeroed":
+        file.write_bytes(bytes(size))
+    else:
+        data = bytearray(file.read_bytes())
+        data[size // 2 : size // 2 + 4] = b"\xff\xfe\x00\x01"
+        file.write_bytes(bytes(data))
+    assert loss in ("missing", "empty", "older") or file.stat().st_size == size

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 import pytest
-from store_helpers import chain, msg
+from store_helpers import chain, damage_file, msg
 
 from cm_notebook.model import ContextMetadata, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
@@ -369,17 +369,7 @@ def test_damage_to_the_file_of_an_update_cut_short_is_still_warned_about(
     target = anyio.run(prepare, template, 3)[-1]
     work, committed = cut_short_update(server, tmp_path, target, template)
     file = work / "contexts" / "c1" / "messages" / f"{target}.json"
-    size = file.stat().st_size
-    if loss == "missing":
-        file.unlink()
-    elif loss == "empty":
-        file.write_bytes(b"")
-    elif loss == "zeroed":
-        file.write_bytes(bytes(size))
-    else:
-        data = bytearray(file.read_bytes())
-        data[size // 2 : size // 2 + 4] = b"\xff\xfe\x00\x01"
-        file.write_bytes(bytes(data))
+    damage_file(file, loss)
 
     async def read() -> None:
         async with FileStore(work) as store:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from store_helpers import chain, msg
+from store_helpers import chain, damage_file, msg
 
 from cm_notebook import ContextSession
 from cm_notebook.model import ContextMetadata, MessageStatus
@@ -155,33 +155,13 @@ async def _reply_with_file(data_dir: Path) -> tuple[Path, bytes, bytes]:
         return file, placeholder, file.read_bytes()
 
 
-def _damage(file: Path, loss: str, placeholder: bytes) -> None:
-    # What a power loss (or a disk) may leave of a file that was renamed into place but
-    # not synced: gone, empty, the previous version, or as long as it was but with
-    # zeros (some file systems) or other bytes in it.
-    size = file.stat().st_size
-    if loss == "missing":
-        file.unlink()
-    elif loss == "empty":
-        file.write_bytes(b"")
-    elif loss == "older":
-        file.write_bytes(placeholder)
-    elif loss == "zeroed":
-        file.write_bytes(bytes(size))
-    else:
-        data = bytearray(file.read_bytes())
-        data[size // 2 : size // 2 + 4] = b"\xff\xfe\x00\x01"
-        file.write_bytes(bytes(data))
-    assert loss in ("missing", "empty", "older") or file.stat().st_size == size
-
-
 LOSSES = ["missing", "empty", "older", "zeroed", "garbled"]
 
 
 @pytest.mark.parametrize("loss", LOSSES)
 async def test_a_committed_message_survives_losing_its_file(data_dir: Path, loss: str) -> None:
     file, placeholder, intact = await _reply_with_file(data_dir)
-    _damage(file, loss, placeholder)
+    damage_file(file, loss, placeholder)
     async with FileStore(data_dir) as reopened:
         with pytest.warns(StoreWarning, match="restored from the journal"):
             page = await reopened.page("c1")
@@ -196,7 +176,7 @@ async def test_compaction_restores_a_damaged_file_before_it_drops_the_copy(
 ) -> None:
     # Not read in between: compaction is the last moment the journal holds the message.
     file, placeholder, intact = await _reply_with_file(data_dir)
-    _damage(file, loss, placeholder)
+    damage_file(file, loss, placeholder)
     async with FileStore(data_dir) as reopened:
         with pytest.warns(StoreWarning, match="restored from the journal"):
             await reopened.compact("c1")

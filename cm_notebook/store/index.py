@@ -43,7 +43,6 @@ inode number cannot be reused by a later snapshot and "same inode" really means
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -323,17 +322,16 @@ class MessageIndex(IndexContents):
         self._lines_after += counted
         # An fsync makes every line before it durable too; a deferred one is not made yet.
         self._unsynced = not durable or deferred
-        if deferred and self._deferred is not None:
-            if self._deferred:  # a second line of the same write: one fsync covers both
-                self._deferred[0] = dataclasses.replace(self._deferred[0], end=self._offset)
+        # The write's first deferred line only: its fsync, made after the write, covers
+        # any line after it too (synced_through then keeps the journal "unsynced").
+        if deferred and self._deferred is not None and not self._deferred:
+            try:
+                fd = self._writer.duplicate(self._journal_inode)
+            except StoreError:  # no descriptor to spare: the fsync made here
+                self._writer.sync(self._journal_inode, self.fsync)
+                self._unsynced = False
             else:
-                try:
-                    fd = self._writer.duplicate(self._journal_inode)
-                except StoreError:  # no descriptor to spare: the fsync made here
-                    self._writer.sync(self._journal_inode, self.fsync)
-                    self._unsynced = False
-                else:
-                    self._deferred.append(DeferredLine(fd, self._journal_inode, self._offset))
+                self._deferred.append(DeferredLine(fd, self._journal_inode, self._offset))
 
     @contextlib.contextmanager
     def deferred_fsync(self) -> Iterator[list[DeferredLine]]:

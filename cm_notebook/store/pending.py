@@ -45,17 +45,12 @@ version that the update was writing.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 
-from .atomic import read_from
+from ..errors import CMError
+from .codec import read_regular
 from .index_contents import IndexContents
 
 __all__ = ["file_digest", "update_cut_short"]
-
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# Non-blocking: a FIFO put in the file's place must not stall the repair.
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0)
 
 
 def file_digest(data: bytes) -> str:
@@ -73,12 +68,7 @@ def update_cut_short(index: IndexContents, message_id: str, path: str) -> bool:
     if digest is None:
         return False
     try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
-        return False  # missing, or a link: damage, not an update
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and file_digest(read_from(fd, 0)) == digest
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+        data = read_regular(path, check_folder=False)
+    except (OSError, CMError):
+        return False  # missing, a link, not a file: damage, not an update
+    return file_digest(data) == digest

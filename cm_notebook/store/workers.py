@@ -60,9 +60,8 @@ def _executor(
         return made[0]
 
 
-def fsync_each(paths: list[T], flush: Callable[[T], None]) -> None:
-    """Call ``flush(path)`` for every path (or descriptor), several at once; return
-    when all are done.
+def fsync_each(paths: list[str], flush: Callable[[str], None]) -> None:
+    """Call ``flush(path)`` for every path, several at once; return when all are done.
 
     For a batch of fsyncs: a journaling file system commits fsyncs that wait at the
     same time together, so a batch of 32 small files costs less than half as long as
