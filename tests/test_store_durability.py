@@ -118,6 +118,43 @@ async def test_an_update_of_a_finished_message_costs_one_fsync_and_no_sooner_com
         assert (await fresh.get_message("c1", ids[-1])).content == "updated"
 
 
+class PathCounter(Counter):
+    """A :class:`Counter` that also keeps the path of every file it fsyncs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def __call__(self, fd: int) -> None:
+        with self._lock:
+            self.paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        super().__call__(fd)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+async def test_a_message_committed_again_before_its_batch_is_one_file_of_it(
+    data_dir: Path,
+) -> None:
+    # A tool call's status is saved as it is approved, runs and returns: the file is
+    # fsync'd once, in its last version, by a batch of FLUSH_EVERY different messages.
+    counter = PathCounter()
+    async with FileStore(data_dir, fsync=counter) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        (asked,) = await chain(store, "c1", 1)
+        message = await store.get_message("c1", asked)
+        for n in range(FLUSH_EVERY + 4):  # more commits of it than a batch holds
+            message = message.model_copy(update={"content": f"version {n}"})
+            await store.update_message("c1", message)
+        file = str(folder(data_dir) / "messages" / f"{asked}.json")
+        assert file not in counter.paths  # one message owed: no batch yet
+        others = await chain(store, "c1", FLUSH_EVERY - 1)
+        assert counter.paths.count(file) == 1
+        batch = {str(folder(data_dir) / "messages" / f"{mid}.json") for mid in others}
+        assert batch <= set(counter.paths)
+    async with FileStore(data_dir) as fresh:
+        assert (await fresh.get_message("c1", asked)).content == f"version {FLUSH_EVERY + 3}"
+
+
 async def test_a_plain_turn_through_a_session_makes_at_most_two_store_fsyncs(
     data_dir: Path,
 ) -> None:
