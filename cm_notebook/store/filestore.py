@@ -28,9 +28,9 @@ rewrites a missing, older or damaged file from it (:mod:`.repair`). An update of
 message already finished first writes a line without an fsync that marks the update
 under way: one killed before its commit line leaves a file newer than the committed
 version, which is put back without a warning, as no damage (:mod:`.pending`). Message
-files are fsync'd 32 at a time by the write that commits the 32nd (:mod:`.flushing`),
-and compaction makes the rest durable before it drops the lines (see
-:mod:`cm_notebook.store.index`).
+files are fsync'd 32 at a time by the write that commits the 32nd different message
+(:mod:`.flushing`), and compaction makes the rest durable before it drops the lines
+(see :mod:`cm_notebook.store.index`).
 metadata.json is rewritten only by the operations that change it and at compaction,
 never to move a head. fsyncs (directory fsyncs included) and renames per operation:
 
@@ -46,7 +46,7 @@ set_branch_head                                          1       0
 create_branch, update_branch, delete_branch,             2       1
 set_active_branch, update_metadata (metadata.json)
 create_context (+1 fsync for a new contexts/ folder)     7       4
-every 32nd finished message this store commits          33      0
+every 32nd different message this store commits         33      0
 (the batch of message files, then their folder)
 compaction (after >= 128 lines, then geometrically;      k + 7   3
 k = messages whose last version no batch made durable)
