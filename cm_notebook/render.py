@@ -145,9 +145,12 @@ def message_html(message: Message) -> str:
 def tool_calls_html(message: Message) -> str:
     """The tool calls a reply asked for, one line each: name, arguments (JSON), status."""
     return "".join(
-        f'<div class="cm-tool-call" style="font-family:monospace;font-size:90%">&#128295; '
-        f"{html.escape(c.name)}({html.escape(json.dumps(c.arguments, ensure_ascii=False))})"
-        f" &rarr; {html.escape(c.status.value)}</div>"
+        # A gear (not the wrench emoji, which needs a color-emoji font), outside the
+        # monospace run: monospace fonts often lack it.
+        f'<div class="cm-tool-call" style="font-size:90%">&#9881; '
+        f'<span style="font-family:monospace">{html.escape(c.name)}'
+        f"({html.escape(json.dumps(c.arguments, ensure_ascii=False))})"
+        f" &rarr; {html.escape(c.status.value)}</span></div>"
         for c in message.tool_calls
     )
 

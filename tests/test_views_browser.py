@@ -190,6 +190,13 @@ def test_the_views_in_jupyterlab(lab: tuple[str, Path], tmp_path: Path) -> None:
             browser.close()
 
 
+def _icon_drawn(icon: Any) -> None:
+    # An icon font's glyph, defined by the page's styles (an emoji would need a
+    # color-emoji font, which this machine, like many, does not have).
+    content = icon.evaluate("(el) => getComputedStyle(el, '::before').content")
+    assert content not in ("none", "normal", ""), "the icon has no glyph"
+
+
 def _snap(page: Any, name: str) -> None:
     # Pictures of the views along the way, for a person to look at (CM_TEST_ARTIFACTS).
     where = os.environ.get("CM_TEST_ARTIFACTS")
@@ -276,8 +283,9 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     _snap(page, "views-approved")
     # A thumbs up on the answer, pressed once the rating is stored.
     answer = page.locator(".cm-transcript .cm-assistant:has-text('The sum is 5.')")
-    answer.locator(".cm-rate:has-text('👍')").click()
-    answer.locator(".cm-rate.cm-pressed:has-text('👍')").wait_for()
+    answer.locator(".cm-rate[title='a good answer']").click()
+    answer.locator(".cm-rate.cm-pressed[title='a good answer']").wait_for()
+    _icon_drawn(answer.locator(".cm-rate[title='a good answer'] i.fa-thumbs-up"))
 
     # 3. A new branch from the first reply, with its own answer.
     page.locator(".cm-transcript .cm-assistant .cm-fork").first.click()
@@ -307,6 +315,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert "fox" in (columns.nth(1).text_content() or "")
     assert "share the first 2 messages" in _text(page, ".cm-compare")
     page.locator(".cm-compare").first.scroll_into_view_if_needed()
+    _icon_drawn(page.locator(".cm-compare .widget-button i.fa-thumbs-down").first)
 
     # 6b. A sweep's grid, filled in by the front end as the cells stream (changed cells
     # only, applied by the page) and finish.

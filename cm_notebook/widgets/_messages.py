@@ -109,8 +109,10 @@ def transcript_html(
         for call in item["calls"]:
             result = f" → {html.escape(call['result'])}" if call["result"] else ""
             extra += (
-                f'<div style="font-family:monospace;font-size:85%">⚙ {html.escape(call["name"])}'
-                f"({html.escape(call['args'])}) [{call['status']}]{result}</div>"
+                # The gear outside the monospace run: monospace fonts often lack it.
+                f'<div style="font-size:85%">⚙ <span style="font-family:monospace">'
+                f"{html.escape(call['name'])}({html.escape(call['args'])}) "
+                f"[{call['status']}]{result}</span></div>"
             )
         if item["error"]:
             extra += f'<div style="color:#b91c1c">{html.escape(item["error"])}</div>'

@@ -5,9 +5,9 @@ the branch's system prompt, model, parameters, tokens, time to first token, toke
 second and latency of its last reply, the messages after the point of divergence, and
 its last answer as a word-level diff against the first branch's (the first column
 marks what the others dropped, the others what they added). It re-renders when a
-compared branch's reply completes or its head moves. Under the columns, rating buttons
-(👍 👎, 1-5) for each branch's last answer (:mod:`.rating`); a rating given from
-code shows there too.
+compared branch's reply completes or its head moves. Under the columns, rating
+buttons (thumbs up or down, 1-5) for each branch's last answer (:mod:`.rating`); a
+rating given from code shows there too.
 """
 
 from __future__ import annotations

@@ -59,15 +59,17 @@ def rate_from_front_end(session: ContextSession, content: Mapping[str, Any]) -> 
 
 
 class RatingBar(w.HBox):  # type: ignore[misc]
-    """👍 👎 and 1-5 for one assistant message; the pressed ones show its rating."""
+    """Thumbs up, thumbs down and 1-5 for one assistant message; the pressed ones show
+    its rating. The thumbs are icons (Font Awesome, as on Approve and Send), not emoji,
+    which a machine without a color-emoji font shows as empty boxes."""
 
     def __init__(self, session: ContextSession, follower: SessionFollower, message_id: str) -> None:
         self.session = session
         self.message_id = message_id
         self._follower = follower
         small = w.Layout(width="34px", padding="0")
-        self.up = w.Button(description="👍", tooltip="a good answer", layout=small)
-        self.down = w.Button(description="👎", tooltip="a bad answer", layout=small)
+        self.up = w.Button(icon="thumbs-up", tooltip="a good answer", layout=small)
+        self.down = w.Button(icon="thumbs-down", tooltip="a bad answer", layout=small)
         self.scores = [
             w.Button(description=str(n), tooltip=f"score {n} of 5", layout=small) for n in _SCORES
         ]

@@ -46,18 +46,26 @@ function renderCall(c) {
   return box;
 }
 
-// 👍 👎 and 1-5 under an assistant message; the pressed ones show its stored rating.
+// Thumbs up, thumbs down and 1-5 under an assistant message; the pressed ones show its
+// stored rating. The thumbs are Font Awesome icons, as on the notebook's other buttons
+// (Send, Approve): an emoji needs a color-emoji font, which many Linux machines lack.
 function ratingBar(m, send) {
   const bar = h("div", "cm-rating");
   const rating = m.rating || {};
-  const add = (label, title, pressed, payload) => {
+  const add = (label, title, pressed, payload, icon) => {
     const b = button(label, title, () => send({ event: "rate", id: m.id, ...payload }), "cm-rate");
+    if (icon) {
+      const glyph = h("i", `fa fa-${icon}`);
+      glyph.setAttribute("aria-hidden", "true");
+      b.append(glyph);
+      b.setAttribute("aria-label", title);
+    }
     if (pressed) b.classList.add("cm-pressed");
     b.setAttribute("aria-pressed", pressed ? "true" : "false");
     bar.append(b);
   };
-  add("👍", "a good answer", rating.thumbs === "up", { thumbs: "up" });
-  add("👎", "a bad answer", rating.thumbs === "down", { thumbs: "down" });
+  add("", "a good answer", rating.thumbs === "up", { thumbs: "up" }, "thumbs-up");
+  add("", "a bad answer", rating.thumbs === "down", { thumbs: "down" }, "thumbs-down");
   for (let n = 1; n <= 5; n++) add(String(n), `score ${n} of 5`, rating.score === n, { score: n });
   return bar;
 }
