@@ -110,6 +110,27 @@ def test_a_conversation_shown_then_awaited_in_code_is_saved_final(
     assert "the second answer" in shown
 
 
+def test_a_compare_view_shown_from_code_is_saved_with_the_later_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # session.compare_view(...) as a cell's value: the widget, then its saved copy,
+    # which a turn on a compared branch, awaited in a later cell, brings up to date.
+    html = _run(
+        [
+            SETUP.replace("%cm use s\n", ""),
+            "first = await s.send('Hello?')\ns.branch('alt', switch=False)",
+            's.compare_view("main", "alt")',
+            "second = await s.send('And again?', branch='alt')",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    shown = html[2]
+    assert "main" in shown
+    assert "alt" in shown
+    assert "the second answer" in shown
+
+
 def test_a_cell_awaiting_a_reply_shows_it_in_one_line_not_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -341,7 +341,8 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     page.wait_for_selector(
         "[data-cm-copy]:has-text('echo: Why is the sky blue?')", state="attached"
     )
-    assert page.locator("[data-cm-copy]").count() == 2  # the conversation's, the comparison's
+    # The conversation's, the compare view's (step 6), the A/B comparison's.
+    assert page.locator("[data-cm-copy]").count() == 3
     _copies_hidden(page)
 
     # 7. Saved, the notebook file holds the conversation as HTML (no kernel needed).
@@ -358,6 +359,8 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
         if "text/html" in out.get("data", {})
     ]
     assert any("The sum is" in h and "cm-snapshot" in h for h in htmls)
+    # The compare view's copy: both branches, the fork's answer among them.
+    assert any("cm-comparison" in h and "main-fork-1" in h and "a fox" in h for h in htmls)
     # ... and so does its nbconvert HTML.
     converted = subprocess.run(
         [sys.executable, "-m", "nbconvert", "--to", "html", "--stdout", str(notebook)],

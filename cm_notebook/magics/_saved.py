@@ -1,17 +1,13 @@
 """What ``%cm``, ``%cm compare`` and ``%%cm --ab`` / ``--fanout`` leave in a saved notebook.
 
-Their live views are widgets, and widget state is not saved by default (JupyterLab,
-VS Code, Colab); a ``text/html`` placed beside the widget in its own bundle is not
-shown either when the widget cannot render (DESIGN fact 10). So, as displaying a
-session does, each view here is followed by a separate ``display_data`` output with
-static HTML (and a short, stable ``text/plain`` for nbval) that is replaced in place
-through its display id whenever a shown branch's turn ends: a notebook saved
-afterwards, and its nbconvert HTML, show the conversation or the comparison without
-a kernel. The HTML is the project's own static rendering
-(:func:`~cm_notebook.widgets.snapshot_html`, ``Comparison._repr_html_``). A
-comparison's output metadata records, under ``cm_notebook``, the context and each
-arm's reply provenance (:meth:`ComparisonSnapshot.provenance`), as a ``%%cm`` reply's
-does.
+Their live views are widgets, and widget state is not saved by default. So, as
+displaying a session or a comparison does, each view here is followed by a separate
+``display_data`` output with static HTML that is replaced in place whenever a shown
+branch's turn ends (:mod:`cm_notebook.widgets.compare_copy`,
+:mod:`cm_notebook.widgets.snapshot`): a notebook saved afterwards shows the
+conversation or the comparison without a kernel. What the magics add: a copy that
+waits for the cells above it (a queued ``--ab`` cell, ``%cm compare`` under Run All),
+and errors said in the magics' terms.
 """
 
 from __future__ import annotations
@@ -22,205 +18,31 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
-from IPython.display import display
 
-from .. import events as ev
-from ..errors import CMError
-from ..provenance import provenance_of
 from ..widgets import CompareView, SessionView
-from ..widgets._base import SessionFollower, Throttle, close_parts
-from ..widgets._copy_hider import SavedCopyHider, mark_copy
-from ..widgets._live_output import LiveOutput, register_copy
+from ..widgets._base import close_parts
+from ..widgets.compare_copy import ComparisonSnapshot, said_html, show_widget
 from ._comparison import ComparisonView
 from ._queue import wait_for
 from ._remedies import said
 from ._reply import note
 
 if TYPE_CHECKING:
-    from ..compare import Comparison
     from ..fanout import FanOut
     from ..session import ContextSession
 
 __all__ = [
-    "PLAIN",
-    "ComparisonSnapshot",
     "LaterCompareView",
     "SavedCompareView",
     "SavedComparisonView",
     "SavedSessionView",
 ]
 
-#: The ``text/plain`` of a comparison's saved copy: short and stable for nbval.
-PLAIN = "<cm_notebook comparison (HTML)>"
-
-#: Seconds between two updates of the saved copy (each re-sends the whole comparison).
-INTERVAL = 0.5
-
 #: What a queued comparison's copy says until its arms are forked.
 _WAITING = f"<div>{note('… waits for the replies above it, then asks')}</div>"
 
 #: What a ``%cm compare`` copy says until the cells above it have run.
 _COMPARES_LATER = f"<div>{note('… compares once the cells above have run')}</div>"
-
-#: The states in which a branch's turn is over (or waits for a person): worth a copy.
-_SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
-
-
-def _show_widget(widget: Any) -> str:
-    # The widget's own bundle, as IPython would show it without _ipython_display_, with
-    # a part that hides the saved copy shown after it on a live page; returns its id.
-    hider = next((c for c in widget.children if isinstance(c, SavedCopyHider)), None)
-    if hider is None:
-        hider = SavedCopyHider()
-        widget.children = (*widget.children, hider)
-    display(widget._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
-    return str(hider.copy_id)
-
-
-class ComparisonSnapshot:
-    """``branches`` of ``session`` compared, as static HTML kept current in one output.
-
-    A compared branch deleted since (here or in another process) is dropped; once
-    fewer than two are left, the output says so and is no longer updated. An error of
-    the session's while updating is said in the output too: updates run on a signal,
-    while any cell may be running, and a traceback would land in that cell.
-    """
-
-    def __init__(
-        self,
-        session: ContextSession,
-        branches: list[str],
-        variables: dict[str, str] | None = None,
-        copy_id: str | None = None,
-        waiting: str = _WAITING,
-    ) -> None:
-        self.session = session
-        #: The HTML shown while there are no branches to compare yet.
-        self.waiting = waiting
-        #: Marks the HTML for the live view's :class:`SavedCopyHider`.
-        self.copy_id = copy_id
-        self.branches = list(branches)
-        #: The kernel variables that fed the arms' message (``%%cm --ab {name}``).
-        self.variables = dict(variables or {})
-        self._deleted: list[str] = []  # compared branches deleted since, in that order
-        self._output = LiveOutput()
-        self._follower = SessionFollower(session, self._on_event, lambda _text: None)
-        self._throttle = Throttle(self._follower.loop, INTERVAL, self._update)
-
-    def __repr__(self) -> str:
-        return f"<cm_notebook ComparisonSnapshot of {self.branches}>"
-
-    def html(self) -> str:
-        """The comparison as it stands (each branch's last answer so far)."""
-        if not self.branches:
-            return self.waiting
-        return self.session.compare(*self.branches)._repr_html_()
-
-    def follow(self, branches: list[str]) -> None:
-        """Compare ``branches`` from now on (a queued ``%%cm --ab`` cell's arms, once
-        they are forked); the output is brought up to date at once."""
-        self.branches = list(branches)
-        self._update()
-
-    def failed(self, message: str) -> None:
-        """Say ``message`` (why nothing is compared) in place of the waiting line: a
-        saved notebook must not say for good that the comparison is still to come."""
-        self.waiting = _said(message)
-        self._update()
-
-    def provenance(self, comparison: Comparison | None = None) -> dict[str, Any]:
-        """What the output's metadata records under ``cm_notebook``: the context, and
-        per arm its branch and the provenance of its last answer (provider, model,
-        parameters, seed, request id and hash, the kernel variables that fed it), or
-        ``"status": None`` while it has none."""
-        if not self.branches:
-            return {"context_id": self.session.id, "arms": []}
-        if comparison is None:
-            comparison = self.session.compare(*self.branches)
-        arms: list[dict[str, Any]] = []
-        for result in comparison.results:
-            arm: dict[str, Any] = {"branch": result.branch, "status": None}
-            if result.message_id is not None:
-                try:
-                    answer = self.session.get(result.message_id)
-                except CMError as exc:  # unreadable: say so rather than drop the arm
-                    arm.update(message_id=result.message_id, status="unreadable", error=str(exc))
-                else:
-                    arm.update(provenance_of(answer, self.variables))
-            arms.append(arm)
-        return {"context_id": self.session.id, "arms": arms}
-
-    def display(self) -> None:
-        """Emit one more copy of the output (in the current cell); later updates
-        replace every copy in place (a view displayed again in a later cell keeps
-        its earlier copy current too: see :class:`LiveOutput`)."""
-        self._output.show(*self._bundle())
-        register_copy(self)
-
-    def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        if not self.branches:  # a queued cell's arms are not forked yet, or too few left
-            return self._said_bundle(self.waiting)
-        try:
-            comparison = self.session.compare(*self.branches)
-            html = mark_copy(comparison._repr_html_(), self.copy_id)
-            metadata = self.provenance(comparison)
-        except CMError as exc:
-            # Updates run on a signal, while any cell may be running: a traceback would
-            # land in that cell. (A branch deleted by another process is missing until
-            # its signal arrives here: the update after that compares the rest.)
-            return self._said_bundle(_said(f"not compared: {said(exc)}"))
-        return {"text/html": html, "text/plain": PLAIN}, {"cm_notebook": metadata}
-
-    def _said_bundle(self, html: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        # A line in place of the comparison; the metadata records no arm.
-        bundle = {"text/html": mark_copy(html, self.copy_id), "text/plain": PLAIN}
-        return bundle, {"cm_notebook": {"context_id": self.session.id, "arms": []}}
-
-    def _drop(self, branch: str) -> None:
-        # A compared branch was deleted: compare the rest, or with fewer than two left,
-        # say so for good (a saved notebook must not show the branch as if it were
-        # still there) and stop following.
-        self.branches = [name for name in self.branches if name != branch]
-        self._deleted.append(branch)
-        if len(self.branches) >= 2:
-            self._throttle.poke()
-            return
-        self.branches = []
-        self.close()
-        names = ", ".join(map(repr, self._deleted))
-        was = "was" if len(self._deleted) == 1 else "were"
-        self.failed(
-            f"not compared any more: branch {names} {was} deleted, and a comparison "
-            "needs two or more branches"
-        )
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the copy is updated on (the session's)."""
-        return self._follower.loop
-
-    def flush_pending(self) -> None:
-        """Send a waiting update now (on :attr:`loop`)."""
-        self._throttle.flush_pending()
-
-    def close(self) -> None:
-        """Stop updating the output (it keeps its last content)."""
-        self._follower.close()
-        self._throttle.cancel()
-
-    def _on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.StateChanged):
-            if event.branch in self.branches and event.new.value in _SETTLED:
-                self._throttle.poke()
-        elif isinstance(event, ev.BranchDeleted):
-            if event.branch in self.branches:
-                self._drop(event.branch)
-        elif isinstance(event, (ev.BranchUpdated, ev.Resync)):
-            self._throttle.poke()
-
-    def _update(self) -> None:
-        if self._output.shown:
-            self._output.update(*self._bundle())
 
 
 class SavedSessionView(SessionView):
@@ -229,21 +51,14 @@ class SavedSessionView(SessionView):
 
 
 class SavedCompareView(CompareView):
-    """What ``%cm compare`` shows: the live comparison, then its saved copy."""
+    """What ``%cm compare`` shows: the live comparison, then its saved copy (as every
+    :class:`~cm_notebook.widgets.CompareView` shown on its own), errors in the copy
+    said in the magics' terms."""
 
-    saved: ComparisonSnapshot | None = None
-
-    def _ipython_display_(self) -> None:
-        copy_id = _show_widget(self)
-        if self.saved is None:
-            self.saved = ComparisonSnapshot(self.session, self.branch_names, copy_id=copy_id)
-        self.saved.display()
-
-    def close(self) -> None:
-        """Stop following the session (the saved copy keeps its last content)."""
-        if self.saved is not None:
-            self.saved.close()
-        super().close()
+    def _saved_copy(self, copy_id: str) -> ComparisonSnapshot:
+        return ComparisonSnapshot(
+            self.session, self.branch_names, copy_id=copy_id, waiting=_WAITING, explain=said
+        )
 
 
 class LaterCompareView(w.VBox):  # type: ignore[misc]
@@ -274,10 +89,12 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
         return "<cm_notebook comparison after the cells above>"
 
     def _ipython_display_(self) -> None:
-        copy_id = _show_widget(self)
+        copy_id = show_widget(self)
         if self.saved is None:
-            waiting = _COMPARES_LATER if self.failure is None else _said(self.failure)
-            self.saved = ComparisonSnapshot(self.session, [], copy_id=copy_id, waiting=waiting)
+            waiting = _COMPARES_LATER if self.failure is None else said_html(self.failure)
+            self.saved = ComparisonSnapshot(
+                self.session, [], copy_id=copy_id, waiting=waiting, explain=said
+            )
         self.saved.display()
 
     def close(self) -> None:
@@ -308,10 +125,6 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             self.saved.follow(self.compare.branch_names)
 
 
-def _said(text: str) -> str:
-    return f"<div>{note(text)}</div>"
-
-
 class SavedComparisonView(ComparisonView):
     """What ``%%cm --ab`` / ``--fanout`` show: the arms live, then the saved comparison."""
 
@@ -320,10 +133,15 @@ class SavedComparisonView(ComparisonView):
     variables: dict[str, str] | None = None
 
     def _ipython_display_(self) -> None:
-        copy_id = _show_widget(self)
+        copy_id = show_widget(self)
         if self.saved is None:
             self.saved = ComparisonSnapshot(
-                self.session, self.branches, self.variables, copy_id=copy_id
+                self.session,
+                self.branches,
+                self.variables,
+                copy_id=copy_id,
+                waiting=_WAITING,
+                explain=said,
             )
         self.saved.display()
 

@@ -27,6 +27,7 @@ from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView, close_parts
 from ._messages import stats_of
+from .compare_copy import ComparisonSnapshot, show_widget
 from .markdown import render_markdown
 from .rating import RatingBar, rating_of
 
@@ -42,7 +43,13 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
     """``branches`` (default: every branch) side by side, kept current.
 
     ``value`` is the comparison's HTML; ``ratings`` the rating bars of the answers.
+    Shown on its own (the value of a cell), it is followed by its saved copy
+    (:attr:`saved`): static HTML kept current, which a notebook saved without widget
+    state still shows (:mod:`.compare_copy`).
     """
+
+    #: The static copy shown after the view, once it is shown on its own.
+    saved: ComparisonSnapshot | None = None
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
         names = list(branches) or list(session.branches)
@@ -78,8 +85,23 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
     def value(self, text: str) -> None:
         self.html.value = text
 
+    def _ipython_display_(self) -> None:
+        # The live view, then the static copy a notebook saved without widget state
+        # still shows (a text/html in the widget's own bundle would not be: DESIGN
+        # fact 10). Displayed again in a later cell, one more copy, kept current too.
+        copy_id = show_widget(self)
+        if self.saved is None:
+            self.saved = self._saved_copy(copy_id)
+        self.saved.display()
+
+    def _saved_copy(self, copy_id: str) -> ComparisonSnapshot:
+        return ComparisonSnapshot(self.session, self.branch_names, copy_id=copy_id)
+
     def close(self) -> None:
-        """Stop following the session and close the widgets (harmless twice)."""
+        """Stop following the session and close the widgets (harmless twice); the
+        saved copy keeps its last content."""
+        if self.saved is not None:
+            self.saved.close()
         # Every bar made, also those of answers no longer shown; the rest are parts.
         for bar in getattr(self, "_bars", {}).values():
             bar.close()
