@@ -80,6 +80,11 @@ def test_errors_name_the_http_request_that_helps_and_no_server_path(
 
     nowhere = _error(client.get("no/such/path"), 404, server)
     assert f"see {API}/openapi.json" in nowhere  # under the server's base URL
+    # A wrong method: which ones the path takes, in the message and the Allow header.
+    wrong = client.put(f"contexts/{context_id}", json={})
+    assert "GET, DELETE, PATCH" in _error(wrong, 405, server)
+    assert wrong.headers["Allow"].split(", ")[:3] == ["GET", "DELETE", "PATCH"]
+    assert client.get(f"contexts/{context_id}/stop").headers["Allow"].startswith("POST")
 
     metadata = server.data_dir / "contexts" / context_id / "metadata.json"
     metadata.write_text("{garbage")

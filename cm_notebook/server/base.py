@@ -297,6 +297,15 @@ class CMHandler(APIHandler):
         self.set_status(status)
         self.finish(model.model_dump_json())
 
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler answers (those it defines itself)."""
+        return [
+            method
+            for method in self.SUPPORTED_METHODS
+            if getattr(type(self), method.lower(), None)
+            is not getattr(web.RequestHandler, method.lower(), None)
+        ]
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error as an :class:`ErrorBody`; unexpected ones without any detail."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -310,6 +319,13 @@ class CMHandler(APIHandler):
                 message += (
                     " (send the server's token: an 'Authorization: token <token>' header, "
                     "or log in)"
+                )
+            elif status_code == 405:
+                allowed = self.allowed_methods()
+                self.set_header("Allow", ", ".join(allowed))  # required with a 405
+                message = (
+                    f"{self.request.method} is not allowed on {self.request.path!r}; it "
+                    f"takes {', '.join(allowed)} (see {self.api_url}/openapi.json)"
                 )
             body = ErrorBody(message=message, reason=exc.reason or responses.get(status_code, ""))
         else:
