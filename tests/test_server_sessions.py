@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -123,6 +125,58 @@ def test_a_delete_ends_a_stream_and_refuses_new_ones(tmp_path: Path) -> None:
         with pytest.raises(AssertionError, match="stream ended"):
             read_events(client, url, lambda e: False, started=delete, timeout=20)
         assert client.get(url, timeout=5).status_code == 404
+
+
+def test_a_delete_another_process_refuses_leaves_the_servers_replies_and_streams(
+    tmp_path: Path,
+) -> None:
+    # A kernel streams on main; the server generates its own reply on srv. A DELETE is
+    # refused (409, the kernel writes): the server's reply must go on, the streams stay
+    # open, and the context stays.
+    with JupyterServer(tmp_path) as server, _client(server) as client:
+        context_id = create_context(client, [{"hang": True}])
+        assert client.post(f"contexts/{context_id}/branches", json={"name": "srv"}).is_success
+        kernel_code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+
+            session = ContextSession.open(
+                {context_id!r}, data_dir={str(server.data_dir)!r},
+                provider=ScriptedProvider().hang(after_chunks=1, text="kernel"),
+            )
+            session.send("from the kernel", branch="main").result(120)
+            """
+        )
+        kernel = subprocess.Popen([sys.executable, "-c", kernel_code])
+        try:
+            state = f"contexts/{context_id}"
+            wait_for(lambda: "main" in client.get(state).json()["running"], 60)
+            sent = client.post(f"{state}/messages", json={"text": "go", "branch": "srv"})
+            assert sent.status_code == 202, sent.text
+            wait_for(lambda: "srv" in client.get(state).json()["running"])
+
+            def refused_delete_then_stop() -> None:
+                refused = client.delete(state)
+                assert refused.status_code == 409, refused.text
+                assert "being written by a live process" in refused.json()["message"]
+                assert "srv" in client.get(state).json()["running"]  # not cancelled
+                assert client.post(f"{state}/stop", json={"branch": "srv"}).status_code == 202
+
+            # The stream opened before the DELETE still carries the reply's end.
+            events = read_events(
+                client,
+                f"{state}/events",
+                lambda e: e.event == "MessageCompleted" and json.loads(e.data)["branch"] == "srv",
+                started=refused_delete_then_stop,
+            )
+            assert json.loads(events[-1].data)["status"] == "interrupted"
+            replies = client.get(f"{state}/messages?branch=srv").json()["messages"]
+            assert replies[-1]["metadata"]["error"] == "cancelled by the user"
+        finally:
+            kernel.kill()
+            kernel.wait(30)
+        assert client.delete(f"contexts/{context_id}").status_code == 204  # now it may
 
 
 # -- closing idle sessions -------------------------------------------------------------

@@ -43,6 +43,7 @@ from ..model import ContextMetadata
 from ..redact import get_logger
 from ..session import ContextSession
 from ..store import FileStore
+from ..store.deletion import busy_error
 from ..tools import ToolPolicy
 from ..turn import Turn
 
@@ -360,7 +361,11 @@ class SessionRegistry:
 
     async def delete(self, context_id: str) -> None:
         """Refuse new requests, end the streams, let running requests finish, stop the
-        session (cancelling its turns), then delete the folder."""
+        session (cancelling its turns), then delete the folder.
+
+        Refused (BusyError) before any of that while another process writes into the
+        context: its streams, this server's replies and its allowances stay as they are.
+        """
         validate_context_id(context_id)
         self._refuse_deleting(context_id)  # a DELETE already under way
         self._deleting.add(context_id)
@@ -369,6 +374,10 @@ class SessionRegistry:
                 # Unknown: ContextNotFoundError. Damaged, or from a newer version: it
                 # can still be deleted (the remedy its errors offer).
                 await self._store.get_metadata(context_id)
+            session = self._sessions.get(context_id)
+            writers = await _other_writers(self._store, context_id, session)
+            if writers:
+                raise busy_error(context_id, writers)
             self._end(context_id)
             if self._requests.get(context_id):
                 # A send accepted before the deletion is answered before it goes.
@@ -421,3 +430,19 @@ async def _close_quietly(session: ContextSession) -> None:
 async def _reap(turn: Turn) -> None:
     with contextlib.suppress(CMError, asyncio.CancelledError):
         await turn
+
+
+async def _other_writers(
+    store: FileStore, context_id: str, session: ContextSession | None
+) -> list[str]:
+    # What the store would refuse a deletion for, but for the replies and turns of the
+    # server's own session of the context, which the deletion stops. (Another process
+    # may start writing after this look: the deletion is then refused after all, late.)
+    if session is None:
+        return await store.live_writers(context_id)
+    own_store = session._store
+    if not isinstance(own_store, FileStore):
+        return []
+    held = session._claims.held()
+    own = [own_store.branch_claim_path(context_id, branch) for branch in held]
+    return await own_store.live_writers(context_id, own_claims=own)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection, Container
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,11 +40,14 @@ _OWNER_CHARS = 200  # a claim file names its owner in its first bytes (pid and h
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def live_writers(ctx_dir: Path, own_streams: Container[str] = ()) -> list[str]:
+def live_writers(
+    ctx_dir: Path, own_streams: Container[str] = (), own_claims: Container[str] = ()
+) -> list[str]:
     """What live processes are writing into the context folder ``ctx_dir``, one phrase
     each (empty if none): replies being streamed and turns running, told by their held
     OS locks (one non-blocking probe each). ``own_streams``: message ids whose streams
-    the caller itself holds, not counted.
+    the caller itself holds, not counted; ``own_claims``: the file names of branch
+    claims it holds (see ``FileStore.branch_claim_path``), not counted either.
 
     Call it holding the context's write lock: a writer takes a streaming lock under it
     without waiting, and must not find it taken by this probe.
@@ -61,7 +64,7 @@ def live_writers(ctx_dir: Path, own_streams: Container[str] = ()) -> list[str]:
             message_id = name[len(STREAMING_PREFIX) : -len(STREAMING_SUFFIX)]
             if message_id not in own_streams and _held(ctx_dir / name):
                 streams.append(f"reply {message_id!r} is being streamed")
-        elif name.startswith(_CLAIM_PREFIX) and _held(ctx_dir / name):
+        elif name.startswith(_CLAIM_PREFIX) and name not in own_claims and _held(ctx_dir / name):
             owner = _owner(ctx_dir / name)
             by = f" ({owner})" if owner else ""
             turns.append(f"a turn is running on one of its branches{by}")
@@ -129,16 +132,24 @@ class ContextDeletion:
         """
         await self._run(self._delete_context, context_id, force)
 
-    async def live_writers(self, context_id: str) -> list[str]:
+    async def live_writers(
+        self, context_id: str, *, own_claims: Collection[Path] = ()
+    ) -> list[str]:
         """What live processes are writing into the context, one phrase each (empty if
         none): what :meth:`delete_context` would refuse for. ContextNotFoundError if
-        there is no such context folder."""
-        return await self._run(self._live_writers, context_id)
+        there is no such context folder.
 
-    def _live_writers(self, context_id: str) -> list[str]:
+        Replies this store streams are not counted, nor the branch claims
+        ``own_claims`` (lock files of :meth:`branch_claim_path` the caller holds: a
+        session asking whether anyone *else* writes).
+        """
+        names = frozenset(path.name for path in own_claims)
+        return await self._run(self._live_writers, context_id, names)
+
+    def _live_writers(self, context_id: str, own_claims: Container[str]) -> list[str]:
         state = self._state(context_id)
         with state.write_locks():  # the probes must not stand in a writer's way
-            return live_writers(state.dir, state.streaming)
+            return live_writers(state.dir, state.streaming, own_claims)
 
     def _delete_context(self, context_id: str, force: bool) -> None:
         state = self._state(context_id)
