@@ -83,6 +83,9 @@ _log = get_logger(__name__)
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SessionCore")
+
+#: Why a reply that a session's closing cut short stopped (its stored error).
+SESSION_CLOSED = "the session was closed (its kernel, script or server stopped)"
 JobT = TypeVar("JobT", bound=Handle[Any])
 
 
@@ -245,7 +248,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         """Whether the session was closed (by the last of its holders)."""
         return self._bus.closed or not REGISTRY.held(self)
 
-    def close(self, timeout: float | None = 30.0) -> None:
+    def close(self, timeout: float | None = 30.0, *, reason: str = SESSION_CLOSED) -> None:
         """Give back this holder's use of the session; the last close releases it.
 
         Every :meth:`open`/:meth:`create` of a context is one holder of its one
@@ -256,7 +259,8 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         was passed in stays open: its owner closes it. From a script this waits (up to
         ``timeout`` seconds); on the session's own loop (a notebook cell) it cannot
         wait, so it schedules the clean-up and returns; use ``await session.aclose()``
-        there to know when it is done.
+        there to know when it is done. ``reason``: why a reply cut short stopped, as its
+        stored error and the model read it.
         """
         if not REGISTRY.release(self):
             return
@@ -270,7 +274,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             if self._owns_store:
                 self._io.call(self._store.close())
             return
-        release = self._release()
+        release = self._release(reason)
         if self._on_loop_thread():
             task = self._loop.create_task(release)
             self._closing.add(task)
@@ -278,12 +282,12 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             return
         asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, reason: str = SESSION_CLOSED) -> None:
         """Like :meth:`close`, for async code: returns once everything is released."""
         if not REGISTRY.release(self):
             return
         self._dropped.detach()  # released here instead
-        release = self._release()
+        release = self._release(reason)
         if self._on_loop_thread():
             await release
         else:
@@ -300,11 +304,13 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         with self._lock:
             self._jobs.discard(job)
 
-    async def _release(self) -> None:
+    async def _release(self, reason: str) -> None:
         # Runs on the session's loop. Sweeps and replays first: stopped, they start no
-        # more turns; then the turns running now.
+        # more turns; then the turns running now, each stopped for ``reason``.
         with self._lock:
             started = list(self._jobs)
+            for runner in self._runners.values():
+                runner.cancel_reason = reason
         for handle in started:
             handle.cancel()
         with self._lock:

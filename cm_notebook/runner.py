@@ -100,6 +100,8 @@ class TurnRunner(ToolRounds):
         self._writes = TurnWrites(host, turn.branch, head)
         self._scope: anyio.CancelScope | None = None
         self._cancelled = False
+        #: Why the turn stops if it is cancelled: stored on the reply, told to the model.
+        self.cancel_reason = "cancelled by the user"
         self._reply: Reply | None = None
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
@@ -147,7 +149,7 @@ class TurnRunner(ToolRounds):
                 # Only a cancel that stopped the work counts: one that came while a
                 # shielded final write ran finds the turn already finished (a failed
                 # turn must still raise, not turn into a "cancelled" one).
-                outcome = await self._cancel()
+                outcome = await self._cancel(self.cancel_reason)
         except BaseException as exc:
             # A task cancelled from outside (its loop shutting down) still ends like a
             # stopped turn, its reply stored; the cancellation goes on to the awaiter.
@@ -204,7 +206,7 @@ class TurnRunner(ToolRounds):
                     return outcome
         return "completed"  # pragma: no cover - step always ends a turn with TurnFinished
 
-    async def _cancel(self, reason: str = "cancelled by the user") -> str:
+    async def _cancel(self, reason: str) -> str:
         # Outside the cancelled scope: record what was generated, then let the FSM
         # resolve pending tool calls and finish the turn.
         if self._reply is None and self._last_reply is None:

@@ -179,6 +179,21 @@ def test_a_delete_another_process_refuses_leaves_the_servers_replies_and_streams
         assert client.delete(f"contexts/{context_id}").status_code == 204  # now it may
 
 
+def test_a_reply_cut_by_stopping_the_server_says_so(tmp_path: Path) -> None:
+    # A clean stop (SIGTERM) cuts the reply short: stored with why, not as the user's
+    # doing (the text the model and the views read).
+    with JupyterServer(tmp_path) as server, _client(server) as client:
+        context_id = create_context(client, [{"hang": True}])
+        sent = client.post(f"contexts/{context_id}/messages", json={"text": "go"})
+        assert sent.status_code == 202, sent.text
+        wait_for(lambda: "main" in client.get(f"contexts/{context_id}").json()["running"])
+        server.stop()
+    with JupyterServer(tmp_path) as again, _client(again) as client:
+        reply = client.get(f"contexts/{context_id}/messages").json()["messages"][-1]
+    assert reply["status"] == "interrupted"
+    assert reply["metadata"]["error"] == "the Jupyter server stopped"
+
+
 # -- closing idle sessions -------------------------------------------------------------
 
 

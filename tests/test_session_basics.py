@@ -501,6 +501,8 @@ def test_a_reply_cut_by_a_crash_is_marked_interrupted_on_open(data_dir: Path) ->
         ("user", MessageStatus.COMPLETE),
         ("assistant", MessageStatus.INTERRUPTED),
     ]
+    assert history[-1].metadata.error is not None
+    assert "stopped before it finished" in history[-1].metadata.error
     # The conversation carries on after the crash.
     assert session.send("again").result(DEADLINE).content == "ok"
 

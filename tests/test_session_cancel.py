@@ -4,6 +4,7 @@ reply has even started."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from test_session_support import (
     seen,
 )
 
+from cm_notebook import tool
+from cm_notebook._session_core import SESSION_CLOSED
 from cm_notebook.errors import BusyError
 from cm_notebook.events import (
     ContentDelta,
@@ -242,3 +245,41 @@ def test_close_cancels_every_running_turn(data_dir: Path) -> None:
     assert session.state_of("main") is State.IDLE
     assert session.state_of("other") is State.IDLE
     recorder.wait(lambda events: sum(isinstance(e, StateChanged) for e in events) >= 6)
+
+
+# -- closing a session mid-turn ---------------------------------------------------------
+
+
+def test_a_reply_cut_by_closing_the_session_says_why_not_the_user(data_dir: Path) -> None:
+    fake = ScriptedProvider().hang(after_chunks=1, text="partial")
+    session = ContextSession.create("closing", provider=fake, data_dir=data_dir)
+    recorder = Recorder(session)
+    session.send("Tell me a story")
+    recorder.wait(streamed(at_least=len("partial")))
+    session.close(reason="the kernel was restarted")
+    with ContextSession.open(session.id, data_dir=data_dir) as reopened:
+        reply = reopened.history()[-1]
+    assert reply.status is MessageStatus.INTERRUPTED
+    assert reply.content == "partial"
+    assert reply.metadata.error == "the kernel was restarted"
+
+
+def test_a_call_awaiting_approval_when_the_session_closes_is_not_blamed_on_the_user(
+    data_dir: Path,
+) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2})
+    session = ContextSession.create("closing", provider=fake, data_dir=data_dir, tools=[add])
+    turn = session.send("What is 1 + 2?")
+    assert len(asyncio.run(turn.wait_for_approval())) == 1
+    session.close()  # the default reason
+    with ContextSession.open(session.id, data_dir=data_dir) as reopened:
+        asked, answer = reopened.history()[-2:]
+    assert asked.tool_calls[0].reason == SESSION_CLOSED
+    assert answer.role == "tool"
+    assert SESSION_CLOSED in answer.content
+    assert "by the user" not in answer.content

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._session_core import SESSION_CLOSED
 from ..errors import (
     CMError,
     ContextNotFoundError,
@@ -414,15 +415,16 @@ class SessionRegistry:
         for context_id in list(self._ended):
             self._end(context_id)
         for session in sessions:
-            await _close_quietly(session)
+            await _close_quietly(session, "the Jupyter server stopped")
         if self._closing:
             await asyncio.wait(list(self._closing.values()))
         await self._store.close()
 
 
-async def _close_quietly(session: ContextSession) -> None:
+async def _close_quietly(session: ContextSession, reason: str = SESSION_CLOSED) -> None:
+    # ``reason``: why a reply this cuts short stopped (its stored error).
     try:
-        await session.aclose()
+        await session.aclose(reason=reason)
     except Exception:  # one broken session must not keep the others open
         logger.exception("closing session %s failed", session.id)
 

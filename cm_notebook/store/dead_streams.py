@@ -29,7 +29,13 @@ from .oslock import LockTimeout, OSLock, lock_is_held
 from .paths import message_path, streaming_lock_path
 from .stream_tail import streamed_text
 
-__all__ = ["interrupt_dead_streams", "warn_unmarked", "writer_is_dead"]
+__all__ = ["WRITER_DIED", "interrupt_dead_streams", "warn_unmarked", "writer_is_dead"]
+
+#: The error a reply whose writer died while streaming it is marked with.
+WRITER_DIED = (
+    "the process writing this reply stopped before it finished (it was killed, or its "
+    "kernel or server died)"
+)
 
 
 def writer_is_dead(ctx_dir: Path, message_id: str) -> bool:
@@ -91,6 +97,8 @@ def _mark(index: MessageIndex, ctx_dir: Path, entry: IndexEntry) -> None:
             update: dict[str, object] = {"status": status}
             if text is not None:
                 update["content"] = text
+            if message.metadata.error is None:  # why it is cut short, for a reader
+                update["metadata"] = message.metadata.model_copy(update={"error": WRITER_DIED})
             message = message.model_copy(update=update)
         else:
             status = message.status  # the final update reached the file
