@@ -383,5 +383,9 @@ class DeadRounds:
         path_of = self._claim_path
         return path_of is not None and lock_is_held(path_of(self._context_id, branch))
 
+    def held_here(self, branch: str) -> bool:
+        """Whether this session holds ``branch``'s claim (a turn, a settle, a deletion)."""
+        return branch in self._claims.held()
+
     def _held(self, branch: str) -> bool:
-        return branch in self._claims.held() or self.claim_locked(branch)
+        return self.held_here(branch) or self.claim_locked(branch)

@@ -22,6 +22,12 @@ running a turn on. While another process says a branch is busy, the follower che
 that its claim lock is still held; when it is not (the owner died, e.g. SIGKILL),
 ``on_dead(branch, state)`` is called so the session can mark the reply interrupted
 and announce the branch idle again.
+
+The calls it lists as waiting in another process are those of a branch whose claim is
+held, but not by this process: a claim is held by one process at a time, so while this
+one holds it (a turn of its own, or settling the calls a killed process left open,
+whose signals the follower does not read), a call another process asked there before
+is over, though nothing the follower read says so.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from ._open_calls import Calls, forget_branch, track_calls
 from ._remote_decisions import DECISIONS_FOLDER
 from .redact import get_logger
 from .signal_log import LogReader
-from .signals import Event, Resync, StateChanged
+from .signals import Event, Resync, StateChanged, ToolApprovalRequested
 from .store.folders import context_folder_of
 
 __all__ = ["LogFollower"]
@@ -63,6 +69,7 @@ class LogFollower:
         own_writer: this process's writer token; its records are not relayed.
         relay: called on the follower's thread with each foreign signal.
         claim_held: whether the claim lock of a branch is held by a live process.
+        held_here: whether this process holds the claim of a branch.
         on_dead: called on the follower's thread when a busy branch's owner is gone.
         each_poll: called on the follower's thread after every read (e.g. to pick up
             decisions other processes made for this process's tool calls).
@@ -87,6 +94,7 @@ class LogFollower:
         relay: Callable[[Event], None],
         claim_held: Callable[[str], bool],
         on_dead: Callable[[str, fsm.State], None],
+        held_here: Callable[[str], bool] = lambda branch: False,
         each_poll: Callable[[], None] = lambda: None,
         own_tail: Callable[[], tuple[int, int, int, int] | None] = lambda: None,
         interval: float = 0.05,
@@ -99,6 +107,7 @@ class LogFollower:
         reader.skip_writer(own_writer)  # this process's own signals are not relayed
         self._relay = relay
         self._claim_held = claim_held
+        self._held_here = held_here
         self._on_dead = on_dead
         self._each_poll = each_poll
         self._own_tail = own_tail
@@ -179,8 +188,7 @@ class LogFollower:
             reader = LogReader(self._reader.path, since=0)
             try:
                 for writer, event in reader.poll():
-                    if writer != self._own:  # this process's own calls are on its desk
-                        track_calls(calls, event)
+                    self._track(calls, writer, event)
             finally:
                 reader.close()
             found = self._alive(calls, branch)
@@ -205,17 +213,26 @@ class LogFollower:
 
     def _alive(self, calls: Calls, branch: str | None) -> list[tuple[str, str, str]]:
         # The calls of ``branch`` (or all) whose process still holds the branch's claim,
-        # i.e. is alive to pick a decision up.
+        # i.e. is alive to pick a decision up. Not when this process holds it: see the
+        # module docstring.
         alive: dict[str, bool] = {}
         waiting = []
         for (call_id, message_id), asked_on in calls.items():
             if asked_on is None or branch not in (None, asked_on):
                 continue
             if asked_on not in alive:
-                alive[asked_on] = self._claim_held(asked_on)
+                alive[asked_on] = self._claim_held(asked_on) and not self._held_here(asked_on)
             if alive[asked_on]:
                 waiting.append((call_id, message_id, asked_on))
         return waiting
+
+    def _track(self, calls: Calls, writer: str, event: Event) -> None:
+        # ``calls`` after ``event``, in a read of the log whole. This process's own
+        # requests are not tracked (its calls are on its desk), but its other signals
+        # are: they may end another process's calls (it settled those its killed
+        # process left open, or began a turn on their branch).
+        if writer != self._own or not isinstance(event, ToolApprovalRequested):
+            track_calls(calls, event)
 
     def close(self) -> None:
         """Stop following. Does not wait: the thread may be inside a store read that
@@ -366,13 +383,12 @@ class LogFollower:
         reader = LogReader(self._reader.path, since=0)
         try:
             for writer, event in reader.poll():
-                if writer == self._own:
-                    if isinstance(event, StateChanged) and event.branch:
-                        states.pop(event.branch, None)  # this process's own: it knows them
-                    continue
+                self._track(calls, writer, event)
                 if isinstance(event, StateChanged) and event.branch:
-                    states[event.branch] = event
-                track_calls(calls, event)
+                    if writer == self._own:
+                        states.pop(event.branch, None)  # this process's own: it knows them
+                    else:
+                        states[event.branch] = event
         finally:
             reader.close()
         found = False

@@ -2,8 +2,10 @@
 
 A call waits from its ``ToolApprovalRequested`` until a ``ToolCallResolved`` decides
 it, or until its branch's turn ends (a turn stopped while waiting announces no
-decision). The follower tracks this to list another process's waiting calls; the
-signal log's compaction to keep their requests.
+decision), or another turn begins there: a turn holds its branch's claim, so the one
+that asked is over, though a process killed while its call waited announced no end.
+The follower tracks this to list another process's waiting calls; the signal log's
+compaction to keep their requests.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def track_calls(calls: Calls, event: Event) -> None:
             if event.branch in (None, calls[key]):
                 del calls[key]
     elif (
-        isinstance(event, StateChanged) and event.branch is not None and event.new is fsm.State.IDLE
+        isinstance(event, StateChanged)
+        and event.branch is not None
+        and fsm.State.IDLE in (event.old, event.new)
     ):
         forget_branch(calls, event.branch)
 

@@ -73,6 +73,7 @@ class FollowOthers:
             self._signal_log.writer,
             relay=weak_callback(self._relay, None),
             claim_held=weak_callback(self._dead_rounds.claim_locked, False),
+            held_here=weak_callback(self._dead_rounds.held_here, False),
             on_dead=weak_callback(self._dead_rounds.owner_gone, None),
             each_poll=weak_callback(self._apply_remote_decisions, None),
             own_tail=weak_callback(self._signal_log.own_tail, None),

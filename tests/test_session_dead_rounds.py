@@ -23,10 +23,12 @@ from test_signal_follow import DEADLINE, Recorder, _wait_for
 from tool_writer import start_tool_writer
 
 from cm_notebook._dead_rounds import NOT_STARTED, STOPPED, UNDECIDED
-from cm_notebook.events import ToolApprovalRequested, ToolCallResolved
+from cm_notebook._follower import LogFollower
+from cm_notebook.events import Event, StateChanged, ToolApprovalRequested, ToolCallResolved
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, ToolCall, ToolCallStatus
 from cm_notebook.session import ContextSession
+from cm_notebook.signal_log import LOG_NAME, LogReader, SignalLog
 from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.tools import denied_result
@@ -399,3 +401,85 @@ def test_a_session_opened_during_the_other_process_turn_settles_it_when_it_dies(
     finally:
         if child.poll() is None:
             _kill(child)
+
+
+def test_a_call_settled_for_a_killed_process_stays_settled_while_a_turn_runs_here(
+    tmp_path: Path, context_id: str
+) -> None:
+    # This session settles the killed process's call as it opens: signals of its own,
+    # which its log follower does not read. A turn of its own then holds the branch's
+    # claim, which must not make the dead call look waiting in a live process again.
+    _kill_when(_doomed_writer(tmp_path, context_id, approval="ask"), "ASKED")
+    provider = ScriptedProvider().tool_call("_add", {"a": 1, "b": 2}).reply("It is 3.")
+    with ContextSession.open(
+        context_id, data_dir=tmp_path, provider=provider, tools=[_add]
+    ) as session:
+        [dead] = _calls(session)
+        assert dead.status is ToolCallStatus.DENIED
+        turn = session.send("What is 1 + 2?")
+        _wait_for(
+            lambda: any(call.name == "_add" for call in session.pending_tool_calls),
+            "the new call to wait",
+        )
+        assert session._follower is not None
+        assert session._follower.caught_up(DEADLINE)  # it has read the whole log
+        listed = [(call.name, call.arguments) for call in session.pending_tool_calls]
+        assert listed == [("_add", {"a": 1, "b": 2})]  # not also the dead "slow"
+        [waiting] = session.pending_tool_calls
+        assert [call.id for call in session.approve()] == [waiting.id]
+        assert turn.result(DEADLINE).content == "It is 3."
+        assert session.pending_tool_calls == []
+
+
+def _record(log: SignalLog, event: Event) -> None:
+    log.record(lambda seq: event.model_copy(update={"seq": seq, "context_id": "c1"}))
+
+
+def test_a_dead_process_s_call_stays_over_whoever_takes_its_branch(tmp_path: Path) -> None:
+    # Three writers of one log, as three processes: "dead" asks and is killed, this
+    # process ("here") settles its call (signals its follower does not read), then
+    # "other" runs a turn on the branch. Whoever holds the claim, the call is over.
+    (tmp_path / "c1").mkdir()
+    path = tmp_path / "c1" / LOG_NAME
+    dead, here, other = SignalLog(path), SignalLog(path), SignalLog(path)
+    holder = ["dead"]  # who holds main's claim (one writer or another, throughout)
+
+    def follower() -> LogFollower:
+        return LogFollower(
+            LogReader(path),
+            here.writer,
+            relay=lambda _: None,
+            claim_held=lambda branch: True,
+            held_here=lambda branch: holder[0] == "here",
+            on_dead=lambda *_: None,
+        )
+
+    first = follower()
+    try:
+        asked = ToolApprovalRequested(branch="main", message_id="m1", tool_call_ids=("call_1",))
+        _record(dead, asked)
+        assert first.caught_up(DEADLINE)
+        assert first.waiting_calls("main") == [("call_1", "m1", "main")]
+        holder[0] = "here"  # "dead" was killed; this process settles its call
+        denied = ToolCallResolved(
+            branch="main", tool_call_id="call_1", status=ToolCallStatus.DENIED
+        )
+        _record(here, denied)
+        assert first.caught_up(DEADLINE)
+        assert first.waiting_calls("main") == []
+        holder[0] = "other"  # let go; another process takes the branch
+        second = follower()  # reads the log whole, this process's settle included
+        try:
+            assert second.caught_up(DEADLINE)
+            assert second.waiting_calls("main") == []
+        finally:
+            second.close()
+        begun = StateChanged(branch="main", old=State.IDLE, new=State.AWAITING_RESPONSE)
+        _record(other, begun)
+        assert first.caught_up(DEADLINE)
+        assert first.waiting_calls("main") == []  # its turn began after the call
+        assert first.waiting_call("call_1", "main") == []
+    finally:
+        first.close()
+        for log in (dead, here, other):
+            log.close()
