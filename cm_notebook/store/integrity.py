@@ -15,8 +15,13 @@ every other disagreement between the index and the files:
 * ``unreadable``: message files that do not decode (named with what is wrong);
 * ``stale``: message files whose status is not the one the index gives (an older copy
   put back: a reply the index says is complete, still ``streaming`` in its file);
-* ``mislinked``: index entries whose parent or role is not the file's (an index edited
-  or damaged in a way that still parses: reading the branch then fails);
+* ``mislinked``: index entries whose parent or role is not the file's, where the
+  index's own link leads nowhere (an index edited or damaged in a way that still
+  parses: reading the branch then fails);
+* ``damaged_links``: message files whose parent or role is not the index's, where the
+  index's conversation through them is whole: the file is what was changed (a
+  message's parent and role never change; see :mod:`.links`), and the index keeps
+  reading as before;
 * ``dangling``: branches whose head names a message neither the index nor the files
   hold (reading such a branch fails; point it elsewhere with ``set_branch_head``);
 * ``unwalkable``: branches whose head is there, but whose path back to the first
@@ -30,12 +35,16 @@ every other disagreement between the index and the files:
   (``mislinked``), and a repair leaves it out.
 
 A missing or unreadable file whose text the journal still holds is rewritten from it
-first (as a read of it would be). With ``repair``, an index that misses files or
-disagrees with their parent links is rebuilt from them (the head moves the journal
-holds are kept), and each hidden conversation that ends off every branch gets a branch
-of its own (``recovered``, ``recovered-2``, ..., none like a name already there), so it
-shows up in the branch selector (written before the index, so a repair cut short is
-finished by the next open, see :func:`check_context`). Nothing is deleted.
+first (as a read of it would be). With ``repair``, a file with a damaged link is
+rewritten first, from the journal's copy or the index (see :mod:`.links`): the index is
+never rebuilt from a link that would send a whole conversation round a loop or cut
+messages off a branch when the index's own link reaches a first message. Then an index
+that misses files or whose links lead nowhere where the files' do is rebuilt from them
+(the head moves the journal holds are kept), and each hidden conversation that ends
+off every branch gets a branch of its own (``recovered``, ``recovered-2``, ..., none
+like a name already there), so it shows up in the branch selector (written before the
+index, so a repair cut short is finished by the next open, see :func:`check_context`).
+Nothing is deleted (what a rewritten file named is reported).
 Missing and unreadable files the journal no longer holds, and dangling heads, are only
 reported, for the user to restore from a backup or point elsewhere; while files are
 missing, no rebuild is made: they are to come back first.
@@ -54,9 +63,11 @@ from ..model import ContextMetadata, Message
 from .atomic import is_temp_name
 from .codec import read_message_file
 from .context import ContextState
+from .links import index_broken, link_difference
 from .order import unrooted
 from .paths import MESSAGES_DIR
 from .recovered import branch_hidden_ends
+from .relink import relink_files
 from .repair import repair_files
 
 __all__ = ["IntegrityChecks", "IntegrityReport", "check_context"]
@@ -71,8 +82,10 @@ _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 class IntegrityReport:
     """What :meth:`FileStore.check <cm_notebook.store.FileStore.check>` found in a context.
 
-    ``brought_back`` and ``recovered_branches`` are filled by a repair: the messages the
-    index lists again, and the branches made for those that end off every branch.
+    ``relinked``, ``brought_back`` and ``recovered_branches`` are filled by a repair:
+    the files rewritten because their link was damaged, the messages the index lists
+    again, and the branches made for those that end off every branch (``rebuilt``: the
+    index was rebuilt from the files).
     """
 
     context_id: str
@@ -82,12 +95,16 @@ class IntegrityReport:
     unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
     stale: tuple[tuple[str, str], ...] = ()  # (file name, how it differs from the index)
     mislinked: tuple[tuple[str, str], ...] = ()  # (file name, how the index differs)
+    # (file name, how it differs from the index, whose link is the one kept: see module)
+    damaged_links: tuple[tuple[str, str], ...] = ()
     dangling: tuple[tuple[str, str], ...] = ()  # (branch, the message its head names)
     # (branch, its head, what its path goes back to instead of a first message)
     unwalkable: tuple[tuple[str, str, str], ...] = ()
     # (file name, what it goes back to): left out of the index, not a failure (see module)
     detached: tuple[tuple[str, str], ...] = ()
     repaired: bool = False
+    relinked: tuple[tuple[str, str], ...] = ()  # (file name, what was done to it)
+    rebuilt: bool = False
     brought_back: tuple[str, ...] = ()
     recovered_branches: tuple[str, ...] = ()
 
@@ -102,6 +119,7 @@ class IntegrityReport:
             or self.unreadable
             or self.stale
             or self.mislinked
+            or self.damaged_links
             or self.dangling
             or self.unwalkable
         )
@@ -110,7 +128,8 @@ class IntegrityReport:
         if self.ok and not self.repaired and not self.detached:
             return f"{self.context_id}: {self.indexed} message(s), ok"
         lines = [f"{self.context_id}: {self.indexed} message(s) indexed"]
-        if self.repaired:
+        lines += [f"  repaired: messages/{name} {how}" for name, how in self.relinked]
+        if self.rebuilt:
             lines.append(
                 f"  repaired: {len(self.brought_back)} message(s) brought back into the index"
             )
@@ -120,6 +139,10 @@ class IntegrityReport:
         lines += [f"  unreadable: messages/{name}: {problem}" for name, problem in self.unreadable]
         lines += [f"  older than the index: messages/{name}: {how}" for name, how in self.stale]
         lines += [f"  the index disagrees: messages/{name}: {how}" for name, how in self.mislinked]
+        lines += [
+            f"  the file disagrees with the index: messages/{name}: {how}"
+            for name, how in self.damaged_links
+        ]
         lines += [
             f"  branch {name!r} points at message {head!r}, which is in neither the index nor "
             f"messages/: point it at another message (FileStore.set_branch_head)"
@@ -149,6 +172,12 @@ class IntegrityReport:
                 "stopped before its commit, never acknowledged, or hidden by an older "
                 "index put back)"
             )
+        if self.damaged_links and not self.repaired:
+            lines.append(
+                "  (the index's conversation through these files is whole, so each file is "
+                "what was changed: run with --repair to give it the index's parent and role "
+                "again, from the journal's copy where it still holds one)"
+            )
         if (self.unindexed or self.mislinked) and not self.repaired:
             first = "then " if self.missing else ""  # a rebuild waits for missing files
             lines.append(f"  {first}run with --repair to rebuild the index from the files")
@@ -175,7 +204,9 @@ class IntegrityChecks:
         Finds message files the index does not list (an older index put back, say, hides
         the messages written since), listed messages without a file, unreadable files,
         files older than the index (their status is not the index's) and branch heads
-        that lead to no message. With ``repair``, rebuilds the index from the files and
+        that lead to no message. With ``repair``, rewrites the files whose parent or role
+        is not the one the index committed (while the index's conversation through them
+        is whole: see :mod:`.links`), then rebuilds the index from the files and
         gives each hidden conversation a ``recovered`` branch; nothing is deleted. Message
         files no conversation leads to (their parent is gone, or parent links loop) are
         named and left out of the index, and branches that lead to them are named. Reads
@@ -212,10 +243,16 @@ def check_context(
         # Those whose text the journal holds (the locks are held: not state.restore()).
         repair_files(state.index, state.fsync, flush=False, only=restorable, compare=True)
         report, hidden = _inspect(state, metadata)
-    if not repair or not (report.unindexed or report.mislinked) or report.missing:
+    if not repair:
+        return report
+    # Before anything reads the files' links (a rebuild): the index's are kept there.
+    relinked = relink_files(state, [name[: -len(".json")] for name, _ in report.damaged_links])
+    if not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a
         # rebuild keeps in the tree (see .recovered).
-        return report
+        if not relinked:
+            return report
+        return replace(_inspect(state, metadata)[0], repaired=True, relinked=relinked)
     # The branches first, then the index: killed in between, the next open finds heads
     # the index does not list and rebuilds it itself (ContextState._check_heads). The
     # other way round, the messages would be back in the index on no branch, and a new
@@ -228,6 +265,8 @@ def check_context(
     return replace(
         _inspect(state, metadata)[0],
         repaired=True,
+        relinked=relinked,
+        rebuilt=True,
         brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
         recovered_branches=branches,
     )
@@ -245,6 +284,8 @@ def _inspect(
     # The report, and the hidden messages as read (a repair branches them without
     # reading their files again).
     entries = state.index.materialize()
+    # The entries whose link a file may correct; every other one is committed truth.
+    broken_in_index = index_broken(entries)
     folder = state.dir / MESSAGES_DIR
     try:
         names = os.listdir(folder)
@@ -252,12 +293,14 @@ def _inspect(
         names = []
     on_disk: set[str] = set()
     hidden: dict[str, Message] = {}  # readable files the index does not list
-    # Parent links as a rebuild would take them: the file's where it reads, else the index's.
+    # Parent links as a repair would leave them: the index's where they reach a first
+    # message (see .links), else the file's where it reads, else the index's.
     links = {message_id: entry.parent_id for message_id, entry in entries.items()}
     read: set[str] = set()  # the files that read
     unreadable: list[tuple[str, str]] = []
     stale: list[tuple[str, str]] = []
     mislinked: list[tuple[str, str]] = []
+    damaged_links: list[tuple[str, str]] = []
     for name in sorted(names):
         if is_temp_name(name) or not name.endswith(".json"):
             continue  # a writer's temporary file, or not ours
@@ -267,9 +310,10 @@ def _inspect(
         except CorruptDataError as exc:
             unreadable.append((name, str(exc)))  # reported as such, not as hidden
         else:
-            links[message_id] = message.parent_id
             read.add(message_id)
             entry = entries.get(message_id)
+            if entry is None or message_id in broken_in_index:
+                links[message_id] = message.parent_id
             if entry is None:
                 hidden[message_id] = message
             elif entry.status is not message.status:
@@ -277,12 +321,13 @@ def _inspect(
                     f"its status is {message.status.value!r}, the index says {entry.status.value!r}"
                 )
                 stale.append((name, how))
-            elif (entry.parent_id, entry.role) != (message.parent_id, message.role):
-                how = (
-                    f"its parent is {message.parent_id!r} and role {message.role!r}, "
-                    f"the index says {entry.parent_id!r} and {entry.role!r}"
-                )
-                mislinked.append((name, how))
+            elif (differs := link_difference(message, entry)) is None:
+                pass  # they agree
+            elif message_id in broken_in_index:
+                # The index's link leads nowhere: the file's is the one to take (see .links).
+                mislinked.append((name, differs))
+            else:
+                damaged_links.append((name, differs))  # the index's link is the committed one
         on_disk.add(message_id)
     # The files and entries no conversation leads to: listed, they would break every
     # read of the whole tree and of their branches (see .order.unrooted).
@@ -303,6 +348,7 @@ def _inspect(
         unreadable=tuple(unreadable),
         stale=tuple(stale),
         mislinked=tuple(mislinked),
+        damaged_links=tuple(damaged_links),
         dangling=tuple(
             (name, branch.head)
             for name, branch in sorted(metadata.branches.items())

@@ -40,6 +40,7 @@ from .base import IndexEntry
 from .codec import read_message_file, read_regular
 from .diagnostics import warn
 from .journal import JournalLine
+from .links import index_broken, trusted_entry
 from .order import parents_first, unrooted
 from .paths import message_path
 from .snapshot import RebuildNeeded, parse_snapshot
@@ -196,11 +197,17 @@ def rebuilt_entries(
     message ``found`` in the files, and the ``known`` entry of each message whose file
     is unreadable or gone (see the module docstring), with a warning for each file in
     ``skipped`` (unreadable ones, with what is wrong with them). Messages no
-    conversation leads to are left out, with a warning (see the module docstring)."""
+    conversation leads to are left out, with a warning (see the module docstring). A
+    file whose parent or role is not the one of a ``known`` entry that the old index
+    still links to a first message gets that entry's (see :mod:`.links`)."""
     read = {message.id for message in found}
     problems = {file.name: problem for problem, file in skipped}
     kept = [entry for message_id, entry in known.items() if message_id not in read]
-    listed = [*(IndexEntry.of(message, 0) for message in found), *kept]
+    # A file's link where the old index's leads nowhere; the committed one where it
+    # does (a file naming another is what was changed: see .links).
+    broken_before = index_broken(known)
+    trusted = (trusted_entry(message, known, broken_before, folder) for message in found)
+    listed = [*trusted, *kept]
     broken = unrooted({entry.id: entry.parent_id for entry in listed})
     if broken:
         _warn_left_out(broken, folder)
