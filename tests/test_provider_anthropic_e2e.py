@@ -390,6 +390,24 @@ async def test_missing_key_fails_before_any_request(server: FakeAnthropic) -> No
     assert server.requests == []
 
 
+@pytest.mark.anyio
+async def test_a_key_set_after_the_provider_was_made_is_used(
+    server: FakeAnthropic, no_credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook: the session (and its provider) first, the key set in a later cell,
+    # then a retry: it must not keep saying the key is missing.
+    provider = AnthropicProvider("claude-haiku-4-5", base_url=server.url)
+    try:
+        with pytest.raises(PermanentProviderError, match="set ANTHROPIC_API_KEY"):
+            await drain(provider, [])
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "set-later")
+        server.replies.append(Reply(wire_events("text_only")))
+        await drain(provider, [])
+    finally:
+        await provider.aclose()
+    assert sent_key(server.requests[0]["headers"]) == "set-later"
+
+
 def test_unreadable_credential_profile_is_permanent(
     no_credentials: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

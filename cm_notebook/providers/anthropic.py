@@ -532,10 +532,15 @@ class AnthropicProvider:
         return complete
 
     def _has_credentials(self) -> bool:
-        client = self._client
+        # A key set after construction (in a notebook, say) is taken up now.
+        if not self._client_has_credentials() and (key := os.environ.get(_KEY_ENV)):
+            self._client = self._client.with_options(api_key=key)
+        return self._client_has_credentials()
+
+    def _client_has_credentials(self) -> bool:
         # getattr: older SDK releases have no auth_token/credentials attributes.
         return any(
-            getattr(client, attr, None) is not None
+            getattr(self._client, attr, None) is not None
             for attr in ("api_key", "auth_token", "credentials")
         )
 
