@@ -230,15 +230,28 @@ async def _import_export(args: argparse.Namespace, store: Store, document: Expor
     except ContextExistsError as exc:
         if import_under_way(store, cid):
             raise CommandError(str(exc)) from None  # another import began meanwhile
-        where = getattr(store, "data_dir", "the data directory")
-        cid = document.metadata.id
-        raise CommandError(
-            f"context {cid!r} is already in {where}: import this copy beside it with "
-            f"--new-id, or remove the one there first (`cm-notebook rm {cid}`)"
-        ) from None
+        raise CommandError(_taken(store, cid, exc.existing or cid)) from None
     counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
     out(f"imported {meta.id} ({meta.title!r}): {counts}")
     return 0
+
+
+def _taken(store: Store, asked: str, existing: str) -> str:
+    # The remedy names the context that is there: the store also refuses an id that
+    # differs only in case from an existing one, and `rm` of the id asked for would
+    # find nothing.
+    where = getattr(store, "data_dir", "the data directory")
+    if existing == asked:
+        what = f"context {asked!r} is already in {where}"
+    else:
+        what = (
+            f"context id {asked!r} differs only in case from the context {existing!r} in "
+            f"{where} (the two would be one folder on Windows and macOS)"
+        )
+    return (
+        f"{what}: import this copy beside it with --new-id, or remove the one there "
+        f"first (`{PROG} rm {existing}`)"
+    )
 
 
 async def _import_v1(

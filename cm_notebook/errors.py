@@ -131,7 +131,16 @@ class BranchExistsError(StoreError):
 
 
 class ContextExistsError(StoreError):
-    """A context with that id already exists."""
+    """A context with that id already exists; ``.existing`` is the id of the one there.
+
+    That id can differ from the one asked for (only in case: the store refuses ids that
+    would be one folder on Windows and macOS), and a remedy must name it: ``rm`` of the
+    id asked for finds nothing. None when the raiser did not say.
+    """
+
+    def __init__(self, message: str, existing: str | None = None) -> None:
+        super().__init__(message)
+        self.existing = existing
 
 
 class CorruptDataError(StoreError):

@@ -363,7 +363,8 @@ def _take_import_lock(store: Store, context_id: str) -> OSLock | None:
     except LockTimeout:
         raise ContextExistsError(
             f"context {context_id!r} is being imported by another process now; wait for "
-            "that import to end, or import this copy beside it with a new id"
+            "that import to end, or import this copy beside it with a new id",
+            existing=context_id,
         ) from None
     return lock
 

@@ -152,6 +152,30 @@ def test_an_export_of_a_cut_short_import_imports_as_finished(
         assert imported.metadata.tags == ["kept"]
 
 
+def test_an_import_of_a_case_twin_id_names_the_context_there_and_an_rm_that_works(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        exported = export(capsys, data_dir, session, tmp_path / "e.json")
+    document = json.loads(exported.read_text())
+    twin = session.id.upper()
+    document["metadata"]["id"] = twin
+    exported.write_text(json.dumps(document))
+    code, _out, err = run(capsys, data_dir, "import", str(exported))
+    assert code == 1
+    assert err == (
+        f"cm-notebook: error: context id {twin!r} differs only in case from the context "
+        f"{session.id!r} in {data_dir} (the two would be one folder on Windows and macOS): "
+        "import this copy beside it with --new-id, or remove the one there first "
+        f"(`cm-notebook rm {session.id}`)\n"
+    )
+    # The remedy it names works: that rm, then the import.
+    assert run(capsys, data_dir, "rm", session.id, "--yes")[0] == 0
+    code, out, err = run(capsys, data_dir, "import", str(exported))
+    assert (code, err) == (0, "")
+    assert out.startswith(f"imported {twin} ")
+
+
 @pytest.mark.parametrize("tokens", ["0", "-3"])
 def test_demo_refuses_a_length_limit_below_one_before_making_a_context(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tokens: str

@@ -270,8 +270,12 @@ async def test_the_store_refuses_look_alike_branches_and_case_twin_contexts(
         await store.create_branch("c1", "MAIN", head=None)
     assert list((await store.get_metadata("c1")).branches) == ["main"]
     await store.create_context(ContextMetadata(id="abc"))
-    with pytest.raises(ContextExistsError, match=r"differs only in case .* 'abc'"):
+    with pytest.raises(ContextExistsError, match=r"differs only in case .* 'abc'") as twin:
         await store.create_context(ContextMetadata(id="ABC"))
+    assert twin.value.existing == "abc"  # the one there, for a remedy to name
+    with pytest.raises(ContextExistsError) as same:
+        await store.create_context(ContextMetadata(id="abc"))
+    assert same.value.existing == "abc"
     assert sorted(m.id for m in await store.list_contexts()) == ["abc", "c1"]
 
 

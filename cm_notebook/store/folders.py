@@ -53,7 +53,8 @@ _CREATING_TIMEOUT = 30.0
 def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
     return ContextExistsError(
         f"a context {context_id!r} already exists in {data_dir}; choose another id or open "
-        "the existing one."
+        "the existing one.",
+        existing=context_id,
     )
 
 
@@ -66,7 +67,8 @@ def _refuse_case_twin(root: Path, context_id: str) -> None:
             raise ContextExistsError(
                 f"context id {context_id!r} differs only in case from the existing context "
                 f"{name!r}, and the two would be one folder on Windows and macOS; choose "
-                "another id or open the existing one."
+                "another id or open the existing one.",
+                existing=name,
             )
 
 
