@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import stat
 import sys
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -48,6 +50,12 @@ __all__: list[str] = []  # subcommands, registered with cm_notebook.cli's regist
 
 # -- export / import ------------------------------------------------------------------
 
+#: The most bytes a file name may hold on most file systems (ext4, APFS, NTFS's 255
+#: characters hold at least as much).
+_NAME_BYTES = 255
+#: How many hex digits of the branch name's SHA-256 end a name that had to be cut.
+_DIGEST_DIGITS = 12
+
 
 def _configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("context_id", metavar="ID", help="the context to export")
@@ -68,9 +76,45 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         help="write to FILE instead of stdout (a folder: to <context id>.json or .md in "
-        "it, or <context id>.<branch>.json or .md with --branch; characters a file name "
-        "cannot hold are %%-escaped)",
+        "it, or <context id>.<branch>.json or .md with --branch, where the branch name "
+        "keeps its letters and digits, of any script, '_', '-' and '.', and has its other "
+        "characters %%-escaped (a space as %%20, '+' as %%2B); a file name that would "
+        f"pass {_NAME_BYTES} bytes in UTF-8 has the branch name cut (at a character) to "
+        "fit, ending in '~' and a short digest of the whole branch name, so that two "
+        "long names never share a file)",
     )
+
+
+def _name_piece(char: str) -> str:
+    # Letters and digits of any script are kept: every file system holds them, and a
+    # Japanese or accented name stays readable (%-escaping its UTF-8 tripled its length
+    # past what a file name holds). The rest is %-escaped, as quote() escapes it.
+    if char in "_-." or unicodedata.category(char)[0] in "LN":
+        return char
+    return quote(char, safe="")
+
+
+def _export_name(context_id: str, branch: str | None, extension: str) -> str:
+    """The file name of an export in a folder (see the help of ``-o``)."""
+    if branch is None:
+        return f"{context_id}.{extension}"
+    pieces = [_name_piece(char) for char in branch]
+    name = f"{context_id}.{''.join(pieces)}.{extension}"
+    if len(name.encode("utf-8")) <= _NAME_BYTES:
+        return name
+    # Cut between pieces (never inside a character or its escape), and end in a digest
+    # of the whole name: two names that start alike keep a file each. '~' is escaped in
+    # every name that is not cut, so no other branch's file has this name.
+    digest = hashlib.sha256(branch.encode("utf-8")).hexdigest()[:_DIGEST_DIGITS]
+    tail = f"~{digest}.{extension}"
+    room = _NAME_BYTES - len(f"{context_id}.{tail}".encode())
+    kept: list[str] = []
+    for piece in pieces:
+        room -= len(piece.encode("utf-8"))
+        if room < 0:
+            break
+        kept.append(piece)
+    return f"{context_id}.{''.join(kept)}{tail}"
 
 
 def _write(given: str, text: str, name_in_folder: str) -> Path:
@@ -123,8 +167,8 @@ async def _export(args: argparse.Namespace, store: Store) -> int:
     extension = "json" if args.format == "json" else "md"
     # Each branch of a context gets a file of its own in a folder: exporting two
     # branches into one folder must not leave only the last.
-    branch = f".{quote(args.branch, safe='')}" if args.branch else ""
-    target = _write(args.output, text, f"{args.context_id}{branch}.{extension}")
+    name = _export_name(args.context_id, args.branch or None, extension)
+    target = _write(args.output, text, name)
     print(f"wrote {target}", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,10 +112,43 @@ def test_branches_exported_into_one_folder_get_a_file_each(
     assert (folder / "c1.my%20idea%2B1.json").is_file()
 
 
+def test_branch_files_keep_letters_of_any_script_and_cut_long_names_to_fit(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    a_context(data_dir, "t", "hi")
+    japanese = "日本語の長いブランチ名前" * 3  # 36 letters: 108 bytes, twice that escaped
+    stem = ("日本語の長いブランチ名前" * 9)[:99]  # 100-letter names: 300 bytes
+    longest = [stem + "一", stem + "二"]
+
+    async def branch() -> None:
+        async with FileStore(data_dir) as store:
+            for name in ("café", japanese, *longest):
+                await store.create_branch("c1", name, head="u1")
+
+    anyio.run(branch)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name in ("café", japanese, *longest):
+        code, _, err = run(capsys, data_dir, "export", "c1", "-b", name, "-o", str(folder))
+        assert code == 0, err
+    names = set(os.listdir(folder))
+    assert {"c1.café.json", f"c1.{japanese}.json"} < names
+    cut = sorted(names - {"c1.café.json", f"c1.{japanese}.json"})
+    assert len(cut) == 2  # two names alike for 99 letters: a file each
+    for file_name in cut:
+        assert 250 <= len(file_name.encode()) <= 255
+        assert file_name.startswith(f"c1.{stem[:70]}")
+        assert re.fullmatch(r"c1\.[^~]+~[0-9a-f]{12}\.json", file_name)
+    branches = {json.loads((folder / f).read_text())["branch"] for f in cut}
+    assert branches == set(longest)
+
+
 def test_export_help_says_how_branch_files_are_named(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "<context id>.<branch>.json" in help_text
+    assert "keeps its letters and digits, of any script" in help_text
+    assert "would pass 255 bytes in UTF-8 has the branch name cut" in help_text
 
 
 def test_invalid_files_are_data_errors_and_bad_arguments_usage_errors(

@@ -34,6 +34,15 @@ def test_a_taken_name_is_drawn_again(tmp_path: Path) -> None:
     assert not unique_part().startswith(prefix)
 
 
+def test_a_target_as_long_as_a_file_name_may_be_is_written(tmp_path: Path) -> None:
+    # Its temporary file's name holds only the start of the target's: '.<target>.
+    # <unique>.tmp' would pass the 255 bytes most file systems allow.
+    for name in ("x" * 255, "é" * 127, "日" * 85):
+        atomic_write(tmp_path / name, b"data", fsync=None)
+        assert (tmp_path / name).read_bytes() == b"data"
+    assert len(os.listdir(tmp_path)) == 3
+
+
 _FORKING = """
 import os
 from cm_notebook.store.atomic import unique_part

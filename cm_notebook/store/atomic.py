@@ -15,7 +15,9 @@ Every fsync goes through an ``fsync`` argument (default :func:`os.fsync`), so th
 ``fsync=None`` asks for the same atomic replace without making it durable.
 
 Temporary files are named ``.<target>.<unique>.tmp`` so that they can never be mistaken
-for a message file (those end in ``.json`` and never start with a dot). ``<unique>``
+for a message file (those end in ``.json`` and never start with a dot); a target name
+over 200 bytes has only its start there, so that a target the file system takes (255
+bytes on most) has a temporary file it takes too. ``<unique>``
 (:func:`unique_part`) is a random draw made once per process, then a count: a draw per
 file would cost a ``getrandom`` call per write. They are created with ``O_EXCL``, so a
 name that is taken anyway (a forked child that kept its parent's draw) fails rather
@@ -51,6 +53,9 @@ Fsync = Callable[[int], None]
 TEMP_SUFFIX = ".tmp"
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines.
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY
+#: The most of a target's name (in bytes) its temporary file's name holds: with the dot,
+#: the unique part and the suffix it stays under the 255 bytes most file systems allow.
+_TEMP_STEM_BYTES = 200
 
 
 _draw: tuple[str, itertools.count[int]] = (secrets.token_hex(5), itertools.count())
@@ -76,6 +81,17 @@ def unique_part() -> str:
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is one of :func:`atomic_write`'s temporary files."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _temp_stem(name: str) -> str:
+    # The part of a target's name its temporary file's name holds: all of it, unless
+    # that would make a name too long for the file system (cut at a character).
+    if len(name) <= _TEMP_STEM_BYTES // 4:  # at most 4 bytes a character: short enough
+        return name
+    name = name[:_TEMP_STEM_BYTES]  # at least a byte a character
+    while len(os.fsencode(name)) > _TEMP_STEM_BYTES:
+        name = name[:-1]
+    return name
 
 
 def fsync_dir(path: Path | str, fsync: Fsync = os.fsync) -> None:
@@ -140,7 +156,7 @@ def atomic_write(
     (:class:`~cm_notebook.errors.StorageFullError` for a full disk).
     """
     # A string, not a Path: joining Paths costs more than the write on a fast disk.
-    start = f"{path.parent if temp_dir is None else temp_dir}{os.sep}.{path.name}."
+    start = f"{path.parent if temp_dir is None else temp_dir}{os.sep}.{_temp_stem(path.name)}."
     tmp = f"{start}{unique_part()}{TEMP_SUFFIX}"
     try:
         try:
