@@ -21,6 +21,7 @@ from .errors import (
     InvalidInputError,
     MigrationError,
     SchemaVersionError,
+    StoreError,
 )
 from .export import (
     ExportDocument,
@@ -120,17 +121,18 @@ def _export_name(context_id: str, branch: str | None, extension: str) -> str:
 def _write(given: str, text: str, name_in_folder: str) -> Path:
     # A folder as the output gets a file named after the context.
     output = Path(given)
-    if given.endswith(("/", os.sep)) and not output.is_dir():
+    folder = _is_folder(output)
+    if given.endswith(("/", os.sep)) and not folder:
         # Meant as a folder (Path() would drop the slash and write a file of that name).
         raise CommandError(f"there is no folder {given}: make it first, or name a file")
-    target = output / name_in_folder if output.is_dir() else output
+    target = output / name_in_folder if folder else output
     data = text.encode("utf-8")
     try:
         mode = os.stat(target).st_mode  # through a link: what it names
     except FileNotFoundError:
         mode = None
     except OSError as exc:
-        raise CommandError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise _not_written(target, exc) from None
     if mode is not None and not stat.S_ISREG(mode):
         # A pipe, a terminal, /dev/null, /dev/stdout: written into, never replaced (a
         # rename would put a plain file in its place).
@@ -148,8 +150,33 @@ def _write(given: str, text: str, name_in_folder: str) -> Path:
     # renamed, so an interrupted export leaves no half file, and a failed one (a full
     # disk) no temporary file either.
     final = Path(os.path.realpath(target)) if mode is not None else target
-    atomic_write(final, data)
+    try:
+        atomic_write(final, data)
+    except StoreError as exc:
+        raise _not_written(target, exc) from None
     return target
+
+
+def _is_folder(path: Path) -> bool:
+    # Path.is_dir() raises for a folder that may not be looked into (EACCES): that is
+    # then not known to be a folder, and writing there fails with the remedy of -o.
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _not_written(target: Path, exc: Exception) -> CommandError:
+    # The export's own wording: atomic_write's is the store's, which blames the data
+    # directory (and names a Python argument), while -o chose where this went.
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    reason = cause.strerror if isinstance(cause, OSError) else None
+    if reason is None and isinstance(cause, OSError) and cause.errno is not None:
+        reason = os.strerror(cause.errno)
+    return CommandError(
+        f"cannot write {target}: {reason or cause}; choose another place with -o "
+        "(nothing was written)"
+    )
 
 
 @command("export", "Export a context as JSON (lossless) or Markdown.", _configure_export)

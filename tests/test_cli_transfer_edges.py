@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -78,6 +81,84 @@ def test_export_into_a_full_device_says_which_and_why(
         "cm-notebook: error: cannot write /dev/full: No space left on device; nothing else "
         "was written\n"
     )
+
+
+#: The command line, in a child whose files may not grow past 64 bytes: a write past
+#: that fails (EFBIG) instead of killing the process (SIGXFSZ). A real refusal of the
+#: file system's, which root gets too.
+_SMALL_FILES_ONLY = """
+import resource, signal, sys
+from cm_notebook.cli import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="no file size limits here")
+def test_an_export_the_file_system_refuses_says_to_choose_another_place_with_o(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    # The store's wording (a data directory to choose, data_dir=) is not the export's:
+    # -o chose where it goes.
+    with a_context(data_dir, replies=3) as session:
+        pass
+    target = tmp_path / "out.json"
+    argv = ["--data-dir", str(data_dir), "export", session.id, "-o", str(target)]
+    done = subprocess.run(
+        [sys.executable, "-c", _SMALL_FILES_ONLY, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"cm-notebook: error: cannot write {target}: File too large; choose another place "
+        "with -o (nothing was written)\n"
+    )
+    assert os.listdir(tmp_path) == [data_dir.name]  # no half file, no temporary file
+    too_long = tmp_path / ("x" * 300 + ".json")
+    code, _out, err = run(capsys, data_dir, "export", session.id, "-o", str(too_long))
+    assert code == 1
+    assert err == (
+        f"cm-notebook: error: cannot write {too_long}: File name too long; choose another "
+        "place with -o (nothing was written)\n"
+    )
+
+
+def _write_access_is_checked(tmp_path: Path) -> bool:
+    # Not for root (or a process with CAP_DAC_OVERRIDE), nor on Windows.
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "file").touch()
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+    return False
+
+
+def test_an_export_into_a_folder_without_write_access_says_to_choose_another_place(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    if not _write_access_is_checked(tmp_path):
+        pytest.skip("this process may write into any folder")
+    with a_context(data_dir) as session:
+        pass
+    for mode, folder in ((0o555, tmp_path / "read-only"), (0o000, tmp_path / "forbidden")):
+        folder.mkdir(mode=mode)
+        try:
+            for given in (str(folder / "e.json"), str(folder), f"{folder}/"):
+                code, out, err = run(capsys, data_dir, "export", session.id, "-o", given)
+                assert (code, out) == (1, "")
+                assert err.startswith(f"cm-notebook: error: cannot write {folder}{os.sep}")
+                assert err.endswith(
+                    ": Permission denied; choose another place with -o (nothing was written)\n"
+                )
+        finally:
+            folder.chmod(0o755)
 
 
 def test_export_through_a_link_writes_the_file_it_names(
