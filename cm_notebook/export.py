@@ -7,7 +7,8 @@ scores of its replies (:mod:`cm_notebook.scores`).
 Exported without a branch it holds the whole tree, so :func:`import_document`
 recreates the context exactly; exported with a branch it holds that branch's path
 only, with just that branch in its metadata, and still imports as a valid context.
-The one field an import cannot keep is ``updated_at``: the store stamps every write.
+The one field an import cannot keep is the context's ``updated_at``: the store stamps
+every write (every branch's ``created_at`` is kept).
 
 Markdown is for reading: one branch's conversation with headings per message, safe to
 render with raw HTML allowed (see :mod:`cm_notebook._export_markdown`).
@@ -310,9 +311,8 @@ async def import_document(
     fails half-way, the half-written context is removed again; if the process is killed
     half-way, the context keeps the tag :data:`UNFINISHED_IMPORT`, which only the last
     step takes off (``cm-notebook check`` reports it; importing again replaces it).
-    Branches with a
-    ``forked_from`` can only be made by ``create_branch``, so their ``created_at``
-    becomes the time of the import.
+    Every field of the document is kept, each branch's ``created_at`` included, except
+    the context's ``updated_at``, which the store stamps on every write.
     """
     metadata = document.metadata
     _check_not_newer(metadata.schema_version)  # a document not read by parse_export
@@ -381,20 +381,12 @@ async def _import_into(
     try:
         for message in document.messages:
             await store.append_message(cid, message, branch=None)
+        # The forked branches as they were exported, created_at included (create_branch
+        # would stamp them with now), in one write now that their messages exist.
+        forked = [b for b in metadata.branches.values() if b.forked_from is not None]
+        await store.create_branches(cid, forked)
         for name, branch in metadata.branches.items():
-            if branch.forked_from is not None:
-                await store.create_branch(
-                    cid,
-                    name,
-                    head=branch.head,
-                    forked_from=branch.forked_from,
-                    description=branch.description,
-                    system_prompt=branch.system_prompt,
-                    provider=branch.provider,
-                    params=dict(branch.params),
-                    labels=dict(branch.labels),
-                )
-            elif branch.head is not None:
+            if branch.forked_from is None and branch.head is not None:
                 await store.set_branch_head(cid, name, branch.head)
         if placeholder is not None:
             await store.set_active_branch(cid, metadata.active_branch)

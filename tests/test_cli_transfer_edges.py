@@ -217,6 +217,32 @@ def test_an_export_with_forked_branches_named_like_the_placeholder_imports(
         assert imported.active_branch == "import-0"
 
 
+def test_a_json_round_trip_keeps_everything_but_updated_at(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir, replies=2) as session:
+        question = session.history()[0]
+        session.edit(question.id, "question 0, again", branch="alt").result(30)
+        session.branch("later", from_message=session.history()[-1].id)
+        exported = export(capsys, data_dir, session, tmp_path / "e.json")
+    document = json.loads(exported.read_text())
+    # Dated well before the import: a branch stamped with the import's time shows.
+    for number, branch in enumerate(document["metadata"]["branches"].values()):
+        branch["created_at"] = f"2021-0{number + 1}-02T03:04:05.678901Z"
+    exported.write_text(json.dumps(document))
+    other = tmp_path / "other"
+    assert run(capsys, other, "import", str(exported))[0] == 0
+    again = json.loads(export(capsys, other, session, tmp_path / "again.json").read_text())
+    for each in (document, again):
+        del each["exported_at"], each["metadata"]["updated_at"]
+    assert again == document
+    assert [b["forked_from"] is None for b in again["metadata"]["branches"].values()] == [
+        True,
+        False,
+        False,
+    ]
+
+
 def test_an_export_of_a_cut_short_import_imports_as_finished(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:

@@ -123,12 +123,9 @@ async def other_store(tmp_path: Path) -> AsyncIterator[FileStore]:
 
 def comparable(metadata: ContextMetadata) -> dict[str, Any]:
     """Metadata without what an import cannot keep: updated_at (the store stamps every
-    write) and the creation time of forked branches (only create_branch sets forked_from)."""
+    write)."""
     data = metadata.model_dump(mode="json")
     del data["updated_at"]
-    for branch in data["branches"].values():
-        if branch["forked_from"] is not None:
-            del branch["created_at"]
     data["branches"] = dict(sorted(data["branches"].items()))
     return data
 
