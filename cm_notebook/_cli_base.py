@@ -91,8 +91,8 @@ _CLI_REMEDIES = (
         "delete it anyway with `cm-notebook rm --force`",
     ),
     (
-        re.compile(r"\(FileStore\.set_branch_head\)"),
-        "(from Python: FileStore.set_branch_head; cm-notebook has no command for it)",
+        re.compile(r"\((FileStore\.set_branch_head(?: or FileStore\.delete_branch)?)\)"),
+        r"(from Python: \1; cm-notebook has no command for it)",
     ),
 )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -224,6 +225,8 @@ async def export_context(
             "files from a backup, or export a branch that does not pass through them "
             "(--branch)."
         )
+    if branch is None:
+        _check_branches_whole(context_id, metadata, {m.id for m in messages})
     # Provider settings refuse secrets, but files written before that (or imported
     # fields) may still hold one: an export is shared, so it never carries them.
     provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})
@@ -239,6 +242,40 @@ async def export_context(
         raise InvalidInputError(
             f"context {context_id!r} cannot be exported: {first_error(exc, 'document')}"
         ) from exc
+
+
+def _check_branches_whole(
+    context_id: str, metadata: ContextMetadata, exported: Collection[str]
+) -> None:
+    # A branch that refers to a message the tree lacks (a head moved to a message whose
+    # file and index entry were lost) makes a document that would not import. Said with
+    # what can be done, which the document's own validation error ("refers to missing
+    # message") does not: the other branches still export, each on its own.
+    problems = []
+    for name, branch in metadata.branches.items():
+        if branch.head is not None and branch.head not in exported:
+            problems.append(f"branch {name!r} points at message {branch.head!r}, which is missing")
+        if branch.forked_from is not None and branch.forked_from not in exported:
+            problems.append(
+                f"branch {name!r} was forked from message {branch.forked_from!r}, which is missing"
+            )
+    if not problems:
+        return
+    readable = [
+        n for n, b in metadata.branches.items() if b.head is not None and b.head in exported
+    ]
+    fix = (
+        "point the broken branch at a message that is there, or delete it "
+        "(FileStore.set_branch_head or FileStore.delete_branch), then export the whole "
+        "context again"
+    )
+    if readable:
+        names = ", ".join(map(repr, readable))
+        fix = f"export each branch that still reads on its own with --branch ({names}); or {fix}"
+    raise CorruptDataError(
+        f"context {context_id!r} cannot be exported whole: {'; '.join(problems)}. "
+        f"{fix[0].upper()}{fix[1:]}. `cm-notebook check {context_id}` lists the damage."
+    )
 
 
 def _redacted(message: Message) -> Message:

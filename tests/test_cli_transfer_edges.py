@@ -12,11 +12,12 @@ import threading
 import warnings
 from pathlib import Path
 
+import anyio
 import pytest
 
 from cm_notebook import ContextSession
 from cm_notebook.cli import main
-from cm_notebook.store import StoreWarning
+from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -241,6 +242,45 @@ def test_a_json_round_trip_keeps_everything_but_updated_at(
         False,
         False,
     ]
+
+
+def test_a_branch_whose_head_is_lost_blocks_only_the_whole_export_which_says_what_to_do(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir, replies=2) as session:
+        first_reply = session.history()[1]
+        session.branch("side", from_message=first_reply.id)
+    # main's head names a message whose file and index entry are gone (lost damage).
+    metadata_file = data_dir / "contexts" / session.id / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["branches"]["main"]["head"] = "m01nonexistent0000000"
+    metadata_file.write_text(json.dumps(metadata))
+    code, out, err = run(capsys, data_dir, "export", session.id, "-o", str(tmp_path / "e.json"))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"cm-notebook: error: context {session.id!r} cannot be exported whole: branch "
+        "'main' points at message 'm01nonexistent0000000', which is missing. Export each "
+        "branch that still reads on its own with --branch ('side'); or point the broken "
+        "branch at a message that is there, or delete it (from Python: "
+        "FileStore.set_branch_head or FileStore.delete_branch; cm-notebook has no command "
+        f"for it), then export the whole context again. `cm-notebook check {session.id}` "
+        "lists the damage.\n"
+    )
+    # Each remedy it names works.
+    side = tmp_path / "side.json"
+    code, _out, err = run(
+        capsys, data_dir, "export", session.id, "--branch", "side", "-o", str(side)
+    )
+    assert code == 0, err
+    assert json.loads(side.read_text())["branch"] == "side"
+
+    async def point_main_back() -> None:
+        async with FileStore(data_dir) as store:
+            await store.set_branch_head(session.id, "main", first_reply.id)
+
+    anyio.run(point_main_back)
+    code, _out, err = run(capsys, data_dir, "export", session.id, "-o", str(tmp_path / "e.json"))
+    assert code == 0, err
 
 
 def test_an_export_of_a_cut_short_import_imports_as_finished(
