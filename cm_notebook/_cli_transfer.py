@@ -218,7 +218,8 @@ def _configure_import(parser: argparse.ArgumentParser) -> None:
         "file",
         type=Path,
         metavar="FILE",
-        help="an `export` JSON file, or v1 data as `migrate` takes it (a file or a folder)",
+        help="an `export` JSON file, or v1 data as `migrate` takes it (a file or a folder); "
+        "- reads standard input",
     )
     parser.add_argument(
         "--new-id", action="store_true", help="import an export under a fresh context id"
@@ -249,6 +250,8 @@ _GIVE_A_FILE = (
     _configure_import,
 )
 async def _import(args: argparse.Namespace, store: Store) -> int:
+    if str(args.file) == "-":
+        args.file = Path("/dev/stdin")  # read as the pipe it is (see read_input_file)
     if args.file.is_dir():
         return await _import_v1(args, store, read_v1_folder(args.file))
     # Once: FILE may be a pipe (/dev/stdin, <(...)). Never a wait for a FIFO's writer
@@ -328,6 +331,15 @@ def _taken(store: Store, asked: str, existing: str) -> str:
 async def _import_v1(
     args: argparse.Namespace, store: Store, source: V1Source, content: bytes | None = None
 ) -> int:
+    if args.new_id:
+        # Never ignored without a word: v1 contexts keep their ids, so that importing
+        # the same data again skips what is already there.
+        raise CommandError(
+            "--new-id is for a file made by `cm-notebook export`; v1 data is imported "
+            "with its contexts' own ids (those already there are skipped): leave --new-id "
+            "out",
+            code=2,
+        )
     # Unlike `migrate`, whose backup beside the source is documented and can be turned
     # off, an import leaves the user's folder as it found it: the copy of the v1 data
     # goes into the data directory.

@@ -237,7 +237,11 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8888, help="port (default: 8888; 0: any)")
     parser.add_argument("--ip", default="127.0.0.1", help="address (default: 127.0.0.1)")
     parser.add_argument(
-        "--data-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS, help="as above"
+        "--data-dir",
+        type=data_dir_argument,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="as above",
     )
     parser.add_argument(
         "--allow-root",
@@ -264,6 +268,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message}\n")
 
 
+def data_dir_argument(value: str) -> Path:
+    """``--data-dir``'s value as a path; an empty one is refused (``Path("")`` is the
+    current folder, which would quietly become the data directory)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path; give a folder, or leave --data-dir out to use "
+            "$CM_NOTEBOOK_DATA_DIR or the platform default"
+        )
+    return Path(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = _Parser(
@@ -273,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"platform default (e.g. ~/.local/share/cm_notebook). Exit codes: {EXIT_CODES}.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where contexts are stored")
+    parser.add_argument(
+        "--data-dir", type=data_dir_argument, metavar="DIR", help="where contexts are stored"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         sub = subparsers.add_parser(name, help=cmd.help, description=cmd.help)

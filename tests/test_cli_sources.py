@@ -3,6 +3,7 @@ is read once, and "." is backed up next to the folder it names."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -99,3 +100,45 @@ def test_a_folder_given_as_dot_is_backed_up_next_to_itself(data_dir: Path, tmp_p
     assert backup.name.startswith("src.v1-backup-")
     copied = sorted(n for n in before if n.lower().endswith(".json") and n[0] != ".")
     assert sorted(os.listdir(backup)) == copied
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs /dev/stdin")
+def test_import_dash_reads_an_export_from_standard_input(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    exported = an_export(capsys, tmp_path)
+    done = cli(data_dir, "import", "-", input=exported.read_bytes())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"imported ctx-branches ")
+
+
+def test_new_id_with_v1_data_is_refused_not_ignored(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    code, out, err = run(capsys, data_dir, "import", str(FIXTURES / "branches.json"), "--new-id")
+    assert (code, out) == (2, "")
+    assert "--new-id is for a file made by `cm-notebook export`" in err
+    assert not (data_dir / "contexts").exists() or not list((data_dir / "contexts").iterdir())
+
+
+def test_an_empty_data_dir_is_refused_not_taken_for_the_current_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data-dir", "", "ls"]) == 2
+    assert "--data-dir: an empty path" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_invalid_message_id_in_an_import_gets_no_python_remedy(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    exported = an_export(capsys, tmp_path)
+    document = json.loads(exported.read_text())
+    document["messages"][-1]["id"] = "../../../evil"
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(document))
+    code, _out, err = run(capsys, data_dir, "import", str(hostile))
+    assert code == 1
+    assert "'../../../evil' is not valid" in err
+    assert "session.history()" not in err
