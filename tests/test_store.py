@@ -455,6 +455,24 @@ async def test_symlink_out_of_the_data_dir_is_refused(
     assert list(outside.iterdir()) == []
 
 
+async def test_a_contexts_folder_moved_and_linked_back_is_named_with_the_data_dir_to_use(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (data_dir / "contexts").rename(moved / "contexts")
+    (data_dir / "contexts").symlink_to(moved / "contexts", target_is_directory=True)
+    async with FileStore(data_dir) as store:
+        with pytest.raises(InvalidIdError) as refused:
+            await store.get_metadata("c1")
+    assert f"{data_dir / 'contexts'} is a symbolic link" in str(refused.value)
+    assert f"as the data directory ({moved})" in str(refused.value)
+    async with FileStore(moved) as store:  # as told: it reads
+        assert (await store.get_metadata("c1")).id == "c1"
+
+
 async def test_store_rejects_negative_lock_timeout(data_dir: Path) -> None:
     with pytest.raises(InvalidInputError):
         FileStore(data_dir, lock_timeout=-1)

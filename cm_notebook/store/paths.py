@@ -105,9 +105,30 @@ def ensure_inside(root: Path, path: Path) -> Path:
     if os.path.commonpath([real_root, real]) != real_root:
         raise InvalidIdError(
             f"{path} resolves to {real}, which is outside the data directory {root}; "
-            "refusing to use it. Remove the symlink or move the folder back."
+            f"refusing to use it. {_remedy_for_link(root, path)}"
         )
     return path
+
+
+def _remedy_for_link(root: Path, path: Path) -> str:
+    # Names the link that leads out (``contexts`` itself, say, moved to another disk
+    # and linked back), and for a moved ``contexts`` folder the data directory to use.
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = ()
+    current = root
+    for part in parts:
+        current = current / part
+        if os.path.islink(current):
+            target = os.path.realpath(current)
+            if part == _CONTEXTS_DIR and os.path.basename(target) == _CONTEXTS_DIR:
+                return (
+                    f"{current} is a symbolic link to {target}: use the folder that holds "
+                    f"it as the data directory ({os.path.dirname(target)}), or move it back."
+                )
+            return f"{current} is a symbolic link to {target}: remove it or move the folder back."
+    return "Remove the symlink or move the folder back."
 
 
 def contexts_root(data_dir: Path) -> Path:
