@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 import warnings
 
 from ._cli_base import clip, command, out, positive_int, when
@@ -46,17 +47,34 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
                 when(meta.updated_at),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(columns(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         cells = [
-            row[0].ljust(widths[0]),
-            row[1].ljust(widths[1]),
-            row[2].rjust(widths[2]),
-            row[3].rjust(widths[3]),
+            pad(row[0], widths[0]),
+            pad(row[1], widths[1]),
+            pad(row[2], widths[2], right=True),
+            pad(row[3], widths[3], right=True),
             row[4],
         ]
         out("  ".join(cells).rstrip())
     return 0
+
+
+def columns(text: str) -> int:
+    """The terminal columns ``text`` takes: wide characters (CJK, most emoji) two,
+    combining marks and format characters none, the rest one."""
+    width = 0
+    for char in text:
+        if unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int, *, right: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` columns (see :func:`columns`)."""
+    spaces = " " * max(0, width - columns(text))
+    return spaces + text if right else text + spaces
 
 
 # -- show -----------------------------------------------------------------------------

@@ -9,14 +9,17 @@ import os
 import shutil
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from terminal import in_a_terminal
 
+from cm_notebook import ContextSession
 from cm_notebook.cli import COMMANDS, command, main
 from cm_notebook.store.base import Store
+from cm_notebook.testing import ScriptedProvider
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 SCRIPT = Path(sys.executable).parent / "cm-notebook"
@@ -482,3 +485,23 @@ def test_markdown_shown_on_a_terminal_cannot_drive_it(data_dir: Path, tmp_path: 
     assert b"red \\x1b[31mtext" in shown
     piped = subprocess.run(command, capture_output=True, check=True).stdout
     assert b"red \x1b[31mtext" in piped  # into a file or a pipe: as it is
+
+
+def test_ls_lines_up_titles_of_wide_characters(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    # A terminal shows CJK letters and emoji two columns wide: the columns after the
+    # title must still line up.
+    for title in ("東京の天気", "plain title", "🎯 goals"):
+        ContextSession.create(title, data_dir=data_dir, provider=ScriptedProvider()).close()
+    code, out, _ = run(capsys, data_dir, "ls")
+    assert code == 0
+
+    def shown(text: str) -> int:  # columns on a terminal
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    header, *rows = out.splitlines()
+    count_ends = shown(header[: header.index("MESSAGES") + len("MESSAGES")])
+    for row in rows:  # "<id>  <title>  <messages>  <branches>  <updated>"
+        through_count = row[: row.index("  0  ") + len("  0")]
+        assert shown(through_count) == count_ends, out
