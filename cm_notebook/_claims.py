@@ -54,6 +54,9 @@ class BranchClaims:
         self._path_of = path_of
         self._lock = threading.Lock()
         self._held: dict[str, bool] = {}  # branch -> whether held to delete it
+        # The branches whose claim is taken: in _held from the moment one is asked for
+        # (so that two takes in this session never race), here once it is granted.
+        self._taken: set[str] = set()
         # One lock per branch used, its file kept open between turns: taking a claim
         # is then one flock, not an open, a truncate, a write and a close.
         self._files: dict[str, OSLock] = {}
@@ -62,6 +65,12 @@ class BranchClaims:
         """The branches this session holds claims on."""
         with self._lock:
             return frozenset(self._held)
+
+    def taken(self) -> frozenset[str]:
+        """The branches whose claim this session has been granted (a claim still being
+        asked for, and maybe refused, is not among them)."""
+        with self._lock:
+            return frozenset(self._taken)
 
     def take(self, branch: str, *, deleting: bool = False) -> Claim:
         """Claim ``branch`` or raise :class:`BusyError` naming who holds it and why
@@ -83,6 +92,8 @@ class BranchClaims:
         except BaseException:
             self._forget(branch)
             raise
+        with self._lock:
+            self._taken.add(branch)
 
         def give_back() -> None:
             # The file first: a send in this session waiting on the set must find the
@@ -104,6 +115,7 @@ class BranchClaims:
     def _forget(self, branch: str) -> None:
         with self._lock:
             self._held.pop(branch, None)
+            self._taken.discard(branch)
 
 
 #: Seconds a claim waits for a lock that is taken before it refuses. Checking whether

@@ -104,8 +104,8 @@ def _export_name(context_id: str, branch: str | None, extension: str) -> str:
     if len(name.encode("utf-8")) <= _NAME_BYTES:
         return name
     # Cut between pieces (never inside a character or its escape), and end in a digest
-    # of the whole name: two names that start alike keep a file each. '~' is escaped in
-    # every name that is not cut, so no other branch's file has this name.
+    # of the whole name: two names that start alike keep a file each. A branch name
+    # cannot hold '~' (see ids.validate_branch_name), so no uncut name has this one.
     digest = hashlib.sha256(branch.encode("utf-8")).hexdigest()[:_DIGEST_DIGITS]
     tail = f"~{digest}.{extension}"
     room = _NAME_BYTES - len(f"{context_id}.{tail}".encode())

@@ -384,8 +384,10 @@ class DeadRounds:
         return path_of is not None and lock_is_held(path_of(self._context_id, branch))
 
     def held_here(self, branch: str) -> bool:
-        """Whether this session holds ``branch``'s claim (a turn, a settle, a deletion)."""
-        return branch in self._claims.held()
+        """Whether this session was granted ``branch``'s claim (a turn, a settle, a
+        deletion): not while it is only asking for it, which may be refused."""
+        return branch in self._claims.taken()
 
     def _held(self, branch: str) -> bool:
-        return self.held_here(branch) or self.claim_locked(branch)
+        # A claim being asked for in this session counts too: it may be granted.
+        return branch in self._claims.held() or self.claim_locked(branch)

@@ -310,7 +310,8 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         with self._lock:
             started = list(self._jobs)
             for runner in self._runners.values():
-                runner.cancel_reason = reason
+                if not runner.turn.stopping():  # one the user stopped first keeps that
+                    runner.cancel_reason = reason
         for handle in started:
             handle.cancel()
         with self._lock:

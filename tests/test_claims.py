@@ -45,3 +45,19 @@ def test_a_reply_in_progress_is_still_named(tmp_path: Path) -> None:
     claims.take("main")
     with pytest.raises(BusyError, match="a reply is still being generated on branch 'main'"):
         claims.take("main")
+
+
+def test_a_claim_counts_as_taken_only_once_granted(tmp_path: Path) -> None:
+    # A take refused because another writer holds the branch leaves it not taken here
+    # (a follower must not hide that writer's waiting calls); a granted one is taken
+    # until it is given back.
+    owner, asker = _claims(tmp_path), _claims(tmp_path)
+    turn = owner.take("main")
+    with pytest.raises(BusyError):
+        asker.take("main")
+    assert asker.held() == asker.taken() == frozenset()
+    assert owner.taken() == frozenset({"main"})
+    turn.release()
+    assert owner.taken() == frozenset()
+    asker.take("main")
+    assert asker.taken() == frozenset({"main"})

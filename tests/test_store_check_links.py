@@ -22,6 +22,7 @@ from store_helpers import chain
 from cm_notebook.cli import main
 from cm_notebook.model import ContextMetadata
 from cm_notebook.store import FileStore, StoreWarning
+from cm_notebook.store.codec import file_bytes_from_compact
 
 
 def message_file(data_dir: Path, mid: str) -> Path:
@@ -185,3 +186,49 @@ def test_a_rebuild_on_opening_keeps_the_index_s_link_over_a_damaged_file_s(
     anyio.run(scenario)
     assert parent_in_file(data_dir, first) is None
     assert branches_read(data_dir) == branches
+
+
+def test_a_link_the_journal_s_own_copy_gets_wrong_stays_repaired_after_compaction(
+    data_dir: Path,
+) -> None:
+    # The journal line's message part (not its index entry) names another parent, and
+    # the file agrees with it: the repair must commit the index's link anew, or the
+    # next compaction puts the journal's wrong copy back.
+    async def build_it() -> list[str]:
+        async with FileStore(data_dir) as store:
+            await store.create_context(ContextMetadata(id="c1"))
+            return await chain(store, "c1", 6)
+
+    ids = anyio.run(build_it)
+    first, third = ids[0], ids[2]
+    journal = data_dir / "contexts" / "c1" / "message_index.journal"
+    lines = []
+    for line in journal.read_bytes().split(b"\n"):
+        if b"\t" in line and json.loads(line.split(b"\t", 1)[0]).get("id") == first:
+            head, body = line.split(b"\t", 1)
+            entry, message = json.loads(head), json.loads(body)
+            message["parent_id"] = third
+            body = json.dumps(message, separators=(",", ":")).encode()
+            data = file_bytes_from_compact(body)
+            entry["size"] = len(data)
+            message_file(data_dir, first).write_bytes(data)
+            line = json.dumps(entry, separators=(",", ":")).encode() + b"\t" + body
+        lines.append(line)
+    journal.write_bytes(b"\n".join(lines))
+
+    async def repair_then_compact() -> None:
+        async with FileStore(data_dir) as store:
+            assert [name for name, _ in (await store.check("c1")).damaged_links] == [
+                f"{first}.json"
+            ]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StoreWarning)
+                assert (await store.check("c1", repair=True)).ok
+        async with FileStore(data_dir) as store:
+            await store.compact("c1")
+            assert (await store.check("c1")).ok
+            path = await store.path("c1", "main")
+            assert [m.id for m in await store.get_messages("c1", path)] == ids
+
+    anyio.run(repair_then_compact)
+    assert parent_in_file(data_dir, first) is None

@@ -445,6 +445,6 @@ async def _other_writers(
     own_store = session._store
     if not isinstance(own_store, FileStore):
         return []
-    held = session._claims.held()
+    held = session._claims.taken()  # not one being asked for: that may be refused
     own = [own_store.branch_claim_path(context_id, branch) for branch in held]
     return await own_store.live_writers(context_id, own_claims=own)

@@ -246,7 +246,9 @@ def check_context(
     if not repair:
         return report
     # Before anything reads the files' links (a rebuild): the index's are kept there.
-    relinked = relink_files(state, [name[: -len(".json")] for name, _ in report.damaged_links])
+    relinked = relink_files(
+        state, metadata, [name[: -len(".json")] for name, _ in report.damaged_links]
+    )
     if not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a
         # rebuild keeps in the tree (see .recovered).

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptDataError
-from ..model import Message
+from ..model import ContextMetadata, Message, MessageStatus
 from .atomic import atomic_write
 from .base import IndexEntry
-from .codec import encode_message, read_message_file
+from .codec import encode_message, encode_message_forms, read_message_file
 from .diagnostics import warn
 from .links import link_difference
+from .ops import do_update_message
 from .repair import repair_files
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["relink_files"]
 
 
-def relink_files(state: ContextState, message_ids: list[str]) -> tuple[tuple[str, str], ...]:
+def relink_files(
+    state: ContextState, metadata: ContextMetadata, message_ids: list[str]
+) -> tuple[tuple[str, str], ...]:
     """Rewrite the files of these messages, whose parent or role is not the one their
     index entry (a committed one: see the module docstring) gives, from the journal's
     copy or else from the index (write locks held). Returns, for each file rewritten,
@@ -49,7 +52,7 @@ def relink_files(state: ContextState, message_ids: list[str]) -> tuple[tuple[str
         if now is not None and link_difference(now, entry) is None:
             done.append((name, f"restored from the journal's copy ({_named(was)})"))
             continue
-        _write_linked(state, was, entry)
+        _write_linked(state, metadata, was, entry)
         done.append(
             (
                 name,
@@ -75,11 +78,18 @@ def _path(state: ContextState, message_id: str) -> Path:
     return Path(state.messages_dir) / f"{message_id}.json"
 
 
-def _write_linked(state: ContextState, message: Message, entry: IndexEntry) -> None:
-    # Fsync'd: the journal holds no copy of it to restore it from, so the file is its only one.
+def _write_linked(
+    state: ContextState, metadata: ContextMetadata, message: Message, entry: IndexEntry
+) -> None:
     path = _path(state, message.id)
     relinked = message.model_copy(update={"parent_id": entry.parent_id, "role": entry.role})
-    atomic_write(path, encode_message(relinked), fsync=state.fsync, temp_dir=state.dir)
+    if state.index.copy_of(message.id) is not None and entry.status is not MessageStatus.STREAMING:
+        # The journal's copy names the wrong link itself (it was edited, or rotted and
+        # still decodes): committed anew, or the next compaction would put it back.
+        do_update_message(state, metadata, relinked, encode_message_forms(relinked))
+    else:
+        # Fsync'd: the journal holds no copy to restore it from; the file is its only one.
+        atomic_write(path, encode_message(relinked), fsync=state.fsync, temp_dir=state.dir)
     warn(
         f"message file {path} named parent {message.parent_id!r} and role "
         f"{message.role!r}, not the index's {entry.parent_id!r} and {entry.role!r}, whose "
