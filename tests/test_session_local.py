@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from cm_notebook.errors import PermanentProviderError
 from cm_notebook.model import MessageStatus
+from cm_notebook.providers.local import LocalProvider, unload_local_models
+from cm_notebook.providers.pool import spec_of
 from cm_notebook.session import ContextSession
 
 pytestmark = pytest.mark.local_model
@@ -53,3 +57,58 @@ async def test_local_model_streams_in_async_code(data_dir: Path) -> None:
         assert "".join(deltas) == session.history()[-1].content
     finally:
         await session.aclose()
+
+
+def test_context_made_with_a_model_file_reopens_on_that_file(
+    data_dir: Path, tmp_path: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # The stored spec was local:<file stem>: reopened, "mymodel" was looked for as a
+    # path (every send failed), and a file named smollm2.gguf became the built-in model.
+    copy = tmp_path / "mymodel.gguf"
+    shutil.copyfile(LocalProvider().model_path, copy)
+    session = new_session(provider=LocalProvider(copy, n_ctx=512))
+    first = session.send("Say hello", max_tokens=4).result(120)
+    assert first.metadata.model == "mymodel"  # what views show stays short
+    assert session.metadata.provider.spec == f"local:{copy}"
+    session.close()
+    reopened = ContextSession.open(session.id, data_dir=data_dir)
+    try:
+        again = reopened.send("Say hello", max_tokens=4).result(120)
+        assert again.status is MessageStatus.COMPLETE
+        assert again.metadata.model == "mymodel"
+    finally:
+        reopened.close()
+        unload_local_models()  # the copy's server
+    named_like_the_bundled = tmp_path / "other" / "smollm2.gguf"
+    named_like_the_bundled.parent.mkdir()
+    named_like_the_bundled.write_bytes(b"GGUF" + bytes(60))  # checked, never loaded here
+    spec = ContextSession.create(provider=LocalProvider(named_like_the_bundled), data_dir=data_dir)
+    try:
+        stored = spec.metadata.provider.spec
+    finally:
+        spec.close()
+    assert stored == f"local:{named_like_the_bundled}"
+    assert LocalProvider.from_spec(stored.partition(":")[2]).model_path == named_like_the_bundled
+    # The built-in model keeps its short spec.
+    assert spec_of(LocalProvider()) == "local:smollm2-135m-instruct"
+
+
+def test_reopening_after_the_model_file_moved_says_which_file_and_what_to_do(
+    data_dir: Path, tmp_path: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    model = tmp_path / "gone.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    session = new_session(provider=LocalProvider(model))
+    session.close()
+    model.unlink()
+    reopened = ContextSession.open(session.id, data_dir=data_dir)
+    try:
+        with pytest.raises(PermanentProviderError) as info:
+            reopened.send("Say hello", max_tokens=4).result(60)
+    finally:
+        reopened.close()
+    message = str(info.value)
+    assert f"the provider spec 'local:{model}'" in message
+    assert "does not exist" in message
+    assert "put the file back" in message
+    assert "ContextSession.open(..., provider=" in message

@@ -20,6 +20,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..errors import PermanentProviderError, ProviderNotInstalledError
 
@@ -53,10 +54,12 @@ _GGUF_MAGIC = b"GGUF"
 
 @dataclass(frozen=True)
 class ModelFile:
-    """A GGUF file to load and the model name to report for it."""
+    """A GGUF file to load, the model name to report for it, and where it was named:
+    ``"given"`` (a path or spec), ``"env"`` (``CM_LOCAL_MODEL``) or ``"bundled"``."""
 
     path: Path
     name: str
+    source: Literal["given", "env", "bundled"] = "given"
 
 
 def bundled_model_path() -> Path:
@@ -75,16 +78,27 @@ def bundled_model_path() -> Path:
     )
 
 
-def _check_gguf(path: Path, origin: str) -> Path:
+def _check_gguf(path: Path, origin: str, *, stored: bool = False) -> Path:
     if not path.exists():
-        # The remedy for where the path came from: the variable, or the path given.
-        remedy = (
-            f"Set it to the path of a GGUF model file, or unset {ENV_VAR} to use the "
-            f"built-in {BUNDLED_MODEL_NAME}."
-            if origin == ENV_VAR
-            else f"Give the path of a GGUF model file, or leave it out to use the built-in "
-            f"{BUNDLED_MODEL_NAME} (the spec 'local')."
-        )
+        # The remedy for where the path came from: the variable, a spec (perhaps stored
+        # with a context, which is reopened without anyone giving a path), or the path given.
+        if origin == ENV_VAR:
+            remedy = (
+                f"Set it to the path of a GGUF model file, or unset {ENV_VAR} to use the "
+                f"built-in {BUNDLED_MODEL_NAME}."
+            )
+        elif stored:
+            remedy = (
+                "If a context was created with this model, put the file back there, or "
+                "choose another model when opening it: ContextSession.open(..., "
+                "provider='local:/path/to/model.gguf'), or provider='local' for the "
+                f"built-in {BUNDLED_MODEL_NAME}."
+            )
+        else:
+            remedy = (
+                f"Give the path of a GGUF model file, or leave it out to use the built-in "
+                f"{BUNDLED_MODEL_NAME} (the spec 'local')."
+            )
         raise PermanentProviderError(
             f"{origin} points to {str(path)!r}, which does not exist. {remedy}",
             provider="local",
@@ -112,13 +126,20 @@ def _check_gguf(path: Path, origin: str) -> Path:
     return path
 
 
-def resolve_model_file(model_path: str | Path | None = None) -> ModelFile:
-    """Which GGUF file to run, checked; see the module docstring for the order."""
+def resolve_model_file(
+    model_path: str | Path | None = None, *, spec: str | None = None
+) -> ModelFile:
+    """Which GGUF file to run, checked; see the module docstring for the order.
+
+    ``spec``: the provider spec ``model_path`` was read from, named in the error if
+    the file is missing.
+    """
     if model_path is not None:
-        path = _check_gguf(Path(model_path).expanduser(), "the model path")
-        return ModelFile(path.resolve(), path.stem)
+        origin = "the model path" if spec is None else f"the provider spec {spec!r}"
+        path = _check_gguf(Path(model_path).expanduser(), origin, stored=spec is not None)
+        return ModelFile(path.resolve(), path.stem, "given")
     env_value = os.environ.get(ENV_VAR, "").strip()
     if env_value:
         path = _check_gguf(Path(env_value).expanduser(), f"{ENV_VAR}")
-        return ModelFile(path.resolve(), path.stem)
-    return ModelFile(bundled_model_path().resolve(), BUNDLED_MODEL_NAME)
+        return ModelFile(path.resolve(), path.stem, "env")
+    return ModelFile(bundled_model_path().resolve(), BUNDLED_MODEL_NAME, "bundled")

@@ -139,6 +139,11 @@ class Provider(Protocol):
     parameters it sends for ``params``: the reply then records, and its request hash
     covers, what was asked of the model rather than only what the user typed (see
     :func:`complete_params`). Optional too.
+
+    A provider whose ``model`` is not what builds it again from a spec should have a
+    ``spec`` string that does (the local provider's ``local:/path/to/model.gguf``, as
+    against its ``model``, the file's stem): a session created with the instance
+    stores it, and builds the provider from it when the context is reopened. Optional.
     """
 
     #: Registry name, e.g. ``"local"``, ``"openai"``.

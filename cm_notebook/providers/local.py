@@ -72,6 +72,7 @@ from ._convert import to_openai_messages
 from ._local_process import ServerProcess, forget_server, shared_server, stop_all_servers
 from ._local_server import LocalServer, serve_openai_compatible
 from ._model_file import (
+    BUNDLED_MODEL_NAME,
     BUNDLED_MODEL_NAMES,
     INSTALL_HINT,
     ModelFile,
@@ -244,7 +245,21 @@ class LocalProvider:
                     provider="local",
                 )
             model_path = model
+            # Checked here first for an error that names the spec: it may be one stored
+            # with a context, reopened after its file moved.
+            resolve_model_file(model_path, spec=f"local:{model}")
         return cls(model_path, **options)
+
+    @property
+    def spec(self) -> str:
+        """The spec that builds this provider again, stored by a session created with it:
+        ``local:smollm2-135m-instruct`` for the built-in model, else ``local:`` and the
+        file's absolute path. (Not ``model``, the file's stem, which names no file once
+        the context is reopened elsewhere, or the built-in model if the stem is
+        ``smollm2``.)"""
+        if self._file.source == "bundled":
+            return f"local:{BUNDLED_MODEL_NAME}"
+        return f"local:{self._file.path}"
 
     @property
     def model_path(self) -> Path:

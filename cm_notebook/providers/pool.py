@@ -49,8 +49,16 @@ def check_provider(provider: object) -> None:
 
 
 def spec_of(provider: Provider) -> str:
-    """The spec string describing a provider instance (stored in metadata)."""
+    """The spec string describing a provider instance (stored in metadata).
+
+    The provider's own ``spec`` if it has one (a string), else ``name:model``: a
+    provider whose ``model`` is a display name that would not build it again (the
+    local provider's file stem) says which spec does.
+    """
     check_provider(provider)
+    own = getattr(provider, "spec", None)
+    if isinstance(own, str) and own:
+        return own
     return provider.name if not provider.model else f"{provider.name}:{provider.model}"
 
 
