@@ -216,3 +216,21 @@ async def test_server_that_does_not_start_in_time_is_a_clear_error(
     assert "did not become ready within 0.001 s" in message
     assert "start_timeout" in message
     assert slow.server_pid is None
+
+
+async def test_server_starts_with_an_http_proxy_in_the_environment(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server process checked that it was ready through the proxy in http_proxy
+    # (nothing listens on port 9 here), and the load failed after a minute.
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    # A context size of its own, so that a server is started with this environment.
+    proxied = LocalProvider(n_ctx=384, start_timeout=30)
+    try:
+        events = await collect(proxied, request(max_tokens=3))
+    finally:
+        unload_local_models()
+    assert events[-1] == Finish("length")

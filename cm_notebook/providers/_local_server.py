@@ -108,9 +108,12 @@ def _wait_until_listening(address: str, timeout: float = _READY_TIMEOUT_SECONDS)
     # only handed out once GET /health answers 200 (it needs no API key).
     deadline = time.monotonic() + timeout
     url = f"{address.rstrip('/')}/health"
+    # No proxy: urlopen() would send this to the one in http_proxy (never answering for
+    # 127.0.0.1, or answering for another machine), whatever no_proxy lacks.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
+            with opener.open(url, timeout=1.0) as response:
                 if response.status == 200:
                     return
         except OSError:  # URLError, refused, reset, 503 while loading (HTTPError)
