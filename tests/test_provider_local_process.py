@@ -6,6 +6,7 @@ test process, and the parent-death test starts a real parent process of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -234,3 +235,49 @@ async def test_server_starts_with_an_http_proxy_in_the_environment(
     finally:
         unload_local_models()
     assert events[-1] == Finish("length")
+
+
+async def test_hung_server_is_killed_after_a_timeout_and_the_next_request_starts_another(
+    provider: LocalProvider,
+) -> None:
+    # A stopped (SIGSTOP) server was handed to every later request, each failing after
+    # the timeout (3 attempts of 600 s by default per send), until unload_local_models().
+    # A context size of its own: the server stopped here is no other test's.
+    hung = LocalProvider(n_ctx=448, timeout=2)
+    await hung.load()
+    first = hung.server_pid
+    assert first is not None
+    os.kill(first, signal.SIGSTOP)
+    try:
+        with pytest.raises(TransientProviderError) as info:
+            await collect(hung, request(max_tokens=4))
+        message = str(info.value)
+        assert "timed out after 2 s" in message
+        assert f"(pid {first}) did not answer a health check" in message
+        assert "killed, and the next request starts it again" in message
+        assert hung.server_pid is None
+        events = await collect(hung, request(max_tokens=4))
+        assert events[-1] == Finish("length")
+        assert hung.server_pid not in (None, first)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first, signal.SIGCONT)
+        unload_local_models()
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)  # killed and reaped, not left stopped
+
+
+async def test_server_that_answers_health_after_a_timeout_is_kept(
+    provider: LocalProvider,
+) -> None:
+    # A request that timed out behind long ones: the server answers GET /health (even
+    # while generating), so it is busy, not hung; the error says what to do.
+    await provider.load()
+    server = provider._server
+    assert server is not None
+    error = await provider._timeout_error(server, received=0)
+    assert isinstance(error, TransientProviderError)
+    assert "the model server is busy" in str(error)
+    assert "timeout=..., or call unload_local_models()" in str(error)
+    assert server.returncode is None
+    assert provider.server_pid == server.pid

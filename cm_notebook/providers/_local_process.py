@@ -98,8 +98,13 @@ class ServerProcess:
         """How the process ended and the end of what it printed, for error messages."""
         return _describe_exit(self._process.returncode, self._log)
 
-    def stop(self) -> None:
-        """Stop the process (closing its stdin ends it; killed if it does not exit)."""
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the process (closing its stdin ends it; killed if it does not exit).
+
+        ``kill``: at once, for a hung process (closing its stdin would not end it).
+        """
+        if kill and self._process.poll() is None:
+            self._process.kill()
         if self._process.stdin is not None:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
@@ -304,14 +309,14 @@ def shared_server(
         return server
 
 
-def forget_server(server: ServerProcess) -> None:
+def forget_server(server: ServerProcess, *, kill: bool = False) -> None:
     """Drop ``server`` from the shared ones and stop it (it died or misbehaves), so
-    the next use starts another."""
+    the next use starts another; ``kill``: at once (it hung)."""
     with _servers_lock:
         for key, current in list(_servers.items()):
             if current is server:
                 del _servers[key]
-    server.stop()
+    server.stop(kill=kill)
 
 
 def stop_all_servers() -> None:

@@ -26,8 +26,10 @@ by :func:`unload_local_models`, and exits by itself when this process dies witho
 cleaning up (see :mod:`cm_notebook.providers._local_process`). If it crashes, the
 request that was using it fails with a
 :class:`~cm_notebook.errors.TransientProviderError` saying how it ended, and the next
-request starts a new one. Stopping a stream early (cancel, ``break``, ``aclose()``)
-closes the connection, and llama.cpp stops generating at the next token.
+request starts a new one. After a request times out, the server is asked
+``GET /health``: one that does not answer has hung, and is killed likewise. Stopping a
+stream early (cancel, ``break``, ``aclose()``) closes the connection, and llama.cpp
+stops generating at the next token.
 
 Defaults and limits
 -------------------
@@ -96,6 +98,9 @@ DEFAULT_MAX_TOKENS = 256
 _RESERVED = frozenset({"messages", "stream", "stream_options", "tools", "tool_choice", "model"})
 # How long a failed connection waits for the server process to be reported dead.
 _EXIT_WAIT_SECONDS = 2.0
+# How long a server that let a request time out may take to answer GET /health (it
+# answers in milliseconds, even while generating) before it is taken as hung.
+_HEALTH_TIMEOUT_SECONDS = 5.0
 _CHAT_PATH = "/v1/chat/completions"
 
 
@@ -374,17 +379,54 @@ class LocalProvider:
                 "request makes llama.cpp crash",
             )
         if isinstance(exc, self._httpx.TimeoutException):
-            if received:
-                return _errors.stream_cut_error(
-                    provider="local", detail=f"no data for {self.timeout:g} s"
-                )
-            return _errors.timeout_error(provider="local", timeout=self.timeout)
+            return await self._timeout_error(server, received)
         detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if received:
             return _errors.stream_cut_error(provider="local", detail=detail)
         return _errors.connection_error(
             provider="local", detail=f"model server at {server.address}: {detail}"
         )
+
+    async def _timeout_error(self, server: ServerProcess, received: int) -> ProviderError:
+        # A running server that sends nothing may be busy (a long reply, requests queued
+        # ahead) or hung (stopped, stuck in llama.cpp). A hung one would be handed to
+        # every later request, each failing after the timeout: if it does not answer
+        # GET /health either, it is killed and the next attempt starts another.
+        if await self._answers_health(server):
+            detail = (
+                "the model server is busy (a long reply, or requests queued ahead of this "
+                "one): pass a larger timeout=..., or call unload_local_models() to restart it"
+            )
+        else:
+            await anyio.to_thread.run_sync(functools.partial(forget_server, server, kill=True))
+            if self._server is server:
+                self._server = None
+            detail = (
+                f"the model server process (pid {server.pid}) did not answer a health "
+                f"check within {_HEALTH_TIMEOUT_SECONDS:g} s either: it hung, so it was "
+                "killed, and the next request starts it again"
+            )
+        if received:
+            return _errors.stream_cut_error(
+                provider="local", detail=f"no data for {self.timeout:g} s; {detail}"
+            )
+        return _errors.timeout_error(provider="local", timeout=self.timeout, detail=detail)
+
+    async def _answers_health(self, server: ServerProcess) -> bool:
+        client = self._httpx.AsyncClient(
+            base_url=server.address,
+            timeout=_HEALTH_TIMEOUT_SECONDS,
+            trust_env=False,
+            verify=_tls_context(),
+        )
+        try:
+            response = await client.get("/health")
+        except self._httpx.HTTPError:
+            return False
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+        return bool(response.status_code == 200)
 
     async def aclose(self) -> None:
         """Mark this provider closed. The shared model server keeps running for other
