@@ -281,3 +281,51 @@ async def test_server_that_answers_health_after_a_timeout_is_kept(
     assert "timeout=..., or call unload_local_models()" in str(error)
     assert server.returncode is None
     assert provider.server_pid == server.pid
+
+
+def server_children() -> set[int]:
+    """The model server processes that are children of this process."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if parent_of(int(entry.name)) != os.getpid():
+                    continue
+                command = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+            if b"cm_notebook.providers._local_server" in command:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+async def test_cancel_while_the_model_loads_ends_the_request_at_once(
+    provider: LocalProvider,
+) -> None:
+    # The load ran in a worker thread that a cancel could not stop: turn.cancel() and
+    # session.close() waited for the load, and a hung load until start_timeout.
+    before = server_children()
+    loading = LocalProvider(n_ctx=576, start_timeout=15)  # a server of its own
+    child: int | None = None
+    started = time.monotonic()
+    with anyio.move_on_after(30) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loading.load)
+            for _ in range(2000):  # up to 10 s for the server process to appear
+                new = server_children() - before
+                if new:
+                    break
+                await anyio.sleep(0.005)
+            (child,) = new
+            os.kill(child, signal.SIGSTOP)  # a load that hangs
+            cancelled_at = time.monotonic()
+            tg.cancel_scope.cancel()
+    try:
+        assert not scope.cancelled_caught, "the load was not cancelled within 30 s"
+        assert time.monotonic() - cancelled_at < 2.0
+        assert loading.server_pid is None
+    finally:
+        if child is not None:
+            os.kill(child, signal.SIGKILL)  # the abandoned load then fails at once
+    assert time.monotonic() - started < 10

@@ -293,7 +293,10 @@ class LocalProvider:
         server = self._server
         if server is not None and server.returncode is None:
             return server  # still running: no need to ask in a worker thread
-        server = await anyio.to_thread.run_sync(self._shared_server)
+        # Abandoned on cancel: the worker blocks until the model has loaded (or
+        # start_timeout), and a cancel (turn.cancel(), close()) must end the request
+        # now. The load goes on, and the server it starts is there for the next request.
+        server = await anyio.to_thread.run_sync(self._shared_server, abandon_on_cancel=True)
         self._server = server
         return server
 
