@@ -329,3 +329,32 @@ async def test_cancel_while_the_model_loads_ends_the_request_at_once(
         if child is not None:
             os.kill(child, signal.SIGKILL)  # the abandoned load then fails at once
     assert time.monotonic() - started < 10
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (Z: a zombie), None once it is reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+async def test_server_that_dies_while_idle_is_reaped_at_once(provider: LocalProvider) -> None:
+    # It stayed a zombie until the next request polled it.
+    idle = LocalProvider(n_ctx=640)  # a server of its own
+    await idle.load()
+    server = idle.server_pid
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    for _ in range(500):  # up to 5 s
+        state = process_state(server)
+        if state is None:
+            break
+        await anyio.sleep(0.01)
+    else:
+        pytest.fail(f"the dead server process {server} was not reaped (state {state})")
+    assert idle.server_pid is None
+    events = await collect(idle, request(max_tokens=3))  # and the next request restarts it
+    assert events[-1] == Finish("length")
+    unload_local_models()

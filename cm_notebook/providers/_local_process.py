@@ -11,7 +11,8 @@ Lifetime:
   :func:`stop_all_servers`;
 - the server exits by itself when this process dies without cleaning up (SIGKILL, a
   crash): its stdin is a pipe from this process, which the OS closes then;
-- a server found dead is started again by the next :func:`shared_server` call; the
+- a server that dies is reaped at once (no zombie left until the next request), and
+  a server found dead is started again by the next :func:`shared_server` call; the
   provider turns a connection failure on a dead server into a clear error
   (:meth:`ServerProcess.exit_description`).
 
@@ -72,6 +73,26 @@ class ServerProcess:
         #: ``http://127.0.0.1:<port>``; the chat API is under ``/v1``.
         self.address = f"http://127.0.0.1:{port}"
         self._api_key = api_key
+        # Reaped as soon as it exits, even while idle: else a server that died between
+        # requests stays a zombie until the next request polls it.
+        threading.Thread(
+            target=self._reap_on_exit, name="cm_notebook-local-reaper", daemon=True
+        ).start()
+
+    def _reap_on_exit(self) -> None:
+        # The server's stdout reaches end of file when it exits (it holds it open until
+        # then, and writes nothing more after its port): no polling, no waitpid lock held.
+        stdout = self._process.stdout
+        assert stdout is not None
+        try:
+            while os.read(stdout.fileno(), 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            stdout.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(_STOP_WAIT_SECONDS)  # it is exiting: a moment at most
 
     @property
     def headers(self) -> dict[str, str]:
@@ -224,8 +245,6 @@ def start_server(
         log.close()
         raise
     if reply is not None and isinstance(reply.get("port"), int):
-        assert process.stdout is not None
-        process.stdout.close()  # nothing more comes on it
         return ServerProcess(process, reply["port"], api_key, log)
     raise _start_failure(process, log, reply, model_path, timeout)
 
