@@ -272,6 +272,28 @@ async def test_truncated_gguf_fails_to_load_with_a_clear_error(
         await local.load()
 
 
+async def test_cm_local_model_that_fails_to_load_names_the_variable(
+    provider: LocalProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The error named the file only: not where it came from, nor what to change.
+    broken = tmp_path / "magic-only.gguf"
+    broken.write_bytes(b"GGUF" + bytes(60))  # passes the signature check, fails to load
+    monkeypatch.setenv("CM_LOCAL_MODEL", str(broken))
+    local = LocalProvider(n_ctx=512)
+    with pytest.raises(PermanentProviderError) as info:
+        await local.load()
+    message = str(info.value)
+    assert "could not load" in message
+    assert str(broken) in message
+    assert "The path comes from CM_LOCAL_MODEL: point it to a valid .gguf" in message
+    assert "unset it to use the built-in smollm2-135m-instruct" in message
+    # A path given (not the variable) is not told to unset a variable nobody set.
+    monkeypatch.delenv("CM_LOCAL_MODEL")
+    with pytest.raises(PermanentProviderError) as info:
+        await LocalProvider(broken, n_ctx=512).load()
+    assert "CM_LOCAL_MODEL" not in str(info.value)
+
+
 def test_missing_xllamacpp_names_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # makes `import xllamacpp` fail
     with pytest.raises(ProviderNotInstalledError) as info:

@@ -76,6 +76,7 @@ from ._local_server import LocalServer, serve_openai_compatible
 from ._model_file import (
     BUNDLED_MODEL_NAME,
     BUNDLED_MODEL_NAMES,
+    ENV_VAR,
     INSTALL_HINT,
     ModelFile,
     resolve_model_file,
@@ -301,12 +302,25 @@ class LocalProvider:
         return server
 
     def _shared_server(self) -> ServerProcess:
-        return shared_server(
-            self._file.path,
-            n_ctx=self.n_ctx,
-            n_threads=self.n_threads,
-            timeout=self.start_timeout,
-        )
+        try:
+            return shared_server(
+                self._file.path,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                timeout=self.start_timeout,
+            )
+        except ProviderNotInstalledError:
+            raise
+        except PermanentProviderError as exc:
+            if self._file.source != "env":
+                raise
+            # The message names the file; whoever reads it may not know where it came
+            # from, or that the variable, set elsewhere, is what to change.
+            raise PermanentProviderError(
+                f"{exc} The path comes from {ENV_VAR}: point it to a valid .gguf model "
+                f"file, or unset it to use the built-in {BUNDLED_MODEL_NAME}.",
+                provider="local",
+            ) from exc
 
     def complete_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The sampling parameters sent for ``params``: ``max_tokens=256`` and
