@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import os
 import stat
@@ -173,8 +174,10 @@ def _not_written(target: Path, exc: Exception) -> CommandError:
     reason = cause.strerror if isinstance(cause, OSError) else None
     if reason is None and isinstance(cause, OSError) and cause.errno is not None:
         reason = os.strerror(cause.errno)
+    full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    remedy = "free some space there, or choose" if full else "choose"
     return CommandError(
-        f"cannot write {target}: {reason or cause}; choose another place with -o "
+        f"cannot write {target}: {reason or cause}; {remedy} another place with -o "
         "(nothing was written)"
     )
 
