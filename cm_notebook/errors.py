@@ -48,6 +48,7 @@ state machine never needs to know which SDK produced them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .redact import redact_text
 
@@ -138,9 +139,13 @@ class ContextExistsError(StoreError):
     id asked for finds nothing. None when the raiser did not say.
     """
 
-    def __init__(self, message: str, existing: str | None = None) -> None:
+    def __init__(self, message: str, *, existing: str | None = None) -> None:
         super().__init__(message)
         self.existing = existing
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a process pool, say) with its ``existing``, which ``args`` lacks.
+        return (_context_exists, (str(self), self.existing))
 
 
 class CorruptDataError(StoreError):
@@ -283,3 +288,8 @@ class ToolCallNotFoundError(ToolError, KeyError):
 
 class ToolCallAlreadyResolvedError(ToolError, StateError):
     """The tool call was already approved or denied."""
+
+
+def _context_exists(message: str, existing: str | None) -> ContextExistsError:
+    # Unpickles a ContextExistsError (see its __reduce__).
+    return ContextExistsError(message, existing=existing)

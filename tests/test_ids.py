@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from typing import Any
 
@@ -276,6 +277,9 @@ async def test_the_store_refuses_look_alike_branches_and_case_twin_contexts(
     with pytest.raises(ContextExistsError) as same:
         await store.create_context(ContextMetadata(id="abc"))
     assert same.value.existing == "abc"
+    # Across processes (a pool, say) the error keeps what it names.
+    carried = pickle.loads(pickle.dumps(twin.value))
+    assert (str(carried), carried.existing) == (str(twin.value), "abc")
     assert sorted(m.id for m in await store.list_contexts()) == ["abc", "c1"]
 
 

@@ -95,18 +95,19 @@ class IntegrityReport:
     unreadable: tuple[tuple[str, str], ...] = ()  # (file name, what is wrong with it)
     stale: tuple[tuple[str, str], ...] = ()  # (file name, how it differs from the index)
     mislinked: tuple[tuple[str, str], ...] = ()  # (file name, how the index differs)
-    # (file name, how it differs from the index, whose link is the one kept: see module)
-    damaged_links: tuple[tuple[str, str], ...] = ()
     dangling: tuple[tuple[str, str], ...] = ()  # (branch, the message its head names)
     # (branch, its head, what its path goes back to instead of a first message)
     unwalkable: tuple[tuple[str, str, str], ...] = ()
     # (file name, what it goes back to): left out of the index, not a failure (see module)
     detached: tuple[tuple[str, str], ...] = ()
     repaired: bool = False
-    relinked: tuple[tuple[str, str], ...] = ()  # (file name, what was done to it)
-    rebuilt: bool = False
     brought_back: tuple[str, ...] = ()
     recovered_branches: tuple[str, ...] = ()
+    # Added later, so last (a positional construction of the others stays as it was):
+    # (file name, how it differs from the index, whose link is the one kept: see module)
+    damaged_links: tuple[tuple[str, str], ...] = ()
+    relinked: tuple[tuple[str, str], ...] = ()  # (file name, what was done to it)
+    rebuilt: bool = False
 
     @property
     def ok(self) -> bool:
