@@ -98,7 +98,11 @@ def _auto_name(base: str, label: str, taken: set[str], exists: Callable[[str], b
     # valid name (letters of two scripts, say a Cyrillic value after a Latin key),
     # ``<base>-variant``, then ``<base>``. "-2", "-3"... make it distinct from the
     # other variants' names (by look, as branches are compared) and existing branches.
-    stems = [f"{base}-{_name_part(label)}"[:90].strip(" .-"), f"{base[:90]}-variant", base[:90]]
+    # A long base is cut, not the label: the label is what tells the arms apart.
+    part = _name_part(label)[:60].strip(" .-")
+    head = base[: max(0, 89 - len(part))].rstrip(" .-")
+    labelled = f"{head}-{part}" if head and part else (part or head)
+    stems = [labelled, f"{base[:90]}-variant", base[:90]]
     stem = next((s for s in stems if s and _valid(s)), base)
     return free_branch_name(
         stem, lambda name: branch_name_key(name) in taken or exists(name), bare=True

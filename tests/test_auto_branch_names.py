@@ -112,3 +112,23 @@ def test_a_name_that_fits_keeps_its_whole_stem(new_session: Callable[..., Contex
     replay = session.counterfactual(session.history(name)[0].id, "changed")
     replay.result(DEADLINE)
     assert replay.branch == f"{name}-cf-1"
+
+
+def test_a_fan_out_from_a_branch_with_the_longest_name_names_its_arms_by_variant(
+    on_longest: ContextSession,
+) -> None:
+    # The arms must still say which variant each is: the base name is cut, not the label.
+    before = set(on_longest.branches)
+    fan = on_longest.fan_out(
+        "Why?",
+        [{"system": "Answer in five words."}, {"system": "Answer like a pirate."}],
+        branch=LONGEST,
+    )
+    fan.result(DEADLINE)
+    for name in fan.branches:
+        _is_new_and_distinct(on_longest, name, before)
+        assert name.startswith("experiment-xxx")
+    assert [name[-20:] for name in fan.branches] == [
+        "answer-in-five-words",
+        "answer-like-a-pirate",
+    ]
