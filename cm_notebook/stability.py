@@ -120,21 +120,20 @@ class Stability(BaseModel):
             rows.append(
                 "<tr>"
                 f'<td style="text-align:right;vertical-align:top"><b>{group.count}</b></td>'
-                f'<td style="vertical-align:top;min-width:80px"><div style="background:#9cf;'
-                f'height:8px;width:{share * 100:.0f}%"></div>'
+                f'<td style="text-align:left;vertical-align:top;min-width:80px">'
+                f'<div style="background:#9cf;height:8px;width:{share * 100:.0f}%"></div>'
                 f'<span style="color:#666">{share:.0%} · {kind}'
                 f"{'' if rank == 1 else f' · {group.similarity:.2f}'}</span></td>"
-                f'<td style="white-space:pre-wrap;vertical-align:top">{body}'
+                f'<td style="text-align:left;white-space:pre-wrap;vertical-align:top">{body}'
                 f'<div style="color:#888;font-size:smaller">{html.escape(who)}</div></td>'
                 "</tr>"
             )
         head = html.escape(repr(self)[1:-1])
         return (
             f'<div class="cm-stability"><div style="color:#444">{head}</div>'
-            '<table style="border-collapse:collapse"><tr><th>n</th><th>share</th>'
-            "<th>answer (near ones: diff against the most common)</th></tr>"
-            + "".join(rows)
-            + "</table></div>"
+            '<table style="border-collapse:collapse"><tr><th>n</th><th style="text-align:left">'
+            'share</th><th style="text-align:left">answer (near ones: diff against the most '
+            "common)</th></tr>" + "".join(rows) + "</table></div>"
         )
 
 

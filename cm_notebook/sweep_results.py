@@ -326,20 +326,26 @@ class SweepStability:
             else:
                 agreement, detail = f"{group.agreement:.0%}", found._repr_html_()
             rows.append(
-                '<tr><td style="vertical-align:top;padding:4px 8px;max-width:14em">'
+                '<tr><td style="text-align:left;vertical-align:top;padding:4px 8px;max-width:14em">'
                 f"{html.escape(group.prompt)}</td>"
-                f'<td style="vertical-align:top;padding:4px 8px">{html.escape(group.variant)}</td>'
+                f'<td style="{_LEFT}">{html.escape(group.variant)}</td>'
                 f'<td style="vertical-align:top;padding:4px 8px;text-align:right">'
                 f'{agreement}<br><span style="color:#888">{found.distinct} of '
                 f"{found.total}</span>{_unreadable_html(group.unreadable)}</td>"
-                f'<td style="vertical-align:top;padding:4px 8px">{detail}</td></tr>'
+                f'<td style="{_LEFT}">{detail}</td></tr>'
             )
         return (
             f'<div class="cm-sweep-stability"><div style="color:#444">'
             f"{html.escape(repr(self)[1:-1])}</div>"
-            '<table style="border-collapse:collapse"><tr><th>prompt</th><th>variant</th>'
-            "<th>agreement</th><th>answers</th></tr>" + "".join(rows) + "</table></div>"
+            '<table style="border-collapse:collapse"><tr><th style="text-align:left">prompt</th>'
+            '<th style="text-align:left">variant</th><th>agreement</th>'
+            '<th style="text-align:left">answers</th></tr>' + "".join(rows) + "</table></div>"
         )
+
+
+#: A text cell's style: left-aligned whatever the page's stylesheet says (JupyterLab's
+#: right-aligns table cells, for numbers).
+_LEFT = "text-align:left;vertical-align:top;padding:4px 8px"
 
 
 # Shown for a group without answers, in place of its (empty) Stability.

@@ -275,7 +275,8 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
             left, right = diff_side_html(ops, "-", _MARKS), diff_side_html(ops, "+", _MARKS)
         rows.append(
             f'<tr class="cm-turn cm-turn-{state}"><td style="vertical-align:top;color:#555;'
-            f'padding:4px 6px">{turn.turn}</td><td style="vertical-align:top;padding:4px 6px">'
+            f'padding:4px 6px">{turn.turn}</td><td style="text-align:left;vertical-align:top;'
+            f'padding:4px 6px">'
             f'<div style="font-size:85%;color:#555"><b>user</b> {prompt}</div>'
             '<div style="display:flex;gap:8px;margin-top:2px">'
             f'<div style="flex:1;white-space:pre-wrap">{left}</div>'

@@ -332,6 +332,18 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert page.locator(".cm-grid-table tr").count() == 3  # a header and two prompts
     assert "echo: Q2" in _text(page, ".cm-grid-table")
     assert "4 done" in _text(page, ".cm-grid-title")
+    # Text in the package's static tables reads from the left, though JupyterLab's
+    # stylesheet right-aligns table cells (for numbers).
+    _run_new_cell(
+        page,
+        "from cm_notebook.stability import stability\n"
+        'stability(["Paris, of course.", "Paris, of course.", "Rome is the capital."])',
+    )
+    answer = page.locator(".cm-stability td:has-text('Rome is the capital.')")
+    answer.wait_for()
+    assert answer.evaluate("(el) => getComputedStyle(el).textAlign") == "left"
+    grid_cell = page.locator(".cm-grid-table td:has-text('echo: Q1')").first
+    assert grid_cell.evaluate("(el) => getComputedStyle(el).textAlign") in ("left", "start")
 
     # 6c. An A/B cell: the arms live, side by side; their saved copy, in the same cell,
     # is hidden on the page (it repeats them) and kept in the file (step 7).

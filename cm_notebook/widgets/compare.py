@@ -240,8 +240,9 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     if column["state"] != "Idle":
         rows.append(("state", column["state"]))
     cells = "".join(
-        f'<tr><td style="color:#666;padding-right:8px;vertical-align:top">{html.escape(k)}</td>'
-        f'<td style="white-space:pre-wrap">{html.escape(v)}</td></tr>'
+        f'<tr><td style="text-align:left;color:#666;padding-right:8px;vertical-align:top">'
+        f'{html.escape(k)}</td><td style="text-align:left;white-space:pre-wrap">'
+        f"{html.escape(v)}</td></tr>"
         for k, v in rows
     )
     return f'<table style="font-size:85%;margin:4px 0">{cells}</table>'

@@ -114,7 +114,8 @@ def grid_html(sweep: Sweep) -> str:
                     f"r{cell['repeat']}</span> {shown}</div>"
                 )
             tds.append(
-                f'<td style="vertical-align:top;padding:4px 8px;border:1px solid #ddd">'
+                f'<td style="text-align:left;vertical-align:top;padding:4px 8px;'
+                f'border:1px solid #ddd">'
                 f"{''.join(parts)}</td>"
             )
         body.append(
