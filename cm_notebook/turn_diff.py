@@ -274,9 +274,9 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
         else:
             left, right = diff_side_html(ops, "-", _MARKS), diff_side_html(ops, "+", _MARKS)
         rows.append(
-            f'<tr class="cm-turn cm-turn-{state}"><td style="vertical-align:top;color:#555;'
-            f'padding:4px 6px">{turn.turn}</td><td style="text-align:left;vertical-align:top;'
-            f'padding:4px 6px">'
+            f'<tr class="cm-turn cm-turn-{state}"><td style="width:1%;vertical-align:top;'
+            f'color:#555;padding:4px 6px">{turn.turn}</td><td style="text-align:left;'
+            f'vertical-align:top;padding:4px 6px">'
             f'<div style="font-size:85%;color:#555"><b>user</b> {prompt}</div>'
             '<div style="display:flex;gap:8px;margin-top:2px">'
             f'<div style="flex:1;white-space:pre-wrap">{left}</div>'
@@ -287,7 +287,7 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
     return (
         f'<div class="cm-turns"><div style="color:#555">per turn: <b>{other}</b> against '
         f"<b>{base}</b> ({len(comparison.changed_turns)} of {len(comparison.turns)} "
-        f'turns changed)</div><table style="border-collapse:collapse;width:100%">'
-        + "".join(rows)
-        + "</table></div>"
+        # table-layout: JupyterLab's stylesheet makes it fixed (columns of equal width).
+        f'turns changed)</div><table style="border-collapse:collapse;width:100%;'
+        f'table-layout:auto">' + "".join(rows) + "</table></div>"
     )
