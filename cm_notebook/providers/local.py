@@ -356,15 +356,8 @@ class LocalProvider:
         server = await self._ensure_server()
         httpx = self._httpx
         # A client per stream: a pooled connection belongs to the event loop that opened
-        # it, and one provider may serve sessions on different loops. Proxies from the
-        # environment are ignored: the server is on this machine.
-        client = httpx.AsyncClient(
-            base_url=server.address,
-            headers=server.headers,
-            timeout=httpx.Timeout(self.timeout, connect=10.0),
-            trust_env=False,
-            verify=_tls_context(),
-        )
+        # it, and one provider may serve sessions on different loops.
+        client = self._client(server, httpx.Timeout(self.timeout, connect=10.0))
         reader = _ChunkReader()
         try:
             try:
@@ -429,13 +422,19 @@ class LocalProvider:
             )
         return _errors.timeout_error(provider="local", timeout=self.timeout, detail=detail)
 
-    async def _answers_health(self, server: ServerProcess) -> bool:
-        client = self._httpx.AsyncClient(
+    def _client(self, server: ServerProcess, timeout: Any) -> Any:
+        # An HTTP client of ``server``. Proxies from the environment are ignored: the
+        # server is on this machine.
+        return self._httpx.AsyncClient(
             base_url=server.address,
-            timeout=_HEALTH_TIMEOUT_SECONDS,
+            headers=server.headers,
+            timeout=timeout,
             trust_env=False,
             verify=_tls_context(),
         )
+
+    async def _answers_health(self, server: ServerProcess) -> bool:
+        client = self._client(server, _HEALTH_TIMEOUT_SECONDS)
         try:
             response = await client.get("/health")
         except self._httpx.HTTPError:

@@ -30,7 +30,19 @@ from ..redact import get_logger
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["FollowingView", "SessionFollower", "Throttle", "close_parts", "static_text"]
+__all__ = [
+    "SETTLED_STATES",
+    "FollowingCopy",
+    "FollowingView",
+    "SessionFollower",
+    "Throttle",
+    "close_parts",
+    "static_text",
+]
+
+#: The states in which a branch's turn is over (or waits for a person): when a saved
+#: copy of it is worth updating.
+SETTLED_STATES = ("Idle", "PermanentFailure", "AwaitingToolApproval")
 
 logger = get_logger(__name__)
 
@@ -219,3 +231,25 @@ class FollowingView:
             self._throttle.cancel()
         close_parts(self)
         super().close()  # type: ignore[misc]  # the widget class, next in the MRO
+
+
+class FollowingCopy:
+    """What a saved copy that follows its session, throttled, shares (a base class):
+    the copies of a conversation and of a comparison."""
+
+    _follower: SessionFollower
+    _throttle: Throttle
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the copy is updated on (the session's)."""
+        return self._follower.loop
+
+    def flush_pending(self) -> None:
+        """Send a waiting update now (on :attr:`loop`)."""
+        self._throttle.flush_pending()
+
+    def close(self) -> None:
+        """Stop updating the output (it keeps its last content)."""
+        self._follower.close()
+        self._throttle.cancel()

@@ -15,7 +15,6 @@ records, under ``cm_notebook``, the context and each arm's reply provenance
 
 from __future__ import annotations
 
-import asyncio
 import html as html_text
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from IPython.display import display
 from .. import events as ev
 from ..errors import CMError
 from ..provenance import provenance_of
-from ._base import SessionFollower, Throttle
+from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
 from ._copy_hider import SavedCopyHider, mark_copy
 from ._live_output import LiveOutput, register_copy
 
@@ -40,9 +39,6 @@ PLAIN = "<cm_notebook comparison (HTML)>"
 
 #: Seconds between two updates of the saved copy (each re-sends the whole comparison).
 INTERVAL = 0.5
-
-#: The states in which a branch's turn is over (or waits for a person): worth a copy.
-_SETTLED = ("Idle", "PermanentFailure", "AwaitingToolApproval")
 
 
 def said_html(text: str) -> str:
@@ -63,7 +59,7 @@ def show_widget(widget: Any) -> str:
     return str(hider.copy_id)
 
 
-class ComparisonSnapshot:
+class ComparisonSnapshot(FollowingCopy):
     """``branches`` of ``session`` compared, as static HTML kept current in one output.
 
     A compared branch deleted since (here or in another process) is dropped; once
@@ -183,23 +179,9 @@ class ComparisonSnapshot:
             "needs two or more branches"
         )
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the copy is updated on (the session's)."""
-        return self._follower.loop
-
-    def flush_pending(self) -> None:
-        """Send a waiting update now (on :attr:`loop`)."""
-        self._throttle.flush_pending()
-
-    def close(self) -> None:
-        """Stop updating the output (it keeps its last content)."""
-        self._follower.close()
-        self._throttle.cancel()
-
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.StateChanged):
-            if event.branch in self.branches and event.new.value in _SETTLED:
+            if event.branch in self.branches and event.new.value in SETTLED_STATES:
                 self._throttle.poke()
         elif isinstance(event, ev.BranchDeleted):
             if event.branch in self.branches:

@@ -11,11 +11,10 @@ show the conversation without a kernel.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
-from ._base import SessionFollower, Throttle
+from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
 from ._copy_hider import mark_copy
 from ._live_output import LiveOutput, register_copy
 from ._messages import message_dict, transcript_html
@@ -41,7 +40,7 @@ def snapshot_html(session: ContextSession, branch: str | None = None) -> str:
     return transcript_html(session.title, name, session.system_prompt_of(name), items)
 
 
-class Snapshot:
+class Snapshot(FollowingCopy):
     """Shows :func:`snapshot_html` as an output and keeps it current."""
 
     def __init__(self, session: ContextSession, copy_id: str | None = None) -> None:
@@ -65,27 +64,9 @@ class Snapshot:
         self._output.show(self._bundle())
         register_copy(self)
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the copy is updated on (the session's)."""
-        return self._follower.loop
-
-    def flush_pending(self) -> None:
-        """Send a waiting update now (on :attr:`loop`)."""
-        self._throttle.flush_pending()
-
-    def close(self) -> None:
-        """Stop updating the output (it keeps its last content)."""
-        self._follower.close()
-        self._throttle.cancel()
-
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.StateChanged):
-            if event.branch == self.session.active_branch and event.new.value in (
-                "Idle",
-                "PermanentFailure",
-                "AwaitingToolApproval",
-            ):
+            if event.branch == self.session.active_branch and event.new.value in SETTLED_STATES:
                 self._throttle.poke()
         elif isinstance(event, (ev.BranchSwitched, ev.BranchUpdated, ev.ContextUpdated, ev.Resync)):
             # ContextUpdated: the copy shows the context's title (renamed by hand, or
