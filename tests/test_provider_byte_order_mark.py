@@ -7,6 +7,8 @@ lost: here, the reply's first words.
 
 from __future__ import annotations
 
+import gc
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,36 @@ async def test_the_hook_drops_one_bom_at_the_start_and_nothing_else(
     assert b"".join(chunks) == plain[len(dropped) :]
     assert all(chunks)  # streamed as it came, with no empty chunk for a dropped mark
     assert len(chunks) > 1
+
+
+@pytest.mark.anyio
+async def test_a_response_closed_early_closes_its_reading_at_once(
+    http: Any, fault_server: FaultServer
+) -> None:
+    # An SDK that stops reading closes the response, which closes the body: the
+    # iteration that was reading it must end then too, not whenever the garbage
+    # collector finds it (its clean-up then runs inside some other task).
+    started: list[Any] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def first_iteration(generator: Any) -> None:
+        started.append(generator)
+        if hooks.firstiter is not None:
+            hooks.firstiter(generator)
+
+    fault_server.script([ByteOrderMark(Reply(TEXT), split=True)])
+    gc.disable()
+    sys.set_asyncgen_hooks(firstiter=first_iteration, finalizer=hooks.finalizer)
+    try:
+        hooked = {"response": [drop_leading_bom]}
+        async with http.AsyncClient(event_hooks=hooked) as client:
+            url = f"{fault_server.url}/chat/completions"
+            async with client.stream("POST", url, json={"stream": True}) as response:
+                async for _chunk in response.aiter_raw():
+                    break
+            ours = [g for g in started if g.__qualname__ == "_LeadingBomDropped._without_bom"]
+            assert len(ours) == 1
+            assert ours[0].ag_frame is None  # closed, with the response
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+        gc.enable()

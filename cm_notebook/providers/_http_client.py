@@ -48,6 +48,11 @@ class _LeadingBomDropped:
 
     def __init__(self, stream: _ByteStream) -> None:
         self._stream = stream
+        # The iterations handed out, closed with the body: a response closed before its
+        # end (an SDK stopping early) closes its body, not the iteration it was reading,
+        # which the garbage collector would otherwise finalize at any later moment, in
+        # whatever task then runs.
+        self._iterations: list[AsyncGenerator[bytes, None]] = []
 
     @property
     def elapsed(self) -> timedelta | None:
@@ -59,7 +64,12 @@ class _LeadingBomDropped:
     def elapsed(self, value: timedelta | None) -> None:
         self._stream.elapsed = value  # type: ignore[attr-defined]
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        iteration = self._without_bom()
+        self._iterations.append(iteration)
+        return iteration
+
+    async def _without_bom(self) -> AsyncGenerator[bytes, None]:
         chunks = self._stream.__aiter__()
         head = b""  # the body's first bytes, while they may still be (part of) a BOM
         deciding = True
@@ -83,7 +93,13 @@ class _LeadingBomDropped:
                 await chunks.aclose()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        iterations, self._iterations = self._iterations, []
+        try:
+            for iteration in iterations:
+                if not getattr(iteration, "ag_running", False):  # one being read ends with its body
+                    await iteration.aclose()
+        finally:
+            await self._stream.aclose()
 
 
 @cache
