@@ -496,6 +496,7 @@ class TurnRunner(ToolRounds):
         self._feed(fsm.TransientFault(str(exc), retry_after=wait, jitter=random.random()))
         nxt = self._effects[-1] if self._effects else None
         if isinstance(nxt, fsm.ScheduleRetry):
+            await self._publish_pending_state()  # the error is told in its own state
             self.host.publish(
                 ev.ErrorReported(
                     branch=self.branch,

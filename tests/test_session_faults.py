@@ -83,6 +83,15 @@ def test_rate_limit_with_retry_after_is_retried(
     (error,) = recorder.of(ErrorReported)
     assert error.kind == "transient"
     assert "retrying in 0.3 s" in error.message
+    # Announced in the state it describes: a view that shows the error with the state
+    # it is in shows "retrying", not "streaming".
+    events = recorder.snapshot()
+    entered_failure = next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, StateChanged) and e.new is State.TRANSIENT_FAILURE
+    )
+    assert events.index(error) > entered_failure
     # The server's Retry-After (0.3 s) wins over the policy's 0.01 s backoff.
     changes = recorder.of(StateChanged)
     failed_at = next(e.at for e in changes if e.new is State.TRANSIENT_FAILURE)
