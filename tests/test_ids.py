@@ -241,6 +241,7 @@ def test_compatibility_characters_are_refused_with_the_plain_spelling(
         ("\u0440\u0430\u0440\u0435", "pape"),  # all Cyrillic: passes the script rule
         ("\u0455\u0435\u0441\u0445", "secx"),
         ("\u03bf\u03c1\u03b1", "opa"),  # all Greek
+        ("ma\u0131n", "main"),  # a Latin dotless i
     ],
 )
 def test_a_look_alike_of_an_existing_branch_is_refused_naming_it(name: str, existing: str) -> None:
@@ -249,6 +250,27 @@ def test_a_look_alike_of_an_existing_branch_is_refused_naming_it(name: str, exis
     with pytest.raises(InvalidIdError, match="looks like the existing branch") as info:
         check_branch_name_free(name, ["other", existing])
     assert repr(existing) in str(info.value)
+
+
+@pytest.mark.parametrize("filler", ["\u115f", "\u1160"])
+def test_a_name_with_a_letter_that_shows_nothing_is_refused_when_made(filler: str) -> None:
+    # A Hangul filler is a letter (Lo) that shows nothing: "ma<filler>in" reads "main".
+    # Refused for a new branch, but still read (a context that has one still opens).
+    name = f"ma{filler}in"
+    assert validate_branch_name(name) == name
+    assert branch_name_key(name) == branch_name_key("main")
+    with pytest.raises(InvalidIdError, match="a letter that shows nothing") as info:
+        check_branch_name_free(name, [])
+    assert "'main'" in str(info.value)
+    with pytest.raises(InvalidIdError, match="looks like the existing branch|shows nothing"):
+        check_branch_name_free(name, ["main"])
+
+
+def test_the_fullwidth_filler_is_not_answered_with_another_filler() -> None:
+    # U+3164 is a compatibility form of U+1160: the remedy must not suggest that.
+    with pytest.raises(InvalidIdError, match="compatibility characters") as info:
+        validate_branch_name("main\u3164")
+    assert "'main'" in str(info.value)
 
 
 def test_distinct_names_and_the_same_name_are_free() -> None:
@@ -269,6 +291,8 @@ async def test_the_store_refuses_look_alike_branches_and_case_twin_contexts(
         await store.create_branch("c1", "m\u0430in", head=None)
     with pytest.raises(InvalidIdError, match="looks like the existing branch 'main'"):
         await store.create_branch("c1", "MAIN", head=None)
+    with pytest.raises(InvalidIdError, match="a letter that shows nothing"):
+        await store.create_branch("c1", "new\u1160", head=None)
     assert list((await store.get_metadata("c1")).branches) == ["main"]
     await store.create_context(ContextMetadata(id="abc"))
     with pytest.raises(ContextExistsError, match=r"differs only in case .* 'abc'") as twin:
@@ -350,3 +374,22 @@ def test_migration_gives_unportable_v1_ids_portable_ones() -> None:
     for value, original in zip(ids[:3], ("con.txt", "NUL.json", "abc."), strict=True):
         assert validate_context_id(value) == value
         assert value != original
+
+
+@pytest.mark.anyio
+async def test_migration_drops_letters_that_show_nothing(store: FileStore) -> None:
+    # A v1 branch name with a Hangul filler is readable but refused for a new branch:
+    # migrated under the name it shows, not refused.
+    v1 = [
+        {
+            "id": "filler",
+            "branches": {"ma\u1160in": ["1"], "fix\u115f": ["1"]},
+            "messages": [{"id": "1", "role": "user", "content": "hi"}],
+        }
+    ]
+    report = await migrate_source(parse_v1(v1), store, progress=False, backup=False)
+    (result,) = report.contexts
+    assert result.status is ContextStatus.MIGRATED, result.problems
+    assert result.id is not None
+    meta = await store.get_metadata(result.id)
+    assert sorted(meta.branches) == ["fix", "main"]

@@ -48,9 +48,9 @@ from typing import Any
 from ..errors import InvalidIdError, InvalidInputError
 from ..ids import (
     branch_name_key,
-    validate_branch_name,
     validate_context_id,
     validate_message_id,
+    validate_new_branch_name,
 )
 from ..model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus
 from ._toolcalls import convert_tool_calls
@@ -161,7 +161,7 @@ class _Tree:
         # look-alike letters made Latin ('mаin' with a Cyrillic а becomes 'main').
         name = "branch"
         for candidate in (wanted, _sanitise(wanted), _sanitise(branch_name_key(wanted))):
-            if _safe(validate_branch_name, candidate):
+            if _safe(validate_new_branch_name, candidate):
                 name = candidate
                 break
         # Compared by look-alike key: v1 may hold 'main' and 'Main' side by side, and
