@@ -299,8 +299,14 @@ class OpenAIProvider:
 
     def _models_hint(self) -> str:
         if self.base_url:
-            base = urlsplit(redact_text(self.base_url))
-            models = urlunsplit(base._replace(path=base.path.rstrip("/") + "/models"))
+            # The real URL is split (the constructor checked that it splits): a redacted
+            # one may not ("http://[REDACTED]@host" reads as an IPv6 address). Its
+            # user:password@ is left out and the query (a tenant, say) kept, redacted as
+            # any error text is: a URL to paste, not "[REDACTED]@host".
+            base = urlsplit(self.base_url)
+            host = base.netloc.rpartition("@")[2]
+            path = base.path.rstrip("/") + "/models"
+            models = redact_text(urlunsplit((base.scheme, host, path, base.query, "")))
             return (
                 f"List the models this server offers at {models}. If the name is right, "
                 "check base_url: OpenAI-compatible servers usually serve under /v1 "
@@ -323,7 +329,8 @@ class OpenAIProvider:
                 retry_after=_errors.retry_after_from_headers(exc.response.headers),
                 model=model,
                 api_key_env=_KEY_ENV,
-                list_models_hint=self._models_hint(),
+                # Only a 404 (an unknown model) says where to list the models.
+                list_models_hint=self._models_hint() if exc.status_code == 404 else None,
             )
         if isinstance(exc, (sdk.APITimeoutError, *self._timeouts)):
             if received:
