@@ -1,18 +1,87 @@
-"""A provider's ``base_url`` with credentials in it (``user:password@``) reports an
-HTTP error as itself, against a real local server."""
+"""Credentials inside a provider's ``base_url`` (``user:password@``, ``?sig=...``) are
+used to reach the server but never stored, shown or logged, even when the server
+echoes them alone, and they do not change how an HTTP error is reported.
+
+The far end is a real HTTP server on 127.0.0.1 that answers every POST 401 with a body
+quoting what it got: the Basic credentials it decoded and the path it was asked for,
+query included (as proxies and gateways do). Each test's secret is new and has no
+known key shape: remembered secrets last the process, and only remembering can find it.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import traceback
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_server import FaultServer, Status
 from provider_streams import run
 
-from cm_notebook.errors import PermanentProviderError, TransientProviderError
+from cm_notebook._url_secrets import redact_url, remember_url_secrets
+from cm_notebook.errors import CMError, PermanentProviderError, TransientProviderError
+from cm_notebook.providers.anthropic import AnthropicProvider
 from cm_notebook.providers.openai import OpenAIProvider
+from cm_notebook.redact import REDACTED, redact_text
+from cm_notebook.retry import RetryPolicy
+from cm_notebook.session import ContextSession
 
 pytestmark = pytest.mark.anyio
+
+FAST = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=2, jitter=0.0)
+
+
+class EchoServer(ThreadingHTTPServer):
+    """Answers every POST 401, quoting the credentials and the path it received."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.received: list[str] = []  # what each request's echo quoted
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EchoServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        auth = self.headers.get("authorization", "")
+        basic = base64.b64decode(auth[6:]).decode() if auth.lower().startswith("basic ") else ""
+        quoted = f"Access denied for {basic or 'nobody'} (path {self.path})"
+        self.server.received.append(quoted)
+        data = json.dumps({"type": "error", "error": {"message": quoted, "type": "auth"}})
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +99,94 @@ def with_secret(url: str, where: str, secret: str, path: str) -> str:
     if where == "userinfo":
         return url.replace("http://", f"http://me:{secret}@") + path
     return f"{url}{path}?api-version=2024-02-15-preview&sig={secret}"
+
+
+def provider_for(kind: str, base_url: str) -> OpenAIProvider | AnthropicProvider:
+    if kind == "openai":
+        return OpenAIProvider("m", base_url=base_url, timeout=5.0)
+    return AnthropicProvider("claude-test", api_key="test-key", base_url=base_url, timeout=5.0)
+
+
+def files_holding(folder: Path, secret: str) -> list[Path]:
+    # Paths only: a failing assertion must not print the secret.
+    return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+# -- 1. remembered, so an echo of them is stored and shown nowhere ------------------------
+
+
+@pytest.mark.parametrize("where", ["userinfo", "query"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_credentials_in_the_base_url_echoed_by_the_server_are_kept_nowhere(
+    echo: EchoServer, data_dir: Path, kind: str, where: str
+) -> None:
+    secret = new_secret()
+    path = "/v1" if kind == "openai" else ""
+    provider = provider_for(kind, with_secret(echo.url, where, secret, path))
+    session = ContextSession.create(provider=provider, data_dir=data_dir, retry=FAST)
+    try:
+        with pytest.raises(CMError, match="authentication failed") as caught:
+            await session.send("Hi")
+        history = json.dumps([m.model_dump(mode="json") for m in session.history()])
+        events = repr(list(session.events()))
+        shown = repr(session) + session._repr_html_() + repr(provider)
+    finally:
+        await session.aclose()
+        await provider.aclose()
+    # Booleans, not the texts: a failing assertion must not print the secret.
+    quoted = secret in echo.received[0]
+    assert quoted, "the server did not get the credential, or did not quote it"
+    in_error = secret in "".join(traceback.format_exception(caught.value))
+    assert not in_error, "the credential is in the error or its chained causes"
+    message = str(caught.value)
+    marked = f"me:{REDACTED}" in message or f"sig={REDACTED}" in message
+    assert marked, "the quoted credential is not marked as redacted"
+    in_history = secret in history
+    assert not in_history, "the credential is in the history"
+    in_events = secret in events
+    assert not in_events, "the credential is in the events"
+    in_repr = secret in shown
+    assert not in_repr, "the credential is in a repr"
+    assert files_holding(data_dir, secret) == []
+
+
+async def test_a_base_url_from_the_environment_is_remembered_too(
+    echo: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", with_secret(echo.url, "userinfo", secret, ""))
+    _, error = await run(AnthropicProvider("claude-test", api_key="test-key", timeout=5.0))
+    quoted = secret in echo.received[0]
+    assert quoted, "the server did not get the credential, or did not quote it"
+    assert isinstance(error, PermanentProviderError)
+    in_error = secret in "".join(traceback.format_exception(error))
+    assert not in_error, "the credential is in the error or its chained causes"
+
+
+def test_the_url_secrets_are_remembered_in_every_form_and_versions_are_kept() -> None:
+    token, password, sig = new_secret(), new_secret(), f"{new_secret()}+/="
+    remember_url_secrets(
+        f"https://acct{token}:{password}@x.example/v1"
+        f"?api-version=2024-02-15-preview&se=2024-12-31T23:59:59Z&sig={sig.replace('/', '%2F')}"
+    )
+    echoed = f"user acct{token} pass {password} sig {sig} api-version 2024-02-15-preview"
+    assert redact_text(echoed) == (
+        f"user {REDACTED} pass {REDACTED} sig {REDACTED} api-version 2024-02-15-preview"
+    )
+    bare, query = new_secret(), new_secret()
+    # A token as the whole userinfo, a token as the whole query; a plain word is no secret.
+    remember_url_secrets(f"https://{bare}@host/v1?{query}&tenant=research-team")
+    assert redact_text(f"token {bare} {query} for research-team") == (
+        f"token {REDACTED} {REDACTED} for research-team"
+    )
+
+
+def test_a_url_is_shown_without_its_credentials_however_short() -> None:
+    assert redact_url("http://me:pw@host:8080/v1?api-version=2024-02-01&code=ab12&x=y") == (
+        f"http://{REDACTED}@host:8080/v1?api-version=2024-02-01&code={REDACTED}&x=y"
+    )
+    provider = OpenAIProvider("m", base_url="http://host/v1?code=ab12")
+    assert repr(provider) == f"OpenAIProvider(model='m', base_url='http://host/v1?code={REDACTED}')"
 
 
 # -- 2. an HTTP error from a base_url with user:password@ is reported as itself ------------

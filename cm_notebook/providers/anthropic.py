@@ -44,13 +44,14 @@ from anthropic.types import (
 from anthropic.types import TextDelta as SDKTextDelta
 from pydantic import TypeAdapter, ValidationError
 
+from .._url_secrets import redact_url, remember_url_secrets
 from ..errors import (
     InvalidInputError,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
 )
-from ..redact import redact_text, remember_secret, scrub_exception
+from ..redact import remember_secret, scrub_exception
 from ._anthropic_request import build_request, to_anthropic_messages, to_anthropic_tools
 from ._errors import (
     connection_error,
@@ -486,6 +487,7 @@ class AnthropicProvider:
         self.max_tokens = max_tokens
         key = api_key if api_key is not None else os.environ.get(_KEY_ENV)
         remember_secret(api_key)  # a server may echo it in an error body: never stored
+        remember_url_secrets(base_url or os.environ.get("ANTHROPIC_BASE_URL"))  # as the SDK
         # Only the SDK client holds the key; this object keeps no copy of it.
         try:
             self._client = anthropic.AsyncAnthropic(
@@ -519,8 +521,8 @@ class AnthropicProvider:
         return cls(model, **options)
 
     def __repr__(self) -> str:
-        # A base_url may carry credentials (user:key@, ?api_key=): never shown.
-        where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
+        # A base_url may carry credentials (user:key@, ?sig=): never shown.
+        where = f", base_url={redact_url(self.base_url)!r}" if self.base_url else ""
         return f"AnthropicProvider(model={self.model!r}{where})"
 
     def complete_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -574,7 +576,7 @@ class AnthropicProvider:
                 raise not_an_event_stream_error(
                     provider=_PROVIDER,
                     content_type=content_type,
-                    base_url=redact_text(self.base_url) if self.base_url else None,
+                    base_url=redact_url(self.base_url) if self.base_url else None,
                     hint=" (the API's root, without /v1)",
                 )
             # Ends at message_stop, the reply's last event, not at the end of the body:

@@ -44,6 +44,8 @@ key is handed to the SDK client and never stored, logged or shown by this class.
 Credentials in ``default_headers`` (headers named like ``Authorization``, ``api-key``,
 ``X-Api-Token``, ``Cookie``, or with a value shaped like a key) are redacted wherever
 they appear, like the key: a server that echoes one in an error gets it stored nowhere.
+So are credentials in the ``base_url`` (a ``user:password@`` part, query values such as
+an Azure ``?sig=`` or ``?code=``), which ``repr`` and errors show as ``[REDACTED]``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
+from .._url_secrets import redact_url, remember_url_secrets
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
 from ..redact import (
     get_logger,
@@ -205,7 +208,7 @@ class OpenAIProvider:
             where = "base_url" if base_url else _BASE_URL_ENV
             raise InvalidInputError(
                 f"{where} must start with http:// or https://, e.g. "
-                f"'http://localhost:8080/v1'; got {redact_text(self.base_url)!r}"
+                f"'http://localhost:8080/v1'; got {redact_url(self.base_url)!r}"
             )
         self.timeout = float(timeout)
         self.include_usage = include_usage
@@ -221,6 +224,7 @@ class OpenAIProvider:
         # A server may echo a key in an error body: remembered, so it is never stored.
         remember_secret(api_key)
         remember_header_secrets(default_headers)  # credentials sent as headers too
+        remember_url_secrets(self.base_url)  # and in the URL (user:password@, ?sig=...)
         self._client: AsyncOpenAI | None = None
         self._closed = False
         self._client_options: dict[str, Any] = {
@@ -248,8 +252,8 @@ class OpenAIProvider:
         return cls(model, **options)
 
     def __repr__(self) -> str:
-        # A base_url may carry credentials (user:key@, ?api_key=): never shown.
-        where = f", base_url={redact_text(self.base_url)!r}" if self.base_url else ""
+        # A base_url may carry credentials (user:key@, ?sig=): never shown.
+        where = f", base_url={redact_url(self.base_url)!r}" if self.base_url else ""
         return f"OpenAIProvider(model={self.model!r}{where})"
 
     def _ensure_client(self) -> AsyncOpenAI:
@@ -343,7 +347,7 @@ class OpenAIProvider:
             detail = f"{type(cause).__name__}: {cause}".rstrip(": ")
             if received:
                 return _errors.stream_cut_error(provider=_PROVIDER, detail=detail)
-            target = self.base_url or "api.openai.com"
+            target = redact_url(self.base_url) if self.base_url else "api.openai.com"
             return _errors.connection_error(provider=_PROVIDER, detail=f"{target}: {detail}")
         if isinstance(exc, sdk.APIResponseValidationError):
             return malformed(str(exc))
@@ -398,7 +402,7 @@ class OpenAIProvider:
             raise _errors.not_an_event_stream_error(
                 provider=_PROVIDER,
                 content_type=content_type,
-                base_url=redact_text(self.base_url) if self.base_url else None,
+                base_url=redact_url(self.base_url) if self.base_url else None,
                 hint=" (for OpenAI-compatible servers it usually ends in /v1)",
             )
         assembler = ChunkAssembler()

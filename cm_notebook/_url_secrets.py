@@ -1,0 +1,115 @@
+"""Credentials inside a URL: a provider's ``base_url`` remembered as a secret, and shown
+without them.
+
+A ``base_url`` may carry credentials: ``https://user:password@proxy/v1``, an Azure SAS
+``?sig=...`` or a Functions ``?code=...``. :mod:`cm_notebook.redact` finds the whole URL's
+``user:password@`` and ``?api_key=...`` by shape, but a server that echoes the
+credential alone ("Access denied for user:password", the path it was asked for with
+``?sig=<value>``) would get it stored. So providers hand their ``base_url`` to
+:func:`remember_url_secrets`, which remembers those values as :func:`remember_secret`
+remembers an ``api_key=``, and show it through :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, unquote_plus
+
+from .redact import REDACTED, is_secret_name, redact_text, remember_secret
+
+__all__ = ["redact_url", "remember_url_secrets"]
+
+# A query value that cannot be a credential: a version or a date ("api-version=
+# 2024-02-15-preview", a SAS token's "se=2024-12-31T23:59:59Z"). Kept, so errors and a
+# provider's repr still say which API version a server refused.
+_VERSION_OR_DATE = re.compile(r"[vV]?\d+(?:[.\-:T]\d+)*Z?(?:-[A-Za-z]+)?")
+# Query parameters that carry credentials under names that do not say so elsewhere: an
+# Azure SAS signature, an Azure Functions key ("code"), a signed URL's signature.
+_CREDENTIAL_QUERY_WORDS = frozenset({"sig", "signature", "code"})
+
+
+def _url_parts(url: str) -> tuple[str, str, str, str] | None:
+    # (up to "://", userinfo, from the host to the query, the query without fragment),
+    # split by hand: a URL that urlsplit refuses may still carry credentials.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    before, _, query = (host + rest[end:]).partition("#")[0].partition("?")
+    return scheme + sep, userinfo if at else "", before, query
+
+
+def _secret_query_value(name: str, value: str) -> bool:
+    # Named like a credential, or shaped like one (a long mix of letters and digits),
+    # and neither a version nor a date. Other values ("tenant=research") stay readable
+    # in errors and in the settings a session stores, which redact remembered values.
+    name, value = unquote_plus(name), unquote_plus(value)
+    if not value or _VERSION_OR_DATE.fullmatch(value):
+        return False
+    last = re.split(r"[^a-z0-9]+", name.lower())[-1]
+    return is_secret_name(name) or last in _CREDENTIAL_QUERY_WORDS or _looks_like_token(value)
+
+
+def _pair(text: str) -> tuple[str, str, str]:
+    # (name, "=", value); a part without "=" ("?<token>") is all value.
+    name, eq, value = text.partition("=")
+    return (name, eq, value) if eq else ("", "", text)
+
+
+def _looks_like_token(text: str) -> bool:
+    # A user name or query value that is itself a credential (an account id beside its
+    # token, "?<token>"): long, one word, letters and digits. "me" or "research" is not.
+    return (
+        len(text) >= 16
+        and not any(c.isspace() for c in text)
+        and any(c.isdigit() for c in text)
+        and any(c.isalpha() for c in text)
+    )
+
+
+def remember_url_secrets(url: str | None) -> None:
+    """Redact, from now on, the credentials that ``url`` (a provider's ``base_url``)
+    carries, as :func:`~cm_notebook.redact.remember_secret` does for an ``api_key=``.
+
+    They are the password of its ``user:password@`` part (and the user when it is the
+    credential: alone, as in ``https://<token>@host``, or shaped like a token), and the
+    values of its query parameters that are named like credentials (``?sig=...``,
+    ``?code=...``, ``?api_key=...``) or shaped like one (16 characters or more, letters
+    and digits), but not versions or dates (``api-version=2024-02-01``). Both the
+    written and the percent-decoded forms are remembered: a server sees the decoded one.
+    Values shorter than 8 characters are not remembered (see
+    :func:`~cm_notebook.redact.remember_secret`)."""
+    parts = _url_parts(url) if isinstance(url, str) else None
+    if parts is None:
+        return
+    _, userinfo, _, query = parts
+    user, colon, password = userinfo.partition(":")
+    found = [password] if colon else [user]
+    if colon and _looks_like_token(unquote(user)):
+        found.append(user)
+    for name, _, value in map(_pair, query.split("&")):
+        if _secret_query_value(name, value):
+            found.append(value)
+    for value in found:
+        for form in {value, unquote(value), unquote_plus(value)}:
+            remember_secret(form)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show (in a ``repr`` or an error): its ``user:password@`` part and
+    the query values that :func:`remember_url_secrets` counts as credentials are
+    replaced whatever their length (its fragment is left out), then
+    :func:`~cm_notebook.redact.redact_text` runs on the rest."""
+    parts = _url_parts(url)
+    if parts is None:
+        return redact_text(url)
+    start, userinfo, before, query = parts
+    shown = start + (f"{REDACTED}@" if userinfo else "") + before
+    if query:
+        pairs = map(_pair, query.split("&"))
+        shown += "?" + "&".join(
+            name + eq + (REDACTED if _secret_query_value(name, value) else value)
+            for name, eq, value in pairs
+        )
+    return redact_text(shown)
