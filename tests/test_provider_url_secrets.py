@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import traceback
 import uuid
@@ -216,3 +217,24 @@ async def test_an_unknown_model_behind_userinfo_says_where_to_list_models(
     assert f"List the models this server offers at {fault_server.url}/models." in str(error)
     in_error = secret in str(error)
     assert not in_error, "the credential is in the error"
+
+
+# -- 3. the HTTP library's log of the request -----------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["userinfo", "query"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_the_request_logged_by_the_http_library_shows_no_credentials(
+    echo: EchoServer, caplog: pytest.LogCaptureFixture, kind: str, where: str
+) -> None:
+    secret = new_secret()
+    path = "/v1" if kind == "openai" else ""
+    with caplog.at_level(logging.DEBUG):
+        _, error = await run(provider_for(kind, with_secret(echo.url, where, secret, path)))
+    assert isinstance(error, PermanentProviderError)
+    requests = [r for r in caplog.records if r.getMessage().startswith("HTTP Request: POST")]
+    assert requests, "the library logged no request: the test sees nothing"
+    logged = secret in caplog.text
+    assert not logged, "the credential is in the log"
+    marked = REDACTED in requests[0].getMessage()
+    assert marked, "the request's URL is not marked as redacted"

@@ -15,18 +15,28 @@ SDK's) with a response hook that drops one BOM from the very start of an uncompr
 event-stream body, before the SDK decodes it. Bytes are passed on as they arrive (at
 most the first three wait, while they may still be a BOM), a BOM anywhere later is
 data, and closing the response closes the connection as before.
+
+The libraries behind the SDKs log the requests they send: ``httpx``/``httpx2`` the
+whole URL at INFO (``user:password@`` and ``?sig=...`` included), ``httpcore``/
+``httpcore2`` the connection and the response headers at DEBUG, the SDKs their request
+options. :func:`redact_library_logs`, run whenever a provider builds a client, puts
+cm_notebook's :class:`~cm_notebook.redact.RedactingFilter` on their loggers, as on
+cm_notebook's own.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import timedelta
 from functools import cache
 from typing import Any, Protocol, TypeVar, cast
 
+from ..redact import RedactingFilter
 from ._errors import is_event_stream
 
-__all__ = ["drop_leading_bom", "sdk_http_client"]
+__all__ = ["drop_leading_bom", "redact_library_logs", "sdk_http_client"]
 
 _BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8
 _Client = TypeVar("_Client")
@@ -129,6 +139,52 @@ def sdk_http_client(factory: Callable[..., _Client], **options: Any) -> _Client:
     """``factory(**options)`` with :func:`drop_leading_bom` as a response hook.
 
     ``factory`` is the SDK's ``DefaultAsyncHttpxClient``, so the client keeps the SDK's
-    defaults; the SDK closes it with its own client.
+    defaults; the SDK closes it with its own client. The libraries' logs are redacted
+    from now on (:func:`redact_library_logs`).
     """
+    redact_library_logs()
     return factory(event_hooks={"response": [drop_leading_bom]}, **options)
+
+
+# The packages whose loggers see a provider's URLs, headers or request options (hpack
+# logs the headers it encodes, credentials included, on HTTP/2 connections).
+_LOGGING_LIBRARIES = ("httpx", "httpx2", "httpcore", "httpcore2", "hpack", "openai", "anthropic")
+# The loggers they log requests on, made here if they are not there yet: a filter sees
+# only its own logger's records, not those of the loggers below it.
+_LIBRARY_LOGGERS = (
+    *_LOGGING_LIBRARIES,
+    *(
+        f"{core}.{part}"
+        for core in ("httpcore", "httpcore2")
+        for part in ("connection", "http11", "http2", "proxy", "socks")
+    ),
+    *(f"{sdk}.{part}" for sdk in ("openai", "anthropic") for part in ("_base_client", "_response")),
+    "hpack.hpack",
+)
+_redacted_loggers: set[str] = set()
+_redacted_at = -1  # how many loggers there were at the last look
+_redacting_lock = threading.Lock()
+
+
+def redact_library_logs() -> None:
+    """Put a :class:`~cm_notebook.redact.RedactingFilter` on the loggers of the HTTP
+    libraries and SDKs providers use (``httpx``, ``httpx2``, ``httpcore``, ``openai``,
+    ``anthropic``; every logger of theirs that exists, and the ones requests are logged
+    on), once each: a request's URL logged at INFO must not show the credentials of a
+    ``base_url``. Cheap to call again: it looks only when loggers were added since."""
+    global _redacted_at
+    manager = logging.Logger.manager
+    with _redacting_lock:
+        if len(manager.loggerDict) == _redacted_at:
+            return
+        names = {
+            name
+            for name in list(manager.loggerDict)
+            if name.partition(".")[0] in _LOGGING_LIBRARIES
+        }
+        for name in (names | set(_LIBRARY_LOGGERS)) - _redacted_loggers:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+                logger.addFilter(RedactingFilter())
+            _redacted_loggers.add(name)
+        _redacted_at = len(manager.loggerDict)
