@@ -13,11 +13,12 @@ remembers an ``api_key=``, and show it through :func:`redact_url`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import unquote, unquote_plus
 
 from .redact import REDACTED, is_secret_name, redact_text, remember_secret
 
-__all__ = ["redact_url", "remember_url_secrets"]
+__all__ = ["redact_url", "refuse_url_secrets", "remember_url_secrets"]
 
 # A query value that cannot be a credential: a version or a date ("api-version=
 # 2024-02-15-preview", a SAS token's "se=2024-12-31T23:59:59Z"). Kept, so errors and a
@@ -68,6 +69,36 @@ def _looks_like_token(text: str) -> bool:
     )
 
 
+def _url_secrets(url: str) -> list[str]:
+    # The credentials ``url`` carries (see remember_url_secrets), as written.
+    parts = _url_parts(url)
+    if parts is None:
+        return []
+    _, userinfo, _, query = parts
+    user, colon, password = userinfo.partition(":")
+    found = [password] if colon else [user]
+    if colon and _looks_like_token(unquote(user)):
+        found.append(user)
+    found += [
+        value for name, _, value in map(_pair, query.split("&")) if _secret_query_value(name, value)
+    ]
+    return [value for value in found if value]
+
+
+def refuse_url_secrets(options: Mapping[str, object], where: str) -> None:
+    """Raise ValueError if ``options["base_url"]`` carries credentials (as
+    :func:`remember_url_secrets` finds them): settings that are stored must not hold
+    one, and one stored redacted would be sent as ``[REDACTED]`` after a reopen."""
+    url = options.get("base_url")
+    if isinstance(url, str) and _url_secrets(url):
+        raise ValueError(
+            f"{where}: base_url carries credentials (a user:password@ part, or a query "
+            "value such as ?sig= or ?code=); cm_notebook never writes secrets to disk. "
+            "Pass a provider object built with it, e.g. provider=OpenAIProvider(model, "
+            "base_url=...), which a session uses but never stores."
+        )
+
+
 def remember_url_secrets(url: str | None) -> None:
     """Redact, from now on, the credentials that ``url`` (a provider's ``base_url``)
     carries, as :func:`~cm_notebook.redact.remember_secret` does for an ``api_key=``.
@@ -80,18 +111,7 @@ def remember_url_secrets(url: str | None) -> None:
     written and the percent-decoded forms are remembered: a server sees the decoded one.
     Values shorter than 8 characters are not remembered (see
     :func:`~cm_notebook.redact.remember_secret`)."""
-    parts = _url_parts(url) if isinstance(url, str) else None
-    if parts is None:
-        return
-    _, userinfo, _, query = parts
-    user, colon, password = userinfo.partition(":")
-    found = [password] if colon else [user]
-    if colon and _looks_like_token(unquote(user)):
-        found.append(user)
-    for name, _, value in map(_pair, query.split("&")):
-        if _secret_query_value(name, value):
-            found.append(value)
-    for value in found:
+    for value in _url_secrets(url) if isinstance(url, str) else []:
         for form in {value, unquote(value), unquote_plus(value)}:
             remember_secret(form)
 

@@ -43,6 +43,7 @@ from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
+from ._url_secrets import refuse_url_secrets
 from .errors import (
     InvalidInputError,
     StateError,
@@ -176,6 +177,7 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             # Checked here first for an error that names the argument the caller wrote.
             refuse_unstorable(dict(provider_options or {}), "provider_options")
             refuse_secrets(dict(provider_options or {}), "provider_options")
+            refuse_url_secrets(dict(provider_options or {}), "provider_options")
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None

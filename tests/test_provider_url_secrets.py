@@ -190,6 +190,26 @@ def test_a_url_is_shown_without_its_credentials_however_short() -> None:
     assert repr(provider) == f"OpenAIProvider(model='m', base_url='http://host/v1?code={REDACTED}')"
 
 
+@pytest.mark.parametrize("query", ["sig={}", "code={}", "api-version=2024-02-01&sig={}"])
+def test_stored_settings_refuse_a_base_url_carrying_credentials(data_dir: Path, query: str) -> None:
+    # Stored redacted, a reopened session would send "[REDACTED]": refused, with the way
+    # that keeps the credential out of the files (a provider object, never stored).
+    secret = new_secret()
+    url = f"http://127.0.0.1:9/v1?{query.format(secret)}"
+    with pytest.raises(CMError, match="base_url carries credentials") as info:
+        ContextSession.create(
+            provider="openai:m", provider_options={"base_url": url}, data_dir=data_dir
+        )
+    assert secret not in str(info.value)
+    assert "provider=OpenAIProvider(model, base_url=...)" in str(info.value)
+    assert not list(data_dir.glob("contexts/*"))
+    plain = "http://127.0.0.1:9/v1?api-version=2024-02-01&tenant=research-team"
+    session = ContextSession.create(
+        provider="openai:m", provider_options={"base_url": plain}, data_dir=data_dir
+    )
+    session.close()
+
+
 # -- 2. an HTTP error from a base_url with user:password@ is reported as itself ------------
 
 
