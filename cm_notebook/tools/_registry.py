@@ -113,7 +113,8 @@ def tool_call_from_request(
     (defaults filled in) when the tool exists and the arguments are valid. Otherwise it
     fails closed: ``(call, error)`` where ``call.status == FAILED``, ``call.reason`` says
     why, and ``error`` (equal to ``call.result``) is the ``"error: ..."`` text to send
-    back to the model so it can correct itself. Never raises for what the model sent.
+    back to the model so it can correct itself. Never raises: a tool that fails while
+    checking the arguments (its own fault) fails the call closed too.
 
     >>> registry = ToolRegistry()
     >>> call, error = tool_call_from_request(ToolCallRequest("c1", "nope", "{}"), registry)
@@ -125,18 +126,34 @@ def tool_call_from_request(
     try:
         tool = registry.get(request.name)
         arguments = tool.validate(request.arguments_json)
+        return ToolCall(id=call_id, name=name, arguments=arguments), None
     except (UnknownToolError, ToolArgumentsError) as exc:
+        reason = str(exc)
         error = f"error: {exc}"
-        call = ToolCall(
+    except Exception as exc:  # the tool's fault, not the model's: still fail closed
+        reason = (
+            f"tool {name!r} failed while checking the arguments ({_describe(exc)}). The "
+            "call was not run; the tool's parameter types or defaults must be fixed"
+        )
+        error = (
+            f"error: tool {name!r} failed while checking the arguments (a fault in the tool, "
+            "not in the arguments); the call was not run"
+        )
+    try:
+        sent = _as_sent(request.arguments_json)
+        failed = ToolCall(
             id=call_id,
             name=name,
-            arguments=_as_sent(request.arguments_json),
+            arguments=sent,
             status=ToolCallStatus.FAILED,
-            reason=str(exc),
+            reason=reason,
             result=error,
         )
-        return call, error
-    return ToolCall(id=call_id, name=name, arguments=arguments), None
+    except Exception:  # what the model sent cannot be kept as arguments: the reason says
+        failed = ToolCall(
+            id=call_id, name=name, status=ToolCallStatus.FAILED, reason=reason, result=error
+        )
+    return failed, error
 
 
 def validate_edited_arguments(
@@ -151,6 +168,14 @@ def validate_edited_arguments(
             'search' are invalid: ...".
     """
     return tool._validate(arguments, f"The edited arguments for tool {tool.name!r} are invalid")
+
+
+def _describe(exc: Exception) -> str:
+    try:
+        message = str(exc).strip().splitlines()
+    except Exception:  # an exception that cannot even be printed
+        message = []
+    return f"{type(exc).__name__}: {message[0][:300]}" if message else type(exc).__name__
 
 
 def _as_sent(arguments_json: object) -> dict[str, Any]:

@@ -375,15 +375,41 @@ def _check_parameter(name: str, pname: str, param: inspect.Parameter) -> Any:
             "TypedDict (typing_extensions.TypedDict before Python 3.12)"
         ) from exc
     if param.default is not inspect.Parameter.empty:
-        try:
-            adapter.validate_python(param.default)
-        except ValidationError:
-            raise ToolDefinitionError(
-                f"tool {name!r}: parameter {pname!r} has default {param.default!r}, which "
-                f"is not a valid {_type_name(annotation)}; widen the type (e.g. "
-                f"`{pname}: {_type_name(annotation)} | None = None`) or fix the default"
-            ) from None
+        _check_default(name, pname, param.default, annotation, adapter)
     return annotation
+
+
+def _check_default(
+    name: str, pname: str, default: object, annotation: Any, adapter: TypeAdapter[Any]
+) -> None:
+    typed = _type_name(annotation)
+    widened = f"`{pname}: {typed}{'' if _accepts_none(adapter) else ' | None'} = None`"
+    try:
+        adapter.validate_python(default)
+    except ValidationError:
+        raise ToolDefinitionError(
+            f"tool {name!r}: parameter {pname!r} has default {default!r}, which is not a "
+            f"valid {typed}; widen the type (e.g. {widened}) or fix the default"
+        ) from None
+    try:
+        # A call leaving the parameter out is stored (and shown) with its default as JSON
+        # (the default as given: pydantic does not validate defaults).
+        adapter.dump_python(default, mode="json", warnings=False)
+    except Exception as exc:  # e.g. a sentinel object(): pydantic only warns, then fails
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ToolDefinitionError(
+            f"tool {name!r}: parameter {pname!r} has default {default!r}, which cannot be "
+            f"written as JSON ({why}), so every call leaving it out would fail. Use None as "
+            f"the default ({widened}) and treat None as 'not given'"
+        ) from None
+
+
+def _accepts_none(adapter: TypeAdapter[Any]) -> bool:
+    try:
+        adapter.validate_python(None)
+    except ValidationError:
+        return False
+    return True
 
 
 def _annotated_description(annotation: Any) -> str | None:
