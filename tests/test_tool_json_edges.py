@@ -1,19 +1,21 @@
 """What JSON cannot hold, at a tool's edges: defaults, validation faults, results.
 
-A default that cannot be written as JSON (a sentinel ``object()``) is refused when the
-tool is defined, and a tool whose own argument checking fails (its fault, not the
-model's) fails the call closed, the assistant's request kept. The model is a
-ScriptedProvider; what it *saw* is read from ``fake.requests``.
+A default that cannot be written as JSON (a sentinel ``object()``, NaN or an infinity,
+even nested) is refused when the tool is defined, and a tool whose own argument checking
+fails (its fault, not the model's) fails the call closed, the assistant's request kept.
+The model is a ScriptedProvider; what it *saw* is read from ``fake.requests``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, field_validator
 from test_session_support import DEADLINE
 from test_session_tools import assert_tree_valid, tool_messages
 
@@ -91,3 +93,68 @@ def test_a_tool_failing_to_check_its_arguments_fails_the_call_closed(
     assert told == call.result
     assert "a fault in the tool, not in the arguments" in told
     assert "the call was not run" in told
+
+
+class Limits(BaseModel):
+    cost: float = 1.0
+
+
+def inf_default(q: str, max_cost: float = math.inf) -> str:
+    """Search, at most this dear."""
+    return q
+
+
+def nan_default(q: str, threshold: float = math.nan) -> str:
+    """Search above a threshold."""
+    return q
+
+
+def inf_in_dict(q: str, costs: dict[str, float] = {"a": -math.inf}) -> str:  # noqa: B006
+    """Search with costs."""
+    return q
+
+
+def nan_in_list(q: str, weights: list[float] = [1.0, math.nan]) -> str:  # noqa: B006
+    """Search with weights."""
+    return q
+
+
+def inf_in_model(q: str, limits: Limits = Limits(cost=math.inf)) -> str:  # noqa: B008
+    """Search within limits."""
+    return q
+
+
+def nan_in_schema(q: Annotated[str, Field(json_schema_extra={"examples": [math.nan]})]) -> str:
+    """Search."""
+    return q
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (inf_default, "parameter 'max_cost' has default inf, and NaN and infinities"),
+        (nan_default, "parameter 'threshold' has default nan, and NaN"),
+        (inf_in_dict, "has default {'a': -inf} (at costs['a']), and NaN"),
+        (nan_in_list, "has default [1.0, nan] (at weights[1]), and NaN"),
+        (inf_in_model, "has default Limits(cost=inf) (at limits['cost']), and NaN"),
+        (nan_in_schema, "its JSON schema holds NaN or an infinity at properties['q']"),
+    ],
+)
+def test_a_default_that_is_nan_or_an_infinity_is_refused_when_the_tool_is_defined(
+    fn: Callable[..., Any], expected: str
+) -> None:
+    with pytest.raises(ToolDefinitionError) as info:
+        tool(fn)
+    assert expected in str(info.value)
+    if fn is inf_default:
+        assert "Use None as the default (`max_cost: float | None = None`)" in str(info.value)
+
+
+def test_a_finite_default_still_makes_a_schema_any_request_can_carry() -> None:
+    def search(q: str, max_cost: float | None = None, top: float = 1e308) -> str:
+        """Search."""
+        return q
+
+    schema = tool(search).parameters
+    json.dumps(schema, allow_nan=False)
+    assert schema["properties"]["top"]["default"] == 1e308

@@ -121,6 +121,13 @@ class Tool(Generic[P, R]):
                 "environment variable, say)"
             )
         self.parameters = provider_schema(schema)
+        where = _json.non_finite_at(self.parameters)
+        if where is not None:  # e.g. Field(examples=[math.nan]): no request could carry it
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: its JSON schema holds NaN or an infinity at {where}, "
+                "which JSON cannot hold, so no request offering the tool could be sent. "
+                "Remove that value from the parameter's Field(...) or json_schema_extra"
+            )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -278,7 +285,8 @@ def tool(
     Raises:
         ToolDefinitionError: the name is invalid, a parameter is untyped, variadic
             (``*args``/``**kwargs``) or of a type with no JSON schema, or a default does
-            not match its type. The message names the parameter and the fix.
+            not match its type or cannot be written as JSON (a sentinel ``object()``,
+            ``math.inf``: use ``None``). The message names the parameter and the fix.
     """
 
     def wrap(function: Callable[P, R]) -> Tool[P, R]:
@@ -394,7 +402,7 @@ def _check_default(
     try:
         # A call leaving the parameter out is stored (and shown) with its default as JSON
         # (the default as given: pydantic does not validate defaults).
-        adapter.dump_python(default, mode="json", warnings=False)
+        dumped = adapter.dump_python(default, mode="json", warnings=False)
     except Exception as exc:  # e.g. a sentinel object(): pydantic only warns, then fails
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ToolDefinitionError(
@@ -402,6 +410,15 @@ def _check_default(
             f"written as JSON ({why}), so every call leaving it out would fail. Use None as "
             f"the default ({widened}) and treat None as 'not given'"
         ) from None
+    where = _json.non_finite_at({pname: dumped})
+    if where is not None:  # math.inf as "no limit": the schema cannot be sent either
+        part = "" if where == pname else f" (at {where})"
+        raise ToolDefinitionError(
+            f"tool {name!r}: parameter {pname!r} has default {default!r}{part}, and NaN and "
+            "infinities are not JSON numbers: the tool's schema could not be sent to the "
+            "model, and every call leaving it out would be refused. Use None as the "
+            f"default ({widened}) and treat None as 'no limit' or 'not given'"
+        )
 
 
 def _accepts_none(adapter: TypeAdapter[Any]) -> bool:
