@@ -2,8 +2,9 @@
 
 A default that cannot be written as JSON (a sentinel ``object()``, NaN or an infinity,
 even nested) is refused when the tool is defined, and a tool whose own argument checking
-fails (its fault, not the model's) fails the call closed, the assistant's request kept.
-The model is a ScriptedProvider; what it *saw* is read from ``fake.requests``.
+fails (its fault, not the model's) fails the call closed, the assistant's request kept;
+a result holding NaN or an infinity reaches the model as valid JSON. The model is a
+ScriptedProvider; what it *saw* is read from ``fake.requests``.
 """
 
 from __future__ import annotations
@@ -158,3 +159,47 @@ def test_a_finite_default_still_makes_a_schema_any_request_can_carry() -> None:
     schema = tool(search).parameters
     json.dumps(schema, allow_nan=False)
     assert schema["properties"]["top"]["default"] == 1e308
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@tool(policy="auto")
+def mean_of(values: list[float]) -> float:
+    """The mean (NaN for no values, as numpy gives)."""
+    return sum(values) / len(values) if values else math.nan
+
+
+@tool(policy="auto")
+def stats(values: list[float]) -> dict[str, Any]:
+    """Summary statistics."""
+    return {"mean": math.nan, "range": [-math.inf, math.inf], "n": len(values)}
+
+
+def test_a_result_holding_nan_or_an_infinity_is_sent_as_valid_json(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = (
+        ScriptedProvider(strict=True)
+        .tool_calls(("mean_of", {"values": []}), ("stats", {"values": []}))
+        .reply("Nothing to average.")
+    )
+    session = new_session(provider=fake, tools=[mean_of, stats])
+    session.send("go").result(DEADLINE)
+    told = tool_messages(fake.requests[1].messages)
+    calls = {call.name: call for call in session.history()[1].tool_calls}
+    assert told[calls["mean_of"].id] == calls["mean_of"].result == '"NaN"'
+    assert _strict_json(told[calls["stats"].id]) == {
+        "mean": "NaN",
+        "range": ["-Infinity", "Infinity"],
+        "n": 0,
+    }
+    assert calls["stats"].result == told[calls["stats"].id]
+    assert {call.status for call in calls.values()} == {ToolCallStatus.DONE}

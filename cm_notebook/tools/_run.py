@@ -258,17 +258,23 @@ def denied_result(tool_name: str, reason: str | None = None) -> str:
 def encode_result(value: object) -> str:
     """The text for a tool's return value: ``str`` as-is, anything else as JSON.
 
+    NaN and the infinities, which JSON has no numbers for, are written as the strings
+    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``: the text stays JSON any reader takes,
+    and the model still learns which it was (``null`` would say "no value").
+
     >>> encode_result("plain"), encode_result({"n": 1}), encode_result(None)
     ('plain', '{"n":1}', 'null')
+    >>> encode_result({"mean": float("nan"), "max": float("inf")})
+    '{"mean":"NaN","max":"Infinity"}'
     """
     if isinstance(value, str):
         return value
     try:
-        return to_json(value, fallback=repr).decode()
+        return to_json(value, fallback=repr, inf_nan_mode="strings").decode()
     except Exception:
         pass
     try:  # text UTF-8 cannot hold (a file name from os.listdir): JSON of it, cleaned
-        return to_json(scrub(value), fallback=repr).decode()
+        return to_json(scrub(value), fallback=repr, inf_nan_mode="strings").decode()
     except Exception:  # e.g. bytes that are not UTF-8: still say something useful
         try:
             return repr(value)
