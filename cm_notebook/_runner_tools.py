@@ -17,6 +17,8 @@ keeps its own result.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -29,7 +31,44 @@ from .approvals import Decision, without_asking
 from .model import Message, ToolCall, ToolCallStatus
 from .tools import ToolOutcome, UnknownToolError, denied_result, run_tool
 
-__all__ = ["ToolRounds", "interrupted_result"]
+__all__ = ["CallStarts", "ToolRounds", "interrupted_result"]
+
+
+class CallStarts:
+    """Which of a round's calls had their tool entered; once closed, no other may start.
+
+    A call counts as started only when its tool's function is entered (a sync tool's in
+    its worker thread), not when it is handed over: a cancel landing in between leaves
+    it never run. Closing (the round is being wound up) settles the question for good,
+    so a worker thread that reaches a call late does not run it after it was said not
+    to have run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._closed = False
+
+    def starter(self, call_id: str) -> Callable[[], bool]:
+        """The ``on_start`` of :func:`~cm_notebook.tools.run_tool` for ``call_id``."""
+
+        def start() -> bool:
+            with self._lock:
+                if self._closed:
+                    return False
+                self._ids.add(call_id)
+                return True
+
+        return start
+
+    def close(self) -> None:
+        """No call starts from now on."""
+        with self._lock:
+            self._closed = True
+
+    def __contains__(self, call_id: object) -> bool:
+        with self._lock:
+            return call_id in self._ids
 
 
 class ToolRounds:
@@ -41,7 +80,7 @@ class ToolRounds:
     _last_reply: Message | None
     _calls: dict[str, ToolCall]  # this round's tool calls by id
     _answered: set[str]  # ids of calls whose tool message is stored
-    _started: set[str]  # ids of this round's calls whose tool was started
+    _started: CallStarts  # this round's calls whose tool was started
     _claimed_ids: list[str]  # call ids claimed on the desk, not yet asked
 
     def _feed(self, given: fsm.Input) -> None:
@@ -140,8 +179,13 @@ class ToolRounds:
                 except UnknownToolError as exc:  # removed while the call awaited approval
                     outcome = ToolOutcome(ToolCallStatus.FAILED, f"error: {exc}", 0.0)
                 else:
-                    self._started.add(call_id)  # from here on, it may have had effects
-                    outcome = await run_tool(tool, call.arguments, timeout=host.tool_timeout)
+                    # Started (it may have had effects) only once the tool is entered.
+                    outcome = await run_tool(
+                        tool,
+                        call.arguments,
+                        timeout=host.tool_timeout,
+                        on_start=self._started.starter(call_id),
+                    )
                 call = call.model_copy(update={"status": outcome.status, "result": outcome.result})
                 text = outcome.result
                 if not outcome.ok:
@@ -178,6 +222,7 @@ class ToolRounds:
     ) -> None:
         # ``reason``: why calls that never ran did not (e.g. "cancelled by the user");
         # ``cause``: why the turn stopped, for calls it cut off (default ``reason``).
+        self._started.close()  # what started is settled: nothing else of the round will
         for call_id in ids:
             self.host.approvals.drop(call_id)
             # A decision made but not applied yet (it crossed the stop): the call

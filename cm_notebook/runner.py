@@ -42,7 +42,7 @@ from . import events as ev
 from . import fsm
 from ._conversation import call_ids
 from ._host import TurnHost
-from ._runner_tools import ToolRounds
+from ._runner_tools import CallStarts, ToolRounds
 from ._turn_writes import Reply, TurnWrites
 from ._unicode import without_surrogates
 from .errors import (
@@ -106,7 +106,7 @@ class TurnRunner(ToolRounds):
         self._last_reply: Message | None = None
         self._calls: dict[str, ToolCall] = {}  # this round's tool calls by id
         self._answered: set[str] = set()  # ids of calls whose tool message is stored
-        self._started: set[str] = set()  # ids of this round's calls whose tool started
+        self._started = CallStarts()  # this round's calls whose tool started
         self._history: list[Message] = []  # the path the model saw (for its call ids)
         self._claimed_ids: list[str] = []  # call ids claimed on the desk, not yet asked
         self._failure: Exception | None = None
@@ -514,7 +514,7 @@ class TurnRunner(ToolRounds):
             self._claimed_ids.extend(call.id for call in calls)
         self._calls = {call.id: call for call in calls}
         self._answered = set()
-        self._started = set()
+        self._started = CallStarts()
         await self._finish_reply(MessageStatus.COMPLETE, None, tool_calls=calls)
         self._feed(fsm.ResponseCompleted(tuple(self._calls)))
 

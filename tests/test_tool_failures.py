@@ -13,6 +13,7 @@ its call readably. The model is a ScriptedProvider; what it *saw* is read from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -413,3 +414,39 @@ def test_an_exception_whose_str_fails_is_still_a_readable_failure(
     assert call.result == "error: Unprintable: <its message could not be shown: RuntimeError>"
     recorder.wait(seen(ErrorReported, kind="tool"))
     assert session.send("Again").result(DEADLINE).content == "Hello."
+
+
+def test_a_call_whose_tool_never_started_is_not_said_to_have_run(
+    new_session: Callable[..., ContextSession], mail: SlowMail
+) -> None:
+    # The cancel lands while call_1's tool runs; that tool finishes anyway (it catches
+    # the cancellation), and call_2, next in line, is stopped before its tool starts.
+    entered_save = threading.Event()
+
+    @tool
+    async def save_draft() -> str:
+        """Save a draft, finishing even if interrupted."""
+        entered_save.set()
+        with contextlib.suppress(asyncio.CancelledError):  # careless: finishes regardless
+            await asyncio.sleep(DEADLINE)
+        return "saved"
+
+    fake = ScriptedProvider().tool_calls(("save_draft", {}), ("archive", {"folder": "inbox"}))
+    fake.reply("Sorry.")
+    session = new_session(provider=fake, tools=[save_draft, *mail.tools], approval="auto")
+    turn = session.send("Save, then archive")
+    assert entered_save.wait(DEADLINE)
+    turn.cancel()
+    turn.result(DEADLINE)
+    saved, archived = session.history()[1].tool_calls
+    assert (saved.status, saved.result) == (ToolCallStatus.DONE, "saved")
+    assert mail.sent == []  # archive never ran...
+    # ...and the model is not told it may have: it never started.
+    assert (archived.status, archived.reason) == (ToolCallStatus.DENIED, "cancelled by the user")
+    assert archived.result is not None
+    assert INTERRUPTED not in archived.result
+    assert MAY_HAVE_RUN not in archived.result
+    assert session.send("What happened?").result(DEADLINE).content == "Sorry."
+    told = tool_messages(fake.requests[-1].messages)
+    assert told == {"call_1": "saved", "call_2": archived.result}
+    assert_tree_valid(session.history())

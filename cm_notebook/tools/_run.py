@@ -24,7 +24,7 @@ import functools
 import inspect
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +84,13 @@ async def run_tool(
     # reported to the model as a result, which an outer scope could not do.
     timeout: float | None = None,  # noqa: ASYNC109
     max_result_chars: int = MAX_RESULT_CHARS,
+    on_start: Callable[[], bool] | None = None,
 ) -> ToolOutcome:
     """Run ``tool`` with validated ``arguments``; never raises for the tool's own failures.
+
+    ``on_start`` is called just as the tool's function is entered (in its worker thread,
+    for a sync tool), so a caller cancelled before that knows the tool never ran; if it
+    returns False (the caller has stopped waiting), the function is not entered.
 
     The tool's own failures include ``SystemExit``, ``KeyboardInterrupt`` and a
     ``CancelledError`` it raises itself; only a cancellation of the caller propagates.
@@ -125,7 +130,13 @@ async def run_tool(
         return finish(ToolCallStatus.FAILED, f"error: {exc}")
     with anyio.move_on_after(limit) as scope:
         try:
-            value = await _invoke(tool, args, kwargs)
+            value = await _invoke(tool, args, kwargs, on_start or _always)
+        except _NotStarted:
+            return finish(
+                ToolCallStatus.FAILED,
+                f"error: the call to tool {tool.name!r} was stopped before the tool started; "
+                "it had no effect",
+            )
         except Exception as exc:  # the tool's own failure: tell the model, keep talking
             return finish(ToolCallStatus.FAILED, _describe_exception(exc))
         except BaseException as exc:
@@ -157,7 +168,20 @@ class _Carried(Exception):
         self.exc = exc
 
 
-def _in_thread(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+def _always() -> bool:
+    return True
+
+
+class _NotStarted(Exception):
+    # The caller stopped waiting before a sync tool's thread got to it: never entered.
+    pass
+
+
+def _in_thread(
+    fn: Any, args: list[Any], kwargs: dict[str, Any], on_start: Callable[[], bool]
+) -> Any:
+    if not on_start():
+        raise _NotStarted
     try:
         return fn(*args, **kwargs)
     except Exception:
@@ -166,10 +190,14 @@ def _in_thread(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
         raise _Carried(exc) from None
 
 
-async def _invoke(tool: Tool[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+async def _invoke(
+    tool: Tool[..., Any], args: list[Any], kwargs: dict[str, Any], on_start: Callable[[], bool]
+) -> Any:
     if tool.is_async:
+        if not on_start():
+            raise _NotStarted
         return await tool.fn(*args, **kwargs)
-    call = functools.partial(_in_thread, tool.fn, args, kwargs)
+    call = functools.partial(_in_thread, tool.fn, args, kwargs, on_start)
     try:
         value = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
     except _Carried as carried:
