@@ -273,13 +273,15 @@ class ApprovalMethods(SessionReading):
         only = None if branch is None else validate_branch_name(branch)
         return self._approval_log.read(only)
 
-    def _was_resolved(self, tool_call_id: str) -> bool:
-        # Not pending, but asked for by a stored reply: it was decided already. Any
-        # branch may hold it (a turn can run on a branch that is not the active one).
+    def _was_resolved(self, tool_call_id: str) -> ToolCall | None:
+        # Not pending, but asked for by a stored reply: it was settled already (decided,
+        # or failed unasked); the stored call says which. Any branch may hold it (a turn
+        # can run on a branch that is not the active one).
         names = [self.active_branch, *self.branches]
         for name in dict.fromkeys(names):
             _ids, path = self._io.call(self._messages.path_messages(self._store, self.id, name))
             for message in reversed(path):
-                if any(call.id == tool_call_id for call in message.tool_calls):
-                    return True
-        return False
+                for call in message.tool_calls:
+                    if call.id == tool_call_id:
+                        return call
+        return None

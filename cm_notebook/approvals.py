@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import new_id
-from .model import ToolCall, UTCDateTime, utcnow
+from .model import ToolCall, ToolCallStatus, UTCDateTime, utcnow
 from .tools._policy import Policy
 
 __all__ = [
@@ -282,14 +282,18 @@ class ApprovalDesk:
     def take(
         self,
         call_id: str | None,
-        was_resolved: Callable[[str], bool],
+        was_resolved: Callable[[str], ToolCall | bool | None],
         branch: str | None = None,
     ) -> list[PendingCall]:
         """Take one call (or all with ``None``), only ``branch``'s if given, to decide it.
 
+        ``was_resolved(call_id)`` is the stored call of that id if there is one (True if
+        only known to be settled), for the error to say what became of it.
+
         Raises:
-            ToolCallAlreadyResolvedError: ``call_id`` was decided before (per
-                ``was_resolved``), e.g. a second click on the same button.
+            ToolCallAlreadyResolvedError: ``call_id`` was settled before (per
+                ``was_resolved``): decided (e.g. a second click on the same button), or
+                failed without ever waiting (its arguments were invalid).
             ToolCallNotFoundError: nothing is pending under that id (or at all).
         """
         with self._lock:
@@ -314,10 +318,9 @@ class ApprovalDesk:
                 f"no pending tool call {call_id!r} on branch {branch!r}; the one waiting "
                 f"here is on branch {pending.branch!r}"
             )
-        if was_resolved(call_id):
-            raise ToolCallAlreadyResolvedError(
-                f"tool call {call_id!r} was already approved or denied"
-            )
+        settled = was_resolved(call_id)
+        if settled:
+            raise _already_resolved(call_id, settled if isinstance(settled, ToolCall) else None)
         raise ToolCallNotFoundError(
             f"no pending tool call {call_id!r}; pending: {waiting or 'none'}"
         )
@@ -325,7 +328,7 @@ class ApprovalDesk:
     def decide(
         self,
         call_id: str | None,
-        was_resolved: Callable[[str], bool],
+        was_resolved: Callable[[str], ToolCall | bool | None],
         branch: str | None,
         decision_for: Callable[[PendingCall], Decision],
         claim: Callable[[PendingCall, Decision], bool] | None = None,
@@ -399,3 +402,22 @@ def _copy(call: ToolCall) -> ToolCall:
     # What callers are handed: a copy. The desk's own call is what runs once approved,
     # and only approve(arguments=...) may change its arguments (validated, logged).
     return call.model_copy(deep=True)
+
+
+def _already_resolved(call_id: str, call: ToolCall | None) -> ToolCallAlreadyResolvedError:
+    # What became of a call that is not waiting, said as the stored call has it.
+    status = call.status if call is not None else None
+    if call is not None and status is ToolCallStatus.FAILED:
+        # Invalid arguments (never asked), or a run that failed: either way, settled.
+        why = " ".join((call.reason or call.result or "no reason recorded").split())
+        why = why if len(why) <= 300 else why[:297] + "..."
+        return ToolCallAlreadyResolvedError(
+            f"tool call {call_id!r} is not waiting for approval: it failed ({why}), so "
+            "there is nothing to approve or deny. The model is sent its error and may ask "
+            "again; decide the calls that are waiting (pending_tool_calls)"
+        )
+    if status is ToolCallStatus.DENIED:
+        return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already denied")
+    if status in (ToolCallStatus.APPROVED, ToolCallStatus.RUNNING, ToolCallStatus.DONE):
+        return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved")
+    return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved or denied")

@@ -287,7 +287,7 @@ class ToolCallNotFoundError(ToolError, KeyError):
 
 
 class ToolCallAlreadyResolvedError(ToolError, StateError):
-    """The tool call was already approved or denied."""
+    """The tool call is settled: already approved or denied, or failed (invalid arguments)."""
 
 
 def _context_exists(message: str, existing: str | None) -> ContextExistsError:

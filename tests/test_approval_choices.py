@@ -374,3 +374,32 @@ async def test_a_decision_that_crosses_a_stop_is_what_the_call_records(
             session.approve(call.id)
     finally:
         await session.aclose()
+
+
+def test_deciding_a_call_that_failed_validation_says_it_was_never_waiting(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_calls(
+        ("add", {"a": 1, "b": 2}), ("add", '{"a": 1, "b": "x"}')
+    )
+    fake.reply("3, and the second was bad.")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("Add twice")
+    waiting(recorder)
+    for decide in (session.approve, session.deny):
+        with pytest.raises(ToolCallAlreadyResolvedError) as info:
+            decide("call_2")
+        message = str(info.value)
+        assert "already approved or denied" not in message
+        assert "tool call 'call_2' is not waiting for approval: it failed (Invalid arg" in message
+        assert "b: Input should be a valid integer" in message
+        assert "nothing to approve or deny" in message
+        assert "decide the calls that are waiting (pending_tool_calls)" in message
+    session.approve("call_1")
+    turn.result(DEADLINE)
+    # Once decided and run, a call says so.
+    with pytest.raises(ToolCallAlreadyResolvedError, match=r"'call_1' was already approved$"):
+        session.approve("call_1")
+    assert calc.calls == [("add", 1, 2)]
