@@ -50,7 +50,7 @@ from ._remote_decisions import DecisionBox
 from ._session_follow import FollowOthers
 from ._session_messages import MessageCache
 from ._session_metadata import MetadataReads
-from ._session_options import DEFAULTS, SessionOptions
+from ._session_options import DEFAULTS, SessionOptions, check_max_tool_rounds
 from ._session_prompt import PromptWrites
 from ._sessionio import StoreAccess
 from .approvals import ApprovalDesk
@@ -115,11 +115,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
                 f"retry must be a RetryPolicy, e.g. RetryPolicy(max_attempts=5); got {retry!r}"
             )
         self.retry_policy = retry or DEFAULT_POLICY
-        if isinstance(max_tool_rounds, bool) or not isinstance(max_tool_rounds, int):
-            raise InvalidInputError(f"max_tool_rounds must be an integer, got {max_tool_rounds!r}")
-        if max_tool_rounds < 0:
-            raise InvalidInputError(f"max_tool_rounds must be >= 0, got {max_tool_rounds}")
-        self.max_tool_rounds = max_tool_rounds
+        self.max_tool_rounds = check_max_tool_rounds(max_tool_rounds)
         if tool_timeout is not None and (
             isinstance(tool_timeout, bool)
             or not isinstance(tool_timeout, (int, float))

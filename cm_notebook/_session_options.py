@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypedDict
 
+from .errors import InvalidInputError
 from .providers.pool import ProviderLike
 from .retry import RetryPolicy
 from .tools import Policy, ToolPolicy
@@ -22,7 +23,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     from typing_extensions import Unpack
 
-__all__ = ["DEFAULTS", "SessionOptions", "Unpack", "check_names", "departs_from_defaults"]
+__all__ = [
+    "DEFAULTS",
+    "SessionOptions",
+    "Unpack",
+    "check_max_tool_rounds",
+    "check_names",
+    "departs_from_defaults",
+]
 
 
 class SessionOptions(TypedDict, total=False):
@@ -34,7 +42,7 @@ class SessionOptions(TypedDict, total=False):
     * ``tools``: tools on offer (functions or :class:`~cm_notebook.tools.Tool`).
     * ``approval``: which tool calls need approval (a policy, or one per tool name).
     * ``retry``: a :class:`~cm_notebook.retry.RetryPolicy` for failed provider calls.
-    * ``max_tool_rounds``: tool call rounds a turn may take (default 10).
+    * ``max_tool_rounds``: tool call rounds a turn may take (default 10, at least 1).
     * ``tool_timeout``: seconds a tool call may run (default: no limit, or the tool's own
       ``@tool(timeout=...)``). A call cut off at the limit fails, and the model is told
       the tool may still be running: Python cannot stop a sync tool's thread.
@@ -78,3 +86,21 @@ def departs_from_defaults(options: SessionOptions) -> bool:
         bool(value) if name in ("tools", "auto_title") else value != DEFAULTS[name]  # type: ignore[literal-required]
         for name, value in options.items()
     )
+
+
+def check_max_tool_rounds(value: object) -> int:
+    """``value`` if it is a whole number of tool rounds, at least 1; else raise.
+
+    Zero is refused: every reply asking for a tool would end its turn in an error that
+    no message sent after it could get past (each new turn would fail the same way).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"max_tool_rounds must be an integer, got {value!r}")
+    if value < 1:
+        raise InvalidInputError(
+            f"max_tool_rounds must be at least 1, got {value}: with no tool rounds, every "
+            "turn in which the model asks for a tool fails. To keep the model from running "
+            "tools, pass approval='deny' (each call is refused and the model told so) or "
+            "leave the tools out (tools=[])"
+        )
+    return value

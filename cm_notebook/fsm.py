@@ -476,6 +476,10 @@ def _completed(machine: Machine, ctx: _Step, ids: tuple[str, ...]) -> Machine:
             f"stopped after {ctx.max_tool_rounds} consecutive tool rounds without a user "
             "message; send a message to continue or raise max_tool_rounds"
         )
+        if not ctx.max_tool_rounds:  # a message would not help: the next call stops too
+            message = (
+                "max_tool_rounds is 0, so no tool call may run; raise max_tool_rounds and retry"
+            )
         return _fail(replace(machine, attempt=0), ctx, message, last_error=message)
     ctx.effects.append(RequestApproval(ids))
     return replace(

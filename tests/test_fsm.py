@@ -239,8 +239,13 @@ def test_tool_round_limit_fails_and_resolves_the_calls() -> None:
 
 
 def test_zero_tool_rounds_refuses_every_tool_call() -> None:
-    machine, _ = run([Send(), ResponseCompleted(("a",))], max_tool_rounds=0)
+    machine, out = run([Send(), ResponseCompleted(("a",))], max_tool_rounds=0)
     assert machine.state is S.PERMANENT_FAILURE
+    # A message would not help (the next tool call stops the same way): not offered.
+    (failed,) = [effect for effect in out if isinstance(effect, Failed)]
+    assert failed.message == (
+        "max_tool_rounds is 0, so no tool call may run; raise max_tool_rounds and retry"
+    )
 
 
 def test_negative_max_tool_rounds_is_refused() -> None:

@@ -425,6 +425,29 @@ def test_invalid_max_tool_rounds_is_refused(data_dir: Path) -> None:
         ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir, max_tool_rounds=-1)
 
 
+def test_zero_tool_rounds_is_refused_with_what_to_do_instead(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # With none, every turn asking for a tool would fail, whatever was sent after it.
+    with pytest.raises(InvalidInputError) as info:
+        new_session(provider=ScriptedProvider(), max_tool_rounds=0)
+    assert "max_tool_rounds must be at least 1, got 0" in str(info.value)
+    assert "approval='deny'" in str(info.value)
+    # Set to 0 afterwards, the turn's error gives advice that works.
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True)
+    fake.tool_call("add", {"a": 1, "b": 2}).tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    session = new_session(provider=fake, tools=calc.tools, approval="auto")
+    session.max_tool_rounds = 0
+    with pytest.raises(PermanentProviderError) as failed:
+        session.send("Add").result(DEADLINE)
+    assert "max_tool_rounds is 0, so no tool call may run" in str(failed.value)
+    assert "send a message" not in str(failed.value)
+    session.max_tool_rounds = 1
+    assert session.retry().result(DEADLINE).content == "3."
+    assert calc.calls == [("add", 1, 2)]
+
+
 # -- cancelling while waiting for a person -------------------------------------------------
 
 
