@@ -29,11 +29,17 @@ __all__ = ["BranchMachines", "TurnHost"]
 
 
 class BranchMachines:
-    """The state machine of each branch of one context (``Idle`` until a turn starts)."""
+    """The state machine of each branch of one context (``Idle`` until a turn starts).
+
+    For a branch whose last turn failed for good it also keeps the head that turn left
+    (its failed reply): only this process knows of the failure, and once another
+    process has moved the branch on, a retry would replace that process's reply.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._machines: dict[str, fsm.Machine] = {}
+        self._failed_heads: dict[str, str] = {}  # branch -> head its failed turn left
 
     def get(self, branch: str) -> fsm.Machine:
         """The machine of ``branch``."""
@@ -48,12 +54,42 @@ class BranchMachines:
             machine = self._machines.get(branch) or fsm.Machine.initial()
             nxt, effects = fsm.step(machine, given, policy, max_tool_rounds=max_tool_rounds)
             self._machines[branch] = nxt
+            if nxt.state is not fsm.State.PERMANENT_FAILURE:
+                self._failed_heads.pop(branch, None)
         return effects
+
+    def failed_at(self, branch: str, head: str | None) -> None:
+        """Record ``head`` as where the failed turn of ``branch`` left it (called by the
+        turn once its machine is in ``PermanentFailure``)."""
+        with self._lock:
+            state = (self._machines.get(branch) or fsm.Machine.initial()).state
+            if state is fsm.State.PERMANENT_FAILURE and head is not None:
+                self._failed_heads[branch] = head
+
+    def failed_head(self, branch: str) -> str | None:
+        """The head the permanent failure of ``branch`` left, if it is in one (None:
+        no failure, or none recorded)."""
+        with self._lock:
+            return self._failed_heads.get(branch)
+
+    def overtaken(self, branch: str, failed_head: str) -> bool:
+        """Another writer moved ``branch`` on from ``failed_head``: its failure here is
+        over (``Idle`` again, as a send or regenerate would be). Only if the failure is
+        still the one that left ``failed_head``; True if the machine was reset."""
+        with self._lock:
+            machine = self._machines.get(branch)
+            if machine is None or self._failed_heads.get(branch) != failed_head:
+                return False
+            # Cancel takes PermanentFailure to Idle with no effect to carry out.
+            self._machines[branch], _ = fsm.step(machine, fsm.Cancel())
+            del self._failed_heads[branch]
+            return True
 
     def forget(self, branch: str) -> None:
         """Drop the machine of a deleted branch."""
         with self._lock:
             self._machines.pop(branch, None)
+            self._failed_heads.pop(branch, None)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ from ._approval_log import ApprovalLog
 from ._dead_rounds import DeadRounds
 from ._dropped import weak_callback
 from ._follower import LogFollower
+from ._host import BranchMachines
 from ._remote_decisions import DecisionBox
 from .approvals import ApprovalDesk, ApprovalRecord, Decision, audit_record
-from .errors import CMError
+from .errors import BranchNotFoundError, CMError
 from .model import Message, ToolCall
 from .redact import get_logger
 from .runner import TurnRunner
@@ -57,6 +58,7 @@ class FollowOthers:
     _approval_log: ApprovalLog
     _dead_rounds: DeadRounds
     _runners: dict[str, TurnRunner]
+    _machines: BranchMachines
 
     def _follow(self, store: Store) -> None:
         claim_path = getattr(store, "branch_claim_path", None)
@@ -117,9 +119,44 @@ class FollowOthers:
 
     def _relay(self, event: ev.Event) -> None:
         # From the follower's thread: deliver on the loop's thread, number unchanged.
+        moved = _moved_branch(event)
+        if moved is not None:
+            self._failure_overtaken(moved)  # before the views hear of it
+
         def deliver() -> None:
             if not self._bus.closed:
                 self._bus.relay(event)
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
             self._loop.call_soon_threadsafe(deliver)
+
+    def _failure_overtaken(self, branch: str) -> None:
+        # Another process moved ``branch``'s head: a permanent failure this process
+        # still holds for it is over (its views already heard the other's turn end
+        # Idle), so state_of() stops reporting it and retry() refuses plainly. Only if
+        # the head really left the failed turn's: a late signal of a write made before
+        # the failure must not end it. Nothing is announced: another process may be
+        # running a turn there, and its state is the branch's.
+        failed = self._machines.failed_head(branch)
+        if failed is None:
+            return  # the usual case: no failure here, nothing read
+        session = cast("SessionCore", self)  # the one class this is a base of
+        try:
+            head = session._head(branch)
+        except BranchNotFoundError:
+            head = None  # deleted since: the failure is over
+        except (OSError, CMError, RuntimeError):
+            # Unreadable now (or the session closing under it): left as it is; retry()
+            # checks the head again anyway. The signal must still be relayed.
+            return
+        if head != failed:
+            self._machines.overtaken(branch, failed)
+
+
+def _moved_branch(event: ev.Event) -> str | None:
+    # The branch whose head another process's ``event`` says it moved, if any.
+    if isinstance(event, (ev.MessageAdded, ev.BranchCreated, ev.BranchDeleted)):
+        return event.branch
+    if isinstance(event, ev.BranchUpdated) and "head" in event.changed:
+        return event.branch
+    return None

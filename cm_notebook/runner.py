@@ -561,6 +561,8 @@ class TurnRunner(ToolRounds):
     async def _fail(self, message: str) -> None:
         if self._reply is not None:
             await self._finish_reply(MessageStatus.ERROR, message)
+        # What retry() checks the branch against: has another process moved it on?
+        self.host.machines.failed_at(self.branch, self._writes.head)
         if not isinstance(self._failure, PermanentProviderError):
             self._failure = PermanentProviderError(message)
         kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
