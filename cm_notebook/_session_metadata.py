@@ -12,6 +12,7 @@ token moved; after the session's own writes the store hands over what it wrote
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ._sessionio import StoreAccess
 from .errors import BranchNotFoundError, CMError
@@ -158,9 +159,13 @@ class MetadataReads:
             )
         return found.head
 
-    def _free_branch_name(self, stem: str) -> str:
+    def _free_branch_name(self, stem: str, refused: Callable[[str], bool] | None = None) -> str:
         # By look, as creating the branch compares names: "main-edit-1" beside an
         # existing "MAIN-edit-1" would be refused with an error about a name the user
-        # never chose.
+        # never chose. ``refused``: names found taken at creation, though the branches
+        # read may not show them yet (cm_notebook._auto_names).
         keys = {branch_name_key(name) for name in self._read_metadata().branches}
-        return free_branch_name(stem, lambda name: branch_name_key(name) in keys)
+        return free_branch_name(
+            stem,
+            lambda name: branch_name_key(name) in keys or (refused is not None and refused(name)),
+        )

@@ -8,10 +8,11 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from ._auto_names import NamePicks
 from ._json_values import checked_message_metadata
 from ._loop import schedule_on
 from .branch_defaults import branch_settings
@@ -41,12 +42,15 @@ __all__ = [
 @dataclass(frozen=True)
 class Variant:
     """One arm of a fan-out: the branch it writes, its provider, parameters and system
-    prompt (None: the context's; ``""``: none)."""
+    prompt (None: the context's; ``""``: none). ``stem``: for a branch name chosen
+    automatically, what it was numbered from (``<stem>``, ``<stem>-2``...), so it can
+    be chosen again if another process takes it first; None for a name the user gave."""
 
     branch: str
     provider: str | Provider | None = None
     params: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
+    stem: str | None = None
 
 
 def _clean(text: str) -> str:
@@ -93,17 +97,21 @@ def _valid(name: str) -> bool:
     return True
 
 
-def _auto_name(base: str, label: str, taken: set[str], exists: Callable[[str], bool]) -> str:
+def _auto_stem(base: str, label: str) -> str:
     # ``<base>-<label>``, cut to leave room for a "-N" suffix; if that is still not a
     # valid name (letters of two scripts, say a Cyrillic value after a Latin key),
-    # ``<base>-variant``, then ``<base>``. "-2", "-3"... make it distinct from the
-    # other variants' names (by look, as branches are compared) and existing branches.
-    # A long base is cut, not the label: the label is what tells the arms apart.
+    # ``<base>-variant``, then ``<base>``. A long base is cut, not the label: the label
+    # is what tells the arms apart.
     part = _name_part(label)[:60].strip(" .-")
     head = base[: max(0, 89 - len(part))].rstrip(" .-")
     labelled = f"{head}-{part}" if head and part else (part or head)
     stems = [labelled, f"{base[:90]}-variant", base[:90]]
-    stem = next((s for s in stems if s and _valid(s)), base)
+    return next((s for s in stems if s and _valid(s)), base)
+
+
+def _auto_name(stem: str, taken: set[str], exists: Callable[[str], bool]) -> str:
+    # ``stem``, or "-2", "-3"... after it: distinct from the other variants' names (by
+    # look, as branches are compared) and existing branches.
     return free_branch_name(
         stem, lambda name: branch_name_key(name) in taken or exists(name), bare=True
     )
@@ -194,14 +202,18 @@ def plan_variants(
                 )
         else:
             options, name, provider, system = {}, None, variant, None
+        stem = None
         if name is None:
-            name = _auto_name(base, _label(variant, differing), looks, exists)
+            stem = _auto_stem(base, _label(variant, differing))
+            name = _auto_name(stem, looks, exists)
         validate_branch_name(name)
         if name in taken:
             raise InvalidInputError(f"two variants would write the same branch {name!r}")
         taken.add(name)
         looks.add(branch_name_key(name))
-        plans.append(Variant(branch=name, provider=provider, params=options, system=system))
+        plans.append(
+            Variant(branch=name, provider=provider, params=options, system=system, stem=stem)
+        )
     return plans
 
 
@@ -264,14 +276,16 @@ def start_fan_out(
     checked_message_metadata(metadata)
     base = session._branch_name(branch)
     # By look, as creating a branch compares names: an arm named "main-temperature-0.1"
-    # beside an existing "MAIN-temperature-0.1" would be refused below.
-    existing_keys = {branch_name_key(name) for name in session.branch_names}
+    # beside an existing "MAIN-temperature-0.1" would be refused below. One read for
+    # naming and checking: a name chosen here is not refused below because another
+    # process made it in between (creating the arms chooses again then).
+    existing = session.branch_names
+    existing_keys = {branch_name_key(name) for name in existing}
     plans: list[Variant] = plan_variants(
         variants, base, lambda name: branch_name_key(name) in existing_keys
     )
     # Check every variant before writing anything: one bad variant must not leave
     # the branches of the good ones behind.
-    existing = session.branches
     looks = {branch_name_key(name): name for name in existing}
     for plan in plans:
         if plan.branch in existing:
@@ -304,10 +318,10 @@ def start_fan_out(
         )
         for plan in plans
     ]
-    for plan, settings in checked:
-        session._io.call(
-            session._store.create_branch(session.id, plan.branch, head=head, **settings)
-        )
+    for index, (plan, settings) in enumerate(checked):
+        others = {branch_name_key(p.branch) for p, _ in checked if p is not plan}
+        plan = _create_arm(session, plan, settings, head, others)
+        checked[index] = (plan, settings)
         if plan.provider is not None:
             session._defaults.remember(plan.branch, plan.provider)
         else:
@@ -318,3 +332,30 @@ def start_fan_out(
         session.send(text, branch=plan.branch, metadata=metadata) for plan, _settings in checked
     ]
     return FanOut(session.compare, turns, session._loop)
+
+
+def _create_arm(
+    session: ContextSession,
+    plan: Variant,
+    settings: dict[str, Any],
+    head: str | None,
+    others: set[str],
+) -> Variant:
+    # Make the arm's branch; returns its plan, renamed if its name was chosen here and
+    # another process created a branch of that name since the branches were read (a
+    # fan-out of the same variants at the same moment): the next free name, distinct
+    # from ``others`` (the other arms' names, by look) too. A name the user gave still
+    # fails as taken.
+    picks = NamePicks("the fan-out's arm")
+    while True:
+        try:
+            session._io.call(
+                session._store.create_branch(session.id, plan.branch, head=head, **settings)
+            )
+            return plan
+        except BranchExistsError as exc:
+            if plan.stem is None:
+                raise
+            picks.taken(plan.branch, exc)
+            existing = {branch_name_key(name) for name in session.branch_names}
+            plan = replace(plan, branch=_auto_name(plan.stem, others | existing, picks.refuses))

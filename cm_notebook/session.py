@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
+from ._auto_names import NamePicks
 from ._json_values import checked_message_metadata, refuse_unstorable
 from ._loop import running_loop
 from ._registry import REGISTRY, key_for
@@ -45,6 +46,8 @@ from ._session_stop import StopMethods
 from ._sessionio import StoreAccess
 from ._url_secrets import refuse_url_secrets
 from .errors import (
+    BranchExistsError,
+    BusyError,
     InvalidInputError,
     StateError,
 )
@@ -408,25 +411,37 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         chosen, generation = self._defaults.for_request(
             self._read_metadata(), source, provider, params
         )
-        if branch is None:
-            name = self._free_branch_name(f"{source}-edit")
-        else:
-            name = validate_branch_name(branch)
         edited = Message(role="user", parent_id=original.parent_id, content=text)
-        with self._claim(name) as claim:
-            self._io.call(
-                self._store.create_branch(
-                    self.id,
-                    name,
-                    head=original.parent_id,
-                    forked_from=original.id,
-                    **self._defaults.inherit(self._read_metadata(), source, name),
-                )
-            )
-            self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
-            self._append_prompt(name, edited)
-            self.switch(name)
-            return self._start(claim, fsm.Send(), edited.id, chosen, generation)
+        picks = NamePicks("the edit")
+        while True:
+            if branch is None:
+                name = self._free_branch_name(f"{source}-edit", picks.refuses)
+            else:
+                name = validate_branch_name(branch)
+            created = False
+            try:
+                with self._claim(name) as claim:
+                    self._io.call(
+                        self._store.create_branch(
+                            self.id,
+                            name,
+                            head=original.parent_id,
+                            forked_from=original.id,
+                            **self._defaults.inherit(self._read_metadata(), source, name),
+                        )
+                    )
+                    created = True
+                    self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
+                    self._append_prompt(name, edited)
+                    self.switch(name)
+                    return self._start(claim, fsm.Send(), edited.id, chosen, generation)
+            except (BranchExistsError, BusyError) as exc:
+                # A name chosen here that another process created (or is creating: it
+                # holds the name's claim) since the branches were read: choose again.
+                # Not a name the user gave, nor once this call made the branch.
+                if branch is not None or created:
+                    raise
+                picks.taken(name, exc)
 
     def regenerate(
         self, *, branch: str | None = None, provider: ProviderLike | None = None, **params: Any
