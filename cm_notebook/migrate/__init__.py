@@ -15,11 +15,14 @@ Two layers:
   :class:`MigrationReport`. It is idempotent and has a dry run.
 
 See ``_convert``'s docstring for how the tree and ids are made. Tool calls: a call with
-a result (or answered by a later ``tool`` message) is ``done``; one with an error is
+a result (or answered by a ``tool`` message right after its own asking message; see
+``_toollinks``) is ``done``; one with an error is
 ``failed``; a v1 denial stays ``denied``; a call with no result (v1 "pending",
 "approved", "running" or no status) becomes ``failed`` with a reason saying so, never
 ``pending``: a migrated context must not resurrect an approval prompt for a call made
 long ago in another system. v1's own status is kept in ``metadata.v1_tool_call_extra``.
+Call ids are made unique in the context (v1 repeated them), and a ``tool`` message that
+answers no call is kept as a user message and reported, so the context can be sent on.
 """
 
 from __future__ import annotations

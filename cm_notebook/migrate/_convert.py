@@ -54,6 +54,7 @@ from ..ids import (
 )
 from ..model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus
 from ._toolcalls import convert_tool_calls
+from ._toollinks import ToolLinks, as_sent, link_tool_results
 from ._util import derived_id
 from ._v1 import V1Context, V1Message
 
@@ -384,16 +385,28 @@ def _message(
     parent: str | None,
     created: datetime,
     cid: str,
-    results: dict[str, str],
+    links: ToolLinks,
     problems: list[str],
 ) -> Message:
     msg = node.msg
     # A copy's tool-call problems were already reported for its original.
-    calls, meta = convert_tool_calls(msg, cid, results, problems if not node.copied_from else [])
+    calls, meta = convert_tool_calls(
+        msg,
+        cid,
+        links.results.get(node.id, {}),
+        links.ids.get(node.id, {}),
+        problems if not node.copied_from else [],
+    )
     if msg.id is not None and msg.id != node.id and node.copied_from is None:
         meta["v1_id"] = msg.id
     if msg.v1_role is not None:
         meta["v1_role"] = msg.v1_role
+    role, call_id = msg.role, links.answers.get(node.id)
+    if node.id in links.orphans:
+        role = "user"  # a result that answers no call: see _toollinks
+        meta["v1_role"] = msg.v1_role or msg.role
+    if msg.tool_call_id is not None and msg.tool_call_id != call_id:
+        meta["v1_tool_call_id"] = msg.tool_call_id
     if msg.content_parts is not None:
         meta["v1_content_parts"] = msg.content_parts
     if msg.raw_timestamp is not None:
@@ -415,14 +428,28 @@ def _message(
     return Message(
         id=node.id,
         parent_id=parent,
-        role=msg.role,
+        role=role,
         content=msg.content,
         tool_calls=calls,
-        tool_call_id=msg.tool_call_id,
+        tool_call_id=call_id,
         status=MessageStatus.ERROR if msg.is_error else MessageStatus.COMPLETE,
         created_at=created,
         metadata=MessageMetadata.model_validate(meta),
     )
+
+
+def _listed(tree: _Tree, name: str) -> list[tuple[V1Message, str]]:
+    """The v1 messages a branch must end with, each with the converted message that
+    holds it (the end of the branch's path)."""
+    listed = tree.sources[name]
+    path: list[str] = []
+    node = tree.heads[name]
+    while node is not None and len(path) < len(listed):
+        path.append(node)
+        node = tree.parent[node]
+    if len(path) != len(listed):
+        return [(m, "") for m in listed]  # the check will say what is wrong
+    return list(zip(listed, reversed(path), strict=True))
 
 
 def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContext:
@@ -453,12 +480,11 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
     if missing:
         notes.append(f"{missing} message(s) without a readable timestamp got the previous one")
 
-    results = {
-        m.tool_call_id: m.content for m in ctx.messages if m.role == "tool" and m.tool_call_id
-    }
+    nodes = {node.id: (node.msg, node.copied_from) for node in tree.nodes.values()}
+    links = link_tool_results(cid, nodes, tree.parent, problems, notes)
     built = {
         node.id: _message(
-            node, tree.parent[node.id], times[node.msg.position], cid, results, problems
+            node, tree.parent[node.id], times[node.msg.position], cid, links, problems
         )
         for node in tree.nodes.values()
     }
@@ -520,8 +546,10 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
         source=ctx,
         metadata=metadata,
         messages=order,
-        originals=[(m, ids[m.position]) for m in ctx.messages],
-        branch_sources=tree.sources,
+        originals=as_sent(links, [(m, ids[m.position]) for m in ctx.messages]),
+        branch_sources={
+            name: [m for m, _ in as_sent(links, _listed(tree, name))] for name in tree.sources
+        },
         copies=tree.copies,
         problems=problems,
         notes=notes,

@@ -10,8 +10,9 @@ Status, first rule that applies:
 
 1. an ``error`` -> ``failed`` (reason: the error);
 2. v1 status denied/rejected/declined/cancelled -> ``denied``;
-3. a ``result`` (or ``output``), or a later ``tool`` message answering the call's id
-   -> ``done``;
+3. a ``result`` (or ``output``), or a ``tool`` message answering the call -> ``done``
+   (which message answers which call is decided in ``_toollinks``: the result must
+   follow the call's own asking message on its path);
 4. v1 status failed/error -> ``failed``;
 5. otherwise (v1 pending, approved, running, or nothing) -> ``failed`` with
    :data:`NO_RESULT_REASON`. Never ``pending``: a migrated context must not resurrect
@@ -23,13 +24,14 @@ Status, first rule that applies:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from ..model import ToolCall, ToolCallStatus
 from ._util import derived_id, json_text, load_json
 from ._v1 import V1Message
 
-__all__ = ["NO_RESULT_REASON", "convert_tool_calls"]
+__all__ = ["NO_RESULT_REASON", "call_ids_of", "convert_tool_calls"]
 
 NO_RESULT_REASON = (
     "v1 recorded no result for this call; the migration marked it failed so that it is "
@@ -55,8 +57,33 @@ def _arguments(raw: dict[str, Any], fn: dict[str, Any]) -> dict[str, Any]:
     return args if isinstance(args, dict) else {"v1_arguments": args}
 
 
+def _name(raw: Any) -> str | None:
+    """The tool name of a raw v1 call, or None if it has none (it cannot be a ToolCall)."""
+    if not isinstance(raw, dict):
+        return None
+    fn = raw.get("function")
+    fn = fn if isinstance(fn, dict) else {}
+    name = next((raw[k] for k in _NAMES if k in raw), fn.get("name"))
+    return name.strip()[:200] if isinstance(name, str) and name.strip() else None
+
+
+def call_ids_of(msg: V1Message, context_id: str) -> dict[int, tuple[str, str]]:
+    """Call index -> (v1 call id, tool name) for each of ``msg``'s calls that can be a
+    ToolCall; a call without an id gets one derived from its place."""
+    out = {}
+    for i, raw in enumerate(msg.tool_calls):
+        name = _name(raw)
+        if name is None:
+            continue
+        call_id = raw.get("id")
+        if isinstance(call_id, bool) or not isinstance(call_id, (str, int)) or call_id == "":
+            call_id = derived_id("call-", context_id, msg.position, i)
+        out[i] = (str(call_id)[:200], name)
+    return out
+
+
 def _status(
-    raw: dict[str, Any], call_id: str, results: dict[str, str]
+    raw: dict[str, Any], index: int, results: Mapping[int, str]
 ) -> tuple[ToolCallStatus, str | None, Any]:
     """(status, reason, result) following the rules in the module docstring."""
     result = next((raw[k] for k in _RESULTS if k in raw), None)
@@ -67,50 +94,48 @@ def _status(
         return ToolCallStatus.DENIED, str(raw.get("reason") or "denied in v1"), result
     if result is not None:
         return ToolCallStatus.DONE, None, result
-    if call_id in results:
-        return ToolCallStatus.DONE, None, results[call_id]
+    if index in results:
+        return ToolCallStatus.DONE, None, results[index]
     if v1_status in _FAILED:
         return ToolCallStatus.FAILED, str(raw.get("reason") or "failed in v1"), None
     return ToolCallStatus.FAILED, NO_RESULT_REASON, None
 
 
 def convert_tool_calls(
-    msg: V1Message, context_id: str, results: dict[str, str], problems: list[str]
+    msg: V1Message,
+    context_id: str,
+    results: Mapping[int, str],
+    ids: Mapping[int, str],
+    problems: list[str],
 ) -> tuple[list[ToolCall], dict[str, Any]]:
     """The message's ToolCalls, plus metadata keeping whatever did not fit in them.
 
-    ``results`` maps tool call ids to the content of the ``tool`` messages answering
-    them. Calls without a tool name cannot be ToolCalls: they are reported in
-    ``problems`` and kept whole in ``metadata.v1_unconverted_tool_calls``.
+    ``results`` maps call indexes to the content of the ``tool`` message answering that
+    call, ``ids`` to the id each call gets (unique in the context; see ``_toollinks``).
+    Calls without a tool name cannot be ToolCalls: they are reported in ``problems``
+    and kept whole in ``metadata.v1_unconverted_tool_calls``.
     """
     calls: list[ToolCall] = []
     leftovers: dict[str, Any] = {}
     unconverted: list[Any] = []
+    v1_ids = call_ids_of(msg, context_id)
     for i, raw in enumerate(msg.tool_calls):
-        fn = raw.get("function") if isinstance(raw, dict) else None
-        fn = fn if isinstance(fn, dict) else {}
-        name = (
-            next((raw[k] for k in _NAMES if k in raw), fn.get("name"))
-            if isinstance(raw, dict)
-            else None
-        )
-        if not isinstance(raw, dict) or not isinstance(name, str) or not name.strip():
+        if i not in v1_ids:
             unconverted.append(raw)
             problems.append(
                 f"message #{msg.position}: tool call #{i} has no tool name; kept in "
                 "metadata.v1_unconverted_tool_calls"
             )
             continue
-        call_id = raw.get("id")
-        if isinstance(call_id, bool) or not isinstance(call_id, (str, int)) or call_id == "":
-            call_id = derived_id("call-", context_id, msg.position, i)
-        call_id = str(call_id)[:200]
-        status, reason, result = _status(raw, call_id, results)
+        v1_id, name = v1_ids[i]
+        call_id = ids.get(i, v1_id)
+        fn = raw.get("function")
+        status, reason, result = _status(raw, i, results)
         calls.append(
             ToolCall(
                 id=call_id,
-                name=name.strip()[:200],
-                arguments=_arguments(raw, fn),
+                name=name,
+                arguments=_arguments(raw, fn if isinstance(fn, dict) else {}),
                 status=status,
                 reason=reason,
                 result=None if result is None else json_text(result),
@@ -118,6 +143,8 @@ def convert_tool_calls(
         )
         extra = {k: v for k, v in raw.items() if k not in _KNOWN}
         extra.update((k, raw[k]) for k in _STATUSES if k in raw)
+        if call_id != v1_id:
+            extra["v1_id"] = raw.get("id", v1_id)
         if extra:
             leftovers[call_id] = extra
     meta: dict[str, Any] = {}
