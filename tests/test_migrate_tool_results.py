@@ -1,5 +1,5 @@
-"""Migration from v1: which tool message answers which call (repeated call ids,
-results that answer no call), and that the migrated
+"""Migration from v1: which tool message answers which call (repeated call ids, v1's
+older function calling, results that answer no call), and that the migrated
 conversation can be sent on to every provider."""
 
 from __future__ import annotations
@@ -45,6 +45,21 @@ REPEATED_IDS = {
             "content": "",
             "tool_calls": [call("call_0", "Oslo", status="pending")],
         },
+    ],
+}
+
+FUNCTION_CALLING = {
+    "id": "legacy",
+    "title": "function calling",
+    "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"role": "function", "name": "weather", "content": "18C"},
+        {"role": "assistant", "content": "It is 18C."},
     ],
 }
 
@@ -113,6 +128,23 @@ def test_repeated_call_ids_each_keep_their_own_result() -> None:
     assert convert(parse_v1([REPEATED_IDS]).contexts[0]).messages == conv.messages
 
 
+def test_function_calling_becomes_a_tool_call_and_its_result() -> None:
+    conv = converted(FUNCTION_CALLING)
+    asking, answer = conv.messages[1], conv.messages[2]
+    assert len(asking.tool_calls) == 1
+    made = asking.tool_calls[0]
+    assert (made.name, made.arguments, made.status, made.result) == (
+        "weather",
+        {"city": "Paris"},
+        ToolCallStatus.DONE,
+        "18C",
+    )
+    assert (answer.role, answer.tool_call_id, answer.content) == ("tool", made.id, "18C")
+    assert (answer.metadata.model_extra or {})["v1_role"] == "function"
+    assert conv.problems == []
+    sendable(conv.messages)
+
+
 def test_a_result_that_answers_no_call_is_kept_reported_and_sendable() -> None:
     conv = converted(ORPHAN)
     messages = by_id(conv)
@@ -127,13 +159,14 @@ def test_a_result_that_answers_no_call_is_kept_reported_and_sendable() -> None:
 
 def test_migrated_tool_conversations_can_be_continued(tmp_path: Path) -> None:
     source = tmp_path / "contexts.json"
-    source.write_text(json.dumps([REPEATED_IDS, ORPHAN]))
+    source.write_text(json.dumps([REPEATED_IDS, FUNCTION_CALLING, ORPHAN]))
     data = tmp_path / "data"
     run = cli(data, "migrate", str(source))
     assert run.returncode == 0, run.stderr
     assert "migrated 'weather three times'" in run.stdout
+    assert "migrated 'function calling'" in run.stdout
     assert "partial  'Untitled' (orphan)" in run.stdout
-    for context in ("dupcalls", "orphan"):
+    for context in ("dupcalls", "legacy", "orphan"):
         fake = ScriptedProvider().reply("ok")
         with ContextSession.open(context, data_dir=data, provider=fake) as session:
             session.send("go on").result(10)

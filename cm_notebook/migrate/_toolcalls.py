@@ -4,7 +4,10 @@ v1 stored tool calls in three shapes: OpenAI's (``{"id", "type": "function",
 "function": {"name", "arguments": "<json>"}}``, results in later ``tool`` messages),
 a flat one (``{"id", "name", "arguments", "result", "status", "error"}``), and the
 per-context files' (``{"id", "tool_name", "arguments", "approval_status"}``, results in
-later ``tool`` messages' ``tool_result``).
+later ``tool`` messages' ``tool_result``). OpenAI's older function calling (a message's
+``function_call``: ``{"name", "arguments"}``, answered by a ``function`` message) is read
+as a call without an id (``_v1`` marks it ``"v1_field": "function_call"``, kept in
+``metadata.v1_tool_call_extra``); it gets a derived id.
 
 Status, first rule that applies:
 

@@ -91,7 +91,9 @@ _MSG_CONTENT = ("content", "text")
 _MSG_ROLE = ("role", "sender", "author")
 _MSG_TOOL_CALLS = ("tool_calls", "toolCalls")
 _MSG_TOOL_CALL_ID = ("tool_call_id", "toolCallId")
+_MSG_FUNCTION_CALL = ("function_call", "functionCall")  # OpenAI's older function calling
 _MSG_KNOWN = {
+    *_MSG_FUNCTION_CALL,
     "id",
     "model",
     *_MSG_TIME,
@@ -296,6 +298,12 @@ def _message(record: Any, position: int) -> V1Message | str:
     created = parse_timestamp(time_value)
     _, calls = _first(record, _MSG_TOOL_CALLS)
     _, call_id = _first(record, _MSG_TOOL_CALL_ID)
+    calls = calls if isinstance(calls, list) else [] if calls is None else [calls]
+    function_name, function_call = _first(record, _MSG_FUNCTION_CALL)
+    if isinstance(function_call, dict):
+        # A call without an id: it gets a derived one, and the ``function`` message
+        # after it (role "tool") is linked to it by position (see _toollinks).
+        calls = [*calls, {**function_call, "v1_field": function_name}]
     model = record.get("model")
     message = V1Message(
         position=position,
@@ -306,7 +314,7 @@ def _message(record: Any, position: int) -> V1Message | str:
         content_parts=content[1],
         created_at=created,
         raw_timestamp=time_value if created is None and time_value is not None else None,
-        tool_calls=calls if isinstance(calls, list) else [] if calls is None else [calls],
+        tool_calls=calls,
         tool_call_id=_id_text(call_id),
         model=model if isinstance(model, str) else None,
         v1_role=role_value if role_value != role else None,
@@ -316,6 +324,8 @@ def _message(record: Any, position: int) -> V1Message | str:
     )
     if not isinstance(model, str) and model is not None:
         message.extra["model"] = model
+    if function_name is not None and not isinstance(function_call, dict):
+        message.extra[function_name] = function_call  # not a call: kept as it was
     return message
 
 
