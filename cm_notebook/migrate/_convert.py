@@ -469,7 +469,7 @@ def convert(ctx: V1Context, *, context_id: str | None = None) -> ConvertedContex
 
     # Timestamps: a message without one inherits its predecessor's, so order is kept.
     known = [m.created_at for m in ctx.messages if m.created_at is not None]
-    created = ctx.created_at or (min(known) if known else ctx.fallback_time)
+    created = ctx.started_at()
     updated = max([created, ctx.updated_at or created, *known])
     times: dict[int, datetime] = {}
     last = created

@@ -27,6 +27,7 @@ from ._lock import one_migration_at_a_time
 from ._pool import folder_files
 from ._report import ContextResult, ContextStatus, MigrationReport
 from ._sources import read_v1_once
+from ._taken import ORIGIN, other_record, source_origin
 from ._util import content_digest, derived_id
 from ._v1 import V1Source
 
@@ -279,14 +280,21 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
         in_source[ctx.source_sha256] = ctx.position
         cid = context_id_for(ctx)
         twin = existing_keys.get(id_key(cid), cid)
-        if id_key(cid) in ids_in_source or twin != cid:
+        origin = source_origin(source, ctx)
+        if origin is not None:
+            ctx.flags.setdefault(ORIGIN, origin)
+        other = None
+        if cid in existing and ctx.source_sha256 not in by_hash:
+            other = other_record(existing[cid], ctx, origin)
+        if id_key(cid) in ids_in_source or twin != cid or other is not None:
             # Two different records share an id: keep both, the later under a new id.
             new = derived_id("c", "v1-duplicate-id", ctx.id, ctx.source_sha256)
-            why = (
-                f"differs only in case from the existing context {twin!r}"
-                if twin != cid
-                else "is used twice in the source"
-            )
+            if other is not None:
+                why = f"is taken by an existing context that {other}"
+            elif twin != cid:
+                why = f"differs only in case from the existing context {twin!r}"
+            else:
+                why = "is used twice in the source"
             result.notes.append(f"id {cid!r} {why}; this one is {new!r}")
             cid = new
         ids_in_source.add(id_key(cid))
@@ -309,15 +317,10 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
         if ctx.source_sha256 in by_hash:
             plan.action, plan.existing_id = "check", by_hash[ctx.source_sha256]
         elif cid in existing:
-            came_from_v1 = "v1_source_sha256" in existing[cid].extra
-            why = (
-                "was migrated earlier from a different version of this record (the v1 data "
-                "changed since)"
-                if came_from_v1
-                else "already exists and did not come from this source"
-            )
+            # The same record, migrated before it changed in v1 (see _taken).
             result.problems.append(
-                f"context {cid!r} {why}; it was left alone. Remove it "
+                f"context {cid!r} was migrated earlier from a different version of this "
+                "record (the v1 data changed since); it was left alone. Remove it "
                 f"(`cm-notebook rm {cid}`) to migrate this record again."
             )
         else:

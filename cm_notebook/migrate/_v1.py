@@ -174,6 +174,12 @@ class V1Context:
     notes: list[str] = field(default_factory=list)
     fatal: str | None = None  # why the whole record cannot be converted
 
+    def started_at(self) -> datetime:
+        """When the conversation started: v1's own time, else its earliest message's,
+        else the fallback."""
+        known = [m.created_at for m in self.messages if m.created_at is not None]
+        return self.created_at or (min(known) if known else self.fallback_time)
+
 
 @dataclass
 class V1Source:
