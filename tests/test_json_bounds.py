@@ -200,7 +200,8 @@ def test_imports_refuse_over_deep_or_oversized_json(tmp_path: Path) -> None:
         parse_export(" " * (_json.MAX_TEXT_CHARS + 1))
     source = tmp_path / "contexts.json"
     source.write_text(deep_text())
-    with pytest.raises(MigrationError, match="nested deeper than 100 levels"):
+    # A v1 file as a whole may nest deeper (each record is held to 100 on its own).
+    with pytest.raises(MigrationError, match="nested deeper than 500 levels"):
         read_v1(source)
 
 

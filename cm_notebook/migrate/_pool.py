@@ -32,6 +32,7 @@ from typing import Any
 from .._input_files import read_input_file
 from ..errors import MigrationError
 from ._util import (
+    FILE_DEPTH,
     canonical_json,
     json_text,
     load_json,
@@ -52,6 +53,7 @@ from ._v1 import (
     _id_text,
     not_v1_but_export,
     parse_timestamp,
+    refused_if_too_deep,
 )
 
 __all__ = ["folder_files", "is_pool_record", "pool_context", "read_v1_folder"]
@@ -132,6 +134,10 @@ def pool_context(
     source_file: Path | None = None,
 ) -> V1Context:
     """One per-context file's record as a V1Context (``key``: the id if it has none)."""
+    refused = refused_if_too_deep(record, position, "context-files", fallback, key)
+    if refused is not None:
+        refused.source_file = source_file
+        return refused
     record, replaced = without_half_emojis(record)  # see _context
     pool = record.get("message_pool")
     shaped = {k: v for k, v in record.items() if k != "message_pool"}
@@ -215,7 +221,7 @@ def _read_file(path: Path, position: int) -> V1Context:
         return _broken(position, path, f"cannot read {path}: {exc.strerror or exc}")
     mtime = datetime.fromtimestamp(info.st_mtime, timezone.utc)
     try:
-        data = load_json(raw.decode("utf-8-sig"))
+        data = load_json(raw.decode("utf-8-sig"), max_depth=FILE_DEPTH)
     except UnicodeDecodeError:
         return _broken(position, path, f"{path} is not UTF-8 text")
     except ValueError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from .._input_files import read_input_file
 from ..errors import MigrationError
 from ._pool import is_pool_record, pool_context, read_v1_folder
-from ._util import load_json, without_half_emojis
+from ._util import FILE_DEPTH, load_json, without_half_emojis
 from ._v1 import (
     _EPOCH,
     EXPECTED_SHAPES,
@@ -45,7 +45,7 @@ def _localstorage_state(data: Any) -> tuple[dict[str, Any], Any] | None:
     if isinstance(state, str):
         # Raw LocalStorage values are strings; a copy-paste may keep one level of that.
         try:
-            state = load_json(state)
+            state = load_json(state, max_depth=FILE_DEPTH)
         except ValueError:
             return None
     if isinstance(state, dict) and isinstance(state.get("chats"), list):
@@ -92,7 +92,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
         for key, value in data.items():
             if isinstance(value, str) and value.lstrip().startswith("{"):
                 try:
-                    found = _localstorage_state(load_json(value))
+                    found = _localstorage_state(load_json(value, max_depth=FILE_DEPTH))
                 except ValueError:
                     continue
                 if found is not None:
@@ -173,7 +173,7 @@ def read_v1_file(path: Path) -> tuple[V1Source, bytes]:
     except UnicodeDecodeError as exc:
         raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
     try:
-        data = load_json(text)
+        data = load_json(text, max_depth=FILE_DEPTH)
     except ValueError as exc:
         raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
     return parse_v1_file(data, path, mtime), raw

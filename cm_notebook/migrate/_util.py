@@ -12,6 +12,8 @@ from .. import _json
 from .._unicode import REPLACEMENT, has_surrogates, without_surrogates
 
 __all__ = [
+    "FILE_DEPTH",
+    "RECORD_DEPTH",
     "canonical_json",
     "content_digest",
     "derived_id",
@@ -19,6 +21,7 @@ __all__ = [
     "load_json",
     "replaced_note",
     "sha256_text",
+    "too_deep",
     "without_half_emojis",
 ]
 
@@ -28,14 +31,36 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def load_json(text: str) -> Any:
+#: How deeply a whole v1 file (or LocalStorage's text of all chats) may nest. Its
+#: records sit a few levels down and are each held to :data:`RECORD_DEPTH` on their own
+#: (:func:`too_deep`), so that one deep record fails alone and the others migrate. Well
+#: within what Python's parser reads.
+FILE_DEPTH = 500
+#: How deeply one v1 record (a context) may nest: what the store itself reads.
+RECORD_DEPTH = _json.MAX_DEPTH
+
+
+def load_json(text: str, *, max_depth: int = _json.MAX_DEPTH) -> Any:
     """Decode JSON text read from a v1 source: the one place the migration does, so
     what it accepts is decided here. Raises ValueError for anything it cannot decode,
-    nesting too deep for the parser included."""
+    nesting deeper than ``max_depth`` (:data:`FILE_DEPTH` for a whole file) included."""
     try:
-        return _json.loads(text)
+        return _json.loads(text, max_depth=max_depth)
     except RecursionError as exc:
         raise ValueError("it is nested too deeply to read") from exc
+
+
+def too_deep(record: Any) -> str | None:
+    """Why one v1 record nests too deeply to migrate, or None (checked without recursion,
+    before anything recursive reads the record)."""
+    try:
+        _json.check_depth(record, RECORD_DEPTH)
+    except _json.JSONLimitError as exc:
+        return (
+            f"it is {exc}, more than cm_notebook stores; take the deeply nested value out "
+            "of this record in the v1 file (or flatten it) and migrate again"
+        )
+    return None
 
 
 def without_half_emojis(value: Any) -> tuple[Any, int]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from ..model import Role
-from ._util import canonical_json, replaced_note, sha256_text, without_half_emojis
+from ._util import canonical_json, replaced_note, sha256_text, too_deep, without_half_emojis
 
 __all__ = [
     "EXPECTED_SHAPES",
@@ -29,6 +29,7 @@ __all__ = [
     "V1Source",
     "not_v1_but_export",
     "parse_timestamp",
+    "refused_if_too_deep",
 ]
 
 SourceKind = Literal["contexts.json", "localstorage", "context-files"]
@@ -335,9 +336,33 @@ def _message(record: Any, position: int) -> V1Message | str:
     return message
 
 
+def refused_if_too_deep(
+    record: Any, position: int, kind: SourceKind, fallback: datetime, key: str | None = None
+) -> V1Context | None:
+    """A failed V1Context if ``record`` nests too deeply to migrate (see ``too_deep``),
+    made without reading it recursively; else None."""
+    why = too_deep(record)
+    if why is None:
+        return None
+    try:
+        digest = sha256_text(canonical_json(record))
+    except RecursionError:  # deeper than the encoder goes: a stand-in, never compared
+        digest = sha256_text(f"too deep: {kind} #{position}")
+    ctx = V1Context(position, kind, record, digest, fallback, fatal=f"context #{position}: {why}")
+    if isinstance(record, dict):  # what the report names it by
+        ctx.id = without_half_emojis(_id_text(record.get("id")) or key)[0]
+        title = _first(record, _CTX_TITLE)[1]
+        if isinstance(title, str) and title.strip():
+            ctx.title = without_half_emojis(title)[0]
+    return ctx
+
+
 def _context(
     record: Any, position: int, kind: SourceKind, fallback: datetime, key: str | None = None
 ) -> V1Context:
+    refused = refused_if_too_deep(record, position, kind, fallback, key)
+    if refused is not None:
+        return refused
     # Half emojis first: everything below (the hash that recognises the record on a
     # second run included) sees only text that UTF-8 can hold.
     record, replaced = without_half_emojis(record)
