@@ -258,15 +258,20 @@ def test_malformed_messages_are_reported_and_the_rest_kept() -> None:
     with pytest.raises(InvalidInputError, match="not an object"):
         convert(contexts[1])
     conv = convert(contexts[0])
-    assert [m.id for m in conv.messages] == ["g1", "g2", "odd-role", "err", "g3"]
-    assert conv.problems[:3] == [
-        "message #1 (id 'bad-role') has no role; skipped",
-        "message #2 (id 'bad-content') has content of type int, not text or parts; skipped",
+    ids = ["g1", "bad-role", "bad-content", "g2", "odd-role", "err", "g3"]
+    assert [m.id for m in conv.messages] == ids
+    assert conv.problems[:2] == [
+        "message #1 has no role; kept as 'user'",
         "message #3 is a str, not an object; skipped",
     ]
-    assert "unknown role 'narrator'" in conv.problems[3]
+    assert "unknown role 'narrator'" in conv.problems[2]
+    assert "message #2: its content is a number; kept as text" in conv.notes[0]
     messages = by_id(conv)
-    assert messages["g2"].parent_id == "g1"  # the bad ones in between are bridged
+    # Nothing a message says is dropped for an odd role or content.
+    assert (messages["bad-role"].role, messages["bad-role"].content) == ("user", "who said this?")
+    assert (messages["bad-content"].role, messages["bad-content"].content) == ("assistant", "42")
+    assert extra(messages["bad-content"])["v1_extra"] == {"content": 42}
+    assert messages["g2"].parent_id == "bad-content"  # the string in between is bridged
     assert messages["odd-role"].role == "user"
     assert extra(messages["odd-role"])["v1_role"] == "narrator"
     err = messages["err"]
@@ -279,6 +284,33 @@ def test_malformed_messages_are_reported_and_the_rest_kept() -> None:
     assert (g3.role, g3.content) == ("user", "good three via aliases")
     assert g3.created_at == datetime(2024, 8, 1, 0, 0, 7, tzinfo=UTC)
     assert g3.metadata.model_extra == {"v1_role": "human", "v1_extra": {"liked": True}}
+
+
+def test_roles_and_contents_of_other_json_types_are_kept() -> None:
+    record = {
+        "id": "types",
+        "messages": [
+            {"role": 7, "content": {"a": 1}},
+            {"role": "user", "content": 3.5},
+            {"role": ["assistant"], "content": False},
+        ],
+    }
+    conv = convert(parse_v1([record]).contexts[0])
+    assert check_converted(conv) == []
+    first, second, third = conv.messages
+    assert (first.role, first.content, extra(first)["v1_role"]) == ("user", "", 7)
+    assert extra(first)["v1_content_parts"] == [{"a": 1}]
+    assert (second.role, second.content, extra(second)["v1_extra"]) == (
+        "user",
+        "3.5",
+        {"content": 3.5},
+    )
+    assert (third.role, third.content, extra(third)["v1_role"]) == ("user", "false", ["assistant"])
+    assert conv.problems == [
+        "message #0 has unknown role 7; kept as 'user' (the original is in metadata.v1_role)",
+        "message #2 has unknown role ['assistant']; kept as 'user' (the original is in "
+        "metadata.v1_role)",
+    ]
 
 
 def test_unicode_and_content_parts() -> None:

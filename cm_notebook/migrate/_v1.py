@@ -19,7 +19,14 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from ..model import Role
-from ._util import canonical_json, replaced_note, sha256_text, too_deep, without_half_emojis
+from ._util import (
+    canonical_json,
+    json_text,
+    replaced_note,
+    sha256_text,
+    too_deep,
+    without_half_emojis,
+)
 
 __all__ = [
     "EXPECTED_SHAPES",
@@ -137,7 +144,7 @@ class V1Message:
     tool_calls: list[Any] = field(default_factory=list)  # raw; converted later
     tool_call_id: str | None = None
     model: str | None = None
-    v1_role: str | None = None  # the original role when it was not already canonical
+    v1_role: Any = None  # the original role when it was not already canonical (any JSON)
     parent_declared: bool = False  # the record said who its parent is (per-context files)
     parent_ref: str | None = None  # that parent's v1 id (None: a root)
     usage: tuple[int, int] | None = None  # (input, output) tokens, where v1 recorded them
@@ -145,6 +152,7 @@ class V1Message:
     is_error: bool = False  # v1 role "error": an assistant failure shown in the chat
     role_guessed: bool = False  # the v1 role was unknown; kept as "user"
     content_parts: list[Any] | None = None  # the original list when content was parts
+    content_type: str | None = None  # the JSON type of content that was not text or parts
     raw_timestamp: Any = None  # the original timestamp when it could not be parsed
     extra: dict[str, Any] = field(default_factory=dict)  # fields cm_notebook has no use for
 
@@ -283,24 +291,23 @@ def _content(value: Any) -> tuple[str, list[Any] | None] | None:
 
 def _message(record: Any, position: int) -> V1Message | str:
     """A V1Message, or a sentence saying why the record cannot be used."""
-    where = f"message #{position}"
     if not isinstance(record, dict):
-        return f"{where} is a {type(record).__name__}, not an object; skipped"
+        return f"message #{position} is a {type(record).__name__}, not an object; skipped"
     raw_id = record.get("id")
-    if raw_id is not None:
-        where += f" (id {raw_id!r})"
+    # A role that is not a known name (or no name at all: missing, a number...) is kept
+    # as "user" and reported, like an unknown name: dropping the message would lose it.
     _, role_value = _first(record, _MSG_ROLE)
-    if role_value is None:
-        return f"{where} has no role; skipped"
-    if not isinstance(role_value, str) or not role_value.strip():
-        return f"{where} has role {role_value!r}, which is not a role name; skipped"
+    role_key = role_value.strip().lower() if isinstance(role_value, str) else ""
+    role: Role = _ROLE_ALIASES.get(role_key, "user")
     content_name, content_value = _first(record, _MSG_CONTENT)
     content = _content(content_value)
+    content_type = None
     if content is None:
-        shown = type(content_value).__name__
-        return f"{where} has {content_name} of type {shown}, not text or parts; skipped"
-    role_key = role_value.strip().lower()
-    role: Role = _ROLE_ALIASES.get(role_key, "user")
+        # A number or true/false: kept as its JSON text (the value stays in v1_extra).
+        content_type = "boolean" if isinstance(content_value, bool) else "number"
+        if not isinstance(content_value, (bool, int, float)):
+            content_type = type(content_value).__name__
+        content = json_text(content_value), None
     _, time_value = _first(record, _MSG_TIME)
     created = parse_timestamp(time_value)
     _, calls = _first(record, _MSG_TOOL_CALLS)
@@ -319,6 +326,7 @@ def _message(record: Any, position: int) -> V1Message | str:
         role=role,
         content=content[0],
         content_parts=content[1],
+        content_type=content_type,
         created_at=created,
         raw_timestamp=time_value if created is None and time_value is not None else None,
         tool_calls=calls,
@@ -331,6 +339,8 @@ def _message(record: Any, position: int) -> V1Message | str:
     )
     if not isinstance(model, str) and model is not None:
         message.extra["model"] = model
+    if content_type is not None and content_name is not None:
+        message.extra[content_name] = content_value
     if function_name is not None and not isinstance(function_call, dict):
         message.extra[function_name] = function_call  # not a call: kept as it was
     return message
@@ -423,8 +433,15 @@ def _context(
             continue
         if parsed.role_guessed:
             ctx.problems.append(
-                f"message #{index} has unknown role {parsed.v1_role!r}; kept as 'user' "
+                f"message #{index} has no role; kept as 'user'"
+                if parsed.v1_role is None
+                else f"message #{index} has unknown role {parsed.v1_role!r}; kept as 'user' "
                 "(the original is in metadata.v1_role)"
+            )
+        if parsed.content_type is not None:
+            ctx.notes.append(
+                f"message #{index}: its content is a {parsed.content_type}; kept as text "
+                "(the original value is in metadata.v1_extra)"
             )
         ctx.messages.append(parsed)
     return ctx
