@@ -38,7 +38,7 @@ from .errors import (
     CorruptDataError,
     InvalidInputError,
 )
-from .ids import check_branch_names_free, validate_context_id
+from .ids import check_branch_names_free, id_key, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
 from .redact import redact
@@ -120,6 +120,7 @@ class ExportDocument(BaseModel):
                 f"(this one reads up to {EXPORT_FORMAT_VERSION}); upgrade cm_notebook"
             )
         seen: set[str] = set()
+        keys: dict[str, str] = {}  # id_key -> id: ids name files
         for message in self.messages:
             # Parents first: this also rules out cycles and dangling parent links.
             if message.parent_id is not None and message.parent_id not in seen:
@@ -129,6 +130,14 @@ class ExportDocument(BaseModel):
                 )
             if message.id in seen:
                 raise ValueError(f"message id {message.id!r} appears twice")
+            twin = keys.setdefault(id_key(message.id), message.id)
+            if twin != message.id:
+                raise ValueError(
+                    f"message ids {twin!r} and {message.id!r} differ only in case: they "
+                    "would be one file on Windows and macOS, one message lost. Give one of "
+                    "them another id in the file (and in the parent_id and branch heads "
+                    "that name it)"
+                )
             seen.add(message.id)
         check_branch_names_free(self.metadata.branches, ())  # no two look-alike branches
         for branch in self.metadata.branches.values():

@@ -333,6 +333,16 @@ def test_imports_refuse_unportable_and_look_alike_names(
         parse_export(document)
 
 
+def test_imports_refuse_message_ids_that_differ_only_in_case() -> None:
+    document = export_with("ok", ["main"])
+    document["messages"] = [
+        {"id": "M1", "role": "user", "content": "hi"},
+        {"id": "m1", "role": "user", "content": "other"},
+    ]
+    with pytest.raises(InvalidInputError, match="'M1' and 'm1' differ only in case"):
+        parse_export(document)
+
+
 @pytest.mark.anyio
 async def test_migration_renames_look_alikes_instead_of_losing_them(store: FileStore) -> None:
     await store.create_context(ContextMetadata(id="abc"))

@@ -250,6 +250,28 @@ def test_hostile_ids_are_replaced_and_kept_as_v1_id() -> None:
     assert reserved.metadata.extra["v1_id"] == "CON"
 
 
+def test_message_ids_that_differ_only_in_case_are_made_distinct_files() -> None:
+    # "A" and "a" name one file on Windows and macOS: the second would overwrite the first.
+    (ctx,) = parse_v1(
+        [
+            {
+                "id": "twins",
+                "messages": [
+                    {"id": "A", "role": "user", "content": "first"},
+                    {"id": "a", "role": "assistant", "content": "second"},
+                ],
+            }
+        ]
+    ).contexts
+    conv = convert(ctx)
+    ids = [m.id for m in conv.messages]
+    assert ids[0] == "A"
+    assert len({i.lower() for i in ids}) == 2
+    assert [m.content for m in conv.messages] == ["first", "second"]
+    assert extra(conv.messages[1])["v1_id"] == "a"
+    assert any("'a' replaced by" in note for note in conv.notes)
+
+
 def test_malformed_messages_are_reported_and_the_rest_kept() -> None:
     contexts = load_v1(FIXTURES / "malformed.json")
     assert [c.fatal is None for c in contexts] == [True, False, False, True]

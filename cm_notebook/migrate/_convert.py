@@ -48,6 +48,7 @@ from typing import Any
 from ..errors import InvalidIdError, InvalidInputError
 from ..ids import (
     branch_name_key,
+    id_key,
     validate_context_id,
     validate_message_id,
     validate_new_branch_name,
@@ -176,22 +177,26 @@ class _Tree:
 
 
 def _assign_ids(ctx: V1Context, cid: str, notes: list[str]) -> dict[int, str]:
-    """v1 position -> message id. Safe unique v1 ids are kept; others are derived."""
-    used: set[str] = set()
+    """v1 position -> message id. Safe unique v1 ids are kept; others are derived.
+
+    Unique by :func:`~cm_notebook.ids.id_key`: ids name files, and ``A`` and ``a`` are
+    one file on Windows and macOS, so the second of two such ids is derived anew.
+    """
+    used: set[str] = set()  # id_key of each id given
     ids: dict[int, str] = {}
     # Keep safe v1 ids first, so that a derived id can never take one of them.
     for msg in ctx.messages:
-        if msg.id is not None and _safe(validate_message_id, msg.id) and msg.id not in used:
+        if msg.id is not None and _safe(validate_message_id, msg.id) and id_key(msg.id) not in used:
             ids[msg.position] = msg.id
-            used.add(msg.id)
+            used.add(id_key(msg.id))
     for msg in ctx.messages:
         if msg.position in ids:
             continue
         nid = derived_id("m", cid, msg.position, msg.id)
-        while nid in used:
+        while id_key(nid) in used:
             nid = derived_id("m", nid)
         ids[msg.position] = nid
-        used.add(nid)
+        used.add(id_key(nid))
         if msg.id is not None:
             notes.append(f"message #{msg.position}: id {msg.id!r} replaced by {nid!r}")
     return ids
