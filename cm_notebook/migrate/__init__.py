@@ -27,6 +27,11 @@ answers no call is kept as a user message and reported, so the context can be se
 
 from __future__ import annotations
 
+from .._migration_mark import (
+    UNFINISHED_MIGRATION,
+    UnfinishedMigrationWarning,
+    is_unfinished_migration,
+)
 from ._convert import ConvertedContext, context_id_for, convert
 from ._pool import read_v1_folder
 from ._report import ContextResult, ContextStatus, MigrationReport
@@ -37,10 +42,12 @@ from ._v1 import EXPECTED_SHAPES, V1Context, V1Message, V1Source, parse_timestam
 
 __all__ = [
     "EXPECTED_SHAPES",
+    "UNFINISHED_MIGRATION",
     "ContextResult",
     "ContextStatus",
     "ConvertedContext",
     "MigrationReport",
+    "UnfinishedMigrationWarning",
     "V1Context",
     "V1Message",
     "V1Source",
@@ -48,6 +55,7 @@ __all__ = [
     "content_digest",
     "context_id_for",
     "convert",
+    "is_unfinished_migration",
     "load_v1",
     "migrate",
     "migrate_source",

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import anyio
 
+from .._migration_mark import MIGRATE_LOCK_NAME
 from ..store.base import Store
 from ..store.oslock import LockTimeout, OSLock
 
 __all__ = ["MIGRATE_LOCK_NAME", "one_migration_at_a_time"]
-
-#: The lock file in the data folder, held by a running migration.
-MIGRATE_LOCK_NAME = ".migrate.lock"
 
 
 @contextlib.asynccontextmanager

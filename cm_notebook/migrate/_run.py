@@ -18,11 +18,14 @@ import anyio
 from tqdm import tqdm
 
 from .._input_files import read_input_file
+from .._migration_mark import UNFINISHED_MIGRATION
 from ..errors import CMError, MigrationError
 from ..ids import id_key
 from ..model import ContextMetadata, Message
 from ..store.base import Store
 from ._convert import ConvertedContext, context_id_for, convert
+from ._finish import branch_names as _names
+from ._finish import finish_marked, is_marked, mark_finished, unfinished_writes, unset_heads
 from ._lock import one_migration_at_a_time
 from ._pool import folder_files
 from ._report import ContextResult, ContextStatus, MigrationReport
@@ -109,7 +112,9 @@ async def _write(conv: ConvertedContext, store: Store) -> None:
     # Branches start empty and get their heads once their messages exist, so that a
     # store that checks heads never sees one pointing at a message not yet written.
     empty = {n: b.model_copy(update={"head": None}) for n, b in conv.metadata.branches.items()}
-    await store.create_context(conv.metadata.model_copy(update={"branches": empty}))
+    # Marked unfinished until _execute has checked it all (see cm_notebook._migration_mark).
+    tags = [*conv.metadata.tags, UNFINISHED_MIGRATION]
+    await store.create_context(conv.metadata.model_copy(update={"branches": empty, "tags": tags}))
     try:
         for message in conv.messages:
             await store.append_message(cid, message, branch=None)
@@ -328,26 +333,6 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
     return plans
 
 
-async def _unset_heads(conv: ConvertedContext, store: Store) -> list[str]:
-    """The branches whose head an interrupted earlier run left unset.
-
-    :func:`_write` creates the context (with the ``v1_source_sha256`` that a second run
-    recognises it by) with every branch empty, appends the messages, and only then sets
-    each head. A run killed in between leaves branches with no head where v1 has
-    messages. Nothing else leaves that state (the package never empties a branch; a
-    branch moved back, as for a regenerated reply, still has a head), so those heads
-    are safe to set, whatever else was done with the context since.
-    """
-    written = await store.get_metadata(conv.metadata.id)
-    return [
-        name
-        for name, branch in conv.metadata.branches.items()
-        if branch.head is not None
-        and name in written.branches
-        and written.branches[name].head is None
-    ]
-
-
 async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
     """A context this source was migrated to before: complete, or finish it, or say why not."""
     result, conv = plan.result, plan.conv
@@ -364,13 +349,31 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
         result.notes.append(f"already migrated as {plan.existing_id!r}")
         return
     cid = conv.metadata.id
+    try:
+        marked = await is_marked(store, cid)
+        finished = await finish_marked(conv, store, dry_run) if marked else None
+    except _WRITE_ERRORS as exc:
+        result.problems.append(
+            f"context {cid!r} is an unfinished migration, and finishing it failed: {exc}; "
+            "run it again"
+        )
+        return
+    if finished is not None:
+        result.problems.extend(finished.problems)
+        if not finished.failed:
+            result.problems[:0] = conversion[0]
+            result.notes.extend([*conversion[1], *finished.notes])
+            result.messages_migrated, result.messages_copied = counts
+            result.content_sha256 = finished.content_sha256
+            result.status = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
+        return
     retry = f"remove it (`cm-notebook rm {cid}`) and migrate again"
     # Messages added since are fine; messages missing mean an interrupted earlier run.
     index = await store.index(cid)
     missing = [m for m in conv.messages if m.id not in index]
     if missing:
         try:
-            doubt = await _unfinished_writes(conv, store, index)
+            doubt = await unfinished_writes(conv, store, index)
         except _WRITE_ERRORS as exc:
             doubt = f"it could not be read: {exc}"
         if doubt is not None:
@@ -397,7 +400,7 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
         result.notes.append(f"{cut}; the other {len(missing)} written now")
     expected = {name: conv.path(name) for name in conv.metadata.branches}
     try:
-        unset = await _unset_heads(conv, store)
+        unset = await unset_heads(conv, store)
         # The messages as the branches will lead to them once their heads are set.
         ids = [m.id for m in conv.messages] if unset else []
         lookup = {m.id: m for m in await store.get_messages(cid, ids)}
@@ -440,34 +443,6 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
     result.status = ContextStatus.PARTIAL if result.problems else ContextStatus.MIGRATED
 
 
-async def _unfinished_writes(
-    conv: ConvertedContext, store: Store, index: Mapping[str, object]
-) -> str | None:
-    """None if the context looks as :func:`_write` leaves it when killed while writing
-    the messages (every branch still empty, the messages there the source's own), so
-    writing the rest finishes it; else what makes that unsafe."""
-    written = await store.get_metadata(conv.metadata.id)
-    moved = [name for name, branch in written.branches.items() if branch.head is not None]
-    if moved:
-        return f"{_names(moved)} already {'leads' if len(moved) == 1 else 'lead'} somewhere"
-    expected = {m.id: m for m in conv.messages}
-    present = [i for i in index if i in expected]
-    for stored in await store.get_messages(conv.metadata.id, present):
-        source = expected[stored.id]
-        if (stored.role, stored.content, stored.parent_id) != (
-            source.role,
-            source.content,
-            source.parent_id,
-        ):
-            return f"message {stored.id!r} differs from the source"
-    return None
-
-
-def _names(branches: list[str]) -> str:
-    quoted = ", ".join(repr(b) for b in branches)
-    return f"branch {quoted}" if len(branches) == 1 else f"branches {quoted}"
-
-
 async def _execute(plan: _Plan, store: Store, dry_run: bool) -> None:
     result, conv = plan.result, plan.conv
     assert conv is not None
@@ -491,6 +466,14 @@ async def _execute(plan: _Plan, store: Store, dry_run: bool) -> None:
     if problems:
         await _discard(store, conv.metadata.id)
         result.problems.extend(f"validation failed (nothing kept): {p}" for p in problems)
+        return
+    try:
+        await mark_finished(store, conv.metadata.id)
+    except _WRITE_ERRORS as exc:
+        result.problems.append(
+            f"written and checked, but it could not be marked finished: {exc}; run the "
+            "migration again to finish it"
+        )
         return
     result.status = partial
 
@@ -559,10 +542,13 @@ async def migrate(
     carry on. In a folder, a file that cannot be read is reported as a failed context
     naming the file, and the other files are migrated. Contexts migrated before (same id and
     same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing;
-    except that a run killed before it set a context's branch heads is finished (the
-    heads set, compare-and-set) and reported as migrated. A run waits for another
-    migration into the same data folder to finish (saying so on stderr), so two at once
-    do not both plan the same writes. Text holding half of an emoji
+    except that a context a killed run left unfinished (it keeps the tag
+    :data:`UNFINISHED_MIGRATION` until it is written and checked; ``ls``, ``check`` and
+    opening it say so) is finished and reported as migrated: its missing messages
+    written, its empty branches given their heads, and a branch written on meanwhile
+    kept as it is, with the v1 branch then on ``<name>-v1`` (see ``_finish``). A run
+    waits for another migration into the same data folder to finish (saying so on
+    stderr), so two at once do not both plan the same writes. Text holding half of an emoji
     (a lone UTF-16 surrogate) gets U+FFFD in its place, with a note.
     ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
     a tqdm bar on stderr when stderr is a terminal.

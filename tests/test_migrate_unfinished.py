@@ -1,0 +1,95 @@
+"""A migration killed midway leaves its context marked unfinished: ``ls``, ``check`` and
+opening it say so, and running the migration again finishes it, keeping whatever the
+user did with the context meanwhile (a message sent on a branch that was still empty).
+
+The kill is real (see test_migrate_interrupted: a child process ends itself with
+``os._exit(9)`` at that moment); the commands are the CLI in a child process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import anyio
+import pytest
+from cli_process import cli
+from test_migrate_interrupted import FIXTURES, heads, killed_migration, snapshot, tree
+
+from cm_notebook.migrate import UNFINISHED_MIGRATION
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
+from cm_notebook.testing import ScriptedProvider
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """v1 data with branches: ctx-branches (main, alt) is the first context written."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    return Path(shutil.copy2(FIXTURES / "branches.json", folder / "contexts.json"))
+
+
+@pytest.fixture
+def reference(source: Path, tmp_path: Path) -> dict[str, dict[str, list[str]]]:
+    done = cli(tmp_path / "reference", "migrate", str(source), "--no-backup")
+    assert done.returncode == 0, done.stderr
+    return tree(tmp_path / "reference")
+
+
+def tags(data_dir: Path, cid: str) -> list[str]:
+    async def read() -> list[str]:
+        async with FileStore(data_dir) as store:
+            return (await store.get_metadata(cid)).tags
+
+    return anyio.run(read)
+
+
+def test_a_finished_migration_leaves_no_mark(source: Path, data_dir: Path) -> None:
+    done = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert done.returncode == 0, done.stderr
+    for cid in tree(data_dir):
+        assert UNFINISHED_MIGRATION not in tags(data_dir, cid)
+
+
+def test_sent_on_before_the_rerun_keeps_the_users_messages_and_finishes(
+    source: Path, data_dir: Path, reference: dict[str, dict[str, list[str]]]
+) -> None:
+    killed_migration(source, data_dir, messages_written=2)
+    provider = ScriptedProvider().reply("hello")
+    session = ContextSession.open("ctx-branches", data_dir=data_dir, provider=provider)
+    with session:
+        active = session.active_branch
+        session.send("a question after the interrupted migration").result(10)
+    theirs = tree(data_dir)["ctx-branches"][active]
+    assert len(theirs) == 2  # the user's question and its answer, on a branch of their own
+
+    dry = cli(data_dir, "migrate", str(source), "--dry-run")
+    assert dry.returncode == 0, dry.stdout
+    assert f"the v1 branch {active!r} would be the branch '{active}-v1'" in dry.stdout
+
+    done = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert done.returncode == 0, done.stdout
+    assert "Traceback" not in done.stderr
+    assert "rm ctx-branches" not in done.stdout
+    assert (
+        f"branch {active!r} was written on before the migration finished; it is kept as it "
+        f"is, and the v1 branch {active!r} is now the branch '{active}-v1'"
+    ) in done.stdout
+    got = tree(data_dir)["ctx-branches"]
+    want = reference["ctx-branches"]
+    assert got[active] == theirs  # the user's conversation, untouched
+    assert got[f"{active}-v1"] == want[active]  # the v1 branch, whole
+    for name in want:
+        if name not in (active, "<messages>"):
+            assert got[name] == want[name]
+    assert set(want["<messages>"]) | set(theirs) == set(got["<messages>"])
+    assert UNFINISHED_MIGRATION not in tags(data_dir, "ctx-branches")
+
+    # Finished means finished: the run after that changes nothing.
+    before = snapshot(data_dir)
+    again = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert again.returncode == 0, again.stdout
+    assert "0 migrated, 0 partial, 3 skipped, 0 failed" in again.stdout
+    assert snapshot(data_dir) == before
+    assert heads(data_dir, "ctx-branches")[active] == theirs[-1]
