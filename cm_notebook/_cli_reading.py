@@ -8,6 +8,7 @@ import unicodedata
 import warnings
 
 from ._cli_base import clip, command, out, positive_int, when
+from ._migration_mark import is_unfinished_migration, migration_under_way
 from .errors import CMError
 from .export import import_under_way, is_unfinished_import
 from .model import ContextMetadata, Message
@@ -81,7 +82,10 @@ def pad(text: str, width: int, *, right: bool = False) -> str:
 
 
 def _import_note(store: Store, meta: ContextMetadata) -> str:
-    # How `ls` marks a context whose import has not finished: killed, or still going.
+    # How `ls` marks a context whose import or migration has not finished: killed, or
+    # still going.
+    if is_unfinished_migration(meta):
+        return " (being migrated)" if migration_under_way(store) else " (migration unfinished)"
     if not is_unfinished_import(meta):
         return ""
     return " (being imported)" if import_under_way(store, meta.id) else " (import unfinished)"

@@ -50,6 +50,7 @@ from ._cli_base import (
     out,
     positive_int,
 )
+from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
 from ._unicode import for_terminal
 from .errors import CMError, CorruptDataError, InvalidInputError
 from .export import import_under_way, is_unfinished_import
@@ -196,19 +197,36 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
             else:
                 with bar.external_write_mode(file=sys.stderr):
                     out(cli_wording(str(report)))
-                    unfinished = is_unfinished_import(await store.get_metadata(context_id))
-                    if unfinished and import_under_way(store, context_id):
-                        unfinished = False  # not damage: another process is importing it
-                        out(f"{context_id}: being imported by another process now")
-                    elif unfinished:
-                        _error(
-                            f"{context_id}: its import never finished (the process was "
-                            "stopped): import the file again to replace it"
-                        )
+                    meta = await store.get_metadata(context_id)
+                    unfinished = _unfinished(store, meta)
                 troubled += not report.ok or unfinished
             bar.update()
     # 1 while anything is left to fix (unreadable files stay for the user to handle).
     return 1 if troubled else 0
+
+
+def _unfinished(store: Store, meta: ContextMetadata) -> bool:
+    """Say so if the import or migration that writes the context has not finished;
+    whether that is a finding (False while another process is still writing it)."""
+    if is_unfinished_migration(meta):
+        if migration_under_way(store):
+            out(f"{meta.id}: being migrated from v1 now (a migration into this folder runs)")
+            return False
+        _error(
+            f"{meta.id}: migration unfinished (the process was stopped): "
+            f"{finish_advice(meta)} to finish it; what was added to it since is kept"
+        )
+        return True
+    if not is_unfinished_import(meta):
+        return False
+    if import_under_way(store, meta.id):
+        out(f"{meta.id}: being imported by another process now")
+        return False  # not damage: another process is importing it
+    _error(
+        f"{meta.id}: its import never finished (the process was stopped): import the file "
+        "again to replace it"
+    )
+    return True
 
 
 # -- demo -----------------------------------------------------------------------------

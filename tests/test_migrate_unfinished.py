@@ -17,8 +17,10 @@ from cli_process import cli
 from test_migrate_interrupted import FIXTURES, heads, killed_migration, snapshot, tree
 
 from cm_notebook.migrate import UNFINISHED_MIGRATION
+from cm_notebook.migrate._lock import MIGRATE_LOCK_NAME
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
+from cm_notebook.store.oslock import OSLock
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -43,6 +45,49 @@ def tags(data_dir: Path, cid: str) -> list[str]:
             return (await store.get_metadata(cid)).tags
 
     return anyio.run(read)
+
+
+@pytest.mark.parametrize(
+    "kill", [{"messages_written": 2}, {"heads_set": 0}], ids=["in-messages", "before-heads"]
+)
+def test_a_killed_migration_is_shown_unfinished_until_run_again(
+    kill: dict[str, int], source: Path, data_dir: Path
+) -> None:
+    killed_migration(source, data_dir, **kill)
+    assert UNFINISHED_MIGRATION in tags(data_dir, "ctx-branches")
+
+    listed = cli(data_dir, "ls")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("ctx-branches")]
+    assert "(migration unfinished)" in row
+
+    checked = cli(data_dir, "check")
+    assert checked.returncode == 1, checked.stdout
+    assert (
+        "ctx-branches: migration unfinished (the process was stopped): run `cm-notebook "
+        f"migrate {source}` again to finish it; what was added to it since is kept"
+    ) in checked.stderr
+
+    done = cli(data_dir, "migrate", str(source), "--no-backup")
+    assert done.returncode == 0, done.stderr
+    assert UNFINISHED_MIGRATION not in tags(data_dir, "ctx-branches")
+    assert "unfinished" not in cli(data_dir, "ls").stdout
+    checked = cli(data_dir, "check")
+    assert checked.returncode == 0, checked.stderr
+    assert "unfinished" not in checked.stderr
+
+
+def test_a_context_being_migrated_now_is_not_a_finding(source: Path, data_dir: Path) -> None:
+    killed_migration(source, data_dir, messages_written=2)
+    held = OSLock(data_dir / MIGRATE_LOCK_NAME)  # as a migration running now holds it
+    held.acquire(timeout=0)
+    try:
+        assert "ctx-branches  Shared prefix (being migrated)" in cli(data_dir, "ls").stdout
+        checked = cli(data_dir, "check")
+        assert checked.returncode == 0, checked.stderr
+        assert "ctx-branches: being migrated from v1 now" in checked.stdout
+    finally:
+        held.close()
 
 
 def test_a_finished_migration_leaves_no_mark(source: Path, data_dir: Path) -> None:
@@ -85,6 +130,7 @@ def test_sent_on_before_the_rerun_keeps_the_users_messages_and_finishes(
             assert got[name] == want[name]
     assert set(want["<messages>"]) | set(theirs) == set(got["<messages>"])
     assert UNFINISHED_MIGRATION not in tags(data_dir, "ctx-branches")
+    assert cli(data_dir, "check").returncode == 0
 
     # Finished means finished: the run after that changes nothing.
     before = snapshot(data_dir)
