@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from . import fsm
 from ._auto_names import NamePicks
 from ._json_values import checked_message_metadata, refuse_unstorable
 from ._loop import running_loop
+from ._migration_mark import is_unfinished_migration, unfinished_warning
 from ._registry import REGISTRY, key_for
 from ._session_approvals import ApprovalMethods
 from ._session_branches import SessionBranches
@@ -217,6 +219,8 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
         being opened; giving them for one already open raises
         :class:`~cm_notebook.errors.StateError`. ``auto_title``: as in :meth:`create`,
         for a context that is still untitled.
+        A context whose migration from v1 has not finished opens with an
+        :class:`~cm_notebook.migrate.UnfinishedMigrationWarning`.
         """
         check_names(options, "open")
         key = key_for(store, data_dir, context_id)
@@ -234,6 +238,8 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
                 return live
             opened = store if store is not None else FileStore(data_dir)
             metadata = StoreAccess(opened).call(opened.get_metadata(context_id))
+            if is_unfinished_migration(metadata):  # opens: it may be all there is of it
+                warnings.warn(unfinished_warning(metadata), stacklevel=2)
             session = cls(opened, metadata, options, owns_store=store is None)
             # Tool calls a killed process left open on the active branch are settled now,
             # so the views show what became of them (see cm_notebook._dead_rounds).

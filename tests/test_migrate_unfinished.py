@@ -16,7 +16,7 @@ import pytest
 from cli_process import cli
 from test_migrate_interrupted import FIXTURES, heads, killed_migration, snapshot, tree
 
-from cm_notebook.migrate import UNFINISHED_MIGRATION
+from cm_notebook.migrate import UNFINISHED_MIGRATION, UnfinishedMigrationWarning
 from cm_notebook.migrate._lock import MIGRATE_LOCK_NAME
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
@@ -97,12 +97,25 @@ def test_a_finished_migration_leaves_no_mark(source: Path, data_dir: Path) -> No
         assert UNFINISHED_MIGRATION not in tags(data_dir, cid)
 
 
+def test_opening_an_unfinished_migration_warns(source: Path, data_dir: Path) -> None:
+    killed_migration(source, data_dir, messages_written=2)
+    with (
+        pytest.warns(UnfinishedMigrationWarning, match=r"cm-notebook migrate .*contexts\.json"),
+        ContextSession.open("ctx-branches", data_dir=data_dir) as session,
+    ):
+        assert session.history() == []  # the branch is still empty: hence the warning
+    assert cli(data_dir, "migrate", str(source), "--no-backup").returncode == 0
+    with ContextSession.open("ctx-branches", data_dir=data_dir) as session:  # no warning
+        assert session.history()
+
+
 def test_sent_on_before_the_rerun_keeps_the_users_messages_and_finishes(
     source: Path, data_dir: Path, reference: dict[str, dict[str, list[str]]]
 ) -> None:
     killed_migration(source, data_dir, messages_written=2)
     provider = ScriptedProvider().reply("hello")
-    session = ContextSession.open("ctx-branches", data_dir=data_dir, provider=provider)
+    with pytest.warns(UnfinishedMigrationWarning):
+        session = ContextSession.open("ctx-branches", data_dir=data_dir, provider=provider)
     with session:
         active = session.active_branch
         session.send("a question after the interrupted migration").result(10)
