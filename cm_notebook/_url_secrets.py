@@ -12,7 +12,6 @@ remembers an ``api_key=``, and show it through :func:`redact_url`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from urllib.parse import unquote, unquote_plus
 
@@ -20,13 +19,10 @@ from .redact import REDACTED, is_secret_name, redact_text, remember_secret
 
 __all__ = ["redact_url", "refuse_url_secrets", "remember_url_secrets"]
 
-# A query value that cannot be a credential: a version or a date ("api-version=
-# 2024-02-15-preview", a SAS token's "se=2024-12-31T23:59:59Z"). Kept, so errors and a
-# provider's repr still say which API version a server refused.
-_VERSION_OR_DATE = re.compile(r"[vV]?\d+(?:[.\-:T]\d+)*Z?(?:-[A-Za-z]+)?")
 # Query parameters that carry credentials under names that do not say so elsewhere: an
-# Azure SAS signature, an Azure Functions key ("code"), a signed URL's signature.
-_CREDENTIAL_QUERY_WORDS = frozenset({"sig", "signature", "code"})
+# Azure SAS signature, an Azure Functions key ("code"), a signed URL's signature. Whole
+# names only: "country_code" is no credential.
+_CREDENTIAL_QUERY_NAMES = frozenset({"sig", "signature", "code"})
 
 
 def _url_parts(url: str) -> tuple[str, str, str, str] | None:
@@ -42,14 +38,14 @@ def _url_parts(url: str) -> tuple[str, str, str, str] | None:
 
 
 def _secret_query_value(name: str, value: str) -> bool:
-    # Named like a credential, or shaped like one (a long mix of letters and digits),
-    # and neither a version nor a date. Other values ("tenant=research") stay readable
-    # in errors and in the settings a session stores, which redact remembered values.
+    # Named like a credential ("api_key", "token", "sig", "code"). By name only: a
+    # value's shape says nothing here (a model, deployment or tenant name looks like a
+    # token), and a value taken for a secret is redacted everywhere from then on,
+    # stored settings and the provider spec included.
     name, value = unquote_plus(name), unquote_plus(value)
-    if not value or _VERSION_OR_DATE.fullmatch(value):
-        return False
-    last = re.split(r"[^a-z0-9]+", name.lower())[-1]
-    return is_secret_name(name) or last in _CREDENTIAL_QUERY_WORDS or _looks_like_token(value)
+    return bool(value) and (
+        is_secret_name(name) or name.strip().lower() in _CREDENTIAL_QUERY_NAMES
+    )
 
 
 def _pair(text: str) -> tuple[str, str, str]:
@@ -59,8 +55,8 @@ def _pair(text: str) -> tuple[str, str, str]:
 
 
 def _looks_like_token(text: str) -> bool:
-    # A user name or query value that is itself a credential (an account id beside its
-    # token, "?<token>"): long, one word, letters and digits. "me" or "research" is not.
+    # A user name that is itself a credential ("https://<token>@host", an account id
+    # beside its token): long, one word, letters and digits. "me" or "research" is not.
     return (
         len(text) >= 16
         and not any(c.isspace() for c in text)
@@ -76,8 +72,8 @@ def _url_secrets(url: str) -> list[str]:
         return []
     _, userinfo, _, query = parts
     user, colon, password = userinfo.partition(":")
-    found = [password] if colon else [user]
-    if colon and _looks_like_token(unquote(user)):
+    found = [password] if colon else []
+    if _looks_like_token(unquote(user)):
         found.append(user)
     found += [
         value for name, _, value in map(_pair, query.split("&")) if _secret_query_value(name, value)
@@ -103,12 +99,12 @@ def remember_url_secrets(url: str | None) -> None:
     """Redact, from now on, the credentials that ``url`` (a provider's ``base_url``)
     carries, as :func:`~cm_notebook.redact.remember_secret` does for an ``api_key=``.
 
-    They are the password of its ``user:password@`` part (and the user when it is the
-    credential: alone, as in ``https://<token>@host``, or shaped like a token), and the
-    values of its query parameters that are named like credentials (``?sig=...``,
-    ``?code=...``, ``?api_key=...``) or shaped like one (16 characters or more, letters
-    and digits), but not versions or dates (``api-version=2024-02-01``). Both the
-    written and the percent-decoded forms are remembered: a server sees the decoded one.
+    They are the password of its ``user:password@`` part (and the user when it is shaped
+    like a token, as in ``https://<token>@host``: 16 characters or more, letters and
+    digits), and the values of its query parameters named like credentials
+    (``?sig=...``, ``?code=...``, ``?api_key=...``); other values (``?deployment=...``,
+    ``?api-version=...``) are no credentials. Both the written and the percent-decoded
+    forms are remembered: a server sees the decoded one.
     Values shorter than 8 characters are not remembered (see
     :func:`~cm_notebook.redact.remember_secret`)."""
     for value in _url_secrets(url) if isinstance(url, str) else []:

@@ -399,7 +399,10 @@ def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
         item, place = stack.pop()
         if isinstance(item, str):
             if any(secret in item for secret in env):
-                yield _path(place), "the value of a key in the environment"
+                yield (
+                    _path(place),
+                    "the value of a key in the environment, or of a credential given to a provider",
+                )
             else:
                 shape = _shape_of(item)
                 if shape is not None:

@@ -63,7 +63,6 @@ from .._url_secrets import redact_url, remember_url_secrets
 from ..errors import InvalidInputError, PermanentProviderError, ProviderError
 from ..redact import (
     get_logger,
-    redact_text,
     remember_header_secrets,
     remember_secret,
     scrub_exception,
@@ -305,12 +304,12 @@ class OpenAIProvider:
         if self.base_url:
             # The real URL is split (the constructor checked that it splits): a redacted
             # one may not ("http://[REDACTED]@host" reads as an IPv6 address). Its
-            # user:password@ is left out and the query (a tenant, say) kept, redacted as
-            # any error text is: a URL to paste, not "[REDACTED]@host".
+            # user:password@ is left out and the query (a tenant, say) kept, its
+            # credentials hidden however short: a URL to paste, not "[REDACTED]@host".
             base = urlsplit(self.base_url)
             host = base.netloc.rpartition("@")[2]
             path = base.path.rstrip("/") + "/models"
-            models = redact_text(urlunsplit((base.scheme, host, path, base.query, "")))
+            models = redact_url(urlunsplit((base.scheme, host, path, base.query, "")))
             return (
                 f"List the models this server offers at {models}. If the name is right, "
                 "check base_url: OpenAI-compatible servers usually serve under /v1 "
