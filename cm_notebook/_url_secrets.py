@@ -43,9 +43,7 @@ def _secret_query_value(name: str, value: str) -> bool:
     # token), and a value taken for a secret is redacted everywhere from then on,
     # stored settings and the provider spec included.
     name, value = unquote_plus(name), unquote_plus(value)
-    return bool(value) and (
-        is_secret_name(name) or name.strip().lower() in _CREDENTIAL_QUERY_NAMES
-    )
+    return bool(value) and (is_secret_name(name) or name.strip().lower() in _CREDENTIAL_QUERY_NAMES)
 
 
 def _pair(text: str) -> tuple[str, str, str]:

@@ -18,7 +18,12 @@ from ._loop import schedule_on
 from .branch_defaults import branch_settings
 from .compare import Comparison
 from .errors import BranchExistsError, BusyError, CMError, InvalidIdError, InvalidInputError
-from .ids import branch_name_key, free_branch_name, validate_branch_name
+from .ids import (
+    branch_name_key,
+    free_branch_name,
+    validate_branch_name,
+    validate_new_branch_name,
+)
 from .model import ProviderSettings
 from .params import GenerationParams, validate_text
 from .prompts import prompt_label
@@ -206,7 +211,7 @@ def plan_variants(
         if name is None:
             stem = _auto_stem(base, _label(variant, differing))
             name = _auto_name(stem, looks, exists)
-        validate_branch_name(name)
+        validate_new_branch_name(name)
         if name in taken:
             raise InvalidInputError(f"two variants would write the same branch {name!r}")
         taken.add(name)

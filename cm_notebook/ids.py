@@ -11,10 +11,12 @@ and non-ASCII letters, but never path separators, ``..`` or control characters. 
 must not be open to look-alikes: a name must be in Unicode normal form NFKC (no
 fullwidth letters, ligatures or decomposed accents) and may not mix scripts (``mаin``
 with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and Korean
-write, is fine). :func:`branch_name_key` folds case, maps the Cyrillic, Greek and Latin
-letters that look like other Latin ones and drops the invisible Hangul fillers, and
-:func:`check_branch_name_free` refuses a new name with such a filler, or whose key
-equals an existing branch's, naming that branch. :func:`free_branch_name` makes
+write, is fine). :func:`branch_name_key` folds case and maps the Cyrillic and Greek
+letters that look Latin, and :func:`check_branch_name_free` refuses a new name whose
+key equals an existing branch's, naming that branch. A branch made by the user is also
+refused a letter that shows nothing (:func:`validate_new_branch_name`: the Hangul
+fillers); names read back (stored, exported, imported) are not held to that rule, so
+data that had one still opens and moves. :func:`free_branch_name` makes
 the names the package picks itself (an edit's fork, a fan-out's arms) within both rules.
 
 Every check raises :class:`~cm_notebook.errors.InvalidIdError` with a sentence saying
@@ -46,6 +48,7 @@ __all__ = [
     "validate_context_id",
     "validate_message_id",
     "validate_new_branch_name",
+    "without_invisible_letters",
 ]
 
 MAX_ID_LENGTH = 128
@@ -165,14 +168,12 @@ def _mixed_scripts(value: str) -> tuple[str, str] | None:
 # Cyrillic and Greek letters (after case folding) that look like a Latin letter in
 # common fonts, from Unicode's confusables data. Whole-script look-alikes (``раре``
 # all Cyrillic) pass the mixed-script rule; this map lets them be caught as look-alikes.
-# Latin letters that look like other Latin ones (a dotless i) are mapped too. The
-# Hangul fillers are letters (category Lo) that show nothing: dropped from the key.
-_INVISIBLE_LETTERS = "\u115f\u1160\u3164\uffa0"
 _LOOK_ALIKES = str.maketrans(
-    "авсԁеһіјкӏмноԛрѕтуԝхαβεηικνορτυχıȷɑɡɩ",
-    "abcdehijklmhoqpstywxabenikvoptuxijagi",
-    _INVISIBLE_LETTERS,
+    "авсԁеһіјкӏмноԛрѕтуԝхαβεηικνορτυχ",
+    "abcdehijklmhoqpstywxabenikvoptux",
 )
+# Hangul fillers: letters (category Lo) that show nothing, so "ma<filler>in" reads "main".
+_INVISIBLE_LETTERS = "\u115f\u1160\u3164\uffa0"
 _WITHOUT_INVISIBLE = str.maketrans("", "", _INVISIBLE_LETTERS)
 
 
@@ -200,7 +201,6 @@ def check_branch_names_free(names: Iterable[str], existing: Iterable[str]) -> No
     counted as existing; in time linear in the number of names (a sweep's 10,000)."""
     keys = {branch_name_key(other): other for other in existing}
     for name in names:
-        _refuse_invisible_letters(name)
         other = keys.setdefault(branch_name_key(name), name)
         if other != name:
             raise _looks_like(name, other)
@@ -234,16 +234,20 @@ def _cut(text: str, length: int) -> str:
 
 
 def validate_new_branch_name(value: object) -> str:
-    """:func:`validate_branch_name`, and the rules only a new branch is held to (no
-    letter that shows nothing): what a name the package picks itself must pass."""
+    """:func:`validate_branch_name`, and the rule only a branch the user makes is held
+    to: no letter that shows nothing (a Hangul filler), which would make a name that
+    reads as another. Not applied to names read back (stored, exported, imported)."""
     name = validate_branch_name(value)
     _refuse_invisible_letters(name)
     return name
 
 
+def without_invisible_letters(name: str) -> str:
+    """``name`` without the letters that show nothing (see :func:`validate_new_branch_name`)."""
+    return name.translate(_WITHOUT_INVISIBLE)
+
+
 def _refuse_invisible_letters(name: str) -> None:
-    # Refused when a branch is made, not when one is read: a context that has such a
-    # name from before still opens.
     hidden = next((char for char in name if char in _INVISIBLE_LETTERS), None)
     if hidden is not None:
         raise InvalidIdError(

@@ -52,6 +52,7 @@ from ..ids import (
     validate_context_id,
     validate_message_id,
     validate_new_branch_name,
+    without_invisible_letters,
 )
 from ..model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus
 from ._toolcalls import convert_tool_calls
@@ -159,10 +160,17 @@ class _Tree:
 
     def branch_name(self, wanted: str) -> str:
         """A valid, unused branch name as close to ``wanted`` as possible."""
-        # Tried in turn: as it is; with unsafe characters replaced; and that again with
-        # look-alike letters made Latin ('mаin' with a Cyrillic а becomes 'main').
+        # Tried in turn: as it is; without letters that show nothing (a Hangul filler);
+        # with unsafe characters replaced; and that again with look-alike letters made
+        # Latin ('mаin' with a Cyrillic а becomes 'main').
         name = "branch"
-        for candidate in (wanted, _sanitise(wanted), _sanitise(branch_name_key(wanted))):
+        visible = without_invisible_letters(wanted)
+        for candidate in (
+            wanted,
+            visible,
+            _sanitise(visible),
+            _sanitise(branch_name_key(visible)),
+        ):
             if _safe(validate_new_branch_name, candidate):
                 name = candidate
                 break

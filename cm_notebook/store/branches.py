@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from ..errors import InvalidInputError
-from ..ids import validate_branch_name, validate_message_id
+from ..ids import validate_branch_name, validate_message_id, validate_new_branch_name
 from ..model import Branch, ContextMetadata, ProviderSettings
 from . import ops
 
@@ -57,7 +57,7 @@ class BranchWrites:
         ``system_prompt``, ``provider`` and ``params`` are the branch's own defaults,
         ``labels`` its labels.
         """
-        validate_branch_name(name)
+        validate_new_branch_name(name)
         check_message_ids(head, forked_from)
         try:
             branch = Branch(
