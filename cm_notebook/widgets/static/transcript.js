@@ -110,17 +110,41 @@ function render({ model, el }) {
     return models.get(id).then((m) => [id, m]);
   }
 
+  // Open edit boxes: message id -> the text typed so far. Messages are redrawn often
+  // (a new reply anywhere on the branch moves ↻, a tool call changes status), and a
+  // redraw draws the edit box again from here, so nothing typed is lost.
+  const editing = new Map();
+
+  // Replacing or moving the edit box being typed into drops its focus and caret: put
+  // them back on the box drawn in its place.
+  function keepingFocus(draw) {
+    const area = document.activeElement;
+    const box = area && area.classList.contains("cm-edit-box") && list.contains(area) ? area.closest(".cm-msg") : null;
+    const caret = box && [area.selectionStart, area.selectionEnd];
+    draw();
+    if (!box) return;
+    const again = list.querySelector(`.cm-msg[data-id="${CSS.escape(box.dataset.id)}"] .cm-edit-box`);
+    if (again && again !== document.activeElement) {
+      again.focus({ preventScroll: true });
+      again.setSelectionRange(...caret);
+    }
+  }
+
+  function redraw(entry) {
+    keepingFocus(() => {
+      const fresh = renderMessage(entry.model.get("data"));
+      entry.box.replaceWith(fresh);
+      entry.box = fresh;
+    });
+  }
+
   function boxOf(id, m) {
     let entry = boxes.get(id);
     if (!entry) {
       entry = { model: m, box: renderMessage(m.get("data")) };
       boxes.set(id, entry);
       // Only this message is redrawn when it changes (a tool call's status, siblings).
-      m.on("change:data", () => {
-        const fresh = renderMessage(m.get("data"));
-        entry.box.replaceWith(fresh);
-        entry.box = fresh;
-      });
+      m.on("change:data", () => redraw(entry));
     }
     return entry.box;
   }
@@ -130,17 +154,13 @@ function render({ model, el }) {
     const resolved = await Promise.all((model.get("frozen") || []).map(resolve));
     if (token !== drawing) return; // a newer list arrived meanwhile
     const was = atBottom();
-    list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m)));
+    keepingFocus(() => list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m))));
     if (liveId) list.append(liveBox);
     keepBottom(was);
   }
 
   function redrawAll() {
-    for (const entry of boxes.values()) {
-      const fresh = renderMessage(entry.model.get("data"));
-      entry.box.replaceWith(fresh);
-      entry.box = fresh;
-    }
+    for (const entry of boxes.values()) redraw(entry);
   }
 
   function renderMessage(m) {
@@ -171,6 +191,7 @@ function render({ model, el }) {
     }
     head.append(actions);
     box.append(head, body);
+    if (editing.has(m.id)) startEdit(m, body);
     for (const c of m.calls || []) box.append(renderCall(c));
     if (m.error) box.append(h("div", "cm-error", m.error));
     if (m.hint) box.append(h("div", "cm-hint", m.hint));
@@ -181,15 +202,25 @@ function render({ model, el }) {
   }
 
   function startEdit(m, body) {
+    const opening = !editing.has(m.id);
+    if (opening) editing.set(m.id, m.text);
     const area = h("textarea", "cm-edit-box");
-    area.value = m.text;
+    area.value = editing.get(m.id);
+    area.addEventListener("input", () => editing.set(m.id, area.value));
+    const close = () => {
+      editing.delete(m.id);
+      redrawAll();
+    };
     const row = h("div", "cm-edit-row");
     row.append(
-      button("Send edit", "resend on a new branch", () => model.send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") }), "cm-edit-send"),
-      button("Cancel", "keep the message", redrawAll),
+      button("Send edit", "resend on a new branch", () => {
+        model.send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") });
+        close(); // the edited message opens on its new branch
+      }, "cm-edit-send"),
+      button("Cancel", "keep the message", close),
     );
     body.replaceChildren(area, row);
-    area.focus();
+    if (opening) area.focus();
   }
 
   function drawLive(initial) {

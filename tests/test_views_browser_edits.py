@@ -1,0 +1,77 @@
+"""The transcript in a real browser (JupyterLab, Chromium) when things happen around
+the person: a reply starts while they edit a message, a long reply ends while they
+read further up, the kernel restarts during a reply.
+
+Without Chromium the tests are skipped with the command that installs it; under CI
+(``CI=true``) they fail instead (see browser_lab.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_lab import chromium_page, kernel_idle, open_and_run_all, run_new_cell, start_lab
+
+pytestmark = pytest.mark.slow
+
+SEND = ".cm-chat button.widget-button:has-text('Send')"
+STOP = ".cm-chat button.widget-button:has-text('Stop')"
+TEXT_BOX = ".cm-chat .widget-textarea textarea"
+
+
+def _send(page: Any, text: str) -> None:
+    page.locator(TEXT_BOX).fill(text)
+    page.locator(SEND).click()
+
+
+def _idle(page: Any) -> None:
+    page.wait_for_function(
+        "() => { const b = [...document.querySelectorAll('.cm-chat button.widget-button')]"
+        ".find((b) => b.textContent.includes('Send')); return b && !b.disabled; }"
+    )
+
+
+def test_an_open_edit_box_keeps_its_text_when_a_reply_starts(tmp_path: Path) -> None:
+    cells = [
+        "from cm_notebook import ContextSession\n"
+        "from cm_notebook.testing import ScriptedProvider\n"
+        "fake = ScriptedProvider()\n"
+        "for i in range(4):\n"
+        "    fake.reply(' '.join(f'r{i}w{j}' for j in range(40)), chunks='words', delay=0.03)\n"
+        's = ContextSession.create("Edits", provider=fake)\n'
+        "s",
+        't = s.send("the first question")',
+    ]
+    with start_lab(tmp_path, cells) as (url, _root), chromium_page(tmp_path, "edit") as page:
+        open_and_run_all(page, url)
+        page.wait_for_selector(".cm-transcript .cm-assistant .cm-regenerate")
+        _idle(page)
+        page.locator(".cm-transcript .cm-edit").first.click()
+        box = page.locator(".cm-transcript .cm-edit-box")
+        box.fill("my careful edit")
+        # A reply started from a cell (a moment later, while the person types): new
+        # messages, and ↻ moves to the new last reply.
+        run_new_cell(page, "import threading\nthreading.Timer(2, s.send, ['from a cell']).start()")
+        kernel_idle(page)
+        box.click()
+        box.press("End")
+        box.type(" of the question")
+        page.wait_for_selector(".cm-transcript .cm-user:has-text('from a cell')")
+        _idle(page)
+        page.wait_for_selector(".cm-transcript .cm-assistant:has-text('r1w39') .cm-regenerate")
+        assert box.count() == 1
+        assert box.input_value() == "my careful edit of the question"
+        # Still focused, with the caret where it was: typing goes on.
+        page.keyboard.type("!")
+        assert box.input_value() == "my careful edit of the question!"
+        # ↻ (a new reply on the branch, without a new user message) keeps it too.
+        page.locator(".cm-transcript .cm-regenerate").click()
+        page.wait_for_selector(".cm-transcript .cm-assistant:has-text('r2w39')")
+        _idle(page)
+        assert box.input_value() == "my careful edit of the question!"
+        # Cancel closes it; its text is dropped on purpose.
+        page.locator(".cm-transcript button:has-text('Cancel')").click()
+        assert box.count() == 0
+        assert not page.errors, page.errors
