@@ -75,3 +75,31 @@ def test_an_open_edit_box_keeps_its_text_when_a_reply_starts(tmp_path: Path) -> 
         page.locator(".cm-transcript button:has-text('Cancel')").click()
         assert box.count() == 0
         assert not page.errors, page.errors
+
+
+def test_a_long_reply_ending_leaves_the_reader_where_they_scrolled(tmp_path: Path) -> None:
+    cells = [
+        "from cm_notebook import ContextSession\n"
+        "from cm_notebook.testing import ScriptedProvider\n"
+        "fake = ScriptedProvider().reply(' '.join(f'w{i}' for i in range(2500)),"
+        " chunks='words', delay=0.003)\n"
+        's = ContextSession.create("Scroll", provider=fake)\n'
+        "s",
+    ]
+    with start_lab(tmp_path, cells) as (url, _root), chromium_page(tmp_path, "scroll") as page:
+        open_and_run_all(page, url)
+        page.wait_for_selector(TEXT_BOX)
+        _send(page, "long")
+        # Long enough to scroll, then the reader goes to the top while it streams.
+        page.wait_for_function(
+            "() => { const s = document.querySelector('.cm-scroll');"
+            " return document.querySelector('.cm-live-text')"
+            " && s.scrollHeight > 2 * s.clientHeight; }"
+        )
+        page.evaluate("() => { document.querySelector('.cm-scroll').scrollTop = 0; }")
+        page.wait_for_selector(".cm-transcript .cm-assistant .cm-body:has-text('w2499')")
+        _idle(page)
+        page.wait_for_timeout(500)  # any scroll on completion has happened by now
+        top = page.evaluate("() => document.querySelector('.cm-scroll').scrollTop")
+        assert top == 0
+        assert not page.errors, page.errors

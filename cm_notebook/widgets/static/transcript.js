@@ -153,7 +153,7 @@ function render({ model, el }) {
     const token = ++drawing;
     const resolved = await Promise.all((model.get("frozen") || []).map(resolve));
     if (token !== drawing) return; // a newer list arrived meanwhile
-    const was = atBottom();
+    const was = atBottom(); // measured with a finished reply's live box still there
     keepingFocus(() => list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m))));
     if (liveId) list.append(liveBox);
     keepBottom(was);
@@ -228,7 +228,10 @@ function render({ model, el }) {
     if (!live.id) {
       liveId = null;
       text = "";
-      liveBox.remove();
+      // The live box goes when drawMessages puts the finished message in its place:
+      // removed now, the list would shrink, clamping the scroll to the bottom, and
+      // drawMessages would take a reader who scrolled up for one following the reply.
+      drawMessages();
       return;
     }
     if (live.id !== liveId) {
