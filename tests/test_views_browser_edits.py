@@ -103,3 +103,37 @@ def test_a_long_reply_ending_leaves_the_reader_where_they_scrolled(tmp_path: Pat
         top = page.evaluate("() => document.querySelector('.cm-scroll').scrollTop")
         assert top == 0
         assert not page.errors, page.errors
+
+
+def test_a_kernel_restart_during_a_reply_leaves_a_disconnected_view(tmp_path: Path) -> None:
+    cells = [
+        "from cm_notebook import ContextSession\n"
+        "from cm_notebook.testing import ScriptedProvider\n"
+        "fake = ScriptedProvider()\n"
+        "for i in range(3):\n"
+        "    fake.reply(' '.join(f'r{i}w{j}' for j in range(150)), chunks='words', delay=0.06)\n"
+        's = ContextSession.create("Restart", provider=fake)\n'
+        "s",
+    ]
+    with start_lab(tmp_path, cells) as (url, _root), chromium_page(tmp_path, "restart") as page:
+        open_and_run_all(page, url)
+        page.wait_for_selector(TEXT_BOX)
+        _send(page, "a long one")
+        page.wait_for_selector(".cm-live-text:has-text('r0w5')")
+        page.evaluate(
+            "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()"
+        )
+        page.wait_for_selector(".cm-transcript .cm-notice:has-text('kernel restarted')")
+        kernel_idle(page)
+        # The reply will never end here: no streaming marker, no live state, no buttons.
+        assert "▍" not in (page.locator(".cm-transcript").text_content() or "")
+        assert "Streaming" not in (page.locator(".cm-status").text_content() or "")
+        assert "not connected" in (page.locator(".cm-status").text_content() or "")
+        assert page.locator(SEND).is_disabled()
+        assert page.locator(STOP).is_disabled()
+        assert page.locator(".cm-transcript .cm-edit").first.is_disabled()
+        # Clicks on it do nothing, and throw nothing.
+        page.locator(STOP).click(force=True)
+        page.locator(".cm-transcript .cm-fork").first.click(force=True)
+        page.wait_for_timeout(500)  # a click's error would be reported by now
+        assert not page.errors, page.errors

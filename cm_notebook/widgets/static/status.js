@@ -14,6 +14,10 @@ function fmt(s) {
 function render({ model, el }) {
   el.classList.add("cm-status");
   let timer = null;
+  // After a kernel restart the states shown are the old kernel's last word (a reply
+  // "Streaming" forever): the widget manager marks the model not live, and the chips
+  // say so instead.
+  let connected = true;
 
   function draw() {
     el.replaceChildren();
@@ -24,10 +28,10 @@ function render({ model, el }) {
       const name = document.createElement("b");
       name.textContent = r.branch + " ";
       const state = document.createElement("span");
-      state.className = `cm-state cm-state-${r.state}`;
-      state.textContent = r.state;
+      state.className = `cm-state cm-state-${connected ? r.state : "disconnected"}`;
+      state.textContent = connected ? r.state : "not connected (kernel restarted)";
       chip.append(name, state);
-      if (r.retry_at) {
+      if (r.retry_at && connected) {
         const left = Math.max(0, Math.ceil((r.retry_at - Date.now()) / 1000));
         chip.append(` · retry in ${left} s`);
         counting = true;
@@ -51,6 +55,10 @@ function render({ model, el }) {
     if (counting) timer = setTimeout(draw, 500);
   }
   model.on("change:rows", draw);
+  model.on("comm_live_update", () => {
+    connected = false;
+    draw();
+  });
   draw();
   return () => clearTimeout(timer);
 }

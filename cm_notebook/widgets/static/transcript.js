@@ -83,6 +83,18 @@ function render({ model, el }) {
   scroller.append(list);
   el.append(scroller, notice);
 
+  // Once the kernel restarts, the comm is gone and model.send throws ("Cannot send");
+  // a click on a view left over from before the restart does nothing instead.
+  let connected = true;
+  function send(msg) {
+    if (!connected) return;
+    try {
+      model.send(msg);
+    } catch (err) {
+      disconnected();
+    }
+  }
+
   let liveId = null;
   let text = "";
   let pulling = false;
@@ -95,7 +107,7 @@ function render({ model, el }) {
   function pull() {
     if (!pulling) {
       pulling = true;
-      model.send({ event: "pull" });
+      send({ event: "pull" });
     }
   }
 
@@ -170,8 +182,8 @@ function render({ model, el }) {
     head.append(h("span", "cm-label", m.label));
     if (m.sibling) {
       const nav = h("span", "cm-siblings");
-      const prev = button("<", "previous alternative", () => model.send({ event: "sibling", id: m.prev }));
-      const next = button(">", "next alternative", () => model.send({ event: "sibling", id: m.next }));
+      const prev = button("<", "previous alternative", () => send({ event: "sibling", id: m.prev }));
+      const next = button(">", "next alternative", () => send({ event: "sibling", id: m.next }));
       prev.disabled = !m.prev;
       next.disabled = !m.next;
       nav.append(prev, h("span", "cm-sibling-pos", `${m.sibling[0]}/${m.sibling[1]}`), next);
@@ -184,10 +196,10 @@ function render({ model, el }) {
       actions.append(button("✎", "edit and resend (on a new branch)", () => startEdit(m, body), "cm-edit"));
     }
     if (m.id === model.get("last_reply")) {
-      actions.append(button("↻", "regenerate this reply", () => model.send({ event: "regenerate", id: m.id, branch: model.get("branch") }), "cm-regenerate"));
+      actions.append(button("↻", "regenerate this reply", () => send({ event: "regenerate", id: m.id, branch: model.get("branch") }), "cm-regenerate"));
     }
     if (m.role === "user" || m.role === "assistant") {
-      actions.append(button("fork", "new branch from here", () => model.send({ event: "fork", id: m.id, branch: model.get("branch") }), "cm-fork"));
+      actions.append(button("fork", "new branch from here", () => send({ event: "fork", id: m.id, branch: model.get("branch") }), "cm-fork"));
     }
     head.append(actions);
     box.append(head, body);
@@ -197,7 +209,7 @@ function render({ model, el }) {
     if (m.hint) box.append(h("div", "cm-hint", m.hint));
     const stats = statsLine(m.stats);
     if (stats) box.append(h("div", "cm-stats", stats));
-    if (m.rating) box.append(ratingBar(m, (msg) => model.send(msg)));
+    if (m.rating) box.append(ratingBar(m, (msg) => send(msg)));
     return box;
   }
 
@@ -214,7 +226,7 @@ function render({ model, el }) {
     const row = h("div", "cm-edit-row");
     row.append(
       button("Send edit", "resend on a new branch", () => {
-        model.send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") });
+        send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") });
         close(); // the edited message opens on its new branch
       }, "cm-edit-send"),
       button("Cancel", "keep the message", close),
@@ -264,7 +276,25 @@ function render({ model, el }) {
     }
   });
 
+  // The widget manager marks every model not live when the kernel restarts (and a
+  // model whose comm closes): the kernel side of this view is gone. Say so, drop the
+  // streaming marker (that reply will never end here) and disable the view's buttons,
+  // the stock Send / Stop of its ChatView too, whose clicks would throw.
+  function disconnected() {
+    if (!connected) return;
+    connected = false;
+    liveId = null;
+    liveHead.firstChild.textContent = "Assistant (cut off)";
+    liveBox.classList.remove("cm-live");
+    notice.textContent = "Not connected: the kernel restarted. Run the cell again for a live view.";
+    notice.style.display = "block";
+    const view = el.closest(".cm-chat") || el;
+    for (const b of view.querySelectorAll("button, .cm-edit-box")) b.disabled = true;
+  }
+  model.on("comm_live_update", disconnected);
+
   const drawNotice = () => {
+    if (!connected) return;
     notice.textContent = model.get("notice") || "";
     notice.style.display = notice.textContent ? "block" : "none";
   };
@@ -274,7 +304,7 @@ function render({ model, el }) {
   model.on("change:notice", drawNotice);
   // Tell the kernel which branch is on screen: Send and Stop act on it, even when the
   // kernel moved the view to another branch before it handled the click.
-  const showing = () => model.send({ event: "showing", branch: model.get("branch") });
+  const showing = () => send({ event: "showing", branch: model.get("branch") });
   model.on("change:branch", showing);
   showing();
   drawLive(true);
