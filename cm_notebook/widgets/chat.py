@@ -26,7 +26,7 @@ O(n^2) bytes per reply. It is pulled on demand instead, so one reply costs the d
 Actions arrive as custom messages from the front end (``edit``, ``regenerate``,
 ``sibling``, ``fork``, ``rate``) or as clicks on the stock Send / Stop buttons; all of
 them run on the session's loop (see :class:`~cm_notebook.widgets._base.SessionFollower`).
-Each finished assistant message carries its rating (``data["rating"]``), refreshed
+Each complete reply with text carries its rating (``data["rating"]``), refreshed
 by ``ScoreUpdated`` signals from any source.
 """
 
@@ -309,7 +309,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
             if message.id == self._live_id and message.status is MessageStatus.STREAMING:
                 continue
             data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
-            if message.role == "assistant":
+            if _ratable(message):
                 data["rating"] = self._rating(message.id)
             frozen = self._frozen.get(message.id)
             if frozen is None:
@@ -486,6 +486,16 @@ class ChatView(w.VBox):  # type: ignore[misc]
         source = self._holder(message_id, shown)
         name = self.session._free_branch_name(f"{source or self._branch}-fork")
         self.session.branch(name, message_id, from_branch=source)
+
+
+def _ratable(message: Message) -> bool:
+    # A reply with an answer to rate: not a failed, interrupted or tool-call-only one
+    # (the compare view excludes those too).
+    return (
+        message.role == "assistant"
+        and message.status is MessageStatus.COMPLETE
+        and bool((message.content or "").strip())
+    )
 
 
 def _js_length(text: str) -> int:

@@ -4,7 +4,7 @@ One chip per branch that is busy or failed, and always one for the active branch
 the state machine's state, the retry countdown in ``TransientFailure`` (counted down by
 the front end, so it costs no messages), the error and what to do in
 ``PermanentFailure``, and for the last reply its model, tokens, time to first token
-and tokens per second.
+and tokens per second (of a reply that completed).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import anywidget
 import traitlets as t
 
 from .. import events as ev
+from ..model import MessageStatus
 from ._base import FollowingView, static_text
 from ._messages import stats_of
 
@@ -98,7 +99,11 @@ class StatusBar(FollowingView, anywidget.AnyWidget):
             history = session.history(name, limit=8)
             reply = next((m for m in reversed(history) if m.role == "assistant"), None)
             if reply is not None:
-                row["stats"] = stats_of(reply)
+                stats = stats_of(reply)
+                # Tokens and speed of a failed or interrupted reply are an attempt's,
+                # not a reply's: only its model is shown.
+                ok = reply.status is MessageStatus.COMPLETE
+                row["stats"] = stats if ok else {"model": stats["model"]}
             rows.append(row)
         rows.sort(key=lambda r: not r["active"])
         self.rows = rows
