@@ -254,9 +254,12 @@ async def test_incomplete_earlier_migration_is_finished(store: FileStore) -> Non
 
 
 @pytest.mark.anyio
-async def test_incomplete_earlier_migration_whose_branch_moved_is_reported(
+async def test_an_earlier_versions_migration_whose_branch_leads_somewhere_is_left_alone(
     store: FileStore,
 ) -> None:
+    # No "unfinished" mark: an earlier version migrated it (this version converts the
+    # record to more messages, say) or was stopped, and the context was used since. Left
+    # as it is, with a note; not a failure whose remedy deletes the user's work.
     conv = convert(load_v1(FIXTURES / "contexts_object.json")[0])
     empty = {n: b.model_copy(update={"head": None}) for n, b in conv.metadata.branches.items()}
     await store.create_context(conv.metadata.model_copy(update={"branches": empty}))
@@ -265,9 +268,14 @@ async def test_incomplete_earlier_migration_whose_branch_moved_is_reported(
     await store.append_message(conv.metadata.id, first, branch=name)  # someone used it
     report = await migrate(FIXTURES / "contexts_object.json", store, progress=False, backup=False)
     result = report.contexts[0]
-    assert result.status is ContextStatus.FAILED
-    assert f"lacks {len(conv.messages) - 1} of its messages" in result.problems[0]
-    assert f"branch {name!r} already leads somewhere" in result.problems[0]
+    assert result.status is ContextStatus.SKIPPED, result.problems
+    assert not result.problems
+    (note,) = result.notes
+    assert f"already migrated as {conv.metadata.id!r} by an earlier version" in note
+    assert f"{len(conv.messages) - 1} message(s) this version makes of it" in note
+    assert f"branch {name!r} already leads somewhere" in note
+    assert f"cm-notebook export {conv.metadata.id}" in note
+    assert list(await store.index(conv.metadata.id)) == [first.id]  # nothing written
 
 
 @pytest.mark.anyio

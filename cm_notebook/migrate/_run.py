@@ -377,9 +377,18 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
         except _WRITE_ERRORS as exc:
             doubt = f"it could not be read: {exc}"
         if doubt is not None:
-            result.problems.append(
-                f"context {cid!r} exists but lacks {len(missing)} of its messages, and "
-                f"{doubt}; {retry}"
+            # Not marked unfinished, so not left by this version: an earlier one migrated
+            # it (and converted some messages differently, or dropped them) or was cut
+            # short before it marked its work. Either way the context is the user's now:
+            # left as it is, said so, not a failure with advice to delete it.
+            result.status = ContextStatus.SKIPPED
+            result.notes.append(
+                f"already migrated as {cid!r} by an earlier version of cm_notebook (which "
+                "converted this record differently, or was stopped before the end): "
+                f"{len(missing)} message(s) this version makes of it are not in it, and "
+                f"{doubt}. It is left as it is; to have it "
+                f"as this version converts it, keep a copy (`cm-notebook export {cid}`), "
+                f"{retry}"
             )
             return
         cut = f"an earlier migration was interrupted after {len(index)} of its messages"
