@@ -179,6 +179,16 @@ async def test_a_failed_reply_shows_the_error_and_what_to_do(new_session: NewSes
     assert chat.send_button.disabled is False  # the user can act: retry, edit or send
 
 
+async def test_the_text_box_sends_without_trailing_blank_lines(new_session: NewSession) -> None:
+    session = new_session(provider=ScriptedProvider().reply("Hello."))
+    chat = ChatView(session)
+    chat.input.value = "  indented\nhello two\n\n  "
+    chat.send_button.click()
+    message = await until(lambda: next(iter(session.history()), None))
+    assert message.content == "  indented\nhello two"
+    assert chat.input.value == ""
+
+
 async def test_the_status_bar_counts_down_a_retry(new_session: NewSession) -> None:
     session = new_session(
         provider=ScriptedProvider().error("transient", retry_after=30).reply("late")

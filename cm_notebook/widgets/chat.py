@@ -411,7 +411,9 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._follower.on_loop(lambda: action(shown, clicked))
 
     def _send_input(self, branch: str, clicked: float) -> None:
-        text = self.input.value
+        # Trailing blank lines and spaces say nothing (Enter in the box adds a line, it
+        # does not send): not stored with the message. Leading ones may be indentation.
+        text = self.input.value.rstrip()
         if not text.strip():
             sent = self._sent_at
             if sent is not None and clicked - sent < DOUBLE_CLICK:
