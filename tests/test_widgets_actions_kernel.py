@@ -306,3 +306,32 @@ def test_displaying_a_session_shows_the_views_and_a_snapshot_kept_current(
         lambda: "Hello there." in fe.displays[display_id]["text/html"],
         what="the snapshot updated after the turn",
     )
+
+
+def test_approve_with_invalid_arguments_keeps_the_approve_buttons_disabled(fe: FrontEnd) -> None:
+    # The edit and the click come at once (a click before the check has answered): the
+    # refused approval gives the row back, but not its approve buttons while the
+    # arguments stay invalid; Deny and the editor are usable.
+    approvals, transcript = _start(fe, "s9", '.tool_call("add", {"a": 2, "b": 2}).reply("Ok.")')
+    row = _row(fe, approvals)
+    fe.edit(row["arguments"], value='{"a": 2, "b": ')
+    fe.click(row["approve"])
+    out = fe.run(
+        """
+        import asyncio
+        await asyncio.sleep(0.5)  # the row's check and refused approval, on this loop
+        r = approvals_s9.rows[next(iter(approvals_s9.rows))]
+        print([b.disabled for b in r._approve_buttons], r.deny_button.disabled,
+              r.arguments.disabled, r.reason.disabled, r.decided)
+        """
+    )
+    assert out.strip() == "[True, True, True] False False False False"
+    assert "JSON" in _value(fe, row["check"])
+    fe.wait_for(lambda: fe.models[row["approve"]]["disabled"] is True)
+    assert fe.models[row["deny"]]["disabled"] is False
+    # Made valid again, the arguments can be approved.
+    fe.edit(row["arguments"], value='{"a": 3, "b": 4}')
+    fe.wait_for(lambda: fe.models[row["approve"]]["disabled"] is False)
+    fe.click(row["approve"])
+    assert _final_html(fe, transcript) == "<p>Ok.</p>\n"
+    assert fe.run("print(ran[-1])").strip() == "(3, 4)"

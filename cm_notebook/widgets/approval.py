@@ -234,9 +234,13 @@ class CallRow(w.VBox):  # type: ignore[misc]
                 self.status.value = shown
 
     def _release(self) -> None:
+        # The row is usable again: Deny and the editor, and the approve buttons only
+        # while the arguments are valid (a refused approval of invalid ones leaves
+        # them disabled, the error still shown).
         with self._lock:
             self._used = False
         self._set_disabled(False)
+        self._check()
 
     def _set_disabled(self, disabled: bool) -> None:
         self._enable_approve(not disabled)
