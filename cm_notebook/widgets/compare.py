@@ -36,7 +36,16 @@ if TYPE_CHECKING:
 
 __all__ = ["CompareView", "comparison_html"]
 
-_MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
+#: Colours of the comparison's texts: the theme's (JupyterLab's dark theme too), else
+#: these (a saved notebook, nbconvert HTML).
+_MUTED = "var(--jp-ui-font-color2,#555)"
+_RED = "var(--jp-error-color1,#b91c1c)"
+_BORDER = "var(--jp-border-color2,#ddd)"
+
+_MARKS = {
+    "+": "background:#d1fae5;color:#1f2937",
+    "-": "background:#fee2e2;color:#1f2937;text-decoration:line-through",
+}
 
 
 class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
@@ -136,7 +145,7 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         return f"<cm_notebook CompareView of {len(self.branch_names)} branches>"
 
     def _show_error(self, text: str) -> None:
-        self.value = f'<div style="color:#b91c1c">{html.escape(text)}</div>'
+        self.value = f'<div style="color:{_RED}">{html.escape(text)}</div>'
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ScoreUpdated):
@@ -240,7 +249,7 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     if column["state"] != "Idle":
         rows.append(("state", column["state"]))
     cells = "".join(
-        f'<tr><td style="text-align:left;color:#666;padding-right:8px;vertical-align:top">'
+        f'<tr><td style="text-align:left;color:{_MUTED};padding-right:8px;vertical-align:top">'
         f'{html.escape(k)}</td><td style="text-align:left;white-space:pre-wrap">'
         f"{html.escape(v)}</td></tr>"
         for k, v in rows
@@ -261,7 +270,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     base = answers[0].content if diffs and answers[0] is not None else ""
     second = answers[1].content if diffs and answers[1] is not None else ""
     head = (
-        f'<div style="color:#555;margin-bottom:4px">{len(columns)} branches share the first '
+        f'<div style="color:{_MUTED};margin-bottom:4px">{len(columns)} branches share the first '
         f"{shared} message{'s' if shared != 1 else ''}; below, what each says after that.</div>"
     )
     cells = []
@@ -273,7 +282,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
                 continue
             label = html.escape(message.role)
             body.append(
-                f'<div style="font-size:85%;color:#555"><b>{label}</b></div>'
+                f'<div style="font-size:85%;color:{_MUTED}"><b>{label}</b></div>'
                 f"{render_markdown(message.content)}{tool_calls_html(message)}"
             )
         if answer is not None:
@@ -286,23 +295,22 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
             else:
                 text = html.escape(answer.content)
             body.append(
-                '<div style="font-size:85%;color:#555"><b>answer</b>'
+                f'<div style="font-size:85%;color:{_MUTED}"><b>answer</b>'
                 + (" (diff against the first)" if index and marked else "")
                 + f'</div><div class="cm-answer" style="white-space:pre-wrap">{text}</div>'
             )
         elif reply is not None:
             body.append(unfinished_html(BranchResult.of(column["branch"], reply)))
         else:
-            body.append('<div style="color:#888">(no answer yet)</div>')
+            body.append(f'<div style="color:{_MUTED}">(no answer yet)</div>')
         cells.append(
-            '<div class="cm-compare-column" style="flex:1;min-width:0;border:1px solid #ddd;'
+            f'<div class="cm-compare-column" style="flex:1;min-width:0;border:1px solid {_BORDER};'
             'border-radius:6px;padding:6px 10px">'
             f'<div style="font-weight:600">{html.escape(column["branch"])}</div>'
             f"{_facts(column, reply)}{''.join(body)}</div>"
         )
     per_turn = "".join(turns_html(comparison, changed_only=True) for comparison in turns)
     return (
-        f'<div class="cm-compare-body">{head}<div style="display:flex;gap:8px">'
-        + "".join(cells)
-        + f"</div>{per_turn}</div>"
+        '<div class="cm-compare-body">'
+        f'{head}<div style="display:flex;gap:8px">' + "".join(cells) + f"</div>{per_turn}</div>"
     )

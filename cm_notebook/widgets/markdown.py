@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import html
 from collections.abc import Sequence
+from typing import ClassVar
 
 from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
@@ -21,14 +22,83 @@ from markdown_it.utils import EnvType, OptionsDict
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
+from pygments.style import Style
+from pygments.styles.default import DefaultStyle
+from pygments.token import (
+    Comment,
+    Error,
+    Generic,
+    Keyword,
+    Name,
+    Number,
+    Operator,
+    String,
+    _TokenType,
+)
 from pygments.util import ClassNotFound
 
 __all__ = ["render_markdown"]
 
-_FORMATTER = HtmlFormatter(noclasses=True, nowrap=True, style="default")
+#: JupyterLab's editor colour (``--jp-mirror-editor-<name>-color``) of each kind of
+#: token, the nearest kind's for the others.
+_EDITOR_COLOURS = {
+    Keyword: "keyword",
+    Operator.Word: "keyword",
+    Name.Builtin: "builtin",
+    Name.Function: "def",
+    Name.Class: "def",
+    Name.Namespace: "def",
+    Name.Exception: "def",
+    Name.Decorator: "meta",
+    Name.Variable: "variable-2",
+    Name.Constant: "variable-2",
+    Name.Label: "variable-2",
+    Name.Entity: "attribute",
+    Name.Attribute: "attribute",
+    Name.Tag: "tag",
+    String: "string",
+    String.Escape: "string-2",
+    String.Interpol: "string-2",
+    String.Regex: "string-2",
+    Number: "number",
+    Operator: "operator",
+    Comment: "comment",
+    Generic.Heading: "header",
+    Generic.Subheading: "header",
+    Generic.Deleted: "error",
+    Generic.Error: "error",
+    Generic.Traceback: "error",
+    Generic.Inserted: "keyword",
+    Generic.Prompt: "keyword",
+    Error: "error",
+}
+
+
+def _themed(token: _TokenType, spec: str) -> str:
+    # pygments' default style with each colour written as the theme's variable, the
+    # default colour as its fallback: JupyterLab's dark theme gets its own editor
+    # colours, and where no theme defines them (a saved notebook opened elsewhere,
+    # nbconvert HTML) the default style shows as before.
+    kind = next((_EDITOR_COLOURS[t] for t in token.split()[::-1] if t in _EDITOR_COLOURS), None)
+    variable = f"--jp-mirror-editor-{kind}-color" if kind else "--jp-content-font-color1"
+    return " ".join(
+        f"var({variable},{part})" if part.startswith("#") else part for part in spec.split()
+    )
+
+
+class _ThemedStyle(Style):
+    background_color = DefaultStyle.background_color
+    styles: ClassVar[dict[_TokenType, str]] = {
+        token: _themed(token, spec) for token, spec in DefaultStyle.styles.items()
+    }
+
+
+_FORMATTER = HtmlFormatter(noclasses=True, nowrap=True, style=_ThemedStyle)
+#: The code block: JupyterLab's code background (dark in its dark theme), the light
+#: default where there is none.
 _PRE_STYLE = (
-    "background:#f6f8fa;padding:8px;border-radius:4px;overflow-x:auto;"
-    "font-size:90%;line-height:125%"
+    "background:var(--jp-cell-editor-background,#f6f8fa);padding:8px;border-radius:4px;"
+    "overflow-x:auto;font-size:90%;line-height:125%"
 )
 
 
