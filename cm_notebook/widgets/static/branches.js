@@ -28,7 +28,8 @@ function render({ model, el }) {
       const name = document.createElement("button");
       name.className = "cm-node-name";
       name.textContent = n.name;
-      name.title = n.active ? "the active branch" : "switch to this branch";
+      // The whole name too: a long one is cut with an ellipsis.
+      name.title = `${n.name}: ${n.active ? "the active branch" : "switch to this branch"}`;
       name.addEventListener("click", () => model.send({ event: "switch", branch: n.name }));
       const meta = document.createElement("span");
       meta.className = "cm-node-meta";
