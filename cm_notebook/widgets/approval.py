@@ -51,6 +51,11 @@ __all__ = ["CallRow", "DecisionHistory", "ToolApproval"]
 #: How many of the latest decisions the history shows (the log keeps them all).
 HISTORY_SHOWN = 50
 
+#: Colours of the row's texts: the theme's (JupyterLab's dark theme too), else these.
+_MUTED = "var(--jp-ui-font-color2,#888)"
+_RED = "var(--jp-error-color1,#b91c1c)"
+_GREEN = "var(--jp-success-color0,#059669)"
+
 _APPROVED_AS = {
     "once": "approved",
     "session": "approved, always for this session",
@@ -79,7 +84,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         where = f" on branch <b>{html.escape(branch)}</b>" if branch else ""
         self.title = w.HTML(
             f"⚙ <code>{html.escape(call.name)}</code>{where} "
-            f'<span style="color:#888">({html.escape(call.id)})</span>'
+            f'<span style="color:{_MUTED}">({html.escape(call.id)})</span>'
         )
         self.arguments = w.Textarea(
             value=self._original,
@@ -160,14 +165,14 @@ class CallRow(w.VBox):  # type: ignore[misc]
         try:
             edited = validate_edited_arguments(self.session.tools.get(self.call.name), text)
         except CMError as exc:
-            self.check.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+            self.check.value = f'<span style="color:{_RED}">{html.escape(str(exc))}</span>'
             self._enable_approve(False)
             raise
         self._enable_approve(not self.decided)
         if edited == self.call.arguments:  # reformatted, not changed
             self.check.value = ""
             return None
-        self.check.value = '<span style="color:#059669">✓ edited arguments are valid</span>'
+        self.check.value = f'<span style="color:{_GREEN}">✓ edited arguments are valid</span>'
         return edited
 
     def _enable_approve(self, enabled: bool) -> None:
@@ -224,14 +229,18 @@ class CallRow(w.VBox):  # type: ignore[misc]
             shown = done.result()
         except (ToolCallAlreadyResolvedError, ToolCallNotFoundError) as exc:
             if not self._outcome_shown:
-                self.status.value = f'<span style="color:#888">{html.escape(str(exc))}</span>'
+                self.status.value = _WRAP.format(
+                    f'<span style="color:{_MUTED}">{html.escape(str(exc))}</span>'
+                )
         except CMError as exc:
-            self.status.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+            self.status.value = _WRAP.format(
+                f'<span style="color:{_RED}">{html.escape(str(exc))}</span>'
+            )
             if not self._outcome_shown:
                 self._release()
         else:
             if not self._outcome_shown:
-                self.status.value = shown
+                self.status.value = _WRAP.format(shown)
 
     def _release(self) -> None:
         # The row is usable again: Deny and the editor, and the approve buttons only
@@ -259,7 +268,12 @@ class CallRow(w.VBox):  # type: ignore[misc]
             text += f": {html.escape(reason)}"
         if result is not None:
             text += f' → <code style="white-space:pre-wrap">{html.escape(result)}</code>'
-        self.status.value = text
+        self.status.value = _WRAP.format(text)
+
+
+#: The row's status: long words (a long reason, a URL) wrap within the row, with the
+#: line height of text (an HTML widget's is that of a row of widgets).
+_WRAP = '<div style="overflow-wrap:anywhere;white-space:normal;line-height:normal">{}</div>'
 
 
 def _describe(record: ApprovalRecord) -> str:
@@ -269,11 +283,11 @@ def _describe(record: ApprovalRecord) -> str:
         verdict += f" (always, {record.remember})"
     who = html.escape(record.by) + (" <i>from another process</i>" if record.remote else "")
     parts = [
-        f'<span style="color:#888">{record.at:%Y-%m-%d %H:%M:%S}</span>',
+        f'<span style="color:{_MUTED}">{record.at:%Y-%m-%d %H:%M:%S}</span>',
         f"<code>{html.escape(record.tool)}</code>",
-        f'<b style="color:{"#059669" if record.approved else "#b91c1c"}">{verdict}</b>',
+        f'<b style="color:{_GREEN if record.approved else _RED}">{verdict}</b>',
         f"by {who}",
-        f'<span style="color:#888">on {html.escape(record.branch)}</span>',
+        f'<span style="color:{_MUTED}">on {html.escape(record.branch)}</span>',
     ]
     line = " ".join(parts)
     if record.edited_arguments is not None:
@@ -314,7 +328,7 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
         try:
             self.records = [r for r in self.session.approval_log() if self._keep(r)]
         except CMError as exc:
-            self.body.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+            self.body.value = f'<span style="color:{_RED}">{html.escape(str(exc))}</span>'
             return
         self._show()
 
@@ -330,7 +344,7 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
         shown = self.records[-HISTORY_SHOWN:][::-1]
         self.set_title(0, f"Decision history ({len(self.records)})")
         self.body.value = "".join(map(_describe, shown)) or (
-            '<span style="color:#888">No decisions yet.</span>'
+            f'<span style="color:{_MUTED}">No decisions yet.</span>'
         )
 
 
@@ -408,7 +422,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         )
 
     def _show_error(self, text: str) -> None:
-        self.header.value = f'<span style="color:#b91c1c">{html.escape(text)}</span>'
+        self.header.value = f'<span style="color:{_RED}">{html.escape(text)}</span>'
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ToolApprovalRequested):
