@@ -311,6 +311,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
         )
     per_turn = "".join(turns_html(comparison, changed_only=True) for comparison in turns)
     return (
-        '<div class="cm-compare-body">'
+        # The line height of text: a widget's HTML gets that of a row of widgets (28 px).
+        '<div class="cm-compare-body" style="line-height:var(--jp-content-line-height,normal)">'
         f'{head}<div style="display:flex;gap:8px">' + "".join(cells) + f"</div>{per_turn}</div>"
     )

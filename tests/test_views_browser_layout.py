@@ -1,0 +1,278 @@
+"""The views' layout and colours in a real browser (JupyterLab in Debian's Chromium, as
+in test_views_browser): wide content stays inside the messages and the approval row,
+many branches scroll inside the tree (long names cut, their fork button in view), the
+compare view's text has the line height of text, and JupyterLab's dark theme leaves
+every text readable (its contrast measured on the page's computed colours).
+
+``CM_TEST_ARTIFACTS=dir`` keeps screenshots along the way in ``dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_views_browser import (
+    CHROMIUM,
+    TIMEOUT_MS,
+    _artifacts,
+    _run_new_cell,
+    _snap,
+    _wait_js,
+    lab,
+)
+
+pytestmark = pytest.mark.slow
+
+__all__ = ["lab"]  # the JupyterLab fixture, used here
+
+SETUP = '''from cm_notebook import ContextSession, tool
+from cm_notebook.testing import ScriptedProvider
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+table = (
+    "| " + " | ".join(f"column_{i}_header" for i in range(14)) + " |\\n|" + "---|" * 14 + "\\n"
+    + ("| " + " | ".join(f"value{i}xx" for i in range(14)) + " |\\n") * 3
+)
+wide = (
+    "A wide table:\\n\\n" + table + "\\nSee https://example.com/" + "a" * 300
+    + " for details.\\n\\n```python\\nimport os  # a comment\\nx = 'text'\\n```\\n"
+)
+fake = (
+    ScriptedProvider()
+    .reply(wide)
+    .tool_call("add", {"a": 2, "b": 3})
+    .reply("Not run, fine.")
+    .tool_call("add", {"a": 1, "b": 1})
+    .reply("The sum is 2.")
+)
+s = ContextSession.create("Layout", provider=fake, tools=[add])
+s'''
+
+BRANCHES = """LONG = "a-very-long-branch-name-that-goes-on-and-on-" + "x" * 40
+names = [f"исследование-ветка-{i}" for i in range(3)] + [LONG] + [f"b{i:02d}" for i in range(32)]
+for n in names:
+    s.branch(n, switch=False)
+len(s.branch_names)"""
+
+REASON = "because " + "x" * 400 + " and also " + "long words " * 60
+
+# The contrast (WCAG) of an element's text against what is drawn behind it: the
+# backgrounds of it and its ancestors, composited, over the page's.
+CONTRAST_JS = """(el) => {
+    const parse = (c) => {
+        const m = c.match(/rgba?\\(([^)]+)\\)/);
+        if (!m) return [0, 0, 0, 0];
+        const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+        return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+    };
+    const over = (top, bottom) => {
+        const a = top[3];
+        return [0, 1, 2].map((i) => top[i] * a + bottom[i] * (1 - a)).concat([1]);
+    };
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+        const bg = parse(getComputedStyle(e).backgroundColor);
+        if (bg[3] > 0) layers.push(bg);
+        if (bg[3] >= 1) break;
+    }
+    let back = [255, 255, 255, 1];
+    for (const layer of layers.reverse()) back = over(layer, back);
+    const fore = over(parse(getComputedStyle(el).color), back);
+    const lum = (c) => {
+        const [r, g, b] = c.slice(0, 3).map((v) => {
+            v /= 255;
+            return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+        });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const [hi, lo] = [lum(fore), lum(back)].sort((x, y) => y - x);
+    return {contrast: (hi + 0.05) / (lo + 0.05), background: lum(back)};
+}"""
+
+# The texts whose colours the views set, by selector: each must be readable.
+READABLE = {
+    "the active branch in the status chip": ".cm-status .cm-chip.cm-active",
+    "the active branch in the tree": ".cm-tree .cm-node.cm-active .cm-node-name",
+    "another branch in the tree": ".cm-tree .cm-node:not(.cm-active) .cm-node-name",
+    "a branch's facts": ".cm-tree .cm-node-meta",
+    "a message's label": ".cm-transcript .cm-head",
+    "a tool call's status badge": ".cm-transcript .cm-call-done .cm-badge",
+    "a denied tool call's status badge": ".cm-transcript .cm-call-denied .cm-badge",
+    "a tool call's result": ".cm-transcript .cm-call-result",
+    "a tool call's reason": ".cm-transcript .cm-call-reason",
+    "a reply's stats": ".cm-transcript .cm-stats",
+    "a comparison's facts": ".cm-compare-column td",
+    "highlighted code": ".cm-transcript .cm-body pre code span",
+}
+
+
+def _write(path: Path, cells: list[str]) -> None:
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "source": c,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for c in cells
+        ],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook))
+
+
+def _box(page: Any, selector: str) -> dict[str, float]:
+    found = page.locator(selector).first.evaluate(
+        """(el) => { const r = el.getBoundingClientRect();
+            return {left: r.left, right: r.right, top: r.top, height: r.height,
+                    scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
+                    scrollHeight: el.scrollHeight, clientHeight: el.clientHeight}; }"""
+    )
+    return dict(found)
+
+
+def _inside(page: Any, inner: str, outer: str) -> None:
+    a, b = _box(page, inner), _box(page, outer)
+    assert a["right"] <= b["right"] + 1, f"{inner} spills out of {outer}: {a} {b}"
+
+
+def _no_sideways_scroll(page: Any, selector: str) -> None:
+    box = _box(page, selector)
+    assert box["scrollWidth"] <= box["clientWidth"] + 1, f"{selector} scrolls sideways: {box}"
+
+
+def _readable(page: Any, theme: str) -> None:
+    for what, selector in READABLE.items():
+        measured = page.locator(selector).first.evaluate(CONTRAST_JS)
+        assert measured["contrast"] >= 4.5, (
+            f"{theme}: {what} ({selector}) is hard to read: {measured}"
+        )
+
+
+def test_layout_and_dark_theme(lab: tuple[str, Path], tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, root = lab
+    _write(root / "layout.ipynb", [SETUP, 'turn = s.send("wide please")'])
+    url = url.replace("demo.ipynb", "layout.ipynb")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            _drive(page, url)
+        except BaseException as exc:
+            shot = _artifacts(tmp_path) / "layout-failure.png"
+            page.screenshot(path=str(shot), full_page=True)
+            raise AssertionError(f"{exc}\n(screenshot: {shot})") from exc
+        finally:
+            browser.close()
+
+
+def _drive(page: Any, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook")
+    _wait_js(
+        page,
+        """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+            const k = w && w.sessionContext && w.sessionContext.session
+                && w.sessionContext.session.kernel;
+            return k && k.status === "idle"; }""",
+    )
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+    # 1. Wide content stays inside its message: the table scrolls on its own, the long
+    # URL wraps; the transcript does not scroll sideways.
+    page.wait_for_selector(".cm-transcript .cm-assistant .cm-body table")
+    page.locator(".cm-transcript").first.scroll_into_view_if_needed()
+    _snap(page, "layout-wide")
+    _inside(page, ".cm-transcript .cm-body table", ".cm-transcript .cm-assistant")
+    header = ".cm-transcript .cm-body th:has-text('column_0_header')"
+    assert _box(page, header)["height"] < 30, "the table's headers are broken up"
+    _inside(
+        page, ".cm-transcript .cm-body p:has-text('example.com')", ".cm-transcript .cm-assistant"
+    )
+    _no_sideways_scroll(page, ".cm-transcript .cm-scroll")
+
+    # ... and so does a long reason for a Deny, in the transcript and the approval row.
+    page.locator(".cm-chat .widget-textarea textarea").fill("add 2 and 3")
+    page.locator(".cm-chat button:has-text('Send')").click()
+    page.locator(".cm-approval input[placeholder^='reason']").fill(REASON)
+    page.locator(".cm-approval button:has-text('Deny')").click()
+    page.wait_for_selector(".cm-transcript .cm-body:has-text('Not run, fine.')")
+    page.wait_for_selector(".cm-approval .cm-call-row:has-text('and also long words')")
+    _inside(page, ".cm-transcript .cm-call-reason", ".cm-transcript .cm-call")
+    _no_sideways_scroll(page, ".cm-transcript .cm-scroll")
+    row = ".cm-approval .cm-call-row"
+    status = f"{row} .widget-html:has-text('and also long words')"
+    _inside(page, status, row)
+    _no_sideways_scroll(page, status)
+    page.locator(row).first.scroll_into_view_if_needed()
+    _snap(page, "layout-deny-reason")
+    # One more call, approved: a result to look at.
+    page.locator(".cm-chat .widget-textarea textarea").fill("add 1 and 1")
+    page.locator(".cm-chat button:has-text('Send')").click()
+    page.locator(".cm-approval button:has-text('Approve once') >> nth=-1").click()
+    page.wait_for_selector(".cm-transcript .cm-body:has-text('The sum is 2.')")
+
+    # 2. Many branches scroll inside the tree; a long name is cut (the whole name its
+    # tooltip), its fork button in view; a non-ASCII name's facts on one line.
+    _run_new_cell(page, BRANCHES)
+    page.wait_for_selector(".cm-tree .cm-node >> nth=36")
+    tree = _box(page, ".cm-tree")
+    assert tree["height"] <= 400, f"the tree is {tree['height']} px tall"
+    assert tree["scrollHeight"] > tree["clientHeight"], "the tree does not scroll"
+    _no_sideways_scroll(page, ".cm-tree")
+    long_node = ".cm-tree .cm-node[data-branch^='a-very-long-branch-name']"
+    name = page.locator(f"{long_node} .cm-node-name")
+    assert "x" * 40 in (name.get_attribute("title") or "")
+    assert name.evaluate("(el) => el.scrollWidth > el.clientWidth"), "the long name is not cut"
+    assert name.evaluate("(el) => getComputedStyle(el).textOverflow") == "ellipsis"
+    _inside(page, f"{long_node} .cm-fork", ".cm-tree")
+    for part in (".cm-node-name", ".cm-node-meta"):
+        box = _box(page, f".cm-tree .cm-node[data-branch='исследование-ветка-0'] {part}")
+        assert box["height"] < 24, f"a non-ASCII branch's {part} wraps: {box}"
+    page.locator(".cm-tree").first.scroll_into_view_if_needed()
+    _snap(page, "layout-branches")
+
+    # 3. The compare view: its text has the line height of text, not of a widget row.
+    _run_new_cell(page, 's.compare_view("main", "b00")')
+    page.wait_for_selector(".cm-compare .cm-compare-column >> nth=1")
+    rows = page.locator(".cm-compare .cm-compare-column tr")
+    heights = [rows.nth(i).evaluate("(el) => el.getBoundingClientRect().height") for i in range(2)]
+    assert max(heights) < 24, f"the compare view's rows are {heights} px apart"
+    page.locator(".cm-compare").first.scroll_into_view_if_needed()
+    _snap(page, "layout-compare")
+
+    # 4. Readable in the light theme, and in the dark one.
+    _readable(page, "light")
+    page.evaluate(
+        "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+    )
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    page.wait_for_timeout(500)  # the theme's stylesheet applied: no event says so
+    _readable(page, "dark")
+    code = page.locator(".cm-transcript .cm-body pre").first.evaluate(CONTRAST_JS)
+    assert code["background"] < 0.1, f"a code block stays light in the dark theme: {code}"
+    page.locator(".cm-transcript").first.scroll_into_view_if_needed()
+    _snap(page, "layout-dark-transcript")
+    page.locator(".cm-compare").first.scroll_into_view_if_needed()
+    _snap(page, "layout-dark-compare")
+    if "CM_TEST_ARTIFACTS" in os.environ:
+        page.screenshot(path=str(Path(os.environ["CM_TEST_ARTIFACTS"]) / "layout-done.png"))
