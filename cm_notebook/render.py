@@ -39,11 +39,13 @@ _LENGTH_REASONS = {"length", "max_tokens"}
 # How many branch names the HTML lists before saying how many more there are.
 _MAX_BRANCHES_SHOWN = 12
 
+# Light cards with their own dark text: a dark theme's light text (JupyterLab Dark, VS
+# Code) on these backgrounds could not be read.
 _ROLE_STYLE = {
-    "user": "background:#eef4ff;border-left:3px solid #3b82f6",
-    "assistant": "background:#f6f6f6;border-left:3px solid #10b981",
-    "system": "background:#fff8e6;border-left:3px solid #f59e0b",
-    "tool": "background:#f3efff;border-left:3px solid #8b5cf6",
+    "user": "background:#eef4ff;color:#1f2937;border-left:3px solid #3b82f6",
+    "assistant": "background:#f6f6f6;color:#1f2937;border-left:3px solid #10b981",
+    "system": "background:#fff8e6;color:#1f2937;border-left:3px solid #f59e0b",
+    "tool": "background:#f3efff;color:#1f2937;border-left:3px solid #8b5cf6",
 }
 
 

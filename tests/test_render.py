@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def test_a_message_renders_escaped_with_its_status_and_tool_calls() -> None:
     assert "interrupted" in html
     assert "lookup" in html
     assert "&lt;b&gt;" in html
+
+
+@pytest.mark.parametrize("role", ["user", "assistant", "system", "tool"])
+def test_a_message_card_sets_its_own_text_colour_with_its_background(role: str) -> None:
+    # A light card that left its text to the page's colour was light on light under a
+    # dark theme (JupyterLab Dark, VS Code): unreadable.
+    html = Message(role=role, content="hello", tool_call_id="c1" if role == "tool" else None)
+    styles = re.findall(r'style="([^"]*)"', html._repr_html_())
+    assert any("background" in style for style in styles)
+    for style in styles:
+        if "background" in style:
+            assert re.search(r"(^|;)color:", style), style
 
 
 def test_a_session_renders_its_active_branch_and_system_prompt(

@@ -115,7 +115,7 @@ def transcript_html(
                 f"[{call['status']}]{result}</span></div>"
             )
         if item["error"]:
-            extra += f'<div style="color:#b91c1c">{html.escape(item["error"])}</div>'
+            extra += f'<div style="color:{_ERROR}">{html.escape(item["error"])}</div>'
         if item["hint"]:
             extra += f'<div style="color:#888">{html.escape(item["hint"])}</div>'
         parts.append(_block(item["label"], colors.get(item["role"], "#999"), item["html"], extra))
@@ -123,9 +123,15 @@ def transcript_html(
     return "".join(parts)
 
 
+# The theme's colours where JupyterLab sets them (its dark theme included), else these:
+# a fixed dark grey or red is hard to read on a dark page.
+_LABEL = "var(--jp-ui-font-color2,#555)"
+_ERROR = "var(--jp-error-color1,#b91c1c)"
+
+
 def _block(label: str, color: str, body: str, extra: str) -> str:
     return (
         f'<div style="border-left:3px solid {color};padding:2px 10px;margin:6px 0">'
-        f'<div style="font-size:80%;color:#555;font-weight:bold">{html.escape(label)}</div>'
+        f'<div style="font-size:80%;color:{_LABEL};font-weight:bold">{html.escape(label)}</div>'
         f"{body}{extra}</div>"
     )
