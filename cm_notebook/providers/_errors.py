@@ -194,7 +194,7 @@ def from_http_status(
         return TransientProviderError(text, status_code=status, provider=provider, retry_after=wait)
     if status == 401:
         todo = (
-            f"set {api_key_env} to a valid API key (or pass api_key=...)"
+            f"set {api_key_env} to a valid API key (or build the provider with api_key=...)"
             if api_key_env
             else "check the API key"
         )

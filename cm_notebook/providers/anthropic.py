@@ -506,7 +506,7 @@ class AnthropicProvider:
             # the user configured but which cannot be read fails right here.
             raise PermanentProviderError(
                 f"{_PROVIDER}: could not load credentials: {exc}. Set {_KEY_ENV} "
-                "(or pass api_key=...) to use a key instead",
+                "(or build the provider with api_key=...) to use a key instead",
                 provider=_PROVIDER,
             ) from exc
 
@@ -557,7 +557,7 @@ class AnthropicProvider:
         """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
         if not self._has_credentials():
             raise PermanentProviderError(
-                f"{_PROVIDER}: no API key; set {_KEY_ENV} (or pass api_key=...)",
+                f"{_PROVIDER}: no API key; set {_KEY_ENV} (or build the provider with api_key=...)",
                 provider=_PROVIDER,
             )
         kwargs = build_request(request, model=self.model, max_tokens=self.max_tokens)

@@ -262,8 +262,8 @@ class OpenAIProvider:
             key = os.environ.get(_KEY_ENV)  # set after construction, e.g. in a notebook
             if not key:
                 raise PermanentProviderError(
-                    f"openai: no API key. To fix: set {_KEY_ENV} (or pass api_key=...), or "
-                    "give base_url=... for a local OpenAI-compatible server.",
+                    f"openai: no API key. To fix: set {_KEY_ENV} (or build the provider with "
+                    "api_key=...), or give base_url=... for a local OpenAI-compatible server.",
                     provider=_PROVIDER,
                 )
             self._client = self._new_client(key)
