@@ -175,6 +175,7 @@ def test_history_and_ls_show_control_characters_escaped(fe: FrontEnd) -> None:
     listed = fe.run("%cm ls")
     assert "\u202e" not in listed
     assert r"\u202eevil title" in listed
+    assert "(1 branch)" in listed  # not "(1 branches)"
 
 
 def test_history_marks_a_failed_reply(fe: FrontEnd) -> None:

@@ -125,7 +125,8 @@ class Commands:
         for meta in stored:
             mark = "*" if meta.id == current else " "
             title = for_terminal(meta.title)  # as the CLI does: a title is anyone's text
-            print(f"{mark} {meta.id}  {title}  ({len(meta.branches)} branches)")
+            count = len(meta.branches)
+            print(f"{mark} {meta.id}  {title}  ({count} branch{'es' if count != 1 else ''})")
         for problem in damaged:
             print(f"! not listed: {for_terminal(str(problem))}")
 
