@@ -319,6 +319,9 @@ def markdown_of(
         lines.append(f"- Tags: {', '.join(_literal(tag) for tag in tags)}")
     if system_prompt:
         lines += ["", "## System prompt", "", message_markdown(system_prompt)]
+    # A call's result is shown under the call only when no tool message on the branch
+    # answers it: that message shows it (the same text) once, in its turn.
+    answered = {m.tool_call_id for m in messages if m.tool_call_id}
     for message in messages:
         label = status_label(message)
         status = f" ({label})" if label else ""
@@ -334,7 +337,7 @@ def markdown_of(
             _paragraph(lines, code_fence(args, "json"))
             if call.reason:
                 _paragraph(lines, _quoted("Reason", call.reason))
-            if call.result is not None:
+            if call.result is not None and call.id not in answered:
                 _paragraph(lines, "Result:")
                 _paragraph(lines, code_fence(call.result))
         if message.metadata.error:

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from store_helpers import FailingStore
 
+from cm_notebook._export_markdown import markdown_of
 from cm_notebook.errors import (
     BranchNotFoundError,
     ContextExistsError,
@@ -38,6 +39,7 @@ from cm_notebook.model import (
     ToolCall,
     ToolCallStatus,
 )
+from cm_notebook.render import code_fence
 from cm_notebook.store import FileStore
 
 pytestmark = pytest.mark.anyio
@@ -183,6 +185,19 @@ async def test_export_errors(store: FileStore) -> None:
         await export_context(store, "ctx-missing")
 
 
+def test_markdown_shows_a_result_under_its_call_when_no_turn_of_the_branch_does() -> None:
+    call = ToolCall(
+        id="c1", name="weather", arguments={}, status=ToolCallStatus.DONE, result="-3 °C"
+    )
+    asking = Message(role="assistant", content="", tool_calls=[call])
+    answer = Message(role="tool", content="-3 °C", tool_call_id="c1", parent_id=asking.id)
+    alone = markdown_of("t", "ctx", "main", [], "today", [], None, [asking])
+    assert "Result:\n\n```\n-3 °C\n```" in alone
+    answered = markdown_of("t", "ctx", "main", [], "today", [], None, [asking, answer])
+    assert "Result:" not in answered
+    assert answered.count("-3 °C") == 1
+
+
 async def test_markdown(store: FileStore) -> None:
     document = await export_context(store, CID)
     text = to_markdown(document)
@@ -199,9 +214,12 @@ async def test_markdown(store: FileStore) -> None:
     assert "Cold:" not in text  # that reply is on main, not on the active branch
     assert "**Tool call** `weather` (done)" in text
     assert '```json\n{\n  "city": "Oslo"\n}\n```' in text
-    # The result holds a ``` fence, so it is wrapped in a longer one.
-    assert "````\n```\n-3 °C\n```\n````" in text
+    # The result is shown once, in the tool's turn that answers the call, not again
+    # under the call.
     assert "*Result of tool call `call-1`*" in text
+    assert "Result:" not in text
+    # A text holding a ``` fence is wrapped in a longer one.
+    assert code_fence("```\n-3 °C\n```") == "````\n```\n-3 °C\n```\n````"
     main = to_markdown(document, branch="main")
     assert "Cold: **-3 °C**. ❄️" in main
     assert "- Branch: `main`" in main
