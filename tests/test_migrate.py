@@ -3,6 +3,7 @@ backups, reports, and records that cannot be converted."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -276,6 +277,43 @@ async def test_an_earlier_versions_migration_whose_branch_leads_somewhere_is_lef
     assert f"branch {name!r} already leads somewhere" in note
     assert f"cm-notebook export {conv.metadata.id}" in note
     assert list(await store.index(conv.metadata.id)) == [first.id]  # nothing written
+
+
+class _UnreadableMessages:
+    """The real FileStore behind the Store protocol, whose message files fail to read
+    (a disk's I/O error)."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get_messages(self, context_id: str, ids: Any) -> Any:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.anyio
+async def test_an_earlier_migration_that_cannot_be_read_is_a_failure_to_run_again(
+    store: FileStore,
+) -> None:
+    # Not "already migrated by an earlier version": nothing is known about it.
+    conv = convert(load_v1(FIXTURES / "contexts_object.json")[0])
+    empty = {n: b.model_copy(update={"head": None}) for n, b in conv.metadata.branches.items()}
+    await store.create_context(conv.metadata.model_copy(update={"branches": empty}))
+    await store.append_message(conv.metadata.id, conv.messages[0], branch=None)
+    failing = _UnreadableMessages(store)
+    report = await migrate(
+        FIXTURES / "contexts_object.json",
+        failing,
+        progress=False,
+        backup=False,  # type: ignore[arg-type]
+    )
+    result = report.contexts[0]
+    assert result.status is ContextStatus.FAILED
+    assert "could not be read: [Errno 5] Input/output error" in result.problems[0]
+    assert "run the migration again" in result.problems[0]
+    assert not result.notes
 
 
 @pytest.mark.anyio

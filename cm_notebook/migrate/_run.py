@@ -375,7 +375,12 @@ async def _check_existing(plan: _Plan, store: Store, dry_run: bool) -> None:
         try:
             doubt = await unfinished_writes(conv, store, index)
         except _WRITE_ERRORS as exc:
-            doubt = f"it could not be read: {exc}"
+            # Not a finding about the context: a failure to run again.
+            result.problems.append(
+                f"context {cid!r} exists but lacks {len(missing)} of its messages, and it "
+                f"could not be read: {exc}; run the migration again"
+            )
+            return
         if doubt is not None:
             # Not marked unfinished, so not left by this version: an earlier one migrated
             # it (and converted some messages differently, or dropped them) or was cut
