@@ -86,12 +86,15 @@ function render({ model, el }) {
   // Once the kernel restarts, the comm is gone and model.send throws ("Cannot send");
   // a click on a view left over from before the restart does nothing instead.
   let connected = true;
+  // True if the message went to the kernel.
   function send(msg) {
-    if (!connected) return;
+    if (!connected) return false;
     try {
       model.send(msg);
+      return true;
     } catch (err) {
       disconnected();
+      return false;
     }
   }
 
@@ -210,6 +213,7 @@ function render({ model, el }) {
     const stats = statsLine(m.stats);
     if (stats) box.append(h("div", "cm-stats", stats));
     if (m.rating) box.append(ratingBar(m, (msg) => send(msg)));
+    if (!connected) disable(box); // drawn after a restart: as dead as the rest
     return box;
   }
 
@@ -226,8 +230,10 @@ function render({ model, el }) {
     const row = h("div", "cm-edit-row");
     row.append(
       button("Send edit", "resend on a new branch", () => {
-        send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") });
-        close(); // the edited message opens on its new branch
+        if (!area.value.trim()) return area.focus(); // nothing to send: the box stays
+        // Closed once sent (the edited message opens on its new branch); kept, with
+        // its text, if the kernel could not be reached.
+        if (send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") })) close();
       }, "cm-edit-send"),
       button("Cancel", "keep the message", close),
     );
@@ -276,10 +282,17 @@ function render({ model, el }) {
     }
   });
 
-  // The widget manager marks every model not live when the kernel restarts (and a
-  // model whose comm closes): the kernel side of this view is gone. Say so, drop the
-  // streaming marker (that reply will never end here) and disable the view's buttons,
-  // the stock Send / Stop of its ChatView too, whose clicks would throw.
+  // Buttons disabled; text boxes read-only, so what was typed can still be copied.
+  function disable(root) {
+    for (const b of root.querySelectorAll("button")) b.disabled = true;
+    for (const t of root.querySelectorAll("textarea")) t.readOnly = true;
+  }
+
+  // JupyterLab's widget manager marks every model not live when the kernel restarts
+  // (not after a crash's automatic restart: that is noticed when a click finds no
+  // kernel): the kernel side of this view is gone. Say so, drop the streaming marker
+  // (that reply will never end here) and disable the view's buttons, the stock Send /
+  // Stop of its ChatView too, whose clicks would throw.
   function disconnected() {
     if (!connected) return;
     connected = false;
@@ -288,8 +301,7 @@ function render({ model, el }) {
     liveBox.classList.remove("cm-live");
     notice.textContent = "Not connected: the kernel restarted. Run the cell again for a live view.";
     notice.style.display = "block";
-    const view = el.closest(".cm-chat") || el;
-    for (const b of view.querySelectorAll("button, .cm-edit-box")) b.disabled = true;
+    disable(el.closest(".cm-chat") || el);
   }
   model.on("comm_live_update", disconnected);
 
