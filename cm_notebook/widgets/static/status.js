@@ -39,7 +39,7 @@ function render({ model, el }) {
       const stats = fmt(r.stats);
       if (stats) {
         const meta = document.createElement("span");
-        meta.style.color = "#777";
+        meta.style.color = "var(--jp-ui-font-color2, #777)"; // the theme's, dark ones too
         meta.textContent = " · " + stats;
         chip.append(meta);
       }
