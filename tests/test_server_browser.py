@@ -16,19 +16,15 @@ Without Chromium the test is skipped with the command that installs it; under CI
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 import pytest
+from browser_lab import CHROMIUM, TIMEOUT_MS, need_chromium
 from jupyter_server_proc import TOKEN, JupyterServer
 from server_client import create_context
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = os.environ.get("CM_CHROMIUM", "/usr/bin/chromium")
-INSTALL = "apt-get update && apt-get install -y chromium"
-TIMEOUT_MS = 60_000
 
 # The snippet, with its deltas kept in window state; an 'open' listener tells the test
 # when the stream is positioned, so the message is sent after it.
@@ -43,17 +39,8 @@ SNIPPET = """(url) => {
 }"""
 
 
-def _need_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    message = f"Chromium is not installed at {CHROMIUM}; install it with: {INSTALL}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def test_the_seed_eventsource_snippet_streams_a_reply_in_chromium(tmp_path: Path) -> None:
-    _need_chromium()
+    need_chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
     reply = " ".join(f"word{i}" for i in range(40)) + " - the end."
     with (

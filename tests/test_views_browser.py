@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_lab import artifacts, chromium_page, start_lab
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("CM_CHROMIUM", "/usr/bin/chromium")
-INSTALL = "apt-get update && apt-get install -y chromium"
-TIMEOUT_MS = 60_000
 
 NOTEBOOK_CELLS = [
     # Everything the page shows comes from these two cells; the rest is clicks.
@@ -59,135 +54,19 @@ s''',
 ]
 
 
-def _need_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    message = f"Chromium is not installed at {CHROMIUM}; install it with: {INSTALL}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _write_notebook(path: Path) -> None:
-    cells = [
-        {"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
-        for src in NOTEBOOK_CELLS
-    ]
-    notebook = {
-        "cells": cells,
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(notebook))
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A JupyterLab server of this virtualenv on 127.0.0.1: (url with token, root dir)."""
-    _need_chromium()
-    root = tmp_path / "root"
-    root.mkdir()
-    _write_notebook(root / "demo.ipynb")
-    # No "news?" toast: it would sit over the bottom-right corner of the page.
-    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    token = secrets.token_hex(16)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CM_NOTEBOOK_DATA_DIR": str(tmp_path / "data"),
-        # A config and runtime of its own: no user settings or workspaces leak in.
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        "--LabApp.expose_app_in_browser=True",
-        "--LabApp.news_url=",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    log = (tmp_path / "lab.log").open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.2)  # polling a server that is starting: no event to wait on
-        yield f"{base}/lab/tree/demo.ipynb?token={token}", root
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def _artifacts(tmp_path: Path) -> Path:
-    where = Path(os.environ.get("CM_TEST_ARTIFACTS", tmp_path / "artifacts"))
-    where.mkdir(parents=True, exist_ok=True)
-    return where
+    with start_lab(tmp_path, NOTEBOOK_CELLS) as started:
+        yield started
 
 
 def test_the_views_in_jupyterlab(lab: tuple[str, Path], tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     url, root = lab
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(TIMEOUT_MS)
-        try:
-            _drive(page, url, root / "demo.ipynb")
-            if "CM_TEST_ARTIFACTS" in os.environ:
-                page.screenshot(path=str(_artifacts(tmp_path) / "views-done.png"), full_page=True)
-        except BaseException as exc:
-            shot = _artifacts(tmp_path) / "views-failure.png"
-            page.screenshot(path=str(shot), full_page=True)
-            raise AssertionError(f"{exc}\n(screenshot: {shot})") from exc
-        finally:
-            browser.close()
+    with chromium_page(tmp_path, "views") as page:
+        _drive(page, url, root / "demo.ipynb")
+        if "CM_TEST_ARTIFACTS" in os.environ:
+            page.screenshot(path=str(artifacts(tmp_path) / "views-done.png"), full_page=True)
 
 
 def _icon_drawn(icon: Any) -> None:

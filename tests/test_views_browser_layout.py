@@ -9,16 +9,13 @@ every text readable (its contrast measured on the page's computed colours).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_lab import CHROMIUM, TIMEOUT_MS, artifacts, write_notebook
 from test_views_browser import (
-    CHROMIUM,
-    TIMEOUT_MS,
-    _artifacts,
     _run_new_cell,
     _snap,
     _wait_js,
@@ -114,27 +111,6 @@ READABLE = {
 }
 
 
-def _write(path: Path, cells: list[str]) -> None:
-    notebook = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "metadata": {},
-                "source": c,
-                "outputs": [],
-                "execution_count": None,
-            }
-            for c in cells
-        ],
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(notebook))
-
-
 def _box(page: Any, selector: str) -> dict[str, float]:
     found = page.locator(selector).first.evaluate(
         """(el) => { const r = el.getBoundingClientRect();
@@ -166,7 +142,7 @@ def _readable(page: Any, theme: str) -> None:
 def test_layout_and_dark_theme(lab: tuple[str, Path], tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     url, root = lab
-    _write(root / "layout.ipynb", [SETUP, 'turn = s.send("wide please")'])
+    write_notebook(root / "layout.ipynb", [SETUP, 'turn = s.send("wide please")'])
     url = url.replace("demo.ipynb", "layout.ipynb")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
@@ -178,7 +154,7 @@ def test_layout_and_dark_theme(lab: tuple[str, Path], tmp_path: Path) -> None:
         try:
             _drive(page, url)
         except BaseException as exc:
-            shot = _artifacts(tmp_path) / "layout-failure.png"
+            shot = artifacts(tmp_path) / "layout-failure.png"
             page.screenshot(path=str(shot), full_page=True)
             raise AssertionError(f"{exc}\n(screenshot: {shot})") from exc
         finally:
