@@ -18,10 +18,10 @@ from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
 from .errors import (
     ContextExistsError,
-    ContextNotFoundError,
     InvalidInputError,
     MigrationError,
     SchemaVersionError,
+    StateError,
     StoreError,
 )
 from .export import (
@@ -30,8 +30,8 @@ from .export import (
     import_document,
     import_under_way,
     is_export,
-    is_unfinished_import,
     parse_export,
+    remove_killed_import,
     to_json,
     to_markdown,
 )
@@ -290,18 +290,11 @@ async def _import_export(args: argparse.Namespace, store: Store, document: Expor
     target = new_id("c") if args.new_id else None
     cid = target or document.metadata.id
     try:
-        there = await store.get_metadata(cid)
-    except ContextNotFoundError:
-        there = None
-    if there is not None and is_unfinished_import(there):
-        if import_under_way(store, cid):
-            raise CommandError(
-                f"context {cid!r} is being imported by another process now: wait for "
-                "that import to end, or import this copy beside it with --new-id"
-            )
-        # An import of it was killed half-way: this one takes its place.
-        await store.delete_context(cid)
-        print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
+        # An import of it killed half-way: this one takes its place.
+        if await remove_killed_import(store, cid, beside="--new-id"):
+            print(f"{PROG}: replacing {cid}, whose import never finished", file=sys.stderr)
+    except StateError as exc:
+        raise CommandError(str(exc)) from None
     try:
         meta = await import_document(store, document, context_id=target)
     except ContextExistsError as exc:

@@ -35,8 +35,10 @@ from .errors import (
     BranchNotFoundError,
     CMError,
     ContextExistsError,
+    ContextNotFoundError,
     CorruptDataError,
     InvalidInputError,
+    StateError,
 )
 from .ids import check_branch_names_free, id_key, validate_context_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
@@ -59,6 +61,7 @@ __all__ = [
     "is_export",
     "is_unfinished_import",
     "parse_export",
+    "remove_killed_import",
     "to_json",
     "to_markdown",
 ]
@@ -89,6 +92,28 @@ def import_under_way(store: Store, context_id: str) -> bool:
     that is not a killed one: it must not be replaced)."""
     path = _import_lock(store, context_id)
     return path is not None and lock_is_held(path)
+
+
+async def remove_killed_import(store: Store, context_id: str, *, beside: str) -> bool:
+    """Remove the context ``context_id`` if it is what a killed import left, so that a
+    new import can take its place; True if it did. Any other context is left alone.
+
+    Raises StateError if another process is importing it now; ``beside`` names how the
+    caller imports a copy under a new id instead (``--new-id``, ``new_id=True``).
+    """
+    try:
+        there = await store.get_metadata(context_id)
+    except ContextNotFoundError:
+        return False
+    if not is_unfinished_import(there):
+        return False
+    if import_under_way(store, context_id):
+        raise StateError(
+            f"context {context_id!r} is being imported by another process now: wait for "
+            f"that import to end, or import this copy beside it with {beside}"
+        )
+    await store.delete_context(context_id)
+    return True
 
 
 #: The ``format`` marker of an export document; how ``import`` recognises one.
@@ -165,6 +190,14 @@ class ExportDocument(BaseModel):
                     f"{scored.message_id!r}; list each score under its own message"
                 )
         return self
+
+    def to_json(self) -> str:
+        """The document as the JSON text of an export file (see :func:`to_json`)."""
+        return to_json(self)
+
+    def to_markdown(self, branch: str | None = None) -> str:
+        """One branch as a Markdown transcript to read (see :func:`to_markdown`)."""
+        return to_markdown(self, branch=branch)
 
     def path(self, branch: str | None = None) -> list[Message]:
         """The messages from the root to the head of ``branch`` (default: the document's

@@ -45,6 +45,7 @@ from ._session_data import DataMethods
 from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_stop import StopMethods
+from ._session_transfer import ExportSource, TransferMethods, import_export
 from ._sessionio import StoreAccess
 from ._url_secrets import refuse_url_secrets
 from .errors import (
@@ -76,7 +77,9 @@ if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is ask
 __all__ = ["ContextSession", "SessionOptions"]
 
 
-class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethods, SessionBranches):
+class ContextSession(
+    ApprovalMethods, ExperimentMethods, StopMethods, DataMethods, TransferMethods, SessionBranches
+):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
     Create one with :meth:`create` or :meth:`open`; list stored ones with :meth:`list`.
@@ -247,6 +250,28 @@ class ContextSession(ApprovalMethods, ExperimentMethods, StopMethods, DataMethod
             session._dead_rounds.if_free(active, metadata.branches[active].head)
             REGISTRY.add(key, session)
             return session
+
+    @classmethod
+    def from_export(
+        cls,
+        source: ExportSource,
+        *,
+        new_id: bool = False,
+        data_dir: str | Path | None = None,
+        store: Store | None = None,
+        **options: Unpack[SessionOptions],
+    ) -> ContextSession:
+        """Import an export as a context and open it: a document from :meth:`export`, its
+        JSON (text, bytes or decoded), or the path of a file ``cm-notebook export`` wrote.
+
+        The context keeps the document's id (ContextExistsError if one is there: open
+        that one, or pass ``new_id=True`` to import a copy beside it). ``options`` are
+        :meth:`open`'s. Nothing is left behind by an import that fails.
+        """
+        check_names(options, "open")
+        opened = store if store is not None else FileStore(data_dir)
+        context_id = import_export(source, store=opened, fresh_id=new_id)
+        return cls.open(context_id, data_dir=data_dir, store=store, **options)
 
     @classmethod
     def list(
