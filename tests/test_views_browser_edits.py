@@ -1,6 +1,6 @@
 """The transcript in a real browser (JupyterLab, Chromium) when things happen around
 the person: a reply starts while they edit a message, a long reply ends while they
-read further up, the kernel restarts during a reply.
+read further up, the kernel restarts during a reply, the kernel dies while they edit.
 
 Without Chromium the tests are skipped with the command that installs it; under CI
 (``CI=true``) they fail instead (see browser_lab.py).
@@ -136,4 +136,40 @@ def test_a_kernel_restart_during_a_reply_leaves_a_disconnected_view(tmp_path: Pa
         page.locator(STOP).click(force=True)
         page.locator(".cm-transcript .cm-fork").first.click(force=True)
         page.wait_for_timeout(500)  # a click's error would be reported by now
+        assert not page.errors, page.errors
+
+
+def test_a_kernel_that_died_leaves_a_disconnected_view_and_the_edit_text(tmp_path: Path) -> None:
+    # A killed kernel is restarted by the server on its own; the views learn it as on a
+    # restart a person asks for, and an edit box open then keeps what was typed in it.
+    cells = [
+        "from cm_notebook import ContextSession\n"
+        "from cm_notebook.testing import ScriptedProvider\n"
+        's = ContextSession.create("Crash", provider=ScriptedProvider().reply("an answer"))\n'
+        "s",
+        't = s.send("the first question")',
+    ]
+    with start_lab(tmp_path, cells) as (url, _root), chromium_page(tmp_path, "crash") as page:
+        open_and_run_all(page, url)
+        page.wait_for_selector(".cm-transcript .cm-assistant:has-text('an answer')")
+        _idle(page)
+        page.locator(".cm-transcript .cm-edit").first.click()
+        box = page.locator(".cm-transcript .cm-edit-box")
+        box.fill("an edit typed before the crash")
+        run_new_cell(page, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+        page.wait_for_selector(".jp-Dialog >> text=Kernel Restarting", timeout=60_000)
+        page.locator(".jp-Dialog button:has-text('Ok')").click()
+        kernel_idle(page)
+        page.wait_for_selector(".cm-transcript .cm-notice:has-text('kernel restarted')")
+        assert "not connected" in (page.locator(".cm-status").text_content() or "")
+        # The box and its text stay, to copy; nothing in the view can act any more.
+        assert box.count() == 1
+        assert box.input_value() == "an edit typed before the crash"
+        assert box.evaluate("(b) => b.readOnly")
+        assert page.locator(TEXT_BOX).evaluate("(b) => b.readOnly")
+        assert page.locator(SEND).is_disabled()
+        assert page.locator(".cm-transcript .cm-edit-send").is_disabled()
+        page.locator(".cm-transcript .cm-edit-send").click(force=True)
+        page.wait_for_timeout(500)  # a click's error would be reported by now
+        assert box.input_value() == "an edit typed before the crash"
         assert not page.errors, page.errors
