@@ -33,7 +33,7 @@ from .store.atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, write_a
 from .store.diagnostics import warn
 from .store.oslock import LockTimeout, OSLock
 
-__all__ = ["AllowLists", "ApprovalLog", "approvals_folder"]
+__all__ = ["AllowLists", "ApprovalLog", "approvals_folder", "write_approvals"]
 
 _FOLDER = "approvals"
 _LOG = "log.jsonl"
@@ -275,3 +275,19 @@ def _read_allowed(path: Path) -> frozenset[str]:
     if not isinstance(tools, list):
         raise StoreError(f"the allow-list {path} has no list of tools; delete it and start over")
     return frozenset(t for t in tools if isinstance(t, str) and t)
+
+
+def write_approvals(
+    folder: Path, tools: frozenset[str], records: list[ApprovalRecord], fsync: Fsync = os.fsync
+) -> None:
+    """Put a whole allow-list and audit log into ``folder`` at once (an import: nothing
+    else writes a context that is being made); each file replaced atomically."""
+    mkdir_durable(folder, fsync)
+    if os.path.islink(folder):  # planted: never followed out
+        raise StoreError(f"{folder} is a symbolic link; the approvals were not written")
+    if records:
+        log = "".join(record.model_dump_json() + "\n" for record in records)
+        atomic_write(folder / _LOG, log.encode(), fsync=fsync)
+    if tools:
+        data = json.dumps({"tools": sorted(tools)}, indent=1).encode()
+        atomic_write(folder / _ALLOWED, data, fsync=fsync)

@@ -29,6 +29,12 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import _json
+from ._export_approvals import (
+    ExportedApprovals,
+    check_approvals,
+    read_approvals,
+    write_exported_approvals,
+)
 from ._export_markdown import markdown_of
 from ._validation_errors import first_error
 from .errors import (
@@ -136,6 +142,9 @@ class ExportDocument(BaseModel):
     # Ratings and metrics by message id (see cm_notebook.scores); left out when empty,
     # so a document without scores is what older versions wrote and read.
     scores: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Tools allowed for the whole context and the audit log of approval decisions (see
+    # cm_notebook._export_approvals); left out when empty, as scores are.
+    approvals: ExportedApprovals = Field(default_factory=ExportedApprovals)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportDocument:
@@ -169,6 +178,7 @@ class ExportDocument(BaseModel):
             for ref in (branch.head, branch.forked_from):
                 if ref is not None and ref not in seen:
                     raise ValueError(f"branch {branch.name!r} refers to missing message {ref!r}")
+        check_approvals(self.approvals, self.messages)
         roles = {message.id: message.role for message in self.messages}
         for message_id, score in self.scores.items():
             if message_id not in seen:
@@ -277,8 +287,11 @@ async def export_context(
     scores = {} if listed is None else await listed(context_id)
     kept = {m.id for m in messages}
     scores = {mid: redact(score) for mid, score in scores.items() if mid in kept}
+    approvals = await read_approvals(store, context_id, messages)
     try:
-        return ExportDocument(branch=branch, metadata=metadata, messages=messages, scores=scores)
+        return ExportDocument(
+            branch=branch, metadata=metadata, messages=messages, scores=scores, approvals=approvals
+        )
     except ValidationError as exc:
         # get_messages skips unreadable files (with a warning); a hole breaks the tree.
         raise InvalidInputError(
@@ -328,9 +341,8 @@ def _redacted(message: Message) -> Message:
 
 def to_json(document: ExportDocument) -> str:
     """The document as indented JSON text (UTF-8 characters kept, not escaped)."""
-    return (
-        document.model_dump_json(indent=2, exclude=None if document.scores else {"scores"}) + "\n"
-    )
+    empty = {name for name in ("scores", "approvals") if not getattr(document, name)}
+    return document.model_dump_json(indent=2, exclude=empty or None) + "\n"
 
 
 def is_export(data: object) -> bool:
@@ -471,6 +483,7 @@ async def _import_into(
             await store.set_active_branch(cid, metadata.active_branch)
             await store.delete_branch(cid, placeholder)
         await _import_scores(store, cid, document)
+        await write_exported_approvals(store, cid, document.approvals)
         # Done: the last step. An export of a context whose own import was cut short
         # carries the marker; this import finished, so it goes.
         await store.update_metadata(cid, tags=_finished_tags(metadata.tags))

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from test_export import _DIE_WHILE_IMPORTING
 
-from cm_notebook import ContextSession
+from cm_notebook import ContextSession, tool
 from cm_notebook.errors import (
     BranchNotFoundError,
     ContextExistsError,
@@ -224,3 +225,92 @@ def test_one_branch_exports_alone(rich: ContextSession, tmp_path: Path) -> None:
         rich.export("nope")
     with pytest.raises(InvalidInputError):
         rich.export("../main")
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def with_approvals(data_dir: Path) -> ContextSession:
+    """A context where `add` is allowed for the context, after two decisions on main and
+    one on a side branch."""
+    model = (
+        ScriptedProvider()
+        .tool_call("add", {"a": 1, "b": 2})
+        .reply("3")
+        .tool_call("add", {"a": 2, "b": 2})
+        .reply("4")
+        .tool_call("add", {"a": 5, "b": 5})
+        .reply("10")
+    )
+    session = ContextSession.create("Sums", data_dir=data_dir, provider=model, tools=[add])
+
+    async def decide() -> None:
+        turn = session.send("1+2?")
+        [call] = await turn.wait_for_approval()
+        session.approve(call.id, arguments={"a": 1, "b": 20}, remember="context")
+        await turn
+        await session.send("2+2?")  # allowed: no one asked
+        session.branch("side", from_message=session.history()[0].id)
+        await session.send("5+5?", branch="side")
+
+    anyio.run(decide)
+    return session
+
+
+def test_the_allowed_tools_and_the_approval_log_travel_with_the_context(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    with with_approvals(data_dir) as session:
+        log = session.approval_log()
+        assert [(r.by, r.remember) for r in log] == [
+            ("user", "context"),
+            ("allow-list", "context"),
+            ("allow-list", "context"),
+        ]
+        document = session.export()
+        side = session.export("side")
+    assert document.approvals.allowed_tools == ["add"]
+    assert document.approvals.log == log
+    with ContextSession.from_export(document, data_dir=tmp_path / "copy", tools=[add]) as copy:
+        assert copy.allowed_tools() == {"session": [], "context": ["add"]}
+        assert copy.approval_log() == log
+        assert copy.approval_log()[0].edited_arguments == {"a": 1, "b": 20}
+    # A branch's export keeps the decisions of its own turns only.
+    assert [r.branch for r in side.approvals.log] == ["side"]
+    assert side.approvals.allowed_tools == ["add"]
+
+
+def test_a_context_without_approvals_exports_the_document_older_versions_read(
+    rich: ContextSession,
+) -> None:
+    assert "approvals" not in json.loads(rich.export().to_json())
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda log, ids: log[0].update(message_id="nowhere"), "names message 'nowhere'"),
+        (lambda log, ids: log[0].update(message_id=ids["user"]), "names a user message"),
+    ],
+)
+def test_an_approval_log_naming_messages_that_are_not_replies_is_refused(
+    data_dir: Path, tmp_path: Path, change: Any, says: str
+) -> None:
+    with with_approvals(data_dir) as session:
+        data = json.loads(session.export().to_json())
+    ids = {"user": data["messages"][0]["id"]}
+    change(data["approvals"]["log"], ids)
+    with pytest.raises(InvalidInputError, match=says):
+        ContextSession.from_export(data, data_dir=tmp_path / "copy")
+    assert ContextSession.list(tmp_path / "copy") == []
+
+
+def test_an_allowed_tool_that_is_not_a_name_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    with with_approvals(data_dir) as session:
+        data = json.loads(session.export().to_json())
+    data["approvals"]["allowed_tools"] = [""]
+    with pytest.raises(InvalidInputError, match="tool must be a tool's name"):
+        ContextSession.from_export(data, data_dir=tmp_path / "copy")
