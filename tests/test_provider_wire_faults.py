@@ -8,19 +8,24 @@ are not event streams. No mocks: only the far end of the socket is scripted.
 from __future__ import annotations
 
 import json
-import select
-import threading
 import traceback
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from provider_streams import request, run, text_of
+from wire_server import (
+    Behaviour,
+    WireHandler,
+    WireServer,
+    chunk,
+    openai_reply,
+    serving,
+    usage_chunk,
+)
 
 from cm_notebook.errors import (
     CMError,
@@ -49,95 +54,11 @@ FAST = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=3, jitter=0.
 HANG_DEADLINE = 20.0
 LONG_TIMEOUT = 120.0
 
-Behaviour = Callable[["_Handler", dict[str, Any]], None]
-
-
-# -- the server ------------------------------------------------------------------------
-
-
-class WireServer(ThreadingHTTPServer):
-    """Answers each POST with the next scripted behaviour (``default`` when none is left)
-    and records ``(path, headers, body)`` of every request."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.behaviours: deque[Behaviour] = deque()
-        self.default: Behaviour = openai_reply("Hello.")
-        self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
-        self.release = threading.Event()  # set at teardown: held connections let go
-        self.client_closed = threading.Event()  # the client hung up on a held reply
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that hang up are part of the script
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: WireServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        self.server.requests.append((self.path, headers, body))
-        server = self.server
-        behaviour = server.behaviours.popleft() if server.behaviours else server.default
-        behaviour(self, body)
-
-    def send_body(self, status: int, content_type: str, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def start_stream(self) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-
-    def event(self, data: dict[str, Any] | str, name: str | None = None) -> None:
-        text = data if isinstance(data, str) else json.dumps(data)
-        payload = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
-        raw = payload.encode()
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
-        self.wfile.flush()
-
-    def end_stream(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
-
-    def hold(self) -> None:
-        """Keep the connection open, sending nothing, until the client hangs up."""
-        while not self.server.release.is_set():
-            readable, _, _ = select.select([self.connection], [], [], 0.05)
-            if readable and not self.connection.recv(1):
-                self.server.client_closed.set()
-                return
-
 
 @pytest.fixture
 def wire() -> Iterator[WireServer]:
-    server = WireServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -147,47 +68,6 @@ def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- OpenAI behaviours -----------------------------------------------------------------
-
-
-def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-wire",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-
-
-def usage_chunk(usage: dict[str, Any]) -> dict[str, Any]:
-    return {**chunk({}), "choices": [], "usage": usage}
-
-
-def openai_reply(
-    text: str,
-    *,
-    usage: dict[str, Any] | None = None,
-    before: list[dict[str, Any]] | None = None,
-    then: str = "done",
-) -> Behaviour:
-    """``before`` chunks, ``text``, the finish reason, a usage chunk (if ``usage``), then
-    ``[DONE]`` and the end (``then="done"``) or nothing more, connection open (``"hold"``)."""
-
-    def behave(handler: _Handler, body: dict[str, Any]) -> None:
-        handler.start_stream()
-        for extra in before or []:
-            handler.event(extra)
-        handler.event(chunk({"content": text}))
-        handler.event(chunk({}, "stop"))
-        if usage is not None:
-            handler.event(usage_chunk(usage))
-        if then == "hold":
-            handler.hold()
-            return
-        handler.event("[DONE]")
-        handler.end_stream()
-
-    return behave
 
 
 def openai_provider(server: WireServer, **options: Any) -> OpenAIProvider:
@@ -224,7 +104,7 @@ def anthropic_events(text: str) -> list[dict[str, Any]]:
 
 
 def anthropic_reply(events: list[dict[str, Any]], then: str = "end") -> Behaviour:
-    def behave(handler: _Handler, body: dict[str, Any]) -> None:
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
         handler.start_stream()
         for event in events:
             handler.event(event, name=event["type"])
@@ -266,7 +146,7 @@ async def test_a_credential_header_echoed_by_the_server_is_stored_nowhere(
     # not be redacted thanks to another's. No known key shape: found by value only.
     token = f"tok{uuid.uuid4().hex}"
 
-    def echo(handler: _Handler, body: dict[str, Any]) -> None:
+    def echo(handler: WireHandler, body: dict[str, Any]) -> None:
         error = {"message": f"Token {echoed.format(token)} may not use this model"}
         handler.send_body(403, "application/json", json.dumps({"error": error}).encode())
 
@@ -421,7 +301,7 @@ def tool_piece(index: int, arguments: str, call_id: str = "", name: str = "") ->
 
 
 async def test_tool_calls_with_one_index_and_different_ids_stay_apart(wire: WireServer) -> None:
-    def behave(handler: _Handler, body: dict[str, Any]) -> None:
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
         handler.start_stream()
         for piece in (
             tool_piece(0, "", "call_a", "get_weather"),
@@ -451,7 +331,7 @@ async def test_tool_calls_with_one_index_and_different_ids_stay_apart(wire: Wire
 
 
 async def test_an_anthropic_404_names_the_model_the_request_asked_for(wire: WireServer) -> None:
-    def not_found(handler: _Handler, body: dict[str, Any]) -> None:
+    def not_found(handler: WireHandler, body: dict[str, Any]) -> None:
         error = {"type": "not_found_error", "message": f"model: {body.get('model')}"}
         data = json.dumps({"type": "error", "error": error}).encode()
         handler.send_body(404, "application/json", data)
@@ -477,7 +357,7 @@ COMPLETION = json.dumps(
 
 
 def answer(content_type: str, data: bytes) -> Behaviour:
-    def behave(handler: _Handler, body: dict[str, Any]) -> None:
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
         handler.send_body(200, content_type, data)
 
     return behave
@@ -505,7 +385,7 @@ async def test_a_200_that_is_not_an_event_stream_says_to_check_the_base_url(
 
 
 async def test_an_event_stream_with_a_charset_is_accepted(wire: WireServer) -> None:
-    def behave(handler: _Handler, body: dict[str, Any]) -> None:
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
         data = (
             f"data: {json.dumps(chunk({'content': 'Hi'}))}\n\n"
             f"data: {json.dumps(chunk({}, 'stop'))}\n\ndata: [DONE]\n\n"
@@ -542,7 +422,7 @@ UNTITLED_PAGE = b"<html><body><h1>503 Service Temporarily Unavailable</h1><hr>ng
 async def test_an_html_error_page_is_reported_by_what_it_says_not_its_markup(
     wire: WireServer, which: str, page: bytes, said: str
 ) -> None:
-    def proxy_error(handler: _Handler, body: dict[str, Any]) -> None:
+    def proxy_error(handler: WireHandler, body: dict[str, Any]) -> None:
         handler.send_body(502, "text/html; charset=UTF-8", page)
 
     wire.default = proxy_error
