@@ -129,9 +129,11 @@ class ChunkAssembler:
             if delta is not None:
                 events.extend(self._delta(_object(delta, "a delta")))
             reason = _get(choice, "finish_reason")
-            if reason is not None:
-                if not isinstance(reason, str):
-                    raise malformed(f"finish_reason is not a string: {reason!r:.200}")
+            if reason is not None and not isinstance(reason, str):
+                raise malformed(f"finish_reason is not a string: {reason!r:.200}")
+            # Only a non-empty reason ends the reply: servers with a plain string field
+            # (Go's, among others) send "" on every chunk before the last.
+            if reason:
                 self.finish = reason
                 if raw_usage is not None:
                     self.usage_after_finish = True  # usage in the finish reason's chunk

@@ -107,7 +107,7 @@ _TRANSIENT_ERROR_TYPES = frozenset(
 def map_stop_reason(reason: str | None) -> str:
     """Anthropic's ``stop_reason`` as a :class:`Finish` reason (``end_turn`` -> ``stop``,
     ``max_tokens`` -> ``length``, ``tool_use`` -> ``tool_calls``, ...)."""
-    if reason is None:
+    if not reason:  # None, or "" from servers that send an empty string for none
         return "stop"
     return _STOP_REASONS.get(reason, reason)
 
@@ -228,7 +228,7 @@ class AnthropicEventTranslator:
             if tool is not None:
                 return [ToolCallRequest(tool.id, tool.name, tool.arguments_json())]
         elif isinstance(event, RawMessageDeltaEvent):
-            self._stop_reason = event.delta.stop_reason
+            self._stop_reason = event.delta.stop_reason or self._stop_reason
             # Both counts in message_delta are cumulative, so they replace, not add.
             self._output_tokens = _count(event.usage.output_tokens)
             if event.usage.input_tokens is not None:
