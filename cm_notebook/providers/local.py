@@ -81,6 +81,7 @@ from ._model_file import (
     ModelFile,
     resolve_model_file,
 )
+from ._sse_lines import sse_lines
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, Usage
 
 __all__ = [
@@ -457,7 +458,9 @@ class _ChunkReader:
         self.received = 0
 
     async def chunks(self, response: Any) -> AsyncIterator[dict[str, Any]]:
-        async for line in response.aiter_lines():
+        # Not aiter_lines(): it also splits at U+2028 and the like, which llama.cpp
+        # sends raw inside a chunk's JSON.
+        async for line in sse_lines(response.aiter_text()):
             field, _, value = line.partition(":")
             if not line or field not in ("data", "error"):
                 continue  # blank separators, comments (":..."), other fields
