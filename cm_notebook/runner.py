@@ -65,6 +65,7 @@ from .providers.base import (
     Usage,
     complete_params,
 )
+from .redact import redact_text
 from .tools import (
     tool_call_from_request,
 )
@@ -209,6 +210,9 @@ class TurnRunner(ToolRounds):
     async def _cancel(self, reason: str) -> str:
         # Outside the cancelled scope: record what was generated, then let the FSM
         # resolve pending tool calls and finish the turn.
+        state = self.host.machines.get(self.branch).state
+        if state is fsm.State.TRANSIENT_FAILURE and self._failure is not None:
+            reason = f"{reason} while waiting to retry after: {redact_text(str(self._failure))}"
         if self._reply is None and self._last_reply is None:
             # Cancelled before the request was made: the turn still ends with a reply
             # (empty, interrupted), so `await turn` has a message to return.
@@ -337,16 +341,6 @@ class TurnRunner(ToolRounds):
             update={"metadata": reply.message.metadata.model_copy(update=system_of(history))}
         )
         self._history = history
-        restarted = bool(reply.text)
-        reply.text = ""
-        reply.tool_requests.clear()
-        reply.usage = None
-        reply.finish_reason = None
-        if restarted:
-            # A retry restarts the text (its deltas start again at offset 0): the stored
-            # text must restart too, or a view that re-pulls gets the failed attempt's
-            # text (kept in ``failed_attempts``).
-            await self._writes.checkpoint(reply)
         self.turn.progress.start_message(reply.message.id)
         reply.meter.attempt()
         request = ChatRequest(messages=history, tools=host.tools().specs(), params=self.params)
@@ -486,6 +480,14 @@ class TurnRunner(ToolRounds):
             update={"failed_attempts": list(reply.failed_attempts)}
         )
         reply.message = reply.message.model_copy(update={"metadata": metadata})
+        # The reply holds only what the next attempt writes (nothing yet), in the store
+        # and in the turn: a retry's deltas start again at offset 0, and a cancel while
+        # waiting to retry must not keep the failed text as the reply.
+        reply.text = ""
+        reply.tool_requests.clear()
+        reply.usage = None
+        reply.finish_reason = None
+        self.turn.progress.start_message(reply.message.id)
         await self._writes.checkpoint(reply)
         self._failure = exc
         # A wait that is no number of seconds (negative, NaN: a provider's bug) is

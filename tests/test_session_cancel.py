@@ -193,21 +193,39 @@ async def test_cancel_from_another_thread(data_dir: Path) -> None:
 
 @pytest.mark.anyio
 async def test_cancel_while_waiting_to_retry(data_dir: Path) -> None:
-    fake = ScriptedProvider().error("transient", after_chunks=1, text="Hal").reply("never")
+    fake = ScriptedProvider().error(
+        "transient", after_chunks=2, text="Hello wor", message="the line dropped"
+    )
+    fake.reply("Fine.")
     session = ContextSession.create(
         provider=fake, data_dir=data_dir, retry=RetryPolicy(initial_delay=60, jitter=0)
     )
     recorder = Recorder(session)
     turn = session.send("Hi")
     await recorder.await_(entered(State.TRANSIENT_FAILURE))
+    # Waiting to retry, the reply holds what the next attempt wrote: nothing yet.
+    assert turn.text == ""
+    assert turn.message_id is not None
+    assert session.get(turn.message_id).content == ""
     turn.cancel()
     message = await turn
     assert message.status is MessageStatus.INTERRUPTED
+    # The failed attempt's text is kept once, in failed_attempts, not as the reply.
+    assert message.content == ""
+    assert message.metadata.error is not None
+    assert message.metadata.error.startswith("cancelled by the user while waiting to retry")
+    assert "the line dropped" in message.metadata.error
     assert message.metadata.model_extra is not None
     (attempt,) = message.metadata.model_extra["failed_attempts"]
-    assert attempt["text"] == "Hal"
+    assert attempt["text"] == "Hello wor"
     assert session.state is State.IDLE
     assert len(fake.requests) == 1  # the retry never happened
+    reopened = ContextSession.open(session.id, data_dir=data_dir)
+    assert reopened.history()[-1].content == ""
+    reopened.close()
+    # The model is not shown the cut text as a reply of its own.
+    await session.send("Still there?")
+    assert [m.content for m in fake.requests[-1].messages] == ["Hi", "Still there?"]
 
 
 def test_busy_branch_refuses_a_second_send_until_cancelled(

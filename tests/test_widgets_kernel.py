@@ -361,3 +361,37 @@ def test_malformed_events_from_the_page_are_ignored(fe: FrontEnd) -> None:
     fe.run("await asyncio.sleep(0.1)")
     assert [fe.output(msg_id) for msg_id in sent] == ["", "", "", ""]
     assert fe.models[transcript]["notice"] == ""
+
+
+def test_a_reply_waiting_to_retry_shows_no_text_of_the_failed_attempt(fe: FrontEnd) -> None:
+    # The failed attempt's text is kept in the reply's failed_attempts, not as its text:
+    # the page shows what the reply holds while the retry waits, which is nothing yet.
+    (transcript,) = _ids(
+        fe,
+        """
+        from cm_notebook.retry import RetryPolicy
+        fake9 = ScriptedProvider().error("transient", after_chunks=2, text="Hello wor")
+        fake9.reply("Hello world")
+        s9 = ContextSession.create(
+            "retry wait", provider=fake9, retry=RetryPolicy(initial_delay=3.0, jitter=0)
+        )
+        v9 = ChatView(s9)
+        print(v9.transcript.model_id)
+        """,
+    )
+    start = fe.mark()
+    fe.run(
+        """
+        t9 = s9.send("go")
+        while s9.state.value != "TransientFailure":
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # longer than the views take to send text
+        """
+    )
+    assert fe.run("print(repr(t9.text), s9.state.value)").split() == ["''", "TransientFailure"]
+    assert _screen(fe, transcript, start)[0] == ""
+    reply = fe.wait_for(
+        lambda: (r := _last_reply(fe, transcript)) and r["status"] == "complete" and r,
+        what="the retried reply",
+    )
+    assert _live_text(fe, transcript, reply["id"]) == "Hello world"

@@ -41,6 +41,7 @@ import traitlets as t
 
 from .. import events as ev
 from ..errors import BranchNotFoundError
+from ..fsm import State
 from ..model import Message, MessageStatus
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle, close_parts, static_text
@@ -216,6 +217,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
                 self._live_id = None
             self._refresh.now()  # freeze it: final HTML and `live` cleared together
         elif isinstance(event, (ev.StateChanged, ev.BranchUpdated)):
+            if isinstance(event, ev.StateChanged) and event.new is State.TRANSIENT_FAILURE:
+                # Waiting to retry: the failed attempt's text (kept in the reply's
+                # failed_attempts) is not the reply's, whose next attempt starts empty.
+                self._restart_live()
             self._refresh.now()  # Send / Stop follow the state at once
         else:
             self._refresh.poke()
@@ -241,6 +246,12 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._sent_len = 0  # in UTF-16 code units, as the front end's offsets are
         self._need_snapshot = bool(text)
         if text:
+            self._deltas.poke()
+
+    def _restart_live(self) -> None:
+        if self._live_id is not None and self._live_len:
+            self._start_live(self._live_id, "")
+            self._need_snapshot = True  # the page drops the text it shows
             self._deltas.poke()
 
     def _on_delta(self, event: ev.ContentDelta) -> None:
