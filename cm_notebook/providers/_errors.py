@@ -30,6 +30,7 @@ from ..errors import PermanentProviderError, ProviderError, TransientProviderErr
 __all__ = [
     "classify_http_status",
     "connection_error",
+    "error_event",
     "error_message_from_body",
     "from_http_status",
     "is_event_stream",
@@ -249,6 +250,14 @@ def timeout_error(
 def connection_error(*, provider: str, detail: str) -> TransientProviderError:
     """The connection could not be made, or was reset."""
     return TransientProviderError(f"{provider}: connection failed: {detail}", provider=provider)
+
+
+def error_event(*, provider: str, message: str) -> TransientProviderError:
+    """An error the server reported inside a stream it had begun (no HTTP status to
+    judge it by): retried, as such errors (overload, rate limits) usually pass."""
+    return TransientProviderError(
+        f"{provider}: the server reported an error mid-reply: {message}", provider=provider
+    )
 
 
 def stream_cut_error(*, provider: str, detail: str | None = None) -> TransientProviderError:

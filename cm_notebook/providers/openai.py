@@ -370,9 +370,7 @@ class OpenAIProvider:
                 return PermanentProviderError(
                     f"openai: the request was rejected: {message}", provider=_PROVIDER
                 )
-            return _errors.connection_error(
-                provider=_PROVIDER, detail=f"the server reported an error mid-reply: {message}"
-            )
+            return _errors.error_event(provider=_PROVIDER, message=message)
         # OpenAIError without a response (configuration); nothing to retry.
         return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
 
