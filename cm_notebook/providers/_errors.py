@@ -183,6 +183,9 @@ def from_http_status(
       ``retry_after`` argument or parsed from ``retry_after_header``.
     """
     detail = message.strip() or f"HTTP {status}"
+    # The server's message as a sentence to go on from: one period of its own dropped,
+    # so "... tokens." does not read "... tokens.. To fix".
+    told = detail[:-1] if detail.endswith(".") and not detail.endswith("..") else detail
     prefix = f"{provider}: "
     if classify_http_status(status) == "transient":
         wait = retry_after if retry_after is not None else parse_retry_after(retry_after_header)
@@ -199,22 +202,23 @@ def from_http_status(
             if api_key_env
             else "check the API key"
         )
-        text = f"{prefix}authentication failed (HTTP 401): {detail}. To fix: {todo}."
+        text = f"{prefix}authentication failed (HTTP 401): {told}. To fix: {todo}."
     elif status == 403:
         target = f" to model {model!r}" if model else ""
         text = (
-            f"{prefix}permission denied (HTTP 403): {detail}. To fix: check the key and "
+            f"{prefix}permission denied (HTTP 403): {told}. To fix: check the key and "
             f"that its account or project has access{target}."
         )
     elif status == 404:
         if model:
-            text = f"{prefix}model {model!r} was not found (HTTP 404): {detail}."
+            text = f"{prefix}model {model!r} was not found (HTTP 404): {told}."
             text += f" {list_models_hint}" if list_models_hint else " Check the model name."
         else:
-            text = f"{prefix}not found (HTTP 404): {detail}. Check the base URL."
+            text = f"{prefix}not found (HTTP 404): {told}. Check the base URL."
     elif status in (400, 422):
-        text = f"{prefix}the request was rejected (HTTP {status}): {detail}"
-        if _TOO_LONG.search(detail):
+        too_long = _TOO_LONG.search(detail) is not None
+        text = f"{prefix}the request was rejected (HTTP {status}): {told if too_long else detail}"
+        if too_long:
             text += (
                 ". The conversation no longer fits the model's context window, so every "
                 "send on this branch will fail the same way: branch from an earlier "
@@ -228,10 +232,10 @@ def from_http_status(
 
 
 #: How servers say a request is longer than the model's context window (llama.cpp,
-#: OpenAI, vLLM).
+#: OpenAI, vLLM, Anthropic).
 _TOO_LONG = re.compile(
     r"exceeds the available context size|maximum context length|context length exceeded"
-    r"|context_length_exceeded",
+    r"|context_length_exceeded|prompt is too long",
     re.IGNORECASE,
 )
 

@@ -1,0 +1,95 @@
+"""What the OpenAI and Anthropic providers say when a request fails, against a real local
+server sending what the real APIs send: each message says what went wrong and what to
+do, reads as sentences, and holds no key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from provider_streams import run
+from wire_server import Behaviour, WireHandler, WireServer, serving
+
+from cm_notebook.errors import PermanentProviderError
+from cm_notebook.providers.anthropic import AnthropicProvider
+from cm_notebook.providers.openai import OpenAIProvider
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-ant-api03-wordingtestkey0123456789abcdef"
+
+
+@pytest.fixture
+def wire() -> Iterator[WireServer]:
+    with serving() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def status(code: int, body: dict[str, Any]) -> Behaviour:
+    def behave(handler: WireHandler, request: dict[str, Any]) -> None:
+        handler.send_body(code, "application/json", json.dumps(body).encode())
+
+    return behave
+
+
+def claude(server: WireServer) -> AnthropicProvider:
+    return AnthropicProvider("claude-test", api_key=KEY, base_url=server.url, timeout=5)
+
+
+def gpt(server: WireServer) -> OpenAIProvider:
+    return OpenAIProvider("m", api_key=KEY, base_url=f"{server.url}/v1", timeout=5)
+
+
+HINT = "The conversation no longer fits the model's context window"
+
+
+async def test_anthropics_prompt_is_too_long_says_the_conversation_no_longer_fits(
+    wire: WireServer,
+) -> None:
+    error = {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 208310 tokens > 200000 maximum",
+    }
+    wire.default = status(400, {"type": "error", "error": error})
+    _, failure = await run(claude(wire))
+    assert isinstance(failure, PermanentProviderError)
+    text = str(failure)
+    assert "prompt is too long: 208310 tokens > 200000 maximum. " + HINT in text
+    assert "branch from an earlier message or edit one" in text
+    assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        (
+            400,
+            "This model's maximum context length is 128000 tokens. However, your messages "
+            "resulted in 130000 tokens.",
+            "resulted in 130000 tokens. " + HINT,
+        ),
+        (401, "Incorrect API key provided.", "Incorrect API key provided. To fix: set"),
+        (403, "Not allowed.", "Not allowed. To fix: check the key"),
+        (404, "The model `m` does not exist.", "The model `m` does not exist. "),
+        (400, "Wait for it...", "Wait for it..."),  # an ellipsis is the server's own
+    ],
+)
+async def test_a_message_ending_in_a_period_gets_no_second_one(
+    wire: WireServer, code: int, message: str, expected: str
+) -> None:
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+    wire.default = status(code, body)
+    _, failure = await run(gpt(wire))
+    assert isinstance(failure, PermanentProviderError)
+    text = str(failure)
+    assert expected in text
+    assert ".." not in text.replace("...", "")
+    assert KEY not in text
