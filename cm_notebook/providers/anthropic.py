@@ -18,7 +18,6 @@ record and replay, while the helper's accumulated snapshots are an SDK detail.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -49,20 +48,21 @@ from ..errors import (
     InvalidInputError,
     PermanentProviderError,
     ProviderError,
-    TransientProviderError,
 )
-from ..redact import remember_secret, scrub_exception
+from ..redact import remember_secret
+from ._anthropic_errors import (
+    KEY_ENV,
+    MODELS_HINT,
+    error_from_event,
+    translatable_errors,
+    translate_sdk_error,
+)
 from ._anthropic_request import build_request, to_anthropic_messages, to_anthropic_tools
 from ._errors import (
-    connection_error,
-    error_message_from_body,
-    from_http_status,
     is_event_stream,
     malformed_response_error,
     not_an_event_stream_error,
-    retry_after_from_headers,
     stream_cut_error,
-    timeout_error,
 )
 from ._http_client import sdk_http_client
 from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
@@ -80,11 +80,6 @@ __all__ = [
 ]
 
 _PROVIDER = "anthropic"
-_KEY_ENV = "ANTHROPIC_API_KEY"
-_MODELS_HINT = (
-    "List the models your key can use with `anthropic.Anthropic().models.list()` or see "
-    "https://docs.anthropic.com/en/docs/about-claude/models."
-)
 
 # Anthropic's stop reasons in the vocabulary of Finish.reason (OpenAI's words, which the
 # rest of cm_notebook uses). Unknown future reasons pass through unchanged.
@@ -97,12 +92,6 @@ _STOP_REASONS = {
     "refusal": "content_filter",
 }
 
-# Error types (``error.type`` in an error body) that are worth retrying. Anything else,
-# e.g. ``invalid_request_error`` or ``authentication_error``, needs the user.
-_TRANSIENT_ERROR_TYPES = frozenset(
-    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
-)
-
 
 def map_stop_reason(reason: str | None) -> str:
     """Anthropic's ``stop_reason`` as a :class:`Finish` reason (``end_turn`` -> ``stop``,
@@ -110,26 +99,6 @@ def map_stop_reason(reason: str | None) -> str:
     if not reason:  # None, or "" from servers that send an empty string for none
         return "stop"
     return _STOP_REASONS.get(reason, reason)
-
-
-def error_from_event(body: object) -> ProviderError:
-    """The error to raise for an in-stream ``error`` event such as
-    ``{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}``.
-
-    Overload, rate-limit, timeout and internal API errors are transient; all other
-    types (``invalid_request_error``, ...) are permanent.
-    """
-    error = body.get("error") if isinstance(body, Mapping) else None
-    kind = error.get("type") if isinstance(error, Mapping) else None
-    message = error_message_from_body(body, "no message")
-    if kind in _TRANSIENT_ERROR_TYPES:
-        return TransientProviderError(
-            f"{_PROVIDER}: {kind} during the stream: {message}", provider=_PROVIDER
-        )
-    return PermanentProviderError(
-        f"{_PROVIDER}: the API reported {kind or 'an error'} during the stream: {message}",
-        provider=_PROVIDER,
-    )
 
 
 # -- stream events -----------------------------------------------------------------------
@@ -354,89 +323,6 @@ def _total_input(base: object, cache_creation: object, cache_read: object) -> in
     return _count(base) + _count(cache_creation or 0) + _count(cache_read or 0)
 
 
-# -- errors ------------------------------------------------------------------------------
-
-
-@cache
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    # The SDK wraps errors raised while *sending*, but a connection that breaks while we
-    # iterate the body surfaces as the HTTP library's own error. Which library that is
-    # depends on the SDK release (httpx, later httpx2), so accept whichever is installed.
-    found: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        found.append(module.TransportError)
-    return tuple(found)
-
-
-@cache
-def _translatable_errors() -> tuple[type[BaseException], ...]:
-    # Exactly what translate_sdk_error() understands; anything else is a bug and must
-    # surface as itself rather than be disguised as a provider failure.
-    return (
-        anthropic.AnthropicError,
-        json.JSONDecodeError,
-        UnicodeDecodeError,
-        *_transport_errors(),
-    )
-
-
-def translate_sdk_error(
-    exc: BaseException,
-    *,
-    model: str | None = None,
-    timeout: float | None = None,
-    mid_stream: bool = False,
-) -> ProviderError | None:
-    """The cm_notebook error for an SDK or transport exception, or None if it is not one.
-
-    ``mid_stream``: raised while reading the reply's events (a connection lost then
-    broke the stream; it did not fail to connect). The caller raises the result
-    ``from exc``. Messages never include the API key.
-    """
-    scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
-    if isinstance(exc, anthropic.APIStatusError):
-        if exc.status_code < 400:
-            # An ``error`` event inside a 200 stream: the SDK raises it as a status error.
-            return error_from_event(exc.body)
-        return from_http_status(
-            exc.status_code,
-            exc.api_message or error_message_from_body(exc.body, exc.message),
-            provider=_PROVIDER,
-            retry_after=retry_after_from_headers(exc.response.headers),
-            model=model,
-            api_key_env=_KEY_ENV,
-            list_models_hint=_MODELS_HINT,
-        )
-    if isinstance(exc, anthropic.APITimeoutError):
-        return timeout_error(provider=_PROVIDER, timeout=timeout)
-    if isinstance(exc, anthropic.APIConnectionError):
-        # Newer SDK releases wrap a transport error met while reading the stream too.
-        cause = exc.__cause__ or exc
-        broke = "the stream broke: " if mid_stream else ""
-        return connection_error(
-            provider=_PROVIDER, detail=f"{broke}{type(cause).__name__}: {cause}"
-        )
-    if isinstance(exc, anthropic.APIResponseValidationError):
-        return malformed_response_error(provider=_PROVIDER, detail=exc.message)
-    if isinstance(exc, _transport_errors()):
-        return connection_error(
-            provider=_PROVIDER, detail=f"the stream broke: {type(exc).__name__}: {exc}"
-        )
-    if isinstance(exc, json.JSONDecodeError):
-        return malformed_response_error(provider=_PROVIDER, detail=f"bad JSON in an event: {exc}")
-    if isinstance(exc, UnicodeDecodeError):
-        detail = f"an event is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-        return malformed_response_error(provider=_PROVIDER, detail=detail)
-    if isinstance(exc, anthropic.AnthropicError):
-        # E.g. the SDK could not load credentials from its config files.
-        return PermanentProviderError(f"{_PROVIDER}: {exc}", provider=_PROVIDER)
-    return None
-
-
 # -- the provider ------------------------------------------------------------------------
 
 
@@ -485,7 +371,7 @@ class AnthropicProvider:
         self.base_url = base_url
         self.timeout = float(timeout)
         self.max_tokens = max_tokens
-        key = api_key if api_key is not None else os.environ.get(_KEY_ENV)
+        key = api_key if api_key is not None else os.environ.get(KEY_ENV)
         remember_secret(api_key)  # a server may echo it in an error body: never stored
         remember_url_secrets(base_url or os.environ.get("ANTHROPIC_BASE_URL"))  # as the SDK
         # Only the SDK client holds the key; this object keeps no copy of it.
@@ -505,7 +391,7 @@ class AnthropicProvider:
             # Without a key the SDK looks for credential profiles on disk, and a profile
             # the user configured but which cannot be read fails right here.
             raise PermanentProviderError(
-                f"{_PROVIDER}: could not load credentials: {exc}. Set {_KEY_ENV} "
+                f"{_PROVIDER}: could not load credentials: {exc}. Set {KEY_ENV} "
                 "(or build the provider with api_key=...) to use a key instead",
                 provider=_PROVIDER,
             ) from exc
@@ -516,7 +402,7 @@ class AnthropicProvider:
         if not model:
             raise InvalidInputError(
                 "the anthropic provider needs a model: use 'anthropic:<model>', e.g. "
-                f"'anthropic:claude-haiku-4-5'. {_MODELS_HINT}"
+                f"'anthropic:claude-haiku-4-5'. {MODELS_HINT}"
             )
         return cls(model, **options)
 
@@ -535,7 +421,7 @@ class AnthropicProvider:
 
     def _has_credentials(self) -> bool:
         # A key set after construction (in a notebook, say) is taken up now.
-        if not self._client_has_credentials() and (key := os.environ.get(_KEY_ENV)):
+        if not self._client_has_credentials() and (key := os.environ.get(KEY_ENV)):
             self._client = self._client.with_options(api_key=key)
         return self._client_has_credentials()
 
@@ -549,7 +435,7 @@ class AnthropicProvider:
     def _error(self, exc: BaseException, model: str, *, mid_stream: bool = False) -> ProviderError:
         # ``model`` is the one the request asked for (a request may override ours).
         error = translate_sdk_error(exc, model=model, timeout=self.timeout, mid_stream=mid_stream)
-        # _translatable_errors() and translate_sdk_error() cover the same classes.
+        # translatable_errors() and translate_sdk_error() cover the same classes.
         assert error is not None, f"untranslated {type(exc).__name__}"
         return error
 
@@ -557,7 +443,7 @@ class AnthropicProvider:
         """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
         if not self._has_credentials():
             raise PermanentProviderError(
-                f"{_PROVIDER}: no API key; set {_KEY_ENV} (or build the provider with api_key=...)",
+                f"{_PROVIDER}: no API key; set {KEY_ENV} (or build the provider with api_key=...)",
                 provider=_PROVIDER,
             )
         kwargs = build_request(request, model=self.model, max_tokens=self.max_tokens)
@@ -565,7 +451,7 @@ class AnthropicProvider:
         translator = AnthropicEventTranslator()
         try:
             sdk_stream = await self._client.messages.create(**kwargs, stream=True)
-        except _translatable_errors() as exc:
+        except translatable_errors() as exc:
             raise self._error(exc, model) from exc
         # ``async with`` closes the HTTP response even when our consumer stops early
         # (cancellation, or a tool-call reply it does not need to finish reading), and
@@ -587,7 +473,7 @@ class AnthropicProvider:
                     event = await sdk_stream.__anext__()
                 except StopAsyncIteration:
                     break
-                except _translatable_errors() as exc:
+                except translatable_errors() as exc:
                     raise self._error(exc, model, mid_stream=True) from exc
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.
