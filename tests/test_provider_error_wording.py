@@ -5,6 +5,7 @@ do, reads as sentences, and holds no key."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from provider_streams import run
 from wire_server import Behaviour, WireHandler, WireServer, serving
 
-from cm_notebook.errors import PermanentProviderError
+from cm_notebook.errors import PermanentProviderError, TransientProviderError
 from cm_notebook.providers.anthropic import AnthropicProvider
 from cm_notebook.providers.openai import OpenAIProvider
 
@@ -93,3 +94,31 @@ async def test_a_message_ending_in_a_period_gets_no_second_one(
     assert expected in text
     assert ".." not in text.replace("...", "")
     assert KEY not in text
+
+
+def refused_port() -> int:
+    # A port nothing listens on: bound, then closed.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("how", ["base_url", "environment"])
+async def test_an_anthropic_connection_failure_names_where_without_credentials(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    port = refused_port()
+    url = f"http://user:hunter2secretpw@127.0.0.1:{port}?sig=abcdefghijk123"
+    if how == "environment":
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        provider = AnthropicProvider("claude-test", api_key=KEY, timeout=2)
+    else:
+        provider = AnthropicProvider("claude-test", api_key=KEY, base_url=url, timeout=2)
+    _, failure = await run(provider)
+    assert isinstance(failure, TransientProviderError)
+    text = str(failure)
+    assert text.startswith("anthropic: connection failed: http://")
+    assert f"127.0.0.1:{port}" in text
+    for secret in ("hunter2secretpw", "abcdefghijk123", KEY):
+        assert secret not in text

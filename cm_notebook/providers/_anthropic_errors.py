@@ -101,12 +101,14 @@ def translate_sdk_error(
     model: str | None = None,
     timeout: float | None = None,
     mid_stream: bool = False,
+    where: str | None = None,
 ) -> ProviderError | None:
     """The cm_notebook error for an SDK or transport exception, or None if it is not one.
 
     ``mid_stream``: raised while reading the reply's events (a connection lost then
-    broke the stream; it did not fail to connect). The caller raises the result
-    ``from exc``. Messages never include the API key.
+    broke the stream; it did not fail to connect). ``where``: the API's address, its
+    credentials redacted, named when no connection could be made (default: Anthropic's).
+    The caller raises the result ``from exc``. Messages never include the API key.
     """
     scrub_exception(exc)  # kept as __cause__: a server may echo the key in its body
     if isinstance(exc, anthropic.APIStatusError):
@@ -127,7 +129,7 @@ def translate_sdk_error(
     if isinstance(exc, anthropic.APIConnectionError):
         # Newer SDK releases wrap a transport error met while reading the stream too.
         cause = exc.__cause__ or exc
-        broke = "the stream broke: " if mid_stream else ""
+        broke = "the stream broke: " if mid_stream else f"{where or 'api.anthropic.com'}: "
         return connection_error(
             provider=_PROVIDER, detail=f"{broke}{type(cause).__name__}: {cause}"
         )

@@ -434,7 +434,12 @@ class AnthropicProvider:
 
     def _error(self, exc: BaseException, model: str, *, mid_stream: bool = False) -> ProviderError:
         # ``model`` is the one the request asked for (a request may override ours).
-        error = translate_sdk_error(exc, model=model, timeout=self.timeout, mid_stream=mid_stream)
+        # Where the SDK connects (base_url, ANTHROPIC_BASE_URL or the API), never its
+        # credentials (user:password@, ?sig=...).
+        where = redact_url(str(self._client.base_url).rstrip("/"))
+        error = translate_sdk_error(
+            exc, model=model, timeout=self.timeout, mid_stream=mid_stream, where=where
+        )
         # translatable_errors() and translate_sdk_error() cover the same classes.
         assert error is not None, f"untranslated {type(exc).__name__}"
         return error
