@@ -85,8 +85,11 @@ class RetryPolicy:
             (_finite(self.initial_delay) and self.initial_delay >= 0, "initial_delay >= 0"),
             (_finite(self.multiplier) and self.multiplier >= 1, "multiplier >= 1"),
             (
-                isinstance(self.max_attempts, int) and self.max_attempts >= 1,
-                "max_attempts is an int >= 1",
+                # True is an int to Python, but no number of tries.
+                isinstance(self.max_attempts, int)
+                and not isinstance(self.max_attempts, bool)
+                and self.max_attempts >= 1,
+                "max_attempts is a whole number >= 1 (not True or False)",
             ),
             (_finite(self.max_delay) and self.max_delay >= 0, "max_delay >= 0"),
             (_finite(self.jitter) and 0 <= self.jitter <= 1, "0 <= jitter <= 1"),

@@ -121,6 +121,14 @@ def test_policy_validation(kwargs: dict[str, float]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("value", [True, False, 2.0, "3"])
+def test_max_attempts_must_be_a_whole_number(value: object) -> None:
+    # A bool is an int to Python: True would mean one try, silently.
+    with pytest.raises(InvalidInputError, match="max_attempts is a whole number >= 1") as info:
+        RetryPolicy(max_attempts=value)  # type: ignore[arg-type]
+    assert f"max_attempts={value!r}" in str(info.value)
+
+
 def test_policy_is_frozen() -> None:
     with pytest.raises(AttributeError):
         DEFAULT_POLICY.max_attempts = 5  # type: ignore[misc]
