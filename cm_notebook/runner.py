@@ -482,13 +482,14 @@ class TurnRunner(ToolRounds):
         reply.message = reply.message.model_copy(update={"metadata": metadata})
         # The reply holds only what the next attempt writes (nothing yet), in the store
         # and in the turn: a retry's deltas start again at offset 0, and a cancel while
-        # waiting to retry must not keep the failed text as the reply.
+        # waiting to retry must not keep the failed text as the reply. (If this write
+        # fails, the turn ends there, keeping the text as the reply.)
+        await self._writes.update(reply.message.model_copy(update={"content": ""}))
         reply.text = ""
         reply.tool_requests.clear()
         reply.usage = None
         reply.finish_reason = None
         self.turn.progress.start_message(reply.message.id)
-        await self._writes.checkpoint(reply)
         self._failure = exc
         # A wait that is no number of seconds (negative, NaN: a provider's bug) is
         # ignored, and the retry policy's own backoff used.
