@@ -19,7 +19,7 @@ from . import events as ev
 from ._session_reading import SessionReading
 from .errors import InvalidInputError, StateError
 from .ids import validate_branch_name, validate_message_id
-from .model import Message
+from .model import Message, MessageStatus
 from .scores import Score, interpret, merged, metric_name
 
 __all__ = ["ScoreMethods", "ScoreResults", "branch_histories"]
@@ -30,13 +30,16 @@ class ScoreResults(builtins.list[Score]):
 
     A list of :class:`~cm_notebook.scores.Score`; ``failed`` holds those whose scoring
     function raised or returned a value that cannot be stored (the error is in
-    ``score.errors[name]``).
+    ``score.errors[name]``); ``left_out`` the ids of the replies still being written,
+    which were not scored.
     """
 
-    def __init__(self, name: str, scores: Iterable[Score]) -> None:
+    def __init__(self, name: str, scores: Iterable[Score], left_out: Iterable[str] = ()) -> None:
         super().__init__(scores)
         #: The metric name the run wrote.
         self.name = name
+        #: The ids of the replies left out because they were still being written.
+        self.left_out: tuple[str, ...] = tuple(left_out)
 
     @property
     def failed(self) -> builtins.list[Score]:
@@ -46,10 +49,18 @@ class ScoreResults(builtins.list[Score]):
     def summary(self) -> str:
         """E.g. ``"scored 12 messages with 'length': 11 ok, 1 failed"``."""
         failed = len(self.failed)
-        return (
+        text = (
             f"scored {len(self)} message{'s' if len(self) != 1 else ''} with {self.name!r}: "
             f"{len(self) - failed} ok, {failed} failed"
         )
+        if self.left_out:
+            count = len(self.left_out)
+            text += (
+                f"; left out {count} repl{'ies' if count != 1 else 'y'} still being "
+                "written: wait for the sweep or turn to finish (sweep.run(), "
+                "turn.result()) and score again"
+            )
+        return text
 
     def __repr__(self) -> str:
         return f"<ScoreResults {self.summary()}>"
@@ -163,14 +174,20 @@ class ScoreMethods(SessionReading):
         score outside 1-5, ...), the error is recorded in that message's
         ``score.errors[name]`` and the others go on; a later success clears it. A
         damaged score file is replaced. A message shared by several
-        branches is scored once. ``progress`` shows a progress bar. Returns a
-        :class:`ScoreResults` (a list of scores; ``.failed``, ``.summary()``).
+        branches is scored once. A reply still being written (a turn or sweep still
+        running) is left out and listed in ``.left_out``; score again once it is done.
+        ``progress`` shows a progress bar. Returns a :class:`ScoreResults` (a list of
+        scores; ``.failed``, ``.left_out``, ``.summary()``).
         """
         if not callable(fn):
             raise InvalidInputError(f"fn must be a function of a message, got {fn!r:.80}")
         label = metric_name(name if name is not None else getattr(fn, "__name__", "score"))
-        targets = assistant_messages(branch_histories(self, branches))
-        results = ScoreResults(label, [])
+        found = assistant_messages(branch_histories(self, branches))
+        # A reply still being written has no final text yet: scoring it would store a
+        # metric of a partial answer next to the finished one.
+        targets = [(b, m) for b, m in found if m.status is not MessageStatus.STREAMING]
+        writing = [m.id for _b, m in found if m.status is MessageStatus.STREAMING]
+        results = ScoreResults(label, [], left_out=writing)
         bar = _progress(len(targets), label) if progress else None
         try:
             for branch, message in targets:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from test_session_support import DEADLINE, Recorder, seen
 from cm_notebook._sessionio import StoreAccess
 from cm_notebook.errors import InvalidIdError, InvalidInputError
 from cm_notebook.events import ScoreUpdated, parse_event
-from cm_notebook.model import ContextMetadata, Message
+from cm_notebook.model import ContextMetadata, Message, MessageStatus
 from cm_notebook.scores import Score
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
@@ -373,3 +374,33 @@ def test_scores_travel_with_a_json_export_and_back(
     data["scores"][history[1].id]["score"] = 9
     with pytest.raises(Invalid, match="score"):
         parse_export(data)
+
+
+def test_a_reply_still_being_written_is_left_out_and_the_summary_says_so(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider().hang(after_chunks=1, text="The capital"))
+    turn = session.send("Capital of France?")
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline and not any(m.role == "assistant" for m in session.history()):
+        time.sleep(0.01)  # poll for the partial reply, with a deadline
+    partial = session.history()[-1]
+    assert partial.status is MessageStatus.STREAMING
+
+    results = session.score(lambda m: "Paris" in m.content, name="paris", progress=False)
+    assert list(results) == []
+    assert results.left_out == (partial.id,)
+    assert results.summary() == (
+        "scored 0 messages with 'paris': 0 ok, 0 failed; left out 1 reply still being "
+        "written: wait for the sweep or turn to finish (sweep.run(), turn.result()) and "
+        "score again"
+    )
+    assert session.scores(partial.id) is None  # no metric of the partial text
+
+    turn.cancel()
+    turn.result(DEADLINE)
+    assert session.get(partial.id).status is MessageStatus.INTERRUPTED
+    results = session.score(lambda m: "Paris" in m.content, name="paris", progress=False)
+    assert [s.message_id for s in results] == [partial.id]
+    assert results.left_out == ()
+    assert "left out" not in results.summary()
