@@ -74,6 +74,18 @@ def start_sweep(
     ]
     branches = session._read_metadata().branches
     _refuse_look_alikes(plan.name, plan.cells, branches)
+    # Any branch of a sweep of this name, not only the cells this plan shares with it:
+    # two definitions under one name would mix in its results and stability groups.
+    if any(
+        found.labels.get("sweep") == plan.name and found.labels.get("sweep_def") != plan.definition
+        for found in branches.values()
+    ):
+        raise InvalidInputError(
+            f"a sweep named {plan.name!r} with other prompts, inputs or variants, or "
+            "whose variants without a provider of their own were answered by another "
+            f"default provider than this session's ({default!r}), exists already; "
+            "give this one another name, or name the provider in its variants"
+        )
     for cell in plan.cells:
         found = branches.get(cell.branch)
         if found is None:
@@ -82,13 +94,6 @@ def start_sweep(
             raise BranchExistsError(
                 f"branch {cell.branch!r} exists and is not cell {cell.key} of sweep "
                 f"{plan.name!r}; give the sweep another name"
-            )
-        if found.labels.get("sweep_def") != plan.definition:
-            raise InvalidInputError(
-                f"a sweep named {plan.name!r} with other prompts, inputs or variants, or "
-                "whose variants without a provider of their own were answered by another "
-                f"default provider than this session's ({default!r}), exists already; "
-                "give this one another name, or name the provider in its variants"
             )
         done = complete_reply(session, cell.branch)
         if done is not None:

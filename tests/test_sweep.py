@@ -237,6 +237,20 @@ def test_a_name_taken_by_another_definition_or_branch_is_refused(
         session.sweep("Q", [{}], name="mine", progress=False)
 
 
+def test_a_name_taken_by_another_definition_whose_cells_differ_is_refused(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.sweep("What is {x}?", [{}], inputs=[{"x": "A"}], name="study", progress=False).run(
+        DEADLINE
+    )
+    before = set(session.branches)
+    # Its only cell, p0-v0-r0, is none of the first sweep's (p0-i0-v0-r0).
+    with pytest.raises(InvalidInputError, match="sweep named 'study' with other prompts"):
+        session.sweep("Something else", [{"temperature": 1}], name="study", progress=False)
+    assert set(session.branches) == before  # nothing written
+
+
 def test_a_running_sweep_cannot_be_started_twice_and_can_be_cancelled(
     new_session: Callable[..., ContextSession],
 ) -> None:
