@@ -11,7 +11,9 @@ made is not asked again: its reply is kept as its answer.
 
 A cell's answer is the reply to its own prompt (the first user message on its branch),
 whatever was sent on the branch after it: follow-ups on a cell continue its experiment
-but are never taken for its answer.
+but are never taken for its answer. A branch whose first user message is another text
+(sent on the cell's empty branch before the sweep reached it) has no answer for the cell:
+the cell fails, saying how to run it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
+from ._unicode import without_surrogates
 from .errors import BranchExistsError, BusyError, InvalidIdError, InvalidInputError, StateError
 from .fanout import arm_settings
 from .ids import branch_name_key
@@ -95,7 +98,7 @@ def start_sweep(
                 f"branch {cell.branch!r} exists and is not cell {cell.key} of sweep "
                 f"{plan.name!r}; give the sweep another name"
             )
-        done = complete_reply(session, cell.branch)
+        done = complete_reply(session, cell.branch, cell.text)
         if done is not None:
             finish(cell, done)
     labels = {"sweep": plan.name, "sweep_def": plan.definition}
@@ -215,10 +218,22 @@ def start_cell(
     # The plan only knew the cells done when it was made: another kernel running the
     # same sweep may have answered this one since. Asking again would pay twice and
     # push its answer off the branch.
-    done = complete_reply(session, cell.branch)
+    own = _own_turn(session, cell.branch)
+    if not _is_own_prompt(session, own, cell.text):
+        # The reply there answers another question: it is no answer of this cell, and
+        # asking again would answer that question; the user decides what to keep.
+        raise StateError(
+            f"cell {cell.key}: the first message on its branch {cell.branch!r} is not the "
+            "cell's prompt (another message was sent on the branch before the sweep "
+            "reached it), so its reply is not the cell's answer. To run the cell, keep "
+            "those messages on a branch of their own "
+            f"(session.branch('<name>', from_message={head!r}, switch=False)), then "
+            f"session.delete_branch({cell.branch!r}) and run the sweep again"
+        )
+    done = complete_reply(session, cell.branch, cell.text)
     if done is not None:
         return done
-    if _own_turn(session, cell.branch).followed:
+    if own.followed:
         # Asking again would answer the last follow-up, not the cell's prompt, and
         # rewinding to the prompt would take the follow-ups off the branch: the user
         # decides what to keep.
@@ -235,7 +250,7 @@ def start_cell(
     with session._claim(cell.branch) as claim:
         # Again under the claim, which other processes respect: one may have finished
         # the reply between the check above and taking the claim.
-        done = complete_reply(session, cell.branch)
+        done = complete_reply(session, cell.branch, cell.text)
         if done is not None:
             claim.release()  # not handed to a turn: give it back here
             return done
@@ -243,11 +258,14 @@ def start_cell(
         return session._start(claim, fsm.Send(), prompt, chosen, generation)
 
 
-def complete_reply(session: ContextSession, branch: str) -> Message | None:
-    """The reply to the cell prompt of ``branch`` (its first user message) if it is
-    finished (not one whose tool calls still wait), else None; messages sent after it
-    (follow-ups) are not the cell's answer."""
-    answer = _own_turn(session, branch).answer
+def complete_reply(session: ContextSession, branch: str, prompt: str) -> Message | None:
+    """The reply to the cell prompt of ``branch`` (its first user message, whose text
+    must be ``prompt``) if it is finished (not one whose tool calls still wait), else
+    None; messages sent after it (follow-ups) are not the cell's answer."""
+    own = _own_turn(session, branch)
+    answer = own.answer
+    if not _is_own_prompt(session, own, prompt):
+        return None
     if answer is None or answer.role != "assistant" or answer.status is not MessageStatus.COMPLETE:
         return None
     message = session.get(answer.id)
@@ -256,12 +274,20 @@ def complete_reply(session: ContextSession, branch: str) -> Message | None:
 
 @dataclass(frozen=True)
 class _OwnTurn:
-    """A cell branch's own turn: the last message answering the cell's prompt (its
-    first user message; tool calls and their results in between), and whether a later
-    user message (a follow-up) follows it."""
+    """A cell branch's own turn: its first user message (the cell's prompt, if the
+    sweep sent it), the last message answering it (tool calls and their results in
+    between), and whether a later user message (a follow-up) follows it."""
 
     answer: IndexEntry | None
     followed: bool
+    prompt: IndexEntry | None = None
+
+
+def _is_own_prompt(session: ContextSession, own: _OwnTurn, prompt: str) -> bool:
+    # True when the branch has no user message yet, or its first one has the cell's text.
+    if own.prompt is None:
+        return True
+    return session.get(own.prompt.id).content == without_surrogates(prompt)
 
 
 def _own_turn(session: ContextSession, branch: str) -> _OwnTurn:
@@ -280,4 +306,6 @@ def _own_turn(session: ContextSession, branch: str) -> _OwnTurn:
         return _OwnTurn(answer=None, followed=False)
     end = users[1] if len(users) > 1 else len(path)
     turn = path[users[0] + 1 : end]
-    return _OwnTurn(answer=turn[-1] if turn else None, followed=len(users) > 1)
+    return _OwnTurn(
+        answer=turn[-1] if turn else None, followed=len(users) > 1, prompt=path[users[0]]
+    )

@@ -3,6 +3,7 @@ reply to its own prompt, never a follow-up's reply, and never answers a follow-u
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from test_session_support import DEADLINE
@@ -78,3 +79,36 @@ def test_a_failed_cell_with_follow_ups_is_not_answered_again_in_their_place(
     assert f"delete_branch({branch!r})" in (cell.error or "")
     assert len(fake.requests) == 2  # nothing asked: the follow-up is not answered again
     assert session.branches[branch].head == head  # and stays on the branch
+
+
+def test_a_reply_to_another_prompt_on_a_cells_empty_branch_is_not_its_answer(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(strict=True).hang()
+    session = new_session(provider=fake)
+    first = session.sweep("Capital of France?", [{}], repeat=2, name="cap", concurrency=1)
+    deadline = time.monotonic() + DEADLINE
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll for the first cell's request, with a deadline
+    first.cancel()
+    first.run(DEADLINE)
+    branch = "cap-p0-v0-r1"
+    assert session.branches[branch].head is None  # made, never sent on
+    fake.reply("Why did the chicken cross the road?")
+    session.send("Tell me a joke", branch=branch).result(DEADLINE)
+    head = session.branches[branch].head
+
+    fake.reply("Paris.")  # the interrupted first cell, asked again
+    again = session.sweep(
+        "Capital of France?", [{}], repeat=2, name="cap", concurrency=1, progress=False
+    ).run(DEADLINE)
+    assert again.cell("p0-v0-r0").reply == "Paris."
+    cell = again.cell("p0-v0-r1")
+    assert cell.status == "failed"
+    assert cell.reply != "Why did the chicken cross the road?"
+    assert "is not the cell's prompt" in (cell.error or "")
+    assert f"delete_branch({branch!r})" in (cell.error or "")
+    assert len(fake.requests) == 3  # the joke is not asked again in the cell's place
+    assert session.branches[branch].head == head
+    found = again.stability().groups[0].stability
+    assert found.total == 1  # only the cell's own answer
