@@ -254,8 +254,25 @@ def start_cell(
         if done is not None:
             claim.release()  # not handed to a turn: give it back here
             return done
-        prompt = session._rewind_to_prompt(cell.branch)
+        prompt = _rewind_to_cell_prompt(session, cell.branch)
         return session._start(claim, fsm.Send(), prompt, chosen, generation)
+
+
+def _rewind_to_cell_prompt(session: ContextSession, branch: str) -> str:
+    # Move the head back to the cell's prompt (its branch's first user message), so the
+    # whole failed attempt (a reply, or tool rounds stopped at the limit) becomes a
+    # sibling of the new reply and none of it is in the new request; returns the prompt.
+    own = _own_turn(session, branch)
+    if own.prompt is None:
+        return session._rewind_to_prompt(branch)
+    head = session._head(branch)
+    prompt = own.prompt.id
+    if prompt != head:
+        session._io.call(
+            session._store.set_branch_head(session.id, branch, prompt, expected_head=head)
+        )
+        session._publish_branch_update(branch, ["head"], head=prompt)
+    return prompt
 
 
 def complete_reply(session: ContextSession, branch: str, prompt: str) -> Message | None:

@@ -29,6 +29,7 @@ from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.sweep import plan_sweep
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
 
 
 def last_user(fake: ScriptedProvider) -> list[str]:
@@ -223,6 +224,36 @@ def test_running_it_again_skips_done_cells_and_reruns_failed_ones(
     third.run(DEADLINE)
     assert [c.reply for c in third.cells if c.repeat == 1] == ["a2", "b2", "c2"]
     assert len(fake.requests) == 7
+
+
+def test_a_cell_stopped_at_the_tool_round_limit_is_run_again_from_its_prompt(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    fake = ScriptedProvider(strict=True)
+    for _ in range(3):
+        fake.tool_call("add", {"a": 1, "b": 2})
+    session = new_session(provider=fake, tools=[add], approval="auto", max_tool_rounds=2)
+    first = session.sweep("1 + 2?", [{}], name="limit", progress=False).run(DEADLINE)
+    assert first.cells[0].status == "failed"
+    assert "tool rounds" in (first.cells[0].error or "")
+    branch = first.cells[0].branch
+    prompt = session.history(branch)[0]
+    asked = len(fake.requests)
+
+    fake.tool_call("add", {"a": 1, "b": 2}).reply("3")
+    second = session.sweep("1 + 2?", [{}], name="limit", progress=False).run(DEADLINE)
+    assert (second.cells[0].status, second.cells[0].reply) == ("done", "3")
+    # The new reply starts from the prompt alone: no round of the failed attempt.
+    assert [m.role for m in fake.requests[asked].messages] == ["user"]
+    assert [m.role for m in session.history(branch)] == ["user", "assistant", "tool", "assistant"]
+    # The failed attempt stays in the tree, a sibling of the new reply.
+    assert len(session.siblings(session.history(branch)[1].id)) == 2
+    assert session.history(branch)[0].id == prompt.id
 
 
 def test_a_name_taken_by_another_definition_or_branch_is_refused(
