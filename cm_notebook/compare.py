@@ -29,8 +29,9 @@ class BranchResult(BaseModel):
     ``system_prompt`` is the prompt the answer was generated under (None: none);
     ``stats`` how its streaming went (time to first token, tokens per second...).
     A reply that did not complete (``status`` ``error``, ``interrupted`` or still
-    ``streaming``; ``error`` says why it failed) is not an answer: see
-    :attr:`unfinished`.
+    ``streaming``; ``error`` says why it failed) is not an answer, nor is a reply that
+    only asks for tools (``tool_calls`` > 0: the turn stopped in its tool rounds, e.g.
+    at the tool-round limit, or they still wait): see :attr:`unfinished`.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -47,6 +48,7 @@ class BranchResult(BaseModel):
     system_prompt: str | None = None
     stats: StreamStats | None = None
     error: str | None = None
+    tool_calls: int = 0  # how many tools the reply asks for
 
     @classmethod
     def of(
@@ -75,15 +77,27 @@ class BranchResult(BaseModel):
             system_prompt=system_prompt,
             stats=meta.stats,
             error=meta.error,
+            tool_calls=len(answer.tool_calls),
         )
 
     @property
     def unfinished(self) -> bool:
-        """Whether the reply did not complete: it failed, was interrupted or is still
-        being generated. Its text is then partial, and its tokens and timings are an
-        attempt's: neither is an answer to compare. (A result without a status, made
-        by hand, counts as an answer.)"""
-        return self.status is not None and self.status is not MessageStatus.COMPLETE
+        """Whether the reply is no final answer: it failed, was interrupted, is still
+        being generated, or only asks for tools. Its text is then partial, and its
+        tokens and timings are an attempt's: neither is an answer to compare. (A result
+        without a status, made by hand, counts as an answer.)"""
+        if self.status is not None and self.status is not MessageStatus.COMPLETE:
+            return True
+        return self.tool_calls > 0
+
+    @property
+    def state(self) -> str:
+        """A short word for what the reply is: its status (``complete``, ``error``,
+        ``interrupted``, ``streaming``), ``tool calls`` for a complete reply that only
+        asks for tools, ``no reply`` without a status."""
+        if self.status is MessageStatus.COMPLETE and self.tool_calls:
+            return "tool calls"
+        return self.status.value if self.status is not None else "no reply"
 
     @property
     def outcome(self) -> str | None:
@@ -95,7 +109,9 @@ class BranchResult(BaseModel):
             return f"the reply failed{why}"
         if self.status is MessageStatus.INTERRUPTED:
             return f"the reply was interrupted{why}"
-        return "the reply is still being generated"
+        if self.status is MessageStatus.STREAMING:
+            return "the reply is still being generated"
+        return "the reply only asks for tools (its tool rounds stopped or still wait)"
 
     def facts(self) -> list[str]:
         """Short labels of what produced the answer and how fast: model, parameters,
@@ -108,7 +124,7 @@ class BranchResult(BaseModel):
         if self.status is not None and self.unfinished:
             # A failed attempt's tokens and speed, shown like an answer's, would be
             # read as what the answer cost.
-            facts.append(self.status.value)
+            facts.append(self.state)
             return facts
         if usage is not None:
             facts.append(f"{usage.input_tokens}+{usage.output_tokens} tokens")
@@ -348,14 +364,13 @@ class Comparison(BaseModel):
 
 def _no_answer(result: BranchResult) -> str:
     # "bad has no answer (error)": why a diff or a delta is not shown.
-    status = result.status.value if result.status is not None else "no reply"
-    return f"{result.branch} has no answer ({status})"
+    return f"{result.branch} has no answer ({result.state})"
 
 
 def unfinished_html(result: BranchResult) -> str:
     """An unfinished reply as HTML: what became of it, then its partial text greyed
     (never marked as a diff: it is not an answer)."""
-    status = result.status.value if result.status is not None else ""
+    status = result.state.replace(" ", "-") if result.status is not None else ""
     out = (
         f'<div class="cm-status cm-status-{html.escape(status)}" style="color:#b91c1c">'
         f"no answer: {html.escape(result.outcome or '')}</div>"

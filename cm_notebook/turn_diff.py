@@ -7,7 +7,8 @@ user turns under another model) or a counterfactual edit (one earlier message ch
 the later user turns run again) lines up with the branch it came from. An answer that
 did not complete (it failed, was interrupted, or is still being generated) is shown as
 such, never diffed as an answer, and its tokens and timings are not measured against
-the other side: the per-turn deltas say it has no answer instead.
+the other side: the per-turn deltas say it has no answer instead. So is a last reply
+that only asks for tools (the turn stopped in its tool rounds): it has no answer.
 :meth:`ContextSession.compare_turns` builds a :class:`TurnComparison`; the compare view
 shows the same per-turn diffs (:func:`turns_html`). Everything here is pure.
 """
@@ -243,7 +244,7 @@ def _delta_texts(turn: TurnDiff) -> list[str]:
 
 
 def _status(side: BranchResult) -> str:
-    return side.status.value if side.status is not None else "no reply"
+    return side.state
 
 
 def _side_html(side: BranchResult | None) -> str:

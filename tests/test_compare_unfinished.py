@@ -7,13 +7,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from test_session_support import DEADLINE
 
 from cm_notebook.compare import BranchResult, Comparison
+from cm_notebook.errors import PermanentProviderError
 from cm_notebook.model import MessageStatus, StreamStats, TokenUsage
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
 from cm_notebook.turn_diff import METRICS
+from cm_notebook.widgets.compare import comparison_html
 
 
 def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
@@ -106,3 +110,46 @@ def test_results_without_a_status_or_complete_are_answers() -> None:
     assert streaming.facts() == ["?", "streaming"]
     assert "similarity: " in str(Comparison(results=[plain, done]))
     assert "c has no answer (streaming)" in str(Comparison(results=[plain, streaming]))
+
+
+def test_a_turn_stopped_in_its_tool_rounds_has_no_answer(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    fake = ScriptedProvider(strict=True)
+    for _ in range(3):
+        fake.tool_call("add", {"a": 1, "b": 2})
+    session = new_session(provider=fake, tools=[add], approval="auto", max_tool_rounds=2)
+    with pytest.raises(PermanentProviderError, match="tool rounds"):
+        session.send("1 + 2?").result(DEADLINE)
+    last = session.history()[-2]
+    assert (last.role, last.status, len(last.tool_calls)) == ("assistant", "complete", 1)
+    fake.reply("1 + 2 = 3")
+    comparison = session.replay("main").result(DEADLINE)
+    turn = comparison.turns[0]
+    assert turn.base is not None
+    assert turn.base.unfinished
+    assert turn.base.facts()[-1] == "tool calls"
+    assert [side.branch for side in turn.unanswered] == ["main"]
+    assert turn.changed
+    # No token or latency delta against a reply that only asked for a tool.
+    assert all(delta.change is None for delta in turn.deltas().values())
+    shown = str(comparison)
+    assert "main: no answer: the reply only asks for tools" in shown
+    assert "main has no answer (tool calls)" in shown
+    assert "output tokens" not in shown
+    assert "cm-status-tool-calls" in comparison._repr_html_()
+    # As in session.stability() and session.compare(): no answer to count.
+    assert session.stability(["main", comparison.other]).total == 1
+    assert session.compare("main", comparison.other)["main"].unfinished
+    columns = [
+        {"branch": name, "system": None, "messages": session.history(name), "state": "Idle"}
+        for name in ("main", comparison.other)
+    ]
+    view = comparison_html(columns)
+    assert "cm-status-tool-calls" in view
+    assert "line-through" not in view  # the answer is not diffed against the empty text

@@ -221,16 +221,19 @@ def _last_reply(path: list[Message]) -> Message | None:
 
 def _answer_of(path: list[Message]) -> Message | None:
     # The branch's last reply if it completed: a failed, interrupted or still streaming
-    # one is no answer (its text is partial, its tokens and timings an attempt's).
+    # one is no answer (its text is partial, its tokens and timings an attempt's), nor
+    # is one that only asks for tools (its tool rounds stopped or still wait).
     reply = _last_reply(path)
-    return reply if reply is not None and reply.status is MessageStatus.COMPLETE else None
+    if reply is None or reply.status is not MessageStatus.COMPLETE or reply.tool_calls:
+        return None
+    return reply
 
 
 def _facts(column: dict[str, Any], answer: Message | None) -> str:
     rows = [("system prompt", column["system"] or "(none)")]
-    if answer is not None and answer.status is not MessageStatus.COMPLETE:
+    if answer is not None and (answer.status is not MessageStatus.COMPLETE or answer.tool_calls):
         rows.append(("model", str(stats_of(answer).get("model") or "?")))
-        rows.append(("status", answer.status.value))
+        rows.append(("status", BranchResult.of(column["branch"], answer).state))
     elif answer is not None:
         stats = stats_of(answer)
         params = answer.metadata.parameters
