@@ -29,7 +29,8 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, KeysView, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -316,6 +317,15 @@ def plan_sweep(
     if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, Mapping)):
         raise InvalidInputError(
             f"prompts must be a string or a list of strings, got {type(prompts).__name__}"
+        )
+    if isinstance(prompts, AbstractSet) and not isinstance(prompts, KeysView):
+        # A set has no order of its own (a dict's keys have one): its order (the cells'
+        # p<i> keys, the default name) differs in every process, so a re-run would
+        # resume nothing.
+        raise InvalidInputError(
+            f"prompts must be in an order of their own, got a {type(prompts).__name__}, "
+            "whose order changes from one process to the next (a re-run would not resume "
+            "the sweep); pass a list, e.g. sorted(prompts)"
         )
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompt_list:

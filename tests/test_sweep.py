@@ -128,6 +128,18 @@ def test_prompts_that_are_no_text_are_refused(prompts: object) -> None:
     assert [cell.text for cell in plan.cells] == ["A", "B"]
 
 
+@pytest.mark.parametrize("kind", [set, frozenset])
+def test_prompts_in_a_set_are_refused_as_their_order_changes_between_processes(
+    kind: type,
+) -> None:
+    prompts = kind({"What is 2+2?", "Name a colour.", "Capital of Peru?"})
+    with pytest.raises(InvalidInputError, match=r"got a .*set.*sorted\(prompts\)"):
+        plan_sweep(prompts, [{}])
+    # In an order of their own they are taken, a dict's keys too.
+    assert plan_sweep(sorted(prompts), [{}]).cells[0].text == "Capital of Peru?"
+    assert plan_sweep(dict.fromkeys(["B", "A"]).keys(), [{}]).cells[0].text == "B"
+
+
 def test_bad_definitions_are_refused_before_anything_is_written(
     new_session: Callable[..., ContextSession],
 ) -> None:
