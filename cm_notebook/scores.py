@@ -13,9 +13,10 @@ Rating again merges into what is stored (:func:`merged`):
   <cm_notebook.session.ContextSession.score>`) replace the stored value of the same
   name and keep the others; a scoring function that failed on the message records its
   error under its name in ``errors`` (dropping its old value), and a later success
-  clears the error. Which function gave each metric is kept (``metric_sources``), so a
-  function returning a mapping replaces all the metrics it gave before: when it fails,
-  none of them is left looking current, and a metric it no longer gives is dropped;
+  of that function (not another one's metric of the same name) clears the error.
+  Which function gave each metric is kept (``metric_sources``), so a function returning
+  a mapping replaces all the metrics it gave before: when it fails, none of them is
+  left looking current, and a metric it no longer gives is dropped;
 * ``clear=True`` starts from an empty score instead (to take a thumb or tags back).
 
 Scoring functions (:func:`interpret`) return a number or a bool (stored as the metric
@@ -173,7 +174,8 @@ def merged(
     """``old`` with a new rating merged in (the rules are in the module docstring).
 
     ``succeeded`` names scoring functions that succeeded this time: their recorded
-    errors are cleared even if their results named no metric after them (a mapping).
+    errors are cleared (even if their results named no metric after them, a mapping),
+    and only theirs.
     ``source`` names the scoring function ``metrics`` came from: the metrics it gave
     before and does not give now are dropped.
     Raises :class:`~cm_notebook.errors.InvalidInputError` naming the bad field.
@@ -218,7 +220,9 @@ def merged(
         else:
             sources.pop(name, None)  # given by hand: no function's any more
     data["metric_sources"] = sources
-    fresh = {*(metrics or {}), *succeeded}
+    # Only a function's own success clears its error: another function's metric of
+    # the same name says nothing about whether it works now.
+    fresh = set(succeeded)
     kept_errors = {k: v for k, v in data.get("errors", {}).items() if k not in fresh}
     data["errors"] = {**kept_errors, **failed}
     try:

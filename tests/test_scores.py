@@ -220,6 +220,28 @@ def test_a_mapping_judge_run_again_leaves_none_of_its_old_metrics_looking_curren
     assert failed.metric_sources == {"length": "length"}
 
 
+def test_an_error_is_cleared_only_by_its_own_function_succeeding(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, history = _two_turns(new_session)
+    reply = history[1].id
+
+    def judge(message: Message) -> float:
+        raise RuntimeError("judge model unreachable")
+
+    session.score(judge, progress=False)
+    # Another function whose mapping has a metric named "judge": judge still fails.
+    session.score(lambda m: {"judge": 1, "chars": len(m.content)}, name="summary", progress=False)
+    after = session.scores(reply)
+    assert after is not None
+    assert after.errors == {"judge": "RuntimeError: judge model unreachable"}
+    assert after.metric_sources == {"judge": "summary", "chars": "summary"}
+    session.score(lambda m: 0.5, name="judge", progress=False)
+    fixed = session.scores(reply)
+    assert fixed is not None
+    assert fixed.errors == {}
+
+
 def test_score_refuses_bad_arguments(new_session: Callable[..., ContextSession]) -> None:
     session, _history = _two_turns(new_session)
     with pytest.raises(InvalidInputError, match="no branch 'nope'"):
