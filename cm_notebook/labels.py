@@ -42,12 +42,21 @@ def update_labels(
 ) -> Branch:
     """Set the labels in ``changes`` on ``branch`` (None removes one).
 
-    The keys and values given are refused if they hold control characters (labels are
-    shown in listings and terminals); the labels already on the branch are kept as
-    they are. The change is merged with the branch's labels as stored when it is
+    The ``baseline`` label is refused: :func:`pin_baseline` sets it, keeping one
+    baseline. The keys and values given are refused if they hold control characters
+    (labels are shown in listings and terminals); the labels already on the branch are
+    kept as they are. The change is merged with the branch's labels as stored when it is
     written, so labels another process set meanwhile are kept too.
     """
     name = validate_branch_name(branch)
+    if BASELINE_LABEL in changes:
+        # Set here, it could mark a second branch as the baseline: pinning unpins the
+        # previous one in the same write.
+        raise InvalidInputError(
+            f"the label {BASELINE_LABEL!r} marks the pinned baseline, one branch at a time, "
+            f"and is not set with label(); use session.pin_baseline({name!r}) to make "
+            f"{name!r} the baseline, or session.pin_baseline(None) to unpin it"
+        )
     for key, value in changes.items():
         if isinstance(key, str):
             _refuse_controls(key, f"the label key {key!r:.40}")

@@ -99,6 +99,21 @@ def test_pin_baseline_moves_the_label(
         close_all([reopened])
 
 
+def test_the_baseline_label_is_not_set_by_label_but_by_pin_baseline(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.branch("b", switch=False)
+    session.pin_baseline("main")
+    for value in ("true", None):
+        with pytest.raises(InvalidInputError, match=r"session.pin_baseline\('b'\)"):
+            session.label("b", baseline=value)
+    with pytest.raises(InvalidInputError, match="pin_baseline"):
+        session.label("b", {"baseline": "true"}, run="3")
+    assert session.branches["b"].labels == {}  # nothing written, not even run=3
+    assert [n for n, b in session.branches.items() if b.labels.get("baseline")] == ["main"]
+
+
 @pytest.mark.anyio
 async def test_labels_round_trip_through_export(tmp_path: Path, data_dir: Path) -> None:
     async with ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir) as session:
