@@ -29,6 +29,9 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``request_hash``
 ``created_at``                 when the reply was started (UTC)
 ``status``                     complete, interrupted, error or streaming
+``edited_from``                the id of the reply whose text was edited by hand into
+                              this one (a counterfactual edit), None for a reply as
+                              the model gave it
 ============================  ==========================================================
 
 then one ``label_<key>`` column per branch label, ``param_<name>`` per generation
@@ -88,6 +91,7 @@ COLUMNS: tuple[str, ...] = (
     "request_hash",
     "created_at",
     "status",
+    "edited_from",
 )
 
 
@@ -133,12 +137,19 @@ def _row(
         "request_hash": meta.request_hash,
         "created_at": reply.created_at,
         "status": reply.status.value,
+        "edited_from": _edited_from(reply),
     }
     row.update({f"label_{key}": value for key, value in labels.items()})
     row.update({f"param_{key}": value for key, value in meta.parameters.items()})
     if score is not None:
         row.update({f"metric_{key}": value for key, value in score.metrics.items()})
     return row
+
+
+def _edited_from(reply: Message) -> str | None:
+    # Set (an extra metadata field) on a text edited by hand in a counterfactual.
+    found = (reply.metadata.model_extra or {}).get("edited_from")
+    return found if isinstance(found, str) else None
 
 
 def records(

@@ -91,6 +91,28 @@ def test_one_row_per_reply_with_every_column(new_session: Callable[..., ContextS
     assert [row["output"] for row in session.to_records("other")] == ["Blue.", "Green."]
 
 
+def test_a_reply_edited_by_hand_is_marked_with_the_reply_it_was_edited_from(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(["Paris.", "The Eiffel Tower."])
+    session = new_session(provider=fake)
+    session.send("Capital of France?").result(DEADLINE)
+    session.send("Famous for?").result(DEADLINE)
+    original = session.history()[1]
+    fake.reply("Its wall.")
+    comparison = session.counterfactual(original.id, "Berlin.").result(DEADLINE)
+    rows = session.to_records(comparison.other)
+    assert [(r["output"], r["edited_from"]) for r in rows] == [
+        ("Berlin.", original.id),  # written by hand, not by the model
+        ("Its wall.", None),
+    ]
+    assert [r["edited_from"] for r in session.to_records("main")] == [None, None]
+    pytest.importorskip("pandas")
+    frame = session.to_dataframe(comparison.other)
+    assert frame["edited_from"].iloc[0] == original.id
+    assert frame["edited_from"].isna().iloc[1]
+
+
 def test_dataframe_and_csv_hold_the_same_table(
     new_session: Callable[..., ContextSession], tmp_path: Path
 ) -> None:
