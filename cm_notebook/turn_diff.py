@@ -237,10 +237,17 @@ def _delta_texts(turn: TurnDiff) -> list[str]:
             continue
         base = "?" if delta.base is None else _number(delta.base, decimals)
         other = "?" if delta.other is None else _number(delta.other, decimals)
-        change = delta.change
-        sign = "" if change is None else f" ({'+' if change >= 0 else ''}{change:.{decimals}f})"
+        sign = "" if delta.change is None else f" ({_signed(delta.change, decimals)})"
         out.append(f"{label} {base} -> {other}{unit}{sign}")
     return out
+
+
+def _signed(change: float, decimals: int) -> str:
+    # "+25", "-3.5", and "0" for a change that rounds to zero (never "-0" or "+0").
+    shown = _number(change, decimals)
+    if float(shown) == 0:
+        return _number(0.0, decimals)
+    return shown if change < 0 else f"+{shown}"
 
 
 def _status(side: BranchResult) -> str:

@@ -23,6 +23,7 @@ from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus, TokenUsage
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.turn_diff import TurnComparison, TurnDiff
 
 
 def test_fan_out_runs_the_variants_concurrently_and_compares_them(
@@ -291,3 +292,22 @@ async def test_fan_out_and_fork_wait_for_a_turn_running_on_their_branch(data_dir
         assert roles(session.history(arm)) == ["user", "assistant", "user", "assistant"]
         assert session.history(arm)[1].content == "Paris."
     session.close()
+
+
+@pytest.mark.parametrize(
+    ("base", "other", "shown"),
+    [
+        (0.4, 0.2, "latency 0 -> 0 ms (0)"),
+        (1.2, 1.4, "latency 1 -> 1 ms (0)"),
+        (10.0, 35.0, "latency 10 -> 35 ms (+25)"),
+        (35.0, 10.0, "latency 35 -> 10 ms (-25)"),
+    ],
+)
+def test_a_delta_that_rounds_to_zero_has_no_sign(base: float, other: float, shown: str) -> None:
+    turn = TurnDiff(
+        turn=1,
+        prompt="Q",
+        base=BranchResult(branch="a", text="x", duration_ms=base),
+        other=BranchResult(branch="b", text="x", duration_ms=other),
+    )
+    assert str(TurnComparison(base="a", other="b", turns=[turn])).endswith(f"   {shown}")
