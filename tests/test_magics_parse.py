@@ -93,6 +93,12 @@ def test_fanout_splits_specs_on_commas() -> None:
         ("--var print", "'print' is a name the kernel uses itself"),
         ("--var get_ipython", "'get_ipython' is a name the kernel uses itself"),
         ("--var Out", "'Out' is a name the kernel uses itself"),
+        ("--var __builtins__", "'__builtins__' is a name the kernel uses itself"),
+        ("--var __name__", "'__name__' is a name the kernel uses itself"),
+        ("--var _3", "'_3' is a name the kernel uses itself"),
+        ("--var _i12", "'_i12' is a name the kernel uses itself"),
+        ("--var _sh", "'_sh' is a name the kernel uses itself"),
+        ("--var _exit_code", "'_exit_code' is a name the kernel uses itself"),
         ("--ab only-one", "two or more system prompts"),
         ("--fanout local", "two or more provider specs"),
         ("local --provider openai", "give the provider once"),
@@ -111,6 +117,11 @@ def test_bad_cell_options_are_one_line_usage_errors(line: str, says: str) -> Non
     assert says in message
     assert "\n" not in message
     assert message.endswith(CellArgs.USAGE)
+
+
+@pytest.mark.parametrize("name", ["_private", "__mangled", "_1st", "_ix", "answer_"])
+def test_a_var_name_the_kernel_does_not_use_is_taken(name: str) -> None:
+    assert cell(f"--var {name}").var == name
 
 
 def test_subcommand_models() -> None:

@@ -105,3 +105,15 @@ def test_bad_sends_are_one_line_usage_errors(fe: FrontEnd, line: str, says: str)
     assert reply["status"] == "error", output
     assert reply["ename"] == "UsageError"
     assert says in reply["evalue"]
+
+
+@pytest.mark.usefixtures("session")
+@pytest.mark.parametrize("name", ["__builtins__", "_2", "_i2", "_exit_code"])
+def test_a_var_the_kernel_uses_is_refused_and_the_kernel_keeps_working(
+    fe: FrontEnd, name: str
+) -> None:
+    reply, output = fe.execute(f"%%cm --var {name}\nhi")
+    assert reply["status"] == "error", output
+    assert reply["ename"] == "UsageError"
+    assert f"{name!r} is a name the kernel uses itself" in reply["evalue"]
+    assert fe.run('print(len("abc"))') == "3\n"

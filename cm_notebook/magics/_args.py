@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import keyword
+import re
 import unicodedata
 from typing import Any, ClassVar, Literal
 
@@ -191,11 +192,27 @@ _KERNEL_NAMES = frozenset(
         "_oh",
         "_ih",
         "_dh",
+        "_sh",
+        "_exit_code",
         "exit",
         "quit",
         "get_ipython",
     }
 )
+
+#: IPython's numbered history names: ``_3`` (an output), ``_i3`` (an input).
+_NUMBERED_HISTORY = re.compile(r"_i?[0-9]+")
+
+
+def _kernel_name(value: str) -> bool:
+    """Whether a reply stored as ``value`` would replace a name the kernel needs."""
+    return (
+        value in _KERNEL_NAMES
+        or hasattr(builtins, value)
+        # __builtins__, __name__, __doc__...: Python's own names.
+        or (value.startswith("__") and value.endswith("__"))
+        or _NUMBERED_HISTORY.fullmatch(value) is not None
+    )
 
 
 class CellArgs(MagicArgs):
@@ -232,9 +249,11 @@ class CellArgs(MagicArgs):
             # Python reads the name in code as its NFKC form: stored as given, no code
             # could reach it.
             raise ValueError(f"Python reads {value!r} as {spelled!r}: use --var {spelled}")
-        if value in _KERNEL_NAMES or hasattr(builtins, value):
-            # The reply would replace it in the kernel: print, get_ipython, In, Out...
-            raise ValueError(f"{value!r} is a name the kernel uses itself; pick another")
+        if _kernel_name(value):
+            # The reply would replace it in the kernel: print, __builtins__, In, _3...
+            raise ValueError(
+                f"{value!r} is a name the kernel uses itself; pick another, such as --var answer"
+            )
         return value
 
     @field_validator("fanout")
