@@ -117,3 +117,32 @@ def test_a_var_the_kernel_uses_is_refused_and_the_kernel_keeps_working(
     assert reply["ename"] == "UsageError"
     assert f"{name!r} is a name the kernel uses itself" in reply["evalue"]
     assert fe.run('print(len("abc"))') == "3\n"
+
+
+@pytest.mark.usefixtures("session")
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("%%cm\n    def f():\n        return 1\n", "    def f():\n        return 1"),
+        ("%%cm\n\n  \n\tindented\nnot\n  \n\n", "\tindented\nnot"),
+        ("%%cm -f code\n    x = 1\n    y = 2", "    x = 1\n    y = 2"),
+    ],
+)
+def test_a_cell_keeps_its_first_line_s_indentation(fe: FrontEnd, cell: str, message: str) -> None:
+    # The blank lines above the message and the whitespace after it are dropped.
+    assert _sent(fe, cell) == (message, "main")
+
+
+@pytest.mark.usefixtures("session")
+@pytest.mark.parametrize(
+    ("setup", "cell", "says"),
+    [
+        ("pass", "%%cm\n  \n\t\n", "the cell is empty"),
+        ("blank = ' \\n '", "%%cm\n{blank}\n", "the message is empty"),
+    ],
+)
+def test_a_blank_cell_is_still_refused(fe: FrontEnd, setup: str, cell: str, says: str) -> None:
+    fe.run(setup)
+    reply, output = fe.execute(cell)
+    assert reply["status"] == "error", output
+    assert says in reply["evalue"], reply["evalue"]

@@ -96,7 +96,7 @@ class CellSender:
 
         def message() -> _Message:
             text, used = interpolate(body, namespace)
-            text = text.strip()  # the newline that ends a cell is not part of the message
+            text = _trimmed(text)
             if not text:
                 raise UsageError("the message is empty once its {...} fields are filled in")
             # Provenance: which kernel variables fed it (see cm_notebook.provenance).
@@ -413,3 +413,12 @@ def _continued(before: Queued | None, given: str | None, target: str) -> str:
     # it ended on (a --system cell there may have moved to a fork, as running the cells
     # one by one would have).
     return target if given is not None or before is None else before.branch
+
+
+def _trimmed(text: str) -> str:
+    """A cell body as its message: without the blank lines above it nor the whitespace
+    (the newline ending the cell) after it, the first line's indentation kept."""
+    lines = text.splitlines(keepends=True)
+    while lines and not lines[0].strip():
+        del lines[0]
+    return "".join(lines).rstrip()
