@@ -9,13 +9,16 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from . import _json
+from ._cli_advice import elsewhere, for_data_dir
 from ._unicode import for_terminal
 from .store.base import Store
 
@@ -25,6 +28,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Handler",
+    "advising_for",
     "cli_wording",
     "clip",
     "command",
@@ -87,8 +91,12 @@ _CLI_REMEDIES = (
         "List existing contexts with `cm-notebook ls`.",
     ),
     (
-        re.compile(r"delete it anyway with FileStore\.delete_context\(\.\.\., force=True\)"),
-        "delete it anyway with `cm-notebook rm --force`",
+        re.compile(
+            r"(context '(?P<id>[^']+)' is being written .*?)delete it anyway with "
+            r"FileStore\.delete_context\(\.\.\., force=True\)",
+            re.DOTALL,
+        ),
+        r"\1delete it anyway with `cm-notebook rm --force \g<id>`",
     ),
     (
         re.compile(r"\((FileStore\.set_branch_head(?: or FileStore\.delete_branch)?)\)"),
@@ -102,12 +110,29 @@ _CLI_REMEDIES = (
 )
 
 
+#: The data directory this run of the command line uses, as given, when the commands
+#: it advises need ``--data-dir`` to act on it (see :func:`advising_for`).
+_DATA_DIR: ContextVar[str | Path | None] = ContextVar("cli_data_dir", default=None)
+
+
+@contextmanager
+def advising_for(data_dir: str | Path | None) -> Iterator[None]:
+    """Within: :func:`cli_wording` says the commands it advises with ``--data-dir``
+    ``data_dir`` (the one given, else ``$CM_NOTEBOOK_DATA_DIR``; None: the default)."""
+    token = _DATA_DIR.set(elsewhere(data_dir))
+    try:
+        yield
+    finally:
+        _DATA_DIR.reset(token)
+
+
 def cli_wording(message: str) -> str:
     """``message`` (an error, a warning, a report) with the remedies that name Python
-    calls the command line does not have said the command line's way."""
+    calls the command line does not have said the command line's way, and the commands
+    it advises given the data directory in use (see :func:`advising_for`)."""
     for pattern, wording in _CLI_REMEDIES:
         message = pattern.sub(wording, message)
-    return message
+    return for_data_dir(message, _DATA_DIR.get())
 
 
 def isatty(stream: Any) -> bool:

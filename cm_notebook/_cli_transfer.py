@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from ._cli_base import PROG, CommandError, command, decode_json, isatty, out
+from ._cli_base import PROG, CommandError, cli_wording, command, decode_json, isatty, out
 from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
 from .errors import (
@@ -348,7 +348,7 @@ async def _import_v1(
         backup_dir=backups,
         content=content,
     )
-    out(str(report))
+    out(cli_wording(str(report)))
     return 0 if report.ok else 1
 
 
@@ -382,6 +382,6 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
 )
 async def _migrate(args: argparse.Namespace, store: Store) -> int:
     report = await migrate(args.source, store, dry_run=args.dry_run, backup=not args.no_backup)
-    out(str(report))
+    out(cli_wording(str(report)))
     # Exit 1 only for failed contexts: partial ones were written and their problems listed.
     return 0 if report.ok else 1

@@ -44,6 +44,7 @@ from ._cli_base import (
     PROG,
     Command,
     CommandError,
+    advising_for,
     cli_wording,
     command,
     isatty,
@@ -60,6 +61,7 @@ from .store import FileStore
 from .store.base import Store
 from .store.deletion import busy_error
 from .store.diagnostics import StoreWarning
+from .store.paths import default_data_dir
 
 __all__ = ["COMMANDS", "EXIT_CODES", "Command", "build_parser", "command", "main"]
 
@@ -361,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse reported
         return exc.code if isinstance(exc.code, int) else 2
-    with warnings.catch_warnings():
+    # The commands an error or a report advises act on this run's data directory.
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    with warnings.catch_warnings(), advising_for(data_dir):
         warnings.showwarning = _show_warning
         return _dispatch(args)
 

@@ -14,6 +14,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from ._cli_advice import elsewhere, for_data_dir
 from .errors import CMError
 from .session import ContextSession
 from .store import FileStore, Store
@@ -58,7 +59,7 @@ async def _converse(provider: str, store: Store, max_tokens: int) -> ContextSess
     out = sys.stdout
     out.write(f"context {session.id} (provider {provider})\n\n")
     try:
-        await _conversation(session, max_tokens)
+        await _conversation(session, store, max_tokens)
     except CMError:
         await session.aclose()
         with contextlib.suppress(CMError, OSError):
@@ -71,7 +72,7 @@ async def _converse(provider: str, store: Store, max_tokens: int) -> ContextSess
     return session
 
 
-async def _conversation(session: ContextSession, max_tokens: int) -> None:
+async def _conversation(session: ContextSession, store: Store, max_tokens: int) -> None:
     out = sys.stdout
     for question in QUESTIONS:
         out.write(f"you> {question}\nmodel> ")
@@ -87,7 +88,9 @@ async def _conversation(session: ContextSession, max_tokens: int) -> None:
     out.write("-- comparison of the two branches\n")
     out.write(str(session.compare("main", "italy")) + "\n")
     out.write(f"\nbranches: {', '.join(session.branches)}; active: {session.active_branch}\n")
-    out.write(f"stored as {session.id}: see `cm-notebook show {session.id}`\n")
+    # Shown with --data-dir when the context is not in the default data directory.
+    where = elsewhere(getattr(store, "data_dir", None))
+    out.write(for_data_dir(f"stored as {session.id}: see `cm-notebook show {session.id}`\n", where))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def test_export_import_round_trip(
     assert_one_error_line(
         err,
         f"context 'ctx-inconsistent' is already in {other}: import this copy beside it "
-        "with --new-id, or remove the one there first (`cm-notebook rm ctx-inconsistent`)",
+        "with --new-id, or remove the one there first "
+        f"(`cm-notebook --data-dir {shlex.quote(str(other))} rm ctx-inconsistent`)",
     )
     code, out, _ = run(capsys, other, "import", str(target), "--new-id")
     assert code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -92,8 +93,10 @@ def test_a_demo_whose_provider_fails_leaves_no_context(data_dir: Path) -> None:
 def test_remedies_name_commands_not_python_calls(
     capsys: pytest.CaptureFixture[str], data_dir: Path
 ) -> None:
+    # The command named is for the data directory given.
+    listing = f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} ls`"
     for argv in (["show", "nope"], ["rm", "--yes", "../.."], ["export", "nope"]):
         _, _, err = run(capsys, data_dir, *argv)
-        assert "List existing contexts with `cm-notebook ls`." in err
+        assert f"List existing contexts with {listing}." in err
         assert "FileStore" not in err
         assert "ContextSession" not in err

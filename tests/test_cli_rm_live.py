@@ -5,6 +5,7 @@ and `rm --yes` deletes it; `--force` deletes it while the writer lives."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -145,7 +146,8 @@ def test_rm_refuses_a_context_a_live_session_streams_into_until_it_is_killed(
     assert line.endswith(
         "Stop that first (let the reply finish or cancel the turn, or stop the kernel or "
         "process running it), then delete the context; or delete it anyway with "
-        "`cm-notebook rm --force`, and that process's next write fails."
+        f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} rm --force {context_id}`, and "
+        "that process's next write fails."
     )
     assert files(folder) == before  # nothing deleted, nothing moved
     assert "Live" in cli(data_dir, "ls").stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,14 +52,15 @@ def test_migrate_refuses_an_export_and_says_to_import_it(
     (line,) = err.splitlines()
     assert line == (
         f"cm-notebook: error: {exported} is a cm_notebook export, not v1 data: import it "
-        f"with `cm-notebook import {exported}` (in Python: cm_notebook.export.import_document)"
+        f"with `cm-notebook --data-dir {shlex.quote(str(data_dir))} import {exported}` "
+        "(in Python: cm_notebook.export.import_document)"
     )
     assert not data_dir.exists() or not list((data_dir / "contexts").glob("*"))
     assert os.listdir(exported.parent) == [exported.name]  # no backup of it either
     # A folder of exports: each file says to import it, none to migrate it.
     code, out, _ = run(capsys, data_dir, "import", str(exported.parent))
     assert code == 1
-    assert f"`cm-notebook import {exported}`" in out
+    assert f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} import {exported}`" in out
     assert "cm-notebook migrate" not in out
     # And importing it as told keeps its title and branches.
     code, out, _ = run(capsys, data_dir, "import", str(exported))

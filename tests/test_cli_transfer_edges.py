@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -263,7 +264,8 @@ def test_a_branch_whose_head_is_lost_blocks_only_the_whole_export_which_says_wha
         "branch that still reads on its own with --branch ('side'); or point the broken "
         "branch at a message that is there, or delete it (from Python: "
         "FileStore.set_branch_head or FileStore.delete_branch; cm-notebook has no command "
-        f"for it), then export the whole context again. `cm-notebook check {session.id}` "
+        "for it), then export the whole context again. `cm-notebook --data-dir "
+        f"{shlex.quote(str(data_dir))} check {session.id}` "
         "lists the damage.\n"
     )
     # Each remedy it names works.
@@ -314,7 +316,7 @@ def test_an_import_of_a_case_twin_id_names_the_context_there_and_an_rm_that_work
         f"cm-notebook: error: context id {twin!r} differs only in case from the context "
         f"{session.id!r} in {data_dir} (the two would be one folder on Windows and macOS): "
         "import this copy beside it with --new-id, or remove the one there first "
-        f"(`cm-notebook rm {session.id}`)\n"
+        f"(`cm-notebook --data-dir {shlex.quote(str(data_dir))} rm {session.id}`)\n"
     )
     # The remedy it names works: that rm, then the import.
     assert run(capsys, data_dir, "rm", session.id, "--yes")[0] == 0

@@ -9,6 +9,11 @@ provider.
 from __future__ import annotations
 
 import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,6 +112,22 @@ def test_use_of_a_damaged_context_says_what_is_wrong_with_it(fe: FrontEnd) -> No
     assert "no context 'Damaged'" in said
     assert "1 stored context cannot be read" in said
     assert "`%cm ls` names them by id" in said
+    # The kernel's data folder is not the default one: the command advised for a
+    # terminal names it, and run as given (the id filled in) it finds the damage.
+    (command,) = re.findall(r"`(cm-notebook [^`]*)`", said)
+    words = shlex.split(command)
+    assert words[1:] == ["--data-dir", str(fe.data_dir), "check", "ID"]
+    env = {k: v for k, v in os.environ.items() if k != "CM_NOTEBOOK_DATA_DIR"}
+    checked = subprocess.run(
+        [sys.executable, "-m", "cm_notebook", *words[1:-1], context_id],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 1
+    assert "not valid JSON" in checked.stderr, checked.stderr
     assert fe.run("%cm use Other").strip() == "context 'Other' is current"
     for _ in range(2):  # said each time, not once as Python shows a warning
         listed = fe.run("%cm ls")

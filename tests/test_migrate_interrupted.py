@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -245,7 +246,8 @@ def test_an_interrupted_migration_that_cannot_be_finished_says_what_to_do(
         assert "message contents differ from the source" in done.stdout
         assert (
             "context 'ctx-branches' was left incomplete; remove it "
-            "(`cm-notebook rm ctx-branches`) and migrate again" in done.stdout
+            f"(`cm-notebook --data-dir {shlex.quote(str(data_dir))} rm ctx-branches`) and "
+            "migrate again" in done.stdout
         )
         assert heads(data_dir, "ctx-branches") == {"main": None, "alt": None}
 
@@ -305,7 +307,10 @@ def test_killed_while_writing_messages_then_changed_is_left_for_the_user(
     assert done.returncode == 1, done.stdout
     assert "Traceback" not in done.stderr
     assert f"message {changed!r} differs from the source" in done.stdout
-    assert "(`cm-notebook rm ctx-branches`) and migrate again" in done.stdout
+    assert (
+        f"(`cm-notebook --data-dir {shlex.quote(str(data_dir))} rm ctx-branches`) and "
+        "migrate again" in done.stdout
+    )
     assert snapshot(data_dir / "contexts" / "ctx-branches") == before
 
 

@@ -8,6 +8,7 @@ The kill is real (see test_migrate_interrupted: a child process ends itself with
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def test_a_killed_migration_is_shown_unfinished_until_run_again(
     assert checked.returncode == 1, checked.stdout
     assert (
         "ctx-branches: migration unfinished (the process was stopped): run `cm-notebook "
-        f"migrate {source}` again to finish it; what was added to it since is kept"
+        f"--data-dir {shlex.quote(str(data_dir))} migrate {source}` again to finish it; "
+        "what was added to it since is kept"
     ) in checked.stderr
 
     done = cli(data_dir, "migrate", str(source), "--no-backup")

@@ -9,6 +9,7 @@ without losing the heads the old index held. Real files, real FileStores.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import warnings
@@ -480,5 +481,5 @@ def test_exporting_a_context_with_an_unreadable_message_says_what_to_do(
     err = capsys.readouterr().err
     assert code == 1  # damaged data, not a usage error (2)
     assert "cannot be read" in err
-    assert "cm-notebook check c" in err
+    assert f"`cm-notebook --data-dir {shlex.quote(str(tmp_path))} check c`" in err
     assert not (tmp_path / "o").exists()

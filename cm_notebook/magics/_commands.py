@@ -30,6 +30,7 @@ from . import _args as a
 from ._comparison import ComparisonView
 from ._decisions import PendingDecision, decided_text
 from ._deferred import DeferredCommand
+from ._remedies import for_magics
 from ._reply import ReplyView
 from ._saved import LaterCompareView, SavedCompareView
 from ._sending import CellSender
@@ -111,7 +112,7 @@ class Commands:
                 else ""
             )
             raise UsageError(
-                f"no context {target!r}: `%cm ls` lists the stored ones{hint}"
+                for_magics(f"no context {target!r}: `%cm ls` lists the stored ones{hint}")
             ) from exc
         # Any other error of the store (CorruptDataError, SchemaVersionError...) is the
         # context's own, shown as it is (see _remedies.translated).

@@ -188,7 +188,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             self._never_sent()
             return
         except Exception as exc:  # not sent: the cell is what to run again
-            message = said(exc)
+            message = said(exc, self.session)
             self.outcome.value = note(f"not sent: {message} (run the cell again to ask)")
             release(self._wound_down)
             return
@@ -197,7 +197,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         except asyncio.CancelledError:
             self.outcome.value = note("stopped; the text so far is kept")
         except CMError as exc:
-            self.outcome.value = note(for_magics(str(exc)))
+            self.outcome.value = note(for_magics(str(exc), self.session))
         except Exception as exc:  # a view must never take the kernel down
             self.outcome.value = note(f"{type(exc).__name__}: {exc}")
         else:

@@ -91,7 +91,7 @@ class PendingDecision:
         except asyncio.CancelledError:
             self._text = f"nothing {self.verb}: the reply was stopped"
         except CMError as exc:
-            self._text = f"nothing {self.verb}: {for_magics(str(exc))}"
+            self._text = f"nothing {self.verb}: {for_magics(str(exc), self.reply.session)}"
         except Exception as exc:  # a decision must never take the kernel down
             self._text = f"nothing {self.verb}: {type(exc).__name__}: {exc}"
         finally:

@@ -116,7 +116,7 @@ class DeferredCommand:
             self._never_run()
             return
         except CMError as exc:
-            printed.write(f"not done: {for_magics(str(exc))}\n")
+            printed.write(f"not done: {for_magics(str(exc), self.session)}\n")
         except UsageError as exc:
             printed.write(f"not done: {exc}\n")
         except Exception as exc:  # a command must never take the kernel down

@@ -40,17 +40,17 @@ class CMMagics(Magics):
         """Talk to the current context: ``%cm help`` lists the subcommands."""
         if cell is not None:
             cell_args = parse_args(a.CellArgs, split_words(line, a.CellArgs.USAGE))
-            with translated():
+            with translated(self.commands.current):
                 return self.commands.cell(cell_args, cell)
         name, _, text = line.strip().partition(" ")
         if name == "send":
             # A message is not shell words: its quotes and apostrophes are kept. (A line
             # ending in "?" only gets here thanks to _input.py.)
-            with translated():
+            with translated(self.commands.current):
                 return self.commands.send(parse_text_args(a.SendArgs, text))
         words = split_words(line, "%cm help")
         if not words:
-            with translated():
+            with translated(self.commands.current):
                 # The live view, then a snapshot that stays in the saved notebook.
                 return SavedSessionView(self.commands.session())
         name, rest = words[0], words[1:]
@@ -61,7 +61,7 @@ class CMMagics(Magics):
                 f"{', '.join(a.COMMANDS)} (`%cm help` shows their usage)"
             )
         args = parse_args(model, rest)
-        with translated():
+        with translated(self.commands.current):
             return getattr(self.commands, name)(args)
 
 

@@ -11,10 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
 
+from .._cli_advice import elsewhere, for_data_dir
 from ..errors import CMError
+from ..store.paths import default_data_dir
+
+if TYPE_CHECKING:
+    from ..session import ContextSession
 
 __all__ = ["for_magics", "said", "translated"]
 
@@ -54,28 +61,37 @@ _PATTERNS = (
 )
 
 
-def for_magics(message: str) -> str:
-    """``message`` with the remedies it names in Python said as magics."""
+def for_magics(message: str, session: ContextSession | None = None) -> str:
+    """``message`` with the remedies it names in Python said as magics, and the
+    ``cm-notebook`` commands it advises given the data directory of ``session`` (else
+    the kernel's) when that is not the default one."""
     for python, magic in _REMEDIES:
         message = message.replace(python, magic)
     for pattern, replacement in _PATTERNS:
         message = pattern.sub(replacement, message)
-    return message
+    return for_data_dir(message, elsewhere(_data_dir(session)))
 
 
-def said(exc: BaseException) -> str:
+def _data_dir(session: ContextSession | None) -> Path:
+    # The folder of the session's store; the kernel's (where %cm ls and %cm use look)
+    # for no session, or one whose store is no folder.
+    data_dir = getattr(getattr(session, "_store", None), "data_dir", None)
+    return data_dir if isinstance(data_dir, Path) else default_data_dir()
+
+
+def said(exc: BaseException, session: ContextSession | None = None) -> str:
     """What a view says of an error: a session's in the magics' terms, a usage error's
     own words, else its repr."""
     if isinstance(exc, CMError):
-        return for_magics(str(exc))
+        return for_magics(str(exc), session)
     return str(exc) if isinstance(exc, UsageError) else repr(exc)
 
 
 @contextmanager
-def translated() -> Iterator[None]:
+def translated(session: ContextSession | None = None) -> Iterator[None]:
     """Turn the session's errors into one-line usage errors (no traceback), with their
-    remedies in the magics' terms."""
+    remedies in the magics' terms (see :func:`for_magics`)."""
     try:
         yield
     except CMError as exc:
-        raise UsageError(for_magics(str(exc))) from exc
+        raise UsageError(for_magics(str(exc), session)) from exc

@@ -313,7 +313,7 @@ class ReplyView:
             self._never_sent()
             return
         except Exception as exc:  # not sent: the cell, not the reply, is what to rerun
-            message = said(exc)
+            message = said(exc, self.session)
             self._outcome = f"not sent: {message} (run the cell again to ask)"
             self._ended = {"status": "not sent", "error": message}
             self._wind_down()
@@ -324,7 +324,7 @@ class ReplyView:
             self._outcome = "stopped; the text so far is kept"
             self._ended = {"status": "stopped"}
         except CMError as exc:
-            self._outcome = f"{for_magics(str(exc))} (after fixing it: %cm retry)"
+            self._outcome = f"{for_magics(str(exc), self.session)} (after fixing it: %cm retry)"
             self._ended = {"status": "failed", "error": str(exc)}
         except Exception as exc:  # a view must never take the kernel down
             self._outcome = f"{type(exc).__name__}: {exc}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -57,7 +58,11 @@ class SavedCompareView(CompareView):
 
     def _saved_copy(self, copy_id: str) -> ComparisonSnapshot:
         return ComparisonSnapshot(
-            self.session, self.branch_names, copy_id=copy_id, waiting=_WAITING, explain=said
+            self.session,
+            self.branch_names,
+            copy_id=copy_id,
+            waiting=_WAITING,
+            explain=partial(said, session=self.session),
         )
 
 
@@ -93,7 +98,11 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
         if self.saved is None:
             waiting = _COMPARES_LATER if self.failure is None else said_html(self.failure)
             self.saved = ComparisonSnapshot(
-                self.session, [], copy_id=copy_id, waiting=waiting, explain=said
+                self.session,
+                [],
+                copy_id=copy_id,
+                waiting=waiting,
+                explain=partial(said, session=self.session),
             )
         self.saved.display()
 
@@ -115,7 +124,7 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             await wait_for(self._waits)
             self.compare = CompareView(self.session, *self.requested)
         except Exception as exc:  # a view must never take the kernel down
-            self.failure = f"not compared: {said(exc)}"
+            self.failure = f"not compared: {said(exc, self.session)}"
             self.children = (w.HTML(note(self.failure)), *box.children[1:])
             if self.saved is not None:
                 self.saved.failed(self.failure)

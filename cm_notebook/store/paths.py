@@ -33,6 +33,7 @@ __all__ = [
     "default_data_dir",
     "ensure_inside",
     "message_path",
+    "platform_data_dir",
     "safe_join",
     "streaming_lock_path",
     "trusted_message_path",
@@ -67,6 +68,12 @@ def default_data_dir() -> Path:
     override = os.environ.get(DATA_DIR_ENV, "").strip()
     if override:
         return Path(override).expanduser()
+    return platform_data_dir()
+
+
+def platform_data_dir() -> Path:
+    """The platform's data directory for cm_notebook (:func:`default_data_dir` without
+    ``$CM_NOTEBOOK_DATA_DIR``)."""
     if sys.platform == "win32":
         local = os.environ.get("LOCALAPPDATA", "").strip()
         base = Path(local) if local else Path.home() / "AppData" / "Local"

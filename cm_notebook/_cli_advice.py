@@ -1,0 +1,54 @@
+"""The ``cm-notebook`` commands a message advises, said for the data directory in use.
+
+A remedy such as "run `cm-notebook check --repair ID`" acts on the platform's data
+directory when typed as written. Where the contexts are elsewhere (``--data-dir``,
+``$CM_NOTEBOOK_DATA_DIR``, a session's ``data_dir=``), the advised command gets that
+folder as ``--data-dir``, so that it acts on the data the message is about. Messages
+name commands in backquotes; every one is rewritten here, so no message says it itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+from .store.paths import DATA_DIR_ENV, platform_data_dir
+
+__all__ = ["data_dir_option", "elsewhere", "for_data_dir"]
+
+#: A command a message advises, in backquotes. Not a file "made by `cm-notebook
+#: export`": that names where a file comes from, not a command to run here.
+_COMMAND = re.compile(r"(?<!made by )`cm-notebook(?=[ `])")
+
+
+def elsewhere(data_dir: str | Path | None) -> str | Path | None:
+    """``data_dir``, or None when it is the platform's data directory (which a command
+    uses without ``--data-dir``, unless ``$CM_NOTEBOOK_DATA_DIR`` says otherwise)."""
+    if data_dir is None or str(data_dir) == "":
+        return None
+    if os.environ.get(DATA_DIR_ENV, "").strip():
+        return data_dir  # a terminal without that variable would use another folder
+    try:
+        same = Path(data_dir).expanduser().resolve() == platform_data_dir().resolve()
+    except (OSError, RuntimeError):  # a path that cannot be resolved: said as given
+        same = False
+    return None if same else data_dir
+
+
+def data_dir_option(data_dir: str | Path) -> str:
+    """``--data-dir DIR``, quoted for a POSIX shell (``--data-dir=DIR`` for a folder
+    whose name starts with ``-``, which would otherwise read as an option)."""
+    text = str(data_dir)
+    quoted = shlex.quote(text)
+    return f"--data-dir={quoted}" if text.startswith("-") else f"--data-dir {quoted}"
+
+
+def for_data_dir(message: str, data_dir: str | Path | None) -> str:
+    """``message`` with each `` `cm-notebook ...` `` command it advises given
+    ``--data-dir`` (none when ``data_dir`` is None)."""
+    if data_dir is None:
+        return message
+    option = data_dir_option(data_dir)
+    return _COMMAND.sub(lambda _match: f"`cm-notebook {option}", message)
