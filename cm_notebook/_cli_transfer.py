@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 import unicodedata
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -119,7 +120,7 @@ def _export_name(context_id: str, branch: str | None, extension: str) -> str:
     return f"{context_id}.{''.join(kept)}{tail}"
 
 
-def _write(given: str, text: str, name_in_folder: str) -> Path:
+def _write(given: str, text: str, name_in_folder: str, on_terminal: Callable[[str], str]) -> Path:
     # A folder as the output gets a file named after the context.
     output = Path(given)
     folder = _is_folder(output)
@@ -127,7 +128,6 @@ def _write(given: str, text: str, name_in_folder: str) -> Path:
         # Meant as a folder (Path() would drop the slash and write a file of that name).
         raise CommandError(f"there is no folder {given}: make it first, or name a file")
     target = output / name_in_folder if folder else output
-    data = text.encode("utf-8")
     try:
         mode = os.stat(target).st_mode  # through a link: what it names
     except FileNotFoundError:
@@ -139,7 +139,9 @@ def _write(given: str, text: str, name_in_folder: str) -> Path:
         # rename would put a plain file in its place).
         try:
             with open(target, "wb") as stream:
-                stream.write(data)
+                # A terminal (/dev/tty, /dev/stdout on one) shows it as stdout does.
+                shown = on_terminal(text) if stream.isatty() else text
+                stream.write(shown.encode("utf-8"))
         except BrokenPipeError:
             raise  # the reader went away: the command line says nothing of it
         except OSError as exc:  # a full device (/dev/full, a full disk behind a pipe)
@@ -152,7 +154,7 @@ def _write(given: str, text: str, name_in_folder: str) -> Path:
     # disk) no temporary file either.
     final = Path(os.path.realpath(target)) if mode is not None else target
     try:
-        atomic_write(final, data)
+        atomic_write(final, text.encode("utf-8"))
     except StoreError as exc:
         raise _not_written(target, exc) from None
     return target
@@ -186,19 +188,18 @@ def _not_written(target: Path, exc: Exception) -> CommandError:
 async def _export(args: argparse.Namespace, store: Store) -> int:
     document = await export_context(store, args.context_id, branch=args.branch)
     text = to_json(document) if args.format == "json" else to_markdown(document)
+    # Read on a terminal: a reply's escape sequences must not act on it (as in `show`);
+    # JSON stays JSON, with them as \u escapes. Into a file or a pipe, the text stays as
+    # it is.
+    shown = json_for_terminal if args.format == "json" else for_terminal
     if args.output is None or args.output == "-":
-        if isatty(sys.stdout):
-            # Read on a terminal: a reply's escape sequences must not act on it (as in
-            # `show`); JSON stays JSON, with them as \u escapes. Into a file or a pipe,
-            # the text stays as it is.
-            text = json_for_terminal(text) if args.format == "json" else for_terminal(text)
-        _write_stdout(text)
+        _write_stdout(shown(text) if isatty(sys.stdout) else text)
         return 0
     extension = "json" if args.format == "json" else "md"
     # Each branch of a context gets a file of its own in a folder: exporting two
     # branches into one folder must not leave only the last.
     name = _export_name(args.context_id, args.branch or None, extension)
-    target = _write(args.output, text, name)
+    target = _write(args.output, text, name, shown)
     print(f"wrote {target}", file=sys.stderr)
     return 0
 

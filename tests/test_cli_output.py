@@ -82,6 +82,32 @@ def test_json_shown_on_a_terminal_is_json_that_cannot_drive_it(data_dir: Path) -
     assert "\u202e".encode() in piped.stdout  # into a file or a pipe: as it is
 
 
+@pytest.mark.skipif(not Path("/dev/stdout").exists(), reason="no /dev/stdout")
+@pytest.mark.parametrize("form", ["json", "markdown"])
+def test_an_export_written_to_a_terminal_with_o_cannot_drive_it_either(
+    data_dir: Path, form: str
+) -> None:
+    # -o /dev/stdout (or /dev/tty) on a terminal: shown as without -o, not as it is.
+    title = "Title \x9b2J\x1b[31m \u202eevil\x7f"
+    a_context(data_dir, title, "x \x9b31mred \u2028 and \u2066isolated")
+    code, shown = in_a_terminal(command(data_dir, "export", "c1", "-f", form, "-o", "/dev/stdout"))
+    assert code == 0
+    text = shown.decode("utf-8")
+    assert not any(c in text for c in "\x1b\x9b\u202e\x7f\u2028\u2066")
+    assert "wrote /dev/stdout" in text
+    if form == "json":
+        document = json.loads(text[: text.rindex("}") + 1])
+        assert document["metadata"]["title"] == title
+    else:
+        assert "evil" in text
+    piped = subprocess.run(
+        command(data_dir, "export", "c1", "-f", form, "-o", "/dev/stdout"),
+        capture_output=True,
+        check=True,
+    )
+    assert "\u202e".encode() in piped.stdout  # into a pipe: as it is
+
+
 def test_branches_exported_into_one_folder_get_a_file_each(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:
