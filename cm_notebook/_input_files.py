@@ -10,7 +10,8 @@ path first (the path could name something else by the time it is opened):
 * a regular file is read (links are followed: the user named it);
 * where a pipe may be read (``pipes=True``: ``/dev/stdin``, the ``/dev/fd/63`` that
   ``<(...)`` gives, a FIFO that a process writes into), a pipe or FIFO is read if a
-  process writes into it now or left data in it, and refused at once otherwise; a
+  process writes into it now or left data in it, and refused at once otherwise (a
+  pipe without a name whose writer ended without writing is said to be empty); a
   terminal is read too (typed or pasted input, ended by Ctrl-D);
 * anything else (a folder, a socket, a device, and a pipe where none may be read)
   is refused, with a message naming the path, what it is and what to do.
@@ -93,6 +94,13 @@ def _read(
         except BlockingIOError:
             pass  # a process writes into it, nothing yet: wait for it, as for stdin
         else:
+            if not first and _unnamed_pipe(mode, fd):
+                # A pipe made for `|` or `<(...)`: none can open it later, so its writer
+                # came and went, writing nothing.
+                raise error(
+                    f"{path} is empty: what wrote into it ended without writing anything, "
+                    f"so there is nothing to read. Check that command's output, or {remedy}"
+                )
             if not first:
                 # End of file at once: nothing was left in it and no process has it
                 # open for writing. A blocking read would wait for one for ever.
@@ -107,6 +115,19 @@ def _read(
     while chunk := os.read(fd, _CHUNK):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _unnamed_pipe(mode: int, fd: int) -> bool:
+    """Whether ``fd`` is a pipe without a name (the ``|`` of a shell, ``<(...)``), not a
+    FIFO in a folder: the system keeps every pipe without a name on one device."""
+    if not stat.S_ISFIFO(mode):
+        return False
+    reader, writer = os.pipe()
+    try:
+        return os.fstat(reader).st_dev == os.fstat(fd).st_dev
+    finally:
+        os.close(reader)
+        os.close(writer)
 
 
 def _is_terminal(fd: int, mode: int) -> bool:

@@ -85,6 +85,27 @@ def test_the_cli_refuses_a_fifo_at_once(command: str, data_dir: Path, tmp_path: 
     assert contexts(data_dir) == []
 
 
+@pytest.mark.parametrize(("command", "path"), [("import", "-"), ("migrate", "/dev/stdin")])
+def test_an_empty_pipe_says_it_is_empty(command: str, path: str, data_dir: Path) -> None:
+    # `: | cm-notebook import -`: the writer ran and wrote nothing (no FIFO waits here).
+    done = subprocess.run(
+        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), command, path],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(
+        "cm-notebook: error: /dev/stdin is empty: what wrote into it ended without writing "
+        "anything, so there is nothing to read. Check that command's output, or give the path "
+    )
+    assert "no process is writing" not in line
+    assert contexts(data_dir) == []
+
+
 def test_the_migration_functions_refuse_a_fifo(data_dir: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "contexts.json"
     os.mkfifo(fifo)
