@@ -120,7 +120,9 @@ class ApprovalLog:
                 return []
             except OSError as exc:
                 raise StoreError(f"the approval log {self._path} could not be read: {exc}") from exc
-            records = [record for record in map(_parse, text.splitlines()) if record]
+            # Lines end at "\n" only: a record's text may hold U+2028 or U+0085 raw
+            # (JSON does not escape them), where splitlines() would cut it in two.
+            records = [record for record in map(_parse, text.split("\n")) if record]
         return [r for r in records if branch is None or r.branch == branch]
 
 

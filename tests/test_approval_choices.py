@@ -87,6 +87,26 @@ def test_edited_arguments_and_a_denial_with_a_reason_are_logged(
     assert (denied.approved, denied.reason, denied.by) == (False, "no division by zero", "user")
 
 
+def test_a_reason_holding_a_unicode_line_separator_stays_one_record(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # JSON leaves U+2028, U+2029 and U+0085 unescaped: the log's lines end at "\n" only.
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("no.")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    waiting(recorder)
+    reason = "first line\u2028second line\u0085third\u2029end"
+    session.deny("call_1", reason=reason)
+    turn.result(DEADLINE)
+    assert "\u2028" in _log_file(session).read_text(encoding="utf-8")
+    session.close()
+    with ContextSession.open(session.id, data_dir=data_dir) as again:
+        [record] = again.approval_log()
+        assert record.reason == reason
+
+
 def test_an_edit_with_broken_text_runs_and_is_logged_and_one_with_nan_is_refused(
     new_session: Callable[..., ContextSession],
 ) -> None:
