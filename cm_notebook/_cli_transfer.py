@@ -288,6 +288,12 @@ def _made_no_later_than(info: os.stat_result) -> datetime:
 
 
 async def _import_export(args: argparse.Namespace, store: Store, document: ExportDocument) -> int:
+    if args.no_backup:
+        # Kind to scripts that always pass it, but never ignored without a word.
+        print(
+            f"{PROG}: note: --no-backup is for v1 data; an export file is never copied",
+            file=sys.stderr,
+        )
     target = new_id("c") if args.new_id else None
     cid = target or document.metadata.id
     try:

@@ -285,6 +285,20 @@ def test_a_branch_whose_head_is_lost_blocks_only_the_whole_export_which_says_wha
     assert code == 0, err
 
 
+def test_no_backup_on_an_export_file_imports_and_says_it_does_nothing(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    with a_context(data_dir) as session:
+        exported = export(capsys, data_dir, session, tmp_path / "e.json")
+    other = tmp_path / "other"
+    code, out, err = run(capsys, other, "import", str(exported), "--no-backup")
+    assert code == 0
+    assert out.startswith(f"imported {session.id} ")
+    assert err == (
+        "cm-notebook: note: --no-backup is for v1 data; an export file is never copied\n"
+    )
+
+
 def test_an_export_of_a_cut_short_import_imports_as_finished(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:
