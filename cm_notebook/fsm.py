@@ -107,6 +107,7 @@ __all__ = [
     "TransientFault",
     "Transition",
     "TurnFinished",
+    "retries",
     "step",
 ]
 
@@ -376,6 +377,11 @@ class _Step:
     policy: RetryPolicy
     max_tool_rounds: int
     effects: list[Effect] = field(default_factory=list)
+
+
+def retries(machine: Machine, fault: TransientFault, policy: RetryPolicy = DEFAULT_POLICY) -> bool:
+    """Whether ``fault`` in ``machine`` leads to a retry (rather than a failure)."""
+    return any(isinstance(effect, ScheduleRetry) for effect in step(machine, fault, policy)[1])
 
 
 def step(

@@ -480,23 +480,28 @@ class TurnRunner(ToolRounds):
             update={"failed_attempts": list(reply.failed_attempts)}
         )
         reply.message = reply.message.model_copy(update={"metadata": metadata})
-        # The reply holds only what the next attempt writes (nothing yet), in the store
-        # and in the turn: a retry's deltas start again at offset 0, and a cancel while
-        # waiting to retry must not keep the failed text as the reply. (If this write
-        # fails, the turn ends there, keeping the text as the reply.)
-        await self._writes.update(reply.message.model_copy(update={"content": ""}))
-        reply.text = ""
-        reply.tool_requests.clear()
-        reply.usage = None
-        reply.finish_reason = None
-        self.turn.progress.start_message(reply.message.id)
-        self._failure = exc
         # A wait that is no number of seconds (negative, NaN: a provider's bug) is
         # ignored, and the retry policy's own backoff used.
         wait = exc.retry_after
         if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait >= 0:
             wait = None
-        self._feed(fsm.TransientFault(str(exc), retry_after=wait, jitter=random.random()))
+        fault = fsm.TransientFault(str(exc), retry_after=wait, jitter=random.random())
+        host = self.host
+        # Asked before the machine moves: the write that readies a retry comes first.
+        if fsm.retries(host.machines.get(self.branch), fault, host.retry_policy):
+            # The reply holds only what the next attempt writes (nothing yet), in the
+            # store and in the turn: a retry's deltas start again at offset 0, and a
+            # cancel while waiting to retry must not keep the failed text as the reply.
+            # (If this write fails, the turn ends there, keeping the text.) A failure
+            # that ends the turn keeps its text as the reply.
+            await self._writes.update(reply.message.model_copy(update={"content": ""}))
+            reply.text = ""
+            reply.tool_requests.clear()
+            reply.usage = None
+            reply.finish_reason = None
+            self.turn.progress.start_message(reply.message.id)
+        self._failure = exc
+        self._feed(fault)
         nxt = self._effects[-1] if self._effects else None
         if isinstance(nxt, fsm.ScheduleRetry):
             await self._publish_pending_state()  # the error is told in its own state
