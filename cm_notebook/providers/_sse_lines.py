@@ -26,7 +26,9 @@ class LineSplitter:
     """Whole lines out of text fed piece by piece, without their line endings."""
 
     def __init__(self) -> None:
-        self._partial = ""  # the unfinished line so far
+        # The unfinished line so far, in the pieces it came in: joined once it ends, so
+        # a long line costs its length, not its length times the number of pieces.
+        self._partial: list[str] = []
         self._after_cr = False  # the last piece ended with CR: an LF next belongs to it
         self._started = False  # some text came (a BOM is dropped only at the very start)
 
@@ -41,17 +43,20 @@ class LineSplitter:
         lines: list[str] = []
         start = 0
         for end in _LINE_END.finditer(text):
-            lines.append(self._partial + text[start : end.start()])
-            self._partial = ""
+            self._partial.append(text[start : end.start()])
+            lines.append("".join(self._partial))
+            self._partial.clear()
             start = end.end()
-        self._partial += text[start:]
+        if start < len(text):
+            self._partial.append(text[start:])
         if text.endswith("\r"):
             self._after_cr = True
         return lines
 
     def finish(self) -> list[str]:
         """The last line, if the stream ended without a line ending after it."""
-        rest, self._partial = self._partial, ""
+        rest = "".join(self._partial)
+        self._partial.clear()
         return [rest] if rest else []
 
 
