@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ._cli_base import PROG, CommandError, cli_wording, command, decode_json, isatty, out
+from ._export_approvals import not_allowed_note
 from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
 from .errors import (
@@ -233,6 +234,12 @@ def _configure_import(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="for v1 data: do not keep a copy of it in <data dir>/backups",
     )
+    parser.add_argument(
+        "--allow-tools",
+        action="store_true",
+        help="for an export: let the tools it allowed for its context run without asking "
+        "here too (the decisions of whoever made the file)",
+    )
 
 
 def _backups_dir(store: Store) -> Path | None:
@@ -303,13 +310,19 @@ async def _import_export(args: argparse.Namespace, store: Store, document: Expor
     except StateError as exc:
         raise CommandError(str(exc)) from None
     try:
-        meta = await import_document(store, document, context_id=target)
+        meta = await import_document(
+            store, document, context_id=target, allow_tools=args.allow_tools
+        )
     except ContextExistsError as exc:
         if import_under_way(store, cid):
             raise CommandError(str(exc)) from None  # another import began meanwhile
         raise CommandError(_taken(store, cid, exc.existing or cid)) from None
     counts = f"{len(document.messages)} message(s), {len(meta.branches)} branch(es)"
     out(f"imported {meta.id} ({meta.title!r}): {counts}")
+    if not args.allow_tools:
+        note = not_allowed_note(document.approvals, "import with --allow-tools to allow the same")
+        if note is not None:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
     return 0
 
 

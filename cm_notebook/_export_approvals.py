@@ -24,12 +24,20 @@ from ._approval_log import (
     write_approvals,
 )
 from .approvals import ApprovalRecord
+from .errors import StoreError
 from .model import Message
 from .redact import redact
 from .store.base import Store
+from .store.diagnostics import warn
 from .store.paths import context_dir
 
-__all__ = ["ExportedApprovals", "check_approvals", "read_approvals", "write_exported_approvals"]
+__all__ = [
+    "ExportedApprovals",
+    "check_approvals",
+    "not_allowed_note",
+    "read_approvals",
+    "write_exported_approvals",
+]
 
 
 class ExportedApprovals(BaseModel):
@@ -62,13 +70,20 @@ async def read_approvals(
     kept = {message.id for message in messages}
 
     def read() -> ExportedApprovals:
-        tools = AllowLists(folder).context_tools()  # StoreError if damaged: says what to do
-        records = [r for r in ApprovalLog(folder).read() if r.message_id in kept]
+        # A damaged allow-list or an unreadable log does not stop the export: the
+        # conversation is what it is for. The warning says what was left out and why.
+        try:
+            tools = sorted(AllowLists(folder).context_tools())
+        except StoreError as exc:
+            warn(f"{exc}; the export carries no allowed tools", folder)
+            tools = []
+        try:
+            records = [r for r in ApprovalLog(folder).read() if r.message_id in kept]
+        except StoreError as exc:
+            warn(f"{exc}; the export carries no approval log", folder)
+            records = []
         return ExportedApprovals.model_validate(
-            {
-                "allowed_tools": sorted(tools),
-                "log": [redact(r.model_dump(mode="json")) for r in records],
-            }
+            {"allowed_tools": tools, "log": [redact(r.model_dump(mode="json")) for r in records]}
         )
 
     return await anyio.to_thread.run_sync(read)
@@ -94,12 +109,28 @@ def check_approvals(approvals: ExportedApprovals, messages: list[Message]) -> No
 
 
 async def write_exported_approvals(
-    store: Store, context_id: str, approvals: ExportedApprovals
+    store: Store, context_id: str, approvals: ExportedApprovals, *, allow_tools: bool
 ) -> None:
     """Write ``approvals`` into the new context ``context_id`` (a store without folders
-    keeps none)."""
+    keeps none): the audit log always, the allowed tools only with ``allow_tools``.
+
+    An allowance lets a tool run without asking: taken from a file someone sent, it
+    would be their decision, made for this machine. So it is the importer's choice.
+    """
     folder = _folder(store, context_id)
     if folder is None or not approvals:
         return
-    tools = frozenset(approvals.allowed_tools)
+    tools = frozenset(approvals.allowed_tools) if allow_tools else frozenset()
     await anyio.to_thread.run_sync(write_approvals, folder, tools, list(approvals.log))
+
+
+def not_allowed_note(approvals: ExportedApprovals, how: str) -> str | None:
+    """What an import without ``allow_tools`` left out, and ``how`` to allow it; None
+    when the document allowed no tools."""
+    tools = approvals.allowed_tools
+    if not tools:
+        return None
+    return (
+        f"the export allowed {', '.join(tools)} to run without asking in its context; "
+        f"not here, where each call asks for a decision: {how}"
+    )

@@ -10,10 +10,13 @@ researcher shares a conversation with a colleague or opens one a colleague sent.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from ._export_approvals import not_allowed_note
 from ._input_files import read_input_file
 from ._session_reading import SessionReading
 from ._sessionio import StoreAccess
@@ -28,7 +31,13 @@ from .export import (
 from .ids import new_id, validate_branch_name
 from .store import Store
 
-__all__ = ["ExportSource", "TransferMethods", "import_export", "read_document"]
+__all__ = [
+    "ExportSource",
+    "TransferMethods",
+    "import_export",
+    "kept_if_opened",
+    "read_document",
+]
 
 #: What :meth:`ContextSession.from_export` takes: a document, its JSON (text, bytes or
 #: decoded), or the path of a file holding it.
@@ -69,8 +78,10 @@ def read_document(source: ExportSource) -> ExportDocument:
         return source
     if isinstance(source, Mapping):
         return parse_export(dict(source))
-    if isinstance(source, bytes) or (isinstance(source, str) and source.lstrip().startswith("{")):
-        return parse_export(source)
+    if isinstance(source, str) and source.lstrip("\ufeff \t\r\n").startswith("{"):
+        return parse_export(source.lstrip("\ufeff"))
+    if isinstance(source, bytes):
+        return parse_export(source.removeprefix(b"\xef\xbb\xbf"))
     if not isinstance(source, (str, os.PathLike)):
         raise InvalidInputError(
             f"cannot import a value of type {type(source).__name__}: {_GIVE_AN_EXPORT}"
@@ -94,12 +105,16 @@ def read_document(source: ExportSource) -> ExportDocument:
         raise InvalidInputError(f"{path}: {exc}") from None
 
 
-def import_export(source: ExportSource, *, store: Store, fresh_id: bool = False) -> str:
+def import_export(
+    source: ExportSource, *, store: Store, fresh_id: bool = False, allow_tools: bool = False
+) -> str:
     """Write the context of ``source`` into ``store``; return its id.
 
     Under the document's own id, or a new one with ``fresh_id``. A context that an
     import killed half-way left under that id is replaced; any other context there is
-    kept and ContextExistsError says what to do.
+    kept and ContextExistsError says what to do. The tools the document allowed to run
+    without asking are allowed here only with ``allow_tools`` (else a UserWarning
+    names them).
     """
     document = read_document(source)
     target = new_id("c") if fresh_id else None
@@ -107,7 +122,9 @@ def import_export(source: ExportSource, *, store: Store, fresh_id: bool = False)
     if target is None:
         access.call(remove_killed_import(store, document.metadata.id, beside="new_id=True"))
     try:
-        return access.call(import_document(store, document, context_id=target)).id
+        imported = access.call(
+            import_document(store, document, context_id=target, allow_tools=allow_tools)
+        )
     except ContextExistsError as exc:
         existing = exc.existing or document.metadata.id
         what = str(exc).split("; choose another id")[0]  # the store's remedy, for Python
@@ -116,3 +133,20 @@ def import_export(source: ExportSource, *, store: Store, fresh_id: bool = False)
             "import this copy beside it with new_id=True",
             existing=existing,
         ) from None
+    if not allow_tools:
+        how = "pass allow_tools=True to allow the same, or session.allow(name, scope='context')"
+        note = not_allowed_note(document.approvals, how)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=3)
+    return imported.id
+
+
+@contextmanager
+def kept_if_opened(store: Store, context_id: str) -> Iterator[None]:
+    """Delete the context just imported as ``context_id`` if the block opening it fails
+    (options it cannot be opened with): imported to be opened, it is not kept."""
+    try:
+        yield
+    except Exception:
+        StoreAccess(store).call(store.delete_context(context_id))
+        raise

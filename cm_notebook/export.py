@@ -242,7 +242,7 @@ def _no_branches(messages: list[Message]) -> str:
     more = f" and {len(ends) - 3} more" if len(ends) > 3 else ""
     return (
         f'its metadata has no "branches", so none of its {len(messages)} message(s) '
-        "would be on a branch. Export the context again with `cm-notebook export`, or put "
+        "would be on a branch. Export the context again where it was made, or put "
         'the branches back in its metadata, e.g. "branches": {"main": {"name": "main", '
         '"head": "<id>"}} with the id of a message a conversation ends at '
         f"({', '.join(ends[:3])}{more})"
@@ -393,9 +393,16 @@ def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
 
 
 async def import_document(
-    store: Store, document: ExportDocument, *, context_id: str | None = None
+    store: Store,
+    document: ExportDocument,
+    *,
+    context_id: str | None = None,
+    allow_tools: bool = False,
 ) -> ContextMetadata:
     """Create the document's context in ``store`` (under ``context_id`` if given).
+
+    The document's approval log is kept; the tools it allowed to run without asking
+    are allowed here too only with ``allow_tools`` (whoever made the file decided them).
 
     Raises ContextExistsError if the id is taken and SchemaVersionError if the document
     was written by a newer cm_notebook (nothing is written then). If writing
@@ -434,7 +441,7 @@ async def import_document(
     )
     lock = _take_import_lock(store, cid)
     try:
-        await _import_into(store, document, metadata, start, placeholder)
+        await _import_into(store, document, metadata, start, placeholder, allow_tools)
     finally:
         if lock is not None:
             lock.close()
@@ -466,6 +473,7 @@ async def _import_into(
     metadata: ContextMetadata,
     start: ContextMetadata,
     placeholder: str | None,
+    allow_tools: bool,
 ) -> None:
     cid = metadata.id
     await store.create_context(start)
@@ -483,7 +491,7 @@ async def _import_into(
             await store.set_active_branch(cid, metadata.active_branch)
             await store.delete_branch(cid, placeholder)
         await _import_scores(store, cid, document)
-        await write_exported_approvals(store, cid, document.approvals)
+        await write_exported_approvals(store, cid, document.approvals, allow_tools=allow_tools)
         # Done: the last step. An export of a context whose own import was cut short
         # carries the marker; this import finished, so it goes.
         await store.update_metadata(cid, tags=_finished_tags(metadata.tags))

@@ -45,7 +45,7 @@ from ._session_data import DataMethods
 from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_stop import StopMethods
-from ._session_transfer import ExportSource, TransferMethods, import_export
+from ._session_transfer import ExportSource, TransferMethods, import_export, kept_if_opened
 from ._sessionio import StoreAccess
 from ._url_secrets import refuse_url_secrets
 from .errors import (
@@ -57,13 +57,7 @@ from .errors import (
 from .ids import validate_branch_name
 from .model import ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import validate_text
-from .providers.pool import (
-    ProviderLike,
-    build_with_options,
-    check_spec,
-    close_later,
-    spec_of,
-)
+from .providers.pool import ProviderLike, build_with_options, check_spec, close_later, spec_of
 from .redact import refuse_secrets
 from .render import conversation_html
 from .sampling import for_regenerate
@@ -257,6 +251,7 @@ class ContextSession(
         source: ExportSource,
         *,
         new_id: bool = False,
+        allow_tools: bool = False,
         data_dir: str | Path | None = None,
         store: Store | None = None,
         **options: Unpack[SessionOptions],
@@ -265,13 +260,15 @@ class ContextSession(
         JSON (text, bytes or decoded), or the path of a file ``cm-notebook export`` wrote.
 
         The context keeps the document's id (ContextExistsError if one is there: open
-        that one, or pass ``new_id=True`` to import a copy beside it). ``options`` are
-        :meth:`open`'s. Nothing is left behind by an import that fails.
+        that one, or pass ``new_id=True`` to import a copy beside it). Tools the export
+        allowed to run without asking ask here, unless ``allow_tools=True``. ``options``
+        are :meth:`open`'s; a context they cannot be opened with is not kept.
         """
         check_names(options, "open")
         opened = store if store is not None else FileStore(data_dir)
-        context_id = import_export(source, store=opened, fresh_id=new_id)
-        return cls.open(context_id, data_dir=data_dir, store=store, **options)
+        context_id = import_export(source, store=opened, fresh_id=new_id, allow_tools=allow_tools)
+        with kept_if_opened(opened, context_id):
+            return cls.open(context_id, data_dir=data_dir, store=store, **options)
 
     @classmethod
     def list(

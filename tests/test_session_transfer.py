@@ -21,6 +21,7 @@ from cm_notebook.errors import (
     StateError,
 )
 from cm_notebook.export import ExportDocument, is_unfinished_import, to_json, to_markdown
+from cm_notebook.store import StoreWarning
 from cm_notebook.testing import ScriptedProvider
 
 
@@ -274,7 +275,10 @@ def test_the_allowed_tools_and_the_approval_log_travel_with_the_context(
         side = session.export("side")
     assert document.approvals.allowed_tools == ["add"]
     assert document.approvals.log == log
-    with ContextSession.from_export(document, data_dir=tmp_path / "copy", tools=[add]) as copy:
+    copy = ContextSession.from_export(
+        document, data_dir=tmp_path / "copy", tools=[add], allow_tools=True
+    )
+    with copy:
         assert copy.allowed_tools() == {"session": [], "context": ["add"]}
         assert copy.approval_log() == log
         assert copy.approval_log()[0].edited_arguments == {"a": 1, "b": 20}
@@ -314,3 +318,80 @@ def test_an_allowed_tool_that_is_not_a_name_is_refused(data_dir: Path, tmp_path:
     data["approvals"]["allowed_tools"] = [""]
     with pytest.raises(InvalidInputError, match="tool must be a tool's name"):
         ContextSession.from_export(data, data_dir=tmp_path / "copy")
+
+
+def test_an_import_allows_no_tool_unless_asked_to_and_says_so(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # A file from someone else must not decide what runs here without asking.
+    with with_approvals(data_dir) as session:
+        document = session.export()
+    note = (
+        "the export allowed add to run without asking in its context; not here, where "
+        "each call asks for a decision: pass allow_tools=True to allow the same, or "
+        "session.allow(name, scope='context')"
+    )
+    with pytest.warns(UserWarning, match="allow_tools=True") as warned:
+        copy = ContextSession.from_export(document, data_dir=tmp_path / "copy", tools=[add])
+    assert [str(w.message) for w in warned] == [note]
+    with copy:
+        assert copy.allowed_tools() == {"session": [], "context": []}
+        assert copy.approval_log() == document.approvals.log  # the record is kept
+
+
+def test_the_command_line_import_allows_tools_only_with_allow_tools(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cm_notebook.cli import main
+
+    with with_approvals(data_dir) as session:
+        exported = tmp_path / "e.json"
+        exported.write_text(session.export().to_json(), encoding="utf-8")
+    plain, allowing = tmp_path / "plain", tmp_path / "allowing"
+    assert main(["--data-dir", str(plain), "import", str(exported)]) == 0
+    assert capsys.readouterr().err == (
+        "cm-notebook: note: the export allowed add to run without asking in its context; "
+        "not here, where each call asks for a decision: import with --allow-tools to "
+        "allow the same\n"
+    )
+    assert main(["--data-dir", str(allowing), "import", str(exported), "--allow-tools"]) == 0
+    assert capsys.readouterr().err == ""
+    for folder, allowed in [(plain, []), (allowing, ["add"])]:
+        with ContextSession.open(session.id, data_dir=folder) as copy:
+            assert copy.allowed_tools()["context"] == allowed
+            assert len(copy.approval_log()) == 3
+
+
+def test_a_damaged_allow_list_leaves_the_export_whole_with_a_warning(
+    data_dir: Path,
+) -> None:
+    with with_approvals(data_dir) as session:
+        assert session.signal_log_path is not None
+        allowed = session.signal_log_path.parent.parent / "approvals" / "allowed.json"
+        allowed.write_text("{broken")
+        with pytest.warns(StoreWarning, match="the export carries no allowed tools"):
+            document = session.export()
+    assert document.approvals.allowed_tools == []
+    assert len(document.approvals.log) == 3
+    assert len(document.messages) == 12
+
+
+def test_options_a_context_cannot_be_opened_with_leave_no_import_behind(
+    rich: ContextSession, tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere"
+    with pytest.raises(InvalidInputError, match="max_tool_rounds"):
+        ContextSession.from_export(rich.export(), data_dir=target, max_tool_rounds=0)
+    assert ContextSession.list(target) == []
+    with ContextSession.from_export(rich.export(), data_dir=target) as copy:
+        assert copy.id == rich.id
+
+
+@pytest.mark.parametrize("form", ["text", "bytes"])
+def test_json_text_with_a_byte_order_mark_imports(
+    rich: ContextSession, tmp_path: Path, form: str
+) -> None:
+    text = "\ufeff" + rich.export().to_json()
+    source = text if form == "text" else text.encode()
+    with ContextSession.from_export(source, data_dir=tmp_path / "elsewhere") as copy:
+        assert copy.id == rich.id
