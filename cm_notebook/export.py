@@ -124,8 +124,10 @@ async def remove_killed_import(store: Store, context_id: str, *, beside: str) ->
 
 #: The ``format`` marker of an export document; how ``import`` recognises one.
 EXPORT_FORMAT = "cm_notebook.export"
-#: Bumped when the document changes incompatibly; newer documents are refused.
-EXPORT_FORMAT_VERSION = 1
+#: Bumped when the document changes incompatibly; newer documents are refused. A
+#: document is written as version 1 unless it carries ``approvals`` (version 2), which
+#: versions that read only 1 refuse with "upgrade" rather than as malformed.
+EXPORT_FORMAT_VERSION = 2
 
 
 class ExportDocument(BaseModel):
@@ -134,7 +136,7 @@ class ExportDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["cm_notebook.export"] = "cm_notebook.export"
-    format_version: int = EXPORT_FORMAT_VERSION
+    format_version: int = 1
     exported_at: datetime = Field(default_factory=utcnow)
     branch: str | None = None  # None: the whole tree; else only this branch's path
     metadata: ContextMetadata
@@ -242,7 +244,8 @@ def _no_branches(messages: list[Message]) -> str:
     more = f" and {len(ends) - 3} more" if len(ends) > 3 else ""
     return (
         f'its metadata has no "branches", so none of its {len(messages)} message(s) '
-        "would be on a branch. Export the context again where it was made, or put "
+        "would be on a branch. Export the context again where it was made (a file made "
+        "by `cm-notebook export` has them), or put "
         'the branches back in its metadata, e.g. "branches": {"main": {"name": "main", '
         '"head": "<id>"}} with the id of a message a conversation ends at '
         f"({', '.join(ends[:3])}{more})"
@@ -290,7 +293,12 @@ async def export_context(
     approvals = await read_approvals(store, context_id, messages)
     try:
         return ExportDocument(
-            branch=branch, metadata=metadata, messages=messages, scores=scores, approvals=approvals
+            format_version=2 if approvals else 1,
+            branch=branch,
+            metadata=metadata,
+            messages=messages,
+            scores=scores,
+            approvals=approvals,
         )
     except ValidationError as exc:
         # get_messages skips unreadable files (with a warning); a hole breaks the tree.

@@ -290,7 +290,15 @@ def test_the_allowed_tools_and_the_approval_log_travel_with_the_context(
 def test_a_context_without_approvals_exports_the_document_older_versions_read(
     rich: ContextSession,
 ) -> None:
-    assert "approvals" not in json.loads(rich.export().to_json())
+    written = json.loads(rich.export().to_json())
+    assert "approvals" not in written
+    assert written["format_version"] == 1
+
+
+def test_a_document_with_approvals_says_so_in_its_format_version(data_dir: Path) -> None:
+    # Versions that read only format 1 refuse it with "upgrade", not as malformed.
+    with with_approvals(data_dir) as session:
+        assert json.loads(session.export().to_json())["format_version"] == 2
 
 
 @pytest.mark.parametrize(
