@@ -211,7 +211,7 @@ class ScoreMethods(SessionReading):
         message = self.get(message_id)
         if message.role != "assistant":
             raise InvalidInputError(
-                f"message {message_id!r} is a {message.role} message; only assistant "
+                f"message {message_id!r} is the {message.role}'s; only assistant "
                 "messages (replies) can be rated"
             )
         return message

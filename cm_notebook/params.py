@@ -12,6 +12,7 @@ names); one that declares nothing gets every name passed through.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,14 +27,24 @@ from .redact import refuse_secrets
 __all__ = [
     "COMMON_PARAMETERS",
     "MAX_MESSAGE_CHARS",
+    "MAX_PARAMETERS_CHARS",
+    "MAX_PROVIDER_OPTIONS_CHARS",
     "GenerationParams",
     "accepted_parameters",
+    "check_stored_size",
     "validate_text",
 ]
 
 #: The longest user message accepted (characters); larger inputs are almost always a
 #: mistake (a whole file pasted by accident) and would be refused by providers anyway.
 MAX_MESSAGE_CHARS = 2_000_000
+#: The most characters of JSON generation parameters may take: they are stored with
+#: every reply made with them (and a branch's with the context's metadata, rewritten on
+#: every branch change), so a few megabytes there would slow every turn and fill the disk.
+MAX_PARAMETERS_CHARS = 100_000
+#: The same for the provider options stored with a context (a scripted model's script
+#: is the long one).
+MAX_PROVIDER_OPTIONS_CHARS = 1_000_000
 
 #: The parameters whose values :class:`GenerationParams` checks; most providers take them.
 COMMON_PARAMETERS = frozenset({"temperature", "max_tokens", "top_p", "seed", "stop", "model"})
@@ -96,6 +107,7 @@ class GenerationParams(BaseModel):
                     "recorded with the reply; give a finite number, or leave it out"
                 )
             refuse_secrets(dict(params), "generation parameters")
+            check_stored_size(dict(params), "generation parameters", MAX_PARAMETERS_CHARS)
             validated = cls.model_validate(dict(params))
         except ValidationError as exc:
             problems = "; ".join(
@@ -140,3 +152,14 @@ def _refuse_unknown(params: Mapping[str, Any], provider: object) -> None:
         f"({type(provider).__name__}.parameters, or "
         "cm_notebook.params.accepted_parameters(provider))."
     )
+
+
+def check_stored_size(value: Mapping[str, Any], what: str, limit: int) -> None:
+    """InvalidInputError if ``value`` (JSON-able) takes more than ``limit`` characters of
+    JSON, saying how many it takes and what to do."""
+    size = len(json.dumps(value, ensure_ascii=False, default=str))
+    if size > limit:
+        raise InvalidInputError(
+            f"{what} take {size:,} characters of JSON; at most {limit:,} are stored with "
+            "the conversation: put long data in the messages, or load it in a tool"
+        )

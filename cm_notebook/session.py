@@ -56,7 +56,8 @@ from .errors import (
 )
 from .ids import validate_branch_name
 from .model import ContextMetadata, Message, ProviderSettings, ToolCall
-from .params import validate_text
+from .params import MAX_PROVIDER_OPTIONS_CHARS as OPTIONS_LIMIT
+from .params import check_stored_size, validate_text
 from .providers.pool import ProviderLike, build_with_options, check_spec, close_later, spec_of
 from .redact import refuse_secrets
 from .render import conversation_html
@@ -180,6 +181,7 @@ class ContextSession(
             refuse_unstorable(dict(provider_options or {}), "provider_options")
             refuse_secrets(dict(provider_options or {}), "provider_options")
             refuse_url_secrets(dict(provider_options or {}), "provider_options")
+            check_stored_size(dict(provider_options or {}), "provider_options", OPTIONS_LIMIT)
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
@@ -430,7 +432,7 @@ class ContextSession(
         original = self.get(message_id)
         if original.role != "user":
             raise InvalidInputError(
-                f"message {message_id!r} is a {original.role} message; only user messages "
+                f"message {message_id!r} is the {original.role}'s; only user messages "
                 "can be edited (use regenerate() for a new reply)"
             )
         # The edit answers as the branch the message was edited on, not whichever

@@ -193,3 +193,22 @@ def test_a_tag_or_description_with_control_characters_is_refused(client: httpx.C
         f"contexts/{context_id}/branches", json={"name": "c", "description": "one\n\ttwo"}
     )
     assert created.status_code == 201, created.text
+
+
+def test_megabytes_of_parameters_or_provider_options_are_400(client: httpx.Client) -> None:
+    from cm_notebook.params import MAX_PARAMETERS_CHARS, MAX_PROVIDER_OPTIONS_CHARS
+
+    script = [{"reply": "y" * MAX_PROVIDER_OPTIONS_CHARS}]
+    body = {"provider": "scripted", "provider_options": {"script": script}}
+    _refused(client.post("contexts", json=body), 400, "provider_options take", "at most")
+    context_id = create_context(client, [{"reply": "fine"}])
+    stop = ["x" * MAX_PARAMETERS_CHARS]
+    sent = client.post(
+        f"contexts/{context_id}/messages", json={"text": "hi", "params": {"stop": stop}}
+    )
+    _refused(sent, 400, "generation parameters take")
+    forked = client.post(
+        f"contexts/{context_id}/branches", json={"name": "b", "params": {"stop": stop}}
+    )
+    _refused(forked, 400, "generation parameters take")
+    assert client.get(f"contexts/{context_id}/messages").json()["messages"] == []

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ..errors import BranchNotFoundError, StateError
 from ..ids import validate_branch_name
-from ..model import Message
+from ..model import Message, MessageStatus
 from ..session import ContextSession
+from ..store.folders import context_folder_of
+from ..store.stream_tail import streamed_text
 from ..turn import Turn
 from .base import CMHandler, operation
 from .bodies import (
@@ -24,6 +26,7 @@ __all__ = [
     "MessagesHandler",
     "RegenerateHandler",
     "StopHandler",
+    "as_streamed",
     "page",
 ]
 
@@ -36,7 +39,23 @@ def page(session: ContextSession, query: MessagesQuery) -> MessagePage:
     # One more than asked: whether it exists says if there are older messages.
     messages = session.history(branch, before=query.before, limit=query.limit + 1)
     has_more = len(messages) > query.limit
-    return MessagePage(branch=branch, messages=messages[-query.limit :], has_more=has_more)
+    shown = [as_streamed(session, message) for message in messages[-query.limit :]]
+    return MessagePage(branch=branch, messages=shown, has_more=has_more)
+
+
+def as_streamed(session: ContextSession, message: Message) -> Message:
+    """``message``, with the text it has streamed so far if it is being written.
+
+    A reply's file holds its text as of its last checkpoint (one a second); the deltas
+    since are in the signal log, and the events stream sends only those after the
+    client's number. Read from the file alone, a client that takes a message and then
+    follows the stream from the context's ``last_seq`` would miss the text between.
+    """
+    log = session.signal_log_path
+    if message.status is not MessageStatus.STREAMING or log is None:
+        return message
+    text = streamed_text(context_folder_of(log), message)
+    return message if text is None else message.model_copy(update={"content": text})
 
 
 class MessagesHandler(CMHandler):
@@ -86,8 +105,12 @@ class MessageHandler(CMHandler):
     @operation("One message", response=Message)
     async def get(self, context_id: str, message_id: str) -> None:
         session = await self.session(context_id)
+
         # Reads the message's file: on a worker thread, not the event loop.
-        self.reply(await self.blocking(session, session.get, message_id))
+        def read() -> Message:
+            return as_streamed(session, session.get(message_id))
+
+        self.reply(await self.blocking(session, read))
 
 
 class EditHandler(CMHandler):
