@@ -94,7 +94,16 @@ class EventsHandler(CMHandler):
                     self.write(sse_message(self._for_client(event)))
                 else:
                     self.write(sse_comment("heartbeat"))
-                await self.flush()
+                # Raced with the end: a client that stopped reading (its window full)
+                # must not keep a deleted context's stream, and its log's file, open.
+                flushed = asyncio.ensure_future(self.flush())
+                await asyncio.wait({flushed, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not flushed.done():
+                    flushed.cancel()
+                    self._gone.set()  # nothing more can be written to it: closed here
+                    self.request.connection.close()  # type: ignore[union-attr]
+                    return
+                flushed.result()  # StreamClosedError: the client left while we wrote
         finally:
             for task in (upcoming, gone):
                 if task is not None and not task.done():
