@@ -356,6 +356,11 @@ async def _import_v1(
             "out",
             code=2,
         )
+    if args.allow_tools:
+        print(
+            f"{PROG}: note: --allow-tools is for an export file; v1 data allows no tools",
+            file=sys.stderr,
+        )
     # Unlike `migrate`, whose backup beside the source is documented and can be turned
     # off, an import leaves the user's folder as it found it: the copy of the v1 data
     # goes into the data directory.

@@ -24,7 +24,7 @@ from ._approval_log import (
     write_approvals,
 )
 from .approvals import ApprovalRecord
-from .errors import StoreError
+from .errors import InvalidInputError, StoreError
 from .model import Message
 from .redact import redact
 from .store.base import Store
@@ -77,16 +77,27 @@ async def read_approvals(
         except StoreError as exc:
             warn(f"{exc}; the export carries no allowed tools", folder)
             tools = []
+        named = [tool for tool in tools if _is_tool_name(tool)]
+        if named != tools:
+            warn("the allow-list names tools no tool can have; the export leaves them out", folder)
         try:
             records = [r for r in ApprovalLog(folder).read() if r.message_id in kept]
         except StoreError as exc:
             warn(f"{exc}; the export carries no approval log", folder)
             records = []
         return ExportedApprovals.model_validate(
-            {"allowed_tools": tools, "log": [redact(r.model_dump(mode="json")) for r in records]}
+            {"allowed_tools": named, "log": [redact(r.model_dump(mode="json")) for r in records]}
         )
 
     return await anyio.to_thread.run_sync(read)
+
+
+def _is_tool_name(tool: str) -> bool:
+    try:
+        check_tool_name(tool)
+    except InvalidInputError:
+        return False
+    return True
 
 
 def check_approvals(approvals: ExportedApprovals, messages: list[Message]) -> None:

@@ -143,10 +143,12 @@ def import_export(
 
 @contextmanager
 def kept_if_opened(store: Store, context_id: str) -> Iterator[None]:
-    """Delete the context just imported as ``context_id`` if the block opening it fails
-    (options it cannot be opened with): imported to be opened, it is not kept."""
+    """Delete the context just imported as ``context_id`` if the block opening it refuses
+    the options (InvalidInputError): imported to be opened, it is not kept."""
     try:
         yield
-    except Exception:
+    except InvalidInputError:
+        # Options refused: the import was for nothing. Anything else (a session of that
+        # id still open here, the disk) leaves it, to open once that is dealt with.
         StoreAccess(store).call(store.delete_context(context_id))
         raise

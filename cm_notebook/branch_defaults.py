@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .model import ContextMetadata, ProviderSettings
-from .params import GenerationParams
+from .params import GenerationParams, check_new_parameters
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
 
@@ -42,7 +42,9 @@ def branch_settings(
             check_spec(provider)
         spec = provider if isinstance(provider, str) else spec_of(provider)
         settings = ProviderSettings(spec=spec)
-    return {"system_prompt": system, "provider": settings, "params": GenerationParams.check(params)}
+    checked = GenerationParams.check(params)
+    check_new_parameters(checked)
+    return {"system_prompt": system, "provider": settings, "params": checked}
 
 
 class BranchDefaults:
@@ -106,4 +108,6 @@ class BranchDefaults:
                 provider = found.provider.spec
         chosen = self._resolve(provider)
         # Checked against the provider that will answer: it names what it accepts.
-        return chosen, GenerationParams.check(merged, chosen)
+        checked = GenerationParams.check(merged, chosen)
+        check_new_parameters(params)  # the call's own: the branch's were checked when set
+        return chosen, checked

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_PROVIDER_OPTIONS_CHARS",
     "GenerationParams",
     "accepted_parameters",
+    "check_new_parameters",
     "check_stored_size",
     "validate_text",
 ]
@@ -107,7 +108,6 @@ class GenerationParams(BaseModel):
                     "recorded with the reply; give a finite number, or leave it out"
                 )
             refuse_secrets(dict(params), "generation parameters")
-            check_stored_size(dict(params), "generation parameters", MAX_PARAMETERS_CHARS)
             validated = cls.model_validate(dict(params))
         except ValidationError as exc:
             problems = "; ".join(
@@ -154,9 +154,16 @@ def _refuse_unknown(params: Mapping[str, Any], provider: object) -> None:
     )
 
 
+def check_new_parameters(params: Mapping[str, Any]) -> None:
+    """InvalidInputError if generation parameters given now (checked by
+    :meth:`GenerationParams.check`) are too long to store. Only new input: a branch
+    stored with longer ones by an earlier version still answers."""
+    check_stored_size(params, "generation parameters", MAX_PARAMETERS_CHARS)
+
+
 def check_stored_size(value: Mapping[str, Any], what: str, limit: int) -> None:
-    """InvalidInputError if ``value`` (JSON-able) takes more than ``limit`` characters of
-    JSON, saying how many it takes and what to do."""
+    """InvalidInputError if ``value`` (JSON-able, checked by ``refuse_unstorable``) takes
+    more than ``limit`` characters of JSON, saying how many it takes and what to do."""
     size = len(json.dumps(value, ensure_ascii=False, default=str))
     if size > limit:
         raise InvalidInputError(

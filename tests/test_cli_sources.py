@@ -123,6 +123,16 @@ def test_new_id_with_v1_data_is_refused_not_ignored(
     assert not (data_dir / "contexts").exists() or not list((data_dir / "contexts").iterdir())
 
 
+def test_allow_tools_with_v1_data_imports_and_says_it_does_nothing(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    code, _out, err = run(
+        capsys, data_dir, "import", str(FIXTURES / "branches.json"), "--allow-tools"
+    )
+    assert code == 0, err
+    assert "note: --allow-tools is for an export file; v1 data allows no tools" in err
+
+
 def test_an_empty_data_dir_is_refused_not_taken_for_the_current_folder(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -403,3 +403,15 @@ def test_json_text_with_a_byte_order_mark_imports(
     source = text if form == "text" else text.encode()
     with ContextSession.from_export(source, data_dir=tmp_path / "elsewhere") as copy:
         assert copy.id == rich.id
+
+
+def test_tool_names_no_tool_can_have_are_left_out_of_the_export_with_a_warning(
+    data_dir: Path,
+) -> None:
+    with with_approvals(data_dir) as session:
+        assert session.signal_log_path is not None
+        allowed = session.signal_log_path.parent.parent / "approvals" / "allowed.json"
+        allowed.write_text(json.dumps({"tools": ["add", "t" * 201]}))
+        with pytest.warns(StoreWarning, match="names tools no tool can have"):
+            document = session.export()
+    assert document.approvals.allowed_tools == ["add"]

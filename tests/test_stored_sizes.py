@@ -36,3 +36,28 @@ def test_long_provider_options_are_refused_before_a_context_is_made(data_dir: Pa
             data_dir=data_dir, provider="scripted", provider_options={"script": script}
         )
     assert ContextSession.list(data_dir) == []
+
+
+def test_a_branch_stored_with_longer_parameters_still_answers(data_dir: Path) -> None:
+    # Stored by an earlier version, which had no limit: only new input is refused.
+    import anyio
+
+    from cm_notebook.store import FileStore
+
+    model = ScriptedProvider().reply("one").reply("two").reply("three").reply("four")
+    with ContextSession.create(data_dir=data_dir, provider=model) as session:
+        context_id = session.id
+
+    async def old_branch() -> None:
+        async with FileStore(data_dir) as store:
+            await store.create_branch(context_id, "long", head=None, params={"stop": LONG_STOP})
+
+    anyio.run(old_branch)
+    with ContextSession.open(context_id, data_dir=data_dir, provider=model) as session:
+        assert session.send("hi", branch="long").result(30).content == "one"
+        assert session.regenerate(branch="long").result(30).content == "two"
+        assert model.last_request.params["stop"] == LONG_STOP
+        session.branch("longer", from_branch="long", temperature=0.5)
+        assert session.send("again", branch="longer").result(30).content == "three"
+        with pytest.raises(InvalidInputError, match="generation parameters take"):
+            session.send("hi", branch="long", stop=[*LONG_STOP, "y"])
