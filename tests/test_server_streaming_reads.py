@@ -13,7 +13,7 @@ import pytest
 from jupyter_server_proc import JupyterServer
 from server_client import create_context, read_events
 
-TEXT = " ".join(f"w{i}" for i in range(300))
+TEXT = " ".join(f"w{i}" for i in range(600))
 
 
 def _joined(shown: str, events: list[Any], message_id: str) -> str:
@@ -41,6 +41,12 @@ def test_a_streaming_reply_read_then_followed_misses_no_text(tmp_path: Path, rea
     ):
         context_id = create_context(client, script)
         assert client.post(f"contexts/{context_id}/messages", json={"text": "go"}).is_success
+        deadline = time.monotonic() + 30
+        while client.get(f"contexts/{context_id}/messages").json()["messages"][-1]["role"] != (
+            "assistant"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         time.sleep(1.3)  # past the first checkpoint, while the reply streams
         last_seq = client.get(f"contexts/{context_id}").json()["last_seq"]
         page = client.get(f"contexts/{context_id}/messages").json()["messages"]
