@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import records as rec
 from ._session_scores import ScoreMethods, branch_histories
-from .model import Message, MessageStatus
+from .compare import is_answer
+from .model import Message
 from .stability import Stability, stability
 
 if TYPE_CHECKING:
@@ -77,12 +78,7 @@ class DataMethods(ScoreMethods):
         counted: set[str] = set()
         for branch, messages in branch_histories(self, branches):
             last = next((m for m in reversed(messages) if m.role == "assistant"), None)
-            if (
-                last is not None
-                and last.status is MessageStatus.COMPLETE
-                and not last.tool_calls
-                and last.id not in counted
-            ):
+            if last is not None and is_answer(last) and last.id not in counted:
                 counted.add(last.id)
                 answers.append((branch, last))
         if normalize is None:

@@ -18,9 +18,22 @@ from rapidfuzz.distance import Indel
 
 from .model import Message, MessageStatus, StreamStats, TokenUsage
 
-__all__ = ["BranchResult", "Comparison", "diff_side_html", "unfinished_html", "word_diff"]
+__all__ = [
+    "BranchResult",
+    "Comparison",
+    "diff_side_html",
+    "is_answer",
+    "unfinished_html",
+    "word_diff",
+]
 
 _TOKEN = re.compile(r"\s+|[^\s]+")
+
+
+def is_answer(message: Message) -> bool:
+    """Whether ``message`` is a final answer: complete, and not a reply that only asks
+    for tools (its turn stopped in its tool rounds, or they still wait)."""
+    return message.status is MessageStatus.COMPLETE and not message.tool_calls
 
 
 class BranchResult(BaseModel):

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
-from ..compare import BranchResult, diff_side_html, unfinished_html, word_diff
+from ..compare import BranchResult, diff_side_html, is_answer, unfinished_html, word_diff
 from ..errors import BranchNotFoundError, InvalidInputError
-from ..model import Message, MessageStatus
+from ..model import Message
 from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView, close_parts
@@ -224,14 +224,12 @@ def _answer_of(path: list[Message]) -> Message | None:
     # one is no answer (its text is partial, its tokens and timings an attempt's), nor
     # is one that only asks for tools (its tool rounds stopped or still wait).
     reply = _last_reply(path)
-    if reply is None or reply.status is not MessageStatus.COMPLETE or reply.tool_calls:
-        return None
-    return reply
+    return reply if reply is not None and is_answer(reply) else None
 
 
 def _facts(column: dict[str, Any], answer: Message | None) -> str:
     rows = [("system prompt", column["system"] or "(none)")]
-    if answer is not None and (answer.status is not MessageStatus.COMPLETE or answer.tool_calls):
+    if answer is not None and not is_answer(answer):
         rows.append(("model", str(stats_of(answer).get("model") or "?")))
         rows.append(("status", BranchResult.of(column["branch"], answer).state))
     elif answer is not None:
