@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fault_server import FaultServer
 from test_session_support import close_all
+from wire_server import WireServer, serving
 
 from cm_notebook.model import ContextMetadata
 from cm_notebook.session import ContextSession
@@ -18,6 +19,20 @@ from cm_notebook.store import FileStore
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def wire() -> Iterator[WireServer]:
+    """A scripted HTTP server speaking the providers' wire formats (see wire_server.py)."""
+    with serving() as server:
+        yield server
+
+
+@pytest.fixture
+def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No provider key or base URL from the environment: the tests name their server."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

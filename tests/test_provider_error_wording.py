@@ -6,32 +6,19 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from provider_streams import run
-from wire_server import Behaviour, WireHandler, WireServer, serving
+from wire_server import Behaviour, WireHandler, WireServer
 
 from cm_notebook.errors import PermanentProviderError, TransientProviderError
 from cm_notebook.providers.anthropic import AnthropicProvider
 from cm_notebook.providers.openai import OpenAIProvider
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_provider_env")]
 
 KEY = "sk-ant-api03-wordingtestkey0123456789abcdef"
-
-
-@pytest.fixture
-def wire() -> Iterator[WireServer]:
-    with serving() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def status(code: int, body: dict[str, Any]) -> Behaviour:

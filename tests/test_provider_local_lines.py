@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from wire_server import WireHandler, WireServer, chunk, serving
+from wire_server import WireHandler, WireServer, chunk
 
 from cm_notebook.model import Message
 from cm_notebook.providers._sse_lines import LineSplitter, sse_lines
@@ -76,12 +76,6 @@ async def test_sse_lines_flushes_a_last_line_without_ending() -> None:
 
 
 # -- a real server: the chunks as llama.cpp writes them -------------------------------
-
-
-@pytest.fixture
-def wire() -> Iterator[WireServer]:
-    with serving() as server:
-        yield server
 
 
 def llama_stream(text: str, *, byte_by_byte: bool) -> Any:

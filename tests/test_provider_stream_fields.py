@@ -4,13 +4,12 @@ not yet known (servers whose field is a plain string send ``""``, never ``null``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from provider_streams import run, text_of
-from wire_server import WireHandler, WireServer, chunk, serving, usage_chunk
+from wire_server import WireHandler, WireServer, chunk, usage_chunk
 
 from cm_notebook.model import MessageStatus
 from cm_notebook.providers.anthropic import AnthropicProvider
@@ -19,19 +18,7 @@ from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def wire() -> Iterator[WireServer]:
-    with serving() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_provider_env")]
 
 
 def empty_reasons(pieces: list[str], *, tool: bool = False, usage_every_chunk: bool = False) -> Any:

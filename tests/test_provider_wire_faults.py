@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import traceback
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from wire_server import (
     WireServer,
     chunk,
     openai_reply,
-    serving,
     usage_chunk,
 )
 
@@ -46,25 +44,13 @@ from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_provider_env")]
 
 FAST = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=3, jitter=0.0)
 # Far longer than a reply that ends when its last event arrives; far shorter than the
 # read timeout a reply that waits for the end of the body would sit through.
 HANG_DEADLINE = 20.0
 LONG_TIMEOUT = 120.0
-
-
-@pytest.fixture
-def wire() -> Iterator[WireServer]:
-    with serving() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
 
 # -- OpenAI behaviours -----------------------------------------------------------------

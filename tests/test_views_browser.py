@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_lab import artifacts, chromium_page, start_lab
+from browser_lab import artifacts, chromium_page, run_new_cell, start_lab, wait_js
 
 pytestmark = pytest.mark.slow
 
@@ -87,25 +87,6 @@ def _text(page: Any, selector: str) -> str:
     return str(page.locator(selector).first.text_content() or "")
 
 
-def _wait_js(page: Any, script: str, arg: Any = None) -> Any:
-    return page.wait_for_function(script, arg=arg).json_value()
-
-
-def _run_new_cell(page: Any, source: str) -> None:
-    # A new cell at the end of the notebook, with ``source``, run.
-    page.evaluate(
-        """async (source) => {
-            const app = window.jupyterapp;
-            const panel = app.shell.currentWidget;
-            panel.content.activeCellIndex = panel.content.widgets.length - 1;
-            await app.commands.execute("notebook:insert-cell-below");
-            panel.content.activeCell.model.sharedModel.setSource(source);
-            await app.commands.execute("notebook:run-cell");
-        }""",
-        source,
-    )
-
-
 def _copies_hidden(page: Any) -> None:
     # The static copy is drawn at once; the live view that hides it, once its widget
     # model has come from the kernel.
@@ -117,7 +98,7 @@ def _copies_hidden(page: Any) -> None:
 def _drive(page: Any, url: str, notebook: Path) -> None:
     page.goto(url)
     page.wait_for_selector(".jp-Notebook")
-    _wait_js(
+    wait_js(
         page,
         """() => {
             const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -129,12 +110,12 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
     # 1. The reply streams in: the live text grows while the reply is not final yet.
-    first = _wait_js(
+    first = wait_js(
         page,
         """() => { const t = document.querySelector(".cm-live-text");
                    return t && t.textContent.length > 0 && t.textContent.length; }""",
     )
-    _wait_js(
+    wait_js(
         page,
         """(n) => { const t = document.querySelector(".cm-live-text");
                     return t && t.textContent.length > n; }""",
@@ -187,7 +168,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     _copies_hidden(page)
 
     # 6. The compare view, opened from a new cell.
-    _run_new_cell(page, 's.compare_view("main", "main-fork-1")')
+    run_new_cell(page, 's.compare_view("main", "main-fork-1")')
     page.wait_for_selector(".cm-compare .cm-compare-column >> nth=1")
     columns = page.locator(".cm-compare .cm-compare-column")
     assert columns.count() == 2
@@ -198,7 +179,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
 
     # 6b. A sweep's grid, filled in by the front end as the cells stream (changed cells
     # only, applied by the page) and finish.
-    _run_new_cell(
+    run_new_cell(
         page,
         'g = ContextSession.create("grid", provider=ScriptedProvider(delay=0.4)).sweep('
         '["Q1", "Q2"], [{}, {"temperature": 1}], progress=False, name="b").view()\ng',
@@ -213,7 +194,7 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert "4 done" in _text(page, ".cm-grid-title")
     # Text in the package's static tables reads from the left, though JupyterLab's
     # stylesheet right-aligns table cells (for numbers).
-    _run_new_cell(
+    run_new_cell(
         page,
         "from cm_notebook.stability import stability\n"
         'stability(["Paris, of course.", "Paris, of course.", "Rome is the capital."])',
@@ -226,8 +207,8 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
 
     # 6c. An A/B cell: the arms live, side by side; their saved copy, in the same cell,
     # is hidden on the page (it repeats them) and kept in the file (step 7).
-    _run_new_cell(page, '%load_ext cm_notebook\n%cm new "AB" --provider scripted')
-    _run_new_cell(page, '%%cm --ab "Be terse." "Be thorough."\nWhy is the sky blue?')
+    run_new_cell(page, '%load_ext cm_notebook\n%cm new "AB" --provider scripted')
+    run_new_cell(page, '%%cm --ab "Be terse." "Be thorough."\nWhy is the sky blue?')
     page.wait_for_selector(".cm-compare:has-text('main-be-thorough')")
     page.wait_for_selector(
         "[data-cm-copy]:has-text('echo: Why is the sky blue?')", state="attached"
