@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_lab import CHROMIUM, TIMEOUT_MS, artifacts, write_notebook
-from test_views_browser import (
-    _run_new_cell,
-    _snap,
-    _wait_js,
-    lab,
-)
+from browser_lab import CHROMIUM, TIMEOUT_MS, artifacts, run_new_cell, wait_js, write_notebook
+from test_views_browser import _snap, lab
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +159,7 @@ def test_layout_and_dark_theme(lab: tuple[str, Path], tmp_path: Path) -> None:
 def _drive(page: Any, url: str) -> None:
     page.goto(url)
     page.wait_for_selector(".jp-Notebook")
-    _wait_js(
+    wait_js(
         page,
         """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
             const k = w && w.sessionContext && w.sessionContext.session
@@ -209,7 +204,7 @@ def _drive(page: Any, url: str) -> None:
 
     # 2. Many branches scroll inside the tree; a long name is cut (the whole name its
     # tooltip), its fork button in view; a non-ASCII name's facts on one line.
-    _run_new_cell(page, BRANCHES)
+    run_new_cell(page, BRANCHES)
     page.wait_for_selector(".cm-tree .cm-node >> nth=36")
     tree = _box(page, ".cm-tree")
     assert tree["height"] <= 400, f"the tree is {tree['height']} px tall"
@@ -228,7 +223,7 @@ def _drive(page: Any, url: str) -> None:
     _snap(page, "layout-branches")
 
     # 3. The compare view: its text has the line height of text, not of a widget row.
-    _run_new_cell(page, 's.compare_view("main", "b00")')
+    run_new_cell(page, 's.compare_view("main", "b00")')
     page.wait_for_selector(".cm-compare .cm-compare-column >> nth=1")
     rows = page.locator(".cm-compare .cm-compare-column tr")
     heights = [rows.nth(i).evaluate("(el) => el.getBoundingClientRect().height") for i in range(2)]
