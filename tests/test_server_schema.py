@@ -94,6 +94,11 @@ def test_the_document_covers_the_endpoints(server: JupyterServer) -> None:
     assert paths["/contexts/{context_id}/events"]["get"]["responses"]["200"]["content"] == {
         "text/event-stream": {"schema": {"type": "string"}}
     }
+    events_parameters = paths["/contexts/{context_id}/events"]["get"]["parameters"]
+    assert {(p["name"], p["in"]) for p in events_parameters} >= {
+        ("since", "query"),
+        ("Last-Event-ID", "header"),
+    }
     send = paths["/contexts/{context_id}/messages"]["post"]
     assert send["responses"]["202"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/TurnStarted"

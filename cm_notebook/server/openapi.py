@@ -107,6 +107,19 @@ def _operation(
         schema = described.query.model_json_schema()
         for name, prop in schema.get("properties", {}).items():
             parameters.append({"name": name, "in": "query", "required": False, "schema": prop})
+    if described.media_type == "text/event-stream":
+        # What an EventSource sends by itself when it reconnects (see server/events.py).
+        parameters.append(
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "The id (sequence number) of the last signal received: the stream "
+                "replays the signals after it (as ?since= does; the header wins when "
+                "both are given)",
+                "schema": {"type": "string"},
+            }
+        )
     doc: dict[str, Any] = {
         "summary": described.summary,
         "operationId": f"{method}_{'_'.join(re.sub(r'[{}]', '', template).strip('/').split('/'))}",
