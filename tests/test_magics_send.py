@@ -67,6 +67,9 @@ def _sent(fe: FrontEnd, line: str) -> tuple[str, str | None]:
         ("x = 1\n%cm send Is x one?", "Is x one?"),
         ('%cm send "Quoted whole."', '"Quoted whole."'),
         ("%cm send what does --verbose do", "what does --verbose do"),
+        # After "--", options are text: at the start, and a known one at the end.
+        ("%cm send -- --verbose is unknown", "--verbose is unknown"),
+        ("%cm send -- what does --branch main do", "what does --branch main do"),
         # Not rewritten by IPython's expansion: no variable, no expression evaluated.
         ("x = 'SECRET'\n%cm send What does {x} mean at $x?", "What does {x} mean at $x?"),
         ("%cm send Compute {len('abc')} and {{x}}", "Compute {len('abc')} and {{x}}"),
@@ -81,6 +84,10 @@ def test_send_takes_a_branch_before_or_after_the_text(fe: FrontEnd) -> None:
     fe.run("s.branch('other'); s.switch('main')")
     assert _sent(fe, '%cm send --branch other Is it "here"?') == ('Is it "here"?', "other")
     assert _sent(fe, "%cm send It's there --branch=other") == ("It's there", "other")
+    assert _sent(fe, "%cm send --branch other -- --x --branch main") == (
+        "--x --branch main",
+        "other",
+    )
 
 
 @pytest.mark.usefixtures("session")
@@ -98,6 +105,7 @@ def test_help_on_the_magic_and_a_cell_body_are_left_alone(fe: FrontEnd) -> None:
         ("%cm send", "the text is missing"),
         ("%cm send --nope hi", "unknown option '--nope'"),
         ("%cm send --branch", "--branch needs a value"),
+        ("%cm send --branch main --", "the text after -- is missing"),
     ],
 )
 def test_bad_sends_are_one_line_usage_errors(fe: FrontEnd, line: str, says: str) -> None:

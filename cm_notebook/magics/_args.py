@@ -66,7 +66,7 @@ class NoArgs(MagicArgs):
 class SendArgs(MagicArgs):
     """``%cm send``: one message from a line, exactly as typed (see ``parse_text_args``)."""
 
-    USAGE = "%cm send TEXT [--branch B]"
+    USAGE = "%cm send [--branch B] [--] TEXT"
     REST = "text"
     text: str = Field(min_length=1)
     branch: str | None = None

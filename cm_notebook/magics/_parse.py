@@ -95,6 +95,8 @@ def _option_names(model: type[MagicArgs]) -> dict[str, str]:
 _VALUE = r"""(?:"[^"]*"|'[^']*'|[^\s"'=][^\s]*)"""
 _LEADING_OPTION = re.compile(rf"\s*(--[\w-]+)(?:=|\s+)({_VALUE})(?=\s|$)")
 _TRAILING_OPTION = re.compile(rf"\s(--[\w-]+)(?:=|\s+)({_VALUE})\s*$")
+#: ``--`` as a word of its own after the leading options: the rest is text.
+_END_OF_OPTIONS = re.compile(r"\s*--(?:\s+|$)")
 
 
 def parse_text_args(model: type[M], line: str) -> M:
@@ -103,7 +105,9 @@ def parse_text_args(model: type[M], line: str) -> M:
     Options may come before the text or, for a known option, as its last two words
     (``--branch B``); everything between them is the text, quotes included: a message
     is not shell words (``Define "serendipity"`` keeps its quotes, ``What's up`` is
-    not an unbalanced quote).
+    not an unbalanced quote). ``--`` ends the options: the rest of the line is the
+    text, even one that starts with an option or ends with a known one
+    (``-- what does --branch B do``).
     """
     options = _option_names(model)
     words: list[str] = []
@@ -113,6 +117,11 @@ def parse_text_args(model: type[M], line: str) -> M:
             break  # reported below, with the rest of the line
         words += [match.group(1), _unquote(match.group(2), model.USAGE)]
         text = text[match.end() :]
+    if end := _END_OF_OPTIONS.match(text):
+        text = text[end.end() :]
+        if not text.strip():
+            raise UsageError(f"the text after -- is missing. Usage: {model.USAGE}")
+        return parse_args(model, words, rest=text)
     first = text.split(maxsplit=1)[0] if text.strip() else ""
     if first.startswith("--"):
         # An option that is unknown, or known but without a value: parse_args says so.
