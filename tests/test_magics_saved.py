@@ -235,7 +235,10 @@ def test_a_saved_comparison_that_cannot_be_made_says_why(fe: FrontEnd) -> None:
     out = fe.run("view")
     assert "Traceback" not in out
     [again] = [key for key in fe.displays if key not in before]
-    assert "not compared: no context" in fe.displays[again]["text/html"]
+    said = fe.displays[again]["text/html"]
+    assert "not compared: context" in said
+    assert "was deleted from" in said
+    assert "while it was open here" in said
 
 
 def test_the_saved_conversation_follows_a_renamed_context(fe: FrontEnd) -> None:

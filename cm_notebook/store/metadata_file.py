@@ -118,6 +118,14 @@ class MetadataFile:
 
     def not_found(self) -> ContextNotFoundError:
         """The error for a context whose folder or metadata.json is gone."""
+        if self.metadata is not None:
+            # It was here a moment ago: "no context" alone reads as a mistyped id.
+            return ContextNotFoundError(
+                f"context {self.context_id!r} ({self.metadata.title!r}) was deleted from "
+                f"{self.dir.parent} while it was open here (by `cm-notebook rm`, a DELETE "
+                "over REST, or another process): what it held is gone. List existing "
+                "contexts with FileStore.list_contexts() (or `cm-notebook ls`)."
+            )
         return ContextNotFoundError(
             f"no context {self.context_id!r} in {self.dir.parent}. List existing contexts "
             "with FileStore.list_contexts() (or `cm-notebook ls`)."
