@@ -95,10 +95,8 @@ class SessionBranches(SessionReading):
             )
         # Like an edit or a fan-out arm: a fork answers as the branch it came from, so
         # an experiment's arm forked from a view keeps its prompt and parameters.
-        # A provider given here must not be shadowed by the source's live instance.
-        inherit_to = name if provider is None else None
         settings = (
-            self._defaults.inherit(metadata, source, inherit_to)
+            self._defaults.inherit(metadata, source)
             if source is not None
             else {"system_prompt": None, "provider": None, "params": {}}
         )
@@ -121,7 +119,11 @@ class SessionBranches(SessionReading):
                 self.id, name, head=head, forked_from=head, description=description, **settings
             )
         )
-        self._defaults.remember(name, provider)
+        if provider is None and source is not None:
+            self._defaults.pass_on(metadata, source, created)
+        else:
+            # A provider given here must not be shadowed by the source's live instance.
+            self._defaults.remember(created, provider)
         self._publish(ev.BranchCreated(branch=name, head=head))
         if switch:
             self.switch(name)
@@ -180,15 +182,14 @@ class SessionBranches(SessionReading):
         if unchanged:
             return current.model_copy(deep=True)
         fork = self._free_branch_name(f"{name}-system")
-        settings = {
-            **self._defaults.inherit(self._read_metadata(), name, fork),
-            "system_prompt": text,
-        }
+        metadata = self._read_metadata()
+        settings = {**self._defaults.inherit(metadata, name), "system_prompt": text}
         created = self._io.call(
             self._store.create_branch(
                 self.id, fork, head=current.head, forked_from=current.head, **settings
             )
         )
+        self._defaults.pass_on(metadata, name, created)
         self._publish(ev.BranchCreated(branch=fork, head=current.head))
         if name == self.active_branch:
             self.switch(fork)

@@ -9,16 +9,23 @@ Only a provider *spec* can be stored. A :class:`~cm_notebook.providers.Provider`
 instance given as a branch's default (e.g. a ScriptedProvider in a test, or a fan-out
 arm's provider) is kept by :class:`BranchDefaults` for as long as its session lives;
 a reopened session builds the provider from the stored spec.
+
+An instance is kept for the branch it was given to, not for its name: another process
+may delete that branch and make a new one of the same name with a provider of its own
+(which this process learns of by a signal, or not at all if it was missed). The kept
+instance is tied to the branch's ``created_at``, so a branch made again under the name
+answers with its stored provider, as it does in every other process.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from .errors import InvalidInputError
-from .model import ContextMetadata, ProviderSettings
+from .model import Branch, ContextMetadata, ProviderSettings
 from .params import GenerationParams, check_new_parameters
 from .providers import Provider
 from .providers.pool import ProviderLike, check_spec, spec_of
@@ -55,29 +62,32 @@ class BranchDefaults:
 
     def __init__(self, resolve: Callable[[ProviderLike | None], Provider]) -> None:
         self._resolve = resolve
-        self._live: dict[str, Provider] = {}
+        # Branch name -> the instance and the created_at of the branch it was given to.
+        self._live: dict[str, tuple[Provider, datetime]] = {}
         self._lock = threading.Lock()
 
-    def remember(self, branch: str, provider: ProviderLike | None) -> None:
-        """Keep ``provider`` as ``branch``'s default if it is an instance (specs are stored)."""
+    def remember(self, branch: Branch, provider: ProviderLike | None) -> None:
+        """Keep ``provider`` as the default of ``branch`` (as just created or read) if it
+        is an instance (specs are stored)."""
         if provider is not None and not isinstance(provider, str):
             with self._lock:
-                self._live[branch] = provider
+                self._live[branch.name] = (provider, branch.created_at)
+
+    def pass_on(self, metadata: ContextMetadata, source: str, branch: Branch) -> None:
+        """Give ``branch``, just made from ``source`` without a provider of its own,
+        the instance kept for ``source`` (as ``metadata`` shows it), if there is one."""
+        kept = self._kept(metadata, source)
+        if kept is not None:
+            self.remember(branch, kept)
 
     def forget(self, branch: str) -> None:
         """Drop what is kept for a deleted branch."""
         with self._lock:
             self._live.pop(branch, None)
 
-    def inherit(
-        self, metadata: ContextMetadata, source: str, target: str | None = None
-    ) -> dict[str, Any]:
+    def inherit(self, metadata: ContextMetadata, source: str) -> dict[str, Any]:
         """The defaults of ``source`` as ``create_branch`` keywords for a branch made from
-        it; with ``target``, that branch also gets ``source``'s provider instance."""
-        if target is not None:
-            with self._lock:
-                if source in self._live:
-                    self._live[target] = self._live[source]
+        it (its provider instance, if any, is given by :meth:`pass_on` once made)."""
         found = metadata.branches.get(source)
         if found is None:
             return {"system_prompt": None, "provider": None, "params": {}}
@@ -86,6 +96,18 @@ class BranchDefaults:
             "provider": found.provider,
             "params": dict(found.params),
         }
+
+    def _kept(self, metadata: ContextMetadata, name: str) -> Provider | None:
+        # The instance kept for the branch ``metadata`` calls ``name``: only if it is the
+        # very branch it was given to. One made again under the name elsewhere (after a
+        # delete) answers with its stored provider; the entry stays, as ``metadata``
+        # may be older than the branch it was kept for.
+        found = metadata.branches.get(name)
+        with self._lock:
+            kept = self._live.get(name)
+        if found is None or kept is None or kept[1] != found.created_at:
+            return None
+        return kept[0]
 
     def for_request(
         self,
@@ -102,8 +124,7 @@ class BranchDefaults:
         found = metadata.branches.get(branch)
         merged = {**(found.params if found is not None else {}), **params}
         if provider is None:
-            with self._lock:
-                provider = self._live.get(branch)
+            provider = self._kept(metadata, branch)
             if provider is None and found is not None and found.provider is not None:
                 provider = found.provider.spec
         chosen = self._resolve(provider)

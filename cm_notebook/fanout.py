@@ -24,7 +24,7 @@ from .ids import (
     validate_branch_name,
     validate_new_branch_name,
 )
-from .model import ProviderSettings
+from .model import Branch, ProviderSettings
 from .params import GenerationParams, validate_text
 from .prompts import prompt_label
 from .providers import Provider
@@ -314,23 +314,17 @@ def start_fan_out(
     head = session._head(base)
     # An unknown spec or a parameter an arm's provider does not take fails before
     # anything is written.
-    checked = [
-        (
-            plan,
-            arm_settings(
-                session._defaults.inherit(session._read_metadata(), base), plan, session._provider
-            ),
-        )
-        for plan in plans
-    ]
+    read = session._read_metadata()
+    inherited = session._defaults.inherit(read, base)
+    checked = [(plan, arm_settings(inherited, plan, session._provider)) for plan in plans]
     for index, (plan, settings) in enumerate(checked):
         others = {branch_name_key(p.branch) for p, _ in checked if p is not plan}
-        plan = _create_arm(session, plan, settings, head, others)
+        plan, made = _create_arm(session, plan, settings, head, others)
         checked[index] = (plan, settings)
         if plan.provider is not None:
-            session._defaults.remember(plan.branch, plan.provider)
+            session._defaults.remember(made, plan.provider)
         else:
-            session._defaults.inherit(session._read_metadata(), base, plan.branch)
+            session._defaults.pass_on(read, base, made)
         session._publish(ev.BranchCreated(branch=plan.branch, head=head))
     # Every branch first, then the sends back to back: the arms start together.
     turns = [
@@ -345,8 +339,8 @@ def _create_arm(
     settings: dict[str, Any],
     head: str | None,
     others: set[str],
-) -> Variant:
-    # Make the arm's branch; returns its plan, renamed if its name was chosen here and
+) -> tuple[Variant, Branch]:
+    # Make the arm's branch; returns it and its plan, renamed if its name was chosen here and
     # another process created a branch of that name since the branches were read (a
     # fan-out of the same variants at the same moment): the next free name, distinct
     # from ``others`` (the other arms' names, by look) too. A name the user gave still
@@ -354,10 +348,10 @@ def _create_arm(
     picks = NamePicks("the fan-out's arm")
     while True:
         try:
-            session._io.call(
+            made = session._io.call(
                 session._store.create_branch(session.id, plan.branch, head=head, **settings)
             )
-            return plan
+            return plan, made
         except BranchExistsError as exc:
             if plan.stem is None:
                 raise

@@ -178,16 +178,22 @@ def start_replay(
     if not prompts:
         raise InvalidInputError(f"branch {source!r} has no user message to replay")
     target = _target(session, name, f"{source}-replay")
-    inherited = session._defaults.inherit(session._read_metadata(), source, target)
+    metadata = session._read_metadata()
     settings = arm_settings(
-        inherited, Variant(branch=target, provider=provider, params=params), session._provider
+        session._defaults.inherit(metadata, source),
+        Variant(branch=target, provider=provider, params=params),
+        session._provider,
     )
-    session._io.call(
+    created = session._io.call(
         session._store.create_branch(
             session.id, target, head=None, labels={"replay_of": source}, **settings
         )
     )
-    session._defaults.remember(target, provider)
+    if provider is None:
+        session._defaults.pass_on(metadata, source, created)
+    else:
+        # A provider given here must not be shadowed by the source's live instance.
+        session._defaults.remember(created, provider)
     session._publish(ev.BranchCreated(branch=target, head=None))
     return Replay(session, source, target, prompts)
 
@@ -220,16 +226,18 @@ def start_counterfactual(
     target = _target(session, name, f"{source}-cf")
     labels = {"counterfactual_of": source, "edited": original.role}
     with session._claim(target) as claim:
-        session._io.call(
+        metadata = session._read_metadata()
+        created = session._io.call(
             session._store.create_branch(
                 session.id,
                 target,
                 head=original.parent_id,
                 forked_from=original.id,
                 labels=labels,
-                **session._defaults.inherit(session._read_metadata(), source, target),
+                **session._defaults.inherit(metadata, source),
             )
         )
+        session._defaults.pass_on(metadata, source, created)
         session._publish(ev.BranchCreated(branch=target, head=original.parent_id))
         head = _append(session, target, _edited(original, new_content))
         for message in copied:
@@ -250,11 +258,9 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     source = session.active_branch
     prompts = [m.content for m in session.history(source) if m.role == "user"]
     target = _target(session, name, f"{source}-cf")
-    settings = {
-        **session._defaults.inherit(session._read_metadata(), source, target),
-        "system_prompt": text,
-    }
-    session._io.call(
+    metadata = session._read_metadata()
+    settings = {**session._defaults.inherit(metadata, source), "system_prompt": text}
+    created = session._io.call(
         session._store.create_branch(
             session.id,
             target,
@@ -263,6 +269,7 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
             **settings,
         )
     )
+    session._defaults.pass_on(metadata, source, created)
     session._publish(ev.BranchCreated(branch=target, head=None))
     return Replay(session, source, target, prompts)
 

@@ -451,16 +451,18 @@ class ContextSession(
             created = False
             try:
                 with self._claim(name) as claim:
-                    self._io.call(
+                    metadata = self._read_metadata()
+                    made = self._io.call(
                         self._store.create_branch(
                             self.id,
                             name,
                             head=original.parent_id,
                             forked_from=original.id,
-                            **self._defaults.inherit(self._read_metadata(), source, name),
+                            **self._defaults.inherit(metadata, source),
                         )
                     )
                     created = True
+                    self._defaults.pass_on(metadata, source, made)
                     self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
                     self._append_prompt(name, edited)
                     self.switch(name)

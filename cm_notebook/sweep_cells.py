@@ -210,8 +210,11 @@ def start_cell(
             pass  # made meanwhile by another run of the sweep: use it
         else:
             session._publish(ev.BranchCreated(branch=cell.branch, head=None))
-    # A provider instance is not stored with the branch: keep it for this session.
-    session._defaults.remember(cell.branch, provider)
+    # A provider instance is not stored with the branch: keep it for this session (for
+    # the branch as it is now, made here or by another run of the sweep).
+    made = session._read_metadata().branches.get(cell.branch) if provider is not None else None
+    if made is not None:
+        session._defaults.remember(made, provider)
     head = session._head(cell.branch)
     if head is None:
         return session.send(cell.text, branch=cell.branch, metadata=cell.variables)

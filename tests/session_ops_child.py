@@ -10,7 +10,15 @@ operation and prints one JSON line: ``{"ok": ...}``, or ``{"err": <error class>,
 * ``{"op": "send", "text": ..., "branch": ...}``: the reply's text;
 * ``{"op": "edit", "message": <id>, "text": ..., "branch": <name or null>}``: the
   branch written and the reply's text;
-* ``{"op": "fan_out", "text": ..., "variants": [...]}``: the arms' branches.
+* ``{"op": "fan_out", "text": ..., "variants": [...]}``: the arms' branches;
+* ``{"op": "replay", "branch": ..., "name": <name or null>}``: the replay's branch;
+* ``{"op": "counterfactual", "message": <id>, "text": ..., "name": <name or null>}``:
+  the counterfactual's branch;
+* ``{"op": "edit_system", "text": ..., "branch": ...}``: the branch the prompt is on;
+* ``{"op": "remake", "branch": ..., "provider": <spec>}``: the branch deleted and
+  made again (forked at the active branch's head, not switched to) with that
+  provider; the new branch's provider spec;
+* ``{"op": "rename", "title": ...}``: the title.
 
 A test writes a line to each of several such processes one after the other (a
 matter of microseconds): their operations then run at once. The session is closed
@@ -42,6 +50,24 @@ def run(session: ContextSession, command: dict[str, Any]) -> object:
         handle = session.fan_out(command["text"], command["variants"])
         handle.result(60)
         return handle.branches
+    if op == "replay":
+        replay = session.replay(command["branch"], name=command.get("name"))
+        replay.result(60)
+        return replay.branch
+    if op == "counterfactual":
+        replay = session.counterfactual(
+            command["message"], command["text"], name=command.get("name")
+        )
+        replay.result(60)
+        return replay.branch
+    if op == "edit_system":
+        return session.edit_system(command["text"], branch=command["branch"]).name
+    if op == "remake":
+        session.delete_branch(command["branch"])
+        made = session.branch(command["branch"], provider=command["provider"], switch=False)
+        return made.provider.spec if made.provider is not None else None
+    if op == "rename":
+        return session.rename(command["title"])
     raise ValueError(f"unknown operation {op!r}")
 
 
