@@ -103,6 +103,21 @@ def test_replay_sends_the_user_turns_again_with_another_model(
     assert repr(comparison) == "<TurnComparison 'main' -> 'main-replay-1': 3 turns, 1 changed>"
 
 
+def test_a_replay_given_a_spec_is_not_answered_by_the_branchs_provider_instance(
+    new_session: NewSession,
+) -> None:
+    # A branch whose default is an instance (kept by this session, not stored): a
+    # replay of it given a provider spec answers with that spec's model.
+    session = new_session(provider=ScriptedProvider())
+    mine = ScriptedProvider(model="mine").reply("from mine")
+    session.branch("a", provider=mine)
+    session.send("Q1").result(DEADLINE)
+    replay = session.replay("a", provider="scripted:spec-model")
+    replay.result(DEADLINE)
+    reply = session.history(replay.branch)[-1]
+    assert (reply.metadata.model, reply.content) == ("spec-model", "echo: Q1")
+
+
 def test_replay_refuses_what_it_cannot_do(new_session: NewSession) -> None:
     session = new_session(provider=ScriptedProvider())
     with pytest.raises(InvalidInputError, match="no user message"):
