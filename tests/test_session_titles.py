@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from test_session_support import DEADLINE, Recorder
 
 from cm_notebook.errors import InvalidInputError
 from cm_notebook.events import ContextUpdated
+from cm_notebook.model import ContextMetadata
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.titles import UNTITLED, clean_model_title, title_from_text
 
@@ -53,6 +58,64 @@ def test_an_untitled_context_is_named_after_its_first_message(
     session.rename(UNTITLED)
     session.send("Third question").result(DEADLINE)
     assert session.title == "Why is the sky blue?"
+
+
+class RenamedMeanwhile:
+    """The real FileStore behind the Store protocol. The first write of the title
+    ``automatic`` is preceded by a rename to ``chosen`` made through a FileStore of its
+    own, as another process would: one that came after the session decided to write
+    its automatic title, before the write."""
+
+    def __init__(self, inner: FileStore, data_dir: Path, automatic: str, chosen: str) -> None:
+        self.inner, self.data_dir = inner, data_dir
+        self.automatic, self.chosen = automatic, chosen
+        self.renamed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update_metadata(self, context_id: str, **changes: Any) -> ContextMetadata:
+        if changes.get("title") == self.automatic and not self.renamed:
+            self.renamed = True
+            async with FileStore(self.data_dir) as other:
+                await other.update_metadata(context_id, title=self.chosen)
+        return await self.inner.update_metadata(context_id, **changes)
+
+
+@pytest.fixture
+def inner_store(data_dir: Path) -> Iterator[FileStore]:
+    store = FileStore(data_dir)
+    yield store
+    anyio.run(store.close)
+
+
+def test_a_title_given_elsewhere_meanwhile_is_not_replaced_by_the_automatic_one(
+    data_dir: Path, inner_store: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    store = RenamedMeanwhile(inner_store, data_dir, "Why is the sky blue?", "My chosen title")
+    session = new_session(provider=ScriptedProvider(), store=store)
+    assert session.title == UNTITLED
+    session.send("Why is the sky blue?").result(DEADLINE)
+    assert store.renamed
+    assert session.title == "My chosen title"
+    # Still titled: a later send names nothing either.
+    session.send("And the sunset red?").result(DEADLINE)
+    assert session.title == "My chosen title"
+
+
+def test_a_title_given_elsewhere_meanwhile_is_not_replaced_by_the_models(
+    data_dir: Path, inner_store: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    fake = ScriptedProvider(strict=True).reply("Rayleigh scattering.").reply("Blue Sky Physics")
+    store = RenamedMeanwhile(inner_store, data_dir, "Blue Sky Physics", "My chosen title")
+    session = new_session(provider=fake, store=store, auto_title=True)
+    session.send("Why is the sky blue?").result(DEADLINE)
+    deadline = time.monotonic() + DEADLINE
+    while not store.renamed:  # the title is asked for in the background
+        assert time.monotonic() < deadline, "the model's title was never written"
+        time.sleep(0.01)
+    session.close()  # waits for the title job to end
+    assert session.title == "My chosen title"
 
 
 def test_title_from_text_is_short_and_deterministic() -> None:

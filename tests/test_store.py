@@ -190,6 +190,17 @@ async def test_update_metadata(store: FileStore) -> None:
     assert meta2.provider.spec == "openai:gpt"
 
 
+async def test_update_metadata_with_expected_title_is_a_compare_and_set(
+    store: FileStore,
+) -> None:
+    meta = await store.update_metadata("c1", title="automatic", expected_title="first")
+    assert meta.title == "automatic"
+    await store.update_metadata("c1", title="chosen")  # another writer's rename
+    with pytest.raises(StateError, match="now titled 'chosen', not 'automatic'"):
+        await store.update_metadata("c1", title="model's", expected_title="automatic")
+    assert (await store.get_metadata("c1")).title == "chosen"
+
+
 async def test_secrets_are_never_written(store: FileStore, data_dir: Path) -> None:
     with pytest.raises(InvalidInputError, match="looks like a secret"):
         await store.update_metadata("c1", provider_params={"api_key": "sk-live-123"})

@@ -96,8 +96,13 @@ class Store(Protocol):
         tags: list[str] | None = None,
         provider_spec: str | None = None,
         provider_params: dict[str, object] | None = None,
+        expected_title: str | None = None,
     ) -> ContextMetadata:
-        """Change the given fields (None leaves a field alone); returns the new metadata."""
+        """Change the given fields (None leaves a field alone); returns the new metadata.
+
+        With ``expected_title``, a compare-and-set: ``StateError`` (and nothing written)
+        if the title is no longer that one (another writer renamed the context).
+        """
         ...
 
     async def delete_context(self, context_id: str) -> None:

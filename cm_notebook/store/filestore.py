@@ -335,10 +335,14 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         tags: list[str] | None = None,
         provider_spec: str | None = None,
         provider_params: dict[str, object] | None = None,
+        expected_title: str | None = None,
     ) -> ContextMetadata:
         """Change the given fields (None leaves a field alone); returns the new metadata.
 
-        Provider parameters that look like secrets are refused (InvalidInputError).
+        Provider parameters that look like secrets are refused (InvalidInputError). With
+        ``expected_title``, a compare-and-set under the context's lock: ``StateError``
+        (and nothing written) if the title is no longer that one, so an automatic title
+        never replaces one another writer gave meanwhile.
         """
         changes = {
             key: value
@@ -352,6 +356,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
             changes,
             provider_spec,
             provider_params,
+            expected_title,
         )
         return updated.model_copy(deep=True)
 

@@ -388,8 +388,16 @@ def do_update_metadata(
     changes: dict[str, Any],
     provider_spec: str | None,
     provider_params: dict[str, object] | None,
+    expected_title: str | None = None,
 ) -> ContextMetadata:
-    """Apply caller-supplied field changes, validated like any other metadata."""
+    """Apply caller-supplied field changes, validated like any other metadata; with
+    ``expected_title``, only if the title is still that one (else StateError)."""
+    if expected_title is not None and metadata.title != expected_title:
+        raise StateError(
+            f"context {state.context_id!r} is now titled {metadata.title!r}, not "
+            f"{expected_title!r} (another writer renamed it); nothing was changed. Read "
+            "the title again before changing it."
+        )
     raw = metadata.model_dump()
     raw.update(changes)
     if provider_spec is not None:
