@@ -11,10 +11,15 @@ A name the user gave is never replaced.
 
 from __future__ import annotations
 
-from .errors import BusyError, CMError
+from collections.abc import Callable
+from typing import TypeVar
+
+from .errors import BranchExistsError, BusyError, CMError
 from .ids import branch_name_key
 
-__all__ = ["AUTO_NAME_TRIES", "NamePicks"]
+__all__ = ["AUTO_NAME_TRIES", "NamePicks", "made_under_free_name"]
+
+T = TypeVar("T")
 
 #: How many automatically chosen names in a row may turn out taken before giving up
 #: (each means another process created a branch of the same stem meanwhile).
@@ -48,3 +53,29 @@ class NamePicks:
                 f"chosen for {self._what} (the last {name!r}) as it was being created; "
                 "try again, or give the branch a name yourself (branch=...)"
             ) from exc
+
+
+def made_under_free_name(
+    what: str,
+    pick: Callable[[Callable[[str], bool]], str],
+    make: Callable[[str], T],
+    refusals: tuple[type[CMError], ...] = (BranchExistsError,),
+) -> T:
+    """``make(name)`` for the name ``pick`` chooses, chosen again each time another
+    process turns out to have created it first.
+
+    ``pick(refused)`` returns a free name that ``refused`` does not refuse (the names
+    found taken so far, which the branches read may not show yet). ``make`` creates
+    the branch and nothing more; ``refusals`` are what it raises when the name is
+    taken (BusyError too if it takes the name's claim first: the other process holds
+    it while creating). ``what`` names the branch's purpose for the error if every
+    try is taken (see :meth:`NamePicks.taken`). Not for a name the user gave: its
+    refusal is theirs.
+    """
+    picks = NamePicks(what)
+    while True:
+        name = pick(picks.refuses)
+        try:
+            return make(name)
+        except refusals as exc:
+            picks.taken(name, exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import events as ev
+from ._auto_names import made_under_free_name
 from ._session_reading import SessionReading
 from .branch_defaults import branch_settings
 from .errors import BusyError, InvalidInputError, StateError
@@ -181,18 +182,27 @@ class SessionBranches(SessionReading):
             return updated
         if unchanged:
             return current.model_copy(deep=True)
-        fork = self._free_branch_name(f"{name}-system")
         metadata = self._read_metadata()
         settings = {**self._defaults.inherit(metadata, name), "system_prompt": text}
-        created = self._io.call(
-            self._store.create_branch(
-                self.id, fork, head=current.head, forked_from=current.head, **settings
+
+        def make(fork: str) -> Branch:
+            return self._io.call(
+                self._store.create_branch(
+                    self.id, fork, head=current.head, forked_from=current.head, **settings
+                )
             )
+
+        # The fork's name is chosen here: taken meanwhile by another process (an
+        # edit_system of its own at the same moment), the next free one is.
+        created = made_under_free_name(
+            "the new system prompt's branch",
+            lambda refused: self._free_branch_name(f"{name}-system", refused),
+            make,
         )
         self._defaults.pass_on(metadata, name, created)
-        self._publish(ev.BranchCreated(branch=fork, head=current.head))
+        self._publish(ev.BranchCreated(branch=created.name, head=current.head))
         if name == self.active_branch:
-            self.switch(fork)
+            self.switch(created.name)
         return created
 
     def _streams(self, message_id: str | None) -> bool:

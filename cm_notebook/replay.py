@@ -16,15 +16,24 @@ one it came from. The new branch is labelled ``replay_of`` or ``counterfactual_o
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import events as ev
 from . import fsm
+from ._auto_names import made_under_free_name
+from ._claims import Claim
 from ._loop import schedule_on
-from .errors import BranchNotFoundError, InvalidInputError
+from .errors import (
+    BranchExistsError,
+    BranchNotFoundError,
+    BusyError,
+    CMError,
+    InvalidInputError,
+)
 from .fanout import Variant, arm_settings
 from .ids import new_id, validate_branch_name
-from .model import Message, MessageMetadata, MessageStatus, Role
+from .model import Branch, Message, MessageMetadata, MessageStatus, Role
 from .params import MAX_MESSAGE_CHARS
 from .providers.pool import ProviderLike
 from .scores import Score
@@ -47,6 +56,8 @@ __all__ = [
 #: The ``message_id`` of :meth:`ContextSession.counterfactual` that edits the system
 #: prompt (message ids never take this form).
 SYSTEM = "system"
+
+T = TypeVar("T")
 
 
 class Replay(Handle[TurnComparison]):
@@ -177,25 +188,27 @@ def start_replay(
     prompts = [m.content for m in session.history(source) if m.role == "user"]
     if not prompts:
         raise InvalidInputError(f"branch {source!r} has no user message to replay")
-    target = _target(session, name, f"{source}-replay")
     metadata = session._read_metadata()
     settings = arm_settings(
         session._defaults.inherit(metadata, source),
-        Variant(branch=target, provider=provider, params=params),
+        Variant(branch=name or source, provider=provider, params=params),
         session._provider,
     )
-    created = session._io.call(
-        session._store.create_branch(
-            session.id, target, head=None, labels={"replay_of": source}, **settings
+    labels = {"replay_of": source}
+
+    def make(target: str) -> Branch:
+        return session._io.call(
+            session._store.create_branch(session.id, target, head=None, labels=labels, **settings)
         )
-    )
+
+    created = _new_branch(session, name, f"{source}-replay", "the replay", make)
     if provider is None:
         session._defaults.pass_on(metadata, source, created)
     else:
         # A provider given here must not be shadowed by the source's live instance.
         session._defaults.remember(created, provider)
-    session._publish(ev.BranchCreated(branch=target, head=None))
-    return Replay(session, source, target, prompts)
+    session._publish(ev.BranchCreated(branch=created.name, head=None))
+    return Replay(session, source, created.name, prompts)
 
 
 def start_counterfactual(
@@ -223,20 +236,31 @@ def start_counterfactual(
     answer_again = original.role in ("user", "tool") or bool(original.tool_calls)
     copied = _same_round(rest[:turn_end]) if original.role != "user" else []
     later = [m.content for m in rest[turn_end:] if m.role == "user"]
-    target = _target(session, name, f"{source}-cf")
     labels = {"counterfactual_of": source, "edited": original.role}
-    with session._claim(target) as claim:
-        metadata = session._read_metadata()
-        created = session._io.call(
-            session._store.create_branch(
-                session.id,
-                target,
-                head=original.parent_id,
-                forked_from=original.id,
-                labels=labels,
-                **session._defaults.inherit(metadata, source),
+    metadata = session._read_metadata()
+
+    def make(target: str) -> tuple[Claim, Branch]:
+        # Under the new branch's claim, which the caller releases or hands to the turn
+        # (an error here gives it back).
+        with session._claim(target) as claim:
+            made = session._io.call(
+                session._store.create_branch(
+                    session.id,
+                    target,
+                    head=original.parent_id,
+                    forked_from=original.id,
+                    labels=labels,
+                    **session._defaults.inherit(metadata, source),
+                )
             )
-        )
+        return claim, made
+
+    # BusyError too: another process creating the name holds its claim meanwhile.
+    claim, created = _new_branch(
+        session, name, f"{source}-cf", "the counterfactual", make, (BranchExistsError, BusyError)
+    )
+    target = created.name
+    try:
         session._defaults.pass_on(metadata, source, created)
         session._publish(ev.BranchCreated(branch=target, head=original.parent_id))
         head = _append(session, target, _edited(original, new_content))
@@ -249,6 +273,9 @@ def start_counterfactual(
             session._read_metadata(), target, None, {}
         )
         first = session._start(claim, fsm.Send(), head, chosen, generation)
+    except BaseException:
+        claim.release()
+        raise
     return Replay(session, source, target, later, first)
 
 
@@ -257,21 +284,19 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     # (``""``: none), every user turn sent again.
     source = session.active_branch
     prompts = [m.content for m in session.history(source) if m.role == "user"]
-    target = _target(session, name, f"{source}-cf")
     metadata = session._read_metadata()
     settings = {**session._defaults.inherit(metadata, source), "system_prompt": text}
-    created = session._io.call(
-        session._store.create_branch(
-            session.id,
-            target,
-            head=None,
-            labels={"counterfactual_of": source, "edited": "system"},
-            **settings,
+    labels = {"counterfactual_of": source, "edited": "system"}
+
+    def make(target: str) -> Branch:
+        return session._io.call(
+            session._store.create_branch(session.id, target, head=None, labels=labels, **settings)
         )
-    )
+
+    created = _new_branch(session, name, f"{source}-cf", "the counterfactual", make)
     session._defaults.pass_on(metadata, source, created)
-    session._publish(ev.BranchCreated(branch=target, head=None))
-    return Replay(session, source, target, prompts)
+    session._publish(ev.BranchCreated(branch=created.name, head=None))
+    return Replay(session, source, created.name, prompts)
 
 
 def _complete(reply: Message) -> bool:
@@ -280,10 +305,22 @@ def _complete(reply: Message) -> bool:
     return reply.status is MessageStatus.COMPLETE
 
 
-def _target(session: ContextSession, name: str | None, stem: str) -> str:
-    if name is None:
-        return session._free_branch_name(stem)
-    return validate_branch_name(name)
+def _new_branch(
+    session: ContextSession,
+    name: str | None,
+    stem: str,
+    what: str,
+    make: Callable[[str], T],
+    refusals: tuple[type[CMError], ...] = (BranchExistsError,),
+) -> T:
+    # What ``make`` returns, having created the branch: under the name the user gave
+    # (refused as they gave it), else under the first free ``<stem>-N``, chosen again
+    # if another process (a replay of its own at the same moment) takes it first.
+    if name is not None:
+        return make(validate_branch_name(name))
+    return made_under_free_name(
+        what, lambda refused: session._free_branch_name(stem, refused), make, refusals
+    )
 
 
 def _branch_holding(session: ContextSession, message_id: str) -> str:

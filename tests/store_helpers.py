@@ -106,6 +106,28 @@ class FailingStore:
         await self.inner.update_message(context_id, message)
 
 
+class TakenMeanwhile:
+    """The real FileStore behind the Store protocol. Creating one of the branches
+    ``names`` is preceded, the first time, by the same name's creation through a
+    FileStore of its own, as another process would: one that picked the same free
+    name at the same moment and was first. ``taken`` lists the names so taken."""
+
+    def __init__(self, inner: FileStore, data_dir: Path, names: set[str]) -> None:
+        self.inner, self.data_dir, self.names = inner, data_dir, set(names)
+        self.taken: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def create_branch(self, context_id: str, name: str, **options: Any) -> Any:
+        if name in self.names:
+            self.names.discard(name)
+            self.taken.append(name)
+            async with FileStore(self.data_dir) as other:
+                await other.create_branch(context_id, name, head=None)
+        return await self.inner.create_branch(context_id, name, **options)
+
+
 class FailingStoreWithoutStart(FailingStore):
     """A FailingStore without ``start_append``, as a Store written elsewhere may be: a
     send() on an event loop then stores the user's message on the store's own loop."""

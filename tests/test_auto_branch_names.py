@@ -5,12 +5,17 @@ branch they come from is called: never an error about a name the user did not ch
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import anyio
 import pytest
+from store_helpers import TakenMeanwhile
 from test_session_support import DEADLINE
 
+from cm_notebook.errors import BranchExistsError
 from cm_notebook.ids import MAX_BRANCH_NAME_LENGTH, branch_name_key, validate_branch_name
 from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
 
 #: A branch name as long as a name may be.
@@ -132,3 +137,31 @@ def test_a_fan_out_from_a_branch_with_the_longest_name_names_its_arms_by_variant
         "answer-in-five-words",
         "answer-like-a-pirate",
     ]
+
+
+def test_a_name_another_process_takes_first_is_chosen_again(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # Each operation's first free name is created elsewhere just before its own
+    # creation (the same operation in another process at the same moment): it takes
+    # the next one, as it would have in one process. A name the user gave is refused.
+    inner = FileStore(data_dir)
+    taken = {"main-replay-1", "main-cf-1", "main-cf-2", "main-system-1", "mine"}
+    store = TakenMeanwhile(inner, data_dir, taken)
+    session = new_session(provider=ScriptedProvider(), store=store)
+    try:
+        session.send("hi").result(DEADLINE)
+        first = session.history()[0].id
+        assert session.replay("main").result(DEADLINE).other == "main-replay-2"
+        assert session.counterfactual(first, "edited").result(DEADLINE).other == "main-cf-3"
+        session.switch("main")
+        replay = session.counterfactual("system", "Be brief.")  # from the root
+        assert replay.result(DEADLINE).other == "main-cf-4"
+        session.switch("main")
+        assert session.edit_system("Be terse.", branch="main").name == "main-system-2"
+        with pytest.raises(BranchExistsError, match="'mine'"):
+            session.replay("main", name="mine")
+        assert store.taken == ["main-replay-1", "main-cf-1", "main-cf-2", "main-system-1", "mine"]
+    finally:
+        session.close()  # before the store it writes through
+        anyio.run(inner.close)

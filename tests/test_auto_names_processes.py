@@ -96,6 +96,62 @@ def test_fan_outs_at_once_in_several_processes_each_get_their_arms(
         assert context.history(name)[-1].content.startswith("echo: fan ")
 
 
+def test_replays_at_once_in_several_processes_each_get_a_branch(
+    context: ContextSession, others: list[OpsChild]
+) -> None:
+    made: list[str] = []
+    for _round in range(ROUNDS):
+        outcomes = _at_once(others, op="replay", branch="main")
+        assert all("ok" in outcome for outcome in outcomes), outcomes
+        made += [outcome["ok"] for outcome in outcomes]
+    _distinct(made)
+    assert all(name.startswith("main-replay-") for name in made)
+    assert set(context.branch_names) == {"main", *made}
+    for name in made:
+        assert [m.content for m in context.history(name)] == [
+            "root",
+            "echo: root",
+            "second",
+            "echo: second",
+        ]
+
+
+def test_counterfactuals_at_once_in_several_processes_each_get_a_branch(
+    context: ContextSession, others: list[OpsChild]
+) -> None:
+    first = context.history()[0]
+    made: list[str] = []
+    for round_ in range(ROUNDS):
+        outcomes = _at_once(others, op="counterfactual", message=first.id, text=f"cf {round_}")
+        assert all("ok" in outcome for outcome in outcomes), outcomes
+        made += [outcome["ok"] for outcome in outcomes]
+    _distinct(made)
+    assert all(name.startswith("main-cf-") for name in made)
+    assert set(context.branch_names) == {"main", *made}
+    for name in made:
+        contents = [m.content for m in context.history(name)]
+        assert contents[0].startswith("cf ")
+        assert contents[1:] == ["echo: " + contents[0], "second", "echo: second"]
+
+
+def test_new_system_prompts_at_once_in_several_processes_each_fork_a_branch(
+    context: ContextSession, others: list[OpsChild]
+) -> None:
+    made: list[str] = []
+    for round_ in range(ROUNDS):
+        texts = [f"prompt {round_}.{n}" for n in range(len(others))]
+        for child, text in zip(others, texts, strict=True):
+            child.tell(op="edit_system", text=text, branch="main")
+        outcomes = [child.answer() for child in others]
+        assert all("ok" in outcome for outcome in outcomes), outcomes
+        forks = [outcome["ok"] for outcome in outcomes]
+        assert [context.system_prompt_of(fork) for fork in forks] == texts
+        made += forks
+    _distinct(made)
+    assert all(name.startswith("main-system-") for name in made)
+    assert set(context.branch_names) == {"main", *made}
+
+
 def test_a_branch_name_the_user_gave_is_still_refused_when_taken_elsewhere(
     context: ContextSession, others: list[OpsChild]
 ) -> None:
@@ -109,11 +165,14 @@ def test_a_branch_name_the_user_gave_is_still_refused_when_taken_elsewhere(
         assert "'chosen' is in use by another writer" in message or (
             "already has a branch 'chosen'" in message
         ), outcome
+    replays = _at_once(others, op="replay", branch="main", name="again")
+    assert sum("ok" in outcome for outcome in replays) == 1, replays
+    assert all(o.get("err") == "BranchExistsError" for o in replays if "err" in o), replays
     arms = [{"temperature": 0.1, "branch": "arm"}]
     fans = _at_once(others, op="fan_out", text="fan", variants=arms)
     assert sum("ok" in outcome for outcome in fans) == 1, fans
     assert all(o.get("err") == "BranchExistsError" for o in fans if "err" in o), fans
-    assert set(context.branch_names) == {"main", "chosen", "arm"}
+    assert set(context.branch_names) == {"main", "chosen", "again", "arm"}
 
 
 def test_giving_up_after_too_many_names_taken_says_what_to_do() -> None:
