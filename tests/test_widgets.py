@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from store_helpers import TakenMeanwhile
 
 pytest.importorskip("anywidget")
 
@@ -376,3 +377,34 @@ async def test_a_branch_another_process_deleted_is_dropped_before_its_signal_com
         assert "One." in view.value
     finally:
         view.close()
+
+
+async def test_fork_buttons_choose_another_name_when_another_process_took_theirs(
+    data_dir: Path, new_session: NewSession
+) -> None:
+    # Each button's first free name is created elsewhere just before its own creation
+    # (a click in another kernel's view at the same moment): the next one is taken.
+    inner = FileStore(data_dir)
+    store = TakenMeanwhile(inner, data_dir, {"main-alt-1", "main-fork-1", "main-fork-3"})
+    session = new_session(provider=ScriptedProvider(["one", "two"]), store=store)
+    try:
+        await session.send("first")
+        old = session.history()[-1].id
+        await session.regenerate()  # ``old``: an alternative no branch holds
+        tree, chat = BranchTree(session), ChatView(session)
+        try:
+            chat._show_sibling(old)  # shown: given a branch of its own
+            assert session.history("main-alt-2")[-1].id == old
+            session.switch("main")
+            tree._fork("main")  # the branch tree's fork button
+            assert session.history("main-fork-2") == session.history("main")
+            reply = session.history()[-1].id
+            chat._fork(reply, "main")  # a message's fork button: the next free name
+            assert session.history("main-fork-4")[-1].id == reply
+        finally:
+            tree.close()
+            chat.close()
+    finally:
+        session.close()
+        await inner.close()
+    assert store.taken == ["main-alt-1", "main-fork-1", "main-fork-3"]

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._auto_names import made_under_free_name
 from ..errors import CMError
 from ..redact import get_logger
 
 if TYPE_CHECKING:
+    from ..model import Branch
     from ..session import ContextSession
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "SessionFollower",
     "Throttle",
     "close_parts",
+    "fork_under_free_name",
     "static_text",
 ]
 
@@ -253,3 +256,21 @@ class FollowingCopy:
         """Stop updating the output (it keeps its last content)."""
         self._follower.close()
         self._throttle.cancel()
+
+
+def fork_under_free_name(
+    session: ContextSession,
+    stem: str,
+    from_message: str | None = None,
+    *,
+    from_branch: str | None = None,
+) -> Branch:
+    """A fork button's branch (``session.branch``) under the first free ``<stem>-N``,
+    chosen again if another process takes that name first (a click in another
+    kernel's view at the same moment): the user never typed it, so its being taken is
+    no error of theirs."""
+    return made_under_free_name(
+        "the fork",
+        lambda refused: session._free_branch_name(stem, refused),
+        lambda name: session.branch(name, from_message, from_branch=from_branch),
+    )

@@ -17,7 +17,7 @@ import traitlets as t
 
 from .. import events as ev
 from ..model import Branch
-from ._base import FollowingView, static_text
+from ._base import FollowingView, fork_under_free_name, static_text
 from .chat import DOUBLE_CLICK
 
 if TYPE_CHECKING:
@@ -84,8 +84,7 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
 
     def _fork(self, name: str) -> None:
         # Forked at its head, the new branch keeps its prompt, provider and parameters.
-        new = self.session._free_branch_name(f"{name}-fork")
-        self.session.branch(new, from_branch=name)
+        fork_under_free_name(self.session, f"{name}-fork", from_branch=name)
 
     def _render(self) -> None:
         session = self.session

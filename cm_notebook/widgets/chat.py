@@ -44,7 +44,7 @@ from ..errors import BranchNotFoundError
 from ..fsm import State
 from ..model import Message, MessageStatus
 from ..tree import MessageTree
-from ._base import SessionFollower, Throttle, close_parts, static_text
+from ._base import SessionFollower, Throttle, close_parts, fork_under_free_name, static_text
 from ._messages import message_dict
 from .rating import rate_from_front_end, rating_of, stored_rating
 
@@ -491,14 +491,15 @@ class ChatView(w.VBox):  # type: ignore[misc]
             if holder != self._branch:
                 self.session.switch(holder)
             return
-        self.session.branch(self.session._free_branch_name(f"{self._branch}-alt"), message_id)
+        fork_under_free_name(self.session, f"{self._branch}-alt", message_id)
 
     def _fork(self, message_id: str, shown: str) -> None:
         # The fork keeps the settings (prompt, provider, parameters) of its branch.
         self.transcript.notice = ""
         source = self._holder(message_id, shown)
-        name = self.session._free_branch_name(f"{source or self._branch}-fork")
-        self.session.branch(name, message_id, from_branch=source)
+        fork_under_free_name(
+            self.session, f"{source or self._branch}-fork", message_id, from_branch=source
+        )
 
 
 def _ratable(message: Message) -> bool:
