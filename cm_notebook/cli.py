@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import io
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -268,13 +269,24 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run as root (Jupyter refuses to otherwise; e.g. in a container)",
     )
+    parser.epilog = (
+        "Jupyter settings follow as --Class.name=value and are passed on to the server, "
+        "e.g. --CMNotebookApp.tool_policy=deny or --ServerApp.base_url=/api/"
+    )
+    parser.set_defaults(jupyter_settings=[])
 
 
 @command("serve", "Run a Jupyter server with only the REST + SSE API.", _configure_serve)
 async def _serve(args: argparse.Namespace, store: Store) -> int:
     from .server.launch import serve  # needs jupyter_server, only for this command
 
-    return serve(port=args.port, ip=args.ip, data_dir=args.data_dir, allow_root=args.allow_root)
+    return serve(
+        port=args.port,
+        ip=args.ip,
+        data_dir=args.data_dir,
+        allow_root=args.allow_root,
+        settings=args.jupyter_settings,
+    )
 
 
 # -- main -----------------------------------------------------------------------------
@@ -360,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            _take_jupyter_settings(parser, args, unknown)
     except SystemExit as exc:  # --help, --version, or a usage error argparse reported
         return exc.code if isinstance(exc.code, int) else 2
     # The commands an error or a report advises act on this run's data directory.
@@ -368,6 +382,28 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), advising_for(data_dir):
         warnings.showwarning = _show_warning
         return _dispatch(args)
+
+
+#: A Jupyter (traitlets) setting on the command line: ``--Class.name=value``.
+_JUPYTER_SETTING = re.compile(r"--[A-Z]\w*\.[A-Za-z_]\w*=.*", re.DOTALL)
+
+
+def _take_jupyter_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]
+) -> None:
+    # ``serve`` passes Jupyter settings on to the server (as `jupyter server` takes
+    # them); any other unknown word, or one for another command, is a usage error.
+    settings = [word for word in unknown if _JUPYTER_SETTING.fullmatch(word)]
+    if args.command != "serve" or len(settings) < len(unknown):
+        rest = [word for word in unknown if word not in settings] or unknown
+        hint = (
+            "; Jupyter settings take the form --Class.name=value"
+            if args.command == "serve"
+            and any(word.startswith("--") and "." in word for word in rest)
+            else ""
+        )
+        parser.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
+    args.jupyter_settings = settings
 
 
 def _show_warning(

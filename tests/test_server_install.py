@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_client import create_context, wait_for
 
 ROOT = Path(__file__).parent.parent
 
@@ -71,6 +72,63 @@ def test_cm_notebook_serve_runs_the_api_until_interrupted(tmp_path: Path) -> Non
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals a POSIX process group")
+def test_serve_passes_jupyter_settings_on_and_a_deny_policy_beats_a_tools_own(
+    tmp_path: Path,
+) -> None:
+    # `cm-notebook serve` takes Jupyter settings as `jupyter server` does; and a server
+    # told tool_policy=deny refuses every tool call, also a tool whose author chose "auto".
+    runtime = tmp_path / "runtime"
+    env = dict(
+        os.environ,
+        JUPYTER_RUNTIME_DIR=str(runtime),
+        JUPYTER_CONFIG_DIR=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    )
+    command = [sys.executable, "-m", "cm_notebook", "serve", "--port", "0"]
+    command += ["--data-dir", str(tmp_path / "data")]
+    command += ["--CMNotebookApp.tools=server_tools:leave_mark"]
+    command += ["--CMNotebookApp.tool_policy=deny"]
+    if os.getuid() == 0:
+        command.append("--allow-root")
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    mark = tmp_path / "mark"
+    try:
+        info = _runtime_info(runtime, process)
+        api = f"http://127.0.0.1:{info['port']}{info['base_url']}cm/api"
+        headers = {"Authorization": f"token {info['token']}"}
+        with httpx.Client(base_url=api, headers=headers, timeout=30) as client:
+            script = [
+                {"tool_call": "leave_mark", "arguments": {"path": str(mark)}, "id": "m1"},
+                {"reply": "Could not."},
+            ]
+            context_id = create_context(client, script)
+            sent = client.post(f"contexts/{context_id}/messages", json={"text": "Mark it."})
+            assert sent.status_code == 202, sent.text
+
+            def finished() -> bool:
+                messages = client.get(f"contexts/{context_id}/messages").json()["messages"]
+                return bool(messages) and messages[-1]["content"] == "Could not."
+
+            wait_for(finished)
+            messages = client.get(f"contexts/{context_id}/messages").json()["messages"]
+        [call] = [call for message in messages for call in message["tool_calls"]]
+        assert call["status"] == "denied"
+        assert not mark.exists()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+
+
 def _runtime_info(runtime: Path, process: subprocess.Popen[bytes]) -> dict[str, object]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -112,3 +170,23 @@ def test_a_plain_jupyter_server_serves_the_api(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["ls", "--CMNotebookApp.tool_policy=deny"], "unrecognized arguments: --CMNotebook"),
+        (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+        (
+            ["serve", "--CMNotebookApp.tool_policy", "deny"],
+            "Jupyter settings take the form --Class.name=value",
+        ),
+    ],
+)
+def test_words_serve_cannot_pass_on_are_usage_errors(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cm_notebook.cli import main
+
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err

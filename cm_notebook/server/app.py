@@ -79,7 +79,10 @@ class CMNotebookApp(ExtensionApp):
         "function or a list of them).",
     ).tag(config=True)
     tool_policy = Unicode(
-        "ask", help="What tool calls do: 'ask' waits for approval, 'auto' runs, 'deny' refuses."
+        "",
+        help="What every tool call does, whatever the tool's own policy=: 'ask' waits for "
+        "approval, 'auto' runs, 'deny' refuses. Unset (''): each tool's own policy=, "
+        "else 'ask'.",
     ).tag(config=True)
     heartbeat = Float(
         15.0, help="Seconds between heartbeat comments on an idle events stream."
@@ -120,7 +123,8 @@ class CMNotebookApp(ExtensionApp):
 
     @validate("tool_policy")
     def _check_policy(self, proposal: Any) -> str:
-        return check_policy(proposal["value"], "CMNotebookApp.tool_policy")
+        value = proposal["value"]
+        return value if value == "" else check_policy(value, "CMNotebookApp.tool_policy")
 
     @validate("heartbeat")
     def _check_heartbeat(self, proposal: Any) -> float:
@@ -169,7 +173,11 @@ class CMNotebookApp(ExtensionApp):
         self.sessions = SessionRegistry(
             data_dir.absolute(),
             tools=load_tools(self.tools),
-            approval=ToolPolicy(default=check_policy(self.tool_policy)),
+            # As a session's approval="deny": the operator's word beats a tool's own
+            # policy= (a tool its author made "auto" must not run on a "deny" server).
+            approval=ToolPolicy.coerce(
+                check_policy(self.tool_policy) if self.tool_policy else None
+            ),
             default_provider=self.default_provider,
             max_sessions=self.max_sessions,
             idle_timeout=self.session_idle_timeout,

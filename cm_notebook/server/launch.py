@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -39,9 +40,18 @@ class _StopRequested(Exception):
 
 
 def server_command(
-    *, port: int, ip: str, data_dir: Path | None, allow_root: bool = False
+    *,
+    port: int,
+    ip: str,
+    data_dir: Path | None,
+    allow_root: bool = False,
+    settings: Sequence[str] = (),
 ) -> list[str]:
-    """The command line of a Jupyter server with only the cm_notebook extension."""
+    """The command line of a Jupyter server with only the cm_notebook extension.
+
+    ``settings``: Jupyter settings (``--CMNotebookApp.tool_policy=deny``), last, so
+    that they win over the ones made from the other arguments.
+    """
     command = [
         sys.executable,
         "-m",
@@ -54,17 +64,26 @@ def server_command(
         command.append(f"--CMNotebookApp.data_dir={Path(data_dir).expanduser().absolute()}")
     if allow_root:
         command.append("--ServerApp.allow_root=True")
-    return command
+    return [*command, *settings]
 
 
-def serve(*, port: int, ip: str, data_dir: Path | None, allow_root: bool = False) -> int:
+def serve(
+    *,
+    port: int,
+    ip: str,
+    data_dir: Path | None,
+    allow_root: bool = False,
+    settings: Sequence[str] = (),
+) -> int:
     """Run the server until it stops; returns its exit code.
 
     Ctrl-C reaches the server directly (same process group). SIGTERM and SIGHUP sent
     to this process are passed on to the server as SIGTERM; it is then waited for at
     most :data:`STOP_GRACE` seconds, and killed after that.
     """
-    command = server_command(port=port, ip=ip, data_dir=data_dir, allow_root=allow_root)
+    command = server_command(
+        port=port, ip=ip, data_dir=data_dir, allow_root=allow_root, settings=settings
+    )
     env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
     process = subprocess.Popen(command, env=env)
 
