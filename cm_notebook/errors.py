@@ -30,15 +30,17 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     │   └── PermanentProviderError               retrying will not help; needs the user
     │       ├── ProviderNotInstalledError        an optional extra is missing
     │       └── UnknownProviderError             no provider registered under that name
+    │                                            (also InvalidInputError)
     ├── StateError                               an operation that the current state forbids
     │   ├── IllegalTransitionError               the FSM got an input it cannot take
     │   ├── BusyError                            a turn is already running on that branch
     │   └── BranchMovedError                     a branch head moved under a compare-and-set
     └── ToolError
-        ├── ToolDefinitionError                  a function cannot be turned into a tool
+        ├── ToolDefinitionError (also TypeError) a function cannot be turned into a tool
         ├── ToolArgumentsError                   arguments failed validation
+        │                                        (also InvalidInputError)
         ├── ToolCallNotFoundError (also KeyError)
-        └── ToolCallAlreadyResolvedError         approve/deny twice
+        └── ToolCallAlreadyResolvedError         approve/deny twice (also StateError)
 
 Provider SDK and HTTP errors are translated into ``TransientProviderError`` or
 ``PermanentProviderError`` at the provider boundary (``raise ... from exc``), so the
