@@ -78,6 +78,7 @@ from .errors import InvalidInputError
 from .redact import get_logger
 from .signals import ContentDelta, Event
 from .store.atomic import Fsync, fsync_dir, write_all
+from .store.leftovers import hold
 from .store.paths import LOG_NAME
 
 if sys.platform != "win32":
@@ -381,6 +382,9 @@ class SignalLog:
         temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
         try:
             out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # Held until closed (after the rename): a sweep then never removes the
+            # file while it is written (see store/leftovers.py).
+            hold(out)
             try:
                 body = self._kept(os.pread(source, end, 0))
                 write_all(out, body)

@@ -1,9 +1,20 @@
-"""What dead writers leave in a context folder, and its removal when the folder opens."""
+"""What dead writers leave in a context folder, and its removal when the folder opens.
+
+Besides the context folder itself, two of its folders get temporary files from writers
+that do not hold the context's lock: the signal log's compaction (``signals/``) and
+decision records (``decisions/``). Those writers hold an OS lock on their temporary
+file while they write it (:func:`write_temp`), so one is left over only if no process
+holds that lock and it has not been touched for :data:`STRAY_TEMP_SECONDS` (the lock
+is taken a moment after the file is made, and let go just before it is renamed or
+linked into place).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import time
 from collections.abc import Callable, Container
 from pathlib import Path
 
@@ -13,9 +24,16 @@ from ..model import MessageStatus
 from .atomic import is_temp_name
 from .codec import read_message_file
 from .oslock import lock_is_held
-from .paths import STREAMING_PREFIX, STREAMING_SUFFIX, message_path
+from .paths import DECISIONS_DIR, SIGNALS_DIR, STREAMING_PREFIX, STREAMING_SUFFIX, message_path
 
-__all__ = ["remove_leftovers"]
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["STRAY_TEMP_SECONDS", "remove_leftovers", "write_temp"]
+
+#: How long a temporary file of ``signals/`` or ``decisions/`` must have been left
+#: untouched, its lock free, before it counts as left by a writer that died.
+STRAY_TEMP_SECONDS = 60.0
 
 
 def remove_leftovers(
@@ -40,11 +58,15 @@ def remove_leftovers(
     is not such a placeholder (checkpoints come only after the commit) and stays, for
     ``check`` to report.
 
-    Only the context folder is listed, never ``messages/``, whose size grows with the
-    conversation: message files are written through temporary files in the context
-    folder (``atomic_write(temp_dir=...)``). Message files a power loss took are
-    restored when they are read or before compaction.
+    Only the context folder is listed, and ``signals/`` and ``decisions/`` (a few
+    files each; see the module docstring for how theirs are judged), never
+    ``messages/``, whose size grows with the conversation: message files are written
+    through temporary files in the context folder (``atomic_write(temp_dir=...)``).
+    Message files a power loss took are restored when they are read or before
+    compaction.
     """
+    for folder in (SIGNALS_DIR, DECISIONS_DIR):
+        _remove_unheld_temps(ctx_dir / folder)
     try:
         names = os.listdir(ctx_dir)
     except OSError:
@@ -89,3 +111,47 @@ def _is_leftover(path: Path, streaming_ids: Container[str]) -> bool:
         return not lock_is_held(path)
     except OSError:
         return False  # not a lock file this store made (a link, say): leave it
+
+
+def write_temp(path: Path, data: bytes, fsync: Callable[[int], None] | None) -> None:
+    """Write ``data`` to a new temporary file ``path`` (fsync'd with ``fsync`` if given),
+    holding its OS lock meanwhile, for a writer without the context's lock: so a sweep
+    never takes a file being written for one a dead writer left. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        hold(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync is not None:
+            fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)  # (lets go of the lock)
+
+
+def hold(fd: int) -> None:
+    """Take the OS lock of a temporary file just made (see :func:`write_temp`); best
+    effort: the sweep's wait (:data:`STRAY_TEMP_SECONDS`) covers a file not locked."""
+    if sys.platform != "win32":
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _remove_unheld_temps(folder: Path) -> None:
+    try:
+        names = [name for name in os.listdir(folder) if is_temp_name(name)]
+    except OSError:
+        return  # no such folder (nothing written there yet), or unreadable
+    now = time.time()
+    for name in names:
+        path = folder / name
+        try:
+            if now - os.lstat(path).st_mtime < STRAY_TEMP_SECONDS or lock_is_held(path):
+                continue
+            path.unlink()
+        except OSError:
+            continue

@@ -19,6 +19,7 @@ from ..ids import validate_context_id, validate_message_id
 __all__ = [
     "CREATING_LOCK_NAME",
     "DATA_DIR_ENV",
+    "DECISIONS_DIR",
     "INDEX_NAME",
     "JOURNAL_NAME",
     "LOCK_NAME",
@@ -54,6 +55,8 @@ MESSAGES_DIR = "messages"
 # watching the log for changes is not woken by every write of the store beside it.
 SIGNALS_DIR = "signals"
 LOG_NAME = "signals.log"  # in SIGNALS_DIR
+# Decision and stop records of tool calls and turns (see cm_notebook._remote_decisions).
+DECISIONS_DIR = "decisions"
 _CONTEXTS_DIR = "contexts"
 
 
