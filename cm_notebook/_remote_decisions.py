@@ -22,23 +22,36 @@ Asking twice is harmless; the records stay, a few bytes each.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _json
-from .errors import InvalidInputError
+from .errors import InvalidInputError, StorageFullError
 from .store.atomic import Fsync, fsync_dir, mkdir_durable
+from .store.leftovers import write_temp
+from .store.paths import DECISIONS_DIR
 
 __all__ = ["DECISIONS_FOLDER", "DecisionBox"]
 
 #: The folder of a context that holds decision and stop records.
-DECISIONS_FOLDER = "decisions"
+DECISIONS_FOLDER = DECISIONS_DIR
 
+
+_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+# A record file that does not parse and is older than this is no decision: no writer of
+# this version leaves one (each is linked into place whole), but a claim made by an
+# older version (created empty, then written) could be torn by a kill or a full disk.
+# The wait covers such a claim still being written.
+TORN_AFTER_SECONDS = 2.0
 
 # Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
 _MAX_RECORD_CHARS = 8 * 1024 * 1024
@@ -105,16 +118,13 @@ class DecisionBox:
             )
         mkdir_durable(self.folder, self._fsync)
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
-        with temp.open("w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            self._fsync(out.fileno())
         try:
-            os.link(temp, self._path(tool_call_id, message_id))
-        except FileExistsError:
-            return False
+            write_temp(temp, text.encode(), self._fsync)
+            if not link_record(temp, self._path(tool_call_id, message_id)):
+                return False
         finally:
-            temp.unlink()
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)  # (a kill here: see store/leftovers.py)
         fsync_dir(self.folder, self._fsync)  # the record's name, through a power loss
         return True
 
@@ -125,22 +135,36 @@ class DecisionBox:
         So two clients deciding one call at once (a click in the kernel, a request to
         the server) are not both told they decided it. Not made durable: it matters
         only while the waiting process lives. A folder that cannot be written lets the
-        local decision through (True), as before there were other processes.
+        local decision through (True), as before there were other processes; a full
+        disk does not (:class:`~cm_notebook.errors.StorageFullError`, nothing claimed):
+        the decision could not be recorded, and its turn could not store its outcome
+        either, so the call stays waiting, to be decided again once there is space.
+
+        The claim is written whole to a temporary file, then linked into place: a
+        claim file created first and written after would, left empty by a full disk
+        or a kill in between, refuse every later decision of the call.
         """
         record = {"tool_call_id": tool_call_id, "claimed": True, "pid": os.getpid()}
+        temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         try:
             # No fsync (the caller may be an event loop's thread): see above.
             self.folder.mkdir(exist_ok=True)
-            fd = os.open(
-                self._path(tool_call_id, message_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
-            )
-        except FileExistsError:
-            return False
-        except OSError:
+            write_temp(temp, json.dumps(record).encode(), None)
+            return link_record(temp, self._path(tool_call_id, message_id))
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise StorageFullError(
+                    f"could not record the decision on tool call {tool_call_id!r}: no space "
+                    f"left on the device holding {self.folder} ({exc.strerror or exc}). "
+                    "Nothing was decided: the call is still waiting. Free some space (or "
+                    "raise the disk quota), then approve or deny it again.",
+                    self.folder,
+                    exc.errno,
+                ) from exc
             return True
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(record, out)
-        return True
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)  # (a kill here: see store/leftovers.py)
 
     def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:
         """The whole decision recorded for a call of ``message_id``, or None."""
@@ -196,3 +220,57 @@ class DecisionBox:
             return self._stop_path(turn_id).exists()
         except OSError:
             return False
+
+
+def link_record(temp: Path, path: Path) -> bool:
+    """Link the complete record ``temp`` into place at ``path``; False if a decision or
+    claim is there already.
+
+    A torn record in the way (empty or not JSON, see :data:`TORN_AFTER_SECONDS`) is
+    no decision: it is taken away, so it cannot refuse every decision of its call.
+    """
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        if not _take_away_torn(path):
+            return False
+        try:
+            os.link(temp, path)
+        except FileExistsError:  # another decider replaced it first
+            return False
+    return True
+
+
+def _take_away_torn(path: Path) -> bool:
+    # Whether ``path`` held a torn record, now removed. Moved aside first and checked
+    # to be the very file judged: two deciders finding it at once must not remove the
+    # record the first of them linked in its place.
+    try:
+        seen = os.stat(path)
+        if time.time() - seen.st_mtime < TORN_AFTER_SECONDS or not _torn(path):
+            return False
+        aside = path.with_name(f".{secrets.token_hex(8)}.tmp")
+        os.rename(path, aside)
+    except OSError:
+        return False
+    try:
+        moved = os.stat(aside)
+        if (moved.st_ino, moved.st_dev) != (seen.st_ino, seen.st_dev):
+            # A record linked meanwhile: put it back (unless yet another came).
+            with contextlib.suppress(OSError):
+                os.link(aside, path)
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+    return True
+
+
+def _torn(path: Path) -> bool:
+    try:
+        record = _json.loads(path.read_bytes(), max_chars=_MAX_RECORD_CHARS)
+    except ValueError:
+        return True
+    except OSError:
+        return False
+    return not isinstance(record, dict)

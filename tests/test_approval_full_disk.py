@@ -1,0 +1,147 @@
+"""Deciding a tool call on a real full disk (a small tmpfs), and a torn decision record.
+
+The decision cannot be recorded: the package's StorageFullError says so, nothing is
+left in the decisions folder, the call still waits, and once there is space it is
+decided as usual. A claim file left empty (by an older version killed between making
+it and writing it) is no decision: it does not refuse every later one."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from full_disk import Filler, small_disk  # noqa: F401 (the fixture)
+
+from cm_notebook import tool
+from cm_notebook._remote_decisions import TORN_AFTER_SECONDS, DecisionBox
+from cm_notebook.errors import StorageFullError
+from cm_notebook.model import ToolCallStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+
+DEADLINE = 20.0
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@pytest.fixture
+def asking(small_disk: Path) -> Iterator[ContextSession]:  # noqa: F811 (the fixture)
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+    session = ContextSession.create(
+        "full", data_dir=small_disk / "data", provider=fake, tools=[add]
+    )
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def _wait_for_call(session: ContextSession) -> str:
+    end = time.monotonic() + DEADLINE
+    while not session.pending_tool_calls:
+        assert time.monotonic() < end, "the tool call never waited for approval"
+        time.sleep(0.01)
+    return session.pending_tool_calls[0].id
+
+
+def _decisions(session: ContextSession, disk: Path) -> list[str]:
+    folder = disk / "data" / "contexts" / session.id / "decisions"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("remember", ["once", "context"])
+def test_approving_on_a_full_disk_leaves_the_call_waiting(
+    small_disk: Path,  # noqa: F811 (the fixture)
+    asking: ContextSession,
+    remember: str,
+) -> None:
+    turn = asking.send("add one and two")
+    call_id = _wait_for_call(asking)
+    filler = Filler(small_disk)
+    filler.fill()
+    with pytest.raises(StorageFullError) as raised:
+        asking.approve(remember=remember)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert call_id in message
+    assert "decisions" in message
+    assert "still waiting" in message
+    assert "free some space" in message.lower()
+    assert raised.value.path is not None
+    # Nothing half-written, nothing decided.
+    assert _decisions(asking, small_disk) == []
+    assert [c.id for c in asking.pending_tool_calls] == [call_id]
+    assert asking.pending_tool_calls[0].status is ToolCallStatus.PENDING
+    assert not turn.done()
+
+    filler.empty()
+    [approved] = asking.approve(remember=remember)  # type: ignore[arg-type]
+    assert approved.id == call_id
+    assert turn.result(DEADLINE).content == "three"
+
+
+def test_denying_on_a_full_disk_leaves_the_call_waiting(
+    small_disk: Path,  # noqa: F811 (the fixture)
+    asking: ContextSession,
+) -> None:
+    turn = asking.send("add one and two")
+    _wait_for_call(asking)
+    filler = Filler(small_disk)
+    filler.fill()
+    with pytest.raises(StorageFullError, match="still waiting"):
+        asking.deny(reason="not now")
+    assert _decisions(asking, small_disk) == []
+    filler.empty()
+    [denied] = asking.deny(reason="not now")
+    assert denied.status is ToolCallStatus.DENIED
+    turn.result(DEADLINE)
+
+
+def _age(path: Path) -> None:
+    old = time.time() - TORN_AFTER_SECONDS - 5
+    os.utime(path, (old, old))
+
+
+def test_a_torn_claim_does_not_refuse_later_decisions(tmp_path: Path) -> None:
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+    with ContextSession.create(
+        "torn", data_dir=tmp_path / "data", provider=fake, tools=[add]
+    ) as session:
+        turn = session.send("add one and two")
+        call_id = _wait_for_call(session)
+        message_id = session.history()[-1].id
+        box = DecisionBox(tmp_path / "data" / "contexts" / session.id)
+        # What an older version's claim left when killed between making and writing it.
+        box.folder.mkdir(exist_ok=True)
+        torn = box._path(call_id, message_id)
+        torn.write_bytes(b"")
+        _age(torn)
+        [approved] = session.approve(call_id)
+        assert approved.status is ToolCallStatus.APPROVED
+        assert turn.result(DEADLINE).content == "three"
+        assert torn.read_bytes() != b""  # this decision's claim took its place
+
+
+def test_a_torn_record_gives_way_to_another_process_s_decision(tmp_path: Path) -> None:
+    box = DecisionBox(tmp_path)
+    box.folder.mkdir()
+    path = box._path("call_1", "m1")
+    path.write_bytes(b'{"tool_call_id": "ca')  # cut short
+    # Young: it may be an older version's claim being written this moment.
+    assert not box.post("call_1", "m1", approved=True, reason=None)
+    _age(path)
+    assert box.post("call_1", "m1", approved=True, reason=None)
+    decision = box.read("call_1", "m1")
+    assert decision is not None
+    assert decision.approved
+    # A whole record is a decision made: a second one is refused, however old.
+    _age(path)
+    assert not box.post("call_1", "m1", approved=False, reason="late")
+    assert not box.claim("call_1", "m1")
+    assert sorted(p.name for p in box.folder.iterdir()) == [path.name]
