@@ -18,7 +18,15 @@ from . import events as ev
 from ._decision_outcome import still_waits
 from ._json_values import refuse_unstorable
 from .approvals import Decision, PendingCall, Remember, check_remember
-from .errors import CMError, InvalidInputError, ToolArgumentsError, ToolError
+from .errors import (
+    CMError,
+    InvalidInputError,
+    StorageFullError,
+    StoreError,
+    StoreIOError,
+    ToolArgumentsError,
+    ToolError,
+)
 from .model import ToolCall
 from .tools import validate_edited_arguments
 from .tools._tool import MAX_ARGUMENTS_CHARS
@@ -27,7 +35,13 @@ if TYPE_CHECKING:
     from ._remote_decisions import DecisionBox
     from ._session_core import SessionCore
 
-__all__ = ["apply_remote_decision", "approval", "approve_allowed", "check_arguments_shape"]
+__all__ = [
+    "apply_remote_decision",
+    "approval",
+    "approve_allowed",
+    "check_arguments_shape",
+    "remember_approved",
+]
 
 _EDITED = "arguments edited before approval"
 
@@ -110,6 +124,50 @@ def approve_allowed(session: SessionCore) -> None:
             continue
         with contextlib.suppress(CMError):  # decided meanwhile
             session._approvals.decide(call.id, _never, None, _by_allow_list(scope))
+
+
+def remember_approved(session: SessionCore, approved: list[ToolCall], scope: Remember) -> None:
+    """Allow the tools of calls just approved for ``scope``, then approve the other
+    calls waiting here that this now allows.
+
+    The calls are approved already (their turns go on): if the allowance cannot be
+    saved (a full disk), the error says so, so that nobody approves them again (they
+    are no longer waiting) but allows the tool once the disk lets them.
+    """
+    names = list(dict.fromkeys(call.name for call in approved))
+    try:
+        for name in names:
+            session._allow_lists.allow(name, scope)
+    except StoreError as exc:
+        raise _not_remembered(approved, names, scope, exc) from exc
+    approve_allowed(session)
+
+
+def _not_remembered(
+    approved: list[ToolCall], names: list[str], scope: Remember, exc: StoreError
+) -> StoreError:
+    calls = ", ".join(repr(call.id) for call in approved)
+    tools = ", ".join(repr(name) for name in names)
+    # Not the store's own sentence: its "try again" would mean approving again.
+    if isinstance(exc, StorageFullError):
+        why = (
+            f"no space left on the device holding {exc.path}. Free some space (or raise "
+            "the disk quota), then"
+        )
+    else:
+        why = f"{str(exc).rstrip('.')}. Once that is fixed,"
+    message = (
+        f"tool call {calls} was approved and runs (it is no longer waiting: do not approve "
+        f"it again), but allowing {tools} for the whole {scope} could not be saved: {why} "
+        f"call allow({names[0]!r}, scope={scope!r}) (or approve the "
+        f"tool's next call with remember={scope!r}); until then its calls ask first. The "
+        "approval log's entry for the call is written by its turn: a warning says if that "
+        "failed too."
+    )
+    if isinstance(exc, StoreIOError):
+        kind = StorageFullError if isinstance(exc, StorageFullError) else StoreIOError
+        return kind(message, exc.path, exc.errno)
+    return StoreError(message)
 
 
 def apply_remote_decision(

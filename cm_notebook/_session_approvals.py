@@ -18,7 +18,7 @@ import builtins
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ._approval_apply import approval, approval_of, approve_allowed
+from ._approval_apply import approval, approval_of, approve_allowed, remember_approved
 from ._session_reading import SessionReading
 from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
@@ -131,9 +131,7 @@ class ApprovalMethods(SessionReading):
                 remember=remember,
             )
         if remember != "once":
-            for name in dict.fromkeys(call.name for call in decided):
-                self._allow_lists.allow(name, remember)
-            approve_allowed(self)
+            remember_approved(self, decided, remember)
         if elsewhere is not None:
             return decided  # as _approved_elsewhere made them (the edit's reason kept)
         return [_as_decided(call, made.get(id(call), plain)) for call in decided]

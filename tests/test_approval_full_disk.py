@@ -7,6 +7,7 @@ it and writing it) is no decision: it does not refuse every later one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -145,3 +146,46 @@ def test_a_torn_record_gives_way_to_another_process_s_decision(tmp_path: Path) -
     assert not box.post("call_1", "m1", approved=False, reason="late")
     assert not box.claim("call_1", "m1")
     assert sorted(p.name for p in box.folder.iterdir()) == [path.name]
+
+
+def test_an_approval_applied_whose_allowance_cannot_be_saved_says_so(
+    small_disk: Path,  # noqa: F811 (the fixture)
+) -> None:
+    # With 0, 1, 2, ... pages free: the decision's claim fits before the allowance
+    # (approvals/allowed.json) does at some count. There the call is approved and
+    # runs, and the error must not ask for the approval to be made again.
+    filler = Filler(small_disk)
+    applied = []
+    for pages in range(8):
+        fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("three")
+        data_dir = small_disk / f"data{pages}"
+        with ContextSession.create("ctx", data_dir=data_dir, provider=fake, tools=[add]) as s:
+            turn = s.send("add one and two")
+            call_id = _wait_for_call(s)
+            filler.fill(leave=pages)
+            try:
+                s.approve(remember="context")
+            except StorageFullError as exc:
+                error: StorageFullError | None = exc
+            else:
+                error = None
+            if error is not None and s.pending_tool_calls:
+                assert "Nothing was decided" in str(error)  # the claim did not fit
+            elif error is not None:
+                applied.append(pages)
+                message = str(error)
+                assert f"tool call {call_id!r} was approved and runs" in message
+                assert "do not approve it again" in message
+                assert "allowed.json" in message
+                assert "allow('add', scope='context')" in message
+                assert "try again" not in message
+                assert s.allowed_tools()["context"] == []
+            filler.empty()
+            if s.pending_tool_calls:
+                s.approve()  # the claim did not fit: decided now
+            with contextlib.suppress(StorageFullError):  # its own writes may not have fit
+                turn.result(DEADLINE)
+            if applied and applied[-1] == pages:
+                s.allow("add", scope="context")  # what the error says to do
+                assert s.allowed_tools()["context"] == ["add"]
+    assert applied, "no free-page count had the claim fit and the allowance not"
