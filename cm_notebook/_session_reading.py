@@ -104,7 +104,8 @@ class SessionReading(SessionCore):
         if before is not None:
             validate_message_id(before)
         if limit is not None:
-            return self._io.call(self._store.page(self.id, name, limit=limit, before=before))
+            page = self._io.call(self._store.page(self.id, name, limit=limit, before=before))
+            return self._as_left(page)
         ids = self._io.call(self._store.path(self.id, name))
         if before is not None:
             if before not in ids:
@@ -113,7 +114,17 @@ class SessionReading(SessionCore):
                     "takes an id from that branch"
                 )
             ids = ids[: ids.index(before)]
-        return self._io.call(self._store.get_messages(self.id, ids))
+        return self._as_left(self._io.call(self._store.get_messages(self.id, ids)))
+
+    def _as_left(self, messages: builtins.list[Message]) -> builtins.list[Message]:
+        # A reply whose final state the disk refused (TurnHost.unsettled) reads as its
+        # turn left it (interrupted, with its text), not as stored (streaming) until
+        # the disk has room for it.
+        with self._lock:
+            if not self._unsettled:
+                return messages
+            unsettled = dict(self._unsettled)
+        return [unsettled[m.id].model_copy(deep=True) if m.id in unsettled else m for m in messages]
 
     def tree(self) -> MessageTree:
         """The whole message tree (ids, parents, roles, branch heads), for a tree view.
@@ -129,7 +140,7 @@ class SessionReading(SessionCore):
     def get(self, message_id: str) -> Message:
         """One message by id."""
         validate_message_id(message_id)
-        return self._io.call(self._store.get_message(self.id, message_id))
+        return self._as_left([self._io.call(self._store.get_message(self.id, message_id))])[0]
 
     def siblings(self, message_id: str) -> builtins.list[Message]:
         """The alternatives of a message (same parent), oldest first, itself included."""

@@ -15,6 +15,7 @@ there.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +182,7 @@ class TurnWrites:
                 await self.update(final)
         except (OSError, StoreError):
             self.host.unsettled(final)  # the session stores it once the disk allows
+            await self._let_go(final)
             raise
         # A later final state (the wind-down's, after this one was refused) is the one
         # the turn reported: the refused one must not be stored over it.
@@ -188,6 +190,15 @@ class TurnWrites:
         self.host.publish(
             ev.MessageCompleted(branch=self.target, message_id=final.id, status=final.status)
         )
+
+    async def _let_go(self, final: Message) -> None:
+        # The turn ends without its final state stored: the reply must not read as
+        # still being generated (store.refused_finals). A write retrying it takes the
+        # lock again. Stores that are not file based have no such lock.
+        release = getattr(self.host.store, "release_stream", None)
+        if release is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(OSError, CMError):
+                await release(self.host.context_id, final)
 
     async def answer_call(self, call: ToolCall, text: str) -> None:
         """Store the tool message answering ``call``."""

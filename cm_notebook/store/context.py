@@ -51,6 +51,7 @@ from .oserrors import translate
 from .oslock import LockTimeout, OSLock, creation_lock, lock_is_held, remove_lock_shell
 from .paths import LOCK_NAME, MESSAGES_DIR
 from .recovered import head_the_index_lost, known_entries, listed_entries, recover_hidden
+from .refused_finals import RefusedFinals
 from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
 from .tokens import Look, files_token, look, token_of, token_paths
@@ -103,6 +104,7 @@ class ContextState:
         # What _check_heads last found complete: (metadata.json as read, index generation).
         self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
+        self.refused = RefusedFinals()  # streams let go of unfinished: see there
         #: The current metadata as of a :func:`files_token`: what a read found (token
         #: taken before it) or a write left (token taken before the lock is let go).
         #: Replaced whole, so a reader without the lock sees one consistent pair.
@@ -284,7 +286,8 @@ class ContextState:
         process) must notice when the process streaming a reply dies. Usually there is
         none; otherwise each costs a read one flock attempt.
         """
-        return [mid for mid in self.index.streaming_ids if mid not in self.streaming]
+        streams = self.index.streaming_ids
+        return [mid for mid in streams if mid not in self.streaming and mid not in self.refused]
 
     def _sweep_if_writable(self) -> None:
         try:
@@ -445,6 +448,10 @@ class ContextState:
             # journal held, which a write working on ``base`` would drop.
             base = self._rebuild(base, need)
             metadata = self._current(base)
+        if self.refused:
+            if quick:
+                raise WouldWait
+            self.refused.write(self.index, self.dir)
         if self.foreign_streams():
             if quick:
                 raise WouldWait

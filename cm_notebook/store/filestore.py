@@ -470,6 +470,19 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         else:
             await acknowledge(self._state(context_id), written, self.fsync)
 
+    async def release_stream(self, context_id: str, final: Message) -> None:
+        """Let go of the streaming lock of a reply whose final state ``final`` could not
+        be stored (a full disk), keeping ``final`` to store with the next write: see
+        :mod:`.refused_finals`. Nothing if this store is not streaming it."""
+        await self._run(self._release_stream, context_id, final)
+
+    def _release_stream(self, context_id: str, final: Message) -> None:
+        state = self._state(context_id)
+        with state.state_lock:  # as readers probe streaming locks: see StreamingLocks.drop
+            if final.id in state.streaming:
+                state.refused.keep(final)
+                state.streaming.drop(final.id, remove_file=False)
+
     async def get_message(self, context_id: str, message_id: str) -> Message:
         """One message, read from its own file (CorruptDataError if it is damaged)."""
         validate_message_id(message_id)

@@ -379,6 +379,7 @@ def do_update_message(
         # locks are released, see quick_writes, is the OS's once written: a killed
         # process leaves it; a power loss before its fsync finds no live writer either.)
         state.streaming.drop(message.id, remove_file=True)
+        state.refused.forget(message.id)
     state.compact_if_due()
 
 

@@ -1,0 +1,100 @@
+"""A reply whose final write hits a real full disk (a small tmpfs): the turn ends, and
+the reply is not left "streaming" (the store-seam version is test_session_disk_full.py,
+where the interrupting write always succeeds; here it fails too).
+
+This process reads it interrupted with its text at once, its streaming lock is let go,
+and its final state is stored by the first write once there is room (or over another
+process's "writer died" mark, when the session closes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from full_disk import Filler, small_disk  # noqa: F401 (the fixture)
+
+from cm_notebook.errors import StoreError
+from cm_notebook.fsm import State
+from cm_notebook.model import MessageStatus
+from cm_notebook.session import ContextSession
+from cm_notebook.store.oslock import lock_is_held
+from cm_notebook.store.paths import streaming_lock_path
+from cm_notebook.testing import ScriptedProvider
+
+DEADLINE = 20.0
+TEXT = "lorem ipsum " * 150
+
+
+def _show(data_dir: Path, context_id: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), "show", context_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize("first", ["branch", "another process"])
+def test_a_reply_refused_by_a_full_disk_ends_interrupted(
+    small_disk: Path,  # noqa: F811 (the fixture)
+    first: str,
+) -> None:
+    filler = Filler(small_disk)
+    seen = 0
+    for pages in range(8):
+        if seen >= 2:
+            break
+        data_dir = small_disk / f"data{pages}"
+        fake = ScriptedProvider()
+        session = ContextSession.create("full", data_dir=data_dir, provider=fake)
+        try:
+            session.send("warm").result(DEADLINE)
+            filler.fill(leave=pages)
+            fake.reply(TEXT, chunks="words")
+            try:
+                session.send("q").result(DEADLINE)
+            except StoreError:  # the prompt did not fit (StoreError), or the reply
+                pass
+            reply = session.history()[-1]
+            if reply.role != "assistant" or reply.content == "echo: warm":
+                continue  # the prompt did not fit, or no reply was stored
+            folder = data_dir / "contexts" / session.id
+            stored = (folder / "messages" / f"{reply.id}.json").read_text(encoding="utf-8")
+            if '"streaming"' not in stored:
+                continue  # the final state fitted: not the case here
+            seen += 1
+            # This process, the disk still full: the turn is over, the reply as it left it.
+            assert session.state is State.IDLE
+            assert reply.status is MessageStatus.INTERRUPTED
+            assert reply.content == TEXT
+            assert session.get(reply.id).status is MessageStatus.INTERRUPTED
+            assert not lock_is_held(streaming_lock_path(folder, reply.id))
+
+            filler.empty()
+            if first == "branch":
+                session.branch("b2", switch=False)  # a write: stores the reply first
+                out = _show(data_dir, session.id)
+                assert "(streaming)" not in out
+                assert TEXT.strip() in out
+            else:
+                # Another process marks it first ("writer died", without the text this
+                # process had); the session stores its own state over that on close.
+                assert "(streaming)" not in _show(data_dir, session.id)
+                session.branch("b2", switch=False)
+        finally:
+            session.close()
+            filler.empty()
+        with ContextSession.open(
+            session.id, data_dir=data_dir, provider=ScriptedProvider()
+        ) as again:
+            stored_reply = again.get(reply.id)
+            assert stored_reply.status is MessageStatus.INTERRUPTED
+            assert stored_reply.content == TEXT
+            assert "could not be stored" in (stored_reply.metadata.error or "")
+            assert again.send("again").result(DEADLINE).content == "echo: again"
+    assert seen, "no free-page count had the reply stored but its final state refused"
