@@ -116,6 +116,16 @@ class SessionReading(SessionCore):
             ids = ids[: ids.index(before)]
         return self._as_left(self._io.call(self._store.get_messages(self.id, ids)))
 
+    def _read_path(self, branch: str) -> builtins.list[Message]:
+        # The messages of ``branch`` for the package's own views, which only read them:
+        # the settled ones served from this session's cache (shared, not copied, and no
+        # file read), the others read from disk. history() copies every message it
+        # returns, read from its file: a view redrawn after each turn of a long
+        # conversation paid that for all of them.
+        name = self._branch_name(branch)
+        _, messages = self._io.call(self._messages.path_messages(self._store, self.id, name))
+        return self._as_left(messages)
+
     def _as_left(self, messages: builtins.list[Message]) -> builtins.list[Message]:
         # A reply whose final state the disk refused (TurnHost.unsettled) reads as its
         # turn left it (interrupted, with its text), not as stored (streaming) until

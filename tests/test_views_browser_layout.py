@@ -54,6 +54,20 @@ for n in names:
     s.branch(n, switch=False)
 len(s.branch_names)"""
 
+LONG_BRANCH = """from cm_notebook.widgets import ChatView
+long = ContextSession.create("Long", provider=ScriptedProvider())
+for i in range(110):
+    await long.send(f"question {i}")
+ChatView(long)"""
+
+# The first message box drawn in a transcript's scroller, and its top relative to it.
+TOP_MESSAGE_JS = """(scroller) => {
+    const top = scroller.getBoundingClientRect().top;
+    const box = [...scroller.querySelectorAll(".cm-msg")].find(
+        (b) => b.getBoundingClientRect().bottom > top);
+    return {id: box.dataset.id, offset: box.getBoundingClientRect().top - top};
+}"""
+
 REASON = "because " + "x" * 400 + " and also " + "long words " * 60
 
 # The contrast (WCAG) of an element's text against what is drawn behind it: the
@@ -231,7 +245,32 @@ def _drive(page: Any, url: str) -> None:
     page.locator(".cm-compare").first.scroll_into_view_if_needed()
     _snap(page, "layout-compare")
 
-    # 4. Readable in the light theme, and in the dark one.
+    # 4. A long branch: its last 200 messages, and the earlier ones on request, drawn
+    # above the message being read without moving it.
+    run_new_cell(page, LONG_BRANCH)
+    earlier = page.locator(".cm-transcript .cm-earlier").last
+    earlier.wait_for(state="visible")
+    assert earlier.inner_text() == "Show earlier messages (20 more)"
+    scroller = page.locator(".cm-transcript .cm-scroll").last
+    assert scroller.locator(".cm-msg").count() == 200
+    scroller.evaluate("(el) => { el.scrollTop = 0; }")
+    before = scroller.evaluate(TOP_MESSAGE_JS)
+    _snap(page, "layout-earlier-button")
+    earlier.click()
+    page.wait_for_function(
+        "(el) => el.querySelectorAll('.cm-msg').length === 220", arg=scroller.element_handle()
+    )
+    assert earlier.is_hidden()
+    wait_js(page, "(el) => el.textContent.includes('question 0')", scroller.element_handle())
+    box = page.locator(f".cm-transcript .cm-msg[data-id='{before['id']}']")
+    offset = box.evaluate(
+        "(b) => b.getBoundingClientRect().top - b.closest('.cm-scroll').getBoundingClientRect().top"
+    )
+    assert abs(offset - before["offset"]) < 5, f"the message read moved: {before} -> {offset}"
+    scroller.scroll_into_view_if_needed()
+    _snap(page, "layout-earlier")
+
+    # 5. Readable in the light theme, and in the dark one.
     _readable(page, "light")
     page.evaluate(
         "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"

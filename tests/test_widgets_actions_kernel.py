@@ -335,3 +335,35 @@ def test_approve_with_invalid_arguments_keeps_the_approve_buttons_disabled(fe: F
     fe.click(row["approve"])
     assert _final_html(fe, transcript) == "<p>Ok.</p>\n"
     assert fe.run("print(ran[-1])").strip() == "(3, 4)"
+
+
+def test_a_long_branch_shows_its_last_messages_and_earlier_ones_on_request(fe: FrontEnd) -> None:
+    out = fe.run(
+        """
+        from cm_notebook.widgets.chat import MESSAGES_SHOWN
+        s9 = ContextSession.create("long", provider=ScriptedProvider())
+        for i in range(MESSAGES_SHOWN // 2 + 5):
+            await s9.send(f"question {i}")
+        chat9 = ChatView(s9)
+        print(chat9.transcript.model_id, len(s9.history()), MESSAGES_SHOWN)
+        """
+    )
+    transcript, total, shown = out.split()
+    hidden = int(total) - int(shown)
+    fe.wait_for(lambda: fe.models[transcript].get("earlier") == hidden, what="the count")
+    fe.wait_for(lambda: len(fe.messages(transcript)) == int(shown), what="the last messages")
+    texts = [m["text"] for m in fe.messages(transcript) if m["role"] == "user"]
+    assert texts[-1] == f"question {int(total) // 2 - 1}"
+    assert texts[0] == f"question {hidden // 2}"
+    # A click left over from another branch shows nothing more.
+    fe.custom(transcript, {"event": "earlier", "branch": "elsewhere"})
+    fe.custom(transcript, {"event": "earlier", "branch": "main"})
+    fe.wait_for(lambda: fe.models[transcript].get("earlier") == 0, what="none hidden")
+    fe.wait_for(lambda: len(fe.messages(transcript)) == int(total), what="every message")
+    assert fe.messages(transcript)[0]["text"] == "question 0"
+    # A new turn keeps them shown; switching branch shows the last ones again.
+    fe.run("await s9.send('one more')")
+    fe.wait_for(lambda: len(fe.messages(transcript)) == int(total) + 2, what="the new turn")
+    fe.run("s9.branch('other')")
+    fe.wait_for(lambda: fe.models[transcript].get("branch") == "other", what="the branch")
+    fe.wait_for(lambda: fe.models[transcript].get("earlier") == hidden + 2, what="hidden again")

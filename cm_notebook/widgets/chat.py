@@ -51,7 +51,7 @@ from .rating import rate_from_front_end, rating_of, stored_rating
 if TYPE_CHECKING:
     from ..session import ContextSession
 
-__all__ = ["DELTA_INTERVAL", "ChatView", "FrozenMessage", "Transcript"]
+__all__ = ["DELTA_INTERVAL", "MESSAGES_SHOWN", "ChatView", "FrozenMessage", "Transcript"]
 
 #: Front-end actions that make something new (a branch, a reply): done once per click.
 _ONCE = frozenset({"edit", "fork", "regenerate"})
@@ -68,6 +68,10 @@ CHARS_PER_SECOND_OF_GAP = 20_000
 MAX_DELTA_INTERVAL = 2.0
 #: Seconds between two re-renders of the finished messages for minor signals.
 REFRESH_INTERVAL = 0.25
+#: How many of a branch's last messages a view shows at first, and how many more each
+#: "Show earlier" click adds: each shown message is a model in the front end, so a
+#: conversation of thousands would cost the page (and every re-render) all of them.
+MESSAGES_SHOWN = 200
 
 
 class FrozenMessage(w.Widget):  # type: ignore[misc]
@@ -93,6 +97,7 @@ class Transcript(anywidget.AnyWidget):
     branch = t.Unicode("", help="the branch shown").tag(sync=True)
     busy = t.Bool(False, help="a reply is being generated on the branch").tag(sync=True)
     notice = t.Unicode("", help="the last action's error, with what to do").tag(sync=True)
+    earlier = t.Int(0, help="how many earlier messages of the branch are not shown").tag(sync=True)
 
     def __repr__(self) -> str:
         return "<cm_notebook Transcript>"
@@ -103,7 +108,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
 
     Send a message with the text box; Stop ends the reply in progress; each message
     offers edit-and-resend (user), ↻ regenerate (last reply), ``< 2/3 >`` between
-    siblings and fork (a new branch from that message).
+    siblings and fork (a new branch from that message). A long branch shows its last
+    :data:`MESSAGES_SHOWN` messages; "Show earlier messages" adds as many again.
     """
 
     def __init__(self, session: ContextSession, branch: str | None = None) -> None:
@@ -135,6 +141,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._sent_len = 0
         self._need_snapshot = False
         self._frozen: dict[str, FrozenMessage] = {}  # message id -> its model, reused
+        self._window = MESSAGES_SHOWN  # how many of the branch's last messages are shown
         self._ratings: dict[str, dict[str, Any]] = {}  # message id -> its rating, as read
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         loop = self._follower.loop
@@ -227,6 +234,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
 
     def _show_branch(self, name: str) -> None:
         self._branch = name
+        self._window = MESSAGES_SHOWN
         self.transcript.branch = name
         self._catch_up()
         self._refresh.now()
@@ -305,7 +313,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
 
     def _render(self) -> None:
         try:
-            history = self.session.history(self._branch)
+            history = self.session._read_path(self._branch)
         except BranchNotFoundError:
             self._render_gone()
             return
@@ -316,7 +324,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
         tool_names = {c.id: c.name for m in history for c in m.tool_calls}
         last_reply = next((m.id for m in reversed(history) if m.role == "assistant"), None)
         items = []
-        for message in history:
+        shown = history[-self._window :]
+        for message in shown:
             if message.id == self._live_id and message.status is MessageStatus.STREAMING:
                 continue
             data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
@@ -333,6 +342,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         live = {"id": self._live_id, "role": "assistant"} if self._live_id else {}
         with self.transcript.hold_sync():
             self.transcript.frozen = items
+            self.transcript.earlier = len(history) - len(shown)
             self.transcript.last_reply = last_reply or ""
             self.transcript.live = live
             self.transcript.busy = busy
@@ -347,6 +357,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._deltas.cancel()
         with self.transcript.hold_sync():
             self.transcript.frozen = []
+            self.transcript.earlier = 0
             self.transcript.last_reply = ""
             self.transcript.live = {}
             self.transcript.busy = False
@@ -385,6 +396,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._shown = hint
         elif event == "pull":
             self._follower.on_loop(self._send_snapshot)
+        elif event == "earlier":
+            self._follower.on_loop(lambda: self._show_earlier(shown))
         elif event in _ONCE and isinstance(target, str) and self._again(event, target, content):
             return  # a double click: the first one acts
         elif event == "edit" and isinstance(target, str):
@@ -401,6 +414,11 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._follower.on_loop(lambda: self._fork(target, shown))
         elif event == "rate":
             self._follower.on_loop(lambda: self._act(rate_from_front_end, self.session, content))
+
+    def _show_earlier(self, branch: str) -> None:
+        if branch == self._branch:  # not a click left over from another branch
+            self._window += MESSAGES_SHOWN
+            self._refresh.now()
 
     def _again(self, event: str, target: str, content: dict[str, Any]) -> bool:
         # Whether this action repeats the last one within a double click's time: each

@@ -80,7 +80,13 @@ function render({ model, el }) {
   liveHead.append(h("span", "cm-label", "Assistant ▍"));
   liveBox.append(liveHead, liveText);
   const notice = h("div", "cm-notice");
-  scroller.append(list);
+  // Only the branch's last messages are sent at first (`earlier`: how many more there
+  // are): a click asks the kernel for more, drawn above without moving what is read.
+  const earlier = button("", "show earlier messages of this branch", () => {
+    if (send({ event: "earlier", branch: model.get("branch") })) keepFromBottom = true;
+  }, "cm-earlier");
+  let keepFromBottom = false;
+  scroller.append(earlier, list);
   el.append(scroller, notice);
 
   // Once the kernel restarts, the comm is gone and model.send throws ("Cannot send");
@@ -169,9 +175,22 @@ function render({ model, el }) {
     const resolved = await Promise.all((model.get("frozen") || []).map(resolve));
     if (token !== drawing) return; // a newer list arrived meanwhile
     const was = atBottom(); // measured with a finished reply's live box still there
+    const fromBottom = scroller.scrollHeight - scroller.scrollTop;
     keepingFocus(() => list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m))));
     if (liveId) list.append(liveBox);
+    drawEarlier();
+    if (keepFromBottom && !was) {
+      // Earlier messages came in above: the one being read stays where it was.
+      scroller.scrollTop = scroller.scrollHeight - fromBottom;
+    }
+    keepFromBottom = false;
     keepBottom(was);
+  }
+
+  function drawEarlier() {
+    const hidden = model.get("earlier") || 0;
+    earlier.textContent = `Show earlier messages (${hidden} more)`;
+    earlier.style.display = hidden > 0 ? "block" : "none";
   }
 
   function redrawAll() {
@@ -314,6 +333,8 @@ function render({ model, el }) {
   model.on("change:last_reply", redrawAll);
   model.on("change:live", () => drawLive(false));
   model.on("change:notice", drawNotice);
+  // `earlier` changes only with `frozen` (in one update): drawn by drawMessages, once the
+  // messages are in, so that hiding the button does not move what is read first.
   // Tell the kernel which branch is on screen: Send and Stop act on it, even when the
   // kernel moved the view to another branch before it handled the click.
   const showing = () => send({ event: "showing", branch: model.get("branch") });
