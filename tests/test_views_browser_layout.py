@@ -255,6 +255,7 @@ def _drive(page: Any, url: str) -> None:
     assert scroller.locator(".cm-msg").count() == 200
     scroller.evaluate("(el) => { el.scrollTop = 0; }")
     before = scroller.evaluate(TOP_MESSAGE_JS)
+    earlier.scroll_into_view_if_needed()
     _snap(page, "layout-earlier-button")
     earlier.click()
     page.wait_for_function(
