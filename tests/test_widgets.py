@@ -27,11 +27,13 @@ from cm_notebook.widgets import (
     ChatView,
     CompareView,
     SessionView,
+    Snapshot,
     StatusBar,
     ToolApproval,
     snapshot_html,
 )
 from cm_notebook.widgets._base import Throttle
+from cm_notebook.widgets.chat import MESSAGES_SHOWN
 from cm_notebook.widgets.markdown import render_markdown
 
 pytestmark = pytest.mark.anyio
@@ -273,6 +275,33 @@ async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: New
     assert "<strong>3</strong> &lt;b&gt;x&lt;/b&gt;" in html
     assert "add" in html
     assert "→ 3" in html
+
+
+async def test_the_snapshot_of_a_long_branch_keeps_its_last_messages_and_says_so(
+    new_session: NewSession,
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    for i in range(MESSAGES_SHOWN // 2 + 1):
+        await session.send(f"question {i}")
+    total = len(session.history())
+    short = snapshot_html(session, last=4)
+    assert f"the last 4 of {total} messages" in short
+    assert f"{total - 4} earlier messages are not in this copy" in short
+    assert f"cm-notebook export {session.id}" in short
+    assert "<p>question 0</p>" not in short
+    assert f"<p>question {MESSAGES_SHOWN // 2}</p>" in short
+    whole = snapshot_html(session)
+    assert f"{total} messages" in whole
+    assert "<p>question 0</p>" in whole
+    assert "earlier messages" not in whole
+    # The copy shown under a session's views, saved with the notebook: what the live
+    # view shows at first.
+    saved = Snapshot(session)
+    try:
+        bundle = saved._bundle()
+    finally:
+        saved.close()
+    assert f"the last {MESSAGES_SHOWN} of {total} messages" in bundle["text/html"]
 
 
 async def test_the_branch_tree_nests_forks_under_their_branch(new_session: NewSession) -> None:

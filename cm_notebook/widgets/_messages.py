@@ -92,16 +92,32 @@ def message_dict(
 
 
 def transcript_html(
-    title: str, branch: str, system: str | None, items: Sequence[dict[str, Any]]
+    title: str,
+    branch: str,
+    system: str | None,
+    items: Sequence[dict[str, Any]],
+    *,
+    earlier: int = 0,
+    whole: str = "",
 ) -> str:
-    """Static HTML of a transcript (what a saved notebook shows without a kernel)."""
+    """Static HTML of a transcript (what a saved notebook shows without a kernel).
+
+    ``earlier``: how many of the branch's messages before ``items`` are left out;
+    ``whole`` then says how to get them all.
+    """
     colors = {"user": "#3b82f6", "assistant": "#10b981", "tool": "#8b5cf6", "system": "#f59e0b"}
+    count = f"the last {len(items):,} of {len(items) + earlier:,}" if earlier else f"{len(items)}"
     parts = [
         f'<div class="cm-snapshot" style="font-family:sans-serif;max-width:900px">'
         f"<div><b><bdi>{html.escape(title)}</bdi></b> "  # its overrides stay in it
         f'<span style="color:#888">branch {html.escape(branch)} · '
-        f"{len(items)} messages</span></div>"
+        f"{count} messages</span></div>"
     ]
+    if earlier:
+        parts.append(
+            f'<div style="color:{_LABEL};margin:6px 0">{earlier:,} earlier messages are not '
+            f"in this copy. {html.escape(whole)}</div>"
+        )
     if system:
         parts.append(_block("System", "#f59e0b", html.escape(system), ""))
     for item in items:

@@ -18,6 +18,7 @@ from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
 from ._copy_hider import mark_copy
 from ._live_output import LiveOutput, register_copy
 from ._messages import message_dict, transcript_html
+from .chat import MESSAGES_SHOWN
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -31,13 +32,29 @@ PLAIN = "<cm_notebook conversation (HTML)>"
 SNAPSHOT_INTERVAL = 0.5
 
 
-def snapshot_html(session: ContextSession, branch: str | None = None) -> str:
-    """The active branch (or ``branch``) of ``session`` as static HTML."""
+def snapshot_html(
+    session: ContextSession, branch: str | None = None, *, last: int | None = None
+) -> str:
+    """The active branch (or ``branch``) of ``session`` as static HTML; with ``last``,
+    only its last ``last`` messages (a line says how many are left out, and how to get
+    the whole conversation)."""
     name = branch or session.active_branch
-    history = session.history(name)
+    history = session._read_path(name)
     names = {c.id: c.name for m in history for c in m.tool_calls}
-    items = [message_dict(m, tool_names=names) for m in history]
-    return transcript_html(session.title, name, session.system_prompt_of(name), items)
+    shown = history if last is None else history[-last:]
+    items = [message_dict(m, tool_names=names) for m in shown]
+    whole = (
+        f"`cm-notebook export {session.id}` (or session.export() in Python) writes the "
+        "whole conversation."
+    )
+    return transcript_html(
+        session.title,
+        name,
+        session.system_prompt_of(name),
+        items,
+        earlier=len(history) - len(shown),
+        whole=whole,
+    )
 
 
 class Snapshot(FollowingCopy):
@@ -55,7 +72,9 @@ class Snapshot(FollowingCopy):
         return "<cm_notebook Snapshot>"
 
     def _bundle(self) -> dict[str, Any]:
-        html = mark_copy(snapshot_html(self.session), self.copy_id)
+        # As many messages as the live view shows at first: the copy is sent whole again
+        # after every turn, and saved in the notebook.
+        html = mark_copy(snapshot_html(self.session, last=MESSAGES_SHOWN), self.copy_id)
         return {"text/html": html, "text/plain": PLAIN}
 
     def display(self) -> None:
