@@ -20,15 +20,15 @@ import pytest
 PAGE = 4096
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs (needs root: skipped where it cannot be mounted)."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str = "2m") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``mount`` (made here) for the ``with`` block;
+    the test is skipped, saying why, where one cannot be mounted (needs root on Linux)."""
     mount.mkdir()
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root on Linux")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
@@ -39,6 +39,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs (needs root: skipped where it cannot be mounted)."""
+    with mounted_tmpfs(tmp_path / "disk") as mount:
+        yield mount
 
 
 class Filler:
@@ -58,6 +65,10 @@ class Filler:
             os.close(fd)
         self.full = self.path.stat().st_size // PAGE * PAGE
         os.truncate(self.path, max(0, self.full - leave * PAGE))
+
+    def leave_free(self, pages: int) -> None:
+        """After :meth:`fill`: exactly ``pages`` free pages."""
+        os.truncate(self.path, max(0, self.full - pages * PAGE))
 
     def empty(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ when the tests run as root; skipped otherwise), SIGKILLed child processes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import pytest
+from full_disk import PAGE, Filler, mounted_tmpfs
 from store_helpers import chain, msg
 from test_store_crash_points import ForkServer
 
@@ -341,50 +341,12 @@ def test_an_unreadable_file_is_named_by_path(prepare: Prepare, tmp_path: Path) -
 
 # -- a full disk -------------------------------------------------------------------------
 
-PAGE = 4096
-
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs (needs root: skipped where it cannot be mounted)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root on Linux")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
-
-
-class Filler:
-    """Takes every free page of a file system, then gives back exactly ``k`` of them."""
-
-    def __init__(self, disk: Path) -> None:
-        self.path = disk / "filler"
-        self.full = 0
-
-    def fill(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * PAGE)
-        finally:
-            os.close(fd)
-        self.full = self.path.stat().st_size // PAGE * PAGE
-        os.truncate(self.path, self.full)
-
-    def leave_free(self, pages: int) -> None:
-        os.truncate(self.path, max(0, self.full - pages * PAGE))
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
