@@ -26,7 +26,6 @@ from .compare import BranchResult, Comparison
 from .errors import (
     CMError,
     InvalidInputError,
-    StateError,
     ToolArgumentsError,
     ToolCallAlreadyResolvedError,
 )
@@ -34,7 +33,7 @@ from .ids import validate_branch_name, validate_message_id
 from .model import Message, ToolCall, ToolCallStatus
 from .prompts import effective_system
 from .providers import Provider
-from .titles import UNTITLED, title_from_text, validate_title
+from .titles import UNTITLED, replace_title, title_from_text, validate_title
 from .tools import validate_edited_arguments
 from .tree import MessageTree
 from .turn import Turn
@@ -394,12 +393,9 @@ class SessionReading(SessionCore):
         first_id = min(users, key=lambda entry: entry.seq).id if users else sent.id
         first = sent if first_id == sent.id else await self._store.get_message(self.id, first_id)
         title = title_from_text(first.content)
-        try:
-            # Only while still untitled, checked under the store's lock: whether it was
-            # untitled was read when the send began, and a title given since (rename()
-            # here or in another process) must stay.
-            await self._store.update_metadata(self.id, title=title, expected_title=UNTITLED)
-        except StateError:
+        # Only while still untitled: whether it was untitled was read when the send
+        # began, and a title given since (rename() here or in another process) stays.
+        if not await replace_title(self._store, self.id, title, UNTITLED):
             return  # named meanwhile: no automatic title, none asked of the model
         self._publish_context_update(["title"])
         if self._auto_title:
@@ -414,9 +410,7 @@ class SessionReading(SessionCore):
         suggested = await titles.ask_model(provider, text)
         if suggested is None:
             return
-        # Keep a title the user chose meanwhile (checked under the store's lock, as above).
-        try:
-            await self._store.update_metadata(self.id, title=suggested, expected_title=made)
-        except StateError:
+        # Keep a title the user chose meanwhile.
+        if not await replace_title(self._store, self.id, suggested, made):
             return
         self._publish_context_update(["title"])

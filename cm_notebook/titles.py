@@ -10,14 +10,20 @@ send, and on any provider failure the deterministic title simply stays.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._unicode import grapheme_prefix, refuse_control_characters
-from .errors import CMError, InvalidInputError
+from .errors import CMError, InvalidInputError, StateError
 from .model import Message
 from .providers.base import ChatRequest, Provider, TextDelta
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = [
     "MAX_TITLE_CHARS",
@@ -26,6 +32,7 @@ __all__ = [
     "checked_description",
     "checked_tags",
     "clean_model_title",
+    "replace_title",
     "title_from_text",
     "validate_title",
 ]
@@ -134,3 +141,37 @@ async def ask_model(provider: Provider, first_message: str) -> str | None:
     except (CMError, TimeoutError):
         return None
     return clean_model_title(text)
+
+
+async def replace_title(store: Store, context_id: str, title: str, expected: str) -> bool:
+    """Set ``title`` if the context is still titled ``expected``; False (nothing
+    written) if it is not (renamed meanwhile, here or in another process).
+
+    A compare-and-set under the store's lock where the store takes ``expected_title``
+    (:class:`~cm_notebook.store.FileStore` does); a store written to the protocol
+    before it had that keyword is read, then written, as it was then.
+    """
+    if _takes_expected_title(type(store)):
+        try:
+            await store.update_metadata(context_id, title=title, expected_title=expected)
+        except StateError:
+            return False
+        return True
+    if (await store.get_metadata(context_id)).title != expected:
+        return False
+    await store.update_metadata(context_id, title=title)
+    return True
+
+
+@functools.cache
+def _takes_expected_title(store_type: type) -> bool:
+    method = getattr(store_type, "update_metadata", None)
+    if method is None:
+        return False  # a proxy answering through __getattr__: its signature is unknown
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "expected_title" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )

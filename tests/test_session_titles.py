@@ -118,6 +118,48 @@ def test_a_title_given_elsewhere_meanwhile_is_not_replaced_by_the_models(
     assert session.title == "My chosen title"
 
 
+class EarlierProtocol:
+    """The real FileStore behind a Store written to the protocol before
+    ``update_metadata`` took ``expected_title`` (its keywords spelled out)."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update_metadata(
+        self,
+        context_id: str,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        tags: list[str] | None = None,
+        provider_spec: str | None = None,
+        provider_params: dict[str, object] | None = None,
+    ) -> ContextMetadata:
+        return await self.inner.update_metadata(
+            context_id,
+            title=title,
+            system_prompt=system_prompt,
+            tags=tags,
+            provider_spec=provider_spec,
+            provider_params=provider_params,
+        )
+
+
+def test_a_store_of_the_earlier_protocol_still_gets_the_automatic_titles(
+    inner_store: FileStore, new_session: Callable[..., ContextSession]
+) -> None:
+    fake = ScriptedProvider(strict=True).reply("Rayleigh scattering.").reply("Blue Sky Physics")
+    session = new_session(provider=fake, store=EarlierProtocol(inner_store), auto_title=True)
+    reply = session.send("Why is the sky blue?").result(DEADLINE)
+    assert reply.content == "Rayleigh scattering."
+    assert [m.role for m in session.history()] == ["user", "assistant"]
+    session.close()  # waits for the model's title
+    assert session.title == "Blue Sky Physics"
+
+
 def test_title_from_text_is_short_and_deterministic() -> None:
     assert title_from_text("hello") == "hello"
     long = "Please explain in great detail how a transformer model computes attention"

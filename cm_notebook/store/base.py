@@ -101,7 +101,9 @@ class Store(Protocol):
         """Change the given fields (None leaves a field alone); returns the new metadata.
 
         With ``expected_title``, a compare-and-set: ``StateError`` (and nothing written)
-        if the title is no longer that one (another writer renamed the context).
+        if the title is no longer that one (another writer renamed the context). A store
+        without this keyword (written before it) still works: the session then reads
+        the title, then writes (see :func:`cm_notebook.titles.replace_title`).
         """
         ...
 
