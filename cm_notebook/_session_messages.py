@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 from .model import Message, MessageStatus, ToolCallStatus
 from .store import Store
+from .store.dead_streams import WRITER_DIED
 
 __all__ = ["KEPT_PATHS", "MessageCache", "is_settled"]
 
@@ -45,6 +46,11 @@ _FINAL_CALL = frozenset({ToolCallStatus.DONE, ToolCallStatus.FAILED, ToolCallSta
 def is_settled(message: Message) -> bool:
     """True if ``message`` will never be rewritten: finished, every tool call answered."""
     if message.status is MessageStatus.STREAMING:
+        return False
+    if message.metadata.error == WRITER_DIED:
+        # Marked by a process that found its writer's lock free: also when the writer
+        # lives on after a full disk refused the reply's final state (it let go of the
+        # lock: store/refused_finals.py), and writes that state over the mark later.
         return False
     return all(
         call.status in _FINAL_CALL and call.result is not None for call in message.tool_calls

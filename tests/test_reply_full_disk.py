@@ -9,6 +9,7 @@ process's "writer died" mark, when the session closes)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,22 @@ from cm_notebook.testing import ScriptedProvider
 
 DEADLINE = 20.0
 TEXT = "lorem ipsum " * 150
+
+# Another process's session: sends once (its request reads the marked reply), waits for
+# a line, sends again and prints what its request carried as the reply to "q".
+OTHER = """
+import json, sys
+from cm_notebook.session import ContextSession
+from cm_notebook.testing import ScriptedProvider
+fake = ScriptedProvider()
+with ContextSession.open(sys.argv[2], data_dir=sys.argv[1], provider=fake) as other:
+    other.send("next").result(20)
+    print("sent", flush=True)
+    sys.stdin.readline()
+    other.send("after").result(20)
+    sent = [(m.role, m.content) for m in fake.last_request.messages]
+    print(json.dumps(sent[sent.index(("user", "q")) + 1][1]))
+"""
 
 
 def _show(data_dir: Path, context_id: str) -> str:
@@ -47,6 +64,7 @@ def test_a_reply_refused_by_a_full_disk_ends_interrupted(
 ) -> None:
     filler = Filler(small_disk)
     seen = 0
+    other: subprocess.Popen[str] | None = None
     for pages in range(8):
         if seen >= 2:
             break
@@ -85,10 +103,26 @@ def test_a_reply_refused_by_a_full_disk_ends_interrupted(
                 # Another process marks it first ("writer died", without the text this
                 # process had); the session stores its own state over that on close.
                 assert "(streaming)" not in _show(data_dir, session.id)
+                # A session of another process that read the mark (in a request of its
+                # own) must not keep it once this one writes its text over it.
+                other = subprocess.Popen(
+                    [sys.executable, "-c", OTHER, str(data_dir), session.id],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                )
+                assert other.stdout is not None
+                assert other.stdin is not None
+                assert other.stdout.readline().strip() == "sent"
                 session.branch("b2", switch=False)
         finally:
             session.close()
             filler.empty()
+        if other is not None:
+            answer, _ = other.communicate("go\n", timeout=60)
+            assert json.loads(answer) == TEXT
+            other = None
         with ContextSession.open(
             session.id, data_dir=data_dir, provider=ScriptedProvider()
         ) as again:
