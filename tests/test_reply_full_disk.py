@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from full_disk import Filler, small_disk  # noqa: F401 (the fixture)
@@ -132,3 +134,43 @@ def test_a_reply_refused_by_a_full_disk_ends_interrupted(
             assert "could not be stored" in (stored_reply.metadata.error or "")
             assert again.send("again").result(DEADLINE).content == "echo: again"
     assert seen, "no free-page count had the reply stored but its final state refused"
+
+
+def test_the_chat_view_shows_a_refused_reply_once_as_finished(
+    small_disk: Path,  # noqa: F811 (the fixture)
+) -> None:
+    # No MessageCompleted comes for it: the view learns the turn's end from the state,
+    # and must not keep the reply as a live box beside its finished copy.
+    widgets = pytest.importorskip("cm_notebook.widgets")
+    filler = Filler(small_disk)
+    for pages in range(8):
+        data_dir = small_disk / f"data{pages}"
+        fake = ScriptedProvider()
+        session = ContextSession.create("full", data_dir=data_dir, provider=fake)
+        view = widgets.ChatView(session)
+        try:
+            session.send("warm").result(DEADLINE)
+            filler.fill(leave=pages)
+            fake.reply(TEXT, chunks="words")
+            with contextlib.suppress(StoreError):
+                session.send("q").result(DEADLINE)
+            reply = session.history()[-1]
+            folder = data_dir / "contexts" / session.id
+            stored = folder / "messages" / f"{reply.id}.json"
+            if reply.role != "assistant" or '"streaming"' not in stored.read_text("utf-8"):
+                continue  # the prompt did not fit, or the final state did
+            deadline = time.monotonic() + DEADLINE
+            while view.transcript.live or reply.id not in _frozen_ids(view):
+                assert time.monotonic() < deadline, (view.transcript.live, _frozen_ids(view))
+                time.sleep(0.02)
+            assert _frozen_ids(view).count(reply.id) == 1
+            return
+        finally:
+            view.close()
+            session.close()
+            filler.empty()
+    pytest.fail("no free-page count had the reply stored but its final state refused")
+
+
+def _frozen_ids(view: Any) -> list[str]:
+    return [frozen.data["id"] for frozen in view.transcript.frozen]

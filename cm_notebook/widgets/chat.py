@@ -320,6 +320,11 @@ class ChatView(w.VBox):  # type: ignore[misc]
         if self._gone:  # the branch was made again under its name
             self._gone = False
             self.transcript.notice = ""
+        streaming = next((m for m in history if m.id == self._live_id), None)
+        if streaming is not None and streaming.status is not MessageStatus.STREAMING:
+            # Over without a MessageCompleted (a full disk refused its final state, which
+            # the session reads as its turn left it): shown as finished, not as live.
+            self._live_id = None
         tree = self.session.tree()  # from the index: siblings without reading messages
         tool_names = {c.id: c.name for m in history for c in m.tool_calls}
         last_reply = next((m.id for m in reversed(history) if m.role == "assistant"), None)
