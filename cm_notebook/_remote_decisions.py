@@ -37,6 +37,7 @@ from . import _json
 from .errors import InvalidInputError, StorageFullError
 from .store.atomic import Fsync, fsync_dir, mkdir_durable
 from .store.leftovers import write_temp
+from .store.oslock import LockTimeout, OSLock
 from .store.paths import DECISIONS_DIR
 
 __all__ = ["DECISIONS_FOLDER", "DecisionBox"]
@@ -52,6 +53,11 @@ _FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 # older version (created empty, then written) could be torn by a kill or a full disk.
 # The wait covers such a claim still being written.
 TORN_AFTER_SECONDS = 2.0
+
+# The lock file (in the decisions folder) that removers of torn records take in turn,
+# and how long one waits for it before saying a decision is there already.
+_TORN_LOCK_NAME = ".torn-records.lock"
+_TORN_LOCK_SECONDS = 5.0
 
 # Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
 _MAX_RECORD_CHARS = 8 * 1024 * 1024
@@ -232,12 +238,24 @@ def link_record(temp: Path, path: Path) -> bool:
     try:
         os.link(temp, path)
     except FileExistsError:
-        if not _take_away_torn(path):
+        # One remover at a time: two that judged the same torn record could otherwise
+        # take away the decision the first of them linked in its place (the move
+        # aside, check and link back are three steps). A decider that links into an
+        # empty place needs no turn: only a torn record is ever taken away.
+        lock = OSLock(path.parent / _TORN_LOCK_NAME)
+        try:
+            lock.acquire(timeout=_TORN_LOCK_SECONDS)
+        except (LockTimeout, OSError):
             return False
         try:
-            os.link(temp, path)
-        except FileExistsError:  # another decider replaced it first
-            return False
+            if not _take_away_torn(path):
+                return False
+            try:
+                os.link(temp, path)
+            except FileExistsError:  # another decider linked into the empty place first
+                return False
+        finally:
+            lock.release()
     return True
 
 

@@ -8,7 +8,9 @@ it and writing it) is no decision: it does not refuse every later one."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +147,43 @@ def test_a_torn_record_gives_way_to_another_process_s_decision(tmp_path: Path) -
     _age(path)
     assert not box.post("call_1", "m1", approved=False, reason="late")
     assert not box.claim("call_1", "m1")
-    assert sorted(p.name for p in box.folder.iterdir()) == [path.name]
+    assert path.exists()
+    assert [p.name for p in box.folder.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_deciders_racing_over_a_torn_record_decide_once(tmp_path: Path) -> None:
+    # Each round: eight deciders at once over a torn record (posts and local claims);
+    # one is told it decided, and the record is its own.
+    for round_ in range(20):
+        box = DecisionBox(tmp_path / f"context{round_}")
+        box.folder.mkdir(parents=True)
+        path = box._path("call_1", "m1")
+        path.write_bytes(b"")
+        _age(path)
+        told = _race(box, 8)
+        [winner] = [n for n, decided in told.items() if decided]
+        record = json.loads(path.read_bytes())
+        assert record.get("reason", "claimed") == (f"d{winner}" if winner % 4 != 3 else "claimed")
+
+
+def _race(box: DecisionBox, deciders: int) -> dict[int, bool]:
+    # Whether each decider was told it decided: every fourth claims, the others post.
+    start = threading.Barrier(deciders)
+    told: dict[int, bool] = {}
+
+    def decide(n: int) -> None:
+        start.wait()
+        if n % 4 == 3:
+            told[n] = box.claim("call_1", "m1")
+        else:
+            told[n] = box.post("call_1", "m1", approved=n % 2 == 0, reason=f"d{n}")
+
+    threads = [threading.Thread(target=decide, args=(n,)) for n in range(deciders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return told
 
 
 def test_an_approval_applied_whose_allowance_cannot_be_saved_says_so(
