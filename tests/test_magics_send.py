@@ -106,6 +106,7 @@ def test_help_on_the_magic_and_a_cell_body_are_left_alone(fe: FrontEnd) -> None:
         ("%cm send --nope hi", "unknown option '--nope'"),
         ("%cm send --branch", "--branch needs a value"),
         ("%cm send --branch main --", "the text after -- is missing"),
+        ("%cm send --branch -- hi", "--branch needs a value"),
     ],
 )
 def test_bad_sends_are_one_line_usage_errors(fe: FrontEnd, line: str, says: str) -> None:

@@ -115,6 +115,8 @@ def parse_text_args(model: type[M], line: str) -> M:
     while match := _LEADING_OPTION.match(text):
         if match.group(1) not in options:
             break  # reported below, with the rest of the line
+        if match.group(2) == "--":  # "--branch -- text": the value was forgotten
+            raise UsageError(f"{match.group(1)} needs a value. Usage: {model.USAGE}")
         words += [match.group(1), _unquote(match.group(2), model.USAGE)]
         text = text[match.end() :]
     if end := _END_OF_OPTIONS.match(text):
@@ -184,7 +186,7 @@ def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> 
                 values[field] = inline
                 i += 1
                 continue
-            if i + 1 >= len(words):
+            if i + 1 >= len(words) or words[i + 1] == "--":
                 raise UsageError(f"{option} needs a value. Usage: {usage}")
             values[field] = words[i + 1]
             i += 2
