@@ -91,6 +91,13 @@ def test_thread_settings_below_one_are_refused(setting: str) -> None:
         CMNotebookApp(**{setting: 0})
 
 
+def test_the_tool_policy_setting_takes_any_case_and_refuses_other_words() -> None:
+    assert CMNotebookApp(tool_policy=" Deny").tool_policy == "deny"
+    assert CMNotebookApp().tool_policy == ""  # unset: each tool's own policy, else ask
+    with pytest.raises(InvalidInputError, match="must be one of 'ask', 'auto', 'deny'"):
+        CMNotebookApp(tool_policy="never")
+
+
 def test_after_shutdown_calls_are_refused_and_no_share_is_kept() -> None:
     # Work queued behind a running call is dropped by shutdown() and told why; the call
     # that was running finishes; calls made afterwards are refused; no context keeps a

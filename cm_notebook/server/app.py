@@ -123,7 +123,9 @@ class CMNotebookApp(ExtensionApp):
 
     @validate("tool_policy")
     def _check_policy(self, proposal: Any) -> str:
-        value = proposal["value"]
+        # "Deny" as "deny": a setting spelled otherwise would stop the extension from
+        # loading at all, leaving a server without the API.
+        value = str(proposal["value"]).strip().lower()
         return value if value == "" else check_policy(value, "CMNotebookApp.tool_policy")
 
     @validate("heartbeat")
