@@ -295,6 +295,17 @@ class ScriptedProvider:
     def _make_call(self, call: ToolCallLike) -> ToolCallRequest:
         if isinstance(call, ToolCallRequest):
             return call
+        if (
+            not isinstance(call, tuple)
+            or len(call) not in (2, 3)
+            or not isinstance(call[0], str)
+            or not isinstance(call[1], (str, Mapping))
+        ):
+            raise InvalidInputError(
+                "each tool call is (name, arguments) or (name, arguments, id), given as "
+                'an argument of its own: tool_calls(("add", {"a": 1}), ("mul", '
+                f'{{"a": 2}})); got {type(call).__name__} {str(call)[:80]}'
+            )
         name, arguments = call[0], call[1]
         if len(call) == 3:
             call_id = call[2]

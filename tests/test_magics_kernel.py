@@ -272,6 +272,20 @@ def test_deny_tells_the_model_why(fe: FrontEnd) -> None:
     assert _printed(fe, "(await _).content") == "Fine."
 
 
+def test_deny_without_a_reason_says_the_user_denied_it(fe: FrontEnd) -> None:
+    # As the view's Deny: the reason is optional.
+    _use_scripted(
+        fe,
+        '.tool_call("add", {"a": 1, "b": 2}, id="call-3").reply("Fine.")',
+        tools="[add]",
+    )
+    fe.run("%%cm\nAdd 1 and 2")
+    fe.run("calls = await s.wait_for_approval()")
+    assert fe.run("%cm deny").strip() == "denied add (call-3)"
+    fe.run("await _")
+    assert _printed(fe, "s.history()[-3].tool_calls[0].reason") == "denied by the user"
+
+
 def test_branch_switch_and_branches(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
     fe.run("%cm send hello")
@@ -286,7 +300,9 @@ def test_branch_switch_and_branches(fe: FrontEnd) -> None:
 def test_bad_magics_give_one_line_usage_errors(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
     assert "unknown subcommand 'frobnicate'" in _usage_error(fe, "%cm frobnicate")
+    assert "unknown subcommand 'hlep' (did you mean 'help'?)" in _usage_error(fe, "%cm hlep")
     assert "unknown option '--bogus'" in _usage_error(fe, "%cm history --bogus 3")
+    assert "(did you mean '--temperature'?)" in _usage_error(fe, "%%cm --temprature 1\nhi")
     assert "--last" in _usage_error(fe, "%cm history --last zero")
     assert "no branch 'nope'" in _usage_error(fe, "%cm switch nope")
     assert "call-404" in _usage_error(fe, "%cm approve call-404")

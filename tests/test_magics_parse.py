@@ -170,6 +170,8 @@ def test_interpolation_fills_fields_and_keeps_escaped_braces() -> None:
         ("a lone { brace", "literal braces"),
         ("{}", "needs a variable name"),
         ("{country.nope}", "cannot fill in"),
+        ('Return JSON like {"a": 1}', 'write each of them twice: {{"a": 1}} sends'),
+        ("{1, 2}", "'1, 2' is no variable name"),
     ],
 )
 def test_interpolation_errors_say_what_to_do(text: str, says: str) -> None:

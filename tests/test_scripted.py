@@ -126,6 +126,20 @@ async def test_several_tool_calls_in_one_reply() -> None:
         fake.tool_call("", {})
 
 
+@pytest.mark.parametrize(
+    "calls",
+    [
+        ([("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})],),
+        (("get_weather",),),
+        ((1, {}),),
+    ],
+    ids=["a list of calls", "no arguments", "no name"],
+)
+def test_tool_calls_given_in_another_shape_say_the_shape(calls: tuple[object, ...]) -> None:
+    with pytest.raises(InvalidInputError, match=r"each tool call is \(name, arguments\)"):
+        ScriptedProvider().tool_calls(*calls)  # type: ignore[arg-type]
+
+
 @pytest.mark.anyio
 async def test_transient_and_permanent_errors() -> None:
     fake = ScriptedProvider().error("transient", retry_after=2.5).error("permanent").reply("ok")

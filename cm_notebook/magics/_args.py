@@ -140,10 +140,11 @@ class ApproveArgs(MagicArgs):
 class DenyArgs(MagicArgs):
     """``%cm deny``: deny one pending tool call (or all) and tell the model why."""
 
-    USAGE = "%cm deny [TOOL_CALL_ID] --reason TEXT [--branch B]"
+    USAGE = "%cm deny [TOOL_CALL_ID] [--reason TEXT] [--branch B]"
     POSITIONAL = ("id",)
     id: str | None = None
-    reason: str = Field(min_length=1)
+    # Optional, as in the view: without one the model is told the user denied it.
+    reason: str = Field("denied by the user", min_length=1)
     branch: str | None = None
 
 

@@ -68,10 +68,18 @@ class _Formatter(string.Formatter):
                 "{} in a %%cm cell needs a variable name, e.g. {text}; "
                 "write {{ and }} for literal braces"
             )
+        if not key.isidentifier():
+            # JSON or code pasted in ({"a": 1}, {1, 2}): braces read as a field.
+            raise UsageError(
+                f"the braces at {{{key} in the cell are read as a {{name}} field, and "
+                f"{key!r} is no variable name. For braces sent as they are, write each of "
+                'them twice: {{"a": 1}} sends {"a": 1}'
+            )
         if key not in kwargs:
             raise UsageError(
                 f"{{{key}}} in the cell: no variable {key!r} in the kernel. Define it first, "
-                f"or write {{{{{key}}}}} for literal braces"
+                f"or write each brace twice for braces sent as they are ({{{{{key}}}}} "
+                f"sends {{{key}}})"
             )
         if key not in self.used:
             self.used.append(key)

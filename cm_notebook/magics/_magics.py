@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 
 from . import _args as a
 from ._commands import HELP, Commands
-from ._parse import parse_args, parse_text_args, split_words
+from ._parse import did_you_mean, parse_args, parse_text_args, split_words
 from ._remedies import translated
 from ._saved import SavedSessionView
 
@@ -57,8 +57,8 @@ class CMMagics(Magics):
         model = a.COMMANDS.get(name)
         if model is None:
             raise UsageError(
-                f"unknown subcommand {name!r}; the subcommands are "
-                f"{', '.join(a.COMMANDS)} (`%cm help` shows their usage)"
+                f"unknown subcommand {name!r}{did_you_mean(name, a.COMMANDS)}; the "
+                f"subcommands are {', '.join(a.COMMANDS)} (`%cm help` shows their usage)"
             )
         args = parse_args(model, rest)
         with translated(self.commands.current):

@@ -18,16 +18,18 @@ spaces for a ``str`` field).
 
 from __future__ import annotations
 
+import difflib
 import re
 import shlex
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 from IPython.core.error import UsageError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-__all__ = ["MagicArgs", "parse_args", "parse_text_args", "split_words"]
+__all__ = ["MagicArgs", "did_you_mean", "parse_args", "parse_text_args", "split_words"]
 
 
 class MagicArgs(BaseModel):
@@ -158,7 +160,8 @@ def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> 
             option, eq, inline = word.partition("=")
             field = options.get(option)
             if field is None:
-                raise UsageError(f"unknown option {option!r}. Usage: {usage}")
+                hint = did_you_mean(option, options)
+                raise UsageError(f"unknown option {option!r}{hint}. Usage: {usage}")
             if field in values:
                 raise UsageError(f"{option} is given twice. Usage: {usage}")
             kind = _kind(model, field)
@@ -209,6 +212,12 @@ def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> 
         return model.model_validate(values)
     except ValidationError as exc:
         raise UsageError(f"{_first_problem(exc, model)}. Usage: {usage}") from exc
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean '--temperature'?)`` for a close match among ``known``, else ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _ends_list(word: str, options: dict[str, str]) -> bool:
