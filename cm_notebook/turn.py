@@ -136,8 +136,18 @@ class Handle(Generic[T]):
         else:
             wrapped = future
         # Poll instead of a bare await so the kernel's Interrupt button works.
-        while not wrapped.done():
-            await asyncio.wait({wrapped}, timeout=_POLL_SECONDS)
+        try:
+            while not wrapped.done():
+                await asyncio.wait({wrapped}, timeout=_POLL_SECONDS)
+        except asyncio.CancelledError:
+            if wrapped.done():
+                raise
+            # The wait was cancelled (the kernel's Interrupt, a timeout around it), not
+            # the work: say so, where a bare CancelledError said nothing.
+            raise asyncio.CancelledError(
+                "stopped waiting; the work goes on: await it again for its result, "
+                "or call .cancel() on it to stop it"
+            ) from None
         if self.after_await is not None:
             self.after_await()
         return wrapped.result()

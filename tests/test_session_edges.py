@@ -216,3 +216,25 @@ def test_metadata_json_cannot_store_is_refused_naming_its_place_and_type(
             provider="scripted", provider_options={"parameters": [object()]}, data_dir=data_dir
         )
     assert [m.id for m in ContextSession.list(data_dir)] == [session.id]
+
+
+def test_a_wait_cancelled_says_the_work_goes_on_and_it_does(data_dir: Path) -> None:
+    # The kernel's Interrupt cancels the cell's `await turn`: the wait, not the reply.
+    fake = ScriptedProvider().reply("one two three four five six", chunks="words", delay=0.05)
+
+    async def main() -> tuple[str, str]:
+        session = ContextSession.create(provider=fake, data_dir=data_dir)
+        try:
+            turn = session.send("go")
+            waiting = asyncio.ensure_future(turn)
+            await asyncio.sleep(0.12)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError) as cancelled:
+                await waiting
+            return str(cancelled.value), (await turn).content
+        finally:
+            await session.aclose()
+
+    said, reply = asyncio.run(main())
+    assert said.startswith("stopped waiting; the work goes on: await it again")
+    assert reply == "one two three four five six"
