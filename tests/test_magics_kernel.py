@@ -270,6 +270,10 @@ def test_deny_tells_the_model_why(fe: FrontEnd) -> None:
     fe.run("calls = await s.wait_for_approval()")
     assert fe.run('%cm deny --reason "not now"').strip() == "denied add (call-2)"
     assert _printed(fe, "(await _).content") == "Fine."
+    # The reply's own output (what a saved notebook keeps) says which call was denied.
+    shown = [data.get("text/html", "") for data in fe.displays.values()]
+    reply = [html for html in shown if "Fine." in html]
+    assert "add({&quot;a&quot;: 1, &quot;b&quot;: 2}) [denied] (not now)" in reply[-1]
 
 
 def test_deny_without_a_reason_says_the_user_denied_it(fe: FrontEnd) -> None:

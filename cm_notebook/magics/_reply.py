@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from ..session import ContextSession
     from ..turn import Turn
 
-__all__ = ["PLAIN", "ReplyView", "after_wind_down", "note", "render_reply"]
+__all__ = ["PLAIN", "ReplyView", "after_wind_down", "note", "render_reply", "tool_rounds_html"]
 
 T = TypeVar("T")
 
@@ -130,6 +131,7 @@ class ReplyView:
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
         self._notices: list[str] = []
+        self._rounds = ""  # the tool calls made before the final reply (see tool_rounds_html)
         self._task = CellTask()
         self._output = LiveOutput()
         #: The Approve / Deny buttons of this turn's calls, when the session has tools:
@@ -222,7 +224,7 @@ class ReplyView:
             body = note("…")
         outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""
         notices = "".join(f"<div>{note(text)}</div>" for text in self._notices)
-        return f'<div class="cm-reply">{notices}{body}{outcome}</div>'
+        return f'<div class="cm-reply">{notices}{self._rounds}{body}{outcome}</div>'
 
     def provenance(self) -> dict[str, Any]:
         """What the output's metadata records under ``cm_notebook``: the context and
@@ -331,6 +333,7 @@ class ReplyView:
             self._ended = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         else:
             self._final = final
+            self._rounds = tool_rounds_html(self.session, final)
             if self._on_done is not None:
                 self._on_done(final)
             if final.status.value != "complete":
@@ -370,6 +373,45 @@ async def after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Fut
     result = await work
     await polled(wound_down)
     return result
+
+
+#: How much of a tool call's arguments and result the saved reply shows.
+MAX_CALL_CHARS = 300
+
+
+def tool_rounds_html(session: ContextSession, final: Message) -> str:
+    """The tool calls a turn made before its final reply ``final``, oldest first, one
+    line each: the Approve / Deny buttons are a widget, which a saved notebook does not
+    keep, so the reply's own output says what ran."""
+    rounds: list[Message] = []
+    parent = final.parent_id
+    try:
+        while parent is not None:
+            message = session.get(parent)
+            if message.role == "user":
+                break
+            rounds.append(message)
+            parent = message.parent_id
+    except CMError:
+        pass  # unreadable: the calls found so far
+    lines = []
+    for message in reversed(rounds):
+        for call in message.tool_calls:
+            arguments = json.dumps(call.arguments, ensure_ascii=False)
+            why = f" ({call.reason})" if call.reason else ""
+            result = f" → {_clipped(call.result)}" if call.result is not None else ""
+            lines.append(
+                # The gear outside the monospace run: monospace fonts often lack it.
+                '<div style="font-size:85%;color:var(--jp-ui-font-color2,#555)">⚙ '
+                f'<span style="font-family:monospace">{html.escape(call.name)}'
+                f"({html.escape(_clipped(arguments))}) [{call.status.value}]"
+                f"{html.escape(why)}{html.escape(result)}</span></div>"
+            )
+    return "".join(lines)
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_CALL_CHARS else text[: MAX_CALL_CHARS - 1] + "…"
 
 
 def note(text: str) -> str:
