@@ -32,7 +32,7 @@ import ipywidgets as w
 from IPython.display import display
 
 from ..errors import CMError
-from ..model import Message
+from ..model import Message, ToolCallStatus
 from ..provenance import provenance_of
 from ..render import code_fence
 from ..widgets import ToolApproval
@@ -399,7 +399,9 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
         for call in message.tool_calls:
             arguments = json.dumps(call.arguments, ensure_ascii=False)
             why = f" ({call.reason})" if call.reason else ""
-            result = f" → {_clipped(call.result)}" if call.result is not None else ""
+            # A denied call's result is what the model was told: the reason, again.
+            shown = call.result is not None and call.status is not ToolCallStatus.DENIED
+            result = f" → {_clipped(call.result or '')}" if shown else ""
             lines.append(
                 # The gear outside the monospace run: monospace fonts often lack it.
                 '<div style="font-size:85%;color:var(--jp-ui-font-color2,#555)">⚙ '
