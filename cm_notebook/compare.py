@@ -353,8 +353,9 @@ class Comparison(BaseModel):
             else:
                 body = html.escape(result.text or "(no answer)")
             cells.append(
+                # Long words and URLs wrap anywhere: the card keeps its half.
                 '<div style="flex:1;min-width:0;border:1px solid #ccc;border-radius:6px;'
-                'padding:8px">'
+                'padding:8px;overflow-wrap:anywhere">'
                 f"<div><b>{html.escape(result.branch)}</b> "
                 f'<span style="color:#666">{" · ".join(facts)}</span></div>'
                 '<div style="color:#555;font-style:italic;white-space:pre-wrap;margin-top:4px">'

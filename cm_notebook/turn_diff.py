@@ -264,6 +264,10 @@ def _side_html(side: BranchResult | None) -> str:
 _MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
 
 
+#: One side of a turn: half the width, however long its words.
+_SIDE = "flex:1;min-width:0;white-space:pre-wrap"
+
+
 def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str:
     """Static HTML: per turn, the prompt, both answers marked, and the metric deltas
     (only the turns whose answers differ with ``changed_only``)."""
@@ -287,13 +291,14 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
             f'vertical-align:top;padding:4px 6px">'
             f'<div style="font-size:85%;color:#555"><b>user</b> {prompt}</div>'
             '<div style="display:flex;gap:8px;margin-top:2px">'
-            f'<div style="flex:1;white-space:pre-wrap">{left}</div>'
-            f'<div style="flex:1;white-space:pre-wrap">{right}</div>'
+            f'<div style="{_SIDE}">{left}</div><div style="{_SIDE}">{right}</div>'
             f'</div><div style="font-size:80%;color:#888">{deltas}</div></td></tr>'
         )
     base, other = html.escape(comparison.base), html.escape(comparison.other)
     return (
-        f'<div class="cm-turns"><div style="color:#555">per turn: <b>{other}</b> against '
+        # Long words and URLs wrap anywhere: the table stays as wide as its place.
+        '<div class="cm-turns" style="overflow-wrap:anywhere">'
+        f'<div style="color:#555">per turn: <b>{other}</b> against '
         f"<b>{base}</b> ({len(comparison.changed_turns)} of {len(comparison.turns)} "
         # table-layout: JupyterLab's stylesheet makes it fixed (columns of equal width).
         f'turns changed)</div><table style="border-collapse:collapse;width:100%;'

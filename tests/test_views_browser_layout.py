@@ -68,6 +68,33 @@ TOP_MESSAGE_JS = """(scroller) => {
     return {id: box.dataset.id, offset: box.getBoundingClientRect().top - top};
 }"""
 
+# A comparison where one branch's prompt and answer hold wide content: a long URL, a
+# long code line (in a code block in the prompt, plain in the answer) and a wide table.
+WIDE_COMPARE = """wide_link = "See https://example.com/" + "a" * 200 + " for details."
+wide_code = "x = '" + "b" * 300 + "'"
+wide_prompt = "Give me a link.\\n\\n```python\\n" + wide_code + "\\n```\\n\\n" + table
+wide_ab = ContextSession.create("Wide compare", provider=ScriptedProvider())
+wide = await wide_ab.fan_out(wide_prompt, [
+    {"branch": "short", "provider": ScriptedProvider().reply("Short answer.")},
+    {"branch": "long", "provider": ScriptedProvider().reply(wide_link + "\\n" + wide_code)},
+])
+wide_ab.compare_view("short", "long")"""
+
+# The same comparison's static HTML (the saved copy's), shown on its own.
+WIDE_COPY = "wide"
+
+# Where each of ``selector``'s elements inside ``outer`` (the element evaluated) lies.
+ALL_INSIDE_JS = """(outer, selector) => {
+    const box = outer.getBoundingClientRect();
+    return [...outer.querySelectorAll(selector)].map((el) => {
+        const r = el.getBoundingClientRect();
+        return {left: r.left, right: r.right, outer: [box.left, box.right],
+                inside: r.left >= box.left - 1 && r.right <= box.right + 1,
+                scrolls: el.scrollWidth > el.clientWidth + 1};
+    });
+}"""
+
+
 REASON = "because " + "x" * 400 + " and also " + "long words " * 60
 
 # The contrast (WCAG) of an element's text against what is drawn behind it: the
@@ -170,6 +197,33 @@ def test_layout_and_dark_theme(lab: tuple[str, Path], tmp_path: Path) -> None:
             browser.close()
 
 
+def _wide_compare(page: Any, view: str) -> None:
+    box = page.locator(view)
+    columns = box.evaluate(ALL_INSIDE_JS, ".cm-compare-column")
+    assert len(columns) == 2, columns
+    assert all(c["inside"] for c in columns), f"the columns spill out: {columns}"
+    _no_sideways_scroll(page, view)
+    long_column = f"{view} .cm-compare-column >> nth=1"
+    answer = f"{long_column} >> .cm-answer"
+    _inside(page, answer, view)
+    lines = page.locator(answer).evaluate(
+        "(el) => el.getBoundingClientRect().height / parseFloat(getComputedStyle(el).lineHeight)"
+    )
+    assert lines > 3, f"the long URL and code line (2 lines) do not wrap: {lines} lines"
+    # The code block stays in view (JupyterLab wraps code in outputs; elsewhere it
+    # scrolls); the table scrolls on its own.
+    _inside(page, f"{long_column} >> pre", view)
+    table = f"{long_column} >> table:has-text('column_0_header')"
+    _inside(page, table, long_column)
+    assert page.locator(table).evaluate("(el) => el.scrollWidth > el.clientWidth"), (
+        "the table does not scroll"
+    )
+    assert _box(page, f"{table} >> th >> nth=0")["height"] < 30, "the table's headers break"
+    turns = box.evaluate(ALL_INSIDE_JS, ".cm-turns td")
+    assert turns, "no per-turn diff"
+    assert all(t["inside"] for t in turns), f"the per-turn diff spills out: {turns}"
+
+
 def _drive(page: Any, url: str) -> None:
     page.goto(url)
     page.wait_for_selector(".jp-Notebook")
@@ -198,13 +252,23 @@ def _drive(page: Any, url: str) -> None:
     # ... and so does a long reason for a Deny, in the transcript and the approval row.
     page.locator(".cm-chat .widget-textarea textarea").fill("add 2 and 3")
     page.locator(".cm-chat button:has-text('Send')").click()
+    # The approval row fits its box: no sideways scroll, and the arguments (4 lines of
+    # JSON) are shown whole, without a scrollbar.
+    row = ".cm-approval .cm-call-row"
+    page.wait_for_selector(f"{row} textarea")
+    page.locator(row).first.scroll_into_view_if_needed()
+    _snap(page, "layout-approval")
+    _no_sideways_scroll(page, row)
+    args = _box(page, f"{row} textarea")
+    lines = page.locator(f"{row} textarea").first.evaluate("(el) => el.value.split('\\n').length")
+    assert lines == 4, lines
+    assert args["scrollHeight"] <= args["clientHeight"], f"the arguments are cut: {args}"
     page.locator(".cm-approval input[placeholder^='reason']").fill(REASON)
     page.locator(".cm-approval button:has-text('Deny')").click()
     page.wait_for_selector(".cm-transcript .cm-body:has-text('Not run, fine.')")
     page.wait_for_selector(".cm-approval .cm-call-row:has-text('and also long words')")
     _inside(page, ".cm-transcript .cm-call-reason", ".cm-transcript .cm-call")
     _no_sideways_scroll(page, ".cm-transcript .cm-scroll")
-    row = ".cm-approval .cm-call-row"
     status = f"{row} .widget-html:has-text('and also long words')"
     _inside(page, status, row)
     _no_sideways_scroll(page, status)
@@ -244,6 +308,26 @@ def _drive(page: Any, url: str) -> None:
     assert max(heights) < 24, f"the compare view's rows are {heights} px apart"
     page.locator(".cm-compare").first.scroll_into_view_if_needed()
     _snap(page, "layout-compare")
+
+    # ... and its columns share the width when one holds wide content: the long URL
+    # wraps, the code block and the table scroll inside their column, the per-turn diff
+    # stays inside the view; the view does not scroll sideways. So does the static copy.
+    run_new_cell(page, WIDE_COMPARE)
+    view = ".cm-compare:has(.cm-compare-column:has-text('example.com'))"
+    page.wait_for_selector(f"{view} .cm-compare-column >> nth=1")
+    page.locator(view).scroll_into_view_if_needed()
+    _snap(page, "layout-compare-wide")
+    _wide_compare(page, view)
+    run_new_cell(page, WIDE_COPY)
+    copy = page.locator(".cm-comparison:has-text('example.com') >> visible=true")
+    copy.wait_for()
+    copy.scroll_into_view_if_needed()
+    _snap(page, "layout-compare-wide-copy")
+    # Its cards (the columns) stay inside it, and the long URL inside its card.
+    cards = copy.evaluate(ALL_INSIDE_JS, ":scope > div > div")
+    assert len(cards) == 2, cards
+    assert all(c["inside"] for c in cards), f"the copy's cards spill out: {cards}"
+    assert not any(c["scrolls"] for c in cards), f"the long URL spills out of its card: {cards}"
 
     # 4. A long branch: its last 200 messages, and the earlier ones on request, drawn
     # above the message being read without moving it.
@@ -285,5 +369,9 @@ def _drive(page: Any, url: str) -> None:
     _snap(page, "layout-dark-transcript")
     page.locator(".cm-compare").first.scroll_into_view_if_needed()
     _snap(page, "layout-dark-compare")
+    page.locator(view).scroll_into_view_if_needed()
+    _snap(page, "layout-dark-compare-wide")
+    copy.scroll_into_view_if_needed()
+    _snap(page, "layout-dark-compare-wide-copy")
     if "CM_TEST_ARTIFACTS" in os.environ:
         page.screenshot(path=str(Path(os.environ["CM_TEST_ARTIFACTS"]) / "layout-done.png"))

@@ -33,6 +33,7 @@ from cm_notebook.widgets import (
     snapshot_html,
 )
 from cm_notebook.widgets._base import Throttle
+from cm_notebook.widgets.approval import ARGS_ROWS, _rows_for
 from cm_notebook.widgets.chat import MESSAGES_SHOWN
 from cm_notebook.widgets.markdown import render_markdown
 
@@ -80,6 +81,19 @@ def test_remote_images_are_links_and_inline_ones_are_shown() -> None:
     assert "[image: the &lt;chart&gt;]" in out
     assert out.count("<img") == 1
     assert '<img src="data:image/png;base64,iVBORw0KGgo=" alt="dot"' in out
+
+
+def test_markdown_tables_scroll_on_their_own() -> None:
+    # Inline (no stylesheet of ours in a compare view's column or a saved notebook): a
+    # wide table scrolls rather than widen its column, its cells unbroken; a column's
+    # alignment is kept.
+    out = render_markdown("| a | b |\n|:-|--:|\n| 1 | 2 |\n")
+    assert (
+        '<table style="border-collapse:collapse;display:block;max-width:100%;overflow-x:auto">'
+        in out
+    )
+    assert '<th style="text-align:left;overflow-wrap:normal">a</th>' in out
+    assert '<td style="text-align:right;overflow-wrap:normal">2</td>' in out
 
 
 @pytest.mark.parametrize(
@@ -227,6 +241,23 @@ async def test_clicks_from_other_threads_decide_a_call_once(new_session: NewSess
     await until(lambda: "done" in row.status.value or "denied" in row.status.value)
     assert row.approve_button.disabled
     assert row.deny_button.disabled
+
+
+async def test_the_arguments_box_is_as_tall_as_its_json(new_session: NewSession) -> None:
+    # Its rows, not a height in em (which cut the last line of 4), within bounds; its
+    # width "auto" (stretched to the row less its margins), not "100%" plus margins.
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    session = new_session(provider=fake, tools=[add])
+    approvals = ToolApproval(session)
+    turn = session.send("add")
+    row = await until(lambda: approvals.rows.get(("call_1", "main")))
+    assert row.arguments.value.count("\n") + 1 == row.arguments.rows == 4
+    assert row.arguments.layout.height is None
+    assert row.arguments.layout.width == "auto"
+    row.approve_button.click()
+    await turn
+    low, high = ARGS_ROWS
+    assert [_rows_for(text) for text in ("{}", "{\n}", "\n" * 40)] == [low, low, high]
 
 
 async def test_clicks_on_every_choice_at_once_decide_once_and_always_allow_the_context(

@@ -56,6 +56,15 @@ _MUTED = "var(--jp-ui-font-color2,#888)"
 _RED = "var(--jp-error-color1,#b91c1c)"
 _GREEN = "var(--jp-success-color0,#059669)"
 
+#: The arguments box shows this many lines of JSON at least, and at most (then scrolls).
+ARGS_ROWS = (2, 16)
+
+
+def _rows_for(text: str) -> int:
+    low, high = ARGS_ROWS
+    return max(low, min(high, text.count("\n") + 1))
+
+
 _APPROVED_AS = {
     "once": "approved",
     "session": "approved, always for this session",
@@ -86,9 +95,13 @@ class CallRow(w.VBox):  # type: ignore[misc]
             f"⚙ <code>{html.escape(call.name)}</code>{where} "
             f'<span style="color:{_MUTED}">({html.escape(call.id)})</span>'
         )
+        # As tall as its JSON (within bounds: longer arguments scroll), and as wide as
+        # the row: "auto" stretches it to the row's width less its margins ("100%" plus
+        # the margins made the row scroll sideways).
         self.arguments = w.Textarea(
             value=self._original,
-            layout=w.Layout(width="100%", height=f"{min(12, 2 + self._original.count(chr(10)))}em"),
+            rows=_rows_for(self._original),
+            layout=w.Layout(width="auto"),
         )
         self.check = w.HTML("")
         self.approve_button = w.Button(

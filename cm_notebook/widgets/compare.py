@@ -48,6 +48,17 @@ _MARKS = {
 }
 
 
+#: The columns share the width whatever they hold: a grid of equal columns that may be
+#: narrower than their content (flex columns were as wide as their longest word or
+#: code line, and pushed the others out of view); in them, long words and URLs wrap
+#: anywhere, and code blocks and tables scroll on their own (render_markdown).
+_COLUMN = "min-width:0;overflow-wrap:anywhere"
+
+
+def _columns(count: int) -> str:
+    return f"display:grid;grid-template-columns:repeat({count},minmax(0,1fr));gap:8px"
+
+
 class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
     """``branches`` (default: every branch) side by side, kept current.
 
@@ -305,7 +316,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
         else:
             body.append(f'<div style="color:{_MUTED}">(no answer yet)</div>')
         cells.append(
-            f'<div class="cm-compare-column" style="flex:1;min-width:0;border:1px solid {_BORDER};'
+            f'<div class="cm-compare-column" style="{_COLUMN};border:1px solid {_BORDER};'
             'border-radius:6px;padding:6px 10px">'
             f'<div style="font-weight:600">{html.escape(column["branch"])}</div>'
             f"{_facts(column, reply)}{''.join(body)}</div>"
@@ -314,5 +325,5 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     return (
         # The line height of text: a widget's HTML gets that of a row of widgets (28 px).
         '<div class="cm-compare-body" style="line-height:var(--jp-content-line-height,normal)">'
-        f'{head}<div style="display:flex;gap:8px">' + "".join(cells) + f"</div>{per_turn}</div>"
+        f'{head}<div style="{_columns(len(cells))}">' + "".join(cells) + f"</div>{per_turn}</div>"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from markdown_it import MarkdownIt
@@ -155,6 +155,33 @@ def _image(
 
 
 _MD.add_render_rule("image", _image)
+
+#: A table scrolls on its own rather than widen what holds it, its cells unbroken (a
+#: column of the compare view wraps long words anywhere); inline, as the code blocks'
+#: styles, for where no stylesheet of ours is loaded.
+_TABLE_STYLE = "border-collapse:collapse;display:block;max-width:100%;overflow-x:auto"
+_CELL_STYLE = "overflow-wrap:normal"
+
+
+def _styled(style: str) -> Callable[..., str]:
+    def rule(
+        renderer: RendererHTML,
+        tokens: Sequence[Token],
+        idx: int,
+        options: OptionsDict,
+        env: EnvType,
+    ) -> str:
+        token = tokens[idx]
+        given = token.attrGet("style")  # a column's alignment
+        token.attrSet("style", f"{given};{style}" if given else style)
+        return renderer.renderToken(tokens, idx, options, env)
+
+    return rule
+
+
+_MD.add_render_rule("table_open", _styled(_TABLE_STYLE))
+_MD.add_render_rule("th_open", _styled(_CELL_STYLE))
+_MD.add_render_rule("td_open", _styled(_CELL_STYLE))
 
 
 @functools.lru_cache(maxsize=1024)
