@@ -397,7 +397,11 @@ def unfinished_html(result: BranchResult) -> str:
     return out
 
 
-_MARKS = {"-": "background:#fdd;text-decoration:line-through", "+": "background:#dfd"}
+# Dark text on the pale marks: the theme's own text colour is light in a dark theme.
+_MARKS = {
+    "-": "background:#fdd;color:#1f2937;text-decoration:line-through",
+    "+": "background:#dfd;color:#1f2937",
+}
 
 
 def diff_side_html(

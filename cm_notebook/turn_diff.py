@@ -261,7 +261,11 @@ def _side_html(side: BranchResult | None) -> str:
     return unfinished_html(side) if side.unfinished else html.escape(side.text)
 
 
-_MARKS = {"+": "background:#d1fae5", "-": "background:#fee2e2;text-decoration:line-through"}
+# Dark text on the pale marks: the theme's own text colour is light in a dark theme.
+_MARKS = {
+    "+": "background:#d1fae5;color:#1f2937",
+    "-": "background:#fee2e2;color:#1f2937;text-decoration:line-through",
+}
 
 
 #: One side of a turn: half the width, however long its words.

@@ -238,7 +238,8 @@ def test_comparison_of_plain_results() -> None:
 def test_one_side_of_a_word_diff_marks_only_that_sides_words() -> None:
     ops = word_diff("the cat <sat>", "the dog <sat>")
     assert diff_side_html(ops, "-") == (
-        'the <span style="background:#fdd;text-decoration:line-through">cat</span> &lt;sat&gt;'
+        'the <span style="background:#fdd;color:#1f2937;text-decoration:line-through">cat</span>'
+        " &lt;sat&gt;"
     )
     assert diff_side_html(ops, "+", {"+": "color:green", "-": ""}) == (
         'the <span style="color:green">dog</span> &lt;sat&gt;'

@@ -256,7 +256,7 @@ async def test_the_three_line_ab_experiment(data_dir: Path) -> None:
             ("-", "air."),
             ("+", "air, matey!"),
         ]
-        assert '<span style="background:#dfd">Arr, sunlight</span>' in html
+        assert '<span style="background:#dfd;color:#1f2937">Arr, sunlight</span>' in html
         assert "[-Sunlight-]{+Arr, sunlight+} scatters off [-air.-]{+air, matey!+}" in str(ab)
         assert all(r.stats is not None and r.stats.ttft_ms is not None for r in ab.results)
         assert all(r.stats is not None and r.stats.tokens_per_second for r in ab.results)

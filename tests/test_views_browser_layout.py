@@ -144,6 +144,8 @@ READABLE = {
     "a reply's stats": ".cm-transcript .cm-stats",
     "a comparison's facts": ".cm-compare-column td",
     "highlighted code": ".cm-transcript .cm-body pre code span",
+    "a word marked in a saved comparison": ".cm-comparison span[style*='background:#dfd']",
+    "a word marked in a per-turn diff": ".cm-compare span[style*='background:#d1fae5']",
 }
 
 
