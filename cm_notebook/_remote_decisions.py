@@ -23,7 +23,6 @@ Asking twice is harmless; the records stay, a few bytes each.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from . import _json
 from .errors import InvalidInputError, StorageFullError
 from .store.atomic import Fsync, fsync_dir, mkdir_durable
 from .store.leftovers import write_temp
+from .store.oserrors import DISK_FULL
 from .store.oslock import LockTimeout, OSLock
 from .store.paths import DECISIONS_DIR
 
@@ -45,8 +45,6 @@ __all__ = ["DECISIONS_FOLDER", "DecisionBox"]
 #: The folder of a context that holds decision and stop records.
 DECISIONS_FOLDER = DECISIONS_DIR
 
-
-_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 # A record file that does not parse and is older than this is no decision: no writer of
 # this version leaves one (each is linked into place whole), but a claim made by an
@@ -158,7 +156,7 @@ class DecisionBox:
             write_temp(temp, json.dumps(record).encode(), None)
             return link_record(temp, self._path(tool_call_id, message_id))
         except OSError as exc:
-            if exc.errno in _FULL:
+            if exc.errno in DISK_FULL:
                 raise StorageFullError(
                     f"could not record the decision on tool call {tool_call_id!r}: no space "
                     f"left on the device holding {self.folder} ({exc.strerror or exc}). "

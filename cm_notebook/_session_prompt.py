@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 
 from . import events as ev
 from ._session_messages import MessageCache
@@ -27,10 +26,9 @@ from ._turn_writes import settle_append
 from .errors import StorageFullError, StoreError
 from .model import Message
 from .store import Store
+from .store.oserrors import DISK_FULL
 
 __all__ = ["PromptWrites"]
-
-_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class PromptWrites:
@@ -73,7 +71,7 @@ class PromptWrites:
         if not await settle_append(self._store, self.id, branch, message):
             # The remedy for what went wrong: a full disk wants space, anything else
             # (a read-only file system, permissions) what the error names put right.
-            full = isinstance(error, StorageFullError) or error.errno in _DISK_FULL
+            full = isinstance(error, StorageFullError) or error.errno in DISK_FULL
             remedy = (
                 "free disk space"
                 if full

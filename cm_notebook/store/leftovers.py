@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import CMError
 from ..ids import validate_message_id
 from ..model import MessageStatus
-from .atomic import is_temp_name
+from .atomic import is_temp_name, write_all
 from .codec import read_message_file
 from .oslock import lock_is_held
 from .paths import DECISIONS_DIR, SIGNALS_DIR, STREAMING_PREFIX, STREAMING_SUFFIX, message_path
@@ -120,9 +120,7 @@ def write_temp(path: Path, data: bytes, fsync: Callable[[int], None] | None) -> 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         hold(fd)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if fsync is not None:
             fsync(fd)
     except BaseException:

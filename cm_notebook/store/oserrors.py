@@ -24,13 +24,22 @@ from pathlib import Path
 
 from ..errors import CorruptDataError, StorageFullError, StoreError, StoreIOError
 
-__all__ = ["OUT_OF_RESOURCES", "describe_kind", "linked", "not_a_file", "open_regular", "translate"]
+__all__ = [
+    "DISK_FULL",
+    "OUT_OF_RESOURCES",
+    "describe_kind",
+    "linked",
+    "not_a_file",
+    "open_regular",
+    "translate",
+]
 
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # O_NONBLOCK: opening a FIFO planted where a file should be must not wait for a writer.
 # It changes nothing for regular files.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0)
-_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: The errors of a full disk or quota: StorageFullError, whose remedy is free space.
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 _DENIED = {errno.EACCES, errno.EPERM}
 _NOT_A_FILE = {errno.EISDIR, errno.ENOTDIR, errno.ENXIO, getattr(errno, "EOPNOTSUPP", -1)}
 #: Errors of the process or the system, not of the file (too many open files, no
@@ -82,7 +91,7 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
     where = Path(path) if path is not None else Path(str(exc.filename or "?"))
     reason = exc.strerror or str(exc)
     code = exc.errno
-    if code in _FULL:
+    if code in DISK_FULL:
         return StorageFullError(
             f"no space left on the device holding {where} (could not {doing} it: {reason}). "
             "Nothing half-written was kept; free some space (or raise the disk quota) and "
