@@ -258,27 +258,15 @@ def link_record(temp: Path, path: Path) -> bool:
 
 
 def _take_away_torn(path: Path) -> bool:
-    # Whether ``path`` held a torn record, now removed. Moved aside first and checked
-    # to be the very file judged: two deciders finding it at once must not remove the
-    # record the first of them linked in its place.
+    # Whether ``path`` held a torn record, now removed. Called with the removers' lock
+    # held, and only a remover ever replaces a record that is there (deciders link into
+    # an empty place only): the file judged torn is the one removed.
     try:
-        seen = os.stat(path)
-        if time.time() - seen.st_mtime < TORN_AFTER_SECONDS or not _torn(path):
+        if time.time() - os.stat(path).st_mtime < TORN_AFTER_SECONDS or not _torn(path):
             return False
-        aside = path.with_name(f".{secrets.token_hex(8)}.tmp")
-        os.rename(path, aside)
+        path.unlink()
     except OSError:
         return False
-    try:
-        moved = os.stat(aside)
-        if (moved.st_ino, moved.st_dev) != (seen.st_ino, seen.st_dev):
-            # A record linked meanwhile: put it back (unless yet another came).
-            with contextlib.suppress(OSError):
-                os.link(aside, path)
-            return False
-    finally:
-        with contextlib.suppress(OSError):
-            aside.unlink()
     return True
 
 
