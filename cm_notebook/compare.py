@@ -19,6 +19,7 @@ from rapidfuzz.distance import Indel
 from .model import Message, MessageStatus, StreamStats, TokenUsage
 
 __all__ = [
+    "PALE_MARKS",
     "BranchResult",
     "Comparison",
     "diff_side_html",
@@ -401,6 +402,12 @@ def unfinished_html(result: BranchResult) -> str:
 _MARKS = {
     "-": "background:#fdd;color:#1f2937;text-decoration:line-through",
     "+": "background:#dfd;color:#1f2937",
+}
+#: The softer marks of the compare view and the per-turn diff (``styles=`` of
+#: :func:`diff_side_html`).
+PALE_MARKS = {
+    "+": "background:#d1fae5;color:#1f2937",
+    "-": "background:#fee2e2;color:#1f2937;text-decoration:line-through",
 }
 
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from .compare import BranchResult, diff_side_html, unfinished_html, word_diff
+from .compare import PALE_MARKS, BranchResult, diff_side_html, unfinished_html, word_diff
 from .model import Message
 
 __all__ = ["METRICS", "Delta", "TurnComparison", "TurnDiff", "turns_html", "turns_of"]
@@ -261,13 +261,6 @@ def _side_html(side: BranchResult | None) -> str:
     return unfinished_html(side) if side.unfinished else html.escape(side.text)
 
 
-# Dark text on the pale marks: the theme's own text colour is light in a dark theme.
-_MARKS = {
-    "+": "background:#d1fae5;color:#1f2937",
-    "-": "background:#fee2e2;color:#1f2937;text-decoration:line-through",
-}
-
-
 #: One side of a turn: half the width, however long its words.
 _SIDE = "flex:1;min-width:0;white-space:pre-wrap"
 
@@ -282,13 +275,13 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
         ops = turn.diff
         prompt = html.escape(turn.prompt)
         if turn.base_prompt is not None:
-            prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", _MARKS)
+            prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", PALE_MARKS)
         deltas = " · ".join(html.escape(text) for text in _delta_texts(turn))
         state = "changed" if turn.changed else "same"
         if turn.unanswered:
             left, right = _side_html(turn.base), _side_html(turn.other)
         else:
-            left, right = diff_side_html(ops, "-", _MARKS), diff_side_html(ops, "+", _MARKS)
+            left, right = diff_side_html(ops, "-", PALE_MARKS), diff_side_html(ops, "+", PALE_MARKS)
         rows.append(
             f'<tr class="cm-turn cm-turn-{state}"><td style="width:1%;vertical-align:top;'
             f'color:#555;padding:4px 6px">{turn.turn}</td><td style="text-align:left;'

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
-from ..compare import BranchResult, diff_side_html, is_answer, unfinished_html, word_diff
+from ..compare import (
+    PALE_MARKS,
+    BranchResult,
+    diff_side_html,
+    is_answer,
+    unfinished_html,
+    word_diff,
+)
 from ..errors import BranchNotFoundError, InvalidInputError
 from ..model import Message
 from ..render import tool_calls_html
@@ -41,11 +48,6 @@ __all__ = ["CompareView", "comparison_html"]
 _MUTED = "var(--jp-ui-font-color2,#555)"
 _RED = "var(--jp-error-color1,#b91c1c)"
 _BORDER = "var(--jp-border-color2,#ddd)"
-
-_MARKS = {
-    "+": "background:#d1fae5;color:#1f2937",
-    "-": "background:#fee2e2;color:#1f2937;text-decoration:line-through",
-}
 
 
 #: The columns share the width whatever they hold: a grid of equal columns that may be
@@ -303,7 +305,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
                 # The first column marks what the second dropped; the others what they
                 # added.
                 ops = word_diff(base, second if index == 0 else answer.content)
-                text = diff_side_html(ops, "-" if index == 0 else "+", _MARKS)
+                text = diff_side_html(ops, "-" if index == 0 else "+", PALE_MARKS)
             else:
                 text = html.escape(answer.content)
             body.append(
