@@ -20,6 +20,7 @@ from typing import Any
 from . import _json
 from ._cli_advice import elsewhere, for_data_dir
 from ._unicode import for_terminal
+from .render import one_line
 from .store.base import Store
 
 __all__ = [
@@ -180,5 +181,6 @@ def when(value: datetime) -> str:
 
 
 def clip(text: str, width: int) -> str:
-    text = " ".join(text.split())  # titles with newlines must not break the table
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """``text`` as one table cell: on one line (a title with newlines must not break the
+    table), cut to ``width``."""
+    return one_line(text, width)

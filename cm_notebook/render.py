@@ -25,6 +25,7 @@ __all__ = [
     "conversation_html",
     "message_html",
     "message_repr",
+    "one_line",
     "status_label",
     "tool_call_repr",
     "was_cut_off",
@@ -71,8 +72,9 @@ def status_label(message: Message) -> str | None:
     return ", ".join(parts) or None
 
 
-def _preview(text: str, width: int = 40) -> str:
-    # One line whatever the text holds, so a repr never spans several.
+def one_line(text: str, width: int = 40) -> str:
+    """``text`` on one line (white space runs as one space), cut to ``width``
+    characters with an ellipsis: for a repr, a table cell, a line of a saved output."""
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
@@ -85,13 +87,13 @@ def message_repr(message: Message) -> str:
     tools = f", {calls} tool call{'s' if calls != 1 else ''}" if calls else ""
     return (
         f"<Message {message.id} {message.role}{answers} {status} "
-        f"{_preview(message.content)!r} ({len(message.content)} chars{tools})>"
+        f"{one_line(message.content)!r} ({len(message.content)} chars{tools})>"
     )
 
 
 def tool_call_repr(call: ToolCall) -> str:
     """``<ToolCall call_1 lookup pending {"q": "x"}>``."""
-    args = _preview(json.dumps(call.arguments, ensure_ascii=False, default=str))
+    args = one_line(json.dumps(call.arguments, ensure_ascii=False, default=str))
     return f"<ToolCall {call.id} {call.name} {call.status.value} {args}>"
 
 
@@ -101,7 +103,7 @@ def branch_repr(branch: Branch) -> str:
     if branch.forked_from is not None:
         parts.append(f"forked_from={branch.forked_from}")
     if branch.system_prompt is not None:
-        parts.append(f"system={_preview(branch.system_prompt)!r}")
+        parts.append(f"system={one_line(branch.system_prompt)!r}")
     if branch.labels:
         parts.append("labels=" + ",".join(f"{k}={v}" for k, v in sorted(branch.labels.items())))
     return " ".join(parts) + ">"
@@ -111,7 +113,7 @@ def context_repr(metadata: ContextMetadata) -> str:
     """``<ContextMetadata c… 'Title' 3 branches, active 'main'>``."""
     count = len(metadata.branches)
     return (
-        f"<ContextMetadata {metadata.id} {_preview(metadata.title)!r} {count} "
+        f"<ContextMetadata {metadata.id} {one_line(metadata.title)!r} {count} "
         f"branch{'es' if count != 1 else ''}, active {metadata.active_branch!r}>"
     )
 

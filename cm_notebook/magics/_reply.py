@@ -34,7 +34,7 @@ from IPython.display import display
 from ..errors import CMError
 from ..model import Message, ToolCallStatus
 from ..provenance import provenance_of
-from ..render import code_fence
+from ..render import code_fence, one_line
 from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._live_output import LiveOutput, flush_copies
@@ -401,19 +401,15 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
             why = f" ({call.reason})" if call.reason else ""
             # A denied call's result is what the model was told: the reason, again.
             shown = call.result is not None and call.status is not ToolCallStatus.DENIED
-            result = f" → {_clipped(call.result or '')}" if shown else ""
+            result = f" → {one_line(call.result or '', MAX_CALL_CHARS)}" if shown else ""
             lines.append(
                 # The gear outside the monospace run: monospace fonts often lack it.
                 '<div style="font-size:85%;color:var(--jp-ui-font-color2,#555)">⚙ '
                 f'<span style="font-family:monospace">{html.escape(call.name)}'
-                f"({html.escape(_clipped(arguments))}) [{call.status.value}]"
+                f"({html.escape(one_line(arguments, MAX_CALL_CHARS))}) [{call.status.value}]"
                 f"{html.escape(why)}{html.escape(result)}</span></div>"
             )
     return "".join(lines)
-
-
-def _clipped(text: str) -> str:
-    return text if len(text) <= MAX_CALL_CHARS else text[: MAX_CALL_CHARS - 1] + "…"
 
 
 def note(text: str) -> str:
