@@ -22,7 +22,7 @@ from full_disk import Filler, small_disk  # noqa: F401 (the fixture)
 
 from cm_notebook.errors import StoreError
 from cm_notebook.fsm import State
-from cm_notebook.model import MessageStatus
+from cm_notebook.model import Message, MessageStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.store.oslock import lock_is_held
 from cm_notebook.store.paths import streaming_lock_path
@@ -59,6 +59,25 @@ def _show(data_dir: Path, context_id: str) -> str:
     return done.stdout
 
 
+def _refused_reply(
+    session: ContextSession, fake: ScriptedProvider, filler: Filler, pages: int, data_dir: Path
+) -> Message | None:
+    # A reply sent with ``pages`` free pages left: it if its final state was refused (its
+    # file still says streaming), else None (the prompt did not fit, no reply was
+    # stored, or the final state fitted: not the case these tests are about).
+    session.send("warm").result(DEADLINE)
+    filler.fill(leave=pages)
+    fake.reply(TEXT, chunks="words")
+    # The prompt may not fit (StoreError), or the reply (StorageFullError).
+    with contextlib.suppress(StoreError):
+        session.send("q").result(DEADLINE)
+    reply = session.history()[-1]
+    if reply.role != "assistant" or reply.content == "echo: warm":
+        return None
+    stored = data_dir / "contexts" / session.id / "messages" / f"{reply.id}.json"
+    return reply if '"streaming"' in stored.read_text(encoding="utf-8") else None
+
+
 @pytest.mark.parametrize("first", ["branch", "another process"])
 def test_a_reply_refused_by_a_full_disk_ends_interrupted(
     small_disk: Path,  # noqa: F811 (the fixture)
@@ -74,19 +93,10 @@ def test_a_reply_refused_by_a_full_disk_ends_interrupted(
         fake = ScriptedProvider()
         session = ContextSession.create("full", data_dir=data_dir, provider=fake)
         try:
-            session.send("warm").result(DEADLINE)
-            filler.fill(leave=pages)
-            fake.reply(TEXT, chunks="words")
-            # The prompt may not fit (StoreError), or the reply (StorageFullError).
-            with contextlib.suppress(StoreError):
-                session.send("q").result(DEADLINE)
-            reply = session.history()[-1]
-            if reply.role != "assistant" or reply.content == "echo: warm":
-                continue  # the prompt did not fit, or no reply was stored
+            reply = _refused_reply(session, fake, filler, pages, data_dir)
+            if reply is None:
+                continue
             folder = data_dir / "contexts" / session.id
-            stored = (folder / "messages" / f"{reply.id}.json").read_text(encoding="utf-8")
-            if '"streaming"' not in stored:
-                continue  # the final state fitted: not the case here
             seen += 1
             # This process, the disk still full: the turn is over, the reply as it left it.
             assert session.state is State.IDLE
@@ -149,16 +159,9 @@ def test_the_chat_view_shows_a_refused_reply_once_as_finished(
         session = ContextSession.create("full", data_dir=data_dir, provider=fake)
         view = widgets.ChatView(session)
         try:
-            session.send("warm").result(DEADLINE)
-            filler.fill(leave=pages)
-            fake.reply(TEXT, chunks="words")
-            with contextlib.suppress(StoreError):
-                session.send("q").result(DEADLINE)
-            reply = session.history()[-1]
-            folder = data_dir / "contexts" / session.id
-            stored = folder / "messages" / f"{reply.id}.json"
-            if reply.role != "assistant" or '"streaming"' not in stored.read_text("utf-8"):
-                continue  # the prompt did not fit, or the final state did
+            reply = _refused_reply(session, fake, filler, pages, data_dir)
+            if reply is None:
+                continue
             deadline = time.monotonic() + DEADLINE
             while view.transcript.live or reply.id not in _frozen_ids(view):
                 assert time.monotonic() < deadline, (view.transcript.live, _frozen_ids(view))

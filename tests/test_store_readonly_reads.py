@@ -15,7 +15,6 @@ as a user they apply to; skipped where they do not, as for root).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from full_disk import mounted_tmpfs
+from full_disk import Filler, mounted_tmpfs
 from store_helpers import chain
 
 from cm_notebook.cli import main
@@ -39,7 +38,6 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL and fl
 
 CHILD = Path(__file__).with_name("store_child.py")
 CID = "c1"
-PAGE = 4096
 
 
 # -- a context whose streaming reply lost its writer ------------------------------------
@@ -202,14 +200,8 @@ def test_a_dead_stream_reads_on_a_full_disk(tmpfs: Path) -> None:
     reply_id = stream_and_kill(data_dir)
     folder = data_dir / "contexts" / CID
     before = files_of(folder)
-    filler = tmpfs / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * PAGE)
-    finally:
-        os.close(fd)
+    filler = Filler(tmpfs)
+    filler.fill()
     store = FileStore(data_dir)
     try:
         page = read_everything(data_dir, reply_id, store)
@@ -217,7 +209,7 @@ def test_a_dead_stream_reads_on_a_full_disk(tmpfs: Path) -> None:
         # Nothing written, nothing half-written left (no temporary file either).
         assert files_of(folder) == before
 
-        filler.unlink()
+        filler.empty()
         check_marked_without_warning(data_dir, reply_id, store)
     finally:
         close(store)
