@@ -301,6 +301,36 @@ def test_branch_switch_and_branches(fe: FrontEnd) -> None:
     assert _printed(fe, "s.active_branch") == "main"
 
 
+def test_history_ids_name_the_message_a_branch_forks_from(fe: FrontEnd) -> None:
+    _use_scripted(fe, '.reply("Paris.").reply("Lyon.")')
+    fe.run("%cm send Capital of France?")
+    fe.run("await _")
+    fe.run("%cm send Second city?")
+    fe.run("await _")
+    lines = fe.run("%cm history --ids").splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == [
+        "user: Capital of France?",
+        "assistant: Paris.",
+        "user: Second city?",
+        "assistant: Lyon.",
+    ]
+    first_answer = lines[1].split()[0]
+    assert fe.run(f"%cm branch early --from {first_answer}").strip() == "on new branch 'early'"
+    assert fe.run("%cm history").splitlines() == ["user: Capital of France?", "assistant: Paris."]
+    # An id the context does not have says where the ids are.
+    assert "`%cm history --ids`" in _usage_error(fe, "%cm branch late --from m-not-there")
+
+
+def test_help_on_one_subcommand_says_what_it_does(fe: FrontEnd) -> None:
+    page = fe.run("%cm help approve")
+    assert page.startswith("%cm approve [TOOL_CALL_ID]")
+    assert "--remember context" in page
+    assert "%cm deny" not in page  # that subcommand's page, not the list
+    assert fe.run("%cm help %%cm").startswith("%%cm [SPEC]")
+    assert fe.run("%cm help ls").startswith("%cm ls")
+    assert "did you mean 'approve'?" in _usage_error(fe, "%cm help aprove")
+
+
 def test_bad_magics_give_one_line_usage_errors(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
     assert "unknown subcommand 'frobnicate'" in _usage_error(fe, "%cm frobnicate")

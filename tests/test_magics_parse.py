@@ -9,6 +9,7 @@ pytest.importorskip("IPython")
 from IPython.core.error import UsageError
 
 from cm_notebook.magics._args import (
+    COMMANDS,
     ApproveArgs,
     BranchArgs,
     CellArgs,
@@ -248,6 +249,21 @@ def test_the_magic_s_help_lists_every_subcommand() -> None:
     doc = CMMagics.cm.__doc__ or ""
     for usage in ("%cm export", "%cm approve", "%%cm [SPEC]", "--var NAME"):
         assert usage in doc
+
+
+@pytest.mark.parametrize("name", [*COMMANDS, "%%cm"])
+def test_every_subcommand_has_a_help_page_that_fits_a_cell(name: str) -> None:
+    from cm_notebook.magics._help import help_text
+
+    page = help_text(name)
+    usage, _, text = page.partition("\n\n")
+    assert usage == (CellArgs.USAGE if name == "%%cm" else COMMANDS[name].USAGE) or (
+        name in ("ls", "branches") and usage == f"%cm {name}"
+    )
+    assert text.strip()
+    assert "``" not in text  # no reST markup left
+    assert "parse_text_args" not in text  # nor the code's own words
+    assert all(len(line) <= 88 for line in text.splitlines())
 
 
 def test_an_exported_json_is_a_str_shown_as_itself() -> None:

@@ -9,11 +9,12 @@ Load them with ``%load_ext cm_notebook``, then::
     %%cm --ab "Answer in five words." "Answer like a pirate."
     Why is the sky blue?               # one message on two branches, compared
 
-``%cm help`` lists every subcommand. A magic never blocks the kernel: it returns a
-live view at once and the reply streams into it (``await`` the view to wait for it).
-Bad input is a one-line usage error, never a traceback.
+``%cm help`` lists every subcommand, ``%cm help SUBCOMMAND`` says what one does. A
+magic never blocks the kernel: it returns a live view at once and the reply streams into
+it (``await`` the view to wait for it). Bad input is a one-line usage error, never a traceback.
 
 Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models),
+:mod:`._help` (``%cm help``, written from the models' docstrings),
 :mod:`._interpolate` (``{name}``), :mod:`._commands` (what each subcommand does),
 :mod:`._sending` (sending from cells, in the order they ran),
 :mod:`._reply` and :mod:`._comparison` (the views a cell returns), :mod:`._queue`

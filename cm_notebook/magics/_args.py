@@ -40,7 +40,12 @@ Format = Literal["markdown", "text", "code"]
 
 
 class NewArgs(MagicArgs):
-    """``%cm new``: create a context and make it current."""
+    """``%cm new``: create a context and make it current.
+
+    TITLE names it (without one, its first message does); ``--provider SPEC`` picks the
+    model (``local``, the built-in offline one, by default; ``openai:gpt-4o-mini``,
+    ``anthropic:MODEL``...); ``--system TEXT`` is the system prompt of its branch main.
+    """
 
     USAGE = "%cm new [TITLE] [--provider SPEC] [--system TEXT]"
     REST = "title"
@@ -50,7 +55,8 @@ class NewArgs(MagicArgs):
 
 
 class UseArgs(MagicArgs):
-    """``%cm use``: make a stored context (or a session in a variable) current."""
+    """``%cm use``: make a stored context current, by id or title (``%cm ls`` lists
+    them), or a ``ContextSession`` held in a kernel variable."""
 
     USAGE = "%cm use ID|TITLE|VARIABLE"
     REST = "target"
@@ -64,7 +70,12 @@ class NoArgs(MagicArgs):
 
 
 class SendArgs(MagicArgs):
-    """``%cm send``: one message from a line, exactly as typed (see ``parse_text_args``)."""
+    """``%cm send``: the rest of the line is one message, exactly as typed (quotes and a
+    trailing ``?`` kept); the reply streams into the cell's output.
+
+    ``--branch B`` sends it on branch B instead of the active one; ``--`` ends the
+    options, for a message that starts with ``--``. A longer message: ``%%cm``.
+    """
 
     USAGE = "%cm send [--branch B] [--] TEXT"
     REST = "text"
@@ -73,7 +84,12 @@ class SendArgs(MagicArgs):
 
 
 class BranchArgs(MagicArgs):
-    """``%cm branch``: fork a branch (from the head, or from a message) and switch to it."""
+    """``%cm branch``: fork a branch named NAME and switch to it.
+
+    It starts from the active branch's last message, or from ``--from MESSAGE_ID``
+    (``%cm history --ids`` shows them); ``--system TEXT`` gives it a system prompt of its
+    own. Run while this kernel's replies are under way, it forks once they have ended.
+    """
 
     USAGE = "%cm branch NAME [--from MESSAGE_ID] [--system TEXT]"
     POSITIONAL = ("name",)
@@ -84,7 +100,8 @@ class BranchArgs(MagicArgs):
 
 
 class SwitchArgs(MagicArgs):
-    """``%cm switch``: make a branch the active one."""
+    """``%cm switch``: make branch NAME the active one (``%cm branches`` lists them):
+    the next message goes there."""
 
     USAGE = "%cm switch NAME"
     POSITIONAL = ("name",)
@@ -92,15 +109,20 @@ class SwitchArgs(MagicArgs):
 
 
 class HistoryArgs(MagicArgs):
-    """``%cm history``: the messages of a branch."""
+    """``%cm history``: the messages of the active branch (or ``--branch B``) with the
+    tool calls they made, the last N of them with ``--last N``; ``--ids`` starts each
+    line with the message's id, for ``%cm branch NAME --from MESSAGE_ID``."""
 
-    USAGE = "%cm history [--last N] [--branch B]"
+    USAGE = "%cm history [--last N] [--branch B] [--ids]"
     last: int | None = Field(None, ge=1)
     branch: str | None = None
+    ids: bool = False
 
 
 class CompareArgs(MagicArgs):
-    """``%cm compare``: branches side by side (all of them without names)."""
+    """``%cm compare``: the named branches side by side from where they part (all of
+    them when none is named), kept current as they grow; the saved notebook keeps a
+    copy."""
 
     USAGE = "%cm compare [BRANCH ...]"
     REST = "branches"
@@ -108,8 +130,14 @@ class CompareArgs(MagicArgs):
 
 
 class ApproveArgs(MagicArgs):
-    """``%cm approve``: approve one pending tool call (or all), maybe with edited arguments;
-    ``--remember session|context`` also allows the tool from now on."""
+    """``%cm approve``: approve the pending tool call TOOL_CALL_ID (all of them without
+    one); the reply waiting for it goes on.
+
+    ``--args JSON`` runs the call with these arguments instead of the model's, e.g.
+    ``--args '{"city": "Paris"}'``; ``--branch B`` decides B's calls; ``--remember
+    session`` also allows the tool for this session, ``--remember context`` for every
+    session of the context.
+    """
 
     USAGE = (
         "%cm approve [TOOL_CALL_ID] [--args JSON] [--branch B] [--remember once|session|context]"
@@ -138,7 +166,9 @@ class ApproveArgs(MagicArgs):
 
 
 class DenyArgs(MagicArgs):
-    """``%cm deny``: deny one pending tool call (or all) and tell the model why."""
+    """``%cm deny``: deny the pending tool call TOOL_CALL_ID (all of them without one);
+    the model is told ``--reason TEXT`` (by default, that the user denied it) and the
+    reply goes on without the tool."""
 
     USAGE = "%cm deny [TOOL_CALL_ID] [--reason TEXT] [--branch B]"
     POSITIONAL = ("id",)
@@ -149,15 +179,17 @@ class DenyArgs(MagicArgs):
 
 
 class TurnArgs(MagicArgs):
-    """``%cm retry``: act on a branch's turn (default: the active branch)."""
+    """``%cm retry``: try the active branch's failed reply again (or ``--branch B``'s);
+    it streams into the cell's output."""
 
     USAGE = "%cm retry [--branch B]"
     branch: str | None = None
 
 
 class StopArgs(MagicArgs):
-    """``%cm stop``: stop a branch's reply; ``--all``: and every cell of this kernel in
-    the context still waiting or under way (a Run All to abort)."""
+    """``%cm stop``: stop the reply being written on the active branch (or ``--branch
+    B``); its text so far is kept. ``--all`` also stops every cell of this kernel in the
+    context still waiting or under way: a Run All to abort."""
 
     USAGE = "%cm stop [--branch B] [--all]"
     branch: str | None = None
@@ -165,7 +197,9 @@ class StopArgs(MagicArgs):
 
 
 class ExportArgs(MagicArgs):
-    """``%cm export``: the conversation as Markdown (shown) or JSON (returned)."""
+    """``%cm export``: the conversation, every branch (or ``--branch B``), as Markdown
+    shown in the cell, or with ``--format json`` as the lossless JSON text the cell
+    returns (``doc = %cm export --format json``; ``cm-notebook import`` reads it)."""
 
     USAGE = "%cm export [--format markdown|json] [--branch B]"
     SHORT: ClassVar[dict[str, str]] = {"-f": "format"}
@@ -174,9 +208,12 @@ class ExportArgs(MagicArgs):
 
 
 class HelpArgs(MagicArgs):
-    """``%cm help``: every subcommand's usage."""
+    """``%cm help``: every subcommand's usage; with a SUBCOMMAND (or ``%%cm``), its usage
+    and what it does."""
 
-    USAGE = "%cm help"
+    USAGE = "%cm help [SUBCOMMAND]"
+    POSITIONAL = ("subcommand",)
+    subcommand: str | None = None
 
 
 #: Names IPython keeps in a kernel's namespace (besides the builtins).
@@ -217,7 +254,16 @@ def _kernel_name(value: str) -> bool:
 
 
 class CellArgs(MagicArgs):
-    """``%%cm``: the cell body is the message; options choose where and how it goes."""
+    """``%%cm``: the cell's body is the message; the reply streams into the output.
+
+    SPEC (or ``--provider SPEC``) picks the model for this message; ``--branch B`` sends
+    it on B; ``--temperature`` and ``--max-tokens`` set this request's parameters;
+    ``--system TEXT`` gives the branch that system prompt from this message on (a branch
+    with replies under another prompt is forked first); ``-f`` shows the reply as
+    Markdown (the default), plain text or code. ``--ab "A" "B"`` asks it once under each
+    system prompt, ``--fanout local,openai:gpt-4o-mini`` once with each model, each on
+    a branch of its own, and ends in their comparison.
+    """
 
     USAGE = (
         "%%cm [SPEC] [--branch B] [--provider SPEC] [--temperature T] [--max-tokens N] "

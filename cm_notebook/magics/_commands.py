@@ -30,6 +30,7 @@ from . import _args as a
 from ._comparison import ComparisonView
 from ._decisions import PendingDecision, decided_text
 from ._deferred import DeferredCommand
+from ._help import help_text
 from ._remedies import for_magics
 from ._reply import ReplyView
 from ._saved import LaterCompareView, SavedCompareView
@@ -222,7 +223,8 @@ class Commands:
             parts = (message.content, *calls, *_ending(message))
             # A reply's text may hold "\r", ANSI escapes or bidi overrides, which the
             # notebook's stream output acts on: shown escaped, as the CLI shows them.
-            print(for_terminal(f"{message.role}: " + " ".join(part for part in parts if part)))
+            line = f"{message.role}: " + " ".join(part for part in parts if part)
+            print(for_terminal(f"{message.id}  {line}" if args.ids else line))
         # A turn under way that the messages do not show yet (magics never wait for one).
         branch = args.branch or session.active_branch
         if session.running_turn_id(branch) is None:
@@ -328,9 +330,9 @@ class Commands:
             return DeferredCommand(session, waits, markdown, "exports it")
         return markdown()
 
-    def help(self, _args: a.HelpArgs) -> None:
-        """Every subcommand's usage."""
-        print(HELP)
+    def help(self, args: a.HelpArgs) -> None:
+        """Every subcommand's usage, or one subcommand's usage and what it does."""
+        print(help_text(args.subcommand))
 
 
 def _listed() -> tuple[list[ContextMetadata], list[Warning | str]]:
@@ -383,17 +385,3 @@ def _ending(message: Message) -> list[str]:
 def _short(text: str, width: int = 60) -> str:
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
-
-
-HELP = "\n".join(
-    [
-        "%cm                      the current context's live view",
-        *(f"{model.USAGE}" for name, model in a.COMMANDS.items() if name not in ("ls", "branches")),
-        "%cm ls | %cm branches    list contexts / branches of the current one",
-        a.CellArgs.USAGE,
-        "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",
-        "  --var NAME stores the reply's text in NAME once it completes, or its partial",
-        "  text if stopped (a later cell's {NAME}, or Python naming NAME, waits for it);",
-        "  a cell's view is awaitable: `reply = await _` waits for the reply.",
-    ]
-)

@@ -13,7 +13,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from . import _args as a
-from ._commands import HELP, Commands
+from ._commands import Commands
+from ._help import HELP
 from ._parse import did_you_mean, parse_args, parse_text_args, split_words
 from ._remedies import translated
 from ._saved import SavedSessionView

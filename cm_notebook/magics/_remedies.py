@@ -50,6 +50,7 @@ _REMEDIES = (
         "It may have been deleted: `%cm ls` lists the stored contexts, `%cm new` makes one.",
     ),
     ("pick another name, or delete that branch first (delete_branch)", "pick another name"),
+    ("Use an id from session.history().", "`%cm history --ids` shows the ids."),
 )
 
 #: Remedies that name a context: the same, with the context's id kept.
@@ -57,6 +58,11 @@ _PATTERNS = (
     (
         re.compile(r"open the context again with ContextSession\.open\('([^']+)'\)"),
         r"make it current again with `%cm use \1`",
+    ),
+    # `%cm branch NAME --from MESSAGE_ID` with an id the context does not have.
+    (
+        re.compile(r"(has no message '[^']*'\.)$"),
+        r"\1 `%cm history --ids` shows the ids of a branch's messages.",
     ),
 )
 
