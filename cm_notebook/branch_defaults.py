@@ -28,7 +28,7 @@ from .errors import InvalidInputError
 from .model import Branch, ContextMetadata, ProviderSettings
 from .params import GenerationParams, check_new_parameters
 from .providers import Provider
-from .providers.pool import ProviderLike, check_spec, spec_of
+from .providers.pool import ProviderLike, check_buildable, check_spec, spec_of
 
 __all__ = ["BranchDefaults", "branch_settings"]
 
@@ -39,7 +39,8 @@ def branch_settings(
     """A branch's own defaults as ``create_branch`` keywords, validated like ``send()``'s.
 
     Raises InvalidInputError for a system prompt that is not text, an unknown provider
-    spec or bad generation parameters.
+    spec or bad generation parameters, PermanentProviderError for a spec its provider
+    refuses (a model file that is not there).
     """
     if system is not None and not isinstance(system, str):
         raise InvalidInputError(f"system prompt must be a string, got {type(system).__name__}")
@@ -47,6 +48,7 @@ def branch_settings(
     if provider is not None:
         if isinstance(provider, str):
             check_spec(provider)
+            check_buildable(provider)  # say, a model file that is not there
         spec = provider if isinstance(provider, str) else spec_of(provider)
         settings = ProviderSettings(spec=spec)
     checked = GenerationParams.check(params)

@@ -58,7 +58,7 @@ from .ids import validate_branch_name
 from .model import ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import MAX_PROVIDER_OPTIONS_CHARS as OPTIONS_LIMIT
 from .params import check_stored_size, validate_text
-from .providers.pool import ProviderLike, build_with_options, check_spec, close_later, spec_of
+from .providers.pool import ProviderLike, check_buildable, check_spec, spec_of
 from .redact import refuse_secrets
 from .render import conversation_html
 from .sampling import for_regenerate
@@ -185,12 +185,10 @@ class ContextSession(
             settings = ProviderSettings(spec=spec, params=dict(provider_options or {}))
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
-        if isinstance(provider, str) and settings.params:
-            # Options the provider does not take (or a string for a number) would be
-            # stored, then fail every send: built once now, they are refused instead.
-            probe = build_with_options(spec, settings.params)
-            if probe is not None:
-                close_later(probe)
+        if isinstance(provider, str):
+            # A spec every send would fail with (an option the provider does not take,
+            # a model file that is not there) would be stored: built once now, refused.
+            check_buildable(spec, settings.params)
         metadata = ContextMetadata(
             title=title, system_prompt=system, provider=settings, tags=checked_tags(tags)
         )

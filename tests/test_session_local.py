@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_notebook.errors import PermanentProviderError
+from cm_notebook.errors import InvalidInputError, PermanentProviderError
 from cm_notebook.model import MessageStatus
 from cm_notebook.providers.local import LocalProvider, unload_local_models
 from cm_notebook.providers.pool import spec_of
@@ -112,3 +112,36 @@ def test_reopening_after_the_model_file_moved_says_which_file_and_what_to_do(
     assert "does not exist" in message
     assert "put the file back" in message
     assert "ContextSession.open(..., provider=" in message
+
+
+@pytest.mark.parametrize("where", ["create", "branch"])
+def test_a_spec_whose_model_file_is_not_there_is_refused_before_it_is_stored(
+    data_dir: Path, tmp_path: Path, where: str
+) -> None:
+    missing = tmp_path / "typo.gguf"
+    if where == "create":
+        with pytest.raises(PermanentProviderError) as info:
+            ContextSession.create("t", provider=f"local:{missing}", data_dir=data_dir)
+        assert ContextSession.list(data_dir=data_dir) == []  # nothing was written
+    else:
+        session = ContextSession.create("t", provider="scripted", data_dir=data_dir)
+        try:
+            with pytest.raises(PermanentProviderError) as info:
+                session.branch("other-model", provider=f"local:{missing}")
+            assert list(session.branches) == ["main"]
+        finally:
+            session.close()
+    message = str(info.value)
+    assert f"'local:{missing}'" in message
+    assert "does not exist" in message
+    assert "Check the path, or use 'local'" in message
+
+
+@pytest.mark.parametrize("spec", ["openai", "anthropic"])
+def test_a_spec_without_the_model_its_provider_needs_is_refused_at_create(
+    data_dir: Path, spec: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=f"the {spec} provider needs a model") as info:
+        ContextSession.create("t", provider=spec, data_dir=data_dir)
+    assert "with the options []" not in str(info.value)
+    assert ContextSession.list(data_dir=data_dir) == []

@@ -88,11 +88,12 @@ def _check_gguf(path: Path, origin: str, *, stored: bool = False) -> Path:
                 f"built-in {BUNDLED_MODEL_NAME}."
             )
         elif stored:
+            # A spec given now, or one stored with a context and reopened.
             remedy = (
-                "If a context was created with this model, put the file back there, or "
-                "choose another model when opening it: ContextSession.open(..., "
-                "provider='local:/path/to/model.gguf'), or provider='local' for the "
-                f"built-in {BUNDLED_MODEL_NAME}."
+                "Check the path, or use 'local' for the built-in "
+                f"{BUNDLED_MODEL_NAME}. If a context was created with this model, put the "
+                "file back there, or choose another model when opening it: "
+                "ContextSession.open(..., provider='local:/path/to/model.gguf')."
             )
         else:
             remedy = (

@@ -13,7 +13,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
-from ..errors import CMError, InvalidInputError
+from ..errors import CMError, InvalidInputError, ProviderNotInstalledError
 from ..model import ProviderSettings
 from ..redact import is_secret_name
 from . import available_providers, get_provider, parse_spec
@@ -22,7 +22,7 @@ from .base import Provider
 __all__ = [
     "ProviderLike",
     "ProviderPool",
-    "build_with_options",
+    "check_buildable",
     "check_provider",
     "check_spec",
     "close_later",
@@ -69,22 +69,24 @@ def check_spec(spec: str) -> None:
         get_provider(spec)  # raises UnknownProviderError with the list of known names
 
 
-def build_with_options(spec: str, options: Mapping[str, Any]) -> Provider | None:
-    """``spec`` built with ``options``, to refuse options it does not take (or of the
-    wrong type) before they are stored; the caller closes what is returned.
+def check_buildable(spec: str, options: Mapping[str, Any] | None = None) -> None:
+    """Build ``spec`` with ``options`` once and close it, to refuse before it is stored
+    what would fail every send: options it does not take (or of the wrong type), a model
+    it needs and the spec leaves out, a model file that is not there.
 
-    None when it cannot be built for another reason (say, its extra is not installed):
-    the first send says so, as it would without options.
+    Passes when it cannot be built for a reason the user may yet put right without
+    changing the spec (its extra is not installed): the first send says so. Nothing is
+    contacted: providers connect (and read their API key) at the first request.
 
     Raises:
-        InvalidInputError: an option the provider does not take, or a bad value.
+        InvalidInputError: an unknown provider, an option it does not take, a bad value.
+        PermanentProviderError: the provider refuses the spec (e.g. a missing model file).
     """
     try:
-        return _built(spec, options)
-    except InvalidInputError:
-        raise
-    except CMError:
-        return None
+        probe = _built(spec, options or {})
+    except ProviderNotInstalledError:
+        return
+    close_later(probe)
 
 
 def close_later(provider: Provider) -> None:
@@ -189,6 +191,8 @@ def _wrong_type(spec: str, options: Mapping[str, Any]) -> str | None:
 
 
 def _cannot(spec: str, options: Mapping[str, Any]) -> str:
+    if not options:
+        return f"provider {spec!r} cannot be made"
     return f"provider {spec!r} cannot be made with the options {sorted(options)}"
 
 
