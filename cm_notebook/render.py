@@ -19,6 +19,7 @@ from .prompts import effective_system
 
 __all__ = [
     "CUT_OFF",
+    "SAVED_MESSAGES",
     "branch_repr",
     "code_fence",
     "context_repr",
@@ -30,6 +31,10 @@ __all__ = [
     "tool_call_repr",
     "was_cut_off",
 ]
+
+#: How many of a branch's last messages a saved copy of it holds: the views and the
+#: session's own HTML (a branch of thousands would be megabytes in the notebook).
+SAVED_MESSAGES = 200
 
 #: How a reply cut by the token limit is described wherever it is shown.
 CUT_OFF = "cut off at the token limit"
@@ -183,22 +188,37 @@ def _branches_html(metadata: ContextMetadata, shown: str) -> str:
 
 
 def conversation_html(
-    metadata: ContextMetadata, messages: Sequence[Message], branch: str | None = None
+    metadata: ContextMetadata,
+    messages: Sequence[Message],
+    branch: str | None = None,
+    *,
+    last: int | None = None,
 ) -> str:
     """A context's branch as static HTML: title, every branch (which one is shown and
-    which is active), the branch's system prompt, its messages."""
+    which is active), the branch's system prompt, its messages (with ``last``, only the
+    last ``last`` of them, and a line saying how many are left out and how to get all)."""
     shown = branch or metadata.active_branch
+    kept = messages if last is None or len(messages) <= last else messages[-last:]
+    earlier = len(messages) - len(kept)
+    count = f"the last {len(kept):,} of {len(messages):,}" if earlier else f"{len(messages)}"
     header = (
         # <bdi>: a title's bidirectional overrides stay in the title, never reversing
         # the words after it.
         f'<div style="font-weight:bold"><bdi>{html.escape(metadata.title)}</bdi> '
         f'<span style="font-weight:normal;color:#888">branch '
-        f"{html.escape(shown)} · {len(messages)} messages</span></div>"
+        f"{html.escape(shown)} · {count} messages</span></div>"
     )
     prompt = effective_system(metadata, shown)
     system = ""
     if prompt:
         system = message_html(Message(id="system", role="system", content=prompt))
-    body = "".join(message_html(m) for m in messages)
+    left_out = ""
+    if earlier:
+        left_out = (
+            f'<div style="color:#888;margin:4px 0">{earlier:,} earlier messages are not in '
+            f"this copy. `cm-notebook export {html.escape(metadata.id)}` (or session.export() "
+            "in Python) writes the whole conversation.</div>"
+        )
+    body = "".join(message_html(m) for m in kept)
     branches = _branches_html(metadata, shown)
-    return f'<div class="cm-conversation">{header}{branches}{system}{body}</div>'
+    return f'<div class="cm-conversation">{header}{branches}{system}{left_out}{body}</div>'

@@ -60,7 +60,7 @@ from .params import MAX_PROVIDER_OPTIONS_CHARS as OPTIONS_LIMIT
 from .params import check_stored_size, validate_text
 from .providers.pool import ProviderLike, check_buildable, check_spec, spec_of
 from .redact import refuse_secrets
-from .render import conversation_html
+from .render import SAVED_MESSAGES, conversation_html
 from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, checked_tags, validate_title
@@ -574,9 +574,10 @@ class ContextSession(
         return f"<ContextSession {self.id!r} title={self._metadata.title!r}>"
 
     def _repr_html_(self) -> str:
-        # Static HTML: a saved notebook shows the conversation without a kernel.
+        # Static HTML: a saved notebook shows the conversation without a kernel, its
+        # last messages as the chat view does (a long branch would be megabytes).
         metadata = self._read_metadata()
-        return conversation_html(metadata, self.history())
+        return conversation_html(metadata, self.history(), last=SAVED_MESSAGES)
 
     def _ipython_display_(self) -> None:
         # In a notebook: the live views, then a static snapshot kept current for saving.

@@ -20,7 +20,7 @@ from cm_notebook.model import (
     ToolCall,
     utcnow,
 )
-from cm_notebook.render import conversation_html
+from cm_notebook.render import SAVED_MESSAGES, conversation_html
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
@@ -197,3 +197,21 @@ def test_many_branches_are_counted_not_all_listed() -> None:
         update={"branches": {**own.branches, "b3": Branch(name="b3", system_prompt="")}}
     )
     assert "Context-wide" not in conversation_html(silent, [], branch="b3")
+
+
+def test_a_long_branch_s_html_holds_its_last_messages_and_says_how_to_get_all(
+    data_dir: Path,
+) -> None:
+    session = ContextSession.create("Long", provider=ScriptedProvider(), data_dir=data_dir)
+    try:
+        for i in range(SAVED_MESSAGES // 2 + 3):
+            session.send(f"question {i}").result(10)
+        html = session._repr_html_()
+    finally:
+        session.close()
+    total = 2 * (SAVED_MESSAGES // 2 + 3)
+    assert f"the last {SAVED_MESSAGES} of {total} messages" in html
+    assert f"6 earlier messages are not in this copy. `cm-notebook export {session.id}`" in html
+    assert "question 2<" not in html  # left out
+    assert "question 3<" in html  # the first kept
+    assert html.count('class="cm-message') <= SAVED_MESSAGES

@@ -43,6 +43,7 @@ from .. import events as ev
 from ..errors import BranchNotFoundError
 from ..fsm import State
 from ..model import Message, MessageStatus
+from ..render import SAVED_MESSAGES
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle, close_parts, fork_under_free_name, static_text
 from ._messages import message_dict
@@ -71,7 +72,8 @@ REFRESH_INTERVAL = 0.25
 #: How many of a branch's last messages a view shows at first, and how many more each
 #: "Show earlier" click adds: each shown message is a model in the front end, so a
 #: conversation of thousands would cost the page (and every re-render) all of them.
-MESSAGES_SHOWN = 200
+#: As many as a saved copy holds.
+MESSAGES_SHOWN = SAVED_MESSAGES
 
 
 class FrozenMessage(w.Widget):  # type: ignore[misc]
