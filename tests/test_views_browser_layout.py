@@ -60,6 +60,25 @@ for i in range(110):
     await long.send(f"question {i}")
 ChatView(long)"""
 
+MATH = r"""math = ContextSession.create(
+    "Math", provider=ScriptedProvider().reply("The area is $\\pi r^2$, and\n\n$$\\frac{a}{b}$$")
+)
+await math.send("area?")
+ChatView(math)"""
+
+# Where a formula's parts are drawn: a superscript above its base's baseline, a
+# fraction's numerator above its denominator.
+MATH_JS = """(el) => {
+    const box = (e) => e.getBoundingClientRect();
+    const sup = el.querySelector("msup");
+    const frac = el.querySelector("mfrac");
+    return {
+        width: box(el.querySelector("math")).width,
+        raised: box(sup.children[1]).bottom < box(sup.children[0]).bottom - 1,
+        stacked: box(frac.children[0]).bottom <= box(frac.children[1]).top + 1,
+    };
+}"""
+
 # The first message box drawn in a transcript's scroller, and its top relative to it.
 TOP_MESSAGE_JS = """(scroller) => {
     const top = scroller.getBoundingClientRect().top;
@@ -144,6 +163,7 @@ READABLE = {
     "a reply's stats": ".cm-transcript .cm-stats",
     "a comparison's facts": ".cm-compare-column td",
     "highlighted code": ".cm-transcript .cm-body pre code span",
+    "math": ".cm-transcript .cm-body math mi",
     "a word marked in a saved comparison": ".cm-comparison span[style*='background:#dfd']",
     "a word marked in a per-turn diff": ".cm-compare span[style*='background:#d1fae5']",
 }
@@ -356,6 +376,17 @@ def _drive(page: Any, url: str) -> None:
     assert abs(offset - before["offset"]) < 5, f"the message read moved: {before} -> {offset}"
     scroller.scroll_into_view_if_needed()
     _snap(page, "layout-earlier")
+
+    # ... TeX math is drawn as math (MathML the browser lays out), not as its source.
+    run_new_cell(page, MATH)
+    reply = page.locator(".cm-transcript .cm-assistant .cm-body:has(mfrac)").last
+    reply.wait_for()
+    reply.scroll_into_view_if_needed()
+    _snap(page, "layout-math")
+    drawn = reply.evaluate(MATH_JS)
+    assert drawn == {"width": drawn["width"], "raised": True, "stacked": True}, drawn
+    assert drawn["width"] > 20, drawn
+    assert "$" not in reply.inner_text(), reply.inner_text()
 
     # 5. Readable in the light theme, and in the dark one.
     _readable(page, "light")

@@ -1,7 +1,8 @@
 """Markdown to HTML for the views: markdown-it-py (CommonMark + tables + strikethrough),
-code blocks highlighted by pygments with inline styles (so the HTML also looks right in a
-saved notebook or nbconvert output, where no stylesheet of ours is loaded), but for very
-long ones (:data:`MAX_HIGHLIGHTED_CHARS`), shown plain.
+TeX math as MathML (:mod:`._math`), code blocks highlighted by pygments with inline
+styles (so the HTML also looks right in a saved notebook or nbconvert output, where no
+stylesheet of ours is loaded), but for very long ones (:data:`MAX_HIGHLIGHTED_CHARS`),
+shown plain.
 
 Raw HTML in a message is shown as text, never interpreted: a model's reply must not be
 able to inject markup or script into the notebook. Remote images are links, not loaded
@@ -36,6 +37,8 @@ from pygments.token import (
     _TokenType,
 )
 from pygments.util import ClassNotFound
+
+from ._math import use_math
 
 __all__ = ["render_markdown"]
 
@@ -155,6 +158,7 @@ def _image(
 
 
 _MD.add_render_rule("image", _image)
+use_math(_MD)
 
 #: A table scrolls on its own rather than widen what holds it, its cells unbroken (a
 #: column of the compare view wraps long words anywhere); inline, as the code blocks'
