@@ -132,6 +132,15 @@ def test_a_kernel_restart_during_a_reply_leaves_a_disconnected_view(tmp_path: Pa
         assert page.locator(SEND).is_disabled()
         assert page.locator(STOP).is_disabled()
         assert page.locator(".cm-transcript .cm-edit").first.is_disabled()
+        # ... said once, by the view: not by ipywidgets' broken-link icon on each part.
+        marked = page.locator(
+            ".cm-session .jupyter-widgets-disconnected, .jupyter-widgets-disconnected.cm-session"
+        )
+        assert marked.count() > 0  # ipywidgets did mark them
+        icons = marked.evaluate_all(
+            "(els) => els.map((el) => getComputedStyle(el, '::before').content)"
+        )
+        assert set(icons) <= {"none", "normal"}, icons
         # Clicks on it do nothing, and throw nothing.
         page.locator(STOP).click(force=True)
         page.locator(".cm-transcript .cm-fork").first.click(force=True)
