@@ -47,11 +47,18 @@ _NOT_A_FILE = {errno.EISDIR, errno.ENOTDIR, errno.ENXIO, getattr(errno, "EOPNOTS
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
-def linked(path: Path) -> CorruptDataError:
-    """The error for a symbolic link found where the store keeps its own files."""
+def linked(
+    path: Path, remedy: str = "Replace it with the file or folder it points to."
+) -> CorruptDataError:
+    """The error for a symbolic link found where the store keeps its own files.
+
+    ``remedy`` says what to do; the default suits the store's own data. Files whose
+    content decides something (a decision record, an allow-list) say instead to remove
+    the link: what it points to may be someone else's file.
+    """
     return CorruptDataError(
         f"{path} is a symbolic link; the store does not follow links out of a context "
-        "folder. Replace it with the file or folder it points to.",
+        f"folder. {remedy}",
         path,
     )
 
