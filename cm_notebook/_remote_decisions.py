@@ -18,6 +18,13 @@ Stopping a reply that another process generates works the same way: a stop recor
 branch, so a late record cannot stop the next turn there); the running process's
 follower finds it for one of its turns and cancels that turn as a local stop would.
 Asking twice is harmless; the records stay, a few bytes each.
+
+Nothing here is followed out of the context folder through a symbolic link, as
+elsewhere in the store: the folder or a record planted as a link could otherwise put
+records outside the data directory, or have a file there obeyed as a decision. A
+decider is refused (:class:`~cm_notebook.errors.CorruptDataError`); the waiting
+process applies no decision or stop from a linked folder or record and warns
+(:class:`~cm_notebook.store.diagnostics.StoreWarning`): its calls stay waiting.
 """
 
 from __future__ import annotations
@@ -27,16 +34,19 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _json
-from .errors import InvalidInputError, StorageFullError
+from .errors import CorruptDataError, InvalidInputError, StorageFullError
 from .store.atomic import Fsync, fsync_dir, mkdir_durable
+from .store.codec import read_regular
+from .store.diagnostics import warn
 from .store.leftovers import write_temp
-from .store.oserrors import DISK_FULL
+from .store.oserrors import DISK_FULL, linked
 from .store.oslock import LockTimeout, OSLock
 from .store.paths import DECISIONS_DIR
 
@@ -60,6 +70,18 @@ _TORN_LOCK_SECONDS = 5.0
 # Edited arguments are bounded by the tools' own limit; a record beyond this is not ours.
 _MAX_RECORD_CHARS = 8 * 1024 * 1024
 
+# Not the store's usual "replace it with what it points to": that would adopt records
+# someone else wrote, outside the data directory, as decisions.
+_LINK_REMEDY = (
+    "Remove the link (the folder is made again when needed), then decide the tool call "
+    "or stop the turn again: no decision is read from, or written to, a file outside "
+    "the data directory."
+)
+
+
+def _linked(path: Path) -> CorruptDataError:
+    return linked(path, _LINK_REMEDY)
+
 
 @dataclass(frozen=True)
 class RemoteDecision:
@@ -81,6 +103,7 @@ class RemoteDecision:
 
 
 _STOP_PREFIX = "stop-"
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class DecisionBox:
@@ -93,6 +116,18 @@ class DecisionBox:
     def _path(self, tool_call_id: str, message_id: str) -> Path:
         digest = hashlib.sha256(f"{message_id}\0{tool_call_id}".encode()).hexdigest()[:32]
         return self.folder / f"{digest}.json"
+
+    def _refuse_linked_folder(self) -> None:
+        # Before a decider writes anything (temporary file, record, the removers' lock):
+        # through a linked folder it would all land outside the data directory.
+        if os.path.islink(self.folder):
+            raise _linked(self.folder)
+
+    def _ignored(self, error: CorruptDataError, what: str) -> None:
+        # For the waiting process's reads, on its follower's thread, where an error
+        # would reach nobody: the person waiting learns from the warning why the
+        # decision made elsewhere does not come (the decider was refused too).
+        warn(f"{error} Not applied: {what}.", self.folder)
 
     def post(
         self,
@@ -120,6 +155,7 @@ class DecisionBox:
                 f"{_MAX_RECORD_CHARS:,} that can pass to the process running the call: "
                 "shorten its reason or edited arguments"
             )
+        self._refuse_linked_folder()
         mkdir_durable(self.folder, self._fsync)
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         try:
@@ -147,8 +183,15 @@ class DecisionBox:
         The claim is written whole to a temporary file, then linked into place: a
         claim file created first and written after would, left empty by a full disk
         or a kill in between, refuse every later decision of the call.
+
+        A symbolic link as the folder or the call's record raises
+        :class:`~cm_notebook.errors.CorruptDataError` (nothing decided: the call stays
+        waiting). Not let through like a folder that cannot be written: the link may
+        stand for a decision someone else meant to make (one that :meth:`read` refuses
+        to apply), and the person deciding here is told of it before the tool runs.
         """
         record = {"tool_call_id": tool_call_id, "claimed": True, "pid": os.getpid()}
+        self._refuse_linked_folder()
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         try:
             # No fsync (the caller may be an event loop's thread): see above.
@@ -170,13 +213,36 @@ class DecisionBox:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)  # (a kill here: see store/leftovers.py)
 
+    def claim_dropped(self, tool_call_id: str, message_id: str) -> None:
+        """:meth:`claim` a call its turn stopped waiting for, so that a decision another
+        process makes later is refused rather than reported made.
+
+        A symbolic link in the way is left as it is, without an error: the turn is
+        ending either way, and no decision is ever applied through a link (:meth:`read`).
+        """
+        with contextlib.suppress(CorruptDataError):
+            self.claim(tool_call_id, message_id)
+
     def read(self, tool_call_id: str, message_id: str) -> RemoteDecision | None:
-        """The whole decision recorded for a call of ``message_id``, or None."""
+        """The whole decision recorded for a call of ``message_id``, or None.
+
+        None, with a :class:`~cm_notebook.store.diagnostics.StoreWarning`, for a record
+        or folder that is a symbolic link: it is never applied.
+        """
         path = self._path(tool_call_id, message_id)
         try:
-            record = _json.loads(path.read_bytes(), max_chars=_MAX_RECORD_CHARS)
+            # Neither the folder nor the record is followed if it is a link (checked
+            # with the record's opening). Refusing is the safe side: the call stays
+            # waiting and runs only once decided, here or by a record in the folder.
+            # No real decision is lost so: a decider never writes through a link.
+            record = _json.loads(read_regular(path), max_chars=_MAX_RECORD_CHARS)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except CorruptDataError:
+            link = next((p for p in (self.folder, path) if os.path.islink(p)), None)
+            if link is not None:
+                self._ignored(_linked(link), f"a decision on tool call {tool_call_id!r} (it waits)")
+            return None  # anything else than a file there: damaged, as below
         except (OSError, ValueError):
             return None  # damaged: the call stays pending, to be decided here
         if not isinstance(record, dict) or record.get("tool_call_id") != tool_call_id:
@@ -196,6 +262,8 @@ class DecisionBox:
 
     def discard(self, tool_call_id: str, message_id: str) -> None:
         """Remove a record that could not be applied, so the call can be decided again."""
+        if os.path.islink(self.folder):
+            return  # never a file outside the data directory (read applies none there)
         self._path(tool_call_id, message_id).unlink(missing_ok=True)
 
     # -- stopping a turn ---------------------------------------------------------------
@@ -205,12 +273,21 @@ class DecisionBox:
         return self.folder / f"{_STOP_PREFIX}{digest}.json"
 
     def post_stop(self, turn_id: str, branch: str) -> None:
-        """Ask the process running turn ``turn_id`` (on ``branch``) to stop it."""
+        """Ask the process running turn ``turn_id`` (on ``branch``) to stop it.
+
+        A symbolic link as the folder or the stop record raises
+        :class:`~cm_notebook.errors.CorruptDataError`: the stop could not be asked.
+        """
+        self._refuse_linked_folder()
         self.folder.mkdir(exist_ok=True)
         record = json.dumps({"turn_id": turn_id, "branch": branch}).encode()
+        path = self._stop_path(turn_id)
         try:
-            fd = os.open(self._stop_path(turn_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o600)
         except FileExistsError:
+            if os.path.islink(path):
+                # The running process ignores it (stop_asked): not "asked already".
+                raise _linked(path) from None
             return  # asked already
         try:
             os.write(fd, record)
@@ -218,12 +295,24 @@ class DecisionBox:
             os.close(fd)
 
     def stop_asked(self, turn_id: str) -> bool:
-        """Whether another process asked to stop turn ``turn_id``."""
+        """Whether another process asked to stop turn ``turn_id``.
+
+        A stop record or folder that is a symbolic link is no request (a warning says
+        so): the turn goes on, as it would if nobody had asked.
+        """
         # Existence is the request: a record torn by a crash still names its turn.
+        path = self._stop_path(turn_id)
         try:
-            return self._stop_path(turn_id).exists()
+            mode = os.lstat(path).st_mode
         except OSError:
             return False
+        linked_from = path if stat.S_ISLNK(mode) else self.folder
+        if not os.path.islink(linked_from):
+            return True
+        # Not obeyed: post_stop never writes through a link, so no real request is
+        # lost, and a record someone planted outside the data directory stops nothing.
+        self._ignored(_linked(linked_from), f"a stop of turn {turn_id!r} (it goes on)")
+        return False
 
 
 def link_record(temp: Path, path: Path) -> bool:
@@ -236,6 +325,10 @@ def link_record(temp: Path, path: Path) -> bool:
     try:
         os.link(temp, path)
     except FileExistsError:
+        if os.path.islink(path):
+            # Not taken for a decision (read never applies it) nor removed as a torn
+            # record: the decider is told, and the call stays waiting.
+            raise _linked(path) from None
         # One remover at a time: two that judged the same torn record could otherwise
         # take away the decision the first of them linked in its place (the move
         # aside, check and link back are three steps). A decider that links into an
@@ -262,7 +355,7 @@ def _take_away_torn(path: Path) -> bool:
     # held, and only a remover ever replaces a record that is there (deciders link into
     # an empty place only): the file judged torn is the one removed.
     try:
-        if time.time() - os.stat(path).st_mtime < TORN_AFTER_SECONDS or not _torn(path):
+        if time.time() - os.lstat(path).st_mtime < TORN_AFTER_SECONDS or not _torn(path):
             return False
         path.unlink()
     except OSError:
@@ -272,9 +365,9 @@ def _take_away_torn(path: Path) -> bool:
 
 def _torn(path: Path) -> bool:
     try:
-        record = _json.loads(path.read_bytes(), max_chars=_MAX_RECORD_CHARS)
+        record = _json.loads(read_regular(path), max_chars=_MAX_RECORD_CHARS)
     except ValueError:
         return True
-    except OSError:
+    except (OSError, CorruptDataError):  # a link or a folder: not a record to remove
         return False
     return not isinstance(record, dict)

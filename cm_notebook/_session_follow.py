@@ -67,7 +67,7 @@ class FollowOthers:
         self._decisions = DecisionBox(context_folder_of(self._signal_log.path), self._fsync)
         # A call its turn stopped waiting for (cancelled, stopped) is decided: a client
         # of another process approving it then is refused, not told it approved it.
-        self._approvals.on_dropped = self._decisions.claim
+        self._approvals.on_dropped = self._decisions.claim_dropped
         # Weakly: the follower's thread must not keep a dropped session alive
         # (cm_notebook._dropped releases what it held once it is collected).
         self._follower = LogFollower(

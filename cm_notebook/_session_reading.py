@@ -204,15 +204,19 @@ class SessionReading(SessionCore):
             else:
                 edited = check_arguments_shape(arguments)
         outcomes = self._outcomes_of([PostedCall(call_id, message_id, asked_on)])
-        posted = self._decisions.post(
-            call_id,
-            message_id,
-            approved=approved,
-            reason=reason,
-            arguments=edited,
-            by=by,
-            remember=remember,
-        )
+        try:
+            posted = self._decisions.post(
+                call_id,
+                message_id,
+                approved=approved,
+                reason=reason,
+                arguments=edited,
+                by=by,
+                remember=remember,
+            )
+        except BaseException:
+            outcomes.close()  # refused (a full disk, a planted link): nothing to wait for
+            raise
         if not posted:
             outcomes.close()
             raise ToolCallAlreadyResolvedError(
@@ -247,19 +251,23 @@ class SessionReading(SessionCore):
             PostedCall(call.id, message_id, asked_on) for call, message_id, asked_on in waiting
         )
         posted = []
-        for call, message_id, _ in waiting:
-            if self._decisions.post(
-                call.id,
-                message_id,
-                approved=approved,
-                reason=reason,
-                arguments=None,
-                by=by,
-                remember=remember,
-            ):
-                posted.append((call, message_id))
-            else:
-                outcomes.forget(call.id, message_id)
+        try:
+            for call, message_id, _ in waiting:
+                if self._decisions.post(
+                    call.id,
+                    message_id,
+                    approved=approved,
+                    reason=reason,
+                    arguments=None,
+                    by=by,
+                    remember=remember,
+                ):
+                    posted.append((call, message_id))
+                else:
+                    outcomes.forget(call.id, message_id)
+        except BaseException:
+            outcomes.close()  # refused (a full disk, a planted link): its reader goes too
+            raise
         applied = outcomes.wait()
         return [
             call
