@@ -10,8 +10,14 @@ without one keeps them in memory, for this session only):
   and the next append starts on a fresh line. Lines are parsed as bounded JSON.
 * ``allowed.json``: the tools allowed for the whole context (``{"tools": [...]}``),
   replaced atomically under a lock file, and re-read by every process whenever it
-  changed (a ``stat`` per check), so an allowance given or revoked in one process holds
-  in every other at its next tool call.
+  changed (an ``lstat`` of it and of its folder per check), so an allowance given or
+  revoked in one process holds in every other at its next tool call.
+
+Neither file, nor the folder, is read or written through a symbolic link, as elsewhere
+in the store: a link planted in a shared context folder must not make a file outside
+the data directory decide which tools run without asking. Such a link raises
+:class:`~cm_notebook.errors.CorruptDataError`; a tool call that finds the allow-list so
+refused asks for a decision.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,9 +35,11 @@ from pydantic import ValidationError
 
 from . import _json
 from .approvals import ApprovalRecord, Remember
-from .errors import InvalidInputError, StoreError, StoreLockTimeoutError
+from .errors import CorruptDataError, InvalidInputError, StoreError, StoreLockTimeoutError
 from .store.atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, write_all
+from .store.codec import read_regular
 from .store.diagnostics import warn
+from .store.oserrors import linked
 from .store.oslock import LockTimeout, OSLock
 
 __all__ = ["AllowLists", "ApprovalLog", "approvals_folder", "write_approvals"]
@@ -53,6 +62,24 @@ LOCK_TIMEOUT = 10.0
 _APPEND_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
 
 _Change = Callable[[frozenset[str]], frozenset[str]]
+
+# Not the store's usual "replace it with what it points to": the file there may be
+# someone else's allow-list, outside the data directory.
+_LINK_REMEDY = (
+    "Remove the link (what it points to may be someone else's file; the folder and its "
+    "files are made again when needed), then allow again the tools the context should "
+    "run without asking: until then their calls ask first."
+)
+
+
+def _linked(path: Path) -> CorruptDataError:
+    return linked(path, _LINK_REMEDY)
+
+
+def _refuse_link(path: Path) -> None:
+    # ``path`` (a folder, or a file whose folder was checked) if it is no link.
+    if os.path.islink(path):
+        raise _linked(path)
 
 
 def approvals_folder(context_dir: Path | None) -> Path | None:
@@ -85,9 +112,8 @@ class ApprovalLog:
         line = (record.model_dump_json() + "\n").encode()
         try:
             folder = self._path.parent
+            _refuse_link(folder)  # planted: never followed out (a dangling one too)
             mkdir_durable(folder, self._fsync if durable else None)
-            if os.path.islink(folder):  # planted: never followed out
-                raise OSError(errno.ELOOP, "a symbolic link", str(folder))
             fd = os.open(self._path, _APPEND_FLAGS, 0o644)
             try:
                 size = os.fstat(fd).st_size
@@ -102,7 +128,19 @@ class ApprovalLog:
             if durable and not self._named:
                 fsync_dir(folder, self._fsync)  # a power loss could drop a new log's name
                 self._named = True
+        except CorruptDataError as exc:
+            raise CorruptDataError(
+                f"the approval log {self._path} was not written (the decision itself was "
+                f"applied): {exc}",
+                exc.path,
+            ) from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # the log itself is a link (O_NOFOLLOW)
+                raise CorruptDataError(
+                    f"the approval log was not written (the decision itself was applied): "
+                    f"{_linked(self._path)}",
+                    self._path,
+                ) from exc
             raise StoreError(
                 f"the approval log {self._path} could not be written: {exc}; the decision "
                 "itself was applied. Free disk space or fix the folder's permissions."
@@ -115,9 +153,14 @@ class ApprovalLog:
                 records = list(self._memory)
         else:
             try:
-                text = self._path.read_text(encoding="utf-8", errors="replace")
+                _refuse_link(self._path.parent)
+                text = read_regular(self._path).decode("utf-8", errors="replace")
             except FileNotFoundError:
                 return []
+            except CorruptDataError:
+                if os.path.islink(self._path):
+                    raise _linked(self._path) from None
+                raise  # the folder (already said so) or not a file (read_regular's error)
             except OSError as exc:
                 raise StoreError(f"the approval log {self._path} could not be read: {exc}") from exc
             # Lines end at "\n" only: a record's text may hold U+2028 or U+0085 raw
@@ -182,12 +225,17 @@ class AllowLists:
             with self._lock:
                 return frozenset(self._memory_context)
         path = self._folder / _ALLOWED
+        # Links are refused before the cache is consulted: the signature of a file
+        # read through a link planted since would otherwise still count.
+        _refuse_link(self._folder)
         try:
-            info = os.stat(path)
+            info = os.lstat(path)
         except FileNotFoundError:
             return frozenset()
         except OSError as exc:
             raise StoreError(f"the allow-list {path} could not be read: {exc}") from exc
+        if stat.S_ISLNK(info.st_mode):
+            raise _linked(path)
         signature = (info.st_ino, info.st_mtime_ns, info.st_size)
         with self._lock:
             if self._cache is not None and self._cache[0] == signature:
@@ -239,11 +287,10 @@ class AllowLists:
         assert self._folder is not None
         # The store's own OS lock: it keeps its descriptor while it waits and never
         # follows a link planted in place of the lock file.
+        _refuse_link(self._folder)  # planted: never followed out (a dangling one too)
         lock = OSLock(self._folder / _LOCK)
         try:
             mkdir_durable(self._folder, self._fsync)
-            if os.path.islink(self._folder):  # planted: never followed out
-                raise OSError(errno.ELOOP, "a symbolic link", str(self._folder))
             lock.acquire(timeout=self._lock_timeout)
         except LockTimeout:
             lock.close()
@@ -254,6 +301,8 @@ class AllowLists:
             ) from None
         except OSError as exc:
             lock.close()
+            if exc.errno == errno.ELOOP:  # the lock file is a link (O_NOFOLLOW)
+                raise _linked(self._folder / _LOCK) from exc
             raise StoreError(
                 f"the allow-list in {self._folder} could not be changed: {exc}"
             ) from exc
@@ -265,9 +314,14 @@ class AllowLists:
 
 def _read_allowed(path: Path) -> frozenset[str]:
     try:
-        value = _json.loads(path.read_bytes(), max_chars=_MAX_LINE_CHARS)
+        _refuse_link(path.parent)
+        value = _json.loads(read_regular(path), max_chars=_MAX_LINE_CHARS)
     except FileNotFoundError:
         return frozenset()
+    except CorruptDataError:
+        if os.path.islink(path):
+            raise _linked(path) from None
+        raise  # the folder (already said so) or not a file (read_regular's error)
     except (OSError, ValueError) as exc:
         raise StoreError(
             f"the allow-list {path} is damaged ({exc}); delete it to allow no tool "
