@@ -23,6 +23,7 @@ from ._signal_records import (
 )
 from .errors import InvalidInputError
 from .signals import Event, Resync, parse_event
+from .store.oserrors import linked
 
 __all__ = ["TAIL_BYTES", "LogReader"]
 
@@ -96,6 +97,11 @@ class LogReader:
             os.close(self._fd)
             self._fd = -1
             self.position = None
+        if os.path.islink(self.path.parent):
+            # Planted since the context was opened (opening refuses it: see
+            # store.folders.checked_signal_log): records written outside the data
+            # directory are never taken for the context's signals.
+            raise linked(self.path.parent)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | NO_FOLLOW)
         except FileNotFoundError:

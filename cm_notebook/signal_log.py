@@ -378,10 +378,15 @@ class SignalLog:
             self._compaction_due = False
             if self._fd < 0 or self._end <= self.max_bytes:
                 return  # closed (a later record finds it too long again), or done
+            if os.path.islink(self.path.parent):
+                # Planted since the log was opened: the copy would be written outside
+                # the data directory. Records go on into the file open here, until
+                # _lock_file finds the path names another file and refuses the folder.
+                return
             source, end = os.dup(self._fd), self._end
         temp = self.path.with_name(f".{self.path.name}.{self.writer}.tmp")
         try:
-            out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NO_FOLLOW, 0o600)
             # Held until closed (after the rename): a sweep then never removes the
             # file while it is written (see store/leftovers.py).
             hold(out)

@@ -1,11 +1,12 @@
 """Links planted in a context folder received from someone else (a zip, a repository, a
 shared drive) never make a session write, or read, outside the data directory.
 
-The signal log (appended to by every process that opens the context) and the approval
-log, allow-list and its lock are refused when they, or their folders, are symbolic
-links; the file a link points to is left untouched and never decides anything (an
-allow-list found through a link allows nothing: the call asks). (Decision records: see
-test_planted_decision_links.py.)
+The signal log (appended to by every process that opens the context, read by every
+follower) and the approval log, allow-list and its lock are refused when they, or
+their folders, are symbolic links; the file a link points to is left untouched and
+never decides anything (an allow-list found through a link allows nothing: the call
+asks). The sweep of temporary files left by dead writers never removes one through a
+link. (Decision records: see test_planted_decision_links.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import pytest
 
 from cm_notebook import ContextSession
 from cm_notebook.errors import CorruptDataError, StoreError
+from cm_notebook.events import ContentDelta, Event
+from cm_notebook.signal_log import LogReader, SignalLog
 from cm_notebook.store.diagnostics import StoreWarning
+from cm_notebook.store.leftovers import STRAY_TEMP_SECONDS
 from cm_notebook.testing import ScriptedProvider
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
@@ -192,3 +196,73 @@ def test_an_approval_log_reached_through_a_link_is_not_read(
         pytest.raises(CorruptDataError, match=f"{link} is a symbolic link"),
     ):
         session.approval_log()
+
+
+def _age(path: Path) -> None:
+    old = time.time() - STRAY_TEMP_SECONDS - 10
+    os.utime(path, (old, old))
+
+
+@pytest.mark.parametrize("name", ["signals", "decisions"])
+def test_the_sweep_of_leftover_temporary_files_removes_none_through_a_link(
+    tmp_path: Path, name: str
+) -> None:
+    # Opening a context removes what dead writers left in these folders; a link as the
+    # folder must not make it remove files elsewhere that happen to look the same.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lookalike = outside / ".00112233aabbccdd.tmp"
+    lookalike.write_text(VICTIM_TEXT)
+    _age(lookalike)
+    folder = _shared_context(tmp_path / "data")
+    shutil.rmtree(folder / name, ignore_errors=True)
+    os.symlink(outside, folder / name)
+    if name == "signals":  # refused on opening, after the sweep
+        with pytest.raises(CorruptDataError, match="signals is a symbolic link"):
+            ContextSession.open(folder.name, data_dir=tmp_path / "data")
+    else:
+        ContextSession.open(folder.name, data_dir=tmp_path / "data").close()
+    assert lookalike.read_text() == VICTIM_TEXT
+
+
+def test_a_signal_log_reached_through_a_folder_linked_since_opening_is_not_read(
+    tmp_path: Path,
+) -> None:
+    # Opening refuses a linked signals folder; one planted afterwards must not feed
+    # records written elsewhere to the readers (a follower, the server's streams).
+    folder = _shared_context(tmp_path / "data")
+    signals = folder / "signals"
+    assert LogReader(signals / "signals.log", since=0).poll()  # the context's own
+    outside = tmp_path / "outside"
+    signals.rename(outside)
+    os.symlink(outside, signals)
+    reader = LogReader(signals / "signals.log", since=0)
+    with pytest.raises(CorruptDataError, match=f"{signals} is a symbolic link"):
+        reader.poll()
+    reader.close()
+
+
+def _delta(n: int) -> Callable[[int], Event]:
+    return lambda seq: ContentDelta(seq=seq, message_id="m1", text="x" * 40, offset=n * 40)
+
+
+def test_a_compaction_is_not_written_through_a_folder_linked_since_opening(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "signals"
+    folder.mkdir()
+    log = SignalLog(folder / "signals.log", max_bytes=2048, sync_delay=60)
+    for n in range(100):
+        log.record(_delta(n))  # beyond max_bytes: the next sync compacts the log
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder.rename(tmp_path / "moved")
+    os.symlink(outside, folder)
+    before = outside.stat().st_mtime_ns
+    time.sleep(0.05)  # past the file system's clock tick: a file made there would show
+    try:
+        log.sync()
+    finally:
+        log.close()
+    assert list(outside.iterdir()) == []
+    assert outside.stat().st_mtime_ns == before

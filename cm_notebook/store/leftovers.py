@@ -140,6 +140,8 @@ def hold(fd: int) -> None:
 
 
 def _remove_unheld_temps(folder: Path) -> None:
+    if os.path.islink(folder):
+        return  # planted: what it points to is outside the context, never swept
     try:
         names = [name for name in os.listdir(folder) if is_temp_name(name)]
     except OSError:
