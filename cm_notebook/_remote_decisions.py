@@ -187,8 +187,8 @@ class DecisionBox:
         A symbolic link as the folder or the call's record raises
         :class:`~cm_notebook.errors.CorruptDataError` (nothing decided: the call stays
         waiting). Not let through like a folder that cannot be written: the link may
-        stand for a decision someone else meant to make (one that :meth:`read` refuses
-        to apply), and the person deciding here is told of it before the tool runs.
+        have been planted to decide the call (:meth:`read` never applies it), and the
+        person deciding here learns of it, and removes it, before anything runs.
         """
         record = {"tool_call_id": tool_call_id, "claimed": True, "pid": os.getpid()}
         self._refuse_linked_folder()

@@ -122,6 +122,38 @@ def test_a_decision_reached_through_a_link_is_not_obeyed(
     assert [p.name for p in elsewhere.folder.iterdir()] == [record.name]
 
 
+def test_a_turn_stopped_while_its_call_waits_ends_cleanly_with_a_linked_folder(
+    tmp_path: Path,
+) -> None:
+    # A call its turn stops waiting for is claimed, so that no later decision is
+    # reported made; a linked folder leaves it unclaimed instead of failing the stop.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = _shared_context(tmp_path / "data")
+    provider = ScriptedProvider().tool_call("delete_file", {"path": "notes.txt"}).reply("never")
+    ran: list[str] = []
+
+    def delete_file(path: str) -> str:
+        """Delete a file."""
+        ran.append(path)
+        return "deleted"
+
+    with ContextSession.open(
+        folder.name, data_dir=tmp_path / "data", provider=provider, tools=[delete_file]
+    ) as session:
+        turn = session.send("tidy up")
+        _until(lambda: bool(session.pending_tool_calls), "the call to be asked")
+        shutil.rmtree(folder / "decisions", ignore_errors=True)
+        os.symlink(outside, folder / "decisions")
+        session.stop()
+        stopped = turn.result(timeout=DEADLINE)
+        assert [call.status.value for call in stopped.tool_calls] == ["denied"]
+        assert "cancelled by the user" in session.history()[-1].content
+        assert not session.pending_tool_calls
+    assert ran == []
+    assert list(outside.iterdir()) == []
+
+
 def _open_files() -> int:
     folder = "/proc/self/fd"
     return len(os.listdir(folder)) if os.path.isdir(folder) else 0
