@@ -15,7 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import unquote, unquote_plus
 
-from .redact import REDACTED, is_secret_name, redact_text, remember_secret
+from .redact import (
+    REDACTED,
+    is_secret_name,
+    redact_text,
+    remember_basic_credentials,
+    remember_secret,
+)
 
 __all__ = ["redact_url", "refuse_url_secrets", "remember_url_secrets"]
 
@@ -79,6 +85,16 @@ def _url_secrets(url: str) -> list[str]:
     return [value for value in found if value]
 
 
+def _basic_credentials(url: str) -> tuple[str, str] | None:
+    # The (user, password) an HTTP client sends for ``url`` as "Authorization: Basic":
+    # its userinfo percent-decoded, as httpx decodes it; None when that holds no
+    # credential (no password, and a user that is a plain name: "https://me@host").
+    parts = _url_parts(url)
+    user, colon, password = parts[1].partition(":") if parts is not None else ("", "", "")
+    user, password = unquote(user), unquote(password)
+    return (user, password) if (colon and password) or _looks_like_token(user) else None
+
+
 def refuse_url_secrets(options: Mapping[str, object], where: str) -> None:
     """Raise ValueError if ``options["base_url"]`` carries credentials (as
     :func:`remember_url_secrets` finds them): settings that are stored must not hold
@@ -102,12 +118,20 @@ def remember_url_secrets(url: str | None) -> None:
     digits), and the values of its query parameters named like credentials
     (``?sig=...``, ``?code=...``, ``?api_key=...``); other values (``?deployment=...``,
     ``?api-version=...``) are no credentials. Both the written and the percent-decoded
-    forms are remembered: a server sees the decoded one.
+    forms are remembered: a server sees the decoded one. The HTTP client sends the
+    ``user:password@`` part as ``Authorization: Basic <token>``, which a server may
+    echo alone: that token is remembered too (see
+    :func:`~cm_notebook.redact.remember_basic_credentials`).
     Values shorter than 8 characters are not remembered (see
     :func:`~cm_notebook.redact.remember_secret`)."""
-    for value in _url_secrets(url) if isinstance(url, str) else []:
+    if not isinstance(url, str):
+        return
+    for value in _url_secrets(url):
         for form in {value, unquote(value), unquote_plus(value)}:
             remember_secret(form)
+    basic = _basic_credentials(url)
+    if basic is not None:
+        remember_basic_credentials(*basic)
 
 
 def redact_url(url: str) -> str:

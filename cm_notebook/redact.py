@@ -25,6 +25,8 @@ Everything else that leaves the process is *redacted*: :func:`redact` for data,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import logging
@@ -46,6 +48,7 @@ __all__ = [
     "redact",
     "redact_text",
     "refuse_secrets",
+    "remember_basic_credentials",
     "remember_header_secrets",
     "remember_secret",
     "scrub_exception",
@@ -185,13 +188,38 @@ def _is_credential_header(name: str) -> bool:
     return is_secret_name(name) or bool(words and words[-1] in _HEADER_CREDENTIAL_WORDS)
 
 
+def remember_basic_credentials(user: str, password: str) -> None:
+    """Redact, from now on, HTTP Basic credentials in every form a server may echo
+    them: the token ``Authorization: Basic`` carries (the base64 of
+    ``user:password``), the password alone, and ``user:password`` whole when the
+    password alone is too short to be remembered (see :func:`remember_secret`). A
+    longer password is replaced inside it, and the user name, which is no secret, stays
+    readable ("denied for alice:[REDACTED]")."""
+    pair = f"{user}:{password}"
+    remember_secret(password)
+    if len(password.strip()) < _MIN_SECRET_CHARS:
+        remember_secret(pair)
+    remember_secret(base64.b64encode(pair.encode()).decode("ascii"))
+
+
+def _decoded_basic(token: str) -> tuple[str, str] | None:
+    # The (user, password) inside a "Basic <token>" credential, or None if it is not
+    # base64 of UTF-8 "user:password" (then only the token itself can be echoed).
+    try:
+        user, colon, password = base64.b64decode(token, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if colon else None
+
+
 def remember_header_secrets(headers: Mapping[str, object] | None) -> None:
     """Redact, from now on, the credentials among HTTP ``headers`` a provider sends
     (its ``default_headers=``): the values of headers named like credentials
     (``Authorization``, ``api-key``, ``X-Api-Token``, ``Cookie``...) or shaped like
     one, as :func:`remember_secret` does for an ``api_key=``. The credential inside
     ``Bearer <token>`` and the values of a cookie are remembered on their own too, as
-    a server may echo only them."""
+    a server may echo only them; so are the user and password inside ``Basic <token>``
+    (see :func:`remember_basic_credentials`), which a server may echo decoded."""
     for name, value in (headers or {}).items():
         if not isinstance(value, str) or not value.strip():
             continue
@@ -203,6 +231,9 @@ def remember_header_secrets(headers: Mapping[str, object] | None) -> None:
         scheme, _, credential = value.strip().partition(" ")
         if credential and scheme.isalpha():  # "Bearer <token>", "Token <token>"
             remember_secret(credential.strip())
+            basic = _decoded_basic(credential.strip()) if scheme.lower() == "basic" else None
+            if basic is not None:
+                remember_basic_credentials(*basic)
         for part in value.split(";"):  # "session=<value>; csrftoken=<value>"
             remember_secret(part.partition("=")[2].strip())
 

@@ -3,8 +3,8 @@ used to reach the server but never stored, shown or logged, even when the server
 echoes them alone, and they do not change how an HTTP error is reported.
 
 The far end is a real HTTP server on 127.0.0.1 that answers every POST 401 with a body
-quoting what it got: the Basic credentials it decoded and the path it was asked for,
-query included (as proxies and gateways do). Each test's secret is new and has no
+quoting what it got: the Basic credentials, decoded and as sent, and the path it was
+asked for, query included (as proxies and gateways do). Each test's secret is new and has no
 known key shape: remembered secrets last the process, and only remembering can find it.
 """
 
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fault_server import FaultServer, Status
@@ -39,7 +40,8 @@ FAST = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=2, jitter=0.
 
 
 class EchoServer(ThreadingHTTPServer):
-    """Answers every POST 401, quoting the credentials and the path it received."""
+    """Answers every POST 401, quoting the Basic credentials (decoded, and the token
+    as sent) and the path it received."""
 
     daemon_threads = True
     block_on_close = False
@@ -62,9 +64,11 @@ class _Echo(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        auth = self.headers.get("authorization", "")
-        basic = base64.b64decode(auth[6:]).decode() if auth.lower().startswith("basic ") else ""
-        quoted = f"Access denied for {basic or 'nobody'} (path {self.path})"
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        basic = base64.b64decode(token).decode() if scheme.lower() == "basic" else ""
+        quoted = (
+            f"Access denied for {basic or 'nobody'} (token {token or 'none'}, path {self.path})"
+        )
         self.server.received.append(quoted)
         data = json.dumps({"type": "error", "error": {"message": quoted, "type": "auth"}})
         self.send_response(401)
@@ -162,6 +166,72 @@ async def test_a_base_url_from_the_environment_is_remembered_too(
     assert isinstance(error, PermanentProviderError)
     in_error = secret in "".join(traceback.format_exception(error))
     assert not in_error, "the credential is in the error or its chained causes"
+
+
+async def echoed_failure(provider: OpenAIProvider | AnthropicProvider, data_dir: Path) -> str:
+    """Send once through ``provider`` to the echo server (which refuses it); the error's
+    message, after checking the error is an authentication failure. The provider is
+    closed after."""
+    session = ContextSession.create(provider=provider, data_dir=data_dir, retry=FAST)
+    try:
+        with pytest.raises(CMError, match="authentication failed") as caught:
+            await session.send("Hi")
+    finally:
+        await session.aclose()
+        await provider.aclose()
+    return "".join(traceback.format_exception(caught.value))
+
+
+def kept_in(data_dir: Path, shown: str, secret: str) -> list[str]:
+    """Where ``secret`` is: "the error" and the files under ``data_dir`` (their paths
+    only: a failing assertion must not print it)."""
+    return (["the error"] if secret in shown else []) + [
+        str(path.relative_to(data_dir)) for path in files_holding(data_dir, secret)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_the_basic_token_a_base_url_is_sent_with_is_kept_nowhere_when_echoed(
+    echo: EchoServer, data_dir: Path, kind: str
+) -> None:
+    # The HTTP client sends user:password@ as "Authorization: Basic <token>", the
+    # base64 of the pair percent-decoded, and a gateway may quote that token alone:
+    # it decodes to the password. The password holds characters a URL must encode.
+    secret = f"{new_secret()}/@%"
+    path = "/v1" if kind == "openai" else ""
+    base_url = echo.url.replace("http://", f"http://me:{quote(secret, safe='')}@") + path
+    token = base64.b64encode(f"me:{secret}".encode()).decode()
+    shown = await echoed_failure(provider_for(kind, base_url), data_dir)
+    quoted = f"token {token}," in echo.received[0]
+    assert quoted, "the server did not get the token, or did not quote it"
+    assert f"(token {REDACTED}," in shown
+    assert kept_in(data_dir, shown, token) == []
+    assert kept_in(data_dir, shown, secret) == []
+
+
+@pytest.mark.parametrize("password", ["long", "short"])
+async def test_the_user_and_password_of_a_basic_header_are_kept_nowhere_when_echoed(
+    echo: EchoServer, data_dir: Path, password: str
+) -> None:
+    # default_headers={"Authorization": "Basic <token>"}: the server decodes the token
+    # and quotes "user:password". A long password goes, the user name stays readable; a
+    # password too short to redact wherever it appears goes with its user name.
+    user = f"u{uuid.uuid4().hex[:10]}"
+    secret = new_secret() if password == "long" else "pw1"
+    header = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+    provider = OpenAIProvider(
+        "m", base_url=f"{echo.url}/v1", default_headers={"Authorization": header}, timeout=5.0
+    )
+    shown = await echoed_failure(provider, data_dir)
+    quoted = f"for {user}:{secret} " in echo.received[0]
+    assert quoted, "the server did not get the credentials, or did not quote them"
+    if password == "long":
+        assert f"for {user}:{REDACTED} " in shown
+        assert kept_in(data_dir, shown, secret) == []
+    else:
+        assert f"for {REDACTED} " in shown
+        assert kept_in(data_dir, shown, f"{user}:{secret}") == []
+    assert kept_in(data_dir, shown, header.removeprefix("Basic ")) == []
 
 
 def test_the_url_secrets_are_remembered_in_every_form_and_versions_are_kept() -> None:
