@@ -6,7 +6,8 @@ A value counts as a secret in three ways:
   ``Ocp-Apim-Subscription-Key``, ``Cookie``, ``private_key``, ``credentials``,
   ``auth``...), in a mapping or as a ``(name, value)`` pair in a list. Ordinary
   parameter names (``max_tokens``, ``max_token``, ``top_k``, ``token_limit``,
-  ``prompt_cache_key``) are not credentials: see :func:`is_secret_name`;
+  ``prompt_cache_key``) are not credentials: see :func:`is_secret_name`. Among headers
+  (under a name ending in ``headers``), ``X-Vault-Token`` or ``X-Functions-Key`` is one;
 * **by shape**: bearer and basic credentials, well-known key formats (``sk-...``,
   ``sk-ant-...``, ``ghp_...``, ``hf_...``, ``AKIA...``), the ``user:password@`` part of a
   URL, credential query parameters (``?api_key=...``) and ``name: value`` pairs whose
@@ -186,6 +187,23 @@ _HEADER_CREDENTIAL_WORDS = frozenset({"key", "keys", "token", "tokens", "secret"
 def _is_credential_header(name: str) -> bool:
     words = _words(name)
     return is_secret_name(name) or bool(words and words[-1] in _HEADER_CREDENTIAL_WORDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _holds_headers(name: object) -> bool:
+    # Whether the mapping (or list of pairs) under ``name`` holds HTTP headers
+    # ("default_headers", "extra_headers", "headers"), whose own names are then read as
+    # headers' names: "X-Vault-Token" is a credential there. Cached, and a suffix test
+    # rather than words: it runs for every mapping a store write redacts.
+    return isinstance(name, str) and name[-7:].lower() == "headers"
+
+
+def _names_credential(name: object, under: object) -> bool:
+    # Whether a key (or a pair's first item) names a credential, ``under`` being the name
+    # of what holds it: among headers, as remember_header_secrets reads their names.
+    if not isinstance(name, str):
+        return False
+    return _is_credential_header(name) if _holds_headers(under) else is_secret_name(name)
 
 
 def remember_basic_credentials(user: str, password: str) -> None:
@@ -424,10 +442,13 @@ def _path(place: _Place | None) -> str:
 def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
     # (path, why) for every secret in ``value``. An explicit stack, not recursion: the
     # data may come from anyone and be nested deeper than Python's recursion limit.
+    # Each item goes with the name it is stored under (a list's items with the list's).
     env = _env_secrets()
-    stack: list[tuple[object, _Place | None]] = [(value, (path, None) if path else None)]
+    stack: list[tuple[object, _Place | None, object]] = [
+        (value, (path, None) if path else None, path)
+    ]
     while stack:
-        item, place = stack.pop()
+        item, place, under = stack.pop()
         if isinstance(item, str):
             if any(secret in item for secret in env):
                 yield (
@@ -441,15 +462,15 @@ def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
         elif isinstance(item, Mapping):
             for key, child in item.items():
                 inner = (f"[{key!r}]" if place is not None else str(key), place)
-                if isinstance(key, str) and is_secret_name(key) and _holds_text(child):
+                if _names_credential(key, under) and _holds_text(child):
                     yield _path(inner), f"{key!r} names a credential"
                 else:
-                    stack.append((child, inner))
+                    stack.append((child, inner, key))
         elif isinstance(item, (list, tuple)):
-            if _is_pair(item) and is_secret_name(item[0]) and _holds_text(item[1]):
+            if _is_pair(item) and _names_credential(item[0], under) and _holds_text(item[1]):
                 yield _path((f"[{item[0]!r}]", place)), f"{item[0]!r} names a credential"
                 continue
-            stack.extend((child, (f"[{index}]", place)) for index, child in enumerate(item))
+            stack.extend((child, (f"[{i}]", place), under) for i, child in enumerate(item))
 
 
 def find_secret(value: object, where: str = "") -> str | None:
@@ -489,7 +510,7 @@ def redact(value: Any) -> Any:
     Values under credential-like names (in mappings, or as ``(name, value)`` pairs) go
     whole; strings keep everything but the secret parts.
     """
-    return _redact(value, _env_secrets(), 0)
+    return _redact(value, _env_secrets(), 0, None)
 
 
 # Values that hold no text: returned as they are, before the type checks below (a
@@ -497,8 +518,9 @@ def redact(value: Any) -> Any:
 _PLAIN_SCALARS = frozenset({type(None), bool, int, float})
 
 
-def _redact(value: Any, env_secrets: list[str], depth: int) -> Any:
+def _redact(value: Any, env_secrets: list[str], depth: int, under: object) -> Any:
     # The environment's secrets are looked up once per call of redact(), not per string.
+    # ``under``: the name ``value`` is stored under (a list's items get the list's).
     kind = type(value)
     if kind in _PLAIN_SCALARS:
         return value
@@ -508,18 +530,19 @@ def _redact(value: Any, env_secrets: list[str], depth: int) -> Any:
         return _redact_text(value, env_secrets) if value else value
     if kind is dict or isinstance(value, Mapping):
         # A scalar child stays as it is, whatever its name (it holds no text).
+        names_secret = _is_credential_header if _holds_headers(under) else is_secret_name
         return {
             key: child
             if type(child) in _PLAIN_SCALARS
             else REDACTED
-            if isinstance(key, str) and is_secret_name(key) and _holds_text(child)
-            else _redact(child, env_secrets, depth + 1)
+            if isinstance(key, str) and names_secret(key) and _holds_text(child)
+            else _redact(child, env_secrets, depth + 1, key)
             for key, child in value.items()
         }
     if isinstance(value, (list, tuple)):
-        if _is_pair(value) and is_secret_name(value[0]) and _holds_text(value[1]):
+        if _is_pair(value) and _names_credential(value[0], under) and _holds_text(value[1]):
             return type(value)([value[0], REDACTED])
-        return type(value)(_redact(child, env_secrets, depth + 1) for child in value)
+        return type(value)(_redact(child, env_secrets, depth + 1, under) for child in value)
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,9 @@ SECRET_OPTIONS: list[dict[str, Any]] = [
     {"default_headers": {"X-Auth-Token": PLAIN}},
     {"default_headers": {"X-Api-Token": PLAIN}},
     {"default_headers": {"Ocp-Apim-Subscription-Key": PLAIN}},
+    # Credentials as header names only: "Vault" or "Functions" qualify no parameter.
+    {"default_headers": {"X-Vault-Token": PLAIN}},
+    {"default_headers": [["X-Functions-Key", PLAIN]]},
     {"default_headers": {"Cookie": f"session={PLAIN}"}},
     {"default_headers": {"authorization": f"Token {PLAIN}"}},
     {"default_headers": [["X-Auth-Token", PLAIN]]},
@@ -209,6 +213,7 @@ def written_names(data_dir: Path) -> list[str]:
     "params",
     [
         {"extra_headers": {"X-Auth-Token": PLAIN}},
+        {"extra_headers": {"X-Vault-Token": PLAIN}},
         {"headers": {"Authorization": f"Bearer {PLAIN}"}},
         {"headers": [["Ocp-Apim-Subscription-Key", PLAIN]]},
         {"api_key": PLAIN},
@@ -223,6 +228,41 @@ def test_generation_parameters_with_a_secret_are_refused_without_echo(
     assert PLAIN not in full_text(caught.value)
     assert files_holding(data_dir, PLAIN) == []
     assert written_names(data_dir) == before  # nothing written
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("header", ["X-Vault-Token", "X-Functions-Key"])
+async def test_a_header_named_like_a_credential_is_refused_in_stored_settings(
+    data_dir: Path, fault_server: FaultServer, header: str
+) -> None:
+    # Accepted, it was stored as "[REDACTED]" (the provider built to check the settings
+    # had remembered it), and a reopened session sent that to the server instead. A new
+    # secret: one a provider remembered (PLAIN, in other tests) is refused by value.
+    secret = f"vault{uuid.uuid4().hex}"
+    options = {"base_url": fault_server.url, "default_headers": {header: secret}}
+    with pytest.raises(InvalidInputError, match="looks like a secret") as caught:
+        ContextSession.create(
+            provider="openai:fault-model", provider_options=options, data_dir=data_dir
+        )
+    said = full_text(caught.value)
+    assert f"default_headers[{header!r}] ({header!r} names a credential)" in said
+    assert "provider=OpenAIProvider(model, base_url=..., default_headers=...)" in said
+    assert secret not in said
+    assert ContextSession.list(data_dir) == []
+    assert fault_server.requests == []
+    # The way the error points to: a provider object, which sends the header as given.
+    provider = OpenAIProvider(
+        "fault-model", base_url=fault_server.url, default_headers={header: secret}, timeout=2.0
+    )
+    session = ContextSession.create(provider=provider, data_dir=data_dir)
+    try:
+        await session.send("Hi")
+    finally:
+        await session.aclose()
+        await provider.aclose()
+    sent = {k.lower(): v for k, v in fault_server.headers[-1].items()}
+    assert sent[header.lower()] == secret
+    assert files_holding(data_dir, secret) == []
 
 
 # -- provider errors: redacted where they are stored and shown ---------------------------
@@ -300,6 +340,33 @@ async def test_an_import_with_secrets_in_extra_fields_stores_and_exports_none(
     assert PLAIN not in exported
     assert "kept" in exported
     assert files_holding(data_dir, PLAIN) == []
+
+
+@pytest.mark.anyio
+async def test_an_import_refuses_a_credential_header_in_provider_settings_and_redacts_one_in_extra(
+    data_dir: Path,
+) -> None:
+    # "X-Vault-Token" names a credential as a header only; imported, it was stored as
+    # it came: in the settings (which refuse secrets) and in the extra fields. A new
+    # secret: one a provider remembered (PLAIN, in other tests) is found by value.
+    secret = f"vault{uuid.uuid4().hex}"
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        raw = (await export_context(store, "c1")).model_dump(mode="json")
+    raw["metadata"]["id"] = "c2"
+    raw["metadata"]["provider"]["params"] = {"default_headers": {"X-Vault-Token": secret}}
+    with pytest.raises(InvalidInputError, match="looks like a secret") as caught:
+        parse_export(raw)
+    assert "default_headers['X-Vault-Token'] ('X-Vault-Token' names a" in str(caught.value)
+    assert secret not in full_text(caught.value)
+    raw["metadata"]["provider"]["params"] = {}
+    raw["metadata"]["extra"] = {"default_headers": {"X-Vault-Token": secret, "X-Team": "kept"}}
+    async with FileStore(data_dir) as store:
+        await import_document(store, parse_export(raw))
+        exported = to_json(await export_context(store, "c2"))
+    assert secret not in exported
+    assert "kept" in exported
+    assert files_holding(data_dir, secret) == []
 
 
 # -- logs ---------------------------------------------------------------------------------

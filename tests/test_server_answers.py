@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,26 @@ def test_a_refused_provider_option_is_named_with_what_to_do(
     assert "the request failed" not in message
     assert "not supported between instances" not in message  # Python's own words
     assert "__init__" not in message
+
+
+def test_a_credential_header_in_provider_options_is_refused_without_echo(
+    client: httpx.Client, server: JupyterServer
+) -> None:
+    # Named a credential only as a header: accepted, it was stored redacted, and the
+    # context's provider sent "[REDACTED]" as the header from then on.
+    secret = f"vault{uuid.uuid4().hex}"
+    options = {"default_headers": {"X-Vault-Token": secret}}
+    refused = client.post("contexts", json={"provider": "openai:m", "provider_options": options})
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["message"]
+    assert "default_headers['X-Vault-Token']" in message, message
+    assert "looks like a secret" in message, message
+    leaked = secret in refused.text or secret in server.log()
+    assert not leaked, "the header's value is in the answer or the server's log"
+    stored = [
+        p for p in server.data_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+    ]
+    assert stored == []
 
 
 def test_a_message_whose_every_clause_names_a_python_call_keeps_its_start(
