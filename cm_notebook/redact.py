@@ -412,12 +412,14 @@ def _is_pair(value: object) -> bool:
 
 def _holds_text(value: object) -> bool:
     # Whether a value under a credential's name could be one: a number, a flag or an
-    # empty value cannot ({"tokens": 512} is a count, {"api_key": None} is unset).
+    # empty value cannot ({"tokens": 512} is a count, {"api_key": None} is unset), nor
+    # REDACTED, which an earlier version may have stored in its place: a context holding
+    # one still opens.
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if item:
+            if item and item != REDACTED:
                 return True
         elif isinstance(item, Mapping):
             stack.extend(item.values())

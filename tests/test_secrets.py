@@ -493,3 +493,31 @@ def test_a_key_given_to_the_anthropic_provider_is_redacted_wherever_it_appears()
     assert redact_text(f"denied: {key}") == f"denied: {key}"  # no known shape
     AnthropicProvider("claude-test", api_key=key)
     assert redact_text(f"denied: {key}") == f"denied: {REDACTED}"
+
+
+def test_a_context_an_earlier_version_stored_with_a_redacted_header_still_opens(
+    data_dir: Path,
+) -> None:
+    # Earlier versions took {"X-Vault-Token": ...} and stored it as REDACTED; refusing
+    # such headers now must not lock the user out of the conversation.
+    session = ContextSession.create(
+        "old", provider=ScriptedProvider().reply("kept"), data_dir=data_dir
+    )
+    session.send("hello").result(10)
+    session.close()
+    path = data_dir / "contexts" / session.id / "metadata.json"
+    stored = json.loads(path.read_text())
+    stored["provider"] = {
+        "spec": "openai:gpt-4o-mini",
+        "params": {"default_headers": {"X-Vault-Token": REDACTED}},
+    }
+    path.write_text(json.dumps(stored))
+    assert [meta.id for meta in ContextSession.list(data_dir=data_dir)] == [session.id]
+    reopened = ContextSession.open(session.id, data_dir=data_dir)
+    try:
+        assert [m.content for m in reopened.history()] == ["hello", "kept"]
+    finally:
+        reopened.close()
+    # A real value under that name is still refused.
+    with pytest.raises(ValueError, match="X-Vault-Token"):
+        ProviderSettings(params={"default_headers": {"X-Vault-Token": "hvs" + uuid.uuid4().hex}})
