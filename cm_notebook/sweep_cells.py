@@ -18,6 +18,7 @@ the cell fails, saying how to run it.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = ["complete_reply", "start_cell", "start_sweep"]
 
-# The sweeps each session started, by name: one run of a name at a time.
+# The sweeps running in each session, by name: one run of a name at a time. A sweep
+# leaves once it has ended: it holds its session, which would otherwise keep the weak
+# key (and every session that ever ran a sweep, its signals and messages) alive.
 _RUNNING: weakref.WeakKeyDictionary[ContextSession, dict[str, Sweep]] = weakref.WeakKeyDictionary()
+_RUNNING_LOCK = threading.Lock()
 
 
 def start_sweep(
@@ -65,8 +69,8 @@ def start_sweep(
     plan = plan_sweep(
         prompts, variants, inputs=inputs, repeat=repeat, name=name, default_provider=default
     )
-    running = _RUNNING.setdefault(session, {})
-    previous = running.get(plan.name)
+    with _RUNNING_LOCK:
+        previous = _RUNNING.get(session, {}).get(plan.name)
     if previous is not None and not previous.done():
         raise BusyError(f"sweep {plan.name!r} is still running; await it (or cancel it) first")
     empty: dict[str, Any] = {"system_prompt": None, "provider": None, "params": {}}
@@ -116,7 +120,16 @@ def start_sweep(
         return start_cell(session, cell, labels, own(cell), arm.provider)
 
     sweep = Sweep(session, plan, start, concurrency=concurrency, progress=progress)
-    running[plan.name] = sweep
+    with _RUNNING_LOCK:
+        running = _RUNNING.setdefault(session, {})
+        running[plan.name] = sweep
+
+    def forget() -> None:
+        with _RUNNING_LOCK:
+            if running.get(plan.name) is sweep:  # not a later run of the same name
+                del running[plan.name]
+
+    sweep.when_done(forget)
     return sweep
 
 

@@ -589,3 +589,25 @@ def test_a_sweep_answered_by_another_default_model_is_another_sweep(
         )
     finally:
         close_all([third])
+
+
+def test_a_session_that_ran_a_sweep_is_freed_once_closed_or_dropped(data_dir: Path) -> None:
+    import gc
+    import weakref
+
+    def swept(close: bool) -> weakref.ref[ContextSession]:
+        session = ContextSession.create("freed", provider=ScriptedProvider(), data_dir=data_dir)
+        session.sweep("q {t}", [{"system": "a"}], inputs=[{"t": "x"}], progress=False).run(DEADLINE)
+        if close:
+            session.close()
+        return weakref.ref(session)
+
+    closed, dropped = swept(close=True), swept(close=False)
+    deadline = time.monotonic() + DEADLINE
+    while (closed() is not None or dropped() is not None) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    # The sweep held its session, and a registry of running sweeps held the sweep:
+    # every session that ever ran one stayed, with its threads, files and messages.
+    assert closed() is None
+    assert dropped() is None
