@@ -96,7 +96,11 @@ class _Watcher:
             return None  # nothing to watch there (yet): the caller polls
         subscription = Subscription(self, names, wake, wants)
         with self._lock:
-            wanted = self._watched.union(names)
+            # The live subscriptions' folders and the new ones: the folders of closed
+            # sessions are dropped here, at the next rebuild, not kept for the process's
+            # life (each is a watch of the user's limited number, and makes every
+            # rebuild dearer).
+            wanted = frozenset(names).union(*(sub.folders for sub in self._subs))
             if wanted != self._watched and not self._rebuild(wanted):
                 return None
             self._subs.append(subscription)
@@ -117,8 +121,9 @@ class _Watcher:
                 self._watched = frozenset()
                 self._notify = None
                 self._swap.set()
-            # Otherwise the folders stay watched until the next rebuild: cheaper than a
-            # rebuild per closed session, and their changes only wake nobody.
+            # Otherwise the folders stay watched until the next subscription rebuilds
+            # the watch without them: cheaper than a rebuild per closed session, and
+            # their changes only wake nobody meanwhile.
 
     def _rebuild(self, folders: frozenset[str]) -> bool:
         # Under the lock. False if the folders cannot be watched (the caller polls).

@@ -286,3 +286,42 @@ def test_a_slow_wants_does_not_hold_up_other_subscribers(tmp_path: Path) -> None
     finally:
         answer.set()
         slow.cancel()
+
+
+def _inotify_watches() -> int:
+    # The watches this process holds, as the kernel counts them (Linux).
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                count += sum(1 for line in info if line.startswith("inotify wd"))
+        except OSError:
+            continue  # closed meanwhile
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fdinfo"), reason="counts Linux's watches")
+def test_folders_nobody_follows_any_more_are_not_watched_for_the_process_s_life(
+    tmp_path: Path,
+) -> None:
+    # A kernel keeps one context open all day while others are opened and closed: the
+    # closed ones' folders must not stay watched (each watch counts against a per-user
+    # limit, and makes every rebuild of the watch dearer).
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    staying = watch_folders([kept], lambda: None)
+    if staying is None:
+        pytest.skip("file-change notification is unavailable here")
+    try:
+        for i in range(30):
+            folder = tmp_path / f"closed-{i}"
+            folder.mkdir()
+            passing = watch_folders([folder], lambda: None)
+            assert passing is not None
+            passing.cancel()
+        # The watcher's thread closes the watch it replaced when it next looks.
+        _wait_for(lambda: _inotify_watches() <= 3, "the closed folders' watches to go")
+    finally:
+        staying.cancel()
