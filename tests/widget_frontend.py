@@ -121,6 +121,10 @@ class FrontEnd:
                 raise TimeoutError(f"timed out waiting for {what or condition}")
             self.pump(min(left, 0.5))
 
+    def done(self, msg_id: str) -> bool:
+        """Whether the kernel has gone idle after the cell ``msg_id`` (from iopub so far)."""
+        return msg_id in self._idle
+
     def output(self, msg_id: str) -> str:
         """What the cell ``msg_id`` printed so far (streams and tracebacks)."""
         return "".join(self._outputs.get(msg_id, []))

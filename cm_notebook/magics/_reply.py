@@ -349,7 +349,11 @@ class ReplyView:
         release(self._wound_down)
 
     def _on_event(self, event: ev.Event) -> None:
-        if event.branch == self.branch and event.type in _KINDS:
+        # A queued view (not sent yet) shows only that it waits: the branch's signals
+        # are the turns' before it, and re-rendering it on each would make a Run All of
+        # n cells send O(n²) updates. It is re-rendered when it is sent, stopped, fails
+        # to send or is given a notice (each of those asks for it).
+        if self.turn is not None and event.branch == self.branch and event.type in _KINDS:
             self._throttle.poke()
 
     def _interval(self) -> float:

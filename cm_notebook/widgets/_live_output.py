@@ -12,8 +12,10 @@ notebook it saves shows the reply as it was when its own cell ended (often empty
 So :class:`LiveOutput` sends each update as the cell that showed the output, and once
 more as the cell running now when that is another one. ipykernel gives output made on a
 thread without a context of its own to the latest request, so the second update is made
-on such a thread. Both carry the same display id and content: a front end that takes
-both shows the same thing.
+on such a thread: one long-lived publisher thread per kernel, which runs each update in
+a fresh, empty context (:class:`_Publisher`; a thread per update ran the kernel out of
+sockets in a Run All). Both carry the same display id and content: a front end that
+takes both shows the same thing.
 
 An update made between cells (a reply that ends after its cell and before the next
 one starts, or while a cell that does not await it runs and blocks the loop until it
@@ -29,12 +31,16 @@ once (:func:`flush_copies`), as the awaiting cell.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from IPython.display import DisplayHandle, display
+
+from ..redact import get_logger
 
 __all__ = ["LiveOutput", "SavedCopy", "flush_copies", "register_copy"]
 
@@ -110,6 +116,8 @@ class _Cells:
 
 _CELLS = _Cells()
 
+logger = get_logger(__name__)
+
 
 class LiveOutput:
     """One ``display_data`` output: :meth:`show` it, then :meth:`update` it in place.
@@ -148,13 +156,18 @@ class LiveOutput:
         if not self._shown:
             return
         content, extra = dict(bundle), dict(metadata or {})
-        _update_all([handle for handle, _ in self._shown], content, extra)
-        latest = _on_fresh_thread(_request_here)
+        shown = list(self._shown)
+        _update_all([handle for handle, _ in shown], content, extra)
         here = _request_here()
-        # Only the copies whose own cell is not the latest need the second update.
-        again = [h for h, by in self._shown if latest is not None and latest not in (by, here)]
-        if again:
-            _on_fresh_thread(lambda: _update_all(again, content, extra))
+
+        def as_latest() -> None:
+            # On the publisher thread, where "here" is the kernel's latest request. Only
+            # the copies whose own cell is not the latest need the second update.
+            latest = _request_here()
+            if latest is not None:
+                _update_all([h for h, by in shown if latest not in (by, here)], content, extra)
+
+        _PUBLISHER.run(as_latest)
         if _CELLS.hooked and not _CELLS.running:
             self._last = (content, extra)
             _CELLS.between.add(self)
@@ -176,7 +189,7 @@ def _update_all(
 
 def _request_here() -> str | None:
     # The id of the execute request ipykernel ties output made here to (None outside a
-    # kernel). On a fresh thread that is the kernel's latest request.
+    # kernel). On the publisher thread that is the kernel's latest request.
     try:
         from ipykernel.kernelbase import Kernel
     except ImportError:  # pragma: no cover - the package depends on ipykernel
@@ -189,15 +202,74 @@ def _request_here() -> str | None:
     return msg_id if isinstance(msg_id, str) else None
 
 
-def _on_fresh_thread(func: Callable[[], Any]) -> Any:
-    # Threads start without the caller's context variables, so ipykernel resolves the
-    # parent request of what runs there to its latest one.
-    result: list[Any] = [None]
+class _Publisher:
+    """The thread that sends updates as the kernel's latest request (one per process).
 
-    def run() -> None:
-        result[0] = func()
+    ipykernel ties output to the request found in the context variables of the code
+    making it, else to its latest request. So each job runs in a fresh, empty
+    :class:`contextvars.Context` (a job cannot leave anything for the next, and a thread
+    that inherits its starter's context, as Python 3.14 may make them, does not carry
+    the cell it was started from), and on a thread of its own that never sets a request:
+    ipykernel also keeps some output state per thread (display hooks), which the thread
+    running the cells may have set.
 
-    thread = threading.Thread(target=run, name="cm-live-output", daemon=True)
-    thread.start()
-    thread.join()
-    return result[0]
+    One long-lived thread, not one per update: ipykernel opens a ZeroMQ socket (an
+    eventfd) for every thread that publishes and closes those of ended threads only
+    every 10 s, so a thread per update piled up sockets until ZeroMQ's cap or the
+    process's file limit was reached (a Run All of 30 ``%%cm`` cells reached a thousand
+    descriptors, and replies then failed to be stored).
+
+    :meth:`run` waits until its job has been sent. ipykernel sends iopub messages in
+    the order they were handed to it from any thread, so waiting keeps the copy sent as
+    the latest cell between the update before it and the one after it: a front end that
+    takes both never ends on an older content. Waiting also means updates never pile up
+    in the thread's queue (there is nothing to coalesce).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the publisher thread, in an empty context; return once it ran.
+
+        A job that fails is logged: the second copy is a courtesy to front ends that
+        follow only the running cell, and must not stop the view that asked for it.
+        """
+        if threading.current_thread() is self._thread:
+            _run_job(job)  # a job's own update: already in order, and waiting would hang
+            return
+        done = threading.Event()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                # First use, or in a forked child (which has none of its parent's threads).
+                self._jobs = queue.SimpleQueue()
+                self._thread = threading.Thread(
+                    target=_serve, args=(self._jobs,), name="cm-live-output", daemon=True
+                )
+                self._thread.start()
+            self._jobs.put((job, done))
+        done.wait()
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]]) -> None:
+    # The publisher thread's loop: jobs in the order they came, for the process's life.
+    while True:
+        job, done = jobs.get()
+        try:
+            _run_job(job)
+        finally:
+            done.set()
+
+
+def _run_job(job: Callable[[], None]) -> None:
+    try:
+        contextvars.Context().run(job)
+    except Exception:
+        logger.exception("sending an output's update as the running cell failed")
+
+
+_PUBLISHER = _Publisher()
