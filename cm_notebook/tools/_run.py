@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from pydantic_core import to_json
 
 from .. import _json
@@ -37,6 +36,7 @@ from .._unicode import scrub, without_surrogates
 from ..errors import ToolArgumentsError
 from ..model import ToolCallStatus
 from ..redact import redact_text
+from ._threads import run_in_daemon_thread
 from ._tool import Tool
 
 __all__ = [
@@ -99,8 +99,10 @@ async def run_tool(
     ``math.inf`` is no limit too. Sync tools run in a worker thread so a slow tool does
     not freeze the kernel; on time-out or cancellation that thread is abandoned (Python
     cannot stop a thread): it runs on, its side effects still happen, and its eventual
-    result is discarded. Async tools are cancelled at the time limit. The time-out's
-    text tells the model so: the call may have had (or may yet have) its effects.
+    result is discarded. It is a daemon thread, so a call that never returns does not
+    keep the process from exiting (see :mod:`._threads`). Async tools are cancelled at
+    the time limit. The time-out's text tells the model so: the call may have had (or
+    may yet have) its effects.
 
     The result text is the return value itself if it is a ``str``, else its JSON
     (pydantic-aware: models, dataclasses, datetimes...), cut to ``max_result_chars``.
@@ -199,7 +201,9 @@ async def _invoke(
         return await tool.fn(*args, **kwargs)
     call = functools.partial(_in_thread, tool.fn, args, kwargs, on_start)
     try:
-        value = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        # A daemon thread: an abandoned call that never returns must not keep the
+        # process (a script, a kernel being shut down) from exiting.
+        value = await run_in_daemon_thread(call, f"cm_notebook-tool-{tool.name}")
     except _Carried as carried:
         raise carried.exc from None
     # A sync callable may still hand back an awaitable (e.g. a lambda around a coroutine).
