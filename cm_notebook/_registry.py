@@ -9,16 +9,19 @@ code share one bus, one set of state machines and one claim per branch.
 Each ``open``/``create`` is a hold on the session; ``close()`` gives one back and the
 last one really closes it (turns cancelled, streams ended, files released) and takes
 it out of the registry, so the next ``open`` makes a fresh session. The registry holds
-sessions weakly: one dropped without ``close()`` leaves it when collected.
+sessions weakly: one dropped without ``close()`` leaves it when collected. Sessions
+still open when the interpreter exits are closed then (:mod:`cm_notebook._at_exit`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Hashable
 from pathlib import Path
 
+from ._at_exit import close_at_exit
 from .store import Store, default_data_dir
 
 __all__ = ["REGISTRY", "SessionRegistry", "key_for"]
@@ -46,6 +49,9 @@ class SessionRegistry:
         self._live: weakref.WeakValueDictionary[Hashable, object] = weakref.WeakValueDictionary()
         self._keys: weakref.WeakKeyDictionary[object, Hashable] = weakref.WeakKeyDictionary()
         self._holds: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        # The process each session was made in: a forked child inherits the registry,
+        # not the threads its parent's sessions run on.
+        self._pids: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
     def find(self, key: Hashable) -> object | None:
         """The live session under ``key``, with one more hold on it; else None."""
@@ -61,11 +67,36 @@ class SessionRegistry:
             self._holds[session] = 1
             self._live[key] = session
             self._keys[session] = key
+            self._pids[session] = os.getpid()
 
     def held(self, session: object) -> bool:
         """Whether ``session`` still has holders (it is not closed)."""
         with self.lock:
             return self._holds.get(session, 1) > 0
+
+    def holds(self, session: object) -> int:
+        """How many holds ``session`` has (0: closed)."""
+        with self.lock:
+            return max(0, self._holds.get(session, 1))
+
+    def open_sessions(self) -> list[object]:
+        """The sessions this process registered that are still held, oldest first."""
+        pid = os.getpid()
+        with self.lock:
+            return [
+                session
+                for session in self._live.values()
+                if self._holds.get(session, 1) > 0 and self._pids.get(session) == pid
+            ]
+
+    def to_last_hold(self, session: object) -> bool:
+        """Leave ``session`` one hold, so that its next close is the last (at exit,
+        every holder is done with it); False if it has none left (closed)."""
+        with self.lock:
+            if self._holds.get(session, 1) <= 0:
+                return False
+            self._holds[session] = 1
+            return True
 
     def release(self, session: object) -> bool:
         """Give back one hold; True when that was the last (the caller closes it)."""
@@ -84,3 +115,4 @@ class SessionRegistry:
 
 #: The process's registry.
 REGISTRY = SessionRegistry()
+close_at_exit(REGISTRY)

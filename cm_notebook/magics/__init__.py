@@ -21,8 +21,9 @@ Modules: :mod:`._parse` (words into validated models), :mod:`._args` (the models
 (cells that wait for the one before them), :mod:`._remedies` (errors in the magics'
 terms), :mod:`._shown` (what ``await _`` shows), :mod:`._magics` (the IPython glue),
 :mod:`._input` (keeps IPython's ``obj?`` help syntax off ``%cm send ...?``),
-:mod:`._var_reads` (a Python cell reading a ``--var`` still being written waits for it)
-and :mod:`._cell_reads` (what a cell's code names).
+:mod:`._var_reads` (a Python cell reading a ``--var`` still being written waits for it),
+:mod:`._cell_reads` (what a cell's code names) and :mod:`._letting_go` (a context no
+longer current is closed once nothing uses it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from ._commands import NO_CONTEXT, Commands
 from ._comparison import ComparisonView
 from ._input import register
+from ._letting_go import register as let_go_after_cells
 from ._magics import CMMagics
 from ._reply import ReplyView
 from ._shown import register as show_awaited_briefly
@@ -60,3 +62,5 @@ def load_ipython_extension(ipython: Any) -> None:
     # Run All: a Python cell reading a --var still being written (or exporting JSON)
     # waits for the reply.
     wait_for_variables(ipython, magics.commands)
+    # A context no longer current is closed once a cell has let go of it.
+    let_go_after_cells(ipython, magics.commands.letting_go)

@@ -56,7 +56,9 @@ class NewArgs(MagicArgs):
 
 class UseArgs(MagicArgs):
     """``%cm use``: make a stored context current, by id or title (``%cm ls`` lists
-    them), or a ``ContextSession`` held in a kernel variable."""
+    them), or a ``ContextSession`` held in a kernel variable. The context current
+    before (as after ``%cm new``) is closed once nothing in the kernel uses it: a reply
+    view of it still gives its reply."""
 
     USAGE = "%cm use ID|TITLE|VARIABLE"
     REST = "target"

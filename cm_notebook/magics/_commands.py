@@ -31,6 +31,7 @@ from ._comparison import ComparisonView
 from ._decisions import PendingDecision, decided_text
 from ._deferred import DeferredCommand
 from ._help import help_text
+from ._letting_go import LettingGo
 from ._remedies import for_magics
 from ._reply import ReplyView
 from ._saved import LaterCompareView, SavedCompareView
@@ -51,8 +52,13 @@ class Commands:
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
         self.current: ContextSession | None = None
+        # The current session when the magics opened it themselves (their hold on it);
+        # None when it is a kernel variable's (``%cm use s``), which its owner closes.
+        self._held: ContextSession | None = None
         #: Sends cells' messages, in the order the cells ran.
         self.sender = CellSender(namespace)
+        #: Gives back the hold on a context no longer current, once it is free.
+        self.letting_go = LettingGo(namespace, self.sender.still_coming)
 
     def session(self) -> ContextSession:
         """The current session, or a usage error that says how to get one."""
@@ -67,24 +73,36 @@ class Commands:
         session = ContextSession.create(
             args.title, provider=args.provider or "local", system=args.system
         )
-        self.current = session
+        self._make_current(session, held=True)
         print(f"context {session.title!r} is current (provider: {session.metadata.provider.spec})")
 
     def use(self, args: a.UseArgs) -> None:
         """Make a context current: a session in a kernel variable, an id or a title."""
-        held = self.namespace.get(args.target)
-        if isinstance(held, ContextSession):
-            self.current = held
+        named = self.namespace.get(args.target)
+        if isinstance(named, ContextSession):
+            self._make_current(named, held=False)
         else:
             found, unreadable = self._find(args.target)
             current = self.current
             # A closed current session is opened again: a closed session's error says
             # to run exactly this.
             if current is None or current.id != found or current.closed:
-                # Left open when another context becomes current: a variable (a view's
-                # ``.session``) may still hold it, and the kernel's exit closes it.
-                self.current = self._open(found, unreadable)
+                self._make_current(self._open(found, unreadable), held=True)
         print(f"context {self.session().title!r} is current")
+
+    def _make_current(self, session: ContextSession, *, held: bool) -> None:
+        # ``held``: the magics opened ``session`` (a hold of theirs). The hold on the
+        # context current before is given back once nothing uses it (see _letting_go).
+        before = self._held
+        self.current = session
+        if held:
+            self._held = session
+            if before is session:  # opened again while held: one hold is enough
+                self.letting_go.give_back(session)
+        elif session is not before:
+            self._held = None  # a variable's session: its owner closes it
+        if before is not None and before is not self._held:
+            self.letting_go.give_back(before)
 
     def _find(self, target: str) -> tuple[str, int]:
         # The id of the context ``target`` names, and how many stored ones are unreadable.
