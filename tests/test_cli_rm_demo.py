@@ -72,21 +72,33 @@ def test_end_of_input_at_the_prompt_deletes_nothing(
     assert (data_dir / "contexts" / "ctx-branches").is_dir()
 
 
-def test_a_demo_whose_provider_fails_leaves_no_context(data_dir: Path) -> None:
+def _demo(data_dir: Path, provider: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
-    demo = ["demo", "--provider", "openai"]  # no model named
-    done = subprocess.run(
-        [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *demo],
+    command = ["-m", "cm_notebook", "--data-dir", str(data_dir), "demo", "--provider", provider]
+    return subprocess.run(
+        [sys.executable, *command],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
         check=False,
     )
-    assert done.returncode == 2, done.stderr  # the --provider given cannot be used
-    assert done.stderr.startswith("cm-notebook: error: provider 'openai' cannot be made")
+
+
+def test_a_demo_whose_provider_fails_leaves_no_context(data_dir: Path) -> None:
+    done = _demo(data_dir, "openai:gpt-4o-mini")  # no API key: the first reply fails
+    assert done.returncode == 1, done.stderr
+    assert "cm-notebook: error: openai: no API key" in done.stderr
     assert "the demo failed: its context " in done.stdout
     assert "was removed" in done.stdout
+    assert ContextSession.list(data_dir) == []
+
+
+def test_a_demo_whose_provider_cannot_be_made_makes_no_context(data_dir: Path) -> None:
+    done = _demo(data_dir, "openai")  # no model named: refused before the context is made
+    assert done.returncode == 2, done.stderr  # the --provider given cannot be used
+    assert done.stderr.startswith("cm-notebook: error: provider 'openai' cannot be made")
+    assert "context" not in done.stdout
     assert ContextSession.list(data_dir) == []
 
 
