@@ -18,7 +18,9 @@ person's text, so each is made safe *in the document*, not only on its own:
   with HTML on, to check that no markup came alive (else its spans are escaped too).
 * **No script links.** A link or reference definition whose destination is a
   ``javascript:``, ``vbscript:`` or ``data:`` URL is shown as text, also when written
-  with entities (``jav&#x61;script:``) or in a quote or a list item.
+  with entities (``jav&#x61;script:``) or escapes (``javascript\\:``), in a quote or
+  a list item, or with its label over lines: every ``](`` and ``]:`` before such a
+  destination is escaped, so no reader finds a link there.
 * **No images loaded on opening.** An image is a link to it (its ``!`` escaped): a
   reply's image address can carry what the model read to whoever serves it.
 * **Nothing left open.** A fence a message opens and never closes is closed at its end,
@@ -64,19 +66,17 @@ _BACKTICKS = re.compile("`+")
 _UNSURE_PAIRING = ("](", "|", "$", "\\", "://", "www.")
 
 #: A link's destination, or a reference definition's, that runs script or holds a
-#: document. ``\s*`` spans the one line break CommonMark allows before a destination;
-#: ``&lt;`` is a ``<`` already escaped (a destination in pointy brackets).
-#: The destination is read whole, to see through entities (``jav&#x61;script:``,
-#: ``&colon;``), which some readers decode even once escaped.
-_DESTINATION = r"\s*(?:<|&lt;)?\s*([^\s)>]*)"
+#: document. ``[\s>]*`` spans the line break CommonMark allows before a destination,
+#: with the next line's quote marks; ``&lt;`` is a ``<`` already escaped (a
+#: destination in pointy brackets). The destination is read whole, to see through
+#: entities (``jav&#x61;script:``, ``&colon;``), which some readers decode even once
+#: escaped.
+_DESTINATION = r"[\s>]*(?:<|&lt;)?\s*([^\s)>]*)"
 _SCRIPT_LINK = re.compile(r"\]\((?=" + _DESTINATION + ")")
-_SCRIPT_DEFINITION = re.compile(
-    # At a line's start, or after the marks of a quote or a list item it is in.
-    r"^((?:[ \t]*(?:>|[-+*]|\d{1,9}[.)])(?=[ \t]|$))*[ \t]{0,3})\[(?=[^\n]*?\]:"
-    + _DESTINATION
-    + ")",
-    re.MULTILINE,
-)
+#: The end of a reference definition's label, whatever is before it (a quote's or a
+#: list's marks with or without a space, a label over lines: readers differ on
+#: those), with the backslashes before it: an odd number escapes it already.
+_SCRIPT_DEFINITION = re.compile(r"(\\*)\](?=:" + _DESTINATION + ")")
 _SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:")
 
 #: An image (inline or by reference): a reader would load it on opening the
@@ -255,16 +255,16 @@ def _closes(lines: list[str], token: Token) -> bool:
 
 
 def _without_script_links(lines: list[str], code: set[int]) -> list[str]:
-    # ``](`` before a script URL becomes ``]\(``, and a reference definition's ``[``
-    # ``\[``: the text reads the same, and is no link. An image's ``!`` becomes ``\!``:
-    # a link to it, loaded only on purpose. Code lines are left as they are.
+    # ``](`` before a script URL becomes ``]\(``, and a reference definition's ``]:``
+    # ``\]:``: the text reads the same, and is no link. An image's ``!`` becomes
+    # ``\!``: a link to it, loaded only on purpose. Code lines are left as they are.
     lines = _outside_code(
         _SCRIPT_LINK, lambda m: "]\\(" if _runs_script(m[1]) else m[0], lines, code
     )
     lines = _outside_code(_IMAGE, lambda m: m[0] if len(m[1]) % 2 else f"{m[1]}\\![", lines, code)
     return _outside_code(
         _SCRIPT_DEFINITION,
-        lambda m: f"{m[1]}\\[" if _runs_script(m[2]) else m[0],
+        lambda m: f"{m[1]}\\]" if len(m[1]) % 2 == 0 and _runs_script(m[2]) else m[0],
         lines,
         code,
     )
@@ -272,10 +272,11 @@ def _without_script_links(lines: list[str], code: set[int]) -> list[str]:
 
 def _runs_script(destination: str) -> bool:
     # Whether a link to ``destination`` (as written in the document) would run script
-    # or hold a document, to a reader that decodes its entities, even twice.
+    # or hold a document, to a reader that decodes its entities, even twice, and its
+    # backslash escapes (``javascript\:``).
     text = destination
     for _ in range(3):
-        text = html.unescape(text)
+        text = html.unescape(text).replace("\\", "")
     text = re.sub(r"[\x00-\x20]+", "", text).lower()
     return text.startswith(_SCRIPT_SCHEMES)
 

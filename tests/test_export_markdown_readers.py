@@ -1,0 +1,146 @@
+"""The Markdown export holds nothing live to any reader, not only to CommonMark.
+
+The export decides what is "literal already" (code kept as typed) and what is a link
+from a CommonMark parse, but it is read by others: nbconvert (mistune, with its math
+and definition lists) reads containers, lazy lines and fences otherwise. Each
+document here is rendered by both markdown-it (raw HTML on, every link kept) and
+nbconvert's Markdown renderer, and neither may put live markup, a script link or an
+image in the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from html.parser import HTMLParser
+
+import pytest
+from markdown_it import MarkdownIt
+
+from cm_notebook.export import ExportDocument, to_markdown
+from cm_notebook.model import Branch, ContextMetadata, Message
+
+LIVE = "<img src=x onerror=\"document.title='XSS '+document.domain\">"
+SCRIPT = "javascript:alert(document.domain)"
+
+#: A renderer that keeps raw HTML and every link, as some notebook converters do.
+PERMISSIVE = MarkdownIt("commonmark", {"html": True}).enable("table")
+PERMISSIVE.validateLink = lambda url: True  # type: ignore[method-assign]
+
+
+def _nbconvert(markdown: str) -> str:
+    mistune = pytest.importorskip("nbconvert.filters.markdown_mistune")
+    html: str = mistune.markdown2html_mistune(markdown)
+    return html
+
+
+READERS: dict[str, Callable[[str], str]] = {
+    "markdown-it": PERMISSIVE.render,
+    "nbconvert": _nbconvert,
+}
+
+
+#: Tags that run or load something when the page is opened.
+ACTIVE = frozenset({"script", "img", "svg", "iframe", "object", "embed", "style", "form", "base"})
+
+
+class _LiveMarkup(HTMLParser):
+    """Collects what a page would run or load: active tags, event handlers, script links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ACTIVE:
+            self.found.append(tag)
+        for name, value in attrs:
+            address = "".join((value or "").split()).lower()
+            if name.startswith("on") or (
+                name in ("href", "src", "action")
+                and address.startswith(("javascript:", "vbscript:", "data:"))
+            ):
+                self.found.append(f"{tag} {name}={value}")
+
+
+def _live(html: str) -> list[str]:
+    parser = _LiveMarkup()
+    parser.feed(html)
+    parser.close()
+    return parser.found
+
+
+def _conversation(*contents: str) -> ExportDocument:
+    messages = []
+    parent = None
+    for n, content in enumerate(contents):
+        role = "user" if n % 2 == 0 else "assistant"
+        messages.append(Message(id=f"m{n}", parent_id=parent, role=role, content=content))
+        parent = f"m{n}"
+    return ExportDocument(
+        metadata=ContextMetadata(
+            id="ctx-readers", title="t", branches={"main": Branch(name="main", head=parent)}
+        ),
+        messages=messages,
+    )
+
+
+def _assert_nothing_live(markdown: str) -> dict[str, str]:
+    pages = {name: render(markdown) for name, render in READERS.items()}
+    for name, page in pages.items():
+        assert _live(page) == [], f"{name} made markup live"
+    return pages
+
+
+def _reply(content: str) -> str:
+    return to_markdown(_conversation("hi", content))
+
+
+# -- reference definitions and links, however they are written ---------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f">[docs]: {SCRIPT}\n\nSee the [docs] for details.",
+        f"[the\ndocs]: {SCRIPT}\n\nSee [the docs].",
+        f">>[a]: {SCRIPT}\n\n[a]",
+        f"- >[a]: {SCRIPT}\n\n[a]",
+        f">- [a]: {SCRIPT}\n\n[a]",
+        f">\t[a]: {SCRIPT}\n\n[a]",
+        # The destination on the quote's next line; a label over a blank line (a
+        # definition to nbconvert only); the colon escaped; in pointy brackets.
+        f"> [a]:\n> {SCRIPT}\n>\n> [a]",
+        f"[a\n\nb]: {SCRIPT}\n\n[a b]",
+        "[a]: javascript\\:alert(1)\n\n[a]",
+        f"[a]: <{SCRIPT}>\n\n[a]",
+        "1. [a]:\n   vbscript:msgbox(1)\n\n[a]",
+        "[a]: data:text/html;base64,PHNjcmlwdD4=\n\n[a]",
+        # A label ending in an escaped backslash, so its "]" ends it.
+        f"[a\\\\]: {SCRIPT}\n\n[a\\\\]",
+        # Inline links: the colon escaped; the destination on the quote's next line.
+        "[a](javascript\\:alert(1))",
+        f"> [a](\n> {SCRIPT})",
+    ],
+)
+def test_a_script_link_is_text_to_every_reader(content: str) -> None:
+    pages = _assert_nothing_live(_reply(content))
+    for page in pages.values():
+        assert "script" in page or "data:" in page  # still shown, as text
+
+
+def test_an_escaped_label_end_is_left_as_it_is() -> None:
+    # "\]" does not end a label: no definition, nothing to escape (an added backslash
+    # would escape the backslash instead, and end the label).
+    markdown = _reply(f"[a\\]: {SCRIPT}")
+    assert f"[a\\]: {SCRIPT}" in markdown
+    _assert_nothing_live(markdown)
+
+
+def test_links_and_definitions_to_web_pages_stay_links() -> None:
+    content = (
+        ">[docs]: https://example.org/docs\n>\n> See the [docs], or [home](https://example.org)."
+    )
+    pages = _assert_nothing_live(_reply(content))
+    for page in pages.values():
+        assert 'href="https://example.org/docs"' in page
+        assert 'href="https://example.org"' in page
