@@ -18,8 +18,14 @@ person's text, so each is made safe *in the document*, not only on its own:
   in a paragraph where every reader pairs the backticks alike: no link destination
   (``](``), no ``|`` (a table cell boundary to some), no ``$`` or backslash (math
   that notebooks take out before Markdown is read), no bare address (``://``,
-  ``www.``: nbconvert links it on into a span). The message is then parsed again
-  with HTML on, to check that no markup came alive (else its spans are escaped too).
+  ``www.``: nbconvert links it on into a span); each line's backticks pair on that
+  line, and no line before it that a reader may join it to leaves a run of the same
+  length unpaired (readers end containers at other lines, and nbconvert adds some
+  lines to the last paragraph it read, however far back); and no line of the
+  message looks like a fence with an info string a reader acts on (such a fence,
+  opened where CommonMark sees none, would put a span's text in the page). The
+  message is then parsed again with HTML on, to check that no markup came alive
+  (else its spans are escaped too).
 * **No script links.** A link or reference definition whose destination is a
   ``javascript:``, ``vbscript:`` or ``data:`` URL is shown as text, also when written
   with entities (``jav&#x61;script:``) or escapes (``javascript\\:``), in a quote or
@@ -27,8 +33,9 @@ person's text, so each is made safe *in the document*, not only on its own:
   destination is escaped, so no reader finds a link there.
 * **No images loaded on opening.** An image is a link to it (its ``!`` escaped): a
   reply's image address can carry what the model read to whoever serves it.
-* **Nothing left open.** A fence a message opens and never closes is closed at its end,
-  so it cannot swallow the next message's headings (or leave the next message's "code"
+* **Nothing left open.** A fence a message opens and never closes is closed at its end
+  (or at the end of the list or quote it is in, which some readers end elsewhere), so
+  it cannot swallow the next message's headings (or leave the next message's "code"
   live, as its closing fence would then open markup).
 * **No fake turns.** The role headings are the document's only level-2 headings: a
   message's own headings are moved two levels down (``#`` becomes ``###``), so a reply
@@ -48,6 +55,12 @@ from collections.abc import Callable
 
 from markdown_it import MarkdownIt
 
+from ._export_readers import (
+    BACKTICKS,
+    fence_closing,
+    kept_paragraphs,
+    needs_blank_before,
+)
 from .model import Message
 from .render import CUT_OFF, code_fence, status_label, was_cut_off
 
@@ -62,11 +75,6 @@ _BLOCKS = MarkdownIt("commonmark", {"html": False})
 #: How a renderer that lets raw HTML through reads a message: the check that escaping
 #: left none alive.
 _LIVE = MarkdownIt("commonmark", {"html": True}).enable("table")
-_BACKTICKS = re.compile("`+")
-#: What, in a paragraph, may make a reader pair its backticks otherwise (see above):
-#: also a bare address, which some readers (nbconvert's) make a link that runs on
-#: into a code span.
-_UNSURE_PAIRING = ("](", "|", "$", "\\", "://", "www.")
 
 #: A link's destination, or a reference definition's, that runs script or holds a
 #: document. ``[\s>]*`` spans the line break CommonMark allows before a destination,
@@ -87,6 +95,9 @@ _SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:")
 #: act on a name (nbconvert puts a ``mermaid`` block's text in the page as HTML,
 #: pandoc a ``{=html}`` one's).
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
+#: A line some reader may take for a fence's opening (in a container it ends
+#: elsewhere, or once it strips a definition's indent), with its info's first word.
+_FENCE_LIKE = re.compile(r"^[ \t>*+\-:.)\d]*(?:`{3,}|~{3,})[ \t]*([^\s`]*)", re.MULTILINE)
 
 #: An image (inline or by reference): a reader would load it on opening the
 #: document, telling its server so, with whatever a reply put in its address. Its
@@ -147,8 +158,11 @@ def _demoted(line: str, setext: list[str] | None, level: int) -> str:
 def message_markdown(text: str) -> str:
     """``text`` (a message, a system prompt) as a safe block of the document (see the
     module docstring)."""
-    safe = _message_markdown(text, keep_spans=True)
-    if "`" in text and _has_markup(safe):
+    # Inline code is escaped too where a fence some reader opens could take it in with
+    # an info string it acts on (see _LANGUAGE): the span's "<" would reach the page.
+    acted_on = any(_language(match[1]) != match[1] for match in _FENCE_LIKE.finditer(text))
+    safe = _message_markdown(text, keep_spans=not acted_on)
+    if "`" in text and not acted_on and _has_markup(safe):
         return _message_markdown(text, keep_spans=False)
     return safe
 
@@ -165,26 +179,47 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
     blocks: dict[int, tuple[int, str, str]] = {}  # top-level code: first line -> (end, text, info)
     nested: set[int] = set()  # code in a list or quote: as typed but for "<"
     headings: dict[int, tuple[int, int]] = {}  # first line -> (end, level)
-    paragraphs: dict[int, int] = {}  # first line -> end, of those whose spans are kept
+    paragraphs: dict[int, int] = {}  # first line -> end, of those with inline code
+    lists: list[bool] = []  # per list open: whether it starts at 1 (or has bullets)
+    from_1: set[int] = set()  # first lines of the items of such lists
+    apart_lists: set[int] = set()  # first lines of top-level lists nbconvert may not open
+    closings: dict[int, str] = {}  # a line -> the fence closing to add after it
     for token in _BLOCKS.parse(text):
+        if token.type.endswith("list_open"):
+            lists.append(str(token.attrGet("start") or 1) == "1")
+        elif token.type.endswith("list_close"):
+            lists.pop()
         if token.map is None:
             continue
         start, end = token.map
+        opens_list = token.type.endswith("list_open") and token.level == 0
+        if opens_list and needs_blank_before(lines[start], from_1=lists[-1]):
+            apart_lists.add(start)
+        if token.type == "list_item_open" and lists[-1]:
+            from_1.add(start)
         if token.type in ("fence", "code_block") and token.level == 0:
             blocks[start] = (min(end, len(lines)), token.content, token.info)
         elif token.type in ("fence", "code_block"):
             nested.update(range(start, end))
+            if token.type == "fence":
+                closings.update(fence_closing(lines, start, min(end, len(lines)), token.markup))
         elif token.type == "heading_open":
             headings[start] = (end, int(token.tag[1]) if token.level == 0 else 0)
-        elif token.type == "paragraph_open" and keep_spans:
-            block = "\n".join(lines[start:end])
-            if "`" in block and not any(mark in block for mark in _UNSURE_PAIRING):
-                paragraphs[start] = end
+        elif token.type == "paragraph_open" and "`" in "\n".join(lines[start:end]):
+            paragraphs[start] = end
+    if keep_spans:
+        # Set apart by blank lines in the document: no reader joins a line across them.
+        apart = {line for start, (end, _, _) in blocks.items() for line in range(start, end)}
+        paragraphs = kept_paragraphs(lines, paragraphs, apart, from_1)
+    else:
+        paragraphs = {}
     out: list[str] = []
     code: set[int] = set()  # lines of ``out`` in a top-level code block's fence
     at = 0
     while at < len(lines):
         line = lines[at]
+        if at in apart_lists and out and out[-1].strip():
+            out.append("")  # see needs_blank_before
         if at in blocks:
             end, body, info = blocks[at]
             if out and out[-1].strip():
@@ -220,6 +255,8 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
             out.append(line.replace("<", "&lt;"))
         else:
             out.append(_escaped(line))
+        if at in closings:
+            out.append(closings[at])
         at += 1
     return "\n".join(_without_script_links(out, code))
 
@@ -260,7 +297,7 @@ def _escaped_but_code_spans(text: str) -> str:
 
 def _closing_run(text: str, start: int, length: int) -> int | None:
     # The end of the first run of exactly ``length`` backticks from ``start``, if any.
-    for match in _BACKTICKS.finditer(text, start):
+    for match in BACKTICKS.finditer(text, start):
         if len(match[0]) == length:
             return match.end()
     return None

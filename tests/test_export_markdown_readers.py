@@ -141,6 +141,47 @@ def test_a_code_block_is_code_to_every_reader(content: str) -> None:
     assert LIVE in markdown  # as typed, in a fence
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        # nbconvert opens no list starting at 2 right after a quote: it adds the item to
+        # the paragraph before it, and the fence in the item is a fence of its own.
+        "text\n> q\n2) ```\n   code\n   ```",
+        # ... nor one with an empty first item; that fence is left open.
+        "text\n> q\n-\n  ```\n  code",
+        # A mermaid fence so left open takes in the next message's inline code.
+        "text\n> q\n2) x\n   ~~~mermaid",
+    ],
+)
+def test_a_fence_in_a_list_cannot_run_into_the_next_message(first: str) -> None:
+    # Left open to a reader, it is closed by the next message's fence, whose code is
+    # then read as Markdown.
+    document = _conversation(first, "ok", f"```\n{LIVE}\n```\n\nand `{LIVE}`")
+    _assert_nothing_live(to_markdown(document))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # nbconvert's definition list takes in the next lines without their indent: the
+        # code line and the span's line are one paragraph there, paired otherwise.
+        f"Term\n: d\n- a\n\n      x `\n  `{LIVE}` y",
+        # ... and makes an indented paragraph line a mermaid fence, whose text (the
+        # span's "<") goes into the page as it is.
+        f"Term\n: d\n     ```mermaid\n\n  x\n* `{LIVE}`",
+        # A quote runs on over a lazy line (CommonMark: a paragraph of its own, after
+        # a heading) to the next quote line, whose paragraph it joins.
+        f"> # h\nlazy `\n> `{LIVE}` b",
+        # A list starting at 2 after a quote is added to the paragraph before the quote
+        # (however far back, over a blank line in a list), whose backtick pairs first.
+        f"Use `a\n> x\n2) a `{LIVE}` b",
+        f"Use `a\n- y\n\n> z\n2) a `{LIVE}` b",
+    ],
+)
+def test_inline_code_kept_as_typed_is_code_to_every_reader(content: str) -> None:
+    _assert_nothing_live(_reply(content))
+
+
 # -- reference definitions and links, however they are written ---------------------------
 
 
