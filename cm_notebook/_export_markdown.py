@@ -13,6 +13,14 @@ person's text, so each is made safe *in the document*, not only on its own:
   HTML). Code nested in a list or a quote keeps its ``&`` and ``>`` but not a raw
   ``<``: where such a block ends depends on the container, which renderers do not
   all read alike, and only ``<`` can open markup.
+* **No math over code.** nbconvert reads display math (``$$``, ``\\\\[``,
+  ``\\begin{x}``) before any other block, from mid-line too and across blank lines and
+  fences, and joins it to the paragraph before it: math that took in a code block
+  could leave the block's text to be read as Markdown. Math is kept where only math
+  can open it and nothing kept as typed is in it: from a line's start after a blank
+  line (one is added if missing), closed before any code. Any other opening is
+  escaped, but for one inside a paragraph of plain lines (each starting with a
+  letter), which nbconvert reads whole first.
 * **Inline code as typed.** A code span on one line (`` `a < b` ``) keeps its ``<``
   and ``&``: in a span an entity is shown as typed, so ``&lt;`` would be read. Only
   in a paragraph where every reader pairs the backticks alike: no link destination
@@ -60,6 +68,7 @@ from ._export_readers import (
     fence_closing,
     kept_paragraphs,
     needs_blank_before,
+    without_math_over_code,
 )
 from .model import Message
 from .render import CUT_OFF, code_fence, status_label, was_cut_off
@@ -215,6 +224,7 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
         paragraphs = {}
     out: list[str] = []
     code: set[int] = set()  # lines of ``out`` in a top-level code block's fence
+    kept: set[int] = set()  # lines of ``out`` with inline code as typed
     at = 0
     while at < len(lines):
         line = lines[at]
@@ -248,6 +258,7 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
             continue
         if at in paragraphs:
             end = paragraphs[at]
+            kept.update(range(len(out), len(out) + end - at))
             out += _escaped_but_code_spans("\n".join(lines[at:end])).split("\n")
             at = end
             continue
@@ -258,7 +269,8 @@ def _message_markdown(text: str, *, keep_spans: bool) -> str:
         if at in closings:
             out.append(closings[at])
         at += 1
-    return "\n".join(_without_script_links(out, code))
+    out = _without_script_links(out, code)
+    return "\n".join(without_math_over_code(out, code, code | kept))
 
 
 def _fenced(content: str, info: str) -> list[str]:

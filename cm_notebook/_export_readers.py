@@ -1,18 +1,20 @@
 """How readers other than CommonMark read the Markdown export (for :mod:`._export_markdown`).
 
 The export judges from a CommonMark parse what is code, kept as typed, and where a
-paragraph's code spans are. nbconvert's reader (mistune, with nbconvert's definition
-lists) ends containers at other lines: it runs a quote or a list item on over lazy
-lines and a definition over a run of lines (without their indent), and adds a line it
-does not take as a block to the last paragraph it read, however far back. What is here
-keeps those differences from making markup of anything kept as typed: which paragraphs'
-code spans every reader pairs alike, and where a fence in a container needs its
-closing line and a list a blank line before it.
+paragraph's code spans are. nbconvert's reader (mistune, with nbconvert's math and
+definition lists) ends containers at other lines: it runs a quote or a list item on
+over lazy lines, a definition over a run of lines (without their indent), adds a line
+it does not take as a block to the last paragraph it read however far back, and reads
+display math before any other block. What is here keeps those differences from making
+markup of anything kept as typed: which paragraphs' code spans every reader pairs
+alike, where a fence in a container needs its closing line and a list a blank line
+before it, and which display math to escape.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "fence_closing",
     "kept_paragraphs",
     "needs_blank_before",
+    "without_math_over_code",
 ]
 
 #: A run of backticks, which opens or closes a code span.
@@ -43,6 +46,14 @@ _OPENS_CONTAINER = re.compile(r" {0,3}(?:[-+*]|\d{1,9}[.)])[ \t]+\S")
 #: :mod:`._export_markdown`): also a bare address, which some readers (nbconvert's)
 #: make a link that runs on into a code span.
 _UNSURE_PAIRING = ("](", "|", "$", "\\", "://", "www.")
+
+#: Display math as nbconvert reads it, before any other block, from any line or place
+#: in one: ``$$`` (not after a backslash) to the next ``$$``, ``\\[`` to ``\\]``,
+#: ``\begin{x}`` to ``\end{x}``. The openings, then where each kind closes.
+_MATH_OPENING = re.compile(r"(?<!\\)\$\$|\\\\\[|\\begin\{([a-z]*\*?)\}")
+_DOLLARS_CLOSING = re.compile(r"(?<!\\)(?=\$\$)")
+_LATEX_CLOSING = re.compile(r"(?=\\\\\])")
+_ENVIRONMENT_CLOSING = re.compile(r"\\end\{([a-z]*\*?)\}")
 
 
 def needs_blank_before(line: str, *, from_1: bool) -> bool:
@@ -149,3 +160,78 @@ def _left_over(line: str) -> set[int]:
         else:
             at = same[after] + 1
     return left
+
+
+def without_math_over_code(lines: list[str], code: set[int], raw: set[int]) -> list[str]:
+    """``lines`` with the display math that nbconvert would read over text kept as
+    typed (``raw``: code, in ``code``, and lines with inline code) made text."""
+    # nbconvert adds math to the paragraph before it, where a stray backtick can start
+    # a span that takes its opening, and may start it mid-line or inside a container
+    # that ends before it closes (its closing then opens math instead): so math is
+    # kept only where nothing but math can start it, at a line's start after a blank
+    # line (added if missing), closed before any raw line. Any other opening is
+    # escaped: ``\$\$``, ``\\&#91;``, ``&#92;begin``; but for one inside a line of a
+    # paragraph that starts with a letter after a blank line, and goes on with such
+    # lines: nbconvert reads those lines as one paragraph at once, and math in it
+    # stays there.
+    text = "\n".join(lines)
+    starts = list(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=0))
+    dollars = [match.start() for match in _DOLLARS_CLOSING.finditer(text)]
+    latex = [match.start() for match in _LATEX_CLOSING.finditer(text)]
+    environments: dict[str, list[int]] = {}
+    for match in _ENVIRONMENT_CLOSING.finditer(text):
+        environments.setdefault(match[1], []).append(match.end())
+    raw_lines = sorted(raw)
+    prose: set[int] = set()
+    for number, words in enumerate(lines):
+        after = number == 0 or not lines[number - 1].strip() or number - 1 in prose
+        if after and words[:1].isalpha() and "|" not in words and number not in code:
+            prose.add(number)
+    pieces: list[str] = []
+    done = at = 0
+    while opening := _MATH_OPENING.search(text, at):
+        line = bisect.bisect_right(starts, opening.start()) - 1
+        if line in code:  # read as code: opens nothing
+            at = starts[line + 1] if line + 1 < len(starts) else len(text)
+            continue
+        if line in prose:
+            at = opening.end()
+            continue
+        if opening[0] == "$$":
+            close = _first_after(dollars, opening.end())
+            end = None if close is None else close + 2
+        elif opening[1] is None:
+            close = _first_after(latex, opening.end())
+            end = None if close is None else close + 3
+        else:
+            end = _first_after(environments.get(opening[1], []), opening.end())
+        if end is not None and opening.start() == starts[line]:
+            last = bisect.bisect_right(starts, end - 1) - 1
+            over = _first_after(raw_lines, line)
+            if over is None or over > last:  # math, kept
+                if line and lines[line - 1].strip():
+                    pieces += [text[done : starts[line]], "\n"]
+                    done = starts[line]
+                at = end
+                continue
+        if opening[0] == "$$":
+            run_end = opening.start()
+            while text[run_end : run_end + 1] == "$":
+                run_end += 1
+            pieces += [text[done : opening.start()], "\\$" * (run_end - opening.start())]
+            done = at = run_end
+        elif opening[1] is None:
+            pieces += [text[done : opening.end() - 1], "&#91;"]
+            done = at = opening.end()
+        else:
+            pieces += [text[done : opening.start()], "&#92;"]
+            done = opening.start() + 1
+            at = opening.end()
+    pieces.append(text[done:])
+    return "".join(pieces).split("\n")
+
+
+def _first_after(positions: list[int], at: int) -> int | None:
+    # The first of the sorted ``positions`` at or after ``at``, if any.
+    index = bisect.bisect_left(positions, at)
+    return positions[index] if index < len(positions) else None

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from cm_notebook.export import ExportDocument, to_markdown
@@ -161,6 +163,27 @@ def test_a_fence_in_a_list_cannot_run_into_the_next_message(first: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "contents",
+    [
+        # nbconvert reads display math first, over blank lines and fences: closed in a
+        # code block, it leaves the rest of the block to be read as Markdown.
+        (f"$$ x\n\n```\ny $$ {LIVE}\n```",),
+        (f"\\begin{{x}}\n\n```\n\\end{{x}} {LIVE}\n```",),
+        (f"\\\\[\n\n```\n\\\\] {LIVE}\n```",),
+        # Mid-line, where a line does not start a paragraph.
+        (f"`x` costs $$ a\n\n```\n$$ {LIVE}\n```",),
+        # Math taking in a whole block, joined to the paragraph before it, whose
+        # backticks then pair with the block's fence: its text is read as Markdown.
+        (f"b```\n$$\n\n```\n{LIVE}\n```\n\nz $$",),
+        # Opened in one message, closed in the next one's code.
+        ("`x` costs $$", f"```\n$$ {LIVE}\n```"),
+    ],
+)
+def test_display_math_cannot_take_in_code(contents: tuple[str, ...]) -> None:
+    _assert_nothing_live(to_markdown(_conversation(*contents, "ok")))
+
+
+@pytest.mark.parametrize(
     "content",
     [
         # nbconvert's definition list takes in the next lines without their indent: the
@@ -278,3 +301,23 @@ def test_ordinary_markdown_keeps_its_form() -> None:
     for page in pages.values():
         assert 'href="https://example.org/docs"' in page
         assert "vector&lt;int&gt;" in page
+
+
+def test_display_math_keeps_its_form_around_code() -> None:
+    # Math from a line's start after a blank line (one is added), closed before the
+    # code: left as written, also with "$$" in the code after it.
+    content = "Given\n$$\na = b\n$$\n\n```sh\necho $$\n```\n\n$$c$$\n\nand $$d$$ inline"
+    markdown = _reply(content)
+    assert "Given\n\n$$\na = b\n$$\n\n```sh\necho $$\n```\n\n$$c$$\n\nand $$d$$ inline" in markdown
+    _assert_nothing_live(markdown)
+
+
+PIECES = ["\n", "\n\n", "    ", "\t", "> ", ">", "- ", "-", "1.", "2) ", ": ", "Term", "a", "`"]
+PIECES += ["```", "~~~", "```mermaid", "$$", "\\begin{x}", "\\end{x}", "[a]:", "[a]", "]: "]
+PIECES += [LIVE, f"`{LIVE}`", SCRIPT, f"]({SCRIPT})", "![i](http://evil.example/x)"]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=24))
+@settings(max_examples=200, deadline=None)
+def test_no_mix_of_containers_code_and_links_is_live_to_any_reader(pieces: list[str]) -> None:
+    _assert_nothing_live(_reply("".join(pieces)))
