@@ -71,7 +71,7 @@ from ._export_readers import (
     without_math_over_code,
 )
 from .model import Message
-from .render import CUT_OFF, code_fence, status_label, was_cut_off
+from .render import CUT_OFF, code_fence, longest_backtick_run, status_label, was_cut_off
 
 __all__ = ["markdown_of", "message_markdown"]
 
@@ -128,9 +128,7 @@ _MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!<>&|~=:])")
 def _code_span(text: str) -> str:
     """``text`` as one inline code span: literal, on one line, closed by nothing inside."""
     flat = " ".join(text.splitlines()) or " "
-    ticks = "`"
-    while ticks in flat:
-        ticks += "`"
+    ticks = "`" * (longest_backtick_run(flat) + 1)
     pad = " " if flat[0] in "` " or flat[-1] in "` " else ""
     return f"{ticks}{pad}{flat}{pad}{ticks}"
 

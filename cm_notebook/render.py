@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
@@ -24,6 +25,7 @@ __all__ = [
     "code_fence",
     "context_repr",
     "conversation_html",
+    "longest_backtick_run",
     "message_html",
     "message_repr",
     "one_line",
@@ -55,12 +57,19 @@ _ROLE_STYLE = {
 }
 
 
+def longest_backtick_run(text: str) -> int:
+    """The length of the longest run of backticks in ``text`` (0 for none), found in
+    one pass: a fence grown one backtick at a time rescans the text at each length."""
+    return max(map(len, _BACKTICK_RUNS.findall(text)), default=0)
+
+
+_BACKTICK_RUNS = re.compile(r"`+")
+
+
 def code_fence(text: str, info: str = "") -> str:
     """``text`` as a fenced Markdown code block whose fence is longer than any backtick
     run inside, so nothing in the text can close it."""
-    ticks = "```"
-    while ticks in text:
-        ticks += "`"
+    ticks = "`" * max(3, longest_backtick_run(text) + 1)
     return f"{ticks}{info}\n{text}\n{ticks}"
 
 

@@ -91,3 +91,15 @@ def test_alignment_and_text_with_markup_characters_are_drawn() -> None:
     assert len(_formulas(html)) == 2, html
     assert re.search(r"<mtext>a\s&lt;\sb</mtext>", html), html
     assert "<mtable>" in html
+
+
+def test_openers_without_a_closer_stay_text_and_a_later_closer_still_ends_one() -> None:
+    # Many "\(" with no closer after them (a reply quoting TeX source) are text; the
+    # paragraph's last closer is looked up once, not searched for from every opener.
+    unclosed = render_markdown("\\( a " * 2_000)
+    assert "<math" not in unclosed
+    assert unclosed.count("(") == 2_000
+    closed_late = render_markdown(r"\) one \( x^2 \) two \( y")
+    assert _formulas(closed_late) == ["x^2"]
+    assert closed_late.startswith("<p>) one <math")
+    assert closed_late.endswith("</math> two ( y</p>\n")

@@ -468,3 +468,17 @@ async def test_fork_buttons_choose_another_name_when_another_process_took_theirs
         session.close()
         await inner.close()
     assert store.taken == ["main-alt-1", "main-fork-1", "main-fork-3"]
+
+
+def test_the_rendered_messages_kept_are_bounded_by_size_not_only_by_count() -> None:
+    from cm_notebook.widgets import markdown
+
+    # Thirty replies of 1 MB rendered once each, then dropped: at most a few stay.
+    kept = markdown._RENDERED
+    for i in range(30):
+        render_markdown(f"{i} " + "word " * 200_000)
+    assert kept.size <= kept.budget
+    assert len(kept) < 30
+    # A text is still served from the cache while it fits.
+    text = "*kept*"
+    assert render_markdown(text) is render_markdown(text)

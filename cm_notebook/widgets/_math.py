@@ -192,6 +192,14 @@ def _bracket_math(state: StateInline, silent: bool) -> bool:
     if opener not in "([":
         return False
     closer = "\\)" if opener == "(" else "\\]"
+    # Where the paragraph's last closer is, found once per paragraph: a search to its
+    # end from every opener would take time quadratic in a text of unclosed "\(".
+    closers: dict[tuple[str, str, int], int] = state.env.setdefault("cm_math_closers", {})
+    key = (state.src, closer, state.posMax)
+    if key not in closers:
+        closers[key] = state.src.rfind(closer, 0, state.posMax)
+    if closers[key] < start + 2:
+        return False
     end = state.src.find(closer, start + 2, state.posMax)
     if end < 0 or not state.src[start + 2 : end].strip():
         return False

@@ -11,7 +11,6 @@ able to inject markup or script into the notebook. Remote images are links, not 
 
 from __future__ import annotations
 
-import functools
 import html
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -38,6 +37,7 @@ from pygments.token import (
 )
 from pygments.util import ClassNotFound
 
+from .._prefix_cache import CACHE_BUDGET, SizedCache
 from ._math import use_math
 
 __all__ = ["render_markdown"]
@@ -188,13 +188,28 @@ _MD.add_render_rule("th_open", _styled(_CELL_STYLE))
 _MD.add_render_rule("td_open", _styled(_CELL_STYLE))
 
 
-@functools.lru_cache(maxsize=1024)
+#: Rendered messages, by text: messages are re-rendered on every view refresh, and
+#: highlighting is the slow part. Bounded by the characters kept (a text and its HTML),
+#: not only by count: a thousand long replies would otherwise stay in memory for the
+#: process's life, their sessions long closed. Four times a message cache's budget: a
+#: reply of a few megabytes, whose render takes seconds, is still kept.
+_RENDERED: SizedCache[str, str] = SizedCache(kept=1024, budget=4 * CACHE_BUDGET)
+
+
 def render_markdown(text: str) -> str:
-    """``text`` (Markdown) as HTML; raw HTML in it is escaped. Cached: messages are
-    re-rendered on every view refresh, and highlighting is the slow part.
+    """``text`` (Markdown) as HTML; raw HTML in it is escaped. Cached (see
+    :data:`_RENDERED`).
 
     A text nested too deeply to format (about 25 quotes or lists inside each other) is
     shown as it is, as preformatted text, rather than cut where the nesting stops."""
+    known = _RENDERED.get(text)
+    if known is None:
+        known = _rendered(text)
+        _RENDERED.put(text, known, len(text) + len(known))
+    return known
+
+
+def _rendered(text: str) -> str:
     tokens = _MD.parse(text)
     if any(token.level >= _MAX_NESTING - 1 for token in tokens):
         return (
