@@ -16,6 +16,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Indel
 
+from ._unicode import for_terminal
 from .model import Message, MessageStatus, StreamStats, TokenUsage
 
 __all__ = [
@@ -331,13 +332,15 @@ class Comparison(BaseModel):
             unanswered = self._unanswered()
             if unanswered is not None:
                 lines.append(f"diff {names}: none, {_no_answer(unanswered)}")
-                return "\n".join(lines)
+                return for_terminal("\n".join(lines))
             # wdiff's notation: [-removed-] {+added+}, the second answer against the first.
             marked = {"=": "{}", "-": "[-{}-]", "+": "{{+{}+}}"}
             diff = "".join(marked[op].format(text) for op, text in self.diff())
             lines.append(f"diff {names}: {diff}")
             lines.append(f"similarity: {self.similarity():.2f}")
-        return "\n".join(lines)
+        # A model's text may hold escapes a terminal (or a notebook's stream output)
+        # acts on: shown escaped, as the CLI shows them.
+        return for_terminal("\n".join(lines))
 
     def _repr_html_(self) -> str:
         cells = []

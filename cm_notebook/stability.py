@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._unicode import for_terminal
 from .compare import diff_side_html, word_diff
 from .errors import InvalidInputError
 from .model import Message
@@ -104,7 +105,7 @@ class Stability(BaseModel):
                 body = group.text
             kind = "" if rank == 1 else (" near" if group.near else " distinct")
             lines.append(f"#{rank} x{group.count}{kind} ({group.similarity:.2f}): {body}")
-        return "\n".join(lines)
+        return for_terminal("\n".join(lines))  # escapes in answers shown, not acted on
 
     def _repr_html_(self) -> str:
         total = self.total or 1

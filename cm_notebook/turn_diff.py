@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from ._unicode import for_terminal
 from .compare import PALE_MARKS, BranchResult, diff_side_html, unfinished_html, word_diff
 from .model import Message
 
@@ -201,7 +202,7 @@ class TurnComparison(BaseModel):
             shown = _delta_texts(turn)
             if shown:
                 lines.append("   " + "; ".join(shown))
-        return "\n".join(lines)
+        return for_terminal("\n".join(lines))  # escapes in answers shown, not acted on
 
     def _repr_html_(self) -> str:
         return turns_html(self)

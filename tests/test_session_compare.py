@@ -312,3 +312,18 @@ def test_a_delta_that_rounds_to_zero_has_no_sign(base: float, other: float, show
         other=BranchResult(branch="b", text="x", duration_ms=other),
     )
     assert str(TurnComparison(base="a", other="b", turns=[turn])).endswith(f"   {shown}")
+
+
+def test_printed_comparisons_show_a_reply_s_terminal_escapes_without_acting_on_them(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    hostile = "Fine.\x1b[2J\x1b]0;title\x07 done\r over \u202ereversed"
+    session = new_session(provider=ScriptedProvider().reply("Plain answer."))
+    comparison = session.fan_out(
+        "q", [{"provider": ScriptedProvider().reply(hostile)}, {"system": "x"}]
+    ).result(DEADLINE)
+    for shown in (str(comparison), str(session.stability(comparison.branches))):
+        assert "\x1b" not in shown
+        assert "\r" not in shown
+        assert "\u202e" not in shown
+        assert "\\x1b[2J" in shown

@@ -295,10 +295,12 @@ async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: New
         provider=fake,
         tools=[add],
         approval="auto",
-        system="Be brief.",
+        system="Be brief.\nUse tools.",
     )
     await session.send("add 1 and 2")
     html = snapshot_html(session)
+    # The prompt's line breaks are kept (a prompt is often a list of rules).
+    assert '<div style="white-space:pre-wrap">Be brief.\nUse tools.</div>' in html
     # Isolated, so a bidirectional override in the title cannot reverse the words after it.
     assert "<bdi>Snap &lt;shot&gt; \u202eevil</bdi>" in html
     assert "<bdi>Snap &lt;shot&gt; \u202eevil</bdi>" in session._repr_html_()

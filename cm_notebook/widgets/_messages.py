@@ -119,7 +119,9 @@ def transcript_html(
             f"in this copy. {html.escape(whole)}</div>"
         )
     if system:
-        parts.append(_block("System", "#f59e0b", html.escape(system), ""))
+        # Its line breaks kept, as in the live view (a prompt is often a list of rules).
+        prompt = f'<div style="white-space:pre-wrap">{html.escape(system)}</div>'
+        parts.append(_block("System", "#f59e0b", prompt, ""))
     for item in items:
         extra = ""
         for call in item["calls"]:
