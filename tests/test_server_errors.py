@@ -238,8 +238,14 @@ def test_a_server_whose_clients_are_trusted_lets_them_choose(tmp_path: Path) -> 
     ):
         body = {"provider": "openai:m", "provider_options": {"base_url": "http://127.0.0.1:9/v1"}}
         assert http.post("contexts", json=body).status_code == 201
-        created = http.post("contexts", json={"provider": "local:/no/such/model.gguf"})
-        assert created.status_code == 201
+        model = tmp_path / "model.gguf"
+        model.write_bytes(b"GGUF" + bytes(60))  # a file the server has, named by the client
+        created = http.post("contexts", json={"provider": f"local:{model}"})
+        assert created.status_code == 201, created.text
+        # One that is not there is refused as any spec every send would fail with.
+        missing = http.post("contexts", json={"provider": "local:/no/such/model.gguf"})
+        assert missing.status_code == 400
+        assert "does not exist" in missing.json()["message"]
 
 
 def test_a_lock_timeout_is_worded_as_something_to_try_again(tmp_path: Path) -> None:
