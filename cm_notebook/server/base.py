@@ -18,6 +18,7 @@ held too long is 503.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from jupyter_server.utils import url_path_join
 from pydantic import BaseModel, ValidationError
 from tornado import web
 
+from .. import _json
+from .._unicode import scrub
 from ..errors import (
     BranchExistsError,
     CMError,
@@ -124,6 +127,42 @@ class ApiError(web.HTTPError):
             400,
             ErrorBody(message=f"invalid request: {where}", reason="ValidationError", errors=errors),
         )
+
+
+#: A JSON escape of a UTF-16 surrogate (``\\ud83d``), which may stand alone in a string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_body(model: type[B], raw: bytes) -> B:
+    """``raw``, a request's JSON body, validated as ``model``.
+
+    A string holding half of a surrogate pair (``"\\ud83d"``, what JavaScript's
+    ``JSON.stringify`` writes for half an emoji) is valid JSON, which pydantic's parser
+    refuses whole: it is read here, and the half replaced with U+FFFD, as the Python
+    API and the store do (see :mod:`cm_notebook._unicode`). The text is read within the
+    package's JSON limits (size, nesting depth, digits of a number); text that is not
+    JSON is refused in pydantic's words, which give the line and column of the fault.
+
+    Raises:
+        ValidationError: the body is not JSON, is past a limit, or does not fit ``model``.
+    """
+    try:
+        text = raw.decode("utf-8")
+        value = _json.loads(text)
+    except _json.JSONLimitError as exc:
+        raise ValidationError.from_exception_data(
+            model.__name__,
+            [{"type": "json_invalid", "loc": (), "input": raw, "ctx": {"error": str(exc)}}],
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        # Not UTF-8 JSON: pydantic's parser names the fault, in the words it always had.
+        return model.model_validate_json(raw)
+    if _SURROGATE_ESCAPE.search(text) is None:
+        # Nothing to replace: validate the text as sent.
+        return model.model_validate_json(raw)
+    # Validated as JSON, not as Python values: a client is told of an "object" and an
+    # "array", not of a "dictionary" and a "list".
+    return model.model_validate_json(json.dumps(scrub(value), ensure_ascii=False))
 
 
 #: Query parameters whose values are secrets (matched by part of the name, as Jupyter's
@@ -275,8 +314,9 @@ class CMHandler(APIHandler):
             lease.release()
 
     def body(self, model: type[B]) -> B:
-        """The request body validated as ``model`` (an empty body is ``{}``)."""
-        return model.model_validate_json(self.request.body or b"{}")
+        """The request body validated as ``model`` (an empty body is ``{}``): see
+        :func:`parse_body`."""
+        return parse_body(model, self.request.body or b"{}")
 
     def query(self, model: type[B]) -> B:
         """The query string validated as ``model``: a list field takes every value of its
