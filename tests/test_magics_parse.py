@@ -180,6 +180,16 @@ def test_interpolation_errors_say_what_to_do(text: str, says: str) -> None:
         interpolate(text, {"country": "France"})
 
 
+def test_a_field_is_the_variable_python_reads_for_its_name() -> None:
+    # "cafe" + a combining acute (NFD) and the ligature "ﬁ" are, to Python, "café" and
+    # "fi" (NFKC): code typed either way defines those.
+    namespace = {"café": "espresso", "file": "notes.txt"}
+    text, used = interpolate("A {cafe\u0301} and {\ufb01le!r}, {café}", namespace)
+    assert text == "A espresso and 'notes.txt', espresso"
+    assert used == ["café", "file"]
+    assert field_names("{cafe\u0301} {\ufb01le.x:{cafe\u0301}}") == ["café", "file"]
+
+
 class _Unprintable:
     def __repr__(self) -> str:
         raise RuntimeError("repr boom")

@@ -226,6 +226,21 @@ def test_a_field_on_another_branch_waits_for_the_var_not_its_old_value(fe: Front
     assert comparison == ["echo: And Paris?", "echo: And Paris?"]
 
 
+def test_a_field_typed_in_another_unicode_form_names_the_same_variable(fe: FrontEnd) -> None:
+    # Python reads identifiers as NFKC: "cafe" + a combining acute in code is the
+    # variable "café". A field typed so (a macOS input method, a paste) names it too:
+    # for its value, and for the --var still to come that it waits for.
+    _slow_paris(fe, "nfd var")
+    typed = "cafe\u0301"
+    fe.run(f'{typed} = "Rome"\nslow.branch("side")\nslow.switch("main")')
+    assert _printed(fe, "'café' in globals()")
+    fe.run("%%cm --var café\nName a city.")
+    fe.run(f"%%cm --branch side\nAnd {{{typed}}}?")
+    assert _printed(fe, "(await _).content") == "echo: And Paris?"
+    asked = _printed(fe, "slow.history('side')[-2].metadata.model_extra")
+    assert asked == {"interpolated": ["café"]}
+
+
 def test_history_branch_and_branches_run_after_the_cells_before_them(fe: FrontEnd) -> None:
     # Run All: these commands come while the reply above is still being written. As
     # run one by one, the history shows the reply, the fork comes after it, and the

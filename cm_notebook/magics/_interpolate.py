@@ -2,7 +2,9 @@
 
 The rules are Python's ``str.format`` with the kernel's namespace: ``{name}``,
 ``{name.attr}``, ``{name[0]}``, ``{name!r}``, ``{name:.2f}``; ``{{`` and ``}}`` are
-literal braces. A name the kernel does not have is an error that says so, never a
+literal braces. A name is read as Python reads it in code, in Unicode form NFKC (so
+``{café}`` typed with a combining accent names the variable ``café`` that code typed
+either way defines). A name the kernel does not have is an error that says so, never a
 silent blank. The names used are returned too, so the message can record which kernel
 variables fed it (its provenance): each as a type, a short redacted repr and a hash
 (:func:`cm_notebook.provenance.describe_value`), never the whole value (it may be large
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +28,12 @@ __all__ = ["field_names", "interpolate"]
 
 #: Where a field's variable name ends: ``{name.attr}``, ``{name[0]}``.
 _NAME_END = re.compile(r"[.\[]")
+
+
+def _as_python_reads(name: str) -> str:
+    # Python reads an identifier in code as its NFKC form ("cafe" and a combining acute
+    # is the variable "café"), so the kernel's namespace holds only that form.
+    return unicodedata.normalize("NFKC", name)
 
 
 class _Formatter(string.Formatter):
@@ -75,6 +84,7 @@ class _Formatter(string.Formatter):
                 f"{key!r} is no variable name. For braces sent as they are, write each of "
                 'them twice: {{"a": 1}} sends {"a": 1}'
             )
+        key = _as_python_reads(key)
         if key not in kwargs:
             raise UsageError(
                 f"{{{key}}} in the cell: no variable {key!r} in the kernel. Define it first, "
@@ -104,8 +114,8 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> tuple[str, list[str]
 
 def field_names(text: str) -> list[str]:
     """The kernel variables ``text``'s ``{name}`` fields read (in a format spec too),
-    in order, without reading them; none for text that is not a valid template (filling
-    it in says what is wrong)."""
+    in order, as Python names them (NFKC), without reading them; none for text that is
+    not a valid template (filling it in says what is wrong)."""
     names: list[str] = []
     try:
         parsed = list(string.Formatter().parse(text))
@@ -113,7 +123,7 @@ def field_names(text: str) -> list[str]:
         return []
     for _literal, field, spec, _conversion in parsed:
         if field:
-            name = _NAME_END.split(field, maxsplit=1)[0]
+            name = _as_python_reads(_NAME_END.split(field, maxsplit=1)[0])
             if name and name not in names:
                 names.append(name)
         if spec:
