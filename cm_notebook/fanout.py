@@ -15,6 +15,7 @@ from . import events as ev
 from ._auto_names import NamePicks
 from ._json_values import checked_message_metadata
 from ._loop import schedule_on
+from ._unicode import grapheme_prefix
 from .branch_defaults import branch_settings
 from .compare import Comparison
 from .errors import BranchExistsError, BusyError, CMError, InvalidIdError, InvalidInputError
@@ -24,7 +25,7 @@ from .ids import (
     validate_branch_name,
     validate_new_branch_name,
 )
-from .model import Branch, ProviderSettings
+from .model import MAX_LABEL_VALUE, Branch, ProviderSettings
 from .params import GenerationParams, validate_text
 from .prompts import prompt_label
 from .providers import Provider
@@ -131,14 +132,45 @@ def _differing_keys(variants: Sequence[object]) -> set[str]:
     return {key for key in keys if len({repr(m.get(key)) for m in mappings}) > 1}
 
 
+#: The longest label made from a variant's settings (a label given is kept whole).
+_MADE_LABEL_CHARS = 80
+
+
 def variant_labels(variants: Sequence[str | Provider | Mapping[str, Any]]) -> list[str]:
-    """Short readable labels of ``variants``, naming only what differs between them
-    (``temperature-0.7``, ``answer-in-five-words``); a mapping's own ``label`` wins."""
+    """A label per variant, no two alike: a mapping's own ``label`` as given, else a
+    short readable one naming only what differs between the variants
+    (``temperature-0.7``, ``answer-in-five-words``), cut to 80 characters.
+
+    A label that repeats gets "-2", "-3"..., skipping any that is itself a variant's
+    label (``["a", "a", "a-2"]`` gives a, a-3, a-2).
+    """
     differing = _differing_keys(variants) - {"label"}
     out = []
     for variant in variants:
         own = variant.get("label") if isinstance(variant, Mapping) else None
-        out.append(str(own) if own is not None else _label(variant, differing))
+        if own is not None:
+            # Kept whole: the label checks refuse one too long, and a cut could erase
+            # what tells two variants apart ("... variant A", "... variant B").
+            out.append(str(own) or "variant")
+        else:
+            made = grapheme_prefix(_label(variant, differing), _MADE_LABEL_CHARS)
+            out.append(made or "variant")
+    return _distinct(out)
+
+
+def _distinct(labels: list[str]) -> list[str]:
+    # ``labels`` with each repeat numbered (see variant_labels), cut to leave room for
+    # its number within the length labels allow.
+    given = set(labels)
+    taken: set[str] = set()
+    out = []
+    for label in labels:
+        chosen, n = label, 1
+        while chosen in taken or (n > 1 and chosen in given):
+            n += 1
+            chosen = f"{grapheme_prefix(label, MAX_LABEL_VALUE - len(str(n)) - 1)}-{n}"
+        taken.add(chosen)
+        out.append(chosen)
     return out
 
 

@@ -246,23 +246,6 @@ def _canonical(value: object) -> object:
 _ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
 
 
-def _unique(labels: list[str]) -> list[str]:
-    # Repeats get "-2", "-3"..., skipping any suffix that is itself a label given
-    # (["a", "a", "a-2"]: a, a-3, a-2), so no two variants share a label.
-    given = {(label or "variant")[:80] for label in labels}
-    taken: set[str] = set()
-    out = []
-    for label in labels:
-        label = (label or "variant")[:80]
-        chosen, n = label, 1
-        while chosen in taken or (n > 1 and chosen in given):
-            n += 1
-            chosen = f"{label}-{n}"
-        taken.add(chosen)
-        out.append(chosen)
-    return out
-
-
 def _check_labels(name: str, labels: list[str]) -> None:
     # The sweep's name and variant labels become labels of every cell's branch: they
     # are checked here by the rule branch labels use (one short line, nothing that
@@ -342,7 +325,7 @@ def plan_sweep(
     if rows is not None:
         refuse_clashing_inputs(rows)
     flat, arms = zip(*(_variant(v, i) for i, v in enumerate(variants)), strict=True)
-    labels = _unique(variant_labels(list(flat)))
+    labels = variant_labels(list(flat))
     defined: dict[str, object] = {"prompts": prompt_list, "inputs": rows, "variants": list(flat)}
     if default_provider is not None and any(v.get("provider") is None for v in flat):
         defined["default_provider"] = default_provider

@@ -9,6 +9,7 @@ import pytest
 from test_session_support import DEADLINE
 
 from cm_notebook.errors import InvalidInputError
+from cm_notebook.model import MAX_LABEL_VALUE
 from cm_notebook.session import ContextSession
 from cm_notebook.sweep import plan_sweep
 from cm_notebook.testing import ScriptedProvider
@@ -106,3 +107,36 @@ def test_an_input_column_whose_record_column_is_a_fixed_one_is_refused_up_front(
     assert [r["input_n_tokens"] for r in records] == [50, 100]
     usage = [session.get(cell.message_id or "").metadata.usage for cell in sweep.cells]
     assert [r["input_tokens"] for r in records] == [u.input_tokens for u in usage if u] == [6, 6]
+
+
+def test_a_variant_label_given_is_kept_whole(new_session: Callable[..., ContextSession]) -> None:
+    # Cut to 80 characters, these were "... variant" and "... variant-2" everywhere: what
+    # told the variants apart was gone.
+    stem = "temperature sweep, system prompt asks for a careful step-by-step answer, variant"
+    first, second = f"{stem} A", f"{stem} B"
+    session = new_session(provider=ScriptedProvider())
+    sweep = session.sweep(
+        "Q",
+        [{"label": first, "temperature": 0.1}, {"label": second, "temperature": 0.9}],
+        name="whole",
+        progress=False,
+    ).run(DEADLINE)
+    assert sweep.variant_labels == [first, second]
+    assert [record["variant"] for record in sweep.to_records()] == [first, second]
+    assert [session.branches[cell.branch].labels["variant"] for cell in sweep.cells] == [
+        first,
+        second,
+    ]
+
+
+def test_a_label_given_twice_is_numbered_within_the_length_labels_allow() -> None:
+    longest = "x" * MAX_LABEL_VALUE
+    plan = plan_sweep("Q", [{"label": longest}, {"label": longest, "temperature": 1}])
+    assert plan.labels == [longest, f"{'x' * (MAX_LABEL_VALUE - 2)}-2"]
+
+
+def test_a_label_made_from_a_variant_s_settings_is_cut_to_80_characters() -> None:
+    stop = "a" * 100
+    plan = plan_sweep("Q", [{"stop": [f"{stop}1"]}, {"stop": [f"{stop}2"]}])
+    made = f"stop-['{stop}"[:80]
+    assert plan.labels == [made, f"{made}-2"]
