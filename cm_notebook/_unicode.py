@@ -25,6 +25,7 @@ __all__ = [
     "json_for_terminal",
     "refuse_control_characters",
     "scrub",
+    "without_controls",
     "without_surrogates",
 ]
 
@@ -103,6 +104,25 @@ def control_characters(text: str, *, lines: bool = False) -> list[str]:
             continue
         found.add(f"U+{ord(c):04X}")
     return sorted(found)
+
+
+# A terminal's escape sequences, each taken whole, in their 7-bit and C1 forms: CSI
+# (colours, cursor moves, clearing the screen), and OSC (a window title, a hyperlink)
+# when terminated. An OSC's text holds no control character, so a search for its end
+# never runs past the next one (a lone ESC is a control character like any other).
+_CSI = "(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]"
+_OSC = "(?:\x1b\\]|\x9d)[^\x00-\x1f\x7f-\x9f]*(?:\x07|\x1b\\\\|\x9c)"
+_ESCAPE_SEQUENCE = re.compile(f"{_CSI}|{_OSC}")
+#: The control characters that are not white space (white space is a word's end).
+_NOT_SPACE_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+
+
+def without_controls(text: str) -> str:
+    """``text`` without terminal escape sequences (whole: ``"\\x1b[31mRed"`` gives
+    ``"Red"``) and without the control characters :func:`control_characters` finds,
+    but those that are white space (line breaks, tabs...), which are left for the
+    caller to fold: for a name made from text that may hold them, such as a title."""
+    return _NOT_SPACE_CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text))
 
 
 def refuse_control_characters(text: str, what: str, *, lines: bool = False) -> None:

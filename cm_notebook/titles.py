@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._unicode import grapheme_prefix, refuse_control_characters
+from ._unicode import grapheme_prefix, refuse_control_characters, without_controls
 from .errors import CMError, InvalidInputError, StateError
 from .model import Message
 from .providers.base import ChatRequest, Provider, TextDelta
@@ -86,14 +86,16 @@ def checked_description(description: object) -> str:
 
 
 def title_from_text(text: str, *, max_words: int = 8, max_chars: int = 60) -> str:
-    """A short title made from a message: its first words, ``…`` if cut.
+    """A short title made from a message: its first words, ``…`` if cut; without
+    escape sequences and control characters, which a title may not hold (so it is a
+    title :func:`validate_title` takes as it is).
 
     >>> title_from_text("Why is the sky blue?")
     'Why is the sky blue?'
     >>> title_from_text("Please explain in detail how a transformer model computes attention")
     'Please explain in detail how a transformer model…'
     """
-    words = _SPACE.sub(" ", text).strip().split(" ")
+    words = _SPACE.sub(" ", without_controls(text)).strip().split(" ")
     title = " ".join(words[:max_words])
     cut = len(words) > max_words
     if len(title) > max_chars:
@@ -107,9 +109,12 @@ def title_from_text(text: str, *, max_words: int = 8, max_chars: int = 60) -> st
 
 
 def clean_model_title(text: str) -> str | None:
-    """The title in a model's answer: first line, no quotes or ``Title:`` prefix."""
+    """The title in a model's answer: first line, no quotes or ``Title:`` prefix, no
+    escape sequences or control characters (a title :func:`validate_title` takes as it
+    is), or None if nothing is left."""
+    text = without_controls(text)
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
-    line = re.sub(r"(?i)^(title\s*:\s*)", "", line)
+    line = _SPACE.sub(" ", re.sub(r"(?i)^(title\s*:\s*)", "", line))
     line = line.strip().rstrip(".").strip().strip("\"'`*#").strip()
     if not line:
         return None
