@@ -44,6 +44,8 @@ _log = get_logger(__name__)
 
 #: Seconds the exit gives the sessions still open to close, in all.
 EXIT_TIMEOUT = 2.0
+#: How often a stopped loop is run again when other work left on it raises.
+_RERUNS = 5
 
 
 class _Session(Protocol):
@@ -115,14 +117,33 @@ def _close_on(loop: asyncio.AbstractEventLoop, sessions: list[_Session], timeout
         return late
 
     try:
-        late = loop.run_until_complete(close_all())
-    except Exception as exc:  # e.g. another loop runs in this thread
+        closing = loop.create_task(close_all())
+    except Exception as exc:  # e.g. the loop was closed meanwhile
         _log.warning("could not run the sessions' loop at exit to close them: %s", exc)
-        for session in sessions:
-            try:
-                session.close()
-            except Exception as error:
-                _log.warning("could not close a session at exit: %s", error)
+        _close_each(sessions)
         return
-    if late:
-        _log.warning("%d session(s) were still closing when the process exited", len(late))
+    # The loop runs whatever else was left on it too: a server's request handler that
+    # Ctrl-C interrupted re-raises its KeyboardInterrupt there. That is its own end,
+    # not the closing's: the loop is run again for the sessions, a few times at most.
+    for _attempt in range(_RERUNS):
+        try:
+            late = loop.run_until_complete(closing)
+        except BaseException as exc:
+            if closing.done():
+                _log.warning("could not close the sessions at exit: %r", exc)
+                return
+            _log.debug("work left on the sessions' loop raised at exit: %r", exc)
+            continue
+        if late:
+            _log.warning("%d session(s) were still closing when the process exited", len(late))
+        return
+    closing.cancel()
+    _log.warning("could not run the sessions' loop at exit to close them")
+
+
+def _close_each(sessions: list[_Session]) -> None:
+    for session in sessions:
+        try:
+            session.close()
+        except Exception as error:
+            _log.warning("could not close a session at exit: %s", error)

@@ -309,6 +309,7 @@ def test_folders_nobody_follows_any_more_are_not_watched_for_the_process_s_life(
     # A kernel keeps one context open all day while others are opened and closed: the
     # closed ones' folders must not stay watched (each watch counts against a per-user
     # limit, and makes every rebuild of the watch dearer).
+    before = _inotify_watches()  # other tests' sessions may still be open (and watched)
     kept = tmp_path / "kept"
     kept.mkdir()
     staying = watch_folders([kept], lambda: None)
@@ -322,6 +323,6 @@ def test_folders_nobody_follows_any_more_are_not_watched_for_the_process_s_life(
             assert passing is not None
             passing.cancel()
         # The watcher's thread closes the watch it replaced when it next looks.
-        _wait_for(lambda: _inotify_watches() <= 3, "the closed folders' watches to go")
+        _wait_for(lambda: _inotify_watches() <= before + 3, "the closed folders' watches to go")
     finally:
         staying.cancel()
