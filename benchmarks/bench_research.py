@@ -20,7 +20,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from cm_notebook.compare import _TOKEN, word_diff
+from cm_notebook._word_diff import _TOKEN
+from cm_notebook.compare import word_diff
 from cm_notebook.provenance import request_hash
 from cm_notebook.providers.base import ChatRequest
 from cm_notebook.session import ContextSession

@@ -11,25 +11,32 @@ from __future__ import annotations
 
 import difflib
 import html
-import re
 
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Indel
 
 from ._unicode import for_terminal
+from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
 from .model import Message, MessageStatus, StreamStats, TokenUsage
 
 __all__ = [
+    "COARSE_NOTE",
+    "DIFF_BUDGET",
     "PALE_MARKS",
+    "SIMILARITY_BUDGET",
     "BranchResult",
     "Comparison",
+    "WordDiff",
     "diff_side_html",
     "is_answer",
     "unfinished_html",
     "word_diff",
 ]
 
-_TOKEN = re.compile(r"\s+|[^\s]+")
+#: The most token pairs whose similarity is counted exactly (in little memory, but in
+#: time growing with the pairs: ~0.3 s here, e.g. two answers of 30,000 words); beyond
+#: it, the similarity is estimated from the coarse diff (see :meth:`Comparison.similarity`).
+SIMILARITY_BUDGET = 4_000_000_000
 
 
 def is_answer(message: Message) -> bool:
@@ -160,101 +167,6 @@ class BranchResult(BaseModel):
         return self.system_prompt if self.system_prompt else "(no system prompt)"
 
 
-def word_diff(a: str, b: str) -> list[tuple[str, str]]:
-    """Diff two texts word by word: a list of (op, text), op in ``= - +``.
-
-    Words keep their surrounding white space so joining the ``=`` and ``-`` parts gives
-    ``a`` back, and the ``=`` and ``+`` parts give ``b``.
-    """
-    words_a = _TOKEN.findall(a)
-    words_b = _TOKEN.findall(b)
-    # A longest common subsequence of the words (rapidfuzz's bit-parallel Indel
-    # alignment, in C++): 8,000-word answers in ~30 ms, where difflib's SequenceMatcher
-    # took 14 s (it is quadratic and worse with the repeated words of prose).
-    parts: list[_Part] = []
-    for code in Indel.opcodes(words_a, words_b):
-        gone = "".join(words_a[code.src_start : code.src_end])
-        if code.tag == "equal":
-            parts.append(_Part(gone))
-        elif parts and parts[-1].changed:  # Indel splits a replacement in two
-            parts[-1].removed += gone
-            parts[-1].added += "".join(words_b[code.dest_start : code.dest_end])
-        else:
-            parts.append(_Part("", gone, "".join(words_b[code.dest_start : code.dest_end])))
-    return _readable(parts)
-
-
-class _Part:
-    """A run the texts share (``same``), or a change: ``removed`` from a, ``added`` in b."""
-
-    __slots__ = ("added", "removed", "same")
-
-    def __init__(self, same: str, removed: str = "", added: str = "") -> None:
-        self.same, self.removed, self.added = same, removed, added
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.removed or self.added)
-
-
-def _readable(parts: list[_Part]) -> list[tuple[str, str]]:
-    # A shortest diff can keep a lone space in common between two changes
-    # ("-Sunlight +Arr, = +sunlight"): such a space joins the change around it, and
-    # white space both sides of a change share moves out of it, so changes read as
-    # whole phrases: "-Sunlight +Arr, sunlight = scatters".
-    merged: list[_Part] = []
-    for at, part in enumerate(parts):
-        # Between two changes: one just merged, and one after it (parts alternate).
-        island = part.same.isspace() and at < len(parts) - 1 and merged and merged[-1].changed
-        if island:
-            merged[-1].removed += part.same
-            merged[-1].added += part.same
-        elif part.changed and merged and merged[-1].changed:
-            merged[-1].removed += part.removed
-            merged[-1].added += part.added
-        else:
-            merged.append(part)
-    out: list[tuple[str, str]] = []
-    for part in merged:
-        if not part.changed:
-            _same(out, part.same)
-            continue
-        lead = _shared_space(part.removed, part.added, from_end=False)
-        trail = _shared_space(part.removed[lead:], part.added[lead:], from_end=True)
-        _same(out, part.removed[:lead])
-        removed = part.removed[lead : len(part.removed) - trail]
-        added = part.added[lead : len(part.added) - trail]
-        if removed:
-            out.append(("-", removed))
-        if added:
-            out.append(("+", added))
-        _same(out, part.removed[len(part.removed) - trail :] if trail else "")
-    return out
-
-
-def _same(out: list[tuple[str, str]], text: str) -> None:
-    if not text:
-        return
-    if out and out[-1][0] == "=":
-        out[-1] = ("=", out[-1][1] + text)
-    else:
-        out.append(("=", text))
-
-
-def _shared_space(first: str, second: str, *, from_end: bool) -> int:
-    # How many white-space characters ``first`` and ``second`` share at their start (or
-    # end); none unless both sides of the change keep some text besides.
-    count = 0
-    limit = min(len(first), len(second)) - 1
-    while count < limit:
-        x = first[-1 - count] if from_end else first[count]
-        y = second[-1 - count] if from_end else second[count]
-        if x != y or not x.isspace():
-            break
-        count += 1
-    return count
-
-
 class Comparison(BaseModel):
     """Branches side by side. The first branch is the baseline for diffs and ratios."""
 
@@ -273,10 +185,13 @@ class Comparison(BaseModel):
                 return result
         raise KeyError(branch)
 
-    def diff(self, other: str | None = None) -> list[tuple[str, str]]:
-        """Word diff of the baseline's answer against ``other`` (default: the second)."""
+    def diff(self, other: str | None = None) -> WordDiff:
+        """Word diff of the baseline's answer against ``other`` (default: the second).
+
+        Answers too long to diff word by word get a coarser diff, which says
+        so (:attr:`WordDiff.coarse`)."""
         if len(self.results) < 2:
-            return []
+            return WordDiff()
         target = self[other] if other is not None else self.results[1]
         return word_diff(self.results[0].text, target.text)
 
@@ -295,17 +210,33 @@ class Comparison(BaseModel):
         return "".join(lines)
 
     def similarity(self, other: str | None = None) -> float:
-        """Word-level similarity in [0, 1] of the baseline's answer and ``other``'s."""
+        """Word-level similarity in [0, 1] of the baseline's answer and ``other``'s.
+
+        For answers so long that counting it exactly would take more than a moment
+        (beyond :data:`SIMILARITY_BUDGET` pairs of words, after the words they share at
+        their start and end), it is estimated from their coarse diff, which finds fewer
+        words in common: shown as ``~0.42``."""
         if len(self.results) < 2:
             return 1.0
         target = self[other] if other is not None else self.results[1]
-        # 2 x (words in common) / (words in both), as difflib's ratio(), counted on the
-        # same longest-common-subsequence alignment as word_diff.
-        return float(
-            Indel.normalized_similarity(
-                _TOKEN.findall(self.results[0].text), _TOKEN.findall(target.text)
-            )
-        )
+        return self._similarity(target.text, None)[0]
+
+    def _similarity(self, text: str, ops: WordDiff | None) -> tuple[float, bool]:
+        # The similarity of the baseline's answer and ``text``, and whether it is an
+        # estimate (``ops``: their diff, if already made).
+        words_a, words_b = words(self.results[0].text), words(text)
+        if alignable(words_a, words_b, SIMILARITY_BUDGET):
+            # 2 x (words in common) / (words in both), as difflib's ratio(), counted on
+            # the same longest-common-subsequence alignment as word_diff (bit-parallel,
+            # in memory linear in the lengths).
+            return float(Indel.normalized_similarity(words_a, words_b)), False
+        if ops is None:
+            ops = word_diff(self.results[0].text, text)
+        # The words the coarse diff keeps in common (a run's white space at its edges
+        # may be counted once more than in the texts: hence the cap).
+        same = sum(len(words(part)) for op, part in ops if op == "=")
+        total = len(words_a) + len(words_b)
+        return min(1.0, 2 * same / total), True
 
     def __repr__(self) -> str:
         return f"<Comparison of {', '.join(self.branches) or 'no branches'}>"
@@ -335,9 +266,13 @@ class Comparison(BaseModel):
                 return for_terminal("\n".join(lines))
             # wdiff's notation: [-removed-] {+added+}, the second answer against the first.
             marked = {"=": "{}", "-": "[-{}-]", "+": "{{+{}+}}"}
-            diff = "".join(marked[op].format(text) for op, text in self.diff())
+            ops = self.diff()
+            diff = "".join(marked[op].format(text) for op, text in ops)
+            if ops.coarse:
+                names += f" ({COARSE_NOTE})"
             lines.append(f"diff {names}: {diff}")
-            lines.append(f"similarity: {self.similarity():.2f}")
+            alike, estimated = self._similarity(self.results[1].text, ops)
+            lines.append(f"similarity: {'~' if estimated else ''}{alike:.2f}")
         # A model's text may hold escapes a terminal (or a notebook's stream output)
         # acts on: shown escaped, as the CLI shows them.
         return for_terminal("\n".join(lines))
@@ -345,7 +280,7 @@ class Comparison(BaseModel):
     def _repr_html_(self) -> str:
         cells = []
         unanswered = self._unanswered() if len(self.results) >= 2 else None
-        diff_b = self.diff() if len(self.results) >= 2 and unanswered is None else []
+        diff_b = self.diff() if len(self.results) >= 2 and unanswered is None else WordDiff()
         for index, result in enumerate(self.results):
             facts = [html.escape(fact) for fact in result.facts()]
             if result.unfinished:
@@ -370,7 +305,12 @@ class Comparison(BaseModel):
         if unanswered is not None:
             footer = f'<div style="color:#666">no diff: {html.escape(_no_answer(unanswered))}</div>'
         elif len(self.results) >= 2:
-            footer = f'<div style="color:#666">similarity {self.similarity():.2f}</div>'
+            alike, estimated = self._similarity(self.results[1].text, diff_b)
+            note = f" · {COARSE_NOTE}" if diff_b.coarse else ""
+            footer = (
+                f'<div style="color:#666">similarity {"~" if estimated else ""}{alike:.2f}'
+                f"{html.escape(note)}</div>"
+            )
         return (
             '<div class="cm-comparison"><div style="display:flex;gap:8px">'
             + "".join(cells)

@@ -8,7 +8,10 @@ around them); a group's ``text`` is its first answer as it was given. Groups com
 common first (ties: the first seen first). Each other
 group is compared word by word with the most common answer (the word diff of
 :mod:`cm_notebook.compare`): a near-identical one (similarity at least ``threshold``)
-carries the diff, a distinct one only its similarity.
+carries the diff, a distinct one only its similarity. Answers too long to diff word by
+word are diffed more coarsely (see :data:`cm_notebook.compare.DIFF_BUDGET`):
+their group says so (``coarse``), and its similarity, counted on that diff, is an
+estimate that finds less in common than a word diff would.
 
 The result is plain data with a text ``__str__`` and a static ``_repr_html_``, so a saved
 notebook still shows it.
@@ -22,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._unicode import for_terminal
-from .compare import diff_side_html, word_diff
+from .compare import COARSE_NOTE, diff_side_html, word_diff
 from .errors import InvalidInputError
 from .model import Message
 
@@ -52,6 +55,9 @@ class AnswerGroup(BaseModel):
     branches: list[str] = Field(default_factory=list)
     similarity: float = 1.0
     diff: list[tuple[str, str]] | None = None
+    #: Whether the answer was too long to diff word by word against the most common
+    #: one: its similarity is then counted on a coarser diff, an estimate.
+    coarse: bool = False
 
     @property
     def near(self) -> bool:
@@ -104,7 +110,10 @@ class Stability(BaseModel):
             else:
                 body = group.text
             kind = "" if rank == 1 else (" near" if group.near else " distinct")
-            lines.append(f"#{rank} x{group.count}{kind} ({group.similarity:.2f}): {body}")
+            alike = f"{_estimate(group)}{group.similarity:.2f}"
+            if group.coarse:
+                alike += f", {COARSE_NOTE}"
+            lines.append(f"#{rank} x{group.count}{kind} ({alike}): {body}")
         return for_terminal("\n".join(lines))  # escapes in answers shown, not acted on
 
     def _repr_html_(self) -> str:
@@ -118,13 +127,16 @@ class Stability(BaseModel):
             share = group.count / total
             who = ", ".join(group.branches or group.members)
             kind = "most common" if rank == 1 else ("near" if group.near else "distinct")
+            if rank > 1:
+                kind += f" · {_estimate(group)}{group.similarity:.2f}"
+            if group.coarse:
+                kind += f" · {COARSE_NOTE}"
             rows.append(
                 "<tr>"
                 f'<td style="text-align:right;vertical-align:top"><b>{group.count}</b></td>'
                 f'<td style="text-align:left;vertical-align:top;min-width:80px">'
                 f'<div style="background:#9cf;height:8px;width:{share * 100:.0f}%"></div>'
-                f'<span style="color:#666">{share:.0%} · {kind}'
-                f"{'' if rank == 1 else f' · {group.similarity:.2f}'}</span></td>"
+                f'<span style="color:#666">{share:.0%} · {html.escape(kind)}</span></td>'
                 f'<td style="text-align:left;white-space:pre-wrap;vertical-align:top">{body}'
                 f'<div style="color:#888;font-size:smaller">{html.escape(who)}</div></td>'
                 "</tr>"
@@ -136,6 +148,11 @@ class Stability(BaseModel):
             'share</th><th style="text-align:left">answer (near ones: diff against the most '
             "common)</th></tr>" + "".join(rows) + "</table></div>"
         )
+
+
+def _estimate(group: AnswerGroup) -> str:
+    # "~" before a similarity counted on a coarse diff.
+    return "~" if group.coarse else ""
 
 
 def _strip(text: str) -> str:
@@ -215,6 +232,7 @@ def stability(
                 branches=branches,
                 similarity=round(alike, 4),
                 diff=ops if alike >= threshold else None,
+                coarse=ops.coarse,
             )
         )
     return Stability(groups=groups, threshold=threshold)

@@ -22,7 +22,15 @@ from typing import NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from ._unicode import for_terminal
-from .compare import PALE_MARKS, BranchResult, diff_side_html, unfinished_html, word_diff
+from .compare import (
+    COARSE_NOTE,
+    PALE_MARKS,
+    BranchResult,
+    WordDiff,
+    diff_side_html,
+    unfinished_html,
+    word_diff,
+)
 from .model import Message
 
 __all__ = ["METRICS", "Delta", "TurnComparison", "TurnDiff", "turns_html", "turns_of"]
@@ -102,12 +110,9 @@ class TurnDiff(BaseModel):
     other_score: float | None = None
 
     @property
-    def diff(self) -> list[tuple[str, str]]:
+    def diff(self) -> WordDiff:
         """Word diff of the base answer against the other's (see :func:`word_diff`)."""
-        return word_diff(
-            self.base.text if self.base is not None else "",
-            self.other.text if self.other is not None else "",
-        )
+        return word_diff(*_texts(self))
 
     @property
     def unanswered(self) -> list[BranchResult]:
@@ -119,7 +124,10 @@ class TurnDiff(BaseModel):
         """Whether the answers differ (a reply that did not complete against one that
         did is a difference, whatever their texts)."""
         cut = [side is not None and side.unfinished for side in (self.base, self.other)]
-        return cut[0] != cut[1] or any(op != "=" for op, _ in self.diff)
+        # The diff marks a change exactly where the texts differ (it gives both back):
+        # compared directly, without diffing long answers once more.
+        base, other = _texts(self)
+        return cut[0] != cut[1] or base != other
 
     def deltas(self) -> dict[str, Delta]:
         """Each metric of :data:`METRICS` on both branches (None on a side whose reply
@@ -198,7 +206,10 @@ class TurnComparison(BaseModel):
                 # No diff against a partial text: each side as it is.
                 lines.extend(_answer_text(side) for side in (turn.base, turn.other) if side)
             else:
-                lines.append("".join(marked[op].format(text) for op, text in turn.diff))
+                ops = turn.diff
+                lines.append("".join(marked[op].format(text) for op, text in ops))
+                if ops.coarse:
+                    lines.append(f"   ({COARSE_NOTE})")
             shown = _delta_texts(turn)
             if shown:
                 lines.append("   " + "; ".join(shown))
@@ -206,6 +217,14 @@ class TurnComparison(BaseModel):
 
     def _repr_html_(self) -> str:
         return turns_html(self)
+
+
+def _texts(turn: TurnDiff) -> tuple[str, str]:
+    # The two answers' texts ("" for a side without one).
+    return (
+        turn.base.text if turn.base is not None else "",
+        turn.other.text if turn.other is not None else "",
+    )
 
 
 def _result(branch: str, answer: Message | None, system: str | None) -> BranchResult | None:
@@ -273,16 +292,19 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
     for turn in comparison.turns:
         if changed_only and not turn.changed:
             continue
-        ops = turn.diff
+        ops = turn.diff if not turn.unanswered else WordDiff()
         prompt = html.escape(turn.prompt)
         if turn.base_prompt is not None:
             prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", PALE_MARKS)
-        deltas = " · ".join(html.escape(text) for text in _delta_texts(turn))
+        notes = _delta_texts(turn)
         state = "changed" if turn.changed else "same"
         if turn.unanswered:
             left, right = _side_html(turn.base), _side_html(turn.other)
         else:
             left, right = diff_side_html(ops, "-", PALE_MARKS), diff_side_html(ops, "+", PALE_MARKS)
+            if ops.coarse:
+                notes.append(COARSE_NOTE)
+        deltas = " · ".join(html.escape(text) for text in notes)
         rows.append(
             f'<tr class="cm-turn cm-turn-{state}"><td style="width:1%;vertical-align:top;'
             f'color:#555;padding:4px 6px">{turn.turn}</td><td style="text-align:left;'

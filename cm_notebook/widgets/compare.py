@@ -21,8 +21,10 @@ import ipywidgets as w
 
 from .. import events as ev
 from ..compare import (
+    COARSE_NOTE,
     PALE_MARKS,
     BranchResult,
+    WordDiff,
     diff_side_html,
     is_answer,
     unfinished_html,
@@ -288,6 +290,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
         f"{shared} message{'s' if shared != 1 else ''}; below, what each says after that.</div>"
     )
     cells = []
+    made: dict[str, WordDiff] = {}  # the diffs against the first answer, by text
     for index, (column, reply, answer) in enumerate(zip(columns, replies, answers, strict=False)):
         after = column["messages"][shared:]
         body = []
@@ -301,16 +304,22 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
             )
         if answer is not None:
             marked = diffs and (index == 0 or answers[0] is not None)
+            note = ""
             if marked:
                 # The first column marks what the second dropped; the others what they
                 # added.
-                ops = word_diff(base, second if index == 0 else answer.content)
+                target = second if index == 0 else answer.content
+                if target not in made:  # the first two columns show the same diff
+                    made[target] = word_diff(base, target)
+                ops = made[target]
                 text = diff_side_html(ops, "-" if index == 0 else "+", PALE_MARKS)
+                note = f" ({COARSE_NOTE})" if ops.coarse else ""
             else:
                 text = html.escape(answer.content)
             body.append(
                 f'<div style="font-size:85%;color:{_MUTED}"><b>answer</b>'
                 + (" (diff against the first)" if index and marked else "")
+                + html.escape(note)
                 + f'</div><div class="cm-answer" style="white-space:pre-wrap">{text}</div>'
             )
         elif reply is not None:
