@@ -2,6 +2,7 @@
 TeX math as MathML (:mod:`._math`), code blocks highlighted by pygments with inline
 styles (so the HTML also looks right in a saved notebook or nbconvert output, where no
 stylesheet of ours is loaded), but for very long ones (:data:`MAX_HIGHLIGHTED_CHARS`),
+and long or any ones in languages whose lexer is slow or not timed (:mod:`._lexers`),
 shown plain.
 
 Raw HTML in a message is shown as text, never interpreted: a model's reply must not be
@@ -21,7 +22,6 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
-from pygments.lexers import get_lexer_by_name
 from pygments.style import Style
 from pygments.styles.default import DefaultStyle
 from pygments.token import (
@@ -35,9 +35,9 @@ from pygments.token import (
     String,
     _TokenType,
 )
-from pygments.util import ClassNotFound
 
 from .._prefix_cache import CACHE_BUDGET, SizedCache
+from ._lexers import lexer_for
 from ._math import use_math
 
 __all__ = ["render_markdown"]
@@ -105,18 +105,18 @@ _PRE_STYLE = (
 )
 
 
-#: Code blocks longer than this are shown without colours: pygments takes about 3.5 s
-#: for a megabyte, and a view renders on the kernel's thread.
+#: Code blocks longer than this are shown without colours: pygments' linear lexers take
+#: about 3.5 s for a megabyte, and a view renders on the kernel's thread. Only lexers
+#: timed linear get this far; the others stop much sooner or never colour (see
+#: :mod:`._lexers`).
 MAX_HIGHLIGHTED_CHARS = 50_000
 
 
 def _highlight(code: str, lang: str, _attrs: str) -> str:
     # markdown-it uses a result starting with "<pre" as is; "" means "escape it yourself".
-    if not lang or len(code) > MAX_HIGHLIGHTED_CHARS:
-        return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
-    try:
-        lexer = get_lexer_by_name(lang.strip().split()[0])
-    except ClassNotFound:
+    tag = lang.strip().split()[0] if lang.strip() else ""
+    lexer = lexer_for(tag, len(code), MAX_HIGHLIGHTED_CHARS) if tag else None
+    if lexer is None:
         return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
     body = highlight(code, lexer, _FORMATTER)
     return (
