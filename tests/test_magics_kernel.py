@@ -20,6 +20,7 @@ pytest.importorskip("ipykernel")
 
 from widget_frontend import FrontEnd, front_end
 
+from cm_notebook.magics._reply import RENDER_SHARE
 from cm_notebook.session import ContextSession
 
 REPLY = "Paris is the capital of France, on the Seine."
@@ -432,3 +433,19 @@ def test_system_sets_the_branch_prompt_and_forks_a_branch_with_replies(fe: Front
     said = _usage_error(fe, '%%cm --system "Be formal." nosuch:model\nThird')
     assert "nosuch" in said
     assert _printed(fe, "(s.active_branch, sorted(s.branch_names))") == before
+
+
+def test_a_long_reply_is_updated_at_a_pace_its_rendering_allows_and_ends_whole(
+    fe: FrontEnd,
+) -> None:
+    # Each update renders the whole Markdown so far on the kernel's loop: for a long
+    # reply the gap after an update grows with what that update took, and the finished
+    # reply is still shown whole at once.
+    _use_scripted(fe, '.reply("**bold** word " * 40_000 + "THE END", chunks=20_000, delay=0.01)')
+    reply = _reply_output(fe, "%%cm\nWrite at length.")
+    fe.run("view = _\nawait view")
+    assert _html(fe, reply).endswith("THE END</p>\n</div>")
+    assert _html(fe, reply) == _printed(fe, "view.html()")
+    cost, interval = _printed(fe, "(view._throttle.flush_cost, view._throttle.interval)")
+    assert cost > 0
+    assert interval >= cost / RENDER_SHARE

@@ -14,8 +14,10 @@ works as well.
 
 Updates are throttled (DESIGN fact 4) and each re-sends the text shown, so the gap
 between two updates grows with the text (a long reply costs a bounded number of
-messages, not one per token); the final text is always sent. The view is awaitable:
-``await view`` gives the final message; ``--var`` stores its text in a kernel variable.
+messages, not one per token) and with what the last update took to render (rendering
+takes a bounded share of the kernel's time, :data:`RENDER_SHARE`); the final text is
+always sent. The view is awaitable: ``await view`` gives the final message; ``--var``
+stores its text in a kernel variable.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ PLAIN = "<cm_notebook reply (HTML)>"
 UPDATE_INTERVAL = 0.2
 CHARS_PER_SECOND_OF_GAP = 4_000
 MAX_UPDATE_INTERVAL = 2.0
+#: At most this share of the kernel loop's time goes to updating a streaming reply.
+#: Each update renders the whole text so far (Markdown: ~1 s per MB), on the loop that
+#: also receives the reply: a reply of megabytes would otherwise be rendered nearly
+#: back to back and stream several times slower shown than not. So the gap after an
+#: update is also at least its cost times ``1 / RENDER_SHARE - 1``.
+RENDER_SHARE = 0.2
 
 _KINDS = {"ContentDelta", "MessageAdded", "MessageCompleted", "StateChanged", "Error"}
 
@@ -130,6 +138,7 @@ class ReplyView:
         self._ended: dict[str, str] = {"status": "streaming"}
         self._wound_down: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._outcome = ""
+        self._rendered = ("", "")  # the text last rendered, and its HTML
         self._notices: list[str] = []
         self._rounds = ""  # the tool calls made before the final reply (see tool_rounds_html)
         self._task = CellTask()
@@ -147,7 +156,9 @@ class ReplyView:
             else:
                 self._approval_slot = w.VBox()
         self._follower = SessionFollower(session, self._on_event, self._show_error)
-        self._throttle = Throttle(self._follower.loop, self._interval, self._render)
+        self._throttle = Throttle(
+            self._follower.loop, self._interval, self._render, max_share=RENDER_SHARE
+        )
         self._follower.on_loop(self._start)
 
     def __repr__(self) -> str:
@@ -215,7 +226,11 @@ class ReplyView:
         """The reply as it is shown now (HTML)."""
         text = self.text
         if text:
-            body = render_reply(text, self.form)
+            if text != self._rendered[0]:
+                # Rendered once per text: the final reply is shown by the turn's end and
+                # again as the cell awaiting it, and a long one takes seconds to render.
+                self._rendered = (text, render_reply(text, self.form))
+            body = self._rendered[1]
         elif self._outcome:  # ended with no text (not sent, stopped, failed): it says why
             body = ""
         elif self.turn is None:  # queued

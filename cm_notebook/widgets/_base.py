@@ -108,6 +108,13 @@ class Throttle:
     ones are coalesced into one at the end of the interval); :meth:`now` flushes at
     once and cancels the pending one. ``interval`` may be a function, asked afresh each
     time (e.g. longer gaps as a reply grows). Use it on the loop's thread only.
+
+    A flush runs on the loop, so while it runs nothing else does (a streaming reply
+    included). With ``max_share``, the throttle times each flush and keeps the time
+    from one flush's start to the next's at least the last flush's duration divided by
+    ``max_share``: flushes take at most that share of the loop's time, however costly
+    they grow (a flush that re-renders a text that keeps growing). :meth:`now` is never
+    held back.
     """
 
     def __init__(
@@ -115,18 +122,38 @@ class Throttle:
         loop: asyncio.AbstractEventLoop,
         interval: float | Callable[[], float],
         flush: Callable[[], None],
+        *,
+        max_share: float | None = None,
     ) -> None:
+        if max_share is not None and not 0 < max_share <= 1:
+            raise ValueError(f"max_share must be in (0, 1], not {max_share!r}")
         self._loop = loop
         self._interval = interval if callable(interval) else (lambda: interval)
         self._flush = flush
+        self._max_share = max_share
         self._last = -1e9
+        self._cost = 0.0
         self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def flush_cost(self) -> float:
+        """Seconds the last flush took (0 before the first)."""
+        return self._cost
+
+    @property
+    def interval(self) -> float:
+        """Seconds from the last flush's start before a poke flushes again: the given
+        interval, or with ``max_share`` the last flush's cost paced by it if longer."""
+        given = self._interval()
+        if self._max_share is None:
+            return given
+        return max(given, self._cost / self._max_share)
 
     def poke(self) -> None:
         """Ask for a flush within the interval."""
         if self._handle is not None:
             return
-        wait = self._last + self._interval() - time.monotonic()
+        wait = self._last + self.interval - time.monotonic()
         if wait <= 0:
             self.now()
         else:
@@ -138,7 +165,11 @@ class Throttle:
             self._handle.cancel()
             self._handle = None
         self._last = time.monotonic()
-        self._flush()
+        started = time.perf_counter()
+        try:
+            self._flush()
+        finally:
+            self._cost = time.perf_counter() - started
 
     def flush_pending(self) -> None:
         """Flush at once if a flush is waiting for its interval (else nothing)."""
