@@ -190,6 +190,20 @@ def test_a_field_is_the_variable_python_reads_for_its_name() -> None:
     assert field_names("{cafe\u0301} {\ufb01le.x:{cafe\u0301}}") == ["café", "file"]
 
 
+def test_each_attribute_of_a_field_is_the_one_python_reads() -> None:
+    # In code, ``menu.cafe\u0301`` and ``menu.\ufb01le`` read the attributes ``café`` and
+    # ``file`` (NFKC), as a variable's name does; an index is a key, taken as typed.
+    namespace: dict[str, object] = {}
+    exec("class Menu:\n    café = 'espresso'\n    file = 'notes.txt'\nmenu = Menu()", namespace)
+    assert eval("menu.cafe\u0301, menu.\ufb01le", namespace) == ("espresso", "notes.txt")
+    namespace["prices"] = {"cafe\u0301": 2}
+    text, used = interpolate(
+        "{menu.cafe\u0301}, {menu.\ufb01le!r}, {prices[cafe\u0301]}", namespace
+    )
+    assert text == "espresso, 'notes.txt', 2"
+    assert used == ["menu", "prices"]
+
+
 class _Unprintable:
     def __repr__(self) -> str:
         raise RuntimeError("repr boom")

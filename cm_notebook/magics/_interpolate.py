@@ -4,7 +4,8 @@ The rules are Python's ``str.format`` with the kernel's namespace: ``{name}``,
 ``{name.attr}``, ``{name[0]}``, ``{name!r}``, ``{name:.2f}``; ``{{`` and ``}}`` are
 literal braces. A name is read as Python reads it in code, in Unicode form NFKC (so
 ``{café}`` typed with a combining accent names the variable ``café`` that code typed
-either way defines). A name the kernel does not have is an error that says so, never a
+either way defines), and so is each attribute of a path (``{obj.café}`` reads the
+attribute ``obj.café`` would). A name the kernel does not have is an error that says so, never a
 silent blank. The names used are returned too, so the message can record which kernel
 variables fed it (its provenance): each as a type, a short redacted repr and a hash
 (:func:`cm_notebook.provenance.describe_value`), never the whole value (it may be large
@@ -14,10 +15,11 @@ credential environment variable) is refused: the message would keep it.
 
 from __future__ import annotations
 
+import importlib
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -28,6 +30,12 @@ __all__ = ["field_names", "interpolate"]
 
 #: Where a field's variable name ends: ``{name.attr}``, ``{name[0]}``.
 _NAME_END = re.compile(r"[.\[]")
+
+#: How str.Formatter splits a field into its name and its attributes and indexes (the
+#: C module has no type stubs).
+_split_field: Callable[[str], tuple[str | int, Iterator[tuple[bool, str | int]]]] = (
+    importlib.import_module("_string").formatter_field_name_split
+)
 
 
 def _as_python_reads(name: str) -> str:
@@ -70,6 +78,16 @@ class _Formatter(string.Formatter):
                 f"could not be written as text ({type(exc).__name__}: {exc}); give a "
                 "variable that holds text, or convert it first"
             ) from exc
+
+    def get_field(self, field_name: str, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        # str.Formatter's, but each attribute of a path read as Python reads it in code
+        # (``obj.café`` with a combining accent is the attribute ``café``, NFKC); an
+        # index (``[key]``) is a string key, taken as typed, as in Python.
+        first, rest = _split_field(field_name)
+        value = self.get_value(first, args, kwargs)
+        for is_attribute, part in rest:
+            value = getattr(value, _as_python_reads(str(part))) if is_attribute else value[part]
+        return value, first
 
     def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
         if isinstance(key, int) or not key:
