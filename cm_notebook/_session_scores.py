@@ -115,8 +115,11 @@ class ScoreMethods(SessionReading):
         clear: bool = False,
     ) -> Score:
         """Rate an assistant message: thumbs up or down, a 1-5 ``score``, ``tags`` (short
-        texts without control characters), a ``note``, and who rated it (``by``).
-        Returns the score as now stored.
+        texts without control characters), a ``note``, and who rated it (``by``, a name
+        without control characters). Returns the score as now stored.
+
+        Tags are kept in Unicode normal form C: ``"café"`` typed with a combining accent
+        is the tag ``"café"`` typed with the composed letter (so are metric names).
 
         Rating again merges: given fields replace the stored ones, tags are added, the
         rest is kept; ``clear=True`` starts from an empty score (see
@@ -166,7 +169,7 @@ class ScoreMethods(SessionReading):
     ) -> ScoreResults:
         """Run ``fn(message)`` over the assistant messages of ``branches`` (default: all)
         and store what it returns as each message's metric ``name`` (default: the
-        function's name).
+        function's name; in Unicode normal form C, as every metric name is kept).
 
         ``fn`` returns a number or a bool, or a mapping of metric names to numbers (its
         keys ``thumbs``, ``score``, ``tags``, ``note`` rate as :meth:`rate` does). If

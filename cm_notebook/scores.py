@@ -19,6 +19,14 @@ Rating again merges into what is stored (:func:`merged`):
   left looking current, and a metric it no longer gives is dropped;
 * ``clear=True`` starts from an empty score instead (to take a thumb or tags back).
 
+Tags and metric names are kept in Unicode normal form C (NFC): ``"café"`` typed with a
+combining accent (as macOS file names and some keyboards give it) and with the composed
+``é`` look the same and are one tag, one metric, one column. They are normalized where
+they come in and where a score is read, so a score stored before in another form still
+reads and merges (of two values stored for one metric under its two spellings, the one
+written later in the file is kept). NFC only: compatibility characters (``²``, ``ﬁ``)
+stay as typed.
+
 Scoring functions (:func:`interpret`) return a number or a bool (stored as the metric
 named after the function), or a mapping: its keys ``thumbs``, ``score``, ``tags`` and
 ``note`` rate the message as :meth:`~cm_notebook.session.ContextSession.rate` does,
@@ -28,6 +36,7 @@ and every other key is a metric of that name (a number or a bool).
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -80,7 +89,9 @@ class Score(BaseModel):
         # A name decoded from a file name (os.fsdecode) may hold a lone surrogate, which
         # no UTF-8 file can: it becomes U+FFFD here, as the store writes it, so the
         # score in memory is the one on disk and writing it cannot fail half-way.
-        return scrub(data) if isinstance(data, dict) else data
+        # Tags and metric names are NFC (see the module docstring), also in a score
+        # stored before in another form.
+        return _names_in_nfc(scrub(data)) if isinstance(data, dict) else data
 
     @field_validator("score", mode="before")
     @classmethod
@@ -126,6 +137,30 @@ class Score(BaseModel):
         return {key: getattr(self, key) for key in fields if getattr(self, key)}
 
 
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _names_in_nfc(data: dict[str, Any]) -> dict[str, Any]:
+    # ``data`` (a score as stored or given) with its tags and metric names (metrics,
+    # errors and metric_sources keys, and the functions named in metric_sources) NFC;
+    # anything of the wrong shape is left for the fields' validation to name.
+    data = dict(data)
+    tags = data.get("tags")
+    if isinstance(tags, list):
+        data["tags"] = [_nfc(tag) if isinstance(tag, str) else tag for tag in tags]
+    for field in ("metrics", "errors", "metric_sources"):
+        found = data.get(field)
+        if isinstance(found, dict):
+            data[field] = {_nfc(k) if isinstance(k, str) else k: v for k, v in found.items()}
+    sources = data.get("metric_sources")
+    if isinstance(sources, dict):
+        data["metric_sources"] = {
+            k: _nfc(v) if isinstance(v, str) else v for k, v in sources.items()
+        }
+    return data
+
+
 def _finite_float(number: MetricValue) -> bool:
     try:
         return math.isfinite(number)  # an int too large for a float raises here
@@ -144,9 +179,10 @@ def _name_fits(name: object) -> str:
 
 
 def metric_name(name: object) -> str:
-    """``name`` if it can name a metric (a short non-empty string of one line, without
-    control characters); else an InvalidInputError saying what to change."""
-    name = _name_fits(name)
+    """``name`` in Unicode normal form C if it can name a metric (a short non-empty
+    string of one line, without control characters); else an InvalidInputError saying
+    what to change."""
+    name = _name_fits(_nfc(name) if isinstance(name, str) else name)
     # It becomes a column name (``metric_<name>``) in records, DataFrames and CSV
     # headers, and is shown in summaries and progress bars: a NUL, an escape sequence
     # or a line break would garble each of them. Checked where names are given, as
@@ -178,6 +214,8 @@ def merged(
     and only theirs.
     ``source`` names the scoring function ``metrics`` came from: the metrics it gave
     before and does not give now are dropped.
+    Tags, metric names and ``by`` with control characters are refused (a score stored
+    before with them still reads and merges).
     Raises :class:`~cm_notebook.errors.InvalidInputError` naming the bad field.
     """
     if isinstance(tags, str):
@@ -191,6 +229,14 @@ def merged(
     for tag in tags:
         # Checked as they are given, not in Score: a score stored before still reads.
         refuse_control_characters(tag, f"the tag {tag!r:.40}")
+    if isinstance(by, str):
+        # A name shown wherever the score is: no escape sequence, NUL or line break.
+        refuse_control_characters(by, f"by (who rated), {by!r:.40},")
+    # Tags and metric names are NFC (see the module docstring): the ones given are
+    # compared in that form with the stored ones, which Score made NFC when read.
+    tags = [_nfc(tag) for tag in tags]
+    succeeded = [_nfc(name) for name in succeeded]
+    source = None if source is None else _nfc(source)
     base = None if clear else old
     now = utcnow()
     data: dict[str, Any] = (
@@ -203,7 +249,7 @@ def merged(
         if value is not None:
             data[key] = value
     data["tags"] = [*data.get("tags", []), *tags]
-    failed = errors or {}
+    failed = {_nfc(name): error for name, error in (errors or {}).items()}
     given = {metric_name(key): value for key, value in (metrics or {}).items()}
     # A function that failed this time has no current value: its old ones are dropped,
     # those named after it and those its mapping gave; and a function that ran again
