@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from ._approval_apply import approval, approval_of, approve_allowed, remember_approved
 from ._session_reading import SessionReading
+from ._unicode import refuse_control_characters
 from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import validate_branch_name
@@ -41,6 +42,9 @@ def _check_by(by: object) -> str:
             f"by must name who decides (a non-empty string of at most {_MAX_BY} characters); "
             f"got {by!r}"
         )
+    # It is shown in the approval log, its view and its exports: no escape sequence,
+    # NUL or line break (a log written before with one still reads).
+    refuse_control_characters(by, f"by (who decides), {by!r:.40},")
     if by.strip() in _RULES:
         raise InvalidInputError(
             f"by={by!r} is how the log names a rule's decisions; name the person or program"
@@ -86,7 +90,8 @@ class ApprovalMethods(SessionReading):
         ``remember="session"`` also allows the call's tool from now on in this session,
         ``"context"`` in this context for every process that opens it (see
         :meth:`allowed_tools`, :meth:`revoke`); other calls of that tool already waiting
-        are approved with it. ``by`` names who decides, for :meth:`approval_log`.
+        are approved with it. ``by`` names who decides, for :meth:`approval_log` (a
+        name without control characters: no escape sequence, NUL or line break).
 
         Returns the calls decided, as the decision leaves them: status ``approved``,
         with the arguments that will run (the edited ones, if any). Other calls a
@@ -155,7 +160,7 @@ class ApprovalMethods(SessionReading):
         """Deny one pending tool call, or all (of ``branch`` if given, here and in other
         processes); the model is told ``reason`` (at most :data:`MAX_REASON_CHARS`
         characters). ``by`` names who decides, for
-        :meth:`approval_log`.
+        :meth:`approval_log`, as for :meth:`approve`.
 
         Returns the calls denied, as the decision leaves them: status ``denied``, with
         ``reason``.

@@ -23,6 +23,7 @@ __all__ = [
     "grapheme_prefix",
     "has_surrogates",
     "json_for_terminal",
+    "one_line_for_display",
     "refuse_control_characters",
     "scrub",
     "without_controls",
@@ -48,6 +49,13 @@ def for_terminal(text: str) -> str:
     (``\\x1b``), so that printing a model's reply cannot clear the screen, retitle
     the window, hide text or reorder a line."""
     return _TERMINAL_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def one_line_for_display(text: str) -> str:
+    """``text`` as :func:`for_terminal` shows it, and its line feeds and tabs as escapes
+    too (``\\n``, ``\\t``): for a name shown on one line (who decided, who rated)
+    stored before such names refused control characters."""
+    return for_terminal(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def json_for_terminal(text: str) -> str:

@@ -276,6 +276,48 @@ def test_bad_choices_are_refused_with_what_to_do(
         call(session)
 
 
+@pytest.mark.parametrize("control", ["\x1b[31m", "\n", "\x00", "\x9b", "\r"])
+def test_by_with_control_characters_is_refused_and_decides_nothing(
+    new_session: Callable[..., ContextSession], control: str
+) -> None:
+    # ``by`` is shown in the log, its view and exports, as a title is in listings.
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    fake.tool_call("add", {"a": 2, "b": 2}).reply("4.")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    waiting(recorder)
+    for decide in (session.approve, session.deny):
+        with pytest.raises(InvalidInputError, match=r"by \(who decides\).* control characters"):
+            decide("call_1", by=f"ada{control}")
+        with pytest.raises(InvalidInputError, match="control characters"):
+            decide(by=f"{control}ada")  # every call
+    assert [call.id for call in session.pending_tool_calls] == ["call_1"]
+    assert session.approval_log() == []
+    session.approve("call_1", by="ada")
+    turn.result(DEADLINE)
+    assert [record.by for record in session.approval_log()] == ["ada"]
+
+
+def test_by_with_control_characters_logged_before_still_reads(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("1 + 2?")
+    waiting(recorder)
+    session.approve("call_1", by="ada")
+    turn.result(DEADLINE)
+    path = _log_file(session)
+    path.write_text(path.read_text().replace('"ada"', '"\\u001b[31mada\\n"'))
+    session.close()
+    with ContextSession.open(session.id, data_dir=data_dir) as again:
+        assert [record.by for record in again.approval_log()] == ["\x1b[31mada\n"]
+
+
 def test_an_allow_list_held_by_a_stuck_process_is_waited_for_a_while_not_for_ever(
     data_dir: Path,
 ) -> None:

@@ -288,6 +288,27 @@ async def test_clicks_on_every_choice_at_once_decide_once_and_always_allow_the_c
     assert all(button.disabled for button in buttons)
 
 
+async def test_a_name_with_control_characters_logged_before_shows_them_escaped(
+    new_session: NewSession,
+) -> None:
+    # ``by=`` refuses control characters now; a log written before may hold them.
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
+    session = new_session(provider=fake, tools=[add])
+    turn = session.send("add")
+    await until(lambda: session.pending_tool_calls)
+    session.approve("call_1", by="ada")
+    await turn
+    assert session.signal_log_path is not None
+    log = session.signal_log_path.parent.parent / "approvals" / "log.jsonl"
+    log.write_text(log.read_text().replace('"ada"', '"\\u001b[31mada\\n"'))
+    approvals = ToolApproval(session)
+    assert approvals.history.records[0].by == "\x1b[31mada\n"
+    shown = approvals.history.body.value
+    assert "by \\x1b[31mada\\n" in shown
+    assert "\x1b" not in shown
+    assert "\n" not in shown.split("by ", 1)[1].split("<", 1)[0]
+
+
 async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: NewSession) -> None:
     fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("**3** <b>x</b>")
     session = new_session(

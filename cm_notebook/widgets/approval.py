@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._unicode import one_line_for_display
 from ..approvals import ApprovalRecord, Remember
 from ..errors import (
     CMError,
@@ -294,7 +295,10 @@ def _describe(record: ApprovalRecord) -> str:
     verdict = "approved" if record.approved else "denied"
     if record.approved and record.remember != "once":
         verdict += f" (always, {record.remember})"
-    who = html.escape(record.by) + (" <i>from another process</i>" if record.remote else "")
+    # A name logged before by= refused control characters shows them as escapes.
+    who = html.escape(one_line_for_display(record.by))
+    if record.remote:
+        who += " <i>from another process</i>"
     parts = [
         f'<span style="color:{_MUTED}">{record.at:%Y-%m-%d %H:%M:%S}</span>',
         f"<code>{html.escape(record.tool)}</code>",
