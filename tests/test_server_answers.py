@@ -383,3 +383,8 @@ def test_a_context_removed_on_disk_with_no_request_is_closed_within_seconds(
     shutil.rmtree(folder)
     # No request, no events stream: the server's own sweep finds it gone (every 5 s).
     wait_for(lambda: not held(), timeout=15)
+
+
+def test_the_log_names_the_api_under_the_servers_base_url(server: JupyterServer) -> None:
+    # With --ServerApp.base_url=/jp/ the API is at /jp/cm/api: the log said /cm/api.
+    assert f"cm_notebook: API at {BASE_URL}cm/api," in server.log()

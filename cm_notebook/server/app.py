@@ -190,7 +190,8 @@ class CMNotebookApp(ExtensionApp):
             self.blocking_threads, min(self.blocking_threads_per_context, self.blocking_threads)
         )
         base_url = self.serverapp.base_url if self.serverapp is not None else "/"
-        document = build_openapi(ROUTES, url_path_join(base_url, API_PREFIX))
+        api_url = url_path_join(base_url, API_PREFIX)
+        document = build_openapi(ROUTES, api_url)
         self.settings.update(
             {
                 SESSIONS_KEY: self.sessions,
@@ -200,7 +201,7 @@ class CMNotebookApp(ExtensionApp):
                 OFF_LOOP_KEY: self.off_loop,
             }
         )
-        self.log.info("cm_notebook: API at %s, contexts in %s", API_PREFIX, data_dir)
+        self.log.info("cm_notebook: API at %s, contexts in %s", api_url, data_dir)
 
     def initialize_handlers(self) -> None:
         """Add the API's routes."""
