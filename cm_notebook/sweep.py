@@ -29,22 +29,22 @@ import hashlib
 import json
 import re
 import string
+import threading
 from collections.abc import Callable, Iterable, KeysView, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._loop import schedule_on
-from ._unicode import control_characters
+from ._sweep_labels import check_labels
 from .errors import CMError, InvalidInputError
 from .fanout import Variant, variant_labels
 from .ids import validate_branch_name
-from .model import MAX_LABEL_VALUE, Message, validate_labels
+from .model import Message
 from .params import validate_text
 from .providers import Provider
 from .providers.pool import spec_of
-from .redact import find_secret
-from .sweep_results import refuse_clashing_inputs
+from .sweep_results import failure, refuse_clashing_inputs
 from .turn import Handle, Turn
 
 if TYPE_CHECKING:
@@ -74,7 +74,9 @@ class SweepCell:
     """One prompt x input x variant x repeat of a sweep: its branch and its outcome.
 
     ``status``, ``message_id`` (the reply), ``reply`` (its text) and ``error`` change
-    while the sweep runs (on the session's loop); ``turn`` is the running turn.
+    while the sweep runs (on the session's loop), and, once it has ended, when read
+    through :attr:`Sweep.cells` after another run of the sweep answered the cell;
+    ``turn`` is the running turn.
     """
 
     key: str
@@ -246,42 +248,6 @@ def _canonical(value: object) -> object:
 _ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
 
 
-def _check_labels(name: str, labels: list[str]) -> None:
-    # The sweep's name and variant labels become labels of every cell's branch: they
-    # are checked here by the rule branch labels use (one short line, nothing that
-    # looks like a secret), so a bad one is refused before any cell is written rather
-    # than failing each of its cells after the good variants' cells were sent.
-    def refused(key: str, value: str) -> str:
-        # Asked as validate_labels asks it, so a refused secret is never echoed (errors
-        # end up in saved notebooks).
-        if find_secret({key: value}) is not None:
-            return "it looks like a secret (a key or token), and secrets are never stored"
-        found = control_characters(value)
-        if found and not control_characters(value.replace("\n", "")):
-            return f"{value[:60]!r} is not one line of at most {MAX_LABEL_VALUE} characters"
-        if found:
-            return f"it holds control characters ({', '.join(found[:5])}), which garble lists"
-        return f"{value[:60]!r} is not one line of at most {MAX_LABEL_VALUE} characters"
-
-    try:
-        validate_labels({"sweep": name})
-    except ValueError as exc:
-        raise InvalidInputError(
-            f"sweep name refused: {refused('sweep', name)}; give the sweep another name"
-        ) from exc
-    for index, label in enumerate(labels):
-        try:
-            validate_labels({"variant": label})
-            if control_characters(label):  # C1 too, which validate_labels lets by
-                raise ValueError(label)
-        except ValueError as exc:
-            raise InvalidInputError(
-                f"variant {index}: its label cannot label its cells' branches: "
-                f"{refused('variant', label)}. Give the variant a 'label' of one line of at most "
-                f"{MAX_LABEL_VALUE} characters, without keys or tokens"
-            ) from exc
-
-
 def plan_sweep(
     prompts: str | Sequence[str],
     variants: Sequence[object],
@@ -340,7 +306,7 @@ def plan_sweep(
             f"sweep name {name[:70]!r} is not valid: use at most {MAX_SWEEP_NAME} characters "
             "without spaces (its cells' branches are named after it)"
         )
-    _check_labels(name, labels)
+    check_labels(name, labels)
     count = len(prompt_list) * (len(rows) if rows is not None else 1) * len(labels) * repeat
     if count > MAX_SWEEP_CELLS:
         # Each cell is a branch with its own files, and the plan is built in memory:
@@ -377,9 +343,11 @@ class Sweep(Handle["Sweep"]):
     """A sweep running on a session: ``await sweep`` (notebooks) or ``sweep.run()``
     (scripts) waits for every cell; both return the sweep itself.
 
-    A cell that fails does not stop the others: it ends ``failed`` with its ``error``,
-    and running the same sweep again runs it again. :meth:`cancel` interrupts the
-    running cells and starts no more; the sweep then ends (and can be resumed).
+    A cell that fails does not stop the others: it ends ``failed`` with its ``error``
+    (the ``failure`` of its reply's record), and running the same sweep again runs it
+    again; this handle then reads the cell as the store has it (see :attr:`cells`).
+    :meth:`cancel` interrupts the running cells and starts no more; the sweep then
+    ends (and can be resumed).
     Read the results with :meth:`to_dataframe` / :meth:`to_records`,
     :meth:`stability` and :meth:`view`.
     """
@@ -398,7 +366,13 @@ class Sweep(Handle["Sweep"]):
         self.name = plan.name
         self.definition = plan.definition
         self.variant_labels = plan.labels
-        self.cells = plan.cells
+        self._cells = plan.cells
+        # Reading a sweep that has ended brings its cells up to date with the store
+        # (see ``cells``): the store's change token when it last did, and the answer
+        # (id, status) last looked at per cell, so that reading again costs little.
+        self._reading = threading.Lock()
+        self._read_token: object | None = None
+        self._seen: dict[str, tuple[str, str]] = {}
         self._start_cell = start
         self._concurrency = concurrency
         self._listeners: list[Callable[[SweepCell], None]] = []
@@ -421,7 +395,7 @@ class Sweep(Handle["Sweep"]):
                     await self._run_cell(cell)
 
         try:
-            await asyncio.gather(*(one(cell) for cell in self.cells if cell.status != "done"))
+            await asyncio.gather(*(one(cell) for cell in self._cells if cell.status != "done"))
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -454,7 +428,7 @@ class Sweep(Handle["Sweep"]):
         # Stop: running cells are interrupted (their text kept), pending ones stay
         # pending; the sweep then ends as usual and a later run resumes it.
         self._stopping = True
-        for cell in self.cells:
+        for cell in self._cells:
             if cell.turn is not None and cell.status == "running":
                 cell.turn.cancel()
 
@@ -478,12 +452,42 @@ class Sweep(Handle["Sweep"]):
     # -- reading ------------------------------------------------------------------------
 
     @property
+    def cells(self) -> list[SweepCell]:
+        """The cells, in plan order.
+
+        While the sweep runs they change as it goes. Once it has ended they are read
+        up to date with the store: a cell that another run of the sweep (a new handle,
+        a re-run after a restart, another kernel) answered since shows as ``done`` with
+        that answer, as :meth:`to_records` does, and so does everything read from them
+        (:meth:`counts`, :meth:`stability`, :meth:`view`, the repr). Only the cells not
+        ``done`` are looked at (a finished answer never changes), and only when the
+        context's files changed since the last look.
+        """
+        if self.done():
+            self._refresh()
+        return self._cells
+
+    def _refresh(self) -> None:
+        from .sweep_cells import refresh_cells
+
+        token = self.session._change_token()  # taken first: a racing write reads again
+        with self._reading:
+            if token is not None and token == self._read_token:
+                return
+            try:
+                refresh_cells(self.session, self._cells, self._seen)
+            except CMError:
+                return  # the store cannot be read now: the cells as last known
+            self._read_token = token
+
+    @property
     def branches(self) -> list[str]:
         """The cells' branches, in cell order."""
-        return [cell.branch for cell in self.cells]
+        return [cell.branch for cell in self._cells]
 
     def counts(self) -> dict[str, int]:
-        """How many cells are pending, running, done and failed."""
+        """How many cells are pending, running, done and failed (once the sweep has
+        ended, as the store has them now: see :attr:`cells`)."""
         out = {"pending": 0, "running": 0, "done": 0, "failed": 0}
         for cell in self.cells:
             out[cell.status] += 1
@@ -499,6 +503,10 @@ class Sweep(Handle["Sweep"]):
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per reply of the sweep's cells (see :meth:`to_dataframe`).
 
+        ``failure`` says why a reply did not complete: the error it was stored with
+        (a provider's "quota exceeded", a cancel), as the cell's ``error`` says it; None
+        for a complete reply.
+
         A message file that cannot be read (damaged or deleted) costs no other record,
         not even of its own cell (a cell with follow-ups keeps its readable replies):
         ``error`` names the file and what to do in the records it concerns (None
@@ -512,9 +520,9 @@ class Sweep(Handle["Sweep"]):
     def to_dataframe(self) -> pd.DataFrame:
         """The sweep's replies as a pandas DataFrame: the columns of
         ``session.to_dataframe()`` for its branches, plus ``sweep``, ``cell``,
-        ``variant``, ``repeat``, ``input`` (the row's index), ``error`` (see
-        :meth:`to_records`) and ``input_<name>`` per input column. Needs the ``[data]``
-        extra (pandas)."""
+        ``variant``, ``repeat``, ``input`` (the row's index), ``error`` and ``failure``
+        (see :meth:`to_records`) and ``input_<name>`` per input column. Needs the
+        ``[data]`` extra (pandas)."""
         from .sweep_results import sweep_dataframe
 
         return sweep_dataframe(self)
@@ -565,7 +573,7 @@ def finish(cell: SweepCell, message: Message) -> None:
         cell.status, cell.error = "done", None
     else:
         cell.status = "failed"
-        cell.error = message.metadata.error or f"the reply ended {message.status.value}"
+        cell.error = failure(message) or f"the reply ended {message.status.value}"
 
 
 def _progress_bar(sweep: Sweep, enabled: bool) -> Any:
@@ -575,5 +583,6 @@ def _progress_bar(sweep: Sweep, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    done = sum(1 for cell in sweep.cells if cell.status == "done")
-    return tqdm(total=len(sweep.cells), initial=done, desc=sweep.name, unit="cell")
+    cells = sweep._cells
+    done = sum(1 for cell in cells if cell.status == "done")
+    return tqdm(total=len(cells), initial=done, desc=sweep.name, unit="cell")

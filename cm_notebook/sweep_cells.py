@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from . import events as ev
 from . import fsm
 from ._unicode import without_surrogates
-from .errors import BranchExistsError, BusyError, InvalidIdError, InvalidInputError, StateError
+from .errors import (
+    BranchExistsError,
+    BusyError,
+    CMError,
+    InvalidIdError,
+    InvalidInputError,
+    StateError,
+)
 from .fanout import arm_settings
 from .ids import branch_name_key
 from .model import Branch, Message, MessageStatus, ProviderSettings
@@ -39,7 +46,7 @@ from .turn import Turn
 if TYPE_CHECKING:
     from .session import ContextSession
 
-__all__ = ["complete_reply", "start_cell", "start_sweep"]
+__all__ = ["complete_reply", "refresh_cells", "start_cell", "start_sweep"]
 
 # The sweeps running in each session, by name: one run of a name at a time. A sweep
 # leaves once it has ended: it holds its session, which would otherwise keep the weak
@@ -291,6 +298,54 @@ def _rewind_to_cell_prompt(session: ContextSession, branch: str) -> str:
     return prompt
 
 
+def refresh_cells(
+    session: ContextSession, cells: Sequence[SweepCell], seen: dict[str, tuple[str, str]]
+) -> None:
+    """Bring the cells not ``done`` up to date with the store (a sweep not running).
+
+    Another run of the sweep (a new handle, another kernel) may have answered a cell
+    since: it becomes ``done`` with that answer. A cell whose latest reply to its own
+    prompt ended without completing (a reply this handle did not see) becomes
+    ``failed`` with that reply's error. A cell already ``done`` is left as it is (its
+    answer never changes), so is one whose reply is still streaming, one with
+    follow-ups after a failed reply, and one whose branch answers another prompt
+    (their in-memory error says what to do). The message index is read once; only a
+    cell whose last answer differs from what ``seen`` (by cell key: the answer's id
+    and status last looked at) holds costs a message read, so reading a large sweep
+    again and again stays cheap.
+    """
+    waiting = [cell for cell in cells if cell.status != "done"]
+    if not waiting:
+        return
+    branches = session._read_metadata().branches
+    index = session._index()
+    for cell in waiting:
+        found = branches.get(cell.branch)
+        if found is None or found.head is None:
+            continue
+        own = _own_turn_in(index, found.head)
+        answer = own.answer
+        if answer is None or answer.role != "assistant":
+            continue
+        status = answer.status
+        if status is MessageStatus.STREAMING or (
+            status is not MessageStatus.COMPLETE and (own.followed or answer.id == cell.message_id)
+        ):
+            continue
+        mark = (answer.id, status.value)
+        if seen.get(cell.key) == mark:
+            continue
+        try:
+            own_prompt = _is_own_prompt(session, own, cell.text)
+            message = session.get(answer.id)
+        except CMError:
+            continue  # a file that cannot be read: the cell stays as it was, asked again
+        seen[cell.key] = mark
+        if not own_prompt or (message.status is MessageStatus.COMPLETE and message.tool_calls):
+            continue  # another prompt's reply, or its tool calls still wait: no answer
+        finish(cell, message)
+
+
 def complete_reply(session: ContextSession, branch: str, prompt: str) -> Message | None:
     """The reply to the cell prompt of ``branch`` (its first user message, whose text
     must be ``prompt``) if it is finished (not one whose tool calls still wait), else
@@ -324,9 +379,13 @@ def _is_own_prompt(session: ContextSession, own: _OwnTurn, prompt: str) -> bool:
 
 
 def _own_turn(session: ContextSession, branch: str) -> _OwnTurn:
-    index = session._index()
+    return _own_turn_in(session._index(), session._head(branch))
+
+
+def _own_turn_in(index: Mapping[str, IndexEntry], head: str | None) -> _OwnTurn:
+    # The own turn of the branch whose head is ``head``, from the message index.
     path: list[IndexEntry] = []
-    current = session._head(branch)
+    current = head
     while current is not None and len(path) <= len(index):  # bounded: never loops
         entry = index.get(current)
         if entry is None:  # not in the index (yet): no answer we can vouch for

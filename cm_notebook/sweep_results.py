@@ -3,11 +3,11 @@
 :func:`sweep_records` is :meth:`ContextSession.to_records
 <cm_notebook.session.ContextSession.to_records>` restricted to the sweep's branches,
 with the sweep's own columns after those (``sweep``, ``cell``, ``variant``,
-``repeat``, ``input``: the input row's index, ``error``, and ``input_<name>`` per input
-column; :func:`refuse_clashing_inputs` refuses, when the sweep is planned, an input
-whose column would be a fixed one, such as ``tokens``). A message file that cannot be
-read costs no other record: the records it concerns are marked with ``error``, the
-others are whole.
+``repeat``, ``input``: the input row's index, ``error``, ``failure``: why the reply
+did not complete, and ``input_<name>`` per input column; :func:`refuse_clashing_inputs`
+refuses, when the sweep is planned, an input whose column would be a fixed one, such
+as ``tokens``). A message file that cannot be read costs no other record: the records
+it concerns are marked with ``error``, the others are whole.
 :class:`SweepStability` groups the repeats of each prompt x input x variant
 (:mod:`cm_notebook.stability`): identical answers counted, near-identical ones diffed
 against the most common. A group without answers (every repeat failed, or none has
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GroupStability",
     "SweepStability",
+    "failure",
     "refuse_clashing_inputs",
     "sweep_dataframe",
     "sweep_records",
@@ -46,7 +47,7 @@ __all__ = [
 
 #: The sweep's columns, after those of :mod:`cm_notebook.records` (and before the
 #: ``input_<name>`` ones).
-SWEEP_COLUMNS = ("sweep", "cell", "repeat", "input", "error")
+SWEEP_COLUMNS = ("sweep", "cell", "repeat", "input", "error", "failure")
 
 
 def refuse_clashing_inputs(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -74,6 +75,9 @@ def refuse_clashing_inputs(rows: Sequence[Mapping[str, Any]]) -> None:
 def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     """One dict per reply on the sweep's branches, in cell order (cells not started
     have none).
+
+    ``failure`` is why a reply did not complete (see :func:`failure`: a failed cell's
+    reason, e.g. the provider's "quota exceeded"), None for a complete one.
 
     A message file that cannot be read (damaged or deleted) costs no other record:
     each readable reply keeps its record as usual, and ``error`` (None elsewhere) names
@@ -150,11 +154,22 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
                     "repeat": cell.repeat,
                     "input": cell.input_index,
                     "error": "; ".join(mark.errors) if mark is not None else None,
+                    "failure": failure(read.get(row["message_id"])),
                 }
             )
             row.update({key: (cell.row or {}).get(key[len("input_") :]) for key in inputs})
             rows.append(row)
     return rows
+
+
+def failure(found: Message | CMError | None) -> str | None:
+    """Why a reply did not complete, as its cell's ``error`` says it: the error it was
+    stored with (a provider's "quota exceeded"), else how it ended ("the reply ended
+    interrupted"). None for a complete reply, one still streaming, and one whose file
+    cannot be read (its record's ``error`` says so)."""
+    if not isinstance(found, Message) or found.status.value in ("complete", "streaming"):
+        return None
+    return found.metadata.error or f"the reply ended {found.status.value}"
 
 
 #: What a record keeps of a reply whose file cannot be read (with its ``label_*``
