@@ -90,7 +90,9 @@ class Handle(Generic[T]):
         """Block until the work finishes and return its result (or raise its error).
 
         For scripts only: in a notebook cell (a running event loop) this would freeze
-        the kernel, so it raises StateError; use ``await handle`` there.
+        the kernel, so it raises StateError; use ``await handle`` there. Ctrl-C stops
+        the waiting, not the work, which goes on in the background: the
+        KeyboardInterrupt carries a note saying so (call :meth:`cancel` to stop it).
         """
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -105,13 +107,32 @@ class Handle(Generic[T]):
         if isinstance(future, asyncio.Future):
             done = threading.Event()
             self._loop.call_soon_threadsafe(future.add_done_callback, lambda _f: done.set())
-            if not done.wait(timeout):
+            try:
+                finished = done.wait(timeout)
+            except KeyboardInterrupt as exc:
+                self._note_still_running(exc)
+                raise
+            if not finished:
                 raise TimeoutError(f"not finished within {timeout} s")
             return future.result()
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"not finished within {timeout} s") from None
+        except KeyboardInterrupt as exc:
+            self._note_still_running(exc)  # Ctrl-C while waiting, not the work's own
+            raise
+
+    def _note_still_running(self, interrupt: KeyboardInterrupt) -> None:
+        # Ctrl-C in a script stops the wait in result(), not the work: say so on the
+        # KeyboardInterrupt (shown under its traceback), as ``await`` does in a kernel.
+        # Not when the work has ended: then the interrupt is its own (e.g. a provider's).
+        if self.done() or not hasattr(interrupt, "add_note"):  # notes: Python 3.11+
+            return
+        interrupt.add_note(
+            "stopped waiting; the work goes on in the background until the process "
+            "exits: call .result() on it again for its result, or .cancel() to stop it"
+        )
 
     def exception(self) -> BaseException | None:
         """The error the work ended with, if it has finished with one."""

@@ -1,14 +1,18 @@
 """Reading a sweep: a handle that has ended reads its cells as the store has them (a
-later run may have answered them), and every record says why its reply failed."""
+later run may have answered them), every record says why its reply failed, and Ctrl-C
+in a script's ``run()`` says that the sweep goes on."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from test_session_support import DEADLINE, close_all
@@ -154,3 +158,47 @@ def test_the_dataframe_of_a_sweep_has_the_failure_column(
     empty = session.sweep(["q9"], [{}], name="none", progress=False)
     empty.cancel()
     assert "failure" in empty.run(DEADLINE).to_dataframe().columns
+
+
+def _waiting_in_result(frame: FrameType | None) -> bool:
+    # Whether a thread's stack is blocked in a handle's result() (a wait in threading).
+    if frame is None or not frame.f_code.co_filename.endswith("threading.py"):
+        return False
+    while frame is not None:
+        if frame.f_code.co_name == "result" and frame.f_code.co_filename.endswith("turn.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11")
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="SIGINT")
+def test_ctrl_c_in_a_scripts_run_says_the_sweep_goes_on(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider().hang(after_chunks=1, text="partial")
+    session = new_session(provider=fake)
+    sweep = session.sweep(["q0"], [{}], name="ctrlc", progress=False)
+    main = threading.main_thread()
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if _waiting_in_result(sys._current_frames().get(main.ident or 0)):
+                signal.pthread_kill(main.ident or 0, signal.SIGINT)
+                return
+            time.sleep(0.01)  # poll the main thread's stack, with a deadline
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            sweep.run(DEADLINE)
+    finally:
+        presser.join(DEADLINE)
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "the work goes on" in notes
+    assert ".cancel()" in notes
+    assert not sweep.done()  # as the note says
+    sweep.cancel()
+    assert sweep.run(DEADLINE).counts()["failed"] == 1
