@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from . import events as ev
@@ -30,16 +31,30 @@ class ScoreResults(builtins.list[Score]):
 
     A list of :class:`~cm_notebook.scores.Score`; ``failed`` holds those whose scoring
     function raised or returned a value that cannot be stored (the error is in
-    ``score.errors[name]``); ``left_out`` the ids of the replies still being written,
-    which were not scored.
+    ``score.errors[name]``). Only complete replies are scored: ``left_out`` has the ids
+    of the others, and ``left_out_status`` why each was left out (its status: still
+    being written, ended in an error, or interrupted).
     """
 
-    def __init__(self, name: str, scores: Iterable[Score], left_out: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        scores: Iterable[Score],
+        left_out: Iterable[str] | Mapping[str, MessageStatus] = (),
+    ) -> None:
         super().__init__(scores)
         #: The metric name the run wrote.
         self.name = name
-        #: The ids of the replies left out because they were still being written.
-        self.left_out: tuple[str, ...] = tuple(left_out)
+        # Plain ids are replies still being written (what ``left_out`` first was).
+        status = (
+            dict(left_out)
+            if isinstance(left_out, Mapping)
+            else dict.fromkeys(left_out, MessageStatus.STREAMING)
+        )
+        #: The ids of the replies left out, not complete: not scored.
+        self.left_out: tuple[str, ...] = tuple(status)
+        #: Why each reply in ``left_out`` was: its status (streaming, error, interrupted).
+        self.left_out_status: dict[str, MessageStatus] = status
 
     @property
     def failed(self) -> builtins.list[Score]:
@@ -47,23 +62,41 @@ class ScoreResults(builtins.list[Score]):
         return [score for score in self if self.name in score.errors]
 
     def summary(self) -> str:
-        """E.g. ``"scored 12 messages with 'length': 11 ok, 1 failed"``."""
+        """E.g. ``"scored 12 messages with 'length': 11 ok, 1 failed"``, and what was left
+        out and why."""
         failed = len(self.failed)
         text = (
             f"scored {len(self)} message{'s' if len(self) != 1 else ''} with {self.name!r}: "
             f"{len(self) - failed} ok, {failed} failed"
         )
-        if self.left_out:
-            count = len(self.left_out)
+        counts = Counter(self.left_out_status.values())
+        writing = counts.pop(MessageStatus.STREAMING, 0)
+        if writing:
             text += (
-                f"; left out {count} repl{'ies' if count != 1 else 'y'} still being "
+                f"; left out {_replies(writing)} still being "
                 "written: wait for the sweep or turn to finish (sweep.run(), "
                 "turn.result()) and score again"
+            )
+        if counts:
+            why = ", ".join(
+                f"{count} {_UNFINISHED.get(status, status.value)}"
+                for status, count in sorted(counts.items(), key=lambda item: item[0].value)
+            )
+            text += (
+                f"; left out {_replies(sum(counts.values()))} that did not complete "
+                f"({why}): there is no whole answer to score"
             )
         return text
 
     def __repr__(self) -> str:
         return f"<ScoreResults {self.summary()}>"
+
+
+_UNFINISHED = {MessageStatus.ERROR: "ended in an error", MessageStatus.INTERRUPTED: "interrupted"}
+
+
+def _replies(count: int) -> str:
+    return f"{count} repl{'ies' if count != 1 else 'y'}"
 
 
 def branch_histories(
@@ -177,20 +210,23 @@ class ScoreMethods(SessionReading):
         score outside 1-5, ...), the error is recorded in that message's
         ``score.errors[name]`` and the others go on; a later success clears it. A
         damaged score file is replaced. A message shared by several
-        branches is scored once. A reply still being written (a turn or sweep still
-        running) is left out and listed in ``.left_out``; score again once it is done.
-        ``progress`` shows a progress bar. Returns a :class:`ScoreResults` (a list of
-        scores; ``.failed``, ``.left_out``, ``.summary()``).
+        branches is scored once. Only complete replies are scored: one still being
+        written (a turn or sweep still running; score again once it is done), one that
+        ended in an error or was interrupted is left out, listed in ``.left_out`` and,
+        with its status, in ``.left_out_status``. ``progress`` shows a progress bar.
+        Returns a :class:`ScoreResults` (a list of scores; ``.failed``, ``.left_out``,
+        ``.summary()``).
         """
         if not callable(fn):
             raise InvalidInputError(f"fn must be a function of a message, got {fn!r:.80}")
         label = metric_name(name if name is not None else getattr(fn, "__name__", "score"))
         found = assistant_messages(branch_histories(self, branches))
-        # A reply still being written has no final text yet: scoring it would store a
-        # metric of a partial answer next to the finished one.
-        targets = [(b, m) for b, m in found if m.status is not MessageStatus.STREAMING]
-        writing = [m.id for _b, m in found if m.status is MessageStatus.STREAMING]
-        results = ScoreResults(label, [], left_out=writing)
+        # Only a complete reply has a whole answer: one still being written has no final
+        # text yet, and a failed or interrupted one an empty or cut-off text, whose
+        # metric would sit beside the finished answers' and skew their means.
+        targets = [(b, m) for b, m in found if m.status is MessageStatus.COMPLETE]
+        left_out = {m.id: m.status for _b, m in found if m.status is not MessageStatus.COMPLETE}
+        results = ScoreResults(label, [], left_out=left_out)
         bar = _progress(len(targets), label) if progress else None
         try:
             for branch, message in targets:

@@ -17,7 +17,7 @@ import pytest
 from test_session_support import DEADLINE, Recorder, seen
 
 from cm_notebook._sessionio import StoreAccess
-from cm_notebook.errors import InvalidIdError, InvalidInputError
+from cm_notebook.errors import InvalidIdError, InvalidInputError, PermanentProviderError
 from cm_notebook.events import ScoreUpdated, parse_event
 from cm_notebook.model import ContextMetadata, Message, MessageStatus
 from cm_notebook.scores import Score
@@ -422,7 +422,42 @@ def test_a_reply_still_being_written_is_left_out_and_the_summary_says_so(
     turn.cancel()
     turn.result(DEADLINE)
     assert session.get(partial.id).status is MessageStatus.INTERRUPTED
+    # Stopped early, its text is cut off: still no answer to score.
     results = session.score(lambda m: "Paris" in m.content, name="paris", progress=False)
-    assert [s.message_id for s in results] == [partial.id]
-    assert results.left_out == ()
-    assert "left out" not in results.summary()
+    assert list(results) == []
+    assert results.left_out_status == {partial.id: MessageStatus.INTERRUPTED}
+    assert results.summary().endswith(
+        "; left out 1 reply that did not complete (1 interrupted): there is no whole "
+        "answer to score"
+    )
+    assert session.scores(partial.id) is None
+
+
+def test_only_complete_replies_are_scored_failed_ones_are_left_out_and_said_so(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    provider = ScriptedProvider(["Paris.", PermanentProviderError("rate limited"), "Paris"])
+    session = new_session(provider=provider)
+    session.send("Capital of France?").result(DEADLINE)
+    with pytest.raises(PermanentProviderError):
+        session.send("Again?").result(DEADLINE)
+    session.send("Once more?").result(DEADLINE)
+    replies = [m for m in session.history() if m.role == "assistant"]
+    assert [m.status for m in replies] == [
+        MessageStatus.COMPLETE,
+        MessageStatus.ERROR,
+        MessageStatus.COMPLETE,
+    ]
+
+    results = session.score(lambda m: "Paris" in m.content, name="paris", progress=False)
+    assert [s.message_id for s in results] == [replies[0].id, replies[2].id]
+    assert results.left_out == (replies[1].id,)
+    assert results.left_out_status == {replies[1].id: MessageStatus.ERROR}
+    assert results.summary() == (
+        "scored 2 messages with 'paris': 2 ok, 0 failed; left out 1 reply that did not "
+        "complete (1 ended in an error): there is no whole answer to score"
+    )
+    assert repr(results) == f"<ScoreResults {results.summary()}>"
+    assert session.scores(replies[1].id) is None  # no False for the empty failed text
+    records = session.to_records()
+    assert [r["metric_paris"] for r in records] == [True, None, True]
