@@ -151,6 +151,9 @@ class ScoreMethods(SessionReading):
         texts without control characters), a ``note``, and who rated it (``by``, a name
         without control characters). Returns the score as now stored.
 
+        ``score`` may be a numpy integer, or a float without a fraction (``4.0`` is
+        4); a fraction, a bool or NaN is refused.
+
         Tags are kept in Unicode normal form C: ``"café"`` typed with a combining accent
         is the tag ``"café"`` typed with the composed letter (so are metric names).
 

@@ -96,7 +96,13 @@ class Score(BaseModel):
     @field_validator("score", mode="before")
     @classmethod
     def _integer_score(cls, value: object) -> object:
-        # pydantic would take True as 1 and 4.0 as 4; a score is a whole number 1-5.
+        # A score is a whole number 1-5. numpy's numbers (a rating read from a DataFrame)
+        # are Python's here, and a float without a fraction (4.0, as a column with a
+        # missing value holds 4) is that int; a bool (pydantic would take True as 1), a
+        # fraction, NaN or an infinity is refused.
+        value = _plain(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"score must be a whole number from 1 to 5, got {value!r}")
         return value

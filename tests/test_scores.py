@@ -461,3 +461,19 @@ def test_only_complete_replies_are_scored_failed_ones_are_left_out_and_said_so(
     assert session.scores(replies[1].id) is None  # no False for the empty failed text
     records = session.to_records()
     assert [r["metric_paris"] for r in records] == [True, None, True]
+
+
+def test_rate_takes_numpy_integers_and_whole_floats_and_still_refuses_fractions(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    np = pytest.importorskip("numpy")
+    session, history = _two_turns(new_session)
+    reply = history[1].id
+    for given, stored in [(np.int64(4), 4), (np.int8(2), 2), (4.0, 4), (np.float64(3.0), 3)]:
+        score = session.rate(reply, score=given)
+        assert score.score == stored
+        assert type(score.score) is int
+    for bad in [4.5, np.float64(2.5), float("nan"), np.bool_(True), True, np.int64(7)]:
+        with pytest.raises(InvalidInputError, match="score"):
+            session.rate(reply, score=bad)
+    assert session.scores(reply).score == 3  # type: ignore[union-attr]
