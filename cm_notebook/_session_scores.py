@@ -205,7 +205,9 @@ class ScoreMethods(SessionReading):
     ) -> ScoreResults:
         """Run ``fn(message)`` over the assistant messages of ``branches`` (default: all)
         and store what it returns as each message's metric ``name`` (default: the
-        function's name; in Unicode normal form C, as every metric name is kept).
+        function's name; in Unicode normal form C, as every metric name is kept). A
+        lambda or a ``functools.partial`` has no name of its own (every lambda is
+        ``<lambda>``): it needs ``name=``, else an InvalidInputError says so.
 
         ``fn`` returns a number or a bool, or a mapping of metric names to numbers (its
         keys ``thumbs``, ``score``, ``tags``, ``note`` rate as :meth:`rate` does). If
@@ -222,7 +224,7 @@ class ScoreMethods(SessionReading):
         """
         if not callable(fn):
             raise InvalidInputError(f"fn must be a function of a message, got {fn!r:.80}")
-        label = metric_name(name if name is not None else getattr(fn, "__name__", "score"))
+        label = metric_name(name if name is not None else _function_name(fn))
         found = assistant_messages(branch_histories(self, branches))
         # Only a complete reply has a whole answer: one still being written has no final
         # text yet, and a failed or interrupted one an empty or cut-off text, whose
@@ -308,6 +310,24 @@ def _merge(
     except InvalidInputError as exc:
         error = _error_text(exc)
     return merged(old, message_id, branch=branch, errors={label: error})
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    # The default metric name: the function's own. A lambda (every one is "<lambda>")
+    # or a partial (one function, bound to different arguments) has none that tells it
+    # from another, and two metrics of one name replace each other: name= is asked for.
+    if isinstance(fn, functools.partial):
+        inner = getattr(fn.func, "__name__", "a function")
+        what = f"a functools.partial of {inner}, which other partials of it share"
+    else:
+        own = getattr(fn, "__name__", None)
+        if isinstance(own, str) and own and not own.startswith("<"):
+            return own
+        what = "a lambda" if own == "<lambda>" else f"{fn!r:.80}, which has no name"
+    raise InvalidInputError(
+        f"score() names the metric after the function, and fn is {what}: pass name=, "
+        "e.g. session.score(fn, name='mentions_paris'), or use a def function"
+    )
 
 
 def _error_text(exc: Exception) -> str:

@@ -3,6 +3,7 @@ and the ScoreUpdated signal seen by another process."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -477,3 +478,34 @@ def test_rate_takes_numpy_integers_and_whole_floats_and_still_refuses_fractions(
         with pytest.raises(InvalidInputError, match="score"):
             session.rate(reply, score=bad)
     assert session.scores(reply).score == 3  # type: ignore[union-attr]
+
+
+def test_a_lambda_or_a_partial_needs_a_name_and_two_never_share_one_silently(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, history = _two_turns(new_session)
+
+    def words(message: Message, *, at_least: int) -> bool:
+        return len(message.content.split()) >= at_least
+
+    with pytest.raises(InvalidInputError, match=r"fn is a lambda: pass name=, e\.g\."):
+        session.score(lambda m: len(m.content), progress=False)
+    with pytest.raises(InvalidInputError, match=r"a functools\.partial of words.*pass name="):
+        session.score(functools.partial(words, at_least=2), progress=False)
+
+    class Judge:
+        def __call__(self, message: Message) -> float:
+            return 0.5
+
+    with pytest.raises(InvalidInputError, match=r"has no name: pass name="):
+        session.score(Judge(), progress=False)
+    assert session.all_scores() == {}  # nothing was scored
+
+    session.score(lambda m: len(m.content), name="chars", progress=False)
+    session.score(functools.partial(words, at_least=2), name="two_words", progress=False)
+    session.score(Judge(), name="judge", progress=False)
+    assert session.scores(history[3].id).metrics == {  # type: ignore[union-attr]
+        "chars": 12,
+        "two_words": True,
+        "judge": 0.5,
+    }
