@@ -146,6 +146,7 @@ class ScoreMethods(SessionReading):
         note: str | None = None,
         by: str | None = None,
         clear: bool = False,
+        clear_metrics: bool = False,
     ) -> Score:
         """Rate an assistant message: thumbs up or down, a 1-5 ``score``, ``tags`` (short
         texts without control characters), a ``note``, and who rated it (``by``, a name
@@ -158,8 +159,10 @@ class ScoreMethods(SessionReading):
         is the tag ``"café"`` typed with the composed letter (so are metric names).
 
         Rating again merges: given fields replace the stored ones, tags are added, the
-        rest is kept; ``clear=True`` starts from an empty score (see
-        :mod:`cm_notebook.scores`). Only assistant messages can be rated.
+        rest is kept (see :mod:`cm_notebook.scores`). ``clear=True`` takes the rating
+        back (thumbs, score, tags, note, by) before the given fields are set, and keeps
+        the scoring functions' metrics and errors; ``clear_metrics=True`` drops those.
+        Only assistant messages can be rated.
         """
         message = self._rateable(message_id)
         branch = self._branch_of(message.id)
@@ -175,6 +178,7 @@ class ScoreMethods(SessionReading):
                 note=note,
                 by=by,
                 clear=clear,
+                clear_metrics=clear_metrics,
             ),
         )
 

@@ -17,7 +17,10 @@ Rating again merges into what is stored (:func:`merged`):
   Which function gave each metric is kept (``metric_sources``), so a function returning
   a mapping replaces all the metrics it gave before: when it fails, none of them is
   left looking current, and a metric it no longer gives is dropped;
-* ``clear=True`` starts from an empty score instead (to take a thumb or tags back).
+* ``clear=True`` takes the rating back first (thumbs, score, tags, note and by) and
+  keeps what scoring functions gave (metrics, their errors and sources), which may
+  have cost a judge model's calls; ``clear_metrics=True`` drops those (the two together
+  start from an empty score).
 
 Tags and metric names are kept in Unicode normal form C (NFC): ``"café"`` typed with a
 combining accent (as macOS file names and some keyboards give it) and with the composed
@@ -212,6 +215,7 @@ def merged(
     succeeded: Iterable[str] = (),
     source: str | None = None,
     clear: bool = False,
+    clear_metrics: bool = False,
 ) -> Score:
     """``old`` with a new rating merged in (the rules are in the module docstring).
 
@@ -243,13 +247,14 @@ def merged(
     tags = [_nfc(tag) for tag in tags]
     succeeded = [_nfc(name) for name in succeeded]
     source = None if source is None else _nfc(source)
-    base = None if clear else old
     now = utcnow()
     data: dict[str, Any] = (
-        base.model_dump() if base is not None else {"message_id": message_id, "created_at": now}
+        old.model_dump() if old is not None else {"message_id": message_id, "created_at": now}
     )
-    if old is not None:
-        data["created_at"] = old.created_at
+    if clear:
+        data.update(thumbs=None, score=None, tags=[], note=None, by=None)
+    if clear_metrics:
+        data.update(metrics={}, errors={}, metric_sources={})
     data.update(message_id=message_id, branch=branch, updated_at=now)
     for key, value in (("thumbs", thumbs), ("score", score), ("note", note), ("by", by)):
         if value is not None:

@@ -509,3 +509,41 @@ def test_a_lambda_or_a_partial_needs_a_name_and_two_never_share_one_silently(
         "two_words": True,
         "judge": 0.5,
     }
+
+
+def test_clear_takes_the_rating_back_and_keeps_the_functions_metrics(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session, history = _two_turns(new_session)
+    reply = history[1].id
+    session.score(lambda m: 0.87, name="judge", progress=False)
+
+    def broken(message: Message) -> float:
+        raise RuntimeError("down")
+
+    session.score(broken, progress=False)
+    session.rate(reply, thumbs="up", score=3, tags=["oops"], note="n", by="ann")
+
+    cleared = session.rate(reply, clear=True)
+    assert (cleared.thumbs, cleared.score, cleared.tags, cleared.note, cleared.by) == (
+        None,
+        None,
+        [],
+        None,
+        None,
+    )
+    assert cleared.metrics == {"judge": 0.87}
+    assert cleared.metric_sources == {"judge": "judge"}
+    assert cleared.errors == {"broken": "RuntimeError: down"}
+    assert session.to_records()[1]["metric_judge"] == 0.87
+
+    again = session.rate(reply, clear=True, thumbs="down")
+    assert (again.thumbs, again.metrics) == ("down", {"judge": 0.87})
+    # Dropping the functions' results is its own, explicit keyword.
+    dropped = session.rate(reply, clear_metrics=True)
+    assert (dropped.thumbs, dropped.metrics, dropped.errors, dropped.metric_sources) == (
+        "down",
+        {},
+        {},
+        {},
+    )
