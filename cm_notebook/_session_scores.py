@@ -214,7 +214,9 @@ class ScoreMethods(SessionReading):
         ``<lambda>``): it needs ``name=``, else an InvalidInputError says so.
 
         ``fn`` returns a number or a bool, or a mapping of metric names to numbers (its
-        keys ``thumbs``, ``score``, ``tags``, ``note`` rate as :meth:`rate` does). If
+        keys ``thumbs``, ``score``, ``tags``, ``note`` rate the message, but never over
+        what a person rated, and are dropped as its metrics are; see
+        :mod:`cm_notebook.scores`). If
         ``fn`` raises on a message, or returns something that cannot be stored (NaN, a
         score outside 1-5, ...), the error is recorded in that message's
         ``score.errors[name]`` and the others go on; a later success clears it. A

@@ -17,10 +17,21 @@ Rating again merges into what is stored (:func:`merged`):
   Which function gave each metric is kept (``metric_sources``), so a function returning
   a mapping replaces all the metrics it gave before: when it fails, none of them is
   left looking current, and a metric it no longer gives is dropped;
-* ``clear=True`` takes the rating back first (thumbs, score, tags, note and by) and
-  keeps what scoring functions gave (metrics, their errors and sources), which may
-  have cost a judge model's calls; ``clear_metrics=True`` drops those (the two together
-  start from an empty score).
+* a scoring function's rating (the keys ``thumbs``, ``score``, ``tags``, ``note`` of
+  its mapping) is its own, as its metrics are: ``rating_sources`` names the function
+  that set ``thumbs``, ``score`` or ``note``, ``tag_sources`` the one that added each
+  tag, and when that function fails on the message, or runs again without them, they
+  are dropped. A person's rating wins: a field a person rated (by
+  :meth:`~cm_notebook.session.ContextSession.rate`, before or after) is never replaced
+  or dropped by a function, a tag a person gives is theirs, and a field a person rates
+  after a function is theirs from then on. To keep a function's verdict beside a
+  person's, return it as a metric (e.g. ``judge_score``). ``by`` names the person who
+  rated; when no person did, the function that rated last (``rating_sources["by"]``),
+  so a function's rating is never credited to a person, nor a person's to a function;
+* ``clear=True`` takes the rating back first (thumbs, score, tags, note and by, a
+  person's or a function's) and keeps what scoring functions gave as metrics (with
+  their errors and sources), which may have cost a judge model's calls;
+  ``clear_metrics=True`` drops those (the two together start from an empty score).
 
 Tags and metric names are kept in Unicode normal form C (NFC): ``"café"`` typed with a
 combining accent (as macOS file names and some keyboards give it) and with the composed
@@ -32,8 +43,12 @@ stay as typed.
 
 Scoring functions (:func:`interpret`) return a number or a bool (stored as the metric
 named after the function), or a mapping: its keys ``thumbs``, ``score``, ``tags`` and
-``note`` rate the message as :meth:`~cm_notebook.session.ContextSession.rate` does,
-and every other key is a metric of that name (a number or a bool).
+``note`` rate the message as :meth:`~cm_notebook.session.ContextSession.rate` does
+(under the rules above: a person's rating wins), and every other key is a metric of
+that name (a number or a bool).
+
+A score stored before ``rating_sources`` and ``tag_sources`` were kept reads with both
+empty: its whole rating counts as a person's.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._rating_sources import SOURCED_FIELDS, rate_into
 from ._unicode import refuse_control_characters, scrub
 from .errors import InvalidInputError
 from .model import UTCDateTime, utcnow
@@ -68,7 +84,9 @@ class Score(BaseModel):
     ``by`` who rated it (free text, e.g. a user name); ``metrics`` the values of named
     scoring functions, ``errors`` the errors of those that failed on this message, and
     ``metric_sources`` the scoring function that gave each metric (by the name it was
-    run under), for those a function gave.
+    run under), for those a function gave; ``rating_sources`` the function that set
+    ``thumbs``, ``score``, ``note`` or ``by``, and ``tag_sources`` the one that added
+    each tag, for those a function set (the rest is a person's).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -83,6 +101,8 @@ class Score(BaseModel):
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     errors: dict[str, str] = Field(default_factory=dict)
     metric_sources: dict[str, str] = Field(default_factory=dict)
+    rating_sources: dict[str, str] = Field(default_factory=dict)
+    tag_sources: dict[str, str] = Field(default_factory=dict)
     created_at: UTCDateTime = Field(default_factory=utcnow)
     updated_at: UTCDateTime = Field(default_factory=utcnow)
 
@@ -108,6 +128,14 @@ class Score(BaseModel):
             return int(value)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"score must be a whole number from 1 to 5, got {value!r}")
+        return value
+
+    @field_validator("rating_sources")
+    @classmethod
+    def _rated_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - SOURCED_FIELDS)
+        if unknown:
+            raise ValueError(f"rating_sources names {unknown}, not {sorted(SOURCED_FIELDS)}")
         return value
 
     @field_validator("tags")
@@ -158,15 +186,14 @@ def _names_in_nfc(data: dict[str, Any]) -> dict[str, Any]:
     tags = data.get("tags")
     if isinstance(tags, list):
         data["tags"] = [_nfc(tag) if isinstance(tag, str) else tag for tag in tags]
-    for field in ("metrics", "errors", "metric_sources"):
+    for field in ("metrics", "errors", "metric_sources", "tag_sources"):
         found = data.get(field)
         if isinstance(found, dict):
             data[field] = {_nfc(k) if isinstance(k, str) else k: v for k, v in found.items()}
-    sources = data.get("metric_sources")
-    if isinstance(sources, dict):
-        data["metric_sources"] = {
-            k: _nfc(v) if isinstance(v, str) else v for k, v in sources.items()
-        }
+    for field in ("metric_sources", "rating_sources", "tag_sources"):
+        sources = data.get(field)
+        if isinstance(sources, dict):
+            data[field] = {k: _nfc(v) if isinstance(v, str) else v for k, v in sources.items()}
     return data
 
 
@@ -222,8 +249,9 @@ def merged(
     ``succeeded`` names scoring functions that succeeded this time: their recorded
     errors are cleared (even if their results named no metric after them, a mapping),
     and only theirs.
-    ``source`` names the scoring function ``metrics`` came from: the metrics it gave
-    before and does not give now are dropped.
+    ``source`` names the scoring function ``metrics`` and the rating came from: the
+    metrics and rating fields it gave before and does not give now are dropped, and its
+    rating fills only what no person rated; without it, the rating is a person's.
     Tags, metric names and ``by`` with control characters are refused (a score stored
     before with them still reads and merges).
     Raises :class:`~cm_notebook.errors.InvalidInputError` naming the bad field.
@@ -253,20 +281,20 @@ def merged(
     )
     if clear:
         data.update(thumbs=None, score=None, tags=[], note=None, by=None)
+        data.update(rating_sources={}, tag_sources={})
     if clear_metrics:
         data.update(metrics={}, errors={}, metric_sources={})
     data.update(message_id=message_id, branch=branch, updated_at=now)
-    for key, value in (("thumbs", thumbs), ("score", score), ("note", note), ("by", by)):
-        if value is not None:
-            data[key] = value
-    data["tags"] = [*data.get("tags", []), *tags]
     failed = {_nfc(name): error for name, error in (errors or {}).items()}
     given = {metric_name(key): value for key, value in (metrics or {}).items()}
     # A function that failed this time has no current value: its old ones are dropped,
     # those named after it and those its mapping gave; and a function that ran again
     # replaces all it gave before (a metric its mapping no longer has is not current).
+    # So with the rating fields it set (see _rating_sources).
     sources: dict[str, str] = dict(data.get("metric_sources", {}))
     rerun = {*failed, *([source] if source is not None else [])}
+    rating = {"thumbs": thumbs, "score": score, "note": note, "by": by}
+    rate_into(data, rating, tags, source=source, rerun=rerun)
     stale = {name for name, by_fn in sources.items() if by_fn in rerun} | set(failed)
     kept = {k: v for k, v in data.get("metrics", {}).items() if k not in stale}
     data["metrics"] = {**kept, **given}
