@@ -15,6 +15,7 @@ import html
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Indel
 
+from ._theme import MUTED
 from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
 from .model import Message, MessageStatus, StreamStats, TokenUsage
@@ -296,19 +297,21 @@ class Comparison(BaseModel):
                 '<div style="flex:1;min-width:0;border:1px solid #ccc;border-radius:6px;'
                 'padding:8px;overflow-wrap:anywhere">'
                 f"<div><b>{html.escape(result.branch)}</b> "
-                f'<span style="color:#666">{" · ".join(facts)}</span></div>'
-                '<div style="color:#555;font-style:italic;white-space:pre-wrap;margin-top:4px">'
+                f'<span style="color:{MUTED}">{" · ".join(facts)}</span></div>'
+                f'<div style="color:{MUTED};font-style:italic;white-space:pre-wrap;margin-top:4px">'
                 f"system: {html.escape(result.prompt_label)}</div>"
                 f'<div style="white-space:pre-wrap;margin-top:6px">{body}</div></div>'
             )
         footer = ""
         if unanswered is not None:
-            footer = f'<div style="color:#666">no diff: {html.escape(_no_answer(unanswered))}</div>'
+            footer = (
+                f'<div style="color:{MUTED}">no diff: {html.escape(_no_answer(unanswered))}</div>'
+            )
         elif len(self.results) >= 2:
             alike, estimated = self._similarity(self.results[1].text, diff_b)
             note = f" · {COARSE_NOTE}" if diff_b.coarse else ""
             footer = (
-                f'<div style="color:#666">similarity {"~" if estimated else ""}{alike:.2f}'
+                f'<div style="color:{MUTED}">similarity {"~" if estimated else ""}{alike:.2f}'
                 f"{html.escape(note)}</div>"
             )
         return (
@@ -335,7 +338,7 @@ def unfinished_html(result: BranchResult) -> str:
     )
     if result.text:
         out += (
-            '<div style="color:#888">partial text: '
+            f'<div style="color:{MUTED}">partial text: '
             f'<span style="white-space:pre-wrap">{html.escape(result.text)}</span></div>'
         )
     return out

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Sequence
 
+from ._theme import MUTED
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 from .prompts import effective_system
 
@@ -145,7 +146,7 @@ def message_html(message: Message) -> str:
     if message.metadata.error:
         notes.append("error: " + html.escape(message.metadata.error))
     calls = tool_calls_html(message)
-    note = f' <span style="color:#888">({", ".join(notes)})</span>' if notes else ""
+    note = f' <span style="color:{MUTED}">({", ".join(notes)})</span>' if notes else ""
     cut = (
         f'<div style="font-size:80%;color:#b45309">&#9986; {CUT_OFF}: the reply is incomplete</div>'
         if was_cut_off(message)
@@ -153,7 +154,7 @@ def message_html(message: Message) -> str:
     )
     return (
         f'<div class="cm-message cm-{role}" style="{style};padding:6px 10px;'
-        f'margin:4px 0;border-radius:4px"><div style="font-size:80%;color:#555">'
+        f'margin:4px 0;border-radius:4px"><div style="font-size:80%;color:{MUTED}">'
         f"<b>{role}</b>{note}</div>"
         f'<div style="white-space:pre-wrap">{html.escape(message.content)}</div>{calls}{cut}'
         "</div>"
@@ -191,7 +192,7 @@ def _branches_html(metadata: ContextMetadata, shown: str) -> str:
         items.append(f"and {more} more")
     count = len(names)
     return (
-        f'<div class="cm-branches" style="font-size:85%;color:#555">{count} '
+        f'<div class="cm-branches" style="font-size:85%;color:{MUTED}">{count} '
         f"branch{'es' if count != 1 else ''}: {', '.join(items)}</div>"
     )
 
@@ -214,7 +215,7 @@ def conversation_html(
         # <bdi>: a title's bidirectional overrides stay in the title, never reversing
         # the words after it.
         f'<div style="font-weight:bold"><bdi>{html.escape(metadata.title)}</bdi> '
-        f'<span style="font-weight:normal;color:#888">branch '
+        f'<span style="font-weight:normal;color:{MUTED}">branch '
         f"{html.escape(shown)} · {count} messages</span></div>"
     )
     prompt = effective_system(metadata, shown)
@@ -224,7 +225,7 @@ def conversation_html(
     left_out = ""
     if earlier:
         left_out = (
-            f'<div style="color:#888;margin:4px 0">{earlier:,} earlier messages are not in '
+            f'<div style="color:{MUTED};margin:4px 0">{earlier:,} earlier messages are not in '
             f"this copy. `cm-notebook export {html.escape(metadata.id)}` (or session.export() "
             "in Python) writes the whole conversation.</div>"
         )

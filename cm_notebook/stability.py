@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._theme import MUTED
 from ._unicode import for_terminal
 from .compare import COARSE_NOTE, diff_side_html, word_diff
 from .errors import InvalidInputError
@@ -136,14 +137,14 @@ class Stability(BaseModel):
                 f'<td style="text-align:right;vertical-align:top"><b>{group.count}</b></td>'
                 f'<td style="text-align:left;vertical-align:top;min-width:80px">'
                 f'<div style="background:#9cf;height:8px;width:{share * 100:.0f}%"></div>'
-                f'<span style="color:#666">{share:.0%} · {html.escape(kind)}</span></td>'
+                f'<span style="color:{MUTED}">{share:.0%} · {html.escape(kind)}</span></td>'
                 f'<td style="text-align:left;white-space:pre-wrap;vertical-align:top">{body}'
-                f'<div style="color:#888;font-size:smaller">{html.escape(who)}</div></td>'
+                f'<div style="color:{MUTED};font-size:smaller">{html.escape(who)}</div></td>'
                 "</tr>"
             )
         head = html.escape(repr(self)[1:-1])
         return (
-            f'<div class="cm-stability"><div style="color:#444">{head}</div>'
+            f'<div class="cm-stability"><div style="color:{MUTED}">{head}</div>'
             '<table style="border-collapse:collapse"><tr><th>n</th><th style="text-align:left">'
             'share</th><th style="text-align:left">answer (near ones: diff against the most '
             "common)</th></tr>" + "".join(rows) + "</table></div>"

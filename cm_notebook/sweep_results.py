@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import records as rec
+from ._theme import MUTED
 from .errors import CMError, InvalidInputError
 from .model import Message
 from .stability import Stability, stability
@@ -345,12 +346,12 @@ class SweepStability:
                 f"{html.escape(group.prompt)}</td>"
                 f'<td style="{_LEFT}">{html.escape(group.variant)}</td>'
                 f'<td style="vertical-align:top;padding:4px 8px;text-align:right">'
-                f'{agreement}<br><span style="color:#888">{found.distinct} of '
+                f'{agreement}<br><span style="color:{MUTED}">{found.distinct} of '
                 f"{found.total}</span>{_unreadable_html(group.unreadable)}</td>"
                 f'<td style="{_LEFT}">{detail}</td></tr>'
             )
         return (
-            f'<div class="cm-sweep-stability"><div style="color:#444">'
+            f'<div class="cm-sweep-stability"><div style="color:{MUTED}">'
             f"{html.escape(repr(self)[1:-1])}</div>"
             '<table style="border-collapse:collapse"><tr><th style="text-align:left">prompt</th>'
             '<th style="text-align:left">variant</th><th>agreement</th>'

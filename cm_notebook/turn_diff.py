@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from ._theme import MUTED
 from ._unicode import for_terminal
 from .compare import (
     COARSE_NOTE,
@@ -307,18 +308,18 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
         deltas = " · ".join(html.escape(text) for text in notes)
         rows.append(
             f'<tr class="cm-turn cm-turn-{state}"><td style="width:1%;vertical-align:top;'
-            f'color:#555;padding:4px 6px">{turn.turn}</td><td style="text-align:left;'
+            f'color:{MUTED};padding:4px 6px">{turn.turn}</td><td style="text-align:left;'
             f'vertical-align:top;padding:4px 6px">'
-            f'<div style="font-size:85%;color:#555"><b>user</b> {prompt}</div>'
+            f'<div style="font-size:85%;color:{MUTED}"><b>user</b> {prompt}</div>'
             '<div style="display:flex;gap:8px;margin-top:2px">'
             f'<div style="{_SIDE}">{left}</div><div style="{_SIDE}">{right}</div>'
-            f'</div><div style="font-size:80%;color:#888">{deltas}</div></td></tr>'
+            f'</div><div style="font-size:80%;color:{MUTED}">{deltas}</div></td></tr>'
         )
     base, other = html.escape(comparison.base), html.escape(comparison.other)
     return (
         # Long words and URLs wrap anywhere: the table stays as wide as its place.
         '<div class="cm-turns" style="overflow-wrap:anywhere">'
-        f'<div style="color:#555">per turn: <b>{other}</b> against '
+        f'<div style="color:{MUTED}">per turn: <b>{other}</b> against '
         f"<b>{base}</b> ({len(comparison.changed_turns)} of {len(comparison.turns)} "
         # table-layout: JupyterLab's stylesheet makes it fixed (columns of equal width).
         f'turns changed)</div><table style="border-collapse:collapse;width:100%;'

@@ -505,3 +505,35 @@ def test_the_rendered_messages_kept_are_bounded_by_size_not_only_by_count() -> N
     # A text is still served from the cache while it fits.
     text = "*kept*"
     assert render_markdown(text) is render_markdown(text)
+
+
+async def test_a_comparison_of_branches_that_share_no_message_says_so(
+    new_session: NewSession,
+) -> None:
+    session = new_session(provider=ScriptedProvider(["a"]))
+    session.branch("empty")  # forked before any message: it shares none with main
+    session.switch("main")
+    await session.send("hi")
+    view = CompareView(session, "main", "empty")
+    text = await until(lambda: "branches" in view.value and view.value)
+    assert "2 branches share no messages; below, what each says." in text
+    assert "the first 0" not in text
+
+
+async def test_a_branch_of_an_earlier_alternative_reply_is_drawn_under_its_conversation(
+    new_session: NewSession,
+) -> None:
+    # Picking the reply a regenerate replaced forks at a message only the new branch
+    # holds: it continues main's conversation, so it is drawn under main, not beside it.
+    session = new_session(provider=ScriptedProvider(["one", "two", "two again"]))
+    await session.send("q1")
+    await session.send("q2")
+    replaced = session.history()[-1].id
+    await session.regenerate()
+    session.branch("main-alt-1", replaced)
+    tree = BranchTree(session)
+    try:
+        nodes = [(n["name"], n["depth"], n["length"]) for n in tree.nodes]
+        assert nodes == [("main", 0, 4), ("main-alt-1", 1, 4)]
+    finally:
+        tree.close()

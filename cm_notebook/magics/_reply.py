@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import ipywidgets as w
 from IPython.display import display
 
+from .._theme import MUTED
 from ..errors import CMError
 from ..model import Message, ToolCallStatus
 from ..provenance import provenance_of
@@ -423,7 +424,7 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
             result = f" → {one_line(call.result or '', MAX_CALL_CHARS)}" if shown else ""
             lines.append(
                 # The gear outside the monospace run: monospace fonts often lack it.
-                '<div style="font-size:85%;color:var(--jp-ui-font-color2,#555)">⚙ '
+                f'<div style="font-size:85%;color:{MUTED}">⚙ '
                 f'<span style="font-family:monospace">{html.escape(call.name)}'
                 f"({html.escape(one_line(arguments, MAX_CALL_CHARS))}) [{call.status.value}]"
                 f"{html.escape(why)}{html.escape(result)}</span></div>"
@@ -433,4 +434,4 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
 
 def note(text: str) -> str:
     """``text`` as a grey line of HTML (a view's waiting line or outcome)."""
-    return f'<span style="color:#888">{html.escape(text)}</span>'
+    return f'<span style="color:{MUTED}">{html.escape(text)}</span>'

@@ -22,6 +22,7 @@ from .chat import DOUBLE_CLICK
 
 if TYPE_CHECKING:
     from ..session import ContextSession
+    from ..tree import MessageTree
 
 __all__ = ["BranchTree"]
 
@@ -93,9 +94,14 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
         tree = session.tree()  # from the index: no message file is read
         branches = sorted(metadata.branches.values(), key=lambda b: b.created_at)
         paths = {b.name: [node.id for node in tree.path(b.name)] for b in branches}
+        holder: dict[str, int] = {}  # message id -> the oldest branch holding it (index)
+        for index, branch in enumerate(branches):
+            for message_id in paths[branch.name]:
+                holder.setdefault(message_id, index)
         parent: dict[str, str | None] = {}
         for index, branch in enumerate(branches):
-            parent[branch.name] = _parent_of(branch, branches[:index], paths)
+            found = _parent_of(branch, index, holder, tree)
+            parent[branch.name] = None if found is None else branches[found].name
         children: dict[str | None, list[str]] = {}
         for branch in branches:
             children.setdefault(parent[branch.name], []).append(branch.name)
@@ -125,12 +131,18 @@ class BranchTree(FollowingView, anywidget.AnyWidget):
         self.nodes = nodes
 
 
-def _parent_of(branch: Branch, older: list[Branch], paths: dict[str, list[str]]) -> str | None:
-    # The oldest earlier branch whose conversation holds the fork point.
+def _parent_of(branch: Branch, index: int, holder: dict[str, int], tree: MessageTree) -> int | None:
+    # The oldest earlier branch whose conversation holds the fork point or, when none
+    # does (a branch made by picking an earlier alternative reply forks at a message
+    # only it holds), the nearest of its ancestors that one does: the branch is drawn
+    # under the conversation it continues, not as a separate one.
     point = branch.forked_from or branch.head
     if point is None:
-        return older[0].name if older else None
-    for candidate in older:
-        if point in paths[candidate.name]:
-            return candidate.name
+        return 0 if index else None
+    while point is not None:
+        oldest = holder.get(point)
+        if oldest is not None and oldest < index:
+            return oldest
+        node = tree.nodes.get(point)
+        point = node.parent_id if node is not None else None
     return None

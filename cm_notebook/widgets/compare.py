@@ -285,9 +285,14 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     diffs = len(answers) > 1 and answers[0] is not None and answers[1] is not None
     base = answers[0].content if diffs and answers[0] is not None else ""
     second = answers[1].content if diffs and answers[1] is not None else ""
+    if shared:
+        common = f"share the first {shared} message{'s' if shared != 1 else ''}"
+        after_that = "below, what each says after that"
+    else:
+        common, after_that = "share no messages", "below, what each says"
     head = (
-        f'<div style="color:{_MUTED};margin-bottom:4px">{len(columns)} branches share the first '
-        f"{shared} message{'s' if shared != 1 else ''}; below, what each says after that.</div>"
+        f'<div style="color:{_MUTED};margin-bottom:4px">{len(columns)} branches {common}; '
+        f"{after_that}.</div>"
     )
     cells = []
     made: dict[str, WordDiff] = {}  # the diffs against the first answer, by text

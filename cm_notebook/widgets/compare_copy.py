@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.display import display
 
 from .. import events as ev
+from .._theme import MUTED
 from ..errors import CMError
 from ..provenance import provenance_of
 from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
@@ -43,7 +44,7 @@ INTERVAL = 0.5
 
 def said_html(text: str) -> str:
     """``text`` as the grey line a copy shows in place of a comparison."""
-    return f'<div><span style="color:#888">{html_text.escape(text)}</span></div>'
+    return f'<div><span style="color:{MUTED}">{html_text.escape(text)}</span></div>'
 
 
 def show_widget(widget: Any) -> str:

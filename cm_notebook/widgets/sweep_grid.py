@@ -24,6 +24,7 @@ import anywidget
 import traitlets as t
 
 from .. import events as ev
+from .._theme import MUTED
 from ._base import FollowingView, static_text
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def grid_data(sweep: Sweep) -> dict[str, Any]:
 
 
 _STATUS_STYLE = {
-    "pending": "color:#999",
+    "pending": "color:{MUTED}",
     "running": "color:#1d4ed8",
     "done": "",
     "failed": "color:#b91c1c",
@@ -110,7 +111,7 @@ def grid_html(sweep: Sweep) -> str:
                 parts.append(
                     f'<div class="cm-grid-repeat" title="{html.escape(cell["branch"])}" '
                     f'style="border-top:1px dotted #ddd;padding:2px 0;white-space:pre-wrap;'
-                    f'{_STATUS_STYLE[cell["status"]]}"><span style="color:#999">'
+                    f'{_STATUS_STYLE[cell["status"]]}"><span style="color:{MUTED}">'
                     f"r{cell['repeat']}</span> {shown}</div>"
                 )
             tds.append(
@@ -126,7 +127,7 @@ def grid_html(sweep: Sweep) -> str:
         )
     counts = ", ".join(f"{n} {k}" for k, n in sweep.counts().items() if n)
     return (
-        f'<div class="cm-grid"><div style="color:#555">sweep <b>{html.escape(sweep.name)}</b>: '
+        f'<div class="cm-grid"><div style="color:{MUTED}">sweep <b>{html.escape(sweep.name)}</b>: '
         f"{len(sweep.cells)} cells ({html.escape(counts)})</div>"
         '<table style="border-collapse:collapse;font-size:90%"><tr><th></th>'
         f"{head}</tr>{''.join(body)}</table></div>"
