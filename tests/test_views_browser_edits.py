@@ -1,6 +1,8 @@
 """The transcript in a real browser (JupyterLab, Chromium) when things happen around
 the person: a reply starts while they edit a message, a long reply ends while they
-read further up, the kernel restarts during a reply, the kernel dies while they edit.
+read further up, messages grow after they are drawn (a tool call approved) while they
+read at the bottom or further up, the kernel restarts during a reply, the kernel dies
+while they edit.
 
 Without Chromium the tests are skipped with the command that installs it; under CI
 (``CI=true``) they fail instead (see browser_lab.py).
@@ -102,6 +104,100 @@ def test_a_long_reply_ending_leaves_the_reader_where_they_scrolled(tmp_path: Pat
         page.wait_for_timeout(500)  # any scroll on completion has happened by now
         top = page.evaluate("() => document.querySelector('.cm-scroll').scrollTop")
         assert top == 0
+        assert not page.errors, page.errors
+
+
+SCROLLER = ".cm-transcript .cm-scroll"
+# How far the transcript's end is below what its scroller shows, in px.
+BELOW_JS = "(s) => s.scrollHeight - s.scrollTop - s.clientHeight"
+
+
+def _settled(page: Any, answer: str) -> None:
+    # The reply ``answer`` drawn whole (its rating bar comes with its last update), the
+    # chat idle, and the layout of that update observed (two animation frames).
+    page.wait_for_selector(f".cm-transcript .cm-assistant:has-text('{answer}') .cm-rating")
+    _idle(page)
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def _at_bottom(page: Any, when: str) -> None:
+    # Following: the end in view (a pixel of rounding). Waited for, so that a scroll
+    # still to come is not taken for a failure; it never comes if the view stopped.
+    try:
+        page.wait_for_function(f"(s) => ({BELOW_JS})(s) <= 1", arg=_scroller(page), timeout=10_000)
+    except Exception:
+        below = page.locator(SCROLLER).evaluate(BELOW_JS)
+        raise AssertionError(f"{when}: the transcript's end is {below} px below the view") from None
+
+
+def _scroller(page: Any) -> Any:
+    return page.locator(SCROLLER).element_handle()
+
+
+def test_the_transcript_follows_messages_that_grow_and_leaves_a_reader_who_scrolled_up(
+    tmp_path: Path,
+) -> None:
+    # Boxes grow after they are first drawn: a tool call gets its result and "done", a
+    # finished reply its stats and rating bar. A view at the bottom stays there (and
+    # keeps following the replies after); one scrolled up by the reader stays put.
+    cells = [
+        "from cm_notebook import ContextSession, tool\n"
+        "from cm_notebook.testing import ScriptedProvider\n"
+        "@tool\n"
+        "def add(a: int, b: int) -> int:\n"
+        '    """Add two integers."""\n'
+        "    return a + b\n"
+        "fake = ScriptedProvider()\n"
+        's = ContextSession.create("Follow", provider=fake, tools=[add])\n'
+        "for i in range(12):\n"
+        '    await s.send(f"question {i}")\n'
+        'fake.tool_call("add", {"a": 5, "b": 5}).reply("The sum is ten.")\n'
+        "s",
+    ]
+    with start_lab(tmp_path, cells) as (url, _root), chromium_page(tmp_path, "follow") as page:
+        open_and_run_all(page, url)
+        page.wait_for_selector(".cm-transcript .cm-assistant:has-text('echo: question 11')")
+        assert page.locator(SCROLLER).evaluate("(s) => s.scrollHeight > 2 * s.clientHeight")
+        _at_bottom(page, "first drawn")
+
+        # 1. A tool call, approved: its message is redrawn with the result, then the
+        # answer comes, and is redrawn finished.
+        _send(page, "add 5 and 5")
+        approve = page.locator(".cm-approval button:has-text('Approve once')")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.cm-approval button')]"
+            ".some((b) => b.textContent.includes('Approve once') && !b.disabled)"
+        )
+        _at_bottom(page, "asking for approval")
+        approve.click()
+        page.wait_for_selector(".cm-transcript .cm-call-result:has-text('10')")
+        _settled(page, "The sum is ten.")
+        _at_bottom(page, "after the approved call's answer")
+
+        # 2. ... and it follows the next reply too.
+        _send(page, "next question")
+        _settled(page, "echo: next question")
+        _at_bottom(page, "after the next reply")
+
+        # 3. The reader scrolls up (the wheel): a new reply leaves them where they are.
+        page.locator(SCROLLER).hover()
+        before = page.locator(SCROLLER).evaluate("(s) => s.scrollTop")
+        page.mouse.wheel(0, -300)
+        page.wait_for_function(
+            "([s, top]) => s.scrollTop < top - 200", arg=[_scroller(page), before]
+        )
+        read = page.locator(SCROLLER).evaluate("(s) => s.scrollTop")
+        _send(page, "one more")
+        _settled(page, "echo: one more")
+        assert abs(page.locator(SCROLLER).evaluate("(s) => s.scrollTop") - read) <= 1
+        assert page.locator(SCROLLER).evaluate(BELOW_JS) > 300
+
+        # 4. Back at the bottom (as the End key takes them), the view follows again.
+        page.locator(SCROLLER).evaluate("(s) => { s.scrollTop = s.scrollHeight; }")
+        _at_bottom(page, "scrolled back down")
+        _send(page, "the last one")
+        _settled(page, "echo: the last one")
+        _at_bottom(page, "after the reply once scrolled back down")
         assert not page.errors, page.errors
 
 

@@ -109,9 +109,39 @@ function render({ model, el }) {
   let pulling = false;
 
   const atBottom = () => scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
-  const keepBottom = (was) => {
-    if (was) scroller.scrollTop = scroller.scrollHeight;
-  };
+  // Whether the view follows the end of the transcript. Only the reader's own scrolling
+  // changes it: boxes grow after they are drawn (a tool call's result, its badge, a
+  // reply's stats and rating bar), and a view that asked "at the bottom?" after each
+  // change fell a few pixels behind each time, until past the tolerance it stopped
+  // following for good. Growth never moves scrollTop, so a scroll up from where the
+  // view last was is the reader's; reaching the bottom, by any means, follows again.
+  let stuck = true;
+  let lastTop = 0;
+  // Not laid out (a hidden tab or cell): nothing to measure; the ResizeObserver below
+  // calls follow() once it is shown.
+  const laidOut = () => scroller.clientHeight > 0;
+  function noteScroll() {
+    if (!laidOut()) return;
+    const top = scroller.scrollTop;
+    if (atBottom()) stuck = true;
+    else if (top < lastTop - 1) stuck = false;
+    lastTop = top;
+  }
+  // After any change of the content's size: back to the bottom if following. A scroll
+  // not yet reported by its event (it comes a frame later) is taken into account first,
+  // so a reply streaming in does not undo it.
+  function follow() {
+    noteScroll();
+    if (!laidOut()) return;
+    if (stuck) scroller.scrollTop = scroller.scrollHeight;
+    lastTop = scroller.scrollTop;
+  }
+  scroller.addEventListener("scroll", noteScroll, { passive: true });
+  // Any growth or shrinking, whatever drew it; and the scroller's own size (shown again
+  // after being hidden, the window resized).
+  const resized = new ResizeObserver(follow);
+  resized.observe(list);
+  resized.observe(scroller);
 
   function pull() {
     if (!pulling) {
@@ -165,7 +195,11 @@ function render({ model, el }) {
       entry = { model: m, box: renderMessage(m.get("data")) };
       boxes.set(id, entry);
       // Only this message is redrawn when it changes (a tool call's status, siblings).
-      m.on("change:data", () => redraw(entry));
+      // The new box may be taller (a tool call's result, stats, a rating bar).
+      m.on("change:data", () => {
+        redraw(entry);
+        follow();
+      });
     }
     return entry.box;
   }
@@ -174,17 +208,18 @@ function render({ model, el }) {
     const token = ++drawing;
     const resolved = await Promise.all((model.get("frozen") || []).map(resolve));
     if (token !== drawing) return; // a newer list arrived meanwhile
-    const was = atBottom(); // measured with a finished reply's live box still there
+    noteScroll(); // measured with a finished reply's live box still there
     const fromBottom = scroller.scrollHeight - scroller.scrollTop;
     keepingFocus(() => list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m))));
     if (liveId) list.append(liveBox);
     drawEarlier();
-    if (keepFromBottom && !was) {
+    if (keepFromBottom && !stuck && laidOut()) {
       // Earlier messages came in above: the one being read stays where it was.
       scroller.scrollTop = scroller.scrollHeight - fromBottom;
+      lastTop = scroller.scrollTop;
     }
     keepFromBottom = false;
-    keepBottom(was);
+    follow();
   }
 
   function drawEarlier() {
@@ -195,6 +230,7 @@ function render({ model, el }) {
 
   function redrawAll() {
     for (const entry of boxes.values()) redraw(entry);
+    follow();
   }
 
   function renderMessage(m) {
@@ -284,20 +320,18 @@ function render({ model, el }) {
   model.on("msg:custom", (msg) => {
     if (msg.kind === "snapshot") {
       pulling = false;
-      const was = atBottom();
       if (msg.id !== liveId) return;
       text = msg.text;
       liveText.textContent = text;
-      keepBottom(was);
+      follow();
     } else if (msg.kind === "delta") {
       if (msg.id !== liveId || msg.offset !== text.length) {
         pull();
         return;
       }
-      const was = atBottom();
       text += msg.text;
       liveText.append(msg.text);
-      keepBottom(was);
+      follow();
     }
   });
 
@@ -343,6 +377,7 @@ function render({ model, el }) {
   drawLive(true);
   drawMessages();
   drawNotice();
+  return () => resized.disconnect();
 }
 
 export default { render };
