@@ -28,8 +28,11 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     ├── ProviderError                            a model provider failed
     │   ├── TransientProviderError               worth retrying; has .retry_after
     │   └── PermanentProviderError               retrying will not help; needs the user
-    │       ├── ProviderNotInstalledError        an optional extra is missing
-    │       └── UnknownProviderError             no provider registered under that name
+    │       └── ProviderSetupError               no request can succeed as the provider is
+    │           │                                set up: no or a refused key (401, 403), an
+    │           │                                unknown model or address (404)
+    │           ├── ProviderNotInstalledError    an optional extra is missing
+    │           └── UnknownProviderError         no provider registered under that name
     │                                            (also InvalidInputError)
     ├── StateError                               an operation that the current state forbids
     │   ├── IllegalTransitionError               the FSM got an input it cannot take
@@ -72,6 +75,7 @@ __all__ = [
     "PermanentProviderError",
     "ProviderError",
     "ProviderNotInstalledError",
+    "ProviderSetupError",
     "SchemaVersionError",
     "StateError",
     "StorageFullError",
@@ -244,11 +248,18 @@ class PermanentProviderError(ProviderError):
     """A failure that retrying will not fix (bad key, bad request, unknown model)."""
 
 
-class ProviderNotInstalledError(PermanentProviderError):
+class ProviderSetupError(PermanentProviderError):
+    """No request can succeed as the provider is set up, whatever it asks: its API key is
+    missing or refused (HTTP 401, 403), its model or address is unknown (404, a server
+    that does not speak its API), it is not installed. A sweep starts no more cells of a
+    variant that failed with it (see :mod:`cm_notebook.sweep`)."""
+
+
+class ProviderNotInstalledError(ProviderSetupError):
     """The provider needs an optional dependency that is not installed."""
 
 
-class UnknownProviderError(PermanentProviderError, InvalidInputError):
+class UnknownProviderError(ProviderSetupError, InvalidInputError):
     """No provider is registered under the requested name."""
 
 

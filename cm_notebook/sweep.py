@@ -18,7 +18,9 @@ from ``repeat``, so asking for more repeats extends it): running the same sweep 
 in this process or a new one after a kernel restart, skips the cells whose prompt got
 a complete reply and runs the rest (unstarted, interrupted or failed cells). A cell's
 answer is always the reply to its own prompt: follow-ups sent on its branch later are
-kept there, but never counted as the cell's answer.
+kept there, but never counted as the cell's answer. A variant whose provider refuses
+every request (no or a refused API key, an unknown model) starts no more cells after the
+first fails so: they stay pending for a re-run (see :mod:`cm_notebook._sweep_stops`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._loop import schedule_on
 from ._sweep_labels import check_labels
+from ._sweep_stops import VariantStops, progress_bar
 from .errors import CMError, InvalidInputError
 from .fanout import Variant, variant_labels
 from .ids import validate_branch_name
@@ -346,6 +349,9 @@ class Sweep(Handle["Sweep"]):
     A cell that fails does not stop the others: it ends ``failed`` with its ``error``
     (the ``failure`` of its reply's record), and running the same sweep again runs it
     again; this handle then reads the cell as the store has it (see :attr:`cells`).
+    Only a failure that every cell of its variant would meet (the provider refuses the
+    key, or does not know the model) starts no more cells of that variant: they stay
+    pending, and :attr:`stopped` says why.
     :meth:`cancel` interrupts the running cells and starts no more; the sweep then
     ends (and can be resumed).
     Read the results with :meth:`to_dataframe` / :meth:`to_records`,
@@ -377,7 +383,8 @@ class Sweep(Handle["Sweep"]):
         self._concurrency = concurrency
         self._listeners: list[Callable[[SweepCell], None]] = []
         self._stopping = False
-        self._bar = _progress_bar(self, progress)
+        self._stops = VariantStops(plan.labels)
+        self._bar = progress_bar(self, progress)
         self.attach(schedule_on(self._loop, self._run()), self._cancel_all)
 
     # -- running ------------------------------------------------------------------------
@@ -391,7 +398,7 @@ class Sweep(Handle["Sweep"]):
 
         async def one(cell: SweepCell) -> None:
             async with limit:
-                if not self._stopping:
+                if not self._stopping and not self._stops.stopped(cell.variant_index):
                     await self._run_cell(cell)
 
         try:
@@ -419,6 +426,8 @@ class Sweep(Handle["Sweep"]):
             cell.message_id = turn.message_id if turn is not None else None
             # The partial text the failed reply was stored with, as its records say.
             cell.reply = turn.text if turn is not None else ""
+            if self._stops.note(cell, exc) and self._bar is not None:
+                self._bar.set_postfix_str(self._stops.postfix())
         finally:
             if self._bar is not None:
                 self._bar.update(1)
@@ -493,6 +502,13 @@ class Sweep(Handle["Sweep"]):
             out[cell.status] += 1
         return out
 
+    @property
+    def stopped(self) -> dict[str, str]:
+        """By variant label, why the variants whose provider refused a cell in a way
+        that would fail all of them (a missing or refused key, an unknown model) started
+        no more cells, and how many stay pending (for the next run of the sweep)."""
+        return self._stops.notes(self.cells)
+
     def cell(self, key: str) -> SweepCell:
         """The cell with key ``key`` (``"p0-v1-r2"``) or branch name."""
         for cell in self.cells:
@@ -547,7 +563,8 @@ class Sweep(Handle["Sweep"]):
     def __repr__(self) -> str:
         counts = self.counts()
         shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        return f"<Sweep {self.name!r} {len(self.cells)} cells: {shown}>"
+        why = "".join(f"; {note}" for note in self.stopped.values())
+        return f"<Sweep {self.name!r} {len(self.cells)} cells: {shown}{why}>"
 
     def _repr_html_(self) -> str:
         from .widgets.sweep_grid import grid_html
@@ -574,15 +591,3 @@ def finish(cell: SweepCell, message: Message) -> None:
     else:
         cell.status = "failed"
         cell.error = failure(message) or f"the reply ended {message.status.value}"
-
-
-def _progress_bar(sweep: Sweep, enabled: bool) -> Any:
-    # tqdm.auto: a widget bar in a notebook (made here, in the caller's cell, so it is
-    # shown there), else a text bar on stderr. Updated from the session's loop.
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    cells = sweep._cells
-    done = sum(1 for cell in cells if cell.status == "done")
-    return tqdm(total=len(cells), initial=done, desc=sweep.name, unit="cell")

@@ -6,7 +6,10 @@ Every provider ends in one of two outcomes when something goes wrong:
   5xx, timeouts, connection resets, a stream cut mid-reply, a garbled chunk), with
   ``retry_after`` in seconds when the server said how long to wait;
 * :class:`~cm_notebook.errors.PermanentProviderError`: retrying will not help (bad or
-  missing key, unknown model, invalid request); the message says what to do.
+  missing key, unknown model, invalid request); the message says what to do. Those
+  that no request can get past, whatever it asks (a missing or refused key, an unknown
+  model or address), are :class:`~cm_notebook.errors.ProviderSetupError`, so that a
+  sweep stops asking that provider after the first.
 
 The helpers here *build* the error; the caller raises it with ``raise ... from exc`` so
 the SDK's exception stays attached as ``__cause__``. They never look at, store or print
@@ -25,7 +28,12 @@ from html.parser import HTMLParser
 from typing import Literal
 
 from .. import retry as _retry
-from ..errors import PermanentProviderError, ProviderError, TransientProviderError
+from ..errors import (
+    PermanentProviderError,
+    ProviderError,
+    ProviderSetupError,
+    TransientProviderError,
+)
 
 __all__ = [
     "classify_http_status",
@@ -178,6 +186,8 @@ def from_http_status(
     - 401: permanent, "set ``api_key_env``" (or "check the key");
     - 403: permanent, "check the key has access to ``model``";
     - 404: permanent, naming ``model`` and how to list models (``list_models_hint``);
+      these three are :class:`~cm_notebook.errors.ProviderSetupError`: every request
+      to this provider, model and key fails the same way;
     - 400 / 422 and other 4xx: permanent, with the provider's own message;
     - 408, 409, 425, 429, 5xx: transient, with ``retry_after`` taken from the
       ``retry_after`` argument or parsed from ``retry_after_header``.
@@ -228,7 +238,9 @@ def from_http_status(
                 text += ", or give the model a larger window (provider_options={'n_ctx': 8192})"
     else:
         text = f"{prefix}request failed (HTTP {status}): {detail}"
-    return PermanentProviderError(text, status_code=status, provider=provider)
+    # The key, the model or the address is wrong: no other request would get past it.
+    kind = ProviderSetupError if status in (401, 403, 404) else PermanentProviderError
+    return kind(text, status_code=status, provider=provider)
 
 
 #: How servers say a request is longer than the model's context window (llama.cpp,
@@ -290,10 +302,11 @@ def is_event_stream(content_type: str | None) -> bool:
 
 def not_an_event_stream_error(
     *, provider: str, content_type: str, base_url: str | None = None, hint: str = ""
-) -> PermanentProviderError:
+) -> ProviderSetupError:
     """A streamed request answered with something else (an HTML page, one JSON body).
 
-    Permanent: the same URL gives the same page on every retry. The usual cause is a
+    A :class:`~cm_notebook.errors.ProviderSetupError`: the same URL gives the same
+    page on every retry, and to every request. The usual cause is a
     base URL that points at the wrong place (a web UI, a router's page, a path that
     misses a part); ``hint`` says what the right one looks like.
     """
@@ -304,4 +317,4 @@ def not_an_event_stream_error(
         f"{kind!r}, not 'text/event-stream'), so it is not serving the {provider} API "
         "there. To fix: check the base URL"
     )
-    return PermanentProviderError(f"{text}{hint}.", provider=provider)
+    return ProviderSetupError(f"{text}{hint}.", provider=provider)

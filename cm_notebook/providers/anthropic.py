@@ -46,8 +46,8 @@ from pydantic import TypeAdapter, ValidationError
 from .._url_secrets import redact_url, remember_url_secrets
 from ..errors import (
     InvalidInputError,
-    PermanentProviderError,
     ProviderError,
+    ProviderSetupError,
 )
 from ..redact import remember_secret
 from ._anthropic_errors import (
@@ -390,7 +390,7 @@ class AnthropicProvider:
         except anthropic.AnthropicError as exc:
             # Without a key the SDK looks for credential profiles on disk, and a profile
             # the user configured but which cannot be read fails right here.
-            raise PermanentProviderError(
+            raise ProviderSetupError(
                 f"{_PROVIDER}: could not load credentials: {exc}. Set {KEY_ENV} "
                 "(or build the provider with api_key=...) to use a key instead",
                 provider=_PROVIDER,
@@ -447,7 +447,7 @@ class AnthropicProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
         if not self._has_credentials():
-            raise PermanentProviderError(
+            raise ProviderSetupError(
                 f"{_PROVIDER}: no API key; set {KEY_ENV} (or build the provider with api_key=...)",
                 provider=_PROVIDER,
             )

@@ -60,7 +60,12 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 
 from .._url_secrets import redact_url, remember_url_secrets
-from ..errors import InvalidInputError, PermanentProviderError, ProviderError
+from ..errors import (
+    InvalidInputError,
+    PermanentProviderError,
+    ProviderError,
+    ProviderSetupError,
+)
 from ..redact import (
     get_logger,
     remember_header_secrets,
@@ -261,7 +266,7 @@ class OpenAIProvider:
         if self._client is None:
             key = os.environ.get(_KEY_ENV)  # set after construction, e.g. in a notebook
             if not key:
-                raise PermanentProviderError(
+                raise ProviderSetupError(
                     f"openai: no API key. To fix: set {_KEY_ENV} (or build the provider with "
                     "api_key=...), or give base_url=... for a local OpenAI-compatible server.",
                     provider=_PROVIDER,

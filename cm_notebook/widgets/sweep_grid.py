@@ -11,7 +11,8 @@ the grid's shape changes, when the sweep ends (so saved widget state is the fina
 grid), and whenever a view starts (it sends ``{"type": "ready"}``): a new tab or a
 reloaded page gets the whole current grid, then the changes after it, in that order
 on the one comm. :func:`grid_html` draws the same grid as static HTML: a sweep's
-``_repr_html_``, which a saved notebook shows without a kernel.
+``_repr_html_``, which a saved notebook shows without a kernel. Both say which variants
+stopped starting cells, and why (:attr:`~cm_notebook.sweep.Sweep.stopped`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import anywidget
 import traitlets as t
 
 from .. import events as ev
+from .._sweep_stops import nothing_to_start
 from .._theme import MUTED
 from ._base import FollowingView, static_text
 
@@ -126,9 +128,12 @@ def grid_html(sweep: Sweep) -> str:
             + "</tr>"
         )
     counts = ", ".join(f"{n} {k}" for k, n in sweep.counts().items() if n)
+    stopped = "".join(
+        f'<div style="color:#b91c1c">{html.escape(note)}</div>' for note in sweep.stopped.values()
+    )
     return (
         f'<div class="cm-grid"><div style="color:{MUTED}">sweep <b>{html.escape(sweep.name)}</b>: '
-        f"{len(sweep.cells)} cells ({html.escape(counts)})</div>"
+        f"{len(sweep.cells)} cells ({html.escape(counts)})</div>{stopped}"
         '<table style="border-collapse:collapse;font-size:90%"><tr><th></th>'
         f"{head}</tr>{''.join(body)}</table></div>"
     )
@@ -157,6 +162,7 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
         self._shown: dict[str, dict[str, Any]] = {}
         self._shape: tuple[Any, ...] = ()
         self._full = True
+        self._stop_notice = ""  # the stopped variants' notes last shown
         self._follow(sweep.session, GRID_INTERVAL)
         self._stop_listening = sweep.listen(self._on_cell)
         self.on_msg(self._on_front_end)
@@ -176,10 +182,9 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
         # Cells ending in a burst are coalesced like the rest (at most one update per
         # GRID_INTERVAL, carrying every cell changed since the last); the last cell to end is
         # shown at once, so the final grid is never held back (a stopped sweep ends
-        # with cells still pending: it ends when none runs).
-        counts = self.sweep.counts()
-        ending = counts["pending"] == 0 or self.sweep._stopping
-        if counts["running"] == 0 and ending:
+        # with cells still pending, and so does one whose variants stopped: it ends when
+        # none runs).
+        if self.sweep.counts()["running"] == 0 and nothing_to_start(self.sweep):
             self._throttle.now()
         else:
             self._throttle.poke()
@@ -198,8 +203,10 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
         data = grid_data(self.sweep)
         cells: list[dict[str, Any]] = data["cells"]
         shape = (data["rows"], data["columns"], [cell["key"] for cell in cells])
-        counts = self.sweep.counts()
-        ended = counts["running"] == 0 and (counts["pending"] == 0 or self.sweep._stopping)
+        ended = self.sweep.counts()["running"] == 0 and nothing_to_start(self.sweep)
+        told = "; ".join(self.sweep.stopped.values())
+        if told != self._stop_notice:
+            self._stop_notice = self.notice = told
         if self._full or ended or shape != self._shape:
             self._full = False
             self._shape = shape
