@@ -21,6 +21,7 @@ from cm_notebook.errors import (
     InvalidInputError,
     PermanentProviderError,
     ProviderError,
+    ProviderSetupError,
     TransientProviderError,
 )
 from cm_notebook.model import Message, ToolCall, ToolCallStatus
@@ -341,17 +342,17 @@ def test_rate_limit_is_transient_with_retry_after() -> None:
             anthropic.AuthenticationError,
             401,
             "authentication_error",
-            PermanentProviderError,
+            ProviderSetupError,
             "ANTHROPIC_API_KEY",
         ),
         (
             anthropic.PermissionDeniedError,
             403,
             "permission_error",
-            PermanentProviderError,
+            ProviderSetupError,
             "claude-x",
         ),
-        (anthropic.NotFoundError, 404, "not_found_error", PermanentProviderError, "claude-x"),
+        (anthropic.NotFoundError, 404, "not_found_error", ProviderSetupError, "claude-x"),
         (
             anthropic.BadRequestError,
             400,
