@@ -8,6 +8,9 @@ function ago(iso) {
   return `${Math.round(s / 86400)} d ago`;
 }
 
+// How often the "N s ago" of the nodes is brought up to date (no message to the kernel).
+const AGO_EVERY_MS = 30000;
+
 function render({ model, el }) {
   el.classList.add("cm-tree");
   const list = document.createElement("div");
@@ -15,8 +18,33 @@ function render({ model, el }) {
   notice.className = "cm-notice";
   el.append(list, notice);
 
+  // Once the kernel restarts, the comm is gone and model.send throws ("Cannot send"):
+  // a click on a tree left over from before the restart does nothing instead.
+  let connected = true;
+  function send(msg) {
+    if (!connected) return;
+    try {
+      model.send(msg);
+    } catch (err) {
+      disconnected();
+    }
+  }
+
+  const metas = []; // [element, node] of each node's facts, whose time goes on
+  const metaText = (n) => {
+    const busy = n.state !== "Idle" ? ` · ${n.state}` : "";
+    let text = `${n.length} msgs · ${ago(n.last)}${busy}`;
+    const labels = Object.entries(n.labels || {});
+    if (labels.length) {
+      // A study's labels (sweep cell, variant, baseline...), small after the facts.
+      text += " · " + labels.map(([k, v]) => `${k}=${v}`).join(" ");
+    }
+    return text;
+  };
+
   function draw() {
     list.replaceChildren();
+    metas.length = 0;
     for (const n of model.get("nodes") || []) {
       const row = document.createElement("div");
       row.className = "cm-node" + (n.active ? " cm-active" : "");
@@ -30,21 +58,16 @@ function render({ model, el }) {
       name.textContent = n.name;
       // The whole name too: a long one is cut with an ellipsis.
       name.title = `${n.name}: ${n.active ? "the active branch" : "switch to this branch"}`;
-      name.addEventListener("click", () => model.send({ event: "switch", branch: n.name }));
+      name.addEventListener("click", () => send({ event: "switch", branch: n.name }));
       const meta = document.createElement("span");
       meta.className = "cm-node-meta";
-      const busy = n.state !== "Idle" ? ` · ${n.state}` : "";
-      meta.textContent = `${n.length} msgs · ${ago(n.last)}${busy}`;
-      const labels = Object.entries(n.labels || {});
-      if (labels.length) {
-        // A study's labels (sweep cell, variant, baseline...), small after the facts.
-        meta.textContent += " · " + labels.map(([k, v]) => `${k}=${v}`).join(" ");
-      }
+      meta.textContent = metaText(n);
+      metas.push([meta, n]);
       const fork = document.createElement("button");
       fork.className = "cm-act cm-fork";
       fork.textContent = "fork";
       fork.title = "new branch from here";
-      fork.addEventListener("click", () => model.send({ event: "fork", branch: n.name }));
+      fork.addEventListener("click", () => send({ event: "fork", branch: n.name }));
       row.append(mark, name, meta, fork);
       if (n.prompt) {
         const p = document.createElement("div");
@@ -57,8 +80,30 @@ function render({ model, el }) {
         list.append(row);
       }
     }
+    if (!connected) disable();
   }
+  // The times go on without a change of the nodes: only their text is set again.
+  const timer = setInterval(() => {
+    for (const [meta, n] of metas) meta.textContent = metaText(n);
+  }, AGO_EVERY_MS);
+
+  const disable = () => {
+    for (const b of el.querySelectorAll("button")) b.disabled = true;
+  };
+  // JupyterLab's widget manager marks every model not live when the kernel restarts:
+  // the kernel side of this tree is gone. Say so, as the transcript does, and disable
+  // the buttons, whose clicks would throw.
+  function disconnected() {
+    if (!connected) return;
+    connected = false;
+    notice.textContent = "Not connected: the kernel restarted. Run the cell again for a live view.";
+    notice.style.display = "block";
+    disable();
+  }
+  model.on("comm_live_update", disconnected);
+
   const drawNotice = () => {
+    if (!connected) return;
     notice.textContent = model.get("notice") || "";
     notice.style.display = notice.textContent ? "block" : "none";
   };
@@ -66,6 +111,7 @@ function render({ model, el }) {
   model.on("change:notice", drawNotice);
   draw();
   drawNotice();
+  return () => clearInterval(timer);
 }
 
 export default { render };
