@@ -22,6 +22,9 @@ class SavedCopyHider(anywidget.AnyWidget):
     """Hides, on the page, the output marked with :attr:`copy_id` (see :func:`mark_copy`)."""
 
     _esm = static_text("copy_hider.js")
+    # The views' stylesheet: the views made of stock ipywidgets (a comparison) load
+    # none of their own (see :mod:`._connection`).
+    _css = static_text("views.css")
 
     copy_id = t.Unicode(help="the id the saved copy's HTML carries").tag(sync=True)
 

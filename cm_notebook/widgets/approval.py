@@ -43,6 +43,7 @@ from ..model import ToolCall
 from ..store.workers import submit_blocking
 from ..tools import validate_edited_arguments
 from ._base import SessionFollower, close_parts
+from ._connection import ConnectionWatch
 
 if TYPE_CHECKING:
     from ..session import ContextSession
@@ -381,7 +382,9 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         # process's ``call_1`` on another branch is not this view's ``call_1``.
         self._seen: set[tuple[str, str]] = set()
         self.history = DecisionHistory(session, None if branch is None else self._decided_here)
-        super().__init__([self.header, self.history])
+        # The views' stylesheet, and the view disabled after a kernel restart.
+        self.connection = ConnectionWatch()
+        super().__init__([self.header, self.connection, self.history])
         self.add_class("cm-approval")
         #: The rows by (tool call id, branch): two processes may number their calls
         #: alike (each its own ``call_1``), never on one branch at once.
@@ -499,7 +502,7 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
             if key not in self.rows:
                 self.rows[key] = CallRow(self.session, self._follower, call, key[1])
         self._update_header(pending.keys())
-        self.children = [self.header, *self.rows.values(), self.history]
+        self.children = [self.header, self.connection, *self.rows.values(), self.history]
 
     def _update_header(self, pending: Iterable[tuple[str, str]] | None = None) -> None:
         # ``pending``: the (call id, branch) of the calls waiting, when the caller has

@@ -35,6 +35,7 @@ from ..model import Message
 from ..render import tool_calls_html
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView, close_parts
+from ._connection import ConnectionWatch
 from ._messages import stats_of
 from .compare_copy import ComparisonSnapshot, show_widget
 from .markdown import render_markdown
@@ -93,7 +94,9 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         self.html = w.HTML()
         self.ratings = w.HBox(layout=w.Layout(grid_gap="8px"))
         self._bars: dict[str, RatingBar] = {}  # answer id -> its bar, reused
-        super().__init__([self.html, self.ratings])
+        # The views' stylesheet, and the rating buttons disabled after a kernel restart.
+        self.connection = ConnectionWatch()
+        super().__init__([self.html, self.ratings, self.connection])
         self.add_class("cm-compare")
         self.branch_names = names
         self._deleted: list[str] = []  # compared branches deleted since
