@@ -45,10 +45,10 @@ def _child(fe: FrontEnd, comm_id: str, *path: int) -> str:
 
 
 def _row(fe: FrontEnd, approvals: str) -> dict[str, str]:
-    # The first call row of a ToolApproval (header, rows..., decision history): its
-    # arguments editor, buttons and status.
-    fe.wait_for(lambda: len(fe.models[approvals].get("children", [])) > 2, what="a call row")
-    row = _child(fe, approvals, 1)
+    # The first call row of a ToolApproval (header, the part that watches the
+    # connection, rows..., decision history): its arguments editor, buttons and status.
+    fe.wait_for(lambda: len(fe.models[approvals].get("children", [])) > 3, what="a call row")
+    row = _child(fe, approvals, 2)
     return {
         "title": _child(fe, row, 0),
         "arguments": _child(fe, row, 1),

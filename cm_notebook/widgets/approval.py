@@ -14,8 +14,9 @@ Under the calls, a collapsible decision history shows the context's approval aud
 (:meth:`~cm_notebook.session.ContextSession.approval_log`), kept current by the
 ``ToolCallResolved`` signals that carry a decision, whichever process made it.
 
-Built from stock ipywidgets, so a click is the standard widget message and the view
-works in every front end that renders ipywidgets.
+Built from stock ipywidgets, so a click is the standard widget message. An invisible
+part (:mod:`._connection`) brings the views' stylesheet and, after a kernel restart,
+disables the buttons and says that the view is not connected.
 """
 
 from __future__ import annotations
