@@ -237,6 +237,8 @@ def test_a_kernel_restart_during_a_reply_leaves_a_disconnected_view(tmp_path: Pa
             "(els) => els.map((el) => getComputedStyle(el, '::before').content)"
         )
         assert set(icons) <= {"none", "normal"}, icons
+        said = page.locator(".cm-session .cm-notice:visible", has_text="kernel restarted")
+        assert said.count() == 1, said.all_text_contents()  # the chat's, not the tree's too
         # Clicks on it do nothing, and throw nothing.
         page.locator(STOP).click(force=True)
         page.locator(".cm-transcript .cm-fork").first.click(force=True)

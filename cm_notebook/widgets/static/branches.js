@@ -96,8 +96,11 @@ function render({ model, el }) {
   function disconnected() {
     if (!connected) return;
     connected = false;
-    notice.textContent = "Not connected: the kernel restarted. Run the cell again for a live view.";
-    notice.style.display = "block";
+    // In a session view the chat beside it says so already: once is enough.
+    if (!el.closest(".cm-session")) {
+      notice.textContent = "Not connected: the kernel restarted. Run the cell again for a live view.";
+      notice.style.display = "block";
+    }
     disable();
   }
   model.on("comm_live_update", disconnected);

@@ -24,7 +24,8 @@ function render({ model, el }) {
       if (!t.readOnly && !t.disabled) usable += 1;
       t.readOnly = true;
     }
-    if (!usable) return;
+    // Nothing left to use, or a session view, whose chat says so already: no notice.
+    if (!usable || el.closest(".cm-session")) return;
     notice.textContent = "Not connected: the kernel restarted. Run the cell again for a live view.";
     notice.style.display = "block";
   });
