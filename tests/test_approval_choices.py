@@ -33,9 +33,11 @@ def _log_file(session: ContextSession) -> Path:
     return session.signal_log_path.parent.parent / "approvals" / "log.jsonl"
 
 
-def test_approving_once_is_logged_with_who_when_and_what(
-    data_dir: Path, new_session: Callable[..., ContextSession]
-) -> None:
+def _one_call_approved_by_ada(
+    new_session: Callable[..., ContextSession],
+) -> tuple[ContextSession, Recorder]:
+    """A session whose one tool call (add 1 + 2) ada approved, its turn finished, and
+    what its signals were."""
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
     session = new_session(provider=fake, tools=calc.tools)
@@ -44,6 +46,13 @@ def test_approving_once_is_logged_with_who_when_and_what(
     waiting(recorder)
     session.approve("call_1", by="ada")
     turn.result(DEADLINE)
+    return session, recorder
+
+
+def test_approving_once_is_logged_with_who_when_and_what(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    session, recorder = _one_call_approved_by_ada(new_session)
 
     [record] = session.approval_log()
     assert (record.tool_call_id, record.tool, record.approved) == ("call_1", "add", True)
@@ -303,14 +312,7 @@ def test_by_with_control_characters_is_refused_and_decides_nothing(
 def test_by_with_control_characters_logged_before_still_reads(
     data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
-    calc = Calculator()
-    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("3.")
-    session = new_session(provider=fake, tools=calc.tools)
-    recorder = Recorder(session)
-    turn = session.send("1 + 2?")
-    waiting(recorder)
-    session.approve("call_1", by="ada")
-    turn.result(DEADLINE)
+    session, _ = _one_call_approved_by_ada(new_session)
     path = _log_file(session)
     path.write_text(path.read_text().replace('"ada"', '"\\u001b[31mada\\n"'))
     session.close()

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .._theme import MUTED
 from ..model import Message, MessageStatus, ToolCall
 from .markdown import render_markdown
 
@@ -110,12 +111,12 @@ def transcript_html(
     parts = [
         f'<div class="cm-snapshot" style="font-family:sans-serif;max-width:900px">'
         f"<div><b><bdi>{html.escape(title)}</bdi></b> "  # its overrides stay in it
-        f'<span style="color:#888">branch {html.escape(branch)} · '
+        f'<span style="color:{MUTED}">branch {html.escape(branch)} · '
         f"{count} messages</span></div>"
     ]
     if earlier:
         parts.append(
-            f'<div style="color:{_LABEL};margin:6px 0">{earlier:,} earlier messages are not '
+            f'<div style="color:{MUTED};margin:6px 0">{earlier:,} earlier messages are not '
             f"in this copy. {html.escape(whole)}</div>"
         )
     if system:
@@ -135,7 +136,7 @@ def transcript_html(
         if item["error"]:
             extra += f'<div style="color:{_ERROR}">{html.escape(item["error"])}</div>'
         if item["hint"]:
-            extra += f'<div style="color:#888">{html.escape(item["hint"])}</div>'
+            extra += f'<div style="color:{MUTED}">{html.escape(item["hint"])}</div>'
         parts.append(_block(item["label"], colors.get(item["role"], "#999"), item["html"], extra))
     parts.append("</div>")
     return "".join(parts)
@@ -143,13 +144,12 @@ def transcript_html(
 
 # The theme's colours where JupyterLab sets them (its dark theme included), else these:
 # a fixed dark grey or red is hard to read on a dark page.
-_LABEL = "var(--jp-ui-font-color2,#555)"
 _ERROR = "var(--jp-error-color1,#b91c1c)"
 
 
 def _block(label: str, color: str, body: str, extra: str) -> str:
     return (
         f'<div style="border-left:3px solid {color};padding:2px 10px;margin:6px 0">'
-        f'<div style="font-size:80%;color:{_LABEL};font-weight:bold">{html.escape(label)}</div>'
+        f'<div style="font-size:80%;color:{MUTED};font-weight:bold">{html.escape(label)}</div>'
         f"{body}{extra}</div>"
     )

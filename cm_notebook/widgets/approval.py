@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._theme import MUTED
 from .._unicode import one_line_for_display
 from ..approvals import ApprovalRecord, Remember
 from ..errors import (
@@ -55,7 +56,6 @@ __all__ = ["CallRow", "DecisionHistory", "ToolApproval"]
 HISTORY_SHOWN = 50
 
 #: Colours of the row's texts: the theme's (JupyterLab's dark theme too), else these.
-_MUTED = "var(--jp-ui-font-color2,#888)"
 _RED = "var(--jp-error-color1,#b91c1c)"
 _GREEN = "var(--jp-success-color0,#059669)"
 
@@ -96,7 +96,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         where = f" on branch <b>{html.escape(branch)}</b>" if branch else ""
         self.title = w.HTML(
             f"⚙ <code>{html.escape(call.name)}</code>{where} "
-            f'<span style="color:{_MUTED}">({html.escape(call.id)})</span>'
+            f'<span style="color:{MUTED}">({html.escape(call.id)})</span>'
         )
         # As tall as its JSON (within bounds: longer arguments scroll), and as wide as
         # the row: "auto" stretches it to the row's width less its margins ("100%" plus
@@ -246,7 +246,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
         except (ToolCallAlreadyResolvedError, ToolCallNotFoundError) as exc:
             if not self._outcome_shown:
                 self.status.value = _WRAP.format(
-                    f'<span style="color:{_MUTED}">{html.escape(str(exc))}</span>'
+                    f'<span style="color:{MUTED}">{html.escape(str(exc))}</span>'
                 )
         except CMError as exc:
             self.status.value = _WRAP.format(
@@ -302,11 +302,11 @@ def _describe(record: ApprovalRecord) -> str:
     if record.remote:
         who += " <i>from another process</i>"
     parts = [
-        f'<span style="color:{_MUTED}">{record.at:%Y-%m-%d %H:%M:%S}</span>',
+        f'<span style="color:{MUTED}">{record.at:%Y-%m-%d %H:%M:%S}</span>',
         f"<code>{html.escape(record.tool)}</code>",
         f'<b style="color:{_GREEN if record.approved else _RED}">{verdict}</b>',
         f"by {who}",
-        f'<span style="color:{_MUTED}">on {html.escape(record.branch)}</span>',
+        f'<span style="color:{MUTED}">on {html.escape(record.branch)}</span>',
     ]
     line = " ".join(parts)
     if record.edited_arguments is not None:
@@ -363,7 +363,7 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
         shown = self.records[-HISTORY_SHOWN:][::-1]
         self.set_title(0, f"Decision history ({len(self.records)})")
         self.body.value = "".join(map(_describe, shown)) or (
-            f'<span style="color:{_MUTED}">No decisions yet.</span>'
+            f'<span style="color:{MUTED}">No decisions yet.</span>'
         )
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._theme import MUTED
 from ..compare import (
     COARSE_NOTE,
     PALE_MARKS,
@@ -48,7 +49,6 @@ __all__ = ["CompareView", "comparison_html"]
 
 #: Colours of the comparison's texts: the theme's (JupyterLab's dark theme too), else
 #: these (a saved notebook, nbconvert HTML).
-_MUTED = "var(--jp-ui-font-color2,#555)"
 _RED = "var(--jp-error-color1,#b91c1c)"
 _BORDER = "var(--jp-border-color2,#ddd)"
 
@@ -268,7 +268,7 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     if column["state"] != "Idle":
         rows.append(("state", column["state"]))
     cells = "".join(
-        f'<tr><td style="text-align:left;color:{_MUTED};padding-right:8px;vertical-align:top">'
+        f'<tr><td style="text-align:left;color:{MUTED};padding-right:8px;vertical-align:top">'
         f'{html.escape(k)}</td><td style="text-align:left;white-space:pre-wrap">'
         f"{html.escape(v)}</td></tr>"
         for k, v in rows
@@ -294,7 +294,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     else:
         common, after_that = "share no messages", "below, what each says"
     head = (
-        f'<div style="color:{_MUTED};margin-bottom:4px">{len(columns)} branches {common}; '
+        f'<div style="color:{MUTED};margin-bottom:4px">{len(columns)} branches {common}; '
         f"{after_that}.</div>"
     )
     cells = []
@@ -307,7 +307,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
                 continue
             label = html.escape(message.role)
             body.append(
-                f'<div style="font-size:85%;color:{_MUTED}"><b>{label}</b></div>'
+                f'<div style="font-size:85%;color:{MUTED}"><b>{label}</b></div>'
                 f"{render_markdown(message.content)}{tool_calls_html(message)}"
             )
         if answer is not None:
@@ -325,7 +325,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
             else:
                 text = html.escape(answer.content)
             body.append(
-                f'<div style="font-size:85%;color:{_MUTED}"><b>answer</b>'
+                f'<div style="font-size:85%;color:{MUTED}"><b>answer</b>'
                 + (" (diff against the first)" if index and marked else "")
                 + html.escape(note)
                 + f'</div><div class="cm-answer" style="white-space:pre-wrap">{text}</div>'
@@ -333,7 +333,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
         elif reply is not None:
             body.append(unfinished_html(BranchResult.of(column["branch"], reply)))
         else:
-            body.append(f'<div style="color:{_MUTED}">(no answer yet)</div>')
+            body.append(f'<div style="color:{MUTED}">(no answer yet)</div>')
         cells.append(
             f'<div class="cm-compare-column" style="{_COLUMN};border:1px solid {_BORDER};'
             'border-radius:6px;padding:6px 10px">'
