@@ -2,9 +2,10 @@
 
 Some failures of a cell say nothing about its prompt, only about its variant's provider:
 the API key is missing or refused (HTTP 401, 403), the model or the address is unknown
-(404, a server that does not speak the API), the provider is not installed. Every other
-cell of that variant would fail the same way, each leaving a failed reply and costing a
-request, and the user would learn it only at the end. So once one cell failed so, the
+(404, a server that does not speak the API), the provider is not installed, the local
+model file is missing or cannot load. Every other cell of that variant would fail the
+same way, each leaving a failed reply and costing a request, and the user would learn
+it only at the end. So once one cell failed so, the
 sweep starts no more cells of that variant: they stay ``pending`` (their branches
 empty, nothing sent), the other variants go on, and the sweep says which variant
 stopped and why (:attr:`~cm_notebook.sweep.Sweep.stopped`, its repr, its progress bar).

@@ -251,7 +251,8 @@ class PermanentProviderError(ProviderError):
 class ProviderSetupError(PermanentProviderError):
     """No request can succeed as the provider is set up, whatever it asks: its API key is
     missing or refused (HTTP 401, 403), its model or address is unknown (404, a server
-    that does not speak its API), it is not installed. A sweep starts no more cells of a
+    that does not speak its API; an API's in-stream error saying so), it is not installed,
+    its local model file is missing or cannot load. A sweep starts no more cells of a
     variant that failed with it (see :mod:`cm_notebook.sweep`)."""
 
 

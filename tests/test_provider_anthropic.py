@@ -387,6 +387,28 @@ def test_error_event_raised_by_the_sdk_inside_a_200_stream() -> None:
     assert isinstance(translate_sdk_error(exc), TransientProviderError)
 
 
+@pytest.mark.parametrize(
+    ("kind", "expected", "hint"),
+    [
+        ("authentication_error", ProviderSetupError, "Check the key in ANTHROPIC_API_KEY"),
+        ("permission_error", ProviderSetupError, "may not use this model"),
+        ("not_found_error", ProviderSetupError, "models.list()"),
+        ("invalid_request_error", PermanentProviderError, ""),
+        ("api_error", TransientProviderError, ""),
+    ],
+)
+def test_error_event_inside_a_200_stream_is_classed_as_its_status_would_be(
+    kind: str, expected: type[Exception], hint: str
+) -> None:
+    # An ``error`` event saying the key or model is refused fails every request alike,
+    # as 401/403/404 do: a sweep must stop the variant, not fail each cell in turn.
+    exc = anthropic.APIStatusError("refused", response=response(200), body=body(kind, "no"))
+    error = translate_sdk_error(exc, model="claude-x")
+    assert type(error) is expected
+    assert kind in str(error)
+    assert hint in str(error)
+
+
 def test_timeouts_connection_and_transport_errors() -> None:
     request = httpx2.Request("POST", URL)
     timeout = translate_sdk_error(anthropic.APITimeoutError(request), timeout=12.0)

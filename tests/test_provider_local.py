@@ -18,6 +18,7 @@ from cm_notebook.errors import (
     InvalidInputError,
     PermanentProviderError,
     ProviderNotInstalledError,
+    ProviderSetupError,
 )
 from cm_notebook.model import Message
 from cm_notebook.providers import get_provider
@@ -219,7 +220,8 @@ def test_cm_local_model_missing_file_is_a_clear_error(
 ) -> None:
     missing = tmp_path / "nope.gguf"
     monkeypatch.setenv("CM_LOCAL_MODEL", str(missing))
-    with pytest.raises(PermanentProviderError) as info:
+    # A setup error: a sweep starts no more cells of a variant using it.
+    with pytest.raises(ProviderSetupError) as info:
         LocalProvider()
     message = str(info.value)
     assert "CM_LOCAL_MODEL" in message
@@ -236,9 +238,9 @@ def test_cm_local_model_missing_file_is_a_clear_error(
 def test_model_path_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
     text_file = tmp_path / "notes.gguf"
     text_file.write_text("hello")
-    with pytest.raises(PermanentProviderError, match="not a GGUF model file"):
+    with pytest.raises(ProviderSetupError, match="not a GGUF model file"):
         LocalProvider(text_file)
-    with pytest.raises(PermanentProviderError, match="not a file"):
+    with pytest.raises(ProviderSetupError, match="not a file"):
         LocalProvider(tmp_path)
 
 
@@ -268,7 +270,8 @@ async def test_truncated_gguf_fails_to_load_with_a_clear_error(
     with provider.model_path.open("rb") as src, broken.open("wb") as dst:
         dst.write(src.read(200_000))
     local = LocalProvider(broken, n_ctx=512)
-    with pytest.raises(PermanentProviderError, match="could not load"):
+    # A setup error: the same file fails every request (a sweep stops its variant).
+    with pytest.raises(ProviderSetupError, match="could not load"):
         await local.load()
 
 
@@ -280,7 +283,7 @@ async def test_cm_local_model_that_fails_to_load_names_the_variable(
     broken.write_bytes(b"GGUF" + bytes(60))  # passes the signature check, fails to load
     monkeypatch.setenv("CM_LOCAL_MODEL", str(broken))
     local = LocalProvider(n_ctx=512)
-    with pytest.raises(PermanentProviderError) as info:
+    with pytest.raises(ProviderSetupError) as info:
         await local.load()
     message = str(info.value)
     assert "could not load" in message

@@ -12,7 +12,12 @@ from functools import cache
 
 import anthropic
 
-from ..errors import PermanentProviderError, ProviderError, TransientProviderError
+from ..errors import (
+    PermanentProviderError,
+    ProviderError,
+    ProviderSetupError,
+    TransientProviderError,
+)
 from ..redact import scrub_exception
 from ._errors import (
     connection_error,
@@ -45,14 +50,24 @@ MODELS_HINT = (
 _TRANSIENT_ERROR_TYPES = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 )
+# Error types that fail every request made with this key and model, whatever it asks:
+# the same as HTTP 401, 403 and 404 (a sweep stops the variant).
+_SETUP_ERROR_TYPES = frozenset({"authentication_error", "permission_error", "not_found_error"})
+_SETUP_HINTS = {
+    "authentication_error": f"Check the key in {KEY_ENV} (or the api_key=... given).",
+    "permission_error": "This key may not use this model or feature; check its workspace.",
+    "not_found_error": MODELS_HINT,
+}
 
 
 def error_from_event(body: object) -> ProviderError:
     """The error to raise for an in-stream ``error`` event such as
     ``{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}``.
 
-    Overload, rate-limit, timeout and internal API errors are transient; all other
-    types (``invalid_request_error``, ...) are permanent.
+    Overload, rate-limit, timeout and internal API errors are transient; a refused key,
+    a permission denied or an unknown model are setup errors (as their HTTP statuses
+    401, 403 and 404 are); all other types (``invalid_request_error``, ...) are
+    permanent.
     """
     error = body.get("error") if isinstance(body, Mapping) else None
     kind = error.get("type") if isinstance(error, Mapping) else None
@@ -61,10 +76,11 @@ def error_from_event(body: object) -> ProviderError:
         return TransientProviderError(
             f"{_PROVIDER}: {kind} during the stream: {message}", provider=_PROVIDER
         )
-    return PermanentProviderError(
-        f"{_PROVIDER}: the API reported {kind or 'an error'} during the stream: {message}",
-        provider=_PROVIDER,
-    )
+    text = f"{_PROVIDER}: the API reported {kind or 'an error'} during the stream: {message}"
+    if kind not in _SETUP_ERROR_TYPES:
+        return PermanentProviderError(text, provider=_PROVIDER)
+    hint = _SETUP_HINTS.get(str(kind), "")
+    return ProviderSetupError(f"{text.rstrip('.')}. {hint}".rstrip(), provider=_PROVIDER)
 
 
 @cache

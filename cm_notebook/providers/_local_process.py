@@ -40,7 +40,12 @@ from typing import IO, Any
 
 import cm_notebook
 
-from ..errors import PermanentProviderError, ProviderError, ProviderNotInstalledError
+from ..errors import (
+    PermanentProviderError,
+    ProviderError,
+    ProviderNotInstalledError,
+    ProviderSetupError,
+)
 from ..redact import get_logger
 from ._model_file import INSTALL_HINT
 
@@ -206,9 +211,10 @@ def start_server(
 ) -> ServerProcess:
     """Start a model server process and wait until it serves (blocking).
 
-    Raises :class:`PermanentProviderError` (saying what to do) if it cannot load the
-    model, exits, or does not answer within ``timeout`` seconds, and
-    :class:`ProviderNotInstalledError` if it cannot import xllamacpp.
+    Raises :class:`ProviderSetupError` (saying what to do) if it cannot load the
+    model or exits while loading it, :class:`PermanentProviderError` if it does not
+    answer within ``timeout`` seconds, and :class:`ProviderNotInstalledError` if it
+    cannot import xllamacpp.
     """
     api_key = secrets.token_urlsafe(24)
     # The log lives as long as the server; ServerProcess.stop() closes it.
@@ -273,7 +279,9 @@ def _start_failure(
             provider="local",
         )
     elif reply is None:
-        error = PermanentProviderError(
+        # A crash while loading: the same file crashes it again (a sweep stops the
+        # variant), unlike a timeout, which a quieter machine may not meet.
+        error = ProviderSetupError(
             f"local: {where} {_describe_exit(process.returncode, log)}. Check that the "
             "file is a complete GGUF model that this llama.cpp supports; reinstall with: "
             f"{INSTALL_HINT}.",
@@ -281,8 +289,8 @@ def _start_failure(
         )
     elif reply.get("kind") == "not_installed":
         error = ProviderNotInstalledError(str(reply.get("error")), provider="local")
-    else:
-        error = PermanentProviderError(str(reply.get("error") or reply), provider="local")
+    else:  # llama.cpp refused the file
+        error = ProviderSetupError(str(reply.get("error") or reply), provider="local")
     log.close()
     return error
 

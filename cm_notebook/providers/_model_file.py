@@ -10,7 +10,7 @@ In order of precedence:
    ``llm`` and ``llama-cpp-python``, which are not installed and not needed.
 
 A path that does not exist, is a directory, or is not a GGUF file is refused with a
-:class:`~cm_notebook.errors.PermanentProviderError` that names the path and says what
+:class:`~cm_notebook.errors.ProviderSetupError` that names the path and says what
 to do, before llama.cpp ever sees it.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import PermanentProviderError, ProviderNotInstalledError
+from ..errors import ProviderNotInstalledError, ProviderSetupError
 
 __all__ = [
     "BUNDLED_MODEL_FILE",
@@ -100,12 +100,12 @@ def _check_gguf(path: Path, origin: str, *, stored: bool = False) -> Path:
                 f"Give the path of a GGUF model file, or leave it out to use the built-in "
                 f"{BUNDLED_MODEL_NAME} (the spec 'local')."
             )
-        raise PermanentProviderError(
+        raise ProviderSetupError(
             f"{origin} points to {str(path)!r}, which does not exist. {remedy}",
             provider="local",
         )
     if not path.is_file():
-        raise PermanentProviderError(
+        raise ProviderSetupError(
             f"{origin} points to {str(path)!r}, which is not a file; it must name a "
             "GGUF model file (e.g. model.Q4_K_M.gguf).",
             provider="local",
@@ -114,12 +114,12 @@ def _check_gguf(path: Path, origin: str, *, stored: bool = False) -> Path:
         with path.open("rb") as handle:
             magic = handle.read(len(_GGUF_MAGIC))
     except OSError as exc:
-        raise PermanentProviderError(
+        raise ProviderSetupError(
             f"{origin} points to {str(path)!r}, which cannot be read: {exc.strerror or exc}",
             provider="local",
         ) from exc
     if magic != _GGUF_MAGIC:
-        raise PermanentProviderError(
+        raise ProviderSetupError(
             f"{origin} points to {str(path)!r}, which is not a GGUF model file (it does "
             "not start with the GGUF signature). llama.cpp needs a .gguf file.",
             provider="local",

@@ -317,7 +317,7 @@ class LocalProvider:
                 raise
             # The message names the file; whoever reads it may not know where it came
             # from, or that the variable, set elsewhere, is what to change.
-            raise PermanentProviderError(
+            raise type(exc)(
                 f"{exc} The path comes from {ENV_VAR}: point it to a valid .gguf model "
                 f"file, or unset it to use the built-in {BUNDLED_MODEL_NAME}.",
                 provider="local",
