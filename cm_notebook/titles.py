@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import unicodedata
 from typing import TYPE_CHECKING
 
 import anyio
@@ -65,15 +66,17 @@ def validate_title(value: object) -> str:
 
 
 def checked_tags(tags: object) -> list[str]:
-    """A context's tags as given, if each is a non-empty string without control
-    characters (they are listed wherever contexts are); else InvalidInputError."""
+    """A context's tags, each once, in Unicode normal form C (``"café"`` typed with a
+    combining accent and with ``é`` is one tag), in the order given; InvalidInputError
+    unless each is a non-empty string without control characters (they are listed
+    wherever contexts are)."""
     if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
         raise InvalidInputError(f"tags must be a list of strings, e.g. ['study'], got {tags!r:.80}")
     for tag in tags:
         if not isinstance(tag, str) or not tag.strip():
             raise InvalidInputError(f"each tag must be a non-empty string, got {tag!r:.80}")
         refuse_control_characters(tag, f"the tag {tag!r:.40}")
-    return list(tags)
+    return list(dict.fromkeys(unicodedata.normalize("NFC", tag) for tag in tags))
 
 
 def checked_description(description: object) -> str:

@@ -234,6 +234,7 @@ def test_names_that_lists_show_refuse_control_characters(
         "T", tags=["study", "ünïcode ok"], provider=ScriptedProvider(), data_dir=data_dir
     )
     closing.append(session)
+    assert session.metadata.tags == ["study", "ünïcode ok"]
     with pytest.raises(InvalidInputError, match=r"title cannot contain .*U\+0000"):
         session.rename("bad\x00title")
     assert session.title == "T"
@@ -274,3 +275,18 @@ def test_a_stored_control_character_still_opens(data_dir: Path) -> None:
     with ContextSession.open(context_id, data_dir=data_dir) as reopened:
         assert reopened.metadata.tags == ["old\x1btag"]
         assert reopened.branches["main"].description == "old\x00description"
+
+
+def test_context_tags_are_kept_once_each_in_nfc(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # "café" typed with a combining accent and with "é" were two tags, and a repeat
+    # was listed twice, wherever contexts are listed.
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    session = ContextSession.create(
+        "T", tags=[decomposed, "study", composed, "study"], data_dir=data_dir
+    )
+    closing.append(session)
+    assert session.metadata.tags == [composed, "study"]
+    (listed,) = ContextSession.list(data_dir)
+    assert listed.tags == [composed, "study"]
