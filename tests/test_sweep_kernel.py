@@ -44,9 +44,20 @@ def shown(fe: FrontEnd, grid: str, upto: int | None = None) -> dict[str, dict[st
         content = record.content.get("content")
         if record.method == "custom" and isinstance(content, dict):
             for cell in content.get("cells", []):
-                if cell["key"] in cells:
+                before = cells.get(cell["key"])
+                if before is None:
+                    continue
+                if "more" not in cell:
                     cells[cell["key"]] = cell
+                elif utf16_length(before["text"]) == cell["text_from"]:
+                    grown = {k: v for k, v in cell.items() if k not in ("more", "text_from")}
+                    cells[cell["key"]] = {**grown, "text": before["text"] + cell["more"]}
     return cells
+
+
+def utf16_length(text: str) -> int:
+    """A string's length as JavaScript counts it."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def test_the_grid_fills_in_after_the_cell_ended(fe: FrontEnd) -> None:
@@ -105,6 +116,40 @@ def test_a_running_grid_sends_only_the_cells_that_changed(fe: FrontEnd) -> None:
     assert len(full) == 1
     assert sum(r.size for r in patches) < len(patches) * full[0].size / 2
     assert shown(fe, grid) == {c["key"]: c for c in fe.models[grid]["cells"]}
+
+
+def test_a_streaming_cell_sends_only_the_text_it_added(fe: FrontEnd) -> None:
+    # Each update re-sent a growing reply's whole text, four times a second.
+    words = " ".join(f"w{n}\U0001f600" for n in range(40))  # astral: 2 UTF-16 units
+    grid = fe.run(
+        f"""
+        slow = ScriptedProvider(strict=True)
+        slow.reply({words!r}, chunks="words", delay=0.05)
+        s5 = ContextSession.create("slow grid", provider=slow)
+        sw5 = s5.sweep(["A"], [{{}}], progress=False, name="slow")
+        g5 = sw5.view()
+        print(g5.model_id)
+        """
+    ).strip()
+    start = fe.mark()
+    fe.wait_for(
+        lambda: [c["status"] for c in fe.models[grid].get("cells", [])] == ["done"],
+        what="the cell done",
+    )
+    sent = [
+        cell
+        for r in fe.comms[start:]
+        if r.comm_id == grid and r.method == "custom"
+        for cell in r.content["content"]["cells"]
+    ]
+    grown = [cell for cell in sent if "more" in cell]
+    assert len(grown) >= 3, sent
+    assert all("text" not in cell for cell in grown)
+    assert sum(len(cell["more"]) for cell in grown) < len(words)
+    assert shown(fe, grid) == {c["key"]: c for c in fe.models[grid]["cells"]}
+    # Every update on the way, as a view applies it, was a start of the reply.
+    views = [shown(fe, grid, n + 1) for n in range(start, len(fe.comms))]
+    assert all(words.startswith(c["text"]) for view in views for c in view.values())
 
 
 def test_a_view_that_starts_mid_sweep_gets_the_whole_grid(fe: FrontEnd) -> None:

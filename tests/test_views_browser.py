@@ -178,15 +178,16 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     _icon_drawn(page.locator(".cm-compare .widget-button i.fa-thumbs-down").first)
 
     # 6b. A sweep's grid, filled in by the front end as the cells stream (changed cells
-    # only, applied by the page) and finish.
+    # only, a growing reply's added text only, applied by the page) and finish.
     run_new_cell(
         page,
-        'g = ContextSession.create("grid", provider=ScriptedProvider(delay=0.4)).sweep('
-        '["Q1", "Q2"], [{}, {"temperature": 1}], progress=False, name="b").view()\ng',
+        'g = ContextSession.create("grid", provider=ScriptedProvider(delay=0.3)).sweep('
+        '["Q1 a b c d", "Q2 a b c d"], [{}, {"temperature": 1}], progress=False, name="b")'
+        ".view()\ng",
     )
     page.wait_for_function(
         """() => [...document.querySelectorAll(".cm-grid-table .cm-grid-running")]
-            .some((slot) => slot.textContent.includes("echo:"))"""
+            .some((slot) => / Q[12] a b/.test(slot.textContent))"""
     )
     page.wait_for_selector(".cm-grid-table .cm-grid-done >> nth=3")
     assert page.locator(".cm-grid-table tr").count() == 3  # a header and two prompts

@@ -6,13 +6,15 @@ short dict per sweep cell: status and text). While the sweep runs, updates (at m
 every :data:`GRID_INTERVAL` seconds) carry only the cells that changed since the last
 one, as a custom comm message (``{"type": "cells", "cells": [...]}``) that the front
 end applies to its copy; a sweep of a thousand cells would otherwise re-send the
-whole grid four times a second. The trait itself is brought up to date, in full, when
-the grid's shape changes, when the sweep ends (so saved widget state is the final
-grid), and whenever a view starts (it sends ``{"type": "ready"}``): a new tab or a
-reloaded page gets the whole current grid, then the changes after it, in that order
-on the one comm. :func:`grid_html` draws the same grid as static HTML: a sweep's
-``_repr_html_``, which a saved notebook shows without a kernel. Both say which variants
-stopped starting cells, and why (:attr:`~cm_notebook.sweep.Sweep.stopped`).
+whole grid four times a second. A cell whose reply grew carries only the text added
+(``more``, after ``text_from`` UTF-16 code units of what the views hold). The trait
+itself is brought up to date, in full, when the grid's shape changes, when the sweep
+ends (so saved widget state is the final grid), and whenever a view starts (it sends
+``{"type": "ready"}``): a new tab or a reloaded page gets the whole current grid, then
+the changes after it, in that order on the one comm. :func:`grid_html` draws the same
+grid as static HTML: a sweep's ``_repr_html_``, which a saved notebook shows without a
+kernel. Both say which variants stopped starting cells, and why
+(:attr:`~cm_notebook.sweep.Sweep.stopped`).
 """
 
 from __future__ import annotations
@@ -139,6 +141,22 @@ def grid_html(sweep: Sweep) -> str:
     )
 
 
+def _patch(before: Mapping[str, Any] | None, cell: dict[str, Any]) -> dict[str, Any]:
+    """What an update sends of a changed ``cell``: the cell, but for a reply that grew
+    since ``before`` (what the views hold), only the text added (``more``) and the
+    length, in UTF-16 code units as JavaScript counts, of the text it follows
+    (``text_from``). A streaming cell's whole text is not sent again four times a second.
+    """
+    old = before["text"] if before else ""
+    text = cell["text"]
+    if not old or len(text) <= len(old) or not text.startswith(old):
+        return cell
+    patch = {key: value for key, value in cell.items() if key != "text"}
+    patch["text_from"] = len(old.encode("utf-16-le")) // 2
+    patch["more"] = text[len(old) :]
+    return patch
+
+
 class SweepGrid(FollowingView, anywidget.AnyWidget):
     """A sweep's cells as a live grid (front end in ``static/grid.js``)."""
 
@@ -219,8 +237,9 @@ class SweepGrid(FollowingView, anywidget.AnyWidget):
             return
         changed = [cell for cell in cells if self._shown.get(cell["key"]) != cell]
         if changed:
+            patches = [_patch(self._shown.get(cell["key"]), cell) for cell in changed]
             self._shown.update((cell["key"], cell) for cell in changed)
-            self.send({"type": "cells", "cells": changed})
+            self.send({"type": "cells", "cells": patches})
 
     def close(self) -> None:
         """Stop following the sweep and its session, and close the widget."""

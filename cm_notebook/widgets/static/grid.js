@@ -1,7 +1,8 @@
 // SweepGrid: rows are prompts (and input rows), columns variants, repeats stacked in each
 // grid cell. `cells` (the trait) is the whole grid as of its last full update; while the
-// sweep runs, custom messages {type: "cells", cells} carry only the cells that changed,
-// applied here to a copy. A view says "ready" when it starts, and the kernel answers
+// sweep runs, custom messages {type: "cells", cells} carry only the cells that changed
+// (a growing reply only its added text: `more` after `text_from` characters), applied
+// here to a copy. A view says "ready" when it starts, and the kernel answers
 // with the whole current grid. Only the repeats whose status or text changed are
 // redrawn, so a streaming cell does not flicker the others.
 function render({ model, el }) {
@@ -99,7 +100,17 @@ function render({ model, el }) {
   const onMessage = (msg) => {
     if (!msg || msg.type !== "cells" || !Array.isArray(msg.cells)) return;
     for (const cell of msg.cells) {
-      if (live.has(cell.key)) live.set(cell.key, cell); // a new key comes with a full grid
+      const before = live.get(cell.key);
+      if (!before) continue; // a new key comes with a full grid
+      if (cell.more === undefined) {
+        live.set(cell.key, cell);
+        continue;
+      }
+      // Only the text added to a growing reply. A view holding other text than it was
+      // counted from (it started mid-sweep) skips it: the whole grid is on its way.
+      if (before.text.length !== cell.text_from) continue;
+      const { more, text_from: _from, ...rest } = cell;
+      live.set(cell.key, { ...rest, text: before.text + more });
     }
     draw();
   };
