@@ -105,6 +105,25 @@ def test_after_a_retry_only_the_last_attempts_text_is_taken(data_dir: Path) -> N
         session.close()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_killed_reply_of_an_older_version_keeps_its_text(data_dir: Path) -> None:
+    # An older version kept the signal log in the context folder itself. The dead
+    # stream is marked before the log is moved into signals/, and only the checkpoint's
+    # text was kept: the deltas, there in the old log, were not looked at.
+    text = "one two three four"
+    context_id = _killed_mid_reply(data_dir, [{"hang": True, "after_chunks": 4, "text": text}], 18)
+    ctx_dir = data_dir / "contexts" / context_id
+    (ctx_dir / SIGNALS_DIR / LOG_NAME).rename(ctx_dir / LOG_NAME)
+    (ctx_dir / SIGNALS_DIR).rmdir()
+    session = ContextSession.open(context_id, data_dir=data_dir, provider=ScriptedProvider(["ok"]))
+    try:
+        reply = session.history()[-1]
+        assert (reply.status, reply.content) == (MessageStatus.INTERRUPTED, text)
+        assert (ctx_dir / SIGNALS_DIR / LOG_NAME).is_file()  # then moved, as before
+    finally:
+        session.close()
+
+
 # -- what the log must show for its text to be taken ---------------------------------------
 
 _AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -191,3 +210,25 @@ def test_no_log_or_a_damaged_one_gives_nothing(tmp_path: Path) -> None:
     assert streamed_text(tmp_path, reply) is None
     _log(tmp_path, [], tail=b"\x00\xff not json\n{]\n")
     assert streamed_text(tmp_path, reply) is None
+
+
+def test_the_log_an_older_version_kept_beside_a_new_one_is_read_too(tmp_path: Path) -> None:
+    reply = _stream("He")
+    (tmp_path / LOG_NAME).write_bytes(encode_records("w0", [_delta(reply.id, "Hello", 0, 1)]))
+    assert streamed_text(tmp_path, reply) == "Hello"
+    # A newer process made its own log meanwhile, without this reply's deltas.
+    _log(tmp_path, [_delta(_stream().id, "other", 0, 1)])
+    assert streamed_text(tmp_path, reply) == "Hello"
+
+
+def test_a_log_that_is_a_link_is_not_read(tmp_path: Path) -> None:
+    reply = _stream("He")
+    elsewhere = tmp_path / "elsewhere.log"
+    elsewhere.write_bytes(encode_records("w0", [_delta(reply.id, "Hello", 0, 1)]))
+    ctx_dir = tmp_path / "ctx"
+    ctx_dir.mkdir()
+    (ctx_dir / LOG_NAME).symlink_to(elsewhere)
+    assert streamed_text(ctx_dir, reply) is None
+    (ctx_dir / SIGNALS_DIR).mkdir()
+    (ctx_dir / SIGNALS_DIR / LOG_NAME).symlink_to(elsewhere)
+    assert streamed_text(ctx_dir, reply) is None

@@ -38,16 +38,33 @@ def streamed_text(ctx_dir: Path, message: Message) -> str | None:
     """The text ``message`` (a stream whose writer died) had reached, if longer than its
     stored text and certain (see the module docstring); else None.
 
-    Reading the log is best effort: a log that is missing, unreadable or too large
-    gives None, and the stored text stands.
+    Reading the log is best effort: a log that is missing, unreadable, too large or a
+    link gives None, and the stored text stands. The log in ``signals/`` is read, then
+    the one an older version kept in the context folder itself: a writer of that
+    version that died left its deltas there, and this may run before the log is moved
+    (:func:`~cm_notebook.store.folders.signal_log_in`), or after a newer process made
+    a log of its own beside it.
     """
-    path = ctx_dir / SIGNALS_DIR / LOG_NAME
+    for path in (ctx_dir / SIGNALS_DIR / LOG_NAME, ctx_dir / LOG_NAME):
+        data = _log_bytes(path)
+        text = None if data is None else _text_from_log(data, message)
+        if text is not None:
+            return text
+    return None
+
+
+def _log_bytes(path: Path) -> bytes | None:
     try:
-        if os.path.islink(path.parent) or os.path.getsize(path) > _LARGEST_LOG:
+        if os.path.islink(path.parent) or os.path.islink(path):
             return None
-        data = path.read_bytes()
+        if os.path.getsize(path) > _LARGEST_LOG:
+            return None
+        return path.read_bytes()
     except OSError:
         return None
+
+
+def _text_from_log(data: bytes, message: Message) -> str | None:
     attempts = _attempts(data, message.id)
     if not attempts or attempts[0] is None:
         return None  # the log was compacted past the start of an attempt
