@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import events as ev
 from . import fsm
@@ -64,6 +64,16 @@ class BranchMachines:
         with self._lock:
             state = (self._machines.get(branch) or fsm.Machine.initial()).state
             if state is fsm.State.PERMANENT_FAILURE and head is not None:
+                self._failed_heads[branch] = head
+
+    def adopt_failure(self, branch: str, head: str) -> None:
+        """Take the failed reply ``head`` of an ``Idle`` branch (found on disk: the turn
+        failed before the context was reopened, or in another process) as this
+        process's permanent failure, so that it can be retried."""
+        with self._lock:
+            machine = self._machines.get(branch) or fsm.Machine.initial()
+            if machine.state is fsm.State.IDLE:
+                self._machines[branch] = replace(machine, state=fsm.State.PERMANENT_FAILURE)
                 self._failed_heads[branch] = head
 
     def failed_head(self, branch: str) -> str | None:

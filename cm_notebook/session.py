@@ -44,6 +44,7 @@ from ._session_branches import SessionBranches
 from ._session_data import DataMethods
 from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
+from ._session_retry import RetryMethods
 from ._session_stop import StopMethods
 from ._session_transfer import ExportSource, TransferMethods, import_export, kept_if_opened
 from ._sessionio import StoreAccess
@@ -73,7 +74,13 @@ __all__ = ["ContextSession", "SessionOptions"]
 
 
 class ContextSession(
-    ApprovalMethods, ExperimentMethods, StopMethods, DataMethods, TransferMethods, SessionBranches
+    ApprovalMethods,
+    ExperimentMethods,
+    RetryMethods,
+    StopMethods,
+    DataMethods,
+    TransferMethods,
+    SessionBranches,
 ):
     """One conversation: a tree of messages with named branches, and the engine around it.
 
@@ -492,52 +499,6 @@ class ContextSession(
         with self._claim(name, answer_dead_round=False) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)
-
-    def retry(self, *, branch: str | None = None) -> Turn:
-        """Try the failed reply again (after a permanent failure, e.g. once a key is set).
-
-        The request is repeated as it was: same provider, same generation parameters.
-        Only while the branch is as the failure left it: once another process has
-        written to it, this raises :class:`~cm_notebook.errors.StateError` and writes
-        nothing (a retry would replace that process's reply).
-        """
-        name = self._branch_name(branch)
-        self._head(name)  # BranchNotFoundError for a branch that does not exist
-        self._check_retryable(name)
-        with self._lock:
-            last = self._last_request.get(name)
-        provider, params = last if last is not None else (self._provider(None), {})
-        with self._claim(name, answer_dead_round=False) as claim:
-            # Again under the claim: no other process can move the branch on from here.
-            self._check_retryable(name)
-            self._check_not_moved_on(name)
-            prompt = self._rewind_to_prompt(name)
-            return self._start(claim, fsm.Retry(), prompt, provider, params)
-
-    def _check_retryable(self, name: str) -> None:
-        state = self._machines.get(name).state
-        if state is not fsm.State.PERMANENT_FAILURE:
-            raise StateError(
-                f"nothing to retry on branch {name!r}: its state is "
-                f"{state.value}; use regenerate() for a new reply"
-            )
-
-    def _check_not_moved_on(self, name: str) -> None:
-        # The failure is known only here: another process (or a store used directly)
-        # may have written to the branch since, without this process's follower having
-        # seen it yet (or without any signal). Its head then is not the failed turn's.
-        failed = self._machines.failed_head(name)
-        if failed is None or self._head(name) == failed:
-            return
-        if self._machines.overtaken(name, failed):
-            # This process holds the claim: nobody else runs a turn there to contradict.
-            self._publish(
-                ev.StateChanged(branch=name, old=fsm.State.PERMANENT_FAILURE, new=fsm.State.IDLE)
-            )
-        raise StateError(
-            f"branch {name!r} moved on since this failure (another process wrote to it); "
-            "send again or regenerate() for a new reply"
-        )
 
     # -- signals -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ operation and prints one JSON line: ``{"ok": ...}``, or ``{"err": <error class>,
 "msg": <its message>}`` for a refusal. Operations:
 
 * ``{"op": "send", "text": ..., "branch": ...}``: the reply's text;
+* ``{"op": "retry", "branch": ...}``: the retried reply's text;
 * ``{"op": "edit", "message": <id>, "text": ..., "branch": <name or null>}``: the
   branch written and the reply's text;
 * ``{"op": "fan_out", "text": ..., "variants": [...]}``: the arms' branches;
@@ -43,6 +44,8 @@ def run(session: ContextSession, command: dict[str, Any]) -> object:
     op = command["op"]
     if op == "send":
         return session.send(command["text"], branch=command.get("branch")).result(60).content
+    if op == "retry":
+        return session.retry(branch=command.get("branch")).result(60).content
     if op == "edit":
         turn = session.edit(command["message"], command["text"], branch=command.get("branch"))
         return [turn.branch, turn.result(60).content]

@@ -1,0 +1,110 @@
+"""``session.retry()``: ask again for a reply that failed for good.
+
+A branch whose turn failed permanently (a bad key, an unknown model) is in the state
+``PermanentFailure`` in the process that ran it, which remembers the request: retrying
+repeats it as it was, with the same provider and generation parameters.
+
+The state machine lives in memory, but the failure is also on disk: the branch's head
+is the failed reply (status ``error``, with the parameters it was asked with). So a
+retry also works after the context was reopened (a restarted kernel, once the key is
+set) and in a process that only saw another one fail (a second kernel, the server):
+the branch's head is then taken as the failure, under the branch's claim, and the
+request is made again with the branch's provider and the failed reply's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import events as ev
+from . import fsm
+from ._session_reading import SessionReading
+from .errors import StateError
+from .model import Message, MessageStatus
+from .providers.base import Provider
+from .turn import Turn
+
+__all__ = ["RetryMethods"]
+
+
+class RetryMethods(SessionReading):
+    """The ``retry`` method of :class:`~cm_notebook.session.ContextSession`."""
+
+    def retry(self, *, branch: str | None = None) -> Turn:
+        """Try the failed reply again (after a permanent failure, e.g. once a key is set).
+
+        The request is repeated as it was: same provider, same generation parameters.
+        A failure this process did not see (the context was reopened since, or another
+        process ran the turn) is retried with the branch's provider (the one the
+        context was opened with, say) and the failed reply's parameters. Only while the
+        branch is as the failure left it: once another process has written to it, this
+        raises :class:`~cm_notebook.errors.StateError` and writes nothing (a retry would
+        replace that process's reply).
+        """
+        name = self._branch_name(branch)
+        self._head(name)  # BranchNotFoundError for a branch that does not exist
+        self._check_retryable(name)
+        with self._claim(name, answer_dead_round=False) as claim:
+            # Again under the claim: no other process can move the branch on from here.
+            self._check_retryable(name)
+            provider, params = self._failed_request(name)
+            self._check_not_moved_on(name)
+            prompt = self._rewind_to_prompt(name)
+            return self._start(claim, fsm.Retry(), prompt, provider, params)
+
+    def _check_retryable(self, name: str) -> None:
+        state = self._machines.get(name).state
+        if state is fsm.State.PERMANENT_FAILURE:
+            return
+        if state is fsm.State.IDLE and self._failed_reply_at_head(name) is not None:
+            return
+        raise StateError(
+            f"nothing to retry on branch {name!r}: its state is {state.value} and its last "
+            "reply did not fail; use regenerate() for a new reply"
+        )
+
+    def _failed_reply_at_head(self, name: str) -> Message | None:
+        head = self._head(name)
+        if head is None:
+            return None
+        message = self.get(head)
+        if message.role != "assistant" or message.status is not MessageStatus.ERROR:
+            return None
+        return message
+
+    def _failed_request(self, name: str) -> tuple[Provider, dict[str, Any]]:
+        # The provider and parameters to ask again with; a failure found on disk (this
+        # process's machine is Idle) becomes this process's, so the turn can start.
+        if self._machines.get(name).state is fsm.State.PERMANENT_FAILURE:
+            with self._lock:
+                last = self._last_request.get(name)
+            return last if last is not None else (self._provider(None), {})
+        failed = self._failed_reply_at_head(name)
+        if failed is None:  # moved on since the check before the claim
+            raise StateError(
+                f"branch {name!r} moved on since its reply failed (another process wrote "
+                "to it); send again or regenerate() for a new reply"
+            )
+        provider, _ = self._defaults.for_request(self._read_metadata(), name, None, {})
+        self._machines.adopt_failure(name, failed.id)
+        self._publish(
+            ev.StateChanged(branch=name, old=fsm.State.IDLE, new=fsm.State.PERMANENT_FAILURE)
+        )
+        return provider, dict(failed.metadata.parameters or {})
+
+    def _check_not_moved_on(self, name: str) -> None:
+        # The failure is known only here: another process (or a store used directly)
+        # may have written to the branch since, without this process's follower having
+        # seen it yet (or without any signal). Its head then is not the failed turn's.
+        failed = self._machines.failed_head(name)
+        if failed is None or self._head(name) == failed:
+            return
+        if self._machines.overtaken(name, failed):
+            # This process holds the claim: nobody else runs a turn there to contradict.
+            self._publish(
+                ev.StateChanged(branch=name, old=fsm.State.PERMANENT_FAILURE, new=fsm.State.IDLE)
+            )
+        raise StateError(
+            f"branch {name!r} moved on since this failure (another process wrote to it); "
+            "send again or regenerate() for a new reply"
+        )
