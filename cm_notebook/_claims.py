@@ -147,9 +147,11 @@ def _busy(branch: str, owner: str) -> BusyError:
     if owner.endswith(_DELETING):
         return _being_deleted(branch, owner.removesuffix(_DELETING))
     who = f" ({owner})" if owner else ""
+    # Whatever was asked (a send, a deletion, an edit): the remedies fit them all.
     return BusyError(
         f"branch {branch!r} is in use by another writer{who}: a reply is being generated "
-        "there. Wait for it to finish and send again, or send on another branch "
+        f"there. Wait for it to finish and try again, stop it "
+        f"(session.stop(branch={branch!r})), or work on another branch "
         "(session.branch(name))."
     )
 

@@ -164,9 +164,16 @@ class SessionBranches(SessionReading):
             if unchanged:
                 return current.model_copy(deep=True)
             # A fork would start at the turn's own message or its unfinished reply.
+            with self._lock:
+                here = name in self._runners  # else another process's turn: no Turn here
+            remedy = (
+                "await it, or call turn.cancel()"
+                if here
+                else f"wait for it, or stop it with session.stop(branch={name!r})"
+            )
             raise BusyError(
                 f"a reply is still being generated on branch {name!r} under its current "
-                "system prompt; await it, or call turn.cancel()"
+                f"system prompt; {remedy}"
             )
         # In place only while no reply exists and none is being made: the claim keeps
         # sends (in any process) off the branch while we look and write.

@@ -22,6 +22,7 @@ from ._approval_apply import check_arguments_shape
 from ._decision_outcome import DecisionOutcomes, Outcome, PostedCall
 from ._loop import schedule_on
 from ._session_core import SessionCore
+from .approvals import already_resolved
 from .compare import BranchResult, Comparison
 from .errors import (
     CMError,
@@ -219,9 +220,10 @@ class SessionReading(SessionCore):
             raise
         if not posted:
             outcomes.close()
-            raise ToolCallAlreadyResolvedError(
-                f"tool call {call_id!r} was already approved or denied"
-            )
+            # Say what became of it, as far as the file says yet (the other process may
+            # not have stored its decision, or the denial it made as it ended).
+            stored = [call for call in self.get(message_id).tool_calls if call.id == call_id]
+            raise already_resolved(call_id, stored[0] if stored else None)
         outcome = outcomes.wait().get((call_id, message_id))
         if outcome is not None and outcome.refused is not None:
             raise ToolArgumentsError(outcome.refused)

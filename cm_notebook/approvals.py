@@ -32,6 +32,7 @@ __all__ = [
     "Decision",
     "PendingCall",
     "Remember",
+    "already_resolved",
     "audit_record",
     "check_remember",
     "unique_call_ids",
@@ -320,7 +321,7 @@ class ApprovalDesk:
             )
         settled = was_resolved(call_id)
         if settled:
-            raise _already_resolved(call_id, settled if isinstance(settled, ToolCall) else None)
+            raise already_resolved(call_id, settled if isinstance(settled, ToolCall) else None)
         raise ToolCallNotFoundError(
             f"no pending tool call {call_id!r}; pending: {waiting or 'none'}"
         )
@@ -404,8 +405,9 @@ def _copy(call: ToolCall) -> ToolCall:
     return call.model_copy(deep=True)
 
 
-def _already_resolved(call_id: str, call: ToolCall | None) -> ToolCallAlreadyResolvedError:
-    # What became of a call that is not waiting, said as the stored call has it.
+def already_resolved(call_id: str, call: ToolCall | None) -> ToolCallAlreadyResolvedError:
+    """The error for deciding a call that is not waiting: what became of it, as the
+    stored ``call`` has it (None: not known here)."""
     status = call.status if call is not None else None
     if call is not None and status is ToolCallStatus.FAILED:
         # Invalid arguments (never asked), or a run that failed: either way, settled.
@@ -416,8 +418,13 @@ def _already_resolved(call_id: str, call: ToolCall | None) -> ToolCallAlreadyRes
             "there is nothing to approve or deny. The model is sent its error and may ask "
             "again; decide the calls that are waiting (pending_tool_calls)"
         )
-    if status is ToolCallStatus.DENIED:
-        return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already denied")
+    if call is not None and status is ToolCallStatus.DENIED:
+        # Perhaps by nobody: its process ended while it waited, or its turn was stopped.
+        why = " ".join((call.reason or "").split())
+        why = why if len(why) <= 300 else why[:297] + "..."
+        return ToolCallAlreadyResolvedError(
+            f"tool call {call_id!r} was already denied" + (f" ({why})" if why else "")
+        )
     if status in (ToolCallStatus.APPROVED, ToolCallStatus.RUNNING, ToolCallStatus.DONE):
         return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved")
     return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved or denied")

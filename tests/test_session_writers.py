@@ -18,9 +18,17 @@ import anyio
 import pytest
 from test_session_support import DEADLINE, Recorder, seen
 
-from cm_notebook.errors import BusyError
-from cm_notebook.events import BranchCreated, ToolApprovalRequested
+from cm_notebook.errors import BusyError, ToolCallAlreadyResolvedError
+from cm_notebook.events import (
+    BranchCreated,
+    StateChanged,
+    ToolApprovalRequested,
+    ToolCallResolved,
+)
+from cm_notebook.fsm import State
+from cm_notebook.magics._remedies import for_magics
 from cm_notebook.model import Message, MessageStatus
+from cm_notebook.server.wording import for_http
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
@@ -87,16 +95,43 @@ def test_a_second_store_on_a_busy_branch_is_refused_up_front(
     other_store = FileStore(data_dir)
     try:
         second = ContextSession.open(first.id, store=other_store, provider=ScriptedProvider())
+        recorder = Recorder(second)
         turn = first.send("long question")
-        with pytest.raises(BusyError, match="in use by another writer"):
+        # The other writer's turn, as this session follows it (its signals).
+        recorder.wait(seen(StateChanged, branch="main", new=State.STREAMING))
+        with pytest.raises(BusyError, match="in use by another writer") as refused:
             second.send("cutting in")
+        # What to do, whatever was asked (a send, a deletion): the turn is not this
+        # process's, so no turn.cancel(); as a REST client and a notebook of magics say it.
+        message = str(refused.value)
+        assert (
+            "Wait for it to finish and try again, stop it (session.stop(branch='main')), "
+            "or work on another branch (session.branch(name))." in message
+        )
+        rest = for_http(message, data_dir=data_dir, api="/cm/api", context_id=first.id)
+        here = f"/cm/api/contexts/{first.id}"
+        assert (
+            f"Wait for its MessageCompleted signal (GET {here}/events) and try again, stop it "
+            f'(POST {here}/stop with {{"branch": "main"}}), or work on another branch '
+            f"(POST {here}/branches)." in rest
+        )
+        assert "stop it with `%cm stop --branch main`, or work on another branch" in (
+            for_magics(message)
+        )
+        with pytest.raises(BusyError) as refused:
+            second.edit_system("Be brief.", branch="main")
+        assert str(refused.value).endswith(
+            "wait for it, or stop it with session.stop(branch='main')"
+        )
         # Not at the head: that reply is still being generated.
         with pytest.raises(BusyError, match="still being generated"):
             second.branch("elsewhere", switch=False)
         second.branch("elsewhere", from_message=second.history()[0].id, switch=False)
         second.switch("elsewhere")
-        with pytest.raises(BusyError, match="in use by another writer"):
+        with pytest.raises(BusyError, match="in use by another writer") as refused:
             second.delete_branch("main")  # the first writer is replying there
+        assert "send again" not in str(refused.value)
+        assert "stop it (session.stop(branch='main'))" in str(refused.value)
         second.switch("main")
         assert "cutting in" not in [m.content for m in second.history()]
         turn.cancel()
@@ -112,6 +147,30 @@ def test_a_second_store_on_a_busy_branch_is_refused_up_front(
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+def test_deciding_a_call_another_writer_denied_says_so_and_why(
+    data_dir: Path, new_session: Callable[..., ContextSession]
+) -> None:
+    # The other writer's refusal said only "already approved or denied".
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("fine")
+    first = new_session(provider=fake, tools=[add])
+    other_store = FileStore(data_dir)
+    try:
+        second = ContextSession.open(first.id, store=other_store, tools=[add])
+        recorder, following = Recorder(first), Recorder(second)
+        turn = first.send("1 + 2?")
+        recorder.wait(seen(ToolApprovalRequested))
+        (call,) = first.pending_tool_calls
+        first.deny(call.id, reason="not now")
+        following.wait(seen(ToolCallResolved, tool_call_id=call.id))  # stored, relayed
+        with pytest.raises(ToolCallAlreadyResolvedError) as refused:
+            second.approve(call.id)
+        assert str(refused.value) == f"tool call {call.id!r} was already denied (not now)"
+        assert turn.result(DEADLINE).content == "fine"
+        second.close()
+    finally:
+        anyio.run(other_store.close)
 
 
 def test_a_turn_whose_head_moved_goes_on_a_conflict_branch(

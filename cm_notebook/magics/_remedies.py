@@ -53,8 +53,20 @@ _REMEDIES = (
     ("Use an id from session.history().", "`%cm history --ids` shows the ids."),
 )
 
-#: Remedies that name a context: the same, with the context's id kept.
+#: Remedies that name a context or a branch: the same, with the name kept.
 _PATTERNS = (
+    # A reply another process (a second kernel, the server) is generating.
+    (
+        re.compile(
+            r"stop it \(session\.stop\(branch='([^']+)'\)\), or work on another branch "
+            r"\(session\.branch\(name\)\)"
+        ),
+        r"stop it with `%cm stop --branch \1`, or work on another branch (`%cm branch NAME`)",
+    ),
+    (
+        re.compile(r"stop it with session\.stop\(branch='([^']+)'\)"),
+        r"stop it with `%cm stop --branch \1`",
+    ),
     (
         re.compile(r"open the context again with ContextSession\.open\('([^']+)'\)"),
         r"make it current again with `%cm use \1`",

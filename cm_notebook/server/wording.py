@@ -13,6 +13,7 @@ folder.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -21,12 +22,15 @@ __all__ = ["for_http"]
 
 #: A Python call in prose: ``name()``, ``obj.method(...)``, ``Class.method()``.
 _PYTHON_CALL = re.compile(r"`?\b[A-Za-z_][\w.]*\((?:[^()]|\.\.\.)*\)`?")
+#: Where a rewrite puts the branch its pattern caught (see :func:`_as_is`).
+_BRANCH = "\x00branch\x00"
 #: One clause or sentence of a message, with the separator that ends it.
 _CLAUSE = re.compile(r"[^;.]*(?:\.(?!\s|$)[^;.]*)*(?:[;.](?=\s|$)|$)")
 
 
 def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
     here = f"{api}/contexts/{context}"
+    stop_body = '{"branch": ' + _BRANCH + "}"
     return [
         (
             re.compile(r"List existing contexts with FileStore\.list_contexts\(\)[^.]*\."),
@@ -54,6 +58,22 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             "pick another name",
         ),
         (re.compile(r"cancel it first"), f"stop it first (POST {here}/stop)"),
+        (
+            re.compile(
+                r"stop it \(session\.stop\(branch='([^']*)'\)\), or work on another branch "
+                r"\(session\.branch\(name\)\)"
+            ),
+            f"stop it (POST {here}/stop with {stop_body}), or work on another branch "
+            f"(POST {here}/branches)",
+        ),
+        (
+            re.compile(r"Wait for it to finish and try again"),
+            f"Wait for its MessageCompleted signal (GET {here}/events) and try again",
+        ),
+        (
+            re.compile(r"stop it with session\.stop\(branch='([^']*)'\)"),
+            f"stop it with POST {here}/stop and {stop_body}",
+        ),
         (
             re.compile(r"await that turn \(it ends in a moment\)"),
             f"wait for its MessageCompleted signal (GET {here}/events)",
@@ -103,7 +123,10 @@ def _before(text: str, call: re.Match[str]) -> str:
     return f"{head}; the server's log has the details"
 
 
-def _as_is(replacement: str, _match: re.Match[str]) -> str:
+def _as_is(replacement: str, match: re.Match[str]) -> str:
+    # The branch a rule's pattern caught, as JSON (a request body names it so).
+    if _BRANCH in replacement and match.re.groups:
+        return replacement.replace(_BRANCH, json.dumps(match.group(1)))
     return replacement
 
 
