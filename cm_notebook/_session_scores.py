@@ -295,6 +295,8 @@ class ScoreMethods(SessionReading):
                 before = None  # a damaged score file is replaced by the new rating
             new = change(before)
             result.append(new)
+            # As JSON, a score leaves out the fields older versions refuse while they
+            # are empty (see cm_notebook.scores), so they can still read and rate it.
             return new.model_dump(mode="json")
 
         self._io.call(update(self.id, message_id, apply))

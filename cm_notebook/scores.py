@@ -49,6 +49,16 @@ that name (a number or a bool).
 
 A score stored before ``rating_sources`` and ``tag_sources`` were kept reads with both
 empty: its whole rating counts as a person's.
+
+Older versions read a score only if it holds no field they do not know (and the file
+says nothing of the version that wrote it): one they cannot read they skip, and their
+next rating replaces it, with the person's rating and every metric in it. So a score
+as JSON (its file, an export, a signal) leaves out ``metric_sources``,
+``rating_sources`` and ``tag_sources``, the fields added since the first scores, while
+they are empty; missing, they read as empty. A score only people rated reads in every
+version; ``metric_sources`` is written once a scoring function gave a metric (the
+versions since it was added read it), ``rating_sources`` and ``tag_sources`` only while
+a function's rating is kept (no older version reads those).
 """
 
 from __future__ import annotations
@@ -58,7 +68,17 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ._rating_sources import SOURCED_FIELDS, rate_into
 from ._unicode import refuse_control_characters, scrub
@@ -75,6 +95,10 @@ _MAX_TAG = 100
 _MAX_NOTE = 10_000
 _MAX_METRICS = 100
 _MAX_NAME = 100
+
+# The fields a score gained after the first version that stored scores, in the order
+# they came; written as JSON only when not empty (see the module docstring).
+_ADDED_FIELDS = ("metric_sources", "rating_sources", "tag_sources")
 
 
 class Score(BaseModel):
@@ -164,6 +188,22 @@ class Score(BaseModel):
                     "integer beyond the float range, about 1.8e308); return a finite number"
                 )
         return value
+
+    @model_serializer(mode="wrap")
+    def _as_older_versions_read(  # type: ignore[no-untyped-def]
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ):
+        # JSON is what other processes and files hold, which an older version may read
+        # (see the module docstring): an empty field it does not know would make it
+        # refuse the whole score. Python's dump keeps every field, for code that
+        # reads them. No return annotation: pydantic would describe a score's JSON by
+        # it (in the server's OpenAPI document) instead of by the fields.
+        data: dict[str, Any] = handler(self)
+        if info.mode_is_json():
+            for name in _ADDED_FIELDS:
+                if name in data and not data[name]:
+                    del data[name]
+        return data
 
     def __repr__(self) -> str:
         parts = [f"{key}={value!r}" for key, value in self._shown().items()]
