@@ -125,9 +125,11 @@ async def remove_killed_import(store: Store, context_id: str, *, beside: str) ->
 #: The ``format`` marker of an export document; how ``import`` recognises one.
 EXPORT_FORMAT = "cm_notebook.export"
 #: Bumped when the document changes incompatibly; newer documents are refused. A
-#: document is written as version 1 unless it carries ``approvals`` (version 2), which
-#: versions that read only 1 refuse with "upgrade" rather than as malformed.
-EXPORT_FORMAT_VERSION = 2
+#: document is written as version 1 unless it carries ``approvals`` (version 2) or a
+#: scoring function's rating in its scores (``rating_sources`` or ``tag_sources``,
+#: version 3), which versions that read only older ones refuse with "upgrade" rather
+#: than as malformed.
+EXPORT_FORMAT_VERSION = 3
 
 
 class ExportDocument(BaseModel):
@@ -289,11 +291,11 @@ async def export_context(
     listed = getattr(store, "list_scores", None)
     scores = {} if listed is None else await listed(context_id)
     kept = {m.id for m in messages}
-    scores = {mid: redact(score) for mid, score in scores.items() if mid in kept}
+    scores = {mid: redact(_as_written(score)) for mid, score in scores.items() if mid in kept}
     approvals = await read_approvals(store, context_id, messages)
     try:
         return ExportDocument(
-            format_version=2 if approvals else 1,
+            format_version=_format_version(scores, approvals),
             branch=branch,
             metadata=metadata,
             messages=messages,
@@ -305,6 +307,24 @@ async def export_context(
         raise InvalidInputError(
             f"context {context_id!r} cannot be exported: {first_error(exc, 'document')}"
         ) from exc
+
+
+def _as_written(score: dict[str, Any]) -> dict[str, Any]:
+    # A score as this version writes it, without the fields older versions do not know
+    # while they are empty (see cm_notebook.scores): a file written before that rule
+    # may still hold them. One that does not validate is left for the document's check
+    # to name.
+    try:
+        return Score.model_validate(score).model_dump(mode="json")
+    except ValidationError:
+        return score
+
+
+def _format_version(scores: dict[str, dict[str, Any]], approvals: ExportedApprovals) -> int:
+    # The lowest version that says what the document holds (see EXPORT_FORMAT_VERSION).
+    if any(score.get("rating_sources") or score.get("tag_sources") for score in scores.values()):
+        return 3
+    return 2 if approvals else 1
 
 
 def _check_branches_whole(

@@ -140,3 +140,41 @@ def test_a_score_signal_carries_the_score_as_older_versions_read_it(
     records = [json.loads(line) for line in log.read_text("utf-8").splitlines() if line]
     signals = [r["e"] for r in records if r["e"].get("type") == "ScoreUpdated"]
     assert [set(signal["score"]) for signal in signals] == [OLDEST]
+
+
+def test_an_export_of_a_persons_rating_and_metrics_is_what_older_versions_import(
+    new_session: Callable[..., ContextSession], data_dir: Path
+) -> None:
+    session, reply = _reply(new_session)
+    path = _file(data_dir, session, reply)
+    path.parent.mkdir(exist_ok=True)
+    # As the version before this rule wrote it: every source map, empty or not.
+    path.write_text(
+        json.dumps(
+            {
+                "message_id": reply,
+                "thumbs": "up",
+                "metrics": {"length": 24},
+                "metric_sources": {"length": "length"},
+                "rating_sources": {},
+                "tag_sources": {},
+            }
+        ),
+        encoding="utf-8",
+    )
+    document = json.loads(session.export().to_json())
+    assert document["format_version"] == 1
+    assert set(document["scores"][reply]) == WITH_METRIC_SOURCES
+
+
+def test_an_export_with_a_functions_rating_says_so_in_its_format_version(
+    new_session: Callable[..., ContextSession], data_dir: Path, tmp_path: Path
+) -> None:
+    # Versions that do not know rating_sources refuse it with "upgrade", not as malformed.
+    session, reply = _reply(new_session)
+    judge = {"score": 2, "tags": ["terse"]}
+    (scored,) = session.score(lambda m: judge, name="judge", progress=False)
+    document = json.loads(session.export().to_json())
+    assert document["format_version"] == 3
+    with ContextSession.from_export(document, data_dir=tmp_path / "copy") as copy:
+        assert _stored(copy, reply) == scored
