@@ -211,6 +211,38 @@ def test_rating_a_reply_in_the_chat_and_from_code(fe: FrontEnd) -> None:
     fe.wait_for(lambda: rating() == {"thumbs": "up", "score": 4}, what="the score from code")
 
 
+def test_the_retry_button_of_a_reply_that_failed_before_the_kernel_restarted(
+    fe: FrontEnd,
+) -> None:
+    # After a restart the branch is Idle: ↻ regenerated the failed reply (a new sample,
+    # temperature 0.8) where its hint promised a retry of the same request.
+    out = fe.run(
+        """
+        failing = ScriptedProvider(strict=True).error("permanent", message="no key")
+        s9 = ContextSession.create("restarted", provider=failing)
+        try:
+            await s9.send("Capital of France?", temperature=0.2)
+        except Exception:
+            pass
+        s9.close()
+        s9 = ContextSession.open(s9.id, provider=ScriptedProvider(["Paris."]))
+        chat9 = ChatView(s9)
+        print(chat9.transcript.model_id, s9.history()[-1].id)
+        """
+    )
+    transcript, failed = out.split()
+    fe.wait_for(
+        lambda: any(m["id"] == failed for m in fe.messages(transcript)), what="the failed reply"
+    )
+    fe.custom(transcript, {"event": "regenerate", "id": failed})
+    fe.wait_for(
+        lambda: any("Paris." in m["html"] for m in fe.messages(transcript)),
+        what="the retried reply",
+    )
+    asked = fe.run("print(s9.history()[-1].metadata.parameters)").strip()
+    assert asked == "{'temperature': 0.2}"
+
+
 def test_rating_buttons_under_a_comparison(fe: FrontEnd) -> None:
     out = fe.run(
         """

@@ -499,7 +499,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
                 else "That reply no longer exists; nothing was regenerated."
             )
             return
-        if self.session.state_of(branch).value == "PermanentFailure":
+        # A failed reply is asked again as it was (retry), also one that failed before
+        # the kernel restarted or in another process; any other gets a new sample.
+        failed = self.session.get(reply_id).status is MessageStatus.ERROR
+        if failed or self.session.state_of(branch).value == "PermanentFailure":
             self._act(lambda: self.session.retry(branch=branch))
         else:
             self._act(lambda: self.session.regenerate(branch=branch))
