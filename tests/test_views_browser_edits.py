@@ -73,6 +73,13 @@ def test_an_open_edit_box_keeps_its_text_when_a_reply_starts(tmp_path: Path) -> 
         page.wait_for_selector(".cm-transcript .cm-assistant:has-text('r2w39')")
         _idle(page)
         assert box.input_value() == "my careful edit of the question!"
+        # Shift+Enter is the box's (a new line), not JupyterLab's: it ran the cell
+        # holding the view again (a new context, a new request), the edit lost.
+        prompts = page.locator(".jp-Cell .jp-InputPrompt").all_text_contents()
+        box.press("Shift+Enter")
+        page.wait_for_timeout(500)  # a cell run would have begun by now
+        assert page.locator(".jp-Cell .jp-InputPrompt").all_text_contents() == prompts
+        assert box.input_value() == "my careful edit of the question!\n"
         # Cancel closes it; its text is dropped on purpose.
         page.locator(".cm-transcript button:has-text('Cancel')").click()
         assert box.count() == 0
@@ -278,5 +285,15 @@ def test_a_kernel_that_died_leaves_a_disconnected_view_and_the_edit_text(tmp_pat
         assert page.locator(".cm-transcript .cm-edit-send").is_disabled()
         page.locator(".cm-transcript .cm-edit-send").click(force=True)
         page.wait_for_timeout(500)  # a click's error would be reported by now
+        assert box.input_value() == "an edit typed before the crash"
+        # Keys typed in the read-only box are not the notebook's commands: "d d"
+        # deleted the cell holding the view, "b" inserted one, "m" made it Markdown.
+        cells_before = page.locator(".jp-Notebook .jp-Cell").count()
+        box.focus()
+        for key in ("d", "d", "b", "m", "x"):
+            page.keyboard.press(key)
+        page.wait_for_timeout(500)  # a command would have run by now
+        assert page.locator(".jp-Notebook .jp-Cell").count() == cells_before
+        assert page.locator(".jp-Notebook .jp-MarkdownCell").count() == 0
         assert box.input_value() == "an edit typed before the crash"
         assert not page.errors, page.errors

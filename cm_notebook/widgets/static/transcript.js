@@ -278,6 +278,10 @@ function render({ model, el }) {
     const area = h("textarea", "cm-edit-box");
     area.value = editing.get(m.id);
     area.addEventListener("input", () => editing.set(m.id, area.value));
+    // Keys typed here are the box's, never the notebook's: JupyterLab would run the
+    // cell on Shift+Enter, and once the box is read-only (the kernel restarted) take
+    // "d d", "x", "a", "b", "m" as commands on the cell holding this view.
+    area.addEventListener("keydown", (event) => event.stopPropagation());
     const close = () => {
       editing.delete(m.id);
       redrawAll();
