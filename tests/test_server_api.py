@@ -484,6 +484,29 @@ def test_edit_regenerate_and_compare(client: httpx.Client) -> None:
     )  # not a user message
 
 
+def test_a_reply_that_failed_for_good_is_retried(client: httpx.Client) -> None:
+    context_id = create_context(
+        client, [{"error": "permanent", "message": "no key"}, {"reply": "now it works"}]
+    )
+    url = f"contexts/{context_id}"
+    _converse(client, context_id, "question")
+    assert client.get(url).json()["states"]["main"] == "PermanentFailure"
+    failed = client.get(f"{url}/messages").json()["messages"][-1]
+    assert failed["status"] == "error"
+    retried = client.post(f"{url}/retry", json={"branch": "main"})
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["branch"] == "main"
+    wait_for(lambda: client.get(url).json()["running"] == {})
+    messages = client.get(f"{url}/messages").json()["messages"]
+    assert [m["content"] for m in messages] == ["question", "now it works"]
+    # Nothing failed now: a 409 that says what to do instead.
+    refused = _assert_error(client.post(f"{url}/retry", json={}), 409)
+    assert "its last reply did not fail" in str(refused["message"])
+    assert f"/cm/api/contexts/{context_id}/regenerate makes a new reply" in str(refused["message"])
+    _assert_error(client.post(f"{url}/retry", json={"branch": "nope"}), 404)
+    _assert_error(client.post(f"{url}/retry", json={"branch": "../.."}), 400)
+
+
 # -- bad input --------------------------------------------------------------------------
 
 

@@ -177,6 +177,12 @@ class Regenerate(_Body):
     params: GenerationParameters = Field(default_factory=dict)
 
 
+class Retry(_Body):
+    """``POST /contexts/{context_id}/retry``: ask again for a reply that failed for good."""
+
+    branch: str | None = None
+
+
 class Stop(_Body):
     """``POST /contexts/{context_id}/stop``: stop the reply being generated."""
 

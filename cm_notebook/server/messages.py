@@ -15,6 +15,7 @@ from .bodies import (
     MessagePage,
     MessagesQuery,
     Regenerate,
+    Retry,
     SendMessage,
     Stop,
     TurnStarted,
@@ -25,6 +26,7 @@ __all__ = [
     "MessageHandler",
     "MessagesHandler",
     "RegenerateHandler",
+    "RetryHandler",
     "StopHandler",
     "as_streamed",
     "page",
@@ -153,6 +155,25 @@ class RegenerateHandler(CMHandler):
         turn = await self.blocking(
             session, session.regenerate, branch=request.branch, **request.params
         )
+        _started(self, turn)
+
+
+class RetryHandler(CMHandler):
+    """The failed reply asked again."""
+
+    @operation(
+        "Ask again for the branch's reply that failed for good (a missing key, an unknown "
+        "model), as it was asked: its parameters, the branch's provider",
+        status=202,
+        response=TurnStarted,
+        body=Retry,
+        errors=_TURN_ERRORS,
+    )
+    async def post(self, context_id: str) -> None:
+        session = await self.session(context_id)
+        request = self.body(Retry)
+        # Reads the branch and moves its head back to the prompt: off the event loop.
+        turn = await self.blocking(session, session.retry, branch=request.branch)
         _started(self, turn)
 
 

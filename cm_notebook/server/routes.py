@@ -17,6 +17,7 @@ from .messages import (
     MessageHandler,
     MessagesHandler,
     RegenerateHandler,
+    RetryHandler,
     StopHandler,
 )
 from .openapi import OpenAPIHandler, Route
@@ -40,6 +41,7 @@ ROUTES: list[Route] = [
     (f"{_CONTEXT}/messages/{{message_id}}", MessageHandler),
     (f"{_CONTEXT}/messages/{{message_id}}/edit", EditHandler),
     (f"{_CONTEXT}/regenerate", RegenerateHandler),
+    (f"{_CONTEXT}/retry", RetryHandler),
     (f"{_CONTEXT}/stop", StopHandler),
     (f"{_CONTEXT}/branches", BranchesHandler),
     (f"{_CONTEXT}/branches/{{branch}}", BranchHandler),

@@ -88,6 +88,14 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"(POST {here}/regenerate for a new reply)",
         ),
         (
+            re.compile(r"use regenerate\(\) for a new reply"),
+            f"POST {here}/regenerate makes a new reply",
+        ),
+        (
+            re.compile(r"send again or regenerate\(\) for a new reply"),
+            f"send again, or POST {here}/regenerate for a new reply",
+        ),
+        (
             re.compile(r"switch to another one first \(session\.switch\(name\)\)"),
             f'switch to another one first (PUT {here}/branches/{{name}} with {{"active": true}})',
         ),
