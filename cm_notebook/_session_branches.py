@@ -17,7 +17,7 @@ from ._auto_names import made_under_free_name
 from ._session_reading import SessionReading
 from .branch_defaults import branch_settings
 from .errors import BusyError, InvalidInputError, StateError
-from .ids import validate_branch_name
+from .ids import validate_branch_name, validate_new_branch_name
 from .model import Branch, MessageStatus
 from .params import GenerationParams
 from .prompts import effective_system, has_replies
@@ -56,7 +56,7 @@ class SessionBranches(SessionReading):
         ``session.branch("terse", system="Answer in five words.")``.
         """
         self._check_open()
-        validate_branch_name(name)
+        validate_new_branch_name(name)
         if from_branch is not None:
             validate_branch_name(from_branch)
         checked_description(description)

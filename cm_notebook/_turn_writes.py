@@ -24,6 +24,7 @@ import anyio
 from . import events as ev
 from ._host import TurnHost
 from .errors import BranchExistsError, BranchMovedError, CMError, StoreError
+from .ids import new_branch_stem
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
@@ -127,7 +128,8 @@ class TurnWrites:
     async def _divert(self) -> None:
         # Another writer moved our branch: carry on, from our own head, on a new branch.
         host = self.host
-        stem = f"{self.target}-conflict"[:90]
+        # Fit for a new name: the branch may have one an earlier version allowed (β-test).
+        stem = new_branch_stem(f"{self.target}-conflict")[:90]
         existing = (await host.store.get_metadata(host.context_id)).branches
         # The new branch keeps the old one's prompt, provider and parameters: the rest
         # of the turn is generated as it began.

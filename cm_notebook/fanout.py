@@ -22,7 +22,7 @@ from .errors import BranchExistsError, BusyError, CMError, InvalidIdError, Inval
 from .ids import (
     branch_name_key,
     free_branch_name,
-    validate_branch_name,
+    new_branch_stem,
     validate_new_branch_name,
 )
 from .model import MAX_LABEL_VALUE, Branch, ProviderSettings
@@ -97,7 +97,7 @@ def _name_part(text: str) -> str:
 
 def _valid(name: str) -> bool:
     try:
-        validate_branch_name(name)
+        validate_new_branch_name(name)
     except InvalidIdError:
         return False
     return True
@@ -107,7 +107,9 @@ def _auto_stem(base: str, label: str) -> str:
     # ``<base>-<label>``, cut to leave room for a "-N" suffix; if that is still not a
     # valid name (letters of two scripts, say a Cyrillic value after a Latin key),
     # ``<base>-variant``, then ``<base>``. A long base is cut, not the label: the label
-    # is what tells the arms apart.
+    # is what tells the arms apart. A base an earlier version named (``β-test``) is made
+    # fit for a new name first (``b-test``).
+    base = new_branch_stem(base)
     part = _name_part(label)[:60].strip(" .-")
     head = base[: max(0, 89 - len(part))].rstrip(" .-")
     labelled = f"{head}-{part}" if head and part else (part or head)
@@ -330,7 +332,8 @@ def start_fan_out(
                 f"branch {plan.branch!r} already exists; fan_out writes new branches"
             )
         # As creating the branch would refuse it: a name that looks like another.
-        other = looks.setdefault(branch_name_key(validate_branch_name(plan.branch)), plan.branch)
+        key = branch_name_key(validate_new_branch_name(plan.branch))
+        other = looks.setdefault(key, plan.branch)
         if other != plan.branch:
             raise InvalidIdError(
                 f"branch name {plan.branch!r} looks like the branch {other!r} (they differ "

@@ -6,18 +6,21 @@ device (``con``, ``NUL.json``, ``com1.txt``: the extension does not matter there
 no trailing dot (Windows drops it, so ``abc.`` would be ``abc``). Two ids that differ
 only in case are one folder on Windows and macOS: :func:`id_key` gives what to compare.
 
-Branch names only live inside ``metadata.json`` and URLs, so they may contain spaces
-and non-ASCII letters, but never path separators, ``..`` or control characters. They
-must not be open to look-alikes: a name must be in Unicode normal form NFKC (no
-fullwidth letters, ligatures or decomposed accents) and may not mix scripts (``mаin``
-with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and Korean
-write, is fine). :func:`branch_name_key` folds case and maps the Cyrillic and Greek
-letters that look Latin, and :func:`check_branch_name_free` refuses a new name whose
-key equals an existing branch's, naming that branch. A branch made by the user is also
-refused a letter that shows nothing (:func:`validate_new_branch_name`: the Hangul
-fillers); names read back (stored, exported, imported) are not held to that rule, so
-data that had one still opens and moves. :func:`free_branch_name` makes
-the names the package picks itself (an edit's fork, a fan-out's arms) within both rules.
+Branch names only live inside ``metadata.json``, journal lines and URLs, so they may
+contain spaces and non-ASCII letters, but never path separators, ``..``, control
+characters or decomposed accents (:func:`validate_branch_name`: every name read, looked
+up, stored or imported is held to that). A branch the user makes now must also not be
+open to look-alikes (:func:`validate_new_branch_name`): it must be in Unicode normal
+form NFKC (no fullwidth letters, ligatures or superscripts), may not mix scripts
+(``mаin`` with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and
+Korean write, is fine) and may not have a letter that shows nothing (the Hangul
+fillers). Names read back (stored, exported, imported) are not held to those rules:
+earlier versions made branches without them, and data that has one still opens and
+moves. :func:`branch_name_key` folds case and maps the Cyrillic and Greek letters that
+look Latin, and :func:`check_branch_name_free` refuses a new name whose key equals an
+existing branch's, naming that branch. :func:`free_branch_name` makes the names the
+package picks itself (an edit's fork, a fan-out's arms) within all the rules, also from
+a stem that an older branch's name brings (:func:`new_branch_stem`).
 
 Every check raises :class:`~cm_notebook.errors.InvalidIdError` with a sentence saying
 what was wrong and what is allowed.
@@ -43,6 +46,7 @@ __all__ = [
     "check_branch_names_free",
     "free_branch_name",
     "id_key",
+    "new_branch_stem",
     "new_id",
     "validate_branch_name",
     "validate_context_id",
@@ -53,6 +57,7 @@ __all__ = [
 
 MAX_ID_LENGTH = 128
 MAX_BRANCH_NAME_LENGTH = 100
+_HINT = "Branch names are 1-100 characters: letters, digits, spaces, '_', '-', '.' and '+'."
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Windows reserves these names whatever the extension; refuse them everywhere so a
@@ -212,10 +217,12 @@ def free_branch_name(stem: str, taken: Callable[[str], bool], *, bare: bool = Fa
 
     ``taken`` should compare by :func:`branch_name_key`, as creating a branch does, so
     the name neither is nor looks like an existing one. The stem is cut as far as
-    needed for the name to fit the length limit: a fork of a 95-character branch must
-    not fail with an error about a name the user never typed. Raises
-    InvalidInputError after 9999 names taken.
+    needed for the name to fit the length limit, and made fit for a new name
+    (:func:`new_branch_stem`): a fork of a 95-character branch, or of one an earlier
+    version named ``β-test``, must not fail with an error about a name the user never
+    typed. Raises InvalidInputError after 9999 names taken.
     """
+    stem = new_branch_stem(stem)
     for n in range(1, 10_000):
         suffix = "" if bare and n == 1 else f"-{n}"
         name = _cut(stem, MAX_BRANCH_NAME_LENGTH - len(suffix)) + suffix
@@ -234,12 +241,75 @@ def _cut(text: str, length: int) -> str:
 
 
 def validate_new_branch_name(value: object) -> str:
-    """:func:`validate_branch_name`, and the rule only a branch the user makes is held
-    to: no letter that shows nothing (a Hangul filler), which would make a name that
-    reads as another. Not applied to names read back (stored, exported, imported)."""
+    """:func:`validate_branch_name`, and the rules only a branch made now is held to, so
+    that its name cannot pass for another: Unicode form NFKC, one script (or one of the
+    mixes Japanese and Korean write), no letter that shows nothing (a Hangul filler).
+
+    Not applied to names read back (stored, exported, imported): an earlier version
+    made branches without these rules (``β-test``, ``x²``), and they still open.
+    """
     name = validate_branch_name(value)
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    if unicodedata.normalize("NFKC", name) != name:
+        raise InvalidIdError(
+            f"branch name {shown!r} is not valid: it has compatibility characters "
+            f"(fullwidth letters, ligatures, superscripts) that stand for others; use "
+            f"{unicodedata.normalize('NFKC', name).translate(_WITHOUT_INVISIBLE)!r}. {_HINT}"
+        )
+    mixed = _mixed_scripts(name)
+    if mixed is not None:
+        script, char = mixed
+        raise InvalidIdError(
+            f"branch name {shown!r} is not valid: it mixes {script.title()} letters with "
+            f"{char!r} ({unicodedata.name(char, '?').title()}), which makes look-alikes of "
+            f"other names; write it in one script. {_HINT}"
+        )
     _refuse_invisible_letters(name)
     return name
+
+
+def _fit_stem(stem: str) -> bool:
+    # Whether a new branch may be named after ``stem`` (as cut to fit the length limit).
+    try:
+        validate_new_branch_name(_cut(stem, MAX_BRANCH_NAME_LENGTH))
+    except InvalidIdError:
+        return False
+    return True
+
+
+def new_branch_stem(stem: str) -> str:
+    """``stem`` (from which the package names a branch: ``<branch>-edit``) as close as
+    can be that a new branch may be named after: itself if it may.
+
+    A stem from a branch an earlier version named is made plain: compatibility forms
+    become what they stand for (``x²`` becomes ``x2``, ``ﬁnal`` ``final``), a letter
+    that shows nothing goes, any other character not allowed in a name becomes ``-``,
+    in a name of mixed scripts letters that look Latin become Latin (``β-test`` becomes
+    ``b-test``) and then the letters of a script still mixed in are left out.
+    ``branch`` if nothing is left.
+    """
+    if _fit_stem(stem):
+        return stem
+    text = unicodedata.normalize("NFKC", stem.translate(_WITHOUT_INVISIBLE))
+    # NFKC may spell a character with ones a name may not hold ("½" has a fraction slash).
+    text = "".join(c if c in "_-.+ " or unicodedata.category(c)[0] in "LN" else "-" for c in text)
+    text = re.sub(r"\.{2,}", ".", text)
+    if _mixed_scripts(text) is not None:
+        text = "".join(_as_latin(char) for char in text)
+    while (mixed := _mixed_scripts(text)) is not None:
+        odd = _script(mixed[1])
+        text = "".join(c for c in text if unicodedata.category(c)[0] != "L" or _script(c) != odd)
+    text = unicodedata.normalize("NFKC", text).strip(" .-")
+    return text if _fit_stem(text) else "branch"
+
+
+def _as_latin(char: str) -> str:
+    # The Latin letter ``char`` looks like (in its case), or ``char``.
+    lower = char.lower()
+    latin = lower.translate(_LOOK_ALIKES)
+    if latin == lower or len(lower) != 1:
+        return char
+    return latin if char == lower else latin.upper()
 
 
 def without_invisible_letters(name: str) -> str:
@@ -266,31 +336,30 @@ def _looks_like(name: str, other: str) -> InvalidIdError:
 
 
 def validate_branch_name(value: object) -> str:
-    """Return ``value`` if it is an acceptable branch name, else raise InvalidIdError."""
-    hint = "Branch names are 1-100 characters: letters, digits, spaces, '_', '-', '.' and '+'."
+    """Return ``value`` if it is a well-formed branch name, else raise InvalidIdError.
+
+    What every name read, looked up, stored or imported is held to: 1-100 characters,
+    letters, digits, spaces and ``_-.+`` (never a path separator, ``..`` or a control
+    character), no white space at either end, Unicode form NFC. A branch made now is
+    held to :func:`validate_new_branch_name` too.
+    """
     if not isinstance(value, str):
-        raise InvalidIdError(f"branch name must be a string, got {type(value).__name__}. {hint}")
+        raise InvalidIdError(f"branch name must be a string, got {type(value).__name__}. {_HINT}")
     shown = value if len(value) <= 60 else value[:57] + "..."
     if not value or len(value) > MAX_BRANCH_NAME_LENGTH:
-        raise InvalidIdError(f"branch name {shown!r} is not valid: wrong length. {hint}")
+        raise InvalidIdError(f"branch name {shown!r} is not valid: wrong length. {_HINT}")
     if value != value.strip():
         raise InvalidIdError(
-            f"branch name {shown!r} is not valid: it starts or ends with white space. {hint}"
+            f"branch name {shown!r} is not valid: it starts or ends with white space. {_HINT}"
         )
     if ".." in value:
-        raise InvalidIdError(f"branch name {shown!r} is not valid: it contains '..'. {hint}")
+        raise InvalidIdError(f"branch name {shown!r} is not valid: it contains '..'. {_HINT}")
     if unicodedata.normalize("NFC", value) != value:
         # Two spellings of one visible name (decomposed accents, the Angstrom sign) would
         # make two branches that look identical in every view.
         raise InvalidIdError(
             f"branch name {shown!r} is not valid: it is not in Unicode normal form C; "
-            f"use {unicodedata.normalize('NFC', value)!r}. {hint}"
-        )
-    if unicodedata.normalize("NFKC", value) != value:
-        raise InvalidIdError(
-            f"branch name {shown!r} is not valid: it has compatibility characters "
-            f"(fullwidth letters, ligatures, superscripts) that stand for others; use "
-            f"{unicodedata.normalize('NFKC', value).translate(_WITHOUT_INVISIBLE)!r}. {hint}"
+            f"use {unicodedata.normalize('NFC', value)!r}. {_HINT}"
         )
     for char in value:
         category = unicodedata.category(char)
@@ -299,14 +368,6 @@ def validate_branch_name(value: object) -> str:
         if category[0] in "LN":
             continue
         raise InvalidIdError(
-            f"branch name {shown!r} is not valid: character {char!r} is not allowed. {hint}"
-        )
-    mixed = _mixed_scripts(value)
-    if mixed is not None:
-        script, char = mixed
-        raise InvalidIdError(
-            f"branch name {shown!r} is not valid: it mixes {script.title()} letters with "
-            f"{char!r} ({unicodedata.name(char, '?').title()}), which makes look-alikes of "
-            f"other names; write it in one script. {hint}"
+            f"branch name {shown!r} is not valid: character {char!r} is not allowed. {_HINT}"
         )
     return value

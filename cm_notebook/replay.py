@@ -32,7 +32,7 @@ from .errors import (
     InvalidInputError,
 )
 from .fanout import Variant, arm_settings
-from .ids import new_id, validate_branch_name
+from .ids import new_id, validate_branch_name, validate_new_branch_name
 from .model import Branch, Message, MessageMetadata, MessageStatus, Role
 from .params import MAX_MESSAGE_CHARS
 from .providers.pool import ProviderLike
@@ -317,7 +317,7 @@ def _new_branch(
     # (refused as they gave it), else under the first free ``<stem>-N``, chosen again
     # if another process (a replay of its own at the same moment) takes it first.
     if name is not None:
-        return make(validate_branch_name(name))
+        return make(validate_new_branch_name(name))
     return made_under_free_name(
         what, lambda refused: session._free_branch_name(stem, refused), make, refusals
     )

@@ -55,7 +55,7 @@ from .errors import (
     InvalidInputError,
     StateError,
 )
-from .ids import validate_branch_name
+from .ids import validate_branch_name, validate_new_branch_name
 from .model import ContextMetadata, Message, ProviderSettings, ToolCall
 from .params import MAX_PROVIDER_OPTIONS_CHARS as OPTIONS_LIMIT
 from .params import check_stored_size, validate_text
@@ -452,7 +452,7 @@ class ContextSession(
             if branch is None:
                 name = self._free_branch_name(f"{source}-edit", picks.refuses)
             else:
-                name = validate_branch_name(branch)
+                name = validate_new_branch_name(branch)
             created = False
             try:
                 with self._claim(name) as claim:

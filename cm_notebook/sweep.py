@@ -42,7 +42,7 @@ from ._sweep_labels import check_labels
 from ._sweep_stops import VariantStops, progress_bar
 from .errors import CMError, InvalidInputError
 from .fanout import Variant, variant_labels
-from .ids import validate_branch_name
+from .ids import validate_new_branch_name
 from .model import Message
 from .params import validate_text
 from .providers import Provider
@@ -303,7 +303,7 @@ def plan_sweep(
     ).hexdigest()[:12]
     if name is None:
         name = f"sweep-{definition[:8]}"
-    validate_branch_name(name)
+    validate_new_branch_name(name)
     if len(name) > MAX_SWEEP_NAME or " " in name:
         raise InvalidInputError(
             f"sweep name {name[:70]!r} is not valid: use at most {MAX_SWEEP_NAME} characters "
@@ -329,7 +329,7 @@ def plan_sweep(
                     cells.append(
                         SweepCell(
                             key=key,
-                            branch=validate_branch_name(f"{name}-{key}"),
+                            branch=validate_new_branch_name(f"{name}-{key}"),
                             prompt_index=p,
                             input_index=i,
                             variant_index=v,

@@ -16,7 +16,9 @@ from cm_notebook.ids import (
     MAX_ID_LENGTH,
     branch_name_key,
     check_branch_name_free,
+    free_branch_name,
     id_key,
+    new_branch_stem,
     new_id,
     validate_branch_name,
     validate_context_id,
@@ -209,17 +211,18 @@ def test_ids_that_differ_only_in_case_share_a_key() -> None:
         ("\u0430\u0430\u03b1", "\u03b1"),  # Cyrillic with Greek
     ],
 )
-def test_mixed_script_branch_names_are_refused(name: str, foreign: str) -> None:
+def test_mixed_script_branch_names_are_refused_when_made(name: str, foreign: str) -> None:
     with pytest.raises(InvalidIdError, match="mixes") as info:
-        validate_branch_name(name)
+        validate_new_branch_name(name)
     assert repr(foreign) in str(info.value)
+    assert validate_branch_name(name) == name  # read back: an earlier version made them
 
 
 @pytest.mark.parametrize(
     "name", ["日本語のbranch", "テスト v2", "한국어 branch", "中文 notes", "Ελληνικά", "русский"]
 )
 def test_scripts_written_together_and_single_scripts_pass(name: str) -> None:
-    assert validate_branch_name(name) == name
+    assert validate_new_branch_name(name) == name
 
 
 @pytest.mark.parametrize(
@@ -230,8 +233,9 @@ def test_compatibility_characters_are_refused_with_the_plain_spelling(
     name: str, expected: str
 ) -> None:
     with pytest.raises(InvalidIdError, match="compatibility characters") as info:
-        validate_branch_name(name)
+        validate_new_branch_name(name)
     assert repr(expected) in str(info.value)
+    assert validate_branch_name(name) == name  # read back: an earlier version made them
 
 
 @pytest.mark.parametrize(
@@ -269,7 +273,7 @@ def test_a_name_with_a_letter_that_shows_nothing_is_refused_when_made(filler: st
 def test_the_fullwidth_filler_is_not_answered_with_another_filler() -> None:
     # U+3164 is a compatibility form of U+1160: the remedy must not suggest that.
     with pytest.raises(InvalidIdError, match="compatibility characters") as info:
-        validate_branch_name("main\u3164")
+        validate_new_branch_name("main\u3164")
     assert "'main'" in str(info.value)
 
 
@@ -322,7 +326,7 @@ def export_with(context_id: str, branches: list[str]) -> dict[str, Any]:
         (export_with("con.txt", ["main"]), "Windows reserves 'con'"),
         (export_with("NUL.json", ["main"]), "Windows reserves 'NUL'"),
         (export_with("abc.", ["main"]), "ends with '.'"),
-        (export_with("ok", ["main", "m\u0430in"]), "mixes Latin letters"),
+        (export_with("ok", ["main", "m\u0430in"]), "looks like the existing branch 'main'"),
         (export_with("ok", ["main", "Main"]), "looks like the existing branch 'main'"),
     ],
 )
@@ -331,6 +335,42 @@ def test_imports_refuse_unportable_and_look_alike_names(
 ) -> None:
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         parse_export(document)
+
+
+@pytest.mark.parametrize("name", ["\u03b2-test", "x\u00b2", "\ufb01nal-run", "m\u0430x"])
+def test_imports_take_the_names_an_earlier_version_made(name: str) -> None:
+    # Mixed scripts and compatibility characters are refused when a branch is made,
+    # not when one is read back: an export of an older context imports (no look-alike
+    # of another branch beside it: that is still refused, as above).
+    document = export_with("old", ["main", name])
+    assert list(parse_export(document).metadata.branches) == ["main", name]
+
+
+@pytest.mark.parametrize(
+    ("stem", "plain"),
+    [
+        ("main-edit", "main-edit"),  # already fit: unchanged
+        ("\u03b2-test-edit", "b-test-edit"),  # a Greek letter that looks Latin
+        ("M\u0430in-edit", "Main-edit"),  # a Cyrillic one, in a capitalised name
+        ("x\u00b2-edit", "x2-edit"),
+        ("\ufb01nal-run-edit", "final-run-edit"),
+        ("\u00bd-x", "1-2-x"),  # NFKC's fraction slash is not allowed in a name
+        ("\u03bb-test", "test"),  # no Latin look-alike: left out
+        ("ma\u1160in", "main"),
+    ],
+)
+def test_a_stem_from_an_older_name_is_made_fit_for_a_new_one(stem: str, plain: str) -> None:
+    assert new_branch_stem(stem) == plain
+    made = free_branch_name(stem, lambda name: False)
+    assert made == f"{plain}-1"
+    assert validate_new_branch_name(made) == made
+
+
+def test_a_long_stem_from_an_older_name_is_made_fit_and_cut() -> None:
+    stem = "\u03b2" + "x" * (MAX_BRANCH_NAME_LENGTH - 1) + "-edit"  # a fork's of a long name
+    made = free_branch_name(stem, lambda name: False)
+    assert made == "b" + "x" * (MAX_BRANCH_NAME_LENGTH - 3) + "-1"
+    assert validate_new_branch_name(made) == made
 
 
 def test_imports_refuse_message_ids_that_differ_only_in_case() -> None:
