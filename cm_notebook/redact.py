@@ -309,19 +309,21 @@ _ASSIGNMENT = re.compile(r"(?<![\w.\-])([A-Za-z][\w.\-]*)(=|:[ \t]+)([^\s&#\"',;
 _QUOTED_PAIR = re.compile(
     r"([\"'])([A-Za-z][\w.\- ]*)\1(\s*:\s*|\s*,\s*)([\"'])((?:\\.|(?!\4)[^\\])*)\4"
 )
+# REDACTED as a whole value: no secret (old settings with one read redacted: store.codec).
+_REDACTED_VALUE = re.compile(re.escape(REDACTED) + r"(?![^\s&#\"',;}\]])")
 
 
 def _shape_of(text: str) -> str | None:
     # Which kind of secret ``text`` contains (for an error message), or None.
     if _KEY_SHAPES.search(text):
         return "a key or bearer token"
-    if _URL_USERINFO.search(text):
+    if any(m.group(2) != REDACTED for m in _URL_USERINFO.finditer(text)):
         return "credentials in a URL (user:password@)"
     for match in _ASSIGNMENT.finditer(text):
-        if is_secret_name(match.group(1)):
+        if is_secret_name(match.group(1)) and not _REDACTED_VALUE.match(text, match.start(3)):
             return f"a {match.group(1)!r} value (e.g. a URL query parameter)"
     for match in _QUOTED_PAIR.finditer(text):
-        if is_secret_name(match.group(2)):
+        if is_secret_name(match.group(2)) and match.group(5) != REDACTED:
             return f"a {match.group(2)!r} value"
     return None
 

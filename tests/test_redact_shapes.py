@@ -18,6 +18,7 @@ from cm_notebook.redact import (
     _without_assigned_secrets,
     _without_quoted_secrets,
     _without_userinfo,
+    find_secret,
     redact,
     redact_text,
 )
@@ -123,6 +124,36 @@ def test_a_placeholder_for_a_key_is_advice_not_a_secret() -> None:
     # Only a placeholder as a whole: a value that merely begins like one is redacted.
     assert redact_text("api_key=...abc123") == f"api_key={REDACTED}"
     assert redact_text("password=<secret>") == f"password={REDACTED}"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "http://bob:hunter22secret@llm.internal:8080/v1",
+        "https://h/v1?api_key=abc123secret&deployment=x",
+        'headers: {"api_key": "abc123secret"}',
+        "token: abc123secret",
+    ],
+)
+def test_a_secret_once_redacted_is_refused_no_more(secret: str) -> None:
+    # Settings an earlier version stored with a credential are read redacted, and then
+    # pass the refusal of secrets; anything more than REDACTED in its place does not.
+    redacted = redact_text(secret)
+    assert redacted != secret
+    assert find_secret({"value": secret}) is not None
+    assert find_secret({"value": redacted}) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"http://{REDACTED}:hunter22secret@llm.internal/v1",
+        f"https://h/v1?api_key={REDACTED}x9secret",
+        f'"password": "{REDACTED} hunter22"',
+    ],
+)
+def test_more_than_redacted_in_a_secrets_place_is_still_refused(text: str) -> None:
+    assert find_secret({"value": text}) is not None
 
 
 def _every_pattern(text: str) -> str:

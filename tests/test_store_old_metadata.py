@@ -1,7 +1,8 @@
 """Contexts an earlier version wrote read back whole, though today's rules refuse what
 they hold when it is new: a branch name that mixes scripts or has compatibility
 characters (``β-test``, ``x²``, ``ﬁnal-run``: refused since names must not be open to
-look-alikes). Each test writes ``metadata.json`` as such a version did (schema 1),
+look-alikes), provider settings with a credential in them (refused since secrets are
+never stored). Each test writes ``metadata.json`` as such a version did (schema 1 or 2),
 as literal JSON, beside messages stored by this one.
 """
 
@@ -14,13 +15,17 @@ from typing import Any
 
 import pytest
 
-from cm_notebook.errors import CorruptDataError, InvalidIdError
+from cm_notebook.errors import CorruptDataError, InvalidIdError, ProviderSetupError
 from cm_notebook.ids import validate_new_branch_name
+from cm_notebook.redact import REDACTED
 from cm_notebook.session import ContextSession
 from cm_notebook.store.diagnostics import StoreWarning
 from cm_notebook.testing import ScriptedProvider
 
 OLD_NAMES = ["\u03b2-test", "x\u00b2", "\ufb01nal-run"]  # β-test, x², ﬁnal-run
+PASSWORD = "hunter22secret"
+CREDENTIAL_URL = f"http://bob:{PASSWORD}@llm.internal:8080/v1"
+TOKEN = "tok3n-4f9a8b7c6d5e4f3a2b1c"
 
 
 def stored_context(data_dir: Path) -> tuple[str, list[str]]:
@@ -77,6 +82,11 @@ def write_metadata(data_dir: Path, context_id: str, text: str) -> Path:
     path = data_dir / "contexts" / context_id / "metadata.json"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def files_holding(data_dir: Path, secret: str) -> list[Path]:
+    """Every file under ``data_dir`` whose bytes contain ``secret``."""
+    return [p for p in data_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 # -- branch names an earlier version allowed ----------------------------------------------
@@ -141,3 +151,114 @@ def test_a_stored_branch_name_with_a_separator_or_control_character_is_still_ref
     with pytest.raises(CorruptDataError, match="branch name"):
         ContextSession.open(context_id, data_dir=data_dir)
     assert path.read_text(encoding="utf-8") == text  # nothing lost
+
+
+# -- provider settings stored with a credential -------------------------------------------
+
+
+def test_provider_settings_stored_with_a_credential_read_redacted(data_dir: Path) -> None:
+    context_id, (_, answer) = stored_context(data_dir)
+    provider = {
+        "spec": "openai:gpt-4o-mini",
+        "params": {"base_url": CREDENTIAL_URL, "default_headers": {"X-Api-Token": TOKEN}},
+    }
+    write_metadata(data_dir, context_id, old_metadata(context_id, {"main": answer}, provider))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)
+        assert [m.id for m in ContextSession.list(data_dir=data_dir)] == [context_id]
+
+    session = ContextSession.open(context_id, data_dir=data_dir)
+    try:
+        assert [m.content for m in session.history()] == ["q", "a1"]
+        params = session.metadata.provider.params
+        assert params["base_url"] == f"http://{REDACTED}@llm.internal:8080/v1"
+        assert params["default_headers"] == {"X-Api-Token": REDACTED}
+        shown = [
+            repr(session),
+            repr(session.metadata),
+            session.metadata.model_dump_json(),
+            session.export().to_json(),
+        ]
+        for text in shown:
+            assert PASSWORD not in text
+            assert TOKEN not in text
+        # Built from what was read, the provider would send REDACTED as the credential:
+        # refused before anything is sent, saying what to do.
+        with pytest.raises(ProviderSetupError, match=r"in base_url, default_headers .*provider="):
+            session.send("hello")
+        assert [m.content for m in session.history()] == ["q", "a1"]
+        # The next write of metadata.json stores the settings as read: without them.
+        session.branch("later")
+    finally:
+        session.close()
+    assert files_holding(data_dir, PASSWORD) == []
+    assert files_holding(data_dir, TOKEN) == []
+    # With the provider given, as the error says, the context is used as before.
+    reopened = ContextSession.open(
+        context_id, data_dir=data_dir, provider=ScriptedProvider().reply("a2")
+    )
+    try:
+        reopened.send("hello", branch="main").result(10)
+        assert [m.content for m in reopened.history("main")] == ["q", "a1", "hello", "a2"]
+    finally:
+        reopened.close()
+
+
+def test_a_branch_stored_with_a_credential_in_its_settings_reads_redacted(
+    data_dir: Path,
+) -> None:
+    context_id, (_, answer) = stored_context(data_dir)
+    own = {
+        "provider": {"spec": "openai:gpt-4o-mini", "params": {"base_url": CREDENTIAL_URL}},
+        "params": {"extra_body": {"auth": f"Bearer {TOKEN}"}},
+    }
+    scripted = {"spec": "scripted:scripted", "params": {}}
+    text = old_metadata(
+        context_id,
+        {"main": answer, "own": answer},
+        scripted,
+        schema=2,
+        extra_branch_fields=own,
+    )
+    write_metadata(data_dir, context_id, text)
+    session = ContextSession.open(context_id, data_dir=data_dir)
+    try:
+        metadata = session.metadata
+    finally:
+        session.close()
+    branch = metadata.branches["own"]
+    assert branch.provider is not None
+    assert branch.provider.params == {"base_url": f"http://{REDACTED}@llm.internal:8080/v1"}
+    assert branch.params == {"extra_body": {"auth": REDACTED}}
+    assert PASSWORD not in metadata.model_dump_json()
+    assert TOKEN not in metadata.model_dump_json()
+
+
+def test_a_spec_stored_with_a_key_in_it_reads_redacted(data_dir: Path) -> None:
+    key = "sk-proj-" + "a1b2c3d4e5" * 3
+    context_id, (_, answer) = stored_context(data_dir)
+    provider = {"spec": f"openai:{key}", "params": {}}  # a key typed for the model
+    write_metadata(data_dir, context_id, old_metadata(context_id, {"main": answer}, provider))
+    session = ContextSession.open(context_id, data_dir=data_dir)
+    try:
+        assert session.metadata.provider.spec == f"openai:{REDACTED}"
+        assert key not in repr(session.metadata)
+        with pytest.raises(ProviderSetupError, match="credential in the spec"):
+            session.send("hello")
+    finally:
+        session.close()
+
+
+def test_settings_damaged_otherwise_are_still_refused_without_the_secret(
+    data_dir: Path,
+) -> None:
+    # A credential is no reason to refuse the file, but it is not the only thing checked.
+    context_id, (_, answer) = stored_context(data_dir)
+    provider = {"spec": "openai:gpt-4o-mini", "params": {"base_url": CREDENTIAL_URL}}
+    text = old_metadata(context_id, {"main": answer}, provider).replace(
+        '"active_branch": "main"', '"active_branch": "gone"'
+    )
+    write_metadata(data_dir, context_id, text)
+    with pytest.raises(CorruptDataError, match="active branch 'gone'") as info:
+        ContextSession.open(context_id, data_dir=data_dir)
+    assert PASSWORD not in str(info.value)

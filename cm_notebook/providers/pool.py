@@ -13,9 +13,9 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
-from ..errors import CMError, InvalidInputError, ProviderNotInstalledError
+from ..errors import CMError, InvalidInputError, ProviderNotInstalledError, ProviderSetupError
 from ..model import ProviderSettings
-from ..redact import is_secret_name
+from ..redact import REDACTED, is_secret_name
 from . import available_providers, get_provider, parse_spec
 from .base import Provider
 
@@ -111,6 +111,7 @@ def _built(spec: str, options: Mapping[str, Any]) -> Provider:
     # take, a string for a number...) as the InvalidInputError of bad input it is.
     # Values not of their annotated type are refused first: a constructor may keep
     # one (organization=5, include_usage="false") that fails, or misleads, every request.
+    _refuse_redacted(spec, options)
     wrong = _wrong_type(spec, options)
     if wrong is not None:
         raise InvalidInputError(wrong)
@@ -126,6 +127,43 @@ def _built(spec: str, options: Mapping[str, Any]) -> Provider:
         # "__init__() got an unexpected keyword argument") names neither the option nor
         # a remedy: say which option is wrong, from the constructor's signature.
         raise InvalidInputError(_bad_options(spec, options)) from None
+
+
+def _refuse_redacted(spec: str, options: Mapping[str, Any]) -> None:
+    # Settings an earlier version stored with a credential in them are read with it
+    # redacted (see cm_notebook.store.codec): built from them, a provider would send
+    # REDACTED as the credential and fail as a refused login, or an address that does
+    # not parse. Said before anything is sent, with what to do instead.
+    where = [name for name, value in options.items() if _holds_redacted(value)]
+    if REDACTED in spec:
+        where.insert(0, "the spec")
+    if where:
+        raise ProviderSetupError(
+            f"provider {spec!r} cannot be made from these settings: {REDACTED} stands in "
+            f"place of a credential in {', '.join(where)} (cm_notebook never stores one; "
+            "settings an earlier version stored with one are read so), and would be sent "
+            "as the credential. Pass the provider built with its credentials when you open "
+            "the context, e.g. ContextSession.open(context_id, provider=OpenAIProvider("
+            "model, base_url=...)): a session uses it but never stores it. Keys belong in "
+            "environment variables (e.g. OPENAI_API_KEY).",
+            provider=parse_spec(spec)[0],
+        )
+
+
+def _holds_redacted(value: object) -> bool:
+    # Whether REDACTED is in ``value`` or in any text nested in it.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if REDACTED in item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 #: Options never offered as valid: the spec names the model, keys come from the

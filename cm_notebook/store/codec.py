@@ -134,11 +134,43 @@ def decode_metadata_doc(data: bytes, path: Path, context_id: str) -> tuple[Conte
     try:
         return ContextMetadata.model_validate(raw), heads_at
     except ValidationError as exc:
-        raise CorruptDataError(
-            f"context metadata {path} does not match the expected format: "
-            f"{first_error(exc)}. {advice}",
-            path,
-        ) from exc
+        error = exc
+    # Settings an earlier version stored with a credential in them (a base_url with
+    # "user:password@", before secrets were refused; a value that a newer rule counts as
+    # a secret) are refused when written, not when read: they are read with it redacted.
+    # The file is not written now (a read never writes: it may be a read-only copy);
+    # the next write of metadata.json stores what was read, without the secret.
+    try:
+        return ContextMetadata.model_validate(_settings_redacted(raw)), heads_at
+    except ValidationError as exc:
+        error = exc
+    raise CorruptDataError(
+        f"context metadata {path} does not match the expected format: "
+        f"{first_error(error)}. {advice}",
+        path,
+    ) from error
+
+
+def _settings_redacted(raw: dict[str, Any]) -> dict[str, Any]:
+    # A copy of ``raw`` with every secret redacted in the fields whose model refuses
+    # secrets: the provider settings, and each branch's provider, parameters and labels.
+    result = dict(raw)
+    if isinstance(raw.get("provider"), dict):
+        result["provider"] = redact(raw["provider"])
+    branches = raw.get("branches")
+    if isinstance(branches, dict):
+        result["branches"] = {
+            name: _branch_redacted(branch) if isinstance(branch, dict) else branch
+            for name, branch in branches.items()
+        }
+    return result
+
+
+def _branch_redacted(branch: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: redact(value) if key in ("provider", "params", "labels") else value
+        for key, value in branch.items()
+    }
 
 
 def encode_message(message: Message) -> bytes:
