@@ -28,9 +28,12 @@ call as its requests do.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import events as ev
 from . import fsm
@@ -44,6 +47,10 @@ from .redact import get_logger
 from .store import Store
 from .store.oslock import lock_is_held
 from .tools import denied_result
+
+if TYPE_CHECKING:
+    from ._follower import LogFollower
+    from ._remote_turns import RemoteTurn
 
 __all__ = [
     "NOT_STARTED",
@@ -282,7 +289,9 @@ async def _worked_on_elsewhere(
 
 
 class DeadRounds:
-    """A session's side of settling dead rounds: when to look, and announcing it."""
+    """A session's side of settling dead rounds: when to look, and announcing it; and
+    announcing the end of a turn whose process died (:meth:`owner_gone`,
+    :meth:`claimed`), which that process never did."""
 
     def __init__(
         self,
@@ -302,6 +311,9 @@ class DeadRounds:
         self._publish = publish
         self._metadata = metadata
         self._settling = threading.Lock()  # held while if_free settles a branch
+        # Set by follow(), when the session follows other processes' signals.
+        self._follower: LogFollower | None = None
+        self._soon: Callable[[Callable[[], None]], object] | None = None
         self._claim_path: Callable[[str, str], Path] | None = getattr(
             store, "branch_claim_path", None
         )
@@ -358,25 +370,103 @@ class DeadRounds:
             finally:
                 claim.release()
 
-    def owner_gone(self, branch: str, state: fsm.State) -> None:
-        """The process running a turn on ``branch`` died (seen by the log follower).
+    def follow(self, follower: LogFollower, soon: Callable[[Callable[[], None]], object]) -> None:
+        """Announce the ends of the turns other processes ran that ``follower`` lists
+        (see :meth:`owner_gone` and :meth:`claimed`); ``soon(fn)`` runs ``fn`` on the
+        session's loop after what is queued there (RuntimeError: the loop is closed)."""
+        self._follower, self._soon = follower, soon
 
-        Reading the branch makes the store mark its unfinished reply interrupted: say
-        so. Tool calls it left open are settled if nobody took the branch over. Then
-        announce the branch free again.
+    def claimed(self, branch: str, head: str | None, *, answer: bool = True) -> None:
+        """This session just took ``branch``'s claim for a turn, its head then ``head``.
+
+        A dead round ending at the head is settled (:meth:`before_turn`). A turn another
+        process was running there is over, the claim being free (its process died, say,
+        and its end was not announced yet): announced now, before anything the new turn
+        says, so that views see one turn end before the next begins, and not again
+        once the new turn lets go of the claim.
         """
+        self.before_turn(branch, head, answer=answer)
+        if self._follower is None or self._soon is None:
+            return
+        turn = self._follower.take_over(branch)
+        if turn is None:
+            return
+        reply = self._ended_reply(turn, head)
+        # On the loop, after the dead turn's last signals relayed (queued there).
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._soon(functools.partial(self._announce, branch, turn, reply))
+
+    def owner_gone(self, branch: str, turn: RemoteTurn) -> bool:
+        """The process running ``turn`` on ``branch`` died (seen by the log follower, on
+        its thread).
+
+        With the branch's claim, the tool calls it left open are settled and its reply
+        is read (which makes the store mark it interrupted); then, on the session's
+        loop, the reply's end and the branch idle are announced, unless the turn was
+        announced over meanwhile by a turn of this session taking the branch (see
+        :meth:`claimed`): whichever drops the turn from the follower first announces
+        it, and on the loop, so before the signals of what that session does next.
+        False, and nothing done, when the claim is taken: by a turn of this session,
+        which announces it, or of another process, which does too (its signals are
+        relayed here); the follower asks again once the claim is free.
+        """
+        follower, soon = self._follower, self._soon
+        if follower is None or soon is None:
+            return False
+        with self._settling:  # a send here waits for this (take_claim), not BusyError
+            try:
+                claim: Claim | None = self._claims.take(branch)
+            except BusyError:
+                return False
+            except (OSError, CMError):
+                claim = None  # cannot be claimed (a read-only folder): nothing is settled
+            try:
+                ids = self._io.call(self._store.path(self._context_id, branch))
+                head = ids[-1] if ids else None
+                if claim is not None:
+                    self.before_turn(branch, head)
+                reply = self._ended_reply(turn, head)
+            except (OSError, CMError):
+                reply = None  # the branch unreadable (or deleted): its end is still said
+            finally:
+                if claim is not None:
+                    claim.release()
+
+        def announce() -> None:
+            if follower.end(branch, turn):
+                self._announce(branch, turn, reply)
+
         try:
-            ids = self._io.call(self._store.path(self._context_id, branch))
-            head = ids[-1] if ids else None
-            last = self._io.call(self._store.get_message(self._context_id, head)) if head else None
-            self.if_free(branch, head)
+            soon(announce)
+        except RuntimeError:  # the session's loop is closed: nobody is left to tell
+            follower.end(branch, turn)
+        return True
+
+    def _ended_reply(self, turn: RemoteTurn, head: str | None) -> Message | None:
+        # The reply ``turn`` left, as stored now (reading it makes the store mark it
+        # interrupted if its writer is gone), if it is final and its end was not said:
+        # the reply it was writing, or, when that is not known (a turn whose first
+        # signals a compaction of the log dropped), the head if it was cut short.
+        try:
+            if turn.reply is not None:
+                reply = self._io.call(self._store.get_message(self._context_id, turn.reply))
+                return None if reply.status is MessageStatus.STREAMING else reply
+            if head is None:
+                return None
+            last = self._io.call(self._store.get_message(self._context_id, head))
         except (OSError, CMError):
-            last = None
-        if last is not None and last.status is MessageStatus.INTERRUPTED:
+            return None
+        return last if last.status is MessageStatus.INTERRUPTED else None
+
+    def _announce(self, branch: str, turn: RemoteTurn, reply: Message | None) -> None:
+        # The end of another process's ``turn``, as the turn would have said it.
+        if reply is not None:
             self._publish(
-                ev.MessageCompleted(branch=branch, message_id=last.id, status=last.status)
+                ev.MessageCompleted(branch=branch, message_id=reply.id, status=reply.status)
             )
-        self._publish(ev.StateChanged(branch=branch, old=state, new=fsm.State.IDLE))
+        self._publish(
+            ev.StateChanged(branch=branch, old=turn.state, new=fsm.State.IDLE, turn_id=turn.turn_id)
+        )
 
     def claim_locked(self, branch: str) -> bool:
         """Whether a live process (this one included) holds ``branch``'s claim lock."""

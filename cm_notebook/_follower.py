@@ -16,12 +16,15 @@ one ``stat`` of the log, on the watcher's thread) does not wake it: a turn run h
 writes a record every few milliseconds, and the follower would read each only to skip
 it.
 
-It also remembers the state that other processes announce for their branches
-(``StateChanged``), which ``session.state`` reports for a branch this process is not
-running a turn on. While another process says a branch is busy, the follower checks
-that its claim lock is still held; when it is not (the owner died, e.g. SIGKILL),
-``on_dead(branch, state)`` is called so the session can mark the reply interrupted
-and announce the branch idle again.
+It also remembers the turns that other processes announce on their branches
+(:mod:`cm_notebook._remote_turns`), whose state ``session.state`` reports for a branch
+this process is not running a turn on. While another process says a branch is busy,
+the follower checks that its claim lock is still held; when it is not (the owner died,
+e.g. SIGKILL), ``on_dead(branch, turn)`` is called so the session can mark the reply
+interrupted and announce the turn over. A turn's end is announced once: the turn is
+dropped from the follower by whoever announces it, ``on_dead``'s work or this process
+taking the branch's claim for a turn of its own (:meth:`LogFollower.take_over`), which
+must announce the dead turn's end before its own turn's signals.
 
 The calls it lists as waiting in another process are those of a branch whose claim is
 held, but not by this process: a claim is held by one process at a time, so while this
@@ -43,6 +46,7 @@ from . import fsm
 from ._file_events import Subscription, watch_folders
 from ._open_calls import Calls, forget_branch, track_calls
 from ._remote_decisions import DECISIONS_FOLDER
+from ._remote_turns import RemoteTurn, RemoteTurns, track_turn
 from .redact import get_logger
 from .signal_log import LogReader
 from .signals import Event, Resync, StateChanged, ToolApprovalRequested
@@ -70,7 +74,10 @@ class LogFollower:
         relay: called on the follower's thread with each foreign signal.
         claim_held: whether the claim lock of a branch is held by a live process.
         held_here: whether this process holds the claim of a branch.
-        on_dead: called on the follower's thread when a busy branch's owner is gone.
+        on_dead: called on the follower's thread when a busy branch's owner is gone,
+            with the turn it left: True if its end is being announced (the turn is
+            then left to :meth:`end`), False to be asked again at a later step (the
+            claim was taken meanwhile: a new turn, whose process announces it).
         each_poll: called on the follower's thread after every read (e.g. to pick up
             decisions other processes made for this process's tool calls).
         own_tail: this process's writer's
@@ -93,7 +100,7 @@ class LogFollower:
         *,
         relay: Callable[[Event], None],
         claim_held: Callable[[str], bool],
-        on_dead: Callable[[str, fsm.State], None],
+        on_dead: Callable[[str, RemoteTurn], bool | None],
         held_here: Callable[[str], bool] = lambda branch: False,
         each_poll: Callable[[], None] = lambda: None,
         own_tail: Callable[[], tuple[int, int, int, int] | None] = lambda: None,
@@ -118,8 +125,10 @@ class LogFollower:
         self._begun = self._done = 0
         self._interval = interval
         self._lock = threading.Lock()
-        self._remote: dict[str, fsm.State] = {}
-        self._turns: dict[str, str] = {}  # branch -> id of the turn running elsewhere
+        # Notified when a signal read was relayed: a turn may have ended (take_over).
+        self._ended = threading.Condition(self._lock)
+        self._relaying = False  # a signal tracked is being relayed
+        self._remote: RemoteTurns = {}
         self._safety, self._busy_safety = safety, busy_safety
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -145,10 +154,10 @@ class LogFollower:
         """The state another live process last announced for ``branch`` (None: none
         known, or its process died: the follower announces that at its next step)."""
         with self._lock:
-            state = self._remote.get(branch)
-        if state is None or not self._claim_held(branch):
+            turn = self._remote.get(branch)
+        if turn is None or not self._claim_held(branch):
             return None
-        return state
+        return turn.state
 
     def remote_turn(self, branch: str) -> str | None:
         """The id of the turn another (live) process is running on ``branch``, if any.
@@ -156,7 +165,8 @@ class LogFollower:
         A turn that began before this process began following is looked up in the log.
         """
         with self._lock:
-            known = self._turns.get(branch)
+            turn = self._remote.get(branch)
+        known = None if turn is None else turn.turn_id
         if known is None:
             reader = LogReader(self._reader.path, since=0)
             try:
@@ -378,29 +388,26 @@ class LogFollower:
         # their claim; the first step then announces them over (on_dead), or clients
         # replaying the log would show them streaming for ever. True if any was found.
         # The calls still waiting for approval elsewhere are gathered on the way.
-        states: dict[str, StateChanged] = {}
+        turns: RemoteTurns = {}
         calls: Calls = {}
         reader = LogReader(self._reader.path, since=0)
         try:
             for writer, event in reader.poll():
                 self._track(calls, writer, event)
-                if isinstance(event, StateChanged) and event.branch:
-                    if writer == self._own:
-                        states.pop(event.branch, None)  # this process's own: it knows them
-                    else:
-                        states[event.branch] = event
+                if writer != self._own:
+                    track_turn(turns, event)
+                elif isinstance(event, StateChanged) and event.branch:
+                    turns.pop(event.branch, None)  # this process's own: it knows them
         finally:
             reader.close()
         found = False
         with self._lock:
             for key, asked_on in calls.items():
                 self._calls.setdefault(key, asked_on)
-            for branch, last in states.items():
-                if last.new is not fsm.State.IDLE and branch not in self._remote:
-                    self._remote[branch] = last.new
+            for branch, turn in turns.items():
+                if branch not in self._remote:
+                    self._remote[branch] = turn
                     found = True
-                    if last.turn_id is not None:
-                        self._turns[branch] = last.turn_id
         return found
 
     def step(self) -> None:
@@ -408,7 +415,11 @@ class LogFollower:
         self._read()
         self._each_poll()
         with self._lock:
-            busy = [branch for branch in self._remote if not self._claim_held(branch)]
+            busy = [
+                branch
+                for branch, turn in self._remote.items()
+                if not turn.ending and not self._claim_held(branch)
+            ]
         if not busy:
             return
         # A turn that just ended is not a dead one. It lets go of its claim just before
@@ -426,24 +437,84 @@ class LogFollower:
             if self._claim_held(branch):
                 continue  # taken again meanwhile (a new turn): alive
             with self._lock:
-                state = self._remote.pop(branch, None)
-                self._turns.pop(branch, None)
+                turn = self._remote.get(branch)
+                if turn is None or turn.ending:
+                    continue
+                turn.ending = True
                 forget_branch(self._calls, branch)  # no process is left to pick them up
-            if state is not None:
-                self._on_dead(branch, state)
+            if not self._on_dead(branch, turn):
+                with self._lock:
+                    turn.ending = False  # not announced: looked at again next step
+
+    def end(self, branch: str, turn: RemoteTurn) -> bool:
+        """Drop ``turn`` (still ``branch``'s), whose end the caller is announcing: True,
+        or False if it is gone already (ended, or announced over by someone else)."""
+        with self._lock:
+            if self._remote.get(branch) is not turn:
+                return False
+            del self._remote[branch]
+            forget_branch(self._calls, branch)
+            self._ended.notify_all()
+            return True
+
+    def take_over(self, branch: str) -> RemoteTurn | None:
+        """This process took ``branch``'s claim: the turn another process ran there is
+        over. Returns it, dropped, for the caller to announce its end before anything
+        of its own (None: there was none, or it announced its own end).
+
+        Its claim being free, the turn ended or its process died. A turn that ended
+        lets go of its claim a moment before it writes its Idle: that is waited for
+        (at most a moment). The log is read first, so a turn is judged on all it said.
+        Not on the follower's own thread.
+        """
+        self._catch_up()
+        with self._ended:
+            turn = self._remote.get(branch)
+            if turn is not None and not turn.ending:  # ending: known dead (see step)
+                self._ended.wait_for(
+                    lambda: self._remote.get(branch) is not turn, _LAST_SIGNAL_GRACE
+                )
+        if turn is not None:
+            self._catch_up()
+        with self._ended:
+            # What was read is relayed (queued on the session's loop) before the caller
+            # says anything: the turn's own Idle among it.
+            self._ended.wait_for(lambda: not self._relaying, _CATCH_UP_SECONDS)
+            turn = self._remote.pop(branch, None)
+            if turn is not None:
+                forget_branch(self._calls, branch)
+        return turn
+
+    def _catch_up(self) -> None:
+        # Wait for the follower to read what other processes wrote in the log so far;
+        # at once when there is nothing of theirs unread (the usual case).
+        if self._foreign_unread():
+            self.caught_up(_CATCH_UP_SECONDS)
+
+    def _foreign_unread(self) -> bool:
+        # Whether the log holds records of other writers that the reader has not read
+        # (when it cannot be told: True).
+        read = self._reader.position
+        log = os.path.realpath(self._reader.path)
+        try:
+            named = os.stat(log)
+        except OSError:
+            return True
+        if read is not None and (named.st_dev, named.st_ino, named.st_size) == read:
+            return False
+        return not self._only_own_unread(log)
 
     def _read(self) -> None:
         for writer, event in self._reader.poll():
             if writer == self._own or isinstance(event, Resync):
                 continue
             with self._lock:
-                if isinstance(event, StateChanged) and event.branch is not None:
-                    if event.new is fsm.State.IDLE:
-                        self._remote.pop(event.branch, None)
-                        self._turns.pop(event.branch, None)
-                    else:
-                        self._remote[event.branch] = event.new
-                        if event.turn_id is not None:
-                            self._turns[event.branch] = event.turn_id
+                track_turn(self._remote, event)
                 track_calls(self._calls, event)
-            self._relay(event)
+                self._relaying = True
+            try:
+                self._relay(event)
+            finally:
+                with self._ended:
+                    self._relaying = False
+                    self._ended.notify_all()  # a turn's end told: see take_over

@@ -423,10 +423,11 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             if self._unsettled:
                 self._io.call(self._settle_replies())
             known = self._read_metadata().branches.get(branch)  # None: a branch to be made
-            if known is not None:
-                # ``answer_dead_round`` False: the turn replaces the dead reply (see
-                # cm_notebook._dead_rounds.settle_dead_round).
-                self._dead_rounds.before_turn(branch, known.head, answer=answer_dead_round)
+            # ``answer_dead_round`` False: the turn replaces the dead reply (see
+            # cm_notebook._dead_rounds.settle_dead_round). Another process's turn left
+            # there unannounced is announced over first (DeadRounds.claimed).
+            head = known.head if known is not None else None
+            self._dead_rounds.claimed(branch, head, answer=answer_dead_round)
             yield claim
         except BaseException:
             claim.release()

@@ -80,6 +80,9 @@ class FollowOthers:
             each_poll=weak_callback(self._apply_remote_decisions, None),
             own_tail=weak_callback(self._signal_log.own_tail, None),
         )
+        # The ends of dead turns are announced on the loop, in order with this
+        # session's own signals (cm_notebook._dead_rounds.DeadRounds.owner_gone).
+        self._dead_rounds.follow(self._follower, self._loop.call_soon_threadsafe)
 
     def _apply_remote_decisions(self) -> None:
         # From the follower's thread: decisions other processes recorded for the tool
