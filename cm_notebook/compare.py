@@ -15,7 +15,7 @@ import html
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Indel
 
-from ._theme import MUTED
+from ._theme import ERROR, MUTED
 from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
 from .model import Message, MessageStatus, StreamStats, TokenUsage
@@ -333,7 +333,7 @@ def unfinished_html(result: BranchResult) -> str:
     (never marked as a diff: it is not an answer)."""
     status = result.state.replace(" ", "-") if result.status is not None else ""
     out = (
-        f'<div class="cm-status cm-status-{html.escape(status)}" style="color:#b91c1c">'
+        f'<div class="cm-status cm-status-{html.escape(status)}" style="color:{ERROR}">'
         f"no answer: {html.escape(result.outcome or '')}</div>"
     )
     if result.text:

@@ -101,11 +101,15 @@ class CallRow(w.VBox):  # type: ignore[misc]
         # As tall as its JSON (within bounds: longer arguments scroll), and as wide as
         # the row: "auto" stretches it to the row's width less its margins ("100%" plus
         # the margins made the row scroll sideways).
+        # Named for screen readers by a description that only they see (the title
+        # above says it on the screen).
         self.arguments = w.Textarea(
             value=self._original,
+            description=f"Arguments of {call.name} ({call.id}), as JSON",
             rows=_rows_for(self._original),
             layout=w.Layout(width="auto"),
         )
+        self.arguments.add_class("cm-label-unseen")
         self.check = w.HTML("")
         self.approve_button = w.Button(
             description="Approve once",
@@ -113,6 +117,8 @@ class CallRow(w.VBox):  # type: ignore[misc]
             icon="check",
             tooltip="Run this call (with the arguments above)",
         )
+        # Where the focus goes from a decided row (see static/connection.js).
+        self.approve_button.add_class("cm-approve")
         self.session_button = w.Button(
             description="Always allow (session)",
             icon="check-double",
@@ -126,7 +132,11 @@ class CallRow(w.VBox):  # type: ignore[misc]
             "context, for every notebook or server that opens it",
             layout=w.Layout(width="auto"),
         )
-        self.reason = w.Text(placeholder="reason (optional), told to the model")
+        self.reason = w.Text(
+            description="Reason for denying",
+            placeholder="reason (optional), told to the model",
+        )
+        self.reason.add_class("cm-label-unseen")
         self.deny_button = w.Button(description="Deny", button_style="danger", icon="times")
         self.status = w.HTML("")
         super().__init__(
@@ -378,6 +388,8 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
     def __init__(self, session: ContextSession, *, branch: str | None = None) -> None:
         self.session = session
         self.header = w.HTML("")
+        # Read out by screen readers as it changes: "1 tool call waiting for approval".
+        self.header.add_class("cm-announce")
         self._only = branch
         # With ``branch``: the (tool call id, branch) of the calls shown. By both: another
         # process's ``call_1`` on another branch is not this view's ``call_1``.

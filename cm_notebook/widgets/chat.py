@@ -122,15 +122,22 @@ class ChatView(w.VBox):  # type: ignore[misc]
             )
         self.session = session
         self.transcript = Transcript()
+        # Named for screen readers by its description (a <label> of the box, which the
+        # views' stylesheet hides from sight: the placeholder says it there).
         self.input = w.Textarea(
-            placeholder="Message…", layout=w.Layout(width="auto", flex="1 1 auto", height="60px")
+            description="Message",
+            placeholder="Message…",
+            layout=w.Layout(width="auto", flex="1 1 auto", height="60px"),
         )
+        self.input.add_class("cm-message-box")
+        self.input.add_class("cm-label-unseen")
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
-        controls = w.HBox(
-            [self.input, w.VBox([self.send_button, self.stop_button])],
-            layout=w.Layout(width="100%"),
-        )
+        # The transcript's front end finds them by this class: focus on a button the
+        # kernel disables goes to the message box.
+        buttons = w.VBox([self.send_button, self.stop_button])
+        buttons.add_class("cm-chat-controls")
+        controls = w.HBox([self.input, buttons], layout=w.Layout(width="100%"))
         super().__init__([self.transcript, controls], layout=w.Layout(width="100%"))
         self.add_class("cm-chat")
         self._follow_active = branch is None

@@ -137,7 +137,7 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
     def _show_ratings(self, answers: list[Message | None]) -> None:
         # One bar per column, under it; a column without an answer gets an empty space.
         cells: list[w.Widget] = []
-        for answer in answers:
+        for branch, answer in zip(self.branch_names, answers, strict=True):
             if answer is None or answer.role != "assistant":
                 cells.append(w.Box(layout=w.Layout(flex="1")))
                 continue
@@ -145,6 +145,8 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
             if bar is None:
                 bar = self._bars[answer.id] = RatingBar(self.session, self._follower, answer.id)
             bar.layout.flex = "1"
+            # Its name for a screen reader too: which column's answer it rates.
+            bar.name = f"Rating of the answer of branch {branch}"
             cells.append(bar)
         self._set_cells(cells)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
+from .._theme import ERROR
 from ..errors import CMError, InvalidInputError
 from ._base import close_parts
 
@@ -61,7 +62,12 @@ def rate_from_front_end(session: ContextSession, content: Mapping[str, Any]) -> 
 class RatingBar(w.HBox):  # type: ignore[misc]
     """Thumbs up, thumbs down and 1-5 for one assistant message; the pressed ones show
     its rating. The thumbs are icons (Font Awesome, as on Approve and Send), not emoji,
-    which a machine without a color-emoji font shows as empty boxes."""
+    which a machine without a color-emoji font shows as empty boxes.
+
+    The buttons are named for screen readers by their tooltips and say whether they
+    are pressed (class ``cm-pressed``), and the bar is a group named by :attr:`name`
+    (which answer it rates; read, not shown): the view's ``ConnectionWatch`` turns these
+    into ARIA attributes, which stock widgets do not take."""
 
     def __init__(self, session: ContextSession, follower: SessionFollower, message_id: str) -> None:
         self.session = session
@@ -74,7 +80,11 @@ class RatingBar(w.HBox):  # type: ignore[misc]
             w.Button(description=str(n), tooltip=f"score {n} of 5", layout=small) for n in _SCORES
         ]
         self.note = w.HTML("")
-        super().__init__([self.up, self.down, *self.scores, self.note])
+        # The group's name (a Box's own tooltip breaks its view in ipywidgets 8.1).
+        self._name = w.Label("")
+        self._name.add_class("cm-sr-only")
+        self._name.add_class("cm-rating-name")
+        super().__init__([self.up, self.down, *self.scores, self.note, self._name])
         self.add_class("cm-rating")
         self.up.on_click(lambda _b: self._rate({"thumbs": "up"}))
         self.down.on_click(lambda _b: self._rate({"thumbs": "down"}))
@@ -84,6 +94,15 @@ class RatingBar(w.HBox):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return "<cm_notebook rating>"
+
+    @property
+    def name(self) -> str:
+        """What a screen reader calls the bar (which answer it rates)."""
+        return str(self._name.value)
+
+    @name.setter
+    def name(self, text: str) -> None:
+        self._name.value = text
 
     def close(self) -> None:
         """Close the bar and its buttons (harmless twice)."""
@@ -97,7 +116,7 @@ class RatingBar(w.HBox):  # type: ignore[misc]
             try:
                 rate_from_front_end(self.session, {"id": self.message_id, **content})
             except CMError as exc:
-                self.note.value = f'<span style="color:#b91c1c">{html.escape(str(exc))}</span>'
+                self.note.value = f'<span style="color:{ERROR}">{html.escape(str(exc))}</span>'
 
         self._follower.on_loop(carry_out)
 
@@ -105,5 +124,17 @@ class RatingBar(w.HBox):  # type: ignore[misc]
         """Press the buttons of ``rating`` (``{"thumbs", "score"}``)."""
         self.up.button_style = "success" if rating.get("thumbs") == "up" else ""
         self.down.button_style = "danger" if rating.get("thumbs") == "down" else ""
+        _press(self.up, rating.get("thumbs") == "up")
+        _press(self.down, rating.get("thumbs") == "down")
         for n, button in zip(_SCORES, self.scores, strict=True):
             button.button_style = "info" if rating.get("score") == n else ""
+            _press(button, rating.get("score") == n)
+
+
+def _press(button: w.Button, pressed: bool) -> None:
+    # Pressed or not, said by a class the front end reads (aria-pressed): the colour
+    # alone says nothing to a screen reader, nor to someone who cannot tell the colours.
+    if pressed:
+        button.add_class("cm-pressed")
+    else:
+        button.remove_class("cm-pressed")

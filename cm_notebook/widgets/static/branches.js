@@ -16,6 +16,7 @@ function render({ model, el }) {
   const list = document.createElement("div");
   const notice = document.createElement("div");
   notice.className = "cm-notice";
+  notice.setAttribute("role", "alert"); // read out as it appears
   el.append(list, notice);
 
   // Once the kernel restarts, the comm is gone and model.send throws ("Cannot send"):
@@ -42,7 +43,21 @@ function render({ model, el }) {
     return text;
   };
 
+  // Each change of the nodes draws the tree again (a reply arriving on any branch
+  // changes its facts): the button that had the focus, pressed or not, is then drawn
+  // anew, and the focus goes to it (the same action of the same branch) instead of
+  // falling to the top of the page. Else, its branch gone, to the active branch.
   function draw() {
+    const had = document.activeElement;
+    const key = had && list.contains(had) ? had.dataset.key : null;
+    drawNodes();
+    if (!key || document.activeElement === had) return;
+    const buttons = [...list.querySelectorAll("button[data-key]")];
+    const again = buttons.find((b) => b.dataset.key === key) || list.querySelector(".cm-active .cm-node-name");
+    if (again && !again.disabled) again.focus({ preventScroll: true });
+  }
+
+  function drawNodes() {
     list.replaceChildren();
     metas.length = 0;
     for (const n of model.get("nodes") || []) {
@@ -53,11 +68,14 @@ function render({ model, el }) {
       const mark = document.createElement("span");
       mark.textContent = n.depth ? "└" : "●";
       mark.style.color = "#999";
+      mark.setAttribute("aria-hidden", "true"); // drawing, not words
       const name = document.createElement("button");
       name.className = "cm-node-name";
       name.textContent = n.name;
       // The whole name too: a long one is cut with an ellipsis.
       name.title = `${n.name}: ${n.active ? "the active branch" : "switch to this branch"}`;
+      name.dataset.key = `switch:${n.name}`;
+      if (n.active) name.setAttribute("aria-current", "true");
       name.addEventListener("click", () => send({ event: "switch", branch: n.name }));
       const meta = document.createElement("span");
       meta.className = "cm-node-meta";
@@ -67,6 +85,9 @@ function render({ model, el }) {
       fork.className = "cm-act cm-fork";
       fork.textContent = "fork";
       fork.title = "new branch from here";
+      fork.dataset.key = `fork:${n.name}`;
+      // Each fork button says which branch it forks: "fork" alone, read out, does not.
+      fork.setAttribute("aria-label", `Fork ${n.name}: new branch from here`);
       fork.addEventListener("click", () => send({ event: "fork", branch: n.name }));
       row.append(mark, name, meta, fork);
       if (n.prompt) {

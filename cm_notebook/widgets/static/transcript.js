@@ -15,9 +15,14 @@ function h(tag, cls, text) {
   return node;
 }
 
-function button(label, title, onClick, cls) {
+// `name`: what a screen reader says for a glyph (✎, ↻, <): the glyph itself means
+// nothing read aloud. `key`: the action, with the message's id, by which focus finds
+// the button drawn again in its place (see keepingFocus).
+function button(label, title, onClick, cls, name, key) {
   const b = h("button", "cm-act" + (cls ? " " + cls : ""), label);
   b.title = title;
+  if (name) b.setAttribute("aria-label", name);
+  if (key) b.dataset.key = key;
   b.addEventListener("click", (e) => {
     e.preventDefault();
     onClick();
@@ -52,13 +57,13 @@ function renderCall(c) {
 function ratingBar(m, send) {
   const bar = h("div", "cm-rating");
   const rating = m.rating || {};
-  const add = (label, title, pressed, payload, icon) => {
-    const b = button(label, title, () => send({ event: "rate", id: m.id, ...payload }), "cm-rate");
+  const add = (label, title, pressed, payload, icon, name) => {
+    const key = `${m.id}:rate:${payload.thumbs || payload.score}`;
+    const b = button(label, title, () => send({ event: "rate", id: m.id, ...payload }), "cm-rate", name || title, key);
     if (icon) {
       const glyph = h("i", `fa fa-${icon}`);
       glyph.setAttribute("aria-hidden", "true");
       b.append(glyph);
-      b.setAttribute("aria-label", title);
     }
     if (pressed) b.classList.add("cm-pressed");
     b.setAttribute("aria-pressed", pressed ? "true" : "false");
@@ -66,7 +71,9 @@ function ratingBar(m, send) {
   };
   add("", "a good answer", rating.thumbs === "up", { thumbs: "up" }, "thumbs-up");
   add("", "a bad answer", rating.thumbs === "down", { thumbs: "down" }, "thumbs-down");
-  for (let n = 1; n <= 5; n++) add(String(n), `score ${n} of 5`, rating.score === n, { score: n });
+  for (let n = 1; n <= 5; n++) {
+    add(String(n), `score ${n} of 5`, rating.score === n, { score: n }, null, `Score ${n} of 5`);
+  }
   return bar;
 }
 
@@ -80,6 +87,13 @@ function render({ model, el }) {
   liveHead.append(h("span", "cm-label", "Assistant ▍"));
   liveBox.append(liveHead, liveText);
   const notice = h("div", "cm-notice");
+  // Read out by screen readers as it appears: an action's error, "Not connected".
+  notice.setAttribute("role", "alert");
+  // Says each finished reply once, politely: the streaming text is not a live region
+  // (a screen reader would read every delta as it came).
+  const announcer = h("div", "cm-sr-only");
+  announcer.setAttribute("role", "status");
+  announcer.setAttribute("aria-live", "polite");
   // Only the branch's last messages are sent at first (`earlier`: how many more there
   // are): a click asks the kernel for more, drawn above without moving what is read.
   const earlier = button("", "show earlier messages of this branch", () => {
@@ -87,7 +101,7 @@ function render({ model, el }) {
   }, "cm-earlier");
   let keepFromBottom = false;
   scroller.append(earlier, list);
-  el.append(scroller, notice);
+  el.append(scroller, notice, announcer);
 
   // Once the kernel restarts, the comm is gone and model.send throws ("Cannot send");
   // a click on a view left over from before the restart does nothing instead.
@@ -166,20 +180,46 @@ function render({ model, el }) {
   // redraw draws the edit box again from here, so nothing typed is lost.
   const editing = new Map();
 
-  // Replacing or moving the edit box being typed into drops its focus and caret: put
-  // them back on the box drawn in its place.
+  // Replacing or moving a message box drops the focus of whatever in it had it (a
+  // button pressed with the keyboard, the edit box being typed into: its caret too),
+  // and the next Tab would start again from the top of the page. Focus goes back to
+  // the control drawn in its place (same message, same action); else to the same
+  // action of the message now at that place (an alternative shown by < or >); else,
+  // if the control went (↻ replaced its reply, an edit was sent), to the chat's
+  // message box.
   function keepingFocus(draw) {
-    const area = document.activeElement;
-    const box = area && area.classList.contains("cm-edit-box") && list.contains(area) ? area.closest(".cm-msg") : null;
-    const caret = box && [area.selectionStart, area.selectionEnd];
+    const had = document.activeElement;
+    if (!had || !list.contains(had)) return draw();
+    const box = had.closest(".cm-msg");
+    const place = box ? [...list.children].indexOf(box) : -1;
+    const key = had.dataset.key || (had.classList.contains("cm-edit-box") && box ? `${box.dataset.id}:edit-box` : null);
+    const action = key && key.slice(key.indexOf(":") + 1);
+    const caret = had.classList.contains("cm-edit-box") && [had.selectionStart, had.selectionEnd];
     draw();
-    if (!box) return;
-    const again = list.querySelector(`.cm-msg[data-id="${CSS.escape(box.dataset.id)}"] .cm-edit-box`);
-    if (again && again !== document.activeElement) {
-      again.focus({ preventScroll: true });
-      again.setSelectionRange(...caret);
+    if (document.activeElement === had && had.isConnected) return;
+    const byKey = (root, k) => root && [...root.querySelectorAll("[data-key]")].find((b) => b.dataset.key === k);
+    let again = key && byKey(list, key);
+    if (!again && key && key.endsWith(":edit-box")) {
+      again = list.querySelector(`.cm-msg[data-id="${CSS.escape(box.dataset.id)}"] .cm-edit-box`);
     }
+    if (!again && key && action.startsWith("edit-")) again = byKey(list, `${box.dataset.id}:edit`);
+    if (!again && action && place >= 0) {
+      const there = list.children[place];
+      again = there && [...there.querySelectorAll("[data-key]")].find((b) => b.dataset.key.endsWith(`:${action}`));
+    }
+    // Disabled (> on the last alternative): another control of that message.
+    if (again && again.disabled) again = again.closest(".cm-msg").querySelector("button[data-key]:not(:disabled)");
+    if (!again) again = messageBox();
+    if (!again || !again.isConnected) return;
+    again.focus({ preventScroll: true });
+    if (caret && again.classList.contains("cm-edit-box")) again.setSelectionRange(...caret);
   }
+
+  // The text box of the ChatView holding this transcript (none shown on its own).
+  const messageBox = () => {
+    const chat = el.closest(".cm-chat");
+    return chat && chat.querySelector(".cm-message-box textarea");
+  };
 
   function redraw(entry) {
     keepingFocus(() => {
@@ -210,8 +250,9 @@ function render({ model, el }) {
     if (token !== drawing) return; // a newer list arrived meanwhile
     noteScroll(); // measured with a finished reply's live box still there
     const fromBottom = scroller.scrollHeight - scroller.scrollTop;
-    keepingFocus(() => list.replaceChildren(...resolved.map(([id, m]) => boxOf(id, m))));
-    if (liveId) list.append(liveBox);
+    const wanted = resolved.map(([id, m]) => boxOf(id, m));
+    keepingFocus(() => placeBoxes(liveId ? [...wanted, liveBox] : wanted));
+    announceFinished();
     drawEarlier();
     if (keepFromBottom && !stuck && laidOut()) {
       // Earlier messages came in above: the one being read stays where it was.
@@ -220,6 +261,41 @@ function render({ model, el }) {
     }
     keepFromBottom = false;
     follow();
+  }
+
+  // The boxes in order, leaving in place those already there: a box taken out of the
+  // page, even to be put back at once, loses the focus of a control in it (a reply
+  // arriving would take it from the button or edit box in use).
+  function placeBoxes(wanted) {
+    const keep = new Set(wanted);
+    for (const child of [...list.children]) if (!keep.has(child)) child.remove();
+    let at = list.firstChild;
+    for (const box of wanted) {
+      if (box === at) at = at.nextSibling;
+      else list.insertBefore(box, at);
+    }
+  }
+
+  // The reply that just finished streaming, said once by the live region (its text,
+  // as drawn), when its finished box is on the page. A reply that only asks for tools
+  // says nothing here: the approvals, or its tool calls' results, follow.
+  let finishing = null;
+  const announced = new Set();
+  function announceFinished() {
+    if (!finishing) return;
+    const box = [...list.children].find((b) => b.dataset.id === finishing);
+    if (!box) return;
+    const id = finishing;
+    finishing = null;
+    if (announced.has(id)) return;
+    announced.add(id);
+    const body = box.querySelector(".cm-body");
+    const error = box.querySelector(".cm-error");
+    let said = (body ? body.textContent : "").trim();
+    if (said.length > 600) said = said.slice(0, 599) + "…";
+    if (box.classList.contains("cm-status-interrupted")) announcer.textContent = `Reply stopped: ${said}`;
+    else if (error) announcer.textContent = `Reply failed: ${error.textContent}`;
+    else if (said) announcer.textContent = `Reply finished: ${said}`;
   }
 
   function drawEarlier() {
@@ -236,12 +312,13 @@ function render({ model, el }) {
   function renderMessage(m) {
     const box = h("div", `cm-msg cm-${m.role} cm-status-${m.status}`);
     box.dataset.id = m.id;
+    const key = (action) => `${m.id}:${action}`;
     const head = h("div", "cm-head");
     head.append(h("span", "cm-label", m.label));
     if (m.sibling) {
       const nav = h("span", "cm-siblings");
-      const prev = button("<", "previous alternative", () => send({ event: "sibling", id: m.prev }));
-      const next = button(">", "next alternative", () => send({ event: "sibling", id: m.next }));
+      const prev = button("<", "previous alternative", () => send({ event: "sibling", id: m.prev }), "", "Previous alternative", key("prev"));
+      const next = button(">", "next alternative", () => send({ event: "sibling", id: m.next }), "", "Next alternative", key("next"));
       prev.disabled = !m.prev;
       next.disabled = !m.next;
       nav.append(prev, h("span", "cm-sibling-pos", `${m.sibling[0]}/${m.sibling[1]}`), next);
@@ -251,13 +328,13 @@ function render({ model, el }) {
     const body = h("div", "cm-body");
     body.innerHTML = m.html; // rendered by the kernel; raw HTML in messages is escaped there
     if (m.role === "user") {
-      actions.append(button("✎", "edit and resend (on a new branch)", () => startEdit(m, body), "cm-edit"));
+      actions.append(button("✎", "edit and resend (on a new branch)", () => startEdit(m, body), "cm-edit", "Edit this message", key("edit")));
     }
     if (m.id === model.get("last_reply")) {
-      actions.append(button("↻", "regenerate this reply", () => send({ event: "regenerate", id: m.id, branch: model.get("branch") }), "cm-regenerate"));
+      actions.append(button("↻", "regenerate this reply", () => send({ event: "regenerate", id: m.id, branch: model.get("branch") }), "cm-regenerate", "Regenerate this reply", key("regenerate")));
     }
     if (m.role === "user" || m.role === "assistant") {
-      actions.append(button("fork", "new branch from here", () => send({ event: "fork", id: m.id, branch: model.get("branch") }), "cm-fork"));
+      actions.append(button("fork", "new branch from here", () => send({ event: "fork", id: m.id, branch: model.get("branch") }), "cm-fork", "Fork: new branch from here", key("fork")));
     }
     head.append(actions);
     box.append(head, body);
@@ -276,6 +353,7 @@ function render({ model, el }) {
     const opening = !editing.has(m.id);
     if (opening) editing.set(m.id, m.text);
     const area = h("textarea", "cm-edit-box");
+    area.setAttribute("aria-label", "Edited message");
     area.value = editing.get(m.id);
     area.addEventListener("input", () => editing.set(m.id, area.value));
     // Keys typed here are the box's, never the notebook's: JupyterLab would run the
@@ -293,8 +371,8 @@ function render({ model, el }) {
         // Closed once sent (the edited message opens on its new branch); kept, with
         // its text, if the kernel could not be reached.
         if (send({ event: "edit", id: m.id, text: area.value, branch: model.get("branch") })) close();
-      }, "cm-edit-send"),
-      button("Cancel", "keep the message", close),
+      }, "cm-edit-send", null, `${m.id}:edit-send`),
+      button("Cancel", "keep the message", close, "", null, `${m.id}:edit-cancel`),
     );
     body.replaceChildren(area, row);
     if (opening) area.focus();
@@ -303,6 +381,7 @@ function render({ model, el }) {
   function drawLive(initial) {
     const live = model.get("live") || {};
     if (!live.id) {
+      if (liveId) finishing = liveId;
       liveId = null;
       text = "";
       // The live box goes when drawMessages puts the finished message in its place:
@@ -362,6 +441,32 @@ function render({ model, el }) {
   }
   model.on("comm_live_update", disconnected);
 
+  // The chat's Send and Stop are disabled by the kernel while they cannot be used (Send
+  // once it sent, Stop once the reply ended): a disabled button loses the focus, to the
+  // top of the page. A button disabled while it had the focus hands it to the message
+  // box, where the next message is typed. Watched once the view is on the page (its
+  // ChatView draws it first, the buttons after).
+  const buttonsWatch = new MutationObserver((changes) => {
+    for (const { target } of changes) {
+      if (connected && target.disabled && target === document.activeElement) {
+        const box = messageBox();
+        if (box) box.focus({ preventScroll: true });
+      }
+    }
+  });
+  let watchTries = 0;
+  function watchButtons() {
+    const chat = el.closest(".cm-chat");
+    if (chat) {
+      for (const b of chat.querySelectorAll(".cm-chat-controls button")) {
+        buttonsWatch.observe(b, { attributes: true, attributeFilter: ["disabled"] });
+      }
+      if (chat.querySelector(".cm-chat-controls button")) return;
+    }
+    if (watchTries++ < 100) setTimeout(watchButtons, 100);
+  }
+  watchButtons();
+
   const drawNotice = () => {
     if (!connected) return;
     notice.textContent = model.get("notice") || "";
@@ -381,7 +486,10 @@ function render({ model, el }) {
   drawLive(true);
   drawMessages();
   drawNotice();
-  return () => resized.disconnect();
+  return () => {
+    resized.disconnect();
+    buttonsWatch.disconnect();
+  };
 }
 
 export default { render };
