@@ -13,7 +13,7 @@ from test_session_support import until
 
 from cm_notebook import ContextSession
 from cm_notebook.testing import ScriptedProvider
-from cm_notebook.widgets.sweep_grid import SweepGrid, grid_html
+from cm_notebook.widgets.sweep_grid import SweepGrid, grid_html, shown_text
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +61,18 @@ async def test_the_grid_streams_cells_live_and_ends_with_every_reply(
     assert "<b>g</b>: 2 cells (2 done)" in page
     grid.close()
     view.close()
+
+
+def test_a_cells_status_is_said_in_words_not_only_in_colour() -> None:
+    # Colour alone says nothing to a screen reader, nor to someone who cannot tell
+    # the colours: a running reply is marked as running, a failed cell says it failed.
+    def cell(status: str, text: str = "", error: str = "") -> dict[str, str]:
+        return {"status": status, "text": text, "error": error}
+
+    assert shown_text(cell("running", "one two")) == "one two [running…]"
+    assert shown_text(cell("running")) == "(running)"
+    assert shown_text(cell("pending")) == "(pending)"
+    assert shown_text(cell("failed", error="timed out")) == "[failed: timed out]"
+    assert shown_text(cell("failed")) == "[failed]"
+    assert shown_text(cell("failed", "one", "timed out")) == "one [failed: timed out]"
+    assert shown_text(cell("done", "Paris.")) == "Paris."

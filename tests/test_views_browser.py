@@ -189,6 +189,11 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
         """() => [...document.querySelectorAll(".cm-grid-table .cm-grid-running")]
             .some((slot) => / Q[12] a b/.test(slot.textContent))"""
     )
+    # A running cell's partial text says it is running, in words (not only in colour).
+    page.wait_for_function(
+        """() => [...document.querySelectorAll(".cm-grid-table .cm-grid-running")]
+            .some((slot) => / Q[12] a b.*\\[running…\\]$/.test(slot.textContent))"""
+    )
     page.wait_for_selector(".cm-grid-table .cm-grid-done >> nth=3")
     assert page.locator(".cm-grid-table tr").count() == 3  # a header and two prompts
     assert "echo: Q2" in _text(page, ".cm-grid-table")

@@ -28,7 +28,7 @@ import traitlets as t
 
 from .. import events as ev
 from .._sweep_stops import nothing_to_start
-from .._theme import MUTED
+from .._theme import ERROR, MUTED
 from ._base import FollowingView, static_text
 
 if TYPE_CHECKING:
@@ -77,21 +77,24 @@ def grid_data(sweep: Sweep) -> dict[str, Any]:
 
 _STATUS_STYLE = {
     "pending": "color:{MUTED}",
-    "running": "color:#1d4ed8",
+    "running": "color:var(--jp-brand-color0,#1d4ed8)",
     "done": "",
-    "failed": "color:#b91c1c",
+    "failed": f"color:{ERROR}",
 }
 
 
 def shown_text(cell: Mapping[str, Any]) -> str:
-    """What a cell shows: its reply; a failed one's partial text is marked as such,
-    with why it failed (as ``grid.js`` draws it), never shown as if it were an answer."""
-    text, error = cell["text"], cell["error"]
-    if cell["status"] != "failed":
-        return str(text)
+    """What a cell shows (as ``grid.js`` draws it): its reply; a running one's partial
+    text marked as still running, a failed one's as failed, with why, never shown as if
+    it were an answer; a cell without text, its status. In words, not only in colour:
+    a screen reader, or someone who cannot tell the colours, gets the status too."""
+    text, error, status = str(cell["text"]), str(cell["error"]), cell["status"]
+    if status == "failed":
+        why = f"[failed: {error}]" if error else "[failed]"
+        return f"{text} {why}" if text else why
     if not text:
-        return str(error)
-    return f"{text} [failed: {error}]" if error else f"{text} [failed]"
+        return f"({status})"
+    return f"{text} [running…]" if status == "running" else text
 
 
 def grid_html(sweep: Sweep) -> str:
@@ -110,8 +113,7 @@ def grid_html(sweep: Sweep) -> str:
         for col in range(len(data["columns"])):
             parts = []
             for cell in by_place.get((row["key"], col), []):
-                text = shown_text(cell)
-                shown = html.escape(text) if text else f"({cell['status']})"
+                shown = html.escape(shown_text(cell))
                 parts.append(
                     f'<div class="cm-grid-repeat" title="{html.escape(cell["branch"])}" '
                     f'style="border-top:1px dotted #ddd;padding:2px 0;white-space:pre-wrap;'
@@ -131,7 +133,7 @@ def grid_html(sweep: Sweep) -> str:
         )
     counts = ", ".join(f"{n} {k}" for k, n in sweep.counts().items() if n)
     stopped = "".join(
-        f'<div style="color:#b91c1c">{html.escape(note)}</div>' for note in sweep.stopped.values()
+        f'<div style="color:{ERROR}">{html.escape(note)}</div>' for note in sweep.stopped.values()
     )
     return (
         f'<div class="cm-grid"><div style="color:{MUTED}">sweep <b>{html.escape(sweep.name)}</b>: '

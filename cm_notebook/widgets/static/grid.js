@@ -13,6 +13,7 @@ function render({ model, el }) {
   table.className = "cm-grid-table";
   const notice = document.createElement("div");
   notice.className = "cm-notice";
+  notice.setAttribute("role", "alert"); // read out as it appears
   el.append(title, table, notice);
   let shape = "";
   const slots = new Map(); // sweep cell key -> its element
@@ -67,13 +68,17 @@ function render({ model, el }) {
       counts[cell.status] = (counts[cell.status] || 0) + 1;
       const slot = slots.get(cell.key);
       if (!slot) continue;
-      // A failed cell's partial text is marked, with why (sweep_grid.shown_text).
+      // The status in words, not only in colour; a failed cell's partial text marked,
+      // with why (as sweep_grid.shown_text says it).
       let text = cell.text;
       if (cell.status === "failed") {
         const why = cell.error ? `[failed: ${cell.error}]` : "[failed]";
-        text = text ? `${text} ${why}` : cell.error;
+        text = text ? `${text} ${why}` : why;
+      } else if (!text) {
+        text = `(${cell.status})`;
+      } else if (cell.status === "running") {
+        text = `${text} [running…]`;
       }
-      text = text || `(${cell.status})`;
       const drawn = `${cell.status}\u0000${text}`;
       if (slot.dataset.drawn === drawn) continue;
       slot.dataset.drawn = drawn;
