@@ -39,3 +39,22 @@ async def test_comparisons_and_stability_write_muted_text_in_the_themes_colour(
     for name, page in pages.items():
         assert "var(--jp-ui-font-color2" in page, name
         assert not _FIXED_GREY.findall(page), (name, _FIXED_GREY.findall(page))
+
+
+#: An error's text in a bare dark red (not inside var(...)): 3:1 or less in a dark theme.
+_FIXED_RED = re.compile(r"(?<![-\w,(])color:#(?:b91c1c|dc2626)\b")
+
+
+async def test_an_unfinished_answer_says_so_in_the_themes_error_colour(
+    new_session: NewSession,
+) -> None:
+    provider = ScriptedProvider().reply("Paris.").error("permanent", message="out of credit")
+    session = new_session(provider=provider)
+    await session.send("Capital?")
+    session.branch("b", session.history()[0].id)
+    with pytest.raises(Exception, match="out of credit"):
+        await session.send("Capital of Italy?")
+    page = session.compare("main", "b")._repr_html_()
+    assert "no answer: " in page
+    assert "var(--jp-error-color1" in page
+    assert not _FIXED_RED.findall(page), _FIXED_RED.findall(page)

@@ -152,6 +152,7 @@ CONTRAST_JS = """(el) => {
 # The texts whose colours the views set, by selector: each must be readable.
 READABLE = {
     "the active branch in the status chip": ".cm-status .cm-chip.cm-active",
+    "a branch's state in the status chip": ".cm-status .cm-chip .cm-state-Idle",
     "the active branch in the tree": ".cm-tree .cm-node.cm-active .cm-node-name",
     "another branch in the tree": ".cm-tree .cm-node:not(.cm-active) .cm-node-name",
     "a branch's facts": ".cm-tree .cm-node-meta",
