@@ -29,15 +29,57 @@ __all__ = [
     "Comparison",
     "WordDiff",
     "diff_side_html",
+    "diff_similarity",
     "is_answer",
     "unfinished_html",
     "word_diff",
+    "word_similarity",
 ]
 
 #: The most token pairs whose similarity is counted exactly (in little memory, but in
 #: time growing with the pairs: ~0.3 s here, e.g. two answers of 30,000 words); beyond
-#: it, the similarity is estimated from the coarse diff (see :meth:`Comparison.similarity`).
+#: it, the similarity is estimated from the coarse diff (see :func:`word_similarity`).
 SIMILARITY_BUDGET = 4_000_000_000
+
+
+def _words_only(text: str) -> list[str]:
+    # The diff's tokens less the white space between them: the similarity counts words,
+    # and every pair of texts shares spaces (two answers without a word in common
+    # scored ~0.47 when they were counted).
+    return [token for token in words(text) if not token.isspace()]
+
+
+def word_similarity(a: str, b: str, ops: list[tuple[str, str]] | None = None) -> tuple[float, bool]:
+    """How alike two texts are, in [0, 1], and whether that is an estimate.
+
+    The similarity is 2 x (words in common) / (words in both), as difflib's ``ratio()``
+    on their words: words are the runs of non-space characters, white space is not
+    counted (two texts without a word in common score 0.0; two without any word, 1.0).
+    It is counted exactly up to :data:`SIMILARITY_BUDGET` pairs of words (after the
+    words the texts share at their start and end); beyond it, it is estimated from
+    their coarse diff (``ops``, if already made), which finds fewer words in common.
+    """
+    words_a, words_b = _words_only(a), _words_only(b)
+    if alignable(words_a, words_b, SIMILARITY_BUDGET):
+        # On a longest common subsequence of the words (rapidfuzz's bit-parallel Indel,
+        # in memory linear in the lengths).
+        return float(Indel.normalized_similarity(words_a, words_b)), False
+    if ops is None:
+        ops = word_diff(a, b)
+    return diff_similarity(ops), True
+
+
+def diff_similarity(ops: list[tuple[str, str]]) -> float:
+    """The similarity of :func:`word_similarity` counted on a diff (``ops``: a
+    :func:`word_diff`): 2 x (words in its shared runs) / (words in both texts). On a
+    coarse diff it is an estimate, finding fewer words in common than the texts have."""
+    same = sum(len(_words_only(part)) for op, part in ops if op == "=")
+    total = sum(len(_words_only(part)) for _op, part in ops) + same
+    # A word is never split between two runs (the diff cuts between tokens), but the
+    # floor keeps the share in [0, 1] for any list given.
+    # 1 - distance / total, as Indel.normalized_similarity counts it: the same counts
+    # give the same float in both (2 * same / total may differ in its last bit).
+    return 1.0 if total == 0 else max(0.0, 1.0 - (total - 2 * same) / total)
 
 
 def is_answer(message: Message) -> bool:
@@ -211,7 +253,9 @@ class Comparison(BaseModel):
         return "".join(lines)
 
     def similarity(self, other: str | None = None) -> float:
-        """Word-level similarity in [0, 1] of the baseline's answer and ``other``'s.
+        """Word similarity in [0, 1] of the baseline's answer and ``other``'s: 2 x
+        (words in common) / (words in both), white space not counted (see
+        :func:`word_similarity`).
 
         For answers so long that counting it exactly would take more than a moment
         (beyond :data:`SIMILARITY_BUDGET` pairs of words, after the words they share at
@@ -225,19 +269,7 @@ class Comparison(BaseModel):
     def _similarity(self, text: str, ops: WordDiff | None) -> tuple[float, bool]:
         # The similarity of the baseline's answer and ``text``, and whether it is an
         # estimate (``ops``: their diff, if already made).
-        words_a, words_b = words(self.results[0].text), words(text)
-        if alignable(words_a, words_b, SIMILARITY_BUDGET):
-            # 2 x (words in common) / (words in both), as difflib's ratio(), counted on
-            # the same longest-common-subsequence alignment as word_diff (bit-parallel,
-            # in memory linear in the lengths).
-            return float(Indel.normalized_similarity(words_a, words_b)), False
-        if ops is None:
-            ops = word_diff(self.results[0].text, text)
-        # The words the coarse diff keeps in common (a run's white space at its edges
-        # may be counted once more than in the texts: hence the cap).
-        same = sum(len(words(part)) for op, part in ops if op == "=")
-        total = len(words_a) + len(words_b)
-        return min(1.0, 2 * same / total), True
+        return word_similarity(self.results[0].text, text, ops)
 
     def __repr__(self) -> str:
         return f"<Comparison of {', '.join(self.branches) or 'no branches'}>"

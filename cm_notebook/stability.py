@@ -7,7 +7,8 @@ groups the identical ones (after ``normalize``, by default stripping the white s
 around them); a group's ``text`` is its first answer as it was given. Groups come most
 common first (ties: the first seen first). Each other
 group is compared word by word with the most common answer (the word diff of
-:mod:`cm_notebook.compare`): a near-identical one (similarity at least ``threshold``)
+:mod:`cm_notebook.compare`): a near-identical one (word similarity at least
+``threshold``: 2 x the words in common / the words in both, as a comparison counts it)
 carries the diff, a distinct one only its similarity. Answers too long to diff word by
 word are diffed more coarsely (see :data:`cm_notebook.compare.DIFF_BUDGET`):
 their group says so (``coarse``), and its similarity, counted on that diff, is an
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._theme import MUTED
 from ._unicode import for_terminal
-from .compare import COARSE_NOTE, diff_side_html, word_diff
+from .compare import COARSE_NOTE, diff_side_html, diff_similarity, word_diff, word_similarity
 from .errors import InvalidInputError
 from .model import Message
 
@@ -35,10 +36,17 @@ __all__ = ["AnswerGroup", "Stability", "similarity", "stability"]
 
 def similarity(ops: list[tuple[str, str]]) -> float:
     """How alike two texts are, in [0, 1], from their :func:`~cm_notebook.compare.word_diff`:
-    the share of their characters in the words they have in common."""
-    same = sum(len(text) for op, text in ops if op == "=")
-    total = 2 * same + sum(len(text) for op, text in ops if op != "=")
-    return 1.0 if total == 0 else 2 * same / total
+    the word similarity of :meth:`Comparison.similarity
+    <cm_notebook.compare.Comparison.similarity>`, 2 x (words in common) / (words in
+    both), white space not counted. On a coarse diff (:attr:`WordDiff.coarse
+    <cm_notebook.compare.WordDiff.coarse>`) it is counted on that diff, an estimate."""
+    if getattr(ops, "coarse", False):
+        return diff_similarity(ops)
+    # The two texts, given back by the diff, measured as a comparison measures them:
+    # the same pair shows the same number in both views.
+    first = "".join(text for op, text in ops if op != "+")
+    second = "".join(text for op, text in ops if op != "-")
+    return word_similarity(first, second, ops)[0]
 
 
 class AnswerGroup(BaseModel):
