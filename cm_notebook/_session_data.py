@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import records as rec
 from ._session_scores import ScoreMethods, branch_histories
 from .compare import is_answer
+from .errors import InvalidInputError
 from .model import Message
 from .stability import Stability, stability
 
@@ -73,14 +74,53 @@ class DataMethods(ScoreMethods):
         missing or did not complete (failed, stopped) are left out: an error's empty
         text is not an answer, nor is a reply that only asks for tools. A reply that
         several branches share (a fork with nothing sent on it yet) counts once, for the
-        first of them: one answer, however many branches point at it."""
+        first of them: one answer, however many branches point at it.
+
+        The replies must answer one prompt (the same user message text): answers to
+        different questions are no repeated runs, and their agreement would mean
+        nothing. When they do not, raises
+        :class:`~cm_notebook.errors.InvalidInputError` naming each prompt and its
+        branches; pass the branches of one prompt, or use a sweep's
+        :meth:`~cm_notebook.sweep.Sweep.stability`, which groups per prompt."""
         answers: builtins.list[tuple[str, Message]] = []
+        prompts: dict[str | None, builtins.list[str]] = {}
         counted: set[str] = set()
         for branch, messages in branch_histories(self, branches):
-            last = next((m for m in reversed(messages) if m.role == "assistant"), None)
+            at = next(
+                (i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "assistant"),
+                None,
+            )
+            last = messages[at] if at is not None else None
             if last is not None and is_answer(last) and last.id not in counted:
                 counted.add(last.id)
                 answers.append((branch, last))
+                prompts.setdefault(_prompt_of(messages[:at]), []).append(branch)
+        if len(prompts) > 1:
+            raise InvalidInputError(_mixed_prompts(prompts))
         if normalize is None:
             return stability(answers, threshold=threshold)
         return stability(answers, threshold=threshold, normalize=normalize)
+
+
+def _prompt_of(before: builtins.list[Message]) -> str | None:
+    # The text of the user message a reply answers: the last one before it (a reply after
+    # tool rounds still answers it). None: the reply answers no user message.
+    return next((m.content for m in reversed(before) if m.role == "user"), None)
+
+
+def _mixed_prompts(prompts: dict[str | None, builtins.list[str]]) -> str:
+    # Which branches answer which prompt, so the caller can pick the branches of one.
+    shown = "; ".join(
+        f"{'(no prompt)' if prompt is None else repr(_short(prompt))}: {', '.join(names)}"
+        for prompt, names in prompts.items()
+    )
+    return (
+        f"the last replies answer {len(prompts)} different prompts ({shown}); stability "
+        "groups repeated runs of one prompt: pass the branches of one prompt, e.g. "
+        f"session.stability({list(next(iter(prompts.values())))!r}), or use a sweep's "
+        "stability(), which groups per prompt"
+    )
+
+
+def _short(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"

@@ -156,3 +156,21 @@ def test_a_reply_counts_once_however_many_branches_share_it(
     assert session.history("run3")[-1].tool_calls
     assert session.stability().total == 2
     session.stop("run3")
+
+
+def test_replies_to_different_prompts_are_no_repeated_runs(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(["Sure.", "Yes.", "Yes."])
+    session = new_session("mixed", provider=fake)
+    session.send("Let's talk about physics.").result(DEADLINE)
+    arm = session.fan_out("Is fire hot?", [{"temperature": 0.2}]).result(DEADLINE).branches[0]
+    session.send("Is ice cold?", branch="main").result(DEADLINE)
+    # "Yes." to both is no agreement of repeated runs: refused, saying which is which.
+    with pytest.raises(InvalidInputError, match="2 different prompts") as refused:
+        session.stability()
+    assert f"'Is ice cold?': main; 'Is fire hot?': {arm}" in str(refused.value)
+    with pytest.raises(InvalidInputError, match="different prompts"):
+        session.stability(["main", arm])
+    # The branches of one prompt are grouped as before.
+    assert session.stability([arm]).total == 1
