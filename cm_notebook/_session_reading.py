@@ -31,6 +31,7 @@ from .errors import (
     ToolCallAlreadyResolvedError,
 )
 from .ids import validate_branch_name, validate_message_id
+from .labels import baseline_of
 from .model import Message, ToolCall, ToolCallStatus
 from .prompts import effective_system
 from .providers import Provider
@@ -374,8 +375,16 @@ class SessionReading(SessionCore):
     # -- comparing ---------------------------------------------------------------------
 
     def compare(self, *branches: str) -> Comparison:
-        """Compare the last answers of ``branches`` (default: every branch)."""
+        """Compare the last answers of ``branches`` (default: every branch).
+
+        The first branch is the one the others are diffed and measured against: the
+        pinned baseline (:meth:`pin_baseline`) when it is among the compared branches,
+        the others following in the order given (as the compare view shows them); else
+        the first given."""
         names = [validate_branch_name(name) for name in branches] or list(self.branches)
+        baseline = baseline_of(self.metadata)
+        if baseline in names:  # pinned as the branch comparisons are measured against
+            names = [baseline, *(name for name in names if name != baseline)]
         paths = [self._io.call(self._store.path(self.id, name)) for name in names]
         # Read after the paths, so it holds every id on them; only answers' files are read.
         index = self._index()

@@ -198,6 +198,30 @@ def test_compare_defaults_to_every_branch(
     assert only.unified_diff() == ""
 
 
+def test_compare_measures_against_the_pinned_baseline(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(["A.", "Paris is the capital.", "Paris is the capital of France."])
+    session = new_session("baseline", provider=fake)
+    session.send("q").result(DEADLINE)
+    first, second = (
+        session.fan_out("q2", [{"temperature": 0.1}, {"temperature": 0.2}])
+        .result(DEADLINE)
+        .branches
+    )
+    session.pin_baseline(second)
+    # Every branch, or those given: the baseline first, the others in their order.
+    assert session.compare().branches == [second, "main", first]
+    pair = session.compare(first, second)
+    assert pair.branches == [second, first]
+    # (Which arm got which scripted reply depends on which asked first.)
+    assert pair.diff() == word_diff(pair[second].text, pair[first].text)
+    assert pair.diff() != word_diff(pair[first].text, pair[second].text)
+    assert f"diff {second} -> {first}" in str(pair)
+    # Without the baseline among them, the first given is measured against.
+    assert session.compare(first, "main").branches == [first, "main"]
+
+
 def test_comparison_html_escapes_everything(
     data_dir: Path, new_session: Callable[..., ContextSession]
 ) -> None:
