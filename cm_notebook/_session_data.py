@@ -36,7 +36,8 @@ class DataMethods(ScoreMethods):
     ) -> builtins.list[dict[str, Any]]:
         """One dict per assistant message of ``branches`` (default: every branch), each
         reply once; the columns are those of :mod:`cm_notebook.records` (prompt, variant,
-        model, parameters, seed, output, scores, timing, tokens, provenance...)."""
+        model, parameters, seed, output, scores, timing, tokens, provenance...). A reply
+        made before a branch forked gets none of that branch's variant and labels."""
         histories = branch_histories(self, branches)
         return rec.records(self.id, histories, self.branches, self.all_scores())
 

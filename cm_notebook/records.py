@@ -12,7 +12,9 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``message_id``                 (before they forked) is one row, on the first branch asked
 ``turn``                       which user turn of the branch it answers (1, 2, ...)
 ``prompt``                     the text of that user message
-``variant``                    the branch's ``variant`` label (a sweep's arm), if any
+``variant``                    the branch's ``variant`` label (a sweep's arm), if any; a
+                              reply made before the branch (it forked after the reply)
+                              has none, nor ``label_*`` values: another branch made it
 ``provider``, ``model``,       what produced it; ``parameters`` is the dict of generation
 ``parameters``, ``seed``       parameters (also spread into ``param_<name>`` columns)
 ``system_prompt``              the system prompt it was generated under
@@ -159,20 +161,30 @@ def records(
     scores: Mapping[str, Score],
 ) -> list[dict[str, Any]]:
     """One row per assistant message of ``histories`` (``(branch, messages)`` pairs,
-    root first), each reply once; see the module docstring for the columns."""
+    root first), each reply once; see the module docstring for the columns.
+
+    A branch's ``variant`` and ``label_*`` columns go only on the replies made on it: a
+    reply started before the branch was made (it forked after it) came from another
+    branch and gets none of them, even on a row of this branch."""
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for branch, messages in histories:
         found = branches.get(branch)
         labels: Mapping[str, str] = getattr(found, "labels", None) or {}
+        made: datetime | None = getattr(found, "created_at", None)
         turn, prompt = 0, None
         for message in messages:
             if message.role == "user":
                 turn, prompt = turn + 1, message
             elif message.role == "assistant" and message.id not in seen:
                 seen.add(message.id)
+                # A warm-up answered on main before an arm forked is not the arm's
+                # variant: its labels would credit the arm with a reply it never made.
+                # (Not every fork records where it forked: its creation time says.)
+                before = made is not None and message.created_at < made
+                own = {} if before else labels
                 rows.append(
-                    _row(context_id, branch, labels, turn, prompt, message, scores.get(message.id))
+                    _row(context_id, branch, own, turn, prompt, message, scores.get(message.id))
                 )
     return _rectangular(rows)
 

@@ -113,6 +113,32 @@ def test_a_reply_edited_by_hand_is_marked_with_the_reply_it_was_edited_from(
     assert frame["edited_from"].isna().iloc[1]
 
 
+def test_a_reply_made_before_a_fork_takes_none_of_the_arms_labels(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session("arms", provider=ScriptedProvider(["Sure.", "Hot.", "Cold."]))
+    session.send("Warm-up question").result(DEADLINE)
+    session.fan_out(
+        "Real question",
+        [{"branch": "hot", "temperature": 1.0}, {"branch": "cold", "temperature": 0.0}],
+    ).result(DEADLINE)
+    session.label("hot", variant="hot", run="1")
+    session.label("cold", variant="cold", run="2")
+    session.label("main", variant="base")
+    rows = session.to_records(["hot", "cold"])
+    # The warm-up, answered on main, is one row on the first branch asked for, but it
+    # is not the "hot" arm's reply: no variant, no labels.
+    warm_up = rows[0]
+    assert (warm_up["branch"], warm_up["prompt"]) == ("hot", "Warm-up question")
+    assert (warm_up["variant"], warm_up["label_variant"], warm_up["label_run"]) == (None,) * 3
+    assert [(row["branch"], row["variant"], row["label_run"]) for row in rows[1:]] == [
+        ("hot", "hot", "1"),
+        ("cold", "cold", "2"),
+    ]
+    # With main asked for first, the warm-up is main's, with main's labels.
+    assert session.to_records()[0]["variant"] == "base"
+
+
 def test_dataframe_and_csv_hold_the_same_table(
     new_session: Callable[..., ContextSession], tmp_path: Path
 ) -> None:
