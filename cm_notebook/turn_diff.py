@@ -258,7 +258,11 @@ def _delta_texts(turn: TurnDiff) -> list[str]:
             continue
         base = "?" if delta.base is None else _number(delta.base, decimals)
         other = "?" if delta.other is None else _number(delta.other, decimals)
-        sign = "" if delta.change is None else f" ({_signed(delta.change, decimals)})"
+        sign = ""
+        if delta.base is not None and delta.other is not None:
+            # The change between the values as shown, not the exact one rounded on its
+            # own: 1.4 -> 0.6 ms reads "1 -> 1 ms (0)", never "1 -> 1 ms (-1)".
+            sign = f" ({_signed(float(other) - float(base), decimals)})"
         out.append(f"{label} {base} -> {other}{unit}{sign}")
     return out
 

@@ -338,6 +338,31 @@ def test_a_delta_that_rounds_to_zero_has_no_sign(base: float, other: float, show
     assert str(TurnComparison(base="a", other="b", turns=[turn])).endswith(f"   {shown}")
 
 
+@pytest.mark.parametrize(
+    ("base", "other", "shown"),
+    [
+        ((1.4, 2.5), (0.6, 2.5), "latency 1 -> 1 ms (0)"),  # not (-1)
+        ((1.6, 2.5), (2.4, 2.5), "latency 2 -> 2 ms (0)"),  # not (+1)
+        ((1.4, 2.5), (2.6, 2.5), "latency 1 -> 3 ms (+2)"),  # not (+1)
+        ((10.0, 2.494), (10.0, 2.506), "score 2.49 -> 2.51 (+0.02)"),  # not (+0.01)
+    ],
+)
+def test_a_delta_is_the_change_between_the_values_shown(
+    base: tuple[float, float], other: tuple[float, float], shown: str
+) -> None:
+    turn = TurnDiff(
+        turn=1,
+        prompt="Q",
+        base=BranchResult(branch="a", text="x", duration_ms=base[0]),
+        other=BranchResult(branch="b", text="x", duration_ms=other[0]),
+        base_score=base[1],
+        other_score=other[1],
+    )
+    assert shown in str(TurnComparison(base="a", other="b", turns=[turn])).splitlines()[-1]
+    page = TurnComparison(base="a", other="b", turns=[turn])._repr_html_()
+    assert shown.replace(">", "&gt;") in page
+
+
 def test_printed_comparisons_show_a_reply_s_terminal_escapes_without_acting_on_them(
     new_session: Callable[..., ContextSession],
 ) -> None:
