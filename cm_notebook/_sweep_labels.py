@@ -26,8 +26,8 @@ def check_labels(name: str, labels: list[str]) -> None:
         # end up in saved notebooks).
         if find_secret({key: value}) is not None:
             return "it looks like a secret (a key or token), and secrets are never stored"
-        found = control_characters(value)
-        if found and not control_characters(value.replace("\n", "")):
+        found = control_characters(value, layout=True)
+        if found and not control_characters(value.replace("\n", ""), layout=True):
             return f"{value[:60]!r} is not one line of at most {MAX_LABEL_VALUE} characters"
         if found:
             return f"it holds control characters ({', '.join(found[:5])}), which garble lists"
@@ -42,7 +42,7 @@ def check_labels(name: str, labels: list[str]) -> None:
     for index, label in enumerate(labels):
         try:
             validate_labels({"variant": label})
-            if control_characters(label):  # C1 too, which validate_labels lets by
+            if control_characters(label, layout=True):  # C1 too, and U+2028, U+202E...
                 raise ValueError(label)
         except ValueError as exc:
             raise InvalidInputError(

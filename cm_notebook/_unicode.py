@@ -94,10 +94,19 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def control_characters(text: str, *, lines: bool = False) -> list[str]:
+#: The line and paragraph separators, and the bidirectional embeddings, overrides and
+#: isolates: no control characters to Unicode (they are format characters), but they
+#: break a line or reorder it wherever it is shown.
+_LAYOUT = re.compile("[\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def control_characters(text: str, *, lines: bool = False, layout: bool = False) -> list[str]:
     """The control characters in ``text`` as ``U+XXXX``, each once, sorted (C0 and C1
     controls and DEL); with ``lines``, line feeds and tabs are text, and so is a
-    carriage return that ends a line (``\\r\\n``).
+    carriage return that ends a line (``\\r\\n``). With ``layout``, the line and
+    paragraph separators (U+2028, U+2029) and the bidirectional overrides, embeddings
+    and isolates (U+202A-U+202E, U+2066-U+2069) count too: for text that must stay one
+    line, shown as written (a label).
 
     For names and labels that lists and terminals show: an escape sequence or a NUL in
     them garbles every list they appear in, so they are refused where they enter. A
@@ -106,7 +115,7 @@ def control_characters(text: str, *, lines: bool = False) -> list[str]:
     """
     found = set()
     for at, c in enumerate(text):
-        if not (c < " " or "\x7f" <= c <= "\x9f"):
+        if not (c < " " or "\x7f" <= c <= "\x9f" or (layout and _LAYOUT.match(c))):
             continue
         if lines and (c in "\n\t" or text.startswith("\r\n", at)):
             continue
@@ -133,15 +142,18 @@ def without_controls(text: str) -> str:
     return _NOT_SPACE_CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text))
 
 
-def refuse_control_characters(text: str, what: str, *, lines: bool = False) -> None:
+def refuse_control_characters(
+    text: str, what: str, *, lines: bool = False, layout: bool = False, advice: str = ""
+) -> None:
     """Raise InvalidInputError naming the control characters in ``text`` (see
-    :func:`control_characters`); ``what`` names the text, e.g. ``"the tag 'x'"``."""
-    found = control_characters(text, lines=lines)
+    :func:`control_characters`, with ``lines`` and ``layout``); ``what`` names the text,
+    e.g. ``"the tag 'x'"``; ``advice`` follows "remove them" (e.g. what the text is)."""
+    found = control_characters(text, lines=lines, layout=layout)
     if found:
         kept = " (line breaks and tabs may stay)" if lines else ""
         raise InvalidInputError(
             f"{what} cannot contain control characters (found {', '.join(found[:5])}); "
-            f"remove them{kept}"
+            f"remove them{kept}{advice}"
         )
 
 

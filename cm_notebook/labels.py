@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from . import events as ev
-from ._unicode import control_characters
+from ._unicode import refuse_control_characters
 from .errors import InvalidInputError
 from .ids import validate_branch_name
 from .model import Branch, ContextMetadata, validate_labels
@@ -79,13 +79,9 @@ def _change(
 
 
 def _refuse_controls(text: str, what: str) -> None:
-    # An escape sequence or a NUL would garble every listing and terminal that shows it.
-    found = control_characters(text)
-    if found:
-        raise InvalidInputError(
-            f"{what} cannot contain control characters (found {', '.join(found[:5])}); "
-            "remove them: a label is one line of plain text"
-        )
+    # An escape sequence or a NUL would garble every listing and terminal that shows it;
+    # a line separator or a bidi override would break or reorder the one line it is.
+    refuse_control_characters(text, what, layout=True, advice=": a label is one line of plain text")
 
 
 def baseline_of(metadata: ContextMetadata) -> str | None:

@@ -226,6 +226,10 @@ def validate_labels(value: object) -> dict[str, str]:
 
     Labels are shown in listings and exported as columns, so they stay small and plain.
     Raises ValueError (InvalidInputError at the session's boundary) saying what to fix.
+    This is also the rule labels are read back by, so it stays as loose as earlier
+    versions were; where labels are given (``session.label()``, a sweep's labels), C1
+    controls, line and paragraph separators and bidirectional overrides are refused too
+    (:func:`cm_notebook._unicode.control_characters` with ``layout``).
     """
     if not isinstance(value, Mapping):
         raise ValueError(f"labels must be a mapping of strings, got {type(value).__name__}")

@@ -24,6 +24,11 @@ from cm_notebook.testing import ScriptedProvider
         ({"note": "a\x7f"}, "U+007F"),
         ({"note": "two\r\nlines\t"}, "U+0009, U+000A, U+000D"),
         ({"no\x1bte": "x"}, "U+001B"),
+        # Line and paragraph separators break the one line; bidi overrides reorder it.
+        ({"note": "line one\u2028line two"}, "U+2028"),
+        ({"note": "one\u2029two"}, "U+2029"),
+        ({"note": "abc\u202edef"}, "U+202E"),
+        ({"note": "a\u2066b\u2069"}, "U+2066, U+2069"),
     ],
 )
 def test_a_label_with_control_characters_is_refused_naming_them(

@@ -3,6 +3,7 @@ its cells is written: a bad variant label or a look-alike sweep name writes noth
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -80,6 +81,14 @@ def test_a_sweep_name_that_looks_like_another_branch_is_refused_up_front(
 def test_control_characters_in_a_variant_label_are_refused(control: str) -> None:
     with pytest.raises(InvalidInputError, match=r"variant 0: .*control characters \(U\+00"):
         plan_sweep("Q", [{"label": f"arm{control}"}])
+
+
+@pytest.mark.parametrize("control", ["\u2028", "\u2029", "\u202e"])
+def test_a_variant_label_off_one_line_is_refused(control: str) -> None:
+    # A line separator breaks the one line a label is; a bidi override reorders it.
+    found = re.escape(f"U+{ord(control):04X}")
+    with pytest.raises(InvalidInputError, match=rf"variant 0: .*control characters \({found}"):
+        plan_sweep("Q", [{"label": f"arm{control}x"}])
 
 
 def test_an_input_column_whose_record_column_is_a_fixed_one_is_refused_up_front(
