@@ -53,8 +53,9 @@ class ExperimentMethods:
         generation parameters, e.g. ``[{"temperature": 0}, {"temperature": 1.0}]`` or
         ``[{"system": "Answer in five words."}, {"system": "Answer like a pirate."}]``.
         Each arm keeps its variant's settings as its branch defaults (on top of those of
-        ``branch``; an arm given a provider drops the ``model`` parameter of ``branch``
-        unless it names one), so follow-up sends on an arm continue the experiment. Returns a
+        ``branch``; a parameter given as None drops the value of ``branch``, and an arm
+        given a provider drops its ``model`` parameter unless it names one), so
+        follow-up sends on an arm continue the experiment. Returns a
         :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
         ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
         """
@@ -153,8 +154,9 @@ class ExperimentMethods:
     ) -> Replay:
         """Send the user turns of ``branch`` again, in order, on a new branch (``name``,
         default ``<branch>-replay-N``) with another ``provider`` and/or generation
-        ``params``; its system prompt and other defaults are ``branch``'s (a
-        ``provider`` given drops its ``model`` parameter, unless ``params`` name one).
+        ``params``; its system prompt and other defaults are ``branch``'s (a parameter
+        given as None drops its value; a ``provider`` given drops its ``model``
+        parameter, unless ``params`` name one).
 
         Returns a :class:`~cm_notebook.replay.Replay` at once: ``await`` it (or
         ``.result()``) for the per-turn comparison against ``branch``

@@ -184,9 +184,12 @@ def arm_settings(
     """The ``create_branch`` keywords of an arm: the ``inherited`` defaults (of the branch
     it is made from) overridden by the arm's system prompt, provider and parameters.
 
-    An arm given a provider drops the inherited ``model`` parameter unless it gives its
-    own: providers let that parameter win over the model they were made for, so the
-    provider asked for would answer as the source branch's model.
+    A parameter the arm gives as None drops the inherited value (the provider's default
+    applies), as in :meth:`BranchDefaults.for_request
+    <cm_notebook.branch_defaults.BranchDefaults.for_request>`. An arm given a provider
+    drops the inherited ``model`` parameter unless it gives its own: providers let that
+    parameter win over the model they were made for, so the provider asked for would
+    answer as the source branch's model.
 
     Checked against the provider that will answer (``resolve`` turns a spec into it),
     so an unknown spec or a parameter it does not take fails before anything is written.
@@ -197,7 +200,9 @@ def arm_settings(
         settings["system_prompt"] = plan.system
     if own["provider"] is not None:
         settings["provider"] = own["provider"]
-    dropped = {"model"} if plan.provider is not None and "model" not in plan.params else set()
+    # The arm's names replace the inherited ones, its Nones too: the check above strips
+    # them, so they are dropped here rather than merged.
+    dropped = set(plan.params) | ({"model"} if plan.provider is not None else set())
     kept = {key: value for key, value in settings["params"].items() if key not in dropped}
     settings["params"] = {**kept, **own["params"]}
     answering = plan.provider if plan.provider is not None else settings["provider"]

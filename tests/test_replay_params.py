@@ -43,3 +43,23 @@ def test_a_provider_given_to_a_replay_or_an_arm_answers_as_its_own_model(
     arm = session.fan_out("q3", [{"temperature": 0.1}], branch="exp").result(DEADLINE)
     assert arm.results[0].model == "alpha-large"
 
+
+def test_a_parameter_given_as_none_drops_the_branch_value_in_replays_and_arms(
+    new_session: NewSession,
+) -> None:
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    session.branch("exp", temperature=0.7, max_tokens=50)
+    session.send("q", branch="exp").result(DEADLINE)
+
+    replay = session.replay("exp", temperature=None)
+    replay.result(DEADLINE)
+    assert fake.last_request.params == {"max_tokens": 50}
+    assert session.branches[replay.branch].params == {"max_tokens": 50}
+
+    fan = session.fan_out("q2", [{"temperature": None}, {"temperature": 0.1}], branch="exp")
+    fan.result(DEADLINE)
+    dropped, lowered = fan.branches
+    assert session.to_records(dropped)[-1]["parameters"] == {"max_tokens": 50}
+    assert session.to_records(lowered)[-1]["parameters"] == {"max_tokens": 50, "temperature": 0.1}
+    assert session.branches[dropped].params == {"max_tokens": 50}
