@@ -486,16 +486,16 @@ class ContextSession(
         """A new reply to the last user (or tool) message: a sibling of the current reply.
 
         The branch's head moves to the new reply; the old one stays in the tree
-        (see :meth:`siblings`). The new reply is sampled (a fresh ``seed``, and a
-        ``temperature`` of 0.8 unless one is given here or as the branch's default), so
-        a greedy model does not repeat itself; the reply's ``metadata.parameters`` say
-        which (see :mod:`cm_notebook.sampling`).
+        (see :meth:`siblings`). The new reply is sampled (a fresh ``seed`` unless one is
+        given here, not the branch's; a ``temperature`` of 0.8 unless given here or as
+        the branch's default), so a greedy model does not repeat itself; the reply's
+        ``metadata.parameters`` say which (see :mod:`cm_notebook.sampling`).
         """
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(
             self._read_metadata(), name, provider, params
         )
-        generation = for_regenerate(generation)
+        generation = for_regenerate(generation, params)
         with self._claim(name, answer_dead_round=False) as claim:
             prompt = self._rewind_to_prompt(name)
             return self._start(claim, fsm.Send(), prompt, chosen, generation)

@@ -236,6 +236,32 @@ def test_regenerate_samples_so_a_greedy_model_does_not_repeat_itself(
     assert fake.last_request.params == {"temperature": 0.1}
 
 
+def test_regenerate_samples_a_fresh_seed_on_a_branch_with_a_seed_of_its_own(
+    session: ContextSession, fake: ScriptedProvider
+) -> None:
+    # A branch's seed makes its sends reproducible; a regenerate resending it would
+    # repeat the reply it is asked to replace.
+    session.branch("study", seed=42, temperature=0.5)
+    fake.reply("first")
+    session.send("Name a colour.").result(DEADLINE)
+    seeds = []
+    for n in range(3):
+        fake.reply(f"take {n}")
+        session.regenerate().result(DEADLINE)
+        seeds.append(fake.last_request.params["seed"])
+        assert fake.last_request.params["temperature"] == 0.5  # the branch's, kept
+    assert 42 not in seeds
+    assert len(set(seeds)) == 3
+    # A seed given to the regenerate itself is sent, to reproduce a sample.
+    fake.reply("again")
+    session.regenerate(seed=seeds[0]).result(DEADLINE)
+    assert fake.last_request.params["seed"] == seeds[0]
+    # Sends on the branch keep its seed.
+    fake.reply("next")
+    session.send("Another.").result(DEADLINE)
+    assert fake.last_request.params == {"seed": 42, "temperature": 0.5}
+
+
 def test_regenerate_on_an_empty_branch_is_refused(data_dir: Path) -> None:
     session = ContextSession.create(provider=ScriptedProvider(), data_dir=data_dir)
     with pytest.raises(StateError, match="no message"):
