@@ -55,7 +55,9 @@ class ExperimentMethods:
         Each arm keeps its variant's settings as its branch defaults (on top of those of
         ``branch``; a parameter given as None drops the value of ``branch``, and an arm
         given a provider drops its ``model`` parameter unless it names one), so
-        follow-up sends on an arm continue the experiment. Returns a
+        follow-up sends on an arm continue the experiment. Alike arms that set no
+        ``seed`` (nor does ``branch``) get ``seed`` 0, 1, 2... in order when their
+        provider takes one: distinct samples, which a re-run reproduces. Returns a
         :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
         ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
         """

@@ -15,6 +15,7 @@ from . import events as ev
 from ._auto_names import NamePicks
 from ._json_values import checked_message_metadata
 from ._loop import schedule_on
+from ._sample_seeds import seed_alike, takes_seed
 from ._unicode import grapheme_prefix
 from .branch_defaults import branch_settings
 from .compare import Comparison
@@ -362,7 +363,14 @@ def start_fan_out(
     # anything is written.
     read = session._read_metadata()
     inherited = session._defaults.inherit(read, base)
-    checked = [(plan, arm_settings(inherited, plan, session._provider)) for plan in plans]
+    arms = [arm_settings(inherited, plan, session._provider) for plan in plans]
+    # Alike arms are samples of one thing: a seed each (an arm's None asks for none).
+    seedable = [
+        "seed" not in plan.params and takes_seed(session._provider, plan.provider, settings)
+        for plan, settings in zip(plans, arms, strict=True)
+    ]
+    seeded = seed_alike(arms, [plan.provider for plan in plans], seedable)
+    checked = list(zip(plans, seeded, strict=True))
     for index, (plan, settings) in enumerate(checked):
         others = {branch_name_key(p.branch) for p, _ in checked if p is not plan}
         plan, made = _create_arm(session, plan, settings, head, others)

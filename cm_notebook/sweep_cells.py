@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import fsm
+from ._sample_seeds import takes_seed
 from ._unicode import without_surrogates
 from .errors import (
     BranchExistsError,
@@ -37,7 +38,7 @@ from .errors import (
 )
 from .fanout import arm_settings
 from .ids import branch_name_key
-from .model import Branch, Message, MessageStatus, ProviderSettings
+from .model import Branch, Message, MessageStatus
 from .providers.pool import ProviderLike, spec_of
 from .store.base import IndexEntry
 from .sweep import Sweep, SweepCell, finish, plan_sweep
@@ -83,7 +84,7 @@ def start_sweep(
     empty: dict[str, Any] = {"system_prompt": None, "provider": None, "params": {}}
     settings = [arm_settings(empty, arm, session._provider) for arm in plan.variants]
     seeded = [
-        _seeds_repeats(session, arm.provider, found)
+        takes_seed(session._provider, arm.provider, found)
         for arm, found in zip(plan.variants, settings, strict=True)
     ]
     branches = session._read_metadata().branches
@@ -186,20 +187,6 @@ def _refuse_look_alikes(
             f"branch {other!r} (they differ only in case or in letters that look alike). "
             f"Give the sweep a name that reads differently{again}."
         )
-
-
-def _seeds_repeats(
-    session: ContextSession, provider: ProviderLike | None, settings: dict[str, Any]
-) -> bool:
-    # Repeat n of a variant without a seed of its own is sampled with seed n, when its
-    # provider takes one: repeats are distinct samples (a provider whose default seed
-    # is fixed would repeat itself), and running the study again reproduces them.
-    if "seed" in settings["params"]:
-        return False
-    answering = provider if provider is not None else settings["provider"]
-    if isinstance(answering, ProviderSettings):
-        answering = answering.spec
-    return "seed" in getattr(session._provider(answering), "parameters", ())
 
 
 def start_cell(
