@@ -55,9 +55,11 @@ def test_the_same_request_hashes_the_same_and_any_change_differs(
     new_session: Callable[..., ContextSession],
 ) -> None:
     session = new_session("hashes", provider=ScriptedProvider())
+    # Alike arms with a seed of their own: without one, each would be given its own.
+    alike = {"temperature": 0, "seed": 1}
     comparison = session.fan_out(
         "Name a colour.",
-        [{"temperature": 0}, {"temperature": 0}, {"temperature": 1.0}, {"system": "Pirate."}],
+        [alike, alike, {"temperature": 1.0, "seed": 1}, {"system": "Pirate.", "seed": 1}],
     ).result(DEADLINE)
     hashes = [session.get(str(r.message_id)).metadata.request_hash for r in comparison.results]
     assert hashes[0] == hashes[1]
