@@ -180,6 +180,7 @@ class ExperimentMethods:
         model answers the new result); or ``"system"`` for the system prompt of the
         active branch (every user turn runs again under the new prompt). The new
         branch (``name``, default ``<branch>-cf-N``) is forked just before the message.
+        Each turn sent again uses the generation parameters its original reply recorded.
         Returns a :class:`~cm_notebook.replay.Replay`: ``await`` it for the per-turn
         comparison against the original branch.
         """

@@ -5,8 +5,9 @@ again, one after the other, on a new branch from the root with another model or 
 parameters (its system prompt and defaults are those of ``branch`` unless overridden).
 ``session.counterfactual(message_id, new_content)`` changes one earlier message (a
 user message, a reply, a tool result, or the system prompt with ``"system"``) on a new
-branch forked just before it, and runs the downstream user turns again. Tools called
-on the way go through approval as on any turn.
+branch forked just before it, and runs the downstream user turns again, each with the
+generation parameters its original reply recorded (so the edit is what differs). Tools
+called on the way go through approval as on any turn.
 
 Both return a :class:`Replay`: ``await replay`` (or ``replay.result()`` in a script)
 gives the :class:`~cm_notebook.turn_diff.TurnComparison` of the new branch against the
@@ -33,8 +34,8 @@ from .errors import (
 )
 from .fanout import Variant, arm_settings
 from .ids import new_id, validate_branch_name, validate_new_branch_name
-from .model import Branch, Message, MessageMetadata, MessageStatus, Role
-from .params import MAX_MESSAGE_CHARS
+from .model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus, Role
+from .params import MAX_MESSAGE_CHARS, accepted_parameters
 from .providers.pool import ProviderLike
 from .scores import Score
 from .turn import Handle, Turn
@@ -63,21 +64,24 @@ T = TypeVar("T")
 class Replay(Handle[TurnComparison]):
     """User turns running again on a new branch; awaiting it gives the per-turn
     comparison against the source branch. A failed turn stops the replay (its error
-    is raised); what was done stays on the branch."""
+    is raised); what was done stays on the branch.
+
+    ``turns``: each prompt to send, with the generation parameters of its send (on top
+    of the branch's defaults; a None drops the branch's value)."""
 
     def __init__(
         self,
         session: ContextSession,
         source: str,
         branch: str,
-        prompts: list[str],
+        turns: list[tuple[str, dict[str, Any]]],
         first: Turn | None = None,
     ) -> None:
         super().__init__(session._loop)
         self.session = session
         #: The branch replayed or edited, and the new branch.
         self.source, self.branch = source, branch
-        self._prompts = prompts
+        self._turns = turns
         self._first = first
         #: The turn running now (None between turns).
         self.turn: Turn | None = first
@@ -86,10 +90,10 @@ class Replay(Handle[TurnComparison]):
 
     async def _drive(self) -> TurnComparison:
         finished = self._first is None or _complete(await self._first)
-        for text in self._prompts:
+        for text, params in self._turns:
             if self._stopped or not finished:
                 break
-            self.turn = self.session.send(text, branch=self.branch)
+            self.turn = self.session.send(text, branch=self.branch, **params)
             finished = _complete(await self.turn)
         self.turn = None
         return compare_turns(self.session, self.branch, self.source)
@@ -208,7 +212,7 @@ def start_replay(
         # A provider given here must not be shadowed by the source's live instance.
         session._defaults.remember(created, provider)
     session._publish(ev.BranchCreated(branch=created.name, head=None))
-    return Replay(session, source, created.name, prompts)
+    return Replay(session, source, created.name, [(text, {}) for text in prompts])
 
 
 def start_counterfactual(
@@ -235,9 +239,17 @@ def start_counterfactual(
     turn_end = next((i for i, m in enumerate(rest) if m.role == "user"), len(rest))
     answer_again = original.role in ("user", "tool") or bool(original.tool_calls)
     copied = _same_round(rest[:turn_end]) if original.role != "user" else []
-    later = [m.content for m in rest[turn_end:] if m.role == "user"]
     labels = {"counterfactual_of": source, "edited": original.role}
     metadata = session._read_metadata()
+    # Each turn is sent with the parameters its original reply was: what differs from
+    # the source branch is then the edit, not parameters left out.
+    as_sent = _as_sent(session, metadata, source)
+    answered = _reply_in(rest[:turn_end]) or (original if original.role == "assistant" else None)
+    later = [
+        (m.content, as_sent(_reply_in(rest[i + 1 :])))
+        for i, m in enumerate(rest)
+        if i >= turn_end and m.role == "user"
+    ]
 
     def make(target: str) -> tuple[Claim, Branch]:
         # Under the new branch's claim, which the caller releases or hands to the turn
@@ -270,7 +282,7 @@ def start_counterfactual(
             claim.release()
             return Replay(session, source, target, later)
         chosen, generation = session._defaults.for_request(
-            session._read_metadata(), target, None, {}
+            session._read_metadata(), target, None, as_sent(answered)
         )
         first = session._start(claim, fsm.Send(), head, chosen, generation)
     except BaseException:
@@ -283,8 +295,14 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     # The system prompt changed: a new branch from the root under the new prompt
     # (``""``: none), every user turn sent again.
     source = session.active_branch
-    prompts = [m.content for m in session.history(source) if m.role == "user"]
+    path = session.history(source)
     metadata = session._read_metadata()
+    as_sent = _as_sent(session, metadata, source)
+    turns = [
+        (m.content, as_sent(_reply_in(path[i + 1 :])))
+        for i, m in enumerate(path)
+        if m.role == "user"
+    ]
     settings = {**session._defaults.inherit(metadata, source), "system_prompt": text}
     labels = {"counterfactual_of": source, "edited": "system"}
 
@@ -296,7 +314,49 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     created = _new_branch(session, name, f"{source}-cf", "the counterfactual", make)
     session._defaults.pass_on(metadata, source, created)
     session._publish(ev.BranchCreated(branch=created.name, head=None))
-    return Replay(session, source, created.name, prompts)
+    return Replay(session, source, created.name, turns)
+
+
+def _as_sent(
+    session: ContextSession, metadata: ContextMetadata, source: str
+) -> Callable[[Message | None], dict[str, Any]]:
+    # For a reply of ``source``, the parameters to send its turn again with on a branch
+    # made from ``source``: those it recorded (the provider's defaults it was sent
+    # with among them), and None for the branch's others, which it was sent without.
+    # Names the branch's provider does not take (a turn answered by another provider)
+    # are left out. A reply that recorded nothing (none, or one imported) gets {}: the
+    # branch's defaults. ``model`` is never recorded, so the branch's stays.
+    found = metadata.branches.get(source)
+    defaults = found.params if found is not None else {}
+    # Built once a turn is sent again, not before: an edited last reply sends nothing.
+    accepted: list[frozenset[str] | None] = []
+
+    def params_of(reply: Message | None) -> dict[str, Any]:
+        if reply is None or reply.metadata.provider is None:
+            return {}
+        if not accepted:
+            provider = session._defaults.for_request(metadata, source, None, {})[0]
+            accepted.append(accepted_parameters(provider))
+        recorded = {
+            key: value
+            for key, value in reply.metadata.parameters.items()
+            if accepted[0] is None or key in accepted[0]
+        }
+        dropped = {key: None for key in defaults if key not in recorded and key != "model"}
+        return {**dropped, **recorded}
+
+    return params_of
+
+
+def _reply_in(messages: list[Message]) -> Message | None:
+    # The first reply in ``messages`` (the one a turn's send made) before the next
+    # user message.
+    for message in messages:
+        if message.role == "user":
+            return None
+        if message.role == "assistant":
+            return message
+    return None
 
 
 def _complete(reply: Message) -> bool:

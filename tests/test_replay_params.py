@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from test_session_support import DEADLINE
 
+from cm_notebook import tool
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
@@ -63,3 +64,69 @@ def test_a_parameter_given_as_none_drops_the_branch_value_in_replays_and_arms(
     assert session.to_records(dropped)[-1]["parameters"] == {"max_tokens": 50}
     assert session.to_records(lowered)[-1]["parameters"] == {"max_tokens": 50, "temperature": 0.1}
     assert session.branches[dropped].params == {"max_tokens": 50}
+
+
+def test_a_counterfactual_sends_each_turn_with_the_parameters_of_its_original_reply(
+    new_session: NewSession,
+) -> None:
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    session.branch("exp", temperature=0.7)
+    session.send("Pick a number.", temperature=0.0, seed=7).result(DEADLINE)
+    session.send("Double it.", seed=7, max_tokens=5).result(DEADLINE)
+    session.send("Halve it.", temperature=None).result(DEADLINE)  # the branch's dropped
+    sent = [dict(request.params) for request in fake.requests]
+    assert sent == [
+        {"temperature": 0.0, "seed": 7},
+        {"temperature": 0.7, "seed": 7, "max_tokens": 5},
+        {},
+    ]
+    first, reply = session.history()[:2]
+
+    # An edited prompt: it and every later turn are sent as the originals were, so
+    # what differs from "exp" is the edit.
+    edits = [session.counterfactual(first.id, "Pick an even number.")]
+    edits[-1].result(DEADLINE)
+    assert [dict(request.params) for request in fake.requests[3:]] == sent
+    # An edited reply: the later turns alike.
+    edits.append(session.counterfactual(reply.id, "4"))
+    edits[-1].result(DEADLINE)
+    assert [dict(request.params) for request in fake.requests[6:]] == sent[1:]
+    # The system prompt: every turn again, alike.
+    edits.append(session.counterfactual("system", "Answer in digits."))
+    edits[-1].result(DEADLINE)
+    assert [dict(request.params) for request in fake.requests[8:]] == sent
+    # The branches keep the defaults of "exp": only the turns' sends differ.
+    assert [session.branches[edit.branch].params for edit in edits] == [{"temperature": 0.7}] * 3
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_an_edited_tool_result_is_answered_with_the_parameters_of_its_turn(
+    new_session: NewSession,
+) -> None:
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("It is 3.")
+    session = new_session(provider=fake, tools=[add], approval="auto")
+    session.send("What is 1 + 2?", temperature=0.1, seed=3).result(DEADLINE)
+    result = next(m for m in session.history() if m.role == "tool")
+    fake.reply("It is 4.")
+    session.counterfactual(result.id, "4").result(DEADLINE)
+    assert fake.requests[-1].messages[-1].content == "4"
+    assert dict(fake.requests[-1].params) == {"temperature": 0.1, "seed": 3}
+
+
+def test_a_parameter_the_branch_provider_does_not_take_is_left_out_of_the_turn(
+    new_session: NewSession,
+) -> None:
+    # A turn answered by another provider, with a parameter only that one takes: sent
+    # again by the branch's provider, without it (not refused).
+    plain = ScriptedProvider(parameters={"temperature"})
+    session = new_session(provider=plain)
+    session.send("Q1").result(DEADLINE)
+    session.send("Q2", provider=ScriptedProvider(), temperature=0.2, top_k=5).result(DEADLINE)
+    session.counterfactual(session.history()[0].id, "Q1, again").result(DEADLINE)
+    assert [dict(request.params) for request in plain.requests[1:]] == [{}, {"temperature": 0.2}]
