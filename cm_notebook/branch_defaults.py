@@ -121,10 +121,15 @@ class BranchDefaults:
         """The provider and generation parameters of a send on ``branch``.
 
         The call's own win; then the branch's; then the session's. A parameter given as
-        None drops the branch's value (the provider's default applies).
+        None drops the branch's value (the provider's default applies). A provider given
+        to the call answers as its own model: the branch's ``model`` parameter (which
+        providers let win over their own) is not sent unless the call names one.
         """
         found = metadata.branches.get(branch)
-        merged = {**(found.params if found is not None else {}), **params}
+        inherited = dict(found.params) if found is not None else {}
+        if provider is not None and "model" not in params:
+            inherited.pop("model", None)
+        merged = {**inherited, **params}
         if provider is None:
             provider = self._kept(metadata, branch)
             if provider is None and found is not None and found.provider is not None:

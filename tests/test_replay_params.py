@@ -45,6 +45,25 @@ def test_a_provider_given_to_a_replay_or_an_arm_answers_as_its_own_model(
     assert arm.results[0].model == "alpha-large"
 
 
+def test_a_provider_given_to_a_send_or_regenerate_answers_as_its_own_model(
+    new_session: NewSession,
+) -> None:
+    session = new_session(provider=ScriptedProvider(model="alpha"))
+    session.branch("exp", model="alpha-large", temperature=0.3)
+    beta = ScriptedProvider(model="beta")
+    reply = session.send("q1", branch="exp", provider=beta).result(DEADLINE)
+    assert beta.last_request.params == {"temperature": 0.3}
+    assert reply.metadata.model == "beta"
+    gamma = ScriptedProvider(model="gamma")
+    session.regenerate(branch="exp", provider=gamma).result(DEADLINE)
+    assert "model" not in gamma.last_request.params
+    # Named with the provider, or no provider given: the model asked for is sent.
+    session.send("q2", branch="exp", provider=beta, model="beta-large").result(DEADLINE)
+    assert beta.last_request.params["model"] == "beta-large"
+    alpha = session.send("q3", branch="exp").result(DEADLINE)
+    assert alpha.metadata.model == "alpha-large"
+
+
 def test_a_parameter_given_as_none_drops_the_branch_value_in_replays_and_arms(
     new_session: NewSession,
 ) -> None:
