@@ -85,7 +85,7 @@ def test_a_decision_record_s_temporary_file_is_removed_once_nobody_writes_it(
         s.send("hello").result(20)
         context_id = s.id
     folder = data_dir / "contexts" / context_id / "decisions"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)  # the session's log follower may have made it, to watch it
     left = folder / ".00112233aabbccdd.tmp"  # a post() killed before its link
     written = folder / ".44556677aabbccdd.tmp"  # one being written right now
     record = folder / "0123456789abcdef0123456789abcdef.json"
