@@ -36,6 +36,7 @@ from cm_notebook.widgets._base import Throttle
 from cm_notebook.widgets.approval import ARGS_ROWS, _rows_for
 from cm_notebook.widgets.chat import MESSAGES_SHOWN
 from cm_notebook.widgets.markdown import render_markdown
+from cm_notebook.widgets.rating import RatingBar
 
 pytestmark = pytest.mark.anyio
 
@@ -412,6 +413,33 @@ async def test_the_compare_view_shows_a_failed_arm_as_no_answer(new_session: New
         assert "Paris is the capital." in good_column
         bars = [type(cell).__name__ for cell in view.ratings.children]
         assert bars == ["RatingBar", "Box"]  # nothing to rate in the failed arm
+    finally:
+        view.close()
+
+
+async def test_the_compare_view_keeps_its_rating_cells_when_drawn_again(
+    new_session: NewSession,
+) -> None:
+    # A column with no answer: drawing the view again (a score, a reply elsewhere) must
+    # not send new cells, or the front end draws every bar after it anew and a bar
+    # with the keyboard focus loses it.
+    session = new_session(provider=ScriptedProvider(["One.", "Two.", "Three."]))
+    await session.send("hi")
+    session.branch("empty", session.history()[0].id, switch=False)
+    await session.send("again")
+    view = CompareView(session, "empty", "main")
+    try:
+        space, bar = view.ratings.children
+        assert isinstance(bar, RatingBar)
+        assert not isinstance(space, RatingBar)
+        sent: list[object] = []
+        view.ratings.observe(sent.append, "children")
+        view._render()
+        assert sent == []
+        # Answered now: the space gives way to a bar and is closed (no comm left open).
+        await session.send("third", branch="empty")
+        await until(lambda: all(isinstance(c, RatingBar) for c in view.ratings.children))
+        assert space.comm is None
     finally:
         view.close()
 

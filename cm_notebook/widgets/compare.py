@@ -94,6 +94,7 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         self.html = w.HTML()
         self.ratings = w.HBox(layout=w.Layout(grid_gap="8px"))
         self._bars: dict[str, RatingBar] = {}  # answer id -> its bar, reused
+        self._spaces: dict[str, w.Box] = {}  # branch -> the empty space of its column
         # The views' stylesheet, and the rating buttons disabled after a kernel restart.
         self.connection = ConnectionWatch()
         super().__init__([self.html, self.ratings, self.connection])
@@ -135,11 +136,16 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         super().close()
 
     def _show_ratings(self, answers: list[Message | None]) -> None:
-        # One bar per column, under it; a column without an answer gets an empty space.
+        # One bar per column, under it; a column without an answer gets an empty space,
+        # the same one at each render: a new one would make the front end draw every
+        # bar after it again, and a bar with the keyboard focus would lose it.
         cells: list[w.Widget] = []
         for branch, answer in zip(self.branch_names, answers, strict=True):
             if answer is None or answer.role != "assistant":
-                cells.append(w.Box(layout=w.Layout(flex="1")))
+                space = self._spaces.get(branch)
+                if space is None:
+                    space = self._spaces[branch] = w.Box(layout=w.Layout(flex="1"))
+                cells.append(space)
                 continue
             bar = self._bars.get(answer.id)
             if bar is None:
@@ -151,13 +157,17 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         self._set_cells(cells)
 
     def _set_cells(self, cells: list[w.Widget]) -> None:
-        # The empty spaces replaced are closed: each render makes new ones, and one
-        # left open stays registered (an open comm) for as long as the kernel runs.
-        # The bars are kept for reuse (closed with the view).
+        # The empty spaces no longer shown are closed (one left open stays registered,
+        # an open comm, for as long as the kernel runs) and made anew if needed again.
+        # The bars are kept for reuse (closed with the view). The same cells are not
+        # sent again.
         old = self.ratings.children
+        if list(old) == cells:
+            return
         self.ratings.children = cells
         for cell in old:
             if not isinstance(cell, RatingBar) and cell not in cells:
+                self._spaces = {k: v for k, v in self._spaces.items() if v is not cell}
                 close_parts(cell)
                 cell.close()
 
