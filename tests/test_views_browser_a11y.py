@@ -62,14 +62,15 @@ def _key(page: Any, selector: str) -> str:
     return str(page.locator(selector).first.get_attribute("data-key"))
 
 
-def _ax_name(page: Any, cdp: Any, selector: str) -> str:
-    # Chrome's own accessible name of the first element matching ``selector``.
+def _ax_name(page: Any, cdp: Any, selector: str, what: str = "name") -> str:
+    # Chrome's own accessible name (or ``what``: "description") of the first element
+    # matching ``selector``.
     page.locator(selector).first.evaluate("(el) => el.setAttribute('data-ax-probe', '1')")
     root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
     node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "[data-ax-probe]"})
     tree = cdp.send("Accessibility.getPartialAXTree", {"nodeId": node["nodeId"]})
     page.locator("[data-ax-probe]").evaluate("(el) => el.removeAttribute('data-ax-probe')")
-    return str(tree["nodes"][0].get("name", {}).get("value", ""))
+    return str(tree["nodes"][0].get(what, {}).get("value", ""))
 
 
 def _press(page: Any, selector: str, key: str) -> str:
@@ -99,6 +100,7 @@ def test_keyboard_focus_names_and_announcements(tmp_path: Path) -> None:
         _names(page, cdp)
         _rating_and_send(page, cdp)
         _redraws(page)
+        _tree_keys(page, cdp)
         _regenerate_and_stop(page)
         _compare(page, cdp)
 
@@ -192,6 +194,31 @@ def _redraws(page: Any) -> None:
     assert _focused(page) == "fork:main-fork-1"
 
 
+def _tree_keys(page: Any, cdp: Any) -> None:
+    # The arrow keys move between the branches and between a name and its fork button;
+    # the notebook's cell cursor stays where it was. A name says where it hangs.
+    tree = ".cm-tree .cm-node"
+    cell = "() => window.jupyterapp.shell.currentWidget.content.activeCellIndex"
+    before = page.evaluate(cell)
+    page.locator(f"{tree}[data-branch='main'] .cm-node-name").focus()
+    moves = {
+        "ArrowDown": "switch:main-fork-1",
+        "ArrowRight": "fork:main-fork-1",
+        "ArrowUp": "fork:main",
+        "End": "fork:main-fork-1",
+        "Home": "fork:main",
+        "ArrowLeft": "switch:main",
+    }
+    for key, focused in moves.items():
+        page.keyboard.press(key)
+        assert _focused(page) == focused, key
+    assert page.evaluate(cell) == before
+    described = _ax_name(
+        page, cdp, f"{tree}[data-branch='main-fork-1'] .cm-node-name", "description"
+    )
+    assert described.startswith("forked from main; 4 msgs · ")
+
+
 def _regenerate_and_stop(page: Any) -> None:
     # ↻ with the keyboard: its reply is replaced by the one streaming, and the focus
     # goes to the message box; so it does from Stop, disabled once the reply ended.
@@ -231,3 +258,13 @@ def _compare(page: Any, cdp: Any) -> None:
     assert score.get_attribute("aria-pressed") == "false"
     score.click()
     page.wait_for_selector(f"{bar} button[aria-label='score 2 of 5'][aria-pressed='true']")
+    # Rated with the keyboard: the view is drawn again (the score changes its per-turn
+    # figures) and the button pressed keeps the focus, main's column without an answer
+    # before it.
+    page.locator(f"{bar} button[aria-label='score 4 of 5']").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"{bar} button[aria-label='score 4 of 5'][aria-pressed='true']")
+    page.wait_for_timeout(1500)  # the view's next drawing (at most every 0.5 s)
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == (
+        "score 4 of 5"
+    )

@@ -14,6 +14,9 @@ const AGO_EVERY_MS = 30000;
 function render({ model, el }) {
   el.classList.add("cm-tree");
   const list = document.createElement("div");
+  list.setAttribute("role", "group");
+  list.setAttribute("aria-label", "Branches");
+  list.addEventListener("keydown", moveByKey);
   const notice = document.createElement("div");
   notice.className = "cm-notice";
   notice.setAttribute("role", "alert"); // read out as it appears
@@ -31,7 +34,33 @@ function render({ model, el }) {
     }
   }
 
-  const metas = []; // [element, node] of each node's facts, whose time goes on
+  // The arrow keys move between the branches (up, down; Home, End: the first, the
+  // last) and between a branch's name and its fork button (left, right). They stop
+  // here: in a notebook they would move its cell cursor instead, the focus left behind.
+  const MOVES = ["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End"];
+  function moveByKey(event) {
+    const from = event.target.closest("button[data-key]");
+    if (!MOVES.includes(event.key) || !from || event.altKey || event.ctrlKey || event.metaKey) {
+      return;
+    }
+    event.preventDefault();
+    event.stopPropagation();
+    const rows = [...list.querySelectorAll(".cm-node")];
+    const row = from.closest(".cm-node");
+    const kind = from.classList.contains("cm-fork") ? ".cm-fork" : ".cm-node-name";
+    let to = null;
+    if (event.key === "ArrowLeft") to = row.querySelector(".cm-node-name");
+    else if (event.key === "ArrowRight") to = row.querySelector(".cm-fork");
+    else {
+      const at = rows.indexOf(row);
+      const next = { ArrowUp: at - 1, ArrowDown: at + 1, Home: 0, End: rows.length - 1 };
+      const target = rows[next[event.key]];
+      to = target ? target.querySelector(kind) : null;
+    }
+    if (to && !to.disabled) to.focus();
+  }
+
+  const metas = []; // for each node, what sets its facts again (their time goes on)
   const metaText = (n) => {
     const busy = n.state !== "Idle" ? ` · ${n.state}` : "";
     let text = `${n.length} msgs · ${ago(n.last)}${busy}`;
@@ -60,7 +89,9 @@ function render({ model, el }) {
   function drawNodes() {
     list.replaceChildren();
     metas.length = 0;
+    const parents = []; // the name of the last node drawn at each depth
     for (const n of model.get("nodes") || []) {
+      parents[n.depth] = n.name;
       const row = document.createElement("div");
       row.className = "cm-node" + (n.active ? " cm-active" : "");
       row.dataset.branch = n.name;
@@ -76,11 +107,18 @@ function render({ model, el }) {
       name.title = `${n.name}: ${n.active ? "the active branch" : "switch to this branch"}`;
       name.dataset.key = `switch:${n.name}`;
       if (n.active) name.setAttribute("aria-current", "true");
+      // Read after the name: where it hangs in the tree (the drawing says it to the
+      // eye only), and its facts.
+      const under = n.depth ? `forked from ${parents[n.depth - 1]}; ` : "";
       name.addEventListener("click", () => send({ event: "switch", branch: n.name }));
       const meta = document.createElement("span");
       meta.className = "cm-node-meta";
-      meta.textContent = metaText(n);
-      metas.push([meta, n]);
+      const facts = () => {
+        meta.textContent = metaText(n);
+        name.setAttribute("aria-description", under + meta.textContent);
+      };
+      facts();
+      metas.push(facts);
       const fork = document.createElement("button");
       fork.className = "cm-act cm-fork";
       fork.textContent = "fork";
@@ -105,7 +143,7 @@ function render({ model, el }) {
   }
   // The times go on without a change of the nodes: only their text is set again.
   const timer = setInterval(() => {
-    for (const [meta, n] of metas) meta.textContent = metaText(n);
+    for (const facts of metas) facts();
   }, AGO_EVERY_MS);
 
   const disable = () => {
