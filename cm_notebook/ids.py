@@ -36,6 +36,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable
 
+from ._bidi_order import drawn_order, starts_right_to_left
 from .errors import InvalidIdError, InvalidInputError
 
 __all__ = [
@@ -185,9 +186,11 @@ _WITHOUT_INVISIBLE = str.maketrans("", "", _INVISIBLE_LETTERS)
 @functools.lru_cache(maxsize=16384)  # every create compares with every branch (a sweep's 10,000)
 def branch_name_key(name: str) -> str:
     """What a branch name is compared by: NFKC, case-folded, look-alike letters mapped
-    to the Latin ones they resemble. Two names with one key look the same."""
+    to the Latin ones they resemble, in the order the characters are drawn (``שלום-2``
+    and ``2-שלום`` are both drawn ``2-םולש`` in a left-to-right page). Two names with
+    one key look the same."""
     folded = unicodedata.normalize("NFKC", name).casefold()
-    return unicodedata.normalize("NFKC", folded).translate(_LOOK_ALIKES)
+    return drawn_order(unicodedata.normalize("NFKC", folded).translate(_LOOK_ALIKES))
 
 
 def check_branch_name_free(name: str, existing: Iterable[str]) -> str:
@@ -265,7 +268,24 @@ def validate_new_branch_name(value: object) -> str:
             f"other names; write it in one script. {_HINT}"
         )
     _refuse_invisible_letters(name)
+    _refuse_two_ways_drawn(name, shown)
     return name
+
+
+def _refuse_two_ways_drawn(name: str, shown: str) -> None:
+    # A name that starts with a right-to-left letter is drawn right to left where a
+    # page isolates it (``<bdi>``), left to right where it does not; if the two differ
+    # (digits or signs at its edges move), it looks like another name in one of them:
+    # ``2-שלום`` drawn left to right is ``שלום-2``'s ``2-םולש``.
+    if not starts_right_to_left(name):
+        return
+    if drawn_order(name) != drawn_order(name, right_to_left=True):
+        raise InvalidIdError(
+            f"branch name {shown!r} is not valid: the digits or signs at its start or end "
+            "are drawn on one side of its right-to-left letters in some views and on the "
+            "other side in others, where it can pass for another name; start it with a "
+            f"letter and end it with a letter or a digit. {_HINT}"
+        )
 
 
 def _fit_stem(stem: str) -> bool:

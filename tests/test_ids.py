@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cm_notebook._bidi_order import drawn_order
 from cm_notebook.errors import ContextExistsError, InvalidIdError, InvalidInputError
 from cm_notebook.export import parse_export
 from cm_notebook.ids import (
@@ -275,6 +276,55 @@ def test_the_fullwidth_filler_is_not_answered_with_another_filler() -> None:
     with pytest.raises(InvalidIdError, match="compatibility characters") as info:
         validate_new_branch_name("main\u3164")
     assert "'main'" in str(info.value)
+
+
+# Hebrew "shalom" and Arabic "marhaba": right-to-left letters, drawn reordered.
+SHALOM, MARHABA = "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627"
+
+
+@pytest.mark.parametrize(
+    "name", [f"2-{SHALOM}", f"2 {SHALOM}", f"{SHALOM} 2.", f"{SHALOM}+", f"1-{MARHABA}"]
+)
+def test_a_right_to_left_name_drawn_two_ways_is_refused_when_made(name: str) -> None:
+    # Digits or signs at the edge of right-to-left letters move to the other side in a
+    # page that isolates the name: it would pass for another name in one of the two.
+    with pytest.raises(InvalidIdError, match="start it with a letter and end it with a"):
+        validate_new_branch_name(name)
+    assert validate_branch_name(name) == name  # read back: an earlier version made them
+
+
+@pytest.mark.parametrize(
+    "name", [f"{SHALOM}-2", f"{SHALOM} 2", f"{SHALOM}_{SHALOM}", f"{MARHABA}-1", "main-\u0661"]
+)
+def test_right_to_left_names_drawn_one_way_are_made(name: str) -> None:
+    assert validate_new_branch_name(name) == name
+
+
+def test_names_drawn_alike_are_look_alikes() -> None:
+    # "2-shalom" (made by an earlier version) and "shalom-2" are both drawn "2-molahs"
+    # left to right: the one made now is refused, naming the other.
+    assert branch_name_key(f"2-{SHALOM}") == branch_name_key(f"{SHALOM}-2")
+    with pytest.raises(InvalidIdError, match="looks like the existing branch") as info:
+        check_branch_name_free(f"{SHALOM}-2", ["main", f"2-{SHALOM}"])
+    assert repr(f"2-{SHALOM}") in str(info.value)
+    # Reordered as drawn, not reversed: different names stay different.
+    assert branch_name_key(f"{SHALOM}-2") != branch_name_key(f"{SHALOM}-3")
+    assert branch_name_key("a-1") == "a-1"
+
+
+def test_the_drawn_order_follows_the_bidirectional_algorithm() -> None:
+    # Checked against the Unicode algorithm's results for these classes of character
+    # (Hebrew and Arabic letters, European and Arabic digits, separators, Latin).
+    cases = {
+        (f"{SHALOM}-2", False): "2-\u05dd\u05d5\u05dc\u05e9",
+        (f"2-{SHALOM}", True): "\u05dd\u05d5\u05dc\u05e9-2",
+        ("ab \u05d0\u05d1 12", False): "ab 12 \u05d1\u05d0",
+        ("\u0627\u0628 12", False): "12 \u0628\u0627",  # digits after Arabic: Arabic
+        ("ab-\u0661", True): "\u0661-ab",
+        ("x1.5", False): "x1.5",
+    }
+    for (text, right_to_left), drawn in cases.items():
+        assert drawn_order(text, right_to_left=right_to_left) == drawn, text
 
 
 def test_distinct_names_and_the_same_name_are_free() -> None:
