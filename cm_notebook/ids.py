@@ -14,11 +14,13 @@ open to look-alikes (:func:`validate_new_branch_name`): it must be in Unicode no
 form NFKC (no fullwidth letters, ligatures or superscripts), may not mix scripts
 (``mаin`` with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and
 Korean write, is fine) and may not have a letter that shows nothing (the Hangul
-fillers). Names read back (stored, exported, imported) are not held to those rules:
+fillers), nor be drawn two ways (right-to-left letters with digits or signs at an
+edge). Names read back (stored, exported, imported) are not held to those rules:
 earlier versions made branches without them, and data that has one still opens and
-moves. :func:`branch_name_key` folds case and maps the Cyrillic and Greek letters that
-look Latin, and :func:`check_branch_name_free` refuses a new name whose key equals an
-existing branch's, naming that branch. :func:`free_branch_name` makes the names the
+moves. :func:`branch_name_key` folds case, maps the Cyrillic and Greek letters that
+look Latin and puts the characters in the order they are drawn, and
+:func:`check_branch_name_free` refuses a new name whose key equals an existing
+branch's, naming that branch. :func:`free_branch_name` makes the names the
 package picks itself (an edit's fork, a fan-out's arms) within all the rules, also from
 a stem that an older branch's name brings (:func:`new_branch_stem`).
 
