@@ -108,14 +108,23 @@ class MetadataReads:
     def _index(self) -> dict[str, IndexEntry]:
         # The message index (id -> parent, role, status...), cached like the metadata:
         # a tree view asks for it often and it only changes when a message is written.
+        return dict(self._current_index())
+
+    def _index_entry(self, message_id: str) -> IndexEntry | None:
+        """What the index knows of one message (None: no such message), uncopied."""
+        return self._current_index().get(message_id)
+
+    def _current_index(self) -> dict[str, IndexEntry]:
+        # The cached index itself: replaced when it changes, never changed, so the
+        # caller may read it but must not change it.
         token = self._change_token()
         with self._lock:
             if token is not None and token == self._index_token:
-                return dict(self._index_cache)
+                return self._index_cache
         fresh = self._io.call(self._store.index(self.id))
         with self._lock:
             self._index_cache, self._index_token = fresh, token
-        return dict(fresh)
+        return fresh
 
     def _change_token(self) -> object | None:
         # The store's fingerprint of its files (FileStore.change_token), taken before a

@@ -32,9 +32,10 @@ from .errors import (
 )
 from .ids import validate_branch_name, validate_message_id
 from .labels import baseline_of
-from .model import Message, ToolCall, ToolCallStatus
+from .model import Message, MessageStatus, ToolCall, ToolCallStatus
 from .prompts import effective_system
 from .providers import Provider
+from .store import IndexEntry
 from .titles import UNTITLED, replace_title, title_from_text, validate_title
 from .tools import validate_edited_arguments
 from .tree import MessageTree
@@ -357,12 +358,28 @@ class SessionReading(SessionCore):
     def state_of(self, branch: str) -> fsm.State:
         """The state machine's state on ``branch`` (each branch has its own machine).
 
-        For a branch another process is running a turn on, the state it announced.
+        For a branch another process is running a turn on, the state it announced. A
+        branch whose last reply failed before this session saw it (the context was
+        reopened after a restart, or another process ran the turn) is in
+        ``PermanentFailure`` too: :meth:`retry` tries that reply again.
         """
         state = self._machines.get(branch).state
         if state is fsm.State.IDLE and self._follower is not None:
-            return self._follower.remote_state(branch) or state
+            state = self._follower.remote_state(branch) or state
+        if state is fsm.State.IDLE and self._failed_head_entry(branch) is not None:
+            return fsm.State.PERMANENT_FAILURE
         return state
+
+    def _failed_head_entry(self, branch: str) -> IndexEntry | None:
+        # The index entry of the branch's head if it is a failed reply (None for an
+        # unknown branch): without reading the message.
+        found = self._read_metadata().branches.get(branch)
+        if found is None or found.head is None:
+            return None
+        entry = self._index_entry(found.head)
+        if entry is None or entry.role != "assistant" or entry.status is not MessageStatus.ERROR:
+            return None
+        return entry
 
     # -- prompts -----------------------------------------------------------------------
 

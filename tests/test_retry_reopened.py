@@ -46,7 +46,9 @@ def test_a_failure_from_before_the_context_was_reopened_is_retried(
     reopened: tuple[ContextSession, ScriptedProvider],
 ) -> None:
     session, working = reopened
-    assert session.state_of("main") is State.IDLE
+    # Said as the failure left it (not Idle, which a client polling for the end of a
+    # turn would read as done).
+    assert session.state_of("main") is State.PERMANENT_FAILURE
     failed = session.history()[-1]
     assert failed.status is MessageStatus.ERROR
     recorder = Recorder(session)
@@ -60,6 +62,19 @@ def test_a_failure_from_before_the_context_was_reopened_is_retried(
     recorder.wait(seen(StateChanged, branch="main", old=State.IDLE, new=State.PERMANENT_FAILURE))
     recorder.wait(seen(StateChanged, branch="main", new=State.IDLE))
     assert session.state_of("main") is State.IDLE
+
+
+def test_a_failure_found_on_disk_is_over_once_the_branch_moves_on(
+    reopened: tuple[ContextSession, ScriptedProvider],
+) -> None:
+    session, _ = reopened
+    session.branch("side", switch=False)  # a fork at the failed reply: failed too
+    assert session.state_of("side") is State.PERMANENT_FAILURE
+    session.send("something else").result(DEADLINE)
+    assert session.state_of("main") is State.IDLE
+    assert session.state_of("side") is State.PERMANENT_FAILURE
+    session.delete_branch("side")
+    assert session.state_of("side") is State.IDLE  # no such branch: nothing failed
 
 
 def test_only_a_failed_reply_at_the_head_is_retried(
