@@ -158,11 +158,18 @@ def compare_turns(session: ContextSession, branch: str, against: str | None) -> 
     if base is None:
         pinned = session.baseline
         base = pinned if pinned not in (None, name) else None
-    base = base or labels.get("replay_of") or labels.get("counterfactual_of")
+    source = labels.get("replay_of") or labels.get("counterfactual_of")
+    base = base or source
     if base is None:
         raise InvalidInputError(
             f"compare {name!r} against which branch? Give against=..., or pin a baseline "
             "with session.pin_baseline(branch)"
+        )
+    if base == source and base not in branches:  # the branch it came from, deleted since
+        how = "replayed" if "replay_of" in labels else "edited"
+        raise BranchNotFoundError(
+            f"branch {name!r} was {how} from {base!r}, which has been deleted; compare it "
+            f"with another branch: against=... (the branches are {sorted(branches)})"
         )
     base = validate_branch_name(base)
     scores = session.all_scores()

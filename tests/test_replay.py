@@ -284,6 +284,20 @@ def test_compare_turns_against_the_pinned_baseline_with_scores(
     assert comparison.changed_turns == []
 
 
+def test_compare_turns_after_the_replayed_branch_was_deleted_says_so(
+    three_turns: ContextSession,
+) -> None:
+    session = three_turns
+    session.branch("source", switch=False)
+    other = ScriptedProvider().reply("A1").reply("A2").reply("A3")
+    session.replay("source", provider=other, name="again").result(DEADLINE)
+    session.delete_branch("source")
+    with pytest.raises(BranchNotFoundError, match="replayed from 'source', which has been") as e:
+        session.compare_turns("again")
+    assert "against=" in str(e.value)
+    assert session.compare_turns("again", "main").base == "main"
+
+
 def test_a_score_delta_compares_one_metric_on_both_sides(three_turns: ContextSession) -> None:
     session = three_turns
     other = ScriptedProvider().reply("A1 is the answer").reply("A2 is the answer")
