@@ -1,14 +1,18 @@
 """Which code blocks are coloured: only by lexers timed linear up to the big limit, by
 the slower common ones up to their own small limit, by any other lexer never, so that
-no block's language can hold the kernel's thread for long. The code is always kept
-whole and escaped."""
+no block's language can hold the kernel's thread for long; and a message's blocks only
+up to its budget, so that no message can. The code is always kept whole and escaped."""
 
 from __future__ import annotations
 
 import html
 import re
 
-from cm_notebook.widgets.markdown import MAX_HIGHLIGHTED_CHARS, render_markdown
+from cm_notebook.widgets.markdown import (
+    MAX_HIGHLIGHTED_CHARS,
+    MAX_HIGHLIGHTED_PER_MESSAGE,
+    render_markdown,
+)
 
 _COLOURED = "<span style="
 
@@ -68,3 +72,28 @@ def test_long_ipython_code_is_coloured_as_python() -> None:
     assert _text(out) == cell * 200
     # Short, its own lexer colours the magic.
     assert _fence("ipython", cell).count(">timeit<") == 1
+
+
+def test_a_message_colours_its_code_up_to_its_budget_then_shows_it_plain() -> None:
+    # Blocks each short enough to colour, together far past a message's budget: the
+    # first ones are coloured, from the one that would go past it on all are plain (an
+    # ordinary small one too), so the HTML stays a small multiple of the message. A
+    # block too long to colour at all spends none of it.
+    line = "x = foo(a, b) + 1  # c\n"
+    too_long = line * (MAX_HIGHLIGHTED_CHARS // len(line) + 1)
+    code = line * (MAX_HIGHLIGHTED_CHARS // 4 // len(line))
+    fits = MAX_HIGHLIGHTED_PER_MESSAGE // len(code)
+    blocks = [f"```python\n{too_long}```\n"]
+    blocks += [f"```python\n{code}```\n"] * (fits + 20) + ["```python\nx = 1\n```\n"]
+    text = "\n".join(blocks)
+    out = render_markdown(text)
+    shown = out.split("<pre")[1:]
+    assert len(shown) == len(blocks)
+    assert [_COLOURED in block for block in shown] == [False] + [True] * fits + [False] * 21
+    lines = too_long.count("\n") + (fits + 20) * code.count("\n")
+    assert _text(out).count(line) == lines  # every line, whole
+    coloured = len("".join(shown[1 : fits + 1]))
+    assert len(out) - coloured < 2 * len(text)
+    assert len(out) < 2 * len(text) + 20 * MAX_HIGHLIGHTED_PER_MESSAGE
+    # The budget is the message's: the next one is coloured again.
+    assert _COLOURED in render_markdown(f"```python\n{code}```\n\nanother message")

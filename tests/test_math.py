@@ -1,5 +1,6 @@
 """TeX math in messages, drawn as MathML: what is read as math, what stays text, and
-that a formula can carry no markup, link or script into the page."""
+that a formula can carry no markup, link or script into the page, and that a message
+draws only up to its budget."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from cm_notebook.widgets._math import MAX_TEX_CHARS, math_html
+from cm_notebook.widgets._math import (
+    MAX_FORMULAS_PER_MESSAGE,
+    MAX_TEX_CHARS,
+    MAX_TEX_PER_MESSAGE,
+    math_html,
+)
 from cm_notebook.widgets.markdown import render_markdown
 
 
@@ -103,3 +109,27 @@ def test_openers_without_a_closer_stay_text_and_a_later_closer_still_ends_one() 
     assert _formulas(closed_late) == ["x^2"]
     assert closed_late.startswith("<p>) one <math")
     assert closed_late.endswith("</math> two ( y</p>\n")
+
+
+def test_a_message_draws_formulas_up_to_its_budget_then_shows_their_source() -> None:
+    # Many short formulas: the first MAX_FORMULAS_PER_MESSAGE are drawn, the rest shown
+    # as their source, so the HTML stays a small multiple of the message.
+    count = 10 * MAX_FORMULAS_PER_MESSAGE
+    text = "$x_1$ " * count
+    html = render_markdown(text)
+    assert _formulas(html) == ["x_1"] * MAX_FORMULAS_PER_MESSAGE
+    assert html.count('<code class="cm-tex">$x_1$</code>') == count - MAX_FORMULAS_PER_MESSAGE
+    assert html.index("<math") < html.index("cm-tex") > html.rindex("</math>")
+    assert len(html) < 6 * len(text) + 100 * MAX_FORMULAS_PER_MESSAGE
+    # Long formulas: drawn until the next would go past the TeX budget, then source
+    # from there on (a short one too); one too long to draw spends none of it.
+    tex = r"\frac{a_1+b}{c^2} + \sqrt{x_i} " * (MAX_TEX_CHARS // 40)
+    fits = MAX_TEX_PER_MESSAGE // len(tex.strip())
+    too_long = "x+" * (MAX_TEX_CHARS // 2 + 1) + "x"
+    formulas = [too_long] + [tex] * (fits + 3) + ["y^2"]
+    html = render_markdown("\n\n".join(f"$${formula}$$" for formula in formulas))
+    assert [formula.strip() for formula in _formulas(html)] == [tex.strip()] * fits
+    assert html.count('<code class="cm-tex">$$') == 1 + 3 + 1
+    assert html.endswith('<code class="cm-tex">$$y^2$$</code></div>\n')
+    # The budget is the message's: the next one is drawn again.
+    assert _formulas(render_markdown("$x_1$ in another message")) == ["x_1"]

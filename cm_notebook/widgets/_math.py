@@ -9,7 +9,10 @@ and in the copy a saved notebook keeps alike.
 latex2mathml's output is not safe as it stands (``\\text{<b>}`` comes out as markup,
 ``\\href{javascript:...}`` as an attribute): it is parsed and written again keeping only
 MathML elements and layout attributes. Anything that cannot be converted or parsed is
-shown as its TeX source, in code style, never dropped.
+shown as its TeX source, in code style, never dropped; so are a formula too long to
+convert (:data:`MAX_TEX_CHARS`) and the formulas past a message's share of math
+(:data:`MAX_TEX_PER_MESSAGE`, :data:`MAX_FORMULAS_PER_MESSAGE`): conversion runs on the
+kernel's thread, and its MathML is several times the size of the TeX.
 """
 
 from __future__ import annotations
@@ -27,11 +30,28 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from mdit_py_plugins.dollarmath import dollarmath_plugin
 
-__all__ = ["MAX_TEX_CHARS", "math_html", "use_math"]
+__all__ = [
+    "MAX_FORMULAS_PER_MESSAGE",
+    "MAX_TEX_CHARS",
+    "MAX_TEX_PER_MESSAGE",
+    "math_html",
+    "use_math",
+]
 
 #: Formulas longer than this are shown as source: converting one is recursive and takes
 #: time growing with its length, on the kernel's thread.
 MAX_TEX_CHARS = 4_000
+
+#: TeX converted in one message, its formulas together, and how many formulas: once a
+#: formula would go past either, it and the ones after it are shown as source.
+#: Converting takes about 0.2 ms a formula however short, 15 to 30 µs a character of a
+#: long one, and writes 5 to 30 times the TeX's size as MathML, so a message's math stays
+#: under about a second and a few hundred kilobytes of HTML (kept in the notebook, sent
+#: again after each turn); a reply full of math (hundreds of formulas, a long
+#: derivation) is still drawn whole. A formula over :data:`MAX_TEX_CHARS`, never
+#: converted, counts for nothing.
+MAX_TEX_PER_MESSAGE = 20_000
+MAX_FORMULAS_PER_MESSAGE = 1_000
 
 #: The presentation MathML elements (MathML Core and the common rest).
 _ELEMENTS = frozenset(
@@ -131,8 +151,33 @@ def math_html(tex: str, *, display: bool) -> str:
             return _clean(ET.fromstring(_as_xml(mathml)), source)
         except Exception:  # any failure of a third-party parser: show the source
             pass
+    return _source(tex, display=display)
+
+
+def _source(tex: str, *, display: bool) -> str:
     shown = html.escape(f"$${tex}$$" if display else f"${tex}$")
     return f'<code class="cm-tex">{shown}</code>'
+
+
+class _MathBudget:
+    """What is left of one message's :data:`MAX_TEX_PER_MESSAGE` and
+    :data:`MAX_FORMULAS_PER_MESSAGE`."""
+
+    def __init__(self) -> None:
+        self.chars = MAX_TEX_PER_MESSAGE
+        self.formulas = MAX_FORMULAS_PER_MESSAGE
+
+    def spend(self, tex: str) -> bool:
+        """Whether ``tex`` may be converted; counted if so."""
+        size = len(tex.strip())
+        if not size or size > MAX_TEX_CHARS:
+            return True  # shown as source without converting: costs nothing
+        if self.formulas < 1 or size > self.chars:
+            self.chars = self.formulas = 0  # spent: the formulas after this one too
+            return False
+        self.chars -= size
+        self.formulas -= 1
+        return True
 
 
 #: What latex2mathml leaves unescaped: an ``&`` of an alignment (``a &= b``), a ``<``
@@ -217,9 +262,13 @@ def _render(display: bool) -> Callable[..., str]:
         tokens: Sequence[Token],
         idx: int,
         _options: OptionsDict,
-        _env: EnvType,
+        env: EnvType,
     ) -> str:
-        shown = math_html(tokens[idx].content, display=display)
+        # The message's budget kept in the render's env, which is one per message.
+        budget: _MathBudget = env.setdefault("cm_math_budget", _MathBudget())
+        tex = tokens[idx].content
+        affordable = budget.spend(tex)
+        shown = math_html(tex, display=display) if affordable else _source(tex, display=display)
         return f'<div class="cm-math">{shown}</div>\n' if tokens[idx].block else shown
 
     return rule

@@ -2,8 +2,10 @@
 TeX math as MathML (:mod:`._math`), code blocks highlighted by pygments with inline
 styles (so the HTML also looks right in a saved notebook or nbconvert output, where no
 stylesheet of ours is loaded), but for very long ones (:data:`MAX_HIGHLIGHTED_CHARS`),
-and long or any ones in languages whose lexer is slow or not timed (:mod:`._lexers`),
-shown plain.
+long or any ones in languages whose lexer is slow or not timed (:mod:`._lexers`), and
+those past a message's share of coloured code (:data:`MAX_HIGHLIGHTED_PER_MESSAGE`),
+shown plain: a view renders on the kernel's thread, and coloured code is slow to make
+and about fifteen times its size as HTML.
 
 Raw HTML in a message is shown as text, never interpreted: a model's reply must not be
 able to inject markup or script into the notebook. Remote images are links, not loaded
@@ -14,12 +16,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
-from markdown_it.utils import EnvType, OptionsDict
+from markdown_it.utils import EnvType, OptionsDict, OptionsType
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.style import Style
@@ -111,17 +113,44 @@ _PRE_STYLE = (
 #: :mod:`._lexers`).
 MAX_HIGHLIGHTED_CHARS = 50_000
 
+#: Code coloured in one message, its blocks together: once a block would go past it,
+#: that block and the ones after it are shown plain. Dense code (a token every two
+#: characters) takes about 15 ms a kilobyte to colour and comes out about fifteen
+#: times its size, so a message's colouring stays under about a second and a half and
+#: adds at most about 1.5 MB to its HTML (kept in the notebook, sent again after each
+#: turn), however many blocks it has; two blocks of the longest coloured size, or
+#: dozens of ordinary ones, are still coloured.
+MAX_HIGHLIGHTED_PER_MESSAGE = 2 * MAX_HIGHLIGHTED_CHARS
 
-def _highlight(code: str, lang: str, _attrs: str) -> str:
-    # markdown-it uses a result starting with "<pre" as is; "" means "escape it yourself".
-    tag = lang.strip().split()[0] if lang.strip() else ""
-    lexer = lexer_for(tag, len(code), MAX_HIGHLIGHTED_CHARS) if tag else None
-    if lexer is None:
-        return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
-    body = highlight(code, lexer, _FORMATTER)
-    return (
-        f'<pre style="{_PRE_STYLE}"><code class="language-{html.escape(lang)}">{body}</code></pre>'
-    )
+
+class _Colouring:
+    """What is left of one message's :data:`MAX_HIGHLIGHTED_PER_MESSAGE`."""
+
+    def __init__(self) -> None:
+        self.left = MAX_HIGHLIGHTED_PER_MESSAGE
+
+    def highlight(self, code: str, lang: str, _attrs: str) -> str:
+        # markdown-it uses a result starting with "<pre" as is.
+        tag = lang.strip().split()[0] if lang.strip() else ""
+        lexer = lexer_for(tag, len(code), MAX_HIGHLIGHTED_CHARS) if tag else None
+        if lexer is not None and len(code) > self.left:
+            self.left = 0  # spent: the blocks after this one are plain too
+            lexer = None
+        if lexer is None:
+            return f'<pre style="{_PRE_STYLE}"><code>{html.escape(code)}</code></pre>'
+        self.left -= len(code)
+        body = highlight(code, lexer, _FORMATTER)
+        language = html.escape(lang)
+        return f'<pre style="{_PRE_STYLE}"><code class="language-{language}">{body}</code></pre>'
+
+
+def _fence(
+    renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    # The message's colouring kept in the render's env, which is one per message.
+    colouring: _Colouring = env.setdefault("cm_colouring", _Colouring())
+    with_budget = OptionsDict(cast("OptionsType", {**options, "highlight": colouring.highlight}))
+    return renderer.fence(tokens, idx, with_budget, env)
 
 
 #: How deep blocks may nest (quotes in quotes, lists in lists: a list level is two).
@@ -132,7 +161,7 @@ _MAX_NESTING = 50
 _MD = (
     MarkdownIt(
         "commonmark",
-        {"html": False, "linkify": False, "highlight": _highlight, "maxNesting": _MAX_NESTING},
+        {"html": False, "linkify": False, "maxNesting": _MAX_NESTING},
     )
     .enable("table")
     .enable("strikethrough")
@@ -157,6 +186,7 @@ def _image(
     )
 
 
+_MD.add_render_rule("fence", _fence)
 _MD.add_render_rule("image", _image)
 use_math(_MD)
 
