@@ -27,8 +27,10 @@ import anywidget
 import traitlets as t
 
 from .. import events as ev
+from .._html_text import WRAP_ANYWHERE, isolated
 from .._sweep_stops import nothing_to_start
 from .._theme import ERROR, MUTED
+from .._unicode import grapheme_prefix
 from ._base import FollowingView, static_text
 
 if TYPE_CHECKING:
@@ -44,8 +46,9 @@ _ROW_LABEL = 80
 
 
 def _row_label(cell: SweepCell) -> str:
+    # Cut between two user-perceived characters: never inside a flag or an emoji.
     text = " ".join(cell.text.split())
-    return text if len(text) <= _ROW_LABEL else text[: _ROW_LABEL - 1] + "…"
+    return text if len(text) <= _ROW_LABEL else grapheme_prefix(text, _ROW_LABEL - 1) + "…"
 
 
 def grid_data(sweep: Sweep) -> dict[str, Any]:
@@ -76,7 +79,7 @@ def grid_data(sweep: Sweep) -> dict[str, Any]:
 
 
 _STATUS_STYLE = {
-    "pending": "color:{MUTED}",
+    "pending": f"color:{MUTED}",
     "running": "color:var(--jp-brand-color0,#1d4ed8)",
     "done": "",
     "failed": f"color:{ERROR}",
@@ -97,6 +100,18 @@ def shown_text(cell: Mapping[str, Any]) -> str:
     return f"{text} [running…]" if status == "running" else text
 
 
+def _shown_html(cell: Mapping[str, Any]) -> str:
+    # What shown_text says, as HTML: the reply and the error isolated, so a
+    # right-to-left one, or an override in one, cannot move or reverse the status.
+    text, error, status = str(cell["text"]), str(cell["error"]), cell["status"]
+    if status == "failed":
+        why = f"[failed: {isolated(error)}]" if error else "[failed]"
+        return f"{isolated(text)} {why}" if text else why
+    if not text:
+        return html.escape(f"({status})")
+    return f"{isolated(text)} [running…]" if status == "running" else isolated(text)
+
+
 def grid_html(sweep: Sweep) -> str:
     """Static HTML of the sweep's grid (what a saved notebook shows)."""
     data = grid_data(sweep)
@@ -113,7 +128,7 @@ def grid_html(sweep: Sweep) -> str:
         for col in range(len(data["columns"])):
             parts = []
             for cell in by_place.get((row["key"], col), []):
-                shown = html.escape(shown_text(cell))
+                shown = _shown_html(cell)
                 parts.append(
                     f'<div class="cm-grid-repeat" title="{html.escape(cell["branch"])}" '
                     f'style="border-top:1px dotted #ddd;padding:2px 0;white-space:pre-wrap;'
@@ -136,7 +151,9 @@ def grid_html(sweep: Sweep) -> str:
         f'<div style="color:{ERROR}">{html.escape(note)}</div>' for note in sweep.stopped.values()
     )
     return (
-        f'<div class="cm-grid"><div style="color:{MUTED}">sweep <b>{html.escape(sweep.name)}</b>: '
+        # Long words and URLs wrap anywhere: the grid stays as wide as its place.
+        f'<div class="cm-grid" style="{WRAP_ANYWHERE}">'
+        f'<div style="color:{MUTED}">sweep <b>{isolated(sweep.name)}</b>: '
         f"{len(sweep.cells)} cells ({html.escape(counts)})</div>{stopped}"
         '<table style="border-collapse:collapse;font-size:90%"><tr><th></th>'
         f"{head}</tr>{''.join(body)}</table></div>"
