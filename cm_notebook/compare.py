@@ -15,6 +15,7 @@ import html
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Indel
 
+from ._html_text import isolated
 from ._theme import ERROR, MUTED
 from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
@@ -328,7 +329,7 @@ class Comparison(BaseModel):
                 # Long words and URLs wrap anywhere: the card keeps its half.
                 '<div style="flex:1;min-width:0;border:1px solid #ccc;border-radius:6px;'
                 'padding:8px;overflow-wrap:anywhere">'
-                f"<div><b>{html.escape(result.branch)}</b> "
+                f"<div><b>{isolated(result.branch)}</b> "
                 f'<span style="color:{MUTED}">{" · ".join(facts)}</span></div>'
                 f'<div style="color:{MUTED};font-style:italic;white-space:pre-wrap;margin-top:4px">'
                 f"system: {html.escape(result.prompt_label)}</div>"
@@ -336,9 +337,7 @@ class Comparison(BaseModel):
             )
         footer = ""
         if unanswered is not None:
-            footer = (
-                f'<div style="color:{MUTED}">no diff: {html.escape(_no_answer(unanswered))}</div>'
-            )
+            footer = f'<div style="color:{MUTED}">no diff: {_no_answer_html(unanswered)}</div>'
         elif len(self.results) >= 2:
             alike, estimated = self._similarity(self.results[1].text, diff_b)
             note = f" · {COARSE_NOTE}" if diff_b.coarse else ""
@@ -358,6 +357,11 @@ class Comparison(BaseModel):
 def _no_answer(result: BranchResult) -> str:
     # "bad has no answer (error)": why a diff or a delta is not shown.
     return f"{result.branch} has no answer ({result.state})"
+
+
+def _no_answer_html(result: BranchResult) -> str:
+    # What _no_answer says, its branch name isolated.
+    return f"{isolated(result.branch)} has no answer ({html.escape(result.state)})"
 
 
 def unfinished_html(result: BranchResult) -> str:

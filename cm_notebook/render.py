@@ -15,7 +15,9 @@ import json
 import re
 from collections.abc import Sequence
 
+from ._html_text import WRAP_ANYWHERE, isolated, json_html
 from ._theme import MUTED
+from ._unicode import grapheme_prefix
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 from .prompts import effective_system
 
@@ -89,9 +91,11 @@ def status_label(message: Message) -> str | None:
 
 def one_line(text: str, width: int = 40) -> str:
     """``text`` on one line (white space runs as one space), cut to ``width``
-    characters with an ellipsis: for a repr, a table cell, a line of a saved output."""
+    characters with an ellipsis: for a repr, a table cell, a line of a saved output.
+    The cut falls between two user-perceived characters: never inside a flag, an emoji
+    sequence or a letter with its accent."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return flat if len(flat) <= width else grapheme_prefix(flat, width - 1) + "…"
 
 
 def message_repr(message: Message) -> str:
@@ -142,9 +146,9 @@ def message_html(message: Message) -> str:
     if label:
         notes.append(f'<b style="color:#b45309">{html.escape(label)}</b>')
     if message.metadata.model:
-        notes.append(html.escape(message.metadata.model))
+        notes.append(isolated(message.metadata.model))
     if message.metadata.error:
-        notes.append("error: " + html.escape(message.metadata.error))
+        notes.append("error: " + isolated(message.metadata.error))
     calls = tool_calls_html(message)
     note = f' <span style="color:{MUTED}">({", ".join(notes)})</span>' if notes else ""
     cut = (
@@ -153,8 +157,9 @@ def message_html(message: Message) -> str:
         else ""
     )
     return (
+        # Long words and URLs wrap anywhere: the card stays as wide as its place.
         f'<div class="cm-message cm-{role}" style="{style};padding:6px 10px;'
-        f'margin:4px 0;border-radius:4px"><div style="font-size:80%;color:{MUTED}">'
+        f'margin:4px 0;border-radius:4px;{WRAP_ANYWHERE}"><div style="font-size:80%;color:{MUTED}">'
         f"<b>{role}</b>{note}</div>"
         f'<div style="white-space:pre-wrap">{html.escape(message.content)}</div>{calls}{cut}'
         "</div>"
@@ -162,13 +167,15 @@ def message_html(message: Message) -> str:
 
 
 def tool_calls_html(message: Message) -> str:
-    """The tool calls a reply asked for, one line each: name, arguments (JSON), status."""
+    """The tool calls a reply asked for, one line each: name, arguments (JSON), status.
+    The name and the arguments are isolated (:mod:`._html_text`): a right-to-left
+    argument, or a bidirectional override in one, cannot move or reverse the status."""
     return "".join(
         # A gear (not the wrench emoji, which needs a color-emoji font), outside the
         # monospace run: monospace fonts often lack it.
         f'<div class="cm-tool-call" style="font-size:90%">&#9881; '
-        f'<span style="font-family:monospace">{html.escape(c.name)}'
-        f"({html.escape(json.dumps(c.arguments, ensure_ascii=False))})"
+        f'<span style="font-family:monospace">{isolated(c.name)}'
+        f"({json_html(c.arguments)})"
         f" &rarr; {html.escape(c.status.value)}</span></div>"
         for c in message.tool_calls
     )
@@ -181,7 +188,7 @@ def _branches_html(metadata: ContextMetadata, shown: str) -> str:
     listed += [n for n in dict.fromkeys((shown, metadata.active_branch)) if n not in listed]
     items = []
     for name in listed:
-        text = html.escape(name)
+        text = isolated(name)  # a right-to-left name cannot reorder the list around it
         if name == shown:
             text = f"<b>{text}</b>"
         if name == metadata.active_branch:
@@ -212,11 +219,11 @@ def conversation_html(
     earlier = len(messages) - len(kept)
     count = f"the last {len(kept):,} of {len(messages):,}" if earlier else f"{len(messages)}"
     header = (
-        # <bdi>: a title's bidirectional overrides stay in the title, never reversing
-        # the words after it.
-        f'<div style="font-weight:bold"><bdi>{html.escape(metadata.title)}</bdi> '
+        # <bdi>: a title's or a branch name's bidirectional overrides, and its
+        # right-to-left letters, stay in it, never moving the words after it.
+        f'<div style="font-weight:bold">{isolated(metadata.title)} '
         f'<span style="font-weight:normal;color:{MUTED}">branch '
-        f"{html.escape(shown)} · {count} messages</span></div>"
+        f"{isolated(shown)} · {count} messages</span></div>"
     )
     prompt = effective_system(metadata, shown)
     system = ""
@@ -231,4 +238,7 @@ def conversation_html(
         )
     body = "".join(message_html(m) for m in kept)
     branches = _branches_html(metadata, shown)
-    return f'<div class="cm-conversation">{header}{branches}{system}{left_out}{body}</div>'
+    return (
+        f'<div class="cm-conversation" style="{WRAP_ANYWHERE}">'
+        f"{header}{branches}{system}{left_out}{body}</div>"
+    )

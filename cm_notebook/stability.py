@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._html_text import WRAP_ANYWHERE, isolated
 from ._theme import MUTED
 from ._unicode import for_terminal
 from .compare import COARSE_NOTE, diff_side_html, diff_similarity, word_diff, word_similarity
@@ -134,7 +135,9 @@ class Stability(BaseModel):
             else:
                 body = html.escape(group.text or "(empty)")
             share = group.count / total
-            who = ", ".join(group.branches or group.members)
+            # Each name (a branch, or a message id) isolated: a right-to-left one cannot
+            # reorder the list.
+            who = ", ".join(map(isolated, group.branches or group.members))
             kind = "most common" if rank == 1 else ("near" if group.near else "distinct")
             if rank > 1:
                 kind += f" · {_estimate(group)}{group.similarity:.2f}"
@@ -147,12 +150,14 @@ class Stability(BaseModel):
                 f'<div style="background:#9cf;height:8px;width:{share * 100:.0f}%"></div>'
                 f'<span style="color:{MUTED}">{share:.0%} · {html.escape(kind)}</span></td>'
                 f'<td style="text-align:left;white-space:pre-wrap;vertical-align:top">{body}'
-                f'<div style="color:{MUTED};font-size:smaller">{html.escape(who)}</div></td>'
+                f'<div style="color:{MUTED};font-size:smaller">{who}</div></td>'
                 "</tr>"
             )
         head = html.escape(repr(self)[1:-1])
         return (
-            f'<div class="cm-stability"><div style="color:{MUTED}">{head}</div>'
+            # Long words and URLs wrap anywhere: the table stays as wide as its place.
+            f'<div class="cm-stability" style="{WRAP_ANYWHERE}">'
+            f'<div style="color:{MUTED}">{head}</div>'
             '<table style="border-collapse:collapse"><tr><th>n</th><th style="text-align:left">'
             'share</th><th style="text-align:left">answer (near ones: diff against the most '
             "common)</th></tr>" + "".join(rows) + "</table></div>"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import records as rec
+from ._html_text import WRAP_ANYWHERE
 from ._theme import MUTED
 from .errors import CMError, InvalidInputError
 from .model import Message
@@ -351,7 +352,9 @@ class SweepStability:
                 f'<td style="{_LEFT}">{detail}</td></tr>'
             )
         return (
-            f'<div class="cm-sweep-stability"><div style="color:{MUTED}">'
+            # Long words and URLs wrap anywhere: the table stays as wide as its place.
+            f'<div class="cm-sweep-stability" style="{WRAP_ANYWHERE}">'
+            f'<div style="color:{MUTED}">'
             f"{html.escape(repr(self)[1:-1])}</div>"
             '<table style="border-collapse:collapse"><tr><th style="text-align:left">prompt</th>'
             '<th style="text-align:left">variant</th><th>agreement</th>'

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from ._html_text import isolated
 from ._theme import MUTED
 from ._unicode import for_terminal
 from .compare import (
@@ -309,7 +310,16 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
             left, right = diff_side_html(ops, "-", PALE_MARKS), diff_side_html(ops, "+", PALE_MARKS)
             if ops.coarse:
                 notes.append(COARSE_NOTE)
-        deltas = " · ".join(html.escape(text) for text in notes)
+        # The notes of _delta_texts (the unanswered sides first), their branch names
+        # isolated.
+        said = len(turn.unanswered)
+        deltas = " · ".join(
+            [
+                f"{isolated(side.branch)} has no answer ({html.escape(_status(side))})"
+                for side in turn.unanswered
+            ]
+            + [html.escape(text) for text in notes[said:]]
+        )
         rows.append(
             f'<tr class="cm-turn cm-turn-{state}"><td style="width:1%;vertical-align:top;'
             f'color:{MUTED};padding:4px 6px">{turn.turn}</td><td style="text-align:left;'
@@ -319,7 +329,8 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
             f'<div style="{_SIDE}">{left}</div><div style="{_SIDE}">{right}</div>'
             f'</div><div style="font-size:80%;color:{MUTED}">{deltas}</div></td></tr>'
         )
-    base, other = html.escape(comparison.base), html.escape(comparison.other)
+    # The branch names isolated: a right-to-left name cannot move "against" around.
+    base, other = isolated(comparison.base), isolated(comparison.other)
     return (
         # Long words and URLs wrap anywhere: the table stays as wide as its place.
         '<div class="cm-turns" style="overflow-wrap:anywhere">'

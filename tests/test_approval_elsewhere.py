@@ -286,7 +286,7 @@ async def test_the_approval_view_names_the_branch_of_a_call_asked_before_it(
     panel = ToolApproval(session)
     try:
         [row] = panel.rows.values()
-        assert "on branch <b>main</b>" in row.title.value
+        assert "on branch <b><bdi>main</bdi></b>" in row.title.value
         row.approve_button.click()
         await until(lambda: "approved" in row.status.value or "done" in row.status.value)
         assert _finish(children[0]) == "3"
@@ -315,7 +315,7 @@ async def test_the_approval_view_shows_two_processes_calls_of_one_id_apart(
             panel.row(same_id)
         other = panel.row(same_id, branch="other")
         assert json.loads(other.arguments.value) == {"a": 5, "b": 6}
-        assert "on branch <b>other</b>" in other.title.value
+        assert "on branch <b><bdi>other</bdi></b>" in other.title.value
         other.approve_button.click()
         await until(lambda: "approved" in other.status.value or "done" in other.status.value)
         assert _finish(children[1]) == "11"  # the other branch's call, and only it, ran

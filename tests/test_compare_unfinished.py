@@ -48,7 +48,7 @@ def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
     page = comparison._repr_html_()
     assert 'class="cm-status cm-status-error"' in page
     assert "no answer: the reply failed: scripted permanent failure" in page
-    assert "no diff: bad has no answer (error)" in page
+    assert "no diff: <bdi>bad</bdi> has no answer (error)" in page
     assert "similarity" not in page
     assert "line-through" not in page  # nothing marked as removed by the failed arm
 
@@ -68,7 +68,7 @@ def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
     assert "[-Paris-]" not in shown
     turn_page = turns._repr_html_()
     assert "cm-status-error" in turn_page
-    assert "bad has no answer (error)" in turn_page
+    assert "<bdi>bad</bdi> has no answer (error)" in turn_page
     assert "output tokens" not in turn_page
 
 

@@ -274,7 +274,10 @@ def test_deny_tells_the_model_why(fe: FrontEnd) -> None:
     # The reply's own output (what a saved notebook keeps) says which call was denied.
     shown = [data.get("text/html", "") for data in fe.displays.values()]
     reply = [html for html in shown if "Fine." in html]
-    assert "add({&quot;a&quot;: 1, &quot;b&quot;: 2}) [denied] (not now)" in reply[-1]
+    assert (
+        "<bdi>add</bdi>(<bdi>{&quot;a&quot;: 1, &quot;b&quot;: 2}</bdi>) [denied] "
+        "(<bdi>not now</bdi>)" in reply[-1]
+    )
 
 
 def test_deny_without_a_reason_says_the_user_denied_it(fe: FrontEnd) -> None:

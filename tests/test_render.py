@@ -20,7 +20,7 @@ from cm_notebook.model import (
     ToolCall,
     utcnow,
 )
-from cm_notebook.render import SAVED_MESSAGES, conversation_html
+from cm_notebook.render import SAVED_MESSAGES, conversation_html, one_line
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
@@ -107,6 +107,26 @@ def test_tool_call_branch_and_context_reprs_are_short() -> None:
     assert repr(meta) == "<ContextMetadata c1 'A long title' 2 branches, active 'alt'>"
 
 
+@pytest.mark.parametrize(
+    "whole",
+    [
+        "\U0001f1eb\U0001f1f7",  # a flag: two regional indicators
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # a family: a joiner sequence
+        "\U0001f44d\U0001f3fd",  # a thumb and its skin tone
+        "e\u0301",  # a letter and its accent
+    ],
+)
+def test_a_short_line_is_never_cut_inside_a_character(whole: str) -> None:
+    # However the cut falls on it, the character is kept whole or left out whole.
+    for before in range(70, 80):
+        text = "x" * before + whole + " and more"
+        cut = one_line(text, 79)
+        assert len(cut) <= 79
+        assert cut.endswith("…")
+        kept = cut[before:-1]
+        assert kept in ("", whole) or kept.startswith(whole), (before, cut[-6:])
+
+
 # -- replies cut by the token limit ---------------------------------------------------
 
 
@@ -168,7 +188,7 @@ def test_the_session_html_lists_every_branch_and_which_is_active(
     session.branch("alt")
     session.branch("other", switch=False)
     html = session._repr_html_()
-    assert "3 branches: main, <b>alt</b> (active), other" in html
+    assert "3 branches: <bdi>main</bdi>, <b><bdi>alt</bdi></b> (active), <bdi>other</bdi>" in html
     assert "&lt;b&gt;Branches&lt;/b&gt;" in html
     assert "<b>Branches</b>" not in html
 
@@ -179,15 +199,15 @@ def test_many_branches_are_counted_not_all_listed() -> None:
         branches={n: Branch(name=n) for n in names}, active_branch="b29", title="t"
     )
     html = conversation_html(meta, [])
-    assert "30 branches: <b>b0</b>" not in html
-    assert "30 branches: b0, b1" in html
-    assert "b11, <b>b29</b> (active), and 17 more" in html
+    assert "30 branches: <b><bdi>b0</bdi></b>" not in html
+    assert "30 branches: <bdi>b0</bdi>, <bdi>b1</bdi>" in html
+    assert "<bdi>b11</bdi>, <b><bdi>b29</bdi></b> (active), and 17 more" in html
     # The branch shown is the active one unless another is named; its own prompt wins.
     own = meta.model_copy(
         update={"branches": {**meta.branches, "b1": Branch(name="b1", system_prompt="Mine")}}
     )
     shown = conversation_html(own, [], branch="b1")
-    assert "<b>b1</b>" in shown
+    assert "<b><bdi>b1</bdi></b>" in shown
     assert "Mine" in shown
     # An empty prompt of its own means none on that branch, not the context's.
     with_context = own.model_copy(update={"system_prompt": "Context-wide"})

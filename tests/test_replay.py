@@ -331,7 +331,7 @@ def test_the_compare_view_puts_the_baseline_first_with_per_turn_diffs(
     view = CompareView(session, "candidate", "main")
     try:
         assert view.branch_names == ["main", "candidate"]
-        assert "per turn: <b>candidate</b> against <b>main</b>" in view.value
+        assert "per turn: <b><bdi>candidate</bdi></b> against <b><bdi>main</bdi></b>" in view.value
         assert "1 of 3 turns changed" in view.value
         assert "output tokens 4 -&gt; 7 (+3)" in view.value
         assert view.value.count('class="cm-turn ') == 1  # only the changed turn

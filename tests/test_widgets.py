@@ -305,7 +305,7 @@ async def test_a_name_with_control_characters_logged_before_shows_them_escaped(
     approvals = ToolApproval(session)
     assert approvals.history.records[0].by == "\x1b[31mada\n"
     shown = approvals.history.body.value
-    assert "by \\x1b[31mada\\n" in shown
+    assert "by <bdi>\\x1b[31mada\\n" in shown
     assert "\x1b" not in shown
     assert "\n" not in shown.split("by ", 1)[1].split("<", 1)[0]
 
@@ -329,7 +329,7 @@ async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: New
     assert "Be brief." in html
     assert "<strong>3</strong> &lt;b&gt;x&lt;/b&gt;" in html
     assert "add" in html
-    assert "→ 3" in html
+    assert "→ <bdi>3" in html
 
 
 async def test_the_snapshot_of_a_long_branch_keeps_its_last_messages_and_says_so(
@@ -391,7 +391,8 @@ async def test_the_compare_view_shows_the_tool_calls_a_branch_made(
     await session.send("2 + 3?", branch="plain")
     view = CompareView(session, "main", "plain")
     try:
-        assert "add({&quot;a&quot;: 2, &quot;b&quot;: 3}) &rarr; done" in view.value
+        shown = "<bdi>add</bdi>(<bdi>{&quot;a&quot;: 2, &quot;b&quot;: 3}</bdi>) &rarr; done"
+        assert shown in view.value
     finally:
         view.close()
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import ipywidgets as w
 from IPython.display import display
 
+from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from .._theme import MUTED
 from ..errors import CMError
 from ..model import Message, ToolCallStatus
@@ -418,16 +419,18 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
     for message in reversed(rounds):
         for call in message.tool_calls:
             arguments = json.dumps(call.arguments, ensure_ascii=False)
-            why = f" ({call.reason})" if call.reason else ""
+            # Each piece of text the model or a tool wrote isolated in <bdi>:
+            # an override in the arguments cannot reverse the status after them.
+            why = f" ({isolated(call.reason)})" if call.reason else ""
             # A denied call's result is what the model was told: the reason, again.
             shown = call.result is not None and call.status is not ToolCallStatus.DENIED
-            result = f" → {one_line(call.result or '', MAX_CALL_CHARS)}" if shown else ""
+            result = f" → {isolated(one_line(call.result or '', MAX_CALL_CHARS))}" if shown else ""
             lines.append(
                 # The gear outside the monospace run: monospace fonts often lack it.
-                f'<div style="font-size:85%;color:{MUTED}">⚙ '
-                f'<span style="font-family:monospace">{html.escape(call.name)}'
-                f"({html.escape(one_line(arguments, MAX_CALL_CHARS))}) [{call.status.value}]"
-                f"{html.escape(why)}{html.escape(result)}</span></div>"
+                f'<div style="font-size:85%;color:{MUTED};{WRAP_ANYWHERE}">⚙ '
+                f'<span style="font-family:monospace">{isolated(call.name)}'
+                f"({json_text_html(one_line(arguments, MAX_CALL_CHARS))}) "
+                f"[{call.status.value}]{why}{result}</span></div>"
             )
     return "".join(lines)
 

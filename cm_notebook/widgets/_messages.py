@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from .._theme import MUTED
 from ..model import Message, MessageStatus, ToolCall
 from .markdown import render_markdown
@@ -109,9 +110,13 @@ def transcript_html(
     colors = {"user": "#3b82f6", "assistant": "#10b981", "tool": "#8b5cf6", "system": "#f59e0b"}
     count = f"the last {len(items):,} of {len(items) + earlier:,}" if earlier else f"{len(items)}"
     parts = [
-        f'<div class="cm-snapshot" style="font-family:sans-serif;max-width:900px">'
-        f"<div><b><bdi>{html.escape(title)}</bdi></b> "  # its overrides stay in it
-        f'<span style="color:{MUTED}">branch {html.escape(branch)} · '
+        # Long words and URLs wrap anywhere: the copy stays as wide as its place.
+        f'<div class="cm-snapshot" style="font-family:sans-serif;max-width:900px;'
+        f'{WRAP_ANYWHERE}">'
+        # The title and the branch name isolated: their direction and overrides stay
+        # in them, never moving the words around them.
+        f"<div><b>{isolated(title)}</b> "
+        f'<span style="color:{MUTED}">branch {isolated(branch)} · '
         f"{count} messages</span></div>"
     ]
     if earlier:
@@ -126,11 +131,13 @@ def transcript_html(
     for item in items:
         extra = ""
         for call in item["calls"]:
-            result = f" → {html.escape(call['result'])}" if call["result"] else ""
+            # Each piece of the model's text isolated: an override in the arguments
+            # cannot reverse the status after them.
+            result = f" → {isolated(call['result'])}" if call["result"] else ""
             extra += (
                 # The gear outside the monospace run: monospace fonts often lack it.
                 f'<div style="font-size:85%">⚙ <span style="font-family:monospace">'
-                f"{html.escape(call['name'])}({html.escape(call['args'])}) "
+                f"{isolated(call['name'])}({json_text_html(call['args'])}) "
                 f"[{call['status']}]{result}</span></div>"
             )
         if item["error"]:
@@ -149,7 +156,8 @@ _ERROR = "var(--jp-error-color1,#b91c1c)"
 
 def _block(label: str, color: str, body: str, extra: str) -> str:
     return (
-        f'<div style="border-left:3px solid {color};padding:2px 10px;margin:6px 0">'
+        f'<div style="border-left:3px solid {color};padding:2px 10px;margin:6px 0;'
+        f'{WRAP_ANYWHERE}">'
         f'<div style="font-size:80%;color:{MUTED};font-weight:bold">{html.escape(label)}</div>'
         f"{body}{extra}</div>"
     )

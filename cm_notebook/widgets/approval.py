@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._html_text import isolated, json_html
 from .._theme import MUTED
 from .._unicode import one_line_for_display
 from ..approvals import ApprovalRecord, Remember
@@ -93,9 +94,9 @@ class CallRow(w.VBox):  # type: ignore[misc]
         # Whether a signal has shown what became of the call (see _show_decided).
         self._outcome_shown = False
         self._original = json.dumps(call.arguments, indent=2, ensure_ascii=False)
-        where = f" on branch <b>{html.escape(branch)}</b>" if branch else ""
+        where = f" on branch <b>{isolated(branch)}</b>" if branch else ""
         self.title = w.HTML(
-            f"⚙ <code>{html.escape(call.name)}</code>{where} "
+            f"⚙ <code>{isolated(call.name)}</code>{where} "
             f'<span style="color:{MUTED}">({html.escape(call.id)})</span>'
         )
         # As tall as its JSON (within bounds: longer arguments scroll), and as wide as
@@ -241,7 +242,7 @@ class CallRow(w.VBox):  # type: ignore[misc]
 
             def decide() -> str:
                 session.deny(call_id, reason=reason, branch=branch)
-                return f"<b>denied</b>: {html.escape(reason)}"
+                return f"<b>denied</b>: {isolated(reason)}"
 
         submit_blocking(decide).add_done_callback(
             lambda done: self._follower.on_loop(lambda: self._show_decided(done))
@@ -290,10 +291,12 @@ class CallRow(w.VBox):  # type: ignore[misc]
         self._outcome_shown = True
         self._set_disabled(True)
         text = f"<b>{html.escape(status)}</b>"
+        # The reason and the result isolated: a right-to-left one, or an override in
+        # one, cannot move or reverse the words around it.
         if reason:
-            text += f": {html.escape(reason)}"
+            text += f": {isolated(reason)}"
         if result is not None:
-            text += f' → <code style="white-space:pre-wrap">{html.escape(result)}</code>'
+            text += f' → <code style="white-space:pre-wrap">{isolated(result)}</code>'
         self.status.value = _WRAP.format(text)
 
 
@@ -308,23 +311,23 @@ def _describe(record: ApprovalRecord) -> str:
     if record.approved and record.remember != "once":
         verdict += f" (always, {record.remember})"
     # A name logged before by= refused control characters shows them as escapes.
-    who = html.escape(one_line_for_display(record.by))
+    who = isolated(one_line_for_display(record.by))
     if record.remote:
         who += " <i>from another process</i>"
     parts = [
         f'<span style="color:{MUTED}">{record.at:%Y-%m-%d %H:%M:%S}</span>',
-        f"<code>{html.escape(record.tool)}</code>",
+        f"<code>{isolated(record.tool)}</code>",
         f'<b style="color:{_GREEN if record.approved else _RED}">{verdict}</b>',
         f"by {who}",
-        f'<span style="color:{MUTED}">on {html.escape(record.branch)}</span>',
+        f'<span style="color:{MUTED}">on {isolated(record.branch)}</span>',
     ]
     line = " ".join(parts)
     if record.edited_arguments is not None:
-        asked = html.escape(json.dumps(record.arguments, ensure_ascii=False))
-        ran = html.escape(json.dumps(record.edited_arguments, ensure_ascii=False))
+        asked = json_html(record.arguments)
+        ran = json_html(record.edited_arguments)
         line += f"<br>&nbsp;&nbsp;arguments <code>{asked}</code> → <code>{ran}</code>"
     if record.reason and not record.approved:
-        line += f"<br>&nbsp;&nbsp;reason: {html.escape(record.reason)}"
+        line += f"<br>&nbsp;&nbsp;reason: {isolated(record.reason)}"
     return f'<div class="cm-decision">{line}</div>'
 
 

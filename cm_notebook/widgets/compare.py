@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._html_text import isolated
 from .._theme import MUTED
 from ..compare import (
     COARSE_NOTE,
@@ -349,7 +350,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
         cells.append(
             f'<div class="cm-compare-column" style="{_COLUMN};border:1px solid {_BORDER};'
             'border-radius:6px;padding:6px 10px">'
-            f'<div style="font-weight:600">{html.escape(column["branch"])}</div>'
+            f'<div style="font-weight:600">{isolated(column["branch"])}</div>'
             f"{_facts(column, reply)}{''.join(body)}</div>"
         )
     per_turn = "".join(turns_html(comparison, changed_only=True) for comparison in turns)
