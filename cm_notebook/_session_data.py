@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import records as rec
 from ._session_scores import ScoreMethods, branch_histories
+from ._unicode import grapheme_prefix
 from .compare import is_answer
 from .errors import InvalidInputError
 from .model import Message
@@ -124,4 +125,5 @@ def _mixed_prompts(prompts: dict[str | None, builtins.list[str]]) -> str:
 
 
 def _short(text: str, most: int = 60) -> str:
-    return text if len(text) <= most else text[: most - 1] + "…"
+    # Cut between two user-perceived characters: never inside a flag or an emoji.
+    return text if len(text) <= most else grapheme_prefix(text, most - 1) + "…"

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Generic, TypeVar
 
+from ._unicode import grapheme_prefix
 from .errors import StateError
 from .ids import new_id
 from .model import Message, ToolCall
@@ -413,5 +414,5 @@ class Turn(Handle[Message]):
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
         text = self.text
-        preview = text if len(text) <= 40 else text[:37] + "..."
+        preview = text if len(text) <= 40 else grapheme_prefix(text, 37) + "..."
         return f"<Turn branch={self.branch!r} {status} text={preview!r}>"

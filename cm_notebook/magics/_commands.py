@@ -23,7 +23,7 @@ from ..errors import ContextNotFoundError, InvalidIdError
 from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..ids import validate_branch_name, validate_message_id
 from ..model import ContextMetadata, Message, MessageStatus, ToolCall
-from ..render import CUT_OFF, was_cut_off
+from ..render import CUT_OFF, one_line, was_cut_off
 from ..session import ContextSession
 from ..store import StoreWarning
 from . import _args as a
@@ -401,5 +401,4 @@ def _ending(message: Message) -> list[str]:
 
 
 def _short(text: str, width: int = 60) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return one_line(text, width)

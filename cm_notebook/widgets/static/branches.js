@@ -132,7 +132,7 @@ function render({ model, el }) {
         const p = document.createElement("div");
         p.className = "cm-node-prompt";
         p.style.paddingLeft = `${n.depth * 16 + 14}px`;
-        p.textContent = n.prompt.length > 80 ? n.prompt.slice(0, 79) + "…" : n.prompt;
+        p.textContent = cutShort(n.prompt, 80);
         p.title = n.prompt;
         list.append(row, p);
       } else {
@@ -174,6 +174,24 @@ function render({ model, el }) {
   draw();
   drawNotice();
   return () => clearInterval(timer);
+}
+
+// The start of `text`, at most `most` UTF-16 units with the ellipsis, cut between two
+// user-perceived characters: never inside an emoji, a flag or a letter with its accent
+// (a lone half of a surrogate pair is drawn as a replacement character).
+function cutShort(text, most) {
+  if (text.length <= most) return text;
+  let out = "";
+  if (typeof Intl !== "undefined" && Intl.Segmenter) {
+    for (const { segment } of new Intl.Segmenter().segment(text)) {
+      if (out.length + segment.length > most - 1) break;
+      out += segment;
+    }
+  } else {
+    out = text.slice(0, most - 1);
+    if (/[\ud800-\udbff]$/.test(out)) out = out.slice(0, -1);
+  }
+  return out + "…";
 }
 
 export default { render };

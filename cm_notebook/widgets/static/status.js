@@ -11,6 +11,12 @@ function fmt(s) {
   return parts.join(" · ");
 }
 
+function isolated(text) {
+  const bdi = document.createElement("bdi");
+  bdi.textContent = text;
+  return bdi;
+}
+
 function render({ model, el }) {
   el.classList.add("cm-status");
   let timer = null;
@@ -25,8 +31,10 @@ function render({ model, el }) {
     for (const r of model.get("rows") || []) {
       const chip = document.createElement("span");
       chip.className = "cm-chip" + (r.active ? " cm-active" : "");
+      // The branch name in <bdi>: a right-to-left name, or an override in one, cannot
+      // move or reverse the words after it.
       const name = document.createElement("b");
-      name.textContent = r.branch + " ";
+      name.append(isolated(r.branch), " ");
       const state = document.createElement("span");
       state.className = `cm-state cm-state-${connected ? r.state : "disconnected"}`;
       state.textContent = connected ? r.state : "not connected (kernel restarted)";
@@ -47,7 +55,7 @@ function render({ model, el }) {
       if (r.error && r.state !== "Idle") {
         const err = document.createElement("div");
         err.className = "cm-status-error-text";
-        err.textContent = `${r.branch}: ${r.error}` + (r.hint ? ` — ${r.hint}` : "");
+        err.append(isolated(r.branch), ": ", isolated(r.error), r.hint ? ` — ${r.hint}` : "");
         el.append(err);
       }
     }

@@ -292,7 +292,7 @@ function render({ model, el }) {
     const body = box.querySelector(".cm-body");
     const error = box.querySelector(".cm-error");
     let said = (body ? body.textContent : "").trim();
-    if (said.length > 600) said = said.slice(0, 599) + "…";
+    said = cutShort(said, 600);
     if (box.classList.contains("cm-status-interrupted")) announcer.textContent = `Reply stopped: ${said}`;
     else if (error) announcer.textContent = `Reply failed: ${error.textContent}`;
     else if (said) announcer.textContent = `Reply finished: ${said}`;
@@ -490,6 +490,24 @@ function render({ model, el }) {
     resized.disconnect();
     buttonsWatch.disconnect();
   };
+}
+
+// The start of `text`, at most `most` UTF-16 units with the ellipsis, cut between two
+// user-perceived characters: never inside an emoji, a flag or a letter with its accent
+// (a lone half of a surrogate pair is drawn as a replacement character).
+function cutShort(text, most) {
+  if (text.length <= most) return text;
+  let out = "";
+  if (typeof Intl !== "undefined" && Intl.Segmenter) {
+    for (const { segment } of new Intl.Segmenter().segment(text)) {
+      if (out.length + segment.length > most - 1) break;
+      out += segment;
+    }
+  } else {
+    out = text.slice(0, most - 1);
+    if (/[\ud800-\udbff]$/.test(out)) out = out.slice(0, -1);
+  }
+  return out + "…";
 }
 
 export default { render };
