@@ -95,6 +95,39 @@ def test_errors_name_the_http_request_that_helps_and_no_server_path(
     assert client.delete(f"contexts/{context_id}").status_code == 204
 
 
+def test_the_stop_a_busy_branch_is_told_of_stops_that_branch_and_no_other(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    # A reply streams on the active branch and one on another: what a request refused on
+    # the other branch says to do must stop that branch's reply, not the active one's.
+    context_id = create_context(client, [{"hang": True}, {"hang": True}])
+    url = f"contexts/{context_id}"
+    assert client.post(f"{url}/branches", json={"name": "b1"}).status_code == 201
+    assert client.post(f"{url}/messages", json={"text": "on main"}).status_code == 202
+    sent = client.post(f"{url}/messages", json={"text": "on b1", "branch": "b1"})
+    assert sent.status_code == 202, sent.text
+    wait_for(lambda: set(client.get(url).json()["running"]) == {"main", "b1"})
+    refusals = [
+        client.post(f"{url}/messages", json={"text": "again", "branch": "b1"}),
+        client.post(f"{url}/regenerate", json={"branch": "b1"}),
+        client.put(f"{url}/branches/b1", json={"system": "Be brief."}),
+        client.delete(f"{url}/branches/b1"),
+    ]
+    stop = f"POST {API}/contexts/{context_id}/stop"
+    for refused in refusals:
+        message = _error(refused, 409, server)
+        assert stop in message, message
+        assert 'stop and {"branch": "b1"}' in message or 'stop with {"branch": "b1"}' in message
+    # Doing as told (the body the message names) stops b1's reply; main's goes on.
+    said = _error(refusals[0], 409, server)
+    body = json.loads(said[said.index(stop) + len(stop) :].removeprefix(" and "))
+    stopped = client.post(f"{url}/stop", json=body)
+    assert stopped.status_code == 202, stopped.text
+    assert stopped.json()["branch"] == "b1"
+    wait_for(lambda: list(client.get(url).json()["running"]) == ["main"])
+    assert client.post(f"{url}/stop", json={}).json()["branch"] == "main"
+
+
 def test_error_signals_are_worded_for_a_client_too(
     server: JupyterServer, client: httpx.Client
 ) -> None:

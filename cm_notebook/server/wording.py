@@ -45,9 +45,18 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"GET {here}/messages lists the messages there are.",
         ),
         (
+            # The branch the message names: without it, a stop stops the active branch.
+            re.compile(
+                r"(?P<kept>on branch '(?P<branch>[^']*)'[^;]*; )await it, or call turn\.cancel\(\)"
+            ),
+            f"wait for its MessageCompleted or Error signal (GET {here}/events), or stop it "
+            f"with POST {here}/stop and {stop_body}",
+        ),
+        (
             re.compile(r"await it, or call turn\.cancel\(\)"),
             f"wait for its MessageCompleted or Error signal (GET {here}/events), or stop it "
-            f"with POST {here}/stop",
+            f'with POST {here}/stop (and {{"branch": name}} for a branch that is not the '
+            "active one)",
         ),
         (
             re.compile(r"Deleting the context folder \S+ removes the whole context\."),
@@ -57,11 +66,17 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             re.compile(r"pick another name, or delete that branch first \(delete_branch\)"),
             "pick another name",
         ),
+        (
+            re.compile(
+                r"(?P<kept>branch '(?P<branch>[^']*)' has a reply in progress; )cancel it first"
+            ),
+            f"stop it first (POST {here}/stop with {stop_body})",
+        ),
         (re.compile(r"cancel it first"), f"stop it first (POST {here}/stop)"),
         (
             re.compile(
-                r"stop it \(session\.stop\(branch='([^']*)'\)\), or work on another branch "
-                r"\(session\.branch\(name\)\)"
+                r"stop it \(session\.stop\(branch='(?P<branch>[^']*)'\)\), or work on another "
+                r"branch \(session\.branch\(name\)\)"
             ),
             f"stop it (POST {here}/stop with {stop_body}), or work on another branch "
             f"(POST {here}/branches)",
@@ -71,7 +86,7 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"Wait for its MessageCompleted signal (GET {here}/events) and try again",
         ),
         (
-            re.compile(r"stop it with session\.stop\(branch='([^']*)'\)"),
+            re.compile(r"stop it with session\.stop\(branch='(?P<branch>[^']*)'\)"),
             f"stop it with POST {here}/stop and {stop_body}",
         ),
         (
@@ -132,10 +147,12 @@ def _before(text: str, call: re.Match[str]) -> str:
 
 
 def _as_is(replacement: str, match: re.Match[str]) -> str:
-    # The branch a rule's pattern caught, as JSON (a request body names it so).
-    if _BRANCH in replacement and match.re.groups:
-        return replacement.replace(_BRANCH, json.dumps(match.group(1)))
-    return replacement
+    # The branch a rule's pattern caught, as JSON (a request body names it so), after
+    # the text its pattern keeps (the words that name the branch).
+    found = match.groupdict()
+    if found.get("branch") is not None:
+        replacement = replacement.replace(_BRANCH, json.dumps(found["branch"]))
+    return (found.get("kept") or "") + replacement
 
 
 def _hide_paths(text: str, data_dir: Path) -> str:
