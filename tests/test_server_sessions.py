@@ -179,6 +179,66 @@ def test_a_delete_another_process_refuses_leaves_the_servers_replies_and_streams
         assert client.delete(f"contexts/{context_id}").status_code == 204  # now it may
 
 
+def test_a_delete_being_refused_answers_no_other_request_gone(tmp_path: Path) -> None:
+    # While a DELETE that ends refused (a kernel writes) is decided, the context is still
+    # there: requests meanwhile (a reconnecting event source, a second DELETE) must not
+    # be told it is gone (404), or a browser's stream would never reconnect.
+    with JupyterServer(tmp_path) as server, _client(server) as client:
+        context_id = create_context(client, [{"hang": True}])
+        kernel_code = textwrap.dedent(
+            f"""
+            from cm_notebook.session import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+
+            session = ContextSession.open(
+                {context_id!r}, data_dir={str(server.data_dir)!r},
+                provider=ScriptedProvider().hang(after_chunks=1, text="kernel"),
+            )
+            session.send("from the kernel", branch="main").result(120)
+            """
+        )
+        kernel = subprocess.Popen([sys.executable, "-c", kernel_code])
+        try:
+            state = f"contexts/{context_id}"
+            wait_for(lambda: "main" in client.get(state).json()["running"], 60)
+            statuses = asyncio.run(_refused_deletes_among_requests(server, context_id))
+        finally:
+            kernel.kill()
+            kernel.wait(30)
+        assert set(statuses["DELETE"]) == {409}, statuses
+        assert set(statuses["GET"]) == {200}, statuses
+        assert set(statuses["events"]) == {200}, statuses
+        assert client.get(state).status_code == 200
+
+
+async def _refused_deletes_among_requests(
+    server: JupyterServer, context_id: str
+) -> dict[str, list[int]]:
+    statuses: dict[str, list[int]] = {"DELETE": [], "GET": [], "events": []}
+    done = asyncio.Event()
+    url = f"contexts/{context_id}"
+    async with httpx.AsyncClient(
+        base_url=server.api("/"), headers=server.auth, timeout=30
+    ) as client:
+
+        async def delete() -> None:
+            for _ in range(15):
+                statuses["DELETE"].append((await client.delete(url)).status_code)
+            done.set()
+
+        async def get() -> None:
+            while not done.is_set():
+                statuses["GET"].append((await client.get(url)).status_code)
+
+        async def events() -> None:
+            while not done.is_set():
+                async with client.stream("GET", f"{url}/events") as response:
+                    statuses["events"].append(response.status_code)
+
+        await asyncio.gather(delete(), delete(), get(), get(), events())
+    return statuses
+
+
 def test_a_reply_cut_by_stopping_the_server_says_so(tmp_path: Path) -> None:
     # A clean stop (SIGTERM) cuts the reply short: stored with why, not as the user's
     # doing (the text the model and the views read).

@@ -13,9 +13,10 @@ class takes and returns it), so a session is never closed under a request: it is
 *idle* when no request or events stream holds it, no turn runs on any of its
 branches and no tool call waits for approval.
 
-From the moment a context's deletion starts, requests for it are refused (404) and
-none can reopen it; the deletion waits for the requests already running, then closes
-the session, then removes the folder.
+From the moment a context's deletion is decided (it exists, and no other process
+writes into it), requests for it are refused (404) and none can reopen it; the deletion
+waits for the requests already running, then closes the session, then removes the
+folder. Until then (and when the deletion is refused) requests are served as usual.
 
 :func:`open_session` is the one place a session is opened: swap it to change how
 sessions are found (e.g. a process-wide registry that notebooks share too).
@@ -369,16 +370,27 @@ class SessionRegistry:
         """
         validate_context_id(context_id)
         self._refuse_deleting(context_id)  # a DELETE already under way
-        self._deleting.add(context_id)
-        try:
+        # Decided before anything is refused: while the checks wait, the context is not
+        # being deleted (a refused DELETE must not have answered others "gone"), and a
+        # request then is served as one made before the DELETE.
+        for _ in range(3):
             with contextlib.suppress(CorruptDataError, SchemaVersionError):
                 # Unknown: ContextNotFoundError. Damaged, or from a newer version: it
                 # can still be deleted (the remedy its errors offer).
                 await self._store.get_metadata(context_id)
             session = self._sessions.get(context_id)
             writers = await _other_writers(self._store, context_id, session)
+            # Another DELETE decided meanwhile: this one answers as it would after it.
+            self._refuse_deleting(context_id)
             if writers:
                 raise busy_error(context_id, writers)
+            if self._sessions.get(context_id) is session:
+                break
+            # Opened (or closed) while the store was read: its own claims may have been
+            # taken for another process's. Look again (a writer that still slips in is
+            # refused by the store's deletion, late).
+        self._deleting.add(context_id)  # no await since the checks: they still hold
+        try:
             self._end(context_id)
             if self._requests.get(context_id):
                 # A send accepted before the deletion is answered before it goes.
