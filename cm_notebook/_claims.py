@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import BusyError
 from .store.oslock import LockTimeout, OSLock
 
-__all__ = ["BranchClaims", "Claim"]
+__all__ = ["BranchClaims", "Claim", "turn_running"]
 
 
 class Claim:
@@ -79,10 +79,7 @@ class BranchClaims:
             if branch in self._held:
                 if self._held[branch]:
                     raise _being_deleted(branch, "")
-                raise BusyError(
-                    f"a reply is still being generated on branch {branch!r}; "
-                    "await it, or call turn.cancel()"
-                )
+                raise turn_running(branch)
             self._held[branch] = deleting
             lock = self._files.get(branch)
             if lock is None and self._path_of is not None:
@@ -133,6 +130,19 @@ def _owner(deleting: bool = False) -> bytes:
     return (
         f"pid {os.getpid()} on {socket.gethostname()}" + (_DELETING if deleting else "")
     ).encode()
+
+
+def turn_running(branch: str, *, stopping: bool = False) -> BusyError:
+    """The refusal of a new turn on ``branch`` while this session's turn runs there
+    (``stopping``: it was asked to stop, and still has to store its text)."""
+    if stopping:
+        return BusyError(
+            f"the reply on branch {branch!r} is being stopped and is not over yet; "
+            "await that turn (it ends in a moment) before sending on the branch"
+        )
+    return BusyError(
+        f"a reply is still being generated on branch {branch!r}; await it, or call turn.cancel()"
+    )
 
 
 def _being_deleted(branch: str, owner: str) -> BusyError:

@@ -38,7 +38,7 @@ from . import events as ev
 from . import fsm
 from ._approval_log import LOCK_TIMEOUT as ALLOW_LIST_LOCK_TIMEOUT
 from ._approval_log import AllowLists, ApprovalLog, approvals_folder
-from ._claims import BranchClaims, Claim
+from ._claims import BranchClaims, Claim, turn_running
 from ._conversation import for_request
 from ._dead_rounds import DeadRounds
 from ._dropped import release_when_collected
@@ -405,19 +405,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         self._check_open()
         if self._loop.is_closed():
             raise self._loop_gone()
-        with self._lock:
-            running = self._runners.get(branch)
-        if running is not None:
-            if running.turn.stopping():
-                # A cancel or stop() was asked for; the turn still has to store its text.
-                raise BusyError(
-                    f"the reply on branch {branch!r} is being stopped and is not over yet; "
-                    "await that turn (it ends in a moment) before sending on the branch"
-                )
-            raise BusyError(
-                f"a reply is still being generated on branch {branch!r}; "
-                "await it, or call turn.cancel()"
-            )
+        self._refuse_running(branch)
         claim = self._dead_rounds.take_claim(branch)
         try:
             if self._unsettled:
@@ -432,6 +420,13 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         except BaseException:
             claim.release()
             raise
+
+    def _refuse_running(self, branch: str) -> None:
+        # BusyError while this session's turn runs on ``branch``.
+        with self._lock:
+            running = self._runners.get(branch)
+        if running is not None:
+            raise turn_running(branch, stopping=running.turn.stopping())
 
     def _provider(self, provider: ProviderLike | None) -> Provider:
         return self._providers.resolve(provider)

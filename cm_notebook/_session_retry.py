@@ -19,7 +19,7 @@ from typing import Any
 from . import events as ev
 from . import fsm
 from ._session_reading import SessionReading
-from .errors import StateError
+from .errors import BusyError, StateError
 from .model import Message, MessageStatus
 from .providers.base import Provider
 from .turn import Turn
@@ -43,6 +43,14 @@ class RetryMethods(SessionReading):
         """
         name = self._branch_name(branch)
         self._head(name)  # BranchNotFoundError for a branch that does not exist
+        # A reply being made there (a retry asked twice, say) is what stands in the way,
+        # whatever the branch's last reply was.
+        self._refuse_running(name)
+        if self.running_turn_id(name) is not None:
+            raise BusyError(
+                f"a reply is still being generated on branch {name!r} by another process; "
+                f"wait for it, or stop it with session.stop(branch={name!r})"
+            )
         self._check_retryable(name)
         with self._claim(name, answer_dead_round=False) as claim:
             # Again under the claim: no other process can move the branch on from here.

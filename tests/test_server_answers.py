@@ -193,6 +193,28 @@ def test_a_decision_on_a_call_waiting_in_a_kernel_is_answered_as_made(
 # -- provider options refused by name ------------------------------------------------------
 
 
+def test_a_retry_asked_twice_is_told_the_first_one_runs(client: httpx.Client) -> None:
+    # A double click: the second retry finds the first one's reply being made, not a
+    # branch whose last reply "did not fail".
+    context_id = create_context(
+        client, [{"error": "permanent", "message": "no key"}, {"hang": True}]
+    )
+    url = f"contexts/{context_id}"
+    assert client.post(f"{url}/messages", json={"text": "question"}).status_code == 202
+    wait_for(lambda: client.get(url).json()["states"]["main"] == "PermanentFailure")
+    first = client.post(f"{url}/retry", json={})
+    assert first.status_code == 202, first.text
+    second = client.post(f"{url}/retry", json={})
+    assert second.status_code == 409, second.text
+    assert second.json()["reason"] == "BusyError"
+    message = second.json()["message"]
+    assert "a reply is still being generated on branch 'main'" in message, message
+    assert f'{API}/contexts/{context_id}/stop and {{"branch": "main"}}' in message, message
+    assert "nothing to retry" not in message
+    assert client.post(f"{url}/stop", json={}).json()["turn_id"] == first.json()["turn_id"]
+    wait_for(lambda: client.get(url).json()["running"] == {})
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
