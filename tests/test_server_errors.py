@@ -218,6 +218,30 @@ def test_a_request_that_finds_the_context_removed_ends_its_streams_at_once(
 # -- queries -------------------------------------------------------------------------------
 
 
+def test_a_url_that_is_not_utf8_is_refused_in_the_apis_own_words(
+    server: JupyterServer, client: httpx.Client
+) -> None:
+    context_id = create_context(client, [{"reply": "hello"}])
+    here = f"contexts/{context_id}"
+    for path, named in [
+        (f"{here}/branches/%FF", "branch name"),
+        (f"{here}/branches/a%C3", "branch name"),
+        (f"{here}/messages/%FF", "message id"),
+        ("contexts/%FF", "context id"),
+        (f"{here}/tools/%FF", "tool call id"),
+        (f"{here}/messages?branch=%FF", "query parameter 'branch'"),
+    ]:
+        refused = client.get(path)
+        message = _error(refused, 400, server)
+        assert f"the {named}" in message, message
+        assert "not valid UTF-8" in message, message
+        assert "percent-encode" in message, message
+        assert refused.json()["reason"] in {"InvalidIdError", "ValidationError"}
+    changed = client.put(f"{here}/branches/%FF", json={"active": True})
+    assert changed.json()["reason"] == "InvalidIdError"
+    assert client.get(f"{here}/branches/%C3%A9").status_code == 404  # valid: "é", unknown
+
+
 def test_a_control_character_in_a_query_is_refused_as_what_it_is(
     server: JupyterServer, client: httpx.Client
 ) -> None:

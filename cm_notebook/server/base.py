@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
 from typing import Any, TypeVar, cast, get_origin
+from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -127,6 +128,32 @@ class ApiError(web.HTTPError):
             400,
             ErrorBody(message=f"invalid request: {where}", reason="ValidationError", errors=errors),
         )
+
+
+#: What a part of a route's path names, for a client told it could not be read.
+_PATH_PARTS = {
+    "context_id": "context id",
+    "message_id": "message id",
+    "branch": "branch name",
+    "tool_call_id": "tool call id",
+}
+
+
+def not_utf8(value: bytes, name: str | None, *, query: bool = False) -> ApiError:
+    """400 for a path part or query value (``name``) whose bytes are not UTF-8 text."""
+    if query:
+        what = f"query parameter {name!r}"
+    else:
+        what = f"{_PATH_PARTS.get(name or '', 'part of the path')} in the URL"
+    sent = quote(value[:40], safe="")
+    message = (
+        f"the {what} is not valid UTF-8 text ({sent}); percent-encode the UTF-8 bytes of "
+        "the text (as encodeURIComponent does)"
+    )
+    if not query:
+        return ApiError(400, ErrorBody(message=message, reason="InvalidIdError"))
+    error = FieldError(loc=[name or "query"], msg=message, type="unicode_error")
+    return ApiError(400, ErrorBody(message=message, reason="ValidationError", errors=[error]))
 
 
 #: A JSON escape of a UTF-16 surrogate (``\\ud83d``), which may stand alone in a string.
@@ -326,11 +353,19 @@ class CMHandler(APIHandler):
         fields = model.model_fields
         values: dict[str, str | list[str]] = {}
         for name, given in self.request.query_arguments.items():
-            decoded = [self.decode_argument(value, name) for value in given]
+            decoded = [_query_value(value, name) for value in given]
             field = fields.get(name)
             many = field is not None and get_origin(field.annotation) is list
             values[name] = decoded if many else decoded[-1]
         return model.model_validate(values)
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """A part of the request's path as text: 400 (``InvalidIdError``) in the API's
+        error shape, not the web framework's, when it is not UTF-8."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise not_utf8(value, name) from None
 
     def reply(self, model: BaseModel, status: int = 200) -> None:
         """Answer with ``model`` as JSON."""
@@ -375,3 +410,10 @@ class CMHandler(APIHandler):
             )
         self.set_header("Content-Type", "application/json")
         self.finish(body.model_dump_json())
+
+
+def _query_value(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(value, name, query=True) from None
