@@ -47,7 +47,7 @@ def branch_settings(
     settings = None
     if provider is not None:
         if isinstance(provider, str):
-            check_spec(provider)
+            provider = check_spec(provider)
             check_buildable(provider)  # say, a model file that is not there
         spec = provider if isinstance(provider, str) else spec_of(provider)
         settings = ProviderSettings(spec=spec)

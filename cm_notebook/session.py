@@ -110,8 +110,9 @@ class ContextSession(
         instance (e.g. a ScriptedProvider). ``provider_options`` (e.g.
         ``{"base_url": ...}``) are stored with the context; they must not contain secrets
         (keys come from the environment).
-        Without a ``title`` the context is named after its first message; with
-        ``auto_title`` the model is then asked for a better title in the background.
+        Without a ``title`` (or with one of white space only) the context is named after
+        its first message; with ``auto_title`` the model is then asked for a better title
+        in the background.
         """
         session, opened, metadata = cls._unwritten(
             title,
@@ -175,14 +176,16 @@ class ContextSession(
         if options.get("provider") is None:  # left out, or None: the default
             options["provider"] = "local"
         provider = options["provider"]
-        title = validate_title(title) if title else UNTITLED
+        # None, "" or only white space: no title (named after the first message).
+        blank = not title or (isinstance(title, str) and not title.strip())
+        title = UNTITLED if blank else validate_title(title)
         if system is not None and not isinstance(system, str):
             raise InvalidInputError(f"system must be a string, got {type(system).__name__}")
-        if isinstance(provider, str):
-            check_spec(provider)
-            spec = provider
-        else:
-            spec = spec_of(provider)  # type: ignore[arg-type]  # checked by spec_of
+        spec = (
+            check_spec(provider)  # as stored: its name lower-cased
+            if isinstance(provider, str)
+            else spec_of(provider)  # type: ignore[arg-type]  # checked by spec_of
+        )
         try:
             # Checked here first for an error that names the argument the caller wrote.
             refuse_unstorable(dict(provider_options or {}), "provider_options")

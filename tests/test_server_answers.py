@@ -271,6 +271,32 @@ def test_a_refused_provider_option_is_named_with_what_to_do(
     assert "__init__" not in message
 
 
+def test_a_blank_title_and_a_provider_names_case_are_taken_alike(client: httpx.Client) -> None:
+    # No title, an empty one and one of spaces: all "Untitled" (named after the first
+    # message). A provider's name is case-insensitive: stored as its lower-case spelling.
+    for title in ("", "   ", "\t \n"):
+        made = client.post("contexts", json={"title": title, "provider": "scripted"})
+        assert made.status_code == 201, made.text
+        assert made.json()["context"]["title"] == "Untitled"
+    made = client.post("contexts", json={"provider": " SCRIPTED "})
+    assert made.status_code == 201, made.text
+    assert made.json()["context"]["provider"]["spec"] == "scripted"
+    context_id = made.json()["context"]["id"]
+    fork = client.post(
+        f"contexts/{context_id}/branches", json={"name": "b", "provider": "Scripted"}
+    )
+    assert fork.status_code == 201, fork.text
+    assert fork.json()["provider"]["spec"] == "scripted"
+    # A missing model is named with what a client of the API can do about it.
+    refused = client.post("contexts", json={"provider": "openai"})
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["message"]
+    assert "model=" not in message, message
+    assert '"model" in provider_options' in message, message
+    given = {"provider": "openai", "provider_options": {"model": "gpt-4o-mini"}}
+    assert client.post("contexts", json=given).status_code == 201
+
+
 def test_a_credential_header_in_provider_options_is_refused_without_echo(
     client: httpx.Client, server: JupyterServer
 ) -> None:

@@ -62,11 +62,14 @@ def spec_of(provider: Provider) -> str:
     return provider.name if not provider.model else f"{provider.name}:{provider.model}"
 
 
-def check_spec(spec: str) -> None:
-    """Fail early (e.g. at create time) on a malformed or unknown provider spec."""
-    name, _model = parse_spec(spec)
+def check_spec(spec: str) -> str:
+    """Fail early (e.g. at create time) on a malformed or unknown provider spec; return
+    it as it is stored: the name lower-cased (names are case-insensitive), no white space
+    around the name or the model (``" OpenAI:gpt-4o"`` is ``"openai:gpt-4o"``)."""
+    name, model = parse_spec(spec)
     if name not in available_providers():
         get_provider(spec)  # raises UnknownProviderError with the list of known names
+    return name if model is None else f"{name}:{model}"
 
 
 def check_buildable(spec: str, options: Mapping[str, Any] | None = None) -> None:

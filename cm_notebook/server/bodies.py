@@ -129,11 +129,17 @@ Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]
 class CreateContext(_Body):
     """``POST /contexts``: a new context."""
 
-    title: Annotated[str | None, AfterValidator(_printable_title)] = Field(None, max_length=500)
+    title: Annotated[str | None, AfterValidator(_printable_title)] = Field(
+        None,
+        max_length=500,
+        description="Left out, empty or white space only: 'Untitled' (then named after "
+        "the first message).",
+    )
     provider: str | None = Field(
         None,
         description="A provider spec such as 'local' or 'openai:gpt-4o-mini' "
-        "(default: the server's default provider).",
+        "(default: the server's default provider); its name is case-insensitive, stored "
+        "lower-case.",
     )
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="Stored with the context; never secrets."

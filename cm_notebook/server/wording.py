@@ -114,6 +114,10 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             re.compile(r"switch to another one first \(session\.switch\(name\)\)"),
             f'switch to another one first (PUT {here}/branches/{{name}} with {{"active": true}})',
         ),
+        (
+            re.compile(r" \(or pass model=\.\.\.\)"),
+            ' (or give the model as "model" in provider_options)',
+        ),
         (re.compile(r"Try again, or raise FileStore\(lock_timeout=\.\.\.\)\."), "Try again."),
         (re.compile(r" \(or another FileStore\)"), ""),
     ]
