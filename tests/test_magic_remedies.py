@@ -41,7 +41,20 @@ def test_compare_names_an_unknown_branch_before_counting(
             BusyError(
                 "a reply is still being generated on branch 'main'; await it, or call turn.cancel()"
             ),
-            "`%cm stop`",
+            "`%cm stop --branch main`",
+            "turn.cancel()",
+        ),
+        (
+            # Not the active branch: `%cm stop` alone would stop the active one's reply.
+            BusyError(
+                "a reply is still being generated on branch 'side'; await it, or call turn.cancel()"
+            ),
+            "`%cm stop --branch side`",
+            "`%cm stop`,",
+        ),
+        (
+            BusyError("a reply is still being generated; await it, or call turn.cancel()"),
+            "stop it with `%cm stop`,",
             "turn.cancel()",
         ),
         (

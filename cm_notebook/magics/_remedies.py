@@ -53,6 +53,15 @@ _REMEDIES = (
     ("Use an id from session.history().", "`%cm history --ids` shows the ids."),
 )
 
+#: A reply of this kernel still being generated on a named branch: said with that
+#: branch before the plain remedies are (`%cm stop` alone stops the active branch's
+#: reply, which may be another's).
+_BUSY_BRANCH = (
+    re.compile(r"on branch '([^']+)'; await it, or call turn\.cancel\(\)"),
+    r"on branch '\1'; wait for it (`await _` in a cell after a %%cm cell waits for its "
+    r"reply), stop it with `%cm stop --branch \1`, or send on another branch (--branch)",
+)
+
 #: Remedies that name a context or a branch: the same, with the name kept.
 _PATTERNS = (
     # A reply another process (a second kernel, the server) is generating.
@@ -83,6 +92,7 @@ def for_magics(message: str, session: ContextSession | None = None) -> str:
     """``message`` with the remedies it names in Python said as magics, and the
     ``cm-notebook`` commands it advises given the data directory of ``session`` (else
     the kernel's) when that is not the default one."""
+    message = _BUSY_BRANCH[0].sub(_BUSY_BRANCH[1], message)
     for python, magic in _REMEDIES:
         message = message.replace(python, magic)
     for pattern, replacement in _PATTERNS:
