@@ -215,6 +215,24 @@ def test_a_field_reading_a_var_still_to_come_is_filled_in_with_the_new_reply(
     assert "Paris" in _printed(fe, "slow.history()[2].metadata.variables['city_to_come']")
 
 
+def test_a_field_reading_a_var_whose_reply_failed_is_not_sent(fe: FrontEnd) -> None:
+    # Run All a second time: the reply that sets the variable fails. The cell reading it
+    # would ask with the last run's value: it is not sent, and says why and what to do.
+    fe.use_scripted("var failed", '[{"error": "permanent", "after_chunks": 1, "delay": 0.3}]')
+    fe.run('old_city = "Rome"')
+    fe.run("%%cm --var old_city\nName a city.")
+    fe.run("%%cm\nTell me about {old_city}.")
+    reply, output = fe.execute("await _")
+    assert reply["ename"] == "UsageError", output
+    said = "the reply that sets `old_city` failed, so `old_city` has no new value"
+    assert reply["evalue"].startswith(said)
+    assert "Rome" not in str(_contents(fe, "main"))
+    fe.wait_for(
+        lambda: any(f"not sent: {said}" in data["text/html"] for data in fe.displays.values()),
+        what="the cell's view saying it was not sent",
+    )
+
+
 def test_a_field_on_another_branch_waits_for_the_var_not_its_old_value(fe: FrontEnd) -> None:
     # Run All a second time: the variable holds the last run's answer. A cell reading it
     # (here on another branch, so not queued for its branch) waits for the new one.

@@ -157,6 +157,21 @@ def test_an_earlier_cell_s_value_is_waited_for_when_a_later_one_fails(fe: FrontE
     assert fe.run("print(kept)") == "Paris\n"
 
 
+def test_a_cell_reading_a_var_whose_reply_failed_does_not_run(fe: FrontEnd) -> None:
+    # Run All a second time: the reply that sets the variable fails. The cell after it
+    # would go on with the last run's value: it does not run, and says why in one line.
+    _context(fe, "setter fails", '{"error": "permanent", "after_chunks": 1, "delay": 0.3}')
+    fe.run('stale = "from the last run"')
+    fe.run("%%cm --var stale\nName a city.")
+    reply, output = fe.execute("print('python sees:', stale)")
+    assert reply["ename"] == "UsageError", output
+    assert "python sees" not in output
+    assert reply["evalue"].startswith(
+        "this cell did not run: the reply that sets `stale` failed, so `stale` has no new value"
+    )
+    assert "%cm retry" in reply["evalue"]
+
+
 def test_magics_python_code_counts_after_options_and_inside_capture(fe: FrontEnd) -> None:
     _slow_paris(fe, "magic code")
     fe.run("%%cm --var opt\nName a city.")

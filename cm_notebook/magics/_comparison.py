@@ -19,7 +19,16 @@ from ..errors import CMError
 from ..widgets import CompareView
 from ..widgets._base import close_parts
 from ..widgets._live_output import flush_copies
-from ._queue import CellTask, polled, release, release_after, say_what_goes_on, wait_for
+from ._queue import (
+    CellTask,
+    NotSet,
+    awaited_error,
+    polled,
+    release,
+    release_after,
+    say_what_goes_on,
+    wait_for,
+)
 from ._remedies import for_magics, said
 from ._reply import after_wind_down, note
 from ._shown import given_by_view
@@ -70,6 +79,8 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         self._start = start
         self._arms = len(fan.branches) if fan is not None else arms
         self.outcome = w.HTML("")
+        # How the cell ended without a comparison for its ``--var`` (see unset).
+        self._unset: str | None = None
         self._task = CellTask()
         self._forked: concurrent.futures.Future[FanOut] = concurrent.futures.Future()
         self._released: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -117,6 +128,15 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         return self._wound_down
 
     @property
+    def unset(self) -> str | None:
+        """Once the cell has ended with no comparison for its ``--var`` (an arm failed,
+        stopped, not sent): what happened, ``{}`` standing for the variable; else
+        None."""
+        if not self._wound_down.done() or self._unset is None:
+            return None
+        return f"the comparison that sets {{}} {self._unset}"
+
+    @property
     def branches(self) -> list[str]:
         """The branches of the experiment, one per arm (none before they are forked)."""
         return list(self.fan.branches) if self.fan is not None else []
@@ -147,6 +167,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
     def _never_sent(self) -> None:
         # Stopped while it waited its turn (see ReplyView._never_sent).
         self.outcome.value = note("stopped before it was sent")
+        self._unset = "was not sent"
         if not self._forked.done():
             self._forked.set_exception(asyncio.CancelledError())
         release_after(self._waits, self._released)
@@ -160,7 +181,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         except asyncio.CancelledError:
             raise  # (see _never_sent)
         except BaseException as exc:  # an ``await view`` raises it
-            self._forked.set_exception(exc)
+            self._forked.set_exception(awaited_error(exc))
             release(self._released)
             raise
         self.fan = fan
@@ -189,17 +210,22 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             return
         except Exception as exc:  # not sent: the cell is what to run again
             message = said(exc, self.session)
-            self.outcome.value = note(f"not sent: {message} (run the cell again to ask)")
+            again = "" if isinstance(exc, NotSet) else " (run the cell again to ask)"
+            self.outcome.value = note(f"not sent: {message}{again}")
+            self._unset = "was not sent"
             release(self._wound_down)
             return
         try:
             comparison = await fan
         except asyncio.CancelledError:
             self.outcome.value = note("stopped; the text so far is kept")
+            self._unset = "was stopped"
         except CMError as exc:
             self.outcome.value = note(for_magics(str(exc), self.session))
+            self._unset = "failed"
         except Exception as exc:  # a view must never take the kernel down
             self.outcome.value = note(f"{type(exc).__name__}: {exc}")
+            self._unset = "failed"
         else:
             if self._on_done is not None:
                 self._on_done(comparison)

@@ -19,13 +19,19 @@ import concurrent.futures
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from IPython.core.error import UsageError
+
 if TYPE_CHECKING:
     from ..session import ContextSession
 
 __all__ = [
     "CellQueue",
     "CellTask",
+    "NotSet",
     "Queued",
+    "Setter",
+    "awaited_error",
+    "not_set",
     "polled",
     "release",
     "release_after",
@@ -65,6 +71,48 @@ class Queued(Protocol):
         """Stop the cell: one still waiting is not sent (nor run); a reply under way is
         stopped, its text so far kept. Call on the session's loop."""
         ...
+
+
+class Setter(Queued, Protocol):
+    """A cell's view whose reply sets a ``--var`` (a ``%%cm`` reply, an ``--ab`` /
+    ``--fanout`` comparison)."""
+
+    @property
+    def unset(self) -> str | None:
+        """Once the cell has ended without setting its ``--var``, how, as the view
+        says it ("the reply that sets {} failed", ``{}`` where the variable goes);
+        else None."""
+        ...
+
+
+class NotSet(UsageError):
+    """What a queued ``%%cm`` cell that reads a ``--var`` says when every cell above it
+    that was to set the variable ended without setting it: the variable holds no new
+    value (Run All would go on with an earlier run's). Its words say what to do."""
+
+
+def awaited_error(exc: BaseException) -> BaseException:
+    """``exc`` as ``await view`` raises it: a :class:`NotSet` as a plain usage error
+    (IPython shows only those as one line, with no traceback)."""
+    return UsageError(str(exc)) if isinstance(exc, NotSet) else exc
+
+
+def not_set(name: str, setters: Sequence[Setter]) -> NotSet | None:
+    """Why ``name`` has no new value once ``setters`` (the cells that were to set it)
+    have ended: when none of them set it, the last one's outcome and what to do."""
+    whys = [setter.unset for setter in setters]
+    last = whys[-1] if whys else None
+    if last is None or not all(whys):
+        return None
+    var = f"`{name}`"
+    what = (
+        "retry it (`%cm retry`) or run its cell again"
+        if "failed" in last
+        else ("run its cell again")
+    )
+    return NotSet(
+        f"{last.format(var)}, so {var} has no new value: {what}, then run this cell again"
+    )
 
 
 class CellQueue:

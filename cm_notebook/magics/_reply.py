@@ -43,7 +43,16 @@ from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._live_output import LiveOutput, flush_copies
 from ..widgets.markdown import render_markdown
-from ._queue import CellTask, polled, release, release_after, say_what_goes_on, wait_for
+from ._queue import (
+    CellTask,
+    NotSet,
+    awaited_error,
+    polled,
+    release,
+    release_after,
+    say_what_goes_on,
+    wait_for,
+)
 from ._remedies import for_magics, said
 from ._shown import given_by_view
 
@@ -302,7 +311,7 @@ class ReplyView:
             await wait_for(self._waits)
             turn = self._send()
         except BaseException as exc:  # an ``await view`` raises it (a stop included)
-            self._sent.set_exception(exc)
+            self._sent.set_exception(awaited_error(exc))
             raise
         self.turn = turn
         self.branch = turn.branch
@@ -321,6 +330,18 @@ class ReplyView:
         return self._on_done
 
     @property
+    def unset(self) -> str | None:
+        """Once the reply has ended with no final message for its ``--var`` (failed,
+        stopped, not sent): what happened, ``{}`` standing for the variable; else
+        None."""
+        if not self._wound_down.done() or self._final is not None:
+            return None
+        how = {"failed": "failed", "stopped": "was stopped"}.get(
+            self._ended.get("status", ""), "was not sent"
+        )
+        return f"the reply that sets {{}} {how}"
+
+    @property
     def failed(self) -> bool:
         """Whether the reply failed (``%cm retry`` tries it again)."""
         return self._ended.get("status") == "failed"
@@ -333,7 +354,8 @@ class ReplyView:
             return
         except Exception as exc:  # not sent: the cell, not the reply, is what to rerun
             message = said(exc, self.session)
-            self._outcome = f"not sent: {message} (run the cell again to ask)"
+            again = "" if isinstance(exc, NotSet) else " (run the cell again to ask)"
+            self._outcome = f"not sent: {message}{again}"
             self._ended = {"status": "not sent", "error": message}
             self._wind_down()
             return

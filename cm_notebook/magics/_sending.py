@@ -5,7 +5,8 @@ Nothing here waits for a model: each returns a view at once (DESIGN fact 7). A c
 sends now, or queues (:mod:`._queue`) behind this kernel's cell before it on its branch
 and behind the cells whose ``--var`` its ``{name}`` fields read: such a field is filled
 in once that cell's reply has ended, so Run All asks with the new answer, never with a
-value left from an earlier run (nor fails for a variable not set yet).
+value left from an earlier run (nor fails for a variable not set yet). When none of
+those replies set it (failed, not sent), the cell is not sent and says why.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..turn import Turn
 from . import _args as a
 from ._comparison import ComparisonView
 from ._interpolate import field_names, interpolate
-from ._queue import CellQueue, Queued
+from ._queue import CellQueue, Queued, Setter, not_set
 from ._reply import ReplyView
 from ._saved import SavedComparisonView
 
@@ -60,7 +61,7 @@ class CellSender:
         # The cells that will set each ``--var`` name, while they are under way.
         # Every such cell, oldest first: the latest may fail and set nothing, leaving the
         # value to an earlier one still under way.
-        self._setting: dict[str, list[Queued]] = {}
+        self._setting: dict[str, list[Setter]] = {}
         # Per ``--var`` name: how many cells were given it, and which of them (by that
         # count) set the value it holds.
         self._var_cells: dict[str, int] = {}
@@ -83,6 +84,9 @@ class CellSender:
         if args.max_tokens is not None:
             params["max_tokens"] = args.max_tokens
         setters, later = self._setters_of(body)
+        # Per variable read: the cells it waits for. If none of them sets it (failed,
+        # stopped), the value is an earlier run's: the cell is not sent.
+        reading = {name: self.setters_of(name) for name in later}
         # The other variables as they are now, as if the cells ran one by one (a cell
         # after this one may change them before it is sent).
         namespace = ChainMap(
@@ -95,6 +99,10 @@ class CellSender:
         )
 
         def message() -> _Message:
+            for name, cells in reading.items():
+                unset = not_set(name, cells)
+                if unset is not None:
+                    raise unset
             text, used = interpolate(body, namespace)
             text = _trimmed(text)
             if not text:
@@ -311,7 +319,7 @@ class CellSender:
         """The ``--var`` names whose cells are still under way (their value to come)."""
         return frozenset(name for name in self._setting if self.setters_of(name))
 
-    def setters_of(self, name: str) -> list[Queued]:
+    def setters_of(self, name: str) -> list[Setter]:
         """The cells still under way that set the ``--var`` ``name``, oldest first."""
         return [cell for cell in self._setting.get(name, ()) if not cell.finished.done()]
 

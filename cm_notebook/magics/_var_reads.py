@@ -8,7 +8,8 @@ transformers: a cell whose code names a variable that a ``%%cm`` cell of this ke
 still writing gets ``await _cm_wait_for_replies([...])`` in front of its first
 statement, and IPython runs it as it runs any cell with a top-level ``await``: the
 kernel's event loop goes on (the reply keeps streaming into its view) and the cell runs
-once the reply has ended. The Interrupt button stops the wait, not the reply. A cell
+once the reply has ended; when no reply set it (failed, not sent), the cell does not
+run and says why in one line. The Interrupt button stops the wait, not the reply. A cell
 with ``%cm export --format json`` (a value for code, so it cannot wait in a view as the
 Markdown form does) waits the same way for this kernel's replies in the current context.
 
@@ -35,10 +36,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.async_helpers import _asyncio_runner
+from IPython.core.error import UsageError
 from IPython.core.magic import MAGIC_NO_VAR_EXPAND_ATTR
 
 from ._cell_reads import cell_reads
-from ._queue import Queued, polled
+from ._queue import Queued, Setter, not_set, polled
 from ._reply import ReplyView
 
 if TYPE_CHECKING:
@@ -143,16 +145,18 @@ class WaitForVariables:
         with ``replies``, every reply of this kernel in the current context (with
         ``everywhere``, in any context)."""
         sender = self.commands.sender
-        setting: dict[Queued, list[str]] = {}
+        setting: dict[Setter, list[str]] = {}
+        waited: dict[str, list[Setter]] = {}
         for name in names:
-            for setter in sender.setters_of(name):
+            waited[name] = sender.setters_of(name)
+            for setter in waited[name]:
                 setting.setdefault(setter, []).append(name)
         current = None if everywhere else self.commands.current
         asks = replies and (everywhere or current is not None)
         coming = sender.still_coming(current) if asks else []
         try:
-            for setter, sets in setting.items():
-                await polled(setter.finished, _telling_when_it_asks(setter, sets))
+            for cell, sets in setting.items():
+                await polled(cell.finished, _telling_when_it_asks(cell, sets))
             for future in coming:
                 await polled(future)
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -163,6 +167,12 @@ class WaitForVariables:
                 "this kernel's replies) and this cell did not run"
             )
             raise
+        # A variable none of whose replies set it holds an earlier run's value.
+        for name, cells in waited.items():
+            unset = not_set(name, cells)
+            if unset is not None:
+                # One line, no traceback: IPython shows a UsageError (not a subclass) so.
+                raise UsageError(f"this cell did not run: {unset}") from None
 
     def cell_starts(self) -> None:
         """IPython ``pre_execute`` event."""
