@@ -105,6 +105,20 @@ def test_ab_ends_in_a_saved_comparison_of_its_arms(fe: FrontEnd) -> None:
     _html_has(fe, saved, "Terse", "Pirate", "Be a pirate.")
 
 
+def test_a_queued_ab_cell_stopped_before_it_asks_says_so_in_its_saved_copy(
+    fe: FrontEnd,
+) -> None:
+    # Run All: the --ab cell waits for the reply above it, then `%cm stop --all` stops
+    # both. The saved copy must not say for good that it still asks.
+    fe.use_scripted("saved stop", '[{"hang": True, "after_chunks": 1, "text": "so far"}]')
+    fe.run("%%cm\nFirst question")
+    saved = _saved_output(fe, '%%cm --ab "Be terse." "Be long."\nSecond question', COMPARISON)
+    assert "waits for the replies above it" in fe.displays[saved]["text/html"]
+    fe.run("%cm stop --all")
+    _html_has(fe, saved, "stopped before it was sent")
+    assert "waits for the replies above it" not in fe.displays[saved]["text/html"]
+
+
 def test_export_shows_a_replys_html_as_text(fe: FrontEnd) -> None:
     _use_scripted(fe, [EVIL])
     fe.run("await s.send('hi')")

@@ -152,6 +152,10 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
     def _forked_now(self, fan: FanOut) -> None:
         """Called on the session's loop once a queued view's arms are forked."""
 
+    def _not_sent(self, why: str) -> None:
+        """Called on the session's loop when a queued view's fan-out is not sent (stopped
+        first, or its send failed): ``why``, as the view says it."""
+
     # -- on the session's loop ---------------------------------------------------------
 
     def stop(self) -> None:
@@ -168,6 +172,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         # Stopped while it waited its turn (see ReplyView._never_sent).
         self.outcome.value = note("stopped before it was sent")
         self._unset = "was not sent"
+        self._not_sent("stopped before it was sent")
         if not self._forked.done():
             self._forked.set_exception(asyncio.CancelledError())
         release_after(self._waits, self._released)
@@ -213,6 +218,7 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
             again = "" if isinstance(exc, NotSet) else " (run the cell again to ask)"
             self.outcome.value = note(f"not sent: {message}{again}")
             self._unset = "was not sent"
+            self._not_sent(f"not sent: {message}{again}")
             release(self._wound_down)
             return
         try:

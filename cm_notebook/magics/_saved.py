@@ -140,16 +140,19 @@ class SavedComparisonView(ComparisonView):
     saved: ComparisonSnapshot | None = None
     #: The kernel variables that fed the arms' message (recorded in the saved copy).
     variables: dict[str, str] | None = None
+    #: Why a queued cell was not sent, once that is known (the saved copy says it too).
+    failure: str | None = None
 
     def _ipython_display_(self) -> None:
         copy_id = show_widget(self)
         if self.saved is None:
+            waiting = _WAITING if self.failure is None else said_html(self.failure)
             self.saved = ComparisonSnapshot(
                 self.session,
                 self.branches,
                 self.variables,
                 copy_id=copy_id,
-                waiting=_WAITING,
+                waiting=waiting,
                 explain=said,
             )
         self.saved.display()
@@ -163,6 +166,12 @@ class SavedComparisonView(ComparisonView):
     def _forked_now(self, fan: FanOut) -> None:
         if self.saved is not None:
             self.saved.follow(fan.branches)
+
+    def _not_sent(self, why: str) -> None:
+        # A saved notebook must not say for good that the cell still asks.
+        self.failure = why
+        if self.saved is not None:
+            self.saved.failed(why)
 
     def close(self) -> None:
         """Stop following the session (the saved copy keeps its last content)."""
