@@ -294,6 +294,34 @@ def test_deny_without_a_reason_says_the_user_denied_it(fe: FrontEnd) -> None:
     assert _printed(fe, "s.history()[-3].tool_calls[0].reason") == "denied by the user"
 
 
+def test_a_reply_that_ends_with_no_text_says_so_not_that_it_is_still_coming(
+    fe: FrontEnd,
+) -> None:
+    # "…" is what a reply still being written shows: a saved notebook must not keep it.
+    _use_scripted(fe, '.reply("").reply("  \\n")')
+    for cell in ("%%cm\nSay nothing.", "%%cm\nSay a blank line."):
+        reply = _reply_output(fe, cell)
+        fe.run("await _")
+        fe.wait_for(
+            lambda shown=reply: "(empty reply)" in _html(fe, shown), what="the empty reply said"
+        )
+        assert "…" not in _html(fe, reply)
+
+
+def test_a_stop_while_a_call_waits_for_a_decision_says_so_and_lists_the_call(
+    fe: FrontEnd,
+) -> None:
+    _tools_session(fe, '.tool_call("add", {"a": 1, "b": 2}, id="call-5").reply("Unused.")')
+    reply = _reply_output(fe, "%%cm\nWhat is 1 + 2?")
+    fe.run("calls = await s.wait_for_approval()")
+    fe.run("%cm stop")
+    fe.run("await _")
+    said = "stopped while waiting for a tool decision"
+    fe.wait_for(lambda: said in _html(fe, reply), what="the stop said")
+    assert "add({&quot;a&quot;: 1, &quot;b&quot;: 2}) [denied]" in _html(fe, reply)
+    assert "…" not in _html(fe, reply)
+
+
 def test_branch_switch_and_branches(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
     fe.run("%cm send hello")

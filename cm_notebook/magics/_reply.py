@@ -151,7 +151,7 @@ class ReplyView:
         self._outcome = ""
         self._rendered = ("", "")  # the text last rendered, and its HTML
         self._notices: list[str] = []
-        self._rounds = ""  # the tool calls made before the final reply (see tool_rounds_html)
+        self._rounds = ""  # the tool calls made up to the final reply (see tool_rounds_html)
         self._task = CellTask()
         self._output = LiveOutput()
         #: The Approve / Deny buttons of this turn's calls, when the session has tools:
@@ -236,7 +236,7 @@ class ReplyView:
     def html(self) -> str:
         """The reply as it is shown now (HTML)."""
         text = self.text
-        if text:
+        if text.strip():
             if text != self._rendered[0]:
                 # Rendered once per text: the final reply is shown by the turn's end and
                 # again as the cell awaiting it, and a long one takes seconds to render.
@@ -246,8 +246,10 @@ class ReplyView:
             body = ""
         elif self.turn is None:  # queued
             body = note("… waits for the replies above it, then asks")
-        else:
+        elif not self._wound_down.done():
             body = note("…")
+        else:  # (not "…" for good: that says the reply is still coming)
+            body = note(EMPTY)
         outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""
         notices = "".join(f"<div>{note(text)}</div>" for text in self._notices)
         return f'<div class="cm-reply">{notices}{self._rounds}{body}{outcome}</div>'
@@ -377,6 +379,8 @@ class ReplyView:
                 self._on_done(final)
             if final.status.value != "complete":
                 self._outcome = f"reply {final.status.value}"
+            elif not final.content.strip():
+                self._outcome = _why_empty(final)
         finally:
             self._wind_down()
 
@@ -418,15 +422,30 @@ async def after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Fut
     return result
 
 
+#: What a reply that ended with no text says.
+EMPTY = "(empty reply)"
+
+
+def _why_empty(final: Message) -> str:
+    # A turn that ends on its tool calls' message was stopped before the model answered
+    # them (a stop while a call waited for Approve or Deny leaves it denied).
+    if any(call.status is ToolCallStatus.DENIED for call in final.tool_calls):
+        return "stopped while waiting for a tool decision"
+    if final.tool_calls:
+        return "stopped before the model answered its tool calls"
+    return EMPTY
+
+
 #: How much of a tool call's arguments and result the saved reply shows.
 MAX_CALL_CHARS = 300
 
 
 def tool_rounds_html(session: ContextSession, final: Message) -> str:
-    """The tool calls a turn made before its final reply ``final``, oldest first, one
-    line each: the Approve / Deny buttons are a widget, which a saved notebook does not
-    keep, so the reply's own output says what ran."""
-    rounds: list[Message] = []
+    """The tool calls a turn made up to its final reply ``final`` (its own, when it
+    stopped at them), oldest first, one line each: the Approve / Deny buttons are a
+    widget, which a saved notebook does not keep, so the reply's own output says what
+    ran."""
+    rounds: list[Message] = [final]
     parent = final.parent_id
     try:
         while parent is not None:
