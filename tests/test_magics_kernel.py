@@ -444,6 +444,22 @@ def test_stop_retry_and_export(fe: FrontEnd) -> None:
     assert _printed(fe, "json.loads(doc)['format']") == "cm_notebook.export"
 
 
+def test_stop_with_nothing_on_the_branch_names_where_replies_are_written(fe: FrontEnd) -> None:
+    # An --ab cell's arms run on branches of their own, not the active one.
+    _use_scripted(fe, '.hang(after_chunks=1, text="a").hang(after_chunks=1, text="b")')
+    fe.run("%%cm --ab 'Be terse.' 'Be long.'\nHello")
+    fe.wait_for(
+        lambda: _printed(fe, "[b for b in s.branches if s.running_turn_id(b)]") != [],
+        what="the arms to run",
+    )
+    said = fe.run("%cm stop").strip()
+    assert said.startswith("nothing to stop on branch 'main'; replies are being written on")
+    assert "`%cm stop --branch main-" in said
+    assert "`%cm stop --all`" in said
+    assert fe.run("%cm stop --all").strip() == "stopping 1 cell of this kernel"
+    fe.run("await _")
+
+
 def test_system_sets_the_branch_prompt_and_forks_a_branch_with_replies(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
     assert "new branch" not in fe.run('%%cm --system "Be brief."\nFirst')

@@ -10,6 +10,7 @@ become one-line :class:`~IPython.core.error.UsageError` messages.
 from __future__ import annotations
 
 import builtins
+import shlex
 import warnings
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -181,7 +182,7 @@ class Commands:
         elif stopping:
             print(f"stopping the reply on branch {branch!r}")
         else:
-            print("nothing to stop: no reply is being written")
+            print(_nothing_to_stop(session, branch))
 
     # -- branches --------------------------------------------------------------------
 
@@ -402,3 +403,19 @@ def _ending(message: Message) -> list[str]:
 
 def _short(text: str, width: int = 60) -> str:
     return one_line(text, width)
+
+
+def _nothing_to_stop(session: ContextSession, branch: str) -> str:
+    # What `%cm stop` says when no reply is written on ``branch``: where replies are
+    # (an --ab cell's arms, a --branch cell's reply), and how to stop them.
+    running = [b for b in sorted(session.branches) if b != branch and session.running_turn_id(b)]
+    if not running:
+        return "nothing to stop: no reply is being written"
+    names = ", ".join(repr(b) for b in running)
+    alone = len(running) == 1
+    where = f"branch {names}" if alone else f"branches {names}"
+    return (
+        f"nothing to stop on branch {branch!r}; replies are being written on {where}: "
+        f"`%cm stop --branch {shlex.quote(running[0])}` stops {'it' if alone else 'one there'}, "
+        "`%cm stop --all` stops this kernel's replies"
+    )
