@@ -363,8 +363,12 @@ def test_interrupting_await_says_the_reply_goes_on(fe: FrontEnd) -> None:
     msg_id = fe.client.execute('print("awaiting", flush=True)\nawait _', stop_on_error=False)
     fe.wait_for(lambda: "awaiting" in fe.output(msg_id), what="the cell's await")
     fe.manager.interrupt_kernel()
-    assert fe.reply(msg_id)["status"] == "error"
+    reply = fe.reply(msg_id)
+    assert reply["status"] == "error"
     assert "stopped waiting; the reply goes on (`%cm stop` stops it)" in fe.output(msg_id)
+    # The error says it too: not a turn's `.cancel()`, which a view has not.
+    assert reply["evalue"] == "stopped waiting; the reply goes on (`%cm stop` stops it)"
+    assert ".cancel()" not in fe.output(msg_id)
     fe.run("%cm stop")
     assert _printed(fe, "(await _).content") == "so far"
 
@@ -420,8 +424,11 @@ def test_interrupting_await_of_an_ab_cell_says_the_arms_go_on(fe: FrontEnd) -> N
     msg_id = fe.client.execute('print("awaiting", flush=True)\nawait _', stop_on_error=False)
     fe.wait_for(lambda: "awaiting" in fe.output(msg_id), what="the cell's await")
     fe.manager.interrupt_kernel()
-    assert fe.reply(msg_id)["status"] == "error"
+    reply = fe.reply(msg_id)
+    assert reply["status"] == "error"
     assert "stopped waiting; the arms go on (`%cm stop --all` stops them)" in fe.output(msg_id)
+    assert reply["evalue"] == "stopped waiting; the arms go on (`%cm stop --all` stops them)"
+    assert ".cancel()" not in fe.output(msg_id)
     assert fe.run("%cm stop --all").startswith("stopping 1 cell")
 
 

@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 __all__ = ["ComparisonView"]
 
 
+#: What a cell awaiting the view says when interrupted while the arms go on.
+_GO_ON = "… stopped waiting; the arms go on (`%cm stop --all` stops them)"
+
+
 class ComparisonView(w.VBox):  # type: ignore[misc]
     """What ``%%cm --ab`` / ``--fanout`` show: the arms side by side, live.
 
@@ -105,14 +109,14 @@ class ComparisonView(w.VBox):  # type: ignore[misc]
         try:
             fan = await polled(self._forked)  # raises why a queued fork failed
             comparison = await after_wind_down(fan, self._wound_down)
-        except asyncio.CancelledError:
-            say_what_goes_on(
+        except asyncio.CancelledError as interrupt:
+            raise say_what_goes_on(
                 self._task,
+                interrupt,
                 queued=self.fan is None,
                 under_way=not self._wound_down.done(),
-                goes_on="… stopped waiting; the arms go on (`%cm stop --all` stops them)",
-            )
-            raise
+                goes_on=_GO_ON,
+            ) from None
         flush_copies(self.session)  # as the awaiting cell: see ReplyView
         return given_by_view(comparison)
 

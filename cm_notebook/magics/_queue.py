@@ -261,13 +261,23 @@ def release_after(
     asyncio.get_running_loop().create_task(later())
 
 
-def say_what_goes_on(task: CellTask, *, queued: bool, under_way: bool, goes_on: str) -> None:
+def say_what_goes_on(
+    task: CellTask,
+    interrupt: asyncio.CancelledError,
+    *,
+    queued: bool,
+    under_way: bool,
+    goes_on: str,
+) -> asyncio.CancelledError:
     """What a cell awaiting a view prints when it is interrupted (not when the view was
     stopped: the view says so itself): that the queued cell still asks, or ``goes_on``
-    while its reply (its arms) is ``under_way``."""
+    while its reply (its arms) is ``under_way``. Returns the error to raise: one that
+    says the same (``interrupt`` would advise a turn's ``.cancel()``, which a view has
+    not), else ``interrupt``."""
     if task.stopped:
-        return
-    if queued:
-        print(_STILL_QUEUED)
-    elif under_way:
-        print(goes_on)
+        return interrupt
+    said = _STILL_QUEUED if queued else goes_on if under_way else None
+    if said is None:
+        return interrupt
+    print(said)
+    return asyncio.CancelledError(said.removeprefix("… "))

@@ -100,6 +100,10 @@ def render_reply(text: str, form: Literal["markdown", "text", "code"]) -> str:
     return f'<pre style="white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
 
 
+#: What a cell awaiting the view says when interrupted while the reply goes on.
+_GOES_ON = "… stopped waiting; the reply goes on (`%cm stop` stops it)"
+
+
 class ReplyView:
     """The reply of one ``%%cm`` turn, live; ``await view`` gives the final message.
 
@@ -182,14 +186,14 @@ class ReplyView:
         try:
             turn = await self.started()
             final = await after_wind_down(turn, self._wound_down)
-        except asyncio.CancelledError:
-            say_what_goes_on(
+        except asyncio.CancelledError as interrupt:
+            raise say_what_goes_on(
                 self._task,
+                interrupt,
                 queued=self.turn is None,
                 under_way=self.turn is not None and not self.turn.done(),
-                goes_on="… stopped waiting; the reply goes on (`%cm stop` stops it)",
-            )
-            raise
+                goes_on=_GOES_ON,
+            ) from None
         # Shown once more, and the session's copies brought up to date, as the awaiting
         # cell: a headless run keeps only that cell's output messages (see LiveOutput).
         self._render()
