@@ -290,6 +290,17 @@ def test_every_subcommand_has_a_help_page_that_fits_a_cell(name: str) -> None:
     assert all(len(line) <= 88 for line in text.splitlines())
 
 
+def test_the_export_help_says_markdown_holds_one_branch_and_json_every_one() -> None:
+    # As to_markdown and export_context do: a transcript of one branch; the whole tree.
+    from cm_notebook.magics._help import help_text
+
+    page = " ".join(help_text("export").split())
+    markdown, _, json_part = page.partition("--format json")
+    assert "active branch" in markdown
+    assert "every branch" not in markdown
+    assert "every branch" in json_part
+
+
 def test_an_exported_json_is_a_str_shown_as_itself() -> None:
     from IPython.lib.pretty import pretty
 

@@ -199,9 +199,10 @@ class StopArgs(MagicArgs):
 
 
 class ExportArgs(MagicArgs):
-    """``%cm export``: the conversation, every branch (or ``--branch B``), as Markdown
-    shown in the cell, or with ``--format json`` as the lossless JSON text the cell
-    returns (``doc = %cm export --format json``; ``cm-notebook import`` reads it)."""
+    """``%cm export``: the active branch (or ``--branch B``) as Markdown shown in the
+    cell, or with ``--format json`` as the lossless JSON text the cell returns, every
+    branch (or ``--branch B`` alone): ``doc = %cm export --format json``;
+    ``cm-notebook import`` reads it."""
 
     USAGE = "%cm export [--format markdown|json] [--branch B]"
     SHORT: ClassVar[dict[str, str]] = {"-f": "format"}
