@@ -66,6 +66,9 @@ def _sent(fe: FrontEnd, line: str) -> tuple[str, str | None]:
         ("%cm send What's the time?  ", "What's the time?"),
         ("x = 1\n%cm send Is x one?", "Is x one?"),
         ('%cm send "Quoted whole."', '"Quoted whole."'),
+        # A tab after the subcommand ends it as a space does.
+        ('%cm send\tDefine "serendipity" now', 'Define "serendipity" now'),
+        ("%cm send\tWhat's up", "What's up"),
         ("%cm send what does --verbose do", "what does --verbose do"),
         # After "--", options are text: at the start, and a known one at the end.
         ("%cm send -- --verbose is unknown", "--verbose is unknown"),

@@ -43,7 +43,11 @@ class CMMagics(Magics):
             cell_args = parse_args(a.CellArgs, split_words(line, a.CellArgs.USAGE))
             with translated(self.commands.current):
                 return self.commands.cell(cell_args, cell)
-        name, _, text = line.strip().partition(" ")
+        # The subcommand ends at any whitespace (`%cm send<Tab>text` is a send too); the
+        # text starts after that one character.
+        stripped = line.strip()
+        name = stripped.split(maxsplit=1)[0] if stripped else ""
+        text = stripped[len(name) + 1 :]
         if name == "send":
             # A message is not shell words: its quotes and apostrophes are kept. (A line
             # ending in "?" only gets here thanks to _input.py.)
