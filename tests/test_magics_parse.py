@@ -74,6 +74,24 @@ def test_an_unknown_option_after_a_list_option_is_a_usage_error(line: str) -> No
         cell(line)
 
 
+def test_a_spec_after_ab_s_prompts_is_refused_not_made_a_third_prompt() -> None:
+    # `--ab` takes every word up to the next option: a known provider last among them
+    # was meant as the model, and would silently have been a third arm.
+    with pytest.raises(UsageError, match=r"'scripted' after --ab would be one more system"):
+        cell("--ab 'Be terse.' 'Be thorough.' scripted")
+    with pytest.raises(UsageError, match=r"put the SPEC first \(%%cm local --ab"):
+        cell("--ab 'Be terse.' 'Be thorough.' local")
+    # Before --ab, or as --provider, it picks the model; a word that names no provider
+    # is a prompt.
+    assert cell("scripted --ab 'Be terse.' 'Be thorough.'").chosen_provider == "scripted"
+    assert cell("--ab A B --provider scripted").ab == ["A", "B"]
+    assert cell("--ab 'Be terse.' terse").ab == ["Be terse.", "terse"]
+    from cm_notebook.magics._help import help_text
+
+    help_page = " ".join(help_text("%%cm").split())
+    assert "a SPEC goes before it (`%%cm local --ab" in help_page
+
+
 def test_fanout_splits_specs_on_commas() -> None:
     assert cell("--fanout local, openai:gpt-4o-mini").fanout == ["local", "openai:gpt-4o-mini"]
 

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..errors import CMError
+from ..providers import available_providers, parse_spec
 from ._parse import MagicArgs
 
 __all__ = [
@@ -265,7 +267,9 @@ class CellArgs(MagicArgs):
     with replies under another prompt is forked first); ``-f`` shows the reply as
     Markdown (the default), plain text or code. ``--ab "A" "B"`` asks it once under each
     system prompt, ``--fanout local,openai:gpt-4o-mini`` once with each model, each on
-    a branch of its own, and ends in their comparison.
+    a branch of its own, and ends in their comparison. ``--ab`` takes every word up to
+    the next option: a SPEC goes before it (``%%cm local --ab "A" "B"``) or as
+    ``--provider SPEC``.
     """
 
     USAGE = (
@@ -324,6 +328,13 @@ class CellArgs(MagicArgs):
             raise ValueError("--ab and --fanout are two experiments: pick one per cell")
         if "format" in self.model_fields_set and (self.ab is not None or self.fanout is not None):
             raise ValueError("-f formats one reply; --ab and --fanout end in a comparison: drop -f")
+        if self.ab is not None and self.chosen_provider is None and _is_spec(self.ab[-1]):
+            # `--ab "A" "B" local`: a third system prompt, "local", not the model.
+            spec = self.ab[-1]
+            raise ValueError(
+                f"{spec!r} after --ab would be one more system prompt, not the model: put "
+                f'the SPEC first (%%cm {spec} --ab "A" "B"), or give --provider {spec}'
+            )
         if self.ab is not None and len(self.ab) < 2:
             raise ValueError('--ab needs two or more system prompts: --ab "A" "B"')
         if self.ab is not None and self.system is not None:
@@ -336,6 +347,15 @@ class CellArgs(MagicArgs):
     def chosen_provider(self) -> str | None:
         """The provider for this message (a leading SPEC or ``--provider``)."""
         return self.spec if self.spec is not None else self.provider
+
+
+def _is_spec(word: str) -> bool:
+    """Whether ``word`` names a known provider (``local``, ``openai:gpt-4o-mini``)."""
+    try:
+        name, _model = parse_spec(word)
+    except CMError:
+        return False
+    return name in available_providers()
 
 
 #: Each subcommand's argument model (``help`` lists them in this order).
