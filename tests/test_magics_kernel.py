@@ -380,6 +380,12 @@ def test_bad_magics_give_one_line_usage_errors(fe: FrontEnd) -> None:
     assert "no context 'c-nothing-here'" in _usage_error(fe, "%cm use c-nothing-here")
 
 
+def test_new_refuses_an_empty_provider_rather_than_using_the_default(fe: FrontEnd) -> None:
+    before = _printed(fe, "len(ContextSession.list())")
+    assert "invalid provider spec ''" in _usage_error(fe, "%cm new Empty --provider ''")
+    assert _printed(fe, "len(ContextSession.list())") == before  # nothing made
+
+
 def test_without_a_current_context_a_magic_says_how_to_make_one(tmp_path: Path) -> None:
     with front_end(tmp_path) as fresh:
         fresh.run("%load_ext cm_notebook")

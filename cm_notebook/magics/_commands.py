@@ -71,9 +71,9 @@ class Commands:
 
     def new(self, args: a.NewArgs) -> None:
         """Create a context and make it current."""
-        session = ContextSession.create(
-            args.title, provider=args.provider or "local", system=args.system
-        )
+        # (An empty --provider is refused as a bad spec, not taken for the default.)
+        provider = "local" if args.provider is None else args.provider
+        session = ContextSession.create(args.title, provider=provider, system=args.system)
         self._make_current(session, held=True)
         print(f"context {session.title!r} is current (provider: {session.metadata.provider.spec})")
 
