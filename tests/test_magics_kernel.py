@@ -378,6 +378,8 @@ def test_bad_magics_give_one_line_usage_errors(fe: FrontEnd) -> None:
     # (`%cm send` takes its text as typed, so an apostrophe there is no error.)
     assert "No closing quotation" in _usage_error(fe, '%cm branch "unbalanced')
     assert "no context 'c-nothing-here'" in _usage_error(fe, "%cm use c-nothing-here")
+    assert "there is no branch 'nope'" in _usage_error(fe, "%cm approve --branch nope")
+    assert "there is no branch 'nope'" in _usage_error(fe, "%cm deny call-1 --branch nope")
 
 
 def test_new_refuses_an_empty_provider_rather_than_using_the_default(fe: FrontEnd) -> None:

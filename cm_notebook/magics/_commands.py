@@ -316,6 +316,15 @@ class Commands:
         decide: Callable[[], builtins.list[ToolCall]],
         verb: str,
     ) -> PendingDecision | None:
+        # (A `%cm branch` above, still to run, may make the branch.)
+        if (
+            branch is not None
+            and branch not in session.branches
+            and not self.sender.still_coming(session)
+        ):
+            raise UsageError(
+                f"there is no branch {branch!r}; the branches are {sorted(session.branches)}"
+            )
         waiting = [
             call for call in session.pending_tool_calls if call_id is None or call.id == call_id
         ]
