@@ -138,6 +138,8 @@ def test_a_var_the_kernel_uses_is_refused_and_the_kernel_keeps_working(
         ("%%cm\n    def f():\n        return 1\n", "    def f():\n        return 1"),
         ("%%cm\n\n  \n\tindented\nnot\n  \n\n", "\tindented\nnot"),
         ("%%cm -f code\n    x = 1\n    y = 2", "    x = 1\n    y = 2"),
+        # A cell saved with Windows line endings: the message's lines end in "\n".
+        ("%%cm\r\nFirst line\r\nSecond line\r\n", "First line\nSecond line"),
     ],
 )
 def test_a_cell_keeps_its_first_line_s_indentation(fe: FrontEnd, cell: str, message: str) -> None:

@@ -12,6 +12,7 @@ those replies set it (failed, not sent), the cell is not sent and says why.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class CellSender:
         self, session: ContextSession, args: a.CellArgs, body: str
     ) -> ReplyView | ComparisonView:
         """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""
+        body = _LINE_END.sub("\n", body)  # a cell saved with Windows line endings
         if not body.strip():
             raise UsageError(f"the cell is empty: write the message below the magic. {args.USAGE}")
         params: dict[str, Any] = {}
@@ -354,6 +356,10 @@ class CellSender:
             self.namespace[name] = result.content if isinstance(result, Message) else result
 
         return store
+
+
+#: A line ending other than "\n" (Windows' "\r\n", an old Mac's "\r").
+_LINE_END = re.compile(r"\r\n?")
 
 
 class _OpenReply:
