@@ -318,7 +318,8 @@ def test_a_stop_while_a_call_waits_for_a_decision_says_so_and_lists_the_call(
     fe.run("await _")
     said = "stopped while waiting for a tool decision"
     fe.wait_for(lambda: said in _html(fe, reply), what="the stop said")
-    assert "add({&quot;a&quot;: 1, &quot;b&quot;: 2}) [denied]" in _html(fe, reply)
+    shown = _html(fe, reply)
+    assert "<bdi>add</bdi>(<bdi>{&quot;a&quot;: 1, &quot;b&quot;: 2}</bdi>) [denied]" in shown
     assert "…" not in _html(fe, reply)
 
 
