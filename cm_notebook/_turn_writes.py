@@ -23,14 +23,20 @@ import anyio
 
 from . import events as ev
 from ._host import TurnHost
-from .errors import BranchExistsError, BranchMovedError, CMError, StoreError
+from .errors import (
+    BranchExistsError,
+    BranchMovedError,
+    CMError,
+    StoreError,
+    StoreLockTimeoutError,
+)
 from .ids import new_branch_stem
 from .model import Message, ToolCall
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
 from .store import Store
 
-__all__ = ["Reply", "TurnWrites", "settle_append"]
+__all__ = ["Reply", "TurnWrites", "settle_append", "store_trouble"]
 
 
 async def settle_append(store: Store, context_id: str, branch: str, message: Message) -> bool:
@@ -67,6 +73,37 @@ class Reply:
     # whole text for every chunk, so a long reply cost more per chunk the longer it got.
     _parts: list[str] = field(default_factory=list)
     _length: int = 0
+    # What the model said besides its answer (of the current attempt): its reasoning,
+    # the blocks to send back (Anthropic's signed thinking), and whether the text is a
+    # refusal. See MessageMetadata.
+    reasoning_parts: list[str] = field(default_factory=list)
+    reasoning_blocks: list[dict[str, str]] = field(default_factory=list)
+    refused: bool = False
+
+    def said(self) -> dict[str, Any]:
+        """The reply's metadata fields for its reasoning and refusal (current attempt)."""
+        return {
+            "reasoning": "".join(self.reasoning_parts) or None,
+            "reasoning_blocks": list(self.reasoning_blocks),
+            "refusal": self.refused,
+        }
+
+    def failed_attempt(self, error: str, status_code: int | None) -> dict[str, Any]:
+        """The record of the current attempt, which failed (its text and reasoning)."""
+        record: dict[str, Any] = {"error": error, "text": self.text, "status_code": status_code}
+        if self.reasoning_parts:
+            record["reasoning"] = "".join(self.reasoning_parts)
+        return record
+
+    def restart(self) -> None:
+        """Forget the current attempt: a retry starts the reply again."""
+        self.text = ""
+        self.tool_requests.clear()
+        self.usage = None
+        self.finish_reason = None
+        self.reasoning_parts.clear()
+        self.reasoning_blocks.clear()
+        self.refused = False
 
     @property
     def text(self) -> str:
@@ -170,8 +207,12 @@ class TurnWrites:
         return Reply(message=message)
 
     async def checkpoint(self, reply: Reply) -> None:
-        """Store the reply's text so far (still ``streaming``)."""
-        await self.update(reply.message.model_copy(update={"content": reply.text}))
+        """Store the reply's text (and reasoning) so far (still ``streaming``)."""
+        update: dict[str, Any] = {"content": reply.text}
+        if reply.reasoning_parts:
+            metadata = reply.message.metadata.model_copy(update=reply.said())
+            update["metadata"] = metadata
+        await self.update(reply.message.model_copy(update=update))
 
     async def finish_reply(self, final: Message) -> None:
         """Store the reply's final state (shielded from cancellation) and announce it.
@@ -206,3 +247,25 @@ class TurnWrites:
         """Store the tool message answering ``call``."""
         message = Message(role="tool", parent_id=self.head, content=text, tool_call_id=call.id)
         await self.append(message)
+
+
+def store_trouble(exc: OSError | StoreError) -> tuple[str, str]:
+    # Why a turn stopped on its store (the cause its tool calls are given) and what to
+    # do, by what went wrong: the disk, another process, or the context's own files.
+    told = str(exc).rstrip(".")
+    if isinstance(exc, OSError):  # a full disk, a refused write (StoreIOError)
+        return "the reply could not be stored", (
+            f"the reply could not be stored: {told}. Free disk space (or fix the data "
+            "folder), then regenerate() the reply; the text streamed so far is kept "
+            "where the disk allowed it."
+        )
+    if isinstance(exc, StoreLockTimeoutError):
+        return "the reply could not be stored", (
+            f"the reply could not be stored: {told}. regenerate() the reply once the "
+            "other process is done; the text streamed so far is kept."
+        )
+    # Damaged, deleted or newer data: its error says which file and what to do.
+    return "the context's files could not be used", (
+        f"the turn could not go on: {told}. Once that is fixed, regenerate() the reply; "
+        "the text streamed so far is kept where the files allowed it."
+    )

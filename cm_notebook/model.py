@@ -23,7 +23,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -138,10 +141,11 @@ class ToolCall(_Model):
 class StreamStats(_Model):
     """How the streaming of one reply went, measured by the session that received it.
 
-    ``ttft_ms`` is the time from the request of the last attempt to its first text
-    (None if no text came); ``duration_ms`` spans the whole reply, retries included.
+    ``ttft_ms`` is the time from the request of the last attempt to its first text,
+    of the answer or of the reasoning (None if no text came); ``duration_ms`` spans the whole reply, retries included.
     ``output_tokens`` comes from the provider's usage report when it gave one
-    (``tokens_from_usage``), else it is the number of text chunks received, which is
+    (``tokens_from_usage``), else it is the number of text chunks received (reasoning
+    included), which is
     one token per chunk for most streaming APIs. ``tokens_per_second`` is the
     output tokens after the first over the time from the first text to the end (None
     with fewer than two chunks).
@@ -167,6 +171,14 @@ class MessageMetadata(BaseModel):
     ``request_id`` the id the provider gave the request, ``request_hash`` the sha256 of
     the exact request's canonical JSON; on a user message, ``variables`` names the
     kernel variables interpolated into it (name -> type, short repr and hash).
+
+    What the model said besides its answer: ``reasoning`` is its reasoning ("thinking")
+    text, apart from the answer (None: it gave none); ``reasoning_blocks`` the signed
+    blocks Anthropic-format APIs must be sent back (``{"type": "thinking", "thinking",
+    "signature"}`` or ``{"type": "redacted_thinking", "data"}``), in order;
+    ``refusal`` is True when the reply's text is a refusal the API flagged as one
+    (OpenAI's ``refusal``). Left out of the JSON when empty, so files without them
+    read as before.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -184,8 +196,28 @@ class MessageMetadata(BaseModel):
     request_id: str | None = Field(None, max_length=500)
     request_hash: str | None = Field(None, max_length=200)
     variables: dict[str, str] = Field(default_factory=dict)
+    reasoning: str | None = None
+    reasoning_blocks: list[dict[str, str]] = Field(default_factory=list)
+    refusal: bool = False
 
     _metadata_bounded = model_validator(mode="before")(_bounded)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_additions(  # type: ignore[no-untyped-def]
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ):
+        # Fields added after the first release of the file format are left out of the
+        # JSON when empty: files and signals stay as they were for replies without them.
+        # No return annotation: pydantic would describe the JSON by it.
+        data: dict[str, Any] = handler(self)
+        if info.mode_is_json():
+            for name in _ADDED_METADATA:
+                if name in data and not data[name]:
+                    del data[name]
+        return data
+
+
+_ADDED_METADATA = ("reasoning", "reasoning_blocks", "refusal")
 
 
 class Message(_Model):

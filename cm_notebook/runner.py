@@ -43,14 +43,13 @@ from . import fsm
 from ._conversation import call_ids
 from ._host import TurnHost
 from ._runner_tools import CallStarts, ToolRounds
-from ._turn_writes import Reply, TurnWrites
+from ._turn_writes import Reply, TurnWrites, store_trouble
 from ._unicode import without_surrogates
 from .errors import (
     CMError,
     PermanentProviderError,
     ProviderError,
     StoreError,
-    StoreLockTimeoutError,
     TransientProviderError,
 )
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall
@@ -60,6 +59,9 @@ from .providers.base import (
     ChatRequest,
     Finish,
     Provider,
+    ReasoningBlock,
+    ReasoningDelta,
+    RefusalDelta,
     TextDelta,
     ToolCallRequest,
     Usage,
@@ -75,6 +77,8 @@ __all__ = ["CHECKPOINT_SECONDS", "TurnRunner"]
 
 #: How often an in-progress reply is written to disk (status ``streaming``).
 CHECKPOINT_SECONDS = 1.0
+
+_TEXTS = (TextDelta, RefusalDelta, ReasoningDelta)
 
 
 class TurnRunner(ToolRounds):
@@ -248,7 +252,7 @@ class TurnRunner(ToolRounds):
         self._failure = exc
         if isinstance(exc, (OSError, StoreError)):
             status = MessageStatus.INTERRUPTED
-            cause, message = _store_trouble(exc)
+            cause, message = store_trouble(exc)
             if not isinstance(exc, CMError):
                 self._failure = StoreError(message)
                 self._failure.__cause__ = exc
@@ -420,22 +424,28 @@ class TurnRunner(ToolRounds):
                     await self._interrupted()
                 if chunk is None:
                     break
-                if isinstance(chunk, TextDelta):
+                if isinstance(chunk, _TEXTS):  # the answer, a refusal, or reasoning
                     if not chunk.text:
                         continue
-                    meter.chunk()
+                    meter.chunk()  # the first token of either kind starts the reply
                     if not started:
                         started = True
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
-                    offset = reply.add_text(chunk.text)
-                    progress.add_text(chunk.text)
-                    publish(self._writes.target, reply.message.id, chunk.text, offset)
+                    if type(chunk) is ReasoningDelta:  # kept apart from the answer
+                        reply.reasoning_parts.append(chunk.text)
+                    else:
+                        reply.refused |= type(chunk) is RefusalDelta
+                        offset = reply.add_text(chunk.text)
+                        progress.add_text(chunk.text)
+                        publish(self._writes.target, reply.message.id, chunk.text, offset)
                     if time.monotonic() >= checkpoint_at:
                         await self._writes.checkpoint(reply)
                         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
                 elif isinstance(chunk, ToolCallRequest):
                     reply.tool_requests.append(chunk)
+                elif isinstance(chunk, ReasoningBlock):
+                    reply.reasoning_blocks.append(chunk.as_json())
                 elif isinstance(chunk, Usage):
                     reply.usage = chunk
                     meter.usage(chunk.output_tokens)
@@ -473,9 +483,7 @@ class TurnRunner(ToolRounds):
 
     async def _transient(self, exc: TransientProviderError, reply: Reply) -> None:
         # Keep the partial text of the failed attempt: nothing generated is ever lost.
-        reply.failed_attempts.append(
-            {"error": str(exc), "text": reply.text, "status_code": exc.status_code}
-        )
+        reply.failed_attempts.append(reply.failed_attempt(str(exc), exc.status_code))
         metadata = reply.message.metadata.model_copy(
             update={"failed_attempts": list(reply.failed_attempts)}
         )
@@ -495,10 +503,7 @@ class TurnRunner(ToolRounds):
             # (If this write fails, the turn ends there, keeping the text.) A failure
             # that ends the turn keeps its text as the reply.
             await self._writes.update(reply.message.model_copy(update={"content": ""}))
-            reply.text = ""
-            reply.tool_requests.clear()
-            reply.usage = None
-            reply.finish_reason = None
+            reply.restart()
             self.turn.progress.start_message(reply.message.id)
         self._failure = exc
         self._feed(fault)
@@ -548,6 +553,7 @@ class TurnRunner(ToolRounds):
                 "finish_reason": reply.finish_reason,
                 "error": error,
                 "stats": stats,
+                **reply.said(),
             }
         )
         final = reply.message.model_copy(
@@ -575,25 +581,3 @@ class TurnRunner(ToolRounds):
             self._failure = PermanentProviderError(message)
         kind: Literal["internal", "permanent"] = "internal" if self._internal else "permanent"
         self.host.publish(ev.ErrorReported(branch=self.branch, kind=kind, message=message))
-
-
-def _store_trouble(exc: OSError | StoreError) -> tuple[str, str]:
-    # Why a turn stopped on its store (the cause its tool calls are given) and what to
-    # do, by what went wrong: the disk, another process, or the context's own files.
-    told = str(exc).rstrip(".")
-    if isinstance(exc, OSError):  # a full disk, a refused write (StoreIOError)
-        return "the reply could not be stored", (
-            f"the reply could not be stored: {told}. Free disk space (or fix the data "
-            "folder), then regenerate() the reply; the text streamed so far is kept "
-            "where the disk allowed it."
-        )
-    if isinstance(exc, StoreLockTimeoutError):
-        return "the reply could not be stored", (
-            f"the reply could not be stored: {told}. regenerate() the reply once the "
-            "other process is done; the text streamed so far is kept."
-        )
-    # Damaged, deleted or newer data: its error says which file and what to do.
-    return "the context's files could not be used", (
-        f"the turn could not go on: {told}. Once that is fixed, regenerate() the reply; "
-        "the text streamed so far is kept where the files allowed it."
-    )

@@ -8,11 +8,12 @@ put the numbers of several branches side by side.
 
 Definitions (measured in the receiving process, on a monotonic clock):
 
-* ``ttft_ms``: from the start of the last attempt's request to its first text chunk.
+* ``ttft_ms``: from the start of the last attempt's request to its first text chunk,
+  answer or reasoning: a thinking model's first token is its first thought.
 * ``duration_ms``: from the start of the reply (its first attempt) to its end.
 * ``output_tokens``: the provider's usage report of the last attempt if it gave one
-  (``tokens_from_usage``), else the number of text chunks (one token per chunk is
-  what streaming chat APIs send).
+  (``tokens_from_usage``), else the number of text chunks, reasoning included (one
+  token per chunk is what streaming chat APIs send).
 * ``tokens_per_second``: the output tokens after the first one over the time from the
   first text chunk to the end of the last attempt: the generation speed without the
   time to first token. The first token is not counted because the clock starts when it
@@ -56,7 +57,7 @@ class StreamMeter:
         self._usage_tokens = None
 
     def chunk(self) -> None:
-        """A non-empty text chunk arrived."""
+        """A non-empty text chunk arrived (of the answer or of the reasoning)."""
         now = self._clock()
         if self._first is None:
             self._first = now

@@ -9,6 +9,10 @@ Tool results may be stored in either of two ways and both are understood:
 * the ``result`` (or denial ``reason``) recorded on the assistant message's
   :class:`~cm_notebook.model.ToolCall`; a ``tool`` message is then synthesised right
   after the assistant message, unless a real one for that call exists in the list.
+
+An assistant message with tool calls carries its recorded reasoning back as
+``reasoning_content`` (DeepSeek's thinking mode requires it within a tool loop); a
+reply without recorded reasoning (every reply of OpenAI's own API) sends nothing new.
 """
 
 from __future__ import annotations
@@ -56,14 +60,18 @@ def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 }
             )
         elif message.role == "assistant" and message.tool_calls:
-            out.append(
-                {
-                    "role": "assistant",
-                    # OpenAI wants null rather than "" when the reply is only tool calls.
-                    "content": message.content or None,
-                    "tool_calls": [_tool_call_json(call) for call in message.tool_calls],
-                }
-            )
+            sent: dict[str, Any] = {
+                "role": "assistant",
+                # OpenAI wants null rather than "" when the reply is only tool calls.
+                "content": message.content or None,
+                "tool_calls": [_tool_call_json(call) for call in message.tool_calls],
+            }
+            if message.metadata.reasoning:
+                # Thinking models with tools (DeepSeek's thinking mode) refuse the next
+                # request unless the reasoning that led to the calls comes back; only a
+                # server that sent reasoning gets it, and only with tool calls.
+                sent["reasoning_content"] = message.metadata.reasoning
+            out.append(sent)
             for call in message.tool_calls:
                 result = _recorded_result(call)
                 if call.id not in answered and result is not None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from ..errors import ProviderError
 from ..redact import get_logger
 from . import _errors
-from .base import StreamChunk, TextDelta, ToolCallRequest, Usage
+from .base import ReasoningDelta, RefusalDelta, StreamChunk, TextDelta, ToolCallRequest, Usage
 
 __all__ = ["ChunkAssembler", "malformed"]
 
@@ -27,6 +27,10 @@ __all__ = ["ChunkAssembler", "malformed"]
 logger = get_logger("cm_notebook.providers.openai")
 
 _PROVIDER = "openai"
+
+# The delta fields servers stream reasoning in, the first one present is read (a
+# server sending both sends the same text twice).
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 @dataclass
@@ -147,11 +151,22 @@ class ChunkAssembler:
 
     def _delta(self, delta: Any) -> list[StreamChunk]:
         events: list[StreamChunk] = []
+        # Reasoning comes first in a reply: DeepSeek and llama.cpp name it
+        # reasoning_content, vLLM and OpenRouter reasoning. Only text is read (OpenRouter
+        # also sends structured reasoning_details, which carry the same text).
+        for name in _REASONING_FIELDS:
+            thought = _get(delta, name)
+            if isinstance(thought, str) and thought:
+                events.append(ReasoningDelta(thought))
+                break
         text = _get(delta, "content")
         if text is not None and not isinstance(text, str):
             raise malformed(f"delta content is not text: {text!r:.200}")
         if text:
             events.append(TextDelta(text))
+        refusal = _get(delta, "refusal")
+        if isinstance(refusal, str) and refusal:
+            events.append(RefusalDelta(refusal))
         pieces = _get(delta, "tool_calls")
         if pieces is None:
             return events

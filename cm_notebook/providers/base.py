@@ -22,6 +22,9 @@ __all__ = [
     "ChatRequest",
     "Finish",
     "Provider",
+    "ReasoningBlock",
+    "ReasoningDelta",
+    "RefusalDelta",
     "StreamChunk",
     "TextDelta",
     "ToolCallRequest",
@@ -49,6 +52,63 @@ class TextDelta:
     def __post_init__(self) -> None:
         if type(self.text) is not str:  # once per chunk: the exact check is the cheap one
             _require(self, "text", self.text, str)
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning (its "thinking"), streamed before the answer.
+
+    Kept on the reply (``metadata.reasoning``), apart from its text: DeepSeek's and
+    llama.cpp's ``reasoning_content``, vLLM's and OpenRouter's ``reasoning``,
+    Anthropic's ``thinking`` blocks.
+    """
+
+    text: str
+
+    def __post_init__(self) -> None:
+        if type(self.text) is not str:
+            _require(self, "text", self.text, str)
+
+
+@dataclass(frozen=True)
+class ReasoningBlock:
+    """A whole reasoning block as the API must be sent it back (Anthropic's format).
+
+    ``type`` is ``thinking`` (``thinking`` text and its ``signature``) or
+    ``redacted_thinking`` (encrypted ``data``). Emitted when the block ends; its text
+    came before as :class:`ReasoningDelta` pieces. Recorded on the reply
+    (``metadata.reasoning_blocks``) and sent back, in order, at the start of the
+    assistant turn, which APIs that think with tools require.
+    """
+
+    type: str
+    thinking: str = ""
+    signature: str = ""
+    data: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("type", "thinking", "signature", "data"):
+            _require(self, name, getattr(self, name), str)
+
+    def as_json(self) -> dict[str, str]:
+        """The block as the Messages API takes it back."""
+        if self.type == "redacted_thinking":
+            return {"type": self.type, "data": self.data}
+        return {"type": self.type, "thinking": self.thinking, "signature": self.signature}
+
+
+@dataclass(frozen=True)
+class RefusalDelta:
+    """A piece of a refusal (OpenAI's ``delta.refusal``): the model declined to answer.
+
+    Stored as the reply's text, so it is seen wherever replies are, with the reply
+    marked ``metadata.refusal = True``.
+    """
+
+    text: str
+
+    def __post_init__(self) -> None:
+        _require(self, "text", self.text, str)
 
 
 @dataclass(frozen=True)
@@ -97,7 +157,9 @@ class Finish:
             _require(self, "request_id", self.request_id, str)
 
 
-StreamChunk = TextDelta | ToolCallRequest | Usage | Finish
+StreamChunk = (
+    TextDelta | ReasoningDelta | ReasoningBlock | RefusalDelta | ToolCallRequest | Usage | Finish
+)
 """One item of a provider's reply stream (a *chunk*; the bus's items are *signals*)."""
 
 

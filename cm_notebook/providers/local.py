@@ -82,7 +82,7 @@ from ._model_file import (
     resolve_model_file,
 )
 from ._sse_lines import sse_lines
-from .base import ChatRequest, Finish, StreamChunk, TextDelta, Usage
+from .base import ChatRequest, Finish, ReasoningDelta, StreamChunk, TextDelta, Usage
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -506,7 +506,14 @@ async def _events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Stream
             )
         for choice in choices:
             delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
+            if not isinstance(delta, dict):
+                delta = {}
+            # llama.cpp streams a thinking model's reasoning as reasoning_content (its
+            # default reasoning_format), apart from the answer.
+            thought = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(thought, str) and thought:
+                yield ReasoningDelta(thought)
+            text = delta.get("content")
             if isinstance(text, str) and text:
                 yield TextDelta(text)
             if choice.get("finish_reason"):

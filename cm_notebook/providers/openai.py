@@ -15,6 +15,9 @@ an id other than its index's call starts a new call (some servers send parallel 
 one after another under index 0). They are assembled and emitted as
 :class:`ToolCallRequest` when the finish reason arrives, in index order.
 :class:`Usage` (when the server reports it) and :class:`Finish` come last.
+A thinking model's reasoning (``delta.reasoning_content``: DeepSeek, llama.cpp;
+``delta.reasoning``: vLLM, OpenRouter) is yielded as :class:`ReasoningDelta`, kept
+apart from the answer, and a refusal (``delta.refusal``) as :class:`RefusalDelta`.
 
 Usage is optional: a report with a count missing gives 0 for it (as
 :class:`~cm_notebook.model.TokenUsage` does), whole floats are taken as ints, and a
