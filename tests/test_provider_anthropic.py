@@ -28,6 +28,8 @@ from cm_notebook.model import Message, ToolCall, ToolCallStatus
 from cm_notebook.providers import (
     ChatRequest,
     Finish,
+    ReasoningBlock,
+    ReasoningDelta,
     StreamChunk,
     TextDelta,
     ToolCallRequest,
@@ -192,7 +194,12 @@ def test_unknown_and_unused_events_are_skipped() -> None:
         {"type": "content_block_delta", "index": 6, "delta": {"type": "hologram_delta"}},
         {"type": "content_block_stop", "index": 6},
     ]
-    assert translate(events[:1] + thinking + events[1:]) == recording("text_only").expected
+    # Thinking is read (apart from the text); what this version does not know is skipped.
+    assert translate(events[:1] + thinking + events[1:]) == [
+        ReasoningDelta("hmm"),
+        ReasoningBlock("thinking", thinking="hmm"),
+        *recording("text_only").expected,
+    ]
     # Events after message_stop are ignored.
     assert translate([*events, *events[1:4]]) == recording("text_only").expected
 

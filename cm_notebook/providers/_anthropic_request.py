@@ -34,7 +34,9 @@ def to_anthropic_messages(
 
     - ``system`` messages are joined (blank line between) into the separate ``system``
       parameter, since the Messages API has no system role;
-    - assistant tool calls become ``tool_use`` blocks after the assistant's text;
+    - assistant tool calls become ``tool_use`` blocks after the assistant's text, and
+      the reply's recorded thinking blocks (``metadata.reasoning_blocks``, signatures
+      included) come first;
     - ``tool`` messages become ``tool_result`` blocks in a *user* message; consecutive
       results (parallel calls) share one user message, as the API requires, and a
       failed or denied call is flagged ``is_error`` so the model knows it did not run;
@@ -62,7 +64,11 @@ def to_anthropic_messages(
         elif message.role == "user":
             append("user", [_text_block(message.content)] if message.content else [])
         elif message.role == "assistant":
-            blocks = [_text_block(message.content)] if message.content else []
+            # Its signed thinking blocks lead, in order, as the API requires of a
+            # turn that thought before calling tools (nothing if none was recorded).
+            blocks = [dict(block) for block in message.metadata.reasoning_blocks]
+            if message.content:
+                blocks.append(_text_block(message.content))
             for call in message.tool_calls:
                 call_status[call.id] = call.status
                 blocks.append(_tool_use_block(call.id, call.name, call.arguments))

@@ -37,7 +37,11 @@ from anthropic.types import (
     RawMessageStartEvent,
     RawMessageStopEvent,
     RawMessageStreamEvent,
+    RedactedThinkingBlock,
+    SignatureDelta,
     TextBlock,
+    ThinkingBlock,
+    ThinkingDelta,
     ToolUseBlock,
 )
 from anthropic.types import TextDelta as SDKTextDelta
@@ -65,7 +69,16 @@ from ._errors import (
     stream_cut_error,
 )
 from ._http_client import sdk_http_client
-from .base import ChatRequest, Finish, StreamChunk, TextDelta, ToolCallRequest, Usage
+from .base import (
+    ChatRequest,
+    Finish,
+    ReasoningBlock,
+    ReasoningDelta,
+    StreamChunk,
+    TextDelta,
+    ToolCallRequest,
+    Usage,
+)
 
 __all__ = [
     "AnthropicEventTranslator",
@@ -139,9 +152,12 @@ class AnthropicEventTranslator:
     JSON as mappings. Text deltas pass straight through; a tool call's input arrives as
     ``input_json_delta`` fragments and is emitted as one :class:`ToolCallRequest` at its
     ``content_block_stop``; :class:`Usage` (input tokens from ``message_start``, output
-    from ``message_delta``) and :class:`Finish` are emitted at ``message_stop``. ``ping``
-    and block types we do not use (e.g. thinking) are skipped; an ``error`` event raises
-    :func:`error_from_event`'s error.
+    from ``message_delta``) and :class:`Finish` are emitted at ``message_stop``.
+    Extended thinking: ``thinking_delta`` text passes through as :class:`ReasoningDelta`,
+    and each ``thinking`` block (with its ``signature_delta``) or ``redacted_thinking``
+    block is emitted whole, as :class:`ReasoningBlock`, at its ``content_block_stop``,
+    to be sent back with the reply. ``ping`` and block types we do not use are skipped;
+    an ``error`` event raises :func:`error_from_event`'s error.
     """
 
     def __init__(self) -> None:
@@ -150,6 +166,8 @@ class AnthropicEventTranslator:
         self._stop_reason: str | None = None
         self._request_id: str | None = None  # the message's id, for provenance
         self._tools: dict[int, _ToolBlock] = {}
+        # Thinking blocks in progress by index: [thinking text pieces, signature].
+        self._thinking: dict[int, tuple[list[str], list[str]]] = {}
         self.finished = False
 
     def feed(self, event: RawMessageStreamEvent | Mapping[str, Any]) -> list[StreamChunk]:
@@ -196,6 +214,10 @@ class AnthropicEventTranslator:
             tool = self._tools.pop(event.index, None)
             if tool is not None:
                 return [ToolCallRequest(tool.id, tool.name, tool.arguments_json())]
+            thinking = self._thinking.pop(event.index, None)
+            if thinking is not None:
+                text, signature = ("".join(part) for part in thinking)
+                return [ReasoningBlock("thinking", thinking=text, signature=signature)]
         elif isinstance(event, RawMessageDeltaEvent):
             self._stop_reason = event.delta.stop_reason or self._stop_reason
             # Both counts in message_delta are cumulative, so they replace, not add.
@@ -225,6 +247,12 @@ class AnthropicEventTranslator:
             self._tools[event.index] = _ToolBlock(block.id, block.name, block.input)
         elif isinstance(block, TextBlock) and block.text:
             return [TextDelta(block.text)]
+        elif isinstance(block, ThinkingBlock):
+            self._thinking[event.index] = ([block.thinking], [block.signature or ""])
+            return [ReasoningDelta(block.thinking)] if block.thinking else []
+        elif isinstance(block, RedactedThinkingBlock):
+            # Encrypted reasoning: nothing to read, but it must go back as it came.
+            return [ReasoningBlock("redacted_thinking", data=block.data)]
         return []
 
     def _block_delta(self, event: RawContentBlockDeltaEvent) -> list[StreamChunk]:
@@ -239,6 +267,18 @@ class AnthropicEventTranslator:
                     detail=f"input_json_delta for block {event.index}, which is not a tool_use",
                 )
             tool.parts.append(delta.partial_json)
+        elif isinstance(delta, (ThinkingDelta, SignatureDelta)):
+            thinking = self._thinking.get(event.index)
+            if thinking is None:
+                raise malformed_response_error(
+                    provider=_PROVIDER,
+                    detail=f"{delta.type} for block {event.index}, which is not a thinking block",
+                )
+            if isinstance(delta, SignatureDelta):
+                thinking[1][:] = [delta.signature]
+            elif delta.thinking:
+                thinking[0].append(delta.thinking)
+                return [ReasoningDelta(delta.thinking)]
         return []
 
     def finish(self) -> None:
