@@ -142,7 +142,8 @@ class StreamStats(_Model):
     """How the streaming of one reply went, measured by the session that received it.
 
     ``ttft_ms`` is the time from the request of the last attempt to its first text,
-    of the answer or of the reasoning (None if no text came); ``duration_ms`` spans the whole reply, retries included.
+    of the answer or of the reasoning (None if no text came); ``duration_ms`` spans
+    the whole reply, retries included.
     ``output_tokens`` comes from the provider's usage report when it gave one
     (``tokens_from_usage``), else it is the number of text chunks received (reasoning
     included), which is
