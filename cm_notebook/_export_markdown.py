@@ -70,6 +70,7 @@ from ._export_readers import (
     needs_blank_before,
     without_math_over_code,
 )
+from ._reasoning_html import reasoning_summary
 from .model import Message
 from .render import CUT_OFF, code_fence, longest_backtick_run, status_label, was_cut_off
 
@@ -399,6 +400,9 @@ def markdown_of(
         lines += ["", heading, ""]
         if message.tool_call_id:
             lines += [f"*Result of tool call {_code_span(message.tool_call_id)}*", ""]
+        summary = reasoning_summary(message)
+        if summary is not None:  # quoted, as plain text, before the answer
+            lines += [_quoted(summary, message.metadata.reasoning or "(redacted)"), ""]
         if message.content:
             lines.append(message_markdown(message.content))
         for call in message.tool_calls:

@@ -5,7 +5,8 @@ every piece of user or model text escaped. The reprs are one line, stable across
 (no timestamps, no addresses), so nbval can compare them and a list of messages reads
 at a glance. :func:`status_label` is the one place that says how a message ended, used
 by the HTML, the Markdown export, ``cm-notebook show`` and the reprs alike: a reply
-cut by the token limit (``finish_reason == "length"``) says so everywhere.
+cut by the token limit (``finish_reason == "length"``) says so everywhere, as do a
+refusal and a reply that reasoned but gave no answer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from collections.abc import Sequence
 
 from ._html_text import WRAP_ANYWHERE, isolated, json_html
+from ._reasoning_html import NO_ANSWER, REFUSED, gave_no_answer, reasoning_html
 from ._theme import MUTED
 from ._unicode import grapheme_prefix
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
@@ -86,6 +88,10 @@ def status_label(message: Message) -> str | None:
     parts = [] if message.status is MessageStatus.COMPLETE else [message.status.value]
     if was_cut_off(message):
         parts.append(CUT_OFF)
+    if message.metadata.refusal:
+        parts.append(REFUSED)
+    if gave_no_answer(message):
+        parts.append(NO_ANSWER)
     return ", ".join(parts) or None
 
 
@@ -138,7 +144,8 @@ def context_repr(metadata: ContextMetadata) -> str:
 
 
 def message_html(message: Message) -> str:
-    """One message as a static HTML block (content escaped)."""
+    """One message as a static HTML block (content escaped; a reply's reasoning
+    collapsed before it, see :mod:`cm_notebook._reasoning_html`)."""
     role = html.escape(message.role)
     style = _ROLE_STYLE.get(message.role, "")
     notes = []
@@ -160,7 +167,7 @@ def message_html(message: Message) -> str:
         # Long words and URLs wrap anywhere: the card stays as wide as its place.
         f'<div class="cm-message cm-{role}" style="{style};padding:6px 10px;'
         f'margin:4px 0;border-radius:4px;{WRAP_ANYWHERE}"><div style="font-size:80%;color:{MUTED}">'
-        f"<b>{role}</b>{note}</div>"
+        f"<b>{role}</b>{note}</div>{reasoning_html(message)}"
         f'<div style="white-space:pre-wrap">{html.escape(message.content)}</div>{calls}{cut}'
         "</div>"
     )

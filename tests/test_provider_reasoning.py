@@ -119,6 +119,7 @@ async def test_a_reply_cut_while_thinking_is_a_length_reply_with_its_reasoning(
     assert reply.metadata.stats is not None
     assert reply.metadata.stats.ttft_ms is not None  # from the first reasoning token
     assert State.STREAMING in states
+    assert "reasoned but gave no answer" in reply._repr_html_()
     session.close()
 
 
@@ -213,6 +214,7 @@ async def test_a_refusal_is_kept_as_the_reply_and_marked(wire: WireServer, data_
     assert reply.status is MessageStatus.COMPLETE
     assert reply.content == "I'm sorry, I can't help with that."
     assert reply.metadata.refusal is True
+    assert "refused" in reply._repr_html_()
     session.close()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
+from .._reasoning_html import gave_no_answer, reasoning_html
 from .._theme import MUTED
 from ..model import Message, MessageStatus, ToolCall
 from .markdown import render_markdown
@@ -90,7 +91,24 @@ def message_dict(
         out["label"] = f"Tool result: {(tool_names or {}).get(message.tool_call_id, '?')}"
     if message.role == "assistant":
         out["stats"] = stats_of(message)
+        # The reasoning collapsed, apart from the answer ("" without any): Markdown
+        # rendered by the same safe renderer as the answer.
+        reasoning = message.metadata.reasoning
+        out["reasoning"] = reasoning_html(
+            message, render_markdown(reasoning) if reasoning else None
+        )
+        if message.metadata.refusal:
+            out["label"] = "Assistant (refused)"
+        if gave_no_answer(message) and out["hint"] is None:
+            out["hint"] = _NO_ANSWER_HINT
     return out
+
+
+# Under a reply whose only output was reasoning: it is no empty answer.
+_NO_ANSWER_HINT = (
+    "The model reasoned but gave no answer; if it was cut off at the token limit, "
+    "raise max_tokens and ask again with ↻."
+)
 
 
 def transcript_html(
@@ -144,7 +162,8 @@ def transcript_html(
             extra += f'<div style="color:{_ERROR}">{html.escape(item["error"])}</div>'
         if item["hint"]:
             extra += f'<div style="color:{MUTED}">{html.escape(item["hint"])}</div>'
-        parts.append(_block(item["label"], colors.get(item["role"], "#999"), item["html"], extra))
+        body = item.get("reasoning", "") + item["html"]
+        parts.append(_block(item["label"], colors.get(item["role"], "#999"), body, extra))
     parts.append("</div>")
     return "".join(parts)
 

@@ -337,7 +337,14 @@ function render({ model, el }) {
       actions.append(button("fork", "new branch from here", () => send({ event: "fork", id: m.id, branch: model.get("branch") }), "cm-fork", "Fork: new branch from here", key("fork")));
     }
     head.append(actions);
-    box.append(head, body);
+    box.append(head);
+    if (m.reasoning) {
+      // The reasoning, collapsed, before the answer (rendered and escaped by the kernel).
+      const reasoning = h("div", "cm-reasoning-box");
+      reasoning.innerHTML = m.reasoning;
+      box.append(reasoning);
+    }
+    box.append(body);
     if (editing.has(m.id)) startEdit(m, body);
     for (const c of m.calls || []) box.append(renderCall(c));
     if (m.error) box.append(h("div", "cm-error", m.error));
