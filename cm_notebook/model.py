@@ -146,8 +146,7 @@ class StreamStats(_Model):
     the whole reply, retries included.
     ``output_tokens`` comes from the provider's usage report when it gave one
     (``tokens_from_usage``), else it is the number of text chunks received (reasoning
-    included), which is
-    one token per chunk for most streaming APIs. ``tokens_per_second`` is the
+    included), which is one token per chunk for most streaming APIs. ``tokens_per_second`` is the
     output tokens after the first over the time from the first text to the end (None
     with fewer than two chunks).
     ``attempts`` counts requests made for the reply (1 without retries).
