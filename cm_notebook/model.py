@@ -143,12 +143,11 @@ class StreamStats(_Model):
 
     ``ttft_ms`` is the time from the request of the last attempt to its first text,
     of the answer or of the reasoning (None if no text came); ``duration_ms`` spans
-    the whole reply, retries included.
-    ``output_tokens`` comes from the provider's usage report when it gave one
-    (``tokens_from_usage``), else it is the number of text chunks received (reasoning
-    included), which is one token per chunk for most streaming APIs. ``tokens_per_second`` is the
-    output tokens after the first over the time from the first text to the end (None
-    with fewer than two chunks).
+    the whole reply, retries included. ``output_tokens`` comes from the provider's
+    usage report when it gave one (``tokens_from_usage``), else it is the number of
+    text chunks received (reasoning included), which is one token per chunk for most
+    streaming APIs. ``tokens_per_second`` is the output tokens after the first over the
+    time from the first text to the end (None with fewer than two chunks).
     ``attempts`` counts requests made for the reply (1 without retries).
     """
 
