@@ -317,6 +317,27 @@ def test_build_request_params_and_tools() -> None:
     assert "tools" not in override
 
 
+def test_extended_thinking_is_asked_for_with_a_budget_or_the_apis_object() -> None:
+    def sent(params: dict[str, Any]) -> dict[str, Any]:
+        request = ChatRequest(messages=[Message(role="user", content="hi")], params=params)
+        return build_request(request, model="claude-sonnet-4-5", max_tokens=1024)
+
+    # A budget: the API's object, and max_tokens room for the answer beyond it.
+    kwargs = sent({"thinking": 2000})
+    assert kwargs["extra_body"] == {"thinking": {"type": "enabled", "budget_tokens": 2000}}
+    assert kwargs["max_tokens"] == 3024
+    assert sent({"thinking": 2000, "max_tokens": 8000})["max_tokens"] == 8000
+    # The API's own object goes as given; none (or False) asks for nothing.
+    adaptive = sent({"thinking": {"type": "adaptive"}})
+    assert adaptive["extra_body"] == {"thinking": {"type": "adaptive"}}
+    assert adaptive["max_tokens"] == 1024
+    assert "extra_body" not in sent({"thinking": False})
+    for wrong in ("lots", True, 0, {"budget_tokens": 5}):
+        with pytest.raises(PermanentProviderError, match="not a thinking setting; give a"):
+            sent({"thinking": wrong})
+    assert "thinking" in AnthropicProvider.parameters
+
+
 # -- error translation with real SDK exceptions -----------------------------------------
 
 URL = "https://api.anthropic.com/v1/messages"

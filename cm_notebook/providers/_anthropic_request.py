@@ -117,15 +117,20 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
     """The keyword arguments for ``AsyncAnthropic().messages.create`` (without ``stream``).
 
     ``request.params`` may set ``model``, ``max_tokens``, ``temperature``, ``top_p``,
-    ``top_k`` and ``stop`` (a string or list, sent as ``stop_sequences``). Other keys
-    are left out here; a session refuses them before a request is made
-    (:attr:`AnthropicProvider.parameters`).
+    ``top_k``, ``stop`` (a string or list, sent as ``stop_sequences``) and ``thinking``:
+    extended thinking, as a token budget (``thinking=2000``: ``{"type": "enabled",
+    "budget_tokens": 2000}``) or the API's own object, sent as given. The budget counts
+    within ``max_tokens``, so without a ``max_tokens`` parameter the provider's is added
+    to it. Other keys are left out here; a session refuses them before a request is
+    made (:attr:`AnthropicProvider.parameters`).
     """
     params = request.params
     system, messages = to_anthropic_messages(request.messages)
+    thinking = _thinking(params.get("thinking"))
+    budget = int(thinking.get("budget_tokens") or 0) if thinking else 0
     kwargs: dict[str, Any] = {
         "model": str(params.get("model") or model),
-        "max_tokens": int(params.get("max_tokens") or max_tokens),
+        "max_tokens": int(params.get("max_tokens") or max_tokens + budget),
         "messages": messages,
     }
     if system is not None:
@@ -136,6 +141,24 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
     if stop:
         kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     extra = {key: params[key] for key in _SAMPLING_PARAMS if params.get(key) is not None}
+    if thinking:
+        extra["thinking"] = thinking
     if extra:
         kwargs["extra_body"] = extra
     return kwargs
+
+
+def _thinking(value: object) -> dict[str, Any] | None:
+    # The ``thinking`` parameter as the API's object (None: not asked for).
+    if value is None or value is False:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return {"type": "enabled", "budget_tokens": value}
+    if isinstance(value, Mapping) and isinstance(value.get("type"), str):
+        return dict(value)
+    raise PermanentProviderError(
+        f"{_PROVIDER}: thinking={value!r} is not a thinking setting; give a token budget "
+        "(thinking=2000, at least 1024 for the Anthropic API) or the API's object "
+        "(thinking={'type': 'enabled', 'budget_tokens': 2000})",
+        provider=_PROVIDER,
+    )

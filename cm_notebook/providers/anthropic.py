@@ -388,7 +388,9 @@ class AnthropicProvider:
     name = "anthropic"
     #: The generation parameters a request may set (what :func:`build_request` sends);
     #: others, e.g. ``seed``, which the API lacks, are refused before sending.
-    parameters = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "stop"})
+    parameters = frozenset(
+        {"model", "max_tokens", "temperature", "top_p", "top_k", "stop", "thinking"}
+    )
 
     def __init__(
         self,
