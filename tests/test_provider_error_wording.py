@@ -109,3 +109,66 @@ async def test_an_anthropic_connection_failure_names_where_without_credentials(
     assert f"127.0.0.1:{port}" in text
     for secret in ("hunter2secretpw", "abcdefghijk123", KEY):
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("message", "advice"),
+    [
+        (  # vLLM
+            "'max_tokens' or 'max_completion_tokens' is too large: 8192. This model's maximum "
+            "context length is 4096 tokens and your request has 12 input tokens "
+            "(8192 > 4096 - 12). None",
+            "max_tokens at most 4084",
+        ),
+        (  # older vLLM releases, and OpenAI
+            "This model's maximum context length is 4096 tokens. However, you requested 8204 "
+            "tokens (12 in the messages, 8192 in the completion). Please reduce the length "
+            "of the messages or completion.",
+            "max_tokens at most 4084",
+        ),
+        (
+            "This model's maximum context length is 4097 tokens. However, you requested 4200 "
+            "tokens (200 in the messages, 100 in the functions, 3900 in the completion).",
+            "max_tokens at most 3797",
+        ),
+    ],
+)
+async def test_a_max_tokens_too_large_for_the_window_says_to_lower_it_not_to_branch(
+    wire: WireServer, message: str, advice: str
+) -> None:
+    body = {"object": "error", "message": message, "type": "BadRequestError", "code": 400}
+    wire.default = status(400, body)
+    _, failure = await run(gpt(wire))
+    assert isinstance(failure, PermanentProviderError)
+    text = str(failure)
+    assert HINT not in text
+    assert "branch from" not in text
+    assert advice in text
+    assert "To fix: send again with max_tokens" in text
+
+
+async def test_anthropics_input_plus_max_tokens_over_the_limit_says_to_lower_max_tokens(
+    wire: WireServer,
+) -> None:
+    error = {
+        "type": "invalid_request_error",
+        "message": "input length and `max_tokens` exceed context limit: 197000 + 8192 > "
+        "200000, decrease input length or `max_tokens` and try again",
+    }
+    wire.default = status(400, {"type": "error", "error": error})
+    _, failure = await run(claude(wire))
+    assert isinstance(failure, PermanentProviderError)
+    assert "max_tokens at most 3000" in str(failure)
+
+
+async def test_a_conversation_that_alone_fills_the_window_still_says_to_branch(
+    wire: WireServer,
+) -> None:
+    message = (
+        "This model's maximum context length is 4096 tokens. However, you requested 5100 "
+        "tokens (5000 in the messages, 100 in the completion)."
+    )
+    wire.default = status(400, {"error": {"message": message, "type": "invalid_request_error"}})
+    _, failure = await run(gpt(wire))
+    assert isinstance(failure, PermanentProviderError)
+    assert HINT in str(failure)

@@ -188,7 +188,10 @@ def from_http_status(
     - 404: permanent, naming ``model`` and how to list models (``list_models_hint``);
       these three are :class:`~cm_notebook.errors.ProviderSetupError`: every request
       to this provider, model and key fails the same way;
-    - 400 / 422 and other 4xx: permanent, with the provider's own message;
+    - 400 / 422 and other 4xx: permanent, with the provider's own message; a request
+      longer than the context window says to go on from a shorter conversation, or,
+      when the conversation fits but not with the reply's ``max_tokens`` on top, to
+      send with a smaller ``max_tokens`` (the largest that fits, when the server says);
     - 408, 409, 425, 429, 5xx: transient, with ``retry_after`` taken from the
       ``retry_after`` argument or parsed from ``retry_after_header``.
     """
@@ -227,8 +230,11 @@ def from_http_status(
             text = f"{prefix}not found (HTTP 404): {told}. Check the base URL."
     elif status in (400, 422):
         too_long = _TOO_LONG.search(detail) is not None
+        room = _completion_room(detail)
         text = f"{prefix}the request was rejected (HTTP {status}): {told if too_long else detail}"
-        if too_long:
+        if room is not None:
+            text = f"{prefix}the request was rejected (HTTP {status}): {told}. {room}"
+        elif too_long:
             text += (
                 ". The conversation no longer fits the model's context window, so every "
                 "send on this branch will fail the same way: branch from an earlier "
@@ -250,6 +256,65 @@ _TOO_LONG = re.compile(
     r"|context_length_exceeded|prompt is too long",
     re.IGNORECASE,
 )
+
+
+def _completion_room(message: str) -> str | None:
+    """What to do when ``message`` blames the reply's token allowance (``max_tokens``)
+    rather than the conversation: the input alone fits the context window, but not
+    with that many tokens for the reply on top. None when it does not say so.
+
+    vLLM says "'max_tokens' or 'max_completion_tokens' is too large: 8192. This
+    model's maximum context length is 4096 tokens and your request has 12 input
+    tokens", or (older releases, and OpenAI) "... you requested 8204 tokens (12 in the
+    messages, 8192 in the completion)"; Anthropic "input length and `max_tokens`
+    exceed context limit: 197000 + 8192 > 200000".
+    """
+    numbers: tuple[int, int, int] | None = None  # (input, asked for the reply, window)
+    if found := _MAX_TOKENS_TOO_LARGE.search(message):
+        numbers = (int(found["input"]), int(found["asked"]), int(found["window"]))
+    elif found := _IN_THE_COMPLETION.search(message):
+        # "(12 in the messages, 300 in the functions, 8192 in the completion)"
+        parts = {part: int(count) for count, part in _COUNTED_PART.findall(found["parts"])}
+        asked = parts.pop("completion", None)
+        if asked is not None:
+            numbers = (sum(parts.values()), asked, int(found["window"]))
+    elif found := _INPUT_PLUS_MAX_TOKENS.search(message):
+        numbers = (int(found["input"]), int(found["asked"]), int(found["window"]))
+    if numbers is None:
+        if _BLAMES_MAX_TOKENS.search(message) and _TOO_LONG.search(message):
+            return (
+                "The reply asked for more tokens than the model's context window leaves "
+                "after the conversation. To fix: send again with a smaller max_tokens"
+            )
+        return None
+    given, asked, window = numbers
+    if given >= window:
+        return None  # the conversation itself no longer fits: nothing to lower
+    return (
+        f"The conversation ({given:,} tokens) fits the model's context window "
+        f"({window:,} tokens), but not with max_tokens={asked} on top. To fix: send "
+        f"again with max_tokens at most {window - given}"
+    )
+
+
+_MAX_TOKENS_TOO_LARGE = re.compile(
+    r"max_(?:completion_)?tokens'? (?:or '?max_completion_tokens'? )?is too large: "
+    r"(?P<asked>\d+)\.? This model's maximum context length is (?P<window>\d+) tokens and "
+    r"your request has (?P<input>\d+) input tokens",
+    re.IGNORECASE,
+)
+_IN_THE_COMPLETION = re.compile(
+    r"maximum context length is (?P<window>\d+) tokens.*?\((?P<parts>[^()]*\bin the "
+    r"completion)\)",
+    re.IGNORECASE | re.DOTALL,
+)
+_COUNTED_PART = re.compile(r"(\d+) in the (\w+)", re.IGNORECASE)
+_INPUT_PLUS_MAX_TOKENS = re.compile(
+    r"input length and .?max_tokens.? exceed context limit: (?P<input>\d+) \+ "
+    r"(?P<asked>\d+) > (?P<window>\d+)",
+    re.IGNORECASE,
+)
+_BLAMES_MAX_TOKENS = re.compile(r"max_tokens|max_completion_tokens|in the completion", re.I)
 
 
 def timeout_error(
