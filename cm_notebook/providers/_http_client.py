@@ -22,10 +22,16 @@ whole URL at INFO (``user:password@`` and ``?sig=...`` included), ``httpcore``/
 options. :func:`redact_library_logs`, run whenever a provider builds a client, puts
 cm_notebook's :class:`~cm_notebook.redact.RedactingFilter` on their loggers, as on
 cm_notebook's own.
+
+For the ``openai`` SDK the hook also reads llama.cpp's mid-reply failure lines,
+``error: {"code": 500, "message": ...}`` (a field of llama.cpp's own, which the SDK's
+decoder ignores), as the ``data: {"error": ...}`` lines OpenAI-compatible servers send
+(:class:`_ErrorLines`), so the server's message reaches the error the reply ends with.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -36,7 +42,12 @@ from typing import Any, Protocol, TypeVar, cast
 from ..redact import RedactingFilter
 from ._errors import is_event_stream
 
-__all__ = ["drop_leading_bom", "redact_library_logs", "sdk_http_client"]
+__all__ = [
+    "drop_leading_bom",
+    "drop_leading_bom_read_error_lines",
+    "redact_library_logs",
+    "sdk_http_client",
+]
 
 _BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8
 _Client = TypeVar("_Client")
@@ -56,8 +67,9 @@ class _LeadingBomDropped:
     as both httpx and httpx2 check a body's class.
     """
 
-    def __init__(self, stream: _ByteStream) -> None:
+    def __init__(self, stream: _ByteStream, error_lines: bool = False) -> None:
         self._stream = stream
+        self._error_lines = _ErrorLines() if error_lines else None
         # The iterations handed out, closed with the body: a response closed before its
         # end (an SDK stopping early) closes its body, not the iteration it was reading,
         # which the garbage collector would otherwise finalize at any later moment, in
@@ -83,6 +95,7 @@ class _LeadingBomDropped:
         chunks = self._stream.__aiter__()
         head = b""  # the body's first bytes, while they may still be (part of) a BOM
         deciding = True
+        lines = self._error_lines
         try:
             async for chunk in chunks:
                 if deciding:
@@ -92,9 +105,13 @@ class _LeadingBomDropped:
                     deciding = False
                     chunk = head.removeprefix(_BOM)
                     head = b""
-                    if not chunk:
-                        continue
+                if lines is not None:
+                    chunk = lines.feed(chunk)
+                if not chunk:
+                    continue
                 yield chunk
+            if lines is not None:
+                head = lines.feed(head) + lines.finish()
             if head:  # the whole body was shorter than a BOM: data after all
                 yield head
         finally:
@@ -112,6 +129,112 @@ class _LeadingBomDropped:
             await self._stream.aclose()
 
 
+_ERROR_FIELD = b"error:"
+_CR, _LF = 0x0D, 0x0A
+
+
+class _ErrorLines:
+    """An event stream's ``error:`` lines rewritten as ``data: {"error": ...}`` lines;
+    every other byte passed on as it comes.
+
+    llama.cpp's server reports a failure met mid-reply (``llama_decode failed``) with a
+    line of its own field, ``error: {"code": 500, "message": ...}``, which the SDK's
+    decoder ignores as an unknown field: the reply would end as if the stream were cut,
+    the server's message lost. As ``data: {"error": ...}``, the SDK raises it as the
+    error event OpenAI-compatible servers send. Lines end at CR, LF or CR LF, and may
+    be split anywhere across the chunks fed; only the start of each line (at most six
+    bytes) waits, and an ``error:`` line until its end.
+    """
+
+    def __init__(self) -> None:
+        self._held = bytearray()  # the line's first bytes, while they may begin "error:"
+        self._mode = "start"  # "start" of a line, "pass" (not an error line), "error"
+        self._after_cr = False  # the last line ended with CR: an LF next belongs to it
+        self._owed = False  # an error line was rewritten; no blank line ended its event
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes to pass on for ``data`` (some may wait for the next call)."""
+        out = bytearray()
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._after_cr:
+                self._after_cr = False
+                if data[pos] == _LF:
+                    out.append(_LF)
+                    pos += 1
+                    continue
+            if self._mode == "start":
+                byte = data[pos]
+                pos += 1
+                if byte in (_CR, _LF):
+                    if not self._held:  # a blank line: the event is dispatched
+                        self._owed = False
+                    out += self._held
+                    out.append(byte)
+                    self._held.clear()
+                    self._after_cr = byte == _CR
+                    continue
+                self._held.append(byte)
+                if self._held == _ERROR_FIELD:
+                    self._mode = "error"
+                elif not _ERROR_FIELD.startswith(self._held):
+                    out += self._held
+                    self._held.clear()
+                    self._mode = "pass"
+                continue
+            end = _line_end(data, pos)
+            if end < 0:
+                (out if self._mode == "pass" else self._held).extend(data[pos:])
+                break
+            if self._mode == "pass":
+                out += data[pos : end + 1]
+            else:
+                self._held += data[pos:end]
+                out += _as_data_line(bytes(self._held))
+                out.append(data[end])
+                self._held.clear()
+                self._owed = True
+            self._mode = "start"
+            self._after_cr = data[end] == _CR
+            pos = end + 1
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        """The bytes still held when the body ends: an error line without its line
+        ending (or without the blank line after) gets one, so the SDK reads it."""
+        out = bytearray()
+        unended = self._mode == "pass" or bool(self._held)  # the last line has no ending
+        if self._mode == "error":
+            out += _as_data_line(bytes(self._held))
+            self._owed = True
+        else:
+            out += self._held
+        if self._owed:
+            out += b"\n\n" if unended else b"\n"
+        self._held.clear()
+        self._mode, self._owed = "start", False
+        return bytes(out)
+
+
+def _line_end(data: bytes, start: int) -> int:
+    # Where the first CR or LF at or after ``start`` is, or -1.
+    ends = [i for i in (data.find(b"\r", start), data.find(b"\n", start)) if i >= 0]
+    return min(ends, default=-1)
+
+
+def _as_data_line(line: bytes) -> bytes:
+    # ``error: <value>`` as ``data: {"error": <value>}``; a value that is not JSON is
+    # the error's text.
+    value = line[len(_ERROR_FIELD) :].removeprefix(b" ")
+    try:
+        error: object = json.loads(value)
+    except ValueError:
+        error = value.decode("utf-8", "replace").strip()
+    if not error:
+        error = "the server reported an error without saying which"
+    return b"data: " + json.dumps({"error": error}).encode()
+
+
 @cache
 def _stream_class(base: type) -> type[_LeadingBomDropped]:
     return cast(type[_LeadingBomDropped], type("LeadingBomDropped", (_LeadingBomDropped, base), {}))
@@ -124,6 +247,16 @@ async def drop_leading_bom(response: Any) -> None:
     Content-encoded bodies are left alone: the hook sees a body before it is
     decompressed, so its first bytes are not the text's.
     """
+    _wrap_event_stream(response, error_lines=False)
+
+
+async def drop_leading_bom_read_error_lines(response: Any) -> None:
+    """:func:`drop_leading_bom`, and the body's ``error:`` lines (llama.cpp's way of
+    reporting a failure mid-reply) read as ``data: {"error": ...}`` lines."""
+    _wrap_event_stream(response, error_lines=True)
+
+
+def _wrap_event_stream(response: Any, *, error_lines: bool) -> None:
     headers = response.headers
     encoding = headers.get("content-encoding", "").strip().lower()
     if not is_event_stream(headers.get("content-type", "")) or encoding not in ("", "identity"):
@@ -132,18 +265,22 @@ async def drop_leading_bom(response: Any) -> None:
     # SDKs, httpx's before), which the body the client made already is.
     base = next((c for c in type(response.stream).__mro__ if c.__name__ == "AsyncByteStream"), None)
     if base is not None:
-        response.stream = _stream_class(base)(response.stream)
+        response.stream = _stream_class(base)(response.stream, error_lines)
 
 
-def sdk_http_client(factory: Callable[..., _Client], **options: Any) -> _Client:
-    """``factory(**options)`` with :func:`drop_leading_bom` as a response hook.
+def sdk_http_client(
+    factory: Callable[..., _Client], *, error_lines: bool = False, **options: Any
+) -> _Client:
+    """``factory(**options)`` with :func:`drop_leading_bom` as a response hook (with
+    ``error_lines``, :func:`drop_leading_bom_read_error_lines`).
 
     ``factory`` is the SDK's ``DefaultAsyncHttpxClient``, so the client keeps the SDK's
     defaults; the SDK closes it with its own client. The libraries' logs are redacted
     from now on (:func:`redact_library_logs`).
     """
     redact_library_logs()
-    return factory(event_hooks={"response": [drop_leading_bom]}, **options)
+    hook = drop_leading_bom_read_error_lines if error_lines else drop_leading_bom
+    return factory(event_hooks={"response": [hook]}, **options)
 
 
 # The packages whose loggers see a provider's URLs, headers or request options (hpack

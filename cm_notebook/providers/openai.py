@@ -30,6 +30,12 @@ until the read timeout; the response is closed then. A byte-order mark at the ve
 start of the body is skipped, as the SSE specification asks (the SDK's decoder would
 read it as part of the first field name and lose the first event).
 
+An error the server reports mid-reply, as ``data: {"error": {...}}`` or as llama.cpp's
+own ``error: {...}`` line, ends the reply with the server's message: judged by the
+HTTP status in its ``code`` (a 5xx, say llama.cpp's "out of KV cache slots", is
+retried; a 4xx is not), else by its ``type`` (an invalid request is not retried), else
+retried.
+
 A stream that ends without a finish reason is a transient "stream cut mid-reply"
 error, as is a connection reset or read timeout mid-reply; a chunk that is not valid
 JSON, or not shaped like a ``chat.completion.chunk``, is a transient "malformed
@@ -279,8 +285,11 @@ class OpenAIProvider:
 
     def _new_client(self, key: str) -> AsyncOpenAI:
         # The SDK's own HTTP client, but with a stream's leading byte-order mark dropped
-        # before the SDK's decoder reads it as part of the first field name.
-        http_client = sdk_http_client(self._sdk.DefaultAsyncHttpxClient, timeout=self.timeout)
+        # before the SDK's decoder reads it as part of the first field name, and
+        # llama.cpp's "error:" lines read as the error events the SDK understands.
+        http_client = sdk_http_client(
+            self._sdk.DefaultAsyncHttpxClient, error_lines=True, timeout=self.timeout
+        )
         client: AsyncOpenAI = self._sdk.AsyncOpenAI(
             api_key=key, http_client=http_client, **self._client_options
         )
