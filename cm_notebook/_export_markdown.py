@@ -72,7 +72,7 @@ from ._export_readers import (
 )
 from ._reasoning_html import reasoning_summary
 from .model import Message
-from .render import CUT_OFF, code_fence, longest_backtick_run, status_label, was_cut_off
+from .render import code_fence, longest_backtick_run, status_label, stop_note
 
 __all__ = ["markdown_of", "message_markdown"]
 
@@ -416,8 +416,9 @@ def markdown_of(
                 _paragraph(lines, code_fence(call.result))
         if message.metadata.error:
             _paragraph(lines, _quoted("Error", message.metadata.error))
-        if was_cut_off(message):
-            _paragraph(lines, f"> *{CUT_OFF.capitalize()}: the reply is incomplete.*")
+        stopped = stop_note(message)
+        if stopped:
+            _paragraph(lines, f"> *{stopped[0][0].upper()}{stopped[0][1:]}: {stopped[1]}.*")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -16,12 +16,10 @@ import html
 from ._theme import MUTED
 from .model import Message
 
-__all__ = ["NO_ANSWER", "REFUSED", "gave_no_answer", "reasoning_html", "reasoning_summary"]
+__all__ = ["NO_ANSWER", "gave_no_answer", "reasoning_html", "reasoning_summary"]
 
 #: How a reply that reasoned but gave no answer (nor tool calls) is described.
 NO_ANSWER = "reasoned but gave no answer"
-#: How a reply the API flagged as a refusal is described.
-REFUSED = "refused"
 
 
 def gave_no_answer(message: Message) -> bool:

@@ -5,8 +5,10 @@ every piece of user or model text escaped. The reprs are one line, stable across
 (no timestamps, no addresses), so nbval can compare them and a list of messages reads
 at a glance. :func:`status_label` is the one place that says how a message ended, used
 by the HTML, the Markdown export, ``cm-notebook show`` and the reprs alike: a reply
-cut by the token limit (``finish_reason == "length"``) says so everywhere, as do a
-refusal and a reply that reasoned but gave no answer.
+cut by the token limit (``finish_reason == "length"``), stopped by the provider's
+content filter (``"content_filter"``) or refused by the model (``"refusal"``) says so
+everywhere (:func:`stop_note`), as do a refusal the API flagged in its stream and a
+reply that reasoned but gave no answer.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import re
 from collections.abc import Sequence
 
 from ._html_text import WRAP_ANYWHERE, isolated, json_html
-from ._reasoning_html import NO_ANSWER, REFUSED, gave_no_answer, reasoning_html
+from ._reasoning_html import NO_ANSWER, gave_no_answer, reasoning_html
 from ._theme import MUTED
 from ._unicode import grapheme_prefix
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
 from .prompts import effective_system
 
 __all__ = [
+    "CONTENT_FILTERED",
     "CUT_OFF",
+    "REFUSED",
     "SAVED_MESSAGES",
     "branch_repr",
     "code_fence",
@@ -35,6 +39,7 @@ __all__ = [
     "message_repr",
     "one_line",
     "status_label",
+    "stop_note",
     "tool_call_repr",
     "was_cut_off",
 ]
@@ -46,9 +51,23 @@ SAVED_MESSAGES = 200
 #: How a reply cut by the token limit is described wherever it is shown.
 CUT_OFF = "cut off at the token limit"
 
+#: How a reply stopped by the provider's content filter is described.
+CONTENT_FILTERED = "stopped by the provider's content filter"
+
+#: How a reply the model refused to give (Anthropic's ``refusal`` finish, OpenAI's
+#: ``refusal`` text) is described.
+REFUSED = "the model refused"
+
 # Finish reasons meaning "the token limit stopped it": OpenAI's word, which the
 # providers translate to, and Anthropic's own, which imported data may carry.
 _LENGTH_REASONS = {"length", "max_tokens"}
+
+# Finish reasons meaning the reply was stopped before its end by something other than
+# the token limit, with what is said of them; the text received is all there is.
+_STOP_NOTES = {
+    "content_filter": (CONTENT_FILTERED, "the reply is incomplete"),
+    "refusal": (REFUSED, "the reply may be incomplete"),
+}
 # How many branch names the HTML lists before saying how many more there are.
 _MAX_BRANCHES_SHOWN = 12
 
@@ -83,13 +102,25 @@ def was_cut_off(message: Message) -> bool:
     return message.metadata.finish_reason in _LENGTH_REASONS
 
 
+def stop_note(message: Message) -> tuple[str, str] | None:
+    """What stopped a reply before its natural end, and what that means for its text:
+    ``(CUT_OFF, "the reply is incomplete")`` for the token limit, the same with
+    :data:`CONTENT_FILTERED` for a content filter, ``(REFUSED, "the reply may be
+    incomplete")`` for a refusal; None for a reply that ended by itself."""
+    reason = message.metadata.finish_reason
+    if reason in _LENGTH_REASONS:
+        return CUT_OFF, "the reply is incomplete"
+    return _STOP_NOTES.get(reason) if reason else None
+
+
 def status_label(message: Message) -> str | None:
     """How the message ended, in words, or None for a reply that simply completed."""
     parts = [] if message.status is MessageStatus.COMPLETE else [message.status.value]
-    if was_cut_off(message):
-        parts.append(CUT_OFF)
-    if message.metadata.refusal:
-        parts.append(REFUSED)
+    note = stop_note(message)
+    if note is not None:
+        parts.append(note[0])
+    if message.metadata.refusal and (note is None or note[0] != REFUSED):
+        parts.append(REFUSED)  # flagged in the stream (OpenAI's refusal), not by a finish
     if gave_no_answer(message):
         parts.append(NO_ANSWER)
     return ", ".join(parts) or None
@@ -158,9 +189,11 @@ def message_html(message: Message) -> str:
         notes.append("error: " + isolated(message.metadata.error))
     calls = tool_calls_html(message)
     note = f' <span style="color:{MUTED}">({", ".join(notes)})</span>' if notes else ""
+    stopped = stop_note(message)
     cut = (
-        f'<div style="font-size:80%;color:#b45309">&#9986; {CUT_OFF}: the reply is incomplete</div>'
-        if was_cut_off(message)
+        f'<div style="font-size:80%;color:#b45309">&#9986; {html.escape(stopped[0])}: '
+        f"{stopped[1]}</div>"
+        if stopped
         else ""
     )
     return (

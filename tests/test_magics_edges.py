@@ -225,6 +225,20 @@ def test_history_marks_a_stopped_and_a_cut_off_reply(fe: FrontEnd) -> None:
     assert cut_off == "assistant: A long answer th [cut off at the token limit]"
 
 
+def test_history_marks_a_filtered_and_a_refused_reply(fe: FrontEnd) -> None:
+    fe.use_scripted(
+        "stopped early",
+        "[{'reply': 'Here is how', 'finish': 'content_filter'},"
+        " {'reply': 'I can', 'finish': 'refusal'}]",
+    )
+    for question in ("q1", "q2"):
+        fe.run(f"%%cm\n{question}")
+        fe.run("await _")
+    filtered, refused = fe.run("%cm history").splitlines()[1::2]
+    assert filtered == "assistant: Here is how [stopped by the provider's content filter]"
+    assert refused == "assistant: I can [the model refused]"
+
+
 def test_a_deferred_compare_that_fails_says_so_in_its_saved_copy(fe: FrontEnd) -> None:
     fe.use_scripted("compare later", "[{'reply': 'one', 'delay': 0.3}]")
     fe.run("%%cm\nq1")

@@ -158,6 +158,7 @@ def test_tool_input_partials_join_into_valid_json() -> None:
         ("tool_use", "tool_calls"),
         (None, "stop"),
         ("pause_turn", "pause_turn"),
+        ("refusal", "refusal"),  # not content_filter: the model declined, no filter
     ],
 )
 def test_stop_reasons(reason: str | None, finish: str) -> None:

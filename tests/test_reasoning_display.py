@@ -73,7 +73,7 @@ def test_a_refusal_is_labelled() -> None:
         content="I can't help with that.",
         metadata=MessageMetadata(refusal=True),
     )
-    assert status_label(reply) == "refused"
+    assert status_label(reply) == "the model refused"
     assert "refused" in message_html(reply)
     assert message_dict(reply)["label"] == "Assistant (refused)"
 

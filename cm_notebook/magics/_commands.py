@@ -24,7 +24,7 @@ from ..errors import ContextNotFoundError, InvalidIdError
 from ..export import ExportDocument, export_context, to_json, to_markdown
 from ..ids import validate_branch_name, validate_message_id
 from ..model import ContextMetadata, Message, MessageStatus, ToolCall
-from ..render import CUT_OFF, one_line, was_cut_off
+from ..render import one_line, stop_note
 from ..session import ContextSession
 from ..store import StoreWarning
 from . import _args as a
@@ -397,7 +397,8 @@ def _well_formed(*names: str | None) -> None:
 
 def _ending(message: Message) -> list[str]:
     # How a reply that did not simply complete ended: a failed one would otherwise show
-    # as a bare "assistant:" line, and a stopped or cut-off one as a whole answer.
+    # as a bare "assistant:" line, and a stopped, cut-off, filtered or refused one as
+    # a whole answer.
     why = message.metadata.error
     if message.status is MessageStatus.STREAMING:
         return ["… (still streaming)"]
@@ -405,8 +406,9 @@ def _ending(message: Message) -> list[str]:
         return [f"[error: {why}]" if why else "[error]"]
     if message.status is MessageStatus.INTERRUPTED:
         return [f"[stopped before the end: {why}]" if why else "[stopped before the end]"]
-    if was_cut_off(message):
-        return [f"[{CUT_OFF}]"]
+    stopped = stop_note(message)
+    if stopped:
+        return [f"[{stopped[0]}]"]
     return []
 
 

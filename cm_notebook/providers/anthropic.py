@@ -95,14 +95,15 @@ __all__ = [
 _PROVIDER = "anthropic"
 
 # Anthropic's stop reasons in the vocabulary of Finish.reason (OpenAI's words, which the
-# rest of cm_notebook uses). Unknown future reasons pass through unchanged.
+# rest of cm_notebook uses). Unknown future reasons pass through unchanged, as does
+# ``refusal``: the model declining is not OpenAI's ``content_filter`` (the provider's
+# filter), and the views say which it was.
 _STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
-    "refusal": "content_filter",
 }
 
 
