@@ -30,7 +30,8 @@ nothing else. Errors carry a message that says what was wrong and what to do.
     │   └── PermanentProviderError               retrying will not help; needs the user
     │       └── ProviderSetupError               no request can succeed as the provider is
     │           │                                set up: no or a refused key (401, 403), an
-    │           │                                unknown model or address (404)
+    │           │                                unknown model or address (404), no credit
+    │           │                                or quota left (402, insufficient_quota)
     │           ├── ProviderNotInstalledError    an optional extra is missing
     │           └── UnknownProviderError         no provider registered under that name
     │                                            (also InvalidInputError)
@@ -251,7 +252,8 @@ class PermanentProviderError(ProviderError):
 class ProviderSetupError(PermanentProviderError):
     """No request can succeed as the provider is set up, whatever it asks: its API key is
     missing or refused (HTTP 401, 403), its model or address is unknown (404, a server
-    that does not speak its API; an API's in-stream error saying so), it is not installed,
+    that does not speak its API; an API's in-stream error saying so), its account is out
+    of credit or quota (HTTP 402, a 429 ``insufficient_quota``), it is not installed,
     its local model file is missing or cannot load. A sweep starts no more cells of a
     variant that failed with it (see :mod:`cm_notebook.sweep`)."""
 

@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 from provider_streams import run
 from wire_server import Behaviour, WireHandler, WireServer
 
-from cm_notebook.errors import PermanentProviderError, TransientProviderError
+from cm_notebook.errors import (
+    PermanentProviderError,
+    ProviderSetupError,
+    TransientProviderError,
+)
 from cm_notebook.providers.anthropic import AnthropicProvider
 from cm_notebook.providers.openai import OpenAIProvider
+from cm_notebook.retry import RetryPolicy
+from cm_notebook.session import ContextSession
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_provider_env")]
 
 KEY = "sk-ant-api03-wordingtestkey0123456789abcdef"
+RETRIES = RetryPolicy(initial_delay=0.01, multiplier=1.0, max_attempts=3, jitter=0.0)
 
 
 def status(code: int, body: dict[str, Any]) -> Behaviour:
@@ -172,3 +180,64 @@ async def test_a_conversation_that_alone_fills_the_window_still_says_to_branch(
     _, failure = await run(gpt(wire))
     assert isinstance(failure, PermanentProviderError)
     assert HINT in str(failure)
+
+
+QUOTA = {
+    "message": "You exceeded your current quota, please check your plan and billing details.",
+    "type": "insufficient_quota",
+    "param": None,
+    "code": "insufficient_quota",
+}
+BALANCE = {  # DeepSeek
+    "message": "Insufficient Balance",
+    "type": "unknown_error",
+    "param": None,
+    "code": "invalid_request_error",
+}
+
+
+@pytest.mark.parametrize(("code", "error"), [(429, QUOTA), (402, BALANCE)])
+async def test_an_account_out_of_credit_is_a_setup_error_not_a_rate_limit(
+    wire: WireServer, data_dir: Path, code: int, error: dict[str, Any]
+) -> None:
+    wire.default = status(code, {"error": error})
+    _, failure = await run(gpt(wire))
+    assert isinstance(failure, ProviderSetupError)
+    text = str(failure)
+    assert error["message"] in text
+    assert "To fix: add credit to the account, or check its plan and billing" in text
+    assert "rate limited" not in text
+    # Not retried: every request would get the same answer.
+    provider = gpt(wire)
+    session = ContextSession.create(provider=provider, data_dir=data_dir, retry=RETRIES)
+    try:
+        with pytest.raises(ProviderSetupError):
+            await session.send("Hi")
+    finally:
+        await session.aclose()
+        await provider.aclose()
+    assert len(wire.requests) == 2  # one for run(), one for the session
+
+
+async def test_a_rate_limit_is_still_a_rate_limit(wire: WireServer) -> None:
+    error = {
+        "message": "Rate limit reached for m.",
+        "type": "requests",
+        "code": "rate_limit_exceeded",
+    }
+    wire.default = status(429, {"error": error})
+    _, failure = await run(gpt(wire))
+    assert isinstance(failure, TransientProviderError)
+    assert "rate limited (HTTP 429)" in str(failure)
+
+
+async def test_anthropics_credit_balance_too_low_is_a_setup_error(wire: WireServer) -> None:
+    error = {
+        "type": "invalid_request_error",
+        "message": "Your credit balance is too low to access the Anthropic API. Please go to "
+        "Plans & Billing to upgrade or purchase credits.",
+    }
+    wire.default = status(400, {"type": "error", "error": error})
+    _, failure = await run(claude(wire))
+    assert isinstance(failure, ProviderSetupError)
+    assert "add credit to the account" in str(failure)

@@ -8,8 +8,9 @@ Every provider ends in one of two outcomes when something goes wrong:
 * :class:`~cm_notebook.errors.PermanentProviderError`: retrying will not help (bad or
   missing key, unknown model, invalid request); the message says what to do. Those
   that no request can get past, whatever it asks (a missing or refused key, an unknown
-  model or address), are :class:`~cm_notebook.errors.ProviderSetupError`, so that a
-  sweep stops asking that provider after the first.
+  model or address, an account out of credit), are
+  :class:`~cm_notebook.errors.ProviderSetupError`, so that a sweep stops asking that
+  provider after the first.
 
 The helpers here *build* the error; the caller raises it with ``raise ... from exc`` so
 the SDK's exception stays attached as ``__cause__``. They never look at, store or print
@@ -180,13 +181,19 @@ def from_http_status(
     model: str | None = None,
     api_key_env: str | None = None,
     list_models_hint: str | None = None,
+    error_codes: tuple[object, ...] = (),
 ) -> ProviderError:
     """The error to raise for an HTTP error ``status`` with the server's ``message``.
+
+    ``error_codes``: what the error body calls the error (its ``code`` and ``type``).
 
     - 401: permanent, "set ``api_key_env``" (or "check the key");
     - 403: permanent, "check the key has access to ``model``";
     - 404: permanent, naming ``model`` and how to list models (``list_models_hint``);
-      these three are :class:`~cm_notebook.errors.ProviderSetupError`: every request
+    - 402 (DeepSeek's "Insufficient Balance", OpenRouter's "Insufficient credits"),
+      429 ``insufficient_quota`` (OpenAI) and Anthropic's "credit balance is too low":
+      permanent, "add credit or check the plan" (not a rate limit to wait out);
+      these are :class:`~cm_notebook.errors.ProviderSetupError`: every request
       to this provider, model and key fails the same way;
     - 400 / 422 and other 4xx: permanent, with the provider's own message; a request
       longer than the context window says to go on from a shorter conversation, or,
@@ -200,6 +207,13 @@ def from_http_status(
     # so "... tokens." does not read "... tokens.. To fix".
     told = detail[:-1] if detail.endswith(".") and not detail.endswith("..") else detail
     prefix = f"{provider}: "
+    if _out_of_credit(status, detail, error_codes):
+        text = (
+            f"{prefix}the account is out of credit or quota (HTTP {status}): {told}. To "
+            "fix: add credit to the account, or check its plan and billing; until then "
+            "every request fails the same way."
+        )
+        return ProviderSetupError(text, status_code=status, provider=provider)
     if classify_http_status(status) == "transient":
         wait = retry_after if retry_after is not None else parse_retry_after(retry_after_header)
         what = "rate limited" if status == 429 else "server error"
@@ -247,6 +261,19 @@ def from_http_status(
     # The key, the model or the address is wrong: no other request would get past it.
     kind = ProviderSetupError if status in (401, 403, 404) else PermanentProviderError
     return kind(text, status_code=status, provider=provider)
+
+
+def _out_of_credit(status: int, message: str, codes: tuple[object, ...]) -> bool:
+    # Payment Required; OpenAI's 429 that no wait will lift; Anthropic's 400.
+    if status == 402:
+        return True
+    if status == 429:
+        return any(isinstance(code, str) and code in _QUOTA_CODES for code in codes)
+    return status == 400 and _NO_CREDIT.search(message) is not None
+
+
+_QUOTA_CODES = frozenset({"insufficient_quota"})  # OpenAI's code and type for it
+_NO_CREDIT = re.compile(r"credit balance is too low", re.IGNORECASE)
 
 
 #: How servers say a request is longer than the model's context window (llama.cpp,

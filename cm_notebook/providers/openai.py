@@ -351,6 +351,7 @@ class OpenAIProvider:
                 api_key_env=_KEY_ENV,
                 # Only a 404 (an unknown model) says where to list the models.
                 list_models_hint=self._models_hint() if exc.status_code == 404 else None,
+                error_codes=(exc.code, exc.type),
             )
         if isinstance(exc, (sdk.APITimeoutError, *self._timeouts)):
             if received:
@@ -382,7 +383,9 @@ class OpenAIProvider:
             if isinstance(code, str) and code.isdigit():
                 code = int(code)
             if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
-                return _errors.from_http_status(code, message, provider=_PROVIDER, model=model)
+                return _errors.from_http_status(
+                    code, message, provider=_PROVIDER, model=model, error_codes=(body.get("type"),)
+                )
             if "invalid_request" in str(body.get("type", "")):
                 return PermanentProviderError(
                     f"openai: the request was rejected: {message}", provider=_PROVIDER
