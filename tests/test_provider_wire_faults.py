@@ -370,6 +370,56 @@ async def test_a_200_that_is_not_an_event_stream_says_to_check_the_base_url(
     assert "stream cut" not in message
 
 
+OLLAMA_ERROR = {
+    "error": {
+        "message": "model 'llama3' not found, try pulling it first",
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "said"),
+    [
+        (OLLAMA_ERROR, PermanentProviderError, "model 'llama3' not found, try pulling it first"),
+        ({"error": "the model is loading"}, PermanentProviderError, "the model is loading"),
+        (
+            {"error": {"message": "busy, try later", "type": "server_error", "code": None}},
+            TransientProviderError,
+            "busy, try later",
+        ),
+        (
+            {"error": {"message": "engine crashed", "code": "503"}},
+            TransientProviderError,
+            "server error (HTTP 503): engine crashed",
+        ),
+        (  # vLLM's error body
+            {
+                "object": "error",
+                "message": "bad temperature",
+                "type": "BadRequestError",
+                "code": 400,
+            },
+            PermanentProviderError,
+            "rejected (HTTP 400): bad temperature",
+        ),
+    ],
+)
+async def test_a_200_json_error_says_the_servers_message_not_to_check_the_base_url(
+    wire: WireServer, body: dict[str, Any], kind: type[CMError], said: str
+) -> None:
+    wire.default = answer("application/json; charset=utf-8", json.dumps(body).encode())
+    events, error = await run(openai_provider(wire))
+    assert events == []
+    assert type(error) is kind
+    message = str(error)
+    assert said in message
+    assert "event stream" not in message
+    assert "check the base URL" not in message
+
+
 async def test_an_event_stream_with_a_charset_is_accepted(wire: WireServer) -> None:
     def behave(handler: WireHandler, body: dict[str, Any]) -> None:
         data = (

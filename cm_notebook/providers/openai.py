@@ -43,7 +43,9 @@ response" error. The deltas yielded before the failure stay with the consumer. A
 connection that drops *after* the finish reason (while waiting for the usage chunk or
 ``[DONE]``) loses nothing of the reply, so the reply is finished without usage. A 200
 answer that is not ``text/event-stream`` (an HTML page, one JSON completion: a base
-URL pointing elsewhere) is a permanent error naming its content type.
+URL pointing elsewhere) is a permanent error naming its content type; one that is a
+JSON error (``{"error": {...}}``) fails with that error's message instead, retried
+only if its ``code`` (an HTTP status) or ``type`` says a later try may succeed.
 
 Keys
 ----
@@ -74,6 +76,7 @@ from ..errors import (
     PermanentProviderError,
     ProviderError,
     ProviderSetupError,
+    TransientProviderError,
 )
 from ..redact import (
     get_logger,
@@ -176,6 +179,75 @@ def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
 
 def _has_web_scheme(url: str) -> bool:
     return urlsplit(url.strip()).scheme.lower() in ("http", "https")
+
+
+def _error_object(
+    error: Mapping[str, Any], fallback: str, model: str, *, mid_reply: bool
+) -> ProviderError:
+    # An error object a server sent without an HTTP error status to judge it by: inside
+    # the stream (``mid_reply``), or as a 200 answer's JSON body. Its ``code``, when an
+    # HTTP status, and its ``type`` say whether to retry; an error inside the stream
+    # that says neither is retried (overloads, rate limits usually pass), a 200 answer
+    # that is an error is not (nothing says waiting would change it).
+    message = _errors.error_message_from_body(error, fallback)
+    code = error.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    kind = error.get("type")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return _errors.from_http_status(
+            code, message, provider=_PROVIDER, model=model, error_codes=(kind,)
+        )
+    if "invalid_request" in str(kind or ""):
+        return PermanentProviderError(
+            f"openai: the request was rejected: {message}", provider=_PROVIDER
+        )
+    if mid_reply:
+        return _errors.error_event(provider=_PROVIDER, message=message)
+    if isinstance(kind, str) and kind in _TRANSIENT_ERROR_TYPES:
+        return TransientProviderError(
+            f"openai: the server answered with an error ({kind}): {message}", provider=_PROVIDER
+        )
+    return PermanentProviderError(
+        f"openai: the server answered with an error instead of a reply: {message}",
+        provider=_PROVIDER,
+    )
+
+
+# Error types (an error object's ``type``) that say a later try may succeed.
+_TRANSIENT_ERROR_TYPES = frozenset(
+    {"server_error", "rate_limit_error", "rate_limit_exceeded", "overloaded_error", "timeout"}
+)
+# How much of a 200 answer that is not an event stream is read, looking for an error.
+_ANSWER_LIMIT = 256 * 1024
+
+
+async def _json_error(response: Any, content_type: str) -> Mapping[str, Any] | None:
+    # The error object in a 200 JSON answer (``{"error": {...}}``, ``{"error": "text"}``,
+    # or vLLM's ``{"object": "error", "message": ...}``), or None when it holds none.
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if not (kind == "application/json" or kind.endswith("+json")):
+        return None
+    timeouts, transport = _transport_errors()
+    data = b""
+    # Not JSON, or not all of it came: no error to tell of.
+    unread: tuple[type[BaseException], ...] = (ValueError, *timeouts, *transport)
+    try:
+        async for piece in response.aiter_bytes():
+            data += piece
+            if len(data) > _ANSWER_LIMIT:
+                return None
+        body = json.loads(data)
+    except unread:
+        return None
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    if isinstance(error, Mapping) and error:
+        return error
+    if isinstance(error, str) and error.strip():
+        return {"message": error}
+    return body if body.get("object") == "error" else None
 
 
 class OpenAIProvider:
@@ -378,19 +450,7 @@ class OpenAIProvider:
             body = exc.body if isinstance(exc.body, Mapping) else {}
             if isinstance(exc.body, str) and exc.body.strip():
                 body = {"message": exc.body}
-            message = _errors.error_message_from_body(body, exc.message)
-            code = body.get("code")
-            if isinstance(code, str) and code.isdigit():
-                code = int(code)
-            if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
-                return _errors.from_http_status(
-                    code, message, provider=_PROVIDER, model=model, error_codes=(body.get("type"),)
-                )
-            if "invalid_request" in str(body.get("type", "")):
-                return PermanentProviderError(
-                    f"openai: the request was rejected: {message}", provider=_PROVIDER
-                )
-            return _errors.error_event(provider=_PROVIDER, message=message)
+            return _error_object(body, exc.message, model, mid_reply=True)
         # OpenAIError without a response (configuration); nothing to retry.
         return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
 
@@ -414,8 +474,15 @@ class OpenAIProvider:
             raise self._translate(exc, model, 0) from exc
         content_type = response.response.headers.get("content-type", "")
         if not _errors.is_event_stream(content_type):
-            with anyio.CancelScope(shield=True):
-                await response.close()
+            try:
+                # A server that answers an error as a 200 JSON body: its message, not
+                # "check the base URL" (it is the right server).
+                error = await _json_error(response.response, content_type)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.close()
+            if error is not None:
+                raise _error_object(error, "no message", model, mid_reply=False)
             raise _errors.not_an_event_stream_error(
                 provider=_PROVIDER,
                 content_type=content_type,
