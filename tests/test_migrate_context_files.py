@@ -242,6 +242,29 @@ def test_a_branch_that_disagrees_with_parent_id_wins_with_a_note() -> None:
     assert conv.metadata.system_prompt is None
 
 
+@pytest.mark.parametrize("active", ["other", "main", "m\u0430in"])
+def test_a_look_alike_branch_listed_first_does_not_take_the_real_ones_name(active: str) -> None:
+    # 'mаin' with a Cyrillic а, listed before the real 'main': the real one keeps its
+    # name and its messages, whichever branch was active.
+    pool = {
+        "q": node("q", "User", "question", None),
+        "r": node("r", "Assistant", "the real main answer", "q"),
+        "f": node("f", "Assistant", "the look-alike's answer", "q"),
+        "o": node("o", "Assistant", "another answer", "q"),
+    }
+    branches = {
+        "m\u0430in": {"message_ids": ["q", "f"]},
+        "main": {"message_ids": ["q", "r"]},
+        "other": {"message_ids": ["q", "o"]},
+    }
+    conv = convert(parse_v1(pool_file(pool, branches, active_branch_name=active)).contexts[0])
+    assert check_converted(conv) == []
+    assert conv.path("main") == ["q", "r"]
+    assert conv.path("main-2") == ["q", "f"]
+    assert conv.metadata.branches["main-2"].description == "v1 branch 'm\u0430in'"
+    assert conv.metadata.active_branch == {"m\u0430in": "main-2"}.get(active, active)
+
+
 def test_a_single_file_is_recognised_on_its_own() -> None:
     data = json.loads((FOLDER / f"{TOOLS}.json").read_text())
     source = parse_v1(data, name="one.json")

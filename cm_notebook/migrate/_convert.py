@@ -27,6 +27,8 @@ None where v1 had none: the branch then uses the context's, which is v1's contex
 prompt if the source has one). Leaves that no branch reaches
 (the flat tail when v1's branches omit it, a thread on no branch) get a branch too
 (``main`` if free, else ``v1-unbranched``), so no message becomes invisible.
+A v1 branch name that is valid as it is stays; the others get the closest free name
+only after that, so a look-alike never takes the name of the branch it imitates.
 
 Ids
 ---
@@ -257,10 +259,25 @@ def _branch_lists(raw: Any, problems: list[str]) -> list[tuple[str, list[Any], A
     return out
 
 
+def _branch_names(tree: _Tree, lists: list[tuple[str, list[Any], Any]]) -> list[str]:
+    """The new name of each v1 branch, in order. Names valid as they are come first (the
+    active branch before the others), so a look-alike ('mаin' with a Cyrillic а) that
+    is listed earlier cannot take the name of the real 'main'."""
+    names: dict[int, str] = {}
+    for i, (v1_name, _refs, _value) in enumerate(lists):
+        if _safe(validate_new_branch_name, v1_name) and branch_name_key(v1_name) not in tree.taken:
+            names[i] = tree.branch_name(v1_name)
+    for i, (v1_name, _refs, _value) in enumerate(lists):
+        if i not in names:
+            names[i] = tree.branch_name(v1_name)
+    return [names[i] for i in range(len(lists))]
+
+
 def _follow_branch(
     tree: _Tree,
     cid: str,
     v1_name: str,
+    name: str,
     refs: list[Any],
     by_v1_id: dict[str, V1Message],
     ids: dict[int, str],
@@ -268,7 +285,6 @@ def _follow_branch(
     notes: list[str],
 ) -> None:
     """Place one v1 branch's messages in the tree (pass 1 of the module docstring)."""
-    name = tree.branch_name(v1_name)
     tree.name_of.setdefault(v1_name, name)
     if name != v1_name:
         tree.renamed[name] = v1_name
@@ -355,9 +371,8 @@ def _build_tree(
     # Pass 1: the branches, the v1 active branch first so that it keeps the originals.
     lists = _branch_lists(ctx.branches, problems)
     lists.sort(key=lambda item: item[0] != ctx.active_branch)
-    for v1_name, refs, value in lists:
-        _follow_branch(tree, cid, v1_name, refs, by_v1_id, ids, problems, notes)
-        name = tree.name_of[v1_name]
+    for (v1_name, refs, value), name in zip(lists, _branch_names(tree, lists), strict=True):
+        _follow_branch(tree, cid, v1_name, name, refs, by_v1_id, ids, problems, notes)
         prompt, extra = _branch_prompt(value)
         if prompt is not None:
             tree.prompts[name] = prompt
