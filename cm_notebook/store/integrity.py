@@ -214,7 +214,9 @@ class IntegrityChecks:
         every message file: a maintenance call, not for each turn. Without ``repair`` it
         writes only to restore missing or unreadable files from the journal, so a
         context on a read-only copy (a backup, a mounted snapshot) is checked too: such
-        files are then only reported.
+        files are then only reported. What looks wrong is looked at again under the
+        context's write lock (waiting for another writer up to ``lock_timeout``, as
+        writes do), so an append another process is making is not reported as damage.
         """
         if repair:
             return await self._run(self._write, context_id, check_context, True)
@@ -222,10 +224,13 @@ class IntegrityChecks:
 
     def _check_reading(self, context_id: str) -> IntegrityReport:
         report = self._view(context_id, lambda state, metadata: _inspect(state, metadata)[0])
-        if not _restorable(report):
+        if report.ok:
             return report
         try:
-            # Those whose text the journal holds come back (under the write lock).
+            # Looked at again under the write lock (waiting for it as every writer
+            # does): another process's append may have written its file but not yet
+            # committed it, which looks like a file the index does not list. And those
+            # whose text the journal holds come back.
             return self._write(context_id, check_context, False)
         except StoreIOError as exc:
             if exc.errno not in _READ_ONLY:
