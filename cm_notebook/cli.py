@@ -225,9 +225,12 @@ def _unfinished(store: Store, meta: ContextMetadata) -> bool:
     if import_under_way(store, meta.id):
         out(f"{meta.id}: being imported by another process now")
         return False  # not damage: another process is importing it
+    # An import with --new-id gave it an id of its own: importing the file again makes
+    # another context beside it, so removing it is the advice that always works.
     _error(
-        f"{meta.id}: its import never finished (the process was stopped): import the file "
-        "again to replace it"
+        f"{meta.id}: its import never finished (the process was stopped): remove it "
+        f"(`{PROG} rm {meta.id} --yes`), then import the file again (an import under this "
+        "id replaces it by itself)"
     )
     return True
 

@@ -436,7 +436,8 @@ async def import_document(
     was written by a newer cm_notebook (nothing is written then). If writing
     fails half-way, the half-written context is removed again; if the process is killed
     half-way, the context keeps the tag :data:`UNFINISHED_IMPORT`, which only the last
-    step takes off (``cm-notebook check`` reports it; importing again replaces it).
+    step takes off (``cm-notebook check`` reports it; importing again under the same id
+    replaces it).
     Every field of the document is kept, each branch's ``created_at`` included, except
     the context's ``updated_at``, which the store stamps on every write.
     """

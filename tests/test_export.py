@@ -343,7 +343,8 @@ class DyingStore:
 async def main():
     document = parse_export(open(sys.argv[2], encoding="utf-8").read())
     async with FileStore(sys.argv[1]) as store:
-        await import_document(DyingStore(store), document)
+        # With a third argument, under that id (as `import --new-id` does).
+        await import_document(DyingStore(store), document, context_id=(sys.argv[3:] or [None])[0])
 
 anyio.run(main)
 """
@@ -379,6 +380,43 @@ async def test_an_import_killed_half_way_is_reported_and_replaced_by_the_next(
         assert imported.messages == document.messages
         assert comparable(imported.metadata) == comparable(document.metadata)
     assert await anyio.to_thread.run_sync(main, ["--data-dir", str(target), "check"]) == 0
+
+
+async def test_a_killed_import_under_a_new_id_gets_advice_that_works(
+    store: FileStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+    import sys
+
+    from cm_notebook.cli import main
+
+    def cli(*argv: str) -> Any:
+        return anyio.to_thread.run_sync(main, list(argv))
+
+    document = await export_context(store, CID)
+    exported = tmp_path / "export.json"
+    exported.write_text(to_json(document), encoding="utf-8")
+    target = tmp_path / "target"
+    script = tmp_path / "die.py"
+    script.write_text(_DIE_WHILE_IMPORTING)
+    command = [sys.executable, str(script), str(target), str(exported), "cnew1"]
+    killed = await anyio.run_process(command, check=False)
+    assert killed.returncode == -9
+    capsys.readouterr()
+    assert await cli("--data-dir", str(target), "check") == 1
+    err = capsys.readouterr().err
+    assert "cnew1: its import never finished" in err
+    # Importing the file again (with --new-id, as it was) would leave this one as it is:
+    # the advice names the command that removes it, and that command works.
+    advised = err.split("`")[1]
+    assert advised == f"cm-notebook --data-dir {shlex.quote(str(target))} rm cnew1 --yes"
+    assert await cli(*shlex.split(advised)[1:]) == 0
+    assert await cli("--data-dir", str(target), "import", str(exported), "--new-id") == 0
+    assert await cli("--data-dir", str(target), "check") == 0
+    async with FileStore(target) as done:
+        (left,) = await done.list_contexts()
+    assert left.id != "cnew1"
+    assert not is_unfinished_import(left)
 
 
 _PAUSE_WHILE_IMPORTING = _DIE_WHILE_IMPORTING.replace(
