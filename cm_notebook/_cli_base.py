@@ -36,6 +36,7 @@ __all__ = [
     "decode_json",
     "isatty",
     "out",
+    "port_number",
     "positive_int",
     "when",
 ]
@@ -147,6 +148,16 @@ def isatty(stream: Any) -> bool:
 def out(text: str = "") -> None:
     # Shown, never obeyed: a reply or a title may hold terminal escapes.
     print(for_terminal(text), file=sys.stdout)
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:

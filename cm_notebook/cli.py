@@ -50,6 +50,7 @@ from ._cli_base import (
     command,
     isatty,
     out,
+    port_number,
     positive_int,
 )
 from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
@@ -258,7 +259,9 @@ async def _demo(args: argparse.Namespace, store: Store) -> int:
 
 
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8888, help="port (default: 8888; 0: any)")
+    parser.add_argument(
+        "--port", type=port_number, default=8888, help="port (default: 8888; 0: any)"
+    )
     parser.add_argument("--ip", default="127.0.0.1", help="address (default: 127.0.0.1)")
     parser.add_argument(
         "--data-dir",

@@ -190,3 +190,37 @@ def test_words_serve_cannot_pass_on_are_usage_errors(
 
     assert main(argv) == 2
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("port", "says"),
+    [
+        ("99999", "must be a port from 0 to 65535, got 99999"),
+        ("-5", "must be a port from 0 to 65535, got -5"),
+        ("65536", "must be a port from 0 to 65535, got 65536"),
+        ("eighty", "'eighty' is not a whole number"),
+    ],
+)
+def test_a_port_out_of_range_is_a_usage_error(
+    port: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cm_notebook.cli import main
+
+    # Before any server starts: 99999 would be listened on as 34463 (99999 - 65536).
+    assert main(["serve", "--port", port]) == 2
+    assert f"argument --port: {says}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_address_that_cannot_be_listened_on_is_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "config")
+    command = [sys.executable, "-m", "cm_notebook", "--data-dir", str(tmp_path / "data")]
+    command += ["serve", "--ip", "999.1.1.1", "--port", "0", "--allow-root"]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cm-notebook: error: cannot listen on 999.1.1.1:0 (--ip, --port): ")

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
 from traitlets import Bool, Float, Int, List, Unicode, validate
 
@@ -218,5 +220,21 @@ class CMNotebookApp(ExtensionApp):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run a Jupyter server with only this extension (``python -m cm_notebook.server``)."""
-    CMNotebookApp.launch_instance(argv)  # type: ignore[no-untyped-call]
+    """Run a Jupyter server with only this extension (``python -m cm_notebook.server``).
+
+    An address that does not resolve or a port that cannot be listened on ends it with
+    one line saying so (exit code 1), not a traceback.
+    """
+    try:
+        CMNotebookApp.launch_instance(argv)  # type: ignore[no-untyped-call]
+    except OSError as exc:  # socket.gaierror included
+        sys.exit(f"cm-notebook: error: {_cannot_listen(exc)}")
+
+
+def _cannot_listen(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if not ServerApp.initialized():
+        return reason
+    server = ServerApp.instance()
+    where = f"[{server.ip}]" if ":" in server.ip else server.ip
+    return f"cannot listen on {where}:{server.port} (--ip, --port): {reason}"
