@@ -9,6 +9,7 @@ import warnings
 
 from ._cli_base import clip, command, out, positive_int, when
 from ._migration_mark import is_unfinished_migration, migration_under_way
+from ._unicode import for_terminal
 from .errors import CMError
 from .export import import_under_way, is_unfinished_import
 from .model import ContextMetadata, Message
@@ -48,8 +49,11 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
                 when(meta.updated_at),
             )
         )
-    widths = [max(columns(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
+    # Measured as shown: out() shows a character a terminal would act on as its escape
+    # (a title's \u202e takes six columns, not none).
+    shown = [[for_terminal(cell) for cell in row] for row in rows]
+    widths = [max(columns(row[i]) for row in shown) for i in range(5)]
+    for row in shown:
         cells = [
             pad(row[0], widths[0]),
             pad(row[1], widths[1]),

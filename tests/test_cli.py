@@ -492,9 +492,10 @@ def test_markdown_shown_on_a_terminal_cannot_drive_it(data_dir: Path, tmp_path: 
 def test_ls_lines_up_titles_of_wide_characters(
     capsys: pytest.CaptureFixture[str], data_dir: Path
 ) -> None:
-    # A terminal shows CJK letters and emoji two columns wide: the columns after the
-    # title must still line up.
-    for title in ("東京の天気", "plain title", "🎯 goals"):
+    # A terminal shows CJK letters and emoji two columns wide, and a character it would
+    # act on as its escape (\u202e, six columns): the columns after the title must
+    # still line up.
+    for title in ("東京の天気", "plain title", "🎯 goals", "Seed \u202etitle"):
         ContextSession.create(title, data_dir=data_dir, provider=ScriptedProvider()).close()
     code, out, _ = run(capsys, data_dir, "ls")
     assert code == 0
