@@ -79,6 +79,7 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o",
         "--output",
+        type=_output_argument,
         help="write to FILE instead of stdout (a folder: to <context id>.json or .md in "
         "it, or <context id>.<branch>.json or .md with --branch, where the branch name "
         "keeps its letters and digits, of any script, '_', '-' and '.', and has its other "
@@ -87,6 +88,15 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
         "fit, ending in '~' and a short digest of the whole branch name, so that two "
         "long names never share a file)",
     )
+
+
+def _output_argument(value: str) -> str:
+    # Path("") is the current folder, which would quietly get the file.
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path; give a file or a folder, or leave -o out to write to stdout"
+        )
+    return value
 
 
 def _name_piece(char: str) -> str:

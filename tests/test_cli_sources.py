@@ -142,6 +142,19 @@ def test_an_empty_data_dir_is_refused_not_taken_for_the_current_folder(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("given", ["", " "])
+def test_an_empty_output_is_refused_not_taken_for_the_current_folder(
+    given: str, capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    run(capsys, data_dir, "migrate", str(FIXTURES / "branches.json"), "--no-backup")
+    here = tmp_path / "here"
+    here.mkdir()
+    done = cli(data_dir, "export", "ctx-branches", "-o", given, cwd=here)
+    assert done.returncode == 2
+    assert b"argument -o/--output: an empty path" in done.stderr
+    assert os.listdir(here) == []
+
+
 def test_an_invalid_message_id_in_an_import_gets_no_python_remedy(
     capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
 ) -> None:
