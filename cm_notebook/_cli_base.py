@@ -39,6 +39,7 @@ __all__ = [
     "port_number",
     "positive_int",
     "when",
+    "writing_stdout",
 ]
 
 PROG = "cm-notebook"
@@ -147,7 +148,20 @@ def isatty(stream: Any) -> bool:
 
 def out(text: str = "") -> None:
     # Shown, never obeyed: a reply or a title may hold terminal escapes.
-    print(for_terminal(text), file=sys.stdout)
+    with writing_stdout():
+        print(for_terminal(text), file=sys.stdout)
+
+
+@contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Report a failed write to stdout (a full disk, ``> /dev/full``) as one line that
+    says it was stdout; a reader gone away (BrokenPipeError) is left to the caller."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CommandError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def port_number(text: str) -> int:

@@ -14,7 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from ._cli_base import PROG, CommandError, cli_wording, command, decode_json, isatty, out
+from ._cli_base import (
+    PROG,
+    CommandError,
+    cli_wording,
+    command,
+    decode_json,
+    isatty,
+    out,
+    writing_stdout,
+)
 from ._export_approvals import not_allowed_note
 from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
@@ -220,12 +229,13 @@ def _write_stdout(text: str) -> None:
     # writes what a narrow encoding lacks as backslash escapes, which is no longer the
     # JSON (or the text) that was exported.
     buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is None:  # a stream replaced by one without bytes (text only)
-        sys.stdout.write(text)
-        return
-    sys.stdout.flush()
-    buffer.write(text.encode("utf-8"))
-    buffer.flush()
+    with writing_stdout():
+        if buffer is None:  # a stream replaced by one without bytes (text only)
+            sys.stdout.write(text)
+            return
+        sys.stdout.flush()
+        buffer.write(text.encode("utf-8"))
+        buffer.flush()
 
 
 def _configure_import(parser: argparse.ArgumentParser) -> None:

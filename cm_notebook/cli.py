@@ -52,6 +52,7 @@ from ._cli_base import (
     out,
     port_number,
     positive_int,
+    writing_stdout,
 )
 from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
 from ._unicode import for_terminal
@@ -429,7 +430,11 @@ def _show_warning(
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        return anyio.run(_run, COMMANDS[args.command], args)
+        code = anyio.run(_run, COMMANDS[args.command], args)
+        with writing_stdout():
+            # What is still buffered fails here, not unreported at exit (a full disk).
+            sys.stdout.flush()
+        return code
     except CommandError as exc:
         _error(exc)
         return exc.code

@@ -85,6 +85,21 @@ def test_export_into_a_full_device_says_which_and_why(
     )
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("command", ["export", "ls", "show"])
+def test_a_full_standard_output_is_named(command: str, data_dir: Path) -> None:
+    with a_context(data_dir) as session:
+        pass
+    argv = [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), command]
+    argv += [] if command == "ls" else [session.id]
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "cm-notebook: error: cannot write to standard output: No space left on device\n"
+    )
+
+
 #: The command line, in a child whose files may not grow past 64 bytes: a write past
 #: that fails (EFBIG) instead of killing the process (SIGXFSZ). A real refusal of the
 #: file system's, which root gets too.
