@@ -19,7 +19,9 @@ share them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
+import os
 from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +55,7 @@ from .redact import redact
 from .scores import Score
 from .store.base import Store
 from .store.order import parents_first
+from .store.oserrors import translate
 from .store.oslock import LockTimeout, OSLock, lock_is_held
 from .store.schema import check_not_newer
 
@@ -483,7 +486,13 @@ def _take_import_lock(store: Store, context_id: str) -> OSLock | None:
     path = _import_lock(store, context_id)
     if path is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the data directory should be
+        not_a_folder = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
+        raise translate(not_a_folder, path.parent, "use") from None
+    except OSError as exc:
+        raise translate(exc, path.parent, "use") from exc
     lock = OSLock(path)
     try:
         lock.acquire(timeout=0)

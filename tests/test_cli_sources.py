@@ -142,6 +142,23 @@ def test_an_empty_data_dir_is_refused_not_taken_for_the_current_folder(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_import_into_a_data_dir_that_is_a_file_says_so_as_ls_does(
+    inside: bool, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    exported = an_export(capsys, tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    data_dir = a_file / "data" if inside else a_file
+    done = cli(data_dir, "import", str(exported))
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        f"cm-notebook: error: could not use {data_dir}: Not a directory. Check that its "
+        "folder exists and can be reached, and that the disk works.\n"
+    )
+    assert a_file.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("given", ["", " "])
 def test_an_empty_output_is_refused_not_taken_for_the_current_folder(
     given: str, capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
