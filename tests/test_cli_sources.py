@@ -70,6 +70,34 @@ def test_migrate_refuses_an_export_and_says_to_import_it(
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "given"),
+    [
+        ("migrate", ""),
+        ("migrate", "metadata.json"),
+        ("migrate", "message_index.json"),
+        ("import", ""),  # a folder is v1 data to import (one file is an export or v1)
+    ],
+)
+def test_a_context_folder_of_cm_notebook_is_not_taken_for_v1_data(
+    command: str, given: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    origin = tmp_path / "origin"
+    run(capsys, origin, "migrate", str(FIXTURES / "branches.json"), "--no-backup")
+    folder = origin / "contexts" / "ctx-branches"
+    data_dir = tmp_path / "data"
+    code, out, err = run(capsys, data_dir, command, str(folder / given), "--no-backup")
+    assert (code, out) == (1, "")
+    (line,) = err.splitlines()
+    assert line == (
+        f"cm-notebook: error: {folder} is a context of cm_notebook's own data "
+        "(metadata.json and message_index.json), not v1 data: it needs no migration. A "
+        "file made by `cm-notebook export` is added to a data directory with "
+        f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} import FILE`"
+    )
+    assert not data_dir.exists() or not list((data_dir / "contexts").glob("*"))
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs /dev/stdin")
 def test_v1_data_through_a_pipe_is_read_once(data_dir: Path) -> None:
     data = (FIXTURES / "branches.json").read_bytes()

@@ -31,6 +31,7 @@ from typing import Any
 
 from .._input_files import read_input_file
 from ..errors import MigrationError
+from ..store.paths import INDEX_NAME, METADATA_NAME
 from ._util import (
     FILE_DEPTH,
     canonical_json,
@@ -56,7 +57,13 @@ from ._v1 import (
     refused_if_too_deep,
 )
 
-__all__ = ["folder_files", "is_pool_record", "pool_context", "read_v1_folder"]
+__all__ = [
+    "folder_files",
+    "is_pool_record",
+    "not_v1_but_context_folder",
+    "pool_context",
+    "read_v1_folder",
+]
 
 _PARENT = ("parent_id", "parentId")
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
@@ -250,11 +257,27 @@ def folder_files(folder: Path) -> list[Path]:
         raise MigrationError(f"cannot read the folder {folder}: {exc.strerror or exc}") from exc
 
 
+def not_v1_but_context_folder(folder: Path) -> str | None:
+    """If ``folder`` is a context folder of cm_notebook's own data directory (its
+    metadata.json and message index), why it is not migrated and what to do instead;
+    else None. Read as v1 files, each would fail with advice that fails again."""
+    if not ((folder / METADATA_NAME).is_file() and (folder / INDEX_NAME).is_file()):
+        return None
+    return (
+        f"{folder} is a context of cm_notebook's own data ({METADATA_NAME} and "
+        f"{INDEX_NAME}), not v1 data: it needs no migration. A file made by "
+        "`cm-notebook export` is added to a data directory with `cm-notebook import FILE`"
+    )
+
+
 def read_v1_folder(folder: Path) -> V1Source:
     """Every file of :func:`folder_files`, each one context (or one failed record).
 
     Raises MigrationError only if the folder cannot be listed or holds no JSON file.
     """
+    mistaken = not_v1_but_context_folder(folder)
+    if mistaken is not None:
+        raise MigrationError(mistaken)
     files = folder_files(folder)
     if not files:
         raise MigrationError(f"{folder} holds no .json files; expected {EXPECTED_SHAPES}")

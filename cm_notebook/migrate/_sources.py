@@ -16,7 +16,8 @@ from typing import Any
 
 from .._input_files import read_input_file
 from ..errors import MigrationError
-from ._pool import is_pool_record, pool_context, read_v1_folder
+from ..store.paths import INDEX_NAME, METADATA_NAME
+from ._pool import is_pool_record, not_v1_but_context_folder, pool_context, read_v1_folder
 from ._util import FILE_DEPTH, load_json, without_half_emojis
 from ._v1 import (
     _EPOCH,
@@ -145,6 +146,10 @@ def read_v1_once(source: Path | str) -> tuple[V1Source, bytes | None]:
     path = Path(source)
     if path.is_dir():
         return read_v1_folder(path), None
+    if path.name in (METADATA_NAME, INDEX_NAME):
+        mistaken = not_v1_but_context_folder(path.parent)
+        if mistaken is not None:
+            raise MigrationError(mistaken)
     return read_v1_file(path)
 
 
