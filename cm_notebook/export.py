@@ -45,10 +45,11 @@ from .errors import (
     ContextExistsError,
     ContextNotFoundError,
     CorruptDataError,
+    InvalidIdError,
     InvalidInputError,
     StateError,
 )
-from .ids import check_branch_names_free, id_key, validate_context_id
+from .ids import check_branch_names_free, id_key, validate_context_id, validate_message_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
 from .prompts import effective_system
 from .redact import redact
@@ -239,13 +240,16 @@ def _check_not_newer(schema_version: int) -> None:
     check_not_newer(schema_version, None, what="the export", to="import it")
 
 
-def _no_branches(messages: list[Message]) -> str:
+def _no_branches(messages: list[Any]) -> str:
     # Left out of a file, the metadata's default ("main", empty) would be imported with
     # every message on no branch, shown by nothing: a damaged export, not a choice. (A
     # branch per conversation end would invent names, an active branch and settings that
-    # the lossless format is there to carry, and say nothing.)
-    parents = {m.parent_id for m in messages}
-    ends = [f'"{m.id}"' for m in messages if m.id not in parents]
+    # the lossless format is there to carry, and say nothing.) ``messages`` as in the
+    # file, not yet validated: only valid ids are named.
+    records = [m for m in messages if isinstance(m, dict)]
+    parents = {m.get("parent_id") for m in records}
+    ids = [m.get("id") for m in records]
+    ends = [f'"{i}"' for i in ids if _valid_message_id(i) and i not in parents]
     more = f" and {len(ends) - 3} more" if len(ends) > 3 else ""
     return (
         f'its metadata has no "branches", so none of its {len(messages)} message(s) '
@@ -255,6 +259,14 @@ def _no_branches(messages: list[Message]) -> str:
         '"head": "<id>"}} with the id of a message a conversation ends at '
         f"({', '.join(ends[:3])}{more})"
     )
+
+
+def _valid_message_id(value: object) -> bool:
+    try:
+        validate_message_id(value)
+    except InvalidIdError:
+        return False
+    return True
 
 
 async def export_context(
@@ -412,15 +424,22 @@ def parse_export(data: str | bytes | dict[str, Any]) -> ExportDocument:
             f"the export cannot be imported: {where} is NaN or an infinity, which JSON "
             "cannot hold; replace it (with a number, or null) and import again"
         )
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if (
+        isinstance(meta, dict)
+        and "branches" not in meta
+        and isinstance(messages, list)
+        and messages
+    ):
+        # Before validation: what it would say of the default branches ("the active
+        # branch is not one of ['main']") hides what is wrong.
+        raise InvalidInputError(f"the export cannot be imported: {_no_branches(messages)}")
     try:
-        document = ExportDocument.model_validate(data)
+        return ExportDocument.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(
             f"invalid cm_notebook export: {first_error(exc, 'document')}"
         ) from exc
-    if document.messages and isinstance(data, dict) and "branches" not in data["metadata"]:
-        raise InvalidInputError(f"the export cannot be imported: {_no_branches(document.messages)}")
-    return document
 
 
 async def import_document(

@@ -77,6 +77,22 @@ def test_an_export_without_branches_is_refused_naming_where_its_conversation_end
     assert "4 message(s)" in shown.stdout, shown.stdout
 
 
+def test_an_export_without_branches_whose_active_branch_is_not_main_says_so(
+    tmp_path: Path, exported: dict[str, Any]
+) -> None:
+    # Not "active branch 'alt' is not one of ['main']" (the default branches'), which
+    # hides what is wrong.
+    def active_alt(document: dict[str, Any]) -> None:
+        _drop_branches(document)
+        document["metadata"]["active_branch"] = "alt"
+
+    said = refused(tmp_path, changed(exported, active_alt))
+    assert 'metadata has no "branches"' in said
+    assert "is not one of" not in said
+    head = exported["metadata"]["branches"]["main"]["head"]
+    assert f'"{head}"' in said
+
+
 def test_an_export_without_messages_needs_no_branches(exported: dict[str, Any]) -> None:
     def empty(document: dict[str, Any]) -> None:
         _drop_branches(document)
