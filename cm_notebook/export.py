@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from . import _json
 from ._export_approvals import (
@@ -142,7 +142,7 @@ class ExportDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["cm_notebook.export"] = "cm_notebook.export"
-    format_version: int = 1
+    format_version: StrictInt = Field(default=1, ge=1)  # not true, -1 or "1"
     exported_at: datetime = Field(default_factory=utcnow)
     branch: str | None = None  # None: the whole tree; else only this branch's path
     metadata: ContextMetadata

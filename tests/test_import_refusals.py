@@ -146,3 +146,16 @@ def test_an_export_of_a_newer_format_is_refused_saying_to_upgrade(
     said = refused(tmp_path, changed(exported, format_99))
     assert "format_version 99 was written by a newer cm_notebook" in said
     assert "upgrade cm_notebook" in said
+
+
+@pytest.mark.parametrize("version", [0, -1, True, False, "1", 1.0, None])
+def test_a_format_version_that_is_not_a_whole_number_from_1_is_refused(
+    tmp_path: Path, exported: dict[str, Any], version: Any
+) -> None:
+    def odd(document: dict[str, Any]) -> None:
+        document["format_version"] = version
+
+    said = refused(tmp_path, changed(exported, odd))
+    assert "invalid cm_notebook export: format_version: " in said
+    with pytest.raises(InvalidInputError, match="format_version"):
+        parse_export(changed(exported, odd))
