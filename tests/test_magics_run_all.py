@@ -80,7 +80,7 @@ def test_a_cell_while_code_s_reply_streams_says_what_to_do(fe: FrontEnd) -> None
         assert second["status"] == "error", output
         assert second["ename"] == "UsageError"
         assert "`await _`" in second["evalue"]
-        assert "`%cm stop`" in second["evalue"]
+        assert "`%cm stop --branch main`" in second["evalue"]
         assert "turn.cancel()" not in second["evalue"]
     fe.run("%cm stop")
 
