@@ -57,9 +57,9 @@ _REMEDIES = (
 #: branch before the plain remedies are (`%cm stop` alone stops the active branch's
 #: reply, which may be another's).
 _BUSY_BRANCH = (
-    re.compile(r"on branch '([^']+)'; await it, or call turn\.cancel\(\)"),
-    r"on branch '\1'; wait for it (`await _` in a cell after a %%cm cell waits for its "
-    r"reply), stop it with `%cm stop --branch \1`, or send on another branch (--branch)",
+    re.compile(r"(on branch '([^']+)'[^;]*); await it, or call turn\.cancel\(\)"),
+    r"\1; wait for it (`await _` in a cell after a %%cm cell waits for its "
+    r"reply), stop it with `%cm stop --branch \2`, or send on another branch (--branch)",
 )
 
 #: Remedies that name a context or a branch: the same, with the name kept.
