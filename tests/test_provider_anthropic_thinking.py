@@ -209,3 +209,31 @@ async def test_a_thinking_delta_outside_a_thinking_block_is_malformed(wire: Wire
     _, error = await run(provider_for(wire))
     assert error is not None
     assert "not a thinking block" in str(error)
+
+
+async def test_a_thinking_budget_in_a_session_is_added_to_max_tokens(
+    wire: WireServer, data_dir: Path
+) -> None:
+    def judge(handler: WireHandler, body: dict[str, Any]) -> None:
+        # As Anthropic's API: the budget must fit within max_tokens.
+        if body["max_tokens"] <= body["thinking"]["budget_tokens"]:
+            message = "`max_tokens` must be greater than `thinking.budget_tokens`."
+            detail = {"type": "invalid_request_error", "message": message}
+            error = {"type": "error", "error": detail}
+            handler.send_body(400, "application/json", json.dumps(error).encode())
+            return
+        stream([*thinking(0, ["hm"]), *text(1, "Hi."), *end("end_turn")])(handler, body)
+
+    wire.default = judge
+    session = ContextSession.create(provider=provider_for(wire), data_dir=data_dir)
+    try:
+        reply = await session.send("Hi", thinking=2000)
+        assert reply.content == "Hi."
+        assert wire.requests[-1][2]["max_tokens"] == 3024
+        # What is recorded is what was sent.
+        assert reply.metadata.parameters["max_tokens"] == 3024
+        given = await session.send("Again", thinking=2000, max_tokens=4000)
+        assert given.content == "Hi."
+        assert wire.requests[-1][2]["max_tokens"] == 4000
+    finally:
+        session.close()

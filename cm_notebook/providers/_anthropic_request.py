@@ -127,7 +127,7 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
     params = request.params
     system, messages = to_anthropic_messages(request.messages)
     thinking = _thinking(params.get("thinking"))
-    budget = int(thinking.get("budget_tokens") or 0) if thinking else 0
+    budget = _budget(thinking)
     kwargs: dict[str, Any] = {
         "model": str(params.get("model") or model),
         "max_tokens": int(params.get("max_tokens") or max_tokens + budget),
@@ -146,6 +146,20 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
     if extra:
         kwargs["extra_body"] = extra
     return kwargs
+
+
+def thinking_budget(value: object) -> int:
+    """The token budget the ``thinking`` parameter ``value`` asks for (0: none, or a
+    setting :func:`build_request` refuses)."""
+    try:
+        return _budget(_thinking(value))
+    except PermanentProviderError:
+        return 0
+
+
+def _budget(thinking: Mapping[str, Any] | None) -> int:
+    budget = thinking.get("budget_tokens") if thinking else None
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else 0
 
 
 def _thinking(value: object) -> dict[str, Any] | None:

@@ -61,7 +61,12 @@ from ._anthropic_errors import (
     translatable_errors,
     translate_sdk_error,
 )
-from ._anthropic_request import build_request, to_anthropic_messages, to_anthropic_tools
+from ._anthropic_request import (
+    build_request,
+    thinking_budget,
+    to_anthropic_messages,
+    to_anthropic_tools,
+)
 from ._errors import (
     is_event_stream,
     malformed_response_error,
@@ -456,10 +461,11 @@ class AnthropicProvider:
 
     def complete_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` with the ``max_tokens`` sent when none is given (the
-        constructor's, 1024 by default: the API requires one)."""
+        constructor's, 1024 by default: the API requires one), plus the thinking
+        budget when ``thinking`` asks for one, as :func:`build_request` sends it."""
         complete = dict(params)
         if not complete.get("max_tokens"):
-            complete["max_tokens"] = self.max_tokens
+            complete["max_tokens"] = self.max_tokens + thinking_budget(complete.get("thinking"))
         return complete
 
     def _has_credentials(self) -> bool:
