@@ -38,6 +38,7 @@ from ._export_approvals import (
     write_exported_approvals,
 )
 from ._export_markdown import markdown_of
+from ._model_output import redact_metadata
 from ._validation_errors import first_error
 from .errors import (
     BranchNotFoundError,
@@ -377,8 +378,10 @@ def _check_branches_whole(
 
 
 def _redacted(message: Message) -> Message:
-    # A message's metadata (an echoed error body, parameters) without secrets.
-    metadata = MessageMetadata.model_validate(redact(message.metadata.model_dump(mode="json")))
+    # A message's metadata (an echoed error body, parameters) without secrets; what the
+    # model wrote (its reasoning, signed thinking blocks) is kept as it wrote it.
+    raw = redact_metadata(message.metadata.model_dump(mode="json"))
+    metadata = MessageMetadata.model_validate(raw)
     return message.model_copy(update={"metadata": metadata})
 
 

@@ -29,7 +29,7 @@ from cm_notebook.errors import (
 )
 from cm_notebook.events import ErrorReported
 from cm_notebook.export import export_context, import_document, parse_export, to_json, to_markdown
-from cm_notebook.model import ContextMetadata, ProviderSettings
+from cm_notebook.model import ContextMetadata, Message, MessageMetadata, ProviderSettings
 from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.redact import REDACTED, find_secret, is_secret_name, redact, redact_text
 from cm_notebook.retry import RetryPolicy
@@ -521,3 +521,34 @@ def test_a_context_an_earlier_version_stored_with_a_redacted_header_still_opens(
     # A real value under that name is still refused.
     with pytest.raises(ValueError, match="X-Vault-Token"):
         ProviderSettings(params={"default_headers": {"X-Vault-Token": "hvs" + uuid.uuid4().hex}})
+
+
+@pytest.mark.anyio
+async def test_what_the_model_wrote_is_stored_and_exported_as_it_wrote_it(
+    store: FileStore,
+) -> None:
+    # Reasoning quoting a secret-shaped phrase is the model's output, like its text: a
+    # signed thinking block altered by redaction is refused by the API when sent back.
+    thought = f"The user pasted password: {PLAIN}. I should call get_weather."
+    block = {"type": "thinking", "thinking": thought, "signature": "EqQBsig=="}
+    metadata = MessageMetadata.model_validate(
+        {
+            "reasoning": thought,
+            "reasoning_blocks": [block],
+            "error": f"rejected password: {PLAIN}",
+            "failed_attempts": [{"error": f"key {SHAPED}", "text": "Hi", "reasoning": thought}],
+        }
+    )
+    user = await store.append_message("c1", Message(role="user", content="Hi"), branch="main")
+    reply = Message(role="assistant", content="", parent_id=user.id, metadata=metadata)
+    await store.append_message("c1", reply, branch="main")
+    document = await export_context(store, "c1")
+    for kept in (await store.get_message("c1", reply.id), document.messages[-1]):
+        assert kept.metadata.reasoning == thought
+        assert kept.metadata.reasoning_blocks == [block]
+        attempt = (kept.metadata.model_extra or {})["failed_attempts"][0]
+        assert attempt["reasoning"] == thought
+        assert attempt["text"] == "Hi"
+        assert SHAPED not in attempt["error"]
+        assert kept.metadata.error is not None
+        assert PLAIN not in kept.metadata.error

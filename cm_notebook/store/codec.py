@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
 from .. import _json
+from .._model_output import redact_metadata
 from .._unicode import scrub
 from .._validation_errors import first_error
 from ..errors import CorruptDataError, InvalidInputError
@@ -226,15 +227,8 @@ def _message_raw(message: Message) -> dict[str, Any]:
     raw.update(message.model_dump(mode="json"))
     # How a message came to be (an error body, failed attempts, parameters) may quote a
     # key a server echoed; the message's own text and tool calls are the user's data,
-    # and so is the text a failed attempt generated (kept as the model wrote it).
-    metadata = raw["metadata"]
-    redacted = redact(metadata)
-    attempts = metadata.get("failed_attempts")
-    if isinstance(attempts, list) and isinstance(redacted.get("failed_attempts"), list):
-        for attempt, kept in zip(attempts, redacted["failed_attempts"], strict=False):
-            if isinstance(attempt, dict) and isinstance(kept, dict) and "text" in attempt:
-                kept["text"] = attempt["text"]
-    raw["metadata"] = redacted
+    # and so is what the model wrote (its reasoning, a failed attempt's text).
+    raw["metadata"] = redact_metadata(raw["metadata"])
     return raw
 
 
