@@ -79,6 +79,13 @@ class Reply:
     reasoning_parts: list[str] = field(default_factory=list)
     reasoning_blocks: list[dict[str, str]] = field(default_factory=list)
     refused: bool = False
+    reasoning_field: str | None = None  # the JSON field the reasoning came in
+
+    def reason(self, text: str, field_name: str) -> None:
+        """Keep a piece of reasoning, and the field it came in (the first one's)."""
+        if not self.reasoning_parts:
+            self.reasoning_field = field_name or None
+        self.reasoning_parts.append(text)
 
     def said(self) -> dict[str, Any]:
         """The reply's metadata fields for its reasoning and refusal (current attempt)."""
@@ -86,6 +93,7 @@ class Reply:
             "reasoning": "".join(self.reasoning_parts) or None,
             "reasoning_blocks": list(self.reasoning_blocks),
             "refusal": self.refused,
+            "reasoning_field": self.reasoning_field if self.reasoning_parts else None,
         }
 
     def failed_attempt(self, error: str, status_code: int | None) -> dict[str, Any]:
@@ -104,6 +112,7 @@ class Reply:
         self.reasoning_parts.clear()
         self.reasoning_blocks.clear()
         self.refused = False
+        self.reasoning_field = None
 
     @property
     def text(self) -> str:

@@ -176,8 +176,11 @@ class MessageMetadata(BaseModel):
     blocks Anthropic-format APIs must be sent back (``{"type": "thinking", "thinking",
     "signature"}`` or ``{"type": "redacted_thinking", "data"}``), in order;
     ``refusal`` is True when the reply's text is a refusal the API flagged as one
-    (OpenAI's ``refusal``). Left out of the JSON when empty, so files without them
-    read as before.
+    (OpenAI's ``refusal``); ``reasoning_field`` the JSON field an OpenAI-compatible
+    server streamed the reasoning in (``reasoning_content``, ``reasoning``; None for
+    Anthropic's blocks). Reasoning goes back only to the provider and model that
+    produced it (see :mod:`cm_notebook.providers`). Left out of the JSON when empty, so
+    files without them read as before.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -198,6 +201,7 @@ class MessageMetadata(BaseModel):
     reasoning: str | None = None
     reasoning_blocks: list[dict[str, str]] = Field(default_factory=list)
     refusal: bool = False
+    reasoning_field: str | None = None
 
     _metadata_bounded = model_validator(mode="before")(_bounded)
 
@@ -216,7 +220,7 @@ class MessageMetadata(BaseModel):
         return data
 
 
-_ADDED_METADATA = ("reasoning", "reasoning_blocks", "refusal")
+_ADDED_METADATA = ("reasoning", "reasoning_blocks", "refusal", "reasoning_field")
 
 
 class Message(_Model):

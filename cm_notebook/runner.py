@@ -433,7 +433,7 @@ class TurnRunner(ToolRounds):
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
                     if type(chunk) is ReasoningDelta:  # kept apart from the answer
-                        reply.reasoning_parts.append(chunk.text)
+                        reply.reason(chunk.text, chunk.field_name)
                     else:
                         reply.refused |= type(chunk) is RefusalDelta
                         offset = reply.add_text(chunk.text)

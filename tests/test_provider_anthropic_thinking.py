@@ -14,9 +14,16 @@ import pytest
 from provider_streams import run, text_of
 from wire_server import WireHandler, WireServer
 
-from cm_notebook.model import MessageStatus
+from cm_notebook.model import Message, MessageMetadata, MessageStatus, ToolCall
+from cm_notebook.providers._anthropic_request import build_request
 from cm_notebook.providers.anthropic import AnthropicProvider
-from cm_notebook.providers.base import Finish, ReasoningBlock, ReasoningDelta, ToolCallRequest
+from cm_notebook.providers.base import (
+    ChatRequest,
+    Finish,
+    ReasoningBlock,
+    ReasoningDelta,
+    ToolCallRequest,
+)
 from cm_notebook.session import ContextSession
 from cm_notebook.tools import tool
 
@@ -237,3 +244,25 @@ async def test_a_thinking_budget_in_a_session_is_added_to_max_tokens(
         assert wire.requests[-1][2]["max_tokens"] == 4000
     finally:
         session.close()
+
+
+def test_thinking_blocks_go_back_only_to_the_model_that_signed_them() -> None:
+    block = {"type": "thinking", "thinking": "Call it.", "signature": SIGNATURE}
+    call = ToolCall(id="toolu_01", name="get_weather", arguments={"city": "Paris"})
+
+    def sent_to(model: str, written_by: tuple[str, str]) -> list[dict[str, Any]]:
+        provider, author = written_by
+        metadata = MessageMetadata(provider=provider, model=author, reasoning_blocks=[block])
+        messages = [
+            Message(role="user", content="Weather?"),
+            Message(role="assistant", tool_calls=[call], metadata=metadata),
+        ]
+        request = ChatRequest(messages=messages, params={"model": model})
+        content: list[dict[str, Any]] = build_request(
+            request, model="claude-test", max_tokens=1024
+        )["messages"][1]["content"]
+        return content
+
+    assert sent_to("claude-test", ("anthropic", "claude-test"))[0] == block
+    assert sent_to("claude-other", ("anthropic", "claude-test"))[0]["type"] == "tool_use"
+    assert sent_to("claude-test", ("openai", "claude-test"))[0]["type"] == "tool_use"

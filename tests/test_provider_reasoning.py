@@ -247,3 +247,65 @@ def test_stream_chunks_check_their_fields() -> None:
         ReasoningDelta(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         RefusalDelta(None)  # type: ignore[arg-type]
+
+
+def strict_server(handler: WireHandler, body: dict[str, Any]) -> None:
+    """A server with a strict message schema (Groq, Mistral): unknown fields refused."""
+    for index, message in enumerate(body["messages"]):
+        if "reasoning_content" in message:
+            detail = f"messages.{index}: property 'reasoning_content' is unsupported"
+            error = {"message": detail, "type": "invalid_request_error"}
+            handler.send_body(400, "application/json", json.dumps({"error": error}).encode())
+            return
+    thinking_reply("reasoning", thoughts=["ok"], answer=["Sunny."])(handler, body)
+
+
+WEATHER_CALL = {
+    "index": 0,
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+async def test_reasoning_goes_back_only_as_it_came_and_to_the_model_that_wrote_it(
+    wire: WireServer, data_dir: Path
+) -> None:
+    @tool
+    def get_weather(city: str) -> str:
+        """Forecast for a city."""
+        return f"{city}: sunny"
+
+    # Reasoning streamed as `reasoning` (Groq's gpt-oss) is not sent back at all.
+    wire.behaviours.extend(
+        [
+            thinking_reply("reasoning", ["Need weather."], [], tool_call=WEATHER_CALL),
+            strict_server,
+        ]
+    )
+    session = session_for(wire, data_dir, tools=[get_weather], approval="auto")
+    try:
+        reply = await session.send("Weather in Paris?")
+        assert reply.content == "Sunny."
+        calling = session.history()[1]
+        assert calling.metadata.reasoning == "Need weather."
+        assert calling.metadata.reasoning_field == "reasoning"
+    finally:
+        session.close()
+    # DeepSeek's reasoning_content goes back to DeepSeek, not to another model.
+    wire.behaviours.extend(
+        [
+            thinking_reply(thoughts=["Need it."], answer=[], tool_call=WEATHER_CALL),
+            deepseek_tool_loop,
+            strict_server,
+        ]
+    )
+    session = session_for(wire, data_dir, tools=[get_weather], approval="auto")
+    try:
+        await session.send("Weather in Rome?")
+        assert session.history()[1].metadata.reasoning_field == "reasoning_content"
+        other = OpenAIProvider("mistral-large", base_url=f"{wire.url}/v1", timeout=5.0)
+        answer = await session.send("And tomorrow?", provider=other)
+        assert answer.content == "Sunny."
+    finally:
+        session.close()

@@ -28,7 +28,7 @@ def _tool_use_block(call_id: str, name: str, arguments: Mapping[str, Any]) -> di
 
 
 def to_anthropic_messages(
-    messages: Sequence[Message],
+    messages: Sequence[Message], reasoning_of: tuple[str, str] | None = None
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """Convert a conversation to ``(system, messages)`` in Anthropic's format.
 
@@ -36,7 +36,8 @@ def to_anthropic_messages(
       parameter, since the Messages API has no system role;
     - assistant tool calls become ``tool_use`` blocks after the assistant's text, and
       the reply's recorded thinking blocks (``metadata.reasoning_blocks``, signatures
-      included) come first;
+      included) come first when the reply is from ``reasoning_of`` (the ``(provider,
+      model)`` the request is for: signatures are checked per model; None: never);
     - ``tool`` messages become ``tool_result`` blocks in a *user* message; consecutive
       results (parallel calls) share one user message, as the API requires, and a
       failed or denied call is flagged ``is_error`` so the model knows it did not run;
@@ -66,7 +67,7 @@ def to_anthropic_messages(
         elif message.role == "assistant":
             # Its signed thinking blocks lead, in order, as the API requires of a
             # turn that thought before calling tools (nothing if none was recorded).
-            blocks = [dict(block) for block in message.metadata.reasoning_blocks]
+            blocks = [dict(block) for block in _own_blocks(message, reasoning_of)]
             if message.content:
                 blocks.append(_text_block(message.content))
             for call in message.tool_calls:
@@ -93,6 +94,14 @@ def to_anthropic_messages(
             append("user", [result])
     system = "\n\n".join(system_parts) if system_parts else None
     return system, converted
+
+
+def _own_blocks(message: Message, reasoning_of: tuple[str, str] | None) -> list[dict[str, str]]:
+    # The reply's thinking blocks, if the model the request is for wrote them.
+    metadata = message.metadata
+    if reasoning_of is None or (metadata.provider, metadata.model) != reasoning_of:
+        return []
+    return metadata.reasoning_blocks
 
 
 def to_anthropic_tools(tools: Iterable[ToolSpec]) -> list[dict[str, Any]]:
@@ -125,11 +134,12 @@ def build_request(request: ChatRequest, *, model: str, max_tokens: int) -> dict[
     made (:attr:`AnthropicProvider.parameters`).
     """
     params = request.params
-    system, messages = to_anthropic_messages(request.messages)
+    model = str(params.get("model") or model)
+    system, messages = to_anthropic_messages(request.messages, (_PROVIDER, model))
     thinking = _thinking(params.get("thinking"))
     budget = _budget(thinking)
     kwargs: dict[str, Any] = {
-        "model": str(params.get("model") or model),
+        "model": model,
         "max_tokens": int(params.get("max_tokens") or max_tokens + budget),
         "messages": messages,
     }

@@ -11,8 +11,10 @@ Tool results may be stored in either of two ways and both are understood:
   after the assistant message, unless a real one for that call exists in the list.
 
 An assistant message with tool calls carries its recorded reasoning back as
-``reasoning_content`` (DeepSeek's thinking mode requires it within a tool loop); a
-reply without recorded reasoning (every reply of OpenAI's own API) sends nothing new.
+``reasoning_content`` (DeepSeek's thinking mode and llama.cpp require it within a tool
+loop) only when the reasoning arrived in that field and from the provider and model the
+request is for (``reasoning_of``): servers with strict schemas (Groq, Mistral) refuse
+the field, and another model's reasoning is not its own. Otherwise nothing new is sent.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from ..model import Message, ToolCall, ToolCallStatus
 from .base import ToolSpec
 
-__all__ = ["to_openai_messages", "to_openai_tools"]
+__all__ = ["sends_reasoning_back", "to_openai_messages", "to_openai_tools"]
 
 
 def _tool_call_json(call: ToolCall) -> dict[str, Any]:
@@ -46,8 +48,14 @@ def _recorded_result(call: ToolCall) -> str | None:
     return None
 
 
-def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """The ``messages`` array for a chat-completions request, root first."""
+def to_openai_messages(
+    messages: Sequence[Message], reasoning_of: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The ``messages`` array for a chat-completions request, root first.
+
+    ``reasoning_of``: the ``(provider, model)`` the request is for, whose replies'
+    ``reasoning_content`` goes back with their tool calls (None: no reasoning is sent).
+    """
     answered = {m.tool_call_id for m in messages if m.role == "tool" and m.tool_call_id}
     out: list[dict[str, Any]] = []
     for message in messages:
@@ -66,10 +74,10 @@ def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 "content": message.content or None,
                 "tool_calls": [_tool_call_json(call) for call in message.tool_calls],
             }
-            if message.metadata.reasoning:
+            if sends_reasoning_back(message, reasoning_of):
                 # Thinking models with tools (DeepSeek's thinking mode) refuse the next
-                # request unless the reasoning that led to the calls comes back; only a
-                # server that sent reasoning gets it, and only with tool calls.
+                # request unless the reasoning that led to the calls comes back; only the
+                # model that sent it as reasoning_content gets it, with tool calls.
                 sent["reasoning_content"] = message.metadata.reasoning
             out.append(sent)
             for call in message.tool_calls:
@@ -79,6 +87,19 @@ def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
         else:
             out.append({"role": message.role, "content": message.content})
     return out
+
+
+def sends_reasoning_back(message: Message, reasoning_of: tuple[str, str] | None) -> bool:
+    """Whether ``message``'s reasoning goes back as ``reasoning_content`` in a request
+    for ``reasoning_of`` (``(provider, model)``): it came in that field, from them."""
+    metadata = message.metadata
+    return (
+        reasoning_of is not None
+        and bool(message.tool_calls)
+        and bool(metadata.reasoning)
+        and metadata.reasoning_field == "reasoning_content"
+        and (metadata.provider, metadata.model) == reasoning_of
+    )
 
 
 def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:

@@ -157,7 +157,7 @@ class ChunkAssembler:
         for name in _REASONING_FIELDS:
             thought = _get(delta, name)
             if isinstance(thought, str) and thought:
-                events.append(ReasoningDelta(thought))
+                events.append(ReasoningDelta(thought, name))
                 break
         text = _get(delta, "content")
         if text is not None and not isinstance(text, str):

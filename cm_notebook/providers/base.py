@@ -60,10 +60,14 @@ class ReasoningDelta:
 
     Kept on the reply (``metadata.reasoning``), apart from its text: DeepSeek's and
     llama.cpp's ``reasoning_content``, vLLM's and OpenRouter's ``reasoning``,
-    Anthropic's ``thinking`` blocks.
+    Anthropic's ``thinking`` blocks. ``field_name`` is the JSON field it arrived in
+    (``reasoning_content``, ``reasoning``; empty for Anthropic's blocks): recorded with
+    the reply (``metadata.reasoning_field``), as servers take reasoning back only in
+    the field they send it in.
     """
 
     text: str
+    field_name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if type(self.text) is not str:

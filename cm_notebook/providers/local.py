@@ -346,7 +346,9 @@ class LocalProvider:
             if key not in _RESERVED
         }
         body.update(
-            messages=to_openai_messages(request.messages),
+            messages=to_openai_messages(
+                request.messages, (self.name, str(request.params.get("model") or self.model))
+            ),
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -510,9 +512,11 @@ async def _events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Stream
                 delta = {}
             # llama.cpp streams a thinking model's reasoning as reasoning_content (its
             # default reasoning_format), apart from the answer.
-            thought = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(thought, str) and thought:
-                yield ReasoningDelta(thought)
+            for name in ("reasoning_content", "reasoning"):
+                thought = delta.get(name)
+                if isinstance(thought, str) and thought:
+                    yield ReasoningDelta(thought, name)
+                    break
             text = delta.get("content")
             if isinstance(text, str) and text:
                 yield TextDelta(text)

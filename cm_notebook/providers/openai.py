@@ -370,7 +370,7 @@ class OpenAIProvider:
     def _request(self, request: ChatRequest, model: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": model,
-            "messages": to_openai_messages(request.messages),
+            "messages": to_openai_messages(request.messages, (self.name, model)),
             "stream": True,
         }
         if self.include_usage:
