@@ -505,3 +505,46 @@ def test_a_long_reply_is_updated_at_a_pace_its_rendering_allows_and_ends_whole(
     cost, interval = _printed(fe, "(view._throttle.flush_cost, view._throttle.interval)")
     assert cost > 0
     assert interval >= cost / RENDER_SHARE
+
+
+def test_a_reply_shows_its_reasoning_and_says_when_it_only_reasoned_or_refused(
+    fe: FrontEnd,
+) -> None:
+    fe.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.providers.base import Finish, ReasoningDelta, RefusalDelta, TextDelta
+        class Thinker:
+            name = "thinker"
+            model = "thinker-1"
+            def __init__(self):
+                self.replies = 0
+            async def stream(self, request):
+                self.replies += 1
+                if self.replies == 1:  # cut off while it was still thinking
+                    yield ReasoningDelta("I must think hard about this.")
+                    yield Finish("length")
+                elif self.replies == 2:
+                    yield ReasoningDelta("Two plus two.")
+                    yield TextDelta("It is 4.")
+                    yield Finish("stop")
+                else:
+                    yield RefusalDelta("I can't help with that.")
+                    yield Finish("stop")
+            async def aclose(self):
+                pass
+        s = ContextSession.create("thinking", provider=Thinker())
+        %cm use s
+        """
+    )
+    shown = {}
+    for cell in ("%%cm\nHard question?", "%%cm\n2+2?", "%%cm\nRob a bank?"):
+        shown[cell] = _reply_output(fe, cell)
+        fe.run("await _")
+    only_thought, answered, refused = shown.values()
+    fe.wait_for(lambda: "gave no answer" in _html(fe, only_thought), what="no answer said")
+    assert "Reasoning (6 words)" in _html(fe, only_thought)
+    assert "I must think hard about this." in _html(fe, only_thought)
+    assert "(empty reply)" not in _html(fe, only_thought)
+    fe.wait_for(lambda: "Reasoning (3 words)" in _html(fe, answered), what="reasoning shown")
+    fe.wait_for(lambda: "the model refused" in _html(fe, refused), what="the refusal said")

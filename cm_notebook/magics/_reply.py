@@ -34,11 +34,12 @@ import ipywidgets as w
 from IPython.display import display
 
 from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
+from .._reasoning_html import reasoning_html
 from .._theme import MUTED
 from ..errors import CMError
-from ..model import Message, ToolCallStatus
+from ..model import Message, MessageStatus, ToolCallStatus
 from ..provenance import provenance_of
-from ..render import code_fence, one_line
+from ..render import code_fence, one_line, status_label
 from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._live_output import LiveOutput, flush_copies
@@ -256,7 +257,9 @@ class ReplyView:
             body = note(EMPTY)
         outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""
         notices = "".join(f"<div>{note(text)}</div>" for text in self._notices)
-        return f'<div class="cm-reply">{notices}{self._rounds}{body}{outcome}</div>'
+        # The reply's reasoning, collapsed, before its answer (once the reply is stored).
+        thought = reasoning_html(self._final) if self._final is not None else ""
+        return f'<div class="cm-reply">{notices}{self._rounds}{thought}{body}{outcome}</div>'
 
     def provenance(self) -> dict[str, Any]:
         """What the output's metadata records under ``cm_notebook``: the context and
@@ -381,10 +384,7 @@ class ReplyView:
             self._rounds = tool_rounds_html(self.session, final)
             if self._on_done is not None:
                 self._on_done(final)
-            if final.status.value != "complete":
-                self._outcome = f"reply {final.status.value}"
-            elif not final.content.strip():
-                self._outcome = _why_empty(final)
+            self._outcome = _outcome_of(final)
         finally:
             self._wind_down()
 
@@ -428,6 +428,17 @@ async def after_wind_down(work: Awaitable[T], wound_down: concurrent.futures.Fut
 
 #: What a reply that ended with no text says.
 EMPTY = "(empty reply)"
+
+
+def _outcome_of(final: Message) -> str:
+    # What the view says under a reply that ended ("": nothing to say): how it ended
+    # (not complete, cut off, refused, reasoned but gave no answer), or why it is empty.
+    label = status_label(final)
+    if final.status is not MessageStatus.COMPLETE:
+        return f"reply {label}"
+    if label is None and not final.content.strip():
+        return _why_empty(final)
+    return label or ""
 
 
 def _why_empty(final: Message) -> str:
