@@ -422,12 +422,17 @@ _NOT_OF_AN_EDIT = frozenset(
         "request_id",
         "request_hash",
         "variables",
+        "refusal",
     }
 )
+# The reasoning behind the original text is not behind an edited one: kept only on a
+# reply with tool calls, which the model answers again and the API needs it back with.
+_REASONING = frozenset({"reasoning", "reasoning_blocks", "reasoning_field"})
 
 
 def _edited(original: Message, content: str) -> Message:
-    metadata = original.metadata.model_dump(exclude=set(_NOT_OF_AN_EDIT))
+    dropped = _NOT_OF_AN_EDIT if original.tool_calls else _NOT_OF_AN_EDIT | _REASONING
+    metadata = original.metadata.model_dump(exclude=set(dropped))
     metadata["edited_from"] = original.id
     return Message(
         id=new_id("m"),

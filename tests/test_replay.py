@@ -4,7 +4,7 @@ turn by turn (answer diffs, metric deltas) against the branch they came from."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from test_session_support import DEADLINE, Recorder, entered
@@ -17,6 +17,15 @@ from cm_notebook.errors import (
 )
 from cm_notebook.fsm import State
 from cm_notebook.model import MessageStatus
+from cm_notebook.providers.base import (
+    ChatRequest,
+    Finish,
+    ReasoningDelta,
+    RefusalDelta,
+    StreamChunk,
+    TextDelta,
+    ToolCallRequest,
+)
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.turn_diff import TurnComparison
@@ -337,3 +346,55 @@ def test_the_compare_view_puts_the_baseline_first_with_per_turn_diffs(
         assert view.value.count('class="cm-turn ') == 1  # only the changed turn
     finally:
         view.close()
+
+
+class _Thinker:
+    """Replies with reasoning: a refusal, then an answer, then tool calls."""
+
+    name = "thinker"
+    model = "thinker-1"
+
+    def __init__(self) -> None:
+        self.replies = 0
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        self.replies += 1
+        yield ReasoningDelta(f"Thought {self.replies}.", "reasoning_content")
+        if self.replies == 1:
+            yield RefusalDelta("I can't help with that.")
+        elif self.replies == 2:
+            yield ToolCallRequest("call-1", "add", '{"a": 1, "b": 2}')
+            yield Finish("tool_calls")
+            return
+        else:
+            yield TextDelta("Fine.")
+        yield Finish("stop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_an_edited_reply_is_neither_a_refusal_nor_reasoned_unless_it_calls_tools(
+    new_session: NewSession,
+) -> None:
+    session = new_session(provider=_Thinker(), tools=[add], approval="auto")
+    refused = session.send("Rob a bank.").result(DEADLINE)
+    assert refused.metadata.refusal
+    assert refused.metadata.reasoning == "Thought 1."
+    replay = session.counterfactual(refused.id, "Sure.")
+    replay.result(DEADLINE)
+    edited = session.history(replay.branch)[1]
+    assert edited.content == "Sure."
+    assert not edited.metadata.refusal
+    assert (edited.metadata.reasoning, edited.metadata.reasoning_field) == (None, None)
+    # A reply with tool calls keeps its reasoning: the model answers its calls again,
+    # and the API needs the reasoning back with them.
+    session.switch("main")
+    session.send("What is 1 + 2?").result(DEADLINE)
+    calling = session.history()[3]
+    assert calling.tool_calls
+    replay = session.counterfactual(calling.id, "Let me add.")
+    replay.result(DEADLINE)
+    edited = session.history(replay.branch)[3]
+    assert edited.content == "Let me add."
+    assert edited.metadata.reasoning == "Thought 2."
