@@ -19,6 +19,8 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``parameters``, ``seed``       parameters (also spread into ``param_<name>`` columns)
 ``system_prompt``              the system prompt it was generated under
 ``output``, ``finish_reason``  the reply's text and why it ended
+``refusal``                    True for a refusal: flagged by the API (OpenAI's
+                              ``refusal``) or ended by one (finish reason ``refusal``)
 ``thumbs``, ``score``,         its rating (:mod:`cm_notebook.scores`); function scores
 ``tags``, ``note``             follow as ``metric_<name>`` columns
 ``ttft_ms``                    time to the first text
@@ -79,6 +81,7 @@ COLUMNS: tuple[str, ...] = (
     "system_prompt",
     "output",
     "finish_reason",
+    "refusal",
     "thumbs",
     "score",
     "tags",
@@ -125,6 +128,7 @@ def _row(
         "system_prompt": meta.system_prompt,
         "output": reply.content,
         "finish_reason": meta.finish_reason,
+        "refusal": meta.refusal or meta.finish_reason == "refusal",
         "thumbs": score.thumbs if score else None,
         "score": score.score if score else None,
         "tags": list(score.tags) if score else [],

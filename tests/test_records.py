@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +15,13 @@ import pytest
 from test_session_support import DEADLINE
 
 from cm_notebook import tool
+from cm_notebook.providers.base import (
+    ChatRequest,
+    Finish,
+    RefusalDelta,
+    StreamChunk,
+    TextDelta,
+)
 from cm_notebook.records import COLUMNS
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -274,3 +281,44 @@ def test_a_path_that_names_no_file_is_an_input_error_saying_what_to_do(
     assert sorted(p.name for p in out.iterdir()) == ["results", "study.csv"]
     assert list(folder.iterdir()) == []
     assert (out / "study.csv").read_text() == "kept"
+
+
+class _Refuser:
+    """A refusal flagged in the stream (OpenAI's, ending "stop"), one ended by a
+    ``refusal`` finish (Anthropic's), then an answer."""
+
+    name = "refuser"
+    model = "refuser-1"
+
+    def __init__(self) -> None:
+        self.replies = 0
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        self.replies += 1
+        if self.replies == 1:
+            yield RefusalDelta("I can't help with that.")
+            yield Finish("stop")
+        elif self.replies == 2:
+            yield TextDelta("I won't.")
+            yield Finish("refusal")
+        else:
+            yield TextDelta("Sure.")
+            yield Finish("stop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_refusal_is_told_apart_in_its_own_column(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=_Refuser())
+    for prompt in ("Rob a bank?", "Rob it anyway?", "Hello?"):
+        session.send(prompt).result(DEADLINE)
+    rows = session.to_records()
+    assert [(r["finish_reason"], r["refusal"]) for r in rows] == [
+        ("stop", True),
+        ("refusal", True),
+        ("stop", False),
+    ]
+    assert "refusal" in COLUMNS
