@@ -9,10 +9,12 @@ request, and also:
   requests), None if it gave none;
 * ``request_hash``: ``sha256:`` and the hex digest of the request's canonical JSON
   (:func:`canonical_request`): the messages as sent (role, content, tool calls, tool
-  call ids), the tools on offer, the generation parameters, the provider's name and
-  the model. Two replies with the same hash were asked the very same thing, so a
-  difference between them is the model's. Keys never enter a request (parameters
-  refuse secrets), so none enter the hash.
+  call ids, and the reasoning sent back with a reply: its ``reasoning_content`` or
+  signed thinking blocks, see :mod:`cm_notebook.providers._reasoning_back`), the tools
+  on offer, the generation parameters, the provider's name and the model. Two replies
+  with the same hash were asked the very same thing, so a difference between them is
+  the model's. Keys never enter a request (parameters refuse secrets), so none enter
+  the hash.
 
 A user message written from a ``%%cm`` cell records ``variables``: the kernel variables
 that ``{name}`` fields put into it, each as its type, a short repr and a hash of the
@@ -28,6 +30,7 @@ from typing import Any
 
 from ._prefix_cache import PrefixCache, SizedCache, message_chars
 from .model import Message
+from .providers._reasoning_back import reasoning_sent_back
 from .providers.base import ChatRequest
 from .redact import redact_text
 
@@ -58,7 +61,10 @@ def _dumps(value: Any) -> str:
 _ENCODED: SizedCache[int, tuple[Message, tuple[Any, ...], str]] = SizedCache(kept=8192)
 
 
-def _message_json(message: Message) -> str:
+def _message_json(message: Message, sent_back: object = None) -> str:
+    # ``sent_back``: the reasoning the request sends back with the message (None: none).
+    if sent_back is not None:
+        return _dumps({**json.loads(_message_json(message)), "reasoning": sent_back})
     calls = tuple((call.id, call.name, _dumps(call.arguments)) for call in message.tool_calls)
     fields = (message.role, message.content, message.tool_call_id, calls)
     known = _ENCODED.get(id(message))
@@ -83,11 +89,15 @@ def _message_json(message: Message) -> str:
 
 def canonical_request(request: ChatRequest, provider: str, model: str) -> str:
     """The request as canonical JSON text (sorted keys, no white space): an object with
-    ``messages`` (role, content, tool calls, tool call id of each), ``model``, ``params``
-    (without ``model``), ``provider`` and ``tools`` (name, description, parameters)."""
+    ``messages`` (role, content, tool calls, tool call id of each, and ``reasoning``
+    where reasoning is sent back with it), ``model``, ``params`` (without ``model``),
+    ``provider`` and ``tools`` (name, description, parameters)."""
     return (
         _OPENING.decode()
-        + ",".join(_message_json(message) for message in request.messages)
+        + ",".join(
+            _message_json(message, reasoning_sent_back(message, provider, model))
+            for message in request.messages
+        )
         + _canonical_tail(request, provider, model)
     )
 
@@ -140,7 +150,15 @@ def request_hash(request: ChatRequest, provider: str, model: str) -> str:
     hashed again, so a turn's hash costs what it adds, not the length of the
     conversation.
     """
-    state = _messages_state(list(request.messages))
+    messages = list(request.messages)
+    if any(reasoning_sent_back(message, provider, model) is not None for message in messages):
+        # Reasoning goes back (to this provider and model only): hashed whole, as its
+        # messages' JSON depends on whom the request is for.
+        state = hashlib.sha256(
+            canonical_request(request, provider, model).encode("utf-8", "surrogatepass")
+        )
+        return "sha256:" + str(state.hexdigest())
+    state = _messages_state(messages)
     state.update(_canonical_tail(request, provider, model).encode("utf-8", "surrogatepass"))
     digest: str = state.hexdigest()
     return "sha256:" + digest

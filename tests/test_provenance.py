@@ -12,7 +12,7 @@ import pytest
 from fault_server import FaultServer, Reply
 from test_session_support import DEADLINE
 
-from cm_notebook.model import Message, ToolCall
+from cm_notebook.model import Message, MessageMetadata, ToolCall
 from cm_notebook.provenance import canonical_request, describe_value, request_hash
 from cm_notebook.providers.anthropic import AnthropicEventTranslator
 from cm_notebook.providers.base import ChatRequest, Finish, ToolSpec
@@ -237,3 +237,31 @@ def test_the_hash_fed_incrementally_is_the_hash_of_the_whole_canonical_request()
     for messages in (copies, path[:3], []):
         request = ChatRequest(messages=messages)
         assert request_hash(request, "p", "m") == expected(request)
+
+
+def test_the_hash_covers_the_reasoning_sent_back_and_only_that() -> None:
+    def request(thought: str, provider: str, model: str) -> ChatRequest:
+        call = ToolCall(id="c1", name="w", arguments={"city": "Paris"}, result="sunny")
+        block = {"type": "thinking", "thinking": thought, "signature": "sig"}
+        metadata = MessageMetadata(
+            provider=provider,
+            model=model,
+            reasoning=thought,
+            reasoning_field="reasoning_content",
+            reasoning_blocks=[block],
+        )
+        messages = [
+            Message(role="user", content="Weather?"),
+            Message(role="assistant", tool_calls=[call], metadata=metadata),
+        ]
+        return ChatRequest(messages=messages, params={})
+
+    for provider in ("openai", "local", "anthropic"):
+        first, second = request("A", provider, "m"), request("B", provider, "m")
+        # Sent back to the model that wrote it: a different request, a different hash.
+        assert request_hash(first, provider, "m") != request_hash(second, provider, "m")
+        text = canonical_request(first, provider, "m")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert request_hash(first, provider, "m") == "sha256:" + digest
+        # Not sent to another model: the reasoning is no part of that request.
+        assert request_hash(first, provider, "other") == request_hash(second, provider, "other")

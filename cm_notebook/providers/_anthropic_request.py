@@ -67,7 +67,7 @@ def to_anthropic_messages(
         elif message.role == "assistant":
             # Its signed thinking blocks lead, in order, as the API requires of a
             # turn that thought before calling tools (nothing if none was recorded).
-            blocks = [dict(block) for block in _own_blocks(message, reasoning_of)]
+            blocks = [dict(block) for block in own_thinking_blocks(message, reasoning_of)]
             if message.content:
                 blocks.append(_text_block(message.content))
             for call in message.tool_calls:
@@ -96,8 +96,11 @@ def to_anthropic_messages(
     return system, converted
 
 
-def _own_blocks(message: Message, reasoning_of: tuple[str, str] | None) -> list[dict[str, str]]:
-    # The reply's thinking blocks, if the model the request is for wrote them.
+def own_thinking_blocks(
+    message: Message, reasoning_of: tuple[str, str] | None
+) -> list[dict[str, str]]:
+    """``message``'s thinking blocks, if ``reasoning_of`` (the ``(provider, model)`` the
+    request is for) wrote them; else none."""
     metadata = message.metadata
     if reasoning_of is None or (metadata.provider, metadata.model) != reasoning_of:
         return []
