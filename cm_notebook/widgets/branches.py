@@ -30,7 +30,7 @@ __all__ = ["BranchTree"]
 class BranchTree(FollowingView, anywidget.AnyWidget):
     """The branches as a tree (front end in ``static/branches.js``)."""
 
-    _esm = static_text("branches.js")
+    _esm = static_text("cut_short.js") + static_text("branches.js")
     _css = static_text("views.css")
 
     nodes = t.List(

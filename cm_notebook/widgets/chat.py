@@ -88,7 +88,7 @@ class FrozenMessage(w.Widget):  # type: ignore[misc]
 class Transcript(anywidget.AnyWidget):
     """The message list of a :class:`ChatView` (front end in ``static/transcript.js``)."""
 
-    _esm = static_text("transcript.js")
+    _esm = static_text("cut_short.js") + static_text("transcript.js")
     _css = static_text("views.css")
 
     frozen = t.List(
