@@ -57,7 +57,6 @@ from __future__ import annotations
 import bisect
 import html
 import itertools
-import json
 import re
 from collections.abc import Callable
 
@@ -72,7 +71,13 @@ from ._export_readers import (
 )
 from ._reasoning_html import reasoning_summary
 from .model import Message
-from .render import code_fence, longest_backtick_run, status_label, stop_note
+from .render import (
+    call_arguments_text,
+    code_fence,
+    longest_backtick_run,
+    status_label,
+    stop_note,
+)
 
 __all__ = ["markdown_of", "message_markdown"]
 
@@ -406,9 +411,10 @@ def markdown_of(
         if message.content:
             lines.append(message_markdown(message.content))
         for call in message.tool_calls:
-            args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
+            args = call_arguments_text(message, call, indent=2)
             _paragraph(lines, f"**Tool call** {_code_span(call.name)} ({call.status.value})")
-            _paragraph(lines, code_fence(args, "json"))
+            written = call.id in message.metadata.tool_arguments_text  # not JSON
+            _paragraph(lines, code_fence(args, "" if written else "json"))
             if call.reason:
                 _paragraph(lines, _quoted("Reason", call.reason))
             if call.result is not None and call.id not in answered:

@@ -3,8 +3,8 @@
 An error body, parameters or failed attempts' errors may quote a key a server echoed,
 and are redacted when stored or exported. What the model wrote is the conversation's
 data, like a message's text: its reasoning, the signed thinking blocks an API must get
-back unaltered (their signature covers their text), and a failed attempt's text and
-reasoning.
+back unaltered (their signature covers their text), tool-call arguments it wrote as
+text that is no JSON object, and a failed attempt's text and reasoning.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from .redact import redact
 
 # The metadata fields, and the fields of each failed attempt, that the model wrote.
-MODEL_OUTPUT = ("reasoning", "reasoning_blocks")
+MODEL_OUTPUT = ("reasoning", "reasoning_blocks", "tool_arguments_text")
 ATTEMPT_OUTPUT = ("text", "reasoning")
 
 

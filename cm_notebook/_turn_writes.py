@@ -80,6 +80,8 @@ class Reply:
     reasoning_blocks: list[dict[str, str]] = field(default_factory=list)
     refused: bool = False
     reasoning_field: str | None = None  # the JSON field the reasoning came in
+    # By call id: the arguments the model wrote as text no ToolCall can hold.
+    unkept_arguments: dict[str, str] = field(default_factory=dict)
 
     def reason(self, text: str, field_name: str) -> None:
         """Keep a piece of reasoning, and the field it came in (the first one's)."""
@@ -94,6 +96,7 @@ class Reply:
             "reasoning_blocks": list(self.reasoning_blocks),
             "refusal": self.refused,
             "reasoning_field": self.reasoning_field if self.reasoning_parts else None,
+            "tool_arguments_text": dict(self.unkept_arguments),
         }
 
     def failed_attempt(self, error: str, status_code: int | None) -> dict[str, Any]:
@@ -113,6 +116,7 @@ class Reply:
         self.reasoning_blocks.clear()
         self.refused = False
         self.reasoning_field = None
+        self.unkept_arguments.clear()
 
     @property
     def text(self) -> str:

@@ -179,8 +179,11 @@ class MessageMetadata(BaseModel):
     (OpenAI's ``refusal``); ``reasoning_field`` the JSON field an OpenAI-compatible
     server streamed the reasoning in (``reasoning_content``, ``reasoning``; None for
     Anthropic's blocks). Reasoning goes back only to the provider and model that
-    produced it (see :mod:`cm_notebook.providers`). Left out of the JSON when empty, so
-    files without them read as before.
+    produced it (see :mod:`cm_notebook.providers`). ``tool_arguments_text`` keeps, by
+    call id, the arguments of a tool call the model wrote as text that is no JSON object
+    (a truncated or malformed object, an array): the call's ``arguments`` cannot hold it,
+    and the model's output is never dropped. Left out of the JSON when empty, so files
+    without them read as before.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -202,6 +205,7 @@ class MessageMetadata(BaseModel):
     reasoning_blocks: list[dict[str, str]] = Field(default_factory=list)
     refusal: bool = False
     reasoning_field: str | None = None
+    tool_arguments_text: dict[str, str] = Field(default_factory=dict)
 
     _metadata_bounded = model_validator(mode="before")(_bounded)
 
@@ -220,7 +224,13 @@ class MessageMetadata(BaseModel):
         return data
 
 
-_ADDED_METADATA = ("reasoning", "reasoning_blocks", "refusal", "reasoning_field")
+_ADDED_METADATA = (
+    "reasoning",
+    "reasoning_blocks",
+    "refusal",
+    "reasoning_field",
+    "tool_arguments_text",
+)
 
 
 class Message(_Model):

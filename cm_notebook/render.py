@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from ._html_text import WRAP_ANYWHERE, isolated, json_html
+from ._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from ._reasoning_html import NO_ANSWER, gave_no_answer, reasoning_html
 from ._theme import MUTED
 from ._unicode import grapheme_prefix
@@ -206,6 +206,15 @@ def message_html(message: Message) -> str:
     )
 
 
+def call_arguments_text(message: Message, call: ToolCall, *, indent: int | None = None) -> str:
+    """``call``'s arguments as text: their JSON, or what the model wrote when it was no
+    JSON object (``MessageMetadata.tool_arguments_text``: the call failed on it)."""
+    written = message.metadata.tool_arguments_text.get(call.id)
+    if written is not None:
+        return written
+    return json.dumps(call.arguments, ensure_ascii=False, indent=indent, default=str)
+
+
 def tool_calls_html(message: Message) -> str:
     """The tool calls a reply asked for, one line each: name, arguments (JSON), status.
     The name and the arguments are isolated (:mod:`._html_text`): a right-to-left
@@ -215,7 +224,7 @@ def tool_calls_html(message: Message) -> str:
         # monospace run: monospace fonts often lack it.
         f'<div class="cm-tool-call" style="font-size:90%">&#9881; '
         f'<span style="font-family:monospace">{isolated(c.name)}'
-        f"({json_html(c.arguments)})"
+        f"({json_text_html(call_arguments_text(message, c))})"
         f" &rarr; {html.escape(c.status.value)}</span></div>"
         for c in message.tool_calls
     )

@@ -52,7 +52,7 @@ from .errors import (
     StoreError,
     TransientProviderError,
 )
-from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall
+from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .prompts import system_of
 from .provenance import with_provenance
 from .providers.base import (
@@ -68,9 +68,7 @@ from .providers.base import (
     complete_params,
 )
 from .redact import redact_text
-from .tools import (
-    tool_call_from_request,
-)
+from .tools import arguments_text_not_kept, tool_call_from_request
 from .turn import Turn
 
 __all__ = ["CHECKPOINT_SECONDS", "TurnRunner"]
@@ -519,12 +517,19 @@ class TurnRunner(ToolRounds):
             )
 
     async def _complete(self, reply: Reply) -> None:
-        calls = [tool_call_from_request(r, self.host.tools())[0] for r in reply.tool_requests]
+        requests = reply.tool_requests
+        calls = [tool_call_from_request(r, self.host.tools())[0] for r in requests]
         # Providers only promise ids unique within one reply; the desk and the path need
         # them unique across branches and turns (e.g. two fan-out arms both say "call_1").
         if calls:  # the path's call ids, continued from a recent path's
             calls = self.host.approvals.claim_ids(calls, call_ids(self._history))
             self._claimed_ids.extend(call.id for call in calls)
+            reply.unkept_arguments = {  # by the ids the calls are stored under
+                call.id: text
+                for call, request in zip(calls, requests, strict=True)
+                if call.status is ToolCallStatus.FAILED
+                and (text := arguments_text_not_kept(request)) is not None
+            }
         self._calls = {call.id: call for call in calls}
         self._answered = set()
         self._started = CallStarts()

@@ -6,6 +6,8 @@ The pieces, in the order a tool call meets them::
     ToolRegistry([...])                     what the session offers: .specs() for providers
     tool_call_from_request(req, registry)   model's request -> ToolCall (PENDING) or an
                                             error for the model (FAILED, fail closed)
+    arguments_text_not_kept(req)            the model's arguments text, when it is no
+                                            JSON object (kept in the reply's metadata)
     ToolPolicy(...).decide(tool)            "auto" | "ask" | "deny"
     validate_edited_arguments(tool, args)   when a person approves with edited arguments
     await run_tool(tool, call.arguments)    -> ToolOutcome(status, result text, duration_ms)
@@ -37,6 +39,7 @@ from ._policy import POLICIES, Policy, ToolPolicy
 from ._registry import (
     ToolRegistry,
     UnknownToolError,
+    arguments_text_not_kept,
     tool_call_from_request,
     validate_edited_arguments,
 )
@@ -62,6 +65,7 @@ __all__ = [
     "ToolPolicy",
     "ToolRegistry",
     "UnknownToolError",
+    "arguments_text_not_kept",
     "denied_result",
     "encode_result",
     "run_tool",

@@ -15,6 +15,7 @@ from ._tool import MAX_ARGUMENTS_CHARS, Tool
 __all__ = [
     "ToolRegistry",
     "UnknownToolError",
+    "arguments_text_not_kept",
     "tool_call_from_request",
     "validate_edited_arguments",
 ]
@@ -154,6 +155,28 @@ def tool_call_from_request(
             id=call_id, name=name, status=ToolCallStatus.FAILED, reason=reason, result=error
         )
     return failed, error
+
+
+def arguments_text_not_kept(request: ToolCallRequest) -> str | None:
+    """The arguments text of ``request`` when no :class:`~cm_notebook.model.ToolCall`
+    can hold it (not a JSON object: malformed, cut off, an array), else None.
+
+    Kept beside the call (``MessageMetadata.tool_arguments_text``) so what the model
+    wrote is never lost; at most ``MAX_ARGUMENTS_CHARS`` characters of it.
+
+    >>> arguments_text_not_kept(ToolCallRequest("c1", "add", '{"a": 1'))
+    '{"a": 1'
+    >>> arguments_text_not_kept(ToolCallRequest("c1", "add", '{"a": 1}')) is None
+    True
+    """
+    text = request.arguments_json
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        value = _json.loads(text, max_chars=MAX_ARGUMENTS_CHARS)
+    except ValueError:  # not JSON, or beyond the limits
+        return text[:MAX_ARGUMENTS_CHARS]
+    return None if isinstance(value, Mapping) else text[:MAX_ARGUMENTS_CHARS]
 
 
 def validate_edited_arguments(

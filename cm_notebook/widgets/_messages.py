@@ -7,7 +7,6 @@ snapshot (:mod:`.snapshot`), so both show a conversation the same way.
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from .._reasoning_html import gave_no_answer, reasoning_html
 from .._theme import MUTED
 from ..model import Message, MessageStatus, ToolCall
+from ..render import call_arguments_text
 from .markdown import render_markdown
 
 __all__ = ["message_dict", "stats_of", "transcript_html"]
@@ -50,11 +50,11 @@ def stats_of(message: Message) -> dict[str, Any]:
     return out
 
 
-def _call_dict(call: ToolCall) -> dict[str, Any]:
+def _call_dict(message: Message, call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.id,
         "name": call.name,
-        "args": json.dumps(call.arguments, indent=2, ensure_ascii=False),
+        "args": call_arguments_text(message, call, indent=2),
         "status": call.status.value,
         "result": call.result,
         "reason": call.reason,
@@ -80,7 +80,7 @@ def message_dict(
         "html": render_markdown(message.content) if message.content else "",
         "text": message.content if message.role == "user" else "",
         "status": message.status.value,
-        "calls": [_call_dict(call) for call in message.tool_calls],
+        "calls": [_call_dict(message, call) for call in message.tool_calls],
         "sibling": [position + 1, len(siblings)] if len(siblings) > 1 else None,
         "prev": siblings[position - 1] if len(siblings) > 1 and position > 0 else None,
         "next": siblings[position + 1] if position + 1 < len(siblings) else None,
