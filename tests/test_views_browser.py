@@ -198,6 +198,10 @@ def _drive(page: Any, url: str, notebook: Path) -> None:
     assert page.locator(".cm-grid-table tr").count() == 3  # a header and two prompts
     assert "echo: Q2" in _text(page, ".cm-grid-table")
     assert "4 done" in _text(page, ".cm-grid-title")
+    # The model's text and the sweep's name isolated, as in the saved grid: a
+    # right-to-left reply cannot move the status words drawn after it.
+    assert page.locator(".cm-grid-table .cm-grid-done bdi").count() == 4
+    assert page.locator(".cm-grid-title bdi").first.text_content() == "b"
     # Text in the package's static tables reads from the left, though JupyterLab's
     # stylesheet right-aligns table cells (for numbers).
     run_new_cell(

@@ -36,7 +36,7 @@ _WHAT_TO_DO = {
 class StatusBar(FollowingView, anywidget.AnyWidget):
     """State per branch, retry countdown, error and what to do, model and speed."""
 
-    _esm = static_text("status.js")
+    _esm = static_text("isolated.js") + static_text("status.js")
     _css = static_text("views.css")
 
     rows = t.List(t.Dict(), help="one entry per shown branch (see the module docstring)").tag(

@@ -179,7 +179,7 @@ def _patch(before: Mapping[str, Any] | None, cell: dict[str, Any]) -> dict[str, 
 class SweepGrid(FollowingView, anywidget.AnyWidget):
     """A sweep's cells as a live grid (front end in ``static/grid.js``)."""
 
-    _esm = static_text("grid.js")
+    _esm = static_text("isolated.js") + static_text("grid.js")
     _css = static_text("views.css")
 
     name = t.Unicode("", help="the sweep's name").tag(sync=True)

@@ -69,27 +69,31 @@ function render({ model, el }) {
       const slot = slots.get(cell.key);
       if (!slot) continue;
       // The status in words, not only in colour; a failed cell's partial text marked,
-      // with why (as sweep_grid.shown_text says it).
-      let text = cell.text;
-      if (cell.status === "failed") {
-        const why = cell.error ? `[failed: ${cell.error}]` : "[failed]";
-        text = text ? `${text} ${why}` : why;
-      } else if (!text) {
-        text = `(${cell.status})`;
-      } else if (cell.status === "running") {
-        text = `${text} [running…]`;
-      }
-      const drawn = `${cell.status}\u0000${text}`;
+      // with why (as sweep_grid.shown_text says it). The model's text and the error
+      // each in a <bdi>, as in the saved grid: right-to-left text or a direction
+      // override in them cannot move or reverse the status words after them.
+      const drawn = `${cell.status}\u0000${cell.text}\u0000${cell.error || ""}`;
       if (slot.dataset.drawn === drawn) continue;
       slot.dataset.drawn = drawn;
       slot.className = `cm-grid-repeat cm-grid-${cell.status}`;
       const tag = document.createElement("span");
       tag.className = "cm-grid-tag";
       tag.textContent = `r${cell.repeat} `;
-      slot.replaceChildren(tag, document.createTextNode(text));
+      const parts = [tag];
+      if (cell.text) parts.push(isolated(cell.text));
+      if (cell.status === "failed") {
+        parts.push(cell.text ? " [failed" : "[failed");
+        if (cell.error) parts.push(": ", isolated(cell.error));
+        parts.push("]");
+      } else if (!cell.text) {
+        parts.push(`(${cell.status})`);
+      } else if (cell.status === "running") {
+        parts.push(" [running…]");
+      }
+      slot.replaceChildren(...parts);
     }
     const shown = Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ");
-    title.textContent = `sweep ${model.get("name")}: ${cells.length} cells (${shown})`;
+    title.replaceChildren("sweep ", isolated(model.get("name")), `: ${cells.length} cells (${shown})`);
   }
   const drawNotice = () => {
     notice.textContent = model.get("notice") || "";

@@ -11,12 +11,6 @@ function fmt(s) {
   return parts.join(" · ");
 }
 
-function isolated(text) {
-  const bdi = document.createElement("bdi");
-  bdi.textContent = text;
-  return bdi;
-}
-
 function render({ model, el }) {
   el.classList.add("cm-status");
   let timer = null;
