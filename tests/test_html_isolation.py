@@ -61,6 +61,9 @@ def test_an_override_in_a_tool_calls_arguments_leaves_the_status_after_it_alone(
         " &rarr; denied" in card
     )
     assert OVERRIDE not in card
+    # The live transcript's data too: the arguments' own block shows the escape, so
+    # the override cannot reverse the path it is in.
+    assert message_dict(message)["calls"][0]["args"] == ('{\n  "path": "\\u202eboring.txt"\n}')
     copy = transcript_html("t", "main", None, [message_dict(message)])
     assert "\\u202eboring.txt" in copy
     assert OVERRIDE not in copy

@@ -13,6 +13,7 @@ from typing import Any
 from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from .._reasoning_html import gave_no_answer, reasoning_html
 from .._theme import MUTED
+from .._unicode import json_for_terminal
 from ..model import Message, MessageStatus, ToolCall
 from ..render import call_arguments_text
 from .markdown import render_markdown
@@ -54,7 +55,9 @@ def _call_dict(message: Message, call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.id,
         "name": call.name,
-        "args": call_arguments_text(message, call, indent=2),
+        # Invisible controls as escapes (the same JSON value): an override in an
+        # argument would otherwise reverse the text it is in, on the page.
+        "args": json_for_terminal(call_arguments_text(message, call, indent=2)),
         "status": call.status.value,
         "result": call.result,
         "reason": call.reason,
