@@ -16,6 +16,7 @@ from wire_server import WireHandler, WireServer
 
 from cm_notebook.model import Message, MessageMetadata, MessageStatus, ToolCall
 from cm_notebook.providers._anthropic_request import build_request
+from cm_notebook.providers._reasoning_back import reasoning_sent_back
 from cm_notebook.providers.anthropic import AnthropicProvider
 from cm_notebook.providers.base import (
     ChatRequest,
@@ -266,3 +267,30 @@ def test_thinking_blocks_go_back_only_to_the_model_that_signed_them() -> None:
     assert sent_to("claude-test", ("anthropic", "claude-test"))[0] == block
     assert sent_to("claude-other", ("anthropic", "claude-test"))[0]["type"] == "tool_use"
     assert sent_to("claude-test", ("openai", "claude-test"))[0]["type"] == "tool_use"
+
+
+def test_a_reply_that_only_thought_is_not_sent_back_as_a_turn_of_thinking_alone() -> None:
+    # The API refuses an assistant turn whose last block is thinking ("The final block
+    # in an assistant message cannot be `thinking`"): a reply cut off while it thought
+    # (max_tokens), with neither text nor tool calls, is left out, and the user's
+    # messages around it become one turn, as the API merges them.
+    block = {"type": "thinking", "thinking": "Let me see...", "signature": SIGNATURE}
+    metadata = MessageMetadata(
+        provider="anthropic", model="claude-test", reasoning_blocks=[block], reasoning="x"
+    )
+    messages = [
+        Message(role="user", content="Hard question?"),
+        Message(role="assistant", metadata=metadata),
+        Message(role="user", content="Go on."),
+    ]
+    request = ChatRequest(messages=messages, params={"model": "claude-test"})
+    sent = build_request(request, model="claude-test", max_tokens=1024)["messages"]
+    assert [turn["role"] for turn in sent] == ["user"]
+    assert [b["text"] for b in sent[0]["content"]] == ["Hard question?", "Go on."]
+    # The request's hash covers what is sent: no thinking of that reply.
+    assert reasoning_sent_back(messages[1], "anthropic", "claude-test") is None
+    # With an answer, its thinking still leads it.
+    answered = messages[1].model_copy(update={"content": "42."})
+    request = ChatRequest(messages=[messages[0], answered], params={"model": "claude-test"})
+    sent = build_request(request, model="claude-test", max_tokens=1024)["messages"]
+    assert sent[1]["content"] == [block, {"type": "text", "text": "42."}]

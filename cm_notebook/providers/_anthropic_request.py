@@ -42,6 +42,7 @@ def to_anthropic_messages(
       results (parallel calls) share one user message, as the API requires, and a
       failed or denied call is flagged ``is_error`` so the model knows it did not run;
     - consecutive messages of the same role are merged, so the result alternates;
+    - a reply with neither text nor tool calls (one that only thought) is left out;
     - empty text is dropped (the API rejects empty text blocks).
     """
     system_parts: list[str] = []
@@ -100,9 +101,16 @@ def own_thinking_blocks(
     message: Message, reasoning_of: tuple[str, str] | None
 ) -> list[dict[str, str]]:
     """``message``'s thinking blocks, if ``reasoning_of`` (the ``(provider, model)`` the
-    request is for) wrote them; else none."""
+    request is for) wrote them; else none.
+
+    None either for a reply that only thought (cut off by ``max_tokens``, no text nor
+    tool calls): the API refuses a turn whose last block is thinking ("The final block
+    in an assistant message cannot be `thinking`"), and needs no thinking back from a
+    turn that called no tools. Such a reply is then left out of the request."""
     metadata = message.metadata
     if reasoning_of is None or (metadata.provider, metadata.model) != reasoning_of:
+        return []
+    if not (message.content or message.tool_calls):
         return []
     return metadata.reasoning_blocks
 
