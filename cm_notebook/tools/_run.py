@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,7 @@ async def run_tool(
         return finish(ToolCallStatus.FAILED, f"error: {exc}")
     with anyio.move_on_after(limit) as scope:
         try:
-            value = await _invoke(tool, args, kwargs, on_start or _always)
+            value = await _invoke(tool, args, kwargs, on_start or _always, max_result_chars)
         except _NotStarted:
             return finish(
                 ToolCallStatus.FAILED,
@@ -180,35 +181,66 @@ class _NotStarted(Exception):
 
 
 def _in_thread(
-    fn: Any, args: list[Any], kwargs: dict[str, Any], on_start: Callable[[], bool]
+    fn: Any, args: list[Any], kwargs: dict[str, Any], on_start: Callable[[], bool], most: int
 ) -> Any:
     if not on_start():
         raise _NotStarted
     try:
-        return fn(*args, **kwargs)
+        return _drained(fn(*args, **kwargs), most)
     except Exception:
         raise
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, CancelledError...
         raise _Carried(exc) from None
 
 
+def _drained(value: Any, most: int) -> Any:
+    # A lazy result (a generator, ``map``, a database cursor) as the list it yields,
+    # taken in the tool's worker thread: encoding it later would run the tool's own code
+    # on the event loop, past its time limit and out of a stop's reach, and an error it
+    # raised would not be the tool's failure. At most ``most`` + 1 items: the result's
+    # text is cut at ``most`` characters, and each item takes at least one.
+    if isinstance(value, Iterator) and not inspect.isawaitable(value):
+        return list(itertools.islice(value, most + 1))
+    return value
+
+
+def _returned(value: Any) -> Any:
+    return value
+
+
+async def _in_worker(tool: Tool[..., Any], call: Callable[[], Any]) -> Any:
+    try:
+        # A daemon thread: an abandoned call that never returns must not keep the
+        # process (a script, a kernel being shut down) from exiting.
+        return await run_in_daemon_thread(call, f"cm_notebook-tool-{tool.name}")
+    except _Carried as carried:
+        raise carried.exc from None
+
+
 async def _invoke(
-    tool: Tool[..., Any], args: list[Any], kwargs: dict[str, Any], on_start: Callable[[], bool]
+    tool: Tool[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    on_start: Callable[[], bool],
+    most: int,
 ) -> Any:
     if tool.is_async:
         if not on_start():
             raise _NotStarted
-        return await tool.fn(*args, **kwargs)
-    call = functools.partial(_in_thread, tool.fn, args, kwargs, on_start)
-    try:
-        # A daemon thread: an abandoned call that never returns must not keep the
-        # process (a script, a kernel being shut down) from exiting.
-        value = await run_in_daemon_thread(call, f"cm_notebook-tool-{tool.name}")
-    except _Carried as carried:
-        raise carried.exc from None
-    # A sync callable may still hand back an awaitable (e.g. a lambda around a coroutine).
-    if inspect.isawaitable(value):
+        value = await tool.fn(*args, **kwargs)
+    else:
+        value = await _in_worker(
+            tool, functools.partial(_in_thread, tool.fn, args, kwargs, on_start, most)
+        )
+        # A sync callable may still hand back an awaitable (e.g. a lambda around a
+        # coroutine).
+        if not inspect.isawaitable(value):
+            return value
         value = await value
+    if isinstance(value, Iterator):  # lazy, from async code: drained off the loop too
+        value = await _in_worker(
+            tool, functools.partial(_in_thread, _returned, [value], {}, _always, most)
+        )
     return value
 
 
@@ -298,20 +330,38 @@ def encode_result(value: object) -> str:
     ('plain', '{"n":1}', 'null')
     >>> encode_result({"mean": float("nan"), "max": float("inf")})
     '{"mean":"NaN","max":"Infinity"}'
+
+    Values JSON has no type for are written as the plain values they hold when they
+    have a ``tolist()`` (NumPy's numbers and arrays), else as their ``repr``.
     """
     if isinstance(value, str):
         return value
     try:
-        return to_json(value, fallback=repr, inf_nan_mode="strings").decode()
+        return to_json(value, fallback=_plain, inf_nan_mode="strings").decode()
     except Exception:
         pass
     try:  # text UTF-8 cannot hold (a file name from os.listdir): JSON of it, cleaned
-        return to_json(scrub(value), fallback=repr, inf_nan_mode="strings").decode()
+        return to_json(scrub(value), fallback=_plain, inf_nan_mode="strings").decode()
     except Exception:  # e.g. bytes that are not UTF-8: still say something useful
         try:
             return repr(value)
         except Exception:  # a repr that fails too (or recurses through an object)
             return f"<{type(value).__name__} that cannot be shown>"
+
+
+def _plain(value: Any) -> Any:
+    # What JSON has no type for: NumPy's numbers and arrays as the numbers and lists
+    # they hold (``tolist()``; a model reads ``7``, not ``"np.int64(7)"``), anything
+    # else as its repr.
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        try:
+            plain = tolist()
+        except Exception:
+            plain = value
+        if plain is not value:
+            return plain
+    return repr(value)
 
 
 def truncate_result(text: str, limit: int = MAX_RESULT_CHARS) -> str:
