@@ -156,6 +156,9 @@ def test_subcommand_models() -> None:
         parse_args(ApproveArgs, ["call-1", "--args", "{city"])
     with pytest.raises(UsageError, match="TOOL_CALL_ID"):
         parse_args(ApproveArgs, ["--args", "{}"])
+    # Bounded as a model's arguments are: no RecursionError from a deep text.
+    with pytest.raises(UsageError, match="too large to be a call's arguments: nested deeper"):
+        parse_args(ApproveArgs, ["call-1", "--args", "[" * 100_000])
 
 
 @pytest.mark.parametrize(

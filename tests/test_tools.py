@@ -251,6 +251,12 @@ async def test_other_callables_and_rewrapping() -> None:
     assert (await run_tool(method, {"q": "al"})).result == '["alpha"]'
     assert (await run_tool(adder, {"a": 1})).result == "2"
     assert (await run_tool(square, {"base": 3})).result == "9"
+    # A keyword the partial binds is the partial's: not offered to the model (its value
+    # not in the schema), and not one it may override.
+    assert list(props(square)) == ["base"]
+    assert "exp" not in json.dumps(square.parameters)
+    with pytest.raises(ToolArgumentsError, match="exp: unexpected argument"):
+        square.validate({"base": 3, "exp": 10})
     renamed = tool(name="pow")(tool(power, policy="deny"))
     assert (renamed.name, renamed.policy, renamed.fn) == ("pow", None, power)
 

@@ -349,6 +349,35 @@ def test_encode_result_falls_back_to_repr() -> None:
     assert encode_result(b"\xff\xfe") == repr(b"\xff\xfe")
 
 
+def test_numpy_numbers_and_arrays_are_sent_as_the_numbers_they_hold() -> None:
+    np = pytest.importorskip("numpy")
+    value = {
+        "count": np.int64(7),
+        "mean": np.float32(4.5),
+        "any": np.True_,
+        "head": np.arange(3),
+        "grid": np.array([[1.5, np.inf]]),
+    }
+    assert encode_result(value) == (
+        '{"count":7,"mean":4.5,"any":true,"head":[0,1,2],"grid":[[1.5,"Infinity"]]}'
+    )
+
+
+def test_a_tolist_that_fails_or_gives_back_the_value_falls_back_to_repr() -> None:
+    class Stubborn:
+        def tolist(self) -> object:
+            return self
+
+        def __repr__(self) -> str:
+            return "<stubborn>"
+
+    class Broken(Stubborn):
+        def tolist(self) -> object:
+            raise RuntimeError("no")
+
+    assert encode_result([Stubborn(), Broken()]) == '["<stubborn>","<stubborn>"]'
+
+
 async def test_long_results_are_truncated() -> None:
     assert truncate_result("short", 100) == "short"
     cut = truncate_result("x" * 1000, 100)

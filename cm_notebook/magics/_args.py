@@ -15,8 +15,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .. import _json
 from ..errors import CMError
 from ..providers import available_providers, parse_spec
+from ..tools._tool import MAX_ARGUMENTS_CHARS
 from ._parse import MagicArgs
 
 __all__ = [
@@ -157,8 +159,10 @@ class ApproveArgs(MagicArgs):
     def _json(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        try:
-            return json.loads(value)
+        try:  # within the limits a model's arguments have (CONTRIBUTING: bounded JSON)
+            return _json.loads(value, max_chars=MAX_ARGUMENTS_CHARS)
+        except _json.JSONLimitError as exc:
+            raise ValueError(f"too large to be a call's arguments: {exc.msg}") from exc
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON ({exc.msg}); e.g. --args '{{\"x\": 1}}'") from exc
 

@@ -333,7 +333,14 @@ def _arguments_model(
         ) from exc
     fields: dict[str, Any] = {}
     params: list[tuple[str, str, bool]] = []
+    # functools.partial(f, key=value) keeps ``key`` in its signature, the bound value
+    # as its default: offered to the model, it could be overridden (a pinned folder, a
+    # connection string with its password sent in every request's schema). The partial
+    # supplies it; the model never sees it.
+    bound = set(fn.keywords) if isinstance(fn, functools.partial) else set()
     for index, (pname, param) in enumerate(signature.parameters.items()):
+        if pname in bound:
+            continue
         annotation = _check_parameter(name, pname, param)
         options: dict[str, Any] = {"alias": pname}
         description = _annotated_description(annotation) or param_docs.get(pname)
