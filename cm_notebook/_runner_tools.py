@@ -259,15 +259,7 @@ class ToolRounds:
         record = await self.host.record(self._writes.target, self._last_reply, call, decision)
         update: dict[str, Any]
         if decision.approved:
-            update = {
-                "status": ToolCallStatus.FAILED,
-                "reason": f"approved, but not run: the turn was stopped first ({reason})",
-                "result": (
-                    f"error: the call to tool {call.name!r} was approved, but its turn was "
-                    f"stopped ({reason}) before it ran; it had no effect, and may be asked "
-                    "for again."
-                ),
-            }
+            update = _approved_not_run(call, reason)
             if decision.arguments is not None:
                 update["arguments"] = decision.arguments
         else:
@@ -286,7 +278,12 @@ class ToolRounds:
 
     def _cut_off(self, call: ToolCall, reason: str, cause: str) -> ToolCall:
         # ``call`` as a stopped turn leaves it, its ``result`` the text for the model.
-        if call.id not in self._started:  # never ran: denied, as before
+        if call.id not in self._started and call.status in _APPROVED:
+            # Approved (by a person, an allow-list or the policy; the decision already
+            # applied, in the audit log) but stopped before its tool started: as a
+            # decision that crossed the stop, not denied by anyone.
+            return call.model_copy(update=_approved_not_run(call, reason))
+        if call.id not in self._started:  # never ran, never approved: denied
             text = denied_result(call.name, reason)
             update = {"status": ToolCallStatus.DENIED, "reason": reason, "result": text}
             return call.model_copy(update=update)
@@ -325,3 +322,20 @@ def _failed(call: ToolCall, exc: Exception) -> ToolCall:
     return call.model_copy(
         update={"status": ToolCallStatus.FAILED, "reason": str(exc), "result": error}
     )
+
+
+# A call's statuses once approved and before its tool's end.
+_APPROVED = (ToolCallStatus.APPROVED, ToolCallStatus.RUNNING)
+
+
+def _approved_not_run(call: ToolCall, reason: str) -> dict[str, Any]:
+    # The update of an approved call whose turn stopped (``reason``) before it ran.
+    return {
+        "status": ToolCallStatus.FAILED,
+        "reason": f"approved, but not run: the turn was stopped first ({reason})",
+        "result": (
+            f"error: the call to tool {call.name!r} was approved, but its turn was "
+            f"stopped ({reason}) before it ran; it had no effect, and may be asked "
+            "for again."
+        ),
+    }

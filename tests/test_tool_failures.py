@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from test_session_support import DEADLINE, Recorder, entered, message_files, seen
-from test_session_tools import assert_tree_valid, tool_messages
+from test_session_tools import assert_tree_valid, tool_messages, waiting
 
 from cm_notebook.events import ErrorReported, ToolCallResolved
 from cm_notebook.fsm import State
@@ -36,6 +36,7 @@ from cm_notebook.tools import DEFAULT_TIMEOUT, tool
 
 INTERRUPTED = "interrupted while running"
 MAY_HAVE_RUN = "side effects may have happened"
+NOT_RUN = "approved, but not run: the turn was stopped first (cancelled by the user)"
 
 
 def _utf8(text: str) -> str:
@@ -230,12 +231,13 @@ def test_a_cancel_while_a_sync_tool_runs_says_interrupted_not_denied(
     assert "cancelled by the user" in running.result
     assert "denied" not in running.result
     assert running.reason == f"{INTERRUPTED} (cancelled by the user)"
-    # The one that never started: denied, as before.
-    assert (waiting.status, waiting.reason) == (ToolCallStatus.DENIED, "cancelled by the user")
-    assert "denied" in (waiting.result or "")
+    # The one that never started: approved (by the policy), not run; nobody denied it.
+    assert (waiting.status, waiting.reason) == (ToolCallStatus.FAILED, NOT_RUN)
+    assert "was approved, but its turn was stopped" in (waiting.result or "")
+    assert "denied" not in (waiting.result or "")
     assert [(e.tool_call_id, e.status) for e in recorder.of(ToolCallResolved)][-2:] == [
         ("call_1", ToolCallStatus.FAILED),
-        ("call_2", ToolCallStatus.DENIED),
+        ("call_2", ToolCallStatus.FAILED),
     ]
     # The next request shows the model both answers.
     assert session.send("What happened?").result(DEADLINE).content == "Sorry."
@@ -442,11 +444,43 @@ def test_a_call_whose_tool_never_started_is_not_said_to_have_run(
     assert (saved.status, saved.result) == (ToolCallStatus.DONE, "saved")
     assert mail.sent == []  # archive never ran...
     # ...and the model is not told it may have: it never started.
-    assert (archived.status, archived.reason) == (ToolCallStatus.DENIED, "cancelled by the user")
+    assert (archived.status, archived.reason) == (ToolCallStatus.FAILED, NOT_RUN)
     assert archived.result is not None
+    assert "it had no effect" in archived.result
     assert INTERRUPTED not in archived.result
     assert MAY_HAVE_RUN not in archived.result
     assert session.send("What happened?").result(DEADLINE).content == "Sorry."
     told = tool_messages(fake.requests[-1].messages)
     assert told == {"call_1": "saved", "call_2": archived.result}
     assert_tree_valid(session.history())
+
+
+def test_a_person_approved_call_stopped_before_its_tool_started_is_not_said_denied(
+    new_session: Callable[..., ContextSession], mail: SlowMail
+) -> None:
+    # Approve both calls; stop while the first runs. The second was approved (the audit
+    # log says so) and never ran: it is recorded as approved but not run, as a decision
+    # that crossed the stop is, never as denied by the user.
+    fake = ScriptedProvider().tool_calls(
+        ("send_email", {"to": "boss@example.com"}), ("archive", {"folder": "inbox"})
+    )
+    fake.reply("Sorry.")
+    session = new_session(provider=fake, tools=mail.tools)
+    recorder = Recorder(session)
+    turn = session.send("Mail my boss, then archive")
+    waiting(recorder)
+    assert [c.id for c in session.pending_tool_calls] == ["call_1", "call_2"]
+    session.approve()
+    assert mail.entered.wait(DEADLINE)
+    turn.cancel()
+    turn.result(DEADLINE)
+    mail.release.set()
+    _, archived = session.history()[1].tool_calls
+    assert (archived.status, archived.reason) == (ToolCallStatus.FAILED, NOT_RUN)
+    assert "archived inbox" not in mail.sent
+    assert [(r.tool_call_id, r.approved) for r in session.approval_log()] == [
+        ("call_1", True),
+        ("call_2", True),
+    ]
+    told = tool_messages(session.history())
+    assert "was approved, but its turn was stopped" in told["call_2"]
