@@ -427,4 +427,12 @@ def already_resolved(call_id: str, call: ToolCall | None) -> ToolCallAlreadyReso
         )
     if status in (ToolCallStatus.APPROVED, ToolCallStatus.RUNNING, ToolCallStatus.DONE):
         return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved")
+    if status is ToolCallStatus.PENDING:
+        # Stored as waiting, but no live turn is waiting for it: its process ended (or
+        # its turn stopped) and the call is about to be settled. Nobody decided it.
+        return ToolCallAlreadyResolvedError(
+            f"tool call {call_id!r} is no longer waiting for a decision: its turn ended "
+            "before one was made (stopped, or the process running it ended), so nothing "
+            "was decided and the tool did not run; it is being recorded as denied"
+        )
     return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved or denied")

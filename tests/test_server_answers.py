@@ -131,6 +131,46 @@ def test_approve_and_deny_answer_the_calls_as_decided(client: httpx.Client) -> N
     assert decided["arguments"] == {"city": "Rome", "days": 1}
 
 
+def test_one_calls_status_on_a_chosen_branch_when_two_branches_share_its_id(
+    client: httpx.Client,
+) -> None:
+    # Each branch's model numbers its own calls: a fork from the first question asks
+    # for "same" again. Without ?branch= the id is ambiguous (as approve and deny say).
+    script = [
+        {"tool_call": "get_weather", "arguments": {"city": "Paris"}, "id": "same"},
+        {"reply": "Sunny."},
+        {"tool_call": "get_weather", "arguments": {"city": "Rome"}, "id": "same"},
+        {"reply": "Warm."},
+    ]
+    context_id = create_context(client, script)
+    url = f"contexts/{context_id}"
+    for branch in ("main", "b"):
+        if branch == "b":
+            [question, *_] = client.get(f"{url}/messages").json()["messages"]
+            forked = client.post(
+                f"{url}/branches", json={"name": "b", "from_message": question["id"]}
+            )
+            assert forked.status_code == 201, forked.text
+        sent = client.post(f"{url}/messages", json={"text": "w?", "branch": branch})
+        assert sent.status_code == 202, sent.text
+        assert [c["id"] for c in _pending(client, context_id)] == ["same"]
+        decided = client.post(
+            f"{url}/tools/approve", json={"tool_call_id": "same", "branch": branch}
+        )
+        assert decided.status_code == 200, decided.text
+        wait_for(lambda: not client.get(f"{url}/tools").json()["tool_calls"])
+        wait_for(lambda: client.get(f"{url}").json()["state"] == "Idle")
+    ambiguous = client.get(f"{url}/tools/same")
+    assert ambiguous.status_code == 400
+    assert "branches 'main', 'b' all have the id 'same'" in ambiguous.text
+    assert "?branch=" in ambiguous.text
+    on_b = client.get(f"{url}/tools/same", params={"branch": "b"}).json()
+    assert (on_b["branch"], on_b["tool_call"]["arguments"]["city"]) == ("b", "Rome")
+    on_main = client.get(f"{url}/tools/same", params={"branch": "main"}).json()
+    assert (on_main["branch"], on_main["tool_call"]["arguments"]["city"]) == ("main", "Paris")
+    assert client.get(f"{url}/tools/same", params={"branch": "nope"}).status_code == 404
+
+
 def test_approving_every_call_answers_them_approved(client: httpx.Client) -> None:
     context_id = create_context(
         client, [{"tool_call": "get_weather", "arguments": {"city": "Oslo"}}, {"reply": "Cold."}]

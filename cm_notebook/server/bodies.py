@@ -41,6 +41,7 @@ __all__ = [
     "Regenerate",
     "SendMessage",
     "Stop",
+    "ToolCallQuery",
     "ToolCallView",
     "TurnStarted",
     "UpdateBranch",
@@ -255,6 +256,15 @@ class DecisionsQuery(_Query):
     """The query of ``GET /contexts/{context_id}/tools/decisions``."""
 
     branch: str | None = Field(None, description="Only this branch's decisions.")
+
+
+class ToolCallQuery(_Query):
+    """The query of ``GET /contexts/{context_id}/tools/{tool_call_id}``."""
+
+    branch: str | None = Field(
+        None,
+        description="Look only on this branch (needed when calls on two branches share the id).",
+    )
 
 
 class Decisions(BaseModel):

@@ -10,11 +10,19 @@ waiting turn on its own loop.
 
 from __future__ import annotations
 
-from ..errors import StateError, ToolCallNotFoundError
+from ..errors import InvalidInputError, StateError, ToolCallNotFoundError
 from ..model import ToolCall
 from ..session import ContextSession
 from .base import CMHandler, operation
-from .bodies import Approve, Decided, Decisions, DecisionsQuery, Deny, ToolCallView
+from .bodies import (
+    Approve,
+    Decided,
+    Decisions,
+    DecisionsQuery,
+    Deny,
+    ToolCallQuery,
+    ToolCallView,
+)
 from .branches import require_branch
 
 __all__ = [
@@ -30,21 +38,37 @@ __all__ = [
 _BY = "http"
 
 
-def find_call(session: ContextSession, tool_call_id: str) -> ToolCallView:
-    """Where ``tool_call_id`` is: pending, or stored in a reply on some branch."""
+def find_call(
+    session: ContextSession, tool_call_id: str, branch: str | None = None
+) -> ToolCallView:
+    """Where ``tool_call_id`` is: pending, or stored in a reply on some branch (only
+    ``branch``, if given). Two different calls of that id on different branches (each
+    process numbers its own ``call_1``) make it ambiguous without ``branch``."""
     waiting = [call for call in session.pending_tool_calls if call.id == tool_call_id]
     pending = {call.id for call in waiting}
-    for name in dict.fromkeys([session.active_branch, *session.branch_names]):
+    names = [branch] if branch is not None else [session.active_branch, *session.branch_names]
+    found: dict[str, ToolCallView] = {}  # by message id: a fork shares its stem's calls
+    for name in dict.fromkeys(names):
         for message in session.history(name):
             for call in message.tool_calls:
-                if call.id == tool_call_id:
+                if call.id == tool_call_id and message.id not in found:
                     # The stored copy may lag while the call waits: the desk is current.
                     if call.id in pending:
                         call = call.model_copy(update={"status": "pending"})
-                    return ToolCallView(tool_call=call, message_id=message.id, branch=name)
-    if waiting:  # asked for by a reply that is not stored yet
+                    found[message.id] = ToolCallView(
+                        tool_call=call, message_id=message.id, branch=name
+                    )
+    if len(found) > 1:
+        on = ", ".join(repr(view.branch) for view in found.values())
+        raise InvalidInputError(
+            f"tool calls on branches {on} all have the id {tool_call_id!r}: say which with ?branch="
+        )
+    if found:
+        return next(iter(found.values()))
+    if waiting and branch is None:  # asked for by a reply that is not stored yet
         return ToolCallView(tool_call=waiting[0])
-    raise ToolCallNotFoundError(f"there is no tool call {tool_call_id!r} in this context")
+    where = f" on branch {branch!r}" if branch is not None else " in this context"
+    raise ToolCallNotFoundError(f"there is no tool call {tool_call_id!r}{where}")
 
 
 def _nothing_pending(exc: ToolCallNotFoundError) -> StateError:
@@ -157,8 +181,12 @@ class DecisionsHandler(CMHandler):
 class ToolCallHandler(CMHandler):
     """One tool call."""
 
-    @operation("One tool call's status and result", response=ToolCallView)
+    @operation("One tool call's status and result", response=ToolCallView, query=ToolCallQuery)
     async def get(self, context_id: str, tool_call_id: str) -> None:
         session = await _existing(self, context_id)
+        query = self.query(ToolCallQuery)
+        if query.branch is not None:
+            require_branch(session, query.branch)
         # It may read every branch's messages: on a worker thread, not the event loop.
-        self.reply(await self.blocking(session, find_call, session, tool_call_id))
+        view = await self.blocking(session, find_call, session, tool_call_id, query.branch)
+        self.reply(view)
