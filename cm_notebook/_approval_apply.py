@@ -186,9 +186,11 @@ def apply_remote_decision(
     with contextlib.suppress(InvalidInputError):
         where["remember"] = check_remember(found.remember)
     branch: list[str] = []
+    tools: list[str] = []
 
     def decision_for(pending: PendingCall) -> Decision:
         branch.append(pending.branch)
+        tools.append(pending.call.name)
         if not found.approved:
             return Decision(False, found.reason or "denied", **where)
         return approval(session, pending, found.arguments, **where)
@@ -203,3 +205,13 @@ def apply_remote_decision(
         session._publish(ev.ErrorReported(branch=branch[0], kind="tool", message=message))
     except CMError:
         return
+    else:
+        if found.approved and where.get("remember") == "context":
+            # The deciding process saves the allowance once this one has acted; saved
+            # here too (the same tool, added under the file's lock), this process's other
+            # calls of the tool are approved at once, as in one process, not at the
+            # next look at the file. If it cannot be saved, the decider says so.
+            with contextlib.suppress(CMError):
+                for name in tools:
+                    session._allow_lists.allow(name, "context")
+                approve_allowed(session)
