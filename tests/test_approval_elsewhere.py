@@ -296,6 +296,34 @@ async def test_the_approval_view_names_the_branch_of_a_call_asked_before_it(
 
 
 @pytest.mark.anyio
+async def test_the_approval_view_edits_a_call_whose_tool_only_the_other_process_has(
+    tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    # As approve(arguments=...) does: the shape is checked here, the schema there.
+    pytest.importorskip("anywidget")
+    from cm_notebook.widgets import ToolApproval
+
+    _asking(tmp_path, context, children)
+    session = ContextSession.open(context, data_dir=tmp_path)  # no tools here
+    panel = ToolApproval(session)
+    try:
+        [row] = panel.rows.values()
+        row.arguments.value = "[10, 20]"  # not an object: refused here already
+        await until(lambda: "must be a JSON object" in row.check.value)
+        assert row.approve_button.disabled
+        row.arguments.value = json.dumps({"a": 10, "b": 20})
+        await until(lambda: "checks them against its tool" in row.check.value)
+        assert "no tool named" not in row.check.value
+        assert not row.approve_button.disabled
+        row.approve_button.click()
+        await until(lambda: "edited arguments" in row.status.value or "done" in row.status.value)
+        assert _finish(children[0]) == "30"  # the edit ran in the process with the tool
+    finally:
+        panel.close()
+        session.close()
+
+
+@pytest.mark.anyio
 async def test_the_approval_view_shows_two_processes_calls_of_one_id_apart(
     tmp_path: Path, context: str, children: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from .. import events as ev
+from .._approval_apply import check_arguments_shape
 from .._html_text import isolated, json_html
 from .._theme import MUTED
 from .._unicode import one_line_for_display
@@ -59,6 +60,14 @@ HISTORY_SHOWN = 50
 #: Colours of the row's texts: the theme's (JupyterLab's dark theme too), else these.
 _RED = "var(--jp-error-color1,#b91c1c)"
 _GREEN = "var(--jp-success-color0,#059669)"
+
+#: Said of edited arguments that are a JSON object, for a call whose tool this process
+#: lacks: the process that runs the call checks them against its schema (a refusal
+#: there leaves the call waiting, and an error says why).
+_CHECKED_ELSEWHERE = (
+    "edited arguments are a JSON object; the process that runs this call checks them "
+    "against its tool when it is approved"
+)
 
 #: The arguments box shows this many lines of JSON at least, and at most (then scrolls).
 ARGS_ROWS = (2, 16)
@@ -189,8 +198,15 @@ class CallRow(w.VBox):  # type: ignore[misc]
             self.check.value = ""
             self._enable_approve(not self.decided)
             return None
+        tools = self.session.tools
+        # A call waiting in another process may use a tool this one lacks: as approve()
+        # does, only the shape is checked here, and that process checks the schema.
+        here = self.call.name in tools
         try:
-            edited = validate_edited_arguments(self.session.tools.get(self.call.name), text)
+            if here:
+                edited = validate_edited_arguments(tools.get(self.call.name), text)
+            else:
+                edited = check_arguments_shape(text)
         except CMError as exc:
             self.check.value = f'<span style="color:{_RED}">{html.escape(str(exc))}</span>'
             self._enable_approve(False)
@@ -199,7 +215,11 @@ class CallRow(w.VBox):  # type: ignore[misc]
         if edited == self.call.arguments:  # reformatted, not changed
             self.check.value = ""
             return None
-        self.check.value = f'<span style="color:{_GREEN}">✓ edited arguments are valid</span>'
+        self.check.value = (
+            f'<span style="color:{_GREEN}">✓ edited arguments are valid</span>'
+            if here
+            else f'<span style="color:{MUTED}">{_CHECKED_ELSEWHERE}</span>'
+        )
         return edited
 
     def _enable_approve(self, enabled: bool) -> None:
