@@ -1,11 +1,12 @@
 """Tool rounds whose turn died: settling the calls a killed process left open.
 
 A turn records what becomes of each tool call in the assistant message that asked for
-it (``pending`` while it waits for a decision, ``running`` while its tool runs) and
-answers each call with a tool message. A process killed in between (``kill -9``, a
-kernel restarted while a call waited for approval) leaves the calls ``pending`` or
-``running`` for ever, with no tool message: no desk waits for a decision any more and
-no tool is running, but the stored history says otherwise.
+it (``pending`` while it waits for a decision, ``running`` from just before its tool
+runs, or a few calls earlier in a round of many) and answers each call with a tool
+message. A process killed in between (``kill -9``, a kernel restarted while a call
+waited for approval) leaves the calls ``pending`` or ``running`` for ever, with no tool
+message: no desk waits for a decision any more and no tool is running, but the stored
+history says otherwise.
 
 :func:`settle_dead_round` finishes such a round the way a cancelled turn does
 (:mod:`cm_notebook._runner_tools`): a call still waiting for a decision is *denied*

@@ -5,7 +5,10 @@ reply asks for tools, the state machine asks for approval (:meth:`_approval`: th
 policy decides, or the call waits on the session's approval desk), then for the
 approved calls to run and every call to be answered (:meth:`_execute`); a cancelled
 turn answers what it asked for (:meth:`_resolve_cancelled`). The assistant message
-that asked records what became of each call.
+that asked records what became of each call: decisions that arrive together in one
+write, and each call as running before its tool starts (in a large round, the next few
+calls in one write: :func:`marks_ahead`), so that a process killed meanwhile never
+leaves a call that ran recorded as never run.
 
 A call stopped by a cancel says what is known of it: *denied* only if its tool never
 started (:func:`~cm_notebook.tools.denied_result`: "do not retry it unchanged"); one
@@ -31,7 +34,12 @@ from .approvals import Decision, without_asking
 from .model import Message, ToolCall, ToolCallStatus
 from .tools import ToolOutcome, UnknownToolError, denied_result, run_tool
 
-__all__ = ["CallStarts", "ToolRounds", "interrupted_result"]
+__all__ = ["RUNNING_MARKS", "CallStarts", "ToolRounds", "interrupted_result", "marks_ahead"]
+
+#: How many times at most the calls of one round are marked running by rewriting the
+#: message that asked for them (see :func:`marks_ahead`): the message holds every call
+#: of the round, so one rewrite per call would cost time quadratic in the calls.
+RUNNING_MARKS = 16
 
 
 class CallStarts:
@@ -117,16 +125,17 @@ class ToolRounds:
                 )
             )
         try:
-            for call_id, decision in immediate:
-                await self._decide(call_id, decision)
+            await self._decide(immediate)
             while asked:
                 done, _ = await asyncio.wait(
                     set(asked.values()), return_when=asyncio.FIRST_COMPLETED
                 )
-                for call_id, pending in list(asked.items()):
-                    if pending in done:
-                        del asked[call_id]
-                        await self._decide(call_id, pending.result())
+                # Decisions that arrived together (approve() of every call) are stored
+                # together: none waits for a later one.
+                arrived = [(c, pending) for c, pending in asked.items() if pending in done]
+                for call_id, _pending in arrived:
+                    del asked[call_id]
+                await self._decide([(call_id, pending.result()) for call_id, pending in arrived])
         finally:
             for call_id in asked:
                 host.approvals.drop(call_id)
@@ -136,10 +145,20 @@ class ToolRounds:
             self.host.approvals.release_ids(self._claimed_ids)
             self._claimed_ids = []
 
-    async def _decide(self, call_id: str, decision: Decision) -> None:
-        self.host.approvals.applied(call_id)
-        call = self._calls[call_id]
-        if call.status is not ToolCallStatus.FAILED:
+    async def _decide(self, decisions: list[tuple[str, Decision]]) -> None:
+        # Applies ``decisions`` (call id, decision), in order. The stored reply is
+        # rewritten once for them all: it holds every call of the round, and a write
+        # per decision would cost time quadratic in the calls of a large round.
+        # Each call's signal (None: a call that had failed already has none), sent once
+        # its decision is stored.
+        resolved: list[tuple[str, bool, ev.ToolCallResolved | None]] = []
+        save = False
+        for call_id, decision in decisions:
+            self.host.approvals.applied(call_id)
+            call = self._calls[call_id]
+            if call.status is ToolCallStatus.FAILED:
+                resolved.append((call_id, decision.approved, None))
+                continue
             update: dict[str, Any] = {
                 "status": ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
                 "reason": decision.reason,
@@ -150,30 +169,46 @@ class ToolRounds:
             record = await self.host.record(self._writes.target, self._last_reply, call, decision)
             call = call.model_copy(update=update)
             self._calls[call_id] = call
-            if record is not None:
-                # A person's decision is stored at once: if this process dies before the
-                # call runs, the call says it was approved (cm_notebook._dead_rounds).
-                await self._save_calls()
-            self.host.publish(
-                ev.ToolCallResolved(
-                    branch=self._writes.target,
-                    tool_call_id=call_id,
-                    status=call.status,
-                    reason=call.reason,
-                    decision=record,
-                )
+            save = save or record is not None
+            signal = ev.ToolCallResolved(
+                branch=self._writes.target,
+                tool_call_id=call_id,
+                status=call.status,
+                reason=call.reason,
+                decision=record,
             )
-        self._feed(fsm.ToolDecided(call_id, decision.approved))
+            resolved.append((call_id, decision.approved, signal))
+        if save:
+            # A person's decision is stored at once: if this process dies before the
+            # call runs, the call says it was approved (cm_notebook._dead_rounds).
+            await self._save_calls()
+        for call_id, approved, said in resolved:
+            if said is not None:
+                self.host.publish(said)
+            self._feed(fsm.ToolDecided(call_id, approved))
 
     async def _execute(self, approved: tuple[str, ...], denied: tuple[str, ...]) -> None:
         host = self.host
-        order = [call_id for call_id in self._calls if call_id in approved or call_id in denied]
+        runs, not_run = set(approved), set(denied)
+        order = [call_id for call_id in self._calls if call_id in runs or call_id in not_run]
+        to_run = [call_id for call_id in order if call_id in runs]
+        ahead = marks_ahead(len(to_run))
+        started = 0  # how many of to_run have been reached
+        marked = 0  # how many of to_run are marked running on disk
         for call_id in order:
-            call = self._calls[call_id]
-            if call_id in approved:
-                call = call.model_copy(update={"status": ToolCallStatus.RUNNING})
-                self._calls[call_id] = call
-                await self._save_calls()
+            if call_id in runs:
+                if started == marked:
+                    # Stored as running before its tool is entered, so that a process
+                    # killed meanwhile leaves it "interrupted", not "never run" (which
+                    # invites running it again); the next ``ahead`` calls in one write.
+                    marked = min(len(to_run), marked + ahead)
+                    for later in to_run[started:marked]:
+                        self._calls[later] = self._calls[later].model_copy(
+                            update={"status": ToolCallStatus.RUNNING}
+                        )
+                    await self._save_calls()
+                started += 1
+                call = self._calls[call_id]
                 try:
                     tool = host.tools().get(call.name)
                 except UnknownToolError as exc:  # removed while the call awaited approval
@@ -192,7 +227,7 @@ class ToolRounds:
                     host.publish(
                         ev.ErrorReported(branch=self.branch, kind="tool", message=outcome.result)
                     )
-            elif call.status is ToolCallStatus.FAILED:
+            elif (call := self._calls[call_id]).status is ToolCallStatus.FAILED:
                 text = call.result or f"error: {call.reason}"
             else:
                 text = denied_result(call.name, call.reason)
@@ -302,6 +337,19 @@ class ToolRounds:
         updated = self._last_reply.model_copy(update={"tool_calls": list(self._calls.values())})
         await self._writes.update(updated)
         self._last_reply = updated
+
+
+def marks_ahead(calls: int) -> int:
+    """How many of a round's ``calls`` to run are marked running in one write.
+
+    One each for a round of up to :data:`RUNNING_MARKS` calls (the stored status is
+    exact: every call marked running was started); in a larger round, enough that the
+    asking message is rewritten at most :data:`RUNNING_MARKS` times for them. Marked
+    early, a call is only said to be running sooner: if the process dies, the model is
+    told it was interrupted and may have run (check before running it again), never
+    that it did not run when it did.
+    """
+    return max(1, -(-calls // RUNNING_MARKS))
 
 
 def interrupted_result(tool_name: str, cause: str) -> str:
