@@ -428,11 +428,13 @@ def already_resolved(call_id: str, call: ToolCall | None) -> ToolCallAlreadyReso
     if status in (ToolCallStatus.APPROVED, ToolCallStatus.RUNNING, ToolCallStatus.DONE):
         return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved")
     if status is ToolCallStatus.PENDING:
-        # Stored as waiting, but no live turn is waiting for it: its process ended (or
-        # its turn stopped) and the call is about to be settled. Nobody decided it.
+        # Stored as waiting, but no live turn waits for it: decided a moment ago (not
+        # stored yet), or its turn ended first (stopped, its process killed) and the
+        # call is about to be settled, decided by nobody. Which, the file cannot say.
         return ToolCallAlreadyResolvedError(
-            f"tool call {call_id!r} is no longer waiting for a decision: its turn ended "
-            "before one was made (stopped, or the process running it ended), so nothing "
-            "was decided and the tool did not run; it is being recorded as denied"
+            f"tool call {call_id!r} is no longer waiting for a decision: it was already "
+            "decided, or its turn ended before a decision was made (stopped, or the "
+            "process running it ended); what became of it is not stored yet, so read it "
+            "again in a moment"
         )
     return ToolCallAlreadyResolvedError(f"tool call {call_id!r} was already approved or denied")
