@@ -83,8 +83,10 @@ def start_sweep(
         raise BusyError(f"sweep {plan.name!r} is still running; await it (or cancel it) first")
     empty: dict[str, Any] = {"system_prompt": None, "provider": None, "params": {}}
     settings = [arm_settings(empty, arm, session._provider) for arm in plan.variants]
+    # A variant's own "seed": None asks for the provider's default, as a fan-out arm's
+    # does: arm_settings drops the None, so look at the variant's own parameters.
     seeded = [
-        takes_seed(session._provider, arm.provider, found)
+        "seed" not in arm.params and takes_seed(session._provider, arm.provider, found)
         for arm, found in zip(plan.variants, settings, strict=True)
     ]
     branches = session._read_metadata().branches

@@ -86,6 +86,19 @@ def test_no_seed_is_added_for_a_provider_that_takes_none(
     assert [r.params for r in fake.requests] == [{"temperature": 1.0}] * 2
 
 
+def test_a_variants_seed_none_asks_for_the_providers_default(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # As a fan-out arm's: no seed is sent, none recorded, though the provider takes one.
+    fake = ScriptedProvider()
+    session = new_session(provider=fake)
+    sweep = session.sweep(
+        "Q", [{"seed": None, "temperature": 0.9}], repeat=3, progress=False, name="unseeded"
+    ).run(DEADLINE)
+    assert [r.params for r in fake.requests] == [{"temperature": 0.9}] * 3
+    assert [record["seed"] for record in sweep.to_records()] == [None] * 3
+
+
 def test_a_template_over_input_rows(new_session: Callable[..., ContextSession]) -> None:
     fake = ScriptedProvider()
     session = new_session(provider=fake)
