@@ -232,19 +232,22 @@ class Comparison(BaseModel):
     def diff(self, other: str | None = None) -> WordDiff:
         """Word diff of the baseline's answer against ``other`` (default: the second).
 
-        Answers too long to diff word by word get a coarser diff, which says
+        Empty when either reply did not complete (:attr:`BranchResult.unfinished`): a
+        failed or interrupted reply has no answer to diff, only partial text, as the
+        views say. Answers too long to diff word by word get a coarser diff, which says
         so (:attr:`WordDiff.coarse`)."""
-        if len(self.results) < 2:
+        target = self._target(other)
+        if target is None:
             return WordDiff()
-        target = self[other] if other is not None else self.results[1]
         return word_diff(self.results[0].text, target.text)
 
     def unified_diff(self, other: str | None = None) -> str:
-        """A line-based unified diff of the baseline's answer against ``other``."""
-        if len(self.results) < 2:
+        """A line-based unified diff of the baseline's answer against ``other`` (empty
+        when either reply did not complete, as :meth:`diff`)."""
+        target = self._target(other)
+        if target is None:
             return ""
         base = self.results[0]
-        target = self[other] if other is not None else self.results[1]
         lines = difflib.unified_diff(
             base.text.splitlines(keepends=True),
             target.text.splitlines(keepends=True),
@@ -253,10 +256,13 @@ class Comparison(BaseModel):
         )
         return "".join(lines)
 
-    def similarity(self, other: str | None = None) -> float:
+    def similarity(self, other: str | None = None) -> float | None:
         """Word similarity in [0, 1] of the baseline's answer and ``other``'s: 2 x
         (words in common) / (words in both), white space not counted (see
-        :func:`word_similarity`).
+        :func:`word_similarity`). None when either reply did not complete
+        (:attr:`BranchResult.unfinished`: failed, interrupted, still streaming, or
+        stopped in its tool rounds): a partial text is no answer to measure, and two
+        arms that both failed are not "identical". 1.0 with fewer than two branches.
 
         For answers so long that counting it exactly would take more than a moment
         (beyond :data:`SIMILARITY_BUDGET` pairs of words, after the words they share at
@@ -264,8 +270,18 @@ class Comparison(BaseModel):
         words in common: shown as ``~0.42``."""
         if len(self.results) < 2:
             return 1.0
+        target = self._target(other)
+        return None if target is None else self._similarity(target.text, None)[0]
+
+    def _target(self, other: str | None) -> BranchResult | None:
+        # The result measured against the baseline (``other``, default the second),
+        # or None when there is none or either side has no answer to measure.
+        if len(self.results) < 2:
+            return None
         target = self[other] if other is not None else self.results[1]
-        return self._similarity(target.text, None)[0]
+        if self.results[0].unfinished or target.unfinished:
+            return None
+        return target
 
     def _similarity(self, text: str, ops: WordDiff | None) -> tuple[float, bool]:
         # The similarity of the baseline's answer and ``text``, and whether it is an

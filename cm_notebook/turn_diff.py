@@ -113,7 +113,13 @@ class TurnDiff(BaseModel):
 
     @property
     def diff(self) -> WordDiff:
-        """Word diff of the base answer against the other's (see :func:`word_diff`)."""
+        """Word diff of the base answer against the other's (see :func:`word_diff`).
+
+        Empty when either side's reply did not complete (:attr:`unanswered`): a partial
+        text is no answer to diff, as the views say. (A turn one branch does not have
+        is diffed against nothing: its whole answer is a change.)"""
+        if self.unanswered:
+            return WordDiff()
         return word_diff(*_texts(self))
 
     @property
@@ -298,7 +304,7 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
     for turn in comparison.turns:
         if changed_only and not turn.changed:
             continue
-        ops = turn.diff if not turn.unanswered else WordDiff()
+        ops = turn.diff
         prompt = html.escape(turn.prompt)
         if turn.base_prompt is not None:
             prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", PALE_MARKS)

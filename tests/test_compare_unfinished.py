@@ -72,6 +72,43 @@ def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
     assert "output tokens" not in turn_page
 
 
+def test_no_similarity_or_diff_is_measured_against_an_unfinished_reply(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # The numbers the API gives agree with the views: no answer, nothing measured.
+    session = new_session(provider=ScriptedProvider())
+    both_failed = session.fan_out(
+        "Capital of France?",
+        [
+            {"provider": ScriptedProvider().error("permanent"), "branch": "one"},
+            {"provider": ScriptedProvider().error("permanent"), "branch": "two"},
+        ],
+    ).result(DEADLINE)
+    assert both_failed.similarity() is None  # two failures are not "identical"
+    assert both_failed.diff() == []
+    assert both_failed.unified_diff() == ""
+    words = "Paris is the capital of France."
+    cut = ScriptedProvider().error("permanent", after_chunks=6, text=words)
+    partial = session.fan_out(
+        "Capital of France?",
+        [
+            {"provider": ScriptedProvider([words]), "branch": "good"},
+            {"provider": cut, "branch": "cut"},
+            {"provider": ScriptedProvider([words]), "branch": "also"},
+        ],
+    ).result(DEADLINE)
+    assert partial["cut"].text == words
+    assert partial.similarity() is None
+    assert partial.similarity("cut") is None
+    assert partial.diff("cut") == []
+    assert partial.unified_diff("cut") == ""
+    assert partial.similarity("also") == 1.0  # two answers are still measured
+    assert partial.diff("also") == [("=", words)]
+    turn = session.compare_turns("cut", against="good").turns[0]
+    assert turn.diff == []
+    assert turn.changed
+
+
 def test_an_interrupted_arm_is_shown_as_interrupted(
     new_session: Callable[..., ContextSession],
 ) -> None:
@@ -109,7 +146,9 @@ def test_results_without_a_status_or_complete_are_answers() -> None:
     assert streaming.outcome == "the reply is still being generated"
     assert streaming.facts() == ["?", "streaming"]
     assert "similarity: " in str(Comparison(results=[plain, done]))
+    assert Comparison(results=[plain, done]).similarity() == 0.0
     assert "c has no answer (streaming)" in str(Comparison(results=[plain, streaming]))
+    assert Comparison(results=[streaming, plain]).similarity() is None
 
 
 def test_a_turn_stopped_in_its_tool_rounds_has_no_answer(
