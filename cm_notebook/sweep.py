@@ -468,9 +468,11 @@ class Sweep(Handle["Sweep"]):
         up to date with the store: a cell that another run of the sweep (a new handle,
         a re-run after a restart, another kernel) answered since shows as ``done`` with
         that answer, as :meth:`to_records` does, and so does everything read from them
-        (:meth:`counts`, :meth:`stability`, :meth:`view`, the repr). Only the cells not
-        ``done`` are looked at (a finished answer never changes), and only when the
-        context's files changed since the last look.
+        (:meth:`counts`, :meth:`stability`, :meth:`view`, the repr). A ``done`` cell
+        whose reply was regenerated shows the new reply (or its failure); one whose
+        branch was deleted, or that has no answer left on it, is ``pending`` again.
+        They are looked at only when the context's files changed since the last look,
+        and only a cell whose answer changed costs a message read.
         """
         if self.done():
             self._refresh()

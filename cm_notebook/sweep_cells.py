@@ -290,26 +290,32 @@ def _rewind_to_cell_prompt(session: ContextSession, branch: str) -> str:
 def refresh_cells(
     session: ContextSession, cells: Sequence[SweepCell], seen: dict[str, tuple[str, str]]
 ) -> None:
-    """Bring the cells not ``done`` up to date with the store (a sweep not running).
+    """Bring the cells up to date with the store (a sweep not running).
 
     Another run of the sweep (a new handle, another kernel) may have answered a cell
     since: it becomes ``done`` with that answer. A cell whose latest reply to its own
     prompt ended without completing (a reply this handle did not see) becomes
-    ``failed`` with that reply's error. A cell already ``done`` is left as it is (its
-    answer never changes), so is one whose reply is still streaming, one with
-    follow-ups after a failed reply, and one whose branch answers another prompt
-    (their in-memory error says what to do). The message index is read once; only a
-    cell whose last answer differs from what ``seen`` (by cell key: the answer's id
-    and status last looked at) holds costs a message read, so reading a large sweep
-    again and again stays cheap.
+    ``failed`` with that reply's error. A ``done`` cell's answer may have changed too
+    (:func:`refresh_done`). A cell not done is left as it is while its reply is still
+    streaming, and so is one with follow-ups after a failed reply, and one whose
+    branch answers another prompt (their in-memory error says what to do). The
+    message index is read once; only a cell whose last answer differs from what
+    ``seen`` (by cell key: the answer's id and status last looked at) holds, or a done
+    cell's from its own, costs a message read, so reading a large sweep again and
+    again stays cheap.
     """
-    waiting = [cell for cell in cells if cell.status != "done"]
-    if not waiting:
-        return
     branches = session._read_metadata().branches
     index = session._index()
-    for cell in waiting:
+    for cell in cells:
         found = branches.get(cell.branch)
+        if cell.status == "done":
+            if found is not None and found.head is not None and found.head == cell.message_id:
+                # The branch still ends at the cell's answer (no follow-ups): unchanged,
+                # and known without walking to its prompt (most of a finished sweep).
+                continue
+            own = _own_turn_in(index, found.head) if found is not None else None
+            refresh_done(session, cell, own, seen)
+            continue
         if found is None or found.head is None:
             continue
         own = _own_turn_in(index, found.head)
@@ -333,6 +339,50 @@ def refresh_cells(
         if not own_prompt or (message.status is MessageStatus.COMPLETE and message.tool_calls):
             continue  # another prompt's reply, or its tool calls still wait: no answer
         finish(cell, message)
+
+
+def refresh_done(
+    session: ContextSession,
+    cell: SweepCell,
+    own: _OwnTurn | None,
+    seen: dict[str, tuple[str, str]],
+) -> None:
+    """Bring a ``done`` cell up to date with its branch's own turn (``own``; None when
+    the branch is gone).
+
+    A finished answer can still leave its branch: regenerated (the new reply becomes
+    the cell's answer, or its failure the cell's), or taken off it (the branch deleted,
+    its head moved back to the prompt). A cell left without an answer is ``pending``
+    again, as a cell not run: it has no record in ``to_records()``, and the next run
+    of the sweep asks it again. Costs nothing beyond the index walk while the answer
+    is the one the cell holds; a new reply still streaming leaves the cell as it is
+    until it ends.
+    """
+    answer = own.answer if own is not None else None
+    if answer is not None and answer.id == cell.message_id:
+        return  # the answer the cell holds: the common case, no file read
+    if own is None or answer is None or answer.role != "assistant":
+        _unanswered(cell, seen)
+        return
+    if answer.status is MessageStatus.STREAMING:
+        return
+    try:
+        own_prompt = _is_own_prompt(session, own, cell.text)
+        message = session.get(answer.id)
+    except CMError:
+        return  # a file that cannot be read: the cell stays as it was
+    if not own_prompt or (message.status is MessageStatus.COMPLETE and message.tool_calls):
+        _unanswered(cell, seen)  # another prompt's reply, or its tool calls still wait
+        return
+    seen[cell.key] = (answer.id, answer.status.value)
+    finish(cell, message)
+
+
+def _unanswered(cell: SweepCell, seen: dict[str, tuple[str, str]]) -> None:
+    # Back to a cell not run. Its last look is forgotten: were the same answer to come
+    # back (the branch's head moved to it again), it would be the cell's once more.
+    cell.status, cell.message_id, cell.reply, cell.error = "pending", None, "", None
+    seen.pop(cell.key, None)
 
 
 def complete_reply(session: ContextSession, branch: str, prompt: str) -> Message | None:

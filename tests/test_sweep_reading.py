@@ -84,6 +84,46 @@ def test_an_ended_handle_reads_cells_it_left_pending_as_a_later_run_finished_the
     assert _readings(first) == _readings(again)
 
 
+def test_an_ended_handle_reads_a_done_cell_regenerated_or_deleted_as_the_store_has_it(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider(["Paris."] * 3)
+    session = new_session(provider=fake)
+    first = session.sweep("Capital?", [{}], repeat=3, name="regen", progress=False)
+    first.run(DEADLINE)
+    assert [g.agreement for g in first.stability().groups] == [1.0]
+    regenerated, failed, deleted = first.cells
+    fake.reply("Lyon.")
+    new = session.regenerate(branch=regenerated.branch).result(DEADLINE)
+    # The replaced "Paris." is on no branch: the handle reads the new reply, as its
+    # records and a new handle (which asks nothing) do.
+    assert (first.cell(regenerated.key).message_id, regenerated.reply) == (new.id, "Lyon.")
+    assert [g.agreement for g in first.stability().groups] == [pytest.approx(2 / 3)]
+    again = session.sweep("Capital?", [{}], repeat=3, name="regen", progress=False)
+    again.run(DEADLINE)
+    assert len(fake.requests) == 4
+    assert _readings(first) == _readings(again)
+    # A regenerated reply that fails makes the cell failed, with its reason.
+    fake.error(PermanentProviderError("quota exceeded"))
+    with pytest.raises(PermanentProviderError):
+        session.regenerate(branch=failed.branch).result(DEADLINE)
+    assert first.cell(failed.key).status == "failed"
+    assert failed.error == "quota exceeded"
+    # A deleted cell has no answer and no record: pending, as a cell not run.
+    session.delete_branch(deleted.branch)
+    assert first.counts() == {"pending": 1, "running": 0, "done": 1, "failed": 1}
+    assert (deleted.status, deleted.message_id, deleted.reply) == ("pending", None, "")
+    assert [r["cell"] for r in first.to_records()] == ["p0-v0-r0", "p0-v0-r1"]
+    assert first.stability().groups[0].stability.total == 1
+    assert _readings(first) == _readings(again)
+    # The next run asks the failed and the deleted cell again; the handle reads both.
+    fake.reply("Paris.").reply("Paris.")
+    third = session.sweep("Capital?", [{}], repeat=3, name="regen", progress=False)
+    third.run(DEADLINE)
+    assert [cell.reply for cell in first.cells] == ["Lyon.", "Paris.", "Paris."]
+    assert _readings(first) == _readings(third)
+
+
 _RERUN = textwrap.dedent(
     """
     import sys
