@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .store.paths import DATA_DIR_ENV, platform_data_dir
 
-__all__ = ["data_dir_option", "elsewhere", "for_data_dir"]
+__all__ = ["data_dir_option", "elsewhere", "for_data_dir", "path_argument"]
 
 #: A command a message advises, in backquotes. Not a file "made by `cm-notebook
 #: export`": that names where a file comes from, not a command to run here.
@@ -43,6 +43,16 @@ def data_dir_option(data_dir: str | Path) -> str:
     text = str(data_dir)
     quoted = shlex.quote(text)
     return f"--data-dir={quoted}" if text.startswith("-") else f"--data-dir {quoted}"
+
+
+def path_argument(path: str | Path) -> str:
+    """``path`` as one argument of an advised command, quoted for a POSIX shell (a
+    space in it would otherwise split it in two); ``./`` before a relative path that
+    starts with ``-``, which would otherwise read as an option."""
+    text = str(path)
+    if text.startswith("-"):
+        text = f"./{text}"
+    return shlex.quote(text)
 
 
 def for_data_dir(message: str, data_dir: str | Path | None) -> str:

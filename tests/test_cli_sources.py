@@ -212,3 +212,25 @@ def test_an_invalid_message_id_in_an_import_gets_no_python_remedy(
     assert code == 1
     assert "'../../../evil' is not valid" in err
     assert "session.history()" not in err
+
+
+def test_advised_commands_quote_a_path_with_a_space_so_they_work_pasted(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    # A folder with an export and a v1 contexts.json in it: each is refused with a
+    # command that takes that one file, which must be one shell word however it is named.
+    exported = an_export(capsys, tmp_path)
+    folder = tmp_path / "v1 data"
+    folder.mkdir()
+    shutil.copy(exported, folder / "the export.json")
+    shutil.copy(FIXTURES / "contexts_list.json", folder / "my contexts.json")
+    code, out, _ = run(capsys, data_dir, "migrate", "--no-backup", str(folder))
+    assert code == 1
+    advised = [line.split("`")[1] for line in out.splitlines() if "`cm-notebook" in line]
+    assert len(advised) == 2, out
+    for command in advised:
+        words = shlex.split(command)
+        assert words[0] == "cm-notebook"
+        code, out, err = run(capsys, data_dir, *words[3:])  # after `--data-dir DIR`
+        assert code == 0, err
+    assert {path.name for path in (data_dir / "contexts").iterdir()} >= {"ctx-branches"}

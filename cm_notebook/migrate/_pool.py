@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._cli_advice import path_argument
 from .._input_files import read_input_file
 from ..errors import MigrationError
 from ..store.paths import INDEX_NAME, METADATA_NAME
@@ -241,7 +242,7 @@ def _read_file(path: Path, position: int) -> V1Context:
             position,
             path,
             f"{path} is not a v1 per-context file (no 'message_pool'); if it is another "
-            f"v1 file, migrate it on its own: `cm-notebook migrate {path}`",
+            f"v1 file, migrate it on its own: `cm-notebook migrate {path_argument(path)}`",
         )
     return pool_context(data, position, mtime, key=path.stem, source_file=path)
 

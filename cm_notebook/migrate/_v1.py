@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+from .._cli_advice import path_argument
 from ..model import Role
 from ._util import (
     canonical_json,
@@ -60,9 +61,12 @@ def not_v1_but_export(data: Any, name: object) -> str | None:
     """
     if not (isinstance(data, dict) and data.get("format") == "cm_notebook.export"):
         return None
+    # Quoted, so that the command pasted into a shell works for a path with a space;
+    # parse_v1's "<data>" (JSON given in memory) is no file, so it stays a placeholder.
+    argument = name if name == "<data>" else path_argument(str(name))
     return (
         f"{name} is a cm_notebook export, not v1 data: import it with "
-        f"`cm-notebook import {name}` (in Python: cm_notebook.export.import_document)"
+        f"`cm-notebook import {argument}` (in Python: cm_notebook.export.import_document)"
     )
 
 
