@@ -176,9 +176,33 @@ def test_missing_extra_at_construction(cleanup: list[str]) -> None:
     cleanup.append("fancy")
     with pytest.raises(ProviderNotInstalledError) as info:
         get_provider("fancy:model-1")
-    assert "pip install 'cm_notebook[fancy]'" in str(info.value)
-    assert "fancy_sdk" in str(info.value)
+    message = str(info.value)
+    assert "fancy_sdk" in message
+    # Registered at runtime: cm_notebook has no extra of that name (pip would install
+    # nothing); the remedy names the module that registered it instead.
+    assert "cm_notebook[" not in message
+    assert message.endswith(
+        "install the package that provides that module (the provider was registered "
+        f"with register_provider(), from {__name__})"
+    )
     assert info.value.__cause__ is missing
+
+
+def test_a_runtime_registration_under_a_built_in_name_is_no_built_in(
+    cleanup: list[str],
+) -> None:
+    # "openai" registered by the user: its factory's dependency is theirs, not the extra's.
+    def needs_sdk(model: str | None, **options: Any) -> Provider:
+        import cm_notebook_test_absent_sdk  # type: ignore[import-not-found]  # noqa: F401
+
+        raise AssertionError("unreachable")
+
+    register_provider("openai", needs_sdk)
+    cleanup.append("openai")
+    with pytest.raises(ProviderNotInstalledError) as info:
+        get_provider("openai:gpt-4o-mini")
+    assert "cm_notebook_test_absent_sdk" in str(info.value)
+    assert "cm_notebook[openai]" not in str(info.value)
 
 
 @pytest.fixture
@@ -217,3 +241,39 @@ def test_refresh_keeps_runtime_registrations(cleanup: list[str]) -> None:
     refresh_providers()
     assert "kept" in available_providers()
     assert set(BUILT_INS) <= set(available_providers())
+
+
+@pytest.fixture
+def lazy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An installed plugin that loads, but imports its SDK (not installed) when it
+    builds a provider. Found by the real importlib.metadata."""
+    dist = tmp_path / "lazy_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lazy-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[cm_notebook.providers]\nlazy = cm_notebook_lazy_plugin:LazyProvider\n"
+    )
+    (tmp_path / "cm_notebook_lazy_plugin.py").write_text(
+        "class LazyProvider:\n"
+        "    @classmethod\n"
+        "    def from_spec(cls, model, **options):\n"
+        "        import lazy_plugin_absent_sdk\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cm_notebook_lazy_plugin", raising=False)
+    importlib.invalidate_caches()
+    refresh_providers()
+    yield
+    monkeypatch.undo()
+    refresh_providers()
+
+
+@pytest.mark.usefixtures("lazy_plugin")
+def test_a_plugin_whose_sdk_is_missing_at_construction_is_told_to_reinstall_itself() -> None:
+    for _attempt in range(2):  # the first loads the plugin, the second finds it loaded
+        with pytest.raises(ProviderNotInstalledError) as info:
+            get_provider("lazy:big")
+        message = str(info.value)
+        assert "lazy_plugin_absent_sdk" in message
+        assert message.endswith("install it with: pip install --force-reinstall lazy-plugin")
+        assert "cm_notebook[" not in message

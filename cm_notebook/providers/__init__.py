@@ -211,25 +211,46 @@ def _install_hint(name: str, ep: EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     dist_name = getattr(dist, "name", None)
     if dist_name is None or dist_name.replace("-", "_").lower() == "cm_notebook":
-        return f"pip install 'cm_notebook[{name}]'"
+        # A built-in: its extra, where cm_notebook has one of that name (for another,
+        # pip only warns that the extra does not exist, and installs nothing).
+        extras = dist.metadata.get_all("Provides-Extra") if dist is not None else None
+        if not extras or name in extras:
+            return f"install it with: pip install 'cm_notebook[{name}]'"
+        return "reinstall cm_notebook: pip install --force-reinstall cm_notebook"
     # A third-party plugin: its own dependencies are what is missing.
-    return f"pip install --force-reinstall {dist_name}"
+    return f"install it with: pip install --force-reinstall {dist_name}"
 
 
-def _not_installed(name: str, hint: str, exc: ImportError) -> ProviderNotInstalledError:
+def _registered_hint(factory: ProviderFactory) -> str:
+    # A factory given to register_provider(): no package declares what it needs, so
+    # the remedy names the code that registered it, whose author knows.
+    where = getattr(factory, "__module__", None) or type(factory).__module__
+    return (
+        "install the package that provides that module (the provider was registered "
+        f"with register_provider(), from {where})"
+    )
+
+
+def _not_installed(name: str, remedy: str, exc: ImportError) -> ProviderNotInstalledError:
     return ProviderNotInstalledError(
         f"the {name!r} provider needs an optional dependency that is not installed "
-        f"({exc}); install it with: {hint}",
+        f"({exc}); {remedy}",
         provider=name,
     )
 
 
-def _resolve(name: str) -> ProviderFactory:
+def _resolve(name: str) -> tuple[ProviderFactory, Callable[[], str]]:
+    """The factory for ``name``, and the remedy for a dependency it lacks."""
     with _lock:
-        factory = _runtime.get(name) or _loaded.get(name)
-    if factory is not None:
-        return factory
+        runtime = _runtime.get(name)
+        loaded = _loaded.get(name)
+    if runtime is not None:
+        return runtime, functools.partial(_registered_hint, runtime)
     ep = _entry_points().get(name)
+    if loaded is not None:
+        if ep is None:  # refresh_providers() forgot its entry point meanwhile
+            return loaded, functools.partial(_registered_hint, loaded)
+        return loaded, functools.partial(_install_hint, name, ep)
     if ep is None:
         known = ", ".join(available_providers()) or "(none)"
         raise UnknownProviderError(
@@ -243,7 +264,7 @@ def _resolve(name: str) -> ProviderFactory:
         raise _not_installed(name, _install_hint(name, ep), exc) from exc
     with _lock:
         _loaded[name] = target
-    return target
+    return target, functools.partial(_install_hint, name, ep)
 
 
 def get_provider(spec: str | Provider, /, **options: Any) -> Provider:
@@ -271,13 +292,14 @@ def get_provider(spec: str | Provider, /, **options: Any) -> Provider:
             f"e.g. {_SPEC_EXAMPLES}"
         )
     name, model = parse_spec(spec)
-    factory = _resolve(name)
+    factory, hint = _resolve(name)
     make = factory.from_spec if isinstance(factory, _FromSpec) else factory
     try:
         provider = make(model, **options)
     except ImportError as exc:
-        # Providers may import their SDK lazily, at construction; same remedy.
-        raise _not_installed(name, f"pip install 'cm_notebook[{name}]'", exc) from exc
+        # Providers may import their SDK lazily, at construction: the remedy for where
+        # the provider comes from (a cm_notebook extra is only a built-in's).
+        raise _not_installed(name, hint(), exc) from exc
     if not isinstance(provider, Provider):
         raise TypeError(
             f"the factory for provider {name!r} returned {type(provider).__name__}, "
