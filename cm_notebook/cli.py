@@ -243,6 +243,15 @@ def _unfinished(store: Store, meta: ContextMetadata) -> bool:
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", default="local", help="provider spec (default: local)")
     parser.add_argument("--max-tokens", type=positive_int, default=64, help="reply length limit")
+    # Also after the command, as `python -m cm_notebook.demo --data-dir DIR` (this same
+    # parser) has always taken it.
+    parser.add_argument(
+        "--data-dir",
+        type=data_dir_argument,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="where contexts are stored (as --data-dir before the command)",
+    )
 
 
 @command("demo", "Run the quick-start conversation on the offline model.", _configure_demo)

@@ -1,4 +1,5 @@
-"""The quick-start conversation, headless: ``python -m cm_notebook.demo`` (``make demo``).
+"""The quick-start conversation, headless: ``cm-notebook demo`` (``make demo``), or
+``python -m cm_notebook.demo`` with the same options.
 
 Talks to the built-in offline model (SmolLM2-135M-Instruct through xllamacpp), streams
 the replies to the terminal, forks a branch with a different question, and prints a
@@ -8,8 +9,6 @@ side-by-side comparison. Everything is stored like any other context, so
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import sys
 from pathlib import Path
@@ -94,20 +93,12 @@ async def _conversation(session: ContextSession, store: Store, max_tokens: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: run the demo and print the conversation."""
-    parser = argparse.ArgumentParser(prog="cm-notebook demo", description=__doc__)
-    parser.add_argument("--provider", default="local", help="provider spec (default: local)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="where contexts are stored")
-    parser.add_argument("--max-tokens", type=int, default=64, help="reply length limit")
-    args = parser.parse_args(argv)
-    try:
-        asyncio.run(
-            run_demo(provider=args.provider, data_dir=args.data_dir, max_tokens=args.max_tokens)
-        )
-    except CMError as exc:
-        print(f"cm-notebook demo: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    """Command-line entry point: ``cm-notebook demo`` with ``argv`` (default: this
+    process's arguments), so that both ways of running the demo take the same options
+    and print a usage line that works as written."""
+    from .cli import main as cli_main  # the demo's options are the command line's
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

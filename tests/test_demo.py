@@ -43,3 +43,27 @@ def test_demo_reports_an_unknown_provider_on_one_line(data_dir: Path) -> None:
     assert result.stderr.startswith("cm-notebook: error:")
     assert "nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_usage_line_of_python_m_cm_notebook_demo_works_as_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # `python -m cm_notebook.demo --help` names a command and its options: typed as the
+    # usage line says, with the options it lists, that command runs the demo.
+    from cm_notebook.cli import main as cli_main
+    from cm_notebook.demo import main as demo_main
+
+    assert demo_main(["--help"]) == 0
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    assert usage.startswith("usage: cm-notebook demo [-h] ")
+    assert "[--data-dir DIR]" in usage
+    assert "[--provider PROVIDER]" in usage
+    data_dir = tmp_path / "demo data"
+    assert cli_main(["demo", "--data-dir", str(data_dir), "--provider", "scripted"]) == 0
+    assert "branches: main, italy; active: italy" in capsys.readouterr().out
+    assert len(list((data_dir / "contexts").iterdir())) == 1
+    # And the module takes what the command takes, refusing what it refuses.
+    assert demo_main(["--data-dir", str(data_dir), "--provider", "scripted"]) == 0
+    assert len(list((data_dir / "contexts").iterdir())) == 2
+    assert demo_main(["--provider", "scripted", "--max-tokens", "0"]) == 2
+    assert "--max-tokens" in capsys.readouterr().err
