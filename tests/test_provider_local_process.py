@@ -281,7 +281,12 @@ async def test_server_that_answers_health_after_a_timeout_is_kept(
     error = await provider._timeout_error(server, received=0)
     assert isinstance(error, TransientProviderError)
     assert "the model server is busy" in str(error)
-    assert "timeout=..., or call unload_local_models()" in str(error)
+    # Each remedy said where it goes (a session's send() refuses timeout=).
+    assert (
+        "give it a larger timeout (provider_options={'timeout': ...} when the session is "
+        "created, or LocalProvider(timeout=...)), or call "
+        "cm_notebook.providers.local.unload_local_models() to restart it"
+    ) in str(error)
     assert server.returncode is None
     assert provider.server_pid == server.pid
 

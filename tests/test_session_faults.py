@@ -13,7 +13,7 @@ import pytest
 from fault_server import FaultServer, Hang, Reply, ResetAfter, Status
 from test_session_support import DEADLINE, Recorder, entered, roles, seen
 
-from cm_notebook.errors import PermanentProviderError, StateError
+from cm_notebook.errors import InvalidInputError, PermanentProviderError, StateError
 from cm_notebook.events import ContentDelta, ErrorReported, MessageAdded, StateChanged
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, MessageStatus
@@ -296,3 +296,26 @@ async def _async_faults(session: ContextSession, fault_server: FaultServer) -> N
         await session.send("again")
     assert session.state is State.PERMANENT_FAILURE
     assert (await session.retry()).content == "Hello from the fault server."
+
+
+def test_the_openai_provider_without_a_model_says_where_to_give_one(
+    data_dir: Path, fault_server: FaultServer
+) -> None:
+    # "pass model=..." read as a keyword of the call that failed, which refuses it: the
+    # advice names the places that take a model, and each of them works.
+    options = {"base_url": fault_server.url, "timeout": TIMEOUT}
+    with pytest.raises(InvalidInputError) as info:
+        ContextSession.create(provider="openai", provider_options=options, data_dir=data_dir)
+    assert str(info.value).endswith(
+        "the openai provider needs a model: use a spec like 'openai:gpt-4o-mini', or give "
+        "one in provider_options={'model': ...} when the session is created "
+        "(or OpenAIProvider(model=...))"
+    )
+    fault_server.script([Reply("From options."), Reply("From the instance.")])
+    given = {**options, "model": "fault-model"}
+    with ContextSession.create(provider="openai", provider_options=given, data_dir=data_dir) as s:
+        assert s.send("hi").result(DEADLINE).content == "From options."
+    made = OpenAIProvider(model="fault-model", base_url=fault_server.url, timeout=TIMEOUT)
+    with ContextSession.create(provider=made, data_dir=data_dir) as s:
+        assert s.send("hi").result(DEADLINE).content == "From the instance."
+    assert [request["model"] for request in fault_server.requests] == ["fault-model"] * 2

@@ -406,9 +406,13 @@ class LocalProvider:
         # every later request, each failing after the timeout: if it does not answer
         # GET /health either, it is killed and the next attempt starts another.
         if await self._answers_health(server):
+            # Said with where each remedy goes: from a session, "timeout=" would read as
+            # a keyword of send(), which refuses it as a generation parameter.
             detail = (
                 "the model server is busy (a long reply, or requests queued ahead of this "
-                "one): pass a larger timeout=..., or call unload_local_models() to restart it"
+                "one): give it a larger timeout (provider_options={'timeout': ...} when the "
+                "session is created, or LocalProvider(timeout=...)), or call "
+                "cm_notebook.providers.local.unload_local_models() to restart it"
             )
         else:
             await anyio.to_thread.run_sync(functools.partial(forget_server, server, kill=True))

@@ -331,8 +331,9 @@ class OpenAIProvider:
         model = model or options.pop("model", None)
         if not model:
             raise InvalidInputError(
-                "the openai provider needs a model: use a spec like 'openai:gpt-4o-mini' "
-                "(or pass model=...)"
+                "the openai provider needs a model: use a spec like 'openai:gpt-4o-mini', "
+                "or give one in provider_options={'model': ...} when the session is created "
+                "(or OpenAIProvider(model=...))"
             )
         return cls(model, **options)
 
