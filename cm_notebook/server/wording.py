@@ -115,7 +115,10 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f'switch to another one first (PUT {here}/branches/{{name}} with {{"active": true}})',
         ),
         (
-            re.compile(r" \(or pass model=\.\.\.\)"),
+            re.compile(
+                r", or give one in provider_options=\{'model': \.\.\.\} when the session is "
+                r"created \(or OpenAIProvider\(model=\.\.\.\)\)"
+            ),
             ' (or give the model as "model" in provider_options)',
         ),
         (re.compile(r"Try again, or raise FileStore\(lock_timeout=\.\.\.\)\."), "Try again."),
