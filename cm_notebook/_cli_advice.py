@@ -4,7 +4,11 @@ A remedy such as "run `cm-notebook check --repair ID`" acts on the platform's da
 directory when typed as written. Where the contexts are elsewhere (``--data-dir``,
 ``$CM_NOTEBOOK_DATA_DIR``, a session's ``data_dir=``), the advised command gets that
 folder as ``--data-dir``, so that it acts on the data the message is about. Messages
-name commands in backquotes; every one is rewritten here, so no message says it itself.
+name commands in backquotes, without the folder; it is added here: by the command
+line, the magics and the demo to every message they show, and, for what a Python
+caller reads as it was raised, where the message is made with the store at hand
+(:func:`for_contexts_in`: exporting, walking a branch, a saved copy's hint). A command
+already given ``--data-dir`` is left as it is, so a message passes both ways once.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from pathlib import Path
 
 from .store.paths import DATA_DIR_ENV, platform_data_dir
 
-__all__ = ["data_dir_option", "elsewhere", "for_data_dir", "path_argument"]
+__all__ = ["data_dir_option", "elsewhere", "for_contexts_in", "for_data_dir", "path_argument"]
 
 #: A command a message advises, in backquotes. Not a file "made by `cm-notebook
-#: export`": that names where a file comes from, not a command to run here.
-_COMMAND = re.compile(r"(?<!made by )`cm-notebook(?=[ `])")
+#: export`": that names where a file comes from, not a command to run here. Nor one
+#: that already names its folder (said where the message was made, with the store at
+#: hand), which the command line's or the magics' rewrite would otherwise repeat.
+_COMMAND = re.compile(r"(?<!made by )`cm-notebook(?=[ `])(?! --data-dir[ =])")
 
 
 def elsewhere(data_dir: str | Path | None) -> str | Path | None:
@@ -62,3 +68,12 @@ def for_data_dir(message: str, data_dir: str | Path | None) -> str:
         return message
     option = data_dir_option(data_dir)
     return _COMMAND.sub(lambda _match: f"`cm-notebook {option}", message)
+
+
+def for_contexts_in(message: str, data_dir: object) -> str:
+    """``message`` with the commands it advises given ``--data-dir`` for contexts
+    stored in ``data_dir`` (a store's folder), unless that is the default one. Anything
+    that is no folder (a store that keeps none) leaves the message as it is."""
+    if not isinstance(data_dir, str | Path):
+        return message
+    return for_data_dir(message, elsewhere(data_dir))

@@ -105,6 +105,7 @@ _CLI_REMEDIES = (
         re.compile(r"\((FileStore\.set_branch_head(?: or FileStore\.delete_branch)?)\)"),
         r"(from Python: \1; cm-notebook has no command for it)",
     ),
+    (re.compile(r"session\.export\(branch=\.\.\.\)"), "--branch"),
     (
         # A message id in a file or an argument: its ids are listed the command line's way.
         re.compile(r"Use an id from session\.history\(\)\."),

@@ -31,6 +31,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from . import _json
+from ._cli_advice import for_contexts_in
 from ._export_approvals import (
     ExportedApprovals,
     check_approvals,
@@ -291,15 +292,20 @@ async def export_context(
         # get_messages skipped unreadable files (each named in a warning); a document
         # with holes in its tree would not import.
         lost = [mid for mid in ids if mid not in {m.id for m in messages}]
+        # The command said for the store's folder: a Python caller reads it as raised.
         raise CorruptDataError(
-            f"context {context_id!r} cannot be exported: {len(lost)} of its messages cannot "
-            f"be read ({', '.join(map(repr, lost[:3]))}{', ...' if len(lost) > 3 else ''}; "
-            f"the warnings say why). Run `cm-notebook check {context_id}`, restore those "
-            "files from a backup, or export a branch that does not pass through them "
-            "(--branch)."
+            for_contexts_in(
+                f"context {context_id!r} cannot be exported: {len(lost)} of its messages "
+                f"cannot be read ({', '.join(map(repr, lost[:3]))}"
+                f"{', ...' if len(lost) > 3 else ''}; the warnings say why). Run "
+                f"`cm-notebook check {context_id}`, restore those files from a backup, or "
+                "export a branch that does not pass through them (session.export(branch=...)).",
+                getattr(store, "data_dir", None),
+            )
         )
     if branch is None:
-        _check_branches_whole(context_id, metadata, {m.id for m in messages})
+        whole = {m.id for m in messages}
+        _check_branches_whole(context_id, metadata, whole, getattr(store, "data_dir", None))
     # Provider settings refuse secrets, but files written before that (or imported
     # fields) may still hold one: an export is shared, so it never carries them.
     provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})
@@ -344,7 +350,7 @@ def _format_version(scores: dict[str, dict[str, Any]], approvals: ExportedApprov
 
 
 def _check_branches_whole(
-    context_id: str, metadata: ContextMetadata, exported: Collection[str]
+    context_id: str, metadata: ContextMetadata, exported: Collection[str], data_dir: object
 ) -> None:
     # A branch that refers to a message the tree lacks (a head moved to a message whose
     # file and index entry were lost) makes a document that would not import. Said with
@@ -370,10 +376,16 @@ def _check_branches_whole(
     )
     if readable:
         names = ", ".join(map(repr, readable))
-        fix = f"export each branch that still reads on its own with --branch ({names}); or {fix}"
+        fix = (
+            "export each branch that still reads on its own with "
+            f"session.export(branch=...) ({names}); or {fix}"
+        )
     raise CorruptDataError(
-        f"context {context_id!r} cannot be exported whole: {'; '.join(problems)}. "
-        f"{fix[0].upper()}{fix[1:]}. `cm-notebook check {context_id}` lists the damage."
+        for_contexts_in(
+            f"context {context_id!r} cannot be exported whole: {'; '.join(problems)}. "
+            f"{fix[0].upper()}{fix[1:]}. `cm-notebook check {context_id}` lists the damage.",
+            data_dir,
+        )
     )
 
 

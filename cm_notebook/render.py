@@ -17,7 +17,9 @@ import html
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
+from ._cli_advice import for_contexts_in
 from ._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from ._reasoning_html import NO_ANSWER, gave_no_answer, reasoning_html
 from ._theme import MUTED
@@ -259,10 +261,13 @@ def conversation_html(
     branch: str | None = None,
     *,
     last: int | None = None,
+    data_dir: Path | None = None,
 ) -> str:
     """A context's branch as static HTML: title, every branch (which one is shown and
     which is active), the branch's system prompt, its messages (with ``last``, only the
-    last ``last`` of them, and a line saying how many are left out and how to get all)."""
+    last ``last`` of them, and a line saying how many are left out and how to get all,
+    the command given ``--data-dir`` when ``data_dir``, the folder the context is stored
+    in, is not the default one)."""
     shown = branch or metadata.active_branch
     kept = messages if last is None or len(messages) <= last else messages[-last:]
     earlier = len(messages) - len(kept)
@@ -280,10 +285,14 @@ def conversation_html(
         system = message_html(Message(id="system", role="system", content=prompt))
     left_out = ""
     if earlier:
+        whole = for_contexts_in(
+            f"`cm-notebook export {metadata.id}` (or session.export() in Python) writes the "
+            "whole conversation.",
+            data_dir,
+        )
         left_out = (
             f'<div style="color:{MUTED};margin:4px 0">{earlier:,} earlier messages are not in '
-            f"this copy. `cm-notebook export {html.escape(metadata.id)}` (or session.export() "
-            "in Python) writes the whole conversation.</div>"
+            f"this copy. {html.escape(whole)}</div>"
         )
     body = "".join(message_html(m) for m in kept)
     branches = _branches_html(metadata, shown)

@@ -541,7 +541,13 @@ class ContextSession(
         # Static HTML: a saved notebook shows the conversation without a kernel, its
         # last messages as the chat view does (a long branch would be megabytes).
         metadata = self._read_metadata()
-        return conversation_html(metadata, self.history(), last=SAVED_MESSAGES)
+        data_dir = getattr(self._store, "data_dir", None)  # the export it advises, for it
+        return conversation_html(
+            metadata,
+            self.history(),
+            last=SAVED_MESSAGES,
+            data_dir=data_dir if isinstance(data_dir, Path) else None,
+        )
 
     def _ipython_display_(self) -> None:
         # In a notebook: the live views, then a static snapshot kept current for saving.

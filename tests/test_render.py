@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 
 import anyio
@@ -220,8 +222,9 @@ def test_many_branches_are_counted_not_all_listed() -> None:
 
 
 def test_a_long_branch_s_html_holds_its_last_messages_and_says_how_to_get_all(
-    data_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    data_dir = tmp_path / "my data"  # not the default folder, and one to quote
     session = ContextSession.create("Long", provider=ScriptedProvider(), data_dir=data_dir)
     try:
         for i in range(SAVED_MESSAGES // 2 + 3):
@@ -231,7 +234,11 @@ def test_a_long_branch_s_html_holds_its_last_messages_and_says_how_to_get_all(
         session.close()
     total = 2 * (SAVED_MESSAGES // 2 + 3)
     assert f"the last {SAVED_MESSAGES} of {total} messages" in html
-    assert f"6 earlier messages are not in this copy. `cm-notebook export {session.id}`" in html
+    # The command it advises names the session's folder, and works pasted as it is.
+    advised = f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} export {session.id}`"
+    assert f"6 earlier messages are not in this copy. {escape(advised)}" in html
+    assert main(shlex.split(advised.strip("`"))[1:]) == 0
+    assert f"question {SAVED_MESSAGES // 2 + 2}" in capsys.readouterr().out
     assert "question 2<" not in html  # left out
     assert "question 3<" in html  # the first kept
     assert html.count('class="cm-message') <= SAVED_MESSAGES

@@ -9,6 +9,7 @@ without losing the heads the old index held. Real files, real FileStores.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -446,7 +447,9 @@ def test_an_index_entry_whose_parent_is_not_the_file_s_is_found_and_repaired(
         text = index.read_text()
         index.write_text(text.replace(f'"parent_id":"{ids[0]}"', '"parent_id":"m01gone"', 1))
         async with FileStore(tmp_path) as store:
-            with pytest.raises(CorruptDataError, match="cm-notebook check c"):
+            # Advised for this folder: a Python caller pastes the command as it is.
+            advised = f"`cm-notebook --data-dir {shlex.quote(str(tmp_path))} check c`"
+            with pytest.raises(CorruptDataError, match=re.escape(advised)):
                 await store.path("c")
             report = await store.check("c")
             assert not report.ok

@@ -6,6 +6,8 @@ browser (test_views_browser.py)."""
 from __future__ import annotations
 
 import asyncio
+import html
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -333,7 +335,7 @@ async def test_the_snapshot_is_static_html_of_the_active_branch(new_session: New
 
 
 async def test_the_snapshot_of_a_long_branch_keeps_its_last_messages_and_says_so(
-    new_session: NewSession,
+    new_session: NewSession, data_dir: Path
 ) -> None:
     session = new_session(provider=ScriptedProvider())
     for i in range(MESSAGES_SHOWN // 2 + 1):
@@ -342,7 +344,10 @@ async def test_the_snapshot_of_a_long_branch_keeps_its_last_messages_and_says_so
     short = snapshot_html(session, last=4)
     assert f"the last 4 of {total} messages" in short
     assert f"{total - 4} earlier messages are not in this copy" in short
-    assert f"cm-notebook export {session.id}" in short
+    # Said for the session's folder (not the default one), so it works pasted.
+    assert f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} export {session.id}`" in (
+        html.unescape(short)
+    )
     assert "<p>question 0</p>" not in short
     assert f"<p>question {MESSAGES_SHOWN // 2}</p>" in short
     whole = snapshot_html(session)

@@ -51,6 +51,7 @@ _REMEDIES = (
     ),
     ("pick another name, or delete that branch first (delete_branch)", "pick another name"),
     ("Use an id from session.history().", "`%cm history --ids` shows the ids."),
+    ("session.export(branch=...)", "`%cm export --branch B`"),
 )
 
 #: A reply of this kernel still being generated on a named branch: said with that

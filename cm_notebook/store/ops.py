@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._cli_advice import for_contexts_in
 from ..errors import (
     BranchExistsError,
     BranchMovedError,
@@ -46,7 +47,7 @@ from .context import ContextState
 from .diagnostics import warn
 from .index import RebuildNeeded
 from .oserrors import OUT_OF_RESOURCES
-from .paths import message_path, trusted_message_path
+from .paths import data_dir_of, message_path, trusted_message_path
 from .pending import file_digest
 from .repair import intact
 
@@ -135,21 +136,29 @@ def _missing_from_index(state: ContextState, message_id: str, branch: str) -> Co
         f"branch {branch!r} of context {state.context_id!r} leads to message "
         f"{message_id!r}, which is missing from the index"
     )
+    # The command said for this store's folder: a Python caller reads it as raised.
+    data_dir = data_dir_of(state.dir)
     try:
         read_message_file(path, message_id)
     except (StoreError, OSError):  # CorruptDataError, StoreIOError, ...
         return CorruptDataError(
-            f"{where} (its file {path} is missing or unreadable). Run `cm-notebook check "
-            f"{state.context_id}`: if the index disagrees with the files, `--repair` rebuilds "
-            "it; else restore the file, or point the branch at another message "
-            "(FileStore.set_branch_head).",
+            for_contexts_in(
+                f"{where} (its file {path} is missing or unreadable). Run `cm-notebook check "
+                f"{state.context_id}`: if the index disagrees with the files, `--repair` "
+                "rebuilds it; else restore the file, or point the branch at another message "
+                "(FileStore.set_branch_head).",
+                data_dir,
+            ),
             path,
         )
     return CorruptDataError(
-        f"{where}, although its file {path} is intact: the index is older than the branch "
-        "(an index file put back?), or no conversation leads to that message. Run "
-        f"`cm-notebook check --repair {state.context_id}` to rebuild the index from the "
-        "message files, or to learn what that message goes back to.",
+        for_contexts_in(
+            f"{where}, although its file {path} is intact: the index is older than the "
+            "branch (an index file put back?), or no conversation leads to that message. Run "
+            f"`cm-notebook check --repair {state.context_id}` to rebuild the index from the "
+            "message files, or to learn what that message goes back to.",
+            data_dir,
+        ),
         state.index.index_path,
     )
 

@@ -31,6 +31,7 @@ __all__ = [
     "STREAMING_SUFFIX",
     "context_dir",
     "contexts_root",
+    "data_dir_of",
     "default_data_dir",
     "ensure_inside",
     "message_path",
@@ -151,6 +152,11 @@ def context_dir(data_dir: Path, context_id: str) -> Path:
     validate_context_id(context_id)
     root = contexts_root(data_dir)
     return ensure_inside(data_dir, safe_join(root, context_id))
+
+
+def data_dir_of(ctx_dir: Path) -> Path:
+    """The data directory a context folder (made by :func:`context_dir`) is in."""
+    return ctx_dir.parent.parent
 
 
 def message_path(ctx_dir: Path, message_id: str) -> Path:

@@ -1,0 +1,95 @@
+"""The ``cm-notebook`` commands an error advises a Python caller name the session's
+data folder (``--data-dir``), so that pasted into a terminal they act on that data."""
+
+from __future__ import annotations
+
+import shlex
+import warnings
+from pathlib import Path
+
+import anyio
+import pytest
+
+from cm_notebook.cli import main
+from cm_notebook.errors import CorruptDataError
+from cm_notebook.session import ContextSession
+from cm_notebook.store import FileStore, StoreWarning
+from cm_notebook.testing import ScriptedProvider
+
+
+def damaged(data_dir: Path) -> str:
+    """A context of two turns in ``data_dir`` whose second question's file is garbage
+    (and no journal line holds it any more): the id of that context."""
+    session = ContextSession.create("Damaged", provider=ScriptedProvider(), data_dir=data_dir)
+    for question in ("one", "two"):
+        session.send(question).result(10)
+    lost, context_id = session.history()[2].id, session.id
+    session.close()
+
+    async def compact() -> None:
+        async with FileStore(data_dir) as store:
+            await store.compact(context_id)
+
+    anyio.run(compact)
+    (data_dir / "contexts" / context_id / "messages" / f"{lost}.json").write_text("garbage{")
+    return context_id
+
+
+def advised(message: str) -> list[str]:
+    """The commands ``message`` advises, in backquotes, as shell words."""
+    return [shlex.split(part) for part in message.split("`")[1::2] if part.startswith("cm-")]
+
+
+def test_an_export_that_cannot_read_a_message_advises_check_for_the_session_s_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "my data"  # not the default folder, and one to quote
+    context_id = damaged(data_dir)
+    session = ContextSession.open(context_id, data_dir=data_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StoreWarning)  # the unreadable file, named
+            with pytest.raises(CorruptDataError) as info:
+                session.export()
+    finally:
+        session.close()
+    message = str(info.value)
+    # In Python, the other way out is said in Python, not as the command line's flag.
+    assert "export a branch that does not pass through them (session.export(branch=...))" in (
+        message
+    )
+    assert "--branch" not in message
+    (command,) = advised(message)
+    assert command == ["cm-notebook", "--data-dir", str(data_dir), "check", context_id]
+    # Pasted, it checks that context (rather than finding none in the default folder).
+    main(command[1:])
+    out, err = capsys.readouterr()
+    assert "no context" not in err
+    assert context_id in out + err
+    # The command line says the same error its own way, with the folder given once.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        assert main(["--data-dir", str(data_dir), "export", context_id]) == 1
+    err = capsys.readouterr().err
+    assert err.count("--data-dir") == 1
+    assert "(--branch)" in err
+    assert "session.export" not in err
+
+
+def test_a_folder_named_by_the_environment_is_named_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment, not the package: $CM_NOTEBOOK_DATA_DIR may be unset in the
+    # terminal the command is pasted into, so the advice names the folder all the same.
+    monkeypatch.setenv("CM_NOTEBOOK_DATA_DIR", str(tmp_path / "env data"))
+    context_id = damaged(tmp_path / "env data")
+    session = ContextSession.open(context_id)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StoreWarning)
+            with pytest.raises(CorruptDataError) as info:
+                session.export()
+    finally:
+        session.close()
+    (command,) = advised(str(info.value))
+    assert command[1:3] == ["--data-dir", str(tmp_path / "env data")]
