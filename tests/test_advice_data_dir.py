@@ -12,6 +12,7 @@ import pytest
 
 from cm_notebook.cli import main
 from cm_notebook.errors import CorruptDataError
+from cm_notebook.magics._remedies import for_magics
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.testing import ScriptedProvider
@@ -74,6 +75,10 @@ def test_an_export_that_cannot_read_a_message_advises_check_for_the_session_s_fo
     assert err.count("--data-dir") == 1
     assert "(--branch)" in err
     assert "session.export" not in err
+    # And the magics theirs, the folder given once there too.
+    in_magics = for_magics(message, session)
+    assert in_magics.count("--data-dir") == 1
+    assert "(`%cm export --branch B`)" in in_magics
 
 
 def test_a_folder_named_by_the_environment_is_named_too(
