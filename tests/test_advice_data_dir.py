@@ -9,10 +9,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from store_helpers import chain
 
 from cm_notebook.cli import main
 from cm_notebook.errors import CorruptDataError
 from cm_notebook.magics._remedies import for_magics
+from cm_notebook.model import ContextMetadata
+from cm_notebook.server.wording import for_http
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore, StoreWarning
 from cm_notebook.testing import ScriptedProvider
@@ -98,3 +101,29 @@ def test_a_folder_named_by_the_environment_is_named_too(
         session.close()
     (command,) = advised(str(info.value))
     assert command[1:3] == ["--data-dir", str(tmp_path / "env data")]
+
+
+def test_a_rest_client_is_not_told_the_server_s_folder(tmp_path: Path) -> None:
+    # A branch that leads to a message the index lost: the store's error names the
+    # folder for a Python caller; a client of the server learns the command alone.
+    data_dir = tmp_path / "server data"
+
+    async def scenario() -> str:
+        async with FileStore(data_dir) as store:
+            await store.create_context(ContextMetadata(id="c"))
+            ids = await chain(store, "c", 3)
+            await store.compact("c")
+        index = data_dir / "contexts" / "c" / "message_index.json"
+        text = index.read_text()
+        index.write_text(text.replace(f'"parent_id":"{ids[0]}"', '"parent_id":"m01gone"', 1))
+        async with FileStore(data_dir) as store:
+            with pytest.raises(CorruptDataError) as info:
+                await store.path("c")
+        return str(info.value)
+
+    message = anyio.run(scenario)
+    assert f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} check c`" in message
+    worded = for_http(message, data_dir=data_dir, api="/cm/api", context_id="c")
+    assert "`cm-notebook check c`" in worded
+    assert "data folder" not in worded
+    assert str(tmp_path) not in worded

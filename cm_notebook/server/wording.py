@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from .._cli_advice import data_dir_option
+
 __all__ = ["for_http"]
 
 #: A Python call in prose: ``name()``, ``obj.method(...)``, ``Class.method()``.
@@ -166,6 +168,9 @@ def _hide_paths(text: str, data_dir: Path) -> str:
     # Longest spelling first, so a resolved path is not left half-replaced.
     spellings = sorted({str(data_dir), str(data_dir.resolve())}, key=len, reverse=True)
     for folder in spellings:
+        # The folder a command is advised for, as a Python caller is told it: a client
+        # is not told where the server keeps its files (and cannot run it there).
+        text = text.replace(f"`cm-notebook {data_dir_option(folder)} ", "`cm-notebook ")
         # "no context 'x' in <data dir>/contexts.": the folder says nothing to a client.
         text = re.sub(rf" in {re.escape(folder)}/contexts(?=[.;,]?(?:\s|$))", "", text)
         text = text.replace(f"{folder}/", "")
