@@ -292,7 +292,6 @@ async def export_context(
         # get_messages skipped unreadable files (each named in a warning); a document
         # with holes in its tree would not import.
         lost = [mid for mid in ids if mid not in {m.id for m in messages}]
-        # The command said for the store's folder: a Python caller reads it as raised.
         raise CorruptDataError(
             for_contexts_in(
                 f"context {context_id!r} cannot be exported: {len(lost)} of its messages "
@@ -304,8 +303,7 @@ async def export_context(
             )
         )
     if branch is None:
-        whole = {m.id for m in messages}
-        _check_branches_whole(context_id, metadata, whole, getattr(store, "data_dir", None))
+        _check_branches_whole(context_id, metadata, {m.id for m in messages}, store)
     # Provider settings refuse secrets, but files written before that (or imported
     # fields) may still hold one: an export is shared, so it never carries them.
     provider = metadata.provider.model_copy(update={"params": redact(metadata.provider.params)})
@@ -350,7 +348,7 @@ def _format_version(scores: dict[str, dict[str, Any]], approvals: ExportedApprov
 
 
 def _check_branches_whole(
-    context_id: str, metadata: ContextMetadata, exported: Collection[str], data_dir: object
+    context_id: str, metadata: ContextMetadata, exported: Collection[str], store: Store
 ) -> None:
     # A branch that refers to a message the tree lacks (a head moved to a message whose
     # file and index entry were lost) makes a document that would not import. Said with
@@ -384,7 +382,7 @@ def _check_branches_whole(
         for_contexts_in(
             f"context {context_id!r} cannot be exported whole: {'; '.join(problems)}. "
             f"{fix[0].upper()}{fix[1:]}. `cm-notebook check {context_id}` lists the damage.",
-            data_dir,
+            getattr(store, "data_dir", None),  # said for its folder, as a caller reads it
         )
     )
 
