@@ -31,6 +31,8 @@ words = " ".join(f"w{i}" for i in range(2000))
 fake = ScriptedProvider().reply(words, chunks="words", delay=0.02)
 session = ContextSession.open(sys.argv[2], data_dir=sys.argv[1], provider=fake)
 def streaming():
+    while len(session.history()) < 2:  # the reply stored (on a loaded machine: later)
+        time.sleep(0.01)
     time.sleep(0.2)  # a few chunks written
     print("streaming", flush=True)
 threading.Thread(target=streaming, daemon=True).start()
