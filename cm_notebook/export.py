@@ -483,13 +483,13 @@ async def import_document(
         metadata = metadata.model_copy(update={"id": validate_context_id(context_id)})
     cid = metadata.id
     # A new context must start with empty branches, and forked_from can only be set by
-    # create_branch once the messages exist; a placeholder stands in for an active
-    # branch that is forked, because the active branch must exist from the start.
-    plain = {
-        n: b.model_copy(update={"head": None})
-        for n, b in metadata.branches.items()
-        if b.forked_from is None
-    }
+    # create_branch once the messages exist: the branches before the first forked one
+    # start it (a placeholder stands in for an active branch made later), the rest come
+    # after the messages, in the document's order (which the context's list keeps).
+    names = list(metadata.branches)
+    forked = [i for i, n in enumerate(names) if metadata.branches[n].forked_from is not None]
+    first_later = forked[0] if forked else len(names)
+    plain = {n: metadata.branches[n].model_copy(update={"head": None}) for n in names[:first_later]}
     placeholder = None
     if metadata.active_branch not in plain:
         placeholder = next(
@@ -550,12 +550,12 @@ async def _import_into(
     try:
         for message in document.messages:
             await store.append_message(cid, message, branch=None)
-        # The forked branches as they were exported, created_at included (create_branch
+        # The later branches as they were exported, created_at included (create_branch
         # would stamp them with now), in one write now that their messages exist.
-        forked = [b for b in metadata.branches.values() if b.forked_from is not None]
-        await store.create_branches(cid, forked)
+        later = [b for n, b in metadata.branches.items() if n not in start.branches]
+        await store.create_branches(cid, later)
         for name, branch in metadata.branches.items():
-            if branch.forked_from is None and branch.head is not None:
+            if name in start.branches and branch.head is not None:
                 await store.set_branch_head(cid, name, branch.head)
         if placeholder is not None:
             await store.set_active_branch(cid, metadata.active_branch)

@@ -146,6 +146,10 @@ async def test_json_round_trip_keeps_the_whole_tree(
     again = await export_context(other_store, CID)
     assert again.messages == document.messages
     assert comparable(again.metadata) == comparable(document.metadata)
+    # In the same order: a branch that starts at the root, listed after a fork, stays
+    # after it.
+    assert list(document.metadata.branches) == ["main", "retry", "empty branch"]
+    assert list(again.metadata.branches) == list(document.metadata.branches)
     assert again.metadata.active_branch == "retry"
     assert again.metadata.branches["retry"].forked_from == "a2"
     assert again.metadata.branches["retry"].system_prompt == "Be briefer."
