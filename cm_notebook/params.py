@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._json import JSONLimitError, check_depth, non_finite_at
 from ._json_values import refuse_unstorable
@@ -78,13 +78,22 @@ class GenerationParams(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     # Providers read both as fixed-size integers: larger values came back wrapped round
     # (a max_tokens of 10**12 as a negative number), and llama.cpp takes a seed of -1
-    # as "random" and cuts others to 32 bits, so the recorded seed would not be the one
-    # that sampled the reply.
+    # (2**32 - 1 as an unsigned 32-bit number, too) as "random" and cuts others to 32
+    # bits, so the recorded seed would not be the one that sampled the reply.
     max_tokens: int | None = Field(None, gt=0, le=2**31 - 1)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(None, ge=0, le=2**32 - 2)
     stop: str | list[str] | None = None
     model: str | None = Field(None, min_length=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # An empty stop sequence ends every reply at once: an empty "complete" answer
+        # that scores and stability would count as a real one.
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("an empty stop sequence would end every reply at once; leave it out")
+        return value
 
     @classmethod
     def check(cls, params: Mapping[str, Any], provider: object = None) -> dict[str, Any]:

@@ -153,7 +153,8 @@ def test_openai_server_knobs_and_extra_body_reach_the_server(
     [
         ("max_tokens", 10**12, "less than or equal to 2147483647"),
         ("seed", -1, "greater than or equal to 0"),
-        ("seed", 5 + 2**32, "less than or equal to 4294967295"),
+        ("seed", 5 + 2**32, "less than or equal to 4294967294"),
+        ("seed", 2**32 - 1, "less than or equal to 4294967294"),  # -1 as unsigned
     ],
 )
 def test_values_a_provider_would_wrap_or_read_as_random_are_refused(
@@ -164,6 +165,15 @@ def test_values_a_provider_would_wrap_or_read_as_random_are_refused(
     with pytest.raises(InvalidInputError, match=words):
         GenerationParams.check({name: value})
     assert GenerationParams.check({name: 7}) == {name: 7}
+
+
+@pytest.mark.parametrize("stop", ["", ["END", ""]])
+def test_an_empty_stop_sequence_is_refused(session: ContextSession, stop: object) -> None:
+    # It would end every reply at once: an empty "complete" answer, counted by scores
+    # and stability as a real one.
+    with pytest.raises(InvalidInputError, match="an empty stop sequence would end every reply"):
+        session.send("hi", stop=stop)
+    assert GenerationParams.check({"stop": ["END"]}) == {"stop": ["END"]}
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])

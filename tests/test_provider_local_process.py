@@ -191,6 +191,27 @@ async def test_killed_server_gives_a_clear_error_and_the_next_request_restarts_i
     assert provider.server_pid not in (None, first_pid)
 
 
+async def test_unloading_the_models_mid_reply_is_said_to_be_a_stop_on_request(
+    provider: LocalProvider,
+) -> None:
+    # Not a crash: the reply that was being written says the server was stopped.
+    seen: list[str] = []
+
+    async def unload_mid_reply() -> None:
+        async for event in provider.stream(request("Write a long story.", max_tokens=1000)):
+            if isinstance(event, TextDelta):
+                seen.append(event.text)
+                if len(seen) == 2:
+                    await anyio.to_thread.run_sync(unload_local_models)
+
+    with pytest.raises(TransientProviderError) as info:
+        await unload_mid_reply()
+    message = str(info.value)
+    assert "was stopped on request (unload_local_models()" in message
+    assert "while answering" in message
+    assert "crash" not in message
+
+
 async def test_an_interrupt_meant_for_the_kernel_does_not_stop_the_server(
     provider: LocalProvider,
 ) -> None:

@@ -78,6 +78,9 @@ class ServerProcess:
         #: ``http://127.0.0.1:<port>``; the chat API is under ``/v1``.
         self.address = f"http://127.0.0.1:{port}"
         self._api_key = api_key
+        #: Stopped on request (unload_local_models(), this process exiting): its end
+        #: is then no crash, and a reply it was writing says so.
+        self.stopped_on_request = False
         # Reaped as soon as it exits, even while idle: else a server that died between
         # requests stays a zombie until the next request polls it.
         threading.Thread(
@@ -352,6 +355,7 @@ def stop_all_servers() -> None:
         servers = list(_servers.values())
         _servers.clear()
     for server in servers:
+        server.stopped_on_request = True
         server.stop()
 
 

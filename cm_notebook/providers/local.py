@@ -383,14 +383,22 @@ class LocalProvider:
         returncode = await anyio.to_thread.run_sync(server.wait_exited, _EXIT_WAIT_SECONDS)
         if returncode is not None:
             how = server.exit_description()
+            asked = server.stopped_on_request  # read before forget_server stops it too
             await anyio.to_thread.run_sync(forget_server, server)
             while_ = "while answering" if received else "before answering"
-            return _errors.connection_error(
-                provider="local",
-                detail=f"the model server process (pid {server.pid}) {how}, {while_}. "
-                "The next request starts it again; if this repeats, the model or the "
-                "request makes llama.cpp crash",
-            )
+            if asked:
+                detail = (
+                    f"the model server process (pid {server.pid}) was stopped on request "
+                    f"(unload_local_models(), or this process exiting), {while_}. The next "
+                    "request starts it again"
+                )
+            else:
+                detail = (
+                    f"the model server process (pid {server.pid}) {how}, {while_}. The "
+                    "next request starts it again; if this repeats, the model or the "
+                    "request makes llama.cpp crash"
+                )
+            return _errors.connection_error(provider="local", detail=detail)
         if isinstance(exc, self._httpx.TimeoutException):
             return await self._timeout_error(server, received)
         detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
