@@ -78,7 +78,9 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
     saved: ComparisonSnapshot | None = None
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
-        names = list(branches) or list(session.branches)
+        # A branch named twice (a typo) is compared once: a column per name would
+        # repeat it, and "two or more branches" must count distinct ones.
+        names = list(dict.fromkeys(branches)) or list(session.branches)
         baseline = session.baseline
         if baseline in names:  # the branch the others are measured against comes first
             names = [baseline, *(n for n in names if n != baseline)]
@@ -103,7 +105,13 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         self.branch_names = names
         self._deleted: list[str] = []  # compared branches deleted since
         self._follow(session, 0.5)
-        self._render()
+        try:
+            self._render()
+        except BaseException:
+            # Never shown, but it would follow the session still, and fail again on
+            # each signal in whichever cell is running.
+            self.close()
+            raise
 
     @property
     def value(self) -> str:
