@@ -50,11 +50,15 @@ class SavedSessionView(SessionView):
     """What ``%cm`` shows: the session's live view, then its saved-notebook snapshot
     (as every :class:`~cm_notebook.widgets.SessionView` shown on its own does)."""
 
+    REOPEN = "%cm (or session.view()) shows a new one"
+
 
 class SavedCompareView(CompareView):
     """What ``%cm compare`` shows: the live comparison, then its saved copy (as every
     :class:`~cm_notebook.widgets.CompareView` shown on its own), errors in the copy
     said in the magics' terms."""
+
+    REOPEN = "%cm compare (or session.compare_view(...)) shows a new one"
 
     def _saved_copy(self, copy_id: str) -> ComparisonSnapshot:
         return ComparisonSnapshot(
@@ -94,7 +98,9 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
         return "<cm_notebook comparison after the cells above>"
 
     def _ipython_display_(self) -> None:
-        copy_id = show_widget(self)
+        copy_id = show_widget(self, "run the %cm compare cell again for a new one")
+        if copy_id is None:  # closed
+            return
         if self.saved is None:
             waiting = _COMPARES_LATER if self.failure is None else said_html(self.failure)
             self.saved = ComparisonSnapshot(
@@ -144,7 +150,12 @@ class SavedComparisonView(ComparisonView):
     failure: str | None = None
 
     def _ipython_display_(self) -> None:
-        copy_id = show_widget(self)
+        # Its replies stay in their branches: a comparison of them can be shown anew.
+        copy_id = show_widget(
+            self, "%cm compare (or session.compare_view(...)) compares its arms again"
+        )
+        if copy_id is None:  # closed
+            return
         if self.saved is None:
             waiting = _WAITING if self.failure is None else said_html(self.failure)
             self.saved = ComparisonSnapshot(

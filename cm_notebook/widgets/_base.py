@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
+from IPython.display import display
 
 from .. import events as ev
 from .._auto_names import made_under_free_name
@@ -40,6 +41,7 @@ __all__ = [
     "Throttle",
     "close_parts",
     "fork_under_free_name",
+    "shown_closed",
     "static_text",
 ]
 
@@ -60,6 +62,18 @@ def static_text(name: str) -> str:
     ever be freed.
     """
     return (_STATIC / name).read_text(encoding="utf-8")
+
+
+def shown_closed(widget: w.Widget, remedy: str) -> bool:
+    """If ``widget`` was closed, display a line saying so and ``remedy`` (what shows a
+    new one) and return True; else display nothing and return False."""
+    # ipywidgets 8 drops a closed widget's comm and sets its _repr_mimebundle_ to None:
+    # a view that shows itself would fail with "'NoneType' object is not callable".
+    # A closed widget without a display of its own shows its text repr; this says more.
+    if widget.comm is not None:
+        return False
+    display({"text/plain": f"{widget!r} was closed; {remedy}"}, raw=True)  # type: ignore[no-untyped-call]
+    return True
 
 
 def close_parts(widget: w.Widget) -> None:

@@ -76,6 +76,8 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
 
     #: The static copy shown after the view, once it is shown on its own.
     saved: ComparisonSnapshot | None = None
+    #: What shows a new view, said when this one is shown again once closed.
+    REOPEN = "session.compare_view(...) shows a new one"
 
     def __init__(self, session: ContextSession, *branches: str) -> None:
         # A branch named twice (a typo) is compared once: a column per name would
@@ -126,7 +128,9 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
         # The live view, then the static copy a notebook saved without widget state
         # still shows (a text/html in the widget's own bundle would not be: DESIGN
         # fact 10). Displayed again in a later cell, one more copy, kept current too.
-        copy_id = show_widget(self)
+        copy_id = show_widget(self, self.REOPEN)
+        if copy_id is None:  # closed
+            return
         if self.saved is None:
             self.saved = self._saved_copy(copy_id)
         self.saved.display()

@@ -25,7 +25,7 @@ from .. import events as ev
 from .._theme import MUTED
 from ..errors import CMError
 from ..provenance import provenance_of
-from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
+from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle, shown_closed
 from ._copy_hider import SavedCopyHider, mark_copy
 from ._live_output import LiveOutput, register_copy
 
@@ -47,9 +47,14 @@ def said_html(text: str) -> str:
     return f'<div><span style="color:{MUTED}">{html_text.escape(text)}</span></div>'
 
 
-def show_widget(widget: Any) -> str:
+def show_widget(widget: Any, remedy: str) -> str | None:
     """Show ``widget`` as IPython would without ``_ipython_display_``; return the id of
-    the part that hides its saved copy (added if it has none) on a live page."""
+    the part that hides its saved copy (added if it has none) on a live page.
+
+    A closed ``widget`` is not shown: a line says it was closed and ``remedy`` (what
+    shows a new one), and None is returned (it has no saved copy to show either)."""
+    if shown_closed(widget, remedy):
+        return None
     # The widget's own bundle, as IPython would show it without _ipython_display_, with
     # a part that hides the saved copy shown after it on a live page; returns its id.
     hider = next((c for c in widget.children if isinstance(c, SavedCopyHider)), None)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as w
 from IPython.display import display
 
-from ._base import close_parts
+from ._base import close_parts, shown_closed
 from ._copy_hider import SavedCopyHider
 from .approval import ToolApproval
 from .branches import BranchTree
@@ -29,6 +29,9 @@ __all__ = ["SessionView", "display_session"]
 
 class SessionView(w.VBox):  # type: ignore[misc]
     """Status, branch tree, chat and approvals of ``session``, live."""
+
+    #: What shows a new view, said when this one is shown again once closed.
+    REOPEN = "session.view() shows a new one"
 
     def __init__(self, session: ContextSession) -> None:
         self.session = session
@@ -63,6 +66,8 @@ class SessionView(w.VBox):  # type: ignore[misc]
         # Shown on its own (``session.view()``, ``%cm``): the live view, then the static
         # snapshot a notebook saved without widget state still shows (a text/html in
         # the widget's own bundle would not be: DESIGN fact 10).
+        if shown_closed(self, self.REOPEN):  # nor its snapshot: it keeps its last content
+            return
         display(self._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
         # Displayed again in a later cell, the one snapshot shows one more copy and
         # keeps every copy current (the earlier cell's must not stay stale when saved).
