@@ -75,9 +75,16 @@ class StatusBar(FollowingView, anywidget.AnyWidget):
                 self._errors.pop(event.branch, None)
             self._throttle.now()
         elif isinstance(event, (ev.BranchSwitched, ev.BranchCreated, ev.BranchDeleted)):
+            if not isinstance(event, ev.BranchSwitched):
+                # A deleted branch's error is not one of a new branch made under its name.
+                self._errors.pop(event.branch, None)
             # A person's click, rare: the chip changes with the tree, not a beat later.
             self._throttle.now()
         elif isinstance(event, (ev.MessageCompleted, ev.Resync)):
+            if isinstance(event, ev.Resync):
+                # The signals missed may have deleted branches: their errors go with them.
+                known = set(self.session.branch_names)
+                self._errors = {k: v for k, v in self._errors.items() if k in known}
             self._throttle.poke()
 
     def _render(self) -> None:
