@@ -98,6 +98,14 @@ class SessionRegistry:
             self._holds[session] = 1
             return True
 
+    def retire(self, session: object) -> None:
+        """Take ``session`` out with all its holds: each holder's close() then does nothing."""
+        with self.lock:
+            self._holds[session] = 0
+            key = self._keys.pop(session, None)
+            if key is not None and self._live.get(key) is session:
+                del self._live[key]
+
     def release(self, session: object) -> bool:
         """Give back one hold; True when that was the last (the caller closes it)."""
         with self.lock:

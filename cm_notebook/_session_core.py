@@ -262,13 +262,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             return
         self._dropped.detach()  # released here instead
         if not self._loop.is_running():
-            # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
-            # providers' connections died with it; only the store's locks remain.
-            self._stop_following()
-            self._claims.close()
-            self._bus.close()
-            if self._owns_store:
-                self._io.call(self._store.close())
+            self._release_without_loop()
             return
         release = self._release(reason)
         if self._on_loop_thread():
@@ -277,6 +271,26 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             task.add_done_callback(self._closing.discard)
             return
         asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout)
+
+    def _release_without_loop(self) -> None:
+        # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
+        # providers' connections died with it; only the store's locks remain.
+        self._stop_following()
+        self._claims.close()
+        self._bus.close()
+        if self._owns_store:
+            self._io.call(self._store.close())
+
+    def _retire_if_loop_gone(self) -> bool:
+        # Closed for all its holders if its loop ended (an asyncio.run() that returned
+        # without close()): it can never run a turn again, so open() must not hand it
+        # out, and one close() per hold would be needed to let go of it otherwise.
+        if not self._loop.is_closed():
+            return False
+        REGISTRY.retire(self)
+        self._dropped.detach()  # released here instead
+        self._release_without_loop()
+        return True
 
     async def aclose(self, *, reason: str = SESSION_CLOSED) -> None:
         """Like :meth:`close`, for async code: returns once everything is released."""

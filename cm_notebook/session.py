@@ -222,7 +222,9 @@ class ContextSession(
         ``retry``, ``max_tool_rounds``, ``tool_timeout``, ``auto_title``).
         A context has one live session per process: if it is open already (in this
         thread or another), that same session is returned, and ``close()`` must then be
-        called once per open (the last one closes it). Options only apply to a session
+        called once per open (the last one closes it); one left open by an event loop
+        that has ended (an ``asyncio.run()`` that returned) is closed for all its holders
+        instead, and a fresh session made. Options only apply to a session
         being opened; giving them for one already open raises
         :class:`~cm_notebook.errors.StateError`. ``auto_title``: as in :meth:`create`,
         for a context that is still untitled.
@@ -233,6 +235,8 @@ class ContextSession(
         key = key_for(store, data_dir, context_id)
         with REGISTRY.lock:
             live = REGISTRY.find(key)
+            if isinstance(live, ContextSession) and live._retire_if_loop_gone():
+                live = None  # made in an asyncio.run() that ended: a fresh one below
             if live is not None:
                 assert isinstance(live, ContextSession)
                 if departs_from_defaults(options):

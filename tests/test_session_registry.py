@@ -3,6 +3,7 @@ get one session; holds, context managers, and close() ending every event stream.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -172,3 +173,30 @@ def test_a_closed_session_changes_nothing(data_dir: Path) -> None:
         assert live.scores(reply.id) is None
     finally:
         live.close()
+
+
+def test_a_session_left_open_by_an_ended_asyncio_run_is_not_handed_out(data_dir: Path) -> None:
+    # Its loop is closed: it can never run a turn again. open() in the next asyncio.run
+    # gives a fresh session that sends, and letting go of the old one needs no close().
+    async def first() -> ContextSession:
+        session = ContextSession.create(provider=ScriptedProvider(["one"]), data_dir=data_dir)
+        await session.send("hello")
+        return session  # not closed
+
+    left_open = asyncio.run(first())
+
+    async def second() -> tuple[ContextSession, str]:
+        session = ContextSession.open(left_open.id, data_dir=data_dir)
+        reply = await session.send("again")
+        return session, reply.content
+
+    reopened, content = asyncio.run(second())
+    try:
+        assert reopened is not left_open
+        assert left_open.closed
+        assert content  # a reply was written
+        assert [m.content for m in reopened.history() if m.role == "user"] == ["hello", "again"]
+        left_open.close()  # a holder's close() after it was let go does nothing
+        assert not reopened.closed
+    finally:
+        reopened.close()
