@@ -149,12 +149,21 @@ class Handle(Generic[T]):
 
     async def _wait(self) -> T:
         future = self._require_future()
+        if isinstance(future, asyncio.Future) and future.done():
+            # Finished: nothing to wait for on its loop, which may be gone by now (a
+            # turn awaited again in a later asyncio.run()), as in result().
+            if self.after_await is not None:
+                self.after_await()
+            return future.result()
         if isinstance(future, concurrent.futures.Future):
             wrapped: asyncio.Future[T] = asyncio.wrap_future(future)
         elif future.get_loop() is not asyncio.get_running_loop():
-            wrapped = asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(_echo(future), self._loop)
-            )
+            echo = _echo(future)
+            try:
+                wrapped = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(echo, self._loop))
+            except RuntimeError:  # its loop is closed: the work never finishes
+                echo.close()  # no "never awaited" warning about it
+                raise self._cannot_finish() from None
         else:
             wrapped = future
         # Poll instead of a bare await so the kernel's Interrupt button works.
@@ -173,6 +182,21 @@ class Handle(Generic[T]):
         if self.after_await is not None:
             self.after_await()
         return wrapped.result()
+
+    def _cannot_finish(self) -> StateError:
+        # Work queued on a loop that is not running cannot finish while we wait: said
+        # instead of waiting for ever (or asyncio's bare "Event loop is closed").
+        if self._loop.is_closed():
+            return StateError(
+                "the event loop this work runs on has ended before it finished (it was "
+                "made inside an asyncio.run() that has returned), so it will not finish"
+            )
+        return StateError(
+            "the event loop this work runs on is not running (the session was made inside "
+            "loop.run_until_complete(), which has returned), so waiting here would never "
+            "end: run it on that loop (loop.run_until_complete(it)), or make the session "
+            "outside any event loop, where it runs its turns on a loop of its own"
+        )
 
     def _require_future(self) -> asyncio.Future[T] | concurrent.futures.Future[T]:
         if self._future is None:  # pragma: no cover - the session always attaches one

@@ -29,6 +29,7 @@ from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 from cm_notebook.store.workers import submit_blocking
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.turn import Turn
 
 
 class GatedStore:
@@ -130,6 +131,26 @@ def test_a_send_whose_loop_ends_first_still_stores_its_message_quietly(
     assert [m.content for m in session.history()] == ["hello"]
     assert not store.waited_out
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_finished_turn_awaited_in_a_later_asyncio_run_gives_its_reply(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # The loop it ran on has ended; its reply is there all the same, as result() gives
+    # it (it used to raise "Event loop is closed", with a never-awaited coroutine).
+    async def script() -> Turn:
+        session = new_session(provider=ScriptedProvider().reply("answer"))
+        turn = session.send("hello")
+        await turn
+        return turn
+
+    turn = asyncio.run(script())
+
+    async def later() -> Message:
+        return await turn
+
+    assert asyncio.run(later()).content == "answer"
+    assert turn.result().content == "answer"
 
 
 @pytest.mark.anyio
