@@ -30,6 +30,7 @@ import functools
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
@@ -48,6 +49,7 @@ from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
 from ._remote_decisions import DecisionBox
 from ._session_follow import FollowOthers
+from ._session_loop_ends import LoopEnds
 from ._session_messages import MessageCache
 from ._session_metadata import MetadataReads
 from ._session_options import DEFAULTS, SessionOptions, check_max_tool_rounds
@@ -89,7 +91,7 @@ SESSION_CLOSED = "the session was closed (its kernel, script or server stopped)"
 JobT = TypeVar("JobT", bound=Handle[Any])
 
 
-class SessionCore(PromptWrites, MetadataReads, FollowOthers):
+class SessionCore(PromptWrites, MetadataReads, FollowOthers, LoopEnds):
     """Runtime state of a session and the properties callers read (see the module docstring)."""
 
     def __init__(
@@ -170,6 +172,8 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
         self._defaults = BranchDefaults(self._providers.resolve)
         self._owns_store = owns_store  # close() closes the store only if we opened it
         self._closing: set[asyncio.Task[None]] = set()
+        self._released_without_loop = False  # see cm_notebook._session_loop_ends
+        self._begun: weakref.WeakSet[Turn] = weakref.WeakSet()
         self._auto_title = bool(chosen["auto_title"])  # ask the model for a title (titles.py)
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
@@ -271,26 +275,6 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             task.add_done_callback(self._closing.discard)
             return
         asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout)
-
-    def _release_without_loop(self) -> None:
-        # Its loop is gone (e.g. an ended asyncio.run): no turn can be running and the
-        # providers' connections died with it; only the store's locks remain.
-        self._stop_following()
-        self._claims.close()
-        self._bus.close()
-        if self._owns_store:
-            self._io.call(self._store.close())
-
-    def _retire_if_loop_gone(self) -> bool:
-        # Closed for all its holders if its loop ended (an asyncio.run() that returned
-        # without close()): it can never run a turn again, so open() must not hand it
-        # out, and one close() per hold would be needed to let go of it otherwise.
-        if not self._loop.is_closed():
-            return False
-        REGISTRY.retire(self)
-        self._dropped.detach()  # released here instead
-        self._release_without_loop()
-        return True
 
     async def aclose(self, *, reason: str = SESSION_CLOSED) -> None:
         """Like :meth:`close`, for async code: returns once everything is released."""
@@ -539,7 +523,9 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers):
             self._runners[branch] = runner
             self._turn_claims[branch] = claim
             self._last_request[branch] = (provider, dict(params))
-        work = runner.run() if prologue is None else self._after(prologue, runner)
+        work = self._unless_released(
+            runner, runner.run() if prologue is None else self._after(prologue, runner)
+        )
         try:
             future = schedule_on(self._loop, work)
         except RuntimeError:  # the loop closed since _claim looked

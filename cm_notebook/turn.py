@@ -105,6 +105,8 @@ class Handle(Generic[T]):
         if isinstance(future, asyncio.Future) and future.done():
             # Finished: nothing to wait for on its loop, which may be gone by now.
             return future.result()
+        if not future.done() and not self._loop.is_running():
+            raise self._cannot_finish()  # nothing runs the work while we wait
         if isinstance(future, asyncio.Future):
             done = threading.Event()
             self._loop.call_soon_threadsafe(future.add_done_callback, lambda _f: done.set())
@@ -134,6 +136,13 @@ class Handle(Generic[T]):
             "stopped waiting; the work goes on in the background until the process "
             "exits: call .result() on it again for its result, or .cancel() to stop it"
         )
+
+    def drop_queued(self) -> None:
+        """Cancel work handed to a loop that is not running (its session closed without
+        that loop): it is done (cancelled) now, and does not start if the loop runs again."""
+        future = self._require_future()
+        if isinstance(future, concurrent.futures.Future):
+            future.cancel()  # not yet started on its loop, so this takes
 
     def exception(self) -> BaseException | None:
         """The error the work ended with, if it has finished with one."""
