@@ -204,10 +204,6 @@ def _drained(value: Any, most: int) -> Any:
     return value
 
 
-def _returned(value: Any) -> Any:
-    return value
-
-
 async def _in_worker(tool: Tool[..., Any], call: Callable[[], Any]) -> Any:
     try:
         # A daemon thread: an abandoned call that never returns must not keep the
@@ -237,11 +233,9 @@ async def _invoke(
         if not inspect.isawaitable(value):
             return value
         value = await value
-    if isinstance(value, Iterator):  # lazy, from async code: drained off the loop too
-        value = await _in_worker(
-            tool, functools.partial(_in_thread, _returned, [value], {}, _always, most)
-        )
-    return value
+    # Lazy, from async code: read here, on the loop, where the tool made it (a sqlite3
+    # cursor, for one, can be read only in the thread that made it), within the limits.
+    return _drained(value, most)
 
 
 def _being_cancelled() -> bool:
