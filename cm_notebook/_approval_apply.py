@@ -186,11 +186,11 @@ def apply_remote_decision(
     with contextlib.suppress(InvalidInputError):
         where["remember"] = check_remember(found.remember)
     branch: list[str] = []
-    tools: list[str] = []
+    decided: list[ToolCall] = []
 
     def decision_for(pending: PendingCall) -> Decision:
         branch.append(pending.branch)
-        tools.append(pending.call.name)
+        decided.append(pending.call)
         if not found.approved:
             return Decision(False, found.reason or "denied", **where)
         return approval(session, pending, found.arguments, **where)
@@ -212,6 +212,4 @@ def apply_remote_decision(
             # calls of the tool are approved at once, as in one process, not at the
             # next look at the file. If it cannot be saved, the decider says so.
             with contextlib.suppress(CMError):
-                for name in tools:
-                    session._allow_lists.allow(name, "context")
-                approve_allowed(session)
+                remember_approved(session, decided, "context")

@@ -245,13 +245,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=positive_int, default=64, help="reply length limit")
     # Also after the command, as `python -m cm_notebook.demo --data-dir DIR` (this same
     # parser) has always taken it.
-    parser.add_argument(
-        "--data-dir",
-        type=data_dir_argument,
-        metavar="DIR",
-        default=argparse.SUPPRESS,
-        help="where contexts are stored (as --data-dir before the command)",
-    )
+    _data_dir_after_command(parser, "where contexts are stored (as --data-dir before the command)")
 
 
 @command("demo", "Run the quick-start conversation on the offline model.", _configure_demo)
@@ -273,13 +267,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         "--port", type=port_number, default=8888, help="port (default: 8888; 0: any)"
     )
     parser.add_argument("--ip", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    parser.add_argument(
-        "--data-dir",
-        type=data_dir_argument,
-        metavar="DIR",
-        default=argparse.SUPPRESS,
-        help="as above",
-    )
+    _data_dir_after_command(parser, "as above")
     parser.add_argument(
         "--allow-root",
         action="store_true",
@@ -314,6 +302,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _data_dir_after_command(parser: argparse.ArgumentParser, help_text: str) -> None:
+    # ``--data-dir`` after the command too; left unset when not given (SUPPRESS), so
+    # the one given before the command still counts.
+    parser.add_argument(
+        "--data-dir",
+        type=data_dir_argument,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=help_text,
+    )
 
 
 def data_dir_argument(value: str) -> Path:

@@ -195,22 +195,13 @@ def _in_thread(
 
 def _drained(value: Any, most: int) -> Any:
     # A lazy result (a generator, ``map``, a database cursor) as the list it yields,
-    # taken in the tool's worker thread: encoding it later would run the tool's own code
-    # on the event loop, past its time limit and out of a stop's reach, and an error it
-    # raised would not be the tool's failure. At most ``most`` + 1 items: the result's
-    # text is cut at ``most`` characters, and each item takes at least one.
+    # read where the tool made it (see _invoke): encoding it later would run the tool's
+    # own code on the event loop, past its time limit and out of a stop's reach, and an
+    # error it raised would not be the tool's failure. At most ``most`` + 1 items: the
+    # result's text is cut at ``most`` characters, and each item takes at least one.
     if isinstance(value, Iterator) and not inspect.isawaitable(value):
         return list(itertools.islice(value, most + 1))
     return value
-
-
-async def _in_worker(tool: Tool[..., Any], call: Callable[[], Any]) -> Any:
-    try:
-        # A daemon thread: an abandoned call that never returns must not keep the
-        # process (a script, a kernel being shut down) from exiting.
-        return await run_in_daemon_thread(call, f"cm_notebook-tool-{tool.name}")
-    except _Carried as carried:
-        raise carried.exc from None
 
 
 async def _invoke(
@@ -225,16 +216,20 @@ async def _invoke(
             raise _NotStarted
         value = await tool.fn(*args, **kwargs)
     else:
-        value = await _in_worker(
-            tool, functools.partial(_in_thread, tool.fn, args, kwargs, on_start, most)
-        )
+        call = functools.partial(_in_thread, tool.fn, args, kwargs, on_start, most)
+        try:
+            # A daemon thread: an abandoned call that never returns must not keep the
+            # process (a script, a kernel being shut down) from exiting.
+            value = await run_in_daemon_thread(call, f"cm_notebook-tool-{tool.name}")
+        except _Carried as carried:
+            raise carried.exc from None
         # A sync callable may still hand back an awaitable (e.g. a lambda around a
-        # coroutine).
+        # coroutine); else a lazy result was read in the tool's thread.
         if not inspect.isawaitable(value):
             return value
         value = await value
-    # Lazy, from async code: read here, on the loop, where the tool made it (a sqlite3
-    # cursor, for one, can be read only in the thread that made it), within the limits.
+    # A lazy result of async code is read on the loop's thread, where it was made (a
+    # sqlite3 cursor can be read only there), within the limits.
     return _drained(value, most)
 
 
