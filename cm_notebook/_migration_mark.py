@@ -10,7 +10,6 @@ loading the migration machinery.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from .model import ContextMetadata
@@ -57,17 +56,29 @@ def migration_under_way(store: Store) -> bool:
 
 def finish_advice(metadata: ContextMetadata) -> str:
     """What to run to finish the migration of ``metadata``'s context."""
+    # Imported here: _cli_advice loads the store, whose modules import _cli_advice in
+    # turn, so it must not be loaded first from a module the package loads before it.
+    from ._cli_advice import path_argument
+
     source = metadata.extra.get("v1_source")
     if isinstance(source, str) and source:
-        return f"run `cm-notebook migrate {shlex.quote(source)}` again"
+        return f"run `cm-notebook migrate {path_argument(source)}` again"
     return "run `cm-notebook migrate` again on the v1 data it came from"
 
 
-def unfinished_warning(metadata: ContextMetadata) -> UnfinishedMigrationWarning:
-    """The warning given when such a context is opened."""
+def unfinished_warning(
+    metadata: ContextMetadata, data_dir: object = None
+) -> UnfinishedMigrationWarning:
+    """The warning given when such a context, stored in ``data_dir`` (the store's
+    folder, named in the advised command unless it is the default one), is opened."""
+    from ._cli_advice import for_contexts_in  # here: see finish_advice
+
     advice = finish_advice(metadata)
     return UnfinishedMigrationWarning(
-        f"context {metadata.id!r} is not completely migrated yet (the migration from v1 was "
-        "stopped, or is still running): its branches may lack messages. "
-        f"{advice[0].upper()}{advice[1:]} to finish it; what you add meanwhile is kept."
+        for_contexts_in(
+            f"context {metadata.id!r} is not completely migrated yet (the migration from v1 "
+            "was stopped, or is still running): its branches may lack messages. "
+            f"{advice[0].upper()}{advice[1:]} to finish it; what you add meanwhile is kept.",
+            data_dir,
+        )
     )

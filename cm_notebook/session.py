@@ -250,7 +250,10 @@ class ContextSession(
             opened = store if store is not None else FileStore(data_dir)
             metadata = StoreAccess(opened).call(opened.get_metadata(context_id))
             if is_unfinished_migration(metadata):  # opens: it may be all there is of it
-                warnings.warn(unfinished_warning(metadata), stacklevel=2)
+                warnings.warn(
+                    unfinished_warning(metadata, getattr(opened, "data_dir", None)),
+                    stacklevel=2,
+                )
             session = cls(opened, metadata, options, owns_store=store is None)
             # Tool calls a killed process left open on the active branch are settled now,
             # so the views show what became of them (see cm_notebook._dead_rounds).

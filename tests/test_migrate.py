@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from store_helpers import FailingStore
 
+from cm_notebook._cli_advice import data_dir_option
 from cm_notebook.errors import MigrationError
 from cm_notebook.migrate import (
     ContextStatus,
@@ -236,7 +237,9 @@ async def test_changed_source_is_not_overwritten(store: FileStore, tmp_path: Pat
     changed, same = report.contexts
     assert changed.status is ContextStatus.FAILED
     assert "different version of this record" in changed.problems[0]
-    assert "cm-notebook rm ctx-planning" in changed.problems[0]
+    # The command names the store's folder (not the default one): pasted, it acts there.
+    option = data_dir_option(store.data_dir)
+    assert f"cm-notebook {option} rm ctx-planning" in changed.problems[0]
     assert same.status is ContextStatus.SKIPPED
     assert len(await store.index("ctx-planning")) == 5
 
@@ -275,7 +278,7 @@ async def test_an_earlier_versions_migration_whose_branch_leads_somewhere_is_lef
     assert f"already migrated as {conv.metadata.id!r} by an earlier version" in note
     assert f"{len(conv.messages) - 1} message(s) this version makes of it" in note
     assert f"branch {name!r} already leads somewhere" in note
-    assert f"cm-notebook export {conv.metadata.id}" in note
+    assert f"cm-notebook {data_dir_option(store.data_dir)} export {conv.metadata.id}" in note
     assert list(await store.index(conv.metadata.id)) == [first.id]  # nothing written
 
 

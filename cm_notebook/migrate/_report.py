@@ -7,9 +7,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .._cli_advice import for_contexts_in
 from .._unicode import without_surrogates
 
-__all__ = ["ContextResult", "ContextStatus", "MigrationReport"]
+__all__ = ["ContextResult", "ContextStatus", "MigrationReport", "said_for"]
 
 
 class ContextStatus(str, Enum):
@@ -111,3 +112,15 @@ class MigrationReport:
         # A path can hold a lone surrogate (a file name that is not UTF-8); printing it
         # must not fail.
         return without_surrogates("\n".join(lines))
+
+
+def said_for(report: MigrationReport, data_dir: object) -> MigrationReport:
+    """``report``, the commands its notes and problems advise given ``--data-dir`` for
+    contexts stored in ``data_dir`` (the store's folder) unless that is the default one
+    (see :func:`~cm_notebook._cli_advice.for_contexts_in`): a Python caller reads them
+    as they are, and pasted they act on the store migrated into."""
+    report.notes = [for_contexts_in(note, data_dir) for note in report.notes]
+    for result in report.contexts:
+        result.problems = [for_contexts_in(problem, data_dir) for problem in result.problems]
+        result.notes = [for_contexts_in(note, data_dir) for note in result.notes]
+    return report

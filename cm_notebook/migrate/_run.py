@@ -17,6 +17,7 @@ from typing import Literal, TextIO
 import anyio
 from tqdm import tqdm
 
+from .._cli_advice import for_contexts_in
 from .._input_files import read_input_file
 from .._migration_mark import UNFINISHED_MIGRATION
 from ..errors import CMError, MigrationError
@@ -28,7 +29,7 @@ from ._finish import branch_names as _names
 from ._finish import finish_marked, is_marked, mark_finished, unfinished_writes, unset_heads
 from ._lock import one_migration_at_a_time
 from ._pool import folder_files
-from ._report import ContextResult, ContextStatus, MigrationReport
+from ._report import ContextResult, ContextStatus, MigrationReport, said_for
 from ._sources import read_v1_once
 from ._taken import ORIGIN, other_record, source_origin
 from ._util import content_digest, derived_id
@@ -530,7 +531,7 @@ async def migrate_source(
             for plan in active:
                 await _execute(plan, store, dry_run)
                 bar.update()
-    return report
+    return said_for(report, getattr(store, "data_dir", None))
 
 
 async def migrate(
@@ -571,7 +572,11 @@ async def migrate(
     what it is, for a socket, a device or a FIFO that no process is writing into.
     """
     path = Path(source)
-    v1, content = read_v1_once(path)  # once: a pipe has nothing left for the backup
+    try:
+        v1, content = read_v1_once(path)  # once: a pipe has nothing left for the backup
+    except MigrationError as exc:  # its advice (`cm-notebook import`) said for the store
+        said = for_contexts_in(str(exc), getattr(store, "data_dir", None))
+        raise exc if said == str(exc) else MigrationError(said) from exc
     return await migrate_source(
         v1,
         store,

@@ -27,10 +27,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from .._cli_advice import for_contexts_in
 from ..model import Message
 from .base import IndexEntry
 from .diagnostics import warn
 from .order import unrooted
+from .paths import data_dir_of
 
 __all__ = ["index_broken", "link_difference", "trusted_entry"]
 
@@ -64,11 +66,16 @@ def trusted_entry(
     old = known.get(message.id)
     if old is None or message.id in broken or link_difference(message, old) is None:
         return entry
+    ctx_dir = folder.parent
     warn(
-        f"kept the index's parent {old.parent_id!r} and role {old.role!r} of message "
-        f"{message.id!r} while rebuilding the index: its file names parent "
-        f"{message.parent_id!r} and role {message.role!r}, which the index never "
-        "committed (`cm-notebook check --repair` rewrites the file from the index)",
+        for_contexts_in(
+            f"kept the index's parent {old.parent_id!r} and role {old.role!r} of message "
+            f"{message.id!r} while rebuilding the index: its file names parent "
+            f"{message.parent_id!r} and role {message.role!r}, which the index never "
+            f"committed (`cm-notebook check --repair {ctx_dir.name}` rewrites the file "
+            "from the index)",
+            data_dir_of(ctx_dir),
+        ),
         folder / f"{message.id}.json",
     )
     return entry.model_copy(update={"parent_id": old.parent_id, "role": old.role})

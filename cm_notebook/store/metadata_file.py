@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._cli_advice import for_contexts_in
 from ..errors import ContextNotFoundError, CorruptDataError
 from ..model import ContextMetadata
 from .atomic import Fsync, atomic_write, read_from
 from .codec import decode_metadata_doc, encode_metadata
 from .oserrors import open_regular, translate
-from .paths import INDEX_NAME, JOURNAL_NAME, METADATA_NAME
+from .paths import INDEX_NAME, JOURNAL_NAME, METADATA_NAME, data_dir_of
 
 __all__ = ["MetadataFile"]
 
@@ -121,14 +122,20 @@ class MetadataFile:
         if self.metadata is not None:
             # It was here a moment ago: "no context" alone reads as a mistyped id.
             return ContextNotFoundError(
-                f"context {self.context_id!r} ({self.metadata.title!r}) was deleted from "
-                f"{self.dir.parent} while it was open here (by `cm-notebook rm`, a DELETE "
-                "over REST, or another process): what it held is gone. List existing "
-                "contexts with FileStore.list_contexts() (or `cm-notebook ls`)."
+                for_contexts_in(
+                    f"context {self.context_id!r} ({self.metadata.title!r}) was deleted from "
+                    f"{self.dir.parent} while it was open here (by `cm-notebook rm`, a "
+                    "DELETE over REST, or another process): what it held is gone. List "
+                    "existing contexts with FileStore.list_contexts() (or `cm-notebook ls`).",
+                    data_dir_of(self.dir),
+                )
             )
         return ContextNotFoundError(
-            f"no context {self.context_id!r} in {self.dir.parent}. List existing contexts "
-            "with FileStore.list_contexts() (or `cm-notebook ls`)."
+            for_contexts_in(
+                f"no context {self.context_id!r} in {self.dir.parent}. List existing "
+                "contexts with FileStore.list_contexts() (or `cm-notebook ls`).",
+                data_dir_of(self.dir),
+            )
         )
 
     def missing(self) -> ContextNotFoundError | CorruptDataError:

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._cli_advice import for_contexts_in
 from ..errors import CorruptDataError, StoreError
 from ..ids import branch_name_key
 from ..model import Branch, ContextMetadata, Message, utcnow
@@ -42,7 +43,7 @@ from .diagnostics import warn
 from .journal import JournalLine
 from .links import index_broken, trusted_entry
 from .order import parents_first, unrooted
-from .paths import message_path
+from .paths import data_dir_of, message_path
 from .snapshot import RebuildNeeded, parse_snapshot
 
 if TYPE_CHECKING:
@@ -242,11 +243,16 @@ def _warn_left_out(broken: Mapping[str, str], folder: Path) -> None:
         for message_id in shown
     )
     more = f"; and {len(broken) - len(shown)} more" if len(broken) > len(shown) else ""
+    ctx_dir = folder.parent
     warn(
-        f"left {len(broken)} message file(s) out of the rebuilt index, as no conversation "
-        f"leads to them: {named}{more}. The files are kept (`cm-notebook check` lists "
-        "them): restore the messages they go back to from a backup, or fix their "
-        "parent_id, then run `cm-notebook check --repair`.",
+        for_contexts_in(
+            f"left {len(broken)} message file(s) out of the rebuilt index, as no "
+            f"conversation leads to them: {named}{more}. The files are kept (`cm-notebook "
+            f"check {ctx_dir.name}` lists them): restore the messages they go back to from "
+            "a backup, or fix their parent_id, then run `cm-notebook check --repair "
+            f"{ctx_dir.name}`.",
+            data_dir_of(ctx_dir),
+        ),
         folder,
     )
 

@@ -32,6 +32,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from .._cli_advice import for_contexts_in
 from ..errors import StoreError
 from ..redact import get_logger
 from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, read_from
@@ -39,7 +40,7 @@ from .codec import file_bytes_from_compact
 from .diagnostics import warn
 from .index import MessageIndex
 from .oserrors import linked, translate
-from .paths import MESSAGES_DIR
+from .paths import MESSAGES_DIR, data_dir_of
 from .pending import update_cut_short
 from .workers import fsync_each
 
@@ -83,9 +84,12 @@ def ensure_messages_folder(
         except OSError as exc:
             raise translate(exc, folder, "create") from exc
         warn(
-            f"the folder {folder} was missing and was made again; message files the "
-            "journal still holds are restored as they are read (`cm-notebook check "
-            "--repair` restores them all now)",
+            for_contexts_in(
+                f"the folder {folder} was missing and was made again; message files the "
+                "journal still holds are restored as they are read (`cm-notebook check "
+                f"--repair {ctx_dir.name}` restores them all now)",
+                data_dir_of(ctx_dir),
+            ),
             folder,
         )
         return True
