@@ -151,13 +151,13 @@ class ToolRounds:
         # per decision would cost time quadratic in the calls of a large round.
         # Each call's signal (None: a call that had failed already has none), sent once
         # its decision is stored.
-        resolved: list[tuple[str, bool, ev.ToolCallResolved | None]] = []
+        resolved: list[tuple[str, Decision, ToolCall | None]] = []
         save = False
         for call_id, decision in decisions:
             self.host.approvals.applied(call_id)
             call = self._calls[call_id]
             if call.status is ToolCallStatus.FAILED:
-                resolved.append((call_id, decision.approved, None))
+                resolved.append((call_id, decision, None))
                 continue
             update: dict[str, Any] = {
                 "status": ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
@@ -165,27 +165,39 @@ class ToolRounds:
             }
             if decision.arguments is not None:
                 update["arguments"] = decision.arguments
-            # The audit log's record (None for the policy's own decisions), before the signal.
-            record = await self.host.record(self._writes.target, self._last_reply, call, decision)
-            call = call.model_copy(update=update)
-            self._calls[call_id] = call
-            save = save or record is not None
-            signal = ev.ToolCallResolved(
-                branch=self._writes.target,
-                tool_call_id=call_id,
-                status=call.status,
-                reason=call.reason,
-                decision=record,
-            )
-            resolved.append((call_id, decision.approved, signal))
+            self._calls[call_id] = call.model_copy(update=update)
+            # The policy's own decisions follow from settings: neither stored here nor
+            # logged (see Host.record).
+            save = save or decision.by != "policy"
+            resolved.append((call_id, decision, call))  # as the model asked for it
         if save:
             # A person's decision is stored at once: if this process dies before the
-            # call runs, the call says it was approved (cm_notebook._dead_rounds).
+            # call runs, the call says it was approved (cm_notebook._dead_rounds). Before
+            # the audit log's records (a record of decisions applied, one fsync'd line
+            # each): a process killed while it writes them has stored every decision,
+            # so none that the log holds is settled as never made.
             await self._save_calls()
-        for call_id, approved, said in resolved:
-            if said is not None:
-                self.host.publish(said)
-            self._feed(fsm.ToolDecided(call_id, approved))
+        signals: list[ev.ToolCallResolved | None] = []
+        for call_id, decision, asked in resolved:
+            if asked is None:
+                signals.append(None)
+                continue
+            # The audit log's record (None for the policy's own decisions), before the signal.
+            record = await self.host.record(self._writes.target, self._last_reply, asked, decision)
+            call = self._calls[call_id]
+            signals.append(
+                ev.ToolCallResolved(
+                    branch=self._writes.target,
+                    tool_call_id=call_id,
+                    status=call.status,
+                    reason=call.reason,
+                    decision=record,
+                )
+            )
+        for (call_id, decision, _asked), signal in zip(resolved, signals, strict=True):
+            if signal is not None:
+                self.host.publish(signal)
+            self._feed(fsm.ToolDecided(call_id, decision.approved))
 
     async def _execute(self, approved: tuple[str, ...], denied: tuple[str, ...]) -> None:
         host = self.host
