@@ -89,7 +89,9 @@ _CLI_REMEDIES = (
     (
         re.compile(
             r"List existing (?:contexts|ids) with "
-            r"(?:FileStore\.list_contexts\(\)|ContextSession\.list\(\))[^.]*\."
+            r"(?:FileStore\.list_contexts\(\)|ContextSession\.list\(\))"
+            # To the sentence's end; a command in backquotes may name a folder with dots.
+            r"(?:[^.`]|`[^`]*`)*\."
         ),
         "List existing contexts with `cm-notebook ls`.",
     ),

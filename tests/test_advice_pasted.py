@@ -16,12 +16,15 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cli_process import cli
 from store_helpers import chain
 
 from cm_notebook._migration_mark import UNFINISHED_MIGRATION
 from cm_notebook.errors import ContextNotFoundError, MigrationError
+from cm_notebook.magics._remedies import for_magics
 from cm_notebook.migrate import ContextStatus, migrate
 from cm_notebook.model import ContextMetadata
+from cm_notebook.server.wording import for_http
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore, StoreWarning
 
@@ -235,3 +238,29 @@ def test_opening_an_unfinished_migration_advises_migrating_into_this_store(
         ContextSession.open("c1", data_dir=data_dir).close()
     (command,) = advised(said(caught, "not completely migrated"))
     assert command == ["cm-notebook", "--data-dir", str(data_dir), "migrate", "a b.json"]
+
+
+def test_a_missing_context_s_remedy_is_reworded_for_a_folder_with_dots(tmp_path: Path) -> None:
+    # The command line, the magics and the server each say the remedy their own way,
+    # the command in it naming a folder whose dots do not end the sentence early.
+    data_dir = tmp_path / "my.data dir"
+    build(data_dir)
+
+    async def scenario() -> str:
+        async with FileStore(data_dir) as store:
+            with pytest.raises(ContextNotFoundError) as info:
+                await store.get_metadata("c2")
+        return str(info.value)
+
+    message = anyio.run(scenario)
+    in_magics = for_magics(message)
+    assert "It may have been deleted: `%cm ls` lists the stored contexts" in in_magics
+    assert "FileStore" not in in_magics
+    over_http = for_http(message, data_dir=data_dir, api="/cm/api", context_id="c2")
+    assert over_http.endswith("GET /cm/api/contexts lists the contexts there are.")
+    assert str(tmp_path) not in over_http
+    done = cli(data_dir, "show", "c2")
+    assert done.returncode != 0
+    option = f"--data-dir {shlex.quote(str(data_dir))}"
+    assert f"List existing contexts with `cm-notebook {option} ls`." in done.stderr
+    assert "FileStore" not in done.stderr

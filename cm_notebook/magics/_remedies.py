@@ -44,11 +44,6 @@ _REMEDIES = (
         "create one with session.branch(name) or session.fan_out(...)",
         "make one with `%cm branch NAME`, or compare answers with `%%cm --ab` / `--fanout`",
     ),
-    (
-        # The current context deleted meanwhile (say, `cm-notebook rm` in a terminal).
-        "List existing contexts with FileStore.list_contexts() (or `cm-notebook ls`).",
-        "It may have been deleted: `%cm ls` lists the stored contexts, `%cm new` makes one.",
-    ),
     ("pick another name, or delete that branch first (delete_branch)", "pick another name"),
     ("Use an id from session.history().", "`%cm history --ids` shows the ids."),
     ("session.export(branch=...)", "`%cm export --branch B`"),
@@ -80,6 +75,12 @@ _PATTERNS = (
     (
         re.compile(r"open the context again with ContextSession\.open\('([^']+)'\)"),
         r"make it current again with `%cm use \1`",
+    ),
+    (
+        # The current context deleted meanwhile (say, `cm-notebook rm` in a terminal);
+        # the command may name the store's folder (`cm-notebook --data-dir DIR ls`).
+        re.compile(r"List existing contexts with FileStore\.list_contexts\(\) \(or `[^`]*`\)\."),
+        "It may have been deleted: `%cm ls` lists the stored contexts, `%cm new` makes one.",
     ),
     # `%cm branch NAME --from MESSAGE_ID` with an id the context does not have.
     (

@@ -35,11 +35,13 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
     stop_body = '{"branch": ' + _BRANCH + "}"
     return [
         (
-            re.compile(r"List existing contexts with FileStore\.list_contexts\(\)[^.]*\."),
+            re.compile(
+                r"List existing contexts with FileStore\.list_contexts\(\)(?:[^.`]|`[^`]*`)*\."
+            ),
             f"GET {api}/contexts lists the contexts there are.",
         ),
         (
-            re.compile(r"List existing ids with ContextSession\.list\(\)[^.]*\."),
+            re.compile(r"List existing ids with ContextSession\.list\(\)(?:[^.`]|`[^`]*`)*\."),
             f"GET {api}/contexts lists the contexts there are.",
         ),
         (
