@@ -94,8 +94,7 @@ def test_no_call_the_audit_log_says_was_approved_is_settled_as_undecided(
     assert len(calls) == CALLS
     said_undecided = sorted(i for i in logged if calls[i].reason == UNDECIDED)
     assert said_undecided == [], f"{len(said_undecided)} logged approvals settled as undecided"
-    for call_id in logged:
-        assert (calls[call_id].status, calls[call_id].reason) == (
-            ToolCallStatus.FAILED,
-            NOT_STARTED,
-        )
+    # Approved and then cut off: "approved, but never started" (or, had the kill come
+    # after the last line, "interrupted while running" for the first call run).
+    assert {calls[i].status for i in logged} == {ToolCallStatus.FAILED}
+    assert NOT_STARTED in {calls[i].reason for i in logged}
