@@ -30,6 +30,8 @@ T = TypeVar("T")
 _POLL_SECONDS = 0.1
 # How often wait_for_approval() looks at the calls waiting (as the session's does).
 _APPROVAL_POLL_SECONDS = 0.05
+# How often result() looks whether the loop running the work still runs.
+_LOOP_CHECK_SECONDS = 0.1
 
 
 class Handle(Generic[T]):
@@ -94,6 +96,8 @@ class Handle(Generic[T]):
         the kernel, so it raises StateError; use ``await handle`` there. Ctrl-C stops
         the waiting, not the work, which goes on in the background: the
         KeyboardInterrupt carries a note saying so (call :meth:`cancel` to stop it).
+        If the event loop running the work is not running, or stops while this waits,
+        it can never finish: StateError says so.
         """
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -107,24 +111,34 @@ class Handle(Generic[T]):
             return future.result()
         if not future.done() and not self._loop.is_running():
             raise self._cannot_finish()  # nothing runs the work while we wait
+        done = threading.Event()
         if isinstance(future, asyncio.Future):
-            done = threading.Event()
             self._loop.call_soon_threadsafe(future.add_done_callback, lambda _f: done.set())
-            try:
-                finished = done.wait(timeout)
-            except KeyboardInterrupt as exc:
-                self._note_still_running(exc)
-                raise
-            if not finished:
-                raise TimeoutError(f"not finished within {timeout} s")
-            return future.result()
+        else:
+            future.add_done_callback(lambda _f: done.set())
         try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"not finished within {timeout} s") from None
+            self._wait_running(done, timeout)
         except KeyboardInterrupt as exc:
             self._note_still_running(exc)  # Ctrl-C while waiting, not the work's own
             raise
+        return future.result()
+
+    def _wait_running(self, done: threading.Event, timeout: float | None) -> None:
+        # Wait for ``done`` in slices, so that a loop stopped meanwhile (its work can
+        # then never finish) is noticed and said, as it is before the wait. A loop seen
+        # stopped twice in a row: one restarting after a task's KeyboardInterrupt (see
+        # cm_notebook._loop.start_loop_thread) is not running only for an instant.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stopped = 0
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if done.wait(_LOOP_CHECK_SECONDS if left is None else min(left, _LOOP_CHECK_SECONDS)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"not finished within {timeout} s")
+            stopped = 0 if self._loop.is_running() else stopped + 1
+            if stopped >= 2 and not done.is_set():
+                raise self._cannot_finish()
 
     def _note_still_running(self, interrupt: KeyboardInterrupt) -> None:
         # Ctrl-C in a script stops the wait in result(), not the work: say so on the

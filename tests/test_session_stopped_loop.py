@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +65,33 @@ def test_closing_cancels_a_turn_queued_on_a_stopped_loop(
         # Nothing written after the close; the branch is free for the next send.
         assert [(m.role, m.content) for m in reopened.history()] == [("user", "hello")]
         assert reopened.send("next").result(DEADLINE).content == "echo: next"
+
+
+def test_a_loop_stopped_while_result_waits_is_said(data_dir: Path) -> None:
+    # The loop runs in a thread when the turn is sent, and is stopped while result()
+    # waits: the wait notices and says so, rather than waiting for ever.
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    async def make() -> ContextSession:
+        return ContextSession.create(provider=ScriptedProvider().hang(), data_dir=data_dir)
+
+    session = asyncio.run_coroutine_threadsafe(make(), loop).result(DEADLINE)
+    turn = session.send("hello")
+    stopper = threading.Timer(0.3, loop.call_soon_threadsafe, (loop.stop,))
+    stopper.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StateError, match="is not running"):
+            turn.result(DEADLINE)  # it used to wait until the timeout (or for ever)
+        assert time.monotonic() - started < DEADLINE / 2
+    finally:
+        stopper.join()
+        runner.join(DEADLINE)
+        runner = threading.Thread(target=loop.run_forever, daemon=True)
+        runner.start()  # its turn is stopped and the session released on it
+        session.close()
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(DEADLINE)
+        loop.close()
