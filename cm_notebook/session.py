@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -402,6 +403,13 @@ class ContextSession(
 
         If a retry restarts the reply, the deltas of the failed attempt were already
         yielded; read the final message with :meth:`history` for the clean text.
+
+        Left early (``break``, an exception, cancellation), the stream stops the reply
+        as :meth:`stop` does (the text so far kept, status ``interrupted``) and is over
+        once that stop is: closed with ``contextlib.aclosing``, the branch is free for
+        the next send as soon as the ``async with`` ends. After a plain ``break``,
+        Python closes the stream a moment later, on the loop; until then a send on the
+        branch is refused (BusyError).
         """
         turn = self.send(text, branch=branch, provider=provider, **params)
         feed = DeltaFeed(turn.progress)
@@ -421,9 +429,12 @@ class ContextSession(
         finally:
             feed.close()
             # A consumer that stops reading (break, an exception, cancellation) does
-            # not want the rest of the reply: stop generating it (the text is kept).
+            # not want the rest of the reply: stop generating it (the text is kept),
+            # and end once it is stopped, so the branch is free when the stream closes.
             if not turn.done():
                 turn.cancel()
+                with contextlib.suppress(Exception):  # its outcome is the turn's to tell
+                    await turn
 
     def edit(
         self,

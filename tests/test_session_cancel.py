@@ -5,6 +5,7 @@ reply has even started."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -301,3 +302,38 @@ def test_a_call_awaiting_approval_when_the_session_closes_is_not_blamed_on_the_u
     assert answer.role == "tool"
     assert SESSION_CLOSED in answer.content
     assert "by the user" not in answer.content
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["this loop", "the background loop"])
+async def test_a_send_right_after_a_stream_closed_early_is_taken(
+    where: str, data_dir: Path
+) -> None:
+    # Leaving a stream closed with aclosing stops its reply and ends once the stop is
+    # over: the next send on the branch is taken at once, not refused as "being
+    # stopped"; the stopped reply is stored as a stop leaves it.
+    fake = ScriptedProvider()
+    fake.reply("one two three four five six seven eight", chunks="words", delay=0.05)
+    fake.reply("the next reply")
+    if where == "this loop":
+        session = ContextSession.create(provider=fake, data_dir=data_dir)
+    else:  # made outside any loop: its turns run on the background loop's thread
+        session = await anyio.to_thread.run_sync(
+            lambda: ContextSession.create(provider=fake, data_dir=data_dir)
+        )
+    try:
+        async with contextlib.aclosing(session.stream("count")) as deltas:
+            async for delta in deltas:
+                assert delta == "one "
+                break
+        turn = session.send("after")  # it used to raise BusyError ("being stopped")
+        assert (await turn).content == "the next reply"
+        history = session.history()
+        assert roles(history) == ["user", "assistant", "user", "assistant"]
+        stopped = history[1]
+        assert stopped.status is MessageStatus.INTERRUPTED
+        assert stopped.metadata.error == "cancelled by the user"
+        assert "one two three four five six seven eight".startswith(stopped.content)
+        assert stopped.content != "one two three four five six seven eight"
+    finally:
+        await session.aclose()
