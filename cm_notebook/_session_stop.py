@@ -5,13 +5,26 @@ kernel, the Jupyter server) gets a stop record (:mod:`cm_notebook._remote_decisi
 that the running process's log follower picks up; it then stops the turn as a local
 stop would (the text so far is kept, status ``interrupted``), and its signals tell
 every process, this one included.
+
+A ``send()`` that Ctrl-C interrupted once its message was being stored stops its reply
+so too (:meth:`StopMethods._stop_interrupted`; see :mod:`cm_notebook._held_interrupt`).
 """
 
 from __future__ import annotations
 
+import contextlib
+
+from ._loop import running_loop
 from ._session_reading import SessionReading
+from .model import Message
+from .turn import Turn
 
 __all__ = ["StopMethods"]
+
+#: Why the reply of a send() that Ctrl-C interrupted stopped (its stored error).
+INTERRUPTED_SEND = "cancelled by the user (Ctrl-C during send())"
+#: How long an interrupted send() waits for its reply's stop to be over (seconds).
+_STOP_WAIT = 30.0
 
 
 class StopMethods(SessionReading):
@@ -41,3 +54,29 @@ class StopMethods(SessionReading):
             return None
         self._decisions.post_stop(remote, name)
         return remote
+
+    def _stop_interrupted(self, turn: Turn, sent: Message) -> KeyboardInterrupt:
+        # Ctrl-C came while send() stored ``sent`` and started ``turn``: the reply is
+        # stopped as stop() stops one (an empty reply, status ``interrupted``), so the
+        # branch does not end on a user message nobody answers. From a script, waited
+        # for (a second Ctrl-C stops the wait, not the stop): the next send() finds
+        # the branch free. Returns the KeyboardInterrupt to raise, saying which.
+        with self._lock:
+            runner = self._runners.get(turn.branch)
+            if runner is not None and runner.turn is turn:
+                runner.cancel_reason = INTERRUPTED_SEND
+        turn.cancel()
+        over = False
+        if running_loop() is None:
+            with contextlib.suppress(Exception):
+                turn.result(_STOP_WAIT)
+            over = turn.done()
+        # Said as its message: a note (Python 3.11+) would be missed on older ones.
+        return KeyboardInterrupt(
+            f"send() was interrupted once your message was being stored: it is stored "
+            f"(id {sent.id} on branch {turn.branch!r}) and its reply "
+            + ("was stopped" if over else "is being stopped")
+            + " at once, as session.stop() stops one (an empty reply, status "
+            "'interrupted'). session.regenerate() asks for a reply to it; a new send() "
+            "goes on after it"
+        )

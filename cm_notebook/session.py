@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from . import events as ev
 from . import fsm
 from ._auto_names import NamePicks
+from ._held_interrupt import HeldInterrupt
 from ._json_values import checked_message_metadata, refuse_unstorable
 from ._loop import running_loop
 from ._migration_mark import is_unfinished_migration, unfinished_warning
@@ -358,6 +359,14 @@ class ContextSession(
         the reply is asked for only once it is durable, the session's own reads see it
         at once, and if it cannot be stored the turn fails with that error
         (``await turn.accepted()`` waits for the write alone).
+
+        Ctrl-C (KeyboardInterrupt) during ``send()`` leaves the branch as a stop does.
+        Before the message is stored, nothing is: the send leaves no trace. Once its
+        write has begun, the message is stored and its reply stopped at once, as
+        :meth:`stop` stops one: an empty reply with status ``interrupted`` follows it,
+        so the branch goes on user, assistant (:meth:`regenerate` asks for a real
+        reply). The KeyboardInterrupt is raised once that stop is over, with a note
+        saying which it was.
         """
         text = validate_text(text)
         noted = checked_message_metadata(metadata)
@@ -365,13 +374,17 @@ class ContextSession(
         name = current.active_branch if branch is None else validate_branch_name(branch)
         chosen, generation = self._defaults.for_request(current, name, provider, params)
         untitled = current.title == UNTITLED
-        with self._claim(name) as claim:
+        # Ctrl-C is held from the claim until the turn has started (_held_interrupt).
+        with HeldInterrupt() as ctrl_c, self._claim(name) as claim:
             head = self._head(name)
             user = Message(role="user", parent_id=head, content=text, metadata=noted)
+            ctrl_c.raise_pending()  # nothing stored yet: the send leaves no trace
             if running_loop() is None:
                 # A script: store the message here, so a failure raises from send().
                 self._append_prompt(name, user)
                 turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
+                if untitled:
+                    self._io.call(self._title_quietly(user, turn, chosen))
             else:
                 # On an event loop (a notebook cell, async code): the loop must not wait
                 # for the disk. The message is stored on the store's thread, starting
@@ -384,11 +397,11 @@ class ContextSession(
                     if untitled:
                         await self._title_quietly(user, turn, chosen)
 
-                return self._start(
+                turn = self._start(
                     claim, fsm.Send(), user.id, chosen, generation, prologue, prompt=stored
                 )
-        if untitled:
-            self._io.call(self._title_quietly(user, turn, chosen))
+        if ctrl_c.pending:
+            raise self._stop_interrupted(turn, user)
         return turn
 
     async def stream(
