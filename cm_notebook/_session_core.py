@@ -174,6 +174,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers, LoopEnds):
         self._closing: set[asyncio.Task[None]] = set()
         self._released_without_loop = False  # see cm_notebook._session_loop_ends
         self._begun: weakref.WeakSet[Turn] = weakref.WeakSet()
+        self._streamed: weakref.WeakSet[Turn] = weakref.WeakSet()  # see _session_stream
         self._auto_title = bool(chosen["auto_title"])  # ask the model for a title (titles.py)
         # Background work that is not a turn (a model-made title): cancelled by close().
         self._background: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()

@@ -19,17 +19,16 @@ The public API is split by responsibility: :mod:`cm_notebook._session_reading`
 (title, history, tree, system prompts, comparisons), :mod:`cm_notebook._session_branches`
 (fork, switch, delete, a branch's prompt), :mod:`cm_notebook._session_scores` (rating
 and scoring replies), :mod:`cm_notebook._session_data` (replies as records, a
-DataFrame, CSV; stability) and this module (construction, sending,
-tools, signals).
+DataFrame, CSV; stability), :mod:`cm_notebook._session_stream` (``stream()``) and this
+module (construction, sending, tools, signals).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ from ._session_experiments import ExperimentMethods
 from ._session_options import SessionOptions, Unpack, check_names, departs_from_defaults
 from ._session_retry import RetryMethods
 from ._session_stop import StopMethods
+from ._session_stream import StreamMethods
 from ._session_transfer import ExportSource, TransferMethods, import_export, kept_if_opened
 from ._sessionio import StoreAccess
 from ._url_secrets import refuse_url_secrets
@@ -67,7 +67,7 @@ from .render import SAVED_MESSAGES, conversation_html
 from .sampling import for_regenerate
 from .store import FileStore, Store
 from .titles import UNTITLED, checked_tags, validate_title
-from .turn import DeltaFeed, Turn
+from .turn import Turn
 
 if TYPE_CHECKING:  # the views import ipywidgets; loaded only when a view is asked for
     from .widgets import CompareView, SessionView
@@ -80,6 +80,7 @@ class ContextSession(
     ExperimentMethods,
     RetryMethods,
     StopMethods,
+    StreamMethods,
     DataMethods,
     TransferMethods,
     SessionBranches,
@@ -403,51 +404,6 @@ class ContextSession(
         if ctrl_c.pending:
             raise self._stop_interrupted(turn, user)
         return turn
-
-    async def stream(
-        self,
-        text: str,
-        *,
-        branch: str | None = None,
-        provider: ProviderLike | None = None,
-        **params: Any,
-    ) -> AsyncIterator[str]:
-        """Send ``text`` and yield the reply's text deltas as they arrive.
-
-        If a retry restarts the reply, the deltas of the failed attempt were already
-        yielded; read the final message with :meth:`history` for the clean text.
-
-        Left early (``break``, an exception, cancellation), the stream stops the reply
-        as :meth:`stop` does (the text so far kept, status ``interrupted``) and is over
-        once that stop is: closed with ``contextlib.aclosing``, the branch is free for
-        the next send as soon as the ``async with`` ends. After a plain ``break``,
-        Python closes the stream a moment later, on the loop; until then a send on the
-        branch is refused (BusyError).
-        """
-        turn = self.send(text, branch=branch, provider=provider, **params)
-        feed = DeltaFeed(turn.progress)
-        try:
-            if feed.so_far:
-                yield feed.so_far
-            # The feed's batches read directly: an async iterator in between costs a
-            # microsecond per delta, a tenth of what a streamed chunk costs here.
-            finished = False
-            while not finished:
-                for delta in await feed.batch():
-                    if delta is None:
-                        finished = True
-                        break
-                    yield delta
-            await turn  # re-raise a failure
-        finally:
-            feed.close()
-            # A consumer that stops reading (break, an exception, cancellation) does
-            # not want the rest of the reply: stop generating it (the text is kept),
-            # and end once it is stopped, so the branch is free when the stream closes.
-            if not turn.done():
-                turn.cancel()
-                with contextlib.suppress(Exception):  # its outcome is the turn's to tell
-                    await turn
 
     def edit(
         self,

@@ -337,3 +337,31 @@ async def test_a_send_right_after_a_stream_closed_early_is_taken(
         assert stopped.content != "one two three four five six seven eight"
     finally:
         await session.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_send_right_after_a_plain_break_says_how_to_close_the_stream(
+    data_dir: Path,
+) -> None:
+    # Left with a plain break, the stream is closed (and its reply stopped) a moment
+    # later, on the loop: a send at once is refused, naming the stream and how to close
+    # it at once, not advising the cancel of a turn the caller never had.
+    fake = ScriptedProvider()
+    fake.reply("one two three four five six seven eight", chunks="words", delay=0.05)
+    fake.reply("the next reply")
+    session = ContextSession.create(provider=fake, data_dir=data_dir)
+    try:
+        async for _delta in session.stream("count"):
+            break
+        with pytest.raises(BusyError) as refused:
+            session.send("at once")
+        assert "session.stream()" in str(refused.value)
+        assert "contextlib.aclosing" in str(refused.value)
+        assert "turn.cancel()" not in str(refused.value)
+        running = session.turn()
+        assert running is not None
+        stopped = await running  # the stream closed meanwhile: the reply is stopped
+        assert stopped.status is MessageStatus.INTERRUPTED
+        assert (await session.send("after")).content == "the next reply"
+    finally:
+        await session.aclose()
