@@ -57,10 +57,11 @@ class StopMethods(SessionReading):
 
     def _stop_interrupted(self, turn: Turn, sent: Message) -> KeyboardInterrupt:
         # Ctrl-C came while send() stored ``sent`` and started ``turn``: the reply is
-        # stopped as stop() stops one (an empty reply, status ``interrupted``), so the
-        # branch does not end on a user message nobody answers. From a script, waited
-        # for (a second Ctrl-C stops the wait, not the stop): the next send() finds
-        # the branch free. Returns the KeyboardInterrupt to raise, saying which.
+        # stopped as stop() stops one (status ``interrupted``, with what little text it
+        # had, usually none), so the branch does not end on a user message nobody
+        # answers. From a script, waited for (a second Ctrl-C stops the wait, not the
+        # stop): the next send() finds the branch free. Returns the KeyboardInterrupt
+        # to raise, saying which.
         with self._lock:
             runner = self._runners.get(turn.branch)
             if runner is not None and runner.turn is turn:
@@ -76,7 +77,7 @@ class StopMethods(SessionReading):
             f"send() was interrupted once your message was being stored: it is stored "
             f"(id {sent.id} on branch {turn.branch!r}) and its reply "
             + ("was stopped" if over else "is being stopped")
-            + " at once, as session.stop() stops one (an empty reply, status "
-            "'interrupted'). session.regenerate() asks for a reply to it; a new send() "
-            "goes on after it"
+            + " at once, as session.stop() stops one (status 'interrupted', with what "
+            "little text it had). session.regenerate() asks for a full reply to it; a new "
+            "send() goes on after it"
         )

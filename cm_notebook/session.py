@@ -364,10 +364,11 @@ class ContextSession(
         Ctrl-C (KeyboardInterrupt) during ``send()`` leaves the branch as a stop does.
         Before the message is stored, nothing is: the send leaves no trace. Once its
         write has begun, the message is stored and its reply stopped at once, as
-        :meth:`stop` stops one: an empty reply with status ``interrupted`` follows it,
-        so the branch goes on user, assistant (:meth:`regenerate` asks for a real
-        reply). The KeyboardInterrupt is raised once that stop is over, with a note
-        saying which it was.
+        :meth:`stop` stops one: a reply with status ``interrupted`` (empty, or the
+        little text it had) follows it, so the branch goes on user, assistant
+        (:meth:`regenerate` asks for a full reply). The KeyboardInterrupt is raised
+        once that stop is over, its message saying so; a bare one means nothing was
+        stored.
         """
         text = validate_text(text)
         noted = checked_message_metadata(metadata)

@@ -49,8 +49,9 @@ def test_ctrl_c_in_send_leaves_the_branch_consistent_and_says_so(data_dir: Path)
             # that had started its turn, as it returned: the reply went on, complete.)
             assert asked not in replies or replies[asked][1:3] == ["complete", None]
             continue
-        # Stored, and its reply stopped as a stop leaves one: empty, interrupted.
+        # Stored, and its reply stopped at once, as a stop leaves one.
         assert "is stored" in each["said"]
         assert "session.regenerate()" in each["said"]
-        assert replies[asked][1:] == ["interrupted", INTERRUPTED_SEND, ""]
+        assert replies[asked][1:3] == ["interrupted", INTERRUPTED_SEND]
+        assert "alpha beta gamma".startswith(replies[asked][3])  # what little it had
     assert end["last"] == "alpha beta gamma"  # the branch is free after it all
