@@ -189,10 +189,18 @@ class Handle(Generic[T]):
                 raise self._cannot_finish() from None
         else:
             wrapped = future
-        # Poll instead of a bare await so the kernel's Interrupt button works.
+        # Poll instead of a bare await so the kernel's Interrupt button works, and so
+        # that the work's loop (another than this one) stopping is noticed and said,
+        # as in result(): the work could then never finish.
+        elsewhere = self._loop is not asyncio.get_running_loop()
+        stopped = 0
         try:
             while not wrapped.done():
                 await asyncio.wait({wrapped}, timeout=_POLL_SECONDS)
+                if elsewhere and not wrapped.done():
+                    stopped = 0 if self._loop.is_running() else stopped + 1
+                    if stopped >= 2:
+                        raise self._cannot_finish()
         except asyncio.CancelledError:
             if wrapped.done():
                 raise

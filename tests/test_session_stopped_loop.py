@@ -95,3 +95,34 @@ def test_a_loop_stopped_while_result_waits_is_said(data_dir: Path) -> None:
         loop.call_soon_threadsafe(loop.stop)
         runner.join(DEADLINE)
         loop.close()
+
+
+def test_a_loop_stopped_while_a_turn_is_awaited_from_another_is_said(data_dir: Path) -> None:
+    # As above, the turn awaited from another loop (asyncio.run() in plain code).
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    async def make() -> ContextSession:
+        return ContextSession.create(provider=ScriptedProvider().hang(), data_dir=data_dir)
+
+    session = asyncio.run_coroutine_threadsafe(make(), loop).result(DEADLINE)
+    turn = session.send("hello")
+    stopper = threading.Timer(0.3, loop.call_soon_threadsafe, (loop.stop,))
+    stopper.start()
+
+    async def wait() -> None:
+        with pytest.raises(StateError, match="is not running"):
+            await asyncio.wait_for(turn, DEADLINE)  # it used to wait until the timeout
+
+    try:
+        asyncio.run(wait())
+    finally:
+        stopper.join()
+        runner.join(DEADLINE)
+        runner = threading.Thread(target=loop.run_forever, daemon=True)
+        runner.start()
+        session.close()
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(DEADLINE)
+        loop.close()
