@@ -7,7 +7,9 @@ reply coming, so the next send put two user messages in a row on the branch, or 
 turn registered on its branch that never ran. :class:`HeldInterrupt` holds SIGINT back
 over that stretch: Python's own handler is swapped for one that only notes the signal,
 and put back at the end; the caller then acts on it (``send()`` stops the reply it
-started, as ``session.stop()`` does, and raises KeyboardInterrupt saying so).
+started, as ``session.stop()`` does, and raises KeyboardInterrupt saying so). A turn's
+start (``SessionCore._start``, for every operation that starts one) is held so too: a
+turn registered on its branch is one that runs.
 
 Only in the main thread (the only one Python delivers signals to) and only in place of
 Python's default handler: a handler the program installed (asyncio.run()'s, a
@@ -43,11 +45,12 @@ class HeldInterrupt:
     def _note(self, _signum: int, _frame: FrameType | None) -> None:
         self.pending = True
 
-    def raise_pending(self) -> None:
-        """Raise the KeyboardInterrupt held so far, if any (and hold no more of it)."""
+    def raise_pending(self, said: str = "") -> None:
+        """Raise the KeyboardInterrupt held so far, if any (saying ``said``), and hold
+        no more of it."""
         if self.pending:
             self.pending = False
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(*([said] if said else []))
 
     def __exit__(
         self,

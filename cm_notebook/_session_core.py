@@ -44,6 +44,7 @@ from ._conversation import for_request
 from ._dead_rounds import DeadRounds
 from ._dropped import release_when_collected
 from ._follower import LogFollower
+from ._held_interrupt import HeldInterrupt
 from ._host import BranchMachines, TurnHost
 from ._loop import background_loop, running_loop, schedule_on
 from ._registry import REGISTRY
@@ -518,25 +519,31 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers, LoopEnds):
         runner = TurnRunner(
             self._host(), turn, start=start, head=head, provider=provider, params=params
         )
-        with self._lock:
-            if branch in self._runners:
-                raise BusyError(f"a reply is already being generated on branch {branch!r}")
-            self._runners[branch] = runner
-            self._turn_claims[branch] = claim
-            self._last_request[branch] = (provider, dict(params))
-        work = self._unless_released(
-            runner, runner.run() if prologue is None else self._after(prologue, runner)
-        )
-        try:
-            future = schedule_on(self._loop, work)
-        except RuntimeError:  # the loop closed since _claim looked
-            work.close()
+        # Ctrl-C held: a turn registered on its branch is one that runs (_held_interrupt).
+        with HeldInterrupt() as ctrl_c:
             with self._lock:
-                self._runners.pop(branch, None)
-                self._turn_claims.pop(branch, None)
-            claim.release()
-            raise self._loop_gone() from None
-        turn.attach(future, runner.request_cancel)
+                if branch in self._runners:
+                    raise BusyError(f"a reply is already being generated on branch {branch!r}")
+                self._runners[branch] = runner
+                self._turn_claims[branch] = claim
+                self._last_request[branch] = (provider, dict(params))
+            work = self._unless_released(
+                runner, runner.run() if prologue is None else self._after(prologue, runner)
+            )
+            try:
+                future = schedule_on(self._loop, work)
+            except RuntimeError:  # the loop closed since _claim looked
+                work.close()
+                with self._lock:
+                    self._runners.pop(branch, None)
+                    self._turn_claims.pop(branch, None)
+                claim.release()
+                raise self._loop_gone() from None
+            turn.attach(future, runner.request_cancel)
+        ctrl_c.raise_pending(
+            f"interrupted as the reply on branch {branch!r} started: it goes on "
+            f"(session.turn({branch!r}) is it; session.stop({branch!r}) stops it)"
+        )
         return turn
 
     def _loop_gone(self) -> StateError:

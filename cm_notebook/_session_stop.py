@@ -6,8 +6,9 @@ that the running process's log follower picks up; it then stops the turn as a lo
 stop would (the text so far is kept, status ``interrupted``), and its signals tell
 every process, this one included.
 
-A ``send()`` that Ctrl-C interrupted once its message was being stored stops its reply
-so too (:meth:`StopMethods._stop_interrupted`; see :mod:`cm_notebook._held_interrupt`).
+A ``send()``, ``edit()`` or ``regenerate()`` that Ctrl-C interrupted once it had begun
+to write stops its reply so too (:meth:`StopMethods._stop_interrupted`; see
+:mod:`cm_notebook._held_interrupt`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import contextlib
 
 from ._loop import running_loop
 from ._session_reading import SessionReading
-from .model import Message
 from .turn import Turn
 
 __all__ = ["StopMethods"]
 
-#: Why the reply of a send() that Ctrl-C interrupted stopped (its stored error).
-INTERRUPTED_SEND = "cancelled by the user (Ctrl-C during send())"
+#: Why the reply of a send() (an edit(), a regenerate()) that Ctrl-C interrupted
+#: stopped (its stored error).
+INTERRUPTED_SEND = "cancelled by the user (Ctrl-C as the reply started)"
 #: How long an interrupted send() waits for its reply's stop to be over (seconds).
 _STOP_WAIT = 30.0
 
@@ -55,13 +56,14 @@ class StopMethods(SessionReading):
         self._decisions.post_stop(remote, name)
         return remote
 
-    def _stop_interrupted(self, turn: Turn, sent: Message) -> KeyboardInterrupt:
-        # Ctrl-C came while send() stored ``sent`` and started ``turn``: the reply is
-        # stopped as stop() stops one (status ``interrupted``, with what little text it
-        # had, usually none), so the branch does not end on a user message nobody
-        # answers. From a script, waited for (a second Ctrl-C stops the wait, not the
-        # stop): the next send() finds the branch free. Returns the KeyboardInterrupt
-        # to raise, saying which.
+    def _stop_interrupted(self, turn: Turn, done: str) -> KeyboardInterrupt:
+        # Ctrl-C came while send() (edit(), regenerate()) stored what it stores and
+        # started ``turn``: the reply is stopped as stop() stops one (status
+        # ``interrupted``, with what little text it had, usually none), so the branch
+        # does not end on a user message nobody answers. From a script, waited for (a
+        # second Ctrl-C stops the wait, not the stop): the next send() finds the branch
+        # free. Returns the KeyboardInterrupt to raise, saying ``done`` (what the call
+        # did) and the rest.
         with self._lock:
             runner = self._runners.get(turn.branch)
             if runner is not None and runner.turn is turn:
@@ -74,10 +76,9 @@ class StopMethods(SessionReading):
             over = turn.done()
         # Said as its message: a note (Python 3.11+) would be missed on older ones.
         return KeyboardInterrupt(
-            f"send() was interrupted once your message was being stored: it is stored "
-            f"(id {sent.id} on branch {turn.branch!r}) and its reply "
+            f"{done}, and its reply on branch {turn.branch!r} "
             + ("was stopped" if over else "is being stopped")
             + " at once, as session.stop() stops one (status 'interrupted', with what "
-            "little text it had). session.regenerate() asks for a full reply to it; a new "
+            "little text it had). session.regenerate() asks for a full reply; a new "
             "send() goes on after it"
         )

@@ -403,7 +403,11 @@ class ContextSession(
                     claim, fsm.Send(), user.id, chosen, generation, prologue, prompt=stored
                 )
         if ctrl_c.pending:
-            raise self._stop_interrupted(turn, user)
+            said = (
+                "send() was interrupted once your message was being stored: it is "
+                f"stored (id {user.id})"
+            )
+            raise self._stop_interrupted(turn, said)
         return turn
 
     def edit(
@@ -422,7 +426,7 @@ class ContextSession(
         original conversation stays on its branch. It inherits the defaults (system
         prompt, provider, parameters) of the branch edited: ``from_branch`` if given
         (it must hold the message), else the active branch if it holds it, else the
-        oldest branch that does.
+        oldest branch that does. Ctrl-C during ``edit()``: as in :meth:`send`.
         """
         text = validate_text(text)
         original = self.get(message_id)
@@ -446,7 +450,8 @@ class ContextSession(
                 name = validate_new_branch_name(branch)
             created = False
             try:
-                with self._claim(name) as claim:
+                with HeldInterrupt() as ctrl_c, self._claim(name) as claim:
+                    ctrl_c.raise_pending()  # nothing written yet: no trace
                     metadata = self._read_metadata()
                     made = self._io.call(
                         self._store.create_branch(
@@ -462,7 +467,14 @@ class ContextSession(
                     self._publish(ev.BranchCreated(branch=name, head=original.parent_id))
                     self._append_prompt(name, edited)
                     self.switch(name)
-                    return self._start(claim, fsm.Send(), edited.id, chosen, generation)
+                    turn = self._start(claim, fsm.Send(), edited.id, chosen, generation)
+                if ctrl_c.pending:
+                    said = (
+                        "edit() was interrupted once it had begun: the edited message "
+                        f"is stored (id {edited.id})"
+                    )
+                    raise self._stop_interrupted(turn, said)
+                return turn
             except (BranchExistsError, BusyError) as exc:
                 # A name chosen here that another process created (or is creating: it
                 # holds the name's claim) since the branches were read: choose again.
@@ -480,16 +492,22 @@ class ContextSession(
         (see :meth:`siblings`). The new reply is sampled (a fresh ``seed`` unless one is
         given here, not the branch's; a ``temperature`` of 0.8 unless given here or as
         the branch's default), so a greedy model does not repeat itself; the reply's
-        ``metadata.parameters`` say which (see :mod:`cm_notebook.sampling`).
+        ``metadata.parameters`` say which (see :mod:`cm_notebook.sampling`). Ctrl-C
+        during ``regenerate()``: as in :meth:`send` (nothing moved, or the new reply
+        stopped at once).
         """
         name = self._branch_name(branch)
         chosen, generation = self._defaults.for_request(
             self._read_metadata(), name, provider, params
         )
         generation = for_regenerate(generation, params)
-        with self._claim(name, answer_dead_round=False) as claim:
+        with HeldInterrupt() as ctrl_c, self._claim(name, answer_dead_round=False) as claim:
+            ctrl_c.raise_pending()  # nothing moved yet: no trace
             prompt = self._rewind_to_prompt(name)
-            return self._start(claim, fsm.Send(), prompt, chosen, generation)
+            turn = self._start(claim, fsm.Send(), prompt, chosen, generation)
+        if ctrl_c.pending:
+            raise self._stop_interrupted(turn, "regenerate() was interrupted once it had begun")
+        return turn
 
     # -- signals -----------------------------------------------------------------------
 

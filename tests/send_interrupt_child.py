@@ -1,10 +1,11 @@
 """Child process for the Ctrl-C in ``send()`` test (run as a script).
 
-    python send_interrupt_child.py DATA_DIR COUNT
+    python send_interrupt_child.py DATA_DIR COUNT [send|regenerate]
 
-Sends COUNT messages from plain code (the turns run on the background loop), each with
-a SIGINT delivered to this process a little later, at a moment that varies from one
-send to the next, so that some land inside ``send()``. Prints one JSON line per send:
+Sends COUNT messages from plain code (the turns run on the background loop), or asks
+COUNT times for a new reply to the first (``regenerate``), each with a SIGINT delivered
+to this process a little later, at a moment that varies from one call to the next, so
+that some land inside the call. Prints one JSON line per send:
 ``{"sent": i, "outcome": "returned" | "interrupted", "said": <the interrupt's text>}``,
 then a last one with the branch's messages (``"messages": [[role, status, error,
 text]...]``)
@@ -24,7 +25,7 @@ from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 
 
-def main(data_dir: str, count: int) -> None:
+def main(data_dir: str, count: int, operation: str) -> None:
     fake = ScriptedProvider()
     for _ in range(count + 2):
         fake.reply("alpha beta gamma", chunks="words", delay=0.005)
@@ -39,10 +40,13 @@ def main(data_dir: str, count: int) -> None:
         outcome, said = "returned", ""
         try:
             go.set()
-            session.send(f"question {number}")
+            if operation == "send":
+                session.send(f"question {number}")
+            else:
+                session.regenerate()
             time.sleep(0.05)  # where the interrupt lands when the send was quicker
         except KeyboardInterrupt as exc:
-            if _in_send(exc):
+            if _inside(exc, operation):
                 outcome, said = "interrupted", str(exc)
         while True:  # the interrupt has landed before the next send starts
             try:
@@ -68,15 +72,15 @@ def _interrupt_after(go: threading.Event, delay: float) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def _in_send(exc: KeyboardInterrupt) -> bool:
-    # A bare KeyboardInterrupt raised inside send() (not in the sleep after it).
+def _inside(exc: KeyboardInterrupt, operation: str) -> bool:
+    # A KeyboardInterrupt raised inside the call (not in the sleep after it).
     tb = exc.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code.co_name == "send":
+        if tb.tb_frame.f_code.co_name == operation:
             return True
         tb = tb.tb_next
     return False
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "send")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,17 +22,21 @@ CHILD = Path(__file__).with_name("send_interrupt_child.py")
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs SIGINT to itself")
 
 
-def test_ctrl_c_in_send_leaves_the_branch_consistent_and_says_so(data_dir: Path) -> None:
-    count = 40
+def run_child(data_dir: Path, count: int, operation: str) -> list[dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, str(CHILD), str(data_dir), str(count)],
+        [sys.executable, str(CHILD), str(data_dir), str(count), operation],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_ctrl_c_in_send_leaves_the_branch_consistent_and_says_so(data_dir: Path) -> None:
+    count = 40
+    lines = run_child(data_dir, count, "send")
     sends, end = lines[:-1], lines[-1]
     assert [each["sent"] for each in sends] == list(range(count))
     interrupted = [each for each in sends if each["outcome"] == "interrupted"]
@@ -55,3 +60,22 @@ def test_ctrl_c_in_send_leaves_the_branch_consistent_and_says_so(data_dir: Path)
         assert replies[asked][1:3] == ["interrupted", INTERRUPTED_SEND]
         assert "alpha beta gamma".startswith(replies[asked][3])  # what little it had
     assert end["last"] == "alpha beta gamma"  # the branch is free after it all
+
+
+def test_ctrl_c_in_regenerate_leaves_the_branch_consistent_and_says_so(data_dir: Path) -> None:
+    count = 40
+    lines = run_child(data_dir, count, "regenerate")
+    sends, end = lines[:-1], lines[-1]
+    interrupted = [each for each in sends if each["outcome"] == "interrupted"]
+    assert interrupted, "no SIGINT landed inside regenerate(): the test tested nothing"
+    # The branch: the first message and one reply to it (the last one asked for), then
+    # the message sent after them all and its reply; never a user message unanswered.
+    messages = end["messages"]
+    assert [m[0] for m in messages] == ["user", "assistant", "user", "assistant"]
+    for each in interrupted:
+        if each["said"]:
+            assert "regenerate() was interrupted" in each["said"]
+    last_asked = sends[-1]
+    if last_asked["said"]:  # the last new reply was stopped as it started
+        assert messages[1][1:3] == ["interrupted", INTERRUPTED_SEND]
+    assert end["last"] == "alpha beta gamma"
