@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from . import events as ev
 from . import fsm
 from ._claims import BranchClaims, Claim
-from ._runner_tools import interrupted_result
+from ._runner_tools import approved_not_run_reason, approved_not_run_result, interrupted_result
 from ._session_messages import MessageCache, is_settled
 from ._sessionio import StoreAccess
 from .errors import BranchMovedError, BusyError, CMError
@@ -240,13 +240,14 @@ def _from_answer(call: ToolCall, answer: str) -> ToolCall:
     # status and reason are read back from the answer, so that a settle finished on
     # a second try records what one run to the end would have.
     name = call.name
-    head, _, tail = interrupted_result(name, "\0").partition("\0")
     update: dict[str, object]
     if answer == _never_run(name):
         update = {"status": ToolCallStatus.FAILED, "reason": NOT_STARTED}
-    elif answer.startswith(head) and answer.endswith(tail):
-        cause = answer[len(head) : len(answer) - len(tail)]
+    elif (cause := _cause_in(answer, interrupted_result(name, "\0"))) is not None:
         update = {"status": ToolCallStatus.FAILED, "reason": f"interrupted while running ({cause})"}
+    elif (cause := _cause_in(answer, approved_not_run_result(name, "\0"))) is not None:
+        # Approved, then its turn was stopped before it ran: not a denial.
+        update = {"status": ToolCallStatus.FAILED, "reason": approved_not_run_reason(cause)}
     elif call.status is ToolCallStatus.RUNNING:
         # Failures are answered "error: ..." (cm_notebook.tools).
         failed = answer.startswith("error:")
@@ -255,6 +256,15 @@ def _from_answer(call: ToolCall, answer: str) -> ToolCall:
         # A call never started can only have been refused.
         update = {"status": ToolCallStatus.DENIED, "reason": _denial_reason(name, answer)}
     return call.model_copy(update={**update, "result": answer})
+
+
+def _cause_in(answer: str, template: str) -> str | None:
+    # What stands in ``answer`` where ``template`` has its NUL, if ``answer`` is that
+    # text; None if it is not.
+    head, _, tail = template.partition("\0")
+    if len(answer) >= len(head) + len(tail) and answer.startswith(head) and answer.endswith(tail):
+        return answer[len(head) : len(answer) - len(tail)]
+    return None
 
 
 def _denial_reason(tool_name: str, answer: str) -> str | None:

@@ -249,12 +249,13 @@ class ToolRounds:
         await self._save_calls()
         self._feed(fsm.ToolsFinished())
 
-    async def _answer_call(self, call: ToolCall, text: str) -> None:
+    async def _answer_call(self, call: ToolCall, text: str, *, tell: bool = True) -> None:
+        # ``tell``: announce a call that ended (done or failed) once its answer is stored.
         await self._writes.answer_call(call, text)
         # Only once it is stored (a store write, once started, is not cancelled): a
         # failed write leaves the call to be answered by the wind-down.
         self._answered.add(call.id)
-        if call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
+        if tell and call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
             self.host.publish(
                 ev.ToolCallResolved(
                     branch=self._writes.target,
@@ -270,6 +271,9 @@ class ToolRounds:
         # ``reason``: why calls that never ran did not (e.g. "cancelled by the user");
         # ``cause``: why the turn stopped, for calls it cut off (default ``reason``).
         self._started.close()  # what started is settled: nothing else of the round will
+        # Decisions that crossed the stop: logged and told once the calls recording
+        # them are stored (the audit log holds decisions applied; see _decide).
+        crossed: list[tuple[ToolCall, Decision, ToolCall]] = []
         for call_id in ids:
             self.host.approvals.drop(call_id)
             # A decision made but not applied yet (it crossed the stop): the call
@@ -279,13 +283,13 @@ class ToolRounds:
             if call is None or call_id in self._answered:
                 continue
             if late is not None and call_id not in self._started:
-                with anyio.CancelScope(shield=True):
-                    call = await self._decided_late(call, late, reason)
+                asked, call = call, _decided_late(call, late, reason)
+                crossed.append((asked, late, call))
             else:
                 call = self._cut_off(call, reason, cause or reason)
             self._calls[call_id] = call
             with anyio.CancelScope(shield=True):
-                await self._answer_call(call, call.result or "")
+                await self._answer_call(call, call.result or "", tell=late is None)
             if (
                 late is None and call.status is ToolCallStatus.DENIED
             ):  # _answer_call told of the others
@@ -299,29 +303,31 @@ class ToolRounds:
                 )
         with anyio.CancelScope(shield=True):
             await self._save_calls()
+            for asked, decision, settled in crossed:
+                await self._tell_late(asked, decision, settled)
 
-    async def _decided_late(self, call: ToolCall, decision: Decision, reason: str) -> ToolCall:
-        # ``call`` as a decision that reached the turn only as it stopped leaves it: a
-        # denial with its reason; an approval as approved but never run (no effect).
-        record = await self.host.record(self._writes.target, self._last_reply, call, decision)
-        update: dict[str, Any]
-        if decision.approved:
-            update = _approved_not_run(call, reason)
-            if decision.arguments is not None:
-                update["arguments"] = decision.arguments
-        else:
-            text = denied_result(call.name, decision.reason)
-            update = {"status": ToolCallStatus.DENIED, "reason": decision.reason, "result": text}
+    async def _tell_late(self, asked: ToolCall, decision: Decision, settled: ToolCall) -> None:
+        # A decision that crossed the stop, its call (``settled``) stored: logged, then
+        # announced, and an approval's end after it (approved, but not run).
+        record = await self.host.record(self._writes.target, self._last_reply, asked, decision)
         self.host.publish(
             ev.ToolCallResolved(
                 branch=self._writes.target,
-                tool_call_id=call.id,
+                tool_call_id=asked.id,
                 status=ToolCallStatus.APPROVED if decision.approved else ToolCallStatus.DENIED,
                 reason=decision.reason,
                 decision=record,
             )
         )
-        return call.model_copy(update=update)
+        if settled.status is ToolCallStatus.FAILED:
+            self.host.publish(
+                ev.ToolCallResolved(
+                    branch=self._writes.target,
+                    tool_call_id=settled.id,
+                    status=settled.status,
+                    reason=settled.reason,
+                )
+            )
 
     def _cut_off(self, call: ToolCall, reason: str, cause: str) -> ToolCall:
         # ``call`` as a stopped turn leaves it, its ``result`` the text for the model.
@@ -388,14 +394,38 @@ def _failed(call: ToolCall, exc: Exception) -> ToolCall:
 _APPROVED = (ToolCallStatus.APPROVED, ToolCallStatus.RUNNING)
 
 
+def _decided_late(call: ToolCall, decision: Decision, reason: str) -> ToolCall:
+    # ``call`` as a decision that reached the turn only as it stopped leaves it: a
+    # denial with its reason; an approval as approved but never run (no effect).
+    update: dict[str, Any]
+    if decision.approved:
+        update = _approved_not_run(call, reason)
+        if decision.arguments is not None:
+            update["arguments"] = decision.arguments
+    else:
+        text = denied_result(call.name, decision.reason)
+        update = {"status": ToolCallStatus.DENIED, "reason": decision.reason, "result": text}
+    return call.model_copy(update=update)
+
+
 def _approved_not_run(call: ToolCall, reason: str) -> dict[str, Any]:
     # The update of an approved call whose turn stopped (``reason``) before it ran.
     return {
         "status": ToolCallStatus.FAILED,
-        "reason": f"approved, but not run: the turn was stopped first ({reason})",
-        "result": (
-            f"error: the call to tool {call.name!r} was approved, but its turn was "
-            f"stopped ({reason}) before it ran; it had no effect, and may be asked "
-            "for again."
-        ),
+        "reason": approved_not_run_reason(reason),
+        "result": approved_not_run_result(call.name, reason),
     }
+
+
+def approved_not_run_reason(reason: str) -> str:
+    """The stored reason of an approved call whose turn stopped (``reason``) before it ran."""
+    return f"approved, but not run: the turn was stopped first ({reason})"
+
+
+def approved_not_run_result(tool_name: str, reason: str) -> str:
+    """The text the model gets for an approved call whose turn stopped before it ran."""
+    return (
+        f"error: the call to tool {tool_name!r} was approved, but its turn was "
+        f"stopped ({reason}) before it ran; it had no effect, and may be asked "
+        "for again."
+    )

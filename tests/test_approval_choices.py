@@ -411,6 +411,8 @@ async def test_a_decision_that_crosses_a_stop_is_what_the_call_records(
     calc = Calculator()
     fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("never")
     session = ContextSession.create(data_dir=data_dir, provider=fake, tools=calc.tools)
+    told: list[ToolCallResolved] = []
+    session.subscribe(lambda e: isinstance(e, ToolCallResolved) and told.append(e))
     try:
         turn = session.send("Add")
         [call] = await turn.wait_for_approval(DEADLINE)
@@ -434,6 +436,10 @@ async def test_a_decision_that_crosses_a_stop_is_what_the_call_records(
         assert calc.calls == []
         [record] = session.approval_log()
         assert (record.tool_call_id, record.approved) == (call.id, approved)
+        # Told as decided (with the audit record), then, approved, as not run.
+        said = [(e.tool_call_id, e.status, e.decision is not None) for e in told]
+        first = (call.id, decided.status, True)
+        assert said == ([first, (call.id, ToolCallStatus.FAILED, False)] if approved else [first])
         with pytest.raises(ToolCallAlreadyResolvedError):
             session.approve(call.id)
     finally:

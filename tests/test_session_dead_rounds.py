@@ -24,6 +24,7 @@ from tool_writer import start_tool_writer
 
 from cm_notebook._dead_rounds import NOT_STARTED, STOPPED, UNDECIDED
 from cm_notebook._follower import LogFollower
+from cm_notebook._runner_tools import approved_not_run_reason, approved_not_run_result
 from cm_notebook.events import Event, StateChanged, ToolApprovalRequested, ToolCallResolved
 from cm_notebook.fsm import State
 from cm_notebook.model import Message, ToolCall, ToolCallStatus
@@ -312,6 +313,19 @@ def test_a_denial_answered_before_the_process_died_keeps_its_reason(
     reply_id = _store_round(tmp_path, context_id, {"second": denial})
     _, second = _settled_calls(tmp_path, context_id, reply_id)
     assert second == ("second", ToolCallStatus.DENIED, "too risky", denial)
+
+
+def test_an_approval_answered_as_not_run_before_the_process_died_stays_approved(
+    tmp_path: Path, context_id: str
+) -> None:
+    # A stopped turn answers an approved call it had not started as approved but not
+    # run, then records the call; killed in between, the answer tells what it was.
+    answer = approved_not_run_result("_add", "cancelled by the user")
+    statuses = (ToolCallStatus.APPROVED, ToolCallStatus.PENDING)
+    reply_id = _store_round(tmp_path, context_id, {"first": answer}, statuses=statuses)
+    first, _ = _settled_calls(tmp_path, context_id, reply_id)
+    reason = approved_not_run_reason("cancelled by the user")
+    assert first == ("first", ToolCallStatus.FAILED, reason, answer)
 
 
 def _round_on_a_side_branch(tmp_path: Path, context_id: str) -> str:
