@@ -4,7 +4,8 @@
 :class:`Comparison`. It is plain data (pydantic) with a text ``__str__`` and a static
 ``_repr_html_``, so a saved notebook still shows the comparison without a kernel.
 A reply that failed, was interrupted or is still streaming is shown as such (its
-status, why, and its partial text), never diffed or measured as if it were an answer.
+status, why, and its partial text), never diffed or measured as if it were an answer;
+so is a branch with no reply at all.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ class BranchResult(BaseModel):
     A reply that did not complete (``status`` ``error``, ``interrupted`` or still
     ``streaming``; ``error`` says why it failed) is not an answer, nor is a reply that
     only asks for tools (``tool_calls`` > 0: the turn stopped in its tool rounds, e.g.
-    at the tool-round limit, or they still wait): see :attr:`unfinished`.
+    at the tool-round limit, or they still wait): see :attr:`unfinished`. Nor is there
+    an answer where the branch has no reply (``missing``: no assistant message on it,
+    or, in a per-turn diff, no such turn or a prompt never answered).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -115,6 +118,7 @@ class BranchResult(BaseModel):
     stats: StreamStats | None = None
     error: str | None = None
     tool_calls: int = 0  # how many tools the reply asks for
+    missing: bool = False  # no reply there to show (see above)
 
     @classmethod
     def of(
@@ -126,7 +130,7 @@ class BranchResult(BaseModel):
         record its own (it was stored by an older cm_notebook) or there is no answer.
         """
         if answer is None:
-            return cls(branch=branch, system_prompt=system_prompt)
+            return cls(branch=branch, system_prompt=system_prompt, missing=True)
         meta = answer.metadata
         if "system_prompt" in meta.model_fields_set:
             system_prompt = meta.system_prompt
@@ -149,9 +153,12 @@ class BranchResult(BaseModel):
     @property
     def unfinished(self) -> bool:
         """Whether the reply is no final answer: it failed, was interrupted, is still
-        being generated, or only asks for tools. Its text is then partial, and its
-        tokens and timings are an attempt's: neither is an answer to compare. (A result
-        without a status, made by hand, counts as an answer.)"""
+        being generated, or only asks for tools; or there is no reply (``missing``).
+        Its text is then partial, and its tokens and timings are an attempt's: neither
+        is an answer to compare. (A result without a status, made by hand, counts as an
+        answer.)"""
+        if self.missing:
+            return True
         if self.status is not None and self.status is not MessageStatus.COMPLETE:
             return True
         return self.tool_calls > 0
@@ -170,6 +177,8 @@ class BranchResult(BaseModel):
         """What became of an unfinished reply, in words (None for an answer)."""
         if not self.unfinished:
             return None
+        if self.missing:
+            return "there is no reply on this branch"
         why = f": {self.error}" if self.error else ""
         if self.status is MessageStatus.ERROR:
             return f"the reply failed{why}"
@@ -183,11 +192,11 @@ class BranchResult(BaseModel):
         """Short labels of what produced the answer and how fast: model, parameters,
         tokens, time to first token, tokens per second, duration, attempts. For an
         unfinished reply: model, parameters and its status (``error``,
-        ``interrupted``, ``streaming``) instead of what the attempt cost."""
+        ``interrupted``, ``streaming``, ``no reply``) instead of what the attempt cost."""
         usage, stats = self.usage, self.stats
         facts = [self.model or self.provider or "?"]
         facts += [f"{key}={value}" for key, value in sorted(self.parameters.items())]
-        if self.status is not None and self.unfinished:
+        if (self.status is not None or self.missing) and self.unfinished:
             # A failed attempt's tokens and speed, shown like an answer's, would be
             # read as what the answer cost.
             facts.append(self.state)
@@ -383,9 +392,12 @@ def _no_answer_html(result: BranchResult) -> str:
 def unfinished_html(result: BranchResult) -> str:
     """An unfinished reply as HTML: what became of it, then its partial text greyed
     (never marked as a diff: it is not an answer)."""
-    status = result.state.replace(" ", "-") if result.status is not None else ""
+    known = result.status is not None or result.missing
+    status = result.state.replace(" ", "-") if known else ""
+    # Nothing failed where there is no reply: said in grey, not as an error.
+    colour = MUTED if result.missing else ERROR
     out = (
-        f'<div class="cm-status cm-status-{html.escape(status)}" style="color:{ERROR}">'
+        f'<div class="cm-status cm-status-{html.escape(status)}" style="color:{colour}">'
         f"no answer: {html.escape(result.outcome or '')}</div>"
     )
     if result.text:

@@ -8,7 +8,9 @@ the later user turns run again) lines up with the branch it came from. An answer
 did not complete (it failed, was interrupted, or is still being generated) is shown as
 such, never diffed as an answer, and its tokens and timings are not measured against
 the other side: the per-turn deltas say it has no answer instead. So is a last reply
-that only asks for tools (the turn stopped in its tool rounds): it has no answer.
+that only asks for tools (the turn stopped in its tool rounds), and a turn one branch
+does not have, or whose prompt has no reply there (a replay that failed at an earlier
+turn): it has no answer, not an empty one.
 :meth:`ContextSession.compare_turns` builds a :class:`TurnComparison`; the compare view
 shows the same per-turn diffs (:func:`turns_html`). Everything here is pure.
 """
@@ -106,6 +108,8 @@ class TurnDiff(BaseModel):
     turn: int  # from 1
     prompt: str  # the other branch's user message
     base_prompt: str | None = None  # the base branch's, if it differs
+    # A side without a reply to this turn (no such turn there, or an unanswered prompt)
+    # is a result that says so (``BranchResult.missing``); None only in one made by hand.
     base: BranchResult | None = None
     other: BranchResult | None = None
     base_score: float | None = None
@@ -115,23 +119,30 @@ class TurnDiff(BaseModel):
     def diff(self) -> WordDiff:
         """Word diff of the base answer against the other's (see :func:`word_diff`).
 
-        Empty when either side's reply did not complete (:attr:`unanswered`): a partial
-        text is no answer to diff, as the views say. (A turn one branch does not have
-        is diffed against nothing: its whole answer is a change.)"""
-        if self.unanswered:
+        Empty when either side has no answer (:attr:`unanswered`: its reply did not
+        complete, or there is none): a partial text is no answer to diff, nor is a
+        missing one an empty answer, as the views say."""
+        if not self._answered:
             return WordDiff()
         return word_diff(*_texts(self))
 
     @property
     def unanswered(self) -> list[BranchResult]:
-        """The sides whose reply did not complete (failed, interrupted, streaming)."""
+        """The sides whose reply did not complete (failed, interrupted, streaming), or
+        that have no reply to this turn."""
         return [side for side in (self.base, self.other) if side is not None and side.unfinished]
 
     @property
+    def _answered(self) -> bool:
+        # Both sides answer: given (a TurnDiff made by hand may leave one out) and not
+        # unanswered.
+        return self.base is not None and self.other is not None and not self.unanswered
+
+    @property
     def changed(self) -> bool:
-        """Whether the answers differ (a reply that did not complete against one that
-        did is a difference, whatever their texts)."""
-        cut = [side is not None and side.unfinished for side in (self.base, self.other)]
+        """Whether the answers differ (a reply that did not complete, or is not there,
+        against one that did is a difference, whatever their texts)."""
+        cut = [side is None or side.unfinished for side in (self.base, self.other)]
         # The diff marks a change exactly where the texts differ (it gives both back):
         # compared directly, without diffing long answers once more.
         base, other = _texts(self)
@@ -210,8 +221,8 @@ class TurnComparison(BaseModel):
             lines.append(f"== turn {turn.turn}: {turn.prompt}")
             if turn.base_prompt is not None:
                 lines.append(f"   (was: {turn.base_prompt})")
-            if turn.unanswered:
-                # No diff against a partial text: each side as it is.
+            if not turn._answered:
+                # No diff against a partial or missing text: each side as it is.
                 lines.extend(_answer_text(side) for side in (turn.base, turn.other) if side)
             else:
                 ops = turn.diff
@@ -235,8 +246,9 @@ def _texts(turn: TurnDiff) -> tuple[str, str]:
     )
 
 
-def _result(branch: str, answer: Message | None, system: str | None) -> BranchResult | None:
-    return BranchResult.of(branch, answer, system) if answer is not None else None
+def _result(branch: str, answer: Message | None, system: str | None) -> BranchResult:
+    # No answer (no such turn, or its prompt has no reply): a result that says so.
+    return BranchResult.of(branch, answer, system)
 
 
 def _number(value: float, decimals: int) -> str:
@@ -310,7 +322,7 @@ def turns_html(comparison: TurnComparison, *, changed_only: bool = False) -> str
             prompt = diff_side_html(word_diff(turn.base_prompt, turn.prompt), "+", PALE_MARKS)
         notes = _delta_texts(turn)
         state = "changed" if turn.changed else "same"
-        if turn.unanswered:
+        if not turn._answered:
             left, right = _side_html(turn.base), _side_html(turn.other)
         else:
             left, right = diff_side_html(ops, "-", PALE_MARKS), diff_side_html(ops, "+", PALE_MARKS)

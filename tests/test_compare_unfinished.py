@@ -16,7 +16,7 @@ from cm_notebook.model import MessageStatus, StreamStats, TokenUsage
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
 from cm_notebook.tools import tool
-from cm_notebook.turn_diff import METRICS
+from cm_notebook.turn_diff import METRICS, TurnComparison, TurnDiff
 from cm_notebook.widgets.compare import comparison_html
 
 
@@ -192,3 +192,82 @@ def test_a_turn_stopped_in_its_tool_rounds_has_no_answer(
     view = comparison_html(columns)
     assert "cm-status-tool-calls" in view
     assert "line-through" not in view  # the answer is not diffed against the empty text
+
+
+def test_a_turn_one_branch_does_not_have_is_no_answer_not_an_empty_one(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # A replay that failed at turn 2 has no turn 3: its answer there is not "", and the
+    # source's answer is no deletion, nor are its tokens and timings measured against
+    # nothing.
+    session = new_session(provider=ScriptedProvider())
+    for prompt in ("one", "two", "three"):
+        session.send(prompt).result(DEADLINE)
+    session.rate(session.history()[-1].id, score=5)
+    failing = ScriptedProvider(strict=True).reply("echo: one")
+    failing.error("permanent", message="model not found")
+    replay = session.replay("main", provider=failing, name="again")
+    with pytest.raises(PermanentProviderError, match="model not found"):
+        replay.result(DEADLINE)
+    turns = session.compare_turns("again", against="main")
+    assert turns.changed_turns == [2, 3]
+    third = turns.turns[2]
+    assert third.diff == []
+    assert [side.branch for side in third.unanswered] == ["again"]
+    assert third.other is not None
+    assert (third.other.missing, third.other.state) == (True, "no reply")
+    deltas = third.deltas()
+    assert deltas["score"] == (5.0, None)  # the rating stays, measured against nothing
+    assert all(delta.change is None for delta in deltas.values())
+    shown = str(turns).split("== turn 3: three\n")[1]
+    assert shown == (
+        "main: echo: three\n"
+        "again: no answer: there is no reply on this branch\n"
+        "   again has no answer (no reply)"
+    )
+    page = turns._repr_html_()
+    assert "line-through" not in page  # nothing marked as removed by the missing turn
+    assert 'class="cm-status cm-status-no-reply"' in page
+    assert "<bdi>again</bdi> has no answer (no reply)" in page
+    assert "score 5.00" not in page
+    # Either way round: the base side is the one without the turn.
+    backwards = session.compare_turns("main", against="again").turns[2]
+    assert [side.branch for side in backwards.unanswered] == ["again"]
+    assert backwards.diff == []
+    # The compare view shows the same per-turn rows.
+    columns = [
+        {"branch": name, "system": None, "messages": session.history(name), "state": "Idle"}
+        for name in ("main", "again")
+    ]
+    view = comparison_html(columns, [turns])
+    assert "cm-status-no-reply" in view
+    assert "line-through" not in view
+
+
+def test_a_branch_without_a_reply_is_compared_as_no_answer(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    session.send("one").result(DEADLINE)
+    session.branch("empty", from_message=session.history()[0].id, switch=False)
+    comparison = session.compare("main", "empty")
+    assert comparison.similarity() is None
+    assert comparison.diff() == []
+    empty = comparison["empty"]
+    assert (empty.missing, empty.unfinished, empty.facts()) == (True, True, ["?", "no reply"])
+    text = str(comparison)
+    assert "no answer: there is no reply on this branch" in text
+    assert "diff main -> empty: none, empty has no answer (no reply)" in text
+    assert "[-echo: one-]" not in text
+    page = comparison._repr_html_()
+    assert "no diff: <bdi>empty</bdi> has no answer (no reply)" in page
+    assert "line-through" not in page
+    # A result made by hand without a status is still an answer.
+    assert not BranchResult(branch="z").unfinished
+
+
+def test_a_turn_diff_made_without_one_side_diffs_nothing() -> None:
+    turn = TurnDiff(turn=1, prompt="Q", base=BranchResult(branch="a", text="an answer"))
+    assert turn.diff == []
+    assert turn.changed
+    assert "[-an answer-]" not in str(TurnComparison(base="a", other="b", turns=[turn]))
