@@ -6,6 +6,7 @@ import argparse
 import json
 import unicodedata
 import warnings
+from collections.abc import Mapping
 
 from ._cli_base import clip, command, out, positive_int, when
 from ._migration_mark import is_unfinished_migration, migration_under_way
@@ -14,7 +15,7 @@ from .errors import CMError
 from .export import import_under_way, is_unfinished_import
 from .model import ContextMetadata, Message
 from .prompts import effective_system
-from .render import status_label
+from .render import call_result, status_label, tool_results
 from .store.base import Store
 from .store.diagnostics import StoreWarning
 
@@ -116,7 +117,8 @@ def _labelled(indent: str, label: str, text: str) -> None:
         out(f"{indent}{' ' * len(label)}{line}".rstrip())
 
 
-def _print_message(message: Message) -> None:
+def _print_message(message: Message, results: Mapping[str, str]) -> None:
+    # ``results``: the branch's tool results (see call_result).
     label = status_label(message)
     status = f" ({label})" if label else ""
     answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
@@ -128,8 +130,9 @@ def _print_message(message: Message) -> None:
         out(f"    tool call {clip(call.name, 100)}({args}) [{call.status.value}]")
         if call.reason:
             _labelled("      ", "reason: ", call.reason)
-        if call.result is not None:
-            out(f"      result: {clip(call.result, 200)}")
+        result = call_result(call, results)
+        if result is not None:
+            out(f"      result: {clip(result, 200)}")
     if message.metadata.error:
         _labelled("    ", "error: ", message.metadata.error)
     out()
@@ -162,6 +165,7 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         # The store skipped damaged files, each with a warning that names it.
         out(f"... {wanted - len(messages)} unreadable message(s) skipped (see the warnings)")
         out()
+    results = tool_results(messages)
     for message in messages:
-        _print_message(message)
+        _print_message(message, results)
     return 0

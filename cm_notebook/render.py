@@ -8,7 +8,8 @@ by the HTML, the Markdown export, ``cm-notebook show`` and the reprs alike: a re
 cut by the token limit (``finish_reason == "length"``), stopped by the provider's
 content filter (``"content_filter"``) or refused by the model (``"refusal"``) says so
 everywhere (:func:`stop_note`), as do a refusal the API flagged in its stream and a
-reply that reasoned but gave no answer.
+reply that reasoned but gave no answer. A tool call's result is shown as the branch
+shown holds it (:func:`call_result`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ._cli_advice import for_contexts_in
@@ -33,6 +34,7 @@ __all__ = [
     "REFUSED",
     "SAVED_MESSAGES",
     "branch_repr",
+    "call_result",
     "code_fence",
     "context_repr",
     "conversation_html",
@@ -43,6 +45,7 @@ __all__ = [
     "status_label",
     "stop_note",
     "tool_call_repr",
+    "tool_results",
     "was_cut_off",
 ]
 
@@ -215,6 +218,24 @@ def call_arguments_text(message: Message, call: ToolCall, *, indent: int | None 
     if written is not None:
         return written
     return json.dumps(call.arguments, ensure_ascii=False, indent=indent, default=str)
+
+
+def tool_results(messages: Iterable[Message]) -> dict[str, str]:
+    """The results a branch holds: tool call id -> the text of the tool message among
+    ``messages`` (the branch's, in order) that answers it."""
+    return {m.tool_call_id: m.content for m in messages if m.role == "tool" and m.tool_call_id}
+
+
+def call_result(call: ToolCall, results: Mapping[str, str]) -> str | None:
+    """The result shown for ``call`` on a branch whose :func:`tool_results` are
+    ``results``: the tool message there that answers it, which is what the model was
+    sent, else the call's own ``result`` (None while it has none: a denied call's
+    reason is shown instead). They differ after a counterfactual edit of a result: the
+    new branch holds the edited tool message, and shares the reply that made the call,
+    with its original result, with the branch it came from."""
+    if call.result is None:
+        return None
+    return results.get(call.id, call.result)
 
 
 def tool_calls_html(message: Message) -> str:

@@ -39,7 +39,7 @@ from .._theme import MUTED
 from ..errors import CMError
 from ..model import Message, MessageStatus, ToolCallStatus
 from ..provenance import provenance_of
-from ..render import code_fence, one_line, status_label
+from ..render import call_result, code_fence, one_line, status_label, tool_results
 from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._live_output import LiveOutput, flush_copies
@@ -472,6 +472,7 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
     except CMError:
         pass  # unreadable: the calls found so far
     lines = []
+    results = tool_results(rounds)  # what this branch holds (see call_result)
     for message in reversed(rounds):
         for call in message.tool_calls:
             arguments = json.dumps(call.arguments, ensure_ascii=False)
@@ -479,8 +480,9 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
             # an override in the arguments cannot reverse the status after them.
             why = f" ({isolated(call.reason)})" if call.reason else ""
             # A denied call's result is what the model was told: the reason, again.
-            shown = call.result is not None and call.status is not ToolCallStatus.DENIED
-            result = f" → {isolated(one_line(call.result or '', MAX_CALL_CHARS))}" if shown else ""
+            text = call_result(call, results)
+            shown = text is not None and call.status is not ToolCallStatus.DENIED
+            result = f" → {isolated(one_line(text or '', MAX_CALL_CHARS))}" if shown else ""
             lines.append(
                 # The gear outside the monospace run: monospace fonts often lack it.
                 f'<div style="font-size:85%;color:{MUTED};{WRAP_ANYWHERE}">⚙ '

@@ -7,7 +7,7 @@ snapshot (:mod:`.snapshot`), so both show a conversation the same way.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._html_text import WRAP_ANYWHERE, isolated, json_text_html
@@ -15,7 +15,7 @@ from .._reasoning_html import gave_no_answer, reasoning_html
 from .._theme import MUTED
 from .._unicode import json_for_terminal
 from ..model import Message, MessageStatus, ToolCall
-from ..render import call_arguments_text
+from ..render import call_arguments_text, call_result
 from .markdown import render_markdown
 
 __all__ = ["message_dict", "stats_of", "transcript_html"]
@@ -51,7 +51,7 @@ def stats_of(message: Message) -> dict[str, Any]:
     return out
 
 
-def _call_dict(message: Message, call: ToolCall) -> dict[str, Any]:
+def _call_dict(message: Message, call: ToolCall, results: Mapping[str, str]) -> dict[str, Any]:
     return {
         "id": call.id,
         "name": call.name,
@@ -59,7 +59,7 @@ def _call_dict(message: Message, call: ToolCall) -> dict[str, Any]:
         # argument would otherwise reverse the text it is in, on the page.
         "args": json_for_terminal(call_arguments_text(message, call, indent=2)),
         "status": call.status.value,
-        "result": call.result,
+        "result": call_result(call, results),
         "reason": call.reason,
     }
 
@@ -69,11 +69,14 @@ def message_dict(
     *,
     siblings: Sequence[str] = (),
     tool_names: dict[str, str] | None = None,
+    tool_results: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``message`` as the transcript shows it (Markdown already rendered to HTML).
 
     ``siblings``: ids of its alternatives, itself included, oldest first;
-    ``tool_names``: tool call id -> tool name, to label tool results.
+    ``tool_names``: tool call id -> tool name, to label tool results;
+    ``tool_results``: the results the branch shown holds (:func:`~..render.tool_results`),
+    shown under its calls.
     """
     position = siblings.index(message.id) if message.id in siblings else 0
     out: dict[str, Any] = {
@@ -83,7 +86,7 @@ def message_dict(
         "html": render_markdown(message.content) if message.content else "",
         "text": message.content if message.role == "user" else "",
         "status": message.status.value,
-        "calls": [_call_dict(message, call) for call in message.tool_calls],
+        "calls": [_call_dict(message, call, tool_results or {}) for call in message.tool_calls],
         "sibling": [position + 1, len(siblings)] if len(siblings) > 1 else None,
         "prev": siblings[position - 1] if len(siblings) > 1 and position > 0 else None,
         "next": siblings[position + 1] if position + 1 < len(siblings) else None,

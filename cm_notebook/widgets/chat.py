@@ -43,7 +43,7 @@ from .. import events as ev
 from ..errors import BranchNotFoundError
 from ..fsm import State
 from ..model import Message, MessageStatus
-from ..render import SAVED_MESSAGES
+from ..render import SAVED_MESSAGES, tool_results
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle, close_parts, fork_under_free_name, static_text
 from ._messages import message_dict
@@ -336,13 +336,19 @@ class ChatView(w.VBox):  # type: ignore[misc]
             self._live_id = None
         tree = self.session.tree()  # from the index: siblings without reading messages
         tool_names = {c.id: c.name for m in history for c in m.tool_calls}
+        results = tool_results(history)
         last_reply = next((m.id for m in reversed(history) if m.role == "assistant"), None)
         items = []
         shown = history[-self._window :]
         for message in shown:
             if message.id == self._live_id and message.status is MessageStatus.STREAMING:
                 continue
-            data = message_dict(message, siblings=_siblings(tree, message), tool_names=tool_names)
+            data = message_dict(
+                message,
+                siblings=_siblings(tree, message),
+                tool_names=tool_names,
+                tool_results=results,
+            )
             if _ratable(message):
                 data["rating"] = self._rating(message.id)
             frozen = self._frozen.get(message.id)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from .._cli_advice import for_contexts_in
+from ..render import tool_results
 from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
 from ._copy_hider import mark_copy
 from ._live_output import LiveOutput, register_copy
@@ -43,7 +44,8 @@ def snapshot_html(
     history = session._read_path(name)
     names = {c.id: c.name for m in history for c in m.tool_calls}
     shown = history if last is None else history[-last:]
-    items = [message_dict(m, tool_names=names) for m in shown]
+    results = tool_results(history)
+    items = [message_dict(m, tool_names=names, tool_results=results) for m in shown]
     # Said for the session's folder: a saved notebook's reader pastes it as it is.
     whole = for_contexts_in(
         f"`cm-notebook export {session.id}` (or session.export() in Python) writes the "
