@@ -20,7 +20,7 @@ from ._html_text import isolated
 from ._theme import ERROR, MUTED
 from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
-from .model import Message, MessageStatus, StreamStats, TokenUsage
+from .model import Message, MessageStatus, StreamStats, TokenUsage, ToolCallStatus
 
 __all__ = [
     "COARSE_NOTE",
@@ -33,6 +33,7 @@ __all__ = [
     "diff_side_html",
     "diff_similarity",
     "is_answer",
+    "tool_round_stop",
     "unfinished_html",
     "word_diff",
     "word_similarity",
@@ -88,6 +89,39 @@ def is_answer(message: Message) -> bool:
     """Whether ``message`` is a final answer: complete, and not a reply that only asks
     for tools (its turn stopped in its tool rounds, or they still wait)."""
     return message.status is MessageStatus.COMPLETE and not message.tool_calls
+
+
+#: How a call cut off while its tool ran is said to have ended (its ``reason`` starts so).
+_CUT_OFF = "interrupted while running"
+#: A call still in its round: waiting for a decision, or approved and not yet ended.
+_IN_ROUND = (ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.RUNNING)
+
+
+def tool_round_stop(message: Message) -> str | None:
+    """Why ``message``, a complete reply that only asks for tools, is no answer, when
+    its turn was stopped in that tool round (a Stop button, a cancelled sweep, a closed
+    session): where it stopped, in words, e.g. "the turn was stopped while its tool
+    calls waited for approval (cancelled by the user)".
+
+    None for any other message (an answer, a reply that failed or was interrupted), and
+    while the round goes on: a call still waits for a decision or runs."""
+    calls = message.tool_calls
+    if message.status is not MessageStatus.COMPLETE or not calls:
+        return None
+    if any(call.status in _IN_ROUND for call in calls):
+        return None
+    cut = next((c for c in calls if (c.reason or "").startswith(_CUT_OFF)), None)
+    if cut is not None:
+        where = f"while a tool ran: the call to {cut.name!r} was {cut.reason}"
+    elif any(call.status is ToolCallStatus.DONE for call in calls):
+        where = "after its tools ran, before the model answered their results"
+    else:
+        denied = [call for call in calls if call.status is ToolCallStatus.DENIED]
+        first = (denied or calls)[0]
+        why = f" ({first.reason})" if first.reason else ""
+        waited = "waited for approval" if denied else "were about to run"
+        where = f"while its tool calls {waited}{why}"
+    return f"the turn was stopped {where}; the reply only asks for tools, it is no answer"
 
 
 class BranchResult(BaseModel):

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._loop import schedule_on
 from ._sweep_labels import check_labels
 from ._sweep_stops import VariantStops, progress_bar
+from .compare import is_answer
 from .errors import CMError, InvalidInputError
 from .fanout import Variant, variant_labels
 from .ids import validate_new_branch_name
@@ -585,11 +586,19 @@ def _filled(template: str, row: Mapping[str, Any], prompt: int, row_index: int |
 
 
 def finish(cell: SweepCell, message: Message) -> None:
-    """Record ``message`` (the cell's last reply) as the cell's outcome."""
+    """Record ``message`` (the cell's last reply) as the cell's outcome: ``done`` for an
+    answer, else ``failed`` with why. A reply that only asks for tools is no answer: its
+    turn was stopped in that tool round (while its calls waited for approval, or a tool
+    ran), and the next run of the sweep asks the cell again."""
     cell.message_id = message.id
     cell.reply = message.content
-    if message.status.value == "complete":
+    if is_answer(message):
         cell.status, cell.error = "done", None
     else:
         cell.status = "failed"
-        cell.error = failure(message) or f"the reply ended {message.status.value}"
+        ended = message.status.value
+        cell.error = failure(message) or (
+            "the reply only asks for tools, and its turn ended in that round"
+            if ended == "complete"
+            else f"the reply ended {ended}"
+        )

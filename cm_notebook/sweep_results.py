@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 from . import records as rec
 from ._html_text import WRAP_ANYWHERE
 from ._theme import MUTED
+from .compare import tool_round_stop
 from .errors import CMError, InvalidInputError
-from .model import Message
+from .model import Message, MessageStatus
 from .stability import Stability, stability
 from .store.diagnostics import StoreWarning
 
@@ -165,12 +166,16 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def failure(found: Message | CMError | None) -> str | None:
-    """Why a reply did not complete, as its cell's ``error`` says it: the error it was
+    """Why a reply is no answer, as its cell's ``error`` says it: the error it was
     stored with (a provider's "quota exceeded"), else how it ended ("the reply ended
-    interrupted"). None for a complete reply, one still streaming, and one whose file
-    cannot be read (its record's ``error`` says so)."""
-    if not isinstance(found, Message) or found.status.value in ("complete", "streaming"):
+    interrupted"); for a reply that only asks for tools, where its turn was stopped in
+    that round (:func:`~cm_notebook.compare.tool_round_stop`). None for an answer, a
+    reply still streaming or whose tool round goes on, and one whose file cannot be read
+    (its record's ``error`` says so)."""
+    if not isinstance(found, Message) or found.status is MessageStatus.STREAMING:
         return None
+    if found.status is MessageStatus.COMPLETE:
+        return tool_round_stop(found)
     return found.metadata.error or f"the reply ended {found.status.value}"
 
 
