@@ -25,6 +25,7 @@ from . import fsm
 from ._auto_names import made_under_free_name
 from ._claims import Claim
 from ._loop import schedule_on
+from .compare import is_answer
 from .errors import (
     BranchExistsError,
     BranchNotFoundError,
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .fanout import Variant, arm_settings
 from .ids import new_id, validate_branch_name, validate_new_branch_name
-from .model import Branch, ContextMetadata, Message, MessageMetadata, MessageStatus, Role
+from .model import Branch, ContextMetadata, Message, MessageMetadata, Role
 from .params import MAX_MESSAGE_CHARS, accepted_parameters
 from .providers.pool import ProviderLike
 from .scores import Score
@@ -64,7 +65,9 @@ T = TypeVar("T")
 class Replay(Handle[TurnComparison]):
     """User turns running again on a new branch; awaiting it gives the per-turn
     comparison against the source branch. A failed turn stops the replay (its error
-    is raised); what was done stays on the branch.
+    is raised); so does a stopped one (its comparison is the result), including one
+    stopped in its tool round, whose last reply only asks for tools: no later turn is
+    sent without the answer it would build on. What was done stays on the branch.
 
     ``turns``: each prompt to send, with the generation parameters of its send (on top
     of the branch's defaults; a None drops the branch's value)."""
@@ -368,8 +371,9 @@ def _reply_in(messages: list[Message]) -> Message | None:
 
 def _complete(reply: Message) -> bool:
     # A turn stopped or cut off (a Stop button, a closed session) ends the replay: the
-    # later turns would build on a partial answer.
-    return reply.status is MessageStatus.COMPLETE
+    # later turns would build on a partial answer, or on none (a turn stopped in its
+    # tool round ends with a reply that only asks for tools).
+    return is_answer(reply)
 
 
 def _new_branch(
