@@ -176,7 +176,9 @@ class ExperimentMethods:
 
         ``message_id`` is any message of a branch (the active one if it holds it): a user
         message (the model answers the new text), a reply (kept as edited; if it called
-        tools, their results follow and the model answers again), a tool result (the
+        tools, their results follow and the model answers again: a reply whose calls
+        still wait for a decision, or run, has no results yet, and is refused with a
+        StateError saying to decide them, or stop its turn, first), a tool result (the
         model answers the new result); or ``"system"`` for the system prompt of the
         active branch (every user turn runs again under the new prompt). The new
         branch (``name``, default ``<branch>-cf-N``) is forked just before the message.

@@ -7,7 +7,9 @@ parameters (its system prompt and defaults are those of ``branch`` unless overri
 user message, a reply, a tool result, or the system prompt with ``"system"``) on a new
 branch forked just before it, and runs the downstream user turns again, each with the
 generation parameters its original reply recorded (so the edit is what differs). Tools
-called on the way go through approval as on any turn.
+called on the way go through approval as on any turn. A reply is edited with the
+results of its tool calls after it: one whose calls still wait for a decision (or
+run) has none yet, and is refused until they are decided.
 
 Both return a :class:`Replay`: ``await replay`` (or ``replay.result()`` in a script)
 gives the :class:`~cm_notebook.turn_diff.TurnComparison` of the new branch against the
@@ -32,10 +34,11 @@ from .errors import (
     BusyError,
     CMError,
     InvalidInputError,
+    StateError,
 )
 from .fanout import Variant, arm_settings
 from .ids import new_id, validate_branch_name, validate_new_branch_name
-from .model import Branch, ContextMetadata, Message, MessageMetadata, Role
+from .model import Branch, ContextMetadata, Message, MessageMetadata, Role, ToolCallStatus
 from .params import MAX_MESSAGE_CHARS, accepted_parameters
 from .providers.pool import ProviderLike
 from .scores import Score
@@ -239,6 +242,7 @@ def start_counterfactual(
         return _new_system(session, new_content, name)
     original = session.get(message_id)
     source = _branch_holding(session, original.id)
+    _refuse_undecided_calls(original, source)
     path = session.history(source)
     at = next(i for i, m in enumerate(path) if m.id == original.id)
     if original.role == "user" and not new_content.strip():
@@ -299,6 +303,27 @@ def start_counterfactual(
         claim.release()
         raise
     return Replay(session, source, target, later, first)
+
+
+def _refuse_undecided_calls(original: Message, branch: str) -> None:
+    # An edited reply keeps its tool calls, and their results follow it: the results of
+    # calls still undecided (or running) do not exist yet. Sent without them, the model
+    # would be told each call failed; their decision belongs to the original turn.
+    open_calls = [c for c in original.tool_calls if c.status in _UNDECIDED]
+    if not open_calls:
+        return
+    shown = ", ".join(f"{c.id} {c.name!r}: {c.status.value}" for c in open_calls)
+    raise StateError(
+        f"message {original.id!r} asks for tools whose calls have no result yet ({shown}); "
+        "an edit of it keeps their results, so they must be decided first: approve or "
+        f"deny them (session.approve(branch={branch!r}) / session.deny(branch={branch!r})), "
+        f"or stop the turn (session.stop({branch!r})), and edit the reply once its turn "
+        "has ended"
+    )
+
+
+#: A tool call's statuses before it has a result: waiting for a decision, or running.
+_UNDECIDED = (ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.RUNNING)
 
 
 def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:

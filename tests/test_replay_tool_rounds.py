@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from test_session_support import DEADLINE
 
 from cm_notebook import tool
+from cm_notebook.errors import StateError
 from cm_notebook.model import ToolCall
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -52,3 +54,32 @@ def test_a_turn_stopped_while_its_tool_calls_wait_ends_the_replay(
     first = comparison.turns[0].other
     assert first is not None
     assert first.unfinished
+
+
+def test_a_reply_whose_tool_calls_wait_cannot_be_edited_until_they_are_decided(
+    new_session: NewSession,
+) -> None:
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2})
+    session = new_session(provider=fake, tools=[add])  # approval: ask
+    turn = session.send("Add 1 and 2")
+    _waiting(session)
+    asking = session.history()[1]
+    before = set(session.branches)
+    with pytest.raises(StateError, match=r"call_1 'add': pending.*approve or deny them") as told:
+        session.counterfactual(asking.id, "Let me add them.")
+    assert "session.stop('main')" in str(told.value)
+    assert set(session.branches) == before  # nothing written
+    assert len(fake.requests) == 1  # the model was told nothing
+
+    fake.reply("It is 3.")
+    session.approve()
+    assert turn.result(DEADLINE).content == "It is 3."
+    fake.reply("Still 3.")
+    edit = session.counterfactual(asking.id, "Let me add them.")
+    edit.result(DEADLINE)
+    assert [m.content for m in session.history(edit.branch)] == [
+        "Add 1 and 2",
+        "Let me add them.",
+        "3",  # the call's own result, not an error
+        "Still 3.",
+    ]
