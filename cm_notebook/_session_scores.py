@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from . import events as ev
 from ._session_reading import SessionReading
+from .compare import is_answer
 from .errors import InvalidInputError, StateError
 from .ids import validate_branch_name, validate_message_id
 from .model import Message, MessageStatus
@@ -31,9 +32,11 @@ class ScoreResults(builtins.list[Score]):
 
     A list of :class:`~cm_notebook.scores.Score`; ``failed`` holds those whose scoring
     function raised or returned a value that cannot be stored (the error is in
-    ``score.errors[name]``). Only complete replies are scored: ``left_out`` has the ids
-    of the others, and ``left_out_status`` why each was left out (its status: still
-    being written, ended in an error, or interrupted).
+    ``score.errors[name]``). Only answers are scored: ``left_out`` has the ids of the
+    other replies, and ``left_out_status`` why each was left out (its status: still
+    being written, ended in an error, or interrupted; ``complete`` for a reply that
+    only asks for tools, a step of its turn before the answer, or the last reply of a
+    turn stopped in its tool round).
     """
 
     def __init__(
@@ -53,7 +56,8 @@ class ScoreResults(builtins.list[Score]):
         )
         #: The ids of the replies left out, not complete: not scored.
         self.left_out: tuple[str, ...] = tuple(status)
-        #: Why each reply in ``left_out`` was: its status (streaming, error, interrupted).
+        #: Why each reply in ``left_out`` was: its status (streaming, error, interrupted;
+        #: complete for a reply that only asks for tools).
         self.left_out_status: dict[str, MessageStatus] = status
 
     @property
@@ -70,6 +74,12 @@ class ScoreResults(builtins.list[Score]):
             f"{len(self) - failed} ok, {failed} failed"
         )
         counts = Counter(self.left_out_status.values())
+        steps = counts.pop(MessageStatus.COMPLETE, 0)
+        if steps:
+            text += (
+                f"; left out {_replies(steps)} that only ask for tools (a turn's steps "
+                "before its answer, or a turn stopped in its tool round): they are no answer"
+            )
         writing = counts.pop(MessageStatus.STREAMING, 0)
         if writing:
             text += (
@@ -221,10 +231,12 @@ class ScoreMethods(SessionReading):
         score outside 1-5, ...), the error is recorded in that message's
         ``score.errors[name]`` and the others go on; a later success clears it. A
         damaged score file is replaced. A message shared by several
-        branches is scored once. Only complete replies are scored: one still being
-        written (a turn or sweep still running; score again once it is done), one that
-        ended in an error or was interrupted is left out, listed in ``.left_out`` and,
-        with its status, in ``.left_out_status``. ``progress`` shows a progress bar.
+        branches is scored once. Only answers are scored: a reply still being written
+        (a turn or sweep still running; score again once it is done), one that ended in
+        an error or was interrupted, and one that only asks for tools (a step of its
+        turn before the answer, or the last reply of a turn stopped in its tool round:
+        its empty text is no answer) is left out, listed in ``.left_out`` and, with its
+        status, in ``.left_out_status``. ``progress`` shows a progress bar.
         Returns a :class:`ScoreResults` (a list of scores; ``.failed``, ``.left_out``,
         ``.summary()``).
         """
@@ -232,11 +244,12 @@ class ScoreMethods(SessionReading):
             raise InvalidInputError(f"fn must be a function of a message, got {fn!r:.80}")
         label = metric_name(name if name is not None else _function_name(fn))
         found = assistant_messages(branch_histories(self, branches))
-        # Only a complete reply has a whole answer: one still being written has no final
-        # text yet, and a failed or interrupted one an empty or cut-off text, whose
-        # metric would sit beside the finished answers' and skew their means.
-        targets = [(b, m) for b, m in found if m.status is MessageStatus.COMPLETE]
-        left_out = {m.id: m.status for _b, m in found if m.status is not MessageStatus.COMPLETE}
+        # Only an answer is scored: a reply still being written has no final text yet, a
+        # failed or interrupted one an empty or cut-off text, and one that only asks for
+        # tools no answer at all; their metrics would sit beside the answers' and skew
+        # their means.
+        targets = [(b, m) for b, m in found if is_answer(m)]
+        left_out = {m.id: m.status for _b, m in found if not is_answer(m)}
         results = ScoreResults(label, [], left_out=left_out)
         bar = _progress(len(targets), label) if progress else None
         try:

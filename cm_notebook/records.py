@@ -1,7 +1,11 @@
-"""A context's replies as a table: one row per assistant message on its branches, for
-analysis. A reply that ``regenerate()`` replaced is on no branch (its sibling took its
-place) and has no row; samples meant to be compared go on branches of their own
-(``fan_out``, a sweep's repeats).
+"""A context's replies as a table: one row per turn's reply on its branches (the last
+assistant message before the next user message), for analysis. A turn's steps before
+its reply, which only ask for tools, are no answer and have no row (the reply's tokens
+and timings are its own; ``session.history()`` has every step); a turn stopped in its
+tool round keeps its last reply, which only asks for tools. A reply that
+``regenerate()`` replaced is on no branch (its sibling took its place) and has no row;
+samples meant to be compared go on branches of their own (``fan_out``, a sweep's
+repeats).
 
 :func:`records` builds plain dicts (no dependency); :func:`to_dataframe` hands them to
 pandas (the optional extra ``cm_notebook[data]``); :func:`write_csv` writes them with
@@ -64,7 +68,7 @@ from .store.oserrors import translate
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "records", "to_csv_text", "to_dataframe", "write_csv"]
+__all__ = ["COLUMNS", "records", "to_csv_text", "to_dataframe", "turn_replies", "write_csv"]
 
 #: The fixed columns, in order; ``label_*``, ``param_*`` and ``metric_*`` follow.
 COLUMNS: tuple[str, ...] = (
@@ -164,8 +168,14 @@ def records(
     branches: Mapping[str, Branch],
     scores: Mapping[str, Score],
 ) -> list[dict[str, Any]]:
-    """One row per assistant message of ``histories`` (``(branch, messages)`` pairs,
-    root first), each reply once; see the module docstring for the columns.
+    """One row per turn's reply of ``histories`` (``(branch, messages)`` pairs, root
+    first): the last assistant message before the next user message, each reply once;
+    see the module docstring for the columns.
+
+    A turn's steps before it (replies that only ask for tools, whose results follow)
+    are no answer and have no row: counted, they would sit beside the answers as empty
+    outputs and skew their means. A turn stopped in its tool round keeps its last reply,
+    which only asks for tools (``tool_calls`` > 0).
 
     A branch's ``variant`` and ``label_*`` columns go only on the replies made on it: a
     reply started before the branch was made (it forked after it) came from another
@@ -176,11 +186,12 @@ def records(
         found = branches.get(branch)
         labels: Mapping[str, str] = getattr(found, "labels", None) or {}
         made: datetime | None = getattr(found, "created_at", None)
+        last = turn_replies(messages)
         turn, prompt = 0, None
         for message in messages:
             if message.role == "user":
                 turn, prompt = turn + 1, message
-            elif message.role == "assistant" and message.id not in seen:
+            elif message.id in last and message.id not in seen:
                 seen.add(message.id)
                 # A warm-up answered on main before an arm forked is not the arm's
                 # variant: its labels would credit the arm with a reply it never made.
@@ -191,6 +202,23 @@ def records(
                     _row(context_id, branch, own, turn, prompt, message, scores.get(message.id))
                 )
     return _rectangular(rows)
+
+
+def turn_replies(messages: Sequence[Message]) -> set[str]:
+    """The ids of the turns' replies in ``messages`` (a branch's, root first): each
+    turn's last assistant message, before the next user message."""
+    last: set[str] = set()
+    reply: str | None = None
+    for message in messages:
+        if message.role == "user":
+            if reply is not None:
+                last.add(reply)
+            reply = None
+        elif message.role == "assistant":
+            reply = message.id
+    if reply is not None:
+        last.add(reply)
+    return last
 
 
 def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -76,11 +76,13 @@ def refuse_clashing_inputs(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
-    """One dict per reply on the sweep's branches, in cell order (cells not started
-    have none).
+    """One dict per turn's reply on the sweep's branches (as
+    :func:`~cm_notebook.records.records` has them: a turn's steps that only ask for
+    tools have none), in cell order (cells not started have none).
 
-    ``failure`` is why a reply did not complete (see :func:`failure`: a failed cell's
-    reason, e.g. the provider's "quota exceeded"), None for a complete one.
+    ``failure`` is why a reply is no answer (see :func:`failure`: a failed cell's
+    reason, e.g. the provider's "quota exceeded", or where its turn was stopped in its
+    tool round), None for an answer.
 
     A message file that cannot be read (damaged or deleted) costs no other record:
     each readable reply keeps its record as usual, and ``error`` (None elsewhere) names
@@ -88,7 +90,8 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     record with its place (context, branch, message id, turn, prompt, the sweep's
     columns, its labels and rating) and None for what only its file holds; a reply
     whose prompt cannot be read has None for ``prompt``; a reply after another
-    unreadable message (a tool result, say) is whole but marked. A
+    unreadable message of its turn (a tool result, say, or a step before it) is whole
+    but marked. A
     :class:`~cm_notebook.store.StoreWarning` names each such file, with its cell.
     """
     session = sweep.session
@@ -107,7 +110,9 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     for branch, cell in cells.items():
         messages: list[Message] = []
         prompt_error: str | None = None
-        pending: list[str] = []  # unreadable messages since the last reply
+        # Unreadable messages of the turn so far (its steps, their tool results): the
+        # turn's reply, its only record, is marked with them.
+        pending: list[str] = []
         for node in tree.path(branch):
             if node.id not in read:
                 try:
@@ -127,13 +132,12 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
                 )
             messages.append(found)
             if node.role == "user":
-                prompt_error = error
+                prompt_error, pending = error, []
             elif node.role == "assistant":
                 errors = [e for e in (prompt_error, *pending, error) if e is not None]
-                pending = []
                 if errors:
                     marks[node.id] = _Mark(error is not None, prompt_error is not None, errors)
-            elif error is not None:
+            if error is not None and node.role != "user":
                 pending.append(error)
         histories.append((branch, messages))
     by_branch: dict[str, list[dict[str, Any]]] = {}

@@ -50,22 +50,22 @@ def _study(new_session: Callable[..., ContextSession]) -> ContextSession:
     return session
 
 
-def test_one_row_per_reply_with_every_column(new_session: Callable[..., ContextSession]) -> None:
+def test_one_row_per_turns_reply_with_every_column(
+    new_session: Callable[..., ContextSession],
+) -> None:
     session = _study(new_session)
     main = session.history("main")
     session.rate(main[1].id, thumbs="up", score=5, tags=["short"], note="good", by="ann")
     session.score(lambda m: len(m.content), name="chars", progress=False)
 
     rows = session.to_records()
-    assert [row["output"] for row in rows] == ["Blue.", "", "It is 3.", "Green."]
-    assert [row["branch"] for row in rows] == ["main", "main", "main", "other"]
-    assert [row["turn"] for row in rows] == [1, 2, 2, 2]  # turns of its own branch
-    assert [row["prompt"] for row in rows] == [
-        "Sky colour?",
-        "Add 1 and 2",
-        "Add 1 and 2",
-        "Grass colour?",
-    ]
+    # The turn's step that only asks for the tool is no answer: no row of its own.
+    roles = ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert [m.role for m in main] == roles
+    assert [row["output"] for row in rows] == ["Blue.", "It is 3.", "Green."]
+    assert [row["branch"] for row in rows] == ["main", "main", "other"]
+    assert [row["turn"] for row in rows] == [1, 2, 2]  # turns of its own branch
+    assert [row["prompt"] for row in rows] == ["Sky colour?", "Add 1 and 2", "Grass colour?"]
     assert list(rows[0]) == [*COLUMNS, "param_seed", "param_temperature", "metric_chars"]
     first = rows[0]
     assert first["context_id"] == session.id
@@ -92,7 +92,7 @@ def test_one_row_per_reply_with_every_column(new_session: Callable[..., ContextS
     assert first["status"] == "complete"
     assert first["variant"] is None
     assert first["metric_chars"] == 5
-    assert rows[1]["tool_calls"] == 1
+    assert (rows[1]["tool_calls"], rows[1]["input_tokens"]) == (0, 9)  # the answer's own
     assert rows[1]["param_seed"] is None  # every row has every column
     # Asking for one branch: its replies only.
     assert [row["output"] for row in session.to_records("other")] == ["Blue.", "Green."]
@@ -156,7 +156,7 @@ def test_dataframe_and_csv_hold_the_same_table(
     rows = session.to_records()
     frame = session.to_dataframe()
     assert list(frame.columns) == list(rows[0])
-    assert len(frame) == 4
+    assert len(frame) == 3
     assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
     assert frame.loc[0, "output"] == "Blue."
     assert frame.loc[0, "tags"] == ["a", "b"]
@@ -165,7 +165,7 @@ def test_dataframe_and_csv_hold_the_same_table(
     with path.open(newline="", encoding="utf-8") as handle:
         read = list(csv.DictReader(handle))
     assert list(read[0]) == list(rows[0])
-    assert [row["output"] for row in read] == ["Blue.", "", "It is 3.", "Green."]
+    assert [row["output"] for row in read] == ["Blue.", "It is 3.", "Green."]
     assert json.loads(read[0]["tags"]) == ["a", "b"]
     assert json.loads(read[0]["parameters"]) == {"seed": 3, "temperature": 0.5}
     assert datetime.fromisoformat(read[0]["created_at"]) == rows[0]["created_at"]
@@ -238,7 +238,7 @@ def test_without_pandas_the_dataframe_names_the_extra_and_csv_still_works(
     )
     assert "refused: to_dataframe() needs pandas" in result.stdout
     assert "pip install 'cm_notebook[data]'" in result.stdout
-    assert "4 no-pandas.csv" in result.stdout
+    assert "3 no-pandas.csv" in result.stdout
     assert out.read_text(encoding="utf-8").startswith("context_id,branch,message_id")
 
 

@@ -25,6 +25,7 @@ from cm_notebook.scores import Score
 from cm_notebook.session import ContextSession
 from cm_notebook.store import FileStore
 from cm_notebook.testing import ScriptedProvider
+from cm_notebook.tools import tool
 
 
 def _two_turns(new_session: Callable[..., ContextSession]) -> tuple[ContextSession, list[Message]]:
@@ -462,6 +463,44 @@ def test_only_complete_replies_are_scored_failed_ones_are_left_out_and_said_so(
     assert session.scores(replies[1].id) is None  # no False for the empty failed text
     records = session.to_records()
     assert [r["metric_paris"] for r in records] == [True, None, True]
+
+
+def test_only_answers_are_scored_replies_that_only_ask_for_tools_are_left_out(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    @tool
+    def lookup(city: str) -> str:
+        """Look up the weather."""
+        return "sunny"
+
+    fake = ScriptedProvider()
+    for _ in range(3):
+        fake.tool_call("lookup", {"city": "Paris"}).reply("Sunny.")
+    session = new_session(provider=fake, tools=[lookup], approval="auto")
+    sweep = session.sweep(
+        "Weather in Paris?", [{}], repeat=3, name="w", concurrency=1, progress=False
+    ).run(DEADLINE)
+    steps = [m.id for b in sweep.branches for m in session.history(b) if m.role == "assistant"][::2]
+    assert all(session.get(step).tool_calls for step in steps)
+
+    results = session.score(
+        lambda m: len(m.content.split()) == 1,
+        name="one_word",
+        branches=sweep.branches,
+        progress=False,
+    )
+    assert [s.message_id for s in results] == [c.message_id for c in sweep.cells]
+    assert results.left_out == tuple(steps)
+    assert set(results.left_out_status.values()) == {MessageStatus.COMPLETE}
+    assert results.summary() == (
+        "scored 3 messages with 'one_word': 3 ok, 0 failed; left out 3 replies that only "
+        "ask for tools (a turn's steps before its answer, or a turn stopped in its tool "
+        "round): they are no answer"
+    )
+    assert all(session.scores(step) is None for step in steps)
+    # The records hold the answers only: one row per cell, every one a one-word answer.
+    rows = sweep.to_records()
+    assert [(r["output"], r["metric_one_word"]) for r in rows] == [("Sunny.", True)] * 3
 
 
 def test_rate_takes_numpy_integers_and_whole_floats_and_still_refuses_fractions(

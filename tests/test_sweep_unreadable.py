@@ -73,8 +73,9 @@ def test_a_cell_with_follow_ups_keeps_its_readable_replies_when_one_file_is_unre
     assert rows[3]["output"] == "Paris."
 
 
-def test_an_unreadable_tool_result_marks_the_reply_after_it_which_stays_whole(
-    new_session: Callable[..., ContextSession], data_dir: Path
+@pytest.mark.parametrize("damaged", ["tool result", "tool step"])
+def test_an_unreadable_tool_result_or_step_marks_the_reply_after_it_which_stays_whole(
+    new_session: Callable[..., ContextSession], data_dir: Path, damaged: str
 ) -> None:
     @tool
     def add(a: int, b: int) -> int:
@@ -87,16 +88,15 @@ def test_an_unreadable_tool_result_marks_the_reply_after_it_which_stays_whole(
     history = session.history(sweep.cells[0].branch)
     assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
     asyncio.run(_compact(data_dir, session.id))
-    path = _garble(data_dir, session.id, history[2].id)
+    target = history[2] if damaged == "tool result" else history[1]
+    path = _garble(data_dir, session.id, target.id)
     with pytest.warns(StoreWarning, match=r"sweep 'sum': cell 'p0-v0-r0'"):
         rows = sweep.to_records()
-    assert [(r["message_id"], r["tool_calls"]) for r in rows] == [
-        (history[1].id, 1),
-        (history[3].id, 0),
-    ]
-    assert rows[0]["error"] is None
-    assert str(path) in rows[1]["error"]
-    assert (rows[1]["output"], rows[1]["prompt"], rows[1]["status"]) == ("3", "1 + 2?", "complete")
+    # The step that only asks for the tool has no record: the turn's reply has the one,
+    # marked with what could not be read on the way to it.
+    assert [(r["message_id"], r["tool_calls"]) for r in rows] == [(history[3].id, 0)]
+    assert str(path) in rows[0]["error"]
+    assert (rows[0]["output"], rows[0]["prompt"], rows[0]["status"]) == ("3", "1 + 2?", "complete")
 
 
 def test_stability_warns_of_an_unreadable_answer_and_shows_it_left_out(
