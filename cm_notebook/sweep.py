@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._loop import schedule_on
-from ._sweep_labels import check_labels
+from ._sweep_labels import MAX_SWEEP_NAME as MAX_SWEEP_NAME  # where it was defined before
+from ._sweep_labels import check_labels, check_name
 from ._sweep_stops import VariantStops, progress_bar
 from .compare import is_answer
 from .errors import CMError, InvalidInputError
@@ -64,8 +65,6 @@ __all__ = ["CellStatus", "Sweep", "SweepCell", "SweepPlan", "plan_sweep"]
 #: for one finished before this run), or ended otherwise (``failed``, see ``error``).
 CellStatus = Literal["pending", "running", "done", "failed"]
 
-#: The longest sweep name (cells' branch names add ``-p0-i0-v0-r0`` and more).
-MAX_SWEEP_NAME = 60
 #: The most cells one sweep may have (each is a branch of the context).
 MAX_SWEEP_CELLS = 10_000
 #: A variant is a provider spec, a Provider, or a mapping of these keys (and
@@ -304,12 +303,7 @@ def plan_sweep(
     ).hexdigest()[:12]
     if name is None:
         name = f"sweep-{definition[:8]}"
-    validate_new_branch_name(name)
-    if len(name) > MAX_SWEEP_NAME or " " in name:
-        raise InvalidInputError(
-            f"sweep name {name[:70]!r} is not valid: use at most {MAX_SWEEP_NAME} characters "
-            "without spaces (its cells' branches are named after it)"
-        )
+    check_name(name)
     check_labels(name, labels)
     count = len(prompt_list) * (len(rows) if rows is not None else 1) * len(labels) * repeat
     if count > MAX_SWEEP_CELLS:

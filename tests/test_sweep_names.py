@@ -149,3 +149,20 @@ def test_a_label_made_from_a_variant_s_settings_is_cut_to_80_characters() -> Non
     plan = plan_sweep("Q", [{"stop": [f"{stop}1"]}, {"stop": [f"{stop}2"]}])
     made = f"stop-['{stop}"[:80]
     assert plan.labels == [made, f"{made}-2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "it is empty"),
+        ("x" * 61, "it has 61 characters, at most 60"),
+        ("has space", "it has a space"),
+        ("a/b", "character '/' is not allowed"),
+    ],
+)
+def test_a_bad_sweep_name_is_refused_saying_what_a_sweep_name_may_be(name: str, why: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"^sweep name .* is not valid: {why}") as caught:
+        plan_sweep("Q", [{}], name=name)
+    told = str(caught.value)
+    assert "Sweep names are 1-60 characters without spaces" in told
+    assert "Branch names" not in told  # a branch name's rule allows spaces and 100
