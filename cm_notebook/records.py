@@ -68,7 +68,7 @@ from .store.oserrors import translate
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "records", "to_csv_text", "to_dataframe", "turn_replies", "write_csv"]
+__all__ = ["COLUMNS", "records", "to_csv_text", "to_dataframe", "write_csv"]
 
 #: The fixed columns, in order; ``label_*``, ``param_*`` and ``metric_*`` follow.
 COLUMNS: tuple[str, ...] = (
@@ -186,7 +186,7 @@ def records(
         found = branches.get(branch)
         labels: Mapping[str, str] = getattr(found, "labels", None) or {}
         made: datetime | None = getattr(found, "created_at", None)
-        last = turn_replies(messages)
+        last = _turn_replies(messages)
         turn, prompt = 0, None
         for message in messages:
             if message.role == "user":
@@ -204,9 +204,9 @@ def records(
     return _rectangular(rows)
 
 
-def turn_replies(messages: Sequence[Message]) -> set[str]:
-    """The ids of the turns' replies in ``messages`` (a branch's, root first): each
-    turn's last assistant message, before the next user message."""
+def _turn_replies(messages: Sequence[Message]) -> set[str]:
+    # The ids of the turns' replies in ``messages`` (a branch's, root first): each
+    # turn's last assistant message, before the next user message.
     last: set[str] = set()
     reply: str | None = None
     for message in messages:
