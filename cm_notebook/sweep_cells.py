@@ -28,6 +28,7 @@ from . import events as ev
 from . import fsm
 from ._sample_seeds import takes_seed
 from ._unicode import without_surrogates
+from .compare import tool_round_stop
 from .errors import (
     BranchExistsError,
     BusyError,
@@ -292,17 +293,18 @@ def refresh_cells(
 ) -> None:
     """Bring the cells up to date with the store (a sweep not running).
 
-    Another run of the sweep (a new handle, another kernel) may have answered a cell
-    since: it becomes ``done`` with that answer. A cell whose latest reply to its own
-    prompt ended without completing (a reply this handle did not see) becomes
-    ``failed`` with that reply's error. A ``done`` cell's answer may have changed too
-    (:func:`refresh_done`). A cell not done is left as it is while its reply is still
-    streaming, and so is one with follow-ups after a failed reply, and one whose
-    branch answers another prompt (their in-memory error says what to do). The
-    message index is read once; only a cell whose last answer differs from what
+    Another run of the sweep (a new handle, another kernel) may have answered a cell since:
+    it becomes ``done`` with that answer. A cell whose latest reply to its own prompt
+    ended without completing (a reply this handle did not see) becomes ``failed`` with
+    that reply's error, and so does one whose turn was stopped in its tool round (its
+    last reply only asks for tools), saying where it stopped. A ``done`` cell's answer
+    may have changed too (:func:`refresh_done`). A cell not done is left as it is while
+    its reply is still streaming, and so is one with follow-ups after a failed reply,
+    and one whose branch answers another prompt (their in-memory error says what to do).
+    The message index is read once; only a cell whose last answer differs from what
     ``seen`` (by cell key: the answer's id and status last looked at) holds, or a done
-    cell's from its own, costs a message read, so reading a large sweep again and
-    again stays cheap.
+    cell's from its own, costs a message read, so reading a large sweep again and again
+    stays cheap.
     """
     branches = session._read_metadata().branches
     index = session._index()
@@ -320,6 +322,10 @@ def refresh_cells(
             continue
         own = _own_turn_in(index, found.head)
         answer = own.answer
+        if answer is not None and answer.role == "tool":
+            if not own.followed:  # with follow-ups, its in-memory error says what to do
+                _stopped_in_tools(session, cell, own, seen)
+            continue
         if answer is None or answer.role != "assistant":
             continue
         status = answer.status
@@ -350,17 +356,24 @@ def refresh_done(
     """Bring a ``done`` cell up to date with its branch's own turn (``own``; None when
     the branch is gone).
 
-    A finished answer can still leave its branch: regenerated (the new reply becomes
-    the cell's answer, or its failure the cell's), or taken off it (the branch deleted,
-    its head moved back to the prompt). A cell left without an answer is ``pending``
-    again, as a cell not run: it has no record in ``to_records()``, and the next run
-    of the sweep asks it again. Costs nothing beyond the index walk while the answer
-    is the one the cell holds; a new reply still streaming leaves the cell as it is
-    until it ends.
+    A finished answer can still leave its branch: regenerated (the new reply becomes the
+    cell's answer, or its failure the cell's), or taken off it (the branch deleted, its
+    head moved back to the prompt). A new reply whose turn was stopped in its tool round
+    is no answer: the cell is ``failed``, saying where it stopped. A cell left without
+    an answer is ``pending`` again, as a cell not run: it has no record in
+    ``to_records()``, and the next run of the sweep asks it again. Costs nothing beyond
+    the index walk while the answer is the one the cell holds; a new reply still
+    streaming leaves the cell as it is until it ends.
     """
     answer = own.answer if own is not None else None
     if answer is not None and answer.id == cell.message_id:
         return  # the answer the cell holds: the common case, no file read
+    if own is not None and answer is not None and answer.role == "tool":
+        if session.state_of(cell.branch) in fsm.ACTIVE_STATES:
+            return  # a new reply's tool round goes on: as for one still streaming
+        if not _stopped_in_tools(session, cell, own, seen):
+            _unanswered(cell, seen)
+        return
     if own is None or answer is None or answer.role != "assistant":
         _unanswered(cell, seen)
         return
@@ -376,6 +389,32 @@ def refresh_done(
         return
     seen[cell.key] = (answer.id, answer.status.value)
     finish(cell, message)
+
+
+def _stopped_in_tools(
+    session: ContextSession, cell: SweepCell, own: _OwnTurn, seen: dict[str, tuple[str, str]]
+) -> bool:
+    """Whether the cell's own turn ends in a tool round that was stopped (its last
+    reply only asks for tools, and no turn runs on its branch now); if so, the cell
+    becomes ``failed``, its error saying where the turn stopped, as the run that
+    stopped it reported it. A round still going on (or not readable) changes nothing."""
+    reply = own.reply
+    if reply is None or reply.status is not MessageStatus.COMPLETE:
+        return False
+    if cell.status == "failed" and cell.message_id == reply.id:
+        return True  # known already (this run stopped it, or a look before): no file read
+    if session.state_of(cell.branch) in fsm.ACTIVE_STATES:
+        return False  # a turn goes on there: between its tools and its next request
+    try:
+        own_prompt = _is_own_prompt(session, own, cell.text)
+        message = session.get(reply.id)
+    except CMError:
+        return False
+    if not own_prompt or tool_round_stop(message) is None:
+        return False
+    seen[cell.key] = (reply.id, reply.status.value)
+    finish(cell, message)
+    return True
 
 
 def _unanswered(cell: SweepCell, seen: dict[str, tuple[str, str]]) -> None:
@@ -408,6 +447,9 @@ class _OwnTurn:
     answer: IndexEntry | None
     followed: bool
     prompt: IndexEntry | None = None
+    #: Its last assistant message (the answer, or the step that asked for the tools
+    #: whose results end the turn).
+    reply: IndexEntry | None = None
 
 
 def _is_own_prompt(session: ContextSession, own: _OwnTurn, prompt: str) -> bool:
@@ -438,5 +480,8 @@ def _own_turn_in(index: Mapping[str, IndexEntry], head: str | None) -> _OwnTurn:
     end = users[1] if len(users) > 1 else len(path)
     turn = path[users[0] + 1 : end]
     return _OwnTurn(
-        answer=turn[-1] if turn else None, followed=len(users) > 1, prompt=path[users[0]]
+        answer=turn[-1] if turn else None,
+        followed=len(users) > 1,
+        prompt=path[users[0]],
+        reply=next((entry for entry in reversed(turn) if entry.role == "assistant"), None),
     )

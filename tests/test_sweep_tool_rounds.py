@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from test_session_support import DEADLINE
 
+from cm_notebook.errors import PermanentProviderError
 from cm_notebook.session import ContextSession
 from cm_notebook.sweep import SweepCell
 from cm_notebook.testing import ScriptedProvider
@@ -102,3 +103,48 @@ def test_a_cell_stopped_while_a_tool_runs_fails_saying_so(
     fake.reply("1")
     again = session.sweep("Go", [{}], name="ct", progress=False).run(DEADLINE)
     assert [(c.status, c.reply) for c in again.cells] == [("done", "1")]
+
+
+def test_a_done_cell_whose_new_reply_is_stopped_in_its_tool_round_reads_as_failed(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider().reply("3")
+    session = new_session(provider=fake, tools=[add])  # approval: ask
+    sweep = session.sweep("Add 1 and 2", [{}], name="rg", progress=False).run(DEADLINE)
+    cell = sweep.cells[0]
+    assert (cell.status, cell.reply) == ("done", "3")
+
+    fake.tool_call("add", {"a": 1, "b": 2})
+    turn = session.regenerate(branch=cell.branch)
+    _until(lambda: session.pending_tool_calls)
+    turn.cancel()
+    turn.result(DEADLINE)
+
+    cell = sweep.cells[0]  # read again, up to date with the store
+    assert cell.status == "failed"  # not pending, as a cell never run would be
+    assert cell.error is not None
+    assert "stopped while its tool calls waited for approval" in cell.error
+    assert sweep.counts()["failed"] == 1
+    assert [r["failure"] for r in sweep.to_records()] == [cell.error]
+
+
+def test_an_ended_sweep_reads_a_cell_another_run_stopped_in_its_tool_round_as_failed(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider().error(PermanentProviderError("bad request"))
+    session = new_session(provider=fake, tools=[add])  # approval: ask
+    first = session.sweep("Add 1 and 2", [{}], name="two", progress=False).run(DEADLINE)
+    assert first.cells[0].status == "failed"
+    assert "bad request" in (first.cells[0].error or "")
+
+    fake.tool_call("add", {"a": 1, "b": 2})
+    second = session.sweep("Add 1 and 2", [{}], name="two", progress=False)
+    _until(lambda: session.pending_tool_calls)
+    second.cancel()
+    second.run(DEADLINE)
+
+    # The first handle reads the cell as the store has it now: the second run's reply.
+    cell = first.cells[0]
+    assert (cell.status, cell.message_id) == ("failed", second.cells[0].message_id)
+    assert cell.error == second.cells[0].error
+    assert "stopped while its tool calls waited for approval" in (cell.error or "")
