@@ -261,7 +261,9 @@ class Commands:
         branches = list(dict.fromkeys(args.branches))  # a branch named twice is one
         waits = self.sender.still_coming(session)
         if waits:
-            return LaterCompareView(session, branches, waits)
+            later = LaterCompareView(session, branches, waits)
+            self.sender.read_after(session, later.chosen)  # the branches it compares
+            return later
         return SavedCompareView(session, *branches)
 
     def _after_cells(
@@ -281,6 +283,8 @@ class Commands:
         command = DeferredCommand(session, waits, run, what)
         if moves_to is not None:  # the cells after it go where it leaves the context
             self.sender.queue_after(session, command, moves_to)
+        else:  # the cells after it wait until it has read the context
+            self.sender.read_after(session, command.released)
         return command
 
     # -- tools -----------------------------------------------------------------------
@@ -355,7 +359,9 @@ class Commands:
 
         waits = self.sender.still_coming(session)
         if waits:
-            return DeferredCommand(session, waits, markdown, "exports it")
+            command = DeferredCommand(session, waits, markdown, "exports it")
+            self.sender.read_after(session, command.released)
+            return command
         return markdown()
 
     def help(self, args: a.HelpArgs) -> None:

@@ -7,9 +7,12 @@ has. A reply lets go of its branch when its turn has ended (complete, failed or
 stopped); an A/B cell once its arms are forked (they are new branches, so the next
 question on the base branch need not wait for their replies); a ``%cm branch`` or
 ``%cm switch`` run after replies (:mod:`._deferred`) once it has run, and the cells after
-it go on the branch it left active. A turn started from code or by another process is
-not this queue's: a cell then fails saying what to do. (A cell also waits for the cells
-whose ``--var`` it reads: :mod:`._sending`.)
+it go on the branch it left active. A command that reads the context after the replies
+above it (``%cm history``, ``branches``, ``export``, ``compare``) is a read: every later
+cell and command in the context, on any branch, waits until it has read, so it shows
+the context as of its place in the notebook, not what the cells below it did. A turn
+started from code or by another process is not this queue's: a cell then fails saying
+what to do. (A cell also waits for the cells whose ``--var`` it reads: :mod:`._sending`.)
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ class CellQueue:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Queued] = {}
         self._all: dict[str, list[Queued]] = {}
+        # Per context: when each read still to come will have read (see add_read).
+        self._reads: dict[str, list[concurrent.futures.Future[None]]] = {}
 
     def before(self, session: ContextSession, branch: str) -> Queued | None:
         """The cell a new cell on ``branch`` must wait for, or None: send now."""
@@ -138,6 +143,21 @@ class CellQueue:
         cells = self._all.setdefault(session.id, [])
         if not any(cell is view for cell in cells):  # once, though last on two branches
             cells.append(view)
+
+    def add_read(self, session: ContextSession, read: concurrent.futures.Future[None]) -> None:
+        """A command that reads the context once the cells above it have run is done
+        reading when ``read`` is: the cells and commands after it wait for that."""
+        self._reads.setdefault(session.id, []).append(read)
+
+    def reads(self, session: ContextSession | None) -> list[concurrent.futures.Future[None]]:
+        """The reads still to come in ``session``'s context (None: in any context)."""
+        ids = list(self._reads) if session is None else [session.id]
+        found: list[concurrent.futures.Future[None]] = []
+        for context_id in ids:
+            coming = [read for read in self._reads.get(context_id, []) if not read.done()]
+            self._reads[context_id] = coming
+            found += coming
+        return found
 
     def stop_all(self, session: ContextSession) -> int:
         """Stop every cell of ``session``'s context under way, the newest first (so none

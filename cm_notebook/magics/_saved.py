@@ -24,7 +24,7 @@ from ..widgets import CompareView, SessionView
 from ..widgets._base import close_parts
 from ..widgets.compare_copy import ComparisonSnapshot, said_html, show_widget
 from ._comparison import ComparisonView
-from ._queue import wait_for
+from ._queue import release, wait_for
 from ._remedies import said
 from ._reply import note
 
@@ -90,6 +90,9 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
         self.requested = list(branches)
         #: The live comparison, once the cells above have run (None until then).
         self.compare: CompareView | None = None
+        #: Done once the branches it compares are chosen (or it failed): the cells after
+        #: it wait for that, so it does not compare the arms of an ``--ab`` cell below.
+        self.chosen: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._waits = list(waits)
         super().__init__([w.HTML(note("… compares once the cells above have run"))])
         session._loop.call_soon_threadsafe(self._begin)
@@ -135,6 +138,8 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             if self.saved is not None:
                 self.saved.failed(self.failure)
             return
+        finally:
+            release(self.chosen)
         self.children = (self.compare, *box.children[1:])
         if self.saved is not None:
             self.saved.follow(self.compare.branch_names)

@@ -2,9 +2,10 @@
 and ``%cm retry``, in the order the cells ran.
 
 Nothing here waits for a model: each returns a view at once (DESIGN fact 7). A cell
-sends now, or queues (:mod:`._queue`) behind this kernel's cell before it on its branch
-and behind the cells whose ``--var`` its ``{name}`` fields read: such a field is filled
-in once that cell's reply has ended, so Run All asks with the new answer, never with a
+sends now, or queues (:mod:`._queue`) behind this kernel's cell before it on its branch,
+behind a command above it that reads the context once the cells above it have run, and
+behind the cells whose ``--var`` its ``{name}`` fields read: such a field is filled in
+once that cell's reply has ended, so Run All asks with the new answer, never with a
 value left from an earlier run (nor fails for a variable not set yet). When none of
 those replies set it (failed, not sent), the cell is not sent and says why.
 """
@@ -168,7 +169,8 @@ class CellSender:
         last = self._queue.last(session, target)
         cell = last if isinstance(last, ReplyView) and last.var is not None else None
         on_done = _if_failed(cell) if cell is not None else None
-        if before is None:
+        reads = self._queue.reads(session)
+        if before is None and not reads:
             reply = ReplyView(session, session.retry(branch=args.branch), on_done=on_done)
         else:
             # Run All: the reply above may still fail, or not; retry once it has ended.
@@ -176,7 +178,7 @@ class CellSender:
             def queued() -> Turn:
                 return session.retry(branch=_continued(before, args.branch, target))
 
-            waits = _waits(before, ())
+            waits = _waits(before, (), reads)
             reply = ReplyView(
                 session, None, branch=target, waits=waits, send=queued, on_done=on_done
             )
@@ -195,8 +197,15 @@ class CellSender:
     def still_coming(self, session: ContextSession | None) -> list[concurrent.futures.Future[None]]:
         """What a command run after this kernel's cells in the context (None: in any
         context) waits for: each cell not finished yet (its reply, every arm's)
-        finishing."""
-        return [cell.finished for cell in self._queue.under_way(session)]
+        finishing, and each command above it that reads the context having read."""
+        cells = [cell.finished for cell in self._queue.under_way(session)]
+        return [*cells, *self._queue.reads(session)]
+
+    def read_after(self, session: ContextSession, read: concurrent.futures.Future[None]) -> None:
+        """A command reads the context once :meth:`still_coming` is done, and is done
+        reading when ``read`` is: the cells and commands after it in the context (on any
+        branch) wait for that, so it shows the context as of its place in the notebook."""
+        self._queue.add_read(session, read)
 
     def stop_all(self, session: ContextSession) -> int:
         """Stop this kernel's cells in the context still to come; how many there were."""
@@ -234,6 +243,7 @@ class CellSender:
         # fork one; the view, when queued, is told so) and the message.
         target = branch or session.active_branch
         before = self._queue.before(session, target)
+        reads = self._queue.reads(session)
 
         def send(branch: str, reply: ReplyView | None) -> Turn:
             on, message = prepare(branch, reply)
@@ -245,14 +255,14 @@ class CellSender:
                 **dict(params or {}),
             )
 
-        if before is None and not setters:
+        if before is None and not setters and not reads:
             reply = ReplyView(session, send(target, None), **view)
         else:
 
             def queued() -> Turn:
                 return send(_continued(before, branch, target), reply)
 
-            waits = _waits(before, setters)
+            waits = _waits(before, setters, reads)
             reply = ReplyView(session, None, branch=target, waits=waits, send=queued, **view)
         self._queue.add(session, target, reply)
         return reply
@@ -279,8 +289,9 @@ class CellSender:
         base = args.branch or session.active_branch
         on_done = self._store(args.var)
         before = self._queue.before(session, base)
+        reads = self._queue.reads(session)
         view: SavedComparisonView
-        if before is None and isinstance(message, _Message):
+        if before is None and not reads and isinstance(message, _Message):
             fan = session.fan_out(message.text, variants, branch=base, metadata=message.metadata)
             view = SavedComparisonView(session, fan, on_done, branch=base)
             view.variables = message.variables
@@ -308,7 +319,7 @@ class CellSender:
                 None,
                 on_done,
                 branch=base,
-                waits=_waits(before, setters),
+                waits=_waits(before, setters, reads),
                 start=start,
                 arms=len(variants),
             )
@@ -385,11 +396,15 @@ _OPEN_REPLY = _OpenReply()
 
 
 def _waits(
-    before: Queued | None, setters: Sequence[Queued]
+    before: Queued | None,
+    setters: Sequence[Queued],
+    reads: Sequence[concurrent.futures.Future[None]],
 ) -> list[concurrent.futures.Future[None]]:
-    # What a queued cell waits for: the cell before it letting go of the branch, and
-    # the replies whose --var it reads having ended (the variable set).
-    return [*([before.released] if before is not None else []), *(s.finished for s in setters)]
+    # What a queued cell waits for: the cell before it letting go of the branch, the
+    # replies whose --var it reads having ended (the variable set), and the commands
+    # above it that read the context having read it.
+    first = [before.released] if before is not None else []
+    return [*first, *(s.finished for s in setters), *reads]
 
 
 def _with_system(
