@@ -306,6 +306,40 @@ def test_exporting_json_waits_for_the_replies_above(fe: FrontEnd) -> None:
     assert fe.run("print('echo: And another?' in _)") == "True\n"
 
 
+def test_exporting_json_below_a_reply_that_asks_for_a_tool_says_so(fe: FrontEnd) -> None:
+    # The export waits for the reply, which waits for Approve: the cell says so.
+    fe.run(
+        """
+        from cm_notebook import ContextSession, tool
+        from cm_notebook.testing import ScriptedProvider
+
+        @tool
+        def add(a: int, b: int) -> int:
+            '''Add two numbers.'''
+            return a + b
+
+        asks = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).reply("The sum is 3.")
+        s = ContextSession.create("asks json", provider=asks, tools=[add])
+        %cm use s
+        """
+    )
+    fe.run("%%cm\nWhat is 1 + 2?")
+    fe.run("view = _\ncalls = await s.wait_for_approval()")
+    button = fe.wait_for(
+        lambda: fe.run(
+            "rows = list(view.approvals.rows.values())\n"
+            "print(rows[0].approve_button.model_id if rows else '')"
+        ).strip(),
+        what="the Approve button",
+    )
+    msg_id = fe.client.execute("doc = %cm export --format json")
+    asks = "a reply above asks to run a tool: Approve or Deny it in that cell's view"
+    fe.wait_for(lambda: asks in fe.output(msg_id), what="why the cell waits")
+    fe.click(button)
+    assert fe.reply(msg_id)["status"] == "ok"
+    assert fe.run("print('The sum is 3.' in doc)") == "True\n"
+
+
 def test_exporting_json_after_making_another_context_current_waits_for_its_replies(
     fe: FrontEnd,
 ) -> None:

@@ -201,6 +201,11 @@ class CellSender:
         cells = [cell.finished for cell in self._queue.under_way(session)]
         return [*cells, *self._queue.reads(session)]
 
+    def cells_under_way(self, session: ContextSession | None) -> list[Queued]:
+        """This kernel's cells in the context (None: in any context) not finished yet,
+        oldest first."""
+        return self._queue.under_way(session)
+
     def read_after(self, session: ContextSession, read: concurrent.futures.Future[None]) -> None:
         """A command reads the context once :meth:`still_coming` is done, and is done
         reading when ``read`` is: the cells and commands after it in the context (on any

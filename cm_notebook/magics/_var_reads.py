@@ -154,11 +154,13 @@ class WaitForVariables:
         current = None if everywhere else self.commands.current
         asks = replies and (everywhere or current is not None)
         coming = sender.still_coming(current) if asks else []
+        above = sender.cells_under_way(current) if asks else []
         try:
             for cell, sets in setting.items():
                 await polled(cell.finished, _telling_when_it_asks(cell, sets))
+            telling = _telling_when_one_asks(above)
             for future in coming:
-                await polled(future)
+                await polled(future, telling)
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Interrupted: the wait stops, the replies do not.
             what = f"the reply that sets {_listed(names)}" if names else "the replies above"
@@ -207,6 +209,23 @@ def _telling_when_it_asks(setter: Queued, names: Sequence[str]) -> Callable[[], 
             print(
                 f"… the reply that sets {_listed(names)} asks to run a tool: Approve or "
                 "Deny it in that cell's view; this cell runs once the reply has ended"
+            )
+
+    return tell
+
+
+def _telling_when_one_asks(cells: Sequence[Queued]) -> Callable[[], None]:
+    # As _telling_when_it_asks, for a cell that waits for every reply above it (an
+    # export as JSON): says once that one of them waits for a tool decision.
+    told = False
+
+    def tell() -> None:
+        nonlocal told
+        if not told and any(isinstance(c, ReplyView) and c.asks_for_tools for c in cells):
+            told = True
+            print(
+                "… a reply above asks to run a tool: Approve or Deny it in that cell's "
+                "view; this cell runs once the replies above have ended"
             )
 
     return tell
