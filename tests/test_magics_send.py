@@ -94,6 +94,27 @@ def test_send_takes_a_branch_before_or_after_the_text(fe: FrontEnd) -> None:
 
 
 @pytest.mark.usefixtures("session")
+def test_a_branch_taken_from_the_end_of_the_line_is_said(fe: FrontEnd) -> None:
+    fe.run("s.branch('other'); s.switch('main')")
+    line = "%cm send Clone one branch: git clone --branch other"
+    reply, output = fe.execute(line)
+    assert reply["status"] == "ok", output
+    assert output.startswith("sent on branch 'other' (--branch other ended the line;")
+    assert "`%cm send -- TEXT` sends TEXT exactly as typed" in output
+    fe.run("await _")
+    # Before the text, the option is plainly one: nothing to say.
+    reply, output = fe.execute("%cm send --branch other Is it here?")
+    assert (reply["status"], output) == ("ok", "")
+    fe.run("await _")
+    # After "--", the whole rest of the line is the message, on the active branch.
+    fe.run("%cm send -- Clone one branch: git clone --branch other")
+    fe.run("await _")
+    assert _printed(fe, "s.history('main')[-2].content") == (
+        "Clone one branch: git clone --branch other"
+    )
+
+
+@pytest.mark.usefixtures("session")
 def test_help_on_the_magic_and_a_cell_body_are_left_alone(fe: FrontEnd) -> None:
     reply, _ = fe.execute("%cm?")  # help goes to the front end's pager
     assert "Talk to the current context" in str(reply["payload"])

@@ -76,11 +76,14 @@ class NoArgs(MagicArgs):
 
 
 class SendArgs(MagicArgs):
-    """``%cm send``: the rest of the line is one message, exactly as typed (quotes and a
-    trailing ``?`` kept); the reply streams into the cell's output.
+    """``%cm send``: the rest of the line, but for its options, is one message, exactly
+    as typed (quotes and a trailing ``?`` kept); the reply streams into the cell's output.
 
-    ``--branch B`` sends it on branch B instead of the active one; ``--`` ends the
-    options, for a message that starts with ``--``. A longer message: ``%%cm``.
+    ``--branch B`` sends it on branch B instead of the active one. It may come before
+    the text or as the line's last two words: a line ending in ``--branch B`` is sent
+    on branch B without them, and the cell says so. ``--`` ends the options: the rest
+    of the line is the message exactly as typed, even one that starts with ``--`` or
+    ends with ``--branch B``. A longer message: ``%%cm``.
     """
 
     USAGE = "%cm send [--branch B] [--] TEXT"

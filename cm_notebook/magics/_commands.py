@@ -155,7 +155,14 @@ class Commands:
 
     def send(self, args: a.SendArgs) -> ReplyView:
         """Send one line as a message; the reply streams into the returned view."""
-        return self.sender.send(self.session(), args)
+        view = self.sender.send(self.session(), args)
+        if args.from_end is not None:
+            # The line's last words were an option, not the message's: say so.
+            print(
+                f"sent on branch {view.branch!r} ({args.from_end} ended the line; "
+                "`%cm send -- TEXT` sends TEXT exactly as typed, options included)"
+            )
+        return view
 
     def cell(self, args: a.CellArgs, body: str) -> ReplyView | ComparisonView:
         """``%%cm``: the cell body (with ``{name}`` filled in) as a message."""

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 from IPython.core.error import UsageError
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 __all__ = ["MagicArgs", "did_you_mean", "parse_args", "parse_text_args", "split_words"]
 
@@ -45,6 +45,15 @@ class MagicArgs(BaseModel):
     REST: ClassVar[str | None] = None
     #: Short option aliases, e.g. ``{"-f": "format"}``.
     SHORT: ClassVar[dict[str, str]] = {}
+
+    #: The option :func:`parse_text_args` took from the end of the line, as typed
+    #: (``--branch main``), if any: a command may say it was not taken as text.
+    _from_end: str | None = PrivateAttr(default=None)
+
+    @property
+    def from_end(self) -> str | None:
+        """The option taken from the end of the line, as typed (None: none was)."""
+        return self._from_end
 
     @field_validator("branch", check_fields=False)
     @classmethod
@@ -130,13 +139,17 @@ def parse_text_args(model: type[M], line: str) -> M:
     if first.startswith("--"):
         # An option that is unknown, or known but without a value: parse_args says so.
         parse_args(model, [first])
+    from_end = None
     if (match := _TRAILING_OPTION.search(text)) and match.group(1) in options:
         # Only a known option is taken from the end: "what does --verbose do" is text.
         words += [match.group(1), _unquote(match.group(2), model.USAGE)]
+        from_end = match.group(0).strip()
         text = text[: match.start()]
     if not text.strip():
         raise UsageError(f"the text is missing. Usage: {model.USAGE}")
-    return parse_args(model, words, rest=text)
+    parsed = parse_args(model, words, rest=text)
+    parsed._from_end = from_end
+    return parsed
 
 
 def _unquote(value: str, usage: str) -> str:
