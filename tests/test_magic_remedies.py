@@ -124,3 +124,38 @@ def test_a_view_says_a_usage_error_in_its_own_words() -> None:
         said(UsageError("{x} in the cell: no variable 'x'")) == "{x} in the cell: no variable 'x'"
     )
     assert said(RuntimeError("boom")) == "RuntimeError('boom')"
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (
+            BusyError(
+                "a reply is still being generated on branch 'my branch'; await it, or call "
+                "turn.cancel()"
+            ),
+            "stop it with `%cm stop --branch 'my branch'`,",
+        ),
+        (
+            BusyError(
+                "branch 'my branch' is in use by another writer: a reply is being generated "
+                "there. Wait for it to finish and try again, stop it "
+                "(session.stop(branch='my branch')), or work on another branch "
+                "(session.branch(name))."
+            ),
+            "stop it with `%cm stop --branch 'my branch'`, or work on another branch",
+        ),
+        (
+            BusyError(
+                "a reply is still being generated on branch 'my branch' under its current "
+                "reply: wait for it, or stop it with session.stop(branch='my branch')"
+            ),
+            "stop it with `%cm stop --branch 'my branch'`",
+        ),
+    ],
+)
+def test_a_branch_name_in_a_remedy_is_quoted_to_paste(error: Exception, says: str) -> None:
+    # `%cm stop --branch my branch` would be refused: "branch" is one more word.
+    with pytest.raises(UsageError) as caught, translated():
+        raise error
+    assert says in str(caught.value)

@@ -9,7 +9,8 @@ outcome a queued cell shows when its send fails later.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import shlex
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,32 +50,51 @@ _REMEDIES = (
     ("session.export(branch=...)", "`%cm export --branch B`"),
 )
 
+
+def _quoting(template: str, name: int = 1) -> Callable[[re.Match[str]], str]:
+    # ``template`` (``{1}`` for group 1...) with group ``name``, a branch or context
+    # name, quoted as a shell word: the advice can be pasted as it is, a name with a
+    # space included (`%cm stop --branch 'my branch'`).
+    def replace(match: re.Match[str]) -> str:
+        groups = [match.group(0), *match.groups()]
+        groups[name] = shlex.quote(groups[name])
+        return template.format(*groups)
+
+    return replace
+
+
 #: A reply of this kernel still being generated on a named branch: said with that
 #: branch before the plain remedies are (`%cm stop` alone stops the active branch's
 #: reply, which may be another's).
 _BUSY_BRANCH = (
     re.compile(r"(on branch '([^']+)'[^;]*); await it, or call turn\.cancel\(\)"),
-    r"\1; wait for it (`await _` in a cell after a %%cm cell waits for its "
-    r"reply), stop it with `%cm stop --branch \2`, or send on another branch (--branch)",
+    _quoting(
+        "{1}; wait for it (`await _` in a cell after a %%cm cell waits for its reply), "
+        "stop it with `%cm stop --branch {2}`, or send on another branch (--branch)",
+        name=2,
+    ),
 )
 
-#: Remedies that name a context or a branch: the same, with the name kept.
-_PATTERNS = (
+#: Remedies that name a context or a branch: the same, with the name kept (quoted as a
+#: shell word where it goes in a magic's line).
+_PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # A reply another process (a second kernel, the server) is generating.
     (
         re.compile(
             r"stop it \(session\.stop\(branch='([^']+)'\)\), or work on another branch "
             r"\(session\.branch\(name\)\)"
         ),
-        r"stop it with `%cm stop --branch \1`, or work on another branch (`%cm branch NAME`)",
+        _quoting(
+            "stop it with `%cm stop --branch {1}`, or work on another branch (`%cm branch NAME`)"
+        ),
     ),
     (
         re.compile(r"stop it with session\.stop\(branch='([^']+)'\)"),
-        r"stop it with `%cm stop --branch \1`",
+        _quoting("stop it with `%cm stop --branch {1}`"),
     ),
     (
         re.compile(r"open the context again with ContextSession\.open\('([^']+)'\)"),
-        r"make it current again with `%cm use \1`",
+        _quoting("make it current again with `%cm use {1}`"),
     ),
     (
         # The current context deleted meanwhile (say, `cm-notebook rm` in a terminal);
