@@ -246,6 +246,36 @@ def test_a_value_that_cannot_be_written_as_text_is_named_in_one_line(text: str, 
     assert f"RuntimeError: {says}" in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["{}", "{0}", "{0.upper}", "{1}"])
+def test_a_field_without_a_name_is_said_as_typed(field: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        interpolate(f"Say {field}", {})
+    assert str(caught.value).startswith(f"{field} in a %%cm cell needs a variable name")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "{country:.2f}",
+            "{country:.2f} in the cell: the format spec '.2f' does not fit the str in "
+            "'country' (Unknown format code 'f' for object of type 'str'); fix what "
+            "follows ':'",
+        ),
+        ("{n:q}", "the format spec 'q' does not fit the float in 'n'"),
+        (
+            "{country!z}",
+            "{country!z} in the cell: '!z' is no conversion; use !r (repr), !s (str) or !a (ascii)",
+        ),
+    ],
+)
+def test_a_bad_format_spec_or_conversion_is_blamed_not_the_value(text: str, says: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        interpolate(text, {"country": "France", "n": 1.5})
+    assert says in str(caught.value)
+    assert "give a variable that holds text" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "value",
     [

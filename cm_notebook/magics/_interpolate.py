@@ -16,6 +16,7 @@ credential environment variable) is refused: the message would keep it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import string
 import unicodedata
@@ -27,6 +28,9 @@ from IPython.core.error import UsageError
 from ..redact import holds_credential
 
 __all__ = ["field_names", "interpolate"]
+
+#: The conversions a field may have (``{name!r}``), and none.
+_CONVERSIONS = (None, "r", "s", "a")
 
 #: Where a field's variable name ends: ``{name.attr}``, ``{name[0]}``.
 _NAME_END = re.compile(r"[.\[]")
@@ -49,8 +53,27 @@ class _Formatter(string.Formatter):
         super().__init__()
         self.used: list[str] = []
         self._key = ""  # the variable of the field being filled in
+        self._typed = ""  # the field's name as typed ("" for {}, which reads as {0})
+
+    def parse(self, format_string: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:
+        # Each field is filled in as soon as it is parsed: what it was typed as is known.
+        for literal, field, spec, conversion in super().parse(format_string):
+            self._typed = field or ""
+            yield literal, field, spec, conversion
 
     def format_field(self, value: Any, format_spec: str) -> Any:
+        if format_spec and not inspect.isfunction(type(value).__format__):
+            # A built-in type's format (str, int, float...): a spec it refuses is the
+            # spec's fault, not the value's.
+            try:
+                format(value, format_spec)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(
+                    f"{{{self._key}:{format_spec}}} in the cell: the format spec "
+                    f"{format_spec!r} does not fit the {type(value).__name__} in "
+                    f"{self._key!r} ({exc}); fix what follows ':' (Python's format spec: "
+                    "'.2f' suits a number, '>10' text), or leave it out"
+                ) from exc
         text = self._users_code(super().format_field, value, format_spec)
         if holds_credential(str(text)):
             # Sent, it would be stored with the conversation, in its signals and in the
@@ -63,6 +86,11 @@ class _Formatter(string.Formatter):
         return text
 
     def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion not in _CONVERSIONS:
+            raise UsageError(
+                f"{{{self._key}!{conversion}}} in the cell: '!{conversion}' is no conversion; "
+                f"use !r (repr), !s (str) or !a (ascii), e.g. {{{self._key}!r}}, or leave it out"
+            )
         return self._users_code(super().convert_field, value, conversion)
 
     def _users_code(self, step: Any, value: Any, how: str | None) -> Any:
@@ -92,7 +120,7 @@ class _Formatter(string.Formatter):
     def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
         if isinstance(key, int) or not key:
             raise UsageError(
-                "{} in a %%cm cell needs a variable name, e.g. {text}; "
+                f"{{{self._typed}}} in a %%cm cell needs a variable name, e.g. {{text}}; "
                 "write {{ and }} for literal braces"
             )
         if not key.isidentifier():
