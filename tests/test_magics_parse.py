@@ -162,6 +162,15 @@ def test_subcommand_models() -> None:
 
 
 @pytest.mark.parametrize(
+    "words", [["--args", "null"], ["call-1", "--args", "null"], ["call-1", "--args", "[1]"]]
+)
+def test_approve_args_that_are_no_json_object_are_refused(words: list[str]) -> None:
+    # `null` was read as no --args: every pending call approved unedited.
+    with pytest.raises(UsageError, match="--args: the call's arguments are a JSON object, not"):
+        parse_args(ApproveArgs, words)
+
+
+@pytest.mark.parametrize(
     ("model", "words"),
     [
         (SendArgs, ["hello", "--branch", ""]),

@@ -163,11 +163,18 @@ class ApproveArgs(MagicArgs):
         if not isinstance(value, str):
             return value
         try:  # within the limits a model's arguments have (CONTRIBUTING: bounded JSON)
-            return _json.loads(value, max_chars=MAX_ARGUMENTS_CHARS)
+            parsed = _json.loads(value, max_chars=MAX_ARGUMENTS_CHARS)
         except _json.JSONLimitError as exc:
             raise ValueError(f"too large to be a call's arguments: {exc.msg}") from exc
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON ({exc.msg}); e.g. --args '{{\"x\": 1}}'") from exc
+        if not isinstance(parsed, dict):
+            # `null` above all: read as "no --args", it approved every call unedited.
+            raise ValueError(
+                f"the call's arguments are a JSON object, not {value.strip()[:40]!r}: e.g. "
+                "--args '{\"x\": 1}' (leave --args out to run the call as the model asked)"
+            )
+        return parsed
 
     @model_validator(mode="after")
     def _args_need_id(self) -> ApproveArgs:
