@@ -364,6 +364,15 @@ def test_help_on_one_subcommand_says_what_it_does(fe: FrontEnd) -> None:
     assert "did you mean 'approve'?" in _usage_error(fe, "%cm help aprove")
 
 
+def test_help_options_show_the_help(fe: FrontEnd) -> None:
+    # As most command lines take them: the help, not "unknown option '--help'".
+    assert fe.run("%cm --help").startswith("%cm                      the current context")
+    assert fe.run("%cm new --help").startswith("%cm new [TITLE]")
+    assert fe.run("%cm history -h").startswith("%cm history")
+    assert fe.run("%cm send --help").startswith("%cm send [--branch B]")
+    assert fe.run("%%cm --help\nnot sent").startswith("%%cm [SPEC]")
+
+
 def test_bad_magics_give_one_line_usage_errors(fe: FrontEnd) -> None:
     _use_scripted(fe, "")
     assert "unknown subcommand 'frobnicate'" in _usage_error(fe, "%cm frobnicate")

@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 
 from . import _args as a
 from ._commands import Commands
-from ._help import HELP
+from ._help import HELP, help_text
 from ._parse import did_you_mean, parse_args, parse_text_args, split_words
 from ._remedies import translated
 from ._saved import SavedSessionView
@@ -40,7 +40,11 @@ class CMMagics(Magics):
     def cm(self, line: str, cell: str | None = None) -> Any:
         """Talk to the current context: ``%cm help`` lists the subcommands."""
         if cell is not None:
-            cell_args = parse_args(a.CellArgs, split_words(line, a.CellArgs.USAGE))
+            cell_words = split_words(line, a.CellArgs.USAGE)
+            if _asks_help(cell_words):  # the cell is not sent
+                print(help_text("%%cm"))
+                return None
+            cell_args = parse_args(a.CellArgs, cell_words)
             with translated(self.commands.current):
                 return self.commands.cell(cell_args, cell)
         # The subcommand ends at any whitespace (`%cm send<Tab>text` is a send too); the
@@ -48,6 +52,9 @@ class CMMagics(Magics):
         stripped = line.strip()
         name = stripped.split(maxsplit=1)[0] if stripped else ""
         text = stripped[len(name) + 1 :]
+        if name == "send" and _asks_help([text.strip()]):
+            print(help_text("send"))
+            return None
         if name == "send":
             # A message is not shell words: its quotes and apostrophes are kept. (A line
             # ending in "?" only gets here thanks to _input.py.)
@@ -59,6 +66,9 @@ class CMMagics(Magics):
                 # The live view, then a snapshot that stays in the saved notebook.
                 return SavedSessionView(self.commands.session())
         name, rest = words[0], words[1:]
+        if _asks_help(words):  # `%cm --help`, `%cm new --help`: what `%cm help` says
+            print(help_text(name if name in a.COMMANDS else None))
+            return None
         model = a.COMMANDS.get(name)
         if model is None:
             raise UsageError(
@@ -68,6 +78,12 @@ class CMMagics(Magics):
         args = parse_args(model, rest)
         with translated(self.commands.current):
             return getattr(self.commands, name)(args)
+
+
+def _asks_help(words: list[str]) -> bool:
+    # ``--help`` or ``-h`` as a word of its own, as most command lines take it (no
+    # subcommand has such an option, nor a value that could be one).
+    return any(word in ("--help", "-h") for word in words)
 
 
 # ``%cm?`` and ``%%cm?`` show the magic's docstring: every subcommand's usage.
