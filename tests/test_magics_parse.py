@@ -38,6 +38,14 @@ def test_ab_takes_every_prompt_up_to_the_next_option() -> None:
     assert args.branch == "main"
 
 
+def test_ab_takes_a_quoted_prompt_that_starts_with_dashes() -> None:
+    # A word with a space in it is a value, not an option.
+    assert cell("--ab '--be terse' 'B' --var out").ab == ["--be terse", "B"]
+    assert cell("--ab='--terse' 'B'").ab == ["--terse", "B"]
+    with pytest.raises(UsageError, match=r"give it after =, e\.g\. --ab='--terse'"):
+        cell("--ab '--terse' 'B'")
+
+
 @pytest.mark.parametrize(
     ("line", "ab", "fanout", "rest"),
     [

@@ -195,7 +195,13 @@ def parse_args(model: type[M], words: list[str], *, rest: str | None = None) -> 
                     taken.append(words[i])
                     i += 1
                 if not taken:
-                    raise UsageError(f"{option} needs at least one value. Usage: {usage}")
+                    quoted = (
+                        f" (a value that starts with -- reads as an option: give it after "
+                        f"=, e.g. {option}='{words[i]}')"
+                        if i < len(words) and words[i].startswith("--")
+                        else ""
+                    )
+                    raise UsageError(f"{option} needs at least one value{quoted}. Usage: {usage}")
                 values[field] = taken
                 continue
             if eq:
@@ -237,6 +243,9 @@ def _ends_list(word: str, options: dict[str, str]) -> bool:
     # A list option stops at the next option: any "--word" (known or not, with or
     # without "=value"), so "--temperature=0" after --ab is never taken as a third
     # prompt; an unknown one is then reported by the caller. A short alias ends it too.
+    # A word with a space in it is a quoted value, never an option ('--be terse').
+    if any(char.isspace() for char in word.partition("=")[0]):
+        return False
     return word.startswith("--") or word.partition("=")[0] in options
 
 
