@@ -96,6 +96,19 @@ def test_use_reopens_a_closed_current_context_as_its_error_says(fe: FrontEnd) ->
     assert _printed(fe, "(await _).content") == "echo: hello"
 
 
+def test_use_of_a_variable_s_closed_session_says_it_is_closed(fe: FrontEnd) -> None:
+    fe.run(
+        "from cm_notebook import ContextSession\n"
+        "shut = ContextSession.create('Shut', provider='scripted')\n"
+        "shut.close()"
+    )
+    context_id = _printed(fe, "shut.id")
+    said = _usage_error(fe, "%cm use shut")
+    assert said.startswith("the session in 'shut' (context 'Shut') is closed")
+    assert f"`%cm use {context_id}` opens the context again" in said
+    assert fe.run(f"%cm use {context_id}").strip() == "context 'Shut' is current"
+
+
 def test_use_of_a_damaged_context_says_what_is_wrong_with_it(fe: FrontEnd) -> None:
     fe.run("%cm new Damaged --provider scripted")
     context_id = _current_id(fe)

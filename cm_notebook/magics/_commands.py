@@ -81,6 +81,12 @@ class Commands:
         """Make a context current: a session in a kernel variable, an id or a title."""
         named = self.namespace.get(args.target)
         if isinstance(named, ContextSession):
+            if named.closed:  # every command on it would fail as closed
+                raise UsageError(
+                    f"the session in {args.target!r} (context {named.title!r}) is closed: "
+                    f"`%cm use {named.id}` opens the context again, or open it in Python "
+                    f"(ContextSession.open({named.id!r})) and `%cm use` that"
+                )
             self._make_current(named, held=False)
         else:
             found, unreadable = self._find(args.target)
