@@ -100,6 +100,16 @@ def test_a_spec_after_ab_s_prompts_is_refused_not_made_a_third_prompt() -> None:
     assert "a SPEC goes before it (`%%cm local --ab" in help_page
 
 
+def test_the_help_says_what_var_stores_for_an_ab_or_fanout_cell() -> None:
+    # Not the reply's text: the arms' Comparison (see CellSender._store).
+    from cm_notebook.magics._help import HELP, help_text
+
+    for page in (HELP, help_text("%%cm")):
+        assert "(with --ab / --fanout: the arms' Comparison, once they end)" in " ".join(
+            page.split()
+        )
+
+
 def test_fanout_splits_specs_on_commas() -> None:
     assert cell("--fanout local, openai:gpt-4o-mini").fanout == ["local", "openai:gpt-4o-mini"]
 

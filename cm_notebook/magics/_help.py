@@ -21,7 +21,8 @@ __all__ = ["HELP", "help_text"]
 _CELL_NOTES = [
     "  {name} in the cell is the kernel variable `name` ({{ and }} for braces);",
     "  --var NAME stores the reply's text in NAME once it completes, or its partial",
-    "  text if stopped (a later cell's {NAME}, or Python naming NAME, waits for it);",
+    "  text if stopped (with --ab / --fanout: the arms' Comparison, once they end);",
+    "  a later cell's {NAME}, or Python naming NAME, waits for it;",
     "  a cell's view is awaitable: `reply = await _` waits for the reply.",
 ]
 
