@@ -3,7 +3,7 @@ and :meth:`stability`.
 
 :class:`DataMethods` is a base of :class:`~cm_notebook.session.ContextSession`; its
 methods are public API of the session and delegate to :mod:`cm_notebook.records` (the
-table: one row per assistant message) and :mod:`cm_notebook.stability` (repeated
+table: one row per turn's reply) and :mod:`cm_notebook.stability` (repeated
 answers grouped).
 """
 
@@ -35,10 +35,11 @@ class DataMethods(ScoreMethods):
     def to_records(
         self, branches: str | Iterable[str] | None = None
     ) -> builtins.list[dict[str, Any]]:
-        """One dict per assistant message of ``branches`` (default: every branch), each
-        reply once; the columns are those of :mod:`cm_notebook.records` (prompt, variant,
-        model, parameters, seed, output, scores, timing, tokens, provenance...). A reply
-        made before a branch forked gets none of that branch's variant and labels."""
+        """One dict per turn's reply of ``branches`` (default: every branch), each reply
+        once (a turn's steps that only ask for tools have none); the columns are those of
+        :mod:`cm_notebook.records` (prompt, variant, model, parameters, seed, output,
+        scores, timing, tokens, provenance...). A reply made before a branch forked gets
+        none of that branch's variant and labels."""
         histories = branch_histories(self, branches)
         return rec.records(self.id, histories, self.branches, self.all_scores())
 

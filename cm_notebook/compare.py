@@ -20,6 +20,7 @@ from ._html_text import isolated
 from ._theme import ERROR, MUTED
 from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
+from .fsm import TOOL_ROUND_LIMIT
 from .model import Message, MessageStatus, StreamStats, TokenUsage, ToolCallStatus
 
 __all__ = [
@@ -119,8 +120,11 @@ def tool_round_stop(message: Message) -> str | None:
         denied = [call for call in calls if call.status is ToolCallStatus.DENIED]
         first = (denied or calls)[0]
         why = f" ({first.reason})" if first.reason else ""
-        waited = "waited for approval" if denied else "were about to run"
-        where = f"while its tool calls {waited}{why}"
+        if first.reason == TOOL_ROUND_LIMIT:  # never offered for approval
+            where = f"at its tool round limit, before its tool calls ran{why}"
+        else:
+            waited = "waited for approval" if denied else "were about to run"
+            where = f"while its tool calls {waited}{why}"
     return f"the turn was stopped {where}; the reply only asks for tools, it is no answer"
 
 
@@ -212,7 +216,7 @@ class BranchResult(BaseModel):
         if not self.unfinished:
             return None
         if self.missing:
-            return "there is no reply on this branch"
+            return "there is no reply to this turn on this branch"
         why = f": {self.error}" if self.error else ""
         if self.status is MessageStatus.ERROR:
             return f"the reply failed{why}"

@@ -84,6 +84,7 @@ from .retry import DEFAULT_POLICY, RetryPolicy
 
 __all__ = [
     "ACTIVE_STATES",
+    "TOOL_ROUND_LIMIT",
     "AbortRequest",
     "Cancel",
     "Effect",
@@ -110,6 +111,9 @@ __all__ = [
     "retries",
     "step",
 ]
+
+#: The reason recorded for the calls of a round past the turn's tool round limit (never run).
+TOOL_ROUND_LIMIT = "tool round limit reached"
 
 
 class State(str, Enum):
@@ -477,7 +481,7 @@ def _completed(machine: Machine, ctx: _Step, ids: tuple[str, ...]) -> Machine:
     rounds = machine.tool_round + 1
     if rounds > ctx.max_tool_rounds:
         # The reply's tool calls must still be resolved, or they would stay pending forever.
-        ctx.effects.append(ResolveCancelled(ids, reason="tool round limit reached"))
+        ctx.effects.append(ResolveCancelled(ids, reason=TOOL_ROUND_LIMIT))
         message = (
             f"stopped after {ctx.max_tool_rounds} consecutive tool rounds without a user "
             "message; send a message to continue or raise max_tool_rounds"

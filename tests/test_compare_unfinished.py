@@ -222,7 +222,7 @@ def test_a_turn_one_branch_does_not_have_is_no_answer_not_an_empty_one(
     shown = str(turns).split("== turn 3: three\n")[1]
     assert shown == (
         "main: echo: three\n"
-        "again: no answer: there is no reply on this branch\n"
+        "again: no answer: there is no reply to this turn on this branch\n"
         "   again has no answer (no reply)"
     )
     page = turns._repr_html_()
@@ -256,7 +256,7 @@ def test_a_branch_without_a_reply_is_compared_as_no_answer(
     empty = comparison["empty"]
     assert (empty.missing, empty.unfinished, empty.facts()) == (True, True, ["?", "no reply"])
     text = str(comparison)
-    assert "no answer: there is no reply on this branch" in text
+    assert "no answer: there is no reply to this turn on this branch" in text
     assert "diff main -> empty: none, empty has no answer (no reply)" in text
     assert "[-echo: one-]" not in text
     page = comparison._repr_html_()

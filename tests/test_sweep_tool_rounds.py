@@ -148,3 +148,16 @@ def test_an_ended_sweep_reads_a_cell_another_run_stopped_in_its_tool_round_as_fa
     assert (cell.status, cell.message_id) == ("failed", second.cells[0].message_id)
     assert cell.error == second.cells[0].error
     assert "stopped while its tool calls waited for approval" in (cell.error or "")
+
+
+def test_a_cell_stopped_at_its_tool_round_limit_says_so_not_that_it_waited(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    fake = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}).tool_call("add", {"a": 3, "b": 3})
+    session = new_session(provider=fake, tools=[add], approval="auto", max_tool_rounds=1)
+    sweep = session.sweep("Add twice", [{}], name="limit", progress=False).run(DEADLINE)
+
+    [row] = sweep.to_records()
+    assert row["failure"] is not None
+    assert "at its tool round limit" in row["failure"]
+    assert "waited for approval" not in row["failure"]
