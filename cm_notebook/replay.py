@@ -242,6 +242,11 @@ def start_counterfactual(
         return _new_system(session, new_content, name)
     original = session.get(message_id)
     source = _branch_holding(session, original.id)
+    if any(call.status in _UNDECIDED for call in original.tool_calls):
+        # Calls a dead process left open are settled first, as the next turn on their
+        # branch would settle them (nothing happens while a live turn holds it).
+        session._dead_rounds.if_free(source, session._read_metadata().branches[source].head)
+        original = session.get(message_id)
     _refuse_undecided_calls(original, source)
     path = session.history(source)
     at = next(i for i, m in enumerate(path) if m.id == original.id)

@@ -368,7 +368,8 @@ class ContextSession(
         little text it had) follows it, so the branch goes on user, assistant
         (:meth:`regenerate` asks for a full reply). The KeyboardInterrupt is raised
         once that stop is over, its message saying so; a bare one means nothing was
-        stored.
+        stored. While another process holds the context's lock, a Ctrl-C takes effect
+        when the wait for it ends (at most the store's ``lock_timeout``).
         """
         text = validate_text(text)
         noted = checked_message_metadata(metadata)

@@ -497,3 +497,25 @@ def test_a_dead_process_s_call_stays_over_whoever_takes_its_branch(tmp_path: Pat
         first.close()
         for log in (dead, here, other):
             log.close()
+
+
+def test_a_counterfactual_of_a_reply_a_dead_process_left_waiting_settles_it_first(
+    tmp_path: Path, context_id: str
+) -> None:
+    # The calls a killed process left open on "side" (not the active branch, so opening
+    # left them) have no decision to wait for: the edit settles them as the next turn
+    # there would, and goes on.
+    reply_id = _round_on_a_side_branch(tmp_path, context_id)
+    provider = ScriptedProvider().reply("Answered again.")
+    with ContextSession.open(context_id, data_dir=tmp_path, provider=provider) as session:
+        assert [c.status for c in session.get(reply_id).tool_calls] == [
+            ToolCallStatus.RUNNING,
+            ToolCallStatus.PENDING,
+        ]
+        replay = session.counterfactual(reply_id, "Let me add them, edited.")
+        replay.result(DEADLINE)
+        settled = session.get(reply_id).tool_calls
+        assert [c.status for c in settled] == [ToolCallStatus.FAILED, ToolCallStatus.DENIED]
+        edited = session.history(replay.branch)
+        assert [m.role for m in edited][-4:] == ["assistant", "tool", "tool", "assistant"]
+        assert [m.content for m in edited[-3:-1]] == [c.result for c in settled]
