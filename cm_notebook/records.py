@@ -1,8 +1,9 @@
 """A context's replies as a table: one row per turn's reply on its branches (the last
 assistant message before the next user message), for analysis. A turn's steps before
-its reply, which only ask for tools, are no answer and have no row (the reply's tokens
-and timings are its own; ``session.history()`` has every step); a turn stopped in its
-tool round keeps its last reply, which only asks for tools. A reply that
+its reply, which only ask for tools, are no answer and have no row: the reply's row
+counts the tool calls of its whole turn and, beside its own tokens and timings, the
+tokens of every step (``session.history()`` has each step); a turn stopped in its tool
+round keeps its last reply, which only asks for tools. A reply that
 ``regenerate()`` replaced is on no branch (its sibling took its place) and has no row;
 samples meant to be compared go on branches of their own (``fan_out``, a sweep's
 repeats).
@@ -32,7 +33,11 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``output_tokens``              number of chunks received)
 ``tokens_per_second``          tokens after the first over the time since it came
 ``latency_ms``                 the whole reply, retries included
-``tool_calls``                 how many tool calls the reply asked for
+``turn_input_tokens``,         the token counts of the whole turn: this reply and the
+``turn_output_tokens``         steps before it that only asked for tools (the cost of
+                              the turn; None when no step's count is known)
+``tool_calls``                 how many tool calls the turn asked for, in every step up
+                              to this reply
 ``request_id``,                provenance (:mod:`cm_notebook.provenance`)
 ``request_hash``
 ``created_at``                 when the reply was started (UTC)
@@ -95,6 +100,8 @@ COLUMNS: tuple[str, ...] = (
     "output_tokens",
     "tokens_per_second",
     "latency_ms",
+    "turn_input_tokens",
+    "turn_output_tokens",
     "tool_calls",
     "request_id",
     "request_hash",
@@ -111,13 +118,13 @@ def _row(
     turn: int,
     prompt: Message | None,
     reply: Message,
+    steps: Sequence[Message],
     score: Score | None,
 ) -> dict[str, Any]:
+    # ``steps``: the turn's assistant messages up to and including ``reply``.
     meta = reply.metadata
     usage, stats = meta.usage, meta.stats
-    output_tokens = usage.output_tokens if usage is not None else None
-    if output_tokens is None and stats is not None:
-        output_tokens = stats.output_tokens
+    output_tokens = _output_tokens(reply)
     row: dict[str, Any] = {
         "context_id": context_id,
         "branch": branch,
@@ -142,7 +149,9 @@ def _row(
         "output_tokens": output_tokens,
         "tokens_per_second": stats.tokens_per_second if stats else None,
         "latency_ms": meta.duration_ms,
-        "tool_calls": len(reply.tool_calls),
+        "turn_input_tokens": _total(_input_tokens(step) for step in steps),
+        "turn_output_tokens": _total(_output_tokens(step) for step in steps),
+        "tool_calls": sum(len(step.tool_calls) for step in steps),
         "request_id": meta.request_id,
         "request_hash": meta.request_hash,
         "created_at": reply.created_at,
@@ -154,6 +163,26 @@ def _row(
     if score is not None:
         row.update({f"metric_{key}": value for key, value in score.metrics.items()})
     return row
+
+
+def _input_tokens(reply: Message) -> int | None:
+    usage = reply.metadata.usage
+    return usage.input_tokens if usage is not None else None
+
+
+def _output_tokens(reply: Message) -> int | None:
+    # The provider's count, else the number of chunks received.
+    usage, stats = reply.metadata.usage, reply.metadata.stats
+    counted = usage.output_tokens if usage is not None else None
+    if counted is None and stats is not None:
+        counted = stats.output_tokens
+    return counted
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    # The sum of the counts known; None if none is.
+    known = [count for count in counts if count is not None]
+    return sum(known) if known else None
 
 
 def _edited_from(reply: Message) -> str | None:
@@ -175,7 +204,8 @@ def records(
     A turn's steps before it (replies that only ask for tools, whose results follow)
     are no answer and have no row: counted, they would sit beside the answers as empty
     outputs and skew their means. A turn stopped in its tool round keeps its last reply,
-    which only asks for tools (``tool_calls`` > 0).
+    which only asks for tools (``tool_calls`` > 0). A reply's row counts the tool calls
+    and the tokens of its whole turn (``tool_calls``, ``turn_*_tokens``).
 
     A branch's ``variant`` and ``label_*`` columns go only on the replies made on it: a
     reply started before the branch was made (it forked after it) came from another
@@ -188,19 +218,21 @@ def records(
         made: datetime | None = getattr(found, "created_at", None)
         last = _turn_replies(messages)
         turn, prompt = 0, None
+        steps: list[Message] = []  # the turn's assistant messages so far
         for message in messages:
             if message.role == "user":
-                turn, prompt = turn + 1, message
-            elif message.id in last and message.id not in seen:
+                turn, prompt, steps = turn + 1, message, []
+            elif message.role == "assistant":
+                steps.append(message)
+            if message.id in last and message.id not in seen:
                 seen.add(message.id)
                 # A warm-up answered on main before an arm forked is not the arm's
                 # variant: its labels would credit the arm with a reply it never made.
                 # (Not every fork records where it forked: its creation time says.)
                 before = made is not None and message.created_at < made
                 own = {} if before else labels
-                rows.append(
-                    _row(context_id, branch, own, turn, prompt, message, scores.get(message.id))
-                )
+                score = scores.get(message.id)
+                rows.append(_row(context_id, branch, own, turn, prompt, message, steps, score))
     return _rectangular(rows)
 
 

@@ -37,7 +37,7 @@ def _study(new_session: Callable[..., ContextSession]) -> ContextSession:
     fake = (
         ScriptedProvider()
         .reply("Blue.", usage=(5, 2))
-        .tool_call("add", {"a": 1, "b": 2})
+        .tool_call("add", {"a": 1, "b": 2}, usage=(7, 4))
         .reply("It is 3.", usage=(9, 3))
         .reply("Green.", usage=(5, 2))
     )
@@ -85,6 +85,7 @@ def test_one_row_per_turns_reply_with_every_column(
     assert first["latency_ms"] is not None
     assert first["ttft_ms"] is not None
     assert first["tool_calls"] == 0
+    assert (first["turn_input_tokens"], first["turn_output_tokens"]) == (5, 2)
     assert first["request_id"] == "scripted-1"
     assert first["request_hash"].startswith("sha256:")
     assert isinstance(first["created_at"], datetime)
@@ -92,7 +93,10 @@ def test_one_row_per_turns_reply_with_every_column(
     assert first["status"] == "complete"
     assert first["variant"] is None
     assert first["metric_chars"] == 5
-    assert (rows[1]["tool_calls"], rows[1]["input_tokens"]) == (0, 9)  # the answer's own
+    # The answer's own tokens; the turn's tool calls and tokens (its step's with them).
+    assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (9, 3)
+    assert (rows[1]["turn_input_tokens"], rows[1]["turn_output_tokens"]) == (16, 7)
+    assert rows[1]["tool_calls"] == 1
     assert rows[1]["param_seed"] is None  # every row has every column
     # Asking for one branch: its replies only.
     assert [row["output"] for row in session.to_records("other")] == ["Blue.", "Green."]
