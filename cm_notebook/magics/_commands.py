@@ -35,7 +35,7 @@ from ._help import help_text
 from ._letting_go import LettingGo
 from ._remedies import for_magics
 from ._reply import ReplyView
-from ._saved import LaterCompareView, SavedCompareView
+from ._saved import LaterCompareView, LaterSessionView, SavedCompareView, SavedSessionView
 from ._sending import CellSender
 
 __all__ = ["NO_CONTEXT", "Commands"]
@@ -156,6 +156,20 @@ class Commands:
             print(f"{mark} {meta.id}  {title}  ({count} branch{'es' if count != 1 else ''})")
         for problem in damaged:
             print(f"! not listed: {for_terminal(str(problem))}")
+
+    def view(self) -> SavedSessionView | LaterSessionView:
+        """Bare ``%cm``: the live view of the context, then its saved-notebook copy. Run
+        below a command or cell still to come that may change the active branch (Run
+        All), it shows the branch active once that has run, as one by one."""
+        session = self.session()
+        moves = self.sender.moves(session)
+        if not moves:
+            return SavedSessionView(session)
+        later = LaterSessionView(session, moves)
+        # The cells and commands below wait until it has attached: a `%cm switch` below
+        # does not move it first.
+        self.sender.read_after(session, later.attached)
+        return later
 
     # -- sending ---------------------------------------------------------------------
 
@@ -296,6 +310,7 @@ class Commands:
         command = DeferredCommand(session, waits, run, what)
         if moves_to is not None:  # the cells after it go where it leaves the context
             self.sender.queue_after(session, command, moves_to)
+            self.sender.move_after(session, command.released)  # and a `%cm` view below
         else:  # the cells after it wait until it has read the context
             self.sender.read_after(session, command.released)
         return command

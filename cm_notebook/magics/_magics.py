@@ -17,7 +17,6 @@ from ._commands import Commands
 from ._help import HELP, help_text
 from ._parse import did_you_mean, parse_args, parse_text_args, split_words
 from ._remedies import translated
-from ._saved import SavedSessionView
 
 __all__ = ["CMMagics"]
 
@@ -64,7 +63,7 @@ class CMMagics(Magics):
         if not words:
             with translated(self.commands.current):
                 # The live view, then a snapshot that stays in the saved notebook.
-                return SavedSessionView(self.commands.session())
+                return self.commands.view()
         name, rest = words[0], words[1:]
         if _asks_help(words):  # `%cm --help`, `%cm new --help`: what `%cm help` says
             print(help_text(name if name in a.COMMANDS else None))

@@ -127,6 +127,8 @@ class CellQueue:
         self._all: dict[str, list[Queued]] = {}
         # Per context: when each read still to come will have read (see add_read).
         self._reads: dict[str, list[concurrent.futures.Future[None]]] = {}
+        # Per context: when each move of the active branch still to come has moved it.
+        self._moves: dict[str, list[concurrent.futures.Future[None]]] = {}
 
     def before(self, session: ContextSession, branch: str) -> Queued | None:
         """The cell a new cell on ``branch`` must wait for, or None: send now."""
@@ -151,13 +153,17 @@ class CellQueue:
 
     def reads(self, session: ContextSession | None) -> list[concurrent.futures.Future[None]]:
         """The reads still to come in ``session``'s context (None: in any context)."""
-        ids = list(self._reads) if session is None else [session.id]
-        found: list[concurrent.futures.Future[None]] = []
-        for context_id in ids:
-            coming = [read for read in self._reads.get(context_id, []) if not read.done()]
-            self._reads[context_id] = coming
-            found += coming
-        return found
+        return _coming(self._reads, session)
+
+    def add_move(self, session: ContextSession, moved: concurrent.futures.Future[None]) -> None:
+        """A command or cell that may change the active branch once the cells above it
+        have run (``%cm branch``, ``%cm switch``, a queued ``--system`` cell) has when
+        ``moved`` is done: a view of the context below it attaches after that."""
+        self._moves.setdefault(session.id, []).append(moved)
+
+    def moves(self, session: ContextSession) -> list[concurrent.futures.Future[None]]:
+        """The moves of ``session``'s active branch still to come."""
+        return _coming(self._moves, session)
 
     def stop_all(self, session: ContextSession) -> int:
         """Stop every cell of ``session``'s context under way, the newest first (so none
@@ -178,6 +184,20 @@ class CellQueue:
         cells = [cell for cell in self._all.get(context_id, []) if not cell.finished.done()]
         self._all[context_id] = cells
         return cells
+
+
+def _coming(
+    futures: dict[str, list[concurrent.futures.Future[None]]], session: ContextSession | None
+) -> list[concurrent.futures.Future[None]]:
+    # Those of ``futures`` in ``session``'s context (None: in any) not done yet; the
+    # done ones are forgotten.
+    ids = list(futures) if session is None else [session.id]
+    found: list[concurrent.futures.Future[None]] = []
+    for context_id in ids:
+        coming = [future for future in futures.get(context_id, []) if not future.done()]
+        futures[context_id] = coming
+        found += coming
+    return found
 
 
 async def wait_for(waits: Sequence[concurrent.futures.Future[None]]) -> None:

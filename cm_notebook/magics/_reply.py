@@ -207,6 +207,11 @@ class ReplyView:
         return await polled(self._sent)
 
     @property
+    def sent(self) -> concurrent.futures.Future[Turn]:
+        """Done once the reply is sent (its turn), or will not be (why not)."""
+        return self._sent
+
+    @property
     def released(self) -> concurrent.futures.Future[None]:
         """Done once the reply's turn has ended: a later cell on the branch may send."""
         return self._wound_down

@@ -22,7 +22,10 @@ import ipywidgets as w
 
 from ..widgets import CompareView, SessionView
 from ..widgets._base import close_parts
+from ..widgets._copy_hider import mark_copy
 from ..widgets.compare_copy import ComparisonSnapshot, said_html, show_widget
+from ..widgets.snapshot import PLAIN as SNAPSHOT_PLAIN
+from ..widgets.snapshot import Snapshot
 from ._comparison import ComparisonView
 from ._queue import release, wait_for
 from ._remedies import said
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LaterCompareView",
+    "LaterSessionView",
     "SavedCompareView",
     "SavedComparisonView",
     "SavedSessionView",
@@ -41,6 +45,9 @@ __all__ = [
 
 #: What a queued comparison's copy says until its arms are forked.
 _WAITING = f"<div>{note('… waits for the replies above it, then asks')}</div>"
+
+#: What a ``%cm`` view below a branch command still to come says until it has run.
+_SHOWS_LATER = "… shows the conversation once the commands above have run"
 
 #: What a ``%cm compare`` copy says until the cells above it have run.
 _COMPARES_LATER = f"<div>{note('… compares once the cells above have run')}</div>"
@@ -51,6 +58,109 @@ class SavedSessionView(SessionView):
     (as every :class:`~cm_notebook.widgets.SessionView` shown on its own does)."""
 
     REOPEN = "%cm (or session.view()) shows a new one"
+
+
+class LaterSessionView(w.VBox):  # type: ignore[misc]
+    """What ``%cm`` shows below a command or cell still to come that may change the
+    active branch (``%cm branch``, ``%cm switch``, a queued ``--system`` cell: Run
+    All): a line saying it waits, then, once every one of ``waits`` is done, the live
+    view of the context in its place, on the branch active then (as one by one), and
+    its saved copy. Nothing waits for the replies above it to end: they stream into it."""
+
+    saved: _LaterSnapshot | None = None
+    #: Why nothing is shown, once that is known (the saved copy says it too).
+    failure: str | None = None
+
+    def __init__(
+        self, session: ContextSession, waits: Sequence[concurrent.futures.Future[None]]
+    ) -> None:
+        self.session = session
+        #: The live view, once the commands above have run (None until then).
+        self.view: SessionView | None = None
+        #: Done once the view is made (or failed): the cells and commands below wait
+        #: for that, so a ``%cm switch`` below does not move it first.
+        self.attached: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._waits = list(waits)
+        super().__init__([w.HTML(note(_SHOWS_LATER))])
+        session._loop.call_soon_threadsafe(self._begin)
+
+    def __repr__(self) -> str:
+        return "<cm_notebook SessionView after the cells above>"
+
+    def _ipython_display_(self) -> None:
+        copy_id = show_widget(self, SavedSessionView.REOPEN)
+        if copy_id is None:  # closed
+            return
+        if self.saved is None:
+            self.saved = _LaterSnapshot(self.session, copy_id)
+        self.saved.display()
+        # Made on the loop, as the view: whichever comes first, the copy follows it.
+        self.session._loop.call_soon_threadsafe(self._copy_follows)
+
+    def close(self) -> None:
+        """Stop following the session (the saved copy keeps its last content)."""
+        if self.view is not None:
+            self.view.close()
+        if self.saved is not None:
+            self.saved.close()
+        close_parts(self)  # its note and placeholder, their layouts (a box closes no part)
+        super().close()
+
+    def _begin(self) -> None:
+        asyncio.get_running_loop().create_task(self._when_ready())
+
+    async def _when_ready(self) -> None:
+        box: Any = self  # (ipywidgets' traits are untyped)
+        try:
+            await wait_for(self._waits)
+            self.view = SessionView(self.session)
+        except Exception as exc:  # a view must never take the kernel down
+            self.failure = f"not shown: {said(exc, self.session)}"
+            self.children = (w.HTML(note(self.failure)), *box.children[1:])
+        else:
+            self.children = (self.view, *box.children[1:])
+        finally:
+            release(self.attached)
+        self._copy_follows()
+
+    def _copy_follows(self) -> None:
+        # On the loop: the copy shows the conversation once the view is made (or why
+        # it is not), and stops saying that it waits.
+        if self.saved is None or not self.saved.waits:
+            return
+        if self.view is not None:
+            self.saved.follow()
+        elif self.failure is not None:
+            self.saved.failed(self.failure)
+
+
+class _LaterSnapshot(Snapshot):
+    """The saved copy of a :class:`LaterSessionView`: a line saying it waits, then the
+    conversation (its active branch), kept current as every :class:`Snapshot`."""
+
+    def __init__(self, session: ContextSession, copy_id: str) -> None:
+        super().__init__(session, copy_id=copy_id)
+        self._waiting: str | None = f"<div>{note(_SHOWS_LATER)}</div>"
+
+    @property
+    def waits(self) -> bool:
+        """Whether it still says that it waits."""
+        return self._waiting is not None
+
+    def follow(self) -> None:
+        """Show the conversation from now on (brought up to date at once)."""
+        self._waiting = None
+        self._update()
+
+    def failed(self, message: str) -> None:
+        """Say ``message`` for good: a saved notebook must not say it still waits."""
+        self._waiting = said_html(message)
+        self._update()
+
+    def _bundle(self) -> dict[str, Any]:
+        if self._waiting is None:
+            return super()._bundle()
+        return {"text/html": mark_copy(self._waiting, self.copy_id), "text/plain": SNAPSHOT_PLAIN}
 
 
 class SavedCompareView(CompareView):

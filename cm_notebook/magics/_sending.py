@@ -30,7 +30,7 @@ from ..turn import Turn
 from . import _args as a
 from ._comparison import ComparisonView
 from ._interpolate import field_names, interpolate
-from ._queue import CellQueue, Queued, Setter, not_set
+from ._queue import CellQueue, Queued, Setter, not_set, release
 from ._reply import ReplyView
 from ._saved import SavedComparisonView
 
@@ -152,6 +152,11 @@ class CellSender:
                 on_done=self._store(args.var),
                 variables=now.variables if now is not None else {},
             )
+        if args.system is not None and isinstance(view, ReplyView) and view.turn is None:
+            # Queued: its --system may fork a branch and make it active when it is sent.
+            moved: concurrent.futures.Future[None] = concurrent.futures.Future()
+            view.sent.add_done_callback(lambda _sent: release(moved))
+            self._queue.add_move(session, moved)
         if args.var is not None:
             if isinstance(view, ReplyView):
                 view.var = args.var  # for a %cm retry of its reply
@@ -211,6 +216,16 @@ class CellSender:
         reading when ``read`` is: the cells and commands after it in the context (on any
         branch) wait for that, so it shows the context as of its place in the notebook."""
         self._queue.add_read(session, read)
+
+    def move_after(self, session: ContextSession, moved: concurrent.futures.Future[None]) -> None:
+        """A command may change the active branch once :meth:`still_coming` is done,
+        and has when ``moved`` is: a view of the context below it attaches after that."""
+        self._queue.add_move(session, moved)
+
+    def moves(self, session: ContextSession) -> list[concurrent.futures.Future[None]]:
+        """The commands and queued cells in the context that may still change its
+        active branch (each done once it has, or will not)."""
+        return self._queue.moves(session)
 
     def stop_all(self, session: ContextSession) -> int:
         """Stop this kernel's cells in the context still to come; how many there were."""
