@@ -179,3 +179,39 @@ def test_a_view_run_one_by_one_is_shown_at_once(fe: FrontEnd) -> None:
     fe.run("shown = %cm\ndisplay(shown)")
     assert _printed(fe, "type(shown).__name__") == "SavedSessionView"
     assert _printed(fe, "shown.chat.branch") == "side"
+
+
+def test_a_view_below_a_reply_waiting_for_approve_attaches_once_approved(
+    fe: FrontEnd,
+) -> None:
+    # The fork waits for the reply, which waits for a decision: the view waits with
+    # them, the kernel free; a decision below it is not held up by the view.
+    fe.run(
+        """
+        from cm_notebook import ContextSession, tool
+        from cm_notebook.testing import ScriptedProvider
+
+        @tool
+        def add(a: int, b: int) -> int:
+            '''Add two numbers.'''
+            return a + b
+
+        asks = ScriptedProvider().tool_call("add", {"a": 1, "b": 2}, id="call-1")
+        s = ContextSession.create("view below approve", provider=asks.reply("3."), tools=[add])
+        %cm use s
+        """
+    )
+    _run_all(
+        fe,
+        [
+            "%%cm\nWhat is 1 + 2?",
+            "%cm branch side",
+            "shown = %cm\ndisplay(shown)",
+        ],
+    )
+    fe.run("calls = await s.wait_for_approval()")
+    assert _printed(fe, "shown.view") is None
+    assert fe.run("%cm approve call-1").strip() == "approved add (call-1)"
+    _attached(fe, "shown")
+    assert _printed(fe, "shown.view.chat.branch") == "side"
+    assert _printed(fe, "len(s.history('side'))") == 4
