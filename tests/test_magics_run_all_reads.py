@@ -131,3 +131,26 @@ def test_a_question_on_another_branch_waits_for_a_read_above_it(fe: FrontEnd) ->
         "  main  (2 messages)",
         "* side  (4 messages)",
     ]
+
+
+def test_ls_counts_the_branches_the_cells_above_made_not_those_below(fe: FrontEnd) -> None:
+    _two_replies(fe, "ls between forks")
+    context = _printed(fe, "slow.id")
+    _run_all(
+        fe,
+        [
+            "%%cm\nFirst question",
+            '%%cm --ab "Be brief." "Be long."\nSecond question',
+            "%cm branch side",
+        ],
+    )
+    printed = fe.run("listed = %cm ls")  # what it lists when not deferred
+    _run_all(fe, ["%cm branch below", "below = _"])
+    fe.run("await below")
+    if not _printed(fe, "listed is None"):
+        fe.run("await listed")
+        printed = _printed(fe, "listed.text")
+    [line] = [row for row in printed.splitlines() if context in row]
+    assert line.startswith("*")
+    assert line.endswith("(4 branches)")  # main, the two arms, side: not `below`
+    assert len(_printed(fe, "list(slow.branches)")) == 5

@@ -143,19 +143,19 @@ class Commands:
         # Any other error of the store (CorruptDataError, SchemaVersionError...) is the
         # context's own, shown as it is (see _remedies.translated).
 
-    def ls(self, _args: a.NoArgs) -> None:
-        """List stored contexts, most recent first; ``*`` marks the current one."""
-        current = self.current.id if self.current is not None else None
-        stored, damaged = _listed()
-        if not stored and not damaged:
-            print("no contexts yet: `%cm new [TITLE]` makes one")
-        for meta in stored:
-            mark = "*" if meta.id == current else " "
-            title = for_terminal(meta.title)  # as the CLI does: a title is anyone's text
-            count = len(meta.branches)
-            print(f"{mark} {meta.id}  {title}  ({count} branch{'es' if count != 1 else ''})")
-        for problem in damaged:
-            print(f"! not listed: {for_terminal(str(problem))}")
+    def ls(self, _args: a.NoArgs) -> DeferredCommand | None:
+        """List stored contexts, most recent first; ``*`` marks the current one. Run
+        while this kernel's cells are under way (Run All), once they have run: the
+        branches counted are those running the cells one by one gives there."""
+        session = self.current
+        current = session.id if session is not None else None
+        waits = self.sender.still_coming(None)  # in any context
+        if session is None or not waits:
+            _list_contexts(current)
+            return None
+        command = DeferredCommand(session, waits, lambda: _list_contexts(current), "lists them")
+        self.sender.read_after(None, command.released)  # a read of every context
+        return command
 
     def view(self) -> SavedSessionView | LaterSessionView:
         """Bare ``%cm``: the live view of the context, then its saved-notebook copy. Run
@@ -395,6 +395,20 @@ class Commands:
     def help(self, args: a.HelpArgs) -> None:
         """Every subcommand's usage, or one subcommand's usage and what it does."""
         print(help_text(args.subcommand))
+
+
+def _list_contexts(current: str | None) -> None:
+    # `%cm ls`: the stored contexts, ``*`` marking the one whose id is ``current``.
+    stored, damaged = _listed()
+    if not stored and not damaged:
+        print("no contexts yet: `%cm new [TITLE]` makes one")
+    for meta in stored:
+        mark = "*" if meta.id == current else " "
+        title = for_terminal(meta.title)  # as the CLI does: a title is anyone's text
+        count = len(meta.branches)
+        print(f"{mark} {meta.id}  {title}  ({count} branch{'es' if count != 1 else ''})")
+    for problem in damaged:
+        print(f"! not listed: {for_terminal(str(problem))}")
 
 
 def _listed() -> tuple[list[ContextMetadata], list[Warning | str]]:

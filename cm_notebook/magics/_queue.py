@@ -125,8 +125,10 @@ class CellQueue:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Queued] = {}
         self._all: dict[str, list[Queued]] = {}
-        # Per context: when each read still to come will have read (see add_read).
+        # Per context: when each read still to come will have read (see add_read); and
+        # those of every context (``%cm ls``).
         self._reads: dict[str, list[concurrent.futures.Future[None]]] = {}
+        self._reads_of_all: list[concurrent.futures.Future[None]] = []
         # Per context: when each move of the active branch still to come has moved it.
         self._moves: dict[str, list[concurrent.futures.Future[None]]] = {}
 
@@ -146,14 +148,22 @@ class CellQueue:
         if not any(cell is view for cell in cells):  # once, though last on two branches
             cells.append(view)
 
-    def add_read(self, session: ContextSession, read: concurrent.futures.Future[None]) -> None:
-        """A command that reads the context once the cells above it have run is done
-        reading when ``read`` is: the cells and commands after it wait for that."""
-        self._reads.setdefault(session.id, []).append(read)
+    def add_read(
+        self, session: ContextSession | None, read: concurrent.futures.Future[None]
+    ) -> None:
+        """A command that reads the context (None: every context) once the cells above
+        it have run is done reading when ``read`` is: the cells and commands after it
+        wait for that."""
+        if session is None:
+            self._reads_of_all.append(read)
+        else:
+            self._reads.setdefault(session.id, []).append(read)
 
     def reads(self, session: ContextSession | None) -> list[concurrent.futures.Future[None]]:
-        """The reads still to come in ``session``'s context (None: in any context)."""
-        return _coming(self._reads, session)
+        """The reads still to come in ``session``'s context (None: in any context),
+        those of every context included."""
+        self._reads_of_all = [read for read in self._reads_of_all if not read.done()]
+        return [*_coming(self._reads, session), *self._reads_of_all]
 
     def add_move(self, session: ContextSession, moved: concurrent.futures.Future[None]) -> None:
         """A command or cell that may change the active branch once the cells above it

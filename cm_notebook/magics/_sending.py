@@ -211,10 +211,13 @@ class CellSender:
         oldest first."""
         return self._queue.under_way(session)
 
-    def read_after(self, session: ContextSession, read: concurrent.futures.Future[None]) -> None:
-        """A command reads the context once :meth:`still_coming` is done, and is done
-        reading when ``read`` is: the cells and commands after it in the context (on any
-        branch) wait for that, so it shows the context as of its place in the notebook."""
+    def read_after(
+        self, session: ContextSession | None, read: concurrent.futures.Future[None]
+    ) -> None:
+        """A command reads the context (None: every context, ``%cm ls``) once
+        :meth:`still_coming` is done, and is done reading when ``read`` is: the cells and
+        commands after it in the context (on any branch) wait for that, so it shows the
+        context as of its place in the notebook."""
         self._queue.add_read(session, read)
 
     def move_after(self, session: ContextSession, moved: concurrent.futures.Future[None]) -> None:
