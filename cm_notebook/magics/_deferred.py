@@ -1,7 +1,8 @@
 """``%cm`` commands that run after this kernel's cells before them, as one by one.
 
-``%cm history`` and ``%cm branches`` read the conversation; ``%cm branch`` and ``%cm
-switch`` change the branch the next cell goes on. Run while this kernel's ``%%cm``
+``%cm history`` and ``%cm branches`` read the conversation (``%cm ls``, every
+context's branches); ``%cm branch`` and ``%cm switch`` change the branch the next cell
+goes on. Run while this kernel's ``%%cm``
 cells in the context are still under way (Run All runs them right after those cells),
 they would read a conversation the replies have not reached yet, or fork before a
 reply. So they wait for those cells (each reply, every arm's) and run then. The output

@@ -8,9 +8,12 @@ stopped); an A/B cell once its arms are forked (they are new branches, so the ne
 question on the base branch need not wait for their replies); a ``%cm branch`` or
 ``%cm switch`` run after replies (:mod:`._deferred`) once it has run, and the cells after
 it go on the branch it left active. A command that reads the context after the replies
-above it (``%cm history``, ``branches``, ``export``, ``compare``) is a read: every later
-cell and command in the context, on any branch, waits until it has read, so it shows
-the context as of its place in the notebook, not what the cells below it did. A turn
+above it (``%cm history``, ``branches``, ``export``, ``compare``; ``ls`` reads every
+context) is a read: every later cell and command in the context, on any branch, waits
+until it has read, so it shows the context as of its place in the notebook, not what
+the cells below it did. A bare ``%cm`` below a command or queued ``--system`` cell that
+may move the active branch (a move) waits for it, then shows the branch active then,
+and is a read too until it has. A turn
 started from code or by another process is not this queue's: a cell then fails saying
 what to do. (A cell also waits for the cells whose ``--var`` it reads: :mod:`._sending`.)
 """

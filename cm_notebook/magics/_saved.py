@@ -6,8 +6,9 @@ displaying a session or a comparison does, each view here is followed by a separ
 branch's turn ends (:mod:`cm_notebook.widgets.compare_copy`,
 :mod:`cm_notebook.widgets.snapshot`): a notebook saved afterwards shows the
 conversation or the comparison without a kernel. What the magics add: a copy that
-waits for the cells above it (a queued ``--ab`` cell, ``%cm compare`` under Run All),
-and errors said in the magics' terms.
+waits for the cells above it (a queued ``--ab`` cell, ``%cm compare`` under Run All,
+a ``%cm`` view that waits for a ``%cm branch`` or ``switch`` above it), and errors said
+in the magics' terms.
 """
 
 from __future__ import annotations
