@@ -185,3 +185,27 @@ def test_a_conversation_shown_in_two_cells_is_saved_final_in_both(
     )
     assert "the first answer" in html[1]
     assert "the first answer" in html[2]
+
+
+def test_a_view_below_a_fork_still_to_come_is_saved_on_the_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run All: the %cm view waits for the fork above it, then shows it; its saved copy
+    # says so, not that it still waits.
+    html = _run(
+        [
+            "%load_ext cm_notebook",
+            SETUP,
+            "%%cm\nHello?",
+            "%cm branch side",
+            "%cm",
+            "%%cm\nAnd again?",
+            "await _",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    shown = html[4]
+    assert "branch side" in shown
+    assert "the second answer" in shown
+    assert "once the commands above have run" not in shown
