@@ -215,3 +215,19 @@ def test_a_view_below_a_reply_waiting_for_approve_attaches_once_approved(
     _attached(fe, "shown")
     assert _printed(fe, "shown.view.chat.branch") == "side"
     assert _printed(fe, "len(s.history('side'))") == 4
+
+
+def test_a_view_closed_while_it_waits_makes_no_view(fe: FrontEnd) -> None:
+    _two_replies(fe, "view closed while waiting")
+    _run_all(
+        fe,
+        [
+            "%%cm\nFirst question",
+            "%cm branch side",
+            "shown = %cm\nshown.close()",
+            "%%cm\nSecond question",
+            "second = _",
+        ],
+    )
+    assert _printed(fe, "(await second).content") == "Lyon"
+    assert _printed(fe, "(shown.attached.done(), shown.view)") == (True, None)

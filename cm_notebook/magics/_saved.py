@@ -114,6 +114,8 @@ class LaterSessionView(w.VBox):  # type: ignore[misc]
         box: Any = self  # (ipywidgets' traits are untyped)
         try:
             await wait_for(self._waits)
+            if self.comm is None:  # closed meanwhile: nothing to show, nor to follow
+                return
             self.view = SessionView(self.session)
         except Exception as exc:  # a view must never take the kernel down
             self.failure = f"not shown: {said(exc, self.session)}"
