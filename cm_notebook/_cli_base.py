@@ -6,6 +6,7 @@ See :mod:`cm_notebook.cli` for how a subcommand is added.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
@@ -39,6 +40,7 @@ __all__ = [
     "port_number",
     "positive_int",
     "when",
+    "write_whole",
     "writing_stdout",
 ]
 
@@ -165,6 +167,22 @@ def writing_stdout() -> Iterator[None]:
         raise
     except OSError as exc:
         raise CommandError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
+def write_whole(stream: Any, data: bytes) -> None:
+    """Write all of ``data`` to the binary ``stream``, or raise OSError.
+
+    A buffered stream's ``write`` may take only part of what it is given and return
+    how much, leaving the error that stopped it (a file size limit, a full disk, a
+    reader gone away) for the next write: the rest is written again until it is all
+    taken, or that error is raised.
+    """
+    view = memoryview(data)
+    while view:
+        written = stream.write(view)
+        if not written:  # None: a stream that would block; 0: one that takes nothing
+            raise OSError(errno.EIO, "the output took none of what was left to write")
+        view = view[written:]
 
 
 def port_number(text: str) -> int:

@@ -22,6 +22,7 @@ from ._cli_base import (
     decode_json,
     isatty,
     out,
+    write_whole,
     writing_stdout,
 )
 from ._export_approvals import not_allowed_note
@@ -161,7 +162,7 @@ def _write(given: str, text: str, name_in_folder: str, on_terminal: Callable[[st
             with open(target, "wb") as stream:
                 # A terminal (/dev/tty, /dev/stdout on one) shows it as stdout does.
                 shown = on_terminal(text) if stream.isatty() else text
-                stream.write(shown.encode("utf-8"))
+                write_whole(stream, shown.encode("utf-8"))  # all of it, or an error
         except BrokenPipeError:
             raise  # the reader went away: the command line says nothing of it
         except OSError as exc:  # a full device (/dev/full, a full disk behind a pipe)
@@ -234,7 +235,8 @@ def _write_stdout(text: str) -> None:
             sys.stdout.write(text)
             return
         sys.stdout.flush()
-        buffer.write(text.encode("utf-8"))
+        # All of it, or an error (a short write would leave a cut file that exits 0).
+        write_whole(buffer, text.encode("utf-8"))
         buffer.flush()
 
 
