@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import unicodedata
 import warnings
 from collections.abc import Mapping
 
-from ._cli_base import clip, command, out, positive_int, when
-from ._migration_mark import is_unfinished_migration, migration_under_way
+from ._cli_base import PROG, cli_wording, clip, command, out, positive_int, when
+from ._import_mark import import_under_way, is_unfinished_import, redo_advice
+from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
 from ._unicode import for_terminal
 from .errors import CMError
-from .export import import_under_way, is_unfinished_import
 from .model import ContextMetadata, Message
 from .prompts import effective_system
 from .render import call_result, status_label, tool_results
@@ -96,6 +97,31 @@ def _import_note(store: Store, meta: ContextMetadata) -> str:
     return " (being imported)" if import_under_way(store, meta.id) else " (import unfinished)"
 
 
+def _unfinished_warning(store: Store, meta: ContextMetadata) -> None:
+    # What `show` says of a context whose import or migration has not finished: its
+    # branches may lack messages, and what to do about it.
+    if is_unfinished_migration(meta):
+        if migration_under_way(store):
+            why = "being migrated from v1 now: its branches may still lack messages"
+        else:
+            why = (
+                "its migration from v1 never finished (the process was stopped): its "
+                f"branches may lack messages; {finish_advice(meta)} to finish it"
+            )
+    elif is_unfinished_import(meta):
+        if import_under_way(store, meta.id):
+            why = "being imported by another process now: it may still lack messages"
+        else:
+            why = (
+                "its import never finished (the process was stopped): it may lack "
+                f"messages; {redo_advice(meta.id)}"
+            )
+    else:
+        return
+    text = " ".join(cli_wording(f"{meta.id}: {why}").split())
+    print(f"{PROG}: warning: {for_terminal(text)}", file=sys.stderr)
+
+
 def _configure_show(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("context_id", metavar="ID", help="the context to show")
     parser.add_argument("--branch", "-b", help="branch to show (default: the active branch)")
@@ -149,7 +175,8 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         messages = await store.page(meta.id, branch, limit=args.limit)
     else:
         messages = await store.get_messages(meta.id, ids)
-    out(" ".join(meta.title.split()))
+    _unfinished_warning(store, meta)
+    out(" ".join(meta.title.split()) + _import_note(store, meta))
     out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
     others = [name for name in meta.branches if name != branch]
     if others:

@@ -54,10 +54,10 @@ from ._cli_base import (
     positive_int,
     writing_stdout,
 )
+from ._import_mark import import_under_way, is_unfinished_import, redo_advice
 from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
 from ._unicode import for_terminal
 from .errors import CMError, CorruptDataError, InvalidInputError
-from .export import import_under_way, is_unfinished_import
 from .ids import validate_branch_name, validate_context_id
 from .model import ContextMetadata
 from .store import FileStore
@@ -227,12 +227,8 @@ def _unfinished(store: Store, meta: ContextMetadata) -> bool:
     if import_under_way(store, meta.id):
         out(f"{meta.id}: being imported by another process now")
         return False  # not damage: another process is importing it
-    # An import with --new-id gave it an id of its own: importing the file again makes
-    # another context beside it, so removing it is the advice that always works.
     _error(
-        f"{meta.id}: its import never finished (the process was stopped): remove it "
-        f"(`{PROG} rm {meta.id} --yes`), then import the file again (an import under this "
-        "id replaces it by itself)"
+        f"{meta.id}: its import never finished (the process was stopped): {redo_advice(meta.id)}"
     )
     return True
 

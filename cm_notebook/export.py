@@ -24,7 +24,6 @@ import itertools
 import os
 from collections.abc import Collection
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -39,17 +38,25 @@ from ._export_approvals import (
     write_exported_approvals,
 )
 from ._export_markdown import markdown_of
+from ._import_mark import (
+    UNFINISHED_IMPORT,
+    check_whole_document,
+    check_whole_for_export,
+    finished_tags,
+    import_lock,
+    import_under_way,
+    is_unfinished_import,
+    remove_killed_import,
+)
 from ._model_output import redact_metadata
 from ._validation_errors import first_error
 from .errors import (
     BranchNotFoundError,
     CMError,
     ContextExistsError,
-    ContextNotFoundError,
     CorruptDataError,
     InvalidIdError,
     InvalidInputError,
-    StateError,
 )
 from .ids import check_branch_names_free, id_key, validate_context_id, validate_message_id
 from .model import Branch, ContextMetadata, Message, MessageMetadata, utcnow
@@ -59,7 +66,7 @@ from .scores import Score
 from .store.base import Store
 from .store.order import parents_first
 from .store.oserrors import translate
-from .store.oslock import LockTimeout, OSLock, lock_is_held
+from .store.oslock import LockTimeout, OSLock
 from .store.schema import check_not_newer
 
 __all__ = [
@@ -77,56 +84,6 @@ __all__ = [
     "to_json",
     "to_markdown",
 ]
-
-#: The tag a context carries while an import writes it (see :func:`import_document`).
-UNFINISHED_IMPORT = "unfinished-import"
-
-
-def _finished_tags(tags: list[str]) -> list[str]:
-    return [tag for tag in tags if tag != UNFINISHED_IMPORT]
-
-
-def is_unfinished_import(metadata: ContextMetadata) -> bool:
-    """Whether ``metadata`` is of a context whose import has not finished: killed, or
-    still under way in another process (see :func:`import_under_way`)."""
-    return UNFINISHED_IMPORT in metadata.tags
-
-
-def _import_lock(store: Store, context_id: str) -> Path | None:
-    # Held by the process importing ``context_id`` for as long as it imports; beside
-    # ``contexts/`` (a context's own folder is made, and may be removed, by the import).
-    data_dir = getattr(store, "data_dir", None)
-    return data_dir / f".import-{context_id}.lock" if isinstance(data_dir, Path) else None
-
-
-def import_under_way(store: Store, context_id: str) -> bool:
-    """Whether a live process is importing ``context_id`` now (an unfinished import
-    that is not a killed one: it must not be replaced)."""
-    path = _import_lock(store, context_id)
-    return path is not None and lock_is_held(path)
-
-
-async def remove_killed_import(store: Store, context_id: str, *, beside: str) -> bool:
-    """Remove the context ``context_id`` if it is what a killed import left, so that a
-    new import can take its place; True if it did. Any other context is left alone.
-
-    Raises StateError if another process is importing it now; ``beside`` names how the
-    caller imports a copy under a new id instead (``--new-id``, ``new_id=True``).
-    """
-    try:
-        there = await store.get_metadata(context_id)
-    except ContextNotFoundError:
-        return False
-    if not is_unfinished_import(there):
-        return False
-    if import_under_way(store, context_id):
-        raise StateError(
-            f"context {context_id!r} is being imported by another process now: wait for "
-            f"that import to end, or import this copy beside it with {beside}"
-        )
-    await store.delete_context(context_id)
-    return True
-
 
 #: The ``format`` marker of an export document; how ``import`` recognises one.
 EXPORT_FORMAT = "cm_notebook.export"
@@ -274,8 +231,13 @@ def _valid_message_id(value: object) -> bool:
 async def export_context(
     store: Store, context_id: str, *, branch: str | None = None
 ) -> ExportDocument:
-    """Read a context from ``store`` into a document: the whole tree, or one branch."""
+    """Read a context from ``store`` into a document: the whole tree, or one branch.
+
+    Raises StateError for a context whose import has not finished (see
+    :mod:`cm_notebook._import_mark`): it may lack messages.
+    """
     metadata = await store.get_metadata(context_id)
+    check_whole_for_export(store, metadata)
     if branch is None:
         index = await store.index(context_id)
         # Arrival order, which has parents first; an index rebuilt by an older version
@@ -467,8 +429,9 @@ async def import_document(
     The document's approval log is kept; the tools it allowed to run without asking
     are allowed here too only with ``allow_tools`` (whoever made the file decided them).
 
-    Raises ContextExistsError if the id is taken and SchemaVersionError if the document
-    was written by a newer cm_notebook (nothing is written then). If writing
+    Raises ContextExistsError if the id is taken, SchemaVersionError if the document
+    was written by a newer cm_notebook, and InvalidInputError if it was exported from
+    a context whose import never finished (nothing is written then). If writing
     fails half-way, the half-written context is removed again; if the process is killed
     half-way, the context keeps the tag :data:`UNFINISHED_IMPORT`, which only the last
     step takes off (``cm-notebook check`` reports it; importing again under the same id
@@ -478,6 +441,7 @@ async def import_document(
     """
     metadata = document.metadata
     _check_not_newer(metadata.schema_version)  # a document not read by parse_export
+    check_whole_document(metadata)  # an export of a part, made before that was refused
     if context_id is not None:
         # model_copy does not validate, so check the id here (InvalidIdError).
         metadata = metadata.model_copy(update={"id": validate_context_id(context_id)})
@@ -500,7 +464,7 @@ async def import_document(
         update={
             "branches": plain,
             "active_branch": placeholder or metadata.active_branch,
-            "tags": [*_finished_tags(metadata.tags), UNFINISHED_IMPORT],
+            "tags": [*finished_tags(metadata.tags), UNFINISHED_IMPORT],
         }
     )
     lock = _take_import_lock(store, cid)
@@ -515,7 +479,7 @@ async def import_document(
 
 
 def _take_import_lock(store: Store, context_id: str) -> OSLock | None:
-    path = _import_lock(store, context_id)
+    path = import_lock(store, context_id)
     if path is None:
         return None
     try:
@@ -562,9 +526,8 @@ async def _import_into(
             await store.delete_branch(cid, placeholder)
         await _import_scores(store, cid, document)
         await write_exported_approvals(store, cid, document.approvals, allow_tools=allow_tools)
-        # Done: the last step. An export of a context whose own import was cut short
-        # carries the marker; this import finished, so it goes.
-        await store.update_metadata(cid, tags=_finished_tags(metadata.tags))
+        # Done: the last step.
+        await store.update_metadata(cid, tags=finished_tags(metadata.tags))
     except BaseException:
         with anyio.CancelScope(shield=True), contextlib.suppress(CMError, OSError):
             await store.delete_context(cid)  # best effort; the original error is reported
