@@ -47,7 +47,7 @@ def data_dir_option(data_dir: str | Path) -> str:
     """``--data-dir DIR``, quoted for a POSIX shell (``--data-dir=DIR`` for a folder
     whose name starts with ``-``, which would otherwise read as an option)."""
     text = str(data_dir)
-    quoted = shlex.quote(text)
+    quoted = _quoted(text)
     return f"--data-dir={quoted}" if text.startswith("-") else f"--data-dir {quoted}"
 
 
@@ -58,7 +58,21 @@ def path_argument(path: str | Path) -> str:
     text = str(path)
     if text.startswith("-"):
         text = f"./{text}"
-    return shlex.quote(text)
+    return _quoted(text)
+
+
+#: Bytes a ``$'...'`` argument holds as they are; any other is written ``\xNN``.
+_PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("'"), ord("\\")}
+
+
+def _quoted(text: str) -> str:
+    # A name that is not text (bytes that are not UTF-8, which Python holds as lone
+    # surrogates) cannot be pasted as it is shown: it is written as the bytes it is,
+    # in the $'...' quoting of bash, zsh and ksh, which makes those bytes again.
+    if not any("\ud800" <= char <= "\udfff" for char in text):
+        return shlex.quote(text)
+    raw = os.fsencode(text)
+    return "$'" + "".join(chr(b) if b in _PLAIN_BYTES else f"\\x{b:02x}" for b in raw) + "'"
 
 
 def for_data_dir(message: str, data_dir: str | Path | None) -> str:

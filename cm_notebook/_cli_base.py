@@ -23,6 +23,8 @@ from ._cli_advice import elsewhere, for_data_dir
 from ._unicode import for_terminal
 from .render import one_line
 from .store.base import Store
+from .store.diagnostics import StoreWarning
+from .store.paths import contexts_root
 
 __all__ = [
     "COMMANDS",
@@ -36,6 +38,7 @@ __all__ = [
     "command",
     "decode_json",
     "isatty",
+    "of_a_listed_context",
     "out",
     "port_number",
     "positive_int",
@@ -183,6 +186,19 @@ def write_whole(stream: Any, data: bytes) -> None:
         if not written:  # None: a stream that would block; 0: one that takes nothing
             raise OSError(errno.EIO, "the output took none of what was left to write")
         view = view[written:]
+
+
+def of_a_listed_context(message: Warning | str, data_dir: Path, ids: list[str]) -> bool:
+    """Whether a warning given while listing is about a context that was listed (not
+    one skipped as unreadable): its path is in that context's folder."""
+    path = getattr(message, "path", None)
+    if not isinstance(message, StoreWarning) or path is None:
+        return False
+    try:
+        parts = Path(path).relative_to(contexts_root(data_dir)).parts
+    except ValueError:
+        return False
+    return bool(parts) and parts[0] in ids
 
 
 def port_number(text: str) -> int:

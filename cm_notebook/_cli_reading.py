@@ -8,8 +8,18 @@ import sys
 import unicodedata
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
-from ._cli_base import PROG, cli_wording, clip, command, out, positive_int, when
+from ._cli_base import (
+    PROG,
+    cli_wording,
+    clip,
+    command,
+    of_a_listed_context,
+    out,
+    positive_int,
+    when,
+)
 from ._import_mark import import_under_way, is_unfinished_import, redo_advice
 from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
 from ._unicode import for_terminal
@@ -28,10 +38,20 @@ __all__: list[str] = []  # subcommands, registered with cm_notebook.cli's regist
 
 @command("ls", "List contexts: id, title, messages, branches, last update.")
 async def _ls(args: argparse.Namespace, store: Store) -> int:
-    contexts = await store.list_contexts()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        contexts = await store.list_contexts()
+    where = getattr(store, "data_dir", "the data directory")
+    ids = [meta.id for meta in contexts]
+    skipped = 0
+    for warning in caught:  # shown as they would have been, and the skips counted
+        warnings.showwarning(warning.message, warning.category, warning.filename, 0)
+        skipped += not of_a_listed_context(warning.message, Path(str(where)), ids)
     if not contexts:
-        where = getattr(store, "data_dir", "the data directory")
-        out(f"No contexts in {where}.")
+        if skipped:
+            out(f"No readable contexts in {where}: {skipped} skipped (see the warnings).")
+        else:
+            out(f"No contexts in {where}.")
         return 0
     rows = [("ID", "TITLE", "MESSAGES", "BRANCHES", "UPDATED")]
     for meta in contexts:

@@ -12,8 +12,10 @@ import unicodedata
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+from ._cli_advice import path_argument
 from ._cli_base import (
     PROG,
     CommandError,
@@ -30,6 +32,7 @@ from ._input_files import read_input_file
 from ._unicode import for_terminal, json_for_terminal
 from .errors import (
     ContextExistsError,
+    InvalidIdError,
     InvalidInputError,
     MigrationError,
     SchemaVersionError,
@@ -47,7 +50,7 @@ from .export import (
     to_json,
     to_markdown,
 )
-from .ids import new_id
+from .ids import new_id, validate_context_id
 from .migrate import (
     EXPECTED_SHAPES,
     V1Source,
@@ -292,6 +295,7 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
     raw, info = read_input_file(args.file, remedy=_GIVE_A_FILE, pipes=True)
     data = decode_json(raw, args.file)
     if is_export(data):
+        _check_exported_id(data, args)
         try:
             return await _import_export(args, store, parse_export(data))
         except (InvalidInputError, SchemaVersionError) as exc:
@@ -307,6 +311,25 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
         ) from None
     # The data already read is migrated (and backed up): a pipe has no more to give.
     return await _import_v1(args, store, source, raw)
+
+
+def _check_exported_id(data: dict[str, Any], args: argparse.Namespace) -> None:
+    # An id no store takes ('../x'): not a context to list, but a file to import under
+    # an id of its own, which --new-id gives it (the file's id is then never used).
+    metadata = data.get("metadata")
+    if not isinstance(metadata, dict) or "id" not in metadata:
+        return  # parse_export says what is missing
+    try:
+        validate_context_id(metadata["id"])
+    except InvalidIdError as exc:
+        if args.new_id:
+            metadata["id"] = new_id("c")  # a stand-in: the import gives it its own
+            return
+        reason = str(exc).split(". List existing")[0]
+        raise CommandError(
+            f"{args.file}: its context id cannot be used here ({reason}): import it under "
+            f"a new id with `{PROG} import --new-id {path_argument(args.file)}`"
+        ) from None
 
 
 def _made_no_later_than(info: os.stat_result) -> datetime:

@@ -31,6 +31,7 @@ import contextlib
 import io
 import os
 import re
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -49,6 +50,7 @@ from ._cli_base import (
     cli_wording,
     command,
     isatty,
+    of_a_listed_context,
     out,
     port_number,
     positive_int,
@@ -97,6 +99,9 @@ def _configure_rm(parser: argparse.ArgumentParser) -> None:
 )
 async def _rm(args: argparse.Namespace, store: Store) -> int:
     context_id, damage = args.context_id, ""
+    file_store = store if isinstance(store, FileStore) else None
+    if file_store is not None and _removed_empty_folder(file_store, context_id):
+        return 0
     try:
         meta: ContextMetadata | None = await store.get_metadata(context_id)
     except CorruptDataError as exc:
@@ -104,7 +109,6 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
         # delete it whatever state its files are in. Unknown ids still fail here,
         # before any prompt.
         meta, damage = None, str(exc)
-    file_store = store if isinstance(store, FileStore) else None
     if file_store is not None and not args.force:
         # Before any prompt: no question whose yes is then refused. The deletion looks
         # again, under the context's lock.
@@ -145,6 +149,19 @@ async def _rm(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _removed_empty_folder(store: FileStore, context_id: str) -> bool:
+    """Remove ``contexts/<context_id>`` if it is an empty folder (which `ls` warns of
+    as no readable context, on every run); True if it did. Nothing is lost, so nothing
+    is asked; a folder with anything in it is left alone (rmdir refuses it)."""
+    folder = contexts_root(store.data_dir) / context_id
+    try:
+        os.rmdir(folder)
+    except OSError:
+        return False
+    out(f"deleted {context_id} (an empty folder, not a context)")
+    return True
+
+
 # -- check ----------------------------------------------------------------------------
 
 
@@ -179,7 +196,7 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
             warnings.simplefilter("always", StoreWarning)
             ids = [meta.id for meta in await store.list_contexts()]
         for warning in caught:
-            if _of_a_listed_context(warning.message, store.data_dir, ids):
+            if of_a_listed_context(warning.message, store.data_dir, ids):
                 # A repair made while reading it (an index rebuilt): a notice, as
                 # `check ID` shows it; its check below says whether anything is left.
                 _show_warning(warning.message, warning.category, warning.filename, 0)
@@ -212,19 +229,6 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
             bar.update()
     # 1 while anything is left to fix (unreadable files stay for the user to handle).
     return 1 if troubled else 0
-
-
-def _of_a_listed_context(message: Warning | str, data_dir: Path, ids: list[str]) -> bool:
-    """Whether a warning given while listing is about a context that was listed (not
-    one skipped as unreadable): its path is in that context's folder."""
-    path = getattr(message, "path", None)
-    if not isinstance(message, StoreWarning) or path is None:
-        return False
-    try:
-        parts = Path(path).relative_to(contexts_root(data_dir)).parts
-    except ValueError:
-        return False
-    return bool(parts) and parts[0] in ids
 
 
 def _unfinished(store: Store, meta: ContextMetadata) -> bool:
@@ -375,10 +379,25 @@ def _check_arguments(args: argparse.Namespace) -> None:
 async def _run(cmd: Command, args: argparse.Namespace) -> int:
     _check_arguments(args)
     store = FileStore(args.data_dir)
+    _check_data_dir(store.data_dir)
     try:
         return await cmd.run(args, store)
     finally:
         await store.close()
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    # Something other than a folder there: said as that, not as each command's own
+    # failure inside it (`show` said it had no such context).
+    try:
+        mode = os.stat(data_dir).st_mode
+    except OSError:
+        return  # none yet (made by the first write), or the command's own error says why
+    if not stat.S_ISDIR(mode):
+        raise CommandError(
+            f"the data directory {data_dir} is not a folder: give a folder with --data-dir "
+            "(or $CM_NOTEBOOK_DATA_DIR), or move that file away"
+        )
 
 
 def _error(message: object) -> None:

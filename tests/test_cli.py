@@ -382,7 +382,7 @@ def test_console_script_shows_store_warnings_as_one_line(data_dir: Path) -> None
     (broken / "metadata.json").write_text("{not json", encoding="utf-8")
     done = cli(data_dir, "ls")
     assert done.returncode == 0
-    assert done.stdout == f"No contexts in {data_dir}.\n"
+    assert done.stdout == f"No readable contexts in {data_dir}: 1 skipped (see the warnings).\n"
     # Each warning is one line of its own, without a source location or traceback.
     lines = done.stderr.strip().splitlines()
     assert lines

@@ -180,10 +180,17 @@ def test_an_import_into_a_data_dir_that_is_a_file_says_so_as_ls_does(
     data_dir = a_file / "data" if inside else a_file
     done = cli(data_dir, "import", str(exported))
     assert done.returncode == 1
-    assert done.stderr.decode() == (
-        f"cm-notebook: error: could not use {data_dir}: Not a directory. Check that its "
-        "folder exists and can be reached, and that the disk works.\n"
-    )
+    if inside:
+        assert done.stderr.decode() == (
+            f"cm-notebook: error: could not use {data_dir}: Not a directory. Check that its "
+            "folder exists and can be reached, and that the disk works.\n"
+        )
+    else:
+        assert done.stderr.decode() == (
+            f"cm-notebook: error: the data directory {data_dir} is not a folder: give a "
+            "folder with --data-dir (or $CM_NOTEBOOK_DATA_DIR), or move that file away\n"
+        )
+        assert cli(data_dir, "ls").stderr == done.stderr  # as ls says it
     assert a_file.read_text() == "not a folder"
 
 
