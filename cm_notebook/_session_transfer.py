@@ -59,7 +59,8 @@ class TransferMethods(SessionReading):
         ``cm-notebook import``) makes the same context again.
 
         ``.to_json()`` gives the file's text, ``.to_markdown()`` a transcript to read.
-        A reply being written is exported as far as it has been stored.
+        A reply being written is exported as far as it has been stored. A context whose
+        import never finished is not exported (StateError): it may lack messages.
         """
         if branch is not None:
             branch = validate_branch_name(branch)

@@ -48,14 +48,15 @@ def _command(data_dir: Path, *argv: str) -> list[str]:
     return [sys.executable, "-m", "cm_notebook", "--data-dir", str(data_dir), *argv]
 
 
-def test_an_export_to_stdout_past_a_file_size_limit_fails_and_says_so(
-    data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("command", ["export", "show"])
+def test_output_to_stdout_past_a_file_size_limit_fails_and_says_so(
+    command: str, data_dir: Path, tmp_path: Path
 ) -> None:
     cid = _big_context(data_dir)
     target = tmp_path / "out.json"
     with open(target, "wb") as stdout:
         done = subprocess.run(
-            _command(data_dir, "export", cid),
+            _command(data_dir, command, cid),
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
