@@ -102,7 +102,9 @@ def test_a_finished_migration_leaves_no_mark(source: Path, data_dir: Path) -> No
 def test_opening_an_unfinished_migration_warns(source: Path, data_dir: Path) -> None:
     killed_migration(source, data_dir, messages_written=2)
     with (
-        pytest.warns(UnfinishedMigrationWarning, match=r"cm-notebook migrate .*contexts\.json"),
+        pytest.warns(
+            UnfinishedMigrationWarning, match=r"cm-notebook --data-dir .* migrate .*contexts\.json"
+        ),
         ContextSession.open("ctx-branches", data_dir=data_dir) as session,
     ):
         assert session.history() == []  # the branch is still empty: hence the warning
