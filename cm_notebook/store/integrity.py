@@ -149,22 +149,8 @@ class IntegrityReport:
             f"messages/: point it at another message (FileStore.set_branch_head)"
             for name, head in self.dangling
         ]
-        lines += [
-            f"  branch {name!r} points at message {head!r}, whose conversation goes back to "
-            f"{cause}: restore that message, or point the branch at another message "
-            "(FileStore.set_branch_head)"
-            for name, head, cause in self.unwalkable
-        ]
-        lines += [
-            f"  left out of the index: messages/{name}: its conversation goes back to {cause}"
-            for name, cause in self.detached
-        ]
-        if self.detached:
-            lines.append(
-                "  (no conversation leads to these files, so nothing shows them; they are "
-                "kept: restore the messages they go back to from a backup, or fix their "
-                "parent_id, then run with --repair)"
-            )
+        lines += _unwalkable_lines(self.unwalkable)
+        lines += _detached_lines(self.detached)
         if self.missing or self.unreadable or self.stale:
             lines.append("  restore or fix the files named above (a backup, by hand)")
         if self.unindexed and not self.repaired:
@@ -185,6 +171,65 @@ class IntegrityReport:
         elif self.ok:
             lines.append("  ok")
         return "\n".join(lines)
+
+
+#: How many branches or files one cause is listed with before the rest are counted.
+SHOWN = 5
+
+
+def _unwalkable_lines(unwalkable: tuple[tuple[str, str, str], ...]) -> list[str]:
+    # One line per branch while few go back to the same message; then one for them all
+    # (200 branches after one damaged message are one problem).
+    lines = []
+    for cause, group in _by_cause([(name, cause, head) for name, head, cause in unwalkable]):
+        if len(group) <= SHOWN:
+            lines += [
+                f"  branch {name!r} points at message {head!r}, whose conversation goes back "
+                f"to {cause}: restore that message, or point the branch at another message "
+                "(FileStore.set_branch_head)"
+                for name, head in group
+            ]
+            continue
+        names = ", ".join(repr(name) for name, _head in group[:SHOWN])
+        lines.append(
+            f"  {len(group)} branches ({names} and {len(group) - SHOWN} more) point at "
+            f"messages whose conversation goes back to {cause}: restore that message, or "
+            "point the branches at other messages (FileStore.set_branch_head)"
+        )
+    return lines
+
+
+def _detached_lines(detached: tuple[tuple[str, str], ...]) -> list[str]:
+    # Named one a line while few go back to the same message, else counted.
+    lines = []
+    for cause, group in _by_cause([(name, cause, "") for name, cause in detached]):
+        if len(group) <= SHOWN:
+            lines += [
+                f"  left out of the index: messages/{name}: its conversation goes back to {cause}"
+                for name, _ in group
+            ]
+            continue
+        named = ", ".join(f"messages/{name}" for name, _ in group[:SHOWN])
+        lines.append(
+            f"  left out of the index: {len(group)} message file(s) whose conversation goes "
+            f"back to {cause}: {named} and {len(group) - SHOWN} more (from Python, "
+            "FileStore.check's report lists them all: its detached)"
+        )
+    if detached:
+        lines.append(
+            "  (no conversation leads to these files, so nothing shows them; they are "
+            "kept: restore the messages they go back to from a backup, or fix their "
+            "parent_id, then run with --repair)"
+        )
+    return lines
+
+
+def _by_cause(items: list[tuple[str, str, str]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    # (name, cause, detail) grouped by cause, in the order causes first appear.
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, cause, detail in items:
+        groups.setdefault(cause, []).append((name, detail))
+    return list(groups.items())
 
 
 class IntegrityChecks:
@@ -245,9 +290,11 @@ def check_context(
     as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
     report, hidden = _inspect(state, metadata)
     restorable = _restorable(report)
-    if restorable:
-        # Those whose text the journal holds (the locks are held: not state.restore()).
-        repair_files(state.index, state.fsync, flush=False, only=restorable, compare=True)
+    # Those whose text the journal holds (the locks are held: not state.restore()),
+    # looked at again only if some came back (each look reads every file).
+    if restorable and repair_files(
+        state.index, state.fsync, flush=False, only=restorable, compare=True
+    ):
         report, hidden = _inspect(state, metadata)
     if not repair:
         return report

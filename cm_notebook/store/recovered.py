@@ -137,30 +137,46 @@ def head_the_index_lost(
     again, see the module docstring): rebuilding could not bring either back, and
     would be tried again on every read.
     """
+    # What one walk learned serves the next: branches share most of their path, and
+    # each file is read at most once however many branches go through it.
+    verdicts: dict[str, bool] = {}
     for branch in metadata.branches.values():
         if (
             branch.head is not None
             and branch.head not in entries
-            and _leads_to_a_first(ctx_dir, entries, branch.head)
+            and _leads_to_a_first(ctx_dir, entries, branch.head, verdicts)
         ):
             return branch
     return None
 
 
-def _leads_to_a_first(ctx_dir: Path, entries: Mapping[str, IndexEntry], head: str) -> bool:
+def _leads_to_a_first(
+    ctx_dir: Path, entries: Mapping[str, IndexEntry], head: str, verdicts: dict[str, bool]
+) -> bool:
     # Up from ``head`` through the files the index lacks (a few: what lost lines listed)
     # to a first message or an entry; False at a file gone or unreadable, or a loop.
+    # ``verdicts``: what earlier walks found for the ids they went through (updated).
     at: str | None = head
+    path: list[str] = []
     seen: set[str] = set()
+    verdict = True
     while at is not None and at not in entries:
+        known = verdicts.get(at)
+        if known is not None:
+            verdict = known
+            break
         if at in seen:
-            return False
+            verdict = False
+            break
         seen.add(at)
+        path.append(at)
         try:
             at = read_message_file(message_path(ctx_dir, at), at).parent_id
         except CorruptDataError:
-            return False
-    return True
+            verdict = False
+            break
+    verdicts.update(dict.fromkeys(path, verdict))
+    return verdict
 
 
 def listed_entries(snapshot_path: Path) -> dict[str, IndexEntry] | None:
