@@ -29,6 +29,7 @@ __all__ = [
     "OUT_OF_RESOURCES",
     "describe_kind",
     "linked",
+    "looped",
     "not_a_file",
     "open_regular",
     "translate",
@@ -60,6 +61,51 @@ def linked(
         f"{path} is a symbolic link; the store does not follow links out of a context "
         f"folder. {remedy}",
         path,
+    )
+
+
+def looped(path: Path) -> CorruptDataError:
+    """The error for ``ELOOP`` at ``path``: :func:`linked` if ``path`` itself is a symbolic
+    link (an open that does not follow links refuses it so), else one naming the link on
+    the way to it that goes round a loop of links (each component is looked at without
+    following it), or saying that the path goes through such a loop if none is found."""
+    at = Path()
+    for part in path.parts:
+        at = at / part
+        try:
+            mode = os.lstat(at).st_mode
+        except OSError:
+            break  # gone or unreachable: no link of its own to name
+        if not stat.S_ISLNK(mode):
+            continue
+        try:
+            os.stat(at)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return _loop(at, path)
+            break
+        if at == path:
+            return linked(path)
+    return CorruptDataError(
+        f"{path} cannot be reached: its path goes through a loop of symbolic links (too "
+        "many levels of symbolic links). Point the links on its path at the folders they "
+        "are meant to reach.",
+        path,
+    )
+
+
+def _loop(link: Path, path: Path) -> CorruptDataError:
+    # ``link`` leads back to itself through links: nothing below it can be reached.
+    try:
+        target = f" (it points to {os.readlink(link)})"
+    except OSError:
+        target = ""
+    beyond = "" if link == path else f", so {path} cannot be reached"
+    return CorruptDataError(
+        f"{link} is a symbolic link that leads round a loop of symbolic links"
+        f"{target}{beyond}. Point it at the file or folder it is meant to reach, or "
+        "replace it with that file or folder.",
+        link,
     )
 
 
@@ -107,7 +153,7 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
             code,
         )
     if code == errno.ELOOP:
-        return linked(where)
+        return looped(where)
     if code in _NOT_A_FILE:
         try:
             mode = os.lstat(where).st_mode
@@ -162,7 +208,9 @@ def open_regular(path: Path | str, *, check_folder: bool = True) -> int:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(path):
+        if exc.errno == errno.ELOOP:
+            raise looped(Path(path)) from exc
+        if os.path.islink(path):
             raise linked(Path(path)) from exc
         raise translate(exc, path, "read") from exc
     try:
