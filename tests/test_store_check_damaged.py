@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 from store_helpers import chain
 
+from cm_notebook.cli import main
 from cm_notebook.model import Branch, ContextMetadata
 from cm_notebook.store import FileStore, StoreWarning
 
@@ -90,3 +92,97 @@ async def test_check_reads_each_file_a_few_times_whatever_the_branches(data_dir:
     assert len(text.splitlines()) < 20, text
     assert f"{n - middle - 1} message file(s)" in text
     assert ids[middle] in text
+
+
+def cli(data_dir: Path, *args: str) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)  # the command shows them, one line
+        return main(["--data-dir", str(data_dir), *args])
+
+
+async def conversation(data_dir: Path) -> tuple[list[str], str]:
+    """Six messages on ``main`` and a reply on ``alt`` to the third, compacted (the
+    journal holds no copy to restore a file from); returns the ids and alt's reply."""
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        ids = await chain(store, "c1", 6)
+        await store.create_branch("c1", "alt", head=ids[2])
+        (reply,) = await chain(store, "c1", 1, branch="alt")
+        await store.compact("c1")
+    return ids, reply
+
+
+async def test_a_repair_brings_back_what_follows_an_unreadable_first_message(
+    data_dir: Path,
+) -> None:
+    ids, reply = await conversation(data_dir)
+    folder = data_dir / "contexts" / "c1"
+    first = folder / "messages" / f"{ids[0]}.json"
+    first.write_bytes(b"")  # emptied: nothing of it can be read
+    # An index to rebuild, as a journal lost with it leaves: every later file is cut off.
+    (folder / "message_index.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        async with FileStore(data_dir) as store:
+            before = await store.check("c1")
+            assert before.indexed == 0
+            assert len(before.detached) == 6
+            assert "--repair: it keeps that file aside" in str(before)
+            report = await store.check("c1", repair=True)
+            assert report.ok, str(report)
+            assert [name for name, _ in report.stood_in] == [first.name]
+            assert "damaged/" in str(report)
+            # Every branch reads again, from the stand-in on; nothing else was needed.
+            main_path = await store.path("c1")
+            alt_path = await store.path("c1", branch="alt")
+            stand_in = await store.get_message("c1", ids[0])
+            meta = await store.get_metadata("c1")
+    assert main_path == ids
+    assert alt_path == [*ids[:3], reply]
+    assert sorted(meta.branches) == ["alt", "main"]
+    assert stand_in.parent_id is None
+    assert stand_in.role == "user"
+    assert "could not be read" in stand_in.content
+    kept = folder / "damaged" / first.name
+    assert kept.read_bytes() == b""  # kept aside as it was, never deleted
+    assert f"damaged/{first.name}" in stand_in.content
+    assert stand_in.metadata.model_dump().get("unreadable_file") == f"damaged/{first.name}"
+    assert await anyio.to_thread.run_sync(cli, data_dir, "check") == 0
+    whole = str(data_dir / "whole.json")
+    assert await anyio.to_thread.run_sync(cli, data_dir, "export", "c1", "-o", whole) == 0
+
+
+async def test_a_stand_in_keeps_the_parent_and_role_still_readable_in_the_damage(
+    data_dir: Path,
+) -> None:
+    ids, _reply = await conversation(data_dir)
+    folder = data_dir / "contexts" / "c1"
+    third = folder / "messages" / f"{ids[3]}.json"  # an assistant reply in the middle
+    whole = third.read_bytes()
+    cut = whole[: whole.index(b'"content"')]  # cut short after its parent and role
+    third.write_bytes(cut)
+    (folder / "message_index.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        async with FileStore(data_dir) as store:
+            report = await store.check("c1", repair=True)
+            assert report.ok, str(report)
+            stand_in = await store.get_message("c1", ids[3])
+            main_path = await store.path("c1")
+            meta = await store.get_metadata("c1")
+    assert (stand_in.parent_id, stand_in.role) == (ids[2], "assistant")
+    assert main_path == ids  # one conversation, whole: no branch had to be made
+    assert sorted(meta.branches) == ["alt", "main"]
+    assert (folder / "damaged" / third.name).read_bytes() == cut
+
+
+async def test_an_unreadable_last_message_gets_no_stand_in(data_dir: Path) -> None:
+    ids, _reply = await conversation(data_dir)
+    folder = data_dir / "contexts" / "c1"
+    last = folder / "messages" / f"{ids[-1]}.json"
+    last.write_bytes(b"{not json")
+    async with FileStore(data_dir) as store:
+        report = await store.check("c1", repair=True)
+    assert report.stood_in == ()
+    assert last.read_bytes() == b"{not json"
+    assert not (folder / "damaged").exists()

@@ -31,7 +31,9 @@ every other disagreement between the index and the files:
   :func:`.order.unrooted`). They are only named: the index leaves them out (a rebuild
   does too), which is what lets everything else read, so they do not make the check
   fail. Once the messages they go back to are restored, they are ``unindexed``, and a
-  repair brings them in. An index that lists such a message disagrees with the files
+  repair brings them in. A repair does that itself where what they go back to is an
+  unreadable file: it keeps the file aside and puts a marked stand-in in its place
+  (see :mod:`.stand_ins`). An index that lists such a message disagrees with the files
   (``mislinked``), and a repair leaves it out.
 
 A missing or unreadable file whose text the journal still holds is rewritten from it
@@ -69,6 +71,7 @@ from .paths import MESSAGES_DIR
 from .recovered import branch_hidden_ends
 from .relink import relink_files
 from .repair import repair_files
+from .stand_ins import stand_in_unreadable
 
 __all__ = ["IntegrityChecks", "IntegrityReport", "check_context"]
 
@@ -108,6 +111,8 @@ class IntegrityReport:
     damaged_links: tuple[tuple[str, str], ...] = ()
     relinked: tuple[tuple[str, str], ...] = ()  # (file name, what was done to it)
     rebuilt: bool = False
+    # (file name, what was done): unreadable files replaced by a stand-in (see .stand_ins)
+    stood_in: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -130,6 +135,7 @@ class IntegrityReport:
             return f"{self.context_id}: {self.indexed} message(s), ok"
         lines = [f"{self.context_id}: {self.indexed} message(s) indexed"]
         lines += [f"  repaired: messages/{name} {how}" for name, how in self.relinked]
+        lines += [f"  repaired: messages/{name} {how}" for name, how in self.stood_in]
         if self.rebuilt:
             lines.append(
                 f"  repaired: {len(self.brought_back)} message(s) brought back into the index"
@@ -218,7 +224,9 @@ def _detached_lines(detached: tuple[tuple[str, str], ...]) -> list[str]:
     if detached:
         lines.append(
             "  (no conversation leads to these files, so nothing shows them; they are "
-            "kept: restore the messages they go back to from a backup, or fix their "
+            "kept. Where the message they go back to is an unreadable file, run with "
+            "--repair: it keeps that file aside, puts a marked stand-in in its place and "
+            "brings them back. Where it is gone, restore it from a backup, or fix their "
             "parent_id, then run with --repair)"
         )
     return lines
@@ -288,26 +296,31 @@ def check_context(
 ) -> IntegrityReport:
     """Compare the index of a context with its ``messages/`` folder (write locks held,
     as :meth:`ContextState.locked` gives them); with ``repair``, rebuild (see module)."""
-    report, hidden = _inspect(state, metadata)
+    report, hidden, cut_off = _inspect(state, metadata)
     restorable = _restorable(report)
     # Those whose text the journal holds (the locks are held: not state.restore()),
     # looked at again only if some came back (each look reads every file).
     if restorable and repair_files(
         state.index, state.fsync, flush=False, only=restorable, compare=True
     ):
-        report, hidden = _inspect(state, metadata)
+        report, hidden, cut_off = _inspect(state, metadata)
     if not repair:
         return report
     # Before anything reads the files' links (a rebuild): the index's are kept there.
     relinked = relink_files(
         state, metadata, [name[: -len(".json")] for name, _ in report.damaged_links]
     )
+    stood_in = _stand_in_cut_off(state, report, cut_off)
+    if stood_in:  # the files after them lead back to a first message again
+        report, hidden, cut_off = _inspect(state, metadata)
     if not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a
         # rebuild keeps in the tree (see .recovered).
-        if not relinked:
+        if not (relinked or stood_in):
             return report
-        return replace(_inspect(state, metadata)[0], repaired=True, relinked=relinked)
+        return replace(
+            _inspect(state, metadata)[0], repaired=True, relinked=relinked, stood_in=stood_in
+        )
     # The branches first, then the index: killed in between, the next open finds heads
     # the index does not list and rebuilds it itself (ContextState._check_heads). The
     # other way round, the messages would be back in the index on no branch, and a new
@@ -321,10 +334,29 @@ def check_context(
         _inspect(state, metadata)[0],
         repaired=True,
         relinked=relinked,
+        stood_in=stood_in,
         rebuilt=True,
         brought_back=tuple(mid for mid in report.unindexed if mid in state.index.entries),
         recovered_branches=branches,
     )
+
+
+def _stand_in_cut_off(
+    state: ContextState, report: IntegrityReport, cut_off: dict[str, Message]
+) -> tuple[tuple[str, str], ...]:
+    # A stand-in for each unreadable file that files no conversation leads to go back
+    # to, the damaged file kept aside (see .stand_ins); none while files are missing
+    # (they are to come back first, and may be what the others go back to).
+    if report.missing or not report.unreadable or not cut_off:
+        return ()
+    entries = state.index.materialize()
+    unreadable = {name.removesuffix(".json") for name, _ in report.unreadable} - entries.keys()
+    children: dict[str, list[Message]] = {}
+    for message in cut_off.values():
+        if message.parent_id in unreadable:
+            children.setdefault(message.parent_id, []).append(message)
+    known = set(entries) | set(cut_off) | set(report.unindexed)
+    return stand_in_unreadable(state, unreadable, children, known)
 
 
 def _restorable(report: IntegrityReport) -> list[str]:
@@ -335,9 +367,9 @@ def _restorable(report: IntegrityReport) -> list[str]:
 
 def _inspect(
     state: ContextState, metadata: ContextMetadata
-) -> tuple[IntegrityReport, dict[str, Message]]:
-    # The report, and the hidden messages as read (a repair branches them without
-    # reading their files again).
+) -> tuple[IntegrityReport, dict[str, Message], dict[str, Message]]:
+    # The report, the hidden messages as read (a repair branches them without reading
+    # their files again), and the readable files no conversation leads to.
     entries = state.index.materialize()
     # The entries whose link a file may correct; every other one is committed truth.
     broken_in_index = index_broken(entries)
@@ -388,6 +420,7 @@ def _inspect(
     # read of the whole tree and of their branches (see .order.unrooted).
     broken = unrooted(links)
     detached = [(f"{mid}.json", broken[mid]) for mid in sorted(hidden) if mid in broken]
+    cut_off = {mid: message for mid, message in hidden.items() if mid in broken}
     hidden = {mid: message for mid, message in hidden.items() if mid not in broken}
     mislinked_names = {name for name, _how in mislinked}
     mislinked += [
@@ -416,4 +449,4 @@ def _inspect(
         ),
         detached=tuple(detached),
     )
-    return report, hidden
+    return report, hidden, cut_off

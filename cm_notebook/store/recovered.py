@@ -20,7 +20,10 @@ or parent links go round in a loop: see :func:`.order.unrooted`) is left out of 
 rebuilt index, with a warning, and gets no branch: listed, it would make every read
 of the whole tree (an export) and of its branch fail. Its file stays; ``cm-notebook
 check`` names it, and once the messages it goes back to are restored, a repair
-brings it in.
+brings it in. Where what it goes back to is a message file that is there but cannot
+be read, ``check --repair`` keeps that file aside and puts a marked stand-in in its
+place first (see :mod:`.stand_ins`), so one damaged file does not take the rest of
+its conversation with it.
 
 The branches a repair makes are named so that none looks like a branch already there
 (``recovered-2`` beside a user's ``Recovered``: see :func:`cm_notebook.ids.branch_name_key`),
@@ -264,9 +267,10 @@ def _warn_left_out(broken: Mapping[str, str], folder: Path) -> None:
         for_contexts_in(
             f"left {len(broken)} message file(s) out of the rebuilt index, as no "
             f"conversation leads to them: {named}{more}. The files are kept (`cm-notebook "
-            f"check {ctx_dir.name}` lists them): restore the messages they go back to from "
-            "a backup, or fix their parent_id, then run `cm-notebook check --repair "
-            f"{ctx_dir.name}`.",
+            f"check {ctx_dir.name}` lists them). `cm-notebook check --repair "
+            f"{ctx_dir.name}` brings them back where what they go back to is an unreadable "
+            "file (kept aside, a marked stand-in put in its place); a message that is gone "
+            "is to be restored from a backup first, or their parent_id fixed.",
             data_dir_of(ctx_dir),
         ),
         folder,

@@ -1,0 +1,175 @@
+"""A marked stand-in for a message whose file cannot be read, so that the messages
+after it are not lost with it.
+
+Every message names its parent, and an index rebuilt from the files puts a message in
+only if its conversation leads back to a first message (see :func:`.order.unrooted`).
+When a message file is damaged beyond reading (emptied, cut short, overwritten) and no
+journal line or old index entry tells what it was, every message after it would stay
+out of the index: intact, yet on no branch, and every branch through it unreadable.
+
+``check --repair`` (:func:`stand_in_unreadable`) does not let one file take the rest:
+
+* the damaged file is moved, never deleted, to ``damaged/<id>.json`` in the context
+  folder (``<id>-2.json``, ... if that is taken), byte for byte as it was;
+* a stand-in message is written in its place, with the same id, so the messages after
+  it lead back through it again. It says, in its text, that the message could not be
+  read and where the damaged file is kept, and its metadata names that file
+  (``unreadable_file``). Its parent and role are what can still be read from the
+  damaged bytes (``"parent_id": ...``, ``"role": ...`` before the damage), else: no
+  parent (the conversation starts again at the stand-in; the messages before it stay
+  where they were, and the repair gives their end a branch if none shows it), and
+  the role its replies suggest (``user`` before an ``assistant`` reply, ...).
+
+Then the repair rebuilds the index from the files as for any message it had lost:
+the branches that went through the damaged message read again. Only damaged files
+that other messages go back to get a stand-in; one at the end of a conversation is
+only reported (reads skip it), as nothing is lost with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, cast, get_args
+
+from pydantic import ValidationError
+
+from ..errors import InvalidIdError, StoreError
+from ..ids import validate_message_id
+from ..model import Message, Role
+from .atomic import atomic_write, fsync_dir, mkdir_durable
+from .codec import encode_message, read_regular
+from .diagnostics import warn
+from .oserrors import translate
+from .paths import MESSAGES_DIR
+
+if TYPE_CHECKING:
+    from .context import ContextState
+
+__all__ = ["DAMAGED_DIR", "stand_in_unreadable"]
+
+#: The folder of a context where damaged message files are kept (see the module).
+DAMAGED_DIR = "damaged"
+
+_PARENT = re.compile(rb'"parent_id"\s*:\s*(?:null|"([^"\\]{1,200})")')
+_ROLE = re.compile(rb'"role"\s*:\s*"([a-z]{1,20})"')
+_CREATED = re.compile(rb'"created_at"\s*:\s*"([^"\\]{1,64})"')
+_ROLES: tuple[str, ...] = get_args(Role)
+# The role a message most likely had, by the role of a reply to it.
+_BEFORE = {"assistant": "user", "tool": "assistant", "user": "assistant", "system": "user"}
+
+
+def stand_in_unreadable(
+    state: ContextState,
+    unreadable: Iterable[str],
+    children: Mapping[str, list[Message]],
+    known: set[str],
+) -> tuple[tuple[str, str], ...]:
+    """Put a stand-in in place of each ``unreadable`` message (ids) that ``children``
+    (replies by parent id, as their files tell) go back to, keeping the damaged file
+    aside (see the module; write locks held). ``known``: the ids of messages the index
+    lists or whose file reads (a parent read from damaged bytes is taken only if it is
+    one of these). Returns (file name, what was done) for each."""
+    done = []
+    for message_id in sorted(unreadable):
+        replies = children.get(message_id)
+        if not replies:
+            continue  # nothing goes back to it: reads skip it, as before
+        try:
+            validate_message_id(message_id)
+        except InvalidIdError:
+            continue  # not a message's file name: no message goes back to it
+        done.append(_stand_in(state, message_id, replies, known))
+    return tuple(done)
+
+
+def _stand_in(
+    state: ContextState, message_id: str, replies: list[Message], known: set[str]
+) -> tuple[str, str]:
+    name = f"{message_id}.json"
+    file = state.dir / MESSAGES_DIR / name
+    try:
+        damaged = read_regular(file)
+    except (OSError, StoreError):
+        damaged = b""  # a folder or a link in its place: nothing to read it from
+    kept = _keep_aside(state, file, message_id)
+    where = f"{DAMAGED_DIR}/{kept.name}"
+    stand_in = Message(
+        id=message_id,
+        parent_id=_parent(damaged, message_id, known),
+        role=_role(damaged, replies),
+        content=(
+            f"[This message could not be read: its file was damaged. The damaged file is "
+            f"kept as {where} in the context's folder; restore the message from a backup "
+            "if you have one. The messages after it are intact.]"
+        ),
+        created_at=_created(damaged, replies),
+        metadata={"unreadable_file": where},
+    )
+    atomic_write(file, encode_message(stand_in), fsync=state.fsync, temp_dir=state.dir)
+    how = (
+        f"could not be read: a stand-in that says so took its place, so that the "
+        f"{len(replies)} message(s) answering it (and those after them) read again; "
+        f"the damaged file is kept as {where}"
+    )
+    warn(f"message file {file} {how} in the context's folder", file)
+    return name, how
+
+
+def _keep_aside(state: ContextState, file: Path, message_id: str) -> Path:
+    # The damaged file moved (one rename: never copied, never deleted) to damaged/.
+    folder = state.dir / DAMAGED_DIR
+    try:
+        mkdir_durable(folder, state.fsync)
+    except OSError as exc:
+        raise translate(exc, folder, "create") from exc
+    number = 1
+    while True:
+        kept = folder / (f"{message_id}.json" if number == 1 else f"{message_id}-{number}.json")
+        if not os.path.lexists(kept):
+            break
+        number += 1
+    try:
+        os.rename(file, kept)
+    except OSError as exc:
+        raise translate(exc, file, "move aside") from exc
+    fsync_dir(folder, state.fsync)
+    fsync_dir(file.parent, state.fsync)
+    return kept
+
+
+def _parent(damaged: bytes, message_id: str, known: set[str]) -> str | None:
+    found = _PARENT.search(damaged)
+    if found is None or found.group(1) is None:
+        return None
+    parent = found.group(1).decode("utf-8", "replace")
+    return parent if parent in known and parent != message_id else None
+
+
+def _role(damaged: bytes, replies: list[Message]) -> Role:
+    found = _ROLE.search(damaged)
+    said = found.group(1).decode() if found is not None else ""
+    if said in _ROLES:
+        return cast(Role, said)
+    reply_roles = {reply.role for reply in replies}
+    for reply_role in ("tool", "assistant", "user", "system"):
+        if reply_role in reply_roles:
+            return cast(Role, _BEFORE[reply_role])
+    return "user"
+
+
+def _created(damaged: bytes, replies: list[Message]) -> datetime:
+    earliest = min(reply.created_at for reply in replies) - timedelta(milliseconds=1)
+    found = _CREATED.search(damaged)
+    if found is None:
+        return earliest
+    try:
+        said = Message.model_validate(
+            {"role": "user", "created_at": found.group(1).decode("utf-8", "replace")}
+        ).created_at
+    except ValidationError:
+        return earliest
+    return min(said, earliest)
