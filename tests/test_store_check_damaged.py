@@ -186,3 +186,29 @@ async def test_an_unreadable_last_message_gets_no_stand_in(data_dir: Path) -> No
     assert report.stood_in == ()
     assert last.read_bytes() == b"{not json"
     assert not (folder / "damaged").exists()
+
+
+async def test_what_came_before_a_stand_in_with_no_parent_stays_on_a_branch(
+    data_dir: Path,
+) -> None:
+    ids, reply = await conversation(data_dir)
+    folder = data_dir / "contexts" / "c1"
+    second = folder / "messages" / f"{ids[1]}.json"
+    second.write_bytes(b"\0" * 40)  # nothing of it can be read, not even its parent
+    (folder / "message_index.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        async with FileStore(data_dir) as store:
+            report = await store.check("c1", repair=True)
+            assert report.ok, str(report)
+            meta = await store.get_metadata("c1")
+            main_path = await store.path("c1")
+            alt_path = await store.path("c1", branch="alt")
+            before = await store.path("c1", branch="recovered")
+    # The conversation starts again at the stand-in; the message it answered, which
+    # no branch reached any more, has a branch of its own.
+    assert main_path == ids[1:]
+    assert alt_path == [*ids[1:3], reply]
+    assert report.recovered_branches == ("recovered",)
+    assert meta.branches["recovered"].head == ids[0]
+    assert before == ids[:1]

@@ -71,7 +71,7 @@ from .paths import MESSAGES_DIR
 from .recovered import branch_hidden_ends
 from .relink import relink_files
 from .repair import repair_files
-from .stand_ins import stand_in_unreadable
+from .stand_ins import ends_cut_off, stand_in_unreadable
 
 __all__ = ["IntegrityChecks", "IntegrityReport", "check_context"]
 
@@ -310,9 +310,21 @@ def check_context(
     relinked = relink_files(
         state, metadata, [name[: -len(".json")] for name, _ in report.damaged_links]
     )
-    stood_in = _stand_in_cut_off(state, report, cut_off)
-    if stood_in:  # the files after them lead back to a first message again
+    made = _stand_in_cut_off(state, report, cut_off)
+    stood_in = tuple((name, how) for name, how, _ in made)
+    if made:  # the files after them lead back to a first message again
         report, hidden, cut_off = _inspect(state, metadata)
+        # The conversations the damaged messages answered get a branch if none shows them.
+        hidden = {
+            **ends_cut_off(
+                [stand_in for _, _, stand_in in made],
+                state.index.materialize(),
+                hidden,
+                [branch.head for branch in metadata.branches.values()],
+                state.dir,
+            ),
+            **hidden,
+        }
     if not (report.unindexed or report.mislinked) or report.missing:
         # Missing files must come back first: reads would skip them. Unreadable ones a
         # rebuild keeps in the tree (see .recovered).
@@ -343,12 +355,12 @@ def check_context(
 
 def _stand_in_cut_off(
     state: ContextState, report: IntegrityReport, cut_off: dict[str, Message]
-) -> tuple[tuple[str, str], ...]:
+) -> list[tuple[str, str, Message]]:
     # A stand-in for each unreadable file that files no conversation leads to go back
     # to, the damaged file kept aside (see .stand_ins); none while files are missing
     # (they are to come back first, and may be what the others go back to).
     if report.missing or not report.unreadable or not cut_off:
-        return ()
+        return []
     entries = state.index.materialize()
     unreadable = {name.removesuffix(".json") for name, _ in report.unreadable} - entries.keys()
     children: dict[str, list[Message]] = {}

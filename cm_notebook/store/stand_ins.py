@@ -17,7 +17,8 @@ out of the index: intact, yet on no branch, and every branch through it unreadab
   (``unreadable_file``). Its parent and role are what can still be read from the
   damaged bytes (``"parent_id": ...``, ``"role": ...`` before the damage), else: no
   parent (the conversation starts again at the stand-in; the messages before it stay
-  where they were, and the repair gives their end a branch if none shows it), and
+  where they were, and the repair gives a ``recovered`` branch to the one the damaged
+  message most likely answered, if no branch shows it: :func:`ends_cut_off`), and
   the role its replies suggest (``user`` before an ``assistant`` reply, ...).
 
 Then the repair rebuilds the index from the files as for any message it had lost:
@@ -37,19 +38,20 @@ from typing import TYPE_CHECKING, cast, get_args
 
 from pydantic import ValidationError
 
-from ..errors import InvalidIdError, StoreError
+from ..errors import CorruptDataError, InvalidIdError, StoreError
 from ..ids import validate_message_id
 from ..model import Message, Role
 from .atomic import atomic_write, fsync_dir, mkdir_durable
-from .codec import encode_message, read_regular
+from .base import IndexEntry
+from .codec import encode_message, read_message_file, read_regular
 from .diagnostics import warn
 from .oserrors import translate
-from .paths import MESSAGES_DIR
+from .paths import MESSAGES_DIR, message_path
 
 if TYPE_CHECKING:
     from .context import ContextState
 
-__all__ = ["DAMAGED_DIR", "stand_in_unreadable"]
+__all__ = ["DAMAGED_DIR", "ends_cut_off", "stand_in_unreadable"]
 
 #: The folder of a context where damaged message files are kept (see the module).
 DAMAGED_DIR = "damaged"
@@ -67,12 +69,12 @@ def stand_in_unreadable(
     unreadable: Iterable[str],
     children: Mapping[str, list[Message]],
     known: set[str],
-) -> tuple[tuple[str, str], ...]:
+) -> list[tuple[str, str, Message]]:
     """Put a stand-in in place of each ``unreadable`` message (ids) that ``children``
     (replies by parent id, as their files tell) go back to, keeping the damaged file
     aside (see the module; write locks held). ``known``: the ids of messages the index
     lists or whose file reads (a parent read from damaged bytes is taken only if it is
-    one of these). Returns (file name, what was done) for each."""
+    one of these). Returns (file name, what was done, the stand-in) for each."""
     done = []
     for message_id in sorted(unreadable):
         replies = children.get(message_id)
@@ -83,12 +85,12 @@ def stand_in_unreadable(
         except InvalidIdError:
             continue  # not a message's file name: no message goes back to it
         done.append(_stand_in(state, message_id, replies, known))
-    return tuple(done)
+    return done
 
 
 def _stand_in(
     state: ContextState, message_id: str, replies: list[Message], known: set[str]
-) -> tuple[str, str]:
+) -> tuple[str, str, Message]:
     name = f"{message_id}.json"
     file = state.dir / MESSAGES_DIR / name
     try:
@@ -116,7 +118,53 @@ def _stand_in(
         f"the damaged file is kept as {where}"
     )
     warn(f"message file {file} {how} in the context's folder", file)
-    return name, how
+    return name, how, stand_in
+
+
+def ends_cut_off(
+    stand_ins: Iterable[Message],
+    entries: Mapping[str, IndexEntry],
+    found: Mapping[str, Message],
+    heads: Iterable[str | None],
+    ctx_dir: Path,
+) -> dict[str, Message]:
+    """For each of ``stand_ins`` whose parent could not be read: the message it most
+    likely answered, if no branch reaches it and nothing answers it now (the latest
+    such one made before it), read from its file, so that a branch can be given to
+    the conversation before the damaged message (see the module). ``entries``: the
+    index's; ``found``: messages read from files the index lacks; ``heads``: the
+    branches' heads."""
+    links: dict[str, str | None] = {mid: entry.parent_id for mid, entry in entries.items()}
+    links.update((mid, message.parent_id) for mid, message in found.items())
+    created = {mid: entry.created_at for mid, entry in entries.items()}
+    created.update((mid, message.created_at) for mid, message in found.items())
+    orphans = [message for message in stand_ins if message.parent_id is None]
+    if not orphans:
+        return {}
+    for message in orphans:
+        links[message.id] = None
+    answered = set(links.values())
+    reached: set[str] = set()
+    for head in heads:
+        at = head
+        while at is not None and at not in reached and at in links:
+            reached.add(at)
+            at = links[at]
+    ends = [mid for mid in links if mid not in answered and mid not in reached]
+    chosen: dict[str, Message] = {}
+    for message in orphans:
+        before = [mid for mid in ends if mid in created and created[mid] < message.created_at]
+        if not before:
+            continue
+        end = max(before, key=lambda mid: (created[mid], mid))
+        if end in found:
+            chosen[end] = found[end]
+            continue
+        try:
+            chosen[end] = read_message_file(message_path(ctx_dir, end), end)
+        except CorruptDataError:
+            continue  # reported as unreadable by the check itself
+    return chosen
 
 
 def _keep_aside(state: ContextState, file: Path, message_id: str) -> Path:
