@@ -212,3 +212,22 @@ async def test_what_came_before_a_stand_in_with_no_parent_stays_on_a_branch(
     assert report.recovered_branches == ("recovered",)
     assert meta.branches["recovered"].head == ids[0]
     assert before == ids[:1]
+
+
+async def test_a_damaged_file_kept_before_is_not_overwritten(data_dir: Path) -> None:
+    # As a repair stopped after keeping the damaged file, before its stand-in, leaves it.
+    ids, _reply = await conversation(data_dir)
+    folder = data_dir / "contexts" / "c1"
+    first = folder / "messages" / f"{ids[0]}.json"
+    first.write_bytes(b"{cut")
+    (folder / "damaged").mkdir()
+    (folder / "damaged" / first.name).write_bytes(b"{cut, kept earlier")
+    (folder / "message_index.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        async with FileStore(data_dir) as store:
+            report = await store.check("c1", repair=True)
+            assert report.ok, str(report)
+            assert await store.path("c1") == ids
+    assert (folder / "damaged" / first.name).read_bytes() == b"{cut, kept earlier"
+    assert (folder / "damaged" / f"{ids[0]}-2.json").read_bytes() == b"{cut"

@@ -9,8 +9,10 @@ out of the index: intact, yet on no branch, and every branch through it unreadab
 
 ``check --repair`` (:func:`stand_in_unreadable`) does not let one file take the rest:
 
-* the damaged file is moved, never deleted, to ``damaged/<id>.json`` in the context
-  folder (``<id>-2.json``, ... if that is taken), byte for byte as it was;
+* the damaged file is kept, never deleted, as ``damaged/<id>.json`` in the context
+  folder (``<id>-2.json``, ... if that is taken), byte for byte as it was (a second
+  name is made for it before the stand-in replaces its name in ``messages/``, so a
+  repair stopped in between leaves it in both places and is simply done again);
 * a stand-in message is written in its place, with the same id, so the messages after
   it lead back through it again. It says, in its text, that the message could not be
   read and where the damaged file is kept, and its metadata names that file
@@ -168,7 +170,8 @@ def ends_cut_off(
 
 
 def _keep_aside(state: ContextState, file: Path, message_id: str) -> Path:
-    # The damaged file moved (one rename: never copied, never deleted) to damaged/.
+    # The damaged file given a name in damaged/ (never copied, never deleted); the
+    # stand-in then replaces its name in messages/.
     folder = state.dir / DAMAGED_DIR
     try:
         mkdir_durable(folder, state.fsync)
@@ -181,11 +184,15 @@ def _keep_aside(state: ContextState, file: Path, message_id: str) -> Path:
             break
         number += 1
     try:
-        os.rename(file, kept)
-    except OSError as exc:
-        raise translate(exc, file, "move aside") from exc
+        # A second name first: stopped before the stand-in replaces it, the damaged
+        # file is still in messages/ too, and the next repair does this again.
+        os.link(file, kept, follow_symlinks=False)
+    except OSError:
+        try:
+            os.rename(file, kept)  # no hard links here (or a folder in its place)
+        except OSError as exc:
+            raise translate(exc, file, "move aside") from exc
     fsync_dir(folder, state.fsync)
-    fsync_dir(file.parent, state.fsync)
     return kept
 
 
