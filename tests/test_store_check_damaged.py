@@ -9,6 +9,7 @@ hook on ``open``), not by patching.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections import Counter
@@ -21,6 +22,7 @@ import pytest
 from store_helpers import chain
 
 from cm_notebook.cli import main
+from cm_notebook.errors import CorruptDataError
 from cm_notebook.model import Branch, ContextMetadata
 from cm_notebook.store import FileStore, StoreWarning
 
@@ -231,3 +233,22 @@ async def test_a_damaged_file_kept_before_is_not_overwritten(data_dir: Path) -> 
             assert await store.path("c1") == ids
     assert (folder / "damaged" / first.name).read_bytes() == b"{cut, kept earlier"
     assert (folder / "damaged" / f"{ids[0]}-2.json").read_bytes() == b"{cut"
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+async def test_a_linked_damaged_folder_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    ids, _reply = await conversation(data_dir)
+    folder = data_dir / "contexts" / "c1"
+    first = folder / "messages" / f"{ids[0]}.json"
+    first.write_bytes(b"")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, folder / "damaged")
+    (folder / "message_index.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        async with FileStore(data_dir) as store:
+            with pytest.raises(CorruptDataError, match="symbolic link"):
+                await store.check("c1", repair=True)
+    assert list(outside.iterdir()) == []
+    assert first.read_bytes() == b""

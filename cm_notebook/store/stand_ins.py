@@ -47,7 +47,7 @@ from .atomic import atomic_write, fsync_dir, mkdir_durable
 from .base import IndexEntry
 from .codec import encode_message, read_message_file, read_regular
 from .diagnostics import warn
-from .oserrors import translate
+from .oserrors import linked, translate
 from .paths import MESSAGES_DIR, message_path
 
 if TYPE_CHECKING:
@@ -173,6 +173,8 @@ def _keep_aside(state: ContextState, file: Path, message_id: str) -> Path:
     # The damaged file given a name in damaged/ (never copied, never deleted); the
     # stand-in then replaces its name in messages/.
     folder = state.dir / DAMAGED_DIR
+    if os.path.islink(folder):
+        raise linked(folder)  # moving the file through it would move it outside
     try:
         mkdir_durable(folder, state.fsync)
     except OSError as exc:
