@@ -77,7 +77,7 @@ async def build(data_dir: Path, n: int, branches: int) -> tuple[list[str], int]:
 
 async def test_check_reads_each_file_a_few_times_whatever_the_branches(data_dir: Path) -> None:
     n, branches = 200, 40
-    ids, middle = await build(data_dir, n, branches)
+    await build(data_dir, n, branches)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StoreWarning)
         with opened_files() as counts:
@@ -89,10 +89,23 @@ async def test_check_reads_each_file_a_few_times_whatever_the_branches(data_dir:
     assert counts, "no message file was opened: the count sees nothing"
     assert max(counts.values()) <= 4, counts.most_common(3)
     assert sum(counts.values()) <= 4 * n, sum(counts.values())
-    # The files it cuts off are summed up, not listed one line each.
+
+
+async def test_check_sums_up_the_files_and_branches_one_message_cuts_off(
+    data_dir: Path,
+) -> None:
+    n, branches = 60, 12
+    ids, middle = await build(data_dir, n, branches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)
+        async with FileStore(data_dir) as store:
+            report = await store.check("c1")
+    assert len(report.detached) == n - middle - 1  # all of them, for those who want them
+    assert len(report.unwalkable) == branches + 1  # main too
     text = str(report)
-    assert len(text.splitlines()) < 20, text
-    assert f"{n - middle - 1} message file(s)" in text
+    assert len(text.splitlines()) < 10, text
+    assert f"left out of the index: {n - middle - 1} message file(s)" in text
+    assert f"{branches + 1} branches (" in text
     assert ids[middle] in text
 
 
