@@ -7,12 +7,13 @@ at the end of the path, which the store refuses as such). Real links, real FileS
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from cm_notebook.errors import CorruptDataError
-from cm_notebook.model import ContextMetadata
+from cm_notebook.model import ContextMetadata, Message
 from cm_notebook.store import FileStore
 
 pytestmark = [
@@ -58,3 +59,19 @@ async def test_a_link_that_reaches_a_file_is_still_refused_as_a_link(data_dir: P
     assert f"{folder / 'metadata.json'} is a symbolic link; the store does not follow" in str(
         caught.value
     )
+
+
+async def test_a_messages_folder_that_is_a_link_loop_is_named(data_dir: Path) -> None:
+    async with FileStore(data_dir) as store:
+        await store.create_context(ContextMetadata(id="c1"))
+        message = await store.append_message(
+            "c1", Message(role="user", content="hi"), branch="main"
+        )
+        await store.compact("c1")  # no journal copy to read it from
+    folder = data_dir / "contexts" / "c1"
+    shutil.rmtree(folder / "messages")
+    os.symlink("messages", folder / "messages")  # a link to itself
+    async with FileStore(data_dir) as store:
+        with pytest.raises(CorruptDataError) as caught:
+            await store.get_message("c1", message.id)
+    assert f"{folder / 'messages'} is a symbolic link that leads round a loop" in str(caught.value)

@@ -48,15 +48,19 @@ _NOT_A_FILE = {errno.EISDIR, errno.ENOTDIR, errno.ENXIO, getattr(errno, "EOPNOTS
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
-def linked(
-    path: Path, remedy: str = "Replace it with the file or folder it points to."
-) -> CorruptDataError:
+_REPLACE = "Replace it with the file or folder it points to."
+
+
+def linked(path: Path, remedy: str = _REPLACE) -> CorruptDataError:
     """The error for a symbolic link found where the store keeps its own files.
 
-    ``remedy`` says what to do; the default suits the store's own data. Files whose
-    content decides something (a decision record, an allow-list) say instead to remove
-    the link: what it points to may be someone else's file.
+    ``remedy`` says what to do; the default suits the store's own data (and a link that
+    goes round a loop of links, pointing at nothing to replace it with, is said to be
+    one). Files whose content decides something (a decision record, an allow-list) say
+    instead to remove the link: what it points to may be someone else's file.
     """
+    if remedy == _REPLACE and _loops(path):
+        return _loop(path, path)
     return CorruptDataError(
         f"{path} is a symbolic link; the store does not follow links out of a context "
         f"folder. {remedy}",
@@ -92,6 +96,15 @@ def looped(path: Path) -> CorruptDataError:
         "are meant to reach.",
         path,
     )
+
+
+def _loops(link: Path) -> bool:
+    # Whether following ``link`` goes round a loop of symbolic links.
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _loop(link: Path, path: Path) -> CorruptDataError:
@@ -202,7 +215,7 @@ def open_regular(path: Path | str, *, check_folder: bool = True) -> int:
     callers know what a missing file means for them); other failures are translated.
     """
     if check_folder and os.path.islink(os.path.dirname(path)):
-        raise linked(Path(path).parent)
+        raise looped(Path(path).parent)  # the link named, or the loop it goes round
     try:
         fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
