@@ -95,8 +95,9 @@ _CLI_REMEDIES = (
         re.compile(
             r"List existing (?:contexts|ids) with "
             r"(?:FileStore\.list_contexts\(\)|ContextSession\.list\(\))"
-            # To the sentence's end; a command in backquotes may name a folder with dots.
-            r"(?:[^.`]|`[^`]*`)*\."
+            # To the sentence's end: the command in backquotes after it may name a folder
+            # with dots or backquotes in it; the sentence ends the line or a space follows.
+            r"(?: \(?or `.*?`\)?)?\.(?=\s|$)"
         ),
         "List existing contexts with `cm-notebook ls`.",
     ),

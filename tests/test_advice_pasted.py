@@ -240,10 +240,14 @@ def test_opening_an_unfinished_migration_advises_migrating_into_this_store(
     assert command == ["cm-notebook", "--data-dir", str(data_dir), "migrate", "a b.json"]
 
 
-def test_a_missing_context_s_remedy_is_reworded_for_a_folder_with_dots(tmp_path: Path) -> None:
+@pytest.mark.parametrize("folder", ["my.data dir", "my `data`.dir"], ids=["dots", "backquotes"])
+def test_a_missing_context_s_remedy_is_reworded_for_a_folder_with_dots(
+    tmp_path: Path, folder: str
+) -> None:
     # The command line, the magics and the server each say the remedy their own way,
-    # the command in it naming a folder whose dots do not end the sentence early.
-    data_dir = tmp_path / "my.data dir"
+    # the command in it naming a folder whose dots (or backquotes) do not end the
+    # sentence early.
+    data_dir = tmp_path / folder
     build(data_dir)
 
     async def scenario() -> str:
@@ -264,3 +268,4 @@ def test_a_missing_context_s_remedy_is_reworded_for_a_folder_with_dots(tmp_path:
     option = f"--data-dir {shlex.quote(str(data_dir))}"
     assert f"List existing contexts with `cm-notebook {option} ls`." in done.stderr
     assert "FileStore" not in done.stderr
+    assert done.stderr.rstrip().endswith("ls`.")

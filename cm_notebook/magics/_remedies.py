@@ -99,7 +99,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
     (
         # The current context deleted meanwhile (say, `cm-notebook rm` in a terminal);
         # the command may name the store's folder (`cm-notebook --data-dir DIR ls`).
-        re.compile(r"List existing contexts with FileStore\.list_contexts\(\) \(or `[^`]*`\)\."),
+        re.compile(
+            r"List existing contexts with FileStore\.list_contexts\(\) \(or `.*?`\)\.(?=\s|$)"
+        ),
         "It may have been deleted: `%cm ls` lists the stored contexts, `%cm new` makes one.",
     ),
     # `%cm branch NAME --from MESSAGE_ID` with an id the context does not have.

@@ -36,12 +36,15 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
     return [
         (
             re.compile(
-                r"List existing contexts with FileStore\.list_contexts\(\)(?:[^.`]|`[^`]*`)*\."
+                r"List existing contexts with FileStore\.list_contexts\(\)"
+                r"(?: \(?or `.*?`\)?)?\.(?=\s|$)"
             ),
             f"GET {api}/contexts lists the contexts there are.",
         ),
         (
-            re.compile(r"List existing ids with ContextSession\.list\(\)(?:[^.`]|`[^`]*`)*\."),
+            re.compile(
+                r"List existing ids with ContextSession\.list\(\)(?: \(?or `.*?`\)?)?\.(?=\s|$)"
+            ),
             f"GET {api}/contexts lists the contexts there are.",
         ),
         (
