@@ -32,6 +32,9 @@ def test_rm_removes_an_empty_folder_that_ls_warns_of(data_dir: Path) -> None:
     (data_dir / "contexts" / "stray").mkdir(parents=True)
     listed = cli(data_dir, "ls")
     assert "contexts/stray, which is not a readable context" in listed.stderr
+    # The warning says how to remove it, for this store.
+    advised = f"`cm-notebook --data-dir {shlex.quote(str(data_dir))} rm stray --yes` removes it"
+    assert advised in listed.stderr
     removed = cli(data_dir, "rm", "stray", "--yes")
     assert (removed.returncode, removed.stdout) == (
         0,

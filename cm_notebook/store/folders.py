@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from .._cli_advice import for_contexts_in
 from ..errors import CMError, ContextExistsError, CorruptDataError, InvalidInputError, StoreError
 from ..ids import id_key
 from ..model import ContextMetadata
@@ -160,6 +161,9 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
             try:
                 data = read_regular(path, check_folder=False)
             except FileNotFoundError:
+                if not any(folder.iterdir()):  # nothing to keep: say how to remove it
+                    advice = for_contexts_in(f"`cm-notebook rm {name} --yes` removes it", data_dir)
+                    raise CorruptDataError(f"{folder} is an empty folder; {advice}", path) from None
                 raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
             found.append(decode_metadata(data, path, name))
         except (InvalidInputError, StoreError) as exc:
