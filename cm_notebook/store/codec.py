@@ -236,8 +236,8 @@ def decode_message(data: bytes, path: Path, expected_id: str | None) -> Message:
     """Parse a message file and check that it holds ``expected_id`` (if given)."""
     advice = (
         "Restore the file from a backup; do not delete it while later messages answer it "
-        "(a repair of the context, cm-notebook's check --repair, keeps it aside and "
-        "brings them back). The rest of the context still works without it."
+        "(a repair of the context keeps it aside and brings them back). The rest of the "
+        "context still works without it."
     )
     raw = upgrade(_load_object(data, path, "message file", advice), "message", path)
     raw.pop("schema_version", None)
