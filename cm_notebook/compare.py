@@ -435,7 +435,7 @@ def unfinished_html(result: BranchResult) -> str:
     # Nothing failed where there is no reply: said in grey, not as an error.
     colour = MUTED if result.missing else ERROR
     out = (
-        f'<div class="cm-status cm-status-{html.escape(status)}" style="color:{colour}">'
+        f'<div class="cm-outcome cm-outcome-{html.escape(status)}" style="color:{colour}">'
         f"no answer: {html.escape(result.outcome or '')}</div>"
     )
     if result.text:

@@ -46,7 +46,7 @@ def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
     assert "similarity" not in text
 
     page = comparison._repr_html_()
-    assert 'class="cm-status cm-status-error"' in page
+    assert 'class="cm-outcome cm-outcome-error"' in page
     assert "no answer: the reply failed: scripted permanent failure" in page
     assert "no diff: <bdi>bad</bdi> has no answer (error)" in page
     assert "similarity" not in page
@@ -67,7 +67,7 @@ def test_a_failed_arm_is_shown_as_failed_not_as_its_answer(
     assert "TTFT" not in shown
     assert "[-Paris-]" not in shown
     turn_page = turns._repr_html_()
-    assert "cm-status-error" in turn_page
+    assert "cm-outcome-error" in turn_page
     assert "<bdi>bad</bdi> has no answer (error)" in turn_page
     assert "output tokens" not in turn_page
 
@@ -130,7 +130,7 @@ def test_an_interrupted_arm_is_shown_as_interrupted(
     assert f"diff a -> {cut.branch}: none, {cut.branch} has no answer (interrupted)" in str(
         comparison
     )
-    assert "cm-status-interrupted" in comparison._repr_html_()
+    assert "cm-outcome-interrupted" in comparison._repr_html_()
 
 
 def test_results_without_a_status_or_complete_are_answers() -> None:
@@ -181,7 +181,7 @@ def test_a_turn_stopped_in_its_tool_rounds_has_no_answer(
     assert "main: no answer: the reply only asks for tools" in shown
     assert "main has no answer (tool calls)" in shown
     assert "output tokens" not in shown
-    assert "cm-status-tool-calls" in comparison._repr_html_()
+    assert "cm-outcome-tool-calls" in comparison._repr_html_()
     # As in session.stability() and session.compare(): no answer to count.
     assert session.stability(["main", comparison.other]).total == 1
     assert session.compare("main", comparison.other)["main"].unfinished
@@ -190,7 +190,7 @@ def test_a_turn_stopped_in_its_tool_rounds_has_no_answer(
         for name in ("main", comparison.other)
     ]
     view = comparison_html(columns)
-    assert "cm-status-tool-calls" in view
+    assert "cm-outcome-tool-calls" in view
     assert "line-through" not in view  # the answer is not diffed against the empty text
 
 
@@ -227,7 +227,7 @@ def test_a_turn_one_branch_does_not_have_is_no_answer_not_an_empty_one(
     )
     page = turns._repr_html_()
     assert "line-through" not in page  # nothing marked as removed by the missing turn
-    assert 'class="cm-status cm-status-no-reply"' in page
+    assert 'class="cm-outcome cm-outcome-no-reply"' in page
     assert "<bdi>again</bdi> has no answer (no reply)" in page
     assert "score 5.00" not in page
     # Either way round: the base side is the one without the turn.
@@ -240,7 +240,7 @@ def test_a_turn_one_branch_does_not_have_is_no_answer_not_an_empty_one(
         for name in ("main", "again")
     ]
     view = comparison_html(columns, [turns])
-    assert "cm-status-no-reply" in view
+    assert "cm-outcome-no-reply" in view
     assert "line-through" not in view
 
 
