@@ -363,9 +363,9 @@ def _stand_in_cut_off(
         return []
     entries = state.index.materialize()
     unreadable = {name.removesuffix(".json") for name, _ in report.unreadable} - entries.keys()
-    children: dict[str, list[Message]] = {}
-    for message in cut_off.values():
-        if message.parent_id in unreadable:
+    children: dict[str, list[Message]] = {}  # every reply by parent: a stand-in's calls
+    for message in cut_off.values():  # follow from the tool results after it
+        if message.parent_id is not None:
             children.setdefault(message.parent_id, []).append(message)
     known = set(entries) | set(cut_off) | set(report.unindexed)
     return stand_in_unreadable(state, unreadable, children, known)

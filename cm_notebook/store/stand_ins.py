@@ -21,7 +21,18 @@ out of the index: intact, yet on no branch, and every branch through it unreadab
   parent (the conversation starts again at the stand-in; the messages before it stay
   where they were, and the repair gives a ``recovered`` branch to the one the damaged
   message most likely answered, if no branch shows it: :func:`ends_cut_off`), and
-  the role its replies suggest (``user`` before an ``assistant`` reply, ...).
+  the role its replies suggest (``user`` before an ``assistant`` reply, ...);
+* so that the branch can be sent to a provider again (every tool result must answer a
+  call of the message before it): a ``tool`` stand-in keeps the ``tool_call_id`` still
+  readable in the damaged bytes, and is a ``user`` message if none is (a result that
+  answers no known call is refused by the APIs; the call before it, left without a
+  result, is given one in the request like any unanswered call); an ``assistant``
+  stand-in followed by tool results makes the calls they answer (``tool_calls`` with
+  their ids, named :data:`UNKNOWN_TOOL`, ``done``), the calls' names and arguments
+  being lost with the file;
+* a damaged message that a stand-in answers (two or more damaged in a row) gets one
+  too, so the links still readable keep the conversation one chain (a loop of such
+  links is cut where it closes).
 
 Then the repair rebuilds the index from the files as for any message it had lost:
 the branches that went through the damaged message read again. Only damaged files
@@ -42,7 +53,7 @@ from pydantic import ValidationError
 
 from ..errors import CorruptDataError, InvalidIdError, StoreError
 from ..ids import validate_message_id
-from ..model import Message, Role
+from ..model import Message, Role, ToolCall, ToolCallStatus
 from .atomic import atomic_write, fsync_dir, mkdir_durable
 from .base import IndexEntry
 from .codec import encode_message, read_message_file, read_regular
@@ -53,13 +64,17 @@ from .paths import MESSAGES_DIR, message_path
 if TYPE_CHECKING:
     from .context import ContextState
 
-__all__ = ["DAMAGED_DIR", "ends_cut_off", "stand_in_unreadable"]
+__all__ = ["DAMAGED_DIR", "UNKNOWN_TOOL", "ends_cut_off", "stand_in_unreadable"]
 
 #: The folder of a context where damaged message files are kept (see the module).
 DAMAGED_DIR = "damaged"
+#: The name of a tool call made by a stand-in (whose calls' names are lost with it).
+UNKNOWN_TOOL = "unknown_tool"
 
 _PARENT = re.compile(rb'"parent_id"\s*:\s*(?:null|"([^"\\]{1,200})")')
 _ROLE = re.compile(rb'"role"\s*:\s*"([a-z]{1,20})"')
+_CALL_ID = re.compile(rb'"tool_call_id"\s*:\s*"([^"\\]{1,200})"')
+_MAX_CALL_ID = 200  # ToolCall.id's limit
 _CREATED = re.compile(rb'"created_at"\s*:\s*"([^"\\]{1,64})"')
 _ROLES: tuple[str, ...] = get_args(Role)
 # The role a message most likely had, by the role of a reply to it.
@@ -73,43 +88,104 @@ def stand_in_unreadable(
     known: set[str],
 ) -> list[tuple[str, str, Message]]:
     """Put a stand-in in place of each ``unreadable`` message (ids) that ``children``
-    (replies by parent id, as their files tell) go back to, keeping the damaged file
-    aside (see the module; write locks held). ``known``: the ids of messages the index
-    lists or whose file reads (a parent read from damaged bytes is taken only if it is
-    one of these). Returns (file name, what was done, the stand-in) for each."""
-    done = []
-    for message_id in sorted(unreadable):
-        replies = children.get(message_id)
-        if not replies:
-            continue  # nothing goes back to it: reads skip it, as before
+    (replies by parent id, as their files tell) go back to, and of each unreadable
+    message such a stand-in goes back to in turn, keeping the damaged files aside (see
+    the module; write locks held). ``known``: the ids of messages the index lists or
+    whose file reads (a parent read from damaged bytes is taken only if it is one of
+    these or gets a stand-in). Returns (file name, what was done, the stand-in) for
+    each."""
+    damaged: dict[str, bytes] = {}
+    for message_id in unreadable:
         try:
             validate_message_id(message_id)
         except InvalidIdError:
             continue  # not a message's file name: no message goes back to it
-        done.append(_stand_in(state, message_id, replies, known))
+        damaged[message_id] = _damaged_bytes(state, message_id)
+    # The damaged messages that replies go back to, and (a chain of damaged messages)
+    # those that they go back to: a stand-in answers them.
+    said = {mid: _said_parent(data, mid) for mid, data in damaged.items()}
+    todo = [mid for mid in damaged if children.get(mid)]
+    needed = set(todo)
+    while todo:
+        parent = said[todo.pop()]
+        if parent in damaged and parent not in needed:
+            needed.add(parent)
+            todo.append(parent)
+    links = {
+        mid: said[mid] if said[mid] in known or said[mid] in needed else None for mid in needed
+    }
+    depths = _depths(links, {mid for mid in needed if children.get(mid)})
+    tree = {parent: list(replies) for parent, replies in children.items()}
+    done = []
+    # Replies first: a stand-in's role and calls follow from its replies.
+    for message_id in sorted(needed, key=lambda mid: (-depths[mid], mid)):
+        made = _stand_in(state, message_id, damaged[message_id], links[message_id], tree)
+        if made[2].parent_id is not None:
+            tree.setdefault(made[2].parent_id, []).append(made[2])
+        done.append(made)
     return done
 
 
+def _depths(links: dict[str, str | None], answered: set[str]) -> dict[str, int]:
+    # How many stand-ins come before each one; a loop of links read from damaged bytes
+    # is cut where it closes. Each stand-in is walked past once. The walks start from
+    # those with readable replies (``answered``), so the one a loop is cut before is
+    # where a walk entered it: it keeps a reply from outside the loop.
+    depths: dict[str, int] = {}
+    for start in sorted(links, key=lambda mid: (mid not in answered, mid)):
+        path: list[str] = []
+        on_path: set[str] = set()
+        at: str | None = start
+        while at is not None and at in links and at not in depths:
+            if at in on_path:
+                links[path[-1]] = None  # the loop closes here
+                at = None
+                break
+            path.append(at)
+            on_path.add(at)
+            at = links[at]
+        depth = depths[at] + 1 if at is not None and at in depths else 0
+        for message_id in reversed(path):
+            depths[message_id] = depth
+            depth += 1
+    return depths
+
+
+def _damaged_bytes(state: ContextState, message_id: str) -> bytes:
+    try:
+        return read_regular(state.dir / MESSAGES_DIR / f"{message_id}.json")
+    except (OSError, StoreError):
+        return b""  # a folder or a link in its place: nothing to read it from
+
+
 def _stand_in(
-    state: ContextState, message_id: str, replies: list[Message], known: set[str]
+    state: ContextState,
+    message_id: str,
+    damaged: bytes,
+    parent_id: str | None,
+    tree: Mapping[str, list[Message]],
 ) -> tuple[str, str, Message]:
     name = f"{message_id}.json"
     file = state.dir / MESSAGES_DIR / name
-    try:
-        damaged = read_regular(file)
-    except (OSError, StoreError):
-        damaged = b""  # a folder or a link in its place: nothing to read it from
+    replies = tree[message_id]
     kept = _keep_aside(state, file, message_id)
     where = f"{DAMAGED_DIR}/{kept.name}"
+    role = _role(damaged, replies)
+    tool_call_id = _said_call_id(damaged) if role == "tool" else None
+    if role == "tool" and tool_call_id is None:
+        role = "user"  # a result that answers no known call: no API takes one
+    calls = _placeholder_calls(message_id, tree) if role == "assistant" else []
     stand_in = Message(
         id=message_id,
-        parent_id=_parent(damaged, message_id, known),
-        role=_role(damaged, replies),
+        parent_id=parent_id,
+        role=role,
         content=(
             f"[This message could not be read: its file was damaged. The damaged file is "
             f"kept as {where} in the context's folder; restore the message from a backup "
             "if you have one. The messages after it are intact.]"
         ),
+        tool_calls=calls,
+        tool_call_id=tool_call_id,
         created_at=_created(damaged, replies),
         metadata={"unreadable_file": where},
     )
@@ -121,6 +197,29 @@ def _stand_in(
     )
     warn(f"message file {file} {how} in the context's folder", file)
     return name, how, stand_in
+
+
+def _placeholder_calls(message_id: str, tree: Mapping[str, list[Message]]) -> list[ToolCall]:
+    # The calls the tool results after it (one after another) answer, their names
+    # unknown: each result then answers a call of the message before it, as APIs require.
+    ids: dict[str, datetime] = {}
+    todo = [reply for reply in tree.get(message_id, []) if reply.role == "tool"]
+    seen: set[str] = set()
+    while todo:
+        reply = todo.pop()
+        if reply.id in seen:
+            continue
+        seen.add(reply.id)
+        if reply.tool_call_id:
+            ids[reply.tool_call_id] = min(
+                reply.created_at, ids.get(reply.tool_call_id, reply.created_at)
+            )
+        todo.extend(after for after in tree.get(reply.id, []) if after.role == "tool")
+    return [
+        ToolCall(id=call_id, name=UNKNOWN_TOOL, status=ToolCallStatus.DONE)
+        for call_id in sorted(ids, key=lambda call_id: (ids[call_id], call_id))
+        if len(call_id) <= _MAX_CALL_ID
+    ]
 
 
 def ends_cut_off(
@@ -198,12 +297,17 @@ def _keep_aside(state: ContextState, file: Path, message_id: str) -> Path:
     return kept
 
 
-def _parent(damaged: bytes, message_id: str, known: set[str]) -> str | None:
+def _said_parent(damaged: bytes, message_id: str) -> str | None:
     found = _PARENT.search(damaged)
     if found is None or found.group(1) is None:
         return None
     parent = found.group(1).decode("utf-8", "replace")
-    return parent if parent in known and parent != message_id else None
+    return parent if parent != message_id else None
+
+
+def _said_call_id(damaged: bytes) -> str | None:
+    found = _CALL_ID.search(damaged)
+    return found.group(1).decode("utf-8", "replace") if found is not None else None
 
 
 def _role(damaged: bytes, replies: list[Message]) -> Role:
