@@ -112,10 +112,17 @@ async def test_an_assistant_stand_in_makes_every_call_its_results_in_a_row_answe
     data_dir: Path,
 ) -> None:
     messages = await tool_round(data_dir, calls=3)
-    damage(data_dir, messages[1], b'"content"')
+    # Cut short in its second call: the names of the first two still read.
+    file = data_dir / "contexts" / "c1" / "messages" / f"{messages[1].id}.json"
+    whole = file.read_bytes()
+    file.write_bytes(whole[: whole.index(b'"arguments"', whole.index(b'"call_2"'))])
     path = await repaired_path(data_dir, messages[-1].id)
     assert [m.id for m in path] == [m.id for m in messages]
-    assert [c.id for c in path[1].tool_calls] == ["call_1", "call_2", "call_3"]
+    assert [(c.id, c.name) for c in path[1].tool_calls] == [
+        ("call_1", "f"),
+        ("call_2", "f"),
+        ("call_3", "unknown_tool"),
+    ]
     assert_providers_take(path)
 
 

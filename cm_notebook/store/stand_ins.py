@@ -28,8 +28,8 @@ out of the index: intact, yet on no branch, and every branch through it unreadab
   answers no known call is refused by the APIs; the call before it, left without a
   result, is given one in the request like any unanswered call); an ``assistant``
   stand-in followed by tool results makes the calls they answer (``tool_calls`` with
-  their ids, named :data:`UNKNOWN_TOOL`, ``done``), the calls' names and arguments
-  being lost with the file;
+  their ids, ``done``, named as the damaged bytes still show, else
+  :data:`UNKNOWN_TOOL`; their arguments are lost with the file);
 * a damaged message that a stand-in answers (two or more damaged in a row) gets one
   too, so the links still readable keep the conversation one chain (a loop of such
   links is cut where it closes).
@@ -68,7 +68,7 @@ __all__ = ["DAMAGED_DIR", "UNKNOWN_TOOL", "ends_cut_off", "stand_in_unreadable"]
 
 #: The folder of a context where damaged message files are kept (see the module).
 DAMAGED_DIR = "damaged"
-#: The name of a tool call made by a stand-in (whose calls' names are lost with it).
+#: The name of a tool call made by a stand-in when the damaged file does not show it.
 UNKNOWN_TOOL = "unknown_tool"
 
 _PARENT = re.compile(rb'"parent_id"\s*:\s*(?:null|"([^"\\]{1,200})")')
@@ -174,7 +174,7 @@ def _stand_in(
     tool_call_id = _said_call_id(damaged) if role == "tool" else None
     if role == "tool" and tool_call_id is None:
         role = "user"  # a result that answers no known call: no API takes one
-    calls = _placeholder_calls(message_id, tree) if role == "assistant" else []
+    calls = _placeholder_calls(message_id, damaged, tree) if role == "assistant" else []
     stand_in = Message(
         id=message_id,
         parent_id=parent_id,
@@ -199,9 +199,12 @@ def _stand_in(
     return name, how, stand_in
 
 
-def _placeholder_calls(message_id: str, tree: Mapping[str, list[Message]]) -> list[ToolCall]:
-    # The calls the tool results after it (one after another) answer, their names
-    # unknown: each result then answers a call of the message before it, as APIs require.
+def _placeholder_calls(
+    message_id: str, damaged: bytes, tree: Mapping[str, list[Message]]
+) -> list[ToolCall]:
+    # The calls the tool results after it (one after another) answer, named as the
+    # damaged bytes still show, else UNKNOWN_TOOL: each result then answers a call of
+    # the message before it, as APIs require.
     ids: dict[str, datetime] = {}
     todo = [reply for reply in tree.get(message_id, []) if reply.role == "tool"]
     seen: set[str] = set()
@@ -216,7 +219,7 @@ def _placeholder_calls(message_id: str, tree: Mapping[str, list[Message]]) -> li
             )
         todo.extend(after for after in tree.get(reply.id, []) if after.role == "tool")
     return [
-        ToolCall(id=call_id, name=UNKNOWN_TOOL, status=ToolCallStatus.DONE)
+        ToolCall(id=call_id, name=_said_call_name(damaged, call_id), status=ToolCallStatus.DONE)
         for call_id in sorted(ids, key=lambda call_id: (ids[call_id], call_id))
         if len(call_id) <= _MAX_CALL_ID
     ]
@@ -308,6 +311,14 @@ def _said_parent(damaged: bytes, message_id: str) -> str | None:
 def _said_call_id(damaged: bytes) -> str | None:
     found = _CALL_ID.search(damaged)
     return found.group(1).decode("utf-8", "replace") if found is not None else None
+
+
+def _said_call_name(damaged: bytes, call_id: str) -> str:
+    found = re.search(
+        rb'"id"\s*:\s*"' + re.escape(call_id.encode()) + rb'"\s*,\s*"name"\s*:\s*"([^"\\]{1,200})"',
+        damaged,
+    )
+    return found.group(1).decode("utf-8", "replace") if found is not None else UNKNOWN_TOOL
 
 
 def _role(damaged: bytes, replies: list[Message]) -> Role:
