@@ -255,7 +255,12 @@ class ToolRounds:
         # Only once it is stored (a store write, once started, is not cancelled): a
         # failed write leaves the call to be answered by the wind-down.
         self._answered.add(call.id)
-        if tell and call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
+        if tell:
+            self._tell_ended(call)
+
+    def _tell_ended(self, call: ToolCall) -> None:
+        # Announce ``call`` if it ended (done or failed).
+        if call.status in (ToolCallStatus.DONE, ToolCallStatus.FAILED):
             self.host.publish(
                 ev.ToolCallResolved(
                     branch=self._writes.target,
@@ -319,15 +324,7 @@ class ToolRounds:
                 decision=record,
             )
         )
-        if settled.status is ToolCallStatus.FAILED:
-            self.host.publish(
-                ev.ToolCallResolved(
-                    branch=self._writes.target,
-                    tool_call_id=settled.id,
-                    status=settled.status,
-                    reason=settled.reason,
-                )
-            )
+        self._tell_ended(settled)
 
     def _cut_off(self, call: ToolCall, reason: str, cause: str) -> ToolCall:
         # ``call`` as a stopped turn leaves it, its ``result`` the text for the model.

@@ -377,32 +377,34 @@ class ContextSession(
         name = current.active_branch if branch is None else validate_branch_name(branch)
         chosen, generation = self._defaults.for_request(current, name, provider, params)
         untitled = current.title == UNTITLED
+        script = running_loop() is None
         # Ctrl-C is held from the claim until the turn has started (_held_interrupt).
-        with HeldInterrupt() as ctrl_c, self._claim(name) as claim:
-            head = self._head(name)
-            user = Message(role="user", parent_id=head, content=text, metadata=noted)
-            ctrl_c.raise_pending()  # nothing stored yet: the send leaves no trace
-            if running_loop() is None:
-                # A script: store the message here, so a failure raises from send().
-                self._append_prompt(name, user)
-                turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
-                if untitled:
-                    self._io.call(self._title_quietly(user, turn, chosen))
-            else:
-                # On an event loop (a notebook cell, async code): the loop must not wait
-                # for the disk. The message is stored on the store's thread, starting
-                # now; the turn waits for it to be durable before it asks for a reply,
-                # and fails with the store's error if it cannot be.
-                stored = self._start_prompt(name, user)
+        with HeldInterrupt() as ctrl_c:
+            with self._claim(name) as claim:
+                head = self._head(name)
+                user = Message(role="user", parent_id=head, content=text, metadata=noted)
+                ctrl_c.raise_pending()  # nothing stored yet: the send leaves no trace
+                if script:
+                    # A script: store the message here, so a failure raises from send().
+                    self._append_prompt(name, user)
+                    turn = self._start(claim, fsm.Send(), user.id, chosen, generation)
+                else:
+                    # On an event loop (a notebook cell, async code): the loop must not
+                    # wait for the disk. The message is stored on the store's thread,
+                    # starting now; the turn waits for it to be durable before it asks
+                    # for a reply, and fails with the store's error if it cannot be.
+                    stored = self._start_prompt(name, user)
 
-                async def prologue(turn: Turn) -> None:
-                    await asyncio.wrap_future(stored)
-                    if untitled:
-                        await self._title_quietly(user, turn, chosen)
+                    async def prologue(turn: Turn) -> None:
+                        await asyncio.wrap_future(stored)
+                        if untitled:
+                            await self._title_quietly(user, turn, chosen)
 
-                turn = self._start(
-                    claim, fsm.Send(), user.id, chosen, generation, prologue, prompt=stored
-                )
+                    turn = self._start(
+                        claim, fsm.Send(), user.id, chosen, generation, prologue, prompt=stored
+                    )
+            if script and untitled:  # the turn holds the claim now
+                self._io.call(self._title_quietly(user, turn, chosen))
         if ctrl_c.pending:
             said = (
                 "send() was interrupted once your message was being stored: it is "

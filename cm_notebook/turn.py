@@ -136,9 +136,16 @@ class Handle(Generic[T]):
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"not finished within {timeout} s")
-            stopped = 0 if self._loop.is_running() else stopped + 1
-            if stopped >= 2 and not done.is_set():
-                raise self._cannot_finish()
+            if not done.is_set():
+                stopped = self._stopped_again(stopped)
+
+    def _stopped_again(self, stopped: int) -> int:
+        # How many looks in a row have found the work's loop stopped, this one counted;
+        # the second says the work can never finish (StateError).
+        stopped = 0 if self._loop.is_running() else stopped + 1
+        if stopped >= 2:
+            raise self._cannot_finish()
+        return stopped
 
     def _note_still_running(self, interrupt: KeyboardInterrupt) -> None:
         # Ctrl-C in a script stops the wait in result(), not the work: say so on the
@@ -198,9 +205,7 @@ class Handle(Generic[T]):
             while not wrapped.done():
                 await asyncio.wait({wrapped}, timeout=_POLL_SECONDS)
                 if elsewhere and not wrapped.done():
-                    stopped = 0 if self._loop.is_running() else stopped + 1
-                    if stopped >= 2:
-                        raise self._cannot_finish()
+                    stopped = self._stopped_again(stopped)
         except asyncio.CancelledError:
             if wrapped.done():
                 raise
