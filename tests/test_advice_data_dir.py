@@ -12,7 +12,7 @@ import pytest
 from store_helpers import chain
 
 from cm_notebook.cli import main
-from cm_notebook.errors import CorruptDataError
+from cm_notebook.errors import CorruptDataError, InvalidIdError
 from cm_notebook.magics._remedies import for_magics
 from cm_notebook.model import ContextMetadata
 from cm_notebook.server.wording import for_http
@@ -127,3 +127,20 @@ def test_a_rest_client_is_not_told_the_server_s_folder(tmp_path: Path) -> None:
     assert "`cm-notebook check c`" in worded
     assert "data folder" not in worded
     assert str(tmp_path) not in worded
+
+
+def test_an_invalid_id_advises_listing_the_session_s_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "my data"
+    kept = ContextSession.create("Kept", provider=ScriptedProvider(), data_dir=data_dir)
+    kept.close()
+    with pytest.raises(InvalidIdError) as info:
+        ContextSession.open("bad id", data_dir=data_dir)
+    (command,) = advised(str(info.value))
+    assert command == ["cm-notebook", "--data-dir", str(data_dir), "ls"]
+    main(command[1:])  # pasted, it lists the contexts the caller could have meant
+    assert kept.id in capsys.readouterr().out
+    # The command line names its folder once.
+    assert main(["--data-dir", str(data_dir), "show", "bad id"]) == 2
+    assert capsys.readouterr().err.count("--data-dir") == 1

@@ -461,3 +461,16 @@ def test_any_branch_layout_converts_to_a_valid_tree(
     reachable = {mid for name in conv.metadata.branches for mid in conv.path(name)}
     assert reachable == {m.id for m in conv.messages}  # nothing invisible
     assert len(conv.originals) == len(messages)
+
+
+@pytest.mark.parametrize(
+    ("raw_id", "note"),
+    [
+        ("", "id is empty; a new id was made"),
+        ([1, 2], "id [1, 2] is not text or a number; a new id was made"),
+    ],
+)
+def test_an_unusable_id_is_reported_as_what_it_is(raw_id: object, note: str) -> None:
+    (ctx,) = parse_v1([{"id": raw_id, "messages": [{"role": "user", "content": "hi"}]}]).contexts
+    assert note in ctx.notes
+    assert validate_context_id(convert(ctx).metadata.id)  # a new id was made

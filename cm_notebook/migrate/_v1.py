@@ -271,6 +271,13 @@ def _id_text(value: Any) -> str | None:
     return None
 
 
+def _unusable_id_note(value: Any) -> str:
+    """What the report says of a context id it could not use (a new one was made)."""
+    if value == "":
+        return "id is empty; a new id was made"
+    return f"id {value!r} is not text or a number; a new id was made"
+
+
 def _content(value: Any) -> tuple[str, list[Any] | None] | None:
     """(text, original parts or None) for a v1 content value; None if unusable."""
     if value is None:
@@ -396,7 +403,7 @@ def _context(
         return ctx
     ctx.id = _id_text(record.get("id")) or key
     if record.get("id") is not None and _id_text(record.get("id")) is None:
-        ctx.notes.append(f"id {record['id']!r} is not text or a number; a new id was made")
+        ctx.notes.append(_unusable_id_note(record["id"]))
     _, title = _first(record, _CTX_TITLE)
     if isinstance(title, str) and title.strip():
         ctx.title = title

@@ -115,9 +115,9 @@ from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 from ..errors import CMError, ContextNotFoundError, InvalidInputError
-from ..ids import validate_branch_name, validate_context_id, validate_message_id
+from ..ids import validate_branch_name, validate_message_id
 from ..model import ContextMetadata, Message
-from . import ops, oserrors
+from . import folders, ops, oserrors
 from .atomic import Fsync
 from .base import IndexEntry
 from .branches import BranchWrites, check_message_ids
@@ -227,7 +227,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
             raise oserrors.translate(exc, where, "use") from exc
 
     def _state(self, context_id: str) -> ContextState:
-        validate_context_id(context_id)
+        folders.valid_context_id(self.data_dir, context_id)
         with self._registry_lock:
             state = self._states.get(context_id)
             if state is None:

@@ -16,8 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._cli_advice import for_contexts_in
-from ..errors import CMError, ContextExistsError, CorruptDataError, InvalidInputError, StoreError
-from ..ids import id_key
+from ..errors import (
+    CMError,
+    ContextExistsError,
+    CorruptDataError,
+    InvalidIdError,
+    InvalidInputError,
+    StoreError,
+)
+from ..ids import id_key, validate_context_id
 from ..model import ContextMetadata
 from .atomic import Fsync, atomic_write, fsync_dir, mkdir_durable
 from .codec import decode_metadata, encode_metadata, read_regular
@@ -43,12 +50,22 @@ __all__ = [
     "remove_tree",
     "signal_log_in",
     "trash_path",
+    "valid_context_id",
 ]
 
 _TRASH_PREFIX = ".trash-"
 _TMP_PREFIX = ".tmp-"
 # Creating a context takes a few small writes; this only guards against a hung creator.
 _CREATING_TIMEOUT = 30.0
+
+
+def valid_context_id(data_dir: Path, context_id: str) -> str:
+    """``context_id`` if it is a valid id, else the InvalidIdError that says so, its
+    `cm-notebook ls` given ``--data-dir`` for contexts stored in ``data_dir``."""
+    try:
+        return validate_context_id(context_id)
+    except InvalidIdError as exc:
+        raise InvalidIdError(for_contexts_in(str(exc), data_dir)) from None
 
 
 def _exists(data_dir: Path, context_id: str) -> ContextExistsError:
