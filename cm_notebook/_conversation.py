@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from ._prefix_cache import PrefixCache
-from .model import Message, MessageStatus
+from .model import Message, MessageMetadata, MessageStatus, ToolCallStatus, answer_status
 
 __all__ = ["call_ids", "for_request"]
 
@@ -56,13 +56,18 @@ def _answer_every_call(path: list[Message]) -> list[Message]:
     # new since a recent path (as this runs for every request).
     start, known = _ANSWERED.longest(path)
     out: list[Message] = list(known) if known is not None else []
-    open_calls: dict[str, str] = {}  # id -> result text to use if never answered
+    # id -> the result to use if never answered: the call's recorded one, else an error
+    open_calls: dict[str, tuple[str, ToolCallStatus]] = {}
 
     def close_open() -> None:
-        for call_id, text in open_calls.items():
+        for call_id, (text, outcome) in open_calls.items():
             out.append(
                 Message(
-                    id=f"missing-{call_id}"[:128], role="tool", content=text, tool_call_id=call_id
+                    id=f"missing-{call_id}"[:128],
+                    role="tool",
+                    content=text,
+                    tool_call_id=call_id,
+                    metadata=MessageMetadata(tool_status=outcome),
                 )
             )
         open_calls.clear()
@@ -76,7 +81,11 @@ def _answer_every_call(path: list[Message]) -> list[Message]:
             close_open()
         out.append(message)
         for call in message.tool_calls:
-            open_calls[call.id] = call.result or "error: no result was recorded for this call"
+            open_calls[call.id] = (
+                (call.result, answer_status(call))
+                if call.result
+                else ("error: no result was recorded for this call", ToolCallStatus.FAILED)
+            )
     if not open_calls and start != len(path):
         _ANSWERED.keep(path, list(out))
     close_open()

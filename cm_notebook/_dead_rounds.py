@@ -43,7 +43,15 @@ from ._runner_tools import approved_not_run_reason, approved_not_run_result, int
 from ._session_messages import MessageCache, is_settled
 from ._sessionio import StoreAccess
 from .errors import BranchMovedError, BusyError, CMError
-from .model import ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
+from .model import (
+    ContextMetadata,
+    Message,
+    MessageMetadata,
+    MessageStatus,
+    ToolCall,
+    ToolCallStatus,
+    answer_status,
+)
 from .redact import get_logger
 from .store import Store
 from .store.oslock import lock_is_held
@@ -167,7 +175,11 @@ async def _answer(
     events: list[ev.Event] = []
     for call in calls:
         tool_message = Message(
-            role="tool", parent_id=head, content=call.result or "", tool_call_id=call.id
+            role="tool",
+            parent_id=head,
+            content=call.result or "",
+            tool_call_id=call.id,
+            metadata=MessageMetadata(tool_status=answer_status(call)),
         )
         try:
             await store.append_message(context_id, tool_message, branch=branch, expected_head=head)

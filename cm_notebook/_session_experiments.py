@@ -179,7 +179,9 @@ class ExperimentMethods:
         tools, their results follow and the model answers again: a reply whose calls
         still wait for a decision, or run, has no results yet, and is refused with a
         StateError saying to decide them, or stop its turn, first), a tool result (the
-        model answers the new result); or ``"system"`` for the system prompt of the
+        model answers the new result; a text starting ``error:``, as the results of
+        failed and denied calls do, is sent as an error result, any other as the
+        call's success); or ``"system"`` for the system prompt of the
         active branch (every user turn runs again under the new prompt). The new
         branch (``name``, default ``<branch>-cf-N``) is forked just before the message.
         Each turn sent again uses the generation parameters its original reply recorded.

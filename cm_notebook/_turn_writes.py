@@ -31,7 +31,7 @@ from .errors import (
     StoreLockTimeoutError,
 )
 from .ids import new_branch_stem
-from .model import Message, ToolCall
+from .model import Message, MessageMetadata, ToolCall, answer_status
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
 from .store import Store
@@ -257,8 +257,11 @@ class TurnWrites:
                 await release(self.host.context_id, final)
 
     async def answer_call(self, call: ToolCall, text: str) -> None:
-        """Store the tool message answering ``call``."""
-        message = Message(role="tool", parent_id=self.head, content=text, tool_call_id=call.id)
+        """Store the tool message answering ``call``, with the call's outcome."""
+        metadata = MessageMetadata(tool_status=answer_status(call))
+        message = Message(
+            role="tool", parent_id=self.head, content=text, tool_call_id=call.id, metadata=metadata
+        )
         await self.append(message)
 
 

@@ -35,6 +35,7 @@ from .ids import new_id, validate_branch_name, validate_context_id, validate_mes
 from .redact import refuse_secrets
 
 __all__ = [
+    "ANSWERED",
     "SCHEMA_VERSION",
     "Branch",
     "ContextMetadata",
@@ -47,6 +48,7 @@ __all__ = [
     "TokenUsage",
     "ToolCall",
     "ToolCallStatus",
+    "answer_status",
     "refuse_secrets",
     "utcnow",
     "validate_labels",
@@ -138,6 +140,20 @@ class ToolCall(_Model):
         return tool_call_repr(self)
 
 
+#: What a tool call can end as once it has a result: ran, failed, or was denied.
+ANSWERED = frozenset({ToolCallStatus.DONE, ToolCallStatus.FAILED, ToolCallStatus.DENIED})
+
+
+def answer_status(call: ToolCall) -> ToolCallStatus:
+    """The outcome a ``tool`` message answering ``call`` records (``tool_status``).
+
+    The call's own once it ended (done, failed, denied). A call still open (waiting,
+    or running on another branch) has no result of its own, so the text answering it
+    says it has none: an error, recorded as failed.
+    """
+    return call.status if call.status in ANSWERED else ToolCallStatus.FAILED
+
+
 class StreamStats(_Model):
     """How the streaming of one reply went, measured by the session that received it.
 
@@ -182,8 +198,12 @@ class MessageMetadata(BaseModel):
     produced it (see :mod:`cm_notebook.providers`). ``tool_arguments_text`` keeps, by
     call id, the arguments of a tool call the model wrote as text that is no JSON object
     (a truncated or malformed object, an array): the call's ``arguments`` cannot hold it,
-    and the model's output is never dropped. Left out of the JSON when empty, so files
-    without them read as before.
+    and the model's output is never dropped. On a ``tool`` message, ``tool_status`` is
+    the outcome of the call it answers (``done``, ``failed`` or ``denied``, see
+    :func:`answer_status`): the result's own, which an edited result (a counterfactual)
+    does not share with the call of the reply it answers; None on tool messages stored
+    before it was recorded, whose call's status tells. Left out of the JSON when empty,
+    so files without them read as before.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -206,6 +226,7 @@ class MessageMetadata(BaseModel):
     refusal: bool = False
     reasoning_field: str | None = None
     tool_arguments_text: dict[str, str] = Field(default_factory=dict)
+    tool_status: ToolCallStatus | None = None
 
     _metadata_bounded = model_validator(mode="before")(_bounded)
 
@@ -230,6 +251,7 @@ _ADDED_METADATA = (
     "refusal",
     "reasoning_field",
     "tool_arguments_text",
+    "tool_status",
 )
 
 

@@ -294,7 +294,8 @@ def start_counterfactual(
     try:
         session._defaults.pass_on(metadata, source, created)
         session._publish(ev.BranchCreated(branch=target, head=original.parent_id))
-        head = _append(session, target, _edited(original, new_content))
+        outcome = _edited_outcome(path[:at], original, new_content)
+        head = _append(session, target, _edited(original, new_content, outcome))
         for message in copied:
             head = _append(session, target, _copy(message, head))
         if not answer_again:
@@ -464,10 +465,35 @@ _NOT_OF_AN_EDIT = frozenset(
 _REASONING = frozenset({"reasoning", "reasoning_blocks", "reasoning_field"})
 
 
-def _edited(original: Message, content: str) -> Message:
+def _edited_outcome(
+    before: list[Message], original: Message, content: str
+) -> ToolCallStatus | None:
+    # The outcome an edited tool result records (None for other messages): by the text,
+    # as results are written (a failed or denied call's starts "error:",
+    # cm_notebook.tools), so a failure edited into an answer is one, and an answer
+    # edited into an error is an error. A failure edited into another keeps its kind.
+    if original.role != "tool":
+        return None
+    was = original.metadata.tool_status
+    if was is None:  # stored before results recorded it: the call's status tells
+        calls = (call for m in reversed(before) for call in m.tool_calls)
+        was = next((c.status for c in calls if c.id == original.tool_call_id), None)
+    if not content.startswith("error:"):
+        return ToolCallStatus.DONE
+    return was if was in _FAILURES else ToolCallStatus.FAILED
+
+
+#: The outcomes whose result tells the model its call did not run as asked.
+_FAILURES = (ToolCallStatus.FAILED, ToolCallStatus.DENIED)
+
+
+def _edited(original: Message, content: str, outcome: ToolCallStatus | None) -> Message:
+    # ``outcome``: an edited tool result's (see _edited_outcome).
     dropped = _NOT_OF_AN_EDIT if original.tool_calls else _NOT_OF_AN_EDIT | _REASONING
     metadata = original.metadata.model_dump(exclude=set(dropped))
     metadata["edited_from"] = original.id
+    if outcome is not None:
+        metadata["tool_status"] = outcome
     return Message(
         id=new_id("m"),
         parent_id=original.parent_id,

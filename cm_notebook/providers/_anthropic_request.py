@@ -39,16 +39,19 @@ def to_anthropic_messages(
       included) come first when the reply is from ``reasoning_of`` (the ``(provider,
       model)`` the request is for: signatures are checked per model; None: never);
     - ``tool`` messages become ``tool_result`` blocks in a *user* message; consecutive
-      results (parallel calls) share one user message, as the API requires, and a
-      failed or denied call is flagged ``is_error`` so the model knows it did not run;
+      results (parallel calls) share one user message, as the API requires, and the
+      result of a failed or denied call is flagged ``is_error`` so the model knows it
+      did not run: by the outcome the tool message records (``metadata.tool_status``,
+      its own even where a counterfactual edited it), else, for messages stored before
+      it was recorded, by the status of the call it answers;
     - consecutive messages of the same role are merged, so the result alternates;
     - a reply with neither text nor tool calls (one that only thought) is left out;
     - empty text is dropped (the API rejects empty text blocks).
     """
     system_parts: list[str] = []
     converted: list[dict[str, Any]] = []
-    # Failed/denied status lives on the assistant's ToolCall; the tool message only has
-    # the text, so remember each call's status as we pass it.
+    # A tool message stored by an older version has only the text: its call's status
+    # (on the assistant's ToolCall) tells how it ended, so remember each as we pass it.
     call_status: dict[str, ToolCallStatus] = {}
 
     def append(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -87,10 +90,10 @@ def to_anthropic_messages(
                 "tool_use_id": message.tool_call_id,
                 "content": message.content,
             }
-            if call_status.get(message.tool_call_id) in (
-                ToolCallStatus.FAILED,
-                ToolCallStatus.DENIED,
-            ):
+            # The result's own outcome first: a counterfactual's edited result shares
+            # the call (and its status) of the reply it answers, not its outcome.
+            outcome = message.metadata.tool_status or call_status.get(message.tool_call_id)
+            if outcome in (ToolCallStatus.FAILED, ToolCallStatus.DENIED):
                 result["is_error"] = True
             append("user", [result])
     system = "\n\n".join(system_parts) if system_parts else None
