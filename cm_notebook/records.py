@@ -3,10 +3,10 @@ assistant message before the next user message), for analysis. A turn's steps be
 its reply, which only ask for tools, are no answer and have no row: the reply's row
 counts the tool calls of its whole turn and, beside its own tokens and timings, the
 tokens of every step (``session.history()`` has each step); a turn stopped in its tool
-round keeps its last reply, which only asks for tools. A reply that
-``regenerate()`` replaced is on no branch (its sibling took its place) and has no row;
-samples meant to be compared go on branches of their own (``fan_out``, a sweep's
-repeats).
+round keeps its last reply, which only asks for tools, its ``status`` ``stopped``. A
+reply that ``regenerate()`` replaced is on no branch (its sibling took its place) and
+has no row; samples meant to be compared go on branches of their own (``fan_out``, a
+sweep's repeats).
 
 :func:`records` builds plain dicts (no dependency); :func:`to_dataframe` hands them to
 pandas (the optional extra ``cm_notebook[data]``); :func:`write_csv` writes them with
@@ -41,7 +41,14 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``request_id``,                provenance (:mod:`cm_notebook.provenance`)
 ``request_hash``
 ``created_at``                 when the reply was started (UTC)
-``status``                     complete, interrupted, error or streaming
+``status``                     how the turn ended: ``complete`` (it answered),
+                              ``interrupted``, ``error`` or ``streaming`` (its reply's
+                              own status), ``stopped``: stopped in its tool round (the
+                              tool round limit, a Stop while its calls waited for
+                              approval or a tool ran), so that it never answered: its
+                              last reply only asks for tools (``tool_calls`` > 0, a
+                              sweep's ``failure`` says where), or ``running``: its tool
+                              round goes on (a call waits for a decision, or runs)
 ``edited_from``                the id of the reply whose text was edited by hand into
                               this one (a counterfactual edit), None for a reply as
                               the model gave it
@@ -64,8 +71,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._unicode import without_surrogates
+from .compare import tool_round_stop
 from .errors import CMError, ExtraNotInstalledError, InvalidInputError
-from .model import Branch, Message
+from .model import Branch, Message, MessageStatus
 from .scores import Score
 from .store.atomic import atomic_write
 from .store.oserrors import translate
@@ -73,7 +81,7 @@ from .store.oserrors import translate
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "records", "to_csv_text", "to_dataframe", "write_csv"]
+__all__ = ["COLUMNS", "RUNNING", "STOPPED", "records", "to_csv_text", "to_dataframe", "write_csv"]
 
 #: The fixed columns, in order; ``label_*``, ``param_*`` and ``metric_*`` follow.
 COLUMNS: tuple[str, ...] = (
@@ -155,7 +163,7 @@ def _row(
         "request_id": meta.request_id,
         "request_hash": meta.request_hash,
         "created_at": reply.created_at,
-        "status": reply.status.value,
+        "status": _turn_status(reply),
         "edited_from": _edited_from(reply),
     }
     row.update({f"label_{key}": value for key, value in labels.items()})
@@ -163,6 +171,20 @@ def _row(
     if score is not None:
         row.update({f"metric_{key}": value for key, value in score.metrics.items()})
     return row
+
+
+#: The ``status`` of a turn stopped in its tool round, and of one whose round goes on.
+STOPPED = "stopped"
+RUNNING = "running"
+
+
+def _turn_status(reply: Message) -> str:
+    # How the turn that ``reply`` ends went. A reply that only asks for tools is stored
+    # complete (the request for tools was), but its turn never answered: it was stopped
+    # in that round, or the round goes on.
+    if reply.status is MessageStatus.COMPLETE and reply.tool_calls:
+        return RUNNING if tool_round_stop(reply) is None else STOPPED
+    return reply.status.value
 
 
 def _input_tokens(reply: Message) -> int | None:
@@ -204,7 +226,9 @@ def records(
     A turn's steps before it (replies that only ask for tools, whose results follow)
     are no answer and have no row: counted, they would sit beside the answers as empty
     outputs and skew their means. A turn stopped in its tool round keeps its last reply,
-    which only asks for tools (``tool_calls`` > 0). A reply's row counts the tool calls
+    which only asks for tools (``tool_calls`` > 0), its ``status`` ``stopped`` (``running``
+    while the round goes on), not the ``complete`` its request for tools was stored
+    with. A reply's row counts the tool calls
     and the tokens of its whole turn (``tool_calls``, ``turn_*_tokens``).
 
     A branch's ``variant`` and ``label_*`` columns go only on the replies made on it: a
