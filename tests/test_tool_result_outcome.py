@@ -6,6 +6,7 @@ shares that reply (and its call's status) with the branch it came from."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,34 @@ def test_a_stored_result_keeps_its_outcome_on_disk(new_session: NewSession, data
     path = data_dir / "contexts" / session.id / "messages" / f"{result.id}.json"
     stored = json.loads(path.read_text(encoding="utf-8"))
     assert stored["metadata"]["tool_status"] == "failed"
+
+
+def test_a_fork_s_answer_for_a_call_waiting_elsewhere_is_an_error_after_the_call_ran(
+    new_session: NewSession,
+) -> None:
+    # A fork made at a reply whose call waits answers it on its own branch as having no
+    # result there; once the call runs on the other branch (its status, shared, done),
+    # the fork still sends its answer as the error it is.
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2})
+    fake.reply("On the fork.").reply("It is 3.").reply("Still on the fork.")
+    session = new_session(provider=fake, tools=[add], approval="ask")
+    turn = session.send("What is 1 + 2?")
+    deadline = time.monotonic() + DEADLINE
+    while not session.pending_tool_calls:
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    [waiting] = session.pending_tool_calls
+    session.branch("fork", switch=False)
+    session.send("Meanwhile, hello.", branch="fork").result(DEADLINE)
+    answer = session.history("fork")[2]
+    assert "has no result on this branch" in answer.content
+    assert answer.metadata.tool_status is ToolCallStatus.FAILED
+
+    session.approve(waiting.id)
+    turn.result(DEADLINE)
+    assert session.history("fork")[1].tool_calls[0].status is ToolCallStatus.DONE
+    session.send("And now?", branch="fork").result(DEADLINE)
+    [sent] = _results(fake.requests[-1].messages)
+    assert (sent["content"], sent["is_error"]) == (answer.content, True)
+    [ran] = _results(session.history("main"))
+    assert (ran["content"], "is_error" in ran) == ("3", False)
