@@ -226,10 +226,10 @@ def records(
     A turn's steps before it (replies that only ask for tools, whose results follow)
     are no answer and have no row: counted, they would sit beside the answers as empty
     outputs and skew their means. A turn stopped in its tool round keeps its last reply,
-    which only asks for tools (``tool_calls`` > 0), its ``status`` ``stopped`` (``running``
-    while the round goes on), not the ``complete`` its request for tools was stored
-    with. A reply's row counts the tool calls
-    and the tokens of its whole turn (``tool_calls``, ``turn_*_tokens``).
+    which only asks for tools (``tool_calls`` > 0), its ``status`` ``stopped``
+    (``running`` while the round goes on), not the ``complete`` its request for tools
+    was stored with. A reply's row counts the tool calls and the tokens of its whole
+    turn (``tool_calls``, ``turn_*_tokens``).
 
     A branch's ``variant`` and ``label_*`` columns go only on the replies made on it: a
     reply started before the branch was made (it forked after it) came from another
