@@ -55,6 +55,10 @@ def drawn_order(text: str, *, right_to_left: bool = False) -> str:
 
 
 def _weak_types(kinds: list[str], edge: str) -> list[str]:
+    # W1: a mark (a vowel sign, a point) goes the way of the character it is on.
+    for i, kind in enumerate(kinds):
+        if kind == "NSM":
+            kinds[i] = kinds[i - 1] if i else edge
     # W2, W3: a European digit after an Arabic letter is an Arabic one; Arabic
     # letters are right-to-left letters from then on.
     strong = edge

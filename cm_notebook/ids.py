@@ -13,16 +13,17 @@ up, stored or imported is held to that). A branch the user makes now must also n
 open to look-alikes (:func:`validate_new_branch_name`): it must be in Unicode normal
 form NFKC (no fullwidth letters, ligatures or superscripts), may not mix scripts
 (``mаin`` with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and
-Korean write, is fine) and may not have a letter that shows nothing (the Hangul
-fillers), nor be drawn two ways (right-to-left letters with digits or signs at an
-edge). Names read back (stored, exported, imported) are not held to those rules:
-earlier versions made branches without them, and data that has one still opens and
-moves. :func:`branch_name_key` folds case, maps the Cyrillic and Greek letters that
+Korean write, is fine, and so is Latin beside one script that has no letter passing for
+a Latin one, such as Hebrew, Arabic or Devanagari) and may not have a letter that shows
+nothing (the Hangul fillers), nor be drawn two ways (right-to-left letters with digits
+or signs at an edge). Names read back (stored, exported, imported) are not held to those
+rules: earlier versions made branches without them, and data that has one still opens
+and moves. :func:`branch_name_key` folds case, maps the Cyrillic and Greek letters that
 look Latin and puts the characters in the order they are drawn, and
-:func:`check_branch_name_free` refuses a new name whose key equals an existing
-branch's, naming that branch. :func:`free_branch_name` makes the names the
-package picks itself (an edit's fork, a fan-out's arms) within all the rules, also from
-a stem that an older branch's name brings (:func:`new_branch_stem`).
+:func:`check_branch_name_free` refuses a new name whose key equals an existing branch's,
+naming that branch. :func:`free_branch_name` makes the names the package picks itself
+(an edit's fork, a fan-out's arms) within all the rules, also from a stem that an older
+branch's name brings (:func:`new_branch_stem`).
 
 Every check raises :class:`~cm_notebook.errors.InvalidIdError` with a sentence saying
 what was wrong and what is allowed.
@@ -146,6 +147,33 @@ def id_key(value: str) -> str:
 # Hangul, and both use Latin letters beside them. Any other mix is how look-alikes
 # are made (``mаin`` with a Cyrillic ``а``).
 _SCRIPT_MIXES = ({"LATIN", "HAN", "KANA"}, {"LATIN", "HAN", "HANGUL"}, {"LATIN", "HAN", "BOPOMOFO"})
+# Scripts that may stand beside Latin (``main-שלום``, ``edit-مرحبا``): in common use,
+# and with no letter that passes for a Latin one, as Unicode's "moderately restrictive"
+# level (UTS #39) has it. Cyrillic, Greek, Armenian and Cherokee, which have such
+# letters, are not among them.
+_BESIDE_LATIN = frozenset(
+    {
+        "ARABIC",
+        "BENGALI",
+        "DEVANAGARI",
+        "ETHIOPIC",
+        "GEORGIAN",
+        "GUJARATI",
+        "GURMUKHI",
+        "HEBREW",
+        "KANNADA",
+        "KHMER",
+        "LAO",
+        "MALAYALAM",
+        "MYANMAR",
+        "ORIYA",
+        "SINHALA",
+        "TAMIL",
+        "TELUGU",
+        "THAI",
+        "TIBETAN",
+    }
+)
 _SCRIPT_ALIASES = {"CJK": "HAN", "HIRAGANA": "KANA", "KATAKANA": "KANA"}
 
 
@@ -166,6 +194,8 @@ def _mixed_scripts(value: str) -> tuple[str, str] | None:
             first.setdefault(script, char)
             counts[script] = counts.get(script, 0) + 1
     if len(counts) < 2 or any(set(counts) <= allowed for allowed in _SCRIPT_MIXES):
+        return None
+    if len(counts) == 2 and "LATIN" in counts and (set(counts) - {"LATIN"}) <= _BESIDE_LATIN:
         return None
     # The odd letter out is the one a reader would not expect: the rarest script's.
     main = max(counts, key=lambda s: counts[s])
@@ -248,7 +278,9 @@ def _cut(text: str, length: int) -> str:
 def validate_new_branch_name(value: object) -> str:
     """:func:`validate_branch_name`, and the rules only a branch made now is held to, so
     that its name cannot pass for another: Unicode form NFKC, one script (or one of the
-    mixes Japanese and Korean write), no letter that shows nothing (a Hangul filler).
+    mixes Japanese and Korean write, or Latin beside a script with no letter that
+    passes for a Latin one, such as Hebrew or Arabic), no letter that shows nothing (a
+    Hangul filler).
 
     Not applied to names read back (stored, exported, imported): an earlier version
     made branches without these rules (``β-test``, ``x²``), and they still open.
@@ -314,7 +346,10 @@ def new_branch_stem(stem: str) -> str:
         return stem
     text = unicodedata.normalize("NFKC", stem.translate(_WITHOUT_INVISIBLE))
     # NFKC may spell a character with ones a name may not hold ("½" has a fraction slash).
-    text = "".join(c if c in "_-.+ " or unicodedata.category(c)[0] in "LN" else "-" for c in text)
+    text = "".join(
+        c if c in "_-.+ " or unicodedata.category(c)[0] in "LN" or _own_mark(p, c) else "-"
+        for p, c in zip(" " + text, text, strict=False)
+    )
     text = re.sub(r"\.{2,}", ".", text)
     if _mixed_scripts(text) is not None:
         text = "".join(_as_latin(char) for char in text)
@@ -362,7 +397,10 @@ def validate_branch_name(value: object) -> str:
 
     What every name read, looked up, stored or imported is held to: 1-100 characters,
     letters, digits, spaces and ``_-.+`` (never a path separator, ``..`` or a control
-    character), no white space at either end, Unicode form NFC. A branch made now is
+    character), no white space at either end, Unicode form NFC. A letter may carry the
+    marks its own script writes it with (Devanagari's vowel signs, Thai's tone marks,
+    Hebrew's and Arabic's points), not Latin, Greek or Cyrillic ones, which NFC has
+    composed into the letter where one exists. A branch made now is
     held to :func:`validate_new_branch_name` too.
     """
     if not isinstance(value, str):
@@ -383,13 +421,31 @@ def validate_branch_name(value: object) -> str:
             f"branch name {shown!r} is not valid: it is not in Unicode normal form C; "
             f"use {unicodedata.normalize('NFC', value)!r}. {_HINT}"
         )
+    previous = ""
     for char in value:
         category = unicodedata.category(char)
-        if char in "_-.+ ":
-            continue
-        if category[0] in "LN":
+        if char in "_-.+ " or category[0] in "LN" or _own_mark(previous, char):
+            previous = char
             continue
         raise InvalidIdError(
             f"branch name {shown!r} is not valid: character {char!r} is not allowed. {_HINT}"
         )
     return value
+
+
+#: Whose marks are letters' accents: Latin, Greek and Cyrillic have a precomposed
+#: letter for each accent in use (NFC composes them), so a mark left over is an overlay
+#: (``main\u0338``) or a stack, not a letter's part.
+_PRECOMPOSED_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC", "COMBINING"})
+
+
+def _own_mark(previous: str, char: str) -> bool:
+    # Whether ``char`` is a mark of the script of the letter (or mark) before it: a
+    # vowel sign, virama or point, with which Devanagari, Thai, Arabic, Hebrew... write
+    # their letters (``हिंदी``, ``ที่``), and which NFC leaves as they are.
+    if not previous or unicodedata.category(char)[0] != "M":
+        return False
+    if unicodedata.category(previous)[0] not in "LM":
+        return False
+    script = _script(char)
+    return script not in _PRECOMPOSED_SCRIPTS and _script(previous) == script

@@ -148,6 +148,10 @@ def test_branch_names_allow_words_spaces_and_letters(name: str) -> None:
         "semi;colon",
         "quote'",
         "x" * (MAX_BRANCH_NAME_LENGTH + 1),
+        "main\u0338",  # an overlay on a Latin letter (NFC leaves it: no letter has it)
+        "\u0301abc",  # a mark with no letter to carry it
+        "a\u0947",  # a Devanagari vowel sign on a Latin letter
+        "\u0939\u0338",  # a generic overlay on a Devanagari one
     ],
 )
 def test_hostile_branch_names_are_refused(name: str) -> None:
@@ -210,6 +214,8 @@ def test_ids_that_differ_only_in_case_share_a_key() -> None:
         ("\u03bfpen", "\u03bf"),  # the Greek omicron is the odd letter out, even first
         ("test\u0410", "\u0410"),
         ("\u0430\u0430\u03b1", "\u03b1"),  # Cyrillic with Greek
+        ("\u0585pen", "\u0585"),  # an Armenian oh, which passes for a Latin o
+        ("main-\u05e9\u05dc\u05d5\u05dd-\u043c\u0438\u0440", "\u043c"),  # a third script
     ],
 )
 def test_mixed_script_branch_names_are_refused_when_made(name: str, foreign: str) -> None:
@@ -220,7 +226,25 @@ def test_mixed_script_branch_names_are_refused_when_made(name: str, foreign: str
 
 
 @pytest.mark.parametrize(
-    "name", ["日本語のbranch", "テスト v2", "한국어 branch", "中文 notes", "Ελληνικά", "русский"]
+    "name",
+    [
+        "日本語のbranch",
+        "テスト v2",
+        "한국어 branch",
+        "中文 notes",
+        "Ελληνικά",
+        "русский",
+        # Latin beside a script with no letter that passes for a Latin one
+        "main-שלום",
+        "edit-مرحبا",
+        "हिंदी notes",
+        "main-ภาษาไทย",
+        # marks a script writes its letters with, which NFC leaves as they are
+        "हिंदी",
+        "ที่นี่",
+        "שָׁלוֹם",
+        "مَرْحَبًا",
+    ],
 )
 def test_scripts_written_together_and_single_scripts_pass(name: str) -> None:
     assert validate_new_branch_name(name) == name
