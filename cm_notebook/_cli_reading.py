@@ -26,7 +26,7 @@ from ._unicode import for_terminal
 from .errors import CMError
 from .model import ContextMetadata, Message
 from .prompts import effective_system
-from .render import call_result, status_label, tool_results
+from .render import shown_call, status_label, tool_results
 from .store.base import Store
 from .store.diagnostics import StoreWarning
 
@@ -163,8 +163,9 @@ def _labelled(indent: str, label: str, text: str) -> None:
         out(f"{indent}{' ' * len(label)}{line}".rstrip())
 
 
-def _print_message(message: Message, results: Mapping[str, str]) -> None:
-    # ``results``: the branch's tool results (see call_result).
+def _print_message(message: Message, results: Mapping[str, Message]) -> None:
+    # ``results``: the branch's tool results; a call shows its outcome and result there
+    # (see shown_call).
     label = status_label(message)
     status = f" ({label})" if label else ""
     answers = f" -> {message.tool_call_id}" if message.tool_call_id else ""
@@ -173,12 +174,12 @@ def _print_message(message: Message, results: Mapping[str, str]) -> None:
         _labelled("    ", "", message.content)
     for call in message.tool_calls:
         args = json.dumps(call.arguments, ensure_ascii=False)
-        out(f"    tool call {clip(call.name, 100)}({args}) [{call.status.value}]")
-        if call.reason:
-            _labelled("      ", "reason: ", call.reason)
-        result = call_result(call, results)
-        if result is not None:
-            out(f"      result: {clip(result, 200)}")
+        shown = shown_call(call, results)
+        out(f"    tool call {clip(call.name, 100)}({args}) [{shown.status.value}]")
+        if shown.reason:
+            _labelled("      ", "reason: ", shown.reason)
+        if shown.result is not None:
+            out(f"      result: {clip(shown.result, 200)}")
     if message.metadata.error:
         _labelled("    ", "error: ", message.metadata.error)
     out()

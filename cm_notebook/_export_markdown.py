@@ -75,8 +75,10 @@ from .render import (
     call_arguments_text,
     code_fence,
     longest_backtick_run,
+    shown_call,
     status_label,
     stop_note,
+    tool_results,
 )
 
 __all__ = ["markdown_of", "message_markdown"]
@@ -396,8 +398,9 @@ def markdown_of(
     if system_prompt:
         lines += ["", "## System prompt", "", message_markdown(system_prompt)]
     # A call's result is shown under the call only when no tool message on the branch
-    # answers it: that message shows it (the same text) once, in its turn.
-    answered = {m.tool_call_id for m in messages if m.tool_call_id}
+    # answers it: that message shows it (the same text) once, in its turn. Its outcome
+    # is the branch's (an edited result's own, see shown_call).
+    answered = tool_results(messages)
     for message in messages:
         label = status_label(message)
         status = f" ({label})" if label else ""
@@ -412,11 +415,12 @@ def markdown_of(
             lines.append(message_markdown(message.content))
         for call in message.tool_calls:
             args = call_arguments_text(message, call, indent=2)
-            _paragraph(lines, f"**Tool call** {_code_span(call.name)} ({call.status.value})")
+            shown = shown_call(call, answered)
+            _paragraph(lines, f"**Tool call** {_code_span(call.name)} ({shown.status.value})")
             written = call.id in message.metadata.tool_arguments_text  # not JSON
             _paragraph(lines, code_fence(args, "" if written else "json"))
-            if call.reason:
-                _paragraph(lines, _quoted("Reason", call.reason))
+            if shown.reason:
+                _paragraph(lines, _quoted("Reason", shown.reason))
             if call.result is not None and call.id not in answered:
                 _paragraph(lines, "Result:")
                 _paragraph(lines, code_fence(call.result))

@@ -8,8 +8,8 @@ by the HTML, the Markdown export, ``cm-notebook show`` and the reprs alike: a re
 cut by the token limit (``finish_reason == "length"``), stopped by the provider's
 content filter (``"content_filter"``) or refused by the model (``"refusal"``) says so
 everywhere (:func:`stop_note`), as do a refusal the API flagged in its stream and a
-reply that reasoned but gave no answer. A tool call's result is shown as the branch
-shown holds it (:func:`call_result`).
+reply that reasoned but gave no answer. A tool call is shown as the branch shown holds
+it, its outcome and its result both (:func:`shown_call`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import html
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._cli_advice import for_contexts_in
@@ -25,7 +26,7 @@ from ._html_text import WRAP_ANYWHERE, isolated, json_text_html
 from ._reasoning_html import NO_ANSWER, gave_no_answer, reasoning_html
 from ._theme import MUTED
 from ._unicode import grapheme_prefix
-from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall
+from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
 from .prompts import effective_system
 
 __all__ = [
@@ -33,8 +34,8 @@ __all__ = [
     "CUT_OFF",
     "REFUSED",
     "SAVED_MESSAGES",
+    "ShownCall",
     "branch_repr",
-    "call_result",
     "code_fence",
     "context_repr",
     "conversation_html",
@@ -42,6 +43,7 @@ __all__ = [
     "message_html",
     "message_repr",
     "one_line",
+    "shown_call",
     "status_label",
     "stop_note",
     "tool_call_repr",
@@ -179,9 +181,10 @@ def context_repr(metadata: ContextMetadata) -> str:
     )
 
 
-def message_html(message: Message) -> str:
+def message_html(message: Message, results: Mapping[str, Message] | None = None) -> str:
     """One message as a static HTML block (content escaped; a reply's reasoning
-    collapsed before it, see :mod:`cm_notebook._reasoning_html`)."""
+    collapsed before it, see :mod:`cm_notebook._reasoning_html`); its tool calls as the
+    branch whose :func:`tool_results` are ``results`` holds them (:func:`shown_call`)."""
     role = html.escape(message.role)
     style = _ROLE_STYLE.get(message.role, "")
     notes = []
@@ -192,7 +195,7 @@ def message_html(message: Message) -> str:
         notes.append(isolated(message.metadata.model))
     if message.metadata.error:
         notes.append("error: " + isolated(message.metadata.error))
-    calls = tool_calls_html(message)
+    calls = tool_calls_html(message, results)
     note = f' <span style="color:{MUTED}">({", ".join(notes)})</span>' if notes else ""
     stopped = stop_note(message)
     cut = (
@@ -220,35 +223,57 @@ def call_arguments_text(message: Message, call: ToolCall, *, indent: int | None 
     return json.dumps(call.arguments, ensure_ascii=False, indent=indent, default=str)
 
 
-def tool_results(messages: Iterable[Message]) -> dict[str, str]:
-    """The results a branch holds: tool call id -> the text of the tool message among
-    ``messages`` (the branch's, in order) that answers it."""
-    return {m.tool_call_id: m.content for m in messages if m.role == "tool" and m.tool_call_id}
+def tool_results(messages: Iterable[Message]) -> dict[str, Message]:
+    """The results a branch holds: tool call id -> the tool message among ``messages``
+    (the branch's, in order) that answers it (see :func:`shown_call`)."""
+    return {m.tool_call_id: m for m in messages if m.role == "tool" and m.tool_call_id}
 
 
-def call_result(call: ToolCall, results: Mapping[str, str]) -> str | None:
-    """The result shown for ``call`` on a branch whose :func:`tool_results` are
-    ``results``: the tool message there that answers it, which is what the model was
-    sent, else the call's own ``result`` (None while it has none: a denied call's
-    reason is shown instead). They differ after a counterfactual edit of a result: the
-    new branch holds the edited tool message, and shares the reply that made the call,
-    with its original result, with the branch it came from."""
-    if call.result is None:
-        return None
-    return results.get(call.id, call.result)
+@dataclass(frozen=True)
+class ShownCall:
+    """A tool call as a branch shows it (see :func:`shown_call`): how it ended there
+    (``status``), the result the model was sent there (``result``, None while it has
+    none) and why it ended so (``reason``, None when the branch's outcome is not the
+    call's own)."""
+
+    status: ToolCallStatus
+    result: str | None
+    reason: str | None
 
 
-def tool_calls_html(message: Message) -> str:
-    """The tool calls a reply asked for, one line each: name, arguments (JSON), status.
-    The name and the arguments are isolated (:mod:`._html_text`): a right-to-left
-    argument, or a bidirectional override in one, cannot move or reverse the status."""
+def shown_call(call: ToolCall, results: Mapping[str, Message]) -> ShownCall:
+    """``call`` as shown on a branch whose :func:`tool_results` are ``results``.
+
+    The tool message there that answers it tells its outcome (``metadata.tool_status``;
+    the call's status for a message stored before it was recorded) and its result, which
+    is what the model was sent. They differ from the call's own after a counterfactual
+    edit of a result: the new branch holds the edited tool message, and shares the reply
+    that made the call, with its original status and result, with the branch it came
+    from; a failed call edited into an answer is shown done there. Without an answer on
+    the branch (a call waiting for a decision or running; a reply shown alone, with
+    empty ``results``) the call shows its own status, result and reason. The call's
+    ``reason`` (a denial's, a failure's) is shown only where its outcome is the call's.
+    """
+    answer = results.get(call.id)
+    if answer is None:
+        return ShownCall(call.status, call.result, call.reason)
+    status = answer.metadata.tool_status or call.status
+    return ShownCall(status, answer.content, call.reason if status is call.status else None)
+
+
+def tool_calls_html(message: Message, results: Mapping[str, Message] | None = None) -> str:
+    """The tool calls a reply asked for, one line each: name, arguments (JSON), status
+    (the outcome the branch whose :func:`tool_results` are ``results`` holds, see
+    :func:`shown_call`; the call's own without them). The name and the arguments are
+    isolated (:mod:`._html_text`): a right-to-left argument, or a bidirectional
+    override in one, cannot move or reverse the status."""
     return "".join(
         # A gear (not the wrench emoji, which needs a color-emoji font), outside the
         # monospace run: monospace fonts often lack it.
         f'<div class="cm-tool-call" style="font-size:90%">&#9881; '
         f'<span style="font-family:monospace">{isolated(c.name)}'
         f"({json_text_html(call_arguments_text(message, c))})"
-        f" &rarr; {html.escape(c.status.value)}</span></div>"
+        f" &rarr; {html.escape(shown_call(c, results or {}).status.value)}</span></div>"
         for c in message.tool_calls
     )
 
@@ -315,7 +340,8 @@ def conversation_html(
             f'<div style="color:{MUTED};margin:4px 0">{earlier:,} earlier messages are not in '
             f"this copy. {html.escape(whole)}</div>"
         )
-    body = "".join(message_html(m) for m in kept)
+    results = tool_results(messages)  # the calls' outcomes on this branch
+    body = "".join(message_html(m, results) for m in kept)
     branches = _branches_html(metadata, shown)
     return (
         f'<div class="cm-conversation" style="{WRAP_ANYWHERE}">'

@@ -39,7 +39,7 @@ from .._theme import MUTED
 from ..errors import CMError
 from ..model import Message, MessageStatus, ToolCallStatus
 from ..provenance import provenance_of
-from ..render import call_result, code_fence, one_line, status_label, tool_results
+from ..render import code_fence, one_line, shown_call, status_label, tool_results
 from ..widgets import ToolApproval
 from ..widgets._base import SessionFollower, Throttle, close_parts
 from ..widgets._live_output import LiveOutput, flush_copies
@@ -477,23 +477,25 @@ def tool_rounds_html(session: ContextSession, final: Message) -> str:
     except CMError:
         pass  # unreadable: the calls found so far
     lines = []
-    results = tool_results(rounds)  # what this branch holds (see call_result)
+    results = tool_results(rounds)  # what this branch holds (see shown_call)
     for message in reversed(rounds):
         for call in message.tool_calls:
             arguments = json.dumps(call.arguments, ensure_ascii=False)
             # Each piece of text the model or a tool wrote isolated in <bdi>:
             # an override in the arguments cannot reverse the status after them.
-            why = f" ({isolated(call.reason)})" if call.reason else ""
+            # Its outcome and result on this branch: a counterfactual's edited result is
+            # its own, not the shared call's.
+            shown = shown_call(call, results)
+            why = f" ({isolated(shown.reason)})" if shown.reason else ""
             # A denied call's result is what the model was told: the reason, again.
-            text = call_result(call, results)
-            shown = text is not None and call.status is not ToolCallStatus.DENIED
-            result = f" → {isolated(one_line(text or '', MAX_CALL_CHARS))}" if shown else ""
+            text = shown.result if shown.status is not ToolCallStatus.DENIED else None
+            result = f" → {isolated(one_line(text, MAX_CALL_CHARS))}" if text is not None else ""
             lines.append(
                 # The gear outside the monospace run: monospace fonts often lack it.
                 f'<div style="font-size:85%;color:{MUTED};{WRAP_ANYWHERE}">⚙ '
                 f'<span style="font-family:monospace">{isolated(call.name)}'
                 f"({json_text_html(one_line(arguments, MAX_CALL_CHARS))}) "
-                f"[{call.status.value}]{why}{result}</span></div>"
+                f"[{shown.status.value}]{why}{result}</span></div>"
             )
     return "".join(lines)
 

@@ -15,7 +15,7 @@ from .._reasoning_html import gave_no_answer, reasoning_html
 from .._theme import MUTED
 from .._unicode import json_for_terminal
 from ..model import Message, MessageStatus, ToolCall
-from ..render import call_arguments_text, call_result
+from ..render import call_arguments_text, shown_call
 from .markdown import render_markdown
 
 __all__ = ["message_dict", "stats_of", "transcript_html"]
@@ -51,16 +51,19 @@ def stats_of(message: Message) -> dict[str, Any]:
     return out
 
 
-def _call_dict(message: Message, call: ToolCall, results: Mapping[str, str]) -> dict[str, Any]:
+def _call_dict(message: Message, call: ToolCall, results: Mapping[str, Message]) -> dict[str, Any]:
+    # Its outcome and result on the branch shown: an edited result's, not the shared
+    # call's (see shown_call); a call still waiting has no answer and shows its own.
+    shown = shown_call(call, results)
     return {
         "id": call.id,
         "name": call.name,
         # Invisible controls as escapes (the same JSON value): an override in an
         # argument would otherwise reverse the text it is in, on the page.
         "args": json_for_terminal(call_arguments_text(message, call, indent=2)),
-        "status": call.status.value,
-        "result": call_result(call, results),
-        "reason": call.reason,
+        "status": shown.status.value,
+        "result": shown.result,
+        "reason": shown.reason,
     }
 
 
@@ -69,7 +72,7 @@ def message_dict(
     *,
     siblings: Sequence[str] = (),
     tool_names: dict[str, str] | None = None,
-    tool_results: Mapping[str, str] | None = None,
+    tool_results: Mapping[str, Message] | None = None,
 ) -> dict[str, Any]:
     """``message`` as the transcript shows it (Markdown already rendered to HTML).
 

@@ -34,7 +34,7 @@ from ..compare import (
 )
 from ..errors import BranchNotFoundError, InvalidInputError
 from ..model import Message
-from ..render import tool_calls_html
+from ..render import tool_calls_html, tool_results
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView, close_parts
 from ._connection import ConnectionWatch
@@ -326,6 +326,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     made: dict[str, WordDiff] = {}  # the diffs against the first answer, by text
     for index, (column, reply, answer) in enumerate(zip(columns, replies, answers, strict=False)):
         after = column["messages"][shared:]
+        results = tool_results(column["messages"])  # the calls' outcomes on this branch
         body = []
         for message in after:
             if message is reply:
@@ -333,7 +334,7 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
             label = html.escape(message.role)
             body.append(
                 f'<div style="font-size:85%;color:{MUTED}"><b>{label}</b></div>'
-                f"{render_markdown(message.content)}{tool_calls_html(message)}"
+                f"{render_markdown(message.content)}{tool_calls_html(message, results)}"
             )
         if answer is not None:
             marked = diffs and (index == 0 or answers[0] is not None)
