@@ -120,7 +120,7 @@ async def settle_dead_round(
     reply = path[start]
     if not reply.tool_calls:
         return []
-    answers = {m.tool_call_id: m.content for m in path[start + 1 :] if m.tool_call_id}
+    answers = {m.tool_call_id: m for m in path[start + 1 :] if m.tool_call_id}
     if is_settled(reply):
         # Settled on a branch that shares the reply (a fork made at it): this branch
         # only lacks the answers, which the calls' results give.
@@ -207,7 +207,7 @@ def _elsewhere_result(tool_name: str) -> str:
     )
 
 
-def _settled(call: ToolCall, answer: str | None) -> ToolCall:
+def _settled(call: ToolCall, answer: Message | None) -> ToolCall:
     # The call as its dead turn would have left it; ``answer``: its stored tool message.
     if call.status not in _OPEN and call.result is not None:
         return call  # settled already (its answer may be all that is missing)
@@ -246,12 +246,13 @@ def _never_run(tool_name: str) -> str:
     )
 
 
-def _from_answer(call: ToolCall, answer: str) -> ToolCall:
-    # Answered, but the process died before recording it in the reply: a turn that
-    # died after answering, or a settle cut short after writing its answers. The
-    # status and reason are read back from the answer, so that a settle finished on
+def _from_answer(call: ToolCall, message: Message) -> ToolCall:
+    # Answered (``message``), but the process died before recording it in the reply: a
+    # turn that died after answering, or a settle cut short after writing its answers.
+    # The status and reason are read back from the answer, so that a settle finished on
     # a second try records what one run to the end would have.
     name = call.name
+    answer = message.content
     update: dict[str, object]
     if answer == _never_run(name):
         update = {"status": ToolCallStatus.FAILED, "reason": NOT_STARTED}
@@ -261,9 +262,14 @@ def _from_answer(call: ToolCall, answer: str) -> ToolCall:
         # Approved, then its turn was stopped before it ran: not a denial.
         update = {"status": ToolCallStatus.FAILED, "reason": approved_not_run_reason(cause)}
     elif call.status is ToolCallStatus.RUNNING:
-        # Failures are answered "error: ..." (cm_notebook.tools).
-        failed = answer.startswith("error:")
-        update = {"status": ToolCallStatus.FAILED if failed else ToolCallStatus.DONE}
+        # The outcome the answer records: a tool may return a text starting "error:"
+        # and have run. An answer stored before outcomes were recorded tells by its
+        # text: failures are answered "error: ..." (cm_notebook.tools).
+        outcome = message.metadata.tool_status
+        if outcome is None:
+            failed = answer.startswith("error:")
+            outcome = ToolCallStatus.FAILED if failed else ToolCallStatus.DONE
+        update = {"status": outcome}
     else:
         # A call never started can only have been refused.
         update = {"status": ToolCallStatus.DENIED, "reason": _denial_reason(name, answer)}

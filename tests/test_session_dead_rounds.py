@@ -519,3 +519,47 @@ def test_a_counterfactual_of_a_reply_a_dead_process_left_waiting_settles_it_firs
         edited = session.history(replay.branch)
         assert [m.role for m in edited][-4:] == ["assistant", "tool", "tool", "assistant"]
         assert [m.content for m in edited[-3:-1]] == [c.result for c in settled]
+
+
+def test_a_call_that_ran_and_answered_error_text_stays_done_after_its_process_died(
+    tmp_path: Path, context_id: str
+) -> None:
+    # A tool may run and return a text starting "error:" (its own answer, not a
+    # failure). In a round of more than RUNNING_MARKS calls the first two are marked
+    # running in one write; the first runs and its answer is stored, then the process
+    # is killed while the second runs, before the round's calls are stored again: the
+    # first is still "running" on disk, with its answer, which records that it ran.
+    code = textwrap.dedent(
+        f"""
+        import time
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        def lookup(key: str) -> str:
+            \"\"\"Look a key up.\"\"\"
+            return "error: no such row"
+
+        def slow(x: str) -> str:
+            \"\"\"Take a long time.\"\"\"
+            print("RUNNING", flush=True)
+            time.sleep(600)
+            return "finished"
+
+        calls = [("lookup", {{"key": "k"}}, "c1"), ("slow", {{"x": "1"}}, "c2")]
+        calls += [("lookup", {{"key": str(n)}}, f"c{{n}}") for n in range(3, 18)]
+        provider = ScriptedProvider().tool_calls(*calls).reply("never sent")
+        session = ContextSession.open({context_id!r}, data_dir={str(tmp_path)!r},
+                                      provider=provider, tools=[lookup, slow], approval="auto")
+        session.send("Look them up.")
+        time.sleep(600)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    _kill_when(child, "RUNNING")
+    with ContextSession.open(context_id, data_dir=tmp_path) as session:
+        first, second, *_rest = _calls(session)
+        assert (first.status, first.result) == (ToolCallStatus.DONE, "error: no such row")
+        assert second.status is ToolCallStatus.FAILED
+        assert second.reason == f"interrupted while running ({STOPPED})"
+        answer = next(m for m in session.history() if m.tool_call_id == "c1")
+        assert answer.metadata.tool_status is ToolCallStatus.DONE
