@@ -277,3 +277,27 @@ def test_a_plugin_whose_sdk_is_missing_at_construction_is_told_to_reinstall_itse
         assert "lazy_plugin_absent_sdk" in message
         assert message.endswith("install it with: pip install --force-reinstall lazy-plugin")
         assert "cm_notebook[" not in message
+
+
+@pytest.mark.usefixtures("no_provider_env")
+def test_a_spec_ending_in_a_colon_gets_advice_that_works() -> None:
+    # openai has no default model: leaving the colon out fails too, so it is not advised.
+    with pytest.raises(InvalidInputError) as openai_error:
+        parse_spec("openai:")
+    assert "leave out the colon" not in str(openai_error.value)
+    assert "'openai:gpt-4o-mini'" in str(openai_error.value)
+    with pytest.raises(InvalidInputError, match="needs a model"):
+        get_provider("openai")
+    with pytest.raises(InvalidInputError) as anthropic_error:
+        parse_spec("anthropic:")
+    assert "leave out the colon" not in str(anthropic_error.value)
+    assert "'anthropic:claude-haiku-4-5'" in str(anthropic_error.value)
+    # local and scripted have a default model: leaving the colon out is the advice, and works.
+    with pytest.raises(InvalidInputError, match=r"leave out the colon .*\('scripted'\)"):
+        parse_spec("scripted:")
+    assert get_provider("scripted").name == "scripted"
+    with pytest.raises(InvalidInputError, match=r"leave out the colon .*\('local'\)"):
+        parse_spec("local:")
+    # A plugin's name: both ways, hedged, with the spec to write.
+    with pytest.raises(InvalidInputError, match=r"'myplugin:<model>'.*if the provider has"):
+        parse_spec("myplugin:")

@@ -83,6 +83,27 @@ _SPEC_EXAMPLES = (
 )
 
 
+# The built-in providers that need a model named (no default model), with an example.
+_NO_DEFAULT_MODEL = {"openai": "openai:gpt-4o-mini", "anthropic": "anthropic:claude-haiku-4-5"}
+# The built-in providers that have one (``local``: the bundled model).
+_DEFAULT_MODEL = frozenset({"local", "scripted"})
+
+
+def _name_a_model(name: str) -> str:
+    # What to do about a spec with nothing after its colon: leaving the colon out helps
+    # only a provider with a default model (a bare 'openai' fails with "needs a model").
+    if name in _NO_DEFAULT_MODEL:
+        return (
+            f"the {name} provider has no default model: name one, e.g. {_NO_DEFAULT_MODEL[name]!r}"
+        )
+    if name in _DEFAULT_MODEL:
+        return f"leave out the colon to use its default model ({name!r}), or name one after it"
+    return (
+        f"name a model after it ({name + ':<model>'!r}), or leave out the colon if the "
+        f"provider has a default model; e.g. {_SPEC_EXAMPLES}"
+    )
+
+
 @runtime_checkable
 class _FromSpec(Protocol):
     def from_spec(self, model: str | None, /, **options: Any) -> Provider: ...
@@ -126,8 +147,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     # and a control character can only be a mistake (or an injection attempt).
     if not model.strip():
         raise InvalidInputError(
-            f"invalid provider spec {spec!r}: nothing after ':'; leave out the colon to use "
-            f"the provider's default model; e.g. {_SPEC_EXAMPLES}"
+            f"invalid provider spec {spec!r}: nothing after ':'; {_name_a_model(name)}"
         )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in model):
         raise InvalidInputError(f"invalid provider spec {spec!r}: the model contains control chars")
