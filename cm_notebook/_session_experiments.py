@@ -60,6 +60,14 @@ class ExperimentMethods:
         provider takes one: distinct samples, which a re-run reproduces. Returns a
         :class:`FanOut` handle: ``await`` it (or ``.result()``) for the :class:`Comparison`.
         ``metadata`` is stored on each arm's user message, as :meth:`send` stores it.
+
+        An arm's provider spec that names another model of the session's provider
+        (``{"provider": "openai:gpt-4o-mini"}`` in a session created with
+        ``openai:...``) uses the session's ``provider_options``, its ``base_url``
+        included, so it is asked of that same server; each reply records the server that
+        answered (``metadata.endpoint``, the comparison's header, the records'
+        ``endpoint`` column). For the provider's own API, give the arm a Provider built
+        without it (e.g. ``OpenAIProvider("gpt-4o-mini")``).
         """
         _session(self)._check_open()
         return start_fan_out(_session(self), text, variants, branch=branch, metadata=metadata)

@@ -132,7 +132,9 @@ class BranchResult(BaseModel):
     """One branch's final answer, what produced it and what it cost.
 
     ``system_prompt`` is the prompt the answer was generated under (None: none);
-    ``stats`` how its streaming went (time to first token, tokens per second...).
+    ``endpoint`` the server that answered when it was not the provider's own (see
+    :mod:`cm_notebook.provenance`); ``stats`` how its streaming went (time to first
+    token, tokens per second...).
     A reply that did not complete (``status`` ``error``, ``interrupted`` or still
     ``streaming``; ``error`` says why it failed) is not an answer, nor is a reply that
     only asks for tools (``tool_calls`` > 0: the turn stopped in its tool rounds, e.g.
@@ -149,6 +151,7 @@ class BranchResult(BaseModel):
     status: MessageStatus | None = None
     provider: str | None = None
     model: str | None = None
+    endpoint: str | None = None
     parameters: dict[str, object] = Field(default_factory=dict)
     usage: TokenUsage | None = None
     duration_ms: float | None = None
@@ -179,6 +182,7 @@ class BranchResult(BaseModel):
             status=answer.status,
             provider=meta.provider,
             model=meta.model,
+            endpoint=meta.endpoint,
             parameters=dict(meta.parameters),
             usage=meta.usage,
             duration_ms=meta.duration_ms,
@@ -227,12 +231,15 @@ class BranchResult(BaseModel):
         return "the reply only asks for tools (its tool rounds stopped or still wait)"
 
     def facts(self) -> list[str]:
-        """Short labels of what produced the answer and how fast: model, parameters,
-        tokens, time to first token, tokens per second, duration, attempts. For an
-        unfinished reply: model, parameters and its status (``error``,
-        ``interrupted``, ``streaming``, ``no reply``) instead of what the attempt cost."""
+        """Short labels of what produced the answer and how fast: model (with ``via`` and
+        the server that answered, when not the provider's own), parameters, tokens,
+        time to first token, tokens per second, duration, attempts. For an unfinished
+        reply: model, parameters and its status (``error``, ``interrupted``,
+        ``streaming``, ``no reply``) instead of what the attempt cost."""
         usage, stats = self.usage, self.stats
         facts = [self.model or self.provider or "?"]
+        if self.endpoint:  # the model's name alone would say its provider's API answered
+            facts[0] += f" via {self.endpoint}"
         facts += [f"{key}={value}" for key, value in sorted(self.parameters.items())]
         if (self.status is not None or self.missing) and self.unfinished:
             # A failed attempt's tokens and speed, shown like an answer's, would be

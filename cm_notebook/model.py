@@ -184,8 +184,11 @@ class MessageMetadata(BaseModel):
 
     Provenance (see :mod:`cm_notebook.provenance`): ``seed`` is the request's seed,
     ``request_id`` the id the provider gave the request, ``request_hash`` the sha256 of
-    the exact request's canonical JSON; on a user message, ``variables`` names the
-    kernel variables interpolated into it (name -> type, short repr and hash).
+    the exact request's canonical JSON; ``endpoint`` the server the request went to when
+    it was not the provider's default (its ``base_url``, credentials redacted; None: the
+    provider's own API, or a provider without a ``base_url``); on a user message,
+    ``variables`` names the kernel variables interpolated into it (name -> type, short
+    repr and hash).
 
     What the model said besides its answer: ``reasoning`` is its reasoning ("thinking")
     text, apart from the answer (None: it gave none); ``reasoning_blocks`` the signed
@@ -220,6 +223,7 @@ class MessageMetadata(BaseModel):
     seed: int | None = None
     request_id: str | None = Field(None, max_length=500)
     request_hash: str | None = Field(None, max_length=200)
+    endpoint: str | None = Field(None, max_length=2000)
     variables: dict[str, str] = Field(default_factory=dict)
     reasoning: str | None = None
     reasoning_blocks: list[dict[str, str]] = Field(default_factory=list)
@@ -252,6 +256,7 @@ _ADDED_METADATA = (
     "reasoning_field",
     "tool_arguments_text",
     "tool_status",
+    "endpoint",
 )
 
 

@@ -14,7 +14,16 @@ request, and also:
   on offer, the generation parameters, the provider's name and the model. Two replies
   with the same hash were asked the very same thing, so a difference between them is
   the model's. Keys never enter a request (parameters refuse secrets), so none enter
-  the hash.
+  the hash;
+* ``endpoint``: the server that answered when it is not the provider's default: the
+  provider's ``base_url`` (given, from the session's provider options, or from an
+  environment variable such as ``OPENAI_BASE_URL``), its credentials (a
+  ``user:password@`` part, ``?sig=``-like query values) redacted (:func:`endpoint_of`).
+  None for a provider's own API and for providers without one (``local``, ``scripted``).
+  Another model of the session's provider is sent to the session's ``base_url`` too, so
+  a reply stored as ``gpt-4o-mini`` with an endpoint was answered by that server, not
+  by OpenAI. Not part of the request hash: the same request to another server hashes
+  the same, so their replies can be compared.
 
 A user message written from a ``%%cm`` cell records ``variables``: the kernel variables
 that ``{name}`` fields put into it, each as its type, a short repr and a hash of the
@@ -29,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._prefix_cache import PrefixCache, SizedCache, message_chars
+from ._url_secrets import redact_url
 from .model import Message
 from .providers._reasoning_back import reasoning_sent_back
 from .providers.base import ChatRequest
@@ -38,6 +48,7 @@ __all__ = [
     "canonical_request",
     "describe_value",
     "describe_variables",
+    "endpoint_of",
     "provenance_of",
     "request_hash",
     "with_provenance",
@@ -164,6 +175,23 @@ def request_hash(request: ChatRequest, provider: str, model: str) -> str:
     return "sha256:" + digest
 
 
+def endpoint_of(provider: object) -> str | None:
+    """Where ``provider`` sends its requests when that is not its default endpoint: its
+    ``endpoint`` attribute if it has one, else its ``base_url``, with credentials
+    redacted (see :func:`~cm_notebook._url_secrets.redact_url`); None when it has
+    neither (its provider's own API, or no HTTP server at all)."""
+    url = getattr(provider, "endpoint", None)
+    if url is None:
+        url = getattr(provider, "base_url", None)
+    if not isinstance(url, str) or not url.strip():
+        return None
+    # Redacted before it is cut: a credential cut short is no longer recognised.
+    return redact_url(url.strip())[:_ENDPOINT_CHARS]
+
+
+_ENDPOINT_CHARS = 2000  # MessageMetadata.endpoint's bound
+
+
 def with_provenance(
     message: Message,
     request: ChatRequest | None = None,
@@ -228,6 +256,7 @@ def provenance_of(message: Message, variables: Mapping[str, str] | None = None) 
         "seed": meta.seed,
         "request_id": meta.request_id,
         "request_hash": meta.request_hash,
+        "endpoint": meta.endpoint,
         "finish_reason": meta.finish_reason,
         "variables": dict(variables or {}),
         "created_at": message.created_at.isoformat(),

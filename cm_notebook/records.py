@@ -22,6 +22,10 @@ the standard library. The columns, in order (:data:`COLUMNS`):
                               has none, nor ``label_*`` values: another branch made it
 ``provider``, ``model``,       what produced it; ``parameters`` is the dict of generation
 ``parameters``, ``seed``       parameters (also spread into ``param_<name>`` columns)
+``endpoint``                   the server that answered when not the provider's own API
+                              (its ``base_url``, credentials redacted), else None: a
+                              model of the session's provider is asked at the
+                              session's ``base_url``, whatever its name
 ``system_prompt``              the system prompt it was generated under
 ``output``, ``finish_reason``  the reply's text and why it ended
 ``refusal``                    True for a refusal: flagged by the API (OpenAI's
@@ -93,6 +97,7 @@ COLUMNS: tuple[str, ...] = (
     "variant",
     "provider",
     "model",
+    "endpoint",
     "parameters",
     "seed",
     "system_prompt",
@@ -142,6 +147,7 @@ def _row(
         "variant": labels.get("variant"),
         "provider": meta.provider,
         "model": meta.model,
+        "endpoint": meta.endpoint,
         "parameters": dict(meta.parameters),
         "seed": meta.seed,
         "system_prompt": meta.system_prompt,

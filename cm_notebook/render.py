@@ -192,7 +192,8 @@ def message_html(message: Message, results: Mapping[str, Message] | None = None)
     if label:
         notes.append(f'<b style="color:#b45309">{html.escape(label)}</b>')
     if message.metadata.model:
-        notes.append(isolated(message.metadata.model))
+        via = f" via {message.metadata.endpoint}" if message.metadata.endpoint else ""
+        notes.append(isolated(message.metadata.model + via))
     if message.metadata.error:
         notes.append("error: " + isolated(message.metadata.error))
     calls = tool_calls_html(message, results)

@@ -54,7 +54,7 @@ from .errors import (
 )
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .prompts import system_of
-from .provenance import with_provenance
+from .provenance import endpoint_of, with_provenance
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -369,6 +369,9 @@ class TurnRunner(ToolRounds):
                 provider=self.provider.name,
                 model=str(self.params.get("model") or self.provider.model),
                 parameters={k: v for k, v in self.params.items() if k != "model"},
+                # Which server answers: another model of the session's provider is sent
+                # to the session's base_url, so the model name alone does not say.
+                endpoint=endpoint_of(self.provider),
             ),
         )
         self._reply = await self._writes.start_reply(message)

@@ -354,6 +354,14 @@ class ContextSession(
         text). ``await turn`` (notebooks) or ``turn.result(timeout)`` (scripts) gives the
         final assistant message.
 
+        ``provider`` (a spec or a Provider) answers this request instead of the branch's.
+        A spec of the session's own provider with another model (``openai:gpt-4o`` in a
+        session created with ``openai:...``) is built with the session's
+        ``provider_options``, its ``base_url`` included: it asks the same server (a
+        gateway or local server serving several models). The reply records that server
+        in ``metadata.endpoint``; to ask the provider's own API instead, pass a Provider
+        built without it (e.g. ``OpenAIProvider("gpt-4o")``).
+
         From a script, ``send()`` returns once the user message is durable and raises if
         it cannot be stored. On an event loop (a notebook cell, async code) the loop never
         waits for the disk: the message is written in the background, starting at once;

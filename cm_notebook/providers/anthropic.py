@@ -417,6 +417,9 @@ class AnthropicProvider:
             )
         self.model = model.strip()
         self.base_url = base_url
+        #: The server requests go to when not Anthropic's API (recorded with each reply):
+        #: ``base_url``, else ``ANTHROPIC_BASE_URL``, which the SDK reads here.
+        self.endpoint: str | None = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self.timeout = float(timeout)
         self.max_tokens = max_tokens
         key = api_key if api_key is not None else os.environ.get(KEY_ENV)

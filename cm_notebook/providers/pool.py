@@ -338,7 +338,9 @@ class ProviderPool:
         else:
             key = provider
         # The stored options (e.g. a base_url) belong to the stored provider: another
-        # model of it gets them, a different provider does not.
+        # model of it gets them (switching models on one gateway), a different provider
+        # does not. Each reply records the server it came from (metadata.endpoint), so
+        # an arm named after a hosted model but answered by the session's server says so.
         same = parse_spec(key)[0] == parse_spec(self._settings.spec)[0]
         options: Mapping[str, Any] = self._settings.params if same else {}
         with self._lock:

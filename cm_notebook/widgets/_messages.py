@@ -32,9 +32,14 @@ _ROLE_LABEL = {"user": "You", "assistant": "Assistant", "system": "System", "too
 
 
 def stats_of(message: Message) -> dict[str, Any]:
-    """Model, tokens, time to first token, tokens/s and latency of a reply, where known."""
+    """Model, tokens, time to first token, tokens/s and latency of a reply, where known.
+    The model is named with ``via`` and the server that answered when that was not the
+    provider's own (see :mod:`cm_notebook.provenance`)."""
     meta = message.metadata
-    out: dict[str, Any] = {"model": meta.model or meta.provider}
+    model = meta.model or meta.provider
+    if model and meta.endpoint:
+        model += f" via {meta.endpoint}"
+    out: dict[str, Any] = {"model": model}
     if meta.usage is not None:
         out["input_tokens"] = meta.usage.input_tokens
         out["output_tokens"] = meta.usage.output_tokens
