@@ -13,7 +13,9 @@ A cell's answer is the reply to its own prompt (the first user message on its br
 whatever was sent on the branch after it: follow-ups on a cell continue its experiment
 but are never taken for its answer. A branch whose first user message is another text
 (sent on the cell's empty branch before the sweep reached it) has no answer for the cell:
-the cell fails, saying how to run it.
+the cell fails, saying how to run it. So does a cell whose prompt or reply file cannot
+be read (damaged or deleted): the other cells run, and it is not asked again, as it
+may have its answer (:func:`unreadable_cell` says what to do).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .errors import (
     BranchExistsError,
     BusyError,
     CMError,
+    CorruptDataError,
     InvalidIdError,
     InvalidInputError,
     StateError,
@@ -48,7 +51,7 @@ from .turn import Turn
 if TYPE_CHECKING:
     from .session import ContextSession
 
-__all__ = ["complete_reply", "refresh_cells", "start_cell", "start_sweep"]
+__all__ = ["complete_reply", "refresh_cells", "start_cell", "start_sweep", "unreadable_cell"]
 
 # The sweeps running in each session, by name: one run of a name at a time. A sweep
 # leaves once it has ended: it holds its session, which would otherwise keep the weak
@@ -113,7 +116,13 @@ def start_sweep(
                 f"branch {cell.branch!r} exists and is not cell {cell.key} of sweep "
                 f"{plan.name!r}; give the sweep another name"
             )
-        done = complete_reply(session, cell.branch, cell.text)
+        try:
+            done = complete_reply(session, cell.branch, cell.text)
+        except CMError:
+            # A message of the cell that cannot be read (its prompt or reply file
+            # damaged): the other cells go on; this one is run as not done, and
+            # start_cell fails it, naming the file, without asking the model again.
+            continue
         if done is not None:
             finish(cell, done)
     labels = {"sweep": plan.name, "sweep_def": plan.definition}
@@ -232,7 +241,12 @@ def start_cell(
     # same sweep may have answered this one since. Asking again would pay twice and
     # push its answer off the branch.
     own = _own_turn(session, cell.branch)
-    if not _is_own_prompt(session, own, cell.text):
+    try:
+        own_prompt = _is_own_prompt(session, own, cell.text)
+        done = complete_reply(session, cell.branch, cell.text) if own_prompt else None
+    except CMError as exc:
+        raise unreadable_cell(cell.key, cell.branch, exc) from exc
+    if not own_prompt:
         # The reply there answers another question: it is no answer of this cell, and
         # asking again would answer that question; the user decides what to keep.
         raise StateError(
@@ -243,7 +257,6 @@ def start_cell(
             f"(session.branch('<name>', from_message={head!r}, switch=False)), then "
             f"session.delete_branch({cell.branch!r}) and run the sweep again"
         )
-    done = complete_reply(session, cell.branch, cell.text)
     if done is not None:
         return done
     if own.followed:
@@ -263,12 +276,31 @@ def start_cell(
     with session._claim(cell.branch) as claim:
         # Again under the claim, which other processes respect: one may have finished
         # the reply between the check above and taking the claim.
-        done = complete_reply(session, cell.branch, cell.text)
+        try:
+            done = complete_reply(session, cell.branch, cell.text)
+        except CMError as exc:
+            claim.release()
+            raise unreadable_cell(cell.key, cell.branch, exc) from exc
         if done is not None:
             claim.release()  # not handed to a turn: give it back here
             return done
         prompt = _rewind_to_cell_prompt(session, cell.branch)
         return session._start(claim, fsm.Send(), prompt, chosen, generation)
+
+
+def unreadable_cell(key: str, branch: str, exc: CMError) -> CorruptDataError:
+    """The failure of a cell whose prompt or reply file cannot be read (``exc`` names
+    the file): whether it has its answer is unknown, so it is not asked again (that
+    would pay twice, and take a reply that may be whole off its branch)."""
+    return CorruptDataError(
+        f"cell {key}: a message of its branch {branch!r} cannot be read, so whether the "
+        f"cell has its answer is unknown and it is not asked again. {exc} To run the "
+        "cell, restore that file from a backup (then `cm-notebook check` says whether "
+        f"the context reads whole again); without one, session.delete_branch({branch!r}) "
+        "drops the cell's unreadable messages from it, and the next run of the sweep "
+        "asks it afresh",
+        getattr(exc, "path", None),
+    )
 
 
 def _rewind_to_cell_prompt(session: ContextSession, branch: str) -> str:

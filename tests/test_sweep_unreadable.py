@@ -145,3 +145,48 @@ def test_a_group_whose_answers_are_all_unreadable_says_so(
     assert (found.groups[0].agreement, found.groups[0].unreadable) == (None, 1)
     assert "no repeat finished" not in str(found)
     assert "no answers (1 unreadable answer left out" in str(found)
+
+
+@pytest.mark.parametrize("damaged", ["reply", "prompt"])
+def test_a_sweep_runs_again_when_one_cell_s_message_file_is_unreadable(
+    new_session: Callable[..., ContextSession], data_dir: Path, damaged: str
+) -> None:
+    session = new_session(provider=ScriptedProvider())
+    sweep = session.sweep(["Q1", "Q2"], [{}], name="again", progress=False).run(DEADLINE)
+    bad = sweep.cell("p1-v0-r0")
+    history = session.history(bad.branch)
+    context_id = session.id
+    session.close()
+    asyncio.run(_compact(data_dir, context_id))
+    path = _garble(data_dir, context_id, history[1 if damaged == "reply" else 0].id)
+
+    # Two new repeats asked, none for the damaged cell: it may have its answer.
+    fake = ScriptedProvider(strict=True).reply("new 1").reply("new 2")
+    reopened = ContextSession.open(context_id, data_dir=data_dir, provider=fake)
+    try:
+        again = reopened.sweep(["Q1", "Q2"], [{}], repeat=2, name="again", progress=False)
+        again.run(DEADLINE)
+        assert len(fake.requests) == 2
+        statuses = {cell.key: cell.status for cell in again.cells}
+        assert statuses == {
+            "p0-v0-r0": "done",
+            "p0-v0-r1": "done",
+            "p1-v0-r0": "failed",
+            "p1-v0-r1": "done",
+        }
+        error = again.cell("p1-v0-r0").error
+        assert error is not None
+        assert str(path) in error
+        assert "restore that file from a backup" in error
+        assert f"session.delete_branch({bad.branch!r})" in error
+        assert reopened.tree().heads[bad.branch] == history[-1].id  # nothing moved
+
+        # As the error says: without a backup, the cell's branch deleted, it runs afresh.
+        reopened.delete_branch(bad.branch)
+        fake.reply("Q2 afresh")
+        rerun = reopened.sweep(["Q1", "Q2"], [{}], repeat=2, name="again", progress=False)
+        rerun.run(DEADLINE)
+        assert rerun.cell("p1-v0-r0").status == "done"
+        assert rerun.cell("p1-v0-r0").reply == "Q2 afresh"
+    finally:
+        reopened.close()
