@@ -23,6 +23,7 @@ from .errors import InvalidInputError, StateError
 from .ids import validate_branch_name, validate_message_id
 from .model import Message, MessageStatus
 from .scores import Score, interpret, merged, metric_name
+from .store.stand_ins import stand_in_file
 
 __all__ = ["ScoreMethods", "ScoreResults", "branch_histories"]
 
@@ -36,7 +37,9 @@ class ScoreResults(builtins.list[Score]):
     other replies, and ``left_out_status`` why each was left out (its status: still
     being written, ended in an error, or interrupted; ``complete`` for a reply that
     only asks for tools, a step of its turn before the answer, or the last reply of a
-    turn stopped in its tool round).
+    turn stopped in its tool round, and for a stand-in, also listed in
+    ``left_out_unreadable``: a message whose file could not be read, which
+    ``cm-notebook check --repair`` replaced with a placeholder).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ScoreResults(builtins.list[Score]):
         name: str,
         scores: Iterable[Score],
         left_out: Iterable[str] | Mapping[str, MessageStatus] = (),
+        unreadable: Iterable[str] = (),
     ) -> None:
         super().__init__(scores)
         #: The metric name the run wrote.
@@ -59,6 +63,9 @@ class ScoreResults(builtins.list[Score]):
         #: Why each reply in ``left_out`` was: its status (streaming, error, interrupted;
         #: complete for a reply that only asks for tools).
         self.left_out_status: dict[str, MessageStatus] = status
+        #: The ids in ``left_out`` that are stand-ins for messages whose file could not
+        #: be read (written by ``cm-notebook check --repair``): their text is no answer.
+        self.left_out_unreadable: tuple[str, ...] = tuple(i for i in unreadable if i in status)
 
     @property
     def failed(self) -> builtins.list[Score]:
@@ -73,7 +80,14 @@ class ScoreResults(builtins.list[Score]):
             f"scored {len(self)} message{'s' if len(self) != 1 else ''} with {self.name!r}: "
             f"{len(self) - failed} ok, {failed} failed"
         )
-        counts = Counter(self.left_out_status.values())
+        stand_ins = set(self.left_out_unreadable)
+        counts = Counter(s for i, s in self.left_out_status.items() if i not in stand_ins)
+        if stand_ins:
+            text += (
+                f"; left out {_replies(len(stand_ins))} that could not be read (stand-ins "
+                "that `cm-notebook check --repair` wrote for damaged files: their text is a "
+                "placeholder); restore the files from a backup to score them"
+            )
         steps = counts.pop(MessageStatus.COMPLETE, 0)
         if steps:
             text += (
@@ -236,7 +250,9 @@ class ScoreMethods(SessionReading):
         an error or was interrupted, and one that only asks for tools (a step of its
         turn before the answer, or the last reply of a turn stopped in its tool round:
         its empty text is no answer) is left out, listed in ``.left_out`` and, with its
-        status, in ``.left_out_status``. ``progress`` shows a progress bar.
+        status, in ``.left_out_status``; so is a stand-in for a message whose file could
+        not be read (its text is a placeholder), also listed in ``.left_out_unreadable``.
+        ``progress`` shows a progress bar.
         Returns a :class:`ScoreResults` (a list of scores; ``.failed``, ``.left_out``,
         ``.summary()``).
         """
@@ -248,9 +264,11 @@ class ScoreMethods(SessionReading):
         # failed or interrupted one an empty or cut-off text, and one that only asks for
         # tools no answer at all; their metrics would sit beside the answers' and skew
         # their means.
-        targets = [(b, m) for b, m in found if is_answer(m)]
-        left_out = {m.id: m.status for _b, m in found if not is_answer(m)}
-        results = ScoreResults(label, [], left_out=left_out)
+        # A stand-in's text is a placeholder for a message that could not be read.
+        unreadable = {m.id for _b, m in found if stand_in_file(m) is not None}
+        targets = [(b, m) for b, m in found if is_answer(m) and m.id not in unreadable]
+        left_out = {m.id: m.status for _b, m in found if not is_answer(m) or m.id in unreadable}
+        results = ScoreResults(label, [], left_out=left_out, unreadable=unreadable)
         bar = _progress(len(targets), label) if progress else None
         try:
             for branch, message in targets:

@@ -16,7 +16,8 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``context_id``, ``branch``,    where the reply is; a reply shared by several branches
 ``message_id``                 (before they forked) is one row, on the first branch asked
 ``turn``                       which user turn of the branch it answers (1, 2, ...)
-``prompt``                     the text of that user message
+``prompt``                     the text of that user message (None when it is a stand-in
+                              for an unreadable message: its text is a placeholder)
 ``variant``                    the branch's ``variant`` label (a sweep's arm), if any; a
                               reply made before the branch (it forked after the reply)
                               has none, nor ``label_*`` values: another branch made it
@@ -52,7 +53,11 @@ the standard library. The columns, in order (:data:`COLUMNS`):
                               approval or a tool ran), so that it never answered: its
                               last reply only asks for tools (``tool_calls`` > 0, a
                               sweep's ``failure`` says where), or ``running``: its tool
-                              round goes on (a call waits for a decision, or runs)
+                              round goes on (a call waits for a decision, or runs), or
+                              ``unreadable``: the reply is a stand-in that
+                              ``cm-notebook check --repair`` wrote for a message whose
+                              file could not be read; its row keeps its place and
+                              rating only (``output`` and the other columns None)
 ``edited_from``                the id of the reply whose text was edited by hand into
                               this one (a counterfactual edit), None for a reply as
                               the model gave it
@@ -81,11 +86,21 @@ from .model import Branch, Message, MessageStatus
 from .scores import Score
 from .store.atomic import atomic_write
 from .store.oserrors import translate
+from .store.stand_ins import stand_in_file
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "RUNNING", "STOPPED", "records", "to_csv_text", "to_dataframe", "write_csv"]
+__all__ = [
+    "COLUMNS",
+    "RUNNING",
+    "STOPPED",
+    "UNREADABLE",
+    "records",
+    "to_csv_text",
+    "to_dataframe",
+    "write_csv",
+]
 
 #: The fixed columns, in order; ``label_*``, ``param_*`` and ``metric_*`` follow.
 COLUMNS: tuple[str, ...] = (
@@ -143,7 +158,7 @@ def _row(
         "branch": branch,
         "message_id": reply.id,
         "turn": turn,
-        "prompt": prompt.content if prompt is not None else None,
+        "prompt": prompt.content if prompt is not None and not stand_in_file(prompt) else None,
         "variant": labels.get("variant"),
         "provider": meta.provider,
         "model": meta.model,
@@ -172,6 +187,11 @@ def _row(
         "status": _turn_status(reply),
         "edited_from": _edited_from(reply),
     }
+    if stand_in_file(reply) is not None:
+        # Only the reply's place is known: its text is a placeholder, and what its
+        # damaged file held (who made it, how it ended) is lost with it.
+        row.update({key: None for key in row if key not in _PLACE})
+        row["status"] = UNREADABLE
     row.update({f"label_{key}": value for key, value in labels.items()})
     row.update({f"param_{key}": value for key, value in meta.parameters.items()})
     if score is not None:
@@ -182,6 +202,15 @@ def _row(
 #: The ``status`` of a turn stopped in its tool round, and of one whose round goes on.
 STOPPED = "stopped"
 RUNNING = "running"
+#: The ``status`` of a reply that is a stand-in for a message whose file could not be
+#: read (written by ``cm-notebook check --repair``, :mod:`cm_notebook.store.stand_ins`).
+UNREADABLE = "unreadable"
+#: What a stand-in reply's row keeps (with its ``label_*`` and ``metric_*`` columns):
+#: where it is, and its rating, held apart from the message.
+_PLACE = frozenset(
+    {"context_id", "branch", "message_id", "turn", "prompt", "variant"}
+    | {"thumbs", "score", "tags", "note"}
+)
 
 
 def _turn_status(reply: Message) -> str:

@@ -27,6 +27,7 @@ from . import fsm
 from ._auto_names import made_under_free_name
 from ._claims import Claim
 from ._loop import schedule_on
+from ._stand_in_refusals import refuse_stand_in
 from .compare import is_answer
 from .errors import (
     BranchExistsError,
@@ -202,7 +203,10 @@ def start_replay(
     """Create the replay's branch and start sending ``branch``'s user turns on it."""
     source = validate_branch_name(branch)
     session._head(source)  # BranchNotFoundError for an unknown branch
-    prompts = [m.content for m in session.history(source) if m.role == "user"]
+    users = [m for m in session.history(source) if m.role == "user"]
+    for message in users:
+        refuse_stand_in(message, f"replay branch {source!r}", "one of its user turns")
+    prompts = [m.content for m in users]
     if not prompts:
         raise InvalidInputError(f"branch {source!r} has no user message to replay")
     metadata = session._read_metadata()
@@ -241,6 +245,7 @@ def start_counterfactual(
     if message_id == SYSTEM:
         return _new_system(session, new_content, name)
     original = session.get(message_id)
+    refuse_stand_in(original, "edit it in a counterfactual", "the message to edit")
     source = _branch_holding(session, original.id)
     if any(call.status in _UNDECIDED for call in original.tool_calls):
         # Calls a dead process left open are settled first, as the next turn on their
@@ -264,6 +269,9 @@ def start_counterfactual(
     # the source branch is then the edit, not parameters left out.
     as_sent = _as_sent(session, metadata, source)
     answered = _reply_in(rest[:turn_end]) or (original if original.role == "assistant" else None)
+    for message in rest[turn_end:]:
+        if message.role == "user":
+            refuse_stand_in(message, "edit this message", "a user turn after it, sent again")
     later = [
         (m.content, as_sent(_reply_in(rest[i + 1 :])))
         for i, m in enumerate(rest)
@@ -337,6 +345,9 @@ def _new_system(session: ContextSession, text: str, name: str | None) -> Replay:
     # (``""``: none), every user turn sent again.
     source = session.active_branch
     path = session.history(source)
+    for message in path:
+        if message.role == "user":
+            refuse_stand_in(message, "edit the system prompt", "a user turn sent again")
     metadata = session._read_metadata()
     as_sent = _as_sent(session, metadata, source)
     turns = [

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import events as ev
 from . import fsm
 from ._sample_seeds import takes_seed
+from ._stand_in_refusals import stand_in_error
 from ._unicode import without_surrogates
 from .compare import tool_round_stop
 from .errors import (
@@ -45,6 +46,7 @@ from .ids import branch_name_key
 from .model import Branch, Message, MessageStatus
 from .providers.pool import ProviderLike, spec_of
 from .store.base import IndexEntry
+from .store.stand_ins import stand_in_file
 from .sweep import Sweep, SweepCell, finish, plan_sweep
 from .turn import Turn
 
@@ -370,7 +372,7 @@ def refresh_cells(
             continue
         try:
             own_prompt = _is_own_prompt(session, own, cell.text)
-            message = session.get(answer.id)
+            message = _read(session, answer.id)
         except CMError:
             continue  # a file that cannot be read: the cell stays as it was, asked again
         seen[cell.key] = mark
@@ -413,7 +415,7 @@ def refresh_done(
         return
     try:
         own_prompt = _is_own_prompt(session, own, cell.text)
-        message = session.get(answer.id)
+        message = _read(session, answer.id)
     except CMError:
         return  # a file that cannot be read: the cell stays as it was
     if not own_prompt or (message.status is MessageStatus.COMPLETE and message.tool_calls):
@@ -439,7 +441,7 @@ def _stopped_in_tools(
         return False  # a turn goes on there: between its tools and its next request
     try:
         own_prompt = _is_own_prompt(session, own, cell.text)
-        message = session.get(reply.id)
+        message = _read(session, reply.id)
     except CMError:
         return False
     if not own_prompt or tool_round_stop(message) is None:
@@ -466,7 +468,7 @@ def complete_reply(session: ContextSession, branch: str, prompt: str) -> Message
         return None
     if answer is None or answer.role != "assistant" or answer.status is not MessageStatus.COMPLETE:
         return None
-    message = session.get(answer.id)
+    message = _read(session, answer.id)
     return None if message.tool_calls else message
 
 
@@ -488,7 +490,16 @@ def _is_own_prompt(session: ContextSession, own: _OwnTurn, prompt: str) -> bool:
     # True when the branch has no user message yet, or its first one has the cell's text.
     if own.prompt is None:
         return True
-    return session.get(own.prompt.id).content == without_surrogates(prompt)
+    return _read(session, own.prompt.id).content == without_surrogates(prompt)
+
+
+def _read(session: ContextSession, message_id: str) -> Message:
+    # A cell's prompt or reply; a stand-in that a repair wrote for an unreadable one is
+    # as unreadable (its text is a placeholder: neither the prompt sent nor an answer).
+    message = session.get(message_id)
+    if stand_in_file(message) is not None:
+        raise stand_in_error(message)
+    return message
 
 
 def _own_turn(session: ContextSession, branch: str) -> _OwnTurn:

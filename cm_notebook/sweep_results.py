@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import records as rec
 from ._html_text import WRAP_ANYWHERE
+from ._stand_in_refusals import stand_in_error
 from ._theme import MUTED
 from .compare import tool_round_stop
 from .errors import CMError, InvalidInputError
 from .model import Message, MessageStatus
 from .stability import Stability, stability
 from .store.diagnostics import StoreWarning
+from .store.stand_ins import stand_in_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,6 +125,13 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
                     read[node.id] = exc
             found = read[node.id]
             error = None
+            lost = isinstance(found, CMError)
+            if isinstance(found, Message) and stand_in_file(found) is not None:
+                # A placeholder written by a repair: its records are marked as for a
+                # file that cannot be read (their row, made from it, says "unreadable").
+                stand_in = stand_in_error(found)
+                error = str(stand_in)
+                _warn_unreadable(sweep, cell, node.role, node.id, stand_in)
             if isinstance(found, CMError):
                 error = str(found)
                 _warn_unreadable(sweep, cell, node.role, node.id, found)
@@ -136,7 +145,7 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
             elif node.role == "assistant":
                 errors = [e for e in (prompt_error, *pending, error) if e is not None]
                 if errors:
-                    marks[node.id] = _Mark(error is not None, prompt_error is not None, errors)
+                    marks[node.id] = _Mark(lost, prompt_error is not None, errors)
             if error is not None and node.role != "user":
                 pending.append(error)
         histories.append((branch, messages))

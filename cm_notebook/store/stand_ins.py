@@ -64,12 +64,33 @@ from .paths import MESSAGES_DIR, message_path
 if TYPE_CHECKING:
     from .context import ContextState
 
-__all__ = ["DAMAGED_DIR", "UNKNOWN_TOOL", "ends_cut_off", "stand_in_unreadable"]
+__all__ = [
+    "DAMAGED_DIR",
+    "STAND_IN_MARK",
+    "UNKNOWN_TOOL",
+    "ends_cut_off",
+    "stand_in_file",
+    "stand_in_unreadable",
+]
 
 #: The folder of a context where damaged message files are kept (see the module).
 DAMAGED_DIR = "damaged"
 #: The name of a tool call made by a stand-in when the damaged file does not show it.
 UNKNOWN_TOOL = "unknown_tool"
+
+#: The metadata key that marks a stand-in; its value is where the damaged file is kept.
+STAND_IN_MARK = "unreadable_file"
+
+
+def stand_in_file(message: Message) -> str | None:
+    """Where the damaged file that ``message`` stands in for is kept (``damaged/<id>.json``
+    in the context's folder) if ``message`` is a stand-in, else None.
+
+    A stand-in's text is a placeholder, not what was said: it is no answer to score or
+    count, and no prompt to send again."""
+    found = (message.metadata.model_extra or {}).get(STAND_IN_MARK)
+    return found if isinstance(found, str) else None
+
 
 _PARENT = re.compile(rb'"parent_id"\s*:\s*(?:null|"([^"\\]{1,200})")')
 _ROLE = re.compile(rb'"role"\s*:\s*"([a-z]{1,20})"')
@@ -187,7 +208,7 @@ def _stand_in(
         tool_calls=calls,
         tool_call_id=tool_call_id,
         created_at=_created(damaged, replies),
-        metadata={"unreadable_file": where},
+        metadata={STAND_IN_MARK: where},
     )
     atomic_write(file, encode_message(stand_in), fsync=state.fsync, temp_dir=state.dir)
     how = (
