@@ -84,7 +84,11 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
 
     ``failure`` is why a reply is no answer (see :func:`failure`: a failed cell's
     reason, e.g. the provider's "quota exceeded", or where its turn was stopped in its
-    tool round), None for an answer.
+    tool round), None for an answer. The record of a failed cell's own turn (its
+    branch's first) has the cell's ``error`` there even when its reply is whole (a reply
+    to another message sent first on the cell's branch is not the cell's answer), so
+    that the records of the cells' own turns whose ``failure`` is None are the
+    answers that the cells count as ``done``.
 
     A message file that cannot be read (damaged or deleted) costs no other record:
     each readable reply keeps its record as usual, and ``error`` (None elsewhere) names
@@ -170,12 +174,20 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
                     "repeat": cell.repeat,
                     "input": cell.input_index,
                     "error": "; ".join(mark.errors) if mark is not None else None,
-                    "failure": failure(read.get(row["message_id"])),
+                    "failure": failure(read.get(row["message_id"])) or _cell_failure(cell, row),
                 }
             )
             row.update({key: (cell.row or {}).get(key[len("input_") :]) for key in inputs})
             rows.append(row)
     return rows
+
+
+def _cell_failure(cell: SweepCell, row: Mapping[str, Any]) -> str | None:
+    # The row of a failed cell's own turn (its branch's first) is no answer even when
+    # its reply is whole: it may answer another message sent there first, or be one
+    # that cannot be read. It carries the cell's failure, so that the rows whose
+    # ``failure`` is None are the answers the cells count.
+    return cell.error if cell.status == "failed" and row["turn"] == 1 else None
 
 
 def failure(found: Message | CMError | None) -> str | None:

@@ -112,3 +112,11 @@ def test_a_reply_to_another_prompt_on_a_cells_empty_branch_is_not_its_answer(
     assert session.branches[branch].head == head
     found = again.stability().groups[0].stability
     assert found.total == 1  # only the cell's own answer
+    # Its record is that reply, not the cell's answer: it carries the cell's failure.
+    rows = {row["cell"]: row for row in again.to_records()}
+    assert rows["p0-v0-r0"]["failure"] is None
+    joke = rows["p0-v0-r1"]
+    assert joke["output"] == "Why did the chicken cross the road?"
+    assert joke["failure"] == cell.error
+    answers = [row for row in rows.values() if row["failure"] is None]
+    assert len(answers) == again.counts()["done"] == 1
