@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import json
 import re
-import string
 import threading
 from collections.abc import Callable, Iterable, KeysView, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._loop import schedule_on
+from ._sweep_inputs import fill as fill  # where it was defined before
+from ._sweep_inputs import filled, refuse_missing
 from ._sweep_labels import MAX_SWEEP_NAME as MAX_SWEEP_NAME  # where it was defined before
 from ._sweep_labels import check_labels, check_name
 from ._sweep_stops import VariantStops, progress_bar
@@ -144,37 +145,6 @@ def _short(value: object) -> str:
     # An input value as recorded with the message: text as is, else its repr, cut short.
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-class _Template(string.Formatter):
-    # ``{name}`` fields only: a sweep's template is data, so no attribute or index
-    # access (``{row.__class__}``) and no positional fields.
-    def get_field(self, field_name: str, args: Any, kwargs: Mapping[str, Any]) -> Any:
-        if not field_name.isidentifier():
-            raise InvalidInputError(
-                f"{{{field_name}}} in a sweep prompt: use plain {{name}} fields naming "
-                "input columns; write {{ and }} for literal braces"
-            )
-        if field_name not in kwargs:
-            raise InvalidInputError(
-                f"{{{field_name}}} in a sweep prompt: the input rows have no "
-                f"{field_name!r} (they have {sorted(kwargs)}); write {{{{{field_name}}}}} "
-                "for literal braces"
-            )
-        return kwargs[field_name], field_name
-
-
-def fill(template: str, row: Mapping[str, Any]) -> str:
-    """``template`` with its ``{name}`` fields filled from ``row``."""
-    try:
-        return _Template().vformat(template, (), row)
-    except InvalidInputError:
-        raise
-    except (ValueError, TypeError) as exc:  # a lone brace, a bad format spec
-        raise InvalidInputError(
-            f"cannot fill in the sweep prompt's {{...}} fields: {exc}. Write {{{{ and }}}} "
-            "for literal braces"
-        ) from exc
 
 
 def _rows(inputs: object) -> list[dict[str, Any]] | None:
@@ -293,6 +263,7 @@ def plan_sweep(
     rows = _rows(inputs)
     if rows is not None:
         refuse_clashing_inputs(rows)
+        refuse_missing(prompt_list, rows)
     flat, arms = zip(*(_variant(v, i) for i, v in enumerate(variants)), strict=True)
     labels = variant_labels(list(flat))
     defined: dict[str, object] = {"prompts": prompt_list, "inputs": rows, "variants": list(flat)}
@@ -317,7 +288,7 @@ def plan_sweep(
     cells = []
     for p, template in enumerate(prompt_list):
         for i, row in enumerate(rows) if rows is not None else [(None, None)]:
-            text = template if row is None else _filled(template, row, p, i)
+            text = template if row is None else filled(template, row, p, i)
             for v, label in enumerate(labels):
                 for r in range(repeat):
                     key = f"p{p}" + (f"-i{i}" if i is not None else "") + f"-v{v}-r{r}"
@@ -567,16 +538,6 @@ class Sweep(Handle["Sweep"]):
         from .widgets.sweep_grid import grid_html
 
         return grid_html(self)
-
-
-def _filled(template: str, row: Mapping[str, Any], prompt: int, row_index: int | None) -> str:
-    # A message from a row must be one a send would take; say which row made it not.
-    try:
-        return validate_text(fill(template, row))
-    except InvalidInputError as exc:
-        raise InvalidInputError(
-            f"prompt {prompt} filled with input row {row_index}: {exc}"
-        ) from None
 
 
 def finish(cell: SweepCell, message: Message) -> None:
