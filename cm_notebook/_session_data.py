@@ -22,6 +22,7 @@ from .compare import is_answer
 from .errors import InvalidInputError
 from .model import Message
 from .stability import Stability, stability
+from .store.stand_ins import stand_in_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,7 +76,8 @@ class DataMethods(ScoreMethods):
         identical text, most common first, with word diffs of near-identical ones
         against it (see :mod:`cm_notebook.stability`). Branches whose last reply is
         missing or did not complete (failed, stopped) are left out: an error's empty
-        text is not an answer, nor is a reply that only asks for tools. A reply that
+        text is not an answer, nor is a reply that only asks for tools, nor a stand-in
+        that ``cm-notebook check --repair`` wrote for a reply it could not read. A reply that
         several branches share (a fork with nothing sent on it yet) counts once, for the
         first of them: one answer, however many branches point at it.
 
@@ -94,7 +96,13 @@ class DataMethods(ScoreMethods):
                 None,
             )
             last = messages[at] if at is not None else None
-            if last is not None and is_answer(last) and last.id not in counted:
+            # A stand-in's text is a placeholder for a reply that could not be read.
+            if (
+                last is not None
+                and is_answer(last)
+                and stand_in_file(last) is None
+                and last.id not in counted
+            ):
                 counted.add(last.id)
                 answers.append((branch, last))
                 prompts.setdefault(_prompt_of(messages[:at]), []).append(branch)

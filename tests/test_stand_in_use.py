@@ -161,3 +161,17 @@ def test_a_sweep_cell_whose_answer_is_a_stand_in_is_no_answer(
         assert "stand-in" in mine["error"]
     finally:
         reopened.close()
+
+
+def test_a_branch_ending_at_a_stand_in_reply_has_no_answer_in_stability(
+    three_turns: tuple[ContextSession, list[Message]], data_dir: Path
+) -> None:
+    session, history = three_turns
+    reopened = _damaged(data_dir, session, history[3])  # "Rome."
+    try:
+        reopened.branch("at-rome", from_message=history[3].id, switch=False)
+        reopened.branch("at-paris", from_message=history[1].id, switch=False)
+        found = reopened.stability(["at-rome", "at-paris"])
+        assert found.total == 1  # only "Paris.": the placeholder is no answer
+    finally:
+        reopened.close()
