@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import BusyError
 from .store.oslock import LockTimeout, OSLock
 
-__all__ = ["BranchClaims", "Claim", "turn_running"]
+__all__ = ["BranchClaims", "Claim", "running_remedy", "turn_running"]
 
 
 class Claim:
@@ -132,16 +132,31 @@ def _owner(deleting: bool = False) -> bytes:
     ).encode()
 
 
+def running_remedy(branch: str, *, here: bool = True) -> str:
+    """What to do about the reply being generated on ``branch``: wait for it or stop
+    it, through the session (``here``: this session generates it, so it has its Turn;
+    else another session or process does).
+
+    Said through the session, never a ``turn`` variable: the cell whose
+    ``r = await session.send(...)`` was interrupted has none, and a script that kept
+    the Turn is given the same one by ``session.turn(branch)``.
+    """
+    wait = (
+        f"wait for it (session.turn({branch!r}) is its Turn: await it)" if here else "wait for it"
+    )
+    return f"{wait}, or stop it with session.stop(branch={branch!r})"
+
+
 def turn_running(branch: str, *, stopping: bool = False) -> BusyError:
     """The refusal of a new turn on ``branch`` while this session's turn runs there
     (``stopping``: it was asked to stop, and still has to store its text)."""
     if stopping:
         return BusyError(
             f"the reply on branch {branch!r} is being stopped and is not over yet; "
-            "await that turn (it ends in a moment) before sending on the branch"
+            f"await session.turn({branch!r}) (it ends in a moment) before sending on the branch"
         )
     return BusyError(
-        f"a reply is still being generated on branch {branch!r}; await it, or call turn.cancel()"
+        f"a reply is still being generated on branch {branch!r}; {running_remedy(branch)}"
     )
 
 

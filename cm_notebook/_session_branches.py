@@ -14,6 +14,7 @@ from typing import Any
 
 from . import events as ev
 from ._auto_names import made_under_free_name
+from ._claims import running_remedy
 from ._session_reading import SessionReading
 from .branch_defaults import branch_settings
 from .errors import BusyError, InvalidInputError, StateError
@@ -166,14 +167,9 @@ class SessionBranches(SessionReading):
             # A fork would start at the turn's own message or its unfinished reply.
             with self._lock:
                 here = name in self._runners  # else another process's turn: no Turn here
-            remedy = (
-                "await it, or call turn.cancel()"
-                if here
-                else f"wait for it, or stop it with session.stop(branch={name!r})"
-            )
             raise BusyError(
                 f"a reply is still being generated on branch {name!r} under its current "
-                f"system prompt; {remedy}"
+                f"system prompt; {running_remedy(name, here=here)}"
             )
         # In place only while no reply exists and none is being made: the claim keeps
         # sends (in any process) off the branch while we look and write.

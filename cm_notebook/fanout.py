@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from ._auto_names import NamePicks
+from ._claims import running_remedy
 from ._json_values import checked_message_metadata
 from ._loop import schedule_on
 from ._sample_seeds import seed_alike, takes_seed
@@ -299,6 +300,16 @@ class FanOut(Handle[Comparison]):
         for turn in self.turns:
             turn.cancel()
 
+    def _goes_on(self) -> str:
+        # Through the session, per arm: `comparison = await session.fan_out(...)`
+        # interrupted leaves the cell without this handle.
+        names = ", ".join(repr(branch) for branch in self.branches)
+        return (
+            f"the arms go on, on branches {names}: session.turn(branch) is an arm's Turn "
+            "while it runs (await it for its reply), session.stop(branch=branch) stops "
+            f"one, and session.compare({names}) compares them once they are over"
+        )
+
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
         return f"<FanOut {status} branches={self.branches}>"
@@ -354,9 +365,11 @@ def start_fan_out(
     if session._mid_turn(base):
         # Its head is then the turn's own message or its unfinished reply: the arms
         # would continue a conversation that has not happened yet.
+        with session._lock:
+            here = base in session._runners  # else another process's turn: no Turn here
         raise BusyError(
             f"a reply is still being generated on branch {base!r}, and the arms would "
-            "fork before it ends; await it, or call turn.cancel()"
+            f"fork before it ends; {running_remedy(base, here=here)}"
         )
     head = session._head(base)
     # An unknown spec or a parameter an arm's provider does not take fails before

@@ -111,6 +111,15 @@ class Replay(Handle[TurnComparison]):
         if self.turn is not None:
             self.turn.cancel()
 
+    def _goes_on(self) -> str:
+        # Through the session: an interrupted `cmp = await session.replay(...)` leaves
+        # the cell without this handle. A stopped turn ends the replay (see _drive).
+        branch = self.branch
+        return (
+            f"the replay goes on, on branch {branch!r}: session.stop(branch={branch!r}) "
+            "stops its running turn, and with it the replay"
+        )
+
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
         return f"<Replay {status} {self.source!r} -> {self.branch!r}>"

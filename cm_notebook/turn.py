@@ -153,10 +153,19 @@ class Handle(Generic[T]):
         # Not when the work has ended: then the interrupt is its own (e.g. a provider's).
         if self.done() or not hasattr(interrupt, "add_note"):  # notes: Python 3.11+
             return
+        goes_on = self._goes_on()
         interrupt.add_note(
-            "stopped waiting; the work goes on in the background until the process "
+            f"stopped waiting; {goes_on} (it runs in the background until the process exits)"
+            if goes_on is not None
+            else "stopped waiting; the work goes on in the background until the process "
             "exits: call .result() on it again for its result, or .cancel() to stop it"
         )
+
+    def _goes_on(self) -> str | None:
+        # What a stopped wait says goes on, and how to reach it without this handle:
+        # the caller may never have had it (`r = await session.send(...)` interrupted
+        # mid-reply). None: the work is only reachable through the handle, said as "it".
+        return None
 
     def drop_queued(self) -> None:
         """Cancel work handed to a loop that is not running (its session closed without
@@ -211,10 +220,11 @@ class Handle(Generic[T]):
                 raise
             # The wait was cancelled (the kernel's Interrupt, a timeout around it), not
             # the work: say so, where a bare CancelledError said nothing.
-            raise asyncio.CancelledError(
-                "stopped waiting; the work goes on: await it again for its result, "
-                "or call .cancel() on it to stop it"
-            ) from None
+            goes_on = self._goes_on() or (
+                "the work goes on: await it again for its result, or call .cancel() on it "
+                "to stop it"
+            )
+            raise asyncio.CancelledError(f"stopped waiting; {goes_on}") from None
         if self.after_await is not None:
             self.after_await()
         return wrapped.result()
@@ -470,6 +480,15 @@ class Turn(Handle[Message]):
         (then it does nothing).
         """
         super().cancel()
+
+    def _goes_on(self) -> str:
+        # Through the session, which has this Turn for as long as it runs.
+        branch = self.branch
+        return (
+            f"the reply on branch {branch!r} goes on: session.turn({branch!r}) is its Turn "
+            f"while it runs (await it for the reply), session.stop(branch={branch!r}) "
+            "stops it"
+        )
 
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+from cm_notebook._claims import turn_running
 from cm_notebook.errors import BranchNotFoundError, BusyError, InvalidInputError, StateError
 from cm_notebook.magics._remedies import said, translated
 from cm_notebook.session import ContextSession
@@ -37,26 +38,10 @@ def test_compare_names_an_unknown_branch_before_counting(
 @pytest.mark.parametrize(
     ("error", "says", "not_said"),
     [
-        (
-            BusyError(
-                "a reply is still being generated on branch 'main'; await it, or call turn.cancel()"
-            ),
-            "`%cm stop --branch main`",
-            "turn.cancel()",
-        ),
-        (
-            # Not the active branch: `%cm stop` alone would stop the active one's reply.
-            BusyError(
-                "a reply is still being generated on branch 'side'; await it, or call turn.cancel()"
-            ),
-            "`%cm stop --branch side`",
-            "`%cm stop`,",
-        ),
-        (
-            BusyError("a reply is still being generated; await it, or call turn.cancel()"),
-            "stop it with `%cm stop`,",
-            "turn.cancel()",
-        ),
+        (turn_running("main"), "`%cm stop --branch main`", "session."),
+        # Not the active branch: `%cm stop` alone would stop the active one's reply.
+        (turn_running("side"), "`%cm stop --branch side`", "`%cm stop`,"),
+        (turn_running("side", stopping=True), "run the cell again in a moment", "session."),
         (
             StateError(
                 "nothing to retry on branch 'main': its state is Idle; use regenerate() "
@@ -129,13 +114,7 @@ def test_a_view_says_a_usage_error_in_its_own_words() -> None:
 @pytest.mark.parametrize(
     ("error", "says"),
     [
-        (
-            BusyError(
-                "a reply is still being generated on branch 'my branch'; await it, or call "
-                "turn.cancel()"
-            ),
-            "stop it with `%cm stop --branch 'my branch'`,",
-        ),
+        (turn_running("my branch"), "stop it with `%cm stop --branch 'my branch'`,"),
         (
             BusyError(
                 "branch 'my branch' is in use by another writer: a reply is being generated "

@@ -22,6 +22,7 @@ from jupyter_server_proc import BASE_URL, JupyterServer
 from server_client import create_context, read_events, wait_for
 from tool_writer import start_tool_writer
 
+from cm_notebook._claims import turn_running
 from cm_notebook.server.wording import for_http
 
 API = f"{BASE_URL}cm/api"
@@ -372,6 +373,19 @@ def test_a_message_whose_every_clause_names_a_python_call_keeps_its_start(
         == "provider 'x' cannot be made with the options ['y']; the server's log has the details"
     )
     assert for_http("make() failed", data_dir=tmp_path, api=API, context_id=None)
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_busy_branch_s_remedy_is_a_request(tmp_path: Path, stopping: bool) -> None:
+    # The session's own refusal names session.turn()/session.stop(): a client is told the
+    # events to wait for and the stop request, for that branch.
+    worded = for_http(
+        str(turn_running("side", stopping=stopping)), data_dir=tmp_path, api=API, context_id="c1"
+    )
+    assert "session." not in worded
+    assert f"GET {API}/contexts/c1/events" in worded
+    if not stopping:
+        assert f'POST {API}/contexts/c1/stop and {{"branch": "side"}}' in worded
 
 
 # -- the tool routes of a context removed on disk ------------------------------------------

@@ -238,7 +238,7 @@ def test_busy_branch_refuses_a_second_send_until_cancelled(
     turn = session.send("first")
     recorder.wait(seen(MessageAdded, role="assistant"))
     before = message_files(data_dir, session)
-    with pytest.raises(BusyError, match="cancel"):
+    with pytest.raises(BusyError, match=r"session\.stop\(branch='main'\)"):
         session.send("second")
     with pytest.raises(BusyError):
         session.regenerate()

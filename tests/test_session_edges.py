@@ -236,5 +236,10 @@ def test_a_wait_cancelled_says_the_work_goes_on_and_it_does(data_dir: Path) -> N
             await session.aclose()
 
     said, reply = asyncio.run(main())
-    assert said.startswith("stopped waiting; the work goes on: await it again")
+    # Through the session: the cell whose `r = await session.send(...)` was interrupted
+    # holds no Turn.
+    assert said == (
+        "stopped waiting; the reply on branch 'main' goes on: session.turn('main') is its "
+        "Turn while it runs (await it for the reply), session.stop(branch='main') stops it"
+    )
     assert reply == "one two three four five six"

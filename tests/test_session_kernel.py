@@ -171,3 +171,97 @@ def test_the_interrupt_button_stops_a_cell_awaiting_a_turn(kernel: FrontEnd) -> 
         """
     )
     assert after.splitlines() == ["still running: True", "then: interrupted"]
+
+
+def _interrupted(kernel: FrontEnd, cell: str) -> dict[str, object]:
+    # Run ``cell`` (one that awaits), press Interrupt once it is in its await, and
+    # return the cell's reply.
+    msg_id = kernel.client.execute(f'print("awaiting", flush=True)\n{cell}', stop_on_error=False)
+    kernel.wait_for(lambda: "awaiting" in kernel.output(msg_id), what="the cell's await")
+    kernel.manager.interrupt_kernel()
+    return kernel.reply(msg_id)
+
+
+def test_an_interrupted_send_says_what_to_do_from_the_next_cell(kernel: FrontEnd) -> None:
+    # `r = await s.send(...)` interrupted mid-reply: the cell never got the Turn, so
+    # "await it again" or "turn.cancel()" name nothing the next cell has. The advice
+    # goes through the session, with the branch, and works as given.
+    kernel.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.errors import BusyError
+        from cm_notebook.testing import ScriptedProvider
+
+        told = ContextSession.create(
+            "interrupted send",
+            provider=ScriptedProvider().hang(after_chunks=1, text="so far").reply("next"),
+        )
+        """
+    )
+    reply = _interrupted(kernel, 'r = await told.send("go")')
+    if reply["ename"] == "KeyboardInterrupt":  # ipykernel < 7: no CancelledError to read
+        pytest.skip("this ipykernel raises KeyboardInterrupt in an interrupted async cell")
+    assert reply["ename"] == "CancelledError"
+    said = str(reply["evalue"])
+    assert "session.turn('main')" in said
+    assert "session.stop(branch='main')" in said
+    assert "await it again" not in said
+    assert ".cancel()" not in said
+    refused = kernel.run(
+        """
+        try:
+            told.send("next question")
+        except BusyError as exc:
+            print(exc)
+        """
+    )
+    assert "session.turn('main')" in refused
+    assert "session.stop(branch='main')" in refused
+    assert "turn.cancel()" not in refused
+    # As told: the session's Turn while it runs, and its stop.
+    done = kernel.run(
+        """
+        running = told.turn('main')
+        told.stop(branch='main')
+        print((await running).status.value, repr(running.text))
+        print((await told.send("next question")).content)
+        """
+    )
+    assert done.splitlines() == ["interrupted 'so far'", "next"]
+
+
+def test_an_interrupted_fan_out_names_each_arm(kernel: FrontEnd) -> None:
+    # `comparison = await s.fan_out(...)` interrupted: the arms go on, each reachable
+    # through its branch; compare() gives the comparison once they are over.
+    kernel.run(
+        """
+        from cm_notebook import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        arms = ContextSession.create(
+            "interrupted fan-out", provider=ScriptedProvider().hang().hang()
+        )
+        """
+    )
+    reply = _interrupted(
+        kernel, 'comparison = await arms.fan_out("q", [{"system": "A"}, {"system": "B"}])'
+    )
+    if reply["ename"] == "KeyboardInterrupt":  # ipykernel < 7
+        pytest.skip("this ipykernel raises KeyboardInterrupt in an interrupted async cell")
+    said = str(reply["evalue"])
+    names = kernel.run("print(sorted(set(arms.branches) - {'main'}))")
+    first, second = eval(names)  # the arms' branches, as the kernel named them
+    assert f"on branches {first!r}, {second!r}" in said
+    assert f"session.compare({first!r}, {second!r})" in said
+    assert "session.stop(branch=branch)" in said
+    assert ".cancel()" not in said
+    done = kernel.run(
+        f"""
+        running = [arms.turn({first!r}), arms.turn({second!r})]
+        for name in ({first!r}, {second!r}):
+            arms.stop(branch=name)
+        print([(await turn).status.value for turn in running])
+        print(type(arms.compare({first!r}, {second!r})).__name__)
+        """
+    )
+    assert done.splitlines() == ["['interrupted', 'interrupted']", "Comparison"]

@@ -1,8 +1,8 @@
 """The session's errors in the magics' terms.
 
-A session's error names its remedy in Python (``turn.cancel()``, ``from_message=...``);
-in a notebook of magics a cell's reply is no ``turn`` variable, so each known remedy is
-said again as what to type in a cell. Used for the usage errors of a cell and for the
+A session's error names its remedy in Python (``session.stop(branch=...)``,
+``from_message=...``); in a notebook of magics each known remedy is said again as what
+to type in a cell. Used for the usage errors of a cell and for the
 outcome a queued cell shows when its send fails later.
 """
 
@@ -26,16 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["for_magics", "said", "translated"]
 
-#: A remedy a session's error gives in Python, and the same in a notebook of magics
-#: (where a cell's reply is no ``turn`` variable): e.g. a %%cm cell run while a reply
-#: started from code (or another process) still streams on its branch.
+#: A remedy a session's error gives in Python, and the same in a notebook of magics.
 _REMEDIES = (
-    (
-        "await it, or call turn.cancel()",
-        "wait for it (`await _` in a cell after a %%cm cell waits for its reply), stop it "
-        "with `%cm stop`, or send on another branch (--branch)",
-    ),
-    ("await that turn (it ends in a moment)", "run the cell again in a moment"),
     ("use regenerate() for a new reply", "send again for a new reply"),
     (
         "Wait for the turn to finish (await it), or fork at an earlier message (from_message=...).",
@@ -63,11 +55,15 @@ def _quoting(template: str, name: int = 1) -> Callable[[re.Match[str]], str]:
     return replace
 
 
-#: A reply of this kernel still being generated on a named branch: said with that
-#: branch before the plain remedies are (`%cm stop` alone stops the active branch's
-#: reply, which may be another's).
+#: A reply of this kernel still being generated on a named branch (e.g. a %%cm cell run
+#: while a reply started from code still streams there): said with that branch before
+#: the plain remedies are (`%cm stop` alone stops the active branch's reply, which may
+#: be another's).
 _BUSY_BRANCH = (
-    re.compile(r"(on branch '([^']+)'[^;]*); await it, or call turn\.cancel\(\)"),
+    re.compile(
+        r"(on branch '([^']+)'[^;]*); wait for it \(session\.turn\('[^']+'\) is its Turn: "
+        r"await it\), or stop it with session\.stop\(branch='[^']+'\)"
+    ),
     _quoting(
         "{1}; wait for it (`await _` in a cell after a %%cm cell waits for its reply), "
         "stop it with `%cm stop --branch {2}`, or send on another branch (--branch)",
@@ -78,6 +74,11 @@ _BUSY_BRANCH = (
 #: Remedies that name a context or a branch: the same, with the name kept (quoted as a
 #: shell word where it goes in a magic's line).
 _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
+    # A reply of this kernel being stopped: over in a moment.
+    (
+        re.compile(r"await session\.turn\('[^']+'\) \(it ends in a moment\)"),
+        "run the cell again in a moment",
+    ),
     # A reply another process (a second kernel, the server) is generating.
     (
         re.compile(

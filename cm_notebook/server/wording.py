@@ -1,7 +1,7 @@
 """The package's error messages, reworded for a client of the REST API.
 
 The package's errors are written for a person at a notebook: their remedies name
-Python calls (``turn.cancel()``, ``FileStore.list_contexts()``) and their paths are the
+Python calls (``session.stop(branch=...)``, ``FileStore.list_contexts()``) and their paths are the
 machine's. A client of the server can do neither: it needs the HTTP request that helps,
 and it has no business learning where the server keeps its files. :func:`for_http`
 rewrites the remedies it knows into requests, drops any other clause that names a
@@ -54,7 +54,8 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
         (
             # The branch the message names: without it, a stop stops the active branch.
             re.compile(
-                r"(?P<kept>on branch '(?P<branch>[^']*)'[^;]*; )await it, or call turn\.cancel\(\)"
+                r"wait for it \(session\.turn\('(?P<branch>[^']*)'\) is its Turn: await it\), "
+                r"or stop it with session\.stop\(branch='[^']*'\)"
             ),
             f"wait for its MessageCompleted or Error signal (GET {here}/events), or stop it "
             f"with POST {here}/stop and {stop_body}",
@@ -97,7 +98,7 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"stop it with POST {here}/stop and {stop_body}",
         ),
         (
-            re.compile(r"await that turn \(it ends in a moment\)"),
+            re.compile(r"await session\.turn\('[^']*'\) \(it ends in a moment\)"),
             f"wait for its MessageCompleted signal (GET {here}/events)",
         ),
         (
