@@ -21,7 +21,7 @@ from .errors import BusyError, InvalidInputError, StateError
 from .ids import validate_branch_name, validate_new_branch_name
 from .model import Branch, MessageStatus
 from .params import GenerationParams
-from .prompts import effective_system, has_replies
+from .prompts import effective_system
 from .providers.pool import ProviderLike
 from .titles import checked_description
 
@@ -134,15 +134,18 @@ class SessionBranches(SessionReading):
     def edit_system(self, text: str | None, *, branch: str | None = None) -> Branch:
         """Change the system prompt of ``branch`` (default: active); returns the branch.
 
-        If the branch already has replies made under its old prompt, they keep it: a new
-        branch ``<branch>-system-N`` is forked at the same head with the new prompt (and
-        the old branch's provider and parameters), and becomes active if ``branch`` was.
-        Otherwise the prompt is changed in place. ``None`` inherits the context's prompt,
-        ``""`` means none. A prompt the branch's replies are made under already (its
-        own, or the context's it inherits) forks nothing. While a reply is being
-        generated on the branch this raises :class:`~cm_notebook.errors.BusyError` (a
-        fork there would start before the reply exists); a reply waiting for a tool
-        decision is finished, so forking at it works.
+        If the branch already has replies of its own made under its old prompt, they
+        keep it: a new branch ``<branch>-system-N`` is forked at the same head with the
+        new prompt (and the old branch's provider and parameters), and becomes active if
+        ``branch`` was. Otherwise the prompt is changed in place: the replies a branch
+        shares with the one it was forked from (up to its fork point) are not its own,
+        and they keep the prompt they record (``metadata.system_prompt``) either way.
+        ``None`` inherits the context's prompt, ``""`` means none. A prompt the
+        branch's replies are made under already (its own, or the context's it inherits)
+        forks nothing. While a reply is being generated on the branch this raises
+        :class:`~cm_notebook.errors.BusyError` (a fork there would start before the
+        reply exists); a reply waiting for a tool decision is finished, so forking at it
+        works.
         """
         self._check_open()
         if text is not None and not isinstance(text, str):
@@ -271,11 +274,35 @@ class SessionBranches(SessionReading):
         return None
 
     def _system_in_place(self, name: str, text: str | None) -> Branch | None:
-        # Change the prompt of the claimed branch ``name`` if it has no replies yet.
-        index = self._index()
-        path = self._io.call(self._store.path(self.id, name))
-        if has_replies([index[mid].role for mid in path if mid in index]):
+        # Change the prompt of the claimed branch ``name`` if it has no replies of its
+        # own made under its prompt yet (None: it has, so edit_system forks).
+        if self._own_replies_under_prompt(name):
             return None
         updated = self._io.call(self._store.update_branch(self.id, name, system_prompt=text))
         self._publish_branch_update(name, ["system_prompt"], head=updated.head)
         return updated
+
+    def _own_replies_under_prompt(self, name: str) -> bool:
+        # Whether branch ``name`` holds a reply of its own made under its current
+        # prompt: one on its path past its fork point (the replies up to there were made
+        # on the branch it was forked from, under that branch's prompt), that records
+        # this prompt, or records none (a reply stored before replies recorded it).
+        metadata = self._read_metadata()
+        index = self._index()
+        shared: set[str] = set()
+        node = metadata.branches[name].forked_from
+        while node is not None and node in index and node not in shared:
+            shared.add(node)
+            node = index[node].parent_id
+        prompt = effective_system(metadata, name)
+        path = self._io.call(self._store.path(self.id, name))
+        for mid in path:
+            entry = index.get(mid)
+            if entry is None or entry.role != "assistant" or mid in shared:
+                continue
+            made = self.get(mid).metadata
+            if "system_prompt" not in made.model_fields_set:
+                return True  # its prompt is not known: taken as this one
+            if (made.system_prompt or None) == prompt:
+                return True
+        return False

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from .model import Branch, ContextMetadata, Message
 
-__all__ = ["effective_system", "has_replies", "prompt_label", "system_of"]
+__all__ = ["effective_system", "prompt_label", "system_of"]
 
 
 def effective_system(metadata: ContextMetadata, branch: str) -> str | None:
@@ -36,15 +36,6 @@ def system_of(request: Sequence[Message]) -> dict[str, str | None]:
     return {
         "system_prompt": first.content if first is not None and first.role == "system" else None
     }
-
-
-def has_replies(roles: Sequence[str]) -> bool:
-    """Whether a branch whose path has these roles holds replies made under its prompt.
-
-    Such a branch's prompt is history: changing it in place would misattribute the
-    replies, so :meth:`~cm_notebook.session.ContextSession.edit_system` forks instead.
-    """
-    return "assistant" in roles
 
 
 _WORD = re.compile(r"[^\W_]+")

@@ -127,7 +127,8 @@ WRITES: dict[str, tuple[str, str, dict[str, Any] | None, int, Landed]] = {
         "/branches/other",
         {"system": "Be brief."},
         200,
-        lambda c: c["branches"].get("other-system-1", {}).get("system_prompt") == "Be brief.",
+        # In place: ``other`` has no reply of its own (main's is shared, not its own).
+        lambda c: c["branches"]["other"].get("system_prompt") == "Be brief.",
     ),
     "delete branch": (
         "DELETE",

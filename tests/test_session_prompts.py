@@ -143,6 +143,40 @@ def test_edit_system_changes_in_place_until_there_are_replies_then_forks(
         session.edit_system(42)  # type: ignore[arg-type]
 
 
+def test_edit_system_on_a_new_branch_ignores_the_replies_it_was_forked_with(
+    data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # A branch just made (a typo in its prompt, nothing sent on it yet) shares main's
+    # replies, made on main under main's prompt: not its own, so its prompt is fixed in
+    # place, as the guide says; a reply made on it under its prompt then forks.
+    fake = ScriptedProvider().reply("Red.").reply("Rouge.").reply("Rouge!")
+    session = ContextSession.create(provider=fake, data_dir=data_dir, system="Be brief.")
+    closing.append(session)
+    red = session.send("Name a colour.").result(DEADLINE)
+    session.branch("french", system="Answr in French.")
+    fixed = session.edit_system("Answer in French.")
+    assert (fixed.name, fixed.system_prompt) == ("french", "Answer in French.")
+    assert set(session.branches) == {"main", "french"}
+    assert session.active_branch == "french"
+    assert session.system_prompt_of("main") == "Be brief."
+    # A branch made with main's own prompt (inherited) is not main: in place too.
+    session.branch("plain", switch=False)
+    assert session.edit_system("Be long.", branch="plain").name == "plain"
+    assert session.get(red.id).metadata.system_prompt == "Be brief."  # as it was made
+
+    session.send("Another?").result(DEADLINE)
+    assert system_of(fake.last_request) == "Answer in French."
+    # Now french has a reply of its own under its prompt: read from the files too.
+    session.close()
+    reopened = ContextSession.open(session.id, data_dir=data_dir, provider=fake)
+    closing.append(reopened)
+    fork = reopened.edit_system("Answer in Spanish.", branch="french")
+    assert fork.name == "french-system-1"
+    assert reopened.system_prompt_of("french") == "Answer in French."
+    # Forked at french's head, the fork's replies up to there are french's: in place.
+    assert reopened.edit_system("Answer in Italian.", branch=fork.name).name == fork.name
+
+
 def test_edit_system_waits_for_a_turn_running_on_the_branch(
     data_dir: Path, closing: list[ContextSession]
 ) -> None:
