@@ -31,7 +31,7 @@ from .errors import (
     StoreLockTimeoutError,
 )
 from .ids import new_branch_stem
-from .model import Message, MessageMetadata, ToolCall, answer_status
+from .model import FailedAttempt, Message, MessageMetadata, ToolCall, answer_status
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
 from .store import Store
@@ -67,7 +67,7 @@ class Reply:
     tool_requests: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
-    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+    failed_attempts: list[FailedAttempt] = field(default_factory=list)
     meter: StreamMeter = field(default_factory=StreamMeter)  # its streaming statistics
     # The text as pieces, joined when read: ``text += chunk`` on an attribute copies the
     # whole text for every chunk, so a long reply cost more per chunk the longer it got.
@@ -99,9 +99,9 @@ class Reply:
             "tool_arguments_text": dict(self.unkept_arguments),
         }
 
-    def failed_attempt(self, error: str, status_code: int | None) -> dict[str, Any]:
+    def failed_attempt(self, error: str, status_code: int | None) -> FailedAttempt:
         """The record of the current attempt, which failed (its text and reasoning)."""
-        record: dict[str, Any] = {"error": error, "text": self.text, "status_code": status_code}
+        record = FailedAttempt(error=error, text=self.text, status_code=status_code)
         if self.reasoning_parts:
             record["reasoning"] = "".join(self.reasoning_parts)
         return record

@@ -28,7 +28,9 @@ from pydantic import (
     field_validator,
     model_serializer,
     model_validator,
+    with_config,
 )
+from typing_extensions import TypedDict
 
 from ._json import check_depth
 from .ids import new_id, validate_branch_name, validate_context_id, validate_message_id
@@ -39,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Branch",
     "ContextMetadata",
+    "FailedAttempt",
     "Message",
     "MessageMetadata",
     "MessageStatus",
@@ -176,6 +179,25 @@ class StreamStats(_Model):
     tokens_from_usage: bool = False
 
 
+@with_config(ConfigDict(extra="allow"))
+class FailedAttempt(TypedDict, total=False):
+    """One try of a reply that failed and was retried (a plain dict in the metadata).
+
+    ``error``: what went wrong, as the provider said it (redacted of secrets);
+    ``text``: what the try had written before it failed (the model's own words, kept);
+    ``status_code``: the HTTP status the provider answered with (None: none, e.g. a
+    dropped connection); ``reasoning``: the try's reasoning text, only when it had
+    some. Every try this package records has ``error``, ``text`` and ``status_code``;
+    the keys are optional only so that a record written elsewhere still reads, and
+    keys it does not know are kept.
+    """
+
+    error: str
+    text: str
+    status_code: int | None
+    reasoning: str
+
+
 class MessageMetadata(BaseModel):
     """How a message came to be. Unknown keys (e.g. from imports) are kept, not dropped.
 
@@ -205,8 +227,10 @@ class MessageMetadata(BaseModel):
     the outcome of the call it answers (``done``, ``failed`` or ``denied``, see
     :func:`answer_status`): the result's own, which an edited result (a counterfactual)
     does not share with the call of the reply it answers; None on tool messages stored
-    before it was recorded, whose call's status tells. Left out of the JSON when empty,
-    so files without them read as before.
+    before it was recorded, whose call's status tells. ``failed_attempts`` lists, in
+    order, the tries of a reply that failed and were retried (see
+    :class:`FailedAttempt`; empty when the first try worked): the reply's text is its
+    last try's. Left out of the JSON when empty, so files without them read as before.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -231,6 +255,7 @@ class MessageMetadata(BaseModel):
     reasoning_field: str | None = None
     tool_arguments_text: dict[str, str] = Field(default_factory=dict)
     tool_status: ToolCallStatus | None = None
+    failed_attempts: list[FailedAttempt] = Field(default_factory=list)
 
     _metadata_bounded = model_validator(mode="before")(_bounded)
 
@@ -257,6 +282,8 @@ _ADDED_METADATA = (
     "tool_arguments_text",
     "tool_status",
     "endpoint",
+    # Kept from the start (as an undeclared key), and only when a try had failed.
+    "failed_attempts",
 )
 
 

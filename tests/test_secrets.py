@@ -298,7 +298,7 @@ def test_a_server_echoing_the_key_leaves_it_nowhere(
     assert REDACTED in str(caught.value)
     assert reply.metadata.error is not None
     assert REDACTED in reply.metadata.error
-    attempts = (reply.metadata.model_extra or {})["failed_attempts"]
+    attempts = reply.metadata.failed_attempts
     assert REDACTED in attempts[0]["error"]
     assert shown
     assert all(PLAIN not in text for text in shown)
@@ -546,7 +546,7 @@ async def test_what_the_model_wrote_is_stored_and_exported_as_it_wrote_it(
     for kept in (await store.get_message("c1", reply.id), document.messages[-1]):
         assert kept.metadata.reasoning == thought
         assert kept.metadata.reasoning_blocks == [block]
-        attempt = (kept.metadata.model_extra or {})["failed_attempts"][0]
+        attempt = kept.metadata.failed_attempts[0]
         assert attempt["reasoning"] == thought
         assert attempt["text"] == "Hi"
         assert SHAPED not in attempt["error"]

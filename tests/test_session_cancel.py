@@ -216,8 +216,7 @@ async def test_cancel_while_waiting_to_retry(data_dir: Path) -> None:
     assert message.metadata.error is not None
     assert message.metadata.error.startswith("cancelled by the user while waiting to retry")
     assert "the line dropped" in message.metadata.error
-    assert message.metadata.model_extra is not None
-    (attempt,) = message.metadata.model_extra["failed_attempts"]
+    (attempt,) = message.metadata.failed_attempts
     assert attempt["text"] == "Hello wor"
     assert session.state is State.IDLE
     assert len(fake.requests) == 1  # the retry never happened

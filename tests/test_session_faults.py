@@ -16,7 +16,7 @@ from test_session_support import DEADLINE, Recorder, entered, roles, seen
 from cm_notebook.errors import InvalidInputError, PermanentProviderError, StateError
 from cm_notebook.events import ContentDelta, ErrorReported, MessageAdded, StateChanged
 from cm_notebook.fsm import State
-from cm_notebook.model import Message, MessageStatus
+from cm_notebook.model import FailedAttempt, Message, MessageStatus
 from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
@@ -51,10 +51,8 @@ def session(data_dir: Path, fault_server: FaultServer) -> Iterator[ContextSessio
     made.close()  # cancels what is left and closes the provider's connections
 
 
-def failed_attempts(message: Message) -> list[dict[str, Any]]:
-    extra = message.metadata.model_extra or {}
-    attempts: list[dict[str, Any]] = extra.get("failed_attempts", [])
-    return attempts
+def failed_attempts(message: Message) -> list[FailedAttempt]:
+    return message.metadata.failed_attempts
 
 
 def test_rate_limit_with_retry_after_is_retried(

@@ -99,7 +99,7 @@ def test_after_a_retry_only_the_last_attempts_text_is_taken(data_dir: Path) -> N
     try:
         reply = session.history()[-1]
         assert (reply.status, reply.content) == (MessageStatus.INTERRUPTED, "second go")
-        failed = reply.metadata.model_extra["failed_attempts"]
+        failed = reply.metadata.failed_attempts
         assert [attempt["text"] for attempt in failed] == ["first try"]
     finally:
         session.close()

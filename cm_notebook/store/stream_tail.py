@@ -68,10 +68,8 @@ def _text_from_log(data: bytes, message: Message) -> str | None:
     attempts = _attempts(data, message.id)
     if not attempts or attempts[0] is None:
         return None  # the log was compacted past the start of an attempt
-    failed = (message.metadata.model_extra or {}).get("failed_attempts")
-    earlier = [text for text in map(_attempt_text, failed or []) if text]
-    if failed is not None and not isinstance(failed, list):
-        return None
+    failed = message.metadata.failed_attempts
+    earlier = [text for text in map(_attempt_text, failed) if text]
     if len(attempts) != len(earlier) + 1 or attempts[:-1] != earlier:
         return None
     text, stored = attempts[-1], message.content
