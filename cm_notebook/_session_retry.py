@@ -10,6 +10,11 @@ retry also works after the context was reopened (a restarted kernel, once the ke
 set) and in a process that only saw another one fail (a second kernel, the server):
 the branch's head is then taken as the failure, under the branch's claim, and the
 request is made again with the branch's provider and the failed reply's parameters.
+
+A reply stopped while it was failing (a try had failed and the next had not answered:
+its process died while it waited to try again, or it was stopped then) failed too,
+though it ends ``interrupted``: its ``failed_attempts`` say so, and it is retried
+like one that ended in an error.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ class RetryMethods(SessionReading):
         context was opened with, say) and the failed reply's parameters. Only while the
         branch is as the failure left it: once another process has written to it, this
         raises :class:`~cm_notebook.errors.StateError` and writes nothing (a retry would
-        replace that process's reply).
+        replace that process's reply). A reply stopped while it was failing (a try of it
+        had failed: say, the kernel restarted while it waited to try again) is retried
+        too; one stopped with no try failed is not (``regenerate()`` asks for a new
+        reply beside it).
         """
         name = self._branch_name(branch)
         self._head(name)  # BranchNotFoundError for a branch that does not exist
@@ -66,19 +74,39 @@ class RetryMethods(SessionReading):
             return
         if state is fsm.State.IDLE and self._failed_reply_at_head(name) is not None:
             return
+        head = self._head(name)
+        last = self.get(head) if head is not None else None
+        if last is None or last.role != "assistant":
+            what = "it has no reply at its end"
+        elif last.status is MessageStatus.INTERRUPTED:
+            # Stopped (by the user, or its process died) with no try failed: it did
+            # not fail, and regenerate() keeps its text beside the new reply.
+            what = (
+                "its last reply was stopped before it finished (status 'interrupted'), "
+                "no try of it failed"
+            )
+        else:
+            what = f"its last reply did not fail (status {last.status.value!r})"
         raise StateError(
-            f"nothing to retry on branch {name!r}: its state is {state.value} and its last "
-            "reply did not fail; use regenerate() for a new reply"
+            f"nothing to retry on branch {name!r}: its state is {state.value} and {what}; "
+            "use regenerate() for a new reply"
         )
 
     def _failed_reply_at_head(self, name: str) -> Message | None:
+        # The branch's head if it is a reply that failed: one that ended in an error,
+        # or one stopped while it was failing (a try had failed, and the next one had
+        # not answered: its process died while it waited to try again, say).
         head = self._head(name)
         if head is None:
             return None
         message = self.get(head)
-        if message.role != "assistant" or message.status is not MessageStatus.ERROR:
+        if message.role != "assistant":
             return None
-        return message
+        if message.status is MessageStatus.ERROR:
+            return message
+        if message.status is MessageStatus.INTERRUPTED and message.metadata.failed_attempts:
+            return message
+        return None
 
     def _failed_request(self, name: str) -> tuple[Provider, dict[str, Any]]:
         # The provider and parameters to ask again with; a failure found on disk (this

@@ -8,7 +8,12 @@ reply's parameters. Nothing else counts as a failure to retry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,7 +88,8 @@ def test_only_a_failed_reply_at_the_head_is_retried(
     session, _ = reopened
     session.retry().result(DEADLINE)
     head = session.branches["main"].head
-    with pytest.raises(StateError, match=r"its last reply did not fail; use regenerate\(\)"):
+    did_not_fail = r"its last reply did not fail \(status 'complete'\); use regenerate\(\)"
+    with pytest.raises(StateError, match=did_not_fail):
         session.retry()
     assert session.branches["main"].head == head  # nothing rewound
     session.send("and now?").result(DEADLINE)
@@ -117,3 +123,77 @@ def test_another_process_retries_a_failure_it_only_followed(data_dir: Path) -> N
             assert other.answer()["err"] == "StateError"
         finally:
             other.close()
+
+
+def _dies_waiting_to_retry(data_dir: Path) -> str:
+    # A real process whose reply's first try fails (a 503 after "Paris is the"), killed
+    # (SIGKILL, as a kernel restart kills it) while it waits to try again.
+    code = textwrap.dedent(
+        f"""
+        import time
+        from cm_notebook.fsm import State
+        from cm_notebook.session import ContextSession
+        from cm_notebook.testing import ScriptedProvider
+
+        model = ScriptedProvider().error(
+            "transient", after_chunks=2, text="Paris is the", message="503", retry_after=60
+        )
+        session = ContextSession.create(
+            "restart in backoff", data_dir={str(data_dir)!r}, provider=model
+        )
+        session.send("What is the capital of France?", temperature=0.3)
+        while session.state is not State.TRANSIENT_FAILURE:
+            time.sleep(0.01)
+        print(session.id, flush=True)
+        time.sleep(600)
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            context_id = child.stdout.readline().strip()
+            assert context_id, "the child ended before its reply failed"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(DEADLINE)
+    return context_id
+
+
+def test_a_reply_whose_process_died_waiting_to_retry_is_retried(data_dir: Path) -> None:
+    context_id = _dies_waiting_to_retry(data_dir)
+    working = ScriptedProvider().reply("Paris is the capital.")
+    with ContextSession.open(context_id, data_dir=data_dir, provider=working) as session:
+        failed = session.history()[-1]
+        assert failed.status is MessageStatus.INTERRUPTED  # its writer died
+        assert [a["text"] for a in failed.metadata.failed_attempts] == ["Paris is the"]
+        reply = session.retry().result(DEADLINE)
+        assert reply.content == "Paris is the capital."
+        assert working.last_request.params["temperature"] == 0.3  # asked as it was
+        assert [m.id for m in session.siblings(reply.id)] == [failed.id, reply.id]
+
+
+def test_a_reply_stopped_waiting_to_retry_is_retried_one_stopped_otherwise_is_not(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    model = ScriptedProvider().error("transient", after_chunks=1, text="Par", retry_after=60)
+    model.hang(after_chunks=1, text="Lyon").reply("Paris.")
+    session = new_session(provider=model)
+    recorder = Recorder(session)
+    turn = session.send("Capital?")
+    recorder.wait(seen(StateChanged, branch="main", new=State.TRANSIENT_FAILURE))
+    turn.cancel()  # the Stop button while it waits to try again
+    assert turn.result(DEADLINE).status is MessageStatus.INTERRUPTED
+    stopped = session.retry()  # it did fail: a try of it failed
+    deadline = time.monotonic() + DEADLINE
+    while not stopped.text:  # poll until the new reply is under way, with a deadline
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    stopped.cancel()  # stopped, and no try of it failed
+    assert stopped.result(DEADLINE).status is MessageStatus.INTERRUPTED
+    with pytest.raises(StateError) as refused:
+        session.retry()
+    assert "was stopped before it finished (status 'interrupted'), no try of it failed" in str(
+        refused.value
+    )
+    assert "use regenerate() for a new reply" in str(refused.value)
+    assert session.regenerate().result(DEADLINE).content == "Paris."
