@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -243,3 +246,48 @@ def test_a_wait_cancelled_says_the_work_goes_on_and_it_does(data_dir: Path) -> N
         "Turn while it runs (await it for the reply), session.stop(branch='main') stops it"
     )
     assert reply == "one two three four five six"
+
+
+def _in_turn_result(frame: FrameType | None) -> bool:
+    # Whether a thread's stack is blocked in a Turn's result() (a wait in threading).
+    if frame is None or not frame.f_code.co_filename.endswith("threading.py"):
+        return False
+    while frame is not None:
+        if frame.f_code.co_name == "result" and frame.f_code.co_filename.endswith("turn.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11")
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="SIGINT")
+def test_ctrl_c_in_a_scripts_result_says_how_to_reach_the_reply(data_dir: Path) -> None:
+    # `reply = session.send(...).result()` stopped by Ctrl-C: the script holds no Turn
+    # either, so the note names the session's way to it, with the branch.
+    session = ContextSession.create(provider=ScriptedProvider().hang(), data_dir=data_dir)
+    main = threading.main_thread()
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if _in_turn_result(sys._current_frames().get(main.ident or 0)):
+                signal.pthread_kill(main.ident or 0, signal.SIGINT)
+                return
+            time.sleep(0.01)  # poll the main thread's stack, with a deadline
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            session.send("go").result(DEADLINE)
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "the reply on branch 'main' goes on: session.turn('main') is its Turn" in notes
+        assert "session.stop(branch='main') stops it" in notes
+        assert "until the process exits" in notes
+        running = session.turn("main")
+        assert running is not None  # as the note says
+        session.stop(branch="main")
+        assert running.result(DEADLINE).status is MessageStatus.INTERRUPTED
+    finally:
+        presser.join(DEADLINE)
+        session.close()
