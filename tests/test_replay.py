@@ -3,6 +3,7 @@ turn by turn (answer diffs, metric deltas) against the branch they came from."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -398,3 +399,27 @@ def test_an_edited_reply_is_neither_a_refusal_nor_reasoned_unless_it_calls_tools
     edited = session.history(replay.branch)[3]
     assert edited.content == "Let me add."
     assert edited.metadata.reasoning == "Thought 2."
+
+
+@pytest.mark.anyio
+async def test_an_interrupted_wait_for_a_replay_says_how_to_stop_it(
+    three_turns: ContextSession,
+) -> None:
+    # `cmp = await session.replay(...)` interrupted (here: its wait cancelled, as the
+    # kernel's Interrupt does): the cell has no Replay, so it is told the session's stop.
+    session = three_turns
+    replay = session.replay("main", provider=ScriptedProvider().hang())
+    waiting = asyncio.ensure_future(replay)
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await waiting
+    branch = replay.branch
+    assert str(cancelled.value) == (
+        f"stopped waiting; the replay goes on, on branch {branch!r}: "
+        f"session.stop(branch={branch!r}) stops its running turn, and with it the replay"
+    )
+    session.stop(branch=branch)  # as told
+    comparison = await replay
+    assert contents(session, branch)[-1] == ""  # the first turn, stopped before any text
+    assert isinstance(comparison, TurnComparison)
