@@ -147,13 +147,27 @@ def running_remedy(branch: str, *, here: bool = True) -> str:
     return f"{wait}, or stop it with session.stop(branch={branch!r})"
 
 
-def turn_running(branch: str, *, stopping: bool = False) -> BusyError:
+#: How to decide the tool calls a reply waits for (the magics and the REST API say it
+#: their ways: see magics._remedies and server.wording).
+DECIDE_CALLS = "session.approve() or session.deny() (session.pending_tool_calls() lists them)"
+
+
+def turn_running(
+    branch: str, *, stopping: bool = False, awaiting_approval: bool = False
+) -> BusyError:
     """The refusal of a new turn on ``branch`` while this session's turn runs there
-    (``stopping``: it was asked to stop, and still has to store its text)."""
+    (``stopping``: it was asked to stop, and still has to store its text;
+    ``awaiting_approval``: it waits for a decision on its tool calls, which waiting
+    alone would never bring)."""
     if stopping:
         return BusyError(
             f"the reply on branch {branch!r} is being stopped and is not over yet; "
             f"await session.turn({branch!r}) (it ends in a moment) before sending on the branch"
+        )
+    if awaiting_approval:
+        return BusyError(
+            f"the reply on branch {branch!r} waits for a decision on its tool calls; decide "
+            f"them with {DECIDE_CALLS}, or stop it with session.stop(branch={branch!r})"
         )
     return BusyError(
         f"a reply is still being generated on branch {branch!r}; {running_remedy(branch)}"
@@ -173,9 +187,11 @@ def _busy(branch: str, owner: str) -> BusyError:
         return _being_deleted(branch, owner.removesuffix(_DELETING))
     who = f" ({owner})" if owner else ""
     # Whatever was asked (a send, a deletion, an edit): the remedies fit them all.
+    # Its reply may wait for a decision on its tool calls, which no waiting brings.
     return BusyError(
         f"branch {branch!r} is in use by another writer{who}: a reply is being generated "
-        f"there. Wait for it to finish and try again, stop it "
+        "there, or waits for a decision on its tool calls. Wait for it to finish and try "
+        f"again, decide its calls with {DECIDE_CALLS}, stop it "
         f"(session.stop(branch={branch!r})), or work on another branch "
         "(session.branch(name))."
     )

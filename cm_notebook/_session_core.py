@@ -39,7 +39,7 @@ from . import events as ev
 from . import fsm
 from ._approval_log import LOCK_TIMEOUT as ALLOW_LIST_LOCK_TIMEOUT
 from ._approval_log import AllowLists, ApprovalLog, approvals_folder
-from ._claims import BranchClaims, Claim, turn_running
+from ._claims import BranchClaims, Claim
 from ._conversation import for_request
 from ._dead_rounds import DeadRounds
 from ._dropped import release_when_collected
@@ -426,7 +426,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers, LoopEnds):
         with self._lock:
             running = self._runners.get(branch)
         if running is not None:
-            raise turn_running(branch, stopping=running.turn.stopping())
+            raise running.refusal()
 
     def _provider(self, provider: ProviderLike | None) -> Provider:
         return self._providers.resolve(provider)

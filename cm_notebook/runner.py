@@ -40,12 +40,14 @@ import anyio.lowlevel
 
 from . import events as ev
 from . import fsm
+from ._claims import turn_running
 from ._conversation import call_ids
 from ._host import TurnHost
 from ._runner_tools import CallStarts, ToolRounds
 from ._turn_writes import Reply, TurnWrites, store_trouble
 from ._unicode import without_surrogates
 from .errors import (
+    BusyError,
     CMError,
     PermanentProviderError,
     ProviderError,
@@ -277,6 +279,11 @@ class TurnRunner(ToolRounds):
         unanswered = tuple(c for c in self._calls if c not in self._answered)
         if unanswered:
             await self._resolve_cancelled(unanswered, tools_reason, cause)
+
+    def refusal(self) -> BusyError:
+        """The BusyError for a new turn on this branch while this one runs there."""
+        waits = self.host.machines.get(self.branch).state is fsm.State.AWAITING_TOOL_APPROVAL
+        return turn_running(self.branch, stopping=self.turn.stopping(), awaiting_approval=waits)
 
     def _reset_machine(self) -> None:
         # End the turn in the branch's machine (Cancel leaves every active state), keeping

@@ -490,3 +490,17 @@ def test_a_context_removed_on_disk_with_no_request_is_closed_within_seconds(
 def test_the_log_names_the_api_under_the_servers_base_url(server: JupyterServer) -> None:
     # With --ServerApp.base_url=/jp/ the API is at /jp/cm/api: the log said /cm/api.
     assert f"cm_notebook: API at {BASE_URL}cm/api," in server.log()
+
+
+def test_a_branch_waiting_for_a_decision_names_the_approval_requests(tmp_path: Path) -> None:
+    # Waiting for MessageCompleted would never end: it came before the calls were asked.
+    worded = for_http(
+        str(turn_running("side", awaiting_approval=True)),
+        data_dir=tmp_path,
+        api=API,
+        context_id="c1",
+    )
+    assert "session." not in worded
+    assert f"POST {API}/contexts/c1/tools/approve or POST {API}/contexts/c1/tools/deny" in worded
+    assert f"GET {API}/contexts/c1/tools lists them" in worded
+    assert "MessageCompleted" not in worded

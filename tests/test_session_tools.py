@@ -20,6 +20,7 @@ from test_session_support import (
 )
 
 from cm_notebook.errors import (
+    BusyError,
     InvalidInputError,
     PermanentProviderError,
     ToolArgumentsError,
@@ -28,6 +29,7 @@ from cm_notebook.errors import (
 )
 from cm_notebook.events import ErrorReported, ToolApprovalRequested, ToolCallResolved
 from cm_notebook.fsm import State
+from cm_notebook.magics._remedies import for_magics
 from cm_notebook.model import Message, ToolCallStatus
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -557,3 +559,26 @@ def test_an_async_tool_that_stops_its_own_turn_stops_it_before_the_next_request(
     assert [m.role for m in session.history()] == ["user", "assistant", "tool"]
     assert session.history()[2].content == "stopping"
     assert session.state is State.IDLE
+
+
+def test_a_send_while_the_reply_waits_for_a_decision_says_to_decide(
+    new_session: Callable[..., ContextSession],
+) -> None:
+    # Waiting for the reply to finish would never end: its calls wait for a person.
+    calc = Calculator()
+    fake = ScriptedProvider(strict=True).tool_call("add", {"a": 1, "b": 2}).reply("It is 3.")
+    session = new_session(provider=fake, tools=calc.tools)
+    recorder = Recorder(session)
+    turn = session.send("What is 1 + 2?")
+    waiting(recorder)
+    with pytest.raises(BusyError) as info:
+        session.send("meanwhile")
+    message = str(info.value)
+    assert "waits for a decision on its tool calls" in message
+    assert "session.approve() or session.deny()" in message
+    assert "session.stop(branch='main')" in message
+    assert "wait for it" not in message
+    # As the magics say it.
+    assert "the Approve and Deny buttons (`%cm approve`, `%cm deny`)" in for_magics(message)
+    session.approve()  # the advice holds: deciding lets the turn finish
+    assert turn.result(DEADLINE).content == "It is 3."

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
 
+from .._claims import DECIDE_CALLS
 from .._cli_advice import elsewhere, for_data_dir
 from ..errors import CMError
 from ..store.paths import default_data_dir
@@ -29,6 +30,10 @@ __all__ = ["for_magics", "said", "translated"]
 #: A remedy a session's error gives in Python, and the same in a notebook of magics.
 _REMEDIES = (
     ("use regenerate() for a new reply", "send again for a new reply"),
+    (
+        DECIDE_CALLS,
+        "the Approve and Deny buttons (`%cm approve`, `%cm deny`)",
+    ),
     (
         "Wait for the turn to finish (await it), or fork at an earlier message (from_message=...).",
         "Wait for the reply (`await _`), or fork at an earlier message (--from MESSAGE_ID).",

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from .._claims import DECIDE_CALLS
 from .._cli_advice import data_dir_option
 
 __all__ = ["for_http"]
@@ -88,6 +89,10 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             ),
             f"stop it (POST {here}/stop with {stop_body}), or work on another branch "
             f"(POST {here}/branches)",
+        ),
+        (
+            re.compile(re.escape(DECIDE_CALLS)),
+            f"POST {here}/tools/approve or POST {here}/tools/deny (GET {here}/tools lists them)",
         ),
         (
             re.compile(r"Wait for it to finish and try again"),
