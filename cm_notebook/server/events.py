@@ -3,7 +3,9 @@
 The stream replays the signals after ``Last-Event-ID`` (or ``?since=``), then follows
 live ones; a comment line every ``heartbeat`` seconds keeps idle connections (and the
 proxies between) open and notices a client that left. Closing the session (the
-context was deleted, the server stops) ends the stream cleanly.
+context was deleted, the server stops) ends the stream cleanly; when the server stops,
+the stream first sends what the signal log holds, the last signals of the replies the
+stop cut short among them.
 """
 
 from __future__ import annotations
@@ -62,7 +64,14 @@ class EventsHandler(CMHandler):
             # Headers and a first line at once: clients wait for them before reading.
             self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
             await self.flush()
-            await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
+            rest = await self._pump(stream, ended, float(self.settings[HEARTBEAT_KEY]))
+            if rest is not None:
+                # The server is stopping: what the log holds, then the end, written out
+                # before the lease goes (the server waits for that, a bounded time).
+                for event in rest:
+                    self.write(sse_message(self._for_client(event)))
+                await self.finish()
+                return
         except StreamClosedError:
             return  # the client left while we wrote
         finally:
@@ -70,8 +79,11 @@ class EventsHandler(CMHandler):
         if not self._gone.is_set():
             self.finish()
 
-    async def _pump(self, stream: SignalStream, ended: asyncio.Event, heartbeat: float) -> None:
-        # Ends when the client leaves (gone) or the session is closed (ended).
+    async def _pump(
+        self, stream: SignalStream, ended: asyncio.Event, heartbeat: float
+    ) -> list[Event] | None:
+        # Ends when the client leaves (gone) or the session is closed (ended). Returns
+        # the signals still to send when it ended because the server is stopping.
         assert self._gone is not None
         gone = asyncio.ensure_future(_first(self._gone, ended))
         upcoming: asyncio.Future[Event] | None = None
@@ -84,12 +96,18 @@ class EventsHandler(CMHandler):
                     waiting, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
                 )
                 if gone in done:
-                    return  # the client left, or the context was deleted
+                    if self._gone.is_set() or not self.sessions.stopping:
+                        return None  # the client left, or the context was deleted
+                    # The server stopped the context's replies before ending this: their
+                    # last signals are in the log (none may come after, so none is
+                    # waited for).
+                    first, upcoming = await _settled(upcoming), None
+                    return [*first, *await stream.drain()]
                 if upcoming in done:
                     try:
                         event = upcoming.result()
                     except StopAsyncIteration:
-                        return  # the session closed: end the response cleanly
+                        return None  # the session closed: end the response cleanly
                     upcoming = None
                     self.write(sse_message(self._for_client(event)))
                 else:
@@ -102,7 +120,7 @@ class EventsHandler(CMHandler):
                     flushed.cancel()
                     self._gone.set()  # nothing more can be written to it: closed here
                     self.request.connection.close()  # type: ignore[union-attr]
-                    return
+                    return None
                 flushed.result()  # StreamClosedError: the client left while we wrote
         finally:
             for task in (upcoming, gone):
@@ -120,6 +138,18 @@ class EventsHandler(CMHandler):
                 update={"message": self.reword(event.message, event.context_id)}
             )
         return event
+
+
+async def _settled(upcoming: asyncio.Future[Event] | None) -> list[Event]:
+    # The signal a read under way already took, if it did; otherwise the read is
+    # cancelled (a stream's drain() takes over what it left).
+    if upcoming is None:
+        return []
+    if not upcoming.done():
+        upcoming.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        return [await upcoming]
+    return []
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -52,6 +52,7 @@ from ..turn import Turn
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_SESSIONS",
+    "STREAM_GRACE",
     "Lease",
     "SessionRegistry",
     "open_session",
@@ -63,6 +64,9 @@ logger = get_logger(__name__)
 DEFAULT_MAX_SESSIONS = 64
 #: Seconds after which an idle session is closed (0: never).
 DEFAULT_IDLE_TIMEOUT = 600.0
+#: Seconds the events streams get, when the server stops, to send the signals its
+#: stopped replies wrote (see :meth:`SessionRegistry.aclose`).
+STREAM_GRACE = 5.0
 
 
 def open_session(
@@ -136,6 +140,8 @@ class SessionRegistry:
         self._reapers: set[asyncio.Task[None]] = set()
         self._ended: dict[str, asyncio.Event] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._no_streams = asyncio.Event()  # set when the last events stream ends
 
     # -- using sessions ------------------------------------------------------------------
 
@@ -180,6 +186,8 @@ class SessionRegistry:
             holds[context_id] = left
         else:
             holds.pop(context_id, None)
+        if not self._streams:
+            self._no_streams.set()
         if context_id in self._sessions:
             self._last_used[context_id] = time.monotonic()
         if not self._requests.get(context_id):
@@ -416,20 +424,47 @@ class SessionRegistry:
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
-    async def aclose(self) -> None:
-        """Close every session (running turns are cancelled) and the store."""
+    @property
+    def stopping(self) -> bool:
+        """Whether the server is stopping: an events stream ended then first sends what
+        its context's signal log holds (see :meth:`aclose`)."""
+        return self._stopping
+
+    async def aclose(self, *, stream_grace: float = STREAM_GRACE) -> None:
+        """Close every session (running turns are cancelled), then the events streams,
+        then the store.
+
+        The sessions first: closing one stops its replies, which write their last
+        signals (a reply's ``MessageCompleted`` with status ``interrupted``, the branch
+        back to ``Idle``). The streams are ended after that and send what the log
+        holds before they end, so a client does not stay on a reply that is "streaming"
+        with a shorter text than the one stored. ``stream_grace``: seconds the streams
+        get for that together (a client that stops reading cannot hold the server up).
+        """
+        self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         sessions = list(self._sessions.values())
         self._sessions.clear()
-        for context_id in list(self._ended):
-            self._end(context_id)
         for session in sessions:
             await _close_quietly(session, "the Jupyter server stopped")
         if self._closing:
             await asyncio.wait(list(self._closing.values()))
+        for context_id in list(self._ended):
+            self._end(context_id)
+        if self._streams:
+            self._no_streams.clear()
+            try:
+                await asyncio.wait_for(self._no_streams.wait(), stream_grace)
+            except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
+                logger.warning(
+                    "%d events streams had not sent their last signals %.1f s after "
+                    "they were ended; they end with the server",
+                    sum(self._streams.values()),
+                    stream_grace,
+                )
         await self._store.close()
 
 

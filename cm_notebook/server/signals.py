@@ -36,12 +36,13 @@ import anyio
 
 from .._file_events import Subscription, watch_folders
 from ..errors import InvalidInputError
-from ..events import ContentDelta, Event
+from ..events import ContentDelta, Event, EventStream
 from ..session import ContextSession
 from ..signal_log import LogReader
 
 __all__ = [
     "BusSignals",
+    "BusStream",
     "LogSignals",
     "LogStream",
     "SignalSource",
@@ -62,6 +63,12 @@ class SignalStream(Protocol):
 
     def close(self) -> None:
         """Stop following (the iteration ends); safe to call more than once."""
+
+    async def drain(self) -> list[Event]:
+        """The signals there are now and not yet returned, without waiting for more;
+        then the stream is closed. For a stream ending because its session closed: the
+        signals the session wrote while closing are among them."""
+        ...
 
 
 class SignalSource(Protocol):
@@ -91,7 +98,34 @@ class BusSignals:
 
     def open(self, since: int | None) -> SignalStream:
         """A stream registered at once, so nothing published after this call is missed."""
-        return self._session.event_stream(since)
+        return BusStream(self._session.event_stream(since))
+
+
+class BusStream:
+    """A session's bus stream (:class:`~cm_notebook.events.EventStream`) as a
+    :class:`SignalStream`."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> BusStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await anext(self._stream)
+
+    def close(self) -> None:
+        """Unregister from the bus; safe to call more than once."""
+        self._stream.close()
+
+    async def drain(self) -> list[Event]:
+        """The signals the bus buffered for this stream; then the stream is closed."""
+        events = []
+        with contextlib.suppress(StopAsyncIteration):
+            while self._stream.pending:
+                events.append(await anext(self._stream))
+        self.close()
+        return events
 
 
 class LogSignals:
@@ -107,7 +141,7 @@ class LogSignals:
         """A stream positioned at once (at the log's end when ``since`` is None)."""
         path = self._session.signal_log_path
         if path is None:
-            return self._session.event_stream(since)
+            return BusStream(self._session.event_stream(since))
         return LogStream(path, since)
 
 
@@ -178,6 +212,21 @@ class LogStream:
                 with anyio.move_on_after(self._safety):
                     await changed.wait()
         return self._pending.popleft()
+
+    async def drain(self) -> list[Event]:
+        """What the log holds that this stream has not returned yet (a read under way
+        included), without waiting for more; then the stream is closed."""
+        while not self._closed:
+            if self._read is None:
+                self._read = asyncio.ensure_future(asyncio.to_thread(self._reader.poll))
+            polled = await asyncio.shield(self._read)  # as in __anext__
+            self._read = None
+            if not polled:
+                break
+            self._pending.extend(event for _, event in polled)
+        events = list(self._pending)
+        self.close()
+        return events
 
     def close(self) -> None:
         """Stop following; safe to call more than once."""
