@@ -40,6 +40,7 @@ __all__ = [
     "MessagesQuery",
     "Regenerate",
     "SendMessage",
+    "SkippedContext",
     "Stop",
     "ToolCallQuery",
     "ToolCallView",
@@ -296,10 +297,24 @@ class EventsQuery(_Query):
 # -- responses ---------------------------------------------------------------------------
 
 
+class SkippedContext(BaseModel):
+    """A folder among the contexts that could not be read as one (damaged, written by a
+    newer cm_notebook, or not a context at all)."""
+
+    id: str = Field(description="The folder's name: the context's id, if it is a valid one.")
+    message: str = Field(description="What is wrong with it and what to do.")
+    reason: str = Field(description="The kind of error, e.g. CorruptDataError.")
+
+
 class ContextList(BaseModel):
     """Every stored context, most recently updated first."""
 
     contexts: list[ContextMetadata]
+    skipped: list[SkippedContext] = Field(
+        default_factory=list,
+        description="The folders that are not readable contexts, left out of 'contexts' "
+        "(DELETE /contexts/{id} removes a damaged one).",
+    )
 
 
 class ContextDetail(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..fsm import State
 from ..session import ContextSession
 from .base import CMHandler, operation
-from .bodies import ContextDetail, ContextList, CreateContext, UpdateContext
+from .bodies import ContextDetail, ContextList, CreateContext, SkippedContext, UpdateContext
 from .provider_choice import check_client_choice
 
 __all__ = ["ContextHandler", "ContextsHandler", "detail", "reported_state"]
@@ -49,9 +49,25 @@ def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
 class ContextsHandler(CMHandler):
     """Every context; a new one."""
 
-    @operation("List contexts, most recently updated first", response=ContextList, errors=())
+    @operation(
+        "List contexts, most recently updated first, and the folders that are not "
+        "readable contexts",
+        response=ContextList,
+        errors=(),
+    )
     async def get(self) -> None:
-        self.reply(ContextList(contexts=await self.sessions.list()))
+        contexts, skipped = await self.sessions.list()
+        # Worded as errors are (no server paths; a DELETE of the folder's id as the
+        # remedy), about the context whose folder it is.
+        unreadable = [
+            SkippedContext(
+                id=folder.name,
+                message=self.reword(folder.error, folder.name),
+                reason=type(folder.error).__name__,
+            )
+            for folder in skipped
+        ]
+        self.reply(ContextList(contexts=contexts, skipped=unreadable))
 
     @operation(
         "Create a context", status=201, response=ContextDetail, body=CreateContext, errors=(400,)

@@ -46,6 +46,7 @@ from ..redact import get_logger
 from ..session import ContextSession
 from ..store import FileStore
 from ..store.deletion import busy_error
+from ..store.folders import SkippedFolder
 from ..tools import ToolPolicy
 from ..turn import Turn
 
@@ -361,13 +362,15 @@ class SessionRegistry:
         self._start_sweeper()
         return session
 
-    async def list(self) -> list[ContextMetadata]:
-        """Metadata of every stored context, most recently updated first."""
+    async def list(self) -> tuple[list[ContextMetadata], list[SkippedFolder]]:
+        """Metadata of every stored context, most recently updated first, and the
+        folders skipped as not readable contexts (each also logged as a StoreWarning)."""
+        skipped: list[SkippedFolder] = []
         # A store of its own, closed at once: a store keeps each context it read open
         # (a lock and three files), which for every stored context exhausts the
         # process's file descriptors.
         async with FileStore(self.data_dir) as store:
-            return await store.list_contexts()
+            return await store.list_contexts(skipped), skipped
 
     async def delete(self, context_id: str) -> None:
         """Refuse new requests, end the streams, let running requests finish, stop the

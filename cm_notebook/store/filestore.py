@@ -296,18 +296,20 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         create_context_folder(self.data_dir, metadata, self.fsync)
         return metadata.model_copy(deep=True)
 
-    async def list_contexts(self) -> list[ContextMetadata]:
+    async def list_contexts(
+        self, skipped: list[folders.SkippedFolder] | None = None
+    ) -> list[ContextMetadata]:
         """Metadata of every readable context, most recently updated first.
 
         Folders that are not valid contexts are skipped, each with a StoreWarning whose
         ``.path`` names the damaged file (and whose message says what to do), so one
-        damaged context never hides the others.
+        damaged context never hides the others; each is also added to ``skipped`` if given.
         """
-        return await self._run(self._list_contexts)
+        return await self._run(self._list_contexts, skipped)
 
-    def _list_contexts(self) -> list[ContextMetadata]:
+    def _list_contexts(self, skipped: list[folders.SkippedFolder] | None) -> list[ContextMetadata]:
         found = []
-        for metadata in list_context_folders(self.data_dir):
+        for metadata in list_context_folders(self.data_dir, skipped):
             with self._registry_lock:
                 state = self._states.get(metadata.id)
             found.append(current_metadata(metadata, state, self._new_state))

@@ -14,6 +14,7 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from .._cli_advice import for_contexts_in
 from ..errors import (
@@ -44,6 +45,7 @@ from .paths import (
 )
 
 __all__ = [
+    "SkippedFolder",
     "context_folder_of",
     "create_context_folder",
     "list_context_folders",
@@ -146,11 +148,24 @@ def _sweep_abandoned_creations(data_dir: Path, names: list[str]) -> None:
                 remove_tree(root / name)
 
 
-def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
+class SkippedFolder(NamedTuple):
+    """An entry of ``contexts/`` that a listing skipped: not a readable context."""
+
+    #: The entry's name (the context's id, when it is a valid one).
+    name: str
+    #: Why: its message names the damaged file and says what to do.
+    error: InvalidInputError | StoreError
+
+
+def list_context_folders(
+    data_dir: Path, skipped: list[SkippedFolder] | None = None
+) -> list[ContextMetadata]:
     """Metadata of every readable context, most recently updated first.
 
     Anything in ``contexts/`` that is not a readable context is skipped with a
-    StoreWarning, except the store's own dot-named temporary and trash folders. Trash
+    StoreWarning (and added to ``skipped``, if given: for a caller that reports the
+    skips itself, such as the server to its clients), except the store's own dot-named
+    temporary and trash folders. Trash
     left by a delete_context that was killed between its rename and the removal is
     removed here (it is already invisible, so removing it late changes nothing else),
     and so are the temporary folders of create_context calls that were killed (when no
@@ -188,6 +203,8 @@ def list_context_folders(data_dir: Path) -> list[ContextMetadata]:
             # error says what to do) and go on.
             where = getattr(exc, "path", None) or folder
             warn(f"skipped {folder}, which is not a readable context: {exc}", where)
+            if skipped is not None:
+                skipped.append(SkippedFolder(name, exc))
     found.sort(key=lambda metadata: metadata.updated_at, reverse=True)
     return found
 

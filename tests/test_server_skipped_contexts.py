@@ -1,0 +1,98 @@
+"""``GET /contexts`` names the folders it cannot read as contexts, so that a REST client
+learns the id of a damaged context (to restore or DELETE it) without the server's log.
+
+A real Jupyter server in a child process; the damage is done to its files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+from jupyter_server_proc import BASE_URL, JupyterServer
+from server_client import create_context, wait_for
+
+API = f"{BASE_URL}cm/api"
+#: A Python call in a message: the remedy of a notebook, not of an HTTP client.
+PYTHON_CALL = re.compile(r"\w\((\.\.\.)?\)")
+
+
+def _damage(folder: Path, how: str) -> None:
+    metadata = folder / "metadata.json"
+    if how == "cut short":
+        metadata.write_bytes(metadata.read_bytes()[:20])
+    elif how == "a list":
+        metadata.write_text("[]")
+    elif how == "not UTF-8":
+        metadata.write_bytes(b"\xff\xfe\x00bad")
+    elif how == "missing":
+        metadata.unlink()  # the rest of the folder (the messages) stays
+    elif how == "newer":
+        data = json.loads(metadata.read_text())
+        data["schema_version"] = 999
+        metadata.write_text(json.dumps(data))
+
+
+def test_the_list_names_the_contexts_it_cannot_read(tmp_path: Path) -> None:
+    damages = ["cut short", "a list", "not UTF-8", "missing", "newer"]
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        ids = [create_context(client, [{"reply": "hi"}], title=f"c{n}") for n in range(8)]
+        for context_id in ids:
+            sent = client.post(f"contexts/{context_id}/messages", json={"text": "hello"})
+            assert sent.status_code == 202, sent.text
+        for context_id in ids:  # the replies done: none writes its metadata again
+            wait_for(lambda c=context_id: not client.get(f"contexts/{c}").json()["running"])
+        contexts = server.data_dir / "contexts"
+        damaged = dict(zip(ids[: len(damages)], damages, strict=True))
+        for context_id, how in damaged.items():
+            _damage(contexts / context_id, how)
+        (contexts / "stray").write_text("not a context")
+
+        listing = client.get("contexts")
+        assert listing.status_code == 200, listing.text
+        body = listing.json()
+        assert sorted(meta["id"] for meta in body["contexts"]) == sorted(ids[len(damages) :])
+        skipped = {entry["id"]: entry for entry in body["skipped"]}
+        assert set(skipped) == {*damaged, "stray"}
+        for context_id, entry in skipped.items():
+            message = entry["message"]
+            assert str(server.root) not in message, message  # no path of the server's
+            assert not PYTHON_CALL.search(message), message
+            expected = "SchemaVersionError" if damaged.get(context_id) == "newer" else None
+            assert entry["reason"] == (expected or "CorruptDataError"), entry
+        for context_id, how in damaged.items():
+            if how in ("cut short", "a list", "not UTF-8"):
+                # The remedy is a request the client can make, for this very context.
+                assert f"DELETE {API}/contexts/{context_id}" in skipped[context_id]["message"]
+
+        # The ids are ones a client can act on: each DELETE removes its folder.
+        for context_id in damaged:
+            assert client.delete(f"contexts/{context_id}").status_code == 204
+        after = client.get("contexts").json()
+        assert [entry["id"] for entry in after["skipped"]] == ["stray"]
+        assert len(after["contexts"]) == len(ids) - len(damages)
+
+        document = client.get("openapi.json").json()
+        schema = document["components"]["schemas"]["ContextList"]
+        assert "skipped" in schema["properties"]
+        log = server.log()
+    assert "Traceback" not in log, log
+    # The server's log still names each skipped folder, by its path.
+    for context_id in damaged:
+        assert str(contexts / context_id) in log
+
+
+def test_a_list_with_nothing_skipped_says_so(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": "hi"}])
+        body = client.get("contexts").json()
+    assert [meta["id"] for meta in body["contexts"]] == [context_id]
+    assert body["skipped"] == []
