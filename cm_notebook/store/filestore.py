@@ -296,9 +296,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         create_context_folder(self.data_dir, metadata, self.fsync)
         return metadata.model_copy(deep=True)
 
-    async def list_contexts(
-        self, skipped: list[folders.SkippedFolder] | None = None
-    ) -> list[ContextMetadata]:
+    async def list_contexts(self, skipped: folders.Skipped | None = None) -> list[ContextMetadata]:
         """Metadata of every readable context, most recently updated first.
 
         Folders that are not valid contexts are skipped, each with a StoreWarning whose
@@ -307,7 +305,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
         """
         return await self._run(self._list_contexts, skipped)
 
-    def _list_contexts(self, skipped: list[folders.SkippedFolder] | None) -> list[ContextMetadata]:
+    def _list_contexts(self, skipped: folders.Skipped | None) -> list[ContextMetadata]:
         found = []
         for metadata in list_context_folders(self.data_dir, skipped):
             with self._registry_lock:

@@ -45,6 +45,7 @@ from .paths import (
 )
 
 __all__ = [
+    "Skipped",
     "SkippedFolder",
     "context_folder_of",
     "create_context_folder",
@@ -155,6 +156,10 @@ class SkippedFolder(NamedTuple):
     name: str
     #: Why: its message names the damaged file and says what to do.
     error: InvalidInputError | StoreError
+
+
+#: What a listing adds the entries it skipped to.
+Skipped = list[SkippedFolder]
 
 
 def list_context_folders(
