@@ -25,7 +25,7 @@ from ._migration_mark import finish_advice, is_unfinished_migration, migration_u
 from ._unicode import for_terminal
 from .errors import CMError
 from .model import ContextMetadata, Message
-from .prompts import effective_system
+from .prompts import NO_PROMPT, effective_system, prompt_trail
 from .render import shown_call, status_label, tool_results
 from .store.base import Store
 from .store.diagnostics import StoreWarning
@@ -202,9 +202,10 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
     others = [name for name in meta.branches if name != branch]
     if others:
         out(f"other branches: {', '.join(others)} (see one with --branch NAME)")
-    prompt = effective_system(meta, branch)
-    if prompt:
-        _labelled("", "system prompt: ", prompt)
+    # Each reply under the prompt it was made under (see prompt_trail), for the part shown.
+    prompts = prompt_trail(messages, effective_system(meta, branch))
+    if prompts.first:
+        _labelled("", "system prompt: ", prompts.first)
     out()
     if wanted < len(ids):
         out(f"... {len(ids) - wanted} earlier message(s) not shown")
@@ -214,6 +215,15 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
         out(f"... {wanted - len(messages)} unreadable message(s) skipped (see the warnings)")
         out()
     results = tool_results(messages)
-    for message in messages:
+    for index, message in enumerate(messages):
+        if index in prompts.changes:
+            _prompt_line("system prompt changed: ", prompts.changes[index])
         _print_message(message, results)
+    if prompts.next_differs:
+        _prompt_line("system prompt for the next reply: ", prompts.next)
     return 0
+
+
+def _prompt_line(label: str, prompt: str | None) -> None:
+    _labelled("", label, prompt or NO_PROMPT)
+    out()

@@ -71,6 +71,7 @@ from ._export_readers import (
 )
 from ._reasoning_html import reasoning_summary
 from .model import Message
+from .prompts import NO_PROMPT, prompt_trail
 from .render import (
     call_arguments_text,
     code_fence,
@@ -386,7 +387,11 @@ def markdown_of(
     system_prompt: str | None,
     messages: list[Message],
 ) -> str:
-    """The Markdown of one branch's conversation (see :func:`~cm_notebook.export.to_markdown`)."""
+    """The Markdown of one branch's conversation (see :func:`~cm_notebook.export.to_markdown`).
+
+    ``system_prompt`` is the branch's current prompt; each reply is shown under the
+    prompt it was made under (see :func:`~cm_notebook.prompts.prompt_trail`).
+    """
     lines = [f"# {_literal(title)}", ""]
     lines.append(f"- Context: {_code_span(context_id)}")
     also = f" (other branches: {', '.join(_code_span(n) for n in others)})" if others else ""
@@ -395,13 +400,16 @@ def markdown_of(
     lines.append(f"- Messages: {len(messages)}")
     if tags:
         lines.append(f"- Tags: {', '.join(_literal(tag) for tag in tags)}")
-    if system_prompt:
-        lines += ["", "## System prompt", "", message_markdown(system_prompt)]
+    prompts = prompt_trail(messages, system_prompt)
+    if prompts.first:
+        lines += ["", "## System prompt", "", message_markdown(prompts.first)]
     # A call's result is shown under the call only when no tool message on the branch
     # answers it: that message shows it (the same text) once, in its turn. Its outcome
     # is the branch's (an edited result's own, see shown_call).
     answered = tool_results(messages)
-    for message in messages:
+    for index, message in enumerate(messages):
+        if index in prompts.changes:
+            _prompt_section(lines, "System prompt changed", prompts.changes[index])
         label = status_label(message)
         status = f" ({label})" if label else ""
         heading = f"## {_ROLE_TITLES[message.role]}{status} · {message.created_at:%Y-%m-%d %H:%M}"
@@ -429,7 +437,15 @@ def markdown_of(
         stopped = stop_note(message)
         if stopped:
             _paragraph(lines, f"> *{stopped[0][0].upper()}{stopped[0][1:]}: {stopped[1]}.*")
+    if prompts.next_differs:
+        _prompt_section(lines, "System prompt for the next reply", prompts.next)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _prompt_section(lines: list[str], heading: str, prompt: str | None) -> None:
+    # A level-2 heading like a turn's: a message's own headings are moved below it.
+    body = message_markdown(prompt) if prompt else f"*{NO_PROMPT}*"
+    lines += ["", f"## {heading}", "", body]
 
 
 def _paragraph(lines: list[str], text: str) -> None:

@@ -22,6 +22,7 @@ from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
 from .fsm import TOOL_ROUND_LIMIT
 from .model import Message, MessageStatus, StreamStats, TokenUsage, ToolCallStatus
+from .prompts import reply_prompt
 
 __all__ = [
     "COARSE_NOTE",
@@ -168,13 +169,13 @@ class BranchResult(BaseModel):
         """Summarise ``answer`` (the last assistant message of ``branch``, if any).
 
         ``system_prompt`` is the branch's current prompt, used when the answer does not
-        record its own (it was stored by an older cm_notebook) or there is no answer.
+        record its own (see :func:`~cm_notebook.prompts.reply_prompt`) or there is no
+        answer.
         """
         if answer is None:
             return cls(branch=branch, system_prompt=system_prompt, missing=True)
         meta = answer.metadata
-        if "system_prompt" in meta.model_fields_set:
-            system_prompt = meta.system_prompt
+        system_prompt = reply_prompt(answer, system_prompt)
         return cls(
             branch=branch,
             message_id=answer.id,

@@ -559,6 +559,7 @@ def to_markdown(document: ExportDocument, *, branch: str | None = None) -> str:
         others=sorted(n for n in meta.branches if n != name),
         created=f"{meta.created_at:%Y-%m-%d %H:%M} UTC",
         tags=list(meta.tags),
-        system_prompt=effective_system(meta, name),  # the branch's own, else the context's
+        # The branch's prompt now; each reply is shown under the one it was made under.
+        system_prompt=effective_system(meta, name),
         messages=document.path(name),
     )

@@ -27,7 +27,7 @@ from ._reasoning_html import NO_ANSWER, gave_no_answer, reasoning_html
 from ._theme import MUTED
 from ._unicode import grapheme_prefix
 from .model import Branch, ContextMetadata, Message, MessageStatus, ToolCall, ToolCallStatus
-from .prompts import effective_system
+from .prompts import NO_PROMPT, effective_system, prompt_trail
 
 __all__ = [
     "CONTENT_FILTERED",
@@ -302,6 +302,17 @@ def _branches_html(metadata: ContextMetadata, shown: str) -> str:
     )
 
 
+def _prompt_html(label: str, prompt: str | None) -> str:
+    # A system card like the one at the top, its heading saying what changed.
+    text = html.escape(prompt) if prompt else f"<i>{html.escape(NO_PROMPT)}</i>"
+    return (
+        f'<div class="cm-message cm-system" style="{_ROLE_STYLE.get("system", "")};'
+        f'padding:6px 10px;margin:4px 0;border-radius:4px;{WRAP_ANYWHERE}">'
+        f'<div style="font-size:80%;color:{MUTED}"><b>{html.escape(label)}</b></div>'
+        f'<div style="white-space:pre-wrap">{text}</div></div>'
+    )
+
+
 def conversation_html(
     metadata: ContextMetadata,
     messages: Sequence[Message],
@@ -311,10 +322,13 @@ def conversation_html(
     data_dir: Path | None = None,
 ) -> str:
     """A context's branch as static HTML: title, every branch (which one is shown and
-    which is active), the branch's system prompt, its messages (with ``last``, only the
-    last ``last`` of them, and a line saying how many are left out and how to get all,
-    the command given ``--data-dir`` when ``data_dir``, the folder the context is stored
-    in, is not the default one)."""
+    which is active), the system prompt its first reply shown was made under (the
+    branch's when none is shown), a note where a later reply's prompt differs and one
+    at the end when the branch's prompt (the next reply's) differs from the last
+    reply's (see :func:`~cm_notebook.prompts.prompt_trail`), its messages (with
+    ``last``, only the last ``last`` of them, and a line saying how many are left out
+    and how to get all, the command given ``--data-dir`` when ``data_dir``, the folder
+    the context is stored in, is not the default one)."""
     shown = branch or metadata.active_branch
     kept = messages if last is None or len(messages) <= last else messages[-last:]
     earlier = len(messages) - len(kept)
@@ -326,10 +340,11 @@ def conversation_html(
         f'<span style="font-weight:normal;color:{MUTED}">branch '
         f"{isolated(shown)} · {count} messages</span></div>"
     )
-    prompt = effective_system(metadata, shown)
+    # Each reply under the prompt it was made under (see prompt_trail), for the part shown.
+    prompts = prompt_trail(kept, effective_system(metadata, shown))
     system = ""
-    if prompt:
-        system = message_html(Message(id="system", role="system", content=prompt))
+    if prompts.first:
+        system = message_html(Message(id="system", role="system", content=prompts.first))
     left_out = ""
     if earlier:
         whole = for_contexts_in(
@@ -342,7 +357,13 @@ def conversation_html(
             f"this copy. {html.escape(whole)}</div>"
         )
     results = tool_results(messages)  # the calls' outcomes on this branch
-    body = "".join(message_html(m, results) for m in kept)
+    body = "".join(
+        (_prompt_html("system prompt changed", prompts.changes[i]) if i in prompts.changes else "")
+        + message_html(m, results)
+        for i, m in enumerate(kept)
+    )
+    if prompts.next_differs:
+        body += _prompt_html("system prompt for the next reply", prompts.next)
     branches = _branches_html(metadata, shown)
     return (
         f'<div class="cm-conversation" style="{WRAP_ANYWHERE}">'

@@ -15,6 +15,7 @@ from .._reasoning_html import gave_no_answer, reasoning_html
 from .._theme import MUTED
 from .._unicode import json_for_terminal
 from ..model import Message, MessageStatus, ToolCall
+from ..prompts import NO_PROMPT, PromptTrail
 from ..render import call_arguments_text, shown_call
 from .markdown import render_markdown
 
@@ -133,11 +134,14 @@ def transcript_html(
     *,
     earlier: int = 0,
     whole: str = "",
+    prompts: PromptTrail | None = None,
 ) -> str:
     """Static HTML of a transcript (what a saved notebook shows without a kernel).
 
     ``earlier``: how many of the branch's messages before ``items`` are left out;
-    ``whole`` then says how to get them all.
+    ``whole`` then says how to get them all. ``system`` is shown at the top;
+    ``prompts`` (of the messages of ``items``) says where a later reply's prompt
+    differs, and the next reply's at the end when it differs from the last one's.
     """
     colors = {"user": "#3b82f6", "assistant": "#10b981", "tool": "#8b5cf6", "system": "#f59e0b"}
     count = f"the last {len(items):,} of {len(items) + earlier:,}" if earlier else f"{len(items)}"
@@ -160,7 +164,10 @@ def transcript_html(
         # Its line breaks kept, as in the live view (a prompt is often a list of rules).
         prompt = f'<div style="white-space:pre-wrap">{html.escape(system)}</div>'
         parts.append(_block("System", "#f59e0b", prompt, ""))
-    for item in items:
+    changes = prompts.changes if prompts is not None else {}
+    for index, item in enumerate(items):
+        if index in changes:
+            parts.append(_prompt_block("System prompt changed", changes[index]))
         extra = ""
         for call in item["calls"]:
             # Each piece of the model's text isolated: an override in the arguments
@@ -178,8 +185,16 @@ def transcript_html(
             extra += f'<div style="color:{MUTED}">{html.escape(item["hint"])}</div>'
         body = item.get("reasoning", "") + item["html"]
         parts.append(_block(item["label"], colors.get(item["role"], "#999"), body, extra))
+    if prompts is not None and prompts.next_differs:
+        parts.append(_prompt_block("System prompt for the next reply", prompts.next))
     parts.append("</div>")
     return "".join(parts)
+
+
+def _prompt_block(label: str, prompt: str | None) -> str:
+    # Like the prompt at the top; its line breaks kept (a prompt is often a list of rules).
+    text = html.escape(prompt) if prompt else f"<i>{html.escape(NO_PROMPT)}</i>"
+    return _block(label, "#f59e0b", f'<div style="white-space:pre-wrap">{text}</div>', "")
 
 
 # The theme's colours where JupyterLab sets them (its dark theme included), else these:

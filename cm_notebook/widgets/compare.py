@@ -34,6 +34,7 @@ from ..compare import (
 )
 from ..errors import BranchNotFoundError, InvalidInputError
 from ..model import Message
+from ..prompts import reply_prompt
 from ..render import tool_calls_html, tool_results
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView, close_parts
@@ -271,7 +272,12 @@ def _answer_of(path: list[Message]) -> Message | None:
 
 
 def _facts(column: dict[str, Any], answer: Message | None) -> str:
-    rows = [("system prompt", column["system"] or "(none)")]
+    # The prompt the reply shown was made under; the branch's own when it differs (the
+    # next reply's): a branch forked by edit_system shows its replies' old one.
+    prompt = column["system"] if answer is None else reply_prompt(answer, column["system"])
+    rows = [("system prompt", prompt or "(none)")]
+    if answer is not None and (column["system"] or None) != prompt:
+        rows.append(("next reply's prompt", column["system"] or "(none)"))
     if answer is not None and not is_answer(answer):
         rows.append(("model", str(stats_of(answer).get("model") or "?")))
         rows.append(("status", BranchResult.of(column["branch"], answer).state))

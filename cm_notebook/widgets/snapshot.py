@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from .._cli_advice import for_contexts_in
+from ..prompts import prompt_trail
 from ..render import tool_results
 from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle
 from ._copy_hider import mark_copy
@@ -52,11 +53,14 @@ def snapshot_html(
         "whole conversation.",
         getattr(session._store, "data_dir", None),
     )
+    # Each reply under the prompt it was made under (see prompt_trail), for the part shown.
+    prompts = prompt_trail(shown, session.system_prompt_of(name))
     return transcript_html(
         session.title,
         name,
-        session.system_prompt_of(name),
+        prompts.first,
         items,
+        prompts=prompts,
         earlier=len(history) - len(shown),
         whole=whole,
     )
