@@ -45,9 +45,11 @@ person's text, so each is made safe *in the document*, not only on its own:
   (or at the end of the list or quote it is in, which some readers end elsewhere), so
   it cannot swallow the next message's headings (or leave the next message's "code"
   live, as its closing fence would then open markup).
-* **No fake turns.** The role headings are the document's only level-2 headings: a
-  message's own headings are moved two levels down (``#`` becomes ``###``), so a reply
-  cannot forge a "User" or "Assistant" turn, or outrank one.
+* **No fake turns.** The role headings, and those of the system prompts (at the top,
+  where a reply's differs, the next reply's), are the document's only level-2
+  headings: a message's own headings are moved two levels down (``#`` becomes
+  ``###``), so a reply cannot forge a "User" or "Assistant" turn or a prompt's change,
+  or outrank one.
 * Short fields (a tag, a tool's name, a call id, an error, a denial's reason) are
   literal text: every Markdown character escaped, or a code span no backtick closes.
 """
