@@ -257,6 +257,8 @@ def checked_signal_log(context_folder: Path) -> Path:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return path  # made by the first signal
+    except NotADirectoryError:
+        raise _not_a_folder(signals) from None
     if stat.S_ISLNK(mode):
         raise linked(path)
     if not stat.S_ISREG(mode):
@@ -266,6 +268,20 @@ def checked_signal_log(context_folder: Path) -> Path:
             path,
         )
     return path
+
+
+def _not_a_folder(signals: Path) -> CorruptDataError:
+    # Something but a folder where the log's folder belongs (a link is refused above).
+    try:
+        mode = os.lstat(signals).st_mode
+    except OSError:
+        mode = 0
+    kind = "a file" if stat.S_ISREG(mode) else describe_kind(mode) if mode else "not a folder"
+    return CorruptDataError(
+        f"{signals} is {kind}, not the folder of the context's signal log; move it out of "
+        "the way (a new folder and log are made; the messages are untouched).",
+        signals,
+    )
 
 
 def context_folder_of(log_path: Path) -> Path:
