@@ -55,6 +55,7 @@ from .refused_finals import RefusedFinals
 from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
 from .tokens import Look, files_token, look, token_of, token_paths
+from .torn_tail import TornTails
 from .walks import WalkCache
 
 __all__ = [
@@ -105,6 +106,7 @@ class ContextState:
         self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
         self.refused = RefusedFinals()  # streams let go of unfinished: see there
+        self.torn = TornTails()  # a journal ending mid-line: see there
         #: The current metadata as of a :func:`files_token`: what a read found (token
         #: taken before it) or a write left (token taken before the lock is let go).
         #: Replaced whole, so a reader without the lock sees one consistent pair.
@@ -250,6 +252,7 @@ class ContextState:
         unmarked: set[str] = set()  # dead streams that could not be marked
         for _ in range(3):
             dead: list[str] = []
+            torn = False
             with self.state_lock, contextlib.suppress(RebuildNeeded):
                 # The token before the read: a write racing with it only makes it stale.
                 looked = self.look()
@@ -262,9 +265,13 @@ class ContextState:
                     for mid in self.foreign_streams()
                     if mid not in unmarked and writer_is_dead(self.dir, mid)
                 ]
-                if not dead:
+                torn = self.torn.reader_due(self.index)
+                if not dead and not torn:
                     self.known = (token, metadata)
                     return func(self, metadata)
+            if torn and not dead:
+                self._sweep_if_writable()  # checks the fragment, unless a writer is busy
+                continue
             try:
                 with self.locked():
                     pass
@@ -441,6 +448,9 @@ class ContextState:
         try:
             metadata = self._current(base, index_looked)
             self._check_heads(base, metadata)
+            if quick and self.torn.due(self.index):
+                raise WouldWait  # it may list messages/: not on the caller's thread
+            self.torn.check(self.index, self.dir / MESSAGES_DIR)
         except RebuildNeeded as need:
             if quick:
                 raise WouldWait from None

@@ -35,9 +35,10 @@ Readers in other processes keep up cheaply: :meth:`MessageIndex.refresh` ``stat`
 both files and, if the snapshot is unchanged and the journal is the same inode, reads
 only the bytes appended since the last read. A journal line without its trailing
 newline (a writer died mid-line, or is still writing) is ignored; the next writer,
-holding the lock, truncates it. On POSIX the last-read snapshot stays open, so its
-inode number cannot be reused by a later snapshot and "same inode" really means
-"same file".
+holding the lock, truncates it, once it has checked that no lines were lost after it
+(a journal cut short mid-line: see :mod:`.torn_tail`). On POSIX the last-read
+snapshot stays open, so its inode number cannot be reused by a later snapshot and
+"same inode" really means "same file".
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ class MessageIndex(IndexContents):
         #: The snapshot's ``stat`` result as last read or written (None: not known).
         self.index_stat: os.stat_result | None = None
         self._unsynced = False  # a line read or written may not be durable yet
+        #: The journal's device, inode, end of its last complete line and size, when
+        #: it was last looked at (a refresh) and ended in a fragment (see .torn_tail).
+        self.torn_tail: tuple[int, int, int, int] | None = None
 
     # -- reading -------------------------------------------------------------------
 
@@ -200,6 +204,14 @@ class MessageIndex(IndexContents):
         # The journal as looked at, if it ends where the lines read end (no fragment).
         self._end_known = st_journal.st_size == self._offset
         self._journal_stat = st_journal if self._end_known else None
+        self.torn_tail = None
+        if st_journal.st_size > self._offset:
+            self.torn_tail = (
+                st_journal.st_dev,
+                st_journal.st_ino,
+                self._offset,
+                st_journal.st_size,
+            )
 
     def journal_stat(self) -> os.stat_result:
         """The journal's ``stat`` result now, with the lock held since the refresh (an
@@ -317,7 +329,7 @@ class MessageIndex(IndexContents):
         # end at _offset: the writer need not look for a fragment to cut.
         checked, self._end_known, self._journal_stat = self._end_known, False, None
         self._writer.append(self._journal_inode, self._offset, line, fsync, checked=checked)
-        self._end_known = True
+        self._end_known, self.torn_tail = True, None  # the writer cut any fragment off
         self._offset += len(line)
         self._lines_after += counted
         # An fsync makes every line before it durable too; a deferred one is not made yet.

@@ -128,8 +128,9 @@ def parse_lines(data: bytes, start: int) -> tuple[list[JournalLine], int]:
     """The lines of ``data`` (read from file offset ``start``) and how many bytes they span.
 
     A last line without its newline is left out: a writer is still writing it, or died
-    doing so (the next writer truncates it). Raises :class:`LineError` for a damaged
-    complete line.
+    doing so (the next writer truncates it), or the journal was cut short there (the
+    writer that next holds the lock tells which first: see :mod:`.torn_tail`). Raises
+    :class:`LineError` for a damaged complete line.
     """
     end = data.rfind(b"\n") + 1
     if end == 0:
