@@ -147,9 +147,14 @@ def running_remedy(branch: str, *, here: bool = True) -> str:
     return f"{wait}, or stop it with session.stop(branch={branch!r})"
 
 
-#: How to decide the tool calls a reply waits for (the magics and the REST API say it
-#: their ways: see magics._remedies and server.wording).
-DECIDE_CALLS = "session.approve() or session.deny() (session.pending_tool_calls() lists them)"
+def decide_calls(branch: str) -> str:
+    """How to decide the tool calls a reply on ``branch`` waits for (only that branch's:
+    ``approve()`` without it would decide every branch's). The magics and the REST API
+    say it their ways (see magics._remedies and server.wording)."""
+    return (
+        f"session.approve(branch={branch!r}) or session.deny(branch={branch!r}) "
+        "(session.pending_tool_calls lists them)"
+    )
 
 
 def turn_running(
@@ -167,7 +172,7 @@ def turn_running(
     if awaiting_approval:
         return BusyError(
             f"the reply on branch {branch!r} waits for a decision on its tool calls; decide "
-            f"them with {DECIDE_CALLS}, or stop it with session.stop(branch={branch!r})"
+            f"them with {decide_calls(branch)}, or stop it with session.stop(branch={branch!r})"
         )
     return BusyError(
         f"a reply is still being generated on branch {branch!r}; {running_remedy(branch)}"
@@ -191,7 +196,7 @@ def _busy(branch: str, owner: str) -> BusyError:
     return BusyError(
         f"branch {branch!r} is in use by another writer{who}: a reply is being generated "
         "there, or waits for a decision on its tool calls. Wait for it to finish and try "
-        f"again, decide its calls with {DECIDE_CALLS}, stop it "
+        f"again, decide its calls with {decide_calls(branch)}, stop it "
         f"(session.stop(branch={branch!r})), or work on another branch "
         "(session.branch(name))."
     )

@@ -501,6 +501,9 @@ def test_a_branch_waiting_for_a_decision_names_the_approval_requests(tmp_path: P
         context_id="c1",
     )
     assert "session." not in worded
-    assert f"POST {API}/contexts/c1/tools/approve or POST {API}/contexts/c1/tools/deny" in worded
+    assert (
+        f"POST {API}/contexts/c1/tools/approve or POST {API}/contexts/c1/tools/deny with "
+        '{"branch": "side"}' in worded
+    )
     assert f"GET {API}/contexts/c1/tools lists them" in worded
     assert "MessageCompleted" not in worded

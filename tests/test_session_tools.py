@@ -575,10 +575,17 @@ def test_a_send_while_the_reply_waits_for_a_decision_says_to_decide(
         session.send("meanwhile")
     message = str(info.value)
     assert "waits for a decision on its tool calls" in message
-    assert "session.approve() or session.deny()" in message
+    # That branch's calls only: approve() without it would decide every branch's.
+    advice = "session.approve(branch='main') or session.deny(branch='main')"
+    assert advice in message
+    assert "(session.pending_tool_calls lists them)" in message
+    assert len(session.pending_tool_calls) == 1  # a property, as the advice names it
     assert "session.stop(branch='main')" in message
     assert "wait for it" not in message
     # As the magics say it.
-    assert "the Approve and Deny buttons (`%cm approve`, `%cm deny`)" in for_magics(message)
-    session.approve()  # the advice holds: deciding lets the turn finish
+    assert (
+        "the Approve and Deny buttons (`%cm approve --branch main`, `%cm deny --branch main`)"
+        in for_magics(message)
+    )
+    session.approve(branch="main")  # the advice holds: deciding lets the turn finish
     assert turn.result(DEADLINE).content == "It is 3."

@@ -107,18 +107,18 @@ def test_a_second_store_on_a_busy_branch_is_refused_up_front(
         # Its reply may also wait for a decision on its calls, which no waiting brings.
         assert (
             "a reply is being generated there, or waits for a decision on its tool calls. "
-            "Wait for it to finish and try again, decide its calls with session.approve() "
-            "or session.deny() (session.pending_tool_calls() lists them), stop it "
-            "(session.stop(branch='main')), or work on another branch (session.branch(name))."
-            in message
+            "Wait for it to finish and try again, decide its calls with "
+            "session.approve(branch='main') or session.deny(branch='main') "
+            "(session.pending_tool_calls lists them), stop it (session.stop(branch='main')), "
+            "or work on another branch (session.branch(name))." in message
         )
         rest = for_http(message, data_dir=data_dir, api="/cm/api", context_id=first.id)
         here = f"/cm/api/contexts/{first.id}"
         assert (
             f"Wait for its MessageCompleted signal (GET {here}/events) and try again, decide "
-            f"its calls with POST {here}/tools/approve or POST {here}/tools/deny (GET "
-            f'{here}/tools lists them), stop it (POST {here}/stop with {{"branch": "main"}}), '
-            f"or work on another branch (POST {here}/branches)." in rest
+            f"its calls with POST {here}/tools/approve or POST {here}/tools/deny with "
+            f'{{"branch": "main"}} (GET {here}/tools lists them), stop it (POST {here}/stop '
+            f'with {{"branch": "main"}}), or work on another branch (POST {here}/branches).' in rest
         )
         assert "stop it with `%cm stop --branch main`, or work on another branch" in (
             for_magics(message)

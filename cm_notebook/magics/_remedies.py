@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
 
-from .._claims import DECIDE_CALLS
 from .._cli_advice import elsewhere, for_data_dir
 from ..errors import CMError
 from ..store.paths import default_data_dir
@@ -30,10 +29,6 @@ __all__ = ["for_magics", "said", "translated"]
 #: A remedy a session's error gives in Python, and the same in a notebook of magics.
 _REMEDIES = (
     ("use regenerate() for a new reply", "send again for a new reply"),
-    (
-        DECIDE_CALLS,
-        "the Approve and Deny buttons (`%cm approve`, `%cm deny`)",
-    ),
     (
         "Wait for the turn to finish (await it), or fork at an earlier message (from_message=...).",
         "Wait for the reply (`await _`), or fork at an earlier message (--from MESSAGE_ID).",
@@ -92,6 +87,16 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
         ),
         _quoting(
             "stop it with `%cm stop --branch {1}`, or work on another branch (`%cm branch NAME`)"
+        ),
+    ),
+    # The tool calls a reply waits for, that branch's only.
+    (
+        re.compile(
+            r"session\.approve\(branch='([^']+)'\) or session\.deny\(branch='[^']+'\) "
+            r"\(session\.pending_tool_calls lists them\)"
+        ),
+        _quoting(
+            "the Approve and Deny buttons (`%cm approve --branch {1}`, `%cm deny --branch {1}`)"
         ),
     ),
     (

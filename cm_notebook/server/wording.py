@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from .._claims import DECIDE_CALLS
 from .._cli_advice import data_dir_option
 
 __all__ = ["for_http"]
@@ -91,8 +90,12 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"(POST {here}/branches)",
         ),
         (
-            re.compile(re.escape(DECIDE_CALLS)),
-            f"POST {here}/tools/approve or POST {here}/tools/deny (GET {here}/tools lists them)",
+            re.compile(
+                r"session\.approve\(branch='(?P<branch>[^']*)'\) or "
+                r"session\.deny\(branch='[^']*'\) \(session\.pending_tool_calls lists them\)"
+            ),
+            f"POST {here}/tools/approve or POST {here}/tools/deny with {stop_body} (GET "
+            f"{here}/tools lists them)",
         ),
         (
             re.compile(r"Wait for it to finish and try again"),
