@@ -13,17 +13,16 @@ up, stored or imported is held to that). A branch the user makes now must also n
 open to look-alikes (:func:`validate_new_branch_name`): it must be in Unicode normal
 form NFKC (no fullwidth letters, ligatures or superscripts), may not mix scripts
 (``mаin`` with a Cyrillic ``а``; Latin mixed with Han, kana or Hangul, as Japanese and
-Korean write, is fine, and so is Latin beside one script that has no letter passing for
-a Latin one, such as Hebrew, Arabic or Devanagari) and may not have a letter that shows
-nothing (the Hangul fillers), nor be drawn two ways (right-to-left letters with digits
-or signs at an edge). Names read back (stored, exported, imported) are not held to those
-rules: earlier versions made branches without them, and data that has one still opens
-and moves. :func:`branch_name_key` folds case, maps the Cyrillic and Greek letters that
-look Latin and puts the characters in the order they are drawn, and
-:func:`check_branch_name_free` refuses a new name whose key equals an existing branch's,
-naming that branch. :func:`free_branch_name` makes the names the package picks itself
-(an edit's fork, a fan-out's arms) within all the rules, also from a stem that an older
-branch's name brings (:func:`new_branch_stem`).
+Korean write, is fine) and may not have a letter that shows nothing (the Hangul
+fillers), nor be drawn two ways (right-to-left letters with digits or signs at an edge).
+Names read back (stored, exported, imported) are not held to those rules: earlier
+versions made branches without them, and data that has one still opens and moves.
+:func:`branch_name_key` folds case, maps the Cyrillic and Greek letters that look Latin
+and puts the characters in the order they are drawn, and :func:`check_branch_name_free`
+refuses a new name whose key equals an existing branch's, naming that branch.
+:func:`free_branch_name` makes the names the package picks itself (an edit's fork, a
+fan-out's arms) within all the rules, also from a stem that an older branch's name
+brings (:func:`new_branch_stem`).
 
 Every check raises :class:`~cm_notebook.errors.InvalidIdError` with a sentence saying
 what was wrong and what is allowed.
@@ -147,33 +146,6 @@ def id_key(value: str) -> str:
 # Hangul, and both use Latin letters beside them. Any other mix is how look-alikes
 # are made (``mаin`` with a Cyrillic ``а``).
 _SCRIPT_MIXES = ({"LATIN", "HAN", "KANA"}, {"LATIN", "HAN", "HANGUL"}, {"LATIN", "HAN", "BOPOMOFO"})
-# Scripts that may stand beside Latin (``main-שלום``, ``edit-مرحبا``): in common use,
-# and with no letter that passes for a Latin one, as Unicode's "moderately restrictive"
-# level (UTS #39) has it. Cyrillic, Greek, Armenian and Cherokee, which have such
-# letters, are not among them.
-_BESIDE_LATIN = frozenset(
-    {
-        "ARABIC",
-        "BENGALI",
-        "DEVANAGARI",
-        "ETHIOPIC",
-        "GEORGIAN",
-        "GUJARATI",
-        "GURMUKHI",
-        "HEBREW",
-        "KANNADA",
-        "KHMER",
-        "LAO",
-        "MALAYALAM",
-        "MYANMAR",
-        "ORIYA",
-        "SINHALA",
-        "TAMIL",
-        "TELUGU",
-        "THAI",
-        "TIBETAN",
-    }
-)
 _SCRIPT_ALIASES = {"CJK": "HAN", "HIRAGANA": "KANA", "KATAKANA": "KANA"}
 
 
@@ -194,8 +166,6 @@ def _mixed_scripts(value: str) -> tuple[str, str] | None:
             first.setdefault(script, char)
             counts[script] = counts.get(script, 0) + 1
     if len(counts) < 2 or any(set(counts) <= allowed for allowed in _SCRIPT_MIXES):
-        return None
-    if len(counts) == 2 and "LATIN" in counts and (set(counts) - {"LATIN"}) <= _BESIDE_LATIN:
         return None
     # The odd letter out is the one a reader would not expect: the rarest script's.
     main = max(counts, key=lambda s: counts[s])
@@ -278,9 +248,7 @@ def _cut(text: str, length: int) -> str:
 def validate_new_branch_name(value: object) -> str:
     """:func:`validate_branch_name`, and the rules only a branch made now is held to, so
     that its name cannot pass for another: Unicode form NFKC, one script (or one of the
-    mixes Japanese and Korean write, or Latin beside a script with no letter that
-    passes for a Latin one, such as Hebrew or Arabic), no letter that shows nothing (a
-    Hangul filler).
+    mixes Japanese and Korean write), no letter that shows nothing (a Hangul filler).
 
     Not applied to names read back (stored, exported, imported): an earlier version
     made branches without these rules (``β-test``, ``x²``), and they still open.
@@ -421,10 +389,13 @@ def validate_branch_name(value: object) -> str:
             f"branch name {shown!r} is not valid: it is not in Unicode normal form C; "
             f"use {unicodedata.normalize('NFC', value)!r}. {_HINT}"
         )
-    previous = ""
+    previous, marks = "", 0
     for char in value:
         category = unicodedata.category(char)
-        if char in "_-.+ " or category[0] in "LN" or _own_mark(previous, char):
+        # A letter takes at most three marks (Hebrew's shin, dagesh and vowel): a stack
+        # of more draws over itself, and over its neighbours.
+        marks = marks + 1 if category[0] == "M" else 0
+        if char in "_-.+ " or category[0] in "LN" or (_own_mark(previous, char) and marks <= 3):
             previous = char
             continue
         raise InvalidIdError(
@@ -439,13 +410,19 @@ def validate_branch_name(value: object) -> str:
 _PRECOMPOSED_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC", "COMBINING"})
 
 
+#: Marks that draw nothing (Unicode's default-ignorable ones of scripts whose marks are
+#: allowed): ``main-ក`` and ``main-ក឴`` would look the same.
+_INVISIBLE_MARKS = frozenset("\u17b4\u17b5\u180b\u180c\u180d\u180f")
+
+
 def _own_mark(previous: str, char: str) -> bool:
     # Whether ``char`` is a mark of the script of the letter (or mark) before it: a
     # vowel sign, virama or point, with which Devanagari, Thai, Arabic, Hebrew... write
-    # their letters (``हिंदी``, ``ที่``), and which NFC leaves as they are.
+    # their letters (``हिंदी``, ``ที่``), and which NFC leaves as they are. Not one that
+    # draws nothing, nor the mark before it again (``ที่่`` draws as ``ที่``).
     if not previous or unicodedata.category(char)[0] != "M":
         return False
-    if unicodedata.category(previous)[0] not in "LM":
+    if unicodedata.category(previous)[0] not in "LM" or char in _INVISIBLE_MARKS:
         return False
     script = _script(char)
-    return script not in _PRECOMPOSED_SCRIPTS and _script(previous) == script
+    return script not in _PRECOMPOSED_SCRIPTS and _script(previous) == script and char != previous

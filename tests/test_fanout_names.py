@@ -79,16 +79,3 @@ def test_auto_names_skip_a_name_that_looks_like_an_existing_branch(
         "main-temperature-0.1-2",
         "main-temperature-0.2",
     ]
-
-
-def test_arms_of_right_to_left_prompts_are_named_after_them(
-    new_session: Callable[..., ContextSession],
-) -> None:
-    session = new_session(provider=ScriptedProvider())
-    variants = [{"system": "ענה כמו פיראט."}, {"system": "ענה כמו משורר."}]
-    comparison = session.fan_out("שלום", variants).result(DEADLINE)
-    # Named after each prompt beside the Latin "main-", not "main-variant", "main-variant-2"
-    assert all("פיראט" in name or "משורר" in name for name in comparison.branches)
-    assert all(name.startswith("main-") for name in comparison.branches)
-    fork = session.edit(session.history(branch=comparison.branches[0])[0].id, "היי")
-    assert "פיראט" in fork.branch  # an edit's fork keeps the name it came from
