@@ -105,8 +105,7 @@ class ContextState:
         # What _check_heads last found complete: (metadata.json as read, index generation).
         self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
-        self.refused = RefusedFinals()  # streams let go of unfinished: see there
-        self.torn = TornTails()  # a journal ending mid-line: see there
+        self.refused, self.torn = RefusedFinals(), TornTails()  # see each's module
         #: The current metadata as of a :func:`files_token`: what a read found (token
         #: taken before it) or a write left (token taken before the lock is let go).
         #: Replaced whole, so a reader without the lock sees one consistent pair.
@@ -160,8 +159,7 @@ class ContextState:
         self, looked: Look | None
     ) -> tuple[ContextMetadata, tuple[os.stat_result | None, os.stat_result | None] | None]:
         # metadata.json now, and the journal's and the snapshot's results of ``looked``
-        # if they may serve the index's refresh: only if metadata.json was not read
-        # anew after they were taken.
+        # if they may serve the refresh: only if metadata.json was not read anew since.
         known = self.metadata
         base = self.metadata_file.read(looked[0] if looked else None)
         if looked is None or base is not known:
@@ -439,8 +437,7 @@ class ContextState:
         remove_lock_shell(self.dir)
 
     def _refresh_repaired(self, quick: bool = False, looked: Look | None = None) -> ContextMetadata:
-        # ``looked``: a look() just taken (see refresh). Its messages folder result
-        # also serves the check for a link planted there.
+        # ``looked``: a look() just taken (see refresh); its messages/ serves the link check.
         base, index_looked = self._read_base(looked)
         messages = looked[3] if looked else None
         if not ensure_messages_folder(self.dir, self.fsync, make=not quick, looked=messages):
