@@ -282,7 +282,9 @@ class ReplyView:
         self._output.show(bundle, {"cm_notebook": self.provenance()})
         buttons = self.approvals if self.approvals is not None else self._approval_slot
         if buttons is not None:
-            display(buttons)  # type: ignore[no-untyped-call]
+            # The widget alone, without the saved copy a ToolApproval shown on its own
+            # leaves: the reply's output above already shows its calls and outcomes.
+            display(buttons._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Stop following the session (the output keeps its last content)."""

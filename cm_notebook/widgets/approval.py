@@ -33,9 +33,8 @@ import ipywidgets as w
 
 from .. import events as ev
 from .._approval_apply import check_arguments_shape
-from .._html_text import isolated, json_html
+from .._html_text import isolated
 from .._theme import MUTED
-from .._unicode import one_line_for_display
 from ..approvals import ApprovalRecord, Remember
 from ..errors import (
     CMError,
@@ -48,14 +47,14 @@ from ..store.workers import submit_blocking
 from ..tools import validate_edited_arguments
 from ._base import SessionFollower, close_parts
 from ._connection import ConnectionWatch
+from ._copy_hider import SavedCopyHider
+from .approval_copy import HISTORY_SHOWN, ApprovalCopy, describe_decision
+from .compare_copy import show_widget
 
 if TYPE_CHECKING:
     from ..session import ContextSession
 
 __all__ = ["CallRow", "DecisionHistory", "ToolApproval"]
-
-#: How many of the latest decisions the history shows (the log keeps them all).
-HISTORY_SHOWN = 50
 
 #: Colours of the row's texts: the theme's (JupyterLab's dark theme too), else these.
 _RED = "var(--jp-error-color1,#b91c1c)"
@@ -325,32 +324,6 @@ class CallRow(w.VBox):  # type: ignore[misc]
 _WRAP = '<div style="overflow-wrap:anywhere;white-space:normal;line-height:normal">{}</div>'
 
 
-def _describe(record: ApprovalRecord) -> str:
-    # One line of the history: when, who, what, and how.
-    verdict = "approved" if record.approved else "denied"
-    if record.approved and record.remember != "once":
-        verdict += f" (always, {record.remember})"
-    # A name logged before by= refused control characters shows them as escapes.
-    who = isolated(one_line_for_display(record.by))
-    if record.remote:
-        who += " <i>from another process</i>"
-    parts = [
-        f'<span style="color:{MUTED}">{record.at:%Y-%m-%d %H:%M:%S}</span>',
-        f"<code>{isolated(record.tool)}</code>",
-        f'<b style="color:{_GREEN if record.approved else _RED}">{verdict}</b>',
-        f"by {who}",
-        f'<span style="color:{MUTED}">on {isolated(record.branch)}</span>',
-    ]
-    line = " ".join(parts)
-    if record.edited_arguments is not None:
-        asked = json_html(record.arguments)
-        ran = json_html(record.edited_arguments)
-        line += f"<br>&nbsp;&nbsp;arguments <code>{asked}</code> → <code>{ran}</code>"
-    if record.reason and not record.approved:
-        line += f"<br>&nbsp;&nbsp;reason: {isolated(record.reason)}"
-    return f'<div class="cm-decision">{line}</div>'
-
-
 def _asked_on(branch: str, asked: str) -> bool:
     # Whether a signal or decision on ``branch`` can be of a call asked on ``asked``: the
     # same branch, or a conflict branch a turn asked there was diverted to (named
@@ -395,7 +368,7 @@ class DecisionHistory(w.Accordion):  # type: ignore[misc]
         self.layout.display = "" if self.records else "none"
         shown = self.records[-HISTORY_SHOWN:][::-1]
         self.set_title(0, f"Decision history ({len(self.records)})")
-        self.body.value = "".join(map(_describe, shown)) or (
+        self.body.value = "".join(map(describe_decision, shown)) or (
             f'<span style="color:{MUTED}">No decisions yet.</span>'
         )
 
@@ -406,7 +379,14 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
     With ``branch``, only the calls asked for on that branch from now on, and only their
     decisions (what a ``%%cm`` cell shows under its reply: its own turn's calls, not
     those of every later cell); :meth:`finish` then stops following the session.
+
+    Shown on its own (a cell's value, ``display``), it is followed by a saved copy:
+    static HTML of its calls and decisions, kept current, for a notebook saved without
+    widget state (see :mod:`.approval_copy`).
     """
+
+    #: What shows a new view, said when this one is shown again once closed.
+    REOPEN = "ToolApproval(session) shows a new one"
 
     def __init__(self, session: ContextSession, *, branch: str | None = None) -> None:
         self.session = session
@@ -425,14 +405,35 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         #: The rows by (tool call id, branch): two processes may number their calls
         #: alike (each its own ``call_1``), never on one branch at once.
         self.rows: dict[tuple[str, str], CallRow] = {}
+        #: The saved copy, once shown on its own; its hider is one of the children then.
+        self.saved: ApprovalCopy | None = None
+        self._hider: list[SavedCopyHider] = []
         self._follower = SessionFollower(session, self._on_event, self._show_error)
         self._sync()
 
     def __repr__(self) -> str:
         return "<cm_notebook ToolApproval>"
 
+    def _ipython_display_(self) -> None:
+        # The live view, then the static copy a notebook saved without widget state
+        # still shows (a text/html in the widget's own bundle would not be: DESIGN
+        # fact 10). Displayed again in a later cell, one more copy, kept current too.
+        if not self._hider:  # kept by _sync, which sets the children anew
+            self._hider.append(SavedCopyHider())
+            self._set_children()
+        copy_id = show_widget(self, self.REOPEN)
+        if copy_id is None:  # closed
+            return
+        if self.saved is None:
+            self.saved = ApprovalCopy(self, self._follower.loop, copy_id)
+        self.saved.display()
+
     def close(self) -> None:
-        """Stop following the session and close the widgets (harmless twice)."""
+        """Stop following the session and close the widgets (harmless twice); the
+        saved copy keeps its last content."""
+        saved: ApprovalCopy | None = getattr(self, "saved", None)
+        if saved is not None:
+            saved.close()
         if hasattr(self, "_follower"):
             self._follower.close()
         # Every row, also one made but not yet shown (a sync cut short).
@@ -449,6 +450,9 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
             if not row.decided:
                 row.resolved("no longer waiting: the turn is over", None, None)
         self.header.value = ""
+        if self.saved is not None:  # says so too, and is not updated any more
+            self.saved.poke()
+            self.saved.close()
 
     def row(self, tool_call_id: str, *, branch: str | None = None) -> CallRow:
         """The row of one call; ``branch`` is needed only when calls on several branches
@@ -496,6 +500,10 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
         elif isinstance(event, ev.Resync):
             self.history.reload()
             self._sync()
+        else:
+            return
+        if self.saved is not None:
+            self.saved.poke()
 
     def _row_for(self, call_id: str, branch: str) -> CallRow | None:
         # The row a signal speaks of: by id and branch, else the only row of that id on
@@ -538,7 +546,11 @@ class ToolApproval(w.VBox):  # type: ignore[misc]
             if key not in self.rows:
                 self.rows[key] = CallRow(self.session, self._follower, call, key[1])
         self._update_header(pending.keys())
-        self.children = [self.header, self.connection, *self.rows.values(), self.history]
+        self._set_children()
+
+    def _set_children(self) -> None:
+        rows = list(self.rows.values())
+        self.children = [self.header, self.connection, *rows, self.history, *self._hider]
 
     def _update_header(self, pending: Iterable[tuple[str, str]] | None = None) -> None:
         # ``pending``: the (call id, branch) of the calls waiting, when the caller has
