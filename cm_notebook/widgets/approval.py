@@ -16,7 +16,9 @@ Under the calls, a collapsible decision history shows the context's approval aud
 
 Built from stock ipywidgets, so a click is the standard widget message. An invisible
 part (:mod:`._connection`) brings the views' stylesheet and, after a kernel restart,
-disables the buttons and says that the view is not connected.
+disables the buttons and says that the view is not connected. Shown on its own (a
+cell's value), it is followed by a static copy of its calls and decisions that a
+notebook saved without widget state keeps (:mod:`.approval_copy`).
 """
 
 from __future__ import annotations
