@@ -3,8 +3,9 @@
 Widget state is not saved by default, so the view is followed by a ``text/html``
 output of its calls and decisions, kept current through its display id as calls are
 asked and decided, and hidden on a live page by the view's copy hider. Driven in a
-real kernel over ZMQ (a click on Deny as a browser sends it), then headless as
-``nbconvert --execute`` runs a notebook, its HTML opened in Chromium without a kernel.
+real kernel over ZMQ (a click on Deny as a browser sends it), in JupyterLab in
+Chromium (the copy hidden on the live page), and headless as ``nbconvert --execute``
+runs a notebook, its HTML opened in Chromium without a kernel.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
-from browser_lab import chromium_page, need_chromium
+from browser_lab import chromium_page, need_chromium, open_and_run_all, start_lab
 from widget_frontend import FrontEnd, front_end
 
 PLAIN = "<cm_notebook tool approvals (HTML)>"
@@ -189,3 +190,26 @@ def test_nbconvert_html_of_an_executed_notebook_shows_the_decisions(
         assert "<img src=x" in shown
         assert page.locator(".cm-approval-copy img, .cm-approval-copy script").count() == 0
         assert dialogs == []
+
+
+def test_on_a_live_page_the_copy_is_hidden_and_follows_a_click(tmp_path: Path) -> None:
+    with (
+        start_lab(tmp_path, [SETUP, "view = ToolApproval(s)\nview"]) as (url, _root),
+        chromium_page(tmp_path, "approval-copy-live") as page,
+    ):
+        open_and_run_all(page, url)
+        deny = page.locator(".cm-approval button:has-text('Deny')")
+        deny.wait_for()
+        copy = page.locator("[data-cm-copy] .cm-approval-copy")
+        copy.wait_for(state="attached")
+        # Hidden by the view's hider: the live view above says the same.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-cm-copy]')].every((c) => !c.offsetParent)"
+        )
+        deny.click()
+        page.wait_for_selector(
+            "[data-cm-copy] .cm-approval-copy:has-text('Decision history (1)')", state="attached"
+        )
+        assert page.locator("[data-cm-copy]").count() == 1
+        assert page.locator("[data-cm-copy]").first.is_hidden()
+        assert page.errors == []
