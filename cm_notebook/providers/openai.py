@@ -30,8 +30,10 @@ until the read timeout; the response is closed then. A byte-order mark at the ve
 start of the body is skipped, as the SSE specification asks (the SDK's decoder would
 read it as part of the first field name and lose the first event).
 
-An error the server reports mid-reply, as ``data: {"error": {...}}`` or as llama.cpp's
-own ``error: {...}`` line, ends the reply with the server's message: judged by the
+An error the server reports mid-reply, as ``data: {"error": {...}}``, as llama.cpp's
+own ``error: {...}`` line, or as an event with no ``choices`` but a ``message`` (vLLM's
+``{"object": "error", ...}``, or an ``event: error`` whose data has no ``error`` key;
+see :mod:`._openai_answers`), ends the reply with the server's message: judged by the
 HTTP status in its ``code`` (a 5xx, say llama.cpp's "out of KV cache slots", is
 retried; a 4xx is not), else by its ``type`` (an invalid request is not retried), else
 retried.
@@ -76,7 +78,6 @@ from ..errors import (
     PermanentProviderError,
     ProviderError,
     ProviderSetupError,
-    TransientProviderError,
 )
 from ..redact import (
     get_logger,
@@ -87,6 +88,13 @@ from ..redact import (
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from ._http_client import sdk_http_client
+from ._openai_answers import (
+    error_in_answer,
+    error_in_chunk,
+    error_object,
+    read_json_answer,
+    transport_errors,
+)
 from ._openai_chunks import ChunkAssembler, malformed
 from .base import ChatRequest, Finish, StreamChunk
 
@@ -161,93 +169,8 @@ def _import_openai() -> Any:
         ) from exc
 
 
-def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    # Errors that escape the SDK while a stream is being read come from its HTTP library
-    # unwrapped: httpx2 for openai >= 3, httpx before. (timeouts, other transport errors)
-    timeouts: list[type[BaseException]] = [TimeoutError]
-    transport: list[type[BaseException]] = [ConnectionError]
-    for name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        timeouts.append(module.TimeoutException)
-        transport.append(module.TransportError)
-        transport.append(module.StreamError)
-    return tuple(timeouts), tuple(transport)
-
-
 def _has_web_scheme(url: str) -> bool:
     return urlsplit(url.strip()).scheme.lower() in ("http", "https")
-
-
-def _error_object(
-    error: Mapping[str, Any], fallback: str, model: str, *, mid_reply: bool
-) -> ProviderError:
-    # An error object a server sent without an HTTP error status to judge it by: inside
-    # the stream (``mid_reply``), or as a 200 answer's JSON body. Its ``code``, when an
-    # HTTP status, and its ``type`` say whether to retry; an error inside the stream
-    # that says neither is retried (overloads, rate limits usually pass), a 200 answer
-    # that is an error is not (nothing says waiting would change it).
-    message = _errors.error_message_from_body(error, fallback)
-    code = error.get("code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    kind = error.get("type")
-    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
-        return _errors.from_http_status(
-            code, message, provider=_PROVIDER, model=model, error_codes=(kind,)
-        )
-    if "invalid_request" in str(kind or ""):
-        return PermanentProviderError(
-            f"openai: the request was rejected: {message}", provider=_PROVIDER
-        )
-    if mid_reply:
-        return _errors.error_event(provider=_PROVIDER, message=message)
-    if isinstance(kind, str) and kind in _TRANSIENT_ERROR_TYPES:
-        return TransientProviderError(
-            f"openai: the server answered with an error ({kind}): {message}", provider=_PROVIDER
-        )
-    return PermanentProviderError(
-        f"openai: the server answered with an error instead of a reply: {message}",
-        provider=_PROVIDER,
-    )
-
-
-# Error types (an error object's ``type``) that say a later try may succeed.
-_TRANSIENT_ERROR_TYPES = frozenset(
-    {"server_error", "rate_limit_error", "rate_limit_exceeded", "overloaded_error", "timeout"}
-)
-# How much of a 200 answer that is not an event stream is read, looking for an error.
-_ANSWER_LIMIT = 256 * 1024
-
-
-async def _json_error(response: Any, content_type: str) -> Mapping[str, Any] | None:
-    # The error object in a 200 JSON answer (``{"error": {...}}``, ``{"error": "text"}``,
-    # or vLLM's ``{"object": "error", "message": ...}``), or None when it holds none.
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if not (kind == "application/json" or kind.endswith("+json")):
-        return None
-    timeouts, transport = _transport_errors()
-    data = b""
-    # Not JSON, or not all of it came: no error to tell of.
-    unread: tuple[type[BaseException], ...] = (ValueError, *timeouts, *transport)
-    try:
-        async for piece in response.aiter_bytes():
-            data += piece
-            if len(data) > _ANSWER_LIMIT:
-                return None
-        body = json.loads(data)
-    except unread:
-        return None
-    if not isinstance(body, Mapping):
-        return None
-    error = body.get("error")
-    if isinstance(error, Mapping) and error:
-        return error
-    if isinstance(error, str) and error.strip():
-        return {"message": error}
-    return body if body.get("object") == "error" else None
 
 
 class OpenAIProvider:
@@ -304,7 +227,7 @@ class OpenAIProvider:
             raise InvalidInputError(
                 "default_headers must map header names to text values, e.g. {'X-Team': 'research'}"
             )
-        self._timeouts, self._transport = _transport_errors()
+        self._timeouts, self._transport = transport_errors()
         key = api_key or os.environ.get(_KEY_ENV) or (_PLACEHOLDER_KEY if self.base_url else None)
         # A server may echo a key in an error body: remembered, so it is never stored.
         remember_secret(api_key)
@@ -451,7 +374,7 @@ class OpenAIProvider:
             body = exc.body if isinstance(exc.body, Mapping) else {}
             if isinstance(exc.body, str) and exc.body.strip():
                 body = {"message": exc.body}
-            return _error_object(body, exc.message, model, mid_reply=True)
+            return error_object(body, exc.message, model, mid_reply=True)
         # OpenAIError without a response (configuration); nothing to retry.
         return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
 
@@ -478,12 +401,13 @@ class OpenAIProvider:
             try:
                 # A server that answers an error as a 200 JSON body: its message, not
                 # "check the base URL" (it is the right server).
-                error = await _json_error(response.response, content_type)
+                body = await read_json_answer(response.response, content_type)
             finally:
                 with anyio.CancelScope(shield=True):
                     await response.close()
+            error = error_in_answer(body) if body is not None else None
             if error is not None:
-                raise _error_object(error, "no message", model, mid_reply=False)
+                raise error_object(error, "no message", model, mid_reply=False)
             raise _errors.not_an_event_stream_error(
                 provider=_PROVIDER,
                 content_type=content_type,
@@ -506,6 +430,11 @@ class OpenAIProvider:
                         logger.debug("openai stream dropped after the finish reason: %r", exc)
                         break
                     raise self._translate(exc, model, assembler.received) from exc
+                error = error_in_chunk(chunk)
+                if error is not None:
+                    # An error event the SDK did not raise (no "error" key): the
+                    # server's message, judged by its code, not a cut stream.
+                    raise error_object(error, "no message", model, mid_reply=True)
                 for event in assembler.feed(chunk):
                     yield event
         finally:

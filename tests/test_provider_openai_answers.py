@@ -1,0 +1,85 @@
+"""What OpenAI-compatible servers answer besides well-formed chunks, over real HTTP: error
+events the SDK does not raise (vLLM's bare error object, ``event: error`` without an
+``error`` key). A real local server sends the bytes; nothing of the provider is replaced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from provider_streams import run, text_of
+from wire_server import Behaviour, WireHandler, WireServer, chunk
+
+from cm_notebook.errors import PermanentProviderError, TransientProviderError
+from cm_notebook.providers.openai import OpenAIProvider
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_provider_env")]
+
+
+def gpt(server: WireServer, **options: Any) -> OpenAIProvider:
+    return OpenAIProvider("m", base_url=f"{server.url}/v1", timeout=5, **options)
+
+
+def events_then_end(*events: bytes) -> Behaviour:
+    """Some text, then ``events`` (raw SSE bytes), then the end of the body."""
+
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
+        handler.start_stream()
+        handler.event(chunk({"role": "assistant", "content": "Hel"}))
+        for event in events:
+            handler.raw(event)
+        handler.end_stream()
+
+    return behave
+
+
+# -- error events without an "error" key -----------------------------------------------
+
+VLLM_TOO_LONG = (
+    b'data: {"object": "error", "message": "This model\'s maximum context length is 4096 '
+    b'tokens. However, you requested 5000 tokens.", "type": "BadRequestError", '
+    b'"param": null, "code": 400}\n\n'
+)
+
+
+async def test_a_bare_error_object_in_the_stream_fails_with_its_message_by_its_code(
+    wire: WireServer,
+) -> None:
+    wire.default = events_then_end(VLLM_TOO_LONG)
+    events, failure = await run(gpt(wire))
+    assert text_of(events) == "Hel"
+    assert isinstance(failure, PermanentProviderError)  # a 400: not retried
+    assert "maximum context length is 4096 tokens" in str(failure)
+    assert "stream cut" not in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "said"),
+    [
+        (
+            b'{"message": "quota exceeded for this project", "code": 429}',
+            TransientProviderError,
+            "rate limited (HTTP 429): quota exceeded for this project",
+        ),
+        (
+            b'{"message": "bad tool schema", "type": "invalid_request_error"}',
+            PermanentProviderError,
+            "rejected: bad tool schema",
+        ),
+        (
+            b'{"message": "the worker died"}',
+            TransientProviderError,
+            "error mid-reply: the worker died",
+        ),
+    ],
+)
+async def test_a_named_error_event_without_an_error_key_fails_with_its_message(
+    wire: WireServer, data: bytes, kind: type[Exception], said: str
+) -> None:
+    wire.default = events_then_end(b"event: error\ndata: " + data + b"\n\n")
+    events, failure = await run(gpt(wire))
+    assert text_of(events) == "Hel"
+    assert type(failure) is kind
+    assert said in str(failure)
+    assert "stream cut" not in str(failure)
