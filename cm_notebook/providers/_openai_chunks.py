@@ -98,6 +98,9 @@ class ChunkAssembler:
         # index now continues (a new id under a used index starts another call).
         self.calls: list[_PartialCall] = []
         self._open: dict[int, _PartialCall] = {}
+        # Per index, the name of a call announced (a name repeated after the open call's
+        # arguments were whole) whose arguments have not come yet.
+        self._next_name: dict[int, str] = {}
         self.finish: str | None = None
         self.usage: Usage | None = None
         # The usage chunk that ends a reply comes after its finish reason; one sent
@@ -176,23 +179,24 @@ class ChunkAssembler:
             # The calls went out with the finish reason: a piece now would be lost.
             raise malformed("a tool-call piece came after the finish reason")
         for piece in pieces:
-            call = self._call_for(piece)
             function = _get(piece, "function")
-            if function is not None:
-                name, arguments = _get(function, "name"), _get(function, "arguments")
-                if isinstance(name, str) and name:
-                    call.name = name if not call.name else call.name
-                if isinstance(arguments, Mapping):
-                    # Some servers send the arguments as an object, not JSON text: kept,
-                    # never dropped (the tool would run with its defaults instead).
-                    arguments = json.dumps(arguments)
-                if isinstance(arguments, str):
-                    call.arguments.append(arguments)
-                elif arguments is not None:
-                    raise malformed(f"tool-call arguments are not text: {arguments!r:.200}")
+            name, arguments = _get(function, "name"), _get(function, "arguments")
+            if not isinstance(name, str):
+                name = ""
+            if isinstance(arguments, Mapping):
+                # Some servers send the arguments as an object, not JSON text: kept,
+                # never dropped (the tool would run with its defaults instead).
+                arguments = json.dumps(arguments)
+            if arguments is not None and not isinstance(arguments, str):
+                raise malformed(f"tool-call arguments are not text: {arguments!r:.200}")
+            call = self._call_for(piece, name, arguments or "")
+            if name and not call.name:
+                call.name = name
+            if arguments is not None:
+                call.arguments.append(arguments)
         return events
 
-    def _call_for(self, piece: Any) -> _PartialCall:
+    def _call_for(self, piece: Any, name: str, arguments: str) -> _PartialCall:
         """The call a tool-call piece belongs to, started if it is the first piece."""
         index = _get(piece, "index")
         piece_id = _get(piece, "id")
@@ -205,29 +209,72 @@ class ChunkAssembler:
             call = last
         else:
             call = self._open.get(index)
-        # A piece that names an id other than its call's starts a new call: some
-        # servers stream parallel calls one after the other, all under index 0.
-        if call is None or (piece_id and call.id and call.id != piece_id):
-            call = _PartialCall(index)
+        if call is None or self._starts_another(call, piece_id, name, arguments):
+            call = _PartialCall(index, name=self._next_name.pop(index, ""))
             self.calls.append(call)
             self._open[index] = call
         if piece_id:
             call.id = piece_id
         return call
 
+    def _starts_another(self, call: _PartialCall, piece_id: str, name: str, arguments: str) -> bool:
+        # Some servers stream parallel calls one after the other under one index (or
+        # none), with ids (a new id starts the next call) or without: then a new
+        # function name does, or the same name once the call's arguments are a whole
+        # JSON object (the same tool called twice). Servers that repeat the name in
+        # every piece of one call send it while its arguments are still partial; a
+        # repeat with no arguments after the whole object (a closing piece, or the
+        # next call's first) waits for arguments before it starts a call.
+        if piece_id and call.id:
+            return piece_id != call.id
+        if name and call.name and name != call.name:
+            self._next_name.pop(call.index, None)
+            return True
+        whole = bool(call.name) and _whole_object(call.arguments)
+        if piece_id and whole:
+            return True  # an id for a call that had none and is whole: the next one's
+        if name and whole:
+            if not arguments:
+                self._next_name[call.index] = name
+                return False
+            return True
+        return bool(arguments) and call.index in self._next_name
+
     def _complete_calls(self) -> list[StreamChunk]:
         events: list[StreamChunk] = []
         # sorted() is stable: calls that share an index keep the order they came in.
+        given = {call.id for call in self.calls if call.id}
         for call in sorted(self.calls, key=lambda c: c.index):
             if not call.name:
                 raise malformed(f"tool call #{call.index} ended without a function name")
+            call_id = call.id
+            if not call_id:
+                # Calls without ids that share an index get ids of their own: a tool's
+                # result is matched to its call by id.
+                call_id, more = f"call_{call.index}", 0
+                while call_id in given:
+                    more += 1
+                    call_id = f"call_{call.index}_{more}"
+                given.add(call_id)
             events.append(
                 ToolCallRequest(
-                    id=call.id or f"call_{call.index}",
+                    id=call_id,
                     name=call.name,
                     arguments_json="".join(call.arguments) or "{}",
                 )
             )
         self.calls.clear()
         self._open.clear()
+        self._next_name.clear()
         return events
+
+
+def _whole_object(arguments: list[str]) -> bool:
+    # Whether the argument text so far is a whole JSON object (a call's arguments are).
+    text = "".join(arguments).strip()
+    if not text.startswith("{") or not text.endswith("}"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

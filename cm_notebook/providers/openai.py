@@ -12,7 +12,9 @@ Streaming
 Text deltas are yielded as they arrive. Tool calls arrive in pieces keyed by
 ``index`` (the id and name first, then the JSON arguments in fragments); a piece with
 an id other than its index's call starts a new call (some servers send parallel calls
-one after another under index 0). They are assembled and emitted as
+one after another under index 0), and without ids so does a piece with another function
+name, or with the same name once the call's arguments are a whole JSON object (a name
+repeated in every piece of one call does not split it). They are assembled and emitted as
 :class:`ToolCallRequest` when the finish reason arrives, in index order.
 :class:`Usage` (when the server reports it) and :class:`Finish` come last.
 A thinking model's reasoning (``delta.reasoning_content``: DeepSeek, llama.cpp;
