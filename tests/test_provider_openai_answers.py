@@ -1,10 +1,12 @@
 """What OpenAI-compatible servers answer besides well-formed chunks, over real HTTP: error
 events the SDK does not raise (vLLM's bare error object, ``event: error`` without an
-``error`` key). A real local server sends the bytes; nothing of the provider is replaced.
+``error`` key), and one whole ``chat.completion`` from a server that ignores
+``stream: true``. A real local server sends the bytes; nothing of the provider is replaced.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +14,13 @@ from provider_streams import run, text_of
 from wire_server import Behaviour, WireHandler, WireServer, chunk
 
 from cm_notebook.errors import PermanentProviderError, TransientProviderError
+from cm_notebook.providers.base import (
+    Finish,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallRequest,
+    Usage,
+)
 from cm_notebook.providers.openai import OpenAIProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_provider_env")]
@@ -83,3 +92,56 @@ async def test_a_named_error_event_without_an_error_key_fails_with_its_message(
     assert type(failure) is kind
     assert said in str(failure)
     assert "stream cut" not in str(failure)
+
+
+# -- a whole completion instead of a stream --------------------------------------------
+
+
+def whole_completion(message: dict[str, Any], **fields: Any) -> Behaviour:
+    """One ``chat.completion`` JSON body, as a server that ignores ``stream`` sends."""
+    answer = {
+        "id": "chatcmpl-whole",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, **fields}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13},
+    }
+
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
+        handler.send_body(200, "application/json", json.dumps(answer).encode())
+
+    return behave
+
+
+async def test_a_whole_completion_instead_of_a_stream_is_the_reply(wire: WireServer) -> None:
+    wire.default = whole_completion(
+        {"content": "A complete answer.", "reasoning_content": "Think first."},
+        finish_reason="length",
+    )
+    events, failure = await run(gpt(wire))
+    assert failure is None
+    assert len(wire.requests) == 1
+    assert events == [
+        ReasoningDelta("Think first.", "reasoning_content"),
+        TextDelta("A complete answer."),
+        Usage(input_tokens=5, output_tokens=8),
+        Finish("length", "chatcmpl-whole"),
+    ]
+
+
+async def test_a_whole_completion_with_tool_calls_gives_each_call(wire: WireServer) -> None:
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+        {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    # No finish reason: the body came whole, so the reply ended (with its tool calls).
+    wire.default = whole_completion({"content": None, "tool_calls": calls})
+    events, failure = await run(gpt(wire, include_usage=False))
+    assert failure is None
+    assert events == [
+        ToolCallRequest("c1", "f", '{"a": 1}'),
+        ToolCallRequest("c2", "g", "{}"),
+        Usage(input_tokens=5, output_tokens=8),
+        Finish("tool_calls", "chatcmpl-whole"),
+    ]

@@ -350,10 +350,15 @@ def answer(content_type: str, data: bytes) -> Behaviour:
 
 
 @pytest.mark.parametrize(
-    ("content_type", "data"),
-    [("text/html; charset=utf-8", HTML), ("application/json", COMPLETION)],
+    ("which", "content_type", "data"),
+    [
+        ("openai", "text/html; charset=utf-8", HTML),
+        ("anthropic", "text/html; charset=utf-8", HTML),
+        # An OpenAI completion is the reply of a server that ignored "stream": true
+        # (test_provider_openai_answers.py); at an Anthropic URL it is the wrong server.
+        ("anthropic", "application/json", COMPLETION),
+    ],
 )
-@pytest.mark.parametrize("which", ["openai", "anthropic"])
 async def test_a_200_that_is_not_an_event_stream_says_to_check_the_base_url(
     wire: WireServer, which: str, content_type: str, data: bytes
 ) -> None:

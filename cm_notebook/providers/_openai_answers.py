@@ -19,6 +19,7 @@ from ..errors import PermanentProviderError, ProviderError, TransientProviderErr
 from . import _errors
 
 __all__ = [
+    "completion_as_chunk",
     "error_in_answer",
     "error_in_chunk",
     "error_object",
@@ -148,3 +149,39 @@ def error_in_answer(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if isinstance(error, str) and error.strip():
         return {"message": error}
     return body if body.get("object") == "error" else None
+
+
+def completion_as_chunk(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A whole ``chat.completion`` (from a server that ignored ``stream: true``) as the
+    one ``chat.completion.chunk`` that carries all of it, or None if it is not one.
+
+    The message becomes the delta and its tool calls get their list positions as
+    indexes. The body was read whole, so a completion without a finish reason ended
+    all the same: ``"tool_calls"`` if it has tool calls, else ``"stop"``.
+    """
+    choices = body.get("choices")
+    if body.get("object") != "chat.completion" and not (
+        isinstance(choices, list)
+        and choices
+        and all(isinstance(c, Mapping) and isinstance(c.get("message"), Mapping) for c in choices)
+    ):
+        return None
+    if not isinstance(choices, list):
+        return None  # the chunk reader would call it malformed; not a completion to take
+    converted: list[Any] = []
+    for choice in choices:
+        if not isinstance(choice, Mapping) or not isinstance(choice.get("message"), Mapping):
+            converted.append(choice)  # left for the chunk reader to refuse as malformed
+            continue
+        delta = dict(choice["message"])
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            delta["tool_calls"] = [
+                {**call, "index": i} if isinstance(call, Mapping) else call
+                for i, call in enumerate(calls)
+            ]
+        reason = choice.get("finish_reason") or ("tool_calls" if calls else "stop")
+        converted.append({"index": choice.get("index", 0), "delta": delta, "finish_reason": reason})
+    chunk = {key: value for key, value in body.items() if key != "choices"}
+    chunk["choices"] = converted
+    return chunk

@@ -46,10 +46,12 @@ JSON, or not shaped like a ``chat.completion.chunk``, is a transient "malformed
 response" error. The deltas yielded before the failure stay with the consumer. A
 connection that drops *after* the finish reason (while waiting for the usage chunk or
 ``[DONE]``) loses nothing of the reply, so the reply is finished without usage. A 200
-answer that is not ``text/event-stream`` (an HTML page, one JSON completion: a base
-URL pointing elsewhere) is a permanent error naming its content type; one that is a
-JSON error (``{"error": {...}}``) fails with that error's message instead, retried
-only if its ``code`` (an HTTP status) or ``type`` says a later try may succeed.
+answer that is not ``text/event-stream`` (an HTML page: a base URL pointing elsewhere)
+is a permanent error naming its content type; one that is a JSON error
+(``{"error": {...}}``) fails with that error's message instead, retried only if its
+``code`` (an HTTP status) or ``type`` says a later try may succeed. One that is a whole
+``chat.completion`` (a server or proxy that ignores ``stream: true``) is the reply, in
+one piece: its text, reasoning, tool calls, finish reason and usage.
 
 Keys
 ----
@@ -91,6 +93,7 @@ from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
 from ._http_client import sdk_http_client
 from ._openai_answers import (
+    completion_as_chunk,
     error_in_answer,
     error_in_chunk,
     error_object,
@@ -410,6 +413,20 @@ class OpenAIProvider:
             error = error_in_answer(body) if body is not None else None
             if error is not None:
                 raise error_object(error, "no message", model, mid_reply=False)
+            whole = completion_as_chunk(body) if body is not None else None
+            if whole is not None:
+                # A server that ignores "stream": true answers the whole completion:
+                # the reply, in one piece, not a wrong base URL.
+                logger.debug("openai: the server answered a whole completion, not a stream")
+                assembler = ChunkAssembler()
+                for event in assembler.feed(whole):
+                    yield event
+                if assembler.finish is None:
+                    raise malformed("the completion has no choice to reply with")
+                if assembler.usage is not None:
+                    yield assembler.usage
+                yield Finish(assembler.finish, assembler.request_id)
+                return
             raise _errors.not_an_event_stream_error(
                 provider=_PROVIDER,
                 content_type=content_type,
