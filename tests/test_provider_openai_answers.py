@@ -1,7 +1,8 @@
 """What OpenAI-compatible servers answer besides well-formed chunks, over real HTTP: error
 events the SDK does not raise (vLLM's bare error object, ``event: error`` without an
 ``error`` key), and one whole ``chat.completion`` from a server that ignores
-``stream: true``. A real local server sends the bytes; nothing of the provider is replaced.
+``stream: true``; and a 400 that refuses ``stream_options``. A real local server
+sends the bytes; nothing of the provider is replaced.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import pytest
 from provider_streams import run, text_of
 from wire_server import Behaviour, WireHandler, WireServer, chunk
 
-from cm_notebook.errors import PermanentProviderError, TransientProviderError
+from cm_notebook.errors import (
+    PermanentProviderError,
+    ProviderSetupError,
+    TransientProviderError,
+)
 from cm_notebook.providers.base import (
     Finish,
     ReasoningDelta,
@@ -145,3 +150,39 @@ async def test_a_whole_completion_with_tool_calls_gives_each_call(wire: WireServ
         Usage(input_tokens=5, output_tokens=8),
         Finish("tool_calls", "chatcmpl-whole"),
     ]
+
+
+# -- a server that refuses stream_options ----------------------------------------------
+
+
+def refuses_stream_options(handler: WireHandler, body: dict[str, Any]) -> None:
+    if "stream_options" in body:
+        error = {
+            "message": "Unrecognized request argument supplied: stream_options",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+        handler.send_body(400, "application/json", json.dumps({"error": error}).encode())
+        return
+    handler.start_stream()
+    handler.event(chunk({"content": "fine"}))
+    handler.event(chunk({}, "stop"))
+    handler.event("[DONE]")
+    handler.end_stream()
+
+
+async def test_a_refused_stream_options_says_how_to_leave_it_out(wire: WireServer) -> None:
+    wire.default = refuses_stream_options
+    _, failure = await run(gpt(wire))
+    assert isinstance(failure, ProviderSetupError)  # every send would fail the same way
+    message = str(failure)
+    assert "Unrecognized request argument supplied: stream_options" in message
+    assert "provider_options={'include_usage': False}" in message
+    # The option it names is the one that works, as a session passes provider_options.
+    provider = OpenAIProvider.from_spec(
+        "m", base_url=f"{wire.url}/v1", timeout=5, include_usage=False
+    )
+    events, failure = await run(provider)
+    assert failure is None
+    assert text_of(events) == "fine"

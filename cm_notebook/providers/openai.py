@@ -343,6 +343,17 @@ class OpenAIProvider:
         sdk = self._sdk
         if isinstance(exc, sdk.APIStatusError):
             message = _errors.error_message_from_body(exc.body, exc.message)
+            if self.include_usage and exc.status_code == 400 and "stream_options" in message:
+                # Older servers and gateways refuse the usage request: every send would.
+                told = message.strip().removesuffix(".")
+                return ProviderSetupError(
+                    f"openai: the server does not take stream_options (HTTP 400): {told}. "
+                    "To fix: leave it out with provider_options={'include_usage': False} "
+                    "when the session is created (or OpenAIProvider(..., include_usage="
+                    "False)); replies then come without token counts.",
+                    status_code=400,
+                    provider=_PROVIDER,
+                )
             return _errors.from_http_status(
                 exc.status_code,
                 message,
