@@ -27,6 +27,8 @@ For the ``openai`` SDK the hook also reads llama.cpp's mid-reply failure lines,
 ``error: {"code": 500, "message": ...}`` (a field of llama.cpp's own, which the SDK's
 decoder ignores), as the ``data: {"error": ...}`` lines OpenAI-compatible servers send
 (:class:`_ErrorLines`), so the server's message reaches the error the reply ends with.
+For the ``anthropic`` SDK it names events sent without an ``event:`` line by their
+data's ``type`` (:mod:`._sse_event_names`), as the SDK skips unnamed events.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from typing import Any, Protocol, TypeVar, cast
 
 from ..redact import RedactingFilter
 from ._errors import is_event_stream
+from ._sse_event_names import EventNames
 
 __all__ = [
     "drop_leading_bom",
+    "drop_leading_bom_name_events",
     "drop_leading_bom_read_error_lines",
     "redact_library_logs",
     "sdk_http_client",
@@ -67,9 +71,15 @@ class _LeadingBomDropped:
     as both httpx and httpx2 check a body's class.
     """
 
-    def __init__(self, stream: _ByteStream, error_lines: bool = False) -> None:
+    def __init__(
+        self, stream: _ByteStream, error_lines: bool = False, event_names: bool = False
+    ) -> None:
         self._stream = stream
-        self._error_lines = _ErrorLines() if error_lines else None
+        # The body's lines rewritten on the way: llama.cpp's error lines, or events
+        # without names (see _sse_event_names).
+        self._error_lines: _ErrorLines | EventNames | None = (
+            _ErrorLines() if error_lines else EventNames() if event_names else None
+        )
         # The iterations handed out, closed with the body: a response closed before its
         # end (an SDK stopping early) closes its body, not the iteration it was reading,
         # which the garbage collector would otherwise finalize at any later moment, in
@@ -247,7 +257,7 @@ async def drop_leading_bom(response: Any) -> None:
     Content-encoded bodies are left alone: the hook sees a body before it is
     decompressed, so its first bytes are not the text's.
     """
-    _wrap_event_stream(response, error_lines=False)
+    _wrap_event_stream(response)
 
 
 async def drop_leading_bom_read_error_lines(response: Any) -> None:
@@ -256,7 +266,16 @@ async def drop_leading_bom_read_error_lines(response: Any) -> None:
     _wrap_event_stream(response, error_lines=True)
 
 
-def _wrap_event_stream(response: Any, *, error_lines: bool) -> None:
+async def drop_leading_bom_name_events(response: Any) -> None:
+    """:func:`drop_leading_bom`, and the body's events without an ``event:`` line named
+    by their data's ``type`` (:class:`~._sse_event_names.EventNames`), for the
+    ``anthropic`` SDK, which skips unnamed events."""
+    _wrap_event_stream(response, event_names=True)
+
+
+def _wrap_event_stream(
+    response: Any, *, error_lines: bool = False, event_names: bool = False
+) -> None:
     headers = response.headers
     encoding = headers.get("content-encoding", "").strip().lower()
     if not is_event_stream(headers.get("content-type", "")) or encoding not in ("", "identity"):
@@ -265,14 +284,19 @@ def _wrap_event_stream(response: Any, *, error_lines: bool) -> None:
     # SDKs, httpx's before), which the body the client made already is.
     base = next((c for c in type(response.stream).__mro__ if c.__name__ == "AsyncByteStream"), None)
     if base is not None:
-        response.stream = _stream_class(base)(response.stream, error_lines)
+        response.stream = _stream_class(base)(response.stream, error_lines, event_names)
 
 
 def sdk_http_client(
-    factory: Callable[..., _Client], *, error_lines: bool = False, **options: Any
+    factory: Callable[..., _Client],
+    *,
+    error_lines: bool = False,
+    event_names: bool = False,
+    **options: Any,
 ) -> _Client:
     """``factory(**options)`` with :func:`drop_leading_bom` as a response hook (with
-    ``error_lines``, :func:`drop_leading_bom_read_error_lines`).
+    ``error_lines``, :func:`drop_leading_bom_read_error_lines`; with ``event_names``,
+    :func:`drop_leading_bom_name_events`).
 
     ``factory`` is the SDK's ``DefaultAsyncHttpxClient``, so the client keeps the SDK's
     defaults; the SDK closes it with its own client. The libraries' logs are redacted
@@ -280,6 +304,8 @@ def sdk_http_client(
     """
     redact_library_logs()
     hook = drop_leading_bom_read_error_lines if error_lines else drop_leading_bom
+    if event_names and not error_lines:
+        hook = drop_leading_bom_name_events
     return factory(event_hooks={"response": [hook]}, **options)
 
 

@@ -433,9 +433,10 @@ class AnthropicProvider:
                 timeout=self.timeout,
                 max_retries=0,
                 # The SDK's own HTTP client, but with a stream's leading byte-order mark
-                # dropped: the SDK's decoder would lose message_start to it.
+                # dropped (the SDK's decoder would lose message_start to it) and events
+                # sent without an "event:" line named by their type (the SDK skips them).
                 http_client=sdk_http_client(
-                    anthropic.DefaultAsyncHttpxClient, timeout=self.timeout
+                    anthropic.DefaultAsyncHttpxClient, event_names=True, timeout=self.timeout
                 ),
             )
         except anthropic.AnthropicError as exc:
