@@ -186,3 +186,20 @@ async def test_a_refused_stream_options_says_how_to_leave_it_out(wire: WireServe
     events, failure = await run(provider)
     assert failure is None
     assert text_of(events) == "fine"
+
+
+async def test_an_error_event_after_the_finish_reason_keeps_the_whole_reply(
+    wire: WireServer,
+) -> None:
+    def behave(handler: WireHandler, body: dict[str, Any]) -> None:
+        handler.start_stream()
+        handler.event(chunk({"content": "Whole."}))
+        handler.event(chunk({}, "stop"))
+        handler.raw(b'event: error\ndata: {"message": "usage unavailable", "code": 500}\n\n')
+        handler.end_stream()
+
+    wire.default = behave
+    events, failure = await run(gpt(wire))
+    assert failure is None
+    assert text_of(events) == "Whole."
+    assert events[-1] == Finish("stop", "chatcmpl-wire")

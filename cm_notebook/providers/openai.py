@@ -464,6 +464,10 @@ class OpenAIProvider:
                 if error is not None:
                     # An error event the SDK did not raise (no "error" key): the
                     # server's message, judged by its code, not a cut stream.
+                    if assembler.finish is not None:
+                        # As for an error the SDK raises: the reply itself is whole.
+                        logger.debug("openai error event after the finish reason: %.300r", error)
+                        break
                     raise error_object(error, "no message", model, mid_reply=True)
                 for event in assembler.feed(chunk):
                     yield event
