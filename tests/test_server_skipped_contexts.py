@@ -7,6 +7,7 @@ A real Jupyter server in a child process; the damage is done to its files on dis
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -96,3 +97,36 @@ def test_a_list_with_nothing_skipped_says_so(tmp_path: Path) -> None:
         body = client.get("contexts").json()
     assert [meta["id"] for meta in body["contexts"]] == [context_id]
     assert body["skipped"] == []
+
+
+def test_a_folder_whose_name_is_no_context_id_is_named_as_json_can_carry_it(
+    tmp_path: Path,
+) -> None:
+    # A folder of another program (its name not even UTF-8, or with a space): listed,
+    # never a 500, and the advice is one a client can follow (no request reaches it).
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": "hi"}])
+        contexts = server.data_dir / "contexts"
+        os.mkdir(os.fsencode(contexts) + b"/bad\xff\xfename")
+        (contexts / "notes folder").mkdir()
+        listing = client.get("contexts")
+        log = server.log()
+    assert listing.status_code == 200, listing.text
+    body = json.loads(listing.content.decode("utf-8"))  # strict: no lone surrogates
+    assert [meta["id"] for meta in body["contexts"]] == [context_id]
+    skipped = {entry["id"]: entry for entry in body["skipped"]}
+    assert set(skipped) == {"bad\\xff\\xfename", "notes folder"}
+    for name, entry in skipped.items():
+        message = entry["message"]
+        assert entry["reason"] == "InvalidIdError", entry
+        assert f"'{name}'" in message, message
+        assert "not a valid context id" in message, message
+        assert "move it out of the server's data folder" in message, message
+        assert "DELETE" not in message, message
+        assert "GET" not in message, message
+        assert str(server.root) not in message, message
+        assert not PYTHON_CALL.search(message), message
+    assert "Traceback" not in log, log

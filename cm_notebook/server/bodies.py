@@ -301,7 +301,10 @@ class SkippedContext(BaseModel):
     """A folder among the contexts that could not be read as one (damaged, written by a
     newer cm_notebook, or not a context at all)."""
 
-    id: str = Field(description="The folder's name: the context's id, if it is a valid one.")
+    id: str = Field(
+        description="The folder's name: the context's id, if it is a valid one (bytes of "
+        "a name that are not UTF-8 shown as \\xNN escapes)."
+    )
     message: str = Field(description="What is wrong with it and what to do.")
     reason: str = Field(description="The kind of error, e.g. CorruptDataError.")
 

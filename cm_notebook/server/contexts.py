@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from ..errors import InvalidIdError
 from ..fsm import State
 from ..session import ContextSession
+from ..store.folders import SkippedFolder
 from .base import CMHandler, operation
 from .bodies import ContextDetail, ContextList, CreateContext, SkippedContext, UpdateContext
 from .provider_choice import check_client_choice
 
-__all__ = ["ContextHandler", "ContextsHandler", "detail", "reported_state"]
+__all__ = ["ContextHandler", "ContextsHandler", "detail", "reported_state", "shown_name"]
 
 
 def reported_state(session: ContextSession, branch: str, running: bool) -> State:
@@ -46,6 +48,12 @@ def detail(session: ContextSession, streams: int = 0) -> ContextDetail:
     )
 
 
+def shown_name(name: str) -> str:
+    """``name`` as JSON can carry it: a folder name that is not UTF-8 (its undecodable
+    bytes read as lone surrogates) shows those bytes as ``\\xNN`` escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class ContextsHandler(CMHandler):
     """Every context; a new one."""
 
@@ -57,17 +65,26 @@ class ContextsHandler(CMHandler):
     )
     async def get(self) -> None:
         contexts, skipped = await self.sessions.list()
-        # Worded as errors are (no server paths; a DELETE of the folder's id as the
-        # remedy), about the context whose folder it is.
-        unreadable = [
-            SkippedContext(
-                id=folder.name,
-                message=self.reword(folder.error, folder.name),
-                reason=type(folder.error).__name__,
-            )
-            for folder in skipped
-        ]
+        unreadable = [self._skipped(folder) for folder in skipped]
         self.reply(ContextList(contexts=contexts, skipped=unreadable))
+
+    def _skipped(self, folder: SkippedFolder) -> SkippedContext:
+        shown = shown_name(folder.name)
+        if isinstance(folder.error, InvalidIdError):
+            # No request can name this folder (its name is no valid id, maybe not even
+            # text): the remedy the error gives, and a DELETE, cannot help a client.
+            message = (
+                f"the folder '{shown}' among the contexts is not a context: its name is "
+                "not a valid context id, so no request can reach it; move it out of the "
+                "server's data folder (or, if it holds a context, name it after that "
+                "context's id)"
+            )
+        else:
+            # Worded as errors are (no server paths; a DELETE of the folder's id as the
+            # remedy), about the context whose folder it is.
+            # (The name passed as valid before anything else was read, so it is text.)
+            message = shown_name(self.reword(folder.error, folder.name))
+        return SkippedContext(id=shown, message=message, reason=type(folder.error).__name__)
 
     @operation(
         "Create a context", status=201, response=ContextDetail, body=CreateContext, errors=(400,)
