@@ -25,6 +25,8 @@ from pydantic import (
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
@@ -231,6 +233,14 @@ class MessageMetadata(BaseModel):
     order, the tries of a reply that failed and were retried (see
     :class:`FailedAttempt`; empty when the first try worked): the reply's text is its
     last try's. Left out of the JSON when empty, so files without them read as before.
+
+    ``tool_status``, ``endpoint`` and ``failed_attempts`` were unknown keys, of any
+    shape, before they were declared: on reading (a file, an import), a value of
+    another shape (an ``endpoint`` that is no text, a ``tool_status`` other than
+    ``done``, ``failed`` or ``denied``, a ``failed_attempts`` that is no list of
+    records) is no error. It is kept as the unknown key ``<name>_not_understood`` and
+    the field reads as empty (None, or ``[]``; ``failed_attempts: null`` is ``[]``).
+    The package's own writes always fit these shapes.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -257,7 +267,11 @@ class MessageMetadata(BaseModel):
     tool_status: ToolCallStatus | None = None
     failed_attempts: list[FailedAttempt] = Field(default_factory=list)
 
-    _metadata_bounded = model_validator(mode="before")(_bounded)
+    @model_validator(mode="before")
+    @classmethod
+    def _read_leniently(cls, data: Any) -> Any:
+        # Bounded first: pydantic (and the shape checks below) walk the values.
+        return _set_aside(_bounded(data))
 
     @model_serializer(mode="wrap")
     def _without_empty_additions(  # type: ignore[no-untyped-def]
@@ -285,6 +299,45 @@ _ADDED_METADATA = (
     # Kept from the start (as an undeclared key), and only when a try had failed.
     "failed_attempts",
 )
+
+
+#: The fields that were unknown keys before they were declared (see MessageMetadata):
+#: a value of another shape is set aside under ``<name>_not_understood``.
+_LENIENT_METADATA = ("tool_status", "endpoint", "failed_attempts")
+_NOT_UNDERSTOOD = "_not_understood"
+_lenient_shapes: dict[str, TypeAdapter[Any]] = {}
+
+
+def _fits(name: str, value: Any) -> bool:
+    if not _lenient_shapes:  # the model's own fields, constraints included
+        fields = MessageMetadata.model_fields
+        for field in _LENIENT_METADATA:
+            # A type made at run time, which mypy cannot take for one.
+            shape: Any = Annotated[fields[field].annotation, fields[field]]
+            _lenient_shapes[field] = TypeAdapter(shape)
+    try:
+        read = _lenient_shapes[name].validate_python(value)
+    except ValidationError:
+        return False
+    # A tool message records how the call ended; the other statuses are no outcome.
+    return name != "tool_status" or read is None or read in ANSWERED
+
+
+def _set_aside(data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    kept = data
+    for name in _LENIENT_METADATA:
+        if name not in data:
+            continue
+        value = data[name]
+        if name == "failed_attempts" and value is None:
+            kept = {key: item for key, item in kept.items() if key != name}
+        elif not _fits(name, value):
+            kept = {key: item for key, item in kept.items() if key != name}
+            # An earlier value set aside under that name is not replaced.
+            kept.setdefault(name + _NOT_UNDERSTOOD, value)
+    return kept
 
 
 class Message(_Model):
