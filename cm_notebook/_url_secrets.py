@@ -12,6 +12,7 @@ remembers an ``api_key=``, and show it through :func:`redact_url`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from urllib.parse import unquote, unquote_plus
 
@@ -105,7 +106,8 @@ def refuse_url_secrets(options: Mapping[str, object], where: str) -> None:
             f"{where}: base_url carries credentials (a user:password@ part, or a query "
             "value such as ?sig= or ?code=); cm_notebook never writes secrets to disk. "
             "Pass a provider object built with it, e.g. provider=OpenAIProvider(model, "
-            "base_url=...), which a session uses but never stores."
+            "base_url=...), which a session uses but never stores with its credentials (a "
+            "reply records its base_url as metadata.endpoint, with them [REDACTED])."
         )
 
 
@@ -135,19 +137,49 @@ def remember_url_secrets(url: str | None) -> None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` fit to show (in a ``repr`` or an error): its ``user:password@`` part and
-    the query values that :func:`remember_url_secrets` counts as credentials are
-    replaced whatever their length (its fragment is left out), then
-    :func:`~cm_notebook.redact.redact_text` runs on the rest."""
+    """``url`` fit to show (in a ``repr``, an error, a reply's ``metadata.endpoint``:
+    text that may be written to disk): its ``user:password@`` part and the query values
+    that :func:`remember_url_secrets` counts as credentials are replaced whatever their
+    length (its fragment is left out), and so is each path segment or query value that
+    holds a long opaque token (a run of 16 characters or more with letters and digits:
+    a gateway key in the path, ``/gw/<32 hex>/v1``) or follows a segment named like a
+    credential (``/key/<value>``); then :func:`~cm_notebook.redact.redact_text` runs on
+    the rest. An ordinary path (``/v1``, ``/openai/deployments/gpt-4o``) is kept."""
     parts = _url_parts(url)
     if parts is None:
         return redact_text(url)
     start, userinfo, before, query = parts
-    shown = start + (f"{REDACTED}@" if userinfo else "") + before
+    host, slash, path = before.partition("/")
+    segments = path.split("/")
+    shown_path = "/".join(
+        REDACTED
+        if segment and (_opaque(segment) or (n > 0 and _names_credential(segments[n - 1])))
+        else segment
+        for n, segment in enumerate(segments)
+    )
+    shown = start + (f"{REDACTED}@" if userinfo else "") + host + slash + shown_path
     if query:
         pairs = map(_pair, query.split("&"))
         shown += "?" + "&".join(
-            name + eq + (REDACTED if _secret_query_value(name, value) else value)
+            name + eq + (REDACTED if _secret_query_value(name, value) or _opaque(value) else value)
             for name, eq, value in pairs
         )
     return redact_text(shown)
+
+
+#: A run of letters and digits (and base64's "+"), as a key is written.
+_RUN = re.compile(r"[A-Za-z0-9+]+")
+
+
+def _opaque(part: str) -> bool:
+    # A path segment or query value that holds a long opaque token (a gateway key in
+    # the path, "/gw/<32 hex>/v1"): a run of 16 characters or more with letters and
+    # digits, as _looks_like_token has a user name. Words joined by "-" or "_"
+    # ("gpt-4o-2024-08-06", "meta-llama-3-70b-instruct") are runs too short to count.
+    return part != REDACTED and any(_looks_like_token(run) for run in _RUN.findall(unquote(part)))
+
+
+def _names_credential(segment: str) -> bool:
+    # "/key/<value>", "/tokens/<value>": the segment after it is the credential.
+    name = unquote(segment)
+    return is_secret_name(name) or (name.endswith("s") and is_secret_name(name[:-1]))

@@ -503,7 +503,8 @@ def refuse_secrets(params: dict[str, Any], where: str) -> dict[str, Any]:
             "ANTHROPIC_API_KEY), which providers read themselves; for other credentials "
             "(headers, URLs) pass a provider object built with them, e.g. "
             "provider=OpenAIProvider(model, base_url=..., default_headers=...), which a "
-            "session uses but never stores."
+            "session uses but never stores with its credentials (a reply records its base_url "
+            "as metadata.endpoint, credentials and key-shaped parts [REDACTED])."
         )
     return params
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from cm_notebook.errors import ProviderError
 from cm_notebook.provenance import endpoint_of, provenance_of
 from cm_notebook.providers.local import LocalServer, serve_openai_compatible
 from cm_notebook.providers.openai import OpenAIProvider
 from cm_notebook.render import message_html
+from cm_notebook.retry import RetryPolicy
 from cm_notebook.session import ContextSession
 from cm_notebook.widgets._messages import stats_of
 
@@ -131,3 +133,63 @@ def test_an_environment_base_url_is_an_endpoint(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://proxy.internal:9000")
     made = anthropic.AnthropicProvider("claude-haiku-4-5", api_key="not-a-real-key")
     assert endpoint_of(made) == "http://proxy.internal:9000"
+
+
+#: A gateway key in the path: 32 hex digits, a base64-like run, an ``sk-`` key.
+PATH_KEYS = [
+    "0123456789abcdef0123456789abcdef",
+    "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5",
+    "sk-proj-a1b2c3d4e5f6g7h8i9j0k1l2",
+]
+
+
+@pytest.mark.usefixtures("no_provider_env")
+@pytest.mark.parametrize("key", PATH_KEYS)
+def test_a_key_in_the_base_url_path_is_never_written(
+    key: str, data_dir: Path, closing: list[ContextSession]
+) -> None:
+    # A gateway that takes its key in the path: the reply (it fails: nothing listens
+    # there) records the server, never the key, in its endpoint and its errors.
+    url = f"http://127.0.0.1:9/gw/{key}/v1"
+    provider = OpenAIProvider("gpt-4o-mini", base_url=url, api_key="not-a-real-key")
+    session = ContextSession.create(
+        "Gateway",
+        provider=provider,
+        data_dir=data_dir,
+        retry=RetryPolicy(initial_delay=0.01, max_attempts=2, jitter=0.0),
+    )
+    closing.append(session)
+    with pytest.raises(ProviderError):  # nothing listens there
+        session.send("Hi").result(TIMEOUT)
+    (reply,) = [m for m in session.history() if m.role == "assistant"]
+    assert reply.metadata.failed_attempts  # an error of each try is written too
+    assert reply.metadata.endpoint == "http://127.0.0.1:9/gw/[REDACTED]/v1"
+    for file in data_dir.rglob("*"):
+        if file.is_file():
+            assert key not in file.read_text(errors="replace"), file
+
+
+@pytest.mark.parametrize(
+    ("url", "recorded"),
+    [
+        ("https://gw.example/v1", "https://gw.example/v1"),
+        (
+            "https://gw.example/openai/deployments/gpt-4o",
+            "https://gw.example/openai/deployments/gpt-4o",
+        ),
+        ("https://gw.example/m/gpt-4o-2024-08-06/v1", "https://gw.example/m/gpt-4o-2024-08-06/v1"),
+        ("http://localhost:8080/v1/", "http://localhost:8080/v1/"),
+        *(
+            (f"https://gw.example/{key}/v1", "https://gw.example/[REDACTED]/v1")
+            for key in PATH_KEYS
+        ),
+        ("https://gw.example/key/hunter2hunter2/v1", "https://gw.example/key/[REDACTED]/v1"),
+        (
+            "https://gw.example/v1?api-version=2024-06-01&t=0123456789abcdef0123",
+            "https://gw.example/v1?api-version=2024-06-01&t=[REDACTED]",
+        ),
+    ],
+)
+def test_the_recorded_endpoint_keeps_the_path_but_its_keys(url: str, recorded: str) -> None:
+    provider = OpenAIProvider("m", base_url=url, api_key="not-a-real-key")
+    assert endpoint_of(provider) == recorded

@@ -147,8 +147,9 @@ def _refuse_redacted(spec: str, options: Mapping[str, Any]) -> None:
             "settings an earlier version stored with one are read so), and would be sent "
             "as the credential. Pass the provider built with its credentials when you open "
             "the context, e.g. ContextSession.open(context_id, provider=OpenAIProvider("
-            "model, base_url=...)): a session uses it but never stores it. Keys belong in "
-            "environment variables (e.g. OPENAI_API_KEY).",
+            "model, base_url=...)): a session uses it but never stores its credentials (a "
+            "reply records its base_url as metadata.endpoint, with them [REDACTED]). Keys "
+            "belong in environment variables (e.g. OPENAI_API_KEY).",
             provider=parse_spec(spec)[0],
         )
 
