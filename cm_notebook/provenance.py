@@ -177,16 +177,38 @@ def request_hash(request: ChatRequest, provider: str, model: str) -> str:
 
 def endpoint_of(provider: object) -> str | None:
     """Where ``provider`` sends its requests when that is not its default endpoint: its
-    ``endpoint`` attribute if it has one, else its ``base_url``, with credentials
-    redacted (see :func:`~cm_notebook._url_secrets.redact_url`); None when it has
-    neither (its provider's own API, or no HTTP server at all)."""
+    ``endpoint`` attribute if it has one, else its ``base_url``, shown by
+    :func:`~cm_notebook._url_secrets.redact_url` (credentials, and path segments and
+    query values shaped like keys, ``[REDACTED]``: it is written to disk); None when it
+    has neither (no HTTP server at all) or when it is the provider's own API (its
+    ``default_endpoint``, compared without a trailing slash, the case of the scheme and
+    host, or a default port)."""
     url = getattr(provider, "endpoint", None)
     if url is None:
         url = getattr(provider, "base_url", None)
     if not isinstance(url, str) or not url.strip():
         return None
+    default = getattr(provider, "default_endpoint", None)
+    if isinstance(default, str) and _same_url(url.strip(), default):
+        return None
     # Redacted before it is cut: a credential cut short is no longer recognised.
     return redact_url(url.strip())[:_ENDPOINT_CHARS]
+
+
+def _same_url(url: str, other: str) -> bool:
+    return _normal_url(url) == _normal_url(other)
+
+
+def _normal_url(url: str) -> str:
+    # Scheme and host in lower case, no default port, no trailing slash: the spellings
+    # of one URL that a client sends to the same place.
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    scheme, host = scheme.lower(), host.lower()
+    for name, port in (("https", ":443"), ("http", ":80")):
+        if scheme == name and host.endswith(port):
+            host = host[: -len(port)]
+    return scheme + sep + host + (slash + path).rstrip("/")
 
 
 _ENDPOINT_CHARS = 2000  # MessageMetadata.endpoint's bound

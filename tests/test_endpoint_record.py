@@ -193,3 +193,28 @@ def test_a_key_in_the_base_url_path_is_never_written(
 def test_the_recorded_endpoint_keeps_the_path_but_its_keys(url: str, recorded: str) -> None:
     provider = OpenAIProvider("m", base_url=url, api_key="not-a-real-key")
     assert endpoint_of(provider) == recorded
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.openai.com/v1", "https://api.openai.com/v1/", "HTTPS://API.OpenAI.com:443/v1"],
+)
+def test_the_providers_own_api_given_explicitly_records_none(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    assert endpoint_of(OpenAIProvider("gpt-4o-mini", api_key="not-a-real-key")) is None
+    assert endpoint_of(OpenAIProvider("m", base_url=url, api_key="not-a-real-key")) is None
+    anthropic = pytest.importorskip("cm_notebook.providers.anthropic")
+    for own in ("https://api.anthropic.com", "https://API.anthropic.com/"):
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", own)
+        made = anthropic.AnthropicProvider("claude-haiku-4-5", api_key="not-a-real-key")
+        assert endpoint_of(made) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.openai.com/v2", "https://api.openai.com:8443/v1", "http://api.openai.com/v1"],
+)
+def test_another_path_or_port_of_the_providers_host_is_recorded(url: str) -> None:
+    assert endpoint_of(OpenAIProvider("m", base_url=url, api_key="not-a-real-key")) == url

@@ -392,6 +392,9 @@ class AnthropicProvider:
     """
 
     name = "anthropic"
+    #: The API's own base URL: a ``base_url`` equal to it is no other server (see
+    #: :func:`~cm_notebook.provenance.endpoint_of`).
+    default_endpoint = "https://api.anthropic.com"
     #: The generation parameters a request may set (what :func:`build_request` sends);
     #: others, e.g. ``seed``, which the API lacks, are refused before sending.
     parameters = frozenset(

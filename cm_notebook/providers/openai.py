@@ -190,6 +190,9 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    #: The API's own base URL: a ``base_url`` equal to it is no other server (see
+    #: :func:`~cm_notebook.provenance.endpoint_of`).
+    default_endpoint = "https://api.openai.com/v1"
     #: The generation parameters a request may set; others are refused before sending.
     #: ``extra_body`` (a mapping) is merged into the request body unchecked, for any
     #: other knob a particular server understands.
