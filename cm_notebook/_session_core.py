@@ -542,7 +542,7 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers, LoopEnds):
             turn.attach(future, runner.request_cancel)
         ctrl_c.raise_pending(
             f"interrupted as the reply on branch {branch!r} started: it goes on "
-            f"(session.turn({branch!r}) is it; session.stop({branch!r}) stops it)"
+            f"(session.turn({branch!r}) is it; session.stop(branch={branch!r}) stops it)"
         )
         return turn
 

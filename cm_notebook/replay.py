@@ -340,7 +340,7 @@ def _refuse_undecided_calls(original: Message, branch: str) -> None:
         f"message {original.id!r} asks for tools whose calls have no result yet ({shown}); "
         "an edit of it keeps their results, so they must be decided first: approve or "
         f"deny them (session.approve(branch={branch!r}) / session.deny(branch={branch!r})), "
-        f"or stop the turn (session.stop({branch!r})), and edit the reply once its turn "
+        f"or stop the turn (session.stop(branch={branch!r})), and edit the reply once its turn "
         "has ended"
     )
 

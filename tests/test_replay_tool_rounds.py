@@ -12,6 +12,7 @@ from test_session_support import DEADLINE
 
 from cm_notebook import tool
 from cm_notebook.errors import StateError
+from cm_notebook.magics._remedies import for_magics
 from cm_notebook.model import ToolCall
 from cm_notebook.session import ContextSession
 from cm_notebook.testing import ScriptedProvider
@@ -67,7 +68,10 @@ def test_a_reply_whose_tool_calls_wait_cannot_be_edited_until_they_are_decided(
     before = set(session.branches)
     with pytest.raises(StateError, match=r"call_1 'add': pending.*approve or deny them") as told:
         session.counterfactual(asking.id, "Let me add them.")
-    assert "session.stop('main')" in str(told.value)
+    assert "session.stop(branch='main')" in str(told.value)
+    # Said the magics' way too (their rewrite knows the keyword form).
+    assert "`%cm stop --branch main`" in for_magics(str(told.value))
+    assert "`%cm approve --branch main` / `%cm deny --branch main`" in for_magics(str(told.value))
     assert set(session.branches) == before  # nothing written
     assert len(fake.requests) == 1  # the model was told nothing
 

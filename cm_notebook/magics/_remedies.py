@@ -120,6 +120,15 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
         re.compile(r"(has no message '[^']*'\.)$"),
         r"\1 `%cm history --ids` shows the ids of a branch's messages.",
     ),
+    # What the phrases above did not take: a branch's calls decided, its reply stopped.
+    (
+        re.compile(r"session\.approve\(branch='([^']+)'\) / session\.deny\(branch='[^']+'\)"),
+        _quoting("`%cm approve --branch {1}` / `%cm deny --branch {1}`"),
+    ),
+    (
+        re.compile(r"session\.stop\(branch='([^']+)'\)"),
+        _quoting("`%cm stop --branch {1}`"),
+    ),
 )
 
 

@@ -139,6 +139,17 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
         ),
         (re.compile(r"Try again, or raise FileStore\(lock_timeout=\.\.\.\)\."), "Try again."),
         (re.compile(r" \(or another FileStore\)"), ""),
+        # What the phrases above did not take: a branch's calls decided, its reply stopped.
+        (
+            re.compile(
+                r"session\.approve\(branch='(?P<branch>[^']*)'\) / session\.deny\(branch='[^']*'\)"
+            ),
+            f"POST {here}/tools/approve or POST {here}/tools/deny with {stop_body}",
+        ),
+        (
+            re.compile(r"session\.stop\(branch='(?P<branch>[^']*)'\)"),
+            f"POST {here}/stop with {stop_body}",
+        ),
     ]
 
 
