@@ -104,3 +104,29 @@ async def test_a_name_repeated_in_every_piece_of_one_call_gives_one_call(
         ("call_0", "search", {"q": "cats", "n": 2}),
         ("call_1", "lookup", {"id": 7}),
     ]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        [piece("get", "\n")],  # white space with the name repeated
+        [piece("get", ""), piece(None, " ")],  # the name alone, then white space
+    ],
+)
+async def test_white_space_after_a_whole_call_starts_no_other(
+    wire: WireServer, tail: list[dict[str, Any]]
+) -> None:
+    got = await calls(wire, piece("get", '{"a": '), piece("get", "1}"), *tail)
+    assert got == [("call_0", "get", {"a": 1})]
+
+
+async def test_an_id_sent_after_a_whole_call_is_that_call_s(wire: WireServer) -> None:
+    late_id = chunk(
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_late", "type": "function", "function": {"arguments": ""}}
+            ]
+        }
+    )
+    got = await calls(wire, piece("get", '{"a": 1}'), late_id)
+    assert got == [("call_late", "get", {"a": 1})]

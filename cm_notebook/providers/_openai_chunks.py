@@ -230,15 +230,17 @@ class ChunkAssembler:
         if name and call.name and name != call.name:
             self._next_name.pop(call.index, None)
             return True
+        # Arguments of white space only are none: a server may end an object with "\n".
+        brings = bool(arguments.strip())
         whole = bool(call.name) and _whole_object(call.arguments)
-        if piece_id and whole:
+        if piece_id and whole and (name or brings):
             return True  # an id for a call that had none and is whole: the next one's
         if name and whole:
-            if not arguments:
+            if not brings:
                 self._next_name[call.index] = name
                 return False
             return True
-        return bool(arguments) and call.index in self._next_name
+        return brings and call.index in self._next_name
 
     def _complete_calls(self) -> list[StreamChunk]:
         events: list[StreamChunk] = []

@@ -12,7 +12,9 @@ other event passes unchanged.
 
 Each event waits until the blank line that ends it (the SDK dispatches an event only
 then, so nothing reaches the reader later than before); lines end at CR, LF or CR LF
-and may be split anywhere across the chunks fed.
+and may be split anywhere across the chunks fed. A body sent compressed
+(``Content-Encoding: gzip``) is not rewritten: the HTTP client's hook sees it before it
+is decoded, so unnamed events in it are still skipped by the SDK.
 """
 
 from __future__ import annotations
