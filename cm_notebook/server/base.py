@@ -253,6 +253,10 @@ def operation(
                 await method(self, *args, **kwargs)
             except ValidationError as exc:
                 raise ApiError.invalid(exc) from exc
+            except ServerStoppingError as exc:
+                # No session opened or held once the server is stopping (see
+                # SessionRegistry.acquire): the client retries on the restarted server.
+                raise ApiError(503, ErrorBody(message=str(exc), reason="ServerStopping")) from exc
             except CMError as exc:
                 if isinstance(exc, ContextNotFoundError) and isinstance(context_id, str):
                     # Its folder may have been removed on disk: once this request lets

@@ -22,7 +22,13 @@ import functools
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["DEFAULT_PER_CONTEXT", "DEFAULT_THREADS", "OffLoop", "ServerStoppingError"]
+__all__ = [
+    "DEFAULT_PER_CONTEXT",
+    "DEFAULT_THREADS",
+    "STOPPING_MESSAGE",
+    "OffLoop",
+    "ServerStoppingError",
+]
 
 T = TypeVar("T")
 
@@ -32,8 +38,16 @@ DEFAULT_THREADS = 8
 DEFAULT_PER_CONTEXT = 2
 
 
+#: What a request is told once the server is stopping (shutting down).
+STOPPING_MESSAGE = (
+    "cm_notebook's server is stopping (shutting down) and takes no more work; "
+    "retry once it has restarted"
+)
+
+
 class ServerStoppingError(RuntimeError):
-    """The server is stopping: :meth:`OffLoop.run` takes no more work."""
+    """The server is stopping: it opens no session and :meth:`OffLoop.run` takes no
+    more work."""
 
 
 class _Gate:
@@ -121,10 +135,7 @@ class OffLoop:
 
     def _refuse_if_stopped(self) -> None:
         if self._stopped:
-            raise ServerStoppingError(
-                "cm_notebook's server is stopping and takes no more work; "
-                "retry once it is running again"
-            )
+            raise ServerStoppingError(STOPPING_MESSAGE)
 
     def _leave(self, context_id: str, gate: _Gate) -> None:
         gate.users -= 1

@@ -49,6 +49,7 @@ from ..store.deletion import busy_error
 from ..store.folders import SkippedFolder
 from ..tools import ToolPolicy
 from ..turn import Turn
+from .offloop import STOPPING_MESSAGE, ServerStoppingError
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -151,13 +152,17 @@ class SessionRegistry:
 
         ``stream``: the hold of an events stream (it does not delay a deletion, which
         ends the stream instead). Raises InvalidIdError for a malformed id,
-        ContextNotFoundError for an unknown one or one being deleted.
+        ContextNotFoundError for an unknown one or one being deleted,
+        ServerStoppingError once the server is stopping (a session opened or held then
+        would outlive :meth:`aclose`, or keep it waiting for a stream).
         """
         validate_context_id(context_id)
+        self._refuse_stopping()
         self._refuse_deleting(context_id)
         while (closing := self._closing.get(context_id)) is not None:
             # Its evicted session is still letting go of the folder: open it after that.
             await asyncio.wait([closing])
+            self._refuse_stopping()
             self._refuse_deleting(context_id)
         # No await from here on: what was checked above still holds.
         session = self._sessions.get(context_id)
@@ -195,6 +200,10 @@ class SessionRegistry:
             drained = self._drained.pop(context_id, None)
             if drained is not None:
                 drained.set()
+
+    def _refuse_stopping(self) -> None:
+        if self._stopping:
+            raise ServerStoppingError(STOPPING_MESSAGE)
 
     def _refuse_deleting(self, context_id: str) -> None:
         if context_id in self._deleting:
@@ -342,7 +351,9 @@ class SessionRegistry:
         system: str | None,
         tags: list[str],
     ) -> ContextSession:
-        """Create a context and keep its session."""
+        """Create a context and keep its session (ServerStoppingError once the server
+        is stopping)."""
+        self._refuse_stopping()
         spec = provider or self.default_provider
         # Made on the loop (its turns and signals run there, as in acquire()); its new
         # folder is written off the loop, which may wait for another process's creation.
@@ -356,6 +367,12 @@ class SessionRegistry:
             tools=self.tools,
             approval=self.approval,
         )
+        if self._stopping:
+            # The server began stopping while the folder was written: aclose() has
+            # closed the sessions it knew, so this one is closed here (the context is
+            # stored, and opens on the restarted server).
+            await _close_quietly(session, "the Jupyter server stopped")
+            raise ServerStoppingError(f"context {session.id!r} was created, but {STOPPING_MESSAGE}")
         self._sessions[session.id] = session
         self._last_used[session.id] = time.monotonic()
         self._evict_over_limit(keep=session.id)
