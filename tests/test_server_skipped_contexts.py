@@ -130,3 +130,34 @@ def test_a_folder_whose_name_is_no_context_id_is_named_as_json_can_carry_it(
         assert str(server.root) not in message, message
         assert not PYTHON_CALL.search(message), message
     assert "Traceback" not in log, log
+
+
+def test_an_empty_folder_is_skipped_with_the_request_that_removes_it(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        kept = create_context(client, [{"reply": "hi"}])
+        folder = server.data_dir / "contexts" / "ok-id"
+        folder.mkdir()
+        listed = client.get("contexts").json()
+        assert [c["id"] for c in listed["contexts"]] == [kept]
+        [skipped] = listed["skipped"]
+        assert skipped["id"] == "ok-id"
+        # The REST way, as a client can take it: no command line, no server path.
+        assert skipped["message"] == (
+            f"contexts/ok-id is an empty folder; DELETE {API}/contexts/ok-id removes it"
+        )
+        deleted = client.delete("contexts/ok-id")
+        assert deleted.status_code == 204, deleted.text  # it did remove the folder
+        assert not folder.exists()
+        assert client.get("contexts").json()["skipped"] == []
+        # Nothing left to delete now: that one is a 404, as for any unknown id.
+        again = client.delete("contexts/ok-id")
+        assert again.status_code == 404, again.text
+        # A folder with something in it is no empty one: left alone.
+        folder.mkdir()
+        (folder / "notes.txt").write_text("keep me")
+        assert client.delete("contexts/ok-id").status_code == 404
+        assert (folder / "notes.txt").read_text() == "keep me"
+        assert client.get(f"contexts/{kept}").status_code == 200

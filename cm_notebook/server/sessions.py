@@ -46,7 +46,7 @@ from ..redact import get_logger
 from ..session import ContextSession
 from ..store import FileStore
 from ..store.deletion import busy_error
-from ..store.folders import SkippedFolder
+from ..store.folders import SkippedFolder, remove_empty_folder
 from ..tools import ToolPolicy
 from ..turn import Turn
 from .offloop import STOPPING_MESSAGE, ServerStoppingError
@@ -395,9 +395,14 @@ class SessionRegistry:
 
         Refused (BusyError) before any of that while another process writes into the
         context: its streams, this server's replies and its allowances stay as they are.
+
+        An empty folder of that name (no context: the listing skips it and advises this
+        DELETE) is removed, and that is all.
         """
         validate_context_id(context_id)
         self._refuse_deleting(context_id)  # a DELETE already under way
+        if context_id not in self._sessions and remove_empty_folder(self.data_dir, context_id):
+            return
         # Decided before anything is refused: while the checks wait, the context is not
         # being deleted (a refused DELETE must not have answered others "gone"), and a
         # request then is served as one made before the DELETE.

@@ -71,6 +71,11 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"DELETE {here} removes the whole context.",
         ),
         (
+            # The advice for an empty folder among the contexts (the listing skips it).
+            re.compile(r"`cm-notebook [^`]*?\brm [^`\s]+ --yes` removes it"),
+            f"DELETE {here} removes it",
+        ),
+        (
             re.compile(r"pick another name, or delete that branch first \(delete_branch\)"),
             "pick another name",
         ),

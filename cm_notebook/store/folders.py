@@ -50,6 +50,7 @@ __all__ = [
     "context_folder_of",
     "create_context_folder",
     "list_context_folders",
+    "remove_empty_folder",
     "remove_tree",
     "signal_log_in",
     "trash_path",
@@ -160,6 +161,18 @@ class SkippedFolder(NamedTuple):
 
 #: What a listing adds the entries it skipped to.
 Skipped = list[SkippedFolder]
+
+
+def remove_empty_folder(data_dir: Path, context_id: str) -> bool:
+    """Remove ``contexts/<context_id>`` if it is an empty folder (which the listing of
+    contexts skips, with advice to remove it); return whether it did. Nothing is lost:
+    a folder with anything in it is left alone (rmdir refuses it), and a context's
+    folder is never empty (it is made whole, then renamed into place)."""
+    try:
+        os.rmdir(context_dir(data_dir, context_id))
+    except OSError:
+        return False
+    return True
 
 
 def list_context_folders(
