@@ -5,7 +5,9 @@
 ``_repr_html_``, so a saved notebook still shows the comparison without a kernel.
 A reply that failed, was interrupted or is still streaming is shown as such (its
 status, why, and its partial text), never diffed or measured as if it were an answer;
-so is a branch with no reply at all.
+so is a branch with no reply at all, and one whose reply could not be read (a stand-in
+that ``cm-notebook check --repair`` wrote in place of a damaged file: its text is a
+placeholder, not what the model said).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Indel
 
 from ._html_text import isolated
+from ._stand_in_refusals import stand_in_error
 from ._theme import ERROR, MUTED
 from ._unicode import for_terminal
 from ._word_diff import COARSE_NOTE, DIFF_BUDGET, WordDiff, alignable, word_diff, words
 from .fsm import TOOL_ROUND_LIMIT
 from .model import Message, MessageStatus, StreamStats, TokenUsage, ToolCallStatus
 from .prompts import reply_prompt
+from .store.stand_ins import stand_in_file
 
 __all__ = [
     "COARSE_NOTE",
@@ -141,7 +145,10 @@ class BranchResult(BaseModel):
     only asks for tools (``tool_calls`` > 0: the turn stopped in its tool rounds, e.g.
     at the tool-round limit, or they still wait): see :attr:`unfinished`. Nor is there
     an answer where the branch has no reply (``missing``: no assistant message on it,
-    or, in a per-turn diff, no such turn or a prompt never answered).
+    or, in a per-turn diff, no such turn or a prompt never answered), or where its
+    reply could not be read (``unreadable``: why, and what to do; the reply is a
+    stand-in that ``cm-notebook check --repair`` wrote in place of its damaged file,
+    whose text is a placeholder and is not kept here).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -161,6 +168,7 @@ class BranchResult(BaseModel):
     error: str | None = None
     tool_calls: int = 0  # how many tools the reply asks for
     missing: bool = False  # no reply there to show (see above)
+    unreadable: str | None = None  # why its reply cannot be read (see above)
 
     @classmethod
     def of(
@@ -174,6 +182,15 @@ class BranchResult(BaseModel):
         """
         if answer is None:
             return cls(branch=branch, system_prompt=system_prompt, missing=True)
+        if stand_in_file(answer) is not None:
+            # Its text and metadata are the repair's, not the model's: none of it is
+            # shown as the branch's answer (nor as a partial one).
+            return cls(
+                branch=branch,
+                message_id=answer.id,
+                system_prompt=system_prompt,
+                unreadable=str(stand_in_error(answer)),
+            )
         meta = answer.metadata
         system_prompt = reply_prompt(answer, system_prompt)
         return cls(
@@ -196,11 +213,11 @@ class BranchResult(BaseModel):
     @property
     def unfinished(self) -> bool:
         """Whether the reply is no final answer: it failed, was interrupted, is still
-        being generated, or only asks for tools; or there is no reply (``missing``).
-        Its text is then partial, and its tokens and timings are an attempt's: neither
-        is an answer to compare. (A result without a status, made by hand, counts as an
-        answer.)"""
-        if self.missing:
+        being generated, or only asks for tools; or there is no reply (``missing``), or
+        none that can be read (``unreadable``). Its text is then partial, and its tokens
+        and timings are an attempt's: neither is an answer to compare. (A result
+        without a status, made by hand, counts as an answer.)"""
+        if self.missing or self.unreadable is not None:
             return True
         if self.status is not None and self.status is not MessageStatus.COMPLETE:
             return True
@@ -210,7 +227,10 @@ class BranchResult(BaseModel):
     def state(self) -> str:
         """A short word for what the reply is: its status (``complete``, ``error``,
         ``interrupted``, ``streaming``), ``tool calls`` for a complete reply that only
-        asks for tools, ``no reply`` without a status."""
+        asks for tools, ``unreadable`` for a reply that could not be read, ``no reply``
+        without a status."""
+        if self.unreadable is not None:
+            return "unreadable"
         if self.status is MessageStatus.COMPLETE and self.tool_calls:
             return "tool calls"
         return self.status.value if self.status is not None else "no reply"
@@ -222,6 +242,8 @@ class BranchResult(BaseModel):
             return None
         if self.missing:
             return "there is no reply to this turn on this branch"
+        if self.unreadable is not None:
+            return self.unreadable
         why = f": {self.error}" if self.error else ""
         if self.status is MessageStatus.ERROR:
             return f"the reply failed{why}"
@@ -236,13 +258,14 @@ class BranchResult(BaseModel):
         the server that answered, when not the provider's own), parameters, tokens,
         time to first token, tokens per second, duration, attempts. For an unfinished
         reply: model, parameters and its status (``error``, ``interrupted``,
-        ``streaming``, ``no reply``) instead of what the attempt cost."""
+        ``streaming``, ``no reply``, ``unreadable``) instead of what the attempt cost."""
         usage, stats = self.usage, self.stats
         facts = [self.model or self.provider or "?"]
         if self.endpoint:  # the model's name alone would say its provider's API answered
             facts[0] += f" via {self.endpoint}"
         facts += [f"{key}={value}" for key, value in sorted(self.parameters.items())]
-        if (self.status is not None or self.missing) and self.unfinished:
+        known = self.status is not None or self.missing or self.unreadable is not None
+        if known and self.unfinished:
             # A failed attempt's tokens and speed, shown like an answer's, would be
             # read as what the answer cost.
             facts.append(self.state)
@@ -438,7 +461,7 @@ def _no_answer_html(result: BranchResult) -> str:
 def unfinished_html(result: BranchResult) -> str:
     """An unfinished reply as HTML: what became of it, then its partial text greyed
     (never marked as a diff: it is not an answer)."""
-    known = result.status is not None or result.missing
+    known = result.status is not None or result.missing or result.unreadable is not None
     status = result.state.replace(" ", "-") if known else ""
     # Nothing failed where there is no reply: said in grey, not as an error.
     colour = MUTED if result.missing else ERROR

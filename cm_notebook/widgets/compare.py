@@ -36,6 +36,7 @@ from ..errors import BranchNotFoundError, InvalidInputError
 from ..model import Message
 from ..prompts import reply_prompt
 from ..render import tool_calls_html, tool_results
+from ..store.stand_ins import stand_in_file
 from ..turn_diff import TurnComparison, turns_html
 from ._base import FollowingView, close_parts
 from ._connection import ConnectionWatch
@@ -266,9 +267,15 @@ def _last_reply(path: list[Message]) -> Message | None:
 def _answer_of(path: list[Message]) -> Message | None:
     # The branch's last reply if it completed: a failed, interrupted or still streaming
     # one is no answer (its text is partial, its tokens and timings an attempt's), nor
-    # is one that only asks for tools (its tool rounds stopped or still wait).
+    # is one that only asks for tools (its tool rounds stopped or still wait), nor a
+    # stand-in the repair wrote for a reply that could not be read (its text is a
+    # placeholder): those are shown as no answer, saying why.
     reply = _last_reply(path)
-    return reply if reply is not None and is_answer(reply) else None
+    return reply if reply is not None and _readable_answer(reply) else None
+
+
+def _readable_answer(reply: Message) -> bool:
+    return is_answer(reply) and stand_in_file(reply) is None
 
 
 def _facts(column: dict[str, Any], answer: Message | None) -> str:
@@ -278,7 +285,7 @@ def _facts(column: dict[str, Any], answer: Message | None) -> str:
     rows = [("system prompt", prompt or "(none)")]
     if answer is not None and (column["system"] or None) != prompt:
         rows.append(("next reply's prompt", column["system"] or "(none)"))
-    if answer is not None and not is_answer(answer):
+    if answer is not None and not _readable_answer(answer):
         rows.append(("model", str(stats_of(answer).get("model") or "?")))
         rows.append(("status", BranchResult.of(column["branch"], answer).state))
     elif answer is not None:
