@@ -20,6 +20,7 @@ from server_client import create_context, wait_for
 
 from cm_notebook.server.offloop import ServerStoppingError
 from cm_notebook.server.sessions import SessionRegistry
+from cm_notebook.session import ContextSession
 
 #: A reply that streams for about ten seconds, one word at a time.
 SLOW = {"reply": " ".join(f"w{i}" for i in range(200)), "chunks": "words", "delay": 0.05}
@@ -58,6 +59,33 @@ def test_a_stopping_registry_opens_no_session_and_takes_no_stream(tmp_path: Path
     assert left_open == []
     assert took < 2, took  # not the streams' full grace
     assert all("is stopping (shutting down)" in m and "retry" in m for m in refused), refused
+
+
+def test_a_context_created_as_the_stop_begins_is_kept_and_its_session_closed(
+    tmp_path: Path,
+) -> None:
+    async def create_while_stopping() -> tuple[str, list[str]]:
+        registry = SessionRegistry(tmp_path, default_provider="scripted")
+        creating = asyncio.get_running_loop().create_task(
+            registry.create(title="late", provider=None, provider_options={}, system=None, tags=[])
+        )
+        await asyncio.sleep(0)  # its folder is being written off the loop
+        assert not creating.done()
+        await asyncio.wait_for(registry.aclose(), 20)
+        with pytest.raises(ServerStoppingError) as caught:
+            await creating
+        return str(caught.value), registry.open_sessions()
+
+    message, left_open = asyncio.run(create_while_stopping())
+    assert left_open == []
+    [folder] = (tmp_path / "contexts").iterdir()
+    assert message.startswith(f"context {folder.name!r} was created, but ")
+    # Stored whole: the restarted server (here, a notebook) opens it.
+    reopened = ContextSession.open(folder.name, data_dir=tmp_path)
+    try:
+        assert reopened.title == "late"
+    finally:
+        reopened.close()
 
 
 class Asker(threading.Thread):
