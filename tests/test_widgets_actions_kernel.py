@@ -243,6 +243,40 @@ def test_the_retry_button_of_a_reply_that_failed_before_the_kernel_restarted(
     assert asked == "{'temperature': 0.2}"
 
 
+def test_the_retry_button_of_a_reply_stopped_while_it_waited_to_try_again(
+    fe: FrontEnd,
+) -> None:
+    # Stopped in its retry wait, the reply is "interrupted", but a try of it failed: ↻
+    # asks it again as it was (retry), not a new sample at temperature 0.8.
+    out = fe.run(
+        """
+        import asyncio
+        model10 = ScriptedProvider().error("transient", after_chunks=1, text="Par", retry_after=60)
+        model10.reply("Paris.")
+        s10 = ContextSession.create("stopped in its wait", provider=model10)
+        turn10 = s10.send("Capital of France?", temperature=0.2)
+        while s10.state_of("main").value != "TransientFailure":
+            await asyncio.sleep(0.01)
+        turn10.cancel()
+        await turn10
+        chat10 = ChatView(s10)
+        print(chat10.transcript.model_id, s10.history()[-1].id, s10.history()[-1].status.value)
+        """
+    )
+    transcript, stopped, status = out.split()
+    assert status == "interrupted"
+    fe.wait_for(
+        lambda: any(m["id"] == stopped for m in fe.messages(transcript)), what="the stopped reply"
+    )
+    fe.custom(transcript, {"event": "regenerate", "id": stopped})
+    fe.wait_for(
+        lambda: any("Paris." in m["html"] for m in fe.messages(transcript)),
+        what="the retried reply",
+    )
+    asked = fe.run("print(s10.history()[-1].metadata.parameters)").strip()
+    assert asked == "{'temperature': 0.2}"
+
+
 def test_rating_buttons_under_a_comparison(fe: FrontEnd) -> None:
     out = fe.run(
         """

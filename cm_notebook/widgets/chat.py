@@ -513,8 +513,12 @@ class ChatView(w.VBox):  # type: ignore[misc]
             )
             return
         # A failed reply is asked again as it was (retry), also one that failed before
-        # the kernel restarted or in another process; any other gets a new sample.
-        failed = self.session.get(reply_id).status is MessageStatus.ERROR
+        # the kernel restarted or in another process, or was stopped while it waited to
+        # try again (a try of it failed); any other gets a new sample.
+        reply = self.session.get(reply_id)
+        failed = reply.status is MessageStatus.ERROR or (
+            reply.status is MessageStatus.INTERRUPTED and bool(reply.metadata.failed_attempts)
+        )
         if failed or self.session.state_of(branch).value == "PermanentFailure":
             self._act(lambda: self.session.retry(branch=branch))
         else:
