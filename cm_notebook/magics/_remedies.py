@@ -100,10 +100,6 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
         ),
     ),
     (
-        re.compile(r"stop it with session\.stop\(branch='([^']+)'\)"),
-        _quoting("stop it with `%cm stop --branch {1}`"),
-    ),
-    (
         re.compile(r"open the context again with ContextSession\.open\('([^']+)'\)"),
         _quoting("make it current again with `%cm use {1}`"),
     ),
@@ -120,7 +116,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
         re.compile(r"(has no message '[^']*'\.)$"),
         r"\1 `%cm history --ids` shows the ids of a branch's messages.",
     ),
-    # What the phrases above did not take: a branch's calls decided, its reply stopped.
+    # Any other advice to decide a branch's calls, or to stop its reply.
     (
         re.compile(r"session\.approve\(branch='([^']+)'\) / session\.deny\(branch='[^']+'\)"),
         _quoting("`%cm approve --branch {1}` / `%cm deny --branch {1}`"),
