@@ -61,7 +61,48 @@ class SavedSessionView(SessionView):
     REOPEN = "%cm (or session.view()) shows a new one"
 
 
-class LaterSessionView(w.VBox):  # type: ignore[misc]
+class _AfterCells(w.VBox):  # type: ignore[misc]
+    """A box that says it waits for the cells above (``waits``), then puts a live part
+    in its place on the session's loop (:meth:`_when_ready`); closing it closes that
+    part and its saved copy."""
+
+    saved: Any = None
+    #: Why nothing is shown, once that is known (the saved copy says it too).
+    failure: str | None = None
+
+    def __init__(
+        self,
+        session: ContextSession,
+        waits: Sequence[concurrent.futures.Future[None]],
+        waiting: str,
+    ) -> None:
+        self.session = session
+        self._waits = list(waits)
+        super().__init__([w.HTML(note(waiting))])
+        session._loop.call_soon_threadsafe(self._begin)
+
+    def _live(self) -> w.Widget | None:
+        """The live part, once made."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop following the session (the saved copy keeps its last content)."""
+        live = self._live()
+        if live is not None:
+            live.close()
+        if self.saved is not None:
+            self.saved.close()
+        close_parts(self)  # its note and placeholder, their layouts (a box closes no part)
+        super().close()
+
+    def _begin(self) -> None:
+        asyncio.get_running_loop().create_task(self._when_ready())
+
+    async def _when_ready(self) -> None:
+        raise NotImplementedError
+
+
+class LaterSessionView(_AfterCells):
     """What ``%cm`` shows below a command or cell still to come that may change the
     active branch (``%cm branch``, ``%cm switch``, a queued ``--system`` cell: Run
     All): a line saying it waits, then, once every one of ``waits`` is done, the live
@@ -69,21 +110,16 @@ class LaterSessionView(w.VBox):  # type: ignore[misc]
     its saved copy. Nothing waits for the replies above it to end: they stream into it."""
 
     saved: _LaterSnapshot | None = None
-    #: Why nothing is shown, once that is known (the saved copy says it too).
-    failure: str | None = None
 
     def __init__(
         self, session: ContextSession, waits: Sequence[concurrent.futures.Future[None]]
     ) -> None:
-        self.session = session
         #: The live view, once the commands above have run (None until then).
         self.view: SessionView | None = None
         #: Done once the view is made (or failed): the cells and commands below wait
         #: for that, so a ``%cm switch`` below does not move it first.
         self.attached: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._waits = list(waits)
-        super().__init__([w.HTML(note(_SHOWS_LATER))])
-        session._loop.call_soon_threadsafe(self._begin)
+        super().__init__(session, waits, _SHOWS_LATER)
 
     def __repr__(self) -> str:
         return "<cm_notebook SessionView after the cells above>"
@@ -98,17 +134,8 @@ class LaterSessionView(w.VBox):  # type: ignore[misc]
         # Made on the loop, as the view: whichever comes first, the copy follows it.
         self.session._loop.call_soon_threadsafe(self._copy_follows)
 
-    def close(self) -> None:
-        """Stop following the session (the saved copy keeps its last content)."""
-        if self.view is not None:
-            self.view.close()
-        if self.saved is not None:
-            self.saved.close()
-        close_parts(self)  # its note and placeholder, their layouts (a box closes no part)
-        super().close()
-
-    def _begin(self) -> None:
-        asyncio.get_running_loop().create_task(self._when_ready())
+    def _live(self) -> w.Widget | None:
+        return self.view
 
     async def _when_ready(self) -> None:
         box: Any = self  # (ipywidgets' traits are untyped)
@@ -183,15 +210,13 @@ class SavedCompareView(CompareView):
         )
 
 
-class LaterCompareView(w.VBox):  # type: ignore[misc]
+class LaterCompareView(_AfterCells):
     """What ``%cm compare`` shows while this kernel's cells in the context are under way
     (Run All): a line saying it waits, then, once every one of ``waits`` is done, the
     live comparison of ``branches`` (default: every branch then, the arms of an
     ``--ab`` cell above included) in its place, and its saved copy."""
 
     saved: ComparisonSnapshot | None = None
-    #: Why nothing was compared, once that is known (the saved copy says it too).
-    failure: str | None = None
 
     def __init__(
         self,
@@ -199,16 +224,13 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
         branches: Sequence[str],
         waits: Sequence[concurrent.futures.Future[None]],
     ) -> None:
-        self.session = session
         self.requested = list(branches)
         #: The live comparison, once the cells above have run (None until then).
         self.compare: CompareView | None = None
         #: Done once the branches it compares are chosen (or it failed): the cells after
         #: it wait for that, so it does not compare the arms of an ``--ab`` cell below.
         self.chosen: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._waits = list(waits)
-        super().__init__([w.HTML(note("… compares once the cells above have run"))])
-        session._loop.call_soon_threadsafe(self._begin)
+        super().__init__(session, waits, "… compares once the cells above have run")
 
     def __repr__(self) -> str:
         return "<cm_notebook comparison after the cells above>"
@@ -228,17 +250,8 @@ class LaterCompareView(w.VBox):  # type: ignore[misc]
             )
         self.saved.display()
 
-    def close(self) -> None:
-        """Stop following the session (the saved copy keeps its last content)."""
-        if self.compare is not None:
-            self.compare.close()
-        if self.saved is not None:
-            self.saved.close()
-        close_parts(self)  # its note and placeholder, their layouts (a box closes no part)
-        super().close()
-
-    def _begin(self) -> None:
-        asyncio.get_running_loop().create_task(self._when_ready())
+    def _live(self) -> w.Widget | None:
+        return self.compare
 
     async def _when_ready(self) -> None:
         box: Any = self  # (ipywidgets' traits are untyped)
