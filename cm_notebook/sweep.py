@@ -495,7 +495,8 @@ class Sweep(Handle["Sweep"]):
         not even of its own cell (a cell with follow-ups keeps its readable replies):
         ``error`` names the file and what to do in the records it concerns (None
         elsewhere), an unreadable reply keeps a record with its place only, and a
-        StoreWarning names the sweep, the cell and the file.
+        StoreWarning names the sweep, the cell and the file. A read the operating
+        system refused (permission denied, too many open files) raises its StoreIOError.
         """
         from .sweep_results import sweep_records
 
@@ -516,7 +517,7 @@ class Sweep(Handle["Sweep"]):
         answers grouped and counted, near-identical ones diffed against the most
         common (a :class:`~cm_notebook.sweep_results.SweepStability`). An answer that
         cannot be read is left out, counted as ``unreadable`` and named in a
-        StoreWarning."""
+        StoreWarning (a read the operating system refused raises its StoreIOError)."""
         from .sweep_results import SweepStability
 
         return SweepStability.of(self)

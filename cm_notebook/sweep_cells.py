@@ -15,7 +15,9 @@ but are never taken for its answer. A branch whose first user message is another
 (sent on the cell's empty branch before the sweep reached it) has no answer for the cell:
 the cell fails, saying how to run it. So does a cell whose prompt or reply file cannot
 be read (damaged or deleted): the other cells run, and it is not asked again, as it
-may have its answer (:func:`unreadable_cell` says what to do).
+may have its answer (:func:`unreadable_cell` says what to do). A read the operating
+system refused (permission denied, too many open files) fails the cell too, but says
+so, and nothing of damage: see :mod:`cm_notebook._sweep_read_errors`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ from . import events as ev
 from . import fsm
 from ._sample_seeds import takes_seed
 from ._stand_in_refusals import stand_in_error
+from ._sweep_read_errors import cell_read_error, unreadable_cell
 from ._unicode import without_surrogates
 from .compare import tool_round_stop
 from .errors import (
     BranchExistsError,
     BusyError,
     CMError,
-    CorruptDataError,
     InvalidIdError,
     InvalidInputError,
     StateError,
@@ -247,7 +249,7 @@ def start_cell(
         own_prompt = _is_own_prompt(session, own, cell.text)
         done = complete_reply(session, cell.branch, cell.text) if own_prompt else None
     except CMError as exc:
-        raise unreadable_cell(cell.key, cell.branch, exc) from exc
+        raise cell_read_error(cell.key, cell.branch, exc) from exc
     if not own_prompt:
         # The reply there answers another question: it is no answer of this cell, and
         # asking again would answer that question; the user decides what to keep.
@@ -282,27 +284,12 @@ def start_cell(
             done = complete_reply(session, cell.branch, cell.text)
         except CMError as exc:
             claim.release()
-            raise unreadable_cell(cell.key, cell.branch, exc) from exc
+            raise cell_read_error(cell.key, cell.branch, exc) from exc
         if done is not None:
             claim.release()  # not handed to a turn: give it back here
             return done
         prompt = _rewind_to_cell_prompt(session, cell.branch)
         return session._start(claim, fsm.Send(), prompt, chosen, generation)
-
-
-def unreadable_cell(key: str, branch: str, exc: CMError) -> CorruptDataError:
-    """The failure of a cell whose prompt or reply file cannot be read (``exc`` names
-    the file): whether it has its answer is unknown, so it is not asked again (that
-    would pay twice, and take a reply that may be whole off its branch)."""
-    return CorruptDataError(
-        f"cell {key}: a message of its branch {branch!r} cannot be read, so whether the "
-        f"cell has its answer is unknown and it is not asked again. {exc} To run the "
-        "cell, restore that file from a backup (then `cm-notebook check` says whether "
-        f"the context reads whole again); without one, session.delete_branch({branch!r}) "
-        "drops the cell's unreadable messages from it, and the next run of the sweep "
-        "asks it afresh",
-        getattr(exc, "path", None),
-    )
 
 
 def _rewind_to_cell_prompt(session: ContextSession, branch: str) -> str:

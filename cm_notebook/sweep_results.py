@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import records as rec
 from ._html_text import WRAP_ANYWHERE
 from ._stand_in_refusals import stand_in_error
+from ._sweep_read_errors import os_refused
 from ._theme import MUTED
 from .compare import tool_round_stop
 from .errors import CMError, InvalidInputError
@@ -97,8 +98,10 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     columns, its labels and rating) and None for what only its file holds; a reply
     whose prompt cannot be read has None for ``prompt``; a reply after another
     unreadable message of its turn (a tool result, say, or a step before it) is whole
-    but marked. A
-    :class:`~cm_notebook.store.StoreWarning` names each such file, with its cell.
+    but marked. A :class:`~cm_notebook.store.StoreWarning` names each such file, with
+    its cell. A read the operating system refused (permission denied, too many open
+    files) is no damage: it raises its :class:`~cm_notebook.errors.StoreIOError`,
+    which says what to fix, rather than give records with holes.
     """
     session = sweep.session
     existing = session.branches
@@ -126,6 +129,11 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
                     # itself, where a read of the whole branch would skip it unsaid.
                     read[node.id] = session.get(node.id)
                 except CMError as exc:
+                    if os_refused(exc):
+                        # The operating system refused the read (too many open files,
+                        # permission denied): the file may be whole, so no record is
+                        # marked as unreadable; the error says what to fix.
+                        raise
                     read[node.id] = exc
             found = read[node.id]
             error = None
@@ -302,6 +310,8 @@ class SweepStability:
                 try:
                     answers.append((cell.branch, sweep.session.get(cell.message_id)))
                 except CMError as exc:
+                    if os_refused(exc):
+                        raise  # not an unreadable answer: see sweep_records
                     unreadable[cell.group] = unreadable.get(cell.group, 0) + 1
                     problem = StoreWarning(
                         f"sweep {sweep.name!r}: cell {cell.key!r} (branch {cell.branch!r}): "
