@@ -31,7 +31,7 @@ from .errors import (
     StoreLockTimeoutError,
 )
 from .ids import new_branch_stem
-from .model import FailedAttempt, Message, MessageMetadata, ToolCall, answer_status
+from .model import FailedAttempt, Message, MessageMetadata, TokenUsage, ToolCall, answer_status
 from .providers.base import ToolCallRequest, Usage
 from .stats import StreamMeter
 from .store import Store
@@ -99,11 +99,24 @@ class Reply:
             "tool_arguments_text": dict(self.unkept_arguments),
         }
 
-    def failed_attempt(self, error: str, status_code: int | None) -> FailedAttempt:
-        """The record of the current attempt, which failed (its text and reasoning)."""
+    def failed_attempt(
+        self, error: str, status_code: int | None, retried: bool = False
+    ) -> FailedAttempt:
+        """The record of the current attempt, which failed (its text and reasoning).
+
+        ``retried``: another attempt follows. The tokens the provider reported for this
+        one then move into the record's ``usage`` (the reply's own ``usage`` is its last
+        attempt's): counted once, whether the retry is made or the turn ends first. The
+        attempt a reply ends with keeps its tokens in the reply's ``usage``, as before.
+        """
         record = FailedAttempt(error=error, text=self.text, status_code=status_code)
         if self.reasoning_parts:
             record["reasoning"] = "".join(self.reasoning_parts)
+        if retried and self.usage is not None:
+            usage, self.usage = self.usage, None
+            record["usage"] = TokenUsage(
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+            )
         return record
 
     def restart(self) -> None:

@@ -189,15 +189,20 @@ class FailedAttempt(TypedDict, total=False):
     ``text``: what the try had written before it failed (the model's own words, kept);
     ``status_code``: the HTTP status the provider answered with (None: none, e.g. a
     dropped connection); ``reasoning``: the try's reasoning text, only when it had
-    some. Every try this package records has ``error``, ``text`` and ``status_code``;
-    the keys are optional only so that a record written elsewhere still reads, and
-    keys it does not know are kept.
+    some; ``usage``: the tokens the try used, when the provider reported them before
+    it failed and another try followed (the try a reply ends with, failed or not, has
+    its tokens in the reply's own ``usage``, so each try is counted once; records of
+    tries made before it was kept have none). Every try this package records has
+    ``error``, ``text`` and ``status_code``; the keys are optional only so that a
+    record written elsewhere still reads, and keys it does not know are kept (a
+    ``usage`` of another shape is set aside as ``usage_not_understood``).
     """
 
     error: str
     text: str
     status_code: int | None
     reasoning: str
+    usage: TokenUsage
 
 
 class MessageMetadata(BaseModel):
@@ -326,11 +331,11 @@ def _fits(name: str, value: Any) -> bool:
 def _set_aside(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
-    kept = data
+    kept = _attempts_set_aside(data)
     for name in _LENIENT_METADATA:
-        if name not in data:
+        if name not in kept:
             continue
-        value = data[name]
+        value = kept[name]
         if name == "failed_attempts" and value is None:
             kept = {key: item for key, item in kept.items() if key != name}
         elif not _fits(name, value):
@@ -338,6 +343,34 @@ def _set_aside(data: Any) -> Any:
             # An earlier value set aside under that name is not replaced.
             kept.setdefault(name + _NOT_UNDERSTOOD, value)
     return kept
+
+
+def _attempts_set_aside(data: dict[str, Any]) -> dict[str, Any]:
+    # A failed try's ``usage`` was a key of any shape before it was declared: one of
+    # another shape is kept as ``usage_not_understood`` in its record, and the rest of
+    # the record (its text, its error) still reads.
+    attempts = data.get("failed_attempts")
+    if not isinstance(attempts, list) or not any(_odd_usage(item) for item in attempts):
+        return data
+    fixed = []
+    for item in attempts:
+        if _odd_usage(item):
+            item = {key: value for key, value in item.items() if key != "usage"} | {
+                # An earlier value set aside under that name is not replaced.
+                "usage" + _NOT_UNDERSTOOD: item.get("usage" + _NOT_UNDERSTOOD, item["usage"])
+            }
+        fixed.append(item)
+    return {**data, "failed_attempts": fixed}
+
+
+def _odd_usage(item: Any) -> bool:
+    if not isinstance(item, dict) or "usage" not in item:
+        return False
+    try:
+        TokenUsage.model_validate(item["usage"])
+    except ValidationError:
+        return True
+    return False
 
 
 class Message(_Model):

@@ -39,8 +39,11 @@ the standard library. The columns, in order (:data:`COLUMNS`):
 ``tokens_per_second``          tokens after the first over the time since it came
 ``latency_ms``                 the whole reply, retries included
 ``turn_input_tokens``,         the token counts of the whole turn: this reply and the
-``turn_output_tokens``         steps before it that only asked for tools (the cost of
-                              the turn; None when no step's count is known)
+``turn_output_tokens``         steps before it that only asked for tools, and their
+                              tries that failed and were retried, when the provider
+                              reported their tokens (``failed_attempts``): the cost of
+                              the turn; None when no count is known. ``input_tokens``
+                              and ``output_tokens`` are the reply's last try's only
 ``tool_calls``                 how many tool calls the turn asked for, in every step up
                               to this reply
 ``request_id``,                provenance (:mod:`cm_notebook.provenance`)
@@ -74,7 +77,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +85,7 @@ from typing import TYPE_CHECKING, Any
 from ._unicode import without_surrogates
 from .compare import tool_round_stop
 from .errors import CMError, ExtraNotInstalledError, InvalidInputError
-from .model import Branch, Message, MessageStatus
+from .model import Branch, Message, MessageStatus, TokenUsage
 from .scores import Score
 from .store.atomic import atomic_write
 from .store.oserrors import translate
@@ -178,8 +181,8 @@ def _row(
         "output_tokens": output_tokens,
         "tokens_per_second": stats.tokens_per_second if stats else None,
         "latency_ms": meta.duration_ms,
-        "turn_input_tokens": _total(_input_tokens(step) for step in steps),
-        "turn_output_tokens": _total(_output_tokens(step) for step in steps),
+        "turn_input_tokens": _total(_turn_tokens(steps, _input_tokens, "input_tokens")),
+        "turn_output_tokens": _total(_turn_tokens(steps, _output_tokens, "output_tokens")),
         "tool_calls": sum(len(step.tool_calls) for step in steps),
         "request_id": meta.request_id,
         "request_hash": meta.request_hash,
@@ -234,6 +237,19 @@ def _output_tokens(reply: Message) -> int | None:
     if counted is None and stats is not None:
         counted = stats.output_tokens
     return counted
+
+
+def _turn_tokens(
+    steps: Sequence[Message], own: Callable[[Message], int | None], kind: str
+) -> Iterator[int | None]:
+    # Each step's own count (its last try's), then those of its tries that failed and
+    # were retried: they were paid for too (see FailedAttempt.usage).
+    for step in steps:
+        yield own(step)
+        for attempt in step.metadata.failed_attempts:
+            usage = attempt.get("usage")
+            if isinstance(usage, TokenUsage):
+                yield int(getattr(usage, kind))
 
 
 def _total(counts: Iterable[int | None]) -> int | None:

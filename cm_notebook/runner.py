@@ -490,12 +490,6 @@ class TurnRunner(ToolRounds):
             self._publish_state(effect)
 
     async def _transient(self, exc: TransientProviderError, reply: Reply) -> None:
-        # Keep the partial text of the failed attempt: nothing generated is ever lost.
-        reply.failed_attempts.append(reply.failed_attempt(str(exc), exc.status_code))
-        metadata = reply.message.metadata.model_copy(
-            update={"failed_attempts": list(reply.failed_attempts)}
-        )
-        reply.message = reply.message.model_copy(update={"metadata": metadata})
         # A wait that is no number of seconds (negative, NaN: a provider's bug) is
         # ignored, and the retry policy's own backoff used.
         wait = exc.retry_after
@@ -504,7 +498,14 @@ class TurnRunner(ToolRounds):
         fault = fsm.TransientFault(str(exc), retry_after=wait, jitter=random.random())
         host = self.host
         # Asked before the machine moves: the write that readies a retry comes first.
-        if fsm.retries(host.machines.get(self.branch), fault, host.retry_policy):
+        retrying = fsm.retries(host.machines.get(self.branch), fault, host.retry_policy)
+        # Its partial text is kept (nothing generated is lost); if retried, its tokens.
+        reply.failed_attempts.append(reply.failed_attempt(str(exc), exc.status_code, retrying))
+        metadata = reply.message.metadata.model_copy(
+            update={"failed_attempts": list(reply.failed_attempts)}
+        )
+        reply.message = reply.message.model_copy(update={"metadata": metadata})
+        if retrying:
             # The reply holds only what the next attempt writes (nothing yet), in the
             # store and in the turn: a retry's deltas start again at offset 0, and a
             # cancel while waiting to retry must not keep the failed text as the reply.

@@ -328,6 +328,7 @@ class ScriptedProvider:
         retry_after: float | None = None,
         message: str | None = None,
         delay: float | None = None,
+        usage: Usage | tuple[int, int] | None = None,
     ) -> ScriptedProvider:
         """Script a failure, at the start of the stream or after ``after_chunks`` deltas.
 
@@ -335,7 +336,9 @@ class ScriptedProvider:
         with ``retry_after`` if given), ``"permanent"`` (a
         :class:`~cm_notebook.errors.PermanentProviderError`), or an exception instance or
         class raised as-is. The partial text is ``text`` cut into ``after_chunks`` pieces,
-        or ``"part1 part2 ..."`` when ``text`` is empty.
+        or ``"part1 part2 ..."`` when ``text`` is empty. ``usage`` (a :class:`Usage` or
+        ``(input, output)``) is reported after the partial text, before the failure, as
+        an API that counts the tokens of a request cut short does; by default none is.
 
         >>> ScriptedProvider().error("transient", retry_after=2.0).reply("ok")
         ScriptedProvider(model='scripted', remaining=2, requests=0, strict=False)
@@ -346,6 +349,8 @@ class ScriptedProvider:
         items: list[_Emit | _EstimatedUsage] = [
             _Emit(TextDelta(piece)) for piece in _partial(text, after_chunks)
         ]
+        if usage is not None:
+            items.append(self._usage_step(usage, text))
         steps = self._paced(items, delay)
         steps.append(_Raise(exc))
         return self._add(steps)
@@ -535,6 +540,6 @@ class ScriptedProvider:
 _SCRIPT_KEYS: dict[str, frozenset[str]] = {
     "reply": frozenset({"chunks", "usage", "finish", "delay"}),
     "tool_call": frozenset({"arguments", "id", "text", "usage", "delay"}),
-    "error": frozenset({"after_chunks", "text", "retry_after", "message", "delay"}),
+    "error": frozenset({"after_chunks", "text", "retry_after", "message", "delay", "usage"}),
     "hang": frozenset({"after_chunks", "text"}),
 }
