@@ -268,7 +268,8 @@ class ContextState:
                     self.known = (token, metadata)
                     return func(self, metadata)
             if torn and not dead:
-                self._sweep_if_writable()  # checks the fragment, unless a writer is busy
+                # Checks the fragment, unless a writer is busy (read-only: see there).
+                self.torn.unwritable(self._sweep_if_writable(), self)
                 continue
             try:
                 with self.locked():
@@ -294,16 +295,19 @@ class ContextState:
         streams = self.index.streaming_ids
         return [mid for mid in streams if mid not in self.streaming and mid not in self.refused]
 
-    def _sweep_if_writable(self) -> None:
+    def _sweep_if_writable(self) -> OSError | None:  # the error if it cannot write
         try:
             with self.locked(wait=False):
                 pass
-        except (StoreLockTimeoutError, OSError):
-            pass  # a writer is busy, or the folder cannot be written: the read goes on
+        except StoreLockTimeoutError:
+            pass  # a writer is busy: the read goes on
+        except OSError as exc:
+            return exc
         except CorruptDataError as exc:
             if exc.path != self.file_lock.path:
                 raise
             # The lock file is damaged (a folder, a link): writes report it, reads go on.
+        return None
 
     def _sweep(self) -> None:
         # Once per load of the context, with every lock held (see .leftovers).
@@ -338,7 +342,9 @@ class ContextState:
             try:
                 metadata = self._refresh_repaired(quick, self.look())
             except ContextNotFoundError:
-                self._remove_stray_folder()  # no metadata.json: see there
+                # Deleted while we waited, and an older writer (filelock) re-created the
+                # folder for its lock file: remove that shell so the id can be reused.
+                remove_lock_shell(self.dir)
                 raise
             if not self._swept:
                 self._sweep()
@@ -429,12 +435,6 @@ class ContextState:
             "another process (or another FileStore) is writing to it. Try again, or raise "
             "FileStore(lock_timeout=...)."
         )
-
-    def _remove_stray_folder(self) -> None:
-        # The context was deleted while we waited, and a writer of an older version
-        # (filelock) re-created the folder to hold its lock file. Remove that empty
-        # shell so the id can be reused.
-        remove_lock_shell(self.dir)
 
     def _refresh_repaired(self, quick: bool = False, looked: Look | None = None) -> ContextMetadata:
         # ``looked``: a look() just taken (see refresh); its messages/ serves the link check.

@@ -17,6 +17,11 @@ parent's line was complete when the child was added: lines were lost after it, a
 index is rebuilt from ``messages/`` (with a warning, and a ``recovered`` branch for the
 conversations whose head moves were in the lost lines: see :mod:`.recovered`).
 
+A reader that cannot take the lock because it cannot write to the folder (read-only
+permissions, a read-only mount) cannot rebuild anything: it makes the same check
+without the lock (:meth:`TornTails.unwritable`), writes nothing, and, if lines were
+lost, warns that the conversation reads shorter than it is and how to repair it.
+
 A journal cut inside the line of its last message, or cut exactly between two lines,
 leaves nothing of the kind to go by: it reads as the shorter journal it now is (the
 branch head check of :mod:`.context` still catches a cut that takes a head saved in
@@ -27,13 +32,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidIdError, StoreError
 from ..ids import validate_message_id
 from ..model import Message, MessageStatus
 from .codec import read_message_file
+from .diagnostics import warn
 from .index import MessageIndex
 from .snapshot import RebuildNeeded
+
+if TYPE_CHECKING:
+    from .context import ContextState
 
 __all__ = ["TornTails", "lines_lost_before"]
 
@@ -73,6 +83,41 @@ class TornTails:
             raise RebuildNeeded(reason, index.journal_path)
         # A write killed mid-line: the next write cuts the fragment off.
         self._cleared = tail
+
+    def unwritable(self, refused: OSError | None, state: ContextState) -> None:
+        """After a reader's try for the lock to check a fragment (:meth:`reader_due`):
+        if it failed because the folder cannot be written (``refused``), check without
+        the lock, writing nothing, and warn if lines were lost (a StoreWarning naming
+        the journal, saying what is wrong and what to do). Once per fragment."""
+        if refused is None:
+            return
+        with state.state_lock:
+            index = state.index
+            tail = index.torn_tail
+            if tail is None or tail == self._cleared:
+                return
+            reason = lines_lost_before(index, Path(state.messages_dir))
+            journal = index.journal_path
+        if reason is None or not _unchanged(journal, tail):
+            # A write killed mid-line, or the journal grew meanwhile: someone who can
+            # write is writing it, and its lines are not lost.
+            return
+        warn(
+            f"context {state.context_id!r}: {reason}. This process cannot write to the "
+            f"context's folder ({refused}), so the index was not rebuilt and nothing was "
+            "written: the conversation reads without those messages. Open it with write "
+            "access (the first reader that can write rebuilds the index, keeping every "
+            "message), or run `cm-notebook check --repair` as a user who can write to it.",
+            journal,
+        )
+
+
+def _unchanged(journal: Path, tail: tuple[int, int, int, int]) -> bool:
+    try:
+        now = os.stat(journal)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size) == (tail[0], tail[1], tail[3])
 
 
 def lines_lost_before(index: MessageIndex, messages_dir: Path) -> str | None:
