@@ -92,6 +92,22 @@ _DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 _SYNC_DELAY = 0.05
 # Never opened through a symbolic link (see _log_reader).
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | NO_FOLLOW
+# What opening the log for writing raises where it may only be read.
+_CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _last_seq_read_only(path: Path) -> int:
+    # The last whole record's number, read from the end of the file, writing nothing.
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - TAIL_BYTES)
+        found = last_record_seq(os.pread(fd, size - start, start))
+        if found is None and start > 0:
+            found = last_record_seq(os.pread(fd, size, 0))
+        return found or 0
+    finally:
+        os.close(fd)
 
 
 class SignalLog:
@@ -156,8 +172,16 @@ class SignalLog:
         """The number of the last signal in the log (0 for an empty or missing log)."""
         if not self.path.exists():
             return 0  # not written yet (or the context folder is still being made)
-        with self._lock, self._locked_file() as (fd, size):
-            return self._current_seq(fd, size)
+        try:
+            with self._lock, self._locked_file() as (fd, size):
+                return self._current_seq(fd, size)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_WRITE:
+                raise
+        # A folder this process may only read (a colleague's data on a read-only mount):
+        # nothing will be appended from here, so the last number is read without the
+        # lock a writer takes, which opening for writing needs.
+        return _last_seq_read_only(self.path)
 
     @property
     def unsynced(self) -> int:
