@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown workload(s) {unknown}; available: {names()}", file=sys.stderr)
         return 2
+    if args.dir is not None and not args.dir.is_dir():
+        print(
+            f"--dir {args.dir}: no such folder; make it first, or leave --dir out to use "
+            "the system's temporary folder",
+            file=sys.stderr,
+        )
+        return 2
     sizes = Sizes.smoke() if args.smoke else Sizes()
     output = args.json or RESULTS / ("smoke.json" if args.smoke else "latest.json")
     started = datetime.now(timezone.utc)

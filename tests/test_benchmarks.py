@@ -77,6 +77,13 @@ def test_an_unknown_workload_is_refused_with_the_list() -> None:
     assert "conversation" in done.stderr
 
 
+def test_a_missing_scratch_folder_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    done = _suite("--smoke", "--dir", str(tmp_path / "missing"), "tools")
+    assert done.returncode == 2
+    assert "no such folder; make it first" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_missed_goal_says_by_how_much() -> None:
     row = Row(
         "w",
