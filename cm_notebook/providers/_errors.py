@@ -43,6 +43,7 @@ __all__ = [
     "error_message_from_body",
     "from_http_status",
     "is_event_stream",
+    "keepalive_timeout_error",
     "malformed_response_error",
     "not_an_event_stream_error",
     "parse_retry_after",
@@ -352,6 +353,29 @@ def timeout_error(
     extra = f": {detail}" if detail else ""
     return TransientProviderError(
         f"{provider}: the request timed out{after}{extra}", provider=provider
+    )
+
+
+def keepalive_timeout_error(
+    *, provider: str, timeout: float, received: bool, options: str
+) -> TransientProviderError:
+    """A stream kept open with keep-alive messages alone (event-stream comments such as
+    ``: keep-alive``, Anthropic's ``ping`` events) for ``timeout`` seconds: no text,
+    reasoning, tool call, usage or finish reason. A :func:`timeout_error`, retried as a
+    read timeout is, though bytes kept coming. ``received``: some of the reply came
+    before (kept by the caller, but incomplete). ``options``: how to give the provider
+    a larger timeout, e.g. ``"OpenAIProvider(..., timeout=...)"``.
+    """
+    before = "; the text received before them is incomplete" if received else ""
+    return timeout_error(
+        provider=provider,
+        detail=(
+            f"the server sent only keep-alive messages for {timeout:g} s, no reply "
+            f"text{before}. To fix: if the model needs longer to answer, give the provider "
+            f"a larger timeout (provider_options={{'timeout': ...}} when the session is "
+            f"created, or {options}); if it keeps happening, check the server: it holds "
+            "the connection open but does not answer"
+        ),
     )
 
 

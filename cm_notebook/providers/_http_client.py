@@ -14,7 +14,10 @@ its timeouts, pool limits, proxies from the environment and socket options stay 
 SDK's) with a response hook that drops one BOM from the very start of an uncompressed
 event-stream body, before the SDK decodes it. Bytes are passed on as they arrive (at
 most the first three wait, while they may still be a BOM), a BOM anywhere later is
-data, and closing the response closes the connection as before.
+data, and closing the response closes the connection as before. The body's bytes are
+counted as they come (:func:`body_bytes_read`, compressed bodies too), so a provider
+can tell a server that keeps a stream alive with keep-alive messages from one that has
+gone silent (see :mod:`._progress_deadline`).
 
 The libraries behind the SDKs log the requests they send: ``httpx``/``httpx2`` the
 whole URL at INFO (``user:password@`` and ``?sig=...`` included), ``httpcore``/
@@ -46,6 +49,7 @@ from ._errors import is_event_stream
 from ._sse_event_names import EventNames
 
 __all__ = [
+    "body_bytes_read",
     "drop_leading_bom",
     "drop_leading_bom_name_events",
     "drop_leading_bom_read_error_lines",
@@ -72,9 +76,19 @@ class _LeadingBomDropped:
     """
 
     def __init__(
-        self, stream: _ByteStream, error_lines: bool = False, event_names: bool = False
+        self,
+        stream: _ByteStream,
+        error_lines: bool = False,
+        event_names: bool = False,
+        rewrite: bool = True,
     ) -> None:
         self._stream = stream
+        # False for a compressed body: passed on untouched, its bytes only counted.
+        self._rewrite = rewrite
+        #: The body's bytes read so far, as they came off the wire: a provider tells a
+        #: server that sends keep-alives from one that sends nothing by it (see
+        #: :mod:`._progress_deadline`).
+        self.bytes_read = 0
         # The body's lines rewritten on the way: llama.cpp's error lines, or events
         # without names (see _sse_event_names).
         self._error_lines: _ErrorLines | EventNames | None = (
@@ -104,10 +118,11 @@ class _LeadingBomDropped:
     async def _without_bom(self) -> AsyncGenerator[bytes, None]:
         chunks = self._stream.__aiter__()
         head = b""  # the body's first bytes, while they may still be (part of) a BOM
-        deciding = True
-        lines = self._error_lines
+        deciding = self._rewrite
+        lines = self._error_lines if self._rewrite else None
         try:
             async for chunk in chunks:
+                self.bytes_read += len(chunk)
                 if deciding:
                     head += chunk
                     if len(head) < len(_BOM) and _BOM.startswith(head):
@@ -254,8 +269,9 @@ async def drop_leading_bom(response: Any) -> None:
     """A response hook for an httpx or httpx2 ``AsyncClient``: an event-stream body is
     read without the one BOM it may begin with.
 
-    Content-encoded bodies are left alone: the hook sees a body before it is
-    decompressed, so its first bytes are not the text's.
+    Content-encoded bodies are not rewritten (the hook sees a body before it is
+    decompressed, so its first bytes are not the text's), only counted
+    (:func:`body_bytes_read`).
     """
     _wrap_event_stream(response)
 
@@ -277,14 +293,25 @@ def _wrap_event_stream(
     response: Any, *, error_lines: bool = False, event_names: bool = False
 ) -> None:
     headers = response.headers
-    encoding = headers.get("content-encoding", "").strip().lower()
-    if not is_event_stream(headers.get("content-type", "")) or encoding not in ("", "identity"):
+    if not is_event_stream(headers.get("content-type", "")):
         return
+    # A compressed body is only counted, not rewritten: the hook sees it before it is
+    # decompressed, so its first bytes are not the text's.
+    encoding = headers.get("content-encoding", "").strip().lower()
+    rewrite = encoding in ("", "identity")
     # The body must stay one of its library's AsyncByteStreams (httpx2's for recent
     # SDKs, httpx's before), which the body the client made already is.
     base = next((c for c in type(response.stream).__mro__ if c.__name__ == "AsyncByteStream"), None)
     if base is not None:
-        response.stream = _stream_class(base)(response.stream, error_lines, event_names)
+        response.stream = _stream_class(base)(response.stream, error_lines, event_names, rewrite)
+
+
+def body_bytes_read(response: Any) -> int | None:
+    """How many bytes of ``response``'s event-stream body (an httpx or httpx2 response
+    from a client of :func:`sdk_http_client`) have been read so far; None when its body
+    is not one this module wraps (not an event stream)."""
+    stream = getattr(response, "stream", None)
+    return stream.bytes_read if isinstance(stream, _LeadingBomDropped) else None
 
 
 def sdk_http_client(

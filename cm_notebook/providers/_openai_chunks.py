@@ -4,7 +4,9 @@ The SDK builds its chunk objects without validating them, so a field that did no
 match its type arrives as a raw dict or value: every read here takes both shapes, and
 anything that is no JSON object where one belongs is a transient "malformed response"
 error, never read as empty. Tool calls arrive in pieces (by index, sometimes by id) and
-are emitted, whole, with the finish reason.
+are emitted, whole, with the finish reason. :attr:`ChunkAssembler.progress` counts the
+pieces that move a reply on, which the provider's timeout bounds the time between
+(see :mod:`._progress_deadline`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ class ChunkAssembler:
         # earlier (servers that report usage on every chunk) is not the last.
         self.usage_after_finish = False
         self.received = 0
+        #: Grows with every piece of real progress: text, reasoning, a refusal, a
+        #: tool-call piece, usage, the finish reason. A chunk that leaves it as it was
+        #: (an empty delta, a role alone) moved nothing on, like a keep-alive.
+        self.progress = 0
         self.request_id: str | None = None  # the completion's id, for provenance
 
     def feed(self, chunk: Any) -> list[StreamChunk]:
@@ -122,7 +128,10 @@ class ChunkAssembler:
                 self.usage_after_finish = True
             # Usage is optional: a report with counts missing or of the wrong type costs
             # the counts, never the reply (which is whole once the finish reason came).
-            self.usage = _usage(raw_usage) or self.usage
+            usage = _usage(raw_usage)
+            if usage is not None:
+                self.usage = usage
+                self.progress += 1
         choices = _get(chunk, "choices")
         if choices is None:
             choices = []
@@ -142,9 +151,11 @@ class ChunkAssembler:
             # (Go's, among others) send "" on every chunk before the last.
             if reason:
                 self.finish = reason
+                self.progress += 1
                 if raw_usage is not None:
                     self.usage_after_finish = True  # usage in the finish reason's chunk
                 events.extend(self._complete_calls())
+        self.progress += len(events)
         return events
 
     def done(self, usage_asked: bool) -> bool:
@@ -190,6 +201,7 @@ class ChunkAssembler:
             if arguments is not None and not isinstance(arguments, str):
                 raise malformed(f"tool-call arguments are not text: {arguments!r:.200}")
             call = self._call_for(piece, name, arguments or "")
+            self.progress += 1
             if name and not call.name:
                 call.name = name
             if arguments is not None:

@@ -69,11 +69,14 @@ from ._anthropic_request import (
 )
 from ._errors import (
     is_event_stream,
+    keepalive_timeout_error,
     malformed_response_error,
     not_an_event_stream_error,
     stream_cut_error,
+    timeout_error,
 )
-from ._http_client import sdk_http_client
+from ._http_client import body_bytes_read, sdk_http_client
+from ._progress_deadline import ProgressDeadline, Stalled
 from .base import (
     ChatRequest,
     Finish,
@@ -383,6 +386,14 @@ class AnthropicProvider:
     The SDK's own retries are switched off: cm_notebook's state machine retries
     transient failures with its policy, and two retry loops would multiply the waits.
 
+    ``timeout`` (seconds) bounds connecting, each read (the time between bytes) and
+    the time between the reply's events: a server that holds the stream open with
+    ``ping`` events or comments alone, which restart the read timeout with every one,
+    fails the reply after ``timeout`` seconds with a transient timeout error saying so
+    ("the server sent only keep-alive messages for N s"), retried as a read timeout
+    is, the text before it kept as for other failures mid-reply. Only the time spent
+    waiting for the server counts (see :mod:`._progress_deadline`).
+
     A reply ends at ``message_stop``: the rest of the body is not waited for, so a
     server that keeps the connection open does not hold the turn until the read
     timeout. A 200 answer that is not ``text/event-stream`` (a ``base_url`` pointing
@@ -500,6 +511,16 @@ class AnthropicProvider:
         assert error is not None, f"untranslated {type(exc).__name__}"
         return error
 
+    def _stalled(self, stalled: Stalled, moved: bool) -> ProviderError:
+        if not stalled.keepalives:  # silence: the read timeout's error, a moment early
+            return timeout_error(provider=_PROVIDER, timeout=self.timeout)
+        return keepalive_timeout_error(
+            provider=_PROVIDER,
+            timeout=self.timeout,
+            received=moved,
+            options="AnthropicProvider(..., timeout=...)",
+        )
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Stream one reply; see :class:`AnthropicEventTranslator` for the events."""
         if not self._has_credentials():
@@ -526,19 +547,31 @@ class AnthropicProvider:
                     base_url=redact_url(self.base_url) if self.base_url else None,
                     hint=" (the API's root, without /v1)",
                 )
+            # The timeout bounds the time between events too, not only between bytes:
+            # ping events and comments would otherwise hold the turn forever.
+            deadline = ProgressDeadline(self.timeout, lambda: body_bytes_read(sdk_stream.response))
+            moved = False  # some of the reply came (text, reasoning, a tool call)
             # Ends at message_stop, the reply's last event, not at the end of the body:
             # a server that keeps the connection open would hold the turn until the
             # read timeout.
             while not translator.finished:
                 try:
-                    event = await sdk_stream.__anext__()
+                    event = await deadline.next(sdk_stream)
                 except StopAsyncIteration:
                     break
+                except Stalled as stalled:
+                    raise self._stalled(stalled, moved) from None
                 except translatable_errors() as exc:
                     raise self._error(exc, model, mid_stream=True) from exc
+                # Every event the SDK hands on moves the reply on (it skips pings), an
+                # event type this version does not know included.
+                if getattr(event, "type", None) != "ping":
+                    deadline.progressed()
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.
-                for out in translator.feed(event):
+                chunks = translator.feed(event)
+                moved = moved or bool(chunks)
+                for out in chunks:
                     yield out
         translator.finish()
 

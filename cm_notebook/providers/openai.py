@@ -53,6 +53,19 @@ is a permanent error naming its content type; one that is a JSON error
 ``chat.completion`` (a server or proxy that ignores ``stream: true``) is the reply, in
 one piece: its text, reasoning, tool calls, finish reason and usage.
 
+Timeouts
+--------
+``timeout`` (seconds) bounds connecting, each read (the time between bytes), and the
+time between pieces of real progress: text, reasoning, a tool-call piece, usage, the
+finish reason. A server that holds the stream open with keep-alive comments alone
+(``: keep-alive``, ``: ping``, or chunks with nothing in them), which restart the read
+timeout with every one, fails the reply after ``timeout`` seconds with a transient
+timeout error saying so ("the server sent only keep-alive messages for N s"), retried
+as a read timeout is; the text before it stays with the consumer, as for the other
+failures above. After the finish reason, a stream that stalls so ends the reply
+without usage, as a drop then does. Only the time spent waiting for the server counts
+(see :mod:`._progress_deadline`).
+
 Keys
 ----
 ``api_key`` defaults to ``OPENAI_API_KEY``. With a ``base_url`` (or ``OPENAI_BASE_URL``)
@@ -91,7 +104,7 @@ from ..redact import (
 )
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
-from ._http_client import sdk_http_client
+from ._http_client import body_bytes_read, sdk_http_client
 from ._openai_answers import (
     completion_as_chunk,
     error_in_answer,
@@ -101,6 +114,7 @@ from ._openai_answers import (
     transport_errors,
 )
 from ._openai_chunks import ChunkAssembler, malformed
+from ._progress_deadline import ProgressDeadline, Stalled
 from .base import ChatRequest, Finish, StreamChunk
 
 if TYPE_CHECKING:
@@ -184,9 +198,10 @@ class OpenAIProvider:
     ``model`` is the default model (a request's ``params["model"]`` overrides it).
     ``base_url`` defaults to ``OPENAI_BASE_URL``, then to OpenAI. ``api_key`` defaults
     to ``OPENAI_API_KEY`` (``"not-needed"`` for a base_url without a key). ``timeout``
-    (seconds) bounds connecting and each read, so a server that stops sending fails
-    fast. ``include_usage=False`` leaves out ``stream_options`` for servers that reject
-    it. ``organization``, ``project`` and ``default_headers`` go to the SDK client.
+    (seconds) bounds connecting, each read, and the time between pieces of the reply,
+    so a server that stops sending, or sends only keep-alive comments, fails fast.
+    ``include_usage=False`` leaves out ``stream_options`` for servers that reject it.
+    ``organization``, ``project`` and ``default_headers`` go to the SDK client.
     """
 
     name = "openai"
@@ -369,11 +384,7 @@ class OpenAIProvider:
                 error_codes=(exc.code, exc.type),
             )
         if isinstance(exc, (sdk.APITimeoutError, *self._timeouts)):
-            if received:
-                return _errors.stream_cut_error(
-                    provider=_PROVIDER, detail=f"no data for {self.timeout:g} s"
-                )
-            return _errors.timeout_error(provider=_PROVIDER, timeout=self.timeout)
+            return self._read_timeout(received)
         if isinstance(exc, (sdk.APIConnectionError, *self._transport)):
             cause = exc.__cause__ or exc
             detail = f"{type(cause).__name__}: {cause}".rstrip(": ")
@@ -396,6 +407,27 @@ class OpenAIProvider:
             return error_object(body, exc.message, model, mid_reply=True)
         # OpenAIError without a response (configuration); nothing to retry.
         return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
+
+    def _read_timeout(self, received: int) -> ProviderError:
+        # Nothing came for the timeout: mid-reply, the stream is cut; before, the
+        # request timed out.
+        if received:
+            return _errors.stream_cut_error(
+                provider=_PROVIDER, detail=f"no data for {self.timeout:g} s"
+            )
+        return _errors.timeout_error(provider=_PROVIDER, timeout=self.timeout)
+
+    def _stalled(self, stalled: Stalled, assembler: ChunkAssembler) -> ProviderError:
+        if not stalled.keepalives:
+            # Silence: the read timeout's own error, which the HTTP client was about to
+            # raise (it counts from the last byte, a moment after the last progress).
+            return self._read_timeout(assembler.received)
+        return _errors.keepalive_timeout_error(
+            provider=_PROVIDER,
+            timeout=self.timeout,
+            received=assembler.progress > 0,
+            options="OpenAIProvider(..., timeout=...)",
+        )
 
     def _catchable(self) -> tuple[type[BaseException], ...]:
         return (
@@ -449,14 +481,23 @@ class OpenAIProvider:
             )
         assembler = ChunkAssembler()
         iterator = response.__aiter__()
+        # The timeout bounds the time between pieces of progress too, not only between
+        # bytes: keep-alive comments would otherwise hold the turn forever.
+        deadline = ProgressDeadline(self.timeout, lambda: body_bytes_read(response.response))
         try:
             # Ends at the reply's last chunk rather than at [DONE] or the end of the body:
             # a server that sends neither would hold the turn until the read timeout.
             while not assembler.done(self.include_usage):
                 try:
-                    chunk = await iterator.__anext__()
+                    chunk = await deadline.next(iterator)
                 except StopAsyncIteration:
                     break
+                except Stalled as stalled:
+                    if assembler.finish is not None:
+                        # As for a drop after the finish reason: only usage is lost.
+                        logger.debug("openai: no usage chunk within %g s", self.timeout)
+                        break
+                    raise self._stalled(stalled, assembler) from None
                 except catchable as exc:
                     if assembler.finish is not None:
                         # The reply itself is complete; only usage/[DONE] was lost.
@@ -472,7 +513,11 @@ class OpenAIProvider:
                         logger.debug("openai error event after the finish reason: %.300r", error)
                         break
                     raise error_object(error, "no message", model, mid_reply=True)
-                for event in assembler.feed(chunk):
+                progress = assembler.progress
+                events = assembler.feed(chunk)
+                if assembler.progress != progress:
+                    deadline.progressed()
+                for event in events:
                     yield event
         finally:
             with anyio.CancelScope(shield=True):
