@@ -20,9 +20,12 @@ request body is recorded in :attr:`FaultServer.requests`, in order. Behaviours::
     ErrorEvent("overloaded", after=["Hel"])      chunks, then an in-stream error object
     Hang(seconds=5, after=["Hel"])               chunks (or none), then silence
     ByteOrderMark(Reply("Hello there"))          a reply whose body begins with EF BB BF
+    KeepAlive(["Hel"])                           chunks, then keep-alive comments only
+    SlowReply(Reply("Hello there"), pause=0.3)   keep-alives for 0.3 s before each piece
 
-``Hang`` waits at most ``seconds`` and is cut short by :meth:`FaultServer.stop`, so a
-test that uses it costs only its client's timeout. Use it as a context manager::
+``Hang`` and ``KeepAlive`` wait at most ``seconds`` and are cut short by
+:meth:`FaultServer.stop` (``KeepAlive`` also by the client hanging up), so a test that
+uses them costs only its client's timeout. Use it as a context manager::
 
     with FaultServer() as server:
         server.script([Status(500), Reply("ok")])
@@ -50,9 +53,11 @@ __all__ = [
     "ErrorEvent",
     "FaultServer",
     "Hang",
+    "KeepAlive",
     "Malformed",
     "Reply",
     "ResetAfter",
+    "SlowReply",
     "Status",
     "ToolCall",
 ]
@@ -169,8 +174,43 @@ class ByteOrderMark:
     mark: bytes = BOM
 
 
+KEEP_ALIVE = b": keep-alive\n\n"  # an event-stream comment, as proxies send to keep a line up
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Stream ``after``, then ``comment`` (an event-stream comment; any bytes) every
+    ``every`` seconds and nothing else, until the client hangs up, ``seconds`` pass or
+    the server stops."""
+
+    after: list[str] = field(default_factory=lambda: ["Hel", "lo"])
+    every: float = 0.05
+    seconds: float = 30.0
+    comment: bytes = KEEP_ALIVE
+
+
+@dataclass(frozen=True)
+class SlowReply:
+    """``reply``, with ``comment`` every ``every`` seconds for ``pause`` seconds before
+    each piece of its text and before its finish reason: slow, but moving on."""
+
+    reply: Reply = field(default_factory=Reply)
+    pause: float = 0.3
+    every: float = 0.05
+    comment: bytes = KEEP_ALIVE
+
+
 Behaviour = (
-    Reply | Status | ResetAfter | EndWithoutFinish | Malformed | ErrorEvent | Hang | ByteOrderMark
+    Reply
+    | Status
+    | ResetAfter
+    | EndWithoutFinish
+    | Malformed
+    | ErrorEvent
+    | Hang
+    | ByteOrderMark
+    | KeepAlive
+    | SlowReply
 )
 
 
@@ -243,7 +283,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _text(self, pieces: Iterable[str], prefix: bytes = b"", split: bool = False) -> None:
+    def _keep_alive(self, seconds: float, every: float, comment: bytes) -> None:
+        # ``comment`` every ``every`` seconds for ``seconds``; a client that hung up
+        # ends it (the write fails, and the handler with it).
+        stopping = self.server.fault.stopping
+        for _ in range(max(1, round(seconds / every))):
+            if stopping.wait(every):
+                return
+            self._write(comment)
+
+    def _text(
+        self,
+        pieces: Iterable[str],
+        prefix: bytes = b"",
+        split: bool = False,
+        slow: SlowReply | None = None,
+    ) -> None:
         deltas: list[dict[str, Any]] = [{"content": piece} for piece in pieces]
         if not prefix:
             deltas.insert(0, {"role": "assistant", "content": ""})
@@ -255,6 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(bytes([byte]))
             prefix = b""
         for delta in deltas:
+            if slow is not None and delta.get("content"):
+                self._keep_alive(slow.pause, slow.every, slow.comment)
             self._write(prefix + f"data: {json.dumps(_chunk(delta))}\n\n".encode())
             prefix = b""
         if prefix:
@@ -307,6 +364,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self._whole_reply(behaviour))
         elif isinstance(behaviour, ByteOrderMark):
             self._stream_reply(behaviour.reply, body, behaviour.mark, behaviour.split)
+        elif isinstance(behaviour, SlowReply):
+            self._stream_reply(behaviour.reply, body, slow=behaviour)
+        elif isinstance(behaviour, KeepAlive):
+            self._start_stream()
+            self._text(behaviour.after)
+            self._keep_alive(behaviour.seconds, behaviour.every, behaviour.comment)
+            self.close_connection = True
         elif isinstance(behaviour, Hang):
             if behaviour.after is not None:
                 self._start_stream()
@@ -342,12 +406,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._end_stream()
 
     def _stream_reply(
-        self, reply: Reply, body: dict[str, Any], prefix: bytes = b"", split: bool = False
+        self,
+        reply: Reply,
+        body: dict[str, Any],
+        prefix: bytes = b"",
+        split: bool = False,
+        slow: SlowReply | None = None,
     ) -> None:
         self._start_stream()
-        self._text(reply.text_pieces() if reply.text or reply.pieces else [], prefix, split)
+        pieces = reply.text_pieces() if reply.text or reply.pieces else []
+        self._text(pieces, prefix, split, slow)
         for chunk in _tool_call_chunks(reply.tool_calls):
             self._event(chunk)
+        if slow is not None:
+            self._keep_alive(slow.pause, slow.every, slow.comment)
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
         self._event(_chunk({}, finish))
         if reply.reset_after_finish:

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fault_server import FaultServer, Hang, Reply, ResetAfter, Status
+from fault_server import FaultServer, Hang, KeepAlive, Reply, ResetAfter, Status
 from test_session_support import DEADLINE, Recorder, entered, roles, seen
 
 from cm_notebook.errors import InvalidInputError, PermanentProviderError, StateError
@@ -240,6 +240,25 @@ def test_a_hang_past_the_timeout_is_transient_and_retried(
     recorder.wait(entered(State.IDLE))
     assert State.TRANSIENT_FAILURE in recorder.states()
     assert [e.kind for e in recorder.of(ErrorReported)] == ["transient"]
+
+
+def test_keepalives_past_the_timeout_are_a_timeout_retried_with_the_text_kept(
+    session: ContextSession, fault_server: FaultServer
+) -> None:
+    # Keep-alive comments restart the read timeout; the provider's timeout bounds the
+    # time without reply text too, and the turn goes on as after a read timeout.
+    fault_server.script([KeepAlive(["Hel"]), Reply("Awake now.")])
+    recorder = Recorder(session)
+    message = session.send("Hi").result(DEADLINE)
+    assert message.content == "Awake now."
+    (attempt,) = failed_attempts(message)
+    assert attempt["text"] == "Hel"
+    assert "only keep-alive messages for 0.5 s" in attempt["error"]
+    recorder.wait(entered(State.IDLE))
+    assert State.TRANSIENT_FAILURE in recorder.states()
+    (error,) = recorder.of(ErrorReported)
+    assert error.kind == "transient"
+    assert "the request timed out" in error.message
 
 
 def test_the_provider_spec_and_options_are_stored_and_used(
