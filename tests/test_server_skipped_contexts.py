@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -155,9 +157,163 @@ def test_an_empty_folder_is_skipped_with_the_request_that_removes_it(tmp_path: P
         # Nothing left to delete now: that one is a 404, as for any unknown id.
         again = client.delete("contexts/ok-id")
         assert again.status_code == 404, again.text
-        # A folder with something in it is no empty one: left alone.
-        folder.mkdir()
-        (folder / "notes.txt").write_text("keep me")
-        assert client.delete("contexts/ok-id").status_code == 404
-        assert (folder / "notes.txt").read_text() == "keep me"
         assert client.get(f"contexts/{kept}").status_code == 200
+
+
+def _entries(folder: Path) -> dict[str, bytes | None]:
+    # Everything in a folder, file contents included: what "left alone" means.
+    return {
+        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+        for path in folder.rglob("*")
+    }
+
+
+def test_a_get_of_an_empty_folder_says_so_and_changes_nothing(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        folder = server.data_dir / "contexts" / "ok-id"
+        folder.mkdir(parents=True)
+        for path in ["contexts/ok-id", "contexts/ok-id/messages", "contexts/ok-id/branches"]:
+            answer = client.get(path)
+            assert answer.status_code == 404, answer.text
+            assert answer.json() == {
+                "message": "no context 'ok-id': contexts/ok-id is an empty folder; "
+                f"DELETE {API}/contexts/ok-id removes it",
+                "reason": "ContextNotFoundError",
+                "errors": [],
+            }
+            # A read: the folder is still there, and still empty (no lock file made).
+            assert list(folder.iterdir()) == []
+        # The listing still advises the DELETE, which still works.
+        [skipped] = client.get("contexts").json()["skipped"]
+        assert skipped["message"].endswith(f"DELETE {API}/contexts/ok-id removes it")
+        assert client.delete("contexts/ok-id").status_code == 204
+        assert not folder.exists()
+        log = server.log()
+    assert "Traceback" not in log, log
+
+
+def test_a_folder_with_files_but_no_metadata_is_named_and_can_be_deleted(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        kept = create_context(client, [{"reply": "hi"}])
+        contexts = server.data_dir / "contexts"
+        folder = contexts / "left-over"
+        (folder / "messages").mkdir(parents=True)
+        (folder / "messages" / "m1.json").write_text("{}")
+        (folder / "notes.txt").write_text("mine")
+        before = _entries(folder)
+
+        [skipped] = client.get("contexts").json()["skipped"]
+        assert skipped == {
+            "id": "left-over",
+            "message": "no context 'left-over': its folder contexts/left-over has no "
+            "metadata.json, message index or journal, only messages/, notes.txt; "
+            f"DELETE {API}/contexts/left-over removes the folder and everything in it",
+            "reason": "CorruptDataError",
+        }
+        got = client.get("contexts/left-over")
+        assert got.status_code == 404, got.text
+        assert got.json()["message"] == skipped["message"]
+        assert _entries(folder) == before  # reads leave it as it was
+
+        deleted = client.delete("contexts/left-over")
+        assert deleted.status_code == 204, deleted.text
+        assert not folder.exists()
+        assert client.get("contexts").json()["skipped"] == []
+        assert client.delete("contexts/left-over").status_code == 404  # nothing left
+        assert client.get(f"contexts/{kept}").status_code == 200
+        log = server.log()
+    assert "Traceback" not in log, log
+
+
+def test_a_context_that_lost_its_metadata_is_advised_a_backup_or_a_delete(
+    tmp_path: Path,
+) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        context_id = create_context(client, [{"reply": "hi"}])
+        sent = client.post(f"contexts/{context_id}/messages", json={"text": "hello"})
+        assert sent.status_code == 202, sent.text
+        wait_for(lambda: not client.get(f"contexts/{context_id}").json()["running"])
+        (server.data_dir / "contexts" / context_id / "metadata.json").unlink()
+        [skipped] = client.get("contexts").json()["skipped"]
+        message = skipped["message"]
+        assert "has lost its metadata.json" in message, message
+        assert "Restore metadata.json from a backup" in message, message
+        assert f"DELETE {API}/contexts/{context_id} removes it with all it holds" in message
+        assert not PYTHON_CALL.search(message), message
+        assert client.delete(f"contexts/{context_id}").status_code == 204
+
+
+def test_a_folder_without_metadata_that_a_live_process_writes_into_is_not_deleted(
+    tmp_path: Path,
+) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        folder = server.data_dir / "contexts" / "being-written"
+        folder.mkdir(parents=True)
+        (folder / "notes.txt").write_text("mine")
+        # Another process streaming a reply into it holds that reply's lock.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(folder / ".streaming-m-live.lock")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"
+            refused = client.delete("contexts/being-written")
+            assert refused.status_code == 409, refused.text
+            assert "reply 'm-live' is being streamed" in refused.json()["message"]
+            assert (folder / "notes.txt").read_text() == "mine"
+        finally:
+            holder.communicate("", timeout=30)  # it lets go once its stdin closes
+        # The writer is gone: its lock no longer stands in the way.
+        assert client.delete("contexts/being-written").status_code == 204
+        assert not folder.exists()
+
+
+_HOLD_LOCK = """
+import sys
+from cm_notebook.store.oslock import OSLock
+lock = OSLock(sys.argv[1])
+lock.acquire(timeout=10)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_delete_never_reaches_outside_the_contexts_folder(tmp_path: Path) -> None:
+    with (
+        JupyterServer(tmp_path) as server,
+        httpx.Client(base_url=server.api("/"), headers=server.auth, timeout=30) as client,
+    ):
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "notes.txt").write_text("mine")
+        # A link among the contexts, to a folder outside the data folder or inside it.
+        inside = server.data_dir / "kept"
+        inside.mkdir()
+        (inside / "notes.txt").write_text("mine too")
+        links = {"linked": outside, "alias": inside}
+        for name, target in links.items():
+            link = server.data_dir / "contexts" / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target, target_is_directory=True)
+        for bad in ["..", "..%2F..", "%2E%2E", *links]:
+            answer = client.delete(f"contexts/{bad}")
+            assert answer.status_code in (400, 404), (bad, answer.text)
+        assert (outside / "notes.txt").read_text() == "mine"
+        assert (inside / "notes.txt").read_text() == "mine too"
+        assert all((server.data_dir / "contexts" / name).is_symlink() for name in links)
+        assert (server.data_dir / "contexts").is_dir()

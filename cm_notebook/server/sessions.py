@@ -47,6 +47,8 @@ from ..session import ContextSession
 from ..store import FileStore
 from ..store.deletion import busy_error
 from ..store.folders import SkippedFolder, remove_empty_folder
+from ..store.paths import context_dir
+from ..store.stray_folders import holds_no_context
 from ..tools import ToolPolicy
 from ..turn import Turn
 from .offloop import STOPPING_MESSAGE, ServerStoppingError
@@ -397,7 +399,9 @@ class SessionRegistry:
         context: its streams, this server's replies and its allowances stay as they are.
 
         An empty folder of that name (no context: the listing skips it and advises this
-        DELETE) is removed, and that is all.
+        DELETE) is removed, and that is all. A folder with files in it but no
+        metadata.json (also skipped, with what it holds) is deleted as a context is:
+        refused while a live process holds a lock in it.
         """
         validate_context_id(context_id)
         self._refuse_deleting(context_id)  # a DELETE already under way
@@ -407,10 +411,7 @@ class SessionRegistry:
         # being deleted (a refused DELETE must not have answered others "gone"), and a
         # request then is served as one made before the DELETE.
         for _ in range(3):
-            with contextlib.suppress(CorruptDataError, SchemaVersionError):
-                # Unknown: ContextNotFoundError. Damaged, or from a newer version: it
-                # can still be deleted (the remedy its errors offer).
-                await self._store.get_metadata(context_id)
+            await self._deletable(context_id)
             session = self._sessions.get(context_id)
             writers = await _other_writers(self._store, context_id, session)
             # Another DELETE decided meanwhile: this one answers as it would after it.
@@ -439,6 +440,21 @@ class SessionRegistry:
             await self._store.delete_context(context_id)
         finally:
             self._deleting.discard(context_id)
+
+    async def _deletable(self, context_id: str) -> None:
+        """ContextNotFoundError unless there is something to delete under that id: a
+        context, however damaged (or from a newer version), or a folder of that name
+        without metadata.json (which the listing skips, advising this DELETE). Who
+        writes into it is asked after this (and again by the store's deletion, under
+        the folder's lock)."""
+        try:
+            await self._store.get_metadata(context_id)
+        except (CorruptDataError, SchemaVersionError):
+            pass  # it can still be deleted: the remedy its errors offer
+        except ContextNotFoundError:
+            # Never a link, nor anything outside the data folder (the id was validated).
+            if not holds_no_context(context_dir(self.data_dir, context_id)):
+                raise
 
     def watch(self, turn: Turn) -> None:
         """Collect ``turn``'s outcome, so that a failed turn is not reported as unretrieved.

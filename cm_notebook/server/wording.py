@@ -76,6 +76,12 @@ def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
             f"DELETE {here} removes it",
         ),
         (
+            # A folder with files but no context in it (see store/stray_folders.py): a
+            # client cannot move files on the server, but a DELETE of the id removes it.
+            re.compile(r"move what you want to keep out of it, then remove the folder"),
+            f"DELETE {here} removes the folder and everything in it",
+        ),
+        (
             re.compile(r"pick another name, or delete that branch first \(delete_branch\)"),
             "pick another name",
         ),

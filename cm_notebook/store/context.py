@@ -243,9 +243,10 @@ class ContextState:
         :meth:`locked`, and the view is then retried. If the folder cannot be written
         (read-only, a full disk), such streams are read as they are, with a warning.
         """
-        if not self._swept:
-            # Opening a context sweeps what a dead writer left. Only if no writer is busy
-            # right now (never wait for one to read) and the folder is writable.
+        if not self._swept and os.path.lexists(self.metadata_file.path):
+            # Opening a context sweeps what a dead writer left, if no writer is busy (never
+            # wait to read) and the folder is writable; not in one with no context (a read
+            # must leave it as it was: see .stray_folders).
             self._sweep_if_writable()
         unmarked: set[str] = set()  # dead streams that could not be marked
         for _ in range(3):

@@ -43,6 +43,7 @@ from .paths import (
     context_dir,
     contexts_root,
 )
+from .stray_folders import without_metadata
 
 __all__ = [
     "Skipped",
@@ -214,7 +215,9 @@ def list_context_folders(
                 if not any(folder.iterdir()):  # nothing to keep: say how to remove it
                     advice = for_contexts_in(f"`cm-notebook rm {name} --yes` removes it", data_dir)
                     raise CorruptDataError(f"{folder} is an empty folder; {advice}", path) from None
-                raise CorruptDataError(f"{folder} has no {METADATA_NAME}", path) from None
+                # What it holds, and what to do (a skipped entry, never a "not found").
+                lost = without_metadata(folder, name)
+                raise CorruptDataError(str(lost), path) from None
             found.append(decode_metadata(data, path, name))
         except (InvalidInputError, StoreError) as exc:
             # One damaged context must not hide the others: report it by path (the

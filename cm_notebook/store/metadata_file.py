@@ -9,7 +9,7 @@ it read stays open, so its inode number cannot be reused by a later metadata.jso
 
 A missing metadata.json means no such context, unless the folder still holds the
 message index: then the file was lost (deleted, or dropped by a sync tool), and the
-error says so rather than deny that the messages exist.
+error says so rather than deny that the messages exist (see :mod:`.stray_folders`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from ..model import ContextMetadata
 from .atomic import Fsync, atomic_write, read_from
 from .codec import decode_metadata_doc, encode_metadata
 from .oserrors import open_regular, translate
-from .paths import INDEX_NAME, JOURNAL_NAME, METADATA_NAME, data_dir_of
+from .paths import METADATA_NAME, data_dir_of
+from .stray_folders import holds_no_context, without_metadata
 
 __all__ = ["MetadataFile"]
 
@@ -140,16 +141,11 @@ class MetadataFile:
 
     def missing(self) -> ContextNotFoundError | CorruptDataError:
         """The error for a folder without metadata.json: no context, unless the folder
-        still holds its messages, which "no such context" would deny."""
-        held = [name for name in (INDEX_NAME, JOURNAL_NAME) if (self.dir / name).is_file()]
-        if not held:
-            return self.not_found()
-        return CorruptDataError(
-            f"context {self.context_id!r} has lost its {METADATA_NAME} (title, branches), "
-            f"though its folder {self.dir} still holds its messages and {', '.join(held)}. "
-            f"Restore {METADATA_NAME} from a backup; the messages are untouched.",
-            self.path,
-        )
+        still holds its messages, which "no such context" would deny; a folder that is
+        there is described (empty, or what it holds) with what to do about it."""
+        if not holds_no_context(self.dir):
+            return self.not_found()  # no folder (deleted, or never made)
+        return without_metadata(self.dir, self.context_id)
 
     def close(self) -> None:
         """Close the pinned file and forget what was read (the next read reads anew)."""
