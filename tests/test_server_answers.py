@@ -446,6 +446,9 @@ def test_damaged_data_answers_500_as_the_openapi_document_says(
             answer = described["responses"].get("500")
             assert answer is not None, (method, path)
             assert "damaged" in answer["description"]
+            if method == "head":  # its status, without the body
+                assert "content" not in answer, (method, path)
+                continue
             assert answer["content"]["application/json"]["schema"] == error_schema
 
     context_id = create_context(client, [{"reply": "r"}])

@@ -82,8 +82,8 @@ def test_errors_name_the_http_request_that_helps_and_no_server_path(
     assert f"see {API}/openapi.json" in nowhere  # under the server's base URL
     # A wrong method: which ones the path takes, in the message and the Allow header.
     wrong = client.put(f"contexts/{context_id}", json={})
-    assert "GET, DELETE, PATCH" in _error(wrong, 405, server)
-    assert wrong.headers["Allow"].split(", ")[:3] == ["GET", "DELETE", "PATCH"]
+    assert "GET, HEAD, DELETE, PATCH" in _error(wrong, 405, server)
+    assert wrong.headers["Allow"].split(", ")[:4] == ["GET", "HEAD", "DELETE", "PATCH"]
     assert client.get(f"contexts/{context_id}/stop").headers["Allow"].startswith("POST")
 
     metadata = server.data_dir / "contexts" / context_id / "metadata.json"

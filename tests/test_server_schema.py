@@ -89,8 +89,8 @@ def test_the_document_covers_the_endpoints(server: JupyterServer) -> None:
     document = httpx.get(server.api("/openapi.json"), headers=server.auth, timeout=30).json()
     assert document["openapi"].startswith("3.1")
     paths = document["paths"]
-    assert set(paths["/contexts"]) == {"get", "post"}
-    assert set(paths["/contexts/{context_id}"]) == {"get", "patch", "delete"}
+    assert set(paths["/contexts"]) == {"get", "head", "post"}
+    assert set(paths["/contexts/{context_id}"]) == {"get", "head", "patch", "delete"}
     assert paths["/contexts/{context_id}/events"]["get"]["responses"]["200"]["content"] == {
         "text/event-stream": {"schema": {"type": "string"}}
     }

@@ -282,6 +282,15 @@ class CMHandler(APIHandler):
     auth_resource = "cm_notebook"
     _held: list[Lease] | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # HEAD answers as GET does, without the body: the web framework writes the
+        # headers (Content-Length included) and drops the body of a HEAD request.
+        # Defined where GET is (a handler with its own head(), the events stream's,
+        # keeps it), so that a handler without GET still answers HEAD with 405.
+        if "get" in cls.__dict__ and "head" not in cls.__dict__:
+            setattr(cls, "head", cls.__dict__["get"])  # noqa: B010 - mypy refuses a method assignment
+
     def _request_summary(self) -> str:
         # Tornado logs this with every error answered. An EventSource cannot send
         # headers, so its token comes in the query: no secret reaches the log.

@@ -24,6 +24,8 @@ from .signals import SignalStream, parse_since, sse_comment, sse_message
 __all__ = ["EventsHandler"]
 
 _SIGNALS = ", ".join(kind.model_fields["type"].default for kind in get_args(get_args(Event)[0]))
+_MEDIA_TYPE = "text/event-stream; charset=utf-8"
+_SUMMARY = "Signals as Server-Sent Events (replay with Last-Event-ID or ?since=)"
 _DESCRIBE = (
     "Server-Sent Events, one per signal: 'id:' is the signal's sequence number, 'event:' "
     f"its name ({_SIGNALS}), 'data:' its JSON (a ContentDelta also carries its text as "
@@ -43,7 +45,7 @@ class EventsHandler(CMHandler):
             self._gone.set()
 
     @operation(
-        "Signals as Server-Sent Events (replay with Last-Event-ID or ?since=)",
+        _SUMMARY,
         query=EventsQuery,
         media_type="text/event-stream",
         description=_DESCRIBE,
@@ -57,9 +59,7 @@ class EventsHandler(CMHandler):
         since = parse_since(self.request.headers.get("Last-Event-ID"), query.since)
         self._gone = asyncio.Event()
         stream = self.signal_source(session).open(since)
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer
+        self._stream_headers()
         try:
             # Headers and a first line at once: clients wait for them before reading.
             self.write("retry: 1000\n" + sse_comment(f"signals of context {session.id}"))
@@ -78,6 +78,24 @@ class EventsHandler(CMHandler):
             stream.close()
         if not self._gone.is_set():
             self.finish()
+
+    @operation(
+        _SUMMARY,
+        query=EventsQuery,
+        media_type="text/event-stream",
+    )
+    async def head(self, context_id: str) -> None:
+        # As GET answers, but never a stream: a HEAD has no body, so one that stayed
+        # open would only hold the session (and the connection) for nothing.
+        await self.session(context_id)
+        parse_since(self.request.headers.get("Last-Event-ID"), self.query(EventsQuery).since)
+        self._stream_headers()
+        self.finish(set_content_type=_MEDIA_TYPE)  # (Jupyter's finish() says JSON otherwise)
+
+    def _stream_headers(self) -> None:
+        self.set_header("Content-Type", _MEDIA_TYPE)
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer
 
     async def _pump(
         self, stream: SignalStream, ended: asyncio.Event, heartbeat: float

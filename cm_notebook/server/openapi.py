@@ -26,7 +26,7 @@ Route = tuple[str, type[CMHandler]]
 # (model, mode) -> {'$ref': ...}, as pydantic's models_json_schema returns them.
 _Refs = dict[Any, dict[str, Any]]
 
-_METHODS = ("get", "post", "put", "patch", "delete")
+_METHODS = ("get", "head", "post", "put", "patch", "delete")
 _PARAMETER = re.compile(r"{(\w+)}")
 
 
@@ -120,11 +120,19 @@ def _operation(
                 "schema": {"type": "string"},
             }
         )
+    head = method == "head"
     doc: dict[str, Any] = {
-        "summary": described.summary,
+        # HEAD: what GET answers, without the body (see CMHandler.__init_subclass__).
+        "summary": f"{described.summary} (headers only)" if head else described.summary,
         "operationId": f"{method}_{'_'.join(re.sub(r'[{}]', '', template).strip('/').split('/'))}",
         "parameters": parameters,
-        "responses": {str(described.status): _success(described, refs)},
+        "responses": {
+            str(described.status): (
+                {"description": "As GET answers, without the body"}
+                if head
+                else _success(described, refs)
+            )
+        },
     }
     if described.description:
         doc["description"] = described.description
@@ -133,7 +141,11 @@ def _operation(
             "required": False,
             "content": {"application/json": {"schema": refs[(described.body, "validation")]}},
         }
-    error = {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
+    error: dict[str, Any] = (
+        {}  # the error's status and headers, not its JSON body
+        if head
+        else {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
+    )
     statuses = {*described.errors, 403}
     if not template.endswith("openapi.json"):
         # Any route but this document: the server is stopping, or a store lock or the
