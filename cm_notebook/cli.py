@@ -451,6 +451,14 @@ def _take_jupyter_settings(
             else ""
         )
         parser.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
+    for word in settings:
+        name, _, value = word.partition("=")
+        if name == "--ServerApp.port":
+            # The check --port has: Jupyter would take 99999 and listen on another port.
+            try:
+                port_number(value)
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"argument {name}: {exc}")
     args.jupyter_settings = settings
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,6 +210,44 @@ def test_a_port_out_of_range_is_a_usage_error(
     # Before any server starts: 99999 would be listened on as 34463 (99999 - 65536).
     assert main(["serve", "--port", port]) == 2
     assert f"argument --port: {says}" in capsys.readouterr().err
+    # The same check for the port given as a Jupyter setting.
+    assert main(["serve", f"--ServerApp.port={port}"]) == 2
+    assert f"argument --ServerApp.port: {says}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals a POSIX process group")
+def test_serve_listens_on_the_port_given_as_a_jupyter_setting(tmp_path: Path) -> None:
+    # --ServerApp.port replaces --port (whose default Jupyter would otherwise refuse
+    # as the same setting given twice).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runtime = tmp_path / "runtime"
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), JUPYTER_CONFIG_DIR=str(tmp_path))
+    command = [sys.executable, "-m", "cm_notebook", "serve", f"--ServerApp.port={port}"]
+    command += ["--data-dir", str(tmp_path / "data"), "--ServerApp.port_retries=0"]
+    if os.getuid() == 0:
+        command.append("--allow-root")
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        info = _runtime_info(runtime, process)
+        assert info["port"] == port
+        url = f"http://127.0.0.1:{port}{info['base_url']}cm/api/contexts"
+        listed = httpx.get(url, headers={"Authorization": f"token {info['token']}"}, timeout=30)
+        assert listed.status_code == 200, listed.text
+    finally:
+        if process.poll() is None:  # (one that exited has said why above)
+            os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
 
 
 @pytest.mark.slow

@@ -49,22 +49,22 @@ def server_command(
 ) -> list[str]:
     """The command line of a Jupyter server with only the cm_notebook extension.
 
-    ``settings``: Jupyter settings (``--CMNotebookApp.tool_policy=deny``), last, so
-    that they win over the ones made from the other arguments.
+    ``settings``: Jupyter settings (``--CMNotebookApp.tool_policy=deny``), which win
+    over the ones made from the other arguments: ``--ServerApp.port=9000`` replaces
+    ``port`` (Jupyter refuses a setting given twice, so the other is left out).
     """
-    command = [
-        sys.executable,
-        "-m",
-        "cm_notebook.server",
+    made = [
         f"--ServerApp.port={port}",
         f"--ServerApp.ip={ip}",
         "--ServerApp.open_browser=False",
     ]
     if data_dir is not None:
-        command.append(f"--CMNotebookApp.data_dir={Path(data_dir).expanduser().absolute()}")
+        made.append(f"--CMNotebookApp.data_dir={Path(data_dir).expanduser().absolute()}")
     if allow_root:
-        command.append("--ServerApp.allow_root=True")
-    return [*command, *settings]
+        made.append("--ServerApp.allow_root=True")
+    given = {setting.partition("=")[0] for setting in settings}
+    kept = [setting for setting in made if setting.partition("=")[0] not in given]
+    return [sys.executable, "-m", "cm_notebook.server", *kept, *settings]
 
 
 def serve(
