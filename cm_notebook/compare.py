@@ -148,7 +148,9 @@ class BranchResult(BaseModel):
     or, in a per-turn diff, no such turn or a prompt never answered), or where its
     reply could not be read (``unreadable``: why, and what to do; the reply is a
     stand-in that ``cm-notebook check --repair`` wrote in place of its damaged file,
-    whose text is a placeholder and is not kept here).
+    whose text is a placeholder and is not kept here), nor where the branch's reply has
+    not started yet (``pending``: a fan-out's arm just forked, whose last answer is
+    still the one its branch was forked after, not its own).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -169,6 +171,7 @@ class BranchResult(BaseModel):
     tool_calls: int = 0  # how many tools the reply asks for
     missing: bool = False  # no reply there to show (see above)
     unreadable: str | None = None  # why its reply cannot be read (see above)
+    pending: bool = False  # its reply has not started yet (see above)
 
     @classmethod
     def of(
@@ -213,11 +216,11 @@ class BranchResult(BaseModel):
     @property
     def unfinished(self) -> bool:
         """Whether the reply is no final answer: it failed, was interrupted, is still
-        being generated, or only asks for tools; or there is no reply (``missing``), or
-        none that can be read (``unreadable``). Its text is then partial, and its tokens
-        and timings are an attempt's: neither is an answer to compare. (A result
-        without a status, made by hand, counts as an answer.)"""
-        if self.missing or self.unreadable is not None:
+        being generated, or only asks for tools; or there is no reply (``missing``), none
+        yet (``pending``), or none that can be read (``unreadable``). Its text is then
+        partial, and its tokens and timings are an attempt's: neither is an answer to
+        compare. (A result without a status, made by hand, counts as an answer.)"""
+        if self.missing or self.pending or self.unreadable is not None:
             return True
         if self.status is not None and self.status is not MessageStatus.COMPLETE:
             return True
@@ -227,10 +230,13 @@ class BranchResult(BaseModel):
     def state(self) -> str:
         """A short word for what the reply is: its status (``complete``, ``error``,
         ``interrupted``, ``streaming``), ``tool calls`` for a complete reply that only
-        asks for tools, ``unreadable`` for a reply that could not be read, ``no reply``
-        without a status."""
+        asks for tools, ``unreadable`` for a reply that could not be read, ``no reply
+        yet`` for one that has not started (``pending``), ``no reply`` without a
+        status."""
         if self.unreadable is not None:
             return "unreadable"
+        if self.pending:
+            return "no reply yet"
         if self.status is MessageStatus.COMPLETE and self.tool_calls:
             return "tool calls"
         return self.status.value if self.status is not None else "no reply"
@@ -242,6 +248,8 @@ class BranchResult(BaseModel):
             return None
         if self.missing:
             return "there is no reply to this turn on this branch"
+        if self.pending:
+            return "the branch has not answered yet (its reply has not started)"
         if self.unreadable is not None:
             return self.unreadable
         why = f": {self.error}" if self.error else ""
@@ -258,13 +266,14 @@ class BranchResult(BaseModel):
         the server that answered, when not the provider's own), parameters, tokens,
         time to first token, tokens per second, duration, attempts. For an unfinished
         reply: model, parameters and its status (``error``, ``interrupted``,
-        ``streaming``, ``no reply``, ``unreadable``) instead of what the attempt cost."""
+        ``streaming``, ``no reply``, ``no reply yet``, ``unreadable``) instead of what
+        the attempt cost."""
         usage, stats = self.usage, self.stats
         facts = [self.model or self.provider or "?"]
         if self.endpoint:  # the model's name alone would say its provider's API answered
             facts[0] += f" via {self.endpoint}"
         facts += [f"{key}={value}" for key, value in sorted(self.parameters.items())]
-        known = self.status is not None or self.missing or self.unreadable is not None
+        known = self._known
         if known and self.unfinished:
             # A failed attempt's tokens and speed, shown like an answer's, would be
             # read as what the answer cost.
@@ -282,6 +291,14 @@ class BranchResult(BaseModel):
         if stats is not None and stats.attempts > 1:
             facts.append(f"{stats.attempts} attempts")
         return facts
+
+    @property
+    def _known(self) -> bool:
+        # Whether what became of the reply is known (a result made by hand may say
+        # nothing: it counts as an answer).
+        return (
+            self.status is not None or self.missing or self.pending or self.unreadable is not None
+        )
 
     @property
     def prompt_label(self) -> str:
@@ -461,10 +478,9 @@ def _no_answer_html(result: BranchResult) -> str:
 def unfinished_html(result: BranchResult) -> str:
     """An unfinished reply as HTML: what became of it, then its partial text greyed
     (never marked as a diff: it is not an answer)."""
-    known = result.status is not None or result.missing or result.unreadable is not None
-    status = result.state.replace(" ", "-") if known else ""
-    # Nothing failed where there is no reply: said in grey, not as an error.
-    colour = MUTED if result.missing else ERROR
+    status = result.state.replace(" ", "-") if result._known else ""
+    # Nothing failed where there is no reply (yet): said in grey, not as an error.
+    colour = MUTED if result.missing or result.pending else ERROR
     out = (
         f'<div class="cm-outcome cm-outcome-{html.escape(status)}" style="color:{colour}">'
         f"no answer: {html.escape(result.outcome or '')}</div>"

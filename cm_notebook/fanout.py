@@ -277,11 +277,15 @@ class FanOut(Handle[Comparison]):
         compare: Callable[..., Comparison],
         turns: list[Turn],
         loop: asyncio.AbstractEventLoop,
+        forked_at: str | None = None,
     ) -> None:
         # ``compare(*branches)``: the session's comparison of those branches' answers.
         super().__init__(loop)
         self._compare = compare
         self.turns = turns
+        #: The message the arms were forked after: the head of the branch they forked
+        #: from (None: it had no messages). An arm's answer is only one after it.
+        self.forked_at = forked_at
         self.attach(schedule_on(loop, self._gather()), self._cancel_all)
 
     @property
@@ -397,7 +401,7 @@ def start_fan_out(
     turns = [
         session.send(text, branch=plan.branch, metadata=metadata) for plan, _settings in checked
     ]
-    return FanOut(session.compare, turns, session._loop)
+    return FanOut(session.compare, turns, session._loop, head)
 
 
 def _create_arm(

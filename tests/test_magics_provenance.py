@@ -141,3 +141,61 @@ def test_an_ab_cell_records_each_arms_provenance_and_the_variables(tmp_path: Pat
         assert arm["variables"] == fed
     # The arms' user messages record the variables too, as a plain %%cm message does.
     assert [user.metadata.variables for user in users] == [fed, fed]
+
+
+def test_an_ab_arm_records_no_answer_until_its_own_reply_starts(tmp_path: Path) -> None:
+    # The arms fork after main's answer: until an arm's own reply starts, its last
+    # answer is main's, which the saved copy must not record (nor show) as the arm's.
+    with front_end(tmp_path) as fe:
+        fe.run("%load_ext cm_notebook")
+        fe.run(
+            """
+            from cm_notebook import ContextSession
+            from cm_notebook.testing import ScriptedProvider
+            fake = ScriptedProvider(["Paris.", "Arr, Paris.", "Paris, tersely."])
+            s = ContextSession.create("pending arms", provider=fake)
+            %cm use s
+            """
+        )
+        fe.run("%%cm\nCapital of France?")
+        fe.run("await _")
+        # The arms' turns start on the kernel's loop once the cell has run: the
+        # comparison is first shown before any arm has begun to reply.
+        before = len(fe.metadata_log)
+        fe.run('%%cm --ab "Be terse." "Be a pirate."\nWhy that one?')
+        [(saved, first)] = [
+            (key, metadata)
+            for key, metadata in fe.metadata_log[before:]
+            if fe.displays[key]["text/plain"] == "<cm_notebook comparison (HTML)>"
+        ]
+        first_html = next(data for _, key, data in fe.display_log if key == saved)["text/html"]
+
+        def finished() -> list[dict[str, object]] | None:
+            arms: list[dict[str, object]] = (
+                fe.display_metadata[saved].get("cm_notebook", {}).get("arms", [])
+            )
+            done = len(arms) == 2 and all(arm["status"] == "complete" for arm in arms)
+            return arms if done else None
+
+        arms = fe.wait_for(finished, what="both arms' provenance in the output metadata")
+        out = fe.run("print(s.id)")
+
+    stored = ContextSession.open(out.split()[-1], data_dir=tmp_path)
+    try:
+        main_answer = stored.history("main")[-1]
+        replies = {arm["branch"]: stored.history(str(arm["branch"]))[-1] for arm in arms}
+    finally:
+        stored.close()
+    # First: each arm as not answered yet, with no message or request of main's.
+    pending = first["cm_notebook"]["arms"]
+    assert [arm["branch"] for arm in pending] == [arm["branch"] for arm in arms]
+    assert pending == [{"branch": arm["branch"], "status": None} for arm in arms]
+    assert "Paris." not in first_html  # main's answer is no arm's
+    assert first_html.count("has not answered yet") == 2
+    assert main_answer.content == "Paris."
+    # Then: each arm's own reply.
+    for arm in arms:
+        reply = replies[str(arm["branch"])]
+        assert reply.id != main_answer.id
+        assert arm["message_id"] == reply.id
+        assert arm["request_id"] == reply.metadata.request_id != main_answer.metadata.request_id

@@ -54,6 +54,8 @@ class FrontEnd:
     # (the cell it came as, display id, data) of every display and update, in order:
     # a front end such as nbclient takes only those of the cell running
     display_log: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    # (display id, metadata) of every display and update, in order
+    metadata_log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _idle: set[str] = field(default_factory=set)
     _outputs: dict[str, list[str]] = field(default_factory=dict)
 
@@ -100,6 +102,7 @@ class FrontEnd:
                 self.displays[display_id] = content["data"]
                 self.display_log.append((parent, display_id, content["data"]))
                 self.display_metadata[display_id] = content.get("metadata", {})
+                self.metadata_log.append((display_id, content.get("metadata", {})))
         elif kind == "stream":
             self._outputs.setdefault(parent, []).append(content["text"])
         elif kind == "error":

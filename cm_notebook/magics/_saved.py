@@ -296,6 +296,7 @@ class SavedComparisonView(ComparisonView):
                 copy_id=copy_id,
                 waiting=waiting,
                 explain=said,
+                fan=self.fan,
             )
         self.saved.display()
 
@@ -307,7 +308,7 @@ class SavedComparisonView(ComparisonView):
 
     def _forked_now(self, fan: FanOut) -> None:
         if self.saved is not None:
-            self.saved.follow(fan.branches)
+            self.saved.follow(fan.branches, fan)
 
     def _not_sent(self, why: str) -> None:
         # A saved notebook must not say for good that the cell still asks.

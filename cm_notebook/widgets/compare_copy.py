@@ -9,7 +9,9 @@ separate ``display_data`` output with the comparison's static HTML
 place through its display id whenever a compared branch's turn ends: a notebook saved
 afterwards, and its nbconvert HTML, show the comparison without a kernel. Its metadata
 records, under ``cm_notebook``, the context and each arm's reply provenance
-(:meth:`ComparisonSnapshot.provenance`). On a live page the widget's
+(:meth:`ComparisonSnapshot.provenance`). A fan-out's arm (``%%cm --ab`` /
+``--fanout``) whose own reply has not started yet shows and records no answer, not the
+one it was forked after (:func:`own_answers`). On a live page the widget's
 :class:`~cm_notebook.widgets._copy_hider.SavedCopyHider` hides the copy.
 """
 
@@ -23,6 +25,7 @@ from IPython.display import display
 
 from .. import events as ev
 from .._theme import MUTED
+from ..compare import BranchResult, Comparison
 from ..errors import CMError
 from ..provenance import provenance_of
 from ._base import SETTLED_STATES, FollowingCopy, SessionFollower, Throttle, shown_closed
@@ -30,10 +33,10 @@ from ._copy_hider import SavedCopyHider, mark_copy
 from ._live_output import LiveOutput, register_copy
 
 if TYPE_CHECKING:
-    from ..compare import Comparison
+    from ..fanout import FanOut
     from ..session import ContextSession
 
-__all__ = ["PLAIN", "ComparisonSnapshot", "said_html", "show_widget"]
+__all__ = ["PLAIN", "ComparisonSnapshot", "own_answers", "said_html", "show_widget"]
 
 #: The ``text/plain`` of a comparison's saved copy: short and stable for nbval.
 PLAIN = "<cm_notebook comparison (HTML)>"
@@ -65,6 +68,39 @@ def show_widget(widget: Any, remedy: str) -> str | None:
     return str(hider.copy_id)
 
 
+def own_answers(
+    session: ContextSession, comparison: Comparison, forked_at: str | None
+) -> Comparison:
+    """``comparison`` of a fan-out's arms, forked after message ``forked_at`` (None:
+    from a branch with no messages), with each arm's answer only if it is its own.
+
+    ``session.compare()`` gives a branch its last answer, which for an arm whose reply
+    has not started yet is the one it was forked after (the base branch's): shown or
+    recorded as the arm's, a notebook saved then would say that the arm gave it. Such an
+    arm is shown as having no reply yet (:attr:`BranchResult.pending`), under its own
+    system prompt."""
+    results: list[BranchResult] = []
+    for result in comparison.results:
+        if not _answered_since(session, result, forked_at):
+            result = BranchResult(
+                branch=result.branch,
+                system_prompt=session.system_prompt_of(result.branch),
+                pending=True,
+            )
+        results.append(result)
+    return Comparison(results=results)
+
+
+def _answered_since(session: ContextSession, result: BranchResult, forked_at: str | None) -> bool:
+    # Whether the reply ``result`` shows comes after the fork on its branch's path.
+    if result.message_id is None:
+        return False
+    path = session._io.call(session._store.path(session.id, result.branch))
+    if forked_at is not None and forked_at in path:
+        path = path[path.index(forked_at) + 1 :]
+    return result.message_id in path
+
+
 class ComparisonSnapshot(FollowingCopy):
     """``branches`` of ``session`` compared, as static HTML kept current in one output.
 
@@ -82,8 +118,11 @@ class ComparisonSnapshot(FollowingCopy):
         copy_id: str | None = None,
         waiting: str = "",
         explain: Callable[[BaseException], str] = str,
+        fan: FanOut | None = None,
     ) -> None:
         self.session = session
+        #: The fan-out whose arms are compared, if they are one's (see own_answers).
+        self.fan = fan
         #: How the copy says an error of the session's (the magics say it in their terms).
         self.explain = explain
         #: The HTML shown while there are no branches to compare yet.
@@ -105,13 +144,22 @@ class ComparisonSnapshot(FollowingCopy):
         """The comparison as it stands (each branch's last answer so far)."""
         if not self.branches:
             return self.waiting
-        return self.session.compare(*self.branches)._repr_html_()
+        return self._compared()._repr_html_()
 
-    def follow(self, branches: list[str]) -> None:
+    def follow(self, branches: list[str], fan: FanOut | None = None) -> None:
         """Compare ``branches`` from now on (a queued ``%%cm --ab`` cell's arms, once
-        they are forked); the output is brought up to date at once."""
+        they are forked: those of ``fan``); the output is brought up to date at once."""
         self.branches = list(branches)
+        if fan is not None:
+            self.fan = fan
         self._update()
+
+    def _compared(self) -> Comparison:
+        # The compared branches' last answers; a fan-out's arm has only its own.
+        comparison = self.session.compare(*self.branches)
+        if self.fan is None:
+            return comparison
+        return own_answers(self.session, comparison, self.fan.forked_at)
 
     def failed(self, message: str) -> None:
         """Say ``message`` (why nothing is compared) in place of the waiting line: a
@@ -123,11 +171,11 @@ class ComparisonSnapshot(FollowingCopy):
         """What the output's metadata records under ``cm_notebook``: the context, and
         per arm its branch and the provenance of its last answer (provider, model,
         parameters, seed, request id and hash, the kernel variables that fed it), or
-        ``"status": None`` while it has none."""
+        ``"status": None`` while it has none (a fan-out's arm: none of its own)."""
         if not self.branches:
             return {"context_id": self.session.id, "arms": []}
         if comparison is None:
-            comparison = self.session.compare(*self.branches)
+            comparison = self._compared()
         arms: list[dict[str, Any]] = []
         for result in comparison.results:
             arm: dict[str, Any] = {"branch": result.branch, "status": None}
@@ -152,7 +200,7 @@ class ComparisonSnapshot(FollowingCopy):
         if not self.branches:  # a queued cell's arms are not forked yet, or too few left
             return self._said_bundle(self.waiting)
         try:
-            comparison = self.session.compare(*self.branches)
+            comparison = self._compared()
             html = mark_copy(comparison._repr_html_(), self.copy_id)
             metadata = self.provenance(comparison)
         except CMError as exc:
