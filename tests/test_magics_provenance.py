@@ -169,6 +169,16 @@ def test_an_ab_arm_records_no_answer_until_its_own_reply_starts(tmp_path: Path) 
             if fe.displays[key]["text/plain"] == "<cm_notebook comparison (HTML)>"
         ]
         first_html = next(data for _, key, data in fe.display_log if key == saved)["text/html"]
+        # The live comparison, as first drawn: its HTML part's first value.
+        [view] = [m for m in fe.models.values() if "cm-compare" in m.get("_dom_classes", [])]
+        part = view["children"][0].removeprefix("IPY_MODEL_")
+        first_live = next(
+            record.content["state"]["value"]
+            for record in fe.comms
+            if record.comm_id == part
+            and record.method in ("open", "update")
+            and record.content.get("state", {}).get("value")
+        )
 
         def finished() -> list[dict[str, object]] | None:
             arms: list[dict[str, object]] = (
@@ -192,6 +202,10 @@ def test_an_ab_arm_records_no_answer_until_its_own_reply_starts(tmp_path: Path) 
     assert pending == [{"branch": arm["branch"], "status": None} for arm in arms]
     assert "Paris." not in first_html  # main's answer is no arm's
     assert first_html.count("has not answered yet") == 2
+    # The live view shows each arm's question with no answer yet under it.
+    assert "Paris." not in first_live
+    assert first_live.count("Why that one?") == 2
+    assert first_live.count("(no answer yet)") == 2
     assert main_answer.content == "Paris."
     # Then: each arm's own reply.
     for arm in arms:

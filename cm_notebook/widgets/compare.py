@@ -4,7 +4,10 @@ Above the columns: how much of the conversation the branches share. In each colu
 the branch's system prompt, model, parameters, tokens, time to first token, tokens per
 second and latency of its last reply, the messages after the point of divergence, and
 its last answer as a word-level diff against the first branch's (the first column
-marks what the others dropped, the others what they added). It re-renders when a
+marks what the others dropped, the others what they added). A branch with messages of
+its own after that point has only a reply among them, so a fan-out's arm shows no
+answer yet, not the one it was forked after, until its reply starts; one forked and
+never continued shows its last answer, shared. It re-renders when a
 compared branch's reply completes or its head moves. Under the columns, rating
 buttons (thumbs up or down, 1-5) for each branch's last answer (:mod:`.rating`); a
 rating given from code shows there too.
@@ -248,7 +251,8 @@ class CompareView(FollowingView, w.VBox):  # type: ignore[misc]
             return
         self.value = comparison_html(columns, turns)
         # A failed or interrupted reply is no answer to rate.
-        self._show_ratings([_answer_of(path) for path in paths.values()])
+        shared = _shared(list(paths.values()))
+        self._show_ratings([_answer_of(_own(path, shared)) for path in paths.values()])
 
 
 def _shared(paths: list[list[Message]]) -> int:
@@ -258,6 +262,15 @@ def _shared(paths: list[list[Message]]) -> int:
             break
         count += 1
     return count
+
+
+def _own(path: list[Message], shared: int) -> list[Message]:
+    # Where a branch's reply is looked for: after the messages the branches share, when
+    # it has any of its own. A reply among the shared ones is no answer to its own
+    # messages (a fan-out's arm whose reply has not started yet would show the answer
+    # it was forked after, under its own question); a branch with none of its own
+    # (forked and never continued) shows its last answer, shared.
+    return path[shared:] if len(path) > shared else path
 
 
 def _last_reply(path: list[Message]) -> Message | None:
@@ -319,8 +332,8 @@ def comparison_html(columns: list[dict[str, Any]], turns: Sequence[TurnCompariso
     below it the changed turns of each ``turns`` comparison against the first column."""
     paths = [c["messages"] for c in columns]
     shared = _shared(paths)
-    replies = [_last_reply(p) for p in paths]
-    answers = [_answer_of(p) for p in paths]
+    replies = [_last_reply(_own(p, shared)) for p in paths]
+    answers = [_answer_of(_own(p, shared)) for p in paths]
     # Diffs only between answers: a partial text marked as what a branch "dropped" or
     # "added" would read as a difference of the answers.
     diffs = len(answers) > 1 and answers[0] is not None and answers[1] is not None
