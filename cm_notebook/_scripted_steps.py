@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import InvalidInputError
-from .providers.base import StreamChunk, TextDelta, ToolCallRequest
+from .providers.base import ReasoningDelta, RefusalDelta, StreamChunk, TextDelta, ToolCallRequest
 
 #: How a reply's text is cut into :class:`TextDelta` chunks: ``None`` one delta,
 #: an ``int`` that many characters per delta, ``"words"`` one word (with its trailing
@@ -46,8 +46,9 @@ class _EstimatedUsage:
     output_tokens: int
 
 
-# The chunks a per-chunk delay applies to: what a real model produces one by one.
-_STREAMED = (TextDelta, ToolCallRequest)
+# The chunks a per-chunk delay applies to: what a real model produces one by one (its
+# reasoning too: a thinking model may reason for long before it answers).
+_STREAMED = (TextDelta, ReasoningDelta, RefusalDelta, ToolCallRequest)
 
 _Step = _Emit | _Sleep | _Raise | _Hang | _EstimatedUsage
 

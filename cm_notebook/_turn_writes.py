@@ -80,14 +80,19 @@ class Reply:
     reasoning_blocks: list[dict[str, str]] = field(default_factory=list)
     refused: bool = False
     reasoning_field: str | None = None  # the JSON field the reasoning came in
+    reasoning_length: int = 0  # of the reasoning so far: the next reasoning delta's offset
     # By call id: the arguments the model wrote as text no ToolCall can hold.
     unkept_arguments: dict[str, str] = field(default_factory=dict)
 
-    def reason(self, text: str, field_name: str) -> None:
-        """Keep a piece of reasoning, and the field it came in (the first one's)."""
+    def reason(self, text: str, field_name: str) -> int:
+        """Keep a piece of reasoning, and the field it came in (the first one's);
+        returns the length of the reasoning before it (its offset)."""
         if not self.reasoning_parts:
             self.reasoning_field = field_name or None
         self.reasoning_parts.append(text)
+        offset = self.reasoning_length
+        self.reasoning_length = offset + len(text)
+        return offset
 
     def said(self) -> dict[str, Any]:
         """The reply's metadata fields for its reasoning and refusal (current attempt)."""
@@ -126,6 +131,7 @@ class Reply:
         self.usage = None
         self.finish_reason = None
         self.reasoning_parts.clear()
+        self.reasoning_length = 0
         self.reasoning_blocks.clear()
         self.refused = False
         self.reasoning_field = None

@@ -48,6 +48,8 @@ chunks cost a number, a record and a delivery per batch, not per chunk.
 :meth:`EventBus.publish` returns such a delta unnumbered (``seq`` 0). Readers of the
 reply's text in this process (``session.stream()``) do not wait for this: they read
 the turn's progress.
+A reply's reasoning (:class:`ReasoningDelta`, :meth:`EventBus.publish_reasoning`) is
+held and batched in the same way, in runs of its own.
 Batches of deltas alone are at least ``delta_interval`` seconds apart
 (:data:`DELTA_INTERVAL`): a model whose tokens arrive one per loop turn would otherwise
 cost a write per token, and wake every follower of the log for each.
@@ -89,6 +91,7 @@ from .signals import (
     Event,
     MessageAdded,
     MessageCompleted,
+    ReasoningDelta,
     Resync,
     ScoreUpdated,
     StateChanged,
@@ -97,6 +100,7 @@ from .signals import (
     parse_event,
     restamped,
     trusted_delta,
+    trusted_reasoning_delta,
 )
 
 __all__ = [
@@ -118,6 +122,7 @@ __all__ = [
     "EventStream",
     "MessageAdded",
     "MessageCompleted",
+    "ReasoningDelta",
     "Resync",
     "ScoreUpdated",
     "SignalRecorder",
@@ -281,11 +286,12 @@ class EventBus:
             raise InvalidInputError(f"{type(event).__name__} is not a publishable event type")
         if self._closed:
             raise StateError(f"the event bus of context {self.context_id!r} is closed")
-        if isinstance(event, ContentDelta):
-            if self._hold(event.branch, event.message_id, event.text, event.offset):
+        if isinstance(event, (ContentDelta, ReasoningDelta)):
+            reasoning = isinstance(event, ReasoningDelta)
+            if self._hold(event.branch, event.message_id, event.text, event.offset, reasoning):
                 return event
             stamp: _Stamp = self._delta(
-                event.branch, event.message_id, event.text, event.offset, self._clock()
+                event.branch, event.message_id, event.text, event.offset, self._clock(), reasoning
             )
         else:
             stamp = functools.partial(self._restamp, event, self._clock())
@@ -316,6 +322,32 @@ class EventBus:
             )
         if not self._hold(branch, message_id, text, offset):
             self._emit(self._delta(branch, message_id, text, offset, self._clock()))
+
+    def publish_reasoning(
+        self, branch: str | None, message_id: str, text: str, offset: int
+    ) -> None:
+        """Publish ``ReasoningDelta(branch=..., message_id=..., text=..., offset=...)``:
+        :meth:`publish_delta` for a reply's reasoning (held and batched alike, in runs
+        of its own). Ignored once the bus is closed.
+
+        Raises:
+            InvalidInputError: ``offset`` is negative or a field has the wrong type.
+        """
+        if self._closed:
+            return
+        if not (
+            isinstance(message_id, str)
+            and isinstance(text, str)
+            and isinstance(offset, int)
+            and offset >= 0
+            and (branch is None or isinstance(branch, str))
+        ):
+            raise InvalidInputError(
+                "a reasoning delta needs a branch name (or None), a message id, a text "
+                f"and an offset >= 0, got {(branch, message_id, text, offset)!r}"
+            )
+        if not self._hold(branch, message_id, text, offset, True):
+            self._emit(self._delta(branch, message_id, text, offset, self._clock(), True))
 
     def _emit(self, stamp: _Stamp) -> Event:
         # Number and deliver one signal, after the deltas held back for the next batch:
@@ -361,17 +393,29 @@ class EventBus:
         return cast(Event, restamped(event, seq, self.context_id, at))
 
     def _delta(
-        self, branch: str | None, message_id: str, text: str, offset: int, at: datetime
+        self,
+        branch: str | None,
+        message_id: str,
+        text: str,
+        offset: int,
+        at: datetime,
+        reasoning: bool = False,
     ) -> _Stamp:
         # One object per delta until it is numbered; then the delta is built once,
         # without validation: every field comes from the engine (a number the bus gave, a
         # text offset it counted, its own clock's aware time), and validating them was a
         # third of what a streamed chunk cost.
-        return functools.partial(
-            trusted_delta, self.context_id, branch, at, message_id, text, offset
-        )
+        build = trusted_reasoning_delta if reasoning else trusted_delta
+        return functools.partial(build, self.context_id, branch, at, message_id, text, offset)
 
-    def _hold(self, branch: str | None, message_id: str, text: str, offset: int) -> bool:
+    def _hold(
+        self,
+        branch: str | None,
+        message_id: str,
+        text: str,
+        offset: int,
+        reasoning: bool = False,
+    ) -> bool:
         # Keep a delta for the next batch (see the module docstring), merged into the
         # run it continues if there is one; False when there is no recorder to batch
         # for, or no loop on this thread to write the batch on.
@@ -390,10 +434,14 @@ class EventBus:
             else:
                 loop.call_soon(self._write_held)
             self._held_since = now
-        if held and held[-1].continued_by(branch, message_id, text, offset):
+        if held and held[-1].continued_by(branch, message_id, text, offset, reasoning):
             held[-1].add(text)
         else:
-            held.append(DeltaRun(self.context_id, branch, message_id, text, offset, self._clock()))
+            held.append(
+                DeltaRun(
+                    self.context_id, branch, message_id, text, offset, self._clock(), reasoning
+                )
+            )
         self._held_deltas += 1
         if self._held_deltas >= DELTA_BATCH or now - self._held_since >= DELTA_HOLD:
             self._write_held()

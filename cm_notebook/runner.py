@@ -414,6 +414,7 @@ class TurnRunner(ToolRounds):
     async def _stream(self, request: ChatRequest, reply: Reply) -> None:
         # Once per chunk: plain statements, no context manager (a chunk costs microseconds).
         progress, publish, meter = self.turn.progress, self.host.publish_delta, reply.meter
+        reason = self.host.publish_reasoning
         checkpoint_at, started = time.monotonic() + CHECKPOINT_SECONDS, False
         with self._provider_errors():
             stream = self.provider.stream(request)
@@ -441,7 +442,11 @@ class TurnRunner(ToolRounds):
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
                     if type(chunk) is ReasoningDelta:  # kept apart from the answer
-                        reply.reason(chunk.text, chunk.field_name)
+                        # Signalled as it comes, as the text is: a thinking model may
+                        # reason for minutes before its first word of answer.
+                        at = reply.reason(chunk.text, chunk.field_name)
+                        progress.add_reasoning(chunk.text)
+                        reason(self._writes.target, reply.message.id, chunk.text, at)
                     else:
                         reply.refused |= type(chunk) is RefusalDelta
                         offset = reply.add_text(chunk.text)

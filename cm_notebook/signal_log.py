@@ -24,8 +24,9 @@ durable signals cost about one fsync, not six), and :meth:`SignalLog.close` sync
 is left before it returns. A log (or its ``signals`` folder) this process made has its
 name fsync'd in its folder by that thread before the first sync, so a power loss
 cannot take away the whole file with its fsync'd records. Text deltas
-(:class:`~cm_notebook.events.ContentDelta`) never ask for an fsync: they come many per
-second and the stored message is their truth anyway.
+(:class:`~cm_notebook.events.ContentDelta`, and :class:`~cm_notebook.events.ReasoningDelta`
+of the reasoning) never ask for an fsync: they come many per second and the stored
+message is their truth anyway.
 
 What a power loss (or an operating-system crash) can cost: the tail of the log
 written since its last fsync, that is at most the durable signals of the last
@@ -76,10 +77,13 @@ from ._signal_records import (
 from ._signal_sync import GroupSync
 from .errors import InvalidInputError
 from .redact import get_logger
-from .signals import ContentDelta, Event
+from .signals import ContentDelta, Event, ReasoningDelta
 from .store.atomic import Fsync, fsync_dir, write_all
 from .store.leftovers import hold
 from .store.paths import LOG_NAME
+
+# Deltas of a reply's text or reasoning: many per second, written without an fsync.
+_DELTAS = (ContentDelta, ReasoningDelta)
 
 if sys.platform != "win32":
     import fcntl
@@ -245,7 +249,7 @@ class SignalLog:
                     seq += 1
                     event = stamp(seq)
                     events.append(event)
-                    durable = durable or not isinstance(event, ContentDelta)
+                    durable = durable or not isinstance(event, _DELTAS)
                 data = encode_records(self.writer, events)
                 try:
                     write_all(fd, data)

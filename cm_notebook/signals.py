@@ -35,6 +35,7 @@ __all__ = [
     "Event",
     "MessageAdded",
     "MessageCompleted",
+    "ReasoningDelta",
     "Resync",
     "ScoreUpdated",
     "StateChanged",
@@ -94,6 +95,23 @@ class ContentDelta(BaseEvent):
     offset: int = Field(ge=0)
 
 
+class ReasoningDelta(BaseEvent):
+    """More reasoning ("thinking") for a reply being generated, apart from its text.
+
+    A thinking model may reason for a long time before its first word of answer: these
+    let a view show that reasoning as it grows. ``offset`` is the length of the reply's
+    reasoning before this delta, as :attr:`ContentDelta.offset` is of its text; a view
+    holding any other length missed one and re-pulls (the turn's
+    :attr:`~cm_notebook.turn.Turn.reasoning`, or the message's ``metadata.reasoning``).
+    A retry starts the reasoning again at offset 0.
+    """
+
+    type: Literal["ReasoningDelta"] = "ReasoningDelta"
+    message_id: str
+    text: str
+    offset: int = Field(ge=0)
+
+
 _DELTA_FIELDS = frozenset(("seq", "context_id", "branch", "at", "message_id", "text", "offset"))
 _STAMPED = frozenset(("seq", "context_id", "at"))
 _SignalT = TypeVar("_SignalT", bound=BaseEvent)
@@ -141,6 +159,29 @@ def trusted_delta(
         "offset": offset,
     }
     return _unvalidated(ContentDelta, fields, set(_DELTA_FIELDS))
+
+
+def trusted_reasoning_delta(
+    context_id: str,
+    branch: str | None,
+    at: datetime,
+    message_id: str,
+    text: str,
+    offset: int,
+    seq: int,
+) -> ReasoningDelta:
+    """A :class:`ReasoningDelta` from the engine's own values, as :func:`trusted_delta`."""
+    fields = {
+        "seq": seq,
+        "context_id": context_id,
+        "branch": branch,
+        "at": at,
+        "type": "ReasoningDelta",
+        "message_id": message_id,
+        "text": text,
+        "offset": offset,
+    }
+    return _unvalidated(ReasoningDelta, fields, set(_DELTA_FIELDS))
 
 
 def restamped(event: _SignalT, seq: int, context_id: str, at: datetime) -> _SignalT:
@@ -276,6 +317,7 @@ Event: TypeAlias = Annotated[
     StateChanged
     | MessageAdded
     | ContentDelta
+    | ReasoningDelta
     | MessageCompleted
     | ToolApprovalRequested
     | ToolCallResolved
@@ -297,6 +339,7 @@ EVENT_TYPES: frozenset[type[BaseEvent]] = frozenset(
         StateChanged,
         MessageAdded,
         ContentDelta,
+        ReasoningDelta,
         MessageCompleted,
         ToolApprovalRequested,
         ToolCallResolved,

@@ -65,6 +65,7 @@ from .model import Message
 from .providers.base import (
     ChatRequest,
     Finish,
+    ReasoningDelta,
     StreamChunk,
     TextDelta,
     ToolCallRequest,
@@ -229,6 +230,7 @@ class ScriptedProvider:
         usage: Usage | tuple[int, int] | None = None,
         finish: str | None = "stop",
         delay: float | None = None,
+        reasoning: str = "",
     ) -> ScriptedProvider:
         """Script a text reply.
 
@@ -236,13 +238,20 @@ class ScriptedProvider:
         :class:`Usage` or ``(input, output)`` (default: the word-count estimate);
         ``finish`` is the :class:`Finish` reason, or ``None`` to end the stream without
         one (a misbehaving backend); ``delay`` pauses before each delta.
+        ``reasoning``: a thinking model's reasoning, streamed before the text as
+        :class:`ReasoningDelta` chunks (cut as the text is, unless ``chunks`` is an
+        explicit list, which is the text's alone: the reasoning is then one delta).
 
         >>> ScriptedProvider().reply("Hello there", chunks="words", delay=0.05)
         ScriptedProvider(model='scripted', remaining=1, requests=0, strict=False)
         """
+        if not isinstance(reasoning, str):
+            raise InvalidInputError(f"reasoning must be a string, not {reasoning!r}")
+        thought = chunks if chunks is None or isinstance(chunks, (int, str)) else None
         items: list[_Emit | _EstimatedUsage] = [
-            _Emit(TextDelta(piece)) for piece in _split_chunks(text, chunks)
+            _Emit(ReasoningDelta(piece)) for piece in _split_chunks(reasoning, thought)
         ]
+        items += [_Emit(TextDelta(piece)) for piece in _split_chunks(text, chunks)]
         items.append(self._usage_step(usage, text))
         if finish is not None:
             items.append(_Emit(Finish(finish)))
@@ -538,7 +547,7 @@ class ScriptedProvider:
 
 # The keys each kind of JSON script turn accepts besides its own (see ScriptedProvider.load).
 _SCRIPT_KEYS: dict[str, frozenset[str]] = {
-    "reply": frozenset({"chunks", "usage", "finish", "delay"}),
+    "reply": frozenset({"chunks", "usage", "finish", "delay", "reasoning"}),
     "tool_call": frozenset({"arguments", "id", "text", "usage", "delay"}),
     "error": frozenset({"after_chunks", "text", "retry_after", "message", "delay", "usage"}),
     "hang": frozenset({"after_chunks", "text"}),

@@ -267,6 +267,8 @@ class TurnProgress:
         # The text as pieces, joined when read: appending a chunk to one growing string
         # would copy the whole reply for every chunk.
         self._parts: list[str] = []
+        # The reasoning so far, as pieces too (a thinking model may reason at length).
+        self._reasoning: list[str] = []
         self._message_id: str | None = None
         self._listeners: tuple[Callable[[str | None], None], ...] = ()  # replaced, not changed
         self._finished = False
@@ -280,6 +282,14 @@ class TurnProgress:
             return self._parts[0] if self._parts else ""
 
     @property
+    def reasoning(self) -> str:
+        """The reply's reasoning so far (of the current attempt; "" without any)."""
+        with self._lock:
+            if len(self._reasoning) > 1:
+                self._reasoning = ["".join(self._reasoning)]
+            return self._reasoning[0] if self._reasoning else ""
+
+    @property
     def message_id(self) -> str | None:
         """Id of the assistant message being written (None before the first request)."""
         with self._lock:
@@ -290,6 +300,12 @@ class TurnProgress:
         with self._lock:
             self._message_id = message_id
             self._parts = []
+            self._reasoning = []
+
+    def add_reasoning(self, delta: str) -> None:
+        """More reasoning arrived (read with :attr:`reasoning`; listeners get text only)."""
+        with self._lock:
+            self._reasoning.append(delta)
 
     def add_text(self, delta: str) -> None:
         """More text arrived; listeners get ``delta``."""
@@ -467,6 +483,12 @@ class Turn(Handle[Message]):
     def text(self) -> str:
         """The reply's text so far."""
         return self.progress.text
+
+    @property
+    def reasoning(self) -> str:
+        """The reply's reasoning so far ("" without any): a thinking model's, as it
+        streams (the finished reply keeps it as ``metadata.reasoning``)."""
+        return self.progress.reasoning
 
     @property
     def message_id(self) -> str | None:
