@@ -17,7 +17,10 @@ The transcript is an anywidget (:class:`Transcript`) with two paths to the front
   rather than show a torn text. ``offset`` counts UTF-16 code units, as JavaScript's
   ``string.length`` does (an emoji is two), so the front end compares like with like.
   A snapshot is always sent after the ``live`` trait names its message: a front end
-  drops a snapshot of a message it does not know is streaming.
+  drops a snapshot of a message it does not know is streaming. A thinking model's
+  reasoning streams the same way, in a collapsed "Thinking…" section of the live reply
+  (``{"kind": "reasoning", ...}`` messages, and in the snapshot; see
+  :mod:`._live_reasoning`).
 
 The live text itself is not a synced trait: re-sending it as it grows would cost
 O(n^2) bytes per reply. It is pulled on demand instead, so one reply costs the deltas
@@ -46,6 +49,7 @@ from ..model import Message, MessageStatus
 from ..render import SAVED_MESSAGES, tool_results
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle, close_parts, fork_under_free_name, static_text
+from ._live_reasoning import LiveReasoning, js_length
 from ._messages import message_dict
 from .rating import rate_from_front_end, rating_of, stored_rating
 
@@ -149,6 +153,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._pending: list[str] = []
         self._sent_len = 0
         self._need_snapshot = False
+        self._reasoning = LiveReasoning()  # the streaming reply's reasoning so far
         self._frozen: dict[str, FrozenMessage] = {}  # message id -> its model, reused
         self._window = MESSAGES_SHOWN  # how many of the branch's last messages are shown
         self._ratings: dict[str, dict[str, Any]] = {}  # message id -> its rating, as read
@@ -223,6 +228,8 @@ class ChatView(w.VBox):  # type: ignore[misc]
             return
         if isinstance(event, ev.ContentDelta):
             self._on_delta(event)
+        elif isinstance(event, ev.ReasoningDelta):
+            self._on_reasoning(event)
         elif isinstance(event, ev.MessageAdded):
             if event.role == "assistant":
                 self._start_live(event.message_id, "")
@@ -253,20 +260,21 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self._live_id = None
         turn = self.session.turn(self._branch)
         if turn is not None and not turn.done() and turn.message_id is not None:
-            self._start_live(turn.message_id, turn.text)
+            self._start_live(turn.message_id, turn.text, turn.reasoning)
 
-    def _start_live(self, message_id: str, text: str) -> None:
+    def _start_live(self, message_id: str, text: str, reasoning: str = "") -> None:
         self._live_id = message_id
         self._live_chunks = [text] if text else []
         self._live_len = len(text)  # in code points, as the session's offsets are
         self._pending = []
         self._sent_len = 0  # in UTF-16 code units, as the front end's offsets are
-        self._need_snapshot = bool(text)
-        if text:
+        self._reasoning.start(reasoning)
+        self._need_snapshot = bool(text or reasoning)
+        if text or reasoning:
             self._deltas.poke()
 
     def _restart_live(self) -> None:
-        if self._live_id is not None and self._live_len:
+        if self._live_id is not None and (self._live_len or self._reasoning.length):
             self._start_live(self._live_id, "")
             self._need_snapshot = True  # the page drops the text it shows
             self._deltas.poke()
@@ -274,21 +282,32 @@ class ChatView(w.VBox):  # type: ignore[misc]
     def _on_delta(self, event: ev.ContentDelta) -> None:
         if event.message_id != self._live_id or event.offset != self._live_len:
             # Attached mid-reply, or a retry restarted the text: re-pull it whole.
-            self._start_live(event.message_id, self._text_of(event.message_id))
+            self._start_live(event.message_id, *self._text_of(event.message_id))
             return
         self._live_chunks.append(event.text)
         self._live_len += len(event.text)
         self._pending.append(event.text)
         self._deltas.poke()
 
-    def _text_of(self, message_id: str) -> str:
+    def _on_reasoning(self, event: ev.ReasoningDelta) -> None:
+        if event.message_id != self._live_id or not self._reasoning.continues(event.offset):
+            # As for the text: a gap (or a retry starting again) re-pulls both whole.
+            self._start_live(event.message_id, *self._text_of(event.message_id))
+            return
+        self._reasoning.add(event.text)
+        self._deltas.poke()
+
+    def _text_of(self, message_id: str) -> tuple[str, str]:
+        # The text and the reasoning of the reply so far.
         turn = self.session.turn(self._branch)
         if turn is not None and turn.message_id == message_id:
-            return turn.text
-        return self.session.get(message_id).content
+            return turn.text, turn.reasoning
+        message = self.session.get(message_id)
+        return message.content, message.metadata.reasoning or ""
 
     def _delta_interval(self) -> float:
-        grown = self._sent_len / CHARS_PER_SECOND_OF_GAP
+        # The reasoning sent counts too: a long one costs headers as a long text does.
+        grown = (self._sent_len + self._reasoning.sent) / CHARS_PER_SECOND_OF_GAP
         return min(MAX_DELTA_INTERVAL, max(DELTA_INTERVAL, grown))
 
     def _flush_text(self) -> None:
@@ -297,6 +316,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
         if self._need_snapshot:
             self._send_snapshot()
             return
+        # The reasoning first: it came before the text it led to.
+        reasoning = self._reasoning.delta(self._live_id)
+        if reasoning is not None:
+            self.transcript.send(reasoning)
         if not self._pending:
             return
         text = "".join(self._pending)
@@ -304,7 +327,7 @@ class ChatView(w.VBox):  # type: ignore[misc]
         self.transcript.send(
             {"kind": "delta", "id": self._live_id, "offset": self._sent_len, "text": text}
         )
-        self._sent_len += _js_length(text)
+        self._sent_len += js_length(text)
 
     def _send_snapshot(self) -> None:
         if self._live_id is None:
@@ -312,13 +335,16 @@ class ChatView(w.VBox):  # type: ignore[misc]
         text = "".join(self._live_chunks)
         self._live_chunks = [text]
         self._pending = []
-        self._sent_len = _js_length(text)
+        self._sent_len = js_length(text)
         self._need_snapshot = False
+        reasoning = self._reasoning.whole()
         # `live` first: the front end keeps only a snapshot of the message it knows is
         # streaming, and a view switched back to a branch mid-reply learns it here,
         # before _render runs. Unchanged, the trait sends nothing.
         self.transcript.live = {"id": self._live_id, "role": "assistant"}
-        self.transcript.send({"kind": "snapshot", "id": self._live_id, "text": text})
+        self.transcript.send(
+            {"kind": "snapshot", "id": self._live_id, "text": text, "reasoning": reasoning}
+        )
 
     def _render(self) -> None:
         try:
@@ -555,12 +581,6 @@ def _ratable(message: Message) -> bool:
         and message.status is MessageStatus.COMPLETE
         and bool((message.content or "").strip())
     )
-
-
-def _js_length(text: str) -> int:
-    # The length of ``text`` in JavaScript: UTF-16 code units (a character beyond the
-    # Basic Multilingual Plane, such as most emoji, counts two).
-    return len(text.encode("utf-16-le")) // 2
 
 
 def _siblings(tree: MessageTree, message: Message) -> list[str]:

@@ -6,7 +6,9 @@
 // held here (both in UTF-16 code units: the kernel counts as `text.length` does); on
 // any mismatch (rendered late, missed a delta) ask for the whole live text
 // ({event: "pull"}) and wait for {kind: "snapshot"}, which the kernel sends only after
-// `live` names its message.
+// `live` names its message. A thinking model's reasoning comes the same way, as
+// {kind: "reasoning", id, offset, text} (and `reasoning` in the snapshot), into a
+// collapsed "Thinking…" section of the live reply.
 
 function h(tag, cls, text) {
   const node = document.createElement(tag);
@@ -85,7 +87,14 @@ function render({ model, el }) {
   const liveText = h("div", "cm-live-text");
   const liveHead = h("div", "cm-head");
   liveHead.append(h("span", "cm-label", "Assistant ▍"));
-  liveBox.append(liveHead, liveText);
+  // The reasoning as it arrives: collapsed, as the finished reply's is, and shown only
+  // once there is some. Plain text (appended as it comes): the kernel renders it once
+  // the reply is finished.
+  const liveThought = h("details", "cm-reasoning cm-live-reasoning");
+  const liveThoughtText = h("div", "cm-live-reasoning-text");
+  liveThought.append(h("summary", "", "Thinking…"), liveThoughtText);
+  liveThought.style.display = "none";
+  liveBox.append(liveHead, liveThought, liveText);
   const notice = h("div", "cm-notice");
   // Read out by screen readers as it appears: an action's error, "Not connected".
   notice.setAttribute("role", "alert");
@@ -120,7 +129,21 @@ function render({ model, el }) {
 
   let liveId = null;
   let text = "";
+  let thought = ""; // the live reply's reasoning, as held here
   let pulling = false;
+  // Replies whose reasoning the reader opened: it stays open once they are finished
+  // and whenever their box is drawn again.
+  const keptOpen = new Set();
+  liveThought.addEventListener("toggle", () => {
+    if (!liveId) return;
+    if (liveThought.open) keptOpen.add(liveId);
+    else keptOpen.delete(liveId);
+  });
+  function showThought(value) {
+    thought = value;
+    liveThoughtText.textContent = value;
+    liveThought.style.display = value ? "" : "none";
+  }
 
   const atBottom = () => scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
   // Whether the view follows the end of the transcript. Only the reader's own scrolling
@@ -342,6 +365,14 @@ function render({ model, el }) {
       // The reasoning, collapsed, before the answer (rendered and escaped by the kernel).
       const reasoning = h("div", "cm-reasoning-box");
       reasoning.innerHTML = m.reasoning;
+      const details = reasoning.querySelector("details");
+      if (details) {
+        details.open = keptOpen.has(m.id);
+        details.addEventListener("toggle", () => {
+          if (details.open) keptOpen.add(m.id);
+          else keptOpen.delete(m.id);
+        });
+      }
       box.append(reasoning);
     }
     box.append(body);
@@ -391,6 +422,7 @@ function render({ model, el }) {
       if (liveId) finishing = liveId;
       liveId = null;
       text = "";
+      thought = "";
       // The live box goes when drawMessages puts the finished message in its place:
       // removed now, the list would shrink, clamping the scroll to the bottom, and
       // drawMessages would take a reader who scrolled up for one following the reply.
@@ -401,6 +433,8 @@ function render({ model, el }) {
       liveId = live.id;
       text = "";
       liveText.textContent = "";
+      showThought("");
+      liveThought.open = keptOpen.has(liveId);
       list.append(liveBox);
       // A view that renders late missed the deltas so far: pull them.
       if (initial) pull();
@@ -413,6 +447,7 @@ function render({ model, el }) {
       if (msg.id !== liveId) return;
       text = msg.text;
       liveText.textContent = text;
+      showThought(msg.reasoning || "");
       follow();
     } else if (msg.kind === "delta") {
       if (msg.id !== liveId || msg.offset !== text.length) {
@@ -421,6 +456,15 @@ function render({ model, el }) {
       }
       text += msg.text;
       liveText.append(msg.text);
+      follow();
+    } else if (msg.kind === "reasoning") {
+      if (msg.id !== liveId || msg.offset !== thought.length) {
+        pull();
+        return;
+      }
+      if (!thought) liveThought.style.display = "";
+      thought += msg.text;
+      liveThoughtText.append(msg.text);
       follow();
     }
   });
