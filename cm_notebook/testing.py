@@ -450,12 +450,21 @@ class ScriptedProvider:
         except TypeError as exc:
             raise InvalidInputError(f"script turn {number} ({kind}) is malformed: {exc}") from exc
 
-    def hang(self, *, after_chunks: int = 0, text: str = "") -> ScriptedProvider:
+    def hang(
+        self, *, after_chunks: int = 0, text: str = "", reasoning: str = ""
+    ) -> ScriptedProvider:
         """Script a turn that streams ``after_chunks`` deltas, then waits until cancelled.
 
         Use it to test cancellation and interrupts; the wait is :func:`anyio.sleep_forever`.
+        ``reasoning`` is streamed first, one :class:`ReasoningDelta` per word: a
+        thinking model still reasoning when it is stopped.
         """
-        steps: list[_Step] = [_Emit(TextDelta(piece)) for piece in _partial(text, after_chunks)]
+        if not isinstance(reasoning, str):
+            raise InvalidInputError(f"reasoning must be a string, not {reasoning!r}")
+        steps: list[_Step] = [
+            _Emit(ReasoningDelta(piece)) for piece in _split_chunks(reasoning, "words")
+        ]
+        steps += [_Emit(TextDelta(piece)) for piece in _partial(text, after_chunks)]
         steps.append(_Hang())
         return self._add(steps)
 
@@ -550,5 +559,5 @@ _SCRIPT_KEYS: dict[str, frozenset[str]] = {
     "reply": frozenset({"chunks", "usage", "finish", "delay", "reasoning"}),
     "tool_call": frozenset({"arguments", "id", "text", "usage", "delay"}),
     "error": frozenset({"after_chunks", "text", "retry_after", "message", "delay", "usage"}),
-    "hang": frozenset({"after_chunks", "text"}),
+    "hang": frozenset({"after_chunks", "text", "reasoning"}),
 }
