@@ -17,7 +17,9 @@ The wire format is Server-Sent Events, one signal per message::
     data: {"type":"ContentDelta","seq":42,"text":"Hel","delta":"Hel","offset":0,...}
 
 ``event:`` is the signal's name, so a browser listens per kind with
-``addEventListener('ContentDelta', e => JSON.parse(e.data).delta)``; ``id:`` is the
+``addEventListener('ContentDelta', e => JSON.parse(e.data).delta)`` (a thinking
+model's reasoning, apart from the text: ``'ReasoningDelta'``, read the same way);
+``id:`` is the
 sequence number, which a reconnecting ``EventSource`` sends back as ``Last-Event-ID``.
 """
 
@@ -36,7 +38,7 @@ import anyio
 
 from .._file_events import Subscription, watch_folders
 from ..errors import InvalidInputError
-from ..events import ContentDelta, Event, EventStream
+from ..events import ContentDelta, Event, EventStream, ReasoningDelta
 from ..session import ContextSession
 from ..signal_log import LogReader
 
@@ -279,7 +281,7 @@ def _as_sent(header: str) -> str:
 def sse_message(event: Event) -> str:
     """One signal as an SSE message (``id``, ``event``, one ``data`` line)."""
     data = event.model_dump(mode="json")
-    if isinstance(event, ContentDelta):
+    if isinstance(event, (ContentDelta, ReasoningDelta)):
         # The browser snippet reads ``.delta``; the model calls the same text ``text``.
         data["delta"] = event.text
     # json.dumps escapes line breaks inside strings, so ``data:`` stays one line.
