@@ -56,6 +56,7 @@ from ._queue import (
 )
 from ._remedies import for_magics, said
 from ._shown import given_by_view
+from ._thinking import THINKING_TAIL, thinking_html
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -83,7 +84,14 @@ MAX_UPDATE_INTERVAL = 2.0
 #: update is also at least its cost times ``1 / RENDER_SHARE - 1``.
 RENDER_SHARE = 0.2
 
-_KINDS = {"ContentDelta", "MessageAdded", "MessageCompleted", "StateChanged", "Error"}
+_KINDS = {
+    "ContentDelta",
+    "ReasoningDelta",
+    "MessageAdded",
+    "MessageCompleted",
+    "StateChanged",
+    "Error",
+}
 
 
 #: A reply that opens with a code fence (its first line, after blank lines).
@@ -262,8 +270,14 @@ class ReplyView:
             body = note(EMPTY)
         outcome = f"<div>{note(self._outcome)}</div>" if self._outcome else ""
         notices = "".join(f"<div>{note(text)}</div>" for text in self._notices)
-        # The reply's reasoning, collapsed, before its answer (once the reply is stored).
-        thought = reasoning_html(self._final) if self._final is not None else ""
+        # The reply's reasoning, collapsed, before its answer (once the reply is stored);
+        # while it streams, a short "Thinking…" line that grows with it.
+        if self._final is not None:
+            thought = reasoning_html(self._final)
+        elif self.turn is not None and not self.turn.done():
+            thought = thinking_html(self.turn.reasoning)
+        else:  # over with no reply stored (never sent, failed to store): no "Thinking…"
+            thought = ""
         return f'<div class="cm-reply">{notices}{self._rounds}{thought}{body}{outcome}</div>'
 
     def provenance(self) -> dict[str, Any]:
@@ -411,7 +425,9 @@ class ReplyView:
             self._throttle.poke()
 
     def _interval(self) -> float:
-        return min(MAX_UPDATE_INTERVAL, UPDATE_INTERVAL + len(self.text) / CHARS_PER_SECOND_OF_GAP)
+        # Each update re-sends what is shown: the text, and the reasoning's tail.
+        shown = len(self.text) + min(len(self.turn.reasoning), THINKING_TAIL) if self.turn else 0
+        return min(MAX_UPDATE_INTERVAL, UPDATE_INTERVAL + shown / CHARS_PER_SECOND_OF_GAP)
 
     def _render(self) -> None:
         if self._output.shown:
