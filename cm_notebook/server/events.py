@@ -29,8 +29,9 @@ _SUMMARY = "Signals as Server-Sent Events (replay with Last-Event-ID or ?since=)
 _DESCRIBE = (
     "Server-Sent Events, one per signal: 'id:' is the signal's sequence number, 'event:' "
     f"its name ({_SIGNALS}), 'data:' its JSON (a ContentDelta, and a ReasoningDelta of a "
-    "thinking model's reasoning, also carries its text as 'delta'). Reconnect with Last-Event-ID (or ?since=) to miss nothing; a Resync "
-    "means: re-pull what you show, then carry on."
+    "thinking model's reasoning, also carries its text as 'delta'). Reconnect with "
+    "Last-Event-ID (or ?since=) to miss nothing; a Resync means: re-pull what you show, "
+    "then carry on."
 )
 
 
