@@ -14,7 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import fsm
-from .signals import ContentDelta, Event, MessageAdded, MessageCompleted, StateChanged
+from .signals import (
+    ContentDelta,
+    Event,
+    MessageAdded,
+    MessageCompleted,
+    ReasoningDelta,
+    StateChanged,
+)
 
 __all__ = ["RemoteTurn", "RemoteTurns", "track_turn"]
 
@@ -62,8 +69,9 @@ def track_turn(turns: RemoteTurns, event: Event) -> None:
         return
     if isinstance(event, MessageAdded) and event.role == "assistant":
         turn.reply = event.message_id
-    elif isinstance(event, ContentDelta):
-        # Its MessageAdded may be older than the log keeps (a compaction), its text not.
+    elif isinstance(event, (ContentDelta, ReasoningDelta)):
+        # Its MessageAdded may be older than the log keeps (a compaction), its text (or
+        # its reasoning, which a thinking model streams first) not.
         turn.reply = event.message_id
     elif isinstance(event, MessageCompleted) and event.message_id == turn.reply:
         turn.reply = None

@@ -85,6 +85,12 @@ def test_a_model_still_thinking_is_seen_thinking_and_a_late_client_replays_it(
     assert _joined(events, "ReasoningDelta") == "Weighing every option slowly."
     assert "ContentDelta" not in [e.event for e in events]
     assert "MessageCompleted" not in [e.event for e in events]
+    # Read while the model still thinks (no checkpoint yet: nothing else streamed), the
+    # reply holds the reasoning so far, as a client following the stream needs it.
+    message_id = json.loads(events[-1].data)["message_id"]
+    read = client.get(f"contexts/{context_id}/messages/{message_id}").json()
+    assert read["status"] == "streaming"
+    assert read["metadata"]["reasoning"] == "Weighing every option slowly."
     # A client connecting later replays it from the start of the stream.
     again = read_events(
         client,

@@ -7,7 +7,7 @@ from ..ids import validate_branch_name
 from ..model import Message, MessageStatus
 from ..session import ContextSession
 from ..store.folders import context_folder_of
-from ..store.stream_tail import streamed_text
+from ..store.stream_tail import streamed_reasoning, streamed_text
 from ..turn import Turn
 from .base import CMHandler, operation
 from .bodies import (
@@ -46,18 +46,27 @@ def page(session: ContextSession, query: MessagesQuery) -> MessagePage:
 
 
 def as_streamed(session: ContextSession, message: Message) -> Message:
-    """``message``, with the text it has streamed so far if it is being written.
+    """``message``, with the text (and reasoning) it has streamed so far if it is being
+    written.
 
     A reply's file holds its text as of its last checkpoint (one a second); the deltas
     since are in the signal log, and the events stream sends only those after the
     client's number. Read from the file alone, a client that takes a message and then
-    follows the stream from the context's ``last_seq`` would miss the text between.
+    follows the stream from the context's ``last_seq`` would miss the text between; so
+    too the reasoning of a thinking model, which may stream nothing else for minutes.
     """
     log = session.signal_log_path
     if message.status is not MessageStatus.STREAMING or log is None:
         return message
-    text = streamed_text(context_folder_of(log), message)
-    return message if text is None else message.model_copy(update={"content": text})
+    folder = context_folder_of(log)
+    update: dict[str, object] = {}
+    text = streamed_text(folder, message)
+    if text is not None:
+        update["content"] = text
+    reasoning = streamed_reasoning(folder, message)
+    if reasoning is not None:
+        update["metadata"] = message.metadata.model_copy(update={"reasoning": reasoning})
+    return message.model_copy(update=update) if update else message
 
 
 class MessagesHandler(CMHandler):

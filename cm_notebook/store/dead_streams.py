@@ -27,7 +27,7 @@ from .index import MessageIndex
 from .oserrors import translate
 from .oslock import LockTimeout, OSLock, lock_is_held
 from .paths import message_path, streaming_lock_path
-from .stream_tail import streamed_text
+from .stream_tail import streamed_reasoning, streamed_text
 
 __all__ = ["WRITER_DIED", "interrupt_dead_streams", "warn_unmarked", "writer_is_dead"]
 
@@ -92,13 +92,20 @@ def _mark(index: MessageIndex, ctx_dir: Path, entry: IndexEntry) -> None:
         warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
     else:
         if message.status is MessageStatus.STREAMING:
-            # With the text it streamed after its last checkpoint, where the log has it.
+            # With the text (and reasoning) it streamed after its last checkpoint, where
+            # the log has it.
             text = streamed_text(ctx_dir, message)
             update: dict[str, object] = {"status": status}
             if text is not None:
                 update["content"] = text
+            meta: dict[str, object] = {}
+            reasoning = streamed_reasoning(ctx_dir, message)
+            if reasoning is not None:
+                meta["reasoning"] = reasoning
             if message.metadata.error is None:  # why it is cut short, for a reader
-                update["metadata"] = message.metadata.model_copy(update={"error": WRITER_DIED})
+                meta["error"] = WRITER_DIED
+            if meta:
+                update["metadata"] = message.metadata.model_copy(update=meta)
             message = message.model_copy(update=update)
         else:
             status = message.status  # the final update reached the file

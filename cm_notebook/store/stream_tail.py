@@ -16,6 +16,10 @@ It answers only when the log leaves no doubt, and otherwise keeps the checkpoint
   texts equal, in order) and then one more, the attempt the writer died in; a log
   compacted past an attempt's start, or any other mismatch, gives ``None``;
 * that last attempt's text must begin with the checkpoint's and be longer.
+
+A thinking model's reasoning is read back the same way (:func:`streamed_reasoning`),
+from its ``ReasoningDelta`` records: a model may reason for minutes, streaming nothing
+else, before the next checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from ..model import Message
 from .paths import LOG_NAME, SIGNALS_DIR
 
-__all__ = ["streamed_text"]
+__all__ = ["streamed_reasoning", "streamed_text"]
 
 # The log is compacted at a few MiB; a file far larger is not one to read whole here.
 _LARGEST_LOG = 64 * 1024 * 1024
@@ -45,9 +49,19 @@ def streamed_text(ctx_dir: Path, message: Message) -> str | None:
     (:func:`~cm_notebook.store.folders.signal_log_in`), or after a newer process made
     a log of its own beside it.
     """
+    return _streamed(ctx_dir, message, "ContentDelta")
+
+
+def streamed_reasoning(ctx_dir: Path, message: Message) -> str | None:
+    """The reasoning ``message`` had reached, as :func:`streamed_text` gives its text
+    (longer than its stored reasoning, and certain; else None)."""
+    return _streamed(ctx_dir, message, "ReasoningDelta")
+
+
+def _streamed(ctx_dir: Path, message: Message, kind: str) -> str | None:
     for path in (ctx_dir / SIGNALS_DIR / LOG_NAME, ctx_dir / LOG_NAME):
         data = _log_bytes(path)
-        text = None if data is None else _text_from_log(data, message)
+        text = None if data is None else _text_from_log(data, message, kind)
         if text is not None:
             return text
     return None
@@ -64,30 +78,33 @@ def _log_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _text_from_log(data: bytes, message: Message) -> str | None:
-    attempts = _attempts(data, message.id)
+def _text_from_log(data: bytes, message: Message, kind: str) -> str | None:
+    attempts = _attempts(data, message.id, kind)
     if not attempts or attempts[0] is None:
         return None  # the log was compacted past the start of an attempt
     failed = message.metadata.failed_attempts
-    earlier = [text for text in map(_attempt_text, failed) if text]
+    field = "text" if kind == "ContentDelta" else "reasoning"
+    earlier = [text for text in (_attempt_text(a, field) for a in failed) if text]
     if len(attempts) != len(earlier) + 1 or attempts[:-1] != earlier:
         return None
-    text, stored = attempts[-1], message.content
+    text = attempts[-1]
+    stored = message.content if field == "text" else message.metadata.reasoning or ""
     if text is None or len(text) <= len(stored) or not text.startswith(stored):
         return None
     return text
 
 
-def _attempts(data: bytes, message_id: str) -> list[str | None]:
-    # The text of each attempt whose deltas are in the log, in order: None for deltas
-    # that do not start at offset 0 (the attempt's start was compacted away).
+def _attempts(data: bytes, message_id: str, kind: str) -> list[str | None]:
+    # The text of each attempt whose deltas (of ``kind``) are in the log, in order: None
+    # for deltas that do not start at offset 0 (the attempt's start was compacted away).
     needle = b'"message_id":' + json.dumps(message_id).encode()
+    kind_needle = json.dumps(kind).encode()
     attempts: list[str | None] = []
     broken = False  # the current attempt had a gap: nothing after it is known
     for line in data.split(b"\n"):
-        if needle not in line or b'"ContentDelta"' not in line:
+        if needle not in line or kind_needle not in line:
             continue
-        delta = _delta(line, message_id)
+        delta = _delta(line, message_id, kind)
         if delta is None:
             continue
         text, offset = delta
@@ -107,14 +124,15 @@ def _attempts(data: bytes, message_id: str) -> list[str | None]:
     return attempts
 
 
-def _delta(line: bytes, message_id: str) -> tuple[str, int] | None:
-    # (text, offset) of a record that is a text delta of ``message_id``; None otherwise.
+def _delta(line: bytes, message_id: str, kind: str) -> tuple[str, int] | None:
+    # (text, offset) of a record that is a delta of ``kind`` of ``message_id``; None
+    # otherwise.
     try:
         record = json.loads(line)
     except ValueError:
         return None
     event: Any = record.get("e") if isinstance(record, dict) else None
-    if not isinstance(event, dict) or event.get("type") != "ContentDelta":
+    if not isinstance(event, dict) or event.get("type") != kind:
         return None
     text, offset = event.get("text"), event.get("offset")
     if event.get("message_id") != message_id or not isinstance(text, str):
@@ -124,6 +142,6 @@ def _delta(line: bytes, message_id: str) -> tuple[str, int] | None:
     return text, offset
 
 
-def _attempt_text(attempt: Any) -> str:
-    text = attempt.get("text") if isinstance(attempt, dict) else None
+def _attempt_text(attempt: Any, field: str) -> str:
+    text = attempt.get(field) if isinstance(attempt, dict) else None
     return text if isinstance(text, str) else ""
