@@ -89,6 +89,21 @@ def test_a_killed_reply_keeps_what_it_streamed_after_its_last_checkpoint(data_di
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_killed_thinking_reply_keeps_the_reasoning_it_streamed(data_dir: Path) -> None:
+    # The reasoning came before any checkpoint (a thinking model's first second): only
+    # the log's reasoning deltas have it.
+    turns = [{"hang": True, "reasoning": "Weighing it all.", "after_chunks": 2, "text": "one two"}]
+    context_id = _killed_mid_reply(data_dir, turns, len("one two"))
+    session = ContextSession.open(context_id, data_dir=data_dir, provider=ScriptedProvider(["ok"]))
+    try:
+        reply = session.history()[-1]
+        assert (reply.status, reply.content) == (MessageStatus.INTERRUPTED, "one two")
+        assert reply.metadata.reasoning == "Weighing it all."
+    finally:
+        session.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_after_a_retry_only_the_last_attempts_text_is_taken(data_dir: Path) -> None:
     turns = [
         {"error": "transient", "after_chunks": 2, "text": "first try", "retry_after": 0},
