@@ -112,7 +112,6 @@ class TurnHost:
         publish: puts a signal on the session's bus (from any thread).
         publish_delta: ``publish_delta(branch, message_id, text, offset)`` puts a text
             delta on the bus (from the session's loop only), cheaper than ``publish``.
-        publish_reasoning: the same for a delta of the reply's reasoning.
         machines: the per-branch state machines.
         approvals: where tool calls wait for a person.
         tools: the tools on offer now (a notebook may replace them mid-turn).
@@ -145,7 +144,6 @@ class TurnHost:
     store: Store
     publish: Callable[[ev.BaseEvent], None]
     publish_delta: Callable[[str | None, str, str, int], None]
-    publish_reasoning: Callable[[str | None, str, str, int], None]
     machines: BranchMachines
     approvals: ApprovalDesk
     tools: Callable[[], ToolRegistry]

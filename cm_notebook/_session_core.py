@@ -483,7 +483,6 @@ class SessionCore(PromptWrites, MetadataReads, FollowOthers, LoopEnds):
             store=self._store,
             publish=self._publish,
             publish_delta=self._bus.publish_delta,  # turns run on the bus's loop
-            publish_reasoning=self._bus.publish_reasoning,
             machines=self._machines,
             approvals=self._approvals,
             tools=lambda: self.tools,

@@ -48,8 +48,8 @@ chunks cost a number, a record and a delivery per batch, not per chunk.
 :meth:`EventBus.publish` returns such a delta unnumbered (``seq`` 0). Readers of the
 reply's text in this process (``session.stream()``) do not wait for this: they read
 the turn's progress.
-A reply's reasoning (:class:`ReasoningDelta`, :meth:`EventBus.publish_reasoning`) is
-held and batched in the same way, in runs of its own.
+A reply's reasoning (:class:`ReasoningDelta`) is held and batched in the same way, in
+runs of its own.
 Batches of deltas alone are at least ``delta_interval`` seconds apart
 (:data:`DELTA_INTERVAL`): a model whose tokens arrive one per loop turn would otherwise
 cost a write per token, and wake every follower of the log for each.
@@ -322,32 +322,6 @@ class EventBus:
             )
         if not self._hold(branch, message_id, text, offset):
             self._emit(self._delta(branch, message_id, text, offset, self._clock()))
-
-    def publish_reasoning(
-        self, branch: str | None, message_id: str, text: str, offset: int
-    ) -> None:
-        """Publish ``ReasoningDelta(branch=..., message_id=..., text=..., offset=...)``:
-        :meth:`publish_delta` for a reply's reasoning (held and batched alike, in runs
-        of its own). Ignored once the bus is closed.
-
-        Raises:
-            InvalidInputError: ``offset`` is negative or a field has the wrong type.
-        """
-        if self._closed:
-            return
-        if not (
-            isinstance(message_id, str)
-            and isinstance(text, str)
-            and isinstance(offset, int)
-            and offset >= 0
-            and (branch is None or isinstance(branch, str))
-        ):
-            raise InvalidInputError(
-                "a reasoning delta needs a branch name (or None), a message id, a text "
-                f"and an offset >= 0, got {(branch, message_id, text, offset)!r}"
-            )
-        if not self._hold(branch, message_id, text, offset, True):
-            self._emit(self._delta(branch, message_id, text, offset, self._clock(), True))
 
     def _emit(self, stamp: _Stamp) -> Event:
         # Number and deliver one signal, after the deltas held back for the next batch:

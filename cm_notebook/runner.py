@@ -414,7 +414,6 @@ class TurnRunner(ToolRounds):
     async def _stream(self, request: ChatRequest, reply: Reply) -> None:
         # Once per chunk: plain statements, no context manager (a chunk costs microseconds).
         progress, publish, meter = self.turn.progress, self.host.publish_delta, reply.meter
-        reason = self.host.publish_reasoning
         checkpoint_at, started = time.monotonic() + CHECKPOINT_SECONDS, False
         with self._provider_errors():
             stream = self.provider.stream(request)
@@ -441,12 +440,17 @@ class TurnRunner(ToolRounds):
                         started = True
                         self._feed(fsm.ResponseStarted())
                         await self._publish_pending_state()
-                    if type(chunk) is ReasoningDelta:  # kept apart from the answer
-                        # Signalled as it comes, as the text is: a thinking model may
-                        # reason for minutes before its first word of answer.
+                    if type(chunk) is ReasoningDelta:  # apart from the answer, signalled live
                         at = reply.reason(chunk.text, chunk.field_name)
                         progress.add_reasoning(chunk.text)
-                        reason(self._writes.target, reply.message.id, chunk.text, at)
+                        self.host.publish(
+                            ev.ReasoningDelta(
+                                branch=self._writes.target,
+                                message_id=reply.message.id,
+                                text=chunk.text,
+                                offset=at,
+                            )
+                        )
                     else:
                         reply.refused |= type(chunk) is RefusalDelta
                         offset = reply.add_text(chunk.text)

@@ -81,7 +81,7 @@ def test_a_reasoning_delta_is_a_signal_of_its_own_kind() -> None:
     assert stamped.seq == 1
     again = parse_event(stamped.model_dump(mode="json"))
     assert again == stamped
-    bus.publish_reasoning("main", "m1", " yes", 3)
+    bus.publish(ReasoningDelta(message_id="m1", text=" yes", offset=3, branch="main"))
     (last,) = bus.events(1)
     assert isinstance(last, ReasoningDelta)
     assert (last.text, last.offset, last.seq) == (" yes", 3, 2)
