@@ -479,6 +479,25 @@ class Turn(Handle[Message]):
         if self._prompt is not None:
             await asyncio.wrap_future(self._prompt)
 
+    def when_accepted(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call ``callback(None)`` once the user's message is stored, or
+        ``callback(error)`` with the error that kept it from being stored.
+
+        The callback runs on the thread that finished the write (at once if it has
+        finished): hand anything that touches a view to its event loop. What a front
+        end uses to give back text it took from its input box when the store refused
+        it (a read-only folder, a full disk).
+        """
+        prompt = self._prompt
+        if prompt is None:  # stored before send() returned
+            callback(None)
+            return
+
+        def finished(future: concurrent.futures.Future[None]) -> None:
+            callback(asyncio.CancelledError() if future.cancelled() else future.exception())
+
+        prompt.add_done_callback(finished)
+
     @property
     def text(self) -> str:
         """The reply's text so far."""

@@ -51,6 +51,7 @@ from ..tree import MessageTree
 from ._base import SessionFollower, Throttle, close_parts, fork_under_free_name, static_text
 from ._live_reasoning import LiveReasoning, js_length
 from ._messages import message_dict
+from ._refused_input import give_back_if_refused
 from .rating import rate_from_front_end, rating_of, stored_rating
 
 if TYPE_CHECKING:
@@ -495,9 +496,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
                 return  # a double click's second click: the first one sent the text
             self.transcript.notice = "Type a message first, then Send."
             return
-        self._act(lambda: self.session.send(text, branch=branch))
+        turn = self._act(lambda: self.session.send(text, branch=branch))
         self._sent_at = time.monotonic()
         self.input.value = ""
+        give_back_if_refused(turn, text, self.input, self._follower.on_loop)
 
     def _stop_turn(self, branch: str, _clicked: float) -> None:
         # session.stop also reaches a reply another process (kernel, server) generates.
