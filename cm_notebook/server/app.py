@@ -8,8 +8,10 @@ Installed with the package and enabled by the shipped
 Configuration (``--CMNotebookApp.<name>=...`` or ``c.CMNotebookApp.<name>`` in a
 Jupyter config file): ``data_dir``, ``default_provider``, ``tools``, ``tool_policy``,
 ``heartbeat``, ``max_sessions``, ``session_idle_timeout``, ``blocking_threads``,
-``blocking_threads_per_context``, ``client_endpoints``. Authentication is the
-server's own: token or login, XSRF for cookies.
+``blocking_threads_per_context``, ``client_endpoints``. They are checked at start: a
+wrong one stops ``cm-notebook serve``, and makes any other Jupyter server answer every
+API request with a JSON 503 naming it (:mod:`cm_notebook.server.settings_check`).
+Authentication is the server's own: token or login, XSRF for cookies.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ from .offloop import DEFAULT_PER_CONTEXT, DEFAULT_THREADS, OffLoop
 from .openapi import build_openapi
 from .routes import API_PREFIX, ROUTES, url_patterns
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, SessionRegistry
+from .settings_check import (
+    PROBLEMS_KEY,
+    SettingProblem,
+    SettingsError,
+    refused_patterns,
+    setting_problems,
+    unreadable_settings,
+)
 from .signals import LogSignals
 
 __all__ = ["CMNotebookApp", "load_tools", "main"]
@@ -68,6 +78,13 @@ class CMNotebookApp(ExtensionApp):
     open_browser = False
     # Where the server's root URL leads when it runs this extension alone.
     extension_url = f"{API_PREFIX}/openapi.json"
+    # Run alone (`cm-notebook serve`), a server without the API is of no use: a failure
+    # to load it (a wrong setting) stops the server instead of being only logged.
+    serverapp_config: dict[str, Any] = {"reraise_server_extension_failures": True}  # noqa: RUF012
+    # Settings Jupyter could not give the extension (see _link_jupyter_server_extension).
+    _unreadable: tuple[SettingProblem, ...] = ()
+    # Whether a wrong setting keeps the API from being served (every path answers 503).
+    _refused = False
 
     data_dir = Unicode(
         "", help="Where contexts are stored (default: $CM_NOTEBOOK_DATA_DIR or the platform's)."
@@ -124,55 +141,44 @@ class CMNotebookApp(ExtensionApp):
         return "cm_notebook.server"
 
     @validate("tool_policy")
-    def _check_policy(self, proposal: Any) -> str:
-        # "Deny" as "deny": a setting spelled otherwise would stop the extension from
-        # loading at all, leaving a server without the API.
-        value = str(proposal["value"]).strip().lower()
-        return value if value == "" else check_policy(value, "CMNotebookApp.tool_policy")
+    def _normalise_policy(self, proposal: Any) -> str:
+        # "Deny" as "deny". A value still wrong is named by the checks at start; never
+        # raised here, where Jupyter would log it and run on with the other settings
+        # left unread (see cm_notebook.server.settings_check).
+        return str(proposal["value"]).strip().lower()
 
-    @validate("heartbeat")
-    def _check_heartbeat(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if not value > 0:
-            raise InvalidInputError(f"CMNotebookApp.heartbeat must be > 0 seconds, got {value}")
-        return value
-
-    @validate("max_sessions")
-    def _check_max_sessions(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 1:
-            raise InvalidInputError(f"CMNotebookApp.max_sessions must be at least 1, got {value}")
-        return value
-
-    @validate("session_idle_timeout")
-    def _check_idle_timeout(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if not value >= 0:
-            raise InvalidInputError(
-                f"CMNotebookApp.session_idle_timeout must be >= 0 seconds (0: never), got {value}"
+    def _link_jupyter_server_extension(self, serverapp: ServerApp) -> None:
+        # Jupyter reads the settings here; one of the wrong type (a word for a number)
+        # raises, which Jupyter would only log. Kept for the checks at start instead.
+        try:
+            super()._link_jupyter_server_extension(serverapp)
+        except Exception as exc:
+            self.serverapp = serverapp
+            self._unreadable = tuple(
+                unreadable_settings(self, (self.config, serverapp.config), exc)
             )
-        return value
-
-    @validate("blocking_threads")
-    def _check_threads(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 1:
-            raise InvalidInputError(
-                f"CMNotebookApp.blocking_threads must be at least 1, got {value}"
-            )
-        return value
-
-    @validate("blocking_threads_per_context")
-    def _check_per_context(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 1:
-            raise InvalidInputError(
-                f"CMNotebookApp.blocking_threads_per_context must be at least 1, got {value}"
-            )
-        return value
 
     def initialize_settings(self) -> None:
-        """Open the session registry and describe the API."""
+        """Check the settings, open the session registry and describe the API.
+
+        A wrong setting raises :class:`SettingsError` when the server stops on extension
+        failures (``cm-notebook serve``); otherwise it is logged and every API path
+        answers 503 naming it (see :mod:`cm_notebook.server.settings_check`).
+        """
+        problems = [*self._unreadable, *setting_problems(self)]
+        if problems:
+            error = SettingsError(problems)
+            if self.serverapp is not None and self.serverapp.reraise_server_extension_failures:
+                raise error
+            self.log.error(
+                "cm_notebook: the API is not served (every request to %s answers 503) until "
+                "this is corrected and the server restarted: %s",
+                API_PREFIX,
+                error,
+            )
+            self.settings[PROBLEMS_KEY] = error.problems
+            self._refused = True
+            return
         data_dir = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
         self.sessions = SessionRegistry(
             data_dir.absolute(),
@@ -206,8 +212,8 @@ class CMNotebookApp(ExtensionApp):
         self.log.info("cm_notebook: API at %s, contexts in %s", api_url, data_dir)
 
     def initialize_handlers(self) -> None:
-        """Add the API's routes."""
-        self.handlers.extend(url_patterns())
+        """Add the API's routes (or, with a wrong setting, the route answering 503)."""
+        self.handlers.extend(refused_patterns() if self._refused else url_patterns())
 
     async def stop_extension(self) -> None:
         """Close every session (stopping running replies; their text is kept)."""
@@ -222,11 +228,14 @@ class CMNotebookApp(ExtensionApp):
 def main(argv: list[str] | None = None) -> None:
     """Run a Jupyter server with only this extension (``python -m cm_notebook.server``).
 
-    An address that does not resolve or a port that cannot be listened on ends it with
-    one line saying so (exit code 1), not a traceback.
+    An address that does not resolve, a port that cannot be listened on or a wrong
+    setting of the extension ends it with one line saying so (exit code 1), not a
+    traceback.
     """
     try:
         CMNotebookApp.launch_instance(argv)  # type: ignore[no-untyped-call]
+    except SettingsError as exc:
+        sys.exit(f"cm-notebook: error: {exc}")
     except OSError as exc:  # socket.gaierror included
         sys.exit(f"cm-notebook: error: {_cannot_listen(exc)}")
 
