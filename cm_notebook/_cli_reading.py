@@ -22,6 +22,7 @@ from ._cli_base import (
 )
 from ._import_mark import import_under_way, is_unfinished_import, redo_advice
 from ._migration_mark import finish_advice, is_unfinished_migration, migration_under_way
+from ._stranded_rounds import as_ended
 from ._unicode import for_terminal
 from .errors import CMError
 from .model import ContextMetadata, Message
@@ -197,6 +198,9 @@ async def _show(args: argparse.Namespace, store: Store) -> int:
     else:
         messages = await store.get_messages(meta.id, ids)
     _unfinished_warning(store, meta)
+    # A tool round a dead process left open, in a folder that cannot be written (this
+    # command only reads), as settling it will record it (see _stranded_rounds).
+    messages = await as_ended(store, meta.id, messages)
     out(" ".join(meta.title.split()) + _import_note(store, meta))
     out(f"id {meta.id} · branch {branch} · {len(ids)} message(s)")
     others = [name for name in meta.branches if name != branch]

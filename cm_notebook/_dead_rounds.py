@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from ._claims import BranchClaims, Claim
 from ._runner_tools import approved_not_run_reason, approved_not_run_result, interrupted_result
 from ._session_messages import MessageCache, is_settled
 from ._sessionio import StoreAccess
+from ._unwritable import unwritable
 from .errors import BranchMovedError, BusyError, CMError
 from .model import (
     ContextMetadata,
@@ -68,6 +70,7 @@ __all__ = [
     "DeadRounds",
     "may_hold_dead_round",
     "settle_dead_round",
+    "settled_call",
 ]
 
 _log = get_logger(__name__)
@@ -140,7 +143,7 @@ async def settle_dead_round(
         ]
         added = await _answer(store, context_id, branch, ids[-1], elsewhere, cache)
         return [] if added is None else added
-    calls = [_settled(call, answers.get(call.id)) for call in reply.tool_calls]
+    calls = [settled_call(call, answers.get(call.id)) for call in reply.tool_calls]
     events: list[ev.Event] = []
     if answer:
         unanswered = [call for call in calls if call.id not in answers]
@@ -207,8 +210,9 @@ def _elsewhere_result(tool_name: str) -> str:
     )
 
 
-def _settled(call: ToolCall, answer: Message | None) -> ToolCall:
-    # The call as its dead turn would have left it; ``answer``: its stored tool message.
+def settled_call(call: ToolCall, answer: Message | None) -> ToolCall:
+    """``call`` as settling its dead round records it; ``answer``: its stored tool
+    message, if it has one (unchanged if it is settled already)."""
     if call.status not in _OPEN and call.result is not None:
         return call  # settled already (its answer may be all that is missing)
     if answer is not None:
@@ -382,7 +386,15 @@ class DeadRounds:
                 )
             )
         except (OSError, CMError) as exc:
-            _log.warning("could not settle the tool calls left open on branch %r: %s", branch, exc)
+            # A folder that cannot be written: its readers show the round as ended
+            # (cm_notebook._stranded_rounds), and the first writable open settles it.
+            cannot_write = unwritable(self._store, self._context_id) is not None
+            _log.log(
+                logging.DEBUG if cannot_write else logging.WARNING,
+                "could not settle the tool calls left open on branch %r: %s",
+                branch,
+                exc,
+            )
             return
         for event in settled:
             self._publish(event)

@@ -20,11 +20,13 @@ from typing import Any, Literal
 
 from ._approval_apply import approval, approval_of, approve_allowed, remember_approved
 from ._session_reading import SessionReading
+from ._stranded_rounds import cannot_decide, may_hold_stranded, stranded_replies
 from ._unicode import refuse_control_characters
+from ._unwritable import unwritable
 from .approvals import ApprovalRecord, Decision, PendingCall, Remember, check_remember
 from .errors import InvalidInputError, ToolCallAlreadyResolvedError, ToolCallNotFoundError
 from .ids import validate_branch_name
-from .model import ToolCall, ToolCallStatus
+from .model import Message, ToolCall, ToolCallStatus
 
 __all__ = ["MAX_REASON_CHARS", "ApprovalMethods"]
 
@@ -286,5 +288,18 @@ class ApprovalMethods(SessionReading):
             for message in reversed(path):
                 for call in message.tool_calls:
                     if call.id == tool_call_id:
+                        self._refuse_stranded(tool_call_id, message, path)
                         return call
         return None
+
+    def _refuse_stranded(
+        self, tool_call_id: str, reply: Message, path: builtins.list[Message]
+    ) -> None:
+        # Stored as waiting, its process gone, and its folder not writable here: no
+        # read "in a moment" will find it settled (see cm_notebook._stranded_rounds).
+        if not may_hold_stranded([reply]):
+            return
+        ended = self._io.call(stranded_replies(self._store, self.id, path))
+        why = unwritable(self._store, self.id) if reply.id in ended else None
+        if why is not None:
+            raise cannot_decide(tool_call_id, why)

@@ -22,6 +22,7 @@ from ._approval_apply import check_arguments_shape
 from ._decision_outcome import DecisionOutcomes, Outcome, PostedCall
 from ._loop import schedule_on
 from ._session_core import SessionCore
+from ._stranded_rounds import as_ended, may_hold_stranded
 from .approvals import already_resolved
 from .compare import BranchResult, Comparison
 from .errors import (
@@ -131,7 +132,10 @@ class SessionReading(SessionCore):
     def _as_left(self, messages: builtins.list[Message]) -> builtins.list[Message]:
         # A reply whose final state the disk refused (TurnHost.unsettled) reads as its
         # turn left it (interrupted, with its text), not as stored (streaming) until
-        # the disk has room for it.
+        # the disk has room for it. A tool round a dead process left open in a folder
+        # that cannot be written reads as settling it will record it (_stranded_rounds).
+        if may_hold_stranded(messages):
+            messages = self._io.call(as_ended(self._store, self.id, messages))
         with self._lock:
             if not self._unsettled:
                 return messages

@@ -49,6 +49,7 @@ from ._import_mark import (
     remove_killed_import,
 )
 from ._model_output import redact_metadata
+from ._stranded_rounds import as_ended
 from ._validation_errors import first_error
 from .errors import (
     BranchNotFoundError,
@@ -250,6 +251,9 @@ async def export_context(
         own = metadata.branches[branch].model_copy(update={"forked_from": None})
         metadata = metadata.model_copy(update={"branches": {branch: own}, "active_branch": branch})
     messages = [_redacted(message) for message in await store.get_messages(context_id, ids)]
+    # A tool round a dead process left open where nothing can settle it (a folder that
+    # cannot be written) as settling it will record it (see _stranded_rounds).
+    messages = await as_ended(store, context_id, messages)
     if len(messages) < len(ids):
         # get_messages skipped unreadable files (each named in a warning); a document
         # with holes in its tree would not import.
