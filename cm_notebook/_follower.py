@@ -176,8 +176,8 @@ class LogFollower:
                         and isinstance(event, StateChanged)
                         and event.branch == branch
                     ):
-                        idle = event.new is fsm.State.IDLE
-                        known = None if idle else (event.turn_id or known)
+                        over = event.new in fsm.RESTING_STATES
+                        known = None if over else (event.turn_id or known)
             finally:
                 reader.close()
         if known is None or not self._claim_held(branch):

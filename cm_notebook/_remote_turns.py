@@ -1,8 +1,9 @@
 """Turns other processes run on a context's branches, from the signals that say so.
 
 The log follower (:mod:`cm_notebook._follower`) keeps one :class:`RemoteTurn` per branch
-another process announced busy (a ``StateChanged`` to anything but Idle) until that
-process announces it Idle. A process killed mid-turn announces nothing more, so this
+another process announced busy (a ``StateChanged`` to an active state) until that
+process announces its end (a ``StateChanged`` to a resting state: Idle, or
+PermanentFailure when its tries ran out). A process killed mid-turn announces nothing more, so this
 process announces the turn's end itself (:mod:`cm_notebook._dead_rounds`): the reply
 it was writing, which nothing else names once the branch has moved on, is therefore
 tracked here too, from the turn's ``MessageAdded`` and ``ContentDelta`` signals until
@@ -56,9 +57,11 @@ def track_turn(turns: RemoteTurns, event: Event) -> None:
         return
     if isinstance(event, StateChanged):
         turn = turns.get(branch)
-        if event.new is fsm.State.IDLE:
+        # A turn ends in Idle or in PermanentFailure (its tries ran out): either way it
+        # is over, and its process has nothing more to say about it.
+        if event.new in fsm.RESTING_STATES:
             turns.pop(branch, None)
-        elif turn is None or event.old is fsm.State.IDLE:
+        elif turn is None or event.old in fsm.RESTING_STATES:
             turns[branch] = RemoteTurn(event.new, event.turn_id)  # a turn begins
         else:
             turn.state = event.new

@@ -24,6 +24,7 @@ from typing import Any
 from . import events as ev
 from . import fsm
 from ._session_reading import SessionReading
+from ._unwritable import unwritable
 from .errors import BusyError, StateError
 from .model import Message, MessageStatus
 from .providers.base import Provider
@@ -60,6 +61,11 @@ class RetryMethods(SessionReading):
                 f"wait for it, or stop it with session.stop(branch={name!r})"
             )
         self._check_retryable(name)
+        cannot_write = unwritable(self._store, self.id)
+        if cannot_write is not None:
+            # Refused before anything is announced: taking the failure on here says the
+            # branch changed state, for a retry that then could not start.
+            raise cannot_write
         with self._claim(name, answer_dead_round=False) as claim:
             # Again under the claim: no other process can move the branch on from here.
             self._check_retryable(name)

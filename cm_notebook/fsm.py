@@ -84,6 +84,7 @@ from .retry import DEFAULT_POLICY, RetryPolicy
 
 __all__ = [
     "ACTIVE_STATES",
+    "RESTING_STATES",
     "TOOL_ROUND_LIMIT",
     "AbortRequest",
     "Cancel",
@@ -138,6 +139,10 @@ ACTIVE_STATES: frozenset[State] = frozenset(
         State.TRANSIENT_FAILURE,
     }
 )
+
+#: States a branch rests in once its turn is over (it ended, or failed for good): a
+#: ``StateChanged`` into one of them is the end of a turn.
+RESTING_STATES: frozenset[State] = frozenset(State) - ACTIVE_STATES
 
 _REQUESTING = (State.AWAITING_RESPONSE, State.STREAMING)
 

@@ -116,11 +116,12 @@ def test_a_retry_after_another_process_only_followed_or_wrote_elsewhere_still_wo
     failed.branch("side", switch=False)
     recorder = Recorder(failed)  # this process announces no Idle on main: it failed
     _fail(failed)
-    # The other process announces the failed turn over (its owner let go of the
-    # branch) without writing to it, and it sends on another branch.
-    recorder.wait(seen(StateChanged, branch="main", new=State.IDLE))
+    # The other process sends on another branch. The failed turn ended (in
+    # PermanentFailure): the other process takes it for over, not for a turn whose
+    # owner died, so it announces nothing on main.
     assert other.run(op="send", text="elsewhere", branch="side") == "echo: elsewhere"
     recorder.wait(seen(MessageAdded, branch="side", role="assistant"))
+    assert not seen(StateChanged, branch="main", new=State.IDLE)(recorder.events)
     assert failed.state_of("main") is State.PERMANENT_FAILURE
     assert failed.retry(branch="main").result(DEADLINE).content == "RETRIED REPLY"
     assert _contents(failed) == ["question from A", "RETRIED REPLY"]
