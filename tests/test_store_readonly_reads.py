@@ -2,10 +2,10 @@
 
 A reader that finds a stream whose writer died marks it ``interrupted``, which is a
 write. When the folder cannot be written (a read-only file system, a full disk, a
-folder without write permission) the read is served anyway: the reply as its writer
-left it, with a StoreWarning naming its file. Listing the data directory and the CLI
-work too, writes fail with the package's errors, and the first read once the folder
-can be written again marks the reply.
+folder without write permission) the read is served anyway, writing nothing: the reply
+as marking would leave it (interrupted, its text kept), with a StoreWarning naming its
+file. Listing the data directory and the CLI work too, writes fail with the package's
+errors, and the first read once the folder can be written again marks the reply.
 
 Everything is real: the writer is a child process (``store_child.py stream``) killed
 with SIGKILL while streaming, the read-only file system and the full disk are a small
@@ -33,6 +33,7 @@ from cm_notebook.cli import main
 from cm_notebook.errors import StoreIOError
 from cm_notebook.model import ContextMetadata, Message, MessageStatus
 from cm_notebook.store import FileStore, StoreWarning
+from cm_notebook.store.dead_streams import WRITER_DIED
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL and flock")
 
@@ -91,7 +92,8 @@ def read_everything(data_dir: Path, reply_id: str, store: FileStore) -> list[Mes
     async def reads() -> list[Message]:
         page = await store.page(CID)
         assert [m.id for m in page] == await store.path(CID)
-        assert (await store.index(CID))[reply_id].status is MessageStatus.STREAMING
+        # As marking leaves it, although nothing could be written.
+        assert (await store.index(CID))[reply_id].status is MessageStatus.INTERRUPTED
         alone = await store.get_message(CID, reply_id)
         assert alone.model_dump() == page[-1].model_dump()
         assert (await store.get_metadata(CID)).title == "precious"
@@ -103,7 +105,7 @@ def read_everything(data_dir: Path, reply_id: str, store: FileStore) -> list[Mes
         warnings.simplefilter("always")
         page = anyio.run(reads)
     about = [w.message for w in caught if isinstance(w.message, StoreWarning)]
-    assert about, "the reader says why the reply still shows as streaming"
+    assert about, "the reader says the reply could not be marked"
     for warning in about:
         assert isinstance(warning, StoreWarning)
         assert warning.path == reply_file(data_dir, reply_id)
@@ -111,9 +113,10 @@ def read_everything(data_dir: Path, reply_id: str, store: FileStore) -> list[Mes
     return page
 
 
-def check_as_left(page: list[Message], reply_id: str) -> None:
+def check_as_marked(page: list[Message], reply_id: str) -> None:
     assert page[-1].id == reply_id
-    assert page[-1].status is MessageStatus.STREAMING  # as its writer left it
+    assert page[-1].status is MessageStatus.INTERRUPTED  # as marking would leave it
+    assert page[-1].metadata.error == WRITER_DIED
     assert page[-1].content.startswith("tok tok ")  # the partial text is kept
     assert len(page) == 6  # 4 turns, the question, the reply
 
@@ -159,7 +162,7 @@ def test_a_dead_stream_reads_on_a_read_only_file_system(tmpfs: Path) -> None:
     store = FileStore(data_dir)
     try:
         page = read_everything(data_dir, reply_id, store)
-        check_as_left(page, reply_id)
+        check_as_marked(page, reply_id)
 
         # A write cannot be made: the package's error, naming the file system's state.
         async def write() -> None:
@@ -205,7 +208,7 @@ def test_a_dead_stream_reads_on_a_full_disk(tmpfs: Path) -> None:
     store = FileStore(data_dir)
     try:
         page = read_everything(data_dir, reply_id, store)
-        check_as_left(page, reply_id)
+        check_as_marked(page, reply_id)
         # Nothing written, nothing half-written left (no temporary file either).
         assert files_of(folder) == before
 
@@ -238,7 +241,7 @@ def test_a_dead_stream_reads_in_a_folder_without_write_permission(tmp_path: Path
         store = FileStore(data_dir)
         try:
             page = read_everything(data_dir, reply_id, store)
-            check_as_left(page, reply_id)
+            check_as_marked(page, reply_id)
             assert files_of(folder) == before
 
             for path in folders:

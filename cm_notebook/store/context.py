@@ -28,7 +28,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -39,11 +39,13 @@ from ..errors import (
     StoreError,
     StoreLockTimeoutError,
 )
-from ..model import Branch, ContextMetadata
+from ..model import ContextMetadata
 from .atomic import Fsync
-from .dead_streams import interrupt_dead_streams, warn_unmarked, writer_is_dead
+from .base import IndexEntry
+from .dead_streams import interrupt_dead_streams, writer_is_dead
 from .diagnostics import warn
 from .flushing import OwedFlushes
+from .head_moves import HeadMoves
 from .index import MessageIndex, RebuildNeeded
 from .leftovers import remove_leftovers
 from .metadata_file import MetadataFile
@@ -56,6 +58,7 @@ from .repair import ensure_messages_folder, repair_files
 from .streaming_locks import StreamingLocks
 from .tokens import Look, files_token, look, token_of, token_paths
 from .torn_tail import TornTails
+from .unmarked_streams import UnmarkedStreams
 from .walks import WalkCache
 
 __all__ = [
@@ -96,15 +99,13 @@ class ContextState:
         self.walks = WalkCache()  # recent walks to the root (see ops.walk)
         self.flushes = OwedFlushes()  # message files to fsync (see flushing.py)
         self._merged: tuple[tuple[int, int, int], ContextMetadata] | None = None
-        # A moved branch as last merged: name -> (the base's branch, the move, the
-        # result). A sweep's context moves hundreds of heads between two compactions:
-        # each merge after a write copies only the branches that moved since.
-        self._moved: dict[str, tuple[Branch, tuple[int, str | None], Branch]] = {}
+        self._moves = HeadMoves()  # the branches journal lines moved, as last merged
         self._swept = False  # see _sweep: once per load of the context
         self._quick = False  # a write on the caller's thread is under way: see locked()
         # What _check_heads last found complete: (metadata.json as read, index generation).
         self._heads_checked: tuple[ContextMetadata, int] | None = None
         self.streaming = StreamingLocks(context_id, ctx_dir)
+        self.unmarked = UnmarkedStreams(ctx_dir)  # dead streams it could not mark
         self.refused, self.torn = RefusedFinals(), TornTails()  # see each's module
         #: The current metadata as of a :func:`files_token`: what a read found (token
         #: taken before it) or a write left (token taken before the lock is let go).
@@ -188,7 +189,7 @@ class ContextState:
         key = (id(base), self.index.heads_version, self.heads_at)
         if self._merged is not None and self._merged[0] == key:
             return self._merged[1]
-        moved = self._moved_branches(base)
+        moved = self._moves.branches(base, self.index, self.heads_at)
         update: dict[str, object] = {"branches": {**base.branches, **moved}} if moved else {}
         last = self.index.last_at
         if last is not None and last[0] >= self.heads_at:
@@ -241,7 +242,8 @@ class ContextState:
         :meth:`look`; they also tell what to read again). Rebuilding a damaged index and
         interrupting streams whose writer died need the write locks, so they happen in
         :meth:`locked`, and the view is then retried. If the folder cannot be written
-        (read-only, a full disk), such streams are read as they are, with a warning.
+        (read-only, a full disk), such streams read as marking would leave them
+        (see :mod:`.unmarked_streams`).
         """
         if not self._swept and os.path.lexists(self.metadata_file.path):
             # Opening a context sweeps what a dead writer left, if no writer is busy (never
@@ -278,13 +280,18 @@ class ContextState:
             except (OSError, StoreError) as exc:
                 if not dead or isinstance(exc, ContextNotFoundError):
                     raise  # a damaged index that could not be rebuilt, say
-                # Marking them is a write; reading needs none (see dead_streams.py).
-                warn_unmarked(self.dir, dead, exc)
+                # Marking them is a write; reading them as marked needs none.
+                self.unmarked.record(dead, exc)
                 unmarked.update(dead)
         raise StoreError(
             f"the index of context {self.context_id!r} keeps getting damaged while it is "
             "being repaired; is another program writing to its folder?"
         )
+
+    def shown_entries(self) -> dict[str, IndexEntry]:
+        """A copy of the index's entries, those of dead streams this reader could not
+        mark as marking would leave them (see :mod:`.unmarked_streams`)."""
+        return self.unmarked.entries(self.index.entries)
 
     def foreign_streams(self) -> list[str]:
         """Streaming messages in the index that this FileStore is not writing.
@@ -493,35 +500,10 @@ class ContextState:
 
     def _merged_heads(self, base: ContextMetadata) -> ContextMetadata:
         # _current without a refresh: the index holds what salvage() found.
-        moved = self._moved_branches(base)
+        moved = self._moves.branches(base, self.index, self.heads_at)
         if not moved:
             return base
         return base.model_copy(update={"branches": {**base.branches, **moved}})
-
-    def _moved_branches(self, base: ContextMetadata) -> dict[str, Branch]:
-        """The branches of ``base`` whose heads journal lines since ``heads_at`` moved."""
-        moved = {}
-        loaded = self.index.loaded_heads
-        if loaded is not None and len(loaded) < len(base.branches):
-            # The moves the journal holds, not every branch: a context with hundreds of
-            # branches (a sweep's) moves a few heads between two compactions.
-            moves: Iterable[tuple[str, tuple[int, str | None] | None]] = loaded.items()
-        else:
-            moves = ((name, self.index.head_move(name)) for name in base.branches)
-        for name, move in moves:
-            branch = base.branches.get(name)
-            if branch is None or move is None:
-                continue  # a move of a branch deleted since (or none at all)
-            if move[0] >= self.heads_at and branch.head != move[1]:
-                known = self._moved.get(name)
-                if known is not None and known[0] is branch and known[1] == move:
-                    moved[name] = known[2]
-                    continue
-                moved[name] = branch.model_copy(update={"head": move[1]})
-                self._moved[name] = (branch, move, moved[name])
-        if len(self._moved) > 2 * len(moved) + 64:  # moves folded in by a compaction
-            self._moved = {name: self._moved[name] for name in moved}
-        return moved
 
     def rebuild_index(self, reason: str) -> ContextMetadata:
         """Rebuild the index from the message files now (write locks held), keeping the
@@ -591,6 +573,7 @@ class ContextState:
     def close(self) -> None:
         """Release streaming locks and close held files; the state can be reloaded later."""
         self.streaming.close()
+        self.unmarked.clear()
         self.index.close()
         self.file_lock.close()
         self.metadata_file.close()

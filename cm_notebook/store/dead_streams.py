@@ -7,9 +7,11 @@ marked ``interrupted``, keeping its partial text (:func:`interrupt_dead_streams`
 what it streamed after its last checkpoint where the signal log has it (:mod:`.stream_tail`).
 
 That takes a write (the message file and a journal line). A reader that cannot make it
-(a read-only folder or file system, a full disk) still reads: the reply is shown as its
-writer left it, ``streaming`` with its partial text, with a StoreWarning naming its file
-(:func:`warn_unmarked`), and it is marked by the first read or write that can.
+(a read-only folder or file system, a full disk) still reads, and reads the reply as
+marking would leave it, writing nothing (:mod:`.unmarked_streams`): ``interrupted`` with
+the text it had reached, with a StoreWarning naming its file (:func:`warn_unmarked`), or,
+if its final state reached the file but not the journal, that state, silently. The first
+read or write that can write marks it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import contextlib
 from pathlib import Path
 
 from ..errors import CorruptDataError
-from ..model import MessageStatus, utcnow
+from ..model import Message, MessageStatus, utcnow
 from .atomic import atomic_write
 from .base import IndexEntry
 from .codec import encode_message_forms, read_message_file
@@ -29,7 +31,13 @@ from .oslock import LockTimeout, OSLock, lock_is_held
 from .paths import message_path, streaming_lock_path
 from .stream_tail import streamed_reasoning, streamed_text
 
-__all__ = ["WRITER_DIED", "interrupt_dead_streams", "warn_unmarked", "writer_is_dead"]
+__all__ = [
+    "WRITER_DIED",
+    "as_interrupted",
+    "interrupt_dead_streams",
+    "warn_unmarked",
+    "writer_is_dead",
+]
 
 #: The error a reply whose writer died while streaming it is marked with.
 WRITER_DIED = (
@@ -92,21 +100,7 @@ def _mark(index: MessageIndex, ctx_dir: Path, entry: IndexEntry) -> None:
         warn(f"could not keep the partial text of an interrupted reply: {exc}", path)
     else:
         if message.status is MessageStatus.STREAMING:
-            # With the text (and reasoning) it streamed after its last checkpoint, where
-            # the log has it.
-            text = streamed_text(ctx_dir, message)
-            update: dict[str, object] = {"status": status}
-            if text is not None:
-                update["content"] = text
-            meta: dict[str, object] = {}
-            reasoning = streamed_reasoning(ctx_dir, message)
-            if reasoning is not None:
-                meta["reasoning"] = reasoning
-            if message.metadata.error is None:  # why it is cut short, for a reader
-                meta["error"] = WRITER_DIED
-            if meta:
-                update["metadata"] = message.metadata.model_copy(update=meta)
-            message = message.model_copy(update=update)
+            message = as_interrupted(ctx_dir, message)
         else:
             status = message.status  # the final update reached the file
         data, content = encode_message_forms(message)
@@ -121,14 +115,33 @@ def _mark(index: MessageIndex, ctx_dir: Path, entry: IndexEntry) -> None:
     )
 
 
-def warn_unmarked(ctx_dir: Path, message_ids: list[str], error: Exception) -> None:
-    """Report dead streams that could not be marked ``interrupted`` (``error`` says why)."""
-    for message_id in message_ids:
-        path = message_path(ctx_dir, message_id)
-        warn(
-            f"reply {message_id!r} of context {ctx_dir.name!r} was left 'streaming' by a "
-            "process that died; it is read as it was left, partial text included, and "
-            "will be marked interrupted by the first read or write that can write to its "
-            f"folder. This one could not: {error}",
-            path,
-        )
+def as_interrupted(ctx_dir: Path, message: Message) -> Message:
+    """``message`` (``streaming``, its writer gone) as marking it leaves it: ``interrupted``,
+    with the text and reasoning it streamed after its last checkpoint where the signal
+    log has them (:mod:`.stream_tail`), and why it was cut short. Reads nothing else."""
+    update: dict[str, object] = {"status": MessageStatus.INTERRUPTED}
+    text = streamed_text(ctx_dir, message)
+    if text is not None:
+        update["content"] = text
+    meta: dict[str, object] = {}
+    reasoning = streamed_reasoning(ctx_dir, message)
+    if reasoning is not None:
+        meta["reasoning"] = reasoning
+    if message.metadata.error is None:  # why it is cut short, for a reader
+        meta["error"] = WRITER_DIED
+    if meta:
+        update["metadata"] = message.metadata.model_copy(update=meta)
+    return message.model_copy(update=update)
+
+
+def warn_unmarked(ctx_dir: Path, message_id: str, error: Exception) -> None:
+    """Report a dead stream that could not be marked ``interrupted`` (``error`` says
+    why): it reads as marked all the same (see :mod:`.unmarked_streams`)."""
+    warn(
+        f"reply {message_id!r} of context {ctx_dir.name!r} was left 'streaming' by a "
+        "process that died. It reads as interrupted, with the text it had reached (its "
+        "file's, and what the signal log holds after it), but nothing was written: it "
+        "will be marked interrupted by the first read or write that can write to its "
+        f"folder. This one could not: {error}",
+        message_path(ctx_dir, message_id),
+    )

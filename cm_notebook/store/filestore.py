@@ -514,7 +514,7 @@ class FileStore(ScoreFiles, BranchWrites, IntegrityChecks, SessionFiles, Context
 
     async def index(self, context_id: str) -> dict[str, IndexEntry]:
         """A snapshot of the message index: id -> entry."""
-        return await self._run(self._view, context_id, lambda s, _m: dict(s.index.entries))
+        return await self._run(self._view, context_id, lambda s, _m: s.shown_entries())
 
     async def children(self, context_id: str, message_id: str | None) -> list[str]:
         """Ids of the direct children of ``message_id`` (None: the roots), oldest first.

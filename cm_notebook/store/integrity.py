@@ -415,7 +415,10 @@ def _inspect(
                 links[message_id] = message.parent_id
             if entry is None:
                 hidden[message_id] = message
-            elif entry.status is not message.status:
+            elif entry.status is not message.status and not state.unmarked.resolves(entry):
+                # Not for a dead stream this reader could not mark (a read-only folder):
+                # marking it journals the file's status (a completion line cut off the
+                # journal), so the two agree once a writable open has been.
                 how = (
                     f"its status is {message.status.value!r}, the index says {entry.status.value!r}"
                 )

@@ -234,9 +234,11 @@ def read_restoring(
 ) -> Message:
     """:func:`read_message_file`; a damaged file whose message the journal still holds
     (the same size, say, so :func:`restore_lost` let it pass) is restored from it first.
+    A reply whose writer died that this reader could not mark reads as marked (see
+    :mod:`.unmarked_streams`).
     """
     try:
-        return read_message_file(path, message_id, check_folder=check_folder)
+        message = read_message_file(path, message_id, check_folder=check_folder)
     except CorruptDataError:
         try:
             with state.state_lock:
@@ -245,8 +247,9 @@ def read_restoring(
             held = False
         if not held:
             raise
-    state.restore([message_id], compare=True)
-    return read_message_file(path, message_id, check_folder=check_folder)
+        state.restore([message_id], compare=True)
+        message = read_message_file(path, message_id, check_folder=check_folder)
+    return state.unmarked.as_marked(message)
 
 
 def restore_lost(state: ContextState, ids: list[str]) -> None:
