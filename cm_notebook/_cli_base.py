@@ -114,6 +114,8 @@ _CLI_REMEDIES = (
         r"(from Python: \1; cm-notebook has no command for it)",
     ),
     (re.compile(r"session\.export\(branch=\.\.\.\)"), "--branch"),
+    # Where the data directory is chosen: the command line's option, not a Python keyword.
+    (re.compile(r"\(CM_NOTEBOOK_DATA_DIR or data_dir=\)"), "(--data-dir or $CM_NOTEBOOK_DATA_DIR)"),
     (
         # A message id in a file or an argument: its ids are listed the command line's way.
         re.compile(r"Use an id from session\.history\(\)\."),

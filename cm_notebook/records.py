@@ -84,7 +84,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._unicode import without_surrogates
 from .compare import tool_round_stop
-from .errors import CMError, ExtraNotInstalledError, InvalidInputError
+from .errors import CMError, ExtraNotInstalledError, InvalidInputError, StoreIOError
 from .model import Branch, Message, MessageStatus, TokenUsage
 from .scores import Score
 from .store.atomic import atomic_write
@@ -397,13 +397,18 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -
         # directory ("restore from a backup"); here it is the caller's path: made (or
         # removed) between the check above and the write.
         _check_target(target)
-        if isinstance(exc, CMError):
+        # The primitive said it for a data directory (copy it, or choose another): this
+        # is a path the caller chose, for which another path is the remedy.
+        cause = exc.__cause__ if isinstance(exc, StoreIOError) else exc
+        if not isinstance(cause, OSError) or isinstance(cause, CMError):
             raise
-        raise translate(exc, target, "write") from exc
+        raise translate(cause, target, "write", instead=_ELSEWHERE) from exc
     return target
 
 
 _EXAMPLE = "e.g. 'results.csv'"
+#: What to do when the CSV file's folder cannot be written (read-only, no permission).
+_ELSEWHERE = "choose another path for the CSV file (nothing was written)"
 
 
 def _csv_target(path: object) -> Path:

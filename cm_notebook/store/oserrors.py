@@ -26,6 +26,7 @@ from ..errors import CorruptDataError, StorageFullError, StoreError, StoreIOErro
 
 __all__ = [
     "DISK_FULL",
+    "KEEP_OR_MOVE",
     "OUT_OF_RESOURCES",
     "describe_kind",
     "linked",
@@ -47,6 +48,20 @@ _NOT_A_FILE = {errno.EISDIR, errno.ENOTDIR, errno.ENXIO, getattr(errno, "EOPNOTS
 #: memory): whoever reads many files must not take them for damage to one.
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
+#: Where the store's data directory is chosen, for a Python caller.
+_DATA_DIR_SETTINGS = "(CM_NOTEBOOK_DATA_DIR or data_dir=)"
+#: What a data directory that cannot be written still allows.
+_READ_ONLY = "its contexts can be read, not changed"
+#: The remedy for a data directory that cannot be written. It may be a colleague's
+#: folder, opened to read: choosing another data directory alone would lose sight of
+#: its contexts, so working on a copy of them comes first. (Not `cm-notebook import` in
+#: backquotes: the command line would add the read-only folder as its --data-dir.)
+KEEP_OR_MOVE = (
+    "To keep working on these contexts, copy the data directory to a place you can "
+    "write to and use the copy (or `cm-notebook export` a context, then import the file "
+    "into a data directory of your own with cm-notebook import); to work elsewhere, "
+    f"choose a writable data directory {_DATA_DIR_SETTINGS}."
+)
 
 _REPLACE = "Replace it with the file or folder it points to."
 
@@ -147,10 +162,16 @@ def not_a_file(path: Path, mode: int) -> CorruptDataError:
     )
 
 
-def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
+def translate(
+    exc: OSError, path: Path | str | None, doing: str, *, instead: str | None = None
+) -> StoreError:
     """The package's error for ``exc``, raised while ``doing`` (a verb) ``path``.
 
-    Already-translated errors are returned unchanged.
+    A write refused by a read-only file system or by permissions is advised for a data
+    directory: copy it somewhere writable to keep working on its contexts, or choose
+    another (:data:`KEEP_OR_MOVE`). ``instead`` is for a file the caller named, which
+    is no data directory: the remedy then is that text (``"choose another path for
+    the CSV file"``). Already-translated errors are returned unchanged.
     """
     if isinstance(exc, StoreError):
         return exc
@@ -175,12 +196,17 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
         if mode and not stat.S_ISREG(mode):
             return not_a_file(where, mode)
     if code in _DENIED:
+        if instead is not None:
+            remedy = f"Give the user running cm_notebook access to it, or {instead}."
+        elif doing == "read":
+            remedy = (
+                "Give the user running cm_notebook read and write access to it, or choose "
+                f"another data directory {_DATA_DIR_SETTINGS}."
+            )
+        else:
+            remedy = f"Give the user running cm_notebook write access to it. {KEEP_OR_MOVE}"
         return StoreIOError(
-            f"permission denied to {doing} {where} ({reason}). Give the user running "
-            "cm_notebook read and write access to it, or choose another data directory "
-            "(CM_NOTEBOOK_DATA_DIR or data_dir=).",
-            where,
-            code,
+            f"permission denied to {doing} {where} ({reason}). {remedy}", where, code
         )
     if code in OUT_OF_RESOURCES:
         return StoreIOError(
@@ -191,11 +217,9 @@ def translate(exc: OSError, path: Path | str | None, doing: str) -> StoreError:
             code,
         )
     if code == errno.EROFS:
+        remedy = f"{instead}." if instead is not None else f"{_READ_ONLY}. {KEEP_OR_MOVE}"
         return StoreIOError(
-            f"could not {doing} {where}: the file system is read-only. Choose a writable "
-            "data directory (CM_NOTEBOOK_DATA_DIR or data_dir=).",
-            where,
-            code,
+            f"could not {doing} {where}: the file system is read-only; {remedy}", where, code
         )
     return StoreIOError(
         f"could not {doing} {where}: {reason}. Check that its folder exists and can be "
