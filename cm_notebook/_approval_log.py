@@ -35,11 +35,17 @@ from pydantic import ValidationError
 
 from . import _json
 from .approvals import ApprovalRecord, Remember
-from .errors import CorruptDataError, InvalidInputError, StoreError, StoreLockTimeoutError
+from .errors import (
+    CorruptDataError,
+    InvalidInputError,
+    StoreError,
+    StoreIOError,
+    StoreLockTimeoutError,
+)
 from .store.atomic import Fsync, atomic_write, fsync_dir, mkdir_durable, write_all
 from .store.codec import read_regular
 from .store.diagnostics import warn
-from .store.oserrors import linked
+from .store.oserrors import linked, translate
 from .store.oslock import LockTimeout, OSLock
 
 __all__ = ["AllowLists", "ApprovalLog", "approvals_folder", "write_approvals"]
@@ -80,6 +86,17 @@ def _refuse_link(path: Path) -> None:
     # ``path`` (a folder, or a file whose folder was checked) if it is no link.
     if os.path.islink(path):
         raise _linked(path)
+
+
+def _said_of(what: str, error: StoreError) -> StoreError:
+    # ``error`` (an OSError translated as every store write's is: what went wrong and
+    # what to do) after what it kept from happening; its class, path and errno kept.
+    message = f"{what}: {error}"
+    if isinstance(error, StoreIOError):
+        return type(error)(message, error.path, error.errno)
+    if isinstance(error, CorruptDataError):
+        return CorruptDataError(message, error.path)
+    return StoreError(message)
 
 
 def approvals_folder(context_dir: Path | None) -> Path | None:
@@ -141,9 +158,9 @@ class ApprovalLog:
                     f"{_linked(self._path)}",
                     self._path,
                 ) from exc
-            raise StoreError(
-                f"the approval log {self._path} could not be written: {exc}; the decision "
-                "itself was applied. Free disk space or fix the folder's permissions."
+            raise _said_of(
+                f"the approval log {self._path} was not written (the decision itself was applied)",
+                translate(exc, exc.filename or self._path, "write"),
             ) from exc
 
     def read(self, branch: str | None = None) -> list[ApprovalRecord]:
@@ -162,7 +179,7 @@ class ApprovalLog:
                     raise _linked(self._path) from None
                 raise  # the folder (already said so) or not a file (read_regular's error)
             except OSError as exc:
-                raise StoreError(f"the approval log {self._path} could not be read: {exc}") from exc
+                raise translate(exc, self._path, "read") from exc
             # Lines end at "\n" only: a record's text may hold U+2028 or U+0085 raw
             # (JSON does not escape them), where splitlines() would cut it in two.
             records = [record for record in map(_parse, text.split("\n")) if record]
@@ -233,7 +250,7 @@ class AllowLists:
         except FileNotFoundError:
             return frozenset()
         except OSError as exc:
-            raise StoreError(f"the allow-list {path} could not be read: {exc}") from exc
+            raise translate(exc, path, "read") from exc
         if stat.S_ISLNK(info.st_mode):
             raise _linked(path)
         signature = (info.st_ino, info.st_mtime_ns, info.st_size)
@@ -303,8 +320,11 @@ class AllowLists:
             lock.close()
             if exc.errno == errno.ELOOP:  # the lock file is a link (O_NOFOLLOW)
                 raise _linked(self._folder / _LOCK) from exc
-            raise StoreError(
-                f"the allow-list in {self._folder} could not be changed: {exc}"
+            # Said as every store write says it (a read-only or locked folder, a full
+            # disk), and of the allow-list.
+            raise _said_of(
+                f"the allow-list in {self._folder} could not be changed",
+                translate(exc, exc.filename or self._folder / _LOCK, "write"),
             ) from exc
         try:
             yield self._folder
@@ -322,6 +342,8 @@ def _read_allowed(path: Path) -> frozenset[str]:
         if os.path.islink(path):
             raise _linked(path) from None
         raise  # the folder (already said so) or not a file (read_regular's error)
+    except StoreIOError:
+        raise  # the file system refused the read (said so, with what to do): no damage
     except (OSError, ValueError) as exc:
         raise StoreError(
             f"the allow-list {path} is damaged ({exc}); delete it to allow no tool "

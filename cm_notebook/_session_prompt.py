@@ -23,7 +23,7 @@ from . import events as ev
 from ._session_messages import MessageCache
 from ._sessionio import StoreAccess
 from ._turn_writes import settle_append
-from .errors import StorageFullError, StoreError
+from .errors import StorageFullError, StoreError, StoreIOError
 from .model import Message
 from .store import Store
 from .store.oserrors import DISK_FULL
@@ -77,10 +77,15 @@ class PromptWrites:
                 if full
                 else "put right what it names (say, a read-only or locked data folder)"
             )
-            raise StoreError(
+            text = (
                 f"your message could not be stored: {str(error).rstrip('. ')}. Nothing was "
                 f"sent; {remedy} and send it again."
-            ) from error
+            )
+            # Of the store's error's class (a read-only folder stays a StoreIOError, a
+            # full disk a StorageFullError), so that its callers can tell them apart.
+            if isinstance(error, StoreIOError):
+                raise type(error)(text, error.path, error.errno) from error
+            raise StoreError(text) from error
         self._prompt_stored(branch, message)
 
     def _start_prompt(self, branch: str, message: Message) -> concurrent.futures.Future[None]:

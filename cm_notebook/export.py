@@ -497,11 +497,17 @@ def _take_import_lock(store: Store, context_id: str) -> OSLock | None:
     try:
         lock.acquire(timeout=0)
     except LockTimeout:
+        lock.close()
         raise ContextExistsError(
             f"context {context_id!r} is being imported by another process now; wait for "
             "that import to end, or import this copy beside it with a new id",
             existing=context_id,
         ) from None
+    except OSError as exc:
+        # The lock file is the import's first write: a read-only data directory (or
+        # one without write permission) refuses it, and says so as every store write does.
+        lock.close()
+        raise translate(exc, path, "write") from exc
     return lock
 
 
