@@ -12,11 +12,14 @@ Errors and their statuses: a malformed body or query, a hostile id or a bad valu
 a conflict with the current state (a reply already streaming, nothing to approve, a
 branch that exists) is 409; a context whose stored files are damaged (or written by a
 newer version) is 500, with a message naming the file and the remedy; a store lock
-held too long is 503.
+held too long, or a data folder the server may not write (read-only, no permission),
+is 503. A 503 is a condition of the server, not a fault in it: it is logged as one
+warning line, not as an error with the request's headers.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import re
@@ -28,6 +31,7 @@ from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
+from jupyter_server.prometheus.log_functions import prometheus_log_method
 from jupyter_server.utils import url_path_join
 from pydantic import BaseModel, ValidationError
 from tornado import web
@@ -44,6 +48,8 @@ from ..errors import (
     ProviderError,
     SchemaVersionError,
     StateError,
+    StorageFullError,
+    StoreIOError,
     StoreLockTimeoutError,
     TransientProviderError,
 )
@@ -210,6 +216,11 @@ def scrub_uri(uri: str) -> str:
     return f"{path}?{'&'.join(parts)}"
 
 
+#: The errors of a data folder the server may not write: a read-only file system, no
+#: permission.
+_CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def status_of(exc: CMError) -> int:
     """The HTTP status for one of the package's errors."""
     if isinstance(exc, KeyError):  # every "not found" error is also a KeyError
@@ -222,6 +233,15 @@ def status_of(exc: CMError) -> int:
     if isinstance(exc, (StateError, BranchExistsError, ContextExistsError)):
         return 409
     if isinstance(exc, StoreLockTimeoutError):
+        return 503
+    if (
+        isinstance(exc, StoreIOError)
+        and not isinstance(exc, StorageFullError)
+        and exc.errno in _CANNOT_WRITE
+    ):
+        # The data folder is read-only (a colleague's, mounted so) or not the server's
+        # to write (or read): how the server was set up, not a bug in it and not the
+        # request's fault. Its administrator can serve a writable copy.
         return 503
     if isinstance(exc, (CorruptDataError, SchemaVersionError)):
         # Not the request's fault, and no retry helps: the server cannot read what it
@@ -281,6 +301,9 @@ class CMHandler(APIHandler):
 
     auth_resource = "cm_notebook"
     _held: list[Lease] | None = None
+    #: Whether this request was answered with a condition of the server (a 503 of
+    #: ours): the warning that names it is all the log needs.
+    _condition = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -290,6 +313,18 @@ class CMHandler(APIHandler):
         # keeps it), so that a handler without GET still answers HEAD with 405.
         if "get" in cls.__dict__ and "head" not in cls.__dict__:
             setattr(cls, "head", cls.__dict__["get"])  # noqa: B010 - mypy refuses a method assignment
+
+    def _log(self) -> None:
+        # Tornado's hook for the access log (kept for handlers that override it). Jupyter
+        # logs every answer of 500 and up as an error, with the request's headers: right
+        # for a bug, noise for a 503 of ours (a data folder the server may not write,
+        # another process's lock, a stopping server), one per request. Its warning
+        # (log_exception: the status, the request and the full message) is logged
+        # already; the request still counts in the server's metrics.
+        if not self._condition:
+            super()._log()
+            return
+        prometheus_log_method(self)  # type: ignore[no-untyped-call]
 
     def _request_summary(self) -> str:
         # Tornado logs this with every error answered. An EventSource cannot send
@@ -399,6 +434,7 @@ class CMHandler(APIHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             body = exc.body
+            self._condition = status_code == 503
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message or responses.get(status_code, "error")
             if exc.args and exc.log_message:

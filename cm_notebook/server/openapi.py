@@ -149,7 +149,8 @@ def _operation(
     statuses = {*described.errors, 403}
     if not template.endswith("openapi.json"):
         # Any route but this document: the server is stopping, or a store lock or the
-        # model's server was unavailable for longer than the server waits.
+        # model's server was unavailable for longer than the server waits, or the data
+        # folder cannot be written (a POST /contexts as much as a context's route).
         statuses.add(503)
     if "context_id" in names:
         # Every route of a context reads its stored files, which may be damaged (or
@@ -185,7 +186,9 @@ _ERRORS = {
     "(restore it from a backup, or DELETE the context)",
     503: "Unavailable for now: the server is stopping (ServerStopping), another process "
     "held the context's lock too long (StoreLockTimeoutError) or the model's server is "
-    "busy or down (TransientProviderError); try again later",
+    "busy or down (TransientProviderError); try again later. Or a change the server may "
+    "not write (StoreIOError): its data folder is read-only or not its own to write; "
+    "reads work, and its administrator can serve a writable copy",
 }
 
 

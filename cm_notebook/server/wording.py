@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .._cli_advice import data_dir_option
+from ..store.oserrors import KEEP_OR_MOVE
 
 __all__ = ["for_http"]
 
@@ -30,10 +31,45 @@ _BRANCH = "\x00branch\x00"
 _CLAUSE = re.compile(r"[^;.]*(?:\.(?!\s|$)[^;.]*)*(?:[;.](?=\s|$)|$)")
 
 
+#: How the server's data folder is chosen, said to whoever runs the server.
+_SERVE = "`--CMNotebookApp.data_dir`"
+#: The store's remedy for a data folder it may not write, without the period that ends
+#: it (a message that goes on after it may have taken that off).
+_KEEP_OR_MOVE = re.escape(KEEP_OR_MOVE.removesuffix("."))
+#: A data folder the server may not write: the client can do nothing about it, so the
+#: remedy is said for the server's administrator (copying the folder, importing into
+#: one's own, a Python keyword: none of them a client's to do).
+_CANNOT_WRITE: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r"Give the user running cm_notebook write access to it\. " + _KEEP_OR_MOVE),
+        "The server's administrator can give the user running the server write access to "
+        f"it, or serve a writable copy of its data folder (or another folder) with {_SERVE}",
+    ),
+    (
+        re.compile(_KEEP_OR_MOVE),
+        "The server's administrator can serve a writable copy of its data folder (or "
+        f"another folder) with {_SERVE}",
+    ),
+    (
+        re.compile(
+            r"Give the user running cm_notebook read and write access to it, or choose "
+            r"another data directory \(CM_NOTEBOOK_DATA_DIR or data_dir=\)"
+        ),
+        "The server's administrator can give the user running the server read and write "
+        f"access to it, or serve another data folder with {_SERVE}",
+    ),
+    (
+        re.compile(r"\(CM_NOTEBOOK_DATA_DIR or data_dir=\)"),
+        f"({_SERVE}, for the server's administrator)",
+    ),
+]
+
+
 def _rewrites(api: str, context: str) -> list[tuple[re.Pattern[str], str]]:
     here = f"{api}/contexts/{context}"
     stop_body = '{"branch": ' + _BRANCH + "}"
     return [
+        *_CANNOT_WRITE,
         (
             re.compile(
                 r"List existing contexts with FileStore\.list_contexts\(\)"
