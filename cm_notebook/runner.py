@@ -57,6 +57,7 @@ from .errors import (
 from .model import Message, MessageMetadata, MessageStatus, TokenUsage, ToolCall, ToolCallStatus
 from .prompts import system_of
 from .provenance import endpoint_of, with_provenance
+from .providers._errors import provider_bug_error
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -395,21 +396,9 @@ class TurnRunner(ToolRounds):
 
     def _provider_bug(self, exc: BaseException) -> PermanentProviderError:
         # Anything but ProviderError is a bug in the provider: fail the turn for good
-        # (escaping would leave the branch stuck), keeping the bug as __cause__. That
-        # includes SystemExit (a client library calling sys.exit()): let through, it
-        # would end the event loop it runs on, and with it every session of the
-        # process (or the kernel).
+        # (escaping would leave the branch stuck), keeping the bug as __cause__.
         self._internal = True
-        name = self.provider.name
-        if isinstance(exc, SystemExit):
-            return PermanentProviderError(
-                f"provider {name!r} called sys.exit({exc.code!r}) while answering: the reply "
-                "failed and the session goes on; fix or replace the provider",
-                provider=name,
-            )
-        return PermanentProviderError(
-            f"internal error in provider {name!r}: {type(exc).__name__}: {exc}", provider=name
-        )
+        return provider_bug_error(self.provider.name, exc)
 
     async def _stream(self, request: ChatRequest, reply: Reply) -> None:
         # Once per chunk: plain statements, no context manager (a chunk costs microseconds).

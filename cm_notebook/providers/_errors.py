@@ -47,6 +47,7 @@ __all__ = [
     "malformed_response_error",
     "not_an_event_stream_error",
     "parse_retry_after",
+    "provider_bug_error",
     "retry_after_from_headers",
     "stream_cut_error",
     "timeout_error",
@@ -434,3 +435,21 @@ def not_an_event_stream_error(
         "there. To fix: check the base URL"
     )
     return ProviderSetupError(f"{text}{hint}.", provider=provider)
+
+
+def provider_bug_error(provider: str, exc: BaseException) -> PermanentProviderError:
+    """What a turn fails with when a provider's code raised anything but ProviderError:
+    a bug in the provider, the reply failed for good (``exc`` kept as ``__cause__`` by
+    the caller). That includes SystemExit (a client library calling ``sys.exit()``):
+    let through, it would end the event loop it runs on, and with it every session of
+    the process (or the kernel)."""
+    if isinstance(exc, SystemExit):
+        return PermanentProviderError(
+            f"provider {provider!r} called sys.exit({exc.code!r}) while answering: the reply "
+            "failed and the session goes on; fix or replace the provider",
+            provider=provider,
+        )
+    return PermanentProviderError(
+        f"internal error in provider {provider!r}: {type(exc).__name__}: {exc}",
+        provider=provider,
+    )
