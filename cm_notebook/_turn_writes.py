@@ -23,6 +23,7 @@ import anyio
 
 from . import events as ev
 from ._host import TurnHost
+from ._unicode import without_surrogates
 from .errors import (
     BranchExistsError,
     BranchMovedError,
@@ -97,7 +98,8 @@ class Reply:
     def said(self) -> dict[str, Any]:
         """The reply's metadata fields for its reasoning and refusal (current attempt)."""
         return {
-            "reasoning": "".join(self.reasoning_parts) or None,
+            # Whole characters, as the store keeps it (an emoji split between chunks).
+            "reasoning": without_surrogates("".join(self.reasoning_parts)) or None,
             "reasoning_blocks": list(self.reasoning_blocks),
             "refusal": self.refused,
             "reasoning_field": self.reasoning_field if self.reasoning_parts else None,
@@ -114,9 +116,10 @@ class Reply:
         attempt's): counted once, whether the retry is made or the turn ends first. The
         attempt a reply ends with keeps its tokens in the reply's ``usage``, as before.
         """
-        record = FailedAttempt(error=error, text=self.text, status_code=status_code)
+        text = without_surrogates(self.text)
+        record = FailedAttempt(error=error, text=text, status_code=status_code)
         if self.reasoning_parts:
-            record["reasoning"] = "".join(self.reasoning_parts)
+            record["reasoning"] = without_surrogates("".join(self.reasoning_parts))
         if retried and self.usage is not None:
             usage, self.usage = self.usage, None
             record["usage"] = TokenUsage(

@@ -158,3 +158,45 @@ def test_a_model_still_thinking_shows_its_reasoning_and_a_late_view_pulls_it(
     )
     assert "Weighing every option slowly." in stopped["reasoning"]
     assert _live_id(fe, transcript) is None
+
+
+def _live_text(fe: FrontEnd, comm_id: str, message_id: str, since: int = 0) -> str:
+    """The answer's text the page's live reply holds, from snapshots and deltas."""
+    text = ""
+    for record in fe.comms[since:]:
+        msg = record.content.get("content", {}) if record.method == "custom" else {}
+        if record.comm_id != comm_id or msg.get("id") != message_id:
+            continue
+        if msg.get("kind") == "snapshot":
+            text = msg.get("text", "")
+        elif msg.get("kind") == "delta":
+            assert msg["offset"] == _js_length(text), "a delta that does not continue"
+            text += msg["text"]
+    return text
+
+
+def test_a_character_split_between_chunks_reaches_the_page_whole(fe: FrontEnd) -> None:
+    # A provider passes on half of a surrogate pair when a JSON "\ud83d" escape is split
+    # from its "\ude00" between chunks: one character a chunk splits every emoji. The
+    # halves reach the page as the one character they make, in the reasoning and the
+    # answer alike; before, each lone half failed the view's update and was lost.
+    odd = "I think \ud83d\ude00 so"
+    (transcript,) = fe.run(
+        f"""
+        split = ScriptedProvider().reply({odd!r}, reasoning={odd!r}, chunks=1, delay=0.06)
+        s4 = ContextSession.create("split", provider=split)
+        v4 = ChatView(s4)
+        print(v4.transcript.model_id)
+        """
+    ).split()
+    start = fe.mark()
+    fe.run("t4 = s4.send('Smile?')")
+    live_id = fe.wait_for(lambda: _live_id(fe, transcript), what="the live reply")
+    fe.wait_for(
+        lambda: next((m for m in fe.messages(transcript) if m["id"] == live_id), None),
+        what="the finished reply",
+    )
+    assert _thinking(fe, transcript, live_id, start) == "I think 😀 so"
+    assert _live_text(fe, transcript, live_id, start) == "I think 😀 so"
+    (reply,) = [m for m in fe.messages(transcript) if m["id"] == live_id]
+    assert "I think 😀 so" in reply["reasoning"]  # the finished block, drawn whole

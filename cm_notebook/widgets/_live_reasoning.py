@@ -16,12 +16,31 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LiveReasoning", "js_length"]
+from .._unicode import without_surrogates
+
+__all__ = ["LiveReasoning", "js_length", "sendable"]
 
 
 def js_length(text: str) -> int:
-    """The length of ``text`` in JavaScript: UTF-16 code units (an emoji counts two)."""
-    return len(text.encode("utf-16-le")) // 2
+    """The length of ``text`` in JavaScript: UTF-16 code units (an emoji counts two, a
+    lone surrogate one)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def sendable(text: str) -> tuple[str, str]:
+    """``(to_send, held)``: ``text`` as the front end can be sent it, and its end kept
+    for the next piece.
+
+    A provider passes on half of a surrogate pair when a JSON ``"\\ud83d"`` escape is
+    split from its other half between chunks, and a lone surrogate cannot be encoded
+    for the comm (nor measured): a high half at the end waits for its other half, pairs
+    are joined into their character, and other lone halves become U+FFFD (the same
+    number of UTF-16 code units, so the offsets agree).
+    """
+    held = ""
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text, held = text[:-1], text[-1]
+    return without_surrogates(text), held
 
 
 class LiveReasoning:
@@ -52,18 +71,19 @@ class LiveReasoning:
 
     def delta(self, message_id: str) -> dict[str, Any] | None:
         """The custom message for what arrived since the last one (None: nothing new)."""
-        if not self._pending:
+        text, held = sendable("".join(self._pending))
+        self._pending = [held] if held else []
+        if not text:
             return None
-        text = "".join(self._pending)
-        self._pending = []
         message = {"kind": "reasoning", "id": message_id, "offset": self.sent, "text": text}
         self.sent += js_length(text)
         return message
 
     def whole(self) -> str:
         """All the reasoning so far, for a snapshot: what was pending goes with it."""
-        text = "".join(self._chunks)
-        self._chunks = [text] if text else []
-        self._pending = []
+        joined = "".join(self._chunks)
+        self._chunks = [joined] if joined else []
+        text, held = sendable(joined)
+        self._pending = [held] if held else []
         self.sent = js_length(text)
         return text

@@ -49,7 +49,7 @@ from ..model import Message, MessageStatus
 from ..render import SAVED_MESSAGES, tool_results
 from ..tree import MessageTree
 from ._base import SessionFollower, Throttle, close_parts, fork_under_free_name, static_text
-from ._live_reasoning import LiveReasoning, js_length
+from ._live_reasoning import LiveReasoning, js_length, sendable
 from ._messages import message_dict
 from ._refused_input import give_back_if_refused
 from .rating import rate_from_front_end, rating_of, stored_rating
@@ -321,10 +321,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
         reasoning = self._reasoning.delta(self._live_id)
         if reasoning is not None:
             self.transcript.send(reasoning)
-        if not self._pending:
+        text, held = sendable("".join(self._pending))
+        self._pending = [held] if held else []
+        if not text:
             return
-        text = "".join(self._pending)
-        self._pending = []
         self.transcript.send(
             {"kind": "delta", "id": self._live_id, "offset": self._sent_len, "text": text}
         )
@@ -333,9 +333,10 @@ class ChatView(w.VBox):  # type: ignore[misc]
     def _send_snapshot(self) -> None:
         if self._live_id is None:
             return
-        text = "".join(self._live_chunks)
-        self._live_chunks = [text]
-        self._pending = []
+        joined = "".join(self._live_chunks)
+        self._live_chunks = [joined]
+        text, held = sendable(joined)
+        self._pending = [held] if held else []
         self._sent_len = js_length(text)
         self._need_snapshot = False
         reasoning = self._reasoning.whole()
