@@ -68,6 +68,16 @@ class MigrationReport:
         return not self.with_status(ContextStatus.FAILED)
 
     @property
+    def incomplete(self) -> list[ContextResult]:
+        """Contexts written (or, in a dry run, that would be) without some of their v1
+        message records: the ones their problems name could not be converted. The
+        command line exits 1 for these, as for a failure; the v1 source keeps them."""
+        done = (ContextStatus.MIGRATED, ContextStatus.PARTIAL)
+        return [
+            c for c in self.contexts if c.status in done and c.messages_migrated < c.source_messages
+        ]
+
+    @property
     def messages_migrated(self) -> int:
         """v1 messages written (or that would be) in this run."""
         done = (ContextStatus.MIGRATED, ContextStatus.PARTIAL)
@@ -109,6 +119,13 @@ class MigrationReport:
             lines.append(f"- {c.status.value:8} {c.label()}: {what}")
             lines.extend(f"    problem: {p}" for p in c.problems)
             lines.extend(f"    note: {n}" for n in c.notes)
+        incomplete = self.incomplete
+        if incomplete:
+            left = sum(c.source_messages - c.messages_migrated for c in incomplete)
+            lines.append(
+                f"warning: {len(incomplete)} context(s) {written} without {left} of their v1 "
+                "message(s) (see their problems above); the v1 source still holds them"
+            )
         # A path can hold a lone surrogate (a file name that is not UTF-8); printing it
         # must not fail.
         return without_surrogates("\n".join(lines))

@@ -22,6 +22,7 @@ from ._util import FILE_DEPTH, load_json, without_half_emojis
 from ._v1 import (
     _EPOCH,
     EXPECTED_SHAPES,
+    SourceKind,
     V1Context,
     V1Source,
     _context,
@@ -61,6 +62,17 @@ def _text(value: Any) -> str:
     return str(without_half_emojis(str(value))[0])
 
 
+def _record(
+    record: Any, position: int, kind: SourceKind, fallback: datetime, key: str | None = None
+) -> V1Context:
+    """One context record of a list or mapping: a per-context record (one with a
+    ``message_pool``, as v1 saved each context) wherever it appears, else a plain one.
+    Read as a plain record, a pool record would lose every message."""
+    if is_pool_record(record):
+        return pool_context(record, position, fallback, key=key)
+    return _context(record, position, kind, fallback, key=key)
+
+
 def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None = None) -> V1Source:
     """Detect the shape of already-decoded v1 JSON and read its contexts.
 
@@ -74,14 +86,14 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
     if is_pool_record(data):
         return V1Source(name, "context-files", [pool_context(data, 0, fallback)])
     if isinstance(data, list):
-        contexts = [_context(r, i, "contexts.json", fallback) for i, r in enumerate(data)]
+        contexts = [_record(r, i, "contexts.json", fallback) for i, r in enumerate(data)]
         return V1Source(name, "contexts.json", contexts)
     if isinstance(data, dict) and isinstance(data.get("contexts"), list):
         items = data["contexts"]
         source = V1Source(
             name,
             "contexts.json",
-            [_context(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
+            [_record(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
         )
         ignored = sorted(_text(k) for k in data if k != "contexts")
         if ignored:
@@ -105,7 +117,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
         current = _id_text(without_half_emojis(state.get("currentChatId"))[0])
         contexts = []
         for i, chat in enumerate(state["chats"]):
-            ctx = _context(chat, i, "localstorage", fallback)
+            ctx = _record(chat, i, "localstorage", fallback)
             if version is not None:
                 ctx.flags["v1_store_version"] = version
             if current is not None and ctx.id == current:
@@ -115,11 +127,13 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
     if (
         isinstance(data, dict)
         and data
-        and all(isinstance(v, dict) and "messages" in v for v in data.values())
+        and all(
+            isinstance(v, dict) and ("messages" in v or is_pool_record(v)) for v in data.values()
+        )
     ):
         # An id -> context mapping.
         contexts = [
-            _context(v, i, "contexts.json", fallback, key=str(k))
+            _record(v, i, "contexts.json", fallback, key=str(k))
             for i, (k, v) in enumerate(data.items())
         ]
         return V1Source(name, "contexts.json", contexts)
