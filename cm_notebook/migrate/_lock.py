@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -22,14 +22,21 @@ from ..store.oslock import LockTimeout, OSLock
 __all__ = ["MIGRATE_LOCK_NAME", "one_migration_at_a_time"]
 
 
+def _on_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 @contextlib.asynccontextmanager
-async def one_migration_at_a_time(store: Store) -> AsyncIterator[None]:
+async def one_migration_at_a_time(
+    store: Store, say: Callable[[str], None] | None = None
+) -> AsyncIterator[None]:
     """Hold the data folder's migration lock while the block runs, waiting for it
-    (saying so on stderr) if another migration holds it.
+    (saying so with ``say``, by default on stderr) if another migration holds it.
 
     A store without a data folder, or one where the lock file cannot be made (a
     read-only folder: the writes will say what is wrong), is not locked.
     """
+    say = say or _on_stderr
     data_dir = getattr(store, "data_dir", None)
     lock = None
     if isinstance(data_dir, Path):
@@ -39,11 +46,7 @@ async def one_migration_at_a_time(store: Store) -> AsyncIterator[None]:
             try:
                 lock.acquire(timeout=0)
             except LockTimeout:
-                print(
-                    f"waiting for another migration into {data_dir} to finish ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                say(f"waiting for another migration into {data_dir} to finish ...")
                 await anyio.to_thread.run_sync(lock.acquire)
         except OSError:
             lock.close()

@@ -33,6 +33,7 @@ from .._cli_advice import path_argument
 from .._input_files import read_input_file
 from ..errors import MigrationError
 from ..store.paths import INDEX_NAME, METADATA_NAME
+from ._progress import NO_PROGRESS, Progress
 from ._util import (
     FILE_DEPTH,
     canonical_json,
@@ -271,7 +272,7 @@ def not_v1_but_context_folder(folder: Path) -> str | None:
     )
 
 
-def read_v1_folder(folder: Path) -> V1Source:
+def read_v1_folder(folder: Path, progress: Progress = NO_PROGRESS) -> V1Source:
     """Every file of :func:`folder_files`, each one context (or one failed record).
 
     Raises MigrationError only if the folder cannot be listed or holds no JSON file.
@@ -282,6 +283,7 @@ def read_v1_folder(folder: Path) -> V1Source:
     files = folder_files(folder)
     if not files:
         raise MigrationError(f"{folder} holds no .json files; expected {EXPECTED_SHAPES}")
+    read = progress.over(files, "reading", "file")
     return V1Source(
-        str(folder), "context-files", [_read_file(path, i) for i, path in enumerate(files)]
+        str(folder), "context-files", [_read_file(path, i) for i, path in enumerate(read)]
     )

@@ -7,15 +7,13 @@ import glob
 import os
 import shutil
 import stat
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal
 
 import anyio
-from tqdm import tqdm
 
 from .._cli_advice import for_contexts_in
 from .._input_files import read_input_file
@@ -29,6 +27,7 @@ from ._finish import branch_names as _names
 from ._finish import finish_marked, is_marked, mark_finished, unfinished_writes, unset_heads
 from ._lock import one_migration_at_a_time
 from ._pool import folder_files
+from ._progress import NO_PROGRESS, Progress
 from ._report import ContextResult, ContextStatus, MigrationReport, said_for
 from ._sources import read_v1_once
 from ._taken import ORIGIN, other_record, source_origin
@@ -134,13 +133,6 @@ async def _discard(store: Store, cid: str) -> None:
     # Best effort: the error that made us discard the context is the one worth reporting.
     with contextlib.suppress(*_WRITE_ERRORS):
         await store.delete_context(cid)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a replaced or closed stream
-        return False
 
 
 def _folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -250,7 +242,9 @@ def _backup(
     )
 
 
-def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]:
+def _plan(
+    source: V1Source, existing: dict[str, ContextMetadata], progress: Progress = NO_PROGRESS
+) -> list[_Plan]:
     by_hash: dict[str, str] = {}
     for meta in existing.values():
         digest = meta.extra.get("v1_source_sha256")
@@ -261,7 +255,7 @@ def _plan(source: V1Source, existing: dict[str, ContextMetadata]) -> list[_Plan]
     # By id_key: ids that differ only in case are one folder on Windows and macOS.
     ids_in_source: set[str] = set()
     existing_keys = {id_key(i): i for i in existing}
-    for ctx in source.contexts:
+    for ctx in progress.over(source.contexts, "converting"):
         result = ContextResult(
             position=ctx.position,
             id=None,
@@ -499,13 +493,14 @@ async def migrate_source(
     *,
     path: Path | None = None,
     dry_run: bool = False,
-    progress: bool = True,
+    progress: bool | Progress = True,
     backup: bool = True,
     backup_dir: Path | None = None,
     content: bytes | None = None,
 ) -> MigrationReport:
     """Migrate an already-read v1 source (see :func:`migrate`); ``path`` is backed up
-    (``content``, if given, as the bytes read from it: a pipe cannot be read again)."""
+    (``content``, if given, as the bytes read from it: a pipe cannot be read again).
+    ``progress``: a bar already shown (reading the source), or whether to show one."""
     report = MigrationReport(
         source=path or Path(source.name),
         source_kind=source.kind,
@@ -513,10 +508,14 @@ async def migrate_source(
         notes=list(source.notes),
     )
     async with contextlib.AsyncExitStack() as stack:
+        if isinstance(progress, Progress):
+            bar = progress
+        else:
+            bar = stack.enter_context(Progress(progress, "converting"))
         if not dry_run:  # planned and written with no other run in between
-            await stack.enter_async_context(one_migration_at_a_time(store))
+            await stack.enter_async_context(one_migration_at_a_time(store, say=bar.write))
         existing = {meta.id: meta for meta in await store.list_contexts()}
-        plans = _plan(source, existing)
+        plans = _plan(source, existing, bar)
         report.contexts = [p.result for p in plans]
         writes = any(p.action == "write" for p in plans)
         if backup and not dry_run and path is not None and writes:
@@ -524,13 +523,8 @@ async def migrate_source(
             folder = data_dir if isinstance(data_dir, Path) else None
             report.backup = _backup(path, folder, backup_dir, content)
         active = [p for p in plans if p.action != "none"]
-        show = progress and _isatty(sys.stderr)
-        with tqdm(
-            total=len(active), desc="migrating", unit="context", file=sys.stderr, disable=not show
-        ) as bar:
-            for plan in active:
-                await _execute(plan, store, dry_run)
-                bar.update()
+        for plan in bar.over(active, "checking" if dry_run else "migrating"):
+            await _execute(plan, store, dry_run)
     return said_for(report, getattr(store, "data_dir", None))
 
 
@@ -566,24 +560,29 @@ async def migrate(
     stderr), so two at once do not both plan the same writes. Text holding half of an emoji
     (a lone UTF-16 surrogate) gets U+FFFD in its place, with a note.
     ``dry_run`` converts and validates in memory and writes nothing. ``progress`` shows
-    a tqdm bar on stderr when stderr is a terminal.
+    one tqdm bar through reading, converting and writing: in a Jupyter kernel as a
+    notebook widget (text in the cell without ipywidgets), elsewhere on stderr when it
+    is a terminal (never into a file it is redirected to).
 
     Raises MigrationError only if the source as a whole cannot be read; at once, naming
     what it is, for a socket, a device or a FIFO that no process is writing into.
     """
     path = Path(source)
-    try:
-        v1, content = read_v1_once(path)  # once: a pipe has nothing left for the backup
-    except MigrationError as exc:  # its advice (`cm-notebook import`) said for the store
-        said = for_contexts_in(str(exc), getattr(store, "data_dir", None))
-        raise exc if said == str(exc) else MigrationError(said) from exc
-    return await migrate_source(
-        v1,
-        store,
-        path=path,
-        dry_run=dry_run,
-        progress=progress,
-        backup=backup,
-        backup_dir=backup_dir,
-        content=content,
-    )
+    # Open before reading: reading and converting a large archive is most of the time.
+    with Progress(progress) as bar:
+        try:
+            # Once: a pipe has nothing left for the backup.
+            v1, content = read_v1_once(path, progress=bar)
+        except MigrationError as exc:  # its advice (`cm-notebook import`) said for the store
+            said = for_contexts_in(str(exc), getattr(store, "data_dir", None))
+            raise exc if said == str(exc) else MigrationError(said) from exc
+        return await migrate_source(
+            v1,
+            store,
+            path=path,
+            dry_run=dry_run,
+            progress=bar,
+            backup=backup,
+            backup_dir=backup_dir,
+            content=content,
+        )

@@ -18,6 +18,7 @@ from .._input_files import read_input_file
 from ..errors import MigrationError
 from ..store.paths import INDEX_NAME, METADATA_NAME
 from ._pool import is_pool_record, not_v1_but_context_folder, pool_context, read_v1_folder
+from ._progress import NO_PROGRESS, Progress
 from ._util import FILE_DEPTH, load_json, without_half_emojis
 from ._v1 import (
     _EPOCH,
@@ -73,11 +74,18 @@ def _record(
     return _context(record, position, kind, fallback, key=key)
 
 
-def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None = None) -> V1Source:
+def parse_v1(
+    data: Any,
+    *,
+    name: str = "<data>",
+    fallback_time: datetime | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> V1Source:
     """Detect the shape of already-decoded v1 JSON and read its contexts.
 
     ``fallback_time`` is used for records without any timestamp (default: the epoch,
-    which keeps conversion deterministic). Raises MigrationError for unknown shapes.
+    which keeps conversion deterministic); ``progress`` counts the records read.
+    Raises MigrationError for unknown shapes.
     """
     fallback = fallback_time or _EPOCH
     refusal = not_v1_but_export(data, name)
@@ -86,14 +94,18 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
     if is_pool_record(data):
         return V1Source(name, "context-files", [pool_context(data, 0, fallback)])
     if isinstance(data, list):
-        contexts = [_record(r, i, "contexts.json", fallback) for i, r in enumerate(data)]
+        records = progress.over(data, READING, "record")
+        contexts = [_record(r, i, "contexts.json", fallback) for i, r in enumerate(records)]
         return V1Source(name, "contexts.json", contexts)
     if isinstance(data, dict) and isinstance(data.get("contexts"), list):
         items = data["contexts"]
         source = V1Source(
             name,
             "contexts.json",
-            [_record(r, i, "contexts.json", fallback) for i, r in enumerate(items)],
+            [
+                _record(r, i, "contexts.json", fallback)
+                for i, r in enumerate(progress.over(items, READING, "record"))
+            ],
         )
         ignored = sorted(_text(k) for k in data if k != "contexts")
         if ignored:
@@ -116,7 +128,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
         version = without_half_emojis(version)[0]
         current = _id_text(without_half_emojis(state.get("currentChatId"))[0])
         contexts = []
-        for i, chat in enumerate(state["chats"]):
+        for i, chat in enumerate(progress.over(state["chats"], READING, "record")):
             ctx = _record(chat, i, "localstorage", fallback)
             if version is not None:
                 ctx.flags["v1_store_version"] = version
@@ -134,7 +146,7 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
         # An id -> context mapping.
         contexts = [
             _record(v, i, "contexts.json", fallback, key=str(k))
-            for i, (k, v) in enumerate(data.items())
+            for i, (k, v) in enumerate(progress.over(list(data.items()), READING, "record"))
         ]
         return V1Source(name, "contexts.json", contexts)
     if isinstance(data, dict) and isinstance(data.get("messages"), list):
@@ -147,6 +159,10 @@ def parse_v1(data: Any, *, name: str = "<data>", fallback_time: datetime | None 
     raise MigrationError(f"{name} is {got}; expected {EXPECTED_SHAPES}")
 
 
+#: The phase of the progress bar that reads records.
+READING = "reading"
+
+
 def read_v1(source: Path | str) -> V1Source:
     """Read and parse a v1 file, or a folder of per-context files (see ``_pool``).
 
@@ -155,19 +171,22 @@ def read_v1(source: Path | str) -> V1Source:
     return read_v1_once(source)[0]
 
 
-def read_v1_once(source: Path | str) -> tuple[V1Source, bytes | None]:
-    """:func:`read_v1`, and for a file the bytes read (see :func:`read_v1_file`)."""
+def read_v1_once(
+    source: Path | str, progress: Progress = NO_PROGRESS
+) -> tuple[V1Source, bytes | None]:
+    """:func:`read_v1`, and for a file the bytes read (see :func:`read_v1_file`);
+    ``progress`` counts the records (or a folder's files) read."""
     path = Path(source)
     if path.is_dir():
-        return read_v1_folder(path), None
+        return read_v1_folder(path, progress), None
     if path.name in (METADATA_NAME, INDEX_NAME):
         mistaken = not_v1_but_context_folder(path.parent)
         if mistaken is not None:
             raise MigrationError(mistaken)
-    return read_v1_file(path)
+    return read_v1_file(path, progress)
 
 
-def read_v1_file(path: Path) -> tuple[V1Source, bytes]:
+def read_v1_file(path: Path, progress: Progress = NO_PROGRESS) -> tuple[V1Source, bytes]:
     """Read a v1 file once and parse it; the source and the bytes read (which are what
     a backup must copy: a pipe such as ``/dev/stdin`` cannot be read a second time).
 
@@ -195,16 +214,18 @@ def read_v1_file(path: Path) -> tuple[V1Source, bytes]:
         data = load_json(text, max_depth=FILE_DEPTH)
     except ValueError as exc:
         raise MigrationError(f"{path} is not JSON ({exc}); expected {EXPECTED_SHAPES}") from exc
-    return parse_v1_file(data, path, mtime), raw
+    return parse_v1_file(data, path, mtime, progress), raw
 
 
-def parse_v1_file(data: Any, path: Path, fallback_time: datetime) -> V1Source:
+def parse_v1_file(
+    data: Any, path: Path, fallback_time: datetime, progress: Progress = NO_PROGRESS
+) -> V1Source:
     """:func:`parse_v1` of the decoded JSON of the file ``path``: a per-context file is
     named after its context, so its name is the id when the record has none."""
     if is_pool_record(data):
         ctx = pool_context(data, 0, fallback_time, key=path.stem)
         return V1Source(str(path), "context-files", [ctx])
-    return parse_v1(data, name=str(path), fallback_time=fallback_time)
+    return parse_v1(data, name=str(path), fallback_time=fallback_time, progress=progress)
 
 
 def load_v1(source: Path | str) -> list[V1Context]:
