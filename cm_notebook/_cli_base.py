@@ -20,6 +20,7 @@ from typing import Any
 
 from . import _json
 from ._cli_advice import elsewhere, for_data_dir
+from ._json_bytes import NotJSONText, decode_json_bytes
 from ._unicode import for_terminal
 from .render import one_line
 from .store.base import Store
@@ -225,12 +226,12 @@ def positive_int(text: str) -> int:
 
 
 def decode_json(raw: bytes, path: Path) -> Any:
-    """The JSON value of the bytes read from ``path`` (a CommandError naming it if they
-    are not UTF-8 JSON)."""
+    """The JSON value of the bytes read from ``path`` (UTF-8, or UTF-16/32 as Windows
+    tools save JSON; a CommandError naming it if they are not JSON text)."""
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CommandError(f"{path} is not UTF-8 text") from exc
+        text = decode_json_bytes(raw, path)
+    except NotJSONText as exc:
+        raise CommandError(f"{path} {exc}") from None
     try:
         return _json.loads(text)
     except _json.JSONLimitError as exc:

@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 
 from ._export_approvals import not_allowed_note
 from ._input_files import read_input_file
+from ._json_bytes import NotJSONText, decode_json_bytes
 from ._session_reading import SessionReading
 from ._sessionio import StoreAccess
 from .errors import ContextExistsError, InvalidInputError
@@ -97,9 +98,9 @@ def read_document(source: ExportSource) -> ExportDocument:
     except OSError as exc:
         raise InvalidInputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{str(path)!r} is not UTF-8 text: {_GIVE_AN_EXPORT}") from None
+        text = decode_json_bytes(raw, path)  # UTF-8, or UTF-16/32 (a file saved again on Windows)
+    except NotJSONText as exc:
+        raise InvalidInputError(f"{str(path)!r} {exc}; {_GIVE_AN_EXPORT}") from None
     try:
         return parse_export(text)
     except InvalidInputError as exc:

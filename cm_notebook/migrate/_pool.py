@@ -17,7 +17,8 @@ keeps its ``parent_id``: messages that no branch lists still hang where they wer
 The pool is a hash map whose order means nothing, so messages are put parents first
 (siblings by time, then file order), which keeps conversion deterministic.
 
-A folder is read file by file. A file that cannot be read (not UTF-8, not JSON, not
+A folder is read file by file (UTF-8, or UTF-16/32 as Windows tools save JSON). A file
+that cannot be read (not such text, not JSON, not
 a per-context file, a folder or a FIFO) becomes a record with ``fatal`` set naming
 the file, so the migration reports it and carries on with the others.
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 from .._cli_advice import path_argument
 from .._input_files import read_input_file
+from .._json_bytes import NotJSONText, decode_json_bytes
 from ..errors import MigrationError
 from ..store.paths import INDEX_NAME, METADATA_NAME
 from ._progress import NO_PROGRESS, Progress
@@ -230,9 +232,9 @@ def _read_file(path: Path, position: int) -> V1Context:
         return _broken(position, path, f"cannot read {path}: {exc.strerror or exc}")
     mtime = datetime.fromtimestamp(info.st_mtime, timezone.utc)
     try:
-        data = load_json(raw.decode("utf-8-sig"), max_depth=FILE_DEPTH)
-    except UnicodeDecodeError:
-        return _broken(position, path, f"{path} is not UTF-8 text")
+        data = load_json(decode_json_bytes(raw, path), max_depth=FILE_DEPTH)
+    except NotJSONText as exc:
+        return _broken(position, path, f"{path} {exc}")
     except ValueError as exc:
         return _broken(position, path, f"{path} is not JSON ({exc}); is the file damaged?")
     refusal = not_v1_but_export(data, path)

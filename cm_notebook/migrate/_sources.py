@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._input_files import read_input_file
+from .._json_bytes import NotJSONText, decode_json_bytes
 from ..errors import MigrationError
 from ..store.paths import INDEX_NAME, METADATA_NAME
 from ._pool import is_pool_record, not_v1_but_context_folder, pool_context, read_v1_folder
@@ -207,9 +208,9 @@ def read_v1_file(path: Path, progress: Progress = NO_PROGRESS) -> tuple[V1Source
     else:
         mtime = datetime.now(timezone.utc)
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise MigrationError(f"{path} is not UTF-8 text; expected {EXPECTED_SHAPES}") from exc
+        text = decode_json_bytes(raw, path)  # UTF-8, or UTF-16/32 (Windows PowerShell `>`)
+    except NotJSONText as exc:
+        raise MigrationError(f"{path} {exc}; expected {EXPECTED_SHAPES}") from None
     try:
         data = load_json(text, max_depth=FILE_DEPTH)
     except ValueError as exc:
