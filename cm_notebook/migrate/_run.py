@@ -22,6 +22,7 @@ from ..errors import CMError, MigrationError
 from ..ids import id_key
 from ..model import ContextMetadata, Message
 from ..store.base import Store
+from ._backup_temps import clear_stale_copies, write_locked
 from ._convert import ConvertedContext, context_id_for, convert
 from ._finish import branch_names as _names
 from ._finish import finish_marked, is_marked, mark_finished, unfinished_writes, unset_heads
@@ -151,15 +152,6 @@ def _file_bytes(path: Path, remedy: str) -> bytes:
     return read_input_file(path, remedy=remedy, error=MigrationError)[0]
 
 
-def _write_backup(temp: Path, content: bytes | dict[str, bytes]) -> None:
-    if isinstance(content, bytes):
-        temp.write_bytes(content)
-        return
-    temp.mkdir()
-    for name, data in content.items():
-        (temp / name).write_bytes(data)
-
-
 def _same_backup(old: Path, content: bytes | dict[str, bytes]) -> bool:
     if old.name.endswith(".tmp"):
         return False  # a copy that was cut short
@@ -196,10 +188,12 @@ def _backup(
     data_dir: Path | None,
     into: Path | None = None,
     content: bytes | dict[str, bytes] | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Copy ``source`` (a file, or a folder's JSON files) next to itself, else into
     ``<data dir>/backups``; or only into ``into`` when given. Never modifies it.
-    ``content``: what was read from it, when it cannot be read again (a pipe)."""
+    ``content``: what was read from it, when it cannot be read again (a pipe).
+    Copies a killed run left half written there are removed, said in ``notes``."""
     # Absolute, so that "." or ".." is backed up next to the folder it names (as
     # "<folder>.v1-backup-..."), not inside it as ".v1-backup-...".
     source = Path(os.path.abspath(source))
@@ -211,6 +205,7 @@ def _backup(
         targets = [source.parent] if _beside(source) else []
         targets += [data_dir / "backups"] if data_dir is not None else []
     for folder in targets:
+        (notes if notes is not None else []).extend(clear_stale_copies(folder, source.name))
         for old in sorted(folder.glob(f"{glob.escape(source.name)}.v1-backup-*")):
             if _same_backup(old, content):
                 return old  # an identical backup exists: re-running does not pile up copies
@@ -225,8 +220,7 @@ def _backup(
         temp = target.with_name(target.name + ".tmp")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_backup(temp, content)
-            os.replace(temp, target)  # a backup is either complete or absent
+            write_locked(temp, target, content)  # a backup is either complete or absent
         except OSError as exc:
             errors.append(f"{folder}: {exc.strerror or exc}")
             shutil.rmtree(temp, ignore_errors=True)
@@ -521,7 +515,7 @@ async def migrate_source(
         if backup and not dry_run and path is not None and writes:
             data_dir = getattr(store, "data_dir", None)
             folder = data_dir if isinstance(data_dir, Path) else None
-            report.backup = _backup(path, folder, backup_dir, content)
+            report.backup = _backup(path, folder, backup_dir, content, report.notes)
         active = [p for p in plans if p.action != "none"]
         for plan in bar.over(active, "checking" if dry_run else "migrating"):
             await _execute(plan, store, dry_run)
