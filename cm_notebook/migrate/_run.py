@@ -539,11 +539,13 @@ async def migrate(
     or into ``<data dir>/backups`` when that folder is read-only or the source is not a
     plain file or folder (a pipe, ``/dev/stdin``: read once, and that is copied), or only into
     ``backup_dir`` when given, unless an identical backup exists there or nothing needs
-    writing. Each context is converted, written through the store, read back and
-    validated (message counts, sha256 of role+content in order, every branch path and
-    system prompt); a context that fails is removed again and reported, and the others
-    carry on. In a folder, a file that cannot be read is reported as a failed context
-    naming the file, and the other files are migrated. Contexts migrated before (same id and
+    writing (a copy a killed run left half written, ``<name>.v1-backup-<time>.tmp``, is
+    removed, with a note, unless another run is writing it). Each context is converted,
+    written through the store, read back and validated (message counts, sha256 of
+    role+content in order, every branch path and system prompt); a context that fails
+    is removed again and reported, and the others carry on. In a folder, a file that
+    cannot be read is reported as a failed context naming the file, and the other files
+    are migrated. Contexts migrated before (same id and
     same ``extra["v1_source_sha256"]``) are skipped, so running twice changes nothing;
     except that a context a killed run left unfinished (it keeps the tag
     :data:`UNFINISHED_MIGRATION` until it is written and checked; ``ls``, ``check`` and
