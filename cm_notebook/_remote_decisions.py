@@ -46,7 +46,7 @@ from .store.atomic import Fsync, fsync_dir, mkdir_durable
 from .store.codec import read_regular
 from .store.diagnostics import warn
 from .store.leftovers import write_temp
-from .store.oserrors import DISK_FULL, linked
+from .store.oserrors import DISK_FULL, linked, translate
 from .store.oslock import LockTimeout, OSLock
 from .store.paths import DECISIONS_DIR
 
@@ -156,16 +156,19 @@ class DecisionBox:
                 "shorten its reason or edited arguments"
             )
         self._refuse_linked_folder()
-        mkdir_durable(self.folder, self._fsync)
         temp = self.folder / f".{secrets.token_hex(8)}.tmp"
         try:
-            write_temp(temp, text.encode(), self._fsync)
-            if not link_record(temp, self._path(tool_call_id, message_id)):
-                return False
-        finally:
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)  # (a kill here: see store/leftovers.py)
-        fsync_dir(self.folder, self._fsync)  # the record's name, through a power loss
+            mkdir_durable(self.folder, self._fsync)
+            try:
+                write_temp(temp, text.encode(), self._fsync)
+                if not link_record(temp, self._path(tool_call_id, message_id)):
+                    return False
+            finally:
+                with contextlib.suppress(OSError):
+                    temp.unlink(missing_ok=True)  # (a kill here: see store/leftovers.py)
+            fsync_dir(self.folder, self._fsync)  # the record's name, through a power loss
+        except OSError as exc:  # a read-only folder, a full disk: said the store's way
+            raise translate(exc, self.folder, "write") from exc
         return True
 
     def claim(self, tool_call_id: str, message_id: str) -> bool:
@@ -279,18 +282,22 @@ class DecisionBox:
         :class:`~cm_notebook.errors.CorruptDataError`: the stop could not be asked.
         """
         self._refuse_linked_folder()
-        self.folder.mkdir(exist_ok=True)
         record = json.dumps({"turn_id": turn_id, "branch": branch}).encode()
         path = self._stop_path(turn_id)
         try:
+            self.folder.mkdir(exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o600)
         except FileExistsError:
             if os.path.islink(path):
                 # The running process ignores it (stop_asked): not "asked already".
                 raise _linked(path) from None
             return  # asked already
+        except OSError as exc:  # a read-only folder: said the store's way
+            raise translate(exc, self.folder, "write") from exc
         try:
             os.write(fd, record)
+        except OSError as exc:
+            raise translate(exc, path, "write") from exc
         finally:
             os.close(fd)
 

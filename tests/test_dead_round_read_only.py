@@ -31,7 +31,7 @@ from test_store_journal_cut_read_only import read_only as read_only
 
 from cm_notebook._dead_rounds import UNDECIDED
 from cm_notebook.cli import main
-from cm_notebook.errors import ToolCallAlreadyResolvedError
+from cm_notebook.errors import StoreIOError, ToolCallAlreadyResolvedError
 from cm_notebook.fsm import State
 from cm_notebook.model import ToolCallStatus
 from cm_notebook.session import ContextSession
@@ -179,6 +179,14 @@ def test_a_call_a_live_process_waits_on_is_shown_waiting_through_the_read_only_v
             assert call.status is ToolCallStatus.PENDING
             [record] = reader.to_records()
             assert record["status"] == "running"
+            # A decision or a stop asked from here cannot be written for the live
+            # process to read: refused the store's way, saying what to do (was a bare
+            # OSError, and a 500 over REST).
+            with pytest.raises(StoreIOError, match="read-only") as refused:
+                reader.approve(call.id)
+            assert "copy the data directory" in str(refused.value)
+            with pytest.raises(StoreIOError, match="read-only"):
+                reader.stop(branch="main")
     finally:
         timer.cancel()
         _kill(child)
