@@ -320,11 +320,14 @@ class CMHandler(APIHandler):
         # for a bug, noise for a 503 of ours (a data folder the server may not write,
         # another process's lock, a stopping server), one per request. Its warning
         # (log_exception: the status, the request and the full message) is logged
-        # already; the request still counts in the server's metrics.
+        # already; the request still counts in the server's metrics, unless they are
+        # turned off (ServerApp.record_http_request_metrics, passed to its log function).
         if not self._condition:
             super()._log()
             return
-        prometheus_log_method(self)  # type: ignore[no-untyped-call]
+        keywords = getattr(self.settings.get("log_function"), "keywords", None) or {}
+        if keywords.get("record_prometheus_metrics", True):
+            prometheus_log_method(self)  # type: ignore[no-untyped-call]
 
     def _request_summary(self) -> str:
         # Tornado logs this with every error answered. An EventSource cannot send
