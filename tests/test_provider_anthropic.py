@@ -464,6 +464,10 @@ def test_from_spec_needs_a_model() -> None:
 def test_a_timeout_that_is_no_number_of_seconds_is_refused(timeout: object) -> None:
     with pytest.raises(InvalidInputError, match="timeout must be a positive number of seconds"):
         AnthropicProvider("claude-x", timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidInputError, match=r"^first_token_timeout must be a positive number of seconds"
+    ):
+        AnthropicProvider("claude-x", first_token_timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_repr_never_shows_the_key() -> None:

@@ -261,6 +261,44 @@ def test_keepalives_past_the_timeout_are_a_timeout_retried_with_the_text_kept(
     assert "the request timed out" in error.message
 
 
+def test_first_token_timeout_is_a_provider_option_kept_with_the_context(
+    data_dir: Path, fault_server: FaultServer
+) -> None:
+    # Given in provider_options, stored with them, and used again when the context is
+    # opened: keep-alives before the first words fail after it (not after the timeout),
+    # retried, and the error says how to raise it.
+    options = {"base_url": fault_server.url, "timeout": TIMEOUT, "first_token_timeout": 1.0}
+    fault_server.script([KeepAlive([]), Reply("Awake now."), KeepAlive([]), Reply("Again.")])
+    with ContextSession.create(
+        provider="openai:fault-model", provider_options=options, data_dir=data_dir, retry=FAST
+    ) as made:
+        message = made.send("Hi").result(DEADLINE)
+        context_id = made.id
+    assert message.content == "Awake now."
+    (attempt,) = failed_attempts(message)
+    assert "only keep-alive messages for 1 s and no reply yet" in attempt["error"]
+    assert "provider_options={'first_token_timeout': ...}" in attempt["error"]
+    with ContextSession.open(context_id, data_dir=data_dir, retry=FAST) as reopened:
+        message = reopened.send("Hi again").result(DEADLINE)
+    assert message.content == "Again."
+    (attempt,) = failed_attempts(message)
+    assert "only keep-alive messages for 1 s and no reply yet" in attempt["error"]
+
+
+def test_a_first_token_timeout_that_is_not_a_number_is_refused(data_dir: Path) -> None:
+    for wrong in ("600", 0, True):
+        with pytest.raises(InvalidInputError, match="first_token_timeout") as info:
+            ContextSession.create(
+                provider="openai:fault-model",
+                provider_options={
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "first_token_timeout": wrong,
+                },
+                data_dir=data_dir,
+            )
+        assert "must be" in str(info.value), info.value
+
+
 def test_the_provider_spec_and_options_are_stored_and_used(
     session: ContextSession, data_dir: Path, fault_server: FaultServer
 ) -> None:

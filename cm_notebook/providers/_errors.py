@@ -358,24 +358,41 @@ def timeout_error(
 
 
 def keepalive_timeout_error(
-    *, provider: str, timeout: float, received: bool, options: str
+    *, provider: str, seconds: float, first: bool, received: bool, constructor: str
 ) -> TransientProviderError:
     """A stream kept open with keep-alive messages alone (event-stream comments such as
-    ``: keep-alive``, Anthropic's ``ping`` events) for ``timeout`` seconds: no text,
-    reasoning, tool call, usage or finish reason. A :func:`timeout_error`, retried as a
-    read timeout is, though bytes kept coming. ``received``: some of the reply came
-    before (kept by the caller, but incomplete). ``options``: how to give the provider
-    a larger timeout, e.g. ``"OpenAIProvider(..., timeout=...)"``.
+    ``: keep-alive``, Anthropic's ``ping`` events) for ``seconds``: no text, reasoning,
+    tool call, usage or finish reason. A :func:`timeout_error`, retried as a read
+    timeout is, though bytes kept coming.
+
+    ``first``: before the reply's first piece, when ``first_token_timeout`` bounds the
+    wait and keep-alives are the server saying the model is still working (a thinking
+    model may take minutes); else mid-reply, when ``timeout`` bounds it. ``received``:
+    some of the reply came before (kept by the caller, but incomplete).
+    ``constructor``: the provider's class name, to say how to give it a larger limit.
     """
+    if first:
+        return timeout_error(
+            provider=provider,
+            detail=(
+                f"the server sent only keep-alive messages for {seconds:g} s and no reply "
+                "yet (the model may still be working on it: a thinking model can take "
+                "minutes before its first words). To fix: give it longer with a larger "
+                "first_token_timeout (provider_options={'first_token_timeout': ...} when "
+                f"the session is created, or {constructor}(..., first_token_timeout=...)); "
+                "if a model that answers fast keeps failing so, check the server"
+            ),
+        )
     before = "; the text received before them is incomplete" if received else ""
     return timeout_error(
         provider=provider,
         detail=(
-            f"the server sent only keep-alive messages for {timeout:g} s, no reply "
-            f"text{before}. To fix: if the model needs longer to answer, give the provider "
-            f"a larger timeout (provider_options={{'timeout': ...}} when the session is "
-            f"created, or {options}); if it keeps happening, check the server: it holds "
-            "the connection open but does not answer"
+            f"the server sent only keep-alive messages for {seconds:g} s mid-reply, no "
+            f"more of the reply{before}. To fix: if the model needs longer between pieces "
+            "of its reply, give the provider a larger timeout (provider_options="
+            f"{{'timeout': ...}} when the session is created, or {constructor}(..., "
+            "timeout=...)); if it keeps happening, check the server: it holds the "
+            "connection open but stopped answering"
         ),
     )
 

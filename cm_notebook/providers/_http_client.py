@@ -14,10 +14,11 @@ its timeouts, pool limits, proxies from the environment and socket options stay 
 SDK's) with a response hook that drops one BOM from the very start of an uncompressed
 event-stream body, before the SDK decodes it. Bytes are passed on as they arrive (at
 most the first three wait, while they may still be a BOM), a BOM anywhere later is
-data, and closing the response closes the connection as before. The body's bytes are
-counted as they come (:func:`body_bytes_read`, compressed bodies too), so a provider
-can tell a server that keeps a stream alive with keep-alive messages from one that has
-gone silent (see :mod:`._progress_deadline`).
+data, and closing the response closes the connection as before. A provider can have
+the body read under a :class:`~._progress_deadline.ProgressDeadline`
+(:func:`watch_progress`; compressed bodies too, their bytes counted as they came off the
+wire), which bounds the time a reply may go without progress and tells a server that
+keeps a stream alive with keep-alive messages from one that has gone silent.
 
 The libraries behind the SDKs log the requests they send: ``httpx``/``httpx2`` the
 whole URL at INFO (``user:password@`` and ``?sig=...`` included), ``httpcore``/
@@ -46,15 +47,16 @@ from typing import Any, Protocol, TypeVar, cast
 
 from ..redact import RedactingFilter
 from ._errors import is_event_stream
+from ._progress_deadline import ProgressDeadline
 from ._sse_event_names import EventNames
 
 __all__ = [
-    "body_bytes_read",
     "drop_leading_bom",
     "drop_leading_bom_name_events",
     "drop_leading_bom_read_error_lines",
     "redact_library_logs",
     "sdk_http_client",
+    "watch_progress",
 ]
 
 _BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8
@@ -83,12 +85,12 @@ class _LeadingBomDropped:
         rewrite: bool = True,
     ) -> None:
         self._stream = stream
-        # False for a compressed body: passed on untouched, its bytes only counted.
+        # False for a compressed body: passed on untouched (its bytes still read under
+        # the deadline, if any).
         self._rewrite = rewrite
-        #: The body's bytes read so far, as they came off the wire: a provider tells a
-        #: server that sends keep-alives from one that sends nothing by it (see
-        #: :mod:`._progress_deadline`).
-        self.bytes_read = 0
+        #: The deadline its reads are made under, once a provider set one
+        #: (:func:`watch_progress`).
+        self.deadline: ProgressDeadline | None = None
         # The body's lines rewritten on the way: llama.cpp's error lines, or events
         # without names (see _sse_event_names).
         self._error_lines: _ErrorLines | EventNames | None = (
@@ -121,8 +123,14 @@ class _LeadingBomDropped:
         deciding = self._rewrite
         lines = self._error_lines if self._rewrite else None
         try:
-            async for chunk in chunks:
-                self.bytes_read += len(chunk)
+            while True:
+                deadline = self.deadline
+                try:
+                    chunk = await (
+                        chunks.__anext__() if deadline is None else deadline.next(chunks)
+                    )
+                except StopAsyncIteration:
+                    break
                 if deciding:
                     head += chunk
                     if len(head) < len(_BOM) and _BOM.startswith(head):
@@ -270,8 +278,7 @@ async def drop_leading_bom(response: Any) -> None:
     read without the one BOM it may begin with.
 
     Content-encoded bodies are not rewritten (the hook sees a body before it is
-    decompressed, so its first bytes are not the text's), only counted
-    (:func:`body_bytes_read`).
+    decompressed, so its first bytes are not the text's).
     """
     _wrap_event_stream(response)
 
@@ -295,7 +302,7 @@ def _wrap_event_stream(
     headers = response.headers
     if not is_event_stream(headers.get("content-type", "")):
         return
-    # A compressed body is only counted, not rewritten: the hook sees it before it is
+    # A compressed body is wrapped but not rewritten: the hook sees it before it is
     # decompressed, so its first bytes are not the text's.
     encoding = headers.get("content-encoding", "").strip().lower()
     rewrite = encoding in ("", "identity")
@@ -306,12 +313,21 @@ def _wrap_event_stream(
         response.stream = _stream_class(base)(response.stream, error_lines, event_names, rewrite)
 
 
-def body_bytes_read(response: Any) -> int | None:
-    """How many bytes of ``response``'s event-stream body (an httpx or httpx2 response
-    from a client of :func:`sdk_http_client`) have been read so far; None when its body
-    is not one this module wraps (not an event stream)."""
+def watch_progress(response: Any, deadline: ProgressDeadline) -> bool:
+    """Read the rest of ``response``'s event-stream body (an httpx or httpx2 response
+    from a client of :func:`sdk_http_client`) under ``deadline``; False when its body is
+    not one this module wraps, so only the HTTP client's read timeout bounds it."""
     stream = getattr(response, "stream", None)
-    return stream.bytes_read if isinstance(stream, _LeadingBomDropped) else None
+    if not isinstance(stream, _LeadingBomDropped):
+        return False
+    try:
+        timeouts = response.request.extensions.get("timeout") or {}
+    except RuntimeError:  # a response made without a request: no read timeout known
+        timeouts = {}
+    read = timeouts.get("read") if isinstance(timeouts, dict) else None
+    deadline.read_timeout = float(read) if isinstance(read, (int, float)) else None
+    stream.deadline = deadline
+    return True
 
 
 def sdk_http_client(

@@ -113,6 +113,10 @@ class ChunkAssembler:
         #: tool-call piece, usage, the finish reason. A chunk that leaves it as it was
         #: (an empty delta, a role alone) moved nothing on, like a keep-alive.
         self.progress = 0
+        #: Grows with every delta that names the reply's role: the chunk that usually
+        #: opens a reply, part of it though it moves nothing on (unlike an empty delta,
+        #: which is a keep-alive in all but name).
+        self.opened = 0
         self.request_id: str | None = None  # the completion's id, for provenance
 
     def feed(self, chunk: Any) -> list[StreamChunk]:
@@ -165,6 +169,8 @@ class ChunkAssembler:
 
     def _delta(self, delta: Any) -> list[StreamChunk]:
         events: list[StreamChunk] = []
+        if _get(delta, "role"):
+            self.opened += 1
         # Reasoning comes first in a reply: DeepSeek and llama.cpp name it
         # reasoning_content, vLLM and OpenRouter reasoning. Only text is read (OpenRouter
         # also sends structured reasoning_details, which carry the same text).

@@ -75,8 +75,8 @@ from ._errors import (
     stream_cut_error,
     timeout_error,
 )
-from ._http_client import body_bytes_read, sdk_http_client
-from ._progress_deadline import ProgressDeadline, Stalled
+from ._http_client import sdk_http_client, watch_progress
+from ._progress_deadline import ProgressDeadline, Stalled, seconds_option
 from .base import (
     ChatRequest,
     Finish,
@@ -386,13 +386,17 @@ class AnthropicProvider:
     The SDK's own retries are switched off: cm_notebook's state machine retries
     transient failures with its policy, and two retry loops would multiply the waits.
 
-    ``timeout`` (seconds) bounds connecting, each read (the time between bytes) and
-    the time between the reply's events: a server that holds the stream open with
-    ``ping`` events or comments alone, which restart the read timeout with every one,
-    fails the reply after ``timeout`` seconds with a transient timeout error saying so
-    ("the server sent only keep-alive messages for N s"), retried as a read timeout
-    is, the text before it kept as for other failures mid-reply. Only the time spent
-    waiting for the server counts (see :mod:`._progress_deadline`).
+    ``timeout`` (seconds, 60 by default) bounds connecting, each read (the time
+    between bytes) and the time between the reply's events once it has begun;
+    ``first_token_timeout`` (seconds, 600 by default, never less than ``timeout``) the
+    wait from ``message_start`` to the reply's first block. A server that holds the
+    stream open with ``ping`` events or comments alone, which restart the read timeout
+    with every one, fails the reply after that limit with a transient timeout error
+    saying which limit it was and how to raise it ("the server sent only keep-alive
+    messages for N s ..."), retried as a read timeout is, the text before it kept as
+    for other failures mid-reply. A server that sends nothing at all fails at the read
+    timeout. Only the time spent waiting for the server counts (see
+    :mod:`._progress_deadline`).
 
     A reply ends at ``message_stop``: the rest of the body is not waited for, so a
     server that keeps the connection open does not hold the turn until the read
@@ -419,22 +423,22 @@ class AnthropicProvider:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = 60.0,
+        first_token_timeout: float = 600.0,
         max_tokens: int = 1024,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError("AnthropicProvider needs a model name, e.g. 'claude-haiku-4-5'")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be a positive int, not {max_tokens!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise InvalidInputError(
-                f"timeout must be a positive number of seconds, not {timeout!r}"
-            )
+        timeout = seconds_option("timeout", timeout)
+        first_token_timeout = seconds_option("first_token_timeout", first_token_timeout)
         self.model = model.strip()
         self.base_url = base_url
         #: The server requests go to when not Anthropic's API (recorded with each reply):
         #: ``base_url``, else ``ANTHROPIC_BASE_URL``, which the SDK reads here.
         self.endpoint: str | None = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-        self.timeout = float(timeout)
+        self.timeout = timeout
+        self.first_token_timeout = first_token_timeout
         self.max_tokens = max_tokens
         key = api_key if api_key is not None else os.environ.get(KEY_ENV)
         remember_secret(api_key)  # a server may echo it in an error body: never stored
@@ -513,12 +517,13 @@ class AnthropicProvider:
 
     def _stalled(self, stalled: Stalled, moved: bool) -> ProviderError:
         if not stalled.keepalives:  # silence: the read timeout's error, a moment early
-            return timeout_error(provider=_PROVIDER, timeout=self.timeout)
+            return timeout_error(provider=_PROVIDER, timeout=stalled.seconds)
         return keepalive_timeout_error(
             provider=_PROVIDER,
-            timeout=self.timeout,
+            seconds=stalled.seconds,
+            first=stalled.first,
             received=moved,
-            options="AnthropicProvider(..., timeout=...)",
+            constructor="AnthropicProvider",
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -547,25 +552,32 @@ class AnthropicProvider:
                     base_url=redact_url(self.base_url) if self.base_url else None,
                     hint=" (the API's root, without /v1)",
                 )
-            # The timeout bounds the time between events too, not only between bytes:
+            # The timeouts bound the time between events too, not only between bytes:
             # ping events and comments would otherwise hold the turn forever.
-            deadline = ProgressDeadline(self.timeout, lambda: body_bytes_read(sdk_stream.response))
+            deadline = ProgressDeadline(self.timeout, self.first_token_timeout)
+            watch_progress(sdk_stream.response, deadline)
             moved = False  # some of the reply came (text, reasoning, a tool call)
+            catchable: tuple[type[BaseException], ...] = (Stalled, *translatable_errors())
             # Ends at message_stop, the reply's last event, not at the end of the body:
             # a server that keeps the connection open would hold the turn until the
             # read timeout.
             while not translator.finished:
                 try:
-                    event = await deadline.next(sdk_stream)
+                    event = await sdk_stream.__anext__()
                 except StopAsyncIteration:
                     break
-                except Stalled as stalled:
-                    raise self._stalled(stalled, moved) from None
-                except translatable_errors() as exc:
+                except catchable as exc:
+                    if deadline.stalled is not None:  # passed on as a connection error
+                        raise self._stalled(deadline.stalled, moved) from None
                     raise self._error(exc, model, mid_stream=True) from exc
-                # Every event the SDK hands on moves the reply on (it skips pings), an
-                # event type this version does not know included.
-                if getattr(event, "type", None) != "ping":
+                # Every event but a ping (which the SDK skips) moves the reply on, an
+                # event type this version does not know included; but message_start
+                # comes at once, before the model has written anything: the wait for
+                # the first block is still first_token_timeout's.
+                kind = getattr(event, "type", None)
+                if kind == "message_start":
+                    deadline.returned()
+                elif kind != "ping":
                     deadline.progressed()
                 # Yield outside the try: errors thrown into us by the consumer are not
                 # the SDK's and must not be translated.

@@ -55,16 +55,22 @@ one piece: its text, reasoning, tool calls, finish reason and usage.
 
 Timeouts
 --------
-``timeout`` (seconds) bounds connecting, each read (the time between bytes), and the
-time between pieces of real progress: text, reasoning, a tool-call piece, usage, the
-finish reason. A server that holds the stream open with keep-alive comments alone
-(``: keep-alive``, ``: ping``, or chunks with nothing in them), which restart the read
-timeout with every one, fails the reply after ``timeout`` seconds with a transient
-timeout error saying so ("the server sent only keep-alive messages for N s"), retried
-as a read timeout is; the text before it stays with the consumer, as for the other
-failures above. After the finish reason, a stream that stalls so ends the reply
-without usage, as a drop then does. Only the time spent waiting for the server counts
-(see :mod:`._progress_deadline`).
+``timeout`` (seconds, 60 by default) bounds connecting, each read (the time between
+bytes), and the time between pieces of real progress once the reply has begun: text,
+reasoning, a tool-call piece, usage, the finish reason. ``first_token_timeout``
+(seconds, 600 by default, as the SDK's own total timeout; never less than ``timeout``)
+bounds the wait for the first piece. Keep-alive comments (``: keep-alive``, ``: ping``,
+OpenRouter's ``: OPENROUTER PROCESSING``, or chunks with nothing in them) restart the
+read timeout with every one: before the first piece they are the server saying the
+model is still working (a thinking model may take minutes to its first words), after it
+a server stuck mid-reply. A reply that gets only keep-alives for the limit fails with a
+transient timeout error that says which limit it was and how to raise it ("the server
+sent only keep-alive messages for N s ..."), retried as a read timeout is; the text
+before it stays with the consumer, as for the other failures above. A server that sends
+nothing at all fails at the read timeout, ``timeout``, before the reply as after it.
+After the finish reason, a stream that stalls so ends the reply without usage, as a
+drop then does. Only the time spent waiting for the server counts (see
+:mod:`._progress_deadline`).
 
 Keys
 ----
@@ -104,7 +110,7 @@ from ..redact import (
 )
 from . import _errors
 from ._convert import to_openai_messages, to_openai_tools
-from ._http_client import body_bytes_read, sdk_http_client
+from ._http_client import sdk_http_client, watch_progress
 from ._openai_answers import (
     completion_as_chunk,
     error_in_answer,
@@ -114,7 +120,7 @@ from ._openai_answers import (
     transport_errors,
 )
 from ._openai_chunks import ChunkAssembler, malformed
-from ._progress_deadline import ProgressDeadline, Stalled
+from ._progress_deadline import ProgressDeadline, Stalled, seconds_option
 from .base import ChatRequest, Finish, StreamChunk
 
 if TYPE_CHECKING:
@@ -199,7 +205,10 @@ class OpenAIProvider:
     ``base_url`` defaults to ``OPENAI_BASE_URL``, then to OpenAI. ``api_key`` defaults
     to ``OPENAI_API_KEY`` (``"not-needed"`` for a base_url without a key). ``timeout``
     (seconds) bounds connecting, each read, and the time between pieces of the reply,
-    so a server that stops sending, or sends only keep-alive comments, fails fast.
+    so a server that stops sending, or sends only keep-alive comments mid-reply, fails
+    fast; ``first_token_timeout`` (seconds, at least ``timeout``) bounds the wait for
+    the reply's first piece while the server sends keep-alives, as gateways such as
+    OpenRouter do while a model thinks (see the module's "Timeouts").
     ``include_usage=False`` leaves out ``stream_options`` for servers that reject it.
     ``organization``, ``project`` and ``default_headers`` go to the SDK client.
     """
@@ -220,6 +229,7 @@ class OpenAIProvider:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
+        first_token_timeout: float = 600.0,
         organization: str | None = None,
         project: str | None = None,
         default_headers: Mapping[str, str] | None = None,
@@ -227,10 +237,8 @@ class OpenAIProvider:
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError("OpenAIProvider needs a model name, e.g. 'gpt-4o-mini'")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise InvalidInputError(
-                f"timeout must be a positive number of seconds, not {timeout!r}"
-            )
+        timeout = seconds_option("timeout", timeout)
+        first_token_timeout = seconds_option("first_token_timeout", first_token_timeout)
         self._sdk = _import_openai()
         self.model: str = model.strip()
         self.base_url: str | None = base_url or os.environ.get(_BASE_URL_ENV) or None
@@ -241,7 +249,8 @@ class OpenAIProvider:
                 f"{where} must start with http:// or https://, e.g. "
                 f"'http://localhost:8080/v1'; got {redact_url(self.base_url)!r}"
             )
-        self.timeout = float(timeout)
+        self.timeout = timeout
+        self.first_token_timeout = first_token_timeout
         self.include_usage = include_usage
         if default_headers is not None and not (
             isinstance(default_headers, Mapping)
@@ -408,25 +417,25 @@ class OpenAIProvider:
         # OpenAIError without a response (configuration); nothing to retry.
         return PermanentProviderError(f"openai: {exc}", provider=_PROVIDER)
 
-    def _read_timeout(self, received: int) -> ProviderError:
+    def _read_timeout(self, received: int, seconds: float | None = None) -> ProviderError:
         # Nothing came for the timeout: mid-reply, the stream is cut; before, the
         # request timed out.
+        seconds = self.timeout if seconds is None else seconds
         if received:
-            return _errors.stream_cut_error(
-                provider=_PROVIDER, detail=f"no data for {self.timeout:g} s"
-            )
-        return _errors.timeout_error(provider=_PROVIDER, timeout=self.timeout)
+            return _errors.stream_cut_error(provider=_PROVIDER, detail=f"no data for {seconds:g} s")
+        return _errors.timeout_error(provider=_PROVIDER, timeout=seconds)
 
     def _stalled(self, stalled: Stalled, assembler: ChunkAssembler) -> ProviderError:
         if not stalled.keepalives:
             # Silence: the read timeout's own error, which the HTTP client was about to
-            # raise (it counts from the last byte, a moment after the last progress).
-            return self._read_timeout(assembler.received)
+            # raise (it counts from the last byte, a moment after the last event).
+            return self._read_timeout(assembler.received, stalled.seconds)
         return _errors.keepalive_timeout_error(
             provider=_PROVIDER,
-            timeout=self.timeout,
+            seconds=stalled.seconds,
+            first=stalled.first,
             received=assembler.progress > 0,
-            options="OpenAIProvider(..., timeout=...)",
+            constructor="OpenAIProvider",
         )
 
     def _catchable(self) -> tuple[type[BaseException], ...]:
@@ -481,28 +490,27 @@ class OpenAIProvider:
             )
         assembler = ChunkAssembler()
         iterator = response.__aiter__()
-        # The timeout bounds the time between pieces of progress too, not only between
+        # The timeouts bound the time between pieces of progress too, not only between
         # bytes: keep-alive comments would otherwise hold the turn forever.
-        deadline = ProgressDeadline(self.timeout, lambda: body_bytes_read(response.response))
+        deadline = ProgressDeadline(self.timeout, self.first_token_timeout)
+        watch_progress(response.response, deadline)
+        catchable = (*catchable, Stalled)  # raised by the body's reads, passed on by the SDK
         try:
             # Ends at the reply's last chunk rather than at [DONE] or the end of the body:
             # a server that sends neither would hold the turn until the read timeout.
             while not assembler.done(self.include_usage):
                 try:
-                    chunk = await deadline.next(iterator)
+                    chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
-                except Stalled as stalled:
-                    if assembler.finish is not None:
-                        # As for a drop after the finish reason: only usage is lost.
-                        logger.debug("openai: no usage chunk within %g s", self.timeout)
-                        break
-                    raise self._stalled(stalled, assembler) from None
                 except catchable as exc:
                     if assembler.finish is not None:
-                        # The reply itself is complete; only usage/[DONE] was lost.
+                        # The reply itself is complete; only usage/[DONE] was lost (to a
+                        # drop, or to keep-alives alone for the timeout).
                         logger.debug("openai stream dropped after the finish reason: %r", exc)
                         break
+                    if deadline.stalled is not None:
+                        raise self._stalled(deadline.stalled, assembler) from None
                     raise self._translate(exc, model, assembler.received) from exc
                 error = error_in_chunk(chunk)
                 if error is not None:
@@ -513,10 +521,14 @@ class OpenAIProvider:
                         logger.debug("openai error event after the finish reason: %.300r", error)
                         break
                     raise error_object(error, "no message", model, mid_reply=True)
-                progress = assembler.progress
+                progress, opened = assembler.progress, assembler.opened
                 events = assembler.feed(chunk)
                 if assembler.progress != progress:
                     deadline.progressed()
+                elif assembler.opened != opened:
+                    # The reply's opening chunk (a role alone): its bytes are the reply's,
+                    # not keep-alives. A chunk with nothing in it is one, and not noted.
+                    deadline.returned()
                 for event in events:
                     yield event
         finally:
