@@ -125,7 +125,7 @@ def test_a_read_only_reader_of_a_failed_turn_announces_and_logs_nothing(
         _read_as_a_viewer(session)
         # A retry cannot start where nothing can be written: refused before the branch
         # is said to change state, so views do not flicker.
-        with pytest.raises(StoreIOError, match="(?i)choose a writable data directory"):
+        with pytest.raises(StoreIOError, match=r"(?i)choose a writable data directory"):
             session.retry(branch="italy")
         session.history("italy")  # what the refusal queued on the loop is told by now
         assert session.state_of("italy") is State.PERMANENT_FAILURE
