@@ -33,7 +33,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,7 @@ from .model import (
 )
 from .redact import get_logger
 from .store import Store
+from .store.base import IndexEntry
 from .store.oslock import lock_is_held
 from .tools import denied_result
 
@@ -302,6 +303,19 @@ def _denial_reason(tool_name: str, answer: str) -> str | None:
 _DENIED_TAIL = ". Do not retry it unchanged."
 
 
+def round_at(entries: Mapping[str, IndexEntry], head: str) -> list[str]:
+    """The ids a turn ending at ``head`` may still be working on: ``head``, and up from
+    it through the tool messages at the branch's end to the first other message (the
+    reply whose calls they answer, when they answer one)."""
+    ids: list[str] = []
+    current: str | None = head
+    while current is not None:
+        ids.append(current)
+        entry = entries.get(current)
+        current = entry.parent_id if entry is not None and entry.role == "tool" else None
+    return ids
+
+
 async def _worked_on_elsewhere(
     store: Store, context_id: str, branch: str, reply_id: str, claim_held: Callable[[str], bool]
 ) -> bool:
@@ -312,11 +326,7 @@ async def _worked_on_elsewhere(
     for name, other in metadata.branches.items():
         if name == branch or other.head is None:
             continue
-        current: str | None = other.head
-        while current is not None and current != reply_id:
-            entry = entries.get(current)
-            current = entry.parent_id if entry is not None and entry.role == "tool" else None
-        if current == reply_id and claim_held(name):
+        if reply_id in round_at(entries, other.head) and claim_held(name):
             return True
     return False
 

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ._dead_rounds import settled_call
+from ._dead_rounds import round_at, settled_call
 from ._unwritable import unwritable
 from .errors import StoreIOError, ToolCallAlreadyResolvedError
 from .model import Message, ToolCallStatus
@@ -112,11 +112,7 @@ async def _worked_on(store: Store, context_id: str) -> set[str] | None:
             return None  # no locks to be had here: nothing is known to be dead
         if entries is None:
             entries = await store.index(context_id)
-        current: str | None = branch.head
-        while current is not None:
-            worked.add(current)
-            entry = entries.get(current)
-            current = entry.parent_id if entry is not None and entry.role == "tool" else None
+        worked.update(round_at(entries, branch.head))
     return worked
 
 
